@@ -1,0 +1,75 @@
+"""Mail addresses as values.
+
+Owns the ``Address`` type and the rules that turn what a user typed (a full
+address or a bare local part) into one.  SMTP path syntax (``<...>``,
+parameters, source routes) is parsed by ``txmailhub.smtp._parse``; this
+module only deals with a single ``local@domain`` string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Address", "AddressError", "parse_address"]
+
+
+class AddressError(ValueError):
+    """The text is not a usable mail address; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A mailbox address.
+
+    ``domain`` is always lower case (domains are case-insensitive, RFC 5321
+    2.4).  ``local`` keeps the case it was given, because RFC 5321 lets the
+    destination decide; ``key`` is the case-folded form that local lookups
+    (users, aliases, Maildir folders) use, as every mainstream MTA does.
+    """
+
+    local: str
+    domain: str
+
+    def __post_init__(self) -> None:
+        if self.domain != self.domain.lower():
+            object.__setattr__(self, "domain", self.domain.lower())
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+    @property
+    def key(self) -> str:
+        """The form used to look the address up locally."""
+        return f"{self.local.lower()}@{self.domain}"
+
+    @property
+    def is_postmaster(self) -> bool:
+        return self.local.lower() == "postmaster"
+
+
+def parse_address(text: str, primary_domain: str | None = None) -> Address:
+    """Turn ``user@domain`` (or a bare ``user``) into an ``Address``.
+
+    A bare local part means ``user@<primary_domain>``, as the external
+    contract says for RCPT, POP3 logins, the aliases file and the CLI.
+    A trailing dot on the domain is dropped (``example.org.`` is the
+    same domain in DNS).  Raises ``AddressError`` with a reason.
+    """
+    text = text.strip()
+    if not text:
+        raise AddressError("empty address")
+    if any(c.isspace() for c in text) or "\x00" in text:
+        raise AddressError(f"address {text!r} contains whitespace or control characters")
+    local, at, domain = text.rpartition("@")
+    if not at:
+        if primary_domain is None:
+            raise AddressError(f"address {text!r} has no domain")
+        local, domain = text, primary_domain
+    if not local:
+        raise AddressError(f"address {text!r} has an empty local part")
+    domain = domain.rstrip(".")
+    if not domain:
+        raise AddressError(f"address {text!r} has an empty domain")
+    if "@" in local and not (local.startswith('"') and local.endswith('"')):
+        raise AddressError(f"address {text!r} has more than one @")
+    return Address(local, domain.lower())

@@ -1,0 +1,42 @@
+"""The bundle of components a listener's factory is built from.
+
+``service.py`` builds one ``Components`` from the settings and hands it to
+each protocol factory; tests build one from fakes (``txmailhub.testing``).
+Nothing here starts or opens anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from txmailhub.config import Settings
+
+__all__ = ["Components"]
+
+
+@dataclass
+class Components:
+    """What the protocols need, injected (STYLE practice 8).
+
+    * ``reactor``: provides IReactorTime (and IReactorCore for threads).
+    * ``router``: ``IRecipientRouter``.
+    * ``store``: ``IMailboxStore``.
+    * ``spooler``: ``ISpooler`` (where DATA streams to).
+    * ``queue``: ``IOutboundQueue`` or ``None`` while no relay runs
+      (then remote recipients get a temporary refusal, never a drop).
+    * ``portal``: a ``twisted.cred.portal.Portal`` whose realm yields
+      ``ISMTPUser`` and ``IMailbox`` avatars; its checkers take
+      ``IUsernamePassword`` and, for APOP, ``IUsernameHashedPassword``.
+    * ``tls``: a server ``IOpenSSLServerConnectionCreator`` (e.g.
+      ``CertificateOptions``) or ``None`` when ``[tls]`` is absent.
+    """
+
+    settings: Settings
+    reactor: Any
+    router: Any
+    store: Any
+    spooler: Any
+    portal: Any
+    queue: Any = None
+    tls: Any = None

@@ -1,0 +1,579 @@
+"""TOML configuration -> frozen, validated settings.
+
+Owns the schema: every key, its type, its default, and the one-line
+message a user sees when it is wrong.  It reads the file and checks that
+files it names exist; it never creates anything, opens sockets or starts
+services (that is ``service.py``).
+
+Every problem is collected, not just the first, and reported as
+``<file>: [section] key: why`` so ``mailhub check`` can list them all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from txmailhub.errors import ConfigError
+
+__all__ = [
+    "AliasesSettings",
+    "HubSettings",
+    "POP3Settings",
+    "RelaySettings",
+    "SMTPSettings",
+    "Settings",
+    "SubmissionSettings",
+    "TLSSettings",
+    "UsersSettings",
+    "load",
+    "load_text",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+SERVER_ENDPOINT_TYPES = ("tcp", "tcp6", "unix")
+
+
+def parse_duration(value: str | int) -> int:
+    """``"30s"``, ``"5m"``, ``"4h"``, ``"5d"`` or plain seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like \"30s\", \"5m\", \"4h\" or \"5d\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a duration like \"30s\", \"5m\", \"4h\" or \"5d\"")
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(
+            f"unknown duration {value!r}: use a number with s, m, h or d (\"30s\", \"5m\", \"4h\", \"5d\")"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    hostname: str
+    state_dir: str
+    domains: tuple[str, ...]
+
+    @property
+    def primary_domain(self) -> str:
+        return self.domains[0]
+
+
+@dataclass(frozen=True)
+class UsersSettings:
+    file: str
+
+
+@dataclass(frozen=True)
+class AliasesSettings:
+    file: str | None
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    listen: tuple[str, ...] = ("tcp:25",)
+    relay_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    idle_timeout: int = 300
+    max_connections: int = 500
+    max_connections_per_client: int = 50
+    max_errors: int = 10
+    max_auth_failures: int = 3
+    auth_failure_delay: float = 1.0
+    vrfy: bool = True
+    expn: bool = True
+
+    def relay_allowed_from(self, host: str) -> bool:
+        """Whether a client at ``host`` may relay without AUTH."""
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.relay_networks)
+
+
+@dataclass(frozen=True)
+class SubmissionSettings:
+    listen: tuple[str, ...] = ("tcp:587",)
+    tls_listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class POP3Settings:
+    listen: tuple[str, ...] = ("tcp:110",)
+    tls_listen: tuple[str, ...] = ()
+    idle_timeout: int = 600
+    allow_plaintext_auth: bool = False
+    max_auth_failures: int = 3
+    auth_failure_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    port: int = 25
+    nameservers: tuple[str, ...] = ()
+    smarthost: str = ""
+    smarthost_tls: str = "verify"
+    smarthost_auth_file: str = ""
+    queue_lifetime: int = 5 * 86400
+    delay_warning: int = 4 * 3600  # 0 disables the "delayed" DSN
+    retry_schedule: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
+    max_per_destination: int = 10
+    max_concurrent_deliveries: int = 50
+    require_tls_after_seen: bool = False  # refuse a downgrade instead of logging it
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str
+    hub: HubSettings
+    users: UsersSettings
+    aliases: AliasesSettings
+    tls: TLSSettings | None
+    smtp: SMTPSettings = field(default_factory=SMTPSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    pop3: POP3Settings = field(default_factory=POP3Settings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def mail_dir(self) -> str:
+        return os.path.join(self.hub.state_dir, "mail")
+
+    @property
+    def queue_dir(self) -> str:
+        return os.path.join(self.hub.state_dir, "queue")
+
+    @property
+    def spool_dir(self) -> str:
+        return os.path.join(self.hub.state_dir, "spool")
+
+
+# --- the schema -----------------------------------------------------------
+
+
+class _Reader:
+    """Collects problems while reading one table of the TOML document."""
+
+    def __init__(self, path: str, base: str, problems: list[str]) -> None:
+        self.path = path
+        self.base = base
+        self.problems = problems
+
+    def problem(self, section: str, key: str | None, why: str) -> None:
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        self.problems.append(f"{self.path}: {where}: {why}")
+
+    def table(self, doc: dict[str, Any], section: str, keys: set[str]) -> dict[str, Any]:
+        value = doc.get(section, {})
+        if not isinstance(value, dict):
+            self.problem(section, None, "must be a table")
+            return {}
+        for key in value:
+            if key not in keys:
+                known = ", ".join(sorted(keys))
+                self.problem(section, key, f"unknown key (known keys: {known})")
+        return value
+
+    def get(
+        self,
+        table: dict[str, Any],
+        section: str,
+        key: str,
+        default: Any,
+        convert: Callable[[Any], Any],
+    ) -> Any:
+        if key not in table:
+            return default
+        try:
+            return convert(table[key])
+        except (ValueError, TypeError) as e:
+            self.problem(section, key, str(e))
+            return default
+
+    def resolve(self, p: str) -> str:
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base, p))
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {_tname(v)}")
+    return v
+
+
+def _nonempty_string(v: Any) -> str:
+    s = _string(v)
+    if not s.strip():
+        raise ValueError("must not be empty")
+    return s
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {_tname(v)}")
+    return v
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected a whole number, got {_tname(v)}")
+    if v <= 0:
+        raise ValueError(f"must be greater than 0, got {v}")
+    return v
+
+
+def _non_negative_number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {_tname(v)}")
+    if v < 0:
+        raise ValueError(f"must not be negative, got {v}")
+    return float(v)
+
+
+def _port(v: Any) -> int:
+    n = _positive_int(v)
+    if n > 65535:
+        raise ValueError(f"{n} is not a port number (1-65535)")
+    return n
+
+
+def _string_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list of strings, got {_tname(v)}")
+    for item in v:
+        if not isinstance(item, str):
+            raise TypeError(f"expected a list of strings, found {_tname(item)} {item!r}")
+    return tuple(v)
+
+
+def _duration(v: Any) -> int:
+    return parse_duration(v)
+
+
+def _tname(v: Any) -> str:
+    return {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
+    }.get(type(v), type(v).__name__)
+
+
+def check_endpoint(description: str) -> None:
+    """Raise ValueError unless ``description`` is a server endpoint we can listen on."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    kind = description.split(":", 1)[0].lower()
+    if kind not in SERVER_ENDPOINT_TYPES:
+        raise ValueError(
+            f"endpoint {description!r}: use tcp:PORT, tcp6:PORT or unix:PATH "
+            "(TLS listeners go in tls_listen)"
+        )
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:  # twisted raises assorted types for bad strings
+        raise ValueError(f"endpoint {description!r} is not valid: {e}") from None
+
+
+def _endpoints(v: Any) -> tuple[str, ...]:
+    items = _string_list(v)
+    for item in items:
+        check_endpoint(item)
+    return items
+
+
+def _networks(v: Any) -> tuple[str, ...]:
+    items = _string_list(v)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (use CIDR like 192.0.2.0/24)") from None
+    return items
+
+
+def _domains(v: Any) -> tuple[str, ...]:
+    items = _string_list(v)
+    if not items:
+        raise ValueError("list at least one local domain")
+    out = []
+    for d in items:
+        d = d.strip().rstrip(".").lower()
+        if not d or " " in d or "@" in d:
+            raise ValueError(f"{d!r} is not a domain name")
+        out.append(d)
+    return tuple(out)
+
+
+def _hostport(v: Any) -> str:
+    s = _string(v).strip()
+    if not s:
+        return ""
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{s!r}: use \"host:port\" (for example \"smtp.example.net:587\")")
+    return s
+
+
+def _nameservers(v: Any) -> tuple[str, ...]:
+    items = _string_list(v)
+    for item in items:
+        host, _, port = item.rpartition(":")
+        if not host:
+            host, port = item, "53"
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r}: a nameserver is an IP address, optionally :port") from None
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r}: bad port")
+    return items
+
+
+def _tls_mode(v: Any) -> str:
+    s = _string(v)
+    if s not in ("verify", "opportunistic", "none"):
+        raise ValueError(f"{s!r}: use \"verify\", \"opportunistic\" or \"none\"")
+    return s
+
+
+def _schedule(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list) or not v:
+        raise TypeError("expected a non-empty list of durations")
+    return tuple(parse_duration(x) for x in v)
+
+
+# --- loading --------------------------------------------------------------
+
+
+def load(path: str) -> Settings:
+    """Read and validate the config file; raise ``ConfigError`` listing every problem."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
+    return load_text(text, path)
+
+
+def load_text(text: str, path: str) -> Settings:
+    """Validate TOML ``text`` as if read from ``path`` (relative paths resolve there)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    problems: list[str] = []
+    warnings: list[str] = []
+    r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems)
+
+    known = {"hub", "users", "aliases", "tls", "smtp", "submission", "pop3", "relay"}
+    for section in doc:
+        if section not in known:
+            problems.append(
+                f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
+            )
+
+    t = r.table(doc, "hub", {"hostname", "state_dir", "domains"})
+    if "domains" not in t:
+        r.problem("hub", "domains", "required: the local domains, the primary one first")
+    hub = HubSettings(
+        hostname=r.get(t, "hub", "hostname", None, _nonempty_string) or socket.getfqdn(),
+        state_dir=r.resolve(r.get(t, "hub", "state_dir", "var", _nonempty_string)),
+        domains=r.get(t, "hub", "domains", ("localhost",), _domains),
+    )
+
+    t = r.table(doc, "users", {"file"})
+    users = UsersSettings(file=r.resolve(r.get(t, "users", "file", "users", _nonempty_string)))
+
+    t = r.table(doc, "aliases", {"file"})
+    aliases_file = r.get(t, "aliases", "file", None, _nonempty_string)
+    if aliases_file is not None:
+        aliases_file = r.resolve(aliases_file)
+        if not os.path.isfile(aliases_file):
+            r.problem("aliases", "file", f"{aliases_file} does not exist")
+    aliases = AliasesSettings(file=aliases_file)
+
+    tls = None
+    if "tls" in doc:
+        t = r.table(doc, "tls", {"certificate", "key"})
+        for key in ("certificate", "key"):
+            if key not in t:
+                r.problem("tls", key, "required when [tls] is present")
+        cert = r.resolve(r.get(t, "tls", "certificate", "", _nonempty_string) or "cert.pem")
+        key = r.resolve(r.get(t, "tls", "key", "", _nonempty_string) or "key.pem")
+        for name, p in (("certificate", cert), ("key", key)):
+            if name in t and not os.path.isfile(p):
+                r.problem("tls", name, f"{p} does not exist")
+        if "certificate" in t and "key" in t and os.path.isfile(cert) and os.path.isfile(key):
+            why = _check_tls_files(cert, key)
+            if why:
+                r.problem("tls", None, why)
+        tls = TLSSettings(certificate=cert, key=key)
+
+    d = SMTPSettings()
+    t = r.table(
+        doc,
+        "smtp",
+        {
+            "listen", "relay_networks", "max_message_size", "max_recipients", "idle_timeout",
+            "max_connections", "max_connections_per_client", "max_errors", "max_auth_failures",
+            "auth_failure_delay", "vrfy", "expn",
+        },
+    )
+    smtp = SMTPSettings(
+        listen=r.get(t, "smtp", "listen", d.listen, _endpoints),
+        relay_networks=r.get(t, "smtp", "relay_networks", d.relay_networks, _networks),
+        max_message_size=r.get(t, "smtp", "max_message_size", d.max_message_size, _positive_int),
+        max_recipients=r.get(t, "smtp", "max_recipients", d.max_recipients, _positive_int),
+        idle_timeout=r.get(t, "smtp", "idle_timeout", d.idle_timeout, _duration),
+        max_connections=r.get(t, "smtp", "max_connections", d.max_connections, _positive_int),
+        max_connections_per_client=r.get(
+            t, "smtp", "max_connections_per_client", d.max_connections_per_client, _positive_int
+        ),
+        max_errors=r.get(t, "smtp", "max_errors", d.max_errors, _positive_int),
+        max_auth_failures=r.get(t, "smtp", "max_auth_failures", d.max_auth_failures, _positive_int),
+        auth_failure_delay=r.get(
+            t, "smtp", "auth_failure_delay", d.auth_failure_delay, _non_negative_number
+        ),
+        vrfy=r.get(t, "smtp", "vrfy", d.vrfy, _bool),
+        expn=r.get(t, "smtp", "expn", d.expn, _bool),
+    )
+    if "idle_timeout" in t and smtp.idle_timeout < 300:
+        warnings.append(
+            f"{path}: [smtp] idle_timeout: {smtp.idle_timeout}s is below the 5 minutes "
+            "RFC 5321 4.5.3.2 asks servers to wait"
+        )
+
+    d2 = SubmissionSettings()
+    t = r.table(doc, "submission", {"listen", "tls_listen"})
+    submission = SubmissionSettings(
+        listen=r.get(t, "submission", "listen", d2.listen, _endpoints),
+        tls_listen=r.get(t, "submission", "tls_listen", d2.tls_listen, _endpoints),
+    )
+    if submission.tls_listen and tls is None:
+        r.problem("submission", "tls_listen", "needs a [tls] section with certificate and key")
+
+    d3 = POP3Settings()
+    t = r.table(
+        doc,
+        "pop3",
+        {
+            "listen", "tls_listen", "idle_timeout", "allow_plaintext_auth", "max_auth_failures",
+            "auth_failure_delay",
+        },
+    )
+    pop3 = POP3Settings(
+        listen=r.get(t, "pop3", "listen", d3.listen, _endpoints),
+        tls_listen=r.get(t, "pop3", "tls_listen", d3.tls_listen, _endpoints),
+        idle_timeout=r.get(t, "pop3", "idle_timeout", d3.idle_timeout, _duration),
+        allow_plaintext_auth=r.get(
+            t, "pop3", "allow_plaintext_auth", d3.allow_plaintext_auth, _bool
+        ),
+        max_auth_failures=r.get(t, "pop3", "max_auth_failures", d3.max_auth_failures, _positive_int),
+        auth_failure_delay=r.get(
+            t, "pop3", "auth_failure_delay", d3.auth_failure_delay, _non_negative_number
+        ),
+    )
+    if pop3.tls_listen and tls is None:
+        r.problem("pop3", "tls_listen", "needs a [tls] section with certificate and key")
+    if "idle_timeout" in t and pop3.idle_timeout < 600:
+        warnings.append(
+            f"{path}: [pop3] idle_timeout: {pop3.idle_timeout}s is below the 10 minutes "
+            "RFC 1939 section 3 requires"
+        )
+
+    d4 = RelaySettings()
+    t = r.table(
+        doc,
+        "relay",
+        {
+            "port", "nameservers", "smarthost", "smarthost_tls", "smarthost_auth_file",
+            "queue_lifetime", "delay_warning", "retry_schedule", "max_per_destination",
+            "max_concurrent_deliveries", "require_tls_after_seen",
+        },
+    )
+    auth_file = r.get(t, "relay", "smarthost_auth_file", "", _string)
+    if auth_file:
+        auth_file = r.resolve(auth_file)
+        if not os.path.isfile(auth_file):
+            r.problem("relay", "smarthost_auth_file", f"{auth_file} does not exist")
+    relay = RelaySettings(
+        port=r.get(t, "relay", "port", d4.port, _port),
+        nameservers=r.get(t, "relay", "nameservers", d4.nameservers, _nameservers),
+        smarthost=r.get(t, "relay", "smarthost", d4.smarthost, _hostport),
+        smarthost_tls=r.get(t, "relay", "smarthost_tls", d4.smarthost_tls, _tls_mode),
+        smarthost_auth_file=auth_file,
+        queue_lifetime=r.get(t, "relay", "queue_lifetime", d4.queue_lifetime, _duration),
+        delay_warning=r.get(t, "relay", "delay_warning", d4.delay_warning, _duration),
+        retry_schedule=r.get(t, "relay", "retry_schedule", d4.retry_schedule, _schedule),
+        max_per_destination=r.get(
+            t, "relay", "max_per_destination", d4.max_per_destination, _positive_int
+        ),
+        max_concurrent_deliveries=r.get(
+            t, "relay", "max_concurrent_deliveries", d4.max_concurrent_deliveries, _positive_int
+        ),
+        require_tls_after_seen=r.get(
+            t, "relay", "require_tls_after_seen", d4.require_tls_after_seen, _bool
+        ),
+    )
+    if auth_file and not relay.smarthost:
+        r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
+
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        path=path,
+        hub=hub,
+        users=users,
+        aliases=aliases,
+        tls=tls,
+        smtp=smtp,
+        submission=submission,
+        pop3=pop3,
+        relay=relay,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_tls_files(cert: str, key: str) -> str | None:
+    """Load the pair the way the listeners will, so a bad PEM fails ``check``."""
+    try:
+        from OpenSSL import SSL
+
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()
+    except Exception as e:
+        return f"certificate {cert} and key {key} cannot be used together: {e}"
+    return None

@@ -1,0 +1,67 @@
+"""The envelope of a message and the handle to its spooled content.
+
+These values travel from the SMTP server to the mailbox store and the
+outbound queue; they carry no behaviour and touch no disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from txmailhub.address import Address
+
+__all__ = ["DSNRequest", "Envelope", "RecipientDSN", "SpooledMessage"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientDSN:
+    """RFC 3461 per-recipient parameters, as the client gave them."""
+
+    notify: tuple[str, ...] = ()  # e.g. ("SUCCESS", "FAILURE") or ("NEVER",)
+    orcpt: str | None = None  # "rfc822;user@example.org", xtext-decoded
+
+
+@dataclass(frozen=True, slots=True)
+class DSNRequest:
+    """RFC 3461 per-message parameters."""
+
+    ret: str | None = None  # "FULL" or "HDRS"
+    envid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Who a message is from and for.
+
+    ``sender`` is ``None`` for the null reverse-path ``<>`` (bounces).
+    ``recipients`` are the final, routed addresses (aliases expanded).
+    """
+
+    sender: Address | None
+    recipients: tuple[Address, ...]
+    helo: str = ""
+    client_address: str = ""
+    authenticated_as: str | None = None
+    body_8bit: bool = False
+    smtputf8: bool = False
+    dsn: DSNRequest = field(default_factory=DSNRequest)
+    recipient_dsn: tuple[tuple[Address, RecipientDSN], ...] = ()
+
+    @property
+    def sender_text(self) -> str:
+        return "" if self.sender is None else str(self.sender)
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledMessage:
+    """A complete, fsynced message file waiting to be delivered.
+
+    The file holds the message as it will be stored: trace headers first,
+    LF line endings, no dot-stuffing.  ``size`` is its length in octets and
+    ``crlf_size`` the length once every LF becomes CRLF (what POP3 sends),
+    so nobody needs to read the file to learn either.
+    """
+
+    path: str
+    size: int
+    crlf_size: int

@@ -1,0 +1,60 @@
+"""The three kinds of error (see STYLE practice 4).
+
+* ``LocalError``: our own misuse of an API (a bug); never shown to a peer.
+* ``RemoteProtocolError``: the peer broke the protocol; carries the reply
+  to send.
+* ``Rejected``: a policy refusal (unknown user, relay denied, too big);
+  carries the reply to send.
+
+Replies are objects with ``to_bytes()`` (``txmailhub.smtp.reply.Reply`` for
+SMTP); the errors do not care which protocol they belong to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "LocalError",
+    "MailboxInUse",
+    "RemoteProtocolError",
+    "Rejected",
+    "UsersFileError",
+]
+
+
+class LocalError(Exception):
+    """We called something wrongly: a bug in txmailhub, not the peer's fault."""
+
+
+class RemoteProtocolError(Exception):
+    """The peer sent something the protocol does not allow."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+class Rejected(Exception):
+    """Policy refused a request; ``reply`` is what the peer is told."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+class MailboxInUse(Exception):
+    """Another session holds the mailbox (POP3 exclusive access, RFC 1939 s8)."""
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class UsersFileError(Exception):
+    """A ``mailhub user`` request cannot be done (duplicate, unknown, ...)."""

@@ -1,0 +1,161 @@
+"""The contracts between txmailhub's components (zope.interface).
+
+Every extension point lives here, so the protocols can be built and tested
+against fakes (``txmailhub.testing``) and applications that embed the hub
+can swap a component.  Rules for every interface below:
+
+* A method that may wait for disk, network or a thread returns a
+  ``Deferred`` -- always, never "a value or a Deferred".
+* A method documented as synchronous must not block: it answers from
+  memory (tables reloaded when their file changes, say).
+* Policy refusals are raised (or errback) as ``txmailhub.errors.Rejected``
+  carrying the reply for the peer.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IDeliveryAgent",
+    "IMXResolver",
+    "IMailbox",
+    "IMailboxStore",
+    "IOutboundQueue",
+    "IRecipientRouter",
+    "ISMTPUser",
+    "ISpooler",
+]
+
+
+class ISpooler(Interface):
+    """Where incoming message data is written while it arrives."""
+
+    def open() -> "ISpoolWriter":  # noqa: UP037
+        """Start a new spool file and return its writer (synchronous)."""
+
+
+class ISpoolWriter(Interface):
+    """One message being received, streamed to disk in bounded chunks."""
+
+    def write(data: bytes) -> None:
+        """Append already-unstuffed, LF-terminated message bytes.
+
+        Synchronous: the data goes to the OS at once (no buffering of the
+        whole message in memory)."""
+
+    def finish() -> "Deferred":  # noqa: F821, UP037
+        """Close the file and make it durable.
+
+        Fires with a ``txmailhub.envelope.SpooledMessage`` once the data is
+        fsynced.  The spool file belongs to the caller from then on: it
+        must hand it to the store/queue and then ``discard`` it."""
+
+    def abort() -> None:
+        """Throw the partial message away (client vanished, limit hit)."""
+
+
+class IMailbox(Interface):
+    """One user's Maildir, as a POP3 session sees it (a locked snapshot).
+
+    Messages are numbered from 0 in the order of the snapshot taken when
+    the mailbox was opened; mail that arrives later is not shown until the
+    next session (RFC 1939: numbers are stable within a session).
+    """
+
+    def list_messages() -> list:
+        """The snapshot: a list of ``txmailhub.store.maildir.MessageInfo``
+        (``uid``, ``size`` in CRLF octets, ``path``).  Synchronous."""
+
+    def open_message(index: int):
+        """A binary file object of message ``index`` (LF line endings, as
+        stored), opened for streaming.  Synchronous (a local open())."""
+
+    def mark_seen(index: int) -> None:
+        """Move message ``index`` from new/ to cur/ with the S flag.
+        Synchronous; never fails loudly (a vanished file is ignored)."""
+
+    def delete(indices: list[int]) -> "Deferred":  # noqa: F821, UP037
+        """Remove these messages (the POP3 UPDATE state) and fire with
+        ``None`` once the directory changes are durable."""
+
+    def close() -> None:
+        """Release the exclusive lock.  Idempotent; also called on
+        disconnect, so a dropped connection never leaves a stale lock."""
+
+
+class IMailboxStore(Interface):
+    """The Maildirs under ``state_dir/mail``."""
+
+    def deliver(message, mailboxes: list) -> "Deferred":  # noqa: F821, UP037
+        """Deliver a ``SpooledMessage`` to each ``Address`` in ``mailboxes``.
+
+        Fires with a dict ``{Address: None | Exception}``: one entry per
+        mailbox, ``None`` once that copy is durable (file and directory
+        fsynced).  One mailbox failing never fails the others; the caller
+        decides what happens to the failed ones (queue for retry, bounce).
+        """
+
+    def open_mailbox(address) -> "Deferred":  # noqa: F821, UP037
+        """Lock ``address``'s Maildir and fire with an ``IMailbox``.
+
+        Errbacks with ``txmailhub.errors.MailboxInUse`` when another session
+        (in this process or another) holds it."""
+
+
+class IRecipientRouter(Interface):
+    """Decides what an RCPT address means.  Synchronous (in-memory tables,
+    reloaded when the users or aliases file changes)."""
+
+    def is_local_domain(domain: str) -> bool:
+        """Whether mail for ``domain`` is ours (case-insensitive)."""
+
+    def resolve(address) -> tuple:
+        """Expand ``address`` through the aliases to final recipients.
+
+        Returns ``(local, remote)``: two tuples of ``Address`` -- mailboxes
+        of local users, and addresses in other domains.  Raises
+        ``Rejected`` (550 5.1.1) for an unknown local address.  Alias loops
+        are cut, never followed forever."""
+
+    def verify(address) -> tuple:
+        """What VRFY/EXPN may say: the same as ``resolve`` without raising
+        for remote domains; raises ``Rejected`` when unknown."""
+
+
+class IOutboundQueue(Interface):
+    """The durable queue of mail for remote (or retried local) recipients."""
+
+    def enqueue(envelope, message) -> "Deferred":  # noqa: F821, UP037
+        """Store ``message`` (a ``SpooledMessage``) for ``envelope``'s
+        recipients and fire with the queue id once message and envelope
+        are fsynced (files and directory).  Delivery starts at once."""
+
+    def wake() -> None:
+        """Look for due entries now (a flush from the CLI, a new entry)."""
+
+
+class IMXResolver(Interface):
+    """Where mail for a domain goes (RFC 5321 section 5.1)."""
+
+    def resolve(domain: str) -> "Deferred":  # noqa: F821, UP037
+        """Fire with an ordered list of ``txmailhub.relay.mx.MXHost``
+        (preference order, equal preferences shuffled, each with its
+        addresses, IPv6 and IPv4).  Errbacks with ``NullMX`` (RFC 7505),
+        ``NoSuchDomain`` (NXDOMAIN: permanent) or ``TemporaryDNSError``."""
+
+
+class IDeliveryAgent(Interface):
+    """Makes one delivery attempt of a queued message."""
+
+    def attempt(entry) -> "Deferred":  # noqa: F821, UP037
+        """Try every pending recipient of ``entry`` once.  Fires with a list
+        of per-recipient results (delivered, transient failure with the
+        remote reply, permanent failure with the remote reply).  Never
+        errbacks for a remote failure: that is a result, not an error."""
+
+
+class ISMTPUser(Interface):
+    """The avatar an SMTP AUTH login yields: who submitted the mail."""
+
+    address = Attribute("The authenticated user's ``Address``.")

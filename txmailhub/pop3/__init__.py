@@ -1,0 +1,1 @@
+"""POP3: the sans-IO server engine and its Twisted adapter."""

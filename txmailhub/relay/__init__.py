@@ -1,0 +1,1 @@
+"""Outbound relay: queue, retry schedule, MX resolution, delivery, bounces."""

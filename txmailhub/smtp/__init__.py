@@ -1,0 +1,1 @@
+"""SMTP: the sans-IO server and client engines and the Twisted adapters."""

@@ -1,0 +1,55 @@
+"""SMTP replies as values.
+
+A ``Reply`` is a code, an RFC 3463 enhanced status (or ``None`` where the
+RFC forbids one: the greeting, and the 220/221 lines of the session are
+sent with it anyway because ENHANCEDSTATUSCODES clients expect it after
+EHLO), and one or more text lines.  Production code and tests share the
+catalog constants defined in ``txmailhub.smtp.replies``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Reply"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    status: str | None
+    lines: tuple[str, ...]
+
+    @classmethod
+    def of(cls, code: int, status: str | None, *lines: str) -> Reply:
+        return cls(code, status, tuple(lines) or ("",))
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def text(self) -> str:
+        """The reply as one human-readable line: ``550 5.1.1 text``."""
+        head = f"{self.code} {self.status} " if self.status else f"{self.code} "
+        return head + " / ".join(self.lines)
+
+    def to_bytes(self, enhanced: bool = True) -> bytes:
+        """Wire form; ``enhanced=False`` drops the RFC 3463 status."""
+        status = f"{self.status} " if (enhanced and self.status) else ""
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            out.append(f"{self.code}{sep}{status}{line}\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        return self.text()

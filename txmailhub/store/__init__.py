@@ -1,0 +1,1 @@
+"""Mail storage: the Maildir store that SMTP writes and POP3 reads."""
