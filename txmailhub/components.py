@@ -7,7 +7,7 @@ Nothing here starts or opens anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from txmailhub.config import Settings
@@ -30,6 +30,10 @@ class Components:
       ``IUsernamePassword`` and, for APOP, ``IUsernameHashedPassword``.
     * ``tls``: a server ``IOpenSSLServerConnectionCreator`` (e.g.
       ``CertificateOptions``) or ``None`` when ``[tls]`` is absent.
+    * ``users``: the ``txmailhub.users.UsersDB`` (who exists locally).
+    * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
+      by the service as listeners bind (the relay uses it to spot an MX
+      that points back at us: a mail loop).
     """
 
     settings: Settings
@@ -40,3 +44,5 @@ class Components:
     portal: Any
     queue: Any = None
     tls: Any = None
+    users: Any = None
+    listening: list[tuple[str, int]] = field(default_factory=list)
