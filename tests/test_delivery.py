@@ -1,0 +1,173 @@
+"""txmailhub.delivery: per-recipient fate at the end of DATA."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from txmailhub.address import Address
+from txmailhub.delivery import DELIVERED, QUEUED, accept_message, summarize
+from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
+from txmailhub.smtp import replies
+
+
+class Router:
+    def __init__(self, domains=("example.org",)):
+        self.domains = set(domains)
+
+    def is_local_domain(self, domain):
+        return domain.lower() in self.domains
+
+
+class Store:
+    def __init__(self, fail=(), explode=False, pending=False):
+        self.fail = set(fail)
+        self.explode = explode
+        self.pending = pending
+        self.calls = []
+        self.waiting = None
+
+    def deliver(self, message, mailboxes):
+        self.calls.append((message, list(mailboxes)))
+        if self.explode:
+            return defer.fail(OSError("disk on fire"))
+        result = {m: (OSError("quota") if m in self.fail else None) for m in mailboxes}
+        if self.pending:
+            self.waiting = defer.Deferred()
+            self.waiting.addCallback(lambda _: result)
+            return self.waiting
+        return defer.succeed(result)
+
+
+class Queue:
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.entries = []
+
+    def enqueue(self, envelope, message):
+        self.entries.append((envelope, message))
+        if self.fail:
+            return defer.fail(OSError("queue disk full"))
+        return defer.succeed(f"q{len(self.entries)}")
+
+    def wake(self):
+        pass
+
+
+class Spooler:
+    def __init__(self):
+        self.discarded = []
+
+    def discard(self, message):
+        self.discarded.append(message)
+
+
+class C:
+    def __init__(self, store=None, queue=None):
+        self.router = Router()
+        self.store = store or Store()
+        self.queue = queue
+        self.spooler = Spooler()
+
+
+MSG = SpooledMessage("/spool/1", 10, 12)
+A = Address("alice", "example.org")
+B = Address("bob", "example.org")
+R = Address("rita", "remote.test")
+
+
+def env(*rcpts):
+    return Envelope(
+        sender=Address("s", "x.test"),
+        recipients=tuple(rcpts),
+        recipient_dsn=tuple((r, RecipientDSN(notify=("FAILURE",))) for r in rcpts),
+    )
+
+
+class AcceptMessageTests(SynchronousTestCase):
+    def test_all_local_delivered(self):
+        c = C()
+        res = self.successResultOf(accept_message(c, env(A, B), MSG))
+        self.assertEqual(res, {A: DELIVERED, B: DELIVERED})
+        self.assertEqual(c.store.calls, [(MSG, [A, B])])
+        self.assertEqual(c.spooler.discarded, [MSG])
+        self.assertEqual(summarize(res, "id1"), replies.accepted("id1"))
+
+    def test_no_reply_before_durable_and_discard_after(self):
+        c = C(store=Store(pending=True))
+        d = accept_message(c, env(A), MSG)
+        self.assertNoResult(d)
+        self.assertEqual(c.spooler.discarded, [])
+        c.store.waiting.callback(None)
+        self.assertEqual(self.successResultOf(d), {A: DELIVERED})
+        self.assertEqual(c.spooler.discarded, [MSG])
+
+    def test_failed_mailbox_is_queued_for_retry_alone(self):
+        q = Queue()
+        c = C(store=Store(fail=[B]), queue=q)
+        res = self.successResultOf(accept_message(c, env(A, B), MSG))
+        self.assertEqual(res, {A: DELIVERED, B: QUEUED})
+        self.assertEqual(len(q.entries), 1)
+        queued_env, queued_msg = q.entries[0]
+        self.assertEqual(queued_env.recipients, (B,))
+        self.assertEqual([p[0] for p in queued_env.recipient_dsn], [B])
+        self.assertIs(queued_msg, MSG)
+        self.assertEqual(summarize(res, "x").code, 250)
+
+    def test_failed_mailbox_without_queue_is_451(self):
+        c = C(store=Store(fail=[B]))
+        res = self.successResultOf(accept_message(c, env(A, B), MSG))
+        self.assertEqual(res, {A: DELIVERED, B: replies.LOCAL_ERROR})
+        self.assertEqual(summarize(res, "x"), replies.LOCAL_ERROR)
+        self.assertEqual(c.spooler.discarded, [MSG])
+
+    def test_store_errback_queues_everyone(self):
+        q = Queue()
+        c = C(store=Store(explode=True), queue=q)
+        res = self.successResultOf(accept_message(c, env(A, B), MSG))
+        self.assertEqual(res, {A: QUEUED, B: QUEUED})
+        self.assertEqual(q.entries[0][0].recipients, (A, B))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_remote_goes_to_queue_with_only_remote_recipients(self):
+        q = Queue()
+        c = C(queue=q)
+        res = self.successResultOf(accept_message(c, env(A, R), MSG))
+        self.assertEqual(res, {A: DELIVERED, R: QUEUED})
+        self.assertEqual(c.store.calls, [(MSG, [A])])
+        self.assertEqual(q.entries[0][0].recipients, (R,))
+
+    def test_remote_without_queue_is_temporary_refusal(self):
+        c = C()
+        res = self.successResultOf(accept_message(c, env(R), MSG))
+        self.assertEqual(res, {R: replies.QUEUE_UNAVAILABLE})
+        self.assertEqual(c.store.calls, [])
+        self.assertTrue(summarize(res, "x").is_transient)
+
+    def test_queue_failure_is_451_and_spool_still_discarded(self):
+        c = C(queue=Queue(fail=True))
+        res = self.successResultOf(accept_message(c, env(R), MSG))
+        self.assertEqual(res, {R: replies.LOCAL_ERROR})
+        self.assertEqual(c.spooler.discarded, [MSG])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_store_result_missing_a_mailbox_counts_as_failure(self):
+        class Partial(Store):
+            def deliver(self, message, mailboxes):
+                return defer.succeed({mailboxes[0]: None})
+
+        c = C(store=Partial())
+        res = self.successResultOf(accept_message(c, env(A, B), MSG))
+        self.assertEqual(res[A], DELIVERED)
+        self.assertEqual(res[B], replies.LOCAL_ERROR)
+
+    def test_discard_failure_does_not_lose_results(self):
+        c = C()
+
+        def boom(message):
+            raise OSError("cannot unlink")
+
+        c.spooler.discard = boom
+        res = self.successResultOf(accept_message(c, env(A), MSG))
+        self.assertEqual(res, {A: DELIVERED})
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)

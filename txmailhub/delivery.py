@@ -1,0 +1,186 @@
+"""The junction at the end of DATA: one spooled message -> its recipients.
+
+Owns the routing of an accepted message to the mailbox store (local
+recipients) and to the outbound queue (remote recipients, and local
+mailboxes that failed and must be retried), and the per-recipient replies
+that result.  Called by the SMTP adapter after the final "." and by the
+relay's bounce code to deliver a DSN "through the normal path".
+
+It must not parse SMTP, touch sockets, or decide whether a recipient is
+allowed (the SMTP server did that at RCPT time); it only moves a durable
+spool file to where it must go and then discards the spool file.
+
+Per-recipient fate (RFC 5321 6.1): each recipient gets its own ``Reply``.
+A local mailbox that fails is handed to the queue, whose runner retries it
+through the store, so the client is told 250 and never re-sends to the
+recipients that did succeed.  Only when there is no queue (no relay
+configured) does a failed mailbox stay a 451; ``summarize`` then answers
+451 for the whole message, because a 250 would leave that recipient's copy
+with nobody responsible for it (a duplicate for the others is the lesser
+harm, RFC 5321 6.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from txmailhub.address import Address
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.smtp import replies
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["DELIVERED", "QUEUED", "accept_message", "summarize"]
+
+log = Logger(namespace="txmailhub.delivery")
+
+DELIVERED = Reply.of(250, "2.0.0", "Delivered")
+QUEUED = Reply.of(250, "2.0.0", "Queued for delivery")
+
+
+def accept_message(
+    components: Any, envelope: Envelope, message: SpooledMessage
+) -> defer.Deferred[dict[Address, Reply]]:
+    """Deliver ``message`` to every recipient of ``envelope``.
+
+    Local recipients (``components.router.is_local_domain``) go to
+    ``components.store.deliver``; remote ones to
+    ``components.queue.enqueue`` (with an envelope naming only them); a
+    local mailbox that fails is enqueued as well, so the queue retries it.
+    Fires with one ``Reply`` per recipient: 250 once that copy is durable
+    (in a Maildir or in the queue), 451 when it could not be made durable.
+    Never errbacks.  The spool file is discarded afterwards in every case.
+    """
+    router = components.router
+    local: list[Address] = []
+    remote: list[Address] = []
+    for rcpt in envelope.recipients:
+        (local if router.is_local_domain(rcpt.domain) else remote).append(rcpt)
+    return _Delivery(components, envelope, message).run(local, remote)
+
+
+def summarize(results: dict[Address, Reply], message_id: str) -> Reply:
+    """The one SMTP reply after DATA for per-recipient ``results``.
+
+    250 when every recipient's copy is durable (delivered or queued);
+    otherwise the first failure (451 when any failure is temporary, so
+    nothing accepted-but-lost can happen)."""
+    failures = [r for r in results.values() if not r.is_positive]
+    if not failures:
+        return replies.accepted(message_id)
+    for r in failures:
+        if r.is_transient:
+            return r
+    return failures[0]
+
+
+class _Delivery:
+    """One run of ``accept_message`` (keeps the callbacks flat)."""
+
+    def __init__(self, components: Any, envelope: Envelope, message: SpooledMessage) -> None:
+        self.components = components
+        self.envelope = envelope
+        self.message = message
+        self.results: dict[Address, Reply] = {}
+
+    def run(self, local: list[Address], remote: list[Address]) -> defer.Deferred:
+        pending = []
+        if local:
+            pending.append(self._deliver_local(local))
+        if remote:
+            pending.append(self._enqueue(remote, replies.QUEUE_UNAVAILABLE))
+        if len(pending) == 1:
+            d = pending[0]
+        else:
+            d = defer.gatherResults(pending, consumeErrors=True)
+        d.addErrback(self._unexpected)
+        d.addCallback(self._discard)
+        return d
+
+    def _unexpected(self, f: Any) -> None:
+        log.failure("delivery failed unexpectedly", f)
+        for rcpt in self.envelope.recipients:
+            self.results.setdefault(rcpt, replies.LOCAL_ERROR)
+
+    def _deliver_local(self, local: list[Address]) -> defer.Deferred:
+        try:
+            d = self.components.store.deliver(self.message, local)
+        except Exception as e:
+            d = defer.fail(e)
+
+        def delivered(outcome: dict) -> Any:
+            failed = []
+            for rcpt in local:
+                err = outcome.get(rcpt, _MISSING)
+                if err is None:
+                    self.results[rcpt] = DELIVERED
+                else:
+                    if err is _MISSING:
+                        err = RuntimeError("the store gave no result for this mailbox")
+                    log.warn(
+                        "local delivery to {recipient} failed: {error}; queueing for retry",
+                        recipient=str(rcpt),
+                        error=str(err),
+                    )
+                    failed.append(rcpt)
+            if failed:
+                return self._enqueue(failed, replies.LOCAL_ERROR)
+            return None
+
+        def store_failed(f: Any) -> Any:
+            log.failure("mailbox store failed for {count} recipients", f, count=len(local))
+            return self._enqueue(local, replies.LOCAL_ERROR)
+
+        d.addCallbacks(delivered, store_failed)
+        return d
+
+    def _enqueue(self, rcpts: list[Address], without_queue: Reply) -> defer.Deferred | None:
+        queue = self.components.queue
+        if queue is None:
+            for rcpt in rcpts:
+                self.results[rcpt] = without_queue
+            return defer.succeed(None)
+        wanted = set(rcpts)
+        env = dataclasses.replace(
+            self.envelope,
+            recipients=tuple(rcpts),
+            recipient_dsn=tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted),
+        )
+        try:
+            d = queue.enqueue(env, self.message)
+        except Exception as e:
+            d = defer.fail(e)
+
+        def queued(_: Any) -> None:
+            for rcpt in rcpts:
+                self.results[rcpt] = QUEUED
+
+        def failed(f: Any) -> None:
+            log.failure("enqueue failed for {count} recipients", f, count=len(rcpts))
+            for rcpt in rcpts:
+                self.results[rcpt] = replies.LOCAL_ERROR
+
+        d.addCallbacks(queued, failed)
+        return d
+
+    def _discard(self, _: Any) -> defer.Deferred:
+        try:
+            d = defer.maybeDeferred(self.components.spooler.discard, self.message)
+        except Exception as e:  # maybeDeferred catches, this is belt and braces
+            d = defer.fail(e)
+
+        def done(_: Any) -> dict[Address, Reply]:
+            return self.results
+
+        def discard_failed(f: Any) -> dict[Address, Reply]:
+            log.failure("could not discard spool file {path}", f, path=self.message.path)
+            return self.results
+
+        d.addCallbacks(done, discard_failed)
+        return d
+
+
+_MISSING = object()

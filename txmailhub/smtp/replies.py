@@ -1,0 +1,150 @@
+"""The catalog of every reply the SMTP server sends.
+
+Owns the reply codes, RFC 3463 enhanced status codes and texts.  The
+server engine, the Twisted adapter, ``txmailhub.delivery`` and the tests
+all use these constants (or the small functions below for replies that
+carry a name or a number), so there is no ``"250 OK"`` literal anywhere
+else.  Must not contain logic beyond formatting.
+"""
+
+from __future__ import annotations
+
+from txmailhub.smtp.reply import Reply
+
+# --- positive -------------------------------------------------------------
+OK = Reply.of(250, "2.0.0", "OK")
+RESET = Reply.of(250, "2.0.0", "Reset state")
+SENDER_OK = Reply.of(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply.of(250, "2.1.5", "Recipient OK")
+DATA_START = Reply.of(354, None, 'Enter mail, end with "." on a line by itself')
+TLS_READY = Reply.of(220, "2.0.0", "Ready to start TLS")
+AUTH_SUCCEEDED = Reply.of(235, "2.7.0", "Authentication successful")
+CANNOT_VRFY = Reply.of(
+    252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery"
+)
+BYE = Reply.of(221, "2.0.0", "Bye")
+
+# --- transient ------------------------------------------------------------
+TIMEOUT = Reply.of(421, "4.4.2", "Idle timeout, closing connection")
+TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_CONNECTIONS = Reply.of(421, "4.3.2", "Too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_YOU = Reply.of(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
+AUTH_TOO_MANY_FAILURES = Reply.of(
+    421, "4.7.0", "Too many authentication failures, closing connection"
+)
+LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
+QUEUE_UNAVAILABLE = Reply.of(
+    451, "4.3.0", "Relaying is not available yet on this server, try again later"
+)
+TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients")
+AUTH_TEMPORARY = Reply.of(454, "4.7.0", "Temporary authentication failure")
+TLS_NOT_AVAILABLE = Reply.of(454, "4.7.0", "TLS not available")
+
+# --- permanent: syntax and sequence ----------------------------------------
+UNKNOWN_COMMAND = Reply.of(500, "5.5.1", "Command unrecognized")
+LINE_TOO_LONG = Reply.of(500, "5.5.2", "Line too long")
+NUL_IN_COMMAND = Reply.of(500, "5.5.2", "NUL character in command")
+ERROR_PROCESSING = Reply.of(500, "5.5.2", "Syntax error")
+SYNTAX_ARGUMENT = Reply.of(501, "5.5.4", "Syntax error in parameters or arguments")
+SYNTAX_ADDRESS = Reply.of(501, "5.1.7", "Bad address syntax")
+INVALID_UTF8 = Reply.of(501, "5.5.2", "Invalid UTF-8 in command")
+AUTH_INVALID_BASE64 = Reply.of(501, "5.5.2", "Invalid base64 data")
+AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")
+COMMAND_NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Command not implemented")
+TURN_REFUSED = Reply.of(502, "5.5.1", "TURN is not supported")
+EXPN_DISABLED = Reply.of(502, "5.5.1", "EXPN is disabled")
+TLS_ALREADY = Reply.of(503, "5.5.1", "TLS already active")
+BAD_SEQUENCE = Reply.of(503, "5.5.1", "Bad sequence of commands")
+HELO_REQUIRED = Reply.of(503, "5.5.1", "Send HELO or EHLO first")
+MAIL_NESTED = Reply.of(503, "5.5.1", "Sender already specified")
+MAIL_NEEDED = Reply.of(503, "5.5.1", "Need MAIL command first")
+RCPT_NEEDED = Reply.of(503, "5.5.1", "Need RCPT command first")
+DATA_NO_RECIPIENTS = Reply.of(554, "5.5.1", "No valid recipients")
+AUTH_ALREADY = Reply.of(503, "5.5.1", "Already authenticated")
+AUTH_NOT_AVAILABLE = Reply.of(503, "5.5.1", "AUTH not available")
+BDAT_AFTER_DATA = Reply.of(503, "5.5.1", "Cannot mix DATA and BDAT")
+BDAT_BAD_SIZE = Reply.of(501, "5.5.4", "BDAT needs a chunk size and optional LAST")
+AUTH_MECHANISM_UNKNOWN = Reply.of(504, "5.5.4", "Unrecognized authentication mechanism")
+PARAM_NOT_RECOGNIZED = Reply.of(555, "5.5.4", "Parameter not recognized")
+PARAM_SYNTAX = Reply.of(501, "5.5.4", "Invalid parameter value")
+SMTPUTF8_NOT_DECLARED = Reply.of(
+    553, "5.6.7", "Non-ASCII address requires SMTPUTF8 on MAIL FROM"
+)
+
+# --- permanent: policy ----------------------------------------------------
+AUTH_REQUIRED = Reply.of(530, "5.7.0", "Authentication required")
+AUTH_TLS_REQUIRED = Reply.of(538, "5.7.11", "Encryption required for requested authentication")
+AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
+UNKNOWN_USER = Reply.of(550, "5.1.1", "No such user here")
+RELAY_DENIED = Reply.of(550, "5.7.1", "Relaying denied")
+SIZE_EXCEEDS_LIMIT = Reply.of(552, "5.3.4", "Message size exceeds fixed maximum message size")
+MESSAGE_TOO_BIG = SIZE_EXCEEDS_LIMIT
+MESSAGE_LINE_TOO_LONG = Reply.of(
+    500, "5.5.2", "Line too long in message data (RFC 5321 4.5.3.1.6), message refused"
+)
+MESSAGE_BARE_CR_LF = Reply.of(
+    550, "5.6.11", "Bare CR or LF in message data is not allowed (RFC 5321 2.3.8)"
+)
+
+
+# --- replies that carry a name or a number ---------------------------------
+def greeting(hostname: str) -> Reply:
+    """The 220 banner.  RFC 2034 forbids an enhanced code before EHLO."""
+    return Reply.of(220, None, f"{hostname} ESMTP txmailhub ready")
+
+
+def shutting_down(hostname: str) -> Reply:
+    return Reply.of(421, "4.3.2", f"{hostname} Service shutting down")
+
+
+def bye(hostname: str) -> Reply:
+    return Reply.of(221, "2.0.0", f"{hostname} closing connection")
+
+
+def hello(hostname: str, client: str) -> Reply:
+    """The HELO reply (no enhanced code: the client did not ask for ESMTP)."""
+    return Reply.of(250, None, f"{hostname} Hello {client}, pleased to meet you")
+
+
+def ehlo(hostname: str, client: str, keywords: list[str]) -> Reply:
+    return Reply.of(250, None, f"{hostname} Hello {client}", *keywords)
+
+
+def sender_ok(sender: str) -> Reply:
+    return Reply.of(250, "2.1.0", f"<{sender}>... Sender OK")
+
+
+def recipient_ok(recipient: str) -> Reply:
+    return Reply.of(250, "2.1.5", f"<{recipient}>... Recipient OK")
+
+
+def accepted(queue_id: str) -> Reply:
+    return Reply.of(250, "2.0.0", f"{queue_id} Message accepted for delivery")
+
+
+def bdat_chunk(size: int) -> Reply:
+    return Reply.of(250, "2.0.0", f"{size} octets received")
+
+
+def vrfy_found(address: str) -> Reply:
+    return Reply.of(250, "2.1.5", f"<{address}>")
+
+
+def vrfy_ambiguous(addresses: list[str]) -> Reply:
+    return Reply.of(553, "5.1.4", "Ambiguous; possibilities are", *(f"<{a}>" for a in addresses))
+
+
+def expn_found(addresses: list[str]) -> Reply:
+    return Reply.of(250, "2.1.5", *(f"<{a}>" for a in addresses))
+
+
+def help_text(commands: list[str]) -> Reply:
+    return Reply.of(
+        214,
+        "2.0.0",
+        "Commands supported:",
+        " ".join(commands),
+        "See RFC 5321; report problems to postmaster",
+    )
