@@ -55,7 +55,8 @@ def parse_duration(value: str | int) -> int:
     m = _DURATION.match(value)
     if not m:
         raise ValueError(
-            f"unknown duration {value!r}: use a number with s, m, h or d (\"30s\", \"5m\", \"4h\", \"5d\")"
+            f"unknown duration {value!r}: use a number with s, m, h or d "
+            '("30s", "5m", "4h", "5d")'
         )
     return int(m.group(1)) * _UNITS[m.group(2)]
 
@@ -499,7 +500,9 @@ def load_text(text: str, path: str) -> Settings:
         allow_plaintext_auth=r.get(
             t, "pop3", "allow_plaintext_auth", d3.allow_plaintext_auth, _bool
         ),
-        max_auth_failures=r.get(t, "pop3", "max_auth_failures", d3.max_auth_failures, _positive_int),
+        max_auth_failures=r.get(
+            t, "pop3", "max_auth_failures", d3.max_auth_failures, _positive_int
+        ),
         auth_failure_delay=r.get(
             t, "pop3", "auth_failure_delay", d3.auth_failure_delay, _non_negative_number
         ),

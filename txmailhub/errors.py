@@ -18,8 +18,10 @@ __all__ = [
     "ConfigError",
     "LocalError",
     "MailboxInUse",
+    "NoSuchUser",
     "RemoteProtocolError",
     "Rejected",
+    "UserExists",
     "UsersFileError",
 ]
 
@@ -57,4 +59,12 @@ class ConfigError(Exception):
 
 
 class UsersFileError(Exception):
-    """A ``mailhub user`` request cannot be done (duplicate, unknown, ...)."""
+    """A ``mailhub user`` request is malformed (bad address, empty password)."""
+
+
+class UserExists(UsersFileError):
+    """``user add`` for an address that already has an account."""
+
+
+class NoSuchUser(UsersFileError):
+    """``user del``/``passwd`` for an address without an account."""

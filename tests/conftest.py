@@ -1,0 +1,329 @@
+"""Shared fixtures: a real hub in a subprocess, test certificates, free ports.
+
+``make_hub(...)`` writes a config with free loopback ports into a temporary
+folder, adds users with the real ``mailhub user add`` code path, starts
+``twistd -n mailhub --config ...`` and waits until every listener answers.
+``hub`` is ``make_hub()`` with the defaults.  Every hub is stopped (SIGTERM,
+then SIGKILL) at the end of the test.
+
+    def test_x(make_hub):
+        hub = make_hub(tls=True, sections={"relay": {"port": 2526}})
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port) as s: ...
+        assert hub.messages("alice@example.org")
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TWISTD = shutil.which("twistd", path=str(BIN)) or "twistd"
+
+DEFAULT_USERS: dict[str, str] = {
+    "alice@example.org": "alice-secret",
+    "bob@example.org": "bob-secret",
+    "carol@example.net": "carol-secret",
+}
+APOP_USERS = ("alice@example.org",)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def make_certificate(folder: Path, hostname: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate for ``hostname`` and 127.0.0.1 (PEM files).
+
+    Clients trust it with ``ssl.create_default_context(cafile=cert)``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)``: a self-signed pair for localhost/127.0.0.1."""
+    return make_certificate(tmp_path / "tls")
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def write_toml(path: Path, doc: dict[str, dict[str, Any]]) -> None:
+    lines = []
+    for section, table in doc.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def mailhub(config: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the ``mailhub`` CLI (``python -m txmailhub``) against ``config``."""
+    return subprocess.run(
+        [sys.executable, "-m", "txmailhub", "--config", str(config), *args],
+        input=input, capture_output=True, text=True, timeout=60,
+    )
+
+
+@dataclass
+class Hub:
+    folder: Path
+    config_path: Path
+    doc: dict[str, dict[str, Any]]
+    ports: dict[str, int]
+    users: dict[str, str]
+    proc: subprocess.Popen | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.folder / "hub.log"
+
+    # ports by role
+    @property
+    def smtp_port(self) -> int:
+        return self.ports["smtp"]
+
+    @property
+    def submission_port(self) -> int:
+        return self.ports["submission"]
+
+    @property
+    def pop3_port(self) -> int:
+        return self.ports["pop3"]
+
+    @property
+    def smtps_port(self) -> int:
+        return self.ports["submission_tls"]
+
+    @property
+    def pop3s_port(self) -> int:
+        return self.ports["pop3_tls"]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.folder / "var"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def maildir(self, address: str) -> Path:
+        local, _, domain = address.rpartition("@")
+        return self.state_dir / "mail" / domain.lower() / local.lower()
+
+    def message_files(self, address: str) -> list[Path]:
+        box = self.maildir(address)
+        return sorted(p for sub in ("new", "cur") if (box / sub).is_dir()
+                      for p in (box / sub).iterdir())
+
+    def messages(self, address: str) -> list[bytes]:
+        return [p.read_bytes() for p in self.message_files(address)]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def mailhub(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return mailhub(self.config_path, *args, input=input)
+
+    def start(self, wait: bool = True) -> Hub:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config",
+             str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
+        )
+        log.close()
+        if wait:
+            self.wait_listening()
+        return self
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = dict(self.ports)
+        pending.pop("spare", None)
+        while pending:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"hub exited with {self.proc.returncode} while starting:\n{self.log_text()}"
+                )
+            for role, port in list(pending.items()):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    del pending[role]
+                except OSError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                raise AssertionError(f"hub not listening on {pending}:\n{self.log_text()}")
+            if pending:
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Signal the hub and wait; returns its exit code (None if not running)."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> Hub:
+        self.stop()
+        return self.start()
+
+
+def _hub_config(
+    folder: Path, ports: dict[str, int], tls: tuple[Path, Path] | None,
+    sections: dict[str, dict[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
+    listen = "tcp:{}:interface=127.0.0.1".format
+    doc: dict[str, dict[str, Any]] = {
+        "hub": {"hostname": "mail.example.org", "state_dir": "var",
+                "domains": ["example.org", "example.net"]},
+        "users": {"file": "users"},
+        "smtp": {"listen": [listen(ports["smtp"])]},
+        "submission": {"listen": [listen(ports["submission"])]},
+        "pop3": {"listen": [listen(ports["pop3"])]},
+        # no DNS server exists in the test sandbox: point the relay at a dead
+        # local port unless a test sets its own nameservers.
+        "relay": {"nameservers": [f"127.0.0.1:{ports['spare']}"]},
+    }
+    if tls is not None:
+        doc["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        doc["submission"]["tls_listen"] = [listen(ports["submission_tls"])]
+        doc["pop3"]["tls_listen"] = [listen(ports["pop3_tls"])]
+    for section, table in (sections or {}).items():
+        doc.setdefault(section, {}).update(table)
+    return doc
+
+
+@pytest.fixture
+def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    """Factory: ``make_hub(users=..., tls=False, sections=None, start=True)``.
+
+    ``users`` maps address -> password (default: alice, bob @example.org,
+    carol@example.net; alice also with APOP).  ``sections`` updates the
+    config tables (``{"smtp": {"max_recipients": 2}}``).  ``tls=True``
+    generates a certificate and adds the implicit-TLS listeners; the
+    certificate is ``hub.folder / "tls" / "cert.pem"``."""
+    hubs: list[Hub] = []
+    counter = iter(range(1000))
+
+    def factory(
+        users: dict[str, str] | None = None,
+        tls: bool = False,
+        sections: dict[str, dict[str, Any]] | None = None,
+        start: bool = True,
+    ) -> Hub:
+        folder = tmp_path / f"hub{next(counter)}"
+        folder.mkdir()
+        roles = ["smtp", "submission", "pop3", "spare"]
+        if tls:
+            roles += ["submission_tls", "pop3_tls"]
+        ports = dict(zip(roles, free_ports(len(roles))))
+        pair = make_certificate(folder / "tls") if tls else None
+        doc = _hub_config(folder, ports, pair, sections)
+        config = folder / "mailhub.toml"
+        write_toml(config, doc)
+        users = DEFAULT_USERS if users is None else users
+        hub = Hub(folder, config, doc, ports, dict(users))
+        _add_users(config, users)
+        hubs.append(hub)
+        if start:
+            hub.start()
+        return hub
+
+    yield factory
+    for hub in hubs:
+        hub.stop()
+
+
+def _add_users(config: Path, users: dict[str, str]) -> None:
+    """Add users through ``UsersDB``, the code ``mailhub user add`` runs."""
+    from txmailhub.config import load
+    from txmailhub.users import UsersDB
+
+    settings = load(str(config))
+    db = UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
+    for address, password in users.items():
+        db.add(address, password, allow_apop=address in APOP_USERS)
+
+
+@pytest.fixture
+def hub(make_hub: Callable[..., Hub]) -> Hub:
+    """A running hub with the default users and no TLS."""
+    return make_hub()

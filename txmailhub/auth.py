@@ -1,0 +1,119 @@
+"""twisted.cred for every login: SMTP AUTH, POP3 USER/PASS, AUTH PLAIN, APOP.
+
+Owns the checker over the users file and the realm that turns an avatar
+id (the user's address key, ``user@domain``) into what a protocol asked
+for: an ``ISMTPUser`` or a locked ``IMailbox``.  The realm is not the
+service, and neither knows anything about the wire protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from zope.interface import implementer
+
+from txmailhub.address import Address, AddressError
+from txmailhub.errors import LocalError
+from txmailhub.interfaces import IMailbox, ISMTPUser
+from txmailhub.users import UsersDB
+
+__all__ = ["MailRealm", "SMTPUser", "UsersChecker", "build_portal"]
+
+RunInThread = Callable[..., Deferred]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+@implementer(ICredentialsChecker)
+class UsersChecker:
+    """Checks passwords (and APOP digests) against the users file.
+
+    Password checks run scrypt, which takes tens of milliseconds on
+    purpose; ``run_in_thread`` (``deferToThreadPool`` in the service)
+    keeps that off the reactor thread.  Without it the check runs inline,
+    which is what deterministic tests want.
+    """
+
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
+    def __init__(self, users: UsersDB, run_in_thread: RunInThread | None = None) -> None:
+        self.users = users
+        self._run = run_in_thread
+
+    def requestAvatarId(self, credentials: Any) -> Deferred:
+        try:
+            address = self.users.qualify(_text(credentials.username))
+        except (AddressError, UnicodeDecodeError):
+            return _fail()
+        if IUsernamePassword.providedBy(credentials):
+            try:
+                password = _text(credentials.password)
+            except UnicodeDecodeError:
+                return _fail()
+            if self._run is None:
+                d = maybeDeferred(self.users.check_password, address, password)
+            else:
+                d = self._run(self.users.check_password, address, password)
+            return d.addCallback(_result, address)
+        # APOP: the credentials compare md5(challenge + secret) themselves.
+        secret = self.users.apop_secret(address)
+        if secret is None:
+            return _fail()
+        ok = credentials.checkPassword(secret.encode("utf-8"))
+        return succeed(address.key) if ok else _fail()
+
+
+def _fail() -> Deferred:
+    d: Deferred = Deferred()
+    d.errback(UnauthorizedLogin("authentication failed"))
+    return d
+
+
+def _result(ok: bool, address: Address) -> str:
+    if not ok:
+        raise UnauthorizedLogin("authentication failed")
+    return address.key
+
+
+@implementer(ISMTPUser)
+class SMTPUser:
+    """Who authenticated on an SMTP session."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"SMTPUser({self.address})"
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Avatar ids (``user@domain``) -> ``ISMTPUser`` or a locked ``IMailbox``."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        local, _, domain = _text(avatarId).rpartition("@")
+        address = Address(local, domain)
+        for iface in interfaces:
+            if iface is ISMTPUser:
+                return (ISMTPUser, SMTPUser(address), lambda: None)
+            if iface is IMailbox:
+                d = self.store.open_mailbox(address)
+                return d.addCallback(lambda box: (IMailbox, box, box.close))
+        raise LocalError(f"no avatar for {interfaces!r}")
+
+
+def build_portal(users: UsersDB, store: Any, run_in_thread: RunInThread | None = None) -> Portal:
+    return Portal(MailRealm(store), [UsersChecker(users, run_in_thread)])

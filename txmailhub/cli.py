@@ -1,0 +1,150 @@
+"""The ``mailhub`` admin command (also ``python -m txmailhub``).
+
+Owns argument parsing and exit codes: 0 ok, 1 runtime failure (the
+request could not be done: duplicate user, unknown queue id, ...), 2 bad
+usage or bad config.  Each subcommand is a thin call into the component
+that owns the data (users file, queue); nothing here talks to a running
+hub except through those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import TextIO
+
+from txmailhub.config import Settings, load
+from txmailhub.errors import ConfigError, NoSuchUser, UserExists, UsersFileError
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = os.environ.get("MAILHUB_CONFIG", "/etc/txmailhub/mailhub.toml")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default exits 2 too; keep one line
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mailhub", description="Administer a txmailhub mail hub.")
+    p.add_argument(
+        "--config", "-c", default=DEFAULT_CONFIG,
+        help=f"the TOML configuration file (default: $MAILHUB_CONFIG or {DEFAULT_CONFIG})",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("check", help="validate the configuration; exit 2 listing every problem")
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", metavar="ACTION", parser_class=_Parser
+    )
+    user.required = True
+    add = user.add_parser("add", help="create a user")
+    add.add_argument("address", help="user@domain, or a bare name in the primary domain")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    add.add_argument("--allow-apop", action="store_true",
+                     help="also keep the secret APOP needs (weaker: see docs)")
+    d = user.add_parser("del", help="delete a user (the mailbox stays on disk)")
+    d.add_argument("address")
+    pw = user.add_parser("passwd", help="change a user's password")
+    pw.add_argument("address")
+    pw.add_argument("--password-stdin", action="store_true")
+    user.add_parser("list", help="list users, one address per line")
+
+    from txmailhub.relay.admin import add_queue_parser
+
+    add_queue_parser(sub)
+    return p
+
+
+def _read_password(from_stdin: bool, stdin: TextIO) -> str:
+    if from_stdin:
+        line = stdin.readline()
+        return line.rstrip("\r\n")
+    if not stdin.isatty():
+        raise UsersFileError("no terminal to ask for the password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise UsersFileError("the passwords differ")
+    return first
+
+
+def _users(settings: Settings):
+    from txmailhub.users import UsersDB
+
+    return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
+
+
+def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
+    problems: list[str] = []
+    users = _users(settings)
+    users.addresses()
+    problems.extend(users.problems)
+    if settings.aliases.file:
+        from txmailhub.router import check_aliases_file
+
+        problems.extend(check_aliases_file(settings.aliases.file, settings.hub.primary_domain))
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=err)
+    if problems:
+        for problem in problems:
+            print(problem, file=err)
+        return 2
+    print(f"{settings.path}: ok", file=out)
+    return 0
+
+
+def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
+    users = _users(settings)
+    cmd = args.user_command
+    if cmd == "list":
+        for address in users.addresses():
+            print(address, file=out)
+        return 0
+    if cmd == "del":
+        print(f"deleted {users.delete(args.address)}", file=out)
+        return 0
+    password = _read_password(args.password_stdin, stdin)
+    if cmd == "add":
+        address = users.add(args.address, password, allow_apop=args.allow_apop)
+        print(f"added {address}", file=out)
+    else:
+        print(f"changed the password of {users.set_password(args.address, password)}", file=out)
+    return 0
+
+
+def main(
+    argv: list[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    args = _parser().parse_args(argv)
+    try:
+        settings = load(args.config)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=err)
+        return 2
+    try:
+        if args.command == "check":
+            return _check(settings, out, err)
+        if args.command == "user":
+            return _user(settings, args, out, stdin)
+        from txmailhub.relay.admin import run_queue
+
+        return run_queue(settings, args, out)
+    except UsersFileError as e:
+        print(f"mailhub: {e}", file=err)
+        return 1 if isinstance(e, UserExists | NoSuchUser) else 2
+    except OSError as e:
+        print(f"mailhub: {e.filename or ''}: {e.strerror}", file=err)
+        return 1
+

@@ -1,0 +1,235 @@
+"""Assembly: settings -> components -> a ``MailHub`` MultiService.
+
+This is the only module that touches the global reactor (and only when the
+caller did not pass one).  It builds each component once, wires them into
+a ``Components`` bundle and starts one listener per endpoint string.
+
+Order matters for a clean shutdown: children stop in reverse order of
+addition, so the listeners (added last) stop first, then the relay (which
+lets in-flight attempts finish or leaves them on disk), then the syncer
+(which finishes the fsync batch under way).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from txmailhub.auth import build_portal
+from txmailhub.components import Components
+from txmailhub.config import Settings
+from txmailhub.users import UsersDB
+
+__all__ = ["ListenError", "ListenerService", "MailHub", "build_components", "tls_options"]
+
+log = Logger()
+
+
+class ListenError(SystemExit):
+    """A listener could not bind.  A ``SystemExit`` so that twistd prints
+    the one line and exits 1 instead of running half-deaf."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def tls_options(certificate: str, key: str) -> Any:
+    """Server TLS options from a PEM full chain and a PEM key."""
+    from twisted.internet import ssl
+
+    with open(certificate, "rb") as f:
+        chain = _PEM_CERT.findall(f.read())
+    with open(key, "rb") as f:
+        key_pem = f.read()
+    leaf = ssl.PrivateCertificate.loadPEM(chain[0] + b"\n" + key_pem)
+    extra = [ssl.Certificate.loadPEM(c).original for c in chain[1:]]
+    return ssl.CertificateOptions(
+        privateKey=leaf.privateKey.original,
+        certificate=leaf.original,
+        extraCertChain=extra,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def build_components(settings: Settings, reactor: Any) -> Components:
+    """Every component the protocols need, built from ``settings``."""
+    from txmailhub.router import Router
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.store.spool import Spooler
+    from txmailhub.store.sync import Syncer
+
+    def run_in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
+    syncer = Syncer(reactor)
+    users = UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
+    store = MaildirStore(settings.mail_dir, settings.hub.hostname, syncer)
+    components = Components(
+        settings=settings,
+        reactor=reactor,
+        router=Router(settings.hub.domains, users, settings.aliases.file),
+        store=store,
+        spooler=Spooler(settings.spool_dir, syncer),
+        portal=build_portal(users, store, run_in_thread),
+        tls=tls_options(settings.tls.certificate, settings.tls.key) if settings.tls else None,
+        users=users,
+    )
+    components.syncer = syncer  # type: ignore[attr-defined]
+    return components
+
+
+class ListenerService(Service):
+    """One listening endpoint.  Binds in ``privilegedStartService`` (before
+    twistd drops privileges) and fails loudly, never silently."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        role: str,
+        description: str,
+        factory: Any,
+        tls: Any = None,
+        listening: list[tuple[str, int]] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.role = role
+        self.description = description
+        self.factory = factory
+        self.tls = tls
+        self.listening = listening
+        self.port: Any = None
+        self.setName(f"{role} {description}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self._bind()
+
+    def _bind(self) -> None:
+        factory = self.factory
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+        outcome: list[Any] = []
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+            endpoint.listen(factory).addBoth(outcome.append)
+        except Exception as e:
+            outcome.append(e)
+        result = outcome[0] if outcome else None
+        if result is None or isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+            why = (
+                result.getErrorMessage() if hasattr(result, "getErrorMessage")
+                else str(result or "the endpoint did not bind")
+            )
+            raise ListenError(
+                f"mailhub: cannot listen for {self.role} on {self.description}: {why}"
+            )
+        self.port = result
+        host = result.getHost()
+        if self.listening is not None and hasattr(host, "port"):
+            self.listening.append((host.host, host.port))
+        log.info("{role} listening on {address}", role=self.role, address=_describe(host))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+def _describe(host: Any) -> str:
+    if hasattr(host, "port"):
+        return f"{host.host}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+class _SyncerService(Service):
+    """Starts and stops the group-commit syncer's worker with the hub."""
+
+    def __init__(self, syncer: Any) -> None:
+        self.syncer = syncer
+
+    def startService(self) -> None:
+        super().startService()
+        start = getattr(self.syncer, "start", None)
+        if start is not None:
+            start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        stop = getattr(self.syncer, "stop", None)
+        return stop() if stop is not None else None
+
+
+class MailHub(MultiService):
+    """The whole hub as one service, embeddable in any Twisted application.
+
+    ``MailHub(settings)`` uses the global reactor; pass ``reactor=`` to
+    inject another (tests, or an application with its own)."""
+
+    def __init__(self, settings: Settings, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.settings = settings
+        self.reactor = reactor
+        self.components = c = build_components(settings, reactor)
+        _SyncerService(c.syncer).setServiceParent(self)  # type: ignore[attr-defined]
+
+        from txmailhub.relay.service import RelayService
+
+        relay = RelayService(c)
+        relay.setServiceParent(self)
+        c.queue = relay.queue
+
+        from txmailhub.pop3.protocol import POP3Factory
+        from txmailhub.smtp.protocol import SMTPFactory
+
+        plan: list[tuple[str, tuple[str, ...], Any, Any]] = [
+            ("smtp", settings.smtp.listen, SMTPFactory(c), None),
+            ("submission", settings.submission.listen, SMTPFactory(c, submission=True), None),
+        ]
+        if settings.submission.tls_listen:
+            plan.append((
+                "submission (implicit TLS)", settings.submission.tls_listen,
+                SMTPFactory(c, submission=True, implicit_tls=True), c.tls,
+            ))
+        plan.append(("pop3", settings.pop3.listen, POP3Factory(c), None))
+        if settings.pop3.tls_listen:
+            plan.append((
+                "pop3 (implicit TLS)", settings.pop3.tls_listen,
+                POP3Factory(c, implicit_tls=True), c.tls,
+            ))
+        for role, descriptions, factory, tls in plan:
+            for description in descriptions:
+                ListenerService(
+                    reactor, role, description, factory, tls, c.listening
+                ).setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "txmailhub started: hostname {hostname}, domains {domains}, state in {state_dir}",
+            hostname=self.settings.hub.hostname,
+            domains=", ".join(self.settings.hub.domains),
+            state_dir=self.settings.hub.state_dir,
+        )

@@ -1,0 +1,238 @@
+"""The users file: who has a mailbox here, and how they prove it.
+
+Owns the file format, password hashing and the read-modify-write cycle of
+``mailhub user ...``.  It never holds a plaintext password longer than a
+call, and it never logs one.
+
+Format: one user per line, ``<address> <hash> [apop=<base64 secret>]``.
+
+Hashing: scrypt from the standard library (``hashlib.scrypt``; N=2^14,
+r=8, p=1, 16-byte salt, 32-byte key).  We chose it over argon2id because
+it is memory-hard, standardised (RFC 7914), and needs no compiled
+dependency: a small site installs txmailhub with nothing but Python.  The
+parameters are stored per hash, so they can be raised later without
+invalidating existing users.
+
+APOP (RFC 1939) needs the server to know a usable secret, so users added
+with ``--allow-apop`` also keep one, base64-encoded (an encoding, not
+protection): anyone who reads the users file can log in as them over
+APOP.  That is why it is opt-in per user and documented as weaker.
+
+Readers (the running hub) see changes without a restart: every lookup
+checks the file's identity (inode, size, mtime) and reloads it when it
+changed.  Writers replace the file atomically (temp file, fsync, rename,
+fsync the folder) under an exclusive lock, so a crash leaves either the
+old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from txmailhub.address import Address, AddressError, parse_address
+from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
+
+__all__ = ["UserRecord", "UsersDB", "hash_password", "verify_password"]
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_MAXMEM = 64 * 1024 * 1024
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$N$r$p$salt$key`` (base64 fields) for ``password``."""
+    salt = secrets.token_bytes(16)
+    key = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
+        maxmem=_MAXMEM, dklen=32,
+    )
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(key).decode()}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Check ``password`` against a stored hash in constant time."""
+    try:
+        scheme, n, r, p, salt, key = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        want = base64.b64decode(key)
+        got = hashlib.scrypt(
+            password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r),
+            p=int(p), maxmem=_MAXMEM, dklen=len(want),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+# A hash of a random password, verified against when the user is unknown so
+# that "no such user" and "wrong password" take the same time.
+_DUMMY_HASH = hash_password(secrets.token_hex(16))
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    address: Address
+    password_hash: str
+    apop_secret: str | None = None
+
+    def to_line(self) -> str:
+        line = f"{self.address.key} {self.password_hash}"
+        if self.apop_secret is not None:
+            enc = base64.b64encode(self.apop_secret.encode("utf-8")).decode()
+            line += f" apop={enc}"
+        return line + "\n"
+
+
+class UsersDB:
+    """The users file, reloaded whenever it changes on disk."""
+
+    def __init__(self, path: str, primary_domain: str, domains: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.primary_domain = primary_domain.lower()
+        self.domains = tuple(d.lower() for d in domains) or (self.primary_domain,)
+        self._stamp: tuple[int, int, int] | None = None
+        self._records: dict[str, UserRecord] = {}
+        self.problems: list[str] = []
+
+    # -- reading -------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._records, self.problems = None, {}, []
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            self._records, self.problems = self._parse(f.read())
+        self._stamp = stamp
+
+    def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str]]:
+        records: dict[str, UserRecord] = {}
+        problems: list[str] = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            try:
+                if len(fields) not in (2, 3):
+                    raise ValueError("expected '<address> <hash> [apop=<secret>]'")
+                address = parse_address(fields[0], self.primary_domain)
+                apop = None
+                if len(fields) == 3:
+                    if not fields[2].startswith("apop="):
+                        raise ValueError(f"unknown field {fields[2][:20]!r}")
+                    apop = base64.b64decode(fields[2][5:], validate=True).decode("utf-8")
+                records[address.key] = UserRecord(address, fields[1], apop)
+            except (ValueError, AddressError) as e:
+                problems.append(f"{self.path}:{lineno}: {e}")
+        return records, problems
+
+    def get(self, address: Address) -> UserRecord | None:
+        self._refresh()
+        return self._records.get(address.key)
+
+    def contains(self, address: Address) -> bool:
+        return self.get(address) is not None
+
+    def addresses(self) -> list[Address]:
+        self._refresh()
+        return [r.address for r in sorted(self._records.values(), key=lambda r: r.address.key)]
+
+    def qualify(self, name: str) -> Address:
+        """A login name or CLI argument -> ``Address`` (bare local part = primary domain)."""
+        return parse_address(name, self.primary_domain)
+
+    def check_password(self, address: Address, password: str) -> bool:
+        """Whether ``password`` is right; slow on purpose (scrypt), even for unknown users."""
+        record = self.get(address)
+        if record is None:
+            verify_password(password, _DUMMY_HASH)
+            return False
+        return verify_password(password, record.password_hash)
+
+    def apop_secret(self, address: Address) -> str | None:
+        record = self.get(address)
+        return None if record is None else record.apop_secret
+
+    # -- writing -------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, UserRecord]]:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._stamp = None
+            self._refresh()
+            records = dict(self._records)
+            yield records
+            self._write(records)
+
+    def _write(self, records: dict[str, UserRecord]) -> None:
+        from txmailhub.store.sync import durable_write
+
+        text = "# txmailhub users: <address> <scrypt hash> [apop=<secret>]\n"
+        text += "".join(r.to_line() for _, r in sorted(records.items()))
+        durable_write(self.path, text.encode("utf-8"), mode=0o600)
+        self._stamp = None
+
+    def _local(self, name: str) -> Address:
+        try:
+            address = self.qualify(name)
+        except AddressError as e:
+            raise UsersFileError(str(e)) from None
+        if address.domain not in self.domains:
+            raise UsersFileError(
+                f"{address} is not in a local domain ({', '.join(self.domains)})"
+            )
+        return address
+
+    @staticmethod
+    def _check_password(password: str) -> None:
+        if not password:
+            raise UsersFileError("the password is empty")
+
+    def add(self, name: str, password: str, allow_apop: bool = False) -> Address:
+        address = self._local(name)
+        self._check_password(password)
+        with self._locked() as records:
+            if address.key in records:
+                raise UserExists(f"{address} already exists")
+            records[address.key] = UserRecord(
+                address, hash_password(password), password if allow_apop else None
+            )
+        return address
+
+    def delete(self, name: str) -> Address:
+        address = self._local(name)
+        with self._locked() as records:
+            if records.pop(address.key, None) is None:
+                raise NoSuchUser(f"no such user: {address}")
+        return address
+
+    def set_password(self, name: str, password: str) -> Address:
+        """Change the password; an APOP secret, if the user had one, follows it."""
+        address = self._local(name)
+        self._check_password(password)
+        with self._locked() as records:
+            old = records.get(address.key)
+            if old is None:
+                raise NoSuchUser(f"no such user: {address}")
+            records[address.key] = UserRecord(
+                address, hash_password(password),
+                password if old.apop_secret is not None else None,
+            )
+        return address
