@@ -1,0 +1,311 @@
+"""The durable outbound queue: format, recovery, crash points, admin ops."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from txmailhub.address import Address
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN, SpooledMessage
+from txmailhub.interfaces import IOutboundQueue
+from txmailhub.relay import record
+from txmailhub.relay.queue import CHANGED, FLUSH, FileSystem, OutboundQueue
+from txmailhub.smtp.reply import Reply
+
+BODY = b"Subject: hi\n\nhello\n"
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+class CrashingFS(FileSystem):
+    """Performs the first ``n - 1`` steps, then "crashes" before step n."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n
+        self.steps: list[str] = []
+
+    def _step(self, name):
+        if self.n is not None and len(self.steps) + 1 >= self.n:
+            raise SimulatedCrash(name)
+        self.steps.append(name)
+
+    def link_or_copy(self, src, dst):
+        self._step("link")
+        super().link_or_copy(src, dst)
+
+    def copy(self, src, dst):
+        super().copy(src, dst)
+
+    def write_file(self, path, data):
+        self._step("write")
+        super().write_file(path, data)
+
+    def rename(self, src, dst):
+        self._step("rename")
+        super().rename(src, dst)
+
+    def unlink(self, path):
+        self._step("unlink")
+        super().unlink(path)
+
+    def fsync_dir(self, path):
+        self._step("fsync_dir")
+        super().fsync_dir(path)
+
+
+def envelope(*rcpts: str, sender: str | None = "alice@example.org") -> Envelope:
+    addrs = tuple(Address(*r.split("@")) for r in rcpts)
+    return Envelope(
+        sender=None if sender is None else Address(*sender.split("@")),
+        recipients=addrs,
+        helo="client.example.org",
+        client_address="127.0.0.1",
+        authenticated_as="alice@example.org",
+        body_8bit=True,
+        dsn=DSNRequest(ret="HDRS", envid="ENV1"),
+        recipient_dsn=((addrs[0], RecipientDSN(notify=("FAILURE", "DELAY"),
+                                               orcpt="rfc822;" + rcpts[0])),),
+    )
+
+
+@pytest.fixture
+def spool(tmp_path):
+    path = tmp_path / "spool" / "msg1"
+    path.parent.mkdir()
+    path.write_bytes(BODY)
+    return SpooledMessage(str(path), len(BODY), len(BODY) + BODY.count(b"\n"))
+
+
+def make_queue(tmp_path, fs=None, clock=None):
+    clock = clock or Clock()
+    clock.advance(1_700_000_000)
+    return OutboundQueue(str(tmp_path / "queue"), clock, fs=fs)
+
+
+def queue_files(q):
+    return sorted(n for n in os.listdir(q.directory) if not n.startswith(".lock"))
+
+
+def test_provides_interface(tmp_path):
+    assert verifyObject(IOutboundQueue, make_queue(tmp_path))
+
+
+def test_enqueue_writes_message_and_record(tmp_path, spool):
+    q = make_queue(tmp_path)
+    seen = []
+    q.listen(seen.append)
+    d = q.enqueue(envelope("bob@remote.test", "carol@remote.test"), spool)
+    qid = d.result
+    assert seen == [qid]
+    assert queue_files(q) == [qid + ".json", qid + ".msg"]
+    with open(q.message_path(qid), "rb") as f:
+        assert f.read() == BODY
+    # a hard link: the spool file can be discarded, the data stays
+    os.unlink(spool.path)
+    assert open(q.message_path(qid), "rb").read() == BODY
+    data = json.loads(open(q.record_path(qid), "rb").read())
+    assert data["format"] == record.FORMAT
+    assert [r["state"] for r in data["recipients"]] == ["pending", "pending"]
+    entry = q.read(qid)
+    assert entry.envelope.sender == Address("alice", "example.org")
+    assert entry.envelope.dsn == DSNRequest(ret="HDRS", envid="ENV1")
+    assert entry.recipients[0].notify == ("FAILURE", "DELAY")
+    assert entry.recipients[0].orcpt == "rfc822;bob@remote.test"
+    assert entry.envelope.body_8bit is True
+    assert entry.next_attempt == entry.created  # attempted at once
+
+
+def test_record_roundtrip_keeps_everything(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test", sender=None), spool).result
+    reply = Reply.of(451, "4.7.1", "greylisted", "try later")
+
+    def change(e):
+        r = dataclasses.replace(e.recipients[0], attempts=2, last_reply=reply,
+                                last_attempt=5.0, remote_mta="mx.remote.test")
+        return dataclasses.replace(e.with_recipients({r.address: r}), attempts=2,
+                                   held=True, delay_warned=True)
+
+    new = q.update(qid, change).result
+    again = q.read(qid)
+    assert again == new
+    assert again.envelope.sender is None
+    assert again.recipients[0].last_reply == reply
+    assert again.last_reply == reply
+
+
+def test_unreadable_record_is_set_aside(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    with open(q.record_path(qid), "wb") as f:
+        f.write(b"{not json")
+    assert q.recover() == []
+    assert sorted(os.listdir(os.path.join(q.directory, "corrupt"))) == [
+        qid + ".json", qid + ".msg"]
+
+
+def test_copy_when_link_impossible(tmp_path, spool, monkeypatch):
+    def no_link(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    assert open(q.message_path(qid), "rb").read() == BODY
+    assert os.stat(q.message_path(qid)).st_ino != os.stat(spool.path).st_ino
+
+
+def _count_steps(tmp_path, spool, action):
+    fs = CrashingFS()
+    q = make_queue(tmp_path / "count", fs=fs)
+    action(q, spool)
+    return len(fs.steps)
+
+
+def enqueue_action(q, spool):
+    return q.enqueue(envelope("bob@remote.test"), spool)
+
+
+def test_enqueue_order_of_durable_steps(tmp_path, spool):
+    fs = CrashingFS()
+    q = make_queue(tmp_path, fs=fs)
+    q.enqueue(envelope("bob@remote.test"), spool)
+    # message linked and its directory entry synced before the record is
+    # written, synced, renamed into place and the directory synced again
+    assert fs.steps == ["link", "fsync_dir", "write", "rename", "fsync_dir"]
+
+
+@pytest.mark.parametrize("crash_at", range(1, 7))
+def test_enqueue_crash_points(tmp_path, spool, crash_at):
+    fs = CrashingFS(crash_at)
+    q = make_queue(tmp_path, fs=fs)
+    d = q.enqueue(envelope("bob@remote.test"), spool)
+    acked = []
+    d.addCallbacks(acked.append, lambda f: f.trap(SimulatedCrash))
+    # "restart": a new queue object over the same directory
+    q2 = OutboundQueue(q.directory, Clock())
+    entries = q2.recover()
+    if acked:
+        assert [e.id for e in entries] == acked
+        assert open(entries[0].message_path, "rb").read() == BODY
+    elif crash_at <= 4:
+        # never committed: nothing left behind, not even a temp file
+        assert entries == []
+        assert [n for n in os.listdir(q.directory) if not n.startswith(".lock")] == []
+    else:
+        # renamed into place but the directory sync did not happen: not
+        # acknowledged (the client sends again), yet complete if it survives
+        assert len(entries) == 1
+        assert open(entries[0].message_path, "rb").read() == BODY
+    assert (acked == []) == (crash_at <= 5)
+
+
+@pytest.mark.parametrize("crash_at", range(1, 5))
+def test_update_crash_points_leave_old_or_new(tmp_path, spool, crash_at):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    old = q.read(qid)
+    q.fs = CrashingFS(crash_at)
+    d = q.update(qid, lambda e: dataclasses.replace(e, attempts=7))
+    d.addErrback(lambda f: f.trap(SimulatedCrash))
+    entries = OutboundQueue(q.directory, Clock()).recover()
+    assert len(entries) == 1
+    assert entries[0].attempts in (old.attempts, 7)
+    if crash_at == 4:  # only the final directory sync was missing
+        assert entries[0].attempts == 7
+
+
+@pytest.mark.parametrize("crash_at", range(1, 6))
+def test_remove_crash_points(tmp_path, spool, crash_at):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    q.fs = CrashingFS(crash_at)
+
+    def deliver_all(e):
+        return e.with_recipients({r.address: dataclasses.replace(r, state=record.DELIVERED)
+                                  for r in e.recipients})
+
+    d = q.update(qid, deliver_all)
+    d.addErrback(lambda f: f.trap(SimulatedCrash))
+    q2 = OutboundQueue(q.directory, Clock())
+    entries = q2.recover()
+    # either still whole (record removal never happened) or gone entirely
+    if entries:
+        assert entries[0].id == qid
+        assert os.path.exists(entries[0].message_path)
+    else:
+        assert [n for n in os.listdir(q.directory) if not n.startswith(".lock")] == []
+
+
+def test_finished_entry_is_removed(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test", "carol@remote.test"), spool).result
+    bob = Address("bob", "remote.test")
+    carol = Address("carol", "remote.test")
+
+    def one(state, who):
+        return lambda e: e.with_recipients(
+            {who: dataclasses.replace(e.recipient(who), state=state)})
+
+    assert q.update(qid, one(record.DELIVERED, bob)).result is not None
+    assert q.update(qid, one(record.FAILED, carol)).result is not None  # bounce still owed
+    assert q.update(qid, one(record.BOUNCED, carol)).result is None
+    assert q.ids() == []
+    assert queue_files(q) == []
+
+
+def test_success_notice_keeps_entry(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    bob = Address("bob", "remote.test")
+    e = q.update(qid, lambda e: e.with_recipients({bob: dataclasses.replace(
+        e.recipient(bob), state=record.DELIVERED, notice="relayed")})).result
+    assert e is not None and not e.finished
+
+
+def test_update_of_deleted_entry_does_not_resurrect(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    assert q.delete(qid) is True
+    assert q.update(qid, lambda e: dataclasses.replace(e, attempts=3)).result is None
+    assert q.ids() == []
+    assert q.delete(qid) is False
+    assert q.take_flag(CHANGED) is True
+    assert q.take_flag(CHANGED) is False
+
+
+def test_hold_release_and_flush_flags(tmp_path, spool):
+    clock = Clock()
+    q = make_queue(tmp_path, clock=clock)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    q.update(qid, lambda e: dataclasses.replace(e, next_attempt=e.next_attempt + 3600))
+    assert q.set_held(qid, True).held is True
+    assert q.read(qid).held is True
+    released = q.set_held(qid, False)
+    assert released.held is False
+    assert released.next_attempt == clock.seconds()
+    assert q.set_held("NOSUCHID00", True) is None
+    q.request_flush()
+    assert q.take_flag(FLUSH) is True
+    assert q.take_flag(FLUSH) is False
+
+
+def test_recover_resumes_every_entry(tmp_path, spool):
+    q = make_queue(tmp_path)
+    ids = [q.enqueue(envelope(f"u{i}@remote.test"), spool).result for i in range(3)]
+    entries = OutboundQueue(q.directory, Clock()).recover()
+    assert sorted(e.id for e in entries) == sorted(ids)
+    assert all(e.pending for e in entries)
+
+
+def test_read_rejects_path_tricks(tmp_path):
+    q = make_queue(tmp_path)
+    assert q.read("../../etc/passwd") is None
+    assert q.read("x") is None

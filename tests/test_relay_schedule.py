@@ -1,0 +1,67 @@
+"""The retry schedule: pure arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from txmailhub.config import RelaySettings
+from txmailhub.relay import schedule
+
+
+def test_default_matches_config_default():
+    assert RelaySettings().retry_schedule == schedule.DEFAULT_SCHEDULE
+
+
+@pytest.mark.parametrize(
+    "failures, expected",
+    [(0, 0), (1, 60), (2, 300), (3, 900), (4, 1800), (5, 3600), (6, 7200), (7, 14400),
+     (8, 14400), (50, 14400)],
+)
+def test_delay_after(failures, expected):
+    assert schedule.delay_after(failures) == expected
+
+
+def test_custom_schedule_last_step_repeats():
+    assert schedule.delay_after(1, (10, 20)) == 10
+    assert schedule.delay_after(2, (10, 20)) == 20
+    assert schedule.delay_after(9, (10, 20)) == 20
+
+
+def test_empty_schedule_is_an_error():
+    with pytest.raises(ValueError):
+        schedule.delay_after(1, ())
+
+
+def test_next_attempt_grows():
+    created = 1000.0
+    times = [schedule.next_attempt(created, n, created, 5 * 86400) - created for n in (1, 2, 3)]
+    assert times == [60, 300, 900]
+
+
+def test_next_attempt_capped_at_deadline():
+    created = 0.0
+    lifetime = 3600
+    # at 3500s after a 7th failure the 4h step would overshoot: try at the deadline
+    assert schedule.next_attempt(3500.0, 7, created, lifetime) == 3600.0
+    # past the deadline: no capping (the runner bounces instead)
+    assert schedule.next_attempt(4000.0, 7, created, lifetime) == 4000.0 + 14400
+
+
+def test_expired():
+    assert not schedule.expired(99.0, 0.0, 100)
+    assert schedule.expired(100.0, 0.0, 100)
+
+
+def test_warn_delayed_once_and_off():
+    assert not schedule.warn_delayed(100.0, 0.0, 4 * 3600, False)
+    assert schedule.warn_delayed(4 * 3600.0, 0.0, 4 * 3600, False)
+    assert not schedule.warn_delayed(5 * 3600.0, 0.0, 4 * 3600, True)
+    assert not schedule.warn_delayed(10**9, 0.0, 0, False)
+
+
+@pytest.mark.parametrize(
+    "secs, text", [(5, "5s"), (60, "1m"), (90, "1m 30s"), (3600, "1h"), (5400, "1h 30m"),
+                   (86400, "1d"), (90000, "1d 1h"), (-3, "0s")],
+)
+def test_describe_delay(secs, text):
+    assert schedule.describe_delay(secs) == text

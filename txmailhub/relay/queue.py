@@ -1,0 +1,338 @@
+"""The durable outbound queue in ``state_dir/queue/``.
+
+Owns the on-disk format and every change to it.  One message is two
+files named by its queue id:
+
+* ``<id>.msg``  -- the message (a hard link to the fsynced spool file,
+  or a copy when the spool is on another file system);
+* ``<id>.json`` -- the ``QueueEntry`` record (``txmailhub.relay.record``),
+  replaced atomically: write ``.<id>.json.tmp``, fsync, rename, fsync
+  the directory.
+
+The message is made durable first and the record last, so the record's
+existence is the commit point: a crash before it leaves an orphan
+``.msg`` that the next start removes (the client got no 250 and sends
+again); a crash after it leaves a complete entry.  Removal runs the other
+way (record first).  Control files shared with ``mailhub queue`` in
+another process: ``.lock`` (``flock``, held while a record is read,
+changed and written), ``.flush`` (retry everything now) and ``.changed``
+(hold, release or delete: reload).  The runner polls for both.
+
+This module never delivers, resolves or bounces anything: that is the
+runner's job.  Blocking file work is done through an injected ``io``
+callable (the service runs it in a thread pool; tests run it inline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.interfaces import IOutboundQueue
+from txmailhub.relay.record import QueueEntry, RecordError
+
+__all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
+
+log = Logger(namespace="txmailhub.relay.queue")
+
+LOCK = ".lock"
+FLUSH = ".flush"
+CHANGED = ".changed"
+CORRUPT = "corrupt"
+
+
+def valid_queue_id(text: str) -> bool:
+    return 8 <= len(text) <= 40 and text.isalnum() and text.isascii()
+
+
+def inline_io(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+    """Run blocking file work at once (tests, the CLI)."""
+    return defer.maybeDeferred(fn, *args)
+
+
+class FileSystem:
+    """The file operations the queue makes, one call per step.
+
+    Tests substitute a subclass that "crashes" before the n-th step, to
+    check that every crash point leaves a recoverable queue."""
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            self.copy(src, dst)
+
+    def copy(self, src: str, dst: str) -> None:
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 65536)
+            fout.flush()
+            os.fsync(fout.fileno())
+
+    def write_file(self, path: str, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@implementer(IOutboundQueue)
+class OutboundQueue:
+    """The queue directory, shared by the running hub and ``mailhub queue``.
+
+    ``clock`` provides ``seconds()``; ``io(fn, *args) -> Deferred`` runs
+    blocking file work.  The runner registers itself with ``listen`` to be
+    told when an entry is added or ``wake`` is called."""
+
+    def __init__(
+        self,
+        directory: str,
+        clock: Any,
+        io: Callable[..., defer.Deferred] = inline_io,
+        fs: FileSystem | None = None,
+    ) -> None:
+        self.directory = directory
+        self.clock = clock
+        self._io = io
+        self.fs = fs or FileSystem()
+        self._listeners: list[Callable[[str | None], None]] = []
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    # --- paths -------------------------------------------------------------
+
+    def record_path(self, queue_id: str) -> str:
+        return os.path.join(self.directory, queue_id + ".json")
+
+    def message_path(self, queue_id: str) -> str:
+        return os.path.join(self.directory, queue_id + ".msg")
+
+    def _tmp_path(self, queue_id: str) -> str:
+        return os.path.join(self.directory, "." + queue_id + ".json.tmp")
+
+    # --- IOutboundQueue ----------------------------------------------------
+
+    def enqueue(self, envelope: Envelope, message: SpooledMessage) -> defer.Deferred:
+        now = self.clock.seconds()
+        queue_id = self._new_id(now)
+        entry = QueueEntry.new(queue_id, envelope, now)
+        d = self._io(self._store_new, entry, message.path)
+
+        def stored(entry: QueueEntry) -> str:
+            log.info(
+                "queued {queue_id} from <{sender}> for {count} recipient(s)",
+                queue_id=queue_id, sender=envelope.sender_text, count=len(entry.recipients),
+            )
+            self._notify(queue_id)
+            return queue_id
+
+        return d.addCallback(stored)
+
+    def wake(self) -> None:
+        self._notify(None)
+
+    # --- the runner's side ---------------------------------------------------
+
+    def listen(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(queue_id)`` for a new entry, ``listener(None)`` on wake."""
+        self._listeners.append(listener)
+
+    def _notify(self, queue_id: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(queue_id)
+            except Exception:
+                log.failure("queue listener failed")
+
+    def ids(self) -> list[str]:
+        """The queue ids of every committed entry, oldest first."""
+        out = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".json") and not name.startswith("."):
+                qid = name[: -len(".json")]
+                if valid_queue_id(qid):
+                    out.append(qid)
+        return sorted(out)
+
+    def read(self, queue_id: str) -> QueueEntry | None:
+        """The entry as it is on disk now, or ``None`` once it is gone."""
+        if not valid_queue_id(queue_id):
+            return None
+        try:
+            with open(self.record_path(queue_id), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        return QueueEntry.from_json(raw, self.message_path(queue_id))
+
+    def recover(self) -> list[QueueEntry]:
+        """Tidy up after a crash and return every entry (at startup).
+
+        Removes half-written records and orphan messages (entries whose
+        commit never happened); moves unreadable records, and records whose
+        message is missing, to ``corrupt/`` with an error in the log."""
+        with self._locked():
+            names = set(os.listdir(self.directory))
+            for name in names:
+                path = os.path.join(self.directory, name)
+                if name.endswith(".json.tmp"):
+                    self.fs.unlink(path)
+                elif name.endswith(".msg") and name[:-4] + ".json" not in names:
+                    log.warn("removing {name}: its record was never committed", name=name)
+                    self.fs.unlink(path)
+            entries = []
+            for qid in self.ids():
+                try:
+                    entry = self.read(qid)
+                    if entry is None:
+                        continue
+                    if not os.path.exists(entry.message_path):
+                        raise RecordError("its message file is missing")
+                except (RecordError, OSError) as e:
+                    log.error("queue entry {queue_id} is unusable ({why}); moved to {where}",
+                              queue_id=qid, why=str(e), where=CORRUPT)
+                    self._set_aside(qid)
+                    continue
+                entries.append(entry)
+            self.fs.fsync_dir(self.directory)
+        return entries
+
+    def update(
+        self, queue_id: str, change: Callable[[QueueEntry], QueueEntry | None]
+    ) -> defer.Deferred:
+        """Read the entry, apply ``change`` and write the result durably.
+
+        ``change`` returning ``None`` removes the entry; an entry that is
+        ``finished`` after the change is removed too.  Fires with the new
+        entry, or ``None`` when it is gone (removed now, or deleted by
+        ``mailhub queue delete`` meanwhile)."""
+        return self._io(self.update_now, queue_id, change)
+
+    def update_now(
+        self, queue_id: str, change: Callable[[QueueEntry], QueueEntry | None]
+    ) -> QueueEntry | None:
+        """``update``, blocking (for the CLI)."""
+        with self._locked():
+            entry = self.read(queue_id)
+            if entry is None:
+                return None
+            new = change(entry)
+            if new is None or new.finished:
+                self._remove(queue_id)
+                return None
+            new = dataclasses.replace(new, id=queue_id, message_path=entry.message_path)
+            self._write_record(new)
+            return new
+
+    # --- administration (used by ``mailhub queue`` and tests) ----------------
+
+    def delete(self, queue_id: str) -> bool:
+        """Drop an entry at once; ``False`` when there is no such entry."""
+        with self._locked():
+            if self.read(queue_id) is None:
+                return False
+            self._remove(queue_id)
+        self.note_change()
+        return True
+
+    def set_held(self, queue_id: str, held: bool) -> QueueEntry | None:
+        now = self.clock.seconds()
+
+        def change(e: QueueEntry) -> QueueEntry:
+            if held:
+                return dataclasses.replace(e, held=True)
+            return dataclasses.replace(e, held=False, next_attempt=min(e.next_attempt, now))
+
+        entry = self.update_now(queue_id, change)
+        self.note_change()
+        return entry
+
+    def request_flush(self) -> None:
+        self._touch(FLUSH)
+
+    def note_change(self) -> None:
+        self._touch(CHANGED)
+
+    def take_flag(self, name: str) -> bool:
+        """Whether the control file ``name`` was there (it is removed)."""
+        try:
+            os.unlink(os.path.join(self.directory, name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    # --- internals -------------------------------------------------------------
+
+    def _new_id(self, now: float) -> str:
+        while True:
+            qid = f"{int(now * 1000):011X}{secrets.token_hex(3).upper()}"
+            if not os.path.exists(self.message_path(qid)):
+                return qid
+
+    def _store_new(self, entry: QueueEntry, spool_path: str) -> QueueEntry:
+        msg = self.message_path(entry.id)
+        self.fs.link_or_copy(spool_path, msg)
+        self.fs.fsync_dir(self.directory)
+        entry = dataclasses.replace(entry, message_path=msg)
+        self._write_record(entry)
+        return entry
+
+    def _write_record(self, entry: QueueEntry) -> None:
+        tmp = self._tmp_path(entry.id)
+        self.fs.write_file(tmp, entry.to_json())
+        self.fs.rename(tmp, self.record_path(entry.id))
+        self.fs.fsync_dir(self.directory)
+
+    def _remove(self, queue_id: str) -> None:
+        self.fs.unlink(self.record_path(queue_id))
+        self.fs.fsync_dir(self.directory)
+        self.fs.unlink(self.message_path(queue_id))
+        self.fs.fsync_dir(self.directory)
+
+    def _set_aside(self, queue_id: str) -> None:
+        where = os.path.join(self.directory, CORRUPT)
+        os.makedirs(where, exist_ok=True)
+        for path in (self.record_path(queue_id), self.message_path(queue_id)):
+            if os.path.exists(path):
+                os.replace(path, os.path.join(where, os.path.basename(path)))
+
+    def _touch(self, name: str) -> None:
+        with open(os.path.join(self.directory, name), "ab"):
+            pass
+
+    @contextmanager
+    def _locked(self):
+        fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

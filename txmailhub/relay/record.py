@@ -1,0 +1,254 @@
+"""Queue records: what the outbound queue knows about one message.
+
+Owns the frozen value types (``QueueEntry``, ``RecipientRecord``) and
+their JSON form on disk (``to_json`` / ``from_json``).  Records are JSON,
+never pickles, and carry a format number so a later version can read
+them.  Nothing here touches the disk or a clock.
+
+Per-recipient states:
+
+* ``pending``   -- still to be delivered (retried per the schedule);
+* ``delivered`` -- accepted by the next hop or the local store;
+* ``failed``    -- permanently failed, the bounce (DSN) not yet sent;
+* ``bounced``   -- failed and the sender told (or nobody to tell).
+
+An entry is finished -- and removed -- once every recipient is
+``delivered`` or ``bounced`` and no success notice is still owed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from txmailhub.address import Address
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
+from txmailhub.smtp.reply import Reply
+
+__all__ = [
+    "BOUNCED",
+    "DELIVERED",
+    "FAILED",
+    "PENDING",
+    "FORMAT",
+    "QueueEntry",
+    "RecipientRecord",
+    "RecordError",
+    "address_from_text",
+    "reply_from_json",
+    "reply_to_json",
+]
+
+FORMAT = 1
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+BOUNCED = "bounced"
+STATES = (PENDING, DELIVERED, FAILED, BOUNCED)
+
+
+class RecordError(ValueError):
+    """A queue record on disk cannot be read."""
+
+
+def address_from_text(text: str) -> Address:
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        raise RecordError(f"bad address {text!r} in queue record")
+    return Address(local, domain)
+
+
+def reply_to_json(reply: Reply | None) -> dict[str, Any] | None:
+    if reply is None:
+        return None
+    return {"code": reply.code, "status": reply.status, "lines": list(reply.lines)}
+
+
+def reply_from_json(data: Any) -> Reply | None:
+    if data is None:
+        return None
+    return Reply(int(data["code"]), data.get("status"), tuple(str(x) for x in data["lines"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRecord:
+    """One recipient of a queued message and how its delivery goes."""
+
+    address: Address
+    state: str = PENDING
+    attempts: int = 0
+    last_attempt: float | None = None
+    last_reply: Reply | None = None
+    remote_mta: str | None = None
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+    # an RFC 3461 success notice still owed: "delivered" or "relayed"
+    notice: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (DELIVERED, BOUNCED) and self.notice is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": str(self.address),
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_attempt": self.last_attempt,
+            "last_reply": reply_to_json(self.last_reply),
+            "remote_mta": self.remote_mta,
+            "notify": list(self.notify),
+            "orcpt": self.orcpt,
+            "notice": self.notice,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecipientRecord:
+        state = data.get("state", PENDING)
+        if state not in STATES:
+            raise RecordError(f"unknown recipient state {state!r}")
+        return cls(
+            address=address_from_text(data["address"]),
+            state=state,
+            attempts=int(data.get("attempts", 0)),
+            last_attempt=data.get("last_attempt"),
+            last_reply=reply_from_json(data.get("last_reply")),
+            remote_mta=data.get("remote_mta"),
+            notify=tuple(data.get("notify") or ()),
+            orcpt=data.get("orcpt"),
+            notice=data.get("notice"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One queued message: its envelope, its recipients' states, its timing.
+
+    ``message_path`` is the queue's own copy of the message (LF line
+    endings, no dot-stuffing), set by the queue when it loads the entry.
+    """
+
+    id: str
+    created: float
+    envelope: Envelope
+    recipients: tuple[RecipientRecord, ...]
+    next_attempt: float
+    attempts: int = 0
+    held: bool = False
+    delay_warned: bool = False
+    message_path: str = ""
+
+    @property
+    def pending(self) -> tuple[RecipientRecord, ...]:
+        return tuple(r for r in self.recipients if r.state == PENDING)
+
+    @property
+    def failed(self) -> tuple[RecipientRecord, ...]:
+        return tuple(r for r in self.recipients if r.state == FAILED)
+
+    @property
+    def finished(self) -> bool:
+        return all(r.done for r in self.recipients)
+
+    @property
+    def last_reply(self) -> Reply | None:
+        """The most recent remote reply for any recipient not yet delivered."""
+        best: tuple[float, Reply] | None = None
+        for r in self.recipients:
+            if r.last_reply is not None and r.state != DELIVERED:
+                t = r.last_attempt or 0.0
+                if best is None or t >= best[0]:
+                    best = (t, r.last_reply)
+        return None if best is None else best[1]
+
+    def recipient(self, address: Address) -> RecipientRecord:
+        for r in self.recipients:
+            if r.address == address:
+                return r
+        raise KeyError(str(address))
+
+    def with_recipients(self, updates: dict[Address, RecipientRecord]) -> QueueEntry:
+        """A copy with some recipient records replaced (matched by address)."""
+        recips = tuple(updates.get(r.address, r) for r in self.recipients)
+        return dataclasses.replace(self, recipients=recips)
+
+    @classmethod
+    def new(cls, queue_id: str, envelope: Envelope, now: float) -> QueueEntry:
+        params = dict(envelope.recipient_dsn)
+        recips = []
+        seen = set()
+        for rcpt in envelope.recipients:
+            if rcpt in seen:
+                continue
+            seen.add(rcpt)
+            p = params.get(rcpt, RecipientDSN())
+            recips.append(RecipientRecord(address=rcpt, notify=tuple(p.notify), orcpt=p.orcpt))
+        return cls(
+            id=queue_id, created=now, envelope=envelope, recipients=tuple(recips),
+            next_attempt=now,
+        )
+
+    def to_json(self) -> bytes:
+        env = self.envelope
+        data = {
+            "format": FORMAT,
+            "id": self.id,
+            "created": self.created,
+            "next_attempt": self.next_attempt,
+            "attempts": self.attempts,
+            "held": self.held,
+            "delay_warned": self.delay_warned,
+            "envelope": {
+                "sender": None if env.sender is None else str(env.sender),
+                "helo": env.helo,
+                "client_address": env.client_address,
+                "authenticated_as": env.authenticated_as,
+                "body_8bit": env.body_8bit,
+                "smtputf8": env.smtputf8,
+                "ret": env.dsn.ret,
+                "envid": env.dsn.envid,
+            },
+            "recipients": [r.to_json() for r in self.recipients],
+        }
+        return json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes, message_path: str = "") -> QueueEntry:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if data.get("format") != FORMAT:
+                raise RecordError(f"unknown queue record format {data.get('format')!r}")
+            e = data["envelope"]
+            recips = tuple(RecipientRecord.from_json(r) for r in data["recipients"])
+            envelope = Envelope(
+                sender=None if e.get("sender") is None else address_from_text(e["sender"]),
+                recipients=tuple(r.address for r in recips),
+                helo=e.get("helo", ""),
+                client_address=e.get("client_address", ""),
+                authenticated_as=e.get("authenticated_as"),
+                body_8bit=bool(e.get("body_8bit", False)),
+                smtputf8=bool(e.get("smtputf8", False)),
+                dsn=DSNRequest(ret=e.get("ret"), envid=e.get("envid")),
+                recipient_dsn=tuple(
+                    (r.address, RecipientDSN(notify=r.notify, orcpt=r.orcpt))
+                    for r in recips
+                    if r.notify or r.orcpt
+                ),
+            )
+            return cls(
+                id=str(data["id"]),
+                created=float(data["created"]),
+                envelope=envelope,
+                recipients=recips,
+                next_attempt=float(data["next_attempt"]),
+                attempts=int(data.get("attempts", 0)),
+                held=bool(data.get("held", False)),
+                delay_warned=bool(data.get("delay_warned", False)),
+                message_path=message_path,
+            )
+        except RecordError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RecordError(f"unreadable queue record: {e}") from None

@@ -1,0 +1,85 @@
+"""The retry schedule of the outbound queue, as pure functions.
+
+Owns the arithmetic of "when is the next attempt", "has this message
+been queued too long" and "is it time for the one 'delayed' warning".
+Every function takes the current time as an argument: nothing here
+reads a clock, touches the disk or knows about Twisted.
+
+The default schedule (``[relay] retry_schedule``) is 1m, 5m, 15m, 30m,
+1h, 2h, then every 4h: the n-th failed attempt waits ``schedule[n-1]``
+seconds, and the last step repeats for as long as the message may stay
+in the queue (``[relay] queue_lifetime``, 5 days by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "DEFAULT_SCHEDULE",
+    "delay_after",
+    "describe_delay",
+    "expired",
+    "next_attempt",
+    "warn_delayed",
+]
+
+DEFAULT_SCHEDULE: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
+
+
+def delay_after(failures: int, schedule: Sequence[int] = DEFAULT_SCHEDULE) -> int:
+    """Seconds to wait after the ``failures``-th failed attempt (1-based).
+
+    The last step of ``schedule`` repeats forever.  ``failures`` below 1
+    means nothing has failed yet: no wait."""
+    if failures < 1:
+        return 0
+    if not schedule:
+        raise ValueError("the retry schedule is empty")
+    return int(schedule[min(failures, len(schedule)) - 1])
+
+
+def next_attempt(
+    now: float,
+    failures: int,
+    created: float,
+    lifetime: int,
+    schedule: Sequence[int] = DEFAULT_SCHEDULE,
+) -> float:
+    """When to try again after ``failures`` failed attempts, at time ``now``.
+
+    Never later than the moment the message expires (``created +
+    lifetime``): the final attempt happens at the deadline, and a
+    failure then bounces it."""
+    when = now + delay_after(failures, schedule)
+    deadline = created + lifetime
+    if now < deadline < when:
+        return deadline
+    return when
+
+
+def expired(now: float, created: float, lifetime: int) -> bool:
+    """Whether a message queued at ``created`` has outlived ``lifetime``."""
+    return now >= created + lifetime
+
+
+def warn_delayed(now: float, created: float, delay_warning: int, already_warned: bool) -> bool:
+    """Whether to send the RFC 3464 "delayed" notice now.
+
+    Once per message, after ``delay_warning`` seconds in the queue;
+    ``delay_warning == 0`` turns the notice off."""
+    if already_warned or delay_warning <= 0:
+        return False
+    return now >= created + delay_warning
+
+
+def describe_delay(seconds: float) -> str:
+    """A short human form of a duration: ``"45s"``, ``"5m"``, ``"4h"``, ``"2d 3h"``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m" + (f" {s % 60}s" if s % 60 else "")
+    if s < 86400:
+        return f"{s // 3600}h" + (f" {s % 3600 // 60}m" if s % 3600 // 60 else "")
+    return f"{s // 86400}d" + (f" {s % 86400 // 3600}h" if s % 86400 // 3600 else "")
