@@ -1,0 +1,341 @@
+"""Where mail for a domain goes: MX resolution with twisted.names.
+
+Owns the RFC 5321 section 5.1 rules: MX records sorted by preference with
+equal preferences shuffled, the implicit MX (the domain's own AAAA/A when
+it has no MX), the null MX of RFC 7505, address literals
+(``[192.0.2.1]``, ``[IPv6:2001:db8::1]``), the addresses of each MX host
+(IPv6 first, then IPv4), mail loops (an MX that is this hub: by name or
+by an address:port it listens on; RFC 5321 says to drop it and every
+less preferred MX), and a short memory of hosts that just failed, so the
+next message tries the healthy ones first.
+
+It must not connect anywhere: it only asks the injected resolver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.names import error as dns_error
+from zope.interface import implementer
+
+from txmailhub.interfaces import IMXResolver
+
+__all__ = [
+    "DNSError",
+    "HostHealth",
+    "MXHost",
+    "MXResolver",
+    "MailLoop",
+    "NoSuchDomain",
+    "NullMX",
+    "PermanentDNSError",
+    "TemporaryDNSError",
+    "make_resolver",
+    "parse_literal",
+]
+
+log = Logger(namespace="txmailhub.relay.mx")
+
+FAILED_HOST_MEMORY = 600  # seconds a failed host stays at the back of the line
+
+
+class DNSError(Exception):
+    """Mail for a domain cannot be routed; ``reason`` says why, for people."""
+
+    permanent = False
+
+    def __init__(self, domain: str, reason: str) -> None:
+        super().__init__(f"{domain}: {reason}")
+        self.domain = domain
+        self.reason = reason
+
+
+class PermanentDNSError(DNSError):
+    permanent = True
+
+
+class NullMX(PermanentDNSError):
+    """The domain publishes a null MX (RFC 7505): it accepts no mail."""
+
+
+class NoSuchDomain(PermanentDNSError):
+    """NXDOMAIN, or a domain with neither MX nor address records."""
+
+
+class MailLoop(PermanentDNSError):
+    """Every usable MX is this hub itself."""
+
+
+class TemporaryDNSError(DNSError):
+    """SERVFAIL, a timeout, a refused query: try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class MXHost:
+    """One mail exchanger and its addresses, in the order to try them."""
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+def parse_literal(domain: str) -> str | None:
+    """The IP address of an address literal domain, or ``None``.
+
+    ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]`` (RFC 5321 4.1.3); raises
+    ``NoSuchDomain`` for a malformed literal."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    try:
+        if inner.lower().startswith("ipv6:"):
+            return str(ipaddress.IPv6Address(inner[5:]))
+        return str(ipaddress.IPv4Address(inner))
+    except ValueError:
+        raise NoSuchDomain(domain, "malformed address literal") from None
+
+
+def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
+    """A twisted.names resolver: the given servers (``"ip[:port]"``) or the system's."""
+    from twisted.names import client
+
+    servers = []
+    for item in nameservers:
+        host, sep, port = item.rpartition(":")
+        if not sep or (host.count(":") and not host.endswith("]")):
+            host, port = item, "53"
+        servers.append((host.strip("[]"), int(port)))
+    if servers:
+        return client.Resolver(servers=servers, reactor=reactor)
+    return client.createResolver()
+
+
+class HostHealth:
+    """Remembers, for a while, which MX hosts failed (clock injected)."""
+
+    def __init__(self, clock: Any, memory: float = FAILED_HOST_MEMORY) -> None:
+        self.clock = clock
+        self.memory = memory
+        self._failed: dict[str, float] = {}
+
+    def failed(self, host: str) -> None:
+        self._failed[host.lower()] = self.clock.seconds() + self.memory
+
+    def succeeded(self, host: str) -> None:
+        self._failed.pop(host.lower(), None)
+
+    def is_failed(self, host: str) -> bool:
+        until = self._failed.get(host.lower())
+        if until is None:
+            return False
+        if self.clock.seconds() >= until:
+            del self._failed[host.lower()]
+            return False
+        return True
+
+
+def _default_is_local(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None)
+    except OSError:
+        return False
+    return any(info[4][0].split("%")[0] == str(ip) for info in infos)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@implementer(IMXResolver)
+class MXResolver:
+    """``IMXResolver`` over a twisted.names resolver.
+
+    ``hostname`` is ``[hub] hostname``; ``listening`` is the live list of
+    ``(host, port)`` pairs the hub listens on (``Components.listening``);
+    ``port`` is the port mail is sent to (``[relay] port``)."""
+
+    def __init__(
+        self,
+        resolver: Any,
+        clock: Any,
+        hostname: str,
+        listening: list[tuple[str, int]] | None = None,
+        port: int = 25,
+        rng: random.Random | None = None,
+        health: HostHealth | None = None,
+        is_local_address: Callable[[str], bool] = _default_is_local,
+    ) -> None:
+        self.resolver = resolver
+        self.clock = clock
+        self.hostname = hostname.rstrip(".").lower()
+        self.listening = listening if listening is not None else []
+        self.port = port
+        self.rng = rng or random.Random()
+        self.health = health or HostHealth(clock)
+        self.is_local_address = is_local_address
+
+    # --- IMXResolver -----------------------------------------------------------
+
+    def resolve(self, domain: str) -> defer.Deferred:
+        domain = domain.rstrip(".").lower()
+        try:
+            literal = parse_literal(domain)
+        except DNSError as e:
+            return defer.fail(e)
+        if literal is not None:
+            hosts = [MXHost(domain, 0, (literal,))]
+            try:
+                return defer.succeed(self._drop_self(domain, hosts))
+            except DNSError as e:
+                return defer.fail(e)
+        d = self.resolver.lookupMailExchange(domain)
+        d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),
+                       errbackArgs=(domain,))
+        return d
+
+    # --- loops -----------------------------------------------------------------
+
+    def is_self(self, host: MXHost) -> bool:
+        """Whether ``host`` is this hub (its name, or an address:port we listen on)."""
+        if host.name.rstrip(".").lower() == self.hostname:
+            return True
+        for address in host.addresses:
+            ip = _ip(address)
+            if ip is None:
+                continue
+            for lhost, lport in list(self.listening):
+                if lport != self.port:
+                    continue
+                lip = _ip(lhost or "0.0.0.0")
+                if lip is None:
+                    continue
+                if lip == ip:
+                    return True
+                if lip.is_unspecified and self.is_local_address(str(ip)):
+                    return True
+        return False
+
+    def _drop_self(self, domain: str, hosts: list[MXHost]) -> list[MXHost]:
+        mine = [h.preference for h in hosts if self.is_self(h)]
+        if not mine:
+            return hosts
+        cut = min(mine)
+        kept = [h for h in hosts if h.preference < cut]
+        if not kept:
+            me = next(h for h in hosts if self.is_self(h))
+            raise MailLoop(domain, f"mail for {domain} loops back to me (MX {me.name})")
+        return kept
+
+    # --- DNS answers -----------------------------------------------------------
+
+    def _mx_failed(self, failure: Any, domain: str) -> Any:
+        if failure.check(dns_error.DNSNameError):
+            raise NoSuchDomain(domain, "no such domain (NXDOMAIN)")
+        if failure.check(dns_error.DNSServerError):
+            raise TemporaryDNSError(domain, "DNS server failure (SERVFAIL) looking up MX")
+        if failure.check(dns_error.DNSQueryTimeoutError, defer.TimeoutError):
+            raise TemporaryDNSError(domain, "DNS timeout looking up MX")
+        raise TemporaryDNSError(domain, f"DNS lookup of MX failed: {failure.getErrorMessage()}")
+
+    def _got_mx(self, result: Any, domain: str) -> defer.Deferred:
+        answers = result[0] if isinstance(result, tuple) else result
+        records = [a.payload for a in answers if a.type == dns.MX]
+        if any(r.name.name in (b"", b".") for r in records):
+            raise NullMX(domain, f"{domain} does not accept mail (null MX, RFC 7505)")
+        implicit = not records
+        if implicit:
+            pairs = [(domain, 0)]
+        else:
+            pairs = sorted({(r.name.name.decode("ascii", "replace").rstrip(".").lower(),
+                             r.preference) for r in records}, key=lambda p: (p[1], p[0]))
+        pairs = self._shuffle(pairs)
+        lookups = [self._addresses(name) for name, _ in pairs]
+        d = defer.gatherResults(lookups, consumeErrors=True)
+        d.addCallback(self._got_addresses, domain, pairs, implicit)
+        return d
+
+    def _shuffle(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        i = 0
+        while i < len(pairs):
+            j = i
+            while j < len(pairs) and pairs[j][1] == pairs[i][1]:
+                j += 1
+            group = pairs[i:j]
+            self.rng.shuffle(group)
+            out.extend(group)
+            i = j
+        return out
+
+    def _addresses(self, name: str) -> defer.Deferred:
+        """Fire with ``(addresses, status)``; status "ok", "nodata", "nxdomain" or "temp"."""
+        ip = _ip(name)
+        if ip is not None:  # an MX naming an IP address: wrong, but usable
+            return defer.succeed(((str(ip),), "ok"))
+        v6 = self.resolver.lookupIPV6Address(name)
+        v4 = self.resolver.lookupAddress(name)
+        d = defer.DeferredList([v6, v4], consumeErrors=True)
+
+        def combine(results: list) -> tuple[tuple[str, ...], str]:
+            addrs: list[str] = []
+            statuses = []
+            for (ok, value), kind in zip(results, (dns.AAAA, dns.A)):
+                if ok:
+                    answers = value[0] if isinstance(value, tuple) else value
+                    for a in answers:
+                        if a.type == kind:
+                            addr = a.payload.dottedQuad() if kind == dns.A else \
+                                str(ipaddress.IPv6Address(a.payload.address))
+                            if addr not in addrs:
+                                addrs.append(addr)
+                    statuses.append("nodata")
+                elif value.check(dns_error.DNSNameError):
+                    statuses.append("nxdomain")
+                else:
+                    statuses.append("temp")
+            if addrs:
+                return tuple(addrs), "ok"
+            if "temp" in statuses:
+                return (), "temp"
+            if all(s == "nxdomain" for s in statuses):
+                return (), "nxdomain"
+            return (), "nodata"
+
+        return d.addCallback(combine)
+
+    def _got_addresses(
+        self, results: list, domain: str, pairs: list[tuple[str, int]], implicit: bool
+    ) -> list[MXHost]:
+        hosts = [MXHost(name, pref, addrs)
+                 for (name, pref), (addrs, _) in zip(pairs, results) if addrs]
+        statuses = [status for _, status in results]
+        hosts = self._drop_self(domain, hosts)
+        if not hosts:
+            if "temp" in statuses:
+                raise TemporaryDNSError(domain, "DNS failure looking up the mail exchangers' "
+                                                "addresses")
+            if implicit:
+                raise NoSuchDomain(domain, f"{domain} has no MX, AAAA or A records")
+            raise NoSuchDomain(domain, "the mail exchangers of "
+                                       f"{domain} have no addresses")
+        healthy = [h for h in hosts if not self.health.is_failed(h.name)]
+        failed = [h for h in hosts if self.health.is_failed(h.name)]
+        return healthy + failed
