@@ -340,19 +340,30 @@ def _hostport(v: Any) -> str:
     return s
 
 
+def split_nameserver(item: str) -> tuple[str, int]:
+    """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port)."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
+    else:
+        try:
+            ipaddress.ip_address(item)
+            host, port = item, "53"
+        except ValueError:
+            host, _, port = item.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{item!r}: a nameserver is an IP address, optionally :port") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item!r}: bad port")
+    return host, int(port)
+
+
 def _nameservers(v: Any) -> tuple[str, ...]:
     items = _string_list(v)
     for item in items:
-        host, _, port = item.rpartition(":")
-        if not host:
-            host, port = item, "53"
-        host = host.strip("[]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{item!r}: a nameserver is an IP address, optionally :port") from None
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{item!r}: bad port")
+        split_nameserver(item)
     return items
 
 

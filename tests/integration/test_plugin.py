@@ -1,0 +1,123 @@
+"""``twistd mailhub`` and ``twistd -y`` as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import TWISTD, Hub, free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_twistd(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )
+
+
+def test_twistd_lists_the_plugin(tmp_path: Path) -> None:
+    result = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert re.search(r"^\s+mailhub\s+", result.stdout, re.M), result.stdout
+
+
+def test_hub_starts_listens_and_stops_cleanly_on_sigterm(hub: Hub) -> None:
+    for port in (hub.smtp_port, hub.submission_port, hub.pop3_port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            greeting = s.recv(200)
+        assert greeting.startswith((b"220 ", b"+OK")), greeting
+    assert hub.stop(signal.SIGTERM) == 0
+    log = hub.log_text()
+    assert "Traceback" not in log
+    for port in (hub.smtp_port, hub.pop3_port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            raise AssertionError(f"port {port} still open after SIGTERM")
+        except ConnectionRefusedError:
+            pass
+
+
+def test_demo_config_runs(tmp_path: Path) -> None:
+    """etc/demo.toml as shipped, but on free ports (the fixed ones may be busy here)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    text = (ROOT / "etc" / "demo.toml").read_text()
+    ports = free_ports(3)
+    for old, new in zip(("2525", "2587", "2110"), ports):
+        assert f"tcp:{old}:" in text
+        text = text.replace(f"tcp:{old}:", f"tcp:{new}:")
+    (etc / "demo.toml").write_text(text)
+    demo = subprocess.run(
+        [sys.executable, "-m", "txmailhub.demo", "--config", str(etc / "demo.toml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "demo@example.test" in demo.stdout and str(ports[0]) in demo.stdout
+    hub = Hub(tmp_path, etc / "demo.toml", {}, dict(zip(("smtp", "submission", "pop3"), ports)),
+              {"demo@example.test": "demo"})
+    hub.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", ports[0], timeout=10) as s:
+            s.sendmail("you@example.com", ["demo@example.test"], b"Subject: hi\r\n\r\nhello\r\n")
+        assert len(hub.messages("demo@example.test")) == 1
+        assert (tmp_path / "var" / "mail" / "example.test" / "demo" / "new").is_dir()
+    finally:
+        assert hub.stop() == 0
+
+
+def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\nfoo = 1\n')
+    result = run_twistd("mailhub", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert "[smtp] idle_timeout: unknown duration '5x'" in result.stderr
+    assert "[smtp] foo: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_config_option(tmp_path: Path) -> None:
+    result = run_twistd("mailhub", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--config PATH is required" in result.stdout + result.stderr
+
+
+def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
+    hub = make_hub(start=False)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", hub.pop3_port))
+        blocker.listen(1)
+        result = run_twistd("mailhub", "--config", str(hub.config_path), cwd=hub.folder)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1" in output
+    assert "Traceback" not in output
+
+
+def test_tac_file_embeds_the_hub(make_hub) -> None:
+    hub = make_hub(start=False)
+    tac = hub.folder / "mailhub.tac"
+    example = (ROOT / "etc" / "mailhub.tac").read_text()
+    tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    proc = subprocess.Popen(
+        [TWISTD, "-ny", str(tac), "--pidfile=", "--logfile=-"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=hub.folder,
+    )
+    hub.proc = proc
+    hub.wait_listening()
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        code, _ = s.ehlo("client.example")
+        assert code == 250
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    hub.proc = None
+    assert proc.returncode == 0, out
+    assert b"Traceback" not in out

@@ -1,0 +1,120 @@
+"""The ``mailhub`` command: exit codes and messages of check and user."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import mailhub
+
+from txmailhub.cli import main
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "mailhub.toml"
+    path.write_text('[hub]\ndomains = ["example.org", "example.net"]\nstate_dir = "var"\n')
+    return path
+
+
+def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(config), *args], out=out, err=err, stdin=io.StringIO(stdin))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_check_ok(config: Path) -> None:
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
+def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[hub]\ndomains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\nlisten = ["tcp:x"]\n'
+        '[pop3]\ntls_listen = ["tcp:995"]\n'
+    )
+    code, out, err = run(bad, "check")
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(f"{bad}: [") for line in lines)
+    assert "Traceback" not in err
+
+
+def test_check_reports_users_file_problems(config: Path) -> None:
+    (config.parent / "users").write_text("garbage\n")
+    code, _, err = run(config, "check")
+    assert code == 2 and "users:1: expected" in err
+
+
+def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text('[hub]\ndomains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\n')
+    code, out, err = run(path, "check")
+    assert code == 0 and "warning:" in err and "10 minutes" in err
+
+
+def test_user_commands(config: Path) -> None:
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin="pw one\nignored\n") == (
+        0, "added alice@example.org\n", ""
+    )
+    code, _, err = run(config, "user", "add", "alice@example.org", "--password-stdin", stdin="x\n")
+    assert (code, err) == (1, "mailhub: alice@example.org already exists\n")
+    code, _, err = run(config, "user", "add", "eve@evil.test", "--password-stdin", stdin="x\n")
+    assert code == 2 and "not in a local domain" in err
+    code, _, err = run(config, "user", "add", "dave", "--password-stdin", stdin="\n")
+    assert code == 2 and "the password is empty" in err
+    assert run(config, "user", "add", "bob@example.net", "--password-stdin", "--allow-apop",
+               stdin="pw2\n")[0] == 0
+    assert run(config, "user", "list") == (0, "alice@example.org\nbob@example.net\n", "")
+    assert run(config, "user", "passwd", "alice", "--password-stdin", stdin="new\n")[0] == 0
+    code, _, err = run(config, "user", "passwd", "zed", "--password-stdin", stdin="new\n")
+    assert (code, err) == (1, "mailhub: no such user: zed@example.org\n")
+    assert run(config, "user", "del", "alice")[0] == 0
+    code, _, err = run(config, "user", "del", "alice")
+    assert code == 1 and "no such user" in err
+    assert run(config, "user", "list") == (0, "bob@example.net\n", "")
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.apop_secret(Address("bob", "example.net")) == "pw2"
+
+
+def test_password_without_stdin_flag_needs_a_terminal(config: Path) -> None:
+    code, _, err = run(config, "user", "add", "alice")
+    assert code == 2 and "--password-stdin" in err
+
+
+def test_usage_errors_exit_2(config: Path) -> None:
+    for argv in (["--config", str(config)], ["--config", str(config), "frobnicate"],
+                 ["--config", str(config), "user"], ["--config", str(config), "user", "add"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv, out=io.StringIO(), err=io.StringIO())
+        assert info.value.code == 2
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    code, _, err = run(tmp_path / "missing.toml", "user", "list")
+    assert code == 2 and "cannot read the config file" in err
+
+
+def test_python_dash_m_is_the_same_command(config: Path) -> None:
+    result = mailhub(config, "user", "add", "carol", "--password-stdin", input="pw\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "added carol@example.org\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "txmailhub", "--config", str(config), "check"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.endswith(": ok\n")
+
+
+def test_console_script_installed() -> None:
+    script = Path(sys.executable).parent / "mailhub"
+    assert script.exists()
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "user" in result.stdout and "queue" in result.stdout

@@ -1,0 +1,267 @@
+"""The config schema: every key's parsing and every validation message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import make_certificate
+
+from txmailhub.config import SMTPSettings, load, load_text, parse_duration
+from txmailhub.errors import ConfigError
+
+MINIMAL = '[hub]\ndomains = ["Example.org.", "example.net"]\n'
+
+
+def problems(text: str, path: str = "/etc/mh/mailhub.toml") -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_text(text, path)
+    return info.value.problems
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    s = load_text(MINIMAL, "/etc/mh/mailhub.toml")
+    assert s.hub.domains == ("example.org", "example.net")
+    assert s.hub.primary_domain == "example.org"
+    assert s.hub.state_dir == "/etc/mh/var"
+    assert s.users.file == "/etc/mh/users"
+    assert s.aliases.file is None
+    assert s.tls is None
+    assert s.smtp.listen == ("tcp:25",)
+    assert s.smtp.relay_networks == ("127.0.0.0/8", "::1/128")
+    assert s.smtp.max_message_size == 26214400
+    assert s.smtp.max_recipients == 100
+    assert s.smtp.idle_timeout == 300
+    assert s.smtp.max_connections == 500
+    assert s.smtp.max_connections_per_client == 50
+    assert s.submission.listen == ("tcp:587",)
+    assert s.submission.tls_listen == ()
+    assert s.pop3.listen == ("tcp:110",)
+    assert s.pop3.idle_timeout == 600
+    assert s.pop3.allow_plaintext_auth is False
+    assert s.relay.port == 25
+    assert s.relay.nameservers == ()
+    assert s.relay.smarthost == ""
+    assert s.relay.smarthost_tls == "verify"
+    assert s.relay.queue_lifetime == 5 * 86400
+    assert s.relay.delay_warning == 4 * 3600
+    assert s.mail_dir == "/etc/mh/var/mail"
+    assert s.queue_dir == "/etc/mh/var/queue"
+    assert s.warnings == ()
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    (tmp_path / "aliases").write_text("info: alice\n")
+    (tmp_path / "auth").write_text("u:p\n")
+    text = f"""
+[hub]
+hostname = "mx.example.org"
+state_dir = "/srv/mail"
+domains = ["example.org"]
+[users]
+file = "u.txt"
+[aliases]
+file = "aliases"
+[tls]
+certificate = "{cert}"
+key = "{key}"
+[smtp]
+listen = ["tcp:2525:interface=127.0.0.1", "tcp6:2525"]
+relay_networks = ["10.0.0.0/8"]
+max_message_size = 1000
+max_recipients = 5
+idle_timeout = "10m"
+max_connections = 7
+max_connections_per_client = 3
+max_errors = 4
+max_auth_failures = 2
+auth_failure_delay = 0.5
+vrfy = false
+expn = false
+[submission]
+listen = ["tcp:1587"]
+tls_listen = ["tcp:1465"]
+[pop3]
+listen = []
+tls_listen = ["tcp:1995"]
+idle_timeout = "1h"
+allow_plaintext_auth = true
+max_auth_failures = 9
+auth_failure_delay = 2
+[relay]
+port = 2526
+nameservers = ["127.0.0.1:5353", "::1", "[::1]:53"]
+smarthost = "smtp.example.net:587"
+smarthost_tls = "opportunistic"
+smarthost_auth_file = "auth"
+queue_lifetime = "2d"
+delay_warning = "0s"
+retry_schedule = ["1m", "2m"]
+max_per_destination = 2
+max_concurrent_deliveries = 8
+require_tls_after_seen = true
+"""
+    s = load_text(text, str(tmp_path / "c.toml"))
+    assert s.hub.hostname == "mx.example.org"
+    assert s.hub.state_dir == "/srv/mail"
+    assert s.users.file == str(tmp_path / "u.txt")
+    assert s.aliases.file == str(tmp_path / "aliases")
+    assert s.tls is not None and s.tls.certificate == str(cert)
+    assert s.smtp.listen == ("tcp:2525:interface=127.0.0.1", "tcp6:2525")
+    assert s.smtp.relay_networks == ("10.0.0.0/8",)
+    assert (s.smtp.max_message_size, s.smtp.max_recipients) == (1000, 5)
+    assert s.smtp.idle_timeout == 600
+    assert (s.smtp.max_connections, s.smtp.max_connections_per_client) == (7, 3)
+    assert (s.smtp.max_errors, s.smtp.max_auth_failures) == (4, 2)
+    assert s.smtp.auth_failure_delay == 0.5
+    assert (s.smtp.vrfy, s.smtp.expn) == (False, False)
+    assert s.submission.listen == ("tcp:1587",)
+    assert s.submission.tls_listen == ("tcp:1465",)
+    assert s.pop3.listen == ()
+    assert s.pop3.tls_listen == ("tcp:1995",)
+    assert s.pop3.idle_timeout == 3600
+    assert s.pop3.allow_plaintext_auth is True
+    assert (s.pop3.max_auth_failures, s.pop3.auth_failure_delay) == (9, 2.0)
+    assert s.relay.port == 2526
+    assert s.relay.nameservers == ("127.0.0.1:5353", "::1", "[::1]:53")
+    assert s.relay.smarthost == "smtp.example.net:587"
+    assert s.relay.smarthost_tls == "opportunistic"
+    assert s.relay.smarthost_auth_file == str(tmp_path / "auth")
+    assert s.relay.queue_lifetime == 2 * 86400
+    assert s.relay.delay_warning == 0
+    assert s.relay.retry_schedule == (60, 120)
+    assert (s.relay.max_per_destination, s.relay.max_concurrent_deliveries) == (2, 8)
+    assert s.relay.require_tls_after_seen is True
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30s", 30), ("5m", 300), ("4h", 14400), ("5d", 432000), ("90", 90), (45, 45), (" 2m ", 120)],
+)
+def test_durations(value: str | int, seconds: int) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["5x", "m", "", "-1s", "1.5h", True, 1.5, -3])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('[smtp]\nidle_timeout = "5x"', "[smtp] idle_timeout: unknown duration '5x'"),
+        ("[smtp]\nlisten = [\"tcp:abc\"]", "[smtp] listen: endpoint 'tcp:abc' is not valid"),
+        ("[smtp]\nlisten = [\"ssl:465\"]", "[smtp] listen: endpoint 'ssl:465': use tcp:PORT"),
+        ("[smtp]\nlisten = \"tcp:25\"", "[smtp] listen: expected a list of strings, got a string"),
+        ("[smtp]\nlisten = [25]", "[smtp] listen: expected a list of strings, found a number 25"),
+        ("[smtp]\nmax_recipients = 0", "[smtp] max_recipients: must be greater than 0, got 0"),
+        ("[smtp]\nmax_recipients = \"10\"", "[smtp] max_recipients: expected a whole number"),
+        ("[smtp]\nmax_message_size = true", "[smtp] max_message_size: expected a whole number"),
+        ("[smtp]\nvrfy = \"yes\"", "[smtp] vrfy: expected true or false, got a string"),
+        ("[smtp]\nrelay_networks = [\"10.0.0.300/8\"]", "[smtp] relay_networks: '10.0.0.300/8'"),
+        ("[smtp]\nbogus = 1", "[smtp] bogus: unknown key (known keys: auth_failure_delay"),
+        ("[smtp]\nauth_failure_delay = -1", "[smtp] auth_failure_delay: must not be negative"),
+        ("[pop3]\nallow_plaintext_auth = 1", "[pop3] allow_plaintext_auth: expected true or false"),
+        ("[pop3]\ntls_listen = [\"tcp:995\"]", "[pop3] tls_listen: needs a [tls] section"),
+        ("[submission]\ntls_listen = [\"tcp:465\"]", "[submission] tls_listen: needs a [tls]"),
+        ("[relay]\nport = 70000", "[relay] port: 70000 is not a port number"),
+        ("[relay]\nsmarthost = \"nohost\"", "[relay] smarthost: 'nohost': use \"host:port\""),
+        ("[relay]\nsmarthost_tls = \"maybe\"", "[relay] smarthost_tls: 'maybe': use \"verify\""),
+        ("[relay]\nnameservers = [\"dns.example\"]", "[relay] nameservers: 'dns.example'"),
+        ("[relay]\nretry_schedule = []", "[relay] retry_schedule: expected a non-empty list"),
+        ("[relay]\nsmarthost_auth_file = \"nope\"", "[relay] smarthost_auth_file: "),
+        ("[aliases]\nfile = \"missing-aliases\"", "[aliases] file: "),
+        ("[tls]\ncertificate = \"c.pem\"", "[tls] key: required when [tls] is present"),
+        ("[weird]\nx = 1", "[weird]: unknown section"),
+        ("[users]\nfile = \"\"", "[users] file: must not be empty"),
+        ("[smtp]\nmax_connections = []", "[smtp] max_connections: expected a whole number, got"),
+    ],
+)
+def test_each_problem_is_one_clear_line(snippet: str, expected: str) -> None:
+    found = problems(MINIMAL + snippet + "\n")
+    assert any(expected in p for p in found), found
+    assert all(p.startswith("/etc/mh/mailhub.toml: ") for p in found)
+    assert all("\n" not in p and "Traceback" not in p for p in found)
+
+
+def test_domains_required_and_validated() -> None:
+    assert problems("[smtp]\n", "/x.toml") == [
+        "/x.toml: [hub] domains: required: the local domains, the primary one first"
+    ]
+    assert "list at least one local domain" in problems('[hub]\ndomains = []\n')[0]
+    assert "not a domain name" in problems('[hub]\ndomains = ["a b"]\n')[0]
+
+
+def test_all_problems_reported_together() -> None:
+    found = problems(MINIMAL + '[smtp]\nidle_timeout = "5x"\nmax_recipients = -2\nfoo = 1\n')
+    assert len(found) == 3
+
+
+def test_invalid_toml_is_one_line() -> None:
+    found = problems("[hub\n")
+    assert len(found) == 1 and "not valid TOML" in found[0]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(str(tmp_path / "absent.toml"))
+    assert "cannot read the config file" in info.value.problems[0]
+
+
+def test_tls_files_must_exist_and_match(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path / "a")
+    _, other_key = make_certificate(tmp_path / "b")
+    found = problems(MINIMAL + f'[tls]\ncertificate = "{cert}"\nkey = "{tmp_path}/none.pem"\n')
+    assert any("[tls] key:" in p and "does not exist" in p for p in found)
+    found = problems(MINIMAL + f'[tls]\ncertificate = "{cert}"\nkey = "{other_key}"\n')
+    assert any("cannot be used together" in p for p in found)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a pem")
+    found = problems(MINIMAL + f'[tls]\ncertificate = "{garbage}"\nkey = "{key}"\n')
+    assert any("cannot be used together" in p for p in found)
+
+
+def test_warnings_below_rfc_minimums() -> None:
+    s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
+    assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)
+    assert any("[pop3] idle_timeout" in w and "10 minutes" in w for w in s.warnings)
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "m.toml"
+    path.write_text(
+        MINIMAL.replace("[hub]\n", '[hub]\nstate_dir = "../var"\n') + '[users]\nfile = "users"\n'
+    )
+    old = os.getcwd()
+    try:
+        os.chdir("/")
+        s = load(str(path))
+    finally:
+        os.chdir(old)
+    assert s.hub.state_dir == str(tmp_path / "var")
+    assert s.users.file == str(tmp_path / "etc" / "users")
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("::ffff:127.0.0.1", True),
+     ("192.0.2.1", False), ("2001:db8::1", False), ("not-an-ip", False)],
+)
+def test_relay_networks_membership(host: str, allowed: bool) -> None:
+    assert SMTPSettings().relay_allowed_from(host) is allowed
+
+
+def test_example_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    demo = load(str(root / "etc" / "demo.toml"))
+    assert demo.hub.domains == ("example.test",)
+    assert all("127.0.0.1" in e for e in demo.smtp.listen + demo.pop3.listen)
+    text = (root / "etc" / "mailhub.toml").read_text()
+    # the production example names files that only exist on a real server
+    found = problems(text, "/etc/txmailhub/mailhub.toml")
+    assert all(("does not exist" in p) for p in found), found

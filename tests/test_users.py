@@ -1,0 +1,229 @@
+"""The users file, the cred checker and the realm."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from txmailhub.address import Address
+from txmailhub.auth import MailRealm, UsersChecker, build_portal
+from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
+from txmailhub.interfaces import IMailbox, ISMTPUser
+from txmailhub.users import UsersDB, hash_password, verify_password
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> UsersDB:
+    return UsersDB(str(tmp_path / "users"), "example.org", ("example.org", "example.net"))
+
+
+def test_hash_round_trip_and_salting() -> None:
+    h1, h2 = hash_password("s3cret"), hash_password("s3cret")
+    assert h1 != h2 and h1.startswith("scrypt$16384$8$1$")
+    assert verify_password("s3cret", h1) and verify_password("s3cret", h2)
+    assert not verify_password("s3creT", h1)
+    assert not verify_password("s3cret", "md5$abc")
+    assert not verify_password("s3cret", "garbage")
+
+
+def test_add_list_passwd_del_round_trip(db: UsersDB) -> None:
+    assert db.addresses() == []
+    assert db.add("alice", "pw1") == Address("alice", "example.org")
+    db.add("Bob@Example.NET", "pw2", allow_apop=True)
+    assert [str(a) for a in db.addresses()] == ["alice@example.org", "bob@example.net"]
+    assert db.check_password(Address("alice", "example.org"), "pw1")
+    assert not db.check_password(Address("alice", "example.org"), "pw2")
+    assert db.apop_secret(Address("bob", "example.net")) == "pw2"
+    assert db.apop_secret(Address("alice", "example.org")) is None
+    db.set_password("alice@example.org", "new")
+    assert db.check_password(Address("alice", "example.org"), "new")
+    db.set_password("bob@example.net", "newbob")
+    assert db.apop_secret(Address("bob", "example.net")) == "newbob"
+    db.delete("alice")
+    assert [str(a) for a in db.addresses()] == ["bob@example.net"]
+
+
+def test_file_holds_hashes_only_and_is_private(db: UsersDB) -> None:
+    db.add("alice", "correct horse")
+    text = Path(db.path).read_text()
+    assert "correct horse" not in text
+    assert "alice@example.org scrypt$" in text
+    assert os.stat(db.path).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda d: d.add("alice", "x"), UserExists, "alice@example.org already exists"),
+        (lambda d: d.delete("nobody"), NoSuchUser, "no such user: nobody@example.org"),
+        (lambda d: d.set_password("nobody", "x"), NoSuchUser, "no such user"),
+        (lambda d: d.add("eve@elsewhere.com", "x"), UsersFileError, "is not in a local domain"),
+        (lambda d: d.add("carol", ""), UsersFileError, "the password is empty"),
+        (lambda d: d.add("a b", "x"), UsersFileError, "whitespace"),
+        (lambda d: d.add("", "x"), UsersFileError, "empty address"),
+    ],
+)
+def test_clear_errors(db: UsersDB, call, error, message: str) -> None:
+    db.add("alice", "pw")
+    with pytest.raises(error, match=message):
+        call(db)
+
+
+def test_running_reader_sees_changes_without_restart(db: UsersDB) -> None:
+    reader = UsersDB(db.path, "example.org")
+    assert not reader.contains(Address("alice", "example.org"))
+    db.add("alice", "pw")
+    assert reader.contains(Address("ALICE", "example.org"))
+    db.delete("alice")
+    assert not reader.contains(Address("alice", "example.org"))
+
+
+def test_crash_between_write_and_rename_keeps_old_file(
+    db: UsersDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.add("alice", "pw")
+    before = Path(db.path).read_bytes()
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "simulated crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(OSError):
+        db.add("bob", "pw")
+    monkeypatch.undo()
+    assert Path(db.path).read_bytes() == before
+    fresh = UsersDB(db.path, "example.org")
+    assert [str(a) for a in fresh.addresses()] == ["alice@example.org"]
+    # whatever temp file the crash left is not mistaken for the users file
+    db.add("bob", "pw")
+    assert len(UsersDB(db.path, "example.org").addresses()) == 2
+
+
+def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
+    Path(db.path).write_text(
+        "# comment\nalice@example.org scrypt$1$1$1$AA==$AA==\nbroken-line\n"
+        "bob@example.org h apop=!!notbase64\n"
+    )
+    assert [str(a) for a in db.addresses()] == ["alice@example.org"]
+    assert len(db.problems) == 2
+    assert db.problems[0].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
+
+
+# --- twisted.cred --------------------------------------------------------
+
+
+@implementer(IUsernameHashedPassword)
+class APOPCreds:
+    def __init__(self, username: bytes, challenge: bytes, digest: bytes) -> None:
+        self.username, self.challenge, self.digest = username, challenge, digest
+
+    def checkPassword(self, secret: bytes) -> bool:
+        return hashlib.md5(self.challenge + secret).hexdigest().encode() == self.digest
+
+
+def result_of(d: Deferred) -> object:
+    out: list[object] = []
+    d.addBoth(out.append)
+    assert out, "Deferred did not fire"
+    return out[0]
+
+
+def test_checker_accepts_and_rejects(db: UsersDB) -> None:
+    db.add("alice", "pw", allow_apop=True)
+    db.add("bob", "bobpw")
+    checker = UsersChecker(db)
+    assert result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw"))) == (
+        "alice@example.org"
+    )
+    assert result_of(checker.requestAvatarId(UsernamePassword(b"ALICE@example.org", b"pw"))) == (
+        "alice@example.org"
+    )
+    for creds in (
+        UsernamePassword(b"alice", b"wrong"),
+        UsernamePassword(b"nobody", b"pw"),
+        UsernamePassword(b"\xff", b"pw"),
+        UsernamePassword(b"alice", b"\xff"),
+    ):
+        failure = result_of(checker.requestAvatarId(creds))
+        assert failure.check(UnauthorizedLogin), creds  # type: ignore[attr-defined]
+    challenge = b"<1.2@mail.example.org>"
+    good = hashlib.md5(challenge + b"pw").hexdigest().encode()
+    assert result_of(checker.requestAvatarId(APOPCreds(b"alice", challenge, good))) == (
+        "alice@example.org"
+    )
+    bad = result_of(checker.requestAvatarId(APOPCreds(b"alice", challenge, b"0" * 32)))
+    assert bad.check(UnauthorizedLogin)  # type: ignore[attr-defined]
+    # bob has no APOP secret: APOP must fail even with the right digest
+    bob = hashlib.md5(challenge + b"bobpw").hexdigest().encode()
+    assert result_of(checker.requestAvatarId(APOPCreds(b"bob", challenge, bob))).check(
+        UnauthorizedLogin
+    )
+
+
+def test_checker_runs_scrypt_through_the_thread_runner(db: UsersDB) -> None:
+    db.add("alice", "pw")
+    calls: list[str] = []
+
+    def run(f, *args):
+        calls.append(f.__name__)
+        return succeed(f(*args))
+
+    checker = UsersChecker(db, run)
+    assert result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw"))) == (
+        "alice@example.org"
+    )
+    assert calls == ["check_password"]
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.opened: list[Address] = []
+        self.closed = 0
+
+    def open_mailbox(self, address: Address) -> Deferred:
+        self.opened.append(address)
+        store = self
+
+        @implementer(IMailbox)
+        class Box:
+            def close(self) -> None:
+                store.closed += 1
+
+        return succeed(Box())
+
+
+def test_portal_yields_smtp_user_and_locked_mailbox(db: UsersDB) -> None:
+    db.add("alice", "pw")
+    store = FakeStore()
+    portal = build_portal(db, store)
+    iface, avatar, logout = result_of(  # type: ignore[misc]
+        portal.login(UsernamePassword(b"alice", b"pw"), None, ISMTPUser)
+    )
+    assert iface is ISMTPUser and avatar.address == Address("alice", "example.org")
+    iface, box, logout = result_of(  # type: ignore[misc]
+        portal.login(UsernamePassword(b"alice", b"pw"), None, IMailbox)
+    )
+    assert iface is IMailbox and store.opened == [Address("alice", "example.org")]
+    logout()
+    assert store.closed == 1
+    failure = result_of(portal.login(UsernamePassword(b"alice", b"no"), None, IMailbox))
+    assert failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
+    assert store.opened == [Address("alice", "example.org")]
+
+
+def test_realm_refuses_unknown_interface() -> None:
+    from zope.interface import Interface
+
+    class IOther(Interface):
+        pass
+
+    with pytest.raises(Exception, match="no avatar"):
+        MailRealm(FakeStore()).requestAvatar("a@example.org", None, IOther)
