@@ -1,0 +1,485 @@
+"""The sans-IO POP3 engine: every command, every state, every error."""
+
+from __future__ import annotations
+
+import base64
+from collections import namedtuple
+
+import pytest
+
+from txmailhub.errors import LocalError
+from txmailhub.pop3 import replies as R
+from txmailhub.pop3.server import (
+    CAPABILITIES,
+    TRANSITIONS,
+    VALID_IN,
+    Authenticate,
+    LoginFailure,
+    POP3Server,
+    Send,
+    StartTLS,
+    State,
+    Transmit,
+    Update,
+    make_timestamp,
+)
+
+Info = namedtuple("Info", "uid size path")
+MESSAGES = [Info("1000.a,S=10", 412, "p1"), Info("1001.b", 20, "p2"), Info("1002.c", 7, "p3")]
+TS = "<1.2.3@mail.example.org>"
+
+
+def engine(**kw) -> POP3Server:
+    kw.setdefault("plaintext_allowed", True)
+    return POP3Server(hostname="mail.example.org", timestamp=TS, **kw)
+
+
+def run(e: POP3Server, line: bytes):
+    e.receive_data(line + b"\r\n")
+    action = e.next_action()
+    assert not e.has_line  # one line, one action
+    return action
+
+
+def sent(e: POP3Server, line: bytes) -> bytes:
+    action = run(e, line)
+    assert isinstance(action, Send), action
+    return action.data
+
+
+def logged_in(messages=MESSAGES, **kw) -> POP3Server:
+    e = engine(**kw)
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    action = run(e, b"PASS joepw")
+    assert action == Authenticate("USER", "joe", b"joepw", TS)
+    reply = e.login_succeeded(messages)
+    count = len(messages)
+    assert reply.data == R.logged_in(count, sum(m.size for m in messages)).to_bytes()
+    assert e.state is State.TRANSACTION
+    return e
+
+
+# -- greeting and line handling ------------------------------------------
+
+
+def test_greeting_carries_timestamp():
+    e = engine()
+    assert e.greeting() == f"+OK mail.example.org POP3 server ready {TS}\r\n".encode()
+
+
+def test_make_timestamp_shape_and_uniqueness():
+    a = make_timestamp("h.example", 1700000000.5)
+    b = make_timestamp("h.example", 1700000000.5)
+    assert a != b
+    assert a.startswith("<") and a.endswith("@h.example>")
+    pid, when, rand = a[1:].split("@")[0].split(".")
+    assert pid.isdigit() and when == "1700000000" and len(rand) == 16
+
+
+def test_commands_are_case_insensitive_and_lf_only_lines_work():
+    e = engine()
+    e.receive_data(b"uSeR joe\n")
+    assert e.next_action() == Send(R.USER_ACCEPTED.to_bytes())
+
+
+def test_byte_by_byte_input_gives_the_same_action():
+    e = engine()
+    for b in b"USER joe\r\n":
+        assert e.next_action() is None
+        e.receive_data(bytes([b]))
+    assert e.next_action() == Send(R.USER_ACCEPTED.to_bytes())
+
+
+def test_pipelined_lines_are_answered_in_order():
+    e = logged_in()
+    e.receive_data(b"NOOP\r\nSTAT\r\nDELE 2\r\nSTAT\r\n")
+    out = []
+    while (a := e.next_action()) is not None:
+        out.append(a.data)
+    assert out == [
+        R.NOOP.to_bytes(),
+        R.stat(3, 439).to_bytes(),
+        R.deleted(2).to_bytes(),
+        R.stat(2, 419).to_bytes(),
+    ]
+
+
+def test_line_of_255_octets_is_accepted_256_is_refused_and_session_continues():
+    e = engine()
+    ok_line = b"USER " + b"j" * (255 - 2 - 5)
+    assert sent(e, ok_line) == R.USER_ACCEPTED.to_bytes()
+    assert sent(e, ok_line + b"j") == R.LINE_TOO_LONG.to_bytes()
+    assert sent(e, b"NOOP") == R.wrong_state("NOOP", "AUTHORIZATION").to_bytes()
+
+
+def test_endless_line_does_not_grow_memory_and_gets_one_error():
+    e = engine()
+    for _ in range(1000):
+        e.receive_data(b"x" * 1000)
+        assert e.buffered < 5000
+        assert e.next_action() is None
+    e.receive_data(b"yyy\r\nQUIT\r\n")
+    assert e.next_action() == Send(R.LINE_TOO_LONG.to_bytes())
+    assert e.next_action() == Send(R.BYE.to_bytes(), close=True)
+
+
+def test_many_complete_overlong_lines_are_each_refused():
+    e = engine()
+    e.receive_data((b"z" * 5000 + b"\r\n") * 2 + b"CAPA\r\n")
+    assert e.next_action().data == R.LINE_TOO_LONG.to_bytes()
+    assert e.next_action().data == R.LINE_TOO_LONG.to_bytes()
+    assert e.next_action().data.startswith(R.CAPA_FOLLOWS.to_bytes())
+
+
+def test_unknown_and_empty_commands():
+    e = engine()
+    assert sent(e, b"XYZZY") == R.UNKNOWN_COMMAND.to_bytes()
+    assert sent(e, b"") == R.UNKNOWN_COMMAND.to_bytes()
+    assert sent(e, b"LAST") == R.UNKNOWN_COMMAND.to_bytes()
+
+
+def test_non_utf8_bytes_never_raise():
+    e = engine()
+    assert sent(e, b"\xff\xfe NOOP") == R.UNKNOWN_COMMAND.to_bytes()
+    action = run(e, b"USER \xe9l\xe8ve")
+    assert action.data == R.USER_ACCEPTED.to_bytes()
+
+
+# -- the state table -------------------------------------------------------
+
+
+def test_transition_table_is_the_rfc_one():
+    assert set(TRANSITIONS.values()) == {State.TRANSACTION, State.UPDATE}
+    assert all(VALID_IN[v] for v in VALID_IN)
+
+
+@pytest.mark.parametrize("verb", ["NOOP", "STAT", "LIST", "RETR 1", "TOP 1 0", "DELE 1",
+                                  "RSET", "UIDL"])
+def test_transaction_commands_refused_in_authorization(verb):
+    e = engine()
+    name = verb.split()[0]
+    assert sent(e, verb.encode()) == R.wrong_state(name, "AUTHORIZATION").to_bytes()
+    assert e.state is State.AUTHORIZATION
+
+
+@pytest.mark.parametrize("verb", ["USER joe", "PASS x", "APOP joe " + "0" * 32, "AUTH PLAIN",
+                                  "STLS"])
+def test_authorization_commands_refused_in_transaction(verb):
+    e = logged_in(tls_available=True)
+    name = verb.split()[0]
+    assert sent(e, verb.encode()) == R.wrong_state(name, "TRANSACTION").to_bytes()
+
+
+def test_next_action_while_waiting_is_our_bug():
+    e = engine()
+    run(e, b"USER joe")
+    run(e, b"PASS pw")
+    e.receive_data(b"NOOP\r\n")
+    with pytest.raises(LocalError):
+        e.next_action()
+    with pytest.raises(LocalError):
+        e.update_finished(True)
+
+
+# -- USER / PASS -----------------------------------------------------------
+
+
+def test_pass_keeps_spaces_in_the_password():
+    e = engine()
+    run(e, b"USER joe")
+    assert run(e, b"PASS my secret pw") == Authenticate("USER", "joe", b"my secret pw", TS)
+
+
+def test_pass_without_user():
+    e = engine()
+    assert sent(e, b"PASS x") == R.PASS_WITHOUT_USER.to_bytes()
+
+
+def test_user_and_pass_syntax():
+    e = engine()
+    assert sent(e, b"USER") == R.bad_syntax("USER name").to_bytes()
+    assert sent(e, b"USER a b") == R.bad_syntax("USER name").to_bytes()
+    run(e, b"USER joe")
+    assert sent(e, b"PASS") == R.bad_syntax("PASS password").to_bytes()
+
+
+def test_plaintext_refused_when_not_allowed_but_apop_works():
+    e = engine(plaintext_allowed=False)
+    assert sent(e, b"USER joe") == R.PLAINTEXT_DISALLOWED.to_bytes()
+    assert sent(e, b"PASS joe") == R.PASS_WITHOUT_USER.to_bytes()
+    assert sent(e, b"AUTH PLAIN") == R.PLAINTEXT_DISALLOWED.to_bytes()
+    digest = "c4c9334bac560ecc979e58001b3e22fb"
+    assert run(e, f"APOP joe {digest}".encode()) == Authenticate(
+        "APOP", "joe", digest.encode(), TS
+    )
+    assert R.PLAINTEXT_DISALLOWED.code == "AUTH"
+
+
+def test_bad_credentials_grow_the_delay_then_close():
+    e = engine(max_auth_failures=3, auth_failure_delay=2.0)
+    delays = []
+    for i in range(3):
+        run(e, b"USER joe")
+        assert isinstance(run(e, b"PASS bad"), Authenticate)
+        reply = e.login_failed(LoginFailure.BAD_CREDENTIALS)
+        delays.append(reply.delay)
+        if i < 2:
+            assert reply == Send(R.AUTH_FAILED.to_bytes(), delay=reply.delay)
+            assert reply.data.startswith(b"-ERR [AUTH] ")
+    assert delays == [2.0, 4.0, 6.0]
+    assert reply.close and reply.data == R.TOO_MANY_AUTH_FAILURES.to_bytes()
+    e.receive_data(b"NOOP\r\n")
+    assert e.next_action() is None  # finished
+
+
+def test_failed_login_forgets_the_user():
+    e = engine()
+    run(e, b"USER joe")
+    run(e, b"PASS bad")
+    e.login_failed(LoginFailure.BAD_CREDENTIALS)
+    assert sent(e, b"PASS again") == R.PASS_WITHOUT_USER.to_bytes()
+
+
+@pytest.mark.parametrize(
+    "why,reply",
+    [
+        (LoginFailure.IN_USE, R.MAILBOX_IN_USE),
+        (LoginFailure.TEMPORARY, R.MAILBOX_TEMP_FAILURE),
+        (LoginFailure.PERMANENT, R.MAILBOX_PERM_FAILURE),
+    ],
+)
+def test_mailbox_failures_have_their_resp_codes_and_do_not_count(why, reply):
+    e = engine(max_auth_failures=1)
+    run(e, b"USER joe")
+    run(e, b"PASS pw")
+    assert e.login_failed(why) == Send(reply.to_bytes())
+    assert e.auth_failures == 0
+    assert e.state is State.AUTHORIZATION
+    code = {"IN_USE": b"[IN-USE]", "TEMPORARY": b"[SYS/TEMP]", "PERMANENT": b"[SYS/PERM]"}
+    assert code[why.name] in reply.to_bytes()
+
+
+# -- APOP ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [b"APOP", b"APOP joe", b"APOP joe abc", b"APOP joe " +
+                                  b"g" * 32, b"APOP a b c"])
+def test_apop_syntax(line):
+    e = engine()
+    assert sent(e, line).startswith(b"-ERR Syntax: APOP")
+
+
+def test_apop_digest_is_lowercased():
+    e = engine()
+    action = run(e, b"apop joe " + b"ABCDEF0123456789" * 2)
+    assert action.secret == b"abcdef0123456789" * 2 and action.mechanism == "APOP"
+
+
+# -- AUTH PLAIN (RFC 5034) -------------------------------------------------
+
+
+def plain(authz: str, user: str, pw: str) -> bytes:
+    return base64.b64encode(f"{authz}\0{user}\0{pw}".encode())
+
+
+def test_auth_lists_mechanisms():
+    e = engine()
+    assert sent(e, b"AUTH") == R.AUTH_MECHANISMS.to_bytes() + b"PLAIN\r\n.\r\n"
+
+
+def test_auth_plain_with_continuation():
+    e = engine()
+    assert sent(e, b"AUTH PLAIN") == b"+ \r\n"
+    assert run(e, plain("", "joe", "pw")) == Authenticate("PLAIN", "joe", b"pw", TS)
+    assert e.login_succeeded([]).data == R.logged_in(0, 0).to_bytes()
+
+
+def test_auth_plain_initial_response_and_authzid_equal_to_user():
+    e = engine()
+    action = run(e, b"auth plain " + plain("joe", "joe", "p w"))
+    assert action == Authenticate("PLAIN", "joe", b"p w", TS)
+
+
+def test_auth_plain_other_authzid_is_a_failed_login():
+    e = engine()
+    reply = run(e, b"AUTH PLAIN " + plain("root", "joe", "pw"))
+    assert reply.data == R.AUTH_FAILED.to_bytes() and reply.delay > 0
+    assert e.auth_failures == 1
+
+
+def test_auth_plain_cancel_and_bad_data():
+    e = engine()
+    run(e, b"AUTH PLAIN")
+    assert sent(e, b"*") == R.AUTH_CANCELLED.to_bytes()
+    run(e, b"AUTH PLAIN")
+    assert sent(e, b"!!notbase64!!") == R.AUTH_BAD_BASE64.to_bytes()
+    assert sent(e, b"AUTH PLAIN " + base64.b64encode(b"joe\0pw")) == R.AUTH_BAD_PLAIN.to_bytes()
+    assert sent(e, b"AUTH PLAIN =") == R.AUTH_BAD_PLAIN.to_bytes()
+    assert sent(e, b"AUTH PLAIN " + plain("", "joe", "")) == R.AUTH_BAD_PLAIN.to_bytes()
+    assert sent(e, b"AUTH PLAIN a b c") == R.bad_syntax(
+        "AUTH mechanism [initial-response]").to_bytes()
+    assert sent(e, b"AUTH CRAM-MD5") == R.AUTH_UNKNOWN_MECHANISM.to_bytes()
+    assert e.auth_failures == 0
+
+
+def test_auth_response_may_exceed_the_command_limit_but_not_forever():
+    e = engine()
+    run(e, b"AUTH PLAIN")
+    long_pw = "p" * 400
+    assert run(e, plain("", "joe", long_pw)).secret == long_pw.encode()
+    e.login_failed(LoginFailure.BAD_CREDENTIALS)
+    run(e, b"AUTH PLAIN")
+    e.receive_data(b"A" * 10000 + b"\r\n")
+    assert e.next_action().data == R.LINE_TOO_LONG.to_bytes()
+    assert sent(e, b"NOOP").startswith(b"-ERR NOOP is not valid")  # not a SASL line
+
+
+# -- CAPA and STLS ---------------------------------------------------------
+
+
+def capa_lines(data: bytes) -> list[str]:
+    lines = data.decode().split("\r\n")
+    assert lines[0] == str(R.CAPA_FOLLOWS) and lines[-2:] == [".", ""]
+    return lines[1:-2]
+
+
+def test_capa_exact_list_with_stls_when_tls_configured():
+    e = engine(tls_available=True)
+    assert capa_lines(sent(e, b"CAPA")) == [
+        "TOP", "UIDL", "USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
+        "STLS", "IMPLEMENTATION txmailhub",
+    ]
+    assert list(CAPABILITIES) == capa_lines(sent(e, b"capa"))
+
+
+def test_capa_without_stls_when_unconfigured_active_or_logged_in():
+    for e in (engine(), engine(tls_available=True, tls_active=True),
+              logged_in(tls_available=True)):
+        assert "STLS" not in capa_lines(sent(e, b"CAPA"))
+        assert "PIPELINING" in capa_lines(sent(e, b"CAPA"))
+
+
+def test_stls_discards_pipelined_plaintext():
+    e = engine(tls_available=True)
+    e.receive_data(b"STLS\r\nUSER evil\r\n")
+    assert e.next_action() == StartTLS(R.STLS_BEGIN.to_bytes())
+    assert e.next_action() is None and e.finished and e.buffered == 0
+
+
+def test_stls_refusals():
+    assert sent(engine(), b"STLS") == R.STLS_UNAVAILABLE.to_bytes()
+    e = engine(tls_available=True, tls_active=True)
+    assert sent(e, b"STLS") == R.STLS_ALREADY_ACTIVE.to_bytes()
+    assert sent(engine(tls_available=True), b"STLS now").startswith(b"-ERR Syntax")
+
+
+# -- TRANSACTION -----------------------------------------------------------
+
+
+def test_stat_list_uidl():
+    e = logged_in()
+    assert sent(e, b"stat") == b"+OK 3 439\r\n"
+    assert sent(e, b"list") == (
+        R.scan_listing(3, 439).to_bytes() + b"1 412\r\n2 20\r\n3 7\r\n.\r\n"
+    )
+    assert sent(e, b"LIST 2") == b"+OK 2 20\r\n"
+    assert sent(e, b"UIDL") == (
+        R.UIDL_FOLLOWS.to_bytes() + b"1 1000.a,S=10\r\n2 1001.b\r\n3 1002.c\r\n.\r\n"
+    )
+    assert sent(e, b"UIDL 3") == b"+OK 3 1002.c\r\n"
+
+
+def test_seed_exchange_commands():
+    e = engine()
+    assert sent(e, b"user joe").startswith(b"+OK")
+    assert isinstance(run(e, b"pass joepw"), Authenticate)
+    e.login_succeeded([Info("u1", 412, "p")])
+    assert sent(e, b"stat") == b"+OK 1 412\r\n"
+    assert sent(e, b"list").endswith(b"\r\n1 412\r\n.\r\n")
+    assert run(e, b"retr 1") == Transmit(0, 412, b"+OK 412 octets\r\n", None, True)
+
+
+@pytest.mark.parametrize("cmd", [b"LIST", b"RETR", b"DELE", b"UIDL", b"TOP"])
+@pytest.mark.parametrize(
+    "arg,reply",
+    [(b"0", R.NO_SUCH_MESSAGE), (b"4", R.NO_SUCH_MESSAGE), (b"x", R.INVALID_NUMBER),
+     (b"-1", R.INVALID_NUMBER), (b"+1", R.INVALID_NUMBER),
+     (b"99999999999999999999", R.INVALID_NUMBER)],
+)
+def test_bad_message_numbers(cmd, arg, reply):
+    e = logged_in()
+    line = cmd + b" " + arg + (b" 1" if cmd == b"TOP" else b"")
+    assert sent(e, line) == reply.to_bytes()
+
+
+@pytest.mark.parametrize("line", [b"RETR", b"RETR 1 2", b"DELE", b"TOP 1", b"TOP 1 2 3",
+                                  b"LIST 1 2", b"UIDL 1 2", b"STAT x", b"NOOP x", b"RSET x"])
+def test_missing_or_extra_arguments(line):
+    e = logged_in()
+    assert sent(e, line).startswith(b"-ERR Syntax: ")
+
+
+def test_top_line_count_must_be_a_number():
+    e = logged_in()
+    assert sent(e, b"TOP 1 x") == R.INVALID_LINE_COUNT.to_bytes()
+    assert sent(e, b"TOP 1 -1") == R.INVALID_LINE_COUNT.to_bytes()
+    assert run(e, b"TOP 2 0") == Transmit(1, 20, R.TOP_FOLLOWS.to_bytes(), 0, False)
+
+
+def test_dele_hides_the_message_and_rset_brings_it_back():
+    e = logged_in()
+    assert sent(e, b"DELE 1") == R.deleted(1).to_bytes()
+    for line in (b"DELE 1", b"RETR 1", b"LIST 1", b"UIDL 1", b"TOP 1 0"):
+        assert sent(e, line) == R.MESSAGE_DELETED.to_bytes()
+    assert sent(e, b"STAT") == b"+OK 2 27\r\n"
+    assert b"\r\n1 " not in sent(e, b"LIST")
+    assert b"1000.a" not in sent(e, b"UIDL")
+    assert sent(e, b"RSET") == R.reset(3, 439).to_bytes()
+    assert sent(e, b"LIST 1") == b"+OK 1 412\r\n"
+    assert sent(e, b"NOOP") == b"+OK\r\n"
+
+
+def test_quit_in_transaction_enters_update_with_the_marks():
+    e = logged_in()
+    run(e, b"DELE 3")
+    run(e, b"DELE 1")
+    assert run(e, b"QUIT") == Update((0, 2))
+    assert e.state is State.UPDATE
+    e.receive_data(b"NOOP\r\n")
+    assert e.update_finished(True) == Send(R.bye_updated(1).to_bytes(), close=True)
+    assert e.next_action() is None
+
+
+def test_quit_with_failed_update():
+    e = logged_in()
+    run(e, b"DELE 1")
+    assert run(e, b"QUIT") == Update((0,))
+    assert e.update_finished(False) == Send(R.UPDATE_FAILED.to_bytes(), close=True)
+    assert b"[SYS/TEMP]" in R.UPDATE_FAILED.to_bytes()
+
+
+def test_quit_in_authorization_never_enters_update():
+    e = engine()
+    assert run(e, b"quit") == Send(R.BYE.to_bytes(), close=True)
+    assert e.state is State.AUTHORIZATION
+
+
+def test_empty_mailbox():
+    e = logged_in(messages=[])
+    assert sent(e, b"STAT") == b"+OK 0 0\r\n"
+    assert sent(e, b"LIST") == R.scan_listing(0, 0).to_bytes() + b".\r\n"
+    assert sent(e, b"RETR 1") == R.NO_SUCH_MESSAGE.to_bytes()
+    assert run(e, b"QUIT") == Update(())
+
+
+def test_replies_never_leak_python_names():
+    e = logged_in()
+    for line in (b"RETR \x00", b"TOP \xff \xff", b"LIST \xc3\xa9", b"DELE 1e3", b"\x00"):
+        data = sent(e, line)
+        assert data.startswith(b"-ERR ") and b"Error" not in data and b"Traceback" not in data
+
+
+def test_reply_rendering():
+    assert R.err("x", "IN-USE").to_bytes() == b"-ERR [IN-USE] x\r\n"
+    assert R.ok().to_bytes() == b"+OK\r\n"
+    assert str(R.AUTH_FAILED) == "-ERR [AUTH] Authentication failed"

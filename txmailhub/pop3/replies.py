@@ -1,0 +1,161 @@
+"""POP3 replies as values, and the catalog of the ones txmailhub sends.
+
+A POP3 status line is ``+OK text`` or ``-ERR [CODE] text``; the bracketed
+response code comes from RFC 2449 (``IN-USE``, ``LOGIN-DELAY``,
+``SYS/TEMP``, ``SYS/PERM``) and RFC 3206 (``AUTH``).  The engine
+(``txmailhub.pop3.server``) and the tests share the constants below, so
+no status line is spelled twice.  Replies that carry a number (``STAT``,
+``LIST n``...) are built by the small functions at the end.
+
+This module owns wording only: it knows nothing of states or sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "POP3Reply",
+    "ok",
+    "err",
+    "TERMINATOR",
+]
+
+TERMINATOR = b".\r\n"
+"""The line ending every multi-line response (RFC 1939 section 3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class POP3Reply:
+    """One status line: positive or negative, an optional response code, text."""
+
+    positive: bool
+    text: str
+    code: str | None = None
+
+    def to_bytes(self) -> bytes:
+        head = "+OK" if self.positive else "-ERR"
+        code = f" [{self.code}]" if self.code else ""
+        text = f" {self.text}" if self.text else ""
+        return f"{head}{code}{text}\r\n".encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode("utf-8").rstrip("\r\n")
+
+
+def ok(text: str = "") -> POP3Reply:
+    return POP3Reply(True, text)
+
+
+def err(text: str, code: str | None = None) -> POP3Reply:
+    return POP3Reply(False, text, code)
+
+
+# -- AUTHORIZATION ---------------------------------------------------------
+
+GREETING_TEXT = "{hostname} POP3 server ready {timestamp}"
+USER_ACCEPTED = ok("Send your password")
+LOGGED_IN_TEXT = "Logged in, {count} messages ({octets} octets)"
+AUTH_FAILED = err("Authentication failed", "AUTH")
+AUTH_CANCELLED = err("Authentication cancelled")
+AUTH_BAD_BASE64 = err("Invalid base64 data in the SASL response")
+AUTH_BAD_PLAIN = err("Malformed PLAIN response", "AUTH")
+AUTH_UNKNOWN_MECHANISM = err("Unsupported authentication mechanism; use PLAIN")
+AUTH_MECHANISMS = ok("Supported SASL mechanisms follow")
+PLAINTEXT_DISALLOWED = err(
+    "Plaintext authentication is disallowed on insecure connections; use STLS or APOP",
+    "AUTH",
+)
+PASS_WITHOUT_USER = err("Send USER first")
+TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")
+MAILBOX_IN_USE = err("Mailbox is locked by another POP3 session", "IN-USE")
+MAILBOX_TEMP_FAILURE = err("Mailbox temporarily unavailable, try again later", "SYS/TEMP")
+MAILBOX_PERM_FAILURE = err("Mailbox cannot be opened", "SYS/PERM")
+APOP_UNAVAILABLE = err("APOP is not possible on this connection")
+
+STLS_BEGIN = ok("Begin TLS negotiation")
+STLS_UNAVAILABLE = err("STLS is not available: TLS is not configured")
+STLS_ALREADY_ACTIVE = err("Command not permitted when TLS active")
+
+CAPA_FOLLOWS = ok("Capability list follows")
+
+# -- TRANSACTION -----------------------------------------------------------
+
+NOOP = ok("")
+SCAN_LISTING_TEXT = "{count} messages ({octets} octets)"
+UIDL_FOLLOWS = ok("Unique-ID listing follows")
+NO_SUCH_MESSAGE = err("No such message")
+MESSAGE_DELETED = err("Message is deleted")
+INVALID_NUMBER = err("Invalid message number")
+INVALID_LINE_COUNT = err("Invalid number of lines")
+DELETED_TEXT = "Message {number} deleted"
+TOP_FOLLOWS = ok("Top of message follows")
+MESSAGE_READ_FAILED = err("Message cannot be read", "SYS/TEMP")
+
+# -- UPDATE and the end of the session ------------------------------------
+
+BYE = ok("Bye")
+BYE_UPDATED_TEXT = "Bye ({count} messages left)"
+UPDATE_FAILED = err("Some deleted messages were not removed", "SYS/TEMP")
+AUTOLOGOUT = err("Autologout: idle for too long")
+
+# -- Errors in any state ---------------------------------------------------
+
+UNKNOWN_COMMAND = err("Unknown command")
+WRONG_STATE_TEXT = "{command} is not valid in the {state} state"
+LINE_TOO_LONG = err("Line too long (at most 255 octets)")
+BAD_SYNTAX_TEXT = "Syntax: {usage}"
+BAD_ENCODING = err("Command is not valid ASCII")
+INTERNAL_ERROR = err("Internal error, try again later", "SYS/TEMP")
+
+
+# -- replies that carry numbers --------------------------------------------
+
+
+def greeting(hostname: str, timestamp: str) -> POP3Reply:
+    return ok(GREETING_TEXT.format(hostname=hostname, timestamp=timestamp))
+
+
+def logged_in(count: int, octets: int) -> POP3Reply:
+    return ok(LOGGED_IN_TEXT.format(count=count, octets=octets))
+
+
+def stat(count: int, octets: int) -> POP3Reply:
+    # RFC 1939: "+OK nn mm" and nothing else is safe for every client.
+    return ok(f"{count} {octets}")
+
+
+def scan_listing(count: int, octets: int) -> POP3Reply:
+    return ok(SCAN_LISTING_TEXT.format(count=count, octets=octets))
+
+
+def scan_line(number: int, octets: int) -> POP3Reply:
+    return ok(f"{number} {octets}")
+
+
+def unique_id(number: int, uid: str) -> POP3Reply:
+    return ok(f"{number} {uid}")
+
+
+def retr(octets: int) -> POP3Reply:
+    return ok(f"{octets} octets")
+
+
+def deleted(number: int) -> POP3Reply:
+    return ok(DELETED_TEXT.format(number=number))
+
+
+def reset(count: int, octets: int) -> POP3Reply:
+    return ok(f"Maildrop has {count} messages ({octets} octets)")
+
+
+def bye_updated(count: int) -> POP3Reply:
+    return ok(BYE_UPDATED_TEXT.format(count=count))
+
+
+def wrong_state(command: str, state: str) -> POP3Reply:
+    return err(WRONG_STATE_TEXT.format(command=command, state=state))
+
+
+def bad_syntax(usage: str) -> POP3Reply:
+    return err(BAD_SYNTAX_TEXT.format(usage=usage))

@@ -1,0 +1,585 @@
+"""The POP3 server engine: a sans-IO state machine (RFC 1939, 2449, 2595, 5034).
+
+Bytes go in (``receive_data``), one *action* per command comes out
+(``next_action``).  Most actions are ``Send`` (bytes to write); the others
+ask the adapter to do I/O and, where the outcome changes the session,
+report back:
+
+* ``Authenticate`` -> ``login_succeeded(messages)`` / ``login_failed(why)``
+* ``Transmit``     -> the adapter streams the message (nothing to report)
+* ``StartTLS``     -> the adapter starts TLS and builds a fresh engine
+* ``Update``       -> ``update_finished(ok)`` (the UPDATE state)
+
+The engine owns the protocol rules: states and their transitions, which
+command is valid where, argument syntax, line limits, the plaintext
+password policy, the deletion marks and the message numbering of the
+snapshot.  It must not touch sockets, the reactor or the disk (no
+``twisted.internet`` import); the wording of replies lives in
+``txmailhub.pop3.replies``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from txmailhub.errors import LocalError
+from txmailhub.pop3 import replies as R
+from txmailhub.pop3.replies import TERMINATOR, POP3Reply
+
+__all__ = [
+    "COMMAND_LINE_LIMIT",
+    "CAPABILITIES",
+    "Authenticate",
+    "LoginFailure",
+    "POP3Server",
+    "Send",
+    "StartTLS",
+    "State",
+    "Transmit",
+    "Update",
+    "make_timestamp",
+]
+
+COMMAND_LINE_LIMIT = 255
+"""RFC 2449 section 4: a command line is at most 255 octets, CRLF included."""
+
+SASL_LINE_LIMIT = 4096
+"""Longest client line kept while waiting for a SASL response; longer
+lines are dropped as they arrive (an endless line never grows memory)."""
+
+IMPLEMENTATION = "txmailhub"
+
+
+class State(enum.Enum):
+    """The RFC 1939 session states."""
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+class Event(enum.Enum):
+    AUTHENTICATED = "authenticated"
+    QUIT = "QUIT"
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.AUTHORIZATION, Event.AUTHENTICATED): State.TRANSACTION,
+    (State.TRANSACTION, Event.QUIT): State.UPDATE,
+}
+"""Every state change the engine makes.  QUIT in AUTHORIZATION ends the
+session without entering UPDATE (RFC 1939 section 4)."""
+
+
+class LoginFailure(enum.Enum):
+    """Why a login did not give a mailbox; each has its response code."""
+
+    BAD_CREDENTIALS = "AUTH"
+    IN_USE = "IN-USE"
+    TEMPORARY = "SYS/TEMP"
+    PERMANENT = "SYS/PERM"
+
+
+# -- actions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``data`` (after ``delay`` seconds); then close if ``close``."""
+
+    data: bytes
+    close: bool = False
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Log in.  ``mechanism`` is ``"USER"``, ``"PLAIN"`` or ``"APOP"``.
+
+    For USER and PLAIN ``secret`` is the password; for APOP it is the
+    client's hex digest of ``timestamp + secret`` (ASCII).  ``username``
+    is as the client typed it."""
+
+    mechanism: str
+    username: str
+    secret: bytes
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send ``head``, then message ``index`` in CRLF form, dot-stuffed,
+    then ``.\\r\\n``.  ``body_lines`` is ``None`` for the whole message
+    (RETR) or the TOP line count; ``mark_seen`` after a complete RETR."""
+
+    index: int
+    size: int
+    head: bytes
+    body_lines: int | None
+    mark_seen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """Write ``data`` (the +OK), then start TLS; lines already received
+    must be thrown away and a fresh engine built (RFC 2595 section 4)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """UPDATE state: delete ``indices`` (may be empty), then report."""
+
+    indices: tuple[int, ...]
+
+
+Action = Send | Authenticate | Transmit | StartTLS | Update
+
+_OVERLONG = object()  # queued in place of a line that broke the limit
+
+
+def make_timestamp(hostname: str, now: float) -> str:
+    """An RFC 1939 APOP timestamp ``<pid.time.random@hostname>``, unique per greeting."""
+    return f"<{os.getpid()}.{int(now)}.{secrets.token_hex(8)}@{hostname}>"
+
+
+def multiline(reply: POP3Reply, lines: Sequence[str]) -> bytes:
+    """A status line, ``lines`` (dot-stuffed) and the terminator, as one bytes."""
+    body = "".join(("." + x if x.startswith(".") else x) + "\r\n" for x in lines)
+    return reply.to_bytes() + body.encode("utf-8", "replace") + TERMINATOR
+
+
+def capabilities(*, stls: bool) -> tuple[str, ...]:
+    caps = ["TOP", "UIDL", "USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+    if stls:
+        caps.append("STLS")
+    caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
+    return tuple(caps)
+
+
+CAPABILITIES = capabilities(stls=True)
+"""The full list (RFC 2449), STLS included; CAPA drops STLS where it does not apply."""
+
+_A = State.AUTHORIZATION
+_T = State.TRANSACTION
+VALID_IN: dict[str, frozenset[State]] = {
+    "USER": frozenset({_A}),
+    "PASS": frozenset({_A}),
+    "APOP": frozenset({_A}),
+    "AUTH": frozenset({_A}),
+    "STLS": frozenset({_A}),
+    "CAPA": frozenset({_A, _T}),
+    "QUIT": frozenset({_A, _T}),
+    "NOOP": frozenset({_T}),
+    "STAT": frozenset({_T}),
+    "LIST": frozenset({_T}),
+    "RETR": frozenset({_T}),
+    "TOP": frozenset({_T}),
+    "DELE": frozenset({_T}),
+    "RSET": frozenset({_T}),
+    "UIDL": frozenset({_T}),
+}
+"""Which command is valid in which state (the dispatch table's other half)."""
+
+
+def _digits(text: str, most: int = 9) -> int | None:
+    if not text or len(text) > most or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+class POP3Server:
+    """One POP3 session, from greeting to QUIT, without I/O.
+
+    ``plaintext_allowed``: whether USER/PASS and AUTH PLAIN may be used
+    (TLS active, a loopback client, or the configuration says so).
+    ``tls_available``: STLS can be offered; ``tls_active``: it is on.
+    ``timestamp``: the greeting's APOP timestamp (kept across STLS).
+    """
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        timestamp: str,
+        plaintext_allowed: bool,
+        tls_available: bool = False,
+        tls_active: bool = False,
+        max_auth_failures: int = 3,
+        auth_failure_delay: float = 1.0,
+        auth_failures: int = 0,
+    ) -> None:
+        self.hostname = hostname
+        self.timestamp = timestamp
+        self.plaintext_allowed = plaintext_allowed
+        self.tls_available = tls_available
+        self.tls_active = tls_active
+        self.max_auth_failures = max_auth_failures
+        self.auth_failure_delay = auth_failure_delay
+        self.auth_failures = auth_failures
+        self.state = State.AUTHORIZATION
+        self.finished = False  # QUIT seen or STLS begun: no further commands
+        self._lines: deque[Any] = deque()
+        self._partial = b""
+        self._discarding = False
+        self._waiting: str | None = None  # "login" or "update" while I/O runs
+        self._user: str | None = None
+        self._sasl = False  # an AUTH PLAIN response is awaited
+        self._messages: list[Any] = []
+        self._deleted: set[int] = set()
+        self._handlers: dict[str, Callable[[str], Action]] = {
+            "USER": self._user_cmd,
+            "PASS": self._pass_cmd,
+            "APOP": self._apop_cmd,
+            "AUTH": self._auth_cmd,
+            "STLS": self._stls_cmd,
+            "CAPA": self._capa_cmd,
+            "QUIT": self._quit_cmd,
+            "NOOP": self._noop_cmd,
+            "STAT": self._stat_cmd,
+            "LIST": self._list_cmd,
+            "RETR": self._retr_cmd,
+            "TOP": self._top_cmd,
+            "DELE": self._dele_cmd,
+            "RSET": self._rset_cmd,
+            "UIDL": self._uidl_cmd,
+        }
+
+    # -- input -------------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        return R.greeting(self.hostname, self.timestamp).to_bytes()
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer client bytes; complete lines are queued for ``next_action``."""
+        if self._discarding:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            data = data[nl + 1 :]
+            self._discarding = False
+            self._lines.append(_OVERLONG)
+        buf = self._partial + data if self._partial else data
+        if b"\n" not in buf:
+            self._partial = buf
+        else:
+            *lines, self._partial = buf.split(b"\n")
+            for line in lines:
+                if len(line) >= SASL_LINE_LIMIT:
+                    self._lines.append(_OVERLONG)
+                else:
+                    self._lines.append(line[:-1] if line.endswith(b"\r") else line)
+        if len(self._partial) >= SASL_LINE_LIMIT:
+            self._partial = b""
+            self._discarding = True
+
+    def discard_input(self) -> None:
+        """Forget every line received so far (after STLS)."""
+        self._lines.clear()
+        self._partial = b""
+        self._discarding = False
+
+    @property
+    def buffered(self) -> int:
+        """Octets held for lines not handled yet (bounded by the read size)."""
+        return len(self._partial) + sum(len(x) for x in self._lines if x is not _OVERLONG)
+
+    @property
+    def has_line(self) -> bool:
+        return bool(self._lines)
+
+    def next_action(self) -> Action | None:
+        """Handle the next complete line; ``None`` when none is buffered."""
+        if self._waiting is not None:
+            raise LocalError(f"next_action while waiting for the {self._waiting} result")
+        if self.finished or not self._lines:
+            return None
+        line = self._lines.popleft()
+        if line is _OVERLONG:
+            self._sasl = False
+            return Send(R.LINE_TOO_LONG.to_bytes())
+        if self._sasl:
+            self._sasl = False
+            return self._sasl_response(line)
+        if len(line) + 2 > COMMAND_LINE_LIMIT:
+            return Send(R.LINE_TOO_LONG.to_bytes())
+        text = line.decode("utf-8", "surrogateescape")
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        handler = self._handlers.get(verb)
+        if handler is None:
+            return self._send(R.UNKNOWN_COMMAND)
+        if self.state not in VALID_IN[verb]:
+            return self._send(R.wrong_state(verb, self.state.value))
+        return handler(arg)
+
+    # -- results of the adapter's I/O --------------------------------------
+
+    def login_succeeded(self, messages: Sequence[Any]) -> Send:
+        """The portal gave a mailbox whose snapshot is ``messages``."""
+        self._expect("login")
+        self._transition(Event.AUTHENTICATED)
+        self._messages = list(messages)
+        self._deleted = set()
+        count, octets = self._totals()
+        return self._send(R.logged_in(count, octets))
+
+    def login_failed(self, why: LoginFailure) -> Send:
+        """The login did not give a mailbox; grows the delay on bad credentials."""
+        self._expect("login")
+        self._user = None
+        if why is LoginFailure.IN_USE:
+            return self._send(R.MAILBOX_IN_USE)
+        if why is LoginFailure.TEMPORARY:
+            return self._send(R.MAILBOX_TEMP_FAILURE)
+        if why is LoginFailure.PERMANENT:
+            return self._send(R.MAILBOX_PERM_FAILURE)
+        self.auth_failures += 1
+        delay = self.auth_failure_delay * self.auth_failures
+        if self.auth_failures >= self.max_auth_failures:
+            self.finished = True
+            return Send(R.TOO_MANY_AUTH_FAILURES.to_bytes(), close=True, delay=delay)
+        return Send(R.AUTH_FAILED.to_bytes(), delay=delay)
+
+    def update_finished(self, ok: bool) -> Send:
+        """The deletions of the UPDATE state are done (``ok``) or failed."""
+        self._expect("update")
+        if not ok:
+            return Send(R.UPDATE_FAILED.to_bytes(), close=True)
+        left = len(self._messages) - len(self._deleted)
+        return Send(R.bye_updated(left).to_bytes(), close=True)
+
+    # -- AUTHORIZATION -----------------------------------------------------
+
+    def _user_cmd(self, arg: str) -> Action:
+        name = arg.strip()
+        if not name or " " in name:
+            return self._send(R.bad_syntax("USER name"))
+        if not self.plaintext_allowed:
+            return self._send(R.PLAINTEXT_DISALLOWED)
+        self._user = name
+        return self._send(R.USER_ACCEPTED)
+
+    def _pass_cmd(self, arg: str) -> Action:
+        # The password is the rest of the line: it may contain spaces.
+        if self._user is None:
+            return self._send(R.PASS_WITHOUT_USER)
+        if not self.plaintext_allowed:
+            return self._send(R.PLAINTEXT_DISALLOWED)
+        if not arg:
+            return self._send(R.bad_syntax("PASS password"))
+        return self._login("USER", self._user, arg.encode("utf-8", "surrogateescape"))
+
+    def _apop_cmd(self, arg: str) -> Action:
+        parts = arg.split()
+        if len(parts) != 2:
+            return self._send(R.bad_syntax("APOP name digest"))
+        name, digest = parts
+        digest = digest.lower()
+        if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+            return self._send(R.bad_syntax("APOP name digest (32 hex digits)"))
+        return self._login("APOP", name, digest.encode("ascii"))
+
+    def _auth_cmd(self, arg: str) -> Action:
+        parts = arg.split()
+        if not parts:
+            return Send(multiline(R.AUTH_MECHANISMS, ["PLAIN"]))
+        if len(parts) > 2:
+            return self._send(R.bad_syntax("AUTH mechanism [initial-response]"))
+        if parts[0].upper() != "PLAIN":
+            return self._send(R.AUTH_UNKNOWN_MECHANISM)
+        if not self.plaintext_allowed:
+            return self._send(R.PLAINTEXT_DISALLOWED)
+        if len(parts) == 2:
+            return self._sasl_response(parts[1].encode("ascii", "replace"))
+        self._sasl = True
+        return Send(b"+ \r\n")
+
+    def _sasl_response(self, line: bytes) -> Action:
+        line = line.strip()
+        if line == b"*":
+            return self._send(R.AUTH_CANCELLED)
+        if line == b"=":
+            line = b""
+        try:
+            decoded = binascii.a2b_base64(line, strict_mode=True)
+        except (binascii.Error, ValueError):
+            return self._send(R.AUTH_BAD_BASE64)
+        fields = decoded.split(b"\0")
+        if len(fields) != 3 or not fields[1] or not fields[2]:
+            return self._send(R.AUTH_BAD_PLAIN)
+        authzid, authcid, password = fields
+        try:
+            username = authcid.decode("utf-8")
+            authz = authzid.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._send(R.AUTH_BAD_PLAIN)
+        if authz and authz != username:
+            # Acting as another user is not supported: a failed login.
+            self._waiting = "login"
+            return self.login_failed(LoginFailure.BAD_CREDENTIALS)
+        return self._login("PLAIN", username, password)
+
+    def _login(self, mechanism: str, username: str, secret: bytes) -> Action:
+        self._waiting = "login"
+        return Authenticate(mechanism, username, secret, self.timestamp)
+
+    def _stls_cmd(self, arg: str) -> Action:
+        if arg.strip():
+            return self._send(R.bad_syntax("STLS"))
+        if self.tls_active:
+            return self._send(R.STLS_ALREADY_ACTIVE)
+        if not self.tls_available:
+            return self._send(R.STLS_UNAVAILABLE)
+        self.finished = True
+        self.discard_input()
+        return StartTLS(R.STLS_BEGIN.to_bytes())
+
+    def _capa_cmd(self, arg: str) -> Action:
+        stls = self.state is State.AUTHORIZATION and self.tls_available and not self.tls_active
+        return Send(multiline(R.CAPA_FOLLOWS, capabilities(stls=stls)))
+
+    def _quit_cmd(self, arg: str) -> Action:
+        self.finished = True
+        if self.state is State.AUTHORIZATION:
+            return Send(R.BYE.to_bytes(), close=True)
+        self._transition(Event.QUIT)
+        self._waiting = "update"
+        return Update(tuple(sorted(self._deleted)))
+
+    # -- TRANSACTION -------------------------------------------------------
+
+    def _noop_cmd(self, arg: str) -> Action:
+        if arg.strip():
+            return self._send(R.bad_syntax("NOOP"))
+        return self._send(R.NOOP)
+
+    def _stat_cmd(self, arg: str) -> Action:
+        if arg.strip():
+            return self._send(R.bad_syntax("STAT"))
+        return self._send(R.stat(*self._totals()))
+
+    def _list_cmd(self, arg: str) -> Action:
+        args = arg.split()
+        if len(args) > 1:
+            return self._send(R.bad_syntax("LIST [message]"))
+        if args:
+            index = self._message(args[0])
+            if isinstance(index, POP3Reply):
+                return self._send(index)
+            return self._send(R.scan_line(index + 1, self._messages[index].size))
+        lines = [
+            f"{i + 1} {m.size}"
+            for i, m in enumerate(self._messages)
+            if i not in self._deleted
+        ]
+        return Send(multiline(R.scan_listing(*self._totals()), lines))
+
+    def _uidl_cmd(self, arg: str) -> Action:
+        args = arg.split()
+        if len(args) > 1:
+            return self._send(R.bad_syntax("UIDL [message]"))
+        if args:
+            index = self._message(args[0])
+            if isinstance(index, POP3Reply):
+                return self._send(index)
+            return self._send(R.unique_id(index + 1, self._messages[index].uid))
+        lines = [
+            f"{i + 1} {m.uid}"
+            for i, m in enumerate(self._messages)
+            if i not in self._deleted
+        ]
+        return Send(multiline(R.UIDL_FOLLOWS, lines))
+
+    def _retr_cmd(self, arg: str) -> Action:
+        args = arg.split()
+        if len(args) != 1:
+            return self._send(R.bad_syntax("RETR message"))
+        index = self._message(args[0])
+        if isinstance(index, POP3Reply):
+            return self._send(index)
+        size = self._messages[index].size
+        return Transmit(index, size, R.retr(size).to_bytes(), None, True)
+
+    def _top_cmd(self, arg: str) -> Action:
+        args = arg.split()
+        if len(args) != 2:
+            return self._send(R.bad_syntax("TOP message lines"))
+        index = self._message(args[0])
+        if isinstance(index, POP3Reply):
+            return self._send(index)
+        count = _digits(args[1])
+        if count is None:
+            return self._send(R.INVALID_LINE_COUNT)
+        size = self._messages[index].size
+        return Transmit(index, size, R.TOP_FOLLOWS.to_bytes(), count, False)
+
+    def _dele_cmd(self, arg: str) -> Action:
+        args = arg.split()
+        if len(args) != 1:
+            return self._send(R.bad_syntax("DELE message"))
+        index = self._message(args[0])
+        if isinstance(index, POP3Reply):
+            return self._send(index)
+        self._deleted.add(index)
+        return self._send(R.deleted(index + 1))
+
+    def _rset_cmd(self, arg: str) -> Action:
+        if arg.strip():
+            return self._send(R.bad_syntax("RSET"))
+        self._deleted.clear()
+        return self._send(R.reset(*self._totals()))
+
+    # -- helpers -----------------------------------------------------------
+
+    def _message(self, text: str) -> int | POP3Reply:
+        """A 0-based index for message number ``text``, or the error reply."""
+        number = _digits(text)
+        if number is None:
+            return R.INVALID_NUMBER
+        if not 1 <= number <= len(self._messages):
+            return R.NO_SUCH_MESSAGE
+        if number - 1 in self._deleted:
+            return R.MESSAGE_DELETED
+        return number - 1
+
+    def _totals(self) -> tuple[int, int]:
+        count = octets = 0
+        deleted = self._deleted
+        for i, m in enumerate(self._messages):
+            if i not in deleted:
+                count += 1
+                octets += m.size
+        return count, octets
+
+    def _transition(self, event: Event) -> None:
+        new = TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise LocalError(f"no transition from {self.state.value} on {event.value}")
+        self.state = new
+
+    def _expect(self, what: str) -> None:
+        if self._waiting != what:
+            raise LocalError(f"{what} result while waiting for {self._waiting!r}")
+        self._waiting = None
+
+    @staticmethod
+    def _send(reply: POP3Reply) -> Send:
+        return Send(reply.to_bytes())
+
+    @property
+    def messages(self) -> list[Any]:
+        """The snapshot taken at login (read-only use)."""
+        return self._messages
+
+    @property
+    def deleted(self) -> frozenset[int]:
+        return frozenset(self._deleted)
