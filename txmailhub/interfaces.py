@@ -34,6 +34,11 @@ class ISpooler(Interface):
     def open() -> "ISpoolWriter":  # noqa: UP037
         """Start a new spool file and return its writer (synchronous)."""
 
+    def discard(message) -> None:
+        """Remove the spool file of a ``SpooledMessage`` once every copy of
+        it is durable elsewhere (delivered, queued).  Synchronous; never
+        raises for a file that is already gone."""
+
 
 class ISpoolWriter(Interface):
     """One message being received, streamed to disk in bounded chunks."""

@@ -1,0 +1,362 @@
+"""Verified test doubles for applications that embed the hub (and our tests).
+
+Owns in-memory implementations of the component interfaces:
+
+* ``MemorySpooler`` (``ISpooler``): spool "files" kept as bytes.
+* ``MemoryMailboxStore`` (``IMailboxStore``) and its ``MemoryMailbox``
+  (``IMailbox``), with the same exclusive-lock semantics as the Maildir
+  store: a second ``open_mailbox`` errbacks ``MailboxInUse`` until
+  ``close()``.
+* ``StaticRouter`` (``IRecipientRouter``) from a dict.
+* ``QueueSpy`` (``IOutboundQueue``) recording what was enqueued.
+
+Each passes ``zope.interface.verify.verifyObject`` (tests/test_testing.py
+checks it).  Every double can be told to *hold* its Deferreds, so a test
+can check that nothing is answered before the storage said "durable",
+and to fail, so a test can check what happens then.  Nothing here touches
+the disk, except ``MemoryMailboxStore.deliver`` reading a real spool file
+when it is not given a ``MemorySpooler``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from txmailhub.address import Address, parse_address
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.errors import LocalError, MailboxInUse, Rejected
+from txmailhub.interfaces import (
+    IMailbox,
+    IMailboxStore,
+    IOutboundQueue,
+    IRecipientRouter,
+    ISpooler,
+    ISpoolWriter,
+)
+from txmailhub.smtp import replies
+from txmailhub.store.maildir import MessageInfo, crlf_size_of
+
+__all__ = [
+    "MemoryMailbox",
+    "MemoryMailboxStore",
+    "MemorySpooler",
+    "MemorySpoolWriter",
+    "QueueSpy",
+    "StaticRouter",
+]
+
+
+class _Holder:
+    """Deferreds either fired at once or held until ``release()``."""
+
+    def __init__(self, hold: bool) -> None:
+        self.hold = hold
+        self._held: list[tuple[defer.Deferred, Any]] = []
+
+    def result(self, value: Any) -> defer.Deferred:
+        if not self.hold:
+            return defer.fail(value) if isinstance(value, Exception) else defer.succeed(value)
+        d: defer.Deferred = defer.Deferred()
+        self._held.append((d, value))
+        return d
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def release(self) -> None:
+        """Fire every held Deferred (in the order they were made)."""
+        held, self._held = self._held, []
+        for d, value in held:
+            if isinstance(value, Exception):
+                d.errback(value)
+            else:
+                d.callback(value)
+
+
+# --- spooler ----------------------------------------------------------------
+
+
+@implementer(ISpoolWriter)
+class MemorySpoolWriter:
+    def __init__(self, spooler: MemorySpooler, path: str) -> None:
+        self._spooler = spooler
+        self.path = path
+        self._chunks: list[bytes] = []
+        self.state = "open"  # "open", "finished", "aborted"
+
+    def write(self, data: bytes) -> None:
+        if self.state != "open":
+            raise LocalError(f"write on a {self.state} spool writer")
+        self._chunks.append(bytes(data))
+
+    def finish(self) -> defer.Deferred:
+        if self.state != "open":
+            raise LocalError(f"finish on a {self.state} spool writer")
+        self.state = "finished"
+        data = b"".join(self._chunks)
+        self._spooler.files[self.path] = data
+        if self._spooler.fail_finish is not None:
+            return self._spooler._holder.result(self._spooler.fail_finish)
+        msg = SpooledMessage(self.path, len(data), crlf_size_of(data))
+        return self._spooler._holder.result(msg)
+
+    def abort(self) -> None:
+        if self.state == "open":
+            self.state = "aborted"
+            self._spooler.aborted.append(self.path)
+
+
+@implementer(ISpooler)
+class MemorySpooler:
+    """An ``ISpooler`` keeping each spool file as bytes in ``files``.
+
+    * ``hold=True``: ``finish()`` Deferreds wait for ``release()``.
+    * ``fail_finish``: an exception every ``finish()`` errbacks with.
+    * ``files``: path -> bytes of finished, not yet discarded messages;
+      ``aborted`` and ``discarded`` list paths in order.
+    """
+
+    def __init__(self, hold: bool = False, fail_finish: Exception | None = None) -> None:
+        self._holder = _Holder(hold)
+        self.fail_finish = fail_finish
+        self.files: dict[str, bytes] = {}
+        self.writers: list[MemorySpoolWriter] = []
+        self.aborted: list[str] = []
+        self.discarded: list[str] = []
+        self._ids = itertools.count(1)
+
+    def open(self) -> MemorySpoolWriter:
+        writer = MemorySpoolWriter(self, f"memory-spool/{next(self._ids)}")
+        self.writers.append(writer)
+        return writer
+
+    def discard(self, message: SpooledMessage) -> None:
+        self.files.pop(message.path, None)
+        self.discarded.append(message.path)
+
+    def contents(self, message: SpooledMessage) -> bytes:
+        return self.files[message.path]
+
+    def release(self) -> None:
+        self._holder.release()
+
+
+# --- mailbox store --------------------------------------------------------
+
+
+class _StoredMessage:
+    def __init__(self, uid: str, data: bytes) -> None:
+        self.uid = uid
+        self.data = data
+        self.seen = False
+
+
+@implementer(IMailbox)
+class MemoryMailbox:
+    """A locked snapshot of one in-memory mailbox (see ``IMailbox``)."""
+
+    def __init__(self, store: MemoryMailboxStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._messages = list(store._boxes.get(key, []))
+        self.closed = False
+
+    def list_messages(self) -> list[MessageInfo]:
+        return [
+            MessageInfo(
+                uid=m.uid,
+                size=crlf_size_of(m.data),
+                path=f"memory:{self._key}/{m.uid}",
+                stored_size=len(m.data),
+                seen=m.seen,
+            )
+            for m in self._messages
+        ]
+
+    def open_message(self, index: int) -> io.BytesIO:
+        return io.BytesIO(self._messages[index].data)
+
+    def mark_seen(self, index: int) -> None:
+        if 0 <= index < len(self._messages):
+            self._messages[index].seen = True
+
+    def delete(self, indices: list[int]) -> defer.Deferred:
+        doomed = {id(self._messages[i]) for i in indices}
+        box = self._store._boxes.get(self._key, [])
+        box[:] = [m for m in box if id(m) not in doomed]
+        return self._store._holder.result(None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._store._locked.discard(self._key)
+
+
+@implementer(IMailboxStore)
+class MemoryMailboxStore:
+    """An ``IMailboxStore`` whose mailboxes are lists of bytes.
+
+    * ``spooler``: a ``MemorySpooler`` to read message bytes from; without
+      one ``deliver`` reads ``message.path`` from disk.
+    * ``hold=True``: ``deliver`` and ``delete`` Deferreds wait for
+      ``release()`` (a test can check nothing is acknowledged early).
+    * ``fail``: ``{address: exception}`` -- that mailbox's copy fails, the
+      others are delivered (each mailbox's fate is its own).
+    * ``add(address, data)`` puts a message in place (as if delivered);
+      ``messages(address)`` returns the stored bytes in order.
+    """
+
+    def __init__(
+        self,
+        spooler: MemorySpooler | None = None,
+        hold: bool = False,
+        fail: Mapping[Address, Exception] | None = None,
+    ) -> None:
+        self.spooler = spooler
+        self._holder = _Holder(hold)
+        self.fail: dict[Address, Exception] = dict(fail or {})
+        self._boxes: dict[str, list[_StoredMessage]] = {}
+        self._locked: set[str] = set()
+        self._uids = itertools.count(1)
+        self.deliveries: list[tuple[SpooledMessage, list[Address]]] = []
+
+    def add(self, address: Address | str, data: bytes, uid: str | None = None) -> str:
+        key = _key(address)
+        uid = uid or f"memory-{next(self._uids)}"
+        self._boxes.setdefault(key, []).append(_StoredMessage(uid, bytes(data)))
+        return uid
+
+    def messages(self, address: Address | str) -> list[bytes]:
+        return [m.data for m in self._boxes.get(_key(address), [])]
+
+    def is_locked(self, address: Address | str) -> bool:
+        return _key(address) in self._locked
+
+    def deliver(self, message: SpooledMessage, mailboxes: list[Address]) -> defer.Deferred:
+        self.deliveries.append((message, list(mailboxes)))
+        if self.spooler is not None:
+            data = self.spooler.contents(message)
+        else:
+            with open(message.path, "rb") as f:
+                data = f.read()
+        outcome: dict[Address, Exception | None] = {}
+        for address in mailboxes:
+            if address in outcome:
+                continue
+            err = self.fail.get(address)
+            if err is None:
+                self.add(address, data)
+            outcome[address] = err
+        return self._holder.result(outcome)
+
+    def open_mailbox(self, address: Address) -> defer.Deferred:
+        key = _key(address)
+        if key in self._locked:
+            return defer.fail(MailboxInUse(f"{key} is in use by another session"))
+        self._locked.add(key)
+        return defer.succeed(MemoryMailbox(self, key))
+
+    def release(self) -> None:
+        self._holder.release()
+
+
+def _key(address: Address | str) -> str:
+    if isinstance(address, str):
+        address = parse_address(address)
+    return address.key
+
+
+# --- router ---------------------------------------------------------------
+
+
+@implementer(IRecipientRouter)
+class StaticRouter:
+    """An ``IRecipientRouter`` from a dict.
+
+    ``table`` maps an address (``"joe@example.org"``, or a bare ``"joe"``
+    meaning the primary domain) to its final targets: an iterable of
+    addresses; ``[]`` or ``None`` means "a mailbox of its own".  Keys are
+    looked up case-insensitively (``Address.key``).  Targets in
+    ``domains`` are local, others remote.  An address of a non-local
+    domain resolves to itself (remote); an unknown local address raises
+    ``Rejected(UNKNOWN_USER)``; ``postmaster`` of any local domain is
+    always accepted (RFC 5321 4.5.1): its table entry, else the primary
+    domain's postmaster mailbox.
+    """
+
+    def __init__(
+        self,
+        table: Mapping[str, Iterable[str] | None],
+        domains: Iterable[str] = ("example.org",),
+    ) -> None:
+        self.domains = tuple(d.lower().rstrip(".") for d in domains)
+        primary = self.domains[0]
+        self.table: dict[str, tuple[Address, ...]] = {}
+        for name, targets in table.items():
+            addr = parse_address(name, primary)
+            resolved = tuple(parse_address(t, primary) for t in targets or ()) or (addr,)
+            self.table[addr.key] = resolved
+        self.resolved: list[Address] = []
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains
+
+    def resolve(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        self.resolved.append(address)
+        return self._lookup(address)
+
+    def verify(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        return self._lookup(address)
+
+    def _lookup(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        if not self.is_local_domain(address.domain):
+            return (), (address,)
+        targets = self.table.get(f"{address.local.lower()}@{address.domain.rstrip('.')}")
+        if targets is None and address.is_postmaster:
+            primary_pm = Address("postmaster", self.domains[0])
+            targets = self.table.get(primary_pm.key, (primary_pm,))
+        if targets is None:
+            raise Rejected(replies.UNKNOWN_USER)
+        local = tuple(dict.fromkeys(t for t in targets if self.is_local_domain(t.domain)))
+        remote = tuple(dict.fromkeys(t for t in targets if not self.is_local_domain(t.domain)))
+        return local, remote
+
+
+# --- queue ------------------------------------------------------------------
+
+
+@implementer(IOutboundQueue)
+class QueueSpy:
+    """An ``IOutboundQueue`` that records instead of delivering.
+
+    ``enqueued`` lists ``(envelope, message)`` pairs in call order; each
+    call fires with a queue id ``"Q1"``, ``"Q2"``...  ``hold=True`` holds
+    the Deferreds until ``release()``; ``fail`` makes every enqueue
+    errback with that exception.  ``wakes`` counts ``wake()`` calls.
+    """
+
+    def __init__(self, hold: bool = False, fail: Exception | None = None) -> None:
+        self._holder = _Holder(hold)
+        self.fail = fail
+        self.enqueued: list[tuple[Envelope, SpooledMessage]] = []
+        self.wakes = 0
+        self._ids = itertools.count(1)
+
+    def enqueue(self, envelope: Envelope, message: SpooledMessage) -> defer.Deferred:
+        self.enqueued.append((envelope, message))
+        if self.fail is not None:
+            return self._holder.result(self.fail)
+        return self._holder.result(f"Q{next(self._ids)}")
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def release(self) -> None:
+        self._holder.release()
