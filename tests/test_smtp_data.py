@@ -1,0 +1,256 @@
+"""txmailhub.smtp._data: DATA/BDAT readers and the dot-stuffing encoder."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from txmailhub.smtp import replies
+from txmailhub.smtp._data import MAX_LINE, ChunkReader, DotReader, DotStuffer, stuff, to_crlf
+
+BIG = 10**9
+
+
+def read_dot(wire: bytes, splits=None, max_size=BIG):
+    """Feed ``wire`` to a DotReader; return (stored, leftover, reader)."""
+    out: list[bytes] = []
+    r = DotReader(out.append, max_size)
+    pieces = [wire] if splits is None else _split(wire, splits)
+    leftover = None
+    fed = 0
+    for p in pieces:
+        fed += len(p)
+        leftover = r.feed(p)
+        if leftover is not None:
+            leftover += b"".join(pieces)[fed:]
+            break
+    return b"".join(out), leftover, r
+
+
+def _split(data: bytes, cuts) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(data[last:p])
+        last = p
+    pieces.append(data[last:])
+    return [p for p in pieces if p]
+
+
+def bytewise(wire: bytes):
+    return list(range(len(wire) + 1))
+
+
+# --- the seed's examples ---------------------------------------------------
+
+
+SEED_LEADING_PERIOD = (
+    b"Hi dave - this message is a\r\ntest of SMTP\r\n..\r\n..foo\r\n..\r\n.\r\n"
+)
+
+
+@pytest.mark.parametrize("splits", [None, "bytes"])
+def test_seed_leading_period(splits):
+    cuts = bytewise(SEED_LEADING_PERIOD) if splits else None
+    stored, leftover, r = read_dot(SEED_LEADING_PERIOD, cuts)
+    assert stored == b"Hi dave - this message is a\ntest of SMTP\n.\n.foo\n.\n"
+    assert leftover == b""
+    assert r.error is None
+
+
+def test_seed_typical_exchange_with_pipelined_quit():
+    stored, leftover, r = read_dot(b"Hi Dave - What is buffer overflow?\r\n.\r\nQUIT\r\n")
+    assert stored == b"Hi Dave - What is buffer overflow?\n"
+    assert leftover == b"QUIT\r\n"
+    assert r.error is None
+
+
+def test_empty_message():
+    stored, leftover, r = read_dot(b".\r\nNOOP\r\n")
+    assert (stored, leftover, r.error) == (b"", b"NOOP\r\n", None)
+
+
+def test_size_counts_received_octets():
+    _, _, r = read_dot(b"ab\r\ncd\r\n.\r\n")
+    assert r.size == 8
+
+
+# --- smuggling: only CRLF . CRLF ends the data --------------------------------
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r"],
+)
+def test_smuggling_markers_never_end_data(marker):
+    wire = b"hello" + marker + b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\n"
+    for cuts in (None, bytewise(wire)):
+        out: list[bytes] = []
+        r = DotReader(out.append, BIG)
+        pieces = [wire] if cuts is None else _split(wire, cuts)
+        assert all(r.feed(p) is None for p in pieces)
+        # ... and the real end then ends it, refusing the bare line ends.
+        assert r.feed(b"\r\n.\r\n") == b""
+        assert r.error == replies.MESSAGE_BARE_CR_LF
+        assert b"MAIL" not in b"".join(out)  # the spool is aborted anyway
+
+
+@pytest.mark.parametrize("bad", [b"a\nb\r\n", b"a\rb\r\n", b"a\r\r\n", b"\n"])
+def test_bare_cr_or_lf_refuses_message(bad):
+    _stored, leftover, r = read_dot(b"ok\r\n" + bad + b"more\r\n.\r\nQUIT\r\n")
+    assert r.error == replies.MESSAGE_BARE_CR_LF
+    assert leftover == b"QUIT\r\n"
+
+
+def test_bare_lf_before_dot_line_is_not_end():
+    # "x LF . CRLF" -- the dot line follows a bare LF, so it is data.
+    out: list[bytes] = []
+    r = DotReader(out.append, BIG)
+    assert r.feed(b"x\n.\r\nQUIT\r\n") is None
+    assert r.feed(b".\r\n") == b""
+    assert r.error == replies.MESSAGE_BARE_CR_LF
+
+
+# --- long lines and size -------------------------------------------------------
+
+
+def test_line_of_exactly_the_limit_is_fine_and_dot_is_not_counted():
+    line = b"x" * (MAX_LINE - 2)
+    stored, _, r = read_dot(line + b"\r\n." + line + b"\r\n.\r\n")
+    assert r.error is None
+    assert stored == line + b"\n" + line + b"\n"
+
+
+@pytest.mark.parametrize("split", [None, 7, 1001, 4096])
+def test_long_line_drains_to_real_end_then_refuses(split):
+    body = b"short\r\n" + b"y" * 5000 + b"\r\nRCPT TO:<x@y>\r\nDATA\r\n" + b".\r\nQUIT\r\n"
+    cuts = list(range(0, len(body), split)) if split else None
+    _stored, leftover, r = read_dot(body, cuts)
+    assert r.error == replies.MESSAGE_LINE_TOO_LONG
+    # The "RCPT"/"DATA" lines after the long line were data, not commands.
+    assert leftover == b"QUIT\r\n"
+
+
+def test_line_that_never_ends_keeps_memory_bounded():
+    r = DotReader(None, BIG)
+    for _ in range(1000):
+        assert r.feed(b"z" * 65536) is None
+        assert len(r._pending) <= MAX_LINE + 1
+    assert r.feed(b"\r\n.\r\n") == b""
+    assert r.error == replies.MESSAGE_LINE_TOO_LONG
+
+
+def test_too_big_drains_and_refuses():
+    out: list[bytes] = []
+    r = DotReader(out.append, 100)
+    assert r.feed(b"a" * 60 + b"\r\n") is None
+    assert r.feed(b"b" * 60 + b"\r\n") is None
+    assert r.feed(b"c\r\n.\r\nNOOP\r\n") == b"NOOP\r\n"
+    assert r.error == replies.MESSAGE_TOO_BIG
+    assert b"".join(out) == b"a" * 60 + b"\n"  # nothing after the limit
+
+
+def test_fail_stops_writing_but_keeps_draining():
+    out: list[bytes] = []
+    r = DotReader(out.append, BIG)
+    r.feed(b"one\r\n")
+    r.fail(replies.LOCAL_ERROR)
+    assert r.feed(b"two\r\n.\r\n") == b""
+    assert r.error == replies.LOCAL_ERROR
+    assert out == [b"one\n"]
+
+
+def test_chunked_processing_not_per_line():
+    calls: list[bytes] = []
+    r = DotReader(calls.append, BIG)
+    r.feed(b"line\r\n" * 1000 + b".\r\n")
+    assert len(calls) == 1
+
+
+# --- round trips ---------------------------------------------------------------
+
+line = st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+dotty = st.sampled_from([b".", b"..", b".x", b"", b". ", b"a.b"])
+stored_message = st.lists(st.one_of(line, dotty), max_size=30).map(
+    lambda lines: b"".join(x + b"\n" for x in lines)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored_message, st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_stuff_then_read_round_trip(data, cuts):
+    wire = stuff(data)
+    whole, left_whole, r1 = read_dot(wire + b"QUIT\r\n")
+    split, left_split, r2 = read_dot(wire + b"QUIT\r\n", cuts)
+    assert whole == split == data
+    assert left_whole == left_split == b"QUIT\r\n"
+    assert r1.error is None and r2.error is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(stored_message, st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_dotstuffer_in_pieces_equals_one_shot(data, cuts):
+    s = DotStuffer()
+    pieces = _split(data, cuts) if data else []
+    wire = b"".join(s.encode(p) for p in pieces) + s.finish()
+    assert wire == stuff(data)
+
+
+def test_stuff_examples():
+    assert stuff(b"") == b".\r\n"
+    assert stuff(b".\n") == b"..\r\n.\r\n"
+    assert stuff(b"a\n.b\n") == b"a\r\n..b\r\n.\r\n"
+    assert stuff(b"no newline") == b"no newline\r\n.\r\n"
+    assert stuff(b"crlf\r\n") == b"crlf\r\n.\r\n"
+
+
+def test_stuffer_cr_split_across_pieces():
+    s = DotStuffer()
+    assert s.encode(b"a\r") + s.encode(b"\n.b\n") + s.finish() == b"a\r\n..b\r\n.\r\n"
+
+
+def test_seed_leading_period_encodes_back():
+    stored = b"Hi dave - this message is a\ntest of SMTP\n.\n.foo\n.\n"
+    assert stuff(stored) == SEED_LEADING_PERIOD
+
+
+def test_to_crlf():
+    assert to_crlf(b"a\nb\n") == b"a\r\nb\r\n"
+    assert to_crlf(b"a\r\nb\n") == b"a\r\nb\r\n"
+
+
+# --- BDAT ---------------------------------------------------------------------
+
+
+def test_chunk_reader_exact_sizes_and_leftover():
+    out: list[bytes] = []
+    r = ChunkReader(out.append, BIG)
+    r.start(8, last=False)
+    assert r.feed(b"ab\r") is None
+    assert r.feed(b"\n.c\r\nBDAT 3 LAST\r\n") == b"BDAT 3 LAST\r\n"
+    r.start(3, last=True)
+    assert r.feed(b"x\r\n") == b""
+    assert r.finish() is None
+    assert b"".join(out) == b"ab\n.c\nx\n"  # no unstuffing in BDAT
+    assert r.size == 11
+
+
+def test_chunk_reader_adds_final_line_end():
+    out: list[bytes] = []
+    r = ChunkReader(out.append, BIG)
+    r.start(3, last=True)
+    assert r.feed(b"abc") == b""
+    assert r.finish() is None
+    assert b"".join(out) == b"abc\n"
+
+
+def test_chunk_reader_limits():
+    r = ChunkReader(None, 10)
+    r.start(20, last=True)
+    assert r.feed(b"0123456\r\n89\r\n" + b"x" * 7) == b""
+    assert r.finish() == replies.MESSAGE_TOO_BIG
+    r = ChunkReader(None, BIG)
+    r.start(3, last=True)
+    assert r.feed(b"a\nb") == b""
+    assert r.finish() == replies.MESSAGE_BARE_CR_LF

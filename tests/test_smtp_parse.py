@@ -1,0 +1,225 @@
+"""txmailhub.smtp._parse: command lines, paths and ESMTP parameters."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txmailhub.address import Address
+from txmailhub.errors import RemoteProtocolError
+from txmailhub.smtp import replies
+from txmailhub.smtp._parse import (
+    MailParams,
+    RcptParams,
+    parse_command,
+    parse_mail,
+    parse_mailbox,
+    parse_rcpt,
+    xtext_decode,
+    xtext_encode,
+)
+
+P = "example.org"
+
+
+def reply_of(fn, *args, **kw):
+    with pytest.raises(RemoteProtocolError) as e:
+        fn(*args, **kw)
+    return e.value.reply
+
+
+# --- command lines ---------------------------------------------------------
+
+
+def test_parse_command():
+    assert parse_command(b"mail FROM:<a@b>") == ("MAIL", "FROM:<a@b>")
+    assert parse_command(b"QUIT") == ("QUIT", "")
+    assert parse_command(b"  noop   x  ") == ("NOOP", "x")
+    assert parse_command(b"") == ("", "")
+
+
+def test_parse_command_nul_and_utf8():
+    assert reply_of(parse_command, b"NO\x00OP") == replies.NUL_IN_COMMAND
+    assert reply_of(parse_command, b"NOOP \xff\xfe") == replies.INVALID_UTF8
+    assert replies.NUL_IN_COMMAND.code == 500 and replies.INVALID_UTF8.code == 501
+
+
+# --- the seed's lenient forms --------------------------------------------------
+
+
+def test_seed_mail_from_space_no_brackets():
+    sender, params = parse_mail("FROM: bill@microsoft.com", P)
+    assert sender == Address("bill", "microsoft.com")
+    assert params == MailParams()
+
+
+def test_seed_rcpt_bare_local_part():
+    rcpt, params = parse_rcpt("TO: hollindg", P)
+    assert rcpt == Address("hollindg", P)
+    assert params == RcptParams()
+
+
+def test_postmaster_any_case():
+    rcpt, _ = parse_rcpt("TO:<PostMaster>", P)
+    assert rcpt.is_postmaster and rcpt.domain == P
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["FROM:<a@b.test>", "from:<a@b.test>", "FROM: <a@b.test>", "FROM:a@b.test", "FROM:<a@B.TEST.>"],
+)
+def test_mail_forms(arg):
+    assert parse_mail(arg, P)[0] == Address("a", "b.test")
+
+
+def test_null_reverse_path():
+    assert parse_mail("FROM:<>", P) == (None, MailParams())
+    assert parse_mail("FROM:<> SIZE=10", P) == (None, MailParams(size=10))
+    assert reply_of(parse_rcpt, "TO:<>", P) == replies.SYNTAX_ADDRESS
+
+
+def test_source_route_is_ignored():
+    rcpt, _ = parse_rcpt("TO:<@a.test,@b.test:user@c.test>", P)
+    assert rcpt == Address("user", "c.test")
+    assert reply_of(parse_rcpt, "TO:<@a.test:>", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, "TO:<@a.test,b.test:u@c.test>", P) == replies.SYNTAX_ADDRESS
+
+
+def test_quoted_local_parts():
+    assert parse_mailbox('"joe"@example.org', P) == Address("joe", P)
+    assert parse_mailbox('"john doe"@example.org', P) == Address('"john doe"', P)
+    assert parse_mailbox('"a\\"b"@x.test', P) == Address('"a\\"b"', "x.test")
+    assert parse_mailbox('"user@remote"@example.org', P) == Address('"user@remote"', P)
+    rcpt, _ = parse_rcpt('TO:<"a>b"@x.test> NOTIFY=NEVER', P)
+    assert rcpt == Address('"a>b"', "x.test")
+
+
+def test_address_literals():
+    assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
+    assert parse_mailbox("u@[IPv6:2001:DB8::1]", P).domain == "[ipv6:2001:db8::1]"
+    for bad in ("u@[300.1.1.1]", "u@[IPv6:zz]", "u@[1.2.3.4", "u@[x:y]"):
+        assert reply_of(parse_mailbox, bad, P) == replies.SYNTAX_ADDRESS
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["user@remote@example.org", "a..b@x.test", ".a@x.test", "a.@x.test", "a@-x.test",
+     "a@x..test", "a b@x.test", "a@", "@x.test", '"unterminated@x.test', "(c)a@x.test"],
+)
+def test_bad_mailboxes(bad):
+    assert reply_of(parse_mailbox, bad, P) == replies.SYNTAX_ADDRESS
+
+
+def test_relay_trick_forms_parse_to_local_mailboxes():
+    # They are syntactically local; the router then finds no such user.
+    assert parse_mailbox("user%remote.test@example.org", P) == Address("user%remote.test", P)
+    assert parse_mailbox("remote.test!user@example.org", P) == Address("remote.test!user", P)
+
+
+def test_mail_prefix_and_brackets():
+    assert reply_of(parse_mail, "TO:<a@b>", P) == replies.SYNTAX_ARGUMENT
+    assert reply_of(parse_mail, "FROM", P) == replies.SYNTAX_ARGUMENT
+    assert reply_of(parse_mail, "FROM:<a@b", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_mail, "FROM:<a@b>SIZE=1", P) == replies.SYNTAX_ARGUMENT
+    assert reply_of(parse_rcpt, "TO:", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_mail, "FROM:<" + "a" * 300 + "@b.test>", P) == replies.SYNTAX_ADDRESS
+
+
+# --- SMTPUTF8 ---------------------------------------------------------------------
+
+
+def test_utf8_addresses_need_smtputf8():
+    assert reply_of(parse_mail, "FROM:<jöe@x.test>", P) == replies.SMTPUTF8_NOT_DECLARED
+    sender, params = parse_mail("FROM:<jöe@bücher.test> SMTPUTF8", P)
+    assert sender == Address("jöe", "bücher.test") and params.smtputf8
+    assert reply_of(parse_rcpt, "TO:<δ@x.test>", P) == replies.SMTPUTF8_NOT_DECLARED
+    assert parse_rcpt("TO:<δ@x.test>", P, utf8=True)[0] == Address("δ", "x.test")
+
+
+# --- parameters ------------------------------------------------------------------
+
+
+def test_mail_parameters():
+    _, p = parse_mail(
+        "FROM:<a@b.test> size=1000 BODY=8bitmime SMTPUTF8 RET=hdrs ENVID=QQ+2Bx AUTH=<>", P
+    )
+    assert p == MailParams(1000, True, True, "<>", "HDRS", "QQ+x")
+    _, p = parse_mail("FROM:<a@b.test> BODY=7BIT AUTH=joe+40example.org", P)
+    assert p == MailParams(body_8bit=False, auth="joe@example.org")
+
+
+@pytest.mark.parametrize(
+    "params, reply",
+    [
+        ("XFOO=1", replies.PARAM_NOT_RECOGNIZED),
+        ("BODY=BINARYMIME", replies.PARAM_NOT_RECOGNIZED),
+        ("SIZE=abc", replies.PARAM_SYNTAX),
+        ("SIZE", replies.PARAM_SYNTAX),
+        ("SIZE=1 SIZE=2", replies.PARAM_SYNTAX),
+        ("SMTPUTF8=yes", replies.PARAM_SYNTAX),
+        ("RET=ALL", replies.PARAM_SYNTAX),
+        ("ENVID=a+zz", replies.PARAM_SYNTAX),
+        ("=x", replies.PARAM_SYNTAX),
+    ],
+)
+def test_bad_mail_parameters(params, reply):
+    assert reply_of(parse_mail, "FROM:<a@b.test> " + params, P) == reply
+
+
+def test_unknown_parameter_is_555():
+    assert replies.PARAM_NOT_RECOGNIZED.code == 555
+    assert replies.PARAM_NOT_RECOGNIZED.status == "5.5.4"
+    assert reply_of(parse_rcpt, "TO:<a@b.test> FOO", P) == replies.PARAM_NOT_RECOGNIZED
+
+
+def test_rcpt_dsn_parameters():
+    _, p = parse_rcpt("TO:<a@b.test> NOTIFY=success,FAILURE ORCPT=rfc822;a+2Bb@b.test", P)
+    assert p == RcptParams(("SUCCESS", "FAILURE"), "rfc822;a+b@b.test")
+    assert parse_rcpt("TO:<a@b.test> NOTIFY=NEVER", P)[1].notify == ("NEVER",)
+    for bad in ("NOTIFY=NEVER,SUCCESS", "NOTIFY=", "NOTIFY=SUCCESS,SUCCESS", "ORCPT=rfc822",
+                "ORCPT=;x"):
+        assert reply_of(parse_rcpt, "TO:<a@b.test> " + bad, P) == replies.PARAM_SYNTAX
+
+
+def test_xtext():
+    assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
+    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    with pytest.raises(RemoteProtocolError):
+        xtext_decode("a+2b")  # lower-case hex is not xtext
+
+
+@given(st.text(max_size=40))
+def test_xtext_round_trip(text):
+    encoded = xtext_encode(text)
+    assert encoded.isascii() and "=" not in encoded
+    assert xtext_decode(encoded) == text
+
+
+# --- round trips -------------------------------------------------------------------
+
+atext = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+atom = st.text(alphabet=atext, min_size=1, max_size=10)
+dot_string = st.lists(atom, min_size=1, max_size=4).map(".".join)
+label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+domain = st.lists(label, min_size=1, max_size=4).map(".".join)
+qcontent = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+
+
+@given(dot_string, domain)
+def test_mailbox_round_trip(local, dom):
+    a = parse_mailbox(f"{local}@{dom}", P)
+    assert a == Address(local, dom)
+    assert parse_mailbox(str(a), P) == a
+    sender, _ = parse_mail(f"FROM:<{a}>", P)
+    rcpt, _ = parse_rcpt(f"TO:<@relay.test:{a}>", P)
+    assert sender == rcpt == a
+
+
+@given(qcontent, domain)
+def test_quoted_round_trip(content, dom):
+    quoted = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    a = parse_mailbox(f"{quoted}@{dom}", P)
+    assert parse_mailbox(str(a), P) == a
+    rcpt, _ = parse_rcpt(f"TO:<{quoted}@{dom}> NOTIFY=NEVER", P)
+    assert rcpt == a

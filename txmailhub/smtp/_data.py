@@ -1,0 +1,299 @@
+"""Message data on the wire: reading DATA/BDAT bodies, writing them back.
+
+Owns the transformation between the SMTP wire form of a message body
+(CRLF lines, dot-stuffed for DATA) and the stored form (LF lines, no
+stuffing), in both directions:
+
+* ``DotReader`` reads a DATA body, ``ChunkReader`` a BDAT chunk (RFC 3030).
+  Both work on whole buffers with ``bytes.find``/``replace``/``count``;
+  there is no Python call per line.  They write the stored form to a sink
+  (the spool writer's ``write``) and remember the first problem as a
+  ``Reply``, while they keep reading to the real end of the data.
+* ``DotStuffer`` (and the one-shot ``stuff``) and ``to_crlf`` turn stored
+  data back into the wire form, for the SMTP client (relay).
+
+Rules, enforced here and documented in docs/smtp.rst:
+
+* Only CRLF "." CRLF ends DATA.  ``LF . LF``, ``CR . CR`` and every mix
+  are ordinary data (they defeat SMTP smuggling, CVE-2023-51764).
+* Bare LF and bare CR (RFC 5321 2.3.8): the message is refused with
+  550 5.6.11 once the data has been read to its real end; nothing is
+  stored.  We never guess what a bare line ending was meant to be.
+* A text line longer than 1000 octets with its CRLF (RFC 5321 4.5.3.1.6;
+  the transparency dot is not counted) refuses the message (500 5.5.2),
+  again only at the real end of the data: the session never drops back
+  into command mode in the middle of a body.  A line that never ends costs
+  at most ``MAX_LINE`` octets of memory.
+* Over ``max_size`` octets (as received, CRLF counted): 552 5.3.4 at the end.
+
+This module must not know about sessions, files or the reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from txmailhub.smtp import replies
+from txmailhub.smtp.reply import Reply
+
+__all__ = [
+    "MAX_LINE",
+    "ChunkReader",
+    "DotReader",
+    "DotStuffer",
+    "stuff",
+    "to_crlf",
+]
+
+MAX_LINE = 1000  # octets including CRLF, not counting a transparency dot
+
+Sink = Callable[[bytes], object]
+
+
+class _BodyFilter:
+    """Checks and converts complete CRLF lines; shared by both readers."""
+
+    __slots__ = ("error", "max_size", "sink", "size")
+
+    def __init__(self, sink: Sink | None, max_size: int) -> None:
+        self.sink = sink
+        self.max_size = max_size
+        self.size = 0
+        self.error: Reply | None = None
+
+    def fail(self, reply: Reply) -> None:
+        if self.error is None:
+            self.error = reply
+        self.sink = None
+
+    def block(self, block: bytes) -> bytes | None:
+        """Check a run of complete wire lines (ending with LF).
+
+        Returns the block with CRLF turned into LF, or None after an error
+        (then the caller stores nothing)."""
+        self.size += len(block)
+        if self.size > self.max_size:
+            self.fail(replies.MESSAGE_TOO_BIG)
+        if self.error is not None:
+            return None
+        crlf = block.count(b"\r\n")
+        if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
+            self.fail(replies.MESSAGE_BARE_CR_LF)
+            return None
+        # A line is a piece of split(LF) plus its LF; with CRLF and a
+        # possible transparency dot it may have MAX_LINE + 1 octets.
+        if len(block) > MAX_LINE + 1 and max(map(len, block.split(b"\n"))) > MAX_LINE:
+            self.fail(replies.MESSAGE_LINE_TOO_LONG)
+            return None
+        return block.replace(b"\r\n", b"\n")
+
+
+class DotReader:
+    """Reads one DATA body: dot-stuffed CRLF lines up to CRLF "." CRLF.
+
+    ``feed(data)`` returns ``None`` while the body goes on, and the bytes
+    that follow the end-of-data line once it has been seen (possibly
+    ``b""``; they are the next pipelined commands).  ``error`` is then the
+    reply that refuses the message, or ``None`` if it may be accepted;
+    ``size`` is the number of octets received.  Stored data goes to
+    ``sink`` as it is read, in pieces of whole lines.
+    """
+
+    __slots__ = ("_after_crlf", "_filter", "_pending")
+
+    def __init__(self, sink: Sink | None, max_size: int) -> None:
+        self._filter = _BodyFilter(sink, max_size)
+        self._pending = b""  # the start of an unfinished line (< MAX_LINE)
+        self._after_crlf = True  # _pending starts right after a real CRLF
+
+    @property
+    def error(self) -> Reply | None:
+        return self._filter.error
+
+    @property
+    def size(self) -> int:
+        return self._filter.size
+
+    def fail(self, reply: Reply) -> None:
+        """Refuse the message (e.g. the spool failed); keep draining."""
+        self._filter.fail(reply)
+
+    def feed(self, data: bytes) -> bytes | None:
+        buf = self._pending + data if self._pending else data
+        if self._after_crlf and buf[:3] == b".\r\n":
+            self._pending = b""
+            return buf[3:]
+        end = buf.find(b"\r\n.\r\n")
+        if end >= 0:
+            self._emit(buf[: end + 2])
+            self._pending = b""
+            return buf[end + 5 :]
+        cut = buf.rfind(b"\n") + 1
+        if cut:
+            self._emit(buf[:cut])
+            self._after_crlf = cut >= 2 and buf[cut - 2] == 13
+            buf = buf[cut:]
+        if len(buf) > MAX_LINE:
+            self._filter.fail(replies.MESSAGE_LINE_TOO_LONG)
+            # Keep only what could still start the end marker.
+            buf = buf[-1:]
+            self._after_crlf = False
+        self._pending = buf
+        return None
+
+    def _emit(self, block: bytes) -> None:
+        f = self._filter
+        out = f.block(block)
+        if out is None or f.sink is None:
+            return
+        # Dot-unstuffing: a line that starts with "." loses that dot.
+        if self._after_crlf and out[:1] == b".":
+            out = out[1:]
+        if b"\n." in out:
+            out = out.replace(b"\n.", b"\n")
+        if out:
+            f.sink(out)
+
+
+class ChunkReader:
+    """Reads the octets of BDAT chunks (RFC 3030): no stuffing, no marker.
+
+    ``start(size, last)`` announces a chunk; ``feed(data)`` consumes up to
+    the announced size and returns the bytes after the chunk once it is
+    complete (``None`` while more are needed).  Line rules and the size
+    limit are the same as for DATA; ``finish()`` checks the message ends
+    with a complete line and returns the refusing reply, if any.
+    """
+
+    __slots__ = ("_filter", "_pending", "_remaining", "last")
+
+    def __init__(self, sink: Sink | None, max_size: int) -> None:
+        self._filter = _BodyFilter(sink, max_size)
+        self._remaining = 0
+        self._pending = b""  # an unfinished line (< MAX_LINE)
+        self.last = False
+
+    @property
+    def error(self) -> Reply | None:
+        return self._filter.error
+
+    @property
+    def size(self) -> int:
+        return self._filter.size + len(self._pending)
+
+    def fail(self, reply: Reply) -> None:
+        self._filter.fail(reply)
+
+    def start(self, size: int, last: bool) -> None:
+        self._remaining = size
+        self.last = last
+
+    @property
+    def remaining(self) -> int:
+        return self._remaining
+
+    def feed(self, data: bytes) -> bytes | None:
+        take = self._remaining
+        if len(data) < take:
+            piece, rest = data, None
+        else:
+            piece, rest = data[:take], data[take:]
+        self._remaining -= len(piece)
+        buf = self._pending + piece if self._pending else piece
+        cut = buf.rfind(b"\n") + 1
+        if cut:
+            out = self._filter.block(buf[:cut])
+            if out is not None and self._filter.sink is not None:
+                self._filter.sink(out)
+            buf = buf[cut:]
+        if len(buf) > MAX_LINE:
+            self._filter.fail(replies.MESSAGE_LINE_TOO_LONG)
+            buf = b""
+        self._pending = buf
+        if self._remaining:
+            return None
+        return rest if rest is not None else b""
+
+    def finish(self) -> Reply | None:
+        """After the LAST chunk: flush an unterminated last line."""
+        if self._pending:
+            tail = self._pending
+            self._pending = b""
+            if b"\r" in tail:
+                self._filter.fail(replies.MESSAGE_BARE_CR_LF)
+            else:
+                # RFC 3030 does not require a final CRLF; store one.
+                out = self._filter.block(tail + b"\r\n")
+                if out is not None and self._filter.sink is not None:
+                    self._filter.sink(out)
+        return self._filter.error
+
+
+# --- the other direction: stored form -> wire form ---------------------------
+
+
+class DotStuffer:
+    """Turns stored message data (LF lines) into a DATA body on the wire.
+
+    Feed the stored bytes in any pieces to ``encode``; each call returns
+    the wire bytes for them (CRLF line ends, a "." doubled at the start of
+    every line).  ``finish()`` returns the end-of-data line, preceded by a
+    CRLF when the data did not end with a line end.  CRLF in the input is
+    accepted too (it is not doubled).  Used by the SMTP client::
+
+        stuffer = DotStuffer()
+        for chunk in chunks:
+            transport.write(stuffer.encode(chunk))
+        transport.write(stuffer.finish())
+    """
+
+    __slots__ = ("_at_line_start", "_cr")
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._cr = False  # the previous piece ended with CR
+
+    def encode(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if data[-1:] == b"\r":
+            data = data[:-1]
+            self._cr = True
+            if not data:
+                return b""
+        if b"\r\n" in data:
+            data = data.replace(b"\r\n", b"\n")
+        if b"\n." in data:
+            data = data.replace(b"\n.", b"\n..")
+        if self._at_line_start and data[:1] == b".":
+            data = b"." + data
+        self._at_line_start = data[-1:] == b"\n"
+        return data.replace(b"\n", b"\r\n")
+
+    def finish(self) -> bytes:
+        head = b""
+        if self._cr:
+            head = b"\r\n"  # a lone trailing CR: end the line cleanly
+            self._cr = False
+            self._at_line_start = True
+        if self._at_line_start:
+            return head + b".\r\n"
+        return head + b"\r\n.\r\n"
+
+
+def stuff(data: bytes) -> bytes:
+    """The whole DATA body for stored ``data``, end-of-data line included."""
+    s = DotStuffer()
+    return s.encode(data) + s.finish()
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Stored LF lines -> CRLF lines, no stuffing (BDAT chunks, POP3 sizes).
+
+    A piece boundary must not split a CRLF pair; stored data has none."""
+    if b"\r\n" in data:
+        data = data.replace(b"\r\n", b"\n")
+    return data.replace(b"\n", b"\r\n")

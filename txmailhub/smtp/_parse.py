@@ -1,0 +1,393 @@
+"""Parsing of SMTP command lines: verbs, paths, ESMTP parameters.
+
+Owns the syntax of RFC 5321 section 4.1 as the server reads it: splitting
+a command line into verb and argument, the reverse-path and forward-path
+of MAIL and RCPT (with the lenient forms real clients and the seed use),
+and the ESMTP parameters we advertise (RFC 1870 SIZE, RFC 6152 BODY,
+RFC 6531 SMTPUTF8, RFC 4954 AUTH, RFC 3461 RET/ENVID/NOTIFY/ORCPT).
+Pure functions on ``str``/``bytes``; a syntax problem raises
+``RemoteProtocolError`` carrying the reply from ``replies``.  It must not
+know about sessions, policy or routing (whether an address is local is the
+router's business).
+
+Accepted path forms:
+
+* ``<user@example.org>`` and the lenient ``user@example.org`` (no
+  brackets, optionally after a space: ``MAIL FROM: bill@microsoft.com``);
+* a bare local part ``hollindg`` means ``hollindg@<primary domain>``;
+* ``<>`` (MAIL only): the null reverse-path, returned as ``None``;
+* source routes ``<@a,@b:user@c>``: the route is ignored (RFC 5321 4.1.1.3
+  and appendix C), the mailbox ``user@c`` is what counts;
+* quoted local parts ``"john doe"@example.org``: quotes are removed when
+  the content is a valid dot-string (``"joe"`` is ``joe``), kept otherwise;
+* address literals ``user@[192.0.2.1]`` and ``user@[IPv6:2001:db8::1]``
+  (kept bracketed as the domain: never one of our local domains);
+* non-ASCII local parts and domains only under SMTPUTF8 (RFC 6531).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from txmailhub.address import Address
+from txmailhub.errors import RemoteProtocolError
+from txmailhub.smtp import replies
+
+__all__ = [
+    "MailParams",
+    "RcptParams",
+    "parse_command",
+    "parse_mail",
+    "parse_mailbox",
+    "parse_rcpt",
+    "xtext_decode",
+    "xtext_encode",
+]
+
+MAX_PATH = 256  # RFC 5321 4.5.3.1.3, without the angle brackets: 254 + "<>"
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
+_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
+_DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|[^\x00-\x7f])+(?:\.(?:[{_ATEXT}]|[^\x00-\x7f])+)*\Z")
+# Letters, digits, hyphens; underscores too (seen in the wild, harmless).
+_DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?"
+                     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?)*\Z")
+_DOMAIN_UTF8 = re.compile(
+    r"(?:[A-Za-z0-9_\-]|[^\x00-\x7f])+(?:\.(?:[A-Za-z0-9_\-]|[^\x00-\x7f])+)*\Z"
+)
+_QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
+_ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
+_ESMTP_VALUE_UTF8 = re.compile(r"(?:[\x21-\x3c\x3e-\x7e]|[^\x00-\x7f])+\Z")
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
+_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
+_NOTIFY_WORDS = frozenset(("SUCCESS", "FAILURE", "DELAY"))
+
+
+def _fail(reply) -> RemoteProtocolError:
+    return RemoteProtocolError(reply)
+
+
+# --- command lines ---------------------------------------------------------
+
+
+def parse_command(line: bytes) -> tuple[str, str]:
+    """Split one command line (without CRLF) into ``(VERB, argument)``.
+
+    The verb is upper-cased; the argument keeps its case, without the
+    surrounding blanks.  NUL -> 500 5.5.2; invalid UTF-8 -> 501 5.5.2.
+    """
+    if b"\x00" in line:
+        raise _fail(replies.NUL_IN_COMMAND)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(replies.INVALID_UTF8) from None
+    verb, _, arg = text.strip(" \t").partition(" ")
+    return verb.upper(), arg.strip(" \t")
+
+
+# --- xtext (RFC 3461 section 4) ---------------------------------------------
+
+
+def xtext_decode(value: str) -> str:
+    """Decode RFC 3461 xtext (``+HH`` escapes); 501 on bad syntax."""
+    if not _XTEXT.match(value):
+        raise _fail(replies.PARAM_SYNTAX)
+    if "+" not in value:
+        return value
+    raw = _XTEXT_HEX.sub(lambda m: "\x00" + m.group(1), value)  # mark, then decode
+    out = bytearray()
+    for i, part in enumerate(raw.split("\x00")):
+        if i:
+            out.append(int(part[:2], 16))
+            part = part[2:]
+        out += part.encode("ascii")
+    return out.decode("utf-8", "replace")
+
+
+def xtext_encode(value: str) -> str:
+    """Encode text as RFC 3461 xtext (what the SMTP client sends)."""
+    out = []
+    for ch in value:
+        o = ord(ch)
+        if 33 <= o <= 126 and ch not in "+=":
+            out.append(ch)
+        else:
+            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+# --- mailboxes and paths ----------------------------------------------------
+
+
+def _unquote_local(quoted: str) -> str:
+    """``"a\\"b"`` -> the canonical local part (unquoted when possible)."""
+    content = _QUOTED_PAIR.sub(r"\1", quoted[1:-1])
+    if content and _DOT_STRING.match(content):
+        return content
+    # Re-quote canonically: only " and \ need a backslash.
+    return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _split_quoted(text: str) -> tuple[str, str]:
+    """Split ``"quoted"@rest`` into the quoted part and what follows it."""
+    i = 1
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return text[: i + 1], text[i + 1 :]
+        i += 1
+    raise _fail(replies.SYNTAX_ADDRESS)
+
+
+def _check_domain(domain: str, utf8: bool) -> str:
+    if domain.startswith("["):
+        if not domain.endswith("]"):
+            raise _fail(replies.SYNTAX_ADDRESS)
+        literal = domain[1:-1]
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ip = ipaddress.IPv6Address(literal[5:])
+                return f"[IPv6:{ip.compressed}]"
+            return f"[{ipaddress.IPv4Address(literal)}]"
+        except ValueError:
+            raise _fail(replies.SYNTAX_ADDRESS) from None
+    if domain.endswith("."):
+        domain = domain[:-1]
+    if len(domain) > 255:
+        raise _fail(replies.SYNTAX_ADDRESS)
+    if domain.isascii():
+        if not _DOMAIN.match(domain):
+            raise _fail(replies.SYNTAX_ADDRESS)
+    else:
+        if not utf8:
+            raise _fail(replies.SMTPUTF8_NOT_DECLARED)
+        if not _DOMAIN_UTF8.match(domain):
+            raise _fail(replies.SYNTAX_ADDRESS)
+    return domain.lower()
+
+
+def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address:
+    """``local@domain`` (or a bare ``local``) -> ``Address``; 501/553 on errors."""
+    if not text:
+        raise _fail(replies.SYNTAX_ADDRESS)
+    if text[0] == '"':
+        quoted, rest = _split_quoted(text)
+        if not text.isascii():
+            if not utf8:
+                raise _fail(replies.SMTPUTF8_NOT_DECLARED)
+        elif not _QTEXT_OK.match(quoted):
+            raise _fail(replies.SYNTAX_ADDRESS)
+        local = _unquote_local(quoted)
+        if rest == "":
+            domain = primary_domain
+        elif rest[0] == "@" and len(rest) > 1:
+            domain = rest[1:]
+        else:
+            raise _fail(replies.SYNTAX_ADDRESS)
+    else:
+        local, at, domain = text.rpartition("@")
+        if not at:
+            local, domain = text, primary_domain
+        if local.isascii():
+            if not _DOT_STRING.match(local):
+                raise _fail(replies.SYNTAX_ADDRESS)
+        else:
+            if not utf8:
+                raise _fail(replies.SMTPUTF8_NOT_DECLARED)
+            if not _DOT_STRING_UTF8.match(local):
+                raise _fail(replies.SYNTAX_ADDRESS)
+    return Address(local, _check_domain(domain, utf8))
+
+
+def _split_path(arg: str) -> tuple[str, str]:
+    """Split ``<path> params`` (or the lenient ``path params``)."""
+    arg = arg.lstrip(" \t")
+    if arg.startswith("<"):
+        # Find the closing '>' outside any quoted string.
+        i, n, quoted = 1, len(arg), False
+        while i < n:
+            c = arg[i]
+            if c == "\\" and quoted:
+                i += 2
+                continue
+            if c == '"':
+                quoted = not quoted
+            elif c == ">" and not quoted:
+                tail = arg[i + 1 :]
+                if tail and tail[0] not in " \t":
+                    raise _fail(replies.SYNTAX_ARGUMENT)
+                return arg[1:i], tail
+            i += 1
+        raise _fail(replies.SYNTAX_ADDRESS)
+    path, _, rest = arg.partition(" ")
+    if not path or path.endswith(">"):
+        raise _fail(replies.SYNTAX_ADDRESS)
+    return path, " " + rest if rest else ""
+
+
+def _strip_route(path: str) -> str:
+    """Drop an RFC 5321 source route ``@a,@b:`` in front of the mailbox."""
+    if not path.startswith("@"):
+        return path
+    route, colon, mailbox = path.partition(":")
+    if not colon or not mailbox:
+        raise _fail(replies.SYNTAX_ADDRESS)
+    for hop in route.split(","):
+        if not hop.startswith("@") or len(hop) < 2:
+            raise _fail(replies.SYNTAX_ADDRESS)
+        _check_domain(hop[1:], True)
+    return mailbox
+
+
+def _expect_prefix(arg: str, prefix: str) -> str:
+    """``FROM:`` / ``TO:`` (case-insensitive) -> the rest; 501 otherwise."""
+    n = len(prefix)
+    if arg[:n].upper() != prefix:
+        raise _fail(replies.SYNTAX_ARGUMENT)
+    return arg[n:]
+
+
+# --- ESMTP parameters --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MailParams:
+    """The MAIL FROM parameters we advertise, parsed."""
+
+    size: int | None = None
+    body_8bit: bool = False
+    smtputf8: bool = False
+    auth: str | None = None  # RFC 4954 AUTH=, xtext-decoded; "<>" kept as is
+    ret: str | None = None
+    envid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RcptParams:
+    """The RCPT TO parameters we advertise, parsed."""
+
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+
+
+def _split_params(text: str, utf8: bool) -> dict[str, str | None]:
+    params: dict[str, str | None] = {}
+    for item in text.split():
+        key, eq, value = item.partition("=")
+        if not _KEYWORD.match(key):
+            raise _fail(replies.PARAM_SYNTAX)
+        key = key.upper()
+        if key in params:
+            raise _fail(replies.PARAM_SYNTAX)
+        if eq:
+            pattern = _ESMTP_VALUE_UTF8 if utf8 else _ESMTP_VALUE
+            if not pattern.match(value):
+                raise _fail(replies.PARAM_SYNTAX)
+            params[key] = value
+        else:
+            params[key] = None
+    return params
+
+
+def _mail_params(raw: dict[str, str | None]) -> MailParams:
+    size = None
+    body_8bit = False
+    smtputf8 = False
+    auth = ret = envid = None
+    for key, value in raw.items():
+        if key == "SIZE":
+            if value is None or not value.isdigit() or len(value) > 20:
+                raise _fail(replies.PARAM_SYNTAX)
+            size = int(value)
+        elif key == "BODY":
+            v = (value or "").upper()
+            if v == "8BITMIME":
+                body_8bit = True
+            elif v != "7BIT":
+                raise _fail(replies.PARAM_NOT_RECOGNIZED)
+        elif key == "SMTPUTF8":
+            if value is not None:
+                raise _fail(replies.PARAM_SYNTAX)
+            smtputf8 = True
+        elif key == "AUTH":
+            if value is None:
+                raise _fail(replies.PARAM_SYNTAX)
+            auth = value if value == "<>" else xtext_decode(value)
+        elif key == "RET":
+            v = (value or "").upper()
+            if v not in ("FULL", "HDRS"):
+                raise _fail(replies.PARAM_SYNTAX)
+            ret = v
+        elif key == "ENVID":
+            if value is None:
+                raise _fail(replies.PARAM_SYNTAX)
+            envid = xtext_decode(value)
+            if len(envid) > 100:
+                raise _fail(replies.PARAM_SYNTAX)
+        else:
+            raise _fail(replies.PARAM_NOT_RECOGNIZED)
+    return MailParams(size, body_8bit, smtputf8, auth, ret, envid)
+
+
+def _rcpt_params(raw: dict[str, str | None]) -> RcptParams:
+    notify: tuple[str, ...] = ()
+    orcpt = None
+    for key, value in raw.items():
+        if key == "NOTIFY":
+            words = tuple(w.upper() for w in (value or "").split(","))
+            if words == ("NEVER",):
+                notify = words
+            elif words and all(w in _NOTIFY_WORDS for w in words) and len(set(words)) == len(
+                words
+            ):
+                notify = words
+            else:
+                raise _fail(replies.PARAM_SYNTAX)
+        elif key == "ORCPT":
+            addr_type, semi, xtext = (value or "").partition(";")
+            if not semi or not _KEYWORD.match(addr_type) or not xtext:
+                raise _fail(replies.PARAM_SYNTAX)
+            orcpt = f"{addr_type};{xtext_decode(xtext)}"
+        else:
+            raise _fail(replies.PARAM_NOT_RECOGNIZED)
+    return RcptParams(notify, orcpt)
+
+
+# --- MAIL and RCPT ----------------------------------------------------------
+
+
+def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParams]:
+    """The argument of ``MAIL`` (``FROM:<path> params``) -> sender, params.
+
+    ``<>`` gives ``None``.  Unknown parameters -> 555 5.5.4."""
+    rest = _expect_prefix(arg, "FROM:")
+    path, tail = _split_path(rest)
+    params = _mail_params(_split_params(tail, utf8=True)) if tail.strip() else MailParams()
+    if not params.smtputf8 and not tail.isascii():
+        raise _fail(replies.PARAM_SYNTAX)
+    if path == "":
+        return None, params
+    if len(path) > MAX_PATH:
+        raise _fail(replies.SYNTAX_ADDRESS)
+    return parse_mailbox(_strip_route(path), primary_domain, params.smtputf8), params
+
+
+def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Address, RcptParams]:
+    """The argument of ``RCPT`` (``TO:<path> params``) -> recipient, params.
+
+    ``utf8`` is whether the transaction's MAIL carried SMTPUTF8."""
+    rest = _expect_prefix(arg, "TO:")
+    path, tail = _split_path(rest)
+    if not path or len(path) > MAX_PATH:
+        raise _fail(replies.SYNTAX_ADDRESS)
+    params = _rcpt_params(_split_params(tail, utf8)) if tail.strip() else RcptParams()
+    return parse_mailbox(_strip_route(path), primary_domain, utf8), params
