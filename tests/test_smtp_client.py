@@ -1,0 +1,365 @@
+"""The sans-IO SMTP client engine against canned server replies."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.envelope import DSNRequest, RecipientDSN
+from txmailhub.smtp.client import (
+    ClientSession,
+    Close,
+    Phase,
+    ReplyParser,
+    Send,
+    SendBody,
+    StartTLS,
+    xtext_encode,
+)
+from txmailhub.smtp.reply import Reply
+
+BOB = Address("bob", "remote.test")
+CAROL = Address("carol", "remote.test")
+ALICE = Address("alice", "example.org")
+
+EHLO_BASIC = b"250-mx.remote.test\r\n250-SIZE 1000\r\n250 ENHANCEDSTATUSCODES\r\n"
+EHLO_FULL = (b"250-mx.remote.test hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
+             b"250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250-STARTTLS\r\n"
+             b"250 ENHANCEDSTATUSCODES\r\n")
+
+
+def session(**kw):
+    args = dict(helo="mail.hub.test", sender=ALICE, recipients=[(BOB, None)], size=100,
+                tls="none")
+    args.update(kw)
+    return ClientSession(**args)
+
+
+def sent(actions):
+    return b"".join(a.data for a in actions if isinstance(a, Send))
+
+
+def test_simple_transaction_without_pipelining():
+    s = session()
+    assert s.phase is Phase.GREETING and s.timeout == 300
+    assert sent(s.receive(b"220 mx.remote.test ESMTP\r\n")) == b"EHLO mail.hub.test\r\n"
+    assert sent(s.receive(EHLO_BASIC)) == b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+    assert s.timeout == 300
+    assert sent(s.receive(b"250 2.1.0 ok\r\n")) == b"RCPT TO:<bob@remote.test>\r\n"
+    assert sent(s.receive(b"250 2.1.5 ok\r\n")) == b"DATA\r\n"
+    assert s.timeout == 120
+    actions = s.receive(b"354 go ahead\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    assert s.timeout == 180
+    assert s.body_sent() == []
+    assert s.timeout == 600
+    assert s.outcome is None
+    assert sent(s.receive(b"250 2.0.0 queued as 12345\r\n")) == b"QUIT\r\n"
+    out = s.outcome
+    assert out.session_error is None
+    assert [(r.address, r.kind) for r in out.recipients] == [(BOB, "delivered")]
+    assert out.recipients[0].reply == Reply.of(250, "2.0.0", "queued as 12345")
+    assert s.receive(b"221 bye\r\n") == [Close()]
+    assert s.phase is Phase.DONE
+
+
+def test_pipelined_with_mixed_recipient_results():
+    s = session(recipients=[(BOB, None), (CAROL, None)], tls="opportunistic",
+                tls_active=True)
+    s.receive(b"220 hi\r\n")
+    batch = sent(s.receive(EHLO_FULL))
+    assert batch == (b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+                     b"RCPT TO:<bob@remote.test>\r\nRCPT TO:<carol@remote.test>\r\nDATA\r\n")
+    actions = s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 <carol@remote.test>: "
+                        b"no such user\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 ok\r\n")
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "delivered"
+    assert results[CAROL].kind == "permanent"
+    assert results[CAROL].reply.text() == "550 5.1.1 <carol@remote.test>: no such user"
+
+
+def test_pipelined_all_recipients_refused_but_data_accepted():
+    s = session(recipients=[(BOB, None)], tls="none")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    actions = s.receive(b"250 ok\r\n450 4.2.0 mailbox busy\r\n354 go\r\n")
+    assert sent(actions) == b".\r\nQUIT\r\n"
+    assert s.outcome.recipients[0].kind == "transient"
+    assert s.receive(b"554 no valid recipients\r\n") == []
+    assert s.receive(b"221 bye\r\n") == [Close()]
+
+
+def test_non_pipelined_all_refused_sends_no_data():
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"550 5.1.1 no bob\r\n")
+    assert sent(s.receive(b"551 5.1.6 no carol\r\n")) == b"QUIT\r\n"
+    assert [r.reply.code for r in s.outcome.recipients] == [550, 551]
+
+
+def test_helo_fallback():
+    s = session()
+    s.receive(b"220 old server\r\n")
+    assert sent(s.receive(b"502 5.5.1 command not implemented\r\n")) == b"HELO mail.hub.test\r\n"
+    assert sent(s.receive(b"250 hello\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
+
+
+def test_ehlo_transient_failure_fails_session():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"421 4.3.2 busy\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.code == 421
+
+
+def test_greeting_refused():
+    s = session()
+    assert sent(s.receive(b"554 5.3.2 no SMTP service here\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "554 5.3.2 no SMTP service here"
+    assert s.outcome.recipients == ()
+
+
+def test_starttls_then_ehlo_again():
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_FULL)) == b"STARTTLS\r\n"
+    assert s.receive(b"220 2.0.0 ready\r\n") == [StartTLS()]
+    assert sent(s.tls_started()) == b"EHLO mail.hub.test\r\n"
+    # the server still lists STARTTLS (wrongly): it is not tried twice
+    assert sent(s.receive(EHLO_FULL)).startswith(b"MAIL FROM:")
+    s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 ok\r\n")
+    assert s.outcome.tls and s.outcome.tls_offered
+
+
+def test_starttls_refused_opportunistic_continues_in_clear():
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert sent(s.receive(b"454 4.7.0 TLS not available\r\n")).startswith(b"MAIL FROM:")
+
+
+def test_tls_required_but_not_offered():
+    s = session(tls="require")
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
+    err = s.outcome.session_error
+    assert err.is_transient and err.status == "4.7.10" and "STARTTLS" in err.text()
+
+
+def test_tls_required_and_refused():
+    s = session(tls="require")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert sent(s.receive(b"454 4.7.0 TLS not available\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.code == 454
+
+
+def test_tls_none_never_starts_tls():
+    s = session(tls="none")
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_FULL)).startswith(b"MAIL FROM:")
+
+
+def test_size_too_big_is_permanent_before_sending():
+    s = session(size=5000)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
+    r = s.outcome.recipients[0]
+    assert r.kind == "permanent" and r.reply.status == "5.3.4" and "1000" in r.reply.text()
+
+
+def test_smtputf8_needed_but_missing():
+    s = session(recipients=[(Address("jörg", "remote.test"), None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
+    r = s.outcome.recipients[0]
+    assert r.kind == "permanent" and r.reply.status == "5.6.7" and "SMTPUTF8" in r.reply.text()
+
+
+def test_smtputf8_used_when_offered():
+    s = session(recipients=[(Address("jörg", "remote.test"), None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_FULL)).startswith(
+        b"MAIL FROM:<alice@example.org> SIZE=100 SMTPUTF8\r\nRCPT TO:<j\xc3\xb6rg@remote.test>")
+
+
+@pytest.mark.parametrize("ehlo, param, convert", [
+    (EHLO_FULL, b" BODY=8BITMIME", False),
+    (EHLO_BASIC, b"", True),
+])
+def test_8bit_body(ehlo, param, convert):
+    s = session(eight_bit=True)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(ehlo)).split(b"\r\n")[0] == (
+        b"MAIL FROM:<alice@example.org> SIZE=100" + param)
+    if b"PIPELINING" in ehlo:
+        actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    else:
+        s.receive(b"250 ok\r\n")
+        s.receive(b"250 ok\r\n")
+        actions = s.receive(b"354 go\r\n")
+    assert actions == [SendBody(convert_7bit=convert)]
+
+
+def test_dsn_parameters_passed_when_offered():
+    s = session(dsn=DSNRequest(ret="HDRS", envid="id+1=x"),
+                recipients=[(BOB, RecipientDSN(notify=("SUCCESS", "FAILURE"),
+                                               orcpt="rfc822;bob@remote.test"))])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[0] == b"MAIL FROM:<alice@example.org> SIZE=100 RET=HDRS ENVID=id+2B1+3Dx"
+    assert lines[1] == (b"RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE "
+                        b"ORCPT=rfc822;bob@remote.test")
+    s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 ok\r\n")
+    assert s.outcome.dsn_supported
+
+
+def test_dsn_parameters_not_sent_without_dsn():
+    s = session(dsn=DSNRequest(ret="FULL"), recipients=[(BOB, RecipientDSN(notify=("NEVER",)))])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    assert sent(s.receive(b"250 ok\r\n")) == b"RCPT TO:<bob@remote.test>\r\n"
+
+
+def test_null_sender():
+    s = session(sender=None)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == b"MAIL FROM:<> SIZE=100\r\n"
+
+
+def test_auth_plain():
+    s = session(credentials=("user", "sécret"))
+    s.receive(b"220 hi\r\n")
+    line = sent(s.receive(b"250-smarthost\r\n250 AUTH LOGIN PLAIN\r\n"))
+    assert line.startswith(b"AUTH PLAIN ")
+    assert base64.b64decode(line[11:]) == "\0user\0sécret".encode()
+    assert sent(s.receive(b"235 2.7.0 ok\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
+
+
+def test_auth_login():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"250-smarthost\r\n250 AUTH=LOGIN\r\n")) == b"AUTH LOGIN\r\n"
+    assert sent(s.receive(b"334 VXNlcm5hbWU6\r\n")) == base64.b64encode(b"user") + b"\r\n"
+    assert sent(s.receive(b"334 UGFzc3dvcmQ6\r\n")) == base64.b64encode(b"pw") + b"\r\n"
+    assert sent(s.receive(b"235 ok\r\n")).startswith(b"MAIL FROM:")
+
+
+def test_auth_refused_keeps_mail_queued():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")
+    assert sent(s.receive(b"535 5.7.8 bad credentials\r\n")) == b"QUIT\r\n"
+    err = s.outcome.session_error
+    assert err.is_transient and "535" in err.text() and "pw" not in err.text()
+
+
+def test_auth_not_offered():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    assert "AUTH" in s.outcome.session_error.text()
+
+
+def test_mail_refused_transient_and_permanent():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    assert sent(s.receive(b"451 4.3.0 try later\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.code == 451
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"553 5.7.1 sender refused\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["permanent", "permanent"]
+
+
+def test_pipelined_mail_refused():
+    s = session(recipients=[(BOB, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    actions = s.receive(b"550 5.7.1 no\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n")
+    assert sent(actions) == b"QUIT\r\n"
+    assert s.outcome.recipients[0].reply.text() == "550 5.7.1 no"
+
+
+def test_data_refused_and_final_transient():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"452 4.3.1 insufficient storage\r\n")
+    assert s.outcome.recipients[0].kind == "transient"
+
+
+def test_timeouts_per_step_and_expiry():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    assert s.timeout == 300
+    assert s.timed_out() == [Close()]
+    assert s.outcome.session_error.status == "4.4.2"
+    assert "EHLO" in s.outcome.session_error.text()
+
+
+def test_connection_lost_midway():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    out = s.connection_lost()
+    assert out.session_error.is_transient
+
+
+def test_garbage_reply_fails_session():
+    s = session()
+    actions = s.receive(b"hello there\r\n")
+    assert actions == [Close()]
+    assert "protocol error" in s.outcome.session_error.text()
+
+
+def test_reply_parser_multiline_bytewise():
+    p = ReplyParser()
+    data = b"250-first line\r\n250-2.0.0 second\r\n250 last\r\n550 5.1.1 gone\r\n"
+    out = []
+    for i in range(len(data)):
+        out += p.feed(data[i:i + 1])
+    assert out == [Reply(250, None, ("first line", "2.0.0 second", "last")),
+                   Reply(550, "5.1.1", ("gone",))]
+    assert ReplyParser().feed(b"250-a\n250 b\n") == [Reply(250, None, ("a", "b"))]
+
+
+def test_reply_parser_errors():
+    p = ReplyParser()
+    p.feed(b"250-a\r\n251 b\r\n")
+    assert p.error
+    p = ReplyParser()
+    p.feed(b"2" * 5000)
+    assert p.error == "reply line too long"
+
+
+def test_enhanced_status_stripped_from_every_line():
+    [r] = ReplyParser().feed(b"550-5.1.1 user unknown\r\n550 5.1.1 really\r\n")
+    assert r == Reply(550, "5.1.1", ("user unknown", "really"))
+    [r] = ReplyParser().feed(b"550 4.1.1 class mismatch\r\n")
+    assert r.status is None
+
+
+def test_xtext():
+    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+
+
+def test_body_encoder_stuffs_and_converts():
+    enc = session().body_encoder()
+    assert enc.encode(b"a\n.b\n") + enc.encode(b".c") + enc.finish() == \
+        b"a\r\n..b\r\n..c\r\n.\r\n"

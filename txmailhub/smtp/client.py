@@ -1,0 +1,584 @@
+"""The SMTP client protocol engine (sans-IO), used by the relay.
+
+Owns the client side of one SMTP session for one transaction: the
+greeting, EHLO (HELO fallback), STARTTLS, AUTH PLAIN/LOGIN, MAIL/RCPT/DATA
+(pipelined per RFC 2920 when offered), the SIZE, 8BITMIME, SMTPUTF8 and
+DSN extensions, reply parsing into ``Reply`` values, the RFC 5321 4.5.3.2
+timeout of each step, and QUIT.  Replies in -> actions out:
+
+* ``Send(data)``: write these bytes;
+* ``StartTLS()``: start the TLS handshake now, then call ``tls_started``;
+* ``SendBody(convert_7bit)``: stream the message (through
+  ``body_encoder()``: CRLF line ends, dot-stuffing, the final ".") --
+  the 7-bit converted copy when ``convert_7bit`` -- then call
+  ``body_sent``;
+* ``Close()``: the session is over; close the connection.
+
+``outcome`` (a ``SessionOutcome``) is set as soon as the fate of the
+transaction is known.  This module imports nothing from twisted.internet,
+opens no sockets and reads no files: the adapter
+(``txmailhub.relay.attempt``) does that.  Credentials are never logged
+or put into an outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from txmailhub.address import Address
+from txmailhub.envelope import DSNRequest, RecipientDSN
+from txmailhub.smtp._data import DotStuffer
+from txmailhub.smtp.reply import Reply
+
+__all__ = [
+    "TIMEOUTS",
+    "Close",
+    "ClientSession",
+    "Phase",
+    "RecipientOutcome",
+    "ReplyParser",
+    "Send",
+    "SendBody",
+    "SessionOutcome",
+    "StartTLS",
+    "xtext_encode",
+]
+
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 200
+
+
+class Phase(enum.Enum):
+    GREETING = "greeting"
+    EHLO = "EHLO"
+    HELO = "HELO"
+    STARTTLS = "STARTTLS"
+    TLS = "TLS handshake"
+    AUTH = "AUTH"
+    AUTH_USER = "AUTH username"
+    AUTH_PASS = "AUTH password"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    BODY = "message data"
+    DATA_END = "end of data"
+    QUIT = "QUIT"
+    DONE = "done"
+
+
+# RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
+TIMEOUTS: dict[Phase, float] = {
+    Phase.GREETING: 300, Phase.EHLO: 300, Phase.HELO: 300, Phase.STARTTLS: 300,
+    Phase.TLS: 300, Phase.AUTH: 300, Phase.AUTH_USER: 300, Phase.AUTH_PASS: 300,
+    Phase.MAIL: 300, Phase.RCPT: 300, Phase.DATA: 120, Phase.BODY: 180,
+    Phase.DATA_END: 600, Phase.QUIT: 60, Phase.DONE: 60,
+}
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True)
+class SendBody:
+    convert_7bit: bool
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+Action = Send | StartTLS | SendBody | Close
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    address: Address
+    reply: Reply
+
+    @property
+    def kind(self) -> str:
+        """``"delivered"``, ``"transient"`` or ``"permanent"``."""
+        if self.reply.is_positive:
+            return "delivered"
+        return "transient" if self.reply.is_transient else "permanent"
+
+
+@dataclass(frozen=True)
+class SessionOutcome:
+    """How the transaction ended.
+
+    ``recipients`` holds a result for every recipient once the server
+    answered for them.  Otherwise ``session_error`` is set: the session
+    failed as a whole (connection, greeting, EHLO, TLS, AUTH, a 4xx to
+    MAIL), which the caller may retry with the next MX host.
+    """
+
+    recipients: tuple[RecipientOutcome, ...] = ()
+    session_error: Reply | None = None
+    tls: bool = False
+    tls_offered: bool = False
+    dsn_supported: bool = False
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
+_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
+
+
+def xtext_encode(value: str) -> str:
+    """RFC 3461 xtext: printable ASCII except "+" and "=", the rest as +HH."""
+    out = []
+    for ch in value:
+        if 33 <= ord(ch) <= 126 and ch not in "+=":
+            out.append(ch)
+        else:
+            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+class ReplyParser:
+    """Bytes from the server -> complete ``Reply`` values (multi-line aware)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._lines: list[str] = []
+        self._code: int | None = None
+        self.error: str | None = None
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buf += data
+        out = []
+        while self.error is None:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > MAX_REPLY_LINE:
+                    self.error = "reply line too long"
+                break
+            raw, self._buf = self._buf[:nl], self._buf[nl + 1 :]
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            reply = self._line(line)
+            if reply is not None:
+                out.append(reply)
+        return out
+
+    def _line(self, line: str) -> Reply | None:
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            self.error = f"malformed reply line {line[:80]!r}"
+            return None
+        code = int(line[:3])
+        if self._code is not None and code != self._code:
+            self.error = "reply code changed in a multi-line reply"
+            return None
+        self._code = code
+        self._lines.append(line[4:])
+        if len(self._lines) > MAX_REPLY_LINES:
+            self.error = "reply too long"
+            return None
+        if line[3:4] == "-":
+            return None
+        lines, self._lines, self._code = self._lines, [], None
+        return _make_reply(code, lines)
+
+
+def _make_reply(code: int, lines: list[str]) -> Reply:
+    m = _STATUS.match(lines[0])
+    status = None
+    if m and m.group(1) == str(code)[0]:
+        status = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        prefix = re.compile(r"^" + re.escape(status) + r"(?: +|$)")
+        lines = [prefix.sub("", x, count=1) for x in lines]
+    return Reply(code, status, tuple(lines))
+
+
+def _synthetic(code: int, status: str, text: str) -> Reply:
+    return Reply.of(code, status, text)
+
+
+class ClientSession:
+    """One SMTP client session carrying one message to some recipients.
+
+    ``tls``: ``"require"`` (STARTTLS must succeed), ``"opportunistic"``
+    (use it when offered) or ``"none"``; ``tls_active`` is true for an
+    implicit-TLS connection (port 465).  ``credentials`` is a ``(user,
+    password)`` pair for AUTH, or ``None``.  ``size`` is the message size
+    in octets as sent (CRLF lines)."""
+
+    def __init__(
+        self,
+        *,
+        helo: str,
+        sender: Address | None,
+        recipients: Sequence[tuple[Address, RecipientDSN | None]],
+        size: int,
+        eight_bit: bool = False,
+        smtputf8: bool = False,
+        dsn: DSNRequest | None = None,
+        tls: str = "opportunistic",
+        tls_active: bool = False,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        if tls not in ("require", "opportunistic", "none"):
+            raise ValueError(f"unknown TLS policy {tls!r}")
+        self.helo = helo
+        self.sender = sender
+        self.recipients = list(recipients)
+        self.size = size
+        self.eight_bit = eight_bit
+        addresses = [sender] if sender else []
+        addresses += [a for a, _ in self.recipients]
+        self.smtputf8 = smtputf8 or any(not str(a).isascii() for a in addresses)
+        self.dsn = dsn or DSNRequest()
+        self.tls_policy = tls
+        self.tls_active = tls_active
+        self.credentials = credentials
+        self.phase = Phase.GREETING
+        self.extensions: dict[str, str] = {}
+        self.tls_offered = False
+        self.outcome: SessionOutcome | None = None
+        self._parser = ReplyParser()
+        self._expect: deque[Phase] = deque([Phase.GREETING])
+        self._tried_tls = False
+        self._pipelined = False
+        self._rcpt_index = 0
+        self._accepted: list[Address] = []
+        self._results: dict[Address, Reply] = {}
+        self._mail_reply: Reply | None = None
+        self._handlers = {
+            Phase.GREETING: self._on_greeting,
+            Phase.EHLO: self._on_ehlo,
+            Phase.HELO: self._on_helo,
+            Phase.STARTTLS: self._on_starttls,
+            Phase.AUTH: self._on_auth,
+            Phase.AUTH_USER: self._on_auth_user,
+            Phase.AUTH_PASS: self._on_auth_pass,
+            Phase.MAIL: self._on_mail,
+            Phase.RCPT: self._on_rcpt,
+            Phase.DATA: self._on_data,
+            Phase.DATA_END: self._on_data_end,
+            Phase.QUIT: self._on_quit,
+        }
+
+    # --- what the adapter calls ----------------------------------------------
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for the current step (RFC 5321 4.5.3.2)."""
+        return TIMEOUTS[self.phase]
+
+    def body_encoder(self) -> DotStuffer:
+        """A fresh encoder for the message data: LF -> CRLF, dot-stuffing."""
+        return DotStuffer()
+
+    def receive(self, data: bytes) -> list[Action]:
+        actions: list[Action] = []
+        for reply in self._parser.feed(data):
+            if not self._expect:
+                if self.phase is Phase.DONE:
+                    continue
+                return actions + self._fail_session(
+                    _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"))
+            phase = self._expect.popleft()
+            actions += self._handlers[phase](reply)
+            if self.phase is Phase.DONE:
+                break
+        if self._parser.error is not None and self.phase is not Phase.DONE:
+            actions += self._fail_session(
+                _synthetic(421, "4.5.0", f"protocol error from the server: {self._parser.error}"))
+        return actions
+
+    def tls_started(self) -> list[Action]:
+        self.tls_active = True
+        self.extensions = {}
+        return self._command(Phase.EHLO, f"EHLO {self.helo}")
+
+    def body_sent(self) -> list[Action]:
+        self.phase = Phase.DATA_END
+        self._expect.append(Phase.DATA_END)
+        return []
+
+    def timed_out(self) -> list[Action]:
+        """The current step's timeout expired."""
+        what = self.phase.value
+        if self.outcome is None:
+            self._finish(session_error=_synthetic(
+                421, "4.4.2", f"timeout waiting for the server ({what})"))
+        self.phase = Phase.DONE
+        return [Close()]
+
+    def connection_lost(self, reason: str = "connection lost") -> SessionOutcome:
+        if self.outcome is None:
+            self._finish(session_error=_synthetic(
+                421, "4.4.2", f"{reason} during {self.phase.value}"))
+        self.phase = Phase.DONE
+        assert self.outcome is not None
+        return self.outcome
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _command(self, phase: Phase, line: str) -> list[Action]:
+        self.phase = phase
+        self._expect.append(phase)
+        return [Send(line.encode("utf-8") + b"\r\n")]
+
+    def _finish(self, session_error: Reply | None = None) -> None:
+        recips = ()
+        if session_error is None:
+            recips = tuple(RecipientOutcome(a, self._results[a]) for a, _ in self.recipients)
+        self.outcome = SessionOutcome(
+            recipients=recips,
+            session_error=session_error,
+            tls=self.tls_active,
+            tls_offered=self.tls_offered,
+            dsn_supported="DSN" in self.extensions,
+            extensions=dict(self.extensions),
+        )
+
+    def _quit(self) -> list[Action]:
+        self._expect.clear()
+        return self._command(Phase.QUIT, "QUIT")
+
+    def _fail_session(self, reply: Reply) -> list[Action]:
+        if self.outcome is None:
+            self._finish(session_error=reply)
+        if self.phase in (Phase.QUIT, Phase.DONE, Phase.GREETING, Phase.TLS):
+            self.phase = Phase.DONE
+            return [Close()]
+        return self._quit()
+
+    def _fail_all(self, reply: Reply) -> list[Action]:
+        for a, _ in self.recipients:
+            self._results.setdefault(a, reply)
+        self._finish()
+        return self._quit()
+
+    # --- reply handlers (the transition table is ``self._handlers``) --------------
+
+    def _on_greeting(self, reply: Reply) -> list[Action]:
+        if reply.code != 220:
+            self.phase = Phase.EHLO  # so _fail_session sends QUIT
+            return self._fail_session(reply)
+        return self._command(Phase.EHLO, f"EHLO {self.helo}")
+
+    def _on_ehlo(self, reply: Reply) -> list[Action]:
+        if reply.is_positive:
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                word, _, params = line.strip().partition(" ")
+                if "=" in word and word.upper().startswith("AUTH="):
+                    word, params = "AUTH", word[5:] + " " + params
+                self.extensions[word.upper()] = params.strip()
+            if "STARTTLS" in self.extensions:
+                self.tls_offered = True
+            return self._after_hello()
+        if reply.is_permanent and reply.code in (500, 501, 502, 504, 550):
+            return self._command(Phase.HELO, f"HELO {self.helo}")
+        return self._fail_session(reply)
+
+    def _on_helo(self, reply: Reply) -> list[Action]:
+        if not reply.is_positive:
+            return self._fail_session(reply)
+        self.extensions = {}
+        return self._after_hello()
+
+    def _after_hello(self) -> list[Action]:
+        ext = self.extensions
+        if not self.tls_active and self.tls_policy != "none":
+            if "STARTTLS" in ext and not self._tried_tls:
+                self._tried_tls = True
+                return self._command(Phase.STARTTLS, "STARTTLS")
+            if self.tls_policy == "require":
+                return self._fail_session(_synthetic(
+                    450, "4.7.10" if "STARTTLS" not in ext else "4.7.0",
+                    "TLS is required for this destination, but the server "
+                    + ("did not offer STARTTLS" if "STARTTLS" not in ext
+                       else "refused STARTTLS")))
+        if self.smtputf8 and "SMTPUTF8" not in ext:
+            return self._fail_all(_synthetic(
+                553, "5.6.7", "the remote server does not support SMTPUTF8, which this "
+                "message's non-ASCII addresses need (RFC 6531)"))
+        limit = ext.get("SIZE", "")
+        if limit.isdigit() and int(limit) > 0 and self.size > int(limit):
+            return self._fail_all(_synthetic(
+                552, "5.3.4", f"message too big for the remote server ({self.size} octets, "
+                f"its limit is {limit})"))
+        if self.credentials is not None:
+            return self._start_auth()
+        return self._start_mail()
+
+    def _on_starttls(self, reply: Reply) -> list[Action]:
+        if reply.code == 220:
+            self.phase = Phase.TLS
+            return [StartTLS()]
+        if self.tls_policy == "require":
+            return self._fail_session(reply)
+        return self._after_hello()
+
+    def _start_auth(self) -> list[Action]:
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "AUTH" not in self.extensions:
+            return self._fail_session(_synthetic(
+                450, "4.7.0", "the server does not offer AUTH, and credentials are configured"))
+        assert self.credentials is not None
+        user, password = self.credentials
+        if "PLAIN" in mechanisms or "LOGIN" not in mechanisms:
+            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
+            return self._command(Phase.AUTH, "AUTH PLAIN " + token)
+        return self._command(Phase.AUTH_USER, "AUTH LOGIN")
+
+    def _on_auth_user(self, reply: Reply) -> list[Action]:
+        """334 after "AUTH LOGIN": send the user name."""
+        if reply.code != 334:
+            return self._fail_session(reply)
+        assert self.credentials is not None
+        self.phase = Phase.AUTH_PASS
+        self._expect.append(Phase.AUTH_PASS)
+        return [Send(base64.b64encode(self.credentials[0].encode()) + b"\r\n")]
+
+    def _on_auth_pass(self, reply: Reply) -> list[Action]:
+        """334 after the user name: send the password."""
+        if reply.code != 334:
+            return self._fail_session(reply)
+        assert self.credentials is not None
+        self.phase = Phase.AUTH
+        self._expect.append(Phase.AUTH)
+        return [Send(base64.b64encode(self.credentials[1].encode()) + b"\r\n")]
+
+    def _on_auth(self, reply: Reply) -> list[Action]:
+        if reply.code == 235:
+            return self._start_mail()
+        if reply.code == 334:  # a challenge we did not expect: cancel
+            self._expect.append(Phase.AUTH)
+            return [Send(b"*\r\n")]
+        # a refused login is the configuration's fault: keep the mail queued
+        if reply.is_permanent:
+            reply = Reply(454, "4.7.0", (*reply.lines[:-1],
+                                        reply.lines[-1] + f" (the server said {reply.code}"
+                                        + (f" {reply.status}" if reply.status else "") + ")"))
+        return self._fail_session(reply)
+
+    def _mail_command(self) -> str:
+        ext = self.extensions
+        params = []
+        if "SIZE" in ext:
+            params.append(f"SIZE={self.size}")
+        if self.eight_bit and "8BITMIME" in ext:
+            params.append("BODY=8BITMIME")
+        if self.smtputf8:
+            params.append("SMTPUTF8")
+        if "DSN" in ext:
+            if self.dsn.ret:
+                params.append(f"RET={self.dsn.ret}")
+            if self.dsn.envid:
+                params.append(f"ENVID={xtext_encode(self.dsn.envid)}")
+        path = "" if self.sender is None else str(self.sender)
+        return " ".join([f"MAIL FROM:<{path}>", *params])
+
+    def _rcpt_command(self, address: Address, dsn: RecipientDSN | None) -> str:
+        params = []
+        if dsn is not None and "DSN" in self.extensions:
+            if dsn.notify:
+                params.append("NOTIFY=" + ",".join(dsn.notify))
+            if dsn.orcpt:
+                kind, _, value = dsn.orcpt.partition(";")
+                if value.isascii():
+                    params.append(f"ORCPT={kind};{xtext_encode(value)}")
+        return " ".join([f"RCPT TO:<{address}>", *params])
+
+    def _start_mail(self) -> list[Action]:
+        self._pipelined = "PIPELINING" in self.extensions
+        actions = self._command(Phase.MAIL, self._mail_command())
+        if not self._pipelined:
+            return actions
+        lines = [a.data for a in actions if isinstance(a, Send)]
+        for address, dsn in self.recipients:
+            self._expect.append(Phase.RCPT)
+            lines.append(self._rcpt_command(address, dsn).encode("utf-8") + b"\r\n")
+        self._expect.append(Phase.DATA)
+        lines.append(b"DATA\r\n")
+        return [Send(b"".join(lines))]
+
+    def _on_mail(self, reply: Reply) -> list[Action]:
+        if not reply.is_positive:
+            self._mail_reply = reply
+            if self._pipelined:
+                self.phase = Phase.RCPT
+                return []  # the RCPT and DATA replies still come; they are ignored
+            if reply.is_transient:
+                return self._fail_session(reply)
+            return self._fail_all(reply)
+        if self._pipelined:
+            self.phase = Phase.RCPT
+            return []
+        return self._next_rcpt()
+
+    def _next_rcpt(self) -> list[Action]:
+        address, dsn = self.recipients[self._rcpt_index]
+        return self._command(Phase.RCPT, self._rcpt_command(address, dsn))
+
+    def _on_rcpt(self, reply: Reply) -> list[Action]:
+        address = self.recipients[self._rcpt_index][0]
+        self._rcpt_index += 1
+        if self._mail_reply is None:
+            if reply.is_positive:
+                self._accepted.append(address)
+            else:
+                self._results[address] = reply
+        if self._pipelined:
+            self.phase = Phase.DATA if self._rcpt_index == len(self.recipients) else Phase.RCPT
+            return []
+        if self._rcpt_index < len(self.recipients):
+            return self._next_rcpt()
+        if not self._accepted:
+            return self._fail_all(reply)
+        return self._command(Phase.DATA, "DATA")
+
+    def _on_data(self, reply: Reply) -> list[Action]:
+        mail = self._mail_reply
+        if reply.code == 354 and (mail is not None or not self._accepted):
+            # RFC 2920 3.1: DATA was accepted although there is nothing to
+            # send (pipelined, MAIL or every RCPT refused): end it empty, and
+            # ignore the reply to that
+            if mail is None:
+                self._finish()
+            elif mail.is_transient:
+                self._finish(session_error=mail)
+            else:
+                for address, _ in self.recipients:
+                    self._results.setdefault(address, mail)
+                self._finish()
+            self._expect.clear()
+            self._expect.extend([Phase.QUIT, Phase.QUIT])
+            self.phase = Phase.QUIT
+            return [Send(b".\r\nQUIT\r\n")]
+        if mail is not None:
+            return self._fail_session(mail) if mail.is_transient else self._fail_all(mail)
+        if reply.code == 354:
+            self.phase = Phase.BODY
+            return [SendBody(convert_7bit=self.eight_bit and "8BITMIME" not in self.extensions)]
+        for address in self._accepted:
+            self._results[address] = reply
+        return self._fail_all(reply)
+
+    def _on_data_end(self, reply: Reply) -> list[Action]:
+        for address in self._accepted:
+            self._results[address] = reply
+        self._finish()
+        return self._quit()
+
+    def _on_quit(self, reply: Reply) -> list[Action]:
+        if self._expect:  # a reply we chose to ignore (see _on_data)
+            return []
+        self.phase = Phase.DONE
+        return [Close()]
