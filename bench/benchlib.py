@@ -174,6 +174,7 @@ class Server:
     env: dict[str, str] | None = None
     cwd: str | None = None
     pop3_port: int | None = None
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 60) -> None:
@@ -204,13 +205,13 @@ class Server:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """SIGTERM our process group, then SIGKILL after 10 s."""
+        """``stop_signal`` (SIGTERM) to our process group, SIGKILL after 10 s."""
         if self.proc is None:
             return
         pgid = self.proc.pid  # start_new_session: pgid == our child's pid
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
+                os.killpg(pgid, self.stop_signal)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
