@@ -1,0 +1,575 @@
+"""The Twisted POP3 adapter over StringTransport and a MemoryReactorClock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import directlyProvides, implementer
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
+from txmailhub.interfaces import IMailbox
+from txmailhub.pop3 import replies as R
+from txmailhub.pop3.protocol import CHUNK_SIZE, APOPCredentials, POP3Factory
+from txmailhub.pop3.stream import MessageEncoder, encode_whole
+from txmailhub.store.maildir import crlf_size_of
+from txmailhub.testing import MemoryMailboxStore
+
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
+SEED_MESSAGE = (
+    b"Return-Path: <hollingd>\n"
+    b"Date: Mon, 20 Mar 2000 13:49:54 -0500\n"
+    b"From: Dave Hollinger <hollingd@monte.cs.rpi.edu>\n"
+    b"To: joe@monte.cs.rpi.edu\n"
+    b"\n"
+    b"blah\n"
+)
+
+
+@implementer(IRealm)
+class Realm:
+    def __init__(self, store):
+        self.store = store
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        assert IMailbox in interfaces
+        name = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
+        d = self.store.open_mailbox(Address(name, "example.org"))
+        return d.addCallback(lambda box: (IMailbox, box, box.close))
+
+
+class HeldChecker:
+    """A checker whose answers the test fires by hand."""
+
+    credentialInterfaces = InMemoryUsernamePasswordDatabaseDontUse.credentialInterfaces
+
+    def __init__(self):
+        self.pending: list[tuple[object, defer.Deferred]] = []
+
+    def requestAvatarId(self, credentials):
+        d = defer.Deferred()
+        self.pending.append((credentials, d))
+        return d
+
+
+class Transport(StringTransport):
+    """StringTransport plus the bits of a TCP transport the adapter uses."""
+
+    def __init__(self, peer=LOOPBACK, limit: int | None = None):
+        super().__init__(peerAddress=peer)
+        self.nodelay = None
+        self.writes: list[bytes] = []
+        self.limit = limit  # pause the producer above this many buffered octets
+        self.tls_started = None
+
+    def setTcpNoDelay(self, enabled):
+        self.nodelay = enabled
+
+    def write(self, data):
+        self.writes.append(data)
+        super().write(data)
+        if self.limit is not None and self.producer is not None and len(self.io.getvalue()) > \
+                self.limit:
+            self.producer.pauseProducing()
+
+    def startTLS(self, ctx):
+        self.tls_started = ctx
+        directlyProvides(self, ISSLTransport)
+
+
+def make_settings(**pop3) -> Settings:
+    pop3.setdefault("auth_failure_delay", 1.0)
+    return Settings(
+        path="/nonexistent/mailhub.toml",
+        hub=HubSettings("mail.example.org", "/nonexistent", ("example.org",)),
+        users=UsersSettings("/nonexistent/users"),
+        aliases=AliasesSettings(None),
+        tls=None,
+        pop3=POP3Settings(**pop3),
+    )
+
+
+class Env:
+    def __init__(self, *, checker=None, tls=None, **pop3):
+        self.clock = MemoryReactorClock()
+        self.store = MemoryMailboxStore()
+        db = InMemoryUsernamePasswordDatabaseDontUse(joe=b"joepw", ann=b"annpw")
+        self.checker = checker or db
+        self.portal = Portal(Realm(self.store), [self.checker])
+        self.components = Components(
+            settings=make_settings(**pop3), reactor=self.clock, router=None, store=self.store,
+            spooler=None, portal=self.portal, tls=tls,
+        )
+
+    def connect(self, peer=LOOPBACK, implicit_tls=False, limit=None):
+        proto = POP3Factory(self.components, implicit_tls=implicit_tls).buildProtocol(peer)
+        transport = Transport(peer, limit)
+        proto.makeConnection(transport)
+        return proto, transport
+
+
+def lines_of(transport) -> list[bytes]:
+    return transport.value().split(b"\r\n")
+
+
+def talk(proto, transport, data: bytes) -> bytes:
+    transport.clear()
+    transport.writes.clear()
+    proto.dataReceived(data)
+    return transport.value()
+
+
+def login(env, user=b"joe", pw=b"joepw", **kw):
+    proto, t = env.connect(**kw)
+    assert talk(proto, t, b"USER " + user + b"\r\n").startswith(b"+OK")
+    assert talk(proto, t, b"PASS " + pw + b"\r\n").startswith(b"+OK Logged in")
+    return proto, t
+
+
+# -- connection basics -------------------------------------------------------
+
+
+def test_greeting_nodelay_and_producer():
+    env = Env()
+    proto, t = env.connect()
+    assert re.fullmatch(
+        rb"\+OK mail\.example\.org POP3 server ready "
+        rb"<\d+\.\d+\.[0-9a-f]{16}@mail\.example\.org>\r\n",
+        t.value(),
+    )
+    assert t.nodelay is True
+    assert t.producer is proto and t.streaming is True
+
+
+def test_seed_exchange_verbatim():
+    env = Env()
+    env.store.add("joe@example.org", SEED_MESSAGE)
+    proto, t = env.connect()
+    assert talk(proto, t, b"user joe\r\n").startswith(b"+OK")
+    assert talk(proto, t, b"pass joepw\r\n").startswith(b"+OK")
+    size = crlf_size_of(SEED_MESSAGE)
+    assert talk(proto, t, b"stat\r\n") == f"+OK 1 {size}\r\n".encode()
+    assert talk(proto, t, b"list\r\n").endswith(f"\r\n1 {size}\r\n.\r\n".encode())
+    out = talk(proto, t, b"retr 1\r\n")
+    body = SEED_MESSAGE.replace(b"\n", b"\r\n")
+    assert out == f"+OK {size} octets\r\n".encode() + body + b".\r\n"
+    assert len(body) == size
+    assert len(t.writes) == 1  # status, body and terminator in one write
+
+
+def test_small_retr_is_one_write_and_marks_seen_top_does_not():
+    env = Env()
+    env.store.add("joe@example.org", b"Subject: a\n\n.dot\nline2\n")
+    proto, t = login(env)
+    assert talk(proto, t, b"TOP 1 1\r\n") == (
+        R.TOP_FOLLOWS.to_bytes() + b"Subject: a\r\n\r\n..dot\r\n.\r\n"
+    )
+    assert not proto.mailbox.list_messages()[0].seen
+    assert talk(proto, t, b"RETR 1\r\n").endswith(b"..dot\r\nline2\r\n.\r\n")
+    assert len(t.writes) == 1
+    assert proto.mailbox.list_messages()[0].seen
+
+
+# -- pipelining ------------------------------------------------------------
+
+
+def test_pipelined_batch_waits_for_the_login_and_answers_in_order():
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    env.store.add("joe@example.org", b"one\n")
+    env.store.add("joe@example.org", b"two\n")
+    proto, t = env.connect()
+    t.clear()
+    proto.dataReceived(b"CAPA\r\nUSER joe\r\nPASS joepw\r\nSTAT\r\nRETR 2\r\nDELE 1\r\nQUIT\r\n")
+    before = t.value()
+    assert before.endswith(b"+OK Send your password\r\n")
+    assert t.producerState == "paused"  # no reading while the login is pending
+    creds, d = checker.pending.pop()
+    assert creds.checkPassword(b"joepw")
+    d.callback(b"joe")
+    rest = t.value()[len(before):]
+    assert rest == (
+        R.logged_in(2, 10).to_bytes()
+        + b"+OK 2 10\r\n"
+        + b"+OK 5 octets\r\ntwo\r\n.\r\n"
+        + R.deleted(1).to_bytes()
+        + R.bye_updated(1).to_bytes()
+    )
+    assert t.disconnecting
+    assert env.store.messages("joe@example.org") == [b"two\n"]
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_write_backpressure_stops_command_processing():
+    env = Env()
+    env.store.add("joe@example.org", b"x" * 50000 + b"\n")
+    proto, t = login(env)
+    t.limit = 60000
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\nRETR 1\r\nRETR 1\r\nNOOP\r\n")
+    first = t.value()
+    assert first.count(b"+OK 50002 octets") == 2  # the second write crossed the limit
+    assert t.producerState == "paused"
+    t.clear()
+    proto.resumeProducing()
+    assert t.value().count(b"+OK 50002 octets") == 1
+    assert t.value().endswith(b"x\r\n.\r\n+OK\r\n")  # the rest, in order
+    assert t.producerState == "producing"
+
+
+# -- streaming -------------------------------------------------------------
+
+
+def test_large_retr_streams_with_backpressure():
+    env = Env()
+    msg = b"".join(b".line %d of the message\n" % i for i in range(40000))  # ~1 MiB
+    env.store.add("joe@example.org", msg)
+    proto, t = login(env, limit=CHUNK_SIZE)
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    received = bytearray()
+    rounds = 0
+    while t.producerState == "paused" or proto._stream is not None:
+        assert len(t.value()) <= 3 * CHUNK_SIZE  # bounded, never the whole message
+        received += t.value()
+        t.clear()
+        proto.resumeProducing()
+        rounds += 1
+    received += t.value()
+    assert rounds > 10
+    size = crlf_size_of(msg)
+    expected = f"+OK {size} octets\r\n".encode() + encode_whole(msg) + b"+OK\r\n"
+    assert bytes(received) == expected
+    assert proto.mailbox.list_messages()[0].seen
+
+
+def test_large_top_stops_reading_early():
+    env = Env()
+    msg = b"Subject: big\n\n" + b"body line\n" * 100000
+    env.store.add("joe@example.org", msg)
+    proto, t = login(env)
+    out = talk(proto, t, b"TOP 1 2\r\n")
+    assert out == R.TOP_FOLLOWS.to_bytes() + b"Subject: big\r\n\r\nbody line\r\nbody line\r\n.\r\n"
+    assert proto._stream is None
+
+
+def test_connection_lost_mid_stream_closes_the_file_and_the_mailbox():
+    env = Env()
+    env.store.add("joe@example.org", b"y" * (CHUNK_SIZE * 4))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"DELE 1\r\n")
+    env.store.add("joe@example.org", b"z" * (CHUNK_SIZE * 4))  # not in this session
+    t.clear()
+    proto.dataReceived(b"RSET\r\nRETR 1\r\n")
+    stream = proto._stream
+    assert stream is not None
+    proto.connectionLost(None)
+    assert stream.file.closed
+    assert not env.store.is_locked("joe@example.org")
+    assert len(env.store.messages("joe@example.org")) == 2  # nothing deleted
+
+
+# -- auth ------------------------------------------------------------------
+
+
+def test_bad_password_delay_grows_then_closes():
+    env = Env(max_auth_failures=2, auth_failure_delay=3.0)
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS wrong\r\nNOOP\r\n") == b""
+    env.clock.advance(2.9)
+    assert t.value() == b""
+    env.clock.advance(0.1)
+    assert t.value() == R.AUTH_FAILED.to_bytes() + R.wrong_state("NOOP", "AUTHORIZATION").to_bytes()
+    talk(proto, t, b"USER joe\r\nPASS wrong\r\n")
+    env.clock.advance(5.9)
+    assert t.value() == R.USER_ACCEPTED.to_bytes()
+    env.clock.advance(0.1)
+    assert t.value().endswith(R.TOO_MANY_AUTH_FAILURES.to_bytes())
+    assert t.disconnecting
+
+
+def test_apop_login():
+    env = Env()
+    env.store.add("joe@example.org", b"hi\n")
+    proto, t = env.connect()
+    ts = re.search(rb"<[^>]+>", t.value()).group(0)
+    digest = hashlib.md5(ts + b"joepw").hexdigest().encode()
+    assert talk(proto, t, b"APOP joe " + digest + b"\r\n") == R.logged_in(1, 4).to_bytes()
+    proto2, t2 = env.connect()
+    out = talk(proto2, t2, b"APOP ann " + digest + b"\r\n")
+    env.clock.advance(10)
+    assert t2.value() == R.AUTH_FAILED.to_bytes() and out == b""
+
+
+def test_apop_credentials_compare_in_constant_time_form():
+    creds = APOPCredentials(b"joe", b"<1.2@h>", hashlib.md5(b"<1.2@h>s3").hexdigest().encode())
+    assert creds.checkPassword(b"s3") and creds.checkPassword("s3")
+    assert not creds.checkPassword(b"s4")
+
+
+def test_auth_plain_login():
+    env = Env()
+    proto, t = env.connect()
+    import base64
+
+    assert talk(proto, t, b"AUTH PLAIN\r\n") == b"+ \r\n"
+    out = talk(proto, t, base64.b64encode(b"\0joe\0joepw") + b"\r\n")
+    assert out == R.logged_in(0, 0).to_bytes()
+
+
+@pytest.mark.parametrize(
+    "peer,allowed,expected",
+    [
+        (REMOTE, False, R.PLAINTEXT_DISALLOWED.to_bytes()),
+        (REMOTE, True, R.USER_ACCEPTED.to_bytes()),
+        (LOOPBACK, False, R.USER_ACCEPTED.to_bytes()),
+        (IPv6Address("TCP", "::1", 1), False, R.USER_ACCEPTED.to_bytes()),
+        (IPv6Address("TCP", "::ffff:127.0.0.1", 1), False, R.USER_ACCEPTED.to_bytes()),
+        (IPv6Address("TCP", "2001:db8::1", 1), False, R.PLAINTEXT_DISALLOWED.to_bytes()),
+        (UNIXAddress("/tmp/pop3.sock"), False, R.USER_ACCEPTED.to_bytes()),
+    ],
+)
+def test_plaintext_policy(peer, allowed, expected):
+    env = Env(allow_plaintext_auth=allowed)
+    proto, t = env.connect(peer=peer)
+    assert talk(proto, t, b"USER joe\r\n") == expected
+
+
+def test_implicit_tls_allows_plaintext_and_hides_stls():
+    env = Env(tls=object())
+    proto, t = env.connect(peer=REMOTE, implicit_tls=True)
+    assert b"STLS" not in talk(proto, t, b"CAPA\r\n")
+    assert talk(proto, t, b"USER joe\r\n") == R.USER_ACCEPTED.to_bytes()
+
+
+def test_stls_starts_afresh_and_drops_pipelined_plaintext():
+    ctx = object()
+    env = Env(tls=ctx)
+    proto, t = env.connect(peer=REMOTE)
+    assert b"STLS\r\n" in talk(proto, t, b"CAPA\r\n")
+    assert talk(proto, t, b"STLS\r\nUSER evil\r\n") == R.STLS_BEGIN.to_bytes()
+    assert t.tls_started is ctx
+    assert b"STLS" not in talk(proto, t, b"CAPA\r\n")
+    assert talk(proto, t, b"USER joe\r\n") == R.USER_ACCEPTED.to_bytes()
+    assert talk(proto, t, b"PASS joepw\r\n").startswith(b"+OK Logged in")
+
+
+# -- locking and UPDATE ------------------------------------------------------
+
+
+def test_in_use_then_free_after_quit():
+    env = Env()
+    proto, t = login(env)
+    proto2, t2 = env.connect()
+    talk(proto2, t2, b"USER joe\r\n")
+    assert talk(proto2, t2, b"PASS joepw\r\n") == R.MAILBOX_IN_USE.to_bytes()
+    talk(proto, t, b"QUIT\r\n")
+    assert not env.store.is_locked("joe@example.org")
+    talk(proto2, t2, b"USER joe\r\n")
+    assert talk(proto2, t2, b"PASS joepw\r\n").startswith(b"+OK Logged in")
+
+
+def test_dropped_connection_deletes_nothing_and_unlocks():
+    env = Env()
+    env.store.add("joe@example.org", b"keep\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    proto.connectionLost(None)
+    assert env.store.messages("joe@example.org") == [b"keep\n"]
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_new_mail_waits_for_the_next_session():
+    env = Env()
+    env.store.add("joe@example.org", b"old\n")
+    proto, t = login(env)
+    env.store.add("joe@example.org", b"new\n")
+    assert talk(proto, t, b"STAT\r\n") == b"+OK 1 5\r\n"
+    talk(proto, t, b"QUIT\r\n")
+    proto, t = login(env)
+    assert talk(proto, t, b"STAT\r\n") == b"+OK 2 10\r\n"
+
+
+def test_update_failure_is_sys_temp():
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    proto.mailbox.delete = lambda indices: defer.fail(OSError("disk gone"))
+    talk(proto, t, b"DELE 1\r\n")
+    out = talk(proto, t, b"QUIT\r\n")
+    assert out == R.UPDATE_FAILED.to_bytes() and t.disconnecting
+    assert b"OSError" not in out and b"disk" not in out
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_connection_lost_during_update_releases_after_it():
+    env = Env()
+    env.store = store = MemoryMailboxStore(hold=True)
+    env.portal.realm.store = store
+    store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\nQUIT\r\n")
+    proto.connectionLost(None)
+    assert store.is_locked("joe@example.org")  # the deletion is still running
+    store.release()
+    assert not store.is_locked("joe@example.org")
+    assert store.messages("joe@example.org") == []
+
+
+# -- errors ------------------------------------------------------------------
+
+
+def test_storage_errors_never_reach_the_wire():
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+
+    def broken(index):
+        raise PermissionError(13, "Permission denied", "/var/mail/secret")
+
+    proto.mailbox.open_message = broken
+    assert talk(proto, t, b"RETR 1\r\n") == R.MESSAGE_READ_FAILED.to_bytes()
+    assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
+
+
+def test_portal_errors_are_sys_temp_and_login_errors_auth():
+    class Boom:
+        credentialInterfaces = HeldChecker.credentialInterfaces
+
+        def __init__(self, exc):
+            self.exc = exc
+
+        def requestAvatarId(self, credentials):
+            return defer.fail(self.exc)
+
+    env = Env(checker=Boom(RuntimeError("db exploded")))
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS x\r\n") == R.MAILBOX_TEMP_FAILURE.to_bytes()
+    env = Env(checker=Boom(UnauthorizedLogin()))
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    talk(proto, t, b"PASS x\r\n")
+    env.clock.advance(1)
+    assert t.value() == R.AUTH_FAILED.to_bytes()
+
+
+def test_endless_line_through_the_adapter():
+    env = Env()
+    proto, t = env.connect()
+    t.clear()
+    for _ in range(2000):
+        proto.dataReceived(b"A" * 4096)
+    assert proto.engine.buffered < 8192 and t.value() == b""
+    proto.dataReceived(b"\r\nNOOP\r\n")
+    assert t.value() == R.LINE_TOO_LONG.to_bytes() + R.wrong_state(
+        "NOOP", "AUTHORIZATION").to_bytes()
+
+
+# -- idle timeout --------------------------------------------------------------
+
+
+def test_idle_timeout_autologout_without_update():
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    env.clock.advance(599)
+    talk(proto, t, b"NOOP\r\n")
+    env.clock.advance(599)
+    assert not t.disconnecting
+    t.clear()
+    env.clock.advance(1)
+    assert t.value() == R.AUTOLOGOUT.to_bytes() and t.disconnecting
+    proto.connectionLost(None)
+    assert env.store.messages("joe@example.org") == [b"a\n"]
+
+
+def test_idle_timeout_aborts_a_reader_that_stopped_reading():
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    assert proto._stream is not None
+    env.clock.advance(601)
+    assert t.disconnecting
+
+
+def test_partial_line_does_not_keep_the_session_alive():
+    env = Env(idle_timeout=600)
+    proto, t = env.connect()
+    for _ in range(10):
+        env.clock.advance(100)
+        proto.dataReceived(b"N")
+    assert t.disconnecting
+
+
+# -- the encoder, across chunk boundaries ----------------------------------------
+
+
+def reference(data: bytes, body_lines=None) -> bytes:
+    """Line by line, the obvious way (for comparison only)."""
+    text = data.replace(b"\r\n", b"\n")
+    lines = text.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if body_lines is not None:
+        try:
+            blank = lines.index(b"")
+        except ValueError:
+            blank = len(lines)
+        lines = lines[: blank + 1 + body_lines]
+    out = b"".join((b"." + x if x.startswith(b".") else x) + b"\r\n" for x in lines)
+    return out + b".\r\n"
+
+
+message_bytes = st.lists(
+    st.sampled_from([b".", b"\n", b"\r", b"a", b"..", b"\r\n", b"\n.\n", b"Subject: x"]),
+    max_size=60,
+).map(b"".join)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in [*points, len(data)]:
+        out.append(data[last:p])
+        last = p
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_bytes, st.lists(st.integers(0, 1000), max_size=8))
+def test_retr_encoding_is_chunking_independent(data, cuts):
+    enc = MessageEncoder()
+    out = b"".join(enc.encode(c) for c in chunked(data, cuts)) + enc.finish()
+    assert out == encode_whole(data)
+    unstuffed = out[:-3].replace(b"\r\n..", b"\r\n.")
+    if unstuffed.startswith(b".."):
+        unstuffed = unstuffed[1:]
+    assert len(unstuffed) == crlf_size_of(data)
+    if b"\r" not in data:
+        assert out == reference(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_bytes, st.lists(st.integers(0, 1000), max_size=8), st.integers(0, 5))
+def test_top_encoding_is_chunking_independent(data, cuts, n):
+    data = data.replace(b"\r", b"")
+    enc = MessageEncoder(n)
+    out = b"".join(enc.encode(c) for c in chunked(data, cuts)) + enc.finish()
+    assert out == reference(data, n)

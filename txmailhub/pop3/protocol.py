@@ -1,0 +1,490 @@
+"""The Twisted adapter for the POP3 engine: ``POP3Factory`` and its protocol.
+
+Owns what needs I/O: bytes from and to the transport (TCP_NODELAY, each
+response in one write where it fits), flow control (the protocol is the
+streaming producer registered on its transport for the whole session, so
+a reader that stops reading stops RETR streaming *and* the handling of
+pipelined commands), the login through ``components.portal``, streaming
+messages from disk, STLS, the auth-failure delay and the idle timeout on
+the injected ``components.reactor``.  The protocol rules live in
+``txmailhub.pop3.server`` and the encoding of messages in
+``txmailhub.pop3.stream``; this module must not decide what a command
+means, and must not touch the Maildir except through ``IMailbox``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from typing import Any
+
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmailhub.errors import MailboxInUse
+from txmailhub.interfaces import IMailbox
+from txmailhub.pop3 import replies as R
+from txmailhub.pop3.server import (
+    Authenticate,
+    LoginFailure,
+    POP3Server,
+    Send,
+    StartTLS,
+    State,
+    Transmit,
+    Update,
+    make_timestamp,
+)
+from txmailhub.pop3.stream import MessageEncoder, encode_whole
+
+__all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
+
+CHUNK_SIZE = 64 * 1024
+"""Octets read from a message file at a time; smaller messages go in one write."""
+
+log = Logger(namespace="txmailhub.pop3")
+
+
+@implementer(IUsernameHashedPassword)
+class APOPCredentials:
+    """APOP (RFC 1939 section 7): the client proves it knows the secret by
+    sending ``md5(timestamp + secret)``; the checker hands the stored
+    secret to ``checkPassword``."""
+
+    def __init__(self, username: bytes, timestamp: bytes, digest: bytes) -> None:
+        self.username = username
+        self.timestamp = timestamp
+        self.digest = digest
+
+    def checkPassword(self, password: bytes | str) -> bool:
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        expected = hashlib.md5(self.timestamp + password).hexdigest().encode("ascii")
+        return hmac.compare_digest(expected, self.digest)
+
+
+def _is_local_peer(peer: Any) -> bool:
+    if isinstance(peer, UNIXAddress):  # a UNIX socket: the same machine
+        return True
+    host = getattr(peer, "host", None)
+    try:
+        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@implementer(IPushProducer)
+class POP3Protocol(Protocol):
+    """One POP3 connection driving one ``POP3Server`` engine."""
+
+    def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
+        self.components = components
+        self.settings = components.settings.pop3
+        self.reactor = components.reactor
+        self.implicit_tls = implicit_tls
+        self.engine: POP3Server | None = None
+        self.mailbox: Any = None
+        self._logout: Any = None
+        self._peer = "?"
+        self._user = ""
+        self._busy = False  # a login, delay, stream or update is running
+        self._processing = False
+        self._write_paused = False
+        self._reading = True
+        self._closing = False
+        self._lost = False
+        self._stream: _Stream | None = None
+        self._pending_call: Any = None
+        self._idle_call: Any = None
+        self._last_activity = 0.0
+        self._update_running = False
+
+    # -- connection lifecycle ----------------------------------------------
+
+    def connectionMade(self) -> None:
+        t = self.transport
+        set_nodelay = getattr(t, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:  # not a TCP socket
+                pass
+        peer = t.getPeer()
+        self._peer = str(getattr(peer, "host", peer))
+        tls_active = self.implicit_tls or ISSLTransport.providedBy(t)
+        now = self.reactor.seconds()
+        hostname = self.components.settings.hub.hostname
+        self.engine = self._new_engine(make_timestamp(hostname, now), tls_active, 0)
+        t.registerProducer(self, True)
+        t.write(self.engine.greeting())
+        self._last_activity = now
+        self._idle_call = self.reactor.callLater(self.settings.idle_timeout, self._idle_check)
+
+    def _new_engine(self, timestamp: str, tls_active: bool, failures: int) -> POP3Server:
+        s = self.settings
+        return POP3Server(
+            hostname=self.components.settings.hub.hostname,
+            timestamp=timestamp,
+            plaintext_allowed=(
+                tls_active or s.allow_plaintext_auth or _is_local_peer(self.transport.getPeer())
+            ),
+            tls_available=self.components.tls is not None,
+            tls_active=tls_active,
+            max_auth_failures=s.max_auth_failures,
+            auth_failure_delay=s.auth_failure_delay,
+            auth_failures=failures,
+        )
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
+        self._closing = True
+        for call in (self._idle_call, self._pending_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._pending_call = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if not self._update_running:
+            # A dropped connection deletes nothing: just release the lock.
+            self._release()
+
+    def _release(self) -> None:
+        mailbox, logout = self.mailbox, self._logout
+        self.mailbox = self._logout = None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                log.failure("POP3 logout failed for {user}", user=self._user)
+        if mailbox is not None:
+            try:
+                mailbox.close()
+            except Exception:
+                log.failure("POP3 mailbox close failed for {user}", user=self._user)
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        t = self.transport
+        t.unregisterProducer()
+        if not self._reading:
+            self._reading = True
+            t.resumeProducing()
+        t.loseConnection()
+
+    # -- input -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        engine = self.engine
+        assert engine is not None
+        engine.receive_data(data)
+        if engine.has_line:
+            self._last_activity = self.reactor.seconds()
+            self._process()
+
+    def _process(self) -> None:
+        """Handle buffered commands, in order, until one must wait."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not (self._busy or self._write_paused or self._closing):
+                action = self.engine.next_action()  # type: ignore[union-attr]
+                if action is None:
+                    break
+                self._perform(action)
+        finally:
+            self._processing = False
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read from the peer only while nothing is pending (STYLE practice 6)."""
+        if self._closing:
+            return
+        want = not (self._busy or self._write_paused)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+
+    def _perform(self, action: Any) -> None:
+        if type(action) is Send:
+            self._send(action)
+        elif type(action) is Transmit:
+            self._transmit(action)
+        elif type(action) is Authenticate:
+            self._authenticate(action)
+        elif type(action) is Update:
+            self._update(action)
+        elif type(action) is StartTLS:
+            self._start_tls(action)
+        else:  # pragma: no cover - the engine only makes the five above
+            raise TypeError(f"unknown action {action!r}")
+
+    def _send(self, action: Send) -> None:
+        if action.delay > 0:
+            self._busy = True
+            self._pending_call = self.reactor.callLater(action.delay, self._delayed, action)
+            return
+        self.transport.write(action.data)
+        if action.close:
+            self._close()
+
+    def _delayed(self, action: Send) -> None:
+        self._pending_call = None
+        self._busy = False
+        self._send(Send(action.data, action.close))
+        self._process()
+
+    # -- login -------------------------------------------------------------
+
+    def _authenticate(self, action: Authenticate) -> None:
+        self._busy = True
+        username = action.username.encode("utf-8", "surrogateescape")
+        self._user = action.username
+        if action.mechanism == "APOP":
+            creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
+        else:
+            creds = UsernamePassword(username, action.secret)
+        d = maybeDeferred(self.components.portal.login, creds, None, IMailbox)
+        d.addCallbacks(
+            self._logged_in, self._login_failed,
+            callbackArgs=(action.mechanism,), errbackArgs=(action.mechanism,),
+        )
+        d.addErrback(self._internal_error)
+
+    def _logged_in(self, result: tuple, mechanism: str) -> None:
+        _iface, mailbox, logout = result
+        if self._lost:
+            self.mailbox, self._logout = mailbox, logout
+            self._release()
+            return
+        self.mailbox, self._logout = mailbox, logout
+        try:
+            messages = mailbox.list_messages()
+        except Exception:
+            log.failure("POP3 mailbox listing failed for {user}", user=self._user)
+            self._release()
+            self._finish_login(self.engine.login_failed(LoginFailure.TEMPORARY))
+            return
+        log.info(
+            "POP3 login {user} from {peer} ({mechanism}): {count} messages",
+            user=self._user, peer=self._peer, mechanism=mechanism, count=len(messages),
+        )
+        self._finish_login(self.engine.login_succeeded(messages))
+
+    def _login_failed(self, failure: Failure, mechanism: str) -> None:
+        if failure.check(UnauthorizedLogin, UnhandledCredentials):
+            why = LoginFailure.BAD_CREDENTIALS
+        elif failure.check(MailboxInUse):
+            why = LoginFailure.IN_USE
+        else:
+            log.failure("POP3 login error for {user}", failure, user=self._user)
+            why = LoginFailure.TEMPORARY
+        log.info(
+            "POP3 login {user} from {peer} ({mechanism}) refused: {why}",
+            user=self._user, peer=self._peer, mechanism=mechanism, why=why.value,
+        )
+        if self._lost:
+            return
+        self._finish_login(self.engine.login_failed(why))
+
+    def _finish_login(self, reply: Send) -> None:
+        self._busy = False
+        self._send(reply)
+        self._process()
+
+    def _internal_error(self, failure: Failure) -> None:
+        """A bug of ours: log it, tell the peer without details, hang up."""
+        log.failure("POP3 internal error for {peer}", failure, peer=self._peer)
+        if not self._lost:
+            self._busy = False
+            self.transport.write(R.INTERNAL_ERROR.to_bytes())
+            self._close()
+
+    # -- RETR / TOP --------------------------------------------------------
+
+    def _transmit(self, action: Transmit) -> None:
+        try:
+            f = self.mailbox.open_message(action.index)
+            first = f.read(CHUNK_SIZE)
+        except Exception:
+            log.failure("POP3 cannot read message {index} of {user}",
+                        index=action.index, user=self._user)
+            self.transport.write(R.MESSAGE_READ_FAILED.to_bytes())
+            return
+        if len(first) < CHUNK_SIZE:
+            f.close()
+            if action.body_lines is None:
+                body = encode_whole(first)
+            else:
+                enc = MessageEncoder(action.body_lines)
+                body = enc.encode(first) + enc.finish()
+            self.transport.write(action.head + body)
+            if action.mark_seen:
+                self.mailbox.mark_seen(action.index)
+            return
+        self._busy = True
+        enc = MessageEncoder(action.body_lines)
+        self._stream = _Stream(f, enc, action)
+        self.transport.write(action.head + enc.encode(first))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send chunks of the current message until the transport pushes back."""
+        stream = self._stream
+        write = self.transport.write
+        while stream is not None and not self._write_paused:
+            try:
+                data = b"" if stream.encoder.done else stream.file.read(CHUNK_SIZE)
+            except OSError:
+                log.failure("POP3 read error streaming a message of {user}", user=self._user)
+                self._stream = None
+                stream.close()
+                self._busy = False
+                self.transport.abortConnection()
+                return
+            self._last_activity = self.reactor.seconds()
+            if data:
+                write(stream.encoder.encode(data))
+                continue
+            self._stream = None
+            stream.close()
+            write(stream.encoder.finish())
+            if stream.action.mark_seen:
+                self.mailbox.mark_seen(stream.action.index)
+            self._busy = False
+            self._process()
+            return
+
+    # -- producer: the transport tells us when its buffer is full ------------
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+        self._flow()
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        if self._closing:
+            return
+        if self._stream is not None:
+            self._pump()
+        else:
+            self._process()
+
+    def stopProducing(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    # -- STLS and UPDATE ---------------------------------------------------
+
+    def _start_tls(self, action: StartTLS) -> None:
+        self.transport.write(action.data)
+        old = self.engine
+        assert old is not None
+        self.transport.startTLS(self.components.tls)
+        # RFC 2595 section 4: the session starts afresh; pipelined plaintext
+        # after STLS is gone with the old engine.
+        self.engine = self._new_engine(old.timestamp, True, old.auth_failures)
+
+    def _update(self, action: Update) -> None:
+        self._busy = True
+        self._update_running = True
+        if action.indices:
+            d = maybeDeferred(self.mailbox.delete, list(action.indices))
+        else:
+            d = maybeDeferred(lambda: None)
+        d.addCallbacks(
+            self._updated, self._update_failed, callbackArgs=(action,), errbackArgs=(action,)
+        )
+        d.addErrback(self._internal_error)
+
+    def _updated(self, _: Any, action: Update) -> None:
+        log.info("POP3 {user} deleted {count} messages", user=self._user,
+                 count=len(action.indices))
+        self._end_update(True)
+
+    def _update_failed(self, failure: Failure, action: Update) -> None:
+        log.failure("POP3 UPDATE failed for {user}", failure, user=self._user)
+        self._end_update(False)
+
+    def _end_update(self, ok: bool) -> None:
+        self._update_running = False
+        # Release the lock before answering, so a client that reconnects
+        # at once does not find the mailbox still in use.
+        self._release()
+        self._busy = False
+        if not self._lost:
+            self._send(self.engine.update_finished(ok))
+
+    # -- idle timeout --------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        timeout = self.settings.idle_timeout
+        idle = self.reactor.seconds() - self._last_activity
+        if idle < timeout or self._update_running:
+            wait = timeout - idle if idle < timeout else timeout
+            self._idle_call = self.reactor.callLater(wait, self._idle_check)
+            return
+        self._idle_call = None
+        log.info("POP3 autologout of {peer} after {idle:.0f}s", peer=self._peer, idle=idle)
+        if self._stream is not None:
+            # The peer stopped reading in the middle of a message: nothing
+            # more can be written, so do not wait for the buffer to drain.
+            self.transport.abortConnection()
+            return
+        if self.engine is not None and self.engine.state is State.UPDATE:
+            return
+        self.transport.write(R.AUTOLOGOUT.to_bytes())
+        self._close()
+
+
+class _Stream:
+    """The message file being sent and its encoder."""
+
+    __slots__ = ("action", "encoder", "file")
+
+    def __init__(self, file: Any, encoder: MessageEncoder, action: Transmit) -> None:
+        self.file = file
+        self.encoder = encoder
+        self.action = action
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+
+
+class POP3Factory(Factory):
+    """Builds ``POP3Protocol``s; ``implicit_tls`` for ``[pop3] tls_listen``
+    (the listener wraps the factory in TLS: the session starts secure)."""
+
+    protocol = POP3Protocol
+
+    def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
+        self.components = components
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr: Any) -> POP3Protocol:
+        p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)
+        p.factory = self
+        return p

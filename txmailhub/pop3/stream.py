@@ -1,0 +1,100 @@
+"""Stored message bytes -> the POP3 wire form of RETR and TOP, chunk by chunk.
+
+A stored message has LF line endings (``txmailhub.store.maildir``).  On
+the wire it is in CRLF form -- the rule ``MessageInfo.size`` counts, see
+``CRLFEncoder`` -- then dot-stuffed (RFC 1939 section 3) and ended by
+``.\\r\\n``.  Everything here works on whole chunks with ``bytes.replace``
+and ``bytes.find``: no Python loop per line (TOP loops once per body line
+it keeps, and only those).  Correct across chunk boundaries, including a
+CR/LF pair or a line-leading dot split between two chunks.
+
+Sans-IO: no files, no transport; ``txmailhub.pop3.protocol`` feeds it.
+"""
+
+from __future__ import annotations
+
+from txmailhub.pop3.replies import TERMINATOR
+from txmailhub.store.maildir import CRLFEncoder
+
+__all__ = ["MessageEncoder", "encode_whole"]
+
+
+def encode_whole(data: bytes) -> bytes:
+    """A whole stored message -> its CRLF, dot-stuffed form plus ``.\\r\\n``."""
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    body = data.replace(b"\n", b"\r\n")
+    if body and not body.endswith(b"\n"):
+        body += b"\r\n"
+    if b"\n." in body:
+        body = body.replace(b"\n.", b"\n..")
+    if body[:1] == b".":
+        body = b"." + body
+    return body + TERMINATOR
+
+
+class MessageEncoder:
+    """Encode a message chunk by chunk; ``body_lines`` limits it as TOP does.
+
+    ``encode(chunk)`` returns the wire bytes for that chunk; ``finish()``
+    the rest, terminator included.  Once ``done`` is true (TOP has all
+    its lines) further input is ignored and the reader can stop.
+    """
+
+    def __init__(self, body_lines: int | None = None) -> None:
+        self._crlf = CRLFEncoder()
+        self._at_line_start = True
+        self._remaining = body_lines
+        self._in_header = body_lines is not None
+        self._tail = b"\n"  # as if a line had just ended: "\r\n" first is an empty header
+        self.done = False
+
+    def encode(self, chunk: bytes) -> bytes:
+        if self.done:
+            return b""
+        data = self._crlf.encode(chunk)
+        if self._remaining is not None:
+            data = self._limit(data)
+        return self._stuff(data)
+
+    def finish(self) -> bytes:
+        if self.done:
+            return TERMINATOR
+        self.done = True
+        return self._stuff(self._crlf.finish()) + TERMINATOR
+
+    def _stuff(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        if b"\n." in data:
+            data = data.replace(b"\n.", b"\n..")
+        if self._at_line_start and data[:1] == b".":
+            data = b"." + data
+        self._at_line_start = data[-1:] == b"\n"
+        return data
+
+    def _limit(self, data: bytes) -> bytes:
+        """Cut CRLF-form ``data`` after the header and ``_remaining`` body lines."""
+        head = b""
+        if self._in_header:
+            probe = self._tail + data
+            i = probe.find(b"\n\r\n")
+            if i < 0:
+                self._tail = probe[-2:]
+                return data
+            end = i + 3 - len(self._tail)
+            self._in_header = False
+            head, data = data[:end], data[end:]
+        pos = 0
+        remaining = self._remaining
+        assert remaining is not None
+        while remaining > 0:
+            j = data.find(b"\n", pos)
+            if j < 0:
+                self._remaining = remaining
+                return head + data if head else data
+            pos = j + 1
+            remaining -= 1
+        self._remaining = 0
+        self.done = True
+        return head + data[:pos]
