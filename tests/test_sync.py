@@ -1,0 +1,273 @@
+"""txmailhub.store.sync: group commit and the durable-write shape."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txmailhub.errors import LocalError
+from txmailhub.store import sync
+from txmailhub.store.sync import Syncer, durable_write, fsync_path
+
+
+class ManualThreads:
+    """A ``run_in_thread`` whose jobs run only when the test says so."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, f):
+        d = defer.Deferred()
+        self.jobs.append((f, d))
+        return d
+
+    def run_all(self):
+        jobs, self.jobs = self.jobs, []
+        for f, d in jobs:
+            try:
+                d.callback(f())
+            except Exception:
+                d.errback(Failure())
+        return len(jobs)
+
+
+class SyscallSpy:
+    """Replaces the syscalls sync.py makes and records them in order."""
+
+    def __init__(self, testcase, fail=None):
+        self.calls = []
+        self.fail = fail or {}
+        testcase.patch(sync, "fsync_path", self.fsync_path)
+        testcase.patch(sync, "_syncfs_target", self.syncfs)
+
+    def fsync_path(self, target):
+        self.calls.append(("fsync", target))
+        if target in self.fail:
+            raise self.fail[target]
+
+    def syncfs(self, target):
+        self.calls.append(("syncfs", target))
+        if target in self.fail:
+            raise self.fail[target]
+
+
+class GroupCommitTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.threads = ManualThreads()
+
+    def syncer(self, method):
+        return Syncer(None, method=method, run_in_thread=self.threads)
+
+    def test_nothing_fires_before_the_sync_returns(self):
+        spy = SyscallSpy(self)
+        s = self.syncer("fsync")
+        d = s.sync_file("/a")
+        self.assertNoResult(d)
+        self.assertEqual(spy.calls, [])
+        self.assertEqual(self.threads.run_all(), 1)
+        self.assertEqual(spy.calls, [("fsync", "/a")])
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_requests_during_a_batch_form_the_next_batch(self):
+        spy = SyscallSpy(self)
+        s = self.syncer("fsync")
+        first = s.sync_file("/a")
+        later = [s.sync_file("/b"), s.sync_dir("/new"), s.sync_dir("/new")]
+        self.assertEqual(len(self.threads.jobs), 1)  # only /a is being synced
+        self.threads.run_all()
+        self.successResultOf(first)
+        for d in later:
+            self.assertNoResult(d)
+        # the second batch merged the duplicate directory request
+        self.assertEqual(self.threads.run_all(), 2)
+        self.assertEqual(spy.calls, [("fsync", "/a"), ("fsync", "/b"), ("fsync", "/new")])
+        for d in later:
+            self.successResultOf(d)
+        self.assertEqual((s.batches, s.requests, s.syscalls), (2, 4, 3))
+
+    def test_fsync_errors_are_per_target(self):
+        SyscallSpy(self, fail={"/bad": OSError(5, "EIO")})
+        s = self.syncer("fsync")
+        s.sync_file("/x")
+        good, bad = s.sync_file("/good"), s.sync_file("/bad")
+        self.threads.run_all()
+        self.threads.run_all()
+        self.successResultOf(good)
+        self.assertEqual(self.failureResultOf(bad, OSError).value.errno, 5)
+
+    def test_syncfs_makes_one_call_per_filesystem(self):
+        spy = SyscallSpy(self)
+        s = self.syncer("syncfs")
+        a, b = os.path.join(self.dir, "a"), os.path.join(self.dir, "b")
+        for p in (a, b):
+            open(p, "wb").close()
+        s.sync_file(a)
+        ds = [s.sync_file(b), s.sync_dir(self.dir), s.sync_file(a)]
+        self.threads.run_all()
+        spy.calls.clear()
+        self.assertEqual(self.threads.run_all(), 1)
+        self.assertEqual(spy.calls, [("syncfs", b)])
+        for d in ds:
+            self.successResultOf(d)
+
+    def test_syncfs_error_fails_its_batch_and_a_missing_target_fails_alone(self):
+        p = os.path.join(self.dir, "a")
+        open(p, "wb").close()
+        SyscallSpy(self, fail={p: OSError(28, "ENOSPC")})
+        s = self.syncer("syncfs")
+        s.sync_dir(self.dir)
+        missing = s.sync_file(os.path.join(self.dir, "nope"))
+        d1, d2 = s.sync_file(p), s.sync_dir(self.dir)
+        self.threads.run_all()
+        self.assertEqual(self.threads.run_all(), 2)
+        self.failureResultOf(missing, FileNotFoundError)
+        self.failureResultOf(d1, OSError)
+        self.failureResultOf(d2, OSError)
+
+    def test_sync_many_waits_for_all(self):
+        SyscallSpy(self, fail={"/bad": OSError(5, "EIO")})
+        s = self.syncer("fsync")
+        d = s.sync(files=["/f"], dirs=["/d"])
+        self.threads.run_all()
+        self.assertNoResult(d)
+        self.threads.run_all()
+        self.successResultOf(d)
+        d = s.sync(files=["/f", "/bad"])
+        self.assertNoResult(d)
+        self.threads.run_all()
+        self.assertNoResult(d)  # /f done, /bad is in the next batch
+        self.threads.run_all()
+        self.failureResultOf(d, OSError)
+        self.successResultOf(s.sync())
+
+    def test_stop_drains_then_refuses(self):
+        SyscallSpy(self)
+        s = self.syncer("fsync")
+        d = s.sync_file("/a")
+        stopped = s.stop()
+        self.assertNoResult(stopped)
+        late = s.sync_dir("/new")  # still accepted while draining
+        self.threads.run_all()
+        self.assertNoResult(stopped)
+        self.threads.run_all()
+        self.successResultOf(d)
+        self.successResultOf(late)
+        self.successResultOf(stopped)
+        self.failureResultOf(s.sync_file("/b"), LocalError)
+        s.start()
+        d = s.sync_file("/b")
+        self.threads.run_all()
+        self.successResultOf(d)
+
+    def test_unknown_method(self):
+        self.assertRaises(LocalError, Syncer, None, method="fdatasync-maybe")
+
+
+class RealThreadTests(TestCase):
+    """The worker pool with the real reactor (fast: a few syscalls)."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_real_syncs_in_both_methods(self):
+        from twisted.internet import reactor
+
+        base = self.mktemp()
+        os.makedirs(base)
+        for method in ("fsync", "syncfs"):
+            s = Syncer(reactor, method=method, threads=2)
+            s.start()
+            paths = []
+            for i in range(5):
+                p = os.path.join(base, f"{method}{i}")
+                with open(p, "wb") as f:
+                    f.write(b"x\n")
+                paths.append(p)
+            fd = os.open(paths[0], os.O_RDONLY)
+            try:
+                yield defer.gatherResults(
+                    [s.sync_file(fd)] + [s.sync_file(p) for p in paths] + [s.sync_dir(base)]
+                )
+            finally:
+                os.close(fd)
+            self.assertGreaterEqual(s.batches, 1)
+            yield s.stop()
+            self.assertIsNone(s._pool)
+
+    @defer.inlineCallbacks
+    def test_real_error_reaches_the_caller(self):
+        from twisted.internet import reactor
+
+        s = Syncer(reactor, method="fsync")
+        try:
+            yield s.sync_file(os.path.join(self.mktemp(), "missing"))
+        except FileNotFoundError:
+            pass
+        else:
+            self.fail("a missing file was reported durable")
+        finally:
+            yield s.stop()
+
+
+class DurableWriteTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "users")
+
+    def test_write_and_replace(self):
+        durable_write(self.path, b"one\n")
+        durable_write(self.path, b"two\n", mode=0o640)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"two\n")
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        self.assertEqual(os.listdir(self.dir), ["users"])
+
+    def test_order_is_write_fsync_rename_fsync_dir(self):
+        events = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def spy_fsync(fd):
+            events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def spy_replace(a, b):
+            events.append(("rename", os.path.basename(b)))
+            real_replace(a, b)
+
+        self.patch(os, "fsync", spy_fsync)
+        self.patch(os, "replace", spy_replace)
+        durable_write(self.path, b"data\n")
+        real_dir = os.path.realpath(self.dir)
+        self.assertEqual(len(events), 3)
+        self.assertEqual(events[0][0], "fsync")
+        self.assertTrue(os.path.basename(events[0][1]).startswith(".users."))
+        self.assertEqual(events[1:], [("rename", "users"), ("fsync", real_dir)])
+
+    def test_failed_fsync_keeps_the_old_content_and_no_temp_file(self):
+        durable_write(self.path, b"old\n")
+
+        def broken(fd):
+            raise OSError(5, "EIO")
+
+        self.patch(os, "fsync", broken)
+        self.assertRaises(OSError, durable_write, self.path, b"new\n")
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"old\n")
+        self.assertEqual(os.listdir(self.dir), ["users"])
+
+    def test_fsync_path_accepts_fd_and_path(self):
+        durable_write(self.path, b"x")
+        fsync_path(self.path)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fsync_path(fd)
+        finally:
+            os.close(fd)
+        self.assertRaises(FileNotFoundError, fsync_path, self.path + ".missing")

@@ -1,0 +1,369 @@
+"""Making writes durable: group-committed fsyncs off the reactor thread.
+
+Owns ``Syncer`` (asynchronous, batched "make this durable" requests) and
+``durable_write``/``fsync_dir`` (the synchronous shape of STYLE practice
+11, for small records).  It knows nothing about messages, Maildirs or
+queues: callers say which file or directory must reach the disk and wait
+for the Deferred.
+
+Why group commit
+----------------
+One fsync costs ~0.7 ms on our disks, and a stored message needs two
+(its data, then the directory entry in ``new/``).  Done on the reactor
+thread that is a hard ceiling of a few hundred messages a second and no
+concurrency at all.  The ``Syncer`` takes requests on the reactor thread
+and runs them in its own worker threads.  While one batch is being
+synced, new requests wait; when it completes, everything that arrived in
+the meantime becomes the next batch.  Ten sessions therefore share their
+fsyncs: the more load, the bigger the batches, the cheaper each message.
+
+A Deferred returned by the ``Syncer`` never fires before the fsync (or
+syncfs) that covers its target has returned successfully; when that call
+fails, the Deferred errbacks with the ``OSError``.
+
+Two ways to sync a batch (``method=``):
+
+* ``"syncfs"``: one ``syncfs(2)`` (through ctypes) per filesystem in the
+  batch -- usually one call, whatever the batch size.  It also flushes
+  other processes' dirty data on that filesystem (its latency depends on
+  the neighbours), and one error fails the whole batch.
+* ``"fsync"``: one ``fsync`` per distinct target (duplicate requests in a
+  batch are merged), run concurrently on the worker threads so ext4's
+  journal commits them together.  Each target gets its own outcome.
+* ``"auto"`` (the default): ``"syncfs"`` on Linux 5.8 and later (before
+  5.8 syncfs did not report writeback errors), ``"fsync"`` elsewhere.
+
+Measured here (ext4 on a virtio disk, 2 cores shared with other busy
+processes, so the spread is wide).  One 1 KiB file, written and synced in
+a loop on one thread: ``fsync`` 0.98 ms wall / 0.78 ms CPU per call,
+``syncfs`` 0.21 ms wall / 0.09 ms CPU.  Ten concurrent writers on a real
+reactor, each looping: create a 1 KiB file, ``sync_file`` it, hard-link
+it into one of 3 ``new/`` directories, ``sync_dir``, unlink the original
+(two durable steps per message, like a delivery), three runs of 3 s::
+
+    method="fsync",  4 threads   1,239 - 1,920 msg/s   0.47 - 0.81 ms CPU/msg
+    method="syncfs", 1 thread    1,494 - 2,412 msg/s   0.36 - 0.57 ms CPU/msg
+    (batches held ~10 requests: every waiting session rides the same call)
+
+For comparison, threads doing one fsync per request themselves (no
+reactor, no batching) ranged 2,100-4,900 msg/s in the same conditions but
+cost a thread per session.  syncfs wins on this machine in both rate and
+CPU, hence the default; ``method="fsync"`` is there for filesystems shared
+with heavy writers.
+
+Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
+batch under way and everything already requested finish, then stops them
+(it returns a Deferred).  A request made before ``start()`` starts the
+workers itself; a request made after ``stop()`` errbacks (``LocalError``),
+so a late message is refused rather than acknowledged unsynced.  Tests
+inject ``run_in_thread`` (``f -> Deferred``) and need no threads at all.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from txmailhub.errors import LocalError
+
+__all__ = [
+    "Syncer",
+    "durable_write",
+    "fsync_dir",
+    "fsync_path",
+    "syncfs",
+    "syncfs_available",
+]
+
+log = Logger()
+
+RunInThread = Callable[..., defer.Deferred]
+Target = str | int
+
+_libc: Any = None
+
+
+def syncfs(fd: int, close: bool = False) -> None:
+    """``syncfs(2)``: commit the whole filesystem holding ``fd``
+    (``close=True`` closes ``fd`` afterwards, whatever happens)."""
+    try:
+        if _load_libc().syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        if close:
+            os.close(fd)
+
+
+def syncfs_available() -> bool:
+    """Whether ``syncfs`` exists and reports writeback errors (Linux >= 5.8)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    if m is None or (int(m.group(1)), int(m.group(2))) < (5, 8):
+        return False
+    try:
+        return hasattr(_load_libc(), "syncfs")
+    except OSError:
+        return False
+
+
+def _load_libc() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    return _libc
+
+
+def fsync_path(target: Target) -> None:
+    """fsync an open file descriptor, or a file or directory by path."""
+    if isinstance(target, int):
+        os.fsync(target)
+        return
+    fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (creations, renames) durable."""
+    fsync_path(path)
+
+
+def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` atomically and durably with ``data`` (synchronous).
+
+    The one shape for small records: write a temporary file next to it,
+    flush, fsync, rename over ``path``, fsync the directory.  A crash at
+    any moment leaves either the old content or the new one, never a mix.
+    For small files only: it blocks the calling thread for two fsyncs.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    unique = f"{os.getpid()}.{os.urandom(4).hex()}"
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _Request:
+    __slots__ = ("deferred", "target")
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.deferred: defer.Deferred = defer.Deferred()
+
+
+class Syncer:
+    """Batched, off-reactor fsyncs (see the module docstring).
+
+    ``reactor`` delivers results back to its thread.  ``method`` is
+    ``"auto"``, ``"syncfs"`` or ``"fsync"``; ``threads`` caps the worker
+    pool (syncfs needs one per filesystem in a batch).
+    ``run_in_thread(f) -> Deferred`` replaces the pool (tests, or an
+    application that wants its own threads).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        method: str = "auto",
+        threads: int = 4,
+        run_in_thread: RunInThread | None = None,
+    ) -> None:
+        if method == "auto":
+            method = "syncfs" if syncfs_available() else "fsync"
+        if method not in ("fsync", "syncfs"):
+            raise LocalError(f"unknown sync method {method!r}")
+        self.reactor = reactor
+        self.method = method
+        self.threads = threads
+        self._run_injected = run_in_thread
+        self._pool: ThreadPool | None = None
+        self._pending: list[_Request] = []
+        self._busy = False
+        self._stopped = False
+        self._idle_waiters: list[defer.Deferred] = []
+        #: counters for tests and benchmarks
+        self.batches = 0
+        self.requests = 0
+        self.syscalls = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker threads (idempotent)."""
+        self._stopped = False
+        if self._run_injected is None and self._pool is None:
+            self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="txmailhub-sync")
+            self._pool.start()
+
+    def stop(self) -> defer.Deferred:
+        """Finish everything requested so far, then stop the workers.
+
+        Fires once the last batch is durable and the threads are gone."""
+        d = self._wait_idle()
+
+        def stop_pool(_: Any) -> None:
+            self._stopped = True
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.stop()
+
+        return d.addCallback(stop_pool)
+
+    def _wait_idle(self) -> defer.Deferred:
+        if not self._busy and not self._pending:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    # -- requests ------------------------------------------------------------
+
+    def sync_file(self, target: Target) -> defer.Deferred:
+        """Make a file's data and metadata durable.  ``target`` is a path,
+        or a file descriptor the caller keeps open until the Deferred fires."""
+        return self._request(target)
+
+    def sync_dir(self, path: str) -> defer.Deferred:
+        """Make the entries of a directory (links, renames, unlinks) durable."""
+        return self._request(path)
+
+    def sync(self, files: Iterable[Target] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
+        """All of them at once; fires ``None`` when every one is durable,
+        errbacks with the first error otherwise."""
+        ds = [self._request(t) for t in files] + [self._request(p) for p in dirs]
+        if not ds:
+            return defer.succeed(None)
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+        return d
+
+    def _request(self, target: Target) -> defer.Deferred:
+        if self._stopped:
+            return defer.fail(LocalError("the syncer is stopped: nothing can be made durable"))
+        self.requests += 1
+        req = _Request(target)
+        self._pending.append(req)
+        if not self._busy:
+            self._launch()
+        return req.deferred
+
+    # -- batches -------------------------------------------------------------
+
+    def _run(self, f: Callable[[], Any]) -> defer.Deferred:
+        if self._run_injected is not None:
+            try:
+                return self._run_injected(f)
+            except Exception:
+                return defer.fail(Failure())
+        if self._pool is None:
+            self.start()
+        return deferToThreadPool(self.reactor, self._pool, f)
+
+    def _launch(self) -> None:
+        batch, self._pending = self._pending, []
+        self._busy = True
+        self.batches += 1
+        groups = self._plan(batch)
+        self.syscalls += len(groups)
+        ds = []
+        for job, reqs in groups:
+            d = self._run(job)
+            d.addBoth(self._deliver, reqs)
+            ds.append(d)
+        defer.DeferredList(ds).addCallback(self._batch_done)
+
+    def _plan(self, batch: list[_Request]) -> list[tuple[Callable[[], Any], list[_Request]]]:
+        """Group the batch into syscalls: one fsync per distinct target, or
+        one syncfs per filesystem."""
+        groups: dict[Any, list[_Request]] = {}
+        if self.method == "fsync":
+            for req in batch:
+                groups.setdefault(req.target, []).append(req)
+            return [(_bind(fsync_path, t), reqs) for t, reqs in groups.items()]
+        jobs: list[tuple[Callable[[], Any], list[_Request]]] = []
+        for req in batch:
+            try:
+                dev = os.fstat(req.target).st_dev if isinstance(req.target, int) else (
+                    os.stat(req.target).st_dev
+                )
+            except OSError:
+                jobs.append((_bind(_raise_now, Failure()), [req]))
+                continue
+            groups.setdefault(dev, []).append(req)
+        for reqs in groups.values():
+            jobs.append((_bind(_syncfs_target, reqs[0].target), reqs))
+        return jobs
+
+    def _deliver(self, result: Any, reqs: list[_Request]) -> None:
+        for req in reqs:
+            if isinstance(result, Failure):
+                req.deferred.errback(result)
+            else:
+                req.deferred.callback(None)
+
+    def _batch_done(self, _: Any) -> None:
+        self._busy = False
+        if self._pending:
+            self._launch()
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+def _bind(f: Callable[[Any], Any], arg: Any) -> Callable[[], Any]:
+    return lambda: f(arg)
+
+
+def _raise_now(failure: Failure) -> None:
+    failure.raiseException()
+
+
+def _syncfs_target(target: Target) -> None:
+    if isinstance(target, int):
+        syncfs(target)
+        return
+    fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
