@@ -1,0 +1,182 @@
+"""RFC 3464 DSNs, parsed back with the stdlib email package; RFC 3461 rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from email import message_from_bytes, policy
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import load_text
+from txmailhub.envelope import DSNRequest, Envelope
+from txmailhub.relay import bounce
+from txmailhub.relay.record import FAILED, QueueEntry
+from txmailhub.smtp.reply import Reply
+from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
+
+ORIGINAL = b"From: alice@example.org\nTo: bob@remote.test\nSubject: lunch\n\nSee you at noon.\n"
+ALICE = Address("alice", "example.org")
+BOB = Address("bob", "remote.test")
+CAROL = Address("carol", "remote.test")
+
+
+def make_entry(tmp_path, sender=ALICE, ret=None, envid=None, notify=()):
+    path = tmp_path / "msg"
+    path.write_bytes(ORIGINAL)
+    env = Envelope(sender=sender, recipients=(BOB, CAROL), dsn=DSNRequest(ret=ret, envid=envid))
+    entry = QueueEntry.new("0123456789ABCDEF", env, 1_700_000_000.0)
+    recips = tuple(dataclasses.replace(r, notify=notify) for r in entry.recipients)
+    return dataclasses.replace(entry, recipients=recips, message_path=str(path))
+
+
+USER_UNKNOWN = Reply.of(550, "5.1.1", "<bob@remote.test>: user unknown")
+
+
+def failed(entry, who=BOB, reply=USER_UNKNOWN, mta="mx1.remote.test"):
+    return dataclasses.replace(entry.recipient(who), state=FAILED, last_reply=reply,
+                               remote_mta=mta, last_attempt=1_700_000_100.0, attempts=1)
+
+
+def build(entry, recipients, action=bounce.FAILED, **kw):
+    data = bounce.build_dsn(entry, recipients, action, hostname="mail.example.org",
+                            primary_domain="example.org", now=1_700_000_200.0, **kw)
+    return data, message_from_bytes(data, policy=policy.default)
+
+
+def test_failure_dsn_structure(tmp_path):
+    entry = make_entry(tmp_path, envid="ENV-42")
+    bob = dataclasses.replace(failed(entry), orcpt="rfc822;Bob@Remote.test")
+    data, msg = build(entry, [bob])
+    assert b"\r\n" not in data
+    assert msg["From"] == "Mail Delivery System <MAILER-DAEMON@example.org>"
+    assert msg["To"].addresses[0].addr_spec == "alice@example.org"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    human, status, returned = list(msg.iter_parts())
+    assert human.get_content_type() == "text/plain"
+    text = human.get_content()
+    assert "<bob@remote.test>: host mx1.remote.test said: 550 5.1.1 <bob@remote.test>: "\
+           "user unknown" in text
+    assert status.get_content_type() == "message/delivery-status"
+    blocks = status.get_payload()
+    assert blocks[0]["Reporting-MTA"] == "dns; mail.example.org"
+    assert blocks[0]["Original-Envelope-Id"] == "ENV-42"
+    assert blocks[0]["Arrival-Date"]
+    rcpt = blocks[1]
+    assert rcpt["Final-Recipient"] == "rfc822; bob@remote.test"
+    assert rcpt["Original-Recipient"] == "rfc822; Bob@Remote.test"
+    assert rcpt["Action"] == "failed"
+    assert rcpt["Status"] == "5.1.1"
+    assert rcpt["Remote-MTA"] == "dns; mx1.remote.test"
+    assert rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 <bob@remote.test>: user unknown"
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert "Subject: lunch" in returned.get_payload()
+    assert "See you at noon" not in returned.get_payload()
+
+
+def test_each_failed_recipient_named(tmp_path):
+    entry = make_entry(tmp_path)
+    carol = failed(entry, CAROL, Reply.of(552, None, "mailbox full"), "mx2.remote.test")
+    _, msg = build(entry, [failed(entry), carol])
+    blocks = list(msg.iter_parts())[1].get_payload()
+    assert [b["Final-Recipient"] for b in blocks[1:]] == [
+        "rfc822; bob@remote.test", "rfc822; carol@remote.test"]
+    assert blocks[2]["Status"] == "5.0.0"
+    assert blocks[2]["Diagnostic-Code"] == "smtp; 552 mailbox full"
+
+
+def test_ret_full_returns_message(tmp_path):
+    entry = make_entry(tmp_path, ret="FULL")
+    _, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == "message/rfc822"
+    inner = returned.get_payload()[0] if isinstance(returned.get_payload(), list) else \
+        returned.get_content()
+    assert "See you at noon." in inner.get_content()
+
+
+def test_ret_full_too_big_returns_headers(tmp_path, monkeypatch):
+    monkeypatch.setattr(bounce, "FULL_RETURN_LIMIT", 10)
+    entry = make_entry(tmp_path, ret="FULL")
+    _, msg = build(entry, [failed(entry)])
+    assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
+
+
+def test_delayed_notice(tmp_path):
+    entry = make_entry(tmp_path, ret="FULL")
+    bob = dataclasses.replace(entry.recipient(BOB), last_reply=Reply.of(451, "4.7.1", "later"),
+                              remote_mta="mx1.remote.test", last_attempt=1_700_000_100.0)
+    _, msg = build(entry, [bob], bounce.DELAYED, will_retry_until=1_700_432_000.0)
+    assert msg["Subject"].startswith("Delayed Mail")
+    block = list(msg.iter_parts())[1].get_payload()[1]
+    assert block["Action"] == "delayed"
+    assert block["Status"] == "4.7.1"
+    assert block["Will-Retry-Until"]
+    # RET applies to failures only: a delay notice carries the headers
+    assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
+
+
+def test_local_reason_without_remote(tmp_path):
+    entry = make_entry(tmp_path)
+    bob = failed(entry, reply=Reply.of(550, "5.1.10", "remote.test does not accept mail "
+                                                      "(null MX, RFC 7505)"), mta=None)
+    _, msg = build(entry, [bob])
+    block = list(msg.iter_parts())[1].get_payload()[1]
+    assert block["Status"] == "5.1.10"
+    assert "Remote-MTA" not in block
+    assert block["Diagnostic-Code"].startswith("X-txmailhub; 550 5.1.10")
+
+
+def test_never_for_null_sender(tmp_path):
+    entry = make_entry(tmp_path, sender=None)
+    assert not bounce.wants_notice(entry, entry.recipients[0], bounce.FAILED)
+    with pytest.raises(ValueError):
+        build(entry, [entry.recipients[0]])
+
+
+@pytest.mark.parametrize("notify, failed_, delayed, success", [
+    ((), True, True, False),
+    (("NEVER",), False, False, False),
+    (("SUCCESS",), False, False, True),
+    (("FAILURE",), True, False, False),
+    (("DELAY", "FAILURE"), True, True, False),
+    (("success", "failure", "delay"), True, True, True),
+])
+def test_notify(tmp_path, notify, failed_, delayed, success):
+    entry = make_entry(tmp_path, notify=notify)
+    r = entry.recipients[0]
+    assert bounce.wants_notice(entry, r, bounce.FAILED) is failed_
+    assert bounce.wants_notice(entry, r, bounce.DELAYED) is delayed
+    assert bounce.wants_notice(entry, r, bounce.RELAYED) is success
+    assert bounce.wants_notice(entry, r, bounce.DELIVERED) is success
+
+
+def test_success_notice(tmp_path):
+    entry = make_entry(tmp_path, notify=("SUCCESS",))
+    bob = dataclasses.replace(entry.recipient(BOB), last_reply=Reply.of(250, "2.0.0", "ok"),
+                              remote_mta="mx1.remote.test")
+    _, msg = build(entry, [bob], bounce.RELAYED)
+    block = list(msg.iter_parts())[1].get_payload()[1]
+    assert block["Action"] == "relayed" and block["Status"] == "2.0.0"
+
+
+def test_send_dsn_through_normal_path(tmp_path):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    spooler = MemorySpooler()
+    store = MemoryMailboxStore(spooler=spooler)
+    components = Components(settings=settings, reactor=None,
+                            router=StaticRouter({"alice": None}), store=store,
+                            spooler=spooler, portal=None, queue=QueueSpy())
+    entry = make_entry(tmp_path)
+    data, _ = build(entry, [failed(entry)])
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
+    assert env.sender is None and env.recipients == (ALICE,)
+    d = bounce.send_dsn(components, env, data)
+    assert d.result is None
+    [stored] = store.messages(ALICE)
+    assert stored == data

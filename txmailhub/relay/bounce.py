@@ -1,0 +1,288 @@
+"""Delivery status notifications (RFC 3464) and the RFC 3461 rules.
+
+Owns who is told what: ``wants_notice`` applies NOTIFY (NEVER, SUCCESS,
+FAILURE, DELAY) and the rule that a message from the null sender ``<>``
+is never bounced; ``build_dsn`` writes the multipart/report with the
+stdlib ``email`` package (a human-readable part, a message/delivery-status
+part naming each recipient with its Action, Status, Remote-MTA and the
+remote's exact reply as Diagnostic-Code, then the original headers -- or
+the whole message when RET=FULL and it is small enough); ``send_dsn``
+hands it to the normal delivery path (spooler, then
+``txmailhub.delivery.accept_message``), from ``MAILER-DAEMON`` with the
+null reverse-path.
+
+It must not decide *when* to bounce (the runner does) nor touch the
+queue's files.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+from collections.abc import Sequence
+from email import policy as email_policy
+from email.generator import BytesGenerator
+from email.message import Message
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
+from email.parser import BytesParser
+from io import BytesIO
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from txmailhub.address import Address
+from txmailhub.envelope import Envelope
+from txmailhub.relay.record import QueueEntry, RecipientRecord
+from txmailhub.smtp.reply import Reply
+
+__all__ = [
+    "DELAYED",
+    "DELIVERED",
+    "FAILED",
+    "FULL_RETURN_LIMIT",
+    "RELAYED",
+    "DSNRefused",
+    "build_dsn",
+    "dsn_envelope",
+    "send_dsn",
+    "status_of",
+    "wants_notice",
+]
+
+log = Logger(namespace="txmailhub.relay.bounce")
+
+FAILED = "failed"
+DELAYED = "delayed"
+DELIVERED = "delivered"
+RELAYED = "relayed"
+
+FULL_RETURN_LIMIT = 1024 * 1024  # RET=FULL returns the whole message up to this size
+MAX_HEADER_BYTES = 256 * 1024
+_POLICY = email_policy.compat32.clone(linesep="\n")
+
+_SUBJECTS = {
+    FAILED: "Undelivered Mail Returned to Sender",
+    DELAYED: "Delayed Mail (still being retried)",
+    DELIVERED: "Successful Mail Delivery Report",
+    RELAYED: "Successful Mail Delivery Report",
+}
+
+
+class DSNRefused(Exception):
+    """The notice could not be made durable anywhere (retry later)."""
+
+
+def wants_notice(entry: QueueEntry, rcpt: RecipientRecord, action: str) -> bool:
+    """Whether the sender asked (or by default gets) this notice (RFC 3461 4.1).
+
+    Without NOTIFY the sender gets failures and delay warnings; NEVER
+    silences all; SUCCESS-only gets no failure notice.  Nobody is told
+    anything about a message from ``<>``."""
+    if entry.envelope.sender is None:
+        return False
+    notify = {n.upper() for n in rcpt.notify}
+    if "NEVER" in notify:
+        return False
+    if action == FAILED:
+        return not notify or "FAILURE" in notify
+    if action == DELAYED:
+        return not notify or "DELAY" in notify
+    return "SUCCESS" in notify
+
+
+def status_of(reply: Reply | None, action: str) -> str:
+    """The RFC 3463 status for a recipient's DSN block."""
+    if reply is not None and reply.status:
+        if action == FAILED and reply.status.startswith("2"):
+            return "5.0.0"
+        return reply.status
+    if action in (DELIVERED, RELAYED):
+        return "2.0.0"
+    if reply is None:
+        return "4.0.0" if action == DELAYED else "5.0.0"
+    return f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0"
+
+
+def _rfc2822_date(ts: float) -> str:
+    return email.utils.formatdate(ts, localtime=False, usegmt=True)
+
+
+def _address_type(address: str) -> str:
+    return "rfc822" if address.isascii() else "utf-8"
+
+
+def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
+           hostname: str, will_retry_until: float | None) -> str:
+    lines = [f"This is the mail system at {hostname}.", ""]
+    if action == FAILED:
+        lines += ["I'm sorry to have to inform you that your message could not",
+                  "be delivered to one or more recipients. It is attached below.", ""]
+    elif action == DELAYED:
+        lines += ["Your message could not be delivered yet to one or more recipients.",
+                  "It will be retried", ""]
+        if will_retry_until is not None:
+            lines[-1:] = [f"until {_rfc2822_date(will_retry_until)}; you do not need "
+                          "to send it again.", ""]
+    else:
+        lines += ["Your message was successfully delivered to the destination(s)",
+                  "listed below.", ""]
+    for r in recipients:
+        where = f"host {r.remote_mta} said: " if r.remote_mta else ""
+        why = r.last_reply.text() if r.last_reply is not None else "no reason recorded"
+        if action in (DELIVERED, RELAYED):
+            why = ("delivery via " + r.remote_mta + (" (relayed: the next hop does not offer "
+                   "DSN)" if action == RELAYED else "")) if r.remote_mta else "delivered"
+            where = ""
+        lines.append(f"<{r.address}>: {where}{why}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
+                 hostname: str, now: float, will_retry_until: float | None) -> Message:
+    part = Message()
+    part.set_type("message/delivery-status")
+    head = Message()
+    head["Reporting-MTA"] = f"dns; {hostname}"
+    if entry.envelope.dsn.envid:
+        head["Original-Envelope-Id"] = entry.envelope.dsn.envid
+    head["Arrival-Date"] = _rfc2822_date(entry.created)
+    blocks = [head]
+    for r in recipients:
+        b = Message()
+        text = str(r.address)
+        b["Final-Recipient"] = f"{_address_type(text)}; {text}"
+        if r.orcpt:
+            kind, _, value = r.orcpt.partition(";")
+            b["Original-Recipient"] = f"{kind.strip() or 'rfc822'}; {value.strip()}"
+        b["Action"] = action
+        b["Status"] = status_of(r.last_reply, action)
+        if r.remote_mta:
+            b["Remote-MTA"] = f"dns; {r.remote_mta}"
+        if r.last_reply is not None and action != DELIVERED:
+            kind = "smtp" if r.remote_mta else "X-txmailhub"
+            b["Diagnostic-Code"] = f"{kind}; {r.last_reply.text()}"
+        if r.last_attempt:
+            b["Last-Attempt-Date"] = _rfc2822_date(r.last_attempt)
+        if action == DELAYED and will_retry_until is not None:
+            b["Will-Retry-Until"] = _rfc2822_date(will_retry_until)
+        blocks.append(b)
+    part.set_payload(blocks)
+    return part
+
+
+def _read_headers(path: str) -> bytes:
+    out = []
+    size = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line in (b"\n", b"\r\n"):
+                break
+            size += len(line)
+            if size > MAX_HEADER_BYTES:
+                break
+            out.append(line)
+    return b"".join(out)
+
+
+def build_dsn(
+    entry: QueueEntry,
+    recipients: Sequence[RecipientRecord],
+    action: str,
+    *,
+    hostname: str,
+    primary_domain: str,
+    now: float,
+    will_retry_until: float | None = None,
+    message_id: str | None = None,
+) -> bytes:
+    """The DSN as message bytes (LF line endings, the stored form)."""
+    if entry.envelope.sender is None:
+        raise ValueError("never send a DSN about a message from the null sender")
+    report = MIMEMultipart("report", report_type="delivery-status", policy=_POLICY)
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{primary_domain}>"
+    report["To"] = f"<{entry.envelope.sender}>"
+    report["Subject"] = _SUBJECTS[action]
+    report["Date"] = _rfc2822_date(now)
+    report["Message-ID"] = message_id or email.utils.make_msgid("dsn", domain=hostname)
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834: no autoresponder replies to it
+    human = Message()
+    human.set_type("text/plain")
+    human.set_param("charset", "utf-8")
+    text = _human(entry, recipients, action, hostname, will_retry_until)
+    human["Content-Transfer-Encoding"] = "8bit" if not text.isascii() else "7bit"
+    human.set_payload(text.encode("utf-8").decode("ascii", "surrogateescape"))
+    report.attach(human)
+    report.attach(_status_part(entry, recipients, action, hostname, now, will_retry_until))
+    report.attach(_returned(entry, action))
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(report)
+    return out.getvalue()
+
+
+def _returned(entry: QueueEntry, action: str) -> Message:
+    path = entry.message_path
+    full = (action == FAILED and (entry.envelope.dsn.ret or "").upper() == "FULL")
+    if full:
+        try:
+            full = os.path.getsize(path) <= FULL_RETURN_LIMIT
+        except OSError:
+            full = False
+    if full:
+        with open(path, "rb") as f:
+            original = BytesParser(policy=_POLICY).parse(f)
+        return MIMEMessage(original, policy=_POLICY)
+    part = Message()
+    part.set_type("text/rfc822-headers")
+    try:
+        raw = _read_headers(path)
+    except OSError:
+        raw = b""
+    if not raw.isascii():
+        part["Content-Transfer-Encoding"] = "8bit"
+    part.set_payload(raw.decode("ascii", "surrogateescape"))
+    return part
+
+
+def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
+    """The envelope of a notice about ``entry``: from ``<>`` to its sender."""
+    sender = entry.envelope.sender
+    assert sender is not None
+    return Envelope(
+        sender=None,
+        recipients=(Address(sender.local, sender.domain),),
+        helo=hostname,
+        client_address="",
+        body_8bit=has_8bit,
+        smtputf8=not str(sender).isascii(),
+    )
+
+
+def send_dsn(components: Any, envelope: Envelope, data: bytes) -> defer.Deferred:
+    """Deliver notice ``data`` "through the normal path".
+
+    Writes it to a spool file and gives it to
+    ``txmailhub.delivery.accept_message``, which routes it to the local
+    mailbox or back to the queue.  Fires with ``None`` once it is durable
+    somewhere; errbacks ``DSNRefused`` otherwise."""
+    from txmailhub.delivery import accept_message
+
+    try:
+        writer = components.spooler.open()
+        for i in range(0, len(data), 65536):
+            writer.write(data[i : i + 65536])
+        d = writer.finish()
+    except Exception as e:
+        return defer.fail(e)
+
+    def spooled(message: Any) -> defer.Deferred:
+        return accept_message(components, envelope, message)
+
+    def accepted(results: dict) -> None:
+        bad = [r for r in results.values() if not r.is_positive]
+        if bad:
+            raise DSNRefused(bad[0].text())
+
+    return d.addCallback(spooled).addCallback(accepted)
