@@ -9,6 +9,9 @@ Owns in-memory implementations of the component interfaces:
   ``close()``.
 * ``StaticRouter`` (``IRecipientRouter``) from a dict.
 * ``QueueSpy`` (``IOutboundQueue``) recording what was enqueued.
+* ``SyncerSpy``: stands in for ``txmailhub.store.sync.Syncer`` and records
+  what was to be made durable, in order (the real spool and Maildir store
+  run on it without threads or fsyncs).
 
 Each passes ``zope.interface.verify.verifyObject`` (tests/test_testing.py
 checks it).  Every double can be told to *hold* its Deferreds, so a test
@@ -49,6 +52,7 @@ __all__ = [
     "MemorySpoolWriter",
     "QueueSpy",
     "StaticRouter",
+    "SyncerSpy",
 ]
 
 
@@ -360,3 +364,62 @@ class QueueSpy:
 
     def release(self) -> None:
         self._holder.release()
+
+
+# --- syncer -------------------------------------------------------------------
+
+
+class SyncerSpy:
+    """The ``Syncer`` API without threads or fsyncs.
+
+    ``calls`` records ``("file", target)`` / ``("dir", path)`` in request
+    order; ``events`` (a list the test may share with other spies) gets
+    the same entries.  ``hold=True`` keeps the Deferreds pending until
+    ``release()``; ``fail`` maps a target to the exception its request
+    errbacks with.  It does not make anything durable: it is for tests
+    that check *what* is synced and *when* the caller answers.
+    """
+
+    def __init__(
+        self,
+        hold: bool = False,
+        fail: Mapping[Any, Exception] | None = None,
+        events: list | None = None,
+    ) -> None:
+        self._holder = _Holder(hold)
+        self.fail: dict[Any, Exception] = dict(fail or {})
+        self.calls: list[tuple[str, Any]] = []
+        self.events = events if events is not None else []
+
+    def _record(self, kind: str, target: Any) -> defer.Deferred:
+        self.calls.append((kind, target))
+        self.events.append((kind, target))
+        err = self.fail.get(target)
+        return self._holder.result(err if err is not None else None)
+
+    def sync_file(self, target: Any) -> defer.Deferred:
+        return self._record("file", target)
+
+    def sync_dir(self, path: str) -> defer.Deferred:
+        return self._record("dir", path)
+
+    def sync(self, files: Iterable[Any] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
+        ds = [self.sync_file(t) for t in files] + [self.sync_dir(p) for p in dirs]
+        if not ds:
+            return defer.succeed(None)
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+        return d
+
+    @property
+    def held(self) -> int:
+        return self._holder.held
+
+    def release(self) -> None:
+        self._holder.release()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> defer.Deferred:
+        return defer.succeed(None)

@@ -269,20 +269,23 @@ class Syncer:
     def sync(self, files: Iterable[Target] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
         """All of them at once; fires ``None`` when every one is durable,
         errbacks with the first error otherwise."""
-        ds = [self._request(t) for t in files] + [self._request(p) for p in dirs]
+        ds = [self._request(t, launch=False) for t in files]
+        ds += [self._request(p, launch=False) for p in dirs]
         if not ds:
             return defer.succeed(None)
+        if self._pending and not self._busy:
+            self._launch()
         d = defer.gatherResults(ds, consumeErrors=True)
         d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
         return d
 
-    def _request(self, target: Target) -> defer.Deferred:
+    def _request(self, target: Target, launch: bool = True) -> defer.Deferred:
         if self._stopped:
             return defer.fail(LocalError("the syncer is stopped: nothing can be made durable"))
         self.requests += 1
         req = _Request(target)
         self._pending.append(req)
-        if not self._busy:
+        if launch and not self._busy:
             self._launch()
         return req.deferred
 

@@ -1,0 +1,192 @@
+"""txmailhub.store.spool: streaming to O_EXCL files, durability, recovery."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from txmailhub.envelope import SpooledMessage
+from txmailhub.errors import LocalError
+from txmailhub.interfaces import ISpooler, ISpoolWriter
+from txmailhub.store import spool as spool_module
+from txmailhub.store.maildir import CRLFEncoder, crlf_size_of
+from txmailhub.store.spool import Spooler
+from txmailhub.testing import SyncerSpy
+
+
+class SpoolTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        self.syncer = SyncerSpy(hold=True)
+        self.spooler = Spooler(self.dir, self.syncer)
+
+    def test_interfaces(self):
+        self.assertTrue(verifyObject(ISpooler, self.spooler))
+        w = self.spooler.open()
+        self.assertTrue(verifyObject(ISpoolWriter, w))
+        w.abort()
+
+    def test_streams_to_disk_and_fires_only_once_synced(self):
+        w = self.spooler.open()
+        w.write(b"Subject: x\n\n")
+        # the bytes are in the file already, not held in memory
+        with open(w.path, "rb") as f:
+            self.assertEqual(f.read(), b"Subject: x\n\n")
+        w.write(b"body\n")
+        d = w.finish()
+        self.assertNoResult(d)
+        self.assertEqual(len(self.syncer.calls), 1)
+        kind, target = self.syncer.calls[0]
+        self.assertEqual(kind, "file")
+        self.assertIsInstance(target, int)  # the open fd, kept open while syncing
+        os.fstat(target)
+        self.syncer.release()
+        msg = self.successResultOf(d)
+        self.assertEqual(msg, SpooledMessage(w.path, 17, 20))
+        self.assertRaises(OSError, os.fstat, target)  # closed after the sync
+        with open(msg.path, "rb") as f:
+            self.assertEqual(f.read(), b"Subject: x\n\nbody\n")
+        self.assertEqual(os.stat(msg.path).st_mode & 0o777, 0o600)
+        self.spooler.discard(msg)
+        self.assertFalse(os.path.exists(msg.path))
+        self.spooler.discard(msg)  # already gone: fine
+
+    def test_unique_exclusive_names(self):
+        writers = [self.spooler.open() for _ in range(50)]
+        self.assertEqual(len({w.path for w in writers}), 50)
+        for w in writers:
+            w.abort()
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_abort_removes_the_file(self):
+        w = self.spooler.open()
+        w.write(b"partial")
+        w.abort()
+        self.assertFalse(os.path.exists(w.path))
+        self.assertRaises(LocalError, w.write, b"more")
+        self.assertRaises(LocalError, w.finish)
+        w.abort()  # idempotent
+
+    def test_abort_while_syncing(self):
+        w = self.spooler.open()
+        w.write(b"x\n")
+        d = w.finish()
+        w.abort()
+        self.syncer.release()
+        self.failureResultOf(d, LocalError)
+        self.assertFalse(os.path.exists(w.path))
+
+    def test_sync_failure_removes_the_file(self):
+        syncer = SyncerSpy()
+        spooler = Spooler(self.dir, syncer)
+        w = spooler.open()
+        w.write(b"x\n")
+        syncer.fail = {w._fd: OSError(5, "EIO")}
+        self.failureResultOf(w.finish(), OSError)
+        self.assertFalse(os.path.exists(w.path))
+
+    def test_disk_full_is_reported_at_finish(self):
+        w = self.spooler.open()
+        w.write(b"first\n")
+
+        def full(fd, data):
+            raise OSError(28, "No space left on device")
+
+        self.patch(spool_module.os, "write", full)
+        w.write(b"second\n")
+        w.write(b"third\n")  # ignored, no exception: the protocol keeps draining
+        self.assertFalse(os.path.exists(w.path))
+        f = self.failureResultOf(w.finish(), OSError)
+        self.assertEqual(f.value.errno, 28)
+        self.assertEqual(self.syncer.calls, [])
+
+    def test_short_writes_are_completed(self):
+        real = os.write
+
+        def short(fd, data):
+            return real(fd, bytes(data[:3]))
+
+        self.patch(spool_module.os, "write", short)
+        w = self.spooler.open()
+        w.write(b"0123456789\n")
+        with open(w.path, "rb") as f:
+            self.assertEqual(f.read(), b"0123456789\n")
+        w.abort()
+
+    def test_discard_refuses_paths_outside_the_spool(self):
+        self.assertRaises(LocalError, self.spooler.discard, SpooledMessage("/etc/passwd", 1, 1))
+
+    def test_sizes_across_chunk_boundaries(self):
+        syncer = SyncerSpy()
+        spooler = Spooler(self.dir, syncer)
+        w = spooler.open()
+        for chunk in (b"a\r", b"\nb\n", b"\r\n", b"c"):
+            w.write(chunk)
+        msg = self.successResultOf(w.finish())
+        data = b"a\r\nb\n\r\nc"
+        self.assertEqual(msg.size, len(data))
+        self.assertEqual(msg.crlf_size, crlf_size_of(data))
+        self.assertEqual(msg.crlf_size, len(data) + 1 + 2)
+
+
+class RecoveryTests(SynchronousTestCase):
+    def test_leftovers_of_a_crash_are_deleted(self):
+        d = self.mktemp()
+        os.makedirs(d)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        dead_pid = int(dead.stdout)
+        names = {
+            f"{dead_pid}-1-aaaa": False,  # a process that is gone
+            f"{os.getpid()}-7-bbbb": False,  # our own pid (reused after a crash)
+            "junk": False,
+            f"{os.getppid()}-1-cccc": True,  # a live process sharing the directory
+        }
+        for name in names:
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(b"partial")
+        Spooler(d, SyncerSpy())
+        self.assertEqual(sorted(os.listdir(d)), sorted(n for n, keep in names.items() if keep))
+
+    def test_recover_false_keeps_files(self):
+        d = self.mktemp()
+        os.makedirs(d)
+        open(os.path.join(d, "junk"), "wb").close()
+        s = Spooler(d, SyncerSpy(), recover=False)
+        self.assertEqual(os.listdir(d), ["junk"])
+        self.assertEqual(s.recover(), 1)
+
+
+class CRLFRuleTests(SynchronousTestCase):
+    """The size the spool reports is the byte count CRLFEncoder produces."""
+
+    @given(st.lists(st.binary(max_size=20).map(
+        lambda b: b.replace(b"x", b"\n").replace(b"y", b"\r")), max_size=8))
+    def test_writer_and_encoder_agree(self, chunks):
+        d = self.mktemp()
+        spooler = Spooler(d, SyncerSpy())
+        w = spooler.open()
+        enc = CRLFEncoder()
+        out = b""
+        for c in chunks:
+            w.write(c)
+            out += enc.encode(c)
+        out += enc.finish()
+        msg = self.successResultOf(w.finish())
+        data = b"".join(chunks)
+        self.assertEqual(msg.size, len(data))
+        self.assertEqual(msg.crlf_size, len(out))
+        self.assertEqual(crlf_size_of(data), len(out))
+        # every LF on the wire is preceded by CR, and the text is unchanged
+        self.assertEqual(out.count(b"\n"), out.count(b"\r\n"))
+        expected = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if data and not data.endswith(b"\n"):
+            expected += b"\r\n"
+        self.assertEqual(out, expected)
+        spooler.discard(msg)

@@ -1,0 +1,216 @@
+"""The spool: where message data streams to disk while it arrives.
+
+Owns ``state_dir/spool`` and the files in it (``Spooler``, ``SpoolWriter``,
+providing ``ISpooler``/``ISpoolWriter``).  Each message being received is
+one ``O_EXCL`` file, written with ``os.write`` chunk by chunk (nothing is
+buffered beyond the chunk the caller hands over).  ``finish()`` makes it
+durable through the ``Syncer`` and hands a ``SpooledMessage`` to the
+caller, who gives it to the mailbox store and/or the outbound queue (both
+hard-link it: the spool lives on the same filesystem as ``mail/`` and
+``queue/``) and then ``discard``\\ s the spool name.
+
+A spool file is never acknowledged by itself, so whatever is left in the
+directory after a crash was never answered 250: ``recover()`` (run by the
+constructor) deletes it.  Files are named ``<pid>-<counter>-<random>``;
+recovery spares those of another live process sharing the directory.
+
+This module does not parse messages, add headers or decide where mail
+goes.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmailhub.envelope import SpooledMessage
+from txmailhub.errors import LocalError
+from txmailhub.interfaces import ISpooler, ISpoolWriter
+
+__all__ = ["SpoolWriter", "Spooler"]
+
+log = Logger()
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@implementer(ISpoolWriter)
+class SpoolWriter:
+    """One message being received (see ``ISpoolWriter``).
+
+    ``write`` never raises for a disk error: the first ``OSError`` (disk
+    full, I/O error) is kept, the partial file removed, later writes are
+    ignored, and ``finish()`` errbacks with that error -- the protocol
+    keeps draining the data and answers once, at the end.
+    """
+
+    def __init__(self, spooler: Spooler, path: str, fd: int) -> None:
+        self._spooler = spooler
+        self.path = path
+        self._fd: int | None = fd
+        self.size = 0
+        self.lines = 0  # LFs written
+        self._cr_lf = 0  # LFs already preceded by CR (sent as they are)
+        self._last = b""
+        self.error: OSError | None = None
+        self.state = "open"  # open -> finishing -> finished | aborted
+
+    def write(self, data: bytes) -> None:
+        if self.state != "open":
+            raise LocalError(f"write on a {self.state} spool writer")
+        if not data or self.error is not None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]  # type: ignore[arg-type]
+        except OSError as e:
+            self.error = e
+            log.error("spool write to {path} failed: {error}", path=self.path, error=str(e))
+            self._remove()
+            return
+        self.size += len(data)
+        self.lines += data.count(b"\n")
+        self._cr_lf += data.count(b"\r\n")
+        if self._last == b"\r" and data[:1] == b"\n":
+            self._cr_lf += 1
+        self._last = data[-1:]
+
+    @property
+    def crlf_size(self) -> int:
+        """Octets of the CRLF form (the rule of ``maildir.CRLFEncoder``)."""
+        tail = 2 if self.size and self._last != b"\n" else 0
+        return self.size + self.lines - self._cr_lf + tail
+
+    def finish(self) -> defer.Deferred:
+        if self.state != "open":
+            raise LocalError(f"finish on a {self.state} spool writer")
+        if self.error is not None:
+            self.state = "aborted"
+            return defer.fail(self.error)
+        self.state = "finishing"
+        fd = self._fd
+        message = SpooledMessage(self.path, self.size, self.crlf_size)
+        d = self._spooler.syncer.sync_file(fd)
+
+        def synced(_: Any) -> SpooledMessage:
+            self._close()
+            if self.state == "aborted":  # abort() arrived while syncing
+                self._unlink()
+                raise LocalError(f"spool file {self.path} was aborted")
+            self.state = "finished"
+            return message
+
+        def failed(f: Any) -> Any:
+            log.error("fsync of spool file {path} failed: {error}", path=self.path,
+                      error=f.getErrorMessage())
+            self.state = "aborted"
+            self._remove()
+            return f
+
+        return d.addCallbacks(synced, failed)
+
+    def abort(self) -> None:
+        """Throw the message away.  After ``finish()`` has fired this does
+        nothing (the file is the caller's: ``Spooler.discard`` it); while
+        ``finish()`` is still syncing, the file is removed when the sync
+        returns and ``finish()``'s Deferred errbacks."""
+        if self.state == "open":
+            self.state = "aborted"
+            self._remove()
+        elif self.state == "finishing":
+            self.state = "aborted"
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("cannot remove spool file {path}: {error}", path=self.path, error=str(e))
+
+    def _remove(self) -> None:
+        self._close()
+        self._unlink()
+
+
+@implementer(ISpooler)
+class Spooler:
+    """``ISpooler`` over ``spool_dir``; ``syncer`` is a ``sync.Syncer``.
+
+    ``recover=False`` skips the crash clean-up (tests, tools that only
+    read)."""
+
+    def __init__(self, spool_dir: str, syncer: Any, *, recover: bool = True) -> None:
+        self.spool_dir = os.path.abspath(spool_dir)
+        self.syncer = syncer
+        self._counter = itertools.count(1)
+        os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+        if recover:
+            self.recover()
+
+    def open(self) -> SpoolWriter:
+        pid = os.getpid()
+        while True:
+            name = f"{pid}-{next(self._counter)}-{os.urandom(4).hex()}"
+            path = os.path.join(self.spool_dir, name)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            except FileExistsError:  # a leftover of an earlier process with our pid
+                continue
+            return SpoolWriter(self, path, fd)
+
+    def discard(self, message: SpooledMessage) -> None:
+        if os.path.dirname(os.path.abspath(message.path)) != self.spool_dir:
+            raise LocalError(f"{message.path} is not a spool file of {self.spool_dir}")
+        try:
+            os.unlink(message.path)
+        except FileNotFoundError:
+            pass
+
+    def recover(self) -> int:
+        """Delete spool files left by a crash; returns how many."""
+        removed = 0
+        me = os.getpid()
+        for name in os.listdir(self.spool_dir):
+            pid_text = name.split("-", 1)[0]
+            pid = int(pid_text) if pid_text.isdigit() else None
+            if pid is not None and pid != me and _alive(pid):
+                log.info("spool file {name} belongs to running process {pid}: kept",
+                         name=name, pid=pid)
+                continue
+            path = os.path.join(self.spool_dir, name)
+            try:
+                os.unlink(path)
+                removed += 1
+            except IsADirectoryError:
+                log.warn("unexpected directory {path} in the spool", path=path)
+            except FileNotFoundError:
+                pass
+        if removed:
+            log.info("removed {count} unacknowledged spool files left by a crash",
+                     count=removed)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
