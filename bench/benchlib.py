@@ -162,6 +162,34 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
 
 # ------------------------------------------------------------------ servers
 
+_LIVE_SERVER_PIDS: set[int] = set()
+
+
+def become_subreaper() -> None:
+    """Orphans of our servers (e.g. Postfix's children after its master has
+    exited) are re-parented to us instead of PID 1, so we can reap them."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans(timeout: float = 10) -> None:
+    """Wait for our children that are not servers still in use (orphans
+    handed to us as subreaper) to exit, and reap them."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout
+    while True:
+        mine = [p for p in _children_map().get(me, []) if p not in _LIVE_SERVER_PIDS]
+        for pid in mine:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        left = [p for p in mine if os.path.exists(f"/proc/{p}")]
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
 
 @dataclass
 class Server:
@@ -175,6 +203,8 @@ class Server:
     cwd: str | None = None
     pop3_port: int | None = None
     stop_signal: int = signal.SIGTERM
+    # PID files of descendants that leave our process group (Postfix's master).
+    extra_pidfiles: tuple[str, ...] = ()
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 60) -> None:
@@ -188,6 +218,7 @@ class Server:
                 cwd=self.cwd,
                 start_new_session=True,
             )
+        _LIVE_SERVER_PIDS.add(self.proc.pid)
         try:
             wait_port(self.port, timeout, self.proc)
             if self.pop3_port:
@@ -209,6 +240,19 @@ class Server:
         if self.proc is None:
             return
         pgid = self.proc.pid  # start_new_session: pgid == our child's pid
+        tree = set(process_tree(pgid))
+        for pidfile in self.extra_pidfiles:
+            try:
+                with open(pidfile) as f:
+                    pid = int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+            if pid in tree:  # only a process this server started
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                    time.sleep(0.05)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, self.stop_signal)
@@ -221,11 +265,17 @@ class Server:
         # Children of our group that outlived the leader (e.g. dovecot's).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+        _LIVE_SERVER_PIDS.discard(pgid)
         self.proc = None
+        reap_orphans()
 
 
 class Servers(contextlib.ExitStack):
     """Starts servers and guarantees they are stopped on exit."""
+
+    def __enter__(self) -> Servers:
+        become_subreaper()
+        return super().__enter__()
 
     def add(self, server: Server) -> Server:
         self.callback(server.stop)
@@ -427,6 +477,18 @@ def dovecot_server(workdir: str, maildir: str, name: str = "dovecot") -> Server:
             "--port", str(port), "--maildir", maildir, "--user", RCPT, "--password", PASSWORD]
     os.makedirs(workdir, exist_ok=True)
     return Server(name, argv, port, os.path.join(workdir, f"{name}.log"))
+
+
+def postfix_server(workdir: str, root: str, name: str = "postfix") -> Server:
+    """Private Postfix, virtual(8) delivery to ``root/vmail/DOMAIN/USER``."""
+    port = free_port()
+    inst = os.path.join(root, "instance")
+    argv = [sys.executable, os.path.join(HERE, "peers", "postfix_instance.py"), "--dir", inst,
+            "--port", str(port), "--maildir-base", os.path.join(root, "vmail"),
+            "--domain", DOMAIN, "--user", USER]
+    os.makedirs(workdir, exist_ok=True)
+    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"),
+                  extra_pidfiles=(os.path.join(inst, "queue", "pid", "master.pid"),))
 
 
 def smtp_sink_server(workdir: str) -> Server:

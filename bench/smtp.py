@@ -34,8 +34,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl
 
-TARGETS = ("txmailhub", "aiosmtpd", "aiosmtpd-nofsync", "twistd-mail", "smtp-sink")
-DEFAULT_TARGETS = "txmailhub,aiosmtpd,aiosmtpd-nofsync,twistd-mail"
+TARGETS = ("txmailhub", "aiosmtpd", "aiosmtpd-nofsync", "twistd-mail", "postfix", "smtp-sink")
+DEFAULT_TARGETS = "txmailhub,aiosmtpd,aiosmtpd-nofsync,twistd-mail,postfix"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
 
@@ -61,6 +61,9 @@ def make_target(name: str, fs_root: str, workdir: str) -> Target:
     if name == "twistd-mail":
         server = bl.twistd_mail_server(workdir, spool, name=name, pop3=False)
         return Target(name, server, os.path.join(spool, bl.USER))
+    if name == "postfix":
+        server = bl.postfix_server(workdir, spool)
+        return Target(name, server, os.path.join(spool, "vmail", bl.DOMAIN, bl.USER))
     if name == "smtp-sink":
         return Target(name, bl.smtp_sink_server(workdir), None)
     raise SystemExit(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
