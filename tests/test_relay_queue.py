@@ -120,6 +120,7 @@ def test_enqueue_writes_message_and_record(tmp_path, spool):
     assert entry.recipients[0].orcpt == "rfc822;bob@remote.test"
     assert entry.envelope.body_8bit is True
     assert entry.next_attempt == entry.created  # attempted at once
+    assert (entry.size, entry.crlf_size) == (spool.size, spool.crlf_size)
 
 
 def test_record_roundtrip_keeps_everything(tmp_path, spool):

@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
+from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import QueueEntry, RecordError
 
 __all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
@@ -143,7 +144,8 @@ class OutboundQueue:
     def enqueue(self, envelope: Envelope, message: SpooledMessage) -> defer.Deferred:
         now = self.clock.seconds()
         queue_id = self._new_id(now)
-        entry = QueueEntry.new(queue_id, envelope, now)
+        entry = dataclasses.replace(QueueEntry.new(queue_id, envelope, now),
+                                    size=message.size, crlf_size=message.crlf_size)
         d = self._io(self._store_new, entry, message.path)
 
         def stored(entry: QueueEntry) -> str:
@@ -301,7 +303,8 @@ class OutboundQueue:
         msg = self.message_path(entry.id)
         self.fs.link_or_copy(spool_path, msg)
         self.fs.fsync_dir(self.directory)
-        entry = dataclasses.replace(entry, message_path=msg)
+        eight_bit = entry.envelope.body_8bit or has_8bit(msg)
+        entry = dataclasses.replace(entry, message_path=msg, eight_bit=eight_bit)
         self._write_record(entry)
         return entry
 

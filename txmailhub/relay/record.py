@@ -139,6 +139,9 @@ class QueueEntry:
     held: bool = False
     delay_warned: bool = False
     message_path: str = ""
+    size: int = 0  # octets as stored (LF line ends)
+    crlf_size: int = 0  # octets on the wire (CRLF line ends, before dot-stuffing)
+    eight_bit: bool = False  # the message holds octets above 127
 
     @property
     def pending(self) -> tuple[RecipientRecord, ...]:
@@ -200,6 +203,9 @@ class QueueEntry:
             "attempts": self.attempts,
             "held": self.held,
             "delay_warned": self.delay_warned,
+            "size": self.size,
+            "crlf_size": self.crlf_size,
+            "eight_bit": self.eight_bit,
             "envelope": {
                 "sender": None if env.sender is None else str(env.sender),
                 "helo": env.helo,
@@ -247,6 +253,9 @@ class QueueEntry:
                 held=bool(data.get("held", False)),
                 delay_warned=bool(data.get("delay_warned", False)),
                 message_path=message_path,
+                size=int(data.get("size", 0)),
+                crlf_size=int(data.get("crlf_size", 0)),
+                eight_bit=bool(data.get("eight_bit", False)),
             )
         except RecordError:
             raise

@@ -1,0 +1,303 @@
+"""One delivery attempt over in-memory connections (iosim) with a Clock."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import random
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from zope.interface.verify import verifyObject
+
+from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
+from txmailhub.address import Address
+from txmailhub.config import load_text
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
+from txmailhub.interfaces import IDeliveryAgent
+from txmailhub.relay.attempt import DeliveryAgent, read_credentials
+from txmailhub.relay.mx import MXResolver
+from txmailhub.relay.record import QueueEntry
+
+ZONE = {
+    "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
+    "mx1.remote.test": {"A": ["192.0.2.1"], "AAAA": ["2001:db8::1"]},
+    "mx2.remote.test": {"A": ["192.0.2.2"]},
+    "other.test": {"A": ["192.0.2.50"]},
+    "null.test": {"MX": [(0, "")]},
+}
+ALICE = Address("alice", "example.org")
+BOB = Address("bob", "remote.test")
+CAROL = Address("carol", "remote.test")
+DAVE = Address("dave", "other.test")
+
+
+def settings(tmp_path, relay=""):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   f"[relay]\n{relay}\n")
+    return load_text(cfg.read_text(), str(cfg))
+
+
+def entry(tmp_path, *rcpts, body=b"Subject: hi\n\nhello\n.dot line\n", **env):
+    path = tmp_path / "Q.msg"
+    path.write_bytes(body)
+    e = QueueEntry.new("ABCDEF0123456789", Envelope(sender=ALICE, recipients=rcpts, **env), 0.0)
+    return dataclasses.replace(e, message_path=str(path), size=len(body),
+                               crlf_size=len(body) + body.count(b"\n"),
+                               eight_bit=not body.isascii())
+
+
+def agent(tmp_path, relay="", tls_ok=True):
+    clock = Clock()
+    s = settings(tmp_path, relay)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)
+    a = DeliveryAgent(s, mx, clock, endpoint=net.endpoint,
+                      tls_options=lambda host, verify: FakeTLS(host, tls_ok))
+    return a, net, clock
+
+
+def run(net, d):
+    net.run()
+    out = []
+    d.addBoth(out.append)
+    assert out, "delivery did not finish"
+    return out[0]
+
+
+def test_provides_interface(tmp_path):
+    assert verifyObject(IDeliveryAgent, agent(tmp_path)[0])
+
+
+def test_delivers_to_preferred_mx_ipv6_first(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert [(r.address, r.kind, r.remote_mta) for r in results] == [
+        (BOB, "delivered", "mx1.remote.test"), (CAROL, "delivered", "mx1.remote.test")]
+    assert net.connections == [("2001:db8::1", 25)]
+    [server] = net.server_protocols
+    [(mail, rcpts, body)] = server.messages
+    assert mail.startswith(b"MAIL FROM:<alice@example.org>")
+    assert rcpts == [b"bob@remote.test", b"carol@remote.test"]  # one transaction
+    assert body == b"Subject: hi\r\n\r\nhello\r\n..dot line\r\n"
+
+
+def test_next_address_then_next_mx(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert results[0].kind == "delivered" and results[0].remote_mta == "mx2.remote.test"
+    assert net.connections == [("2001:db8::1", 25), ("192.0.2.1", 25), ("192.0.2.2", 25)]
+    # the failed host is remembered: the next message goes to mx2 first
+    net.connections.clear()
+    run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert net.connections == [("192.0.2.2", 25)]
+
+
+def test_greeting_421_tries_next_mx(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        greeting=b"421 4.3.2 busy\r\n")
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert results[0].kind == "delivered"
+    assert ("192.0.2.1", 25) not in net.connections  # same host: skipped after a 421
+
+
+def test_all_down_is_transient(tmp_path):
+    a, net, _ = agent(tmp_path)
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient" and r.reply.status == "4.4.1"
+
+
+def test_per_recipient_results(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT carol@remote.test": b"550 5.1.1 no such user\r\n",
+        "RCPT bob@remote.test": b"451 4.7.1 greylisted\r\n",
+    })
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL, DAVE), "remote.test",
+                                 [BOB, CAROL]))
+    kinds = {r.address: (r.kind, r.reply.text()) for r in results}
+    assert kinds == {BOB: ("transient", "451 4.7.1 greylisted"),
+                     CAROL: ("permanent", "550 5.1.1 no such user")}
+
+
+def test_dns_failures(tmp_path):
+    a, net, _ = agent(tmp_path)
+    [r] = run(net, a.deliver(entry(tmp_path, Address("x", "null.test")), "null.test",
+                             [Address("x", "null.test")]))
+    assert r.kind == "permanent" and r.reply.code == 556 and r.reply.status == "5.1.10"
+    [r] = run(net, a.deliver(entry(tmp_path, Address("x", "nx.test")), "nx.test",
+                             [Address("x", "nx.test")]))
+    assert r.kind == "permanent" and r.reply.status == "5.1.2"
+    assert net.connections == []
+
+
+def test_attempt_groups_by_domain(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    net.servers[("192.0.2.50", 25)] = ScriptedSMTPServer
+    results = run(net, a.attempt(entry(tmp_path, BOB, DAVE, CAROL)))
+    assert sorted(str(r.address) for r in results if r.kind == "delivered") == [
+        "bob@remote.test", "carol@remote.test", "dave@other.test"]
+    assert len(net.server_protocols) == 2
+
+
+def test_silent_remote_times_out(tmp_path):
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    assert not d.called
+    clock.advance(299)
+    net.run()
+    assert not d.called
+    clock.advance(1)  # RFC 5321 4.5.3.2.1: 5 minutes for the greeting
+    net.run()
+    assert net.connections == [("2001:db8::1", 25), ("192.0.2.2", 25)]  # next MX
+    assert not d.called
+    clock.advance(300)
+    r = run(net, d)[0]
+    assert r.kind == "transient" and r.reply.status == "4.4.2"
+
+
+def test_data_termination_timeout(tmp_path):
+    a, net, clock = agent(tmp_path)
+
+    class Stalls(ScriptedSMTPServer):
+        def __init__(self):
+            super().__init__(replies={"END": b""})
+
+    net.servers[("2001:db8::1", 25)] = Stalls
+    net.servers[("192.0.2.2", 25)] = Stalls
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    clock.advance(599)
+    net.run()
+    assert not d.called
+    clock.advance(1)  # 10 minutes for the reply to the final "."
+    net.run()
+    clock.advance(600)
+    r = run(net, d)[0]
+    assert r.kind == "transient" and "end of data" in r.reply.text()
+
+
+def test_8bit_converted_for_server_without_8bitmime(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n".encode()
+    e = entry(tmp_path, BOB, body=body)
+    run(net, a.deliver(e, "remote.test", [BOB]))
+    [(_, _, data)] = net.server_protocols[0].messages
+    assert data.isascii() and b"quoted-printable" in data and b"Gr=C3=BC=C3=9Fe" in data
+    assert not os.path.exists(e.message_path + ".7bit")
+
+
+def test_8bit_sent_as_is_with_8bitmime(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    body = "Subject: x\n\nGrüße\n".encode()
+    run(net, a.deliver(entry(tmp_path, BOB, body=body), "remote.test", [BOB]))
+    [(mail, _, data)] = net.server_protocols[0].messages
+    assert b"BODY=8BITMIME" in mail and "Grüße".encode() in data
+
+
+def test_dsn_parameters_and_passed_flag(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "DSN"))
+    e = entry(tmp_path, BOB, dsn=DSNRequest(ret="HDRS", envid="E1"),
+              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+    [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert r.dsn_passed
+    cmds = net.server_protocols[0].commands
+    assert any(c.startswith(b"RCPT TO:<bob@remote.test> NOTIFY=SUCCESS") for c in cmds)
+
+
+def test_starttls_opportunistic_and_downgrade_logged(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "STARTTLS"), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+    assert net.server_protocols[0].tls
+    assert "mx1.remote.test" in a.tls_seen
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer  # no STARTTLS any more
+        [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "delivered"
+    assert any("downgrade" in e.get("log_format", "") for e in events)
+
+
+def test_downgrade_refused_when_configured(tmp_path):
+    a, net, _ = agent(tmp_path, "require_tls_after_seen = true")
+    a.tls_seen.add("mx1.remote.test")
+    a.tls_seen.add("mx2.remote.test")
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient" and r.reply.status == "4.7.10"
+    assert all(not s.messages for s in net.server_protocols)
+
+
+def test_smarthost_verify_requires_tls_and_auth(tmp_path):
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    a, net, _ = agent(tmp_path, f'smarthost = "smart.example.net:587"\n'
+                                f'smarthost_auth_file = "{auth}"')
+    net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        results = run(net, a.attempt(entry(tmp_path, BOB, DAVE)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [r.kind for r in results] == ["delivered", "delivered"]
+    server = net.server_protocols[0]
+    assert server.tls
+    auth_line = next(c for c in server.commands if c.startswith(b"AUTH"))
+    assert base64.b64decode(auth_line.split()[2]) == b"\0relayuser\0s3cret"
+    assert len(server.messages) == 1  # both domains in one transaction to the smarthost
+    assert not any("s3cret" in repr(e) for e in events)
+
+
+def test_smarthost_verify_without_starttls_refused(tmp_path):
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"')
+    net.servers[("smart.example.net", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient" and "STARTTLS" in r.reply.text()
+    assert not net.server_protocols[0].messages
+
+
+def test_smarthost_tls_failure(tmp_path):
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"', tls_ok=False)
+    net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS",), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient"
+    assert not net.server_protocols[0].messages
+
+
+def test_smarthost_none_sends_in_clear(tmp_path):
+    a, net, _ = agent(tmp_path, 'smarthost = "10.0.0.1:25"\nsmarthost_tls = "none"')
+    net.servers[("10.0.0.1", 25)] = lambda: ScriptedSMTPServer(extensions=("STARTTLS",))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "delivered" and not net.server_protocols[0].tls
+
+
+def test_read_credentials(tmp_path):
+    p = tmp_path / "auth"
+    p.write_text("user@example.org:pa:ss\n")
+    assert read_credentials(str(p)) == ("user@example.org", "pa:ss")
+    assert read_credentials("") is None

@@ -1,0 +1,415 @@
+"""One delivery attempt, the Twisted side (``IDeliveryAgent``).
+
+Owns the network half of relaying: choosing where to connect (the MX
+hosts from ``txmailhub.relay.mx``, or the smarthost), connecting through
+injected endpoints, driving the sans-IO ``ClientSession``
+(``txmailhub.smtp.client``) with the RFC 5321 4.5.3.2 timeout of every
+step on an injected clock, TLS (STARTTLS, or implicit TLS for a port-465
+smarthost; verified with service_identity or opportunistic), remembering
+which MX hosts offered TLS (a later session without it is a downgrade:
+logged, or refused with ``[relay] require_tls_after_seen``), AUTH
+credentials from ``[relay] smarthost_auth_file`` (never logged), and
+streaming the message from disk with a producer (CRLF line ends and
+dot-stuffing per chunk; the 7-bit copy for a server without 8BITMIME).
+
+It must not change the queue: it returns per-recipient results and the
+runner records them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from zope.interface import implementer
+
+from txmailhub.address import Address
+from txmailhub.interfaces import IDeliveryAgent
+from txmailhub.relay import mime7bit
+from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
+from txmailhub.relay.record import QueueEntry
+from txmailhub.smtp.client import (
+    ClientSession,
+    Close,
+    Send,
+    SendBody,
+    SessionOutcome,
+    StartTLS,
+)
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["DeliveryAgent", "DeliveryResult", "SMTPClientProtocol", "SMARTHOST",
+           "read_credentials"]
+
+log = Logger(namespace="txmailhub.relay.attempt")
+
+SMARTHOST = "[smarthost]"  # the destination key when everything goes to the smarthost
+CONNECT_TIMEOUT = 30
+MAX_ADDRESSES_PER_ATTEMPT = 10
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What one attempt did for one recipient.
+
+    ``kind`` is ``"delivered"``, ``"transient"`` or ``"permanent"``;
+    ``reply`` is the remote's reply (or ours, for DNS and connection
+    problems); ``remote_mta`` the host that gave it; ``dsn_passed`` whether
+    the next hop took over RFC 3461 notifications (it offered DSN)."""
+
+    address: Address
+    kind: str
+    reply: Reply
+    remote_mta: str | None = None
+    dsn_passed: bool = False
+
+
+def read_credentials(path: str) -> tuple[str, str] | None:
+    """``username:password`` from the first line of ``path`` (None if unset)."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        line = f.readline().rstrip("\r\n")
+    user, sep, password = line.partition(":")
+    if not sep or not user:
+        raise ValueError(f"{path}: expected one line \"username:password\"")
+    return user, password
+
+
+class SMTPClientProtocol(Protocol):
+    """Moves bytes between a transport and a ``ClientSession``."""
+
+    def __init__(self, session: ClientSession, clock: Any, message_path: str,
+                 tls_creator: Any, converted_path: str) -> None:
+        self.session = session
+        self.clock = clock
+        self.message_path = message_path
+        self.tls_creator = tls_creator
+        self.converted_path = converted_path
+        self.done: defer.Deferred[SessionOutcome] = defer.Deferred()
+        self._timer: Any = None
+        self._file: Any = None
+        self._closing = False
+
+    # --- timers ---------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.clock.callLater(self.session.timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        log.warn("timeout waiting for the server ({phase})", phase=self.session.phase.value)
+        self.session.timed_out()
+        self._abort()
+
+    def _abort(self) -> None:
+        self._closing = True
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    # --- Protocol -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm()
+        try:
+            actions = self.session.receive(data)
+        except Exception:
+            log.failure("SMTP client engine failed")
+            self.session.connection_lost("internal error")
+            self._abort()
+            return
+        self._run(actions)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._disarm()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        why = "connection lost"
+        if reason is not None and not self._closing:
+            why = f"connection lost ({reason.getErrorMessage()})"
+        outcome = self.session.connection_lost(why)
+        if not self.done.called:
+            self.done.callback(outcome)
+
+    # --- actions ---------------------------------------------------------------------
+
+    def _run(self, actions: Sequence[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.transport.write(action.data)
+            elif isinstance(action, StartTLS):
+                self.transport.startTLS(self.tls_creator)
+                # writes made now are sent once the handshake is done
+                self._run(self.session.tls_started())
+                self._arm()
+            elif isinstance(action, SendBody):
+                self._send_body(action.convert_7bit)
+            elif isinstance(action, Close):
+                self._closing = True
+                self._disarm()
+                self.transport.loseConnection()
+
+    def _send_body(self, convert: bool) -> None:
+        path = self.message_path
+        if convert:
+            mime7bit.convert_file(path, self.converted_path)
+            path = self.converted_path
+        encoder = self.session.body_encoder()
+        self._file = open(path, "rb")  # closed when the transfer ends
+
+        def transform(chunk: bytes) -> bytes:
+            self._arm()  # the data-block timeout runs per chunk written
+            return encoder.encode(chunk)
+
+        d = FileSender().beginFileTransfer(self._file, self.transport, transform)
+
+        def sent(_: Any) -> None:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if convert:
+                _unlink(self.converted_path)
+            if self._closing:
+                return
+            self.transport.write(encoder.finish())
+            self._run(self.session.body_sent())
+            self._arm()
+
+        d.addCallback(sent)
+        d.addErrback(lambda f: log.failure("streaming the message failed", f))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def default_endpoint(reactor: Any) -> Callable[[str, int], Any]:
+    def make(host: str, port: int) -> Any:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=CONNECT_TIMEOUT)
+        if ip.version == 6:
+            return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+
+    return make
+
+
+def _dns_reply(error: DNSError) -> Reply:
+    if isinstance(error, NullMX):
+        return Reply.of(556, "5.1.10", error.reason)
+    if isinstance(error, MailLoop):
+        return Reply.of(554, "5.4.6", error.reason)
+    if isinstance(error, NoSuchDomain):
+        return Reply.of(550, "5.1.2", error.reason)
+    return Reply.of(451, "4.4.3", error.reason)
+
+
+@implementer(IDeliveryAgent)
+class DeliveryAgent:
+    """Delivers queued messages over SMTP.
+
+    ``settings`` is the whole ``Settings``; ``mx`` an ``MXResolver``;
+    ``endpoint(host, port)`` returns a client endpoint (default: TCP4/TCP6
+    for addresses, ``HostnameEndpoint`` for the smarthost's name);
+    ``trust_root`` is passed to ``optionsForClientTLS`` (``None``: the
+    platform's CAs); ``tls_options(host, verify)`` builds the TLS
+    connection creator (default: ``optionsForClientTLS`` with
+    service_identity checks when ``verify``, else a non-verifying
+    ``CertificateOptions``)."""
+
+    def __init__(self, settings: Any, mx: Any, clock: Any,
+                 endpoint: Callable[[str, int], Any] | None = None,
+                 trust_root: Any = None,
+                 tls_options: Callable[[str, bool], Any] | None = None) -> None:
+        self.settings = settings
+        self.relay = settings.relay
+        self.mx = mx
+        self.clock = clock
+        self.endpoint = endpoint or default_endpoint(clock)
+        self.trust_root = trust_root
+        self.tls_options = tls_options or self._default_tls_options
+        self.tls_seen: set[str] = set()
+
+    def _default_tls_options(self, host: str, verify: bool) -> Any:
+        if verify:
+            return ssl.optionsForClientTLS(host, trustRoot=self.trust_root)
+        return ssl.CertificateOptions()
+
+    # --- IDeliveryAgent -----------------------------------------------------------
+
+    def attempt(self, entry: QueueEntry) -> defer.Deferred:
+        """Every pending recipient once, one transaction per destination."""
+        groups: dict[str, list[Address]] = {}
+        for r in entry.pending:
+            groups.setdefault(self.destination(r.address), []).append(r.address)
+        ds = [self.deliver(entry, dest, rcpts) for dest, rcpts in groups.items()]
+        d = defer.gatherResults(ds, consumeErrors=True)
+        return d.addCallback(lambda lists: [r for results in lists for r in results])
+
+    # --- one destination ---------------------------------------------------------
+
+    def destination(self, address: Address) -> str:
+        """The key deliveries are grouped and limited by."""
+        return SMARTHOST if self.relay.smarthost else address.domain.lower()
+
+    def deliver(self, entry: QueueEntry, destination: str,
+                recipients: Sequence[Address]) -> defer.Deferred:
+        """One SMTP transaction for ``recipients`` (all for ``destination``).
+
+        Fires with a ``DeliveryResult`` per recipient; never errbacks."""
+        d = self._deliver(entry, destination, list(recipients))
+
+        def crashed(f: Any) -> list[DeliveryResult]:
+            log.failure("delivery of {queue_id} to {destination} failed", f,
+                        queue_id=entry.id, destination=destination)
+            reply = Reply.of(451, "4.3.0", "local error while delivering, will retry")
+            return [DeliveryResult(a, "transient", reply) for a in recipients]
+
+        return d.addErrback(crashed)
+
+    @defer.inlineCallbacks
+    def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address]) -> Any:
+        smarthost = destination == SMARTHOST
+        if smarthost:
+            host, _, port = self.relay.smarthost.rpartition(":")
+            hosts = [MXHost(host.strip("[]"), 0, (host.strip("[]"),))]
+            port_n = int(port)
+        else:
+            port_n = self.relay.port
+            try:
+                hosts = yield self.mx.resolve(destination)
+            except DNSError as e:
+                reply = _dns_reply(e)
+                kind = "permanent" if e.permanent else "transient"
+                log.info("{queue_id}: {destination}: {reason}", queue_id=entry.id,
+                         destination=destination, reason=e.reason)
+                return [DeliveryResult(a, kind, reply) for a in recipients]
+        last: Reply = Reply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
+        last_host: str | None = None
+        tried = 0
+        for mxhost in hosts:
+            session_failed = False
+            for address in mxhost.addresses:
+                if tried >= MAX_ADDRESSES_PER_ATTEMPT:
+                    break
+                tried += 1
+                outcome = yield self._session(entry, recipients, mxhost, address, port_n,
+                                              smarthost)
+                if outcome is None:  # could not connect: next address
+                    last = Reply.of(451, "4.4.1",
+                                    f"connection to {mxhost.name}[{address}]:{port_n} failed")
+                    last_host = None
+                    continue
+                if outcome.session_error is not None:
+                    last, last_host = outcome.session_error, mxhost.name
+                    session_failed = True
+                    break
+                if not smarthost:
+                    self.mx.health.succeeded(mxhost.name)
+                return self._results(entry, outcome, mxhost.name)
+            if not smarthost:
+                self.mx.health.failed(mxhost.name)
+            if not session_failed and tried >= MAX_ADDRESSES_PER_ATTEMPT:
+                break
+        kind = "permanent" if last.is_permanent else "transient"
+        log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
+                 destination=destination, reply=last.text())
+        return [DeliveryResult(a, kind, last, last_host) for a in recipients]
+
+    def _results(self, entry: QueueEntry, outcome: SessionOutcome,
+                 host: str) -> list[DeliveryResult]:
+        out = []
+        for r in outcome.recipients:
+            out.append(DeliveryResult(r.address, r.kind, r.reply, host, outcome.dsn_supported))
+        codes = ", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients)
+        log.info("{queue_id} to {mx} (tls={tls}): {codes}", queue_id=entry.id, mx=host,
+                 tls=outcome.tls, codes=codes)
+        return out
+
+    # --- one connection ---------------------------------------------------------------
+
+    def _tls_for(self, host: str, smarthost: bool) -> tuple[str, Any]:
+        """(engine policy, TLS connection creator) for ``host``."""
+        mode = self.relay.smarthost_tls if smarthost else "opportunistic"
+        if mode == "none":
+            return "none", None
+        if mode == "verify":
+            return "require", self.tls_options(host, True)
+        policy = "opportunistic"
+        if not smarthost and self.relay.require_tls_after_seen and host in self.tls_seen:
+            policy = "require"
+        return policy, self.tls_options(host, False)
+
+    @defer.inlineCallbacks
+    def _session(self, entry: QueueEntry, recipients: list[Address], mxhost: MXHost,
+                 address: str, port: int, smarthost: bool) -> Any:
+        policy, creator = self._tls_for(mxhost.name, smarthost)
+        implicit = smarthost and port == 465
+        credentials = read_credentials(self.relay.smarthost_auth_file) if smarthost else None
+        dsn_params = dict(entry.envelope.recipient_dsn)
+        session = ClientSession(
+            helo=self.settings.hub.hostname,
+            sender=entry.envelope.sender,
+            recipients=[(a, dsn_params.get(a)) for a in recipients],
+            size=entry.crlf_size or entry.size,
+            eight_bit=entry.eight_bit,
+            smtputf8=entry.envelope.smtputf8,
+            dsn=entry.envelope.dsn,
+            tls="none" if implicit else policy,
+            tls_active=implicit,
+            credentials=credentials,
+        )
+        proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator,
+                                   entry.message_path + ".7bit")
+        endpoint = self.endpoint(address, port)
+        if implicit:
+            endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)
+        try:
+            yield endpoint.connect(Factory.forProtocol(lambda: proto))
+        except Exception as e:
+            log.info("{queue_id}: cannot connect to {host}[{address}]:{port}: {why}",
+                     queue_id=entry.id, host=mxhost.name, address=address, port=port, why=e)
+            return None
+        outcome = yield proto.done
+        if not smarthost:
+            self._note_tls(mxhost.name, outcome)
+        return outcome
+
+    def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
+        if outcome.tls_offered or outcome.tls:
+            self.tls_seen.add(host)
+        elif host in self.tls_seen:
+            log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
+                     host=host)
