@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -402,6 +403,12 @@ class SyncerSpy:
 
     def sync_dir(self, path: str) -> defer.Deferred:
         return self._record("dir", path)
+
+    def sync_each(self, targets: Iterable[Any]) -> list[defer.Deferred]:
+        return [
+            self._record("dir" if isinstance(t, str) and os.path.isdir(t) else "file", t)
+            for t in targets
+        ]
 
     def sync(self, files: Iterable[Any] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
         ds = [self.sync_file(t) for t in files] + [self.sync_dir(p) for p in dirs]

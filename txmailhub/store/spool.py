@@ -32,6 +32,7 @@ from zope.interface import implementer
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError
 from txmailhub.interfaces import ISpooler, ISpoolWriter
+from txmailhub.store.maildir import CRLFCounter
 
 __all__ = ["SpoolWriter", "Spooler"]
 
@@ -54,10 +55,7 @@ class SpoolWriter:
         self._spooler = spooler
         self.path = path
         self._fd: int | None = fd
-        self.size = 0
-        self.lines = 0  # LFs written
-        self._cr_lf = 0  # LFs already preceded by CR (sent as they are)
-        self._last = b""
+        self._counter = CRLFCounter()
         self.error: OSError | None = None
         self.state = "open"  # open -> finishing -> finished | aborted
 
@@ -75,18 +73,17 @@ class SpoolWriter:
             log.error("spool write to {path} failed: {error}", path=self.path, error=str(e))
             self._remove()
             return
-        self.size += len(data)
-        self.lines += data.count(b"\n")
-        self._cr_lf += data.count(b"\r\n")
-        if self._last == b"\r" and data[:1] == b"\n":
-            self._cr_lf += 1
-        self._last = data[-1:]
+        self._counter.feed(data)
+
+    @property
+    def size(self) -> int:
+        """Octets written so far."""
+        return self._counter.size
 
     @property
     def crlf_size(self) -> int:
         """Octets of the CRLF form (the rule of ``maildir.CRLFEncoder``)."""
-        tail = 2 if self.size and self._last != b"\n" else 0
-        return self.size + self.lines - self._cr_lf + tail
+        return self._counter.crlf_size
 
     def finish(self) -> defer.Deferred:
         if self.state != "open":

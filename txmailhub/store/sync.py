@@ -269,15 +269,20 @@ class Syncer:
     def sync(self, files: Iterable[Target] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
         """All of them at once; fires ``None`` when every one is durable,
         errbacks with the first error otherwise."""
-        ds = [self._request(t, launch=False) for t in files]
-        ds += [self._request(p, launch=False) for p in dirs]
+        ds = self.sync_each([*files, *dirs])
         if not ds:
             return defer.succeed(None)
-        if self._pending and not self._busy:
-            self._launch()
         d = defer.gatherResults(ds, consumeErrors=True)
         d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
         return d
+
+    def sync_each(self, targets: Iterable[Target]) -> list[defer.Deferred]:
+        """One Deferred per target (files or directories), all requested in
+        the same batch, each with its own outcome."""
+        ds = [self._request(t, launch=False) for t in targets]
+        if self._pending and not self._busy:
+            self._launch()
+        return ds
 
     def _request(self, target: Target, launch: bool = True) -> defer.Deferred:
         if self._stopped:
