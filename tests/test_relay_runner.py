@@ -1,0 +1,309 @@
+"""The queue runner with a fake agent, a real queue directory and a Clock."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import load_text
+from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
+from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.runner import QueueRunner
+from txmailhub.smtp.reply import Reply
+from txmailhub.testing import MemoryMailboxStore, StaticRouter
+
+ALICE = Address("alice", "example.org")
+BOB = Address("bob", "remote.test")
+CAROL = Address("carol", "other.test")
+LOCAL = Address("joe", "example.org")
+OK = Reply.of(250, "2.0.0", "ok")
+LATER = Reply.of(451, "4.7.1", "greylisted")
+NO = Reply.of(550, "5.1.1", "no such user")
+
+
+class FakeAgent:
+    def __init__(self):
+        self.calls = []
+        self.script = lambda entry, dest, rcpts: [DeliveryResult(a, "delivered", OK, "mx")
+                                                  for a in rcpts]
+
+    def destination(self, address):
+        return address.domain
+
+    def deliver(self, entry, dest, rcpts):
+        self.calls.append((entry.id, dest, list(rcpts)))
+        return defer.maybeDeferred(self.script, entry, dest, rcpts)
+
+
+class DSNSpy:
+    def __init__(self):
+        self.sent = []
+        self.fail = False
+
+    def __call__(self, components, envelope, data):
+        if self.fail:
+            return defer.fail(RuntimeError("spool full"))
+        self.sent.append((envelope, data))
+        return defer.succeed(None)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   '[relay]\nmax_per_destination = 1\nqueue_lifetime = "1d"\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    store = MemoryMailboxStore()
+    components = Components(settings=settings, reactor=clock,
+                            router=StaticRouter({"joe": None, "alice": None}), store=store,
+                            spooler=None, portal=None)
+    queue = OutboundQueue(settings.queue_dir, clock)
+    components.queue = queue
+    agent = FakeAgent()
+    dsn = DSNSpy()
+    runner = QueueRunner(queue, agent, components, clock, send_dsn=dsn)
+
+    class Hub:
+        pass
+
+    h = Hub()
+    h.__dict__.update(settings=settings, clock=clock, store=store, components=components,
+                      queue=queue, agent=agent, dsn=dsn, runner=runner, tmp=tmp_path)
+    yield h
+    runner.stop()
+
+
+def enqueue(hub, *rcpts, sender=ALICE, notify=None):
+    path = hub.tmp / f"spool-{len(os.listdir(hub.tmp))}"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    env = Envelope(sender=sender, recipients=rcpts,
+                   recipient_dsn=tuple((r, RecipientDSN(notify=notify)) for r in rcpts)
+                   if notify else ())
+    return hub.queue.enqueue(env, SpooledMessage(str(path), 20, 23)).result
+
+
+def test_new_entry_attempted_at_once_and_removed(hub):
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    assert hub.agent.calls == [(qid, "remote.test", [BOB])]
+    assert hub.queue.ids() == []
+    assert hub.dsn.sent == []
+
+
+def test_transient_retried_per_schedule(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    entry = hub.queue.read(qid)
+    assert entry.recipients[0].attempts == 1
+    assert entry.recipients[0].last_reply == LATER
+    assert entry.next_attempt == hub.clock.seconds() + 60
+    hub.clock.advance(59)
+    assert len(hub.agent.calls) == 1
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 2
+    assert hub.queue.read(qid).next_attempt == hub.clock.seconds() + 300
+    hub.agent.script = FakeAgent().script
+    hub.clock.advance(300)
+    assert len(hub.agent.calls) == 3
+    assert hub.queue.ids() == []
+
+
+def test_permanent_failure_bounces_that_recipient_only(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == BOB else "delivered", NO if a == BOB else OK,
+                       "mx.remote.test") for a in r]
+    enqueue(hub, BOB, CAROL)
+    assert hub.queue.ids() == []
+    [(env, data)] = hub.dsn.sent
+    assert env.sender is None and env.recipients == (ALICE,)
+    assert b"Final-Recipient: rfc822; bob@remote.test" in data
+    assert b"carol@other.test" not in data.split(b"message/delivery-status")[1]
+    assert b"Diagnostic-Code: smtp; 550 5.1.1 no such user" in data
+
+
+def test_bounce_retried_when_it_cannot_be_sent(hub):
+    hub.runner.start()
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    assert hub.queue.read(qid).recipients[0].state == "failed"
+    hub.dsn.fail = False
+    hub.clock.advance(60)
+    assert len(hub.agent.calls) == 1  # not delivered again, only the bounce
+    assert hub.queue.ids() == [] and len(hub.dsn.sent) == 1
+
+
+def test_null_sender_never_bounced(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    enqueue(hub, BOB, sender=None)
+    assert hub.queue.ids() == [] and hub.dsn.sent == []
+
+
+def test_notify_never_and_success(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    enqueue(hub, BOB, notify=("NEVER",))
+    assert hub.dsn.sent == [] and hub.queue.ids() == []
+    hub.agent.script = FakeAgent().script
+    enqueue(hub, BOB, notify=("SUCCESS",))
+    [(_, data)] = hub.dsn.sent
+    assert b"Action: relayed" in data
+    assert hub.queue.ids() == []
+
+
+def test_lifetime_expiry_bounces(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    for _ in range(40):
+        hub.clock.advance(4 * 3600)
+        if not hub.queue.ids():
+            break
+    assert hub.queue.ids() == []
+    warnings = [d for _, d in hub.dsn.sent if b"Action: delayed" in d]
+    failures = [d for _, d in hub.dsn.sent if b"Action: failed" in d]
+    assert len(warnings) == 1  # the delay warning, once
+    assert len(failures) == 1
+    assert b"451 4.7.1 greylisted" in failures[0]
+    # the last attempt happened at the deadline, not after it
+    assert hub.clock.seconds() - 1_700_000_000 <= 86400 + 4 * 3600
+    assert qid
+
+
+def test_flush_and_hold_release(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    hub.queue.request_flush()
+    hub.clock.advance(1)  # the runner looks every second
+    assert len(hub.agent.calls) == 2
+    hub.queue.set_held(qid, True)
+    hub.clock.advance(1)
+    hub.queue.request_flush()
+    hub.clock.advance(1)
+    hub.clock.advance(3600)
+    assert len(hub.agent.calls) == 2  # held: never attempted
+    hub.agent.script = FakeAgent().script
+    hub.queue.set_held(qid, False)
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 3 and hub.queue.ids() == []
+
+
+def test_delete_while_running(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    assert hub.queue.delete(qid)
+    hub.clock.advance(1)
+    hub.clock.advance(3600)
+    assert len(hub.agent.calls) == 1
+
+
+def test_exception_in_one_entry_does_not_stall_others(hub):
+    hub.runner.start()
+
+    def script(e, d, r):
+        if d == "remote.test":
+            raise RuntimeError("boom")
+        return [DeliveryResult(a, "delivered", OK, "mx") for a in r]
+
+    hub.agent.script = script
+    bad = enqueue(hub, BOB)
+    enqueue(hub, CAROL)
+    assert hub.queue.ids() == [bad]
+    assert len(hub.agent.calls) == 2
+    hub.clock.advance(60)
+    assert len(hub.agent.calls) == 3  # retried after a minute
+
+
+def test_per_destination_limit(hub):
+    hub.runner.start()
+    pending = []
+
+    def script(e, d, r):
+        x = defer.Deferred()
+        pending.append((x, r))
+        return x
+
+    hub.agent.script = script
+    enqueue(hub, BOB)
+    enqueue(hub, BOB)
+    enqueue(hub, CAROL)
+    # max_per_destination = 1: the second remote.test entry waits
+    assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test"]
+    x, r = pending.pop(0)
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test", "remote.test"]
+    for x, r in pending:
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert hub.queue.ids() == []
+
+
+def test_local_recipients_go_to_the_store(hub):
+    hub.runner.start()
+    enqueue(hub, LOCAL, BOB)
+    assert hub.store.messages(LOCAL) == [b"Subject: hi\n\nhello\n"]
+    assert hub.agent.calls[0][2] == [BOB]
+    assert hub.queue.ids() == []
+
+
+def test_local_failure_retried(hub):
+    hub.store.fail[LOCAL] = OSError("disk full")
+    hub.runner.start()
+    qid = enqueue(hub, LOCAL)
+    rec = hub.queue.read(qid).recipients[0]
+    assert rec.state == "pending" and "disk full" in rec.last_reply.text()
+    del hub.store.fail[LOCAL]
+    hub.clock.advance(60)
+    assert hub.queue.ids() == [] and len(hub.store.messages(LOCAL)) == 1
+
+
+def test_restart_resumes_entries(hub):
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    hub.runner.stop()
+    # a new process: new queue object and runner over the same directory
+    queue2 = OutboundQueue(hub.settings.queue_dir, hub.clock)
+    agent2 = FakeAgent()
+    runner2 = QueueRunner(queue2, agent2, hub.components, hub.clock, send_dsn=hub.dsn)
+    runner2.start()
+    assert agent2.calls == []  # not due yet
+    hub.clock.advance(60)
+    assert agent2.calls == [(qid, "remote.test", [BOB])]
+    assert queue2.ids() == []
+    runner2.stop()
+
+
+def test_stop_waits_for_attempts_in_flight(hub):
+    hub.runner.start()
+    held = defer.Deferred()
+    hub.agent.script = lambda e, d, r: held.addCallback(
+        lambda _: [DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    enqueue(hub, BOB)
+    stopped = hub.runner.stop()
+    assert not stopped.called
+    held.callback(None)
+    assert stopped.called
+    assert hub.queue.ids() == []
+
+
+def test_stop_gives_up_after_grace(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: defer.Deferred()
+    qid = enqueue(hub, BOB)
+    stopped = hub.runner.stop()
+    hub.clock.advance(10)
+    assert stopped.called
+    assert hub.queue.ids() == [qid]  # left on disk for the next start

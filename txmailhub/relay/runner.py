@@ -1,0 +1,373 @@
+"""The queue runner: picks due entries and records what happened.
+
+Owns the lifecycle of queued mail after it is accepted: a new entry is
+attempted at once, then per the retry schedule (``schedule.py``); every
+second it looks for due entries and for the control files ``mailhub
+queue`` leaves (flush, and hold/release/delete changes).  For each entry
+it delivers local recipients through the mailbox store and remote ones
+through the delivery agent -- within per-destination and global
+concurrency limits -- then writes each recipient's new state, sends the
+DSNs that are owed (failures, the one "delayed" warning, RFC 3461 success
+notices) and lets the queue remove the entry once it is finished.  An
+exception while handling one entry is logged and that entry rescheduled;
+it never stalls the others.
+
+It must not touch the queue's files itself (``queue.py`` does) nor speak
+SMTP (``attempt.py`` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from txmailhub.address import Address
+from txmailhub.envelope import SpooledMessage
+from txmailhub.relay import bounce, schedule
+from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
+from txmailhub.relay.record import (
+    BOUNCED,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    QueueEntry,
+    RecipientRecord,
+)
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["QueueRunner"]
+
+log = Logger(namespace="txmailhub.relay.runner")
+
+POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
+ERROR_RETRY = 60.0  # an entry whose handling crashed is retried after this
+SHUTDOWN_GRACE = 10.0  # stopService waits this long for attempts in flight
+
+
+class QueueRunner:
+    """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
+
+    def __init__(self, queue: OutboundQueue, agent: Any, components: Any, clock: Any,
+                 send_dsn: Callable[..., defer.Deferred] | None = None) -> None:
+        self.queue = queue
+        self.agent = agent
+        self.components = components
+        self.clock = clock
+        self.settings = components.settings
+        self.relay = self.settings.relay
+        self.send_dsn = send_dsn or bounce.send_dsn
+        self.due: dict[str, float] = {}  # queue id -> next attempt (held: absent)
+        self.active: set[str] = set()
+        self.running = False
+        self._semaphores: dict[str, defer.DeferredSemaphore] = {}
+        self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
+        self._loop: task.LoopingCall | None = None
+        self._idle: list[defer.Deferred] = []
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self.running = True
+        for entry in self.queue.recover():
+            self._index(entry)
+        if self.queue.take_flag(FLUSH):
+            self._flush()
+        self.queue.take_flag(CHANGED)
+        self.queue.listen(self._event)
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(POLL_INTERVAL, now=True)
+        log.info("queue runner started with {count} queued message(s)", count=len(self.due))
+
+    def stop(self) -> defer.Deferred:
+        """Stop picking entries; wait a little for attempts in flight.
+
+        Whatever is still running after ``SHUTDOWN_GRACE`` is left as it is
+        on disk (the last recorded state) and retried at the next start."""
+        self.running = False
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if not self.active:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        timer = self.clock.callLater(SHUTDOWN_GRACE, lambda: d.called or d.callback(None))
+
+        def cancel(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(cancel)
+
+    # --- events ----------------------------------------------------------------
+
+    def _event(self, queue_id: str | None) -> None:
+        if queue_id is not None:
+            entry = self.queue.read(queue_id)
+            if entry is not None:
+                self._index(entry)
+        self.kick()
+
+    def _tick(self) -> None:
+        try:
+            if self.queue.take_flag(FLUSH):
+                log.info("queue flush requested")
+                self._rescan()
+                self._flush()
+            elif self.queue.take_flag(CHANGED):
+                self._rescan()
+            self.kick()
+        except Exception:
+            log.failure("queue runner tick failed")
+
+    def _index(self, entry: QueueEntry) -> None:
+        if entry.held:
+            self.due.pop(entry.id, None)
+        else:
+            self.due[entry.id] = entry.next_attempt
+
+    def _rescan(self) -> None:
+        seen = set()
+        for qid in self.queue.ids():
+            seen.add(qid)
+            if qid in self.active:
+                continue
+            try:
+                entry = self.queue.read(qid)
+            except Exception:
+                log.failure("cannot read queue entry {queue_id}", queue_id=qid)
+                continue
+            if entry is not None:
+                self._index(entry)
+        for qid in list(self.due):
+            if qid not in seen and qid not in self.active:
+                del self.due[qid]
+
+    def _flush(self) -> None:
+        now = self.clock.seconds()
+        for qid in self.due:
+            self.due[qid] = min(self.due[qid], now)
+
+    def kick(self) -> None:
+        """Start every due entry there is room for."""
+        if not self.running:
+            return
+        now = self.clock.seconds()
+        room = 2 * self.relay.max_concurrent_deliveries - len(self.active)
+        for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
+            if room <= 0 or when > now:
+                break
+            if qid in self.active:
+                continue
+            room -= 1
+            self.active.add(qid)
+            d = defer.maybeDeferred(self._process, qid)
+            d.addErrback(self._crashed, qid)
+            d.addBoth(self._finished, qid)
+
+    def _crashed(self, failure: Any, qid: str) -> None:
+        log.failure("handling queue entry {queue_id} failed; retrying later", failure,
+                    queue_id=qid)
+        if qid in self.due:
+            self.due[qid] = self.clock.seconds() + ERROR_RETRY
+
+    def _finished(self, _: Any, qid: str) -> None:
+        self.active.discard(qid)
+        if not self.active:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                if not d.called:
+                    d.callback(None)
+        if self.running:
+            self.kick()
+
+    # --- one entry -------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _process(self, qid: str) -> Any:
+        entry = self.queue.read(qid)
+        if entry is None:
+            self.due.pop(qid, None)
+            return
+        if entry.held:
+            self.due.pop(qid, None)
+            return
+        self.due[qid] = float("inf")  # not due again until recorded below
+        results: list[DeliveryResult] = []
+        if entry.pending:
+            results = yield self._attempt(entry)
+        now = self.clock.seconds()
+        entry = yield self.queue.update(qid, lambda e: self._record(e, results, now))
+        if entry is not None:
+            entry = yield self._notify(entry, now)
+        if entry is None:
+            self.due.pop(qid, None)
+            log.info("{queue_id} done: removed from the queue", queue_id=qid)
+        else:
+            self._index(entry)
+
+    def _attempt(self, entry: QueueEntry) -> defer.Deferred:
+        router = self.components.router
+        local: list[Address] = []
+        groups: dict[str, list[Address]] = {}
+        for r in entry.pending:
+            if router.is_local_domain(r.address.domain):
+                local.append(r.address)
+            else:
+                groups.setdefault(self.agent.destination(r.address), []).append(r.address)
+        ds = [self._limited(dest, entry, rcpts) for dest, rcpts in groups.items()]
+        if local:
+            ds.append(self._deliver_local(entry, local))
+        d = defer.gatherResults(ds, consumeErrors=True)
+        return d.addCallback(lambda lists: [r for rs in lists for r in rs])
+
+    def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address]) -> defer.Deferred:
+        sem = self._semaphores.get(dest)
+        if sem is None:
+            sem = self._semaphores[dest] = defer.DeferredSemaphore(
+                self.relay.max_per_destination)
+
+        def run() -> defer.Deferred:
+            return self._global.run(self.agent.deliver, entry, dest, rcpts)
+
+        d = sem.run(run)
+
+        def tidy(result: Any) -> Any:
+            if sem.tokens == sem.limit and not sem.waiting:
+                self._semaphores.pop(dest, None)
+            return result
+
+        return d.addBoth(tidy)
+
+    def _deliver_local(self, entry: QueueEntry, rcpts: list[Address]) -> defer.Deferred:
+        message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
+        d = defer.maybeDeferred(self.components.store.deliver, message, rcpts)
+
+        def done(outcome: dict) -> list[DeliveryResult]:
+            out = []
+            for a in rcpts:
+                err = outcome.get(a, "no result from the mailbox store")
+                if err is None:
+                    out.append(DeliveryResult(a, "delivered", Reply.of(250, "2.0.0",
+                                                                       "Delivered")))
+                else:
+                    out.append(DeliveryResult(a, "transient", Reply.of(
+                        451, "4.3.0", f"local delivery failed: {err}")))
+            return out
+
+        def failed(f: Any) -> list[DeliveryResult]:
+            log.failure("local delivery of {queue_id} failed", f, queue_id=entry.id)
+            reply = Reply.of(451, "4.3.0", f"local delivery failed: {f.getErrorMessage()}")
+            return [DeliveryResult(a, "transient", reply) for a in rcpts]
+
+        return d.addCallbacks(done, failed)
+
+    # --- recording ---------------------------------------------------------------------
+
+    def _record(self, e: QueueEntry, results: list[DeliveryResult], now: float) -> QueueEntry:
+        expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
+        updates: dict[Address, RecipientRecord] = {}
+        for res in results:
+            try:
+                rec = e.recipient(res.address)
+            except KeyError:
+                continue
+            if rec.state != PENDING:
+                continue
+            rec = dataclasses.replace(rec, attempts=rec.attempts + 1, last_attempt=now,
+                                      last_reply=res.reply, remote_mta=res.remote_mta)
+            if res.kind == "delivered":
+                notice = None
+                if bounce.wants_notice(e, rec, bounce.DELIVERED):
+                    if res.remote_mta is None:
+                        notice = bounce.DELIVERED
+                    elif not res.dsn_passed:
+                        notice = bounce.RELAYED
+                rec = dataclasses.replace(rec, state=DELIVERED, notice=notice)
+            elif res.kind == "permanent" or expired:
+                rec = dataclasses.replace(rec, state=FAILED)
+            updates[res.address] = rec
+        if expired:  # a recipient not attempted now (say, a crash) still expires
+            for rec in e.recipients:
+                if rec.state == PENDING and rec.address not in updates:
+                    updates[rec.address] = dataclasses.replace(rec, state=FAILED)
+        e = e.with_recipients(updates)
+        attempts = e.attempts + (1 if results else 0)
+        nxt = schedule.next_attempt(now, attempts, e.created, self.relay.queue_lifetime,
+                                    self.relay.retry_schedule)
+        for res in results:
+            if res.kind != "delivered":
+                log.info("{queue_id} to {recipient}: {reply}", queue_id=e.id,
+                         recipient=str(res.address), reply=res.reply.text())
+        return dataclasses.replace(e, attempts=attempts, next_attempt=nxt)
+
+    # --- notices ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _notify(self, entry: QueueEntry, now: float) -> Any:
+        failed = list(entry.failed)
+        if failed:
+            wanted = [r for r in failed if bounce.wants_notice(entry, r, bounce.FAILED)]
+            if entry.envelope.sender is None:
+                log.warn("{queue_id}: a notice from <> could not be delivered; dropping it",
+                         queue_id=entry.id)
+            ok = True
+            if wanted:
+                ok = yield self._send(entry, wanted, bounce.FAILED, now)
+            if ok:
+                done = {r.address for r in failed}
+                entry = yield self.queue.update(entry.id, lambda e: e.with_recipients({
+                    r.address: dataclasses.replace(r, state=BOUNCED)
+                    for r in e.recipients if r.address in done and r.state == FAILED}))
+                if entry is None:
+                    return None
+        notices: dict[str, list[RecipientRecord]] = {}
+        for r in entry.recipients:
+            if r.notice:
+                notices.setdefault(r.notice, []).append(r)
+        for action, recs in notices.items():
+            ok = yield self._send(entry, recs, action, now)
+            if ok:
+                names = {r.address for r in recs}
+                entry = yield self.queue.update(entry.id, lambda e, names=names: (
+                    e.with_recipients({r.address: dataclasses.replace(r, notice=None)
+                                       for r in e.recipients if r.address in names})))
+                if entry is None:
+                    return None
+        if entry.pending and schedule.warn_delayed(now, entry.created, self.relay.delay_warning,
+                                                   entry.delay_warned):
+            wanted = [r for r in entry.pending if bounce.wants_notice(entry, r, bounce.DELAYED)]
+            ok = True
+            if wanted:
+                ok = yield self._send(entry, wanted, bounce.DELAYED, now)
+            if ok:
+                entry = yield self.queue.update(
+                    entry.id, lambda e: dataclasses.replace(e, delay_warned=True))
+        return entry
+
+    @defer.inlineCallbacks
+    def _send(self, entry: QueueEntry, recs: list[RecipientRecord], action: str,
+              now: float) -> Any:
+        s = self.settings
+        try:
+            data = bounce.build_dsn(
+                entry, recs, action, hostname=s.hub.hostname,
+                primary_domain=s.hub.primary_domain, now=now,
+                will_retry_until=entry.created + self.relay.queue_lifetime)
+            env = bounce.dsn_envelope(entry, s.hub.hostname, has_8bit=not data.isascii())
+            yield self.send_dsn(self.components, env, data)
+        except Exception:
+            log.failure("{queue_id}: could not send the {action} notice to <{sender}>; "
+                        "will try again", queue_id=entry.id, action=action,
+                        sender=entry.envelope.sender_text)
+            return False
+        log.info("{queue_id}: {action} notice sent to <{sender}> for {recipients}",
+                 queue_id=entry.id, action=action, sender=entry.envelope.sender_text,
+                 recipients=", ".join(str(r.address) for r in recs))
+        return True

@@ -1,0 +1,101 @@
+"""The relay as a Twisted service: queue + MX resolver + agent + runner.
+
+Owns the assembly of the outbound side from the ``Components``:
+``RelayService(components)`` builds the durable queue (exposed as
+``.queue`` so the hub can put it into ``components.queue`` before the
+SMTP factories are made), the MX resolver (``[relay] nameservers`` or the
+system resolver), the delivery agent and the runner; ``startService``
+resumes every queued entry, ``stopService`` stops picking new ones and
+gives attempts in flight a few seconds (whatever is unfinished stays on
+disk and is retried at the next start).
+
+It must not listen on anything or parse configuration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+
+from txmailhub.relay.attempt import DeliveryAgent
+from txmailhub.relay.mx import MXResolver, make_resolver
+from txmailhub.relay.queue import OutboundQueue, inline_io
+from txmailhub.relay.runner import QueueRunner
+
+__all__ = ["RelayService"]
+
+
+def _thread_io(reactor: Any) -> Callable[..., defer.Deferred]:
+    if not IReactorThreads.providedBy(reactor):
+        return inline_io
+
+    def run(f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    return run
+
+
+class RelayService(Service):
+    """Outbound mail for one hub.
+
+    Optional injections for tests and embedding: ``resolver`` (a
+    twisted.names resolver), ``endpoint(host, port)`` (client endpoints),
+    ``io`` (runs blocking queue file work), ``rng`` (MX shuffling),
+    ``trust_root`` and ``tls_options`` (outbound TLS)."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        components: Any,
+        *,
+        resolver: Any = None,
+        endpoint: Callable[[str, int], Any] | None = None,
+        io: Callable[..., defer.Deferred] | None = None,
+        rng: random.Random | None = None,
+        trust_root: Any = None,
+        tls_options: Callable[[str, bool], Any] | None = None,
+    ) -> None:
+        settings = components.settings
+        reactor = components.reactor
+        self.components = components
+        self.queue = OutboundQueue(settings.queue_dir, reactor, io=io or _thread_io(reactor))
+        self._resolver = resolver
+        self._endpoint = endpoint
+        self._rng = rng
+        self._trust_root = trust_root
+        self._tls_options = tls_options
+        self.mx: MXResolver | None = None
+        self.agent: DeliveryAgent | None = None
+        self.runner: QueueRunner | None = None
+
+    def _build(self) -> None:
+        c = self.components
+        s = c.settings
+        resolver = self._resolver
+        if resolver is None:
+            resolver = make_resolver(s.relay.nameservers, reactor=c.reactor)
+        self.mx = MXResolver(resolver, c.reactor, s.hub.hostname, listening=c.listening,
+                             port=s.relay.port, rng=self._rng)
+        self.agent = DeliveryAgent(s, self.mx, c.reactor, endpoint=self._endpoint,
+                                   trust_root=self._trust_root, tls_options=self._tls_options)
+        self.runner = QueueRunner(self.queue, self.agent, c, c.reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.runner is None:
+            self._build()
+        assert self.runner is not None
+        self.runner.start()
+
+    def stopService(self) -> defer.Deferred | None:
+        super().stopService()
+        if self.runner is None:
+            return None
+        return self.runner.stop()
