@@ -377,7 +377,8 @@ class SyncerSpy:
     order; ``events`` (a list the test may share with other spies) gets
     the same entries.  ``hold=True`` keeps the Deferreds pending until
     ``release()``; ``fail`` maps a target to the exception its request
-    errbacks with.  It does not make anything durable: it is for tests
+    errbacks with, ``fail_kind`` maps ``"file"`` or ``"dir"`` to one that
+    every request of that kind errbacks with.  It does not make anything durable: it is for tests
     that check *what* is synced and *when* the caller answers.
     """
 
@@ -386,16 +387,18 @@ class SyncerSpy:
         hold: bool = False,
         fail: Mapping[Any, Exception] | None = None,
         events: list | None = None,
+        fail_kind: Mapping[str, Exception] | None = None,
     ) -> None:
         self._holder = _Holder(hold)
         self.fail: dict[Any, Exception] = dict(fail or {})
+        self.fail_kind: dict[str, Exception] = dict(fail_kind or {})
         self.calls: list[tuple[str, Any]] = []
         self.events = events if events is not None else []
 
     def _record(self, kind: str, target: Any) -> defer.Deferred:
         self.calls.append((kind, target))
         self.events.append((kind, target))
-        err = self.fail.get(target)
+        err = self.fail.get(target) or self.fail_kind.get(kind)
         return self._holder.result(err if err is not None else None)
 
     def sync_file(self, target: Any) -> defer.Deferred:
@@ -417,6 +420,14 @@ class SyncerSpy:
         d = defer.gatherResults(ds, consumeErrors=True)
         d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
         return d
+
+    @property
+    def hold(self) -> bool:
+        return self._holder.hold
+
+    @hold.setter
+    def hold(self, value: bool) -> None:
+        self._holder.hold = value
 
     @property
     def held(self) -> int:

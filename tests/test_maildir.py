@@ -1,0 +1,600 @@
+"""txmailhub.store.maildir: delivery, durability order, snapshots, locking."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from txmailhub.address import Address
+from txmailhub.errors import LocalError, MailboxInUse
+from txmailhub.interfaces import IMailbox, IMailboxStore
+from txmailhub.store import maildir as maildir_module
+from txmailhub.store.maildir import (
+    SIZES_NAME,
+    CRLFEncoder,
+    MaildirStore,
+    crlf_size_of,
+    uid_for_name,
+)
+from txmailhub.store.spool import Spooler
+from txmailhub.testing import SyncerSpy
+
+JOE = Address("joe", "example.org")
+ANN = Address("ann", "example.org")
+BODY = b"Return-Path: <a@b.test>\nSubject: hi\n\nline one\n.leading dot\n"
+
+
+class Clock:
+    def __init__(self, now=1_700_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        self.now += 0.001
+        return self.now
+
+
+class Base(SynchronousTestCase):
+    def setUp(self):
+        self.state = os.path.abspath(self.mktemp())
+        self.syncer = SyncerSpy()
+        self.spooler = Spooler(os.path.join(self.state, "spool"), self.syncer)
+        self.clock = Clock()
+        self.store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org",
+                                  self.syncer, clock=self.clock)
+
+    def spool(self, data=BODY):
+        w = self.spooler.open()
+        w.write(data)
+        hold, self.syncer.hold = self.syncer.hold, False
+        try:
+            return self.successResultOf(w.finish())
+        finally:
+            self.syncer.hold = hold
+
+    def deliver(self, mailboxes, data=BODY):
+        msg = self.spool(data)
+        out = self.successResultOf(self.store.deliver(msg, mailboxes))
+        self.spooler.discard(msg)
+        return out
+
+    def md(self, address=JOE):
+        return self.store.maildir_path(address)
+
+    def names(self, address=JOE, sub="new"):
+        return sorted(os.listdir(os.path.join(self.md(address), sub)))
+
+    def open(self, address=JOE):
+        return self.successResultOf(self.store.open_mailbox(address))
+
+
+class DeliveryTests(Base):
+    def test_interfaces(self):
+        self.assertTrue(verifyObject(IMailboxStore, self.store))
+        box = self.open()
+        self.assertTrue(verifyObject(IMailbox, box))
+        box.close()
+
+    def test_hard_link_from_the_spool_file(self):
+        msg = self.spool()
+        out = self.successResultOf(self.store.deliver(msg, [JOE, ANN]))
+        self.assertEqual(out, {JOE: None, ANN: None})
+        spool_ino = os.stat(msg.path).st_ino
+        for who in (JOE, ANN):
+            (name,) = self.names(who)
+            path = os.path.join(self.md(who), "new", name)
+            self.assertEqual(os.stat(path).st_ino, spool_ino)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), BODY)  # LF line endings, as given
+            self.assertTrue(name.endswith(f",S={len(BODY)},W={crlf_size_of(BODY)}"))
+        self.assertEqual(os.stat(msg.path).st_nlink, 3)
+        self.spooler.discard(msg)
+        (name,) = self.names(JOE)
+        self.assertEqual(os.stat(os.path.join(self.md(), "new", name)).st_nlink, 2)
+
+    def test_layout_is_domain_then_lower_cased_local_part(self):
+        self.deliver([Address("Joe.Smith", "Example.ORG")])
+        md = os.path.join(self.state, "mail", "example.org", "joe.smith")
+        for sub in ("tmp", "new", "cur"):
+            self.assertTrue(os.path.isdir(os.path.join(md, sub)))
+        self.assertEqual(len(os.listdir(os.path.join(md, "new"))), 1)
+
+    def test_nothing_is_acknowledged_before_the_directories_are_durable(self):
+        msg = self.spool()
+        self.syncer.calls.clear()
+        self.syncer.hold = True
+        d = self.store.deliver(msg, [JOE, ANN])
+        self.assertNoResult(d)
+        synced = [t for _, t in self.syncer.calls]
+        mail = os.path.join(self.state, "mail")
+        for who in (JOE, ANN):
+            self.assertIn(os.path.join(self.md(who), "new"), synced)
+            self.assertIn(self.md(who), synced)  # tmp/new/cur were just created
+        self.assertIn(os.path.join(mail, "example.org"), synced)
+        self.assertIn(mail, synced)
+        self.syncer.release()
+        self.assertEqual(self.successResultOf(d), {JOE: None, ANN: None})
+
+        # the second delivery only syncs new/: the creation is durable now
+        self.syncer.calls.clear()
+        d = self.store.deliver(msg, [JOE])
+        self.assertEqual(self.syncer.calls, [("dir", os.path.join(self.md(), "new"))])
+        self.syncer.release()
+        self.successResultOf(d)
+
+    def test_each_mailbox_fails_on_its_own(self):
+        self.deliver([JOE, ANN])  # both Maildirs exist
+        msg = self.spool()
+        boom = OSError(errno.EIO, "I/O error")
+        self.syncer.fail[os.path.join(self.md(ANN), "new")] = boom
+        bad = Address("a/b", "example.org")
+        out = self.successResultOf(self.store.deliver(msg, [JOE, ANN, bad, JOE]))
+        self.assertEqual(set(out), {JOE, ANN, bad})
+        self.assertIsNone(out[JOE])
+        self.assertIs(out[ANN], boom)
+        self.assertIsInstance(out[bad], LocalError)
+        self.assertEqual(len(self.names(JOE)), 2)
+        # the copy that could not be made durable is taken back: no duplicate on retry
+        self.assertEqual(len(self.names(ANN)), 1)
+
+    def test_a_failed_creation_is_synced_again_next_time(self):
+        mail = os.path.join(self.state, "mail", "example.org")
+        self.syncer.fail[mail] = OSError(errno.EIO, "I/O error")
+        out = self.deliver([JOE])
+        self.assertIsInstance(out[JOE], OSError)
+        self.assertEqual(self.names(JOE), [])
+        del self.syncer.fail[mail]
+        self.syncer.calls.clear()
+        self.assertEqual(self.deliver([JOE]), {JOE: None})
+        self.assertIn(("dir", mail), self.syncer.calls)
+
+    def test_copy_when_links_are_impossible(self):
+        def no_link(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        self.deliver([JOE])  # make the Maildir first
+        msg = self.spool()
+        self.syncer.calls.clear()
+        self.syncer.hold = True
+        d = store.deliver(msg, [JOE])
+        tmp = os.listdir(os.path.join(self.md(), "tmp"))
+        self.assertEqual(len(tmp), 1)
+        self.assertEqual(len(self.names()), 1)  # nothing new visible yet
+        (kind, fd), = self.syncer.calls
+        self.assertEqual(kind, "file")
+        self.assertIsInstance(fd, int)
+        self.syncer.release()  # the copy is durable: now it is renamed into new/
+        self.assertNoResult(d)
+        self.assertEqual(self.syncer.calls[-1], ("dir", os.path.join(self.md(), "new")))
+        self.assertEqual(len(self.names()), 2)
+        self.syncer.release()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
+        new = [n for n in self.names() if n.startswith(tmp[0])]
+        path = os.path.join(self.md(), "new", new[0])
+        self.assertNotEqual(os.stat(path).st_ino, os.stat(msg.path).st_ino)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), BODY)
+
+    def test_failed_copy_leaves_nothing(self):
+        def no_link(src, dst):
+            raise OSError(errno.EMLINK, "Too many links")
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        self.deliver([JOE])
+        msg = self.spool()
+        self.syncer.hold = True
+        self.syncer.calls.clear()
+        self.syncer.fail_kind["file"] = OSError(errno.EIO, "I/O error")
+        d = store.deliver(msg, [JOE])
+        (kind, _fd), = self.syncer.calls
+        self.assertEqual(kind, "file")
+        self.assertEqual(len(os.listdir(os.path.join(self.md(), "tmp"))), 1)
+        self.syncer.release()
+        self.assertIsInstance(self.successResultOf(d)[JOE], OSError)
+        self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
+        self.assertEqual(len(self.names()), 1)
+
+    def test_other_link_errors_fail_that_mailbox(self):
+        def denied(src, dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=denied)
+        msg = self.spool()
+        out = self.successResultOf(store.deliver(msg, [JOE]))
+        self.assertEqual(out[JOE].errno, errno.ENOSPC)
+
+    def test_a_removed_maildir_is_made_again(self):
+        self.deliver([JOE])
+        import shutil
+
+        shutil.rmtree(self.md())
+        self.assertEqual(self.deliver([JOE]), {JOE: None})
+        self.assertEqual(len(self.names()), 1)
+
+    def test_unique_names_and_uids(self):
+        store = MaildirStore(os.path.join(self.state, "mail"), "we/ird:host,name",
+                             self.syncer, clock=lambda: 1_700_000_000.5)
+        msg = self.spool()
+        for _ in range(300):
+            self.successResultOf(store.deliver(msg, [JOE]))
+        names = self.names()
+        self.assertEqual(len(set(names)), 300)
+        for name in names:
+            self.assertNotIn("/", name)
+            self.assertEqual(name.count(":"), 0)
+            self.assertIn(r"we\057ird\072host\054name", name)
+            self.assertRegex(name, r"^1700000000\.M500000P\d+Q\d+R[0-9a-f]{8}\.")
+            uid = uid_for_name(name)
+            self.assertRegex(uid, r"^[\x21-\x7e]{1,70}$")
+        self.assertEqual(len({uid_for_name(n) for n in names}), 300)
+
+    def test_concurrent_deliveries_share_a_batch(self):
+        msgs = [self.spool(b"m%d\n" % i) for i in range(5)]
+        self.syncer.hold = True
+        self.syncer.calls.clear()
+        ds = [self.store.deliver(m, [JOE, ANN]) for m in msgs]
+        for d in ds:
+            self.assertNoResult(d)
+        self.syncer.release()
+        for d in ds:
+            self.assertEqual(self.successResultOf(d), {JOE: None, ANN: None})
+        self.assertEqual(len(self.names(JOE)), 5)
+        box = self.open()
+        got = [box.open_message(i).read() for i in range(5)]
+        self.assertEqual(got, [b"m%d\n" % i for i in range(5)])  # delivery order
+        box.close()
+
+
+class UIDTests(SynchronousTestCase):
+    def test_uid_rules(self):
+        self.assertEqual(uid_for_name("123.M4P5.host,S=10,W=12:2,S"), "123.M4P5.host")
+        self.assertEqual(uid_for_name("123.M4P5.host,S=10,W=12"), "123.M4P5.host")
+        self.assertEqual(uid_for_name("plain"), "plain")
+        long = "x" * 71
+        self.assertRegex(uid_for_name(long), r"^[0-9a-f]{40}$")
+        self.assertRegex(uid_for_name("caf\u00e9.host"), r"^[0-9a-f]{40}$")
+        self.assertRegex(uid_for_name("a b"), r"^[0-9a-f]{40}$")
+        self.assertEqual(uid_for_name("x" * 70), "x" * 70)
+
+    def test_encoder_examples(self):
+        enc = CRLFEncoder()
+        out = enc.encode(b"a\nb\r") + enc.encode(b"\nc") + enc.finish()
+        self.assertEqual(out, b"a\r\nb\r\nc\r\n")
+        self.assertEqual(crlf_size_of(b"a\nb\r\nc"), len(out))
+        self.assertEqual(crlf_size_of(b""), 0)
+        self.assertEqual(CRLFEncoder().finish(), b"")
+
+
+class MailboxTests(Base):
+    def test_snapshot_lists_without_reading(self):
+        self.deliver([JOE], b"one\n")
+        self.deliver([JOE], b"two\ntwo\n")
+
+        def no_reading(path):
+            raise AssertionError("a file was read to learn its size")
+
+        self.patch(maildir_module, "_crlf_size_of_file", no_reading)
+        box = self.open()
+        infos = box.list_messages()
+        self.assertEqual([(i.size, i.stored_size, i.seen) for i in infos],
+                         [(5, 4, False), (10, 8, False)])
+        self.assertEqual(infos[0].uid, uid_for_name(os.path.basename(infos[0].path)))
+        box.close()
+
+    def test_new_mail_during_a_session_is_not_shown(self):
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        self.deliver([JOE], b"two\n")
+        self.assertEqual(len(box.list_messages()), 1)
+        box.close()
+        box = self.open()
+        self.assertEqual(len(box.list_messages()), 2)
+        box.close()
+
+    def test_exclusive_lock_in_process(self):
+        box = self.open()
+        self.failureResultOf(self.store.open_mailbox(Address("JOE", "example.org")),
+                             MailboxInUse)
+        other = self.open(ANN)  # another mailbox is independent
+        box.close()
+        box.close()  # idempotent
+        self.assertTrue(box.closed)
+        again = self.open()
+        again.close()
+        other.close()
+
+    def test_uidl_is_stable_across_sessions_and_flags(self):
+        self.deliver([JOE], b"one\n")
+        self.deliver([JOE], b"two\n")
+        box = self.open()
+        before = [i.uid for i in box.list_messages()]
+        box.mark_seen(0)
+        box.mark_seen(1)
+        self.assertEqual([i.uid for i in box.list_messages()], before)
+        box.close()
+        box = self.open()
+        self.assertEqual([i.uid for i in box.list_messages()], before)
+        self.assertTrue(all(i.seen for i in box.list_messages()))
+        box.close()
+
+    def test_mark_seen(self):
+        self.deliver([JOE], b"one\n")
+        self.deliver([JOE], b"two\n")
+        box = self.open()
+        new_name = os.path.basename(box.list_messages()[0].path)
+        box.mark_seen(0)
+        info = box.list_messages()[0]
+        self.assertTrue(info.seen)
+        self.assertEqual(info.path, os.path.join(self.md(), "cur", new_name + ":2,S"))
+        self.assertTrue(os.path.exists(info.path))
+        self.assertEqual(box.open_message(0).read(), b"one\n")
+        box.mark_seen(0)  # twice: nothing changes
+        self.assertEqual(box.list_messages()[0].path, info.path)
+        # a message already in cur/ with other flags gets S added, sorted
+        p1 = box.list_messages()[1].path
+        flagged = os.path.join(self.md(), "cur", os.path.basename(p1) + ":2,F")
+        os.rename(p1, flagged)
+        box.mark_seen(1)
+        self.assertTrue(box.list_messages()[1].path.endswith(":2,FS"))
+        self.assertEqual(box.open_message(1).read(), b"two\n")
+        box.mark_seen(7)  # out of range: logged, not raised
+        box.close()
+
+    def test_mark_seen_of_a_vanished_file_is_quiet(self):
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        os.unlink(box.list_messages()[0].path)
+        box.mark_seen(0)
+        self.assertFalse(box.list_messages()[0].seen)
+        box.close()
+
+    def test_a_file_renamed_by_another_reader_is_found(self):
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        moved = os.path.join(self.md(), "cur", os.path.basename(path) + ":2,R")
+        os.rename(path, moved)
+        self.assertEqual(box.open_message(0).read(), b"one\n")
+        self.assertEqual(box.list_messages()[0].path, moved)
+        box.close()
+
+    def test_delete_is_durable_before_it_fires(self):
+        for i in range(3):
+            self.deliver([JOE], b"m%d\n" % i)
+        box = self.open()
+        box.mark_seen(1)
+        self.syncer.hold = True
+        self.syncer.calls.clear()
+        d = box.delete([0, 1, 1])
+        self.assertNoResult(d)
+        self.assertEqual(sorted(t for _, t in self.syncer.calls),
+                         [os.path.join(self.md(), "cur"), os.path.join(self.md(), "new")])
+        self.syncer.release()
+        self.successResultOf(d)
+        box.close()
+        box = self.open()
+        self.assertEqual([box.open_message(i).read() for i in range(1)], [b"m2\n"])
+        # deleting a message that is already gone is not an error
+        os.unlink(box.list_messages()[0].path)
+        self.syncer.hold = False
+        self.successResultOf(box.delete([0]))
+        box.close()
+
+    def test_stale_tmp_files_are_cleaned(self):
+        self.deliver([JOE])
+        tmp = os.path.join(self.md(), "tmp")
+        old, fresh = os.path.join(tmp, "old"), os.path.join(tmp, "fresh")
+        for p in (old, fresh):
+            open(p, "wb").close()
+        os.utime(old, (self.clock.now - 40 * 3600,) * 2)
+        os.utime(fresh, (self.clock.now - 3600,) * 2)
+        self.open().close()
+        self.assertEqual(os.listdir(tmp), ["fresh"])
+
+
+class PlainNameTests(Base):
+    def drop(self, name, data, sub="new"):
+        self.deliver([JOE], b"ours\n")  # the Maildir exists
+        path = os.path.join(self.md(), sub, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_plain_file_sized_once_and_cached(self):
+        data = b"From: x\r\nSubject: crlf\r\n\r\nbody\nno final newline"
+        path = self.drop("1600000000.12345_1.otherhost", data)
+        calls = []
+        real = maildir_module._crlf_size_of_file
+
+        def counting(p):
+            calls.append(p)
+            return real(p)
+
+        self.patch(maildir_module, "_crlf_size_of_file", counting)
+        box = self.open()
+        infos = box.list_messages()
+        plain = infos[0]  # 1600000000 sorts before our delivery
+        self.assertEqual(plain.path, path)
+        self.assertEqual(plain.uid, "1600000000.12345_1.otherhost")
+        enc = CRLFEncoder()
+        self.assertEqual(plain.size, len(enc.encode(data) + enc.finish()))
+        self.assertEqual(plain.stored_size, len(data))
+        self.assertEqual(calls, [path])
+        box.mark_seen(0)  # renamed: the cache key survives it
+        box.close()
+        with open(os.path.join(self.md(), SIZES_NAME), "rb") as f:
+            cached = json.load(f)
+        self.assertEqual(list(cached["sizes"]), ["1600000000.12345_1.otherhost"])
+
+        box = self.open()
+        self.assertEqual(box.list_messages()[0].size, plain.size)
+        self.assertEqual(len(calls), 1)  # not measured again
+        box.close()
+
+    def test_a_rewritten_file_is_measured_again(self):
+        path = self.drop("plainname", b"short\n")
+        box = self.open()
+        self.assertEqual(box.list_messages()[-1].size, 7)
+        box.close()
+        with open(path, "wb") as f:
+            f.write(b"a much longer message\n\n")
+        os.utime(path, ns=(1, 1))
+        box = self.open()
+        info = next(i for i in box.list_messages() if i.path == path)
+        self.assertEqual(info.size, 25)
+        box.close()
+
+    def test_entries_of_vanished_files_are_pruned_and_junk_cache_ignored(self):
+        path = self.drop("plainname", b"x\n")
+        self.open().close()
+        os.unlink(path)
+        self.open().close()
+        with open(os.path.join(self.md(), SIZES_NAME), "rb") as f:
+            self.assertEqual(json.load(f)["sizes"], {})
+        with open(os.path.join(self.md(), SIZES_NAME), "wb") as f:
+            f.write(b"{not json")
+        self.drop("other", b"y\n")
+        box = self.open()
+        self.assertEqual(sorted(i.size for i in box.list_messages()), [3, 6, 6])
+        box.close()
+
+    def test_dotfiles_and_directories_are_not_messages(self):
+        self.drop(".hidden", b"x\n")
+        os.mkdir(os.path.join(self.md(), "cur", "adir"))
+        box = self.open()
+        self.assertEqual(len(box.list_messages()), 1)
+        box.close()
+
+    def test_duplicate_unique_parts_get_distinct_uids(self):
+        self.drop("1.dup,S=2", b"a\n", sub="new")
+        with open(os.path.join(self.md(), "cur", "1.dup,S=2:2,S"), "wb") as f:
+            f.write(b"b\n")
+        box = self.open()
+        uids = [i.uid for i in box.list_messages()]
+        self.assertEqual(len(uids), len(set(uids)))
+        box.close()
+
+
+LOCK_HOLDER = textwrap.dedent("""
+    import sys
+    from txmailhub.address import Address
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+    store = MaildirStore(sys.argv[1], "h", SyncerSpy())
+    results = []
+    store.open_mailbox(Address("joe", "example.org")).addBoth(results.append)
+    print(type(results[0]).__name__, flush=True)
+    sys.stdin.read()
+""")
+
+CRASHER = textwrap.dedent("""
+    import os, sys
+    from twisted.internet import reactor, defer
+    from txmailhub.address import Address
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.store.spool import Spooler
+    from txmailhub.store.sync import Syncer
+    state = sys.argv[1]
+    syncer = Syncer(reactor)
+    spooler = Spooler(os.path.join(state, "spool"), syncer)
+    store = MaildirStore(os.path.join(state, "mail"), "h", syncer)
+    rcpts = [Address("joe", "example.org"), Address("ann", "example.org")]
+
+    @defer.inlineCallbacks
+    def session(i):
+        n = 0
+        while True:
+            n += 1
+            body = (b"Message-ID: <%d.%d>\\n\\n" % (i, n)) + b"x" * 2000 + b"\\n"
+            w = spooler.open()
+            for k in range(0, len(body), 700):
+                w.write(body[k:k + 700])
+            msg = yield w.finish()
+            out = yield store.deliver(msg, rcpts)
+            spooler.discard(msg)
+            if all(v is None for v in out.values()):
+                sys.stdout.write("acked %d.%d\\n" % (i, n))
+                sys.stdout.flush()
+
+    syncer.start()
+    for i in range(5):
+        reactor.callWhenRunning(session, i)
+    reactor.run()
+""")
+
+
+class ProcessTests(SynchronousTestCase):
+    """Real processes: the lock across processes, and a SIGKILL under load."""
+
+    def run_child(self, script, *args):
+        path = self.mktemp() + ".py"
+        with open(path, "w") as f:
+            f.write(script)
+        return subprocess.Popen([sys.executable, path, *args], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+
+    def test_lock_across_processes_and_no_stale_lock(self):
+        mail = self.mktemp()
+        store = MaildirStore(mail, "h", SyncerSpy())
+        child = self.run_child(LOCK_HOLDER, mail)
+        try:
+            self.assertEqual(child.stdout.readline().strip(), "MaildirMailbox")
+            self.failureResultOf(store.open_mailbox(JOE), MailboxInUse)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+            child.stdin.close()
+        box = self.successResultOf(store.open_mailbox(JOE))  # no stale lock
+        # and the other direction: we hold it, a second process is refused
+        child = self.run_child(LOCK_HOLDER, mail)
+        try:
+            self.assertEqual(child.stdout.readline().strip(), "Failure")
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+            child.stdin.close()
+        box.close()
+
+    def test_sigkill_under_load_leaves_only_complete_messages(self):
+        state = self.mktemp()
+        child = self.run_child(CRASHER, state)
+        acked = []
+        try:
+            while len(acked) < 60:
+                line = child.stdout.readline()
+                if not line:
+                    break
+                acked.append(line.split()[1])
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+            child.stdin.close()
+        self.assertEqual(len(acked), 60)
+        store = MaildirStore(os.path.join(state, "mail"), "h", SyncerSpy())
+        Spooler(os.path.join(state, "spool"), SyncerSpy())  # recovery
+        self.assertEqual(os.listdir(os.path.join(state, "spool")), [])
+        for who in (JOE, ANN):
+            box = self.successResultOf(store.open_mailbox(who))
+            ids = []
+            for i, info in enumerate(box.list_messages()):
+                data = box.open_message(i).read()
+                self.assertEqual(len(data), info.stored_size)
+                self.assertEqual(len(data), 2000 + 1 + len(data.split(b"\n")[0]) + 2)
+                ids.append(re.match(rb"Message-ID: <([\d.]+)>", data).group(1).decode())
+            self.assertEqual(len(ids), len(set(ids)))  # each message exactly once
+            self.assertTrue(set(acked) <= set(ids))
+            self.assertEqual(os.listdir(os.path.join(store.maildir_path(who), "tmp")), [])
+            box.close()
