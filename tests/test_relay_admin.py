@@ -1,0 +1,131 @@
+"""``mailhub queue ...`` against a real queue directory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import subprocess
+import sys
+
+import pytest
+from twisted.internet.task import Clock
+
+from txmailhub.address import Address
+from txmailhub.config import load_text
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.relay.admin import add_queue_parser, run_queue
+from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
+from txmailhub.smtp.reply import Reply
+
+BOB = Address("bob", "remote.test")
+CAROL = Address("carol", "remote.test")
+GREYLISTED = Reply.of(451, "4.7.1", "Greylisted, try again in 5 minutes")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   'state_dir = "var"\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    queue = OutboundQueue(settings.queue_dir, clock)
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=Address("alice", "example.org"),
+                                 recipients=(BOB, CAROL), helo="client.example.org",
+                                 client_address="127.0.0.1"),
+                        SpooledMessage(str(spool), 17, 20)).result
+
+    def fail(e):
+        recs = {r.address: dataclasses.replace(r, attempts=1, last_attempt=1_800_000_000.0,
+                                               last_reply=GREYLISTED,
+                                               remote_mta="mx.remote.test")
+                for r in e.recipients}
+        return dataclasses.replace(e.with_recipients(recs), attempts=1,
+                                   next_attempt=1_800_000_060.0)
+
+    queue.update(qid, fail)
+    return settings, queue, qid, cfg
+
+
+def run(settings, *argv):
+    p = argparse.ArgumentParser()
+    add_queue_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["queue", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    code = run_queue(settings, args, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_list(setup):
+    settings, _, qid, _ = setup
+    code, out, _ = run(settings, "list")
+    assert code == 0
+    [line] = out.splitlines()
+    fields = line.split()
+    assert fields[0] == qid
+    assert fields[1] == "alice@example.org"
+    assert fields[2:4] == ["bob@remote.test", "carol@remote.test"]
+    assert fields[4] == "1"
+    assert fields[5] == "2027-01-15T08:01:00Z"
+    assert line.endswith("451 4.7.1 Greylisted, try again in 5 minutes")
+
+
+def test_list_empty(tmp_path):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\ndomains = ["example.org"]\n')
+    assert run(load_text(cfg.read_text(), str(cfg)), "list")[:2] == (0, "")
+
+
+def test_show(setup):
+    settings, _, qid, _ = setup
+    code, out, _ = run(settings, "show", qid)
+    assert code == 0
+    assert f"id: {qid}" in out
+    assert "sender: alice@example.org" in out
+    assert "client: client.example.org [127.0.0.1]" in out
+    assert "  bob@remote.test pending attempts=1" in out
+    assert "remote=mx.remote.test" in out
+    assert "    reply: 451 4.7.1 Greylisted, try again in 5 minutes" in out
+    assert "last reply: 451 4.7.1 Greylisted" in out
+
+
+def test_unknown_id(setup):
+    settings = setup[0]
+    for action in ("show", "delete", "hold", "release"):
+        code, _, err = run(settings, action, "NOSUCHID0000")
+        assert code == 1 and "no queued message NOSUCHID0000" in err
+
+
+def test_delete_takes_effect_at_once(setup):
+    settings, queue, qid, _ = setup
+    code, out, _ = run(settings, "delete", qid)
+    assert code == 0 and qid in out
+    assert queue.ids() == []
+    assert queue.read(qid) is None
+    assert queue.take_flag(CHANGED)
+
+
+def test_hold_release_flush(setup):
+    settings, queue, qid, _ = setup
+    assert run(settings, "hold", qid)[0] == 0
+    assert queue.read(qid).held
+    assert " held " in run(settings, "list")[1]
+    assert run(settings, "release", qid)[0] == 0
+    assert not queue.read(qid).held
+    assert run(settings, "flush")[0] == 0
+    assert queue.take_flag(FLUSH)
+
+
+def test_through_the_mailhub_command(setup):
+    _, _, qid, cfg = setup
+    proc = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(cfg), "queue",
+                           "list"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == qid
+    proc = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(cfg), "queue",
+                           "show", "BADID1234"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1

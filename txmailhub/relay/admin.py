@@ -1,0 +1,157 @@
+"""``mailhub queue ...``: the command-line side of the outbound queue.
+
+Owns the ``queue`` sub-commands (``list``, ``show ID``, ``flush``,
+``delete ID``, ``hold ID``, ``release ID``) and their output formats.
+They work on the queue directory directly, with or without a running
+hub: changes take the queue's lock, are durable when the command returns,
+and leave a control file the running hub picks up within a second or two
+(``.flush`` to retry everything now, ``.changed`` after hold, release or
+delete).  It must not deliver anything.
+
+``queue list`` prints one line per message, whitespace-separated: the
+bare queue id, the sender (``<>`` for the null sender), the recipients
+still to be delivered as plain addresses, the number of attempts, the
+next attempt (UTC, ISO 8601, or ``held``), and the last error: the
+remote's reply verbatim, code included (``-`` when there is none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
+
+__all__ = ["add_queue_parser", "run_queue"]
+
+
+class _WallClock:
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
+
+
+def add_queue_parser(subparsers: Any) -> None:
+    """Add the ``queue`` command to the ``mailhub`` argument parser."""
+    q = subparsers.add_parser("queue", help="inspect and manage the outbound queue")
+    sub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="one line per queued message")
+    for name, text in (
+        ("show", "one queued message in full: envelope, recipients, last replies"),
+        ("delete", "drop a message from the queue (it is not bounced)"),
+        ("hold", "keep a message in the queue without trying to deliver it"),
+        ("release", "try a held message again (at once)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("queue_id", metavar="ID")
+    sub.add_parser("flush", help="retry every message now (a running hub notices within 5 s)")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sender(entry: QueueEntry) -> str:
+    return entry.envelope.sender_text or "<>"
+
+
+def _line(entry: QueueEntry) -> str:
+    todo = [str(r.address) for r in entry.recipients if r.state != DELIVERED and not r.done]
+    if not todo:
+        todo = [str(r.address) for r in entry.recipients]
+    nxt = "held" if entry.held else _when(entry.next_attempt)
+    last = entry.last_reply
+    fields = [entry.id, _sender(entry), *todo, str(entry.attempts), nxt,
+              last.text() if last is not None else "-"]
+    return " ".join(fields)
+
+
+def _show(entry: QueueEntry, out: TextIO) -> None:
+    env = entry.envelope
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"id: {entry.id}")
+    p(f"sender: {_sender(entry)}")
+    p(f"queued: {_when(entry.created)}")
+    p(f"size: {entry.size}")
+    client = env.helo or "-"
+    if env.client_address:
+        client += f" [{env.client_address}]"
+    p(f"client: {client}")
+    if env.authenticated_as:
+        p(f"authenticated as: {env.authenticated_as}")
+    p(f"body: {'8bit' if entry.eight_bit else '7bit'}{' smtputf8' if env.smtputf8 else ''}")
+    if env.dsn.ret or env.dsn.envid:
+        p(f"dsn: ret={env.dsn.ret or '-'} envid={env.dsn.envid or '-'}")
+    p(f"attempts: {entry.attempts}")
+    p(f"next attempt: {'held' if entry.held else _when(entry.next_attempt)}")
+    p(f"held: {'yes' if entry.held else 'no'}")
+    p("recipients:")
+    for r in entry.recipients:
+        parts = [f"  {r.address}", r.state, f"attempts={r.attempts}"]
+        if r.last_attempt:
+            parts.append(f"last-attempt={_when(r.last_attempt)}")
+        if r.remote_mta:
+            parts.append(f"remote={r.remote_mta}")
+        if r.notify:
+            parts.append("notify=" + ",".join(r.notify))
+        p(" ".join(parts))
+        if r.last_reply is not None:
+            p(f"    reply: {r.last_reply.text()}")
+    last = entry.last_reply
+    p(f"last reply: {last.text() if last is not None else '-'}")
+
+
+def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
+              err: TextIO | None = None) -> int:
+    """Run one ``queue`` action; returns the exit code (0 ok, 1 failed)."""
+    err = err or sys.stderr
+    queue = OutboundQueue(settings.queue_dir, _WallClock())
+    action = args.queue_command
+    if action == "list":
+        for qid in queue.ids():
+            try:
+                entry = queue.read(qid)
+            except RecordError as e:
+                print(f"{qid} (unreadable: {e})", file=out)
+                continue
+            if entry is not None:
+                print(_line(entry), file=out)
+        return 0
+    if action == "flush":
+        queue.request_flush()
+        print("flush requested: a running hub retries every message within 5 seconds",
+              file=out)
+        return 0
+    qid = args.queue_id
+    if action == "show":
+        try:
+            entry = queue.read(qid)
+        except RecordError as e:
+            print(f"mailhub: queue entry {qid} is unreadable: {e}", file=err)
+            return 1
+        if entry is None:
+            return _unknown(qid, err)
+        _show(entry, out)
+        return 0
+    if action == "delete":
+        if not queue.delete(qid):
+            return _unknown(qid, err)
+        print(f"deleted {qid}", file=out)
+        return 0
+    if action in ("hold", "release"):
+        entry = queue.set_held(qid, action == "hold")
+        if entry is None:
+            return _unknown(qid, err)
+        print(f"{'held' if action == 'hold' else 'released'} {qid}", file=out)
+        return 0
+    print(f"mailhub: unknown queue action {action!r}", file=err)
+    return 2
+
+
+def _unknown(qid: str, err: TextIO) -> int:
+    print(f"mailhub: no queued message {qid}", file=err)
+    return 1
