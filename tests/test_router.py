@@ -1,0 +1,230 @@
+"""txmailhub.router: domains, users, aliases (nested, loops, reload), postmaster."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from txmailhub.address import Address
+from txmailhub.errors import Rejected
+from txmailhub.interfaces import IRecipientRouter
+from txmailhub.router import Router, check_aliases_file, parse_aliases
+from txmailhub.smtp import replies
+
+DOMAINS = ["example.org", "Example.NET."]
+
+
+class Users:
+    """The part of UsersDB the router uses."""
+
+    def __init__(self, *names):
+        self.keys = {Address(*n.split("@")).key if "@" in n else f"{n}@example.org"
+                     for n in names}
+        self.asked = []
+
+    def contains(self, address):
+        self.asked.append(address)
+        return address.key in self.keys
+
+
+def A(text):
+    local, _, domain = text.partition("@")
+    return Address(local, domain or "example.org")
+
+
+class Base(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "aliases")
+        self.users = Users("joe", "ann", "bob", "joe@example.net")
+
+    def write(self, text):
+        # a new inode each time, as editors and `mv` do; mtime alone may not move
+        tmp = self.path + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.path)
+
+    def router(self, text=None):
+        if text is not None:
+            self.write(text)
+        return Router(DOMAINS, self.users, self.path if text is not None else None)
+
+
+class DomainAndUserTests(Base):
+    def test_interface(self):
+        self.assertTrue(verifyObject(IRecipientRouter, self.router()))
+
+    def test_domains_are_case_insensitive_and_ignore_the_trailing_dot(self):
+        r = self.router()
+        for d in ("example.org", "EXAMPLE.ORG", "example.org.", "example.net", "Example.Net."):
+            self.assertTrue(r.is_local_domain(d), d)
+        self.assertFalse(r.is_local_domain("example.com"))
+        self.assertEqual(r.primary_domain, "example.org")
+
+    def test_users(self):
+        r = self.router()
+        self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))
+        self.assertEqual(r.resolve(Address("JOE", "EXAMPLE.ORG")), ((A("JOE"),), ()))
+        self.assertEqual(r.resolve(A("joe@example.net")), ((A("joe@example.net"),), ()))
+        with self.assertRaises(Rejected) as cm:
+            r.resolve(A("nobody"))
+        self.assertEqual(cm.exception.reply, replies.UNKNOWN_USER)
+        self.assertEqual(cm.exception.reply.code, 550)
+        self.assertEqual(cm.exception.reply.status, "5.1.1")
+        self.assertRaises(Rejected, r.resolve, A("ann@example.net"))  # per domain
+        self.assertRaises(Rejected, r.verify, A("nobody"))
+
+    def test_remote_addresses_pass_through(self):
+        r = self.router()
+        self.assertEqual(r.resolve(A("x@remote.test")), ((), (A("x@remote.test"),)))
+        self.assertEqual(r.verify(A("x@remote.test")), ((), (A("x@remote.test"),)))
+
+    def test_postmaster_without_aliases(self):
+        r = self.router()
+        pm = A("postmaster")
+        for addr in (A("postmaster"), A("PostMaster"), A("POSTMASTER@example.net")):
+            self.assertEqual(r.resolve(addr), ((pm,), ()))
+        self.users.keys.add("postmaster@example.net")
+        self.assertEqual(r.resolve(A("postmaster@example.net")),
+                         ((A("postmaster@example.net"),), ()))
+
+
+class AliasTests(Base):
+    def test_lists_remote_targets_and_duplicates(self):
+        r = self.router(
+            "# staff list\n"
+            "staff: joe, ann@example.org, <bob>,\n"
+            "    friend@remote.test, JOE, Friend@Remote.Test\n"
+            "\n"
+            "all@example.net: staff, joe@example.net\n"
+        )
+        self.assertEqual(r.resolve(A("staff")),
+                         ((A("joe"), A("ann"), A("bob")), (A("friend@remote.test"),)))
+        local, remote = r.resolve(A("ALL@example.net"))
+        self.assertEqual(local, (A("joe@example.net"), A("joe"), A("ann"), A("bob")))
+        self.assertEqual(remote, (A("friend@remote.test"),))
+
+    def test_nested_aliases(self):
+        r = self.router("a: b\nb: c, ann\nc: d\nd: joe, x@remote.test\n")
+        self.assertEqual(r.resolve(A("a")), ((A("ann"), A("joe")), (A("x@remote.test"),)))
+
+    def test_loops_are_cut_without_losing_other_targets(self):
+        r = self.router("a: b, joe\nb: c, out@remote.test\nc: a, ann\nself: self\n")
+        for start in ("a", "b", "c"):
+            local, remote = r.resolve(A(start))
+            self.assertEqual(set(local), {A("joe"), A("ann")}, start)
+            self.assertEqual(remote, (A("out@remote.test"),))
+        self.assertRaises(Rejected, r.resolve, A("self"))  # no user behind it
+
+    def test_diamonds_expand_once(self):
+        lines = [f"l{i}: l{i + 1}a, l{i + 1}b" for i in range(30)]
+        lines += [f"l{i}a: l{i}" for i in range(1, 31)] + [f"l{i}b: l{i}" for i in range(1, 31)]
+        lines.append("l30: joe")
+        r = self.router("\n".join(lines) + "\n")
+        self.assertEqual(r.resolve(A("l0")), ((A("joe"),), ()))
+
+    def test_self_reference_and_backslash_mean_the_mailbox(self):
+        r = self.router("joe: joe, joe@backup.test\nann: \\ann, bob\n")
+        self.assertEqual(r.resolve(A("joe")), ((A("joe"),), (A("joe@backup.test"),)))
+        self.assertEqual(r.resolve(A("ann")), ((A("ann"), A("bob")), ()))
+
+    def test_alias_overrides_a_user_and_unknown_targets_are_dropped(self):
+        r = self.router("joe: ann, ghost\nonlyghosts: ghost, ghost2\n")
+        self.assertEqual(r.resolve(A("joe")), ((A("ann"),), ()))
+        self.assertRaises(Rejected, r.resolve, A("onlyghosts"))
+
+    def test_postmaster_alias(self):
+        r = self.router("postmaster: joe\npostmaster@example.net: ann, pm@remote.test\n")
+        self.assertEqual(r.resolve(A("Postmaster")), ((A("joe"),), ()))
+        self.assertEqual(r.resolve(A("POSTMASTER@example.net")),
+                         ((A("ann"),), (A("pm@remote.test"),)))
+        r = self.router("postmaster: joe\n")
+        self.assertEqual(r.resolve(A("postmaster@example.net")), ((A("joe"),), ()))
+
+    def test_reload_when_the_file_changes(self):
+        r = self.router("list: joe\n")
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        self.write("list: ann\nnew: bob\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+        self.assertEqual(r.verify(A("new")), ((A("bob"),), ()))
+        os.unlink(self.path)
+        self.assertRaises(Rejected, r.resolve, A("list"))
+        self.write("list: joe\n")
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+
+    def test_unchanged_file_is_not_read_again(self):
+        r = self.router("list: joe\n")
+        reads = []
+        import builtins
+
+        real_open = builtins.open
+
+        def spy(*a, **kw):
+            reads.append(a[0])
+            return real_open(*a, **kw)
+
+        self.patch(builtins, "open", spy)
+        for _ in range(5):
+            r.resolve(A("list"))
+        self.assertEqual(reads, [])
+
+    def test_missing_file_at_start_means_no_aliases(self):
+        r = Router(DOMAINS, self.users, os.path.join(self.dir, "nope"))
+        self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))
+
+
+BAD = """\
+good: joe,
+  also@remote.test
+no colon here
+bad name@@x: joe
+empty:
+prog: "|/bin/sh", joe
+file: /var/mail/x
+inc: :include:/etc/list
+good: ann
+other@elsewhere.test: joe
+weird: joe@, ann
+"""
+
+
+class BadLineTests(Base):
+    def test_bad_lines_are_logged_and_the_rest_loads(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        r = self.router(BAD)
+        self.assertEqual(r.resolve(A("good")), ((A("joe"),), (A("also@remote.test"),)))
+        self.assertEqual(r.resolve(A("prog")), ((A("joe"),), ()))
+        self.assertEqual(r.resolve(A("weird")), ((A("ann"),), ()))
+        self.assertRaises(Rejected, r.resolve, A("empty"))
+        logged = [e["problem"] for e in observer if "problem" in e]
+        self.assertEqual(len(logged), 11)
+        joined = "\n".join(logged)
+        for needle in (f"{self.path}:3: expected", f"{self.path}:4: bad alias name",
+                       f"{self.path}:5: alias 'empty' has no usable target",
+                       f"{self.path}:6: target '\"|/bin/sh\"'", f"{self.path}:7:",
+                       f"{self.path}:8:", f"{self.path}:9: alias 'good' is already defined "
+                       "on line 1", f"{self.path}:10: alias 'other@elsewhere.test' is for "
+                       "elsewhere.test", f"{self.path}:11: bad target 'joe@'"):
+            self.assertIn(needle, joined)
+
+    def test_check_aliases_file(self):
+        self.write(BAD + "loop1: loop2\nloop2: loop1, joe\nselfish: selfish\n")
+        problems = check_aliases_file(self.path, "example.org", DOMAINS)
+        self.assertEqual(len(problems), 12)
+        self.assertIn(f"{self.path}: alias loop: loop1@example.org -> loop2@example.org -> "
+                      "loop1@example.org (it is cut at runtime)", problems)
+        self.assertTrue(all(p.startswith(self.path + ":") for p in problems))
+        self.write("fine: joe, x@remote.test\n")
+        self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [])
+        self.assertEqual(len(check_aliases_file(self.path + ".missing", "example.org")), 1)
+
+    def test_continuation_without_alias(self):
+        table, problems = parse_aliases("  orphan\nok: joe\n", "example.org", filename="f")
+        self.assertEqual(problems, ["f:1: continuation line without an alias before it"])
+        self.assertEqual(list(table), ["ok@example.org"])

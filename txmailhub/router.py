@@ -1,0 +1,313 @@
+"""Recipient routing: local domains, users and the aliases file.
+
+Owns what an RCPT address means (``Router``, providing
+``IRecipientRouter``) and the aliases file format (``parse_aliases``,
+``check_aliases_file`` for ``mailhub check``).  It asks the users
+database whether a mailbox exists; it never touches mailboxes, the queue
+or the network, and decides nothing about relaying (that is the SMTP
+server's policy: the router only says which targets are remote).
+
+The aliases file, like /etc/aliases::
+
+    # comment (a line whose first non-blank character is #)
+    postmaster: joe
+    staff:  joe, ann@example.org,
+            bob@elsewhere.test        # continuation lines start with blanks
+    joe@example.net: joe
+
+A bare name means ``name@<primary domain>``, on either side.  Targets are
+local or remote addresses (``<...>`` allowed), or other aliases (nested
+to any depth).  ``\\name`` means name's own mailbox, without expanding it
+further; so does an alias naming itself (``joe: joe, joe@backup.test``).
+Program (``|cmd``), file (``/path``) and ``:include:`` targets are not
+supported and reported.  Each alias is expanded once per lookup, so a loop
+(``a: b`` / ``b: a``) ends at once and every non-looping target is kept;
+duplicates are removed.  A local target that is neither an alias nor a
+user is dropped and logged.  A bad line is skipped and logged with
+``file:line`` and why; the rest of the file still loads.  The file is
+re-read when its inode, size, mtime or ctime changes (one ``stat`` per
+lookup).
+
+``postmaster`` (any case) at any local domain always resolves (RFC 5321
+4.5.1): to the alias ``postmaster@<that domain>`` if there is one, else
+to the user ``postmaster@<that domain>``, else to the primary domain's
+postmaster (alias, else its Maildir, which exists even before anyone can
+read it over POP3: add ``postmaster: you`` to the aliases file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmailhub.address import Address, AddressError, parse_address
+from txmailhub.errors import Rejected
+from txmailhub.interfaces import IRecipientRouter
+from txmailhub.smtp import replies
+
+__all__ = ["Aliases", "Router", "check_aliases_file", "parse_aliases"]
+
+log = Logger()
+
+# an alias name -> its targets; a target is (address, expand?)
+Aliases = dict[str, tuple[tuple[Address, bool], ...]]
+
+
+def _domain(domain: str) -> str:
+    return domain.lower().rstrip(".")
+
+
+def _key(address: Address) -> str:
+    return f"{address.local.lower()}@{_domain(address.domain)}"
+
+
+def parse_aliases(
+    text: str,
+    primary_domain: str,
+    domains: Iterable[str] | None = None,
+    filename: str = "aliases",
+) -> tuple[Aliases, list[str]]:
+    """Parse aliases-file text.  Returns the table and one
+    ``"<file>:<line>: <why>"`` string per problem (the bad line or target
+    is left out, the rest is kept).  With ``domains``, an alias for a
+    domain that is not local is reported too."""
+    local_domains = {_domain(d) for d in domains} if domains is not None else None
+    problems: list[str] = []
+    entries: list[tuple[int, str]] = []  # (first line number, logical line)
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        if raw[0] in " \t":
+            if not entries:
+                problems.append(f"{filename}:{number}: continuation line without an alias "
+                                "before it")
+                continue
+            first, logical = entries[-1]
+            entries[-1] = (first, logical + " " + raw.strip())
+        else:
+            entries.append((number, raw.strip()))
+
+    table: Aliases = {}
+    where: dict[str, int] = {}
+    for number, line in entries:
+        def problem(why: str, number: int = number) -> None:
+            problems.append(f"{filename}:{number}: {why}")
+
+        name_text, colon, targets_text = line.partition(":")
+        name_text = name_text.strip()
+        if not colon:
+            problem(f"expected 'name: target, ...', got {line!r}")
+            continue
+        try:
+            name = parse_address(name_text, primary_domain)
+        except AddressError as e:
+            problem(f"bad alias name: {e}")
+            continue
+        key = _key(name)
+        if local_domains is not None and _domain(name.domain) not in local_domains:
+            problem(f"alias {name_text!r} is for {name.domain}, which is not a local domain")
+            continue
+        if key in where:
+            problem(f"alias {name_text!r} is already defined on line {where[key]}: "
+                    "this one is ignored")
+            continue
+        targets: list[tuple[Address, bool]] = []
+        for item in targets_text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            why = _unsupported(item)
+            if why:
+                problem(f"target {item!r} of {name_text!r}: {why}")
+                continue
+            expand = not item.startswith("\\")
+            text_addr = item.lstrip("\\")
+            if text_addr.startswith("<") and text_addr.endswith(">"):
+                text_addr = text_addr[1:-1]
+            try:
+                targets.append((parse_address(text_addr, primary_domain), expand))
+            except AddressError as e:
+                problem(f"bad target {item!r} of {name_text!r}: {e}")
+        if not targets:
+            problem(f"alias {name_text!r} has no usable target")
+            continue
+        table[key] = tuple(dict.fromkeys(targets))
+        where[key] = number
+    return table, problems
+
+
+def _unsupported(item: str) -> str:
+    if item.startswith("|") or item.startswith('"|'):
+        return "delivery to programs is not supported"
+    if item.startswith("/"):
+        return "delivery to files is not supported"
+    if item.lower().startswith(":include:"):
+        return ":include: lists are not supported"
+    return ""
+
+
+def _loops(table: Aliases) -> list[str]:
+    """Alias cycles, each as ``a -> b -> a`` (self-references excluded)."""
+    found: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    seen_cycles: set[frozenset[str]] = set()
+
+    def visit(key: str, path: list[str]) -> None:
+        state[key] = 1
+        path.append(key)
+        for target, expand in table.get(key, ()):
+            t = _key(target)
+            if not expand or t == key or t not in table:
+                continue
+            if state.get(t) == 1:
+                cycle = [*path[path.index(t):], t]
+                if frozenset(cycle) not in seen_cycles:
+                    seen_cycles.add(frozenset(cycle))
+                    found.append(" -> ".join(cycle))
+            elif state.get(t) is None:
+                visit(t, path)
+        path.pop()
+        state[key] = 2
+
+    for key in table:
+        if key not in state:
+            visit(key, [])
+    return found
+
+
+def check_aliases_file(
+    path: str, primary_domain: str, domains: Iterable[str] | None = None
+) -> list[str]:
+    """Every problem of the aliases file at ``path``, one line each
+    (``<file>:<line>: <why>``; loops as ``<file>: alias loop: a -> b -> a``).
+    An empty list means the file is fine."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{path}: cannot read the aliases file: {e}"]
+    table, problems = parse_aliases(text, primary_domain, domains, path)
+    problems.extend(f"{path}: alias loop: {loop} (it is cut at runtime)"
+                    for loop in _loops(table))
+    return problems
+
+
+@implementer(IRecipientRouter)
+class Router:
+    """``IRecipientRouter`` over the local domains, the users database
+    (anything with ``contains(address) -> bool``) and the aliases file
+    (``None``: no aliases).  See the module docstring for the rules."""
+
+    def __init__(self, domains: Iterable[str], users: Any, aliases_file: str | None = None) -> None:
+        self.domains = tuple(dict.fromkeys(_domain(d) for d in domains))
+        if not self.domains:
+            raise ValueError("at least one local domain is needed")
+        self.primary_domain = self.domains[0]
+        self.users = users
+        self.aliases_file = aliases_file
+        self.aliases: Aliases = {}
+        self._stamp: tuple[int, ...] | None = None
+        self._reload_if_changed()
+
+    # -- the aliases file --------------------------------------------------
+
+    def _reload_if_changed(self) -> None:
+        if self.aliases_file is None:
+            return
+        try:
+            st = os.stat(self.aliases_file)
+            stamp: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except FileNotFoundError:
+            stamp = ()
+        except OSError as e:
+            log.error("cannot stat aliases file {path}: {error}", path=self.aliases_file,
+                      error=str(e))
+            return
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        if not stamp:
+            if self.aliases:
+                log.warn("aliases file {path} is gone: no aliases", path=self.aliases_file)
+            self.aliases = {}
+            return
+        try:
+            with open(self.aliases_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            log.error("cannot read aliases file {path}: {error}; keeping the previous aliases",
+                      path=self.aliases_file, error=str(e))
+            return
+        table, problems = parse_aliases(text, self.primary_domain, self.domains,
+                                        self.aliases_file)
+        for why in problems:
+            log.warn("aliases: {problem}", problem=why)
+        self.aliases = table
+        log.info("loaded {count} aliases from {path}", count=len(table), path=self.aliases_file)
+
+    # -- IRecipientRouter ------------------------------------------------------
+
+    def is_local_domain(self, domain: str) -> bool:
+        return _domain(domain) in self.domains
+
+    def resolve(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        self._reload_if_changed()
+        return self._expand(address)
+
+    def verify(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        self._reload_if_changed()
+        return self._expand(address)
+
+    # -- expansion -------------------------------------------------------------
+
+    def _is_user(self, address: Address) -> bool:
+        try:
+            return bool(self.users.contains(address))
+        except Exception:
+            log.failure("users database lookup failed for {address}", address=str(address))
+            return False
+
+    def _expand(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        if not self.is_local_domain(address.domain):
+            return (), (address,)
+        address = Address(address.local, _domain(address.domain))
+        if address.is_postmaster and _key(address) not in self.aliases and not self._is_user(
+            address
+        ):
+            address = Address("postmaster", self.primary_domain)
+            if _key(address) not in self.aliases:
+                return (address,), ()
+
+        local: dict[str, Address] = {}
+        remote: dict[str, Address] = {}
+        expanded: set[str] = set()
+        todo: deque[tuple[Address, bool, str | None]] = deque([(address, True, None)])
+        while todo:
+            target, expand, parent = todo.popleft()
+            if not self.is_local_domain(target.domain):
+                remote.setdefault(_key(target), target)
+                continue
+            key = _key(target)
+            if expand and key in self.aliases and key != parent:
+                if key in expanded:
+                    continue  # a loop, or a diamond: its targets are already in
+                expanded.add(key)
+                todo.extend((t, e, key) for t, e in self.aliases[key])
+                continue
+            if key in local:
+                continue
+            if self._is_user(target):
+                local[key] = Address(target.local, _domain(target.domain))
+            elif key == _key(Address("postmaster", self.primary_domain)):
+                local[key] = Address("postmaster", self.primary_domain)
+            elif parent is not None:
+                log.warn("alias {alias} names {target}, which is no local user: skipped",
+                         alias=parent, target=str(target))
+        if not local and not remote:
+            raise Rejected(replies.UNKNOWN_USER)
+        return tuple(local.values()), tuple(remote.values())
