@@ -222,12 +222,35 @@ def test_write_backpressure_stops_command_processing():
     proto.dataReceived(b"RETR 1\r\nRETR 1\r\nRETR 1\r\nNOOP\r\n")
     first = t.value()
     assert first.count(b"+OK 50002 octets") == 2  # the second write crossed the limit
-    assert t.producerState == "paused"
+    # still reading (a TLS handshake may need it), but answering nothing...
+    assert t.producerState == "producing"
+    proto.dataReceived(b"NOOP\r\n" * 1000)
+    assert t.value() == first
+    # ...until too much input waits: then reading stops as well
+    assert t.producerState == "producing"
+    proto.dataReceived(b"NOOP\r\n" * 2000)
+    assert t.producerState == "paused"  # 3000 lines, 18000 octets > INPUT_LIMIT
+    assert t.value() == first
     t.clear()
+    t.limit = None
     proto.resumeProducing()
     assert t.value().count(b"+OK 50002 octets") == 1
-    assert t.value().endswith(b"x\r\n.\r\n+OK\r\n")  # the rest, in order
+    assert t.value().endswith(b"x\r\n.\r\n" + b"+OK\r\n" * 3001)  # the rest, in order
     assert t.producerState == "producing"
+
+
+def test_paused_during_greeting_keeps_reading():
+    """A TLS layer pauses its producer until its handshake is done."""
+    env = Env()
+    proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
+    t = Transport(LOOPBACK, limit=0)
+    proto.makeConnection(t)
+    assert proto._write_paused and t.producerState == "producing"
+    proto.dataReceived(b"CAPA\r\n")
+    assert t.producerState == "producing"
+    t.limit = None
+    proto.resumeProducing()
+    assert t.value().endswith(b"IMPLEMENTATION txmailhub\r\n.\r\n")
 
 
 # -- streaming -------------------------------------------------------------

@@ -50,6 +50,10 @@ __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 CHUNK_SIZE = 64 * 1024
 """Octets read from a message file at a time; smaller messages go in one write."""
 
+INPUT_LIMIT = 16 * 1024
+"""Octets of unanswered commands buffered while the client does not read
+our responses; beyond it we stop reading from the client too."""
+
 log = Logger(namespace="txmailhub.pop3")
 
 
@@ -195,7 +199,7 @@ class POP3Protocol(Protocol):
         engine.receive_data(data)
         if engine.has_line:
             self._last_activity = self.reactor.seconds()
-            self._process()
+        self._process()
 
     def _process(self) -> None:
         """Handle buffered commands, in order, until one must wait."""
@@ -213,10 +217,17 @@ class POP3Protocol(Protocol):
         self._flow()
 
     def _flow(self) -> None:
-        """Read from the peer only while nothing is pending (STYLE practice 6)."""
+        """Read from the peer only while nothing is pending (STYLE practice 6).
+
+        While the transport's buffer is full we stop handling commands but
+        keep reading until ``INPUT_LIMIT`` octets wait: a TLS layer pauses
+        us while its handshake runs, and it needs to read to finish it."""
         if self._closing:
             return
-        want = not (self._busy or self._write_paused)
+        want = not (
+            self._busy
+            or (self._write_paused and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
+        )
         if want != self._reading:
             self._reading = want
             if want:

@@ -289,8 +289,10 @@ class POP3Server:
 
     @property
     def buffered(self) -> int:
-        """Octets held for lines not handled yet (bounded by the read size)."""
-        return len(self._partial) + sum(len(x) for x in self._lines if x is not _OVERLONG)
+        """Octets held for lines not handled yet, line ends included."""
+        return len(self._partial) + sum(
+            len(x) + 2 for x in self._lines if x is not _OVERLONG
+        )
 
     @property
     def has_line(self) -> bool:
