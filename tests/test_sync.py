@@ -163,6 +163,24 @@ class GroupCommitTests(SynchronousTestCase):
         self.threads.run_all()
         self.successResultOf(d)
 
+    def test_max_batches_lets_a_second_batch_start(self):
+        spy = SyscallSpy(self)
+        s = Syncer(None, method="fsync", max_batches=2, run_in_thread=self.threads)
+        d1 = s.sync_file("/a")
+        d2 = s.sync_file("/b")  # launched at once, beside the first
+        d3 = s.sync_file("/c")  # waits: two batches are in flight
+        self.assertEqual(len(self.threads.jobs), 2)
+        f, d = self.threads.jobs.pop(1)
+        d.callback(f())  # the second batch returns first
+        self.successResultOf(d2)
+        self.assertNoResult(d1)
+        self.assertEqual(len(self.threads.jobs), 2)  # /c took the free slot
+        self.threads.run_all()
+        self.successResultOf(d1)
+        self.successResultOf(d3)
+        self.assertEqual(spy.calls, [("fsync", "/b"), ("fsync", "/a"), ("fsync", "/c")])
+        self.successResultOf(s.stop())
+
     def test_unknown_method(self):
         self.assertRaises(LocalError, Syncer, None, method="fdatasync-maybe")
 

@@ -51,6 +51,17 @@ cost a thread per session.  syncfs wins on this machine in both rate and
 CPU, hence the default; ``method="fsync"`` is there for filesystems shared
 with heavy writers.
 
+The whole storage path (``Spooler`` + ``MaildirStore.deliver`` of a
+1 KiB message to one of 3 Maildirs, 10 concurrent loops, syncfs), with
+the machine's load average at 4-5 on 2 cores: 420-1,760 msg/s, 0.4-0.9
+ms CPU per message of which 0.14-0.31 ms user time (the rest is kernel
+time inside syncfs, which also writes back the neighbours' dirty pages).
+``max_batches`` lets more than one batch be in flight (the kernel then
+merges their commits): with 2, the same runs gave a higher median rate
+(900 vs 600 msg/s) but more system CPU per message, so the default stays
+1, classic group commit.  Measure on the target machine before changing
+it.
+
 Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
 batch under way and everything already requested finish, then stops them
 (it returns a Deferred).  A request made before ``start()`` starts the
@@ -194,7 +205,8 @@ class Syncer:
 
     ``reactor`` delivers results back to its thread.  ``method`` is
     ``"auto"``, ``"syncfs"`` or ``"fsync"``; ``threads`` caps the worker
-    pool (syncfs needs one per filesystem in a batch).
+    pool (syncfs needs one per filesystem in a batch); ``max_batches`` is
+    how many batches may be syncing at once (1: classic group commit).
     ``run_in_thread(f) -> Deferred`` replaces the pool (tests, or an
     application that wants its own threads).
     """
@@ -205,6 +217,7 @@ class Syncer:
         *,
         method: str = "auto",
         threads: int = 4,
+        max_batches: int = 1,
         run_in_thread: RunInThread | None = None,
     ) -> None:
         if method == "auto":
@@ -213,11 +226,12 @@ class Syncer:
             raise LocalError(f"unknown sync method {method!r}")
         self.reactor = reactor
         self.method = method
-        self.threads = threads
+        self.threads = max(threads, max_batches)
+        self.max_batches = max_batches
         self._run_injected = run_in_thread
         self._pool: ThreadPool | None = None
         self._pending: list[_Request] = []
-        self._busy = False
+        self._in_flight = 0
         self._stopped = False
         self._idle_waiters: list[defer.Deferred] = []
         #: counters for tests and benchmarks
@@ -249,7 +263,7 @@ class Syncer:
         return d.addCallback(stop_pool)
 
     def _wait_idle(self) -> defer.Deferred:
-        if not self._busy and not self._pending:
+        if not self._in_flight and not self._pending:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append(d)
@@ -280,7 +294,7 @@ class Syncer:
         """One Deferred per target (files or directories), all requested in
         the same batch, each with its own outcome."""
         ds = [self._request(t, launch=False) for t in targets]
-        if self._pending and not self._busy:
+        if self._pending and self._in_flight < self.max_batches:
             self._launch()
         return ds
 
@@ -290,7 +304,7 @@ class Syncer:
         self.requests += 1
         req = _Request(target)
         self._pending.append(req)
-        if launch and not self._busy:
+        if launch and self._in_flight < self.max_batches:
             self._launch()
         return req.deferred
 
@@ -308,7 +322,7 @@ class Syncer:
 
     def _launch(self) -> None:
         batch, self._pending = self._pending, []
-        self._busy = True
+        self._in_flight += 1
         self.batches += 1
         groups = self._plan(batch)
         self.syscalls += len(groups)
@@ -349,9 +363,11 @@ class Syncer:
                 req.deferred.callback(None)
 
     def _batch_done(self, _: Any) -> None:
-        self._busy = False
+        self._in_flight -= 1
         if self._pending:
             self._launch()
+            return
+        if self._in_flight:
             return
         waiters, self._idle_waiters = self._idle_waiters, []
         for d in waiters:
