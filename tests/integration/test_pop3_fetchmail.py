@@ -1,0 +1,73 @@
+"""fetchmail retrieves a mailbox from the hub over POP3 (loopback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from pop3util import drop
+
+ALICE, ALICE_PW = "alice@example.org", "alice-secret"
+FETCHMAIL = shutil.which("fetchmail")
+
+pytestmark = pytest.mark.skipif(FETCHMAIL is None, reason="fetchmail is not installed")
+
+
+def run_fetchmail(hub, tmp_path, out, tls: str = "sslproto ''") -> subprocess.CompletedProcess:
+    """Run fetchmail once; ``tls`` is its TLS option (default: plain POP3)."""
+    home = tmp_path / "fetchmail-home"
+    home.mkdir(exist_ok=True)
+    rc = home / "fetchmailrc"
+    rc.write_text(
+        f'poll 127.0.0.1 with proto POP3 port {hub.pop3_port} timeout 20\n'
+        f'  user "{ALICE}" there with password "{ALICE_PW}" is "nobody" here\n'
+        f'  {tls}\n'
+        f'  mda "/bin/sh -c \'cat > {out}/msg.$$\'"\n'
+    )
+    rc.chmod(0o600)
+    env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
+    return subprocess.run(
+        [FETCHMAIL, "-f", str(rc), "--idfile", str(home / "ids"), "--pidfile",
+         str(home / "pid"), "--nosyslog", "--nosoftbounce", "-v"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+def test_fetchmail_retrieves_and_deletes(hub, tmp_path):
+    messages = [
+        b"From: x@example.net\nTo: alice@example.org\nSubject: fm %d\n\nbody %d\n.dot line\n"
+        % (i, i)
+        for i in range(5)
+    ]
+    messages.append(b"Subject: big\n\n" + b"z" * 200 + b"\n" * 5000)
+    for m in messages:
+        drop(hub.maildir(ALICE), m)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_fetchmail(hub, tmp_path, out)
+    assert result.returncode == 0, result.stderr + result.stdout
+    got = sorted(p.read_bytes() for p in out.iterdir())
+    assert len(got) == len(messages), result.stderr + result.stdout
+    for m in messages:
+        # fetchmail adds its own Received: header in front
+        assert sum(1 for g in got if g.endswith(m)) == 1, m[:40]
+    assert hub.message_files(ALICE) == []  # fetchmail deletes what it fetched
+    again = run_fetchmail(hub, tmp_path, out)
+    assert again.returncode == 1  # 1: no mail
+    assert "Traceback" not in hub.log_text()
+
+
+def test_fetchmail_over_stls(make_hub, tmp_path):
+    hub = make_hub(tls=True)
+    drop(hub.maildir(ALICE), b"Subject: tls\n\nsecret body\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    cert = hub.folder / "tls" / "cert.pem"
+    tls = f'sslproto "tls1.2+" sslcertck sslcertfile "{cert}" sslcommonname localhost'
+    result = run_fetchmail(hub, tmp_path, out, tls)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "POP3> STLS" in result.stderr + result.stdout
+    [got] = [p.read_bytes() for p in out.iterdir()]
+    assert got.endswith(b"Subject: tls\n\nsecret body\n")

@@ -1,0 +1,264 @@
+"""POP3 over loopback against a running hub, with Python's poplib and raw sockets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import poplib
+import re
+import time
+
+import pytest
+from pop3util import RawPOP3, drop
+
+from txmailhub.pop3 import replies as R
+
+ALICE, ALICE_PW = "alice@example.org", "alice-secret"
+BOB, BOB_PW = "bob@example.org", "bob-secret"
+
+MSG1 = b"From: a@example.net\nTo: alice@example.org\nSubject: one\n\nfirst body\n.dotted\n"
+MSG2 = (b"From: b@example.net\nTo: alice@example.org\nSubject: two\n\n"
+        + b"".join(b"line %d\n" % i for i in range(20)))
+MSG3 = b"Subject: three\n\nno final newline"
+
+
+def crlf(data: bytes) -> bytes:
+    out = data.replace(b"\n", b"\r\n")
+    return out if out.endswith(b"\r\n") else out + b"\r\n"
+
+
+@pytest.fixture
+def filled(hub):
+    box = hub.maildir(ALICE)
+    drop(box, MSG1)
+    drop(box, MSG2)
+    drop(box, MSG3, sizes=False)  # a plain name, as another program writes it
+    return hub
+
+
+def pop(hub, user=ALICE, pw=ALICE_PW) -> poplib.POP3:
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    p.user(user)
+    p.pass_(pw)
+    return p
+
+
+def pop_when_free(hub, timeout: float = 5.0) -> poplib.POP3:
+    """Log in, retrying while the server has not yet noticed a closed session."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return pop(hub)
+        except poplib.error_proto as e:
+            if b"[IN-USE]" not in e.args[0] or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def retrieved(p: poplib.POP3, n: int) -> bytes:
+    _, lines, _octets = p.retr(n)
+    return b"".join(x + b"\r\n" for x in lines)
+
+
+def test_user_pass_stat_list_retr_sizes_are_exact(filled):
+    p = pop(filled)
+    count, total = p.stat()
+    assert count == 3
+    _, listing, _ = p.list()
+    sizes = [int(x.split()[1]) for x in listing]
+    assert sum(sizes) == total
+    bodies = [retrieved(p, i) for i in (1, 2, 3)]
+    assert sorted(bodies) == sorted(crlf(m) for m in (MSG1, MSG2, MSG3))
+    assert [len(b) for b in bodies] == sizes  # LIST octets == what RETR sends
+    assert p.quit().startswith(b"+OK")
+    files = filled.message_files(ALICE)
+    assert len(files) == 3 and all(f.parent.name == "cur" and f.name.endswith("S") for f in files)
+
+
+def test_capa_exactly(hub):
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    assert re.fullmatch(rb"\+OK mail\.example\.org POP3 server ready <\d+\.\d+\.\w+@mail"
+                        rb"\.example\.org>", p.getwelcome())
+    assert p.capa() == {
+        "TOP": [], "UIDL": [], "USER": [], "SASL": ["PLAIN"], "RESP-CODES": [],
+        "AUTH-RESP-CODE": [], "PIPELINING": [], "IMPLEMENTATION": ["txmailhub"],
+    }
+    p.quit()
+
+
+def test_top_and_uidl_stable_across_sessions(filled):
+    p = pop(filled)
+    _, lines, _ = p.top(2, 3)
+    assert lines == [b"From: b@example.net", b"To: alice@example.org", b"Subject: two", b"",
+                     b"line 0", b"line 1", b"line 2"]
+    _, uidl, _ = p.uidl()
+    assert p.uidl(1).split()[1:] == uidl[0].split()
+    p.dele(1)
+    p.quit()
+    p = pop(filled)
+    _, uidl2, _ = p.uidl()
+    old = {x.split()[1] for x in uidl}
+    new = {x.split()[1] for x in uidl2}
+    assert len(new) == 2 and new < old
+    assert all(re.fullmatch(rb"[\x21-\x7e]{1,70}", u) for u in new)
+    p.quit()
+
+
+def test_dele_rset_quit_semantics(filled):
+    p = pop(filled)
+    p.dele(1)
+    p.dele(2)
+    with pytest.raises(poplib.error_proto, match="deleted"):
+        p.retr(1)
+    assert p.stat()[0] == 1
+    p.rset()
+    assert p.stat()[0] == 3
+    p.dele(3)
+    resp = p.quit()
+    assert resp == R.bye_updated(2).to_bytes().rstrip()
+    assert len(filled.message_files(ALICE)) == 2
+
+
+def test_dropped_connection_deletes_nothing_and_new_mail_waits(filled):
+    p = pop(filled)
+    p.dele(1)
+    p.dele(2)
+    p.close()  # no QUIT: just drop the connection
+    p2 = pop_when_free(filled)  # the lock is released once the server sees the close
+    assert p2.stat()[0] == 3
+    # new mail waits for the next session: numbers stay stable
+    drop(filled.maildir(ALICE), b"Subject: late\n\nlate\n")
+    assert p2.stat()[0] == 3
+    p2.quit()
+    p3 = pop(filled)
+    assert p3.stat()[0] == 4
+    p3.quit()
+
+
+def test_apop(filled):
+    p = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+    assert p.apop(ALICE, ALICE_PW).startswith(b"+OK")
+    assert p.stat()[0] == 3
+    p.quit()
+    # by hand: the digest covers the timestamp of this connection's greeting
+    c = RawPOP3(filled.pop3_port)
+    ts = re.search(rb"<[^>]+>", c.line()).group(0)
+    digest = hashlib.md5(ts + ALICE_PW.encode()).hexdigest().encode()
+    c.send(b"APOP alice " + digest + b"\r\nSTAT\r\nQUIT\r\n")
+    assert c.line().startswith(b"+OK Logged in")
+    assert c.line().startswith(b"+OK 3 ")
+    c.close()
+    p = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.apop(BOB, BOB_PW)  # bob has no APOP secret
+    p.close()
+
+
+def test_auth_plain_both_forms_and_cancel(filled):
+    p = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+    token = base64.b64encode(f"\0{ALICE}\0{ALICE_PW}".encode()).decode()
+    assert p._shortcmd("AUTH PLAIN").startswith(b"+ ")
+    with pytest.raises(poplib.error_proto, match="cancel"):
+        p._shortcmd("*")
+    assert p._shortcmd("AUTH PLAIN " + token).startswith(b"+OK")
+    assert p.stat()[0] == 3
+    p.quit()
+    p = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+    p._shortcmd("AUTH PLAIN")
+    assert p._shortcmd(token).startswith(b"+OK")
+    p.quit()
+
+
+def test_bad_password_is_auth_and_closes_after_limit(make_hub):
+    hub = make_hub(sections={"pop3": {"auth_failure_delay": 0.2, "max_auth_failures": 3}})
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=20)
+    for _ in range(2):
+        p.user(ALICE)
+        with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] Authentication failed"):
+            p.pass_("wrong")
+    p.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"Too many"):
+        p.pass_("wrong")
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        p.noop()
+
+
+def test_in_use_across_two_connections(filled):
+    p = pop(filled)
+    p2 = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+    p2.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        p2.pass_(ALICE_PW)
+    p.quit()
+    p2.user(ALICE)
+    assert p2.pass_(ALICE_PW).startswith(b"+OK")
+    p2.quit()
+
+
+def test_in_use_across_two_processes(filled, make_hub):
+    other = make_hub(users={}, sections={
+        "hub": {"state_dir": str(filled.state_dir)},
+        "users": {"file": str(filled.folder / "users")},
+    })
+    p = pop(filled)
+    p2 = poplib.POP3("127.0.0.1", other.pop3_port, timeout=10)
+    p2.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        p2.pass_(ALICE_PW)
+    p.quit()
+    p2.user(ALICE)
+    assert p2.pass_(ALICE_PW).startswith(b"+OK")
+    p2.quit()
+    # a crash leaves no stale lock
+    p3 = pop(other)
+    other.kill()
+    p3.close()
+    assert pop_when_free(filled).stat()[0] == 3
+
+
+def test_seed_exchange_verbatim(hub):
+    body = (b"Return-Path: <hollingd>\n"
+            b"Date: Mon, 20 Mar 2000 13:49:54 -0500\n"
+            b"From: Dave Hollinger <hollingd@monte.cs.rpi.edu>\n"
+            b"To: joe@monte.cs.rpi.edu\nStatus: O\n\nblah\n")
+    drop(hub.maildir(ALICE), body)
+    size = len(crlf(body))
+    c = RawPOP3(hub.pop3_port)
+    assert c.line().startswith(b"+OK")
+    c.send(b"user alice\r\n")
+    assert c.line().startswith(b"+OK")
+    c.send(b"pass alice-secret\r\n")
+    assert c.line().startswith(b"+OK")
+    c.send(b"stat\r\n")
+    assert c.line() == b"+OK 1 %d" % size
+    c.send(b"list\r\n")
+    assert c.multiline().split(b"\r\n", 1)[1] == b"1 %d\r\n.\r\n" % size
+    c.send(b"retr 1\r\n")
+    assert c.multiline() == b"+OK %d octets\r\n" % size + crlf(body) + b".\r\n"
+    c.send(b"quit\r\n")
+    assert c.line().startswith(b"+OK")
+    c.close()
+
+
+def test_pipelined_batch_and_bad_input_over_the_wire(filled):
+    c = RawPOP3(filled.pop3_port)
+    c.line()
+    c.send(b"CAPA\r\nUSER alice\r\nPASS alice-secret\r\nSTAT\r\nLIST 9\r\nRETR x\r\n"
+           b"FOO\r\n" + b"NOOP " + b"a" * 300 + b"\r\nTOP 1 0\r\nNOOP\r\n")
+    assert c.multiline().startswith(b"+OK Capability")
+    assert c.line() == R.USER_ACCEPTED.to_bytes().rstrip()
+    assert c.line().startswith(b"+OK Logged in, 3 messages")
+    assert c.line().startswith(b"+OK 3 ")
+    assert c.line() == R.NO_SUCH_MESSAGE.to_bytes().rstrip()
+    assert c.line() == R.INVALID_NUMBER.to_bytes().rstrip()
+    assert c.line() == R.UNKNOWN_COMMAND.to_bytes().rstrip()
+    assert c.line() == R.LINE_TOO_LONG.to_bytes().rstrip()
+    assert c.multiline().startswith(b"+OK Top")
+    assert c.line() == b"+OK"
+    c.send(b"X" * 1_000_000 + b"\r\nNOOP\r\n")  # a huge line: refused, session goes on
+    assert c.line() == R.LINE_TOO_LONG.to_bytes().rstrip()
+    assert c.line() == b"+OK"
+    c.send(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+    assert c.closed()
+    assert "Traceback" not in filled.log_text()

@@ -1,0 +1,62 @@
+"""POP3 with TLS over loopback: STLS (RFC 2595) and implicit TLS (RFC 8314)."""
+
+from __future__ import annotations
+
+import poplib
+import ssl
+
+import pytest
+from pop3util import drop
+
+ALICE, ALICE_PW = "alice@example.org", "alice-secret"
+MSG = b"Subject: secure\n\n.hidden dot\nbody\n"
+
+
+@pytest.fixture
+def tls_hub(make_hub):
+    hub = make_hub(tls=True)
+    drop(hub.maildir(ALICE), MSG)
+    return hub
+
+
+def context(hub) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
+
+
+def test_stls_then_login_and_retr(tls_hub):
+    p = poplib.POP3("127.0.0.1", tls_hub.pop3_port, timeout=10)
+    assert "STLS" in p.capa()
+    p.stls(context(tls_hub))
+    assert "STLS" not in p.capa()  # the session started afresh, TLS active
+    with pytest.raises(poplib.error_proto, match="TLS active"):
+        p._shortcmd("STLS")
+    p.user(ALICE)
+    p.pass_(ALICE_PW)
+    _, lines, _ = p.retr(1)
+    assert lines == [b"Subject: secure", b"", b".hidden dot", b"body"]
+    p.quit()
+
+
+def test_implicit_tls(tls_hub):
+    p = poplib.POP3_SSL("127.0.0.1", tls_hub.pop3s_port, timeout=10, context=context(tls_hub))
+    assert p.getwelcome().startswith(b"+OK mail.example.org POP3 server ready <")
+    assert "STLS" not in p.capa()
+    p.user(ALICE)
+    p.pass_(ALICE_PW)
+    assert p.stat()[0] == 1
+    _, lines, _ = p.top(1, 0)
+    assert lines == [b"Subject: secure", b""]
+    p.quit()
+
+
+def test_large_message_over_tls_streams_completely(tls_hub):
+    big = b"".join(b"%07d .line of a large message over TLS\n" % i for i in range(60000))
+    drop(tls_hub.maildir(ALICE), big)
+    p = poplib.POP3_SSL("127.0.0.1", tls_hub.pop3s_port, timeout=30, context=context(tls_hub))
+    p.user(ALICE)
+    p.pass_(ALICE_PW)
+    _, listing, _ = p.list()
+    number = max(listing, key=lambda x: int(x.split()[1])).split()[0]
+    _, lines, _octets = p.retr(int(number))
+    assert b"\n".join(lines) + b"\n" == big
+    p.quit()
