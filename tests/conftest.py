@@ -40,6 +40,13 @@ DEFAULT_USERS: dict[str, str] = {
 APOP_USERS = ("alice@example.org",)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder, so nothing (trial's ``mktemp``
+    included) ever writes into the source tree."""
+    monkeypatch.chdir(tmp_path)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
     socks = []
