@@ -146,6 +146,10 @@ class AliasTests(Base):
                          ((A("ann"),), (A("pm@remote.test"),)))
         r = self.router("postmaster: joe\n")
         self.assertEqual(r.resolve(A("postmaster@example.net")), ((A("joe"),), ()))
+        # an alias to nobody still never refuses the postmaster (RFC 5321 4.5.1)
+        r = self.router("postmaster: ghost\npostmaster@example.net: ghost2\n")
+        self.assertEqual(r.resolve(A("postmaster@example.net")), ((A("postmaster"),), ()))
+        self.assertEqual(r.resolve(A("postmaster")), ((A("postmaster"),), ()))
 
     def test_reload_when_the_file_changes(self):
         r = self.router("list: joe\n")

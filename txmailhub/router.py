@@ -32,7 +32,9 @@ lookup).
 4.5.1): to the alias ``postmaster@<that domain>`` if there is one, else
 to the user ``postmaster@<that domain>``, else to the primary domain's
 postmaster (alias, else its Maildir, which exists even before anyone can
-read it over POP3: add ``postmaster: you`` to the aliases file).
+read it over POP3: add ``postmaster: you`` to the aliases file).  A
+postmaster alias whose targets are all unknown falls back to that
+Maildir too, with a warning.
 """
 
 from __future__ import annotations
@@ -309,5 +311,9 @@ class Router:
                 log.warn("alias {alias} names {target}, which is no local user: skipped",
                          alias=parent, target=str(target))
         if not local and not remote:
+            if address.is_postmaster:  # RFC 5321 4.5.1: never refused
+                log.warn("postmaster alias {alias} leads to no mailbox: using {mailbox}",
+                         alias=_key(address), mailbox=f"postmaster@{self.primary_domain}")
+                return (Address("postmaster", self.primary_domain),), ()
             raise Rejected(replies.UNKNOWN_USER)
         return tuple(local.values()), tuple(remote.values())
