@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 from txmailhub.address import Address
 from txmailhub.errors import LocalError, MailboxInUse
 from txmailhub.interfaces import IMailbox, IMailboxStore
-from txmailhub.store import maildir as maildir_module
+from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store.maildir import (
     SIZES_NAME,
     CRLFEncoder,
@@ -283,7 +283,7 @@ class MailboxTests(Base):
         def no_reading(path):
             raise AssertionError("a file was read to learn its size")
 
-        self.patch(maildir_module, "_crlf_size_of_file", no_reading)
+        self.patch(mailbox_module, "_crlf_size_of_file", no_reading)
         box = self.open()
         infos = box.list_messages()
         self.assertEqual([(i.size, i.stored_size, i.seen) for i in infos],
@@ -414,13 +414,13 @@ class PlainNameTests(Base):
         data = b"From: x\r\nSubject: crlf\r\n\r\nbody\nno final newline"
         path = self.drop("1600000000.12345_1.otherhost", data)
         calls = []
-        real = maildir_module._crlf_size_of_file
+        real = mailbox_module._crlf_size_of_file
 
         def counting(p):
             calls.append(p)
             return real(p)
 
-        self.patch(maildir_module, "_crlf_size_of_file", counting)
+        self.patch(mailbox_module, "_crlf_size_of_file", counting)
         box = self.open()
         infos = box.list_messages()
         plain = infos[0]  # 1600000000 sorts before our delivery

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -215,6 +216,16 @@ class RealThreadTests(TestCase):
             self.assertGreaterEqual(s.batches, 1)
             yield s.stop()
             self.assertIsNone(s._pool)
+
+    def test_workers_are_daemon_threads(self):
+        from twisted.internet import reactor
+
+        s = Syncer(reactor)
+        s.start()
+        done = []
+        s._pool.callInThread(lambda: done.append(threading.current_thread().daemon))
+        s._pool.stop()  # joins: the job has run
+        self.assertEqual(done, [True])
 
     @defer.inlineCallbacks
     def test_real_error_reaches_the_caller(self):

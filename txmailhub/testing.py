@@ -44,7 +44,7 @@ from txmailhub.interfaces import (
     ISpoolWriter,
 )
 from txmailhub.smtp import replies
-from txmailhub.store.maildir import MessageInfo, crlf_size_of
+from txmailhub.store.format import MessageInfo, crlf_size_of
 
 __all__ = [
     "MemoryMailbox",

@@ -32,7 +32,7 @@ from zope.interface import implementer
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError
 from txmailhub.interfaces import ISpooler, ISpoolWriter
-from txmailhub.store.maildir import CRLFCounter
+from txmailhub.store.format import CRLFCounter
 
 __all__ = ["SpoolWriter", "Spooler"]
 

@@ -65,7 +65,9 @@ it.
 Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
 batch under way and everything already requested finish, then stops them
 (it returns a Deferred).  A request made before ``start()`` starts the
-workers itself; a request made after ``stop()`` errbacks (``LocalError``),
+workers itself (and asks the reactor to ``stop()`` it before shutdown);
+the threads are daemon threads, so a forgotten ``stop()`` never hangs an
+exiting process; a request made after ``stop()`` errbacks (``LocalError``),
 so a late message is refused rather than acknowledged unsynced.  Tests
 inject ``run_in_thread`` (``f -> Deferred``) and need no threads at all.
 """
@@ -78,6 +80,7 @@ import os
 import platform
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -192,6 +195,14 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+class _DaemonThreadPool(ThreadPool):
+    """Worker threads that never keep an exiting interpreter alive."""
+
+    @staticmethod
+    def threadFactory(*args: Any, **kwargs: Any) -> threading.Thread:
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
 class _Request:
     __slots__ = ("deferred", "target")
 
@@ -232,6 +243,7 @@ class Syncer:
         self._pool: ThreadPool | None = None
         self._pending: list[_Request] = []
         self._in_flight = 0
+        self._trigger_added = False
         self._stopped = False
         self._idle_waiters: list[defer.Deferred] = []
         #: counters for tests and benchmarks
@@ -245,7 +257,7 @@ class Syncer:
         """Start the worker threads (idempotent)."""
         self._stopped = False
         if self._run_injected is None and self._pool is None:
-            self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="txmailhub-sync")
+            self._pool = _DaemonThreadPool(0, self.threads, "txmailhub-sync")
             self._pool.start()
 
     def stop(self) -> defer.Deferred:
@@ -318,6 +330,10 @@ class Syncer:
                 return defer.fail(Failure())
         if self._pool is None:
             self.start()
+            if not self._trigger_added and hasattr(self.reactor, "addSystemEventTrigger"):
+                # started by a request, not by a service: finish before shutdown
+                self._trigger_added = True
+                self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
         return deferToThreadPool(self.reactor, self._pool, f)
 
     def _launch(self) -> None:

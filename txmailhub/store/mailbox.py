@@ -1,0 +1,263 @@
+"""One Maildir as a POP3 session sees it: a locked snapshot.
+
+Owns ``scan`` (the snapshot of new/ and cur/ in delivery order),
+the size cache ``.txmailhub-sizes`` of plain-named messages, the clean-up
+of stale ``tmp/`` files, and ``MaildirMailbox`` (``IMailbox``: reading,
+the Seen flag, deletion).  The lock itself is taken by
+``MaildirStore.open_mailbox``; the mailbox only releases it.  Never
+delivers mail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txmailhub.interfaces import IMailbox
+from txmailhub.store.format import (
+    CRLFCounter,
+    MessageInfo,
+    base_name,
+    name_fields,
+    order_key,
+    uid_for_name,
+)
+from txmailhub.store.sync import durable_write
+
+__all__ = ["LOCK_NAME", "SIZES_NAME", "STALE_TMP_SECONDS", "MaildirMailbox", "clean_tmp", "scan"]
+
+log = Logger()
+
+LOCK_NAME = ".txmailhub.lock"
+SIZES_NAME = ".txmailhub-sizes"
+STALE_TMP_SECONDS = 36 * 3600  # the Maildir convention for tmp/ leftovers
+_CHUNK = 1 << 20
+
+
+def _crlf_size_of_file(path: str) -> tuple[int, int]:
+    counter = CRLFCounter()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            counter.feed(chunk)
+    return counter.size, counter.crlf_size
+
+
+def clean_tmp(md: str, now: float) -> None:
+    tmp = os.path.join(md, "tmp")
+    try:
+        names = os.listdir(tmp)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(tmp, name)
+        try:
+            if now - os.stat(path).st_mtime > STALE_TMP_SECONDS:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+# --- the snapshot -------------------------------------------------------------
+
+
+def scan(md: str) -> list[MessageInfo]:
+    """The messages of Maildir ``md`` (new/ and cur/) in delivery order.
+
+    Names with ``W=`` are listed without touching the file; plain names
+    get their sizes from the cache (measured and cached on first sight)."""
+    entries: list[tuple[tuple, MessageInfo]] = []
+    cache = _SizeCache(md)
+    for sub in ("new", "cur"):
+        folder = os.path.join(md, sub)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            fields = name_fields(name)
+            info = name.partition(":")[2]
+            seen = info.startswith("2,") and "S" in info[2:]
+            if "W" in fields and "S" in fields:
+                size, crlf = fields["S"], fields["W"]
+                mtime = 0.0
+            else:
+                try:
+                    st = os.stat(path)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    size, crlf = cache.sizes(name, path, st)
+                except FileNotFoundError:
+                    continue
+                mtime = st.st_mtime
+            key = (*order_key(name, mtime), name)
+            entries.append((key, MessageInfo(uid_for_name(name), crlf, path, size, seen)))
+    cache.save()
+    entries.sort(key=lambda e: e[0])
+    out: list[MessageInfo] = []
+    uids: set[str] = set()
+    for _, mi in entries:
+        if mi.uid in uids:  # the same unique part twice: keep UIDLs distinct
+            name = os.path.basename(mi.path)
+            mi = dataclasses.replace(mi, uid=hashlib.sha1(name.encode(
+                "utf-8", "surrogateescape")).hexdigest())
+        uids.add(mi.uid)
+        out.append(mi)
+    return out
+
+
+class _SizeCache:
+    """``.txmailhub-sizes``: ``{unique part: [inode, mtime_ns, size, crlf]}``."""
+
+    def __init__(self, md: str) -> None:
+        self.path = os.path.join(md, SIZES_NAME)
+        self.entries: dict[str, list[int]] = {}
+        self.used: set[str] = set()
+        self.dirty = False
+        try:
+            with open(self.path, "rb") as f:
+                doc = json.loads(f.read())
+            if isinstance(doc, dict) and doc.get("version") == 1:
+                self.entries = {
+                    k: v for k, v in doc.get("sizes", {}).items()
+                    if isinstance(v, list) and len(v) == 4
+                }
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warn("ignoring unreadable size cache {path}: {error}", path=self.path,
+                     error=str(e))
+            self.dirty = True
+
+    def sizes(self, name: str, path: str, st: os.stat_result) -> tuple[int, int]:
+        key = name.split(":", 1)[0]  # the flags change, this does not
+        self.used.add(key)
+        got = self.entries.get(key)
+        if got is not None and got[0] == st.st_ino and got[1] == st.st_mtime_ns and (
+            got[2] == st.st_size
+        ):
+            return got[2], got[3]
+        size, crlf = _crlf_size_of_file(path)
+        self.entries[key] = [st.st_ino, st.st_mtime_ns, size, crlf]
+        self.dirty = True
+        return size, crlf
+
+    def save(self) -> None:
+        stale = set(self.entries) - self.used
+        for key in stale:
+            del self.entries[key]
+        if not (self.dirty or stale):
+            return
+        data = json.dumps({"version": 1, "sizes": self.entries}, sort_keys=True).encode()
+        try:
+            durable_write(self.path, data)
+        except OSError as e:  # a cache: the sizes are measured again next time
+            log.warn("cannot write size cache {path}: {error}", path=self.path, error=str(e))
+
+
+# --- one locked session ---------------------------------------------------------
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """A locked snapshot of one Maildir (see ``IMailbox``).
+
+    ``store`` is the ``MaildirStore`` (its ``syncer`` makes deletions
+    durable); ``lock_fd`` holds the ``flock``, released by ``close``."""
+
+    def __init__(self, store: Any, md: str, lock_fd: int,
+                 snapshot: list[MessageInfo]) -> None:
+        self.store = store
+        self.path = md
+        self._lock_fd: int | None = lock_fd
+        self._messages = snapshot
+
+    def list_messages(self) -> list[MessageInfo]:
+        return list(self._messages)
+
+    def _locate(self, index: int) -> str:
+        """The message's path now; if another Maildir reader renamed it
+        (flags), find it again by its unique part."""
+        info = self._messages[index]
+        if os.path.exists(info.path):
+            return info.path
+        base = base_name(os.path.basename(info.path))
+        for sub in ("cur", "new"):
+            folder = os.path.join(self.path, sub)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if base_name(name) == base:
+                    path = os.path.join(folder, name)
+                    self._messages[index] = dataclasses.replace(info, path=path)
+                    return path
+        return info.path
+
+    def open_message(self, index: int) -> Any:
+        return open(self._locate(index), "rb")
+
+    def mark_seen(self, index: int) -> None:
+        try:
+            info = self._messages[index]
+            path = self._locate(index)
+            name = os.path.basename(path)
+            unique, _, flags = name.partition(":")
+            if flags.startswith("2,"):
+                if "S" in flags[2:]:
+                    if os.path.basename(os.path.dirname(path)) == "cur":
+                        return
+                    new_flags = flags
+                else:
+                    new_flags = "2," + "".join(sorted(flags[2:] + "S"))
+            else:
+                new_flags = "2,S"
+            target = os.path.join(self.path, "cur", f"{unique}:{new_flags}")
+            os.rename(path, target)
+            self._messages[index] = dataclasses.replace(info, path=target, seen=True)
+        except (OSError, IndexError) as e:
+            log.warn("cannot mark message {index} of {maildir} seen: {error}",
+                     index=index, maildir=self.path, error=str(e))
+
+    def delete(self, indices: list[int]) -> defer.Deferred:
+        """Unlink the messages, then fsync the folders.  Fires ``None``;
+        errbacks with the first error (the other messages are still
+        removed and synced)."""
+        dirs: set[str] = set()
+        error: Exception | None = None
+        for index in dict.fromkeys(indices):
+            try:
+                path = self._locate(index)
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except (OSError, IndexError) as e:
+                log.error("cannot delete message {index} of {maildir}: {error}",
+                          index=index, maildir=self.path, error=str(e))
+                error = error or e
+                continue
+            dirs.add(os.path.dirname(path))
+        d = self.store.syncer.sync(dirs=sorted(dirs)) if dirs else defer.succeed(None)
+        if error is not None:
+            d.addCallback(lambda _: defer.fail(error))
+        return d
+
+    def close(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_fd is None
