@@ -23,6 +23,10 @@ CANNOT_VRFY = Reply.of(
     252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery"
 )
 BYE = Reply.of(221, "2.0.0", "Bye")
+# RFC 4954: a 334 carries base64 text only (no enhanced code).
+AUTH_CONTINUE = Reply.of(334, None, "")
+AUTH_USERNAME = Reply.of(334, None, "VXNlcm5hbWU6")  # "Username:"
+AUTH_PASSWORD = Reply.of(334, None, "UGFzc3dvcmQ6")  # "Password:"
 
 # --- transient ------------------------------------------------------------
 TIMEOUT = Reply.of(421, "4.4.2", "Idle timeout, closing connection")
@@ -54,6 +58,8 @@ AUTH_INVALID_BASE64 = Reply.of(501, "5.5.2", "Invalid base64 data")
 AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")
 COMMAND_NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Command not implemented")
 TURN_REFUSED = Reply.of(502, "5.5.1", "TURN is not supported")
+SEND_REFUSED = Reply.of(502, "5.5.1", "SEND is not supported (no terminal delivery); use MAIL")
+STARTTLS_ARGUMENT = Reply.of(501, "5.5.4", "STARTTLS takes no argument")
 EXPN_DISABLED = Reply.of(502, "5.5.1", "EXPN is disabled")
 TLS_ALREADY = Reply.of(503, "5.5.1", "TLS already active")
 BAD_SEQUENCE = Reply.of(503, "5.5.1", "Bad sequence of commands")

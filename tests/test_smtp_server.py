@@ -1,0 +1,498 @@
+"""txmailhub.smtp.server: the sans-IO engine, per command and per reply code."""
+
+from __future__ import annotations
+
+import base64
+from types import SimpleNamespace
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.smtp import replies
+from txmailhub.smtp.policy import RecipientPolicy
+from txmailhub.smtp.server import (
+    AuthRequest,
+    Close,
+    MessageAborted,
+    MessageComplete,
+    ServerConfig,
+    Session,
+    SMTPServer,
+    StartMessage,
+    StartTLS,
+    State,
+)
+from txmailhub.testing import QueueSpy, StaticRouter
+
+ALICE = Address("alice", "example.org")
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+class Driver:
+    """Runs an engine, answering its requests like a cooperative adapter."""
+
+    def __init__(self, queue=None, session=None, auto=True, **config):
+        router = StaticRouter(
+            {"alice": None, "bob": None, "hollindg": None, "list": ["alice", "bob"],
+             "fwd": ["x@remote.test"]},
+            domains=("example.org", "example.net"),
+        )
+        components = SimpleNamespace(
+            router=router, queue=queue,
+            settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org")),
+        )
+        cfg = dict(hostname="mx.example.org", primary_domain="example.org",
+                   auth_available=True, tls_available=True)
+        cfg.update(config)
+        self.session = session or Session(client_host="192.0.2.9")
+        self.engine = SMTPServer(ServerConfig(**cfg), RecipientPolicy(components), self.session)
+        self.auto = auto
+        self.body: list[bytes] = []
+        self.events: list = []
+        self.done_reply = replies.accepted("ID1")
+        self.engine.greeting()
+        self.banner = self.engine.data_to_send()
+
+    def send(self, data: bytes | str) -> list[str]:
+        if isinstance(data, str):
+            data = data.encode()
+        self.engine.receive_data(data)
+        return self.pump()
+
+    def pump(self) -> list[str]:
+        e = self.engine
+        while (ev := e.next_event()) is not None:
+            self.events.append(ev)
+            if not self.auto:
+                continue
+            if isinstance(ev, StartMessage):
+                e.message_started(self.body.append)
+            elif isinstance(ev, MessageComplete):
+                e.message_done(self.done_reply)
+            elif isinstance(ev, AuthRequest):
+                if ev.password == "secret" and not ev.malformed:
+                    e.auth_succeeded(Address(*ev.username.split("@")))
+                else:
+                    e.auth_failed()
+            elif isinstance(ev, StartTLS):
+                e.tls_started()
+        return e.data_to_send().decode().splitlines()
+
+    def codes(self, data) -> list[str]:
+        return [line[:3] for line in self.send(data) if line[3:4] == " "]
+
+
+def tx(d: Driver) -> None:
+    assert d.codes("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n") == [
+        "250", "250", "250"]
+
+
+# --- greeting, HELO, EHLO ----------------------------------------------------------
+
+
+def test_greeting_has_no_enhanced_code():
+    d = Driver()
+    assert d.banner == b"220 mx.example.org ESMTP txmailhub ready\r\n"
+
+
+def test_helo_and_ehlo():
+    d = Driver()
+    assert d.send("HELO z3.cs.rpi.edu\r\n") == [
+        "250 mx.example.org Hello z3.cs.rpi.edu, pleased to meet you"]
+    lines = d.send("EHLO c.test\r\n")
+    assert lines[0] == "250-mx.example.org Hello c.test"
+    keywords = [line[4:] for line in lines[1:]]
+    for kw in ("SIZE 26214400", "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8",
+               "CHUNKING", "DSN", "STARTTLS"):
+        assert kw in keywords
+    assert "AUTH PLAIN LOGIN" not in keywords  # not over plain text from afar
+    assert d.send("HELO\r\n") == [replies.SYNTAX_ARGUMENT.to_bytes().decode().strip()]
+
+
+def test_auth_advertised_on_loopback_and_after_tls():
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    assert "250-AUTH PLAIN LOGIN" in d.send("EHLO c\r\n")
+    d = Driver()
+    d.send("EHLO c\r\nSTARTTLS\r\n")
+    lines = d.send("EHLO c\r\n")
+    assert "250-AUTH PLAIN LOGIN" in lines and "250-STARTTLS" not in lines
+    d = Driver(tls_available=False, auth_available=False)
+    lines = d.send("EHLO c\r\n")
+    assert not any("STARTTLS" in x or "AUTH" in x for x in lines)
+
+
+# --- the seed's exchange -------------------------------------------------------------
+
+
+def test_seed_typical_exchange():
+    d = Driver()
+    out = d.send("HELO z3.cs.rpi.edu\r\nMAIL FROM: bill@microsoft.com\r\nRCPT TO: hollindg\r\n"
+                 "DATA\r\n")
+    assert [x[:3] for x in out] == ["250", "250", "250", "354"]
+    assert out[2] == "250 2.1.5 <hollindg@example.org>... Recipient OK"
+    out = d.send("Hi Dave - What is buffer overflow?\r\n.\r\n")
+    assert out == ["250 2.0.0 ID1 Message accepted for delivery"]
+    assert b"".join(d.body) == b"Hi Dave - What is buffer overflow?\n"
+    done = next(e for e in d.events if isinstance(e, MessageComplete))
+    assert done.envelope.sender == Address("bill", "microsoft.com")
+    assert done.envelope.recipients == (Address("hollindg", "example.org"),)
+    assert done.envelope.helo == "z3.cs.rpi.edu"
+
+
+# --- MAIL, RCPT ---------------------------------------------------------------------
+
+
+def test_mail_requires_helo():
+    d = Driver()
+    assert d.send("MAIL FROM:<a@b.test>\r\n") == [replies.HELO_REQUIRED.text()]
+
+
+def test_sequence_errors():
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send("RCPT TO:<alice>\r\n") == [replies.MAIL_NEEDED.text()]
+    assert d.send("DATA\r\n") == [replies.MAIL_NEEDED.text()]
+    assert d.codes("MAIL FROM:<>\r\n") == ["250"]
+    assert d.send("MAIL FROM:<>\r\n") == [replies.MAIL_NESTED.text()]
+    assert d.send("DATA\r\n") == [replies.DATA_NO_RECIPIENTS.text()]
+
+
+def test_unknown_user_and_relay_denied_and_postmaster():
+    d = Driver(queue=QueueSpy())
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    assert d.send("RCPT TO:<nobody@example.org>\r\n") == [replies.UNKNOWN_USER.text()]
+    assert d.send("RCPT TO:<x@remote.test>\r\n") == [replies.RELAY_DENIED.text()]
+    assert d.codes("RCPT TO:<PostMaster>\r\nRCPT TO:<POSTMASTER@example.net>\r\n") == [
+        "250", "250"]
+
+
+def test_relay_allowed_from_network_or_after_auth():
+    d = Driver(queue=QueueSpy(), session=Session(client_host="10.0.0.1", relay_allowed=True))
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    assert d.codes("RCPT TO:<x@remote.test>\r\n") == ["250"]
+    d = Driver(queue=QueueSpy(), session=Session(client_host="127.0.0.1", loopback=True))
+    d.send(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n")
+    d.send("MAIL FROM:<alice@example.org>\r\n")
+    assert d.codes("RCPT TO:<x@remote.test>\r\n") == ["250"]
+
+
+def test_remote_without_queue_is_temporary():
+    d = Driver(session=Session(relay_allowed=True))
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    assert d.send("RCPT TO:<x@remote.test>\r\n") == [replies.QUEUE_UNAVAILABLE.text()]
+    assert d.send("RCPT TO:<fwd>\r\n") == [replies.QUEUE_UNAVAILABLE.text()]
+
+
+def test_alias_expansion_dedups_final_recipients():
+    d = Driver()
+    tx(d)
+    d.send("RCPT TO:<list>\r\nRCPT TO:<ALICE@EXAMPLE.ORG>\r\nDATA\r\nx\r\n.\r\n")
+    env = next(e for e in d.events if isinstance(e, StartMessage)).envelope
+    assert env.recipients == (ALICE, Address("bob", "example.org"))
+
+
+def test_relay_tricks_refused():
+    d = Driver(queue=QueueSpy())
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    for trick in ("user%remote.test@example.org", '"user@remote.test"@example.org',
+                  "remote.test!user@example.org", "@example.org:user@remote.test",
+                  "user@[192.0.2.1]", "user@remote.test.", "USER@Remote.Test"):
+        assert d.codes(f"RCPT TO:<{trick}>\r\n")[0] in ("550",), trick
+    assert d.codes("RCPT TO:<user@remote.test@example.org>\r\n") == ["501"]
+
+
+def test_size_parameter_over_limit_is_552():
+    d = Driver(max_message_size=1000)
+    d.send("EHLO c\r\n")
+    assert d.send("MAIL FROM:<a@b.test> SIZE=1001\r\n") == [replies.SIZE_EXCEEDS_LIMIT.text()]
+    assert d.codes("MAIL FROM:<a@b.test> SIZE=1000\r\n") == ["250"]
+
+
+def test_unknown_parameter_is_555():
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send("MAIL FROM:<a@b.test> FOO=BAR\r\n") == [replies.PARAM_NOT_RECOGNIZED.text()]
+
+
+def test_too_many_recipients_is_452():
+    d = Driver(max_recipients=2)
+    tx(d)
+    assert d.codes("RCPT TO:<bob>\r\nRCPT TO:<hollindg>\r\n") == ["250", "452"]
+
+
+def test_dsn_and_8bit_parameters_reach_the_envelope():
+    d = Driver()
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test> BODY=8BITMIME RET=HDRS ENVID=abc\r\n"
+           "RCPT TO:<alice> NOTIFY=FAILURE ORCPT=rfc822;alice@example.org\r\nDATA\r\n")
+    env = d.events[0].envelope
+    assert env.body_8bit and env.dsn.ret == "HDRS" and env.dsn.envid == "abc"
+    assert env.recipient_dsn[0][0] == ALICE
+    assert env.recipient_dsn[0][1].notify == ("FAILURE",)
+
+
+# --- DATA -----------------------------------------------------------------------------
+
+
+def test_data_waits_for_storage_then_answers_in_order():
+    d = Driver(auto=False)
+    out = d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+    assert isinstance(d.events[-1], StartMessage) and d.engine.waiting
+    assert out[-1].startswith("250 ")
+    body: list[bytes] = []
+    d.engine.message_started(body.append)
+    d.engine.receive_data(b"Subject: x\r\n\r\nhi\r\n.\r\nNOOP\r\nQUIT\r\n")
+    ev = d.engine.next_event()
+    assert isinstance(ev, MessageComplete) and ev.size == 18
+    assert d.engine.next_event() is None  # paused: NOOP is not answered yet
+    assert d.engine.data_to_send() == b"354 Enter mail, end with \".\" on a line by itself\r\n"
+    d.engine.message_done(replies.accepted("Q"))
+    assert isinstance(d.engine.next_event(), Close)
+    assert d.engine.data_to_send().decode().splitlines() == [
+        "250 2.0.0 Q Message accepted for delivery", "250 2.0.0 OK",
+        "221 2.0.0 mx.example.org closing connection"]
+    assert b"".join(body) == b"Subject: x\n\nhi\n"
+
+
+def test_spool_refusal_is_answered_instead_of_354():
+    d = Driver(auto=False)
+    tx(d)
+    d.send("DATA\r\n")
+    d.engine.message_refused(replies.LOCAL_ERROR)
+    assert d.engine.data_to_send() == replies.LOCAL_ERROR.to_bytes()
+    assert d.engine.state is State.READY
+
+
+def test_bad_message_is_aborted_and_session_continues():
+    d = Driver()
+    tx(d)
+    out = d.send("DATA\r\n" + "x" * 2000 + "\r\nRSET\r\n.\r\nNOOP\r\n")
+    assert out == [replies.DATA_START.text(), replies.MESSAGE_LINE_TOO_LONG.text(),
+                   replies.OK.text()]
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+
+
+def test_message_too_big_552_after_draining():
+    d = Driver(max_message_size=100)
+    tx(d)
+    out = d.send("DATA\r\n" + ("y" * 50 + "\r\n") * 5 + ".\r\n")
+    assert out[-1] == replies.MESSAGE_TOO_BIG.text()
+    assert d.engine.state is State.READY
+
+
+def test_data_with_argument_is_501():
+    d = Driver()
+    tx(d)
+    assert d.codes("DATA now\r\n") == ["501"]
+
+
+# --- BDAT --------------------------------------------------------------------------------
+
+
+def test_bdat_chunks():
+    d = Driver()
+    tx(d)
+    out = d.send("BDAT 6\r\nHello\nBDAT 7 LAST\r\nworld\r\nNOOP\r\n")
+    # "Hello\n" has a bare LF: the message is refused at once; the next
+    # chunk (already on its way) is drained and refused as out of sequence.
+    assert out == [replies.MESSAGE_BARE_CR_LF.text(), replies.MAIL_NEEDED.text(),
+                   replies.OK.text()]
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+    tx(d)
+    out = d.send("BDAT 7\r\nHello\r\nBDAT 7 LAST\r\nworld\r\nNOOP\r\n")
+    assert out == ["250 2.0.0 7 octets received", replies.accepted("ID1").text(),
+                   replies.OK.text()]
+    assert b"".join(d.body[-2:]) == b"Hello\nworld\n"
+
+
+def test_bdat_out_of_sequence_drains_the_chunk():
+    d = Driver()
+    d.send("EHLO c\r\n")
+    # The 10 octets "MAIL FROM:" are the chunk, not a command.
+    assert d.send("BDAT 10 LAST\r\nMAIL FROM:NOOP\r\n") == [replies.MAIL_NEEDED.text(),
+                                                            replies.OK.text()]
+    assert d.codes("BDAT x\r\n") == ["501"]
+
+
+def test_data_after_bdat_refused():
+    d = Driver()
+    tx(d)
+    d.send("BDAT 3\r\nab\r\n")
+    assert d.send("DATA\r\n") == [replies.BDAT_AFTER_DATA.text()]
+
+
+# --- other commands ------------------------------------------------------------------------
+
+
+def test_rset_noop_help_quit():
+    d = Driver()
+    tx(d)
+    assert d.send("RSET\r\n") == [replies.RESET.text()]
+    assert d.send("RCPT TO:<alice>\r\n") == [replies.MAIL_NEEDED.text()]
+    assert d.send("NOOP whatever\r\n") == [replies.OK.text()]
+    assert d.codes("HELP\r\n") == ["214"]
+    assert d.send("QUIT\r\n") == ["221 2.0.0 mx.example.org closing connection"]
+    assert isinstance(d.events[-1], Close) and d.engine.closed
+    assert d.send("NOOP\r\n") == []
+
+
+def test_vrfy_expn():
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send("VRFY alice\r\n") == ["250 2.1.5 <alice@example.org>"]
+    assert d.send("VRFY <nobody@example.org>\r\n") == [replies.UNKNOWN_USER.text()]
+    assert d.send("VRFY x@remote.test\r\n") == [replies.CANNOT_VRFY.text()]
+    assert d.send("EXPN list\r\n") == ["250-2.1.5 <alice@example.org>",
+                                       "250 2.1.5 <bob@example.org>"]
+    d = Driver(vrfy=False, expn=False)
+    d.send("EHLO c\r\n")
+    assert d.codes("VRFY alice\r\nEXPN list\r\n") == ["252", "502"]
+
+
+def test_turn_send_soml_saml():
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send("TURN\r\n") == [replies.TURN_REFUSED.text()]
+    assert d.codes("SEND FROM:<a@b.test>\r\n") == ["502"]
+    assert d.codes("SOML FROM:<a@b.test>\r\nRSET\r\nSAML FROM:<a@b.test>\r\n") == [
+        "250", "250", "250"]
+
+
+def test_unknown_command_nul_and_utf8():
+    d = Driver()
+    assert d.send("FOO\r\n") == [replies.UNKNOWN_COMMAND.text()]
+    assert d.send(b"NO\x00OP\r\n") == [replies.NUL_IN_COMMAND.text()]
+    assert d.send(b"HELO \xff\r\n") == [replies.INVALID_UTF8.text()]
+
+
+def test_command_line_limit_and_unending_line():
+    d = Driver()
+    tx(d)
+    line = "NOOP " + "x" * 600 + "\r\n"
+    assert d.send(line + "RCPT TO:<bob>\r\n") == [replies.LINE_TOO_LONG.text(),
+                                                  replies.MAIL_NEEDED.text()]
+    assert d.engine.state is State.READY
+    d.send("NOOP " + "x" * 1000)
+    for _ in range(100):
+        assert d.send("y" * 10000) == []
+        assert len(d.engine._buf) < 600
+    assert d.send("\r\nNOOP\r\n") == [replies.OK.text()]
+    assert d.send("NOOP " + "x" * 505 + "\r\n") == [replies.OK.text()]  # 512 with CRLF
+
+
+def test_ten_errors_close_with_421():
+    d = Driver()
+    out = d.send("FOO\r\n" * 12)
+    assert out[-1] == replies.TOO_MANY_ERRORS.text() and len(out) == 11
+    assert d.engine.closed
+
+
+def test_starttls_discards_pipelined_plaintext():
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n") == [replies.TLS_READY.text()]
+    assert d.engine.session.tls and d.engine.state is State.INIT
+    assert d.send("MAIL FROM:<a@b.test>\r\n") == [replies.HELO_REQUIRED.text()]
+    d.send("EHLO c\r\n")
+    assert d.send("STARTTLS\r\n") == [replies.TLS_ALREADY.text()]
+    d = Driver(tls_available=False)
+    assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
+
+
+# --- AUTH -----------------------------------------------------------------------------------
+
+
+def loopback() -> Session:
+    return Session(client_host="127.0.0.1", loopback=True)
+
+
+@pytest.mark.parametrize("script", [
+    [f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}"],
+    ["AUTH PLAIN", b64("\0alice@example.org\0secret")],
+    [f"AUTH LOGIN {b64('alice')}", b64("secret")],
+    ["AUTH LOGIN", b64("alice"), b64("secret")],
+])
+def test_auth_success(script):
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    out = []
+    for line in script:
+        out += d.send(line + "\r\n")
+    assert out[-1] == replies.AUTH_SUCCEEDED.text()
+    assert all(x.startswith("334 ") for x in out[:-1])
+    assert d.session.authenticated_as == ALICE
+    assert d.send("AUTH PLAIN x\r\n") == [replies.AUTH_ALREADY.text()]
+
+
+def test_auth_login_prompts():
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send("AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+    assert d.send(b64("alice") + "\r\n") == ["334 UGFzc3dvcmQ6"]
+
+
+def test_auth_failures_and_disconnect():
+    d = Driver(session=loopback(), max_auth_failures=3)
+    d.send("EHLO c\r\n")
+    bad = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+    assert d.send(bad) == [replies.AUTH_FAILED.text()]
+    assert d.send(bad) == [replies.AUTH_FAILED.text()]
+    assert d.send(bad) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
+    assert d.engine.closed
+
+
+def test_auth_errors():
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send("AUTH CRAM-MD5\r\n") == [replies.AUTH_MECHANISM_UNKNOWN.text()]
+    assert d.send("AUTH PLAIN\r\n") == ["334 "]
+    assert d.send("*\r\n") == [replies.AUTH_CANCELLED.text()]
+    assert d.send("AUTH PLAIN !!!\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.send(f"AUTH PLAIN {b64('joe' + chr(0) + 'alice' + chr(0) + 'secret')}\r\n") == [
+        replies.AUTH_FAILED.text()]  # authzid differs from authcid
+    d.send("MAIL FROM:<>\r\n")
+    assert d.send("AUTH PLAIN x\r\n") == [replies.BAD_SEQUENCE.text()]
+    d = Driver()  # not loopback, no TLS
+    d.send("EHLO c\r\n")
+    assert d.send("AUTH PLAIN x\r\n") == [replies.AUTH_TLS_REQUIRED.text()]
+
+
+def test_auth_request_redacts_password():
+    ev = AuthRequest("PLAIN", "alice@example.org", "hunter2")
+    assert "hunter2" not in repr(ev)
+
+
+def test_submission_requires_auth():
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True, submission=True),
+               queue=QueueSpy())
+    d.send("EHLO c\r\n")
+    assert d.send("MAIL FROM:<a@example.org>\r\n") == [replies.AUTH_REQUIRED.text()]
+    d.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n")
+    assert d.codes("MAIL FROM:<alice@example.org>\r\nRCPT TO:<x@remote.test>\r\n") == [
+        "250", "250"]
+
+
+# --- input in any split ----------------------------------------------------------------------
+
+
+SESSION = (b"EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+           b"line one\r\n..dot\r\n.\r\n"
+           b"MAIL FROM:<s@x.test>\r\nRCPT TO:<bob>\r\nBDAT 4 LAST\r\nab\r\nQUIT\r\n")
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 7, 50])
+def test_same_replies_whatever_the_split(step):
+    whole = Driver()
+    expected = whole.send(SESSION)
+    d = Driver()
+    out: list[str] = []
+    if step == 0:
+        out = d.send(SESSION)
+    else:
+        for i in range(0, len(SESSION), step):
+            out += d.send(SESSION[i:i + step])
+    assert out == expected
+    assert out[-1].startswith("221")
+    assert b"".join(d.body) == b"line one\n.dot\nab\n"

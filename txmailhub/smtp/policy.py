@@ -1,0 +1,68 @@
+"""Who may send to whom: the SMTP server's recipient policy.
+
+Owns the relay rule (never an open relay) and the mapping of an RCPT
+address to its final recipients through the router.  Synchronous, pure
+decisions over in-memory tables (the router's); the SMTP engine calls it
+for RCPT, VRFY and EXPN.  It must not parse SMTP or touch I/O.
+
+The rules, in order:
+
+1. ``postmaster`` (any case) at a local domain, or bare, is always
+   accepted (RFC 5321 4.5.1): the router's answer if it has one, else the
+   primary domain's postmaster mailbox.
+2. A local domain: the router expands the address (aliases); unknown is
+   550 5.1.1.  Alias targets in other domains need the outbound queue.
+3. Another domain: only for an authenticated client or one in
+   ``[smtp] relay_networks``; otherwise 550 5.7.1.  Without an outbound
+   queue, a temporary 451 4.3.0 (never a silent drop).
+
+Relay tricks (``user%remote@local``, ``"user@remote"@local``,
+``remote!user@local``) are local addresses to this policy: the router
+finds no such user, so they are refused with 550 5.1.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txmailhub.address import Address
+from txmailhub.errors import Rejected
+from txmailhub.smtp import replies
+
+__all__ = ["RecipientPolicy"]
+
+
+class RecipientPolicy:
+    """Decisions for one listener, from ``Components``."""
+
+    def __init__(self, components: Any) -> None:
+        self.components = components
+        self.router = components.router
+        self.primary_domain = components.settings.hub.primary_domain
+
+    def check_recipient(self, address: Address, session: Any) -> tuple[Address, ...]:
+        """The final recipients for RCPT ``address``; raises ``Rejected``."""
+        router = self.router
+        if router.is_local_domain(address.domain):
+            try:
+                local, remote = router.resolve(address)
+            except Rejected:
+                if address.is_postmaster:
+                    return (Address("postmaster", self.primary_domain),)
+                raise
+            if remote and self.components.queue is None:
+                raise Rejected(replies.QUEUE_UNAVAILABLE)
+            return tuple(local) + tuple(remote)
+        if session.authenticated_as is None and not session.relay_allowed:
+            raise Rejected(replies.RELAY_DENIED)
+        if self.components.queue is None:
+            raise Rejected(replies.QUEUE_UNAVAILABLE)
+        return (address,)
+
+    def verify(self, address: Address) -> tuple[Address, ...] | None:
+        """What VRFY/EXPN may say: the final addresses, ``None`` when we
+        cannot tell (another domain: 252); raises ``Rejected`` (550 5.1.1)."""
+        if not self.router.is_local_domain(address.domain):
+            return None
+        local, remote = self.router.verify(address)
+        return tuple(local) + tuple(remote)

@@ -1,0 +1,717 @@
+"""The SMTP server engine: a sans-IO state machine (RFC 5321 and extensions).
+
+Owns the session rules: which command is allowed in which state (the
+``_ALLOWED`` table) and where it leads (``_TRANSITIONS``), the replies, the
+session limits (line length, recipients, errors, AUTH failures), the SASL
+exchange of AUTH PLAIN/LOGIN, and the switch between command lines and
+message data.  Bytes go in with ``receive_data``; replies come out of
+``data_to_send``; whatever needs the outside world comes out of
+``next_event`` as an event:
+
+* requests, which pause the engine until the adapter answers:
+  ``StartMessage`` (``message_started(sink)`` / ``message_refused(reply)``),
+  ``MessageComplete`` (``message_done(reply)``), ``AuthRequest``
+  (``auth_succeeded(address)`` / ``auth_failed(reply)``) and ``StartTLS``
+  (``tls_started()``);
+* notices: ``MessageAborted`` (throw the spool file away) and ``Close``.
+
+Recipient policy (routing, relay rules) is a synchronous object passed in
+(see ``txmailhub.smtp.policy``).  This module imports nothing from
+``twisted.internet``: no sockets, no timers, no disk.
+
+SEND is refused with 502 (we cannot deliver to a terminal and RFC 821 does
+not let SEND fall back to a mailbox); SOML and SAML are treated as MAIL,
+which RFC 821 allows when no terminal delivery is possible.  TURN is 502.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+
+from txmailhub.address import Address, AddressError, parse_address
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
+from txmailhub.errors import Rejected, RemoteProtocolError
+from txmailhub.smtp import replies
+from txmailhub.smtp._data import ChunkReader, DotReader
+from txmailhub.smtp._parse import MailParams, parse_command, parse_mail, parse_rcpt
+from txmailhub.smtp.reply import Reply
+
+__all__ = [
+    "AuthRequest",
+    "Close",
+    "MessageAborted",
+    "MessageComplete",
+    "ServerConfig",
+    "Session",
+    "SMTPServer",
+    "StartMessage",
+    "StartTLS",
+    "State",
+]
+
+log = Logger(namespace="txmailhub.smtp.server")
+
+
+class State(enum.Enum):
+    INIT = "before HELO/EHLO"
+    READY = "between transactions"
+    MAIL = "after MAIL"
+    RCPT = "after RCPT"
+    DATA = "reading DATA"
+    BDAT = "reading a BDAT chunk"
+    AUTH = "in an AUTH exchange"
+    CLOSED = "closed"
+
+
+S = State
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    S.INIT: frozenset({S.INIT, S.READY, S.AUTH, S.CLOSED}),
+    S.READY: frozenset({S.INIT, S.READY, S.MAIL, S.AUTH, S.CLOSED}),
+    S.MAIL: frozenset({S.INIT, S.READY, S.MAIL, S.RCPT, S.CLOSED}),
+    S.RCPT: frozenset({S.INIT, S.READY, S.RCPT, S.DATA, S.BDAT, S.CLOSED}),
+    S.DATA: frozenset({S.READY, S.CLOSED}),
+    S.BDAT: frozenset({S.READY, S.RCPT, S.CLOSED}),
+    S.AUTH: frozenset({S.INIT, S.READY, S.CLOSED}),
+    S.CLOSED: frozenset({S.CLOSED}),
+}
+_ANY = frozenset({S.INIT, S.READY, S.MAIL, S.RCPT})
+_AFTER_HELO = frozenset({S.READY, S.MAIL, S.RCPT})
+# Which command may be given in which state; anything else is 503.
+_ALLOWED: dict[str, frozenset[State]] = {
+    "HELO": _ANY, "EHLO": _ANY, "RSET": _ANY, "NOOP": _ANY, "QUIT": _ANY,
+    "VRFY": _ANY, "EXPN": _ANY, "HELP": _ANY, "TURN": _ANY, "SEND": _ANY,
+    "STARTTLS": _ANY, "AUTH": frozenset({S.READY}),
+    "MAIL": frozenset({S.READY}), "SOML": frozenset({S.READY}), "SAML": frozenset({S.READY}),
+    "RCPT": frozenset({S.MAIL, S.RCPT}), "DATA": frozenset({S.RCPT}),
+    "BDAT": frozenset({S.RCPT}),
+}
+_SEQUENCE_REPLY = {"MAIL": replies.MAIL_NESTED, "RCPT": replies.MAIL_NEEDED,
+                   "DATA": replies.MAIL_NEEDED, "AUTH": replies.BAD_SEQUENCE}
+_SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
+_NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str
+    primary_domain: str
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_errors: int = 10
+    max_auth_failures: int = 3
+    vrfy: bool = True
+    expn: bool = True
+    tls_available: bool = False
+    auth_available: bool = False
+    max_line: int = 512  # RFC 5321 4.5.3.1.4, CRLF included
+    max_auth_line: int = 12288  # RFC 4954 section 4
+
+
+@dataclass
+class Session:
+    """What the engine knows about the client (policy reads it)."""
+
+    client_host: str = ""
+    loopback: bool = False
+    relay_allowed: bool = False
+    submission: bool = False
+    tls: bool = False
+    helo: str = ""
+    esmtp: bool = False
+    authenticated_as: Address | None = None
+
+
+# --- events ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartMessage:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class MessageComplete:
+    envelope: Envelope
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAborted:
+    envelope: Envelope
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+    malformed: bool = False  # not a valid SASL response: fail it without asking
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reply: Reply | None
+
+
+class SMTPServer:
+    """One SMTP session.  Create it, send ``greeting()``, then feed bytes."""
+
+    def __init__(self, config: ServerConfig, policy: Any, session: Session) -> None:
+        self.config = config
+        self.policy = policy
+        self.session = session
+        self.state = State.INIT
+        self.errors = 0
+        self.auth_failures = 0
+        self.messages = 0
+        self._buf = b""
+        self._out: list[bytes] = []
+        self._events: list[Any] = []
+        self._waiting: Any = None  # the request being answered
+        self._discarding = False  # inside an over-long command line
+        self._sasl: tuple[str, str | None] | None = None
+        self._reset_transaction()
+        self._dispatch: dict[str, Callable[[str], None]] = {
+            "HELO": self._helo, "EHLO": self._ehlo, "MAIL": self._mail, "SOML": self._mail,
+            "SAML": self._mail, "RCPT": self._rcpt, "DATA": self._data, "BDAT": self._bdat,
+            "RSET": self._rset, "NOOP": self._noop, "QUIT": self._quit, "VRFY": self._vrfy,
+            "EXPN": self._expn, "HELP": self._help, "STARTTLS": self._starttls,
+            "AUTH": self._auth, "TURN": self._turn, "SEND": self._send,
+        }
+
+    # --- the adapter's side ------------------------------------------------
+
+    def greeting(self) -> None:
+        self._out.append(replies.greeting(self.config.hostname).to_bytes())
+
+    def refuse_connection(self, reply: Reply) -> None:
+        """Answer the connection with ``reply`` (421) and close it."""
+        self.reply(reply)
+        self._close(reply)
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is not State.CLOSED:
+            self._buf = self._buf + data if self._buf else data
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiting is not None
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def next_event(self) -> Any:
+        """The next event, or ``None`` (more data needed, or waiting)."""
+        while not self._events:
+            if self._waiting is not None or self.state is State.CLOSED or not self._buf:
+                return None
+            if self._reader is not None:
+                self._feed_reader()
+            else:
+                line = self._take_line()
+                if line is None:
+                    return None
+                if line is not _SKIPPED:
+                    self._line(line)
+        return self._events.pop(0)
+
+    def timeout(self, reply: Reply) -> None:
+        """Idle timeout (the adapter's clock): reply and close."""
+        if self.state is not State.CLOSED:
+            self.reply(reply)
+            self._close(reply)
+
+    # Answers to requests.
+
+    def message_started(self, sink: Callable[[bytes], object]) -> None:
+        self._answer(StartMessage)
+        if self.state is State.RCPT and self._bdat_first is not None:
+            size, last = self._bdat_first
+            self._bdat_first = None
+            self._reader = ChunkReader(sink, self.config.max_message_size)
+            self._reader.start(size, last)
+            self._to(State.BDAT)
+        else:
+            self._reader = DotReader(sink, self.config.max_message_size)
+            self._to(State.DATA)
+            self.reply(replies.DATA_START)
+
+    def message_refused(self, reply: Reply) -> None:
+        self._answer(StartMessage)
+        if self._bdat_first is not None:  # the chunk is on its way: drain it
+            size, last = self._bdat_first
+            self._bdat_first = None
+            self._reader = ChunkReader(None, self.config.max_message_size)
+            self._reader.fail(reply)
+            self._reader.start(size, last)
+            self._to(State.BDAT)
+            return
+        self.reply(reply)
+        self._reset_transaction()
+        self._to(State.READY)
+
+    def message_done(self, reply: Reply) -> None:
+        self._answer(MessageComplete)
+        self.reply(reply)
+        if reply.is_positive:
+            self.messages += 1
+        self._reset_transaction()
+        self._to(State.READY)
+
+    def auth_succeeded(self, address: Address) -> None:
+        self._answer(AuthRequest)
+        self.session.authenticated_as = address
+        self.reply(replies.AUTH_SUCCEEDED)
+        self._to(State.READY)
+
+    def auth_failed(self, reply: Reply = replies.AUTH_FAILED) -> None:
+        self._answer(AuthRequest)
+        self.auth_failures += 1
+        if self.auth_failures >= self.config.max_auth_failures:
+            self._out.append(reply.to_bytes())
+            self.reply(replies.AUTH_TOO_MANY_FAILURES)
+            self._close(replies.AUTH_TOO_MANY_FAILURES)
+            return
+        self.reply(reply)
+        self._to(State.READY)
+
+    def tls_started(self) -> None:
+        self._answer(StartTLS)
+        self.session.tls = True
+        self.session.helo = ""
+        self.session.esmtp = False
+        self.session.authenticated_as = None
+        self._reset_transaction()
+        self._to(State.INIT)
+
+    def reply(self, reply: Reply) -> None:
+        """Queue ``reply``; count errors and close after too many."""
+        self._out.append(reply.to_bytes())
+        if reply.code >= 500 or (reply.code >= 400 and reply not in _NOT_COUNTED):
+            if reply.code == 421:
+                return
+            self.errors += 1
+            if self.errors >= self.config.max_errors:
+                self._out.append(replies.TOO_MANY_ERRORS.to_bytes())
+                self._close(replies.TOO_MANY_ERRORS)
+
+    def abort(self) -> None:
+        """The connection is gone: drop everything (the adapter aborts the spool)."""
+        self._reader = None
+        self._waiting = None
+        self._buf = b""
+        self.state = State.CLOSED
+
+    # --- internals -------------------------------------------------------------
+
+    def _to(self, state: State) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise AssertionError(f"SMTP engine: no transition from {self.state} to {state}")
+        self.state = state
+
+    def _answer(self, kind: type) -> Any:
+        req = self._waiting
+        if not isinstance(req, kind):
+            raise AssertionError(f"SMTP engine: {kind.__name__} answer while waiting for {req!r}")
+        self._waiting = None
+        return req
+
+    def _request(self, event: Any) -> None:
+        self._waiting = event
+        self._events.append(event)
+
+    def _close(self, reply: Reply | None) -> None:
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self._buf = b""
+            self._events.append(Close(reply))
+
+    def _reset_transaction(self) -> None:
+        self._sender: Address | None = None
+        self._mail_params = MailParams()
+        self._rcpt_count = 0
+        self._recipients: dict[Address, None] = {}
+        self._recipient_dsn: list[tuple[Address, RecipientDSN]] = []
+        self._bdat_first: tuple[int, bool] | None = None
+        self._used_bdat = False
+        self._reader: DotReader | ChunkReader | None = None
+        self._chunks: ChunkReader | None = None
+
+    def _envelope(self) -> Envelope:
+        p = self._mail_params
+        s = self.session
+        return Envelope(
+            sender=self._sender,
+            recipients=tuple(self._recipients),
+            helo=s.helo,
+            client_address=s.client_host,
+            authenticated_as=str(s.authenticated_as) if s.authenticated_as else None,
+            body_8bit=p.body_8bit,
+            smtputf8=p.smtputf8,
+            dsn=DSNRequest(p.ret, p.envid) if (p.ret or p.envid) else DSNRequest(),
+            recipient_dsn=tuple(self._recipient_dsn),
+        )
+
+    def _take_line(self) -> bytes | None:
+        buf = self._buf
+        limit = self.config.max_auth_line if self.state is State.AUTH else self.config.max_line
+        end = buf.find(b"\n", 0, limit)
+        if end < 0:
+            if len(buf) < limit:
+                return None
+            # Over-long: answer at once, then drop bytes until the line ends
+            # (memory stays bounded however long the line is).
+            end = buf.find(b"\n", limit)
+            self._buf = b"" if end < 0 else buf[end + 1 :]
+            if not self._discarding:
+                self._line_too_long()
+            self._discarding = end < 0
+            return _SKIPPED
+        self._buf = buf[end + 1 :]
+        if self._discarding:
+            self._discarding = False
+            return _SKIPPED
+        if end and buf[end - 1] == 13:
+            return buf[: end - 1]
+        return buf[:end]
+
+    def _line_too_long(self) -> None:
+        if self.state is State.AUTH:
+            self._sasl = None
+            self.state = State.READY if self.session.helo else State.INIT
+        elif self.state in (State.MAIL, State.RCPT):
+            self._reset_transaction()
+            self._to(State.READY)
+        self.reply(replies.LINE_TOO_LONG)
+
+    def _line(self, line: bytes) -> None:
+        if self.state is State.AUTH:
+            self._sasl_response(line)
+            return
+        try:
+            verb, arg = parse_command(line)
+            handler = self._dispatch.get(verb)
+            if handler is None:
+                self.reply(replies.UNKNOWN_COMMAND)
+                return
+            if self.state not in _ALLOWED[verb]:
+                self._out_of_sequence(verb, arg)
+                return
+            handler(arg)
+        except RemoteProtocolError as e:
+            self.reply(e.reply)
+        except Rejected as e:
+            self.reply(e.reply)
+        except Exception:
+            log.failure("SMTP engine error in state {state}", state=self.state.name)
+            self.reply(replies.LOCAL_ERROR)
+
+    def _out_of_sequence(self, verb: str, arg: str) -> None:
+        if self.state is State.INIT and verb in ("MAIL", "SOML", "SAML", "AUTH"):
+            self.reply(replies.HELO_REQUIRED)
+        elif verb == "BDAT":
+            # The chunk follows the command whatever we answer: drain it.
+            size, last = self._bdat_args(arg)
+            if size is None:
+                self.reply(replies.BDAT_BAD_SIZE)
+                return
+            self._reader = ChunkReader(None, self.config.max_message_size)
+            self._reader.fail(replies.RCPT_NEEDED if self.state is State.MAIL
+                              else replies.MAIL_NEEDED)
+            self._reader.start(size, last)
+            self._bdat_draining = True
+        elif verb == "DATA" and self.state is State.MAIL:
+            self.reply(replies.DATA_NO_RECIPIENTS)
+        elif verb == "RCPT" and self.state is State.INIT:
+            self.reply(replies.HELO_REQUIRED)
+        else:
+            self.reply(_SEQUENCE_REPLY.get(verb, replies.BAD_SEQUENCE))
+
+    _bdat_draining = False
+
+    # --- data ---------------------------------------------------------------------
+
+    def _feed_reader(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        rest = reader.feed(self._buf)
+        if rest is None:
+            self._buf = b""
+            return
+        self._buf = rest
+        if isinstance(reader, DotReader):
+            self._reader = None
+            self._end_of_message(reader.error, reader.size)
+            return
+        # The end of one BDAT chunk.
+        if self._bdat_draining:
+            self._bdat_draining = False
+            self._reader = None
+            self.reply(reader.error or replies.BAD_SEQUENCE)
+            return
+        if reader.error is not None:
+            self._reader = None
+            self._end_of_message(reader.error, reader.size)
+            return
+        if not reader.last:
+            self._reader = None
+            self._chunks = reader  # parked until the next BDAT
+            self._to(State.RCPT)
+            self.reply(replies.bdat_chunk(self._chunk_size))
+            return
+        self._reader = None
+        self._end_of_message(reader.finish(), reader.size)
+
+    def _end_of_message(self, error: Reply | None, size: int) -> None:
+        env = self._envelope()
+        if error is not None:
+            self._events.append(MessageAborted(env, error))
+            self.reply(error)
+            self._reset_transaction()
+            self._to(State.READY)
+            return
+        self._request(MessageComplete(env, size))
+
+    # --- commands -------------------------------------------------------------------
+
+    def _helo(self, arg: str) -> None:
+        if not arg:
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
+        self._greet(arg.split()[0], esmtp=False)
+        self.reply(replies.hello(self.config.hostname, self.session.helo))
+
+    def _ehlo(self, arg: str) -> None:
+        if not arg:
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
+        self._greet(arg.split()[0], esmtp=True)
+        self.reply(replies.ehlo(self.config.hostname, self.session.helo, self._keywords()))
+
+    def _greet(self, name: str, esmtp: bool) -> None:
+        self.session.helo = name
+        self.session.esmtp = esmtp
+        self._abort_message()
+        self._reset_transaction()
+        self._to(State.READY)
+
+    def _keywords(self) -> list[str]:
+        c = self.config
+        s = self.session
+        words = [f"SIZE {c.max_message_size}", "PIPELINING", "8BITMIME",
+                 "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"]
+        if c.tls_available and not s.tls:
+            words.append("STARTTLS")
+        if self._auth_offered():
+            words.append("AUTH PLAIN LOGIN")
+        words.append("HELP")
+        return words
+
+    def _auth_offered(self) -> bool:
+        s = self.session
+        return (self.config.auth_available and s.authenticated_as is None
+                and (s.tls or s.loopback))
+
+    def _mail(self, arg: str) -> None:
+        if self.session.submission and self.session.authenticated_as is None:
+            raise Rejected(replies.AUTH_REQUIRED)
+        sender, params = parse_mail(arg, self.config.primary_domain)
+        if params.size is not None and params.size > self.config.max_message_size:
+            raise Rejected(replies.SIZE_EXCEEDS_LIMIT)
+        self._sender = sender
+        self._mail_params = params
+        self._to(State.MAIL)
+        self.reply(replies.sender_ok(str(sender) if sender else ""))
+
+    def _rcpt(self, arg: str) -> None:
+        rcpt, params = parse_rcpt(arg, self.config.primary_domain, self._mail_params.smtputf8)
+        if self._rcpt_count >= self.config.max_recipients:
+            raise Rejected(replies.TOO_MANY_RECIPIENTS)
+        final = self.policy.check_recipient(rcpt, self.session)
+        self._rcpt_count += 1
+        dsn = RecipientDSN(params.notify, params.orcpt) if (params.notify or params.orcpt) else None
+        for addr in final:
+            if addr not in self._recipients:
+                self._recipients[addr] = None
+                if dsn is not None:
+                    self._recipient_dsn.append((addr, dsn))
+        self._to(State.RCPT)
+        self.reply(replies.recipient_ok(str(rcpt)))
+
+    def _data(self, arg: str) -> None:
+        if arg:
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
+        if self._used_bdat:
+            raise RemoteProtocolError(replies.BDAT_AFTER_DATA)
+        self._request(StartMessage(self._envelope()))
+
+    @staticmethod
+    def _bdat_args(arg: str) -> tuple[int | None, bool]:
+        parts = arg.split()
+        if not parts or len(parts) > 2 or not parts[0].isdigit() or len(parts[0]) > 18:
+            return None, False
+        if len(parts) == 2 and parts[1].upper() != "LAST":
+            return None, False
+        return int(parts[0]), len(parts) == 2
+
+    def _bdat(self, arg: str) -> None:
+        size, last = self._bdat_args(arg)
+        if size is None:
+            raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
+        self._chunk_size = size
+        if self._chunks is not None:  # a later chunk of the same message
+            self._reader, self._chunks = self._chunks, None
+            self._reader.start(size, last)
+            self._to(State.BDAT)
+            return
+        self._used_bdat = True
+        self._bdat_first = (size, last)
+        self._request(StartMessage(self._envelope()))
+
+    def _rset(self, arg: str) -> None:
+        self._abort_message()
+        self._reset_transaction()
+        if self.state is not State.INIT:
+            self._to(State.READY)
+        self.reply(replies.RESET)
+
+    def _abort_message(self) -> None:
+        if self._chunks is not None:  # BDAT chunks received, no LAST yet
+            self._events.append(MessageAborted(self._envelope(), replies.RESET))
+
+    def _noop(self, arg: str) -> None:
+        self.reply(replies.OK)
+
+    def _quit(self, arg: str) -> None:
+        self._abort_message()
+        bye = replies.bye(self.config.hostname)
+        self.reply(bye)
+        self._close(bye)
+
+    def _vrfy(self, arg: str) -> None:
+        if not self.config.vrfy:
+            self.reply(replies.CANNOT_VRFY)
+            return
+        self._lookup(arg, expand=False)
+
+    def _expn(self, arg: str) -> None:
+        if not self.config.expn:
+            self.reply(replies.EXPN_DISABLED)
+            return
+        self._lookup(arg, expand=True)
+
+    def _lookup(self, arg: str, expand: bool) -> None:
+        text = arg.strip()
+        if text.startswith("<") and text.endswith(">"):
+            text = text[1:-1]
+        try:
+            address = parse_address(text, self.config.primary_domain)
+        except AddressError:
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT) from None
+        found = self.policy.verify(address)
+        if found is None:
+            self.reply(replies.CANNOT_VRFY)
+        elif expand or len(found) != 1:
+            self.reply(replies.expn_found([str(a) for a in found]))
+        else:
+            self.reply(replies.vrfy_found(str(found[0])))
+
+    def _help(self, arg: str) -> None:
+        self.reply(replies.help_text(sorted(self._dispatch)))
+
+    def _turn(self, arg: str) -> None:
+        self.reply(replies.TURN_REFUSED)
+
+    def _send(self, arg: str) -> None:
+        self.reply(replies.SEND_REFUSED)
+
+    def _starttls(self, arg: str) -> None:
+        if arg:
+            raise RemoteProtocolError(replies.STARTTLS_ARGUMENT)
+        if self.session.tls:
+            raise RemoteProtocolError(replies.TLS_ALREADY)
+        if not self.config.tls_available:
+            raise RemoteProtocolError(replies.TLS_NOT_AVAILABLE)
+        self.reply(replies.TLS_READY)
+        self._buf = b""  # nothing sent before the handshake may be obeyed after it
+        self._request(StartTLS())
+
+    # --- AUTH (RFC 4954, SASL PLAIN RFC 4616 and LOGIN) ---------------------------------
+
+    def _auth(self, arg: str) -> None:
+        s = self.session
+        if s.authenticated_as is not None:
+            raise RemoteProtocolError(replies.AUTH_ALREADY)
+        if not self.config.auth_available:
+            raise RemoteProtocolError(replies.AUTH_NOT_AVAILABLE)
+        if not (s.tls or s.loopback):
+            raise Rejected(replies.AUTH_TLS_REQUIRED)
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        initial = initial.strip()
+        if mech not in ("PLAIN", "LOGIN"):
+            raise RemoteProtocolError(replies.AUTH_MECHANISM_UNKNOWN)
+        self._to(State.AUTH)
+        if not initial:
+            self._sasl = (mech, None)
+            self.reply(replies.AUTH_CONTINUE if mech == "PLAIN" else replies.AUTH_USERNAME)
+            return
+        self._sasl = (mech, None)
+        self._sasl_response(initial.encode("ascii", "replace"))
+
+    def _sasl_response(self, line: bytes) -> None:
+        assert self._sasl is not None
+        mech, user = self._sasl
+        if line.strip() == b"*":
+            self._sasl_end(replies.AUTH_CANCELLED)
+            return
+        try:
+            data = b"" if line.strip() == b"=" else base64.b64decode(line.strip(), validate=True)
+            text = data.decode("utf-8")
+        except (binascii.Error, ValueError):
+            self._sasl_end(replies.AUTH_INVALID_BASE64)
+            return
+        if mech == "LOGIN" and user is None:
+            self._sasl = (mech, text)
+            self.reply(replies.AUTH_PASSWORD)
+            return
+        if mech == "LOGIN":
+            username, password = user or "", text
+        else:
+            parts = text.split("\0")
+            if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+                self._sasl = None
+                # Fails like a bad password (same delay, same count).
+                self._request(AuthRequest(mech, "", "", malformed=True))
+                return
+            username, password = parts[1], parts[2]
+        self._sasl = None
+        self._request(AuthRequest(mech, self._qualify(username), password))
+
+    def _sasl_end(self, reply: Reply) -> None:
+        self._sasl = None
+        self._to(State.READY if self.session.helo else State.INIT)
+        self.reply(reply)
+
+    def _qualify(self, username: str) -> str:
+        try:
+            return str(parse_address(username, self.config.primary_domain))
+        except AddressError:
+            return username
