@@ -113,6 +113,7 @@ class POP3Protocol(Protocol):
         self._idle_call: Any = None
         self._last_activity = 0.0
         self._update_running = False
+        self._flush: Any = None
 
     # -- connection lifecycle ----------------------------------------------
 
@@ -134,6 +135,9 @@ class POP3Protocol(Protocol):
         t.write(self.engine.greeting())
         self._last_activity = now
         self._idle_call = self.reactor.callLater(self.settings.idle_timeout, self._idle_check)
+        # A socket transport's IWriteDescriptor.doWrite: writes what is
+        # buffered right away (see dataReceived).  Absent on test transports.
+        self._flush = getattr(t, "doWrite", None)
 
     def _new_engine(self, timestamp: str, tls_active: bool, failures: int) -> POP3Server:
         s = self.settings
@@ -199,22 +203,32 @@ class POP3Protocol(Protocol):
         engine.receive_data(data)
         if engine.has_line:
             self._last_activity = self.reactor.seconds()
-        self._process()
+        if self._process() and self._flush is not None and not (
+            self._write_paused or self._closing
+        ):
+            # Send the responses now instead of on the reactor's next turn:
+            # saves a loop iteration per command on a lock-step client.
+            self._flush()
 
-    def _process(self) -> None:
-        """Handle buffered commands, in order, until one must wait."""
+    def _process(self) -> int:
+        """Handle buffered commands, in order, until one must wait.
+
+        Returns how many were handled."""
         if self._processing:
-            return
+            return 0
         self._processing = True
+        handled = 0
         try:
             while not (self._busy or self._write_paused or self._closing):
                 action = self.engine.next_action()  # type: ignore[union-attr]
                 if action is None:
                     break
+                handled += 1
                 self._perform(action)
         finally:
             self._processing = False
         self._flow()
+        return handled
 
     def _flow(self) -> None:
         """Read from the peer only while nothing is pending (STYLE practice 6).
