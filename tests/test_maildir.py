@@ -218,8 +218,12 @@ class DeliveryTests(Base):
         import shutil
 
         shutil.rmtree(self.md())
+        self.syncer.calls.clear()
         self.assertEqual(self.deliver([JOE]), {JOE: None})
         self.assertEqual(len(self.names()), 1)
+        # the directories made again are synced with the delivery
+        self.assertIn(("dir", self.md()), self.syncer.calls)
+        self.assertIn(("dir", os.path.dirname(self.md())), self.syncer.calls)
 
     def test_unique_names_and_uids(self):
         store = MaildirStore(os.path.join(self.state, "mail"), "we/ird:host,name",

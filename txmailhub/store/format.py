@@ -14,7 +14,17 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["CRLFCounter", "CRLFEncoder", "MessageInfo", "crlf_size_of", "uid_for_name"]
+__all__ = [
+    "CRLFCounter",
+    "CRLFEncoder",
+    "MessageInfo",
+    "base_name",
+    "crlf_size_of",
+    "escape_host",
+    "name_fields",
+    "order_key",
+    "uid_for_name",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from txmailhub.interfaces import IMailbox
 from txmailhub.store.format import (
     CRLFCounter,
     MessageInfo,
-    base_name,
     name_fields,
     order_key,
     uid_for_name,
@@ -108,8 +107,8 @@ def scan(md: str) -> list[MessageInfo]:
     uids: set[str] = set()
     for _, mi in entries:
         if mi.uid in uids:  # the same unique part twice: keep UIDLs distinct
-            name = os.path.basename(mi.path)
-            mi = dataclasses.replace(mi, uid=hashlib.sha1(name.encode(
+            stem = os.path.basename(mi.path).split(":", 1)[0]
+            mi = dataclasses.replace(mi, uid=hashlib.sha1(stem.encode(
                 "utf-8", "surrogateescape")).hexdigest())
         uids.add(mi.uid)
         out.append(mi)
@@ -117,7 +116,12 @@ def scan(md: str) -> list[MessageInfo]:
 
 
 class _SizeCache:
-    """``.txmailhub-sizes``: ``{unique part: [inode, mtime_ns, size, crlf]}``."""
+    """``.txmailhub-sizes``: ``{name before ":": [inode, mtime_ns, size, crlf]}``.
+
+    Keyed by the name without its flags (a flag rename keeps the entry),
+    checked against inode, mtime and size (a replaced file is measured
+    again); entries of files that are gone are dropped on save.  Written
+    with ``durable_write`` when it changed; unreadable means empty."""
 
     def __init__(self, md: str) -> None:
         self.path = os.path.join(md, SIZES_NAME)
@@ -191,7 +195,7 @@ class MaildirMailbox:
         info = self._messages[index]
         if os.path.exists(info.path):
             return info.path
-        base = base_name(os.path.basename(info.path))
+        stem = os.path.basename(info.path).split(":", 1)[0]  # survives flag changes
         for sub in ("cur", "new"):
             folder = os.path.join(self.path, sub)
             try:
@@ -199,7 +203,7 @@ class MaildirMailbox:
             except FileNotFoundError:
                 continue
             for name in names:
-                if base_name(name) == base:
+                if name.split(":", 1)[0] == stem:
                     path = os.path.join(folder, name)
                     self._messages[index] = dataclasses.replace(info, path=path)
                     return path

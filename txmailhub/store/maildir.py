@@ -187,16 +187,16 @@ class MaildirStore:
                 md = self.maildir_path(address)
                 name = self.unique_name(message)
                 new = os.path.join(md, "new", name)
-                dirs = self._ensure(md)
+                self._ensure(md)
                 try:
                     self._link_into(message.path, new, md)
-                    linked.append((address, md, new, dirs))
+                    linked.append((address, md, new, self._ensure(md)))
                 except OSError as e:
                     if e.errno not in _LINK_FALLBACK:
                         raise
                     tmp = os.path.join(md, "tmp", name)
                     fd = _copy_to(message.path, tmp)
-                    copies.append((address, md, tmp, fd, dirs))
+                    copies.append((address, md, tmp, fd, self._ensure(md)))
             except Exception as e:
                 log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
                           error=str(e))
