@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from txmailhub.address import Address
-from txmailhub.envelope import Envelope
+from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.errors import LocalError, MailboxInUse, Rejected
 from txmailhub.interfaces import (
     IMailbox,
@@ -22,6 +22,7 @@ from txmailhub.testing import (
     MemorySpooler,
     QueueSpy,
     StaticRouter,
+    SyncerSpy,
 )
 
 JOE = Address("joe", "example.org")
@@ -74,6 +75,15 @@ class SpoolAndStoreTests(SynchronousTestCase):
         self.assertIsInstance(outcome[ANN], OSError)
         self.assertEqual(store.messages(JOE), [b"x\n"])
         self.assertEqual(store.messages(ANN), [])
+
+    def test_store_reads_paths_the_spooler_does_not_hold_from_disk(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"queued\n")
+        store = MemoryMailboxStore(MemorySpooler())
+        out = self.successResultOf(store.deliver(SpooledMessage(path, 7, 8), [JOE]))
+        self.assertEqual(out, {JOE: None})
+        self.assertEqual(store.messages(JOE), [b"queued\n"])
 
     def test_spooler_failure(self):
         spooler = MemorySpooler(fail_finish=OSError("EIO"))
@@ -141,3 +151,33 @@ class QueueSpyTests(SynchronousTestCase):
         q.wake()
         self.assertEqual(q.wakes, 1)
         self.failureResultOf(QueueSpy(fail=OSError("x")).enqueue(env, "msg"), OSError)
+
+
+class SyncerSpyTests(SynchronousTestCase):
+    def test_same_api_as_the_real_syncer(self):
+        import inspect
+
+        from txmailhub.store.sync import Syncer
+
+        for name in ("sync_file", "sync_dir", "sync_each", "sync", "start", "stop"):
+            real = inspect.signature(getattr(Syncer, name))
+            fake = inspect.signature(getattr(SyncerSpy, name))
+            self.assertEqual(list(real.parameters), list(fake.parameters), name)
+
+    def test_records_holds_and_fails(self):
+        events = []
+        spy = SyncerSpy(hold=True, events=events, fail={"/bad": OSError("EIO")})
+        d1 = spy.sync_file(3)
+        d2 = spy.sync(dirs=["/ok", "/bad"])
+        self.assertNoResult(d1)
+        self.assertEqual(spy.held, 3)
+        spy.release()
+        self.successResultOf(d1)
+        self.failureResultOf(d2, OSError)
+        self.assertEqual(events, [("file", 3), ("dir", "/ok"), ("dir", "/bad")])
+        spy.hold = False
+        spy.fail_kind["dir"] = OSError("EROFS")
+        ok, bad = spy.sync_each([4, self.mktemp()])
+        self.successResultOf(ok)
+        self.successResultOf(bad)  # not a directory: counted as a file
+        self.failureResultOf(spy.sync_dir("/x"), OSError)

@@ -208,8 +208,8 @@ class MemoryMailbox:
 class MemoryMailboxStore:
     """An ``IMailboxStore`` whose mailboxes are lists of bytes.
 
-    * ``spooler``: a ``MemorySpooler`` to read message bytes from; without
-      one ``deliver`` reads ``message.path`` from disk.
+    * ``spooler``: a ``MemorySpooler`` to read message bytes from; a path
+      it does not hold (or no spooler) is read from disk.
     * ``hold=True``: ``deliver`` and ``delete`` Deferreds wait for
       ``release()`` (a test can check nothing is acknowledged early).
     * ``fail``: ``{address: exception}`` -- that mailbox's copy fails, the
@@ -246,7 +246,7 @@ class MemoryMailboxStore:
 
     def deliver(self, message: SpooledMessage, mailboxes: list[Address]) -> defer.Deferred:
         self.deliveries.append((message, list(mailboxes)))
-        if self.spooler is not None:
+        if self.spooler is not None and message.path in self.spooler.files:
             data = self.spooler.contents(message)
         else:
             with open(message.path, "rb") as f:
