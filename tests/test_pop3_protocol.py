@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -265,7 +266,7 @@ def test_large_retr_streams_with_backpressure():
     proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
     received = bytearray()
     rounds = 0
-    while t.producerState == "paused" or proto._stream is not None:
+    while proto._write_paused or proto._stream is not None:
         assert len(t.value()) <= 3 * CHUNK_SIZE  # bounded, never the whole message
         received += t.value()
         t.clear()
@@ -483,6 +484,10 @@ def test_portal_errors_are_sys_temp_and_login_errors_auth():
     proto, t = env.connect()
     talk(proto, t, b"USER joe\r\n")
     assert talk(proto, t, b"PASS x\r\n") == R.MAILBOX_TEMP_FAILURE.to_bytes()
+    env = Env(checker=Boom(PermissionError(13, "Permission denied")))
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS x\r\n") == R.MAILBOX_PERM_FAILURE.to_bytes()
     env = Env(checker=Boom(UnauthorizedLogin()))
     proto, t = env.connect()
     talk(proto, t, b"USER joe\r\n")
@@ -596,3 +601,71 @@ def test_top_encoding_is_chunking_independent(data, cuts, n):
     enc = MessageEncoder(n)
     out = b"".join(enc.encode(c) for c in chunked(data, cuts)) + enc.finish()
     assert out == reference(data, n)
+
+
+@settings(max_examples=100, deadline=None)
+@given(message_bytes, st.integers(1, 9), st.integers(0, 4))
+def test_streamed_retr_and_top_match_whole_encoding(data, chunk, n):
+    """Through the producer path with tiny chunks: every boundary gets hit."""
+    env = Env()
+    env.store.add("joe@example.org", data)
+    with mock.patch("txmailhub.pop3.protocol.CHUNK_SIZE", chunk):
+        proto, t = login(env)
+        t.clear()
+        t.limit = chunk
+        proto.dataReceived(b"RETR 1\r\nTOP 1 %d\r\n" % n)
+        out = bytearray()
+        while proto._stream is not None or proto._write_paused:
+            out += t.value()
+            t.clear()
+            proto.resumeProducing()
+        out += t.value()
+    size = crlf_size_of(data)
+    top = MessageEncoder(n)
+    expected = (f"+OK {size} octets\r\n".encode() + encode_whole(data)
+                + R.TOP_FOLLOWS.to_bytes() + top.encode(data) + top.finish())
+    assert bytes(out) == expected
+
+
+class FlushingTransport(Transport):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.flushes = 0
+
+    def doWrite(self):
+        self.flushes += 1
+
+
+def test_responses_are_flushed_in_the_same_turn():
+    env = Env()
+    proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
+    t = FlushingTransport(LOOPBACK)
+    proto.makeConnection(t)
+    proto.dataReceived(b"CA")
+    assert t.flushes == 0  # nothing handled yet
+    proto.dataReceived(b"PA\r\nNOOP\r\n")
+    assert t.flushes == 1  # one flush for the batch
+    proto.pauseProducing()
+    proto.dataReceived(b"CAPA\r\n")
+    assert t.flushes == 1  # the transport is full: the reactor writes when it can
+
+
+def test_login_is_logged_with_fields_and_without_the_password():
+    env = Env()
+    events = []
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        login(env, pw=b"joepw")
+        proto, t = env.connect()
+        talk(proto, t, b"USER joe\r\nPASS sekrit-pw\r\n")
+        env.clock.advance(5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if e.get("log_namespace") == "txmailhub.pop3"]
+    ok = [e for e in mine if e.get("mechanism") == "USER" and "count" in e]
+    refused = [e for e in mine if e.get("why") == "AUTH"]
+    assert ok and ok[0]["user"] == "joe" and ok[0]["peer"] == "127.0.0.1"
+    assert refused and refused[0]["user"] == "joe"
+    assert not any("sekrit" in repr(e) for e in events)

@@ -50,6 +50,9 @@ __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 CHUNK_SIZE = 64 * 1024
 """Octets read from a message file at a time; smaller messages go in one write."""
 
+_PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
+"""Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
+
 INPUT_LIMIT = 16 * 1024
 """Octets of unanswered commands buffered while the client does not read
 our responses; beyond it we stop reading from the client too."""
@@ -320,6 +323,9 @@ class POP3Protocol(Protocol):
             why = LoginFailure.BAD_CREDENTIALS
         elif failure.check(MailboxInUse):
             why = LoginFailure.IN_USE
+        elif failure.check(*_PERMANENT_ERRORS):
+            log.failure("POP3 mailbox of {user} cannot be opened", failure, user=self._user)
+            why = LoginFailure.PERMANENT
         else:
             log.failure("POP3 login error for {user}", failure, user=self._user)
             why = LoginFailure.TEMPORARY
