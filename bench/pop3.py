@@ -267,6 +267,7 @@ def main() -> int:
                     started[name] = start_target(name, set_root, workdir, seed_dir, servers)
                     print(f"started {name} pid {started[name].pid} port {started[name].port}",
                           flush=True)
+                os.sync()  # the copies reach the disk before anything is timed
                 for rep in range(-1, args.reps):
                     order = targets[rep % len(targets):] + targets[:rep % len(targets)]
                     for name in order:

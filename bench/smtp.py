@@ -74,6 +74,11 @@ def run_once(t: Target, size: int, sessions: int, messages: int, reuse: bool,
     """One smtp-source run against one target; returns the measurements."""
     if t.maildir:
         bl.maildir_clear(t.maildir)
+    # Start every run with nothing dirty in the page cache: otherwise a server
+    # that syncs (fsync's journal commit, syncfs) pays for the writes the
+    # previous, non-syncing target left behind.
+    os.sync()
+    if t.maildir:
         create_us = bl.fs_create_us(os.path.join(os.path.dirname(t.maildir.rstrip("/")),
                                                  ".probe"))
     else:
@@ -265,6 +270,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="1024,102400", help="payload bytes (smtp-source -l)")
     ap.add_argument("--sessions", default="1,10", help="parallel sessions (smtp-source -s)")
     ap.add_argument("--messages", type=int, default=2000, help="messages per run")
+    ap.add_argument("--max-mib", type=int, default=100,
+                    help="cap a run at this many MiB of payload (fewer messages for big sizes; "
+                         "at least 200 messages)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--reuse", action="store_true",
                     help="keep the connection for several messages (smtp-source -d)")
@@ -329,7 +337,8 @@ def main() -> int:
                         if not t.server.alive():
                             print(f"  {t.name} is not running; skipped", flush=True)
                             continue
-                        rec = run_once(t, size, conc, args.messages, args.reuse,
+                        count = min(args.messages, max(200, (args.max_mib << 20) // size))
+                        rec = run_once(t, size, conc, count, args.reuse,
                                        args.timeout, args.settle)
                         rec["rep"] = rep
                         record(rec)
