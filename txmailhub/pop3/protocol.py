@@ -14,12 +14,10 @@ means, and must not touch the Maildir except through ``IMailbox``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 from typing import Any
 
-from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import maybeDeferred
@@ -32,6 +30,7 @@ from zope.interface import implementer
 from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
 from txmailhub.pop3 import replies as R
+from txmailhub.pop3.credentials import APOPCredentials
 from txmailhub.pop3.server import (
     Authenticate,
     LoginFailure,
@@ -58,24 +57,6 @@ INPUT_LIMIT = 16 * 1024
 our responses; beyond it we stop reading from the client too."""
 
 log = Logger(namespace="txmailhub.pop3")
-
-
-@implementer(IUsernameHashedPassword)
-class APOPCredentials:
-    """APOP (RFC 1939 section 7): the client proves it knows the secret by
-    sending ``md5(timestamp + secret)``; the checker hands the stored
-    secret to ``checkPassword``."""
-
-    def __init__(self, username: bytes, timestamp: bytes, digest: bytes) -> None:
-        self.username = username
-        self.timestamp = timestamp
-        self.digest = digest
-
-    def checkPassword(self, password: bytes | str) -> bool:
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        expected = hashlib.md5(self.timestamp + password).hexdigest().encode("ascii")
-        return hmac.compare_digest(expected, self.digest)
 
 
 def _is_local_peer(peer: Any) -> bool:

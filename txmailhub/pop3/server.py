@@ -14,8 +14,9 @@ The engine owns the protocol rules: states and their transitions, which
 command is valid where, argument syntax, line limits, the plaintext
 password policy, the deletion marks and the message numbering of the
 snapshot.  It must not touch sockets, the reactor or the disk (no
-``twisted.internet`` import); the wording of replies lives in
-``txmailhub.pop3.replies``.
+``twisted.internet`` import).  The action types live in
+``txmailhub.pop3.actions``, line splitting in ``txmailhub.pop3.lines`` and
+the wording of replies in ``txmailhub.pop3.replies``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import binascii
 import enum
 import os
 import secrets
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from txmailhub.errors import LocalError
 from txmailhub.pop3 import replies as R
+from txmailhub.pop3.actions import Action, Authenticate, Send, StartTLS, Transmit, Update
+from txmailhub.pop3.lines import LineReader
 from txmailhub.pop3.replies import TERMINATOR, POP3Reply
 
 __all__ = [
@@ -51,8 +52,9 @@ COMMAND_LINE_LIMIT = 255
 """RFC 2449 section 4: a command line is at most 255 octets, CRLF included."""
 
 SASL_LINE_LIMIT = 4096
-"""Longest client line kept while waiting for a SASL response; longer
-lines are dropped as they arrive (an endless line never grows memory)."""
+"""Longest client line kept at all (a SASL response may exceed the command
+limit); longer lines are dropped as they arrive, so an endless line never
+grows memory."""
 
 IMPLEMENTATION = "txmailhub"
 
@@ -85,65 +87,6 @@ class LoginFailure(enum.Enum):
     IN_USE = "IN-USE"
     TEMPORARY = "SYS/TEMP"
     PERMANENT = "SYS/PERM"
-
-
-# -- actions ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``data`` (after ``delay`` seconds); then close if ``close``."""
-
-    data: bytes
-    close: bool = False
-    delay: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticate:
-    """Log in.  ``mechanism`` is ``"USER"``, ``"PLAIN"`` or ``"APOP"``.
-
-    For USER and PLAIN ``secret`` is the password; for APOP it is the
-    client's hex digest of ``timestamp + secret`` (ASCII).  ``username``
-    is as the client typed it."""
-
-    mechanism: str
-    username: str
-    secret: bytes
-    timestamp: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transmit:
-    """Send ``head``, then message ``index`` in CRLF form, dot-stuffed,
-    then ``.\\r\\n``.  ``body_lines`` is ``None`` for the whole message
-    (RETR) or the TOP line count; ``mark_seen`` after a complete RETR."""
-
-    index: int
-    size: int
-    head: bytes
-    body_lines: int | None
-    mark_seen: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS:
-    """Write ``data`` (the +OK), then start TLS; lines already received
-    must be thrown away and a fresh engine built (RFC 2595 section 4)."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """UPDATE state: delete ``indices`` (may be empty), then report."""
-
-    indices: tuple[int, ...]
-
-
-Action = Send | Authenticate | Transmit | StartTLS | Update
-
-_OVERLONG = object()  # queued in place of a line that broke the limit
 
 
 def make_timestamp(hostname: str, now: float) -> str:
@@ -227,9 +170,7 @@ class POP3Server:
         self.auth_failures = auth_failures
         self.state = State.AUTHORIZATION
         self.finished = False  # QUIT seen or STLS begun: no further commands
-        self._lines: deque[Any] = deque()
-        self._partial = b""
-        self._discarding = False
+        self._reader = LineReader(SASL_LINE_LIMIT)
         self._waiting: str | None = None  # "login" or "update" while I/O runs
         self._user: str | None = None
         self._sasl = False  # an AUTH PLAIN response is awaited
@@ -260,52 +201,29 @@ class POP3Server:
 
     def receive_data(self, data: bytes) -> None:
         """Buffer client bytes; complete lines are queued for ``next_action``."""
-        if self._discarding:
-            nl = data.find(b"\n")
-            if nl < 0:
-                return
-            data = data[nl + 1 :]
-            self._discarding = False
-            self._lines.append(_OVERLONG)
-        buf = self._partial + data if self._partial else data
-        if b"\n" not in buf:
-            self._partial = buf
-        else:
-            *lines, self._partial = buf.split(b"\n")
-            for line in lines:
-                if len(line) >= SASL_LINE_LIMIT:
-                    self._lines.append(_OVERLONG)
-                else:
-                    self._lines.append(line[:-1] if line.endswith(b"\r") else line)
-        if len(self._partial) >= SASL_LINE_LIMIT:
-            self._partial = b""
-            self._discarding = True
+        self._reader.feed(data)
 
     def discard_input(self) -> None:
         """Forget every line received so far (after STLS)."""
-        self._lines.clear()
-        self._partial = b""
-        self._discarding = False
+        self._reader.clear()
 
     @property
     def buffered(self) -> int:
         """Octets held for lines not handled yet, line ends included."""
-        return len(self._partial) + sum(
-            len(x) + 2 for x in self._lines if x is not _OVERLONG
-        )
+        return self._reader.buffered
 
     @property
     def has_line(self) -> bool:
-        return bool(self._lines)
+        return self._reader.has_line
 
     def next_action(self) -> Action | None:
         """Handle the next complete line; ``None`` when none is buffered."""
         if self._waiting is not None:
             raise LocalError(f"next_action while waiting for the {self._waiting} result")
-        if self.finished or not self._lines:
+        if self.finished or not self._reader.has_line:
             return None
-        line = self._lines.popleft()
-        if line is _OVERLONG:
+        line = self._reader.pop()
+        if line is None:  # longer than any line we keep
             self._sasl = False
             return Send(R.LINE_TOO_LONG.to_bytes())
         if self._sasl:

@@ -1,0 +1,66 @@
+"""What the POP3 engine asks its adapter to do: one action per command.
+
+Frozen values, no behaviour.  ``txmailhub.pop3.server`` makes them;
+``txmailhub.pop3.protocol`` performs them (writes, logins, message
+streaming, STLS, the UPDATE state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Action", "Authenticate", "Send", "StartTLS", "Transmit", "Update"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``data`` (after ``delay`` seconds); then close if ``close``."""
+
+    data: bytes
+    close: bool = False
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Log in.  ``mechanism`` is ``"USER"``, ``"PLAIN"`` or ``"APOP"``.
+
+    For USER and PLAIN ``secret`` is the password; for APOP it is the
+    client's hex digest of ``timestamp + secret`` (ASCII).  ``username``
+    is as the client typed it."""
+
+    mechanism: str
+    username: str
+    secret: bytes
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send ``head``, then message ``index`` in CRLF form, dot-stuffed,
+    then ``.\\r\\n``.  ``body_lines`` is ``None`` for the whole message
+    (RETR) or the TOP line count; ``mark_seen`` after a complete RETR."""
+
+    index: int
+    size: int
+    head: bytes
+    body_lines: int | None
+    mark_seen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """Write ``data`` (the +OK), then start TLS; lines already received
+    must be thrown away and a fresh engine built (RFC 2595 section 4)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """UPDATE state: delete ``indices`` (may be empty), then report."""
+
+    indices: tuple[int, ...]
+
+
+Action = Send | Authenticate | Transmit | StartTLS | Update
