@@ -1,0 +1,200 @@
+"""Loopback helpers for the relay integration tests.
+
+* ``DNSServer``: a tiny authoritative DNS server on 127.0.0.1 (UDP, a
+  thread), answering MX/A/AAAA from a dict; messages are encoded and
+  decoded with twisted.names.dns (no reactor involved).
+* ``CaptureSMTP``: a small SMTP server on 127.0.0.1 (a thread per
+  connection) playing the remote side: it records every message and its
+  replies can be changed while a test runs (``rcpt_reply``).
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+
+from twisted.names import dns
+
+
+class DNSServer:
+    """``zone = {"name": {"MX": [(10, "mx.name")], "A": ["127.0.0.1"], "AAAA": [...]}}``;
+    a name missing from the zone is NXDOMAIN, ``"SERVFAIL"`` as the value fails it."""
+
+    def __init__(self, zone: dict) -> None:
+        self.zone = zone
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.queries: list[tuple[str, int]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                self.sock.sendto(self._answer(data), peer)
+            except Exception:  # a malformed query: ignore it
+                continue
+
+    def _answer(self, data: bytes) -> bytes:
+        query = dns.Message()
+        query.fromStr(data)
+        q = query.queries[0]
+        name = q.name.name.decode().lower().rstrip(".")
+        self.queries.append((name, q.type))
+        resp = dns.Message(id=query.id, answer=1, auth=1, recDes=query.recDes, recAv=1)
+        resp.queries = [q]
+        entry = self.zone.get(name)
+        if entry is None:
+            resp.rCode = dns.ENAME
+        elif entry == "SERVFAIL":
+            resp.rCode = dns.ESERVER
+        else:
+            kind = {dns.MX: "MX", dns.A: "A", dns.AAAA: "AAAA"}.get(q.type)
+            for value in entry.get(kind, []) if kind else []:
+                if kind == "MX":
+                    payload = dns.Record_MX(value[0], value[1].encode(), ttl=60)
+                elif kind == "A":
+                    payload = dns.Record_A(value, ttl=60)
+                else:
+                    payload = dns.Record_AAAA(value, ttl=60)
+                resp.answers.append(dns.RRHeader(q.name.name, q.type, dns.IN, 60, payload,
+                                                 auth=True))
+        return resp.toStr()
+
+
+class CaptureSMTP:
+    """The remote mail server: records ``messages`` as (mail_from, rcpts, data)."""
+
+    def __init__(self, extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10000000",
+                                                      "ENHANCEDSTATUSCODES"),
+                 tls: tuple[str, str] | None = None, auth: tuple[str, str] | None = None) -> None:
+        self.extensions = extensions
+        self.tls_context = None
+        if tls is not None:
+            import ssl
+
+            self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls_context.load_cert_chain(tls[0], tls[1])
+        self.auth = auth
+        self.auth_seen: list[str] = []
+        self.tls_sessions = 0
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.rcpt_reply: Callable[[str], bytes] = lambda addr: b"250 2.1.5 ok\r\n"
+        self.sessions = 0
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                outer.sessions += 1
+                outer._session(self)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait(self, count: int = 1, timeout: float = 15.0) -> list:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.messages
+
+    def _session(self, handler) -> None:
+        rfile, wfile = handler.rfile, handler.wfile
+        secure = False
+
+        def say(data: bytes) -> None:
+            wfile.write(data)
+            wfile.flush()
+
+        say(b"220 capture.test ESMTP\r\n")
+        sender, rcpts = "", []
+        while True:
+            line = rfile.readline(4096)
+            if not line:
+                return
+            cmd = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            verb = cmd.split(" ", 1)[0].split(":", 1)[0].upper()
+            if verb == "EHLO":
+                ext = list(self.extensions)
+                if self.tls_context is not None and not secure:
+                    ext.append("STARTTLS")
+                if self.auth is not None:
+                    ext.append("AUTH PLAIN LOGIN")
+                lines = ["capture.test", *ext]
+                say("".join(f"250-{x}\r\n" for x in lines[:-1]).encode()
+                    + f"250 {lines[-1]}\r\n".encode())
+            elif verb == "STARTTLS" and self.tls_context is not None and not secure:
+                say(b"220 2.0.0 ready\r\n")
+                conn = self.tls_context.wrap_socket(handler.request, server_side=True)
+                handler.request = conn
+                rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
+                secure = True
+                self.tls_sessions += 1
+            elif verb == "AUTH" and self.auth is not None:
+                import base64
+
+                token = base64.b64decode(cmd.split()[2]).split(b"\0")
+                self.auth_seen.append(token[1].decode())
+                if (token[1].decode(), token[2].decode()) == self.auth:
+                    say(b"235 2.7.0 ok\r\n")
+                else:
+                    say(b"535 5.7.8 bad credentials\r\n")
+            elif verb == "HELO":
+                say(b"250 capture.test\r\n")
+            elif verb == "MAIL":
+                sender, rcpts = cmd.split("<", 1)[1].split(">", 1)[0], []
+                say(b"250 2.1.0 ok\r\n")
+            elif verb == "RCPT":
+                addr = cmd.split("<", 1)[1].split(">", 1)[0]
+                reply = self.rcpt_reply(addr)
+                if reply.startswith(b"2"):
+                    rcpts.append(addr)
+                say(reply)
+            elif verb == "DATA":
+                if not rcpts:
+                    say(b"554 5.5.1 no valid recipients\r\n")
+                    continue
+                say(b"354 go ahead\r\n")
+                chunks = []
+                while True:
+                    data = rfile.readline(65536)
+                    if not data or data == b".\r\n":
+                        break
+                    chunks.append(data[1:] if data.startswith(b"..") else data)
+                self.messages.append((sender, list(rcpts), b"".join(chunks)))
+                say(b"250 2.0.0 captured\r\n")
+            elif verb == "RSET":
+                sender, rcpts = "", []
+                say(b"250 2.0.0 ok\r\n")
+            elif verb == "NOOP":
+                say(b"250 2.0.0 ok\r\n")
+            elif verb == "QUIT":
+                say(b"221 2.0.0 bye\r\n")
+                return
+            else:
+                say(b"502 5.5.1 not implemented\r\n")

@@ -1,0 +1,161 @@
+"""The outbound relay end to end: a real hub (twistd), a DNS server and a
+remote SMTP server on loopback, smtplib as the submitting client."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from email import message_from_bytes, policy
+
+import pytest
+from relayutil import CaptureSMTP, DNSServer
+
+ALICE = "alice@example.org"
+MESSAGE = (b"From: alice@example.org\r\nTo: bob@remote.test\r\nSubject: relay test\r\n"
+           b"\r\nHello from the hub.\r\n.leading dot\r\n")
+
+
+@pytest.fixture
+def remote():
+    server = CaptureSMTP()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dns_server(hub_hostname="mail.example.org"):
+    server = DNSServer({
+        "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
+        # the preferred MX has only an IPv6 address where nothing listens
+        "mx1.remote.test": {"AAAA": ["::1"]},
+        "mx2.remote.test": {"A": ["127.0.0.1"]},
+        "simple.test": {"A": ["127.0.0.1"]},  # no MX: the implicit MX
+        "null.test": {"MX": [(0, "")]},
+        "loop.test": {"MX": [(10, hub_hostname)]},
+        hub_hostname: {"A": ["127.0.0.1"]},
+    })
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay_hub(make_hub, remote, dns_server):
+    def factory(**relay):
+        table = {"nameservers": [f"127.0.0.1:{dns_server.port}"], "port": remote.port}
+        table.update(relay)
+        return make_hub(sections={"relay": table})
+    return factory
+
+
+def send(hub, rcpts, data=MESSAGE, sender=ALICE):
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
+        refused = s.sendmail(sender, rcpts, data)
+    assert refused == {}
+
+
+def wait_for(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def queue_lines(hub):
+    proc = hub.mailhub("queue", "list")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def dsn_of(hub):
+    msgs = wait_for(lambda: hub.messages(ALICE), what="a DSN in alice's Maildir")
+    msg = message_from_bytes(msgs[-1], policy=policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    return msg, list(msg.iter_parts())[1].get_payload()
+
+
+def test_delivered_through_the_next_mx(relay_hub, remote):
+    hub = relay_hub()
+    send(hub, ["bob@remote.test", "carol@remote.test"])
+    [(sender, rcpts, data)] = remote.wait()
+    assert sender == ALICE
+    assert rcpts == ["bob@remote.test", "carol@remote.test"]  # one transaction
+    assert b"Subject: relay test\r\n" in data
+    assert data.endswith(b"Hello from the hub.\r\n.leading dot\r\n")
+    assert b"Received:" in data
+    wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+
+
+def test_implicit_mx(relay_hub, remote):
+    hub = relay_hub()
+    send(hub, ["dave@simple.test"])
+    [(_, rcpts, _)] = remote.wait()
+    assert rcpts == ["dave@simple.test"]
+
+
+def test_4xx_then_success_after_flush(relay_hub, remote):
+    remote.rcpt_reply = lambda addr: b"451 4.7.1 Greylisted, please try again\r\n"
+    hub = relay_hub()
+    send(hub, ["bob@remote.test"])
+    lines = wait_for(lambda: [x for x in queue_lines(hub) if "451" in x],
+                     what="the 451 in queue list")
+    [line] = lines
+    qid = line.split()[0]
+    assert "bob@remote.test" in line.split()
+    assert line.endswith("451 4.7.1 Greylisted, please try again")
+    show = hub.mailhub("queue", "show", qid)
+    assert "451 4.7.1 Greylisted, please try again" in show.stdout
+    assert remote.messages == []
+    remote.rcpt_reply = lambda addr: b"250 2.1.5 ok\r\n"
+    assert hub.mailhub("queue", "flush").returncode == 0
+    started = time.monotonic()
+    remote.wait(1, timeout=10)
+    assert remote.messages and time.monotonic() - started < 5.5
+    wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+
+
+def test_5xx_produces_a_dsn(relay_hub, remote):
+    remote.rcpt_reply = lambda addr: (b"550 5.1.1 <bob@remote.test>: Recipient address rejected"
+                                      b"\r\n")
+    hub = relay_hub()
+    send(hub, ["bob@remote.test"])
+    msg, blocks = dsn_of(hub)
+    assert "MAILER-DAEMON@example.org" in msg["From"]
+    rcpt = blocks[1]
+    assert rcpt["Final-Recipient"] == "rfc822; bob@remote.test"
+    assert rcpt["Action"] == "failed"
+    assert rcpt["Status"] == "5.1.1"
+    assert rcpt["Remote-MTA"] == "dns; mx2.remote.test"
+    assert rcpt["Diagnostic-Code"] == (
+        "smtp; 550 5.1.1 <bob@remote.test>: Recipient address rejected")
+    returned = list(msg.iter_parts())[2]
+    assert "Subject: relay test" in str(returned)
+    wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+
+
+def test_null_mx_and_loop_bounce(relay_hub, remote):
+    hub = relay_hub()
+    send(hub, ["x@null.test"])
+    _, blocks = dsn_of(hub)
+    assert blocks[1]["Status"] == "5.1.10"
+    send(hub, ["y@loop.test"])
+    msgs = wait_for(lambda: len(hub.messages(ALICE)) >= 2 and hub.messages(ALICE),
+                    what="the second DSN")
+    assert any(b"loops back to me" in m for m in msgs)
+    assert remote.sessions == 0
+
+
+def test_restart_with_mail_in_the_queue(relay_hub, remote):
+    remote.rcpt_reply = lambda addr: b"421 4.3.2 Service shutting down\r\n"
+    hub = relay_hub(retry_schedule=["2s"])
+    send(hub, ["bob@remote.test"])
+    wait_for(lambda: [x for x in queue_lines(hub) if "421" in x], what="a queued 421")
+    hub.kill()  # a crash, not a clean stop
+    remote.rcpt_reply = lambda addr: b"250 2.1.5 ok\r\n"
+    assert queue_lines(hub)  # still on disk
+    hub.start()
+    [(_, rcpts, _)] = remote.wait(1, timeout=20)
+    assert rcpts == ["bob@remote.test"]
+    wait_for(lambda: queue_lines(hub) == [], what="an empty queue")

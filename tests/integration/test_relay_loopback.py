@@ -1,0 +1,147 @@
+"""The relay alone over real sockets: RelayService in a subprocess with the
+real reactor, twisted.names talking to a DNS server on 127.0.0.1, TCP and
+TLS to a capturing SMTP server.  (The full-hub tests are in
+test_relay_delivery.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import make_certificate
+from relayutil import CaptureSMTP, DNSServer
+
+PROBE = textwrap.dedent('''
+    import json, sys
+    from twisted.internet import reactor, task, ssl
+    from txmailhub.address import Address
+    from txmailhub.components import Components
+    from txmailhub.config import load
+    from txmailhub.envelope import Envelope, SpooledMessage
+    from txmailhub.relay.service import RelayService
+    from txmailhub.testing import MemoryMailboxStore, MemorySpooler, StaticRouter
+
+    config, rcpt, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+    settings = load(config)
+    spooler = MemorySpooler()
+    store = MemoryMailboxStore(spooler=spooler)
+    c = Components(settings=settings, reactor=reactor, router=StaticRouter({"alice": None}),
+                   store=store, spooler=spooler, portal=None)
+    trust = ssl.Certificate.loadPEM(open(ca, "rb").read()) if ca else None
+    svc = RelayService(c, trust_root=trust)
+    c.queue = svc.queue
+    svc.startService()
+    path = settings.hub.state_dir + "/in.msg"
+    with open(path, "wb") as f:
+        f.write(b"Subject: probe\\n\\nprobe body\\n")
+    local, domain = rcpt.split("@")
+    svc.queue.enqueue(Envelope(sender=Address("alice", "example.org"),
+                               recipients=(Address(local, domain),)),
+                      SpooledMessage(path, 27, 30))
+    ticks = [0]
+
+    def check():
+        ticks[0] += 1
+        entries = [svc.queue.read(i) for i in svc.queue.ids()]
+        if any(e is not None and e.attempts == 0 for e in entries) and ticks[0] <= 150:
+            return  # the first attempt is not recorded yet
+        try:
+            out = {"queued": [svc.queue.read(i).last_reply.text() if svc.queue.read(i)
+                              and svc.queue.read(i).last_reply else "-"
+                              for i in svc.queue.ids()],
+                   "dsn": [m.decode("utf-8", "replace")
+                           for m in store.messages("alice@example.org")]}
+            print(json.dumps(out))
+        finally:
+            d = svc.stopService()
+            d.addBoth(lambda _: reactor.stop())
+
+    task.LoopingCall(check).start(0.1, now=False)
+    reactor.run()
+''')
+
+
+def probe(tmp_path, relay: str, rcpt: str, ca: str = "") -> dict:
+    state = tmp_path / "var"
+    state.mkdir(exist_ok=True)
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
+                   f'domains = ["example.org"]\n[relay]\n{relay}\n')
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(cfg), rcpt, ca],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def dns_server():
+    server = DNSServer({
+        "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
+        "mx1.remote.test": {"AAAA": ["::1"]},  # nothing listens there
+        "mx2.remote.test": {"A": ["127.0.0.1"]},
+        "broken.test": "SERVFAIL",
+    })
+    yield server
+    server.stop()
+
+
+def test_mx_over_real_dns_and_tcp(tmp_path, dns_server):
+    remote = CaptureSMTP()
+    try:
+        result = probe(tmp_path, f'nameservers = ["127.0.0.1:{dns_server.port}"]\n'
+                                 f"port = {remote.port}", "bob@remote.test")
+        assert result == {"queued": [], "dsn": []}
+        [(sender, rcpts, data)] = remote.messages
+        assert (sender, rcpts) == ("alice@example.org", ["bob@remote.test"])
+        assert data == b"Subject: probe\r\n\r\nprobe body\r\n"
+        assert ("remote.test", 15) in dns_server.queries
+    finally:
+        remote.stop()
+
+
+def test_servfail_stays_queued(tmp_path, dns_server):
+    result = probe(tmp_path, f'nameservers = ["127.0.0.1:{dns_server.port}"]',
+                   "bob@broken.test")
+    [reply] = result["queued"]
+    assert reply.startswith("451 4.4.3") and "SERVFAIL" in reply
+
+
+def test_nxdomain_bounces(tmp_path, dns_server):
+    result = probe(tmp_path, f'nameservers = ["127.0.0.1:{dns_server.port}"]',
+                   "bob@nowhere.test")
+    assert result["queued"] == []
+    [dsn] = result["dsn"]
+    assert "Status: 5.1.2" in dsn and "NXDOMAIN" in dsn
+
+
+def test_smarthost_verified_starttls_and_auth(tmp_path):
+    cert, key = make_certificate(tmp_path / "tls", "localhost")
+    remote = CaptureSMTP(tls=(str(cert), str(key)), auth=("relayuser", "s3cret"))
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"\n'
+                                 f'smarthost_auth_file = "{auth}"', "bob@anywhere.test",
+                       ca=str(cert))
+        assert result == {"queued": [], "dsn": []}
+        assert remote.tls_sessions == 1
+        assert remote.auth_seen == ["relayuser"]
+        assert len(remote.messages) == 1
+    finally:
+        remote.stop()
+
+
+def test_smarthost_verify_rejects_untrusted_certificate(tmp_path):
+    cert, key = make_certificate(tmp_path / "tls", "localhost")
+    other, _ = make_certificate(tmp_path / "other", "localhost")
+    remote = CaptureSMTP(tls=(str(cert), str(key)))
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"',
+                       "bob@anywhere.test", ca=str(other))
+        assert len(result["queued"]) == 1
+        assert remote.messages == []
+    finally:
+        remote.stop()
