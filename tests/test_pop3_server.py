@@ -483,3 +483,14 @@ def test_reply_rendering():
     assert R.err("x", "IN-USE").to_bytes() == b"-ERR [IN-USE] x\r\n"
     assert R.ok().to_bytes() == b"+OK\r\n"
     assert str(R.AUTH_FAILED) == "-ERR [AUTH] Authentication failed"
+
+
+def test_engine_is_sans_io():
+    import subprocess
+    import sys
+
+    code = ("import sys, txmailhub.pop3.server; "
+            "print(sorted(m for m in sys.modules if m.startswith('twisted.internet')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
