@@ -269,6 +269,11 @@ class SMTPServer:
         self._reset_transaction()
         self._to(State.READY)
 
+    def fail_message(self, reply: Reply) -> None:
+        """The sink broke (disk full...): refuse the message, keep draining."""
+        if self._reader is not None:
+            self._reader.fail(reply)
+
     def message_done(self, reply: Reply) -> None:
         self._answer(MessageComplete)
         self.reply(reply)

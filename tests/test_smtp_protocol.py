@@ -1,0 +1,318 @@
+"""txmailhub.smtp.protocol: the Twisted adapter, with StringTransport and a Clock."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import (
+    AliasesSettings,
+    HubSettings,
+    Settings,
+    SMTPSettings,
+    UsersSettings,
+)
+from txmailhub.interfaces import ISMTPUser
+from txmailhub.smtp import replies
+from txmailhub.smtp.protocol import SMTPFactory
+from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
+
+ALICE = Address("alice", "example.org")
+
+
+@implementer(ISMTPUser)
+class User:
+    def __init__(self, address):
+        self.address = address
+
+
+class Realm:
+    def __init__(self):
+        self.logouts = 0
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        def logout():
+            self.logouts += 1
+
+        local, _, domain = avatar_id.decode().partition("@")
+        return ISMTPUser, User(Address(local, domain)), logout
+
+
+def settings(**smtp) -> Settings:
+    base = dict(idle_timeout=300, max_connections=3, max_connections_per_client=2,
+                relay_networks=("10.0.0.0/8",), auth_failure_delay=1.0)
+    base.update(smtp)
+    return Settings(
+        path="/nonexistent/mailhub.toml",
+        hub=HubSettings("mx.example.org", "/nonexistent", ("example.org",)),
+        users=UsersSettings("users"),
+        aliases=AliasesSettings(None),
+        tls=None,
+        smtp=SMTPSettings(**base),
+    )
+
+
+class Harness:
+    def __init__(self, *, hold=False, queue=None, submission=False, fail=None, **smtp):
+        self.clock = MemoryReactorClock()
+        self.spooler = MemorySpooler(hold=hold)
+        self.store = MemoryMailboxStore(spooler=self.spooler, fail=fail)
+        self.realm = Realm()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(**{"alice@example.org": b"secret"})
+        self.components = Components(
+            settings=settings(**smtp), reactor=self.clock,
+            router=StaticRouter({"alice": None, "bob": None}), store=self.store,
+            spooler=self.spooler, portal=Portal(self.realm, [checker]), queue=queue,
+        )
+        self.factory = SMTPFactory(self.components, submission=submission)
+
+    def connect(self, host="192.0.2.1"):
+        proto = self.factory.buildProtocol(IPv4Address("TCP", host, 4321))
+        t = StringTransport(peerAddress=IPv4Address("TCP", host, 4321))
+        proto.makeConnection(t)
+        return proto, t
+
+
+def take(t: StringTransport) -> list[str]:
+    out = t.value().decode().splitlines()
+    t.clear()
+    return out
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+class ProtocolTests(SynchronousTestCase):
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_seed_exchange_delivers_with_trace_headers(self):
+        h = Harness()
+        p, t = h.connect()
+        assert take(t) == ["220 mx.example.org ESMTP txmailhub ready"]
+        p.dataReceived(b"HELO z3.cs.rpi.edu\r\n")
+        p.dataReceived(b"MAIL FROM: bill@microsoft.com\r\n")
+        p.dataReceived(b"RCPT TO: alice\r\n")
+        p.dataReceived(b"DATA\r\n")
+        assert [x[:3] for x in take(t)] == ["250", "250", "250", "354"]
+        p.dataReceived(b"Hi dave\r\n..\r\n..foo\r\n.\r\n")
+        (reply,) = take(t)
+        assert reply.startswith("250 2.0.0 ") and reply.endswith("Message accepted for delivery")
+        (stored,) = h.store.messages(ALICE)
+        assert stored.startswith(b"Return-Path: <bill@microsoft.com>\nReceived: from z3.cs.rpi.edu")
+        assert b"with SMTP" in stored and b"for <alice@example.org>" in stored
+        assert stored.endswith(b"\nHi dave\n.\n.foo\n")
+        assert h.spooler.discarded  # the spool file is gone once delivered
+        summary = [e for e in self.events if "message_id" not in e and e.get("code") == 250]
+        assert summary and summary[0]["sender"] == "bill@microsoft.com"
+
+    def test_pipelined_batch_answered_in_order_in_one_write(self):
+        h = Harness(hold=True)
+        p, t = h.connect()
+        take(t)
+        writes = []
+        orig = t.write
+        t.write = lambda data: (writes.append(data), orig(data))
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n"
+                       b"RCPT TO:<nobody>\r\nRCPT TO:<bob>\r\nDATA\r\n")
+        assert len(writes) == 1
+        assert [x[:3] for x in take(t) if x[3] == " "] == ["250", "250", "250", "550", "250",
+                                                           "354"]
+        writes.clear()
+        p.dataReceived(b"body\r\n.\r\nNOOP\r\nQUIT\r\n")
+        # fsync pending: nothing answered, reading paused, NOOP waits its turn.
+        assert t.value() == b"" and t.producerState == "paused"
+        h.spooler.release()
+        lines = take(t)
+        assert [x[:3] for x in lines] == ["250", "250", "221"]
+        assert len(writes) == 1 and t.disconnecting
+        assert h.store.messages(Address("bob", "example.org"))
+
+    def test_no_250_before_storage_is_durable(self):
+        h = Harness()
+        h.store._holder.hold = True
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")
+        assert take(t)[-1].startswith("354")
+        h.store.release()
+        assert take(t)[0].startswith("250 2.0.0")
+
+    def test_failed_mailbox_queued_and_others_delivered(self):
+        q = QueueSpy()
+        h = Harness(queue=q, fail={Address("bob", "example.org"): OSError("quota")})
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nRCPT TO:<bob>\r\n"
+                       b"DATA\r\nhi\r\n.\r\n")
+        assert take(t)[-1].startswith("250 2.0.0")
+        assert h.store.messages(ALICE)
+        assert q.enqueued[0][0].recipients == (Address("bob", "example.org"),)
+
+    def test_storage_failure_is_451_without_details(self):
+        h = Harness()
+        h.spooler.fail_finish = OSError("EIO secret detail")
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")
+        last = take(t)[-1]
+        assert last == replies.LOCAL_ERROR.text()
+        assert "EIO" not in last and "OSError" not in last
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_disconnect_mid_data_leaves_nothing(self):
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\npartial\r\n")
+        p.connectionLost(None)
+        assert h.spooler.aborted and not h.store.messages(ALICE)
+        assert h.factory.connections == 0
+
+    def test_bad_message_aborts_spool(self):
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\na\nb\r\n.\r\n")
+        assert take(t)[-1] == replies.MESSAGE_BARE_CR_LF.text()
+        assert h.spooler.aborted == ["memory-spool/1"] and not h.store.messages(ALICE)
+
+    def test_idle_timeout(self):
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        take(t)
+        h.clock.advance(200)
+        p.dataReceived(b"NOOP\r\n")
+        h.clock.advance(200)
+        assert take(t) == [replies.OK.text()] and not t.disconnecting
+        h.clock.advance(101)
+        assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+
+    def test_no_idle_timeout_while_we_keep_the_client_waiting(self):
+        h = Harness(hold=True, idle_timeout=10)
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")
+        take(t)
+        h.clock.advance(60)
+        assert not t.disconnecting
+        h.spooler.release()
+        assert take(t)[0].startswith("250")
+        h.clock.advance(11)
+        assert take(t) == [replies.TIMEOUT.text()]
+
+    def test_connection_limits(self):
+        h = Harness(max_connections=3, max_connections_per_client=2)
+        conns = [h.connect("192.0.2.7") for _ in range(3)]
+        assert take(conns[2][1]) == [replies.TOO_MANY_CONNECTIONS_FROM_YOU.text()]
+        assert conns[2][1].disconnecting
+        conns[2][0].connectionLost(None)
+        # loopback and relay networks are exempt from the per-client limit
+        _, t = h.connect("127.0.0.1")
+        assert take(t)[0].startswith("220")
+        _, t = h.connect("10.1.1.1")
+        assert take(t) == [replies.TOO_MANY_CONNECTIONS.text()]
+        conns[0][0].connectionLost(None)
+        _, t = h.connect("10.1.1.1")
+        assert take(t)[0].startswith("220")
+
+    def test_auth_success_then_relay(self):
+        q = QueueSpy()
+        h = Harness(queue=q)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode())
+        assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\n"
+                       b"hi\r\n.\r\nQUIT\r\n")
+        lines = take(t)
+        assert lines[-2].startswith("250 2.0.0")
+        assert q.enqueued[0][0].authenticated_as == "alice@example.org"
+        stored = h.spooler.writers[0]._chunks[0]
+        assert b"with ESMTPA" in stored and b"Return-Path" not in stored
+        p.connectionLost(None)
+        assert h.realm.logouts == 1
+        assert not any("secret" in repr(e) for e in self.events)
+
+    def test_auth_failures_delayed_growing_then_disconnect(self):
+        h = Harness(max_auth_failures=3, auth_failure_delay=2.0)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\n")
+        take(t)
+        bad = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}\r\n".encode()
+        p.dataReceived(bad)
+        assert take(t) == [] and t.producerState == "paused"
+        h.clock.advance(1.9)
+        assert take(t) == []
+        h.clock.advance(0.1)
+        assert take(t) == [replies.AUTH_FAILED.text()]
+        p.dataReceived(bad)
+        h.clock.advance(3.9)
+        assert take(t) == []
+        h.clock.advance(0.1)
+        assert take(t) == [replies.AUTH_FAILED.text()]
+        p.dataReceived(bad)
+        h.clock.advance(6)
+        assert take(t) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
+        assert t.disconnecting
+
+    def test_submission_requires_auth(self):
+        h = Harness(submission=True)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n")
+        assert take(t)[-1] == replies.AUTH_REQUIRED.text()
+
+    def test_remote_recipient_without_queue_is_temporary(self):
+        h = Harness()
+        p, t = h.connect("10.0.0.5")  # a relay network
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@remote.test>\r\n")
+        assert take(t)[-1] == replies.QUEUE_UNAVAILABLE.text()
+
+    def test_unexpected_engine_error_is_451(self):
+        h = Harness()
+        p, t = h.connect()
+
+        def boom(address, session):
+            raise ZeroDivisionError("internal")
+
+        h.factory.policy.check_recipient = boom
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nNOOP\r\n")
+        lines = take(t)
+        assert lines[-2:] == [replies.LOCAL_ERROR.text(), replies.OK.text()]
+        assert not any("ZeroDivision" in x for x in lines)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_spool_write_failure_refuses_message(self):
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        writer = h.spooler.writers[0]
+
+        def broken(data):
+            raise OSError("ENOSPC")
+
+        writer.write = broken
+        p.dataReceived(b"x\r\n.\r\n")
+        assert take(t)[-1] == replies.LOCAL_ERROR.text()
+        assert not h.store.messages(ALICE)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_ten_errors(self):
+        h = Harness(max_errors=10)
+        p, t = h.connect()
+        p.dataReceived(b"BAD\r\n" * 10)
+        assert take(t)[-1] == replies.TOO_MANY_ERRORS.text() and t.disconnecting
+
+    def test_settings_are_used(self):
+        h = Harness(max_message_size=1234)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\n")
+        assert "250-SIZE 1234" in take(t)
+        assert dataclasses.is_dataclass(h.components.settings.smtp)

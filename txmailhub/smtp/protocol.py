@@ -1,0 +1,412 @@
+"""The Twisted adapter of the SMTP server engine.
+
+Owns the connection: moving bytes between the transport and the sans-IO
+engine (``txmailhub.smtp.server``), answering the engine's requests with
+the components (spooler, ``txmailhub.delivery``, the cred portal, TLS),
+flow control, the idle timeout, connection limits and the one summary log
+line per transaction.  It must not parse SMTP or decide policy: that is
+the engine's and ``txmailhub.smtp.policy``'s job.
+
+* While a request is pending (storage, AUTH), the transport is paused
+  (``pauseProducing``): pipelined commands wait in the engine's buffer and
+  are answered strictly in order once the answer is in.
+* Replies produced by one batch of input go out in one ``write``.
+* The idle timeout uses ``components.reactor`` (a ``Clock`` in tests); it
+  does not run while we are the ones keeping the client waiting.
+* Failed AUTH attempts are answered after a delay that grows with each
+  failure (``[smtp] auth_failure_delay`` times the count); after
+  ``max_auth_failures`` the connection is closed.
+* Anything unexpected becomes 451 plus ``log.failure``; no traceback or
+  class name ever reaches the wire.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+from typing import Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+
+from txmailhub.address import Address
+from txmailhub.delivery import accept_message, summarize
+from txmailhub.interfaces import ISMTPUser
+from txmailhub.smtp import replies
+from txmailhub.smtp.policy import RecipientPolicy
+from txmailhub.smtp.received import protocol_name, received, return_path
+from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.server import (
+    AuthRequest,
+    Close,
+    MessageAborted,
+    MessageComplete,
+    ServerConfig,
+    Session,
+    SMTPServer,
+    StartMessage,
+    StartTLS,
+)
+
+__all__ = ["SMTPFactory", "SMTPProtocol"]
+
+log = Logger(namespace="txmailhub.smtp")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class SMTPProtocol(Protocol):
+    """One SMTP connection; see the module docstring."""
+
+    def __init__(self, factory: SMTPFactory) -> None:
+        self.factory = factory
+        self.components = factory.components
+        self.reactor = factory.components.reactor
+        self.engine: SMTPServer | None = None
+        self.host = ""
+        self._counted = False
+        self._paused = False
+        self._writer: Any = None
+        self._message_id = ""
+        self._timer: Any = None
+        self._last_activity = 0.0
+        self._logout: Any = None
+        self._auth_timer: Any = None
+        self._handlers = {
+            StartMessage: self._start_message,
+            MessageComplete: self._message_complete,
+            MessageAborted: self._message_aborted,
+            AuthRequest: self._auth_request,
+            StartTLS: self._start_tls,
+            Close: self._close,
+        }
+
+    # --- Twisted's side ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        peer = self.transport.getPeer()
+        self.host = getattr(peer, "host", "") or ""
+        loopback = _is_loopback(self.host) if self.host else True  # UNIX sockets are local
+        relay = f.settings.smtp.relay_allowed_from(self.host) if self.host else True
+        session = Session(
+            client_host=self.host or "localhost",
+            loopback=loopback,
+            relay_allowed=relay,
+            submission=f.submission,
+            tls=f.implicit_tls or ISSLTransport.providedBy(self.transport),
+        )
+        self.engine = SMTPServer(f.config, f.policy, session)
+        refusal = f.admit(self.host, exempt=loopback or relay)
+        if refusal is not None:
+            log.info("refused connection from {client}: {reply}", client=self.host,
+                     reply=refusal.text())
+            self.engine.refuse_connection(refusal)
+            self._drive()
+            return
+        self._counted = True
+        self.engine.greeting()
+        self._last_activity = self.reactor.seconds()
+        self._arm_timer(f.settings.smtp.idle_timeout)
+        self._drive()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_activity = self.reactor.seconds()
+        self.engine.receive_data(data)
+        self._drive()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        if self.engine is not None:
+            self.engine.abort()
+        if self._counted:
+            self._counted = False
+            self.factory.release(self.host)
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+    # --- driving the engine ---------------------------------------------------
+
+    def _drive(self) -> None:
+        engine = self.engine
+        handlers = self._handlers
+        try:
+            while (event := engine.next_event()) is not None:
+                handlers[type(event)](event)
+        except Exception:
+            log.failure("SMTP session error with {client}", client=self.host)
+            engine.refuse_connection(replies.LOCAL_ERROR)
+            self._flush()
+            self.transport.loseConnection()
+            return
+        self._flush()
+        if engine.closed:
+            self.transport.loseConnection()
+        elif engine.waiting != self._paused:
+            self._paused = engine.waiting
+            if self._paused:
+                self.transport.pauseProducing()
+            else:
+                self._last_activity = self.reactor.seconds()
+                self.transport.resumeProducing()
+
+    def _flush(self) -> None:
+        out = self.engine.data_to_send()
+        if out:
+            self.transport.write(out)
+
+    # --- the idle timeout -----------------------------------------------------------
+
+    def _arm_timer(self, delay: float) -> None:
+        self._timer = self.reactor.callLater(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        limit = self.factory.settings.smtp.idle_timeout
+        if self.engine.closed:
+            return
+        idle = self.reactor.seconds() - self._last_activity
+        if self.engine.waiting or idle < limit:
+            self._arm_timer(limit if self.engine.waiting else limit - idle)
+            return
+        log.info("idle timeout for {client}", client=self.host)
+        self.engine.timeout(replies.TIMEOUT)
+        self._drive()
+
+    # --- requests and notices -----------------------------------------------------------
+
+    def _start_message(self, event: StartMessage) -> None:
+        env = event.envelope
+        try:
+            writer = self.components.spooler.open()
+        except Exception:
+            log.failure("cannot open a spool file")
+            self.engine.message_refused(replies.LOCAL_ERROR)
+            return
+        self._writer = writer
+        self._message_id = self.factory.next_id()
+        try:
+            writer.write(self._trace(env))
+        except Exception:
+            log.failure("cannot write to the spool file")
+            writer.abort()
+            self._writer = None
+            self.engine.message_refused(replies.LOCAL_ERROR)
+            return
+        self.engine.message_started(self._sink)
+
+    def _sink(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+        except Exception:
+            log.failure("cannot write to the spool file")
+            self.engine.fail_message(replies.LOCAL_ERROR)
+
+    def _trace(self, env: Any) -> bytes:
+        session = self.engine.session
+        tls = None
+        if session.tls:
+            tls = _tls_details(self.transport)
+        router = self.components.router
+        head = b""
+        if all(router.is_local_domain(r.domain) for r in env.recipients):
+            head = return_path(env.sender)
+        return head + received(
+            hostname=self.factory.settings.hub.hostname,
+            helo=session.helo,
+            client_ip=session.client_host,
+            protocol=protocol_name(session.esmtp, session.tls,
+                                   session.authenticated_as is not None),
+            message_id=self._message_id,
+            when=self.reactor.seconds(),
+            tls=tls,
+            recipient=env.recipients[0] if len(env.recipients) == 1 else None,
+        )
+
+    def _message_complete(self, event: MessageComplete) -> None:
+        writer, self._writer = self._writer, None
+        message_id = self._message_id
+        try:
+            d = writer.finish()
+        except Exception as e:
+            d = defer.fail(e)
+        d.addCallback(lambda message: accept_message(self.components, event.envelope, message))
+        d.addCallback(summarize, message_id)
+        d.addErrback(self._storage_failed)
+        d.addCallback(self._message_done, event, message_id)
+
+    def _storage_failed(self, failure: Any) -> Reply:
+        log.failure("could not store message {id}", failure, id=self._message_id)
+        return replies.LOCAL_ERROR
+
+    def _message_done(self, reply: Reply, event: MessageComplete, message_id: str) -> None:
+        self._log_transaction(event.envelope, message_id, event.size, reply)
+        if self.engine.closed:  # the client went away meanwhile
+            return
+        self.engine.message_done(reply)
+        self._drive()
+
+    def _message_aborted(self, event: MessageAborted) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        self._log_transaction(event.envelope, self._message_id, 0, event.reply)
+
+    def _log_transaction(self, env: Any, message_id: str, size: int, reply: Reply) -> None:
+        log.info(
+            "message {id} from <{sender}> to {recipients} ({size} octets) via {client}: "
+            "{reply}",
+            id=message_id or "-",
+            sender=env.sender_text,
+            recipients=", ".join(str(r) for r in env.recipients),
+            size=size,
+            client=self.host,
+            auth=env.authenticated_as,
+            reply=reply.text(),
+            code=reply.code,
+        )
+
+    def _auth_request(self, event: AuthRequest) -> None:
+        portal = self.components.portal
+        if event.malformed or portal is None:
+            self._auth_failed(None, event)
+            return
+        creds = UsernamePassword(event.username.encode("utf-8"),
+                                 event.password.encode("utf-8"))
+        d = defer.maybeDeferred(portal.login, creds, None, ISMTPUser)
+        d.addCallbacks(self._auth_ok, self._auth_failed, errbackArgs=(event,))
+
+    def _auth_ok(self, result: Any) -> None:
+        _, avatar, logout = result
+        self._logout = logout
+        if self.engine.closed:
+            return
+        address = avatar.address
+        if not isinstance(address, Address):
+            address = Address(*str(address).rsplit("@", 1))
+        log.info("{client} authenticated as {user}", client=self.host, user=str(address))
+        self.engine.auth_succeeded(address)
+        self._drive()
+
+    def _auth_failed(self, failure: Any, event: AuthRequest) -> None:
+        reply = replies.AUTH_FAILED
+        if failure is not None and not failure.check(UnauthorizedLogin):
+            log.failure("authentication error for {user}", failure, user=event.username)
+            reply = replies.AUTH_TEMPORARY
+        else:
+            log.info("authentication failed for {user} from {client}", user=event.username,
+                     client=self.host)
+        s = self.factory.settings.smtp
+        delay = s.auth_failure_delay * (self.engine.auth_failures + 1)
+
+        def answer() -> None:
+            self._auth_timer = None
+            if not self.engine.closed:
+                self.engine.auth_failed(reply)
+                self._drive()
+
+        self._auth_timer = self.reactor.callLater(delay, answer)
+
+    def _start_tls(self, event: StartTLS) -> None:
+        self._flush()  # the 220 goes out in clear text
+        self.transport.startTLS(self.components.tls)
+        self.engine.tls_started()
+
+    def _close(self, event: Close) -> None:
+        pass  # _drive flushes and closes once the batch is written
+
+
+def _tls_details(transport: Any) -> tuple[str, str] | None:
+    try:
+        conn = transport.getHandle()
+        version = conn.get_protocol_version_name()
+        cipher = conn.get_cipher_name()
+    except Exception:
+        return None
+    if not version or not cipher:
+        return None
+    return str(version), str(cipher)
+
+
+class SMTPFactory(ServerFactory):
+    """Builds SMTP connections for one kind of listener.
+
+    ``submission=True``: RFC 6409 rules (AUTH before MAIL).
+    ``implicit_tls=True``: the listener is wrapped in TLS by the service
+    (RFC 8314), so STARTTLS is not offered and the session counts as TLS.
+    """
+
+    protocol = SMTPProtocol
+
+    def __init__(self, components: Any, *, submission: bool = False,
+                 implicit_tls: bool = False) -> None:
+        self.components = components
+        self.settings = s = components.settings
+        self.submission = submission
+        self.implicit_tls = implicit_tls
+        self.config = ServerConfig(
+            hostname=s.hub.hostname,
+            primary_domain=s.hub.primary_domain,
+            max_message_size=s.smtp.max_message_size,
+            max_recipients=s.smtp.max_recipients,
+            max_errors=s.smtp.max_errors,
+            max_auth_failures=s.smtp.max_auth_failures,
+            vrfy=s.smtp.vrfy,
+            expn=s.smtp.expn,
+            tls_available=components.tls is not None and not implicit_tls,
+            auth_available=components.portal is not None,
+        )
+        self.policy = RecipientPolicy(components)
+        self.connections = 0
+        self.per_client: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():X}"
+
+    def buildProtocol(self, addr: Any) -> SMTPProtocol:
+        p = SMTPProtocol(self)
+        return p
+
+    def admit(self, host: str, exempt: bool) -> Reply | None:
+        """Count a new connection, or say why it is refused (421)."""
+        s = self.settings.smtp
+        if self.connections >= s.max_connections:
+            return replies.TOO_MANY_CONNECTIONS
+        if not exempt and self.per_client.get(host, 0) >= s.max_connections_per_client:
+            return replies.TOO_MANY_CONNECTIONS_FROM_YOU
+        self.connections += 1
+        self.per_client[host] = self.per_client.get(host, 0) + 1
+        return None
+
+    def release(self, host: str) -> None:
+        self.connections -= 1
+        n = self.per_client.get(host, 0) - 1
+        if n > 0:
+            self.per_client[host] = n
+        else:
+            self.per_client.pop(host, None)
+
+    def next_id(self) -> str:
+        """A message id, unique within this process and across restarts."""
+        now = int(self.components.reactor.seconds())
+        return f"{now:X}{self._id_prefix}{next(self._ids):05X}"

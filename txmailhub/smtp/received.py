@@ -1,0 +1,73 @@
+"""Trace header fields: Received (RFC 5321 4.4, RFC 3848) and Return-Path.
+
+Owns the text of the trace fields the SMTP server writes at the start of
+each spool file, before the body, in the stored form (LF line ends).  Pure
+formatting: the caller supplies names, addresses, TLS details and the time
+(from its injected clock).  Client-supplied text (the HELO name) is
+reduced to safe characters so it can never break the header.
+
+Return-Path records the reverse-path at final delivery (RFC 5321 4.4); the
+SMTP server writes it only when every recipient of the transaction is
+local, because a relaying MTA must not add one (the queue's copies for
+remote recipients then go out without it).  ``return_path`` is public so
+the relay's bounce code can add ``Return-Path: <>`` to a DSN it delivers
+locally.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+from txmailhub.address import Address
+
+__all__ = ["protocol_name", "received", "return_path"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
+
+
+def _safe(text: str, limit: int = 255) -> str:
+    return _UNSAFE.sub("?", text[:limit]) or "unknown"
+
+
+def protocol_name(esmtp: bool, tls: bool, authenticated: bool) -> str:
+    """The RFC 3848 ``with`` keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
+    if not esmtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+
+
+def received(
+    *,
+    hostname: str,
+    helo: str,
+    client_ip: str,
+    protocol: str,
+    message_id: str,
+    when: float,
+    tls: tuple[str, str] | None = None,
+    recipient: Address | None = None,
+) -> bytes:
+    """One ``Received:`` field, folded, LF-terminated.
+
+    ``tls`` is ``(version, cipher)`` when the session was encrypted;
+    ``recipient`` is named in the ``for`` clause (the server gives it only
+    for a single-recipient transaction, so lists are not disclosed)."""
+    ip = _safe(client_ip)
+    source = f"[{ip}]" if ":" not in ip else f"[IPv6:{ip}]"
+    lines = [f"Received: from {_safe(helo)} ({source})"]
+    by = f"\tby {_safe(hostname)} (txmailhub) with {protocol}"
+    if tls is not None:
+        by += f" ({_safe(tls[0], 40)} cipher {_safe(tls[1], 80)})"
+    lines.append(by)
+    tail = f"\tid {message_id}"
+    if recipient is not None:
+        tail += f"\n\tfor <{recipient}>"
+    date = email.utils.formatdate(when, localtime=False)
+    lines.append(f"{tail}; {date}")
+    return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+
+def return_path(sender: Address | None) -> bytes:
+    """``Return-Path: <sender>`` (``<>`` for the null reverse-path)."""
+    return f"Return-Path: <{'' if sender is None else sender}>\n".encode("utf-8", "replace")
