@@ -172,7 +172,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_disconnect_mid_data_leaves_nothing(self):
         h = Harness()
-        p, t = h.connect()
+        p, _t = h.connect()
         p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\npartial\r\n")
         p.connectionLost(None)
         assert h.spooler.aborted and not h.store.messages(ALICE)
