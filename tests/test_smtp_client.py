@@ -363,3 +363,83 @@ def test_body_encoder_stuffs_and_converts():
     enc = session().body_encoder()
     assert enc.encode(b"a\n.b\n") + enc.encode(b".c") + enc.finish() == \
         b"a\r\n..b\r\n..c\r\n.\r\n"
+
+
+# --- against our own SMTP server engine, in memory ----------------------------
+
+def converse(client, body: bytes, recipients_known=("bob",)):
+    from types import SimpleNamespace
+
+    from txmailhub.smtp import replies
+    from txmailhub.smtp import server as srv
+    from txmailhub.smtp.policy import RecipientPolicy
+    from txmailhub.testing import QueueSpy, StaticRouter
+
+    router = StaticRouter({name: None for name in recipients_known}, domains=("remote.test",))
+    components = SimpleNamespace(router=router, queue=QueueSpy(), settings=SimpleNamespace(
+        hub=SimpleNamespace(primary_domain="remote.test")))
+    server = srv.SMTPServer(srv.ServerConfig(hostname="mx.remote.test",
+                                             primary_domain="remote.test", tls_available=True),
+                            RecipientPolicy(components),
+                            srv.Session(client_host="192.0.2.1"))
+    stored: list[bytes] = []
+    envelopes = []
+    server.greeting()
+    to_client = server.data_to_send()
+    for _ in range(50):
+        actions = client.receive(to_client) if to_client else []
+        to_server = b""
+        closed = False
+        while actions:
+            a = actions.pop(0)
+            if isinstance(a, Send):
+                to_server += a.data
+            elif isinstance(a, StartTLS):
+                actions += client.tls_started()
+            elif isinstance(a, SendBody):
+                enc = client.body_encoder()
+                half = len(body) // 2
+                to_server += enc.encode(body[:half]) + enc.encode(body[half:]) + enc.finish()
+                actions += client.body_sent()
+            elif isinstance(a, Close):
+                closed = True
+        server.receive_data(to_server)
+        while (ev := server.next_event()) is not None:
+            if isinstance(ev, srv.StartMessage):
+                server.message_started(stored.append)
+            elif isinstance(ev, srv.MessageComplete):
+                envelopes.append(ev.envelope)
+                server.message_done(replies.accepted("Q1"))
+            elif isinstance(ev, srv.StartTLS):
+                server.tls_started()
+        to_client = server.data_to_send()
+        if closed or (not to_client and not to_server):
+            break
+    return b"".join(stored), envelopes
+
+
+def test_against_our_server_engine():
+    body = b"Subject: t\n\n.starts with a dot\n..two dots\nlast line\n"
+    dave = Address("dave", "remote.test")
+    s = ClientSession(helo="mail.hub.test", sender=ALICE, recipients=[(BOB, None), (dave, None)],
+                      size=len(body), tls="opportunistic",
+                      dsn=DSNRequest(ret="HDRS", envid="X1"))
+    stored, [env] = converse(s, body)
+    assert stored == body  # stuffed by the client, unstuffed by the server: unchanged
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "delivered"
+    assert results[dave].kind == "permanent" and results[dave].reply.status == "5.1.1"
+    assert s.outcome.tls_offered and s.outcome.dsn_supported
+    assert env.recipients == (BOB,) and env.dsn.envid == "X1"
+    assert s.phase is Phase.DONE
+
+
+def test_against_our_server_engine_8bit_and_utf8():
+    body = "Subject: Grüße\n\nÜmlaut\n".encode()
+    jorg = Address("jörg", "remote.test")
+    s = ClientSession(helo="mail.hub.test", sender=ALICE, recipients=[(jorg, None)],
+                      size=len(body), eight_bit=True, tls="none")
+    stored, [env] = converse(s, body, recipients_known=("jörg",))
+    assert stored == body
+    assert env.smtputf8 and env.body_8bit
+    assert s.outcome.recipients[0].kind == "delivered"
