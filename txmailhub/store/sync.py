@@ -52,15 +52,19 @@ CPU, hence the default; ``method="fsync"`` is there for filesystems shared
 with heavy writers.
 
 The whole storage path (``Spooler`` + ``MaildirStore.deliver`` of a
-1 KiB message to one of 3 Maildirs, 10 concurrent loops, syncfs), with
-the machine's load average at 4-5 on 2 cores: 420-1,760 msg/s, 0.4-0.9
-ms CPU per message of which 0.14-0.31 ms user time (the rest is kernel
-time inside syncfs, which also writes back the neighbours' dirty pages).
-``max_batches`` lets more than one batch be in flight (the kernel then
-merges their commits): with 2, the same runs gave a higher median rate
-(900 vs 600 msg/s) but more system CPU per message, so the default stays
-1, classic group commit.  Measure on the target machine before changing
-it.
+1 KiB message to one of 3 Maildirs, then ``discard``; 10 concurrent
+loops on one reactor; three runs of 3 s each, load average ~2.5)::
+
+    method="syncfs", max_batches=1   2,349 / 2,607 / 686 msg/s   0.33-0.63 ms CPU/msg
+    method="fsync",  max_batches=1   1,306 / 1,673 / 953 msg/s   0.54-0.66 ms CPU/msg
+    method="syncfs", max_batches=2   1,640 /   956 / 1,617 msg/s 0.41-0.79 ms CPU/msg
+
+Of the ~0.33 ms CPU per message in the good syncfs runs, ~0.12 ms is
+Python (user time); most of the rest is the kernel creating the spool
+inode (creating a file costs 150-300 us of CPU on this virtual disk) and
+syncfs.  ``max_batches`` lets more than one batch be in flight; it did
+not pay here, so the default is 1, classic group commit.  Measure on the
+target machine before changing either knob.
 
 Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
 batch under way and everything already requested finish, then stops them
