@@ -491,6 +491,6 @@ def test_engine_is_sans_io():
 
     code = ("import sys, txmailhub.pop3.server; "
             "print(sorted(m for m in sys.modules if m.startswith('twisted.internet')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
