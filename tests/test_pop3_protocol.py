@@ -669,3 +669,49 @@ def test_login_is_logged_with_fields_and_without_the_password():
     assert ok and ok[0]["user"] == "joe" and ok[0]["peer"] == "127.0.0.1"
     assert refused and refused[0]["user"] == "joe"
     assert not any("sekrit" in repr(e) for e in events)
+
+
+def test_twisted_pop3_client_in_memory():
+    """Twisted's own POP3 client against ours, over an in-memory connection."""
+    from twisted.mail.pop3 import AdvancedPOP3Client
+    from twisted.test import iosim
+
+    env = Env()
+    env.store.add("joe@example.org", b"Subject: one\n\n.hello\n")
+    env.store.add("joe@example.org", b"Subject: two\n\nbye\n")
+    client = AdvancedPOP3Client()
+    client.allowInsecureLogin = True
+    server = POP3Factory(env.components).buildProtocol(LOOPBACK)
+    c_io, s_io, pump = iosim.connectedServerAndClient(
+        lambda: server, lambda: client, greet=True,
+        serverTransportFactory=lambda proto: iosim.FakeTransport(proto, False, hostAddress=None,
+                                                                 peerAddress=LOOPBACK),
+    )
+    results = {}
+
+    def keep(name):
+        return lambda value: results.__setitem__(name, value)
+
+    def go(_):
+        d = client.capabilities()
+        d.addCallback(keep("capa"))
+        d.addCallback(lambda _: client.login(b"joe", b"joepw"))
+        d.addCallback(lambda _: client.listSize())
+        d.addCallback(keep("sizes"))
+        d.addCallback(lambda _: client.listUID())
+        d.addCallback(keep("uids"))
+        d.addCallback(lambda _: client.retrieve(0))
+        d.addCallback(keep("first"))
+        d.addCallback(lambda _: client.delete(1))
+        d.addCallback(lambda _: client.quit())
+        return d
+
+    done = go(None)
+    pump.flush()
+    assert done.called, "the client did not finish"
+    assert b"PIPELINING" in results["capa"] and results["capa"][b"SASL"] == [b"PLAIN"]
+    assert results["sizes"] == [crlf_size_of(b"Subject: one\n\n.hello\n"),
+                                crlf_size_of(b"Subject: two\n\nbye\n")]
+    assert results["uids"] == [b"memory-1", b"memory-2"]
+    assert results["first"] == [b"Subject: one", b"", b".hello"]
+    assert env.store.messages("joe@example.org") == [b"Subject: one\n\n.hello\n"]
