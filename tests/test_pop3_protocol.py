@@ -682,7 +682,7 @@ def test_twisted_pop3_client_in_memory():
     client = AdvancedPOP3Client()
     client.allowInsecureLogin = True
     server = POP3Factory(env.components).buildProtocol(LOOPBACK)
-    c_io, s_io, pump = iosim.connectedServerAndClient(
+    _client_io, _server_io, pump = iosim.connectedServerAndClient(
         lambda: server, lambda: client, greet=True,
         serverTransportFactory=lambda proto: iosim.FakeTransport(proto, False, hostAddress=None,
                                                                  peerAddress=LOOPBACK),
