@@ -427,7 +427,12 @@ def hub_server(workdir: str, state_dir: str, name: str = "txmailhub",
     smtp_port, pop3_port = free_port(), free_port()
     config = hub_config(workdir, state_dir, smtp_port, pop3_port)
     hub_add_user(config)
-    argv = [os.path.join(PROJECT_BIN, "twistd"), "-n", "--pidfile=",
+    # TXMH_BENCH_TWISTD: another twistd entry point (a script run with the
+    # project's Python), e.g. one that instruments the process.
+    twistd = os.environ.get("TXMH_BENCH_TWISTD")
+    launcher = [os.path.join(PROJECT_BIN, "python"), twistd] if twistd else \
+        [os.path.join(PROJECT_BIN, "twistd")]
+    argv = [*launcher, "-n", "--pidfile=",
             "-l", os.path.join(workdir, "twistd.log"), *extra_twistd,
             "mailhub", "--config", config]
     return Server(name, argv, smtp_port, os.path.join(workdir, "twistd.out"),

@@ -116,14 +116,19 @@ def main() -> int:
             pop3bench.seed(bl.hub_maildir(spool) + ".seed", args.count, args.size)
             pop3bench.copy_maildir(bl.hub_maildir(spool) + ".seed", bl.hub_maildir(spool))
             server.port, server.pop3_port = server.pop3_port or server.port, None
+        servers.add(server)
+        time.sleep(1)
+        spy = None
         if args.profiler == "py-spy":
             if not os.path.exists(PYSPY):
                 raise SystemExit(f"{PYSPY} missing: run bench/setup.sh")
-            server.argv = [PYSPY, "record", "-r", str(args.rate), "-f", "raw", "-o", raw,
-                           "--", os.path.join(bl.PROJECT_BIN, "python"), *server.argv]
-            server.stop_signal = signal.SIGINT  # py-spy writes its file on SIGINT
-        servers.add(server)
-        time.sleep(1)
+            # Attach for the load only (startup and imports stay out of it).
+            spy = subprocess.Popen([PYSPY, "record", "--nonblocking", "-r", str(args.rate),
+                                    "-f", "raw", "-o", raw, "--pid", str(server.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1)
+            if spy.poll() is not None:
+                raise SystemExit("py-spy failed: " + spy.stderr.read().decode()[-500:])
         t0 = time.monotonic()
         if args.load == "smtp":
             argv = ["/usr/sbin/smtp-source", "-s", str(args.sessions), "-m", str(args.messages),
@@ -145,7 +150,14 @@ def main() -> int:
                 n += count
         wall = time.monotonic() - t0
         print(f"{n} messages in {wall:.2f} s under the profiler", flush=True)
-        server.stop()  # SIGTERM: twistd writes its stats; py-spy writes its file
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(10)
+        server.stop()  # SIGTERM: with cProfile, twistd writes its stats now
     time.sleep(0.5)
     if not os.path.exists(raw):
         print(f"no profile written at {raw}", file=sys.stderr)
