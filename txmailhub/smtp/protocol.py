@@ -358,6 +358,7 @@ class SMTPFactory(ServerFactory):
     """
 
     protocol = SMTPProtocol
+    noisy = False
 
     def __init__(self, components: Any, *, submission: bool = False,
                  implicit_tls: bool = False) -> None:

@@ -1,0 +1,207 @@
+"""The SMTP server over loopback with real clients: smtplib, Twisted, swaks, a raw socket."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SEED_HELLO = b"Hi Dave - What is buffer overflow?"
+
+
+def converse(port: int, lines: list[bytes], timeout: float = 10.0) -> list[bytes]:
+    """Send each line, read the reply to it (multi-line aware); return replies."""
+    out = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        f = s.makefile("rb")
+        out.append(_read_reply(f))
+        for line in lines:
+            s.sendall(line)
+            if line.endswith(b"\r\n") and not line.startswith(b"\x00"):
+                out.append(_read_reply(f))
+    return out
+
+
+def _read_reply(f) -> bytes:
+    lines = []
+    while True:
+        line = f.readline()
+        assert line, "connection closed"
+        lines.append(line)
+        if line[3:4] != b"-":
+            return b"".join(lines)
+
+
+def body_of(stored: bytes) -> bytes:
+    """The message after the trace headers we add (Return-Path, Received)."""
+    _head, _sep, rest = stored.partition(b"; ")
+    return rest.split(b"\n", 1)[1]
+
+
+def test_seed_exchanges_verbatim(hub):
+    replies = converse(hub.smtp_port, [
+        b"HELO z3.cs.rpi.edu\r\n",
+        b"MAIL FROM: bill@microsoft.com\r\n",
+        b"RCPT TO: alice\r\n",
+        b"DATA\r\n",
+        SEED_HELLO + b"\r\n.\r\n",
+        b"MAIL FROM: bill@microsoft.com\r\n",
+        b"RCPT TO: bob\r\n",
+        b"DATA\r\n",
+        b"Hi dave - this message is a test of SMTP\r\n..\r\n..foo\r\n..\r\n.\r\n",
+        b"QUIT\r\n",
+    ])
+    codes = [r[:3] for r in replies]
+    assert codes == [b"220", b"250", b"250", b"250", b"354", b"250", b"250", b"250", b"354",
+                     b"250", b"221"]
+    (alice,) = hub.messages("alice@example.org")
+    assert alice.startswith(b"Return-Path: <bill@microsoft.com>\nReceived: from z3.cs.rpi.edu")
+    assert body_of(alice) == SEED_HELLO + b"\n"
+    (bob,) = hub.messages("bob@example.org")
+    assert body_of(bob) == b"Hi dave - this message is a test of SMTP\n.\n.foo\n.\n"
+
+
+def test_smtplib_plain_pipelined_many_recipients_and_errors(make_hub):
+    hub = make_hub(sections={"smtp": {"max_recipients": 3}})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        code, text = s.ehlo("client.test")
+        assert code == 250 and b"PIPELINING" in text and b"SIZE" in text
+        refused = s.sendmail("x@remote.test", ["alice@example.org", "Bob@Example.ORG",
+                                               "nobody@example.org"],
+                             b"Subject: t\r\n\r\nline\r\n.dot\r\n")
+        assert list(refused) == ["nobody@example.org"] and refused["nobody@example.org"][0] == 550
+        assert s.mail("x@remote.test", ["SIZE=999999999"])[0] == 552
+        s.rset()
+        assert s.mail("x@remote.test", ["FOO=BAR"])[0] == 555
+        s.rset()
+        s.mail("x@remote.test")
+        assert [s.rcpt("alice@example.org")[0] for _ in range(4)] == [250, 250, 250, 452]
+        assert s.docmd("TURN")[0] == 502
+        assert s.verify("alice")[0] == 250
+    for who in ("alice@example.org", "bob@example.org"):
+        (m,) = hub.messages(who)
+        assert body_of(m) == b"Subject: t\n\nline\n.dot\n"
+
+
+def test_starttls_and_submission_auth(make_hub):
+    hub = make_hub(tls=True)
+    ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
+    with smtplib.SMTP("127.0.0.1", hub.submission_port, timeout=10) as s:
+        s.ehlo("c.test")
+        assert s.has_extn("starttls")
+        assert s.mail("alice@example.org")[0] == 530  # AUTH first (RFC 6409)
+        s.rset()
+        s.starttls(context=ctx)
+        s.ehlo("c.test")
+        assert not s.has_extn("starttls") and "PLAIN" in s.esmtp_features["auth"]
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("alice@example.org", "wrong")
+        s.login("alice", "alice-secret")
+        s.sendmail("alice@example.org", ["bob@example.org"], b"Subject: sub\r\n\r\nvia 587\r\n")
+    (m,) = hub.messages("bob@example.org")
+    assert b"with ESMTPSA (TLSv1." in m and b" cipher " in m
+    # implicit TLS (RFC 8314) on the submission tls_listen port
+    with smtplib.SMTP_SSL("127.0.0.1", hub.smtps_port, context=ctx, timeout=10) as s:
+        s.ehlo("c.test")
+        assert not s.has_extn("starttls")
+        s.login("bob@example.org", "bob-secret")
+        s.sendmail("bob@example.org", ["alice@example.org"], b"Subject: ssl\r\n\r\nimplicit\r\n")
+    (m,) = hub.messages("alice@example.org")
+    assert b"with ESMTPSA (TLSv1." in m and m.endswith(b"\nimplicit\n")
+
+
+TWISTED_CLIENT = textwrap.dedent("""
+    import sys
+    from io import BytesIO
+    from twisted.internet import task
+    from twisted.mail.smtp import sendmail
+
+    def main(reactor, port, user, password):
+        # LF line ends: Twisted turns them into CRLF itself
+        msg = BytesIO(b"Subject: from twisted\\n\\n.leading dot\\nbody\\n")
+        return sendmail("127.0.0.1", "alice@example.org", ["bob@example.org"], msg,
+                        port=int(port), username=user.encode() or None,
+                        password=password.encode() or None,
+                        requireAuthentication=bool(user), reactor=reactor)
+
+    task.react(main, sys.argv[1:])
+""")
+
+
+def test_twisted_esmtp_client(hub):
+    for port, user, password in ((hub.smtp_port, "", ""),
+                                 (hub.submission_port, "alice@example.org", "alice-secret")):
+        r = subprocess.run([sys.executable, "-c", TWISTED_CLIENT, str(port), user, password],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    msgs = hub.messages("bob@example.org")
+    assert len(msgs) == 2
+    assert all(body_of(m) == b"Subject: from twisted\n\n.leading dot\nbody\n" for m in msgs)
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed")
+def test_swaks(make_hub):
+    hub = make_hub(tls=True)
+    base = ["swaks", "--server", "127.0.0.1", "--from", "carol@example.net",
+            "--to", "alice@example.org", "--timeout", "20"]
+    runs = [
+        ["--port", str(hub.smtp_port), "--pipeline", "--body", "plain swaks"],
+        ["--port", str(hub.smtp_port), "--tls", "--body", "tls swaks"],
+        ["--port", str(hub.submission_port), "--tls", "--auth", "PLAIN", "--auth-user",
+         "carol@example.net", "--auth-password", "carol-secret", "--body", "auth swaks"],
+        ["--port", str(hub.smtp_port), "--body", "helo swaks", "--protocol", "SMTP"],
+    ]
+    for extra in runs:
+        r = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    msgs = hub.messages("alice@example.org")
+    bodies = sorted(body_of(m).split(b"\n\n", 1)[1].strip() for m in msgs)
+    assert bodies == [b"auth swaks", b"helo swaks", b"plain swaks", b"tls swaks"]
+    protocols = sorted(m.split(b" with ", 1)[1].split(None, 1)[0] for m in msgs)
+    assert protocols == [b"ESMTP", b"ESMTPS", b"ESMTPSA", b"SMTP"]
+
+
+def test_bdat_and_smuggling_over_the_wire(hub):
+    smuggle = (b"Subject: s\r\n\r\nbefore\n.\nMAIL FROM:<evil@x.test>\r\n"
+               b"RCPT TO:<bob@example.org>\r\nDATA\r\nsmuggled\r\n.\r\n")
+    replies = converse(hub.smtp_port, [
+        b"EHLO c.test\r\n",
+        b"MAIL FROM:<x@remote.test>\r\n",
+        b"RCPT TO:<alice@example.org>\r\n",
+        b"DATA\r\n",
+        smuggle,
+        b"MAIL FROM:<x@remote.test>\r\n",
+        b"RCPT TO:<alice@example.org>\r\n",
+        b"BDAT 14\r\nSubject: b\r\n\r\n",
+        b"BDAT 8 LAST\r\nchunky\r\n",
+        b"QUIT\r\n",
+    ])
+    codes = [r[:3] for r in replies]
+    # the smuggled message is refused whole (bare LF), never executed
+    assert codes == [b"220", b"250", b"250", b"250", b"354", b"550", b"250", b"250", b"250",
+                     b"250", b"221"]
+    assert hub.messages("bob@example.org") == []
+    (m,) = hub.messages("alice@example.org")
+    assert body_of(m) == b"Subject: b\n\nchunky\n"
+
+
+def test_long_line_and_nul_over_the_wire(hub):
+    replies = converse(hub.smtp_port, [
+        b"EHLO c.test\r\n",
+        b"NOOP " + b"x" * 600 + b"\r\n",
+        b"NO\x00OP\r\n",
+        b"MAIL FROM:<x@remote.test>\r\n",
+        b"RCPT TO:<alice@example.org>\r\n",
+        b"DATA\r\n",
+        b"ok\r\n" + b"y" * 3000 + b"\r\nQUIT\r\n.\r\n",
+        b"QUIT\r\n",
+    ])
+    assert [r[:3] for r in replies] == [b"220", b"250", b"500", b"500", b"250", b"250", b"354",
+                                        b"500", b"221"]
+    assert hub.messages("alice@example.org") == []
