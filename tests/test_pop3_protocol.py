@@ -384,10 +384,12 @@ def test_stls_starts_afresh_and_drops_pipelined_plaintext():
     ctx = object()
     env = Env(tls=ctx)
     proto, t = env.connect(peer=REMOTE)
-    assert b"STLS\r\n" in talk(proto, t, b"CAPA\r\n")
+    capa = talk(proto, t, b"CAPA\r\n")
+    assert b"STLS\r\n" in capa and b"USER\r\n" not in capa and b"SASL" not in capa
     assert talk(proto, t, b"STLS\r\nUSER evil\r\n") == R.STLS_BEGIN.to_bytes()
     assert t.tls_started is ctx
-    assert b"STLS" not in talk(proto, t, b"CAPA\r\n")
+    capa = talk(proto, t, b"CAPA\r\n")
+    assert b"STLS" not in capa and b"USER\r\n" in capa and b"SASL PLAIN\r\n" in capa
     assert talk(proto, t, b"USER joe\r\n") == R.USER_ACCEPTED.to_bytes()
     assert talk(proto, t, b"PASS joepw\r\n").startswith(b"+OK Logged in")
 

@@ -359,6 +359,15 @@ def test_capa_without_stls_when_unconfigured_active_or_logged_in():
         assert "PIPELINING" in capa_lines(sent(e, b"CAPA"))
 
 
+def test_capa_and_auth_hide_plaintext_mechanisms_where_refused():
+    e = engine(plaintext_allowed=False, tls_available=True)
+    assert capa_lines(sent(e, b"CAPA")) == [
+        "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "STLS",
+        "IMPLEMENTATION txmailhub",
+    ]
+    assert sent(e, b"AUTH") == R.AUTH_MECHANISMS.to_bytes() + b".\r\n"
+
+
 def test_stls_discards_pipelined_plaintext():
     e = engine(tls_available=True)
     e.receive_data(b"STLS\r\nUSER evil\r\n")

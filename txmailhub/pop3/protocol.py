@@ -430,8 +430,8 @@ class POP3Protocol(Protocol):
         d.addErrback(self._internal_error)
 
     def _updated(self, _: Any, action: Update) -> None:
-        log.info("POP3 {user} deleted {count} messages", user=self._user,
-                 count=len(action.indices))
+        log.info("POP3 logout {user} from {peer}: {count} messages deleted",
+                 user=self._user, peer=self._peer, count=len(action.indices))
         self._end_update(True)
 
     def _update_failed(self, failure: Failure, action: Update) -> None:
@@ -491,6 +491,7 @@ class POP3Factory(Factory):
     (the listener wraps the factory in TLS: the session starts secure)."""
 
     protocol = POP3Protocol
+    noisy = False
 
     def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
         self.components = components

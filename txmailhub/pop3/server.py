@@ -100,8 +100,15 @@ def multiline(reply: POP3Reply, lines: Sequence[str]) -> bytes:
     return reply.to_bytes() + body.encode("utf-8", "replace") + TERMINATOR
 
 
-def capabilities(*, stls: bool) -> tuple[str, ...]:
-    caps = ["TOP", "UIDL", "USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+def capabilities(*, stls: bool, plaintext: bool = True) -> tuple[str, ...]:
+    """The CAPA list.  ``USER`` and ``SASL PLAIN`` are left out where
+    plaintext passwords are refused (RFC 2595 section 6: PLAIN "MUST NOT
+    be advertised" without a security layer); STLS then tells the client
+    how to get one."""
+    caps = ["TOP", "UIDL"]
+    if plaintext:
+        caps += ["USER", "SASL PLAIN"]
+    caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
     if stls:
         caps.append("STLS")
     caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
@@ -311,7 +318,8 @@ class POP3Server:
     def _auth_cmd(self, arg: str) -> Action:
         parts = arg.split()
         if not parts:
-            return Send(multiline(R.AUTH_MECHANISMS, ["PLAIN"]))
+            mechanisms = ["PLAIN"] if self.plaintext_allowed else []
+            return Send(multiline(R.AUTH_MECHANISMS, mechanisms))
         if len(parts) > 2:
             return self._send(R.bad_syntax("AUTH mechanism [initial-response]"))
         if parts[0].upper() != "PLAIN":
@@ -365,7 +373,8 @@ class POP3Server:
 
     def _capa_cmd(self, arg: str) -> Action:
         stls = self.state is State.AUTHORIZATION and self.tls_available and not self.tls_active
-        return Send(multiline(R.CAPA_FOLLOWS, capabilities(stls=stls)))
+        caps = capabilities(stls=stls, plaintext=self.plaintext_allowed)
+        return Send(multiline(R.CAPA_FOLLOWS, caps))
 
     def _quit_cmd(self, arg: str) -> Action:
         self.finished = True
