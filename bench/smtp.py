@@ -145,6 +145,8 @@ def run_once(t: Target, size: int, sessions: int, messages: int, reuse: bool,
     }
     rec["ok"] = rc == 0 and (t.maildir is None or (stored == messages and
                                                    rec["tmp_leftover"] == 0))
+    if t.maildir:  # the spool filesystem holds only the running target's mail
+        bl.maildir_clear(t.maildir)
     return rec
 
 
