@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -28,6 +29,7 @@ class CrashingFS(FileSystem):
     """Performs the first ``n - 1`` steps, then "crashes" before step n."""
 
     def __init__(self, n: int | None = None) -> None:
+        super().__init__()
         self.n = n
         self.steps: list[str] = []
 
@@ -46,6 +48,10 @@ class CrashingFS(FileSystem):
     def write_file(self, path, data):
         self._step("write")
         super().write_file(path, data)
+
+    def fsync_file(self, path):
+        self._step("fsync_file")
+        super().fsync_file(path)
 
     def rename(self, src, dst):
         self._step("rename")
@@ -163,27 +169,69 @@ def test_copy_when_link_impossible(tmp_path, spool, monkeypatch):
     assert os.stat(q.message_path(qid)).st_ino != os.stat(spool.path).st_ino
 
 
-def _count_steps(tmp_path, spool, action):
-    fs = CrashingFS()
-    q = make_queue(tmp_path / "count", fs=fs)
-    action(q, spool)
-    return len(fs.steps)
-
-
-def enqueue_action(q, spool):
-    return q.enqueue(envelope("bob@remote.test"), spool)
-
-
 def test_enqueue_order_of_durable_steps(tmp_path, spool):
     fs = CrashingFS()
     q = make_queue(tmp_path, fs=fs)
     q.enqueue(envelope("bob@remote.test"), spool)
     # message linked and its directory entry synced before the record is
     # written, synced, renamed into place and the directory synced again
-    assert fs.steps == ["link", "fsync_dir", "write", "rename", "fsync_dir"]
+    assert fs.steps == ["link", "fsync_dir", "write", "fsync_file", "rename", "fsync_dir"]
 
 
-@pytest.mark.parametrize("crash_at", range(1, 7))
+class SyncerSpy:
+    def __init__(self):
+        self.requests = []
+
+    def sync_file(self, path):
+        self.requests.append(("file", os.path.basename(path)))
+        return defer.succeed(None)
+
+    def sync_dir(self, path):
+        self.requests.append(("dir", os.path.basename(path)))
+        return defer.succeed(None)
+
+
+def test_enqueue_uses_the_group_commit_syncer(tmp_path, spool):
+    syncer = SyncerSpy()
+    clock = Clock()
+    q = OutboundQueue(str(tmp_path / "queue"), clock, syncer=syncer)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    assert syncer.requests == [("dir", "queue"), ("file", f".{qid}.json.tmp"), ("dir", "queue")]
+    assert q.read(qid) is not None
+
+
+def test_enqueue_waits_for_the_syncer(tmp_path, spool):
+    pending = []
+
+    class SlowSyncer(SyncerSpy):
+        def sync_dir(self, path):
+            d = defer.Deferred()
+            pending.append(d)
+            return d
+
+    q = OutboundQueue(str(tmp_path / "queue"), Clock(), syncer=SlowSyncer())
+    d = q.enqueue(envelope("bob@remote.test"), spool)
+    assert not d.called
+    pending.pop().callback(None)  # the message's directory entry
+    assert not d.called
+    pending.pop().callback(None)  # the record's
+    assert d.called and q.read(d.result) is not None
+
+
+def test_failed_enqueue_leaves_nothing(tmp_path, spool):
+    class DiskFull(FileSystem):
+        def write_file(self, path, data):
+            raise OSError(28, "No space left on device")
+
+    q = OutboundQueue(str(tmp_path / "queue"), Clock(), fs=DiskFull())
+    d = q.enqueue(envelope("bob@remote.test"), spool)
+    failures = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(OSError)
+    assert queue_files(q) == []
+
+
+@pytest.mark.parametrize("crash_at", range(1, 8))
 def test_enqueue_crash_points(tmp_path, spool, crash_at):
     fs = CrashingFS(crash_at)
     q = make_queue(tmp_path, fs=fs)
@@ -196,7 +244,7 @@ def test_enqueue_crash_points(tmp_path, spool, crash_at):
     if acked:
         assert [e.id for e in entries] == acked
         assert open(entries[0].message_path, "rb").read() == BODY
-    elif crash_at <= 4:
+    elif crash_at <= 5:
         # never committed: nothing left behind, not even a temp file
         assert entries == []
         assert [n for n in os.listdir(q.directory) if not n.startswith(".lock")] == []
@@ -205,10 +253,10 @@ def test_enqueue_crash_points(tmp_path, spool, crash_at):
         # acknowledged (the client sends again), yet complete if it survives
         assert len(entries) == 1
         assert open(entries[0].message_path, "rb").read() == BODY
-    assert (acked == []) == (crash_at <= 5)
+    assert (acked == []) == (crash_at <= 6)
 
 
-@pytest.mark.parametrize("crash_at", range(1, 5))
+@pytest.mark.parametrize("crash_at", range(1, 6))
 def test_update_crash_points_leave_old_or_new(tmp_path, spool, crash_at):
     q = make_queue(tmp_path)
     qid = q.enqueue(envelope("bob@remote.test"), spool).result
@@ -219,7 +267,7 @@ def test_update_crash_points_leave_old_or_new(tmp_path, spool, crash_at):
     entries = OutboundQueue(q.directory, Clock()).recover()
     assert len(entries) == 1
     assert entries[0].attempts in (old.attempts, 7)
-    if crash_at == 4:  # only the final directory sync was missing
+    if crash_at >= 4:  # renamed into place (at worst the final directory sync missing)
         assert entries[0].attempts == 7
 
 

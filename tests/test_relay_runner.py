@@ -307,3 +307,18 @@ def test_stop_gives_up_after_grace(hub):
     hub.clock.advance(10)
     assert stopped.called
     assert hub.queue.ids() == [qid]  # left on disk for the next start
+
+
+def test_unsendable_bounce_given_up_after_lifetime(hub):
+    hub.runner.start()
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    calls = len(hub.agent.calls)
+    hub.clock.advance(1)
+    hub.clock.advance(1)
+    assert hub.queue.ids() == [qid]  # retried later, not in a tight loop
+    for _ in range(12):
+        hub.clock.advance(4 * 3600)
+    assert hub.queue.ids() == []
+    assert len(hub.agent.calls) == calls

@@ -138,13 +138,11 @@ class SMTPClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._arm()
         try:
-            actions = self.session.receive(data)
+            self._run(self.session.receive(data))
         except Exception:
-            log.failure("SMTP client engine failed")
-            self.session.connection_lost("internal error")
+            log.failure("SMTP client session failed")
+            self.session.connection_lost("local error")
             self._abort()
-            return
-        self._run(actions)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
@@ -320,7 +318,8 @@ class DeliveryAgent:
         last_host: str | None = None
         tried = 0
         for mxhost in hosts:
-            session_failed = False
+            if tried >= MAX_ADDRESSES_PER_ATTEMPT:
+                break
             for address in mxhost.addresses:
                 if tried >= MAX_ADDRESSES_PER_ATTEMPT:
                     break
@@ -334,15 +333,12 @@ class DeliveryAgent:
                     continue
                 if outcome.session_error is not None:
                     last, last_host = outcome.session_error, mxhost.name
-                    session_failed = True
                     break
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)
                 return self._results(entry, outcome, mxhost.name)
             if not smarthost:
                 self.mx.health.failed(mxhost.name)
-            if not session_failed and tried >= MAX_ADDRESSES_PER_ATTEMPT:
-                break
         kind = "permanent" if last.is_permanent else "transient"
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=last.text())

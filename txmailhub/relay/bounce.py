@@ -135,6 +135,8 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
             why = ("delivery via " + r.remote_mta + (" (relayed: the next hop does not offer "
                    "DSN)" if action == RELAYED else "")) if r.remote_mta else "delivered"
             where = ""
+        if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
+            why += " (gave up: the message stayed in the queue too long)"
         lines.append(f"<{r.address}>: {where}{why}")
     lines.append("")
     return "\n".join(lines)

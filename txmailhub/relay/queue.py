@@ -43,6 +43,7 @@ from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import QueueEntry, RecordError
+from txmailhub.store.sync import fsync_dir
 
 __all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
 
@@ -66,8 +67,17 @@ def inline_io(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
 class FileSystem:
     """The file operations the queue makes, one call per step.
 
+    The blocking primitives (``link_or_copy``, ``write_file``, ``rename``,
+    ``unlink``, ``fsync_file``, ``fsync_dir``) are what ``mailhub queue``
+    and record updates use; ``sync_file``/``sync_dir`` return Deferreds
+    and go through the hub's group-commit ``Syncer`` when there is one
+    (``txmailhub.store.sync``), so concurrent enqueues share their fsyncs.
     Tests substitute a subclass that "crashes" before the n-th step, to
     check that every crash point leaves a recoverable queue."""
+
+    def __init__(self, syncer: Any = None, io: Callable[..., defer.Deferred] = inline_io) -> None:
+        self.syncer = syncer
+        self.io = io
 
     def link_or_copy(self, src: str, dst: str) -> None:
         try:
@@ -84,10 +94,9 @@ class FileSystem:
             os.fsync(fout.fileno())
 
     def write_file(self, path: str, data: bytes) -> None:
+        """Write ``data`` (not yet durable: ``fsync_file``/``sync_file`` next)."""
         with open(path, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)
@@ -98,12 +107,25 @@ class FileSystem:
         except FileNotFoundError:
             pass
 
-    def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    def fsync_file(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        fsync_dir(path)
+
+    def sync_file(self, path: str) -> defer.Deferred:
+        if self.syncer is not None:
+            return self.syncer.sync_file(path)
+        return self.io(self.fsync_file, path)
+
+    def sync_dir(self, path: str) -> defer.Deferred:
+        if self.syncer is not None:
+            return self.syncer.sync_dir(path)
+        return self.io(self.fsync_dir, path)
 
 
 @implementer(IOutboundQueue)
@@ -120,11 +142,12 @@ class OutboundQueue:
         clock: Any,
         io: Callable[..., defer.Deferred] = inline_io,
         fs: FileSystem | None = None,
+        syncer: Any = None,
     ) -> None:
         self.directory = directory
         self.clock = clock
         self._io = io
-        self.fs = fs or FileSystem()
+        self.fs = fs or FileSystem(syncer, io)
         self._listeners: list[Callable[[str | None], None]] = []
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
@@ -146,7 +169,7 @@ class OutboundQueue:
         queue_id = self._new_id(now)
         entry = dataclasses.replace(QueueEntry.new(queue_id, envelope, now),
                                     size=message.size, crlf_size=message.crlf_size)
-        d = self._io(self._store_new, entry, message.path)
+        d = self._store_new(entry, message.path)
 
         def stored(entry: QueueEntry) -> str:
             log.info(
@@ -299,18 +322,36 @@ class OutboundQueue:
             if not os.path.exists(self.message_path(qid)):
                 return qid
 
-    def _store_new(self, entry: QueueEntry, spool_path: str) -> QueueEntry:
+    @defer.inlineCallbacks
+    def _store_new(self, entry: QueueEntry, spool_path: str) -> Any:
+        """Message first, record last; the record's rename is the commit."""
         msg = self.message_path(entry.id)
-        self.fs.link_or_copy(spool_path, msg)
-        self.fs.fsync_dir(self.directory)
-        eight_bit = entry.envelope.body_8bit or has_8bit(msg)
-        entry = dataclasses.replace(entry, message_path=msg, eight_bit=eight_bit)
-        self._write_record(entry)
+        tmp = self._tmp_path(entry.id)
+        committed = False
+        try:
+            yield self._io(self.fs.link_or_copy, spool_path, msg)
+            yield self.fs.sync_dir(self.directory)
+            eight_bit = entry.envelope.body_8bit or (yield self._io(has_8bit, msg))
+            entry = dataclasses.replace(entry, message_path=msg, eight_bit=eight_bit)
+            yield self._io(self.fs.write_file, tmp, entry.to_json())
+            yield self.fs.sync_file(tmp)
+            yield self._io(self.fs.rename, tmp, self.record_path(entry.id))
+            committed = True
+            yield self.fs.sync_dir(self.directory)
+        except Exception:
+            if not committed:  # leave nothing half-made behind (best effort)
+                for path in (tmp, msg):
+                    try:
+                        self.fs.unlink(path)
+                    except Exception:
+                        pass
+            raise
         return entry
 
     def _write_record(self, entry: QueueEntry) -> None:
         tmp = self._tmp_path(entry.id)
         self.fs.write_file(tmp, entry.to_json())
+        self.fs.fsync_file(tmp)
         self.fs.rename(tmp, self.record_path(entry.id))
         self.fs.fsync_dir(self.directory)
 

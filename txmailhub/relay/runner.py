@@ -301,6 +301,8 @@ class QueueRunner:
         attempts = e.attempts + (1 if results else 0)
         nxt = schedule.next_attempt(now, attempts, e.created, self.relay.queue_lifetime,
                                     self.relay.retry_schedule)
+        if not results:  # only notices were owed: never spin on this entry
+            nxt = max(nxt, now + ERROR_RETRY)
         for res in results:
             if res.kind != "delivered":
                 log.info("{queue_id} to {recipient}: {reply}", queue_id=e.id,
@@ -320,6 +322,11 @@ class QueueRunner:
             ok = True
             if wanted:
                 ok = yield self._send(entry, wanted, bounce.FAILED, now)
+            if not ok and schedule.expired(now, entry.created, self.relay.queue_lifetime):
+                log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
+                          "the queue lifetime", queue_id=entry.id,
+                          sender=entry.envelope.sender_text)
+                ok = True
             if ok:
                 done = {r.address for r in failed}
                 entry = yield self.queue.update(entry.id, lambda e: e.with_recipients({

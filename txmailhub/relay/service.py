@@ -65,7 +65,9 @@ class RelayService(Service):
         settings = components.settings
         reactor = components.reactor
         self.components = components
-        self.queue = OutboundQueue(settings.queue_dir, reactor, io=io or _thread_io(reactor))
+        # the hub's group-commit syncer, when it has one (txmailhub.store.sync)
+        self.queue = OutboundQueue(settings.queue_dir, reactor, io=io or _thread_io(reactor),
+                                   syncer=getattr(components, "syncer", None))
         self._resolver = resolver
         self._endpoint = endpoint
         self._rng = rng
