@@ -74,10 +74,14 @@ def test_list(setup):
     assert line.endswith("451 4.7.1 Greylisted, try again in 5 minutes")
 
 
-def test_list_empty(tmp_path):
+def test_no_queue_yet(tmp_path):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\ndomains = ["example.org"]\n')
-    assert run(load_text(cfg.read_text(), str(cfg)), "list")[:2] == (0, "")
+    settings = load_text(cfg.read_text(), str(cfg))
+    assert run(settings, "list")[:2] == (0, "")
+    assert run(settings, "flush")[0] == 0
+    assert run(settings, "show", "ABCDEF123456")[0] == 1
+    assert not (tmp_path / "var").exists()  # nothing created by looking
 
 
 def test_show(setup):

@@ -109,8 +109,14 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
               err: TextIO | None = None) -> int:
     """Run one ``queue`` action; returns the exit code (0 ok, 1 failed)."""
     err = err or sys.stderr
-    queue = OutboundQueue(settings.queue_dir, _WallClock())
+    queue = OutboundQueue(settings.queue_dir, _WallClock(), create=False)
     action = args.queue_command
+    if not queue.exists:  # nothing was ever queued: do not create state here
+        if action in ("list", "flush"):
+            if action == "flush":
+                print("the queue is empty", file=out)
+            return 0
+        return _unknown(args.queue_id, err)
     if action == "list":
         for qid in queue.ids():
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -387,8 +388,8 @@ class DeliveryAgent:
             tls_active=implicit,
             credentials=credentials,
         )
-        proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator,
-                                   entry.message_path + ".7bit")
+        converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
+        proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted)
         endpoint = self.endpoint(address, port)
         if implicit:
             endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)

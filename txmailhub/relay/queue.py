@@ -143,13 +143,19 @@ class OutboundQueue:
         io: Callable[..., defer.Deferred] = inline_io,
         fs: FileSystem | None = None,
         syncer: Any = None,
+        create: bool = True,
     ) -> None:
         self.directory = directory
         self.clock = clock
         self._io = io
         self.fs = fs or FileSystem(syncer, io)
         self._listeners: list[Callable[[str | None], None]] = []
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if create:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return os.path.isdir(self.directory)
 
     # --- paths -------------------------------------------------------------
 
@@ -228,7 +234,7 @@ class OutboundQueue:
             names = set(os.listdir(self.directory))
             for name in names:
                 path = os.path.join(self.directory, name)
-                if name.endswith(".json.tmp"):
+                if name.endswith((".json.tmp", ".7bit")):  # temporary files
                     self.fs.unlink(path)
                 elif name.endswith(".msg") and name[:-4] + ".json" not in names:
                     log.warn("removing {name}: its record was never committed", name=name)
