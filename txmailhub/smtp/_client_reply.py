@@ -1,0 +1,85 @@
+"""Reading SMTP replies on the client side, and RFC 3461 xtext.
+
+Owns ``ReplyParser`` (server bytes -> ``Reply`` values: multi-line
+replies, the RFC 3463 enhanced status stripped into ``Reply.status``,
+limits on line length and line count) and ``xtext_encode``.  Used by the
+SMTP client engine (``txmailhub.smtp.client``); no I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["MAX_REPLY_LINE", "MAX_REPLY_LINES", "ReplyParser", "xtext_encode"]
+
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 200
+
+_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
+
+
+def xtext_encode(value: str) -> str:
+    """RFC 3461 xtext: printable ASCII except "+" and "=", the rest as +HH."""
+    out = []
+    for ch in value:
+        if 33 <= ord(ch) <= 126 and ch not in "+=":
+            out.append(ch)
+        else:
+            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+class ReplyParser:
+    """Bytes from the server -> complete ``Reply`` values (multi-line aware)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._lines: list[str] = []
+        self._code: int | None = None
+        self.error: str | None = None
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buf += data
+        out = []
+        while self.error is None:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > MAX_REPLY_LINE:
+                    self.error = "reply line too long"
+                break
+            raw, self._buf = self._buf[:nl], self._buf[nl + 1 :]
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            reply = self._line(line)
+            if reply is not None:
+                out.append(reply)
+        return out
+
+    def _line(self, line: str) -> Reply | None:
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            self.error = f"malformed reply line {line[:80]!r}"
+            return None
+        code = int(line[:3])
+        if self._code is not None and code != self._code:
+            self.error = "reply code changed in a multi-line reply"
+            return None
+        self._code = code
+        self._lines.append(line[4:])
+        if len(self._lines) > MAX_REPLY_LINES:
+            self.error = "reply too long"
+            return None
+        if line[3:4] == "-":
+            return None
+        lines, self._lines, self._code = self._lines, [], None
+        return _make_reply(code, lines)
+
+
+def _make_reply(code: int, lines: list[str]) -> Reply:
+    m = _STATUS.match(lines[0])
+    status = None
+    if m and m.group(1) == str(code)[0]:
+        status = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        prefix = re.compile(r"^" + re.escape(status) + r"(?: +|$)")
+        lines = [prefix.sub("", x, count=1) for x in lines]
+    return Reply(code, status, tuple(lines))
