@@ -443,3 +443,14 @@ def test_against_our_server_engine_8bit_and_utf8():
     assert stored == body
     assert env.smtputf8 and env.body_8bit
     assert s.outcome.recipients[0].kind == "delivered"
+
+
+def test_engine_imports_nothing_from_twisted_internet():
+    import subprocess
+    import sys
+
+    code = ("import sys, txmailhub.smtp.client; "
+            "print([m for m in sys.modules if m.startswith('twisted.internet')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "[]"
