@@ -96,14 +96,14 @@ class _Delivery:
             d = pending[0]
         else:
             d = defer.gatherResults(pending, consumeErrors=True)
-        d.addErrback(self._unexpected)
-        d.addCallback(self._discard)
+        d.addCallbacks(self._discard, self._unexpected)
         return d
 
-    def _unexpected(self, f: Any) -> None:
+    def _unexpected(self, f: Any) -> Any:
         log.failure("delivery failed unexpectedly", f)
         for rcpt in self.envelope.recipients:
             self.results.setdefault(rcpt, replies.LOCAL_ERROR)
+        return self._discard(None)
 
     def _deliver_local(self, local: list[Address]) -> defer.Deferred:
         try:
@@ -166,11 +166,15 @@ class _Delivery:
         d.addCallbacks(queued, failed)
         return d
 
-    def _discard(self, _: Any) -> defer.Deferred:
+    def _discard(self, _: Any) -> Any:
+        """Remove the spool file; the results stand whatever happens."""
         try:
-            d = defer.maybeDeferred(self.components.spooler.discard, self.message)
-        except Exception as e:  # maybeDeferred catches, this is belt and braces
-            d = defer.fail(e)
+            d = self.components.spooler.discard(self.message)
+        except Exception:
+            log.failure("could not discard spool file {path}", path=self.message.path)
+            return self.results
+        if not isinstance(d, defer.Deferred):
+            return self.results
 
         def done(_: Any) -> dict[Address, Reply]:
             return self.results

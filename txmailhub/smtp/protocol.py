@@ -100,8 +100,7 @@ class SMTPProtocol(Protocol):
         f = self.factory
         peer = self.transport.getPeer()
         self.host = getattr(peer, "host", "") or ""
-        loopback = _is_loopback(self.host) if self.host else True  # UNIX sockets are local
-        relay = f.settings.smtp.relay_allowed_from(self.host) if self.host else True
+        loopback, relay = f.classify(self.host)
         session = Session(
             client_host=self.host or "localhost",
             loopback=loopback,
@@ -251,14 +250,19 @@ class SMTPProtocol(Protocol):
             d = writer.finish()
         except Exception as e:
             d = defer.fail(e)
-        d.addCallback(lambda message: accept_message(self.components, event.envelope, message))
-        d.addCallback(summarize, message_id)
-        d.addErrback(self._storage_failed)
-        d.addCallback(self._message_done, event, message_id)
+        d.addCallback(self._deliver, event)
+        d.addCallbacks(self._delivered, self._storage_failed,
+                       callbackArgs=(event, message_id), errbackArgs=(event, message_id))
 
-    def _storage_failed(self, failure: Any) -> Reply:
-        log.failure("could not store message {id}", failure, id=self._message_id)
-        return replies.LOCAL_ERROR
+    def _deliver(self, message: Any, event: MessageComplete) -> Any:
+        return accept_message(self.components, event.envelope, message)
+
+    def _delivered(self, results: Any, event: MessageComplete, message_id: str) -> None:
+        self._message_done(summarize(results, message_id), event, message_id)
+
+    def _storage_failed(self, failure: Any, event: MessageComplete, message_id: str) -> None:
+        log.failure("could not store message {id}", failure, id=message_id)
+        self._message_done(replies.LOCAL_ERROR, event, message_id)
 
     def _message_done(self, reply: Reply, event: MessageComplete, message_id: str) -> None:
         self._log_transaction(event.envelope, message_id, event.size, reply)
@@ -381,12 +385,28 @@ class SMTPFactory(ServerFactory):
         self.policy = RecipientPolicy(components)
         self.connections = 0
         self.per_client: dict[str, int] = {}
+        self._hosts: dict[str, tuple[bool, bool]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():X}"
 
     def buildProtocol(self, addr: Any) -> SMTPProtocol:
         p = SMTPProtocol(self)
         return p
+
+    def classify(self, host: str) -> tuple[bool, bool]:
+        """``(loopback, relay_allowed)`` for a client address (cached).
+
+        An empty host (a UNIX socket) is local: both are true."""
+        known = self._hosts.get(host)
+        if known is None:
+            if not host:
+                known = (True, True)
+            else:
+                known = (_is_loopback(host), self.settings.smtp.relay_allowed_from(host))
+            if len(self._hosts) >= 4096:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
 
     def admit(self, host: str, exempt: bool) -> Reply | None:
         """Count a new connection, or say why it is refused (421)."""

@@ -63,9 +63,23 @@ def received(
     tail = f"\tid {message_id}"
     if recipient is not None:
         tail += f"\n\tfor <{recipient}>"
-    date = email.utils.formatdate(when, localtime=False)
+    date = _date(when)
     lines.append(f"{tail}; {date}")
     return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+
+_dates: dict[int, str] = {}
+
+
+def _date(when: float) -> str:
+    """RFC 5322 date for ``when``, formatted once per second."""
+    second = int(when)
+    text = _dates.get(second)
+    if text is None:
+        if len(_dates) > 8:
+            _dates.clear()
+        text = _dates[second] = email.utils.formatdate(second, localtime=False)
+    return text
 
 
 def return_path(sender: Address | None) -> bytes:

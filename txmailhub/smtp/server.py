@@ -94,6 +94,10 @@ _ALLOWED: dict[str, frozenset[State]] = {
 }
 _SEQUENCE_REPLY = {"MAIL": replies.MAIL_NESTED, "RCPT": replies.MAIL_NEEDED,
                    "DATA": replies.MAIL_NEEDED, "AUTH": replies.BAD_SEQUENCE}
+# The wire form of every catalog constant, computed once (keyed by identity:
+# the constants live as long as the module).
+_WIRE = {id(v): v.to_bytes() for v in vars(replies).values() if isinstance(v, Reply)}
+_GREETINGS: dict[str, bytes] = {}
 _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
 
@@ -184,18 +188,15 @@ class SMTPServer:
         self._discarding = False  # inside an over-long command line
         self._sasl: tuple[str, str | None] | None = None
         self._reset_transaction()
-        self._dispatch: dict[str, Callable[[str], None]] = {
-            "HELO": self._helo, "EHLO": self._ehlo, "MAIL": self._mail, "SOML": self._mail,
-            "SAML": self._mail, "RCPT": self._rcpt, "DATA": self._data, "BDAT": self._bdat,
-            "RSET": self._rset, "NOOP": self._noop, "QUIT": self._quit, "VRFY": self._vrfy,
-            "EXPN": self._expn, "HELP": self._help, "STARTTLS": self._starttls,
-            "AUTH": self._auth, "TURN": self._turn, "SEND": self._send,
-        }
 
     # --- the adapter's side ------------------------------------------------
 
     def greeting(self) -> None:
-        self._out.append(replies.greeting(self.config.hostname).to_bytes())
+        host = self.config.hostname
+        wire = _GREETINGS.get(host)
+        if wire is None:
+            wire = _GREETINGS[host] = replies.greeting(host).to_bytes()
+        self._out.append(wire)
 
     def refuse_connection(self, reply: Reply) -> None:
         """Answer the connection with ``reply`` (421) and close it."""
@@ -310,7 +311,8 @@ class SMTPServer:
 
     def reply(self, reply: Reply) -> None:
         """Queue ``reply``; count errors and close after too many."""
-        self._out.append(reply.to_bytes())
+        wire = _WIRE.get(id(reply))
+        self._out.append(reply.to_bytes() if wire is None else wire)
         if reply.code >= 500 or (reply.code >= 400 and reply not in _NOT_COUNTED):
             if reply.code == 421:
                 return
@@ -414,14 +416,14 @@ class SMTPServer:
             return
         try:
             verb, arg = parse_command(line)
-            handler = self._dispatch.get(verb)
+            handler = _DISPATCH.get(verb)
             if handler is None:
                 self.reply(replies.UNKNOWN_COMMAND)
                 return
             if self.state not in _ALLOWED[verb]:
                 self._out_of_sequence(verb, arg)
                 return
-            handler(arg)
+            handler(self, arg)
         except RemoteProtocolError as e:
             self.reply(e.reply)
         except Rejected as e:
@@ -639,7 +641,7 @@ class SMTPServer:
             self.reply(replies.vrfy_found(str(found[0])))
 
     def _help(self, arg: str) -> None:
-        self.reply(replies.help_text(sorted(self._dispatch)))
+        self.reply(replies.help_text(sorted(_DISPATCH)))
 
     def _turn(self, arg: str) -> None:
         self.reply(replies.TURN_REFUSED)
@@ -720,3 +722,14 @@ class SMTPServer:
             return str(parse_address(username, self.config.primary_domain))
         except AddressError:
             return username
+
+
+# Explicit dispatch: verb -> handler (STYLE practice 5).
+_DISPATCH: dict[str, Callable[[SMTPServer, str], None]] = {
+    "HELO": SMTPServer._helo, "EHLO": SMTPServer._ehlo, "MAIL": SMTPServer._mail,
+    "SOML": SMTPServer._mail, "SAML": SMTPServer._mail, "RCPT": SMTPServer._rcpt,
+    "DATA": SMTPServer._data, "BDAT": SMTPServer._bdat, "RSET": SMTPServer._rset,
+    "NOOP": SMTPServer._noop, "QUIT": SMTPServer._quit, "VRFY": SMTPServer._vrfy,
+    "EXPN": SMTPServer._expn, "HELP": SMTPServer._help, "STARTTLS": SMTPServer._starttls,
+    "AUTH": SMTPServer._auth, "TURN": SMTPServer._turn, "SEND": SMTPServer._send,
+}
