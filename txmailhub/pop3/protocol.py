@@ -98,6 +98,8 @@ class POP3Protocol(Protocol):
         self._last_activity = 0.0
         self._update_running = False
         self._flush: Any = None
+        self._unseen: list[int] = []  # retrieved, not yet marked seen
+        self._reading_input = False
 
     # -- connection lifecycle ----------------------------------------------
 
@@ -153,6 +155,8 @@ class POP3Protocol(Protocol):
             self._release()
 
     def _release(self) -> None:
+        if self._unseen:
+            self._mark_seen()
         mailbox, logout = self.mailbox, self._logout
         self.mailbox = self._logout = None
         if logout is not None:
@@ -187,12 +191,25 @@ class POP3Protocol(Protocol):
         engine.receive_data(data)
         if engine.has_line:
             self._last_activity = self.reactor.seconds()
-        if self._process() and self._flush is not None and not (
-            self._write_paused or self._closing
-        ):
+        self._reading_input = True
+        try:
+            handled = self._process()
+        finally:
+            self._reading_input = False
+        if handled and self._flush is not None and not (self._write_paused or self._closing):
             # Send the responses now instead of on the reactor's next turn:
             # saves a loop iteration per command on a lock-step client.
             self._flush()
+        if self._unseen:
+            self._mark_seen()
+
+    def _mark_seen(self) -> None:
+        """Flag the messages RETR sent (Maildir: new/ -> cur/ with S)."""
+        mailbox, indices = self.mailbox, self._unseen
+        self._unseen = []
+        if mailbox is not None:
+            for index in indices:
+                mailbox.mark_seen(index)
 
     def _process(self) -> int:
         """Handle buffered commands, in order, until one must wait.
@@ -212,6 +229,8 @@ class POP3Protocol(Protocol):
         finally:
             self._processing = False
         self._flow()
+        if self._unseen and not self._reading_input:
+            self._mark_seen()
         return handled
 
     def _flow(self) -> None:
@@ -351,7 +370,9 @@ class POP3Protocol(Protocol):
                 body = enc.encode(first) + enc.finish()
             self.transport.write(action.head + body)
             if action.mark_seen:
-                self.mailbox.mark_seen(action.index)
+                # After the response is on its way (see dataReceived): the
+                # rename then overlaps with the client reading the message.
+                self._unseen.append(action.index)
             return
         self._busy = True
         enc = MessageEncoder(action.body_lines)
@@ -418,6 +439,8 @@ class POP3Protocol(Protocol):
         self.engine = self._new_engine(old.timestamp, True, old.auth_failures)
 
     def _update(self, action: Update) -> None:
+        if self._unseen:
+            self._mark_seen()
         self._busy = True
         self._update_running = True
         if action.indices:
