@@ -188,5 +188,6 @@ def test_failed_host_tried_last_for_a_while():
 def test_make_resolver_uses_given_servers():
     from twisted.internet.testing import MemoryReactorClock
 
-    res = make_resolver(["127.0.0.1:5353", "::1"], reactor=MemoryReactorClock())
-    assert res.servers == [("127.0.0.1", 5353), ("::1", 53)]
+    res = make_resolver(["127.0.0.1:5353", "::1", "[::1]:5300"], reactor=MemoryReactorClock())
+    [network] = [r for r in res.resolvers if hasattr(r, "servers")]
+    assert network.servers == [("127.0.0.1", 5353), ("::1", 53), ("::1", 5300)]

@@ -105,8 +105,10 @@ def parse_literal(domain: str) -> str | None:
 
 
 def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
-    """A twisted.names resolver: the given servers (``"ip[:port]"``) or the system's."""
-    from twisted.names import client
+    """A twisted.names resolver: the given servers (``"ip[:port]"``), with a
+    cache honouring the TTLs, or the system's (``createResolver``: /etc/hosts,
+    a cache, /etc/resolv.conf)."""
+    from twisted.names import cache, client, resolve
 
     servers = []
     for item in nameservers:
@@ -115,7 +117,10 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
             host, port = item, "53"
         servers.append((host.strip("[]"), int(port)))
     if servers:
-        return client.Resolver(servers=servers, reactor=reactor)
+        return resolve.ResolverChain([
+            cache.CacheResolver(reactor=reactor),
+            client.Resolver(servers=servers, reactor=reactor),
+        ])
     return client.createResolver()
 
 
