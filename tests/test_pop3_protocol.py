@@ -633,9 +633,11 @@ class FlushingTransport(Transport):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.flushes = 0
+        self.events: list = []
 
     def doWrite(self):
         self.flushes += 1
+        self.events.append(("flush", None))
 
 
 def test_responses_are_flushed_in_the_same_turn():
@@ -717,3 +719,23 @@ def test_twisted_pop3_client_in_memory():
     assert results["uids"] == [b"memory-1", b"memory-2"]
     assert results["first"] == [b"Subject: one", b"", b".hello"]
     assert env.store.messages("joe@example.org") == [b"Subject: one\n\n.hello\n"]
+
+
+def test_seen_flag_is_set_after_the_flush_and_before_release():
+    env = Env()
+    env.store.add("joe@example.org", b"one\n")
+    env.store.add("joe@example.org", b"two\n")
+    proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
+    t = FlushingTransport(LOOPBACK)
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    events = t.events
+    events.clear()
+    real_mark = proto.mailbox.mark_seen
+    proto.mailbox.mark_seen = lambda i: (events.append(("seen", i)), real_mark(i))
+    proto.dataReceived(b"RETR 1\r\n")
+    assert events == [("flush", None), ("seen", 0)]
+    events.clear()
+    proto.dataReceived(b"RETR 2\r\nQUIT\r\n")  # marked before the UPDATE state ends
+    assert events[0] == ("seen", 1)
+    assert env.store.messages("joe@example.org") == [b"one\n", b"two\n"]
