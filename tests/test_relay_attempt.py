@@ -302,3 +302,14 @@ def test_read_credentials(tmp_path):
     p.write_text("user@example.org:pa:ss\n")
     assert read_credentials(str(p)) == ("user@example.org", "pa:ss")
     assert read_credentials("") is None
+
+
+def test_broken_opportunistic_tls_falls_back_to_clear(tmp_path):
+    a, net, _ = agent(tmp_path, tls_ok=False)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "STARTTLS"), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+    first, second = net.server_protocols
+    assert first.messages == [] and b"STARTTLS" in first.commands
+    assert b"STARTTLS" not in second.commands and len(second.messages) == 1

@@ -18,6 +18,7 @@ runner records them.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import secrets
@@ -45,6 +46,7 @@ from txmailhub.relay.record import QueueEntry
 from txmailhub.smtp.client import (
     ClientSession,
     Close,
+    Phase,
     Send,
     SendBody,
     SessionOutcome,
@@ -104,6 +106,7 @@ class SMTPClientProtocol(Protocol):
         self._timer: Any = None
         self._file: Any = None
         self._closing = False
+        self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
 
     # --- timers ---------------------------------------------------------------
 
@@ -137,6 +140,7 @@ class SMTPClientProtocol(Protocol):
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
+        self._tls_pending = False
         self._arm()
         try:
             self._run(self.session.receive(data))
@@ -151,9 +155,13 @@ class SMTPClientProtocol(Protocol):
             self._file.close()
             self._file = None
         why = "connection lost"
-        if reason is not None and not self._closing:
+        if self._tls_pending:
+            why = "TLS negotiation failed"
+        elif reason is not None and not self._closing:
             why = f"connection lost ({reason.getErrorMessage()})"
         outcome = self.session.connection_lost(why)
+        if self._tls_pending and outcome.session_error is not None:
+            outcome = dataclasses.replace(outcome, phase=Phase.TLS.value)
         if not self.done.called:
             self.done.callback(outcome)
 
@@ -165,6 +173,7 @@ class SMTPClientProtocol(Protocol):
                 self.transport.write(action.data)
             elif isinstance(action, StartTLS):
                 self.transport.startTLS(self.tls_creator)
+                self._tls_pending = True
                 # writes made now are sent once the handshake is done
                 self._run(self.session.tls_started())
                 self._arm()
@@ -327,6 +336,15 @@ class DeliveryAgent:
                 tried += 1
                 outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                               smarthost)
+                if (outcome is not None and outcome.session_error is not None
+                        and outcome.phase == Phase.TLS.value
+                        and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
+                    # opportunistic TLS that cannot be negotiated must not stop
+                    # the mail (RFC 3207 4.1 lets the client go on in clear)
+                    log.warn("TLS with {host}[{address}] failed; trying again without TLS",
+                             host=mxhost.name, address=address)
+                    outcome = yield self._session(entry, recipients, mxhost, address, port_n,
+                                                  smarthost, plain=True)
                 if outcome is None:  # could not connect: next address
                     last = Reply.of(451, "4.4.1",
                                     f"connection to {mxhost.name}[{address}]:{port_n} failed")
@@ -371,8 +389,10 @@ class DeliveryAgent:
 
     @defer.inlineCallbacks
     def _session(self, entry: QueueEntry, recipients: list[Address], mxhost: MXHost,
-                 address: str, port: int, smarthost: bool) -> Any:
+                 address: str, port: int, smarthost: bool, plain: bool = False) -> Any:
         policy, creator = self._tls_for(mxhost.name, smarthost)
+        if plain:
+            policy = "none"
         implicit = smarthost and port == 465
         credentials = read_credentials(self.relay.smarthost_auth_file) if smarthost else None
         dsn_params = dict(entry.envelope.recipient_dsn)

@@ -128,6 +128,7 @@ class SessionOutcome:
     tls_offered: bool = False
     dsn_supported: bool = False
     extensions: dict[str, str] = field(default_factory=dict)
+    phase: str = ""  # the step the session was in when its fate was sealed
 
 
 def _synthetic(code: int, status: str, text: str) -> Reply:
@@ -271,6 +272,7 @@ class ClientSession:
             tls_offered=self.tls_offered,
             dsn_supported="DSN" in self.extensions,
             extensions=dict(self.extensions),
+            phase=self.phase.value,
         )
 
     def _quit(self) -> list[Action]:
