@@ -539,6 +539,23 @@ def test_idle_timeout_aborts_a_reader_that_stopped_reading():
     assert t.disconnecting
 
 
+def test_idle_timeout_aborts_when_responses_pile_up_unread():
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"x" * 1000 + b"\n")
+    proto, t = login(env, limit=500)
+    talk(proto, t, b"RETR 1\r\nRETR 1\r\n")
+    assert proto._write_paused and proto._stream is None
+    env.clock.advance(601)
+    assert t.disconnecting
+
+
+def test_idle_timeout_zero_disables_autologout():
+    env = Env(idle_timeout=0)
+    _proto, t = env.connect()
+    env.clock.advance(10 * 86400)
+    assert not t.disconnecting and not env.clock.getDelayedCalls()
+
+
 def test_partial_line_does_not_keep_the_session_alive():
     env = Env(idle_timeout=600)
     proto, t = env.connect()

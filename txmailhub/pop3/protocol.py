@@ -120,7 +120,10 @@ class POP3Protocol(Protocol):
         t.registerProducer(self, True)
         t.write(self.engine.greeting())
         self._last_activity = now
-        self._idle_call = self.reactor.callLater(self.settings.idle_timeout, self._idle_check)
+        if self.settings.idle_timeout > 0:  # 0: no autologout
+            self._idle_call = self.reactor.callLater(
+                self.settings.idle_timeout, self._idle_check
+            )
         # A socket transport's IWriteDescriptor.doWrite: writes what is
         # buffered right away (see dataReceived).  Absent on test transports.
         self._flush = getattr(t, "doWrite", None)
@@ -481,9 +484,10 @@ class POP3Protocol(Protocol):
             return
         self._idle_call = None
         log.info("POP3 autologout of {peer} after {idle:.0f}s", peer=self._peer, idle=idle)
-        if self._stream is not None:
-            # The peer stopped reading in the middle of a message: nothing
-            # more can be written, so do not wait for the buffer to drain.
+        if self._stream is not None or self._write_paused:
+            # The peer stopped reading (in the middle of a message, or with
+            # responses piled up): a polite close would wait for a buffer
+            # that never drains.
             self.transport.abortConnection()
             return
         if self.engine is not None and self.engine.state is State.UPDATE:
