@@ -222,6 +222,12 @@ class ProtocolTests(SynchronousTestCase):
         conns[0][0].connectionLost(None)
         _, t = h.connect("10.1.1.1")
         assert take(t)[0].startswith("220")
+        # the limit is for the whole hub: a submission listener shares it
+        sub = SMTPFactory(h.components, submission=True)
+        p = sub.buildProtocol(None)
+        t = StringTransport(peerAddress=IPv4Address("TCP", "10.2.2.2", 1))
+        p.makeConnection(t)
+        assert take(t) == [replies.TOO_MANY_CONNECTIONS.text()]
 
     def test_auth_success_then_relay(self):
         q = QueueSpy()

@@ -353,6 +353,14 @@ def _tls_details(transport: Any) -> tuple[str, str] | None:
     return str(version), str(cipher)
 
 
+class _Limits:
+    """Open SMTP connections, in total and per client address."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.per_client: dict[str, int] = {}
+
+
 class SMTPFactory(ServerFactory):
     """Builds SMTP connections for one kind of listener.
 
@@ -383,8 +391,9 @@ class SMTPFactory(ServerFactory):
             auth_available=components.portal is not None,
         )
         self.policy = RecipientPolicy(components)
-        self.connections = 0
-        self.per_client: dict[str, int] = {}
+        # The connection counts are shared by every SMTP listener built from
+        # the same components: [smtp] max_connections is for the whole hub.
+        self.limits: _Limits = vars(components).setdefault("_smtp_limits", _Limits())
         self._hosts: dict[str, tuple[bool, bool]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():X}"
@@ -411,21 +420,29 @@ class SMTPFactory(ServerFactory):
     def admit(self, host: str, exempt: bool) -> Reply | None:
         """Count a new connection, or say why it is refused (421)."""
         s = self.settings.smtp
-        if self.connections >= s.max_connections:
+        limits = self.limits
+        if limits.connections >= s.max_connections:
             return replies.TOO_MANY_CONNECTIONS
-        if not exempt and self.per_client.get(host, 0) >= s.max_connections_per_client:
+        per_client = limits.per_client
+        if not exempt and per_client.get(host, 0) >= s.max_connections_per_client:
             return replies.TOO_MANY_CONNECTIONS_FROM_YOU
-        self.connections += 1
-        self.per_client[host] = self.per_client.get(host, 0) + 1
+        limits.connections += 1
+        per_client[host] = per_client.get(host, 0) + 1
         return None
 
     def release(self, host: str) -> None:
-        self.connections -= 1
-        n = self.per_client.get(host, 0) - 1
+        limits = self.limits
+        limits.connections -= 1
+        n = limits.per_client.get(host, 0) - 1
         if n > 0:
-            self.per_client[host] = n
+            limits.per_client[host] = n
         else:
-            self.per_client.pop(host, None)
+            limits.per_client.pop(host, None)
+
+    @property
+    def connections(self) -> int:
+        """Open SMTP connections (all listeners of these components)."""
+        return self.limits.connections
 
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""
