@@ -496,3 +496,21 @@ def test_same_replies_whatever_the_split(step):
     assert out == expected
     assert out[-1].startswith("221")
     assert b"".join(d.body) == b"line one\n.dot\nab\n"
+
+
+def test_engine_imports_nothing_from_twisted_internet():
+    import subprocess
+    import sys
+
+    code = ("import sys, txmailhub.smtp.server, txmailhub.smtp._parse, txmailhub.smtp._data;"
+            "print([m for m in sys.modules if m.startswith('twisted.internet')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_transition_table_guards_the_engine():
+    d = Driver()
+    with pytest.raises(AssertionError, match="no transition"):
+        d.engine._to(State.DATA)  # INIT -> DATA is not a transition
+    with pytest.raises(AssertionError, match="MessageComplete answer while waiting"):
+        d.engine.message_done(replies.OK)

@@ -2,9 +2,10 @@
 
 Owns the session rules: which command is allowed in which state (the
 ``_ALLOWED`` table) and where it leads (``_TRANSITIONS``), the replies, the
-session limits (line length, recipients, errors, AUTH failures), the SASL
-exchange of AUTH PLAIN/LOGIN, and the switch between command lines and
-message data.  Bytes go in with ``receive_data``; replies come out of
+session limits (line length, recipients, errors, AUTH failures), and the
+switch between command lines and message data (read by ``_data``).  The
+SASL exchanges of AUTH are in ``_sasl``; events and configuration in
+``events``.  Bytes go in with ``receive_data``; replies come out of
 ``data_to_send``; whatever needs the outside world comes out of
 ``next_event`` as an event:
 
@@ -26,11 +27,8 @@ which RFC 821 allows when no terminal delivery is possible.  TURN is 502.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.logger import Logger
@@ -41,6 +39,17 @@ from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp._data import ChunkReader, DotReader
 from txmailhub.smtp._parse import MailParams, parse_command, parse_mail, parse_rcpt
+from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
+from txmailhub.smtp.events import (
+    AuthRequest,
+    Close,
+    MessageAborted,
+    MessageComplete,
+    ServerConfig,
+    Session,
+    StartMessage,
+    StartTLS,
+)
 from txmailhub.smtp.reply import Reply
 
 __all__ = [
@@ -82,7 +91,6 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
     S.CLOSED: frozenset({S.CLOSED}),
 }
 _ANY = frozenset({S.INIT, S.READY, S.MAIL, S.RCPT})
-_AFTER_HELO = frozenset({S.READY, S.MAIL, S.RCPT})
 # Which command may be given in which state; anything else is 503.
 _ALLOWED: dict[str, frozenset[State]] = {
     "HELO": _ANY, "EHLO": _ANY, "RSET": _ANY, "NOOP": _ANY, "QUIT": _ANY,
@@ -102,74 +110,6 @@ _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    hostname: str
-    primary_domain: str
-    max_message_size: int = 26214400
-    max_recipients: int = 100
-    max_errors: int = 10
-    max_auth_failures: int = 3
-    vrfy: bool = True
-    expn: bool = True
-    tls_available: bool = False
-    auth_available: bool = False
-    max_line: int = 512  # RFC 5321 4.5.3.1.4, CRLF included
-    max_auth_line: int = 12288  # RFC 4954 section 4
-
-
-@dataclass
-class Session:
-    """What the engine knows about the client (policy reads it)."""
-
-    client_host: str = ""
-    loopback: bool = False
-    relay_allowed: bool = False
-    submission: bool = False
-    tls: bool = False
-    helo: str = ""
-    esmtp: bool = False
-    authenticated_as: Address | None = None
-
-
-# --- events ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StartMessage:
-    envelope: Envelope
-
-
-@dataclass(frozen=True, slots=True)
-class MessageComplete:
-    envelope: Envelope
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class MessageAborted:
-    envelope: Envelope
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class AuthRequest:
-    mechanism: str
-    username: str
-    password: str = field(repr=False)
-    malformed: bool = False  # not a valid SASL response: fail it without asking
-
-
-@dataclass(frozen=True, slots=True)
-class StartTLS:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reply: Reply | None
-
-
 class SMTPServer:
     """One SMTP session.  Create it, send ``greeting()``, then feed bytes."""
 
@@ -186,7 +126,7 @@ class SMTPServer:
         self._events: list[Any] = []
         self._waiting: Any = None  # the request being answered
         self._discarding = False  # inside an over-long command line
-        self._sasl: tuple[str, str | None] | None = None
+        self._sasl: SASLExchange | None = None
         self._reset_transaction()
 
     # --- the adapter's side ------------------------------------------------
@@ -412,7 +352,8 @@ class SMTPServer:
 
     def _line(self, line: bytes) -> None:
         if self.state is State.AUTH:
-            self._sasl_response(line)
+            assert self._sasl is not None
+            self._sasl_step(self._sasl.respond(line))
             return
         try:
             verb, arg = parse_command(line)
@@ -672,56 +613,25 @@ class SMTPServer:
             raise Rejected(replies.AUTH_TLS_REQUIRED)
         mech, _, initial = arg.partition(" ")
         mech = mech.upper()
-        initial = initial.strip()
-        if mech not in ("PLAIN", "LOGIN"):
+        if mech not in MECHANISMS:
             raise RemoteProtocolError(replies.AUTH_MECHANISM_UNKNOWN)
         self._to(State.AUTH)
-        if not initial:
-            self._sasl = (mech, None)
-            self.reply(replies.AUTH_CONTINUE if mech == "PLAIN" else replies.AUTH_USERNAME)
-            return
-        self._sasl = (mech, None)
-        self._sasl_response(initial.encode("ascii", "replace"))
+        self._sasl = SASLExchange(mech, self.config.primary_domain)
+        self._sasl_step(self._sasl.start(initial.strip()))
 
-    def _sasl_response(self, line: bytes) -> None:
-        assert self._sasl is not None
-        mech, user = self._sasl
-        if line.strip() == b"*":
-            self._sasl_end(replies.AUTH_CANCELLED)
-            return
-        try:
-            data = b"" if line.strip() == b"=" else base64.b64decode(line.strip(), validate=True)
-            text = data.decode("utf-8")
-        except (binascii.Error, ValueError):
-            self._sasl_end(replies.AUTH_INVALID_BASE64)
-            return
-        if mech == "LOGIN" and user is None:
-            self._sasl = (mech, text)
-            self.reply(replies.AUTH_PASSWORD)
-            return
-        if mech == "LOGIN":
-            username, password = user or "", text
-        else:
-            parts = text.split("\0")
-            if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
-                self._sasl = None
-                # Fails like a bad password (same delay, same count).
-                self._request(AuthRequest(mech, "", "", malformed=True))
+    def _sasl_step(self, result: Reply | Credentials) -> None:
+        if isinstance(result, Reply):
+            if result.code == 334:
+                self.reply(result)
                 return
-            username, password = parts[1], parts[2]
-        self._sasl = None
-        self._request(AuthRequest(mech, self._qualify(username), password))
-
-    def _sasl_end(self, reply: Reply) -> None:
-        self._sasl = None
-        self._to(State.READY if self.session.helo else State.INIT)
-        self.reply(reply)
-
-    def _qualify(self, username: str) -> str:
-        try:
-            return str(parse_address(username, self.config.primary_domain))
-        except AddressError:
-            return username
+            self._sasl = None
+            self._to(State.READY if self.session.helo else State.INIT)
+            self.reply(result)
+            return
+        assert self._sasl is not None
+        mech, self._sasl = self._sasl.mechanism, None
+        # A malformed response fails like a bad password (same delay, same count).
+        self._request(AuthRequest(mech, result.username, result.password, result.malformed))
 
 
 # Explicit dispatch: verb -> handler (STYLE practice 5).

@@ -1,0 +1,74 @@
+"""The SASL exchanges of SMTP AUTH: PLAIN (RFC 4616) and LOGIN.
+
+Owns decoding the client's base64 responses and the prompts between them
+(RFC 4954 section 4: ``334`` challenges, ``*`` cancels, ``=`` is an empty
+initial response).  It only produces the username and password to check;
+whether they are right is twisted.cred's business (through the adapter),
+and when AUTH is allowed at all is the server engine's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+from txmailhub.address import AddressError, parse_address
+from txmailhub.smtp import replies
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["MECHANISMS", "Credentials", "SASLExchange"]
+
+MECHANISMS = ("PLAIN", "LOGIN")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the client sent; ``malformed`` ones fail without a check."""
+
+    username: str
+    password: str = field(repr=False)
+    malformed: bool = False
+
+
+class SASLExchange:
+    """One AUTH exchange.  ``start`` and ``respond`` return either a
+    ``Reply`` (a ``334`` prompt to send and wait, or the error that ends
+    the exchange) or the ``Credentials`` to check."""
+
+    def __init__(self, mechanism: str, primary_domain: str) -> None:
+        self.mechanism = mechanism
+        self.primary_domain = primary_domain
+        self._username: str | None = None
+
+    def start(self, initial: str) -> Reply | Credentials:
+        if not initial:
+            return replies.AUTH_CONTINUE if self.mechanism == "PLAIN" else replies.AUTH_USERNAME
+        return self.respond(initial.encode("ascii", "replace"))
+
+    def respond(self, line: bytes) -> Reply | Credentials:
+        line = line.strip()
+        if line == b"*":
+            return replies.AUTH_CANCELLED
+        try:
+            data = b"" if line == b"=" else base64.b64decode(line, validate=True)
+            text = data.decode("utf-8")
+        except (binascii.Error, ValueError):
+            return replies.AUTH_INVALID_BASE64
+        if self.mechanism == "LOGIN":
+            if self._username is None:
+                self._username = text
+                return replies.AUTH_PASSWORD
+            return Credentials(self._qualify(self._username), text)
+        parts = text.split("\0")
+        # authzid NUL authcid NUL passwd; acting for someone else is not allowed.
+        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+            return Credentials("", "", malformed=True)
+        return Credentials(self._qualify(parts[1]), parts[2])
+
+    def _qualify(self, username: str) -> str:
+        """A bare local part means the primary domain (like everywhere)."""
+        try:
+            return str(parse_address(username, self.primary_domain))
+        except AddressError:
+            return username

@@ -1,0 +1,97 @@
+"""The SMTP server engine's configuration, session facts and events.
+
+Owns the values that cross the line between the sans-IO engine
+(``txmailhub.smtp.server``) and its adapter (``txmailhub.smtp.protocol``):
+what the engine is configured with, what it knows about the client, and
+the events it emits.  Requests (``StartMessage``, ``MessageComplete``,
+``AuthRequest``, ``StartTLS``) pause the engine until the adapter answers;
+notices (``MessageAborted``, ``Close``) need no answer.  Plain values, no
+behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from txmailhub.address import Address
+from txmailhub.envelope import Envelope
+from txmailhub.smtp.reply import Reply
+
+__all__ = [
+    "AuthRequest",
+    "Close",
+    "MessageAborted",
+    "MessageComplete",
+    "ServerConfig",
+    "Session",
+    "StartMessage",
+    "StartTLS",
+]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str
+    primary_domain: str
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_errors: int = 10
+    max_auth_failures: int = 3
+    vrfy: bool = True
+    expn: bool = True
+    tls_available: bool = False
+    auth_available: bool = False
+    max_line: int = 512  # RFC 5321 4.5.3.1.4, CRLF included
+    max_auth_line: int = 12288  # RFC 4954 section 4
+
+
+@dataclass
+class Session:
+    """What the engine knows about the client (policy reads it)."""
+
+    client_host: str = ""
+    loopback: bool = False
+    relay_allowed: bool = False
+    submission: bool = False
+    tls: bool = False
+    helo: str = ""
+    esmtp: bool = False
+    authenticated_as: Address | None = None
+
+
+# --- events ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartMessage:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class MessageComplete:
+    envelope: Envelope
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAborted:
+    envelope: Envelope
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+    malformed: bool = False  # not a valid SASL response: fail it without asking
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reply: Reply | None
