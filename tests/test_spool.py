@@ -62,6 +62,7 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual(len({w.path for w in writers}), 50)
         for w in writers:
             w.abort()
+        self.spooler.close()
         self.assertEqual(os.listdir(self.dir), [])
 
     def test_abort_removes_the_file(self):
@@ -133,6 +134,85 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual(msg.size, len(data))
         self.assertEqual(msg.crlf_size, crlf_size_of(data))
         self.assertEqual(msg.crlf_size, len(data) + 1 + 2)
+
+
+class PrecreateTests(SynchronousTestCase):
+    """Inodes made ahead on the worker threads, so open() does not stall."""
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        self.syncer = SyncerSpy()
+
+    def test_open_takes_files_made_ahead(self):
+        spooler = Spooler(self.dir, self.syncer, precreate=4)
+        w1 = spooler.open()  # none ready: made inline, then a refill of 4
+        self.assertEqual(self.syncer.calls_run, 1)
+        self.assertEqual(len(os.listdir(self.dir)), 5)
+        ready = {p for p, _ in spooler._ready}
+        w2 = spooler.open()
+        self.assertIn(w2.path, ready)
+        self.assertEqual(self.syncer.calls_run, 1)  # 3 left: above the low mark
+        w3 = spooler.open()  # 2 left: at the low mark, refilled to 4
+        self.assertEqual(self.syncer.calls_run, 2)
+        self.assertEqual(len(spooler._ready), 4)
+        w4 = spooler.open()
+        for w in (w1, w2, w3, w4):
+            self.assertEqual(os.stat(w.path).st_mode & 0o777, 0o600)
+            w.write(b"x\n")
+            msg = self.successResultOf(w.finish())
+            with open(msg.path, "rb") as f:
+                self.assertEqual(f.read(), b"x\n")
+            spooler.discard(msg)
+        spooler.close()
+        self.assertEqual(os.listdir(self.dir), [])
+        spooler.open().abort()  # still usable after close, without making ahead
+        self.assertEqual(self.syncer.calls_run, 2)
+
+    def test_refill_failure_falls_back_to_inline_creation(self):
+        spooler = Spooler(self.dir, self.syncer, precreate=4)
+
+        def broken(count):
+            raise OSError(28, "No space left on device")
+
+        self.patch(spooler, "_create_many", broken)
+        w = spooler.open()
+        self.assertFalse(spooler._refilling)
+        self.assertEqual(len(spooler._ready), 0)
+        w.abort()
+
+    def test_partial_refill_keeps_what_was_made(self):
+        spooler = Spooler(self.dir, self.syncer, precreate=4)
+        real = spooler._create
+        made = []
+
+        def flaky():
+            if len(made) == 2:
+                raise OSError(24, "Too many open files")
+            made.append(1)
+            return real()
+
+        self.patch(spooler, "_create", flaky)
+        self.assertEqual(len(spooler._create_many(4)), 2)
+
+    def test_no_call_no_precreation(self):
+        class Plain:
+            def sync_file(self, target):
+                from twisted.internet import defer
+
+                return defer.succeed(None)
+
+        spooler = Spooler(self.dir, Plain())
+        spooler.open().abort()
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_a_crash_leaves_ready_files_to_recovery(self):
+        spooler = Spooler(self.dir, self.syncer, precreate=4)
+        spooler.open().abort()
+        self.assertEqual(len(os.listdir(self.dir)), 4)
+        for _, fd in spooler._ready:
+            os.close(fd)
+        Spooler(self.dir, self.syncer)
+        self.assertEqual(os.listdir(self.dir), [])
 
 
 class RecoveryTests(SynchronousTestCase):

@@ -182,6 +182,16 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(spy.calls, [("fsync", "/b"), ("fsync", "/a"), ("fsync", "/c")])
         self.successResultOf(s.stop())
 
+    def test_call_runs_on_the_workers_outside_batches(self):
+        s = self.syncer("fsync")
+        d = s.call(lambda a, b: a + b, 2, 3)
+        self.assertNoResult(d)
+        self.threads.run_all()
+        self.assertEqual(self.successResultOf(d), 5)
+        self.assertEqual(s.batches, 0)
+        self.successResultOf(s.stop())
+        self.failureResultOf(s.call(print), LocalError)
+
     def test_unknown_method(self):
         self.assertRaises(LocalError, Syncer, None, method="fdatasync-maybe")
 

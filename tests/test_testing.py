@@ -159,7 +159,7 @@ class SyncerSpyTests(SynchronousTestCase):
 
         from txmailhub.store.sync import Syncer
 
-        for name in ("sync_file", "sync_dir", "sync_each", "sync", "start", "stop"):
+        for name in ("sync_file", "sync_dir", "sync_each", "sync", "call", "start", "stop"):
             real = inspect.signature(getattr(Syncer, name))
             fake = inspect.signature(getattr(SyncerSpy, name))
             self.assertEqual(list(real.parameters), list(fake.parameters), name)

@@ -375,11 +375,13 @@ class SyncerSpy:
 
     ``calls`` records ``("file", target)`` / ``("dir", path)`` in request
     order; ``events`` (a list the test may share with other spies) gets
-    the same entries.  ``hold=True`` keeps the Deferreds pending until
+    the same entries.  ``call(f, *args)`` runs ``f`` at once and counts it
+    in ``calls_run``.  ``hold=True`` keeps the Deferreds pending until
     ``release()``; ``fail`` maps a target to the exception its request
     errbacks with, ``fail_kind`` maps ``"file"`` or ``"dir"`` to one that
-    every request of that kind errbacks with.  It does not make anything durable: it is for tests
-    that check *what* is synced and *when* the caller answers.
+    every request of that kind errbacks with.  Nothing is made durable:
+    it is for tests that check *what* is synced and *when* the caller
+    answers.
     """
 
     def __init__(
@@ -393,6 +395,7 @@ class SyncerSpy:
         self.fail: dict[Any, Exception] = dict(fail or {})
         self.fail_kind: dict[str, Exception] = dict(fail_kind or {})
         self.calls: list[tuple[str, Any]] = []
+        self.calls_run = 0
         self.events = events if events is not None else []
 
     def _record(self, kind: str, target: Any) -> defer.Deferred:
@@ -406,6 +409,14 @@ class SyncerSpy:
 
     def sync_dir(self, path: str) -> defer.Deferred:
         return self._record("dir", path)
+
+    def call(self, f: Any, *args: Any) -> defer.Deferred:
+        """Runs ``f(*args)`` at once (no thread); counted in ``calls_run``."""
+        self.calls_run += 1
+        try:
+            return defer.succeed(f(*args))
+        except Exception as e:
+            return defer.fail(e)
 
     def sync_each(self, targets: Iterable[Any]) -> list[defer.Deferred]:
         return [

@@ -306,6 +306,14 @@ class Syncer:
         d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
         return d
 
+    def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run another blocking filesystem call (``f(*args)``) on the worker
+        threads, outside any batch; fires with its result.  For work that
+        would stall the reactor, like creating inodes ahead of time."""
+        if self._stopped:
+            return defer.fail(LocalError("the syncer is stopped"))
+        return self._run(lambda: f(*args))
+
     def sync_each(self, targets: Iterable[Target]) -> list[defer.Deferred]:
         """One Deferred per target (files or directories), all requested in
         the same batch, each with its own outcome."""
