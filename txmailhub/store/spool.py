@@ -153,7 +153,11 @@ class Spooler:
     syncer's worker threads (``syncer.call``), and ``open()`` takes one;
     it creates a file itself only when none is ready (or the syncer has
     no ``call``).  Unused ready files are deleted by ``close()`` or, after
-    a crash, by recovery like any other leftover.  ``recover=False`` skips
+    a crash, by recovery like any other leftover.  Measured with
+    ``bench/smtp.py`` (txmailhub alone, 1 KiB, 10 sessions, 2,000
+    messages, runs alternated, other processes using 0.2-1.3 of the 2
+    cores): ``precreate=0`` 533 / 464 / 468 msg/s, ``precreate=16``
+    710 / 381 / 892 msg/s, the same CPU per message.  ``recover=False`` skips
     the crash clean-up (tests, tools that only read).
     """
 
