@@ -520,7 +520,10 @@ def versions() -> dict[str, str]:
                            if ln.startswith("model name")), "?"),
         "postfix": run(["postconf", "-dh", "mail_version"]),
         "dovecot": run(["dovecot", "--version"]),
-        "txmailhub_git": run(["git", "-C", PROJECT, "log", "-1", "--format=%h %cI %s"]),
+        "txmailhub_git": run(["git", "-C", PROJECT, "log", "-1", "--format=%h %cI %s",
+                              "--", "txmailhub"]),
+        "txmailhub_uncommitted": run(["git", "-C", PROJECT, "status", "--porcelain", "--",
+                                      "txmailhub"]).replace("\n", "; ") or "none",
     }
     if os.path.exists(VENV_AIO):
         out["aiosmtpd"] = run([VENV_AIO, "-c", "import aiosmtpd; print(aiosmtpd.__version__)"])
