@@ -76,16 +76,18 @@ class _BodyFilter:
             self.fail(replies.MESSAGE_TOO_BIG)
         if self.error is not None:
             return None
-        crlf = block.count(b"\r\n")
-        if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
+        out = block.replace(b"\r\n", b"\n")
+        # Every LF came from a CRLF (one octet less each) and no CR is left:
+        # otherwise there was a bare LF or a bare CR.
+        if len(block) - len(out) != out.count(b"\n") or b"\r" in out:
             self.fail(replies.MESSAGE_BARE_CR_LF)
             return None
-        # A line is a piece of split(LF) plus its LF; with CRLF and a
-        # possible transparency dot it may have MAX_LINE + 1 octets.
-        if len(block) > MAX_LINE + 1 and max(map(len, block.split(b"\n"))) > MAX_LINE:
+        # A line is a piece of split(LF): at most MAX_LINE - 2 octets plus
+        # CRLF, plus a transparency dot that does not count.
+        if len(out) >= MAX_LINE and max(map(len, out.split(b"\n"))) >= MAX_LINE:
             self.fail(replies.MESSAGE_LINE_TOO_LONG)
             return None
-        return block.replace(b"\r\n", b"\n")
+        return out
 
 
 class DotReader:
@@ -149,8 +151,7 @@ class DotReader:
         # Dot-unstuffing: a line that starts with "." loses that dot.
         if self._after_crlf and out[:1] == b".":
             out = out[1:]
-        if b"\n." in out:
-            out = out.replace(b"\n.", b"\n")
+        out = out.replace(b"\n.", b"\n")  # one pass; no copy when there is none
         if out:
             f.sink(out)
 
