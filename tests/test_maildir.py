@@ -18,6 +18,7 @@ from txmailhub.address import Address
 from txmailhub.errors import LocalError, MailboxInUse
 from txmailhub.interfaces import IMailbox, IMailboxStore
 from txmailhub.store import mailbox as mailbox_module
+from txmailhub.store import maildir as maildir_module
 from txmailhub.store.maildir import (
     SIZES_NAME,
     CRLFEncoder,
@@ -316,6 +317,20 @@ class MailboxTests(Base):
         again = self.open()
         again.close()
         other.close()
+
+    def test_snapshot_runs_on_the_worker_threads_and_a_failure_releases_the_lock(self):
+        self.deliver([JOE])
+        before = self.syncer.calls_run
+        self.open().close()
+        self.assertEqual(self.syncer.calls_run, before + 1)
+
+        def broken(md):
+            raise OSError(errno.EIO, "I/O error")
+
+        patched = self.patch(maildir_module, "scan", broken)
+        self.failureResultOf(self.store.open_mailbox(JOE), OSError)
+        patched.restore()
+        self.open().close()  # not locked by the failed attempt
 
     def test_uidl_is_stable_across_sessions_and_flags(self):
         self.deliver([JOE], b"one\n")

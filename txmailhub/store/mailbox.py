@@ -71,7 +71,9 @@ def scan(md: str) -> list[MessageInfo]:
     """The messages of Maildir ``md`` (new/ and cur/) in delivery order.
 
     Names with ``W=`` are listed without touching the file; plain names
-    get their sizes from the cache (measured and cached on first sight)."""
+    get their sizes from the cache (measured and cached on first sight).
+    Blocking (directory listings, reads, a durable write): the store runs
+    it on the syncer's worker threads."""
     entries: list[tuple[tuple, MessageInfo]] = []
     cache = _SizeCache(md)
     for sub in ("new", "cur"):

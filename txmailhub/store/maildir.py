@@ -277,13 +277,29 @@ class MaildirStore:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return defer.fail(MailboxInUse(f"{address} is in use by another session"))
             return defer.fail(e)
-        try:
-            clean_tmp(md, self._clock())
-            snapshot = scan(md)
-        except Exception as e:
+        # listing (and, for plain-named messages, reading and caching) runs
+        # on the syncer's worker threads when it has them: a big Maildir
+        # must not stall the reactor
+        call = getattr(self.syncer, "call", None)
+        now = self._clock()
+        if call is not None:
+            d = call(_snapshot, md, now)
+        else:
+            d = defer.maybeDeferred(_snapshot, md, now)
+
+        def opened(snapshot: list[MessageInfo]) -> MaildirMailbox:
+            return MaildirMailbox(self, md, fd, snapshot)
+
+        def failed(f: Any) -> Any:
             os.close(fd)
-            return defer.fail(e)
-        return defer.succeed(MaildirMailbox(self, md, fd, snapshot))
+            return f
+
+        return d.addCallbacks(opened, failed)
+
+
+def _snapshot(md: str, now: float) -> list[MessageInfo]:
+    clean_tmp(md, now)
+    return scan(md)
 
 
 def _all(ds: list[defer.Deferred]) -> defer.Deferred:
