@@ -514,3 +514,16 @@ def test_transition_table_guards_the_engine():
         d.engine._to(State.DATA)  # INIT -> DATA is not a transition
     with pytest.raises(AssertionError, match="MessageComplete answer while waiting"):
         d.engine.message_done(replies.OK)
+
+
+def test_bdat_zero_last():
+    d = Driver()
+    tx(d)
+    assert d.send("BDAT 0 LAST\r\n") == [replies.accepted("ID1").text()]
+    tx(d)
+    out = d.send("BDAT 3\r\nab\n")
+    assert out == [replies.MESSAGE_BARE_CR_LF.text()]
+    tx(d)
+    assert d.codes("BDAT 4\r\nab\r\n") == ["250"]
+    assert d.send("BDAT 0 LAST\r\n") == [replies.accepted("ID1").text()]
+    assert b"".join(d.body) == b"ab\n"

@@ -163,10 +163,16 @@ class SMTPServer:
     def next_event(self) -> Any:
         """The next event, or ``None`` (more data needed, or waiting)."""
         while not self._events:
-            if self._waiting is not None or self.state is State.CLOSED or not self._buf:
+            if self._waiting is not None or self.state is State.CLOSED:
                 return None
-            if self._reader is not None:
+            reader = self._reader
+            if reader is not None:
+                # A BDAT chunk of 0 octets is complete without any input.
+                if not self._buf and (type(reader) is DotReader or reader.remaining):
+                    return None
                 self._feed_reader()
+            elif not self._buf:
+                return None
             else:
                 line = self._take_line()
                 if line is None:
