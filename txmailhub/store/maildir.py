@@ -29,9 +29,19 @@ without reading or even stat-ing files.  The POP3 UIDL is the unique part
 
 A message another program dropped in with a plain name (no ``W=``) keeps
 its name (other programs may hold it); its CRLF size is computed once and
-cached in ``.txmailhub-sizes`` (JSON, keyed by the unique part and
-checked against inode, mtime and size, so a replaced file is measured
-again), written with ``durable_write``.
+cached in ``.txmailhub-sizes`` (JSON, keyed by the name without its
+flags and checked against inode, mtime and size, so a replaced file is
+measured again), written with ``durable_write``.  Renaming the file
+instead would change a name other programs may hold; the cache is
+recomputable, so losing it costs one more read, never a wrong size.
+
+``open_mailbox`` takes the lock on the reactor thread (``flock`` with
+``LOCK_NB``: a second session in this process or another fails at once
+with ``MailboxInUse``, and the kernel drops the lock when the process
+dies, so it never goes stale), then lists the Maildir on the syncer's
+worker threads.  Names within a domain are folded to lower case, like
+``Address.key``; a local part that cannot be a folder name (``/``,
+``.``, ``..``) fails that mailbox alone with ``LocalError``.
 
 Stored messages keep LF line endings, as mutt and other Maildir readers
 expect.
