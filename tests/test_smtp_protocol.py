@@ -269,6 +269,23 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
         assert t.disconnecting
 
+    def test_auth_backend_error_is_454_and_pipelined_commands_wait(self):
+        h = Harness(auth_failure_delay=1.0)
+
+        class Broken:
+            def login(self, *args):
+                raise RuntimeError("users file unreadable")
+
+        h.components.portal = Broken()
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\n")
+        take(t)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\nNOOP\r\n".encode())
+        assert take(t) == []
+        h.clock.advance(1)
+        assert take(t) == [replies.AUTH_TEMPORARY.text(), replies.OK.text()]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_submission_requires_auth(self):
         h = Harness(submission=True)
         p, t = h.connect("127.0.0.1")
