@@ -131,6 +131,30 @@ class DeliveryTests(Base):
         self.syncer.release()
         self.successResultOf(d)
 
+    def test_the_whole_path_in_order(self):
+        events = []
+        syncer = SyncerSpy(events=events)
+        spooler = Spooler(os.path.join(self.state, "spool2"), syncer)
+
+        def link(src, dst):
+            events.append(("link", os.path.basename(os.path.dirname(dst))))
+            os.link(src, dst)
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer, link=link)
+        self.deliver([JOE])  # the Maildir exists and is durable
+        w = spooler.open()
+        w.write(BODY)
+        syncer.hold = True
+        d = w.finish()
+        self.assertEqual([kind for kind, _ in events], ["file"])  # data first
+        syncer.release()
+        msg = self.successResultOf(d)
+        out = store.deliver(msg, [JOE])
+        self.assertNoResult(out)  # linked, but the directory is not durable yet
+        self.assertEqual(events[1:], [("link", "new"), ("dir", os.path.join(self.md(), "new"))])
+        syncer.release()
+        self.assertEqual(self.successResultOf(out), {JOE: None})
+
     def test_each_mailbox_fails_on_its_own(self):
         self.deliver([JOE, ANN])  # both Maildirs exist
         msg = self.spool()

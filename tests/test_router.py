@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -232,3 +234,50 @@ class BadLineTests(Base):
         table, problems = parse_aliases("  orphan\nok: joe\n", "example.org", filename="f")
         self.assertEqual(problems, ["f:1: continuation line without an alias before it"])
         self.assertEqual(list(table), ["ok@example.org"])
+
+
+class AliasGraphProperties(SynchronousTestCase):
+    """Any alias graph, loops and all: resolution ends, and yields exactly
+    the users and remote addresses reachable through aliases."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        graph=st.dictionaries(
+            st.sampled_from([f"n{i}" for i in range(8)]),
+            st.lists(st.sampled_from([f"n{i}" for i in range(8)] + ["r1@remote.test",
+                                                                   "r2@remote.test"]),
+                     min_size=1, max_size=5),
+            max_size=8,
+        ),
+        users=st.sets(st.sampled_from([f"n{i}" for i in range(8)])),
+        start=st.sampled_from([f"n{i}" for i in range(8)]),
+    )
+    def test_reachable_targets(self, graph, users, start):
+        text = "".join(f"{name}: {', '.join(targets)}\n" for name, targets in graph.items())
+        table, problems = parse_aliases(text, "example.org")
+        self.assertEqual(problems, [])
+        router = Router(["example.org"], Users(*users))
+        router.aliases = table
+
+        expected_local, expected_remote, seen = set(), set(), set()
+
+        def walk(name, parent):
+            if "@" in name:
+                expected_remote.add(name)
+            elif name in graph and name != parent:
+                if name not in seen:
+                    seen.add(name)
+                    for t in graph[name]:
+                        walk(t, name)
+            elif name in users:
+                expected_local.add(name)
+
+        walk(start, None)
+        if not expected_local and not expected_remote:
+            self.assertRaises(Rejected, router.resolve, A(start))
+            return
+        local, remote = router.resolve(A(start))
+        self.assertEqual({a.local for a in local}, expected_local)
+        self.assertEqual({str(a) for a in remote}, expected_remote)
+        self.assertEqual(len(local), len(set(local)))
+        self.assertEqual(len(remote), len(set(remote)))
