@@ -137,9 +137,13 @@ class AliasTests(Base):
         self.assertEqual(r.resolve(A("ann")), ((A("ann"), A("bob")), ()))
 
     def test_alias_overrides_a_user_and_unknown_targets_are_dropped(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         r = self.router("joe: ann, ghost\nonlyghosts: ghost, ghost2\n")
         self.assertEqual(r.resolve(A("joe")), ((A("ann"),), ()))
+        self.assertEqual(r.resolve(A("joe")), ((A("ann"),), ()))
         self.assertRaises(Rejected, r.resolve, A("onlyghosts"))
+        skipped = [e for e in observer if e.get("target") == "ghost@example.org"]
+        self.assertEqual(len(skipped), 2)  # once per alias, not once per message
 
     def test_postmaster_alias(self):
         r = self.router("postmaster: joe\npostmaster@example.net: ann, pm@remote.test\n")

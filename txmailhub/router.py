@@ -214,6 +214,7 @@ class Router:
         self.aliases_file = aliases_file
         self.aliases: Aliases = {}
         self._stamp: tuple[int, ...] | None = None
+        self._warned: set[tuple[str, str]] = set()
         self._reload_if_changed()
 
     # -- the aliases file --------------------------------------------------
@@ -250,6 +251,7 @@ class Router:
         for why in problems:
             log.warn("aliases: {problem}", problem=why)
         self.aliases = table
+        self._warned.clear()
         log.info("loaded {count} aliases from {path}", count=len(table), path=self.aliases_file)
 
     # -- IRecipientRouter ------------------------------------------------------
@@ -307,7 +309,8 @@ class Router:
                 local[key] = Address(target.local, _domain(target.domain))
             elif key == _key(Address("postmaster", self.primary_domain)):
                 local[key] = Address("postmaster", self.primary_domain)
-            elif parent is not None:
+            elif parent is not None and (parent, key) not in self._warned:
+                self._warned.add((parent, key))  # once per alias and target per load
                 log.warn("alias {alias} names {target}, which is no local user: skipped",
                          alias=parent, target=str(target))
         if not local and not remote:
