@@ -43,17 +43,17 @@ class SyscallSpy:
         self.calls = []
         self.fail = fail or {}
         testcase.patch(sync, "fsync_path", self.fsync_path)
-        testcase.patch(sync, "_syncfs_target", self.syncfs)
+        testcase.patch(sync, "_syncfs_one_of", self.syncfs)
 
     def fsync_path(self, target):
         self.calls.append(("fsync", target))
         if target in self.fail:
             raise self.fail[target]
 
-    def syncfs(self, target):
-        self.calls.append(("syncfs", target))
-        if target in self.fail:
-            raise self.fail[target]
+    def syncfs(self, targets):
+        self.calls.append(("syncfs", targets[0]))
+        if targets[0] in self.fail:
+            raise self.fail[targets[0]]
 
 
 class GroupCommitTests(SynchronousTestCase):
@@ -191,6 +191,48 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(s.batches, 0)
         self.successResultOf(s.stop())
         self.failureResultOf(s.call(print), LocalError)
+
+    def test_syncfs_through_any_target_that_still_exists(self):
+        calls = []
+        self.patch(sync, "syncfs", lambda fd, close=False: calls.append(fd) or (
+            close and os.close(fd)))
+        gone = os.path.join(self.dir, "gone")
+        os.mkdir(gone)
+        s = self.syncer("syncfs")
+        s.sync_dir(self.dir)
+        d1, d2 = s.sync_each([gone, self.dir])
+        self.threads.run_all()
+        os.rmdir(gone)  # vanishes between the request and the sync
+        self.threads.run_all()
+        self.assertEqual(len(calls), 2)
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        # every target gone by then: the error reaches the callers
+        os.mkdir(gone)
+        s.sync_dir(self.dir)
+        d3 = s.sync_dir(gone)
+        self.threads.run_all()
+        os.rmdir(gone)
+        self.threads.run_all()
+        self.failureResultOf(d3, FileNotFoundError)
+        self.assertEqual(len(calls), 3)
+
+    def test_a_planning_bug_fails_the_batch_without_wedging(self):
+        s = self.syncer("fsync")
+        SyscallSpy(self)
+
+        def broken(batch):
+            raise RuntimeError("bug")
+
+        patched = self.patch(s, "_plan", broken)
+        d = s.sync_file("/a")
+        self.threads.run_all()
+        self.failureResultOf(d, RuntimeError)
+        self.flushLoggedErrors(RuntimeError)
+        patched.restore()
+        d = s.sync_file("/b")
+        self.threads.run_all()
+        self.successResultOf(d)
 
     def test_unknown_method(self):
         self.assertRaises(LocalError, Syncer, None, method="fdatasync-maybe")

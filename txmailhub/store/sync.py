@@ -352,7 +352,11 @@ class Syncer:
         batch, self._pending = self._pending, []
         self._in_flight += 1
         self.batches += 1
-        groups = self._plan(batch)
+        try:
+            groups = self._plan(batch)
+        except Exception:  # a bug: fail this batch, never wedge the syncer
+            log.failure("cannot plan a sync batch")
+            groups = [(_bind(_raise_now, Failure()), batch)]
         self.syscalls += len(groups)
         ds = []
         for job, reqs in groups:
@@ -380,7 +384,7 @@ class Syncer:
                 continue
             groups.setdefault(dev, []).append(req)
         for reqs in groups.values():
-            jobs.append((_bind(_syncfs_target, reqs[0].target), reqs))
+            jobs.append((_bind(_syncfs_one_of, [r.target for r in reqs]), reqs))
         return jobs
 
     def _deliver(self, result: Any, reqs: list[_Request]) -> None:
@@ -410,12 +414,20 @@ def _raise_now(failure: Failure) -> None:
     failure.raiseException()
 
 
-def _syncfs_target(target: Target) -> None:
-    if isinstance(target, int):
-        syncfs(target)
+def _syncfs_one_of(targets: list[Target]) -> None:
+    """One syncfs through the first target that can be opened (they are
+    all on the same filesystem)."""
+    error: OSError | None = None
+    for target in targets:
+        if isinstance(target, int):
+            syncfs(target)
+            return
+        try:
+            fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as e:  # gone since the request: try the next
+            error = error or e
+            continue
+        syncfs(fd, close=True)
         return
-    fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        syncfs(fd)
-    finally:
-        os.close(fd)
+    assert error is not None
+    raise error
