@@ -141,6 +141,21 @@ class ProtocolTests(SynchronousTestCase):
         assert len(writes) == 1 and t.disconnecting
         assert h.store.messages(Address("bob", "example.org"))
 
+    def test_synchronous_storage_many_pipelined_messages_one_write(self):
+        h = Harness()  # every Deferred fires at once: answers come back re-entrantly
+        p, t = h.connect()
+        take(t)
+        writes = []
+        orig = t.write
+        t.write = lambda data: (writes.append(data), orig(data))
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        one = b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+        p.dataReceived(one * 300 + b"y\r\n.\r\nQUIT\r\n")
+        assert len(writes) == 2
+        codes = [x[:3] for x in take(t)]
+        assert codes[-2:] == ["250", "221"] and codes.count("354") == 301
+        assert len(h.store.messages(ALICE)) == 301
+
     def test_no_250_before_storage_is_durable(self):
         h = Harness()
         h.store._holder.hold = True

@@ -79,6 +79,7 @@ class SMTPProtocol(Protocol):
         self.host = ""
         self._counted = False
         self._paused = False
+        self._driving = False
         self._writer: Any = None
         self._message_id = ""
         self._timer: Any = None
@@ -148,8 +149,17 @@ class SMTPProtocol(Protocol):
     # --- driving the engine ---------------------------------------------------
 
     def _drive(self) -> None:
+        """Run the engine until it needs input or an answer, then write once.
+
+        An answer that arrives synchronously (a Deferred that has already
+        fired) calls ``_drive`` again from inside a handler; that inner call
+        returns at once and this loop carries on, so the replies of a batch
+        still go out in one write."""
+        if self._driving:
+            return
         engine = self.engine
         handlers = self._handlers
+        self._driving = True
         try:
             while (event := engine.next_event()) is not None:
                 handlers[type(event)](event)
@@ -159,6 +169,8 @@ class SMTPProtocol(Protocol):
             self._flush()
             self.transport.loseConnection()
             return
+        finally:
+            self._driving = False
         self._flush()
         if engine.closed:
             self.transport.loseConnection()
