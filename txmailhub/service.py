@@ -160,11 +160,13 @@ def _describe(host: Any) -> str:
     return str(getattr(host, "name", host))
 
 
-class _SyncerService(Service):
-    """Starts and stops the group-commit syncer's worker with the hub."""
+class _StorageService(Service):
+    """Starts and stops the group-commit syncer's workers with the hub, and
+    removes the spooler's pre-created files at stop."""
 
-    def __init__(self, syncer: Any) -> None:
+    def __init__(self, syncer: Any, spooler: Any) -> None:
         self.syncer = syncer
+        self.spooler = spooler
 
     def startService(self) -> None:
         super().startService()
@@ -174,6 +176,9 @@ class _SyncerService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        close = getattr(self.spooler, "close", None)
+        if close is not None:
+            close()
         stop = getattr(self.syncer, "stop", None)
         return stop() if stop is not None else None
 
@@ -193,7 +198,7 @@ class MailHub(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.components = c = build_components(settings, reactor)
-        _SyncerService(c.syncer).setServiceParent(self)  # type: ignore[attr-defined]
+        _StorageService(c.syncer, c.spooler).setServiceParent(self)  # type: ignore[attr-defined]
 
         from txmailhub.relay.service import RelayService
 
