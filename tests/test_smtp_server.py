@@ -343,6 +343,9 @@ def test_vrfy_expn():
     d.send("EHLO c\r\n")
     assert d.send("VRFY alice\r\n") == ["250 2.1.5 <alice@example.org>"]
     assert d.send("VRFY <nobody@example.org>\r\n") == [replies.UNKNOWN_USER.text()]
+    assert d.send("VRFY Alice Liddell <ALICE@example.org>\r\n") == [
+        "250 2.1.5 <alice@example.org>"]
+    assert d.send("VRFY\r\n") == [replies.SYNTAX_ARGUMENT.text()]
     assert d.send("VRFY x@remote.test\r\n") == [replies.CANNOT_VRFY.text()]
     assert d.send("EXPN list\r\n") == ["250-2.1.5 <alice@example.org>",
                                        "250 2.1.5 <bob@example.org>"]

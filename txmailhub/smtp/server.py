@@ -573,8 +573,8 @@ class SMTPServer:
 
     def _lookup(self, arg: str, expand: bool) -> None:
         text = arg.strip()
-        if text.startswith("<") and text.endswith(">"):
-            text = text[1:-1]
+        if text.endswith(">") and "<" in text:  # "<a@b>" or "Full Name <a@b>"
+            text = text[text.rindex("<") + 1 : -1]
         try:
             address = parse_address(text, self.config.primary_domain)
         except AddressError:

@@ -1,0 +1,41 @@
+"""txmailhub.smtp.received: the Received and Return-Path trace fields."""
+
+from __future__ import annotations
+
+from txmailhub.address import Address
+from txmailhub.smtp.received import protocol_name, received, return_path
+
+
+def test_protocol_names_rfc3848():
+    assert protocol_name(False, False, False) == "SMTP"
+    assert protocol_name(True, False, False) == "ESMTP"
+    assert protocol_name(True, True, False) == "ESMTPS"
+    assert protocol_name(True, False, True) == "ESMTPA"
+    assert protocol_name(True, True, True) == "ESMTPSA"
+
+
+def test_received_field():
+    field = received(hostname="mx.example.org", helo="client.test", client_ip="192.0.2.7",
+                     protocol="ESMTPS", message_id="ABC1", when=0,
+                     tls=("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+                     recipient=Address("alice", "example.org"))
+    assert field == (
+        b"Received: from client.test ([192.0.2.7])\n"
+        b"\tby mx.example.org (txmailhub) with ESMTPS (TLSv1.3 cipher TLS_AES_256_GCM_SHA384)\n"
+        b"\tid ABC1\n"
+        b"\tfor <alice@example.org>; Thu, 01 Jan 1970 00:00:00 -0000\n"
+    )
+
+
+def test_received_ipv6_and_hostile_helo():
+    field = received(hostname="mx", helo="evil\r\nX-Injected: yes (", client_ip="2001:db8::1",
+                     protocol="SMTP", message_id="I", when=86400)
+    lines = field.split(b"\n")
+    assert lines[0] == b"Received: from evil??X-Injected:?yes?? ([IPv6:2001:db8::1])"
+    assert b"for <" not in field and field.endswith(b"; Fri, 02 Jan 1970 00:00:00 -0000\n")
+    assert len(lines) == 4  # three folded lines and the final LF
+
+
+def test_return_path():
+    assert return_path(None) == b"Return-Path: <>\n"
+    assert return_path(Address("bill", "microsoft.com")) == b"Return-Path: <bill@microsoft.com>\n"
