@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import re
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmailhub.address import Address
 from txmailhub.smtp import replies
@@ -530,3 +533,34 @@ def test_bdat_zero_last():
     assert d.codes("BDAT 4\r\nab\r\n") == ["250"]
     assert d.send("BDAT 0 LAST\r\n") == [replies.accepted("ID1").text()]
     assert b"".join(d.body) == b"ab\n"
+
+
+# --- property: any input, any split -> well-formed replies, same replies
+# (STARTTLS is left out: it rightly forgets whatever arrived with it.)
+
+_pieces = st.sampled_from([
+    b"EHLO c\r\n", b"HELO c\r\n", b"MAIL FROM:<s@x.test>\r\n", b"MAIL FROM:<>\r\n",
+    b"RCPT TO:<alice>\r\n", b"RCPT TO:<x@remote.test>\r\n", b"RCPT TO:<nobody>\r\n",
+    b"DATA\r\n", b"BDAT 5\r\n", b"BDAT 3 LAST\r\n", b"BDAT 0 LAST\r\n", b"RSET\r\n",
+    b"NOOP\r\n", b"VRFY alice\r\n", b"EXPN list\r\n", b"HELP\r\n",
+    b"AUTH PLAIN\r\n", b"AUTH LOGIN\r\n", b"*\r\n", b".\r\n", b"..\r\n", b"\r\n", b"\n",
+    b"\r", b".", b"text line\r\n", b"\x00", b"\xff\xfe", b"x" * 700, b"\r\n.\r\n",
+    b"MAIL FROM:<a@b> SIZE=99999999999\r\n", b"RCPT TO:<a@b> FOO=1\r\n",
+])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_pieces, max_size=40), st.lists(st.integers(0, 3000), max_size=10))
+def test_any_input_gives_well_formed_replies_whatever_the_split(pieces, cuts):
+    data = b"".join(pieces)
+    whole = Driver(session=loopback())
+    expected = whole.send(data)
+    split = Driver(session=loopback())
+    got: list[str] = []
+    last = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        got += split.send(data[last:cut])
+        last = cut
+    assert got == expected
+    assert all(re.fullmatch(r"[2345]\d\d[ -].*", line) for line in got), got
+    assert not any("Error" in line or "Traceback" in line for line in got)
