@@ -92,6 +92,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--messages", type=int, default=3000, help="SMTP messages")
+    ap.add_argument("--reuse", action="store_true", help="smtp-source -d: many messages "
+                    "per connection")
     ap.add_argument("--count", type=int, default=1000, help="POP3 messages in the Maildir")
     ap.add_argument("--pop3-sessions", type=int, default=3)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -134,6 +136,8 @@ def main() -> int:
             argv = ["/usr/sbin/smtp-source", "-s", str(args.sessions), "-m", str(args.messages),
                     "-l", str(args.size), "-f", "sender@bench.example", "-t", bl.RCPT,
                     f"127.0.0.1:{server.port}"]
+            if args.reuse:
+                argv.insert(1, "-d")
             subprocess.run(argv, check=False, timeout=600)
             n = args.messages
             print(f"stored {bl.maildir_count(bl.hub_maildir(spool))}/{n}", flush=True)
