@@ -80,6 +80,7 @@ class SMTPProtocol(Protocol):
         self._counted = False
         self._paused = False
         self._driving = False
+        self._send_now: Any = None
         self._writer: Any = None
         self._message_id = ""
         self._timer: Any = None
@@ -118,6 +119,9 @@ class SMTPProtocol(Protocol):
             self._drive()
             return
         self._counted = True
+        # A socket transport's doWrite sends what is buffered at once; test
+        # transports and TLS-wrapped ones have none (then the reactor does).
+        self._send_now = getattr(self.transport, "doWrite", None)
         self.engine.greeting()
         self._last_activity = self.reactor.seconds()
         self._arm_timer(f.settings.smtp.idle_timeout)
@@ -171,7 +175,10 @@ class SMTPProtocol(Protocol):
             return
         finally:
             self._driving = False
-        self._flush()
+        if self._flush() and self._send_now is not None and not engine.closed:
+            # Send the replies in this reactor turn rather than the next one
+            # (a lock-step client waits for them).
+            self._send_now()
         if engine.closed:
             self.transport.loseConnection()
         elif engine.waiting != self._paused:
@@ -182,10 +189,12 @@ class SMTPProtocol(Protocol):
                 self._last_activity = self.reactor.seconds()
                 self.transport.resumeProducing()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         out = self.engine.data_to_send()
         if out:
             self.transport.write(out)
+            return True
+        return False
 
     # --- the idle timeout -----------------------------------------------------------
 
@@ -290,16 +299,21 @@ class SMTPProtocol(Protocol):
         self._log_transaction(event.envelope, self._message_id, 0, event.reply)
 
     def _log_transaction(self, env: Any, message_id: str, size: int, reply: Reply) -> None:
+        # One field in the format (formatting is per field, in Python); the
+        # structured values ride along for observers that want them.
+        recipients = ", ".join(map(str, env.recipients))
+        text = reply.text()
         log.info(
-            "message {id} from <{sender}> to {recipients} ({size} octets) via {client}: "
-            "{reply}",
-            id=message_id or "-",
+            "{summary}",
+            summary=f"message {message_id or '-'} from <{env.sender_text}> to {recipients} "
+            f"({size} octets) via {self.host}: {text}",
+            id=message_id,
             sender=env.sender_text,
-            recipients=", ".join(str(r) for r in env.recipients),
+            recipients=recipients,
             size=size,
             client=self.host,
             auth=env.authenticated_as,
-            reply=reply.text(),
+            reply=text,
             code=reply.code,
         )
 
@@ -347,6 +361,7 @@ class SMTPProtocol(Protocol):
     def _start_tls(self, event: StartTLS) -> None:
         self._flush()  # the 220 goes out in clear text
         self.transport.startTLS(self.components.tls)
+        self._send_now = None  # the TLS layer buffers and writes on its own terms
         self.engine.tls_started()
 
     def _close(self, event: Close) -> None:
