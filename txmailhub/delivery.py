@@ -37,8 +37,8 @@ __all__ = ["DELIVERED", "QUEUED", "accept_message", "summarize"]
 
 log = Logger(namespace="txmailhub.delivery")
 
-DELIVERED = Reply.of(250, "2.0.0", "Delivered")
-QUEUED = Reply.of(250, "2.0.0", "Queued for delivery")
+DELIVERED = replies.DELIVERED  # that recipient's copy is in its Maildir
+QUEUED = replies.QUEUED  # that recipient's copy is in the outbound queue
 
 
 def accept_message(

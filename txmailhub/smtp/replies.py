@@ -23,6 +23,9 @@ CANNOT_VRFY = Reply.of(
     252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery"
 )
 BYE = Reply.of(221, "2.0.0", "Bye")
+# Per-recipient outcomes of txmailhub.delivery.accept_message.
+DELIVERED = Reply.of(250, "2.0.0", "Delivered")
+QUEUED = Reply.of(250, "2.0.0", "Queued for delivery")
 # RFC 4954: a 334 carries base64 text only (no enhanced code).
 AUTH_CONTINUE = Reply.of(334, None, "")
 AUTH_USERNAME = Reply.of(334, None, "VXNlcm5hbWU6")  # "Username:"
