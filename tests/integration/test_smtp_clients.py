@@ -153,7 +153,7 @@ def test_swaks(make_hub):
     runs = [
         ["--port", str(hub.smtp_port), "--pipeline", "--body", "plain swaks"],
         ["--port", str(hub.smtp_port), "--tls", "--body", "tls swaks"],
-        ["--port", str(hub.submission_port), "--tls", "--auth", "PLAIN", "--auth-user",
+        ["--port", str(hub.submission_port), "--tls", "--auth", "LOGIN", "--auth-user",
          "carol@example.net", "--auth-password", "carol-secret", "--body", "auth swaks"],
         ["--port", str(hub.smtp_port), "--body", "helo swaks", "--protocol", "SMTP"],
     ]
