@@ -465,6 +465,14 @@ def test_auth_errors():
     assert d.send("AUTH PLAIN x\r\n") == [replies.AUTH_TLS_REQUIRED.text()]
 
 
+def test_auth_line_too_long():
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\nAUTH PLAIN\r\n")
+    assert d.send("A" * 13000 + "\r\nNOOP\r\n") == [replies.AUTH_LINE_TOO_LONG.text(),
+                                                     replies.OK.text()]
+    assert d.engine.state is State.READY
+
+
 def test_auth_request_redacts_password():
     ev = AuthRequest("PLAIN", "alice@example.org", "hunter2")
     assert "hunter2" not in repr(ev)

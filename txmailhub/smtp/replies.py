@@ -52,6 +52,7 @@ TLS_NOT_AVAILABLE = Reply.of(454, "4.7.0", "TLS not available")
 # --- permanent: syntax and sequence ----------------------------------------
 UNKNOWN_COMMAND = Reply.of(500, "5.5.1", "Command unrecognized")
 LINE_TOO_LONG = Reply.of(500, "5.5.2", "Line too long")
+AUTH_LINE_TOO_LONG = Reply.of(500, "5.5.6", "Authentication exchange line is too long")
 NUL_IN_COMMAND = Reply.of(500, "5.5.2", "NUL character in command")
 ERROR_PROCESSING = Reply.of(500, "5.5.2", "Syntax error")
 SYNTAX_ARGUMENT = Reply.of(501, "5.5.4", "Syntax error in parameters or arguments")

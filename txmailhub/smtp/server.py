@@ -350,8 +350,10 @@ class SMTPServer:
     def _line_too_long(self) -> None:
         if self.state is State.AUTH:
             self._sasl = None
-            self.state = State.READY if self.session.helo else State.INIT
-        elif self.state in (State.MAIL, State.RCPT):
+            self._to(State.READY if self.session.helo else State.INIT)
+            self.reply(replies.AUTH_LINE_TOO_LONG)
+            return
+        if self.state in (State.MAIL, State.RCPT):
             self._reset_transaction()
             self._to(State.READY)
         self.reply(replies.LINE_TOO_LONG)
