@@ -31,6 +31,9 @@ class Components:
     * ``tls``: a server ``IOpenSSLServerConnectionCreator`` (e.g.
       ``CertificateOptions``) or ``None`` when ``[tls]`` is absent.
     * ``users``: the ``txmailhub.users.UsersDB`` (who exists locally).
+    * ``syncer``: the group-commit ``txmailhub.store.sync.Syncer`` shared by
+      the spool, the Maildirs and the queue, or ``None`` (components then
+      sync on their own).
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -45,4 +48,5 @@ class Components:
     queue: Any = None
     tls: Any = None
     users: Any = None
+    syncer: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)

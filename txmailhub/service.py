@@ -85,8 +85,8 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         portal=build_portal(users, store, run_in_thread),
         tls=tls_options(settings.tls.certificate, settings.tls.key) if settings.tls else None,
         users=users,
+        syncer=syncer,
     )
-    components.syncer = syncer  # type: ignore[attr-defined]
     return components
 
 
@@ -198,7 +198,7 @@ class MailHub(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.components = c = build_components(settings, reactor)
-        _StorageService(c.syncer, c.spooler).setServiceParent(self)  # type: ignore[attr-defined]
+        _StorageService(c.syncer, c.spooler).setServiceParent(self)
 
         from txmailhub.relay.service import RelayService
 
