@@ -283,6 +283,44 @@ class Servers(contextlib.ExitStack):
         return server
 
 
+# -------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def exclusive(wait: float = 900):
+    """One benchmark at a time on this machine: they share BENCH_HOME (work
+    directories, the loop mount) and would disturb each other's numbers.
+    Waits up to ``wait`` seconds for another run to finish."""
+    import fcntl
+
+    os.makedirs(BENCH_HOME, exist_ok=True)
+    with open(os.path.join(BENCH_HOME, "bench.lock"), "a+") as f:
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("another benchmark still holds "
+                                     f"{f.name}; giving up after {wait:.0f} s") from None
+                if not told:
+                    f.seek(0)
+                    print(f"waiting for another benchmark run ({f.read().strip()}) "
+                          f"to finish...", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(1)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # ---------------------------------------------------------------- filesystem
 
 

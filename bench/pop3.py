@@ -264,6 +264,11 @@ def main() -> int:
     for spec in args.sets.split(","):
         count, size = spec.lower().split("x")
         sets.append((int(count), int(size)))
+    with bl.exclusive():
+        return run(args, targets, sets)
+
+
+def run(args: argparse.Namespace, targets: list[str], sets: list[tuple[int, int]]) -> int:
     workdir = os.path.join(bl.BENCH_HOME, "run-pop3")
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)

@@ -102,6 +102,11 @@ def main() -> int:
     ap.add_argument("--out", default="", help="keep the raw profile here")
     args = ap.parse_args()
 
+    with bl.exclusive():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     workdir = os.path.join(bl.BENCH_HOME, "run-profile")
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)

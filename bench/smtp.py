@@ -299,6 +299,12 @@ def main() -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     sizes = [int(x) for x in args.sizes.split(",")]
     sessions = [int(x) for x in args.sessions.split(",")]
+    with bl.exclusive():
+        return run(args, targets, sizes, sessions)
+
+
+def run(args: argparse.Namespace, targets: list[str], sizes: list[int],
+        sessions: list[int]) -> int:
     workdir = os.path.join(bl.BENCH_HOME, "run-smtp")
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
