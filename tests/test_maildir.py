@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -409,6 +410,32 @@ class MailboxTests(Base):
         os.rename(path, moved)
         self.assertEqual(box.open_message(0).read(), b"one\n")
         self.assertEqual(box.list_messages()[0].path, moved)
+        box.close()
+
+    def test_mark_seen_of_a_file_renamed_by_another_reader(self):
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        moved = os.path.join(self.md(), "cur", os.path.basename(path) + ":2,R")
+        os.rename(path, moved)
+        box.mark_seen(0)
+        info = box.list_messages()[0]
+        self.assertEqual(info.path, moved[: -len("R")] + "RS")
+        self.assertTrue(info.seen)
+        self.assertEqual(os.listdir(os.path.join(self.md(), "cur")),
+                         [os.path.basename(info.path)])
+        self.assertEqual(box.open_message(0).read(), b"one\n")
+        box.close()
+
+    def test_open_message_is_unbuffered(self):
+        self.deliver([JOE], b"x" * 5000 + b"\n")
+        box = self.open()
+        with box.open_message(0) as f:
+            # unbuffered (no read-ahead, no extra fstat/lseek/ioctl): each
+            # read(n) is one read(2)
+            self.assertIsInstance(f, io.RawIOBase)
+            self.assertEqual(len(f.read(65536)), 5001)
+            self.assertEqual(f.read(65536), b"")
         box.close()
 
     def test_delete_is_durable_before_it_fires(self):

@@ -187,16 +187,23 @@ class MaildirMailbox:
         self.path = md
         self._lock_fd: int | None = lock_fd
         self._messages = snapshot
+        self._cur = os.path.join(md, "cur")
 
     def list_messages(self) -> list[MessageInfo]:
         return list(self._messages)
 
     def _locate(self, index: int) -> str:
-        """The message's path now; if another Maildir reader renamed it
-        (flags), find it again by its unique part."""
+        """The message's path now (one ``stat``); see ``_find``."""
         info = self._messages[index]
         if os.path.exists(info.path):
             return info.path
+        return self._find(index)
+
+    def _find(self, index: int) -> str:
+        """Where message ``index`` went if another Maildir reader renamed
+        it (flags): found again by its unique part, and remembered.  The
+        recorded path if it is nowhere."""
+        info = self._messages[index]
         stem = os.path.basename(info.path).split(":", 1)[0]  # survives flag changes
         for sub in ("cur", "new"):
             folder = os.path.join(self.path, sub)
@@ -212,26 +219,42 @@ class MaildirMailbox:
         return info.path
 
     def open_message(self, index: int) -> Any:
-        return open(self._locate(index), "rb")
+        """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
+        so a small message costs open, fstat, read and close.  The recorded
+        path is tried first; only if it is gone is the message looked for."""
+        try:
+            return open(self._messages[index].path, "rb", buffering=0)
+        except FileNotFoundError:
+            return open(self._find(index), "rb", buffering=0)
 
     def mark_seen(self, index: int) -> None:
         try:
             info = self._messages[index]
-            path = self._locate(index)
-            name = os.path.basename(path)
+            path = info.path
+            folder, name = os.path.split(path)
             unique, _, flags = name.partition(":")
             if flags.startswith("2,"):
                 if "S" in flags[2:]:
-                    if os.path.basename(os.path.dirname(path)) == "cur":
+                    if folder == self._cur:
                         return
                     new_flags = flags
                 else:
                     new_flags = "2," + "".join(sorted(flags[2:] + "S"))
             else:
                 new_flags = "2,S"
-            target = os.path.join(self.path, "cur", f"{unique}:{new_flags}")
-            os.rename(path, target)
-            self._messages[index] = dataclasses.replace(info, path=target, seen=True)
+            target = f"{self._cur}/{unique}:{new_flags}"
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                # Renamed by another reader since the snapshot: find it
+                # and work out the flags from its present name.
+                if self._find(index) == path:
+                    raise
+                self.mark_seen(index)
+                return
+            self._messages[index] = MessageInfo(
+                info.uid, info.size, target, info.stored_size, True
+            )
         except (OSError, IndexError) as e:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=str(e))
