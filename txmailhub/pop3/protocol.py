@@ -31,6 +31,7 @@ from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
+from txmailhub.pop3.sending import ResponseWriter
 from txmailhub.pop3.server import (
     Authenticate,
     LoginFailure,
@@ -98,6 +99,8 @@ class POP3Protocol(Protocol):
         self._last_activity = 0.0
         self._update_running = False
         self._flush: Any = None
+        self._writer: ResponseWriter | None = None
+        self._queued = False  # bytes left in the transport's buffer this turn
         self._unseen: list[int] = []  # retrieved, not yet marked seen
         self._reading_input = False
 
@@ -127,6 +130,7 @@ class POP3Protocol(Protocol):
         # A socket transport's IWriteDescriptor.doWrite: writes what is
         # buffered right away (see dataReceived).  Absent on test transports.
         self._flush = getattr(t, "doWrite", None)
+        self._writer = ResponseWriter(t)
 
     def _new_engine(self, timestamp: str, tls_active: bool, failures: int) -> POP3Server:
         s = self.settings
@@ -195,13 +199,18 @@ class POP3Protocol(Protocol):
         if engine.has_line:
             self._last_activity = self.reactor.seconds()
         self._reading_input = True
+        self._queued = False
         try:
-            handled = self._process()
+            self._process()
         finally:
             self._reading_input = False
-        if handled and self._flush is not None and not (self._write_paused or self._closing):
-            # Send the responses now instead of on the reactor's next turn:
-            # saves a loop iteration per command on a lock-step client.
+        if self._queued and self._flush is not None and not (
+            self._write_paused or self._closing
+        ):
+            # What the socket did not take at once (or could not be given
+            # at once: see ``ResponseWriter``) goes now instead of on the
+            # reactor's next turn: one loop iteration per lock-step command.
+            self._queued = False
             self._flush()
         if self._unseen:
             self._mark_seen()
@@ -269,12 +278,19 @@ class POP3Protocol(Protocol):
         else:  # pragma: no cover - the engine only makes the five above
             raise TypeError(f"unknown action {action!r}")
 
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` (straight to the socket where ``ResponseWriter`` can)."""
+        if self._writer is None:
+            self.transport.write(data)
+        elif self._writer.write(data):
+            self._queued = True
+
     def _send(self, action: Send) -> None:
         if action.delay > 0:
             self._busy = True
             self._pending_call = self.reactor.callLater(action.delay, self._delayed, action)
             return
-        self.transport.write(action.data)
+        self._write(action.data)
         if action.close:
             self._close()
 
@@ -371,7 +387,7 @@ class POP3Protocol(Protocol):
             else:
                 enc = MessageEncoder(action.body_lines)
                 body = enc.encode(first) + enc.finish()
-            self.transport.write(action.head + body)
+            self._write(action.head + body)
             if action.mark_seen:
                 # After the response is on its way (see dataReceived): the
                 # rename then overlaps with the client reading the message.
