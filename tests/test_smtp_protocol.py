@@ -354,3 +354,39 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"EHLO c\r\n")
         assert "250-SIZE 1234" in take(t)
         assert dataclasses.is_dataclass(h.components.settings.smtp)
+
+
+class SocketSendTests(SynchronousTestCase):
+    """Over Twisted's real TCP transport: replies go to the socket at once."""
+
+    def test_replies_are_sent_without_registering_for_writes(self):
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactor
+
+        h = Harness()
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        ours.setblocking(False)
+        peer.settimeout(1)
+        reactor = MemoryReactor()
+        registered = []
+        reactor.addWriter = registered.append  # what transport.write would do
+        proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        t = tcp.Connection(ours, proto, reactor)
+        t.connected = True
+        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
+        proto.makeConnection(t)
+        assert peer.recv(4096).startswith(b"220 mx.example.org")
+        proto.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        got = b""
+        while got.count(b"\r\n") < 1 or not got.startswith(b"250-") or b"354 " not in got:
+            got += peer.recv(4096)
+        proto.dataReceived(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        assert peer.recv(4096).startswith(b"250 2.0.0 ")
+        assert registered == []  # never registered for writability
+        assert t.dataBuffer == b"" and not t._tempDataBuffer
+        (stored,) = h.store.messages(ALICE)
+        assert stored.endswith(b"\nhi\n")

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address
 from txmailhub.delivery import accept_message, summarize
 from txmailhub.interfaces import ISMTPUser
+from txmailhub.pop3.sending import ResponseWriter
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import protocol_name, received, return_path
@@ -81,6 +82,7 @@ class SMTPProtocol(Protocol):
         self._paused = False
         self._driving = False
         self._send_now: Any = None
+        self._out: ResponseWriter | None = None
         self._writer: Any = None
         self._message_id = ""
         self._timer: Any = None
@@ -111,6 +113,7 @@ class SMTPProtocol(Protocol):
             tls=f.implicit_tls or ISSLTransport.providedBy(self.transport),
         )
         self.engine = SMTPServer(f.config, f.policy, session)
+        self._out = ResponseWriter(self.transport)
         refusal = f.admit(self.host, exempt=loopback or relay)
         if refusal is not None:
             log.info("refused connection from {client}: {reply}", client=self.host,
@@ -119,8 +122,11 @@ class SMTPProtocol(Protocol):
             self._drive()
             return
         self._counted = True
-        # A socket transport's doWrite sends what is buffered at once; test
-        # transports and TLS-wrapped ones have none (then the reactor does).
+        # Replies go straight to the socket when nothing is buffered
+        # (ResponseWriter: one send, no epoll_ctl pair per reply).  What is
+        # left in the transport's buffer, a socket transport's doWrite sends
+        # in the same turn; test transports and TLS-wrapped ones have none
+        # (then the reactor does).
         self._send_now = getattr(self.transport, "doWrite", None)
         self.engine.greeting()
         self._last_activity = self.reactor.seconds()
@@ -190,10 +196,10 @@ class SMTPProtocol(Protocol):
                 self.transport.resumeProducing()
 
     def _flush(self) -> bool:
+        """Send the engine's replies; whether bytes were left buffered."""
         out = self.engine.data_to_send()
         if out:
-            self.transport.write(out)
-            return True
+            return self._out.write(out)  # type: ignore[union-attr]
         return False
 
     # --- the idle timeout -----------------------------------------------------------
