@@ -269,11 +269,14 @@ class ProtocolTests(SynchronousTestCase):
         take(t)
         bad = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}\r\n".encode()
         p.dataReceived(bad)
+        assert take(t) == [] and t.producerState == "producing"
+        p.dataReceived(b"NOOP\r\n")  # input while deciding: reading stops
         assert take(t) == [] and t.producerState == "paused"
         h.clock.advance(1.9)
         assert take(t) == []
         h.clock.advance(0.1)
-        assert take(t) == [replies.AUTH_FAILED.text()]
+        assert take(t) == [replies.AUTH_FAILED.text(), replies.OK.text()]
+        assert t.producerState == "producing"
         p.dataReceived(bad)
         h.clock.advance(3.9)
         assert take(t) == []
@@ -341,6 +344,24 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t)[-1] == replies.LOCAL_ERROR.text()
         assert not h.store.messages(ALICE)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_trace_header_goes_out_with_the_first_chunk(self):
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        writer = h.spooler.writers[0]
+        calls = []
+        orig = writer.write
+        writer.write = lambda data: (calls.append(data), orig(data))
+        p.dataReceived(b"Subject: one\r\n\r\nbody\r\n.\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        (chunk,) = calls  # one write: trace header and data together
+        assert chunk.startswith(b"Return-Path: <>\nReceived: from c ")
+        assert chunk.endswith(b"\nSubject: one\n\nbody\n")
+        # an empty message (BDAT 0 LAST) still gets its trace header
+        p.dataReceived(b"MAIL FROM:<>\r\nRCPT TO:<alice>\r\nBDAT 0 LAST\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        assert h.store.messages(ALICE)[-1].startswith(b"Return-Path: <>\nReceived: from c ")
 
     def test_ten_errors(self):
         h = Harness(max_errors=10)

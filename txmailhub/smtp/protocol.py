@@ -7,9 +7,12 @@ flow control, the idle timeout, connection limits and the one summary log
 line per transaction.  It must not parse SMTP or decide policy: that is
 the engine's and ``txmailhub.smtp.policy``'s job.
 
-* While a request is pending (storage, AUTH), the transport is paused
-  (``pauseProducing``): pipelined commands wait in the engine's buffer and
-  are answered strictly in order once the answer is in.
+* While a request is pending (storage, AUTH), input that arrives pauses
+  the transport (``pauseProducing``): pipelined commands wait in the
+  engine's buffer (at most what one read brought) and are answered
+  strictly in order once the answer is in.  A lock-step client sends
+  nothing while it waits, so reading is not paused for it: that saves
+  two ``epoll_ctl`` calls and Twisted's bookkeeping on every message.
 * Replies produced by one batch of input go out in one ``write``.
 * The idle timeout uses ``components.reactor`` (a ``Clock`` in tests); it
   does not run while we are the ones keeping the client waiting.
@@ -85,6 +88,7 @@ class SMTPProtocol(Protocol):
         self._out: ResponseWriter | None = None
         self._writer: Any = None
         self._message_id = ""
+        self._head = b""  # the trace header, until the first chunk of data
         self._timer: Any = None
         self._last_activity = 0.0
         self._logout: Any = None
@@ -187,13 +191,18 @@ class SMTPProtocol(Protocol):
             self._send_now()
         if engine.closed:
             self.transport.loseConnection()
-        elif engine.waiting != self._paused:
-            self._paused = engine.waiting
-            if self._paused:
+        elif engine.waiting:
+            # Paused only once input arrives while we decide: a lock-step
+            # client sends nothing meanwhile, and reading stays on (no
+            # epoll_ctl pair per message); what one read brought is held
+            # by the engine until the answer is in.
+            if not self._paused and engine.has_input:
+                self._paused = True
                 self.transport.pauseProducing()
-            else:
-                self._last_activity = self.reactor.seconds()
-                self.transport.resumeProducing()
+        elif self._paused:
+            self._paused = False
+            self._last_activity = self.reactor.seconds()
+            self.transport.resumeProducing()
 
     def _flush(self) -> bool:
         """Send the engine's replies; whether bytes were left buffered."""
@@ -233,9 +242,10 @@ class SMTPProtocol(Protocol):
         self._writer = writer
         self._message_id = self.factory.next_id()
         try:
-            writer.write(self._trace(env))
+            # written with the first chunk of data: one write(2), not two
+            self._head = self._trace(env)
         except Exception:
-            log.failure("cannot write to the spool file")
+            log.failure("cannot make the trace header")
             writer.abort()
             self._writer = None
             self.engine.message_refused(replies.LOCAL_ERROR)
@@ -243,6 +253,10 @@ class SMTPProtocol(Protocol):
         self.engine.message_started(self._sink)
 
     def _sink(self, data: bytes) -> None:
+        head = self._head
+        if head:
+            self._head = b""
+            data = head + data
         try:
             self._writer.write(data)
         except Exception:
@@ -274,6 +288,9 @@ class SMTPProtocol(Protocol):
         writer, self._writer = self._writer, None
         message_id = self._message_id
         try:
+            if self._head:  # no data at all (an empty BDAT LAST)
+                head, self._head = self._head, b""
+                writer.write(head)
             d = writer.finish()
         except Exception as e:
             d = defer.fail(e)
@@ -299,6 +316,7 @@ class SMTPProtocol(Protocol):
         self._drive()
 
     def _message_aborted(self, event: MessageAborted) -> None:
+        self._head = b""
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

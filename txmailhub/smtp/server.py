@@ -157,6 +157,11 @@ class SMTPServer:
         return self._waiting is not None
 
     @property
+    def has_input(self) -> bool:
+        """Whether received bytes wait to be processed (pipelined input)."""
+        return bool(self._buf)
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
