@@ -23,48 +23,37 @@ fails, the Deferred errbacks with the ``OSError``.
 
 Two ways to sync a batch (``method=``):
 
+* ``"fsync"`` (the default, also what ``"auto"`` means): one ``fsync``
+  per distinct target (duplicate requests in a batch are merged), run
+  concurrently on the worker threads so ext4's journal commits them
+  together.  Each target gets its own outcome.
 * ``"syncfs"``: one ``syncfs(2)`` (through ctypes) per filesystem in the
   batch -- usually one call, whatever the batch size.  It also flushes
-  other processes' dirty data on that filesystem (its latency depends on
-  the neighbours), and one error fails the whole batch.
-* ``"fsync"``: one ``fsync`` per distinct target (duplicate requests in a
-  batch are merged), run concurrently on the worker threads so ext4's
-  journal commits them together.  Each target gets its own outcome.
-* ``"auto"`` (the default): ``"syncfs"`` on Linux 5.8 and later (before
-  5.8 syncfs did not report writeback errors), ``"fsync"`` elsewhere.
+  every other process's dirty data on that filesystem, and one error
+  fails the whole batch.  Only for a filesystem of its own (Linux 5.8 and
+  later report writeback errors through it; ``syncfs_available()``).
 
-Measured here (ext4 on a virtio disk, 2 cores shared with other busy
-processes, so the spread is wide).  One 1 KiB file, written and synced in
-a loop on one thread: ``fsync`` 0.98 ms wall / 0.78 ms CPU per call,
-``syncfs`` 0.21 ms wall / 0.09 ms CPU.  Ten concurrent writers on a real
-reactor, each looping: create a 1 KiB file, ``sync_file`` it, hard-link
-it into one of 3 ``new/`` directories, ``sync_dir``, unlink the original
-(two durable steps per message, like a delivery), three runs of 3 s::
+Why fsync is the default: the production ``state_dir`` is
+``/var/lib/txmailhub``, usually on the root filesystem, shared with
+package updates, logs and backups.  One 1 KiB file made durable right
+after another process left 300 MB of dirty data on the same (root) ext4
+filesystem, twice each: ``fsync`` 0.4 / 0.2 ms, ``syncfs`` 181 / 190 ms
+-- syncfs waits for the neighbour's data, and with group commit every
+waiting session waits with it.  Without such a neighbour the two are
+alike: the hub under ``smtp-source`` (1 KiB, 10 sessions, one connection
+per message, 3,000 messages, interleaved medians of 4-5 runs, 2 shared
+cores) on a loop-mounted ext4 of its own: 0.957 vs 0.787 and 0.720 vs
+0.842 ms CPU/msg, 1,049 vs 1,284 and 1,358 vs 1,176 msg/s (syncfs vs
+fsync) -- within the run-to-run noise; on the root filesystem with a
+neighbour writing 50 MB/s without syncing, 3 runs each: syncfs 854-897
+msg/s, fsync 695-1,451 msg/s.  (An earlier measurement, with Twisted's
+thread pool in place of ``_Workers``, favoured syncfs: 1,494-2,412 vs
+1,239-1,920 msg/s for a loop of create/sync/link/sync-dir; the hand-off
+cost per thread job that made one call per batch cheaper is gone.)
 
-    method="fsync",  4 threads   1,239 - 1,920 msg/s   0.47 - 0.81 ms CPU/msg
-    method="syncfs", 1 thread    1,494 - 2,412 msg/s   0.36 - 0.57 ms CPU/msg
-    (batches held ~10 requests: every waiting session rides the same call)
-
-For comparison, threads doing one fsync per request themselves (no
-reactor, no batching) ranged 2,100-4,900 msg/s in the same conditions but
-cost a thread per session.  syncfs wins on this machine in both rate and
-CPU, hence the default; ``method="fsync"`` is there for filesystems shared
-with heavy writers.
-
-The whole storage path (``Spooler`` + ``MaildirStore.deliver`` of a
-1 KiB message to one of 3 Maildirs, then ``discard``; 10 concurrent
-loops on one reactor; three runs of 3 s each, load average ~2.5)::
-
-    method="syncfs", max_batches=1   2,349 / 2,607 / 686 msg/s   0.33-0.63 ms CPU/msg
-    method="fsync",  max_batches=1   1,306 / 1,673 / 953 msg/s   0.54-0.66 ms CPU/msg
-    method="syncfs", max_batches=2   1,640 /   956 / 1,617 msg/s 0.41-0.79 ms CPU/msg
-
-Of the ~0.33 ms CPU per message in the good syncfs runs, ~0.12 ms is
-Python (user time); most of the rest is the kernel creating the spool
-inode (creating a file costs 150-300 us of CPU on this virtual disk) and
-syncfs.  ``max_batches`` lets more than one batch be in flight; it did
-not pay here, so the default is 1, classic group commit.  Measure on the
-target machine before changing either knob.
+``max_batches`` lets more than one batch be in flight; it did not pay
+here, so the default is 1, classic group commit.  Measure on the target
+machine before changing either knob.
 
 Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
 batch under way and everything already requested finish, then stops them
@@ -292,7 +281,7 @@ class Syncer:
         run_in_thread: RunInThread | None = None,
     ) -> None:
         if method == "auto":
-            method = "syncfs" if syncfs_available() else "fsync"
+            method = "fsync"  # robust on a shared filesystem (module docstring)
         if method not in ("fsync", "syncfs"):
             raise LocalError(f"unknown sync method {method!r}")
         self.reactor = reactor
