@@ -6,9 +6,12 @@ import base64
 from collections import namedtuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmailhub.errors import LocalError
 from txmailhub.pop3 import replies as R
+from txmailhub.pop3.lines import LineReader
 from txmailhub.pop3.server import (
     CAPABILITIES,
     TRANSITIONS,
@@ -503,3 +506,38 @@ def test_engine_is_sans_io():
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("octets", [0, 7, 1100, 10**9])
+def test_retr_status_line_is_the_catalog_reply(octets):
+    assert R.retr_line(octets) == R.retr(octets).to_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),
+                  st.sampled_from([b"\r\n", b"\n"])),
+        max_size=6,
+    ),
+    st.lists(st.integers(min_value=1, max_value=9), max_size=8),
+)
+def test_line_reader_gives_the_same_lines_for_any_split(lines, cuts):
+    """Whole CRLF lines (the fast path), LF lines, over-long lines, and
+    lines split anywhere: one result."""
+    limit = 10
+    data = b"".join(body + end for body, end in lines)
+    expected = []
+    for body, end in lines:
+        raw = body + end[:-1]  # what precedes the LF
+        expected.append(None if len(raw) >= limit else raw.removesuffix(b"\r"))
+    reader = LineReader(limit)
+    pos = 0
+    for cut in cuts:
+        reader.feed(data[pos:pos + cut])
+        pos += cut
+    reader.feed(data[pos:])
+    got = []
+    while reader.has_line:
+        got.append(reader.pop())
+    assert got == expected

@@ -16,18 +16,29 @@ __all__ = ["LineReader"]
 class LineReader:
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lines: deque[bytes | None] = deque()
+        self.lines: deque[bytes | None] = deque()
+        """Complete lines, oldest first (``None``: one that was too long)."""
         self._partial = b""
         self._discarding = False
 
     def feed(self, data: bytes) -> None:
+        if (
+            not self._partial
+            and data[-2:] == b"\r\n"
+            and data.find(b"\n") == len(data) - 1
+            and len(data) - 1 < self.limit
+            and not self._discarding
+        ):
+            # The usual case: exactly one whole CRLF line (a lock-step client).
+            self.lines.append(data[:-2])
+            return
         if self._discarding:
             nl = data.find(b"\n")
             if nl < 0:
                 return
             data = data[nl + 1 :]
             self._discarding = False
-            self._lines.append(None)
+            self.lines.append(None)
         buf = self._partial + data if self._partial else data
         if b"\n" not in buf:
             self._partial = buf
@@ -36,27 +47,27 @@ class LineReader:
             limit = self.limit
             for line in lines:
                 if len(line) >= limit:
-                    self._lines.append(None)
+                    self.lines.append(None)
                 else:
-                    self._lines.append(line[:-1] if line.endswith(b"\r") else line)
+                    self.lines.append(line[:-1] if line.endswith(b"\r") else line)
         if len(self._partial) >= self.limit:
             self._partial = b""
             self._discarding = True
 
     def pop(self) -> bytes | None:
         """The next line, or ``None`` for one that was too long."""
-        return self._lines.popleft()
+        return self.lines.popleft()
 
     @property
     def has_line(self) -> bool:
-        return bool(self._lines)
+        return bool(self.lines)
 
     @property
     def buffered(self) -> int:
         """Octets held, line ends included."""
-        return len(self._partial) + sum(len(x) + 2 for x in self._lines if x is not None)
+        return len(self._partial) + sum(len(x) + 2 for x in self.lines if x is not None)
 
     def clear(self) -> None:
-        self._lines.clear()
+        self.lines.clear()
         self._partial = b""
         self._discarding = False

@@ -232,12 +232,16 @@ class POP3Protocol(Protocol):
         self._processing = True
         handled = 0
         try:
+            next_action = self.engine.next_action  # type: ignore[union-attr]
             while not (self._busy or self._write_paused or self._closing):
-                action = self.engine.next_action()  # type: ignore[union-attr]
+                action = next_action()
                 if action is None:
                     break
                 handled += 1
-                self._perform(action)
+                if type(action) is Transmit:  # the common case, first
+                    self._transmit(action)
+                else:
+                    self._perform(action)
         finally:
             self._processing = False
         self._flow()

@@ -137,8 +137,17 @@ def unique_id(number: int, uid: str) -> POP3Reply:
     return ok(f"{number} {uid}")
 
 
+RETR_TEXT = "{octets} octets"
+
+
 def retr(octets: int) -> POP3Reply:
-    return ok(f"{octets} octets")
+    return ok(RETR_TEXT.format(octets=octets))
+
+
+def retr_line(octets: int) -> bytes:
+    """``retr(octets).to_bytes()``, formatted straight into bytes: it is
+    the status line of every RETR, so it skips the ``POP3Reply`` value."""
+    return b"+OK %d octets\r\n" % octets
 
 
 def deleted(number: int) -> POP3Reply:

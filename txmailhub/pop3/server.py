@@ -227,9 +227,10 @@ class POP3Server:
         """Handle the next complete line; ``None`` when none is buffered."""
         if self._waiting is not None:
             raise LocalError(f"next_action while waiting for the {self._waiting} result")
-        if self.finished or not self._reader.has_line:
+        lines = self._reader.lines
+        if self.finished or not lines:
             return None
-        line = self._reader.pop()
+        line = lines.popleft()
         if line is None:  # longer than any line we keep
             self._sasl = False
             return Send(R.LINE_TOO_LONG.to_bytes())
@@ -433,10 +434,10 @@ class POP3Server:
         if len(args) != 1:
             return self._send(R.bad_syntax("RETR message"))
         index = self._message(args[0])
-        if isinstance(index, POP3Reply):
+        if type(index) is not int:
             return self._send(index)
         size = self._messages[index].size
-        return Transmit(index, size, R.retr(size).to_bytes(), None, True)
+        return Transmit(index, size, R.retr_line(size), None, True)
 
     def _top_cmd(self, arg: str) -> Action:
         args = arg.split()
