@@ -294,12 +294,18 @@ class SMTPProtocol(Protocol):
             d = writer.finish()
         except Exception as e:
             d = defer.fail(e)
-        d.addCallback(self._deliver, event)
-        d.addCallbacks(self._delivered, self._storage_failed,
+        # two flat chains (spool durable -> deliver -> answer), not a
+        # Deferred returned from a callback: that chaining costs more
+        d.addCallbacks(self._deliver, self._storage_failed,
                        callbackArgs=(event, message_id), errbackArgs=(event, message_id))
 
-    def _deliver(self, message: Any, event: MessageComplete) -> Any:
-        return accept_message(self.components, event.envelope, message)
+    def _deliver(self, message: Any, event: MessageComplete, message_id: str) -> None:
+        try:
+            d = accept_message(self.components, event.envelope, message)
+        except Exception as e:
+            d = defer.fail(e)
+        d.addCallbacks(self._delivered, self._storage_failed,
+                       callbackArgs=(event, message_id), errbackArgs=(event, message_id))
 
     def _delivered(self, results: Any, event: MessageComplete, message_id: str) -> None:
         self._message_done(summarize(results, message_id), event, message_id)

@@ -223,17 +223,20 @@ class MaildirStore:
         for address, md, new, dirs in linked:
             mine = [next(ds) for _ in range(len(dirs) + 1)]
             d = _all(mine)
-            d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
-            d.addErrback(self._undo, new)
-            pending.append(self._record(d, results, address))
+            if dirs:
+                d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
+            pending.append(self._record(d, results, address, new))
         for address, md, tmp, fd, dirs in copies:
             mine = [next(ds) for _ in range(len(dirs) + 1)]
             d = _all(mine)
             d.addBoth(_close_fd_passing, fd)
             d.addCallback(self._publish_copy, md, tmp, dirs)
-            d.addErrback(self._undo, tmp)
-            pending.append(self._record(d, results, address))
-        return defer.DeferredList(pending).addCallback(lambda _: results)
+            pending.append(self._record(d, results, address, tmp))
+        if len(pending) == 1:  # the common case: no DeferredList
+            return pending[0].addCallback(_give, results)
+        if not pending:
+            return defer.succeed(results)
+        return defer.DeferredList(pending).addCallback(_give, results)
 
     def _link_into(self, src: str, new: str, md: str) -> None:
         try:
@@ -260,11 +263,17 @@ class MaildirStore:
             pass
         return failure
 
-    def _record(self, d: defer.Deferred, results: dict, address: Address) -> defer.Deferred:
+    def _record(
+        self, d: defer.Deferred, results: dict, address: Address, path: str
+    ) -> defer.Deferred:
+        """Enter the outcome of one copy in ``results``; a copy that did
+        not become durable is removed again (``path``, best effort)."""
+
         def ok(_: Any) -> None:
             results[address] = None
 
         def failed(f: Any) -> None:
+            self._undo(f, path)
             log.error("delivery to {mailbox} not durable: {error}", mailbox=str(address),
                       error=f.getErrorMessage())
             results[address] = f.value
@@ -310,6 +319,10 @@ class MaildirStore:
 def _snapshot(md: str, now: float) -> list[MessageInfo]:
     clean_tmp(md, now)
     return scan(md)
+
+
+def _give(_: Any, results: dict) -> dict:
+    return results
 
 
 def _all(ds: list[defer.Deferred]) -> defer.Deferred:
