@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from txmailhub.address import Address
-from txmailhub.smtp.received import protocol_name, received, return_path
+from txmailhub.smtp.received import header_separator, protocol_name, received, return_path
 
 
 def test_protocol_names_rfc3848():
@@ -39,3 +41,22 @@ def test_received_ipv6_and_hostile_helo():
 def test_return_path():
     assert return_path(None) == b"Return-Path: <>\n"
     assert return_path(Address("bill", "microsoft.com")) == b"Return-Path: <bill@microsoft.com>\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "separator"),
+    [
+        (b"Subject: hi\n\nbody\n", b""),
+        (b"X-Odd-Name_1: v\n", b""),
+        (b"Subject : obsolete spacing\n", b""),
+        (b"\nbody right away\n", b""),
+        (b"", b""),
+        (b"Hi Dave - What is buffer overflow?\n", b"\n"),
+        (b"no colon at all\n", b"\n"),
+        (b": empty name\n", b"\n"),
+        (b" folded: start\n", b"\n"),
+        (b"From sender@example.org Mon Jan 1\n", b"\n"),
+    ],
+)
+def test_header_separator(data: bytes, separator: bytes) -> None:
+    assert header_separator(data) == separator

@@ -21,7 +21,11 @@ import re
 
 from txmailhub.address import Address
 
-__all__ = ["protocol_name", "received", "return_path"]
+__all__ = ["header_separator", "protocol_name", "received", "return_path"]
+
+# RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
+# syntax (4.5.3) allows white space before the colon.
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
 
@@ -85,3 +89,20 @@ def _date(when: float) -> str:
 def return_path(sender: Address | None) -> bytes:
     """``Return-Path: <sender>`` (``<>`` for the null reverse-path)."""
     return f"Return-Path: <{'' if sender is None else sender}>\n".encode("utf-8", "replace")
+
+
+def header_separator(first_data: bytes) -> bytes:
+    """What goes between our trace fields and the client's data.
+
+    The trace fields are prepended to the client's header section.  When
+    the data does not start with a header field (the seed's ``DATA`` is
+    just "Hi Dave - ..."), the first line would otherwise be read as a
+    malformed header; like Postfix and Sendmail we then end the header
+    section with an empty line, so the text stays the body.  An empty
+    first line already is that separator.  ``first_data`` is the first
+    stored data (LF line ends), starting with at least one whole line or
+    the whole message.
+    """
+    if not first_data or first_data[:1] == b"\n" or _FIELD.match(first_data):
+        return b""
+    return b"\n"
