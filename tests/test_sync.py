@@ -281,6 +281,27 @@ class RealThreadTests(TestCase):
         s._pool.stop()  # joins: the job has run
         self.assertEqual(done, [True])
 
+    def test_results_in_before_the_reactor_looks_share_one_wakeup(self):
+        class Reactor:
+            def __init__(self):
+                self.calls = []
+
+            def callFromThread(self, f, *args):
+                self.calls.append((f, args))
+
+        r = Reactor()
+        w = sync._Workers(r, 3, "test")
+        ds = [w.submit(lambda i=i: i) for i in range(3)]
+        ds.append(w.submit(lambda: 1 / 0))
+        w.stop()  # joins: every job has run; the reactor has not looked yet
+        self.assertEqual(len(r.calls), 1)
+        for d in ds:
+            self.assertNoResult(d)
+        f, args = r.calls[0]
+        f(*args)
+        self.assertEqual([self.successResultOf(d) for d in ds[:3]], [0, 1, 2])
+        self.failureResultOf(ds[3], ZeroDivisionError)
+
     @defer.inlineCallbacks
     def test_real_error_reaches_the_caller(self):
         from twisted.internet import reactor

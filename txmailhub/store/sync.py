@@ -193,9 +193,13 @@ class _Workers:
     Twisted's ``ThreadPool`` + ``deferToThreadPool`` costs 30-60 us of CPU
     per round trip here (a coordinator thread, context copies, a lock per
     hand-off); a ``SimpleQueue`` and one ``callFromThread`` cost 15-20 us.
-    The syncer makes one round trip per batch, so that is paid on every
-    stored message.  Threads are started on demand, up to ``size``;
-    ``stop()`` joins them (after the jobs already queued have run).
+    The syncer makes one round trip per thread job, so that is paid on
+    every stored message.  Results that finish while the reactor has not
+    yet picked up earlier ones ride the same ``callFromThread`` (fsyncs
+    that one journal commit completes return together): one wake-up of
+    the reactor for all of them.  Threads are started on demand, up to
+    ``size``; ``stop()`` joins them (after the jobs already queued have
+    run).
     """
 
     def __init__(self, reactor: Any, size: int, name: str) -> None:
@@ -206,6 +210,7 @@ class _Workers:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job
         self._queued = 0  # jobs no thread has taken yet
+        self._done: list[tuple[defer.Deferred, bool, Any]] = []  # for the reactor
         self._lock = threading.Lock()
 
     def submit(self, f: Callable[[], Any]) -> defer.Deferred:
@@ -223,7 +228,7 @@ class _Workers:
 
     def _work(self) -> None:
         get, call_back = self._queue.get, self.reactor.callFromThread
-        lock = self._lock
+        lock, done = self._lock, self._done
         while True:
             with lock:
                 self._idle += 1
@@ -235,11 +240,25 @@ class _Workers:
                 return
             f, d = job
             try:
-                result = f()
+                outcome = (d, True, f())
             except BaseException:
-                call_back(d.errback, Failure())
+                outcome = (d, False, Failure())
+            with lock:
+                done.append(outcome)
+                wake = len(done) == 1  # else a wake-up is already on its way
+            if wake:
+                call_back(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the reactor thread: fire every result that is in."""
+        with self._lock:
+            done = self._done[:]
+            self._done.clear()
+        for d, ok, result in done:
+            if ok:
+                d.callback(result)
             else:
-                call_back(d.callback, result)
+                d.errback(result)
 
     def stop(self) -> None:
         threads, self._threads = self._threads, []
