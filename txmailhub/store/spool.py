@@ -171,7 +171,7 @@ class Spooler:
     messages, runs alternated, other processes using 0.2-1.3 of the 2
     cores): ``precreate=0`` 533 / 464 / 468 msg/s, ``precreate=16``
     710 / 381 / 892 msg/s, the same CPU per message.  Measured again
-    after the syncer's own worker threads and the fsync default (3,000
+    with the syncer's own worker threads (method syncfs then; 3,000
     messages, 5 interleaved runs, medians): ``precreate=16`` 0.957 ms
     CPU/msg, 1,049 msg/s; ``precreate=0`` 0.960 ms, 1,012 msg/s -- the
     same; it is kept because it keeps inode creation (slow while the
