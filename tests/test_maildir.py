@@ -438,6 +438,26 @@ class MailboxTests(Base):
             self.assertEqual(f.read(65536), b"")
         box.close()
 
+    def test_read_message_whole_or_none(self):
+        self.deliver([JOE], b"one\n")
+        self.deliver([JOE], b"y" * 99 + b"\n")
+        box = self.open()
+        self.assertEqual(box.read_message(0, 100), b"one\n")
+        self.assertIsNone(box.read_message(1, 100))  # 100 octets: not shorter
+        self.assertEqual(box.read_message(1, 101), b"y" * 99 + b"\n")
+        # renamed by another reader (S taken away): found, and no longer seen
+        box.mark_seen(0)
+        path = box.list_messages()[0].path
+        moved = path[: -len(":2,S")] + ":2,R"
+        os.rename(path, moved)
+        self.assertEqual(box.read_message(0, 100), b"one\n")
+        self.assertEqual(box.list_messages()[0].path, moved)
+        self.assertFalse(box.list_messages()[0].seen)
+        box.mark_seen(0)  # so S is added again
+        self.assertTrue(box.list_messages()[0].path.endswith(":2,RS"))
+        self.assertTrue(os.path.exists(box.list_messages()[0].path))
+        box.close()
+
     def test_delete_is_durable_before_it_fires(self):
         for i in range(3):
             self.deliver([JOE], b"m%d\n" % i)

@@ -462,14 +462,40 @@ def test_connection_lost_during_update_releases_after_it():
 def test_storage_errors_never_reach_the_wire():
     env = Env()
     env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b" * CHUNK_SIZE)
     proto, t = login(env)
 
-    def broken(index):
+    def broken(index, *args):
         raise PermissionError(13, "Permission denied", "/var/mail/secret")
 
-    proto.mailbox.open_message = broken
+    # a small message is read whole (read_message), a large one streamed
+    proto.mailbox.read_message = broken
     assert talk(proto, t, b"RETR 1\r\n") == R.MESSAGE_READ_FAILED.to_bytes()
     assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
+    del proto.mailbox.read_message
+    proto.mailbox.open_message = broken
+    assert talk(proto, t, b"TOP 2 0\r\n") == R.MESSAGE_READ_FAILED.to_bytes()
+    assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
+
+
+def test_a_large_message_is_streamed_and_a_small_one_read_whole():
+    env = Env()
+    env.store.add("joe@example.org", b"small\n")
+    env.store.add("joe@example.org", b"x" * CHUNK_SIZE + b"\n")
+    proto, t = login(env)
+    calls = []
+    box = proto.mailbox
+    real_read, real_open = box.read_message, box.open_message
+    box.read_message = lambda i, limit: (calls.append(("read", i)), real_read(i, limit))[1]
+    box.open_message = lambda i: (calls.append(("open", i)), real_open(i))[1]
+    assert talk(proto, t, b"RETR 1\r\n") == b"+OK 7 octets\r\nsmall\r\n.\r\n"
+    t.clear()
+    proto.dataReceived(b"RETR 2\r\n")
+    while proto._stream is not None:
+        proto.resumeProducing()
+    assert t.value().endswith(b"x\r\n.\r\n")
+    assert len(t.value()) == len(b"+OK %d octets\r\n" % (CHUNK_SIZE + 2)) + CHUNK_SIZE + 2 + 3
+    assert calls == [("read", 0), ("open", 1)]
 
 
 def test_portal_errors_are_sys_temp_and_login_errors_auth():

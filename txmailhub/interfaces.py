@@ -76,6 +76,12 @@ class IMailbox(Interface):
         """A binary file object of message ``index`` (LF line endings, as
         stored), opened for streaming.  Synchronous (a local open())."""
 
+    def read_message(index: int, limit: int) -> "bytes | None":  # noqa: UP037
+        """The whole stored message ``index`` (LF line endings) if it is
+        shorter than ``limit`` octets, else ``None`` (stream it with
+        ``open_message``).  Synchronous; for small messages, cheaper than
+        a file object."""
+
     def mark_seen(index: int) -> None:
         """Move message ``index`` from new/ to cur/ with the S flag.
         Synchronous; never fails loudly (a vanished file is ignored)."""

@@ -188,6 +188,10 @@ class MemoryMailbox:
     def open_message(self, index: int) -> io.BytesIO:
         return io.BytesIO(self._messages[index].data)
 
+    def read_message(self, index: int, limit: int) -> bytes | None:
+        data = self._messages[index].data
+        return data if len(data) < limit else None
+
     def mark_seen(self, index: int) -> None:
         if 0 <= index < len(self._messages):
             self._messages[index].seen = True

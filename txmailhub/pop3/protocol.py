@@ -376,16 +376,23 @@ class POP3Protocol(Protocol):
     # -- RETR / TOP --------------------------------------------------------
 
     def _transmit(self, action: Transmit) -> None:
+        f = first = None
         try:
-            f = self.mailbox.open_message(action.index)
-            first = f.read(CHUNK_SIZE)
+            if action.size < CHUNK_SIZE:  # stored octets <= CRLF octets
+                first = self.mailbox.read_message(action.index, CHUNK_SIZE)
+            if first is None:
+                f = self.mailbox.open_message(action.index)
+                first = f.read(CHUNK_SIZE)
         except Exception:
             log.failure("POP3 cannot read message {index} of {user}",
                         index=action.index, user=self._user)
-            self.transport.write(R.MESSAGE_READ_FAILED.to_bytes())
+            if f is not None:
+                f.close()
+            self._write(R.MESSAGE_READ_FAILED.to_bytes())
             return
         if len(first) < CHUNK_SIZE:
-            f.close()
+            if f is not None:
+                f.close()
             if action.body_lines is None:
                 body = encode_whole(first)
             else:

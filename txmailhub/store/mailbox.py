@@ -188,6 +188,7 @@ class MaildirMailbox:
         self._lock_fd: int | None = lock_fd
         self._messages = snapshot
         self._cur = os.path.join(md, "cur")
+        self._in_cur = self._cur + os.sep
 
     def list_messages(self) -> list[MessageInfo]:
         return list(self._messages)
@@ -214,7 +215,9 @@ class MaildirMailbox:
             for name in names:
                 if name.split(":", 1)[0] == stem:
                     path = os.path.join(folder, name)
-                    self._messages[index] = dataclasses.replace(info, path=path)
+                    flags = name.partition(":")[2]
+                    seen = flags.startswith("2,") and "S" in flags[2:]
+                    self._messages[index] = dataclasses.replace(info, path=path, seen=seen)
                     return path
         return info.path
 
@@ -227,10 +230,25 @@ class MaildirMailbox:
         except FileNotFoundError:
             return open(self._find(index), "rb", buffering=0)
 
+    def read_message(self, index: int, limit: int) -> bytes | None:
+        """The stored bytes if shorter than ``limit``: open, one read(2),
+        close (no file object, no fstat)."""
+        try:
+            fd = os.open(self._messages[index].path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self._find(index), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, limit)
+        finally:
+            os.close(fd)
+        return data if len(data) < limit else None
+
     def mark_seen(self, index: int) -> None:
         try:
             info = self._messages[index]
             path = info.path
+            if info.seen and path.startswith(self._in_cur):
+                return  # already in cur/ with S: nothing to rename
             folder, name = os.path.split(path)
             unique, _, flags = name.partition(":")
             if flags.startswith("2,"):
