@@ -313,3 +313,15 @@ def test_broken_opportunistic_tls_falls_back_to_clear(tmp_path):
     first, second = net.server_protocols
     assert first.messages == [] and b"STARTTLS" in first.commands
     assert b"STARTTLS" not in second.commands and len(second.messages) == 1
+
+
+def test_a_leading_return_path_is_not_relayed(tmp_path):
+    """Local copies keep the Return-Path of their final delivery; the copy
+    sent onwards must not carry one (RFC 5321 4.4)."""
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    body = b"Return-Path: <alice@example.org>\nReceived: from x\nSubject: hi\n\nReturn-Path: body\n"
+    results = run(net, a.deliver(entry(tmp_path, BOB, body=body), "remote.test", [BOB]))
+    assert results[0].kind == "delivered"
+    [(_, _, sent)] = net.server_protocols[0].messages
+    assert sent == b"Received: from x\r\nSubject: hi\r\n\r\nReturn-Path: body\r\n"

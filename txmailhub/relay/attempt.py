@@ -191,6 +191,7 @@ class SMTPClientProtocol(Protocol):
             path = self.converted_path
         encoder = self.session.body_encoder()
         self._file = open(path, "rb")  # closed when the transfer ends
+        skip_trace_return_path(self._file)
 
         def transform(chunk: bytes) -> bytes:
             self._arm()  # the data-block timeout runs per chunk written
@@ -212,6 +213,19 @@ class SMTPClientProtocol(Protocol):
 
         d.addCallback(sent)
         d.addErrback(lambda f: log.failure("streaming the message failed", f))
+
+
+def skip_trace_return_path(f: Any) -> None:
+    """Position ``f`` past a leading ``Return-Path:`` field.
+
+    Local copies carry the Return-Path of their final delivery (RFC 5321
+    4.4); a message relayed onwards must not (the next hop adds its own
+    at final delivery), so the queue's copy is sent without it.  Only the
+    first line is looked at: our own trace field is never folded."""
+    start = f.tell()
+    first = f.readline(1001)
+    if not (first[:12].lower() == b"return-path:" and first.endswith(b"\n")):
+        f.seek(start)
 
 
 def _unlink(path: str) -> None:
