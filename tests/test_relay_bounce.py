@@ -179,4 +179,4 @@ def test_send_dsn_through_normal_path(tmp_path):
     d = bounce.send_dsn(components, env, data)
     assert d.result is None
     [stored] = store.messages(ALICE)
-    assert stored == data
+    assert stored == b"Return-Path: <>\n" + data

@@ -270,9 +270,13 @@ def send_dsn(components: Any, envelope: Envelope, data: bytes) -> defer.Deferred
     mailbox or back to the queue.  Fires with ``None`` once it is durable
     somewhere; errbacks ``DSNRefused`` otherwise."""
     from txmailhub.delivery import accept_message
+    from txmailhub.smtp.received import return_path
 
     try:
         writer = components.spooler.open()
+        # "Return-Path: <>" for the local copy; the relay drops it when the
+        # notice goes to another host.
+        writer.write(return_path(envelope.sender))
         for i in range(0, len(data), 65536):
             writer.write(data[i : i + 65536])
         d = writer.finish()
