@@ -85,8 +85,9 @@ class GroupCommitTests(SynchronousTestCase):
         self.successResultOf(first)
         for d in later:
             self.assertNoResult(d)
-        # the second batch merged the duplicate directory request
-        self.assertEqual(self.threads.run_all(), 2)
+        # the second batch merged the duplicate directory request; one
+        # thread job runs the whole batch
+        self.assertEqual(self.threads.run_all(), 1)
         self.assertEqual(spy.calls, [("fsync", "/a"), ("fsync", "/b"), ("fsync", "/new")])
         for d in later:
             self.successResultOf(d)
@@ -101,6 +102,23 @@ class GroupCommitTests(SynchronousTestCase):
         self.threads.run_all()
         self.successResultOf(good)
         self.assertEqual(self.failureResultOf(bad, OSError).value.errno, 5)
+
+    def test_fsync_batch_starts_writeback_of_every_file_first(self):
+        spy = SyscallSpy(self, fail={"/bad": OSError(5, "EIO")})
+        self.patch(sync, "start_writeback", lambda fd: spy.calls.append(("writeback", fd)))
+        s = self.syncer("fsync")
+        s.sync_dir("/busy")
+        self.threads.run_all()
+        spy.calls.clear()
+        ds = s.sync_each([7, "/new", 8, "/bad", 7])
+        self.assertEqual(self.threads.run_all(), 1)
+        # writeback of both files starts before the first fsync; the
+        # duplicate request for 7 is merged; each target has its outcome
+        self.assertEqual(spy.calls, [("writeback", 7), ("writeback", 8), ("fsync", 7),
+                                     ("fsync", "/new"), ("fsync", 8), ("fsync", "/bad")])
+        for i in (0, 1, 2, 4):
+            self.successResultOf(ds[i])
+        self.failureResultOf(ds[3], OSError)
 
     def test_syncfs_makes_one_call_per_filesystem(self):
         spy = SyscallSpy(self)
@@ -137,7 +155,7 @@ class GroupCommitTests(SynchronousTestCase):
         SyscallSpy(self, fail={"/bad": OSError(5, "EIO")})
         s = self.syncer("fsync")
         d = s.sync(files=["/f"], dirs=["/d"])
-        self.assertEqual(self.threads.run_all(), 2)  # one batch for both
+        self.assertEqual(self.threads.run_all(), 1)  # one batch (one job) for both
         self.successResultOf(d)
         s.sync_file("/busy")
         d = s.sync(files=["/f", "/bad"])

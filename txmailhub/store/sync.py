@@ -24,9 +24,21 @@ fails, the Deferred errbacks with the ``OSError``.
 Two ways to sync a batch (``method=``):
 
 * ``"fsync"`` (the default, also what ``"auto"`` means): one ``fsync``
-  per distinct target (duplicate requests in a batch are merged), run
-  concurrently on the worker threads so ext4's journal commits them
-  together.  Each target gets its own outcome.
+  per distinct target (duplicate requests in a batch are merged), all in
+  one thread job per batch: writeback of every file descriptor is
+  started first (``start_writeback``: ``posix_fadvise(DONTNEED)``, which
+  on Linux starts writing dirty pages without waiting), then the fsyncs
+  run one after the other -- the first journal commit covers the
+  others' blocks.  Each target gets its own outcome.  Eight 1 KiB files
+  (median of 15): loop ext4 sequential 2.26 ms, one thread each 1.73 ms,
+  writeback-then-fsync 0.94 ms; root ext4 0.79 / 1.24 / 0.55 ms.  One
+  job per target on several threads (the first version) cost more CPU:
+  every job is a hand-off between threads (futex calls, GIL switches;
+  ``strace -c`` counted ~40 futex calls per message).  Hub under
+  ``smtp-source`` (1 KiB, 10 sessions, 3,000 messages, loop ext4, 9
+  interleaved pairs on a saturated machine): one job per batch used less
+  CPU in 8 of 9 pairs, medians 0.947 -> 0.853 and 0.913 -> 0.855 ms/msg;
+  the rate moved within the noise (604 -> 464, 510 -> 634 msg/s).
 * ``"syncfs"``: one ``syncfs(2)`` (through ctypes) per filesystem in the
   batch -- usually one call, whatever the batch size.  It also flushes
   every other process's dirty data on that filesystem, and one error
@@ -423,17 +435,18 @@ class Syncer:
             log.failure("cannot plan a sync batch")
             groups = [(_bind(_raise_now, Failure()), batch)]
         self.syscalls += len(groups)
-        if self.method == "syncfs" and len(groups) > 1:
-            # syncfs calls are few and cheap: one thread job runs them all
-            jobs = [job for job, _ in groups]
-            self._run(_bind(_run_each, jobs)).addBoth(self._deliver_groups, groups)
+        if len(groups) == 1:
+            self._run(groups[0][0]).addBoth(self._deliver, groups[0][1], [1])
             return
-        # fsync: one job per target, run concurrently so the journal commits
-        # them together; the batch is done when all have answered (a
-        # counter, not a DeferredList: this runs for every batch)
-        left = [len(groups)]
-        for job, reqs in groups:
-            self._run(job).addBoth(self._deliver, reqs, left)
+        # One thread job for the whole batch, whatever the method: every
+        # job costs hand-offs between threads (futex calls, GIL
+        # switches), and the calls of a batch are cheap together.  For
+        # fsync, writeback of every file descriptor starts first, so the
+        # journal commit of the first fsync covers the others' blocks.
+        fds = [reqs[0].target for _, reqs in groups if isinstance(reqs[0].target, int)]
+        jobs = [job for job, _ in groups]
+        self._run(_bind(_run_each, (jobs, fds if self.method == "fsync" else []))).addBoth(
+            self._deliver_groups, groups)
 
     def _plan(self, batch: list[_Request]) -> list[tuple[Callable[[], Any], list[_Request]]]:
         """Group the batch into syscalls: one fsync per distinct target, or
@@ -514,9 +527,13 @@ def _syncfs_one_of(targets: list[Target]) -> None:
     raise error
 
 
-def _run_each(jobs: list[Callable[[], Any]]) -> list[Any]:
-    """Runs on a worker thread: every job, each outcome kept (``None`` or
-    the ``Failure``)."""
+def _run_each(work: tuple[list[Callable[[], Any]], list[int]]) -> list[Any]:
+    """Runs on a worker thread: start the writeback of the file
+    descriptors, then every job, each outcome kept (``None`` or the
+    ``Failure``)."""
+    jobs, fds = work
+    for fd in fds:
+        start_writeback(fd)
     out: list[Any] = []
     for job in jobs:
         try:
@@ -526,3 +543,14 @@ def _run_each(jobs: list[Callable[[], Any]]) -> list[Any]:
         else:
             out.append(None)
     return out
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now, without
+    waiting (``POSIX_FADV_DONTNEED`` does that on Linux; clean pages are
+    dropped from the cache, dirty ones stay until written).  Best effort:
+    the fsync that follows is what makes the data durable."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass
