@@ -295,8 +295,8 @@ class Syncer:
 
     ``reactor`` delivers results back to its thread.  ``method`` is
     ``"auto"``, ``"syncfs"`` or ``"fsync"``; ``threads`` caps the worker
-    pool (``"fsync"`` runs the distinct targets of a batch concurrently,
-    one per thread); ``max_batches`` is how many batches may be syncing at
+    pool (a batch is one thread job; the others serve ``call()`` and
+    ``max_batches`` > 1); ``max_batches`` is how many batches may be syncing at
     once (1: classic group commit).  ``run_in_thread(f) -> Deferred``
     replaces the worker threads (tests, or an application that wants its
     own threads).
