@@ -782,3 +782,14 @@ def test_seen_flag_is_set_after_the_flush_and_before_release():
     proto.dataReceived(b"RETR 2\r\nQUIT\r\n")  # marked before the UPDATE state ends
     assert events[0] == ("seen", 1)
     assert env.store.messages("joe@example.org") == [b"one\n", b"two\n"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b".", b"\n", b"\n.", b"a", b"\r\n."]), max_size=80)
+       .map(b"".join))
+def test_whole_encoding_with_many_dot_lines_and_a_head(data):
+    """Past the sliced dot lines the rest is stuffed with replace: same bytes."""
+    enc = MessageEncoder()
+    assert encode_whole(data, b"+OK\r\n") == b"+OK\r\n" + enc.encode(data) + enc.finish()
+    if b"\r" not in data:
+        assert encode_whole(data) == reference(data)

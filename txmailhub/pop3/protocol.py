@@ -394,11 +394,10 @@ class POP3Protocol(Protocol):
             if f is not None:
                 f.close()
             if action.body_lines is None:
-                body = encode_whole(first)
+                self._write(encode_whole(first, action.head))
             else:
                 enc = MessageEncoder(action.body_lines)
-                body = enc.encode(first) + enc.finish()
-            self._write(action.head + body)
+                self._write(action.head + enc.encode(first) + enc.finish())
             if action.mark_seen:
                 # After the response is on its way (see dataReceived): the
                 # rename then overlaps with the client reading the message.

@@ -19,18 +19,44 @@ from txmailhub.store.maildir import CRLFEncoder
 __all__ = ["MessageEncoder", "encode_whole"]
 
 
-def encode_whole(data: bytes) -> bytes:
-    """A whole stored message -> its CRLF, dot-stuffed form plus ``.\\r\\n``."""
+_STUFF_BY_SLICES = 16
+"""Dot-stuff this many lines by slicing; more go through one ``replace``."""
+
+
+def encode_whole(data: bytes, head: bytes = b"") -> bytes:
+    """``head`` then a whole stored message in its CRLF, dot-stuffed form,
+    then ``.\\r\\n``, built with one join at the end."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     body = data.replace(b"\n", b"\r\n")
-    if body and not body.endswith(b"\n"):
-        body += b"\r\n"
-    if b"\n." in body:
-        body = body.replace(b"\n.", b"\n..")
+    tail = b"\r\n" + TERMINATOR if body and body[-1:] != b"\n" else TERMINATOR
+    parts = [head]
     if body[:1] == b".":
-        body = b"." + body
-    return body + TERMINATOR
+        parts.append(b".")
+    i = body.find(b"\n.")
+    if i >= 0:
+        _stuff(parts, body, i)
+    else:
+        parts.append(body)
+    parts.append(tail)
+    return b"".join(parts)
+
+
+def _stuff(parts: list[bytes], body: bytes, i: int) -> None:
+    """Append ``body`` to ``parts`` with the dot after each ``\\n.`` doubled,
+    the first at ``i``.  A message has a few such lines, usually: slices
+    cost less than ``replace`` with a two-octet pattern; past
+    ``_STUFF_BY_SLICES`` of them the rest goes through one ``replace``."""
+    start = 0
+    for _ in range(_STUFF_BY_SLICES):
+        parts.append(body[start : i + 1])
+        parts.append(b".")
+        start = i + 1
+        i = body.find(b"\n.", start)
+        if i < 0:
+            parts.append(body[start:])
+            return
+    parts.append(body[start:].replace(b"\n.", b"\n.."))
 
 
 class MessageEncoder:
