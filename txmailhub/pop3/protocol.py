@@ -223,31 +223,27 @@ class POP3Protocol(Protocol):
             for index in indices:
                 mailbox.mark_seen(index)
 
-    def _process(self) -> int:
-        """Handle buffered commands, in order, until one must wait.
-
-        Returns how many were handled."""
+    def _process(self) -> None:
+        """Handle buffered commands, in order, until one must wait."""
         if self._processing:
-            return 0
+            return
         self._processing = True
-        handled = 0
         try:
             next_action = self.engine.next_action  # type: ignore[union-attr]
             while not (self._busy or self._write_paused or self._closing):
                 action = next_action()
                 if action is None:
                     break
-                handled += 1
                 if type(action) is Transmit:  # the common case, first
                     self._transmit(action)
                 else:
                     self._perform(action)
         finally:
             self._processing = False
-        self._flow()
+        if self._busy or self._write_paused or not self._reading:
+            self._flow()  # otherwise reading on is what _flow would choose
         if self._unseen and not self._reading_input:
             self._mark_seen()
-        return handled
 
     def _flow(self) -> None:
         """Read from the peer only while nothing is pending (STYLE practice 6).
@@ -284,9 +280,10 @@ class POP3Protocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         """Send ``data`` (straight to the socket where ``ResponseWriter`` can)."""
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             self.transport.write(data)
-        elif self._writer.write(data):
+        elif writer.write(data):
             self._queued = True
 
     def _send(self, action: Send) -> None:
@@ -380,6 +377,11 @@ class POP3Protocol(Protocol):
         try:
             if action.size < CHUNK_SIZE:  # stored octets <= CRLF octets
                 first = self.mailbox.read_message(action.index, CHUNK_SIZE)
+                if first is not None and action.body_lines is None:  # a small RETR
+                    self._write(encode_whole(first, action.head))
+                    if action.mark_seen:
+                        self._unseen.append(action.index)  # see dataReceived
+                    return
             if first is None:
                 f = self.mailbox.open_message(action.index)
                 first = f.read(CHUNK_SIZE)

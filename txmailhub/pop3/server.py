@@ -200,6 +200,13 @@ class POP3Server:
             "RSET": self._rset_cmd,
             "UIDL": self._uidl_cmd,
         }
+        # VALID_IN turned around: the handlers of each state, so a command
+        # costs one lookup (a miss: unknown, or valid in another state).
+        self._valid_handlers: dict[State, dict[str, Callable[[str], Action]]] = {
+            state: {v: h for v, h in self._handlers.items() if state in VALID_IN[v]}
+            for state in State
+        }
+        self._dispatch = self._valid_handlers[self.state]
 
     # -- input -------------------------------------------------------------
 
@@ -242,12 +249,12 @@ class POP3Server:
         text = line.decode("utf-8", "surrogateescape")
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        handler = self._handlers.get(verb)
-        if handler is None:
+        handler = self._dispatch.get(verb)
+        if handler is not None:
+            return handler(arg)
+        if verb not in self._handlers:
             return self._send(R.UNKNOWN_COMMAND)
-        if self.state not in VALID_IN[verb]:
-            return self._send(R.wrong_state(verb, self.state.value))
-        return handler(arg)
+        return self._send(R.wrong_state(verb, self.state.value))
 
     # -- results of the adapter's I/O --------------------------------------
 
@@ -430,6 +437,12 @@ class POP3Server:
         return Send(multiline(R.UIDL_FOLLOWS, lines))
 
     def _retr_cmd(self, arg: str) -> Action:
+        if arg.isdigit() and arg.isascii() and len(arg) <= 9:  # "RETR n", the usual case
+            index = int(arg) - 1
+            messages = self._messages
+            if 0 <= index < len(messages) and index not in self._deleted:
+                size = messages[index].size
+                return Transmit(index, size, R.retr_line(size), None, True)
         args = arg.split()
         if len(args) != 1:
             return self._send(R.bad_syntax("RETR message"))
@@ -495,6 +508,7 @@ class POP3Server:
         if new is None:
             raise LocalError(f"no transition from {self.state.value} on {event.value}")
         self.state = new
+        self._dispatch = self._valid_handlers[new]
 
     def _expect(self, what: str) -> None:
         if self._waiting != what:

@@ -39,6 +39,7 @@ LOCK_NAME = ".txmailhub.lock"
 SIZES_NAME = ".txmailhub-sizes"
 STALE_TMP_SECONDS = 36 * 3600  # the Maildir convention for tmp/ leftovers
 _CHUNK = 1 << 20
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
 
 def _crlf_size_of_file(path: str) -> tuple[int, int]:
@@ -234,9 +235,9 @@ class MaildirMailbox:
         """The stored bytes if shorter than ``limit``: open, one read(2),
         close (no file object, no fstat)."""
         try:
-            fd = os.open(self._messages[index].path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._messages[index].path, _READ_FLAGS)
         except FileNotFoundError:
-            fd = os.open(self._find(index), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._find(index), _READ_FLAGS)
         try:
             data = os.read(fd, limit)
         finally:
