@@ -409,6 +409,7 @@ class POP3Protocol(Protocol):
         enc = MessageEncoder(action.body_lines)
         self._stream = _Stream(f, enc, action)
         self.transport.write(action.head + enc.encode(first))
+        self._queued = True
         self._pump()
 
     def _pump(self) -> None:
@@ -462,6 +463,7 @@ class POP3Protocol(Protocol):
 
     def _start_tls(self, action: StartTLS) -> None:
         self.transport.write(action.data)
+        self._queued = True
         old = self.engine
         assert old is not None
         self.transport.startTLS(self.components.tls)
