@@ -43,7 +43,7 @@ from txmailhub.interfaces import ISMTPUser
 from txmailhub.pop3.sending import ResponseWriter
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
-from txmailhub.smtp.received import protocol_name, received, return_path
+from txmailhub.smtp.received import header_separator, protocol_name, received, return_path
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import (
     AuthRequest,
@@ -256,7 +256,8 @@ class SMTPProtocol(Protocol):
         head = self._head
         if head:
             self._head = b""
-            data = head + data
+            # the readers pass whole lines: ``data`` starts with the first
+            data = head + header_separator(data) + data
         try:
             self._writer.write(data)
         except Exception:
@@ -268,11 +269,9 @@ class SMTPProtocol(Protocol):
         tls = None
         if session.tls:
             tls = _tls_details(self.transport)
-        router = self.components.router
-        head = b""
-        if all(router.is_local_domain(r.domain) for r in env.recipients):
-            head = return_path(env.sender)
-        return head + received(
+        # Every local copy gets the Return-Path of its final delivery; the
+        # relay drops it from the copies it sends onwards (RFC 5321 4.4).
+        return return_path(env.sender) + received(
             hostname=self.factory.settings.hub.hostname,
             helo=session.helo,
             client_ip=session.client_host,

@@ -6,12 +6,11 @@ formatting: the caller supplies names, addresses, TLS details and the time
 (from its injected clock).  Client-supplied text (the HELO name) is
 reduced to safe characters so it can never break the header.
 
-Return-Path records the reverse-path at final delivery (RFC 5321 4.4); the
-SMTP server writes it only when every recipient of the transaction is
-local, because a relaying MTA must not add one (the queue's copies for
-remote recipients then go out without it).  ``return_path`` is public so
-the relay's bounce code can add ``Return-Path: <>`` to a DSN it delivers
-locally.
+Return-Path records the reverse-path at final delivery (RFC 5321 4.4): the
+SMTP server writes it into every spool file, so each local copy has it,
+and the relay (``txmailhub.relay.attempt``) skips it when it sends a copy
+onwards, because a relaying MTA must not pass one on.  The bounce code
+uses ``return_path(None)`` (``Return-Path: <>``) the same way.
 """
 
 from __future__ import annotations
