@@ -541,3 +541,13 @@ def test_line_reader_gives_the_same_lines_for_any_split(lines, cuts):
     while reader.has_line:
         got.append(reader.pop())
     assert got == expected
+
+
+def test_actions_are_immutable():
+    t = Transmit(0, 412, b"+OK 412 octets\r\n", None, True)
+    s = Send(b"+OK\r\n")
+    for action, field in ((t, "index"), (s, "data")):
+        with pytest.raises(AttributeError):
+            setattr(action, field, 1)
+    assert t == Transmit(0, 412, b"+OK 412 octets\r\n", None, True)
+    assert t != Transmit(1, 412, b"+OK 412 octets\r\n", None, True)

@@ -1,6 +1,6 @@
 """What the POP3 engine asks its adapter to do: one action per command.
 
-Frozen values, no behaviour.  ``txmailhub.pop3.server`` makes them;
+Immutable values, no behaviour.  ``txmailhub.pop3.server`` makes them;
 ``txmailhub.pop3.protocol`` performs them (writes, logins, message
 streaming, STLS, the UPDATE state).
 """
@@ -8,6 +8,7 @@ streaming, STLS, the UPDATE state).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Action", "Authenticate", "Send", "StartTLS", "Transmit", "Update"]
 
@@ -35,11 +36,14 @@ class Authenticate:
     timestamp: str
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
+class Transmit(NamedTuple):
     """Send ``head``, then message ``index`` in CRLF form, dot-stuffed,
     then ``.\\r\\n``.  ``body_lines`` is ``None`` for the whole message
-    (RETR) or the TOP line count; ``mark_seen`` after a complete RETR."""
+    (RETR) or the TOP line count; ``mark_seen`` after a complete RETR.
+
+    A ``NamedTuple`` rather than a frozen dataclass like the others: one
+    is made per RETR, and building it costs a fraction (a frozen
+    dataclass sets each field through ``object.__setattr__``)."""
 
     index: int
     size: int
