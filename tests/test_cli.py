@@ -55,6 +55,7 @@ def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
     path.write_text('[hub]\ndomains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\n')
     code, out, err = run(path, "check")
     assert code == 0 and "warning:" in err and "10 minutes" in err
+    assert out == f"{path}: ok\n"
 
 
 def test_user_commands(config: Path) -> None:

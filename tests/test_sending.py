@@ -8,7 +8,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from txmailhub.pop3.sending import ResponseWriter
+from txmailhub.sending import ResponseWriter
 
 
 def connection():

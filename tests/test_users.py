@@ -211,7 +211,8 @@ def test_portal_yields_smtp_user_and_locked_mailbox(db: UsersDB) -> None:
     iface, box, logout = result_of(  # type: ignore[misc]
         portal.login(UsernamePassword(b"alice", b"pw"), None, IMailbox)
     )
-    assert iface is IMailbox and store.opened == [Address("alice", "example.org")]
+    assert iface is IMailbox and IMailbox.providedBy(box)
+    assert store.opened == [Address("alice", "example.org")]
     logout()
     assert store.closed == 1
     failure = result_of(portal.login(UsernamePassword(b"alice", b"no"), None, IMailbox))

@@ -1,4 +1,4 @@
-"""Writing POP3 responses to the transport with as few system calls as possible.
+"""Writing protocol responses to the transport with as few system calls as possible.
 
 ``ResponseWriter`` owns one thing: getting the bytes of a response onto
 the connection.  On a plain TCP transport whose send buffer is empty (the
@@ -11,8 +11,9 @@ sockets, test transports) or while earlier bytes still wait, goes through
 ``transport.write``, so ordering, back-pressure (``pauseProducing``) and
 connection-loss handling stay Twisted's.
 
-It must not decide what is sent nor when a connection closes: the
-protocol (``txmailhub.pop3.protocol``) does.
+Shared by the SMTP and POP3 adapters (both answer lock-step clients whose
+latency is dominated by per-response overhead).  It must not decide what
+is sent nor when a connection closes: the protocols do.
 """
 
 from __future__ import annotations

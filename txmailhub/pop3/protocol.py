@@ -31,7 +31,6 @@ from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
-from txmailhub.pop3.sending import ResponseWriter
 from txmailhub.pop3.server import (
     Authenticate,
     LoginFailure,
@@ -44,6 +43,7 @@ from txmailhub.pop3.server import (
     make_timestamp,
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
+from txmailhub.sending import ResponseWriter
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 

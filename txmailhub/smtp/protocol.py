@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address
 from txmailhub.delivery import accept_message, summarize
 from txmailhub.interfaces import ISMTPUser
-from txmailhub.pop3.sending import ResponseWriter
+from txmailhub.sending import ResponseWriter
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import header_separator, protocol_name, received, return_path
