@@ -8,9 +8,10 @@ module only deals with a single ``local@domain`` string.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Address", "AddressError", "parse_address"]
+__all__ = ["Address", "AddressError", "client_ip", "parse_address"]
 
 
 class AddressError(ValueError):
@@ -73,3 +74,19 @@ def parse_address(text: str, primary_domain: str | None = None) -> Address:
     if "@" in local and not (local.startswith('"') and local.endswith('"')):
         raise AddressError(f"address {text!r} has more than one @")
     return Address(local, domain.lower())
+
+
+def client_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's or a record's host as an IP address, or ``None`` if it is none.
+
+    Brackets (``[::1]``) and an IPv6 zone index (``fe80::1%eth0``) are
+    dropped, and an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, how a
+    dual-stack listener reports IPv4 clients) becomes the IPv4 address, so
+    network and loopback checks see one form."""
+    try:
+        ip = ipaddress.ip_address(str(host).strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from txmailhub.address import client_ip
 from txmailhub.errors import ConfigError
 
 __all__ = [
@@ -105,12 +106,9 @@ class SMTPSettings:
 
     def relay_allowed_from(self, host: str) -> bool:
         """Whether a client at ``host`` may relay without AUTH."""
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        ip = client_ip(host)
+        if ip is None:
             return False
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         return any(ip in ipaddress.ip_network(n, strict=False) for n in self.relay_networks)
 
 

@@ -14,7 +14,6 @@ means, and must not touch the Maildir except through ``IMailbox``.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -27,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmailhub.address import client_ip
 from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
 from txmailhub.pop3 import replies as R
@@ -63,14 +63,8 @@ log = Logger(namespace="txmailhub.pop3")
 def _is_local_peer(peer: Any) -> bool:
     if isinstance(peer, UNIXAddress):  # a UNIX socket: the same machine
         return True
-    host = getattr(peer, "host", None)
-    try:
-        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    ip = client_ip(getattr(peer, "host", ""))
+    return ip is not None and ip.is_loopback
 
 
 @implementer(IPushProducer)

@@ -27,6 +27,7 @@ from twisted.names import dns
 from twisted.names import error as dns_error
 from zope.interface import implementer
 
+from txmailhub.address import client_ip
 from txmailhub.interfaces import IMXResolver
 
 __all__ = [
@@ -159,16 +160,6 @@ def _default_is_local(address: str) -> bool:
     return any(info[4][0].split("%")[0] == str(ip) for info in infos)
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(text.strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 @implementer(IMXResolver)
 class MXResolver:
     """``IMXResolver`` over a twisted.names resolver.
@@ -223,13 +214,13 @@ class MXResolver:
         if host.name.rstrip(".").lower() == self.hostname:
             return True
         for address in host.addresses:
-            ip = _ip(address)
+            ip = client_ip(address)
             if ip is None:
                 continue
             for lhost, lport in list(self.listening):
                 if lport != self.port:
                     continue
-                lip = _ip(lhost or "0.0.0.0")
+                lip = client_ip(lhost or "0.0.0.0")
                 if lip is None:
                     continue
                 if lip == ip:
@@ -292,7 +283,7 @@ class MXResolver:
 
     def _addresses(self, name: str) -> defer.Deferred:
         """Fire with ``(addresses, status)``; status "ok", "nodata", "nxdomain" or "temp"."""
-        ip = _ip(name)
+        ip = client_ip(name)
         if ip is not None:  # an MX naming an IP address: wrong, but usable
             return defer.succeed(((str(ip),), "ok"))
         v6 = self.resolver.lookupIPV6Address(name)

@@ -25,7 +25,6 @@ the engine's and ``txmailhub.smtp.policy``'s job.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import os
 from typing import Any
@@ -37,7 +36,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
-from txmailhub.address import Address
+from txmailhub.address import Address, client_ip
 from txmailhub.delivery import accept_message, summarize
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.sending import ResponseWriter
@@ -63,13 +62,8 @@ log = Logger(namespace="txmailhub.smtp")
 
 
 def _is_loopback(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    ip = client_ip(host)
+    return ip is not None and ip.is_loopback
 
 
 class SMTPProtocol(Protocol):
