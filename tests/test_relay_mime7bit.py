@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import os
+import random
+import tracemalloc
 from email import policy
 from email.parser import BytesParser
 
-from txmailhub.relay.mime7bit import convert_file, has_8bit, to_7bit
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from txmailhub.relay.mime7bit import Unconvertible, convert_file, has_8bit, to_7bit
 
 
 def convert(data: bytes) -> bytes:
@@ -19,15 +27,24 @@ def parse(data: bytes):
     return BytesParser(policy=policy.default).parsebytes(data)
 
 
+def assert_7bit(data: bytes) -> None:
+    assert data.isascii()
+    assert all(len(line) <= 998 for line in data.split(b"\n"))
+
+
 def test_plain_8bit_text_becomes_quoted_printable():
     src = ("From: a@example.org\nSubject: hi\nContent-Type: text/plain; charset=utf-8\n"
            "Content-Transfer-Encoding: 8bit\n\nGrüße aus Köln\n.leading dot\n").encode()
     out = convert(src)
-    assert out.isascii()
+    assert_7bit(out)
     msg = parse(out)
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert msg.get_content() == "Grüße aus Köln\n.leading dot\n"
     assert b"\r" not in out
+    # the fields before the body are kept in order, only the CTE rewritten
+    assert out.startswith(b"From: a@example.org\nSubject: hi\n"
+                          b"Content-Type: text/plain; charset=utf-8\n"
+                          b"Content-Transfer-Encoding: quoted-printable\n\n")
 
 
 def test_binary_attachment_becomes_base64_and_text_part_qp():
@@ -41,7 +58,7 @@ def test_binary_attachment_becomes_base64_and_text_part_qp():
            b"Content-Transfer-Encoding: binary\n\n" + blob
            + b"\n--XX--\n")
     out = convert(src)
-    assert out.isascii()
+    assert_7bit(out)
     msg = parse(out)
     assert msg["Content-Transfer-Encoding"] == "7bit"
     text, attachment = list(msg.iter_parts())
@@ -49,12 +66,20 @@ def test_binary_attachment_becomes_base64_and_text_part_qp():
     assert text.get_content() == "café"  # the LF before the boundary belongs to it
     assert attachment["Content-Transfer-Encoding"] == "base64"
     assert attachment.get_content() == blob
+    assert all(len(line) <= 76 for line in out.split(b"\n"))
 
 
 def test_7bit_parts_untouched():
     src = (b"From: a@example.org\nContent-Type: text/plain\n\nplain ascii\n")
     out = convert(src)
     assert out == src
+
+
+def test_7bit_multipart_with_preamble_and_epilogue_untouched():
+    src = (b"Content-Type: multipart/mixed; boundary=\"a b\"\nX-Other: 1\n\npreamble\n"
+           b"--a b\n\nfirst\n--a b  \nContent-Type: message/rfc822\n\nSubject: inner\n\nhi\n"
+           b"--a b--\nepilogue\n")
+    assert convert(src) == src
 
 
 def test_8bit_header_becomes_encoded_word():
@@ -64,10 +89,104 @@ def test_8bit_header_becomes_encoded_word():
     assert parse(out)["Subject"] == "Grüße"
 
 
+def test_8bit_display_name_and_filename_encoded():
+    src = ("From: Jörg Müller <joerg@example.org>\nTo: a@example.org\nMIME-Version: 1.0\n"
+           "Content-Type: multipart/mixed; boundary=b1\n\n"
+           "--b1\nContent-Type: application/pdf; name=\"Grüße.pdf\"\n"
+           "Content-Disposition: attachment; filename=\"Grüße.pdf\"\n\n%PDF\xe9\n"
+           "--b1--\n").encode()
+    out = convert(src)
+    assert_7bit(out)
+    msg = parse(out)
+    assert msg["From"].addresses[0].display_name == "Jörg Müller"
+    assert msg["From"].addresses[0].addr_spec == "joerg@example.org"
+    (part,) = msg.iter_parts()
+    assert part.get_filename() == "Grüße.pdf"
+    assert part.get_content() == "%PDFé".encode()
+
+
+@pytest.mark.parametrize("field", [
+    "To: jörg@example.org",
+    "Message-ID: <ü@example.org>",
+    "Received: from höst by x; Sat, 28 Nov 2026 13:00:00 +0000",
+])
+def test_header_without_7bit_form_is_unconvertible(field):
+    src = f"From: a@example.org\n{field}\n\nbody\n".encode()
+    with pytest.raises(Unconvertible):
+        convert(src)
+
+
+def test_non_utf8_unstructured_header_kept_as_unknown_8bit():
+    src = b"Subject: caf\xe9 au lait\n\nbody\n"
+    out = convert(src)
+    assert out.isascii()
+    assert b"=?unknown-8bit?q?caf=E9_au_lait?=" in out
+
+
 def test_already_encoded_parts_kept():
     src = (b"From: a@example.org\nContent-Type: text/plain; charset=utf-8\n"
            b"Content-Transfer-Encoding: quoted-printable\n\nGr=C3=BC=C3=9Fe\n")
     assert convert(src) == src
+
+
+def test_stray_8bit_in_encoded_parts_fixed_without_changing_the_content():
+    src = (b"Content-Type: multipart/mixed; boundary=q\n\n--q\n"
+           b"Content-Type: text/plain; charset=latin1\n"
+           b"Content-Transfer-Encoding: quoted-printable\n\ncaf\xe9 =3D\n--q\n"
+           b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+           b"aGVs\xffbG8=\n--q--\n")
+    out = convert(src)
+    assert_7bit(out)
+    before, after = parse(src), parse(out)
+    for a, b in zip(before.iter_parts(), after.iter_parts()):
+        assert a.get_payload(decode=True) == b.get_payload(decode=True)
+
+
+def test_undeclared_charset_added_and_multipart_relabelled():
+    src = (b"Content-Type: multipart/alternative; boundary=zz\n"
+           b"Content-Transfer-Encoding: binary\n\n"
+           b"--zz\nContent-Type: text/plain\n\nna\xc3\xafve\n--zz\n\nna\xefve\n--zz--\n")
+    out = convert(src)
+    assert_7bit(out)
+    msg = parse(out)
+    assert msg["Content-Transfer-Encoding"] == "7bit"
+    utf8, unknown = msg.iter_parts()
+    assert utf8.get_content_charset() == "utf-8"
+    assert utf8.get_content() == "naïve"
+    assert unknown["Content-Type"].params["charset"] == "unknown-8bit"
+    assert unknown.get_payload(decode=True) == b"na\xefve"
+
+
+def test_8bit_preamble_and_epilogue_become_question_marks():
+    src = (b"Content-Type: multipart/mixed; boundary=p\n\npr\xe9amble\n--p\n\nx\n"
+           b"--p--\n\xe9pilogue\n")
+    out = convert(src)
+    assert out == src.replace(b"\xe9", b"?")
+
+
+def test_long_lines_and_trailing_whitespace_in_quoted_printable():
+    text = ("ä" * 3000 + " \n" + "a b\t\n" + "x" * 20000 + "\t").encode()
+    src = b"Content-Type: text/plain; charset=utf-8\n\n" + text
+    out = convert(src)
+    assert_7bit(out)
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+    assert parse(out).get_payload(decode=True) == text
+
+
+def test_text_with_carriage_returns_goes_base64():
+    body = b"a\rb \xe9\r\nc\n"
+    src = b"Content-Type: text/plain; charset=latin1\n\n" + body
+    out = convert(src)
+    assert_7bit(out)
+    msg = parse(out)
+    assert msg["Content-Transfer-Encoding"] == "base64"
+    assert msg.get_payload(decode=True) == body
+
+
+def test_unknown_encoding_with_8bit_is_unconvertible():
+    src = b"Content-Type: application/x\nContent-Transfer-Encoding: x-uuencode\n\n\xff\n"
+    with pytest.raises(Unconvertible):
+        convert(src)
 
 
 def test_convert_file_and_has_8bit(tmp_path):
@@ -79,3 +198,121 @@ def test_convert_file_and_has_8bit(tmp_path):
     assert size == dst.stat().st_size
     assert not has_8bit(str(dst))
     assert parse(dst.read_bytes()).get_content() == "naïve\n"
+
+
+# --- round trips with random MIME trees ------------------------------------------------
+
+_BODY = st.lists(
+    st.sampled_from([b"a", b"Z", b" ", b"\t", b"\n", b"=", b".", b"\xc3\xa9", b"\xe9",
+                     b"\xff", b"\x00", b"From ", b"x" * 90]),
+    max_size=60,
+).map(b"".join)
+
+
+@st.composite
+def _leaf(draw):
+    body = draw(_BODY)
+    ctype = draw(st.sampled_from(["text/plain; charset=utf-8", "text/html", "image/png",
+                                  "application/octet-stream", None]))
+    cte = draw(st.sampled_from([None, "7bit", "8bit", "binary", "base64", "quoted-printable"]))
+    if cte == "base64":
+        body = base64.encodebytes(body).rstrip(b"\n")
+    elif cte == "quoted-printable":
+        body = body.replace(b"=", b"=3D")
+    head = b""
+    if ctype:
+        head += b"Content-Type: " + ctype.encode() + b"\n"
+    if cte:
+        head += b"Content-Transfer-Encoding: " + cte.encode() + b"\n"
+    return head + b"\n" + body
+
+
+def _tree(depth=0):
+    if depth >= 3:
+        return _leaf()
+    return st.one_of(_leaf(), _multipart(depth), _message(depth))
+
+
+@st.composite
+def _multipart(draw, depth):
+    boundary = f"b{depth}-{draw(st.integers(0, 10**6))}".encode()
+    children = draw(st.lists(_tree(depth + 1), min_size=1, max_size=3))
+    cte = draw(st.sampled_from([b"", b"Content-Transfer-Encoding: 8bit\n"]))
+    preamble = draw(st.sampled_from([b"", b"preamble\n", b"pr\xe9\n"]))
+    epilogue = draw(st.sampled_from([b"", b"epilogue\n", b"\n"]))
+    out = (b"Content-Type: multipart/mixed; boundary=\"" + boundary + b"\"\n" + cte + b"\n"
+           + preamble)
+    for child in children:
+        out += b"--" + boundary + b"\n" + child + b"\n"
+    return out + b"--" + boundary + b"--\n" + epilogue
+
+
+@st.composite
+def _message(draw, depth):
+    inner = draw(_tree(depth + 1))
+    subject = draw(st.sampled_from([b"hi", "Grüße".encode()]))
+    return b"Content-Type: message/rfc822\n\nSubject: " + subject + b"\n" + inner
+
+
+def _compare(a, b):
+    assert a.get_content_type() == b.get_content_type()
+    if a.is_multipart():
+        pa, pb = a.get_payload(), b.get_payload()
+        assert len(pa) == len(pb)
+        for x, y in zip(pa, pb):
+            _compare(x, y)
+        return
+    assert a.get_payload(decode=True) == b.get_payload(decode=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_tree())
+def test_round_trip_random_trees(message):
+    message = b"From: a@example.org\nSubject: Gr\xc3\xbc\xc3\x9fe\n" + message
+    out = convert(message)
+    assert_7bit(out)
+    before = BytesParser(policy=policy.compat32).parsebytes(message)
+    after = BytesParser(policy=policy.compat32).parsebytes(out)
+    _compare(before, after)
+    assert str(parse(out)["Subject"]) == "Grüße"
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def _write_big(path, size):
+    """A multipart message of about ``size`` octets: 8-bit text and binary."""
+    rng = random.Random(5)
+    line = "Grüße aus Köln, naïve café — ".encode() * 3 + b"\n"
+    blob = bytes(b for b in rng.randbytes(1 << 16) if b not in (10, 13))
+    with open(path, "wb") as f:
+        f.write(b"From: a@example.org\nSubject: Gr\xc3\xbc\xc3\x9fe\nMIME-Version: 1.0\n"
+                b"Content-Type: multipart/mixed; boundary=BIG\n\n--BIG\n"
+                b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n")
+        while f.tell() < size // 2:
+            f.write(line * 256)
+        f.write(b"\n--BIG\nContent-Type: application/octet-stream\n\n")
+        while f.tell() < size:
+            f.write(blob)
+        f.write(b"\n--BIG--\n")
+
+
+def test_20_mib_message_converts_in_bounded_memory(tmp_path):
+    src, dst = str(tmp_path / "big"), str(tmp_path / "big.7bit")
+    _write_big(src, 20 << 20)
+    tracemalloc.start()
+    try:
+        convert_file(src, dst)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, f"peak {peak} octets"
+    assert os.path.getsize(dst) > os.path.getsize(src)
+    assert not has_8bit(dst)
+    # spot checks without loading the whole result: line lengths, the structure
+    with open(dst, "rb") as f:
+        assert max(len(line) for line in f) <= 77  # 76 + LF
+    with open(dst, "rb") as f:
+        kinds = [line for line in f if line.startswith(b"Content-Transfer-Encoding")]
+    assert kinds == [b"Content-Transfer-Encoding: quoted-printable\n",
+                     b"Content-Transfer-Encoding: base64\n"]

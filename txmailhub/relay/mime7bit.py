@@ -1,36 +1,68 @@
-"""8-bit -> 7-bit conversion of a message (RFC 6152 section 3).
+"""8-bit -> 7-bit conversion of a message, streamed (RFC 6152 section 3).
 
 When a message has 8-bit content and the next hop does not offer
 8BITMIME, the relay must send "an ASCII representation" instead.  This
-module owns that conversion, done with the stdlib ``email`` package:
-every leaf MIME part whose content is not 7-bit is re-encoded --
-``quoted-printable`` for text parts, ``base64`` for everything else --
-and its Content-Transfer-Encoding header changed; multipart and message
-containers declared 8bit/binary are relabelled 7bit; header fields with
-raw 8-bit text are re-encoded as RFC 2047 encoded words (UTF-8, or
-Latin-1 when the bytes are not UTF-8).
+module owns that conversion.  It reads the source file in lines of at
+most ``LINE_LIMIT`` octets (a longer line arrives in pieces) and writes
+the result as it goes: memory stays bounded by a few line and chunk
+buffers whatever the size of the message (no part is ever held whole).
 
-Input and output are files with LF line endings, the queue's stored form.
-The conversion parses the message in memory (the email package works that
-way); it is needed only for the rare 8-bit message to an old server.
-It must not know about SMTP or the queue.
+The MIME structure is followed as it streams: each part's header block
+(Content-Type with its boundary, Content-Transfer-Encoding), nested
+multiparts (every enclosing boundary ends a part, like the stdlib
+``email`` parser), message/rfc822 parts (their own header block and
+body), preambles and epilogues.  A leaf part is looked at once ahead of
+time (the file is read twice there, nothing is kept) to learn whether
+its body has octets above 127 or lines longer than 998 octets.  Then:
+
+* a leaf part that needs it, declared 7bit/8bit/binary or undeclared, is
+  re-encoded: ``quoted-printable`` for text/* (soft line breaks, lines of
+  at most 76 characters, LF stays a line break), ``base64`` for every
+  other type, and for a text part with bare CRs (quoted-printable would
+  turn them into line breaks); its Content-Transfer-Encoding field is
+  rewritten (or added), and a text part without a charset gets
+  ``charset=utf-8`` (or ``unknown-8bit`` when the octets are not UTF-8);
+* parts already quoted-printable or base64, and 7-bit parts, are copied
+  byte for byte (a quoted-printable body with stray raw 8-bit octets has
+  them written as ``=XX``, a base64 body has them dropped: both decode
+  exactly as before);
+* a multipart or message/rfc822 declared 8bit/binary is relabelled 7bit;
+* 8-bit octets in a preamble or epilogue (text no reader shows) become
+  ``?``;
+* header fields with 8-bit octets go through
+  ``txmailhub.relay.header7bit.encode_field`` (RFC 2047 / RFC 2231 where
+  that is safe); a field with no 7-bit form (a non-ASCII mailbox, 8-bit
+  octets in Received or Message-ID, ...) makes the whole conversion fail
+  with ``Unconvertible``: the relay bounces such a message rather than
+  send raw 8-bit header octets to a server that did not ask for them.
+
+A header field longer than ``FIELD_LIMIT`` octets, a part with an
+unknown Content-Transfer-Encoding that would need re-encoding, and MIME
+nesting deeper than ``MAX_DEPTH`` (deeper parts are handled as leaves)
+are the limits.  Input and output are files with LF line endings, the
+queue's stored form.  It must not know about SMTP or the queue.
 """
 
 from __future__ import annotations
 
-import base64
-import quopri
-from email import policy as email_policy
-from email.generator import BytesGenerator
-from email.header import Header
-from email.message import Message
-from email.parser import BytesParser
+import re
+from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["convert_file", "has_8bit", "to_7bit"]
+from txmailhub.relay.header7bit import Unconvertible, encode_field
+from txmailhub.relay.transfer_encoding import HIGH as _HIGH
+from txmailhub.relay.transfer_encoding import SINKS
 
-_POLICY = email_policy.compat32.clone(linesep="\n")
+__all__ = ["FIELD_LIMIT", "LINE_LIMIT", "Unconvertible", "convert_file", "has_8bit",
+           "to_7bit"]
+
 _CHUNK = 65536
+LINE_LIMIT = 8192  # octets read at a time; longer lines come in pieces
+FIELD_LIMIT = 65536  # one header field, continuation lines included
+MAX_DEPTH = 50
+_MAX_BOUNDARY = 200
+_NEEDS_CONVERSION = ("7bit", "8bit", "binary", "")
+_FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 def has_8bit(path: str) -> bool:
@@ -44,73 +76,318 @@ def has_8bit(path: str) -> bool:
                 return True
 
 
-def _text_of(raw_value: str) -> str:
-    """A header value as parsed with surrogateescape -> real text."""
-    raw = raw_value.encode("ascii", "surrogateescape")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _fix_headers(part: Message) -> None:
-    for name, value in list(part.raw_items()):
-        if isinstance(value, str) and not value.isascii():
-            text = _text_of(value).strip()
-            encoded = Header(text, "utf-8", header_name=name).encode(linesep="\n")
-            part.replace_header(name, encoded)
-
-
-def _is_7bit(data: bytes) -> bool:
-    if not data.isascii():
-        return False
-    return all(len(line) <= 998 for line in data.split(b"\n"))
-
-
-def _convert_part(part: Message) -> None:
-    _fix_headers(part)
-    cte = (part.get("Content-Transfer-Encoding") or "7bit").strip().lower()
-    if part.is_multipart() or part.get_content_maintype() == "message":
-        if cte in ("8bit", "binary"):
-            part.replace_header("Content-Transfer-Encoding", "7bit")
-        return
-    if cte in ("quoted-printable", "base64"):
-        payload = part.get_payload()
-        if isinstance(payload, str) and payload.isascii():
-            return
-    raw = part.get_payload(decode=True) or b""
-    if cte in ("7bit", "") and _is_7bit(raw):
-        return
-    if part.get_content_maintype() == "text":
-        if part.get_param("charset") is None and not raw.isascii():
-            # undeclared 8-bit text: say what it most likely is
-            try:
-                raw.decode("utf-8")
-                part.set_param("charset", "utf-8")
-            except UnicodeDecodeError:
-                part.set_param("charset", "unknown-8bit")
-        encoded = quopri.encodestring(raw).decode("ascii")
-        new_cte = "quoted-printable"
-    else:
-        encoded = base64.encodebytes(raw).decode("ascii")
-        new_cte = "base64"
-    if "Content-Transfer-Encoding" in part:
-        part.replace_header("Content-Transfer-Encoding", new_cte)
-    else:
-        part["Content-Transfer-Encoding"] = new_cte
-    part.set_payload(encoded)
-
-
-def to_7bit(source: BinaryIO, target: BinaryIO) -> None:
-    """Read a message from ``source``, write its 7-bit form to ``target``."""
-    msg = BytesParser(policy=_POLICY).parse(source)
-    for part in msg.walk():
-        _convert_part(part)
-    BytesGenerator(target, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(msg)
-
-
 def convert_file(src: str, dst: str) -> int:
-    """Write the 7-bit form of message file ``src`` to ``dst``; return its size."""
+    """Write the 7-bit form of message file ``src`` to ``dst``; return its size.
+
+    Raises ``Unconvertible`` when the message has no 7-bit form."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         to_7bit(fin, fout)
         return fout.tell()
+
+
+def to_7bit(source: BinaryIO, target: BinaryIO) -> None:
+    """Read a message from ``source`` (seekable), write its 7-bit form to
+    ``target``."""
+    _Converter(source, target).run()
+
+
+# --- header blocks ----------------------------------------------------------------
+
+
+@dataclass
+class _Headers:
+    start: int  # offset of the first header line
+    end: int  # offset after the last header field (the blank line, if any, follows)
+    ctype: str  # "maintype/subtype", lower case ("" when absent)
+    params: dict[str, str]
+    cte: str  # lower case, "" when absent
+    has_charset: bool
+
+
+def _matches(line: bytes, boundary: bytes) -> bool:
+    """``line`` is "--boundary" or "--boundary--", then blanks (RFC 2046 5.1.1)."""
+    if not line.startswith(b"--") or not line.startswith(boundary, 2):
+        return False
+    rest = line[2 + len(boundary):]
+    if rest.startswith(b"--"):
+        rest = rest[2:]
+    return not rest.rstrip(b"\r\n").strip(b" \t") and b"\n" not in rest.rstrip(b"\r\n")
+
+
+def _params(value: bytes) -> tuple[str, dict[str, str]]:
+    """Content-Type value -> (type, parameters); tolerant, no RFC 2231."""
+    text = value.decode("ascii", "replace")
+    head, _, rest = text.partition(";")
+    params: dict[str, str] = {}
+    for m in re.finditer(r'\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*;?', rest):
+        v = m.group(2).strip()
+        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+            v = re.sub(r"\\(.)", r"\1", v[1:-1])
+        params.setdefault(m.group(1).lower(), v)
+    return re.sub(r"\s+", "", head).lower(), params
+
+
+class _Converter:
+    def __init__(self, source: BinaryIO, target: BinaryIO) -> None:
+        self.src = source
+        self.out = target
+        self.bol = True  # the next read starts at the beginning of a line
+        self.boundaries: list[bytes] = []  # innermost last
+
+    # --- reading ----------------------------------------------------------------
+
+    def _read(self) -> tuple[bytes, bool]:
+        """The next line or piece of a line, and whether it starts a line."""
+        bol = self.bol
+        line = self.src.readline(LINE_LIMIT)
+        self.bol = line.endswith(b"\n")
+        return line, bol
+
+    def _seek(self, offset: int) -> None:
+        self.src.seek(offset)
+        self.bol = True
+
+    def _is_boundary(self, line: bytes, bol: bool, outer_only: bool = False) -> bool:
+        """Whether ``line`` is a delimiter of an enclosing multipart."""
+        if not bol or not line.startswith(b"--"):
+            return False
+        stack = self.boundaries[:-1] if outer_only else self.boundaries
+        return any(_matches(line, b) for b in stack)
+
+    # --- structure ----------------------------------------------------------------
+
+    def run(self) -> None:
+        self._part("text/plain", 0)
+
+    def _scan_headers(self) -> tuple[_Headers, bytes | None]:
+        """Read the header block (nothing kept but the MIME fields); return
+        it and, when it ends at a boundary line, that line."""
+        start = self.src.tell()
+        ctype_raw = cte_raw = b""
+        field = b""
+        keep = False  # the field being read is Content-Type or -Transfer-Encoding
+        stop: bytes | None = None
+        while True:
+            pos = self.src.tell()
+            line, bol = self._read()
+            if field and line and (not bol or line[:1] in (b" ", b"\t")):
+                if keep:
+                    if len(field) + len(line) > FIELD_LIMIT:
+                        raise Unconvertible("a MIME header field is too long to convert")
+                    field += line
+                continue
+            if keep:
+                name, _, value = field.partition(b":")
+                if name.strip().lower() == b"content-type":
+                    ctype_raw = value
+                else:
+                    cte_raw = value
+            field, keep = b"", False
+            end = pos
+            if not line:
+                break
+            if self._is_boundary(line, bol):
+                stop = line
+                self._seek(pos)
+                break
+            if line in (b"\n", b"\r\n"):
+                break
+            if not _FIELD_NAME.match(line):
+                self._seek(pos)  # not a header field: the body starts here
+                break
+            field = line
+            keep = line.partition(b":")[0].strip().lower() in (
+                b"content-type", b"content-transfer-encoding")
+        ctype, params = _params(b" ".join(ctype_raw.split()))
+        if "/" not in ctype:
+            ctype = ""
+        cte = cte_raw.decode("ascii", "replace").strip().strip('"').lower()
+        return _Headers(start, end, ctype, params, cte, "charset" in params), stop
+
+    def _part(self, default_type: str, depth: int) -> bytes | None:
+        """Convert one part (header block and body) from the current
+        position; return the boundary line that ended it (None at EOF)."""
+        headers, stop = self._scan_headers()
+        body_start = self.src.tell()
+        ctype = headers.ctype or default_type
+        boundary = headers.params.get("boundary", "").encode("ascii", "replace")
+        relabel = "7bit" if headers.cte in ("8bit", "binary") else None
+        if (ctype.startswith("multipart/") and boundary and len(boundary) <= _MAX_BOUNDARY
+                and depth < MAX_DEPTH):
+            self._write_headers(headers, body_start, relabel)
+            if stop is not None:
+                return stop
+            child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+            return self._multipart(boundary, child, depth)
+        if ctype == "message/rfc822" and headers.cte in _NEEDS_CONVERSION and depth < MAX_DEPTH:
+            self._write_headers(headers, body_start, relabel)
+            if stop is not None:
+                return stop
+            return self._part("text/plain", depth + 1)
+        # a leaf
+        mode = "copy"
+        charset = None
+        if stop is None:
+            if headers.cte in _NEEDS_CONVERSION:
+                eight_bit, long_lines, has_cr, utf8 = self._survey(body_start)
+                if eight_bit or long_lines:
+                    if ctype.startswith("text/") and not has_cr:
+                        mode = "qp"
+                        if eight_bit and not headers.has_charset:
+                            charset = "utf-8" if utf8 else "unknown-8bit"
+                    else:
+                        mode = "base64"
+            elif headers.cte == "quoted-printable":
+                mode = "qp-fix"
+            elif headers.cte == "base64":
+                mode = "base64-fix"
+            elif self._survey(body_start)[0]:
+                raise Unconvertible(
+                    f"a part in Content-Transfer-Encoding {headers.cte} has 8-bit octets")
+        new_cte = {"qp": "quoted-printable", "base64": "base64"}.get(mode, relabel)
+        self._write_headers(headers, body_start, new_cte, charset,
+                            add_type=ctype if headers.ctype == "" else None)
+        if stop is not None:
+            return stop
+        return self._body(mode)
+
+    def _multipart(self, boundary: bytes, child_type: str, depth: int) -> bytes | None:
+        self.boundaries.append(boundary)
+        try:
+            # the preamble: up to the first delimiter
+            while True:
+                line, bol = self._read()
+                if not line:
+                    return None
+                if self._is_boundary(line, bol):
+                    break
+                self.out.write(_HIGH.sub(b"?", line))
+            while True:
+                if not _matches(line, boundary):
+                    return line  # an enclosing boundary: this multipart is cut short
+                self.out.write(line)
+                if line.startswith(b"--", 2 + len(boundary)):
+                    break  # the close delimiter
+                ended = self._part(child_type, depth + 1)
+                if ended is None:
+                    return None
+                line = ended
+            # the epilogue: up to an enclosing boundary or the end
+            while True:
+                line, bol = self._read()
+                if not line:
+                    return None
+                if self._is_boundary(line, bol, outer_only=True):
+                    return line
+                self.out.write(_HIGH.sub(b"?", line))
+        finally:
+            self.boundaries.pop()
+
+    # --- headers out -----------------------------------------------------------------
+
+    def _write_headers(self, h: _Headers, body_start: int, new_cte: str | None,
+                       charset: str | None = None, add_type: str | None = None) -> None:
+        """Copy the header block again from ``h.start``, rewriting the
+        Content-Transfer-Encoding (``new_cte``), adding a charset, and
+        encoding fields with 8-bit octets.  One field is held at a time
+        (up to ``FIELD_LIMIT``; a longer 7-bit field is copied as it comes)."""
+        self._seek(h.start)
+        seen: set[bytes] = set()
+        field = b""
+        streaming = False  # copying an over-long 7-bit field through
+        while self.src.tell() < h.end:
+            line, bol = self._read()
+            if (field or streaming) and (not bol or line[:1] in (b" ", b"\t")):
+                if streaming:
+                    if not line.isascii():
+                        raise Unconvertible("an over-long header field has 8-bit octets")
+                    self.out.write(line)
+                    continue
+                field += line
+                if len(field) > FIELD_LIMIT:
+                    if not field.isascii():
+                        raise Unconvertible("a header field with 8-bit octets is too long")
+                    self.out.write(field)
+                    field, streaming = b"", True
+                continue
+            streaming = False
+            if field:
+                seen.add(self._write_field(field, new_cte, charset))
+            field = line
+        if field:
+            seen.add(self._write_field(field, new_cte, charset))
+        if charset is not None and add_type is not None and b"content-type" not in seen:
+            self.out.write(f"Content-Type: {add_type}; charset={charset}\n".encode())
+        if new_cte is not None and b"content-transfer-encoding" not in seen:
+            self.out.write(f"Content-Transfer-Encoding: {new_cte}\n".encode())
+        # the blank line (or nothing) up to the body
+        if self.src.tell() < body_start:
+            self.out.write(self.src.read(body_start - self.src.tell()))
+        self._seek(body_start)
+
+    def _write_field(self, field: bytes, new_cte: str | None, charset: str | None) -> bytes:
+        name = field.partition(b":")[0].strip().lower()
+        if name == b"content-transfer-encoding" and new_cte is not None:
+            field = b"Content-Transfer-Encoding: " + new_cte.encode() + b"\n"
+        elif name == b"content-type" and charset is not None:
+            field = field.rstrip(b"\r\n").rstrip(b" \t;") + b"; charset=" + charset.encode() + b"\n"
+        if not field.isascii():
+            field = encode_field(field)
+        self.out.write(field)
+        return name
+
+    # --- bodies ----------------------------------------------------------------------
+
+    def _survey(self, body_start: int) -> tuple[bool, bool, bool, bool]:
+        """Look ahead through a leaf body: (8-bit octets, lines over 998
+        octets, CRs, valid UTF-8 as far as lines go); then come back."""
+        eight_bit = long_lines = has_cr = False
+        utf8 = True
+        length = 0
+        while True:
+            line, bol = self._read()
+            if not line or self._is_boundary(line, bol):
+                break
+            length = len(line) if bol else length + len(line)
+            if length > 999 or (length == 999 and not line.endswith(b"\n")):
+                long_lines = True
+            if not line.isascii():
+                eight_bit = True
+                if utf8:
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError:
+                        utf8 = False  # (or a character cut by a long line: unknown-8bit)
+            if b"\r" in line:
+                has_cr = True
+        self._seek(body_start)
+        return eight_bit, long_lines, has_cr, utf8
+
+    def _body(self, mode: str) -> bytes | None:
+        """Stream a leaf body in ``mode`` up to a boundary line (returned)
+        or the end (None).  The line end before a boundary belongs to the
+        boundary (RFC 2046 5.1.1): it is held back and written as is."""
+        sink = SINKS[mode](self.out)
+        encoding = mode in ("qp", "base64")
+        held = b""  # the line end held back (content, unless a boundary follows)
+        while True:
+            line, bol = self._read()
+            if line and not self._is_boundary(line, bol):
+                sink.write(held)
+                held = (b"\r\n" if line.endswith(b"\r\n")
+                        else b"\n" if line.endswith(b"\n") else b"")
+                sink.write(line[:len(line) - len(held)])
+                continue
+            if line:  # the held line end is the delimiter's
+                sink.close()
+                self.out.write((b"\n" if held else b"") if encoding else held)
+                return line
+            sink.write(held)
+            if mode == "qp" and not held:
+                sink.close(soft_end=True)
+                self.out.write(b"\n")
+                return None
+            sink.close()
+            if mode == "base64":
+                self.out.write(b"\n")
+            return None

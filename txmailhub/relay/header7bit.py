@@ -1,0 +1,129 @@
+"""7-bit forms of header fields that hold raw 8-bit octets.
+
+Owns one decision: how a single header field with octets above 127 is
+sent to a server that has neither 8BITMIME nor SMTPUTF8 (see
+``txmailhub.relay.mime7bit``, which calls ``encode_field`` for every such
+field).  What is done, by kind of field:
+
+* address fields (From, To, Cc, Bcc, Reply-To, Sender, the Resent-
+  forms, Disposition-Notification-To): display names and comments become
+  RFC 2047 encoded words; an address whose mailbox itself is not ASCII
+  cannot be expressed in 7 bits (it needs SMTPUTF8, RFC 6531/6532):
+  ``Unconvertible``;
+* Content-Type and Content-Disposition: non-ASCII parameter values
+  (file names) become RFC 2231 ``name*=utf-8''...`` values;
+* other structured fields (Received, Message-ID, Date, References,
+  In-Reply-To, Return-Path, MIME-Version, Content-Transfer-Encoding,
+  Content-ID, DKIM/ARC signatures, ...): there is no safe 7-bit form
+  (an encoded word there changes the meaning or breaks a signature):
+  ``Unconvertible``;
+* every other field (Subject, Comments, Content-Description, Keywords,
+  X-... and other extension fields, unstructured per RFC 5322 3.6.8):
+  the whole text becomes RFC 2047 encoded words.
+
+Text that is valid UTF-8 is encoded as UTF-8; other octets are kept as
+they are under the charset ``unknown-8bit`` (RFC 1428), never guessed.
+A raw 8-bit octet is never returned.  This module knows nothing about
+MIME bodies, files, SMTP or the queue.
+"""
+
+from __future__ import annotations
+
+from email import policy as email_policy
+from email.errors import HeaderParseError
+from email.header import Header
+
+__all__ = ["Unconvertible", "encode_field"]
+
+_ADDRESS_FIELDS = frozenset(
+    name.lower() for name in (
+        "From", "To", "Cc", "Bcc", "Reply-To", "Sender", "Resent-From", "Resent-To",
+        "Resent-Cc", "Resent-Bcc", "Resent-Sender", "Resent-Reply-To",
+        "Disposition-Notification-To",
+    )
+)
+_PARAMETER_FIELDS = frozenset(("content-type", "content-disposition"))
+_STRUCTURED_FIELDS = frozenset(
+    name.lower() for name in (
+        "Received", "Message-ID", "Resent-Message-ID", "Date", "Resent-Date", "References",
+        "In-Reply-To", "Return-Path", "MIME-Version", "Content-Transfer-Encoding",
+        "Content-ID", "Content-Language", "DKIM-Signature", "ARC-Seal",
+        "ARC-Message-Signature", "ARC-Authentication-Results", "Authentication-Results",
+        "Received-SPF", "List-ID", "List-Unsubscribe", "List-Post", "List-Help",
+        "List-Subscribe", "List-Owner", "List-Archive",
+    )
+)
+_POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=78)
+
+
+class Unconvertible(ValueError):
+    """The message cannot be expressed in 7 bits (the reason says why)."""
+
+
+def _text(raw: bytes) -> tuple[str, str]:
+    """(text, charset): UTF-8 when valid, else the octets as unknown-8bit."""
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "unknown-8bit"
+
+
+def _unfold(value: bytes) -> bytes:
+    return b" ".join(line.strip(b" \t") for line in value.split(b"\n") if line.strip(b" \t"))
+
+
+def encode_field(raw: bytes) -> bytes:
+    """The 7-bit form of one header field (``raw``: "Name: value" with its
+    continuation lines, LF line ends, the final LF included).
+
+    Raises ``Unconvertible`` when the field has no safe 7-bit form."""
+    name_b, sep, value_b = raw.partition(b":")
+    name = name_b.decode("ascii", "replace").strip()
+    if not sep or not name_b.isascii():
+        raise Unconvertible("a header line with 8-bit octets is not a header field")
+    key = name.lower()
+    value = _unfold(value_b)
+    if key in _ADDRESS_FIELDS or key in _PARAMETER_FIELDS:
+        text, charset = _text(value)
+        if charset != "utf-8":
+            raise Unconvertible(f"the {name} field is not valid UTF-8")
+        try:
+            header = _POLICY.header_factory(name, text)
+            if key in _ADDRESS_FIELDS:
+                for address in header.addresses:
+                    if not address.addr_spec.isascii():
+                        raise Unconvertible(
+                            f"the {name} field has a non-ASCII address (needs SMTPUTF8)")
+            out = header.fold(policy=_POLICY).encode("ascii")
+        except (HeaderParseError, UnicodeEncodeError, IndexError, ValueError) as e:
+            if isinstance(e, Unconvertible):
+                raise
+            raise Unconvertible(f"the {name} field cannot be re-encoded: {e}") from None
+        return out
+    if key in _STRUCTURED_FIELDS:
+        raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
+    text, charset = _text(value)
+    if charset == "utf-8":
+        encoded = Header(text, "utf-8", header_name=name).encode(linesep="\n")
+    else:
+        encoded = _unknown_8bit_words(value)
+    return f"{name}: {encoded}\n".encode("ascii")
+
+
+def _unknown_8bit_words(value: bytes) -> str:
+    """RFC 2047 Q-encoded words of charset unknown-8bit, octets kept."""
+    words = []
+    piece = ""
+    for octet in value:
+        if 33 <= octet <= 126 and chr(octet) not in "=?_\"(),.:;<>@[\\]":
+            token = chr(octet)
+        elif octet == 32:
+            token = "_"
+        else:
+            token = f"={octet:02X}"
+        if len(piece) + len(token) > 45:
+            words.append(piece)
+            piece = ""
+        piece += token
+    words.append(piece)
+    return "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)

@@ -1,0 +1,154 @@
+"""Content-transfer-encoders that write as they are fed (RFC 2045 6.7, 6.8).
+
+Owns the body sinks ``txmailhub.relay.mime7bit`` streams a leaf part
+through: ``write(data)`` any number of times, then ``close()``.  Each
+keeps at most one block of input (``QP_BLOCK`` / ``B64_BLOCK`` octets)
+before it encodes and writes it.  ``SINKS`` maps the converter's modes
+to them: "copy" (as is), "qp" (text to quoted-printable, LF stays a
+line break, lines of at most 76 characters), "base64" (76-character
+lines), "qp-fix" and "base64-fix" (an already encoded body with stray
+8-bit octets, rewritten so that it decodes to the same octets).  It
+knows nothing about MIME structure, headers, SMTP or the queue.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from typing import BinaryIO
+
+__all__ = ["B64_BLOCK", "HIGH", "QP_BLOCK", "SINKS", "Base64", "Base64Fix", "Copy",
+           "QPFix", "QuotedPrintable"]
+
+HIGH = re.compile(rb"[\x80-\xff]")
+B64_BLOCK = 57 * 1024  # raw octets per base64 write: whole 76-character lines
+QP_BLOCK = 65536
+_QP_TOKEN = re.compile(rb"=[0-9A-F]{2}|.", re.S)
+
+
+class Copy:
+    """The body as it is."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.out.write(data)
+
+    def close(self, soft_end: bool = False) -> None:
+        """The body is complete (``soft_end``: see ``QuotedPrintable``)."""
+
+
+class QPFix(Copy):
+    """A quoted-printable body with stray raw 8-bit octets: write them as =XX."""
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.out.write(HIGH.sub(lambda m: b"=%02X" % m[0][0], data))
+
+
+class Base64Fix(Copy):
+    """A base64 body with stray 8-bit octets: decoders skip them, so do we."""
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.out.write(HIGH.sub(b"", data))
+
+
+class Base64(Copy):
+    """Any octets to base64, lines of 76 characters (the last line end is
+    left to the caller: it belongs to the boundary that follows)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__(out)
+        self.buf = bytearray()
+        self.first = True
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= B64_BLOCK:
+            n = len(self.buf) - len(self.buf) % 57
+            self._emit(bytes(self.buf[:n]))
+            del self.buf[:n]
+
+    def _emit(self, raw: bytes) -> None:
+        if not raw:
+            return
+        encoded = b"".join(binascii.b2a_base64(raw[i:i + 57]) for i in range(0, len(raw), 57))
+        if not self.first:
+            self.out.write(b"\n")
+        self.out.write(encoded[:-1])  # the last line end is written by the next block
+        self.first = False
+
+    def close(self, soft_end: bool = False) -> None:
+        self._emit(bytes(self.buf))
+        self.buf.clear()
+
+
+class QuotedPrintable(Copy):
+    """Text to quoted-printable (RFC 2045 6.7) with LF as the line break;
+    lines of at most 76 characters, soft breaks where a block ends
+    inside a line."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__(out)
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= QP_BLOCK:
+            self._flush(final=False)
+
+    def _flush(self, final: bool, soft_end: bool = False) -> None:
+        if not self.buf:
+            return
+        raw = bytes(self.buf)
+        self.buf.clear()
+        if not final:
+            cut = raw.rfind(b"\n") + 1
+            if cut:  # whole lines now, the rest with the next block
+                self.buf += raw[cut:]
+                raw = raw[:cut]
+        encoded = binascii.b2a_qp(raw, istext=True)
+        soft = (soft_end or not final) and not raw.endswith(b"\n")
+        lines = encoded.split(b"\n")
+        if soft or any(len(line) > 76 for line in lines):
+            last = lines.pop() if soft else None
+            encoded = b"\n".join(_wrap(line) if len(line) > 76 else line for line in lines)
+            if last is not None:
+                encoded += (b"\n" if lines else b"") + _wrap(last + b"=")
+        self.out.write(encoded)
+
+    def close(self, soft_end: bool = False) -> None:
+        """``soft_end``: the text ends without a line end, but the file must
+        end with one (a soft break ends the last line)."""
+        self._flush(final=True, soft_end=soft_end)
+
+
+def _wrap(line: bytes) -> bytes:
+    """An encoded line re-cut into lines of at most 76 characters with soft
+    breaks (binascii leaves a line at 78 when it encodes a trailing blank;
+    a block ending inside a line needs a soft break of its own)."""
+    tokens = _QP_TOKEN.findall(line)
+    soft = bool(tokens) and tokens[-1] == b"="  # a bare "=" is only ever a soft break
+    if soft:
+        tokens.pop()
+    out = []
+    current = b""
+    for t in tokens:
+        if len(current) + len(t) > 75:
+            out.append(current + b"=")
+            current = b""
+        current += t
+    out.append(current + (b"=" if soft else b""))
+    return b"\n".join(out)
+
+
+SINKS: dict[str, type[Copy]] = {
+    "copy": Copy,
+    "qp": QuotedPrintable,
+    "base64": Base64,
+    "qp-fix": QPFix,
+    "base64-fix": Base64Fix,
+}
