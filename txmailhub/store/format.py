@@ -69,8 +69,10 @@ class CRLFEncoder:
         head = b""
         if self._last == b"\r" and chunk[:1] == b"\n":
             head, chunk = b"\n", chunk[1:]
-        self._last = (head + chunk)[-1:]
-        return head + chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        self._last = chunk[-1:] or head
+        if b"\r" in chunk:  # rare in stored mail: only then undo stored CRLFs
+            chunk = chunk.replace(b"\r\n", b"\n")
+        return head + chunk.replace(b"\n", b"\r\n")
 
     def finish(self) -> bytes:
         return b"\r\n" if self._last not in (b"", b"\n") else b""

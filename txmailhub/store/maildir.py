@@ -131,6 +131,10 @@ class MaildirStore:
         self._link = link
         self._host = escape_host(hostname)
         self._counter = itertools.count(1)
+        # pid and a random tag once per process: with the time and the
+        # counter they make every name unique (no system call per message)
+        self._process = f"P{os.getpid()}"
+        self._tag = f"R{os.urandom(4).hex()}.{self._host}"
         # Maildir -> directories whose new entries (from creating it) are
         # not yet known to be durable; a delivery syncs them, then forgets.
         self._unsynced: dict[str, set[str]] = {}
@@ -180,9 +184,8 @@ class MaildirStore:
         now = self._clock()
         sec = int(now)
         usec = int((now - sec) * 1_000_000)
-        rand = os.urandom(4).hex()
         return (
-            f"{sec}.M{usec}P{os.getpid()}Q{next(self._counter)}R{rand}.{self._host}"
+            f"{sec}.M{usec}{self._process}Q{next(self._counter)}{self._tag}"
             f",S={message.size},W={message.crlf_size}"
         )
 
