@@ -325,3 +325,85 @@ def test_a_leading_return_path_is_not_relayed(tmp_path):
     assert results[0].kind == "delivered"
     [(_, _, sent)] = net.server_protocols[0].messages
     assert sent == b"Received: from x\r\nSubject: hi\r\n\r\nReturn-Path: body\r\n"
+
+
+class HeldRunner:
+    """``run_blocking`` that holds every call until the test releases it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args):
+        from twisted.internet import defer
+        d = defer.Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def release(self):
+        for f, args, d in self.calls:
+            try:
+                result = f(*args)
+            except Exception as e:
+                d.errback(e)
+            else:
+                d.callback(result)
+        self.calls = []
+
+
+def test_conversion_runs_through_the_injected_runner_before_streaming(tmp_path):
+    from txmailhub.relay import mime7bit
+
+    clock = Clock()
+    s = settings(tmp_path)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)
+    runner = HeldRunner()
+    a = DeliveryAgent(s, mx, clock, endpoint=net.endpoint, run_blocking=runner,
+                      tls_options=lambda host, verify: FakeTLS(host))
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n".encode()
+    e = entry(tmp_path, BOB, body=body)
+    d = a.deliver(e, "remote.test", [BOB])
+    net.run()
+    [(f, args, _)] = runner.calls  # the conversion waits in the runner...
+    assert f is mime7bit.convert_file and args[0] == e.message_path
+    server = net.server_protocols[0]
+    assert server.in_data and not server.messages  # ...and nothing was streamed yet
+    runner.release()
+    [r] = run(net, d)
+    assert r.kind == "delivered"
+    [(_, _, data)] = server.messages
+    assert data.isascii() and b"Gr=C3=BC=C3=9Fe" in data
+
+
+def test_unconvertible_message_bounces_without_ending_the_data(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nTo: jörg@remote.test\n\nGrüße\n".encode()
+    e = entry(tmp_path, BOB, body=body)
+    [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert r.kind == "permanent" and r.reply.status == "5.6.3"
+    assert "SMTPUTF8" in r.reply.text()
+    assert not net.server_protocols[0].messages  # no final "." was sent
+    folder = os.path.dirname(e.message_path)
+    assert [n for n in os.listdir(folder) if n.endswith(".7bit")] == []
+
+
+def test_tls_memory_survives_a_restart(tmp_path):
+    a, net, _ = agent(tmp_path, "require_tls_after_seen = true")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "STARTTLS"), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered" and "mx1.remote.test" in a.tls_seen
+    writes = a.tls_seen.writes
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert a.tls_seen.writes == writes == 1  # known already: not written again
+    # a new agent on the same state directory (a restart) still knows it
+    b, net2, _ = agent(tmp_path, "require_tls_after_seen = true")
+    assert "mx1.remote.test" in b.tls_seen
+    net2.servers[("2001:db8::1", 25)] = ScriptedSMTPServer  # STARTTLS gone: a downgrade
+    [r] = run(net2, b.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient"  # mx1 refused as a downgrade, mx2 is down
+    mx1 = net2.server_protocols[0]
+    assert mx1.commands and not any(c.startswith(b"MAIL") for c in mx1.commands)

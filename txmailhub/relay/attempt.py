@@ -6,11 +6,14 @@ injected endpoints, driving the sans-IO ``ClientSession``
 (``txmailhub.smtp.client``) with the RFC 5321 4.5.3.2 timeout of every
 step on an injected clock, TLS (STARTTLS, or implicit TLS for a port-465
 smarthost; verified with service_identity or opportunistic), remembering
-which MX hosts offered TLS (a later session without it is a downgrade:
-logged, or refused with ``[relay] require_tls_after_seen``), AUTH
+which MX hosts offered TLS (``txmailhub.relay.tls_memory``, kept across
+restarts; a later session without it is a downgrade: logged, or refused
+with ``[relay] require_tls_after_seen``), AUTH
 credentials from ``[relay] smarthost_auth_file`` (never logged), and
 streaming the message from disk with a producer (CRLF line ends and
-dot-stuffing per chunk; the 7-bit copy for a server without 8BITMIME).
+dot-stuffing per chunk; for a server without 8BITMIME, the 7-bit copy
+made by ``txmailhub.relay.mime7bit`` off the reactor thread, through the
+injected ``run_blocking``).
 
 It must not change the queue: it returns per-recipient results and the
 runner records them.
@@ -33,7 +36,9 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from zope.interface import implementer
@@ -42,7 +47,9 @@ from txmailhub.address import Address
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay import mime7bit
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
+from txmailhub.relay.queue import inline_io
 from txmailhub.relay.record import QueueEntry
+from txmailhub.relay.tls_memory import TLSMemory, memory_path
 from txmailhub.smtp.client import (
     ClientSession,
     Close,
@@ -55,7 +62,7 @@ from txmailhub.smtp.client import (
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["DeliveryAgent", "DeliveryResult", "SMTPClientProtocol", "SMARTHOST",
-           "read_credentials"]
+           "read_credentials", "thread_runner"]
 
 log = Logger(namespace="txmailhub.relay.attempt")
 
@@ -96,8 +103,10 @@ class SMTPClientProtocol(Protocol):
     """Moves bytes between a transport and a ``ClientSession``."""
 
     def __init__(self, session: ClientSession, clock: Any, message_path: str,
-                 tls_creator: Any, converted_path: str) -> None:
+                 tls_creator: Any, converted_path: str,
+                 run_blocking: Callable[..., defer.Deferred] = inline_io) -> None:
         self.session = session
+        self.run_blocking = run_blocking
         self.clock = clock
         self.message_path = message_path
         self.tls_creator = tls_creator
@@ -185,10 +194,38 @@ class SMTPClientProtocol(Protocol):
                 self.transport.loseConnection()
 
     def _send_body(self, convert: bool) -> None:
-        path = self.message_path
-        if convert:
-            mime7bit.convert_file(path, self.converted_path)
-            path = self.converted_path
+        if not convert:
+            self._stream(self.message_path, False)
+            return
+        # the conversion reads and writes the whole message: off the reactor
+        # thread; the data-block timer keeps running meanwhile
+        d = self.run_blocking(mime7bit.convert_file, self.message_path, self.converted_path)
+
+        def converted(_: Any) -> None:
+            if self._closing or self.done.called:  # timed out or gone meanwhile
+                _unlink(self.converted_path)
+                return
+            self._stream(self.converted_path, True)
+
+        def failed(f: Any) -> None:
+            _unlink(self.converted_path)
+            if f.check(mime7bit.Unconvertible):
+                log.info("cannot send {path} in 7 bits: {why}", path=self.message_path,
+                         why=f.getErrorMessage())
+                reply = Reply.of(554, "5.6.3", "the message needs 8BITMIME or SMTPUTF8, which "
+                                 "the remote server lacks, and has no 7-bit form: "
+                                 + f.getErrorMessage())
+            else:
+                log.failure("converting {path} to 7 bits failed", f, path=self.message_path)
+                reply = Reply.of(451, "4.3.0", "local error while converting the message "
+                                 "to 7 bits, will retry")
+            if not (self._closing or self.done.called):
+                self._run(self.session.body_failed(reply))
+
+        d.addCallbacks(converted, failed)
+        d.addErrback(lambda f: log.failure("sending the converted message failed", f))
+
+    def _stream(self, path: str, converted: bool) -> None:
         encoder = self.session.body_encoder()
         self._file = open(path, "rb")  # closed when the transfer ends
         skip_trace_return_path(self._file)
@@ -203,16 +240,20 @@ class SMTPClientProtocol(Protocol):
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            if convert:
-                _unlink(self.converted_path)
+            if converted:
+                _unlink(path)
             if self._closing:
                 return
             self.transport.write(encoder.finish())
             self._run(self.session.body_sent())
             self._arm()
 
-        d.addCallback(sent)
-        d.addErrback(lambda f: log.failure("streaming the message failed", f))
+        def not_sent(f: Any) -> None:
+            if converted:
+                _unlink(path)
+            log.failure("streaming the message failed", f)
+
+        d.addCallbacks(sent, not_sent)
 
 
 def skip_trace_return_path(f: Any) -> None:
@@ -233,6 +274,18 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def thread_runner(reactor: Any) -> Callable[..., defer.Deferred]:
+    """``f(*args)`` in the reactor's thread pool, or at once when the
+    reactor has no threads (a test clock)."""
+    if not IReactorThreads.providedBy(reactor):
+        return inline_io
+
+    def run(f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    return run
 
 
 def default_endpoint(reactor: Any) -> Callable[[str, int], Any]:
@@ -269,12 +322,19 @@ class DeliveryAgent:
     platform's CAs); ``tls_options(host, verify)`` builds the TLS
     connection creator (default: ``optionsForClientTLS`` with
     service_identity checks when ``verify``, else a non-verifying
-    ``CertificateOptions``)."""
+    ``CertificateOptions``); ``run_blocking(f, *args) -> Deferred`` runs
+    blocking file work -- the 7-bit conversion, the TLS memory's writes --
+    (default: the reactor's thread pool when ``clock`` provides
+    ``IReactorThreads``, else at once); ``tls_memory`` is the
+    ``TLSMemory`` of hosts seen offering STARTTLS (default: the one in
+    ``state_dir/relay/``, loaded now)."""
 
     def __init__(self, settings: Any, mx: Any, clock: Any,
                  endpoint: Callable[[str, int], Any] | None = None,
                  trust_root: Any = None,
-                 tls_options: Callable[[str, bool], Any] | None = None) -> None:
+                 tls_options: Callable[[str, bool], Any] | None = None,
+                 run_blocking: Callable[..., defer.Deferred] | None = None,
+                 tls_memory: TLSMemory | None = None) -> None:
         self.settings = settings
         self.relay = settings.relay
         self.mx = mx
@@ -282,7 +342,12 @@ class DeliveryAgent:
         self.endpoint = endpoint or default_endpoint(clock)
         self.trust_root = trust_root
         self.tls_options = tls_options or self._default_tls_options
-        self.tls_seen: set[str] = set()
+        self.run_blocking = run_blocking or thread_runner(clock)
+        if tls_memory is None:
+            tls_memory = TLSMemory(memory_path(settings.hub.state_dir), clock,
+                                   self.run_blocking)
+            tls_memory.load()
+        self.tls_seen = tls_memory
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         if verify:
@@ -423,7 +488,8 @@ class DeliveryAgent:
             credentials=credentials,
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
-        proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted)
+        proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,
+                                   self.run_blocking)
         endpoint = self.endpoint(address, port)
         if implicit:
             endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)
@@ -440,7 +506,7 @@ class DeliveryAgent:
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
         if outcome.tls_offered or outcome.tls:
-            self.tls_seen.add(host)
+            self.tls_seen.offered(host)
         elif host in self.tls_seen:
             log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
                      host=host)

@@ -4,8 +4,9 @@ Owns the assembly of the outbound side from the ``Components``:
 ``RelayService(components)`` builds the durable queue (exposed as
 ``.queue`` so the hub can put it into ``components.queue`` before the
 SMTP factories are made), the MX resolver (``[relay] nameservers`` or the
-system resolver), the delivery agent and the runner; ``startService``
-resumes every queued entry, ``stopService`` stops picking new ones and
+system resolver), the delivery agent (with the memory of hosts that
+offered TLS, ``state_dir/relay/tls-seen.json``, loaded at start) and the
+runner; ``startService`` resumes every queued entry, ``stopService`` stops picking new ones and
 gives attempts in flight a few seconds (whatever is unfinished stays on
 disk and is retried at the next start).
 
@@ -20,25 +21,14 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 
-from txmailhub.relay.attempt import DeliveryAgent
+from txmailhub.relay.attempt import DeliveryAgent, thread_runner
 from txmailhub.relay.mx import MXResolver, make_resolver
-from txmailhub.relay.queue import OutboundQueue, inline_io
+from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.runner import QueueRunner
+from txmailhub.relay.tls_memory import TLSMemory, memory_path
 
 __all__ = ["RelayService"]
-
-
-def _thread_io(reactor: Any) -> Callable[..., defer.Deferred]:
-    if not IReactorThreads.providedBy(reactor):
-        return inline_io
-
-    def run(f: Callable[..., Any], *args: Any) -> defer.Deferred:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
-    return run
 
 
 class RelayService(Service):
@@ -46,7 +36,8 @@ class RelayService(Service):
 
     Optional injections for tests and embedding: ``resolver`` (a
     twisted.names resolver), ``endpoint(host, port)`` (client endpoints),
-    ``io`` (runs blocking queue file work), ``rng`` (MX shuffling),
+    ``io`` (runs blocking file work: the queue's, the 7-bit conversion,
+    the TLS memory's writes), ``rng`` (MX shuffling),
     ``trust_root`` and ``tls_options`` (outbound TLS)."""
 
     name = "relay"
@@ -66,7 +57,8 @@ class RelayService(Service):
         reactor = components.reactor
         self.components = components
         # the hub's group-commit syncer, when it has one (txmailhub.store.sync)
-        self.queue = OutboundQueue(settings.queue_dir, reactor, io=io or _thread_io(reactor),
+        self._io = io or thread_runner(reactor)
+        self.queue = OutboundQueue(settings.queue_dir, reactor, io=self._io,
                                    syncer=getattr(components, "syncer", None))
         self._resolver = resolver
         self._endpoint = endpoint
@@ -85,8 +77,11 @@ class RelayService(Service):
             resolver = make_resolver(s.relay.nameservers, reactor=c.reactor)
         self.mx = MXResolver(resolver, c.reactor, s.hub.hostname, listening=c.listening,
                              port=s.relay.port, rng=self._rng)
+        tls_memory = TLSMemory(memory_path(s.hub.state_dir), c.reactor, self._io)
+        tls_memory.load()
         self.agent = DeliveryAgent(s, self.mx, c.reactor, endpoint=self._endpoint,
-                                   trust_root=self._trust_root, tls_options=self._tls_options)
+                                   trust_root=self._trust_root, tls_options=self._tls_options,
+                                   run_blocking=self._io, tls_memory=tls_memory)
         self.runner = QueueRunner(self.queue, self.agent, c, c.reactor)
 
     def startService(self) -> None:

@@ -11,7 +11,7 @@ timeout of each step, and QUIT.  Replies in -> actions out:
 * ``SendBody(convert_7bit)``: stream the message (through
   ``body_encoder()``: CRLF line ends, dot-stuffing, the final ".") --
   the 7-bit converted copy when ``convert_7bit`` -- then call
-  ``body_sent``;
+  ``body_sent`` (or ``body_failed`` when there is nothing to send);
 * ``Close()``: the session is over; close the connection.
 
 ``outcome`` (a ``SessionOutcome``) is set as soon as the fate of the
@@ -236,6 +236,16 @@ class ClientSession:
         self.phase = Phase.DATA_END
         self._expect.append(Phase.DATA_END)
         return []
+
+    def body_failed(self, reply: Reply) -> list[Action]:
+        """The message data could not be produced (after the 354; e.g. the
+        7-bit conversion failed): every recipient without a result gets
+        ``reply``, and the connection is dropped without the final ".", so
+        the server discards the transaction (RFC 5321 4.1.1.4)."""
+        self._fail_all(reply)
+        self._expect.clear()
+        self.phase = Phase.DONE
+        return [Close()]
 
     def timed_out(self) -> list[Action]:
         """The current step's timeout expired."""
