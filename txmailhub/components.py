@@ -34,6 +34,9 @@ class Components:
     * ``syncer``: the group-commit ``txmailhub.store.sync.Syncer`` shared by
       the spool, the Maildirs and the queue, or ``None`` (components then
       sync on their own).
+    * ``smtp_connections``: the connection counts every SMTP listener of
+      the hub shares (``[smtp] max_connections`` is for the whole hub);
+      made by the first ``SMTPFactory`` built from these components.
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -49,4 +52,5 @@ class Components:
     tls: Any = None
     users: Any = None
     syncer: Any = None
+    smtp_connections: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)

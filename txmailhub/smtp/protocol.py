@@ -443,7 +443,9 @@ class SMTPFactory(ServerFactory):
         self.policy = RecipientPolicy(components)
         # The connection counts are shared by every SMTP listener built from
         # the same components: [smtp] max_connections is for the whole hub.
-        self.limits: _Limits = vars(components).setdefault("_smtp_limits", _Limits())
+        if components.smtp_connections is None:
+            components.smtp_connections = _Limits()
+        self.limits: _Limits = components.smtp_connections
         self._hosts: dict[str, tuple[bool, bool]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():X}"
