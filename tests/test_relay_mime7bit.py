@@ -82,6 +82,23 @@ def test_7bit_multipart_with_preamble_and_epilogue_untouched():
     assert convert(src) == src
 
 
+def test_inner_multipart_cut_short_by_the_outer_boundary_and_digest_default():
+    src = (b"Content-Type: multipart/mixed; boundary=out\n\n--out\n"
+           b"Content-Type: multipart/alternative; boundary=in\n\n--in\n"
+           b"Content-Type: text/plain\n\ncaf\xc3\xa9\n--out\n"
+           b"Content-Type: multipart/digest; boundary=dg\n\n--dg\n\n"
+           b"Subject: inner\nContent-Type: application/x-thing\n\n\x00\xff\n--dg--\n"
+           b"--out--\n")
+    out = convert(src)
+    assert_7bit(out)
+    before = BytesParser(policy=policy.compat32).parsebytes(src)
+    after = BytesParser(policy=policy.compat32).parsebytes(out)
+    _compare(before, after)
+    leaves = [p for p in after.walk() if not p.is_multipart()]
+    assert [p.get_content_type() for p in leaves] == ["text/plain", "application/x-thing"]
+    assert leaves[1]["Content-Transfer-Encoding"] == "base64"
+
+
 def test_8bit_header_becomes_encoded_word():
     src = "From: a@example.org\nSubject: Grüße\n\nbody\n".encode()
     out = convert(src)

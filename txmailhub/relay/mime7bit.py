@@ -94,7 +94,7 @@ def to_7bit(source: BinaryIO, target: BinaryIO) -> None:
 # --- header blocks ----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Headers:
     start: int  # offset of the first header line
     end: int  # offset after the last header field (the blank line, if any, follows)
