@@ -198,3 +198,15 @@ class CaptureSMTP:
                 return
             else:
                 say(b"502 5.5.1 not implemented\r\n")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0,
+             what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something true (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

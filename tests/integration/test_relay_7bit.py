@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import smtplib
-import time
 from email import policy
 from email.parser import BytesParser
 
 import pytest
-from relayutil import CaptureSMTP, DNSServer
-
-from tests.conftest import make_certificate
+from conftest import make_certificate
+from relayutil import CaptureSMTP, DNSServer, wait_for
 
 MESSAGE = ("From: Jörg <alice@example.org>\r\nTo: bob@remote.test\r\nSubject: Grüße\r\n"
            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
@@ -30,16 +28,6 @@ def dns_server():
                         "mx.remote.test": {"A": ["127.0.0.1"]}})
     yield server
     server.stop()
-
-
-def wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def hub_for(make_hub, dns_server, remote, **relay):

@@ -8,7 +8,7 @@ import time
 from email import message_from_bytes, policy
 
 import pytest
-from relayutil import CaptureSMTP, DNSServer
+from relayutil import CaptureSMTP, DNSServer, wait_for
 
 ALICE = "alice@example.org"
 MESSAGE = (b"From: alice@example.org\r\nTo: bob@remote.test\r\nSubject: relay test\r\n"
@@ -51,16 +51,6 @@ def send(hub, rcpts, data=MESSAGE, sender=ALICE):
     with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
         refused = s.sendmail(sender, rcpts, data)
     assert refused == {}
-
-
-def wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def queue_lines(hub):
