@@ -593,3 +593,14 @@ def fmt(value: float | None, digits: int = 0) -> str:
     if value is None or value != value:  # NaN
         return "-"
     return f"{value:,.{digits}f}"
+
+
+def publish(text: str, records: list[dict], markdown: str | None, out_path: str) -> int:
+    """Print the tables (and write them to ``markdown``); exit 1 if any run failed."""
+    print()
+    print(text)
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(text + "\n")
+    print(f"\nraw runs: {out_path}")
+    return 0 if all(r.get("ok") for r in records) else 1

@@ -331,14 +331,7 @@ def run(args: argparse.Namespace, targets: list[str], sets: list[tuple[int, int]
                                   flush=True)
             shutil.rmtree(set_root, ignore_errors=True)
 
-    text = report(records, targets, "txmailhub")
-    print()
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
-    print(f"\nraw runs: {out_path}")
-    return 0 if all(r.get("ok") for r in records) else 1
+    return bl.publish(report(records, targets, "txmailhub"), records, args.markdown, out_path)
 
 
 if __name__ == "__main__":

@@ -183,16 +183,21 @@ def test_bad_password_is_auth_and_closes_after_limit(make_hub):
         p.noop()
 
 
-def test_in_use_across_two_connections(filled):
-    p = pop(filled)
-    p2 = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+def assert_locked_until_quit(holder, port):
+    """While ``holder`` is logged in, a login on ``port`` gets [IN-USE];
+    after holder's QUIT the same connection logs in."""
+    p2 = poplib.POP3("127.0.0.1", port, timeout=10)
     p2.user(ALICE)
     with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
         p2.pass_(ALICE_PW)
-    p.quit()
+    holder.quit()
     p2.user(ALICE)
     assert p2.pass_(ALICE_PW).startswith(b"+OK")
     p2.quit()
+
+
+def test_in_use_across_two_connections(filled):
+    assert_locked_until_quit(pop(filled), filled.pop3_port)
 
 
 def test_in_use_across_two_processes(filled, make_hub):
@@ -200,15 +205,7 @@ def test_in_use_across_two_processes(filled, make_hub):
         "hub": {"state_dir": str(filled.state_dir)},
         "users": {"file": str(filled.folder / "users")},
     })
-    p = pop(filled)
-    p2 = poplib.POP3("127.0.0.1", other.pop3_port, timeout=10)
-    p2.user(ALICE)
-    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
-        p2.pass_(ALICE_PW)
-    p.quit()
-    p2.user(ALICE)
-    assert p2.pass_(ALICE_PW).startswith(b"+OK")
-    p2.quit()
+    assert_locked_until_quit(pop(filled), other.pop3_port)
     # a crash leaves no stale lock
     p3 = pop(other)
     other.kill()
