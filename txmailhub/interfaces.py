@@ -24,7 +24,9 @@ __all__ = [
     "IOutboundQueue",
     "IRecipientRouter",
     "ISMTPUser",
+    "ISpoolWriter",
     "ISpooler",
+    "ISpoolingStore",
 ]
 
 
@@ -55,6 +57,16 @@ class ISpoolWriter(Interface):
         Fires with a ``txmailhub.envelope.SpooledMessage`` once the data is
         fsynced.  The spool file belongs to the caller from then on: it
         must hand it to the store/queue and then ``discard`` it."""
+
+    def finish_then(make_publication) -> "Deferred":  # noqa: F821, UP037
+        """``finish()``, then publish the message in the same durable step.
+
+        ``make_publication(message)`` is called at once with the
+        ``SpooledMessage`` and returns an object with ``run()`` (makes the
+        new names, returns the directories to sync) and ``settle(failed)``
+        (gets ``{directory: OSError}``, returns the result); both run
+        once the data is durable, on a worker thread in a real spool.
+        Fires with ``(message, result)``.  See ``Syncer.sync_then``."""
 
     def abort() -> None:
         """Throw the partial message away (client vanished, limit hit)."""
@@ -112,6 +124,23 @@ class IMailboxStore(Interface):
 
         Errbacks with ``txmailhub.errors.MailboxInUse`` when another session
         (in this process or another) holds it."""
+
+
+class ISpoolingStore(Interface):
+    """A mailbox store that can deliver a message as part of making its
+    spool file durable: the data fsync and the copies' directory entries
+    in one batch of the sync worker (the hot path of inbound mail)."""
+
+    def deliver_spooled(writer, mailboxes: list, discard) -> "Deferred":  # noqa: F821, UP037
+        """Finish ``writer`` (an ``ISpoolWriter``) and deliver the message
+        to each ``Address`` in ``mailboxes``.
+
+        Fires with ``(message, {Address: None | Exception}, discarded)``:
+        the ``SpooledMessage``, one outcome per mailbox as for
+        ``IMailboxStore.deliver``, and whether the spool file was already
+        removed with ``discard(message)`` (done only when every copy is
+        durable).  Errbacks when the spool file itself could not be made
+        durable (nothing was delivered then)."""
 
 
 class IRecipientRouter(Interface):

@@ -112,6 +112,18 @@ class MemorySpoolWriter:
         msg = SpooledMessage(self.path, len(data), crlf_size_of(data))
         return self._spooler._holder.result(msg)
 
+    def finish_then(self, make_publication: Any) -> defer.Deferred:
+        """``finish()``, then the publication's ``run`` and ``settle`` in
+        line (no directory is synced, so ``settle`` gets ``{}``)."""
+        d = self.finish()
+
+        def publish(message: SpooledMessage) -> tuple[SpooledMessage, Any]:
+            publication = make_publication(message)
+            publication.run()
+            return message, publication.settle({})
+
+        return d.addCallback(publish)
+
     def abort(self) -> None:
         if self.state == "open":
             self.state = "aborted"
@@ -413,6 +425,25 @@ class SyncerSpy:
 
     def sync_dir(self, path: str) -> defer.Deferred:
         return self._record("dir", path)
+
+    def sync_then(self, target: Any, publication: Any) -> defer.Deferred:
+        """Records ``("file", target)``; once that result is in (at once,
+        or on ``release()``), runs the publication and records
+        ``("dir", path)`` for each directory it names (``fail`` and
+        ``fail_kind`` apply to them too: they reach ``settle``)."""
+        d = self._record("file", target)
+
+        def publish(_: Any) -> Any:
+            failed: dict[str, OSError] = {}
+            for path in publication.run():
+                self.calls.append(("dir", path))
+                self.events.append(("dir", path))
+                err = self.fail.get(path) or self.fail_kind.get("dir")
+                if err is not None:
+                    failed[path] = err
+            return publication.settle(failed)
+
+        return d.addCallback(publish)
 
     def call(self, f: Any, *args: Any) -> defer.Deferred:
         """Runs ``f(*args)`` at once (no thread); counted in ``calls_run``."""

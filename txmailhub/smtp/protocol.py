@@ -37,7 +37,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
 from txmailhub.address import Address, client_ip
-from txmailhub.delivery import accept_message, summarize
+from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.sending import ResponseWriter
 from txmailhub.smtp import replies
@@ -284,17 +284,7 @@ class SMTPProtocol(Protocol):
             if self._head:  # no data at all (an empty BDAT LAST)
                 head, self._head = self._head, b""
                 writer.write(head)
-            d = writer.finish()
-        except Exception as e:
-            d = defer.fail(e)
-        # two flat chains (spool durable -> deliver -> answer), not a
-        # Deferred returned from a callback: that chaining costs more
-        d.addCallbacks(self._deliver, self._storage_failed,
-                       callbackArgs=(event, message_id), errbackArgs=(event, message_id))
-
-    def _deliver(self, message: Any, event: MessageComplete, message_id: str) -> None:
-        try:
-            d = accept_message(self.components, event.envelope, message)
+            d = accept_spooled(self.components, event.envelope, writer)
         except Exception as e:
             d = defer.fail(e)
         d.addCallbacks(self._delivered, self._storage_failed,

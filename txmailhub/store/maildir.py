@@ -64,7 +64,7 @@ from zope.interface import implementer
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError, MailboxInUse
-from txmailhub.interfaces import IMailboxStore
+from txmailhub.interfaces import IMailboxStore, ISpoolingStore
 from txmailhub.store.format import (
     CRLFCounter,
     CRLFEncoder,
@@ -106,7 +106,7 @@ def _path_component(text: str, what: str) -> str:
 # --- the store ----------------------------------------------------------------
 
 
-@implementer(IMailboxStore)
+@implementer(IMailboxStore, ISpoolingStore)
 class MaildirStore:
     """``IMailboxStore`` over ``mail_dir`` (see the module docstring).
 
@@ -241,6 +241,61 @@ class MaildirStore:
             return defer.succeed(results)
         return defer.DeferredList(pending).addCallback(_give, results)
 
+    def deliver_spooled(
+        self, writer: Any, mailboxes: list[Address], discard: Any = None
+    ) -> defer.Deferred:
+        """``ISpoolingStore``: finish ``writer`` and link the message into
+        each mailbox in the same sync batch (see ``_Publication``).
+
+        A mailbox whose link fails because the filesystem cannot link
+        there, or because the Maildir vanished, goes through ``deliver``
+        afterwards (copy, or re-create the folders), like any delivery."""
+        results: dict[Address, Exception | None] = {}
+
+        def make(message: SpooledMessage) -> _Publication:
+            publication = _Publication(message, self._link, discard)
+            for address in dict.fromkeys(mailboxes):
+                try:
+                    md = self.maildir_path(address)
+                    dirs = self._ensure(md)
+                    new = os.path.join(md, "new", self.unique_name(message))
+                except Exception as e:
+                    log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
+                              error=str(e))
+                    results[address] = e
+                    continue
+                publication.add(address, md, new, dirs)
+            if results:  # the caller needs the spool file for those
+                publication.discard = None
+            return publication
+
+        d = writer.finish_then(make)
+        d.addCallback(self._spooled, results)
+        return d
+
+    def _spooled(self, out: tuple[SpooledMessage, _Publication], results: dict) -> Any:
+        message, publication = out
+        for md, dirs in publication.synced:
+            self._synced(md, dirs)
+        retry = []
+        for address, error in publication.results.items():
+            if _link_impossible(error):
+                retry.append(address)
+            else:
+                if error is not None:
+                    log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
+                              error=str(error))
+                results[address] = error
+        if not retry:
+            return message, results, publication.discarded
+        d = self.deliver(message, retry)
+
+        def merged(more: dict) -> tuple[SpooledMessage, dict, bool]:
+            results.update(more)
+            return message, results, False
+
+        return d.addCallback(merged)
+
     def _link_into(self, src: str, new: str, md: str) -> None:
         try:
             self._link(src, new)
@@ -317,6 +372,78 @@ class MaildirStore:
             return f
 
         return d.addCallbacks(opened, failed)
+
+
+def _link_impossible(error: Exception | None) -> bool:
+    """A link failure that ``deliver`` knows how to get around."""
+    return isinstance(error, OSError) and (
+        error.errno in _LINK_FALLBACK or error.errno == errno.ENOENT
+    )
+
+
+class _Publication:
+    """Hard links of one spooled message into its mailboxes, made on a
+    sync worker thread (``Syncer.sync_then``) right after the message's
+    data became durable, in the same batch.
+
+    ``run`` links into each ``new/`` and names the directories to sync;
+    ``settle`` removes a copy whose directory could not be synced (so a
+    retry does not duplicate it), fills ``results`` (``{Address: None |
+    OSError}``) and, when every copy is durable, ``discard``\\ s the
+    spool file there and then (``discarded``).  The reactor side reads
+    ``results``, ``synced`` and ``discarded`` only after ``settle``."""
+
+    def __init__(self, message: SpooledMessage, link: Callable[[str, str], None],
+                 discard: Any) -> None:
+        self.message = message
+        self.discard = discard
+        self._link = link
+        self._copies: list[tuple[Address, str, str, tuple[str, ...]]] = []
+        self._linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
+        self.results: dict[Address, Exception | None] = {}
+        self.synced: list[tuple[str, tuple[str, ...]]] = []
+        self.discarded = False
+
+    def add(self, address: Address, md: str, new: str, dirs: tuple[str, ...]) -> None:
+        self._copies.append((address, md, new, dirs))
+
+    def run(self) -> list[str]:
+        source = self.message.path
+        dirs: list[str] = []
+        for copy in self._copies:
+            address, md, new, created = copy
+            try:
+                self._link(source, new)
+            except OSError as e:
+                self.results[address] = e
+                continue
+            self._linked.append(copy)
+            dirs.extend(created)
+            dirs.append(os.path.join(md, "new"))
+        return dirs
+
+    def settle(self, failed: dict[str, OSError]) -> _Publication:
+        for address, md, new, created in self._linked:
+            error = failed.get(os.path.join(md, "new"))
+            for path in created:
+                error = error or failed.get(path)
+            if error is None:
+                self.results[address] = None
+                if created:
+                    self.synced.append((md, created))
+                continue
+            try:
+                os.unlink(new)
+            except OSError:
+                pass
+            self.results[address] = error
+        if self.discard is not None and not any(self.results.values()):
+            try:
+                self.discard(self.message)
+                self.discarded = True
+            except Exception:  # the reactor side discards again, and logs
+                pass
+        return self
 
 
 def _snapshot(md: str, now: float) -> list[MessageInfo]:

@@ -72,6 +72,7 @@ class SpoolWriter:
         self._counter = CRLFCounter()
         self.error: OSError | None = None
         self.state = "open"  # open -> finishing -> finished | aborted
+        self._publishing = False
 
     def write(self, data: bytes) -> None:
         if self.state != "open":
@@ -100,6 +101,19 @@ class SpoolWriter:
         return self._counter.crlf_size
 
     def finish(self) -> defer.Deferred:
+        return self._finish(None)
+
+    def finish_then(self, make_publication: Any) -> defer.Deferred:
+        """``finish()``, and publish the message in the same sync batch.
+
+        ``make_publication(message)`` is called at once, on the caller's
+        thread, with the ``SpooledMessage``; what it returns goes to
+        ``Syncer.sync_then``, which runs it on a worker thread once the
+        data is durable.  Fires with ``(message, settle() result)``; the
+        spool file is the caller's afterwards, as with ``finish()``."""
+        return self._finish(make_publication)
+
+    def _finish(self, make_publication: Any) -> defer.Deferred:
         if self.state != "open":
             raise LocalError(f"finish on a {self.state} spool writer")
         if self.error is not None:
@@ -108,18 +122,28 @@ class SpoolWriter:
         self.state = "finishing"
         fd = self._fd
         message = SpooledMessage(self.path, self.size, self.crlf_size)
-        d = self._spooler.syncer.sync_file(fd)
+        if make_publication is None:
+            d = self._spooler.syncer.sync_file(fd)
+        else:
+            try:
+                publication = make_publication(message)
+            except Exception:
+                self.state = "aborted"
+                self._remove()
+                return defer.fail()
+            self._publishing = True
+            d = self._spooler.syncer.sync_then(fd, publication)
 
-        def synced(_: Any) -> SpooledMessage:
+        def synced(result: Any) -> Any:
             self._close()
             if self.state == "aborted":  # abort() arrived while syncing
                 self._unlink()
                 raise LocalError(f"spool file {self.path} was aborted")
             self.state = "finished"
-            return message
+            return message if make_publication is None else (message, result)
 
         def failed(f: Any) -> Any:
-            log.error("fsync of spool file {path} failed: {error}", path=self.path,
+            log.error("storing spool file {path} failed: {error}", path=self.path,
                       error=f.getErrorMessage())
             self.state = "aborted"
             self._remove()
@@ -131,11 +155,13 @@ class SpoolWriter:
         """Throw the message away.  After ``finish()`` has fired this does
         nothing (the file is the caller's: ``Spooler.discard`` it); while
         ``finish()`` is still syncing, the file is removed when the sync
-        returns and ``finish()``'s Deferred errbacks."""
+        returns and ``finish()``'s Deferred errbacks.  After
+        ``finish_then()`` it does nothing: the publication may already
+        have made copies, and those stand."""
         if self.state == "open":
             self.state = "aborted"
             self._remove()
-        elif self.state == "finishing":
+        elif self.state == "finishing" and not self._publishing:
             self.state = "aborted"
 
     def _close(self) -> None:

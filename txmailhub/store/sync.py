@@ -283,10 +283,11 @@ class _Workers:
 
 
 class _Request:
-    __slots__ = ("deferred", "target")
+    __slots__ = ("deferred", "target", "then")
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, then: Any = None) -> None:
         self.target = target
+        self.then = then
         self.deferred: defer.Deferred = defer.Deferred()
 
 
@@ -383,6 +384,25 @@ class Syncer:
         d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
         return d
 
+    def sync_then(self, target: Target, publication: Any) -> defer.Deferred:
+        """Make ``target`` durable, then publish it, all in one batch.
+
+        ``publication`` has two methods, both run on the worker thread:
+        ``run()``, once ``target``'s fsync has succeeded, makes the new
+        names (links, renames) and returns the directories whose entries
+        must become durable; ``settle(failed)``, after those directories
+        were synced, gets ``{directory: OSError}`` for the ones that
+        could not be, and returns the Deferred's result.  Errbacks with
+        the ``OSError`` of ``target`` (``run`` is then never called), or
+        with what ``run``/``settle`` raised.
+
+        Why: a message is stored in two durable steps (its data, then its
+        name in ``new/``).  As two requests they cost two batches, two
+        hand-offs between threads and two trips through the reactor per
+        message; as one, the second step rides in the batch of the first.
+        """
+        return self._request(target, then=publication)
+
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run another blocking filesystem call (``f(*args)``) on the worker
         threads, outside any batch; fires with its result.  For work that
@@ -399,11 +419,11 @@ class Syncer:
             self._launch()
         return ds
 
-    def _request(self, target: Target, launch: bool = True) -> defer.Deferred:
+    def _request(self, target: Target, launch: bool = True, then: Any = None) -> defer.Deferred:
         if self._stopped:
             return defer.fail(LocalError("the syncer is stopped: nothing can be made durable"))
         self.requests += 1
-        req = _Request(target)
+        req = _Request(target, then)
         self._pending.append(req)
         if launch and self._in_flight < self.max_batches:
             self._launch()
@@ -435,7 +455,10 @@ class Syncer:
             log.failure("cannot plan a sync batch")
             groups = [(_bind(_raise_now, Failure()), batch)]
         self.syscalls += len(groups)
-        if len(groups) == 1:
+        published = [
+            (i, req) for i, (_, reqs) in enumerate(groups) for req in reqs if req.then is not None
+        ]
+        if len(groups) == 1 and not published:
             self._run(groups[0][0]).addBoth(self._deliver, groups[0][1], [1])
             return
         # One thread job for the whole batch, whatever the method: every
@@ -444,9 +467,13 @@ class Syncer:
         # fsync, writeback of every file descriptor starts first, so the
         # journal commit of the first fsync covers the others' blocks.
         fds = [reqs[0].target for _, reqs in groups if isinstance(reqs[0].target, int)]
-        jobs = [job for job, _ in groups]
-        self._run(_bind(_run_each, (jobs, fds if self.method == "fsync" else []))).addBoth(
-            self._deliver_groups, groups)
+        work = _Batch(
+            [job for job, _ in groups],
+            fds if self.method == "fsync" else [],
+            [(i, req.then) for i, req in published],
+            self.method,
+        )
+        self._run(work.run).addBoth(self._deliver_groups, groups, published)
 
     def _plan(self, batch: list[_Request]) -> list[tuple[Callable[[], Any], list[_Request]]]:
         """Group the batch into syscalls: one fsync per distinct target, or
@@ -481,12 +508,25 @@ class Syncer:
         if not left[0]:
             self._batch_done()
 
-    def _deliver_groups(self, results: Any, groups: list) -> None:
-        if isinstance(results, Failure):  # _run_each itself failed: a bug
-            results = [results] * len(groups)
+    def _deliver_groups(self, results: Any, groups: list, published: list) -> None:
+        if isinstance(results, Failure):  # _Batch.run itself failed: a bug
+            results = ([results] * len(groups), [results] * len(published))
+        outcomes, settled = results
+        then_outcome = {id(req): out for (_, req), out in zip(published, settled)}
         left = [len(groups)]
-        for outcome, (_, reqs) in zip(results, groups):
-            self._deliver(outcome, reqs, left)
+        for outcome, (_, reqs) in zip(outcomes, groups):
+            plain = [r for r in reqs if r.then is None]
+            if len(plain) == len(reqs):
+                self._deliver(outcome, reqs, left)
+                continue
+            for req in reqs:
+                if req.then is not None:
+                    out = outcome if outcome is not None else then_outcome[id(req)]
+                    if isinstance(out, _Settled):
+                        req.deferred.callback(out.value)
+                    else:
+                        req.deferred.errback(out)
+            self._deliver(outcome, plain, left)  # counts the group as done
 
     def _batch_done(self) -> None:
         self._in_flight -= 1
@@ -527,22 +567,97 @@ def _syncfs_one_of(targets: list[Target]) -> None:
     raise error
 
 
-def _run_each(work: tuple[list[Callable[[], Any]], list[int]]) -> list[Any]:
-    """Runs on a worker thread: start the writeback of the file
-    descriptors, then every job, each outcome kept (``None`` or the
-    ``Failure``)."""
-    jobs, fds = work
-    for fd in fds:
-        start_writeback(fd)
-    out: list[Any] = []
-    for job in jobs:
+class _Settled:
+    """A publication's result (its ``settle()`` value), told apart from a
+    failure on the way back to the reactor."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Batch:
+    """One batch, run on a worker thread: start the writeback of the file
+    descriptors, run every sync job (each outcome kept: ``None`` or the
+    ``Failure``), then the publications of ``sync_then`` whose target is
+    durable, one sync of the directories they name, and their
+    ``settle``."""
+
+    def __init__(
+        self,
+        jobs: list[Callable[[], Any]],
+        fds: list[int],
+        publications: list[tuple[int, Any]],
+        method: str,
+    ) -> None:
+        self.jobs = jobs
+        self.fds = fds
+        self.publications = publications
+        self.method = method
+
+    def run(self) -> tuple[list[Any], list[Any]]:
+        for fd in self.fds:
+            start_writeback(fd)
+        outcomes: list[Any] = []
+        for job in self.jobs:
+            try:
+                job()
+            except Exception:
+                outcomes.append(Failure())
+            else:
+                outcomes.append(None)
+        if not self.publications:
+            return outcomes, []
+        settled: list[Any] = []
+        ran: list[tuple[int, Any]] = []
+        dirs: dict[str, None] = {}
+        for n, (group, publication) in enumerate(self.publications):
+            if outcomes[group] is not None:
+                settled.append(None)  # the target's own failure stands
+                continue
+            try:
+                for path in publication.run():
+                    dirs[path] = None
+            except Exception:
+                settled.append(Failure())
+                continue
+            settled.append(None)
+            ran.append((n, publication))
+        failed = _sync_dirs(list(dirs), self.method) if dirs else {}
+        for n, publication in ran:
+            try:
+                settled[n] = _Settled(publication.settle(failed))
+            except Exception:
+                settled[n] = Failure()
+        return outcomes, settled
+
+
+def _sync_dirs(dirs: list[str], method: str) -> dict[str, OSError]:
+    """Make the entries of ``dirs`` durable; the ones that failed, with
+    their error (for syncfs, every directory of a filesystem whose call
+    failed)."""
+    failed: dict[str, OSError] = {}
+    if method == "fsync":
+        for path in dirs:
+            try:
+                fsync_path(path)
+            except OSError as e:
+                failed[path] = e
+        return failed
+    by_dev: dict[int, list[str]] = {}
+    for path in dirs:
         try:
-            job()
-        except Exception:
-            out.append(Failure())
-        else:
-            out.append(None)
-    return out
+            by_dev.setdefault(os.stat(path).st_dev, []).append(path)
+        except OSError as e:
+            failed[path] = e
+    for paths in by_dev.values():
+        try:
+            _syncfs_one_of(list(paths))
+        except OSError as e:
+            for path in paths:
+                failed[path] = e
+    return failed
 
 
 def start_writeback(fd: int) -> None:
