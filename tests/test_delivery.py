@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from txmailhub.address import Address
-from txmailhub.delivery import DELIVERED, QUEUED, accept_message, summarize
+from txmailhub.delivery import DELIVERED, QUEUED, accept_message, accept_spooled, summarize
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
+from txmailhub.interfaces import ISpoolingStore
 from txmailhub.smtp import replies
 
 
@@ -171,3 +173,97 @@ class AcceptMessageTests(SynchronousTestCase):
         res = self.successResultOf(accept_message(c, env(A), MSG))
         self.assertEqual(res, {A: DELIVERED})
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class Writer:
+    """A spool writer whose ``finish`` fires with ``MSG``."""
+
+    def __init__(self):
+        self.finished = 0
+
+    def finish(self):
+        self.finished += 1
+        return defer.succeed(MSG)
+
+
+@implementer(ISpoolingStore)
+class SpoolingStore(Store):
+    """A ``Store`` that also takes the one-batch path."""
+
+    def __init__(self, fail=(), discard_ok=True, **kw):
+        super().__init__(fail=fail, **kw)
+        self.spooled = []
+        self.discard_ok = discard_ok
+
+    def deliver_spooled(self, writer, mailboxes, discard):
+        self.spooled.append(list(mailboxes))
+        result = {m: (OSError("quota") if m in self.fail else None) for m in mailboxes}
+        gone = False
+        if not any(result.values()) and self.discard_ok:
+            discard(MSG)
+            gone = True
+        return defer.succeed((MSG, result, gone))
+
+
+class AcceptSpooledTests(SynchronousTestCase):
+    def test_all_local_in_one_step(self):
+        c = C(store=SpoolingStore())
+        w = Writer()
+        res = self.successResultOf(accept_spooled(c, env(A, B), w))
+        self.assertEqual(res, {A: DELIVERED, B: DELIVERED})
+        self.assertEqual(c.store.spooled, [[A, B]])
+        self.assertEqual(w.finished, 0)  # the store finished it
+        self.assertEqual(c.store.calls, [])
+        self.assertEqual(c.spooler.discarded, [MSG])  # once, by the store
+
+    def test_the_spool_file_is_discarded_when_the_store_did_not(self):
+        c = C(store=SpoolingStore(discard_ok=False))
+        res = self.successResultOf(accept_spooled(c, env(A), Writer()))
+        self.assertEqual(res, {A: DELIVERED})
+        self.assertEqual(c.spooler.discarded, [MSG])
+
+    def test_a_failed_mailbox_is_queued_for_retry_then_discarded(self):
+        q = Queue()
+        c = C(store=SpoolingStore(fail=[B]), queue=q)
+        res = self.successResultOf(accept_spooled(c, env(A, B), Writer()))
+        self.assertEqual(res, {A: DELIVERED, B: QUEUED})
+        (entry,) = q.entries
+        self.assertEqual(entry[0].recipients, (B,))
+        self.assertEqual(entry[1], MSG)
+        self.assertEqual(c.spooler.discarded, [MSG])
+        self.assertEqual(summarize(res, "i"), replies.accepted("i"))
+
+    def test_a_failed_mailbox_without_a_queue_is_451(self):
+        c = C(store=SpoolingStore(fail=[B]))
+        res = self.successResultOf(accept_spooled(c, env(A, B), Writer()))
+        self.assertEqual(res[B], replies.LOCAL_ERROR)
+        self.assertEqual(summarize(res, "i").code, 451)
+
+    def test_remote_recipients_take_the_general_path(self):
+        q = Queue()
+        c = C(store=SpoolingStore(), queue=q)
+        w = Writer()
+        res = self.successResultOf(accept_spooled(c, env(A, R), w))
+        self.assertEqual(res, {A: DELIVERED, R: QUEUED})
+        self.assertEqual(w.finished, 1)
+        self.assertEqual(c.store.spooled, [])
+        self.assertEqual(c.store.calls, [(MSG, [A])])
+
+    def test_a_plain_store_takes_the_general_path(self):
+        c = C()
+        w = Writer()
+        res = self.successResultOf(accept_spooled(c, env(A), w))
+        self.assertEqual(res, {A: DELIVERED})
+        self.assertEqual(w.finished, 1)
+        self.assertEqual(c.store.calls, [(MSG, [A])])
+        self.assertEqual(c.spooler.discarded, [MSG])
+
+    def test_a_spool_failure_errbacks(self):
+        @implementer(ISpoolingStore)
+        class Broken(Store):
+            def deliver_spooled(self, writer, mailboxes, discard):
+                return defer.fail(OSError("fsync failed"))
+
+        c = C(store=Broken())
+        self.failureResultOf(accept_spooled(c, env(A), Writer()), OSError)
+        self.assertEqual(c.spooler.discarded, [])

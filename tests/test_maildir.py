@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from txmailhub.address import Address
 from txmailhub.errors import LocalError, MailboxInUse
-from txmailhub.interfaces import IMailbox, IMailboxStore
+from txmailhub.interfaces import IMailbox, IMailboxStore, ISpoolingStore
 from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store import maildir as maildir_module
 from txmailhub.store.maildir import (
@@ -283,6 +283,104 @@ class DeliveryTests(Base):
         got = [box.open_message(i).read() for i in range(5)]
         self.assertEqual(got, [b"m%d\n" % i for i in range(5)])  # delivery order
         box.close()
+
+
+class DeliverSpooledTests(Base):
+    """``deliver_spooled``: the spool fsync and the copies in one batch."""
+
+    def writer(self, data=BODY):
+        w = self.spooler.open()
+        w.write(data)
+        return w
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(ISpoolingStore, self.store))
+
+    def test_links_then_syncs_new_and_discards_the_spool_file(self):
+        w = self.writer()
+        self.syncer.calls.clear()
+        self.syncer.hold = True
+        discarded = []
+        d = self.store.deliver_spooled(w, [JOE, ANN, JOE], discarded.append)
+        self.assertNoResult(d)
+        self.assertEqual(self.names(JOE), [])  # nothing visible before the data is durable
+        self.syncer.release()
+        message, results, gone = self.successResultOf(d)
+        self.assertEqual(results, {JOE: None, ANN: None})
+        self.assertTrue(gone)
+        self.assertEqual(discarded, [message])
+        kinds = [k for k, _ in self.syncer.calls]
+        self.assertEqual(kinds[0], "file")  # the data first, then the directories
+        synced = [t for _, t in self.syncer.calls[1:]]
+        for who in (JOE, ANN):
+            self.assertIn(os.path.join(self.md(who), "new"), synced)
+            self.assertIn(self.md(who), synced)  # tmp/new/cur were just created
+            (name,) = self.names(who)
+            with open(os.path.join(self.md(who), "new", name), "rb") as f:
+                self.assertEqual(f.read(), BODY)
+            self.assertTrue(name.endswith(f",S={len(BODY)},W={crlf_size_of(BODY)}"))
+        # the creation is durable now: the next message only syncs new/
+        self.syncer.hold = False
+        self.syncer.calls.clear()
+        self.successResultOf(self.store.deliver_spooled(self.writer(), [JOE], None))
+        self.assertEqual([t for _, t in self.syncer.calls[1:]],
+                         [os.path.join(self.md(JOE), "new")])
+
+    def test_a_directory_that_cannot_be_synced_fails_that_mailbox_alone(self):
+        self.deliver([JOE, ANN])  # both Maildirs exist and are durable
+        self.syncer.fail[os.path.join(self.md(ANN), "new")] = OSError(errno.EIO, "I/O error")
+        discarded = []
+        message, results, gone = self.successResultOf(
+            self.store.deliver_spooled(self.writer(b"second\n"), [JOE, ANN], discarded.append))
+        self.assertIsNone(results[JOE])
+        self.assertEqual(results[ANN].errno, errno.EIO)
+        self.assertFalse(gone)  # the caller still needs it for ANN
+        self.assertEqual(discarded, [])
+        self.assertTrue(os.path.exists(message.path))
+        self.assertEqual(len(self.names(JOE)), 2)
+        self.assertEqual(len(self.names(ANN)), 1)  # the unsynced copy was removed again
+
+    def test_a_link_the_filesystem_refuses_falls_back_to_a_copy(self):
+        def no_links(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        self.store._link = no_links
+        message, results, gone = self.successResultOf(
+            self.store.deliver_spooled(self.writer(), [JOE], lambda m: None))
+        self.assertEqual(results, {JOE: None})
+        self.assertFalse(gone)
+        (name,) = self.names(JOE)
+        path = os.path.join(self.md(), "new", name)
+        self.assertNotEqual(os.stat(path).st_ino, os.stat(message.path).st_ino)  # a copy
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), BODY)
+
+    def test_a_vanished_maildir_is_made_again(self):
+        import shutil
+
+        self.deliver([JOE])
+        shutil.rmtree(self.md())
+        _, results, _ = self.successResultOf(
+            self.store.deliver_spooled(self.writer(), [JOE], lambda m: None))
+        self.assertEqual(results, {JOE: None})
+        self.assertEqual(len(self.names(JOE)), 1)
+
+    def test_a_mailbox_that_cannot_be_a_folder_fails_alone(self):
+        bad = Address("..", "example.org")
+        message, results, gone = self.successResultOf(
+            self.store.deliver_spooled(self.writer(), [bad, JOE], lambda m: None))
+        self.assertIsInstance(results[bad], LocalError)
+        self.assertIsNone(results[JOE])
+        self.assertFalse(gone)
+        self.assertTrue(os.path.exists(message.path))
+
+    def test_spool_sync_failure_delivers_nothing(self):
+        self.syncer.fail_kind["file"] = OSError(errno.EIO, "I/O error")
+        w = self.writer()
+        d = self.store.deliver_spooled(w, [JOE], lambda m: None)
+        self.failureResultOf(d, OSError)
+        self.assertFalse(os.path.exists(w.path))
+        self.assertFalse(os.path.isdir(os.path.join(self.md(), "new")) and self.names(JOE))
 
 
 class UIDTests(SynchronousTestCase):

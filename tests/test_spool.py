@@ -270,3 +270,84 @@ class CRLFRuleTests(SynchronousTestCase):
             expected += b"\r\n"
         self.assertEqual(out, expected)
         spooler.discard(msg)
+
+
+class FinishThenTests(SynchronousTestCase):
+    """``finish_then``: the spool fsync and a publication in one request."""
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        self.syncer = SyncerSpy(hold=True)
+        self.spooler = Spooler(self.dir, self.syncer)
+
+    def test_publishes_once_durable_and_fires_with_message_and_result(self):
+        seen = []
+
+        class Pub:
+            def run(self):
+                seen.append("run")
+                return ["/some/new"]
+
+            def settle(self, failed):
+                seen.append(("settle", failed))
+                return "published"
+
+        w = self.spooler.open()
+        w.write(b"x\n")
+        d = w.finish_then(lambda message: (seen.append(message), Pub())[1])
+        self.assertEqual(seen, [SpooledMessage(w.path, 2, 3)])  # made at once
+        self.assertNoResult(d)
+        (kind, fd), = self.syncer.calls
+        self.assertEqual(kind, "file")
+        self.syncer.release()
+        message, result = self.successResultOf(d)
+        self.assertEqual((message, result), (SpooledMessage(w.path, 2, 3), "published"))
+        self.assertEqual(seen[1:], ["run", ("settle", {})])
+        self.assertRaises(OSError, os.fstat, fd)  # closed
+        self.assertTrue(os.path.exists(w.path))  # the caller's now
+
+    def test_abort_after_finish_then_leaves_the_copies_alone(self):
+        class Pub:
+            def run(self):
+                return []
+
+            def settle(self, failed):
+                return "ok"
+
+        w = self.spooler.open()
+        w.write(b"x\n")
+        d = w.finish_then(lambda message: Pub())
+        w.abort()
+        self.syncer.release()
+        self.assertEqual(self.successResultOf(d)[1], "ok")
+        self.assertTrue(os.path.exists(w.path))
+
+    def test_a_publication_that_cannot_be_made_removes_the_file(self):
+        w = self.spooler.open()
+        w.write(b"x\n")
+
+        def broken(message):
+            raise LocalError("no publication")
+
+        self.failureResultOf(w.finish_then(broken), LocalError)
+        self.assertFalse(os.path.exists(w.path))
+        self.assertEqual(self.syncer.calls, [])
+
+    def test_a_failed_fsync_removes_the_file_and_publishes_nothing(self):
+        self.syncer.hold = False
+        self.syncer.fail_kind["file"] = OSError(5, "I/O error")
+        ran = []
+
+        class Pub:
+            def run(self):
+                ran.append(1)
+                return []
+
+            def settle(self, failed):
+                return None
+
+        w = self.spooler.open()
+        w.write(b"x\n")
+        self.failureResultOf(w.finish_then(lambda m: Pub()), OSError)
+        self.assertFalse(os.path.exists(w.path))
+        self.assertEqual(ran, [])

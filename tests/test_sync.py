@@ -391,3 +391,150 @@ class DurableWriteTests(SynchronousTestCase):
         finally:
             os.close(fd)
         self.assertRaises(FileNotFoundError, fsync_path, self.path + ".missing")
+
+
+class Publication:
+    """A ``sync_then`` publication that records what the worker ran."""
+
+    def __init__(self, calls, dirs=(), run_error=None, name="p"):
+        self.calls = calls
+        self.dirs = list(dirs)
+        self.run_error = run_error
+        self.name = name
+        self.failed = None
+
+    def run(self):
+        self.calls.append(("run", self.name))
+        if self.run_error is not None:
+            raise self.run_error
+        return self.dirs
+
+    def settle(self, failed):
+        self.calls.append(("settle", self.name))
+        self.failed = failed
+        return ("settled", self.name)
+
+
+class SyncThenTests(SynchronousTestCase):
+    """One batch: the target's fsync, the publication, its directories."""
+
+    def setUp(self):
+        self.threads = ManualThreads()
+
+    def test_publication_runs_after_the_target_and_before_its_directories(self):
+        spy = SyscallSpy(self)
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        pub = Publication(spy.calls, dirs=["/md/new"])
+        d = s.sync_then(3, pub)
+        self.assertNoResult(d)
+        self.assertEqual(self.threads.run_all(), 1)  # one thread job for all of it
+        self.assertEqual(spy.calls, [("fsync", 3), ("run", "p"), ("fsync", "/md/new"),
+                                     ("settle", "p")])
+        self.assertEqual(self.successResultOf(d), ("settled", "p"))
+        self.assertEqual(pub.failed, {})
+        self.assertEqual(s.batches, 1)
+
+    def test_directories_named_twice_in_a_batch_are_synced_once(self):
+        spy = SyscallSpy(self)
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        s.sync_file("/busy")  # keeps the syncer busy: the next two share a batch
+        ds = [s.sync_then(fd, Publication(spy.calls, dirs=["/md/new"], name=str(fd)))
+              for fd in (4, 5)]
+        self.threads.run_all()
+        spy.calls.clear()
+        self.assertEqual(self.threads.run_all(), 1)
+        self.assertEqual(spy.calls, [("fsync", 4), ("fsync", 5), ("run", "4"), ("run", "5"),
+                                     ("fsync", "/md/new"), ("settle", "4"), ("settle", "5")])
+        self.assertEqual([self.successResultOf(d) for d in ds],
+                         [("settled", "4"), ("settled", "5")])
+
+    def test_a_failed_target_is_never_published(self):
+        error = OSError(5, "I/O error")
+        spy = SyscallSpy(self, fail={6: error})
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        d = s.sync_then(6, Publication(spy.calls, dirs=["/md/new"]))
+        self.threads.run_all()
+        self.assertEqual(spy.calls, [("fsync", 6)])
+        self.assertIs(self.failureResultOf(d, OSError).value, error)
+
+    def test_a_failed_directory_reaches_settle(self):
+        error = OSError(28, "No space left on device")
+        spy = SyscallSpy(self, fail={"/md/new": error})
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        pub = Publication(spy.calls, dirs=["/md/new", "/other/new"])
+        d = s.sync_then(7, pub)
+        self.threads.run_all()
+        self.assertEqual(self.successResultOf(d), ("settled", "p"))
+        self.assertEqual(pub.failed, {"/md/new": error})
+
+    def test_a_publication_that_raises_fails_alone(self):
+        spy = SyscallSpy(self)
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        s.sync_file("/busy")
+        bad = s.sync_then(8, Publication(spy.calls, run_error=ValueError("bug"), name="bad"))
+        good = s.sync_then(9, Publication(spy.calls, dirs=["/d"], name="good"))
+        plain = s.sync_file(8)  # the same target as the bad one, asked for plainly
+        self.threads.run_all()
+        self.threads.run_all()
+        self.failureResultOf(bad, ValueError)
+        self.assertEqual(self.successResultOf(good), ("settled", "good"))
+        self.assertIsNone(self.successResultOf(plain))
+        self.assertEqual(s._in_flight, 0)
+        self.assertNotIn(("settle", "bad"), spy.calls)
+
+    def test_syncfs_syncs_the_directories_through_their_filesystem(self):
+        spy = SyscallSpy(self)
+        d = self.mktemp()
+        os.makedirs(d)
+        s = Syncer(None, method="syncfs", run_in_thread=self.threads)
+        result = s.sync_then(d, Publication(spy.calls, dirs=[d]))
+        self.threads.run_all()
+        self.assertEqual(spy.calls, [("syncfs", d), ("run", "p"), ("syncfs", d),
+                                     ("settle", "p")])
+        self.assertEqual(self.successResultOf(result), ("settled", "p"))
+
+    def test_after_stop_nothing_is_published(self):
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        self.successResultOf(s.stop())
+        calls = []
+        d = s.sync_then(3, Publication(calls))
+        self.failureResultOf(d, LocalError)
+        self.assertEqual(calls, [])
+
+    def test_real_threads_publish_real_links(self):
+        """With the worker threads: the link exists once the Deferred fires."""
+        from twisted.internet import reactor  # noqa: F401  (callFromThread needs it)
+
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "new"))
+        src = os.path.join(base, "spool")
+        fd = os.open(src, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"x")
+        dst = os.path.join(base, "new", "m")
+
+        class Link:
+            def run(self):
+                os.link(src, dst)
+                return [os.path.join(base, "new")]
+
+            def settle(self, failed):
+                return failed
+
+        done = threading.Event()
+        results = []
+
+        class Reactor:
+            def callFromThread(self, f, *a):
+                f(*a)
+                done.set()
+
+        s = Syncer(Reactor(), method="fsync")
+        s.start()
+        try:
+            s.sync_then(fd, Link()).addBoth(results.append)
+            self.assertTrue(done.wait(10))
+        finally:
+            os.close(fd)
+            s.stop()
+        self.assertEqual(results, [{}])
+        self.assertTrue(os.path.exists(dst))

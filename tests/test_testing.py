@@ -58,6 +58,21 @@ class SpoolAndStoreTests(SynchronousTestCase):
         self.assertEqual(spooler.discarded, [msg.path])
         self.assertNotIn(msg.path, spooler.files)
 
+    def test_finish_then_runs_the_publication_in_line(self):
+        class Pub:
+            def run(self):
+                return ["/d"]
+
+            def settle(self, failed):
+                return failed
+
+        spooler = MemorySpooler()
+        w = spooler.open()
+        w.write(b"x\n")
+        msg, result = self.successResultOf(w.finish_then(lambda m: Pub()))
+        self.assertEqual(result, {})
+        self.assertEqual(spooler.contents(msg), b"x\n")
+
     def test_writer_misuse_is_a_local_error(self):
         w = MemorySpooler().open()
         w.abort()
@@ -159,7 +174,8 @@ class SyncerSpyTests(SynchronousTestCase):
 
         from txmailhub.store.sync import Syncer
 
-        for name in ("sync_file", "sync_dir", "sync_each", "sync", "call", "start", "stop"):
+        for name in ("sync_file", "sync_dir", "sync_each", "sync", "sync_then", "call",
+                     "start", "stop"):
             real = inspect.signature(getattr(Syncer, name))
             fake = inspect.signature(getattr(SyncerSpy, name))
             self.assertEqual(list(real.parameters), list(fake.parameters), name)
@@ -181,3 +197,20 @@ class SyncerSpyTests(SynchronousTestCase):
         self.successResultOf(ok)
         self.successResultOf(bad)  # not a directory: counted as a file
         self.failureResultOf(spy.sync_dir("/x"), OSError)
+
+    def test_sync_then_publishes_after_the_file_and_reports_failed_dirs(self):
+        error = OSError("EIO")
+        spy = SyncerSpy(hold=True, fail={"/bad": error})
+
+        class Pub:
+            def run(self):
+                return ["/ok", "/bad"]
+
+            def settle(self, failed):
+                return failed
+
+        d = spy.sync_then(5, Pub())
+        self.assertEqual(spy.calls, [("file", 5)])
+        spy.release()
+        self.assertEqual(self.successResultOf(d), {"/bad": error})
+        self.assertEqual(spy.calls, [("file", 5), ("dir", "/ok"), ("dir", "/bad")])
