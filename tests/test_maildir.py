@@ -344,7 +344,7 @@ class DeliverSpooledTests(Base):
         def no_links(src, dst):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-        self.store._link = no_links
+        self.store._link = self.store._rename = no_links
         message, results, gone = self.successResultOf(
             self.store.deliver_spooled(self.writer(), [JOE], lambda m: None))
         self.assertEqual(results, {JOE: None})
@@ -354,6 +354,32 @@ class DeliverSpooledTests(Base):
         self.assertNotEqual(os.stat(path).st_ino, os.stat(message.path).st_ino)  # a copy
         with open(path, "rb") as f:
             self.assertEqual(f.read(), BODY)
+
+    def test_one_mailbox_gets_the_spool_file_itself(self):
+        w = self.writer()
+        inode = os.stat(w.path).st_ino
+        discarded = []
+        message, results, gone = self.successResultOf(
+            self.store.deliver_spooled(w, [JOE], discarded.append))
+        self.assertEqual(results, {JOE: None})
+        self.assertTrue(gone)
+        self.assertEqual(discarded, [])  # renamed: nothing left to discard
+        self.assertFalse(os.path.exists(message.path))
+        (name,) = self.names(JOE)
+        path = os.path.join(self.md(), "new", name)
+        self.assertEqual(os.stat(path).st_ino, inode)
+        self.assertEqual(os.stat(path).st_nlink, 1)
+
+    def test_a_moved_copy_that_is_not_durable_goes_back_to_the_spool(self):
+        self.deliver([JOE])
+        self.syncer.fail[os.path.join(self.md(), "new")] = OSError(errno.EIO, "I/O error")
+        message, results, gone = self.successResultOf(
+            self.store.deliver_spooled(self.writer(b"again\n"), [JOE], lambda m: None))
+        self.assertEqual(results[JOE].errno, errno.EIO)
+        self.assertFalse(gone)
+        with open(message.path, "rb") as f:  # back in the spool, for the queue
+            self.assertEqual(f.read(), b"again\n")
+        self.assertEqual(len(self.names(JOE)), 1)
 
     def test_a_vanished_maildir_is_made_again(self):
         import shutil

@@ -123,12 +123,14 @@ class MaildirStore:
         *,
         clock: Callable[[], float] = time.time,
         link: Callable[[str, str], None] = os.link,
+        rename: Callable[[str, str], None] = os.rename,
     ) -> None:
         self.mail_dir = os.path.abspath(mail_dir)
         self.hostname = hostname
         self.syncer = syncer
         self._clock = clock
         self._link = link
+        self._rename = rename
         self._host = escape_host(hostname)
         self._counter = itertools.count(1)
         # pid and a random tag once per process: with the time and the
@@ -253,7 +255,7 @@ class MaildirStore:
         results: dict[Address, Exception | None] = {}
 
         def make(message: SpooledMessage) -> _Publication:
-            publication = _Publication(message, self._link, discard)
+            publication = _Publication(message, self._link, self._rename, discard)
             for address in dict.fromkeys(mailboxes):
                 try:
                     md = self.maildir_path(address)
@@ -382,22 +384,29 @@ def _link_impossible(error: Exception | None) -> bool:
 
 
 class _Publication:
-    """Hard links of one spooled message into its mailboxes, made on a
-    sync worker thread (``Syncer.sync_then``) right after the message's
-    data became durable, in the same batch.
+    """The copies of one spooled message in its mailboxes, made on a sync
+    worker thread (``Syncer.sync_then``) right after the message's data
+    became durable, in the same batch.
 
-    ``run`` links into each ``new/`` and names the directories to sync;
-    ``settle`` removes a copy whose directory could not be synced (so a
-    retry does not duplicate it), fills ``results`` (``{Address: None |
-    OSError}``) and, when every copy is durable, ``discard``\\ s the
-    spool file there and then (``discarded``).  The reactor side reads
-    ``results``, ``synced`` and ``discarded`` only after ``settle``."""
+    ``run`` puts the file into each ``new/`` and names the directories to
+    sync: hard links, or -- one mailbox, and the spool file may go -- a
+    ``rename(2)`` of the spool file itself, one system call instead of a
+    link and an unlink (each system call on a worker thread costs a GIL
+    hand-over with the reactor thread).  ``settle`` takes back a copy
+    whose directory could not be synced (so a retry does not duplicate
+    it; a moved file goes back to the spool), fills ``results``
+    (``{Address: None | OSError}``) and, when every copy is durable,
+    ``discard``\\ s the spool file there and then (``discarded``).  The
+    reactor side reads ``results``, ``synced`` and ``discarded`` only
+    after ``settle``."""
 
     def __init__(self, message: SpooledMessage, link: Callable[[str, str], None],
-                 discard: Any) -> None:
+                 rename: Callable[[str, str], None], discard: Any) -> None:
         self.message = message
         self.discard = discard
         self._link = link
+        self._rename = rename
+        self._moved = False
         self._copies: list[tuple[Address, str, str, tuple[str, ...]]] = []
         self._linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
         self.results: dict[Address, Exception | None] = {}
@@ -409,14 +418,16 @@ class _Publication:
 
     def run(self) -> list[str]:
         source = self.message.path
+        move = self.discard is not None and len(self._copies) == 1
         dirs: list[str] = []
         for copy in self._copies:
             address, md, new, created = copy
             try:
-                self._link(source, new)
+                (self._rename if move else self._link)(source, new)
             except OSError as e:
                 self.results[address] = e
                 continue
+            self._moved = move
             self._linked.append(copy)
             dirs.extend(created)
             dirs.append(os.path.join(md, "new"))
@@ -433,11 +444,17 @@ class _Publication:
                     self.synced.append((md, created))
                 continue
             try:
-                os.unlink(new)
+                if self._moved:  # the caller needs the spool file back
+                    self._rename(new, self.message.path)
+                    self._moved = False
+                else:
+                    os.unlink(new)
             except OSError:
                 pass
             self.results[address] = error
-        if self.discard is not None and not any(self.results.values()):
+        if self._moved:
+            self.discarded = True  # the spool name is gone with the rename
+        elif self.discard is not None and not any(self.results.values()):
             try:
                 self.discard(self.message)
                 self.discarded = True

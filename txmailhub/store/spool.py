@@ -11,7 +11,7 @@ hard-link it: the spool lives on the same filesystem as ``mail/`` and
 
 A spool file is never acknowledged by itself, so whatever is left in the
 directory after a crash was never answered 250: ``recover()`` (run by the
-constructor) deletes it.  Files are named ``<pid>-<counter>-<random>``;
+constructor) deletes it.  Files are named ``<pid>-<counter>-<random tag of the spooler>``;
 recovery spares those of another live process sharing the directory.
 
 Why a spool at all (rather than writing straight into the first
@@ -212,6 +212,8 @@ class Spooler:
         self.syncer = syncer
         self.precreate = precreate
         self._counter = itertools.count(1)
+        self._prefix = f"{os.getpid()}-"
+        self._tag = os.urandom(4).hex()
         self._ready: deque[tuple[str, int]] = deque()
         self._refilling = False
         self._closed = False
@@ -225,9 +227,11 @@ class Spooler:
         return SpoolWriter(self, path, fd)
 
     def _create(self) -> tuple[str, int]:
-        pid = os.getpid()
+        # pid, counter and a tag drawn once per spooler: unique without a
+        # getpid/getrandom system call per file (O_EXCL catches the rest)
+        prefix = self._prefix
         while True:
-            name = f"{pid}-{next(self._counter)}-{os.urandom(4).hex()}"
+            name = f"{prefix}{next(self._counter)}-{self._tag}"
             path = os.path.join(self.spool_dir, name)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)

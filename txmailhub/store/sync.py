@@ -597,8 +597,9 @@ class _Batch:
         self.method = method
 
     def run(self) -> tuple[list[Any], list[Any]]:
-        for fd in self.fds:
-            start_writeback(fd)
+        if len(self.fds) > 1:  # overlapping writeback needs two files at least
+            for fd in self.fds:
+                start_writeback(fd)
         outcomes: list[Any] = []
         for job in self.jobs:
             try:
