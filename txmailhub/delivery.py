@@ -10,6 +10,12 @@ It must not parse SMTP, touch sockets, or decide whether a recipient is
 allowed (the SMTP server did that at RCPT time); it only moves a durable
 spool file to where it must go and then discards the spool file.
 
+``accept_spooled`` is the SMTP server's entry point: it takes the spool
+writer before its final fsync, so that for mail to local mailboxes only
+(an MX's daily bread) the store can make the copies in the same worker
+job as that fsync (``ISpoolingStore``); anything else is
+``writer.finish()`` and then ``accept_message``.
+
 Per-recipient fate (RFC 5321 6.1): each recipient gets its own ``Reply``.
 A local mailbox that fails is handed to the queue, whose runner retries it
 through the store, so the client is told 250 and never re-sends to the

@@ -9,6 +9,13 @@ view live in ``store/mailbox.py``, the name and size rules in
 ``store/format.py`` (re-exported here).  It does not route, parse
 messages or speak any protocol.
 
+Delivery, hot path (``MaildirStore.deliver_spooled``, ``ISpoolingStore``):
+the spool file's fsync, the copies into ``new/`` and the fsync of the
+``new/`` directories run as one job on the syncer's worker thread
+(``_Publication``); one mailbox gets the spool file by ``rename(2)``,
+several get hard links.  A copy the filesystem cannot link (or whose
+Maildir vanished) goes through ``deliver`` afterwards.
+
 Delivery (``MaildirStore.deliver``): the spool file is already fsynced,
 so each copy is a hard link straight into ``new/`` -- a complete file
 appears there atomically, never a partial one -- then the ``new/``

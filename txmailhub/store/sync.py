@@ -63,6 +63,24 @@ thread pool in place of ``_Workers``, favoured syncfs: 1,494-2,412 vs
 1,239-1,920 msg/s for a loop of create/sync/link/sync-dir; the hand-off
 cost per thread job that made one call per batch cheaper is gone.)
 
+Data, then names (``sync_then``): a message is stored in two durable
+steps -- its data, then its name in ``new/`` -- and the second may only
+start once the first is done, or a crash could leave an empty or partial
+file visible.  As two requests that is two batches, two hand-offs
+between threads and two trips through the reactor per message.
+``sync_then(target, publication)`` puts both in one batch: the worker
+fsyncs the files, runs each publication (links or renames, on the worker
+thread), fsyncs the directories they name once per batch, and lets each
+publication settle.  Measured with the reference harness (txmailhub, aiosmtpd
+with fsync and ``twistd mail``, 1 KiB, 10 sessions, a connection per
+message, loop ext4, 3 alternated runs of each version): stored msg/s as a
+ratio to ``twistd mail`` 0.87 / 0.44 / 0.81 before, 1.36 / 0.93 / 0.96
+after; to aiosmtpd 2.06 / 1.17 / 1.69 before, 3.18 / 2.07 / 2.09 after.
+Each extra system call on a worker thread costs a GIL hand-over with the
+reactor thread (``strace -c -f``: about four futex calls), so the worker
+does as few as it can: no ``fadvise`` for a batch of one file, a rename
+rather than link + unlink for one mailbox.
+
 ``max_batches`` lets more than one batch be in flight; it did not pay
 here, so the default is 1, classic group commit.  Measure on the target
 machine before changing either knob.
