@@ -71,15 +71,20 @@ between threads and two trips through the reactor per message.
 ``sync_then(target, publication)`` puts both in one batch: the worker
 fsyncs the files, runs each publication (links or renames, on the worker
 thread), fsyncs the directories they name once per batch, and lets each
-publication settle.  Measured with the reference harness (txmailhub, aiosmtpd
-with fsync and ``twistd mail``, 1 KiB, 10 sessions, a connection per
-message, loop ext4, 3 alternated runs of each version): stored msg/s as a
-ratio to ``twistd mail`` 0.87 / 0.44 / 0.81 before, 1.36 / 0.93 / 0.96
-after; to aiosmtpd 2.06 / 1.17 / 1.69 before, 3.18 / 2.07 / 2.09 after.
-Each extra system call on a worker thread costs a GIL hand-over with the
-reactor thread (``strace -c -f``: about four futex calls), so the worker
-does as few as it can: no ``fadvise`` for a batch of one file, a rename
-rather than link + unlink for one mailbox.
+publication settle.  What it buys is latency -- one group-commit wait
+per message instead of two, and one trip through the reactor -- not
+CPU: under ``strace -c -f`` (1 KiB, 10 sessions, 2,000 messages) two-step
+and one-job batches made 28-32 futex calls per message alike, and the
+one-job batches more fsyncs (1.8 against 1.5 per message), since each
+gathers only its own messages' directory syncs.  Alternated runs of the
+reference load (3 of each build, 1 KiB, 10 sessions) were level within
+this machine's noise (stored msg/s as a ratio to ``twistd mail`` 1.05 /
+0.82 / 0.77 before, 0.77 / 0.94 / 1.11 after).  Each system call on a
+worker thread costs a GIL hand-over with the reactor thread (about four
+futex calls), so the worker does as few as it can: no ``fadvise`` for a
+batch of one file, a rename rather than link + unlink for one mailbox
+(37.5 -> 31.5 futex calls per message, with spool names drawn without
+``getrandom``).
 
 ``max_batches`` lets more than one batch be in flight; it did not pay
 here, so the default is 1, classic group commit.  Measure on the target
