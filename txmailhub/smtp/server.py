@@ -3,9 +3,10 @@
 Owns the session rules: which command is allowed in which state (the
 ``_ALLOWED`` table) and where it leads (``_TRANSITIONS``), the replies, the
 session limits (line length, recipients, errors, AUTH failures), and the
-switch between command lines and message data (read by ``_data``).  The
-SASL exchanges of AUTH are in ``_sasl``; events and configuration in
-``events``.  Bytes go in with ``receive_data``; replies come out of
+switch between command lines and message data.  Its parts: DATA and
+BDAT in ``_transfer`` (the readers in ``_data``), AUTH in ``_authphase``
+(the SASL exchanges in ``_sasl``), the states in ``_states``; events and
+configuration in ``events``.  Bytes go in with ``receive_data``; replies come out of
 ``data_to_send``; whatever needs the outside world comes out of
 ``next_event`` as an event:
 
@@ -27,7 +28,6 @@ which RFC 821 allows when no terminal delivery is possible.  TURN is 502.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +37,13 @@ from txmailhub.address import Address, AddressError, parse_address
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
+from txmailhub.smtp._authphase import AuthPhase
 from txmailhub.smtp._data import ChunkReader, DotReader
 from txmailhub.smtp._parse import MailParams, parse_command, parse_mail, parse_rcpt
-from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
+from txmailhub.smtp._sasl import SASLExchange
+from txmailhub.smtp._states import TRANSITIONS as _TRANSITIONS
+from txmailhub.smtp._states import S, State
+from txmailhub.smtp._transfer import MessageTransfer
 from txmailhub.smtp.events import (
     AuthRequest,
     Close,
@@ -68,28 +72,6 @@ __all__ = [
 log = Logger(namespace="txmailhub.smtp.server")
 
 
-class State(enum.Enum):
-    INIT = "before HELO/EHLO"
-    READY = "between transactions"
-    MAIL = "after MAIL"
-    RCPT = "after RCPT"
-    DATA = "reading DATA"
-    BDAT = "reading a BDAT chunk"
-    AUTH = "in an AUTH exchange"
-    CLOSED = "closed"
-
-
-S = State
-_TRANSITIONS: dict[State, frozenset[State]] = {
-    S.INIT: frozenset({S.INIT, S.READY, S.AUTH, S.CLOSED}),
-    S.READY: frozenset({S.INIT, S.READY, S.MAIL, S.AUTH, S.CLOSED}),
-    S.MAIL: frozenset({S.INIT, S.READY, S.MAIL, S.RCPT, S.CLOSED}),
-    S.RCPT: frozenset({S.INIT, S.READY, S.RCPT, S.DATA, S.BDAT, S.CLOSED}),
-    S.DATA: frozenset({S.READY, S.CLOSED}),
-    S.BDAT: frozenset({S.READY, S.RCPT, S.CLOSED}),
-    S.AUTH: frozenset({S.INIT, S.READY, S.CLOSED}),
-    S.CLOSED: frozenset({S.CLOSED}),
-}
 _ANY = frozenset({S.INIT, S.READY, S.MAIL, S.RCPT})
 # Which command may be given in which state; anything else is 503.
 _ALLOWED: dict[str, frozenset[State]] = {
@@ -110,7 +92,7 @@ _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
 
 
-class SMTPServer:
+class SMTPServer(MessageTransfer, AuthPhase):
     """One SMTP session.  Create it, send ``greeting()``, then feed bytes."""
 
     def __init__(self, config: ServerConfig, policy: Any, session: Session) -> None:
@@ -194,61 +176,12 @@ class SMTPServer:
 
     # Answers to requests.
 
-    def message_started(self, sink: Callable[[bytes], object]) -> None:
-        self._answer(StartMessage)
-        if self.state is State.RCPT and self._bdat_first is not None:
-            size, last = self._bdat_first
-            self._bdat_first = None
-            self._reader = ChunkReader(sink, self.config.max_message_size)
-            self._reader.start(size, last)
-            self._to(State.BDAT)
-        else:
-            self._reader = DotReader(sink, self.config.max_message_size)
-            self._to(State.DATA)
-            self.reply(replies.DATA_START)
-
-    def message_refused(self, reply: Reply) -> None:
-        self._answer(StartMessage)
-        if self._bdat_first is not None:  # the chunk is on its way: drain it
-            size, last = self._bdat_first
-            self._bdat_first = None
-            self._reader = ChunkReader(None, self.config.max_message_size)
-            self._reader.fail(reply)
-            self._reader.start(size, last)
-            self._to(State.BDAT)
-            return
-        self.reply(reply)
-        self._reset_transaction()
-        self._to(State.READY)
-
-    def fail_message(self, reply: Reply) -> None:
-        """The sink broke (disk full...): refuse the message, keep draining."""
-        if self._reader is not None:
-            self._reader.fail(reply)
-
     def message_done(self, reply: Reply) -> None:
         self._answer(MessageComplete)
         self.reply(reply)
         if reply.is_positive:
             self.messages += 1
         self._reset_transaction()
-        self._to(State.READY)
-
-    def auth_succeeded(self, address: Address) -> None:
-        self._answer(AuthRequest)
-        self.session.authenticated_as = address
-        self.reply(replies.AUTH_SUCCEEDED)
-        self._to(State.READY)
-
-    def auth_failed(self, reply: Reply = replies.AUTH_FAILED) -> None:
-        self._answer(AuthRequest)
-        self.auth_failures += 1
-        if self.auth_failures >= self.config.max_auth_failures:
-            self._out.append(reply.to_bytes())
-            self.reply(replies.AUTH_TOO_MANY_FAILURES)
-            self._close(replies.AUTH_TOO_MANY_FAILURES)
-            return
-        self.reply(reply)
         self._to(State.READY)
 
     def tls_started(self) -> None:
@@ -390,67 +323,13 @@ class SMTPServer:
         if self.state is State.INIT and verb in ("MAIL", "SOML", "SAML", "AUTH"):
             self.reply(replies.HELO_REQUIRED)
         elif verb == "BDAT":
-            # The chunk follows the command whatever we answer: drain it.
-            size, last = self._bdat_args(arg)
-            if size is None:
-                self.reply(replies.BDAT_BAD_SIZE)
-                return
-            self._reader = ChunkReader(None, self.config.max_message_size)
-            self._reader.fail(replies.RCPT_NEEDED if self.state is State.MAIL
-                              else replies.MAIL_NEEDED)
-            self._reader.start(size, last)
-            self._bdat_draining = True
+            self._drain_chunk(arg)
         elif verb == "DATA" and self.state is State.MAIL:
             self.reply(replies.DATA_NO_RECIPIENTS)
         elif verb == "RCPT" and self.state is State.INIT:
             self.reply(replies.HELO_REQUIRED)
         else:
             self.reply(_SEQUENCE_REPLY.get(verb, replies.BAD_SEQUENCE))
-
-    _bdat_draining = False
-
-    # --- data ---------------------------------------------------------------------
-
-    def _feed_reader(self) -> None:
-        reader = self._reader
-        assert reader is not None
-        rest = reader.feed(self._buf)
-        if rest is None:
-            self._buf = b""
-            return
-        self._buf = rest
-        if isinstance(reader, DotReader):
-            self._reader = None
-            self._end_of_message(reader.error, reader.size)
-            return
-        # The end of one BDAT chunk.
-        if self._bdat_draining:
-            self._bdat_draining = False
-            self._reader = None
-            self.reply(reader.error or replies.BAD_SEQUENCE)
-            return
-        if reader.error is not None:
-            self._reader = None
-            self._end_of_message(reader.error, reader.size)
-            return
-        if not reader.last:
-            self._reader = None
-            self._chunks = reader  # parked until the next BDAT
-            self._to(State.RCPT)
-            self.reply(replies.bdat_chunk(self._chunk_size))
-            return
-        self._reader = None
-        self._end_of_message(reader.finish(), reader.size)
-
-    def _end_of_message(self, error: Reply | None, size: int) -> None:
-        env = self._envelope()
-        if error is not None:
-            self._events.append(MessageAborted(env, error))
-            self.reply(error)
-            self._reset_transaction()
-            self._to(State.READY)
-            return
-        self._request(MessageComplete(env, size))
 
     # --- commands -------------------------------------------------------------------
 
@@ -485,11 +364,6 @@ class SMTPServer:
         words.append("HELP")
         return words
 
-    def _auth_offered(self) -> bool:
-        s = self.session
-        return (self.config.auth_available and s.authenticated_as is None
-                and (s.tls or s.loopback))
-
     def _mail(self, arg: str) -> None:
         if self.session.submission and self.session.authenticated_as is None:
             raise Rejected(replies.AUTH_REQUIRED)
@@ -516,46 +390,12 @@ class SMTPServer:
         self._to(State.RCPT)
         self.reply(replies.recipient_ok(str(rcpt)))
 
-    def _data(self, arg: str) -> None:
-        if arg:
-            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
-        if self._used_bdat:
-            raise RemoteProtocolError(replies.BDAT_AFTER_DATA)
-        self._request(StartMessage(self._envelope()))
-
-    @staticmethod
-    def _bdat_args(arg: str) -> tuple[int | None, bool]:
-        parts = arg.split()
-        if not parts or len(parts) > 2 or not parts[0].isdigit() or len(parts[0]) > 18:
-            return None, False
-        if len(parts) == 2 and parts[1].upper() != "LAST":
-            return None, False
-        return int(parts[0]), len(parts) == 2
-
-    def _bdat(self, arg: str) -> None:
-        size, last = self._bdat_args(arg)
-        if size is None:
-            raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
-        self._chunk_size = size
-        if self._chunks is not None:  # a later chunk of the same message
-            self._reader, self._chunks = self._chunks, None
-            self._reader.start(size, last)
-            self._to(State.BDAT)
-            return
-        self._used_bdat = True
-        self._bdat_first = (size, last)
-        self._request(StartMessage(self._envelope()))
-
     def _rset(self, arg: str) -> None:
         self._abort_message()
         self._reset_transaction()
         if self.state is not State.INIT:
             self._to(State.READY)
         self.reply(replies.RESET)
-
-    def _abort_message(self) -> None:
-        if self._chunks is not None:  # BDAT chunks received, no LAST yet
-            self._events.append(MessageAborted(self._envelope(), replies.RESET))
 
     def _noop(self, arg: str) -> None:
         self.reply(replies.OK)
@@ -613,39 +453,6 @@ class SMTPServer:
         self.reply(replies.TLS_READY)
         self._buf = b""  # nothing sent before the handshake may be obeyed after it
         self._request(StartTLS())
-
-    # --- AUTH (RFC 4954, SASL PLAIN RFC 4616 and LOGIN) ---------------------------------
-
-    def _auth(self, arg: str) -> None:
-        s = self.session
-        if s.authenticated_as is not None:
-            raise RemoteProtocolError(replies.AUTH_ALREADY)
-        if not self.config.auth_available:
-            raise RemoteProtocolError(replies.AUTH_NOT_AVAILABLE)
-        if not (s.tls or s.loopback):
-            raise Rejected(replies.AUTH_TLS_REQUIRED)
-        mech, _, initial = arg.partition(" ")
-        mech = mech.upper()
-        if mech not in MECHANISMS:
-            raise RemoteProtocolError(replies.AUTH_MECHANISM_UNKNOWN)
-        self._to(State.AUTH)
-        self._sasl = SASLExchange(mech, self.config.primary_domain)
-        self._sasl_step(self._sasl.start(initial.strip()))
-
-    def _sasl_step(self, result: Reply | Credentials) -> None:
-        if isinstance(result, Reply):
-            if result.code == 334:
-                self.reply(result)
-                return
-            self._sasl = None
-            self._to(State.READY if self.session.helo else State.INIT)
-            self.reply(result)
-            return
-        assert self._sasl is not None
-        mech, self._sasl = self._sasl.mechanism, None
-        # A malformed response fails like a bad password (same delay, same count).
-        self._request(AuthRequest(mech, result.username, result.password, result.malformed))
-
 
 # Explicit dispatch: verb -> handler (STYLE practice 5).
 _DISPATCH: dict[str, Callable[[SMTPServer, str], None]] = {

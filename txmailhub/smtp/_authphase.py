@@ -1,0 +1,86 @@
+"""AUTH in the SMTP engine (RFC 4954; SASL PLAIN, RFC 4616, and LOGIN).
+
+Owns when AUTH is offered and allowed (only over TLS or from loopback,
+once per session), the SASL exchange (``_sasl`` parses it) and the
+``AuthRequest`` the adapter answers after asking twisted.cred.  A part of
+``SMTPServer`` (``server``), which it relies on for the session state,
+replies and events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txmailhub.address import Address
+from txmailhub.errors import Rejected, RemoteProtocolError
+from txmailhub.smtp import replies
+from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
+from txmailhub.smtp._states import State
+from txmailhub.smtp.events import AuthRequest
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["AuthPhase"]
+
+
+class AuthPhase:
+    """AUTH for ``SMTPServer`` (a mixin: it uses the engine's ``session``,
+    ``config``, ``reply``, ``_to``, ``_answer``, ``_request``, ``_close``)."""
+
+    _sasl: SASLExchange | None
+    _out: list[bytes]
+    auth_failures: int
+    session: Any
+    config: Any
+    state: State
+
+    def auth_succeeded(self, address: Address) -> None:
+        self._answer(AuthRequest)
+        self.session.authenticated_as = address
+        self.reply(replies.AUTH_SUCCEEDED)
+        self._to(State.READY)
+
+    def auth_failed(self, reply: Reply = replies.AUTH_FAILED) -> None:
+        self._answer(AuthRequest)
+        self.auth_failures += 1
+        if self.auth_failures >= self.config.max_auth_failures:
+            self._out.append(reply.to_bytes())
+            self.reply(replies.AUTH_TOO_MANY_FAILURES)
+            self._close(replies.AUTH_TOO_MANY_FAILURES)
+            return
+        self.reply(reply)
+        self._to(State.READY)
+
+    def _auth_offered(self) -> bool:
+        s = self.session
+        return (self.config.auth_available and s.authenticated_as is None
+                and (s.tls or s.loopback))
+
+    def _auth(self, arg: str) -> None:
+        s = self.session
+        if s.authenticated_as is not None:
+            raise RemoteProtocolError(replies.AUTH_ALREADY)
+        if not self.config.auth_available:
+            raise RemoteProtocolError(replies.AUTH_NOT_AVAILABLE)
+        if not (s.tls or s.loopback):
+            raise Rejected(replies.AUTH_TLS_REQUIRED)
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        if mech not in MECHANISMS:
+            raise RemoteProtocolError(replies.AUTH_MECHANISM_UNKNOWN)
+        self._to(State.AUTH)
+        self._sasl = SASLExchange(mech, self.config.primary_domain)
+        self._sasl_step(self._sasl.start(initial.strip()))
+
+    def _sasl_step(self, result: Reply | Credentials) -> None:
+        if isinstance(result, Reply):
+            if result.code == 334:
+                self.reply(result)
+                return
+            self._sasl = None
+            self._to(State.READY if self.session.helo else State.INIT)
+            self.reply(result)
+            return
+        assert self._sasl is not None
+        mech, self._sasl = self._sasl.mechanism, None
+        # A malformed response fails like a bad password (same delay, same count).
+        self._request(AuthRequest(mech, result.username, result.password, result.malformed))

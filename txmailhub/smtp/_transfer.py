@@ -1,0 +1,167 @@
+"""Message transfer in the SMTP engine: DATA and BDAT (RFC 5321, RFC 3030).
+
+Owns the switch from command lines to message data and back: the
+``StartMessage`` request and its answers, feeding the readers of ``_data``
+(dot-stuffed DATA, counted BDAT chunks), the end of a message
+(``MessageComplete`` or ``MessageAborted``) and BDAT chunks that arrive
+out of sequence (read to their end, then refused, so the data never
+turns into commands).  A part of ``SMTPServer`` (``server``), which it
+relies on for the session state, replies and events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from txmailhub.errors import RemoteProtocolError
+from txmailhub.smtp import replies
+from txmailhub.smtp._data import ChunkReader, DotReader
+from txmailhub.smtp._states import State
+from txmailhub.smtp.events import MessageAborted, MessageComplete, StartMessage
+from txmailhub.smtp.reply import Reply
+
+__all__ = ["MessageTransfer"]
+
+
+class MessageTransfer:
+    """DATA and BDAT for ``SMTPServer`` (a mixin: it uses the engine's
+    ``state``, ``config``, ``reply``, ``_to``, ``_answer``, ``_request``,
+    ``_envelope``, ``_reset_transaction`` and the transaction fields)."""
+
+    _bdat_draining = False
+    _reader: Any
+    _chunks: Any
+    _bdat_first: Any
+    _used_bdat: bool
+    _buf: bytes
+    _events: list[Any]
+    _chunk_size: int
+    state: State
+    config: Any
+
+    # Answers to StartMessage.
+
+    def message_started(self, sink: Callable[[bytes], object]) -> None:
+        self._answer(StartMessage)
+        if self.state is State.RCPT and self._bdat_first is not None:
+            size, last = self._bdat_first
+            self._bdat_first = None
+            self._reader = ChunkReader(sink, self.config.max_message_size)
+            self._reader.start(size, last)
+            self._to(State.BDAT)
+        else:
+            self._reader = DotReader(sink, self.config.max_message_size)
+            self._to(State.DATA)
+            self.reply(replies.DATA_START)
+
+    def message_refused(self, reply: Reply) -> None:
+        self._answer(StartMessage)
+        if self._bdat_first is not None:  # the chunk is on its way: drain it
+            size, last = self._bdat_first
+            self._bdat_first = None
+            self._reader = ChunkReader(None, self.config.max_message_size)
+            self._reader.fail(reply)
+            self._reader.start(size, last)
+            self._to(State.BDAT)
+            return
+        self.reply(reply)
+        self._reset_transaction()
+        self._to(State.READY)
+
+    def fail_message(self, reply: Reply) -> None:
+        """The sink broke (disk full...): refuse the message, keep draining."""
+        if self._reader is not None:
+            self._reader.fail(reply)
+
+    # Data.
+
+    def _feed_reader(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        rest = reader.feed(self._buf)
+        if rest is None:
+            self._buf = b""
+            return
+        self._buf = rest
+        if isinstance(reader, DotReader):
+            self._reader = None
+            self._end_of_message(reader.error, reader.size)
+            return
+        # The end of one BDAT chunk.
+        if self._bdat_draining:
+            self._bdat_draining = False
+            self._reader = None
+            self.reply(reader.error or replies.BAD_SEQUENCE)
+            return
+        if reader.error is not None:
+            self._reader = None
+            self._end_of_message(reader.error, reader.size)
+            return
+        if not reader.last:
+            self._reader = None
+            self._chunks = reader  # parked until the next BDAT
+            self._to(State.RCPT)
+            self.reply(replies.bdat_chunk(self._chunk_size))
+            return
+        self._reader = None
+        self._end_of_message(reader.finish(), reader.size)
+
+    def _end_of_message(self, error: Reply | None, size: int) -> None:
+        env = self._envelope()
+        if error is not None:
+            self._events.append(MessageAborted(env, error))
+            self.reply(error)
+            self._reset_transaction()
+            self._to(State.READY)
+            return
+        self._request(MessageComplete(env, size))
+
+    # Commands.
+
+    def _data(self, arg: str) -> None:
+        if arg:
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
+        if self._used_bdat:
+            raise RemoteProtocolError(replies.BDAT_AFTER_DATA)
+        self._request(StartMessage(self._envelope()))
+
+    @staticmethod
+    def _bdat_args(arg: str) -> tuple[int | None, bool]:
+        parts = arg.split()
+        if not parts or len(parts) > 2 or not parts[0].isdigit() or len(parts[0]) > 18:
+            return None, False
+        if len(parts) == 2 and parts[1].upper() != "LAST":
+            return None, False
+        return int(parts[0]), len(parts) == 2
+
+    def _bdat(self, arg: str) -> None:
+        size, last = self._bdat_args(arg)
+        if size is None:
+            raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
+        self._chunk_size = size
+        if self._chunks is not None:  # a later chunk of the same message
+            self._reader, self._chunks = self._chunks, None
+            self._reader.start(size, last)
+            self._to(State.BDAT)
+            return
+        self._used_bdat = True
+        self._bdat_first = (size, last)
+        self._request(StartMessage(self._envelope()))
+
+    def _abort_message(self) -> None:
+        if self._chunks is not None:  # BDAT chunks received, no LAST yet
+            self._events.append(MessageAborted(self._envelope(), replies.RESET))
+
+    def _drain_chunk(self, arg: str) -> None:
+        """BDAT out of sequence: the chunk follows the command whatever we
+        answer, so read it to its end and refuse it then."""
+        size, last = self._bdat_args(arg)
+        if size is None:
+            self.reply(replies.BDAT_BAD_SIZE)
+            return
+        self._reader = ChunkReader(None, self.config.max_message_size)
+        self._reader.fail(replies.RCPT_NEEDED if self.state is State.MAIL
+                          else replies.MAIL_NEEDED)
+        self._reader.start(size, last)
+        self._bdat_draining = True
