@@ -280,6 +280,8 @@ class Router:
         if not self.is_local_domain(address.domain):
             return (), (address,)
         address = Address(address.local, _domain(address.domain))
+        if _key(address) not in self.aliases and self._is_user(address):
+            return (address,), ()  # a plain mailbox: what nearly every RCPT is
         if address.is_postmaster and _key(address) not in self.aliases and not self._is_user(
             address
         ):

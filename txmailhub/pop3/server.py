@@ -66,6 +66,8 @@ class State(enum.Enum):
     TRANSACTION = "TRANSACTION"
     UPDATE = "UPDATE"
 
+    __hash__ = object.__hash__  # singletons: hash in C (Enum's is Python code)
+
 
 class Event(enum.Enum):
     AUTHENTICATED = "authenticated"

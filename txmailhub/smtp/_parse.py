@@ -271,6 +271,9 @@ class MailParams:
     envid: str | None = None
 
 
+NO_PARAMS = MailParams()  # frozen: one instance serves every plain MAIL
+
+
 @dataclass(frozen=True, slots=True)
 class RcptParams:
     """The RCPT TO parameters we advertise, parsed."""
@@ -371,7 +374,7 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
     ``<>`` gives ``None``.  Unknown parameters -> 555 5.5.4."""
     rest = _expect_prefix(arg, "FROM:")
     path, tail = _split_path(rest)
-    params = _mail_params(_split_params(tail, utf8=True)) if tail.strip() else MailParams()
+    params = _mail_params(_split_params(tail, utf8=True)) if tail.strip() else NO_PARAMS
     if not params.smtputf8 and not tail.isascii():
         raise _fail(replies.PARAM_SYNTAX)
     if path == "":

@@ -30,6 +30,7 @@ class MessageTransfer:
     ``_envelope``, ``_reset_transaction`` and the transaction fields)."""
 
     _bdat_draining = False
+    _data_envelope: Any = None
     _reader: Any
     _chunks: Any
     _bdat_first: Any
@@ -108,7 +109,7 @@ class MessageTransfer:
         self._end_of_message(reader.finish(), reader.size)
 
     def _end_of_message(self, error: Reply | None, size: int) -> None:
-        env = self._envelope()
+        env = self._data_envelope or self._envelope()
         if error is not None:
             self._events.append(MessageAborted(env, error))
             self.reply(error)
@@ -124,7 +125,11 @@ class MessageTransfer:
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         if self._used_bdat:
             raise RemoteProtocolError(replies.BDAT_AFTER_DATA)
-        self._request(StartMessage(self._envelope()))
+        # Nothing can change the envelope until the end of the data: the
+        # end of message reuses it.  (Between BDAT chunks RCPT is allowed,
+        # so BDAT builds it again at the end.)
+        self._data_envelope = env = self._envelope()
+        self._request(StartMessage(env))
 
     @staticmethod
     def _bdat_args(arg: str) -> tuple[int | None, bool]:

@@ -39,7 +39,7 @@ from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp._authphase import AuthPhase
 from txmailhub.smtp._data import ChunkReader, DotReader
-from txmailhub.smtp._parse import MailParams, parse_command, parse_mail, parse_rcpt
+from txmailhub.smtp._parse import NO_PARAMS, MailParams, parse_command, parse_mail, parse_rcpt
 from txmailhub.smtp._sasl import SASLExchange
 from txmailhub.smtp._states import TRANSITIONS as _TRANSITIONS
 from txmailhub.smtp._states import S, State
@@ -90,6 +90,11 @@ _WIRE = {id(v): v.to_bytes() for v in vars(replies).values() if isinstance(v, Re
 _GREETINGS: dict[str, bytes] = {}
 _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
+_NO_DSN = DSNRequest()
+# Wire forms that depend only on the configuration or on what the client
+# said in EHLO, built once (bounded: a client chooses its EHLO name).
+_BYES: dict[str, tuple[Reply, bytes]] = {}
+_EHLOS: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
 
 
 class SMTPServer(MessageTransfer, AuthPhase):
@@ -238,7 +243,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _reset_transaction(self) -> None:
         self._sender: Address | None = None
-        self._mail_params = MailParams()
+        self._mail_params: MailParams = NO_PARAMS
+        self._data_envelope: Envelope | None = None
         self._rcpt_count = 0
         self._recipients: dict[Address, None] = {}
         self._recipient_dsn: list[tuple[Address, RecipientDSN]] = []
@@ -258,7 +264,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             authenticated_as=str(s.authenticated_as) if s.authenticated_as else None,
             body_8bit=p.body_8bit,
             smtputf8=p.smtputf8,
-            dsn=DSNRequest(p.ret, p.envid) if (p.ret or p.envid) else DSNRequest(),
+            dsn=DSNRequest(p.ret, p.envid) if (p.ret or p.envid) else _NO_DSN,
             recipient_dsn=tuple(self._recipient_dsn),
         )
 
@@ -343,7 +349,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if not arg:
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         self._greet(arg.split()[0], esmtp=True)
-        self.reply(replies.ehlo(self.config.hostname, self.session.helo, self._keywords()))
+        key = (self.config.hostname, self.session.helo, tuple(self._keywords()))
+        wire = _EHLOS.get(key)
+        if wire is None:
+            if len(_EHLOS) >= 256:
+                _EHLOS.clear()
+            wire = _EHLOS[key] = replies.ehlo(key[0], key[1], list(key[2])).to_bytes()
+        self._out.append(wire)
 
     def _greet(self, name: str, esmtp: bool) -> None:
         self.session.helo = name
@@ -402,9 +414,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _quit(self, arg: str) -> None:
         self._abort_message()
-        bye = replies.bye(self.config.hostname)
-        self.reply(bye)
-        self._close(bye)
+        host = self.config.hostname
+        known = _BYES.get(host)
+        if known is None:
+            bye = replies.bye(host)
+            known = _BYES[host] = (bye, bye.to_bytes())
+        self._out.append(known[1])
+        self._close(known[0])
 
     def _vrfy(self, arg: str) -> None:
         if not self.config.vrfy:
