@@ -179,7 +179,9 @@ class SMTPProtocol(Protocol):
             return
         finally:
             self._driving = False
-        if self._flush() and self._send_now is not None and not engine.closed:
+        out = engine.data_to_send()  # _flush, inlined: this runs for every read
+        buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
+        if buffered and self._send_now is not None and not engine.closed:
             # Send the replies in this reactor turn rather than the next one
             # (a lock-step client waits for them).
             self._send_now()

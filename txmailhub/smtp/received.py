@@ -16,6 +16,7 @@ uses ``return_path(None)`` (``Return-Path: <>``) the same way.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 
 from txmailhub.address import Address
@@ -29,7 +30,10 @@ _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
 
 
+@functools.lru_cache(maxsize=1024)
 def _safe(text: str, limit: int = 255) -> str:
+    # cached: the host name, the client's address and its HELO name repeat
+    # from message to message, and a regex substitution per field is not free
     return _UNSAFE.sub("?", text[:limit]) or "unknown"
 
 
