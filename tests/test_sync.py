@@ -503,8 +503,6 @@ class SyncThenTests(SynchronousTestCase):
 
     def test_real_threads_publish_real_links(self):
         """With the worker threads: the link exists once the Deferred fires."""
-        from twisted.internet import reactor  # noqa: F401  (callFromThread needs it)
-
         base = self.mktemp()
         os.makedirs(os.path.join(base, "new"))
         src = os.path.join(base, "spool")

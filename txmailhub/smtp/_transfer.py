@@ -30,7 +30,7 @@ class MessageTransfer:
     ``_envelope``, ``_reset_transaction`` and the transaction fields)."""
 
     _bdat_draining = False
-    _data_envelope: Any = None
+    _data_envelope: Any  # set by the engine's _reset_transaction
     _reader: Any
     _chunks: Any
     _bdat_first: Any

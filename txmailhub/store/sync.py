@@ -542,17 +542,16 @@ class Syncer:
         then_outcome = {id(req): out for (_, req), out in zip(published, settled)}
         left = [len(groups)]
         for outcome, (_, reqs) in zip(outcomes, groups):
-            plain = [r for r in reqs if r.then is None]
-            if len(plain) == len(reqs):
-                self._deliver(outcome, reqs, left)
-                continue
+            plain = []
             for req in reqs:
-                if req.then is not None:
-                    out = outcome if outcome is not None else then_outcome[id(req)]
-                    if isinstance(out, _Settled):
-                        req.deferred.callback(out.value)
-                    else:
-                        req.deferred.errback(out)
+                if req.then is None:
+                    plain.append(req)
+                    continue
+                out = outcome if outcome is not None else then_outcome[id(req)]
+                if isinstance(out, _Settled):
+                    req.deferred.callback(out.value)
+                else:
+                    req.deferred.errback(out)
             self._deliver(outcome, plain, left)  # counts the group as done
 
     def _batch_done(self) -> None:
