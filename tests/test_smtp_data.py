@@ -122,6 +122,20 @@ def test_line_of_exactly_the_limit_is_fine_and_dot_is_not_counted():
     assert stored == line + b"\n" + line + b"\n"
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"x" * (MAX_LINE - 1),  # 999 octets + CRLF = 1001: one too many
+        b"." + b"x" * (MAX_LINE - 1),  # stuffed, but 999 octets of text
+        b"x" * 5 + b"." + b"x" * (MAX_LINE - 7),  # a dot inside does not count
+    ],
+)
+def test_line_one_octet_over_the_limit_is_refused(line):
+    _stored, leftover, r = read_dot(b"ok\r\n" + line + b"\r\nend\r\n.\r\nQUIT\r\n")
+    assert r.error == replies.MESSAGE_LINE_TOO_LONG
+    assert leftover == b"QUIT\r\n"
+
+
 @pytest.mark.parametrize("split", [None, 7, 1001, 4096])
 def test_long_line_drains_to_real_end_then_refuses(split):
     body = b"short\r\n" + b"y" * 5000 + b"\r\nRCPT TO:<x@y>\r\nDATA\r\n" + b".\r\nQUIT\r\n"
@@ -254,3 +268,18 @@ def test_chunk_reader_limits():
     r.start(3, last=True)
     assert r.feed(b"a\nb") == b""
     assert r.finish() == replies.MESSAGE_BARE_CR_LF
+
+
+def test_chunk_reader_line_limit_has_no_dot_allowance():
+    ok = b"." + b"x" * (MAX_LINE - 3)  # 998 octets of text: the limit
+    out: list[bytes] = []
+    r = ChunkReader(out.append, BIG)
+    r.start(len(ok) + 2, last=True)
+    assert r.feed(ok + b"\r\n") == b""
+    assert r.finish() is None
+    assert b"".join(out) == ok + b"\n"  # BDAT never unstuffs
+    for wire in (b"." + ok + b"\r\n", b"." + ok):  # 999 octets, with or without CRLF
+        r = ChunkReader(None, BIG)
+        r.start(len(wire), last=True)
+        assert r.feed(wire) == b""
+        assert r.finish() == replies.MESSAGE_LINE_TOO_LONG

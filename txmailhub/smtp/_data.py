@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 MAX_LINE = 1000  # octets including CRLF, not counting a transparency dot
+_TEXT = MAX_LINE - 2  # octets of text before the CRLF
 
 Sink = Callable[[bytes], object]
 
@@ -53,13 +54,16 @@ Sink = Callable[[bytes], object]
 class _BodyFilter:
     """Checks and converts complete CRLF lines; shared by both readers."""
 
-    __slots__ = ("error", "max_size", "sink", "size")
+    __slots__ = ("error", "max_size", "sink", "size", "stuffed")
 
-    def __init__(self, sink: Sink | None, max_size: int) -> None:
+    def __init__(self, sink: Sink | None, max_size: int, stuffed: bool) -> None:
         self.sink = sink
         self.max_size = max_size
         self.size = 0
         self.error: Reply | None = None
+        # DATA lines may carry a transparency dot that is not part of the
+        # text; BDAT chunks carry none.
+        self.stuffed = stuffed
 
     def fail(self, reply: Reply) -> None:
         if self.error is None:
@@ -82,11 +86,15 @@ class _BodyFilter:
         if len(block) - len(out) != out.count(b"\n") or b"\r" in out:
             self.fail(replies.MESSAGE_BARE_CR_LF)
             return None
-        # A line is a piece of split(LF): at most MAX_LINE - 2 octets plus
-        # CRLF, plus a transparency dot that does not count.
-        if len(out) >= MAX_LINE and max(map(len, out.split(b"\n"))) >= MAX_LINE:
-            self.fail(replies.MESSAGE_LINE_TOO_LONG)
-            return None
+        # A line is a piece of split(LF): at most _TEXT octets before its
+        # CRLF, plus (DATA only) a transparency dot that does not count.
+        if len(out) > _TEXT and max(map(len, out.split(b"\n"))) > _TEXT:
+            if not self.stuffed or any(
+                len(line) > _TEXT + 1 or (len(line) > _TEXT and line[:1] != b".")
+                for line in out.split(b"\n")
+            ):
+                self.fail(replies.MESSAGE_LINE_TOO_LONG)
+                return None
         return out
 
 
@@ -104,7 +112,7 @@ class DotReader:
     __slots__ = ("_after_crlf", "_filter", "_pending")
 
     def __init__(self, sink: Sink | None, max_size: int) -> None:
-        self._filter = _BodyFilter(sink, max_size)
+        self._filter = _BodyFilter(sink, max_size, stuffed=True)
         self._pending = b""  # the start of an unfinished line (< MAX_LINE)
         self._after_crlf = True  # _pending starts right after a real CRLF
 
@@ -169,7 +177,7 @@ class ChunkReader:
     __slots__ = ("_filter", "_pending", "_remaining", "last")
 
     def __init__(self, sink: Sink | None, max_size: int) -> None:
-        self._filter = _BodyFilter(sink, max_size)
+        self._filter = _BodyFilter(sink, max_size, stuffed=False)
         self._remaining = 0
         self._pending = b""  # an unfinished line (< MAX_LINE)
         self.last = False
