@@ -50,6 +50,22 @@ def test_check_reports_users_file_problems(config: Path) -> None:
     assert code == 2 and "users:1: expected" in err
 
 
+def test_check_prints_warnings_also_when_there_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text('[hub]\ndomains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\nbogus = 1\n')
+    code, out, err = run(path, "check")
+    assert code == 2 and out == ""
+    warning, problem = err.splitlines()
+    assert warning.startswith("warning: ") and "10 minutes" in warning
+    assert problem.startswith(f"{path}: [pop3] bogus")
+
+
+def test_check_reports_a_hash_nobody_can_log_in_with(config: Path) -> None:
+    (config.parent / "users").write_text("joe@example.org notahash\n")
+    code, _, err = run(config, "check")
+    assert code == 2 and "users:1: joe@example.org cannot log in" in err
+
+
 def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
     path = tmp_path / "w.toml"
     path.write_text('[hub]\ndomains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\n')

@@ -229,6 +229,12 @@ def test_warnings_below_rfc_minimums() -> None:
     s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
     assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)
     assert any("[pop3] idle_timeout" in w and "10 minutes" in w for w in s.warnings)
+    s = load_text(MINIMAL + '[smtp]\nidle_timeout = 0\n[pop3]\nidle_timeout = "0s"\n', "/c")
+    assert [w for w in s.warnings if "idle_timeout" in w] == [
+        "/c: [smtp] idle_timeout: 0 turns the idle timeout off; a client that stops "
+        "talking holds its connection until it goes away"
+    ]
+    assert s.smtp.idle_timeout == 0 and s.pop3.idle_timeout == 0
 
 
 def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:

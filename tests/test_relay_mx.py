@@ -191,3 +191,16 @@ def test_make_resolver_uses_given_servers():
     res = make_resolver(["127.0.0.1:5353", "::1", "[::1]:5300"], reactor=MemoryReactorClock())
     [network] = [r for r in res.resolvers if hasattr(r, "servers")]
     assert network.servers == [("127.0.0.1", 5353), ("::1", 53), ("::1", 5300)]
+
+
+def test_system_resolver_runs_on_the_given_reactor():
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    res = make_resolver([], reactor=reactor)
+    kinds = [type(r).__module__ for r in res.resolvers]
+    assert kinds == ["twisted.names.hosts", "twisted.names.cache", "twisted.names.client"]
+    network = res.resolvers[2]
+    assert network.resolv == b"/etc/resolv.conf" and network._reactor is reactor
+    # its resolv.conf re-reading timer is on our reactor, not the global one
+    assert reactor.getDelayedCalls()

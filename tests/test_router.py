@@ -223,6 +223,12 @@ class BadLineTests(Base):
                        "elsewhere.test", f"{self.path}:11: bad target 'joe@'"):
             self.assertIn(needle, joined)
 
+    def test_loops_are_logged_when_the_file_is_read(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.router("loop1: loop2\nloop2: loop1, joe\n")
+        logged = [e["loop"] for e in observer if "loop" in e]
+        self.assertEqual(logged, ["loop1@example.org -> loop2@example.org -> loop1@example.org"])
+
     def test_check_aliases_file(self):
         self.write(BAD + "loop1: loop2\nloop2: loop1, joe\nselfish: selfish\n")
         problems = check_aliases_file(self.path, "example.org", DOMAINS)

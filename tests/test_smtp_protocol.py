@@ -212,6 +212,15 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(101)
         assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
 
+    def test_idle_timeout_zero_turns_it_off(self):
+        h = Harness(idle_timeout=0)
+        p, t = h.connect()
+        assert take(t)[0].startswith("220")
+        h.clock.advance(10 * 86400)
+        assert take(t) == [] and not t.disconnecting
+        p.dataReceived(b"NOOP\r\n")
+        assert take(t) == [replies.OK.text()] and not h.clock.getDelayedCalls()
+
     def test_no_idle_timeout_while_we_keep_the_client_waiting(self):
         h = Harness(hold=True, idle_timeout=10)
         p, t = h.connect()

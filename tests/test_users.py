@@ -16,7 +16,7 @@ from txmailhub.address import Address
 from txmailhub.auth import MailRealm, UsersChecker, build_portal
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
 from txmailhub.interfaces import IMailbox, ISMTPUser
-from txmailhub.users import UsersDB, hash_password, verify_password
+from txmailhub.users import UsersDB, hash_password, hash_problem, verify_password
 
 
 @pytest.fixture
@@ -113,8 +113,35 @@ def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
         "bob@example.org h apop=!!notbase64\n"
     )
     assert [str(a) for a in db.addresses()] == ["alice@example.org"]
-    assert len(db.problems) == 2
-    assert db.problems[0].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
+    assert len(db.problems) == 3
+    # alice keeps her mailbox; only her logins are impossible (N=1)
+    assert db.problems[0].endswith(
+        ":2: alice@example.org cannot log in: the password hash has impossible scrypt parameters"
+    )
+    assert db.problems[1].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
+
+
+@pytest.mark.parametrize(
+    ("encoded", "why"),
+    [
+        ("notahash", "not of the form scrypt$N$r$p$salt$key"),
+        ("bcrypt$16384$8$1$AA==$AA==", "not of the form"),
+        ("scrypt$16384$8$x$AA==$AA==", "not a number or not base64"),
+        ("scrypt$16384$8$1$!!$AA==", "not a number or not base64"),
+        ("scrypt$1000$8$1$AA==$AA==", "impossible scrypt parameters"),
+        ("scrypt$16384$8$1$AA==$", "impossible scrypt parameters"),
+        ("scrypt$1048576$8$1$AA==$AA==", "more memory than the hub allows"),
+    ],
+)
+def test_hash_problem(encoded: str, why: str) -> None:
+    problem = hash_problem(encoded)
+    assert problem is not None and why in problem
+    assert not verify_password("pw", encoded)  # such a hash indeed never matches
+
+
+def test_a_real_hash_has_no_problem() -> None:
+    encoded = hash_password("pw")
+    assert hash_problem(encoded) is None and verify_password("pw", encoded)
 
 
 # --- twisted.cred --------------------------------------------------------

@@ -130,6 +130,8 @@ def main(
     try:
         settings = load(args.config)
     except ConfigError as e:
+        for warning in e.warnings:
+            print(f"warning: {warning}", file=err)
         for problem in e.problems:
             print(problem, file=err)
         return 2

@@ -478,7 +478,12 @@ def load_text(text: str, path: str) -> Settings:
         vrfy=r.get(t, "smtp", "vrfy", d.vrfy, _bool),
         expn=r.get(t, "smtp", "expn", d.expn, _bool),
     )
-    if "idle_timeout" in t and smtp.idle_timeout < 300:
+    if "idle_timeout" in t and smtp.idle_timeout == 0:
+        warnings.append(
+            f"{path}: [smtp] idle_timeout: 0 turns the idle timeout off; a client that "
+            "stops talking holds its connection until it goes away"
+        )
+    elif "idle_timeout" in t and smtp.idle_timeout < 300:
         warnings.append(
             f"{path}: [smtp] idle_timeout: {smtp.idle_timeout}s is below the 5 minutes "
             "RFC 5321 4.5.3.2 asks servers to wait"
@@ -518,7 +523,7 @@ def load_text(text: str, path: str) -> Settings:
     )
     if pop3.tls_listen and tls is None:
         r.problem("pop3", "tls_listen", "needs a [tls] section with certificate and key")
-    if "idle_timeout" in t and pop3.idle_timeout < 600:
+    if "idle_timeout" in t and 0 < pop3.idle_timeout < 600:  # 0: no autologout
         warnings.append(
             f"{path}: [pop3] idle_timeout: {pop3.idle_timeout}s is below the 10 minutes "
             "RFC 1939 section 3 requires"
@@ -562,7 +567,7 @@ def load_text(text: str, path: str) -> Settings:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
 
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return Settings(
         path=path,
         hub=hub,

@@ -51,11 +51,14 @@ class MailboxInUse(Exception):
 
 
 class ConfigError(Exception):
-    """The configuration is unusable; ``problems`` holds one line per problem."""
+    """The configuration is unusable; ``problems`` holds one line per problem,
+    ``warnings`` what would have been warned about had it loaded (shown too,
+    so that fixing the errors brings no surprise)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: list[str] | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = list(warnings or ())
 
 
 class UsersFileError(Exception):

@@ -250,6 +250,8 @@ class Router:
                                         self.aliases_file)
         for why in problems:
             log.warn("aliases: {problem}", problem=why)
+        for loop in _loops(table):
+            log.warn("aliases: alias loop {loop} (it is cut at runtime)", loop=loop)
         self.aliases = table
         self._warned.clear()
         log.info("loaded {count} aliases from {path}", count=len(table), path=self.aliases_file)

@@ -232,6 +232,13 @@ class MailHub(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        users = self.components.users
+        if users is not None:
+            # Bad lines do not stop the hub (the rest of the file works), but
+            # whoever starts it must hear about them, not only ``check``.
+            users.addresses()
+            for problem in users.problems:
+                log.warn("users file: {problem}", problem=problem)
         log.info(
             "txmailhub started: hostname {hostname}, domains {domains}, state in {state_dir}",
             hostname=self.settings.hub.hostname,

@@ -30,6 +30,8 @@ class Options(usage.Options):
         try:
             self["settings"] = load(self["config"])
         except ConfigError as e:
+            for warning in e.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
             for problem in e.problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2) from None

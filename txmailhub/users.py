@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from txmailhub.address import Address, AddressError, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
 
-__all__ = ["UserRecord", "UsersDB", "hash_password", "verify_password"]
+__all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
@@ -71,6 +71,24 @@ def verify_password(password: str, encoded: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
+
+
+def hash_problem(encoded: str) -> str | None:
+    """Why ``encoded`` can never match a password, or None if it can."""
+    fields = encoded.split("$")
+    if len(fields) != 6 or fields[0] != "scrypt":
+        return "the password hash is not of the form scrypt$N$r$p$salt$key"
+    try:
+        n, r, p = (int(x) for x in fields[1:4])
+        base64.b64decode(fields[4], validate=True)  # the salt
+        key = base64.b64decode(fields[5], validate=True)
+    except ValueError:
+        return "the password hash has a field that is not a number or not base64"
+    if n < 2 or n & (n - 1) or r < 1 or p < 1 or not key:
+        return "the password hash has impossible scrypt parameters"
+    if 128 * r * (n + p + 2) > _MAXMEM:
+        return "the password hash needs more memory than the hub allows scrypt"
+    return None
 
 
 # A hash of a random password, verified against when the user is unknown so
@@ -138,6 +156,11 @@ class UsersDB:
                 records[address.key] = UserRecord(address, fields[1], apop)
             except (ValueError, AddressError) as e:
                 problems.append(f"{self.path}:{lineno}: {e}")
+                continue
+            # The mailbox still exists (mail keeps arriving); only logins fail.
+            why = hash_problem(fields[1])
+            if why:
+                problems.append(f"{self.path}:{lineno}: {address.key} cannot log in: {why}")
         return records, problems
 
     def get(self, address: Address) -> UserRecord | None:

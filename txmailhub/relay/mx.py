@@ -109,7 +109,7 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     """A twisted.names resolver: the given servers (``"ip[:port]"``), with a
     cache honouring the TTLs, or the system's (``createResolver``: /etc/hosts,
     a cache, /etc/resolv.conf)."""
-    from twisted.names import cache, client, resolve
+    from twisted.names import cache, client, hosts, resolve
 
     servers = []
     for item in nameservers:
@@ -122,7 +122,13 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
             cache.CacheResolver(reactor=reactor),
             client.Resolver(servers=servers, reactor=reactor),
         ])
-    return client.createResolver()
+    # What ``client.createResolver`` builds on POSIX, with our reactor (it
+    # would take the global one, and re-read resolv.conf on its timer).
+    return resolve.ResolverChain([
+        hosts.Resolver(b"/etc/hosts"),
+        cache.CacheResolver(reactor=reactor),
+        client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor),
+    ])
 
 
 class HostHealth:

@@ -128,7 +128,8 @@ class SMTPProtocol(Protocol):
         self._send_now = getattr(self.transport, "doWrite", None)
         self.engine.greeting()
         self._last_activity = self.reactor.seconds()
-        self._arm_timer(f.settings.smtp.idle_timeout)
+        if f.settings.smtp.idle_timeout > 0:  # 0: no idle timeout (as for POP3)
+            self._arm_timer(f.settings.smtp.idle_timeout)
         self._drive()
 
     def dataReceived(self, data: bytes) -> None:

@@ -1,0 +1,39 @@
+"""MailHub assembly in memory: what it tells whoever starts it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+
+from txmailhub.config import load_text
+from txmailhub.service import MailHub
+
+
+def test_start_logs_the_users_file_problems(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
+        '[pop3]\nlisten = []\n'
+    )
+    (tmp_path / "users").write_text("joe@example.org notahash\ngarbage\n")
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    reactor = MemoryReactorClock()
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    try:
+        hub.startService()
+        [(port, _factory, _backlog, interface)] = reactor.tcpServers
+        assert (port, interface) == (25, "127.0.0.1")
+        problems = [e["problem"] for e in events if e.get("log_format", "").startswith("users")]
+        users = str(tmp_path / "users")
+        assert problems == [
+            f"{users}:1: joe@example.org cannot log in: the password hash is not of the "
+            "form scrypt$N$r$p$salt$key",
+            f"{users}:2: expected '<address> <hash> [apop=<secret>]'",
+        ]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        hub.stopService()
