@@ -346,6 +346,9 @@ def test_reply_parser_errors():
     p = ReplyParser()
     p.feed(b"2" * 5000)
     assert p.error == "reply line too long"
+    p = ReplyParser()
+    assert p.feed("2\u00b250 ok\r\n".encode()) == []  # not an RFC 5321 digit
+    assert p.error and p.error.startswith("malformed reply line")
 
 
 def test_enhanced_status_stripped_from_every_line():

@@ -155,6 +155,18 @@ def test_line_that_never_ends_keeps_memory_bounded():
     assert r.error == replies.MESSAGE_LINE_TOO_LONG
 
 
+@pytest.mark.parametrize("split", [None, 1, 3])
+def test_transparency_dots_do_not_count_towards_the_limit(split):
+    wire = b".." + b"a" * 48 + b"\r\n" + b"..b\r\n" + b"c" * 43 + b"\r\n"  # 100 octets
+    body = wire + b".\r\n"
+    cuts = list(range(0, len(body), split)) if split else None
+    stored, _, r = read_dot(body, cuts, max_size=100)
+    assert r.error is None and r.size == 100
+    assert stored == b"." + b"a" * 48 + b"\n.b\n" + b"c" * 43 + b"\n"
+    _, _, r = read_dot(b"x" + body, cuts, max_size=100)
+    assert r.error == replies.MESSAGE_TOO_BIG
+
+
 def test_too_big_drains_and_refuses():
     out: list[bytes] = []
     r = DotReader(out.append, 100)
@@ -200,6 +212,9 @@ def test_stuff_then_read_round_trip(data, cuts):
     assert whole == split == data
     assert left_whole == left_split == b"QUIT\r\n"
     assert r1.error is None and r2.error is None
+    # RFC 1870's size: the CRLF form, without transparency dots or the end line
+    size = len(to_crlf(data)) + (2 if data and not data.endswith(b"\n") else 0)
+    assert r1.size == r2.size == size
 
 
 @settings(max_examples=100, deadline=None)

@@ -155,6 +155,10 @@ def test_mail_parameters():
         ("XFOO=1", replies.PARAM_NOT_RECOGNIZED),
         ("BODY=BINARYMIME", replies.PARAM_NOT_RECOGNIZED),
         ("SIZE=abc", replies.PARAM_SYNTAX),
+        ("SIZE=\u00b2", replies.PARAM_SYNTAX),  # a digit to str.isdigit, not to RFC 1870
+        ("SIZE=\u0661\u0660", replies.PARAM_SYNTAX),
+        ("BODY=9BIT", replies.PARAM_SYNTAX),
+        ("BODY", replies.PARAM_SYNTAX),
         ("SIZE", replies.PARAM_SYNTAX),
         ("SIZE=1 SIZE=2", replies.PARAM_SYNTAX),
         ("SMTPUTF8=yes", replies.PARAM_SYNTAX),

@@ -120,6 +120,17 @@ class ProtocolTests(SynchronousTestCase):
         summary = [e for e in self.events if "message_id" not in e and e.get("code") == 250]
         assert summary and summary[0]["sender"] == "bill@microsoft.com"
 
+    def test_smtputf8_transaction_is_stamped_utf8smtp(self):
+        h = Harness()
+        p, t = h.connect()
+        take(t)
+        p.dataReceived("EHLO c\r\nMAIL FROM:<jöe@x.test> SMTPUTF8\r\nRCPT TO:<alice>\r\n"
+                       "DATA\r\nSubject: ü\r\n\r\nx\r\n.\r\n".encode())
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        (stored,) = h.store.messages(ALICE)
+        assert b"with UTF8SMTP\n\tid " in stored
+        assert "Return-Path: <jöe@x.test>".encode() in stored
+
     def test_pipelined_batch_answered_in_order_in_one_write(self):
         h = Harness(hold=True)
         p, t = h.connect()

@@ -14,6 +14,10 @@ def test_protocol_names_rfc3848():
     assert protocol_name(True, True, False) == "ESMTPS"
     assert protocol_name(True, False, True) == "ESMTPA"
     assert protocol_name(True, True, True) == "ESMTPSA"
+    assert protocol_name(True, False, False, smtputf8=True) == "UTF8SMTP"
+    assert protocol_name(True, True, False, smtputf8=True) == "UTF8SMTPS"
+    assert protocol_name(True, False, True, smtputf8=True) == "UTF8SMTPA"
+    assert protocol_name(True, True, True, smtputf8=True) == "UTF8SMTPSA"
 
 
 def test_received_field():

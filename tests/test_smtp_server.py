@@ -319,11 +319,52 @@ def test_bdat_out_of_sequence_drains_the_chunk():
     assert d.codes("BDAT x\r\n") == ["501"]
 
 
+def test_bdat_size_is_ascii_digits_only():
+    for size in ("\u00b2", "\u0661", "1\u0660"):
+        d = Driver()
+        tx(d)
+        assert d.send(f"BDAT {size} LAST\r\n") == [replies.BDAT_BAD_SIZE.text()]
+
+
 def test_data_after_bdat_refused():
     d = Driver()
     tx(d)
     d.send("BDAT 3\r\nab\r\n")
     assert d.send("DATA\r\n") == [replies.BDAT_AFTER_DATA.text()]
+
+
+def test_a_partial_bdat_message_is_aborted_by_a_long_line_or_starttls():
+    # Every way a BDAT transaction ends without LAST must tell the adapter,
+    # or the spool file of the chunks already stored stays behind.
+    for ending, first_reply in (("NOOP " + "x" * 600 + "\r\n", replies.LINE_TOO_LONG),
+                                ("STARTTLS\r\n", replies.TLS_READY)):
+        d = Driver()
+        tx(d)
+        d.send("BDAT 12\r\nSubject: a\r\n")
+        assert not any(isinstance(e, MessageAborted) for e in d.events)
+        assert d.send(ending)[0] == first_reply.text()
+        assert [type(e) for e in d.events if isinstance(e, MessageAborted)] == [MessageAborted]
+        assert d.engine._chunks is None
+
+
+def test_no_rcpt_between_bdat_chunks():
+    d = Driver()
+    tx(d)  # alice
+    d.send("BDAT 12\r\nSubject: a\r\n")
+    assert d.send("RCPT TO:<bob>\r\n") == [replies.RCPT_AFTER_BDAT.text()]
+    assert d.send("BDAT 3 LAST\r\nb\r\n") == [replies.accepted("ID1").text()]
+    [done] = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.envelope.recipients == (ALICE,)
+
+
+def test_an_overlong_helo_name_is_not_echoed_whole():
+    name = "h" * 505
+    for verb in ("HELO", "EHLO"):
+        d = Driver()
+        lines = d.send(f"{verb} {name}\r\n")
+        assert all(len(line.encode()) + 2 <= 512 for line in lines)
+        assert "h" * 190 in lines[0] and lines[0].count("h") < 200
+        assert d.engine.session.helo == name  # the trace header keeps it (sanitised)
 
 
 # --- other commands ------------------------------------------------------------------------
@@ -366,6 +407,27 @@ def test_turn_send_soml_saml():
         "250", "250", "250"]
 
 
+def test_extensions_lengthen_mail_and_rcpt_lines():
+    # RFC 1870/3461/4954/1652/6531: what the extensions we offer add to MAIL
+    # (1162 octets in all) and RCPT (1012); every other command stays at 512.
+    d = Driver()
+    d.send("EHLO c\r\n")
+    mail = "MAIL FROM:<s@x.test> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=" + "e" * 90
+    mail += " AUTH=" + "a" * (1160 - len(mail) - 6)
+    assert len(mail) + 2 == 1162
+    assert d.codes(mail + "\r\n") == ["250"]
+    orcpt = "ORCPT=rfc822;" + "o" * 400
+    rcpt = f"RCPT TO:<alice> NOTIFY=SUCCESS,FAILURE,DELAY {orcpt}"
+    rcpt += "o" * (1010 - len(rcpt))
+    assert len(rcpt) + 2 == 1012
+    assert d.codes(rcpt + "\r\n") == ["250"]
+    assert d.codes(rcpt + "o\r\n") == ["500"]  # one over: too long, transaction reset
+    assert d.engine.state is State.READY
+    assert d.codes(mail + "x\r\n") == ["500"]
+    assert d.codes("NOOP " + "x" * 506 + "\r\n") == ["500"]  # 513: over for NOOP
+    assert d.codes("RSET " + "x" * 505 + "\r\n") == ["250"]  # 512
+
+
 def test_unknown_command_nul_and_utf8():
     d = Driver()
     assert d.send("FOO\r\n") == [replies.UNKNOWN_COMMAND.text()]
@@ -380,10 +442,10 @@ def test_command_line_limit_and_unending_line():
     assert d.send(line + "RCPT TO:<bob>\r\n") == [replies.LINE_TOO_LONG.text(),
                                                   replies.MAIL_NEEDED.text()]
     assert d.engine.state is State.READY
-    d.send("NOOP " + "x" * 1000)
+    assert d.send("NOOP " + "x" * 2000) == [replies.LINE_TOO_LONG.text()]
     for _ in range(100):
         assert d.send("y" * 10000) == []
-        assert len(d.engine._buf) < 600
+        assert len(d.engine._buf) < 1200
     assert d.send("\r\nNOOP\r\n") == [replies.OK.text()]
     assert d.send("NOOP " + "x" * 505 + "\r\n") == [replies.OK.text()]  # 512 with CRLF
 
@@ -463,6 +525,13 @@ def test_auth_errors():
     d = Driver()  # not loopback, no TLS
     d.send("EHLO c\r\n")
     assert d.send("AUTH PLAIN x\r\n") == [replies.AUTH_TLS_REQUIRED.text()]
+
+
+def test_auth_without_a_mechanism_is_a_syntax_error():
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    d.send("EHLO c\r\n")
+    assert d.send("AUTH\r\n") == [replies.SYNTAX_ARGUMENT.text()]
+    assert d.send("AUTH FOO\r\n") == [replies.AUTH_MECHANISM_UNKNOWN.text()]
 
 
 def test_auth_line_too_long():

@@ -333,7 +333,7 @@ def _hostport(v: Any) -> str:
     if not s:
         return ""
     host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{s!r}: use \"host:port\" (for example \"smtp.example.net:587\")")
     return s
 
@@ -353,7 +353,7 @@ def split_nameserver(item: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{item!r}: a nameserver is an IP address, optionally :port") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{item!r}: bad port")
     return host, int(port)
 

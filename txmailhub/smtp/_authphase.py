@@ -65,6 +65,8 @@ class AuthPhase:
             raise Rejected(replies.AUTH_TLS_REQUIRED)
         mech, _, initial = arg.partition(" ")
         mech = mech.upper()
+        if not mech:  # "AUTH" alone: a syntax error, not an unknown mechanism
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         if mech not in MECHANISMS:
             raise RemoteProtocolError(replies.AUTH_MECHANISM_UNKNOWN)
         self._to(State.AUTH)

@@ -57,10 +57,12 @@ class ReplyParser:
         return out
 
     def _line(self, line: str) -> Reply | None:
-        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+        digits = line[:3]
+        if (len(digits) < 3 or not (digits.isascii() and digits.isdigit())
+                or line[3:4] not in ("", " ", "-")):
             self.error = f"malformed reply line {line[:80]!r}"
             return None
-        code = int(line[:3])
+        code = int(digits)
         if self._code is not None and code != self._code:
             self.error = "reply code changed in a multi-line reply"
             return None

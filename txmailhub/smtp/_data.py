@@ -24,7 +24,8 @@ Rules, enforced here and documented in docs/smtp.rst:
   again only at the real end of the data: the session never drops back
   into command mode in the middle of a body.  A line that never ends costs
   at most ``MAX_LINE`` octets of memory.
-* Over ``max_size`` octets (as received, CRLF counted): 552 5.3.4 at the end.
+* Over ``max_size`` octets (RFC 1870's size: CRLF counted, transparency
+  dots and the end-of-data line not): 552 5.3.4 at the end.
 
 This module must not know about sessions, files or the reactor.
 """
@@ -76,7 +77,12 @@ class _BodyFilter:
         Returns the block with CRLF turned into LF, or None after an error
         (then the caller stores nothing)."""
         self.size += len(block)
-        if self.size > self.max_size:
+        if self.size > self.max_size and (
+            # RFC 1870 does not count transparency dots; DotReader takes
+            # them off ``size`` as it unstuffs, this block's are still in.
+            not self.stuffed
+            or self.size - block.count(b"\n.") - (block[:1] == b".") > self.max_size
+        ):
             self.fail(replies.MESSAGE_TOO_BIG)
         if self.error is not None:
             return None
@@ -157,9 +163,11 @@ class DotReader:
         if out is None or f.sink is None:
             return
         # Dot-unstuffing: a line that starts with "." loses that dot.
+        n = len(out)
         if self._after_crlf and out[:1] == b".":
             out = out[1:]
         out = out.replace(b"\n.", b"\n")  # one pass; no copy when there is none
+        f.size -= n - len(out)  # RFC 1870: the size leaves out transparency dots
         if out:
             f.sink(out)
 

@@ -308,15 +308,17 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
     auth = ret = envid = None
     for key, value in raw.items():
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise _fail(replies.PARAM_SYNTAX)
             size = int(value)
         elif key == "BODY":
             v = (value or "").upper()
             if v == "8BITMIME":
                 body_8bit = True
-            elif v != "7BIT":
+            elif v == "BINARYMIME":  # RFC 3030's, which we do not offer
                 raise _fail(replies.PARAM_NOT_RECOGNIZED)
+            elif v != "7BIT":
+                raise _fail(replies.PARAM_SYNTAX)
         elif key == "SMTPUTF8":
             if value is not None:
                 raise _fail(replies.PARAM_SYNTAX)

@@ -126,15 +126,15 @@ class MessageTransfer:
         if self._used_bdat:
             raise RemoteProtocolError(replies.BDAT_AFTER_DATA)
         # Nothing can change the envelope until the end of the data: the
-        # end of message reuses it.  (Between BDAT chunks RCPT is allowed,
-        # so BDAT builds it again at the end.)
+        # end of message reuses it.
         self._data_envelope = env = self._envelope()
         self._request(StartMessage(env))
 
     @staticmethod
     def _bdat_args(arg: str) -> tuple[int | None, bool]:
         parts = arg.split()
-        if not parts or len(parts) > 2 or not parts[0].isdigit() or len(parts[0]) > 18:
+        if (not parts or len(parts) > 2 or not parts[0].isascii() or not parts[0].isdigit()
+                or len(parts[0]) > 18):
             return None, False
         if len(parts) == 2 and parts[1].upper() != "LAST":
             return None, False

@@ -349,7 +349,7 @@ class ClientSession:
                 553, "5.6.7", "the remote server does not support SMTPUTF8, which this "
                 "message's non-ASCII addresses need (RFC 6531)"))
         limit = ext.get("SIZE", "")
-        if limit.isdigit() and int(limit) > 0 and self.size > int(limit):
+        if limit.isascii() and limit.isdigit() and int(limit) > 0 and self.size > int(limit):
             return self._fail_all(_synthetic(
                 552, "5.3.4", f"message too big for the remote server ({self.size} octets, "
                 f"its limit is {limit})"))

@@ -42,6 +42,11 @@ class ServerConfig:
     tls_available: bool = False
     auth_available: bool = False
     max_line: int = 512  # RFC 5321 4.5.3.1.4, CRLF included
+    # The extensions we offer lengthen MAIL and RCPT (each RFC says by how
+    # much): MAIL +26 SIZE (1870), +100 RET/ENVID (3461), +500 AUTH= (4954),
+    # +14 BODY= (1652), +10 SMTPUTF8 (6531); RCPT +500 NOTIFY/ORCPT (3461).
+    max_mail_line: int = 512 + 26 + 100 + 500 + 14 + 10
+    max_rcpt_line: int = 512 + 500
     max_auth_line: int = 12288  # RFC 4954 section 4
 
 

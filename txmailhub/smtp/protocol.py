@@ -230,6 +230,12 @@ class SMTPProtocol(Protocol):
 
     def _start_message(self, event: StartMessage) -> None:
         env = event.envelope
+        if self._writer is not None:
+            # The engine ends every message it starts; should one ever slip
+            # through, its spool file must not outlive the session.
+            log.error("SMTP: a message started while another was still open")
+            self._writer.abort()
+            self._writer = None
         try:
             writer = self.components.spooler.open()
         except Exception:
@@ -273,7 +279,7 @@ class SMTPProtocol(Protocol):
             helo=session.helo,
             client_ip=session.client_host,
             protocol=protocol_name(session.esmtp, session.tls,
-                                   session.authenticated_as is not None),
+                                   session.authenticated_as is not None, env.smtputf8),
             message_id=self._message_id,
             when=self.reactor.seconds(),
             tls=tls,

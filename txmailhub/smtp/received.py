@@ -37,11 +37,14 @@ def _safe(text: str, limit: int = 255) -> str:
     return _UNSAFE.sub("?", text[:limit]) or "unknown"
 
 
-def protocol_name(esmtp: bool, tls: bool, authenticated: bool) -> str:
-    """The RFC 3848 ``with`` keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA."""
+def protocol_name(esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool = False) -> str:
+    """The ``with`` keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (RFC 3848),
+    or UTF8SMTP, UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA when the transaction used
+    SMTPUTF8 (RFC 6531 3.7.3)."""
     if not esmtp:
         return "SMTP"
-    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 def received(

@@ -75,6 +75,7 @@ DATA_NO_RECIPIENTS = Reply.of(554, "5.5.1", "No valid recipients")
 AUTH_ALREADY = Reply.of(503, "5.5.1", "Already authenticated")
 AUTH_NOT_AVAILABLE = Reply.of(503, "5.5.1", "AUTH not available")
 BDAT_AFTER_DATA = Reply.of(503, "5.5.1", "Cannot mix DATA and BDAT")
+RCPT_AFTER_BDAT = Reply.of(503, "5.5.1", "No RCPT once BDAT has started; RSET to start over")
 BDAT_BAD_SIZE = Reply.of(501, "5.5.4", "BDAT needs a chunk size and optional LAST")
 AUTH_MECHANISM_UNKNOWN = Reply.of(504, "5.5.4", "Unrecognized authentication mechanism")
 PARAM_NOT_RECOGNIZED = Reply.of(555, "5.5.4", "Parameter not recognized")
@@ -113,13 +114,25 @@ def bye(hostname: str) -> Reply:
     return Reply.of(221, "2.0.0", f"{hostname} closing connection")
 
 
+def _echo(name: str) -> str:
+    """The client's HELO name as we echo it: short enough that the reply
+    line stays within RFC 5321's 512 octets (4.5.3.1.5)."""
+    raw = name.encode("utf-8", "replace")
+    if len(raw) <= _ECHO_MAX:
+        return name
+    return raw[: _ECHO_MAX - 3].decode("utf-8", "ignore") + "..."
+
+
+_ECHO_MAX = 200  # octets; with a 255-octet hostname the line is under 512
+
+
 def hello(hostname: str, client: str) -> Reply:
     """The HELO reply (no enhanced code: the client did not ask for ESMTP)."""
-    return Reply.of(250, None, f"{hostname} Hello {client}, pleased to meet you")
+    return Reply.of(250, None, f"{hostname} Hello {_echo(client)}, pleased to meet you")
 
 
 def ehlo(hostname: str, client: str, keywords: list[str]) -> Reply:
-    return Reply.of(250, None, f"{hostname} Hello {client}", *keywords)
+    return Reply.of(250, None, f"{hostname} Hello {_echo(client)}", *keywords)
 
 
 def sender_ok(sender: str) -> Reply:

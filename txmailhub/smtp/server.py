@@ -89,6 +89,7 @@ _SEQUENCE_REPLY = {"MAIL": replies.MAIL_NESTED, "RCPT": replies.MAIL_NEEDED,
 _WIRE = {id(v): v.to_bytes() for v in vars(replies).values() if isinstance(v, Reply)}
 _GREETINGS: dict[str, bytes] = {}
 _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
+_MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line limit
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
 _NO_DSN = DSNRequest()
 # Wire forms that depend only on the configuration or on what the client
@@ -195,6 +196,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.session.helo = ""
         self.session.esmtp = False
         self.session.authenticated_as = None
+        self._abort_message()  # RFC 3207 4.2: nothing of the old session survives
         self._reset_transaction()
         self._to(State.INIT)
 
@@ -270,7 +272,11 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _take_line(self) -> bytes | None:
         buf = self._buf
-        limit = self.config.max_auth_line if self.state is State.AUTH else self.config.max_line
+        c = self.config
+        if self.state is State.AUTH:
+            limit = c.max_auth_line
+        else:
+            limit = max(c.max_line, c.max_mail_line, c.max_rcpt_line)
         end = buf.find(b"\n", 0, limit)
         if end < 0:
             if len(buf) < limit:
@@ -287,6 +293,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if self._discarding:
             self._discarding = False
             return _SKIPPED
+        if end >= c.max_line and self.state is not State.AUTH:
+            verb = buf[:4].upper()
+            if end >= (c.max_mail_line if verb in _MAIL_VERBS
+                       else c.max_rcpt_line if verb == b"RCPT" else c.max_line):
+                self._line_too_long()
+                return _SKIPPED
         if end and buf[end - 1] == 13:
             return buf[: end - 1]
         return buf[:end]
@@ -298,6 +310,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self.reply(replies.AUTH_LINE_TOO_LONG)
             return
         if self.state in (State.MAIL, State.RCPT):
+            self._abort_message()
             self._reset_transaction()
             self._to(State.READY)
         self.reply(replies.LINE_TOO_LONG)
@@ -389,6 +402,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _rcpt(self, arg: str) -> None:
         rcpt, params = parse_rcpt(arg, self.config.primary_domain, self._mail_params.smtputf8)
+        if self._chunks is not None:
+            # The message (its trace header included) is already being
+            # written for the recipients given before the first BDAT.
+            raise Rejected(replies.RCPT_AFTER_BDAT)
         if self._rcpt_count >= self.config.max_recipients:
             raise Rejected(replies.TOO_MANY_RECIPIENTS)
         final = self.policy.check_recipient(rcpt, self.session)

@@ -300,7 +300,7 @@ class Spooler:
         me = os.getpid()
         for name in os.listdir(self.spool_dir):
             pid_text = name.split("-", 1)[0]
-            pid = int(pid_text) if pid_text.isdigit() else None
+            pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() else None
             if pid is not None and pid != me and _alive(pid):
                 log.info("spool file {name} belongs to running process {pid}: kept",
                          name=name, pid=pid)
