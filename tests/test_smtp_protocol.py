@@ -212,6 +212,18 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t)[-1] == replies.MESSAGE_BARE_CR_LF.text()
         assert h.spooler.aborted == ["memory-spool/1"] and not h.store.messages(ALICE)
 
+    def test_long_line_between_bdat_chunks_aborts_the_spool_file(self):
+        h = Harness()
+        p, t = h.connect()
+        for n in (1, 2):
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n"
+                           b"BDAT 12\r\nSubject: a\r\n")
+            assert take(t)[-1].startswith("250 2.0.0 12 octets")
+            p.dataReceived(b"NOOP " + b"x" * 600 + b"\r\n")
+            assert take(t) == [replies.LINE_TOO_LONG.text()]
+            assert h.spooler.aborted == [f"memory-spool/{i}" for i in range(1, n + 1)]
+        assert not h.store.messages(ALICE)
+
     def test_idle_timeout(self):
         h = Harness(idle_timeout=300)
         p, t = h.connect()
