@@ -143,6 +143,9 @@ class DeliveryTests(Base):
 
         store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer, link=link)
         self.deliver([JOE])  # the Maildir exists and is durable
+        # a store's first visit to a Maildir also syncs the path to it, once
+        self.successResultOf(store.deliver(self.spool(), [JOE]))
+        del events[:]
         w = spooler.open()
         w.write(BODY)
         syncer.hold = True
@@ -188,20 +191,21 @@ class DeliveryTests(Base):
 
         store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
         self.deliver([JOE])  # make the Maildir first
+        self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
         msg = self.spool()
         self.syncer.calls.clear()
         self.syncer.hold = True
         d = store.deliver(msg, [JOE])
         tmp = os.listdir(os.path.join(self.md(), "tmp"))
         self.assertEqual(len(tmp), 1)
-        self.assertEqual(len(self.names()), 1)  # nothing new visible yet
+        self.assertEqual(len(self.names()), 2)  # nothing new visible yet
         (kind, fd), = self.syncer.calls
         self.assertEqual(kind, "file")
         self.assertIsInstance(fd, int)
         self.syncer.release()  # the copy is durable: now it is renamed into new/
         self.assertNoResult(d)
         self.assertEqual(self.syncer.calls[-1], ("dir", os.path.join(self.md(), "new")))
-        self.assertEqual(len(self.names()), 2)
+        self.assertEqual(len(self.names()), 3)
         self.syncer.release()
         self.assertEqual(self.successResultOf(d), {JOE: None})
         self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
@@ -217,6 +221,7 @@ class DeliveryTests(Base):
 
         store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
         self.deliver([JOE])
+        self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
         msg = self.spool()
         self.syncer.hold = True
         self.syncer.calls.clear()
@@ -228,7 +233,7 @@ class DeliveryTests(Base):
         self.syncer.release()
         self.assertIsInstance(self.successResultOf(d)[JOE], OSError)
         self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
-        self.assertEqual(len(self.names()), 1)
+        self.assertEqual(len(self.names()), 2)
 
     def test_other_link_errors_fail_that_mailbox(self):
         def denied(src, dst):
@@ -238,6 +243,41 @@ class DeliveryTests(Base):
         msg = self.spool()
         out = self.successResultOf(store.deliver(msg, [JOE]))
         self.assertEqual(out[JOE].errno, errno.ENOSPC)
+
+    def test_first_visit_syncs_every_entry_on_the_way(self):
+        # Folders someone else made (a POP3 login, an earlier run that
+        # crashed before its fsync) are not known to be durable.
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.md(), sub))
+        mail = os.path.join(self.state, "mail")
+        self.syncer.calls.clear()
+        self.assertEqual(self.deliver([JOE]), {JOE: None})
+        dirs = {t for kind, t in self.syncer.calls if kind == "dir"}
+        self.assertEqual(dirs, {mail, os.path.join(mail, "example.org"), self.md(),
+                                os.path.join(self.md(), "new")})
+        self.syncer.calls.clear()
+        self.deliver([JOE])
+        self.assertEqual([t for kind, t in self.syncer.calls if kind == "dir"],
+                         [os.path.join(self.md(), "new")])
+
+    def test_a_mkdir_that_fails_half_way_still_gets_its_parents_synced(self):
+        real_mkdir = os.mkdir
+        failed = []
+
+        def mkdir(path, mode=0o777):
+            if path.endswith("tmp") and not failed:
+                failed.append(path)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_mkdir(path, mode)
+
+        self.patch(os, "mkdir", mkdir)
+        out = self.deliver([JOE])
+        self.assertIsInstance(out[JOE], OSError)
+        self.syncer.calls.clear()
+        self.assertEqual(self.deliver([JOE]), {JOE: None})
+        mail = os.path.join(self.state, "mail")
+        dirs = {t for kind, t in self.syncer.calls if kind == "dir"}
+        self.assertTrue({mail, os.path.join(mail, "example.org"), self.md()} <= dirs, dirs)
 
     def test_a_removed_maildir_is_made_again(self):
         self.deliver([JOE])

@@ -231,6 +231,53 @@ def test_failed_enqueue_leaves_nothing(tmp_path, spool):
     assert queue_files(q) == []
 
 
+def test_a_failed_sync_after_the_commit_takes_the_entry_back(tmp_path, spool):
+    # The client hears 451 and sends the message again: the entry must not
+    # stay behind to be delivered a second time.
+    class LastSyncFails(SyncerSpy):
+        def sync_dir(self, path):
+            super().sync_dir(path)
+            if len(self.requests) == 3:
+                return defer.fail(OSError(5, "Input/output error"))
+            return defer.succeed(None)
+
+    q = OutboundQueue(str(tmp_path / "queue"), Clock(), syncer=LastSyncFails())
+    seen = []
+    q.listen(seen.append)
+    failures = []
+    q.enqueue(envelope("bob@remote.test"), spool).addErrback(failures.append)
+    assert failures and failures[0].check(OSError)
+    assert queue_files(q) == [] and seen == []
+
+
+def test_queue_files_are_private_whatever_the_umask(tmp_path, spool, monkeypatch):
+    old = os.umask(0o022)
+    try:
+        monkeypatch.setattr(os, "link", lambda src, dst: (_ for _ in ()).throw(
+            OSError(18, "Invalid cross-device link")))
+        q = make_queue(tmp_path)
+        qid = q.enqueue(envelope("bob@remote.test"), spool).result
+        q.request_flush()
+        q.note_change()
+        assert {FLUSH, CHANGED} <= set(os.listdir(q.directory))
+        for name in os.listdir(q.directory):
+            mode = os.stat(os.path.join(q.directory, name)).st_mode & 0o777
+            assert mode == 0o600, (name, oct(mode))
+        assert os.stat(q.directory).st_mode & 0o777 == 0o700
+        assert {qid + ".json", qid + ".msg"} <= set(os.listdir(q.directory))
+    finally:
+        os.umask(old)
+
+
+def test_a_new_queue_folder_is_made_durable(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr("txmailhub.relay.queue.fsync_dir", synced.append)
+    make_queue(tmp_path)
+    assert synced == [str(tmp_path)]
+    make_queue(tmp_path)  # it exists now: nothing to do
+    assert synced == [str(tmp_path)]
+
+
 @pytest.mark.parametrize("crash_at", range(1, 8))
 def test_enqueue_crash_points(tmp_path, spool, crash_at):
     fs = CrashingFS(crash_at)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -211,6 +215,7 @@ class PrecreateTests(SynchronousTestCase):
         self.assertEqual(len(os.listdir(self.dir)), 4)
         for _, fd in spooler._ready:
             os.close(fd)
+        os.close(spooler._lock_fd)  # the crash: the kernel drops the lock
         Spooler(self.dir, self.syncer)
         self.assertEqual(os.listdir(self.dir), [])
 
@@ -219,20 +224,63 @@ class RecoveryTests(SynchronousTestCase):
     def test_leftovers_of_a_crash_are_deleted(self):
         d = self.mktemp()
         os.makedirs(d)
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
-        dead_pid = int(dead.stdout)
-        names = {
-            f"{dead_pid}-1-aaaa": False,  # a process that is gone
-            f"{os.getpid()}-7-bbbb": False,  # our own pid (reused after a crash)
-            "junk": False,
-            f"{os.getppid()}-1-cccc": True,  # a live process sharing the directory
-        }
-        for name in names:
+        # whatever pid a name carries -- a live process (twistd's parent
+        # before the daemon fork), ours, none: nobody holds the lock
+        for name in (f"{os.getppid()}-1-aaaa", f"{os.getpid()}-7-bbbb", "junk"):
             with open(os.path.join(d, name), "wb") as f:
                 f.write(b"partial")
-        Spooler(d, SyncerSpy())
-        self.assertEqual(sorted(os.listdir(d)), sorted(n for n, keep in names.items() if keep))
+        s = Spooler(d, SyncerSpy())
+        self.assertEqual(os.listdir(d), [])
+        s.close()
+
+    def test_a_running_hubs_spool_is_left_alone(self):
+        d = self.mktemp()
+        os.makedirs(d)
+        running = Spooler(d, SyncerSpy(), precreate=0)
+        w = running.open()
+        w.write(b"in flight")
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        second = Spooler(d, SyncerSpy())  # a second hub on the same state_dir
+        self.assertEqual(os.listdir(d), [os.path.basename(w.path)])
+        self.assertIn("in use by another running hub", observer[0]["log_format"])
+        second.close()
+        running.close()  # the lock goes with it: the next start may clean up
+        third = Spooler(d, SyncerSpy())
+        self.assertEqual(os.listdir(d), [])
+        third.close()
+
+    def test_the_lock_survives_a_fork(self):
+        # twistd daemonises after the hub is built: the child must keep the
+        # lock when the parent exits.
+        d = self.mktemp()
+        os.makedirs(d)
+        code = (
+            "import os, sys, time\n"
+            "from txmailhub.store.spool import Spooler\n"
+            "from txmailhub.testing import SyncerSpy\n"
+            f"s = Spooler({d!r}, SyncerSpy())\n"
+            "open(os.path.join(s.spool_dir, 'x'), 'w').close()\n"
+            "if os.fork():\n"
+            "    os._exit(0)\n"  # the parent goes, as twistd's does
+            "print(os.getpid(), flush=True)\n"
+            "time.sleep(30)\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        daemon = int(child.stdout.readline())
+        try:
+            child.wait()
+            Spooler(d, SyncerSpy()).close()
+            self.assertEqual(os.listdir(d), ["x"])  # the daemon still holds it
+        finally:
+            os.kill(daemon, signal.SIGKILL)
+            child.stdout.close()
+        for _ in range(500):  # killed: the kernel drops the lock
+            s = Spooler(d, SyncerSpy())
+            s.close()
+            if not os.listdir(d):
+                break
+            time.sleep(0.01)
+        self.assertEqual(os.listdir(d), [])
 
     def test_recover_false_keeps_files(self):
         d = self.mktemp()

@@ -88,14 +88,17 @@ class FileSystem:
             self.copy(src, dst)
 
     def copy(self, src: str, dst: str) -> None:
-        with open(src, "rb") as fin, open(dst, "xb") as fout:
+        with open(src, "rb") as fin, open(
+            os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
+        ) as fout:
             shutil.copyfileobj(fin, fout, 65536)
             fout.flush()
             os.fsync(fout.fileno())
 
     def write_file(self, path: str, data: bytes) -> None:
         """Write ``data`` (not yet durable: ``fsync_file``/``sync_file`` next)."""
-        with open(path, "wb") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as f:
             f.write(data)
 
     def rename(self, src: str, dst: str) -> None:
@@ -150,8 +153,10 @@ class OutboundQueue:
         self._io = io
         self.fs = fs or FileSystem(syncer, io)
         self._listeners: list[Callable[[str | None], None]] = []
-        if create:
+        if create and not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
+            # acknowledged mail will live in it: its own name must be durable
+            fsync_dir(os.path.dirname(os.path.abspath(directory)))
 
     @property
     def exists(self) -> bool:
@@ -345,12 +350,14 @@ class OutboundQueue:
             committed = True
             yield self.fs.sync_dir(self.directory)
         except Exception:
-            if not committed:  # leave nothing half-made behind (best effort)
-                for path in (tmp, msg):
-                    try:
-                        self.fs.unlink(path)
-                    except Exception:
-                        pass
+            # Leave nothing half-made behind (best effort).  After the commit
+            # only the directory sync failed: the client hears 451 and sends
+            # again, so the entry must go too, or it would be delivered twice.
+            for path in (tmp, msg) if not committed else (self.record_path(entry.id), msg):
+                try:
+                    self.fs.unlink(path)
+                except Exception:
+                    pass
             raise
         return entry
 
@@ -369,14 +376,14 @@ class OutboundQueue:
 
     def _set_aside(self, queue_id: str) -> None:
         where = os.path.join(self.directory, CORRUPT)
-        os.makedirs(where, exist_ok=True)
+        os.makedirs(where, mode=0o700, exist_ok=True)
         for path in (self.record_path(queue_id), self.message_path(queue_id)):
             if os.path.exists(path):
                 os.replace(path, os.path.join(where, os.path.basename(path)))
 
     def _touch(self, name: str) -> None:
-        with open(os.path.join(self.directory, name), "ab"):
-            pass
+        os.close(os.open(os.path.join(self.directory, name),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
 
     @contextmanager
     def _locked(self):

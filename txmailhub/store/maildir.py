@@ -164,21 +164,26 @@ class MaildirStore:
         """Create ``md`` and its tmp/new/cur as needed; returns the
         directories whose entries must still be made durable."""
         if md not in self._known:
-            made: list[str] = []
-            for path in (os.path.dirname(md), md):
+            # The first time this process meets a Maildir, every entry on the
+            # way to it is synced once, whoever made it: a mkdir that failed
+            # half-way, a POP3 login that created the folders, a run that
+            # crashed before its fsync -- none may leave an acknowledged
+            # message in a folder whose name is not durable.  (Recorded
+            # before the mkdirs, so a failing one leaves them recorded.)
+            domain_dir = os.path.dirname(md)
+            self._unsynced.setdefault(md, set()).update(
+                (os.path.dirname(domain_dir), domain_dir, md)
+            )
+            for path in (domain_dir, md):
                 try:
                     os.mkdir(path, 0o700)
-                    made.append(os.path.dirname(path))
                 except FileExistsError:
                     pass
             for sub in ("tmp", "new", "cur"):
                 try:
                     os.mkdir(os.path.join(md, sub), 0o700)
-                    made.append(md)
                 except FileExistsError:
                     pass
-            if made:
-                self._unsynced.setdefault(md, set()).update(made)
             self._known.add(md)
         return tuple(sorted(self._unsynced.get(md, ())))
 

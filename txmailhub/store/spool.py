@@ -11,8 +11,15 @@ hard-link it: the spool lives on the same filesystem as ``mail/`` and
 
 A spool file is never acknowledged by itself, so whatever is left in the
 directory after a crash was never answered 250: ``recover()`` (run by the
-constructor) deletes it.  Files are named ``<pid>-<counter>-<random tag of the spooler>``;
-recovery spares those of another live process sharing the directory.
+constructor) deletes it.  Who may recover is decided by an ``flock`` on
+``spool.lock`` (next to the spool folder), held for as long as the spooler is open: the kernel drops
+it when its process dies, a forked daemon inherits it, and a second hub
+started on the same state directory (which then fails to listen) finds it
+taken and touches nothing.  Process ids could not do this: twistd forks
+after the spooler is made, so the files carry a dead parent's pid, and a
+crashed hub's pid may be a zombie or reused.  Files are named
+``<pid>-<counter>-<random tag of the spooler>``, which only makes them
+unique.
 
 Why a spool at all (rather than writing straight into the first
 recipient's Maildir ``tmp/``): the recipients' fate is decided only once
@@ -38,7 +45,7 @@ goes.
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import itertools
 import os
 from collections import deque
@@ -56,6 +63,7 @@ from txmailhub.store.format import CRLFCounter
 __all__ = ["SpoolWriter", "Spooler"]
 
 log = Logger()
+
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -222,6 +230,7 @@ class Spooler:
         self._ready: deque[tuple[str, int]] = deque()
         self._refilling = False
         self._closed = False
+        self._lock_fd: int | None = None
         os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
         if recover:
             self.recover()
@@ -285,6 +294,22 @@ class Spooler:
         self._closed = True
         ready, self._ready = list(self._ready), deque()
         _drop(ready)
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+    def _lock(self) -> bool:
+        """Take ``<spool_dir>.lock`` (once); False if another live spooler has it."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
 
     def discard(self, message: SpooledMessage) -> None:
         if os.path.dirname(os.path.abspath(message.path)) != self.spool_dir:
@@ -295,17 +320,21 @@ class Spooler:
             pass
 
     def recover(self) -> int:
-        """Delete spool files left by a crash; returns how many."""
+        """Delete spool files left by a crash; returns how many.
+
+        Only with the spool's lock: when another spooler holds it (another
+        hub is running on this state directory), its files are in use and
+        nothing is touched."""
+        if not self._lock():
+            log.warn("the spool {path} is in use by another running hub: no clean-up",
+                     path=self.spool_dir)
+            return 0
         removed = 0
-        me = os.getpid()
+        ours = {path for path, _fd in self._ready}
         for name in os.listdir(self.spool_dir):
-            pid_text = name.split("-", 1)[0]
-            pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() else None
-            if pid is not None and pid != me and _alive(pid):
-                log.info("spool file {name} belongs to running process {pid}: kept",
-                         name=name, pid=pid)
-                continue
             path = os.path.join(self.spool_dir, name)
+            if path in ours:
+                continue
             try:
                 os.unlink(path)
                 removed += 1
@@ -326,15 +355,3 @@ def _drop(files: list[tuple[str, int]]) -> None:
             os.unlink(path)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as e:
-        return e.errno != errno.ESRCH
-    return True
