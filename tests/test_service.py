@@ -37,3 +37,28 @@ def test_start_logs_the_users_file_problems(tmp_path: Path) -> None:
     finally:
         globalLogPublisher.removeObserver(events.append)
         hub.stopService()
+
+
+def test_stopping_the_hub_says_421_to_open_smtp_sessions(tmp_path: Path) -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
+        '[pop3]\nlisten = []\n'
+    )
+    reactor = MemoryReactorClock()
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    hub.startService()
+    [(_port, factory, _backlog, _interface)] = reactor.tcpServers
+    peer = IPv4Address("TCP", "192.0.2.7", 40000)
+    protocol = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"EHLO client.example\r\n")
+    transport.clear()
+    hub.stopService()
+    assert transport.value() == b"421 4.3.2 mail.example.org Service shutting down\r\n"
+    assert transport.disconnecting

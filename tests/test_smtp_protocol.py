@@ -224,6 +224,26 @@ class ProtocolTests(SynchronousTestCase):
             assert h.spooler.aborted == [f"memory-spool/{i}" for i in range(1, n + 1)]
         assert not h.store.messages(ALICE)
 
+    def test_shutdown_sends_421_to_every_session_but_one_being_stored(self):
+        h = Harness(hold=True)
+        _idle, t1 = h.connect()
+        mid_data, t2 = h.connect("192.0.2.2")
+        storing, t3 = h.connect("192.0.2.3")
+        for t in (t1, t2, t3):
+            take(t)
+        mid_data.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\npart")
+        storing.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")
+        take(t2), take(t3)
+        h.factory.shut_down()
+        bye = "421 4.3.2 mx.example.org Service shutting down"
+        assert take(t1) == [bye] and t1.disconnecting
+        assert take(t2) == [bye] and t2.disconnecting
+        mid_data.connectionLost(None)
+        assert h.spooler.aborted  # the half-received message is dropped
+        assert take(t3) == [] and not t3.disconnecting  # waits for its 250
+        h.spooler.release()
+        assert take(t3)[0].startswith("250 2.0.0 ")
+
     def test_idle_timeout(self):
         h = Harness(idle_timeout=300)
         p, t = h.connect()

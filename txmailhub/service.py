@@ -149,9 +149,11 @@ class ListenerService(Service):
     def stopService(self) -> Any:
         super().stopService()
         port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+        d = port.stopListening() if port is not None else None
+        shut_down = getattr(self.factory, "shut_down", None)
+        if shut_down is not None:  # SMTP: 421 to the open sessions (RFC 5321 3.8)
+            shut_down()
+        return d
 
 
 def _describe(host: Any) -> str:

@@ -120,6 +120,7 @@ class SMTPProtocol(Protocol):
             self._drive()
             return
         self._counted = True
+        f.limits.sessions.add(self)
         # Replies go straight to the socket when nothing is buffered
         # (ResponseWriter: one send, no epoll_ctl pair per reply).  What is
         # left in the transport's buffer, a socket transport's doWrite sends
@@ -151,6 +152,7 @@ class SMTPProtocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.release(self.host)
+            self.factory.limits.sessions.discard(self)
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
@@ -207,6 +209,16 @@ class SMTPProtocol(Protocol):
         if out:
             return self._out.write(out)  # type: ignore[union-attr]
         return False
+
+    def shut_down(self) -> None:
+        """The hub is stopping: ``421`` and close (RFC 5321 3.8), unless the
+        session waits for us (a message being made durable gets its real
+        answer if the store finishes before the process ends)."""
+        engine = self.engine
+        if engine is None or engine.closed or engine.waiting:
+            return
+        engine.timeout(replies.shutting_down(self.factory.config.hostname))
+        self._drive()
 
     # --- the idle timeout -----------------------------------------------------------
 
@@ -408,6 +420,7 @@ class _Limits:
     def __init__(self) -> None:
         self.connections = 0
         self.per_client: dict[str, int] = {}
+        self.sessions: set[SMTPProtocol] = set()  # for the 421 at shutdown
 
 
 class SMTPFactory(ServerFactory):
@@ -494,6 +507,13 @@ class SMTPFactory(ServerFactory):
     def connections(self) -> int:
         """Open SMTP connections (all listeners of these components)."""
         return self.limits.connections
+
+    def shut_down(self) -> None:
+        """Send ``421`` to every open SMTP session (all listeners of these
+        components) that is not waiting for the hub; the listeners call it
+        when they stop."""
+        for session in list(self.limits.sessions):
+            session.shut_down()
 
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""

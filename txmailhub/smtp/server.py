@@ -175,7 +175,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return self._events.pop(0)
 
     def timeout(self, reply: Reply) -> None:
-        """Idle timeout (the adapter's clock): reply and close."""
+        """The adapter ends the session (idle timeout, shutdown): reply and close."""
         if self.state is not State.CLOSED:
             self.reply(reply)
             self._close(reply)
