@@ -333,7 +333,8 @@ def test_auth_response_may_exceed_the_command_limit_but_not_forever():
     e.login_failed(LoginFailure.BAD_CREDENTIALS)
     run(e, b"AUTH PLAIN")
     e.receive_data(b"A" * 10000 + b"\r\n")
-    assert e.next_action().data == R.LINE_TOO_LONG.to_bytes()
+    assert e.next_action().data == R.SASL_LINE_TOO_LONG.to_bytes()  # names its limit
+    assert b"4096" in R.SASL_LINE_TOO_LONG.to_bytes()
     assert sent(e, b"NOOP").startswith(b"-ERR NOOP is not valid")  # not a SASL line
 
 

@@ -104,6 +104,7 @@ AUTOLOGOUT = err("Autologout: idle for too long")
 UNKNOWN_COMMAND = err("Unknown command")
 WRONG_STATE_TEXT = "{command} is not valid in the {state} state"
 LINE_TOO_LONG = err("Line too long (at most 255 octets)")
+SASL_LINE_TOO_LONG = err("Line too long (at most 4096 octets)")
 BAD_SYNTAX_TEXT = "Syntax: {usage}"
 BAD_ENCODING = err("Command is not valid ASCII")
 INTERNAL_ERROR = err("Internal error, try again later", "SYS/TEMP")

@@ -241,8 +241,8 @@ class POP3Server:
             return None
         line = lines.popleft()
         if line is None:  # longer than any line we keep
-            self._sasl = False
-            return Send(R.LINE_TOO_LONG.to_bytes())
+            was_sasl, self._sasl = self._sasl, False
+            return Send((R.SASL_LINE_TOO_LONG if was_sasl else R.LINE_TOO_LONG).to_bytes())
         if self._sasl:
             self._sasl = False
             return self._sasl_response(line)
