@@ -536,3 +536,21 @@ class SyncThenTests(SynchronousTestCase):
             s.stop()
         self.assertEqual(results, [{}])
         self.assertTrue(os.path.exists(dst))
+
+
+def test_syncfs_goes_through_a_held_descriptor_first(tmp_path, monkeypatch):
+    # syncfs reports a writeback error only to descriptions opened before
+    # it: a descriptor the caller holds beats a directory opened just now.
+    used = []
+    def syncfs(fd, close=False):
+        used.append((fd, close))
+        if close:
+            os.close(fd)
+
+    monkeypatch.setattr(sync, "syncfs", syncfs)
+    with open(tmp_path / "f", "wb") as f:
+        sync._syncfs_one_of([str(tmp_path), f.fileno()])
+        assert used == [(f.fileno(), False)]
+    used.clear()
+    sync._syncfs_one_of([str(tmp_path / "gone"), str(tmp_path)])  # paths only: first that opens
+    assert len(used) == 1 and used[0][1] is True

@@ -576,12 +576,16 @@ def _raise_now(failure: Failure) -> None:
 
 def _syncfs_one_of(targets: list[Target]) -> None:
     """One syncfs through the first target that can be opened (they are
-    all on the same filesystem)."""
+    all on the same filesystem).  A descriptor the caller already holds
+    comes first: syncfs reports a writeback error only to descriptions
+    opened before it happened, so one opened just now could miss an error
+    that lost this batch's data."""
     error: OSError | None = None
     for target in targets:
         if isinstance(target, int):
             syncfs(target)
             return
+    for target in targets:
         try:
             fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError as e:  # gone since the request: try the next
