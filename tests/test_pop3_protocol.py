@@ -23,7 +23,7 @@ from txmailhub.components import Components
 from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
 from txmailhub.interfaces import IMailbox
 from txmailhub.pop3 import replies as R
-from txmailhub.pop3.protocol import CHUNK_SIZE, APOPCredentials, POP3Factory
+from txmailhub.pop3.protocol import CHUNK_SIZE, CLOSE_GRACE, APOPCredentials, POP3Factory
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.store.maildir import crlf_size_of
 from txmailhub.testing import MemoryMailboxStore
@@ -553,6 +553,17 @@ def test_idle_timeout_autologout_without_update():
     assert t.value() == R.AUTOLOGOUT.to_bytes() and t.disconnecting
     proto.connectionLost(None)
     assert env.store.messages("joe@example.org") == [b"a\n"]
+
+
+def test_autologout_that_cannot_complete_is_cut():
+    # e.g. after STLS the client never does the handshake: Twisted holds the
+    # -ERR (and the close) until it is done
+    env = Env(idle_timeout=600)
+    _proto, t = env.connect()
+    env.clock.advance(600)
+    assert t.disconnecting and not t.disconnected
+    env.clock.advance(CLOSE_GRACE)
+    assert t.disconnected
 
 
 def test_idle_timeout_aborts_a_reader_that_stopped_reading():

@@ -24,7 +24,7 @@ from txmailhub.config import (
 )
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.smtp import replies
-from txmailhub.smtp.protocol import SMTPFactory
+from txmailhub.smtp.protocol import CLOSE_GRACE, SMTPFactory
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
 ALICE = Address("alice", "example.org")
@@ -254,6 +254,26 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.OK.text()] and not t.disconnecting
         h.clock.advance(101)
         assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+
+    def test_a_close_that_never_completes_is_cut(self):
+        # e.g. STARTTLS answered, then no handshake: Twisted would hold the
+        # 421 until it completes, for ever
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        take(t)
+        h.clock.advance(300)
+        assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+        assert not t.disconnected
+        h.clock.advance(CLOSE_GRACE)
+        assert t.disconnected  # aborted
+        p.connectionLost(None)
+        assert not h.clock.getDelayedCalls()
+
+    def test_quit_on_a_plain_connection_arms_no_timer(self):
+        h = Harness(idle_timeout=0)
+        p, t = h.connect()
+        p.dataReceived(b"QUIT\r\n")
+        assert t.disconnecting and not h.clock.getDelayedCalls()
 
     def test_idle_timeout_zero_turns_it_off(self):
         h = Harness(idle_timeout=0)

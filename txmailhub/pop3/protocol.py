@@ -54,6 +54,7 @@ _PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 """Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
 
 INPUT_LIMIT = 16 * 1024
+CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 """Octets of unanswered commands buffered while the client does not read
 our responses; beyond it we stop reading from the client too."""
 
@@ -90,6 +91,7 @@ class POP3Protocol(Protocol):
         self._stream: _Stream | None = None
         self._pending_call: Any = None
         self._idle_call: Any = None
+        self._close_call: Any = None
         self._last_activity = 0.0
         self._update_running = False
         self._flush: Any = None
@@ -144,10 +146,10 @@ class POP3Protocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._lost = True
         self._closing = True
-        for call in (self._idle_call, self._pending_call):
+        for call in (self._idle_call, self._pending_call, self._close_call):
             if call is not None and call.active():
                 call.cancel()
-        self._idle_call = self._pending_call = None
+        self._idle_call = self._pending_call = self._close_call = None
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -181,6 +183,14 @@ class POP3Protocol(Protocol):
             self._reading = True
             t.resumeProducing()
         t.loseConnection()
+        # A polite close waits for the peer to read the last reply, and under
+        # TLS for a handshake it may never finish (after STLS); cut it then.
+        self._close_call = self.reactor.callLater(CLOSE_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        self._close_call = None
+        log.info("POP3: closing {peer} without waiting any longer", peer=self._peer)
+        self.transport.abortConnection()
 
     # -- input -------------------------------------------------------------
 

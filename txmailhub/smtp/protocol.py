@@ -60,6 +60,8 @@ __all__ = ["SMTPFactory", "SMTPProtocol"]
 
 log = Logger(namespace="txmailhub.smtp")
 
+CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
+
 
 def _is_loopback(host: str) -> bool:
     ip = client_ip(host)
@@ -87,6 +89,8 @@ class SMTPProtocol(Protocol):
         self._last_activity = 0.0
         self._logout: Any = None
         self._auth_timer: Any = None
+        self._close_timer: Any = None
+        self._close_reply: Reply | None = None
         self._handlers = {
             StartMessage: self._start_message,
             MessageComplete: self._message_complete,
@@ -142,6 +146,9 @@ class SMTPProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         if self._writer is not None:
@@ -189,7 +196,7 @@ class SMTPProtocol(Protocol):
             # (a lock-step client waits for them).
             self._send_now()
         if engine.closed:
-            self.transport.loseConnection()
+            self._lose()
         elif engine.waiting:
             # Paused only once input arrives while we decide: a lock-step
             # client sends nothing meanwhile, and reading stays on (no
@@ -399,7 +406,25 @@ class SMTPProtocol(Protocol):
         self.engine.tls_started()
 
     def _close(self, event: Close) -> None:
-        pass  # _drive flushes and closes once the batch is written
+        self._close_reply = event.reply  # _drive flushes and closes once the batch is written
+
+    def _lose(self) -> None:
+        """Close politely; but a close that waits for a peer that does not
+        read, or for a TLS handshake it never finishes (Twisted holds the
+        last reply until then), is cut after ``CLOSE_GRACE`` seconds.  A
+        QUIT on a plain connection needs no timer (its reply went straight
+        to the socket)."""
+        self.transport.loseConnection()
+        if self._close_timer is not None:
+            return
+        reply = self._close_reply
+        if reply is None or reply.code != 221 or self.engine.session.tls:
+            self._close_timer = self.reactor.callLater(CLOSE_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        self._close_timer = None
+        log.info("closing {client} without waiting any longer", client=self.host)
+        self.transport.abortConnection()
 
 
 def _tls_details(transport: Any) -> tuple[str, str] | None:
