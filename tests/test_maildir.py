@@ -20,6 +20,7 @@ from txmailhub.errors import LocalError, MailboxInUse
 from txmailhub.interfaces import IMailbox, IMailboxStore, ISpoolingStore
 from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store import maildir as maildir_module
+from txmailhub.store.mailbox import scan
 from txmailhub.store.maildir import (
     SIZES_NAME,
     CRLFEncoder,
@@ -736,6 +737,44 @@ class PlainNameTests(Base):
         box = self.open()
         uids = [i.uid for i in box.list_messages()]
         self.assertEqual(len(uids), len(set(uids)))
+        box.close()
+
+
+    def test_a_survivor_never_takes_over_a_gone_messages_uid(self):
+        # Two foreign files with one unique part: when one goes, the other
+        # must not show the client the UIDL it already saw for the first.
+        self.drop("1.dup,S=1", b"first\n", sub="new")
+        self.drop("1.dup,S=2", b"second\n", sub="new")
+        self.drop("1.same", b"x\n", sub="new")
+        for flags in ("S", "F"):
+            with open(os.path.join(self.md(), "cur", f"1.same:2,{flags}"), "wb") as f:
+                f.write(b"y\n")
+        box = self.open()
+        seen = {i.uid for i in box.list_messages()}
+        box.close()
+        uids = [i.uid for i in scan(self.md())]
+        self.assertEqual(len(uids), len(set(uids)))  # all distinct, the three 1.same too
+        self.assertNotIn("1.dup", seen)
+        self.assertNotIn("1.same", seen)
+        os.unlink(os.path.join(self.md(), "new", "1.dup,S=1"))
+        after = {i.uid for i in scan(self.md())}
+        self.assertIn("1.dup", after)  # a UIDL never shown before: fetched again, not lost
+
+    def test_symlinks_are_not_followed(self):
+        self.deliver([JOE], b"ours\n")  # the Maildir exists
+        secret = os.path.join(self.state, "secret")
+        with open(secret, "wb") as f:
+            f.write(b"not yours\n")
+        os.symlink(secret, os.path.join(self.md(), "new", "2.link"))
+        os.symlink(secret, os.path.join(self.md(), "new", "3.link,S=10,W=11"))
+        box = self.open()
+        infos = box.list_messages()
+        names = [os.path.basename(i.path) for i in infos]
+        self.assertNotIn("2.link", names)  # measured with lstat: not a regular file
+        index = names.index("3.link,S=10,W=11")  # listed from its name alone...
+        with self.assertRaises(OSError):
+            box.open_message(index)  # ...but never read through
+        self.assertRaises(OSError, box.read_message, index, 1 << 16)
         box.close()
 
 

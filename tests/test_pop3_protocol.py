@@ -804,3 +804,24 @@ def test_whole_encoding_with_many_dot_lines_and_a_head(data):
     assert encode_whole(data, b"+OK\r\n") == b"+OK\r\n" + enc.encode(data) + enc.finish()
     if b"\r" not in data:
         assert encode_whole(data) == reference(data)
+
+
+def test_a_refused_login_under_any_name_is_logged_on_one_safe_line():
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    env = Env()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for name in (b"\xff\xfe", b"bob\x1b[2J", b"eve\rforged"):
+            proto, t = env.connect()
+            talk(proto, t, b"USER " + name + b"\r\nPASS x\r\n")
+            env.clock.advance(5)
+            proto.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    refused = [e for e in events if e.get("why") == "AUTH"]
+    assert [e["user"] for e in refused] == ["\\xff\\xfe", "bob\\x1b[2J", "eve\\x0dforged"]
+    for e in refused:
+        text = formatEvent(e)
+        assert text.isprintable() and "Unable to format" not in text

@@ -356,11 +356,38 @@ def test_capa_exact_list_with_stls_when_tls_configured():
     assert list(CAPABILITIES) == capa_lines(sent(e, b"capa"))
 
 
-def test_capa_without_stls_when_unconfigured_active_or_logged_in():
-    for e in (engine(), engine(tls_available=True, tls_active=True),
-              logged_in(tls_available=True)):
+def test_capa_without_stls_when_unconfigured_or_active():
+    for e in (engine(), engine(tls_available=True, tls_active=True)):
         assert "STLS" not in capa_lines(sent(e, b"CAPA"))
         assert "PIPELINING" in capa_lines(sent(e, b"CAPA"))
+
+
+def test_capa_after_login_is_the_same_list():
+    # RFC 2449 section 5: AUTHORIZATION-state capabilities in both states
+    e = logged_in(tls_available=True)
+    assert capa_lines(sent(e, b"CAPA")) == list(CAPABILITIES)
+    assert sent(e, b"STLS").startswith(b"-ERR")
+
+
+def test_numbers_may_have_any_number_of_digits():
+    e = logged_in()
+    action = run(e, b"RETR 0000000001")
+    assert isinstance(action, Transmit) and action.index == 0
+    assert sent(e, b"LIST 99999999999999999999") == R.NO_SUCH_MESSAGE.to_bytes()
+    action = run(e, b"TOP 1 1234567890")
+    assert isinstance(action, Transmit) and action.body_lines == 1234567890
+
+
+def test_auth_plain_authzid_may_name_the_same_user_in_another_form():
+    for authz in ("alice@example.org", "ALICE@Example.ORG", "alice"):
+        e = engine(primary_domain="example.org")
+        run(e, b"AUTH PLAIN")
+        action = run(e, plain(authz, "alice", "pw"))
+        assert action.username == "alice" and action.secret == b"pw", authz
+    e = engine(primary_domain="example.org")
+    run(e, b"AUTH PLAIN")
+    run(e, plain("bob", "alice", "pw"))  # acting as someone else: refused
+    assert e.auth_failures == 1
 
 
 def test_capa_and_auth_hide_plaintext_mechanisms_where_refused():
@@ -417,7 +444,7 @@ def test_seed_exchange_commands():
     "arg,reply",
     [(b"0", R.NO_SUCH_MESSAGE), (b"4", R.NO_SUCH_MESSAGE), (b"x", R.INVALID_NUMBER),
      (b"-1", R.INVALID_NUMBER), (b"+1", R.INVALID_NUMBER),
-     (b"99999999999999999999", R.INVALID_NUMBER)],
+     (b"99999999999999999999", R.NO_SUCH_MESSAGE)],
 )
 def test_bad_message_numbers(cmd, arg, reply):
     e = logged_in()

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from txmailhub.address import client_ip
 from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
+from txmailhub.logsafe import loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
 from txmailhub.pop3.server import (
@@ -141,6 +142,7 @@ class POP3Protocol(Protocol):
             max_auth_failures=s.max_auth_failures,
             auth_failure_delay=s.auth_failure_delay,
             auth_failures=failures,
+            primary_domain=self.components.settings.hub.primary_domain,
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -310,7 +312,7 @@ class POP3Protocol(Protocol):
     def _authenticate(self, action: Authenticate) -> None:
         self._busy = True
         username = action.username.encode("utf-8", "surrogateescape")
-        self._user = action.username
+        self._user = loggable(action.username)
         if action.mechanism == "APOP":
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:

@@ -142,8 +142,10 @@ VALID_IN: dict[str, frozenset[State]] = {
 """Which command is valid in which state (the dispatch table's other half)."""
 
 
-def _digits(text: str, most: int = 9) -> int | None:
-    if not text or len(text) > most or not text.isascii() or not text.isdigit():
+def _digits(text: str) -> int | None:
+    """A non-negative number in ASCII digits, as many as the 255-octet line
+    holds (RFC 1939 sets no limit: ``TOP 1 1234567890`` is valid)."""
+    if not text or not text.isascii() or not text.isdigit():
         return None
     return int(text)
 
@@ -168,8 +170,10 @@ class POP3Server:
         max_auth_failures: int = 3,
         auth_failure_delay: float = 1.0,
         auth_failures: int = 0,
+        primary_domain: str = "",
     ) -> None:
         self.hostname = hostname
+        self.primary_domain = primary_domain.lower()
         self.timestamp = timestamp
         self.plaintext_allowed = plaintext_allowed
         self.tls_available = tls_available
@@ -360,11 +364,21 @@ class POP3Server:
             authz = authzid.decode("utf-8")
         except UnicodeDecodeError:
             return self._send(R.AUTH_BAD_PLAIN)
-        if authz and authz != username:
+        if authz and self._identity(authz) != self._identity(username):
             # Acting as another user is not supported: a failed login.
             self._waiting = "login"
             return self.login_failed(LoginFailure.BAD_CREDENTIALS)
         return self._login("PLAIN", username, password)
+
+    def _identity(self, name: str) -> str:
+        """A user name as the users file keys it: a bare name is at the
+        primary domain, and case does not matter (RFC 4616: an authzid that
+        names the authenticated identity itself is no request to act as
+        someone else)."""
+        name = name.strip().lower()
+        if "@" not in name and self.primary_domain:
+            name = f"{name}@{self.primary_domain}"
+        return name
 
     def _login(self, mechanism: str, username: str, secret: bytes) -> Action:
         self._waiting = "login"
@@ -382,7 +396,9 @@ class POP3Server:
         return StartTLS(R.STLS_BEGIN.to_bytes())
 
     def _capa_cmd(self, arg: str) -> Action:
-        stls = self.state is State.AUTHORIZATION and self.tls_available and not self.tls_active
+        # RFC 2449 section 5: what the AUTHORIZATION state offers is announced
+        # in both states (STLS itself is then refused as out of state).
+        stls = self.tls_available and not self.tls_active
         caps = capabilities(stls=stls, plaintext=self.plaintext_allowed)
         return Send(multiline(R.CAPA_FOLLOWS, caps))
 

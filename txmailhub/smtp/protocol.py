@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, client_ip
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.interfaces import ISMTPUser
+from txmailhub.logsafe import loggable
 from txmailhub.sending import ResponseWriter
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
@@ -383,11 +384,12 @@ class SMTPProtocol(Protocol):
     def _auth_failed(self, failure: Any, event: AuthRequest) -> None:
         reply = replies.AUTH_FAILED
         if failure is not None and not failure.check(UnauthorizedLogin):
-            log.failure("authentication error for {user}", failure, user=event.username)
+            log.failure("authentication error for {user}", failure,
+                        user=loggable(event.username))
             reply = replies.AUTH_TEMPORARY
         else:
-            log.info("authentication failed for {user} from {client}", user=event.username,
-                     client=self.host)
+            log.info("authentication failed for {user} from {client}",
+                     user=loggable(event.username), client=self.host)
         s = self.factory.settings.smtp
         delay = s.auth_failure_delay * (self.engine.auth_failures + 1)
 

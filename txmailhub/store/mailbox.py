@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import stat
+from collections import Counter
 from typing import Any
 
 from twisted.internet import defer
@@ -39,7 +40,9 @@ LOCK_NAME = ".txmailhub.lock"
 SIZES_NAME = ".txmailhub-sizes"
 STALE_TMP_SECONDS = 36 * 3600  # the Maildir convention for tmp/ leftovers
 _CHUNK = 1 << 20
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+# O_NOFOLLOW: a symlink dropped into new/ or cur/ by whoever can write
+# there must not make the hub read any file it can read.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
 def _crlf_size_of_file(path: str) -> tuple[int, int]:
@@ -95,7 +98,7 @@ def scan(md: str) -> list[MessageInfo]:
                 mtime = 0.0
             else:
                 try:
-                    st = os.stat(path)
+                    st = os.lstat(path)  # a symlink is no message of this Maildir
                     if not stat.S_ISREG(st.st_mode):
                         continue
                     size, crlf = cache.sizes(name, path, st)
@@ -106,16 +109,36 @@ def scan(md: str) -> list[MessageInfo]:
             entries.append((key, MessageInfo(uid_for_name(name), crlf, path, size, seen)))
     cache.save()
     entries.sort(key=lambda e: e[0])
-    out: list[MessageInfo] = []
-    uids: set[str] = set()
-    for _, mi in entries:
-        if mi.uid in uids:  # the same unique part twice: keep UIDLs distinct
-            stem = os.path.basename(mi.path).split(":", 1)[0]
-            mi = dataclasses.replace(mi, uid=hashlib.sha1(stem.encode(
-                "utf-8", "surrogateescape")).hexdigest())
-        uids.add(mi.uid)
+    return _distinct_uids([mi for _, mi in entries])
+
+
+def _distinct_uids(messages: list[MessageInfo]) -> list[MessageInfo]:
+    """Give files that share a unique part (foreign files; ours never do)
+    UIDLs of their own.  *Every* file of such a group gets a hash of its
+    own name, never the plain unique part: when one of them goes, the
+    survivor then shows the client a UIDL it has never seen (a second
+    download at worst), and never takes over the gone message's UIDL (the
+    client would think it already had it: a loss, RFC 1939 section 7)."""
+    counts = Counter(mi.uid for mi in messages)
+    if len(counts) == len(messages):
+        return messages
+    by_stem = Counter(_stem(mi) for mi in messages if counts[mi.uid] > 1)
+    out = []
+    for mi in messages:
+        if counts[mi.uid] > 1:
+            # the name without its flags if that tells them apart (stable
+            # across flag changes), else the whole name with its folder
+            stem = _stem(mi)
+            key = stem if by_stem[stem] == 1 else os.path.join(
+                os.path.basename(os.path.dirname(mi.path)), os.path.basename(mi.path))
+            mi = dataclasses.replace(mi, uid=hashlib.sha1(
+                key.encode("utf-8", "surrogateescape")).hexdigest())
         out.append(mi)
     return out
+
+
+def _stem(mi: MessageInfo) -> str:
+    return os.path.basename(mi.path).split(":", 1)[0]
 
 
 class _SizeCache:
@@ -227,9 +250,10 @@ class MaildirMailbox:
         so a small message costs open, fstat, read and close.  The recorded
         path is tried first; only if it is gone is the message looked for."""
         try:
-            return open(self._messages[index].path, "rb", buffering=0)
+            fd = os.open(self._messages[index].path, _READ_FLAGS)
         except FileNotFoundError:
-            return open(self._find(index), "rb", buffering=0)
+            fd = os.open(self._find(index), _READ_FLAGS)
+        return open(fd, "rb", buffering=0)
 
     def read_message(self, index: int, limit: int) -> bytes | None:
         """The stored bytes if shorter than ``limit``: open, one read(2),
