@@ -125,6 +125,52 @@ def test_greeting_refused():
     assert s.outcome.recipients == ()
 
 
+@pytest.mark.parametrize(
+    ("script", "step"),
+    [
+        ([b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"250 ok whatever\r\n"], "DATA"),
+        ([b"250 2.1.0 ok\r\n", b"354 what\r\n"], "RCPT"),
+        ([b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"354 go\r\n", None,
+          b"354 again?\r\n"], "end of data"),
+        ([b"250 2.1.0 ok\r\n", b"600 hmm\r\n"], "RCPT"),
+        ([b"150 2.1.0 ok\r\n"], "MAIL"),
+    ],
+)
+def test_a_reply_the_step_cannot_have_is_never_success(script, step):
+    # RFC 5321 4.2.1, 4.3.2: only 354 lets the data go, only 2yz accepts a
+    # recipient or the message; anything else must not count as delivered.
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    actions = []
+    for data in script:
+        actions = s.body_sent() if data is None else s.receive(data)
+    assert s.outcome is not None and s.outcome.recipients == ()
+    err = s.outcome.session_error
+    assert err.is_transient and err.status == "4.5.0" and step in err.text()
+    assert sent(actions) == b"QUIT\r\n"
+
+
+@pytest.mark.parametrize("after", [b"250-injected", b"250 X\r\n", b"250-a\r\n"])
+def test_bytes_after_the_starttls_reply_end_the_session(after):
+    # RFC 3207 4.2: what came in the clear must not be read as a reply under TLS
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    actions = s.receive(b"220 go\r\n" + after)
+    assert actions == [Close()]
+    assert "after its reply to STARTTLS" in s.outcome.session_error.text()
+
+
+def test_the_reply_parser_starts_afresh_under_tls():
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert s.receive(b"220 go\r\n") == [StartTLS()]
+    s.tls_started()
+    assert not s._parser.pending
+
+
 def test_starttls_then_ehlo_again():
     s = session(tls="opportunistic")
     s.receive(b"220 hi\r\n")

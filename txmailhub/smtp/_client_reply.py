@@ -40,6 +40,11 @@ class ReplyParser:
         self._code: int | None = None
         self.error: str | None = None
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of a reply is waiting for more bytes."""
+        return bool(self._buf or self._lines)
+
     def feed(self, data: bytes) -> list[Reply]:
         self._buf += data
         out = []

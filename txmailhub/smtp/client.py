@@ -67,6 +67,23 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
+# The reply codes each step may get besides 4yz/5yz (RFC 5321 4.2.1, 4.3.2;
+# RFC 4954 for AUTH): 2yz, except DATA (354 only) and AUTH (334 or 235).
+_THREE_YZ_OK = {Phase.DATA: (354,), Phase.AUTH: (334,), Phase.AUTH_USER: (334,),
+                Phase.AUTH_PASS: (334,)}
+
+
+def _fits(phase: Phase, code: int) -> bool:
+    if phase is Phase.QUIT:
+        return True  # ignored whatever it is
+    kind = code // 100
+    if kind in (4, 5):
+        return True
+    if kind == 3:
+        return code in _THREE_YZ_OK.get(phase, ())
+    return kind == 2 and phase is not Phase.DATA
+
+
 # RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
 TIMEOUTS: dict[Phase, float] = {
     Phase.GREETING: 300, Phase.EHLO: 300, Phase.HELO: 300, Phase.STARTTLS: 300,
@@ -213,15 +230,30 @@ class ClientSession:
     def receive(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
         for reply in self._parser.feed(data):
+            if self.phase is Phase.TLS:
+                # Bytes after the 220 to STARTTLS, in the clear: whoever sent
+                # them wants them read as answers under TLS (RFC 3207 4.2).
+                return self._fail_session(_synthetic(  # and no StartTLS
+                    421, "4.5.0", "the server sent more after its reply to STARTTLS"))
             if not self._expect:
                 if self.phase is Phase.DONE:
                     continue
                 return actions + self._fail_session(
                     _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"))
             phase = self._expect.popleft()
+            if not _fits(phase, reply.code):
+                # A code this step cannot have (a 250 to DATA, a 354 to RCPT
+                # or after the data, a 6yz): nothing it says can be trusted
+                # to mean "delivered" (RFC 5321 4.2.1, 4.3.2).
+                return actions + self._fail_session(_synthetic(
+                    421, "4.5.0", f"reply {reply.code} makes no sense for {phase.value}: "
+                    f"{reply}"))
             actions += self._handlers[phase](reply)
             if self.phase is Phase.DONE:
                 break
+        if self.phase is Phase.TLS and self._parser.pending:
+            return self._fail_session(_synthetic(  # and no StartTLS
+                421, "4.5.0", "the server sent more after its reply to STARTTLS"))
         if self._parser.error is not None and self.phase is not Phase.DONE:
             actions += self._fail_session(
                 _synthetic(421, "4.5.0", f"protocol error from the server: {self._parser.error}"))
@@ -229,6 +261,7 @@ class ClientSession:
 
     def tls_started(self) -> list[Action]:
         self.tls_active = True
+        self._parser = ReplyParser()  # nothing from before the handshake counts
         self.extensions = {}
         return self._command(Phase.EHLO, f"EHLO {self.helo}")
 
