@@ -131,6 +131,23 @@ class ProtocolTests(SynchronousTestCase):
         assert b"with UTF8SMTP\n\tid " in stored
         assert "Return-Path: <jöe@x.test>".encode() in stored
 
+    def test_a_message_that_went_round_100_times_is_refused(self):
+        # RFC 5321 6.3: count the Received fields; 100 means a loop
+        for hops, accepted in ((99, True), (100, False)):
+            h = Harness()
+            p, t = h.connect()
+            take(t)
+            trace = b"".join(b"Received: from hop%d by x; date\r\n" % i for i in range(hops))
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                           + trace + b"Subject: x\r\n\r\nReceived: in the body\r\n.\r\n")
+            last = take(t)[-1]
+            if accepted:
+                assert last.startswith("250 2.0.0 ")
+                assert len(h.store.messages(ALICE)) == 1
+            else:
+                assert last == replies.TOO_MANY_HOPS.text()
+                assert not h.store.messages(ALICE) and h.spooler.aborted
+
     def test_pipelined_batch_answered_in_order_in_one_write(self):
         h = Harness(hold=True)
         p, t = h.connect()

@@ -64,3 +64,15 @@ def test_return_path():
 )
 def test_header_separator(data: bytes, separator: bytes) -> None:
     assert header_separator(data) == separator
+
+
+def test_hop_counter_counts_received_fields_of_the_header_section_only():
+    from txmailhub.smtp.received import HopCounter
+
+    c = HopCounter()
+    assert c.feed(b"Received: a\n\tfolded\nRECEIVED : b\n") == 2
+    assert c.feed(b"X-Received: no\nreceived:c\n") == 3
+    assert c.feed(b"\nReceived: in the body\n") == 3 and c.done
+    c = HopCounter()
+    assert c.feed(b"Received: a\n\nReceived: body\n") == 1 and c.done
+    assert c.feed(b"Received: more body\n") == 1

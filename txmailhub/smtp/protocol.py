@@ -43,7 +43,14 @@ from txmailhub.logsafe import loggable
 from txmailhub.sending import ResponseWriter
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
-from txmailhub.smtp.received import header_separator, protocol_name, received, return_path
+from txmailhub.smtp.received import (
+    MAX_HOPS,
+    HopCounter,
+    header_separator,
+    protocol_name,
+    received,
+    return_path,
+)
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import (
     AuthRequest,
@@ -86,6 +93,7 @@ class SMTPProtocol(Protocol):
         self._writer: Any = None
         self._message_id = ""
         self._head = b""  # the trace header, until the first chunk of data
+        self._hops = HopCounter()
         self._timer: Any = None
         self._last_activity = 0.0
         self._logout: Any = None
@@ -273,9 +281,14 @@ class SMTPProtocol(Protocol):
             self._writer = None
             self.engine.message_refused(replies.LOCAL_ERROR)
             return
+        self._hops = HopCounter()
         self.engine.message_started(self._sink)
 
     def _sink(self, data: bytes) -> None:
+        hops = self._hops
+        if not hops.done and hops.feed(data) >= MAX_HOPS:
+            self.engine.fail_message(replies.TOO_MANY_HOPS)  # nothing more is stored
+            return
         head = self._head
         if head:
             self._head = b""

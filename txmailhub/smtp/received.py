@@ -21,13 +21,44 @@ import re
 
 from txmailhub.address import Address
 
-__all__ = ["header_separator", "protocol_name", "received", "return_path"]
+__all__ = ["MAX_HOPS", "HopCounter", "header_separator", "protocol_name", "received",
+           "return_path"]
+
+# RFC 5321 6.3: a message that has passed this many MTAs is in a loop
+# ("a large rejection threshold, normally at least 100 Received entries").
+MAX_HOPS = 100
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 # RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
 # syntax (4.5.3) allows white space before the colon.
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
+
+
+class HopCounter:
+    """Counts the ``Received:`` fields of a message's header section as its
+    data streams by (stored form, whole lines per piece): the loop check of
+    RFC 5321 6.3.  Stops looking at the first empty line."""
+
+    __slots__ = ("done", "hops")
+
+    def __init__(self) -> None:
+        self.hops = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> int:
+        if self.done:
+            return self.hops
+        if data[:1] == b"\n":  # the empty line that ends the header section
+            self.done = True
+            return self.hops
+        end = data.find(b"\n\n")
+        if end >= 0:
+            self.done = True
+            data = data[: end + 1]
+        self.hops += len(_RECEIVED.findall(data))
+        return self.hops
 
 
 @functools.lru_cache(maxsize=1024)

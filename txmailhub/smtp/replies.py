@@ -75,6 +75,9 @@ DATA_NO_RECIPIENTS = Reply.of(554, "5.5.1", "No valid recipients")
 AUTH_ALREADY = Reply.of(503, "5.5.1", "Already authenticated")
 AUTH_NOT_AVAILABLE = Reply.of(503, "5.5.1", "AUTH not available")
 BDAT_AFTER_DATA = Reply.of(503, "5.5.1", "Cannot mix DATA and BDAT")
+TOO_MANY_HOPS = Reply.of(
+    554, "5.4.6", "Too many Received fields: a mail loop (RFC 5321 6.3)"
+)
 RCPT_AFTER_BDAT = Reply.of(503, "5.5.1", "No RCPT once BDAT has started; RSET to start over")
 BDAT_BAD_SIZE = Reply.of(501, "5.5.4", "BDAT needs a chunk size and optional LAST")
 AUTH_MECHANISM_UNKNOWN = Reply.of(504, "5.5.4", "Unrecognized authentication mechanism")
