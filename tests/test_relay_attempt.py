@@ -407,3 +407,49 @@ def test_tls_memory_survives_a_restart(tmp_path):
     assert r.kind == "transient"  # mx1 refused as a downgrade, mx2 is down
     mx1 = net2.server_protocols[0]
     assert mx1.commands and not any(c.startswith(b"MAIL") for c in mx1.commands)
+
+
+def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
+    # RFC 5321 4.5.3.2 times the wait for a reply, not for a byte
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    clock = Clock()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="none")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, str(tmp_path / "c"))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for byte in b"220 slow":
+        clock.advance(100)
+        proto.dataReceived(bytes([byte]))
+        if transport.disconnecting:
+            break
+    assert clock.seconds() == 300 and transport.disconnecting
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.session_error.status == "4.4.2"
+
+
+def test_each_complete_reply_restarts_the_clock(tmp_path):
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    clock = Clock()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="none")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, str(tmp_path / "c"))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    clock.advance(299)
+    proto.dataReceived(b"220 hi\r\n")  # a whole reply: EHLO sent, 5 more minutes
+    clock.advance(299)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting

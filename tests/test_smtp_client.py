@@ -503,3 +503,43 @@ def test_engine_imports_nothing_from_twisted_internet():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 0 and out.stdout.strip() == "[]"
+
+
+EHLO_NO_UTF8 = b"250-mx.remote.test\r\n250-8BITMIME\r\n250 SIZE 1000\r\n"
+
+
+def test_the_clients_smtputf8_flag_alone_bounces_nothing():
+    # RFC 6531 3.4: all addresses ASCII: SMTPUTF8 is used where offered, and
+    # a next hop without it still gets the message
+    s = session(smtputf8=True, eight_bit=True)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_NO_UTF8)) == (
+        b"MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME\r\n")
+    s = session(smtputf8=True)
+    s.receive(b"220 hi\r\n")
+    assert b" SMTPUTF8" in sent(s.receive(EHLO_FULL))
+
+
+def test_a_non_ascii_address_still_needs_smtputf8():
+    s = session(recipients=[(Address("bøb", "remote.test"), None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_NO_UTF8)
+    [r] = s.outcome.recipients
+    assert r.reply.code == 553 and r.reply.status == "5.6.7"
+
+
+def test_552_to_rcpt_is_taken_as_temporary():
+    # RFC 5321 4.5.3.1.10: an old "too many recipients"
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"552 5.5.3 too many recipients\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 ok\r\n")
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "delivered"
+    assert results[CAROL].reply.code == 452 and results[CAROL].reply.is_transient
+    assert "too many recipients" in results[CAROL].reply.text()

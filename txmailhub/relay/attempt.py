@@ -150,9 +150,12 @@ class SMTPClientProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._tls_pending = False
-        self._arm()
+        seen = self.session.replies_received
         try:
-            self._run(self.session.receive(data))
+            actions = self.session.receive(data)
+            if self.session.replies_received != seen:
+                self._arm()  # a whole reply came: the next one's clock starts
+            self._run(actions)
         except Exception:
             log.failure("SMTP client session failed")
             self.session.connection_lost("local error")

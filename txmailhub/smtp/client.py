@@ -184,7 +184,13 @@ class ClientSession:
         self.eight_bit = eight_bit
         addresses = [sender] if sender else []
         addresses += [a for a, _ in self.recipients]
-        self.smtputf8 = smtputf8 or any(not str(a).isascii() for a in addresses)
+        # SMTPUTF8 is *needed* only when an address is not ASCII: then a next
+        # hop without it gets nothing.  The client's flag alone (UTF-8 header
+        # text, or a client that always sends it) asks for it where offered,
+        # and otherwise the message goes as 8BITMIME or converted to 7 bits
+        # like any 8-bit message (RFC 6531 3.4; no all-ASCII bounce).
+        self.smtputf8 = any(not str(a).isascii() for a in addresses)
+        self.smtputf8_wanted = smtputf8 or self.smtputf8
         self.dsn = dsn or DSNRequest()
         self.tls_policy = tls
         self.tls_active = tls_active
@@ -201,6 +207,10 @@ class ClientSession:
         self._accepted: list[Address] = []
         self._results: dict[Address, Reply] = {}
         self._mail_reply: Reply | None = None
+        # complete replies read so far: the adapter restarts its timeout on
+        # each one, not on every byte (a server that trickles one byte at a
+        # time must not hold a delivery for ever)
+        self.replies_received = 0
         self._handlers = {
             Phase.GREETING: self._on_greeting,
             Phase.EHLO: self._on_ehlo,
@@ -241,6 +251,7 @@ class ClientSession:
                 return actions + self._fail_session(
                     _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"))
             phase = self._expect.popleft()
+            self.replies_received += 1
             if not _fits(phase, reply.code):
                 # A code this step cannot have (a 250 to DATA, a 354 to RCPT
                 # or after the data, a 6yz): nothing it says can be trusted
@@ -448,7 +459,7 @@ class ClientSession:
             params.append(f"SIZE={self.size}")
         if self.eight_bit and "8BITMIME" in ext:
             params.append("BODY=8BITMIME")
-        if self.smtputf8:
+        if self.smtputf8_wanted and "SMTPUTF8" in ext:
             params.append("SMTPUTF8")
         if "DSN" in ext:
             if self.dsn.ret:
@@ -503,6 +514,11 @@ class ClientSession:
     def _on_rcpt(self, reply: Reply) -> list[Action]:
         address = self.recipients[self._rcpt_index][0]
         self._rcpt_index += 1
+        if reply.code == 552:
+            # RFC 5321 4.5.3.1.10: 552 to RCPT is an old "too many
+            # recipients"; clients SHOULD take it as temporary (452)
+            reply = Reply(452, "4.5.3" if reply.status in (None, "5.5.3", "5.3.4")
+                          else "4" + (reply.status or ".0.0")[1:], reply.lines)
         if self._mail_reply is None:
             if reply.is_positive:
                 self._accepted.append(address)
