@@ -58,8 +58,8 @@ def test_failure_dsn_structure(tmp_path):
     human, status, returned = list(msg.iter_parts())
     assert human.get_content_type() == "text/plain"
     text = human.get_content()
-    assert "<bob@remote.test>: host mx1.remote.test said: 550 5.1.1 <bob@remote.test>: "\
-           "user unknown" in text
+    assert "<bob@remote.test>: host mx1.remote.test said: 550 5.1.1 <bob@remote.test>:\n"\
+           "    user unknown" in text  # wrapped at 76 columns
     assert status.get_content_type() == "message/delivery-status"
     blocks = status.get_payload()
     assert blocks[0]["Reporting-MTA"] == "dns; mail.example.org"
@@ -180,3 +180,36 @@ def test_send_dsn_through_normal_path(tmp_path):
     assert d.result is None
     [stored] = store.messages(ALICE)
     assert stored == b"Return-Path: <>\n" + data
+
+
+def test_long_and_non_ascii_replies_give_a_notice_every_mta_accepts(tmp_path):
+    # a 30-line remote reply, a non-ASCII one and a non-ASCII recipient: no
+    # line over 998 octets (RFC 5322 2.1.1), ASCII status fields (RFC 3464,
+    # RFC 6533 utf-8-addr-xtext), no RFC 2047 words in them
+    entry = make_entry(tmp_path)
+    long_reply = Reply(550, "5.1.1", tuple(f"line {i} " + "x" * 60 for i in range(30)))
+    german = Reply(550, "5.1.1", ("Empfänger unbekannt",))
+    bob = dataclasses.replace(failed(entry), last_reply=long_reply)
+    recipients = [bob, dataclasses.replace(failed(entry), address=Address("bøb", "remote.test"),
+                                           last_reply=german)]
+    data, msg = build(entry, recipients)
+    assert max(len(line) for line in data.split(b"\n")) <= 998
+    _human, status, _returned = list(msg.iter_parts())
+    _head, first, second = status.get_payload()
+    assert first["Diagnostic-Code"].startswith("smtp; 550 5.1.1 line 0")
+    assert first["Diagnostic-Code"].endswith("...")
+    assert second["Final-Recipient"] == "utf-8; b\\x{F8}b@remote.test"
+    assert second["Diagnostic-Code"] == "smtp; 550 5.1.1 Empf\\x{E4}nger unbekannt"
+    assert b"=?" not in data
+
+
+def test_a_returned_8bit_message_says_so(tmp_path):
+    # RFC 2046 5.2.1: without the field a message/rfc822 part claims 7bit
+    entry = dataclasses.replace(make_entry(tmp_path, ret="FULL"), eight_bit=True)
+    _data, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == "message/rfc822"
+    assert returned["Content-Transfer-Encoding"] == "8bit"
+    entry = make_entry(tmp_path, ret="FULL")  # 7-bit: no field, the default is right
+    _data, msg = build(entry, [failed(entry)])
+    assert list(msg.iter_parts())[2]["Content-Transfer-Encoding"] is None

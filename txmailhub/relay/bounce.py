@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import textwrap
 from collections.abc import Sequence
 from email import policy as email_policy
 from email.generator import BytesGenerator
@@ -109,8 +110,44 @@ def _rfc2822_date(ts: float) -> str:
     return email.utils.formatdate(ts, localtime=False, usegmt=True)
 
 
-def _address_type(address: str) -> str:
-    return "rfc822" if address.isascii() else "utf-8"
+def _recipient_field(address: str) -> str:
+    """``rfc822; addr``, or for a non-ASCII address RFC 6533's ``utf-8;``
+    with the address as utf-8-addr-xtext (``\\x{HEX}`` escapes): the
+    message/delivery-status fields are ASCII, and an RFC 2047 word there
+    would hide the address type from every parser (RFC 3464 2.3.2)."""
+    if address.isascii() and address.isprintable():
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(
+        c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address
+    )
+
+
+_DIAGNOSTIC_MAX = 900  # characters of a remote reply kept in a field
+
+
+def _diagnostic(kind: str, text: str) -> str:
+    """A Diagnostic-Code value: ASCII (other characters as ``\\x{HEX}``),
+    at most ``_DIAGNOSTIC_MAX`` characters of the reply, folded at spaces
+    (RFC 3464 allows it), so no line of the notice exceeds RFC 5322's
+    limits whatever the remote server said."""
+    text = "".join(c if " " <= c <= "~" else f"\\x{{{ord(c):X}}}" for c in text)
+    if len(text) > _DIAGNOSTIC_MAX:
+        text = text[: _DIAGNOSTIC_MAX - 3] + "..."
+    return _fold(f"{kind}; {text}", len("Diagnostic-Code: "))
+
+
+def _fold(value: str, used: int) -> str:
+    lines: list[str] = []
+    line = ""
+    for word in value.split(" "):
+        room = 76 - (used if not lines else 1)
+        if line and len(line) + 1 + len(word) > room:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\n ".join(lines)
 
 
 def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
@@ -137,7 +174,13 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
             where = ""
         if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
             why += " (gave up: the message stayed in the queue too long)"
-        lines.append(f"<{r.address}>: {where}{why}")
+        if len(why) > _DIAGNOSTIC_MAX:
+            why = why[: _DIAGNOSTIC_MAX - 3] + "..."
+        # wrapped: a remote reply of many lines (joined) or one long line
+        # must not give the notice a line no MTA accepts (RFC 5322 2.1.1)
+        lines += textwrap.wrap(f"<{r.address}>: {where}{why}", width=76,
+                               subsequent_indent="    ", break_long_words=True,
+                               break_on_hyphens=False) or [""]
     lines.append("")
     return "\n".join(lines)
 
@@ -154,18 +197,21 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     blocks = [head]
     for r in recipients:
         b = Message()
-        text = str(r.address)
-        b["Final-Recipient"] = f"{_address_type(text)}; {text}"
+        b["Final-Recipient"] = _recipient_field(str(r.address))
         if r.orcpt:
             kind, _, value = r.orcpt.partition(";")
-            b["Original-Recipient"] = f"{kind.strip() or 'rfc822'}; {value.strip()}"
+            kind, value = kind.strip() or "rfc822", value.strip()
+            if value.isascii() and value.isprintable():
+                b["Original-Recipient"] = f"{kind}; {value}"
+            else:
+                b["Original-Recipient"] = _recipient_field(value)
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
         if r.remote_mta:
             b["Remote-MTA"] = f"dns; {r.remote_mta}"
         if r.last_reply is not None and action != DELIVERED:
             kind = "smtp" if r.remote_mta else "X-txmailhub"
-            b["Diagnostic-Code"] = f"{kind}; {r.last_reply.text()}"
+            b["Diagnostic-Code"] = _diagnostic(kind, r.last_reply.text())
         if r.last_attempt:
             b["Last-Attempt-Date"] = _rfc2822_date(r.last_attempt)
         if action == DELAYED and will_retry_until is not None:
@@ -235,7 +281,12 @@ def _returned(entry: QueueEntry, action: str) -> Message:
     if full:
         with open(path, "rb") as f:
             original = BytesParser(policy=_POLICY).parse(f)
-        return MIMEMessage(original, policy=_POLICY)
+        part = MIMEMessage(original, policy=_POLICY)
+        if entry.eight_bit:
+            # 8-bit octets inside: a message/rfc822 part says so (RFC 2046
+            # 5.2.1), or it would claim the default, 7bit
+            part["Content-Transfer-Encoding"] = "8bit"
+        return part
     part = Message()
     part.set_type("text/rfc822-headers")
     try:
