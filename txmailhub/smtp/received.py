@@ -57,7 +57,14 @@ class HopCounter:
         if end >= 0:
             self.done = True
             data = data[: end + 1]
-        self.hops += len(_RECEIVED.findall(data))
+        # C-speed counting first (a regex walks every position: several
+        # times dearer on the hot path); the regex only for the obsolete
+        # "Received :" spelling, when a colon-less match shows up
+        low = data.lower()
+        n = low.count(b"\nreceived") + low.startswith(b"received")
+        if n:
+            exact = low.count(b"\nreceived:") + low.startswith(b"received:")
+            self.hops += exact if exact == n else len(_RECEIVED.findall(data))
         return self.hops
 
 
