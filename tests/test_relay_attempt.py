@@ -409,8 +409,8 @@ def test_tls_memory_survives_a_restart(tmp_path):
     assert mx1.commands and not any(c.startswith(b"MAIL") for c in mx1.commands)
 
 
-def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
-    # RFC 5321 4.5.3.2 times the wait for a reply, not for a byte
+def _client_on_a_clock(tmp_path):
+    """An SMTPClientProtocol over a StringTransport, timed by a Clock."""
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
@@ -423,6 +423,12 @@ def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
     proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, str(tmp_path / "c"))
     transport = StringTransport()
     proto.makeConnection(transport)
+    return clock, proto, transport
+
+
+def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
+    # RFC 5321 4.5.3.2 times the wait for a reply, not for a byte
+    clock, proto, transport = _client_on_a_clock(tmp_path)
     for byte in b"220 slow":
         clock.advance(100)
         proto.dataReceived(bytes([byte]))
@@ -435,18 +441,7 @@ def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
 
 
 def test_each_complete_reply_restarts_the_clock(tmp_path):
-    from twisted.internet.task import Clock
-    from twisted.internet.testing import StringTransport
-
-    from txmailhub.relay.attempt import SMTPClientProtocol
-    from txmailhub.smtp.client import ClientSession
-
-    clock = Clock()
-    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
-                            tls="none")
-    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, str(tmp_path / "c"))
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    clock, proto, transport = _client_on_a_clock(tmp_path)
     clock.advance(299)
     proto.dataReceived(b"220 hi\r\n")  # a whole reply: EHLO sent, 5 more minutes
     clock.advance(299)
