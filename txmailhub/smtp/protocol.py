@@ -93,7 +93,7 @@ class SMTPProtocol(Protocol):
         self._writer: Any = None
         self._message_id = ""
         self._head = b""  # the trace header, until the first chunk of data
-        self._hops = HopCounter()
+        self._hops: Any = None  # a HopCounter per message (RFC 5321 6.3)
         self._timer: Any = None
         self._last_activity = 0.0
         self._logout: Any = None
