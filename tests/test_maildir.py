@@ -770,11 +770,19 @@ class PlainNameTests(Base):
         box = self.open()
         infos = box.list_messages()
         names = [os.path.basename(i.path) for i in infos]
-        self.assertNotIn("2.link", names)  # measured with lstat: not a regular file
-        index = names.index("3.link,S=10,W=11")  # listed from its name alone...
+        self.assertNotIn("2.link", names)
+        self.assertNotIn("3.link,S=10,W=11", names)  # whatever its name says
+        os.mkdir(os.path.join(self.md(), "new", "4.dir,S=10,W=11"))
+        self.assertEqual(len(scan(self.md())), len(infos))  # nor a directory
+        box.close()
+        # and a link that appears after the listing is still not read through
+        box = self.open()
+        real = box.list_messages()[0].path
+        os.unlink(real)
+        os.symlink(secret, real)
         with self.assertRaises(OSError):
-            box.open_message(index)  # ...but never read through
-        self.assertRaises(OSError, box.read_message, index, 1 << 16)
+            box.open_message(0)
+        self.assertRaises(OSError, box.read_message, 0, 1 << 16)
         box.close()
 
 

@@ -76,19 +76,21 @@ def scan(md: str) -> list[MessageInfo]:
 
     Names with ``W=`` are listed without touching the file; plain names
     get their sizes from the cache (measured and cached on first sight).
-    Blocking (directory listings, reads, a durable write): the store runs
-    it on the syncer's worker threads."""
+    Only regular files are messages: the directory listing tells the type
+    (``d_type``) at no extra cost, so a directory or a symbolic link is
+    skipped whatever its name says.  Blocking (directory listings, reads, a
+    durable write): the store runs it on the syncer's worker threads."""
     entries: list[tuple[tuple, MessageInfo]] = []
     cache = _SizeCache(md)
     for sub in ("new", "cur"):
         folder = os.path.join(md, sub)
         try:
-            names = os.listdir(folder)
+            with os.scandir(folder) as listing:
+                found = [e.name for e in listing
+                         if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
         except FileNotFoundError:
             continue
-        for name in names:
-            if name.startswith("."):
-                continue
+        for name in found:
             path = os.path.join(folder, name)
             fields = name_fields(name)
             info = name.partition(":")[2]
