@@ -213,3 +213,19 @@ def test_a_returned_8bit_message_says_so(tmp_path):
     entry = make_entry(tmp_path, ret="FULL")  # 7-bit: no field, the default is right
     _data, msg = build(entry, [failed(entry)])
     assert list(msg.iter_parts())[2]["Content-Transfer-Encoding"] is None
+
+
+def test_the_hubs_own_judgement_is_not_quoted_as_the_remote_servers(tmp_path):
+    # RFC 3464 2.3.6: "smtp;" is what the remote MTA said; a limit this hub
+    # checked itself (or a timeout) is X-txmailhub, and not "host X said"
+    from txmailhub.smtp.reply import LocalReply
+
+    entry = make_entry(tmp_path)
+    mine = LocalReply(552, "5.3.4", ("message too big for the remote server",))
+    _data, msg = build(entry, [failed(entry, reply=mine)])
+    human, status, _ = list(msg.iter_parts())
+    assert "while talking to mx1.remote.test: 552 5.3.4" in human.get_content()
+    assert "said" not in human.get_content()
+    block = status.get_payload()[1]
+    assert block["Diagnostic-Code"].startswith("X-txmailhub; 552 5.3.4")
+    assert block["Remote-MTA"] == "dns; mx1.remote.test"

@@ -405,3 +405,13 @@ def test_read_rejects_path_tricks(tmp_path):
     q = make_queue(tmp_path)
     assert q.read("../../etc/passwd") is None
     assert q.read("x") is None
+
+
+def test_a_reply_the_hub_made_up_stays_its_own_across_a_restart():
+    from txmailhub.smtp.reply import LocalReply
+
+    mine = LocalReply(421, "4.4.2", ("timeout waiting for the server (DATA)",))
+    theirs = Reply.of(450, "4.2.0", "mailbox busy")
+    for reply in (mine, theirs):
+        back = record.reply_from_json(json.loads(json.dumps(record.reply_to_json(reply))))
+        assert back == reply and type(back) is type(reply)

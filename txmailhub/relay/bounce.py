@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope
 from txmailhub.relay.record import QueueEntry, RecipientRecord
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = [
     "DELAYED",
@@ -166,7 +166,9 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         lines += ["Your message was successfully delivered to the destination(s)",
                   "listed below.", ""]
     for r in recipients:
-        where = f"host {r.remote_mta} said: " if r.remote_mta else ""
+        local = isinstance(r.last_reply, LocalReply)
+        where = (f"while talking to {r.remote_mta}: " if local else
+                 f"host {r.remote_mta} said: ") if r.remote_mta else ""
         why = r.last_reply.text() if r.last_reply is not None else "no reason recorded"
         if action in (DELIVERED, RELAYED):
             why = ("delivery via " + r.remote_mta + (" (relayed: the next hop does not offer "
@@ -210,7 +212,9 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         if r.remote_mta:
             b["Remote-MTA"] = f"dns; {r.remote_mta}"
         if r.last_reply is not None and action != DELIVERED:
-            kind = "smtp" if r.remote_mta else "X-txmailhub"
+            # the remote server's words, or this hub's own judgement
+            local = not r.remote_mta or isinstance(r.last_reply, LocalReply)
+            kind = "X-txmailhub" if local else "smtp"
             b["Diagnostic-Code"] = _diagnostic(kind, r.last_reply.text())
         if r.last_attempt:
             b["Last-Attempt-Date"] = _rfc2822_date(r.last_attempt)

@@ -25,7 +25,7 @@ from typing import Any
 
 from txmailhub.address import Address
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = [
     "BOUNCED",
@@ -63,13 +63,17 @@ def address_from_text(text: str) -> Address:
 def reply_to_json(reply: Reply | None) -> dict[str, Any] | None:
     if reply is None:
         return None
-    return {"code": reply.code, "status": reply.status, "lines": list(reply.lines)}
+    out = {"code": reply.code, "status": reply.status, "lines": list(reply.lines)}
+    if isinstance(reply, LocalReply):
+        out["local"] = True
+    return out
 
 
 def reply_from_json(data: Any) -> Reply | None:
     if data is None:
         return None
-    return Reply(int(data["code"]), data.get("status"), tuple(str(x) for x in data["lines"]))
+    kind = LocalReply if data.get("local") else Reply
+    return kind(int(data["code"]), data.get("status"), tuple(str(x) for x in data["lines"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from txmailhub.address import Address
 from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.smtp._client_reply import ReplyParser, xtext_encode
 from txmailhub.smtp._data import DotStuffer
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = [
     "TIMEOUTS",
@@ -149,7 +149,7 @@ class SessionOutcome:
 
 
 def _synthetic(code: int, status: str, text: str) -> Reply:
-    return Reply.of(code, status, text)
+    return LocalReply(code, status, (text,))
 
 
 class ClientSession:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Reply"]
+__all__ = ["LocalReply", "Reply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +53,11 @@ class Reply:
 
     def __str__(self) -> str:
         return self.text()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply(Reply):
+    """A reply this hub made up about a delivery (a timeout, a protocol
+    error, a limit it checked itself) rather than one a server sent: a
+    bounce must not quote it as the remote server's words (RFC 3464 2.3.6,
+    the ``smtp`` diagnostic type is what the remote MTA said)."""
