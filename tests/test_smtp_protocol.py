@@ -24,7 +24,7 @@ from txmailhub.config import (
 )
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.smtp import replies
-from txmailhub.smtp.protocol import CLOSE_GRACE, SMTPFactory
+from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
 ALICE = Address("alice", "example.org")
@@ -260,6 +260,19 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t3) == [] and not t3.disconnecting  # waits for its 250
         h.spooler.release()
         assert take(t3)[0].startswith("250 2.0.0 ")
+
+    def test_commands_wait_while_the_client_does_not_read(self):
+        h = Harness()
+        p, t = h.connect()
+        take(t)
+        p.pauseProducing()  # what Twisted does when its buffer is full
+        p.dataReceived(b"NOOP\r\n" * 10)
+        assert take(t) == [] and t.producerState == "producing"  # held, still reading
+        p.dataReceived(b"NOOP\r\n" * (INPUT_LIMIT // 6))
+        assert t.producerState == "paused"  # INPUT_LIMIT waits: reading stops
+        p.resumeProducing()  # the client read
+        assert t.producerState == "producing"
+        assert take(t) == [replies.OK.text()] * (10 + INPUT_LIMIT // 6)
 
     def test_idle_timeout(self):
         h = Harness(idle_timeout=300)

@@ -32,9 +32,10 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txmailhub.address import Address, client_ip
 from txmailhub.delivery import accept_spooled, summarize
@@ -69,6 +70,7 @@ __all__ = ["SMTPFactory", "SMTPProtocol"]
 log = Logger(namespace="txmailhub.smtp")
 
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
+INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,6 +78,7 @@ def _is_loopback(host: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
+@implementer(IPushProducer)
 class SMTPProtocol(Protocol):
     """One SMTP connection; see the module docstring."""
 
@@ -86,7 +89,10 @@ class SMTPProtocol(Protocol):
         self.engine: SMTPServer | None = None
         self.host = ""
         self._counted = False
-        self._paused = False
+        self._paused = False  # the engine waits for an answer (holds its input)
+        self._write_paused = False  # Twisted's buffer is full: the client is not reading
+        self._producing = False  # registered as the transport's producer
+        self._reading = True
         self._driving = False
         self._send_now: Any = None
         self._out: ResponseWriter | None = None
@@ -149,6 +155,9 @@ class SMTPProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._last_activity = self.reactor.seconds()
         self.engine.receive_data(data)
+        if self._write_paused:
+            self._flow()  # held, not answered, until the client reads again
+            return
         self._drive()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -200,10 +209,18 @@ class SMTPProtocol(Protocol):
             self._driving = False
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
         buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
-        if buffered and self._send_now is not None and not engine.closed:
-            # Send the replies in this reactor turn rather than the next one
-            # (a lock-step client waits for them).
-            self._send_now()
+        if buffered and not engine.closed:
+            if self._send_now is not None:
+                # Send the replies in this reactor turn rather than the next
+                # one (a lock-step client waits for them).
+                self._send_now()
+            if not self._producing:
+                # Replies are piling up: from now on Twisted pauses us when
+                # its buffer is full, so a client that sends commands and
+                # never reads the replies cannot grow our memory.  (Only
+                # then: registering costs nothing for clients that read.)
+                self._producing = True
+                self.transport.registerProducer(self, True)
         if engine.closed:
             self._lose()
         elif engine.waiting:
@@ -213,11 +230,40 @@ class SMTPProtocol(Protocol):
             # by the engine until the answer is in.
             if not self._paused and engine.has_input:
                 self._paused = True
-                self.transport.pauseProducing()
+                self._flow()
         elif self._paused:
             self._paused = False
             self._last_activity = self.reactor.seconds()
-            self.transport.resumeProducing()
+            self._flow()
+
+    def _flow(self) -> None:
+        """Read from the client unless the engine holds input while it waits
+        for an answer, or the client does not read our replies and
+        ``INPUT_LIMIT`` octets of its commands already wait.  (Not at once
+        when Twisted's buffer fills: a TLS layer pauses us during its
+        handshake, and it must read to finish it.)"""
+        want = not (self._paused or (self._write_paused
+                                     and self.engine.buffered >= INPUT_LIMIT))
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+
+    # --- IPushProducer: Twisted's say, once replies pile up -----------------------
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        self._flow()
+        if self.engine is not None and not self.engine.closed:
+            self._drive()  # what was held meanwhile
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going; connectionLost cleans up
 
     def _flush(self) -> bool:
         """Send the engine's replies; whether bytes were left buffered."""

@@ -150,6 +150,11 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return bool(self._buf)
 
     @property
+    def buffered(self) -> int:
+        """How many received octets wait to be processed."""
+        return len(self._buf)
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
