@@ -227,3 +227,26 @@ def test_quoted_round_trip(content, dom):
     assert parse_mailbox(str(a), P) == a
     rcpt, _ = parse_rcpt(f"TO:<{quoted}@{dom}> NOTIFY=NEVER", P)
     assert rcpt == a
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        # a quoted local part with UTF-8 in it is still checked for controls
+        'FROM:<"\rX-Injected: yes\r\u00e9"@b.test> SMTPUTF8',
+        'FROM:<"\x1b[2J\u00e9"@b.test> SMTPUTF8',
+        # Unicode line breaks and C1 controls are no address characters
+        "FROM:<a@b\u2028x.test> SMTPUTF8",
+        "FROM:<a\u0085b@x.test> SMTPUTF8",
+        # an ENVID that decodes to a line break would break the bounce
+        "FROM:<a@b.test> ENVID=a+0D+0AX-Injected:+20yes",
+        "FROM:<a@b.test> ENVID=a+1B",
+    ],
+)
+def test_control_characters_never_get_in(arg):
+    assert reply_of(parse_mail, arg, P) in (replies.SYNTAX_ADDRESS, replies.PARAM_SYNTAX)
+
+
+def test_utf8_addresses_and_envid_still_work():
+    sender, params = parse_mail('FROM:<"j\u00f6 e"@b\u00fccher.test> SMTPUTF8 ENVID=x+2By', P)
+    assert str(sender) == '"j\u00f6 e"@b\u00fccher.test' and params.envid == "x+y"

@@ -49,19 +49,24 @@ __all__ = [
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, without the angle brackets: 254 + "<>"
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
+# RFC 6531's UTF8-non-ascii, less what no address needs and what would
+# break a header or a command line: C1 controls, U+2028/U+2029 (line
+# breaks to str.splitlines and some MUAs).
+_U8 = r"[^\x00-\x9f\u2028\u2029]"
 _DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
-_DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|[^\x00-\x7f])+(?:\.(?:[{_ATEXT}]|[^\x00-\x7f])+)*\Z")
+_DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|{_U8})+(?:\.(?:[{_ATEXT}]|{_U8})+)*\Z")
 # Letters, digits, hyphens; underscores too (seen in the wild, harmless).
 _DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?"
                      r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?)*\Z")
 _DOMAIN_UTF8 = re.compile(
-    r"(?:[A-Za-z0-9_\-]|[^\x00-\x7f])+(?:\.(?:[A-Za-z0-9_\-]|[^\x00-\x7f])+)*\Z"
+    rf"(?:[A-Za-z0-9_\-]|{_U8})+(?:\.(?:[A-Za-z0-9_\-]|{_U8})+)*\Z"
 )
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
+_QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
-_ESMTP_VALUE_UTF8 = re.compile(r"(?:[\x21-\x3c\x3e-\x7e]|[^\x00-\x7f])+\Z")
+_ESMTP_VALUE_UTF8 = re.compile(rf"(?:[\x21-\x3c\x3e-\x7e]|{_U8})+\Z")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 _NOTIFY_WORDS = frozenset(("SUCCESS", "FAILURE", "DELAY"))
@@ -184,6 +189,8 @@ def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address
         if not text.isascii():
             if not utf8:
                 raise _fail(replies.SMTPUTF8_NOT_DECLARED)
+            if not _QTEXT_UTF8.match(quoted):  # no CR, ESC... in UTF-8 either
+                raise _fail(replies.SYNTAX_ADDRESS)
         elif not _QTEXT_OK.match(quoted):
             raise _fail(replies.SYNTAX_ADDRESS)
         local = _unquote_local(quoted)
@@ -336,7 +343,9 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
             if value is None:
                 raise _fail(replies.PARAM_SYNTAX)
             envid = xtext_decode(value)
-            if len(envid) > 100:
+            # RFC 3461 4.4: printable characters (UTF-8 beyond ASCII with
+            # SMTPUTF8, RFC 6533); a CR or LF would break the bounce's header
+            if len(envid) > 100 or not _QTEXT_UTF8.match(envid):
                 raise _fail(replies.PARAM_SYNTAX)
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)
