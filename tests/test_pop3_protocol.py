@@ -825,3 +825,25 @@ def test_a_refused_login_under_any_name_is_logged_on_one_safe_line():
     for e in refused:
         text = formatEvent(e)
         assert text.isprintable() and "Unable to format" not in text
+
+
+def test_connection_limits_in_all_and_per_client():
+    from twisted.internet.address import IPv4Address, IPv6Address
+
+    env = Env(max_connections=5, max_connections_per_client=2)
+    far = IPv4Address("TCP", "192.0.2.7", 40000)
+    a, ta = env.connect(far)
+    _b, tb = env.connect(far)
+    _c, tc = env.connect(far)  # a third from one client
+    assert ta.value().startswith(b"+OK") and tb.value().startswith(b"+OK")
+    assert tc.value() == R.TOO_MANY_CONNECTIONS_FROM_YOU.to_bytes() and tc.disconnecting
+    # one IPv6 host is one /64, whatever address it picks from it
+    six = [env.connect(IPv6Address("TCP", f"2001:db8:1:2::{i}", 40000)) for i in (1, 2, 3)]
+    assert [t.value()[:3] for _, t in six] == [b"+OK", b"+OK", b"-ER"]
+    _l, tl = env.connect()  # loopback has no per-client limit, but the total counts
+    assert tl.value().startswith(b"+OK")
+    _m, tm = env.connect()
+    assert tm.value() == R.TOO_MANY_CONNECTIONS.to_bytes()
+    a.connectionLost(None)  # a slot is free again
+    _n, tn = env.connect()
+    assert tn.value().startswith(b"+OK")

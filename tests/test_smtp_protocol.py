@@ -274,6 +274,12 @@ class ProtocolTests(SynchronousTestCase):
         assert t.producerState == "producing"
         assert take(t) == [replies.OK.text()] * (10 + INPUT_LIMIT // 6)
 
+    def test_an_ipv6_host_is_one_client_per_64(self):
+        h = Harness(max_connections=10, max_connections_per_client=2)
+        out = [take(h.connect(f"2001:db8:1:2::{i}")[1])[0][:3] for i in range(1, 4)]
+        assert out == ["220", "220", "421"]
+        assert take(h.connect("2001:db8:1:3::1")[1])[0][:3] == "220"  # another /64
+
     def test_idle_timeout(self):
         h = Harness(idle_timeout=300)
         p, t = h.connect()

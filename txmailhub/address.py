@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Address", "AddressError", "client_ip", "parse_address"]
+__all__ = ["Address", "AddressError", "client_ip", "client_key", "parse_address"]
 
 
 class AddressError(ValueError):
@@ -74,6 +74,16 @@ def parse_address(text: str, primary_domain: str | None = None) -> Address:
     if "@" in local and not (local.startswith('"') and local.endswith('"')):
         raise AddressError(f"address {text!r} has more than one @")
     return Address(local, domain.lower())
+
+
+def client_key(host: str) -> str:
+    """What per-client connection limits count by: the IPv4 address, or
+    the /64 of an IPv6 one (a single host usually has a whole /64, and
+    would otherwise be any number of "clients")."""
+    ip = client_ip(host)
+    if ip is None or ip.version == 4:
+        return str(ip or host)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def client_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -37,6 +37,7 @@ class Components:
     * ``smtp_connections``: the connection counts every SMTP listener of
       the hub shares (``[smtp] max_connections`` is for the whole hub);
       made by the first ``SMTPFactory`` built from these components.
+    * ``pop3_connections``: the same for the POP3 listeners.
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -53,4 +54,5 @@ class Components:
     users: Any = None
     syncer: Any = None
     smtp_connections: Any = None
+    pop3_connections: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)

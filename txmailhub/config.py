@@ -126,6 +126,8 @@ class POP3Settings:
     allow_plaintext_auth: bool = False
     max_auth_failures: int = 3
     auth_failure_delay: float = 1.0
+    max_connections: int = 200
+    max_connections_per_client: int = 20
 
 
 @dataclass(frozen=True)
@@ -504,7 +506,7 @@ def load_text(text: str, path: str) -> Settings:
         "pop3",
         {
             "listen", "tls_listen", "idle_timeout", "allow_plaintext_auth", "max_auth_failures",
-            "auth_failure_delay",
+            "auth_failure_delay", "max_connections", "max_connections_per_client",
         },
     )
     pop3 = POP3Settings(
@@ -519,6 +521,10 @@ def load_text(text: str, path: str) -> Settings:
         ),
         auth_failure_delay=r.get(
             t, "pop3", "auth_failure_delay", d3.auth_failure_delay, _non_negative_number
+        ),
+        max_connections=r.get(t, "pop3", "max_connections", d3.max_connections, _positive_int),
+        max_connections_per_client=r.get(
+            t, "pop3", "max_connections_per_client", d3.max_connections_per_client, _positive_int
         ),
     )
     if pop3.tls_listen and tls is None:

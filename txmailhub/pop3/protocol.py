@@ -29,6 +29,7 @@ from zope.interface import implementer
 from txmailhub.address import client_ip
 from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
+from txmailhub.limits import ConnectionLimits
 from txmailhub.logsafe import loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -93,6 +94,7 @@ class POP3Protocol(Protocol):
         self._pending_call: Any = None
         self._idle_call: Any = None
         self._close_call: Any = None
+        self._counted = False  # in the factory's connection counts
         self._last_activity = 0.0
         self._update_running = False
         self._flush: Any = None
@@ -113,6 +115,17 @@ class POP3Protocol(Protocol):
                 pass
         peer = t.getPeer()
         self._peer = str(getattr(peer, "host", peer))
+        refused = self.factory.admit(self._peer, _is_local_peer(peer))
+        if refused is not None:
+            # Past [pop3] max_connections: one line and close, before any
+            # work (a flood of idle sessions must not starve the hub of fds).
+            log.info("refused POP3 connection from {peer}: {reply}", peer=self._peer,
+                     reply=refused.to_bytes().decode().strip())
+            self._closing = True
+            t.write(refused.to_bytes())
+            t.loseConnection()
+            return
+        self._counted = True
         tls_active = self.implicit_tls or ISSLTransport.providedBy(t)
         now = self.reactor.seconds()
         hostname = self.components.settings.hub.hostname
@@ -148,6 +161,9 @@ class POP3Protocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._lost = True
         self._closing = True
+        if self._counted:
+            self._counted = False
+            self.factory.release(self._peer)
         for call in (self._idle_call, self._pending_call, self._close_call):
             if call is not None and call.active():
                 call.cancel()
@@ -559,8 +575,28 @@ class POP3Factory(Factory):
     def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
         self.components = components
         self.implicit_tls = implicit_tls
+        # shared by every POP3 listener of these components
+        if components.pop3_connections is None:
+            components.pop3_connections = ConnectionLimits()
+        self.limits: ConnectionLimits = components.pop3_connections
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)
         p.factory = self
         return p
+
+    def admit(self, host: str, exempt: bool) -> Any:
+        """Count a new connection, or the reply that refuses it."""
+        s = self.components.settings.pop3
+        refused = self.limits.admit(host, exempt, s.max_connections,
+                                    s.max_connections_per_client)
+        if refused is None:
+            return None
+        return R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_YOU
+
+    def release(self, host: str) -> None:
+        self.limits.release(host)
+
+    @property
+    def connections(self) -> int:
+        return self.limits.connections

@@ -68,6 +68,10 @@ PLAINTEXT_DISALLOWED = err(
 )
 PASS_WITHOUT_USER = err("Send USER first")
 TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")
+TOO_MANY_CONNECTIONS = err("Too many connections, try again later", "SYS/TEMP")
+TOO_MANY_CONNECTIONS_FROM_YOU = err(
+    "Too many connections from your address, try again later", "SYS/TEMP"
+)
 MAILBOX_IN_USE = err("Mailbox is locked by another POP3 session", "IN-USE")
 MAILBOX_TEMP_FAILURE = err("Mailbox temporarily unavailable, try again later", "SYS/TEMP")
 MAILBOX_PERM_FAILURE = err("Mailbox cannot be opened", "SYS/PERM")

@@ -40,6 +40,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, client_ip
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.interfaces import ISMTPUser
+from txmailhub.limits import ConnectionLimits
 from txmailhub.logsafe import loggable
 from txmailhub.sending import ResponseWriter
 from txmailhub.smtp import replies
@@ -500,12 +501,11 @@ def _tls_details(transport: Any) -> tuple[str, str] | None:
     return str(version), str(cipher)
 
 
-class _Limits:
-    """Open SMTP connections, in total and per client address."""
+class _Limits(ConnectionLimits):
+    """Open SMTP connections, in total and per client; and the sessions."""
 
     def __init__(self) -> None:
-        self.connections = 0
-        self.per_client: dict[str, int] = {}
+        super().__init__()
         self.sessions: set[SMTPProtocol] = set()  # for the 421 at shutdown
 
 
@@ -570,24 +570,16 @@ class SMTPFactory(ServerFactory):
     def admit(self, host: str, exempt: bool) -> Reply | None:
         """Count a new connection, or say why it is refused (421)."""
         s = self.settings.smtp
-        limits = self.limits
-        if limits.connections >= s.max_connections:
+        refused = self.limits.admit(host, exempt, s.max_connections,
+                                    s.max_connections_per_client)
+        if refused is None:
+            return None
+        if refused == "total":
             return replies.TOO_MANY_CONNECTIONS
-        per_client = limits.per_client
-        if not exempt and per_client.get(host, 0) >= s.max_connections_per_client:
-            return replies.TOO_MANY_CONNECTIONS_FROM_YOU
-        limits.connections += 1
-        per_client[host] = per_client.get(host, 0) + 1
-        return None
+        return replies.TOO_MANY_CONNECTIONS_FROM_YOU
 
     def release(self, host: str) -> None:
-        limits = self.limits
-        limits.connections -= 1
-        n = limits.per_client.get(host, 0) - 1
-        if n > 0:
-            limits.per_client[host] = n
-        else:
-            limits.per_client.pop(host, None)
+        self.limits.release(host)
 
     @property
     def connections(self) -> int:
