@@ -847,3 +847,22 @@ def test_connection_limits_in_all_and_per_client():
     a.connectionLost(None)  # a slot is free again
     _n, tn = env.connect()
     assert tn.value().startswith(b"+OK")
+
+
+def test_failed_logins_are_counted_per_client_across_connections():
+    # hanging up before the delayed -ERR, or reconnecting, does not reset it
+    env = Env(allow_plaintext_auth=True)
+    for _ in range(10):
+        proto, t = env.connect(REMOTE)
+        talk(proto, t, b"USER joe\r\n")
+        assert talk(proto, t, b"PASS guess\r\n") == b""  # the -ERR waits for its delay
+        proto.connectionLost(None)
+    proto, t = env.connect(REMOTE)
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS joepw\r\n") == R.LOGIN_THROTTLED.to_bytes()
+    local, _t = login(env)  # loopback is not throttled
+    local.connectionLost(None)  # (and lets go of the mailbox)
+    env.clock.advance(601)
+    proto, t = env.connect(REMOTE)
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS joepw\r\n").startswith(b"+OK Logged in")

@@ -398,6 +398,35 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
         assert t.disconnecting
 
+    def test_failed_logins_are_counted_per_client_across_connections(self):
+        # A client that hangs up before each delayed 535 (or reconnects)
+        # still uses up its guesses: after 10 in 10 minutes, 454 at once,
+        # without a password check (also for the right password).
+        h = Harness(auth_failure_delay=2.0)
+        tls = SMTPFactory(h.components, submission=True, implicit_tls=True)
+
+        def attempt(password, host="192.0.2.9"):
+            p = tls.buildProtocol(IPv4Address("TCP", host, 4321))
+            t = StringTransport(peerAddress=IPv4Address("TCP", host, 4321))
+            p.makeConnection(t)
+            p.dataReceived(b"EHLO c\r\n")
+            take(t)
+            creds = b64(chr(0) + "alice" + chr(0) + password)
+            p.dataReceived(f"AUTH PLAIN {creds}\r\n".encode())
+            return p, t
+
+        for _ in range(10):
+            p, t = attempt("guess")
+            assert take(t) == []  # the 535 waits for its delay...
+            p.connectionLost(None)  # ...and the client does not
+        p, t = attempt("secret")
+        assert take(t) == [replies.AUTH_THROTTLED.text()]
+        p, t = attempt("secret", host="192.0.2.10")  # another client is not affected
+        assert take(t)[0].startswith("235")
+        h.clock.advance(601)  # the window passes
+        p, t = attempt("secret")
+        assert take(t)[0].startswith("235")
+
     def test_auth_backend_error_is_454_and_pipelined_commands_wait(self):
         h = Harness(auth_failure_delay=1.0)
 

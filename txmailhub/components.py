@@ -38,6 +38,9 @@ class Components:
       the hub shares (``[smtp] max_connections`` is for the whole hub);
       made by the first ``SMTPFactory`` built from these components.
     * ``pop3_connections``: the same for the POP3 listeners.
+    * ``login_failures``: failed logins per client (SMTP AUTH and POP3
+      together), a ``txmailhub.limits.FailureWindow``; made by the first
+      factory that needs it.
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -55,4 +58,5 @@ class Components:
     syncer: Any = None
     smtp_connections: Any = None
     pop3_connections: Any = None
+    login_failures: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""How many connections a listener family takes, in all and per client.
+"""How much one client may take: connections, and failed logins.
 
 SMTP and POP3 each keep one ``ConnectionLimits`` (shared by all their
 listeners): a client that opens connections without end must run into a
@@ -8,10 +8,12 @@ are counted by ``client_key``: an IPv4 address, or an IPv6 /64."""
 from __future__ import annotations
 
 import functools
+from collections import deque
+from typing import Any
 
 from txmailhub.address import client_key
 
-__all__ = ["ConnectionLimits"]
+__all__ = ["ConnectionLimits", "FailureWindow"]
 
 _key = functools.lru_cache(maxsize=4096)(client_key)
 
@@ -44,3 +46,45 @@ class ConnectionLimits:
             self.per_client[key] = n
         else:
             self.per_client.pop(key, None)
+
+
+class FailureWindow:
+    """Failed logins per client over a sliding window, shared by SMTP AUTH
+    and POP3 (the same passwords): past ``limit`` failures in ``window``
+    seconds a client gets a temporary refusal without a password check.
+
+    The per-connection delay and disconnect alone do not stop a brute
+    force: a client that reconnects, or hangs up as soon as no quick
+    success came, is never slowed down.  Failures are counted when the
+    check ends, not when the delayed answer goes out.  At most ``keep``
+    clients are remembered (the oldest are forgotten first), so memory is
+    bounded whatever the attacker's addresses."""
+
+    def __init__(self, clock: Any, limit: int = 10, window: float = 600.0,
+                 keep: int = 10_000) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.keep = keep
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, host: str) -> deque[float] | None:
+        times = self._failures.get(_key(host))
+        if times is not None:
+            horizon = self.clock.seconds() - self.window
+            while times and times[0] <= horizon:
+                times.popleft()
+        return times
+
+    def failed(self, host: str) -> None:
+        key = _key(host)
+        times = self._recent(host)
+        if times is None:
+            if len(self._failures) >= self.keep:
+                del self._failures[next(iter(self._failures))]
+            times = self._failures[key] = deque(maxlen=self.limit)
+        times.append(self.clock.seconds())
+
+    def blocked(self, host: str) -> bool:
+        times = self._recent(host)
+        return times is not None and len(times) >= self.limit

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from txmailhub.address import client_ip
 from txmailhub.errors import MailboxInUse
 from txmailhub.interfaces import IMailbox
-from txmailhub.limits import ConnectionLimits
+from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -329,6 +329,13 @@ class POP3Protocol(Protocol):
         self._busy = True
         username = action.username.encode("utf-8", "surrogateescape")
         self._user = loggable(action.username)
+        local = _is_local_peer(self.transport.getPeer())
+        if not local and self.factory.login_failures.blocked(self._peer):
+            log.info("POP3 login {user} from {peer} refused: too many failures",
+                     user=self._user, peer=self._peer)
+            self._busy = False
+            self._finish_login(self.engine.login_failed(LoginFailure.THROTTLED))
+            return
         if action.mechanism == "APOP":
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:
@@ -363,6 +370,8 @@ class POP3Protocol(Protocol):
     def _login_failed(self, failure: Failure, mechanism: str) -> None:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             why = LoginFailure.BAD_CREDENTIALS
+            if not _is_local_peer(self.transport.getPeer()):
+                self.factory.login_failures.failed(self._peer)  # counted at once
         elif failure.check(MailboxInUse):
             why = LoginFailure.IN_USE
         elif failure.check(*_PERMANENT_ERRORS):
@@ -579,6 +588,9 @@ class POP3Factory(Factory):
         if components.pop3_connections is None:
             components.pop3_connections = ConnectionLimits()
         self.limits: ConnectionLimits = components.pop3_connections
+        if components.login_failures is None:
+            components.login_failures = FailureWindow(components.reactor)
+        self.login_failures: FailureWindow = components.login_failures
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)

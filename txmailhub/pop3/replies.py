@@ -68,6 +68,7 @@ PLAINTEXT_DISALLOWED = err(
 )
 PASS_WITHOUT_USER = err("Send USER first")
 TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")
+LOGIN_THROTTLED = err("Too many failed logins from your address, try again later", "SYS/TEMP")
 TOO_MANY_CONNECTIONS = err("Too many connections, try again later", "SYS/TEMP")
 TOO_MANY_CONNECTIONS_FROM_YOU = err(
     "Too many connections from your address, try again later", "SYS/TEMP"

@@ -89,6 +89,7 @@ class LoginFailure(enum.Enum):
     IN_USE = "IN-USE"
     TEMPORARY = "SYS/TEMP"
     PERMANENT = "SYS/PERM"
+    THROTTLED = "throttled"  # too many failed logins from this client
 
 
 def make_timestamp(hostname: str, now: float) -> str:
@@ -283,6 +284,8 @@ class POP3Server:
             return self._send(R.MAILBOX_TEMP_FAILURE)
         if why is LoginFailure.PERMANENT:
             return self._send(R.MAILBOX_PERM_FAILURE)
+        if why is LoginFailure.THROTTLED:
+            return self._send(R.LOGIN_THROTTLED)
         self.auth_failures += 1
         delay = self.auth_failure_delay * self.auth_failures
         if self.auth_failures >= self.max_auth_failures:

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, client_ip
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.interfaces import ISMTPUser
-from txmailhub.limits import ConnectionLimits
+from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import loggable
 from txmailhub.sending import ResponseWriter
 from txmailhub.smtp import replies
@@ -424,6 +424,12 @@ class SMTPProtocol(Protocol):
         if event.malformed or portal is None:
             self._auth_failed(None, event)
             return
+        if not self.engine.session.loopback and self.factory.login_failures.blocked(self.host):
+            log.info("authentication refused for {user} from {client}: too many failures",
+                     user=loggable(event.username), client=self.host)
+            self.engine.auth_failed(replies.AUTH_THROTTLED)  # no password check at all
+            self._drive()
+            return
         creds = UsernamePassword(event.username.encode("utf-8"),
                                  event.password.encode("utf-8"))
         d = defer.maybeDeferred(portal.login, creds, None, ISMTPUser)
@@ -450,6 +456,10 @@ class SMTPProtocol(Protocol):
         else:
             log.info("authentication failed for {user} from {client}",
                      user=loggable(event.username), client=self.host)
+            if failure is not None and not self.engine.session.loopback:
+                # counted now, not when the delayed answer goes out: a client
+                # that hangs up meanwhile has still used up a guess
+                self.factory.login_failures.failed(self.host)
         s = self.factory.settings.smtp
         delay = s.auth_failure_delay * (self.engine.auth_failures + 1)
 
@@ -544,6 +554,9 @@ class SMTPFactory(ServerFactory):
         if components.smtp_connections is None:
             components.smtp_connections = _Limits()
         self.limits: _Limits = components.smtp_connections
+        if components.login_failures is None:
+            components.login_failures = FailureWindow(components.reactor)
+        self.login_failures: FailureWindow = components.login_failures
         self._hosts: dict[str, tuple[bool, bool]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():X}"

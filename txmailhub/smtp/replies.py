@@ -75,6 +75,9 @@ DATA_NO_RECIPIENTS = Reply.of(554, "5.5.1", "No valid recipients")
 AUTH_ALREADY = Reply.of(503, "5.5.1", "Already authenticated")
 AUTH_NOT_AVAILABLE = Reply.of(503, "5.5.1", "AUTH not available")
 BDAT_AFTER_DATA = Reply.of(503, "5.5.1", "Cannot mix DATA and BDAT")
+AUTH_THROTTLED = Reply.of(
+    454, "4.7.0", "Too many failed logins from your address, try again later"
+)
 TOO_MANY_HOPS = Reply.of(
     554, "5.4.6", "Too many Received fields: a mail loop (RFC 5321 6.3)"
 )
