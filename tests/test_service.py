@@ -62,3 +62,18 @@ def test_stopping_the_hub_says_421_to_open_smtp_sessions(tmp_path: Path) -> None
     hub.stopService()
     assert transport.value() == b"421 4.3.2 mail.example.org Service shutting down\r\n"
     assert transport.disconnecting
+
+
+def test_the_state_folder_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[smtp]\nlisten = []\n[submission]\nlisten = []\n'
+                      '[pop3]\nlisten = []\n')
+    old = os.umask(0)
+    try:
+        MailHub(load_text(config.read_text(), str(config)), reactor=MemoryReactorClock())
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700

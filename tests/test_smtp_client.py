@@ -543,3 +543,21 @@ def test_552_to_rcpt_is_taken_as_temporary():
     assert results[BOB].kind == "delivered"
     assert results[CAROL].reply.code == 452 and results[CAROL].reply.is_transient
     assert "too many recipients" in results[CAROL].reply.text()
+
+
+def test_the_smarthost_password_never_goes_in_the_clear_unless_tls_is_none():
+    # a stripped STARTTLS (or the plain retry after a failed handshake)
+    s = session(credentials=("user", "pw"), tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    actions = s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")
+    assert b"AUTH" not in sent(actions)
+    err = s.outcome.session_error
+    assert err.is_transient and err.status == "4.7.0" and "only sent over TLS" in err.text()
+    # with TLS it is sent
+    s = session(credentials=("user", "pw"), tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"250-smarthost\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n")) == (
+        b"STARTTLS\r\n")
+    s.receive(b"220 go\r\n")
+    s.tls_started()
+    assert sent(s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")).startswith(b"AUTH PLAIN ")

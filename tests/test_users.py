@@ -131,6 +131,7 @@ def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
         ("scrypt$1000$8$1$AA==$AA==", "impossible scrypt parameters"),
         ("scrypt$16384$8$1$AA==$", "impossible scrypt parameters"),
         ("scrypt$1048576$8$1$AA==$AA==", "more memory than the hub allows"),
+        ("scrypt$16384$8$32$AA==$AA==", "more work than the hub allows"),
     ],
 )
 def test_hash_problem(encoded: str, why: str) -> None:
@@ -255,3 +256,15 @@ def test_realm_refuses_unknown_interface() -> None:
 
     with pytest.raises(Exception, match="no avatar"):
         MailRealm(FakeStore()).requestAvatar("a@example.org", None, IOther)
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        db = UsersDB(str(tmp_path / "etc" / "users"), "example.org")
+        db.add("joe", "pw")
+    finally:
+        os.umask(old)
+    for path in ("etc", "etc/users", "etc/users.lock"):
+        mode = (tmp_path / path).stat().st_mode & 0o777
+        assert mode in (0o700, 0o600), (path, oct(mode))

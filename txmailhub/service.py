@@ -12,6 +12,7 @@ lets in-flight attempts finish or leaves them on disk), then the syncer
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -69,6 +70,11 @@ def build_components(settings: Settings, reactor: Any) -> Components:
     from txmailhub.store.maildir import MaildirStore
     from txmailhub.store.spool import Spooler
     from txmailhub.store.sync import Syncer
+
+    # The state folder first, 0700 whatever the umask (made later as the
+    # parent of spool/ or mail/, it would be 0777 under umask 000: anyone
+    # could swap those folders for links)
+    os.makedirs(settings.hub.state_dir, mode=0o700, exist_ok=True)
 
     def run_in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)

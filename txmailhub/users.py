@@ -44,6 +44,9 @@ __all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "verify_pas
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
+# N*r*p: 16x the cost of our own hashes (about a second of CPU here); a
+# users file cannot make one login check take minutes.
+_MAX_WORK = 16 * _SCRYPT_N * _SCRYPT_R * _SCRYPT_P
 
 
 def hash_password(password: str) -> str:
@@ -61,7 +64,7 @@ def verify_password(password: str, encoded: str) -> bool:
     """Check ``password`` against a stored hash in constant time."""
     try:
         scheme, n, r, p, salt, key = encoded.split("$")
-        if scheme != "scrypt":
+        if scheme != "scrypt" or int(n) * int(r) * int(p) > _MAX_WORK:
             return False
         want = base64.b64decode(key)
         got = hashlib.scrypt(
@@ -88,6 +91,8 @@ def hash_problem(encoded: str) -> str | None:
         return "the password hash has impossible scrypt parameters"
     if 128 * r * (n + p + 2) > _MAXMEM:
         return "the password hash needs more memory than the hub allows scrypt"
+    if n * r * p > _MAX_WORK:
+        return "the password hash needs more work than the hub allows scrypt"
     return None
 
 
@@ -195,8 +200,11 @@ class UsersDB:
     @contextmanager
     def _locked(self) -> Iterator[dict[str, UserRecord]]:
         folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        with open(self.path + ".lock", "a") as lock:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        # 0600 whatever the umask: whoever can open the lock can block every
+        # ``mailhub user`` command by holding it
+        fd = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._stamp = None
             self._refresh()

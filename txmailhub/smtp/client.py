@@ -398,6 +398,13 @@ class ClientSession:
                 552, "5.3.4", f"message too big for the remote server ({self.size} octets, "
                 f"its limit is {limit})"))
         if self.credentials is not None:
+            if not self.tls_active and self.tls_policy != "none":
+                # never a password in the clear unless "none" says so: a
+                # stripped STARTTLS, or the plain retry after a failed
+                # handshake, must not hand it to whoever listens
+                return self._fail_session(_synthetic(
+                    454, "4.7.0", "the smarthost password is only sent over TLS, and this "
+                    "session has none"))
             return self._start_auth()
         return self._start_mail()
 
