@@ -372,6 +372,9 @@ class ProtocolTests(SynchronousTestCase):
         p.connectionLost(None)
         assert h.realm.logouts == 1
         assert not any("secret" in repr(e) for e in self.events)
+        # the text line names who sent it, not only a structured field
+        [line] = [e["summary"] for e in self.events if e.get("code") == 250 and "summary" in e]
+        assert " via 127.0.0.1 as alice@example.org: 250 " in line
 
     def test_auth_failures_delayed_growing_then_disconnect(self):
         h = Harness(max_auth_failures=3, auth_failure_delay=2.0)

@@ -408,7 +408,8 @@ class SMTPProtocol(Protocol):
         log.info(
             "{summary}",
             summary=f"message {message_id or '-'} from <{env.sender_text}> to {recipients} "
-            f"({size} octets) via {self.host}: {text}",
+            f"({size} octets) via {self.host}"
+            f"{' as ' + env.authenticated_as if env.authenticated_as else ''}: {text}",
             id=message_id,
             sender=env.sender_text,
             recipients=recipients,
