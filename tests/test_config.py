@@ -271,3 +271,19 @@ def test_example_configs_are_valid() -> None:
     # the production example names files that only exist on a real server
     found = problems(text, "/etc/txmailhub/mailhub.toml")
     assert all(("does not exist" in p) for p in found), found
+
+
+def test_twistd_lifts_the_open_files_limit():
+    import resource
+
+    from txmailhub.tap import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lower = min(256, soft)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lower, hard))
+        got = raise_fd_limit(want=lower + 100)
+        expected = lower + 100 if hard == resource.RLIM_INFINITY else min(lower + 100, hard)
+        assert got == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

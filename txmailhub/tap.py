@@ -42,4 +42,26 @@ class Options(usage.Options):
 def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
+    raise_fd_limit()
     return MailHub(options["settings"])
+
+
+def raise_fd_limit(want: int = 65536) -> int:
+    """Lift the soft limit on open files towards the hard one (systemd's
+    default soft limit, 1024, is about what ``max_connections`` of SMTP and
+    POP3 together may use, before any mail file is opened).  Only for the
+    hub run by twistd: an application that embeds ``MailHub`` owns its
+    process's limits.  Returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
