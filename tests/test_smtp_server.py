@@ -534,6 +534,17 @@ def test_auth_without_a_mechanism_is_a_syntax_error():
     assert d.send("AUTH FOO\r\n") == [replies.AUTH_MECHANISM_UNKNOWN.text()]
 
 
+def test_a_failed_auth_that_is_also_the_last_error_closes_cleanly():
+    # 9 errors, then a failed AUTH (the 10th): 535 and 421, not an engine
+    # error (found by the property test below with an unlucky split)
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    d.send("EHLO c\r\n")
+    d.send("FOO\r\n" * 9)
+    d.send("AUTH PLAIN\r\n")
+    assert d.send("RSET\r\n") == [replies.AUTH_FAILED.text(), replies.TOO_MANY_ERRORS.text()]
+    assert d.engine.closed
+
+
 def test_auth_line_too_long():
     d = Driver(session=loopback())
     d.send("EHLO c\r\nAUTH PLAIN\r\n")

@@ -47,8 +47,8 @@ class AuthPhase:
             self.reply(replies.AUTH_TOO_MANY_FAILURES)
             self._close(replies.AUTH_TOO_MANY_FAILURES)
             return
+        self._to(State.READY)  # first: the reply may be the error that closes the session
         self.reply(reply)
-        self._to(State.READY)
 
     def _auth_offered(self) -> bool:
         s = self.session
