@@ -318,6 +318,15 @@ def test_update_crash_points_leave_old_or_new(tmp_path, spool, crash_at):
         assert entries[0].attempts == 7
 
 
+def test_update_order_of_durable_steps(tmp_path, spool):
+    # a crash test that raises cannot see a missing fsync: the order can
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    q.fs = fs = CrashingFS()
+    q.update(qid, lambda e: dataclasses.replace(e, attempts=7))
+    assert fs.steps == ["write", "fsync_file", "rename", "fsync_dir"]
+
+
 @pytest.mark.parametrize("crash_at", range(1, 6))
 def test_remove_crash_points(tmp_path, spool, crash_at):
     q = make_queue(tmp_path)

@@ -561,3 +561,20 @@ def test_the_smarthost_password_never_goes_in_the_clear_unless_tls_is_none():
     s.receive(b"220 go\r\n")
     s.tls_started()
     assert sent(s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")).startswith(b"AUTH PLAIN ")
+
+
+@pytest.mark.parametrize("lost_in", ["DATA", "end of data"])
+def test_a_connection_lost_before_the_last_reply_delivers_nobody(lost_in):
+    # RFC 5321 6.1: without the 250 to the final "." nothing is delivered;
+    # the message stays queued (a duplicate at worst, never a loss)
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    for reply in (b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n"):
+        s.receive(reply)
+    if lost_in == "end of data":
+        s.receive(b"354 go\r\n")
+        s.body_sent()
+    out = s.connection_lost()
+    assert out.recipients == ()
+    assert out.session_error.is_transient and lost_in in out.session_error.text()

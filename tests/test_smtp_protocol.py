@@ -148,6 +148,20 @@ class ProtocolTests(SynchronousTestCase):
                 assert last == replies.TOO_MANY_HOPS.text()
                 assert not h.store.messages(ALICE) and h.spooler.aborted
 
+    def test_for_names_the_recipient_only_when_there_is_one(self):
+        # docs/smtp.rst: list members are not disclosed to each other
+        for rcpts, named in ((b"RCPT TO:<alice>\r\n", True),
+                             (b"RCPT TO:<alice>\r\nRCPT TO:<bob>\r\n", False)):
+            h = Harness()
+            p, t = h.connect()
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\n" + rcpts
+                           + b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n")
+            assert take(t)[-1].startswith("250 2.0.0 ")
+            (stored,) = h.store.messages(ALICE)
+            trace = stored.split(b"\nSubject:")[0]
+            assert (b"\tfor <alice@example.org>;" in trace) is named
+            assert b"bob@" not in trace
+
     def test_pipelined_batch_answered_in_order_in_one_write(self):
         h = Harness(hold=True)
         p, t = h.connect()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 
 import pytest
+from conftest import DEFAULT_USERS
 
 TRICKS = [
     "user%remote.test@example.org",
@@ -71,6 +72,12 @@ def test_relay_after_auth_only(closed_hub):
         for trick in TRICKS[:3]:
             assert s.docmd(f"RCPT TO:<{trick}>")[0] == 503  # no MAIL accepted
     assert queued(hub) == ""
+    # and after a real AUTH, the same port relays (loopback may AUTH in clear)
+    with smtplib.SMTP("127.0.0.1", hub.submission_port, timeout=10) as s:
+        s.login("alice@example.org", DEFAULT_USERS["alice@example.org"])
+        assert s.sendmail("alice@example.org", ["friend@remote.test"],
+                          b"Subject: out\r\n\r\nrelayed\r\n") == {}
+    assert "friend@remote.test" in queued(hub)
 
 
 def test_local_variants_still_delivered(closed_hub):
