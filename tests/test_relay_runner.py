@@ -250,6 +250,44 @@ def test_per_destination_limit(hub):
     assert hub.queue.ids() == []
 
 
+def test_global_limit_on_deliveries_in_flight(tmp_path):
+    # [relay] max_concurrent_deliveries caps all destinations together
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   '[relay]\nmax_concurrent_deliveries = 2\nmax_per_destination = 5\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    components = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                            store=MemoryMailboxStore(), spooler=None, portal=None)
+    queue = OutboundQueue(settings.queue_dir, clock)
+    components.queue = queue
+    agent = FakeAgent()
+    pending = []
+
+    def script(e, d, r):
+        x = defer.Deferred()
+        pending.append((x, r))
+        return x
+
+    agent.script = script
+    runner = QueueRunner(queue, agent, components, clock, send_dsn=DSNSpy())
+    runner.start()
+    try:
+        h = type("H", (), {"tmp": tmp_path, "queue": queue})()
+        for domain in ("a.test", "b.test", "c.test", "d.test"):
+            enqueue(h, Address("x", domain))
+        assert len(agent.calls) == 2  # two in flight, whatever the destinations
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert len(agent.calls) == 3  # one done: the next starts
+        while pending:
+            x, r = pending.pop(0)
+            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert len(agent.calls) == 4 and queue.ids() == []
+    finally:
+        runner.stop()
+
+
 def test_local_recipients_go_to_the_store(hub):
     hub.runner.start()
     enqueue(hub, LOCAL, BOB)
