@@ -294,6 +294,11 @@ class ProtocolTests(SynchronousTestCase):
         assert out == ["220", "220", "421"]
         assert take(h.connect("2001:db8:1:3::1")[1])[0][:3] == "220"  # another /64
 
+    def test_message_ids_are_unique_across_listeners(self):
+        h = Harness()
+        other = SMTPFactory(h.components, submission=True)
+        assert len({h.factory.next_id(), other.next_id(), h.factory.next_id()}) == 3
+
     def test_idle_timeout(self):
         h = Harness(idle_timeout=300)
         p, t = h.connect()

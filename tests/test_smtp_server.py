@@ -545,6 +545,18 @@ def test_a_failed_auth_that_is_also_the_last_error_closes_cleanly():
     assert d.engine.closed
 
 
+@pytest.mark.parametrize("data", ["a\nb\r\n.\r\n", "x" * 1200 + "\r\n.\r\n"])
+def test_a_refused_message_that_is_also_the_last_error_closes_cleanly(data):
+    # 9 errors, then a message refused (bare LF, long line): its reply is the
+    # 10th error, then 421 -- not an engine error (found by fuzzing)
+    d = Driver()
+    d.send("EHLO c\r\n")
+    d.send("FOO\r\n" * 9)
+    out = d.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\nDATA\r\n" + data)
+    assert out[-2][:3] in ("550", "500") and out[-1] == replies.TOO_MANY_ERRORS.text()
+    assert d.engine.closed
+
+
 def test_auth_line_too_long():
     d = Driver(session=loopback())
     d.send("EHLO c\r\nAUTH PLAIN\r\n")

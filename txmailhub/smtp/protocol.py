@@ -518,6 +518,7 @@ class _Limits(ConnectionLimits):
     def __init__(self) -> None:
         super().__init__()
         self.sessions: set[SMTPProtocol] = set()  # for the 421 at shutdown
+        self.ids = itertools.count(1)  # message ids: one counter for every listener
 
 
 class SMTPFactory(ServerFactory):
@@ -559,7 +560,6 @@ class SMTPFactory(ServerFactory):
             components.login_failures = FailureWindow(components.reactor)
         self.login_failures: FailureWindow = components.login_failures
         self._hosts: dict[str, tuple[bool, bool]] = {}
-        self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():X}"
 
     def buildProtocol(self, addr: Any) -> SMTPProtocol:
@@ -610,4 +610,4 @@ class SMTPFactory(ServerFactory):
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""
         now = int(self.components.reactor.seconds())
-        return f"{now:X}{self._id_prefix}{next(self._ids):05X}"
+        return f"{now:X}{self._id_prefix}{next(self.limits.ids):05X}"

@@ -227,6 +227,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
     # --- internals -------------------------------------------------------------
 
     def _to(self, state: State) -> None:
+        if self.state is State.CLOSED:
+            # A reply on the way (the 10th error, say) closed the session:
+            # closing wins over whatever state the command would lead to.
+            return
         if state not in _TRANSITIONS[self.state]:
             raise AssertionError(f"SMTP engine: no transition from {self.state} to {state}")
         self.state = state
