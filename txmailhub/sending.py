@@ -22,7 +22,19 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["ResponseWriter"]
+__all__ = ["ResponseWriter", "set_reading"]
+
+
+def set_reading(transport: Any, reading: bool, want: bool) -> bool:
+    """Pause or resume reading from ``transport`` when ``want`` differs
+    from ``reading`` (what the caller last asked); returns ``want``.  One
+    place for the SMTP and POP3 adapters' flow control."""
+    if want != reading:
+        if want:
+            transport.resumeProducing()
+        else:
+            transport.pauseProducing()
+    return want
 
 
 class ResponseWriter:

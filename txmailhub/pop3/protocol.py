@@ -45,7 +45,7 @@ from txmailhub.pop3.server import (
     make_timestamp,
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
-from txmailhub.sending import ResponseWriter
+from txmailhub.sending import ResponseWriter, set_reading
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 
@@ -279,12 +279,7 @@ class POP3Protocol(Protocol):
             self._busy
             or (self._write_paused and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
         )
-        if want != self._reading:
-            self._reading = want
-            if want:
-                self.transport.resumeProducing()
-            else:
-                self.transport.pauseProducing()
+        self._reading = set_reading(self.transport, self._reading, want)
 
     def _perform(self, action: Any) -> None:
         if type(action) is Send:

@@ -42,7 +42,7 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import loggable
-from txmailhub.sending import ResponseWriter
+from txmailhub.sending import ResponseWriter, set_reading
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import (
@@ -245,12 +245,7 @@ class SMTPProtocol(Protocol):
         handshake, and it must read to finish it.)"""
         want = not (self._paused or (self._write_paused
                                      and self.engine.buffered >= INPUT_LIMIT))
-        if want != self._reading:
-            self._reading = want
-            if want:
-                self.transport.resumeProducing()
-            else:
-                self.transport.pauseProducing()
+        self._reading = set_reading(self.transport, self._reading, want)
 
     # --- IPushProducer: Twisted's say, once replies pile up -----------------------
 
