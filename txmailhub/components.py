@@ -7,6 +7,7 @@ Nothing here starts or opens anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +61,12 @@ class Components:
     pop3_connections: Any = None
     login_failures: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)
+
+    def shared(self, name: str, make: Callable[[], Any]) -> Any:
+        """The state every listener of one kind shares (``name``, one of the
+        fields above), made by the first factory that asks for it."""
+        value = getattr(self, name)
+        if value is None:
+            value = make()
+            setattr(self, name, value)
+        return value

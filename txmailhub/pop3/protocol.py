@@ -580,12 +580,9 @@ class POP3Factory(Factory):
         self.components = components
         self.implicit_tls = implicit_tls
         # shared by every POP3 listener of these components
-        if components.pop3_connections is None:
-            components.pop3_connections = ConnectionLimits()
-        self.limits: ConnectionLimits = components.pop3_connections
-        if components.login_failures is None:
-            components.login_failures = FailureWindow(components.reactor)
-        self.login_failures: FailureWindow = components.login_failures
+        self.limits: ConnectionLimits = components.shared("pop3_connections", ConnectionLimits)
+        self.login_failures: FailureWindow = components.shared(
+            "login_failures", lambda: FailureWindow(components.reactor))
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)

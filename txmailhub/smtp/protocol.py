@@ -548,12 +548,9 @@ class SMTPFactory(ServerFactory):
         self.policy = RecipientPolicy(components)
         # The connection counts are shared by every SMTP listener built from
         # the same components: [smtp] max_connections is for the whole hub.
-        if components.smtp_connections is None:
-            components.smtp_connections = _Limits()
-        self.limits: _Limits = components.smtp_connections
-        if components.login_failures is None:
-            components.login_failures = FailureWindow(components.reactor)
-        self.login_failures: FailureWindow = components.login_failures
+        self.limits: _Limits = components.shared("smtp_connections", _Limits)
+        self.login_failures: FailureWindow = components.shared(
+            "login_failures", lambda: FailureWindow(components.reactor))
         self._hosts: dict[str, tuple[bool, bool]] = {}
         self._id_prefix = f"{os.getpid():X}"
 

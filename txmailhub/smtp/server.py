@@ -115,6 +115,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._waiting: Any = None  # the request being answered
         self._discarding = False  # inside an over-long command line
         self._sasl: SASLExchange | None = None
+        # the longest command line any verb may have (MAIL, with extensions)
+        self._read_limit = max(config.max_line, config.max_mail_line, config.max_rcpt_line)
         self._reset_transaction()
 
     # --- the adapter's side ------------------------------------------------
@@ -282,10 +284,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def _take_line(self) -> bytes | None:
         buf = self._buf
         c = self.config
-        if self.state is State.AUTH:
-            limit = c.max_auth_line
-        else:
-            limit = max(c.max_line, c.max_mail_line, c.max_rcpt_line)
+        limit = c.max_auth_line if self.state is State.AUTH else self._read_limit
         end = buf.find(b"\n", 0, limit)
         if end < 0:
             if len(buf) < limit:
