@@ -410,6 +410,23 @@ def test_recover_resumes_every_entry(tmp_path, spool):
     assert all(e.pending for e in entries)
 
 
+def test_recover_removes_temporary_files_a_crash_left(tmp_path, spool):
+    # a delivery attempt's 7-bit copy and a half-written record update,
+    # both left by a crash mid-work: gone, the entry itself untouched
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    message = q.read(qid).message_path
+    before = queue_files(q)
+    seven = f"{message}.0a1b2c3d.7bit"
+    tmp = os.path.join(q.directory, f".{qid}.json.tmp")
+    for path in (seven, tmp):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    [entry] = OutboundQueue(q.directory, Clock()).recover()
+    assert entry.id == qid and open(entry.message_path, "rb").read() == BODY
+    assert queue_files(q) == before
+
+
 def test_read_rejects_path_tricks(tmp_path):
     q = make_queue(tmp_path)
     assert q.read("../../etc/passwd") is None

@@ -84,8 +84,10 @@ class CaptureSMTP:
 
     def __init__(self, extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10000000",
                                                       "ENHANCEDSTATUSCODES"),
-                 tls: tuple[str, str] | None = None, auth: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, auth: tuple[str, str] | None = None,
+                 implicit_tls: bool = False) -> None:
         self.extensions = extensions
+        self.implicit_tls = implicit_tls  # TLS from the first byte (RFC 8314), no STARTTLS
         self.tls_context = None
         if tls is not None:
             import ssl
@@ -126,6 +128,13 @@ class CaptureSMTP:
     def _session(self, handler) -> None:
         rfile, wfile = handler.rfile, handler.wfile
         secure = False
+        if self.implicit_tls:
+            assert self.tls_context is not None
+            conn = self.tls_context.wrap_socket(handler.request, server_side=True)
+            handler.request = conn
+            rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
+            secure = True
+            self.tls_sessions += 1
 
         def say(data: bytes) -> None:
             wfile.write(data)

@@ -24,7 +24,10 @@ PROBE = textwrap.dedent('''
     from txmailhub.relay.service import RelayService
     from txmailhub.testing import MemoryMailboxStore, MemorySpooler, StaticRouter
 
-    config, rcpt, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+    config, rcpt, ca, smtps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    if smtps:  # the test's implicit-TLS server cannot bind 465: say which port is "465"
+        import txmailhub.relay.attempt
+        txmailhub.relay.attempt.SMTPS_PORT = int(smtps)
     settings = load(config)
     spooler = MemorySpooler()
     store = MemoryMailboxStore(spooler=spooler)
@@ -64,13 +67,13 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-def probe(tmp_path, relay: str, rcpt: str, ca: str = "") -> dict:
+def probe(tmp_path, relay: str, rcpt: str, ca: str = "", smtps: int = 0) -> dict:
     state = tmp_path / "var"
     state.mkdir(exist_ok=True)
     cfg = tmp_path / "hub.toml"
     cfg.write_text(f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
                    f'domains = ["example.org"]\n[relay]\n{relay}\n')
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(cfg), rcpt, ca],
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(cfg), rcpt, ca, str(smtps or "")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -130,6 +133,41 @@ def test_smarthost_verified_starttls_and_auth(tmp_path):
         assert remote.tls_sessions == 1
         assert remote.auth_seen == ["relayuser"]
         assert len(remote.messages) == 1
+    finally:
+        remote.stop()
+
+
+def test_smarthost_implicit_tls_on_the_submissions_port(tmp_path):
+    """RFC 8314: a smarthost on the submissions port gets TLS at once, its
+    certificate verified, no STARTTLS, and the password inside TLS."""
+    cert, key = make_certificate(tmp_path / "tls", "localhost")
+    remote = CaptureSMTP(tls=(str(cert), str(key)), auth=("relayuser", "s3cret"),
+                         implicit_tls=True)
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"\n'
+                                 f'smarthost_auth_file = "{auth}"', "bob@anywhere.test",
+                       ca=str(cert), smtps=remote.port)
+        assert result == {"queued": [], "dsn": []}
+        assert remote.tls_sessions == 1 and remote.auth_seen == ["relayuser"]
+        [(sender, rcpts, data)] = remote.messages
+        assert (sender, rcpts) == ("alice@example.org", ["bob@anywhere.test"])
+        assert data == b"Subject: probe\r\n\r\nprobe body\r\n"
+    finally:
+        remote.stop()
+
+
+def test_smarthost_implicit_tls_verifies_the_certificate(tmp_path):
+    cert, key = make_certificate(tmp_path / "tls", "localhost")
+    other, _ = make_certificate(tmp_path / "other", "localhost")
+    remote = CaptureSMTP(tls=(str(cert), str(key)), implicit_tls=True)
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"',
+                       "bob@anywhere.test", ca=str(other), smtps=remote.port)
+        [reply] = result["queued"]  # refused by our side, in the TLS handshake
+        assert reply.startswith("421 4.4.2") and "certificate verify failed" in reply
+        assert remote.messages == []
     finally:
         remote.stop()
 

@@ -68,6 +68,9 @@ log = Logger(namespace="txmailhub.relay.attempt")
 
 SMARTHOST = "[smarthost]"  # the destination key when everything goes to the smarthost
 CONNECT_TIMEOUT = 30
+# A smarthost on this port speaks TLS from the first byte (RFC 8314 3.3
+# submissions port): no STARTTLS, the same certificate rules.
+SMTPS_PORT = 465
 MAX_ADDRESSES_PER_ATTEMPT = 10
 
 
@@ -475,7 +478,7 @@ class DeliveryAgent:
         policy, creator = self._tls_for(mxhost.name, smarthost)
         if plain:
             policy = "none"
-        implicit = smarthost and port == 465
+        implicit = smarthost and port == SMTPS_PORT
         credentials = read_credentials(self.relay.smarthost_auth_file) if smarthost else None
         dsn_params = dict(entry.envelope.recipient_dsn)
         session = ClientSession(
