@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tls_loopback import TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
@@ -417,6 +418,29 @@ def test_dropped_connection_deletes_nothing_and_unlocks():
     proto.connectionLost(None)
     assert env.store.messages("joe@example.org") == [b"keep\n"]
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_tls_session_ended_by_the_client_unlocks_while_responses_wait(tls_files):
+    # POP3S, the client pipelines more than Twisted buffers (it pauses us),
+    # then ends the TLS session (close_notify) and reads what was sent.  The
+    # TLS layer closes the socket on its own, but Twisted resumes a paused
+    # producer instead of closing: we must unregister, or the socket (and
+    # the mailbox lock) stays until the autologout (found by fuzzing).
+    env = Env()
+    env.store.add("joe@example.org", b"x" * 60000 + b"\n")
+    client = TLSClient(POP3Factory(env.components, implicit_tls=True), env.clock, tls_files)
+    client.send(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in client.receive()
+    client.send(b"RETR 1\r\nRETR 1\r\nRETR 1\r\nNOOP\r\n")
+    env.clock.advance(0)
+    sock = client.socket
+    assert sock.producerPaused and sock.reading()
+    client.close_notify()
+    assert sock.disconnecting  # the TLS layer's close, not ours
+    client.receive()
+    assert sock.lost is not None and not sock.writing()
+    assert not env.store.is_locked("joe@example.org")
+    assert not env.clock.getDelayedCalls()
 
 
 def test_new_mail_waits_for_the_next_session():

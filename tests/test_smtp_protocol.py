@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from pathlib import Path
 
+from conftest import make_certificate
+from tls_loopback import MemorySocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
@@ -287,6 +290,67 @@ class ProtocolTests(SynchronousTestCase):
         p.resumeProducing()  # the client read
         assert t.producerState == "producing"
         assert take(t) == [replies.OK.text()] * (10 + INPUT_LIMIT // 6)
+
+    def test_quit_after_replies_piled_up_closes(self):
+        # Twisted paused us (its buffer is full), then QUIT: it resumes a
+        # paused producer instead of closing, so we must unregister first
+        h = Harness(idle_timeout=300)
+        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        sock = MemorySocket(h.clock, p)
+        p.makeConnection(sock)
+        p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
+        assert sock.producerPaused and sock.disconnecting
+        while sock.writing():  # the client reads everything
+            sock.room = 1 << 30
+            sock.flush()
+        assert sock.sent.endswith(b" closing connection\r\n")
+        assert sock.lost is not None
+        assert not h.clock.getDelayedCalls()
+
+    def test_tls_session_ended_by_the_client_closes_while_replies_wait(self):
+        # SMTPS: as for POP3S, the TLS layer closes the socket on its own
+        # (close_notify) while Twisted has paused us; without unregistering,
+        # the connection would stay until the idle timeout and CLOSE_GRACE
+        h = Harness(idle_timeout=300)
+        factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
+        client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
+        assert client.receive().startswith(b"220 ")
+        client.send(b"EHLO c\r\n" * 1000)  # replies pile up, unread
+        h.clock.advance(0)
+        sock = client.socket
+        assert sock.producerPaused and sock.reading()
+        client.close_notify()
+        assert sock.disconnecting  # the TLS layer's close, not ours
+        client.receive()
+        assert sock.lost is not None and not sock.writing()
+        assert not h.clock.getDelayedCalls()
+
+    def test_tls_session_ended_before_the_answer_to_data_closes(self):
+        # SMTPS: the client ends the TLS session (close_notify) while its
+        # message is being made durable.  The 250 then has nowhere to go;
+        # sending it must not flush the socket behind Twisted's back (that
+        # swallows the close the TLS layer asked for: the connection would
+        # stay until the idle timeout).
+        h = Harness(hold=True, idle_timeout=300)
+        factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
+        client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
+        assert client.receive().startswith(b"220 ")
+        client.send(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0secret")
+                    + b"\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                    b"DATA\r\n")
+        h.clock.advance(0)
+        assert client.receive().splitlines()[-1].startswith(b"354 ")
+        client.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        client.close_notify()
+        sock = client.socket
+        assert sock.disconnecting and sock.lost is None
+        sock.room = 1 << 20  # the kernel takes what is sent from now on
+        h.spooler.release()  # durable now: the 250 comes after the client left
+        h.store.release()
+        h.clock.advance(0)
+        client.receive()
+        assert sock.lost is not None and not sock.writing()
+        assert len(h.store.messages("bob@example.org")) == 1
 
     def test_an_ipv6_host_is_one_client_per_64(self):
         h = Harness(max_connections=10, max_connections_per_client=2)

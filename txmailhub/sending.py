@@ -18,11 +18,13 @@ is sent nor when a connection closes: the protocols do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
 
-__all__ = ["ResponseWriter", "set_reading"]
+__all__ = ["ResponseWriter", "closed_under_us", "set_reading", "socket_flusher"]
 
 
 def set_reading(transport: Any, reading: bool, want: bool) -> bool:
@@ -35,6 +37,49 @@ def set_reading(transport: Any, reading: bool, want: bool) -> bool:
         else:
             transport.pauseProducing()
     return want
+
+
+def closed_under_us(transport: Any) -> bool:
+    """Whether the connection under ``transport`` is being closed without
+    the protocol asking: a TLS layer closes the socket on its own when the
+    peer ends the TLS session (close_notify) or breaks it, and tells the
+    protocol nothing until ``connectionLost``.  That never comes while the
+    protocol stays registered as a producer: Twisted resumes a producer it
+    paused rather than close under it.  So a producer resumed while this is
+    true must unregister (and close) for the connection to end."""
+    while transport is not None:
+        if getattr(transport, "disconnecting", False):
+            return True
+        # TLS over a listener: the socket is the TLS layer's own transport
+        # (after STARTTLS the socket transport itself says so, above).
+        transport = getattr(transport, "transport", None)
+    return False
+
+
+def socket_flusher(transport: Any) -> Callable[[], None] | None:
+    """A function that writes what Twisted holds for the socket under
+    ``transport`` now, in this reactor turn, instead of on the next one (a
+    lock-step client waits for it); None where there is no such socket
+    (test transports).
+
+    It stands aside once the socket is closing: the socket transport's
+    ``doWrite`` then reports "done" to its caller, which is meant to be the
+    reactor (it disconnects on that answer).  Called by a protocol, the
+    answer is lost and the socket stays open with nothing watching it;
+    that happens when a TLS layer closes the socket on its own (the peer
+    ended the TLS session) and a late reply is written after it."""
+    sock = transport
+    if isinstance(transport, ProtocolWrapper):  # TLS over a listener
+        sock = transport.transport
+    do_write = getattr(sock, "doWrite", None)
+    if do_write is None:
+        return None
+
+    def flush() -> None:
+        if getattr(sock, "connected", True) and not sock.disconnecting:
+            do_write()
+
+    return flush
 
 
 class ResponseWriter:

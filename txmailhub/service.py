@@ -47,19 +47,22 @@ _PEM_CERT = re.compile(
 
 
 def tls_options(certificate: str, key: str) -> Any:
-    """Server TLS options from a PEM full chain and a PEM key."""
+    """Server TLS options from a PEM full chain and a PEM key.
+
+    The certificates and key go to OpenSSL as ``cryptography`` objects:
+    pyOpenSSL deprecates its own ``X509``/``PKey`` there."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from twisted.internet import ssl
 
     with open(certificate, "rb") as f:
-        chain = _PEM_CERT.findall(f.read())
+        chain = [x509.load_pem_x509_certificate(c) for c in _PEM_CERT.findall(f.read())]
     with open(key, "rb") as f:
-        key_pem = f.read()
-    leaf = ssl.PrivateCertificate.loadPEM(chain[0] + b"\n" + key_pem)
-    extra = [ssl.Certificate.loadPEM(c).original for c in chain[1:]]
+        private_key = load_pem_private_key(f.read(), password=None)
     return ssl.CertificateOptions(
-        privateKey=leaf.privateKey.original,
-        certificate=leaf.original,
-        extraCertChain=extra,
+        privateKey=private_key,
+        certificate=chain[0],
+        extraCertChain=chain[1:],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
 

@@ -45,7 +45,7 @@ from txmailhub.pop3.server import (
     make_timestamp,
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
-from txmailhub.sending import ResponseWriter, set_reading
+from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 
@@ -137,9 +137,9 @@ class POP3Protocol(Protocol):
             self._idle_call = self.reactor.callLater(
                 self.settings.idle_timeout, self._idle_check
             )
-        # A socket transport's IWriteDescriptor.doWrite: writes what is
-        # buffered right away (see dataReceived).  Absent on test transports.
-        self._flush = getattr(t, "doWrite", None)
+        # Writes what the socket transport buffered right away (see
+        # dataReceived).  None on test transports.
+        self._flush = socket_flusher(t)
         self._writer = ResponseWriter(t)
 
     def _new_engine(self, timestamp: str, tls_active: bool, failures: int) -> POP3Server:
@@ -474,6 +474,9 @@ class POP3Protocol(Protocol):
     def resumeProducing(self) -> None:
         self._write_paused = False
         if self._closing:
+            return
+        if closed_under_us(self.transport):  # the client ended the TLS session
+            self._close()
             return
         if self._stream is not None:
             self._pump()

@@ -42,7 +42,7 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import loggable
-from txmailhub.sending import ResponseWriter, set_reading
+from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import (
@@ -143,10 +143,10 @@ class SMTPProtocol(Protocol):
         f.limits.sessions.add(self)
         # Replies go straight to the socket when nothing is buffered
         # (ResponseWriter: one send, no epoll_ctl pair per reply).  What is
-        # left in the transport's buffer, a socket transport's doWrite sends
-        # in the same turn; test transports and TLS-wrapped ones have none
-        # (then the reactor does).
-        self._send_now = getattr(self.transport, "doWrite", None)
+        # left in the transport's buffer goes in the same turn too
+        # (socket_flusher; test transports have no socket: then the reactor
+        # sends it).
+        self._send_now = socket_flusher(self.transport)
         self.engine.greeting()
         self._last_activity = self.reactor.seconds()
         if f.settings.smtp.idle_timeout > 0:  # 0: no idle timeout (as for POP3)
@@ -254,6 +254,9 @@ class SMTPProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._write_paused = False
+        if closed_under_us(self.transport):  # the client ended the TLS session
+            self._lose()
+            return
         self._flow()
         if self.engine is not None and not self.engine.closed:
             self._drive()  # what was held meanwhile
@@ -482,6 +485,10 @@ class SMTPProtocol(Protocol):
         last reply until then), is cut after ``CLOSE_GRACE`` seconds.  A
         QUIT on a plain connection needs no timer (its reply went straight
         to the socket)."""
+        if self._producing:
+            # Twisted resumes a producer it paused instead of closing.
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self._close_timer is not None:
             return
