@@ -307,6 +307,20 @@ class ProtocolTests(SynchronousTestCase):
         assert sock.lost is not None
         assert not h.clock.getDelayedCalls()
 
+    def test_quit_to_a_client_that_never_reads_is_cut(self):
+        # the 221 waits in Twisted's buffer behind replies the client does
+        # not read: the close is cut after CLOSE_GRACE (the idle timer has
+        # nothing to say once the session is over)
+        h = Harness(idle_timeout=300)
+        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        sock = MemorySocket(h.clock, p)
+        p.makeConnection(sock)
+        p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
+        assert sock.disconnecting and sock.lost is None
+        h.clock.advance(CLOSE_GRACE)
+        assert sock.lost is not None and not sock.writing() and not sock.reading()
+        assert not h.clock.getDelayedCalls()
+
     def test_tls_session_ended_by_the_client_closes_while_replies_wait(self):
         # SMTPS: as for POP3S, the TLS layer closes the socket on its own
         # (close_notify) while Twisted has paused us; without unregistering,

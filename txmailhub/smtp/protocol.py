@@ -483,17 +483,19 @@ class SMTPProtocol(Protocol):
         """Close politely; but a close that waits for a peer that does not
         read, or for a TLS handshake it never finishes (Twisted holds the
         last reply until then), is cut after ``CLOSE_GRACE`` seconds.  A
-        QUIT on a plain connection needs no timer (its reply went straight
-        to the socket)."""
+        QUIT on a plain connection needs no timer when its reply went
+        straight to the socket (nothing left in Twisted's buffer)."""
+        t = self.transport
         if self._producing:
             # Twisted resumes a producer it paused instead of closing.
             self._producing = False
-            self.transport.unregisterProducer()
-        self.transport.loseConnection()
+            t.unregisterProducer()
+        t.loseConnection()
         if self._close_timer is not None:
             return
         reply = self._close_reply
-        if reply is None or reply.code != 221 or self.engine.session.tls:
+        if (reply is None or reply.code != 221 or self.engine.session.tls
+                or getattr(t, "dataBuffer", None) or getattr(t, "_tempDataLen", 0)):
             self._close_timer = self.reactor.callLater(CLOSE_GRACE, self._cut)
 
     def _cut(self) -> None:
