@@ -24,7 +24,13 @@ from txmailhub.components import Components
 from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
 from txmailhub.interfaces import IMailbox
 from txmailhub.pop3 import replies as R
-from txmailhub.pop3.protocol import CHUNK_SIZE, CLOSE_GRACE, APOPCredentials, POP3Factory
+from txmailhub.pop3.protocol import (
+    CHUNK_SIZE,
+    CLOSE_GRACE,
+    INPUT_LIMIT,
+    APOPCredentials,
+    POP3Factory,
+)
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.store.maildir import crlf_size_of
 from txmailhub.testing import MemoryMailboxStore
@@ -441,6 +447,58 @@ def test_tls_session_ended_by_the_client_unlocks_while_responses_wait(tls_files)
     assert sock.lost is not None and not sock.writing()
     assert not env.store.is_locked("joe@example.org")
     assert not env.clock.getDelayedCalls()
+
+
+def test_tls_session_ended_mid_message_by_a_client_that_stops_reading(tls_files):
+    # POP3S: the client asks for a large message, reads none of it, ends the
+    # TLS session (close_notify) and keeps the TCP connection open.  Reading
+    # stopped while the message streamed, so the close_notify was never
+    # seen; and once seen, the TLS layer's close waits for a buffer that
+    # never drains.  The mailbox stayed locked until the autologout.
+    env = Env()
+    env.store.add("joe@example.org", (b"y" * 76 + b"\n") * 20000)
+    client = TLSClient(POP3Factory(env.components, implicit_tls=True), env.clock, tls_files)
+    client.send(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in client.receive()
+    client.send(b"RETR 1\r\n")
+    env.clock.advance(0)
+    sock = client.socket
+    assert sock.producerPaused and sock.reading()  # still reading mid-message
+    client.close_notify()
+    assert sock.disconnecting and sock.lost is None  # the TLS layer's close waits
+    env.clock.advance(CLOSE_GRACE / 30)
+    assert sock.lost is not None
+    assert not env.store.is_locked("joe@example.org")
+    assert not env.clock.getDelayedCalls()
+
+
+def test_a_streamed_message_does_not_stop_reading():
+    # so that a client that hangs up (EOF) mid-message is seen at once
+    env = Env()
+    env.store.add("joe@example.org", b"z" * (3 * CHUNK_SIZE) + b"\n")
+    proto, t = login(env, limit=CHUNK_SIZE)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert proto._stream is not None and t.producerState == "producing"
+    proto.dataReceived(b"NOOP\r\n" * (INPUT_LIMIT // 6 + 1))  # pipelined: held, bounded
+    assert t.producerState == "paused"
+
+
+def test_refused_implicit_tls_connection_is_cut_after_the_grace(tls_files):
+    # Past max_connections on the POP3S port: the -ERR waits for the TLS
+    # handshake, then the TLS layer waits for the client's close_notify.  A
+    # client that never sends it (or never finishes the handshake) kept the
+    # socket for good: refused connections hold no slot, so nothing else
+    # closed them, and every such client cost the hub one fd forever.
+    env = Env(max_connections=1)
+    env.connect()  # the only slot
+    client = TLSClient(POP3Factory(env.components, implicit_tls=True), env.clock, tls_files)
+    assert client.receive() == R.TOO_MANY_CONNECTIONS.to_bytes()
+    sock = client.socket
+    assert sock.lost is None  # the polite close waits for the client
+    env.clock.advance(CLOSE_GRACE)
+    assert sock.lost is not None
+    # only the admitted session's autologout is left
+    assert [c.func.__name__ for c in env.clock.getDelayedCalls()] == ["_idle_check"]
 
 
 def test_new_mail_waits_for_the_next_session():

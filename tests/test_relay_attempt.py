@@ -448,3 +448,28 @@ def test_each_complete_reply_restarts_the_clock(tmp_path):
     assert not transport.disconnecting
     clock.advance(1)
     assert transport.disconnecting
+
+
+def test_a_server_that_never_lets_the_connection_close_is_cut(tmp_path):
+    # After the 221 our close waits for the server: under TLS, Twisted sends
+    # close_notify and waits for the server's.  A server that neither sends
+    # it nor closes the TCP connection held the attempt for good: its
+    # results (already known) were never reported, and the delivery slots
+    # (per destination, in all) stayed taken.
+    class Lingering(ScriptedSMTPServer):
+        def _command(self, line):
+            if line.upper() == b"QUIT":
+                self.transport.write(b"221 2.0.0 bye\r\n")  # and stays
+            else:
+                super()._command(line)
+
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = Lingering
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.pumps[0].clientIO.loseConnection = lambda: None  # a close that waits
+    net.run()
+    assert not d.called
+    clock.advance(60)  # the QUIT step's own timeout (RFC 5321 4.5.3.2)
+    r = run(net, d)[0]
+    assert r.kind == "delivered"
+    assert not clock.getDelayedCalls()

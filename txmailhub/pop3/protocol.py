@@ -56,9 +56,12 @@ _PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 """Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
 
 INPUT_LIMIT = 16 * 1024
-CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 """Octets of unanswered commands buffered while the client does not read
 our responses; beyond it we stop reading from the client too."""
+CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
+CLOSED_CHECK = 1.0
+"""Seconds between looks, while the client does not read us, for a TLS
+session it ended (see ``_check_closed``)."""
 
 log = Logger(namespace="txmailhub.pop3")
 
@@ -94,6 +97,7 @@ class POP3Protocol(Protocol):
         self._pending_call: Any = None
         self._idle_call: Any = None
         self._close_call: Any = None
+        self._closed_call: Any = None  # _check_closed, while write-paused under TLS
         self._counted = False  # in the factory's connection counts
         self._last_activity = 0.0
         self._update_running = False
@@ -124,6 +128,10 @@ class POP3Protocol(Protocol):
             self._closing = True
             t.write(refused.to_bytes())
             t.loseConnection()
+            # Under implicit TLS the close waits for the handshake and then
+            # the client's close_notify; nothing else ends a connection that
+            # holds no slot.
+            self._close_call = self.reactor.callLater(CLOSE_GRACE, self._cut)
             return
         self._counted = True
         tls_active = self.implicit_tls or ISSLTransport.providedBy(t)
@@ -164,10 +172,10 @@ class POP3Protocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.release(self._peer)
-        for call in (self._idle_call, self._pending_call, self._close_call):
+        for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call):
             if call is not None and call.active():
                 call.cancel()
-        self._idle_call = self._pending_call = self._close_call = None
+        self._idle_call = self._pending_call = self._close_call = self._closed_call = None
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -275,9 +283,12 @@ class POP3Protocol(Protocol):
         us while its handshake runs, and it needs to read to finish it."""
         if self._closing:
             return
+        # A message being streamed does not stop reading: the client's EOF,
+        # or its TLS close_notify, must be seen while it does not read us.
+        held = self._busy or self._write_paused
         want = not (
-            self._busy
-            or (self._write_paused and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
+            (self._busy and self._stream is None)
+            or (held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
         )
         self._reading = set_reading(self.transport, self._reading, want)
 
@@ -470,9 +481,31 @@ class POP3Protocol(Protocol):
     def pauseProducing(self) -> None:
         self._write_paused = True
         self._flow()
+        if self._closed_call is None and not self._closing and (
+            self.implicit_tls or ISSLTransport.providedBy(self.transport)
+        ):
+            self._closed_call = self.reactor.callLater(CLOSED_CHECK, self._check_closed)
+
+    def _check_closed(self) -> None:
+        """A client that ends the TLS session while it does not read us:
+        the TLS layer closes the socket on its own, and that close waits for
+        a buffer that never drains; nothing tells us (no resumeProducing
+        ever comes).  Look for it while we are paused, and drop the
+        connection then: it releases the mailbox."""
+        self._closed_call = None
+        if self._closing or not self._write_paused:
+            return
+        if closed_under_us(self.transport):
+            log.info("POP3: {peer} ended the TLS session without reading", peer=self._peer)
+            self.transport.abortConnection()
+            return
+        self._closed_call = self.reactor.callLater(CLOSED_CHECK, self._check_closed)
 
     def resumeProducing(self) -> None:
         self._write_paused = False
+        if self._closed_call is not None:
+            self._closed_call.cancel()
+            self._closed_call = None
         if self._closing:
             return
         if closed_under_us(self.transport):  # the client ended the TLS session

@@ -198,6 +198,12 @@ class SMTPClientProtocol(Protocol):
                 self._closing = True
                 self._disarm()
                 self.transport.loseConnection()
+                if not self.done.called:
+                    # Under TLS the close sends close_notify and waits for the
+                    # server's: one that neither answers nor closes the TCP
+                    # connection would hold the attempt (and its delivery
+                    # slots) for good.
+                    self._timer = self.clock.callLater(self.session.timeout, self._abort)
 
     def _send_body(self, convert: bool) -> None:
         if not convert:
