@@ -388,6 +388,31 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(101)
         assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
 
+    def test_idle_means_no_complete_command_not_no_byte(self):
+        # a byte every few minutes of a line that never ends (or ends after
+        # hours) must not hold the connection: the timer counts commands
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        take(t)
+        for _ in range(2):
+            h.clock.advance(140)
+            p.dataReceived(b"N")
+        h.clock.advance(21)
+        assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+
+    def test_message_data_counts_as_activity(self):
+        # inside DATA any octet counts, newline or not (a long line arriving
+        # slowly is still a client at work)
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        for _ in range(3):
+            h.clock.advance(200)
+            p.dataReceived(b"x" * 100)
+        p.dataReceived(b"\r\n.\r\n")
+        assert take(t)[0].startswith("250") and not t.disconnecting
+
     def test_a_close_that_never_completes_is_cut(self):
         # e.g. STARTTLS answered, then no handshake: Twisted would hold the
         # 421 until it completes, for ever

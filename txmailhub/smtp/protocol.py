@@ -154,8 +154,13 @@ class SMTPProtocol(Protocol):
         self._drive()
 
     def dataReceived(self, data: bytes) -> None:
-        self._last_activity = self.reactor.seconds()
-        self.engine.receive_data(data)
+        engine = self.engine
+        # Idle means no command (RFC 5321 4.5.3.2), not no byte: a client
+        # dribbling a line that never ends must not hold its slot.  Inside
+        # a message every octet counts.
+        if b"\n" in data or engine.in_message:
+            self._last_activity = self.reactor.seconds()
+        engine.receive_data(data)
         if self._write_paused:
             self._flow()  # held, not answered, until the client reads again
             return

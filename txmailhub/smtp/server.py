@@ -157,6 +157,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return len(self._buf)
 
     @property
+    def in_message(self) -> bool:
+        """Whether input is message data (DATA or a BDAT chunk), not command
+        lines."""
+        return self._reader is not None
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
