@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tls_loopback import TLSClient
+from tls_loopback import StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
@@ -32,6 +32,7 @@ from txmailhub.pop3.protocol import (
     POP3Factory,
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
+from txmailhub.service import tls_options
 from txmailhub.store.maildir import crlf_size_of
 from txmailhub.testing import MemoryMailboxStore
 
@@ -424,6 +425,37 @@ def test_dropped_connection_deletes_nothing_and_unlocks():
     proto.connectionLost(None)
     assert env.store.messages("joe@example.org") == [b"keep\n"]
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_stls_while_twisted_has_us_paused(tls_files):
+    # The +OK to STLS is what fills Twisted's buffer: Twisted pauses us, then
+    # startTLS moves the producer into the TLS layer without its paused
+    # state, and nothing would ever resume us (the first command under TLS
+    # went unanswered).
+    env = Env(tls=tls_options(str(tls_files[0]), str(tls_files[1])))
+    proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
+    sock = StartTLSSocket(env.clock, proto)
+    proto.makeConnection(sock)
+    sock.startReading()
+
+    def pending():  # octets in Twisted's buffer (the client reads nothing)
+        return len(sock.dataBuffer) - sock.offset + sock._tempDataLen
+
+    greeting = pending()
+    proto.dataReceived(b"CAPA\r\n")
+    capa = pending() - greeting
+    assert capa > 0 and not sock.producerPaused
+    room = sock.bufferSize - pending()  # CAPAs that fit, then the +OK goes over
+    proto.dataReceived(b"CAPA\r\n" * (room // capa) + b"STLS\r\n")
+    assert sock.TLS and sock.producerPaused  # paused as TLS started
+    while sock.writing():  # the client reads it all, the +OK last
+        sock.room = 1 << 30
+        sock.flush()
+    assert bytes(sock.sent).endswith(R.STLS_BEGIN.to_bytes())
+    sock.sent.clear()
+    client = TLSClient(None, env.clock, tls_files, socket=sock)
+    client.send(b"CAPA\r\n")
+    assert b"\r\nUSER\r\n" in client.receive()  # answered, under TLS (USER offered)
 
 
 def test_tls_session_ended_by_the_client_unlocks_while_responses_wait(tls_files):

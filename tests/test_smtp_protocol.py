@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from conftest import make_certificate
-from tls_loopback import MemorySocket, TLSClient
+from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
@@ -26,6 +26,7 @@ from txmailhub.config import (
     UsersSettings,
 )
 from txmailhub.interfaces import ISMTPUser
+from txmailhub.service import tls_options
 from txmailhub.smtp import replies
 from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
@@ -365,6 +366,34 @@ class ProtocolTests(SynchronousTestCase):
         client.receive()
         assert sock.lost is not None and not sock.writing()
         assert len(h.store.messages("bob@example.org")) == 1
+
+    def test_starttls_while_twisted_has_us_paused(self):
+        # STARTTLS ends a batch whose replies fill Twisted's buffer: Twisted
+        # has just paused us when startTLS moves the producer into the TLS
+        # layer, and the paused state does not go with it (nothing would
+        # ever resume us: the EHLO after the handshake went unanswered)
+        h = Harness(idle_timeout=300)
+        cert = make_certificate(Path(self.mktemp()))
+        h.components.tls = tls_options(str(cert[0]), str(cert[1]))
+        p = SMTPFactory(h.components).buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        sock = StartTLSSocket(h.clock, p)
+        p.makeConnection(sock)
+        sock.startReading()
+        p.dataReceived(b"EHLO c\r\n" * 500)  # replies pile up: we become the producer
+        while sock.writing():
+            sock.room = 1 << 30
+            sock.flush()
+        sock.room = 0
+        p.dataReceived(b"EHLO c\r\n" * 500 + b"STARTTLS\r\n")
+        assert sock.TLS and sock.producerPaused  # paused as TLS started
+        while sock.writing():  # the client reads it all, the 220 last
+            sock.room = 1 << 30
+            sock.flush()
+        assert bytes(sock.sent).endswith(b"220 2.0.0 Ready to start TLS\r\n")
+        sock.sent.clear()
+        client = TLSClient(None, h.clock, cert, socket=sock)
+        client.send(b"EHLO c\r\n")
+        assert client.receive().startswith(b"250-mx.example.org")
 
     def test_an_ipv6_host_is_one_client_per_64(self):
         h = Harness(max_connections=10, max_connections_per_client=2)

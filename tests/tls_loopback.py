@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 
 from twisted.internet import abstract, error
+from twisted.internet._newtls import ConnectionMixin
 from twisted.internet.address import IPv4Address
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -66,18 +67,39 @@ class MemorySocket(abstract.FileDescriptor):
         self.protocol.connectionLost(reason)
 
 
+class StartTLSSocket(ConnectionMixin, MemorySocket):
+    """A ``MemorySocket`` that can start TLS the way Twisted's TCP
+    connections do (``startTLS``: the TLS layer goes between the socket and
+    the protocol, and a registered producer is moved into it)."""
+
+    _tlsClientDefault = False  # the server side
+
+    def startTLS(self, ctx, normal: bool = True) -> None:
+        super().startTLS(ctx, normal)
+        # Twisted's startTLS gives the TLS layer the global reactor to time
+        # its write aggregation; the test's clock must drive it instead.
+        aggregator = getattr(self.protocol, "_aggregator", None)
+        if aggregator is not None:
+            aggregator._clock = self.reactor
+
+
 class TLSClient:
     """A stdlib ``ssl`` client over memory BIOs, connected to ``factory``
     through Twisted's TLS layer and a ``MemorySocket``."""
 
-    def __init__(self, factory, clock, cert_and_key) -> None:
+    def __init__(self, factory, clock, cert_and_key, socket=None) -> None:
         cert, key = cert_and_key
         self.clock = clock
-        tls = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory, clock=clock)
-        self.server = tls.buildProtocol(PEER)
-        self.socket = MemorySocket(clock, self.server)
-        self.server.makeConnection(self.socket)
-        self.socket.startReading()
+        if socket is None:  # implicit TLS: the listener's factory wrapped
+            tls = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
+                                      clock=clock)
+            self.server = tls.buildProtocol(PEER)
+            self.socket = MemorySocket(clock, self.server)
+            self.server.makeConnection(self.socket)
+            self.socket.startReading()
+        else:  # STARTTLS/STLS: the server started TLS on ``socket``
+            self.server = socket.protocol
+            self.socket = socket
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         context = ssl.create_default_context(cafile=str(cert))
         self.ssl = context.wrap_bio(self._in, self._out, server_hostname="localhost")

@@ -532,6 +532,11 @@ class POP3Protocol(Protocol):
         # RFC 2595 section 4: the session starts afresh; pipelined plaintext
         # after STLS is gone with the old engine.
         self.engine = self._new_engine(old.timestamp, True, old.auth_failures)
+        if self._write_paused:
+            # Twisted moved us into the TLS layer as a producer that is not
+            # paused, and will never resume us: we are not paused any more.
+            self._write_paused = False
+            self._flow()
 
     def _update(self, action: Update) -> None:
         if self._unseen:

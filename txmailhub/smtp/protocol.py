@@ -479,6 +479,11 @@ class SMTPProtocol(Protocol):
         self._flush()  # the 220 goes out in clear text
         self.transport.startTLS(self.components.tls)
         self._send_now = None  # the TLS layer buffers and writes on its own terms
+        if self._write_paused:
+            # Twisted moved us into the TLS layer as a producer that is not
+            # paused, and will never resume us: we are not paused any more.
+            self._write_paused = False
+            self._flow()
         self.engine.tls_started()
 
     def _close(self, event: Close) -> None:
