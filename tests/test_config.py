@@ -225,6 +225,27 @@ def test_tls_files_must_exist_and_match(tmp_path: Path) -> None:
     assert any("cannot be used together" in p for p in found)
 
 
+def test_tls_file_the_hub_cannot_read_is_named(tmp_path: Path, monkeypatch) -> None:
+    # the hub's user (not root) must read the key: say so, not "cannot be
+    # used together: [('system library', '', ''), ('BIO routines', ...)]"
+    import builtins
+
+    cert, key = make_certificate(tmp_path)
+    real_open = builtins.open
+
+    def guarded(path, *args, **kwargs):
+        if str(path) == str(key):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    found = problems(MINIMAL + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    assert len(found) == 1, found
+    assert found[0].startswith(f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by ")
+    assert "Permission denied" in found[0] and "chmod 640" in found[0]
+    assert "cannot be used together" not in found[0]
+
+
 def test_warnings_below_rfc_minimums() -> None:
     s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
     assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)

@@ -133,3 +133,34 @@ def test_through_the_mailhub_command(setup):
     proc = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(cfg), "queue",
                            "show", "BADID1234"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
+
+
+def test_root_acts_as_the_user_that_owns_the_queue(setup, monkeypatch):
+    # `mailhub queue hold ID` run as root next to a hub that runs as
+    # `mailhub`: the rewritten record must stay readable by the hub
+    from txmailhub.relay import admin
+
+    settings, _queue, qid, _ = setup
+    calls = []
+    monkeypatch.setattr(admin.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
+    monkeypatch.setattr(admin.os, "setgroups", lambda g: calls.append(("setgroups", g)))
+    monkeypatch.setattr(admin.os, "setgid", lambda g: calls.append(("setgid", g)))
+    monkeypatch.setattr(admin.os, "setuid", lambda u: calls.append(("setuid", u)))
+    assert run(settings, "hold", qid)[0] == 0
+    assert calls == [("setgroups", []), ("setgid", 4343), ("setuid", 4242)]
+
+
+def test_root_owned_queue_and_other_users_are_left_alone(setup, monkeypatch):
+    from txmailhub.relay import admin
+
+    settings = setup[0]
+    calls = []
+    monkeypatch.setattr(admin.os, "setuid", lambda u: calls.append(u))
+    monkeypatch.setattr(admin.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(admin, "_queue_owner", lambda path: (0, 0))
+    assert run(settings, "list")[0] == 0
+    monkeypatch.setattr(admin.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
+    assert run(settings, "list")[0] == 0
+    assert calls == []

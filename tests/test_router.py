@@ -97,6 +97,44 @@ class DomainAndUserTests(Base):
                          ((A("postmaster@example.net"),), ()))
 
 
+class BrokenUsers:
+    """A users database that cannot be read (the users file made unreadable
+    by a `mailhub user` command run as root, say)."""
+
+    def contains(self, address):
+        raise PermissionError(13, "Permission denied", "/etc/txmailhub/users")
+
+
+class UsersDatabaseFailureTests(Base):
+    """A users database that cannot answer is a temporary failure (451
+    4.3.0), never "no such user": a 550 would bounce the sender's mail."""
+
+    def setUp(self):
+        super().setUp()
+        self.users = BrokenUsers()
+        self.flushLoggedErrors()
+
+    def test_lookup_failure_is_temporary(self):
+        r = self.router()
+        for method in (r.resolve, r.verify):
+            with self.assertRaises(Rejected) as cm:
+                method(A("joe"))
+            self.assertEqual(cm.exception.reply, replies.LOCAL_ERROR)
+            self.assertEqual(cm.exception.reply.code, 451)
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 2)
+
+    def test_lookup_failure_through_an_alias_is_temporary(self):
+        r = self.router("staff: joe, x@remote.test\n")
+        with self.assertRaises(Rejected) as cm:
+            r.resolve(A("staff"))
+        self.assertEqual(cm.exception.reply.code, 451)
+        self.flushLoggedErrors(PermissionError)
+
+    def test_remote_addresses_do_not_ask_the_users_database(self):
+        r = self.router()
+        self.assertEqual(r.resolve(A("x@remote.test")), ((), (A("x@remote.test"),)))
+
+
 class AliasTests(Base):
     def test_lists_remote_targets_and_duplicates(self):
         r = self.router(

@@ -77,3 +77,67 @@ def test_the_state_folder_is_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+def _tap_options(tmp_path: Path, state_dir: str, parent: dict | None = None):
+    from txmailhub.tap import Options
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      f'state_dir = "{state_dir}"\n[smtp]\nlisten = []\n[submission]\n'
+                      'listen = []\n[pop3]\nlisten = []\n')
+    options = Options()
+    options.parseOptions(["--config", str(config)])
+    if parent is not None:
+        options.parent = parent
+    return options
+
+
+def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
+    # a one-line reason and exit 2, as for a bad config: not a traceback
+    import pytest
+
+    from txmailhub.tap import makeService
+
+    (tmp_path / "afile").write_text("")
+    options = _tap_options(tmp_path, "afile/state")
+    with pytest.raises(SystemExit) as info:
+        makeService(options)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mailhub: cannot use {tmp_path}/afile/state")
+    assert "must belong to the user the hub runs as" in err
+    assert "Traceback" not in err
+
+
+def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path, monkeypatch) -> None:
+    # `twistd -u mailhub -g mailhub mailhub ...` builds the hub as root and
+    # switches user only afterwards: spool/, queue/, mail/ and spool.lock
+    # made in between must belong to mailhub, or the hub cannot start
+    import os
+
+    from txmailhub import tap
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "old").write_text("")  # was there before: left alone
+    given: dict[str, tuple[int, int]] = {}
+    monkeypatch.setattr(tap.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(tap.os, "lchown", lambda p, u, g: given.__setitem__(p, (u, g)))
+    options = _tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343})
+    tap.makeService(options)
+    state = str(tmp_path / "state")
+    made = set(os.listdir(state)) - {"old"}
+    assert {"spool", "spool.lock"} <= made
+    for name in made:
+        assert given[os.path.join(state, name)] == (4242, 4343)
+    assert os.path.join(state, "old") not in given
+    assert state not in given  # it existed: the admin made it for that user
+
+
+def test_twistd_without_uid_changes_no_owner(tmp_path: Path, monkeypatch) -> None:
+    from txmailhub import tap
+
+    given: list[str] = []
+    monkeypatch.setattr(tap.os, "lchown", lambda p, u, g: given.append(p))
+    tap.makeService(_tap_options(tmp_path, "state", parent={"uid": None, "gid": None}))
+    assert given == []

@@ -349,6 +349,34 @@ class DurableWriteTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
         self.assertEqual(os.listdir(self.dir), ["users"])
 
+    def test_replacement_keeps_the_owner_of_the_old_file(self):
+        # `mailhub user add` run as root on the users file of a hub that
+        # runs as `mailhub`: the new file must stay mailhub's
+        durable_write(self.path, b"one\n")
+        st = os.stat(self.path)
+        owner = (st.st_uid + 4242, st.st_gid + 4343)
+        real_stat = os.stat
+
+        def stat_of_a_file_of_another_user(path, *a, **kw):
+            result = real_stat(path, *a, **kw)
+            if path == self.path:
+                return os.stat_result((result.st_mode, result.st_ino, result.st_dev,
+                                       result.st_nlink, *owner, *tuple(result)[6:]))
+            return result
+
+        given = []
+        self.patch(os, "stat", stat_of_a_file_of_another_user)
+        self.patch(os, "fchown", lambda fd, uid, gid: given.append((uid, gid)))
+        durable_write(self.path, b"two\n")
+        self.assertEqual(given, [owner])
+
+    def test_a_new_file_or_our_own_is_not_chowned(self):
+        given = []
+        self.patch(os, "fchown", lambda fd, uid, gid: given.append((uid, gid)))
+        durable_write(self.path, b"one\n")
+        durable_write(self.path, b"two\n")
+        self.assertEqual(given, [])
+
     def test_order_is_write_fsync_rename_fsync_dir(self):
         events = []
         real_fsync, real_replace = os.fsync, os.replace

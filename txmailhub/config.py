@@ -443,10 +443,17 @@ def load_text(text: str, path: str) -> Settings:
                 r.problem("tls", key, "required when [tls] is present")
         cert = r.resolve(r.get(t, "tls", "certificate", "", _nonempty_string) or "cert.pem")
         key = r.resolve(r.get(t, "tls", "key", "", _nonempty_string) or "key.pem")
+        readable = True
         for name, p in (("certificate", cert), ("key", key)):
             if name in t and not os.path.isfile(p):
                 r.problem("tls", name, f"{p} does not exist")
-        if "certificate" in t and "key" in t and os.path.isfile(cert) and os.path.isfile(key):
+            elif name in t:
+                why = _unreadable(p)
+                if why:
+                    readable = False
+                    r.problem("tls", name, why)
+        if ("certificate" in t and "key" in t and os.path.isfile(cert) and os.path.isfile(key)
+                and readable):
             why = _check_tls_files(cert, key)
             if why:
                 r.problem("tls", None, why)
@@ -586,6 +593,23 @@ def load_text(text: str, path: str) -> Settings:
         relay=relay,
         warnings=tuple(warnings),
     )
+
+
+def _unreadable(path: str) -> str | None:
+    """Why this process cannot read ``path`` (``None`` when it can): the
+    hub reads the TLS files as the user it runs as, not as root."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        import pwd
+
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            user = f"uid {os.geteuid()}"
+        return (f"{path} cannot be read by {user}: {e.strerror}; the user the hub runs as "
+                f"needs read access (for a key: chgrp mailhub {path} && chmod 640 {path})")
 
 
 def _check_tls_files(cert: str, key: str) -> str | None:

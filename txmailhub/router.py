@@ -275,8 +275,10 @@ class Router:
         try:
             return bool(self.users.contains(address))
         except Exception:
+            # Not "no such user": a 550 would bounce the sender's mail for
+            # good over a users file the hub cannot read for a moment
             log.failure("users database lookup failed for {address}", address=str(address))
-            return False
+            raise Rejected(replies.LOCAL_ERROR) from None
 
     def _expand(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
         if not self.is_local_domain(address.domain):

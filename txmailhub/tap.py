@@ -6,6 +6,7 @@ line each, and twistd exits 2 before anything starts.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -43,7 +44,58 @@ def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
     raise_fd_limit()
-    return MailHub(options["settings"])
+    settings = options["settings"]
+    owner = _dropping_to(options)
+    before = _state_entries(settings.hub.state_dir)
+    try:
+        hub = MailHub(settings)
+    except OSError as e:
+        print(f"mailhub: cannot use {e.filename or settings.hub.state_dir}: {e.strerror}; "
+              f"state_dir ({settings.hub.state_dir}) and everything in it must belong to "
+              "the user the hub runs as (chown -R that user)", file=sys.stderr)
+        raise SystemExit(2) from None
+    if owner:
+        if before is None:  # made just now, by root
+            os.lchown(settings.hub.state_dir, *owner)
+        _give_new_entries(settings.hub.state_dir, before or set(), *owner)
+    return hub
+
+
+def _dropping_to(options: Any) -> tuple[int, int] | None:
+    """(uid, gid) when twistd runs as root and will switch to ``--uid``/
+    ``--gid`` after ``makeService``: what the hub creates here as root must
+    then belong to that user, or it cannot use its own state folder."""
+    parent = getattr(options, "parent", None)
+    if parent is None or os.geteuid() != 0:
+        return None
+    try:
+        uid, gid = parent["uid"], parent["gid"]
+    except KeyError:
+        return None
+    if uid is None or uid == 0:
+        return None
+    if gid is None:
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
+
+
+def _state_entries(state_dir: str) -> set[str] | None:
+    """What ``state_dir`` holds now (``None``: it does not exist yet)."""
+    try:
+        return set(os.listdir(state_dir))
+    except OSError:  # missing, or unusable: MailHub says why
+        return None
+
+
+def _give_new_entries(state_dir: str, before: set[str], uid: int, gid: int) -> None:
+    for name in sorted(set(os.listdir(state_dir)) - before):
+        top = os.path.join(state_dir, name)
+        os.lchown(top, uid, gid)
+        for root, dirs, files in os.walk(top):
+            for entry in dirs + files:
+                os.lchown(os.path.join(root, entry), uid, gid)
 
 
 def raise_fd_limit(want: int = 65536) -> int:

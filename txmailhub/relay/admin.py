@@ -18,6 +18,7 @@ remote's reply verbatim, code included (``-`` when there is none).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -105,6 +106,25 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     p(f"last reply: {last.text() if last is not None else '-'}")
 
 
+def _queue_owner(queue_dir: str) -> tuple[int, int]:
+    st = os.stat(queue_dir)
+    return st.st_uid, st.st_gid
+
+
+def _act_as_queue_owner(queue_dir: str) -> None:
+    """Run as root, act as the user the hub runs as (the queue's owner): a
+    record rewritten by root would be root's, 0600, and the running hub
+    could no longer read or update it."""
+    if os.geteuid() != 0:
+        return
+    uid, gid = _queue_owner(queue_dir)
+    if uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
 def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
               err: TextIO | None = None) -> int:
     """Run one ``queue`` action; returns the exit code (0 ok, 1 failed)."""
@@ -117,6 +137,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
                 print("the queue is empty", file=out)
             return 0
         return _unknown(args.queue_id, err)
+    _act_as_queue_owner(settings.queue_dir)
     if action == "list":
         for qid in queue.ids():
             try:

@@ -200,8 +200,21 @@ def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
+    try:
+        st = os.stat(path)
+        owner: tuple[int, int] | None = (st.st_uid, st.st_gid)
+    except OSError:
+        owner = None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            # root replacing the hub's file (`mailhub user add` run as root):
+            # the new file keeps the old one's owner, or the hub, running as
+            # its own user, could no longer read it
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
