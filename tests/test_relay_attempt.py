@@ -112,6 +112,15 @@ def test_all_down_is_transient(tmp_path):
     a, net, _ = agent(tmp_path)
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "transient" and r.reply.status == "4.4.1"
+    assert r.reply.text().endswith("connection to mx2.remote.test[192.0.2.2]:25 failed")
+
+
+def test_an_address_literal_is_named_once(tmp_path):
+    a, net, _ = agent(tmp_path)
+    who = Address("bob", "[192.0.2.9]")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "[192.0.2.9]", [who]))
+    assert r.kind == "transient"
+    assert r.reply.text().endswith(" connection to [192.0.2.9]:25 failed")
 
 
 def test_per_recipient_results(tmp_path):

@@ -150,8 +150,8 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
         return 0
     if action == "flush":
         queue.request_flush()
-        print("flush requested: a running hub retries every message within 5 seconds",
-              file=out)
+        print("flush requested: a running hub retries every message that is not held "
+              "within 5 seconds", file=out)
         return 0
     qid = args.queue_id
     if action == "show":

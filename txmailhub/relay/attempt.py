@@ -437,8 +437,9 @@ class DeliveryAgent:
                     outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                                   smarthost, plain=True)
                 if outcome is None:  # could not connect: next address
-                    last = Reply.of(451, "4.4.1",
-                                    f"connection to {mxhost.name}[{address}]:{port_n} failed")
+                    where = (mxhost.name if mxhost.name == f"[{address}]"  # an address literal
+                             else f"{mxhost.name}[{address}]")
+                    last = Reply.of(451, "4.4.1", f"connection to {where}:{port_n} failed")
                     last_host = None
                     continue
                 if outcome.session_error is not None:
