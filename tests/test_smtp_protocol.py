@@ -301,9 +301,7 @@ class ProtocolTests(SynchronousTestCase):
         p.makeConnection(sock)
         p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
         assert sock.producerPaused and sock.disconnecting
-        while sock.writing():  # the client reads everything
-            sock.room = 1 << 30
-            sock.flush()
+        sock.drain()  # the client reads everything
         assert sock.sent.endswith(b" closing connection\r\n")
         assert sock.lost is not None
         assert not h.clock.getDelayedCalls()
@@ -380,15 +378,10 @@ class ProtocolTests(SynchronousTestCase):
         p.makeConnection(sock)
         sock.startReading()
         p.dataReceived(b"EHLO c\r\n" * 500)  # replies pile up: we become the producer
-        while sock.writing():
-            sock.room = 1 << 30
-            sock.flush()
-        sock.room = 0
+        sock.drain()
         p.dataReceived(b"EHLO c\r\n" * 500 + b"STARTTLS\r\n")
         assert sock.TLS and sock.producerPaused  # paused as TLS started
-        while sock.writing():  # the client reads it all, the 220 last
-            sock.room = 1 << 30
-            sock.flush()
+        sock.drain()  # the client reads it all, the 220 last
         assert bytes(sock.sent).endswith(b"220 2.0.0 Ready to start TLS\r\n")
         sock.sent.clear()
         client = TLSClient(None, h.clock, cert, socket=sock)
