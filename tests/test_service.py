@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
@@ -110,34 +112,101 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     assert "Traceback" not in err
 
 
-def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
+def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path) -> None:
     # `twistd -u mailhub -g mailhub mailhub ...` builds the hub as root and
     # switches user only afterwards: spool/, queue/, mail/ and spool.lock
     # made in between must belong to mailhub, or the hub cannot start
-    import os
-
     from txmailhub import tap
 
     (tmp_path / "state").mkdir(mode=0o700)
     (tmp_path / "state" / "old").write_text("")  # was there before: left alone
-    given: dict[str, tuple[int, int]] = {}
-    monkeypatch.setattr(tap.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(tap.os, "lchown", lambda p, u, g: given.__setitem__(p, (u, g)))
     options = _tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343})
     tap.makeService(options)
-    state = str(tmp_path / "state")
+    state = tmp_path / "state"
     made = set(os.listdir(state)) - {"old"}
     assert {"spool", "spool.lock"} <= made
     for name in made:
-        assert given[os.path.join(state, name)] == (4242, 4343)
-    assert os.path.join(state, "old") not in given
-    assert state not in given  # it existed: the admin made it for that user
+        st = os.lstat(state / name)
+        assert (st.st_uid, st.st_gid) == (4242, 4343), name
+    assert os.lstat(state / "old").st_uid == 0
+    assert os.lstat(state).st_uid == 0  # it existed: the admin made it for that user
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
+def test_twistd_uid_follows_no_link_the_hub_user_drops_in(tmp_path: Path, monkeypatch) -> None:
+    # state_dir is the hub user's: while root builds the hub, that user can
+    # add a symbolic link to a root folder; it must not become the user's
+    from txmailhub import service, tap
+
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (victim / "shadow").write_text("secret")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 4242, 4343)
+    real = service.MailHub
+
+    def racing(settings):
+        hub = real(settings)
+        os.symlink(victim, state / "evil")
+        return hub
+
+    monkeypatch.setattr(service, "MailHub", racing)
+    tap.makeService(_tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343}))
+    assert os.stat(victim / "shadow").st_uid == 0
+    assert os.stat(victim).st_uid == 0
+    assert os.lstat(state / "spool").st_uid == 4242
+
+
+def test_new_entries_are_given_without_following_links(tmp_path: Path, monkeypatch) -> None:
+    # any user: record what would be chowned, by inode
+    from txmailhub import tap
+
+    me = os.geteuid()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "old").write_text("")
+    before = set(os.listdir(state))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("")
+    (tmp_path / "linked").write_text("")
+    (state / "spool").mkdir()
+    (state / "spool" / "tmp").mkdir()
+    (state / "spool" / "tmp" / "x").write_text("")
+    (state / "spool" / "up").symlink_to(victim)
+    (state / "spool.lock").write_text("")
+    (state / "evil").symlink_to(victim)  # a link dropped into state_dir
+    os.link(tmp_path / "linked", state / "hard")  # a hard link to a file elsewhere
+    given: set[int] = set()
+
+    def fchown(fd, uid, gid):
+        given.add(os.fstat(fd).st_ino)
+
+    def chown(path, uid, gid, *, dir_fd=None, follow_symlinks=True):
+        assert dir_fd is not None and not follow_symlinks
+        given.add(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_ino)
+
+    monkeypatch.setattr(tap.os, "fchown", fchown)
+    monkeypatch.setattr(tap.os, "chown", chown)
+    tap._give_new_entries(str(state), before, 4242, 4343, creator=me)
+
+    def ino(p: Path) -> int:
+        return os.lstat(p).st_ino
+
+    assert {ino(state / "spool"), ino(state / "spool" / "tmp"),
+            ino(state / "spool" / "tmp" / "x"), ino(state / "spool" / "up"),
+            ino(state / "spool.lock")} == given
+    for p in (victim, victim / "file", tmp_path / "linked", state / "old"):
+        assert ino(p) not in given
 
 
 def test_twistd_without_uid_changes_no_owner(tmp_path: Path, monkeypatch) -> None:
     from txmailhub import tap
 
     given: list[str] = []
-    monkeypatch.setattr(tap.os, "lchown", lambda p, u, g: given.append(p))
+    for name in ("lchown", "fchown", "chown"):
+        monkeypatch.setattr(tap.os, name, lambda p, *a, **kw: given.append(p))
     tap.makeService(_tap_options(tmp_path, "state", parent={"uid": None, "gid": None}))
     assert given == []

@@ -365,6 +365,29 @@ class ProtocolTests(SynchronousTestCase):
         assert sock.lost is not None and not sock.writing()
         assert len(h.store.messages("bob@example.org")) == 1
 
+    def test_an_internal_error_with_replies_piled_up_still_closes(self):
+        # a bug of ours (log.failure, 451, close) while Twisted has us paused
+        # by a client that does not read: the close must not wait for it
+        # for ever (the idle timer stops once the session is over)
+        h = Harness(idle_timeout=300)
+        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        sock = MemorySocket(h.clock, p)
+        p.makeConnection(sock)
+        sock.startReading()
+        p.dataReceived(b"EHLO c\r\n" * 500)
+        assert sock.producerPaused
+
+        def broken():
+            raise RuntimeError("a bug")
+
+        p.engine.next_event = broken
+        p._drive()  # as an answer arriving from storage would
+        assert sock.disconnecting and sock.lost is None
+        h.clock.advance(CLOSE_GRACE)
+        assert sock.lost is not None
+        assert not h.clock.getDelayedCalls()
+        self.flushLoggedErrors(RuntimeError)
+
     def test_starttls_while_twisted_has_us_paused(self):
         # STARTTLS ends a batch whose replies fill Twisted's buffer: Twisted
         # has just paused us when startTLS moves the producer into the TLS

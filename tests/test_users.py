@@ -268,3 +268,29 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     for path in ("etc", "etc/users", "etc/users.lock"):
         mode = (tmp_path / path).stat().st_mode & 0o777
         assert mode in (0o700, 0o600), (path, oct(mode))
+
+
+def test_the_lock_keeps_the_users_files_owner(db: UsersDB, monkeypatch) -> None:
+    # `mailhub user add` run as root next to a users file of the hub's
+    # user: the lock it creates must stay openable by that user, or the
+    # next `sudo -u mailhub mailhub user ...` fails on users.lock
+    import os
+
+    db.add("joe", "pw")
+    os.unlink(db.path + ".lock")  # root's command is the first to make it
+    st = os.stat(db.path)
+    other = (st.st_uid + 4242, st.st_gid + 4343)
+    real_stat = os.stat
+
+    def stat(path, *a, **kw):
+        result = real_stat(path, *a, **kw)
+        if path == db.path:
+            return os.stat_result((*tuple(result)[:4], *other, *tuple(result)[6:]))
+        return result
+
+    given: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "fchown", lambda fd, u, g: given.append((os.fstat(fd).st_ino, (u, g))))
+    db.add("ann", "pw")
+    monkeypatch.undo()
+    assert (os.stat(db.path + ".lock").st_ino, other) in given

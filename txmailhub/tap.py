@@ -7,6 +7,7 @@ line each, and twistd exits 2 before anything starts.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import Any
 
@@ -89,13 +90,40 @@ def _state_entries(state_dir: str) -> set[str] | None:
         return None
 
 
-def _give_new_entries(state_dir: str, before: set[str], uid: int, gid: int) -> None:
-    for name in sorted(set(os.listdir(state_dir)) - before):
-        top = os.path.join(state_dir, name)
-        os.lchown(top, uid, gid)
-        for root, dirs, files in os.walk(top):
-            for entry in dirs + files:
-                os.lchown(os.path.join(root, entry), uid, gid)
+def _give_new_entries(state_dir: str, before: set[str], uid: int, gid: int,
+                      creator: int = 0) -> None:
+    """Give what ``creator`` (root) just made in ``state_dir`` to ``uid``/``gid``.
+
+    ``state_dir`` belongs to that user, who may put anything in it at any
+    moment, links included: nothing here follows a link or chowns what
+    root did not make itself (a name that appeared meanwhile may be a
+    symbolic link to /etc, or a hard link to a root file).  Entries are
+    opened with ``O_NOFOLLOW`` and changed through their descriptor; below
+    them (folders root made: nobody else can write there) ``fwalk``
+    neither follows links nor is fooled by a folder swapped for one."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    top = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for name in sorted(set(os.listdir(top)) - before):
+            try:
+                fd = os.open(name, flags, dir_fd=top)
+            except OSError:  # a link (ELOOP), or gone already
+                continue
+            try:
+                st = os.fstat(fd)
+                if st.st_uid != creator:
+                    continue  # not made by us: not ours to give away
+                if stat.S_ISDIR(st.st_mode):
+                    os.fchown(fd, uid, gid)
+                    for _root, dirs, files, root_fd in os.fwalk(".", dir_fd=fd):
+                        for entry in dirs + files:
+                            os.chown(entry, uid, gid, dir_fd=root_fd, follow_symlinks=False)
+                elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    os.fchown(fd, uid, gid)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
 def raise_fd_limit(want: int = 65536) -> int:

@@ -204,6 +204,11 @@ class UsersDB:
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
         fd = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # as the users file's owner, or root's first `mailhub user` command
+        # leaves a lock (0600) the hub's user can no longer open
+        from txmailhub.store.sync import give_to, owner_of
+
+        give_to(fd, owner_of(self.path))
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._stamp = None

@@ -209,7 +209,7 @@ class SMTPProtocol(Protocol):
             log.failure("SMTP session error with {client}", client=self.host)
             engine.refuse_connection(replies.LOCAL_ERROR)
             self._flush()
-            self.transport.loseConnection()
+            self._lose()  # unregisters us, and cuts a close the client does not take
             return
         finally:
             self._driving = False

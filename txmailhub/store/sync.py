@@ -128,6 +128,8 @@ __all__ = [
     "durable_write",
     "fsync_dir",
     "fsync_path",
+    "give_to",
+    "owner_of",
     "syncfs",
     "syncfs_available",
 ]
@@ -200,21 +202,13 @@ def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
-    try:
-        st = os.stat(path)
-        owner: tuple[int, int] | None = (st.st_uid, st.st_gid)
-    except OSError:
-        owner = None
+    owner = owner_of(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
-        if owner is not None and owner != (os.geteuid(), os.getegid()):
-            # root replacing the hub's file (`mailhub user add` run as root):
-            # the new file keeps the old one's owner, or the hub, running as
-            # its own user, could no longer read it
-            try:
-                os.fchown(fd, *owner)
-            except PermissionError:
-                pass
+        # root replacing the hub's file (`mailhub user add` run as root):
+        # the new file keeps the old one's owner, or the hub, running as
+        # its own user, could no longer read it
+        give_to(fd, owner)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -230,6 +224,25 @@ def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
         _unlink_quietly(tmp)
         raise
     fsync_dir(directory)
+
+
+def owner_of(path: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``path``; ``None`` when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid
+
+
+def give_to(fd: int, owner: tuple[int, int] | None) -> None:
+    """Make the file open as ``fd`` ``owner``'s where it is not ours (a
+    user other than root cannot: then it stays as it is)."""
+    if owner is not None and owner != (os.geteuid(), os.getegid()):
+        try:
+            os.fchown(fd, *owner)
+        except PermissionError:
+            pass
 
 
 def _unlink_quietly(path: str) -> None:
