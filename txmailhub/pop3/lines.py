@@ -40,7 +40,7 @@ class LineReader:
             self._discarding = False
             self.lines.append(None)
         buf = self._partial + data if self._partial else data
-        if b"\n" not in buf:
+        if 0x0A not in buf:  # LF (an int: bytes `in` bytes pays for a TypeError)
             self._partial = buf
         else:
             *lines, self._partial = buf.split(b"\n")

@@ -26,7 +26,7 @@ _STUFF_BY_SLICES = 16
 def encode_whole(data: bytes, head: bytes = b"") -> bytes:
     """``head`` then a whole stored message in its CRLF, dot-stuffed form,
     then ``.\\r\\n``, built with one join at the end."""
-    if b"\r" in data:
+    if 0x0D in data:  # CR (an int: bytes `in` bytes pays for a TypeError)
         data = data.replace(b"\r\n", b"\n")
     body = data.replace(b"\n", b"\r\n")
     tail = b"\r\n" + TERMINATOR if body and body[-1:] != b"\n" else TERMINATOR
@@ -92,7 +92,7 @@ class MessageEncoder:
     def _stuff(self, data: bytes) -> bytes:
         if not data:
             return data
-        if b"\n." in data:
+        if data.find(b"\n.") >= 0:  # not `in`: see above
             data = data.replace(b"\n.", b"\n..")
         if self._at_line_start and data[:1] == b".":
             data = b"." + data

@@ -49,6 +49,11 @@ __all__ = [
 MAX_LINE = 1000  # octets including CRLF, not counting a transparency dot
 _TEXT = MAX_LINE - 2  # octets of text before the CRLF
 
+# Octets are tested as ints (``CR in data``) and longer needles with
+# find(): ``b"x" in data`` first tries the needle as an int and pays
+# for a TypeError on every call.
+CR = 0x0D
+
 Sink = Callable[[bytes], object]
 
 
@@ -89,7 +94,7 @@ class _BodyFilter:
         out = block.replace(b"\r\n", b"\n")
         # Every LF came from a CRLF (one octet less each) and no CR is left:
         # otherwise there was a bare LF or a bare CR.
-        if len(block) - len(out) != out.count(b"\n") or b"\r" in out:
+        if len(block) - len(out) != out.count(b"\n") or CR in out:
             self.fail(replies.MESSAGE_BARE_CR_LF)
             return None
         # A line is a piece of split(LF): at most _TEXT octets before its
@@ -236,7 +241,7 @@ class ChunkReader:
         if self._pending:
             tail = self._pending
             self._pending = b""
-            if b"\r" in tail:
+            if CR in tail:
                 self._filter.fail(replies.MESSAGE_BARE_CR_LF)
             else:
                 # RFC 3030 does not require a final CRLF; store one.
@@ -281,9 +286,9 @@ class DotStuffer:
             self._cr = True
             if not data:
                 return b""
-        if b"\r\n" in data:
+        if data.find(b"\r\n") >= 0:
             data = data.replace(b"\r\n", b"\n")
-        if b"\n." in data:
+        if data.find(b"\n.") >= 0:
             data = data.replace(b"\n.", b"\n..")
         if self._at_line_start and data[:1] == b".":
             data = b"." + data
@@ -311,6 +316,6 @@ def to_crlf(data: bytes) -> bytes:
     """Stored LF lines -> CRLF lines, no stuffing (BDAT chunks, POP3 sizes).
 
     A piece boundary must not split a CRLF pair; stored data has none."""
-    if b"\r\n" in data:
+    if data.find(b"\r\n") >= 0:
         data = data.replace(b"\r\n", b"\n")
     return data.replace(b"\n", b"\r\n")

@@ -158,7 +158,7 @@ class SMTPProtocol(Protocol):
         # Idle means no command (RFC 5321 4.5.3.2), not no byte: a client
         # dribbling a line that never ends must not hold its slot.  Inside
         # a message every octet counts.
-        if b"\n" in data or engine.in_message:
+        if 0x0A in data or engine.in_message:  # LF (an int: see smtp/_data.py)
             self._last_activity = self.reactor.seconds()
         engine.receive_data(data)
         if self._write_paused:
