@@ -276,11 +276,12 @@ class POP3Protocol(Protocol):
             self._mark_seen()
 
     def _flow(self) -> None:
-        """Read from the peer only while nothing is pending (STYLE practice 6).
-
-        While the transport's buffer is full we stop handling commands but
-        keep reading until ``INPUT_LIMIT`` octets wait: a TLS layer pauses
-        us while its handshake runs, and it needs to read to finish it."""
+        """Read from the peer only while nothing is pending (STYLE practice 6),
+        with two exceptions, both capped at ``INPUT_LIMIT`` octets of
+        commands waiting: while the transport's buffer is full (a TLS layer
+        pauses us while its handshake runs, and it needs to read to finish
+        it), and while a message streams (a client that hangs up meanwhile
+        must be seen at once: it holds the mailbox lock)."""
         if self._closing:
             return
         # A message being streamed does not stop reading: the client's EOF,
