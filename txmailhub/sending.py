@@ -39,6 +39,12 @@ def set_reading(transport: Any, reading: bool, want: bool) -> bool:
     return want
 
 
+def _socket_of(transport: Any) -> Any:
+    """The socket transport under ``transport``: TLS over a listener wraps
+    it (after STARTTLS the socket transport is the protocol's own)."""
+    return transport.transport if isinstance(transport, ProtocolWrapper) else transport
+
+
 def closed_under_us(transport: Any) -> bool:
     """Whether the connection under ``transport`` is being closed without
     the protocol asking: a TLS layer closes the socket on its own when the
@@ -47,13 +53,7 @@ def closed_under_us(transport: Any) -> bool:
     protocol stays registered as a producer: Twisted resumes a producer it
     paused rather than close under it.  So a producer resumed while this is
     true must unregister (and close) for the connection to end."""
-    while transport is not None:
-        if getattr(transport, "disconnecting", False):
-            return True
-        # TLS over a listener: the socket is the TLS layer's own transport
-        # (after STARTTLS the socket transport itself says so, above).
-        transport = getattr(transport, "transport", None)
-    return False
+    return bool(getattr(_socket_of(transport), "disconnecting", False))
 
 
 def socket_flusher(transport: Any) -> Callable[[], None] | None:
@@ -68,9 +68,7 @@ def socket_flusher(transport: Any) -> Callable[[], None] | None:
     answer is lost and the socket stays open with nothing watching it;
     that happens when a TLS layer closes the socket on its own (the peer
     ended the TLS session) and a late reply is written after it."""
-    sock = transport
-    if isinstance(transport, ProtocolWrapper):  # TLS over a listener
-        sock = transport.transport
+    sock = _socket_of(transport)
     do_write = getattr(sock, "doWrite", None)
     if do_write is None:
         return None
