@@ -96,10 +96,13 @@ class _BodyFilter:
             self.fail(replies.MESSAGE_TOO_BIG)
         if self.error is not None:
             return None
-        out = block.replace(b"\r\n", b"\n")
-        # Every LF came from a CRLF (one octet less each) and no CR is left:
-        # otherwise there was a bare LF or a bare CR.
-        if len(block) - len(out) != out.count(b"\n") or CR in out:
+        # CRLF -> LF by dropping every CR: a one-octet replace is several
+        # times faster than a two-octet one.  It is right only when every
+        # CR and every LF belongs to a CRLF pair: as many CRs as LFs as
+        # pairs, or there was a bare CR or a bare LF.
+        out = block.replace(b"\r", b"")
+        crs = len(block) - len(out)
+        if crs != out.count(b"\n") or crs != block.count(b"\r\n"):
             self.fail(replies.MESSAGE_BARE_CR_LF)
             return None
         # A line is a piece of split(LF): at most _TEXT octets before its
