@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -298,3 +300,21 @@ def test_chunk_reader_line_limit_has_no_dot_allowance():
         r.start(len(wire), last=True)
         assert r.feed(wire) == b""
         assert r.finish() == replies.MESSAGE_LINE_TOO_LONG
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b".", b"\r\n", b"\r\n"]), max_size=40))
+@settings(max_examples=500)
+def test_bare_cr_or_lf_is_refused_and_the_rest_turns_into_lf(pieces):
+    # RFC 5321 2.3.8: only CRLF ends a line.  A chunk of complete lines
+    # (ending in LF) is stored with LF endings when every CR and every LF
+    # belongs to a CRLF pair, and refused otherwise, whatever the mix.
+    block = b"".join(pieces) + b"\r\n"
+    kept: list[bytes] = []
+    reader = ChunkReader(kept.append, 10**6)
+    reader.start(len(block), True)
+    reader.feed(block)
+    valid = re.fullmatch(rb"(?:[^\r\n]|\r\n)*", block) is not None
+    if valid:
+        assert reader.finish() is None and b"".join(kept) == block.replace(b"\r\n", b"\n")
+    else:
+        assert reader.finish() == replies.MESSAGE_BARE_CR_LF and kept == []
