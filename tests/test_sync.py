@@ -354,18 +354,11 @@ class DurableWriteTests(SynchronousTestCase):
         # runs as `mailhub`: the new file must stay mailhub's
         durable_write(self.path, b"one\n")
         st = os.stat(self.path)
-        owner = (st.st_uid + 4242, st.st_gid + 4343)
-        real_stat = os.stat
-
-        def stat_of_a_file_of_another_user(path, *a, **kw):
-            result = real_stat(path, *a, **kw)
-            if path == self.path:
-                return os.stat_result((result.st_mode, result.st_ino, result.st_dev,
-                                       result.st_nlink, *owner, *tuple(result)[6:]))
-            return result
-
+        self.assertEqual(sync.owner_of(self.path), (st.st_uid, st.st_gid))
+        self.assertIsNone(sync.owner_of(self.path + ".missing"))
+        owner = (st.st_uid + 4242, st.st_gid + 4343)  # another user's file
+        self.patch(sync, "owner_of", lambda path: owner if path == self.path else None)
         given = []
-        self.patch(os, "stat", stat_of_a_file_of_another_user)
         self.patch(os, "fchown", lambda fd, uid, gid: given.append((uid, gid)))
         durable_write(self.path, b"two\n")
         self.assertEqual(given, [owner])

@@ -16,6 +16,7 @@ from txmailhub.address import Address
 from txmailhub.auth import MailRealm, UsersChecker, build_portal
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
 from txmailhub.interfaces import IMailbox, ISMTPUser
+from txmailhub.store import sync
 from txmailhub.users import UsersDB, hash_password, hash_problem, verify_password
 
 
@@ -279,17 +280,11 @@ def test_the_lock_keeps_the_users_files_owner(db: UsersDB, monkeypatch) -> None:
     db.add("joe", "pw")
     os.unlink(db.path + ".lock")  # root's command is the first to make it
     st = os.stat(db.path)
-    other = (st.st_uid + 4242, st.st_gid + 4343)
-    real_stat = os.stat
-
-    def stat(path, *a, **kw):
-        result = real_stat(path, *a, **kw)
-        if path == db.path:
-            return os.stat_result((*tuple(result)[:4], *other, *tuple(result)[6:]))
-        return result
-
+    other = (st.st_uid + 4242, st.st_gid + 4343)  # the users file is another user's
+    real_owner_of = sync.owner_of
+    monkeypatch.setattr(sync, "owner_of",
+                        lambda path: other if path == db.path else real_owner_of(path))
     given: list[tuple[int, tuple[int, int]]] = []
-    monkeypatch.setattr(os, "stat", stat)
     monkeypatch.setattr(os, "fchown", lambda fd, u, g: given.append((os.fstat(fd).st_ino, (u, g))))
     db.add("ann", "pw")
     monkeypatch.undo()
