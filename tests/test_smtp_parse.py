@@ -137,6 +137,20 @@ def test_utf8_addresses_need_smtputf8():
     assert parse_rcpt("TO:<δ@x.test>", P, utf8=True)[0] == Address("δ", "x.test")
 
 
+def test_path_limit_counts_octets():
+    # 256 octets (RFC 5321 4.5.3.1.3): "ü" is two, so 124 of them fit and
+    # 125 do not, though both paths are far under 256 characters.
+    fits, over = "ü" * 124 + "@x.test", "ü" * 125 + "@x.test"
+    assert len(fits.encode()) == 255 and len(over.encode()) == 257
+    assert parse_mail(f"FROM:<{fits}> SMTPUTF8", P)[0] == Address("ü" * 124, "x.test")
+    assert reply_of(parse_mail, f"FROM:<{over}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
+    assert parse_rcpt(f"TO:<{fits}>", P, utf8=True)[0] == Address("ü" * 124, "x.test")
+    assert reply_of(parse_rcpt, f"TO:<{over}>", P, utf8=True) == replies.SYNTAX_ADDRESS
+    ascii_max = "a" * 249 + "@x.test"  # 256 octets: the limit itself
+    assert parse_mail(f"FROM:<{ascii_max}>", P)[0].local == "a" * 249
+    assert reply_of(parse_mail, f"FROM:<a{ascii_max}>", P) == replies.SYNTAX_ADDRESS
+
+
 # --- parameters ------------------------------------------------------------------
 
 

@@ -407,6 +407,17 @@ def test_turn_send_soml_saml():
         "250", "250", "250"]
 
 
+def test_replies_echoing_the_longest_utf8_path_fit_a_reply_line():
+    # RFC 5321 4.5.3.1.5: 512 octets per reply line, with the longest path
+    # we accept (256 octets) echoed back.
+    d = Driver()
+    d.send("EHLO c\r\n")
+    path = "ü" * 124 + "@x.test"  # 255 octets
+    (line,) = d.send(f"MAIL FROM:<{path}> SMTPUTF8\r\n")
+    assert line.startswith("250 ") and path in line
+    assert len(line.encode()) + 2 <= 512
+
+
 def test_extensions_lengthen_mail_and_rcpt_lines():
     # RFC 1870/3461/4954/1652/6531: what the extensions we offer add to MAIL
     # (1162 octets in all) and RCPT (1012); every other command stays at 512.
