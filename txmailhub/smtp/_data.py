@@ -7,8 +7,9 @@ stuffing), in both directions:
 * ``DotReader`` reads a DATA body, ``ChunkReader`` a BDAT chunk (RFC 3030).
   Both work on whole buffers with ``bytes.find``/``replace``/``count``;
   there is no Python call per line.  They write the stored form to a sink
-  (the spool writer's ``write``) and remember the first problem as a
-  ``Reply``, while they keep reading to the real end of the data.
+  (the spool writer's ``write``) and keep every problem they find as a
+  ``Reply``, while they keep reading to the real end of the data; the
+  one answered is chosen by a fixed order (``_ranks``).
 * ``DotStuffer`` (and the one-shot ``stuff``) and ``to_crlf`` turn stored
   data back into the wire form, for the SMTP client (relay).
 
@@ -62,30 +63,54 @@ _LF_DOT = re.compile(rb"\n\.").search
 Sink = Callable[[bytes], object]
 
 
+def _ranks() -> dict[Reply, int]:
+    # A body can break several rules at once.  Which one is answered must
+    # not depend on how TCP cut the stream, so every rule is checked to the
+    # real end and the reply is chosen by this fixed order, not by which
+    # problem happened to be seen first.  The size comes last among the
+    # content rules: the size of a body with bare line ends or an
+    # over-long line is not well defined (its lines are not counted), so
+    # it is only decided for bodies that break neither.  Anything else
+    # (the spool failed: 451) comes after every content rule: a client
+    # should not retry a message that cannot be accepted anyway.
+    return {replies.MESSAGE_BARE_CR_LF: 1, replies.MESSAGE_LINE_TOO_LONG: 2,
+            replies.MESSAGE_TOO_BIG: 3}
+
+
+_RANK = _ranks()
+_OTHER = 4  # a failure from outside the data (the spool)
+_REFUSED = 0  # the message was refused before its data: nothing overrides that
+
+
 class _BodyFilter:
     """Checks and converts complete CRLF lines; shared by both readers."""
 
-    __slots__ = ("error", "max_size", "sink", "size", "stuffed")
+    __slots__ = ("_rank", "error", "max_size", "sink", "size", "stuffed")
 
     def __init__(self, sink: Sink | None, max_size: int, stuffed: bool) -> None:
         self.sink = sink
         self.max_size = max_size
         self.size = 0
         self.error: Reply | None = None
+        self._rank = _OTHER + 1
         # DATA lines may carry a transparency dot that is not part of the
         # text; BDAT chunks carry none.
         self.stuffed = stuffed
 
-    def fail(self, reply: Reply) -> None:
-        if self.error is None:
-            self.error = reply
+    def fail(self, reply: Reply, rank: int | None = None) -> None:
+        """Refuse the message; the reply is the one of highest rank seen."""
+        if rank is None:
+            rank = _RANK.get(reply, _OTHER)
+        if rank < self._rank:
+            self.error, self._rank = reply, rank
         self.sink = None
 
     def block(self, block: bytes) -> bytes | None:
         """Check a run of complete wire lines (ending with LF).
 
-        Returns the block with CRLF turned into LF, or None after an error
-        (then the caller stores nothing)."""
+        Returns the block with CRLF turned into LF, or None when the block
+        itself breaks a line rule.  Checks go on after an error (see
+        ``_ranks``); the caller stores only while ``sink`` is set."""
         self.size += len(block)
         if self.size > self.max_size and (
             # RFC 1870 does not count transparency dots; DotReader takes
@@ -94,8 +119,6 @@ class _BodyFilter:
             or self.size - block.count(b"\n.") - (block[:1] == b".") > self.max_size
         ):
             self.fail(replies.MESSAGE_TOO_BIG)
-        if self.error is not None:
-            return None
         # CRLF -> LF by dropping every CR: a one-octet replace is several
         # times faster than a two-octet one.  It is right only when every
         # CR and every LF belongs to a CRLF pair: as many CRs as LFs as
@@ -104,17 +127,32 @@ class _BodyFilter:
         crs = len(block) - len(out)
         if crs != out.count(b"\n") or crs != block.count(b"\r\n"):
             self.fail(replies.MESSAGE_BARE_CR_LF)
+            # The lengths still count: a line is what ends with an LF, and
+            # a CR right before that LF is not part of its text.
+            if any(self._too_long(line[:-1] if line[-1:] == b"\r" else line)
+                   for line in block.split(b"\n")):
+                self.fail(replies.MESSAGE_LINE_TOO_LONG)
             return None
         # A line is a piece of split(LF): at most _TEXT octets before its
         # CRLF, plus (DATA only) a transparency dot that does not count.
         if len(out) > _TEXT and max(map(len, out.split(b"\n"))) > _TEXT:
-            if not self.stuffed or any(
-                len(line) > _TEXT + 1 or (len(line) > _TEXT and line[:1] != b".")
-                for line in out.split(b"\n")
-            ):
+            if any(map(self._too_long, out.split(b"\n"))):
                 self.fail(replies.MESSAGE_LINE_TOO_LONG)
                 return None
         return out
+
+    def _too_long(self, text: bytes) -> bool:
+        # At most _TEXT octets, plus (DATA only) a transparency dot.
+        n = len(text)
+        return n > _TEXT and (not self.stuffed or n > _TEXT + 1 or text[:1] != b".")
+
+    def overflow(self, dropped: bytes) -> None:
+        """An unfinished line grew past ``MAX_LINE``; ``dropped`` (no LF in
+        it) is thrown away.  Each CR in it is bare: no LF follows it."""
+        self.size += len(dropped)
+        if CR in dropped:
+            self.fail(replies.MESSAGE_BARE_CR_LF)
+        self.fail(replies.MESSAGE_LINE_TOO_LONG)
 
 
 class DotReader:
@@ -144,7 +182,8 @@ class DotReader:
         return self._filter.size
 
     def fail(self, reply: Reply) -> None:
-        """Refuse the message (e.g. the spool failed); keep draining."""
+        """Refuse the message (e.g. the spool failed); keep draining.  A
+        body that breaks a rule of its own gets that rule's reply instead."""
         self._filter.fail(reply)
 
     def feed(self, data: bytes) -> bytes | None:
@@ -163,8 +202,8 @@ class DotReader:
             self._after_crlf = cut >= 2 and buf[cut - 2] == 13
             buf = buf[cut:]
         if len(buf) > MAX_LINE:
-            self._filter.fail(replies.MESSAGE_LINE_TOO_LONG)
             # Keep only what could still start the end marker.
+            self._filter.overflow(buf[:-1])
             buf = buf[-1:]
             self._after_crlf = False
         self._pending = buf
@@ -173,8 +212,11 @@ class DotReader:
     def _emit(self, block: bytes) -> None:
         f = self._filter
         out = f.block(block)
-        if out is None or f.sink is None:
+        if out is None:
             return
+        # Unstuffed even when nothing is stored any more (the spool
+        # failed): the size, which RFC 1870 counts without the dots,
+        # must come out the same.
         # Dot-unstuffing: a line that starts with "." loses that dot.
         n = len(out)
         if self._after_crlf and out[:1] == b".":
@@ -182,7 +224,7 @@ class DotReader:
         if _LF_DOT(out) is not None:
             out = out.replace(b"\n.", b"\n")
         f.size -= n - len(out)  # RFC 1870: the size leaves out transparency dots
-        if out:
+        if out and f.sink is not None:
             f.sink(out)
 
 
@@ -213,7 +255,13 @@ class ChunkReader:
         return self._filter.size + len(self._pending)
 
     def fail(self, reply: Reply) -> None:
+        """As ``DotReader.fail``."""
         self._filter.fail(reply)
+
+    def refuse(self, reply: Reply) -> None:
+        """Drain the chunk and answer ``reply`` whatever it holds (the
+        message was refused before its data)."""
+        self._filter.fail(reply, _REFUSED)
 
     def start(self, size: int, last: bool) -> None:
         self._remaining = size
@@ -238,8 +286,9 @@ class ChunkReader:
                 self._filter.sink(out)
             buf = buf[cut:]
         if len(buf) > MAX_LINE:
-            self._filter.fail(replies.MESSAGE_LINE_TOO_LONG)
-            buf = b""
+            # The last octet stays: a CR there may meet its LF next.
+            self._filter.overflow(buf[:-1])
+            buf = buf[-1:]
         self._pending = buf
         if self._remaining:
             return None
@@ -251,6 +300,7 @@ class ChunkReader:
             tail = self._pending
             self._pending = b""
             if CR in tail:
+                self._filter.size += len(tail)
                 self._filter.fail(replies.MESSAGE_BARE_CR_LF)
             else:
                 # RFC 3030 does not require a final CRLF; store one.

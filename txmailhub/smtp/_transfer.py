@@ -62,7 +62,7 @@ class MessageTransfer:
             size, last = self._bdat_first
             self._bdat_first = None
             self._reader = ChunkReader(None, self.config.max_message_size)
-            self._reader.fail(reply)
+            self._reader.refuse(reply)
             self._reader.start(size, last)
             self._to(State.BDAT)
             return
@@ -166,7 +166,7 @@ class MessageTransfer:
             self.reply(replies.BDAT_BAD_SIZE)
             return
         self._reader = ChunkReader(None, self.config.max_message_size)
-        self._reader.fail(replies.RCPT_NEEDED if self.state is State.MAIL
-                          else replies.MAIL_NEEDED)
+        self._reader.refuse(replies.RCPT_NEEDED if self.state is State.MAIL
+                            else replies.MAIL_NEEDED)
         self._reader.start(size, last)
         self._bdat_draining = True
