@@ -283,7 +283,10 @@ class Router:
     def _expand(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
         if not self.is_local_domain(address.domain):
             return (), (address,)
-        address = Address(address.local, _domain(address.domain))
+        # A local mailbox is named by its key (lower case), however the
+        # client spelled it: RCPT TO:<Alice> and <alice> are one mailbox,
+        # which must get one copy.
+        address = Address(address.local.lower(), _domain(address.domain))
         if _key(address) not in self.aliases and self._is_user(address):
             return (address,), ()  # a plain mailbox: what nearly every RCPT is
         if address.is_postmaster and _key(address) not in self.aliases and not self._is_user(
@@ -312,7 +315,7 @@ class Router:
             if key in local:
                 continue
             if self._is_user(target):
-                local[key] = Address(target.local, _domain(target.domain))
+                local[key] = Address(target.local.lower(), _domain(target.domain))
             elif key == _key(Address("postmaster", self.primary_domain)):
                 local[key] = Address("postmaster", self.primary_domain)
             elif parent is not None and (parent, key) not in self._warned:

@@ -91,6 +91,23 @@ def test_smtplib_plain_pipelined_many_recipients_and_errors(make_hub):
         assert body_of(m) == b"Subject: t\n\nline\n.dot\n"
 
 
+def test_one_copy_per_mailbox_however_the_recipients_are_spelled(make_hub, tmp_path):
+    # Local parts are looked up without case: Alice, ALICE and a list that
+    # holds alice are one mailbox, so one copy (RFC 5321 2.4 leaves the case
+    # of a local part to its host).
+    aliases = tmp_path / "aliases"
+    aliases.write_text("team: alice, Bob\n")
+    hub = make_hub(sections={"aliases": {"file": str(aliases)}})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        refused = s.sendmail("x@remote.test", ["Alice@example.org", "ALICE@EXAMPLE.ORG",
+                                               "alice", "team@example.org", "bob"],
+                             b"Subject: once\r\n\r\nbody\r\n")
+        assert refused == {}
+    for who in ("alice@example.org", "bob@example.org"):
+        (m,) = hub.messages(who)
+        assert body_of(m) == b"Subject: once\n\nbody\n"
+
+
 def test_starttls_and_submission_auth(make_hub):
     hub = make_hub(tls=True)
     ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
