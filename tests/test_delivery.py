@@ -45,9 +45,11 @@ class Queue:
     def __init__(self, fail=False):
         self.fail = fail
         self.entries = []
+        self.delivered = []
 
-    def enqueue(self, envelope, message):
+    def enqueue(self, envelope, message, delivered=()):
         self.entries.append((envelope, message))
+        self.delivered.append(delivered)
         if self.fail:
             return defer.fail(OSError("queue disk full"))
         return defer.succeed(f"q{len(self.entries)}")
@@ -267,3 +269,70 @@ class AcceptSpooledTests(SynchronousTestCase):
         c = C(store=Broken())
         self.failureResultOf(accept_spooled(c, env(A), Writer()), OSError)
         self.assertEqual(c.spooler.discarded, [])
+
+
+def env_notify(sender=Address("s", "x.test"), **notify):
+    rcpts = tuple(Address(name, "example.org") for name in notify)
+    return Envelope(
+        sender=sender, recipients=rcpts,
+        recipient_dsn=tuple((r, RecipientDSN(notify=notify[r.local])) for r in rcpts),
+    )
+
+
+class SuccessNoticeTests(SynchronousTestCase):
+    """RFC 3461 NOTIFY=SUCCESS for mail that reaches a local mailbox."""
+
+    def test_only_the_recipients_who_asked_get_a_notice_through_the_queue(self):
+        q = Queue()
+        c = C(queue=q)
+        e = env_notify(alice=("SUCCESS", "FAILURE"), bob=("FAILURE",))
+        res = self.successResultOf(accept_message(c, e, MSG))
+        self.assertEqual(res, {A: DELIVERED, B: DELIVERED})
+        ((queued_env, queued_msg),) = q.entries
+        self.assertEqual(queued_env.recipients, (A,))
+        self.assertEqual([p[0] for p in queued_env.recipient_dsn], [A])
+        self.assertIs(queued_msg, MSG)
+        self.assertEqual(q.delivered, [(A,)])
+        self.assertEqual(c.spooler.discarded, [MSG])  # after the entry has its own link
+
+    def test_nobody_is_told_about_mail_from_the_null_sender(self):
+        q = Queue()
+        c = C(queue=q)
+        res = self.successResultOf(accept_message(c, env_notify(None, alice=("SUCCESS",)), MSG))
+        self.assertEqual(res, {A: DELIVERED})
+        self.assertEqual(q.entries, [])
+
+    def test_a_notice_that_cannot_be_queued_leaves_the_250(self):
+        c = C(queue=Queue(fail=True))
+        res = self.successResultOf(accept_message(c, env_notify(alice=("SUCCESS",)), MSG))
+        self.assertEqual(res, {A: DELIVERED})
+        self.assertEqual(summarize(res, "i"), replies.accepted("i"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(c.spooler.discarded, [MSG])
+
+    def test_without_a_queue_the_mail_is_still_delivered(self):
+        c = C()
+        res = self.successResultOf(accept_message(c, env_notify(alice=("SUCCESS",)), MSG))
+        self.assertEqual(res, {A: DELIVERED})
+
+    def test_a_failed_mailbox_is_retried_and_the_other_gets_its_notice(self):
+        q = Queue()
+        c = C(store=Store(fail=[B]), queue=q)
+        e = env_notify(alice=("SUCCESS",), bob=("SUCCESS",))
+        res = self.successResultOf(accept_message(c, e, MSG))
+        self.assertEqual(res, {A: DELIVERED, B: QUEUED})
+        self.assertEqual([x[0].recipients for x in q.entries], [(B,), (A,)])
+        self.assertEqual(q.delivered, [(), (A,)])  # B's notice comes from its retry
+
+    def test_the_one_batch_path_is_not_taken_when_a_notice_is_owed(self):
+        # that path may rename the spool file into the mailbox, and the
+        # notice's queue entry needs a link of its own to the message
+        q = Queue()
+        c = C(store=SpoolingStore(), queue=q)
+        w = Writer()
+        res = self.successResultOf(accept_spooled(c, env_notify(alice=("SUCCESS",)), w))
+        self.assertEqual(res, {A: DELIVERED})
+        self.assertEqual((w.finished, c.store.spooled, c.store.calls), (1, [], [(MSG, [A])]))
+        self.assertEqual(q.delivered, [(A,)])
+        res = self.successResultOf(accept_spooled(c, env_notify(alice=("FAILURE",)), Writer()))
+        self.assertEqual(c.store.spooled, [[A]])

@@ -87,7 +87,7 @@ def accept_spooled(
     for rcpt in envelope.recipients:
         (local if router.is_local_domain(rcpt.domain) else remote).append(rcpt)
     store = components.store
-    if local and not remote and ISpoolingStore.providedBy(store):
+    if local and not remote and ISpoolingStore.providedBy(store) and not _wants_success(envelope):
         delivery = _Delivery(components, envelope, None)
         d = store.deliver_spooled(writer, local, components.spooler.discard)
         return d.addCallback(delivery.spooled, local)
@@ -166,12 +166,16 @@ class _Delivery:
 
     def _local_outcome(self, outcome: dict, local: list[Address]) -> Any:
         """Enter the store's per-mailbox outcome; the failed mailboxes go
-        to the queue (a Deferred), or ``None`` when nothing failed."""
+        to the queue, and so do the success notices owed for the others (a
+        Deferred), or ``None`` when there is nothing to queue."""
         failed = []
+        notices = []
         for rcpt in local:
             err = outcome.get(rcpt, _MISSING)
             if err is None:
                 self.results[rcpt] = DELIVERED
+                if _wants_success(self.envelope, rcpt):
+                    notices.append(rcpt)
             else:
                 if err is _MISSING:
                     err = RuntimeError("the store gave no result for this mailbox")
@@ -181,9 +185,43 @@ class _Delivery:
                     error=str(err),
                 )
                 failed.append(rcpt)
+        pending = []
         if failed:
-            return self._enqueue(failed, replies.LOCAL_ERROR)
-        return None
+            pending.append(self._enqueue(failed, replies.LOCAL_ERROR))
+        if notices:
+            pending.append(self._enqueue_notices(notices))
+        if not pending:
+            return None
+        return pending[0] if len(pending) == 1 else defer.gatherResults(pending)
+
+    def _enqueue_notices(self, rcpts: list[Address]) -> defer.Deferred:
+        """RFC 3461 6.2.1: a "delivered" notice for mailboxes whose
+        recipient asked for NOTIFY=SUCCESS.  The queue sends it (durably,
+        with retries, as it does the other notices).  The copies are in
+        their mailboxes whatever happens here, so a failure is logged and
+        the reply stays 250: a 451 would bring the message again."""
+        queue = self.components.queue
+        if queue is None:
+            log.warn("no outbound queue: the success notice to <{sender}> for {recipients} "
+                     "is not sent", sender=self.envelope.sender_text,
+                     recipients=", ".join(map(str, rcpts)))
+            return defer.succeed(None)
+        wanted = set(rcpts)
+        env = dataclasses.replace(
+            self.envelope,
+            recipients=tuple(rcpts),
+            recipient_dsn=tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted),
+        )
+        try:
+            d = queue.enqueue(env, self.message, delivered=tuple(rcpts))
+        except Exception as e:
+            d = defer.fail(e)
+
+        def failed(f: Any) -> None:
+            log.failure("could not queue the success notice to <{sender}>", f,
+                        sender=self.envelope.sender_text)
+
+        return d.addErrback(failed)
 
     def _enqueue(self, rcpts: list[Address], without_queue: Reply) -> defer.Deferred | None:
         queue = self.components.queue
@@ -236,3 +274,12 @@ class _Delivery:
 
 
 _MISSING = object()
+
+
+def _wants_success(envelope: Envelope, rcpt: Address | None = None) -> bool:
+    """Whether ``rcpt`` (or any recipient) asked for a success notice
+    (RFC 3461 NOTIFY=SUCCESS); nobody is told anything about mail from <>."""
+    if envelope.sender is None or not envelope.recipient_dsn:
+        return False
+    return any("SUCCESS" in (n.upper() for n in dsn.notify)
+               for addr, dsn in envelope.recipient_dsn if rcpt is None or addr == rcpt)

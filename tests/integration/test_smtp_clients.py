@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -106,6 +107,37 @@ def test_one_copy_per_mailbox_however_the_recipients_are_spelled(make_hub, tmp_p
     for who in ("alice@example.org", "bob@example.org"):
         (m,) = hub.messages(who)
         assert body_of(m) == b"Subject: once\n\nbody\n"
+
+
+def test_notify_success_for_a_local_mailbox_sends_a_delivered_notice(hub):
+    # RFC 3461 6.2.1: NOTIFY=SUCCESS asks for a "delivered" DSN once the
+    # message is in the mailbox; the sender here is local, so the notice
+    # lands in bob's mailbox.  Only the recipient who asked gets one.
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.mail("bob@example.org", ["RET=HDRS", "ENVID=env+2B1"])[0] == 250
+        assert s.rcpt("alice@example.org", ["NOTIFY=SUCCESS,FAILURE",
+                                            "ORCPT=rfc822;Alice@example.org"])[0] == 250
+        assert s.rcpt("carol@example.net", ["NOTIFY=FAILURE"])[0] == 250
+        assert s.data(b"Subject: receipt please\r\n\r\nhello\r\n")[0] == 250
+    (m,) = hub.messages("alice@example.org")
+    assert body_of(m) == b"Subject: receipt please\n\nhello\n"
+    assert len(hub.messages("carol@example.net")) == 1
+    deadline = time.monotonic() + 20
+    while not hub.messages("bob@example.org") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (dsn,) = hub.messages("bob@example.org")
+    assert b"Return-Path: <>" in dsn
+    assert b'report-type="delivery-status"' in dsn
+    assert b"Original-Envelope-Id: env+1" in dsn
+    assert b"Final-Recipient: rfc822; alice@example.org" in dsn
+    assert b"Original-Recipient: rfc822; Alice@example.org" in dsn
+    assert b"Action: delivered" in dsn and b"Status: 2.0.0" in dsn
+    assert b"carol" not in dsn
+    deadline = time.monotonic() + 10
+    while hub.mailhub("queue", "list").stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.mailhub("queue", "list").stdout.strip() == ""  # the notice's entry is gone
 
 
 def test_starttls_and_submission_auth(make_hub):

@@ -39,15 +39,22 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txmailhub.address import Address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
+from txmailhub.relay import bounce
 from txmailhub.relay.mime7bit import has_8bit
-from txmailhub.relay.record import QueueEntry, RecordError
+from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
+from txmailhub.smtp.reply import Reply
 from txmailhub.store.sync import fsync_dir
 
 __all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
 
 log = Logger(namespace="txmailhub.relay.queue")
+
+# A recipient the mailbox store already has (enqueue's ``delivered``): the
+# entry only carries the RFC 3461 success notice the sender asked for.
+_IN_MAILBOX = Reply.of(250, "2.0.0", "Delivered to its mailbox")
 
 LOCK = ".lock"
 FLUSH = ".flush"
@@ -175,18 +182,29 @@ class OutboundQueue:
 
     # --- IOutboundQueue ----------------------------------------------------
 
-    def enqueue(self, envelope: Envelope, message: SpooledMessage) -> defer.Deferred:
+    def enqueue(self, envelope: Envelope, message: SpooledMessage,
+                delivered: tuple[Address, ...] = ()) -> defer.Deferred:
         now = self.clock.seconds()
         queue_id = self._new_id(now)
         entry = dataclasses.replace(QueueEntry.new(queue_id, envelope, now),
                                     size=message.size, crlf_size=message.crlf_size)
+        if delivered:
+            entry = entry.with_recipients({
+                r.address: dataclasses.replace(
+                    r, state=DELIVERED, notice=bounce.DELIVERED, attempts=1, last_attempt=now,
+                    last_reply=_IN_MAILBOX)
+                for r in entry.recipients if r.address in delivered})
         d = self._store_new(entry, message.path)
 
         def stored(entry: QueueEntry) -> str:
-            log.info(
-                "queued {queue_id} from <{sender}> for {count} recipient(s)",
-                queue_id=queue_id, sender=envelope.sender_text, count=len(entry.recipients),
-            )
+            if delivered:
+                log.info("queued {queue_id}: the success notice to <{sender}> for {recipients}",
+                         queue_id=queue_id, sender=envelope.sender_text,
+                         recipients=", ".join(map(str, delivered)))
+            else:
+                log.info("queued {queue_id} from <{sender}> for {count} recipient(s)",
+                         queue_id=queue_id, sender=envelope.sender_text,
+                         count=len(entry.recipients))
             self._notify(queue_id)
             return queue_id
 
