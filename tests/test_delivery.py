@@ -271,7 +271,10 @@ class AcceptSpooledTests(SynchronousTestCase):
         self.assertEqual(c.spooler.discarded, [])
 
 
-def env_notify(sender=Address("s", "x.test"), **notify):
+SENDER = Address("s", "x.test")
+
+
+def env_notify(sender=SENDER, **notify):
     rcpts = tuple(Address(name, "example.org") for name in notify)
     return Envelope(
         sender=sender, recipients=rcpts,
