@@ -131,6 +131,17 @@ class UsersDatabaseFailureTests(Base):
         self.assertEqual(cm.exception.reply.code, 451)
         self.flushLoggedErrors(PermissionError)
 
+    def test_a_missing_users_file_is_temporary_not_no_such_user(self):
+        # UsersDB.missing: the file is away (moved, being restored): every
+        # local user would be "550 no such user", a bounce for good.
+        self.users = Users()  # a missing file has no records
+        self.users.missing = True
+        r = self.router("staff: joe\n")
+        for name in ("joe", "nobody", "staff"):
+            with self.assertRaises(Rejected) as cm:
+                r.resolve(A(name))
+            self.assertEqual(cm.exception.reply, replies.LOCAL_ERROR)
+
     def test_remote_addresses_do_not_ask_the_users_database(self):
         r = self.router()
         self.assertEqual(r.resolve(A("x@remote.test")), ((), (A("x@remote.test"),)))

@@ -86,6 +86,32 @@ def test_running_reader_sees_changes_without_restart(db: UsersDB) -> None:
     assert not reader.contains(Address("alice", "example.org"))
 
 
+def test_a_users_file_that_goes_away_is_reported_not_read_as_no_users(db: UsersDB) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        db.add("alice", "pw")
+        reader = UsersDB(db.path, "example.org")
+        alice = Address("alice", "example.org")
+        assert reader.contains(alice) and not reader.missing
+        os.rename(db.path, db.path + ".away")
+        assert not reader.contains(alice) and reader.missing
+        assert not reader.contains(alice)  # said once, not per lookup
+        gone = [e for e in events if "does not exist" in e.get("log_format", "")]
+        assert len(gone) == 1 and gone[0]["log_level"].name == "error"
+        os.rename(db.path + ".away", db.path)
+        assert reader.contains(alice) and not reader.missing
+        assert any("is back" in e.get("log_format", "") for e in events)
+        Path(db.path).write_text(Path(db.path).read_text() + "broken-line\n")
+        assert reader.contains(alice)
+        (warning,) = [e for e in events if e.get("problem")]
+        assert warning["problem"].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 def test_crash_between_write_and_rename_keeps_old_file(
     db: UsersDB, monkeypatch: pytest.MonkeyPatch
 ) -> None:

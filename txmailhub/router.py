@@ -273,12 +273,15 @@ class Router:
 
     def _is_user(self, address: Address) -> bool:
         try:
-            return bool(self.users.contains(address))
+            found = bool(self.users.contains(address))
         except Exception:
             # Not "no such user": a 550 would bounce the sender's mail for
             # good over a users file the hub cannot read for a moment
             log.failure("users database lookup failed for {address}", address=str(address))
             raise Rejected(replies.LOCAL_ERROR) from None
+        if not found and getattr(self.users, "missing", False):
+            raise Rejected(replies.LOCAL_ERROR)  # the same, for a file that is away
+        return found
 
     def _expand(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
         if not self.is_local_domain(address.domain):

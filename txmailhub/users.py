@@ -37,8 +37,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
 from txmailhub.address import Address, AddressError, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
+
+log = Logger(namespace="txmailhub.users")
 
 __all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "verify_password"]
 
@@ -125,14 +129,22 @@ class UsersDB:
         self._stamp: tuple[int, int, int] | None = None
         self._records: dict[str, UserRecord] = {}
         self.problems: list[str] = []
+        # The file is not there: a lookup cannot tell "no such user" from
+        # "the file is away for a moment" (moved, being restored, a mount
+        # not up yet), so the router answers 451, never 550.
+        self.missing = False
 
     # -- reading -------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def _refresh(self, report: bool = True) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            if report and not self.missing:  # not for the first `mailhub user add`
+                log.error("the users file {path} does not exist: local mail is refused "
+                          "with 451 (try again later) until it is back", path=self.path)
             self._stamp, self._records, self.problems = None, {}, []
+            self.missing = True
             return
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp:
@@ -140,6 +152,11 @@ class UsersDB:
         with open(self.path, encoding="utf-8", errors="replace") as f:
             self._records, self.problems = self._parse(f.read())
         self._stamp = stamp
+        if self.missing:
+            log.info("the users file {path} is back", path=self.path)
+            self.missing = False
+        for problem in self.problems:  # once per change of the file
+            log.warn("users file: {problem}", problem=problem)
 
     def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str]]:
         records: dict[str, UserRecord] = {}
@@ -212,7 +229,7 @@ class UsersDB:
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._stamp = None
-            self._refresh()
+            self._refresh(report=False)
             records = dict(self._records)
             yield records
             self._write(records)
