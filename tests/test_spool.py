@@ -209,6 +209,34 @@ class PrecreateTests(SynchronousTestCase):
         spooler.open().abort()
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_a_spool_folder_removed_while_running_is_made_again(self):
+        # Without this, every message got 451 until a restart: first those
+        # written into the unlinked files made ahead, then every open().
+        import shutil
+
+        spooler = Spooler(self.dir, self.syncer, precreate=4)
+        spooler.open().abort()
+        self.assertEqual(len(spooler._ready), 4)
+        shutil.rmtree(self.dir)
+        w = spooler.open()
+        w.write(b"x\n")
+        msg = self.successResultOf(w.finish())
+        with open(msg.path, "rb") as f:
+            self.assertEqual(f.read(), b"x\n")
+        self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o700)
+        # the lost files' descriptors are closed, not leaked
+        held = [os.readlink(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{n}")]
+        self.assertEqual([p for p in held if p.startswith(os.path.abspath(self.dir))
+                          and p.endswith("(deleted)")], [])
+        spooler.discard(msg)
+        shutil.rmtree(self.dir)
+        spooler._ready.clear()  # nothing made ahead: open() itself finds the folder gone
+        w = spooler.open()
+        self.assertTrue(os.path.exists(w.path))
+        w.abort()
+        spooler.close()
+
     def test_a_crash_leaves_ready_files_to_recovery(self):
         spooler = Spooler(self.dir, self.syncer, precreate=4)
         spooler.open().abort()

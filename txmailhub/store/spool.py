@@ -236,7 +236,19 @@ class Spooler:
             self.recover()
 
     def open(self) -> SpoolWriter:
-        path, fd = self._ready.popleft() if self._ready else self._create()
+        if self._ready:
+            path, fd = self._ready.popleft()
+            if os.fstat(fd).st_nlink == 0:
+                # Unlinked: the spool folder was removed under us, and the
+                # files made ahead with it.  Data written there could never
+                # be published (451 for each), so start afresh.
+                lost, self._ready = [(path, fd), *self._ready], deque()
+                log.warn("the spool files made ahead in {path} are gone; making new ones",
+                         path=self.spool_dir)
+                _drop(lost)
+                path, fd = self._create()
+        else:
+            path, fd = self._create()
         self._refill()
         return SpoolWriter(self, path, fd)
 
@@ -244,12 +256,22 @@ class Spooler:
         # pid, counter and a tag drawn once per spooler: unique without a
         # getpid/getrandom system call per file (O_EXCL catches the rest)
         prefix = self._prefix
+        remade = False
         while True:
             name = f"{prefix}{next(self._counter)}-{self._tag}"
             path = os.path.join(self.spool_dir, name)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
             except FileExistsError:  # a leftover of an earlier process with our pid
+                continue
+            except FileNotFoundError:
+                if remade:
+                    raise
+                # Removed while we run (a clean-up gone wrong): without it
+                # every message would get 451 until a restart.
+                log.warn("the spool folder {path} was gone: made again", path=self.spool_dir)
+                os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+                remade = True
                 continue
             return path, fd
 
