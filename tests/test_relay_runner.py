@@ -227,6 +227,31 @@ def test_exception_in_one_entry_does_not_stall_others(hub):
     assert len(hub.agent.calls) == 3  # retried after a minute
 
 
+def test_a_delivery_whose_record_cannot_be_written_is_not_made_twice(hub, monkeypatch):
+    # No descriptor or inode left for the record: the copy is delivered, the
+    # update fails.  The next try enters the known result instead of
+    # delivering again (each minute, for as long as the condition lasted).
+    hub.runner.start()
+    real = hub.queue.update
+    broken = [True]
+
+    def update(qid, change):
+        if broken[0]:
+            return defer.fail(OSError(24, "Too many open files"))
+        return real(qid, change)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    qid = enqueue(hub, BOB, LOCAL)
+    assert len(hub.agent.calls) == 1 and len(hub.store.messages(LOCAL)) == 1
+    hub.clock.advance(60)  # still failing: nothing delivered again
+    assert len(hub.agent.calls) == 1 and len(hub.store.messages(LOCAL)) == 1
+    broken[0] = False
+    hub.clock.advance(60)
+    assert len(hub.agent.calls) == 1 and len(hub.store.messages(LOCAL)) == 1
+    assert hub.queue.ids() == []  # recorded as delivered, and done
+    assert qid not in hub.runner._unrecorded
+
+
 def test_per_destination_limit(hub):
     hub.runner.start()
     pending = []

@@ -63,6 +63,11 @@ class QueueRunner:
         self.send_dsn = send_dsn or bounce.send_dsn
         self.due: dict[str, float] = {}  # queue id -> next attempt (held: absent)
         self.active: set[str] = set()
+        # Results of attempts whose record could not be written (no
+        # descriptor, no inode): entered at the next try instead of
+        # delivering those copies again.  In memory only: after a crash the
+        # copies go again, a duplicate rather than a loss (RFC 5321 6.3).
+        self._unrecorded: dict[str, list[DeliveryResult]] = {}
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -194,16 +199,22 @@ class QueueRunner:
         entry = self.queue.read(qid)
         if entry is None:
             self.due.pop(qid, None)
+            self._unrecorded.pop(qid, None)
             return
         if entry.held:
             self.due.pop(qid, None)
             return
         self.due[qid] = float("inf")  # not due again until recorded below
-        results: list[DeliveryResult] = []
-        if entry.pending:
+        results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
+        if entry.pending and not results:
             results = yield self._attempt(entry)
         now = self.clock.seconds()
-        entry = yield self.queue.update(qid, lambda e: self._record(e, results, now))
+        try:
+            entry = yield self.queue.update(qid, lambda e: self._record(e, results, now))
+        except Exception:
+            if results:
+                self._unrecorded[qid] = results
+            raise
         if entry is not None:
             entry = yield self._notify(entry, now)
         if entry is None:
