@@ -522,6 +522,19 @@ def test_auth_failures_and_disconnect():
     assert d.engine.closed
 
 
+@pytest.mark.parametrize("authzid, authcid", [
+    ("alice@example.org", "alice"), ("alice", "alice@example.org"),
+    ("Alice@Example.ORG", "alice@example.org"), ("alice@example.org", "ALICE"),
+])
+def test_auth_plain_authzid_naming_the_same_user_in_another_spelling(authzid, authcid):
+    # RFC 4616 2: an authzid that names the authenticated user is no request
+    # to act as someone else; POP3 compares the two the same way.
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    (line,) = d.send(f"AUTH PLAIN {b64(authzid + chr(0) + authcid + chr(0) + 'secret')}\r\n")
+    assert line.startswith("235 ")
+
+
 def test_auth_errors():
     d = Driver(session=loopback())
     d.send("EHLO c\r\n")

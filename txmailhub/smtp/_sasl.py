@@ -61,8 +61,10 @@ class SASLExchange:
                 return replies.AUTH_PASSWORD
             return Credentials(self._qualify(self._username), text)
         parts = text.split("\0")
-        # authzid NUL authcid NUL passwd; acting for someone else is not allowed.
-        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+        # authzid NUL authcid NUL passwd; acting for someone else is not
+        # allowed, but an authzid naming the same user in another spelling
+        # (a bare name, other case) is no such request (RFC 4616 2).
+        if len(parts) != 3 or (parts[0] and self._key(parts[0]) != self._key(parts[1])):
             return Credentials("", "", malformed=True)
         return Credentials(self._qualify(parts[1]), parts[2])
 
@@ -70,5 +72,12 @@ class SASLExchange:
         """A bare local part means the primary domain (like everywhere)."""
         try:
             return str(parse_address(username, self.primary_domain))
+        except AddressError:
+            return username
+
+    def _key(self, username: str) -> str:
+        """The user as the users file keys it (as POP3 compares them)."""
+        try:
+            return parse_address(username, self.primary_domain).key
         except AddressError:
             return username
