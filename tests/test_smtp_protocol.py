@@ -640,6 +640,16 @@ class ProtocolTests(SynchronousTestCase):
         assert not any("ZeroDivision" in x for x in lines)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
+    def test_a_refused_message_is_logged_with_the_octets_received(self):
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        p.dataReceived(b"bare\nline\r\n" + b"x" * 40 + b"\r\n.\r\n")
+        assert take(t) == [replies.MESSAGE_BARE_CR_LF.text()]
+        (summary,) = [e for e in self.events if e.get("code") == 550 and "summary" in e]
+        assert summary["size"] == 53 and "(53 octets)" in summary["summary"]
+
     def test_spool_write_failure_refuses_message(self):
         h = Harness()
         p, t = h.connect()

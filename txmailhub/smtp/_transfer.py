@@ -111,7 +111,7 @@ class MessageTransfer:
     def _end_of_message(self, error: Reply | None, size: int) -> None:
         env = self._data_envelope or self._envelope()
         if error is not None:
-            self._events.append(MessageAborted(env, error))
+            self._events.append(MessageAborted(env, error, size))
             self.reply(error)
             self._reset_transaction()
             self._to(State.READY)
@@ -156,7 +156,8 @@ class MessageTransfer:
 
     def _abort_message(self) -> None:
         if self._chunks is not None:  # BDAT chunks received, no LAST yet
-            self._events.append(MessageAborted(self._envelope(), replies.RESET))
+            self._events.append(MessageAborted(self._envelope(), replies.RESET,
+                                               self._chunks.size))
 
     def _drain_chunk(self, arg: str) -> None:
         """BDAT out of sequence: the chunk follows the command whatever we

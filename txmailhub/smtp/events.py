@@ -82,6 +82,7 @@ class MessageComplete:
 class MessageAborted:
     envelope: Envelope
     reply: Reply
+    size: int = 0  # octets received before the message was refused (for the log)
 
 
 @dataclass(frozen=True, slots=True)

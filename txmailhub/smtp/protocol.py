@@ -401,7 +401,7 @@ class SMTPProtocol(Protocol):
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
-        self._log_transaction(event.envelope, self._message_id, 0, event.reply)
+        self._log_transaction(event.envelope, self._message_id, event.size, event.reply)
 
     def _log_transaction(self, env: Any, message_id: str, size: int, reply: Reply) -> None:
         # One field in the format (formatting is per field, in Python); the
