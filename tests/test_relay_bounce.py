@@ -64,7 +64,10 @@ def test_failure_dsn_structure(tmp_path):
     blocks = status.get_payload()
     assert blocks[0]["Reporting-MTA"] == "dns; mail.example.org"
     assert blocks[0]["Original-Envelope-Id"] == "ENV-42"
-    assert blocks[0]["Arrival-Date"]
+    # RFC 5322 3.3 and 4.3: UTC is "+0000"; "GMT" is obsolete, "-0000" means unknown
+    assert str(msg["Date"]) == "Tue, 14 Nov 2023 22:16:40 +0000"
+    assert b"GMT" not in data and b"-0000" not in data
+    assert blocks[0]["Arrival-Date"].endswith(" +0000")
     rcpt = blocks[1]
     assert rcpt["Final-Recipient"] == "rfc822; bob@remote.test"
     assert rcpt["Original-Recipient"] == "rfc822; Bob@Remote.test"
@@ -114,7 +117,7 @@ def test_delayed_notice(tmp_path):
     block = list(msg.iter_parts())[1].get_payload()[1]
     assert block["Action"] == "delayed"
     assert block["Status"] == "4.7.1"
-    assert block["Will-Retry-Until"]
+    assert block["Will-Retry-Until"] == "Sun, 19 Nov 2023 22:13:20 +0000"
     # RET applies to failures only: a delay notice carries the headers
     assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
 

@@ -119,7 +119,7 @@ class ProtocolTests(SynchronousTestCase):
         assert stored.startswith(b"Return-Path: <bill@microsoft.com>\nReceived: from z3.cs.rpi.edu")
         assert b"with SMTP" in stored and b"for <alice@example.org>" in stored
         # no header section in the data: an empty line ends ours
-        assert stored.endswith(b" -0000\n\nHi dave\n.\n.foo\n")
+        assert stored.endswith(b" +0000\n\nHi dave\n.\n.foo\n")
         assert h.spooler.discarded  # the spool file is gone once delivered
         summary = [e for e in self.events if "message_id" not in e and e.get("code") == 250]
         assert summary and summary[0]["sender"] == "bill@microsoft.com"

@@ -29,7 +29,7 @@ def test_received_field():
         b"Received: from client.test ([192.0.2.7])\n"
         b"\tby mx.example.org (txmailhub) with ESMTPS (TLSv1.3 cipher TLS_AES_256_GCM_SHA384)\n"
         b"\tid ABC1\n"
-        b"\tfor <alice@example.org>; Thu, 01 Jan 1970 00:00:00 -0000\n"
+        b"\tfor <alice@example.org>; Thu, 01 Jan 1970 00:00:00 +0000\n"
     )
 
 
@@ -38,7 +38,7 @@ def test_received_ipv6_and_hostile_helo():
                      protocol="SMTP", message_id="I", when=86400)
     lines = field.split(b"\n")
     assert lines[0] == b"Received: from evil??X-Injected:?yes?? ([IPv6:2001:db8::1])"
-    assert b"for <" not in field and field.endswith(b"; Fri, 02 Jan 1970 00:00:00 -0000\n")
+    assert b"for <" not in field and field.endswith(b"; Fri, 02 Jan 1970 00:00:00 +0000\n")
     assert len(lines) == 4  # three folded lines and the final LF
 
 

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope
 from txmailhub.relay.record import QueueEntry, RecipientRecord
+from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = [
@@ -106,10 +107,6 @@ def status_of(reply: Reply | None, action: str) -> str:
     return f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0"
 
 
-def _rfc2822_date(ts: float) -> str:
-    return email.utils.formatdate(ts, localtime=False, usegmt=True)
-
-
 def _recipient_field(address: str) -> str:
     """``rfc822; addr``, or for a non-ASCII address RFC 6533's ``utf-8;``
     with the address as utf-8-addr-xtext (``\\x{HEX}`` escapes): the
@@ -160,7 +157,7 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         lines += ["Your message could not be delivered yet to one or more recipients.",
                   "It will be retried", ""]
         if will_retry_until is not None:
-            lines[-1:] = [f"until {_rfc2822_date(will_retry_until)}; you do not need "
+            lines[-1:] = [f"until {rfc5322_date(will_retry_until)}; you do not need "
                           "to send it again.", ""]
     else:
         lines += ["Your message was successfully delivered to the destination(s)",
@@ -195,7 +192,7 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     head["Reporting-MTA"] = f"dns; {hostname}"
     if entry.envelope.dsn.envid:
         head["Original-Envelope-Id"] = entry.envelope.dsn.envid
-    head["Arrival-Date"] = _rfc2822_date(entry.created)
+    head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
     for r in recipients:
         b = Message()
@@ -217,9 +214,9 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
             kind = "X-txmailhub" if local else "smtp"
             b["Diagnostic-Code"] = _diagnostic(kind, r.last_reply.text())
         if r.last_attempt:
-            b["Last-Attempt-Date"] = _rfc2822_date(r.last_attempt)
+            b["Last-Attempt-Date"] = rfc5322_date(r.last_attempt)
         if action == DELAYED and will_retry_until is not None:
-            b["Will-Retry-Until"] = _rfc2822_date(will_retry_until)
+            b["Will-Retry-Until"] = rfc5322_date(will_retry_until)
         blocks.append(b)
     part.set_payload(blocks)
     return part
@@ -257,7 +254,7 @@ def build_dsn(
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{primary_domain}>"
     report["To"] = f"<{entry.envelope.sender}>"
     report["Subject"] = _SUBJECTS[action]
-    report["Date"] = _rfc2822_date(now)
+    report["Date"] = rfc5322_date(now)
     report["Message-ID"] = message_id or email.utils.make_msgid("dsn", domain=hostname)
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834: no autoresponder replies to it
     human = Message()

@@ -22,7 +22,7 @@ import re
 from txmailhub.address import Address
 
 __all__ = ["MAX_HOPS", "HopCounter", "header_separator", "protocol_name", "received",
-           "return_path"]
+           "return_path", "rfc5322_date"]
 
 # RFC 5321 6.3: a message that has passed this many MTAs is in a loop
 # ("a large rejection threshold, normally at least 100 Received entries").
@@ -119,6 +119,13 @@ def received(
 _dates: dict[int, str] = {}
 
 
+def rfc5322_date(when: float) -> str:
+    """``when`` as an RFC 5322 date in UTC.  The zone is written "+0000":
+    "-0000" would say the local zone is unknown, and "GMT" is an obsolete
+    form a generator must not use (RFC 5322 3.3, 4.3)."""
+    return email.utils.formatdate(when, localtime=False)[:-5] + "+0000"
+
+
 def _date(when: float) -> str:
     """RFC 5322 date for ``when``, formatted once per second."""
     second = int(when)
@@ -126,7 +133,7 @@ def _date(when: float) -> str:
     if text is None:
         if len(_dates) > 8:
             _dates.clear()
-        text = _dates[second] = email.utils.formatdate(second, localtime=False)
+        text = _dates[second] = rfc5322_date(second)
     return text
 
 
