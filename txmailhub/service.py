@@ -246,10 +246,9 @@ class MailHub(MultiService):
         users = self.components.users
         if users is not None:
             # Bad lines do not stop the hub (the rest of the file works), but
-            # whoever starts it must hear about them, not only ``check``.
+            # whoever starts it must hear about them, not only ``check``:
+            # loading the file logs them (and again whenever it changes).
             users.addresses()
-            for problem in users.problems:
-                log.warn("users file: {problem}", problem=problem)
         log.info(
             "txmailhub started: hostname {hostname}, domains {domains}, state in {state_dir}",
             hostname=self.settings.hub.hostname,

@@ -357,8 +357,10 @@ class StaticRouter:
 class QueueSpy:
     """An ``IOutboundQueue`` that records instead of delivering.
 
-    ``enqueued`` lists ``(envelope, message)`` pairs in call order; each
-    call fires with a queue id ``"Q1"``, ``"Q2"``...  ``hold=True`` holds
+    ``enqueued`` lists ``(envelope, message)`` pairs in call order (and
+    ``delivered`` the recipients each call said were already delivered,
+    owing only a success notice); each call fires with a queue id
+    ``"Q1"``, ``"Q2"``...  ``hold=True`` holds
     the Deferreds until ``release()``; ``fail`` makes every enqueue
     errback with that exception.  ``wakes`` counts ``wake()`` calls.
     """
@@ -367,11 +369,14 @@ class QueueSpy:
         self._holder = _Holder(hold)
         self.fail = fail
         self.enqueued: list[tuple[Envelope, SpooledMessage]] = []
+        self.delivered: list[tuple[Address, ...]] = []
         self.wakes = 0
         self._ids = itertools.count(1)
 
-    def enqueue(self, envelope: Envelope, message: SpooledMessage) -> defer.Deferred:
+    def enqueue(self, envelope: Envelope, message: SpooledMessage,
+                delivered: tuple[Address, ...] = ()) -> defer.Deferred:
         self.enqueued.append((envelope, message))
+        self.delivered.append(tuple(delivered))
         if self.fail is not None:
             return self._holder.result(self.fail)
         return self._holder.result(f"Q{next(self._ids)}")
