@@ -104,6 +104,30 @@ def test_unknown_id(setup):
         assert code == 1 and "no queued message NOSUCHID0000" in err
 
 
+def test_the_smtp_message_id_finds_its_queue_entries(setup, tmp_path):
+    # The 250 after DATA names the message, not its queue entries; an admin
+    # who has only that id must still find them.
+    settings, queue, qid, _ = setup
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: y\n\nbody\n")
+    env = Envelope(sender=Address("alice", "example.org"), recipients=(BOB,),
+                   message_id="6B0B3B1033CB0001A")
+    one = queue.enqueue(env, SpooledMessage(str(spool), 17, 20)).result
+    code, out, _ = run(settings, "show", "6B0B3B1033CB0001A")
+    assert code == 0 and f"id: {one}" in out and "message id: 6B0B3B1033CB0001A" in out
+    assert f"id: {qid}" not in out
+    code, out, _ = run(settings, "hold", "6B0B3B1033CB0001A")
+    assert code == 0 and out == f"held {one}\n" and queue.read(one).held
+    # a second entry for the same message (its failed local mailbox, say)
+    two = queue.enqueue(dataclasses.replace(env, recipients=(CAROL,)),
+                        SpooledMessage(str(spool), 17, 20)).result
+    code, out, _ = run(settings, "show", "6B0B3B1033CB0001A")
+    assert code == 0 and f"id: {one}" in out and f"id: {two}" in out
+    code, _, err = run(settings, "delete", "6B0B3B1033CB0001A")
+    assert code == 1 and f"2 queue entries ({one}, {two})" in err
+    assert queue.read(one) is not None and queue.read(two) is not None
+
+
 def test_delete_takes_effect_at_once(setup):
     settings, queue, qid, _ = setup
     code, out, _ = run(settings, "delete", qid)

@@ -218,9 +218,12 @@ class ProtocolTests(SynchronousTestCase):
         p, t = h.connect()
         p.dataReceived(b"HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nRCPT TO:<bob>\r\n"
                        b"DATA\r\nhi\r\n.\r\n")
-        assert take(t)[-1].startswith("250 2.0.0")
+        (reply,) = take(t)[-1:]
+        assert reply.startswith("250 2.0.0")
         assert h.store.messages(ALICE)
         assert q.enqueued[0][0].recipients == (Address("bob", "example.org"),)
+        # the id in the 250 goes with the queued copy, for `mailhub queue show`
+        assert q.enqueued[0][0].message_id and q.enqueued[0][0].message_id in reply
 
     def test_storage_failure_is_451_without_details(self):
         h = Harness()

@@ -70,7 +70,7 @@ def accept_message(
 
 
 def accept_spooled(
-    components: Any, envelope: Envelope, writer: Any
+    components: Any, envelope: Envelope, writer: Any, message_id: str = ""
 ) -> defer.Deferred[dict[Address, Reply]]:
     """Finish the spool ``writer`` and deliver its message, like
     ``writer.finish()`` followed by ``accept_message``.
@@ -80,7 +80,8 @@ def accept_spooled(
     one trip through the sync worker per message instead of two, which is
     what an inbound MX does all day.  Anything else takes the general path.
     Errbacks (nothing delivered) when the spool file cannot be made
-    durable."""
+    durable.  ``message_id`` (the SMTP server's) goes with any copy that
+    is queued, so that the queue tools can find it."""
     router = components.router
     local: list[Address] = []
     remote: list[Address] = []
@@ -88,12 +89,12 @@ def accept_spooled(
         (local if router.is_local_domain(rcpt.domain) else remote).append(rcpt)
     store = components.store
     if local and not remote and ISpoolingStore.providedBy(store) and not _wants_success(envelope):
-        delivery = _Delivery(components, envelope, None)
+        delivery = _Delivery(components, envelope, None, message_id)
         d = store.deliver_spooled(writer, local, components.spooler.discard)
         return d.addCallback(delivery.spooled, local)
     d = writer.finish()
     return d.addCallback(
-        lambda message: _Delivery(components, envelope, message).run(local, remote))
+        lambda message: _Delivery(components, envelope, message, message_id).run(local, remote))
 
 
 def summarize(results: dict[Address, Reply], message_id: str) -> Reply:
@@ -115,10 +116,12 @@ class _Delivery:
     """One run of ``accept_message`` (keeps the callbacks flat)."""
 
     def __init__(
-        self, components: Any, envelope: Envelope, message: SpooledMessage | None
+        self, components: Any, envelope: Envelope, message: SpooledMessage | None,
+        message_id: str = "",
     ) -> None:
         self.components = components
         self.envelope = envelope
+        self.message_id = message_id
         self.message = message
         self.results: dict[Address, Reply] = {}
 
@@ -211,6 +214,7 @@ class _Delivery:
             self.envelope,
             recipients=tuple(rcpts),
             recipient_dsn=tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted),
+            message_id=self.message_id or self.envelope.message_id,
         )
         try:
             d = queue.enqueue(env, self.message, delivered=tuple(rcpts))
@@ -234,6 +238,7 @@ class _Delivery:
             self.envelope,
             recipients=tuple(rcpts),
             recipient_dsn=tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted),
+            message_id=self.message_id or self.envelope.message_id,
         )
         try:
             d = queue.enqueue(env, self.message)

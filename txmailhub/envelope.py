@@ -46,6 +46,9 @@ class Envelope:
     smtputf8: bool = False
     dsn: DSNRequest = field(default_factory=DSNRequest)
     recipient_dsn: tuple[tuple[Address, RecipientDSN], ...] = ()
+    # The id the SMTP server gave the message (its 250 and Received field),
+    # carried into the queue so that an admin can find it there.
+    message_id: str = ""
 
     @property
     def sender_text(self) -> str:

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
 
 __all__ = ["add_queue_parser", "run_queue"]
@@ -75,6 +75,8 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     env = entry.envelope
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"id: {entry.id}")
+    if env.message_id:
+        p(f"message id: {env.message_id}")
     p(f"sender: {_sender(entry)}")
     p(f"queued: {_when(entry.created)}")
     p(f"size: {entry.size}")
@@ -154,6 +156,24 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
               "within 5 seconds", file=out)
         return 0
     qid = args.queue_id
+    if not valid_queue_id(qid) or not os.path.exists(queue.record_path(qid)):
+        # The id from the SMTP reply (or Received field) names the message;
+        # its copies for the queue may be in more than one entry.
+        found = queue.find_message(qid)
+        if len(found) > 1 and action != "show":
+            print(f"mailhub: message {qid} is in {len(found)} queue entries "
+                  f"({', '.join(found)}): name one of them", file=err)
+            return 1
+        if found:
+            if action == "show":
+                for i, one in enumerate(found):
+                    if i:
+                        print(file=out)
+                    entry = queue.read(one)
+                    if entry is not None:
+                        _show(entry, out)
+                return 0
+            qid = found[0]
     if action == "show":
         try:
             entry = queue.read(qid)

@@ -198,13 +198,18 @@ class OutboundQueue:
 
         def stored(entry: QueueEntry) -> str:
             if delivered:
-                log.info("queued {queue_id}: the success notice to <{sender}> for {recipients}",
-                         queue_id=queue_id, sender=envelope.sender_text,
-                         recipients=", ".join(map(str, delivered)))
+                log.info("queued {queue_id}{message}: the success notice to <{sender}> for "
+                         "{recipients}", queue_id=queue_id, sender=envelope.sender_text,
+                         recipients=", ".join(map(str, delivered)),
+                         message_id=envelope.message_id,
+                         message=f" (message {envelope.message_id})"
+                         if envelope.message_id else "")
             else:
-                log.info("queued {queue_id} from <{sender}> for {count} recipient(s)",
+                log.info("queued {queue_id}{message} from <{sender}> for {count} recipient(s)",
                          queue_id=queue_id, sender=envelope.sender_text,
-                         count=len(entry.recipients))
+                         count=len(entry.recipients), message_id=envelope.message_id,
+                         message=f" (message {envelope.message_id})"
+                         if envelope.message_id else "")
             self._notify(queue_id)
             return queue_id
 
@@ -246,6 +251,22 @@ class OutboundQueue:
         except FileNotFoundError:
             return None
         return QueueEntry.from_json(raw, self.message_path(queue_id))
+
+    def find_message(self, message_id: str) -> list[str]:
+        """The ids of the entries holding the message the SMTP server
+        called ``message_id`` (a message can be in several: its remote
+        recipients, a local mailbox that failed, a success notice)."""
+        found = []
+        if not message_id:
+            return found
+        for qid in self.ids():
+            try:
+                entry = self.read(qid)
+            except RecordError:
+                continue
+            if entry is not None and entry.envelope.message_id == message_id:
+                found.append(qid)
+        return found
 
     def recover(self) -> list[QueueEntry]:
         """Tidy up after a crash and return every entry (at startup).

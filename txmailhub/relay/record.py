@@ -219,6 +219,7 @@ class QueueEntry:
                 "smtputf8": env.smtputf8,
                 "ret": env.dsn.ret,
                 "envid": env.dsn.envid,
+                "message_id": env.message_id,
             },
             "recipients": [r.to_json() for r in self.recipients],
         }
@@ -241,6 +242,7 @@ class QueueEntry:
                 body_8bit=bool(e.get("body_8bit", False)),
                 smtputf8=bool(e.get("smtputf8", False)),
                 dsn=DSNRequest(ret=e.get("ret"), envid=e.get("envid")),
+                message_id=str(e.get("message_id") or ""),
                 recipient_dsn=tuple(
                     (r.address, RecipientDSN(notify=r.notify, orcpt=r.orcpt))
                     for r in recips

@@ -376,7 +376,7 @@ class SMTPProtocol(Protocol):
             if self._head:  # no data at all (an empty BDAT LAST)
                 head, self._head = self._head, b""
                 writer.write(head)
-            d = accept_spooled(self.components, event.envelope, writer)
+            d = accept_spooled(self.components, event.envelope, writer, message_id)
         except Exception as e:
             d = defer.fail(e)
         d.addCallbacks(self._delivered, self._storage_failed,
