@@ -78,6 +78,8 @@ def test_failure_dsn_structure(tmp_path):
     assert returned.get_content_type() == "text/rfc822-headers"
     assert "Subject: lunch" in returned.get_payload()
     assert "See you at noon" not in returned.get_payload()
+    # the human part says what is attached: the headers only, without RET=FULL
+    assert "Its headers are attached below." in human.get_content()
 
 
 def test_each_failed_recipient_named(tmp_path):
@@ -99,6 +101,7 @@ def test_ret_full_returns_message(tmp_path):
     inner = returned.get_payload()[0] if isinstance(returned.get_payload(), list) else \
         returned.get_content()
     assert "See you at noon." in inner.get_content()
+    assert "It is attached below." in list(msg.iter_parts())[0].get_content()
 
 
 def test_ret_full_too_big_returns_headers(tmp_path, monkeypatch):

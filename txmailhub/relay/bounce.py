@@ -148,11 +148,13 @@ def _fold(value: str, used: int) -> str:
 
 
 def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
-           hostname: str, will_retry_until: float | None) -> str:
+           hostname: str, will_retry_until: float | None, full: bool = False) -> str:
     lines = [f"This is the mail system at {hostname}.", ""]
     if action == FAILED:
         lines += ["I'm sorry to have to inform you that your message could not",
-                  "be delivered to one or more recipients. It is attached below.", ""]
+                  "be delivered to one or more recipients. "
+                  + ("It is attached below." if full else "Its headers are attached below."),
+                  ""]
     elif action == DELAYED:
         lines += ["Your message could not be delivered yet to one or more recipients.",
                   "It will be retried", ""]
@@ -260,25 +262,31 @@ def build_dsn(
     human = Message()
     human.set_type("text/plain")
     human.set_param("charset", "utf-8")
-    text = _human(entry, recipients, action, hostname, will_retry_until)
+    full = _returns_full(entry, action)
+    text = _human(entry, recipients, action, hostname, will_retry_until, full)
     human["Content-Transfer-Encoding"] = "8bit" if not text.isascii() else "7bit"
     human.set_payload(text.encode("utf-8").decode("ascii", "surrogateescape"))
     report.attach(human)
     report.attach(_status_part(entry, recipients, action, hostname, now, will_retry_until))
-    report.attach(_returned(entry, action))
+    report.attach(_returned(entry, full))
     out = BytesIO()
     BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(report)
     return out.getvalue()
 
 
-def _returned(entry: QueueEntry, action: str) -> Message:
+def _returns_full(entry: QueueEntry, action: str) -> bool:
+    """Whether the notice carries the whole message (RET=FULL, failures,
+    at most ``FULL_RETURN_LIMIT``) rather than its headers."""
+    if action != FAILED or (entry.envelope.dsn.ret or "").upper() != "FULL":
+        return False
+    try:
+        return os.path.getsize(entry.message_path) <= FULL_RETURN_LIMIT
+    except OSError:
+        return False
+
+
+def _returned(entry: QueueEntry, full: bool) -> Message:
     path = entry.message_path
-    full = (action == FAILED and (entry.envelope.dsn.ret or "").upper() == "FULL")
-    if full:
-        try:
-            full = os.path.getsize(path) <= FULL_RETURN_LIMIT
-        except OSError:
-            full = False
     if full:
         with open(path, "rb") as f:
             original = BytesParser(policy=_POLICY).parse(f)
