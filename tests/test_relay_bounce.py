@@ -96,12 +96,12 @@ def test_each_failed_recipient_named(tmp_path):
 def test_ret_full_returns_message(tmp_path):
     entry = make_entry(tmp_path, ret="FULL")
     _, msg = build(entry, [failed(entry)])
-    returned = list(msg.iter_parts())[2]
+    human, _, returned = msg.iter_parts()
     assert returned.get_content_type() == "message/rfc822"
     inner = returned.get_payload()[0] if isinstance(returned.get_payload(), list) else \
         returned.get_content()
     assert "See you at noon." in inner.get_content()
-    assert "It is attached below." in list(msg.iter_parts())[0].get_content()
+    assert "It is attached below." in human.get_content()
 
 
 def test_ret_full_too_big_returns_headers(tmp_path, monkeypatch):
