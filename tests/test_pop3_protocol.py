@@ -827,7 +827,8 @@ def test_login_is_logged_with_fields_and_without_the_password():
 
     globalLogPublisher.addObserver(events.append)
     try:
-        login(env, pw=b"joepw")
+        first, _ = login(env, pw=b"joepw")
+        first.connectionLost(None)  # no QUIT
         proto, t = env.connect()
         talk(proto, t, b"USER joe\r\nPASS sekrit-pw\r\n")
         env.clock.advance(5)
@@ -836,8 +837,12 @@ def test_login_is_logged_with_fields_and_without_the_password():
     mine = [e for e in events if e.get("log_namespace") == "txmailhub.pop3"]
     ok = [e for e in mine if e.get("mechanism") == "USER" and "count" in e]
     refused = [e for e in mine if e.get("why") == "AUTH"]
-    assert ok and ok[0]["user"] == "joe" and ok[0]["peer"] == "127.0.0.1"
+    # a login names the mailbox, however the client spelled it; a refusal
+    # can only give what was typed
+    assert ok and ok[0]["user"] == "joe@example.org" and ok[0]["peer"] == "127.0.0.1"
     assert refused and refused[0]["user"] == "joe"
+    left = [e for e in mine if "without QUIT" in e.get("log_format", "")]
+    assert len(left) == 1 and left[0]["user"] == "joe@example.org"
     assert not any("sekrit" in repr(e) for e in events)
 
 

@@ -87,6 +87,7 @@ class POP3Protocol(Protocol):
         self._logout: Any = None
         self._peer = "?"
         self._user = ""
+        self._typed = ""  # the user name as the client gave it
         self._busy = False  # a login, delay, stream or update is running
         self._processing = False
         self._write_paused = False
@@ -181,6 +182,9 @@ class POP3Protocol(Protocol):
             self._stream = None
         if not self._update_running:
             # A dropped connection deletes nothing: just release the lock.
+            if self.mailbox is not None:
+                log.info("POP3 {user} from {peer} left without QUIT: nothing deleted",
+                         user=self._user, peer=self._peer)
             self._release()
 
     def _release(self) -> None:
@@ -335,6 +339,7 @@ class POP3Protocol(Protocol):
     def _authenticate(self, action: Authenticate) -> None:
         self._busy = True
         username = action.username.encode("utf-8", "surrogateescape")
+        self._typed = action.username
         self._user = loggable(action.username)
         local = _is_local_peer(self.transport.getPeer())
         if not local and self.factory.login_failures.blocked(self._peer):
@@ -368,6 +373,8 @@ class POP3Protocol(Protocol):
             self._release()
             self._finish_login(self.engine.login_failed(LoginFailure.TEMPORARY))
             return
+        # From here on the log names the mailbox, not the spelling typed.
+        self._user = loggable(self.engine.identity(self._typed))
         log.info(
             "POP3 login {user} from {peer} ({mechanism}): {count} messages",
             user=self._user, peer=self._peer, mechanism=mechanism, count=len(messages),

@@ -367,13 +367,13 @@ class POP3Server:
             authz = authzid.decode("utf-8")
         except UnicodeDecodeError:
             return self._send(R.AUTH_BAD_PLAIN)
-        if authz and self._identity(authz) != self._identity(username):
+        if authz and self.identity(authz) != self.identity(username):
             # Acting as another user is not supported: a failed login.
             self._waiting = "login"
             return self.login_failed(LoginFailure.BAD_CREDENTIALS)
         return self._login("PLAIN", username, password)
 
-    def _identity(self, name: str) -> str:
+    def identity(self, name: str) -> str:
         """A user name as the users file keys it: a bare name is at the
         primary domain, and case does not matter (RFC 4616: an authzid that
         names the authenticated identity itself is no request to act as
