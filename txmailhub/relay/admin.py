@@ -101,6 +101,8 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
             parts.append(f"remote={r.remote_mta}")
         if r.notify:
             parts.append("notify=" + ",".join(r.notify))
+        if r.notice:
+            parts.append(f"notice-owed={r.notice}")  # RFC 3461 success notice, not yet sent
         p(" ".join(parts))
         if r.last_reply is not None:
             p(f"    reply: {r.last_reply.text()}")
