@@ -7,7 +7,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.address import Address
@@ -688,3 +688,55 @@ def test_any_input_gives_well_formed_replies_whatever_the_split(pieces, cuts):
     assert got == expected
     assert all(re.fullmatch(r"[2345]\d\d[ -].*", line) for line in got), got
     assert not any("Error" in line or "Traceback" in line for line in got)
+
+
+# --- the reply to a body does not depend on how TCP cut it ------------------------
+
+_pieces = st.lists(st.sampled_from([b"a", b"\r", b"\n", b".", b"\r\n", b"\r\n", b"a" * 400,
+                                    b"a" * 997, b"\r\n" + b"a" * 998]), max_size=10)
+
+
+def _replies_for(wire: bytes, cuts: list[int], max_size: int) -> list[str]:
+    d = Driver(max_message_size=max_size)
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n")
+    out: list[str] = []
+    last = 0
+    for cut in [*sorted({c % (len(wire) + 1) for c in cuts}), len(wire)]:
+        if cut > last:
+            out += d.send(wire[last:cut])
+            last = cut
+    return out
+
+
+@given(_pieces, st.lists(st.integers(min_value=1, max_value=4000), max_size=3),
+       st.lists(st.integers(min_value=0, max_value=20000), max_size=8),
+       st.sampled_from([100, 1500, 10**6]))
+# An over-long line with a CR in it, cut right after the CR; the same with a
+# size error too; an unfinished line with a bare CR at the end of a chunk.
+@example([b"a" * 997, b"a" * 103, b"\r", b"a"], [], [len(b"BDAT 1102 LAST\r\n") + 1101], 10**6)
+@example([b"a" * 997, b"a" * 103, b"\r", b"a"], [], [len(b"BDAT 1102 LAST\r\n") + 1101], 100)
+@example([b"a", b"\r", b"a" * 400], [2, 400], [10, 700], 10**6)
+@settings(max_examples=300, deadline=None)
+def test_bdat_and_data_replies_do_not_depend_on_tcp_segments(pieces, chunking, cuts, max_size):
+    body = b"".join(pieces)
+    # BDAT: the body in chunks (where the client cut it: part of the
+    # protocol), then NOOP; the same bytes in other TCP segments must get the
+    # same replies.
+    sizes, rest = [], len(body)
+    for n in chunking:
+        if rest <= 0:
+            break
+        sizes.append(min(n, rest))
+        rest -= sizes[-1]
+    if rest > 0 or not sizes:
+        sizes.append(max(rest, 0))
+    wire, at = b"", 0
+    for i, n in enumerate(sizes):
+        wire += f"BDAT {n}{' LAST' if i == len(sizes) - 1 else ''}\r\n".encode()
+        wire += body[at:at + n]
+        at += n
+    wire += b"NOOP\r\n"
+    assert _replies_for(wire, cuts, max_size) == _replies_for(wire, [], max_size)
+    if b"\r\n.\r\n" not in b"\r\n" + body + b"\r\n":
+        wire = b"DATA\r\n" + body + b"\r\n.\r\nNOOP\r\n"
+        assert _replies_for(wire, cuts, max_size) == _replies_for(wire, [], max_size)

@@ -294,6 +294,17 @@ class ChunkReader:
             return None
         return rest if rest is not None else b""
 
+    def settle(self) -> Reply | None:
+        """The message ends after a chunk that is not the LAST one (the
+        chunk broke a rule): every CR of the unfinished line is bare but a
+        final one, whose LF could have come with the next chunk.  Returns
+        the refusing reply, chosen among all the problems found."""
+        tail, self._pending = self._pending, b""
+        self._filter.size += len(tail)
+        if CR in tail[:-1]:
+            self._filter.fail(replies.MESSAGE_BARE_CR_LF)
+        return self._filter.error
+
     def finish(self) -> Reply | None:
         """After the LAST chunk: flush an unterminated last line."""
         if self._pending:

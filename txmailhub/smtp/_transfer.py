@@ -96,8 +96,11 @@ class MessageTransfer:
             self.reply(reader.error or replies.BAD_SEQUENCE)
             return
         if reader.error is not None:
+            # The unfinished line is checked too, or the reply would depend
+            # on where the network cut the chunk (see _data._ranks).
             self._reader = None
-            self._end_of_message(reader.error, reader.size)
+            error = reader.finish() if reader.last else reader.settle()
+            self._end_of_message(error, reader.size)
             return
         if not reader.last:
             self._reader = None
