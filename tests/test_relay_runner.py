@@ -252,6 +252,45 @@ def test_a_delivery_whose_record_cannot_be_written_is_not_made_twice(hub, monkey
     assert qid not in hub.runner._unrecorded
 
 
+def test_results_kept_for_an_entry_that_is_deleted_are_dropped(hub, monkeypatch):
+    hub.runner.start()
+    monkeypatch.setattr(hub.queue, "update",
+                        lambda qid, change: defer.fail(OSError(28, "No space left")))
+    qid = enqueue(hub, BOB)
+    assert qid in hub.runner._unrecorded
+    hub.queue.delete(qid)  # `mailhub queue delete`
+    hub.runner._rescan()
+    assert qid not in hub.runner._unrecorded and qid not in hub.runner.due
+
+
+def test_a_notice_whose_record_cannot_be_written_is_not_sent_twice(hub, monkeypatch):
+    # The same for notices: sent, then the update that says so fails.
+    hub.runner.start()
+    real = hub.queue.update
+    calls = [0]
+    broken = [True]
+
+    def update(qid, change):
+        calls[0] += 1
+        if broken[0] and calls[0] % 2 == 0:  # _record works, clearing the notice fails
+            return defer.fail(OSError(24, "Too many open files"))
+        return real(qid, change)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    path = hub.tmp / "spool-notice"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    env = Envelope(sender=ALICE, recipients=(LOCAL,),
+                   recipient_dsn=((LOCAL, RecipientDSN(notify=("SUCCESS",))),))
+    qid = hub.queue.enqueue(env, SpooledMessage(str(path), 20, 23), delivered=(LOCAL,)).result
+    for _ in range(3):
+        hub.clock.advance(60)
+    broken[0] = False
+    hub.clock.advance(60)
+    sent = [d for _, d in hub.dsn.sent if b"Action: delivered" in d]
+    assert len(sent) == 1
+    assert hub.queue.ids() == [] and qid not in hub.runner._notified
+
+
 def test_per_destination_limit(hub):
     hub.runner.start()
     pending = []

@@ -68,6 +68,9 @@ class QueueRunner:
         # delivering those copies again.  In memory only: after a crash the
         # copies go again, a duplicate rather than a loss (RFC 5321 6.3).
         self._unrecorded: dict[str, list[DeliveryResult]] = {}
+        # The same for notices: sent, but the record saying so could not be
+        # written.  (action, recipient) pairs per queue id.
+        self._notified: dict[str, set[tuple[str, Address]]] = {}
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -150,9 +153,9 @@ class QueueRunner:
                 continue
             if entry is not None:
                 self._index(entry)
-        for qid in list(self.due):
+        for qid in {*self.due, *self._unrecorded, *self._notified}:
             if qid not in seen and qid not in self.active:
-                del self.due[qid]
+                self._forget(qid)  # deleted by `mailhub queue delete`
 
     def _flush(self) -> None:
         now = self.clock.seconds()
@@ -198,8 +201,7 @@ class QueueRunner:
     def _process(self, qid: str) -> Any:
         entry = self.queue.read(qid)
         if entry is None:
-            self.due.pop(qid, None)
-            self._unrecorded.pop(qid, None)
+            self._forget(qid)
             return
         if entry.held:
             self.due.pop(qid, None)
@@ -218,10 +220,15 @@ class QueueRunner:
         if entry is not None:
             entry = yield self._notify(entry, now)
         if entry is None:
-            self.due.pop(qid, None)
+            self._forget(qid)
             log.info("{queue_id} done: removed from the queue", queue_id=qid)
         else:
             self._index(entry)
+
+    def _forget(self, qid: str) -> None:
+        self.due.pop(qid, None)
+        self._unrecorded.pop(qid, None)
+        self._notified.pop(qid, None)
 
     def _attempt(self, entry: QueueEntry) -> defer.Deferred:
         router = self.components.router
@@ -332,7 +339,7 @@ class QueueRunner:
                          queue_id=entry.id)
             ok = True
             if wanted:
-                ok = yield self._send(entry, wanted, bounce.FAILED, now)
+                ok = yield self._send_once(entry, wanted, bounce.FAILED, now)
             if not ok and schedule.expired(now, entry.created, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
                           "the queue lifetime", queue_id=entry.id,
@@ -350,7 +357,7 @@ class QueueRunner:
             if r.notice:
                 notices.setdefault(r.notice, []).append(r)
         for action, recs in notices.items():
-            ok = yield self._send(entry, recs, action, now)
+            ok = yield self._send_once(entry, recs, action, now)
             if ok:
                 names = {r.address for r in recs}
                 entry = yield self.queue.update(entry.id, lambda e, names=names: (
@@ -363,11 +370,25 @@ class QueueRunner:
             wanted = [r for r in entry.pending if bounce.wants_notice(entry, r, bounce.DELAYED)]
             ok = True
             if wanted:
-                ok = yield self._send(entry, wanted, bounce.DELAYED, now)
+                ok = yield self._send_once(entry, wanted, bounce.DELAYED, now)
             if ok:
                 entry = yield self.queue.update(
                     entry.id, lambda e: dataclasses.replace(e, delay_warned=True))
         return entry
+
+    @defer.inlineCallbacks
+    def _send_once(self, entry: QueueEntry, recs: list[RecipientRecord], action: str,
+                   now: float) -> Any:
+        """``_send``, for the recipients not already told (a notice sent
+        whose record could not be written is not sent again)."""
+        told = self._notified.setdefault(entry.id, set())
+        todo = [r for r in recs if (action, r.address) not in told]
+        if todo:
+            ok = yield self._send(entry, todo, action, now)
+            if not ok:
+                return False
+            told.update((action, r.address) for r in todo)
+        return True
 
     @defer.inlineCallbacks
     def _send(self, entry: QueueEntry, recs: list[RecipientRecord], action: str,
