@@ -228,6 +228,7 @@ class Spooler:
         self._prefix = f"{os.getpid()}-"
         self._tag = os.urandom(4).hex()
         self._ready: deque[tuple[str, int]] = deque()
+        self._generation = 0  # bumped when the spool folder had to be made again
         self._refilling = False
         self._closed = False
         self._lock_fd: int | None = None
@@ -236,19 +237,7 @@ class Spooler:
             self.recover()
 
     def open(self) -> SpoolWriter:
-        if self._ready:
-            path, fd = self._ready.popleft()
-            if os.fstat(fd).st_nlink == 0:
-                # Unlinked: the spool folder was removed under us, and the
-                # files made ahead with it.  Data written there could never
-                # be published (451 for each), so start afresh.
-                lost, self._ready = [(path, fd), *self._ready], deque()
-                log.warn("the spool files made ahead in {path} are gone; making new ones",
-                         path=self.spool_dir)
-                _drop(lost)
-                path, fd = self._create()
-        else:
-            path, fd = self._create()
+        path, fd = self._ready.popleft() if self._ready else self._create()
         self._refill()
         return SpoolWriter(self, path, fd)
 
@@ -272,6 +261,7 @@ class Spooler:
                 log.warn("the spool folder {path} was gone: made again", path=self.spool_dir)
                 os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
                 remade = True
+                self._generation += 1  # what was made ahead went with the old folder
                 continue
             return path, fd
 
@@ -296,14 +286,22 @@ class Spooler:
         ):
             return
         self._refilling = True
+        generation = self._generation
         d = call(self._create_many, self.precreate - len(self._ready))
 
         def done(made: list[tuple[str, int]]) -> None:
             self._refilling = False
             if self._closed:
                 _drop(made)
-            else:
-                self._ready.extend(made)
+                return
+            if self._generation != generation:
+                # The folder was removed under us and made again: the files
+                # still ready are unlinked, and data written to them could
+                # never be published (a 451 each).  Noticed here, on the
+                # worker's ENOENT, rather than by a system call per message.
+                lost, self._ready = list(self._ready), deque()
+                _drop(lost)
+            self._ready.extend(made)
 
         def failed(f: Any) -> None:
             self._refilling = False
