@@ -47,7 +47,7 @@ class Queue:
         self.entries = []
         self.delivered = []
 
-    def enqueue(self, envelope, message, delivered=()):
+    def enqueue(self, envelope, message, delivered=(), notice="delivered"):
         self.entries.append((envelope, message))
         self.delivered.append(delivered)
         if self.fail:

@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.address import Address
+from txmailhub.envelope import RecipientDSN
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.server import (
@@ -740,3 +741,46 @@ def test_bdat_and_data_replies_do_not_depend_on_tcp_segments(pieces, chunking, c
     if b"\r\n.\r\n" not in b"\r\n" + body + b"\r\n":
         wire = b"DATA\r\n" + body + b"\r\n.\r\nNOOP\r\n"
         assert _replies_for(wire, cuts, max_size) == _replies_for(wire, [], max_size)
+
+
+# --- DSN parameters and alias expansion (RFC 3461) ----------------------------------
+
+
+def _envelope_after(*rcpts: str):
+    d = Driver()
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    for rcpt in rcpts:
+        assert d.codes(rcpt + "\r\n") == ["250"]
+    d.send("DATA\r\nx\r\n.\r\n")
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    return done.envelope
+
+
+def test_success_to_an_alias_of_several_members_is_one_expanded_notice():
+    env = _envelope_after("RCPT TO:<list> NOTIFY=SUCCESS,FAILURE")
+    list_, alice, bob = (Address(n, "example.org") for n in ("list", "alice", "bob"))
+    assert env.recipients == (alice, bob)
+    (expanded,) = env.expanded
+    assert expanded[0] == list_ and expanded[1].notify == ("SUCCESS", "FAILURE")
+    # the members report failures only, and name the alias as what was asked for
+    assert [a for a, _ in env.recipient_dsn] == [alice, bob]
+    for _, dsn in env.recipient_dsn:
+        assert dsn.notify == ("FAILURE",) and dsn.orcpt == "rfc822;list@example.org"
+    env = _envelope_after("RCPT TO:<list> NOTIFY=SUCCESS")
+    assert {dsn.notify for _, dsn in env.recipient_dsn} == {("NEVER",)}
+
+
+def test_dsn_parameters_pass_through_a_single_mailbox():
+    env = _envelope_after("RCPT TO:<ALICE> NOTIFY=SUCCESS", "RCPT TO:<bob> NOTIFY=DELAY")
+    assert env.expanded == ()
+    assert dict(env.recipient_dsn) == {
+        Address("alice", "example.org"): RecipientDSN(("SUCCESS",), "rfc822;ALICE@example.org"),
+        Address("bob", "example.org"): RecipientDSN(("DELAY",), None),
+    }
+
+
+def test_a_mailbox_named_again_keeps_the_dsn_parameters_given_once():
+    env = _envelope_after("RCPT TO:<alice>", "RCPT TO:<Alice> NOTIFY=SUCCESS")
+    assert env.recipients == (Address("alice", "example.org"),)
+    ((_, dsn),) = env.recipient_dsn
+    assert dsn.notify == ("SUCCESS",)

@@ -35,7 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txmailhub.address import Address
-from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
 from txmailhub.interfaces import ISpoolingStore
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
@@ -135,8 +135,18 @@ class _Delivery:
             d = pending[0]
         else:
             d = defer.gatherResults(pending, consumeErrors=True)
+        if self.envelope.expanded:
+            d.addCallback(self._enqueue_expanded)
         d.addCallbacks(self._discard, self._unexpected)
         return d
+
+    def _enqueue_expanded(self, _: Any) -> Any:
+        """RFC 3461 6.2.7.3: one "expanded" notice per alias of several
+        members that asked NOTIFY=SUCCESS, once the message is accepted
+        (not when the client will send it again: a notice each time)."""
+        if self.envelope.sender is None or not all(r.is_positive for r in self.results.values()):
+            return None
+        return self._enqueue_notices(list(self.envelope.expanded), "expanded")
 
     def _unexpected(self, f: Any) -> Any:
         log.failure("delivery failed unexpectedly", f)
@@ -192,32 +202,32 @@ class _Delivery:
         if failed:
             pending.append(self._enqueue(failed, replies.LOCAL_ERROR))
         if notices:
-            pending.append(self._enqueue_notices(notices))
+            wanted = set(notices)
+            pending.append(self._enqueue_notices(
+                [p for p in self.envelope.recipient_dsn if p[0] in wanted]))
         if not pending:
             return None
         return pending[0] if len(pending) == 1 else defer.gatherResults(pending)
 
-    def _enqueue_notices(self, rcpts: list[Address]) -> defer.Deferred:
-        """RFC 3461 6.2.1: a "delivered" notice for mailboxes whose
-        recipient asked for NOTIFY=SUCCESS.  The queue sends it (durably,
-        with retries, as it does the other notices).  The copies are in
-        their mailboxes whatever happens here, so a failure is logged and
-        the reply stays 250: a 451 would bring the message again."""
+    def _enqueue_notices(self, pairs: list[tuple[Address, RecipientDSN]],
+                         notice: str = "delivered") -> defer.Deferred:
+        """RFC 3461 6.2.1: a success notice ("delivered", or "expanded" for
+        an alias) for the recipients in ``pairs`` (address, its DSN
+        parameters), who asked NOTIFY=SUCCESS.  The queue sends it
+        (durably, with retries, as it does the other notices).  The copies
+        are in their mailboxes whatever happens here, so a failure is
+        logged and the reply stays 250: a 451 would bring the message
+        again."""
+        rcpts = [a for a, _ in pairs]
         queue = self.components.queue
         if queue is None:
             log.warn("no outbound queue: the success notice to <{sender}> for {recipients} "
                      "is not sent", sender=self.envelope.sender_text,
                      recipients=", ".join(map(str, rcpts)))
             return defer.succeed(None)
-        wanted = set(rcpts)
-        env = dataclasses.replace(
-            self.envelope,
-            recipients=tuple(rcpts),
-            recipient_dsn=tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted),
-            message_id=self.message_id or self.envelope.message_id,
-        )
+        env = self._envelope_for(rcpts, tuple(pairs))
         try:
-            d = queue.enqueue(env, self.message, delivered=tuple(rcpts))
+            d = queue.enqueue(env, self.message, delivered=tuple(rcpts), notice=notice)
         except Exception as e:
             d = defer.fail(e)
 
@@ -234,12 +244,8 @@ class _Delivery:
                 self.results[rcpt] = without_queue
             return defer.succeed(None)
         wanted = set(rcpts)
-        env = dataclasses.replace(
-            self.envelope,
-            recipients=tuple(rcpts),
-            recipient_dsn=tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted),
-            message_id=self.message_id or self.envelope.message_id,
-        )
+        env = self._envelope_for(
+            rcpts, tuple(p for p in self.envelope.recipient_dsn if p[0] in wanted))
         try:
             d = queue.enqueue(env, self.message)
         except Exception as e:
@@ -256,6 +262,13 @@ class _Delivery:
 
         d.addCallbacks(queued, failed)
         return d
+
+    def _envelope_for(self, rcpts: list[Address],
+                      dsn: tuple[tuple[Address, RecipientDSN], ...]) -> Envelope:
+        """The envelope of a queue entry for some of the recipients."""
+        return dataclasses.replace(
+            self.envelope, recipients=tuple(rcpts), recipient_dsn=dsn, expanded=(),
+            message_id=self.message_id or self.envelope.message_id)
 
     def _discard(self, _: Any) -> Any:
         """Remove the spool file; the results stand whatever happens."""
@@ -284,7 +297,9 @@ _MISSING = object()
 def _wants_success(envelope: Envelope, rcpt: Address | None = None) -> bool:
     """Whether ``rcpt`` (or any recipient) asked for a success notice
     (RFC 3461 NOTIFY=SUCCESS); nobody is told anything about mail from <>."""
-    if envelope.sender is None or not envelope.recipient_dsn:
+    if envelope.sender is None:
         return False
+    if rcpt is None and envelope.expanded:
+        return True
     return any("SUCCESS" in (n.upper() for n in dsn.notify)
                for addr, dsn in envelope.recipient_dsn if rcpt is None or addr == rcpt)

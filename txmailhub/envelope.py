@@ -49,6 +49,10 @@ class Envelope:
     # The id the SMTP server gave the message (its 250 and Received field),
     # carried into the queue so that an admin can find it there.
     message_id: str = ""
+    # Addresses that expanded to several recipients and asked NOTIFY=SUCCESS:
+    # they get one "expanded" notice each (RFC 3461 6.2.7.3), and their
+    # members are not told to report success, which would name them all.
+    expanded: tuple[tuple[Address, RecipientDSN], ...] = ()
 
     @property
     def sender_text(self) -> str:

@@ -166,14 +166,15 @@ class IRecipientRouter(Interface):
 class IOutboundQueue(Interface):
     """The durable queue of mail for remote (or retried local) recipients."""
 
-    def enqueue(envelope, message, delivered=()) -> "Deferred":  # noqa: F821, UP037
+    def enqueue(envelope, message, delivered=(), notice="delivered") -> "Deferred":  # noqa: F821, UP037
         """Store ``message`` (a ``SpooledMessage``) for ``envelope``'s
         recipients and fire with the queue id once message and envelope
         are fsynced (files and directory).  Delivery starts at once.
 
         Recipients in ``delivered`` are already in their mailboxes: the
-        entry only owes their RFC 3461 success notice (NOTIFY=SUCCESS),
-        sent by the queue runner like any other notice."""
+        entry only owes their RFC 3461 success notice (NOTIFY=SUCCESS) of
+        kind ``notice`` ("delivered", or "expanded" for an alias of several
+        members), sent by the queue runner like any other notice."""
 
     def wake() -> None:
         """Look for due entries now (a flush from the CLI, a new entry)."""

@@ -374,7 +374,7 @@ class QueueSpy:
         self._ids = itertools.count(1)
 
     def enqueue(self, envelope: Envelope, message: SpooledMessage,
-                delivered: tuple[Address, ...] = ()) -> defer.Deferred:
+                delivered: tuple[Address, ...] = (), notice: str = "delivered") -> defer.Deferred:
         self.enqueued.append((envelope, message))
         self.delivered.append(tuple(delivered))
         if self.fail is not None:

@@ -140,6 +140,43 @@ def test_notify_success_for_a_local_mailbox_sends_a_delivered_notice(hub):
     assert hub.mailhub("queue", "list").stdout.strip() == ""  # the notice's entry is gone
 
 
+def _wait_for(hub, who, count=1):
+    deadline = time.monotonic() + 20
+    while len(hub.messages(who)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return hub.messages(who)
+
+
+def test_notify_success_to_an_alias_of_several_members_names_only_the_alias(make_hub, tmp_path):
+    # RFC 3461 6.2.7.3: one "expanded" notice for the alias; its members are
+    # not asked to report success, which would name them all to the sender.
+    # A one-member alias passes NOTIFY on: the notice names the mailbox,
+    # with the alias as the Original-Recipient.
+    aliases = tmp_path / "aliases"
+    aliases.write_text("team: alice, bob\nsolo: alice\n")
+    hub = make_hub(sections={"aliases": {"file": str(aliases)}})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.mail("carol@example.net")[0] == 250
+        assert s.rcpt("team@example.org", ["NOTIFY=SUCCESS,FAILURE"])[0] == 250
+        assert s.data(b"Subject: to the team\r\n\r\nhi\r\n")[0] == 250
+    assert len(hub.messages("alice@example.org")) == 1
+    assert len(hub.messages("bob@example.org")) == 1
+    (dsn,) = _wait_for(hub, "carol@example.net")
+    assert b"Action: expanded" in dsn and b"Status: 2.0.0" in dsn
+    assert b"Final-Recipient: rfc822; team@example.org" in dsn
+    assert b"alice" not in dsn and b"bob" not in dsn
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.mail("carol@example.net")[0] == 250
+        assert s.rcpt("Solo@example.org", ["NOTIFY=SUCCESS"])[0] == 250
+        assert s.data(b"Subject: solo\r\n\r\nhi\r\n")[0] == 250
+    notices = _wait_for(hub, "carol@example.net", 2)
+    (dsn,) = [m for m in notices if b"Action: delivered" in m]
+    assert b"Final-Recipient: rfc822; alice@example.org" in dsn
+    assert b"Original-Recipient: rfc822; Solo@example.org" in dsn
+
+
 def test_starttls_and_submission_auth(make_hub):
     hub = make_hub(tls=True)
     ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))

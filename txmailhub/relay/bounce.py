@@ -42,6 +42,7 @@ from txmailhub.smtp.reply import LocalReply, Reply
 __all__ = [
     "DELAYED",
     "DELIVERED",
+    "EXPANDED",
     "FAILED",
     "FULL_RETURN_LIMIT",
     "RELAYED",
@@ -59,6 +60,7 @@ FAILED = "failed"
 DELAYED = "delayed"
 DELIVERED = "delivered"
 RELAYED = "relayed"
+EXPANDED = "expanded"  # an alias of several members (RFC 3461 6.2.7.3)
 
 FULL_RETURN_LIMIT = 1024 * 1024  # RET=FULL returns the whole message up to this size
 MAX_HEADER_BYTES = 256 * 1024
@@ -69,6 +71,7 @@ _SUBJECTS = {
     DELAYED: "Delayed Mail (still being retried)",
     DELIVERED: "Successful Mail Delivery Report",
     RELAYED: "Successful Mail Delivery Report",
+    EXPANDED: "Successful Mail Delivery Report",
 }
 
 
@@ -100,7 +103,7 @@ def status_of(reply: Reply | None, action: str) -> str:
         if action == FAILED and reply.status.startswith("2"):
             return "5.0.0"
         return reply.status
-    if action in (DELIVERED, RELAYED):
+    if action in (DELIVERED, RELAYED, EXPANDED):
         return "2.0.0"
     if reply is None:
         return "4.0.0" if action == DELAYED else "5.0.0"
@@ -169,7 +172,10 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         where = (f"while talking to {r.remote_mta}: " if local else
                  f"host {r.remote_mta} said: ") if r.remote_mta else ""
         why = r.last_reply.text() if r.last_reply is not None else "no reason recorded"
-        if action in (DELIVERED, RELAYED):
+        if action == EXPANDED:
+            why = "delivered to the members of this alias"
+            where = ""
+        elif action in (DELIVERED, RELAYED):
             why = ("delivery via " + r.remote_mta + (" (relayed: the next hop does not offer "
                    "DSN)" if action == RELAYED else "")) if r.remote_mta else "delivered"
             where = ""
@@ -210,7 +216,7 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         b["Status"] = status_of(r.last_reply, action)
         if r.remote_mta:
             b["Remote-MTA"] = f"dns; {r.remote_mta}"
-        if r.last_reply is not None and action != DELIVERED:
+        if r.last_reply is not None and action not in (DELIVERED, EXPANDED):
             # the remote server's words, or this hub's own judgement
             local = not r.remote_mta or isinstance(r.last_reply, LocalReply)
             kind = "X-txmailhub" if local else "smtp"

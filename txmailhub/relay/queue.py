@@ -183,7 +183,8 @@ class OutboundQueue:
     # --- IOutboundQueue ----------------------------------------------------
 
     def enqueue(self, envelope: Envelope, message: SpooledMessage,
-                delivered: tuple[Address, ...] = ()) -> defer.Deferred:
+                delivered: tuple[Address, ...] = (),
+                notice: str = bounce.DELIVERED) -> defer.Deferred:
         now = self.clock.seconds()
         queue_id = self._new_id(now)
         entry = dataclasses.replace(QueueEntry.new(queue_id, envelope, now),
@@ -191,7 +192,7 @@ class OutboundQueue:
         if delivered:
             entry = entry.with_recipients({
                 r.address: dataclasses.replace(
-                    r, state=DELIVERED, notice=bounce.DELIVERED, attempts=1, last_attempt=now,
+                    r, state=DELIVERED, notice=notice, attempts=1, last_attempt=now,
                     last_reply=_IN_MAILBOX)
                 for r in entry.recipients if r.address in delivered})
         d = self._store_new(entry, message.path)

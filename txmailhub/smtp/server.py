@@ -267,6 +267,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._rcpt_count = 0
         self._recipients: dict[Address, None] = {}
         self._recipient_dsn: list[tuple[Address, RecipientDSN]] = []
+        self._expanded: list[tuple[Address, RecipientDSN]] = []
         self._bdat_first: tuple[int, bool] | None = None
         self._used_bdat = False
         self._reader: DotReader | ChunkReader | None = None
@@ -285,6 +286,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             smtputf8=p.smtputf8,
             dsn=DSNRequest(p.ret, p.envid) if (p.ret or p.envid) else _NO_DSN,
             recipient_dsn=tuple(self._recipient_dsn),
+            expanded=tuple(self._expanded) if self._expanded else (),
         )
 
     def _take_line(self) -> bytes | None:
@@ -424,12 +426,31 @@ class SMTPServer(MessageTransfer, AuthPhase):
             raise Rejected(replies.TOO_MANY_RECIPIENTS)
         final = self.policy.check_recipient(rcpt, self.session)
         self._rcpt_count += 1
-        dsn = RecipientDSN(params.notify, params.orcpt) if (params.notify or params.orcpt) else None
+        dsn = None
+        if params.notify or params.orcpt:
+            # RFC 3461 4.2: without ORCPT the notices could name only what
+            # the address became (lower case, an alias's members); the
+            # address as the client gave it is recorded instead.
+            orcpt = params.orcpt
+            if orcpt is None and final != (rcpt,):
+                text = str(rcpt)
+                orcpt = f"{'rfc822' if text.isascii() else 'utf-8'};{text}"  # RFC 6533
+            dsn = RecipientDSN(params.notify, orcpt)
+            if len(final) > 1 and "SUCCESS" in params.notify:
+                # An alias of several members: one "expanded" notice for it,
+                # none naming its members (RFC 3461 6.2.7.3).
+                self._expanded.append((rcpt, dsn))
+                rest = tuple(n for n in params.notify if n != "SUCCESS")
+                dsn = RecipientDSN(rest or ("NEVER",), orcpt)
         for addr in final:
             if addr not in self._recipients:
                 self._recipients[addr] = None
                 if dsn is not None:
                     self._recipient_dsn.append((addr, dsn))
+            elif dsn is not None and all(a != addr for a, _ in self._recipient_dsn):
+                # the same mailbox again (another spelling, a list that holds
+                # it): its DSN parameters, if the first RCPT gave none
+                self._recipient_dsn.append((addr, dsn))
         self._to(State.RCPT)
         self.reply(replies.recipient_ok(str(rcpt)))
 
