@@ -27,7 +27,14 @@ def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
 
 
 def test_check_ok(config: Path) -> None:
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
     assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
+def test_check_warns_of_a_users_file_that_does_not_exist(config: Path) -> None:
+    code, out, err = run(config, "check")
+    assert code == 0 and out == f"{config}: ok\n"
+    assert "warning: the users file" in err and "does not exist yet" in err
 
 
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:

@@ -617,6 +617,33 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.AUTH_TEMPORARY.text(), replies.OK.text()]
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_a_missing_users_file_is_454_without_a_traceback_or_a_lockout_count(self):
+        from txmailhub.errors import UsersUnavailable
+
+        h = Harness(auth_failure_delay=1.0)
+
+        class Away:
+            def login(self, *args):
+                raise UsersUnavailable("the users file /etc/users does not exist")
+
+        h.components.portal = Away()
+        p, t = h.connect("192.0.2.50")
+        p.engine.session.tls = True  # AUTH off loopback needs TLS
+        p.dataReceived(b"EHLO c\r\n")
+        take(t)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\n".encode())
+        h.clock.advance(1)
+        assert take(t) == [replies.AUTH_TEMPORARY.text()]
+        assert self.flushLoggedErrors() == []
+        assert "192.0.2.50" not in h.factory.login_failures._failures  # no guess used up
+        # a wrong password is counted (so the line above can fail)
+        h.components.portal = Portal(h.realm, [InMemoryUsernamePasswordDatabaseDontUse(
+            **{"alice@example.org": b"secret"})])
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\n".encode())
+        h.clock.advance(2)
+        assert take(t) == [replies.AUTH_FAILED.text()]
+        assert "192.0.2.50" in h.factory.login_failures._failures
+
     def test_submission_requires_auth(self):
         h = Harness(submission=True)
         p, t = h.connect("127.0.0.1")

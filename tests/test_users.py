@@ -191,6 +191,21 @@ def result_of(d: Deferred) -> object:
     return out[0]
 
 
+def test_checker_without_a_users_file_is_a_temporary_failure(db: UsersDB) -> None:
+    # Not "wrong password": nothing can be checked, and a lockout must not
+    # count it (UsersUnavailable, not UnauthorizedLogin).
+    from twisted.python.failure import Failure
+
+    from txmailhub.errors import UsersUnavailable
+
+    checker = UsersChecker(db)
+    failure = result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw")))
+    assert isinstance(failure, Failure) and failure.check(UsersUnavailable)
+    db.add("bob", "bobpw")
+    failure = result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw")))
+    assert isinstance(failure, Failure) and failure.check(UnauthorizedLogin)
+
+
 def test_checker_accepts_and_rejects(db: UsersDB) -> None:
     db.add("alice", "pw", allow_apop=True)
     db.add("bob", "bobpw")

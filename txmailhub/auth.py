@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from txmailhub.address import Address, AddressError
-from txmailhub.errors import LocalError
+from txmailhub.errors import LocalError, UsersUnavailable
 from txmailhub.interfaces import IMailbox, ISMTPUser
 from txmailhub.users import UsersDB
 
@@ -54,35 +54,38 @@ class UsersChecker:
         try:
             address = self.users.qualify(_text(credentials.username))
         except (AddressError, UnicodeDecodeError):
-            return _fail()
+            return self._fail()
         if IUsernamePassword.providedBy(credentials):
             try:
                 password = _text(credentials.password)
             except UnicodeDecodeError:
-                return _fail()
+                return self._fail()
             if self._run is None:
                 d = maybeDeferred(self.users.check_password, address, password)
             else:
                 d = self._run(self.users.check_password, address, password)
-            return d.addCallback(_result, address)
+            return d.addCallback(self._result, address)
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)
         if secret is None:
-            return _fail()
+            return self._fail()
         ok = credentials.checkPassword(secret.encode("utf-8"))
-        return succeed(address.key) if ok else _fail()
+        return succeed(address.key) if ok else self._fail()
 
+    def _refusal(self) -> Exception:
+        if getattr(self.users, "missing", False):
+            return UsersUnavailable(f"the users file {self.users.path} does not exist")
+        return UnauthorizedLogin("authentication failed")
 
-def _fail() -> Deferred:
-    d: Deferred = Deferred()
-    d.errback(UnauthorizedLogin("authentication failed"))
-    return d
+    def _fail(self) -> Deferred:
+        d: Deferred = Deferred()
+        d.errback(self._refusal())
+        return d
 
-
-def _result(ok: bool, address: Address) -> str:
-    if not ok:
-        raise UnauthorizedLogin("authentication failed")
-    return address.key
+    def _result(self, ok: bool, address: Address) -> str:
+        if not ok:
+            raise self._refusal()
+        return address.key
 
 
 @implementer(ISMTPUser)

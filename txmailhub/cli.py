@@ -92,6 +92,12 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         problems.extend(check_aliases_file(settings.aliases.file, settings.hub.primary_domain))
     for warning in settings.warnings:
         print(f"warning: {warning}", file=err)
+    if users.missing:
+        # not fatal (aliases may send everything elsewhere), but until it
+        # exists every local mailbox is answered 451, and nobody can log in
+        print(f"warning: the users file {settings.users.file} does not exist yet "
+              "(mailhub user add makes it); until then local mail is refused with 451",
+              file=err)
     if problems:
         for problem in problems:
             print(problem, file=err)

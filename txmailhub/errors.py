@@ -46,6 +46,11 @@ class Rejected(Exception):
         self.reply = reply
 
 
+class UsersUnavailable(Exception):
+    """The users file is not there: a login cannot be checked now (a
+    temporary failure, not a wrong password: no lockout counts it)."""
+
+
 class MailboxInUse(Exception):
     """Another session holds the mailbox (POP3 exclusive access, RFC 1939 s8)."""
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import client_ip
-from txmailhub.errors import MailboxInUse
+from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
 from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import loggable
@@ -388,6 +388,8 @@ class POP3Protocol(Protocol):
                 self.factory.login_failures.failed(self._peer)  # counted at once
         elif failure.check(MailboxInUse):
             why = LoginFailure.IN_USE
+        elif failure.check(UsersUnavailable):  # logged once by the users database
+            why = LoginFailure.TEMPORARY
         elif failure.check(*_PERMANENT_ERRORS):
             log.failure("POP3 mailbox of {user} cannot be opened", failure, user=self._user)
             why = LoginFailure.PERMANENT

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from txmailhub.address import Address, client_ip
 from txmailhub.delivery import accept_spooled, summarize
+from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import loggable
@@ -453,7 +454,10 @@ class SMTPProtocol(Protocol):
 
     def _auth_failed(self, failure: Any, event: AuthRequest) -> None:
         reply = replies.AUTH_FAILED
-        if failure is not None and not failure.check(UnauthorizedLogin):
+        if failure is not None and failure.check(UsersUnavailable):
+            # logged once by the users database; not a wrong password
+            reply = replies.AUTH_TEMPORARY
+        elif failure is not None and not failure.check(UnauthorizedLogin):
             log.failure("authentication error for {user}", failure,
                         user=loggable(event.username))
             reply = replies.AUTH_TEMPORARY
