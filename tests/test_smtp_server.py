@@ -417,6 +417,11 @@ def test_replies_echoing_the_longest_utf8_path_fit_a_reply_line():
     (line,) = d.send(f"MAIL FROM:<{path}> SMTPUTF8\r\n")
     assert line.startswith("250 ") and path in line
     assert len(line.encode()) + 2 <= 512
+    d.send("RSET\r\n")
+    # 248 characters, 488 octets: it was accepted, and its 250 was 515 octets
+    path = "ü" * 60 + "@" + ".".join(["ä" * 60] * 3) + ".test"
+    (line,) = d.send(f"MAIL FROM:<{path}> SMTPUTF8\r\n")
+    assert len(line.encode()) + 2 <= 512 and line.startswith("501 ")
 
 
 def test_extensions_lengthen_mail_and_rcpt_lines():
