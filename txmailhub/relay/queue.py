@@ -18,8 +18,9 @@ another process: ``.lock`` (``flock``, held while a record is read,
 changed and written), ``.flush`` (retry everything now) and ``.changed``
 (hold, release or delete: reload).  The runner polls for both.
 
-This module never delivers, resolves or bounces anything: that is the
-runner's job.  Blocking file work is done through an injected ``io``
+This module never delivers, resolves or sends notices: that is the
+runner's job (it only records, with ``enqueue(delivered=...)``, a success
+notice still owed).  Blocking file work is done through an injected ``io``
 callable (the service runs it in a thread pool; tests run it inline).
 """
 
@@ -198,19 +199,12 @@ class OutboundQueue:
         d = self._store_new(entry, message.path)
 
         def stored(entry: QueueEntry) -> str:
-            if delivered:
-                log.info("queued {queue_id}{message}: the success notice to <{sender}> for "
-                         "{recipients}", queue_id=queue_id, sender=envelope.sender_text,
-                         recipients=", ".join(map(str, delivered)),
-                         message_id=envelope.message_id,
-                         message=f" (message {envelope.message_id})"
-                         if envelope.message_id else "")
-            else:
-                log.info("queued {queue_id}{message} from <{sender}> for {count} recipient(s)",
-                         queue_id=queue_id, sender=envelope.sender_text,
-                         count=len(entry.recipients), message_id=envelope.message_id,
-                         message=f" (message {envelope.message_id})"
-                         if envelope.message_id else "")
+            what = (f"the {notice} notice to <{envelope.sender_text}> for "
+                    + ", ".join(map(str, delivered)) if delivered else
+                    f"from <{envelope.sender_text}> for {len(entry.recipients)} recipient(s)")
+            log.info("queued {queue_id}{message}: {what}", queue_id=queue_id, what=what,
+                     sender=envelope.sender_text, message_id=envelope.message_id,
+                     message=f" (message {envelope.message_id})" if envelope.message_id else "")
             self._notify(queue_id)
             return queue_id
 

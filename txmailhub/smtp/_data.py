@@ -9,7 +9,7 @@ stuffing), in both directions:
   there is no Python call per line.  They write the stored form to a sink
   (the spool writer's ``write``) and keep every problem they find as a
   ``Reply``, while they keep reading to the real end of the data; the
-  one answered is chosen by a fixed order (``_ranks``).
+  one answered is chosen by a fixed precedence (``_PRECEDENCE``).
 * ``DotStuffer`` (and the one-shot ``stuff``) and ``to_crlf`` turn stored
   data back into the wire form, for the SMTP client (relay).
 
@@ -63,21 +63,17 @@ _LF_DOT = re.compile(rb"\n\.").search
 Sink = Callable[[bytes], object]
 
 
-def _ranks() -> dict[Reply, int]:
-    # A body can break several rules at once.  Which one is answered must
-    # not depend on how TCP cut the stream, so every rule is checked to the
-    # real end and the reply is chosen by this fixed order, not by which
-    # problem happened to be seen first.  The size comes last among the
-    # content rules: the size of a body with bare line ends or an
-    # over-long line is not well defined (its lines are not counted), so
-    # it is only decided for bodies that break neither.  Anything else
-    # (the spool failed: 451) comes after every content rule: a client
-    # should not retry a message that cannot be accepted anyway.
-    return {replies.MESSAGE_BARE_CR_LF: 1, replies.MESSAGE_LINE_TOO_LONG: 2,
-            replies.MESSAGE_TOO_BIG: 3}
-
-
-_RANK = _ranks()
+# A body can break several rules at once.  Which one is answered must not
+# depend on how TCP cut the stream, so every rule is checked to the real end
+# and the reply is chosen by this fixed precedence (the lower number wins),
+# not by which problem happened to be seen first.  The size comes last among
+# the content rules: the size of a body with bare line ends or an over-long
+# line is not well defined (its lines are not counted), so it is only
+# decided for bodies that break neither.  Anything else (the spool failed:
+# 451) comes after every content rule: a client should not retry a message
+# that cannot be accepted anyway.
+_PRECEDENCE = {replies.MESSAGE_BARE_CR_LF: 1, replies.MESSAGE_LINE_TOO_LONG: 2,
+               replies.MESSAGE_TOO_BIG: 3}
 _OTHER = 4  # a failure from outside the data (the spool)
 _REFUSED = 0  # the message was refused before its data: nothing overrides that
 
@@ -85,24 +81,25 @@ _REFUSED = 0  # the message was refused before its data: nothing overrides that
 class _BodyFilter:
     """Checks and converts complete CRLF lines; shared by both readers."""
 
-    __slots__ = ("_rank", "error", "max_size", "sink", "size", "stuffed")
+    __slots__ = ("_precedence", "error", "max_size", "sink", "size", "stuffed")
 
     def __init__(self, sink: Sink | None, max_size: int, stuffed: bool) -> None:
         self.sink = sink
         self.max_size = max_size
         self.size = 0
         self.error: Reply | None = None
-        self._rank = _OTHER + 1
+        self._precedence = _OTHER + 1
         # DATA lines may carry a transparency dot that is not part of the
         # text; BDAT chunks carry none.
         self.stuffed = stuffed
 
-    def fail(self, reply: Reply, rank: int | None = None) -> None:
-        """Refuse the message; the reply is the one of highest rank seen."""
-        if rank is None:
-            rank = _RANK.get(reply, _OTHER)
-        if rank < self._rank:
-            self.error, self._rank = reply, rank
+    def fail(self, reply: Reply, precedence: int | None = None) -> None:
+        """Refuse the message; the reply is the one of the lowest
+        precedence number seen (``_PRECEDENCE``)."""
+        if precedence is None:
+            precedence = _PRECEDENCE.get(reply, _OTHER)
+        if precedence < self._precedence:
+            self.error, self._precedence = reply, precedence
         self.sink = None
 
     def block(self, block: bytes) -> bytes | None:
@@ -110,7 +107,7 @@ class _BodyFilter:
 
         Returns the block with CRLF turned into LF, or None when the block
         itself breaks a line rule.  Checks go on after an error (see
-        ``_ranks``); the caller stores only while ``sink`` is set."""
+        ``_PRECEDENCE``); the caller stores only while ``sink`` is set."""
         self.size += len(block)
         if self.size > self.max_size and (
             # RFC 1870 does not count transparency dots; DotReader takes

@@ -64,20 +64,16 @@ class SASLExchange:
         # authzid NUL authcid NUL passwd; acting for someone else is not
         # allowed, but an authzid naming the same user in another spelling
         # (a bare name, other case) is no such request (RFC 4616 2).
-        if len(parts) != 3 or (parts[0] and self._key(parts[0]) != self._key(parts[1])):
+        if len(parts) != 3:
             return Credentials("", "", malformed=True)
-        return Credentials(self._qualify(parts[1]), parts[2])
+        user = self._qualify(parts[1])
+        if parts[0] and self._qualify(parts[0]).lower() != user.lower():
+            return Credentials("", "", malformed=True)
+        return Credentials(user, parts[2])
 
     def _qualify(self, username: str) -> str:
         """A bare local part means the primary domain (like everywhere)."""
         try:
             return str(parse_address(username, self.primary_domain))
-        except AddressError:
-            return username
-
-    def _key(self, username: str) -> str:
-        """The user as the users file keys it (as POP3 compares them)."""
-        try:
-            return parse_address(username, self.primary_domain).key
         except AddressError:
             return username

@@ -97,7 +97,7 @@ class MessageTransfer:
             return
         if reader.error is not None:
             # The unfinished line is checked too, or the reply would depend
-            # on where the network cut the chunk (see _data._ranks).
+            # on where the network cut the chunk (see _data._PRECEDENCE).
             self._reader = None
             error = reader.finish() if reader.last else reader.settle()
             self._end_of_message(error, reader.size)
