@@ -19,6 +19,7 @@ from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay.attempt import DeliveryAgent, read_credentials
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.record import QueueEntry
+from txmailhub.smtp.reply import LocalReply
 
 ZONE = {
     "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
@@ -394,6 +395,8 @@ def test_unconvertible_message_bounces_without_ending_the_data(tmp_path):
     [r] = run(net, a.deliver(e, "remote.test", [BOB]))
     assert r.kind == "permanent" and r.reply.status == "5.6.3"
     assert "SMTPUTF8" in r.reply.text()
+    # this hub's judgement: a bounce must not quote it as the server's words
+    assert isinstance(r.reply, LocalReply)
     assert not net.server_protocols[0].messages  # no final "." was sent
     folder = os.path.dirname(e.message_path)
     assert [n for n in os.listdir(folder) if n.endswith(".7bit")] == []

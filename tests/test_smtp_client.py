@@ -237,11 +237,13 @@ def test_smtputf8_used_when_offered():
         b"MAIL FROM:<alice@example.org> SIZE=100 SMTPUTF8\r\nRCPT TO:<j\xc3\xb6rg@remote.test>")
 
 
-@pytest.mark.parametrize("ehlo, param, convert", [
-    (EHLO_FULL, b" BODY=8BITMIME", False),
-    (EHLO_BASIC, b"", True),
+@pytest.mark.parametrize("ehlo, param, convert, check_headers", [
+    (EHLO_FULL, b" BODY=8BITMIME", False, False),
+    (EHLO_BASIC, b"", True, False),
+    # 8-bit bodies but no SMTPUTF8: UTF-8 header fields still need the copy
+    (EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""), b" BODY=8BITMIME", False, True),
 ])
-def test_8bit_body(ehlo, param, convert):
+def test_8bit_body(ehlo, param, convert, check_headers):
     s = session(eight_bit=True)
     s.receive(b"220 hi\r\n")
     assert sent(s.receive(ehlo)).split(b"\r\n")[0] == (
@@ -252,7 +254,7 @@ def test_8bit_body(ehlo, param, convert):
         s.receive(b"250 ok\r\n")
         s.receive(b"250 ok\r\n")
         actions = s.receive(b"354 go\r\n")
-    assert actions == [SendBody(convert_7bit=convert)]
+    assert actions == [SendBody(convert_7bit=convert, unless_headers_8bit=check_headers)]
 
 
 def test_dsn_parameters_passed_when_offered():

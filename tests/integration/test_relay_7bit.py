@@ -62,6 +62,34 @@ def test_8bit_message_converted_for_a_7bit_server(make_hub, dns_server):
              what="the 7-bit copy removed")
 
 
+def test_utf8_headers_are_converted_for_a_server_without_smtputf8(make_hub, dns_server):
+    # 8BITMIME covers the body, not the header section: UTF-8 fields need
+    # SMTPUTF8 (RFC 6532), so without it they go as encoded words; an 8-bit
+    # body with ASCII headers goes as it is.
+    remote = CaptureSMTP(extensions=("PIPELINING", "8BITMIME", "SIZE 10000000"))
+    plain_headers = (b"From: alice@example.org\r\nTo: bob@remote.test\r\nSubject: hi\r\n"
+                     b"Content-Type: text/plain; charset=utf-8\r\n"
+                     b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n")
+    try:
+        hub = hub_for(make_hub, dns_server, remote)
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
+            s.sendmail("alice@example.org", ["bob@remote.test"], MESSAGE,
+                       mail_options=["BODY=8BITMIME", "SMTPUTF8"])
+            s.sendmail("alice@example.org", ["bob@remote.test"], plain_headers,
+                       mail_options=["BODY=8BITMIME"])
+        got = remote.wait(2)
+    finally:
+        remote.stop()
+    # the two may arrive in either order
+    (second,) = [d for _, _, d in got if b"Subject: hi" in d]
+    (data,) = [d for _, _, d in got if b"Subject: hi" not in d]
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    sent = BytesParser(policy=policy.default).parsebytes(data)
+    assert str(sent["Subject"]) == "Grüße"
+    assert second.endswith(plain_headers.split(b"\r\n\r\n", 1)[1])  # 8-bit body untouched
+
+
 def test_tls_seen_survives_a_restart(make_hub, dns_server, tmp_path):
     cert, key = make_certificate(tmp_path / "remote-tls", "mx.remote.test")
     remote = CaptureSMTP(tls=(str(cert), str(key)))

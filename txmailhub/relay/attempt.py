@@ -59,7 +59,7 @@ from txmailhub.smtp.client import (
     SessionOutcome,
     StartTLS,
 )
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = ["DeliveryAgent", "DeliveryResult", "SMTPClientProtocol", "SMARTHOST",
            "read_credentials", "thread_runner"]
@@ -193,7 +193,7 @@ class SMTPClientProtocol(Protocol):
                 self._run(self.session.tls_started())
                 self._arm()
             elif isinstance(action, SendBody):
-                self._send_body(action.convert_7bit)
+                self._send_body(action.convert_7bit, action.unless_headers_8bit)
             elif isinstance(action, Close):
                 self._closing = True
                 self._disarm()
@@ -205,7 +205,16 @@ class SMTPClientProtocol(Protocol):
                     # slots) for good.
                     self._timer = self.clock.callLater(self.session.timeout, self._abort)
 
-    def _send_body(self, convert: bool) -> None:
+    def _send_body(self, convert: bool, unless_headers_8bit: bool = False) -> None:
+        if not convert and unless_headers_8bit:
+            d = self.run_blocking(mime7bit.headers_have_8bit, self.message_path)
+
+            def decided(utf8_headers: bool) -> None:
+                if not (self._closing or self.done.called):
+                    self._send_body(utf8_headers)
+
+            d.addCallbacks(decided, lambda f: self._send_body(True))
+            return
         if not convert:
             self._stream(self.message_path, False)
             return
@@ -224,13 +233,14 @@ class SMTPClientProtocol(Protocol):
             if f.check(mime7bit.Unconvertible):
                 log.info("cannot send {path} in 7 bits: {why}", path=self.message_path,
                          why=f.getErrorMessage())
-                reply = Reply.of(554, "5.6.3", "the message needs 8BITMIME or SMTPUTF8, which "
-                                 "the remote server lacks, and has no 7-bit form: "
-                                 + f.getErrorMessage())
+                # this hub's judgement, not the server's words (RFC 3464 2.3.6)
+                reply = LocalReply(554, "5.6.3", (
+                    "the message needs 8BITMIME or SMTPUTF8, which the remote server "
+                    "lacks, and has no 7-bit form: " + f.getErrorMessage(),))
             else:
                 log.failure("converting {path} to 7 bits failed", f, path=self.message_path)
-                reply = Reply.of(451, "4.3.0", "local error while converting the message "
-                                 "to 7 bits, will retry")
+                reply = LocalReply(451, "4.3.0", (
+                    "local error while converting the message to 7 bits, will retry",))
             if not (self._closing or self.done.called):
                 self._run(self.session.body_failed(reply))
 

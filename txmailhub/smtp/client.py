@@ -8,9 +8,11 @@ timeout of each step, and QUIT.  Replies in -> actions out:
 
 * ``Send(data)``: write these bytes;
 * ``StartTLS()``: start the TLS handshake now, then call ``tls_started``;
-* ``SendBody(convert_7bit)``: stream the message (through
-  ``body_encoder()``: CRLF line ends, dot-stuffing, the final ".") --
-  the 7-bit converted copy when ``convert_7bit`` -- then call
+* ``SendBody(convert_7bit, unless_headers_8bit)``: stream the message
+  (through ``body_encoder()``: CRLF line ends, dot-stuffing, the final
+  ".") -- the 7-bit converted copy when ``convert_7bit``, or when
+  ``unless_headers_8bit`` and its header section has 8-bit octets (UTF-8
+  fields for a server without SMTPUTF8, RFC 6532) -- then call
   ``body_sent`` (or ``body_failed`` when there is nothing to send);
 * ``Close()``: the session is over; close the connection.
 
@@ -106,6 +108,9 @@ class StartTLS:
 @dataclass(frozen=True)
 class SendBody:
     convert_7bit: bool
+    # The server takes 8-bit bodies but not SMTPUTF8: 8-bit octets in the
+    # header section (RFC 6532 UTF-8 fields) still need the 7-bit copy.
+    unless_headers_8bit: bool = False
 
 
 @dataclass(frozen=True)
@@ -562,7 +567,10 @@ class ClientSession:
             return self._fail_session(mail) if mail.is_transient else self._fail_all(mail)
         if reply.code == 354:
             self.phase = Phase.BODY
-            return [SendBody(convert_7bit=self.eight_bit and "8BITMIME" not in self.extensions)]
+            ext = self.extensions
+            convert = self.eight_bit and "8BITMIME" not in ext
+            return [SendBody(convert_7bit=convert, unless_headers_8bit=(
+                self.eight_bit and not convert and "SMTPUTF8" not in ext))]
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
