@@ -44,7 +44,21 @@ def test_plain_8bit_text_becomes_quoted_printable():
     # the fields before the body are kept in order, only the CTE rewritten
     assert out.startswith(b"From: a@example.org\nSubject: hi\n"
                           b"Content-Type: text/plain; charset=utf-8\n"
-                          b"Content-Transfer-Encoding: quoted-printable\n\n")
+                          b"Content-Transfer-Encoding: quoted-printable\n"
+                          b"MIME-Version: 1.0\n\n")  # RFC 2045 4: it was missing
+
+
+def test_a_message_without_mime_fields_gets_them_all():
+    # an 8-bit body and no MIME fields at all: Content-Type, the encoding and
+    # MIME-Version are added, or readers show the quoted-printable as it is
+    out = convert("From: a@example.org\nSubject: hi\n\nGrüße\n".encode())
+    assert_7bit(out)
+    msg = parse(out)
+    assert msg["MIME-Version"] == "1.0" and msg.get_content() == "Grüße\n"
+    assert out.count(b"MIME-Version") == 1
+    # one that has it keeps its own
+    out = convert("MIME-Version: 1.0\nSubject: hi\n\nGrüße\n".encode())
+    assert out.count(b"MIME-Version") == 1
 
 
 def test_binary_attachment_becomes_base64_and_text_part_qp():

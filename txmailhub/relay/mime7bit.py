@@ -259,7 +259,7 @@ class _Converter:
                     f"a part in Content-Transfer-Encoding {headers.cte} has 8-bit octets")
         new_cte = {"qp": "quoted-printable", "base64": "base64"}.get(mode, relabel)
         self._write_headers(headers, body_start, new_cte, charset,
-                            add_type=ctype if headers.ctype == "" else None)
+                            add_type=ctype if headers.ctype == "" else None, top=depth == 0)
         if stop is not None:
             return stop
         return self._body(mode)
@@ -299,7 +299,8 @@ class _Converter:
     # --- headers out -----------------------------------------------------------------
 
     def _write_headers(self, h: _Headers, body_start: int, new_cte: str | None,
-                       charset: str | None = None, add_type: str | None = None) -> None:
+                       charset: str | None = None, add_type: str | None = None,
+                       top: bool = False) -> None:
         """Copy the header block again from ``h.start``, rewriting the
         Content-Transfer-Encoding (``new_cte``), adding a charset, and
         encoding fields with 8-bit octets.  One field is held at a time
@@ -333,6 +334,9 @@ class _Converter:
             self.out.write(f"Content-Type: {add_type}; charset={charset}\n".encode())
         if new_cte is not None and b"content-transfer-encoding" not in seen:
             self.out.write(f"Content-Transfer-Encoding: {new_cte}\n".encode())
+        if top and new_cte is not None and b"mime-version" not in seen:
+            # an encoding means nothing to a reader without it (RFC 2045 4)
+            self.out.write(b"MIME-Version: 1.0\n")
         # the blank line (or nothing) up to the body
         if self.src.tell() < body_start:
             self.out.write(self.src.read(body_start - self.src.tell()))
