@@ -87,6 +87,18 @@ def test_delivers_to_preferred_mx_ipv6_first(tmp_path):
     assert body == b"Subject: hi\r\n\r\nhello\r\n..dot line\r\n"
 
 
+def test_size_is_what_goes_on_the_wire_without_the_return_path_line(tmp_path):
+    # RFC 1870: SIZE= is the size of the message as it will be sent; the
+    # queue's copy starts with our Return-Path, which is never sent.
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    body = b"Return-Path: <alice@example.org>\nSubject: hi\n\nhello\n"
+    run(net, a.deliver(entry(tmp_path, BOB, body=body), "remote.test", [BOB]))
+    [(mail, _, sent)] = net.server_protocols[0].messages
+    assert mail.split(b"SIZE=")[1].split()[0] == str(len(sent)).encode()
+    assert not sent.startswith(b"Return-Path")
+
+
 def test_next_address_then_next_mx(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer

@@ -278,6 +278,18 @@ class SMTPClientProtocol(Protocol):
         d.addCallbacks(sent, not_sent)
 
 
+def return_path_octets(path: str) -> int:
+    """How many octets of the message's CRLF form ``skip_trace_return_path``
+    leaves out of ``path`` (0 when it has no Return-Path line, or is gone)."""
+    try:
+        with open(path, "rb") as f:
+            skip_trace_return_path(f)
+            skipped = f.tell()
+    except OSError:
+        return 0
+    return skipped + 1 if skipped else 0  # its LF goes out as CRLF
+
+
 def skip_trace_return_path(f: Any) -> None:
     """Position ``f`` past a leading ``Return-Path:`` field.
 
@@ -498,11 +510,14 @@ class DeliveryAgent:
         implicit = smarthost and port == SMTPS_PORT
         credentials = read_credentials(self.relay.smarthost_auth_file) if smarthost else None
         dsn_params = dict(entry.envelope.recipient_dsn)
+        # SIZE= is what goes on the wire: without our Return-Path line (one
+        # short read of a file the stream reads here anyway)
+        skipped = return_path_octets(entry.message_path)
         session = ClientSession(
             helo=self.settings.hub.hostname,
             sender=entry.envelope.sender,
             recipients=[(a, dsn_params.get(a)) for a in recipients],
-            size=entry.crlf_size or entry.size,
+            size=max(0, (entry.crlf_size or entry.size) - skipped),
             eight_bit=entry.eight_bit,
             smtputf8=entry.envelope.smtputf8,
             dsn=entry.envelope.dsn,
