@@ -149,3 +149,44 @@ def test_restart_with_mail_in_the_queue(relay_hub, remote):
     [(_, rcpts, _)] = remote.wait(1, timeout=20)
     assert rcpts == ["bob@remote.test"]
     wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+
+
+def test_a_server_that_closes_in_the_middle_of_the_data_gets_a_retry(make_hub, dns_server):
+    # An everyday fault, not a bug: the log says so in one line (it was a
+    # CRITICAL with a traceback), and the message stays queued for a retry.
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        f = conn.makefile("rb")
+        conn.sendall(b"220 mx ESMTP\r\n")
+        for line in iter(f.readline, b""):
+            word = line[:4].upper()
+            if word == b"EHLO":
+                conn.sendall(b"250-mx\r\n250 PIPELINING\r\n")
+            elif word == b"DATA":
+                conn.sendall(b"354 go\r\n")
+                f.read(65536)  # some of it, then hang up
+                break
+            else:
+                conn.sendall(b"250 ok\r\n")
+        conn.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    hub = make_hub(sections={"relay": {"nameservers": [f"127.0.0.1:{dns_server.port}"],
+                                       "port": listener.getsockname()[1]}})
+    big = MESSAGE + (b"x" * 76 + b"\r\n") * 40000  # about 3 MiB: still streaming at the close
+    send(hub, ["bob@simple.test"], data=big)
+    thread.join(20)
+    wait_for(lambda: "to bob@simple.test: 4" in hub.log_text(), what="the failed attempt")
+    log = hub.log_text()
+    assert "Traceback" not in log and "CRITICAL" not in log.upper().replace("CRITICAL:", "")
+    (line,) = queue_lines(hub)
+    assert "bob@simple.test" in line  # queued for the retry

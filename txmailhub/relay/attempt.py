@@ -273,9 +273,19 @@ class SMTPClientProtocol(Protocol):
         def not_sent(f: Any) -> None:
             if converted:
                 _unlink(path)
+            if self.done.called or self._closing or str(f.value) == _STOPPED:
+                # the connection went (or we ended it) mid-stream: the
+                # attempt gets its outcome, a retry; nothing unexpected here
+                log.info("streaming {path} stopped: the connection was closed",
+                         path=self.message_path)
+                return
             log.failure("streaming the message failed", f)
 
         d.addCallbacks(sent, not_sent)
+
+
+# What FileSender errbacks with when its consumer (the connection) stops it.
+_STOPPED = "Consumer asked us to stop producing"
 
 
 def return_path_octets(path: str) -> int:
