@@ -121,6 +121,26 @@ def test_greeting_421_tries_next_mx(tmp_path):
     assert ("192.0.2.1", 25) not in net.connections  # same host: skipped after a 421
 
 
+def test_a_554_greeting_everywhere_keeps_the_mail_queued(tmp_path):
+    # RFC 5321 3.1: a 554 greeting says "no service here", not that the
+    # message is undeliverable: the next MX is tried, and if every host says
+    # so the mail stays queued (transient) with the server's words.
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            greeting=b"554 5.7.1 no service for you\r\n")
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient"
+    assert r.reply.code == 554 and r.reply.text() == "554 5.7.1 no service for you"
+    assert ("192.0.2.2", 25) in net.connections  # the next MX was tried
+    # a refusal of the message itself is still permanent
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"MAIL": b"550 5.7.1 not from you\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "permanent"
+
+
 def test_all_down_is_transient(tmp_path):
     a, net, _ = agent(tmp_path)
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))

@@ -284,6 +284,9 @@ class SMTPClientProtocol(Protocol):
         d.addCallbacks(sent, not_sent)
 
 
+# Refusals in these phases are about the host, not the message.
+_HOST_PHASES = (Phase.GREETING.value, Phase.EHLO.value, Phase.HELO.value)
+
 # What FileSender errbacks with when its consumer (the connection) stops it.
 _STOPPED = "Consumer asked us to stop producing"
 
@@ -449,6 +452,7 @@ class DeliveryAgent:
                 return [DeliveryResult(a, kind, reply) for a in recipients]
         last: Reply = Reply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
+        about_host = False  # the last refusal was of the host, not of this message
         tried = 0
         for mxhost in hosts:
             if tried >= MAX_ADDRESSES_PER_ATTEMPT:
@@ -476,13 +480,18 @@ class DeliveryAgent:
                     continue
                 if outcome.session_error is not None:
                     last, last_host = outcome.session_error, mxhost.name
+                    about_host = outcome.phase in _HOST_PHASES
                     break
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)
                 return self._results(entry, outcome, mxhost.name)
             if not smarthost:
                 self.mx.health.failed(mxhost.name)
-        kind = "permanent" if last.is_permanent else "transient"
+        # A 5xx greeting (or EHLO and HELO both refused) says the host will
+        # not talk to us, not that this mail is undeliverable: the message
+        # stays queued (RFC 5321 3.1 has the client try elsewhere), with
+        # the server's words kept for queue show and, at the end, the bounce.
+        kind = "permanent" if last.is_permanent and not about_host else "transient"
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=last.text())
         return [DeliveryResult(a, kind, last, last_host) for a in recipients]
