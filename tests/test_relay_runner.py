@@ -181,6 +181,22 @@ def test_lifetime_expiry_bounces(hub):
     assert qid
 
 
+def test_the_delay_warning_goes_out_when_it_is_due(hub):
+    # Default schedule 1m 5m 15m 30m 1h 2h 4h: after the 2h step the next
+    # retry would be at about 3h51m + 4h; the 4-hour warning must not wait
+    # for it (the audit saw it at 7h51m).
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    start = hub.clock.seconds()
+    enqueue(hub, BOB)
+    sent_at = None
+    while hub.clock.seconds() - start < 12 * 3600 and sent_at is None:
+        hub.clock.advance(60)
+        if any(b"Action: delayed" in d for _, d in hub.dsn.sent):
+            sent_at = hub.clock.seconds() - start
+    assert sent_at is not None and 4 * 3600 <= sent_at <= 4 * 3600 + 60
+
+
 def test_flush_and_hold_release(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]

@@ -321,6 +321,13 @@ class QueueRunner:
                                     self.relay.retry_schedule)
         if not results:  # only notices were owed: never spin on this entry
             nxt = max(nxt, now + ERROR_RETRY)
+        warn_at = e.created + self.relay.delay_warning
+        if (e.pending and not e.delay_warned and self.relay.delay_warning > 0
+                and now < warn_at < nxt):
+            # the "delayed" notice is due before the next retry: come back
+            # then (one more attempt, and the notice if it still fails),
+            # not up to a whole step of the schedule late
+            nxt = warn_at
         for res in results:
             if res.kind != "delivered":
                 log.info("{queue_id} to {recipient}: {reply}", queue_id=e.id,
