@@ -209,6 +209,16 @@ def test_long_and_non_ascii_replies_give_a_notice_every_mta_accepts(tmp_path):
     assert b"=?" not in data
 
 
+def test_control_characters_of_a_reply_are_escaped_in_the_human_part(tmp_path):
+    # an ESC from a server must not reach the sender's terminal
+    entry = make_entry(tmp_path)
+    nasty = Reply(550, "5.1.1", ("no such user \x1b[2J\x07 here, Empfänger",))
+    _, msg = build(entry, [dataclasses.replace(failed(entry), last_reply=nasty)])
+    text = next(iter(msg.iter_parts())).get_content()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x{1B}[2J\\x{7} here, Empfänger" in text
+
+
 def test_a_returned_8bit_message_says_so(tmp_path):
     # RFC 2046 5.2.1: without the field a message/rfc822 part claims 7bit
     entry = dataclasses.replace(make_entry(tmp_path, ret="FULL"), eight_bit=True)

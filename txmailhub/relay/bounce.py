@@ -181,6 +181,10 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
             where = ""
         if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
             why += " (gave up: the message stayed in the queue too long)"
+        # a server's reply may hold control characters (an ESC starts a
+        # terminal escape sequence): they are shown as \x{HEX}, the rest
+        # of its text (UTF-8 included) as it is
+        why = "".join(c if c.isprintable() else f"\\x{{{ord(c):X}}}" for c in why)
         if len(why) > _DIAGNOSTIC_MAX:
             why = why[: _DIAGNOSTIC_MAX - 3] + "..."
         # wrapped: a remote reply of many lines (joined) or one long line
