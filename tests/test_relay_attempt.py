@@ -323,6 +323,21 @@ def test_smarthost_verify_without_starttls_refused(tmp_path):
     assert not net.server_protocols[0].messages
 
 
+def test_opportunistic_smarthost_remembers_tls_like_an_mx_host(tmp_path):
+    # relay.rst: "opportunistic: as for MX hosts" -- the TLS-seen memory,
+    # and with require_tls_after_seen a downgrade is refused
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"\n'
+                                'smarthost_tls = "opportunistic"\nrequire_tls_after_seen = true')
+    net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS",), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "delivered" and "smart.example.net" in a.tls_seen
+    net.servers[("smart.example.net", 25)] = ScriptedSMTPServer  # no STARTTLS now
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient" and r.reply.status == "4.7.10"
+    assert not net.server_protocols[-1].messages
+
+
 def test_smarthost_tls_failure(tmp_path):
     a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"', tls_ok=False)
     net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(

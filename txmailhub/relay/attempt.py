@@ -515,8 +515,9 @@ class DeliveryAgent:
             return "none", None
         if mode == "verify":
             return "require", self.tls_options(host, True)
+        # opportunistic, to an MX host or a smarthost alike (relay.rst)
         policy = "opportunistic"
-        if not smarthost and self.relay.require_tls_after_seen and host in self.tls_seen:
+        if self.relay.require_tls_after_seen and host in self.tls_seen:
             policy = "require"
         return policy, self.tls_options(host, False)
 
@@ -557,8 +558,8 @@ class DeliveryAgent:
                      queue_id=entry.id, host=mxhost.name, address=address, port=port, why=e)
             return None
         outcome = yield proto.done
-        if not smarthost:
-            self._note_tls(mxhost.name, outcome)
+        if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
+            self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
