@@ -120,6 +120,21 @@ def test_8bit_header_becomes_encoded_word():
     assert parse(out)["Subject"] == "Grüße"
 
 
+def test_encoded_words_keep_to_75_characters_and_lines_to_76():
+    # RFC 2047 2: an encoded word is at most 75 characters, a line holding
+    # one at most 76 (Python's Header defaults to 78 and made words of 76)
+    import re
+
+    from txmailhub.relay.header7bit import encode_field
+
+    subject = "Subject: " + "Grüße aus Köln, eine sehr lange Betreffzeile mit Umlauten äöü " * 3
+    out = encode_field(subject.encode() + b"\n")
+    words = re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", out)
+    assert len(words) > 3 and max(map(len, words)) <= 75
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+    assert str(parse(out + b"\n")["Subject"]) == subject[9:].rstrip()
+
+
 def test_8bit_display_name_and_filename_encoded():
     src = ("From: Jörg Müller <joerg@example.org>\nTo: a@example.org\nMIME-Version: 1.0\n"
            "Content-Type: multipart/mixed; boundary=b1\n\n"

@@ -104,7 +104,9 @@ def encode_field(raw: bytes) -> bytes:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
     text, charset = _text(value)
     if charset == "utf-8":
-        encoded = Header(text, "utf-8", header_name=name).encode(linesep="\n")
+        # maxlinelen 76 keeps each encoded word within RFC 2047's 75
+        # characters (the module's default, 78, let them reach 76)
+        encoded = Header(text, "utf-8", header_name=name, maxlinelen=76).encode(linesep="\n")
     else:
         encoded = _unknown_8bit_words(value)
     return f"{name}: {encoded}\n".encode("ascii")
