@@ -97,6 +97,18 @@ def test_show(setup):
     assert "last reply: 451 4.7.1 Greylisted" in out
 
 
+def test_show_tells_the_hubs_own_account_from_a_servers_reply(setup):
+    settings, queue, qid, _ = setup
+    from txmailhub.smtp.reply import LocalReply
+
+    timeout = LocalReply(451, "4.4.2", ("timeout waiting for the reply to DATA",))
+    queue.update(qid, lambda e: e.with_recipients(
+        {BOB: dataclasses.replace(e.recipient(BOB), last_reply=timeout)}))
+    code, out, _ = run(settings, "show", qid)
+    assert "    hub: 451 4.4.2 timeout waiting for the reply to DATA" in out
+    assert "    reply: 451 4.7.1 Greylisted" in out  # carol's, from the server
+
+
 def test_unknown_id(setup):
     settings = setup[0]
     for action in ("show", "delete", "hold", "release"):

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
+from txmailhub.smtp.reply import LocalReply
 
 __all__ = ["add_queue_parser", "run_queue"]
 
@@ -105,7 +106,9 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
             parts.append(f"notice-owed={r.notice}")  # RFC 3461 success notice, not yet sent
         p(" ".join(parts))
         if r.last_reply is not None:
-            p(f"    reply: {r.last_reply.text()}")
+            # the server's words, or this hub's own account of the attempt
+            who = "hub" if isinstance(r.last_reply, LocalReply) else "reply"
+            p(f"    {who}: {r.last_reply.text()}")
     last = entry.last_reply
     p(f"last reply: {last.text() if last is not None else '-'}")
 
