@@ -105,6 +105,7 @@ def test_show_tells_the_hubs_own_account_from_a_servers_reply(setup):
     queue.update(qid, lambda e: e.with_recipients(
         {BOB: dataclasses.replace(e.recipient(BOB), last_reply=timeout)}))
     code, out, _ = run(settings, "show", qid)
+    assert code == 0
     assert "    hub: 451 4.4.2 timeout waiting for the reply to DATA" in out
     assert "    reply: 451 4.7.1 Greylisted" in out  # carol's, from the server
 

@@ -99,6 +99,32 @@ def test_size_is_what_goes_on_the_wire_without_the_return_path_line(tmp_path):
     assert not sent.startswith(b"Return-Path")
 
 
+def test_recipients_over_the_servers_limit_go_in_a_new_transaction(tmp_path):
+    # RFC 5321 4.5.3.1.10: a server that takes 2 recipients per message
+    # answers 452 4.5.3 to the third; the client sends the rest in a new
+    # transaction at once instead of waiting for the next retry.
+    class TwoPerMessage(ScriptedSMTPServer):
+        def dataReceived(self, data):
+            if b"RCPT" in data and len(self.rcpts) >= 2 and not self.in_data:
+                lines = data.split(b"\r\n")
+                if lines[0].upper().startswith(b"RCPT"):
+                    self.transport.write(b"452 4.5.3 too many recipients\r\n")
+                    rest = b"\r\n".join(lines[1:])
+                    if rest:
+                        super().dataReceived(rest)
+                    return
+            super().dataReceived(data)
+
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: TwoPerMessage(extensions=("SIZE 1000000",))
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(5)]
+    results = run(net, a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts))
+    assert sorted((str(r.address), r.kind) for r in results) == [
+        (str(x), "delivered") for x in rcpts]
+    got = [m for p in net.server_protocols for m in p.messages]
+    assert [len(rc) for _, rc, _ in got] == [2, 2, 1]  # three transactions
+
+
 def test_next_address_then_next_mx(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer

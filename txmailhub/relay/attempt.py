@@ -284,6 +284,14 @@ class SMTPClientProtocol(Protocol):
         d.addCallbacks(sent, not_sent)
 
 
+# More transactions after a "too many recipients" (452 4.5.3), per attempt.
+MAX_EXTRA_TRANSACTIONS = 20
+
+
+def _too_many_recipients(reply: Reply) -> bool:
+    return reply.code == 452 and reply.status == "4.5.3"
+
+
 # Refusals in these phases are about the host, not the message.
 _HOST_PHASES = (Phase.GREETING.value, Phase.EHLO.value, Phase.HELO.value)
 
@@ -423,7 +431,7 @@ class DeliveryAgent:
         """One SMTP transaction for ``recipients`` (all for ``destination``).
 
         Fires with a ``DeliveryResult`` per recipient; never errbacks."""
-        d = self._deliver(entry, destination, list(recipients))
+        d = self._deliver_in_batches(entry, destination, list(recipients))
 
         def crashed(f: Any) -> list[DeliveryResult]:
             log.failure("delivery of {queue_id} to {destination} failed", f,
@@ -432,6 +440,27 @@ class DeliveryAgent:
             return [DeliveryResult(a, "transient", reply) for a in recipients]
 
         return d.addErrback(crashed)
+
+    @defer.inlineCallbacks
+    def _deliver_in_batches(self, entry: QueueEntry, destination: str,
+                            recipients: list[Address]) -> Any:
+        """``_deliver``, then again for the recipients the server refused as
+        too many for one transaction (452 4.5.3): RFC 5321 4.5.3.1.10 asks
+        the client to send those in a new transaction, not to wait for the
+        next retry.  As long as each round gets some recipients through."""
+        results = yield self._deliver(entry, destination, recipients)
+        for _ in range(MAX_EXTRA_TRANSACTIONS):
+            more = [r.address for r in results if _too_many_recipients(r.reply)]
+            if not more or len(more) == len(recipients):
+                break
+            log.info("{queue_id}: {count} recipient(s) of {destination} in a new transaction "
+                     "(the server took fewer per message)", queue_id=entry.id,
+                     count=len(more), destination=destination)
+            recipients = more
+            again = yield self._deliver(entry, destination, more)
+            kept = set(more)
+            results = [r for r in results if r.address not in kept] + list(again)
+        return results
 
     @defer.inlineCallbacks
     def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address]) -> Any:
