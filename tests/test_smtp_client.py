@@ -237,14 +237,16 @@ def test_smtputf8_used_when_offered():
         b"MAIL FROM:<alice@example.org> SIZE=100 SMTPUTF8\r\nRCPT TO:<j\xc3\xb6rg@remote.test>")
 
 
-@pytest.mark.parametrize("ehlo, param, convert, check_headers", [
+@pytest.mark.parametrize("ehlo, param, convert, utf8", [
     (EHLO_FULL, b" BODY=8BITMIME", False, False),
     (EHLO_BASIC, b"", True, False),
-    # 8-bit bodies but no SMTPUTF8: UTF-8 header fields still need the copy
-    (EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""), b" BODY=8BITMIME", False, True),
+    (EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""), b" BODY=8BITMIME", False, False),
+    # sent with SMTPUTF8 (UTF-8 header fields, RFC 6532) to a server that
+    # takes 8-bit bodies but not SMTPUTF8: the 7-bit copy encodes them
+    (EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""), b" BODY=8BITMIME", True, True),
 ])
-def test_8bit_body(ehlo, param, convert, check_headers):
-    s = session(eight_bit=True)
+def test_8bit_body(ehlo, param, convert, utf8):
+    s = session(eight_bit=True, smtputf8=utf8)
     s.receive(b"220 hi\r\n")
     assert sent(s.receive(ehlo)).split(b"\r\n")[0] == (
         b"MAIL FROM:<alice@example.org> SIZE=100" + param)
@@ -254,7 +256,7 @@ def test_8bit_body(ehlo, param, convert, check_headers):
         s.receive(b"250 ok\r\n")
         s.receive(b"250 ok\r\n")
         actions = s.receive(b"354 go\r\n")
-    assert actions == [SendBody(convert_7bit=convert, unless_headers_8bit=check_headers)]
+    assert actions == [SendBody(convert_7bit=convert)]
 
 
 def test_dsn_parameters_passed_when_offered():
@@ -351,6 +353,20 @@ def test_data_refused_and_final_transient():
     s.body_sent()
     s.receive(b"452 4.3.1 insufficient storage\r\n")
     assert s.outcome.recipients[0].kind == "transient"
+
+
+def test_a_reply_while_the_data_streams_closes_instead_of_quit():
+    # A QUIT written mid-stream would be message data: a server that takes
+    # the "." after it stores "QUIT" in the message and answers 250.
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    assert s.receive(b"354 go\r\n") == [SendBody(convert_7bit=False)]
+    actions = s.receive(b"421 4.3.2 going down\r\n")  # before body_sent
+    assert actions == [Close()] and sent(actions) == b""
+    assert s.outcome.session_error is not None
 
 
 def test_timeouts_per_step_and_expiry():

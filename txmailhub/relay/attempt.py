@@ -193,7 +193,7 @@ class SMTPClientProtocol(Protocol):
                 self._run(self.session.tls_started())
                 self._arm()
             elif isinstance(action, SendBody):
-                self._send_body(action.convert_7bit, action.unless_headers_8bit)
+                self._send_body(action.convert_7bit)
             elif isinstance(action, Close):
                 self._closing = True
                 self._disarm()
@@ -205,16 +205,7 @@ class SMTPClientProtocol(Protocol):
                     # slots) for good.
                     self._timer = self.clock.callLater(self.session.timeout, self._abort)
 
-    def _send_body(self, convert: bool, unless_headers_8bit: bool = False) -> None:
-        if not convert and unless_headers_8bit:
-            d = self.run_blocking(mime7bit.headers_have_8bit, self.message_path)
-
-            def decided(utf8_headers: bool) -> None:
-                if not (self._closing or self.done.called):
-                    self._send_body(utf8_headers)
-
-            d.addCallbacks(decided, lambda f: self._send_body(True))
-            return
+    def _send_body(self, convert: bool) -> None:
         if not convert:
             self._stream(self.message_path, False)
             return

@@ -54,7 +54,7 @@ from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import SINKS
 
 __all__ = ["FIELD_LIMIT", "LINE_LIMIT", "Unconvertible", "convert_file", "has_8bit",
-           "headers_have_8bit", "to_7bit"]
+           "to_7bit"]
 
 _CHUNK = 65536
 LINE_LIMIT = 8192  # octets read at a time; longer lines come in pieces
@@ -74,19 +74,6 @@ def has_8bit(path: str) -> bool:
                 return False
             if not chunk.isascii():
                 return True
-
-
-def headers_have_8bit(path: str) -> bool:
-    """Whether the header section (up to the first empty line) holds an
-    octet above 127: UTF-8 fields (RFC 6532), which a server without
-    SMTPUTF8 must not get even when it takes 8-bit bodies."""
-    with open(path, "rb") as f:
-        for line in f:
-            if line in (b"\n", b"\r\n"):
-                return False
-            if not line.isascii():
-                return True
-    return False
 
 
 def convert_file(src: str, dst: str) -> int:

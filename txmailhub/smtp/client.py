@@ -8,11 +8,9 @@ timeout of each step, and QUIT.  Replies in -> actions out:
 
 * ``Send(data)``: write these bytes;
 * ``StartTLS()``: start the TLS handshake now, then call ``tls_started``;
-* ``SendBody(convert_7bit, unless_headers_8bit)``: stream the message
-  (through ``body_encoder()``: CRLF line ends, dot-stuffing, the final
-  ".") -- the 7-bit converted copy when ``convert_7bit``, or when
-  ``unless_headers_8bit`` and its header section has 8-bit octets (UTF-8
-  fields for a server without SMTPUTF8, RFC 6532) -- then call
+* ``SendBody(convert_7bit)``: stream the message (through
+  ``body_encoder()``: CRLF line ends, dot-stuffing, the final ".") --
+  the 7-bit converted copy when ``convert_7bit`` -- then call
   ``body_sent`` (or ``body_failed`` when there is nothing to send);
 * ``Close()``: the session is over; close the connection.
 
@@ -108,9 +106,6 @@ class StartTLS:
 @dataclass(frozen=True)
 class SendBody:
     convert_7bit: bool
-    # The server takes 8-bit bodies but not SMTPUTF8: 8-bit octets in the
-    # header section (RFC 6532 UTF-8 fields) still need the 7-bit copy.
-    unless_headers_8bit: bool = False
 
 
 @dataclass(frozen=True)
@@ -341,7 +336,9 @@ class ClientSession:
     def _fail_session(self, reply: Reply) -> list[Action]:
         if self.outcome is None:
             self._finish(session_error=reply)
-        if self.phase in (Phase.QUIT, Phase.DONE, Phase.GREETING, Phase.TLS):
+        if self.phase in (Phase.QUIT, Phase.DONE, Phase.GREETING, Phase.TLS, Phase.BODY):
+            # in BODY a QUIT would be taken as message data (and stored if
+            # our "." followed): close, and the server drops the transaction
             self.phase = Phase.DONE
             return [Close()]
         return self._quit()
@@ -568,9 +565,13 @@ class ClientSession:
         if reply.code == 354:
             self.phase = Phase.BODY
             ext = self.extensions
-            convert = self.eight_bit and "8BITMIME" not in ext
-            return [SendBody(convert_7bit=convert, unless_headers_8bit=(
-                self.eight_bit and not convert and "SMTPUTF8" not in ext))]
+            # 8BITMIME covers the body only: a message its client sent with
+            # SMTPUTF8 may have UTF-8 header fields (RFC 6532), which a server
+            # without SMTPUTF8 must not get raw -- the 7-bit copy encodes them
+            # (a message that needs SMTPUTF8 for real then bounces, 5.6.3).
+            convert = self.eight_bit and (
+                "8BITMIME" not in ext or (self.smtputf8_wanted and "SMTPUTF8" not in ext))
+            return [SendBody(convert_7bit=convert)]
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
