@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -16,10 +17,10 @@ from txmailhub.address import Address
 from txmailhub.config import load_text
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.interfaces import IDeliveryAgent
-from txmailhub.relay.attempt import DeliveryAgent, read_credentials
+from txmailhub.relay.attempt import DeliveryAgent, DeliveryResult, read_credentials
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.record import QueueEntry
-from txmailhub.smtp.reply import LocalReply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 ZONE = {
     "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
@@ -29,6 +30,7 @@ ZONE = {
     "null.test": {"MX": [(0, "")]},
 }
 ALICE = Address("alice", "example.org")
+OK_REPLY = Reply.of(250, "2.0.0", "ok")
 BOB = Address("bob", "remote.test")
 CAROL = Address("carol", "remote.test")
 DAVE = Address("dave", "other.test")
@@ -125,6 +127,29 @@ def test_recipients_over_the_servers_limit_go_in_a_new_transaction(tmp_path):
     assert [len(rc) for _, rc, _ in got] == [2, 2, 1]  # three transactions
 
 
+def test_a_crash_in_a_later_transaction_leaves_the_first_ones_results(tmp_path):
+    # recipients delivered in the first transaction must not be reported
+    # as failed (and sent again) because a later round broke
+    a, net, _ = agent(tmp_path)
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
+    first = [DeliveryResult(rcpts[0], "delivered", OK_REPLY, "mx"),
+             *(DeliveryResult(r, "transient", Reply.of(452, "4.5.3", "too many"), "mx")
+               for r in rcpts[1:])]
+    calls = []
+
+    def fake(entry_, destination, recipients):
+        calls.append(list(recipients))
+        if len(calls) == 1:
+            return defer.succeed(first)
+        return defer.fail(RuntimeError("boom"))
+
+    a._deliver = fake
+    results = run(net, a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts))
+    assert calls == [rcpts, rcpts[1:]]
+    assert {r.address: r.kind for r in results} == {
+        rcpts[0]: "delivered", rcpts[1]: "transient", rcpts[2]: "transient"}
+
+
 def test_next_address_then_next_mx(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
@@ -159,6 +184,13 @@ def test_a_554_greeting_everywhere_keeps_the_mail_queued(tmp_path):
     assert r.kind == "transient"
     assert r.reply.code == 554 and r.reply.text() == "554 5.7.1 no service for you"
     assert ("192.0.2.2", 25) in net.connections  # the next MX was tried
+    # RFC 7504: 521 says the host accepts no mail at all: permanent
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            greeting=b"521 5.3.2 this host accepts no mail\r\n")
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "permanent" and r.reply.code == 521
     # a refusal of the message itself is still permanent
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(

@@ -219,6 +219,25 @@ def test_control_characters_of_a_reply_are_escaped_in_the_human_part(tmp_path):
     assert "\\x{1B}[2J\\x{7} here, Empfänger" in text
 
 
+def test_a_delay_notice_after_a_5xx_the_hub_retries_says_4xx(tmp_path):
+    # a host that would not talk (554 greeting) is retried: the "delayed"
+    # notice must not carry a 5.x.x status (RFC 3464 2.3.4)
+    entry = make_entry(tmp_path)
+    refused = dataclasses.replace(entry.recipient(BOB), last_reply=Reply.of(
+        554, "5.7.1", "no service"), remote_mta="mx1.remote.test", last_attempt=1.0)
+    _, msg = build(entry, [refused], bounce.DELAYED, will_retry_until=1_700_432_000.0)
+    block = list(msg.iter_parts())[1].get_payload()[1]
+    assert block["Action"] == "delayed" and block["Status"] == "4.7.1"
+
+
+def test_only_control_characters_are_escaped(tmp_path):
+    entry = make_entry(tmp_path)
+    reply = Reply(550, "5.1.1", ("no\u00a0such\u00adone\x9b here",))
+    _, msg = build(entry, [dataclasses.replace(failed(entry), last_reply=reply)])
+    text = next(iter(msg.iter_parts())).get_content()
+    assert "no\u00a0such\u00adone\\x{9B}" in text
+
+
 def test_a_returned_8bit_message_says_so(tmp_path):
     # RFC 2046 5.2.1: without the field a message/rfc822 part claims 7bit
     entry = dataclasses.replace(make_entry(tmp_path, ret="FULL"), eight_bit=True)

@@ -133,6 +133,12 @@ def test_encoded_words_keep_to_75_characters_and_lines_to_76():
     assert len(words) > 3 and max(map(len, words)) <= 75
     assert max(len(line) for line in out.split(b"\n")) <= 76
     assert str(parse(out + b"\n")["Subject"]) == subject[9:].rstrip()
+    # the same in an address field's display name
+    field = "From: " + "Jörg Müller-Lüdenscheidt Ärztekammer Großbritannien " * 2 + "<j@x.org>"
+    out = encode_field(field.encode() + b"\n")
+    words = re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", out)
+    assert words and max(map(len, words)) <= 75
+    assert max(len(line) for line in out.split(b"\n")) <= 76
 
 
 def test_8bit_display_name_and_filename_encoded():

@@ -419,7 +419,9 @@ class DeliveryAgent:
 
     def deliver(self, entry: QueueEntry, destination: str,
                 recipients: Sequence[Address]) -> defer.Deferred:
-        """One SMTP transaction for ``recipients`` (all for ``destination``).
+        """Deliver ``recipients`` (all for ``destination``): one SMTP
+        transaction, or more when the server takes fewer recipients per
+        message.
 
         Fires with a ``DeliveryResult`` per recipient; never errbacks."""
         d = self._deliver_in_batches(entry, destination, list(recipients))
@@ -448,7 +450,14 @@ class DeliveryAgent:
                      "(the server took fewer per message)", queue_id=entry.id,
                      count=len(more), destination=destination)
             recipients = more
-            again = yield self._deliver(entry, destination, more)
+            try:
+                again = yield self._deliver(entry, destination, more)
+            except Exception:
+                # only this round's recipients are in doubt: the others'
+                # results stand (a retry of those would be a duplicate)
+                log.failure("delivery of {queue_id} to {destination} failed", queue_id=entry.id,
+                            destination=destination)
+                break
             kept = set(more)
             results = [r for r in results if r.address not in kept] + list(again)
         return results
@@ -500,7 +509,9 @@ class DeliveryAgent:
                     continue
                 if outcome.session_error is not None:
                     last, last_host = outcome.session_error, mxhost.name
-                    about_host = outcome.phase in _HOST_PHASES
+                    # 521/556 (RFC 7504): the host accepts no mail at all
+                    about_host = (outcome.phase in _HOST_PHASES
+                                  and last.code not in (521, 556))
                     break
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)

@@ -102,6 +102,10 @@ def status_of(reply: Reply | None, action: str) -> str:
     if reply is not None and reply.status:
         if action == FAILED and reply.status.startswith("2"):
             return "5.0.0"
+        if action == DELAYED and reply.status.startswith("5"):
+            # a 5xx the hub retries anyway (a host that would not talk to
+            # it): a delay is a 4.x.x (RFC 3464 2.3.4)
+            return "4" + reply.status[1:]
         return reply.status
     if action in (DELIVERED, RELAYED, EXPANDED):
         return "2.0.0"
@@ -182,9 +186,10 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
             why += " (gave up: the message stayed in the queue too long)"
         # a server's reply may hold control characters (an ESC starts a
-        # terminal escape sequence): they are shown as \x{HEX}, the rest
-        # of its text (UTF-8 included) as it is
-        why = "".join(c if c.isprintable() else f"\\x{{{ord(c):X}}}" for c in why)
+        # terminal escape sequence): C0 and C1 controls are shown as
+        # \x{HEX}, the rest of its text (UTF-8 included) as it is
+        why = "".join(f"\\x{{{ord(c):X}}}" if ord(c) < 32 or 127 <= ord(c) < 160 else c
+                      for c in why)
         if len(why) > _DIAGNOSTIC_MAX:
             why = why[: _DIAGNOSTIC_MAX - 3] + "..."
         # wrapped: a remote reply of many lines (joined) or one long line

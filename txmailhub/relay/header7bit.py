@@ -53,7 +53,8 @@ _STRUCTURED_FIELDS = frozenset(
         "List-Subscribe", "List-Owner", "List-Archive",
     )
 )
-_POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=78)
+# 76: lines with encoded words stay within RFC 2047's 76, the words within 75
+_POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=76)
 
 
 class Unconvertible(ValueError):
