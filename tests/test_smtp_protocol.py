@@ -87,6 +87,16 @@ class Harness:
         return proto, t
 
 
+class RaisingPortal:
+    """A portal whose every login raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def login(self, *args):
+        raise self.error
+
+
 def take(t: StringTransport) -> list[str]:
     out = t.value().decode().splitlines()
     t.clear()
@@ -602,12 +612,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_auth_backend_error_is_454_and_pipelined_commands_wait(self):
         h = Harness(auth_failure_delay=1.0)
-
-        class Broken:
-            def login(self, *args):
-                raise RuntimeError("users file unreadable")
-
-        h.components.portal = Broken()
+        h.components.portal = RaisingPortal(RuntimeError("users file unreadable"))
         p, t = h.connect("127.0.0.1")
         p.dataReceived(b"EHLO c\r\n")
         take(t)
@@ -621,12 +626,8 @@ class ProtocolTests(SynchronousTestCase):
         from txmailhub.errors import UsersUnavailable
 
         h = Harness(auth_failure_delay=1.0)
-
-        class Away:
-            def login(self, *args):
-                raise UsersUnavailable("the users file /etc/users does not exist")
-
-        h.components.portal = Away()
+        h.components.portal = RaisingPortal(
+            UsersUnavailable("the users file /etc/users does not exist"))
         p, t = h.connect("192.0.2.50")
         p.engine.session.tls = True  # AUTH off loopback needs TLS
         p.dataReceived(b"EHLO c\r\n")
