@@ -204,6 +204,9 @@ def test_all_down_is_transient(tmp_path):
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "transient" and r.reply.status == "4.4.1"
     assert r.reply.text().endswith("connection to mx2.remote.test[192.0.2.2]:25 failed")
+    # the hub's own account, not a server's words (queue show "hub:", and
+    # a bounce's X-txmailhub diagnostic)
+    assert isinstance(r.reply, LocalReply)
 
 
 def test_an_address_literal_is_named_once(tmp_path):
@@ -235,6 +238,7 @@ def test_dns_failures(tmp_path):
     [r] = run(net, a.deliver(entry(tmp_path, Address("x", "nx.test")), "nx.test",
                              [Address("x", "nx.test")]))
     assert r.kind == "permanent" and r.reply.status == "5.1.2"
+    assert isinstance(r.reply, LocalReply)  # what DNS said, not an SMTP server
     assert net.connections == []
 
 

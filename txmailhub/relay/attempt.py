@@ -349,12 +349,12 @@ def default_endpoint(reactor: Any) -> Callable[[str, int], Any]:
 
 def _dns_reply(error: DNSError) -> Reply:
     if isinstance(error, NullMX):
-        return Reply.of(556, "5.1.10", error.reason)
+        return LocalReply.of(556, "5.1.10", error.reason)
     if isinstance(error, MailLoop):
-        return Reply.of(554, "5.4.6", error.reason)
+        return LocalReply.of(554, "5.4.6", error.reason)
     if isinstance(error, NoSuchDomain):
-        return Reply.of(550, "5.1.2", error.reason)
-    return Reply.of(451, "4.4.3", error.reason)
+        return LocalReply.of(550, "5.1.2", error.reason)
+    return LocalReply.of(451, "4.4.3", error.reason)
 
 
 @implementer(IDeliveryAgent)
@@ -429,7 +429,7 @@ class DeliveryAgent:
         def crashed(f: Any) -> list[DeliveryResult]:
             log.failure("delivery of {queue_id} to {destination} failed", f,
                         queue_id=entry.id, destination=destination)
-            reply = Reply.of(451, "4.3.0", "local error while delivering, will retry")
+            reply = LocalReply.of(451, "4.3.0", "local error while delivering, will retry")
             return [DeliveryResult(a, "transient", reply) for a in recipients]
 
         return d.addErrback(crashed)
@@ -479,7 +479,7 @@ class DeliveryAgent:
                 log.info("{queue_id}: {destination}: {reason}", queue_id=entry.id,
                          destination=destination, reason=e.reason)
                 return [DeliveryResult(a, kind, reply) for a in recipients]
-        last: Reply = Reply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
+        last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
         tried = 0
@@ -504,7 +504,7 @@ class DeliveryAgent:
                 if outcome is None:  # could not connect: next address
                     where = (mxhost.name if mxhost.name == f"[{address}]"  # an address literal
                              else f"{mxhost.name}[{address}]")
-                    last = Reply.of(451, "4.4.1", f"connection to {where}:{port_n} failed")
+                    last = LocalReply.of(451, "4.4.1", f"connection to {where}:{port_n} failed")
                     last_host = None
                     continue
                 if outcome.session_error is not None:

@@ -38,7 +38,7 @@ from txmailhub.relay.record import (
     QueueEntry,
     RecipientRecord,
 )
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = ["QueueRunner"]
 
@@ -275,13 +275,13 @@ class QueueRunner:
                     out.append(DeliveryResult(a, "delivered", Reply.of(250, "2.0.0",
                                                                        "Delivered")))
                 else:
-                    out.append(DeliveryResult(a, "transient", Reply.of(
+                    out.append(DeliveryResult(a, "transient", LocalReply.of(
                         451, "4.3.0", f"local delivery failed: {err}")))
             return out
 
         def failed(f: Any) -> list[DeliveryResult]:
             log.failure("local delivery of {queue_id} failed", f, queue_id=entry.id)
-            reply = Reply.of(451, "4.3.0", f"local delivery failed: {f.getErrorMessage()}")
+            reply = LocalReply.of(451, "4.3.0", f"local delivery failed: {f.getErrorMessage()}")
             return [DeliveryResult(a, "transient", reply) for a in rcpts]
 
         return d.addCallbacks(done, failed)
