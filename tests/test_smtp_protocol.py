@@ -97,6 +97,17 @@ class RaisingPortal:
         raise self.error
 
 
+def quit_behind_unread_replies():
+    """A session over an in-memory socket whose client sent 500 EHLOs and a
+    QUIT without reading: the 221 waits behind the replies."""
+    h = Harness(idle_timeout=300)
+    p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+    sock = MemorySocket(h.clock, p)
+    p.makeConnection(sock)
+    p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
+    return h, sock
+
+
 def take(t: StringTransport) -> list[str]:
     out = t.value().decode().splitlines()
     t.clear()
@@ -308,11 +319,7 @@ class ProtocolTests(SynchronousTestCase):
     def test_quit_after_replies_piled_up_closes(self):
         # Twisted paused us (its buffer is full), then QUIT: it resumes a
         # paused producer instead of closing, so we must unregister first
-        h = Harness(idle_timeout=300)
-        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        sock = MemorySocket(h.clock, p)
-        p.makeConnection(sock)
-        p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
+        h, sock = quit_behind_unread_replies()
         assert sock.producerPaused and sock.disconnecting
         sock.drain()  # the client reads everything
         assert sock.sent.endswith(b" closing connection\r\n")
@@ -323,11 +330,7 @@ class ProtocolTests(SynchronousTestCase):
         # the 221 waits in Twisted's buffer behind replies the client does
         # not read: the close is cut after CLOSE_GRACE (the idle timer has
         # nothing to say once the session is over)
-        h = Harness(idle_timeout=300)
-        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        sock = MemorySocket(h.clock, p)
-        p.makeConnection(sock)
-        p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
+        h, sock = quit_behind_unread_replies()
         assert sock.disconnecting and sock.lost is None
         h.clock.advance(CLOSE_GRACE)
         assert sock.lost is not None and not sock.writing() and not sock.reading()
