@@ -456,17 +456,24 @@ def test_stls_while_twisted_has_us_paused(tls_files):
     assert b"\r\nUSER\r\n" in client.receive()  # answered, under TLS (USER offered)
 
 
+
+def pop3s_logged_in(tls_files, message: bytes):
+    """joe, logged in over implicit TLS (a stdlib ``ssl`` client over an
+    in-memory socket), with ``message`` in his mailbox."""
+    env = Env()
+    env.store.add("joe@example.org", message)
+    client = TLSClient(POP3Factory(env.components, implicit_tls=True), env.clock, tls_files)
+    client.send(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in client.receive()
+    return env, client
+
 def test_tls_session_ended_by_the_client_unlocks_while_responses_wait(tls_files):
     # POP3S, the client pipelines more than Twisted buffers (it pauses us),
     # then ends the TLS session (close_notify) and reads what was sent.  The
     # TLS layer closes the socket on its own, but Twisted resumes a paused
     # producer instead of closing: we must unregister, or the socket (and
     # the mailbox lock) stays until the autologout (found by fuzzing).
-    env = Env()
-    env.store.add("joe@example.org", b"x" * 60000 + b"\n")
-    client = TLSClient(POP3Factory(env.components, implicit_tls=True), env.clock, tls_files)
-    client.send(b"USER joe\r\nPASS joepw\r\n")
-    assert b"+OK Logged in" in client.receive()
+    env, client = pop3s_logged_in(tls_files, b"x" * 60000 + b"\n")
     client.send(b"RETR 1\r\nRETR 1\r\nRETR 1\r\nNOOP\r\n")
     env.clock.advance(0)
     sock = client.socket
@@ -485,11 +492,7 @@ def test_tls_session_ended_mid_message_by_a_client_that_stops_reading(tls_files)
     # stopped while the message streamed, so the close_notify was never
     # seen; and once seen, the TLS layer's close waits for a buffer that
     # never drains.  The mailbox stayed locked until the autologout.
-    env = Env()
-    env.store.add("joe@example.org", (b"y" * 76 + b"\n") * 20000)
-    client = TLSClient(POP3Factory(env.components, implicit_tls=True), env.clock, tls_files)
-    client.send(b"USER joe\r\nPASS joepw\r\n")
-    assert b"+OK Logged in" in client.receive()
+    env, client = pop3s_logged_in(tls_files, (b"y" * 76 + b"\n") * 20000)
     client.send(b"RETR 1\r\n")
     env.clock.advance(0)
     sock = client.socket
