@@ -456,7 +456,6 @@ def test_stls_while_twisted_has_us_paused(tls_files):
     assert b"\r\nUSER\r\n" in client.receive()  # answered, under TLS (USER offered)
 
 
-
 def pop3s_logged_in(tls_files, message: bytes):
     """joe, logged in over implicit TLS (a stdlib ``ssl`` client over an
     in-memory socket), with ``message`` in his mailbox."""
@@ -476,12 +475,7 @@ def test_tls_session_ended_by_the_client_unlocks_while_responses_wait(tls_files)
     env, client = pop3s_logged_in(tls_files, b"x" * 60000 + b"\n")
     client.send(b"RETR 1\r\nRETR 1\r\nRETR 1\r\nNOOP\r\n")
     env.clock.advance(0)
-    sock = client.socket
-    assert sock.producerPaused and sock.reading()
-    client.close_notify()
-    assert sock.disconnecting  # the TLS layer's close, not ours
-    client.receive()
-    assert sock.lost is not None and not sock.writing()
+    client.close_notify_while_paused()
     assert not env.store.is_locked("joe@example.org")
     assert not env.clock.getDelayedCalls()
 

@@ -346,12 +346,7 @@ class ProtocolTests(SynchronousTestCase):
         assert client.receive().startswith(b"220 ")
         client.send(b"EHLO c\r\n" * 1000)  # replies pile up, unread
         h.clock.advance(0)
-        sock = client.socket
-        assert sock.producerPaused and sock.reading()
-        client.close_notify()
-        assert sock.disconnecting  # the TLS layer's close, not ours
-        client.receive()
-        assert sock.lost is not None and not sock.writing()
+        client.close_notify_while_paused()
         assert not h.clock.getDelayedCalls()
 
     def test_tls_session_ended_before_the_answer_to_data_closes(self):

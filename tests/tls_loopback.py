@@ -165,3 +165,15 @@ class TLSClient:
         except ssl.SSLWantReadError:
             pass
         self._send_wire()
+
+    def close_notify_while_paused(self) -> MemorySocket:
+        """``close_notify`` to a server that Twisted has paused (replies pile
+        up unread) and that still reads: the TLS layer closes the socket on
+        its own, and the connection must really end.  Returns the socket."""
+        sock = self.socket
+        assert sock.producerPaused and sock.reading()
+        self.close_notify()
+        assert sock.disconnecting  # the TLS layer's close, not ours
+        self.receive()
+        assert sock.lost is not None and not sock.writing()
+        return sock
