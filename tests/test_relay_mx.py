@@ -199,7 +199,7 @@ def test_system_resolver_runs_on_the_given_reactor():
     reactor = MemoryReactorClock()
     res = make_resolver([], reactor=reactor)
     kinds = [type(r).__module__ for r in res.resolvers]
-    assert kinds == ["twisted.names.hosts", "twisted.names.cache", "twisted.names.client"]
+    assert kinds == ["twisted.names.hosts", "twisted.names.cache", "txmailhub.relay.dnsport"]
     network = res.resolvers[2]
     assert network.resolv == b"/etc/resolv.conf" and network._reactor is reactor
     # its resolv.conf re-reading timer is on our reactor, not the global one

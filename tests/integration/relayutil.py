@@ -21,15 +21,19 @@ from twisted.names import dns
 
 class DNSServer:
     """``zone = {"name": {"MX": [(10, "mx.name")], "A": ["127.0.0.1"], "AAAA": [...]}}``;
-    a name missing from the zone is NXDOMAIN, ``"SERVFAIL"`` as the value fails it."""
+    a name missing from the zone is NXDOMAIN, ``"SERVFAIL"`` as the value fails it.
+    ``silent=True``: it reads the queries and never answers."""
 
-    def __init__(self, zone: dict) -> None:
+    def __init__(self, zone: dict, host: str = "127.0.0.1", silent: bool = False) -> None:
         self.zone = zone
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.silent = silent
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.queries: list[tuple[str, int]] = []
+        self.peers: list[tuple] = []  # where each query came from
         self._stop = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -47,6 +51,9 @@ class DNSServer:
                 continue
             except OSError:
                 return
+            self.peers.append(peer)
+            if self.silent:
+                continue
             try:
                 self.sock.sendto(self._answer(data), peer)
             except Exception:  # a malformed query: ignore it

@@ -76,6 +76,10 @@ def test_delivered_through_the_next_mx(relay_hub, remote):
     assert data.endswith(b"Hello from the hub.\r\n.leading dot\r\n")
     assert b"Received:" in data
     wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+    # the MX, AAAA and A lookups did not log their UDP ports (twisted.names
+    # alone logs four lines per query)
+    log = hub.log_text()
+    assert "UDP Port" not in log and "DNSDatagramProtocol" not in log
 
 
 def test_implicit_mx(relay_hub, remote):

@@ -108,8 +108,11 @@ def parse_literal(domain: str) -> str | None:
 def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     """A twisted.names resolver: the given servers (``"ip[:port]"``), with a
     cache honouring the TTLs, or the system's (``createResolver``: /etc/hosts,
-    a cache, /etc/resolv.conf)."""
-    from twisted.names import cache, client, hosts, resolve
+    a cache, /etc/resolv.conf).  Queries go out through ``dnsport.Resolver``:
+    twisted.names' client without its log lines per query."""
+    from twisted.names import cache, hosts, resolve
+
+    from txmailhub.relay.dnsport import Resolver
 
     servers = []
     for item in nameservers:
@@ -120,14 +123,14 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     if servers:
         return resolve.ResolverChain([
             cache.CacheResolver(reactor=reactor),
-            client.Resolver(servers=servers, reactor=reactor),
+            Resolver(servers=servers, reactor=reactor),
         ])
     # What ``client.createResolver`` builds on POSIX, with our reactor (it
     # would take the global one, and re-read resolv.conf on its timer).
     return resolve.ResolverChain([
         hosts.Resolver(b"/etc/hosts"),
         cache.CacheResolver(reactor=reactor),
-        client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor),
+        Resolver(resolv=b"/etc/resolv.conf", reactor=reactor),
     ])
 
 

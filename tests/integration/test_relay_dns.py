@@ -1,0 +1,131 @@
+"""The relay's DNS client over real UDP sockets (txmailhub.relay.dnsport):
+the answers of a DNS server on loopback, a fresh source port per query,
+nothing left registered with the reactor, and not a line in the log."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from relayutil import DNSServer
+from twisted.internet import defer
+from twisted.logger import globalLogPublisher
+from twisted.names import dns, error
+from twisted.trial.unittest import TestCase
+
+from txmailhub.relay.dnsport import QueryPort
+from txmailhub.relay.mx import make_resolver
+
+ZONE = {
+    "remote.test": {"MX": [(10, "mx1.remote.test")]},
+    "mx1.remote.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
+}
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class ResolverOverUDPTests(TestCase):
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def serve(self, **kwargs):
+        server = DNSServer(ZONE, **kwargs)
+        self.addCleanup(server.stop)
+        return server
+
+    def assert_clean(self):
+        # Every query's socket is closed and unregistered again ...
+        self.assertEqual([r for r in self.reactor.getReaders() if isinstance(r, QueryPort)], [])
+        # ... and no port opened or closed on the way said so in the log.
+        self.assertEqual([e.get("log_format") or e.get("message") for e in self.events], [])
+
+    @defer.inlineCallbacks
+    def test_answers_come_back_and_nothing_is_logged(self):
+        server = self.serve()
+        resolver = make_resolver([f"127.0.0.1:{server.port}"], reactor=self.reactor)
+        answers, _, _ = yield resolver.lookupMailExchange("remote.test")
+        self.assertEqual([(a.payload.preference, a.payload.name.name) for a in answers],
+                         [(10, b"mx1.remote.test")])
+        answers, _, _ = yield resolver.lookupAddress("mx1.remote.test")
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
+        answers, _, _ = yield resolver.lookupIPV6Address("mx1.remote.test")
+        self.assertEqual([socket.inet_ntop(socket.AF_INET6, a.payload.address)
+                          for a in answers], ["::1"])
+        self.assertEqual(server.queries, [("remote.test", dns.MX), ("mx1.remote.test", dns.A),
+                                          ("mx1.remote.test", dns.AAAA)])
+        # a new random source port for each query (no fixed port to forge
+        # answers against), as twisted.names does it
+        ports = [peer[1] for peer in server.peers]
+        self.assertEqual(len(set(ports)), 3)
+        self.assert_clean()
+
+    @defer.inlineCallbacks
+    def test_unknown_name(self):
+        server = self.serve()
+        resolver = make_resolver([f"127.0.0.1:{server.port}"], reactor=self.reactor)
+        with pytest.raises(error.DNSNameError):
+            yield resolver.lookupMailExchange("nowhere.test")
+        self.assert_clean()
+
+    @defer.inlineCallbacks
+    def test_a_server_that_never_answers_times_out_after_the_retries(self):
+        server = self.serve(silent=True)
+        resolver = make_resolver([f"127.0.0.1:{server.port}"], reactor=self.reactor)
+        with pytest.raises(defer.TimeoutError):
+            yield resolver.lookupAddress("remote.test", timeout=[0.1, 0.2])
+        self.assertEqual(len(server.peers), 2)  # sent, and sent again
+        self.assert_clean()
+
+    @defer.inlineCallbacks
+    def test_a_nameserver_over_ipv6(self):
+        if not _ipv6_loopback():
+            raise self.skipTest("no IPv6 loopback here")
+        server = self.serve(host="::1")
+        resolver = make_resolver([f"[::1]:{server.port}"], reactor=self.reactor)
+        answers, _, _ = yield resolver.lookupAddress("mx1.remote.test")
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
+        self.assert_clean()
+
+
+class QueryPortTests(TestCase):
+    def test_stop_listening_twice_and_a_closed_port_reads_nothing(self):
+        from twisted.internet import reactor
+
+        received = []
+
+        class Protocol(dns.DNSDatagramProtocol):
+            def datagramReceived(self, data, addr):
+                received.append((data, addr))
+
+        proto = Protocol(None, reactor=reactor)
+        proto.noisy = False
+        port = QueryPort(reactor, proto, "")
+        host = port.getHost()
+        self.assertEqual((host.type, host.host), ("UDP", "0.0.0.0"))
+        self.assertIn(port, reactor.getReaders())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"x", ("127.0.0.1", host.port))
+            import time
+
+            time.sleep(0.05)
+            port.doRead()
+            self.assertEqual(received, [(b"x", ("127.0.0.1", peer.getsockname()[1]))])
+        port.stopListening()
+        port.stopListening()
+        self.assertNotIn(port, reactor.getReaders())
+        self.assertEqual(port.fileno(), -1)
+        self.assertIsNone(proto.transport)
+        port.doRead()  # a late wake-up: nothing to read, no error
+        self.assertEqual(len(received), 1)

@@ -1,0 +1,134 @@
+"""DNS queries over UDP without a log line per query.
+
+twisted.names sends every UDP query from a port of its own, bound to a
+random source port (the defence against forged answers that a fixed port
+would lose), through ``reactor.listenUDP``.  Twisted logs each such port
+as it opens and closes, and the datagram protocol logs its own start and
+stop: four lines per query, a dozen or more per message relayed (MX, A
+and AAAA lookups, retries on timeouts), which bury the lines an operator
+reads the log for.
+
+``Resolver`` keeps twisted.names' query logic (ids, retries, timeouts,
+answer validation, the TCP retry of a truncated answer) and replaces only
+the port: ``QueryPort`` is a UDP socket, on a fresh random port for each
+query as before, registered with the reactor as a reader and silent.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.names import client, dns
+from zope.interface import implementer
+
+__all__ = ["QueryPort", "Resolver"]
+
+# A DNS message over UDP is at most 65,535 octets (EDNS lets servers send
+# more than the classic 512).
+_MAX_DATAGRAM = 65535
+# Datagrams read per wake-up at most, so that a flood cannot hold the reactor.
+_READS_PER_WAKEUP = 16
+# Attempts to find a free random source port before giving up.
+_BIND_ATTEMPTS = 100
+
+
+@implementer(IReadDescriptor)
+class QueryPort:
+    """The transport of one ``dns.DNSDatagramProtocol``: a non-blocking UDP
+    socket bound to a random port of ``interface`` ("" for IPv4, "::" for
+    IPv6).  Provides what that protocol and twisted.names' client use of it
+    need: ``write(data, address)``, ``stopListening()`` and ``getHost()``."""
+
+    def __init__(self, reactor: Any, protocol: Any, interface: str = "") -> None:
+        self.reactor = reactor
+        self.protocol = protocol
+        self.family = socket.AF_INET6 if interface and isIPv6Address(interface) else socket.AF_INET
+        self.socket = _bind_random(self.family, interface)
+        self._closed = False
+        protocol.makeConnection(self)
+        reactor.addReader(self)
+
+    # -- IReadDescriptor ---------------------------------------------------------
+
+    def fileno(self) -> int:
+        return -1 if self._closed else self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "DNS query"
+
+    def doRead(self) -> None:
+        for _ in range(_READS_PER_WAKEUP):
+            if self._closed:
+                return
+            try:
+                data, address = self.socket.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # An ICMP error queued on the socket (port unreachable, say):
+                # the query's own timeout and retry deal with it.
+                continue
+            self.protocol.datagramReceived(data, address[:2])
+
+    def connectionLost(self, reason: Any) -> None:
+        """The reactor is shutting down (or dropped us)."""
+        self.stopListening()
+
+    # -- the transport -----------------------------------------------------------
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send one datagram.  A full socket buffer drops it (UDP: the query
+        is retried on its timeout); other errors are raised, and
+        twisted.names turns them into a failed query."""
+        try:
+            self.socket.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        host, port = self.socket.getsockname()[:2]
+        if self.family == socket.AF_INET6:
+            return IPv6Address("UDP", host, port)
+        return IPv4Address("UDP", host, port)
+
+    def stopListening(self) -> None:
+        """Close the socket and stop the protocol (idempotent)."""
+        if self._closed:
+            return
+        self.reactor.removeReader(self)
+        self._closed = True
+        self.socket.close()
+        self.protocol.doStop()
+
+
+def _bind_random(family: int, interface: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        for attempt in range(_BIND_ATTEMPTS):
+            try:
+                sock.bind((interface, dns.randomSource()))
+                return sock
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or attempt == _BIND_ATTEMPTS - 1:
+                    raise error.CannotListenError(interface, 0, e) from None
+    except BaseException:
+        sock.close()
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Resolver(client.Resolver):
+    """twisted.names' client resolver with a silent port per UDP query."""
+
+    def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
+        proto = dns.DNSDatagramProtocol(self, reactor=self._reactor)
+        proto.noisy = False  # no "Starting protocol" / "Stopping protocol" lines
+        QueryPort(self._reactor, proto, interface)
+        return proto
