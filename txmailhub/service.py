@@ -27,18 +27,24 @@ from txmailhub.components import Components
 from txmailhub.config import Settings
 from txmailhub.users import UsersDB
 
-__all__ = ["ListenError", "ListenerService", "MailHub", "build_components", "tls_options"]
+__all__ = [
+    "ListenError", "ListenerService", "MailHub", "StartError", "build_components", "tls_options",
+]
 
 log = Logger()
 
 
-class ListenError(SystemExit):
-    """A listener could not bind.  A ``SystemExit`` so that twistd prints
-    the one line and exits 1 instead of running half-deaf."""
+class StartError(SystemExit):
+    """The hub cannot start.  A ``SystemExit`` so that twistd prints the one
+    line and exits 1 instead of running half-deaf."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ListenError(StartError):
+    """A listener could not bind."""
 
 
 _PEM_CERT = re.compile(
@@ -209,6 +215,15 @@ class MailHub(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.components = c = build_components(settings, reactor)
+        if not getattr(c.spooler, "owned", True):
+            # Another hub runs on this state directory.  Two would share one
+            # queue (each delivering its entries: duplicates) and each
+            # other's spool; different ports would not keep them apart.
+            raise StartError(
+                f"another txmailhub is running on the state directory "
+                f"{settings.hub.state_dir} (it holds {c.spooler.spool_dir}.lock): "
+                f"stop it first, or give this hub a [hub] state_dir of its own"
+            )
         _StorageService(c.syncer, c.spooler).setServiceParent(self)
 
         from txmailhub.relay.service import RelayService

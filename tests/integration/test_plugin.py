@@ -106,6 +106,31 @@ def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> No
     assert "Traceback" not in output
 
 
+def test_second_hub_on_the_same_state_dir_exits_1(hub: Hub, make_hub) -> None:
+    """Other ports, same state directory: two hubs would deliver one queue
+    twice over; the second one must not start."""
+    other = make_hub(start=False, sections={"hub": {"state_dir": str(hub.state_dir)}})
+    result = run_twistd("mailhub", "--config", str(other.config_path), cwd=other.folder)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert (f"another txmailhub is running on the state directory {hub.state_dir}"
+            in output), output
+    assert "Traceback" not in output
+    for port in (other.smtp_port, other.pop3_port):  # it never listened
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            raise AssertionError(f"the second hub listened on {port}")
+        except ConnectionRefusedError:
+            pass
+    # the first one is untouched, and once it is gone the state is free
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        assert s.noop()[0] == 250
+    hub.kill()  # a crash: the kernel drops the lock with the process
+    other.start()
+    with smtplib.SMTP("127.0.0.1", other.smtp_port, timeout=10) as s:
+        assert s.noop()[0] == 250
+
+
 def test_tac_file_embeds_the_hub(make_hub) -> None:
     hub = make_hub(start=False)
     tac = hub.folder / "mailhub.tac"

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import poplib
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -200,16 +202,34 @@ def test_in_use_across_two_connections(filled):
     assert_locked_until_quit(pop(filled), filled.pop3_port)
 
 
-def test_in_use_across_two_processes(filled, make_hub):
-    other = make_hub(users={}, sections={
-        "hub": {"state_dir": str(filled.state_dir)},
-        "users": {"file": str(filled.folder / "users")},
-    })
-    assert_locked_until_quit(pop(filled), other.pop3_port)
-    # a crash leaves no stale lock
-    p3 = pop(other)
-    other.kill()
-    p3.close()
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_in_use_across_two_processes(filled):
+    """The mailbox lock is the kernel's (flock on the Maildir's lock file):
+    another process that holds it keeps a login out, and its crash leaves
+    no stale lock."""
+    from txmailhub.store.maildir import LOCK_NAME
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(filled.maildir(ALICE) / LOCK_NAME)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        p2 = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+        p2.user(ALICE)
+        with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+            p2.pass_(ALICE_PW)
+        p2.quit()
+    finally:
+        holder.kill()
+        holder.wait(10)
     assert pop_when_free(filled).stat()[0] == 3
 
 

@@ -14,8 +14,8 @@ directory after a crash was never answered 250: ``recover()`` (run by the
 constructor) deletes it.  Who may recover is decided by an ``flock`` on
 ``spool.lock`` (next to the spool folder), held for as long as the spooler is open: the kernel drops
 it when its process dies, a forked daemon inherits it, and a second hub
-started on the same state directory (which then fails to listen) finds it
-taken and touches nothing.  Process ids could not do this: twistd forks
+started on the same state directory finds it taken, touches nothing and
+refuses to start (``owned`` is False; see ``MailHub``).  Process ids could not do this: twistd forks
 after the spooler is made, so the files carry a dead parent's pid, and a
 crashed hub's pid may be a zombie or reused.  Files are named
 ``<pid>-<counter>-<random tag of the spooler>``, which only makes them
@@ -317,6 +317,12 @@ class Spooler:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)  # releases the lock
+
+    @property
+    def owned(self) -> bool:
+        """Whether this spooler holds ``<spool_dir>.lock``: False when
+        another running hub has it (the hub then refuses to start)."""
+        return self._lock_fd is not None
 
     def _lock(self) -> bool:
         """Take ``<spool_dir>.lock`` (once); False if another live spooler has it."""
