@@ -77,9 +77,10 @@ def test_delivered_through_the_next_mx(relay_hub, remote):
     assert b"Received:" in data
     wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
     # the MX, AAAA and A lookups did not log their UDP ports (twisted.names
-    # alone logs four lines per query)
+    # alone logs four lines per query), nor the SMTP session its factory
     log = hub.log_text()
     assert "UDP Port" not in log and "DNSDatagramProtocol" not in log
+    assert "Starting factory" not in log and "Stopping factory" not in log
 
 
 def test_implicit_mx(relay_hub, remote):

@@ -582,8 +582,10 @@ class DeliveryAgent:
         endpoint = self.endpoint(address, port)
         if implicit:
             endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)
+        factory = Factory.forProtocol(lambda: proto)
+        factory.noisy = False  # no "Starting factory" / "Stopping factory" per session
         try:
-            yield endpoint.connect(Factory.forProtocol(lambda: proto))
+            yield endpoint.connect(factory)
         except Exception as e:
             log.info("{queue_id}: cannot connect to {host}[{address}]:{port}: {why}",
                      queue_id=entry.id, host=mxhost.name, address=address, port=port, why=e)
