@@ -23,12 +23,16 @@ class Options(usage.Options):
     synopsis = "--config PATH"
     longdesc = "Run the txmailhub mail hub (SMTP, submission, POP3, outbound relay)."
     optParameters = [
-        ["config", "c", None, "Path of the TOML configuration file."],
+        ["config", "c", None, "Path of the TOML configuration file (default: $MAILHUB_CONFIG)."],
     ]
 
     def postOptions(self) -> None:
         if not self["config"]:
-            raise usage.UsageError("--config PATH is required")
+            # the same variable the ``mailhub`` command reads
+            self["config"] = os.environ.get("MAILHUB_CONFIG", "")
+        if not self["config"]:
+            print("mailhub: --config PATH is required (or set $MAILHUB_CONFIG)", file=sys.stderr)
+            raise SystemExit(2)
         try:
             self["settings"] = load(self["config"])
         except ConfigError as e:

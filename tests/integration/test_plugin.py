@@ -88,10 +88,24 @@ def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_missing_config_option(tmp_path: Path) -> None:
+def test_missing_config_option(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MAILHUB_CONFIG", raising=False)
     result = run_twistd("mailhub", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "--config PATH is required" in result.stdout + result.stderr
+    assert result.returncode == 2  # bad usage, as for the mailhub command
+    assert "mailhub: --config PATH is required" in result.stdout + result.stderr
+
+
+def test_config_from_the_environment(make_hub, monkeypatch) -> None:
+    """``$MAILHUB_CONFIG`` stands in for ``--config``, as for ``mailhub``."""
+    hub = make_hub(start=False)
+    monkeypatch.setenv("MAILHUB_CONFIG", str(hub.config_path))
+    proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=hub.folder)
+    hub.proc = proc
+    hub.wait_listening()
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        assert s.noop()[0] == 250
 
 
 def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
