@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,31 @@ def test_console_script_installed() -> None:
     assert script.exists()
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "user" in result.stdout and "queue" in result.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_listing_quietly(config: Path) -> None:
+    """``mailhub user list | head -0``: no "Broken pipe" message, exit 1."""
+    for name in ("alice", "bob", "carol"):
+        run(config, "user", "add", name, "--password-stdin", stdin="pw\n")
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "txmailhub", "--config", str(config), "user", "list"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 1
+    assert result.stderr == ""
+
+
+def test_an_os_error_without_a_file_name_reads_cleanly(config: Path, monkeypatch) -> None:
+    import txmailhub.cli as cli
+
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_command", fail)
+    code, _, err = run(config, "user", "list")
+    assert code == 1 and err == "mailhub: No space left on device\n"

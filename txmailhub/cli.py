@@ -142,17 +142,45 @@ def main(
             print(problem, file=err)
         return 2
     try:
-        if args.command == "check":
-            return _check(settings, out, err)
-        if args.command == "user":
-            return _user(settings, args, out, stdin)
-        from txmailhub.relay.admin import run_queue
-
-        return run_queue(settings, args, out)
+        code = _command(settings, args, out, err, stdin)
+        out.flush()  # here, where a closed pipe is still ours to handle
+        return code
+    except BrokenPipeError:
+        # The reader went away (``mailhub queue list | head -1``): stop
+        # quietly, as the standard tools do, instead of a message about it.
+        _discard_output(out)
+        return 1
     except UsersFileError as e:
         print(f"mailhub: {e}", file=err)
         return 1 if isinstance(e, UserExists | NoSuchUser) else 2
     except OSError as e:
-        print(f"mailhub: {e.filename or ''}: {e.strerror}", file=err)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mailhub: {where}{e.strerror or e}", file=err)
         return 1
+
+
+def _command(
+    settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
+) -> int:
+    if args.command == "check":
+        return _check(settings, out, err)
+    if args.command == "user":
+        return _user(settings, args, out, stdin)
+    from txmailhub.relay.admin import run_queue
+
+    return run_queue(settings, args, out)
+
+
+def _discard_output(out: TextIO) -> None:
+    """Point ``out``'s descriptor at /dev/null, so that the flush at exit
+    does not fail on the closed pipe a second time (and print about it)."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        return  # not a file (tests): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
