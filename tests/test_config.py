@@ -308,3 +308,33 @@ def test_twistd_lifts_the_open_files_limit():
         assert got == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_two_listeners_on_one_address_are_a_problem() -> None:
+    text = MINIMAL + (
+        '[smtp]\nlisten = ["tcp:2725:interface=127.0.0.1"]\n'
+        '[submission]\nlisten = ["tcp:2587"]\n'
+        '[pop3]\nlisten = ["tcp:port=2725:interface=127.0.0.1", "tcp:2587:interface=127.0.0.1",'
+        ' "unix:/run/a.sock", "unix:address=/run/a.sock"]\n'
+    )
+    found = problems(text)
+    assert found == [
+        "/etc/mh/mailhub.toml: [pop3] listen: 'tcp:port=2725:interface=127.0.0.1' is the same "
+        "address as 'tcp:2725:interface=127.0.0.1' in [smtp] listen: only one of them could listen",
+        # all interfaces (the default) include 127.0.0.1
+        "/etc/mh/mailhub.toml: [pop3] listen: 'tcp:2587:interface=127.0.0.1' is the same "
+        "address as 'tcp:2587' in [submission] listen: only one of them could listen",
+        "/etc/mh/mailhub.toml: [pop3] listen: 'unix:address=/run/a.sock' is the same "
+        "address as 'unix:/run/a.sock' in [pop3] listen: only one of them could listen",
+    ]
+
+
+def test_listeners_on_different_addresses_are_fine() -> None:
+    text = MINIMAL + (
+        '[smtp]\nlisten = ["tcp:2525:interface=127.0.0.1", "tcp:0",'
+        ' "tcp6:2525:interface=\\\\:\\\\:1"]\n'
+        '[submission]\nlisten = ["tcp:2525:interface=127.0.0.2", "tcp:0"]\n'
+        '[pop3]\nlisten = ["tcp6:2110:interface=\\\\:\\\\:1", "tcp6:2111:interface=\\\\:\\\\:1"]\n'
+    )
+    s = load_text(text, "/etc/mh/mailhub.toml")
+    assert s.smtp.listen[2] == "tcp6:2525:interface=\\:\\:1"

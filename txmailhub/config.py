@@ -300,6 +300,45 @@ def check_endpoint(description: str) -> None:
         raise ValueError(f"endpoint {description!r} is not valid: {e}") from None
 
 
+def _listen_address(description: str) -> tuple[str, str, str] | None:
+    """``(kind, interface, port)`` of a valid listen endpoint, for finding two
+    listeners on one address (``unix``: the path as the port); None for
+    port 0, which the system picks anew for each."""
+    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description)]
+    kind, args = fields[0].lower(), fields[1:]
+    positional = [a for a in args if "=" not in a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    if kind == "unix":
+        return kind, "", named.get("address", positional[0] if positional else "")
+    port = named.get("port", positional[0] if positional else "")
+    if port.strip() in ("0", ""):
+        return None
+    wildcard = "::" if kind == "tcp6" else "0.0.0.0"
+    return kind, named.get("interface", wildcard) or wildcard, port.strip()
+
+
+def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
+    """Problems for listeners that would bind the same address (the second
+    one would fail at start with "Address already in use").  ``listeners``:
+    ``(section, key, description)``."""
+    problems = []
+    seen: list[tuple[tuple[str, str, str], str]] = []
+    for section, key, description in listeners:
+        address = _listen_address(description)
+        if address is None:
+            continue
+        kind, interface, port = address
+        for (k, i, p), where in seen:
+            wildcard = "::" if k == "tcp6" else "0.0.0.0"
+            if k == kind and p == port and (i == interface or wildcard in (i, interface)):
+                problems.append(f"[{section}] {key}: {description!r} is the same address "
+                                f"as {where}: only one of them could listen")
+                break
+        else:
+            seen.append((address, f"{description!r} in [{section}] {key}"))
+    return problems
+
+
 def _endpoints(v: Any) -> tuple[str, ...]:
     items = _string_list(v)
     for item in items:
@@ -541,6 +580,21 @@ def load_text(text: str, path: str) -> Settings:
             f"{path}: [pop3] idle_timeout: {pop3.idle_timeout}s is below the 10 minutes "
             "RFC 1939 section 3 requires"
         )
+
+    listeners = [
+        (section, key, description)
+        for section, key, descriptions in (
+            ("smtp", "listen", smtp.listen),
+            ("submission", "listen", submission.listen),
+            ("submission", "tls_listen", submission.tls_listen),
+            ("pop3", "listen", pop3.listen),
+            ("pop3", "tls_listen", pop3.tls_listen),
+        )
+        for description in descriptions
+    ]
+    if not any("listen:" in p for p in r.problems):  # a bad one was replaced by its default
+        for problem in _shared_addresses(listeners):
+            r.problems.append(f"{path}: {problem}")
 
     d4 = RelaySettings()
     t = r.table(
