@@ -90,7 +90,7 @@ def test_show(setup):
     assert code == 0
     assert f"id: {qid}" in out
     assert "sender: alice@example.org" in out
-    assert "client: client.example.org [127.0.0.1]" in out
+    assert "client: 127.0.0.1 (HELO client.example.org)" in out
     assert "  bob@remote.test pending attempts=1" in out
     assert "remote=mx.remote.test" in out
     assert "    reply: 451 4.7.1 Greylisted, try again in 5 minutes" in out

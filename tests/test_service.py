@@ -107,7 +107,7 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
         makeService(options)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"mailhub: cannot use {tmp_path}/afile/state")
+    assert f"mailhub: cannot use {tmp_path}/afile/state" in err
     assert "must belong to the user the hub runs as" in err
     assert "Traceback" not in err
 
@@ -210,3 +210,13 @@ def test_twistd_without_uid_changes_no_owner(tmp_path: Path, monkeypatch) -> Non
         monkeypatch.setattr(tap.os, name, lambda p, *a, **kw: given.append(p))
     tap.makeService(_tap_options(tmp_path, "state", parent={"uid": None, "gid": None}))
     assert given == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the warning is for root")
+def test_twistd_as_root_without_uid_warns(tmp_path: Path, capsys) -> None:
+    from txmailhub import tap
+
+    tap.makeService(_tap_options(tmp_path, "state1"))
+    assert tap.ROOT_WARNING in capsys.readouterr().err
+    tap.makeService(_tap_options(tmp_path, "state2", parent={"uid": 4242, "gid": 4343}))
+    assert tap.ROOT_WARNING not in capsys.readouterr().err

@@ -137,15 +137,17 @@ def test_crash_between_write_and_rename_keeps_old_file(
 def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
     Path(db.path).write_text(
         "# comment\nalice@example.org scrypt$1$1$1$AA==$AA==\nbroken-line\n"
-        "bob@example.org h apop=!!notbase64\n"
+        "bob@example.org h apop=!!notbase64\nbroken line here\n"
     )
     assert [str(a) for a in db.addresses()] == ["alice@example.org"]
-    assert len(db.problems) == 3
+    assert len(db.problems) == 4
     # alice keeps her mailbox; only her logins are impossible (N=1)
     assert db.problems[0].endswith(
         ":2: alice@example.org cannot log in: the password hash has impossible scrypt parameters"
     )
     assert db.problems[1].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
+    assert db.problems[3].endswith(
+        ":5: expected '<address> <hash> [apop=<secret>]', not a third field 'here'")
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,8 @@ def makeService(options: Any) -> Any:
     raise_fd_limit()
     settings = options["settings"]
     owner = _dropping_to(options)
+    if owner is None and os.geteuid() == 0:
+        print(ROOT_WARNING, file=sys.stderr)
     before = _state_entries(settings.hub.state_dir)
     try:
         hub = MailHub(settings)
@@ -64,6 +66,13 @@ def makeService(options: Any) -> Any:
             os.lchown(settings.hub.state_dir, *owner)
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
     return hub
+
+
+ROOT_WARNING = (
+    "warning: the hub runs as root (no --uid): whatever it creates under state_dir "
+    "belongs to root, and a hub started later as another user cannot use it "
+    "(docs/deployment.rst)"
+)
 
 
 def _dropping_to(options: Any) -> tuple[int, int] | None:

@@ -173,7 +173,8 @@ class UsersDB:
                 apop = None
                 if len(fields) == 3:
                     if not fields[2].startswith("apop="):
-                        raise ValueError(f"unknown field {fields[2][:20]!r}")
+                        raise ValueError(f"expected '<address> <hash> [apop=<secret>]', "
+                                         f"not a third field {fields[2][:20]!r}")
                     apop = base64.b64decode(fields[2][5:], validate=True).decode("utf-8")
                 records[address.key] = UserRecord(address, fields[1], apop)
             except (ValueError, AddressError) as e:

@@ -81,10 +81,9 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     p(f"sender: {_sender(entry)}")
     p(f"queued: {_when(entry.created)}")
     p(f"size: {entry.size}")
-    client = env.helo or "-"
-    if env.client_address:
-        client += f" [{env.client_address}]"
-    p(f"client: {client}")
+    # the address first, the name it gave in HELO/EHLO after (often an
+    # address literal itself: "[127.0.0.1]")
+    p(f"client: {env.client_address or '-'} (HELO {env.helo or '-'})")
     if env.authenticated_as:
         p(f"authenticated as: {env.authenticated_as}")
     p(f"body: {'8bit' if entry.eight_bit else '7bit'}{' smtputf8' if env.smtputf8 else ''}")
