@@ -338,3 +338,17 @@ def test_listeners_on_different_addresses_are_fine() -> None:
     )
     s = load_text(text, "/etc/mh/mailhub.toml")
     assert s.smtp.listen[2] == "tcp6:2525:interface=\\:\\:1"
+
+
+def test_nameservers_are_canonical_and_zones_refused() -> None:
+    from txmailhub.config import split_nameserver
+
+    # answers are matched against the address as a string: "0:0::1" would
+    # never match the "::1" an answer comes from
+    assert split_nameserver("0:0:0:0:0:0:0:1") == ("::1", 53)
+    assert split_nameserver("[::0001]:5353") == ("::1", 5353)
+    assert split_nameserver("[FE80::1]") == ("fe80::1", 53)
+    with pytest.raises(ValueError, match="zone"):
+        split_nameserver("fe80::1%eth0")
+    found = problems(MINIMAL + '[relay]\nnameservers = ["[fe80::1%4]:53"]\n')
+    assert len(found) == 1 and "zone" in found[0]

@@ -380,7 +380,10 @@ def _hostport(v: Any) -> str:
 
 
 def split_nameserver(item: str) -> tuple[str, int]:
-    """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port)."""
+    """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port).
+
+    The address comes back in its canonical form (``"::1"`` for
+    ``"0:0::1"``): answers are matched against it as a string."""
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
@@ -391,12 +394,15 @@ def split_nameserver(item: str) -> tuple[str, int]:
         except ValueError:
             host, _, port = item.rpartition(":")
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{item!r}: a nameserver is an IP address, optionally :port") from None
+    if "%" in host:
+        # the answer comes back without the zone: it could never be matched
+        raise ValueError(f"{item!r}: a nameserver with an IPv6 zone (%...) is not supported")
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{item!r}: bad port")
-    return host, int(port)
+    return address.compressed, int(port)
 
 
 def _nameservers(v: Any) -> tuple[str, ...]:

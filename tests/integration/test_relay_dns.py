@@ -129,3 +129,116 @@ class QueryPortTests(TestCase):
         self.assertIsNone(proto.transport)
         port.doRead()  # a late wake-up: nothing to read, no error
         self.assertEqual(len(received), 1)
+
+
+class FailureTests(TestCase):
+    """What twisted.names' own port handles, and ours must too."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.server = DNSServer(ZONE)
+        self.addCleanup(self.server.stop)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def resolver(self):
+        return make_resolver([f"127.0.0.1:{self.server.port}"], reactor=self.reactor)
+
+    def test_source_ports_are_unprivileged_and_a_refused_one_is_retried(self):
+        # a hub that dropped root cannot bind below 1024 (EACCES): another
+        # port is tried, never a failed query
+        import errno
+
+        from txmailhub.relay import dnsport
+
+        refusals = []
+        real = socket.socket
+
+        class Picky(real):
+            def bind(self, address):
+                if not refusals:
+                    refusals.append(address[1])
+                    raise PermissionError(errno.EACCES, "Permission denied")
+                return super().bind(address)
+
+        self.patch(dnsport.socket, "socket", Picky)
+        sources = iter([0, 80, 64511])
+        self.patch(dnsport.dns, "randomSource", lambda: next(sources))
+        port = QueryPort(self.reactor, dns.DNSDatagramProtocol(None, reactor=self.reactor))
+        try:
+            self.assertEqual(refusals, [1024])
+            self.assertEqual(port.getHost().port, 1024 + 80)
+        finally:
+            port.stopListening()
+
+    @defer.inlineCallbacks
+    def test_no_port_fails_the_query_and_the_next_lookup_still_works(self):
+        import errno
+
+        from twisted.internet.error import CannotListenError
+
+        from txmailhub.relay import dnsport
+
+        real = dnsport._bind_random
+        calls = []
+
+        def out_of_descriptors(family, interface):
+            calls.append(1)
+            if len(calls) == 1:
+                raise CannotListenError(interface, 0, OSError(errno.EMFILE, "Too many open files"))
+            return real(family, interface)
+
+        self.patch(dnsport, "_bind_random", out_of_descriptors)
+        resolver = self.resolver()
+        with pytest.raises(CannotListenError):
+            yield resolver.lookupAddress("mx1.remote.test")
+        # twisted.names keeps a lookup in flight per name: a query that raised
+        # instead of failing its Deferred would leave it there for good
+        answers, _, _ = yield resolver.lookupAddress("mx1.remote.test")
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_a_port_the_reactor_drops_mid_query_means_a_retry(self):
+        resolver = self.resolver()
+        d = resolver.lookupAddress("mx1.remote.test", timeout=[0.3, 2])
+        [port] = [r for r in self.reactor.getReaders() if isinstance(r, QueryPort)]
+        self.reactor.removeReader(port)
+        port.connectionLost(None)  # as the reactor does at shutdown
+        answers, _, _ = yield d
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
+        self.assertEqual(len(self.server.peers), 2)  # the first answer was lost
+
+    def test_a_datagram_that_breaks_the_protocol_is_logged_and_the_port_reads_on(self):
+        received = []
+
+        class Fragile(dns.DNSDatagramProtocol):
+            def datagramReceived(self, data, addr):
+                received.append(data)
+                if data == b"bad":
+                    raise ValueError("cannot parse")
+
+        port = QueryPort(self.reactor, Fragile(None, reactor=self.reactor))
+        self.addCleanup(port.stopListening)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"bad", ("127.0.0.1", port.getHost().port))
+            peer.sendto(b"good", ("127.0.0.1", port.getHost().port))
+            import time
+
+            time.sleep(0.05)
+            port.doRead()
+        self.assertEqual(received, [b"bad", b"good"])
+        self.assertIn(port, self.reactor.getReaders())
+        [failure] = [e for e in self.events if "log_failure" in e]
+        self.assertIsInstance(failure["log_failure"].value, ValueError)
+        self.flushLoggedErrors(ValueError)
+
+    def test_only_addresses_are_written_to(self):
+        from twisted.internet.error import InvalidAddressError
+
+        port = QueryPort(self.reactor, dns.DNSDatagramProtocol(None, reactor=self.reactor))
+        self.addCleanup(port.stopListening)
+        with pytest.raises(InvalidAddressError):
+            port.write(b"query", ("dns.example", 53))

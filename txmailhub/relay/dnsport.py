@@ -20,14 +20,17 @@ import errno
 import socket
 from typing import Any
 
-from twisted.internet import error
-from twisted.internet.abstract import isIPv6Address
+from twisted.internet import defer, error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
 from twisted.names import client, dns
 from zope.interface import implementer
 
 __all__ = ["QueryPort", "Resolver"]
+
+log = Logger()
 
 # A DNS message over UDP is at most 65,535 octets (EDNS lets servers send
 # more than the classic 512).
@@ -36,6 +39,11 @@ _MAX_DATAGRAM = 65535
 _READS_PER_WAKEUP = 16
 # Attempts to find a free random source port before giving up.
 _BIND_ATTEMPTS = 100
+# Source ports are drawn above the privileged ones: a hub that dropped
+# root could not bind those (EACCES).
+_FIRST_PORT = 1024
+# Out of descriptors: another port will not help.
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 @implementer(IReadDescriptor)
@@ -70,15 +78,24 @@ class QueryPort:
                 data, address = self.socket.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                # An ICMP error queued on the socket (port unreachable, say):
-                # the query's own timeout and retry deal with it.
-                continue
-            self.protocol.datagramReceived(data, address[:2])
+            except ConnectionRefusedError:
+                continue  # a queued ICMP error: the query's timeout and retry deal with it
+            except OSError as e:
+                log.error("DNS: cannot read an answer: {error}", error=e)
+                return
+            try:
+                self.protocol.datagramReceived(data, address[:2])
+            except Exception:
+                # one bad datagram must not end the port: the answer the
+                # query waits for may still come
+                log.failure("DNS: cannot handle an answer from {address}", address=address[0])
 
     def connectionLost(self, reason: Any) -> None:
-        """The reactor is shutting down (or dropped us)."""
-        self.stopListening()
+        """The reactor dropped us (it is shutting down): close the socket,
+        but leave the protocol attached.  A query still waiting then times
+        out and is retried as usual (on a new port); stopped, its protocol
+        would have no transport for twisted.names to stop after the query."""
+        self._close()
 
     # -- the transport -----------------------------------------------------------
 
@@ -86,6 +103,10 @@ class QueryPort:
         """Send one datagram.  A full socket buffer drops it (UDP: the query
         is retried on its timeout); other errors are raised, and
         twisted.names turns them into a failed query."""
+        host = address[0]
+        if not (isIPAddress(host) or isIPv6Address(host)):
+            # a name would cost a blocking lookup here, on the reactor thread
+            raise error.InvalidAddressError(host, "not an IP address")
         try:
             self.socket.sendto(data, address)
         except (BlockingIOError, InterruptedError):
@@ -99,25 +120,32 @@ class QueryPort:
 
     def stopListening(self) -> None:
         """Close the socket and stop the protocol (idempotent)."""
-        if self._closed:
-            return
-        self.reactor.removeReader(self)
-        self._closed = True
-        self.socket.close()
-        self.protocol.doStop()
+        self._close()
+        if self.protocol.transport is self:
+            self.protocol.doStop()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self.reactor.removeReader(self)
+            self._closed = True
+            self.socket.close()
 
 
 def _bind_random(family: int, interface: str) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as e:
+        raise error.CannotListenError(interface, 0, e) from None
     try:
         sock.setblocking(False)
         for attempt in range(_BIND_ATTEMPTS):
+            port = _FIRST_PORT + dns.randomSource() % (65536 - _FIRST_PORT)
             try:
-                sock.bind((interface, dns.randomSource()))
+                sock.bind((interface, port))
                 return sock
             except OSError as e:
-                if e.errno != errno.EADDRINUSE or attempt == _BIND_ATTEMPTS - 1:
-                    raise error.CannotListenError(interface, 0, e) from None
+                if e.errno in _NO_DESCRIPTORS or attempt == _BIND_ATTEMPTS - 1:
+                    raise error.CannotListenError(interface, port, e) from None
     except BaseException:
         sock.close()
         raise
@@ -132,3 +160,12 @@ class Resolver(client.Resolver):
         proto.noisy = False  # no "Starting protocol" / "Stopping protocol" lines
         QueryPort(self._reactor, proto, interface)
         return proto
+
+    def _query(self, *args: Any) -> defer.Deferred:
+        # A query that cannot even be sent (no port: out of descriptors) must
+        # fail its Deferred, not raise: twisted.names' lookup would keep its
+        # entry for the name, and every later lookup of it would wait forever.
+        try:
+            return super()._query(*args)
+        except Exception:
+            return defer.fail()

@@ -112,14 +112,10 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     twisted.names' client without its log lines per query."""
     from twisted.names import cache, hosts, resolve
 
+    from txmailhub.config import split_nameserver
     from txmailhub.relay.dnsport import Resolver
 
-    servers = []
-    for item in nameservers:
-        host, sep, port = item.rpartition(":")
-        if not sep or (host.count(":") and not host.endswith("]")):
-            host, port = item, "53"
-        servers.append((host.strip("[]"), int(port)))
+    servers = [split_nameserver(item) for item in nameservers]
     if servers:
         return resolve.ResolverChain([
             cache.CacheResolver(reactor=reactor),
