@@ -300,6 +300,9 @@ def check_endpoint(description: str) -> None:
         raise ValueError(f"endpoint {description!r} is not valid: {e}") from None
 
 
+_EVERY_ADDRESS = {"tcp": "0.0.0.0", "tcp6": "::"}  # a listener without interface=
+
+
 def _listen_address(description: str) -> tuple[str, str, str] | None:
     """``(kind, interface, port)`` of a valid listen endpoint, for finding two
     listeners on one address (``unix``: the path as the port); None for
@@ -313,8 +316,8 @@ def _listen_address(description: str) -> tuple[str, str, str] | None:
     port = named.get("port", positional[0] if positional else "")
     if port.strip() in ("0", ""):
         return None
-    wildcard = "::" if kind == "tcp6" else "0.0.0.0"
-    return kind, named.get("interface", wildcard) or wildcard, port.strip()
+    every = _EVERY_ADDRESS.get(kind, "")
+    return kind, named.get("interface", every) or every, port.strip()
 
 
 def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
@@ -328,9 +331,9 @@ def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
         if address is None:
             continue
         kind, interface, port = address
+        every = _EVERY_ADDRESS.get(kind)
         for (k, i, p), where in seen:
-            wildcard = "::" if k == "tcp6" else "0.0.0.0"
-            if k == kind and p == port and (i == interface or wildcard in (i, interface)):
+            if k == kind and p == port and (i == interface or every in (i, interface)):
                 problems.append(f"[{section}] {key}: {description!r} is the same address "
                                 f"as {where}: only one of them could listen")
                 break
