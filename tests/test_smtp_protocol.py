@@ -12,7 +12,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -263,6 +263,10 @@ class ProtocolTests(SynchronousTestCase):
         p.connectionLost(None)
         assert h.spooler.aborted and not h.store.messages(ALICE)
         assert h.factory.connections == 0
+        lines = [formatEvent(e) for e in self.events]
+        assert [x for x in lines if "in the middle of message" in x] == [
+            "192.0.2.1 closed the connection in the middle of message "
+            f"{p._message_id}: nothing stored"]
 
     def test_bad_message_aborts_spool(self):
         h = Harness()
@@ -578,6 +582,8 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(6)
         assert take(t) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
         assert t.disconnecting
+        assert ("closing the session with 127.0.0.1: " + replies.AUTH_TOO_MANY_FAILURES.text()
+                in [formatEvent(e) for e in self.events])
 
     def test_failed_logins_are_counted_per_client_across_connections(self):
         # A client that hangs up before each delayed 535 (or reconnects)

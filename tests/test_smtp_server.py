@@ -173,6 +173,27 @@ def test_unknown_user_and_relay_denied_and_postmaster():
         "250", "250"]
 
 
+def test_refusals_are_logged_with_client_and_sender():
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = Driver(queue=QueueSpy())
+        d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+        d.send("RCPT TO:<nobody@example.org>\r\nRCPT TO:<x@remote.test> NOTIFY=NEVER\r\n")
+        d.send("RCPT TO:<alice>\r\n")  # accepted: no line
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txmailhub.smtp.server"]
+    assert lines == [
+        "refused RCPT TO:<nobody@example.org> from 192.0.2.9 (sender <s@x.test>): "
+        + replies.UNKNOWN_USER.text(),
+        "refused RCPT TO:<x@remote.test> NOTIFY=NEVER from 192.0.2.9 (sender <s@x.test>): "
+        + replies.RELAY_DENIED.text(),
+    ]
+
+
 def test_relay_allowed_from_network_or_after_auth():
     d = Driver(queue=QueueSpy(), session=Session(client_host="10.0.0.1", relay_allowed=True))
     d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")

@@ -73,6 +73,9 @@ log = Logger(namespace="txmailhub.smtp")
 
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
+# Closing replies that have a log line of their own already.
+_CLOSE_LOGGED_ELSEWHERE = frozenset({
+    replies.TIMEOUT, replies.TOO_MANY_CONNECTIONS, replies.TOO_MANY_CONNECTIONS_FROM_YOU})
 
 
 def _is_loopback(host: str) -> bool:
@@ -177,6 +180,10 @@ class SMTPProtocol(Protocol):
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         if self._writer is not None:
+            # the client went away in the middle of a message: nothing of
+            # it is stored, and it was never answered
+            log.info("{client} closed the connection in the middle of message {id}: "
+                     "nothing stored", client=self.host, id=self._message_id or "-")
             self._writer.abort()
             self._writer = None
         if self.engine is not None:
@@ -492,6 +499,11 @@ class SMTPProtocol(Protocol):
 
     def _close(self, event: Close) -> None:
         self._close_reply = event.reply  # _drive flushes and closes once the batch is written
+        reply = event.reply
+        if reply is not None and reply.code != 221 and reply not in _CLOSE_LOGGED_ELSEWHERE:
+            # too many errors or AUTH failures, the hub stopping, a local error
+            log.info("closing the session with {client}: {reply}", client=self.host,
+                     reply=reply.text())
 
     def _lose(self) -> None:
         """Close politely; but a close that waits for a peer that does not

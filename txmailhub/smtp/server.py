@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, AddressError, parse_address
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.errors import Rejected, RemoteProtocolError
+from txmailhub.logsafe import loggable
 from txmailhub.smtp import replies
 from txmailhub.smtp._authphase import AuthPhase
 from txmailhub.smtp._data import ChunkReader, DotReader
@@ -349,10 +350,21 @@ class SMTPServer(MessageTransfer, AuthPhase):
         except RemoteProtocolError as e:
             self.reply(e.reply)
         except Rejected as e:
+            self._log_refusal(verb, arg, e.reply)
             self.reply(e.reply)
         except Exception:
             log.failure("SMTP engine error in state {state}", state=self.state.name)
             self.reply(replies.LOCAL_ERROR)
+
+    def _log_refusal(self, verb: str, arg: str, reply: Reply) -> None:
+        """A refused sender, recipient or lookup leaves a line (the client
+        got a reply; whoever asks why mail did not arrive reads the log)."""
+        sender = ""
+        if verb == "RCPT" and self._sender is not None:
+            sender = f" (sender <{self._sender}>)"
+        log.info("refused {command} from {client}{sender}: {reply}",
+                 command=loggable(f"{verb} {arg}"), client=self.session.client_host,
+                 sender=loggable(sender), reply=reply.text())
 
     def _out_of_sequence(self, verb: str, arg: str) -> None:
         if self.state is State.INIT and verb in ("MAIL", "SOML", "SAML", "AUTH"):
