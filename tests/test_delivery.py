@@ -141,6 +141,32 @@ class AcceptMessageTests(SynchronousTestCase):
         self.assertEqual(c.store.calls, [(MSG, [A])])
         self.assertEqual(q.entries[0][0].recipients, (R,))
 
+    def test_local_copies_wait_for_the_queue_and_none_if_it_fails(self):
+        # One reply for the whole message: a 451 brings it back for every
+        # recipient, so no local copy may exist when the queue refused its
+        # part (a full disk), or alice would get the message twice.
+        c = C(queue=Queue(fail=True))
+        res = self.successResultOf(accept_message(c, env(A, R), MSG))
+        self.assertEqual(res, {A: replies.LOCAL_ERROR, R: replies.LOCAL_ERROR})
+        self.assertEqual(c.store.calls, [])
+        self.assertEqual(summarize(res, "x"), replies.LOCAL_ERROR)
+        self.assertEqual(c.spooler.discarded, [MSG])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+        class Slow(Queue):
+            def enqueue(self, envelope, message, delivered=(), notice="delivered"):
+                self.entries.append((envelope, message))
+                self.waiting = defer.Deferred()
+                return self.waiting
+
+        q = Slow()
+        c = C(queue=q)
+        d = accept_message(c, env(A, R), MSG)
+        self.assertEqual(c.store.calls, [])  # not before the queue holds its part
+        q.waiting.callback("q1")
+        self.assertEqual(self.successResultOf(d), {A: DELIVERED, R: QUEUED})
+        self.assertEqual(c.store.calls, [(MSG, [A])])
+
     def test_remote_without_queue_is_temporary_refusal(self):
         c = C()
         res = self.successResultOf(accept_message(c, env(R), MSG))

@@ -126,19 +126,30 @@ class _Delivery:
         self.results: dict[Address, Reply] = {}
 
     def run(self, local: list[Address], remote: list[Address]) -> defer.Deferred:
-        pending = []
-        if local:
-            pending.append(self._deliver_local(local))
-        if remote:
-            pending.append(self._enqueue(remote, replies.QUEUE_UNAVAILABLE))
-        if len(pending) == 1:
-            d = pending[0]
+        if not remote:
+            d = self._deliver_local(local)
         else:
-            d = defer.gatherResults(pending, consumeErrors=True)
+            d = self._enqueue(remote, replies.QUEUE_UNAVAILABLE)
+            if local:
+                d.addCallback(self._local_after_queue, local, remote)
         if self.envelope.expanded:
             d.addCallback(self._enqueue_expanded)
         d.addCallbacks(self._discard, self._unexpected)
         return d
+
+    def _local_after_queue(self, _: Any, local: list[Address], remote: list[Address]) -> Any:
+        """The local copies, once the queue holds the remote recipients'.
+
+        SMTP has one reply for the whole message: when the queue cannot
+        take its part (a full disk), the reply is 451 and the client sends
+        the message again, to every recipient.  Copies already in the local
+        mailboxes would then arrive twice; so they are made only after the
+        queue has taken its part, and not at all when it could not."""
+        if not all(self.results[r].is_positive for r in remote):
+            for rcpt in local:
+                self.results[rcpt] = replies.LOCAL_ERROR
+            return None
+        return self._deliver_local(local)
 
     def _enqueue_expanded(self, _: Any) -> Any:
         """RFC 3461 6.2.7.3: one "expanded" notice per alias of several
