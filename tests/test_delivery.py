@@ -131,7 +131,7 @@ class AcceptMessageTests(SynchronousTestCase):
         res = self.successResultOf(accept_message(c, env(A, B), MSG))
         self.assertEqual(res, {A: QUEUED, B: QUEUED})
         self.assertEqual(q.entries[0][0].recipients, (A, B))
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])  # an OSError: one line, no traceback
 
     def test_remote_goes_to_queue_with_only_remote_recipients(self):
         q = Queue()
@@ -151,7 +151,7 @@ class AcceptMessageTests(SynchronousTestCase):
         self.assertEqual(c.store.calls, [])
         self.assertEqual(summarize(res, "x"), replies.LOCAL_ERROR)
         self.assertEqual(c.spooler.discarded, [MSG])
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])  # an OSError: one line, no traceback
 
         class Slow(Queue):
             def enqueue(self, envelope, message, delivered=(), notice="delivered"):
@@ -179,7 +179,7 @@ class AcceptMessageTests(SynchronousTestCase):
         res = self.successResultOf(accept_message(c, env(R), MSG))
         self.assertEqual(res, {R: replies.LOCAL_ERROR})
         self.assertEqual(c.spooler.discarded, [MSG])
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])  # an OSError: one line, no traceback
 
     def test_store_result_missing_a_mailbox_counts_as_failure(self):
         class Partial(Store):

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
 from txmailhub.interfaces import ISpoolingStore
+from txmailhub.logsafe import log_failure
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 
@@ -182,7 +183,7 @@ class _Delivery:
             d = defer.fail(e)
 
         def store_failed(f: Any) -> Any:
-            log.failure("mailbox store failed for {count} recipients", f, count=len(local))
+            log_failure(log, f, "mailbox store failed for {count} recipients", count=len(local))
             return self._enqueue(local, replies.LOCAL_ERROR)
 
         d.addCallbacks(self._local_outcome, store_failed, callbackArgs=(local,))
@@ -267,7 +268,7 @@ class _Delivery:
                 self.results[rcpt] = QUEUED
 
         def failed(f: Any) -> None:
-            log.failure("enqueue failed for {count} recipients", f, count=len(rcpts))
+            log_failure(log, f, "enqueue failed for {count} recipients", count=len(rcpts))
             for rcpt in rcpts:
                 self.results[rcpt] = replies.LOCAL_ERROR
 

@@ -7,7 +7,9 @@ the whole event.  Every such value passes through ``loggable`` first."""
 
 from __future__ import annotations
 
-__all__ = ["loggable"]
+from typing import Any
+
+__all__ = ["loggable", "log_failure"]
 
 
 def loggable(text: str, limit: int = 200) -> str:
@@ -18,3 +20,15 @@ def loggable(text: str, limit: int = 200) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+
+
+def log_failure(logger: Any, failure: Any, text: str, **fields: Any) -> None:
+    """Log ``failure`` (a ``twisted.python.failure.Failure``) under ``text``.
+
+    An ``OSError`` (a full disk, a quota, a permission) is the operator's
+    to fix, not a bug: one error line naming it, so that a full disk does
+    not write a traceback per message.  Anything else gets its traceback."""
+    if isinstance(failure.value, OSError):
+        logger.error(text + ": {error}", error=str(failure.value), **fields)
+    else:
+        logger.failure(text, failure, **fields)

@@ -135,7 +135,8 @@ class MemorySpooler:
     """An ``ISpooler`` keeping each spool file as bytes in ``files``.
 
     * ``hold=True``: ``finish()`` Deferreds wait for ``release()``.
-    * ``fail_finish``: an exception every ``finish()`` errbacks with.
+    * ``fail_finish``: an exception every ``finish()`` errbacks with;
+      ``fail_open``: one every ``open()`` raises.
     * ``files``: path -> bytes of finished, not yet discarded messages;
       ``aborted`` and ``discarded`` list paths in order.
     """
@@ -143,6 +144,7 @@ class MemorySpooler:
     def __init__(self, hold: bool = False, fail_finish: Exception | None = None) -> None:
         self._holder = _Holder(hold)
         self.fail_finish = fail_finish
+        self.fail_open: Exception | None = None
         self.files: dict[str, bytes] = {}
         self.writers: list[MemorySpoolWriter] = []
         self.aborted: list[str] = []
@@ -150,6 +152,8 @@ class MemorySpooler:
         self._ids = itertools.count(1)
 
     def open(self) -> MemorySpoolWriter:
+        if self.fail_open is not None:
+            raise self.fail_open
         writer = MemorySpoolWriter(self, f"memory-spool/{next(self._ids)}")
         self.writers.append(writer)
         return writer

@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address, client_ip
@@ -42,7 +43,7 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.limits import ConnectionLimits, FailureWindow
-from txmailhub.logsafe import loggable
+from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
@@ -325,8 +326,9 @@ class SMTPProtocol(Protocol):
         try:
             writer = self.components.spooler.open()
         except Exception:
-            log.failure("cannot open a spool file")
-            self.engine.message_refused(replies.LOCAL_ERROR)
+            failure = Failure()
+            log_failure(log, failure, "cannot open a spool file")
+            self.engine.message_refused(replies.local_failure(failure.value))
             return
         self._writer = writer
         self._message_id = self.factory.next_id()
@@ -394,8 +396,8 @@ class SMTPProtocol(Protocol):
         self._message_done(summarize(results, message_id), event, message_id)
 
     def _storage_failed(self, failure: Any, event: MessageComplete, message_id: str) -> None:
-        log.failure("could not store message {id}", failure, id=message_id)
-        self._message_done(replies.LOCAL_ERROR, event, message_id)
+        log_failure(log, failure, "could not store message {id}", id=message_id)
+        self._message_done(replies.local_failure(failure.value), event, message_id)
 
     def _message_done(self, reply: Reply, event: MessageComplete, message_id: str) -> None:
         self._log_transaction(event.envelope, message_id, event.size, reply)

@@ -9,6 +9,8 @@ else.  Must not contain logic beyond formatting.
 
 from __future__ import annotations
 
+import errno
+
 from txmailhub.smtp.reply import Reply
 
 # --- positive -------------------------------------------------------------
@@ -42,6 +44,7 @@ AUTH_TOO_MANY_FAILURES = Reply.of(
     421, "4.7.0", "Too many authentication failures, closing connection"
 )
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
+STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage, try again later")
 QUEUE_UNAVAILABLE = Reply.of(
     451, "4.3.0", "Relaying is not available yet on this server, try again later"
 )
@@ -177,3 +180,12 @@ def help_text(commands: list[str]) -> Reply:
         " ".join(commands),
         "See RFC 5321; report problems to postmaster",
     )
+
+
+def local_failure(error: BaseException) -> Reply:
+    """The reply for a message the hub could not store because of ``error``:
+    ``452 4.3.1`` when the disk (or a quota) is full (RFC 5321 4.2.3, RFC
+    3463 X.3.1), ``451 4.3.0`` otherwise."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return STORAGE_FULL
+    return LOCAL_ERROR
