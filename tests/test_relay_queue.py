@@ -318,6 +318,23 @@ def test_update_crash_points_leave_old_or_new(tmp_path, spool, crash_at):
         assert entries[0].attempts == 7
 
 
+def test_an_update_the_disk_cannot_take_leaves_the_old_record_and_no_temporary(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    before = queue_files(q)
+
+    class DiskFull(FileSystem):
+        def fsync_file(self, path):  # the write went to the page cache; the blocks did not
+            raise OSError(28, "No space left on device")
+
+    q.fs = DiskFull()
+    failures = []
+    q.update(qid, lambda e: dataclasses.replace(e, attempts=7)).addErrback(failures.append)
+    assert failures and failures[0].check(OSError)
+    assert queue_files(q) == before  # no .<id>.json.tmp per failed attempt
+    assert q.read(qid).attempts == 0
+
+
 def test_update_order_of_durable_steps(tmp_path, spool):
     # a crash test that raises cannot see a missing fsync: the order can
     q = make_queue(tmp_path)

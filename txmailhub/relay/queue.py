@@ -397,9 +397,18 @@ class OutboundQueue:
 
     def _write_record(self, entry: QueueEntry) -> None:
         tmp = self._tmp_path(entry.id)
-        self.fs.write_file(tmp, entry.to_json())
-        self.fs.fsync_file(tmp)
-        self.fs.rename(tmp, self.record_path(entry.id))
+        try:
+            self.fs.write_file(tmp, entry.to_json())
+            self.fs.fsync_file(tmp)
+            self.fs.rename(tmp, self.record_path(entry.id))
+        except BaseException:
+            # the old record stands; the half-written new one must not stay
+            # (a full disk would otherwise leave one per attempt)
+            try:
+                self.fs.unlink(tmp)
+            except Exception:
+                pass
+            raise
         self.fs.fsync_dir(self.directory)
 
     def _remove(self, queue_id: str) -> None:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
+from txmailhub.logsafe import log_failure
 from txmailhub.relay import bounce, schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
@@ -180,7 +181,8 @@ class QueueRunner:
             d.addBoth(self._finished, qid)
 
     def _crashed(self, failure: Any, qid: str) -> None:
-        log.failure("handling queue entry {queue_id} failed; retrying later", failure,
+        # an OSError (its record cannot be written: a full disk) is one line
+        log_failure(log, failure, "handling queue entry {queue_id} failed; retrying later",
                     queue_id=qid)
         if qid in self.due:
             self.due[qid] = self.clock.seconds() + ERROR_RETRY
