@@ -363,6 +363,23 @@ class DurableWriteTests(SynchronousTestCase):
         durable_write(self.path, b"two\n")
         self.assertEqual(given, [owner])
 
+    def test_a_full_disk_names_the_file_and_leaves_it_as_it_was(self):
+        durable_write(self.path, b"one\n")
+
+        def full(fd, data):
+            raise OSError(28, "No space left on device")
+
+        self.patch(os, "write", full)
+        with self.assertRaises(OSError) as info:
+            durable_write(self.path, b"two\n")
+        self.assertEqual(info.exception.errno, 28)
+        self.assertEqual(info.exception.filename, self.path)
+        self.assertEqual(str(info.exception),
+                         f"[Errno 28] No space left on device (unchanged): '{self.path}'")
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"one\n")
+        self.assertEqual(os.listdir(self.dir), ["users"])
+
     def test_a_new_file_or_our_own_is_not_chowned(self):
         given = []
         self.patch(os, "fchown", lambda fd, uid, gid: given.append((uid, gid)))

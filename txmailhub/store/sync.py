@@ -213,9 +213,13 @@ def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    except BaseException:
+    except BaseException as e:
         os.close(fd)
         _unlink_quietly(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # write(2) and fsync(2) errors name no file: say which, and
+            # that it is still as it was
+            raise OSError(e.errno, f"{e.strerror} (unchanged)", path) from e
         raise
     os.close(fd)
     try:
