@@ -216,6 +216,38 @@ def test_flush_and_hold_release(hub):
     assert len(hub.agent.calls) == 3 and hub.queue.ids() == []
 
 
+def test_queue_commands_are_logged_by_the_hub(hub):
+    # `mailhub queue hold/release/delete` run in another process; the hub's
+    # log is where an operator looks for who dropped a message
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+        hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx")
+                                            for a in r]
+        qid = enqueue(hub, BOB)
+        hub.queue.set_held(qid, True)
+        hub.clock.advance(1)
+        hub.clock.advance(1)  # seen once: logged once
+        hub.queue.set_held(qid, False)
+        hub.clock.advance(1)
+        hub.queue.set_held(qid, True)
+        hub.clock.advance(1)
+        assert hub.queue.delete(qid)  # a held entry
+        hub.clock.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if f"queue entry {qid}" in formatEvent(e)]
+    assert lines == [
+        f"queue entry {qid} held (mailhub queue hold)",
+        f"queue entry {qid} released (mailhub queue release)",
+        f"queue entry {qid} held (mailhub queue hold)",
+        f"queue entry {qid} deleted (mailhub queue delete): no delivery, no notice",
+    ]
+
+
 def test_delete_while_running(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]

@@ -41,6 +41,32 @@ def test_start_logs_the_users_file_problems(tmp_path: Path) -> None:
         hub.stopService()
 
 
+def test_start_and_stop_are_logged_with_the_config_warnings(tmp_path: Path) -> None:
+    from twisted.logger import formatEvent
+
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = []\nidle_timeout = "1m"\n[submission]\nlisten = []\n'
+        '[pop3]\nlisten = []\n'
+    )
+    settings = load_text(config.read_text(), str(config))
+    assert settings.warnings  # below RFC 5321's 5 minutes
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub = MailHub(settings, reactor=MemoryReactorClock())
+        hub.startService()
+        hub.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txmailhub.service"]
+    assert lines[0] == f"config: {settings.warnings[0]}"
+    assert lines[1].startswith("txmailhub started: ")
+    assert lines[-2:] == ["txmailhub stopping",
+                          "txmailhub stopped: spool closed, queued mail stays queued"]
+
+
 def test_stopping_the_hub_says_421_to_open_smtp_sessions(tmp_path: Path) -> None:
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport

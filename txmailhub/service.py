@@ -264,9 +264,21 @@ class MailHub(MultiService):
             # whoever starts it must hear about them, not only ``check``:
             # loading the file logs them (and again whenever it changes).
             users.addresses()
+        for warning in self.settings.warnings:  # printed by check and twistd; kept here too
+            log.warn("config: {warning}", warning=warning)
         log.info(
             "txmailhub started: hostname {hostname}, domains {domains}, state in {state_dir}",
             hostname=self.settings.hub.hostname,
             domains=", ".join(self.settings.hub.domains),
             state_dir=self.settings.hub.state_dir,
         )
+
+    def stopService(self) -> Any:
+        log.info("txmailhub stopping")
+        d = super().stopService()
+
+        def stopped(result: Any) -> Any:
+            log.info("txmailhub stopped: spool closed, queued mail stays queued")
+            return result
+
+        return d.addBoth(stopped)

@@ -563,8 +563,10 @@ class POP3Protocol(Protocol):
         d.addErrback(self._internal_error)
 
     def _updated(self, _: Any, action: Update) -> None:
-        log.info("POP3 logout {user} from {peer}: {count} messages deleted",
-                 user=self._user, peer=self._peer, count=len(action.indices))
+        count = len(action.indices)
+        log.info("POP3 logout {user} from {peer}: {deleted} deleted", user=self._user,
+                 peer=self._peer, count=count,
+                 deleted="1 message" if count == 1 else f"{count} messages")
         self._end_update(True)
 
     def _update_failed(self, failure: Failure, action: Update) -> None:

@@ -63,6 +63,7 @@ class QueueRunner:
         self.relay = self.settings.relay
         self.send_dsn = send_dsn or bounce.send_dsn
         self.due: dict[str, float] = {}  # queue id -> next attempt (held: absent)
+        self._held: set[str] = set()  # held entries (to log a hold or a release once)
         self.active: set[str] = set()
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
@@ -135,11 +136,21 @@ class QueueRunner:
         except Exception:
             log.failure("queue runner tick failed")
 
-    def _index(self, entry: QueueEntry) -> None:
+    def _index(self, entry: QueueEntry, by_command: bool = False) -> None:
+        """Know ``entry``'s next attempt.  ``by_command``: found changed by
+        a ``mailhub queue`` command (another process): its hold or release
+        is logged here, the hub's log being where an operator looks."""
+        qid = entry.id
         if entry.held:
-            self.due.pop(entry.id, None)
+            if by_command and qid not in self._held:
+                log.info("queue entry {queue_id} held (mailhub queue hold)", queue_id=qid)
+            self.due.pop(qid, None)
+            self._held.add(qid)
         else:
-            self.due[entry.id] = entry.next_attempt
+            if by_command and qid in self._held:
+                log.info("queue entry {queue_id} released (mailhub queue release)", queue_id=qid)
+            self._held.discard(qid)
+            self.due[qid] = entry.next_attempt
 
     def _rescan(self) -> None:
         seen = set()
@@ -153,10 +164,12 @@ class QueueRunner:
                 log.failure("cannot read queue entry {queue_id}", queue_id=qid)
                 continue
             if entry is not None:
-                self._index(entry)
-        for qid in {*self.due, *self._unrecorded, *self._notified}:
+                self._index(entry, by_command=True)
+        for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
             if qid not in seen and qid not in self.active:
-                self._forget(qid)  # deleted by `mailhub queue delete`
+                log.info("queue entry {queue_id} deleted (mailhub queue delete): "
+                         "no delivery, no notice", queue_id=qid)
+                self._forget(qid)
 
     def _flush(self) -> None:
         now = self.clock.seconds()
@@ -229,6 +242,7 @@ class QueueRunner:
 
     def _forget(self, qid: str) -> None:
         self.due.pop(qid, None)
+        self._held.discard(qid)
         self._unrecorded.pop(qid, None)
         self._notified.pop(qid, None)
 
