@@ -183,9 +183,13 @@ def test_send_dsn_through_normal_path(tmp_path):
     env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
     assert env.sender is None and env.recipients == (ALICE,)
     d = bounce.send_dsn(components, env, data)
-    assert d.result is None
+    assert d.result == "delivered to the mailbox"
     [stored] = store.messages(ALICE)
     assert stored == b"Return-Path: <>\n" + data
+    # a sender elsewhere: the notice goes to the queue, and says so
+    env = dataclasses.replace(env, recipients=(Address("zed", "remote.test"),))
+    assert bounce.send_dsn(components, env, data).result == "queued for delivery"
+    assert components.queue.enqueued[-1][0].recipients == (Address("zed", "remote.test"),)
 
 
 def test_long_and_non_ascii_replies_give_a_notice_every_mta_accepts(tmp_path):

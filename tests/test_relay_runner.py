@@ -144,10 +144,22 @@ def test_bounce_retried_when_it_cannot_be_sent(hub):
 
 
 def test_null_sender_never_bounced(hub):
-    hub.runner.start()
-    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
-    enqueue(hub, BOB, sender=None)
-    assert hub.queue.ids() == [] and hub.dsn.sent == []
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+        hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+        enqueue(hub, BOB)  # an ordinary sender gets its notice
+        enqueue(hub, BOB, sender=None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert hub.queue.ids() == [] and len(hub.dsn.sent) == 1  # the first one's only
+    # the dropped one is named, with the recipient and why
+    [line] = [formatEvent(e) for e in events if "dropping it" in formatEvent(e)]
+    assert line.endswith(f"a message from <> (a notice) could not be delivered to {BOB}: "
+                         f"{NO.text()}; dropping it")
 
 
 def test_notify_never_and_success(hub):

@@ -343,8 +343,9 @@ def send_dsn(components: Any, envelope: Envelope, data: bytes) -> defer.Deferred
     Writes it to a spool file and gives it to
     ``txmailhub.delivery.accept_message``, which routes it to the local
     mailbox or back to the queue.  Fires with ``None`` once it is durable
-    somewhere; errbacks ``DSNRefused`` otherwise."""
-    from txmailhub.delivery import accept_message
+    somewhere, saying where ("delivered to the mailbox" or "queued for
+    delivery"); errbacks ``DSNRefused`` otherwise."""
+    from txmailhub.delivery import DELIVERED, accept_message
     from txmailhub.smtp.received import return_path
 
     try:
@@ -361,9 +362,12 @@ def send_dsn(components: Any, envelope: Envelope, data: bytes) -> defer.Deferred
     def spooled(message: Any) -> defer.Deferred:
         return accept_message(components, envelope, message)
 
-    def accepted(results: dict) -> None:
+    def accepted(results: dict) -> str:
         bad = [r for r in results.values() if not r.is_positive]
         if bad:
             raise DSNRefused(bad[0].text())
+        if all(r is DELIVERED for r in results.values()):
+            return "delivered to the mailbox"
+        return "queued for delivery"
 
     return d.addCallback(spooled).addCallback(accepted)

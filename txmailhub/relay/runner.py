@@ -358,8 +358,12 @@ class QueueRunner:
         if failed:
             wanted = [r for r in failed if bounce.wants_notice(entry, r, bounce.FAILED)]
             if entry.envelope.sender is None:
-                log.warn("{queue_id}: a notice from <> could not be delivered; dropping it",
-                         queue_id=entry.id)
+                # mail from <> (a notice itself) never gets a notice back
+                for r in failed:
+                    log.warn("{queue_id}: a message from <> (a notice) could not be delivered "
+                             "to {recipient}: {reply}; dropping it", queue_id=entry.id,
+                             recipient=str(r.address),
+                             reply=r.last_reply.text() if r.last_reply is not None else "-")
             ok = True
             if wanted:
                 ok = yield self._send_once(entry, wanted, bounce.FAILED, now)
@@ -423,13 +427,13 @@ class QueueRunner:
                 primary_domain=s.hub.primary_domain, now=now,
                 will_retry_until=entry.created + self.relay.queue_lifetime)
             env = bounce.dsn_envelope(entry, s.hub.hostname, has_8bit=not data.isascii())
-            yield self.send_dsn(self.components, env, data)
+            how = yield self.send_dsn(self.components, env, data)
         except Exception:
             log.failure("{queue_id}: could not send the {action} notice to <{sender}>; "
                         "will try again", queue_id=entry.id, action=action,
                         sender=entry.envelope.sender_text)
             return False
-        log.info("{queue_id}: {action} notice sent to <{sender}> for {recipients}",
+        log.info("{queue_id}: {action} notice for {recipients} to <{sender}>: {how}",
                  queue_id=entry.id, action=action, sender=entry.envelope.sender_text,
-                 recipients=", ".join(str(r.address) for r in recs))
+                 recipients=", ".join(str(r.address) for r in recs), how=how or "sent")
         return True
