@@ -418,13 +418,27 @@ def test_in_use_then_free_after_quit():
 
 
 def test_dropped_connection_deletes_nothing_and_unlocks():
-    env = Env()
-    env.store.add("joe@example.org", b"keep\n")
-    proto, t = login(env)
-    talk(proto, t, b"DELE 1\r\n")
-    proto.connectionLost(None)
-    assert env.store.messages("joe@example.org") == [b"keep\n"]
-    assert not env.store.is_locked("joe@example.org")
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        env = Env()
+        env.store.add("joe@example.org", b"keep\n")
+        proto, t = login(env)
+        talk(proto, t, b"DELE 1\r\n")
+        proto.connectionLost(None)
+        assert env.store.messages("joe@example.org") == [b"keep\n"]
+        assert not env.store.is_locked("joe@example.org")
+        # the same when the hub stops: the log says who ended the session
+        proto, t = login(env)
+        proto.factory.shut_down()
+        proto.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "nothing deleted" in formatEvent(e)]
+    assert [x.split(" from ")[1].split(" ", 1)[1] for x in lines] == [
+        "left without QUIT: nothing deleted", "closed as the hub stops: nothing deleted"]
 
 
 def test_stls_while_twisted_has_us_paused(tls_files):

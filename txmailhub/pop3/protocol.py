@@ -183,8 +183,10 @@ class POP3Protocol(Protocol):
         if not self._update_running:
             # A dropped connection deletes nothing: just release the lock.
             if self.mailbox is not None:
-                log.info("POP3 {user} from {peer} left without QUIT: nothing deleted",
-                         user=self._user, peer=self._peer)
+                why = ("closed as the hub stops" if getattr(self.factory, "stopping", False)
+                       else "left without QUIT")
+                log.info("POP3 {user} from {peer} {why}: nothing deleted",
+                         user=self._user, peer=self._peer, why=why)
             self._release()
 
     def _release(self) -> None:
@@ -636,6 +638,14 @@ class POP3Factory(Factory):
         self.limits: ConnectionLimits = components.shared("pop3_connections", ConnectionLimits)
         self.login_failures: FailureWindow = components.shared(
             "login_failures", lambda: FailureWindow(components.reactor))
+
+    #: set when the listener stops: the sessions it drops then did not leave
+    stopping = False
+
+    def shut_down(self) -> None:
+        """The listener is stopping (the hub is): the reactor ends the open
+        sessions next, without an UPDATE state (RFC 1939 6)."""
+        self.stopping = True
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)
