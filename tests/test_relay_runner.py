@@ -12,6 +12,7 @@ from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import load_text
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
+from txmailhub.relay import schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.runner import QueueRunner
@@ -226,6 +227,31 @@ def test_flush_and_hold_release(hub):
     hub.queue.set_held(qid, False)
     hub.clock.advance(1)
     assert len(hub.agent.calls) == 3 and hub.queue.ids() == []
+
+
+def test_each_result_is_logged_with_what_happens_next(hub):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from txmailhub.smtp.reply import LocalReply
+
+    carol, dave = Address("carol", "remote.test"), Address("dave", "remote.test")
+    timeout = LocalReply(451, "4.4.2", "timeout waiting for the reply to DATA")
+    results = {BOB: ("delivered", OK), carol: ("transient", timeout), dave: ("permanent", NO)}
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+        hub.agent.script = lambda e, d, r: [DeliveryResult(a, *results[a], "mx") for a in r]
+        qid = enqueue(hub, BOB, carol, dave)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if formatEvent(e).startswith(f"{qid} to ")]
+    nxt = schedule.utc_text(hub.queue.read(qid).next_attempt)
+    assert sorted(lines) == sorted([
+        f"{qid} to {BOB}: {OK.text()}",
+        f"{qid} to {carol}: hub: {timeout.text()}; next attempt {nxt}",
+        f"{qid} to {dave}: {NO.text()}; failed",
+    ])
 
 
 def test_queue_commands_are_logged_by_the_hub(hub):

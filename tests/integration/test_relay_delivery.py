@@ -190,7 +190,9 @@ def test_a_server_that_closes_in_the_middle_of_the_data_gets_a_retry(make_hub, d
     big = MESSAGE + (b"x" * 76 + b"\r\n") * 40000  # about 3 MiB: still streaming at the close
     send(hub, ["bob@simple.test"], data=big)
     thread.join(20)
-    wait_for(lambda: "to bob@simple.test: 4" in hub.log_text(), what="the failed attempt")
+    # the hub's own account of the attempt (the server said nothing), and the retry
+    wait_for(lambda: "to bob@simple.test: hub: 4" in hub.log_text(), what="the failed attempt")
+    assert "; next attempt 20" in hub.log_text()
     log = hub.log_text()
     assert "Traceback" not in log and "critical" not in log
     (line,) = queue_lines(hub)

@@ -21,11 +21,11 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
+from txmailhub.relay.schedule import utc_text
 from txmailhub.smtp.reply import LocalReply
 
 __all__ = ["add_queue_parser", "run_queue"]
@@ -53,10 +53,6 @@ def add_queue_parser(subparsers: Any) -> None:
     sub.add_parser("flush", help="retry every message now (a running hub notices within 5 s)")
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _sender(entry: QueueEntry) -> str:
     return entry.envelope.sender_text or "<>"
 
@@ -65,7 +61,7 @@ def _line(entry: QueueEntry) -> str:
     todo = [str(r.address) for r in entry.recipients if r.state != DELIVERED and not r.done]
     if not todo:
         todo = [str(r.address) for r in entry.recipients]
-    nxt = "held" if entry.held else _when(entry.next_attempt)
+    nxt = "held" if entry.held else utc_text(entry.next_attempt)
     last = entry.last_reply
     fields = [entry.id, _sender(entry), *todo, str(entry.attempts), nxt,
               last.text() if last is not None else "-"]
@@ -79,7 +75,7 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     if env.message_id:
         p(f"message id: {env.message_id}")
     p(f"sender: {_sender(entry)}")
-    p(f"queued: {_when(entry.created)}")
+    p(f"queued: {utc_text(entry.created)}")
     p(f"size: {entry.size}")
     # the address first, the name it gave in HELO/EHLO after (often an
     # address literal itself: "[127.0.0.1]")
@@ -90,13 +86,13 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     if env.dsn.ret or env.dsn.envid:
         p(f"dsn: ret={env.dsn.ret or '-'} envid={env.dsn.envid or '-'}")
     p(f"attempts: {entry.attempts}")
-    p(f"next attempt: {'held' if entry.held else _when(entry.next_attempt)}")
+    p(f"next attempt: {'held' if entry.held else utc_text(entry.next_attempt)}")
     p(f"held: {'yes' if entry.held else 'no'}")
     p("recipients:")
     for r in entry.recipients:
         parts = [f"  {r.address}", r.state, f"attempts={r.attempts}"]
         if r.last_attempt:
-            parts.append(f"last-attempt={_when(r.last_attempt)}")
+            parts.append(f"last-attempt={utc_text(r.last_attempt)}")
         if r.remote_mta:
             parts.append(f"remote={r.remote_mta}")
         if r.notify:

@@ -533,8 +533,8 @@ class DeliveryAgent:
         for r in outcome.recipients:
             out.append(DeliveryResult(r.address, r.kind, r.reply, host, outcome.dsn_supported))
         codes = ", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients)
-        log.info("{queue_id} to {mx} (tls={tls}): {codes}", queue_id=entry.id, mx=host,
-                 tls=outcome.tls, codes=codes)
+        log.info("{queue_id}: session with {mx} ({tls}): {codes}", queue_id=entry.id, mx=host,
+                 tls="TLS" if outcome.tls else "no TLS", codes=codes)
         return out
 
     # --- one connection ---------------------------------------------------------------

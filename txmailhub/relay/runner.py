@@ -345,9 +345,13 @@ class QueueRunner:
             # not up to a whole step of the schedule late
             nxt = warn_at
         for res in results:
-            if res.kind != "delivered":
-                log.info("{queue_id} to {recipient}: {reply}", queue_id=e.id,
-                         recipient=str(res.address), reply=res.reply.text())
+            # the server's words (a remote queue id on success), or the hub's
+            # own account (marked, as in `queue show`), and what happens next
+            who = "hub: " if isinstance(res.reply, LocalReply) else ""
+            then = {"delivered": "", "permanent": "; failed"}.get(
+                res.kind, f"; next attempt {schedule.utc_text(nxt)}")
+            log.info("{queue_id} to {recipient}: {who}{reply}{then}", queue_id=e.id,
+                     recipient=str(res.address), who=who, reply=res.reply.text(), then=then)
         return dataclasses.replace(e, attempts=attempts, next_attempt=nxt)
 
     # --- notices ------------------------------------------------------------------------

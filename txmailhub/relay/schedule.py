@@ -14,6 +14,7 @@ in the queue (``[relay] queue_lifetime``, 5 days by default).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 __all__ = [
     "DEFAULT_SCHEDULE",
@@ -21,6 +22,7 @@ __all__ = [
     "describe_delay",
     "expired",
     "next_attempt",
+    "utc_text",
     "warn_delayed",
 ]
 
@@ -83,3 +85,8 @@ def describe_delay(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h" + (f" {s % 3600 // 60}m" if s % 3600 // 60 else "")
     return f"{s // 86400}d" + (f" {s % 86400 // 3600}h" if s % 86400 // 3600 else "")
+
+
+def utc_text(ts: float) -> str:
+    """A queue time as ``queue list`` and the log show it: ISO 8601, UTC."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
