@@ -183,6 +183,10 @@ def test_refusals_are_logged_with_client_and_sender():
         d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
         d.send("RCPT TO:<nobody@example.org>\r\nRCPT TO:<x@remote.test> NOTIFY=NEVER\r\n")
         d.send("RCPT TO:<alice>\r\n")  # accepted: no line
+        # AUTH without TLS from afar: 538, and the line names the mechanism
+        # only -- the initial response is the password
+        secret = b64("\0alice@example.org\0hunter2")
+        assert d.codes(f"RSET\r\nAUTH PLAIN {secret}\r\n") == ["250", "538"]
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txmailhub.smtp.server"]
@@ -191,7 +195,9 @@ def test_refusals_are_logged_with_client_and_sender():
         + replies.UNKNOWN_USER.text(),
         "refused RCPT TO:<x@remote.test> NOTIFY=NEVER from 192.0.2.9 (sender <s@x.test>): "
         + replies.RELAY_DENIED.text(),
+        "refused AUTH PLAIN from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
     ]
+    assert not any(secret in repr(e) for e in events)
 
 
 def test_relay_allowed_from_network_or_after_auth():

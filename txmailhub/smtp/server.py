@@ -359,6 +359,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def _log_refusal(self, verb: str, arg: str, reply: Reply) -> None:
         """A refused sender, recipient or lookup leaves a line (the client
         got a reply; whoever asks why mail did not arrive reads the log)."""
+        if verb == "AUTH":
+            arg = arg.split(" ", 1)[0]  # the mechanism; never an initial response
         sender = ""
         if verb == "RCPT" and self._sender is not None:
             sender = f" (sender <{self._sender}>)"
