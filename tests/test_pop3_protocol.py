@@ -852,7 +852,7 @@ def test_login_is_logged_with_fields_and_without_the_password():
     # can only give what was typed
     assert ok and ok[0]["user"] == "joe@example.org" and ok[0]["peer"] == "127.0.0.1"
     assert refused and refused[0]["user"] == "joe"
-    left = [e for e in mine if "without QUIT" in e.get("log_format", "")]
+    left = [e for e in mine if e.get("why") == "left without QUIT"]
     assert len(left) == 1 and left[0]["user"] == "joe@example.org"
     assert not any("sekrit" in repr(e) for e in events)
 
