@@ -246,3 +246,27 @@ def test_twistd_as_root_without_uid_warns(tmp_path: Path, capsys) -> None:
     assert tap.ROOT_WARNING in capsys.readouterr().err
     tap.makeService(_tap_options(tmp_path, "state2", parent={"uid": 4242, "gid": 4343}))
     assert tap.ROOT_WARNING not in capsys.readouterr().err
+
+
+def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -> None:
+    from txmailhub.service import StartError
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    settings = load_text(config.read_text(), str(config))
+    first = MailHub(settings, reactor=MemoryReactorClock())
+    second = MailHub(settings, reactor=MemoryReactorClock())  # built: not an error yet
+    first.privilegedStartService()
+    first.startService()
+    with pytest.raises(StartError, match="another txmailhub is running on the state directory"):
+        second.privilegedStartService()
+    with pytest.raises(StartError):
+        second.startService()  # an application that only calls this
+    first.stopService()  # gives the state directory up ...
+    second.startService()  # ... to the next hub
+    with pytest.raises(StartError):
+        first.startService()  # and a restart claims it again, or refuses
+    second.stopService()
+    first.startService()
+    first.stopService()

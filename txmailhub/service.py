@@ -178,18 +178,39 @@ def _describe(host: Any) -> str:
 
 
 class _StorageService(Service):
-    """Starts and stops the group-commit syncer's workers with the hub, and
-    removes the spooler's pre-created files at stop."""
+    """Claims the state directory for this hub, starts and stops the
+    group-commit syncer's workers with it, and removes the spooler's
+    pre-created files at stop (which gives the state directory up)."""
 
-    def __init__(self, syncer: Any, spooler: Any) -> None:
+    def __init__(self, syncer: Any, spooler: Any, state_dir: str) -> None:
         self.syncer = syncer
         self.spooler = spooler
+        self.state_dir = state_dir
+
+    def privilegedStartService(self) -> None:
+        # first of all, and here: twistd exits on an exception raised now
+        # (one raised from startService would leave the hub half-started)
+        self._claim()
+        super().privilegedStartService()
 
     def startService(self) -> None:
+        self._claim()  # an application that only calls startService, or a restart
         super().startService()
         start = getattr(self.syncer, "start", None)
         if start is not None:
             start()
+
+    def _claim(self) -> None:
+        claim = getattr(self.spooler, "claim", None)
+        if claim is not None and not claim():
+            # Another hub runs on this state directory.  Two would share one
+            # queue (each delivering its entries: duplicates) and each
+            # other's spool; different ports would not keep them apart.
+            raise StartError(
+                f"another txmailhub is running on the state directory {self.state_dir} "
+                f"(it holds {self.spooler.spool_dir}.lock): stop it first, or give this "
+                "hub a [hub] state_dir of its own"
+            )
 
     def stopService(self) -> Any:
         super().stopService()
@@ -215,16 +236,7 @@ class MailHub(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.components = c = build_components(settings, reactor)
-        if not getattr(c.spooler, "owned", True):
-            # Another hub runs on this state directory.  Two would share one
-            # queue (each delivering its entries: duplicates) and each
-            # other's spool; different ports would not keep them apart.
-            raise StartError(
-                f"another txmailhub is running on the state directory "
-                f"{settings.hub.state_dir} (it holds {c.spooler.spool_dir}.lock): "
-                f"stop it first, or give this hub a [hub] state_dir of its own"
-            )
-        _StorageService(c.syncer, c.spooler).setServiceParent(self)
+        _StorageService(c.syncer, c.spooler, settings.hub.state_dir).setServiceParent(self)
 
         from txmailhub.relay.service import RelayService
 

@@ -12,12 +12,13 @@ hard-link it: the spool lives on the same filesystem as ``mail/`` and
 A spool file is never acknowledged by itself, so whatever is left in the
 directory after a crash was never answered 250: ``recover()`` (run by the
 constructor) deletes it.  Who may recover is decided by an ``flock`` on
-``spool.lock`` (next to the spool folder), held for as long as the spooler is open: the kernel drops
-it when its process dies, a forked daemon inherits it, and a second hub
-started on the same state directory finds it taken, touches nothing and
-refuses to start (``owned`` is False; see ``MailHub``).  Process ids could not do this: twistd forks
-after the spooler is made, so the files carry a dead parent's pid, and a
-crashed hub's pid may be a zombie or reused.  Files are named
+``spool.lock`` (next to the spool folder), held for as long as the
+spooler is open: the kernel drops it when its process dies, a forked
+daemon inherits it, and a second hub started on the same state directory
+finds it taken, touches nothing and refuses to start (``claim`` is False
+at its start; see ``MailHub``).  Process ids could not do this: twistd
+forks after the spooler is made, so the files carry a dead parent's pid,
+and a crashed hub's pid may be a zombie or reused.  Files are named
 ``<pid>-<counter>-<random tag of the spooler>``, which only makes them
 unique.
 
@@ -320,9 +321,17 @@ class Spooler:
 
     @property
     def owned(self) -> bool:
-        """Whether this spooler holds ``<spool_dir>.lock``: False when
-        another running hub has it (the hub then refuses to start)."""
+        """Whether this spooler holds ``<spool_dir>.lock``."""
         return self._lock_fd is not None
+
+    def claim(self) -> bool:
+        """Hold ``<spool_dir>.lock`` (again, after ``close``) and make spool
+        files; False when another live spooler holds it (another hub runs
+        on this state directory: the hub then refuses to start)."""
+        if not self._lock():
+            return False
+        self._closed = False
+        return True
 
     def _lock(self) -> bool:
         """Take ``<spool_dir>.lock`` (once); False if another live spooler has it."""
