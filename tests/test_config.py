@@ -68,7 +68,7 @@ file = "aliases"
 certificate = "{cert}"
 key = "{key}"
 [smtp]
-listen = ["tcp:2525:interface=127.0.0.1", "tcp6:2525"]
+listen = ["tcp:2525:interface=127.0.0.1", "tcp6:2526"]
 relay_networks = ["10.0.0.0/8"]
 max_message_size = 1000
 max_recipients = 5
@@ -109,7 +109,7 @@ require_tls_after_seen = true
     assert s.users.file == str(tmp_path / "u.txt")
     assert s.aliases.file == str(tmp_path / "aliases")
     assert s.tls is not None and s.tls.certificate == str(cert)
-    assert s.smtp.listen == ("tcp:2525:interface=127.0.0.1", "tcp6:2525")
+    assert s.smtp.listen == ("tcp:2525:interface=127.0.0.1", "tcp6:2526")
     assert s.smtp.relay_networks == ("10.0.0.0/8",)
     assert (s.smtp.max_message_size, s.smtp.max_recipients) == (1000, 5)
     assert s.smtp.idle_timeout == 600
@@ -327,6 +327,27 @@ def test_two_listeners_on_one_address_are_a_problem() -> None:
         "/etc/mh/mailhub.toml: [pop3] listen: 'unix:address=/run/a.sock' is the same "
         "address as 'unix:/run/a.sock' in [pop3] listen: only one of them could listen",
     ]
+
+
+def test_shared_addresses_are_found_however_they_are_spelled(monkeypatch) -> None:
+    import txmailhub.config as config
+
+    def clash(*descriptions: str) -> bool:
+        listeners = [("smtp", "listen", d) for d in descriptions]
+        return bool(config._shared_addresses(listeners))
+
+    assert clash("tcp:25:127.0.0.1", "tcp:port=025:interface=127.0.0.1")  # positional, named
+    assert not clash("tcp:2525:127.0.0.1", "tcp:2525:127.0.0.2")
+    assert clash("tcp6:25:interface=\\:\\:1", "tcp6:25:interface=0\\:0\\:\\:1")
+    assert clash("tcp6:25:interface=\\:\\:ffff\\:127.0.0.1", "tcp:25:127.0.0.1")
+    assert clash("tcp6:25:interface=\\:\\:ffff\\:127.0.0.1", "tcp:25")
+    assert not clash("tcp6:25:interface=\\:\\:1", "tcp:25")
+    assert clash("unix:/run/a.sock", "unix:address=/run//a.sock")
+    # IPv6 on every address takes IPv4 too, unless net.ipv6.bindv6only is set
+    monkeypatch.setattr(config, "_dual_stack", lambda: True)
+    assert clash("tcp:25:127.0.0.1", "tcp6:25")
+    monkeypatch.setattr(config, "_dual_stack", lambda: False)
+    assert not clash("tcp:25:127.0.0.1", "tcp6:25")
 
 
 def test_listeners_on_different_addresses_are_fine() -> None:

@@ -300,24 +300,53 @@ def check_endpoint(description: str) -> None:
         raise ValueError(f"endpoint {description!r} is not valid: {e}") from None
 
 
-_EVERY_ADDRESS = {"tcp": "0.0.0.0", "tcp6": "::"}  # a listener without interface=
+def _listen_address(description: str) -> tuple[str, Any, Any] | None:
+    """What a valid listen endpoint binds: ``("unix", path, None)`` or
+    ``(kind, port, ip)`` with ``ip`` an ``ipaddress`` address, None for
+    every address; None for port 0 (the system picks anew each time).
+    Read from the endpoint Twisted builds, so every spelling Twisted
+    accepts (positional or named, escaped colons) means the same here."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
 
-
-def _listen_address(description: str) -> tuple[str, str, str] | None:
-    """``(kind, interface, port)`` of a valid listen endpoint, for finding two
-    listeners on one address (``unix``: the path as the port); None for
-    port 0, which the system picks anew for each."""
-    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description)]
-    kind, args = fields[0].lower(), fields[1:]
-    positional = [a for a in args if "=" not in a]
-    named = dict(a.split("=", 1) for a in args if "=" in a)
-    if kind == "unix":
-        return kind, "", named.get("address", positional[0] if positional else "")
-    port = named.get("port", positional[0] if positional else "")
-    if port.strip() in ("0", ""):
+    endpoint = serverFromString(MemoryReactor(), description)
+    path = getattr(endpoint, "_address", None)
+    if isinstance(path, str):
+        return "unix", os.path.normpath(path), None
+    port, interface = getattr(endpoint, "_port", None), getattr(endpoint, "_interface", None)
+    if not isinstance(port, int) or not isinstance(interface, str) or port == 0:
         return None
-    every = _EVERY_ADDRESS.get(kind, "")
-    return kind, named.get("interface", every) or every, port.strip()
+    ip = ipaddress.ip_address(interface) if interface else None
+    if ip is not None and ip.is_unspecified:
+        ip = None
+    return description.split(":", 1)[0].lower(), port, ip
+
+
+def _dual_stack() -> bool:
+    """Whether an IPv6 socket on every address takes IPv4 too (Linux's
+    default; ``net.ipv6.bindv6only`` turns it off)."""
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
+def _same_address(a: tuple[str, Any, Any], b: tuple[str, Any, Any]) -> bool:
+    if a[0] == "unix" or b[0] == "unix":
+        return a == b
+    (kind_a, port_a, ip_a), (kind_b, port_b, ip_b) = a, b
+    if port_a != port_b:
+        return False
+    if kind_a == kind_b:
+        return ip_a is None or ip_b is None or ip_a == ip_b
+    # tcp and tcp6: a v6 socket on every address (dual stack) or on a
+    # v4-mapped address takes v4 connections too
+    v4, v6 = (ip_a, ip_b) if kind_a == "tcp" else (ip_b, ip_a)
+    if v6 is None:
+        return _dual_stack()
+    mapped = v6.ipv4_mapped
+    return mapped is not None and (v4 is None or v4 == mapped)
 
 
 def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
@@ -325,15 +354,13 @@ def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
     one would fail at start with "Address already in use").  ``listeners``:
     ``(section, key, description)``."""
     problems = []
-    seen: list[tuple[tuple[str, str, str], str]] = []
+    seen: list[tuple[tuple[str, Any, Any], str]] = []
     for section, key, description in listeners:
         address = _listen_address(description)
         if address is None:
             continue
-        kind, interface, port = address
-        every = _EVERY_ADDRESS.get(kind)
-        for (k, i, p), where in seen:
-            if k == kind and p == port and (i == interface or every in (i, interface)):
+        for other, where in seen:
+            if _same_address(address, other):
                 problems.append(f"[{section}] {key}: {description!r} is the same address "
                                 f"as {where}: only one of them could listen")
                 break
