@@ -369,6 +369,7 @@ def test_nameservers_are_canonical_and_zones_refused() -> None:
     assert split_nameserver("0:0:0:0:0:0:0:1") == ("::1", 53)
     assert split_nameserver("[::0001]:5353") == ("::1", 5353)
     assert split_nameserver("[FE80::1]") == ("fe80::1", 53)
+    assert split_nameserver("::ffff:7f00:1") == ("::ffff:127.0.0.1", 53)  # as recvfrom says
     with pytest.raises(ValueError, match="zone"):
         split_nameserver("fe80::1%eth0")
     found = problems(MINIMAL + '[relay]\nnameservers = ["[fe80::1%4]:53"]\n')

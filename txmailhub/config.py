@@ -412,8 +412,9 @@ def _hostport(v: Any) -> str:
 def split_nameserver(item: str) -> tuple[str, int]:
     """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port).
 
-    The address comes back in its canonical form (``"::1"`` for
-    ``"0:0::1"``): answers are matched against it as a string."""
+    The address comes back in the form the kernel gives an answer's source
+    (``"::1"`` for ``"0:0::1"``): answers are matched against it as a
+    string."""
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
@@ -432,7 +433,11 @@ def split_nameserver(item: str) -> tuple[str, int]:
         raise ValueError(f"{item!r}: a nameserver with an IPv6 zone (%...) is not supported")
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{item!r}: bad port")
-    return address.compressed, int(port)
+    if address.version == 6:
+        # the form the kernel reports an answer's source in (a v4-mapped
+        # address in dotted form: "::ffff:127.0.0.1")
+        return socket.inet_ntop(socket.AF_INET6, address.packed), int(port)
+    return str(address), int(port)
 
 
 def _nameservers(v: Any) -> tuple[str, ...]:

@@ -99,6 +99,19 @@ class ResolverOverUDPTests(TestCase):
         self.assert_clean()
 
 
+    @defer.inlineCallbacks
+    def test_a_nameserver_given_as_a_v4_mapped_address(self):
+        # the answer comes from "::ffff:127.0.0.1"; the setting may spell it
+        # "::ffff:7f00:1": it must still be matched to the query
+        if not _ipv6_loopback():
+            raise self.skipTest("no IPv6 here")
+        server = self.serve()
+        resolver = make_resolver([f"[::ffff:7f00:1]:{server.port}"], reactor=self.reactor)
+        answers, _, _ = yield resolver.lookupAddress("mx1.remote.test", timeout=[2])
+        self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
+        self.assert_clean()
+
+
 class QueryPortTests(TestCase):
     def test_stop_listening_twice_and_a_closed_port_reads_nothing(self):
         from twisted.internet import reactor
