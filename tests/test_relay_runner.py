@@ -286,6 +286,38 @@ def test_queue_commands_are_logged_by_the_hub(hub):
     ]
 
 
+def test_a_hold_or_delete_during_an_attempt_is_logged_too(hub):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    waiting = []
+    try:
+        hub.runner.start()
+
+        def slow(e, d, r):
+            waiting.append(defer.Deferred())
+            return waiting[-1]
+
+        hub.agent.script = slow
+        held = enqueue(hub, BOB)
+        hub.queue.set_held(held, True)  # while its attempt runs
+        hub.clock.advance(1)
+        waiting.pop().callback([DeliveryResult(BOB, "transient", LATER, "mx")])
+        deleted = enqueue(hub, BOB)
+        assert hub.queue.delete(deleted)
+        hub.clock.advance(1)
+        waiting.pop().callback([DeliveryResult(BOB, "delivered", OK, "mx")])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events]
+    assert f"queue entry {held} held (mailhub queue hold)" in lines
+    assert (f"queue entry {deleted} deleted (mailhub queue delete): no more attempts, no notice"
+            in lines)
+    assert f"{deleted} done: removed from the queue" not in lines
+    assert hub.queue.ids() == [held]
+
+
 def test_delete_while_running(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]

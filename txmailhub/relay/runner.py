@@ -84,7 +84,7 @@ class QueueRunner:
     def start(self) -> None:
         self.running = True
         for entry in self.queue.recover():
-            self._index(entry)
+            self._index(entry, quiet=True)
         if self.queue.take_flag(FLUSH):
             self._flush()
         self.queue.take_flag(CHANGED)
@@ -136,18 +136,19 @@ class QueueRunner:
         except Exception:
             log.failure("queue runner tick failed")
 
-    def _index(self, entry: QueueEntry, by_command: bool = False) -> None:
-        """Know ``entry``'s next attempt.  ``by_command``: found changed by
-        a ``mailhub queue`` command (another process): its hold or release
-        is logged here, the hub's log being where an operator looks."""
+    def _index(self, entry: QueueEntry, quiet: bool = False) -> None:
+        """Know ``entry``'s next attempt.  Only ``mailhub queue`` (another
+        process) holds and releases entries: each change found is logged
+        here, the hub's log being where an operator looks (``quiet``: the
+        entries found at start)."""
         qid = entry.id
         if entry.held:
-            if by_command and qid not in self._held:
+            if not quiet and qid not in self._held:
                 log.info("queue entry {queue_id} held (mailhub queue hold)", queue_id=qid)
             self.due.pop(qid, None)
             self._held.add(qid)
         else:
-            if by_command and qid in self._held:
+            if not quiet and qid in self._held:
                 log.info("queue entry {queue_id} released (mailhub queue release)", queue_id=qid)
             self._held.discard(qid)
             self.due[qid] = entry.next_attempt
@@ -164,7 +165,7 @@ class QueueRunner:
                 log.failure("cannot read queue entry {queue_id}", queue_id=qid)
                 continue
             if entry is not None:
-                self._index(entry, by_command=True)
+                self._index(entry)
         for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
             if qid not in seen and qid not in self.active:
                 log.info("queue entry {queue_id} deleted (mailhub queue delete): "
@@ -219,19 +220,30 @@ class QueueRunner:
             self._forget(qid)
             return
         if entry.held:
-            self.due.pop(qid, None)
+            self._index(entry)
             return
         self.due[qid] = float("inf")  # not due again until recorded below
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
         if entry.pending and not results:
             results = yield self._attempt(entry)
         now = self.clock.seconds()
+        found = []
+
+        def record(e: QueueEntry) -> QueueEntry | None:
+            found.append(e)
+            return self._record(e, results, now)
+
         try:
-            entry = yield self.queue.update(qid, lambda e: self._record(e, results, now))
+            entry = yield self.queue.update(qid, record)
         except Exception:
             if results:
                 self._unrecorded[qid] = results
             raise
+        if not found:  # the record went while the attempt ran
+            log.info("queue entry {queue_id} deleted (mailhub queue delete): "
+                     "no more attempts, no notice", queue_id=qid)
+            self._forget(qid)
+            return
         if entry is not None:
             entry = yield self._notify(entry, now)
         if entry is None:
