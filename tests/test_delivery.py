@@ -167,6 +167,18 @@ class AcceptMessageTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), {A: DELIVERED, R: QUEUED})
         self.assertEqual(c.store.calls, [(MSG, [A])])
 
+    def test_a_full_disk_under_the_queue_is_452(self):
+        import errno
+
+        class Full(Queue):
+            def enqueue(self, envelope, message, delivered=(), notice="delivered"):
+                return defer.fail(OSError(errno.ENOSPC, "No space left on device"))
+
+        c = C(queue=Full())
+        res = self.successResultOf(accept_message(c, env(A, R), MSG))
+        self.assertEqual(summarize(res, "x"), replies.STORAGE_FULL)
+        self.assertEqual(c.store.calls, [])
+
     def test_remote_without_queue_is_temporary_refusal(self):
         c = C()
         res = self.successResultOf(accept_message(c, env(R), MSG))

@@ -146,9 +146,10 @@ class _Delivery:
         the message again, to every recipient.  Copies already in the local
         mailboxes would then arrive twice; so they are made only after the
         queue has taken its part, and not at all when it could not."""
-        if not all(self.results[r].is_positive for r in remote):
+        refused = [self.results[r] for r in remote if not self.results[r].is_positive]
+        if refused:
             for rcpt in local:
-                self.results[rcpt] = replies.LOCAL_ERROR
+                self.results[rcpt] = refused[0]  # the same answer: the same retry
             return None
         return self._deliver_local(local)
 
@@ -269,8 +270,9 @@ class _Delivery:
 
         def failed(f: Any) -> None:
             log_failure(log, f, "enqueue failed for {count} recipients", count=len(rcpts))
+            reply = replies.local_failure(f.value)  # 452 4.3.1 for a full disk
             for rcpt in rcpts:
-                self.results[rcpt] = replies.LOCAL_ERROR
+                self.results[rcpt] = reply
 
         d.addCallbacks(queued, failed)
         return d
