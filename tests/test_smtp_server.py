@@ -187,6 +187,7 @@ def test_refusals_are_logged_with_client_and_sender():
         # only -- the initial response is the password
         secret = b64("\0alice@example.org\0hunter2")
         assert d.codes(f"RSET\r\nAUTH PLAIN {secret}\r\n") == ["250", "538"]
+        assert d.codes(f"AUTH plain\t{secret}\r\nAUTH {secret}\r\n") == ["538", "538"]
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txmailhub.smtp.server"]
@@ -196,6 +197,8 @@ def test_refusals_are_logged_with_client_and_sender():
         "refused RCPT TO:<x@remote.test> NOTIFY=NEVER from 192.0.2.9 (sender <s@x.test>): "
         + replies.RELAY_DENIED.text(),
         "refused AUTH PLAIN from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
+        "refused AUTH PLAIN from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
+        "refused AUTH from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
     ]
     assert not any(secret in repr(e) for e in events)
 

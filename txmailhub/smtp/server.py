@@ -41,7 +41,7 @@ from txmailhub.smtp import replies
 from txmailhub.smtp._authphase import AuthPhase
 from txmailhub.smtp._data import ChunkReader, DotReader
 from txmailhub.smtp._parse import NO_PARAMS, MailParams, parse_command, parse_mail, parse_rcpt
-from txmailhub.smtp._sasl import SASLExchange
+from txmailhub.smtp._sasl import MECHANISMS, SASLExchange
 from txmailhub.smtp._states import TRANSITIONS as _TRANSITIONS
 from txmailhub.smtp._states import S, State
 from txmailhub.smtp._transfer import MessageTransfer
@@ -360,12 +360,14 @@ class SMTPServer(MessageTransfer, AuthPhase):
         """A refused sender, recipient or lookup leaves a line (the client
         got a reply; whoever asks why mail did not arrive reads the log)."""
         if verb == "AUTH":
-            arg = arg.split(" ", 1)[0]  # the mechanism; never an initial response
+            # the mechanism, when it is one; never an initial response
+            words = arg.split(None, 1)
+            arg = words[0].upper() if words and words[0].upper() in MECHANISMS else ""
         sender = ""
         if verb == "RCPT" and self._sender is not None:
             sender = f" (sender <{self._sender}>)"
         log.info("refused {command} from {client}{sender}: {reply}",
-                 command=loggable(f"{verb} {arg}"), client=self.session.client_host,
+                 command=loggable(f"{verb} {arg}".rstrip()), client=self.session.client_host,
                  sender=loggable(sender), reply=reply.text())
 
     def _out_of_sequence(self, verb: str, arg: str) -> None:
