@@ -257,6 +257,10 @@ def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -
     settings = load_text(config.read_text(), str(config))
     first = MailHub(settings, reactor=MemoryReactorClock())
     second = MailHub(settings, reactor=MemoryReactorClock())  # built: not an error yet
+    second.check_state_dir()  # built, not started: nobody holds the state directory
+    second.privilegedStartService()
+    second.startService()
+    second.stopService()
     first.privilegedStartService()
     first.startService()
     with pytest.raises(StartError, match="another txmailhub is running on the state directory"):

@@ -96,7 +96,7 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         reactor=reactor,
         router=Router(settings.hub.domains, users, settings.aliases.file),
         store=store,
-        spooler=Spooler(settings.spool_dir, syncer),
+        spooler=Spooler(settings.spool_dir, syncer, recover=False),  # claimed at start
         portal=build_portal(users, store, run_in_thread),
         tls=tls_options(settings.tls.certificate, settings.tls.key) if settings.tls else None,
         users=users,
@@ -203,22 +203,34 @@ class _StorageService(Service):
     def _claim(self) -> None:
         claim = getattr(self.spooler, "claim", None)
         if claim is not None and not claim():
-            # Another hub runs on this state directory.  Two would share one
-            # queue (each delivering its entries: duplicates) and each
-            # other's spool; different ports would not keep them apart.
-            raise StartError(
-                f"another txmailhub is running on the state directory {self.state_dir} "
-                f"(it holds {self.spooler.spool_dir}.lock): stop it first, or give this "
-                "hub a [hub] state_dir of its own"
-            )
+            raise self._in_use()
+
+    def _in_use(self) -> StartError:
+        # Another hub runs on this state directory.  Two would share one
+        # queue (each delivering its entries: duplicates) and each other's
+        # spool; different ports would not keep them apart.
+        return StartError(
+            f"another txmailhub is running on the state directory {self.state_dir} "
+            f"(it holds {self.spooler.spool_dir}.lock): stop it first, or give this "
+            "hub a [hub] state_dir of its own"
+        )
 
     def stopService(self) -> Any:
         super().stopService()
+        stop = getattr(self.syncer, "stop", None)
+        return stop() if stop is not None else None
+
+    def check(self) -> None:
+        """Raise ``StartError`` now if another hub holds the state directory."""
+        available = getattr(self.spooler, "available", None)
+        if available is not None and not available():
+            raise self._in_use()
+
+    def release(self) -> None:
+        """Remove the spool files made ahead and give the state directory up."""
         close = getattr(self.spooler, "close", None)
         if close is not None:
             close()
-        stop = getattr(self.syncer, "stop", None)
-        return stop() if stop is not None else None
 
 
 class MailHub(MultiService):
@@ -236,7 +248,8 @@ class MailHub(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.components = c = build_components(settings, reactor)
-        _StorageService(c.syncer, c.spooler, settings.hub.state_dir).setServiceParent(self)
+        self._storage = _StorageService(c.syncer, c.spooler, settings.hub.state_dir)
+        self._storage.setServiceParent(self)
 
         from txmailhub.relay.service import RelayService
 
@@ -285,11 +298,19 @@ class MailHub(MultiService):
             state_dir=self.settings.hub.state_dir,
         )
 
+    def check_state_dir(self) -> None:
+        """Raise ``StartError`` if another hub runs on this state directory
+        (``twistd mailhub`` asks before it forks; the start checks again)."""
+        self._storage.check()
+
     def stopService(self) -> Any:
         log.info("txmailhub stopping")
         d = super().stopService()
 
         def stopped(result: Any) -> Any:
+            # only now, with every part stopped (relay attempts in flight
+            # included), may another hub have the state directory
+            self._storage.release()
             log.info("txmailhub stopped: spool closed, queued mail stays queued")
             return result
 

@@ -56,6 +56,7 @@ def makeService(options: Any) -> Any:
     before = _state_entries(settings.hub.state_dir)
     try:
         hub = MailHub(settings)
+        hub.check_state_dir()  # now, before twistd forks (see StartError)
     except OSError as e:
         print(f"mailhub: cannot use {e.filename or settings.hub.state_dir}: {e.strerror}; "
               f"state_dir ({settings.hub.state_dir}) and everything in it must belong to "

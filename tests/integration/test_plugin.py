@@ -130,6 +130,15 @@ def test_second_hub_on_the_same_state_dir_exits_1(hub: Hub, make_hub) -> None:
     assert (f"another txmailhub is running on the state directory {hub.state_dir}"
             in output), output
     assert "Traceback" not in output
+    # daemonized too: refused before twistd forks (after it, the parent would
+    # wait for a child that exited without telling it)
+    daemon = subprocess.run(
+        [TWISTD, f"--pidfile={other.folder / 'd.pid'}", f"--logfile={other.folder / 'd.log'}",
+         "mailhub", "--config", str(other.config_path)],
+        capture_output=True, text=True, timeout=60, cwd=other.folder)
+    assert daemon.returncode == 1
+    assert "another txmailhub is running" in daemon.stdout + daemon.stderr
+    assert not (other.folder / "d.pid").exists()
     for port in (other.smtp_port, other.pop3_port):  # it never listened
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

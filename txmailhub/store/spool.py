@@ -236,6 +236,10 @@ class Spooler:
         os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
         if recover:
             self.recover()
+        else:
+            # made now, by whoever builds the spooler (twistd started as root
+            # gives what it made to the hub's user), locked by ``claim``
+            os.close(os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600))
 
     def open(self) -> SpoolWriter:
         path, fd = self._ready.popleft() if self._ready else self._create()
@@ -325,12 +329,28 @@ class Spooler:
         return self._lock_fd is not None
 
     def claim(self) -> bool:
-        """Hold ``<spool_dir>.lock`` (again, after ``close``) and make spool
-        files; False when another live spooler holds it (another hub runs
-        on this state directory: the hub then refuses to start)."""
+        """Hold ``<spool_dir>.lock`` (again, after ``close``), clean up
+        what a crash left, and make spool files again; False when another
+        live spooler holds it (another hub runs on this state directory:
+        the hub then refuses to start)."""
         if not self._lock():
             return False
+        self.recover()
         self._closed = False
+        return True
+
+    def available(self) -> bool:
+        """Whether ``claim`` would succeed now, without claiming (twistd asks
+        before it forks: an error after the fork leaves it waiting)."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # and with it the lock, if we got it
         return True
 
     def _lock(self) -> bool:
