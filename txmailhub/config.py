@@ -316,9 +316,14 @@ def _listen_address(description: str) -> tuple[str, Any, Any] | None:
     port, interface = getattr(endpoint, "_port", None), getattr(endpoint, "_interface", None)
     if not isinstance(port, int) or not isinstance(interface, str) or port == 0:
         return None
-    ip = ipaddress.ip_address(interface) if interface else None
-    if ip is not None and ip.is_unspecified:
-        ip = None
+    ip: Any = None
+    if interface:
+        try:
+            ip = ipaddress.ip_address(interface)
+        except ValueError:  # a host name: Twisted resolves it at bind time
+            ip = interface.lower()
+        if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address) and ip.is_unspecified:
+            ip = None
     return description.split(":", 1)[0].lower(), port, ip
 
 
@@ -345,7 +350,7 @@ def _same_address(a: tuple[str, Any, Any], b: tuple[str, Any, Any]) -> bool:
     v4, v6 = (ip_a, ip_b) if kind_a == "tcp" else (ip_b, ip_a)
     if v6 is None:
         return _dual_stack()
-    mapped = v6.ipv4_mapped
+    mapped = getattr(v6, "ipv4_mapped", None)  # None for a host name
     return mapped is not None and (v4 is None or v4 == mapped)
 
 
