@@ -176,6 +176,7 @@ class AcceptMessageTests(SynchronousTestCase):
 
         c = C(queue=Full())
         res = self.successResultOf(accept_message(c, env(A, R), MSG))
+        self.assertEqual(res, {A: replies.STORAGE_FULL, R: replies.STORAGE_FULL})
         self.assertEqual(summarize(res, "x"), replies.STORAGE_FULL)
         self.assertEqual(c.store.calls, [])
 

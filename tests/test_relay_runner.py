@@ -252,6 +252,15 @@ def test_each_result_is_logged_with_what_happens_next(hub):
         f"{qid} to {carol}: hub: {timeout.text()}; next attempt {nxt}",
         f"{qid} to {dave}: {NO.text()}; failed",
     ])
+    # at the end of the queue lifetime a temporary failure is final
+    events.clear()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.clock.advance(2 * 86400)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if formatEvent(e).startswith(f"{qid} to ")]
+    assert lines == [f"{qid} to {carol}: hub: {timeout.text()}; failed: too long queued"]
 
 
 def test_queue_commands_are_logged_by_the_hub(hub):

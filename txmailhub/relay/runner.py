@@ -228,10 +228,12 @@ class QueueRunner:
             results = yield self._attempt(entry)
         now = self.clock.seconds()
         found = []
+        lines: list[dict] = []
 
         def record(e: QueueEntry) -> QueueEntry | None:
             found.append(e)
-            return self._record(e, results, now)
+            del lines[:]  # the lines of the version that is written
+            return self._record(e, results, now, lines)
 
         try:
             entry = yield self.queue.update(qid, record)
@@ -244,6 +246,8 @@ class QueueRunner:
                      "no more attempts, no notice", queue_id=qid)
             self._forget(qid)
             return
+        for fields in lines:
+            log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
         if entry is not None:
             entry = yield self._notify(entry, now)
         if entry is None:
@@ -316,7 +320,11 @@ class QueueRunner:
 
     # --- recording ---------------------------------------------------------------------
 
-    def _record(self, e: QueueEntry, results: list[DeliveryResult], now: float) -> QueueEntry:
+    def _record(self, e: QueueEntry, results: list[DeliveryResult], now: float,
+                lines: list[dict] | None = None) -> QueueEntry:
+        """``e`` with ``results`` in it; ``lines`` gets the log line of each
+        result, to be logged once the record is written (a record that
+        cannot be written keeps its results for the next try: logged then)."""
         expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
         updates: dict[Address, RecipientRecord] = {}
         for res in results:
@@ -356,14 +364,22 @@ class QueueRunner:
             # then (one more attempt, and the notice if it still fails),
             # not up to a whole step of the schedule late
             nxt = warn_at
-        for res in results:
-            # the server's words (a remote queue id on success), or the hub's
-            # own account (marked, as in `queue show`), and what happens next
-            who = "hub: " if isinstance(res.reply, LocalReply) else ""
-            then = {"delivered": "", "permanent": "; failed"}.get(
-                res.kind, f"; next attempt {schedule.utc_text(nxt)}")
-            log.info("{queue_id} to {recipient}: {who}{reply}{then}", queue_id=e.id,
-                     recipient=str(res.address), who=who, reply=res.reply.text(), then=then)
+        if lines is not None:
+            for res in results:
+                rec = updates.get(res.address)
+                if rec is None:
+                    continue  # not pending any more: its line was logged then
+                # the server's words (a remote queue id on success), or the
+                # hub's own account (marked, as in `queue show`), and what next
+                who = "hub: " if isinstance(res.reply, LocalReply) else ""
+                if rec.state == DELIVERED:
+                    then = ""
+                elif rec.state == FAILED:
+                    then = "; failed" if res.kind == "permanent" else "; failed: too long queued"
+                else:
+                    then = f"; next attempt {schedule.utc_text(nxt)}"
+                lines.append(dict(queue_id=e.id, recipient=str(res.address), who=who,
+                                  reply=res.reply.text(), then=then))
         return dataclasses.replace(e, attempts=attempts, next_attempt=nxt)
 
     # --- notices ------------------------------------------------------------------------
