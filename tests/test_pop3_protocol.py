@@ -433,7 +433,11 @@ def test_dropped_connection_deletes_nothing_and_unlocks():
         # the same when the hub stops: the log says who ended the session
         proto, t = login(env)
         proto.factory.shut_down()
+        assert t.disconnecting  # ended by the hub: its mailbox lock goes with it
         proto.connectionLost(None)
+        assert not env.store.is_locked("joe@example.org")
+        proto.factory.startFactory()  # listening again: a drop is a drop
+        assert not proto.factory.stopping
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if "nothing deleted" in formatEvent(e)]

@@ -135,6 +135,7 @@ class POP3Protocol(Protocol):
             self._close_call = self.reactor.callLater(CLOSE_GRACE, self._cut)
             return
         self._counted = True
+        self.factory.sessions.add(self)
         tls_active = self.implicit_tls or ISSLTransport.providedBy(t)
         now = self.reactor.seconds()
         hostname = self.components.settings.hub.hostname
@@ -173,6 +174,7 @@ class POP3Protocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.release(self._peer)
+            self.factory.sessions.discard(self)
         for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call):
             if call is not None and call.active():
                 call.cancel()
@@ -634,18 +636,25 @@ class POP3Factory(Factory):
     def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
         self.components = components
         self.implicit_tls = implicit_tls
+        self.sessions: set[POP3Protocol] = set()  # of this listener, to end at stop
         # shared by every POP3 listener of these components
         self.limits: ConnectionLimits = components.shared("pop3_connections", ConnectionLimits)
         self.login_failures: FailureWindow = components.shared(
             "login_failures", lambda: FailureWindow(components.reactor))
 
-    #: set when the listener stops: the sessions it drops then did not leave
+    #: set while the listener stops: the sessions it ends did not leave
     stopping = False
 
+    def startFactory(self) -> None:
+        self.stopping = False  # listening again (a restart)
+
     def shut_down(self) -> None:
-        """The listener is stopping (the hub is): the reactor ends the open
-        sessions next, without an UPDATE state (RFC 1939 6)."""
+        """The listener is stopping (the hub is): end the open sessions, as
+        a dropped connection, without the UPDATE state (RFC 1939 6: nothing
+        is deleted), so that their mailbox locks go with them."""
         self.stopping = True
+        for session in list(self.sessions):
+            session.transport.loseConnection()
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)
