@@ -344,27 +344,28 @@ class Spooler:
         before it forks: an error after the fork leaves it waiting)."""
         if self._lock_fd is not None:
             return True
-        fd = os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = self._try_lock()
+        if fd is None:
             return False
-        finally:
-            os.close(fd)  # and with it the lock, if we got it
+        os.close(fd)  # and with it the lock
         return True
 
     def _lock(self) -> bool:
         """Take ``<spool_dir>.lock`` (once); False if another live spooler has it."""
-        if self._lock_fd is not None:
-            return True
+        if self._lock_fd is None:
+            self._lock_fd = self._try_lock()
+        return self._lock_fd is not None
+
+    def _try_lock(self) -> int | None:
+        """A descriptor holding ``<spool_dir>.lock``, or None when another
+        live spooler holds it."""
         fd = os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
+            return None
+        return fd
 
     def discard(self, message: SpooledMessage) -> None:
         if os.path.dirname(os.path.abspath(message.path)) != self.spool_dir:
