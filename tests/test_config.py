@@ -343,11 +343,22 @@ def test_shared_addresses_are_found_however_they_are_spelled(monkeypatch) -> Non
     assert clash("tcp6:25:interface=\\:\\:ffff\\:127.0.0.1", "tcp:25")
     assert not clash("tcp6:25:interface=\\:\\:1", "tcp:25")
     assert clash("unix:/run/a.sock", "unix:address=/run//a.sock")
-    # a host name is compared as a name (Twisted resolves it when it binds)
-    assert clash("tcp:25:interface=localhost", "tcp:25:interface=LOCALHOST")
+    # a host name binds the IPv4 address it has, whatever the endpoint type
+    assert clash("tcp:25:interface=localhost", "tcp:25:interface=127.0.0.1")
+    assert clash("tcp6:25:interface=localhost", "tcp:25:127.0.0.1")
     assert not clash("tcp:25:interface=localhost", "tcp:26:interface=localhost")
     assert clash("tcp:25:interface=localhost", "tcp:25")
-    assert not clash("tcp6:25:interface=localhost", "tcp:25:127.0.0.1")
+    # one that does not resolve is compared as a name (no real lookup here)
+    real = config.socket.gethostbyname
+
+    def lookup(name):
+        if name.lower() == "nowhere.invalid":
+            raise OSError("Name or service not known")
+        return real(name)
+
+    monkeypatch.setattr(config.socket, "gethostbyname", lookup)
+    assert clash("tcp:25:interface=nowhere.invalid", "tcp:25:interface=NOWHERE.invalid")
+    assert not clash("tcp:25:interface=nowhere.invalid", "tcp:25:interface=127.0.0.1")
     # IPv6 on every address takes IPv4 too, unless net.ipv6.bindv6only is set
     monkeypatch.setattr(config, "_dual_stack", lambda: True)
     assert clash("tcp:25:127.0.0.1", "tcp6:25")

@@ -274,3 +274,28 @@ def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -
     second.stopService()
     first.startService()
     first.stopService()
+
+
+def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_path: Path) -> None:
+    from txmailhub.service import StartError
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    settings = load_text(config.read_text(), str(config))
+    spool = Path(settings.spool_dir)
+    spool.mkdir(parents=True)
+    left = spool / "1234-1-deadbeef"  # a message a crash left unanswered
+    left.write_bytes(b"partial")
+    hub = MailHub(settings, reactor=MemoryReactorClock())
+    assert left.exists()  # building touches nothing ...
+    hub.startService()
+    assert not left.exists()  # ... the start cleans up
+    left.write_bytes(b"another hub's message in progress")
+    other = MailHub(settings, reactor=MemoryReactorClock())
+    with pytest.raises(StartError):
+        other.check_state_dir()  # asked before twistd forks
+    with pytest.raises(StartError):
+        other.startService()
+    assert left.exists()  # the running hub's files are left alone
+    hub.stopService()

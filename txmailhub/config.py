@@ -302,8 +302,9 @@ def check_endpoint(description: str) -> None:
 
 def _listen_address(description: str) -> tuple[str, Any, Any] | None:
     """What a valid listen endpoint binds: ``("unix", path, None)`` or
-    ``(kind, port, ip)`` with ``ip`` an ``ipaddress`` address, None for
-    every address; None for port 0 (the system picks anew each time).
+    ``(kind, port, ip)`` with ``ip`` an ``ipaddress`` address (a host name
+    that does not resolve: the name), None for every address; None for
+    port 0 (the system picks anew each time).
     Read from the endpoint Twisted builds, so every spelling Twisted
     accepts (positional or named, escaped colons) means the same here."""
     from twisted.internet.endpoints import serverFromString
@@ -316,15 +317,23 @@ def _listen_address(description: str) -> tuple[str, Any, Any] | None:
     port, interface = getattr(endpoint, "_port", None), getattr(endpoint, "_interface", None)
     if not isinstance(port, int) or not isinstance(interface, str) or port == 0:
         return None
+    kind = description.split(":", 1)[0].lower()
     ip: Any = None
     if interface:
         try:
             ip = ipaddress.ip_address(interface)
-        except ValueError:  # a host name: Twisted resolves it at bind time
-            ip = interface.lower()
+        except ValueError:
+            # a host name: bound as the IPv4 address it has (Twisted picks
+            # the family from the literal, a name gets IPv4), looked up as
+            # bind() will; a name that does not resolve is compared as one
+            kind = "tcp"
+            try:
+                ip = ipaddress.ip_address(socket.gethostbyname(interface))
+            except (OSError, ValueError):
+                ip = interface.lower()
         if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address) and ip.is_unspecified:
             ip = None
-    return description.split(":", 1)[0].lower(), port, ip
+    return kind, port, ip
 
 
 def _dual_stack() -> bool:

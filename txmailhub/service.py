@@ -28,7 +28,8 @@ from txmailhub.config import Settings
 from txmailhub.users import UsersDB
 
 __all__ = [
-    "ListenError", "ListenerService", "MailHub", "StartError", "build_components", "tls_options",
+    "DaemonStartError", "ListenError", "ListenerService", "MailHub", "StartError",
+    "build_components", "tls_options",
 ]
 
 log = Logger()
@@ -45,6 +46,13 @@ class StartError(SystemExit):
 
 class ListenError(StartError):
     """A listener could not bind."""
+
+
+class DaemonStartError(Exception):
+    """A ``StartError`` in a daemonized twistd: raised after its fork, a
+    ``SystemExit`` would end the child without a word to the parent that
+    waits for it (twistd reports only an ``Exception`` back, and then
+    prints it and exits 1)."""
 
 
 _PEM_CERT = re.compile(
@@ -189,7 +197,8 @@ class _StorageService(Service):
 
     def privilegedStartService(self) -> None:
         # first of all, and here: twistd exits on an exception raised now
-        # (one raised from startService would leave the hub half-started)
+        # (one raised from startService would leave the hub half-started;
+        # daemonized, see DaemonStartError)
         self._claim()
         super().privilegedStartService()
 
@@ -297,6 +306,18 @@ class MailHub(MultiService):
             domains=", ".join(self.settings.hub.domains),
             state_dir=self.settings.hub.state_dir,
         )
+
+    #: set by ``twistd mailhub`` when it daemonizes: what a ``StartError``
+    #: in ``privilegedStartService`` becomes (see ``DaemonStartError``)
+    start_error_type: type[Exception] | None = None
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartError as e:
+            if self.start_error_type is None:
+                raise
+            raise self.start_error_type(e.message) from None
 
     def check_state_dir(self) -> None:
         """Raise ``StartError`` if another hub runs on this state directory

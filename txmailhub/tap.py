@@ -56,12 +56,17 @@ def makeService(options: Any) -> Any:
     before = _state_entries(settings.hub.state_dir)
     try:
         hub = MailHub(settings)
-        hub.check_state_dir()  # now, before twistd forks (see StartError)
+        hub.check_state_dir()  # now, before twistd forks (see DaemonStartError)
     except OSError as e:
         print(f"mailhub: cannot use {e.filename or settings.hub.state_dir}: {e.strerror}; "
               f"state_dir ({settings.hub.state_dir}) and everything in it must belong to "
               "the user the hub runs as (chown -R that user)", file=sys.stderr)
         raise SystemExit(2) from None
+    parent = getattr(options, "parent", None)
+    if parent is not None and not parent.get("nodaemon", True):
+        from txmailhub.service import DaemonStartError
+
+        hub.start_error_type = DaemonStartError
     if owner:
         if before is None:  # made just now, by root
             os.lchown(settings.hub.state_dir, *owner)

@@ -114,10 +114,21 @@ def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> No
         blocker.bind(("127.0.0.1", hub.pop3_port))
         blocker.listen(1)
         result = run_twistd("mailhub", "--config", str(hub.config_path), cwd=hub.folder)
+        # daemonized, the bind fails after twistd's fork: the child must tell
+        # the parent, which prints it and exits 1 (a SystemExit there left
+        # the parent waiting for good)
+        pidfile = hub.folder / "d.pid"
+        daemon = subprocess.run(
+            [TWISTD, f"--pidfile={pidfile}", f"--logfile={hub.folder / 'd.log'}", "mailhub",
+             "--config", str(hub.config_path)],
+            capture_output=True, text=True, timeout=60, cwd=hub.folder)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1" in output
     assert "Traceback" not in output
+    assert daemon.returncode == 1
+    assert f"cannot listen for pop3 on tcp:{hub.pop3_port}" in daemon.stdout + daemon.stderr
+    assert not pidfile.exists()
 
 
 def test_second_hub_on_the_same_state_dir_exits_1(hub: Hub, make_hub) -> None:

@@ -654,7 +654,9 @@ class POP3Factory(Factory):
         is deleted), so that their mailbox locks go with them."""
         self.stopping = True
         for session in list(self.sessions):
-            session.transport.loseConnection()
+            # at once: a polite close would wait for a client that does not
+            # read (or for its TLS close_notify), holding the mailbox lock
+            session.transport.abortConnection()
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)
