@@ -333,9 +333,10 @@ class Spooler:
         what a crash left, and make spool files again; False when another
         live spooler holds it (another hub runs on this state directory:
         the hub then refuses to start)."""
-        if not self._lock():
-            return False
-        self.recover()
+        if self._lock_fd is None:  # not yet, or given up by ``close``
+            if not self._lock():
+                return False
+            self.recover()
         self._closed = False
         return True
 
