@@ -323,11 +323,6 @@ class Spooler:
         if fd is not None:
             os.close(fd)  # releases the lock
 
-    @property
-    def owned(self) -> bool:
-        """Whether this spooler holds ``<spool_dir>.lock``."""
-        return self._lock_fd is not None
-
     def claim(self) -> bool:
         """Hold ``<spool_dir>.lock`` (again, after ``close``), clean up
         what a crash left, and make spool files again; False when another
