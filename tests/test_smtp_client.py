@@ -440,10 +440,11 @@ def converse(client, body: bytes, recipients_known=("bob",)):
     from txmailhub.smtp import replies
     from txmailhub.smtp import server as srv
     from txmailhub.smtp.policy import RecipientPolicy
-    from txmailhub.testing import QueueSpy, StaticRouter
+    from txmailhub.testing import MemorySpooler, QueueSpy, StaticRouter
 
     router = StaticRouter({name: None for name in recipients_known}, domains=("remote.test",))
-    components = SimpleNamespace(router=router, queue=QueueSpy(), settings=SimpleNamespace(
+    components = SimpleNamespace(router=router, queue=QueueSpy(), spooler=MemorySpooler(),
+                                 settings=SimpleNamespace(
         hub=SimpleNamespace(primary_domain="remote.test")))
     server = srv.SMTPServer(srv.ServerConfig(hostname="mx.remote.test",
                                              primary_domain="remote.test", tls_available=True),

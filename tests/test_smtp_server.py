@@ -26,7 +26,7 @@ from txmailhub.smtp.server import (
     StartTLS,
     State,
 )
-from txmailhub.testing import QueueSpy, StaticRouter
+from txmailhub.testing import MemorySpooler, QueueSpy, StaticRouter
 
 ALICE = Address("alice", "example.org")
 
@@ -38,14 +38,15 @@ def b64(s: str) -> str:
 class Driver:
     """Runs an engine, answering its requests like a cooperative adapter."""
 
-    def __init__(self, queue=None, session=None, auto=True, **config):
+    def __init__(self, queue=None, session=None, auto=True, spooler=None, **config):
         router = StaticRouter(
             {"alice": None, "bob": None, "hollindg": None, "list": ["alice", "bob"],
              "fwd": ["x@remote.test"]},
             domains=("example.org", "example.net"),
         )
+        self.spooler = spooler or MemorySpooler()
         components = SimpleNamespace(
-            router=router, queue=queue,
+            router=router, queue=queue, spooler=self.spooler,
             settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org")),
         )
         cfg = dict(hostname="mx.example.org", primary_domain="example.org",
@@ -243,6 +244,21 @@ def test_size_parameter_over_limit_is_552():
     d.send("EHLO c\r\n")
     assert d.send("MAIL FROM:<a@b.test> SIZE=1001\r\n") == [replies.SIZE_EXCEEDS_LIMIT.text()]
     assert d.codes("MAIL FROM:<a@b.test> SIZE=1000\r\n") == ["250"]
+
+
+def test_size_parameter_beyond_the_free_space_is_452_and_the_session_goes_on():
+    # RFC 1870 6.1: a message that cannot fit now is a temporary refusal
+    # before its data is sent; the fixed limit still wins (552).
+    d = Driver(max_message_size=100_000)
+    d.spooler.free = 15_000
+    d.send("EHLO c\r\n")
+    assert d.send("MAIL FROM:<a@b.test> SIZE=10001\r\n") == [replies.STORAGE_FULL.text()]
+    assert d.codes("MAIL FROM:<a@b.test> SIZE=100001\r\n") == ["552"]
+    assert d.codes("MAIL FROM:<a@b.test> SIZE=10000\r\n") == ["250"]  # half as much again fits
+    assert d.codes("RSET\r\n") == ["250"]
+    assert d.codes("MAIL FROM:<a@b.test>\r\n") == ["250"]  # no SIZE=: the end decides
+    d.spooler.free = None  # the filesystem cannot tell: no refusal
+    assert d.codes("RSET\r\nMAIL FROM:<a@b.test> SIZE=99999\r\n") == ["250", "250"]
 
 
 def test_unknown_parameter_is_555():

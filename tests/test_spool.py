@@ -127,6 +127,20 @@ class SpoolTests(SynchronousTestCase):
     def test_discard_refuses_paths_outside_the_spool(self):
         self.assertRaises(LocalError, self.spooler.discard, SpooledMessage("/etc/passwd", 1, 1))
 
+    def test_room_is_what_an_unprivileged_writer_may_still_write(self):
+        st = os.statvfs(self.dir)
+        room = self.spooler.room()
+        # the free blocks move between the two calls only by other writers
+        self.assertAlmostEqual(room, st.f_bavail * st.f_frsize, delta=64 * 1024 * 1024)
+        self.assertLess(room, st.f_blocks * st.f_frsize)
+
+    def test_room_is_unknown_when_the_filesystem_cannot_say(self):
+        def broken(path):
+            raise OSError(38, "Function not implemented")
+
+        self.patch(spool_module.os, "statvfs", broken)
+        self.assertIsNone(self.spooler.room())
+
     def test_sizes_across_chunk_boundaries(self):
         syncer = SyncerSpy()
         spooler = Spooler(self.dir, syncer)

@@ -41,6 +41,13 @@ class ISpooler(Interface):
         it is durable elsewhere (delivered, queued).  Synchronous; never
         raises for a file that is already gone."""
 
+    def room() -> "int | None":  # noqa: UP037
+        """Octets the hub may still write on the spool's filesystem (the
+        mailboxes and the queue share it), or ``None`` when that cannot be
+        told.  Synchronous and cheap (one ``statvfs``): asked for each
+        ``MAIL ... SIZE=`` so a message that cannot fit is refused before
+        its data is sent (RFC 1870 6.1)."""
+
 
 class ISpoolWriter(Interface):
     """One message being received, streamed to disk in bounded chunks."""

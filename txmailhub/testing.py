@@ -139,6 +139,7 @@ class MemorySpooler:
       ``fail_open``: one every ``open()`` raises.
     * ``files``: path -> bytes of finished, not yet discarded messages;
       ``aborted`` and ``discarded`` list paths in order.
+    * ``free``: what ``room()`` answers (``None``: unknown, the default).
     """
 
     def __init__(self, hold: bool = False, fail_finish: Exception | None = None) -> None:
@@ -150,6 +151,7 @@ class MemorySpooler:
         self.aborted: list[str] = []
         self.discarded: list[str] = []
         self._ids = itertools.count(1)
+        self.free: int | None = None
 
     def open(self) -> MemorySpoolWriter:
         if self.fail_open is not None:
@@ -161,6 +163,9 @@ class MemorySpooler:
     def discard(self, message: SpooledMessage) -> None:
         self.files.pop(message.path, None)
         self.discarded.append(message.path)
+
+    def room(self) -> int | None:
+        return self.free
 
     def contents(self, message: SpooledMessage) -> bytes:
         return self.files[message.path]

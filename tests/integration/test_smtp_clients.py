@@ -293,3 +293,18 @@ def test_long_line_and_nul_over_the_wire(hub):
     assert [r[:3] for r in replies] == [b"220", b"250", b"500", b"500", b"250", b"250", b"354",
                                         b"500", b"221"]
     assert hub.messages("alice@example.org") == []
+
+
+def test_a_size_the_disk_cannot_take_is_452_before_the_data(make_hub):
+    # RFC 1870 6.1.  No disk here has 6 PiB free, while the fixed limit
+    # (8 PiB) allows the size: only the free space can refuse it.
+    hub = make_hub(sections={"smtp": {"max_message_size": 8 * 2**50}})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        code, text = s.mail("x@remote.test", [f"SIZE={4 * 2**50}"])
+        assert (code, text[:5]) == (452, b"4.3.1")
+        s.rset()
+        # smtplib announces the real size itself; that one fits
+        assert s.sendmail("x@remote.test", ["alice@example.org"], b"Subject: t\r\n\r\nhi\r\n") == {}
+    (stored,) = hub.messages("alice@example.org")
+    assert stored.endswith(b"\n\nhi\n")

@@ -3,7 +3,9 @@
 Owns the relay rule (never an open relay) and the mapping of an RCPT
 address to its final recipients through the router.  Synchronous, pure
 decisions over in-memory tables (the router's); the SMTP engine calls it
-for RCPT, VRFY and EXPN.  It must not parse SMTP or touch I/O.
+for RCPT, VRFY and EXPN, and for the free space a ``MAIL ... SIZE=``
+needs (the spooler's ``room()``, one ``statvfs``).  It must not parse
+SMTP.
 
 The rules, in order:
 
@@ -39,6 +41,18 @@ class RecipientPolicy:
         self.components = components
         self.router = components.router
         self.primary_domain = components.settings.hub.primary_domain
+        self.spooler = components.spooler
+
+    def check_room(self, size: int) -> None:
+        """Refuse a message announced at ``size`` octets (``MAIL ... SIZE=``)
+        that the disk cannot take now: ``452 4.3.1`` before any data is
+        sent (RFC 1870 6.1), so the client keeps it and retries, rather than
+        sending it all to hear the same answer at the end.  Half as much
+        again is asked for: the trace header, a bounce that quotes the
+        message, a copy converted for a 7-bit relay."""
+        room = self.spooler.room()
+        if room is not None and size + size // 2 > room:
+            raise Rejected(replies.STORAGE_FULL)
 
     def check_recipient(self, address: Address, session: Any) -> tuple[Address, ...]:
         """The final recipients for RCPT ``address``; raises ``Rejected``."""

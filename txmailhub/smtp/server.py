@@ -425,8 +425,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if self.session.submission and self.session.authenticated_as is None:
             raise Rejected(replies.AUTH_REQUIRED)
         sender, params = parse_mail(arg, self.config.primary_domain)
-        if params.size is not None and params.size > self.config.max_message_size:
-            raise Rejected(replies.SIZE_EXCEEDS_LIMIT)
+        if params.size is not None:
+            if params.size > self.config.max_message_size:
+                raise Rejected(replies.SIZE_EXCEEDS_LIMIT)  # never fits: 552
+            self.policy.check_room(params.size)  # does not fit now: 452
         self._sender = sender
         self._mail_params = params
         self._to(State.MAIL)

@@ -371,6 +371,13 @@ class Spooler:
         except FileNotFoundError:
             pass
 
+    def room(self) -> int | None:
+        try:
+            st = os.statvfs(self.spool_dir)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize  # what an unprivileged writer gets
+
     def recover(self) -> int:
         """Delete spool files left by a crash; returns how many.
 
