@@ -573,7 +573,7 @@ class ProtocolTests(SynchronousTestCase):
         assert not any("secret" in repr(e) for e in self.events)
         # the text line names who sent it, not only a structured field
         [line] = [e["summary"] for e in self.events if e.get("code") == 250 and "summary" in e]
-        assert " via 127.0.0.1 as alice@example.org: 250 " in line
+        assert " via 127.0.0.1 (helo c) as alice@example.org: 250 " in line
 
     def test_auth_failures_delayed_growing_then_disconnect(self):
         h = Harness(max_auth_failures=3, auth_failure_delay=2.0)
@@ -701,6 +701,19 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.MESSAGE_BARE_CR_LF.text()]
         (summary,) = [e for e in self.events if e.get("code") == 550 and "summary" in e]
         assert summary["size"] == 53 and "(53 octets)" in summary["summary"]
+
+    def test_the_log_line_names_the_helo_escaped_and_bounded(self):
+        h = Harness()
+        p, t = h.connect()
+        helo = "evil\x1b[2J" + "x" * 300
+        p.dataReceived(f"HELO {helo}\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n"
+                       "DATA\r\nhi\r\n.\r\n".encode())
+        assert take(t)[-1].startswith("250 2.0.0")
+        (summary,) = [e for e in self.events if e.get("code") == 250 and "summary" in e]
+        line = summary["summary"]
+        assert f" via 192.0.2.1 (helo evil\\x1b[2J{'x' * 92}): 250 2.0.0 " in line, line
+        assert "\x1b" not in line and summary["helo"] == f"evil\\x1b[2J{'x' * 92}"
+        assert summary["tls"] is None
 
     def test_spool_write_failure_refuses_message(self):
         h = Harness()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import socket
@@ -194,6 +195,10 @@ def test_starttls_and_submission_auth(make_hub):
         s.sendmail("alice@example.org", ["bob@example.org"], b"Subject: sub\r\n\r\nvia 587\r\n")
     (m,) = hub.messages("bob@example.org")
     assert b"with ESMTPSA (TLSv1." in m and b" cipher " in m
+    # the log line says who the client claimed to be and that TLS carried it
+    assert re.search(r"from <alice@example\.org> to bob@example\.org \(\d+ octets\) "
+                     r"via 127\.0\.0\.1 \(helo c\.test, TLSv1\.[23]\) as alice@example\.org: "
+                     r"250 2\.0\.0 ", hub.log_text())
     # implicit TLS (RFC 8314) on the submission tls_listen port
     with smtplib.SMTP_SSL("127.0.0.1", hub.smtps_port, context=ctx, timeout=10) as s:
         s.ehlo("c.test")

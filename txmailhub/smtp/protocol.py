@@ -418,16 +418,26 @@ class SMTPProtocol(Protocol):
         # structured values ride along for observers that want them.
         recipients = ", ".join(map(str, env.recipients))
         text = reply.text()
+        session = self.engine.session
+        helo = session.helo
+        if not helo.isprintable() or len(helo) > 100:
+            helo = loggable(helo, 100)
+        tls = _tls_details(self.transport) if session.tls else None
+        # "(helo NAME, TLSv1.3)": who the client said it was, and whether the
+        # message crossed the network in the clear
+        said = f" (helo {helo or '-'}{', ' + tls[0] if tls else ''})"
         log.info(
             "{summary}",
             summary=f"message {message_id or '-'} from <{env.sender_text}> to {recipients} "
-            f"({size} octets) via {self.host}"
+            f"({size} octets) via {self.host}{said}"
             f"{' as ' + env.authenticated_as if env.authenticated_as else ''}: {text}",
             id=message_id,
             sender=env.sender_text,
             recipients=recipients,
             size=size,
             client=self.host,
+            helo=helo,
+            tls=tls[0] if tls else None,
             auth=env.authenticated_as,
             reply=text,
             code=reply.code,
