@@ -17,6 +17,34 @@ def test_examples():
     assert loggable("x" * 500) == "x" * 200
 
 
+def test_an_escape_the_client_typed_cannot_pass_for_ours():
+    assert loggable("a\\x1bb") == "a\\\\x1bb"  # the backslash it sent, doubled
+    assert loggable("a\x1bb") == "a\\x1bb"  # the ESC it sent
+    assert loggable("rtl\u202eevil") == "rtl\\u202eevil"  # not "\\x202e"
+    assert loggable("\U000e0001") == "\\U000e0001"
+    assert loggable("\ud800") == "\\ud800"  # a lone surrogate that is no byte
+
+
+def test_ascii_only_escapes_printable_look_alikes():
+    # U+2800 prints as a blank: "x\u2800as\u2800alice" would read "x as alice"
+    assert loggable("x\u2800as\u2800alice", ascii_only=True) == "x\\u2800as\\u2800alice"
+    assert loggable("caf\xe9", ascii_only=True) == "caf\\xe9"
+    assert loggable("caf\xe9") == "caf\xe9"
+
+
+def test_the_limit_counts_what_comes_out_and_never_cuts_an_escape():
+    assert loggable("\x00" * 100, 10) == "\\x00\\x00"
+    assert loggable("ab" + "\x00", 5) == "ab"
+    assert len(loggable("\x1b" * 300, 100)) == 100
+
+
+@given(st.text(max_size=300), st.integers(0, 120), st.booleans())
+def test_any_text_stays_within_the_limit_and_printable(text, limit, ascii_only):
+    out = loggable(text, limit, ascii_only=ascii_only)
+    assert len(out) <= limit and out.isprintable()
+    assert not ascii_only or out.isascii()
+
+
 @given(st.binary(max_size=300))
 def test_any_client_bytes_give_one_printable_line(raw):
     text = loggable(raw.decode("utf-8", "surrogateescape"))

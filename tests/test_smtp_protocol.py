@@ -711,9 +711,21 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t)[-1].startswith("250 2.0.0")
         (summary,) = [e for e in self.events if e.get("code") == 250 and "summary" in e]
         line = summary["summary"]
-        assert f" via 192.0.2.1 (helo evil\\x1b[2J{'x' * 92}): 250 2.0.0 " in line, line
-        assert "\x1b" not in line and summary["helo"] == f"evil\\x1b[2J{'x' * 92}"
+        assert f" via 192.0.2.1 (helo evil\\x1b[2J{'x' * 89}): 250 2.0.0 " in line, line
+        assert "\x1b" not in line and summary["helo"] == f"evil\\x1b[2J{'x' * 89}"
         assert summary["tls"] is None
+
+    def test_the_log_line_escapes_look_alikes_and_says_tls_it_cannot_name(self):
+        h = Harness()
+        p, t = h.connect()
+        p.engine.session.tls = True  # as after a handshake, on a transport that cannot say
+        p.dataReceived("EHLO x\u2800TLSv1.3)\u2800as\u2800alice\r\nMAIL FROM:<s@x.test>\r\n"
+                       "RCPT TO:<alice>\r\nDATA\r\nhi\r\n.\r\n".encode())
+        assert take(t)[-1].startswith("250 2.0.0")
+        (summary,) = [e for e in self.events if e.get("code") == 250 and "summary" in e]
+        assert (" (helo x\\u2800TLSv1.3)\\u2800as\\u2800alice, TLS): 250 "
+                in summary["summary"]), summary["summary"]
+        assert summary["tls"] == "TLS"
 
     def test_spool_write_failure_refuses_message(self):
         h = Harness()

@@ -261,6 +261,17 @@ def test_size_parameter_beyond_the_free_space_is_452_and_the_session_goes_on():
     assert d.codes("RSET\r\nMAIL FROM:<a@b.test> SIZE=99999\r\n") == ["250", "250"]
 
 
+def test_a_full_disk_is_not_the_clients_error():
+    # A client offering its queue over one connection hears 452 for each
+    # message, never the 421 of max_errors.
+    d = Driver(max_message_size=100_000, max_errors=3)
+    d.spooler.free = 0
+    d.send("EHLO c\r\n")
+    for _ in range(10):
+        assert d.codes("MAIL FROM:<a@b.test> SIZE=10\r\n") == ["452"]
+    assert not d.engine.closed
+
+
 def test_unknown_parameter_is_555():
     d = Driver()
     d.send("EHLO c\r\n")
@@ -392,6 +403,22 @@ def test_a_partial_bdat_message_is_aborted_by_a_long_line_or_starttls():
         assert d.send(ending)[0] == first_reply.text()
         assert [type(e) for e in d.events if isinstance(e, MessageAborted)] == [MessageAborted]
         assert d.engine._chunks is None
+
+
+def test_a_bdat_message_aborted_by_ehlo_or_starttls_keeps_its_own_envelope():
+    # The envelope of the aborted message (its log line) is the one it was
+    # sent under, not the session the EHLO or STARTTLS makes.
+    for ending in ("EHLO second.test\r\n", "STARTTLS\r\n"):
+        d = Driver(session=loopback())
+        d.send("EHLO first.test\r\nAUTH PLAIN " + b64("\0alice@example.org\0secret") + "\r\n")
+        assert d.codes("MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\n") == ["250", "250"]
+        d.send("BDAT 12\r\nSubject: a\r\n")
+        d.send(ending)
+        (aborted,) = [e for e in d.events if isinstance(e, MessageAborted)]
+        env = aborted.envelope
+        assert (env.helo, env.authenticated_as, env.tls) == ("first.test", "alice@example.org",
+                                                             False), ending
+    assert d.session.tls and d.session.helo == "" and d.session.authenticated_as is None
 
 
 def test_no_rcpt_between_bdat_chunks():

@@ -141,6 +141,14 @@ class SpoolTests(SynchronousTestCase):
         self.patch(spool_module.os, "statvfs", broken)
         self.assertIsNone(self.spooler.room())
 
+    def test_room_is_unknown_on_a_filesystem_without_block_counts(self):
+        # ramfs and some FUSE filesystems: zero blocks in all, zero free --
+        # not a full disk (every MAIL SIZE= would be refused)
+        real = os.statvfs(self.dir)
+        blank = os.statvfs_result((real.f_bsize, real.f_frsize, 0, 0, 0, 0, 0, 0, 0, 255))
+        self.patch(spool_module.os, "statvfs", lambda path: blank)
+        self.assertIsNone(self.spooler.room())
+
     def test_sizes_across_chunk_boundaries(self):
         syncer = SyncerSpy()
         spooler = Spooler(self.dir, syncer)

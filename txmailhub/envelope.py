@@ -53,6 +53,9 @@ class Envelope:
     # they get one "expanded" notice each (RFC 3461 6.2.7.3), and their
     # members are not told to report success, which would name them all.
     expanded: tuple[tuple[Address, RecipientDSN], ...] = ()
+    # Whether TLS carried the transaction (its log line; the trace header
+    # reads the version and cipher from the connection itself).
+    tls: bool = False
 
     @property
     def sender_text(self) -> str:

@@ -12,14 +12,42 @@ from typing import Any
 __all__ = ["loggable", "log_failure"]
 
 
-def loggable(text: str, limit: int = 200) -> str:
-    """``text`` with undecodable bytes as ``\\xNN``, control characters as
-    ``\\xNN``, and at most ``limit`` characters."""
-    try:  # bytes that were not UTF-8 come back as bytes, then as \xNN
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
+    """``text`` as one unambiguous log line of at most ``limit`` characters.
+
+    Bytes that were not UTF-8 (kept as surrogates) come out as ``\\xNN``,
+    other unprintable characters as ``\\xNN``, ``\\uNNNN`` or
+    ``\\UNNNNNNNN``, and a backslash as ``\\\\``, so that an escape the
+    client typed cannot pass for one made here.  ``ascii_only`` escapes
+    every non-ASCII character too: for names that should be ASCII (HELO),
+    where a printable look-alike of a space could forge the text around
+    them.  The limit counts what comes out; an escape is never cut."""
+    if len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common case, at C speed
+    out: list[str] = []
+    room = limit
+    for c in text:
+        piece = _escape(c, ascii_only)
+        room -= len(piece)
+        if room < 0:
+            break
+        out.append(piece)
+    return "".join(out)
+
+
+def _escape(c: str, ascii_only: bool) -> str:
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # surrogateescape: a byte that was not UTF-8
+        return f"\\x{o - 0xDC00:02x}"
+    if c == "\\":
+        return "\\\\"
+    if c.isprintable() and (o < 0x80 or not ascii_only):
+        return c
+    if o <= 0xFF:
+        return f"\\x{o:02x}"
+    if o <= 0xFFFF:
+        return f"\\u{o:04x}"
+    return f"\\U{o:08x}"
 
 
 def log_failure(logger: Any, failure: Any, text: str, **fields: Any) -> None:

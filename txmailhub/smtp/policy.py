@@ -1,11 +1,11 @@
 """Who may send to whom: the SMTP server's recipient policy.
 
-Owns the relay rule (never an open relay) and the mapping of an RCPT
-address to its final recipients through the router.  Synchronous, pure
-decisions over in-memory tables (the router's); the SMTP engine calls it
-for RCPT, VRFY and EXPN, and for the free space a ``MAIL ... SIZE=``
-needs (the spooler's ``room()``, one ``statvfs``).  It must not parse
-SMTP.
+Owns the relay rule (never an open relay), the mapping of an RCPT
+address to its final recipients through the router, and whether the disk
+can take a message of the size MAIL announced.  Synchronous decisions over
+in-memory tables (the router's), plus the spooler's ``room()`` (one
+``statvfs``) for ``MAIL ... SIZE=``; the SMTP engine calls it for MAIL,
+RCPT, VRFY and EXPN.  It must not parse SMTP.
 
 The rules, in order:
 
@@ -41,7 +41,8 @@ class RecipientPolicy:
         self.components = components
         self.router = components.router
         self.primary_domain = components.settings.hub.primary_domain
-        self.spooler = components.spooler
+        # an embedder's own spooler may predate room(): then nothing is refused
+        self._room = getattr(components.spooler, "room", None)
 
     def check_room(self, size: int) -> None:
         """Refuse a message announced at ``size`` octets (``MAIL ... SIZE=``)
@@ -50,7 +51,7 @@ class RecipientPolicy:
         sending it all to hear the same answer at the end.  Half as much
         again is asked for: the trace header, a bounce that quotes the
         message, a copy converted for a 7-bit relay."""
-        room = self.spooler.room()
+        room = self._room() if self._room is not None else None
         if room is not None and size + size // 2 > room:
             raise Rejected(replies.STORAGE_FULL)
 

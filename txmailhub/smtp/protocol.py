@@ -104,6 +104,7 @@ class SMTPProtocol(Protocol):
         self._out: ResponseWriter | None = None
         self._writer: Any = None
         self._message_id = ""
+        self._tls: tuple[str, str] | None = None  # see _tls_details
         self._head = b""  # the trace header, until the first chunk of data
         self._hops: Any = None  # a HopCounter per message (RFC 5321 6.3)
         self._timer: Any = None
@@ -360,11 +361,24 @@ class SMTPProtocol(Protocol):
             log.failure("cannot write to the spool file")
             self.engine.fail_message(replies.LOCAL_ERROR)
 
+    def _tls_version(self) -> str | None:
+        details = self._tls_details()
+        return details[0] if details else None
+
+    def _tls_details(self) -> tuple[str, str] | None:
+        """(version, cipher) of the session's TLS, read once per connection
+        (two OpenSSL calls per message otherwise).  The version cannot change
+        after the handshake; only a TLS 1.2 renegotiation could change the
+        cipher, and mail clients do not renegotiate."""
+        if self._tls is None:
+            self._tls = _tls_details(self.transport)
+        return self._tls
+
     def _trace(self, env: Any) -> bytes:
         session = self.engine.session
         tls = None
         if session.tls:
-            tls = _tls_details(self.transport)
+            tls = self._tls_details()
         # Every local copy gets the Return-Path of its final delivery; the
         # relay drops it from the copies it sends onwards (RFC 5321 4.4).
         return return_path(env.sender) + received(
@@ -418,14 +432,12 @@ class SMTPProtocol(Protocol):
         # structured values ride along for observers that want them.
         recipients = ", ".join(map(str, env.recipients))
         text = reply.text()
-        session = self.engine.session
-        helo = session.helo
-        if not helo.isprintable() or len(helo) > 100:
-            helo = loggable(helo, 100)
-        tls = _tls_details(self.transport) if session.tls else None
-        # "(helo NAME, TLSv1.3)": who the client said it was, and whether the
-        # message crossed the network in the clear
-        said = f" (helo {helo or '-'}{', ' + tls[0] if tls else ''})"
+        # "(helo NAME, TLSv1.3)": who the client said it was when it sent this
+        # message (the envelope's copy: a later EHLO or STARTTLS changes the
+        # session's), and whether the message crossed the network in the clear
+        helo = loggable(env.helo, 100, ascii_only=True)
+        tls = (self._tls_version() or "TLS") if env.tls else None
+        said = f" (helo {helo or '-'}{', ' + tls if tls else ''})"
         log.info(
             "{summary}",
             summary=f"message {message_id or '-'} from <{env.sender_text}> to {recipients} "
@@ -437,7 +449,7 @@ class SMTPProtocol(Protocol):
             size=size,
             client=self.host,
             helo=helo,
-            tls=tls[0] if tls else None,
+            tls=tls,
             auth=env.authenticated_as,
             reply=text,
             code=reply.code,

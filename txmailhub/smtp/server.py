@@ -91,7 +91,9 @@ _WIRE = {id(v): v.to_bytes() for v in vars(replies).values() if isinstance(v, Re
 _GREETINGS: dict[str, bytes] = {}
 _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
 _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line limit
-_NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS})
+# Refusals that are the hub's state, not the client's mistake: they never
+# count towards max_errors.
+_NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL})
 _NO_DSN = DSNRequest()
 # Wire forms that depend only on the configuration or on what the client
 # said in EHLO, built once (bounded: a client chooses its EHLO name).
@@ -206,11 +208,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def tls_started(self) -> None:
         self._answer(StartTLS)
+        # RFC 3207 4.2: nothing of the old session survives.  A message cut
+        # off here is aborted first, with the envelope it had (cleartext).
+        self._abort_message()
         self.session.tls = True
         self.session.helo = ""
         self.session.esmtp = False
         self.session.authenticated_as = None
-        self._abort_message()  # RFC 3207 4.2: nothing of the old session survives
         self._reset_transaction()
         self._to(State.INIT)
 
@@ -288,6 +292,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             dsn=DSNRequest(p.ret, p.envid) if (p.ret or p.envid) else _NO_DSN,
             recipient_dsn=tuple(self._recipient_dsn),
             expanded=tuple(self._expanded) if self._expanded else (),
+            tls=s.tls,
         )
 
     def _take_line(self) -> bytes | None:
@@ -403,9 +408,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._out.append(wire)
 
     def _greet(self, name: str, esmtp: bool) -> None:
+        self._abort_message()  # under the name the message was sent with
         self.session.helo = name
         self.session.esmtp = esmtp
-        self._abort_message()
         self._reset_transaction()
         self._to(State.READY)
 

@@ -376,6 +376,10 @@ class Spooler:
             st = os.statvfs(self.spool_dir)
         except OSError:
             return None
+        if st.f_blocks == 0:
+            # ramfs and some FUSE and network filesystems report no blocks at
+            # all: that is "cannot tell", not "full"
+            return None
         return st.f_bavail * st.f_frsize  # what an unprivileged writer gets
 
     def recover(self) -> int:
