@@ -397,6 +397,35 @@ class ProtocolTests(SynchronousTestCase):
         assert sock.lost is not None and not sock.writing()
         assert len(h.store.messages("bob@example.org")) == 1
 
+    def test_tls_quit_sent_with_the_end_of_the_message_closes_at_once(self):
+        # Exim sends "BDAT n LAST" (or the final ".") and QUIT in one write.
+        # Reading is paused while the message is made durable, with QUIT
+        # held; after the 221 the TLS close waits for the client's
+        # close_notify, so reading must resume, or the connection stays
+        # until CLOSE_GRACE.
+        h = Harness(hold=True, idle_timeout=300)
+        factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
+        client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
+        assert client.receive().startswith(b"220 ")
+        client.send(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0secret")
+                    + b"\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                    b"DATA\r\n")
+        h.clock.advance(0)
+        assert client.receive().splitlines()[-1].startswith(b"354 ")
+        client.send(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        sock = client.socket
+        assert not sock.reading()  # paused: QUIT waits for the answer
+        h.spooler.release()
+        h.store.release()
+        h.clock.advance(0)
+        last = client.receive().splitlines()
+        assert last[0].startswith(b"250 2.0.0") and last[1].startswith(b"221 2.0.0")
+        client.close_notify()  # asserts that the hub reads it
+        client.receive()
+        assert sock.lost is not None and not sock.writing()
+        assert not h.clock.getDelayedCalls()  # no CLOSE_GRACE left running
+        assert len(h.store.messages("bob@example.org")) == 1
+
     def test_an_internal_error_with_replies_piled_up_still_closes(self):
         # a bug of ours (log.failure, 451, close) while Twisted has us paused
         # by a client that does not read: the close must not wait for it

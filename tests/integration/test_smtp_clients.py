@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import smtplib
@@ -313,3 +314,48 @@ def test_a_size_the_disk_cannot_take_is_452_before_the_data(make_hub):
         assert s.sendmail("x@remote.test", ["alice@example.org"], b"Subject: t\r\n\r\nhi\r\n") == {}
     (stored,) = hub.messages("alice@example.org")
     assert stored.endswith(b"\n\nhi\n")
+
+
+def test_tls_quit_pipelined_with_the_end_of_the_message_closes_cleanly(make_hub):
+    # Exim's way: the final "." (or BDAT LAST) and QUIT in one write, then a
+    # TLS close_notify.  The hub must answer it at once, not hold the
+    # connection (and its slot) until its close timer gives up.
+    hub = make_hub(tls=True, sections={"smtp": {"max_connections": 1}})
+    ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
+    deadline = time.monotonic() + 10
+    while True:  # the start-up probe's connection may not be released yet
+        raw = socket.create_connection(("127.0.0.1", hub.smtps_port), timeout=10)
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        f = s.makefile("rb")
+        greeting = _read_reply(f)
+        if greeting.startswith(b"220 ") or time.monotonic() > deadline:
+            break
+        f.close()
+        s.close()
+        time.sleep(0.1)
+    assert greeting.startswith(b"220 "), greeting
+    with s:
+        s.sendall(b"EHLO c.test\r\n")
+        _read_reply(f)
+        s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0alice-secret") + b"\r\n")
+        assert _read_reply(f).startswith(b"235 ")
+        s.sendall(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        assert [_read_reply(f)[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        s.sendall(b"Subject: pipelined quit\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        assert [_read_reply(f)[:3] for _ in range(2)] == [b"250", b"221"]
+        f.close()
+        started = time.monotonic()
+        s.unwrap()  # sends close_notify and waits for the hub's (timeout: 10 s)
+        assert time.monotonic() - started < 5
+    assert len(hub.messages("bob@example.org")) == 1
+    # The hub's side is gone too: its only connection slot is free again
+    # (it was held for the 30 s of the close timer when the hub did not read
+    # the close_notify).
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.create_connection(("127.0.0.1", hub.smtp_port), timeout=10) as probe:
+            greeting = probe.makefile("rb").readline()
+        if greeting.startswith(b"220 ") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert greeting.startswith(b"220 "), greeting

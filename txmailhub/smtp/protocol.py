@@ -540,6 +540,13 @@ class SMTPProtocol(Protocol):
             # Twisted resumes a producer it paused instead of closing.
             self._producing = False
             t.unregisterProducer()
+        if not self._reading:
+            # Paused while a message was stored, with the next command (QUIT,
+            # pipelined with the end of the message) held: a TLS close waits
+            # for the client's close_notify, which must be read.  (What else
+            # arrives is dropped: the engine is closed.)
+            self._paused = False
+            self._reading = set_reading(t, self._reading, True)
         t.loseConnection()
         if self._close_timer is not None:
             return
