@@ -41,7 +41,7 @@ class Driver:
     def __init__(self, queue=None, session=None, auto=True, spooler=None, **config):
         router = StaticRouter(
             {"alice": None, "bob": None, "hollindg": None, "list": ["alice", "bob"],
-             "fwd": ["x@remote.test"]},
+             "fwd": ["x@remote.test"], "jörg": None, "intl": ["jörg", "alice"]},
             domains=("example.org", "example.net"),
         )
         self.spooler = spooler or MemorySpooler()
@@ -442,6 +442,30 @@ def test_an_overlong_helo_name_is_not_echoed_whole():
 
 
 # --- other commands ------------------------------------------------------------------------
+
+
+def test_vrfy_and_expn_show_utf8_only_to_a_client_that_asks_with_smtputf8():
+    # RFC 6531 3.7.4.2: "VRFY String [SP SMTPUTF8]"; without the parameter a
+    # reply that needs UTF-8 is 252 (VRFY) or 550 (EXPN), code X.6.8
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send("VRFY jörg\r\n") == [replies.VRFY_NEEDS_SMTPUTF8.text()]
+    assert d.send("EXPN intl\r\n") == [replies.EXPN_NEEDS_SMTPUTF8.text()]
+    assert d.send("VRFY jörg SMTPUTF8\r\n") == ["250 2.1.5 <jörg@example.org>"]
+    assert d.send("VRFY <jörg@example.org> smtputf8\r\n") == ["250 2.1.5 <jörg@example.org>"]
+    assert d.codes("EXPN intl SMTPUTF8\r\n") == ["250"]
+    # ASCII answers need nothing, and the parameter changes nothing for them
+    assert d.send("VRFY bob SMTPUTF8\r\n") == d.send("VRFY bob\r\n") == [
+        "250 2.1.5 <bob@example.org>"]
+    assert d.codes("EXPN list SMTPUTF8\r\n") == d.codes("EXPN list\r\n") == ["250"]
+    assert d.codes("VRFY nobody SMTPUTF8\r\n") == ["550"]
+    assert d.codes("VRFY bob SMTPUTF8=1\r\n") == ["501"]  # takes no value
+
+
+def test_help_lists_what_is_served_not_what_is_refused():
+    d = Driver()
+    (text,) = [line for line in d.send("HELP\r\n") if "VRFY" in line]
+    assert "EXPN" in text and "BDAT" in text and "TURN" not in text and "SEND" not in text
 
 
 def test_rset_noop_help_quit():

@@ -359,3 +359,19 @@ def test_tls_quit_pipelined_with_the_end_of_the_message_closes_cleanly(make_hub)
             break
         time.sleep(0.1)
     assert greeting.startswith(b"220 "), greeting
+
+
+def test_vrfy_and_expn_with_the_smtputf8_parameter(make_hub):
+    # RFC 6531 3.7.4.2 (curl sends "EXPN <name> SMTPUTF8" when the server
+    # offers SMTPUTF8)
+    hub = make_hub(users={"jörg@example.org": "pw", "alice@example.org": "pw"})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.has_extn("smtputf8")
+        s.command_encoding = "utf-8"
+        assert s.docmd("VRFY", "jörg") == (
+            252, b"2.6.8 The mailbox needs a UTF-8 reply: VRFY ... SMTPUTF8 shows it; will "
+                 b"accept message and attempt delivery")
+        assert s.docmd("VRFY", "jörg SMTPUTF8") == (250, "2.1.5 <jörg@example.org>".encode())
+        assert s.docmd("EXPN", "jörg")[0] == 550
+        assert s.docmd("EXPN", "alice SMTPUTF8") == (250, b"2.1.5 <alice@example.org>")

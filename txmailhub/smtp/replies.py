@@ -24,6 +24,15 @@ AUTH_SUCCEEDED = Reply.of(235, "2.7.0", "Authentication successful")
 CANNOT_VRFY = Reply.of(
     252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery"
 )
+# RFC 6531 3.7.4.2: the answer would need UTF-8 and the client did not
+# add SMTPUTF8 to its VRFY/EXPN (X.6.8, the code RFC 6531 registers).
+VRFY_NEEDS_SMTPUTF8 = Reply.of(
+    252, "2.6.8", "The mailbox needs a UTF-8 reply: VRFY ... SMTPUTF8 shows it;"
+    " will accept message and attempt delivery"
+)
+EXPN_NEEDS_SMTPUTF8 = Reply.of(
+    550, "5.6.8", "The mailboxes need a UTF-8 reply: EXPN ... SMTPUTF8 shows them"
+)
 BYE = Reply.of(221, "2.0.0", "Bye")
 # Per-recipient outcomes of txmailhub.delivery.accept_message.
 DELIVERED = Reply.of(250, "2.0.0", "Delivered")

@@ -511,6 +511,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _lookup(self, arg: str, expand: bool) -> None:
         text = arg.strip()
+        # RFC 6531 3.7.4.2: "VRFY String [SP SMTPUTF8]" -- the client takes
+        # UTF-8 in this one reply
+        head, space, last = text.rpartition(" ")
+        utf8 = bool(space) and last.upper() == "SMTPUTF8"
+        if utf8:
+            text = head.rstrip()
         if text.endswith(">") and "<" in text:  # "<a@b>" or "Full Name <a@b>"
             text = text[text.rindex("<") + 1 : -1]
         try:
@@ -520,13 +526,17 @@ class SMTPServer(MessageTransfer, AuthPhase):
         found = self.policy.verify(address)
         if found is None:
             self.reply(replies.CANNOT_VRFY)
-        elif expand or len(found) != 1:
-            self.reply(replies.expn_found([str(a) for a in found]))
+            return
+        names = [str(a) for a in found]
+        if not utf8 and not all(n.isascii() for n in names):
+            self.reply(replies.EXPN_NEEDS_SMTPUTF8 if expand else replies.VRFY_NEEDS_SMTPUTF8)
+        elif expand or len(names) != 1:
+            self.reply(replies.expn_found(names))
         else:
-            self.reply(replies.vrfy_found(str(found[0])))
+            self.reply(replies.vrfy_found(names[0]))
 
     def _help(self, arg: str) -> None:
-        self.reply(replies.help_text(sorted(_DISPATCH)))
+        self.reply(_HELP)
 
     def _turn(self, arg: str) -> None:
         self.reply(replies.TURN_REFUSED)
@@ -554,3 +564,5 @@ _DISPATCH: dict[str, Callable[[SMTPServer, str], None]] = {
     "EXPN": SMTPServer._expn, "HELP": SMTPServer._help, "STARTTLS": SMTPServer._starttls,
     "AUTH": SMTPServer._auth, "TURN": SMTPServer._turn, "SEND": SMTPServer._send,
 }
+# HELP names what is served: TURN and SEND are known only to be refused (502).
+_HELP = replies.help_text(sorted(set(_DISPATCH) - {"TURN", "SEND"}))
