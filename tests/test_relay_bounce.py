@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 
 import pytest
 
@@ -80,6 +80,18 @@ def test_failure_dsn_structure(tmp_path):
     assert "See you at noon" not in returned.get_payload()
     # the human part says what is attached: the headers only, without RET=FULL
     assert "Its headers are attached below." in human.get_content()
+
+
+def test_a_notice_to_a_utf8_sender_names_it_raw_not_as_an_encoded_word(tmp_path):
+    jorg = Address("jörg", "example.org")
+    entry = make_entry(tmp_path, sender=jorg)
+    data, _ = build(entry, [failed(entry)])
+    assert "To: <jörg@example.org>\n".encode() in data and b"=?utf-8?" not in data.lower()
+    msg = message_from_string(data.decode("utf-8"), policy=policy.default)  # RFC 6532
+    assert msg["To"].addresses[0].addr_spec == "jörg@example.org"
+    # the email package flags any non-ASCII local part; nothing else
+    assert [type(d).__name__ for d in msg["To"].defects] == ["NonASCIILocalPartDefect"]
+    assert bounce.dsn_envelope(entry, "mail.example.org", False).smtputf8
 
 
 def test_each_failed_recipient_named(tmp_path):

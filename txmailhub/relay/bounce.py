@@ -269,7 +269,14 @@ def build_dsn(
         raise ValueError("never send a DSN about a message from the null sender")
     report = MIMEMultipart("report", report_type="delivery-status", policy=_POLICY)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{primary_domain}>"
-    report["To"] = f"<{entry.envelope.sender}>"
+    to = f"<{entry.envelope.sender}>"
+    if not to.isascii():
+        # A UTF-8 address goes in raw (RFC 6532; the notice travels with
+        # SMTPUTF8, see dsn_envelope): an RFC 2047 word, which is what the
+        # generator makes of a str, may not stand for an addr-spec (RFC 2047
+        # 5(3)).  Surrogates are how compat32 passes bytes through unfolded.
+        to = to.encode("utf-8").decode("ascii", "surrogateescape")
+    report["To"] = to
     report["Subject"] = _SUBJECTS[action]
     report["Date"] = rfc5322_date(now)
     report["Message-ID"] = message_id or email.utils.make_msgid("dsn", domain=hostname)
