@@ -430,7 +430,10 @@ class SMTPProtocol(Protocol):
     def _log_transaction(self, env: Any, message_id: str, size: int, reply: Reply) -> None:
         # One field in the format (formatting is per field, in Python); the
         # structured values ride along for observers that want them.
-        recipients = ", ".join(map(str, env.recipients))
+        # The parser lets no control character into an address; escaped all
+        # the same, as every client text in the log is (logsafe)
+        recipients = loggable(", ".join(map(str, env.recipients)), 1 << 20)
+        sender = loggable(env.sender_text, 1 << 20)
         text = reply.text()
         # "(helo NAME, TLSv1.3)": who the client said it was when it sent this
         # message (the envelope's copy: a later EHLO or STARTTLS changes the
@@ -440,11 +443,11 @@ class SMTPProtocol(Protocol):
         said = f" (helo {helo or '-'}{', ' + tls if tls else ''})"
         log.info(
             "{summary}",
-            summary=f"message {message_id or '-'} from <{env.sender_text}> to {recipients} "
+            summary=f"message {message_id or '-'} from <{sender}> to {recipients} "
             f"({size} octets) via {self.host}{said}"
             f"{' as ' + env.authenticated_as if env.authenticated_as else ''}: {text}",
             id=message_id,
-            sender=env.sender_text,
+            sender=sender,
             recipients=recipients,
             size=size,
             client=self.host,
