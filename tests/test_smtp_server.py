@@ -117,6 +117,26 @@ def test_helo_and_ehlo():
     assert d.send("HELO\r\n") == [replies.SYNTAX_ARGUMENT.to_bytes().decode().strip()]
 
 
+def test_a_helo_of_unicode_blanks_only_is_a_syntax_error():
+    # parse_command strips space and tab only; these are blanks to split()
+    for blank in ("\xa0", "\x0b", "\x1c", "\u2028", "\x85"):
+        d = Driver()
+        assert d.codes(f"EHLO {blank}\r\n") == ["501"], repr(blank)
+        assert d.codes(f"HELO {blank}\r\n") == ["501"], repr(blank)
+
+
+def test_the_helo_name_is_echoed_as_printable_ascii_only():
+    # RFC 5321 4.2: reply text is printable ASCII; an escape sequence sent
+    # as a name must not reach the client's terminal through us
+    d = Driver()
+    assert d.send("EHLO a\x1b[31mred\x07\x7f\r\n")[0] == (
+        "250-mx.example.org Hello a\\x1b[31mred\\x07\\x7f")
+    assert d.send("HELO jörg.example\r\n") == [
+        "250 mx.example.org Hello j\\xf6rg.example, pleased to meet you"]
+    line = d.send("HELO " + "\x1b" * 400 + "\r\n")[0]
+    assert len(line.encode()) < 512 and line.isascii() and line.endswith("pleased to meet you")
+
+
 def test_auth_advertised_on_loopback_and_after_tls():
     d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
     assert "250-AUTH PLAIN LOGIN" in d.send("EHLO c\r\n")

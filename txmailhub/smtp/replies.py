@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 
+from txmailhub.logsafe import loggable
 from txmailhub.smtp.reply import Reply
 
 # --- positive -------------------------------------------------------------
@@ -133,12 +134,16 @@ def bye(hostname: str) -> Reply:
 
 
 def _echo(name: str) -> str:
-    """The client's HELO name as we echo it: short enough that the reply
-    line stays within RFC 5321's 512 octets (4.5.3.1.5)."""
-    raw = name.encode("utf-8", "replace")
-    if len(raw) <= _ECHO_MAX:
+    """The client's HELO name as we echo it: printable ASCII (RFC 5321
+    4.2's textstring; anything else escaped, so that an escape sequence
+    sent as a name does not reach the client's terminal or logs through
+    us), short enough that the reply line stays within RFC 5321's 512
+    octets (4.5.3.1.5)."""
+    if not (name.isascii() and name.isprintable()):
+        name = loggable(name, 4 * _ECHO_MAX, ascii_only=True)
+    if len(name) <= _ECHO_MAX:
         return name
-    return raw[: _ECHO_MAX - 3].decode("utf-8", "ignore") + "..."
+    return name[: _ECHO_MAX - 3] + "..."
 
 
 _ECHO_MAX = 200  # octets; with a 255-octet hostname the line is under 512

@@ -390,15 +390,11 @@ class SMTPServer(MessageTransfer, AuthPhase):
     # --- commands -------------------------------------------------------------------
 
     def _helo(self, arg: str) -> None:
-        if not arg:
-            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
-        self._greet(arg.split()[0], esmtp=False)
+        self._greet(_helo_name(arg), esmtp=False)
         self.reply(replies.hello(self.config.hostname, self.session.helo))
 
     def _ehlo(self, arg: str) -> None:
-        if not arg:
-            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
-        self._greet(arg.split()[0], esmtp=True)
+        self._greet(_helo_name(arg), esmtp=True)
         key = (self.config.hostname, self.session.helo, tuple(self._keywords()))
         wire = _EHLOS.get(key)
         if wire is None:
@@ -554,6 +550,15 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(replies.TLS_READY)
         self._buf = b""  # nothing sent before the handshake may be obeyed after it
         self._request(StartTLS())
+
+def _helo_name(arg: str) -> str:
+    """The first word of HELO/EHLO's argument; 501 when there is none (an
+    argument of Unicode blanks only: parse_command strips space and tab)."""
+    words = arg.split(maxsplit=1)
+    if not words:
+        raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
+    return words[0]
+
 
 # Explicit dispatch: verb -> handler (STYLE practice 5).
 _DISPATCH: dict[str, Callable[[SMTPServer, str], None]] = {
