@@ -404,6 +404,21 @@ def test_bdat_size_is_ascii_digits_only():
         assert d.send(f"BDAT {size} LAST\r\n") == [replies.BDAT_BAD_SIZE.text()]
 
 
+def test_a_bdat_size_of_many_digits_is_a_size_never_commands():
+    # RFC 3030's chunk-size is 1*DIGIT: leading zeros are a small size, and
+    # a size beyond any limit is drained and refused -- the chunk is never
+    # read as commands
+    d = Driver()
+    tx(d)
+    assert d.send("BDAT 0000000000000000000006 LAST\r\nRSET\r\n") == [
+        replies.accepted("ID1").text()]
+    assert b"".join(d.body).endswith(b"RSET\n")
+    d = Driver(max_message_size=1000)
+    tx(d)
+    assert d.send("BDAT 12345678901234567890123 LAST\r\nRSET\r\nQUIT\r\n") == []
+    assert not d.engine.closed  # still draining the chunk
+
+
 def test_data_after_bdat_refused():
     d = Driver()
     tx(d)

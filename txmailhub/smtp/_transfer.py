@@ -135,9 +135,12 @@ class MessageTransfer:
 
     @staticmethod
     def _bdat_args(arg: str) -> tuple[int | None, bool]:
+        # RFC 3030: chunk-size = 1*DIGIT, however many.  A size we refused
+        # for its length would leave the chunk to be read as commands; one
+        # too big for max_message_size is drained and refused instead.  (The
+        # command line limit bounds the digits: int() stays cheap.)
         parts = arg.split()
-        if (not parts or len(parts) > 2 or not parts[0].isascii() or not parts[0].isdigit()
-                or len(parts[0]) > 18):
+        if not parts or len(parts) > 2 or not parts[0].isascii() or not parts[0].isdigit():
             return None, False
         if len(parts) == 2 and parts[1].upper() != "LAST":
             return None, False
