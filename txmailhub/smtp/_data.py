@@ -74,6 +74,7 @@ Sink = Callable[[bytes], object]
 # that cannot be accepted anyway.
 _PRECEDENCE = {replies.MESSAGE_BARE_CR_LF: 1, replies.MESSAGE_LINE_TOO_LONG: 2,
                replies.MESSAGE_TOO_BIG: 3}
+_BARE = _PRECEDENCE[replies.MESSAGE_BARE_CR_LF]
 _OTHER = 4  # a failure from outside the data (the spool)
 _REFUSED = 0  # the message was refused before its data: nothing overrides that
 
@@ -109,6 +110,10 @@ class _BodyFilter:
         itself breaks a line rule.  Checks go on after an error (see
         ``_PRECEDENCE``); the caller stores only while ``sink`` is set."""
         self.size += len(block)
+        if self._precedence <= _BARE:
+            # The answer cannot change any more (a bare line end, or refused
+            # before the data): counting the octets is all that is left.
+            return None
         if self.size > self.max_size and (
             # RFC 1870 does not count transparency dots; DotReader takes
             # them off ``size`` as it unstuffs, this block's are still in.
@@ -123,12 +128,10 @@ class _BodyFilter:
         out = block.replace(b"\r", b"")
         crs = len(block) - len(out)
         if crs != out.count(b"\n") or crs != block.count(b"\r\n"):
+            # Nothing else is checked from here on: no other rule can win
+            # over this one (_PRECEDENCE).  Checking each line's length, as
+            # was done, made a body of bare LFs cost a Python call per line.
             self.fail(replies.MESSAGE_BARE_CR_LF)
-            # The lengths still count: a line is what ends with an LF, and
-            # a CR right before that LF is not part of its text.
-            if any(self._too_long(line[:-1] if line[-1:] == b"\r" else line)
-                   for line in block.split(b"\n")):
-                self.fail(replies.MESSAGE_LINE_TOO_LONG)
             return None
         # A line is a piece of split(LF): at most _TEXT octets before its
         # CRLF, plus (DATA only) a transparency dot that does not count.
