@@ -28,6 +28,7 @@ from txmailhub.config import (
 from txmailhub.interfaces import ISMTPUser
 from txmailhub.service import tls_options
 from txmailhub.smtp import replies
+from txmailhub.smtp import server as smtp_server
 from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
@@ -219,7 +220,8 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
         one = b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n"
         p.dataReceived(one * 300 + b"y\r\n.\r\nQUIT\r\n")
-        assert len(writes) == 2
+        # 1,204 replies, REPLIES_HELD to a write (and the first batch's)
+        assert len(writes) == 1 + -(-1204 // smtp_server.REPLIES_HELD)
         codes = [x[:3] for x in take(t)]
         assert codes[-2:] == ["250", "221"] and codes.count("354") == 301
         assert len(h.store.messages(ALICE)) == 301
@@ -340,6 +342,9 @@ class ProtocolTests(SynchronousTestCase):
     def test_quit_after_replies_piled_up_closes(self):
         # Twisted paused us (its buffer is full), then QUIT: it resumes a
         # paused producer instead of closing, so we must unregister first
+        # the whole batch answered at once, QUIT included, as a batch of up
+        # to REPLIES_HELD commands is: Twisted pauses us with the 221 queued
+        self.patch(smtp_server, "REPLIES_HELD", 10_000)
         h, sock = quit_behind_unread_replies()
         assert sock.producerPaused and sock.disconnecting
         sock.drain()  # the client reads everything
@@ -351,6 +356,7 @@ class ProtocolTests(SynchronousTestCase):
         # the 221 waits in Twisted's buffer behind replies the client does
         # not read: the close is cut after CLOSE_GRACE (the idle timer has
         # nothing to say once the session is over)
+        self.patch(smtp_server, "REPLIES_HELD", 10_000)  # as above
         h, sock = quit_behind_unread_replies()
         assert sock.disconnecting and sock.lost is None
         h.clock.advance(CLOSE_GRACE)
@@ -426,6 +432,28 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.clock.getDelayedCalls()  # no CLOSE_GRACE left running
         assert len(h.store.messages("bob@example.org")) == 1
 
+    def test_a_long_pipelined_batch_to_a_client_that_does_not_read_is_held(self):
+        # One 64 KiB read of HELP is 11,000 commands.  Answered at once, that
+        # was 2 MB of replies in Twisted's buffer per connection; answered
+        # REPLIES_HELD at a time, Twisted pauses us within a few passes and
+        # the rest waits, unread, until the client reads.
+        h = Harness(idle_timeout=300)
+        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        sock = MemorySocket(h.clock, p)
+        p.makeConnection(sock)
+        sock.startReading()
+        n = 64 * 1024 // 6
+        p.dataReceived(b"HELP\r\n" * (n - 1) + b"QUIT\r\n")
+        help_size = len(replies.help_text([]).to_bytes()) + 200
+        buffered = len(sock.dataBuffer) + sock._tempDataLen
+        assert sock.producerPaused and not sock.disconnecting
+        assert buffered < sock.bufferSize + smtp_server.REPLIES_HELD * help_size
+        assert p.engine.buffered > 0 and not sock.reading()  # the rest waits, unread
+        sock.drain()  # the client reads: every reply comes, in order, then the close
+        out = bytes(sock.sent)
+        assert out.count(b"\r\n214 ") == n - 1 and out.endswith(b" closing connection\r\n")
+        assert sock.lost is not None
+
     def test_an_internal_error_with_replies_piled_up_still_closes(self):
         # a bug of ours (log.failure, 451, close) while Twisted has us paused
         # by a client that does not read: the close must not wait for it
@@ -454,6 +482,7 @@ class ProtocolTests(SynchronousTestCase):
         # has just paused us when startTLS moves the producer into the TLS
         # layer, and the paused state does not go with it (nothing would
         # ever resume us: the EHLO after the handshake went unanswered)
+        self.patch(smtp_server, "REPLIES_HELD", 10_000)  # a batch answered at once
         h = Harness(idle_timeout=300)
         cert = make_certificate(Path(self.mktemp()))
         h.components.tls = tls_options(str(cert[0]), str(cert[1]))

@@ -211,32 +211,42 @@ class SMTPProtocol(Protocol):
             return
         engine = self.engine
         handlers = self._handlers
-        self._driving = True
-        try:
-            while (event := engine.next_event()) is not None:
-                handlers[type(event)](event)
-        except Exception:
-            log.failure("SMTP session error with {client}", client=self.host)
-            engine.refuse_connection(replies.LOCAL_ERROR)
-            self._flush()
-            self._lose()  # unregisters us, and cuts a close the client does not take
-            return
-        finally:
-            self._driving = False
-        out = engine.data_to_send()  # _flush, inlined: this runs for every read
-        buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
-        if buffered and not engine.closed:
-            if self._send_now is not None:
-                # Send the replies in this reactor turn rather than the next
-                # one (a lock-step client waits for them).
-                self._send_now()
-            if not self._producing:
-                # Replies are piling up: from now on Twisted pauses us when
-                # its buffer is full, so a client that sends commands and
-                # never reads the replies cannot grow our memory.  (Only
-                # then: registering costs nothing for clients that read.)
-                self._producing = True
-                self.transport.registerProducer(self, True)
+        while True:
+            self._driving = True
+            try:
+                while (event := engine.next_event()) is not None:
+                    handlers[type(event)](event)
+            except Exception:
+                log.failure("SMTP session error with {client}", client=self.host)
+                engine.refuse_connection(replies.LOCAL_ERROR)
+                self._flush()
+                self._lose()  # unregisters us, and cuts a close the client does not take
+                return
+            finally:
+                self._driving = False
+            out = engine.data_to_send()  # _flush, inlined: this runs for every read
+            buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
+            if buffered and not engine.closed:
+                if self._send_now is not None:
+                    # Send the replies in this reactor turn rather than the
+                    # next one (a lock-step client waits for them).
+                    self._send_now()
+                if not self._producing:
+                    # Replies are piling up: from now on Twisted pauses us
+                    # when its buffer is full, so a client that sends
+                    # commands and never reads the replies cannot grow our
+                    # memory.  (Only then: registering costs nothing for
+                    # clients that read.)
+                    self._producing = True
+                    self.transport.registerProducer(self, True)
+            # The engine answers REPLIES_HELD commands at a time: go on with
+            # the rest of a long pipelined batch unless Twisted has paused us
+            # (then resumeProducing drives on once the client reads).
+            if (not out or self._write_paused or engine.closed or engine.waiting
+                    or not engine.has_input or engine.in_message):
+                break
+        if self._write_paused and engine.buffered >= INPUT_LIMIT:
+            self._flow()  # stop reading now, not after one more read
         if engine.closed:
             self._lose()
         elif engine.waiting:

@@ -95,6 +95,12 @@ _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line lim
 # count towards max_errors.
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL})
 _NO_DSN = DSNRequest()
+# Replies answered before the adapter collects them: a batch of pipelined
+# commands is answered this many at a time, so that a client that sends
+# thousands of commands in one write and reads nothing is held by the
+# adapter's flow control after a few kilobytes of replies, not after
+# megabytes (one 64 KiB read of HELP is 11,000 replies).
+REPLIES_HELD = 128
 # Wire forms that depend only on the configuration or on what the client
 # said in EHLO, built once (bounded: a client chooses its EHLO name).
 _BYES: dict[str, tuple[Reply, bytes]] = {}
@@ -182,6 +188,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 self._feed_reader()
             elif not self._buf:
                 return None
+            elif len(self._out) >= REPLIES_HELD:
+                return None  # the adapter sends these before we answer more
             else:
                 line = self._take_line()
                 if line is None:
