@@ -432,6 +432,35 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.clock.getDelayedCalls()  # no CLOSE_GRACE left running
         assert len(h.store.messages("bob@example.org")) == 1
 
+    def test_a_client_that_half_closes_after_its_message_still_gets_the_250(self):
+        # shutdown(SHUT_WR) after the final dot: the client may still read.
+        # Closing at once dropped the 250 of a stored message: the client
+        # would send it again.
+        h = Harness(hold=True)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        p.dataReceived(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        p.readConnectionLost()
+        assert not t.disconnecting  # the message is being made durable
+        h.spooler.release()
+        assert take(t)[-1].startswith("250 2.0.0") and t.disconnecting
+        assert len(h.store.messages(ALICE)) == 1
+        p.readConnectionLost()  # a second EOF report changes nothing
+        p.connectionLost(None)
+
+    def test_a_client_that_half_closes_in_the_middle_of_its_message_stores_nothing(self):
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                       b"Subject: x\r\n\r\nno end")
+        take(t)
+        p.readConnectionLost()
+        assert t.disconnecting and take(t) == []
+        p.connectionLost(None)
+        assert h.store.messages(ALICE) == []
+        assert any("in the middle of message" in formatEvent(e) for e in self.events)
+
     def test_a_long_pipelined_batch_to_a_client_that_does_not_read_is_held(self):
         # One 64 KiB read of HELP is 11,000 commands.  Answered at once, that
         # was 2 MB of replies in Twisted's buffer per connection; answered

@@ -375,3 +375,18 @@ def test_vrfy_and_expn_with_the_smtputf8_parameter(make_hub):
         assert s.docmd("VRFY", "jörg SMTPUTF8") == (250, "2.1.5 <jörg@example.org>".encode())
         assert s.docmd("EXPN", "jörg")[0] == 550
         assert s.docmd("EXPN", "alice SMTPUTF8") == (250, b"2.1.5 <alice@example.org>")
+
+
+def test_a_client_that_half_closes_after_the_final_dot_gets_its_250(hub):
+    with socket.create_connection(("127.0.0.1", hub.smtp_port), timeout=10) as s:
+        f = s.makefile("rb")
+        assert _read_reply(f).startswith(b"220 ")
+        s.sendall(b"HELO c.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.org>\r\n"
+                  b"DATA\r\n")
+        assert [_read_reply(f)[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+        s.sendall(b"Subject: half\r\n\r\nbody\r\n.\r\n")
+        s.shutdown(socket.SHUT_WR)  # nothing more to say, still listening
+        assert _read_reply(f).startswith(b"250 2.0.0 ")
+        assert f.read() == b""  # then the hub closes
+    (stored,) = hub.messages("alice@example.org")
+    assert stored.endswith(b"\n\nbody\n")

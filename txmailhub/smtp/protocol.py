@@ -32,7 +32,7 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,7 +84,7 @@ def _is_loopback(host: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class SMTPProtocol(Protocol):
     """One SMTP connection; see the module docstring."""
 
@@ -97,6 +97,7 @@ class SMTPProtocol(Protocol):
         self._counted = False
         self._paused = False  # the engine waits for an answer (holds its input)
         self._write_paused = False  # Twisted's buffer is full: the client is not reading
+        self._eof = False  # the client shut down its sending side (plain TCP)
         self._producing = False  # registered as the transport's producer
         self._reading = True
         self._driving = False
@@ -171,6 +172,26 @@ class SMTPProtocol(Protocol):
             self._flow()  # held, not answered, until the client reads again
             return
         self._drive()
+
+    # --- IHalfCloseableProtocol: a client that shuts down its sending side ---------
+
+    def readConnectionLost(self) -> None:
+        """The client will send nothing more (``shutdown(SHUT_WR)`` after its
+        last command) but may still read: what it sent is answered -- the
+        250 of a message being stored included, or the client would send it
+        again -- and then the connection is closed.  A message still
+        arriving is given up as on a disconnect.  (Plain TCP only: TLS
+        reports the end of the client's data as a lost connection.)"""
+        if self._eof:
+            return
+        self._eof = True
+        if self.engine is None or self.engine.in_message:
+            self._lose()
+            return
+        self._drive()
+
+    def writeConnectionLost(self) -> None:
+        pass  # we never shut down only our sending side
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._timer is not None and self._timer.active():
@@ -248,6 +269,10 @@ class SMTPProtocol(Protocol):
         if self._write_paused and engine.buffered >= INPUT_LIMIT:
             self._flow()  # stop reading now, not after one more read
         if engine.closed:
+            self._lose()
+        elif self._eof and not engine.waiting:
+            # everything the client sent is answered: close (what was held
+            # and never completed, a line or a BDAT message, is dropped)
             self._lose()
         elif engine.waiting:
             # Paused only once input arrives while we decide: a lock-step
@@ -553,7 +578,7 @@ class SMTPProtocol(Protocol):
             # Twisted resumes a producer it paused instead of closing.
             self._producing = False
             t.unregisterProducer()
-        if not self._reading:
+        if not self._reading and not self._eof:
             # Paused while a message was stored, with the next command (QUIT,
             # pipelined with the end of the message) held: a TLS close waits
             # for the client's close_notify, which must be read.  (What else
