@@ -117,6 +117,13 @@ def test_helo_and_ehlo():
     assert d.send("HELO\r\n") == [replies.SYNTAX_ARGUMENT.to_bytes().decode().strip()]
 
 
+def test_every_transaction_command_before_helo_asks_for_helo():
+    for command in ("MAIL FROM:<a@b.test>\r\n", "RCPT TO:<alice>\r\n", "DATA\r\n",
+                    "BDAT 3 LAST\r\nabc"):
+        d = Driver()
+        assert d.send(command) == [replies.HELO_REQUIRED.text()], command
+
+
 def test_a_helo_of_unicode_blanks_only_is_a_syntax_error():
     # parse_command strips space and tab only; these are blanks to split()
     for blank in ("\xa0", "\x0b", "\x1c", "\u2028", "\x85"):

@@ -174,6 +174,7 @@ class MessageTransfer:
             return
         self._reader = ChunkReader(None, self.config.max_message_size)
         self._reader.refuse(replies.RCPT_NEEDED if self.state is State.MAIL
+                            else replies.HELO_REQUIRED if self.state is State.INIT
                             else replies.MAIL_NEEDED)
         self._reader.start(size, last)
         self._bdat_draining = True

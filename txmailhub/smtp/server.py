@@ -390,7 +390,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self._drain_chunk(arg)
         elif verb == "DATA" and self.state is State.MAIL:
             self.reply(replies.DATA_NO_RECIPIENTS)
-        elif verb == "RCPT" and self.state is State.INIT:
+        elif verb in ("RCPT", "DATA") and self.state is State.INIT:
             self.reply(replies.HELO_REQUIRED)
         else:
             self.reply(_SEQUENCE_REPLY.get(verb, replies.BAD_SEQUENCE))
