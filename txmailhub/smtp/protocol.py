@@ -245,6 +245,7 @@ class SMTPProtocol(Protocol):
                 return
             finally:
                 self._driving = False
+            held = engine.replies_held  # read before data_to_send, which clears it
             out = engine.data_to_send()  # _flush, inlined: this runs for every read
             buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
             if buffered and not engine.closed:
@@ -263,8 +264,7 @@ class SMTPProtocol(Protocol):
             # The engine answers REPLIES_HELD commands at a time: go on with
             # the rest of a long pipelined batch unless Twisted has paused us
             # (then resumeProducing drives on once the client reads).
-            if (not out or self._write_paused or engine.closed or engine.waiting
-                    or not engine.has_input or engine.in_message):
+            if not held or self._write_paused:
                 break
         if self._write_paused and engine.buffered >= INPUT_LIMIT:
             self._flow()  # stop reading now, not after one more read

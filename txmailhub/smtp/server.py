@@ -116,6 +116,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.session = session
         self.state = State.INIT
         self.errors = 0
+        # True when next_event stopped answering because REPLIES_HELD replies
+        # wait to be collected (input is left): collect them and ask again
+        self.replies_held = False
         self.auth_failures = 0
         self.messages = 0
         self._buf = b""
@@ -149,6 +152,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()
+        self.replies_held = False
         return out
 
     @property
@@ -189,7 +193,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
             elif not self._buf:
                 return None
             elif len(self._out) >= REPLIES_HELD:
-                return None  # the adapter sends these before we answer more
+                self.replies_held = True  # the adapter sends these before we answer more
+                return None
             else:
                 line = self._take_line()
                 if line is None:
