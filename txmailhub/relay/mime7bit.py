@@ -373,11 +373,15 @@ class _Converter:
         boundary (RFC 2046 5.1.1): it is held back and written as is."""
         sink = SINKS[mode](self.out)
         encoding = mode in ("qp", "base64")
+        # base64 encodes octets: a line end inside the content is the CRLF
+        # the client sent (RFC 2045 6.8: text's canonical form; an identity
+        # encoding's octets for anything else), not the LF it is stored as
+        crlf = mode == "base64"
         held = b""  # the line end held back (content, unless a boundary follows)
         while True:
             line, bol = self._read()
             if line and not self._is_boundary(line, bol):
-                sink.write(held)
+                sink.write(b"\r\n" if crlf and held == b"\n" else held)
                 held = (b"\r\n" if line.endswith(b"\r\n")
                         else b"\n" if line.endswith(b"\n") else b"")
                 sink.write(line[:len(line) - len(held)])
@@ -386,7 +390,7 @@ class _Converter:
                 sink.close()
                 self.out.write((b"\n" if held else b"") if encoding else held)
                 return line
-            sink.write(held)
+            sink.write(b"\r\n" if crlf and held == b"\n" else held)
             if mode == "qp" and not held:
                 sink.close(soft_end=True)
                 self.out.write(b"\n")
