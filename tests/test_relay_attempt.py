@@ -530,6 +530,21 @@ def test_tls_memory_survives_a_restart(tmp_path):
     assert mx1.commands and not any(c.startswith(b"MAIL") for c in mx1.commands)
 
 
+def test_an_unconvertible_message_drops_the_connection_at_once(tmp_path):
+    # Not a polite close: under TLS that waits for the server's
+    # close_notify, and a server in the middle of DATA (Exim) keeps reading
+    # -- the attempt waited for its 60 s timer.
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    e = entry(tmp_path, BOB, body="Subject: x\nTo: jörg@remote.test\n\nGrüße\n".encode())
+    d = a.deliver(e, "remote.test", [BOB])
+    net.pumps[0].clientIO.loseConnection = lambda: None  # a close that waits
+    net.run()
+    [r] = run(net, d)  # without the clock moving
+    assert r.reply.status == "5.6.3" and not net.server_protocols[0].messages
+    assert not clock.getDelayedCalls()  # no close timer left waiting
+
+
 def _client_on_a_clock(tmp_path):
     """An SMTPClientProtocol over a StringTransport, timed by a Clock."""
     from twisted.internet.task import Clock

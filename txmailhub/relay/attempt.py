@@ -197,6 +197,9 @@ class SMTPClientProtocol(Protocol):
             elif isinstance(action, Close):
                 self._closing = True
                 self._disarm()
+                if action.abort:
+                    self._abort()
+                    continue
                 self.transport.loseConnection()
                 if not self.done.called:
                     # Under TLS the close sends close_notify and waits for the

@@ -110,7 +110,10 @@ class SendBody:
 
 @dataclass(frozen=True)
 class Close:
-    pass
+    """End the connection; ``abort``: at once, without a polite close (no
+    TLS close_notify exchange), when the transaction must not complete."""
+
+    abort: bool = False
 
 
 Action = Send | StartTLS | SendBody | Close
@@ -289,7 +292,9 @@ class ClientSession:
         self._fail_all(reply)
         self._expect.clear()
         self.phase = Phase.DONE
-        return [Close()]
+        # abort: a polite TLS close waits for the server's close_notify, and a
+        # server in the middle of DATA (Exim) keeps reading instead
+        return [Close(abort=True)]
 
     def timed_out(self) -> list[Action]:
         """The current step's timeout expired."""
