@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from txmailhub.address import Address
 from txmailhub.smtp.received import header_separator, protocol_name, received, return_path
@@ -76,3 +78,45 @@ def test_hop_counter_counts_received_fields_of_the_header_section_only():
     c = HopCounter()
     assert c.feed(b"Received: a\n\nReceived: body\n") == 1 and c.done
     assert c.feed(b"Received: more body\n") == 1
+
+
+def _filtered(pieces: list[bytes]) -> bytes:
+    from txmailhub.smtp.received import ReturnPathFilter
+
+    f = ReturnPathFilter()
+    return b"".join(f.feed(p) for p in pieces)
+
+
+def test_the_clients_return_path_fields_are_dropped_from_the_header_only():
+    data = (b"Return-Path: <forged@elsewhere.test>\nSubject: hi\nreturn-path :\n"
+            b" <folded@x.test>\nX-Return-Path: kept\n\nReturn-Path: body text\n")
+    assert _filtered([data]) == (b"Subject: hi\nX-Return-Path: kept\n\n"
+                                 b"Return-Path: body text\n")
+    # a folded field cut between two pieces
+    assert _filtered([b"Subject: a\nReturn-Path:\n", b" <x@y.test>\n\tmore\nTo: b\n\nbody\n"]) \
+        == b"Subject: a\nTo: b\n\nbody\n"
+    # data that starts with text has no header section: nothing is touched
+    assert _filtered([b"Hi Dave\nReturn-Path: x\n\n"]) == b"Hi Dave\nReturn-Path: x\n\n"
+    assert _filtered([b"Subject: a\n", b"\n", b"Return-Path: body\n"]) == (
+        b"Subject: a\n\nReturn-Path: body\n")
+
+
+_field_lines = st.sampled_from([
+    b"Return-Path: <a@b.test>\n", b"RETURN-PATH:<>\n", b"Subject: x\n", b" folded\n",
+    b"Received: from y\n", b"\n", b"text\n", b"Return-Path:\n",
+])
+
+
+@given(st.lists(_field_lines, max_size=12), st.lists(st.integers(0, 12), max_size=4))
+def test_the_return_path_filter_does_not_depend_on_the_pieces(lines, cuts):
+    # pieces are whole lines, cut anywhere between them
+    whole = _filtered([b"".join(lines)])
+    points = sorted({c % (len(lines) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in [*points, len(lines)]:
+        pieces.append(b"".join(lines[last:p]))
+        last = p
+    assert _filtered(pieces) == whole
+    if lines and lines[0][:1] not in (b" ", b"t", b"\n"):  # it starts with a field
+        header = b"" if whole[:1] == b"\n" else whole.split(b"\n\n", 1)[0]
+        assert b"return-path" not in header.lower()

@@ -390,3 +390,14 @@ def test_a_client_that_half_closes_after_the_final_dot_gets_its_250(hub):
         assert f.read() == b""  # then the hub closes
     (stored,) = hub.messages("alice@example.org")
     assert stored.endswith(b"\n\nbody\n")
+
+
+def test_a_return_path_from_the_client_is_not_kept(hub):
+    # RFC 5321 4.4: the final delivery adds the one Return-Path
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.sendmail("x@remote.test", ["alice@example.org"],
+                   b"Return-Path: <forged@elsewhere.test>\r\nSubject: rp\r\n\r\n"
+                   b"Return-Path: in the body stays\r\n")
+    (stored,) = hub.messages("alice@example.org")
+    assert stored.startswith(b"Return-Path: <x@remote.test>\nReceived: ")
+    assert b"forged" not in stored and stored.endswith(b"\n\nReturn-Path: in the body stays\n")

@@ -50,6 +50,7 @@ from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import (
     MAX_HOPS,
     HopCounter,
+    ReturnPathFilter,
     header_separator,
     protocol_name,
     received,
@@ -108,6 +109,7 @@ class SMTPProtocol(Protocol):
         self._tls: tuple[str, str] | None = None  # see _tls_details
         self._head = b""  # the trace header, until the first chunk of data
         self._hops: Any = None  # a HopCounter per message (RFC 5321 6.3)
+        self._return_paths: Any = None  # a ReturnPathFilter per message (RFC 5321 4.4)
         self._timer: Any = None
         self._last_activity = 0.0
         self._logout: Any = None
@@ -378,6 +380,7 @@ class SMTPProtocol(Protocol):
             self.engine.message_refused(replies.LOCAL_ERROR)
             return
         self._hops = HopCounter()
+        self._return_paths = ReturnPathFilter()
         self.engine.message_started(self._sink)
 
     def _sink(self, data: bytes) -> None:
@@ -385,6 +388,10 @@ class SMTPProtocol(Protocol):
         if not hops.done and hops.feed(data) >= MAX_HOPS:
             self.engine.fail_message(replies.TOO_MANY_HOPS)  # nothing more is stored
             return
+        if not self._return_paths.done:
+            data = self._return_paths.feed(data)
+            if not data:
+                return  # a piece of nothing but the client's Return-Path
         head = self._head
         if head:
             self._head = b""

@@ -21,8 +21,8 @@ import re
 
 from txmailhub.address import Address
 
-__all__ = ["MAX_HOPS", "HopCounter", "header_separator", "protocol_name", "received",
-           "return_path", "rfc5322_date"]
+__all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
+           "received", "return_path", "rfc5322_date"]
 
 # RFC 5321 6.3: a message that has passed this many MTAs is in a loop
 # ("a large rejection threshold, normally at least 100 Received entries").
@@ -32,6 +32,10 @@ _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 # RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
 # syntax (4.5.3) allows white space before the colon.
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+# A Return-Path field and its continuation lines; the same, ending the piece
+_RETURN_PATH = re.compile(rb"^return-path[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
+_RETURN_PATH_LAST = re.compile(rb"(?:\A|\n)return-path[ \t]*:.*\n(?:[ \t].*\n)*\Z", re.I)
+_CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
 
@@ -66,6 +70,47 @@ class HopCounter:
             exact = low.count(b"\nreceived:") + low.startswith(b"received:")
             self.hops += exact if exact == n else len(_RECEIVED.findall(data))
         return self.hops
+
+
+class ReturnPathFilter:
+    """Drops the client's ``Return-Path`` fields from the header section
+    as the data streams by (stored form, whole lines per piece).
+
+    RFC 5321 4.4: the final delivery adds the one true Return-Path, and may
+    remove others first; a message-originating system should send none.
+    The hub is one or the other for every message it takes (final delivery
+    for its domains, the first hop for its own users and networks), so a
+    client's field would only stand next to ours in a mailbox, or be sent
+    onwards under our Received field.  Data that does not start with a
+    header field has no header section: it is left alone."""
+
+    __slots__ = ("_first", "_inside", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self._first = True
+        self._inside = False  # the last piece ended inside a Return-Path field
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done or not data:
+            return data
+        first, self._first = self._first, False
+        if data[:1] == b"\n" or (first and not _FIELD.match(data)):
+            # the empty line that ends the header section, or no header
+            # section at all (the data starts with text)
+            self.done = True
+            return data
+        end = data.find(b"\n\n")
+        head, rest = (data, b"") if end < 0 else (data[: end + 1], data[end + 1 :])
+        self.done = end >= 0
+        if self._inside:  # the field's continuation lines, from the last piece
+            kept = _CONTINUATION.sub(b"", head, count=1)
+            self._inside = not kept and not self.done
+            head = kept
+        if b"return-path" not in head.lower():
+            return head + rest if head is not data else data
+        self._inside = not self.done and bool(_RETURN_PATH_LAST.search(head))
+        return _RETURN_PATH.sub(b"", head) + rest
 
 
 @functools.lru_cache(maxsize=1024)
