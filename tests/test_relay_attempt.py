@@ -562,6 +562,22 @@ def _client_on_a_clock(tmp_path):
     return clock, proto, transport
 
 
+def test_a_failed_handshake_names_what_openssl_said(tmp_path):
+    # a certificate that does not verify: the queue's last error says so,
+    # in the TLS phase (the EHLO after STARTTLS was already written)
+    from OpenSSL import SSL
+    from twisted.python.failure import Failure
+
+    _, proto, _ = _client_on_a_clock(tmp_path)
+    proto.dataReceived(b"220 hi\r\n")
+    proto._tls_pending = True  # as after the StartTLS action
+    proto.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
+    outcome = proto.done.result
+    assert outcome.session_error.text() == (
+        "421 4.4.2 TLS negotiation failed (certificate verify failed) during TLS handshake")
+    assert outcome.phase == "TLS handshake"
+
+
 def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
     # RFC 5321 4.5.3.2 times the wait for a reply, not for a byte
     clock, proto, transport = _client_on_a_clock(tmp_path)

@@ -172,6 +172,12 @@ class SMTPClientProtocol(Protocol):
         why = "connection lost"
         if self._tls_pending:
             why = "TLS negotiation failed"
+            detail = _tls_failure(reason)
+            if detail:
+                why += f" ({detail})"
+            # The EHLO after STARTTLS is written at once (it goes when the
+            # handshake is done): the session believes it is in EHLO.
+            self.session.phase = Phase.TLS
         elif reason is not None and not self._closing:
             why = f"connection lost ({reason.getErrorMessage()})"
         outcome = self.session.connection_lost(why)
@@ -604,3 +610,20 @@ class DeliveryAgent:
         elif host in self.tls_seen:
             log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
                      host=host)
+
+
+def _tls_failure(reason: Any) -> str:
+    """What OpenSSL said about a failed handshake (``certificate verify
+    failed``, a protocol alert), for the queue's last error and the log;
+    "" when the connection merely went away."""
+    if reason is None:
+        return ""
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - TLS needs pyOpenSSL anyway
+        return ""
+    if not reason.check(SSL.Error):
+        return ""
+    reasons = [part[2] for part in (reason.value.args[0] if reason.value.args else [])
+               if isinstance(part, tuple) and len(part) == 3 and part[2]]
+    return "; ".join(dict.fromkeys(reasons)) or reason.getErrorMessage()
