@@ -254,6 +254,24 @@ def test_only_control_characters_are_escaped(tmp_path):
     assert "no\u00a0such\u00adone\\x{9B}" in text
 
 
+def test_an_smtputf8_message_comes_back_in_rfc_6533s_global_types(tmp_path):
+    path = tmp_path / "msg"
+    entry = make_entry(tmp_path, ret="FULL")
+    entry = dataclasses.replace(entry, envelope=dataclasses.replace(entry.envelope, smtputf8=True),
+                                eight_bit=True)
+    path.write_bytes("From: jörg@example.org\nSubject: Grüße\n\nHallo\n".encode())
+    _, msg = build(entry, [failed(entry)])
+    assert list(msg.iter_parts())[2].get_content_type() == "message/global"
+    headers_only = dataclasses.replace(entry, envelope=dataclasses.replace(
+        entry.envelope, dsn=dataclasses.replace(entry.envelope.dsn, ret="HDRS")))
+    data, msg = build(headers_only, [failed(headers_only)])
+    assert list(msg.iter_parts())[2].get_content_type() == "message/global-headers"
+    assert "From: jörg@example.org\n".encode() in data
+    # an ASCII message keeps the classic types
+    _, msg = build(make_entry(tmp_path), [failed(make_entry(tmp_path))])
+    assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
+
+
 def test_a_returned_8bit_message_says_so(tmp_path):
     # RFC 2046 5.2.1: without the field a message/rfc822 part claims 7bit
     entry = dataclasses.replace(make_entry(tmp_path, ret="FULL"), eight_bit=True)

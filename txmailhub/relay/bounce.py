@@ -312,7 +312,10 @@ def _returned(entry: QueueEntry, full: bool) -> Message:
     if full:
         with open(path, "rb") as f:
             original = BytesParser(policy=_POLICY).parse(f)
-        part = MIMEMessage(original, policy=_POLICY)
+        # RFC 6532 3.7 / 6533 3: a message with UTF-8 header fields comes
+        # back as message/global, which may carry them raw
+        subtype = "global" if entry.envelope.smtputf8 else "rfc822"
+        part = MIMEMessage(original, _subtype=subtype, policy=_POLICY)
         if entry.eight_bit:
             # 8-bit octets inside: a message/rfc822 part says so (RFC 2046
             # 5.2.1), or it would claim the default, 7bit
@@ -326,6 +329,13 @@ def _returned(entry: QueueEntry, full: bool) -> Message:
         raw = b""
     if not raw.isascii():
         part["Content-Transfer-Encoding"] = "8bit"
+        if entry.envelope.smtputf8:
+            # UTF-8 header fields (RFC 6532): RFC 6533 3's type for them,
+            # generated as a message part (the header block, then its empty
+            # line: what the email package writes raw for a message/* type)
+            part.set_type("message/global-headers")
+            part.attach(BytesParser(policy=_POLICY).parsebytes(raw, headersonly=True))
+            return part
     part.set_payload(raw.decode("ascii", "surrogateescape"))
     return part
 
