@@ -205,7 +205,9 @@ def test_pipelined_batch_waits_for_the_login_and_answers_in_order():
     proto.dataReceived(b"CAPA\r\nUSER joe\r\nPASS joepw\r\nSTAT\r\nRETR 2\r\nDELE 1\r\nQUIT\r\n")
     before = t.value()
     assert before.endswith(b"+OK Send your password\r\n")
-    assert t.producerState == "paused"  # no reading while the login is pending
+    # still reading while the login is pending (a hang-up must be seen), the
+    # commands after PASS held until its answer
+    assert t.producerState == "producing"
     creds, d = checker.pending.pop()
     assert creds.checkPassword(b"joepw")
     d.callback(b"joe")
@@ -220,6 +222,24 @@ def test_pipelined_batch_waits_for_the_login_and_answers_in_order():
     assert t.disconnecting
     assert env.store.messages("joe@example.org") == [b"two\n"]
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_client_that_hangs_up_during_its_login_frees_its_slot_at_once():
+    # A guesser that hangs up right after each PASS: its slot (and the
+    # connection) must go with it, not after the check and the failure's
+    # delay.  The check still counts when it ends.
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    proto, t = env.connect()
+    proto.dataReceived(b"USER joe\r\nPASS guess\r\n")
+    assert t.producerState == "producing"  # the hang-up can be seen
+    assert proto in proto.factory.sessions
+    t.clear()
+    proto.connectionLost(None)  # what reading the EOF brings
+    assert proto not in proto.factory.sessions
+    _creds, d = checker.pending.pop()
+    d.errback(UnauthorizedLogin())  # the check ends later: nothing is sent
+    assert t.value() == b"" and not env.clock.getDelayedCalls()
 
 
 def test_write_backpressure_stops_command_processing():

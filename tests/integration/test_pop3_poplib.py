@@ -185,6 +185,32 @@ def test_bad_password_is_auth_and_closes_after_limit(make_hub):
         p.noop()
 
 
+def test_a_guesser_that_hangs_up_after_pass_frees_its_slot_at_once(make_hub):
+    # With one connection allowed and a 5 s failure delay: the slot of a
+    # client that hung up right after PASS is free again long before its
+    # answer would have been sent (it was held until then).
+    hub = make_hub(sections={"pop3": {"auth_failure_delay": 5.0, "max_connections": 1}})
+
+    def greeted(within: float) -> RawPOP3 | None:
+        started = time.monotonic()
+        while time.monotonic() - started < within:
+            client = RawPOP3(hub.pop3_port)
+            if client.line().startswith(b"+OK"):
+                return client
+            client.sock.close()
+            time.sleep(0.05)
+        return None
+
+    guesser = greeted(10)  # the start-up probe's slot may not be free yet
+    assert guesser is not None
+    guesser.send(f"USER {ALICE}\r\nPASS wrong\r\n".encode())
+    assert guesser.line().startswith(b"+OK")  # the USER's answer
+    guesser.sock.close()
+    after = greeted(4)  # the wrong PASS would be answered after 5 s
+    assert after is not None
+    after.sock.close()
+
+
 def assert_locked_until_quit(holder, port):
     """While ``holder`` is logged in, a login on ``port`` gets [IN-USE];
     after holder's QUIT the same connection logs in."""

@@ -284,21 +284,20 @@ class POP3Protocol(Protocol):
             self._mark_seen()
 
     def _flow(self) -> None:
-        """Read from the peer only while nothing is pending (STYLE practice 6),
-        with two exceptions, both capped at ``INPUT_LIMIT`` octets of
-        commands waiting: while the transport's buffer is full (a TLS layer
-        pauses us while its handshake runs, and it needs to read to finish
-        it), and while a message streams (a client that hangs up meanwhile
-        must be seen at once: it holds the mailbox lock)."""
+        """Read from the peer, holding what arrives while something is
+        pending (a login, a failure's delay, a message streaming, the
+        update, a full transport buffer), until ``INPUT_LIMIT`` octets of
+        commands wait.  Reading on while busy is how a client that hangs up
+        is seen at once: during a login or its delay it would otherwise
+        keep its connection slot until the answer (a guesser that hangs up
+        after each PASS filled the slots), while streaming it holds the
+        mailbox lock, and a TLS layer paused during its handshake must read
+        to finish it.  Commands are still answered in order: ``_process``
+        runs none while busy."""
         if self._closing:
             return
-        # A message being streamed does not stop reading: the client's EOF,
-        # or its TLS close_notify, must be seen while it does not read us.
         held = self._busy or self._write_paused
-        want = not (
-            (self._busy and self._stream is None)
-            or (held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
-        )
+        want = not (held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
         self._reading = set_reading(self.transport, self._reading, want)
 
     def _perform(self, action: Any) -> None:
