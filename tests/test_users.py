@@ -150,6 +150,37 @@ def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
         ":5: expected '<address> <hash> [apop=<secret>]', not a third field 'here'")
 
 
+def test_a_user_command_keeps_every_line_it_does_not_concern(db: UsersDB) -> None:
+    # An admin edits the file by hand (check reports what it cannot read);
+    # `mailhub user add` for someone else must not throw those lines away,
+    # nor let a duplicate line replace the password in effect.
+    db.add("joe", "joe-pw")
+    real = Path(db.path).read_bytes()
+    Path(db.path).write_bytes(real + b"# my note \xff\xfe (not UTF-8)\n"
+                              b"Joe@Example.ORG scrypt$16384$8$1$AAAA$BBBB\nbob@example.org\n")
+    assert db.check_password(Address("joe", "example.org"), "joe-pw")  # the first line wins
+    assert [p.split(": ", 1)[1] for p in db.problems] == [
+        "joe@example.org is already on line 2: this line is ignored",
+        "expected '<address> <hash> [apop=<secret>]'"]
+    before = Path(db.path).read_bytes()
+    db.add("ann", "ann-pw")
+    after = Path(db.path).read_bytes()
+    assert after.startswith(before) and after[len(before):].startswith(b"ann@example.org scrypt$")
+    assert db.check_password(Address("joe", "example.org"), "joe-pw")
+    # a new password rewrites the line in effect, and nothing else
+    db.set_password("joe", "new-pw")
+    lines = Path(db.path).read_bytes().split(b"\n")
+    assert lines[1].startswith(b"joe@example.org scrypt$") and lines[1] not in before
+    assert b"Joe@Example.ORG scrypt$16384$8$1$AAAA$BBBB" in lines
+    assert b"# my note \xff\xfe (not UTF-8)" in lines and b"bob@example.org" in lines
+    assert db.check_password(Address("joe", "example.org"), "new-pw")
+    # deleting a user takes every line of it: the duplicate must not take over
+    db.delete("joe")
+    text = Path(db.path).read_bytes()
+    assert b"joe@" not in text.lower() and b"# my note" in text and b"\nbob@example.org\n" in text
+    assert db.get(Address("joe", "example.org")) is None
+
+
 @pytest.mark.parametrize(
     ("encoded", "why"),
     [

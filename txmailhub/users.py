@@ -149,8 +149,8 @@ class UsersDB:
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp:
             return
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            self._records, self.problems = self._parse(f.read())
+        with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
+            self._records, self.problems, _ = self._parse(f.read())
         self._stamp = stamp
         if self.missing:
             log.info("the users file {path} is back", path=self.path)
@@ -158,10 +158,15 @@ class UsersDB:
         for problem in self.problems:  # once per change of the file
             log.warn("users file: {problem}", problem=problem)
 
-    def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str]]:
+    def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str], list[str | None]]:
+        """The records (the first line of an address wins), the problems,
+        and for each line (split at LF only) the address key it is for."""
         records: dict[str, UserRecord] = {}
         problems: list[str] = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        keys: list[str | None] = []
+        first: dict[str, int] = {}
+        for lineno, line in enumerate(text.split("\n"), 1):
+            keys.append(None)
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -176,15 +181,23 @@ class UsersDB:
                         raise ValueError(f"expected '<address> <hash> [apop=<secret>]', "
                                          f"not a third field {fields[2][:20]!r}")
                     apop = base64.b64decode(fields[2][5:], validate=True).decode("utf-8")
-                records[address.key] = UserRecord(address, fields[1], apop)
             except (ValueError, AddressError) as e:
                 problems.append(f"{self.path}:{lineno}: {e}")
                 continue
+            keys[-1] = address.key
+            if address.key in first:
+                # one entry per user: a second line (typed by hand, say) must
+                # not silently replace the password in effect
+                problems.append(f"{self.path}:{lineno}: {address.key} is already on line "
+                                f"{first[address.key]}: this line is ignored")
+                continue
+            first[address.key] = lineno
+            records[address.key] = UserRecord(address, fields[1], apop)
             # The mailbox still exists (mail keeps arriving); only logins fail.
             why = hash_problem(fields[1])
             if why:
                 problems.append(f"{self.path}:{lineno}: {address.key} cannot log in: {why}")
-        return records, problems
+        return records, problems, keys
 
     def get(self, address: Address) -> UserRecord | None:
         self._refresh()
@@ -230,17 +243,46 @@ class UsersDB:
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._stamp = None
-            self._refresh(report=False)
-            records = dict(self._records)
+            try:
+                with open(self.path, "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                raw = b""
+            before, _, keys = self._parse(raw.decode("utf-8", "replace"))
+            records = dict(before)
             yield records
-            self._write(records)
+            self._write(raw, keys, before, records)
 
-    def _write(self, records: dict[str, UserRecord]) -> None:
+    def _write(self, raw: bytes, keys: list[str | None], before: dict[str, UserRecord],
+               after: dict[str, UserRecord]) -> None:
+        """Edit the file in place, line by line: every line the change does
+        not concern stays as it was, byte for byte -- comments, lines the
+        hub cannot read (``check`` reports them; an admin may be halfway
+        through fixing one), ignored duplicates.  A deleted user loses all
+        its lines (a duplicate must not come into effect); a changed one
+        gets its line in effect rewritten; new users go at the end."""
         from txmailhub.store.sync import durable_write
 
-        text = "# txmailhub users: <address> <scrypt hash> [apop=<secret>]\n"
-        text += "".join(r.to_line() for _, r in sorted(records.items()))
-        durable_write(self.path, text.encode("utf-8"), mode=0o600)
+        out: list[bytes] = []
+        rewritten: set[str] = set()
+        for line, key in zip(raw.split(b"\n"), keys, strict=True):
+            if key is not None and key in before:
+                if key not in after:
+                    continue
+                if after[key] != before[key] and key not in rewritten:
+                    rewritten.add(key)
+                    out.append(after[key].to_line().rstrip("\n").encode("utf-8"))
+                    continue
+            out.append(line)
+        text = b"\n".join(out)
+        added = [after[k] for k in sorted(after) if k not in before]
+        if added:
+            if not text.strip():
+                text = b"# txmailhub users: <address> <scrypt hash> [apop=<secret>]\n"
+            elif not text.endswith(b"\n"):
+                text += b"\n"
+            text += "".join(r.to_line() for r in added).encode("utf-8")
+        durable_write(self.path, text, mode=0o600)
         self._stamp = None
 
     def _local(self, name: str) -> Address:
