@@ -545,6 +545,26 @@ def test_an_unconvertible_message_drops_the_connection_at_once(tmp_path):
     assert not clock.getDelayedCalls()  # no close timer left waiting
 
 
+def test_abort_all_cuts_the_sessions_in_flight_and_connects_no_more(tmp_path):
+    # The hub stops and its grace is over: nothing of the attempt may go on
+    # after the queue's lock is released.
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    assert not d.called and len(net.pumps) == 1
+    a.abort_all()
+    [r] = run(net, d)
+    assert r.kind == "transient"
+    # a delivery asked for now (a DNS answer that arrives late) connects nowhere
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient" and len(net.pumps) == 1
+    a.resume()  # the runner starts again
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+
+
 def _client_on_a_clock(tmp_path):
     """An SMTPClientProtocol over a StringTransport, timed by a Clock."""
     from twisted.internet.task import Clock

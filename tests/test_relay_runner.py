@@ -41,6 +41,14 @@ class FakeAgent:
         self.calls.append((entry.id, dest, list(rcpts)))
         return defer.maybeDeferred(self.script, entry, dest, rcpts)
 
+    aborted = 0
+
+    def abort_all(self):
+        self.aborted += 1
+
+    def resume(self):
+        pass
+
 
 class DSNSpy:
     def __init__(self):
@@ -530,12 +538,20 @@ def test_stop_waits_for_attempts_in_flight(hub):
 
 def test_stop_gives_up_after_grace(hub):
     hub.runner.start()
-    hub.agent.script = lambda e, d, r: defer.Deferred()
+    in_flight: defer.Deferred = defer.Deferred()
+    hub.agent.script = lambda e, d, r: in_flight
     qid = enqueue(hub, BOB)
+    hub.clock.advance(1)
+    assert [c[0] for c in hub.agent.calls] == [qid]  # the attempt is in flight
     stopped = hub.runner.stop()
     hub.clock.advance(10)
-    assert stopped.called
+    assert stopped.called and hub.agent.aborted == 1  # the sessions in flight are cut
     assert hub.queue.ids() == [qid]  # left on disk for the next start
+    before = hub.queue.read(qid)
+    # The attempt ends after the stop (another hub may own the queue by
+    # then): it records nothing.
+    in_flight.callback([DeliveryResult(BOB, "delivered", OK, "mx")])
+    assert hub.queue.read(qid) == before
 
 
 def test_unsendable_bounce_given_up_after_lifetime(hub):

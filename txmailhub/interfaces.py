@@ -206,6 +206,13 @@ class IDeliveryAgent(Interface):
         remote reply, permanent failure with the remote reply).  Never
         errbacks for a remote failure: that is a result, not an error."""
 
+    def abort_all() -> None:
+        """The hub stops and gives up what is in flight: make no new
+        connection and cut the sessions open now, until ``resume``."""
+
+    def resume() -> None:
+        """Deliver again (the queue runner starts)."""
+
 
 class ISMTPUser(Interface):
     """The avatar an SMTP AUTH login yields: who submitted the mail."""

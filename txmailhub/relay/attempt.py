@@ -132,6 +132,12 @@ class SMTPClientProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
 
+    def abort(self) -> None:
+        """Cut the connection now (the hub is stopping): without its final
+        "." the server throws the transaction away."""
+        if self.transport is not None and not self._closing:
+            self._abort()
+
     def _timed_out(self) -> None:
         self._timer = None
         log.warn("timeout waiting for the server ({phase})", phase=self.session.phase.value)
@@ -395,6 +401,10 @@ class DeliveryAgent:
         self.mx = mx
         self.clock = clock
         self.endpoint = endpoint or default_endpoint(clock)
+        # Sessions in flight, for abort_all; stopped: no new connection.
+        self._sessions: set[SMTPClientProtocol] = set()
+        self._connecting: set[defer.Deferred] = set()
+        self.stopped = False
         self.trust_root = trust_root
         self.tls_options = tls_options or self._default_tls_options
         self.run_blocking = run_blocking or thread_runner(clock)
@@ -593,16 +603,41 @@ class DeliveryAgent:
             endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)
         factory = Factory.forProtocol(lambda: proto)
         factory.noisy = False  # no "Starting factory" / "Stopping factory" per session
-        try:
-            yield endpoint.connect(factory)
-        except Exception as e:
-            log.info("{queue_id}: cannot connect to {host}[{address}]:{port}: {why}",
-                     queue_id=entry.id, host=mxhost.name, address=address, port=port, why=e)
+        if self.stopped:
             return None
-        outcome = yield proto.done
+        connecting = endpoint.connect(factory)
+        self._connecting.add(connecting)
+        try:
+            yield connecting
+        except Exception as e:
+            if not self.stopped:
+                log.info("{queue_id}: cannot connect to {host}[{address}]:{port}: {why}",
+                         queue_id=entry.id, host=mxhost.name, address=address, port=port,
+                         why=e)
+            return None
+        finally:
+            self._connecting.discard(connecting)
+        self._sessions.add(proto)
+        try:
+            outcome = yield proto.done
+        finally:
+            self._sessions.discard(proto)
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome
+
+    def abort_all(self) -> None:
+        """The hub stops and its grace period is over: connect no more (a
+        DNS answer still on its way finds the agent stopped) and cut every
+        session in flight.  Until ``resume``."""
+        self.stopped = True
+        for connecting in list(self._connecting):
+            connecting.cancel()
+        for proto in list(self._sessions):
+            proto.abort()
+
+    def resume(self) -> None:
+        self.stopped = False
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
         if outcome.tls_offered or outcome.tls:

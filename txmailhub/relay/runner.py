@@ -65,6 +65,7 @@ class QueueRunner:
         self.due: dict[str, float] = {}  # queue id -> next attempt (held: absent)
         self._held: set[str] = set()  # held entries (to log a hold or a release once)
         self.active: set[str] = set()
+        self._generation = 0  # bumped when a stop gives up the attempts in flight
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
         # delivering those copies again.  In memory only: after a crash the
@@ -83,6 +84,7 @@ class QueueRunner:
 
     def start(self) -> None:
         self.running = True
+        self.agent.resume()
         for entry in self.queue.recover():
             self._index(entry, quiet=True)
         if self.queue.take_flag(FLUSH):
@@ -97,8 +99,11 @@ class QueueRunner:
     def stop(self) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
 
-        Whatever is still running after ``SHUTDOWN_GRACE`` is left as it is
-        on disk (the last recorded state) and retried at the next start."""
+        Whatever is still running after ``SHUTDOWN_GRACE`` is given up: its
+        connections are cut, it records nothing (the queue stays as last
+        recorded, for the next start: the hub's lock is released once this
+        Deferred fires, and another hub may take the queue at once), and no
+        new connection is made."""
         self.running = False
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -106,7 +111,17 @@ class QueueRunner:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
-        timer = self.clock.callLater(SHUTDOWN_GRACE, lambda: d.called or d.callback(None))
+
+        def give_up() -> None:
+            if d.called:
+                return
+            self._generation += 1  # what is in flight records nothing now
+            log.info("stopping with {count} delivery attempt(s) in flight: given up, "
+                     "retried at the next start", count=len(self.active))
+            self.agent.abort_all()
+            d.callback(None)
+
+        timer = self.clock.callLater(SHUTDOWN_GRACE, give_up)
 
         def cancel(result: Any) -> Any:
             if timer.active():
@@ -224,8 +239,11 @@ class QueueRunner:
             return
         self.due[qid] = float("inf")  # not due again until recorded below
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
+        generation = self._generation
         if entry.pending and not results:
             results = yield self._attempt(entry)
+        if generation != self._generation:
+            return  # given up by a stop: the queue is another run's now
         now = self.clock.seconds()
         found = []
         lines: list[dict] = []
