@@ -276,6 +276,47 @@ def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -
     first.stopService()
 
 
+@pytest.mark.parametrize("privileged", [True, False])
+def test_a_start_that_fails_part_way_leaves_nothing_running(tmp_path: Path,
+                                                            privileged: bool) -> None:
+    # The second listener's port is taken: the first must not stay bound
+    # (taking mail from a hub the application believes failed), and the
+    # state directory must be free for the next attempt.
+    import socket
+
+    from twisted.internet import reactor
+
+    from txmailhub.service import ListenError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      '[smtp]\nlisten = ["tcp:0:interface=127.0.0.1"]\n[submission]\n'
+                      f'listen = ["tcp:{port}:interface=127.0.0.1"]\n[pop3]\nlisten = []\n')
+    settings = load_text(config.read_text(), str(config))
+    hub = MailHub(settings, reactor=reactor)
+    try:
+        with pytest.raises(ListenError, match="cannot listen for submission"):
+            if privileged:
+                hub.privilegedStartService()
+            hub.startService()
+        bound = [(h, p) for h, p in hub.components.listening]
+        assert bound  # the SMTP listener had bound ...
+        for _ in range(3):
+            reactor.iterate(0)  # Twisted closes a port on its next turn
+        for host, p in bound:  # ... and is closed again
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((host, p), timeout=5).close()
+        assert not hub.running and not any(s.running for s in hub)
+        hub.check_state_dir()  # given up: the next hub may start
+    finally:
+        taken.close()
+        hub.stopService()
+
+
 def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_path: Path) -> None:
     from txmailhub.service import StartError
 

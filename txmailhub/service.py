@@ -291,7 +291,11 @@ class MailHub(MultiService):
                 ).setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
+        try:
+            super().startService()
+        except StartError:
+            self._roll_back()
+            raise
         users = self.components.users
         if users is not None:
             # Bad lines do not stop the hub (the rest of the file works), but
@@ -315,9 +319,27 @@ class MailHub(MultiService):
         try:
             super().privilegedStartService()
         except StartError as e:
+            self._roll_back()
             if self.start_error_type is None:
                 raise
             raise self.start_error_type(e.message) from None
+
+    def _roll_back(self) -> None:
+        """A start that failed part way undoes itself, so that an
+        application that catches the error carries on without any of this
+        hub: no port left listening (and taking mail), no queue runner, and
+        the state directory given up for the next attempt."""
+        for service in reversed(list(self)):
+            try:
+                if service.running:
+                    service.stopService()
+                elif isinstance(service, ListenerService) and service.port is not None:
+                    port, service.port = service.port, None  # bound, never started
+                    port.stopListening()
+            except Exception:
+                log.failure("undoing the failed start of {service}", service=service)
+        self.running = 0
+        self._storage.release()
 
     def check_state_dir(self) -> None:
         """Raise ``StartError`` if another hub runs on this state directory
