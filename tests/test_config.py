@@ -194,6 +194,20 @@ def test_domains_required_and_validated() -> None:
     ]
     assert "list at least one local domain" in problems('[hub]\ndomains = []\n')[0]
     assert "not a domain name" in problems('[hub]\ndomains = ["a b"]\n')[0]
+    for bad in ("Bad_dom!ain", "a..b", "-x-.test", "x" * 64 + ".test"):
+        [problem] = problems(f'[hub]\ndomains = ["{bad}"]\n')
+        assert "[hub] domains:" in problem and "is not a domain name" in problem, bad
+    [twice] = problems('[hub]\ndomains = ["a.test", "A.test."]\n')
+    assert twice.endswith("[hub] domains: 'a.test' is listed twice")
+    load_text('[hub]\ndomains = ["bücher.example", "x-1.test"]\n', "/x.toml")  # IDN: fine
+
+
+def test_the_hostname_must_be_a_domain_name() -> None:
+    # it goes into the greeting, EHLO and Received: a space or CR would reach the wire
+    for bad in ("mail audit test", "mail.test\\r\\n250 evil", "mail..test", "_x.test"):
+        [problem] = problems(f'[hub]\nhostname = "{bad}"\ndomains = ["a.test"]\n')
+        assert "[hub] hostname:" in problem and "is not a domain name" in problem, bad
+    load_text('[hub]\nhostname = "mx1.example.org."\ndomains = ["a.test"]\n', "/x.toml")
 
 
 def test_all_problems_reported_together() -> None:

@@ -400,17 +400,48 @@ def _networks(v: Any) -> tuple[str, ...]:
     return items
 
 
+def _domain_problem(name: str) -> str | None:
+    """Why ``name`` (without a final dot) is not a domain name: labels of
+    letters (any script: an IDN's U-labels), digits and inner hyphens, 63
+    characters at most each, 253 in all (RFC 1035 2.3.1, RFC 5890)."""
+    if not name or len(name) > 253:
+        return "is not a domain name (1 to 253 characters)"
+    for label in name.split("."):
+        if not label:
+            return "is not a domain name: it has an empty label (two dots in a row)"
+        if len(label) > 63:
+            return f"is not a domain name: the label {label[:20]!r}... is over 63 characters"
+        if label[0] == "-" or label[-1] == "-" or not all(c.isalnum() or c == "-" for c in label):
+            return (f"is not a domain name: {label!r} (letters, digits and inner hyphens "
+                    "only)")
+    return None
+
+
 def _domains(v: Any) -> tuple[str, ...]:
     items = _string_list(v)
     if not items:
         raise ValueError("list at least one local domain")
-    out = []
+    out: list[str] = []
     for d in items:
         d = d.strip().rstrip(".").lower()
-        if not d or " " in d or "@" in d:
-            raise ValueError(f"{d!r} is not a domain name")
+        why = _domain_problem(d)
+        if why:
+            raise ValueError(f"{d!r} {why}")
+        if d in out:
+            raise ValueError(f"{d!r} is listed twice")
         out.append(d)
     return tuple(out)
+
+
+def _hostname(v: Any) -> str:
+    """The hub's own name: it goes into the greeting, EHLO and every
+    Received field, so it must be a domain name (a space or a CR in it
+    would reach the wire as it is)."""
+    s = _nonempty_string(v).strip()
+    why = _domain_problem(s.rstrip("."))
+    if why:
+        raise ValueError(f"{s!r} {why}")
+    return s
 
 
 def _hostport(v: Any) -> str:
@@ -513,7 +544,7 @@ def load_text(text: str, path: str) -> Settings:
     if "domains" not in t:
         r.problem("hub", "domains", "required: the local domains, the primary one first")
     hub = HubSettings(
-        hostname=r.get(t, "hub", "hostname", None, _nonempty_string) or socket.getfqdn(),
+        hostname=r.get(t, "hub", "hostname", None, _hostname) or socket.getfqdn(),
         state_dir=r.resolve(r.get(t, "hub", "state_dir", "var", _nonempty_string)),
         domains=r.get(t, "hub", "domains", ("localhost",), _domains),
     )
