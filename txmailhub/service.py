@@ -39,9 +39,12 @@ class StartError(SystemExit):
     """The hub cannot start.  A ``SystemExit`` so that twistd prints the one
     line and exits 1 instead of running half-deaf."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, brief: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # the cause first, in a few words: what a daemonized twistd's parent
+        # prints (it keeps 100 bytes of the child's error)
+        self.brief = brief or message
 
 
 class ListenError(StartError):
@@ -52,7 +55,12 @@ class DaemonStartError(Exception):
     """A ``StartError`` in a daemonized twistd: raised after its fork, a
     ``SystemExit`` would end the child without a word to the parent that
     waits for it (twistd reports only an ``Exception`` back, and then
-    prints it and exits 1)."""
+    prints it and exits 1).  It carries the error's ``brief`` form."""
+
+
+# twistd's parent prints the first 100 bytes of "<module>.<class>: <text>":
+# without the module path ("txmailhub.service.") the cause fits in them.
+DaemonStartError.__module__ = "builtins"
 
 
 _PEM_CERT = re.compile(
@@ -160,8 +168,11 @@ class ListenerService(Service):
                 result.getErrorMessage() if hasattr(result, "getErrorMessage")
                 else str(result or "the endpoint did not bind")
             )
+            cause = getattr(getattr(result, "value", result), "socketError", None)
+            short = getattr(cause, "strerror", None) or str(cause or why)
             raise ListenError(
-                f"mailhub: cannot listen for {self.role} on {self.description}: {why}"
+                f"mailhub: cannot listen for {self.role} on {self.description}: {why}",
+                brief=f"{short}: {self.role} on {self.description}",
             )
         self.port = result
         host = result.getHost()
@@ -322,7 +333,8 @@ class MailHub(MultiService):
             self._roll_back()
             if self.start_error_type is None:
                 raise
-            raise self.start_error_type(e.message) from None
+            log.error("{message}", message=e.message)  # the whole of it, for the log
+            raise self.start_error_type(e.brief) from None
 
     def _roll_back(self) -> None:
         """A start that failed part way undoes itself, so that an

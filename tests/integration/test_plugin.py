@@ -127,7 +127,12 @@ def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> No
     assert f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1" in output
     assert "Traceback" not in output
     assert daemon.returncode == 1
-    assert f"cannot listen for pop3 on tcp:{hub.pop3_port}" in daemon.stdout + daemon.stderr
+    # twistd's parent prints 100 bytes of the child's error: the cause first
+    assert (f"DaemonStartError: Address already in use: pop3 on tcp:{hub.pop3_port}"
+            in daemon.stdout + daemon.stderr), daemon.stdout + daemon.stderr
+    # and the log has the whole line
+    assert (f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1"
+            in (hub.folder / "d.log").read_text())
     assert not pidfile.exists()
 
 
@@ -184,3 +189,27 @@ def test_tac_file_embeds_the_hub(make_hub) -> None:
     hub.proc = None
     assert proc.returncode in CLEAN_STOP, out
     assert b"Traceback" not in out and b"Server Shut Down." in out
+
+
+def test_the_daemon_variant_of_the_tac_file_reports_a_start_error(make_hub) -> None:
+    # `twistd -y` with the two lines the example names: a port in use is
+    # printed by the waiting parent, which exits 1 (without them it waits
+    # for good)
+    hub = make_hub(start=False)
+    tac = hub.folder / "mailhub.tac"
+    example = (ROOT / "etc" / "mailhub.tac").read_text()
+    daemon_variant = example.replace("#   from txmailhub", "from txmailhub").replace(
+        "#   hub.start_error_type", "hub.start_error_type")
+    assert daemon_variant != example
+    tac.write_text(daemon_variant.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    pidfile = hub.folder / "t.pid"
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", hub.smtp_port))
+        blocker.listen(1)
+        result = subprocess.run(
+            [TWISTD, "-y", str(tac), f"--pidfile={pidfile}",
+             f"--logfile={hub.folder / 't.log'}"],
+            capture_output=True, text=True, timeout=60, cwd=hub.folder)
+    assert result.returncode == 1
+    assert f"Address already in use: smtp on tcp:{hub.smtp_port}" in result.stdout + result.stderr
+    assert not pidfile.exists()
