@@ -171,3 +171,10 @@ def test_an_os_error_without_a_file_name_reads_cleanly(config: Path, monkeypatch
     monkeypatch.setattr(cli, "_command", fail)
     code, _, err = run(config, "user", "list")
     assert code == 1 and err == "mailhub: No space left on device\n"
+
+
+def test_a_password_that_is_not_utf8_is_refused_cleanly(config: Path) -> None:
+    # what reading bytes that are not UTF-8 from a pipe gives (surrogateescape)
+    code, _, err = run(config, "user", "add", "latin", "--password-stdin",
+                       stdin=b"p\xffw\n".decode("utf-8", "surrogateescape"))
+    assert (code, err) == (2, "mailhub: the password is not UTF-8 text\n")

@@ -215,3 +215,15 @@ def test_root_owned_queue_and_other_users_are_left_alone(setup, monkeypatch):
     monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
     assert run(settings, "list")[0] == 0
     assert calls == []
+
+
+def test_a_corrupt_record_can_be_deleted_and_is_named_by_hold_and_release(setup):
+    settings, queue, qid, _ = setup
+    with open(queue.record_path(qid), "w") as f:
+        f.write("{not json")
+    for action in ("hold", "release"):
+        code, _, err = run(settings, action, qid)
+        assert code == 1 and f"queue entry {qid} is unreadable" in err
+        assert "Traceback" not in err and f"queue delete {qid}" in err
+    assert run(settings, "delete", qid) == (0, f"deleted {qid}\n", "")
+    assert queue.ids() == []

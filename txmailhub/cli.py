@@ -65,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     if from_stdin:
-        line = stdin.readline()
-        return line.rstrip("\r\n")
+        password = stdin.readline().rstrip("\r\n")
+        try:
+            password.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 (kept as surrogates)
+            raise UsersFileError("the password is not UTF-8 text") from None
+        return password
     if not stdin.isatty():
         raise UsersFileError("no terminal to ask for the password: use --password-stdin")
     first = getpass.getpass("Password: ")

@@ -190,7 +190,12 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
         print(f"deleted {qid}", file=out)
         return 0
     if action in ("hold", "release"):
-        entry = queue.set_held(qid, action == "hold")
+        try:
+            entry = queue.set_held(qid, action == "hold")
+        except RecordError as e:
+            print(f"mailhub: queue entry {qid} is unreadable: {e} (`queue delete {qid}` "
+                  "removes it)", file=err)
+            return 1
         if entry is None:
             return _unknown(qid, err)
         print(f"{'held' if action == 'hold' else 'released'} {qid}", file=out)

@@ -325,9 +325,10 @@ class OutboundQueue:
     # --- administration (used by ``mailhub queue`` and tests) ----------------
 
     def delete(self, queue_id: str) -> bool:
-        """Drop an entry at once; ``False`` when there is no such entry."""
+        """Drop an entry at once; ``False`` when there is no such entry.  A
+        record that cannot be read is dropped too (the admin's way out)."""
         with self._locked():
-            if self.read(queue_id) is None:
+            if not valid_queue_id(queue_id) or not os.path.exists(self.record_path(queue_id)):
                 return False
             self._remove(queue_id)
         self.note_change()
