@@ -432,6 +432,14 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.clock.getDelayedCalls()  # no CLOSE_GRACE left running
         assert len(h.store.messages("bob@example.org")) == 1
 
+    def test_two_hubs_in_one_process_never_give_the_same_message_id(self):
+        # an application may run two hubs; their log lines and Received
+        # fields name messages by these ids
+        first, second = Harness(), Harness()
+        ids = {first.factory.next_id() for _ in range(3)} | {
+            second.factory.next_id() for _ in range(3)}
+        assert len(ids) == 6
+
     def test_a_client_that_half_closes_after_its_message_still_gets_the_250(self):
         # shutdown(SHUT_WR) after the final dot: the client may still read.
         # Closing at once dropped the 250 of a stored message: the client

@@ -618,13 +618,17 @@ def _tls_details(transport: Any) -> tuple[str, str] | None:
     return str(version), str(cipher)
 
 
+# Message ids: one counter for the process, for every listener of every hub
+# in it (an application may run two hubs: their ids must not collide).
+_MESSAGE_IDS = itertools.count(1)
+
+
 class _Limits(ConnectionLimits):
     """Open SMTP connections, in total and per client; and the sessions."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sessions: set[SMTPProtocol] = set()  # for the 421 at shutdown
-        self.ids = itertools.count(1)  # message ids: one counter for every listener
 
 
 class SMTPFactory(ServerFactory):
@@ -713,4 +717,4 @@ class SMTPFactory(ServerFactory):
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""
         now = int(self.components.reactor.seconds())
-        return f"{now:X}{self._id_prefix}{next(self.limits.ids):05X}"
+        return f"{now:X}{self._id_prefix}{next(_MESSAGE_IDS):05X}"
