@@ -134,8 +134,32 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"mailhub: cannot use {tmp_path}/afile/state" in err
-    assert "must belong to the user the hub runs as" in err
-    assert "Traceback" not in err
+    # a file in the way is no matter of ownership: the advice says so
+    assert "something that is not a folder is in the way of state_dir" in err
+    assert "chown" not in err and "Traceback" not in err
+
+
+def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
+    # an embedder gets the documented StartError (StateDirError), one line
+    import errno
+
+    import pytest
+
+    from txmailhub.service import StartError, StateDirError
+
+    (tmp_path / "afile").write_text("")
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "afile/state"\n')
+    settings = load_text(config.read_text(), str(config))
+    with pytest.raises(StateDirError) as info:
+        MailHub(settings, reactor=MemoryReactorClock())
+    assert isinstance(info.value, StartError)
+    assert info.value.message.startswith(f"mailhub: cannot use {tmp_path}/afile/state: ")
+    denied = StateDirError.from_os_error(
+        PermissionError(errno.EACCES, "Permission denied", "/var/lib/x"), "/var/lib/x")
+    assert denied.message.endswith("must belong to the user the hub runs as "
+                                   "(chown -R that user)")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")

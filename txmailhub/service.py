@@ -12,6 +12,7 @@ lets in-flight attempts finish or leaves them on disk), then the syncer
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Any
@@ -29,6 +30,7 @@ from txmailhub.users import UsersDB
 
 __all__ = [
     "DaemonStartError", "ListenError", "ListenerService", "MailHub", "StartError",
+    "StateDirError",
     "build_components", "tls_options",
 ]
 
@@ -49,6 +51,24 @@ class StartError(SystemExit):
 
 class ListenError(StartError):
     """A listener could not bind."""
+
+
+class StateDirError(StartError):
+    """``state_dir`` cannot be used (made, entered, written): raised by
+    ``MailHub()`` itself, before anything starts."""
+
+    @classmethod
+    def from_os_error(cls, error: OSError, state_dir: str) -> StateDirError:
+        where = error.filename or state_dir
+        if error.errno in (errno.EACCES, errno.EPERM):
+            advice = (f"state_dir ({state_dir}) and everything in it must belong to the user "
+                      "the hub runs as (chown -R that user)")
+        elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+            advice = (f"something that is not a folder is in the way of state_dir "
+                      f"({state_dir}): move it, or name another [hub] state_dir")
+        else:
+            advice = f"check [hub] state_dir ({state_dir})"
+        return cls(f"mailhub: cannot use {where}: {error.strerror or error}; {advice}")
 
 
 class DaemonStartError(Exception):
@@ -267,7 +287,10 @@ class MailHub(MultiService):
             reactor = global_reactor
         self.settings = settings
         self.reactor = reactor
-        self.components = c = build_components(settings, reactor)
+        try:
+            self.components = c = build_components(settings, reactor)
+        except OSError as e:  # the state directory: one line, not a traceback
+            raise StateDirError.from_os_error(e, settings.hub.state_dir) from None
         self._storage = _StorageService(c.syncer, c.spooler, settings.hub.state_dir)
         self._storage.setServiceParent(self)
 

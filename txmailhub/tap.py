@@ -54,13 +54,16 @@ def makeService(options: Any) -> Any:
     if owner is None and os.geteuid() == 0:
         print(ROOT_WARNING, file=sys.stderr)
     before = _state_entries(settings.hub.state_dir)
+    from txmailhub.service import StateDirError
+
     try:
         hub = MailHub(settings)
         hub.check_state_dir()  # now, before twistd forks (see DaemonStartError)
     except OSError as e:
-        print(f"mailhub: cannot use {e.filename or settings.hub.state_dir}: {e.strerror}; "
-              f"state_dir ({settings.hub.state_dir}) and everything in it must belong to "
-              "the user the hub runs as (chown -R that user)", file=sys.stderr)
+        print(StateDirError.from_os_error(e, settings.hub.state_dir).message, file=sys.stderr)
+        raise SystemExit(2) from None
+    except StateDirError as e:  # a bad config's exit code: the admin fixes a path
+        print(e.message, file=sys.stderr)
         raise SystemExit(2) from None
     parent = getattr(options, "parent", None)
     if parent is not None and not parent.get("nodaemon", True):
