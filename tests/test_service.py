@@ -319,9 +319,13 @@ def test_a_start_that_fails_part_way_leaves_nothing_running(tmp_path: Path,
     config = tmp_path / "hub.toml"
     config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                       '[smtp]\nlisten = ["tcp:0:interface=127.0.0.1"]\n[submission]\n'
-                      f'listen = ["tcp:{port}:interface=127.0.0.1"]\n[pop3]\nlisten = []\n')
+                      f'listen = ["tcp:{port}:interface=127.0.0.1"]\n[pop3]\nlisten = []\n'
+                      # no resolv.conf: its resolver would re-read it every minute on
+                      # the global reactor, left to the next test
+                      '[relay]\nnameservers = ["127.0.0.1"]\n')
     settings = load_text(config.read_text(), str(config))
     hub = MailHub(settings, reactor=reactor)
+    calls_before = set(reactor.getDelayedCalls())
     try:
         with pytest.raises(ListenError, match="cannot listen for submission"):
             if privileged:
@@ -339,6 +343,9 @@ def test_a_start_that_fails_part_way_leaves_nothing_running(tmp_path: Path,
     finally:
         taken.close()
         hub.stopService()
+        for _ in range(3):
+            reactor.iterate(0)
+    assert set(reactor.getDelayedCalls()) <= calls_before  # nothing left running
 
 
 def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_path: Path) -> None:
