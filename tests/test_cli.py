@@ -178,3 +178,12 @@ def test_a_password_that_is_not_utf8_is_refused_cleanly(config: Path) -> None:
     code, _, err = run(config, "user", "add", "latin", "--password-stdin",
                        stdin=b"p\xffw\n".decode("utf-8", "surrogateescape"))
     assert (code, err) == (2, "mailhub: the password is not UTF-8 text\n")
+
+
+def test_an_empty_mailhub_config_counts_as_unset(tmp_path: Path) -> None:
+    env = dict(os.environ, MAILHUB_CONFIG="")
+    done = subprocess.run([sys.executable, "-m", "txmailhub", "check"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    # the default path, not the current folder read as a config file
+    assert "/etc/txmailhub/mailhub.toml" in done.stderr, done.stderr
+    assert "Is a directory" not in done.stderr

@@ -20,7 +20,8 @@ from txmailhub.errors import ConfigError, NoSuchUser, UserExists, UsersFileError
 
 __all__ = ["main"]
 
-DEFAULT_CONFIG = os.environ.get("MAILHUB_CONFIG", "/etc/txmailhub/mailhub.toml")
+# an empty $MAILHUB_CONFIG counts as unset (a shell's `MAILHUB_CONFIG=` clears it)
+DEFAULT_CONFIG = os.environ.get("MAILHUB_CONFIG") or "/etc/txmailhub/mailhub.toml"
 
 
 class _Parser(argparse.ArgumentParser):
