@@ -227,3 +227,22 @@ def test_a_corrupt_record_can_be_deleted_and_is_named_by_hold_and_release(setup)
         assert "Traceback" not in err and f"queue delete {qid}" in err
     assert run(settings, "delete", qid) == (0, f"deleted {qid}\n", "")
     assert queue.ids() == []
+
+
+def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monkeypatch):
+    # `mailhub queue list` run as the wrong user: Permission denied on the
+    # way to the queue folder, not "nothing queued"
+    import os
+
+    settings, _, _, _ = setup
+    real_stat = os.stat
+
+    def denied(path, *args, **kwargs):
+        if str(path) == settings.queue_dir:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied)
+    for action in ("list", "flush"):
+        with pytest.raises(PermissionError):
+            run(settings, action)

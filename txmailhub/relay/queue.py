@@ -168,6 +168,14 @@ class OutboundQueue:
 
     @property
     def exists(self) -> bool:
+        """Whether the queue folder is there.  Raises ``OSError`` when that
+        cannot be told (no permission on the way to it): an admin who runs
+        ``mailhub queue list`` as the wrong user must hear so, not see an
+        empty queue."""
+        try:
+            os.stat(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
         return os.path.isdir(self.directory)
 
     # --- paths -------------------------------------------------------------
