@@ -7,16 +7,21 @@ line each, and twistd exits 2 before anything starts.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
 from typing import Any
 
+from twisted.application.service import Service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from txmailhub.config import load
 from txmailhub.errors import ConfigError
 
 __all__ = ["Options", "makeService"]
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -74,7 +79,35 @@ def makeService(options: Any) -> Any:
         if before is None:  # made just now, by root
             os.lchown(settings.hub.state_dir, *owner)
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
+    HangupNotice().setServiceParent(hub)
     return hub
+
+
+class HangupNotice(Service):
+    """SIGHUP, the usual "reload" reflex, would end twistd at once (no
+    handler: the default action), without the graceful stop and without a
+    line in the log.  Under ``twistd mailhub`` it is answered with one line
+    instead: the users and aliases files are re-read by themselves, and
+    the config file needs a restart."""
+
+    name = "hangup-notice"
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        self._reactor = reactor
+        self._before = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # in a signal handler: the log line is written by the reactor
+        self._reactor.callFromThread(
+            log.info, "SIGHUP ignored: the users and aliases files are re-read when they "
+            "change; restart the hub (SIGTERM, then start it) to apply a config change")
+
+    def stopService(self) -> None:
+        super().stopService()
+        signal.signal(signal.SIGHUP, self._before)
 
 
 ROOT_WARNING = (

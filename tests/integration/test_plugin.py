@@ -8,6 +8,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import TWISTD, Hub, free_ports
@@ -46,6 +47,19 @@ def test_hub_starts_listens_and_stops_cleanly_on_sigterm(hub: Hub) -> None:
             raise AssertionError(f"port {port} still open after SIGTERM")
         except ConnectionRefusedError:
             pass
+
+
+def test_sighup_is_answered_with_a_log_line_not_a_silent_death(hub: Hub) -> None:
+    # the "reload" reflex: twistd has no handler for it, and the hub died at
+    # once, without its graceful stop and without a word in the log
+    hub.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "SIGHUP ignored" not in hub.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "SIGHUP ignored" in hub.log_text() and hub.proc.poll() is None
+    with socket.create_connection(("127.0.0.1", hub.smtp_port), timeout=5) as s:
+        assert s.recv(200).startswith(b"220 ")
+    assert hub.stop(signal.SIGTERM) in CLEAN_STOP
 
 
 def test_demo_config_runs(tmp_path: Path) -> None:
