@@ -56,7 +56,9 @@ class Realm:
     def requestAvatar(self, avatar_id, mind, *interfaces):
         assert IMailbox in interfaces
         name = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
-        d = self.store.open_mailbox(Address(name, "example.org"))
+        local, _, domain = name.rpartition("@")
+        d = self.store.open_mailbox(Address(local, domain) if local else
+                                    Address(name, "example.org"))
         return d.addCallback(lambda box: (IMailbox, box, box.close))
 
 
@@ -115,7 +117,10 @@ class Env:
     def __init__(self, *, checker=None, tls=None, **pop3):
         self.clock = MemoryReactorClock()
         self.store = MemoryMailboxStore()
-        db = InMemoryUsernamePasswordDatabaseDontUse(joe=b"joepw", ann=b"annpw")
+        # keyed by address: the protocol qualifies a bare login name (as
+        # SMTP AUTH does) before the portal sees it
+        db = InMemoryUsernamePasswordDatabaseDontUse(
+            **{"joe@example.org": b"joepw", "ann@example.org": b"annpw"})
         self.checker = checker or db
         self.portal = Portal(Realm(self.store), [self.checker])
         self.components = Components(
@@ -222,6 +227,19 @@ def test_pipelined_batch_waits_for_the_login_and_answers_in_order():
     assert t.disconnecting
     assert env.store.messages("joe@example.org") == [b"two\n"]
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_the_portal_gets_the_address_as_from_smtp_auth():
+    # an application's own checker sees one form for both protocols
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    proto, _ = env.connect()
+    for typed, seen in ((b"joe", b"joe@example.org"), (b"Ann@Example.ORG", b"Ann@example.org")):
+        proto.dataReceived(b"USER " + typed + b"\r\nPASS pw\r\n")
+        creds, d = checker.pending.pop()
+        assert creds.username == seen
+        d.errback(UnauthorizedLogin())
+        env.clock.advance(10)
 
 
 def test_a_client_that_hangs_up_during_its_login_frees_its_slot_at_once():

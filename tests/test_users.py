@@ -323,6 +323,13 @@ def test_portal_yields_smtp_user_and_locked_mailbox(db: UsersDB) -> None:
     assert store.opened == [Address("alice", "example.org")]
 
 
+def test_realm_refuses_an_avatar_id_that_is_not_an_address() -> None:
+    # an application's own checker answering "joe": no mailbox "@joe"
+    realm = MailRealm(FakeStore())
+    with pytest.raises(ValueError, match="not an address"):
+        realm.requestAvatar(b"joe", None, IMailbox)
+
+
 def test_realm_refuses_unknown_interface() -> None:
     from zope.interface import Interface
 

@@ -108,6 +108,10 @@ class MailRealm:
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         local, _, domain = _text(avatarId).rpartition("@")
+        if not local or not domain:
+            # a checker of the application's own that answers with a bare
+            # name: a mailbox "@joe" would open, empty, without a word
+            raise ValueError(f"the avatar id {avatarId!r} is not an address (local@domain)")
         address = Address(local, domain)
         for iface in interfaces:
             if iface is ISMTPUser:

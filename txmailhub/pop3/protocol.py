@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import client_ip
+from txmailhub.address import AddressError, client_ip, parse_address
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
 from txmailhub.limits import ConnectionLimits, FailureWindow
@@ -341,7 +341,15 @@ class POP3Protocol(Protocol):
 
     def _authenticate(self, action: Authenticate) -> None:
         self._busy = True
-        username = action.username.encode("utf-8", "surrogateescape")
+        # The portal gets the address, as from SMTP AUTH: a bare name
+        # qualified with the primary domain (an application's own checker
+        # must not see "joe" here and "joe@example.org" there).
+        try:
+            name = str(parse_address(action.username,
+                                     self.components.settings.hub.primary_domain))
+        except AddressError:
+            name = action.username  # the checker refuses it
+        username = name.encode("utf-8", "surrogateescape")
         self._typed = action.username
         self._user = loggable(action.username)
         local = _is_local_peer(self.transport.getPeer())
