@@ -404,3 +404,17 @@ def test_nameservers_are_canonical_and_zones_refused() -> None:
         split_nameserver("fe80::1%eth0")
     found = problems(MINIMAL + '[relay]\nnameservers = ["[fe80::1%4]:53"]\n')
     assert len(found) == 1 and "zone" in found[0]
+
+
+def test_listen_endpoints_that_would_fail_at_start_are_problems_now(tmp_path: Path) -> None:
+    cases = {
+        "tcp:99999": "port 99999 is not in 0-65535",
+        "tcp:25:interface=1.2.3.4.5": "is neither an IP address nor a name that resolves",
+        "tcp:25:interface=no.such.host.invalid": "is neither an IP address",
+        f"unix:{tmp_path}/missing/sock": f"the folder {tmp_path}/missing does not exist",
+        "tcp:25:interface=::1": "the colons of an IPv6 address are escaped",
+    }
+    for endpoint, expected in cases.items():
+        [problem] = problems(MINIMAL + f"[smtp]\nlisten = ['{endpoint}']\n")
+        assert "[smtp] listen:" in problem and expected in problem, (endpoint, problem)
+    load_text(MINIMAL + "[smtp]\nlisten = ['tcp6:2525:interface=\\:\\:1', 'tcp:0']\n", "/c")

@@ -295,9 +295,35 @@ def check_endpoint(description: str) -> None:
             "(TLS listeners go in tls_listen)"
         )
     try:
-        serverFromString(MemoryReactor(), description)
+        endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # twisted raises assorted types for bad strings
-        raise ValueError(f"endpoint {description!r} is not valid: {e}") from None
+        hint = ""
+        if re.search(r"interface=[0-9A-Fa-f]*:", description):
+            hint = (" (the colons of an IPv6 address are escaped in an endpoint: "
+                    "tcp6:25:interface=\\:\\:1)")
+        raise ValueError(f"endpoint {description!r} is not valid: {e}{hint}") from None
+    # What parses can still fail at the start; say so now (check's promise).
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"endpoint {description!r}: port {port} is not in 0-65535")
+    interface = getattr(endpoint, "_interface", None)
+    if isinstance(interface, str) and interface:
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            try:
+                socket.gethostbyname(interface)
+            except (OSError, UnicodeError):
+                raise ValueError(
+                    f"endpoint {description!r}: the interface {interface!r} is neither an "
+                    "IP address nor a name that resolves") from None
+    path = getattr(endpoint, "_address", None)
+    if isinstance(path, str):
+        if not path:
+            raise ValueError(f"endpoint {description!r}: the socket path is empty")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"endpoint {description!r}: the folder {folder} does not exist")
 
 
 def _listen_address(description: str) -> tuple[str, Any, Any] | None:
