@@ -508,6 +508,27 @@ class MailboxTests(Base):
         again.close()
         other.close()
 
+    def test_a_read_only_store_can_still_be_read_over_pop3(self):
+        # the lock file cannot be opened for writing (a read-only or full
+        # filesystem): an existing one is locked read-only, and the
+        # mailbox lists its messages; still exclusive
+        self.deliver([JOE])
+        self.open().close()  # the lock file exists now
+        real_open = os.open
+
+        def read_only(path, flags, *args):
+            if path.endswith(".txmailhub.lock") and flags & (os.O_RDWR | os.O_WRONLY):
+                raise OSError(errno.EROFS, "Read-only file system", path)
+            return real_open(path, flags, *args)
+
+        self.patch(maildir_module.os, "open", read_only)
+        box = self.open()
+        self.assertEqual(len(box.list_messages()), 1)
+        self.failureResultOf(self.store.open_mailbox(JOE), MailboxInUse)
+        box.close()
+        # a lock file that is not there cannot be made: the error stands
+        self.failureResultOf(self.store.open_mailbox(ANN), OSError)
+
     def test_snapshot_runs_on_the_worker_threads_and_a_failure_releases_the_lock(self):
         self.deliver([JOE])
         before = self.syncer.calls_run

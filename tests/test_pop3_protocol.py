@@ -1036,3 +1036,24 @@ def test_failed_logins_are_counted_per_client_across_connections():
     proto, t = env.connect(REMOTE)
     talk(proto, t, b"USER joe\r\n")
     assert talk(proto, t, b"PASS joepw\r\n").startswith(b"+OK Logged in")
+
+
+def test_a_disk_error_at_login_is_one_log_line_and_a_temporary_failure():
+    # a read-only store or no inodes left: the operator's to fix, no traceback
+    import errno
+
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    env = Env()
+    env.store.open_mailbox = lambda address: defer.fail(
+        OSError(errno.EROFS, "Read-only file system", "/var/mail/x/.txmailhub.lock"))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto, t = env.connect()
+        talk(proto, t, b"USER joe\r\n")
+        assert talk(proto, t, b"PASS joepw\r\n") == R.MAILBOX_TEMP_FAILURE.to_bytes()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [line] = [e for e in events if "POP3 login error" in formatEvent(e)]
+    assert "Read-only file system" in formatEvent(line) and "log_failure" not in line

@@ -30,7 +30,7 @@ from txmailhub.address import AddressError, client_ip, parse_address
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
 from txmailhub.limits import ConnectionLimits, FailureWindow
-from txmailhub.logsafe import loggable
+from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
 from txmailhub.pop3.server import (
@@ -405,7 +405,8 @@ class POP3Protocol(Protocol):
             log.failure("POP3 mailbox of {user} cannot be opened", failure, user=self._user)
             why = LoginFailure.PERMANENT
         else:
-            log.failure("POP3 login error for {user}", failure, user=self._user)
+            # a disk error (a read-only store, no inodes) is one line
+            log_failure(log, failure, "POP3 login error for {user}", user=self._user)
             why = LoginFailure.TEMPORARY
         log.info(
             "POP3 login {user} from {peer} ({mechanism}) refused: {why}",

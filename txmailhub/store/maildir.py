@@ -358,7 +358,7 @@ class MaildirStore:
         try:
             md = self.maildir_path(address)
             self._ensure(md)
-            fd = os.open(os.path.join(md, LOCK_NAME), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+            fd = _open_lock(os.path.join(md, LOCK_NAME))
         except Exception as e:
             return defer.fail(e)
         try:
@@ -386,6 +386,22 @@ class MaildirStore:
             return f
 
         return d.addCallbacks(opened, failed)
+
+
+def _open_lock(path: str) -> int:
+    """The POP3 lock file, for ``flock``.  Made when missing; an existing
+    one is opened read-only when it cannot be opened for writing (a
+    read-only or full filesystem): ``flock`` needs no write access, and the
+    mailbox can still be read."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES):
+            raise
+        try:
+            return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            raise e from None
 
 
 def _link_impossible(error: Exception | None) -> bool:
