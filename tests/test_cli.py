@@ -187,3 +187,12 @@ def test_an_empty_mailhub_config_counts_as_unset(tmp_path: Path) -> None:
     # the default path, not the current folder read as a config file
     assert "/etc/txmailhub/mailhub.toml" in done.stderr, done.stderr
     assert "Is a directory" not in done.stderr
+
+
+def test_user_add_says_what_it_stored_and_refuses_what_cannot_be_a_mailbox(config: Path) -> None:
+    assert run(config, "user", "add", "Ann.Smith", "--password-stdin", stdin="pw\n") == (
+        0, "added ann.smith@example.org\n", "")
+    code, _, err = run(config, "user", "add", "x" * 65, "--password-stdin", stdin="pw\n")
+    assert code == 2 and "over 64 octets" in err
+    code, _, err = run(config, "user", "add", "ctl\x01x", "--password-stdin", stdin="pw\n")
+    assert code == 2 and "control character" in err

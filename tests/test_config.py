@@ -418,3 +418,11 @@ def test_listen_endpoints_that_would_fail_at_start_are_problems_now(tmp_path: Pa
         [problem] = problems(MINIMAL + f"[smtp]\nlisten = ['{endpoint}']\n")
         assert "[smtp] listen:" in problem and expected in problem, (endpoint, problem)
     load_text(MINIMAL + "[smtp]\nlisten = ['tcp6:2525:interface=\\:\\:1', 'tcp:0']\n", "/c")
+
+
+def test_relay_networks_of_every_address_are_warned_of_as_an_open_relay() -> None:
+    s = load_text(MINIMAL + '[smtp]\nrelay_networks = ["0.0.0.0/0", "::/0", "10.0.0.0/8"]\n',
+                  "/c")
+    relay = [w for w in s.warnings if "relay_networks" in w]
+    assert len(relay) == 2 and all("open relay" in w for w in relay)
+    assert not [w for w in load_text(MINIMAL, "/c").warnings if "relay_networks" in w]

@@ -567,3 +567,18 @@ def test_unsendable_bounce_given_up_after_lifetime(hub):
         hub.clock.advance(4 * 3600)
     assert hub.queue.ids() == []
     assert len(hub.agent.calls) == calls
+
+
+def test_the_start_line_counts_held_entries_too(hub):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, True)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert "queue runner started with 1 queued message(s), 1 held" in [
+        formatEvent(e) for e in events]

@@ -371,3 +371,15 @@ def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_pa
         other.startService()
     assert left.exists()  # the running hub's files are left alone
     hub.stopService()
+
+
+def test_twistd_loads_the_idna_codec_before_it_drops_privileges(tmp_path: Path) -> None:
+    # after --uid, a standard library under /root is out of reach: the
+    # relay's first IDN lookup failed with "unknown encoding: idna"
+    import sys
+
+    from txmailhub.tap import makeService
+
+    sys.modules.pop("encodings.idna", None)
+    makeService(_tap_options(tmp_path, "state"))
+    assert "encodings.idna" in sys.modules

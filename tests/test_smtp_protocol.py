@@ -322,6 +322,11 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t2) == [bye] and t2.disconnecting
         mid_data.connectionLost(None)
         assert h.spooler.aborted  # the half-received message is dropped
+        # and the log says who ended it: the hub, not the client
+        [line] = [formatEvent(e) for e in self.events
+                  if "in the middle of message" in formatEvent(e)]
+        assert line.startswith("closed the session with 192.0.2.2 in the middle of message ")
+        assert "(421 4.3.2 " in line and line.endswith("): nothing stored")
         assert take(t3) == [] and not t3.disconnecting  # waits for its 250
         h.spooler.release()
         assert take(t3)[0].startswith("250 2.0.0 ")

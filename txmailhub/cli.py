@@ -124,7 +124,7 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     password = _read_password(args.password_stdin, stdin)
     if cmd == "add":
         address = users.add(args.address, password, allow_apop=args.allow_apop)
-        print(f"added {address}", file=out)
+        print(f"added {address.key}", file=out)  # as stored: the case a login may use
     else:
         print(f"changed the password of {users.set_password(args.address, password)}", file=out)
     return 0

@@ -638,6 +638,12 @@ def load_text(text: str, path: str) -> Settings:
         vrfy=r.get(t, "smtp", "vrfy", d.vrfy, _bool),
         expn=r.get(t, "smtp", "expn", d.expn, _bool),
     )
+    for network in smtp.relay_networks:
+        if ipaddress.ip_network(network, strict=False).prefixlen == 0:
+            warnings.append(
+                f"{path}: [smtp] relay_networks: {network} is every address: anyone who "
+                "reaches the MX listener may relay through this hub (an open relay)"
+            )
     if "idle_timeout" in t and smtp.idle_timeout == 0:
         warnings.append(
             f"{path}: [smtp] idle_timeout: 0 turns the idle timeout off; a client that "

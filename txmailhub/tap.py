@@ -54,6 +54,10 @@ def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
     raise_fd_limit()
+    # Imported now, while twistd still runs as the user that started it:
+    # after --uid the standard library may be out of reach (installed under
+    # /root, say), and the relay's first IDN lookup would fail.
+    import encodings.idna  # noqa: F401
     settings = options["settings"]
     owner = _dropping_to(options)
     if owner is None and os.geteuid() == 0:

@@ -294,6 +294,10 @@ class UsersDB:
             raise UsersFileError(
                 f"{address} is not in a local domain ({', '.join(self.domains)})"
             )
+        if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
+            raise UsersFileError(f"the local part of {address} is over 64 octets")
+        if not address.local.isprintable():
+            raise UsersFileError("the address has a control character in it")
         return address
 
     @staticmethod

@@ -94,7 +94,9 @@ class QueueRunner:
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=True)
-        log.info("queue runner started with {count} queued message(s)", count=len(self.due))
+        log.info("queue runner started with {count} queued message(s){held}",
+                 count=len(self.due) + len(self._held),
+                 held=f", {len(self._held)} held" if self._held else "")
 
     def stop(self) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.

@@ -205,10 +205,16 @@ class SMTPProtocol(Protocol):
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         if self._writer is not None:
-            # the client went away in the middle of a message: nothing of
-            # it is stored, and it was never answered
-            log.info("{client} closed the connection in the middle of message {id}: "
-                     "nothing stored", client=self.host, id=self._message_id or "-")
+            # the connection ended in the middle of a message: nothing of
+            # it is stored, and it was never answered -- the client went
+            # away, or the hub closed the session (it stops: 421)
+            if self._close_reply is not None:
+                log.info("closed the session with {client} in the middle of message {id} "
+                         "({reply}): nothing stored", client=self.host,
+                         id=self._message_id or "-", reply=self._close_reply.text())
+            else:
+                log.info("{client} closed the connection in the middle of message {id}: "
+                         "nothing stored", client=self.host, id=self._message_id or "-")
             self._writer.abort()
             self._writer = None
         if self.engine is not None:
