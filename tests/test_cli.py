@@ -196,3 +196,21 @@ def test_user_add_says_what_it_stored_and_refuses_what_cannot_be_a_mailbox(confi
     assert code == 2 and "over 64 octets" in err
     code, _, err = run(config, "user", "add", "ctl\x01x", "--password-stdin", stdin="pw\n")
     assert code == 2 and "control character" in err
+
+
+def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
+    # the running hub skips them (and logs it): check says so before
+    (config.parent / "aliases").write_text(
+        "ghost: nobody\nteam: alice, carol@example.net, x@remote.test\nsales: team\n"
+        "boss@example.net: postmaster\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    code, out, err = run(config, "check")
+    assert code == 0 and out.endswith(": ok\n")
+    warnings = [line for line in err.splitlines() if "no local user" in line]
+    assert [w.split(": ", 2)[2] for w in warnings] == [
+        "alias ghost@example.org names nobody@example.org, which is no local user: the hub "
+        "skips it",
+        "alias team@example.org names carol@example.net, which is no local user: the hub "
+        "skips it"], err
+    assert all(w.startswith("warning: ") for w in warnings)

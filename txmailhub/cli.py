@@ -91,11 +91,17 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     users = _users(settings)
     users.addresses()
     problems.extend(users.problems)
+    warnings = list(settings.warnings)
     if settings.aliases.file:
-        from txmailhub.router import check_aliases_file
+        from txmailhub.router import alias_target_warnings, check_aliases_file
 
-        problems.extend(check_aliases_file(settings.aliases.file, settings.hub.primary_domain))
-    for warning in settings.warnings:
+        problems.extend(check_aliases_file(settings.aliases.file, settings.hub.primary_domain,
+                                           settings.hub.domains))
+        if not users.missing:
+            warnings.extend(alias_target_warnings(
+                settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
+                users.contains))
+    for warning in warnings:
         print(f"warning: {warning}", file=err)
     if users.missing:
         # not fatal (aliases may send everything elsewhere), but until it

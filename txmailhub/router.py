@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.logger import Logger
@@ -52,7 +52,7 @@ from txmailhub.errors import Rejected
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.smtp import replies
 
-__all__ = ["Aliases", "Router", "check_aliases_file", "parse_aliases"]
+__all__ = ["Aliases", "Router", "alias_target_warnings", "check_aliases_file", "parse_aliases"]
 
 log = Logger()
 
@@ -197,6 +197,30 @@ def check_aliases_file(
     problems.extend(f"{path}: alias loop: {loop} (it is cut at runtime)"
                     for loop in _loops(table))
     return problems
+
+
+def alias_target_warnings(
+    path: str, primary_domain: str, domains: Iterable[str], is_user: Callable[[Address], bool]
+) -> list[str]:
+    """One line per alias target in a local domain that is neither a user
+    nor an alias: the running hub skips it (and logs it), so ``check``
+    says so too -- a warning, since the user may simply not be added yet."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            table, _ = parse_aliases(f.read(), primary_domain, domains, path)
+    except (OSError, UnicodeDecodeError):
+        return []  # check_aliases_file reports it
+    local = {_domain(d) for d in domains}
+    postmaster = _key(Address("postmaster", primary_domain))
+    out = []
+    for alias, targets in table.items():
+        for target, _expand in targets:
+            key = _key(target)
+            if (_domain(target.domain) in local and key not in table and key != postmaster
+                    and not is_user(target)):
+                out.append(f"{path}: alias {alias} names {target}, which is no local user: "
+                           "the hub skips it")
+    return out
 
 
 @implementer(IRecipientRouter)
