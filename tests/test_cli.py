@@ -214,3 +214,20 @@ def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
         "alias team@example.org names carol@example.net, which is no local user: the hub "
         "skips it"], err
     assert all(w.startswith("warning: ") for w in warnings)
+
+
+def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
+    folder = config.parent / "users"
+    folder.mkdir()  # [users] file names a folder
+    code, _, err = run(config, "check")
+    assert code == 2 and f"[users] file: {folder} is a folder, not a file" in err, err
+    folder.rmdir()
+    aliases = config.parent / "aliases"
+    aliases.mkdir()
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    code, _, err = run(config, "check")
+    assert code == 2 and f"[aliases] file: {aliases} is a folder, not a file" in err, err
+    aliases.rmdir()
+    aliases.write_bytes(b"team: alice\n\xff\n")
+    code, _, err = run(config, "check")
+    assert code == 2 and "[aliases] file is not UTF-8 text" in err, err

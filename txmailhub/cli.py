@@ -89,7 +89,12 @@ def _users(settings: Settings):
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems: list[str] = []
     users = _users(settings)
-    users.addresses()
+    try:
+        users.addresses()
+    except OSError as e:  # one line naming the key, as for every config problem
+        what = "is a folder, not a file" if os.path.isdir(settings.users.file) else \
+            f"cannot be read: {e.strerror or e}"
+        problems.append(f"{settings.path}: [users] file: {settings.users.file} {what}")
     problems.extend(users.problems)
     warnings = list(settings.warnings)
     if settings.aliases.file:

@@ -283,6 +283,19 @@ def _tname(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
+def _not_a_file(path: str) -> str:
+    """Why ``path``, which should be a file, is not one."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return f"{path} cannot be reached: permission denied on the way to it"
+    except OSError:
+        return f"{path} does not exist"
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    return f"{path} is not a regular file"
+
+
 def check_endpoint(description: str) -> None:
     """Raise ValueError unless ``description`` is a server endpoint we can listen on."""
     from twisted.internet.endpoints import serverFromString
@@ -583,7 +596,7 @@ def load_text(text: str, path: str) -> Settings:
     if aliases_file is not None:
         aliases_file = r.resolve(aliases_file)
         if not os.path.isfile(aliases_file):
-            r.problem("aliases", "file", f"{aliases_file} does not exist")
+            r.problem("aliases", "file", _not_a_file(aliases_file))
     aliases = AliasesSettings(file=aliases_file)
 
     tls = None
@@ -597,7 +610,7 @@ def load_text(text: str, path: str) -> Settings:
         readable = True
         for name, p in (("certificate", cert), ("key", key)):
             if name in t and not os.path.isfile(p):
-                r.problem("tls", name, f"{p} does not exist")
+                r.problem("tls", name, _not_a_file(p))
             elif name in t:
                 why = _unreadable(p)
                 if why:
@@ -728,7 +741,7 @@ def load_text(text: str, path: str) -> Settings:
     if auth_file:
         auth_file = r.resolve(auth_file)
         if not os.path.isfile(auth_file):
-            r.problem("relay", "smarthost_auth_file", f"{auth_file} does not exist")
+            r.problem("relay", "smarthost_auth_file", _not_a_file(auth_file))
     relay = RelaySettings(
         port=r.get(t, "relay", "port", d4.port, _port),
         nameservers=r.get(t, "relay", "nameservers", d4.nameservers, _nameservers),

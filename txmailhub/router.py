@@ -191,8 +191,10 @@ def check_aliases_file(
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        return [f"{path}: cannot read the aliases file: {e}"]
+    except OSError as e:
+        return [f"{path}: [aliases] file cannot be read: {e.strerror or e}"]
+    except UnicodeDecodeError as e:
+        return [f"{path}: [aliases] file is not UTF-8 text ({e.reason} at octet {e.start})"]
     table, problems = parse_aliases(text, primary_domain, domains, path)
     problems.extend(f"{path}: alias loop: {loop} (it is cut at runtime)"
                     for loop in _loops(table))
