@@ -231,3 +231,21 @@ def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Pa
     aliases.write_bytes(b"team: alice\n\xff\n")
     code, _, err = run(config, "check")
     assert code == 2 and "[aliases] file is not UTF-8 text" in err, err
+
+
+def test_check_reports_an_interface_that_does_not_resolve(config: Path) -> None:
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    config.write_text(config.read_text()
+                      + "[smtp]\nlisten = ['tcp:2525:interface=no.such.host.invalid']\n")
+    code, _, err = run(config, "check")
+    assert code == 2 and "[smtp] listen: endpoint" in err and "does not resolve" not in err
+    assert "neither an IP address nor a name that resolves" in err
+    assert run(config, "user", "list")[0] == 0  # other commands do not look it up
+
+
+def test_check_with_a_users_folder_and_aliases_exits_2_without_a_crash(config: Path) -> None:
+    (config.parent / "users").mkdir()
+    (config.parent / "aliases").write_text("team: alice\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    code, _, err = run(config, "check")
+    assert code == 2 and "[users] file:" in err and "Traceback" not in err

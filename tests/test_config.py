@@ -406,18 +406,34 @@ def test_nameservers_are_canonical_and_zones_refused() -> None:
     assert len(found) == 1 and "zone" in found[0]
 
 
-def test_listen_endpoints_that_would_fail_at_start_are_problems_now(tmp_path: Path) -> None:
+def test_listen_endpoints_that_cannot_be_are_problems() -> None:
     cases = {
         "tcp:99999": "port 99999 is not in 0-65535",
-        "tcp:25:interface=1.2.3.4.5": "is neither an IP address nor a name that resolves",
-        "tcp:25:interface=no.such.host.invalid": "is neither an IP address",
-        f"unix:{tmp_path}/missing/sock": f"the folder {tmp_path}/missing does not exist",
         "tcp:25:interface=::1": "the colons of an IPv6 address are escaped",
     }
     for endpoint, expected in cases.items():
         [problem] = problems(MINIMAL + f"[smtp]\nlisten = ['{endpoint}']\n")
         assert "[smtp] listen:" in problem and expected in problem, (endpoint, problem)
     load_text(MINIMAL + "[smtp]\nlisten = ['tcp6:2525:interface=\\:\\:1', 'tcp:0']\n", "/c")
+    # what needs a lookup is check's alone (every CLI command loads the
+    # config: it must not depend on DNS or on the current folder)
+    load_text(MINIMAL + "[smtp]\nlisten = ['tcp:25:interface=no.such.host.invalid', "
+                        "'unix:sockets/smtp.sock']\n", "/c")
+
+
+def test_check_finds_listen_endpoints_that_would_fail_at_start(tmp_path: Path) -> None:
+    from txmailhub.config import endpoint_readiness
+
+    cases = {
+        "tcp:25:interface=1.2.3.4.5": "is neither an IP address nor a name that resolves",
+        "tcp:25:interface=no.such.host.invalid": "is neither an IP address",
+        f"unix:{tmp_path}/missing/sock": f"the folder {tmp_path}/missing does not exist",
+    }
+    for endpoint, expected in cases.items():
+        assert expected in (endpoint_readiness(endpoint) or ""), endpoint
+    for fine in ("tcp:25", "tcp:25:interface=127.0.0.1", f"unix:{tmp_path}/sock",
+                 "unix:relative/sock"):
+        assert endpoint_readiness(fine) is None, fine
 
 
 def test_relay_networks_of_every_address_are_warned_of_as_an_open_relay() -> None:

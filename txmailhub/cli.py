@@ -89,20 +89,35 @@ def _users(settings: Settings):
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems: list[str] = []
     users = _users(settings)
+    users_read = True
     try:
         users.addresses()
     except OSError as e:  # one line naming the key, as for every config problem
+        users_read = False
         what = "is a folder, not a file" if os.path.isdir(settings.users.file) else \
             f"cannot be read: {e.strerror or e}"
         problems.append(f"{settings.path}: [users] file: {settings.users.file} {what}")
     problems.extend(users.problems)
+    from txmailhub.config import endpoint_readiness
+
+    for section, key, descriptions in (
+        ("smtp", "listen", settings.smtp.listen),
+        ("submission", "listen", settings.submission.listen),
+        ("submission", "tls_listen", settings.submission.tls_listen),
+        ("pop3", "listen", settings.pop3.listen),
+        ("pop3", "tls_listen", settings.pop3.tls_listen),
+    ):
+        for description in descriptions:
+            why = endpoint_readiness(description)
+            if why:
+                problems.append(f"{settings.path}: [{section}] {key}: {why}")
     warnings = list(settings.warnings)
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file
 
         problems.extend(check_aliases_file(settings.aliases.file, settings.hub.primary_domain,
                                            settings.hub.domains))
-        if not users.missing:
+        if not users.missing and users_read:
             warnings.extend(alias_target_warnings(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
                 users.contains))

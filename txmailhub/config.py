@@ -315,10 +315,24 @@ def check_endpoint(description: str) -> None:
             hint = (" (the colons of an IPv6 address are escaped in an endpoint: "
                     "tcp6:25:interface=\\:\\:1)")
         raise ValueError(f"endpoint {description!r} is not valid: {e}{hint}") from None
-    # What parses can still fail at the start; say so now (check's promise).
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"endpoint {description!r}: port {port} is not in 0-65535")
+
+
+def endpoint_readiness(description: str) -> str | None:
+    """Why a valid listen endpoint would still fail at the start (an
+    interface name that does not resolve, the folder of an absolute unix
+    socket path missing), or None.  For ``mailhub check`` only: it looks
+    things up (DNS, the filesystem), which loading the config for every
+    other command must not do."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception:
+        return None  # reported by check_endpoint
     interface = getattr(endpoint, "_interface", None)
     if isinstance(interface, str) and interface:
         try:
@@ -327,16 +341,16 @@ def check_endpoint(description: str) -> None:
             try:
                 socket.gethostbyname(interface)
             except (OSError, UnicodeError):
-                raise ValueError(
-                    f"endpoint {description!r}: the interface {interface!r} is neither an "
-                    "IP address nor a name that resolves") from None
+                return (f"endpoint {description!r}: the interface {interface!r} is neither an "
+                        "IP address nor a name that resolves")
     path = getattr(endpoint, "_address", None)
     if isinstance(path, str):
         if not path:
-            raise ValueError(f"endpoint {description!r}: the socket path is empty")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"endpoint {description!r}: the folder {folder} does not exist")
+            return f"endpoint {description!r}: the socket path is empty"
+        folder = os.path.dirname(path)
+        if os.path.isabs(path) and not os.path.isdir(folder):
+            return f"endpoint {description!r}: the folder {folder} does not exist"
+    return None
 
 
 def _listen_address(description: str) -> tuple[str, Any, Any] | None:
