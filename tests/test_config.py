@@ -199,7 +199,12 @@ def test_domains_required_and_validated() -> None:
         assert "[hub] domains:" in problem and "is not a domain name" in problem, bad
     [twice] = problems('[hub]\ndomains = ["a.test", "A.test."]\n')
     assert twice.endswith("[hub] domains: 'a.test' is listed twice")
-    load_text('[hub]\ndomains = ["bücher.example", "x-1.test"]\n', "/x.toml")  # IDN: fine
+    # IDNs (combining marks included) and address literals: fine
+    load_text('[hub]\ndomains = ["bücher.example", "x-1.test", "हिन्दी.example", '
+              '"ตัวอย่าง.example", "தமிழ்.example", "[127.0.0.1]"]\n', "/x.toml")
+    load_text('[hub]\nhostname = "[192.0.2.1]"\ndomains = ["a.test"]\n', "/x.toml")
+    [bad] = problems('[hub]\ndomains = ["[300.1.1.1]"]\n')
+    assert "is not an address literal" in bad
 
 
 def test_the_hostname_must_be_a_domain_name() -> None:

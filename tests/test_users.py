@@ -370,3 +370,32 @@ def test_the_lock_keeps_the_users_files_owner(db: UsersDB, monkeypatch) -> None:
     db.add("ann", "pw")
     monkeypatch.undo()
     assert (os.stat(db.path + ".lock").st_ino, other) in given
+
+
+def test_the_editor_keeps_crlf_and_replaces_the_line_in_effect(db: UsersDB) -> None:
+    db.add("joe", "joe-pw")
+    good = Path(db.path).read_bytes().split(b"\n")[1]
+    # a Windows-edited file, with a bad line of joe's before the good one
+    Path(db.path).write_bytes(b"# note\r\njoe@example.org h apop=!!notbase64\r\n"
+                              + good + b"\r\n")
+    db.set_password("joe", "new-pw")
+    lines = Path(db.path).read_bytes().split(b"\n")
+    assert lines[1] == b"joe@example.org h apop=!!notbase64\r"  # not the one in effect
+    assert lines[2].startswith(b"joe@example.org scrypt$") and lines[2].endswith(b"\r")
+    assert lines[2] != good + b"\r"
+    db.add("ann", "ann-pw")
+    assert Path(db.path).read_bytes().endswith(b"\r\n")
+    assert all(line.endswith(b"\r") for line in Path(db.path).read_bytes().split(b"\n")[:-1])
+    assert db.check_password(Address("joe", "example.org"), "new-pw")
+    db.delete("joe")  # its unreadable line goes too
+    assert b"joe@" not in Path(db.path).read_bytes()
+
+
+def test_users_added_before_the_checks_can_still_be_deleted(db: UsersDB) -> None:
+    long = "x" * 70
+    Path(db.path).write_text(f"{long}@example.org {hash_password('pw')}\n")
+    db.set_password(long, "new")
+    db.delete(long)
+    assert db.addresses() == []
+    with pytest.raises(UsersFileError, match="over 64 octets"):
+        db.add(long, "pw")

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import tomllib
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -457,6 +458,17 @@ def _domain_problem(name: str) -> str | None:
     """Why ``name`` (without a final dot) is not a domain name: labels of
     letters (any script: an IDN's U-labels), digits and inner hyphens, 63
     characters at most each, 253 in all (RFC 1035 2.3.1, RFC 5890)."""
+    if name.startswith("[") and name.endswith("]"):
+        # an address literal (RFC 5321 4.1.3), as a host without a name uses
+        literal = name[1:-1]
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            return "is not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])"
+        return None
     if not name or len(name) > 253:
         return "is not a domain name (1 to 253 characters)"
     for label in name.split("."):
@@ -464,7 +476,11 @@ def _domain_problem(name: str) -> str | None:
             return "is not a domain name: it has an empty label (two dots in a row)"
         if len(label) > 63:
             return f"is not a domain name: the label {label[:20]!r}... is over 63 characters"
-        if label[0] == "-" or label[-1] == "-" or not all(c.isalnum() or c == "-" for c in label):
+        # letters of any script, their combining marks (Devanagari, Thai,
+        # Tamil vowel signs), digits and inner hyphens
+        if label[0] == "-" or label[-1] == "-" or not all(
+                c.isalnum() or c == "-" or unicodedata.category(c) in ("Mn", "Mc")
+                for c in label):
             return (f"is not a domain name: {label!r} (letters, digits and inner hyphens "
                     "only)")
     return None

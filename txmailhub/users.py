@@ -150,7 +150,7 @@ class UsersDB:
         if stamp == self._stamp:
             return
         with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
-            self._records, self.problems, _ = self._parse(f.read())
+            self._records, self.problems, _, _ = self._parse(f.read())
         self._stamp = stamp
         if self.missing:
             log.info("the users file {path} is back", path=self.path)
@@ -158,9 +158,11 @@ class UsersDB:
         for problem in self.problems:  # once per change of the file
             log.warn("users file: {problem}", problem=problem)
 
-    def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str], list[str | None]]:
-        """The records (the first line of an address wins), the problems,
-        and for each line (split at LF only) the address key it is for."""
+    def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str],
+                                         list[str | None], dict[str, int]]:
+        """The records (the first good line of an address wins), the
+        problems, for each line (split at LF only) the address key it is
+        for, and for each key the index of the line in effect."""
         records: dict[str, UserRecord] = {}
         problems: list[str] = []
         keys: list[str | None] = []
@@ -175,6 +177,9 @@ class UsersDB:
                 if len(fields) not in (2, 3):
                     raise ValueError("expected '<address> <hash> [apop=<secret>]'")
                 address = parse_address(fields[0], self.primary_domain)
+                # the line is this user's, even if the rest of it is bad:
+                # `user del` removes it with the others
+                keys[-1] = address.key
                 apop = None
                 if len(fields) == 3:
                     if not fields[2].startswith("apop="):
@@ -197,7 +202,7 @@ class UsersDB:
             why = hash_problem(fields[1])
             if why:
                 problems.append(f"{self.path}:{lineno}: {address.key} cannot log in: {why}")
-        return records, problems, keys
+        return records, problems, keys, {k: n - 1 for k, n in first.items()}
 
     def get(self, address: Address) -> UserRecord | None:
         self._refresh()
@@ -248,13 +253,13 @@ class UsersDB:
                     raw = f.read()
             except FileNotFoundError:
                 raw = b""
-            before, _, keys = self._parse(raw.decode("utf-8", "replace"))
+            before, _, keys, effective = self._parse(raw.decode("utf-8", "replace"))
             records = dict(before)
             yield records
-            self._write(raw, keys, before, records)
+            self._write(raw, keys, effective, before, records)
 
-    def _write(self, raw: bytes, keys: list[str | None], before: dict[str, UserRecord],
-               after: dict[str, UserRecord]) -> None:
+    def _write(self, raw: bytes, keys: list[str | None], effective: dict[str, int],
+               before: dict[str, UserRecord], after: dict[str, UserRecord]) -> None:
         """Edit the file in place, line by line: every line the change does
         not concern stays as it was, byte for byte -- comments, lines the
         hub cannot read (``check`` reports them; an admin may be halfway
@@ -263,25 +268,27 @@ class UsersDB:
         gets its line in effect rewritten; new users go at the end."""
         from txmailhub.store.sync import durable_write
 
+        lines = raw.split(b"\n")
+        crlf = lines[0].endswith(b"\r")  # a file written on Windows keeps its line ends
         out: list[bytes] = []
-        rewritten: set[str] = set()
-        for line, key in zip(raw.split(b"\n"), keys, strict=True):
+        for i, (line, key) in enumerate(zip(lines, keys, strict=True)):
             if key is not None and key in before:
                 if key not in after:
-                    continue
-                if after[key] != before[key] and key not in rewritten:
-                    rewritten.add(key)
-                    out.append(after[key].to_line().rstrip("\n").encode("utf-8"))
+                    continue  # every line of a deleted user, unreadable ones too
+                if after[key] != before[key] and effective.get(key) == i:
+                    new = after[key].to_line().rstrip("\n").encode("utf-8")
+                    out.append(new + b"\r" if line.endswith(b"\r") else new)
                     continue
             out.append(line)
         text = b"\n".join(out)
         added = [after[k] for k in sorted(after) if k not in before]
         if added:
+            eol = b"\r\n" if crlf else b"\n"
             if not text.strip():
-                text = b"# txmailhub users: <address> <scrypt hash> [apop=<secret>]\n"
+                text = b"# txmailhub users: <address> <scrypt hash> [apop=<secret>]" + eol
             elif not text.endswith(b"\n"):
-                text += b"\n"
-            text += "".join(r.to_line() for r in added).encode("utf-8")
+                text += eol
+            text += b"".join(r.to_line().rstrip("\n").encode("utf-8") + eol for r in added)
         durable_write(self.path, text, mode=0o600)
         self._stamp = None
 
@@ -294,10 +301,6 @@ class UsersDB:
             raise UsersFileError(
                 f"{address} is not in a local domain ({', '.join(self.domains)})"
             )
-        if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
-            raise UsersFileError(f"the local part of {address} is over 64 octets")
-        if not address.local.isprintable():
-            raise UsersFileError("the address has a control character in it")
         return address
 
     @staticmethod
@@ -307,6 +310,12 @@ class UsersDB:
 
     def add(self, name: str, password: str, allow_apop: bool = False) -> Address:
         address = self._local(name)
+        # new users only: one already in the file (added by hand, or before
+        # these checks) can still be deleted or get a new password
+        if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
+            raise UsersFileError(f"the local part of {address} is over 64 octets")
+        if not address.local.isprintable():
+            raise UsersFileError("the address has a control character in it")
         self._check_password(password)
         with self._locked() as records:
             if address.key in records:
