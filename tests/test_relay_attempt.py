@@ -640,8 +640,29 @@ def test_a_server_that_never_lets_the_connection_close_is_cut(tmp_path):
     d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
     net.pumps[0].clientIO.loseConnection = lambda: None  # a close that waits
     net.run()
-    assert not d.called
-    clock.advance(60)  # the QUIT step's own timeout (RFC 5321 4.5.3.2)
-    r = run(net, d)[0]
-    assert r.kind == "delivered"
+    # the results are known at the 221: reported at once, not after the
+    # close (a hub stopping meanwhile would have recorded nothing)
+    assert d.called and run(net, d)[0].kind == "delivered"
+    assert clock.getDelayedCalls()  # the close itself is still timed ...
+    clock.advance(60)  # ... by the QUIT step's own timeout (RFC 5321 4.5.3.2)
     assert not clock.getDelayedCalls()
+
+
+def test_a_dns_answer_that_comes_after_a_stop_and_a_start_connects_nowhere(tmp_path):
+    # The old run's delivery waited for its MX answer through the stop and
+    # the next start: it must not deliver (its result would be thrown away,
+    # and the new run delivers the message too).
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    held: defer.Deferred = defer.Deferred()
+    real = a.mx.resolve
+    a.mx.resolve = lambda domain: held
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    a.abort_all()  # the stop gives up
+    a.resume()  # and the hub starts again
+    real("remote.test").chainDeferred(held)  # the answer comes now
+    [r] = run(net, d)
+    assert r.kind == "transient" and not net.pumps  # no connection made
+    a.mx.resolve = real
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"  # a delivery of the new run goes through

@@ -582,3 +582,24 @@ def test_the_start_line_counts_held_entries_too(hub):
         globalLogPublisher.removeObserver(events.append)
     assert "queue runner started with 1 queued message(s), 1 held" in [
         formatEvent(e) for e in events]
+
+
+def test_a_start_within_a_stops_grace_gives_the_old_attempts_up_and_runs(hub):
+    # started again before the grace is over: the last run's attempts are
+    # given up at once, and its timer must not end the new run
+    in_flight: defer.Deferred = defer.Deferred()
+    hub.agent.script = lambda e, d, r: in_flight
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    hub.clock.advance(1)
+    hub.runner.stop()
+    hub.runner.start()
+    assert hub.agent.aborted == 1  # given up at the start, not 10 s later
+    hub.clock.advance(10)
+    assert hub.agent.aborted == 1
+    # the old attempt ends now: it records nothing, and this run retries it
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "delivered", OK, "mx") for a in r]
+    in_flight.callback([DeliveryResult(BOB, "transient", LATER, "mx")])
+    hub.clock.advance(1)
+    assert hub.queue.ids() == []  # delivered by the new run
+    assert [c[0] for c in hub.agent.calls].count(qid) == 2

@@ -156,6 +156,14 @@ def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
         MailHub(settings, reactor=MemoryReactorClock())
     assert isinstance(info.value, StartError)
     assert info.value.message.startswith(f"mailhub: cannot use {tmp_path}/afile/state: ")
+    # the queue folder is made later in the build: a file in its way is the
+    # same kind of error
+    (tmp_path / "afile").unlink()
+    (tmp_path / "afile").mkdir()
+    (tmp_path / "afile" / "state").mkdir()
+    (tmp_path / "afile" / "state" / "queue").write_text("")
+    with pytest.raises(StateDirError):
+        MailHub(settings, reactor=MemoryReactorClock())
     denied = StateDirError.from_os_error(
         PermissionError(errno.EACCES, "Permission denied", "/var/lib/x"), "/var/lib/x")
     assert denied.message.endswith("must belong to the user the hub runs as "

@@ -287,16 +287,15 @@ class MailHub(MultiService):
             reactor = global_reactor
         self.settings = settings
         self.reactor = reactor
+        from txmailhub.relay.service import RelayService
+
         try:
             self.components = c = build_components(settings, reactor)
+            relay = RelayService(c)  # makes the queue folder
         except OSError as e:  # the state directory: one line, not a traceback
             raise StateDirError.from_os_error(e, settings.hub.state_dir) from None
         self._storage = _StorageService(c.syncer, c.spooler, settings.hub.state_dir)
         self._storage.setServiceParent(self)
-
-        from txmailhub.relay.service import RelayService
-
-        relay = RelayService(c)
         relay.setServiceParent(self)
         c.queue = relay.queue
 
@@ -366,7 +365,10 @@ class MailHub(MultiService):
         the state directory given up for the next attempt."""
         for service in reversed(list(self)):
             try:
-                if service.running:
+                abandon = getattr(service, "abandon", None)  # the relay: no grace
+                if service.running and abandon is not None:
+                    abandon()
+                elif service.running:
                     service.stopService()
                 elif isinstance(service, ListenerService) and service.port is not None:
                     port, service.port = service.port, None  # bound, never started

@@ -119,6 +119,7 @@ class SMTPClientProtocol(Protocol):
         self._file: Any = None
         self._closing = False
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
+        self._lost = False  # connectionLost has run
 
     # --- timers ---------------------------------------------------------------
 
@@ -134,8 +135,10 @@ class SMTPClientProtocol(Protocol):
 
     def abort(self) -> None:
         """Cut the connection now (the hub is stopping): without its final
-        "." the server throws the transaction away."""
-        if self.transport is not None and not self._closing:
+        "." the server throws the transaction away.  A session already
+        closing (its results known, a TLS close waiting for the server) is
+        cut too."""
+        if self.transport is not None:
             self._abort()
 
     def _timed_out(self) -> None:
@@ -171,6 +174,7 @@ class SMTPClientProtocol(Protocol):
             self._abort()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._lost = True
         self._disarm()
         if self._file is not None:
             self._file.close()
@@ -213,7 +217,14 @@ class SMTPClientProtocol(Protocol):
                     self._abort()
                     continue
                 self.transport.loseConnection()
-                if not self.done.called:
+                outcome = self.session.outcome
+                if outcome is not None and not self.done.called:
+                    # The session is over and its results known: report them
+                    # now, not once the close is through (under TLS that
+                    # waits for the server's close_notify, up to a minute,
+                    # and a hub that stops meanwhile would record nothing).
+                    self.done.callback(outcome)
+                if not self._lost:
                     # Under TLS the close sends close_notify and waits for the
                     # server's: one that neither answers nor closes the TCP
                     # connection would hold the attempt (and its delivery
@@ -405,6 +416,7 @@ class DeliveryAgent:
         self._sessions: set[SMTPClientProtocol] = set()
         self._connecting: set[defer.Deferred] = set()
         self.stopped = False
+        self._epoch = 0  # bumped by abort_all: a delivery begun before it goes no further
         self.trust_root = trust_root
         self.tls_options = tls_options or self._default_tls_options
         self.run_blocking = run_blocking or thread_runner(clock)
@@ -483,6 +495,9 @@ class DeliveryAgent:
 
     @defer.inlineCallbacks
     def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address]) -> Any:
+        epoch = self._epoch
+        given_up = [DeliveryResult(a, "transient", LocalReply.of(
+            451, "4.3.0", "the hub stopped during the attempt")) for a in recipients]
         smarthost = destination == SMARTHOST
         if smarthost:
             host, _, port = self.relay.smarthost.rpartition(":")
@@ -498,6 +513,8 @@ class DeliveryAgent:
                 log.info("{queue_id}: {destination}: {reason}", queue_id=entry.id,
                          destination=destination, reason=e.reason)
                 return [DeliveryResult(a, kind, reply) for a in recipients]
+        if epoch != self._epoch:  # a DNS answer that came after a stop (and a start)
+            return given_up
         last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
@@ -509,6 +526,8 @@ class DeliveryAgent:
                 if tried >= MAX_ADDRESSES_PER_ATTEMPT:
                     break
                 tried += 1
+                if epoch != self._epoch:
+                    return given_up
                 outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                               smarthost)
                 if (outcome is not None and outcome.session_error is not None
@@ -631,6 +650,7 @@ class DeliveryAgent:
         DNS answer still on its way finds the agent stopped) and cut every
         session in flight.  Until ``resume``."""
         self.stopped = True
+        self._epoch += 1
         for connecting in list(self._connecting):
             connecting.cancel()
         for proto in list(self._sessions):

@@ -66,6 +66,7 @@ class QueueRunner:
         self._held: set[str] = set()  # held entries (to log a hold or a release once)
         self.active: set[str] = set()
         self._generation = 0  # bumped when a stop gives up the attempts in flight
+        self._give_up_timer: Any = None
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
         # delivering those copies again.  In memory only: after a crash the
@@ -84,6 +85,12 @@ class QueueRunner:
 
     def start(self) -> None:
         self.running = True
+        if self._give_up_timer is not None and self._give_up_timer.active():
+            # started again within a stop's grace: what the last run left in
+            # flight is given up now, or its timer would end this run's
+            self._give_up_timer.cancel()
+            self._give_up()
+        self._give_up_timer = None
         self.agent.resume()
         for entry in self.queue.recover():
             self._index(entry, quiet=True)
@@ -98,7 +105,7 @@ class QueueRunner:
                  count=len(self.due) + len(self._held),
                  held=f", {len(self._held)} held" if self._held else "")
 
-    def stop(self) -> defer.Deferred:
+    def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
 
         Whatever is still running after ``SHUTDOWN_GRACE`` is given up: its
@@ -117,13 +124,13 @@ class QueueRunner:
         def give_up() -> None:
             if d.called:
                 return
-            self._generation += 1  # what is in flight records nothing now
-            log.info("stopping with {count} delivery attempt(s) in flight: given up, "
-                     "retried at the next start", count=len(self.active))
-            self.agent.abort_all()
+            self._give_up()
             d.callback(None)
 
-        timer = self.clock.callLater(SHUTDOWN_GRACE, give_up)
+        if grace <= 0:
+            give_up()
+            return d
+        timer = self._give_up_timer = self.clock.callLater(grace, give_up)
 
         def cancel(result: Any) -> Any:
             if timer.active():
@@ -131,6 +138,14 @@ class QueueRunner:
             return result
 
         return d.addBoth(cancel)
+
+    def _give_up(self) -> None:
+        """The attempts in flight record nothing from now on, and their
+        connections are cut."""
+        self._generation += 1
+        log.info("stopping with {count} delivery attempt(s) in flight: given up, "
+                 "retried at the next start", count=len(self.active))
+        self.agent.abort_all()
 
     # --- events ----------------------------------------------------------------
 
@@ -245,7 +260,11 @@ class QueueRunner:
         if entry.pending and not results:
             results = yield self._attempt(entry)
         if generation != self._generation:
-            return  # given up by a stop: the queue is another run's now
+            # given up by a stop: the queue may be another hub's now.  If
+            # this runner runs again meanwhile, the entry is retried by it.
+            if self.running:
+                self.due[qid] = self.clock.seconds()
+            return
         now = self.clock.seconds()
         found = []
         lines: list[dict] = []
@@ -268,6 +287,8 @@ class QueueRunner:
             return
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+        if generation != self._generation:
+            return  # given up while the record was written: no notice from here
         if entry is not None:
             entry = yield self._notify(entry, now)
         if entry is None:
@@ -303,8 +324,15 @@ class QueueRunner:
             sem = self._semaphores[dest] = defer.DeferredSemaphore(
                 self.relay.max_per_destination)
 
+        generation = self._generation
+
+        def deliver() -> defer.Deferred:
+            if generation != self._generation:  # waited for a slot past a stop
+                return defer.succeed([])
+            return self.agent.deliver(entry, dest, rcpts)
+
         def run() -> defer.Deferred:
-            return self._global.run(self.agent.deliver, entry, dest, rcpts)
+            return self._global.run(deliver)
 
         d = sem.run(run)
 

@@ -96,3 +96,11 @@ class RelayService(Service):
         if self.runner is None:
             return None
         return self.runner.stop()
+
+    def abandon(self) -> defer.Deferred | None:
+        """Stop without the grace: what is in flight is given up at once (a
+        start that failed part way undoes itself this way)."""
+        if not self.running:
+            return None
+        super().stopService()
+        return self.runner.stop(grace=0) if self.runner is not None else None
