@@ -28,7 +28,9 @@ def test_an_escape_the_client_typed_cannot_pass_for_ours():
 def test_ascii_only_escapes_printable_look_alikes():
     # U+2800 prints as a blank: "x\u2800as\u2800alice" would read "x as alice"
     assert loggable("x\u2800as\u2800alice", ascii_only=True) == "x\\u2800as\\u2800alice"
-    assert loggable("caf\xe9", ascii_only=True) == "caf\\xe9"
+    # the letter, not the byte 0xE9 (which a client's non-UTF-8 would give)
+    assert loggable("caf\xe9", ascii_only=True) == "caf\\u00e9"
+    assert loggable(b"caf\xe9".decode("utf-8", "surrogateescape")) == "caf\\xe9"
     assert loggable("caf\xe9") == "caf\xe9"
 
 

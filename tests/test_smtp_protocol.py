@@ -462,6 +462,35 @@ class ProtocolTests(SynchronousTestCase):
         p.readConnectionLost()  # a second EOF report changes nothing
         p.connectionLost(None)
 
+    def test_a_client_that_half_closes_during_a_login_check_is_closed_at_once(self):
+        # its answer (a delayed 535) is worth nothing to it, and the
+        # connection slot must not wait for it (a guesser that hangs up)
+        h = Harness(auth_failure_delay=5.0)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                       .encode())
+        take(t)
+        assert p.engine.waiting and not t.disconnecting  # the 535 is delayed
+        p.readConnectionLost()
+        assert t.disconnecting
+        p.connectionLost(None)
+        h.clock.advance(10)
+        assert take(t) == []
+
+    def test_a_half_close_after_a_long_batch_answers_all_of_it_first(self):
+        h = Harness(idle_timeout=300)
+        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        sock = MemorySocket(h.clock, p)
+        p.makeConnection(sock)
+        sock.startReading()
+        p.dataReceived(b"HELP\r\n" * 2000)
+        assert sock.producerPaused and sock.reading()  # held: the client does not read
+        p.readConnectionLost()
+        assert not sock.disconnecting
+        sock.drain()
+        assert bytes(sock.sent).count(b"\r\n214 ") == 2000
+        assert sock.lost is not None  # then closed
+
     def test_a_client_that_half_closes_in_the_middle_of_its_message_stores_nothing(self):
         h = Harness()
         p, t = h.connect()

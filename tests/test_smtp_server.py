@@ -139,7 +139,7 @@ def test_the_helo_name_is_echoed_as_printable_ascii_only():
     assert d.send("EHLO a\x1b[31mred\x07\x7f\r\n")[0] == (
         "250-mx.example.org Hello a\\x1b[31mred\\x07\\x7f")
     assert d.send("HELO jörg.example\r\n") == [
-        "250 mx.example.org Hello j\\xf6rg.example, pleased to meet you"]
+        "250 mx.example.org Hello j\\u00f6rg.example, pleased to meet you"]
     line = d.send("HELO " + "\x1b" * 400 + "\r\n")[0]
     assert len(line.encode()) < 512 and line.isascii() and line.endswith("pleased to meet you")
 

@@ -16,7 +16,7 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
     """``text`` as one unambiguous log line of at most ``limit`` characters.
 
     Bytes that were not UTF-8 (kept as surrogates) come out as ``\\xNN``,
-    other unprintable characters as ``\\xNN``, ``\\uNNNN`` or
+    other unprintable characters as ``\\xNN`` (ASCII), ``\\uNNNN`` or
     ``\\UNNNNNNNN``, and a backslash as ``\\\\``, so that an escape the
     client typed cannot pass for one made here.  ``ascii_only`` escapes
     every non-ASCII character too: for names that should be ASCII (HELO),
@@ -43,8 +43,11 @@ def _escape(c: str, ascii_only: bool) -> str:
         return "\\\\"
     if c.isprintable() and (o < 0x80 or not ascii_only):
         return c
-    if o <= 0xFF:
+    if o < 0x80:
         return f"\\x{o:02x}"
+    # \xNN is kept for bytes that were not UTF-8: a character is \uNNNN
+    # even below U+0100, so that "caf\xe9" (a Latin-1 byte) and "caf\u00e9"
+    # (the letter) do not read the same
     if o <= 0xFFFF:
         return f"\\u{o:04x}"
     return f"\\U{o:08x}"

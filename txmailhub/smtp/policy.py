@@ -42,7 +42,7 @@ class RecipientPolicy:
         self.router = components.router
         self.primary_domain = components.settings.hub.primary_domain
         # an embedder's own spooler may predate room(): then nothing is refused
-        self._room = getattr(components.spooler, "room", None)
+        self._room = getattr(getattr(components, "spooler", None), "room", None)
 
     def check_room(self, size: int) -> None:
         """Refuse a message announced at ``size`` octets (``MAIL ... SIZE=``)

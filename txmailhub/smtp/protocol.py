@@ -187,7 +187,11 @@ class SMTPProtocol(Protocol):
         if self._eof:
             return
         self._eof = True
-        if self.engine is None or self.engine.in_message:
+        engine = self.engine
+        if engine is None or engine.in_message or (engine.waiting and not engine.storing):
+            # a message cut short, or a login being checked (or its failure
+            # delayed): nothing worth keeping the connection (and its slot)
+            # for -- a guesser that hangs up must not hold it
             self._lose()
             return
         self._drive()
@@ -278,9 +282,11 @@ class SMTPProtocol(Protocol):
             self._flow()  # stop reading now, not after one more read
         if engine.closed:
             self._lose()
-        elif self._eof and not engine.waiting:
-            # everything the client sent is answered: close (what was held
-            # and never completed, a line or a BDAT message, is dropped)
+        elif self._eof and not engine.waiting and not (self._write_paused and engine.has_input):
+            # everything the client sent is answered (a batch held while it
+            # does not read is answered first, on resumeProducing): close;
+            # what was held and never completed, a line or a BDAT message,
+            # is dropped
             self._lose()
         elif engine.waiting:
             # Paused only once input arrives while we decide: a lock-step

@@ -103,12 +103,14 @@ class ReturnPathFilter:
         end = data.find(b"\n\n")
         head, rest = (data, b"") if end < 0 else (data[: end + 1], data[end + 1 :])
         self.done = end >= 0
+        changed = False
         if self._inside:  # the field's continuation lines, from the last piece
             kept = _CONTINUATION.sub(b"", head, count=1)
             self._inside = not kept and not self.done
+            changed = len(kept) != len(head)
             head = kept
         if b"return-path" not in head.lower():
-            return head + rest if head is not data else data
+            return head + rest if changed else data  # the common case: no copy
         self._inside = not self.done and bool(_RETURN_PATH_LAST.search(head))
         return _RETURN_PATH.sub(b"", head) + rest
 

@@ -140,7 +140,7 @@ def _echo(name: str) -> str:
     us), short enough that the reply line stays within RFC 5321's 512
     octets (4.5.3.1.5)."""
     if not (name.isascii() and name.isprintable()):
-        name = loggable(name, 4 * _ECHO_MAX, ascii_only=True)
+        return loggable(name, _ECHO_MAX, ascii_only=True)  # never cuts an escape
     if len(name) <= _ECHO_MAX:
         return name
     return name[: _ECHO_MAX - 3] + "..."

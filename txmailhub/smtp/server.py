@@ -160,6 +160,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return self._waiting is not None
 
     @property
+    def storing(self) -> bool:
+        """Whether the answer waited for is a message's (its spool file, or
+        its 250 once it is durable), not a login's or a TLS handshake's."""
+        return isinstance(self._waiting, StartMessage | MessageComplete)
+
+    @property
     def has_input(self) -> bool:
         """Whether received bytes wait to be processed (pipelined input)."""
         return bool(self._buf)
