@@ -381,12 +381,8 @@ class ProtocolTests(SynchronousTestCase):
         client.close_notify_while_paused()
         assert not h.clock.getDelayedCalls()
 
-    def test_tls_session_ended_before_the_answer_to_data_closes(self):
-        # SMTPS: the client ends the TLS session (close_notify) while its
-        # message is being made durable.  The 250 then has nowhere to go;
-        # sending it must not flush the socket behind Twisted's back (that
-        # swallows the close the TLS layer asked for: the connection would
-        # stay until the idle timeout).
+    def _smtps_at_data(self) -> tuple[Harness, TLSClient]:
+        """An SMTPS session, logged in, its DATA answered 354; storage held."""
         h = Harness(hold=True, idle_timeout=300)
         factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
         client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
@@ -396,6 +392,15 @@ class ProtocolTests(SynchronousTestCase):
                     b"DATA\r\n")
         h.clock.advance(0)
         assert client.receive().splitlines()[-1].startswith(b"354 ")
+        return h, client
+
+    def test_tls_session_ended_before_the_answer_to_data_closes(self):
+        # SMTPS: the client ends the TLS session (close_notify) while its
+        # message is being made durable.  The 250 then has nowhere to go;
+        # sending it must not flush the socket behind Twisted's back (that
+        # swallows the close the TLS layer asked for: the connection would
+        # stay until the idle timeout).
+        h, client = self._smtps_at_data()
         client.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
         client.close_notify()
         sock = client.socket
@@ -414,15 +419,7 @@ class ProtocolTests(SynchronousTestCase):
         # held; after the 221 the TLS close waits for the client's
         # close_notify, so reading must resume, or the connection stays
         # until CLOSE_GRACE.
-        h = Harness(hold=True, idle_timeout=300)
-        factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
-        client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
-        assert client.receive().startswith(b"220 ")
-        client.send(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0secret")
-                    + b"\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
-                    b"DATA\r\n")
-        h.clock.advance(0)
-        assert client.receive().splitlines()[-1].startswith(b"354 ")
+        h, client = self._smtps_at_data()
         client.send(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
         sock = client.socket
         assert not sock.reading()  # paused: QUIT waits for the answer
