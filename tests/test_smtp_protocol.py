@@ -29,7 +29,7 @@ from txmailhub.interfaces import ISMTPUser
 from txmailhub.service import tls_options
 from txmailhub.smtp import replies
 from txmailhub.smtp import server as smtp_server
-from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory
+from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory, SMTPProtocol
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
 ALICE = Address("alice", "example.org")
@@ -107,6 +107,16 @@ def quit_behind_unread_replies():
     p.makeConnection(sock)
     p.dataReceived(b"EHLO c\r\n" * 500 + b"QUIT\r\n")
     return h, sock
+
+
+def memory_session(h: Harness) -> tuple[SMTPProtocol, MemorySocket]:
+    """A session over an in-memory socket transport (Twisted's write buffer
+    and producer logic), reading."""
+    p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+    sock = MemorySocket(h.clock, p)
+    p.makeConnection(sock)
+    sock.startReading()
+    return p, sock
 
 
 def take(t: StringTransport) -> list[str]:
@@ -476,10 +486,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_a_half_close_after_a_long_batch_answers_all_of_it_first(self):
         h = Harness(idle_timeout=300)
-        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        sock = MemorySocket(h.clock, p)
-        p.makeConnection(sock)
-        sock.startReading()
+        p, sock = memory_session(h)
         p.dataReceived(b"HELP\r\n" * 2000)
         assert sock.producerPaused and sock.reading()  # held: the client does not read
         p.readConnectionLost()
@@ -506,10 +513,7 @@ class ProtocolTests(SynchronousTestCase):
         # REPLIES_HELD at a time, Twisted pauses us within a few passes and
         # the rest waits, unread, until the client reads.
         h = Harness(idle_timeout=300)
-        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        sock = MemorySocket(h.clock, p)
-        p.makeConnection(sock)
-        sock.startReading()
+        p, sock = memory_session(h)
         n = 64 * 1024 // 6
         p.dataReceived(b"HELP\r\n" * (n - 1) + b"QUIT\r\n")
         help_size = len(replies.help_text([]).to_bytes()) + 200
@@ -527,10 +531,7 @@ class ProtocolTests(SynchronousTestCase):
         # by a client that does not read: the close must not wait for it
         # for ever (the idle timer stops once the session is over)
         h = Harness(idle_timeout=300)
-        p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        sock = MemorySocket(h.clock, p)
-        p.makeConnection(sock)
-        sock.startReading()
+        p, sock = memory_session(h)
         p.dataReceived(b"EHLO c\r\n" * 500)
         assert sock.producerPaused
 
