@@ -189,7 +189,6 @@ class UsersDB:
             except (ValueError, AddressError) as e:
                 problems.append(f"{self.path}:{lineno}: {e}")
                 continue
-            keys[-1] = address.key
             if address.key in first:
                 # one entry per user: a second line (typed by hand, say) must
                 # not silently replace the password in effect

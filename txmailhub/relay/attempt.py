@@ -496,8 +496,6 @@ class DeliveryAgent:
     @defer.inlineCallbacks
     def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address]) -> Any:
         epoch = self._epoch
-        given_up = [DeliveryResult(a, "transient", LocalReply.of(
-            451, "4.3.0", "the hub stopped during the attempt")) for a in recipients]
         smarthost = destination == SMARTHOST
         if smarthost:
             host, _, port = self.relay.smarthost.rpartition(":")
@@ -514,7 +512,7 @@ class DeliveryAgent:
                          destination=destination, reason=e.reason)
                 return [DeliveryResult(a, kind, reply) for a in recipients]
         if epoch != self._epoch:  # a DNS answer that came after a stop (and a start)
-            return given_up
+            return _given_up(recipients)
         last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
@@ -527,7 +525,7 @@ class DeliveryAgent:
                     break
                 tried += 1
                 if epoch != self._epoch:
-                    return given_up
+                    return _given_up(recipients)
                 outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                               smarthost)
                 if (outcome is not None and outcome.session_error is not None
@@ -665,6 +663,13 @@ class DeliveryAgent:
         elif host in self.tls_seen:
             log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
                      host=host)
+
+
+def _given_up(recipients: Sequence[Address]) -> list[DeliveryResult]:
+    """The results of a delivery the hub's stop gave up (never recorded:
+    the runner drops them; transient all the same)."""
+    reply = LocalReply.of(451, "4.3.0", "the hub stopped during the attempt")
+    return [DeliveryResult(a, "transient", reply) for a in recipients]
 
 
 def _tls_failure(reason: Any) -> str:
