@@ -96,8 +96,21 @@ class HangupNotice(Service):
 
     name = "hangup-notice"
 
+    def privilegedStartService(self) -> None:
+        # here, not in startService: twistd calls that once the reactor
+        # runs, well after the ports are bound -- a SIGHUP in between (a
+        # script that saw the port open) would still end the hub
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
+        if self._before is None:  # an application that only calls startService
+            self._install()
+
+    _before: Any = None
+
+    def _install(self) -> None:
         from twisted.internet import reactor
 
         self._reactor = reactor
@@ -111,7 +124,9 @@ class HangupNotice(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        signal.signal(signal.SIGHUP, self._before)
+        if self._before is not None:
+            signal.signal(signal.SIGHUP, self._before)
+            self._before = None
 
 
 ROOT_WARNING = (

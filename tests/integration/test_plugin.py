@@ -52,6 +52,8 @@ def test_hub_starts_listens_and_stops_cleanly_on_sigterm(hub: Hub) -> None:
 def test_sighup_is_answered_with_a_log_line_not_a_silent_death(hub: Hub) -> None:
     # the "reload" reflex: twistd has no handler for it, and the hub died at
     # once, without its graceful stop and without a word in the log
+    # (sent as soon as the ports listen, before the reactor runs: the
+    # handler is in place from the binding on)
     hub.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while "SIGHUP ignored" not in hub.log_text() and time.monotonic() < deadline:
