@@ -249,3 +249,49 @@ def test_check_with_a_users_folder_and_aliases_exits_2_without_a_crash(config: P
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
     code, _, err = run(config, "check")
     assert code == 2 and "[users] file:" in err and "Traceback" not in err
+
+
+def test_check_names_every_bad_item_of_a_list(config: Path) -> None:
+    # one run names them all: fixing one at a time and rerunning is tedious
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    config.write_text(
+        '[hub]\ndomains = ["example.org", "bad domain", "example.org", "-x.test"]\n'
+        'state_dir = "var"\n'
+        '[smtp]\nlisten = ["tcp:x", "tcp:2525", "udp:53"]\nrelay_networks = ["10/8x", "::1/200"]\n'
+        '[relay]\nnameservers = ["192.0.2.1:0", "name.test"]\n')
+    code, _, err = run(config, "check")
+    lines = err.splitlines()
+    assert code == 2
+    assert sum("[hub] domains:" in line for line in lines) == 3, err
+    assert any("'bad domain'" in line for line in lines)
+    assert any("'example.org' is listed twice" in line for line in lines)
+    assert any("'-x.test'" in line for line in lines)
+    assert sum("[smtp] listen:" in line for line in lines) == 2, err
+    assert sum("[smtp] relay_networks:" in line for line in lines) == 2, err
+    assert sum("[relay] nameservers:" in line for line in lines) == 2, err
+
+
+def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
+    # the relay reads it at each delivery: a bad one would turn every
+    # outbound message into a retry, found only in the log
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    auth = config.parent / "auth"
+    config.write_text(config.read_text()
+                      + '[relay]\nsmarthost = "smtp.example.net:587"\n'
+                        'smarthost_auth_file = "auth"\n')
+    for content, why in ((b"just-a-name\n", 'expected one line "username:password"'),
+                         (b"", 'expected one line "username:password"'),
+                         (b":secret\n", 'expected one line "username:password"'),
+                         (b"user:\xffpass\n", "is not UTF-8 text")):
+        auth.write_bytes(content)
+        auth.chmod(0o600)
+        code, _, err = run(config, "check")
+        assert code == 2 and "[relay] smarthost_auth_file: " in err and why in err, (content, err)
+    auth.write_bytes(b"user@example.net:s3cret\n")
+    code, out, err = run(config, "check")
+    assert (code, out, err) == (0, f"{config}: ok\n", ""), err
+    auth.chmod(0o644)
+    code, _, err = run(config, "check")
+    assert code == 0 and "warning: " in err and "every local user can read it" in err, err
+    auth.chmod(0o640)  # root:txmailhub 640 is how the docs would have it
+    assert run(config, "check")[2] == ""

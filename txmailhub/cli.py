@@ -86,6 +86,28 @@ def _users(settings: Settings):
     return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
 
 
+def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str]) -> list[str]:
+    """What the relay would trip over when it logs in to the smarthost
+    (it reads the file at each delivery: a bad one turns every outbound
+    message into a retry); a password every local user can read is a warning."""
+    from txmailhub.relay.attempt import read_credentials
+
+    where = f"{path}: [relay] smarthost_auth_file: "
+    try:
+        read_credentials(auth_file)
+    except UnicodeDecodeError:
+        return [f"{where}{auth_file} is not UTF-8 text"]
+    except OSError as e:
+        return [f"{where}{auth_file} cannot be read: {e.strerror or e}"]
+    except ValueError as e:
+        return [where + str(e)]
+    mode = os.stat(auth_file).st_mode
+    if mode & 0o007:  # a group of its own (root:txmailhub 640) is fine
+        warnings.append(f"{where}{auth_file} holds a password and every local user can "
+                        f"read it (mode {mode & 0o777:o}): chmod o-rwx")
+    return []
+
+
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems: list[str] = []
     users = _users(settings)
@@ -112,6 +134,9 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             if why:
                 problems.append(f"{settings.path}: [{section}] {key}: {why}")
     warnings = list(settings.warnings)
+    auth_file = settings.relay.smarthost_auth_file
+    if auth_file and os.path.isfile(auth_file):  # config loading named a missing one
+        problems.extend(_smarthost_auth_problems(settings.path, auth_file, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file
 

@@ -210,6 +210,10 @@ class _Reader:
             return default
         try:
             return convert(table[key])
+        except ItemProblems as e:
+            for why in e.reasons:
+                self.problem(section, key, why)
+            return default
         except (ValueError, TypeError) as e:
             self.problem(section, key, str(e))
             return default
@@ -437,21 +441,41 @@ def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
     return problems
 
 
-def _endpoints(v: Any) -> tuple[str, ...]:
-    items = _string_list(v)
+class ItemProblems(ValueError):
+    """Several items of one list are bad: each is reported on its own line,
+    so that one run of ``mailhub check`` names them all."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+def _each(items: tuple[str, ...], check: Callable[[str], Any]) -> tuple[str, ...]:
+    """``items`` once ``check`` (which raises ValueError) passed each."""
+    reasons = []
     for item in items:
-        check_endpoint(item)
+        try:
+            check(item)
+        except ValueError as e:
+            reasons.append(str(e))
+    if reasons:
+        raise ItemProblems(reasons)
     return items
+
+
+def _endpoints(v: Any) -> tuple[str, ...]:
+    return _each(_string_list(v), check_endpoint)
+
+
+def _network(item: str) -> None:
+    try:
+        ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise ValueError(f"{item!r} is not a network (use CIDR like 192.0.2.0/24)") from None
 
 
 def _networks(v: Any) -> tuple[str, ...]:
-    items = _string_list(v)
-    for item in items:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ValueError(f"{item!r} is not a network (use CIDR like 192.0.2.0/24)") from None
-    return items
+    return _each(_string_list(v), _network)
 
 
 def _domain_problem(name: str) -> str | None:
@@ -491,14 +515,18 @@ def _domains(v: Any) -> tuple[str, ...]:
     if not items:
         raise ValueError("list at least one local domain")
     out: list[str] = []
+    reasons = []
     for d in items:
         d = d.strip().rstrip(".").lower()
         why = _domain_problem(d)
         if why:
-            raise ValueError(f"{d!r} {why}")
-        if d in out:
-            raise ValueError(f"{d!r} is listed twice")
-        out.append(d)
+            reasons.append(f"{d!r} {why}")
+        elif d in out:
+            reasons.append(f"{d!r} is listed twice")
+        else:
+            out.append(d)
+    if reasons:
+        raise ItemProblems(reasons)
     return tuple(out)
 
 
@@ -555,10 +583,7 @@ def split_nameserver(item: str) -> tuple[str, int]:
 
 
 def _nameservers(v: Any) -> tuple[str, ...]:
-    items = _string_list(v)
-    for item in items:
-        split_nameserver(item)
-    return items
+    return _each(_string_list(v), split_nameserver)
 
 
 def _tls_mode(v: Any) -> str:
