@@ -73,6 +73,14 @@ def _unfold(value: bytes) -> bytes:
     return b" ".join(line.strip(b" \t") for line in value.split(b"\n") if line.strip(b" \t"))
 
 
+def _unfold_text(value: bytes) -> bytes:
+    """An unstructured field's text, unfolded as RFC 5322 2.2.3 says (the
+    line breaks go, the blanks stay: the text of an unstructured field is
+    every character of it, trailing blanks included), without the blanks
+    that separate it from the colon."""
+    return value.replace(b"\r\n", b"\n").replace(b"\n", b"").lstrip(b" \t")
+
+
 def encode_field(raw: bytes) -> bytes:
     """The 7-bit form of one header field (``raw``: "Name: value" with its
     continuation lines, LF line ends, the final LF included).
@@ -103,6 +111,7 @@ def encode_field(raw: bytes) -> bytes:
         return out
     if key in _STRUCTURED_FIELDS:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
+    value = _unfold_text(value_b)
     text, charset = _text(value)
     if charset == "utf-8":
         # maxlinelen 76 keeps each encoded word within RFC 2047's 75
