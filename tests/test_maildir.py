@@ -309,6 +309,28 @@ class DeliveryTests(Base):
             self.assertRegex(uid, r"^[\x21-\x7e]{1,70}$")
         self.assertEqual(len({uid_for_name(n) for n in names}), 300)
 
+    def test_a_forked_child_names_its_copies_apart_from_its_parent(self):
+        # twistd forks to daemonize, an embedding may fork workers: with the
+        # parent's pid, tag and counter, two processes would make the same
+        # names, and a rename into new/ would replace the other's copy
+        msg = self.spool()
+        parent = self.store.unique_name(msg)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its next name, and leave at once
+            try:
+                os.write(w, self.store.unique_name(msg).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        child = os.read(r, 4096).decode()
+        os.close(r)
+        os.waitpid(pid, 0)
+        self.assertIn(f"P{os.getpid()}Q", parent)
+        self.assertIn(f"P{pid}Q", child)
+        tag = re.compile(r"R[0-9a-f]{8}\.")
+        self.assertNotEqual(tag.search(parent).group(), tag.search(child).group())
+
     def test_concurrent_deliveries_share_a_batch(self):
         msgs = [self.spool(b"m%d\n" % i) for i in range(5)]
         self.syncer.hold = True

@@ -61,6 +61,7 @@ import fcntl
 import itertools
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,18 @@ def _path_component(text: str, what: str) -> str:
 
 # --- the store ----------------------------------------------------------------
 
+# Every store of this process, to refresh their name parts after a fork.
+_STORES: weakref.WeakSet[MaildirStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._new_process()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 @implementer(IMailboxStore, ISpoolingStore)
 class MaildirStore:
@@ -142,8 +155,10 @@ class MaildirStore:
         self._counter = itertools.count(1)
         # pid and a random tag once per process: with the time and the
         # counter they make every name unique (no system call per message)
-        self._process = f"P{os.getpid()}"
-        self._tag = f"R{os.urandom(4).hex()}.{self._host}"
+        self._process = ""
+        self._tag = ""
+        self._new_process()
+        _STORES.add(self)
         # Maildir -> directories whose new entries (from creating it) are
         # not yet known to be durable; a delivery syncs them, then forgets.
         self._unsynced: dict[str, set[str]] = {}
@@ -193,6 +208,15 @@ class MaildirStore:
             left.difference_update(dirs)
             if not left:
                 del self._unsynced[md]
+
+    def _new_process(self) -> None:
+        """Draw the per-process parts of the names again: at start, and in
+        the child of a fork -- twistd's daemonizing, or an embedding that
+        forks workers after making the store.  Two children with the
+        parent's pid, tag and counter would make the same names, and the
+        rename of one copy into ``new/`` replaces the other's."""
+        self._process = f"P{os.getpid()}"
+        self._tag = f"R{os.urandom(4).hex()}.{self._host}"
 
     def unique_name(self, message: SpooledMessage) -> str:
         now = self._clock()
