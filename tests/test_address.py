@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmailhub.address import Address, AddressError, client_ip, parse_address
+from txmailhub.address import (
+    Address,
+    AddressError,
+    canonical_domain,
+    canonical_local,
+    client_ip,
+    parse_address,
+)
 
 
 def test_domain_is_lowercased_local_part_kept() -> None:
@@ -74,3 +81,40 @@ def test_parse_round_trip(local: str, domain: str) -> None:
 def test_client_ip(host: str, expected: str | None) -> None:
     ip = client_ip(host)
     assert ip == (None if expected is None else ipaddress.ip_address(expected))
+
+
+@pytest.mark.parametrize(("spelling", "canonical"), [
+    ("example.org", "example.org"),
+    ("Example.ORG.", "example.org"),
+    ("xn--bcher-kva.example", "bücher.example"),  # the A-label of...
+    ("XN--BCHER-KVA.example", "bücher.example"),
+    ("BÜCHER.example", "bücher.example"),
+    ("bu\u0308cher.example", "bücher.example"),  # decomposed (NFD)
+    ("straße.example", "straße.example"),  # IDNA2008: ß is no "ss"
+    ("xn--strae-oqa.example", "straße.example"),
+    ("[192.0.2.1]", "[192.0.2.1]"),
+    ("xn--zz.example", "xn--zz.example"),  # no A-label: names itself
+])
+def test_one_spelling_per_domain(spelling: str, canonical: str) -> None:
+    # RFC 5890 2.3.2.1: an A-label and its U-label are one name; a peer
+    # without SMTPUTF8 can only send the A-label (RFC 6531 3.2)
+    assert canonical_domain(spelling) == canonical
+    assert Address("Bob", spelling).key == f"bob@{canonical}"
+
+
+def test_composed_and_decomposed_local_parts_are_one_mailbox() -> None:
+    nfc, nfd = "j\u00f6rg", "jo\u0308rg"
+    assert nfc != nfd
+    assert canonical_local(nfd) == canonical_local("J\u00d6RG") == nfc
+    assert Address(nfd, "example.org").key == Address(nfc, "Example.org").key
+    assert Address(nfd, "example.org").local == nfd  # the address keeps its spelling
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", categories=("L", "M", "N")),
+               min_size=1, max_size=12))
+def test_canonical_forms_are_fixed_points(label: str) -> None:
+    for domain in (f"{label}.example", f"{label.upper()}.example"):
+        once = canonical_domain(domain)
+        assert canonical_domain(once) == once
+    once = canonical_local(label)
+    assert canonical_local(once) == once

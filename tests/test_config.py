@@ -215,6 +215,29 @@ def test_the_hostname_must_be_a_domain_name() -> None:
     load_text('[hub]\nhostname = "mx1.example.org."\ndomains = ["a.test"]\n', "/x.toml")
 
 
+def test_an_idn_is_one_domain_however_it_is_spelled() -> None:
+    # the A-label, a capital and a decomposed spelling all name bücher.example
+    s = load_text('[hub]\ndomains = ["XN--BCHER-KVA.example", "example.org"]\n', "/x.toml")
+    assert s.hub.domains == ("bücher.example", "example.org")
+    assert s.hub.primary_domain == "bücher.example"
+    found = problems('[hub]\ndomains = ["bücher.example", "xn--bcher-kva.example", '
+                     '"bu\u0308cher.example"]\n')
+    assert [p.split(": ", 2)[2] for p in found] == [
+        "'xn--bcher-kva.example' is listed twice (as bücher.example)",
+        "'bu\u0308cher.example' is listed twice (as bücher.example)"], found
+    [bad] = problems('[hub]\ndomains = ["xn--zz.example"]\n')
+    assert "'xn--zz.example' is not a valid internationalized domain name" in bad
+
+
+def test_an_idn_hostname_is_written_as_its_a_label() -> None:
+    # greetings, EHLO and Received carry it: ASCII only (RFC 6531 3.7.1)
+    [problem] = problems('[hub]\nhostname = "mail.bücher.example"\ndomains = ["a.test"]\n')
+    assert problem.endswith("[hub] hostname: 'mail.bücher.example': write the name in its "
+                            "ASCII (A-label) form, 'mail.xn--bcher-kva.example': it goes into "
+                            "greetings, EHLO and Received fields"), problem
+    load_text('[hub]\nhostname = "mail.xn--bcher-kva.example"\ndomains = ["a.test"]\n', "/x")
+
+
 def test_all_problems_reported_together() -> None:
     found = problems(MINIMAL + '[smtp]\nidle_timeout = "5x"\nmax_recipients = -2\nfoo = 1\n')
     assert len(found) == 3

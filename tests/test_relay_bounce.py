@@ -94,6 +94,20 @@ def test_a_notice_to_a_utf8_sender_names_it_raw_not_as_an_encoded_word(tmp_path)
     assert bounce.dsn_envelope(entry, "mail.example.org", False).smtputf8
 
 
+def test_a_notice_to_an_idn_sender_is_ascii(tmp_path):
+    # an IDN domain alone has an ASCII form (its A-label): the notice needs
+    # no SMTPUTF8, and its From and To stay ASCII even from an IDN hub
+    carl = Address("carl", "bücher.example")
+    entry = make_entry(tmp_path, sender=carl)
+    data = bounce.build_dsn(entry, [failed(entry)], bounce.FAILED, hostname="mail.example.org",
+                            primary_domain="bücher.example", now=1_700_000_200.0)
+    head = data.split(b"\n\n", 1)[0]
+    assert head.isascii(), head
+    assert b"\nTo: <carl@xn--bcher-kva.example>\n" in head
+    assert b"\nFrom: Mail Delivery System <MAILER-DAEMON@xn--bcher-kva.example>\n" in head
+    assert not bounce.dsn_envelope(entry, "mail.example.org", False).smtputf8
+
+
 def test_each_failed_recipient_named(tmp_path):
     entry = make_entry(tmp_path)
     carol = failed(entry, CAROL, Reply.of(552, None, "mailbox full"), "mx2.remote.test")
@@ -298,3 +312,30 @@ def test_the_hubs_own_judgement_is_not_quoted_as_the_remote_servers(tmp_path):
     block = status.get_payload()[1]
     assert block["Diagnostic-Code"].startswith("X-txmailhub; 552 5.3.4")
     assert block["Remote-MTA"] == "dns; mx1.remote.test"
+
+
+def test_a_notice_to_a_local_sender_is_routed_like_any_local_mail(tmp_path):
+    # the sender's address was never checked (MAIL FROM is not): a notice to
+    # a local address that is no mailbox is dropped -- no Maildir made for
+    # nobody -- and one to an alias reaches its members
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    spooler = MemorySpooler()
+    store = MemoryMailboxStore(spooler=spooler)
+    router = StaticRouter({"alice": None, "team": ["alice", "zed@remote.test"]})
+    components = Components(settings=settings, reactor=None, router=router, store=store,
+                            spooler=spooler, portal=None, queue=QueueSpy())
+    entry = make_entry(tmp_path)
+    data, _ = build(entry, [failed(entry)])
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
+    nobody = dataclasses.replace(env, recipients=(Address("nobody", "example.org"),))
+    d = bounce.send_dsn(components, nobody, data)
+    assert d.result == "dropped, the sender is no local mailbox (550 5.1.1 No such user here)"
+    assert spooler.writers == [] and store.deliveries == []
+    team = dataclasses.replace(env, recipients=(Address("Team", "EXAMPLE.org"),))
+    d = bounce.send_dsn(components, team, data)
+    assert d.result == "queued for delivery"  # alice's copy stored, zed's queued
+    [stored] = store.messages(ALICE)
+    assert stored == b"Return-Path: <>\n" + data
+    assert components.queue.enqueued[-1][0].recipients == (Address("zed", "remote.test"),)

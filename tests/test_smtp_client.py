@@ -597,3 +597,28 @@ def test_a_connection_lost_before_the_last_reply_delivers_nobody(lost_in):
     out = s.connection_lost()
     assert out.recipients == ()
     assert out.session_error.is_transient and lost_in in out.session_error.text()
+
+
+def test_an_idn_domain_alone_goes_as_its_a_label():
+    # RFC 6531 3.2: an address whose only non-ASCII part is the domain "is
+    # not considered internationalized": its A-label form needs no SMTPUTF8
+    munich = Address("user", "münchen.example")
+    s = session(sender=Address("carl", "bücher.example"), recipients=[(munich, None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_NO_UTF8)) == (
+        b"MAIL FROM:<carl@xn--bcher-kva.example> SIZE=100\r\n")
+    assert sent(s.receive(b"250 ok\r\n")) == b"RCPT TO:<user@xn--mnchen-3ya.example>\r\n"
+    assert sent(s.receive(b"250 ok\r\n")) == b"DATA\r\n"
+    # where SMTPUTF8 is used anyway, the addresses go as they are
+    s = session(sender=Address("carl", "bücher.example"), recipients=[(munich, None)],
+                smtputf8=True)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_FULL)).split(b"\r\n")[:2] == [
+        b"MAIL FROM:<carl@b\xc3\xbccher.example> SIZE=100 SMTPUTF8",
+        b"RCPT TO:<user@m\xc3\xbcnchen.example>"]
+    # a domain that is no IDN has no ASCII form: SMTPUTF8 or nothing
+    s = session(recipients=[(Address("user", "bad_ü.example"), None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_NO_UTF8)
+    [r] = s.outcome.recipients
+    assert r.reply.code == 553 and r.reply.status == "5.6.7"

@@ -44,6 +44,17 @@ def test_received_ipv6_and_hostile_helo():
     assert len(lines) == 4  # three folded lines and the final LF
 
 
+def test_an_idn_helo_name_is_traced_as_its_a_label():
+    # not "b?cher.example": the A-label is the name in ASCII, readable in
+    # any message (the field is the same whatever the transaction)
+    field = received(hostname="mx", helo="BÜCHER.example", client_ip="192.0.2.7",
+                     protocol="UTF8SMTP", message_id="I", when=0)
+    assert field.startswith(b"Received: from xn--bcher-kva.example ([192.0.2.7])\n")
+    field = received(hostname="mx", helo="bad_ü.example", client_ip="192.0.2.7",
+                     protocol="UTF8SMTP", message_id="I", when=0)
+    assert field.startswith(b"Received: from bad_?.example ([192.0.2.7])\n")
+
+
 def test_return_path():
     assert return_path(None) == b"Return-Path: <>\n"
     assert return_path(Address("bill", "microsoft.com")) == b"Return-Path: <bill@microsoft.com>\n"

@@ -8,10 +8,55 @@ module only deals with a single ``local@domain`` string.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["Address", "AddressError", "client_ip", "client_key", "parse_address"]
+import idna
+
+__all__ = [
+    "Address",
+    "AddressError",
+    "ascii_form",
+    "canonical_domain",
+    "canonical_local",
+    "client_ip",
+    "client_key",
+    "parse_address",
+]
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_domain(domain: str) -> str:
+    """The one spelling of ``domain`` that local lookups, the configured
+    domains and Maildir folders use: lower case, no final dot, and for an
+    internationalized name its U-labels in NFC.  ``xn--bcher-kva.example``,
+    ``BÜCHER.example`` and a decomposed ``bücher.example`` are all
+    ``bücher.example``: one domain (RFC 5890 2.3.2.1; a server without
+    SMTPUTF8 can only ever send the A-label form, RFC 6531 3.2).
+
+    A name IDNA2008 (UTS 46 mapping, non-transitional: ``ß`` stays) cannot
+    read is kept lower-cased in NFC: it still names itself, and routing
+    decides what to do with it."""
+    d = domain.rstrip(".").lower()
+    if d.isascii() and "xn--" not in d:
+        return d  # nearly every domain: nothing to map
+    if d.startswith("["):
+        return d  # an address literal
+    try:
+        return idna.decode(d, uts46=True)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return unicodedata.normalize("NFC", d)
+
+
+def canonical_local(local: str) -> str:
+    """The form of a local part that local lookups and Maildir folders
+    use: lower case and, for a UTF-8 one, NFC -- the composed and the
+    decomposed ``jörg`` look alike and are one mailbox (RFC 6530 10.1)."""
+    if local.isascii():
+        return local.lower()
+    return unicodedata.normalize("NFC", local).lower()
 
 
 class AddressError(ValueError):
@@ -23,9 +68,12 @@ class Address:
     """A mailbox address.
 
     ``domain`` is always lower case (domains are case-insensitive, RFC 5321
-    2.4).  ``local`` keeps the case it was given, because RFC 5321 lets the
-    destination decide; ``key`` is the case-folded form that local lookups
-    (users, aliases, Maildir folders) use, as every mainstream MTA does.
+    2.4) and otherwise as given (an A-label stays one: it may be the only
+    form a peer can take).  ``local`` keeps the case it was given, because
+    RFC 5321 lets the destination decide; ``key`` is the case-folded,
+    normalized form that local lookups (users, aliases, Maildir folders)
+    use, as every mainstream MTA does (``canonical_local`` and
+    ``canonical_domain``).
     """
 
     local: str
@@ -41,11 +89,27 @@ class Address:
     @property
     def key(self) -> str:
         """The form used to look the address up locally."""
-        return f"{self.local.lower()}@{self.domain}"
+        return f"{canonical_local(self.local)}@{canonical_domain(self.domain)}"
 
     @property
     def is_postmaster(self) -> bool:
         return self.local.lower() == "postmaster"
+
+
+def ascii_form(address: Address) -> str | None:
+    """``address`` in ASCII: as it is, or with an internationalized domain
+    as its A-labels (IDNA2008); ``None`` when the local part is not ASCII
+    or the domain is no valid IDN (only SMTPUTF8 can carry it then)."""
+    text = str(address)
+    if text.isascii():
+        return text
+    if not address.local.isascii():
+        return None
+    try:
+        domain = idna.encode(address.domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+    return f"{address.local}@{domain}"
 
 
 def parse_address(text: str, primary_domain: str | None = None) -> Address:

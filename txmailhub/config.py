@@ -21,7 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from txmailhub.address import client_ip
+import idna
+
+from txmailhub.address import canonical_domain, client_ip
 from txmailhub.errors import ConfigError
 
 __all__ = [
@@ -518,26 +520,49 @@ def _domains(v: Any) -> tuple[str, ...]:
     reasons = []
     for d in items:
         d = d.strip().rstrip(".").lower()
-        why = _domain_problem(d)
+        why = _domain_problem(d) or _idna_problem(d)
         if why:
             reasons.append(f"{d!r} {why}")
-        elif d in out:
-            reasons.append(f"{d!r} is listed twice")
+            continue
+        # one spelling per domain: an A-label and its U-label (or a
+        # decomposed one) are the same domain, and the same Maildir folder
+        canonical = canonical_domain(d)
+        if canonical in out:
+            same = "" if canonical == d else f" (as {canonical})"
+            reasons.append(f"{d!r} is listed twice{same}")
         else:
-            out.append(d)
+            out.append(canonical)
     if reasons:
         raise ItemProblems(reasons)
     return tuple(out)
 
 
+def _idna_problem(name: str) -> str | None:
+    """Why an internationalized ``name`` is no IDNA2008 domain name (an
+    ``xn--`` label that does not decode, a label IDNA does not allow)."""
+    if name.isascii() and "xn--" not in name:
+        return None
+    try:
+        idna.encode(name, uts46=True)
+    except (idna.IDNAError, UnicodeError, ValueError) as e:
+        return f"is not a valid internationalized domain name ({e})"
+    return None
+
+
 def _hostname(v: Any) -> str:
     """The hub's own name: it goes into the greeting, EHLO and every
     Received field, so it must be a domain name (a space or a CR in it
-    would reach the wire as it is)."""
+    would reach the wire as it is), in ASCII: a greeting, an EHLO and a
+    trace field carry the A-label form of an internationalized name (RFC
+    6531 3.7.1), and a peer without SMTPUTF8 takes nothing else."""
     s = _nonempty_string(v).strip()
-    why = _domain_problem(s.rstrip("."))
+    why = _domain_problem(s.rstrip(".")) or _idna_problem(s.rstrip("."))
     if why:
         raise ValueError(f"{s!r} {why}")
+    if not s.isascii():
+        a_label = idna.encode(s.rstrip("."), uts46=True).decode("ascii")
+        raise ValueError(f"{s!r}: write the name in its ASCII (A-label) form, {a_label!r}: "
+                         "it goes into greetings, EHLO and Received fields")
     return s
 
 

@@ -47,7 +47,13 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.address import Address, AddressError, parse_address
+from txmailhub.address import (
+    Address,
+    AddressError,
+    canonical_domain,
+    canonical_local,
+    parse_address,
+)
 from txmailhub.errors import Rejected
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.smtp import replies
@@ -60,12 +66,9 @@ log = Logger()
 Aliases = dict[str, tuple[tuple[Address, bool], ...]]
 
 
-def _domain(domain: str) -> str:
-    return domain.lower().rstrip(".")
-
-
-def _key(address: Address) -> str:
-    return f"{address.local.lower()}@{_domain(address.domain)}"
+def _canonical(address: Address) -> Address:
+    """A local mailbox as the hub names it, however it was spelled."""
+    return Address(canonical_local(address.local), canonical_domain(address.domain))
 
 
 def parse_aliases(
@@ -78,7 +81,7 @@ def parse_aliases(
     ``"<file>:<line>: <why>"`` string per problem (the bad line or target
     is left out, the rest is kept).  With ``domains``, an alias for a
     domain that is not local is reported too."""
-    local_domains = {_domain(d) for d in domains} if domains is not None else None
+    local_domains = {canonical_domain(d) for d in domains} if domains is not None else None
     problems: list[str] = []
     entries: list[tuple[int, str]] = []  # (first line number, logical line)
     for number, raw in enumerate(text.splitlines(), 1):
@@ -110,8 +113,8 @@ def parse_aliases(
         except AddressError as e:
             problem(f"bad alias name: {e}")
             continue
-        key = _key(name)
-        if local_domains is not None and _domain(name.domain) not in local_domains:
+        key = name.key
+        if local_domains is not None and canonical_domain(name.domain) not in local_domains:
             problem(f"alias {name_text!r} is for {name.domain}, which is not a local domain")
             continue
         if key in where:
@@ -163,7 +166,7 @@ def _loops(table: Aliases) -> list[str]:
         state[key] = 1
         path.append(key)
         for target, expand in table.get(key, ()):
-            t = _key(target)
+            t = target.key
             if not expand or t == key or t not in table:
                 continue
             if state.get(t) == 1:
@@ -212,13 +215,13 @@ def alias_target_warnings(
             table, _ = parse_aliases(f.read(), primary_domain, domains, path)
     except (OSError, UnicodeDecodeError):
         return []  # check_aliases_file reports it
-    local = {_domain(d) for d in domains}
-    postmaster = _key(Address("postmaster", primary_domain))
+    local = {canonical_domain(d) for d in domains}
+    postmaster = Address("postmaster", primary_domain).key
     out = []
     for alias, targets in table.items():
         for target, _expand in targets:
-            key = _key(target)
-            if (_domain(target.domain) in local and key not in table and key != postmaster
+            key = target.key
+            if (canonical_domain(target.domain) in local and key not in table and key != postmaster
                     and not is_user(target)):
                 out.append(f"{path}: alias {alias} names {target}, which is no local user: "
                            "the hub skips it")
@@ -232,7 +235,7 @@ class Router:
     (``None``: no aliases).  See the module docstring for the rules."""
 
     def __init__(self, domains: Iterable[str], users: Any, aliases_file: str | None = None) -> None:
-        self.domains = tuple(dict.fromkeys(_domain(d) for d in domains))
+        self.domains = tuple(dict.fromkeys(canonical_domain(d) for d in domains))
         if not self.domains:
             raise ValueError("at least one local domain is needed")
         self.primary_domain = self.domains[0]
@@ -285,7 +288,7 @@ class Router:
     # -- IRecipientRouter ------------------------------------------------------
 
     def is_local_domain(self, domain: str) -> bool:
-        return _domain(domain) in self.domains
+        return canonical_domain(domain) in self.domains
 
     def resolve(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
         self._reload_if_changed()
@@ -315,14 +318,14 @@ class Router:
         # A local mailbox is named by its key (lower case), however the
         # client spelled it: RCPT TO:<Alice> and <alice> are one mailbox,
         # which must get one copy.
-        address = Address(address.local.lower(), _domain(address.domain))
-        if _key(address) not in self.aliases and self._is_user(address):
+        address = _canonical(address)
+        if address.key not in self.aliases and self._is_user(address):
             return (address,), ()  # a plain mailbox: what nearly every RCPT is
-        if address.is_postmaster and _key(address) not in self.aliases and not self._is_user(
+        if address.is_postmaster and address.key not in self.aliases and not self._is_user(
             address
         ):
             address = Address("postmaster", self.primary_domain)
-            if _key(address) not in self.aliases:
+            if address.key not in self.aliases:
                 return (address,), ()
 
         local: dict[str, Address] = {}
@@ -332,9 +335,9 @@ class Router:
         while todo:
             target, expand, parent = todo.popleft()
             if not self.is_local_domain(target.domain):
-                remote.setdefault(_key(target), target)
+                remote.setdefault(target.key, target)
                 continue
-            key = _key(target)
+            key = target.key
             if expand and key in self.aliases and key != parent:
                 if key in expanded:
                     continue  # a loop, or a diamond: its targets are already in
@@ -344,8 +347,8 @@ class Router:
             if key in local:
                 continue
             if self._is_user(target):
-                local[key] = Address(target.local.lower(), _domain(target.domain))
-            elif key == _key(Address("postmaster", self.primary_domain)):
+                local[key] = _canonical(target)
+            elif key == Address("postmaster", self.primary_domain).key:
                 local[key] = Address("postmaster", self.primary_domain)
             elif parent is not None and (parent, key) not in self._warned:
                 self._warned.add((parent, key))  # once per alias and target per load
@@ -354,7 +357,7 @@ class Router:
         if not local and not remote:
             if address.is_postmaster:  # RFC 5321 4.5.1: never refused
                 log.warn("postmaster alias {alias} leads to no mailbox: using {mailbox}",
-                         alias=_key(address), mailbox=f"postmaster@{self.primary_domain}")
+                         alias=address.key, mailbox=f"postmaster@{self.primary_domain}")
                 return (Address("postmaster", self.primary_domain),), ()
             raise Rejected(replies.UNKNOWN_USER)
         return tuple(local.values()), tuple(remote.values())

@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from txmailhub.address import Address, parse_address
+from txmailhub.address import Address, canonical_domain, parse_address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.errors import LocalError, MailboxInUse, Rejected
 from txmailhub.interfaces import (
@@ -326,7 +326,7 @@ class StaticRouter:
         table: Mapping[str, Iterable[str] | None],
         domains: Iterable[str] = ("example.org",),
     ) -> None:
-        self.domains = tuple(d.lower().rstrip(".") for d in domains)
+        self.domains = tuple(canonical_domain(d) for d in domains)
         primary = self.domains[0]
         self.table: dict[str, tuple[Address, ...]] = {}
         for name, targets in table.items():
@@ -336,7 +336,7 @@ class StaticRouter:
         self.resolved: list[Address] = []
 
     def is_local_domain(self, domain: str) -> bool:
-        return domain.lower().rstrip(".") in self.domains
+        return canonical_domain(domain) in self.domains
 
     def resolve(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
         self.resolved.append(address)
@@ -348,7 +348,7 @@ class StaticRouter:
     def _lookup(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
         if not self.is_local_domain(address.domain):
             return (), (address,)
-        targets = self.table.get(f"{address.local.lower()}@{address.domain.rstrip('.')}")
+        targets = self.table.get(address.key)
         if targets is None and address.is_postmaster:
             primary_pm = Address("postmaster", self.domains[0])
             targets = self.table.get(primary_pm.key, (primary_pm,))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from txmailhub.address import Address, AddressError, parse_address
+from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
 
 log = Logger(namespace="txmailhub.users")
@@ -124,8 +124,8 @@ class UsersDB:
 
     def __init__(self, path: str, primary_domain: str, domains: tuple[str, ...] = ()) -> None:
         self.path = path
-        self.primary_domain = primary_domain.lower()
-        self.domains = tuple(d.lower() for d in domains) or (self.primary_domain,)
+        self.primary_domain = canonical_domain(primary_domain)
+        self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
         self._stamp: tuple[int, int, int] | None = None
         self._records: dict[str, UserRecord] = {}
         self.problems: list[str] = []
@@ -296,7 +296,7 @@ class UsersDB:
             address = self.qualify(name)
         except AddressError as e:
             raise UsersFileError(str(e)) from None
-        if address.domain not in self.domains:
+        if canonical_domain(address.domain) not in self.domains:
             raise UsersFileError(
                 f"{address} is not in a local domain ({', '.join(self.domains)})"
             )

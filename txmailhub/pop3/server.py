@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from txmailhub.address import canonical_domain, canonical_local
 from txmailhub.errors import LocalError
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.actions import Action, Authenticate, Send, StartTLS, Transmit, Update
@@ -378,10 +379,12 @@ class POP3Server:
         primary domain, and case does not matter (RFC 4616: an authzid that
         names the authenticated identity itself is no request to act as
         someone else)."""
-        name = name.strip().lower()
-        if "@" not in name and self.primary_domain:
-            name = f"{name}@{self.primary_domain}"
-        return name
+        local, at, domain = name.strip().rpartition("@")
+        if not at:
+            local, domain = domain, self.primary_domain
+        if not domain:
+            return canonical_local(local)
+        return f"{canonical_local(local)}@{canonical_domain(domain)}"
 
     def _login(self, mechanism: str, username: str, secret: bytes) -> Action:
         self._waiting = "login"

@@ -17,6 +17,7 @@ queue's files.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import os
 import textwrap
@@ -33,8 +34,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from txmailhub.address import Address
+from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import Envelope
+from txmailhub.errors import Rejected
 from txmailhub.relay.record import QueueEntry, RecipientRecord
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
@@ -268,8 +270,12 @@ def build_dsn(
     if entry.envelope.sender is None:
         raise ValueError("never send a DSN about a message from the null sender")
     report = MIMEMultipart("report", report_type="delivery-status", policy=_POLICY)
-    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{primary_domain}>"
-    to = f"<{entry.envelope.sender}>"
+    # ASCII wherever an address has an ASCII form (an IDN domain as its
+    # A-label): the notice may travel where SMTPUTF8 is not offered
+    daemon = Address("MAILER-DAEMON", primary_domain)
+    report["From"] = f"Mail Delivery System <{ascii_form(daemon) or daemon}>"
+    sender = entry.envelope.sender
+    to = f"<{ascii_form(sender) or sender}>"
     if not to.isascii():
         # A UTF-8 address goes in raw (RFC 6532; the notice travels with
         # SMTPUTF8, see dsn_envelope): an RFC 2047 word, which is what the
@@ -350,21 +356,41 @@ def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
         helo=hostname,
         client_address="",
         body_8bit=has_8bit,
-        smtputf8=not str(sender).isascii(),
+        smtputf8=ascii_form(sender) is None,
     )
+
+
+def _routed(router: Any, envelope: Envelope) -> Envelope:
+    """``envelope`` with a local sender replaced by the mailboxes it leads
+    to, as RCPT would have routed it: an alias's members, one spelling of a
+    mailbox.  Raises ``Rejected`` for a local address that is no mailbox."""
+    (rcpt,) = envelope.recipients
+    if not router.is_local_domain(rcpt.domain):
+        return envelope
+    local, remote = router.resolve(rcpt)
+    return dataclasses.replace(envelope, recipients=(*local, *remote))
 
 
 def send_dsn(components: Any, envelope: Envelope, data: bytes) -> defer.Deferred:
     """Deliver notice ``data`` "through the normal path".
 
-    Writes it to a spool file and gives it to
-    ``txmailhub.delivery.accept_message``, which routes it to the local
-    mailbox or back to the queue.  Fires with ``None`` once it is durable
-    somewhere, saying where ("delivered to the mailbox" or "queued for
-    delivery"); errbacks ``DSNRefused`` otherwise."""
+    A local sender is routed first (``_routed``).  Writes the notice to a
+    spool file and gives it to ``txmailhub.delivery.accept_message``, which
+    delivers it to the local mailboxes or hands it to the queue.  Fires
+    once it is durable somewhere, saying where ("delivered to the mailbox"
+    or "queued for delivery"), or with why it was dropped (a local sender
+    that is no mailbox); errbacks ``DSNRefused`` otherwise."""
     from txmailhub.delivery import DELIVERED, accept_message
     from txmailhub.smtp.received import return_path
 
+    try:
+        envelope = _routed(components.router, envelope)
+    except Rejected as e:
+        if e.reply.is_transient:
+            return defer.fail(DSNRefused(e.reply.text()))  # the users file is away: later
+        # a local sender that is no mailbox (a forged or a removed one):
+        # nobody to tell, and no Maildir made for nobody
+        return defer.succeed(f"dropped, the sender is no local mailbox ({e.reply.text()})")
     try:
         writer = components.spooler.open()
         # "Return-Path: <>" for the local copy; the relay drops it when the

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from txmailhub.address import Address
+from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.smtp._client_reply import ReplyParser, xtext_encode
 from txmailhub.smtp._data import DotStuffer
@@ -187,12 +187,15 @@ class ClientSession:
         self.eight_bit = eight_bit
         addresses = [sender] if sender else []
         addresses += [a for a, _ in self.recipients]
-        # SMTPUTF8 is *needed* only when an address is not ASCII: then a next
-        # hop without it gets nothing.  The client's flag alone (UTF-8 header
-        # text, or a client that always sends it) asks for it where offered,
-        # and otherwise the message goes as 8BITMIME or converted to 7 bits
-        # like any 8-bit message (RFC 6531 3.4; no all-ASCII bounce).
-        self.smtputf8 = any(not str(a).isascii() for a in addresses)
+        # SMTPUTF8 is *needed* only when an address has no ASCII form (a
+        # non-ASCII local part): then a next hop without it gets nothing.
+        # An internationalized domain alone goes as its A-label (RFC 6531
+        # 3.2: such an address "is not considered internationalized").  The
+        # client's flag alone (UTF-8 header text, or a client that always
+        # sends it) asks for it where offered, and otherwise the message goes
+        # as 8BITMIME or converted to 7 bits like any 8-bit message (RFC 6531
+        # 3.4; no all-ASCII bounce).
+        self.smtputf8 = any(ascii_form(a) is None for a in addresses)
         self.smtputf8_wanted = smtputf8 or self.smtputf8
         self.dsn = dsn or DSNRequest()
         self.tls_policy = tls
@@ -480,8 +483,16 @@ class ClientSession:
                 params.append(f"RET={self.dsn.ret}")
             if self.dsn.envid:
                 params.append(f"ENVID={xtext_encode(self.dsn.envid)}")
-        path = "" if self.sender is None else str(self.sender)
+        path = "" if self.sender is None else self._path(self.sender)
         return " ".join([f"MAIL FROM:<{path}>", *params])
+
+    def _path(self, address: Address) -> str:
+        """``address`` as this transaction can carry it: as given with
+        SMTPUTF8, else its ASCII form (one always exists then: an address
+        without one fails the session before MAIL)."""
+        if self.smtputf8_wanted and "SMTPUTF8" in self.extensions:
+            return str(address)
+        return ascii_form(address) or str(address)
 
     def _rcpt_command(self, address: Address, dsn: RecipientDSN | None) -> str:
         params = []
@@ -492,7 +503,7 @@ class ClientSession:
                 kind, _, value = dsn.orcpt.partition(";")
                 if value.isascii():
                     params.append(f"ORCPT={kind};{xtext_encode(value)}")
-        return " ".join([f"RCPT TO:<{address}>", *params])
+        return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
     def _start_mail(self) -> list[Action]:
         self._pipelined = "PIPELINING" in self.extensions

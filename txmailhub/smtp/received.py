@@ -19,6 +19,8 @@ import email.utils
 import functools
 import re
 
+import idna
+
 from txmailhub.address import Address
 
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
@@ -116,9 +118,20 @@ class ReturnPathFilter:
 
 
 @functools.lru_cache(maxsize=1024)
+def _host(name: str) -> str:
+    """A client's HELO name for the trace field: an internationalized one
+    as its A-labels, which every reader of any message can take (RFC 6531
+    3.7.3 allows U-labels only in SMTPUTF8 messages); anything else goes
+    through ``_safe``."""
+    if not name.isascii():
+        try:
+            name = idna.encode(name[:255], uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            pass
+    return _safe(name)
+
+
 def _safe(text: str, limit: int = 255) -> str:
-    # cached: the host name, the client's address and its HELO name repeat
-    # from message to message, and a regex substitution per field is not free
     return _UNSAFE.sub("?", text[:limit]) or "unknown"
 
 
@@ -150,7 +163,7 @@ def received(
     for a single-recipient transaction, so lists are not disclosed)."""
     ip = _safe(client_ip)
     source = f"[{ip}]" if ":" not in ip else f"[IPv6:{ip}]"
-    lines = [f"Received: from {_safe(helo)} ({source})"]
+    lines = [f"Received: from {_host(helo)} ({source})"]
     by = f"\tby {_safe(hostname)} (txmailhub) with {protocol}"
     if tls is not None:
         by += f" ({_safe(tls[0], 40)} cipher {_safe(tls[1], 80)})"

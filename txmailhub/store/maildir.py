@@ -69,7 +69,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.address import Address
+from txmailhub.address import Address, canonical_domain, canonical_local
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError, MailboxInUse
 from txmailhub.interfaces import IMailboxStore, ISpoolingStore
@@ -171,8 +171,8 @@ class MaildirStore:
 
     def maildir_path(self, address: Address) -> str:
         """``mail_dir/<domain>/<local part, lower-cased>``."""
-        domain = _path_component(address.domain.rstrip(".").lower(), "domain")
-        local = _path_component(address.local.lower(), "local part")
+        domain = _path_component(canonical_domain(address.domain), "domain")
+        local = _path_component(canonical_local(address.local), "local part")
         return os.path.join(self.mail_dir, domain, local)
 
     def _ensure(self, md: str) -> tuple[str, ...]:

@@ -1,0 +1,55 @@
+"""Internationalized domains and local parts over loopback: one domain and
+one mailbox however a client spells them (A-label or U-label, composed or
+decomposed), with smtplib, poplib and the ``mailhub`` command."""
+
+from __future__ import annotations
+
+import poplib
+import smtplib
+
+NFC, NFD = "j\u00f6rg", "jo\u0308rg"
+MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
+
+
+def test_an_idn_domain_and_its_a_label_are_one_domain(make_hub):
+    hub = make_hub(users={"alice@example.org": "pw", "bob@b\u00fccher.example": "pw",
+                          f"{NFC}@b\u00fccher.example": "pw"},
+                   sections={"hub": {"domains": ["example.org", "b\u00fccher.example"]}})
+    box = hub.state_dir / "mail" / "b\u00fccher.example"
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        # a server without SMTPUTF8 can only send the A-label (RFC 6531 3.2)
+        assert s.sendmail("x@remote.test", ["Bob@XN--BCHER-KVA.example",
+                                            "postmaster@xn--bcher-kva.example"], MESSAGE) == {}
+        # a decomposed local part is the composed one's mailbox
+        assert s.sendmail("x@remote.test", [f"{NFD}@xn--bcher-kva.example"], MESSAGE,
+                          mail_options=["SMTPUTF8"]) == {}
+        s.mail("x@remote.test")
+        code, text = s.rcpt("nobody@xn--bcher-kva.example")
+        assert code == 550 and b"5.1.1" in text
+    assert len(list((box / "bob" / "new").iterdir())) == 1
+    assert len(list((box / NFC / "new").iterdir())) == 1
+    assert not (box / NFD).exists()
+    assert not (hub.state_dir / "mail" / "xn--bcher-kva.example").exists()
+    assert len(hub.messages("postmaster@example.org")) == 1  # no such user: the primary's
+
+    # a POP3 login in either spelling opens the one mailbox
+    for login in (f"{NFD}@xn--bcher-kva.example", f"{NFC.upper()}@B\u00dcCHER.example"):
+        pop = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+        try:
+            pop.user(login)
+            pop.pass_("pw")
+            assert pop.stat()[0] == 1, login
+        finally:
+            pop.quit()
+
+    # the command line: the A-label is a local domain, a decomposed
+    # duplicate of a user is that user
+    done = hub.mailhub("user", "add", "carl@xn--bcher-kva.example", "--password-stdin",
+                       input="pw\n")
+    assert done.returncode == 0, done.stderr
+    done = hub.mailhub("user", "add", f"{NFD}@b\u00fccher.example", "--password-stdin",
+                       input="pw\n")
+    assert done.returncode == 1 and "already exists" in done.stderr, done.stderr
+    listed = hub.mailhub("user", "list").stdout.split()
+    assert "carl@b\u00fccher.example" in listed and f"{NFC}@b\u00fccher.example" in listed
