@@ -76,6 +76,7 @@ idle_timeout = "10m"
 max_connections = 7
 max_connections_per_client = 3
 max_errors = 4
+max_junk_commands = 7
 max_auth_failures = 2
 auth_failure_delay = 0.5
 vrfy = false
@@ -115,6 +116,7 @@ require_tls_after_seen = true
     assert s.smtp.idle_timeout == 600
     assert (s.smtp.max_connections, s.smtp.max_connections_per_client) == (7, 3)
     assert (s.smtp.max_errors, s.smtp.max_auth_failures) == (4, 2)
+    assert s.smtp.max_junk_commands == 7
     assert s.smtp.auth_failure_delay == 0.5
     assert (s.smtp.vrfy, s.smtp.expn) == (False, False)
     assert s.submission.listen == ("tcp:1587",)

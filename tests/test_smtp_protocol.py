@@ -119,6 +119,18 @@ def memory_session(h: Harness) -> tuple[SMTPProtocol, MemorySocket]:
     return p, sock
 
 
+def read_all(h: Harness, sock: MemorySocket, turns: int = 10_000) -> None:
+    """The client reads everything until the server has nothing more to
+    say (a long batch is answered a reactor turn at a time)."""
+    for _ in range(turns):
+        sock.drain()
+        h.clock.advance(0)
+        if not sock.writing() and not any(c.getTime() <= h.clock.seconds()
+                                           for c in h.clock.getDelayedCalls()):
+            return
+    raise AssertionError("the server never stopped writing")
+
+
 def take(t: StringTransport) -> list[str]:
     out = t.value().decode().splitlines()
     t.clear()
@@ -230,7 +242,10 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
         one = b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n"
         p.dataReceived(one * 300 + b"y\r\n.\r\nQUIT\r\n")
-        # 1,204 replies, REPLIES_HELD to a write (and the first batch's)
+        # 1,204 replies, REPLIES_HELD to a write (and the first batch's), one
+        # write per reactor turn: other sessions are served in between
+        assert len(writes) == 2 and t.producerState == "paused"
+        h.clock.advance(0)
         assert len(writes) == 1 + -(-1204 // smtp_server.REPLIES_HELD)
         codes = [x[:3] for x in take(t)]
         assert codes[-2:] == ["250", "221"] and codes.count("354") == 301
@@ -342,7 +357,7 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t3)[0].startswith("250 2.0.0 ")
 
     def test_commands_wait_while_the_client_does_not_read(self):
-        h = Harness()
+        h = Harness(max_junk_commands=10**6)
         p, t = h.connect()
         take(t)
         p.pauseProducing()  # what Twisted does when its buffer is full
@@ -351,6 +366,7 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"NOOP\r\n" * (INPUT_LIMIT // 6))
         assert t.producerState == "paused"  # INPUT_LIMIT waits: reading stops
         p.resumeProducing()  # the client read
+        h.clock.advance(0)  # REPLIES_HELD a turn
         assert t.producerState == "producing"
         assert take(t) == [replies.OK.text()] * (10 + INPUT_LIMIT // 6)
 
@@ -485,13 +501,15 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == []
 
     def test_a_half_close_after_a_long_batch_answers_all_of_it_first(self):
-        h = Harness(idle_timeout=300)
+        h = Harness(idle_timeout=300, max_junk_commands=10**6)
         p, sock = memory_session(h)
         p.dataReceived(b"HELP\r\n" * 2000)
-        assert sock.producerPaused and sock.reading()  # held: the client does not read
-        p.readConnectionLost()
+        p.readConnectionLost()  # between two turns of the batch
         assert not sock.disconnecting
-        sock.drain()
+        h.clock.advance(0)
+        assert sock.producerPaused and sock.reading()  # held: the client does not read
+        assert not sock.disconnecting
+        read_all(h, sock)
         assert bytes(sock.sent).count(b"\r\n214 ") == 2000
         assert sock.lost is not None  # then closed
 
@@ -512,19 +530,42 @@ class ProtocolTests(SynchronousTestCase):
         # was 2 MB of replies in Twisted's buffer per connection; answered
         # REPLIES_HELD at a time, Twisted pauses us within a few passes and
         # the rest waits, unread, until the client reads.
-        h = Harness(idle_timeout=300)
+        h = Harness(idle_timeout=300, max_junk_commands=10**6)
         p, sock = memory_session(h)
         n = 64 * 1024 // 6
         p.dataReceived(b"HELP\r\n" * (n - 1) + b"QUIT\r\n")
+        h.clock.advance(0)  # the passes after the first: a reactor turn each
         help_size = len(replies.help_text([]).to_bytes()) + 200
         buffered = len(sock.dataBuffer) + sock._tempDataLen
         assert sock.producerPaused and not sock.disconnecting
         assert buffered < sock.bufferSize + smtp_server.REPLIES_HELD * help_size
         assert p.engine.buffered > 0 and not sock.reading()  # the rest waits, unread
-        sock.drain()  # the client reads: every reply comes, in order, then the close
+        read_all(h, sock)  # the client reads: every reply comes, in order, then the close
         out = bytes(sock.sent)
         assert out.count(b"\r\n214 ") == n - 1 and out.endswith(b" closing connection\r\n")
         assert sock.lost is not None
+
+    def test_a_long_batch_is_answered_a_turn_at_a_time_and_others_in_between(self):
+        # One 64 KiB read is thousands of commands: answered in one go, a
+        # few dozen such clients kept every other session waiting for tens
+        # of seconds.  REPLIES_HELD commands are answered per reactor turn,
+        # and nothing more is read meanwhile.
+        h = Harness(max_connections=5)
+        flood, ft = h.connect("192.0.2.1")
+        other, ot = h.connect("192.0.2.2")
+        take(ft), take(ot)
+        flood.dataReceived(b"EHLO c\r\n" * 1000)
+        def replies_in(t):
+            return sum(line[3:4] == " " for line in take(t))
+
+        assert replies_in(ft) == smtp_server.REPLIES_HELD
+        assert ft.producerState == "paused"  # reads nothing more until its next turn
+        other.dataReceived(b"NOOP\r\n")
+        assert take(other.transport) == [replies.OK.text()]  # served meanwhile
+        h.clock.advance(0)  # the next turns
+        assert replies_in(ft) == 1000 - smtp_server.REPLIES_HELD
+        assert ft.producerState == "producing"  # all answered: reading again
+        assert all(c.getTime() > h.clock.seconds() for c in h.clock.getDelayedCalls())
 
     def test_an_internal_error_with_replies_piled_up_still_closes(self):
         # a bug of ours (log.failure, 451, close) while Twisted has us paused
@@ -533,6 +574,7 @@ class ProtocolTests(SynchronousTestCase):
         h = Harness(idle_timeout=300)
         p, sock = memory_session(h)
         p.dataReceived(b"EHLO c\r\n" * 500)
+        h.clock.advance(0)
         assert sock.producerPaused
 
         def broken():

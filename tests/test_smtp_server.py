@@ -613,6 +613,31 @@ def test_ten_errors_close_with_421():
     assert d.engine.closed
 
 
+def test_junk_commands_beyond_the_limit_count_as_errors():
+    # NOOP, RSET, VRFY, EXPN and HELP move no mail: a session that sends
+    # them without end is closed after max_junk_commands + max_errors
+    d = Driver(max_junk_commands=5, max_errors=3)
+    d.send("EHLO c\r\n")
+    assert d.codes("NOOP\r\nRSET\r\nHELP\r\nVRFY alice\r\nEXPN list\r\n") == [
+        "250", "250", "214", "250", "250"]
+    assert d.engine.junk == 5 and d.engine.errors == 0
+    out = d.send("NOOP\r\nNOOP\r\n")
+    assert out == [replies.OK.text()] * 2  # answered all the same...
+    assert d.engine.errors == 2  # ...and counted
+    out = d.send("NOOP\r\nNOOP\r\n")
+    assert out == [replies.OK.text(), replies.TOO_MANY_ERRORS.text()] and d.engine.closed
+
+
+def test_an_accepted_message_resets_the_junk_count():
+    d = Driver(max_junk_commands=3, max_errors=2)
+    d.send("EHLO c\r\n" + "NOOP\r\n" * 3)
+    assert d.engine.junk == 3
+    assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")[-1] == "250"
+    assert d.engine.junk == 0
+    d.send("NOOP\r\n" * 4)  # three free again, the fourth an error
+    assert d.engine.errors == 1 and not d.engine.closed
+
+
 def test_starttls_discards_pipelined_plaintext():
     d = Driver()
     d.send("EHLO c\r\n")

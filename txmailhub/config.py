@@ -102,6 +102,7 @@ class SMTPSettings:
     max_connections: int = 500
     max_connections_per_client: int = 50
     max_errors: int = 10
+    max_junk_commands: int = 100
     max_auth_failures: int = 3
     auth_failure_delay: float = 1.0
     vrfy: bool = True
@@ -709,7 +710,8 @@ def load_text(text: str, path: str) -> Settings:
         "smtp",
         {
             "listen", "relay_networks", "max_message_size", "max_recipients", "idle_timeout",
-            "max_connections", "max_connections_per_client", "max_errors", "max_auth_failures",
+            "max_connections", "max_connections_per_client", "max_errors", "max_junk_commands",
+            "max_auth_failures",
             "auth_failure_delay", "vrfy", "expn",
         },
     )
@@ -724,6 +726,8 @@ def load_text(text: str, path: str) -> Settings:
             t, "smtp", "max_connections_per_client", d.max_connections_per_client, _positive_int
         ),
         max_errors=r.get(t, "smtp", "max_errors", d.max_errors, _positive_int),
+        max_junk_commands=r.get(t, "smtp", "max_junk_commands", d.max_junk_commands,
+                                _positive_int),
         max_auth_failures=r.get(t, "smtp", "max_auth_failures", d.max_auth_failures, _positive_int),
         auth_failure_delay=r.get(
             t, "smtp", "auth_failure_delay", d.auth_failure_delay, _non_negative_number

@@ -53,12 +53,13 @@ def test_50_mib_message_keeps_memory_flat(make_hub):
 
 
 def test_a_client_that_never_reads_replies_cannot_grow_memory(make_hub):
-    # Pipelined HELP (a 20-times bigger reply, not an error) without ever
-    # reading: the hub must stop reading once replies pile up, so the
-    # client's sends block and the hub's memory stays where it was.
+    # Pipelined EHLO (a 20-times bigger reply, neither an error nor a junk
+    # command, which would end the session) without ever reading: the hub
+    # must stop reading once replies pile up, so the client's sends block
+    # and the hub's memory stays where it was.
     hub = make_hub()
     before = vm_hwm_kib(hub.pid)
-    flood = b"HELP\r\n" * 10_000  # 60 KB of commands, ~2 MB of replies
+    flood = b"EHLO c\r\n" * 8_000  # 64 KB of commands, ~2 MB of replies
     sent = 0
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -72,6 +73,6 @@ def test_a_client_that_never_reads_replies_cannot_grow_memory(make_hub):
             pass  # the hub stopped reading: what we wanted
     after = vm_hwm_kib(hub.pid)
     growth_mib = (after - before) / 1024
-    print(f"sent {sent / MIB:.1f} MiB of HELP before blocking; peak RSS +{growth_mib:.1f} MiB")
+    print(f"sent {sent / MIB:.1f} MiB of EHLO before blocking; peak RSS +{growth_mib:.1f} MiB")
     assert sent < 16 * MIB, "the hub kept reading from a client that does not read"
     assert growth_mib < 20, f"peak RSS grew by {growth_mib:.1f} MiB"

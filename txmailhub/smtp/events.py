@@ -36,6 +36,12 @@ class ServerConfig:
     max_message_size: int = 26214400
     max_recipients: int = 100
     max_errors: int = 10
+    # Commands that carry no mail (NOOP, RSET, VRFY, EXPN, HELP) a session
+    # may send before each one more counts as an error (Postfix's
+    # smtpd_junk_command_limit): a client that pipelines NOOPs by the
+    # thousand is closed after this many plus max_errors, instead of keeping
+    # the hub busy for as long as it likes.  Reset when a message is accepted.
+    max_junk_commands: int = 100
     max_auth_failures: int = 3
     vrfy: bool = True
     expn: bool = True

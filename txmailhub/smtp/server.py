@@ -95,6 +95,8 @@ _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line lim
 # count towards max_errors.
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL})
 _NO_DSN = DSNRequest()
+# Commands that move no mail forward (ServerConfig.max_junk_commands).
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 # Replies answered before the adapter collects them: a batch of pipelined
 # commands is answered this many at a time, so that a client that sends
 # thousands of commands in one write and reads nothing is held by the
@@ -116,6 +118,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.session = session
         self.state = State.INIT
         self.errors = 0
+        self.junk = 0  # commands in _JUNK since the last accepted message
         # True when next_event stopped answering because REPLIES_HELD replies
         # wait to be collected (input is left): collect them and ask again
         self.replies_held = False
@@ -222,6 +225,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(reply)
         if reply.is_positive:
             self.messages += 1
+            self.junk = 0
         self._reset_transaction()
         self._to(State.READY)
 
@@ -244,10 +248,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if reply.code >= 500 or (reply.code >= 400 and reply not in _NOT_COUNTED):
             if reply.code == 421:
                 return
-            self.errors += 1
-            if self.errors >= self.config.max_errors:
-                self._out.append(replies.TOO_MANY_ERRORS.to_bytes())
-                self._close(replies.TOO_MANY_ERRORS)
+            self._count_error()
+
+    def _count_error(self) -> None:
+        self.errors += 1
+        if self.errors >= self.config.max_errors and self.state is not State.CLOSED:
+            self._out.append(replies.TOO_MANY_ERRORS.to_bytes())
+            self._close(replies.TOO_MANY_ERRORS)
 
     def abort(self) -> None:
         """The connection is gone: drop everything (the adapter aborts the spool)."""
@@ -371,6 +378,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 self._out_of_sequence(verb, arg)
                 return
             handler(self, arg)
+            if verb in _JUNK:
+                self.junk += 1
+                if self.junk > self.config.max_junk_commands:
+                    self._count_error()  # answered all the same
         except RemoteProtocolError as e:
             self.reply(e.reply)
         except Rejected as e:
