@@ -27,6 +27,7 @@ from txmailhub.pop3 import replies as R
 from txmailhub.pop3.protocol import (
     CHUNK_SIZE,
     CLOSE_GRACE,
+    COMMANDS_PER_TURN,
     INPUT_LIMIT,
     APOPCredentials,
     POP3Factory,
@@ -281,6 +282,7 @@ def test_write_backpressure_stops_command_processing():
     t.clear()
     t.limit = None
     proto.resumeProducing()
+    env.clock.advance(0)  # a long batch: COMMANDS_PER_TURN a reactor turn
     assert t.value().count(b"+OK 50002 octets") == 1
     assert t.value().endswith(b"x\r\n.\r\n" + b"+OK\r\n" * 3001)  # the rest, in order
     assert t.producerState == "producing"
@@ -483,6 +485,23 @@ def test_dropped_connection_deletes_nothing_and_unlocks():
         "left without QUIT: nothing deleted", "closed as the hub stops: nothing deleted"]
 
 
+def test_a_long_batch_is_answered_a_turn_at_a_time():
+    # thousands of pipelined commands (one 64 KiB read of CAPA is 10,000)
+    # must not keep other sessions waiting: COMMANDS_PER_TURN a turn
+    env = Env()
+    proto, t = login(env)
+    t.clear()
+    proto.dataReceived(b"NOOP\r\n" * 1000)
+    assert t.value() == b"+OK\r\n" * COMMANDS_PER_TURN
+    other, t2 = login(env, user=b"ann", pw=b"annpw")
+    t2.clear()
+    other.dataReceived(b"NOOP\r\n")
+    assert t2.value() == b"+OK\r\n"  # served in between
+    env.clock.advance(0)
+    assert t.value() == b"+OK\r\n" * 1000
+    assert all(c.getTime() > env.clock.seconds() for c in env.clock.getDelayedCalls())
+
+
 def test_stls_while_twisted_has_us_paused(tls_files):
     # The +OK to STLS is what fills Twisted's buffer: Twisted pauses us, then
     # startTLS moves the producer into the TLS layer without its paused
@@ -503,6 +522,7 @@ def test_stls_while_twisted_has_us_paused(tls_files):
     assert capa > 0 and not sock.producerPaused
     room = sock.bufferSize - pending()  # CAPAs that fit, then the +OK goes over
     proto.dataReceived(b"CAPA\r\n" * (room // capa) + b"STLS\r\n")
+    env.clock.advance(0)  # a long batch: COMMANDS_PER_TURN a reactor turn
     assert sock.TLS and sock.producerPaused  # paused as TLS started
     sock.drain()  # the client reads it all, the +OK last
     assert bytes(sock.sent).endswith(R.STLS_BEGIN.to_bytes())

@@ -56,6 +56,11 @@ _PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 """Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
 
 INPUT_LIMIT = 16 * 1024
+# Commands answered per reactor turn: a client that pipelines thousands
+# (one 64 KiB read of CAPA is 10,000) and reads the answers must not keep
+# every other session waiting while they are answered; the rest waits for
+# the next turn.
+COMMANDS_PER_TURN = 128
 """Octets of unanswered commands buffered while the client does not read
 our responses; beyond it we stop reading from the client too."""
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
@@ -96,6 +101,7 @@ class POP3Protocol(Protocol):
         self._lost = False
         self._stream: _Stream | None = None
         self._pending_call: Any = None
+        self._turn_call: Any = None  # answers the rest of a long batch
         self._idle_call: Any = None
         self._close_call: Any = None
         self._closed_call: Any = None  # _check_closed, while write-paused under TLS
@@ -175,10 +181,12 @@ class POP3Protocol(Protocol):
             self._counted = False
             self.factory.release(self._peer)
             self.factory.sessions.discard(self)
-        for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call):
+        for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call,
+                     self._turn_call):
             if call is not None and call.active():
                 call.cancel()
         self._idle_call = self._pending_call = self._close_call = self._closed_call = None
+        self._turn_call = None
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -268,20 +276,33 @@ class POP3Protocol(Protocol):
         self._processing = True
         try:
             next_action = self.engine.next_action  # type: ignore[union-attr]
-            while not (self._busy or self._write_paused or self._closing):
+            answered = 0
+            while not (self._busy or self._write_paused or self._closing
+                       or self._turn_call is not None):
+                if answered == COMMANDS_PER_TURN:
+                    if self.engine.has_line:  # type: ignore[union-attr]
+                        self._turn_call = self.reactor.callLater(0, self._next_turn)
+                    break
                 action = next_action()
                 if action is None:
                     break
+                answered += 1
                 if type(action) is Transmit:  # the common case, first
                     self._transmit(action)
                 else:
                     self._perform(action)
         finally:
             self._processing = False
-        if self._busy or self._write_paused or not self._reading:
+        if self._busy or self._write_paused or self._turn_call is not None or not self._reading:
             self._flow()  # otherwise reading on is what _flow would choose
         if self._unseen and not self._reading_input:
             self._mark_seen()
+
+    def _next_turn(self) -> None:
+        self._turn_call = None
+        if self._closing:
+            return
+        self._process()
 
     def _flow(self) -> None:
         """Read from the peer, holding what arrives while something is
@@ -296,7 +317,7 @@ class POP3Protocol(Protocol):
         runs none while busy."""
         if self._closing:
             return
-        held = self._busy or self._write_paused
+        held = self._busy or self._write_paused or self._turn_call is not None
         want = not (held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
         self._reading = set_reading(self.transport, self._reading, want)
 
