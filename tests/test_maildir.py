@@ -688,6 +688,29 @@ class MailboxTests(Base):
         self.successResultOf(box.delete([0]))
         box.close()
 
+    def test_a_long_delete_unlinks_on_the_worker_threads(self):
+        # 120,000 unlinks on the reactor thread stalled every session for 7 s
+        self.patch(mailbox_module, "INLINE_DELETES", 2)
+        for i in range(4):
+            self.deliver([JOE], b"m%d\n" % i)
+        box = self.open()
+        before = self.syncer.calls_run
+        self.successResultOf(box.delete([0, 1]))  # few: inline
+        self.assertEqual(self.syncer.calls_run, before)
+        self.successResultOf(box.delete([2, 3, 3]))
+        self.assertEqual(self.syncer.calls_run, before)  # two distinct: still inline
+        box.close()
+        for i in range(3):
+            self.deliver([JOE], b"n%d\n" % i)
+        box = self.open()
+        self.syncer.calls.clear()
+        before = self.syncer.calls_run
+        self.successResultOf(box.delete([0, 1, 2]))
+        self.assertEqual(self.syncer.calls_run, before + 1)  # one worker job for all
+        self.assertEqual(self.syncer.calls, [("dir", os.path.join(self.md(), "new"))])
+        self.assertEqual(self.names(), [])
+        box.close()
+
     def test_stale_tmp_files_are_cleaned(self):
         self.deliver([JOE])
         tmp = os.path.join(self.md(), "tmp")
