@@ -548,8 +548,21 @@ class MailboxTests(Base):
         self.assertEqual(len(box.list_messages()), 1)
         self.failureResultOf(self.store.open_mailbox(JOE), MailboxInUse)
         box.close()
-        # a lock file that is not there cannot be made: the error stands
-        self.failureResultOf(self.store.open_mailbox(ANN), OSError)
+        # a lock file that is not there cannot be made (no inode left, say):
+        # the Maildir folder itself is locked, exclusive all the same -- a
+        # full disk must not lock users out of the mailboxes that would
+        # free it
+        box = self.open(ANN)
+        self.assertFalse(os.path.exists(os.path.join(self.md(ANN), ".txmailhub.lock")))
+        self.failureResultOf(self.store.open_mailbox(ANN), MailboxInUse)
+        box.close()
+        self.open(ANN).close()
+
+    def test_delivery_makes_the_lock_file_with_the_maildir(self):
+        # made while there is room: a login later needs no new inode
+        self.deliver([JOE])
+        self.assertTrue(os.path.exists(os.path.join(self.md(), ".txmailhub.lock")))
+        self.assertEqual(len(self.names()), 1)
 
     def test_snapshot_runs_on_the_worker_threads_and_a_failure_releases_the_lock(self):
         self.deliver([JOE])

@@ -199,6 +199,11 @@ class MaildirStore:
                     os.mkdir(os.path.join(md, sub), 0o700)
                 except FileExistsError:
                     pass
+            try:  # the POP3 lock, made now while there is room (_open_lock)
+                os.close(os.open(os.path.join(md, LOCK_NAME),
+                                 os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o600))
+            except OSError:
+                pass  # made at the first login instead
             self._known.add(md)
         return tuple(sorted(self._unsynced.get(md, ())))
 
@@ -416,7 +421,11 @@ def _open_lock(path: str) -> int:
     """The POP3 lock file, for ``flock``.  Made when missing; an existing
     one is opened read-only when it cannot be opened for writing (a
     read-only or full filesystem): ``flock`` needs no write access, and the
-    mailbox can still be read."""
+    mailbox can still be read.  A missing one that cannot be made (no
+    inode left) gives way to the Maildir folder itself, which needs none:
+    a full disk must not lock its users out of the mailboxes whose
+    deletions would make room.  (Delivery makes the lock file with the
+    Maildir, so that is only a Maildir another program made.)"""
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
     except OSError as e:
@@ -425,6 +434,10 @@ def _open_lock(path: str) -> int:
         try:
             return os.open(path, os.O_RDONLY | _O_CLOEXEC)
         except FileNotFoundError:
+            pass
+        try:
+            return os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        except OSError:
             raise e from None
 
 
