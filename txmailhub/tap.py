@@ -53,12 +53,15 @@ class Options(usage.Options):
 def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
-    raise_fd_limit()
+    limit = raise_fd_limit()
+    settings = options["settings"]
+    short = fd_limit_warning(settings, limit)
+    if short:
+        print(f"warning: {short}", file=sys.stderr)
     # Imported now, while twistd still runs as the user that started it:
     # after --uid the standard library may be out of reach (installed under
     # /root, say), and the relay's first IDN lookup would fail.
     import encodings.idna  # noqa: F401
-    settings = options["settings"]
     owner = _dropping_to(options)
     if owner is None and os.geteuid() == 0:
         print(ROOT_WARNING, file=sys.stderr)
@@ -198,6 +201,29 @@ def _give_new_entries(state_dir: str, before: set[str], uid: int, gid: int,
                 os.close(fd)
     finally:
         os.close(top)
+
+
+# Descriptors the hub holds besides its connections: listeners, the spool
+# files made ahead, the log, the state lock, files being stored or sent.
+FD_MARGIN = 64
+
+
+def fd_limit_warning(settings: Any, soft: int) -> str | None:
+    """What to say when the open-files limit ``soft`` is below what the
+    connection limits may take: past it, Twisted cuts new clients without
+    a word instead of our 421 (and logs a few lines for each)."""
+    if soft < 0:
+        return None
+    need = (settings.smtp.max_connections + settings.pop3.max_connections
+            + settings.relay.max_concurrent_deliveries + FD_MARGIN)
+    if soft >= need:
+        return None
+    return (f"the open-files limit is {soft}, below the {need} the connection limits may "
+            f"take ([smtp] max_connections {settings.smtp.max_connections} + [pop3] "
+            f"max_connections {settings.pop3.max_connections} + [relay] "
+            f"max_concurrent_deliveries {settings.relay.max_concurrent_deliveries} + "
+            f"{FD_MARGIN}): beyond it clients are cut without a 421; raise the limit "
+            "(LimitNOFILE= in a systemd unit, ulimit -n) or lower those settings")
 
 
 def raise_fd_limit(want: int = 65536) -> int:
