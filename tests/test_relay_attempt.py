@@ -511,6 +511,17 @@ def test_unconvertible_message_bounces_without_ending_the_data(tmp_path):
     assert [n for n in os.listdir(folder) if n.endswith(".7bit")] == []
 
 
+def test_an_unconvertible_utf8_header_message_bounces_with_x_6_9(tmp_path):
+    # sent with SMTPUTF8 (RFC 6532 headers): RFC 6531 4.2's code for it
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nFrom: jörg@example.org\n\nGrüße\n".encode()
+    e = entry(tmp_path, BOB, body=body, smtputf8=True, body_8bit=True)
+    [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert r.kind == "permanent" and (r.reply.code, r.reply.status) == (550, "5.6.9")
+    assert not net.server_protocols[0].messages
+
+
 def test_tls_memory_survives_a_restart(tmp_path):
     a, net, _ = agent(tmp_path, "require_tls_after_seen = true")
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(

@@ -250,8 +250,12 @@ class SMTPClientProtocol(Protocol):
             if f.check(mime7bit.Unconvertible):
                 log.info("cannot send {path} in 7 bits: {why}", path=self.message_path,
                          why=f.getErrorMessage())
-                # this hub's judgement, not the server's words (RFC 3464 2.3.6)
-                reply = LocalReply(554, "5.6.3", (
+                # this hub's judgement, not the server's words (RFC 3464 2.3.6);
+                # a message sent with SMTPUTF8 is a "UTF-8 header message",
+                # which has its own code (RFC 6531 4.2: 550 X.6.9)
+                code, status = ((550, "5.6.9") if self.session.smtputf8_wanted
+                                else (554, "5.6.3"))
+                reply = LocalReply(code, status, (
                     "the message needs 8BITMIME or SMTPUTF8, which the remote server "
                     "lacks, and has no 7-bit form: " + f.getErrorMessage(),))
             else:
