@@ -295,3 +295,16 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
     assert code == 0 and "warning: " in err and "every local user can read it" in err, err
     auth.chmod(0o640)  # root:txmailhub 640 is how the docs would have it
     assert run(config, "check")[2] == ""
+
+
+def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None:
+    # the hub reads mail/<U-label>/ only: an A-label folder from before is
+    # out of reach until moved
+    config.write_text('[hub]\ndomains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
+    run(config, "user", "add", "bob", "--password-stdin", stdin="pw\n")
+    assert run(config, "check")[2] == ""
+    old = config.parent / "var" / "mail" / "xn--bcher-kva.example" / "bob"
+    old.mkdir(parents=True)
+    code, _, err = run(config, "check")
+    assert code == 0 and err.startswith("warning: ") and "move them there" in err, err
+    assert str(config.parent / "var" / "mail" / "bücher.example") in err

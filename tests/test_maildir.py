@@ -543,7 +543,7 @@ class MailboxTests(Base):
                 raise OSError(errno.EROFS, "Read-only file system", path)
             return real_open(path, flags, *args)
 
-        self.patch(maildir_module.os, "open", read_only)
+        patched = self.patch(maildir_module.os, "open", read_only)
         box = self.open()
         self.assertEqual(len(box.list_messages()), 1)
         self.failureResultOf(self.store.open_mailbox(JOE), MailboxInUse)
@@ -554,6 +554,15 @@ class MailboxTests(Base):
         # free it
         box = self.open(ANN)
         self.assertFalse(os.path.exists(os.path.join(self.md(ANN), ".txmailhub.lock")))
+        self.failureResultOf(self.store.open_mailbox(ANN), MailboxInUse)
+        # room again: a session that makes the lock file must still wait
+        patched.restore()
+        self.failureResultOf(self.store.open_mailbox(ANN), MailboxInUse)
+        self.assertTrue(os.path.exists(os.path.join(self.md(ANN), ".txmailhub.lock")))
+        box.close()
+        box = self.open(ANN)  # now with the file (and the folder)
+        patched = self.patch(maildir_module.os, "open", read_only)
+        os.unlink(os.path.join(self.md(ANN), ".txmailhub.lock"))  # and no room to make it
         self.failureResultOf(self.store.open_mailbox(ANN), MailboxInUse)
         box.close()
         self.open(ANN).close()
@@ -721,6 +730,16 @@ class MailboxTests(Base):
         self.successResultOf(box.delete([0, 1, 2]))
         self.assertEqual(self.syncer.calls_run, before + 1)  # one worker job for all
         self.assertEqual(self.syncer.calls, [("dir", os.path.join(self.md(), "new"))])
+        self.assertEqual(self.names(), [])
+        box.close()
+        # in jobs of DELETE_CHUNK, so one delete never holds a worker long
+        self.patch(mailbox_module, "DELETE_CHUNK", 2)
+        for i in range(5):
+            self.deliver([JOE], b"p%d\n" % i)
+        box = self.open()
+        before = self.syncer.calls_run
+        self.successResultOf(box.delete([0, 1, 2, 3, 4]))
+        self.assertEqual(self.syncer.calls_run, before + 3)
         self.assertEqual(self.names(), [])
         box.close()
 

@@ -502,6 +502,20 @@ def test_a_long_batch_is_answered_a_turn_at_a_time():
     assert all(c.getTime() > env.clock.seconds() for c in env.clock.getDelayedCalls())
 
 
+def test_nothing_is_read_between_the_turns_of_a_batch():
+    # a close read between two turns would drop the batch's tail -- its
+    # QUIT, and the deletions of its UPDATE with it
+    env = Env()
+    env.store.add("joe@example.org", b"one\n")
+    proto, t = login(env)
+    t.clear()
+    proto.dataReceived(b"NOOP\r\n" * 300 + b"DELE 1\r\nQUIT\r\n")
+    assert t.producerState == "paused"  # the rest waits for its turn, unread
+    env.clock.advance(0)
+    assert t.value() == b"+OK\r\n" * 300 + b"+OK Message 1 deleted\r\n+OK Bye (0 messages left)\r\n"
+    assert env.store.messages("joe@example.org") == []  # QUIT's UPDATE ran
+
+
 def test_stls_while_twisted_has_us_paused(tls_files):
     # The +OK to STLS is what fills Twisted's buffer: Twisted pauses us, then
     # startTLS moves the producer into the TLS layer without its paused

@@ -677,3 +677,10 @@ def test_a_dns_answer_that_comes_after_a_stop_and_a_start_connects_nowhere(tmp_p
     a.mx.resolve = real
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "delivered"  # a delivery of the new run goes through
+
+
+def test_one_destination_per_domain_however_it_is_spelled(tmp_path):
+    # an A-label and its U-label are one domain: one connection, one limit
+    a, _, _ = agent(tmp_path)
+    assert a.destination(Address("a", "xn--bcher-kva.example")) == a.destination(
+        Address("b", "BÜCHER.example")) == "bücher.example"

@@ -953,3 +953,27 @@ def test_a_mailbox_named_again_keeps_the_dsn_parameters_given_once():
     assert env.recipients == (Address("alice", "example.org"),)
     ((_, dsn),) = env.recipient_dsn
     assert dsn.notify == ("SUCCESS",)
+
+
+def test_an_authzid_in_another_spelling_of_the_same_user_is_no_request_to_act_as_another():
+    # RFC 4616 2: the same identity in another case or IDN spelling
+    from txmailhub.smtp._sasl import Credentials, SASLExchange
+
+    def plain(authzid: str, authcid: str):
+        return SASLExchange("PLAIN", "example.org").start(b64(f"{authzid}\0{authcid}\0pw"))
+
+    same = plain("jo\u0308rg@xn--bcher-kva.example", "J\u00d6RG@b\u00fccher.example")
+    assert isinstance(same, Credentials) and not same.malformed
+    assert not plain("alice", "Alice@EXAMPLE.org").malformed
+    assert plain("bob@example.org", "alice@example.org").malformed
+
+
+def test_a_refused_junk_command_is_not_counted_twice():
+    # VRFY switched off is refused (an error already): past the junk limit
+    # it must not count two errors
+    d = Driver(max_junk_commands=0, max_errors=5, expn=False)
+    d.send("EHLO c\r\n")
+    d.send("EXPN list\r\n")
+    assert d.engine.errors == 1
+    d.send("NOOP\r\n")
+    assert d.engine.errors == 2

@@ -18,6 +18,7 @@ import idna
 __all__ = [
     "Address",
     "AddressError",
+    "ascii_domain",
     "ascii_form",
     "canonical_domain",
     "canonical_local",
@@ -96,6 +97,17 @@ class Address:
         return self.local.lower() == "postmaster"
 
 
+def ascii_domain(domain: str) -> str:
+    """``domain`` in ASCII: an internationalized name as its A-labels
+    (IDNA2008), anything else as it is."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return domain
+
+
 def ascii_form(address: Address) -> str | None:
     """``address`` in ASCII: as it is, or with an internationalized domain
     as its A-labels (IDNA2008); ``None`` when the local part is not ASCII
@@ -105,9 +117,8 @@ def ascii_form(address: Address) -> str | None:
         return text
     if not address.local.isascii():
         return None
-    try:
-        domain = idna.encode(address.domain, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
+    domain = ascii_domain(address.domain)
+    if not domain.isascii():
         return None
     return f"{address.local}@{domain}"
 

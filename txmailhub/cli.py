@@ -86,6 +86,24 @@ def _users(settings: Settings):
     return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
 
 
+def _old_maildir_folders(settings: Settings) -> list[str]:
+    """Maildirs under another spelling of a local domain (its A-label):
+    where an earlier version kept them when the config named the domain
+    that way.  The hub now uses the U-label folder only, so their mail is
+    out of reach until they are moved."""
+    from txmailhub.address import ascii_domain
+
+    out = []
+    for domain in settings.hub.domains:
+        other = ascii_domain(domain)
+        folder = os.path.join(settings.mail_dir, other)
+        if other != domain and os.path.isdir(folder):
+            out.append(f"{folder} holds Maildirs the hub no longer reads: the folder of "
+                       f"{other} is now {os.path.join(settings.mail_dir, domain)}; move them "
+                       "there")
+    return out
+
+
 def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str]) -> list[str]:
     """What the relay would trip over when it logs in to the smarthost
     (it reads the file at each delivery: a bad one turns every outbound
@@ -102,7 +120,7 @@ def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str]) -> 
     except ValueError as e:
         return [where + str(e)]
     mode = os.stat(auth_file).st_mode
-    if mode & 0o007:  # a group of its own (root:txmailhub 640) is fine
+    if mode & 0o004:  # a group of its own (root:txmailhub 640) is fine
         warnings.append(f"{where}{auth_file} holds a password and every local user can "
                         f"read it (mode {mode & 0o777:o}): chmod o-rwx")
     return []
@@ -134,6 +152,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             if why:
                 problems.append(f"{settings.path}: [{section}] {key}: {why}")
     warnings = list(settings.warnings)
+    warnings.extend(_old_maildir_folders(settings))
     auth_file = settings.relay.smarthost_auth_file
     if auth_file and os.path.isfile(auth_file):  # config loading named a missing one
         problems.extend(_smarthost_auth_problems(settings.path, auth_file, warnings))

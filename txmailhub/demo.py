@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from txmailhub.address import canonical_domain, canonical_local
 from txmailhub.config import load
 from txmailhub.errors import ConfigError
 from txmailhub.users import UsersDB
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     users = UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
     address = users.qualify(DEMO_USER)
+    maildir = (f"{settings.mail_dir}/{canonical_domain(address.domain)}/"
+               f"{canonical_local(address.local)}")
     if not users.contains(address):
         users.add(DEMO_USER, DEMO_PASSWORD, allow_apop=True)
     smtp, pop3 = _port(settings.smtp.listen), _port(settings.pop3.listen)
@@ -47,7 +50,7 @@ Read it back over POP3:
   python3 -c "import poplib; p = poplib.POP3('127.0.0.1', {pop3}); p.user('{address}'); \\
 p.pass_('{DEMO_PASSWORD}'); print(b'\\n'.join(p.retr(1)[1]).decode()); p.quit()"
 
-It is also in the Maildir {settings.mail_dir}/{address.domain}/{address.local}/new/
+It is also in the Maildir {maildir}/new/
 """, flush=True)
     return 0
 

@@ -53,3 +53,23 @@ def test_an_idn_domain_and_its_a_label_are_one_domain(make_hub):
     assert done.returncode == 1 and "already exists" in done.stderr, done.stderr
     listed = hub.mailhub("user", "list").stdout.split()
     assert "carl@b\u00fccher.example" in listed and f"{NFC}@b\u00fccher.example" in listed
+
+
+def test_a_domain_configured_as_its_a_label_takes_bare_names_without_smtputf8(make_hub):
+    # the config's A-label is the same domain as its U-label: a bare
+    # RCPT TO:<postmaster> (RFC 5321 4.5.1) must not need SMTPUTF8, VRFY
+    # answers in ASCII, and the trace field of a plain message stays ASCII
+    hub = make_hub(users={"bob@xn--bcher-kva.example": "pw"},
+                   sections={"hub": {"domains": ["xn--bcher-kva.example"]}})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.verify("bob") == (250, b"2.1.5 <bob@xn--bcher-kva.example>")
+        s.mail("x@remote.test")
+        assert s.rcpt("postmaster")[0] == 250
+        assert s.rcpt("bob")[0] == 250
+        s.rset()
+        assert s.sendmail("x@remote.test", ["bob"], MESSAGE) == {}
+    (stored,) = [m for m in (hub.state_dir / "mail" / "b\u00fccher.example" / "bob" / "new")
+                 .iterdir()]
+    head = stored.read_bytes().split(b"\n\n", 1)[0]
+    assert head.isascii() and b"for <bob@xn--bcher-kva.example>" in head, head

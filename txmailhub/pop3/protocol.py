@@ -56,13 +56,13 @@ _PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 """Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
 
 INPUT_LIMIT = 16 * 1024
-# Commands answered per reactor turn: a client that pipelines thousands
-# (one 64 KiB read of CAPA is 10,000) and reads the answers must not keep
-# every other session waiting while they are answered; the rest waits for
-# the next turn.
-COMMANDS_PER_TURN = 128
 """Octets of unanswered commands buffered while the client does not read
 our responses; beyond it we stop reading from the client too."""
+COMMANDS_PER_TURN = 128
+"""Commands answered per reactor turn: a client that pipelines thousands
+(one 64 KiB read of CAPA is 10,000) and reads the answers must not keep
+every other session waiting while they are answered; the rest waits for
+the next turn."""
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 CLOSED_CHECK = 1.0
 """Seconds between looks, while the client does not read us, for a TLS
@@ -317,8 +317,12 @@ class POP3Protocol(Protocol):
         runs none while busy."""
         if self._closing:
             return
-        held = self._busy or self._write_paused or self._turn_call is not None
-        want = not (held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
+        held = self._busy or self._write_paused
+        # Not at all while the rest of a long batch waits for its turn (a
+        # moment): a close read meanwhile would drop the batch's tail, QUIT
+        # and its UPDATE included.
+        want = self._turn_call is None and not (
+            held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
         self._reading = set_reading(self.transport, self._reading, want)
 
     def _perform(self, action: Any) -> None:

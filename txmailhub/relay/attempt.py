@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
-from txmailhub.address import Address
+from txmailhub.address import Address, canonical_domain
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay import mime7bit
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
@@ -449,8 +449,9 @@ class DeliveryAgent:
     # --- one destination ---------------------------------------------------------
 
     def destination(self, address: Address) -> str:
-        """The key deliveries are grouped and limited by."""
-        return SMARTHOST if self.relay.smarthost else address.domain.lower()
+        """The key deliveries are grouped and limited by: one per domain,
+        however its addresses spell it (an A-label and its U-label)."""
+        return SMARTHOST if self.relay.smarthost else canonical_domain(address.domain)
 
     def deliver(self, entry: QueueEntry, destination: str,
                 recipients: Sequence[Address]) -> defer.Deferred:

@@ -13,13 +13,21 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from txmailhub.address import AddressError, parse_address
+from txmailhub.address import AddressError, canonical_domain, canonical_local, parse_address
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["MECHANISMS", "Credentials", "SASLExchange"]
 
 MECHANISMS = ("PLAIN", "LOGIN")
+
+
+def _key(name: str) -> str:
+    """A login name as the users file keys it (case, IDN spelling, NFC)."""
+    local, at, domain = name.rpartition("@")
+    if not at:
+        return canonical_local(name)
+    return f"{canonical_local(local)}@{canonical_domain(domain)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,7 @@ class SASLExchange:
         if len(parts) != 3:
             return Credentials("", "", malformed=True)
         user = self._qualify(parts[1])
-        if parts[0] and self._qualify(parts[0]).lower() != user.lower():
+        if parts[0] and _key(self._qualify(parts[0])) != _key(user):
             return Credentials("", "", malformed=True)
         return Credentials(user, parts[2])
 

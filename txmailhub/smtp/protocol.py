@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import Address, client_ip
+from txmailhub.address import Address, ascii_domain, ascii_form, client_ip
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser
@@ -83,6 +83,17 @@ _CLOSE_LOGGED_ELSEWHERE = frozenset({
 def _is_loopback(host: str) -> bool:
     ip = client_ip(host)
     return ip is not None and ip.is_loopback
+
+
+def _traced(recipient: Address) -> Address:
+    """The ``for`` clause's address: routing names a local mailbox with
+    its U-labels, which a message sent without SMTPUTF8 must not carry
+    raw; its A-label form is the same mailbox."""
+    text = ascii_form(recipient)
+    if text is None or text == str(recipient):
+        return recipient
+    local, _, domain = text.rpartition("@")
+    return Address(local, domain)
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -466,7 +477,7 @@ class SMTPProtocol(Protocol):
             message_id=self._message_id,
             when=self.reactor.seconds(),
             tls=tls,
-            recipient=env.recipients[0] if len(env.recipients) == 1 else None,
+            recipient=_traced(env.recipients[0]) if len(env.recipients) == 1 else None,
         )
 
     def _message_complete(self, event: MessageComplete) -> None:
@@ -684,7 +695,10 @@ class SMTPFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.config = ServerConfig(
             hostname=s.hub.hostname,
-            primary_domain=s.hub.primary_domain,
+            # a bare local part is qualified with it: in ASCII, or a bare
+            # RCPT TO:<postmaster> would need SMTPUTF8 (its U-label form is
+            # the same domain to routing)
+            primary_domain=ascii_domain(s.hub.primary_domain),
             max_message_size=s.smtp.max_message_size,
             max_recipients=s.smtp.max_recipients,
             max_errors=s.smtp.max_errors,

@@ -19,9 +19,7 @@ import email.utils
 import functools
 import re
 
-import idna
-
-from txmailhub.address import Address
+from txmailhub.address import Address, ascii_domain
 
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
            "received", "return_path", "rfc5322_date"]
@@ -124,14 +122,14 @@ def _host(name: str) -> str:
     3.7.3 allows U-labels only in SMTPUTF8 messages); anything else goes
     through ``_safe``."""
     if not name.isascii():
-        try:
-            name = idna.encode(name[:255], uts46=True).decode("ascii")
-        except (idna.IDNAError, UnicodeError, ValueError):
-            pass
+        name = ascii_domain(name[:255])
     return _safe(name)
 
 
+@functools.lru_cache(maxsize=1024)
 def _safe(text: str, limit: int = 255) -> str:
+    # cached: the host name, the client's address and its HELO name repeat
+    # from message to message, and a regex substitution per field is not free
     return _UNSAFE.sub("?", text[:limit]) or "unknown"
 
 

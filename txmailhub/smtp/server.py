@@ -33,7 +33,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from txmailhub.address import Address, AddressError, parse_address
+from txmailhub.address import Address, AddressError, ascii_form, parse_address
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.logsafe import loggable
@@ -377,11 +377,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
             if self.state not in _ALLOWED[verb]:
                 self._out_of_sequence(verb, arg)
                 return
+            errors = self.errors
             handler(self, arg)
             if verb in _JUNK:
                 self.junk += 1
-                if self.junk > self.config.max_junk_commands:
-                    self._count_error()  # answered all the same
+                if self.junk > self.config.max_junk_commands and self.errors == errors:
+                    self._count_error()  # answered all the same (a refusal counted already)
         except RemoteProtocolError as e:
             self.reply(e.reply)
         except Rejected as e:
@@ -553,7 +554,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if found is None:
             self.reply(replies.CANNOT_VRFY)
             return
-        names = [str(a) for a in found]
+        # without SMTPUTF8 a name goes in ASCII where it has an ASCII form
+        # (a local domain is routed to its U-labels)
+        names = [str(a) if utf8 else (ascii_form(a) or str(a)) for a in found]
         if not utf8 and not all(n.isascii() for n in names):
             self.reply(replies.EXPN_NEEDS_SMTPUTF8 if expand else replies.VRFY_NEEDS_SMTPUTF8)
         elif expand or len(names) != 1:

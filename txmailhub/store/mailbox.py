@@ -146,6 +146,8 @@ def _stem(mi: MessageInfo) -> str:
 # A POP3 UPDATE that deletes more messages than this unlinks them off the
 # reactor thread (the syncer's workers); fewer cost less than the hand-off.
 INLINE_DELETES = 64
+DELETE_CHUNK = 2000  # unlinks per worker job
+
 
 class _SizeCache:
     """``.txmailhub-sizes``: ``{name before ":": [inode, mtime_ns, size, crlf]}``.
@@ -209,13 +211,15 @@ class MaildirMailbox:
     """A locked snapshot of one Maildir (see ``IMailbox``).
 
     ``store`` is the ``MaildirStore`` (its ``syncer`` makes deletions
-    durable); ``lock_fd`` holds the ``flock``, released by ``close``."""
+    durable); ``lock_fd`` (and ``folder_fd``, when the folder is locked
+    too) holds the ``flock``, released by ``close``."""
 
     def __init__(self, store: Any, md: str, lock_fd: int,
-                 snapshot: list[MessageInfo]) -> None:
+                 snapshot: list[MessageInfo], folder_fd: int | None = None) -> None:
         self.store = store
         self.path = md
         self._lock_fd: int | None = lock_fd
+        self._folder_fd = folder_fd  # the lock on the folder too (_lock_mailbox)
         self._messages = snapshot
         self._cur = os.path.join(md, "cur")
         self._in_cur = self._cur + os.sep
@@ -312,18 +316,26 @@ class MaildirMailbox:
         """Unlink the messages, then fsync the folders.  Fires ``None``;
         errbacks with the first error (the other messages are still
         removed and synced).  More than ``INLINE_DELETES`` unlinks run on
-        the syncer's worker threads: 120,000 of them took the reactor
-        thread 7 s, every session of the hub waiting."""
+        the syncer's worker threads, ``DELETE_CHUNK`` to a job: 120,000 of
+        them took the reactor thread 7 s, every session of the hub waiting,
+        and one job for them all would keep a worker from fsyncs as long."""
         unique = list(dict.fromkeys(indices))
-        if len(unique) <= INLINE_DELETES:
-            return self._sync_deleted(*self._unlink(unique))
-        d = self.store.syncer.call(self._unlink, unique)
-        return d.addCallback(lambda found: self._sync_deleted(*found))
-
-    def _unlink(self, indices: list[int]) -> tuple[set[str], Exception | None]:
-        """The folders that lost a message, and the first error."""
         dirs: set[str] = set()
-        error: Exception | None = None
+        errors: list[tuple[int, Exception]] = []
+        if len(unique) <= INLINE_DELETES:
+            self._unlink(unique, dirs, errors)
+            return self._sync_deleted(dirs, errors)
+        d: defer.Deferred = defer.succeed(None)
+        for start in range(0, len(unique), DELETE_CHUNK):
+            chunk = unique[start : start + DELETE_CHUNK]
+            d.addCallback(lambda _, chunk=chunk: self.store.syncer.call(
+                self._unlink, chunk, dirs, errors))
+        return d.addCallback(lambda _: self._sync_deleted(dirs, errors))
+
+    def _unlink(self, indices: list[int], dirs: set[str],
+                errors: list[tuple[int, Exception]]) -> None:
+        """Unlink; ``dirs`` gets the folders that lost a message, ``errors``
+        what failed (logged by ``_sync_deleted``, on the reactor thread)."""
         for index in indices:
             try:
                 path = self._locate(index)
@@ -331,23 +343,28 @@ class MaildirMailbox:
             except FileNotFoundError:
                 continue
             except (OSError, IndexError) as e:
-                log.error("cannot delete message {index} of {maildir}: {error}",
-                          index=index, maildir=self.path, error=str(e))
-                error = error or e
+                errors.append((index, e))
                 continue
             dirs.add(os.path.dirname(path))
-        return dirs, error
 
-    def _sync_deleted(self, dirs: set[str], error: Exception | None) -> defer.Deferred:
+    def _sync_deleted(self, dirs: set[str],
+                      errors: list[tuple[int, Exception]]) -> defer.Deferred:
+        for index, e in errors:
+            log.error("cannot delete message {index} of {maildir}: {error}",
+                      index=index, maildir=self.path, error=str(e))
         d = self.store.syncer.sync(dirs=sorted(dirs)) if dirs else defer.succeed(None)
-        if error is not None:
-            d.addCallback(lambda _: defer.fail(error))
+        if errors:
+            first = errors[0][1]
+            d.addCallback(lambda _: defer.fail(first))
         return d
 
     def close(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the flock
+        folder, self._folder_fd = self._folder_fd, None
+        if folder is not None:
+            os.close(folder)
 
     @property
     def closed(self) -> bool:

@@ -60,6 +60,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 import time
 import weakref
 from collections.abc import Callable
@@ -387,16 +388,14 @@ class MaildirStore:
         try:
             md = self.maildir_path(address)
             self._ensure(md)
-            fd = _open_lock(os.path.join(md, LOCK_NAME))
-        except Exception as e:
-            return defer.fail(e)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fds = _lock_mailbox(md)
         except OSError as e:
-            os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return defer.fail(MailboxInUse(f"{address} is in use by another session"))
             return defer.fail(e)
+        except Exception as e:
+            return defer.fail(e)
+        fd = fds[0]
         # listing (and, for plain-named messages, reading and caching) runs
         # on the syncer's worker threads when it has them: a big Maildir
         # must not stall the reactor
@@ -408,13 +407,43 @@ class MaildirStore:
             d = defer.maybeDeferred(_snapshot, md, now)
 
         def opened(snapshot: list[MessageInfo]) -> MaildirMailbox:
-            return MaildirMailbox(self, md, fd, snapshot)
+            return MaildirMailbox(self, md, fd, snapshot, folder_fd=fds[1] if fds[1:] else None)
 
         def failed(f: Any) -> Any:
-            os.close(fd)
+            for held in fds:
+                os.close(held)
             return f
 
         return d.addCallbacks(opened, failed)
+
+
+def _lock_mailbox(md: str) -> list[int]:
+    """Take the POP3 lock of Maildir ``md``: the descriptors that hold it
+    (closing them releases it).  The lock file, and the folder as well:
+    a session that could only lock the folder (``_open_lock`` on a full
+    disk) must exclude one that locks the file, and the reverse.  A
+    filesystem that cannot lock a folder (NFS) keeps the file lock alone.
+    Raises ``OSError`` (EWOULDBLOCK: held by another session)."""
+    fd = _open_lock(os.path.join(md, LOCK_NAME))
+    fds = [fd]
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return fds  # the folder itself, already
+        folder = os.open(md, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        fds.append(folder)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            fds.pop()
+            os.close(folder)
+        return fds
+    except BaseException:
+        for held in fds:
+            os.close(held)
+        raise
 
 
 def _open_lock(path: str) -> int:
