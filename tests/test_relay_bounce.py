@@ -195,15 +195,20 @@ def test_success_notice(tmp_path):
     assert block["Action"] == "relayed" and block["Status"] == "2.0.0"
 
 
-def test_send_dsn_through_normal_path(tmp_path):
+def dsn_components(tmp_path, router):
+    """A hub's components in memory, for ``send_dsn``: (components, spooler, store)."""
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n')
     settings = load_text(cfg.read_text(), str(cfg))
     spooler = MemorySpooler()
     store = MemoryMailboxStore(spooler=spooler)
-    components = Components(settings=settings, reactor=None,
-                            router=StaticRouter({"alice": None}), store=store,
+    components = Components(settings=settings, reactor=None, router=router, store=store,
                             spooler=spooler, portal=None, queue=QueueSpy())
+    return components, spooler, store
+
+
+def test_send_dsn_through_normal_path(tmp_path):
+    components, _, store = dsn_components(tmp_path, StaticRouter({"alice": None}))
     entry = make_entry(tmp_path)
     data, _ = build(entry, [failed(entry)])
     env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
@@ -318,14 +323,8 @@ def test_a_notice_to_a_local_sender_is_routed_like_any_local_mail(tmp_path):
     # the sender's address was never checked (MAIL FROM is not): a notice to
     # a local address that is no mailbox is dropped -- no Maildir made for
     # nobody -- and one to an alias reaches its members
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n')
-    settings = load_text(cfg.read_text(), str(cfg))
-    spooler = MemorySpooler()
-    store = MemoryMailboxStore(spooler=spooler)
     router = StaticRouter({"alice": None, "team": ["alice", "zed@remote.test"]})
-    components = Components(settings=settings, reactor=None, router=router, store=store,
-                            spooler=spooler, portal=None, queue=QueueSpy())
+    components, spooler, store = dsn_components(tmp_path, router)
     entry = make_entry(tmp_path)
     data, _ = build(entry, [failed(entry)])
     env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
