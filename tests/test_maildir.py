@@ -567,6 +567,15 @@ class MailboxTests(Base):
         box.close()
         self.open(ANN).close()
 
+    def test_a_maildir_that_cannot_be_made_is_no_mailbox_in_use(self):
+        # permission denied is the error it is, not "in use by another session"
+        def denied(path, mode=0o777):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+
+        self.patch(maildir_module.os, "mkdir", denied)
+        f = self.failureResultOf(self.store.open_mailbox(ANN), PermissionError)
+        self.assertNotIsInstance(f.value, MailboxInUse)
+
     def test_delivery_makes_the_lock_file_with_the_maildir(self):
         # made while there is room: a login later needs no new inode
         self.deliver([JOE])

@@ -389,10 +389,8 @@ class MaildirStore:
             md = self.maildir_path(address)
             self._ensure(md)
             fds = _lock_mailbox(md)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return defer.fail(MailboxInUse(f"{address} is in use by another session"))
-            return defer.fail(e)
+        except BlockingIOError:
+            return defer.fail(MailboxInUse(f"{address} is in use by another session"))
         except Exception as e:
             return defer.fail(e)
         fd = fds[0]
@@ -423,26 +421,38 @@ def _lock_mailbox(md: str) -> list[int]:
     a session that could only lock the folder (``_open_lock`` on a full
     disk) must exclude one that locks the file, and the reverse.  A
     filesystem that cannot lock a folder (NFS) keeps the file lock alone.
-    Raises ``OSError`` (EWOULDBLOCK: held by another session)."""
+    Raises ``BlockingIOError`` when another session holds it, ``OSError``
+    when the lock cannot be taken at all."""
     fd = _open_lock(os.path.join(md, LOCK_NAME))
     fds = [fd]
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd)
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             return fds  # the folder itself, already
         folder = os.open(md, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
         fds.append(folder)
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
+            _flock(folder)
+        except BlockingIOError:
+            raise
+        except OSError:
             fds.pop()
             os.close(folder)
         return fds
     except BaseException:
         for held in fds:
             os.close(held)
+        raise
+
+
+def _flock(fd: int) -> None:
+    """An exclusive ``flock`` without waiting; ``BlockingIOError`` when it
+    is held (some systems say EACCES for that)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise BlockingIOError(errno.EWOULDBLOCK, "the lock is held") from None
         raise
 
 
