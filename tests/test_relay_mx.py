@@ -7,6 +7,7 @@ import random
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.names import dns
 from twisted.names import error as dns_error
 from zope.interface.verify import verifyObject
 
@@ -199,8 +200,93 @@ def test_system_resolver_runs_on_the_given_reactor():
     reactor = MemoryReactorClock()
     res = make_resolver([], reactor=reactor)
     kinds = [type(r).__module__ for r in res.resolvers]
-    assert kinds == ["twisted.names.hosts", "twisted.names.cache", "txmailhub.relay.dnsport"]
-    network = res.resolvers[2]
+    assert kinds == ["twisted.names.hosts", "twisted.names.cache", "txmailhub.relay.mx"]
+    network = res.resolvers[2].resolver  # filling the cache with what it answers
     assert network.resolv == b"/etc/resolv.conf" and network._reactor is reactor
     # its resolv.conf re-reading timer is on our reactor, not the global one
     assert reactor.getDelayedCalls()
+
+
+class RawResolver:
+    """Answers exactly the records given: ``{(name, "MX"|"A"|"AAAA"): [RRHeader]}``;
+    anything else is an empty answer."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def _answer(self, name, kind):
+        return defer.succeed((list(self.table.get((name, kind), [])), [], []))
+
+    def lookupMailExchange(self, name, timeout=None):
+        return self._answer(name, "MX")
+
+    def lookupAddress(self, name, timeout=None):
+        return self._answer(name, "A")
+
+    def lookupIPV6Address(self, name, timeout=None):
+        return self._answer(name, "AAAA")
+
+
+def mx(owner: bytes, pref: int, target: bytes):
+    return dns.RRHeader(owner, dns.MX, dns.IN, 60, dns.Record_MX(pref, target))
+
+
+def a(owner: bytes, address: str):
+    return dns.RRHeader(owner, dns.A, dns.IN, 60, dns.Record_A(address))
+
+
+def raw(table):
+    return MXResolver(RawResolver(table), Clock(), "mail.hub.test", rng=random.Random(1))
+
+
+def test_a_malformed_mx_target_is_skipped_not_fatal():
+    # RFC 5321 5.1: try the others; one bad record must not block the domain
+    # (it raised UnicodeError: a critical traceback and 451 for every attempt)
+    table = {("garbage.test", "MX"): [mx(b"garbage.test", 10, b"\xff\xfeA.test"),
+                                      mx(b"garbage.test", 15, b"x" * 64 + b".test"),
+                                      mx(b"garbage.test", 20, b"good.test")],
+             ("good.test", "A"): [a(b"good.test", "192.0.2.5")]}
+    assert result(raw(table).resolve("garbage.test")) == [
+        MXHost("good.test", 20, ("192.0.2.5",))]
+    table = {("bad.test", "MX"): [mx(b"bad.test", 10, b"a b.test")]}
+    e = error_of(raw(table).resolve("bad.test"), NoSuchDomain)
+    assert "no usable MX" in e.reason
+
+
+def test_a_null_mx_beside_real_ones_is_just_an_unusable_target():
+    # RFC 7505: a null MX is the only record; next to others it is skipped
+    table = {("mixed.test", "MX"): [mx(b"mixed.test", 0, b""), mx(b"mixed.test", 20, b"mx.test")],
+             ("mx.test", "A"): [a(b"mx.test", "192.0.2.6")]}
+    assert [h.name for h in result(raw(table).resolve("mixed.test"))] == ["mx.test"]
+
+
+def test_our_own_name_without_an_address_still_cuts_the_less_preferred_hosts():
+    # RFC 5321 5.1: never hand the mail to a backup MX because our own
+    # name has no address record
+    table = {("self.test", "MX"): [mx(b"self.test", 10, b"mail.hub.test"),
+                                   mx(b"self.test", 20, b"backup.test")],
+             ("backup.test", "A"): [a(b"backup.test", "192.0.2.7")]}
+    error_of(raw(table).resolve("self.test"), MailLoop)
+
+
+def test_records_that_answer_another_name_are_not_believed():
+    # RFC 2181 5.4.1: an A record of some other owner is not the MX's
+    # address; one reached through the CNAME chain is
+    cname = dns.RRHeader(b"mx.chain.test", dns.CNAME, dns.IN, 60,
+                         dns.Record_CNAME(b"real.chain.test"))
+    table = {("foreign.test", "MX"): [mx(b"foreign.test", 10, b"mx.foreign.test"),
+                                      mx(b"elsewhere.test", 5, b"evil.test")],
+             ("mx.foreign.test", "A"): [a(b"elsewhere.invalid", "192.0.2.66"),
+                                        a(b"mx.foreign.test", "192.0.2.8")],
+             ("chain.test", "MX"): [mx(b"chain.test", 10, b"mx.chain.test")],
+             ("mx.chain.test", "A"): [a(b"real.chain.test", "192.0.2.9"), cname]}
+    assert result(raw(table).resolve("foreign.test")) == [
+        MXHost("mx.foreign.test", 10, ("192.0.2.8",))]
+    assert result(raw(table).resolve("chain.test")) == [
+        MXHost("mx.chain.test", 10, ("192.0.2.9",))]
+
+
+def test_an_idn_domain_matches_its_a_label_answers():
+    table = {("münchen.test", "MX"): [mx(b"xn--mnchen-3ya.test", 10, b"mx.xn--mnchen-3ya.test")],
+             ("mx.xn--mnchen-3ya.test", "A"): [a(b"mx.xn--mnchen-3ya.test", "192.0.2.10")]}
+    assert [h.addresses for h in result(raw(table).resolve("münchen.test"))] == [("192.0.2.10",)]

@@ -22,6 +22,20 @@ ZONE = {
 }
 
 
+def resolver_for(test, server_spec: str):
+    """``make_resolver`` on the real reactor, its cache's expiry timers
+    cancelled when the test ends (trial wants a clean reactor)."""
+    resolver = make_resolver([server_spec], reactor=test.reactor)
+
+    def forget():
+        for call in list(resolver.resolvers[0].cancel.values()):
+            if call.active():
+                call.cancel()
+
+    test.addCleanup(forget)
+    return resolver
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
@@ -54,7 +68,7 @@ class ResolverOverUDPTests(TestCase):
     @defer.inlineCallbacks
     def test_answers_come_back_and_nothing_is_logged(self):
         server = self.serve()
-        resolver = make_resolver([f"127.0.0.1:{server.port}"], reactor=self.reactor)
+        resolver = resolver_for(self, f"127.0.0.1:{server.port}")
         answers, _, _ = yield resolver.lookupMailExchange("remote.test")
         self.assertEqual([(a.payload.preference, a.payload.name.name) for a in answers],
                          [(10, b"mx1.remote.test")])
@@ -72,9 +86,21 @@ class ResolverOverUDPTests(TestCase):
         self.assert_clean()
 
     @defer.inlineCallbacks
+    def test_answers_are_kept_for_their_ttl(self):
+        # twisted.names' chain reads its cache but never filled it: every
+        # message relayed asked for its MX and addresses again
+        server = self.serve()
+        resolver = resolver_for(self, f"127.0.0.1:{server.port}")
+        for _ in range(3):
+            answers, _, _ = yield resolver.lookupMailExchange("remote.test")
+            self.assertEqual([a.payload.name.name for a in answers], [b"mx1.remote.test"])
+        self.assertEqual(server.queries, [("remote.test", dns.MX)])
+        self.assert_clean()
+
+    @defer.inlineCallbacks
     def test_unknown_name(self):
         server = self.serve()
-        resolver = make_resolver([f"127.0.0.1:{server.port}"], reactor=self.reactor)
+        resolver = resolver_for(self, f"127.0.0.1:{server.port}")
         with pytest.raises(error.DNSNameError):
             yield resolver.lookupMailExchange("nowhere.test")
         self.assert_clean()
@@ -82,7 +108,7 @@ class ResolverOverUDPTests(TestCase):
     @defer.inlineCallbacks
     def test_a_server_that_never_answers_times_out_after_the_retries(self):
         server = self.serve(silent=True)
-        resolver = make_resolver([f"127.0.0.1:{server.port}"], reactor=self.reactor)
+        resolver = resolver_for(self, f"127.0.0.1:{server.port}")
         with pytest.raises(defer.TimeoutError):
             yield resolver.lookupAddress("remote.test", timeout=[0.1, 0.2])
         self.assertEqual(len(server.peers), 2)  # sent, and sent again
@@ -93,7 +119,7 @@ class ResolverOverUDPTests(TestCase):
         if not _ipv6_loopback():
             raise self.skipTest("no IPv6 loopback here")
         server = self.serve(host="::1")
-        resolver = make_resolver([f"[::1]:{server.port}"], reactor=self.reactor)
+        resolver = resolver_for(self, f"[::1]:{server.port}")
         answers, _, _ = yield resolver.lookupAddress("mx1.remote.test")
         self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
         self.assert_clean()
@@ -106,7 +132,7 @@ class ResolverOverUDPTests(TestCase):
         if not _ipv6_loopback():
             raise self.skipTest("no IPv6 here")
         server = self.serve()
-        resolver = make_resolver([f"[::ffff:7f00:1]:{server.port}"], reactor=self.reactor)
+        resolver = resolver_for(self, f"[::ffff:7f00:1]:{server.port}")
         answers, _, _ = yield resolver.lookupAddress("mx1.remote.test", timeout=[2])
         self.assertEqual([a.payload.dottedQuad() for a in answers], ["127.0.0.1"])
         self.assert_clean()
@@ -158,7 +184,7 @@ class FailureTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def resolver(self):
-        return make_resolver([f"127.0.0.1:{self.server.port}"], reactor=self.reactor)
+        return resolver_for(self, f"127.0.0.1:{self.server.port}")
 
     def test_source_ports_are_unprivileged_and_a_refused_one_is_retried(self):
         # a hub that dropped root cannot bind below 1024 (EACCES): another
@@ -255,3 +281,57 @@ class FailureTests(TestCase):
         self.addCleanup(port.stopListening)
         with pytest.raises(InvalidAddressError):
             port.write(b"query", ("dns.example", 53))
+
+
+def test_a_truncated_answer_over_tcp_is_final():
+    # a server that sets TC over TCP too made twisted.names ask again for as
+    # long as it did (thousands of queries a second, an attempt that never
+    # ended); one TCP retry, and its answer is taken (RFC 7766 5)
+    from twisted.internet.task import Clock
+
+    from txmailhub.relay.dnsport import Resolver
+
+    resolver = Resolver(servers=[("127.0.0.1", 53)], reactor=Clock())
+    record = dns.RRHeader(b"x.test", dns.A, dns.IN, 60, dns.Record_A("192.0.2.1"))
+    asked = []
+
+    def query_tcp(queries, timeout=10):
+        asked.append(queries)
+        answer = dns.Message(trunc=1)
+        answer.answers = [record]
+        return defer.succeed(answer)
+
+    resolver.queryTCP = query_tcp
+    udp = dns.Message(trunc=1)
+    udp.queries = [dns.Query(b"x.test", dns.A)]
+    out = []
+    d = defer.maybeDeferred(resolver.filterAnswers, udp)
+    d.addBoth(out.append)
+    assert len(asked) == 1
+    assert out == [([record], [], [])]
+
+
+def test_an_answer_to_another_question_is_not_taken(monkeypatch):
+    # RFC 5452 9.1: a forged reply must match the question as well as the
+    # ID and the port
+    from twisted.internet.task import Clock
+    from twisted.names import client
+
+    from txmailhub.relay.dnsport import ForeignAnswer, Resolver
+
+    def reply(name):
+        message = dns.Message()
+        message.queries = [dns.Query(name, dns.MX)]
+        return message
+
+    resolver = Resolver(servers=[("127.0.0.1", 53)], reactor=Clock())
+    asked = [dns.Query(b"remote.test", dns.MX)]
+    for name, ok in ((b"Remote.TEST", True), (b"evil.test", False)):
+        monkeypatch.setattr(client.Resolver, "_query",
+                            lambda self, *args, name=name: defer.succeed(reply(name)))
+        out = []
+        resolver._query(("127.0.0.1", 53), asked, 5, 1).addBoth(out.append)
+        if ok:
+            assert out[0].queries[0].name.name == b"Remote.TEST"
+        else:
+            assert out[0].check(ForeignAnswer)

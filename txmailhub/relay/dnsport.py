@@ -161,11 +161,43 @@ class Resolver(client.Resolver):
         QueryPort(self._reactor, proto, interface)
         return proto
 
+    def filterAnswers(self, message: dns.Message) -> Any:
+        """twisted.names' filter, but a truncated answer is asked again
+        over TCP once: an answer that comes over TCP is final even with
+        the TC bit set (RFC 7766 5) -- twisted.names asked again for as
+        long as the server set it, thousands of queries a second, and the
+        delivery attempt never ended."""
+        if message.trunc:
+            return self.queryTCP(message.queries).addCallback(self._tcp_answers)
+        return super().filterAnswers(message)
+
+    def _tcp_answers(self, message: dns.Message) -> Any:
+        message.trunc = False
+        return super().filterAnswers(message)
+
     def _query(self, *args: Any) -> defer.Deferred:
         # A query that cannot even be sent (no port: out of descriptors) must
         # fail its Deferred, not raise: twisted.names' lookup would keep its
         # entry for the name, and every later lookup of it would wait forever.
         try:
-            return super()._query(*args)
+            d = super()._query(*args)
         except Exception:
             return defer.fail()
+        return d.addCallback(_same_question, args[1])
+
+
+def _question(queries: Any) -> list[tuple[bytes, int, int]]:
+    return [(q.name.name.lower().rstrip(b"."), q.type, q.cls) for q in queries]
+
+
+def _same_question(message: dns.Message, queries: Any) -> dns.Message:
+    """An answer whose question is not the one asked is not ours (RFC 5452
+    9.1: a forged reply that guessed the ID and the port still has to
+    guess the question): it fails the query, a temporary error."""
+    if _question(message.queries) != _question(queries):
+        raise ForeignAnswer(f"an answer to another question: {message.queries!r}")
+    return message
+
+
+class ForeignAnswer(Exception):
+    """A DNS answer whose question section is not the query's."""

@@ -27,7 +27,7 @@ from twisted.names import dns
 from twisted.names import error as dns_error
 from zope.interface import implementer
 
-from txmailhub.address import client_ip
+from txmailhub.address import ascii_domain, client_ip
 from txmailhub.interfaces import IMXResolver
 
 __all__ = [
@@ -105,6 +105,40 @@ def parse_literal(domain: str) -> str | None:
         raise NoSuchDomain(domain, "malformed address literal") from None
 
 
+def _host_name(raw: bytes) -> str | None:
+    """An MX target as a host name, or ``None`` when it cannot be one
+    (RFC 1035 2.3.4: labels of at most 63 octets, 255 in all; letters,
+    digits, hyphens -- and the underscores some zones have): such a record
+    is skipped, the others still tried (RFC 5321 5.1)."""
+    name = raw.rstrip(b".")
+    if not name or len(name) > 253 or not name.isascii():
+        return None
+    text = name.decode("ascii").lower()
+    for label in text.split("."):
+        if not label or len(label) > 63 or not all(c.isalnum() or c in "-_" for c in label):
+            return None
+    return text
+
+
+def _owned(answers: Iterable[Any], name: str, kind: int) -> list[Any]:
+    """The records of type ``kind`` in ``answers`` that answer ``name``:
+    owned by it or by a name its CNAME chain leads to (RFC 2181 5.4.1:
+    whatever else an answer carries is not believed)."""
+    owners = {ascii_domain(name.rstrip(".").lower())}  # answers name it in ASCII
+    cnames = {(a.name.name.decode("ascii", "replace").rstrip(".").lower(),
+               a.payload.name.name.decode("ascii", "replace").rstrip(".").lower())
+              for a in answers if a.type == dns.CNAME}
+    grew = True
+    while grew:  # follow the chain, in whatever order the records came
+        grew = False
+        for owner, target in cnames:
+            if owner in owners and target not in owners:
+                owners.add(target)
+                grew = True
+    return [a for a in answers if a.type == kind
+            and a.name.name.decode("ascii", "replace").rstrip(".").lower() in owners]
+
+
 def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     """A twisted.names resolver: the given servers (``"ip[:port]"``), with a
     cache honouring the TTLs, or the system's (``createResolver``: /etc/hosts,
@@ -116,18 +150,41 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     from txmailhub.relay.dnsport import Resolver
 
     servers = [split_nameserver(item) for item in nameservers]
+    answers = cache.CacheResolver(reactor=reactor)
     if servers:
         return resolve.ResolverChain([
-            cache.CacheResolver(reactor=reactor),
-            Resolver(servers=servers, reactor=reactor),
+            answers,
+            _Filling(Resolver(servers=servers, reactor=reactor), answers),
         ])
     # What ``client.createResolver`` builds on POSIX, with our reactor (it
     # would take the global one, and re-read resolv.conf on its timer).
     return resolve.ResolverChain([
         hosts.Resolver(b"/etc/hosts"),
-        cache.CacheResolver(reactor=reactor),
-        Resolver(resolv=b"/etc/resolv.conf", reactor=reactor),
+        answers,
+        _Filling(Resolver(resolv=b"/etc/resolv.conf", reactor=reactor), answers),
     ])
+
+
+class _Filling:
+    """A resolver whose answers go into ``cache`` as well: twisted.names'
+    ``ResolverChain`` asks its ``CacheResolver`` first but never fills it,
+    so every message relayed looked its MX and addresses up again."""
+
+    def __init__(self, resolver: Any, cache: Any) -> None:
+        self.resolver = resolver
+        self.cache = cache
+
+    def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred:
+        d = self.resolver.query(query, timeout)
+
+        def store(result: Any) -> Any:
+            self.cache.cacheResult(query, result)
+            return result
+
+        return d.addCallback(store)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.resolver, name)
 
 
 class HostHealth:
@@ -258,15 +315,22 @@ class MXResolver:
 
     def _got_mx(self, result: Any, domain: str) -> defer.Deferred:
         answers = result[0] if isinstance(result, tuple) else result
-        records = [a.payload for a in answers if a.type == dns.MX]
-        if any(r.name.name in (b"", b".") for r in records):
+        records = [a.payload for a in _owned(answers, domain, dns.MX)]
+        # RFC 7505: a null MX ("0 .") is the domain's only record; one
+        # beside real ones is an unusable target like any other
+        null = [r for r in records if r.name.name in (b"", b".")]
+        if null and len(null) == len(records):
             raise NullMX(domain, f"{domain} does not accept mail (null MX, RFC 7505)")
         implicit = not records
         if implicit:
             pairs = [(domain, 0)]
         else:
-            pairs = sorted({(r.name.name.decode("ascii", "replace").rstrip(".").lower(),
-                             r.preference) for r in records}, key=lambda p: (p[1], p[0]))
+            pairs = sorted({(name, r.preference) for r in records
+                            if (name := _host_name(r.name.name)) is not None},
+                           key=lambda p: (p[1], p[0]))
+            if not pairs:
+                raise NoSuchDomain(domain, f"no usable MX for {domain}: every target is "
+                                           "malformed")
         pairs = self._shuffle(pairs)
         lookups = [self._addresses(name) for name, _ in pairs]
         d = defer.gatherResults(lookups, consumeErrors=True)
@@ -301,8 +365,7 @@ class MXResolver:
             for (ok, value), kind in zip(results, (dns.AAAA, dns.A)):
                 if ok:
                     answers = value[0] if isinstance(value, tuple) else value
-                    for a in answers:
-                        if a.type == kind:
+                    for a in _owned(answers, name, kind):
                             addr = a.payload.dottedQuad() if kind == dns.A else \
                                 str(ipaddress.IPv6Address(a.payload.address))
                             if addr not in addrs:
@@ -325,10 +388,12 @@ class MXResolver:
     def _got_addresses(
         self, results: list, domain: str, pairs: list[tuple[str, int]], implicit: bool
     ) -> list[MXHost]:
-        hosts = [MXHost(name, pref, addrs)
-                 for (name, pref), (addrs, _) in zip(pairs, results) if addrs]
+        hosts = [MXHost(name, pref, addrs) for (name, pref), (addrs, _) in zip(pairs, results)]
         statuses = [status for _, status in results]
-        hosts = self._drop_self(domain, hosts)
+        # this hub and every less preferred host out first, by name or
+        # address: our own name without an address record is still us
+        # (RFC 5321 5.1), never a reason to hand the mail to a backup MX
+        hosts = [h for h in self._drop_self(domain, hosts) if h.addresses]
         if not hosts:
             if "temp" in statuses:
                 raise TemporaryDNSError(domain, "DNS failure looking up the mail exchangers' "
