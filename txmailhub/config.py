@@ -699,9 +699,12 @@ def load_text(text: str, path: str) -> Settings:
                     r.problem("tls", name, why)
         if ("certificate" in t and "key" in t and os.path.isfile(cert) and os.path.isfile(key)
                 and readable):
-            why = _check_tls_files(cert, key)
-            if why:
+            from txmailhub.tls import pair_findings
+
+            problems_found, warned = pair_findings(cert, key)
+            for why in problems_found:
                 r.problem("tls", None, why)
+            warnings.extend(f"{path}: [tls] {w}" for w in warned)
         tls = TLSSettings(certificate=cert, key=key)
 
     d = SMTPSettings()
@@ -879,17 +882,3 @@ def _unreadable(path: str) -> str | None:
             user = f"uid {os.geteuid()}"
         return (f"{path} cannot be read by {user}: {e.strerror}; the user the hub runs as "
                 f"needs read access (for a key: chgrp mailhub {path} && chmod 640 {path})")
-
-
-def _check_tls_files(cert: str, key: str) -> str | None:
-    """Load the pair the way the listeners will, so a bad PEM fails ``check``."""
-    try:
-        from OpenSSL import SSL
-
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.use_certificate_chain_file(cert)
-        ctx.use_privatekey_file(key)
-        ctx.check_privatekey()
-    except Exception as e:
-        return f"certificate {cert} and key {key} cannot be used together: {e}"
-    return None

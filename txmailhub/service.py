@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -26,6 +25,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from txmailhub.auth import build_portal
 from txmailhub.components import Components
 from txmailhub.config import Settings
+from txmailhub.tls import ReloadingTLS, tls_options
 from txmailhub.users import UsersDB
 
 __all__ = [
@@ -83,32 +83,6 @@ class DaemonStartError(Exception):
 DaemonStartError.__module__ = "builtins"
 
 
-_PEM_CERT = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
-
-
-def tls_options(certificate: str, key: str) -> Any:
-    """Server TLS options from a PEM full chain and a PEM key.
-
-    The certificates and key go to OpenSSL as ``cryptography`` objects:
-    pyOpenSSL deprecates its own ``X509``/``PKey`` there."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from twisted.internet import ssl
-
-    with open(certificate, "rb") as f:
-        chain = [x509.load_pem_x509_certificate(c) for c in _PEM_CERT.findall(f.read())]
-    with open(key, "rb") as f:
-        private_key = load_pem_private_key(f.read(), password=None)
-    return ssl.CertificateOptions(
-        privateKey=private_key,
-        certificate=chain[0],
-        extraCertChain=chain[1:],
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-    )
-
-
 def build_components(settings: Settings, reactor: Any) -> Components:
     """Every component the protocols need, built from ``settings``."""
     from txmailhub.router import Router
@@ -134,7 +108,8 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         store=store,
         spooler=Spooler(settings.spool_dir, syncer, recover=False),  # claimed at start
         portal=build_portal(users, store, run_in_thread),
-        tls=tls_options(settings.tls.certificate, settings.tls.key) if settings.tls else None,
+        tls=(ReloadingTLS(settings.tls.certificate, settings.tls.key, reactor)
+             if settings.tls else None),
         users=users,
         syncer=syncer,
     )

@@ -86,7 +86,7 @@ def makeService(options: Any) -> Any:
         if before is None:  # made just now, by root
             os.lchown(settings.hub.state_dir, *owner)
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
-    HangupNotice().setServiceParent(hub)
+    HangupNotice(hub.components.tls).setServiceParent(hub)
     return hub
 
 
@@ -119,11 +119,24 @@ class HangupNotice(Service):
         self._reactor = reactor
         self._before = signal.signal(signal.SIGHUP, self._hangup)
 
+    def __init__(self, tls: Any = None) -> None:
+        super().__init__()
+        self.tls = tls  # the listeners' ReloadingTLS, taken again on SIGHUP
+
     def _hangup(self, signum: int, frame: Any) -> None:
-        # in a signal handler: the log line is written by the reactor
-        self._reactor.callFromThread(
-            log.info, "SIGHUP ignored: the users and aliases files are re-read when they "
-            "change; restart the hub (SIGTERM, then start it) to apply a config change")
+        # in a signal handler: the work is done by the reactor
+        self._reactor.callFromThread(self._answer)
+
+    def _answer(self) -> None:
+        if self.tls is not None:
+            taken = self.tls.reload()
+            log.info("SIGHUP: TLS certificate and key {how}; the users and aliases files "
+                     "are re-read when they change; restart the hub (SIGTERM, then start "
+                     "it) to apply a config change",
+                     how="loaded again" if taken else "kept (the files on disk cannot be used)")
+            return
+        log.info("SIGHUP ignored: the users and aliases files are re-read when they "
+                 "change; restart the hub (SIGTERM, then start it) to apply a config change")
 
     def stopService(self) -> None:
         super().stopService()

@@ -1,0 +1,146 @@
+"""txmailhub.tls: the server certificate judged, loaded, and taken again."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from txmailhub import tls
+from txmailhub.tap import HangupNotice
+
+NOW = datetime.datetime.now(datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key, issuer: str, issuer_key, start, end, ca=False):
+    return (x509.CertificateBuilder()
+            .subject_name(_name(subject)).issuer_name(_name(issuer))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256()))
+
+
+def pair(folder: Path, *, start=NOW - DAY, end=NOW + 60 * DAY, chain="full",
+         passphrase: bytes | None = None) -> tuple[str, str]:
+    """A server certificate signed by an intermediate: ``chain`` "full"
+    (leaf, intermediate), "leaf" (the leaf alone) or "reversed"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    inter = _cert("Test Intermediate", ca_key, "Test Root", ca_key, NOW - 10 * DAY,
+                  NOW + 900 * DAY, ca=True)
+    leaf = _cert("mail.example.org", key, "Test Intermediate", ca_key, start, end)
+    certs = {"full": [leaf, inter], "leaf": [leaf], "reversed": [inter, leaf]}[chain]
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8, encryption))
+    return str(cert_path), str(key_path)
+
+
+def serial_served(factory) -> int:
+    """The serial of the certificate a new connection would present."""
+    return SSL.Connection(factory.getContext(), None).get_certificate().get_serial_number()
+
+
+def test_a_good_full_chain_has_nothing_to_say(tmp_path):
+    assert tls.pair_findings(*pair(tmp_path)) == ([], [])
+
+
+@pytest.mark.parametrize(("kwargs", "problem"), [
+    (dict(start=NOW - 90 * DAY, end=NOW - DAY), "expired on"),
+    (dict(start=NOW + 2 * DAY, end=NOW + 90 * DAY), "is not valid before"),
+    (dict(passphrase=b"secret"), "is protected by a passphrase, which the hub cannot ask for"),
+    (dict(chain="reversed"), "the server's own certificate must come first"),
+])
+def test_pairs_that_cannot_serve_are_problems(tmp_path, kwargs, problem):
+    problems, _ = tls.pair_findings(*pair(tmp_path, **kwargs))
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+@pytest.mark.parametrize(("kwargs", "warning"), [
+    (dict(end=NOW + 5 * DAY), "expires on"),
+    (dict(chain="leaf"), "holds only the server's certificate"),
+])
+def test_pairs_that_clients_will_trip_over_are_warnings(tmp_path, kwargs, warning):
+    problems, warnings = tls.pair_findings(*pair(tmp_path, **kwargs))
+    assert problems == [] and len(warnings) == 1 and warning in warnings[0], warnings
+
+
+def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
+    # RFC 9325 4.1/4.2: no RSA key transport, no CBC; TLS 1.3's suites stay
+    ciphers = SSL.Connection(tls.tls_options(*pair(tmp_path)).getContext(), None) \
+        .get_cipher_list()
+    tls12 = [c for c in ciphers if not c.startswith("TLS_")]
+    assert tls12 and all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
+                         for c in tls12), ciphers
+    assert "AES128-SHA" not in ciphers and "AES256-GCM-SHA384" not in ciphers
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
+    # certbot renews every two months: new connections get the new pair,
+    # looked at no more than every CHECK_INTERVAL seconds
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    assert serial_served(factory) == first  # not looked at yet
+    clock.advance(tls.CHECK_INTERVAL)
+    second = serial_served(factory)
+    assert second != first
+    assert second == x509.load_pem_x509_certificate(Path(cert).read_bytes()).serial_number
+
+
+@pytest.fixture
+def events():
+    seen: list = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+def test_a_new_pair_that_cannot_serve_keeps_the_old_one_and_says_so_once(tmp_path, events):
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)  # the certificate renewed, its key not yet
+    for _ in range(3):
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == first
+    errors = [e for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 1 and "keeping the old ones" in errors[0]["log_format"]
+    assert not factory.reload()  # SIGHUP: still not usable
+
+
+def test_sighup_loads_the_pair_again(tmp_path):
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    HangupNotice(factory)._answer()  # what the handler has the reactor do
+    assert serial_served(factory) != first  # at once, without waiting for the interval
+

@@ -1,0 +1,202 @@
+"""The server's TLS certificate: loading it, judging it, and taking a new one.
+
+Owns the ``[tls]`` pair (a PEM full chain and a PEM key) as the listeners
+use it.  ``load_pair`` reads and checks the files, ``pair_findings`` says
+what ``mailhub check`` and the start should report about them (a key with a
+passphrase, an expired certificate, a chain without its intermediate), and
+``ReloadingTLS`` is what the SMTP and POP3 listeners hand to OpenSSL: it
+looks at the files again when they change -- certbot renews a certificate
+every two months, and a hub that kept the old one would start failing
+every client's verification the day it expired -- and keeps the pair it
+has whenever the new one cannot be used (a renewal written half-way).
+It knows nothing about SMTP, POP3 or sockets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import re
+from typing import Any
+
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = ["TLSFilesError", "ReloadingTLS", "load_pair", "pair_findings", "tls_options"]
+
+log = Logger()
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+# Forward secrecy and AEAD only on TLS 1.2 (RFC 9325 4.1, 4.2: no RSA key
+# transport, no CBC); TLS 1.3's own suites are not affected by this list.
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# A certificate this close to its end is warned of (check, and the start).
+EXPIRY_WARNING = datetime.timedelta(days=14)
+# How often a listener may look at the files (two stat calls).
+CHECK_INTERVAL = 10.0
+
+
+class TLSFilesError(ValueError):
+    """The certificate and key cannot be used; the message says why."""
+
+
+def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
+    """The chain (leaf first) and the private key, as ``cryptography``
+    objects; ``TLSFilesError`` when they cannot serve."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(certificate, "rb") as f:
+            pems = _PEM_CERT.findall(f.read())
+        chain = [x509.load_pem_x509_certificate(c) for c in pems]
+    except (OSError, ValueError) as e:
+        raise TLSFilesError(f"certificate {certificate} cannot be read: {e}") from None
+    if not chain:
+        raise TLSFilesError(f"certificate {certificate} holds no PEM certificate")
+    try:
+        with open(key, "rb") as f:
+            private_key = load_pem_private_key(f.read(), password=None)
+    except TypeError:
+        raise TLSFilesError(
+            f"key {key} is protected by a passphrase, which the hub cannot ask for: "
+            f"remove it (openssl pkey -in {key} -out {key})") from None
+    except (OSError, ValueError) as e:
+        raise TLSFilesError(f"key {key} cannot be read: {e}") from None
+    mine = _public(private_key.public_key())
+    if _public(chain[0].public_key()) != mine:
+        matches = [i for i, c in enumerate(chain) if _public(c.public_key()) == mine]
+        where = (f" (it is the key of certificate {matches[0] + 1} in the file: the server's "
+                 "own certificate must come first)") if matches else ""
+        raise TLSFilesError(f"key {key} does not belong to the first certificate in "
+                            f"{certificate}{where}")
+    return chain, private_key
+
+
+def _public(key: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def pair_findings(certificate: str, key: str,
+                  now: datetime.datetime | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about the pair: it cannot be loaded, or its
+    certificate is expired or not yet valid (problems); it expires within
+    ``EXPIRY_WARNING``, or the chain lacks the certificate that signed the
+    server's (warnings: most clients cannot verify it then)."""
+    try:
+        chain, _ = load_pair(certificate, key)
+        tls_options(certificate, key).getContext()  # what OpenSSL itself says of them
+    except TLSFilesError as e:
+        return [str(e)], []
+    except Exception as e:
+        return [f"certificate {certificate} and key {key} cannot be used together: {e}"], []
+    now = now or datetime.datetime.now(datetime.UTC)
+    leaf = chain[0]
+    problems, warnings = [], []
+    if now > leaf.not_valid_after_utc:
+        problems.append(f"certificate {certificate} expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
+    elif now < leaf.not_valid_before_utc:
+        problems.append(f"certificate {certificate} is not valid before "
+                        f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    elif leaf.not_valid_after_utc - now < EXPIRY_WARNING:
+        warnings.append(f"certificate {certificate} expires on "
+                        f"{leaf.not_valid_after_utc:%Y-%m-%d}: renew it (the hub takes the "
+                        "new files without a restart)")
+    for cert, issuer in itertools.pairwise(chain):
+        if cert.issuer != issuer.subject:
+            warnings.append(f"certificate {certificate}: the certificates are not in order "
+                            "(each one's issuer must come right after it)")
+            break
+    else:
+        last = chain[-1]
+        if last.issuer != last.subject and len(chain) == 1:
+            warnings.append(f"certificate {certificate} holds only the server's certificate, "
+                            "without the one that signed it: most clients cannot verify it "
+                            "(use the full chain, e.g. certbot's fullchain.pem)")
+    return problems, warnings
+
+
+def tls_options(certificate: str, key: str) -> Any:
+    """Server TLS options from a PEM full chain and a PEM key: TLS 1.2 at
+    least, forward-secret AEAD ciphers only.
+
+    The certificates and key go to OpenSSL as ``cryptography`` objects:
+    pyOpenSSL deprecates its own ``X509``/``PKey`` there."""
+    from twisted.internet import ssl
+
+    chain, private_key = load_pair(certificate, key)
+    return ssl.CertificateOptions(
+        privateKey=private_key,
+        certificate=chain[0],
+        extraCertChain=chain[1:],
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
+    )
+
+
+def _stamp(*paths: str) -> tuple[Any, ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadingTLS:
+    """The listeners' TLS context: the pair on disk, taken again when the
+    files change (looked at no more than every ``CHECK_INTERVAL`` seconds,
+    as connections come) or on ``reload()`` (SIGHUP).  A new pair that
+    cannot be used is logged, once per change, and the old one serves on."""
+
+    def __init__(self, certificate: str, key: str, clock: Any = None) -> None:
+        self.certificate = certificate
+        self.key = key
+        self.clock = clock
+        self._options = tls_options(certificate, key)
+        self._stamp = _stamp(certificate, key)
+        self._looked = self._now()
+
+    def _now(self) -> float:
+        if self.clock is not None:
+            return self.clock.seconds()
+        import time
+
+        return time.monotonic()
+
+    def getContext(self) -> Any:
+        now = self._now()
+        if now - self._looked >= CHECK_INTERVAL:
+            self._looked = now
+            if _stamp(self.certificate, self.key) != self._stamp:
+                self.reload()
+        return self._options.getContext()
+
+    def reload(self) -> bool:
+        """Take the pair on disk now; whether it was taken."""
+        stamp = _stamp(self.certificate, self.key)
+        try:
+            options = tls_options(self.certificate, self.key)
+            options.getContext()
+        except Exception as e:
+            if stamp != self._stamp:
+                log.error("TLS: cannot use the new certificate and key, keeping the old "
+                          "ones: {why}", why=str(e))
+                self._stamp = stamp  # said once; a later change is looked at again
+            return False
+        self._options = options
+        self._stamp = stamp
+        leaf = load_pair(self.certificate, self.key)[0][0]
+        log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
+                 path=self.certificate, until=leaf.not_valid_after_utc)
+        return True
