@@ -24,7 +24,15 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["TLSFilesError", "ReloadingTLS", "load_pair", "pair_findings", "tls_options"]
+__all__ = [
+    "ReloadingTLS",
+    "TLSFilesError",
+    "handshake_pending",
+    "load_pair",
+    "pair_findings",
+    "tls_failure",
+    "tls_options",
+]
 
 log = Logger()
 
@@ -200,3 +208,35 @@ class ReloadingTLS:
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
                  path=self.certificate, until=leaf.not_valid_after_utc)
         return True
+
+
+def tls_failure(reason: Any) -> str:
+    """What OpenSSL said about a failed handshake (``certificate verify
+    failed``, a protocol alert) when ``reason`` (a lost connection's) is a
+    TLS error, for the log and the relay's last error; "" when the
+    connection merely went away."""
+    if reason is None:
+        return ""
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - TLS needs pyOpenSSL anyway
+        return ""
+    if not reason.check(SSL.Error):
+        return ""
+    reasons = [part[2] for part in (reason.value.args[0] if reason.value.args else [])
+               if isinstance(part, tuple) and len(part) == 3 and part[2]]
+    return "; ".join(dict.fromkeys(reasons)) or reason.getErrorMessage()
+
+
+def handshake_pending(transport: Any) -> bool:
+    """Whether ``transport`` is TLS whose handshake has not finished (a
+    reply written now would wait for it: a client that stalls there gets
+    its connection cut, not a polite close)."""
+    try:
+        finished = transport.getHandle().get_finished
+    except Exception:  # plain TCP, a test transport: no TLS
+        return False
+    try:
+        return finished() is None
+    except Exception:
+        return False

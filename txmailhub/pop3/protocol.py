@@ -46,6 +46,7 @@ from txmailhub.pop3.server import (
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
+from txmailhub.tls import handshake_pending, tls_failure
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 
@@ -175,6 +176,9 @@ class POP3Protocol(Protocol):
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        why = tls_failure(reason)
+        if why:  # a client failing on our TLS (versions, ciphers) is seen in the log
+            log.info("POP3: TLS with {peer} failed: {why}", peer=self._peer, why=why)
         self._lost = True
         self._closing = True
         if self._counted:
@@ -630,10 +634,10 @@ class POP3Protocol(Protocol):
             return
         self._idle_call = None
         log.info("POP3 autologout of {peer} after {idle:.0f}s", peer=self._peer, idle=idle)
-        if self._stream is not None or self._write_paused:
+        if self._stream is not None or self._write_paused or handshake_pending(self.transport):
             # The peer stopped reading (in the middle of a message, or with
-            # responses piled up): a polite close would wait for a buffer
-            # that never drains.
+            # responses piled up) or stalls in the TLS handshake: a polite
+            # close would wait for a buffer that never drains.
             self.transport.abortConnection()
             return
         if self.engine is not None and self.engine.state is State.UPDATE:

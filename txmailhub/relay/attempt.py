@@ -60,6 +60,7 @@ from txmailhub.smtp.client import (
     StartTLS,
 )
 from txmailhub.smtp.reply import LocalReply, Reply
+from txmailhub.tls import tls_failure
 
 __all__ = ["DeliveryAgent", "DeliveryResult", "SMTPClientProtocol", "SMARTHOST",
            "read_credentials", "thread_runner"]
@@ -182,7 +183,7 @@ class SMTPClientProtocol(Protocol):
         why = "connection lost"
         if self._tls_pending:
             why = "TLS negotiation failed"
-            detail = _tls_failure(reason)
+            detail = tls_failure(reason)
             if detail:
                 why += f" ({detail})"
             # The EHLO after STARTTLS is written at once (it goes when the
@@ -677,18 +678,3 @@ def _given_up(recipients: Sequence[Address]) -> list[DeliveryResult]:
     return [DeliveryResult(a, "transient", reply) for a in recipients]
 
 
-def _tls_failure(reason: Any) -> str:
-    """What OpenSSL said about a failed handshake (``certificate verify
-    failed``, a protocol alert), for the queue's last error and the log;
-    "" when the connection merely went away."""
-    if reason is None:
-        return ""
-    try:
-        from OpenSSL import SSL
-    except ImportError:  # pragma: no cover - TLS needs pyOpenSSL anyway
-        return ""
-    if not reason.check(SSL.Error):
-        return ""
-    reasons = [part[2] for part in (reason.value.args[0] if reason.value.args else [])
-               if isinstance(part, tuple) and len(part) == 3 and part[2]]
-    return "; ".join(dict.fromkeys(reasons)) or reason.getErrorMessage()

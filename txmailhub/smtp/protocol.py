@@ -68,6 +68,7 @@ from txmailhub.smtp.server import (
     StartMessage,
     StartTLS,
 )
+from txmailhub.tls import handshake_pending, tls_failure
 
 __all__ = ["SMTPFactory", "SMTPProtocol"]
 
@@ -212,6 +213,9 @@ class SMTPProtocol(Protocol):
         pass  # we never shut down only our sending side
 
     def connectionLost(self, reason: Any = None) -> None:
+        why = tls_failure(reason)
+        if why:  # a client failing on our TLS (versions, ciphers) is seen in the log
+            log.info("TLS with {client} failed: {why}", client=self.host, why=why)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -391,6 +395,14 @@ class SMTPProtocol(Protocol):
         idle = self.reactor.seconds() - self._last_activity
         if self.engine.waiting or idle < limit:
             self._arm_timer(limit if self.engine.waiting else limit - idle)
+            return
+        if handshake_pending(self.transport):
+            # a 421 would wait for a handshake the client stalls in, and
+            # the connection (and its slot) for the close grace on top
+            log.info("idle timeout for {client} in the TLS handshake: connection cut",
+                     client=self.host)
+            self.engine.abort()
+            self.transport.abortConnection()
             return
         log.info("idle timeout for {client}", client=self.host)
         self.engine.timeout(replies.TIMEOUT)
