@@ -93,9 +93,9 @@ def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
     assert "AES128-SHA" not in ciphers and "AES256-GCM-SHA384" not in ciphers
 
 
-def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
-    # certbot renews every two months: new connections get the new pair,
-    # looked at no more than every CHECK_INTERVAL seconds
+def renewed(tmp_path):
+    """A ReloadingTLS serving a pair, its clock, the first pair's serial,
+    and the pair's files replaced by a renewal (as certbot's hook would)."""
     clock = Clock()
     cert, key = pair(tmp_path / "live")
     factory = tls.ReloadingTLS(cert, key, clock)
@@ -103,6 +103,13 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
     new_cert, new_key = pair(tmp_path / "renewed")
     os.replace(new_cert, cert)
     os.replace(new_key, key)
+    return factory, clock, first, cert
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
+    # certbot renews every two months: new connections get the new pair,
+    # looked at no more than every CHECK_INTERVAL seconds
+    factory, clock, first, cert = renewed(tmp_path)
     assert serial_served(factory) == first  # not looked at yet
     clock.advance(tls.CHECK_INTERVAL)
     second = serial_served(factory)
@@ -134,13 +141,7 @@ def test_a_new_pair_that_cannot_serve_keeps_the_old_one_and_says_so_once(tmp_pat
 
 
 def test_sighup_loads_the_pair_again(tmp_path):
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
-    first = serial_served(factory)
-    new_cert, new_key = pair(tmp_path / "renewed")
-    os.replace(new_cert, cert)
-    os.replace(new_key, key)
+    factory, _, first, _ = renewed(tmp_path)
     HangupNotice(factory)._answer()  # what the handler has the reactor do
     assert serial_served(factory) != first  # at once, without waiting for the interval
 
