@@ -286,7 +286,13 @@ def test_records_that_answer_another_name_are_not_believed():
         MXHost("mx.chain.test", 10, ("192.0.2.9",))]
 
 
-def test_an_idn_domain_matches_its_a_label_answers():
-    table = {("münchen.test", "MX"): [mx(b"xn--mnchen-3ya.test", 10, b"mx.xn--mnchen-3ya.test")],
-             ("mx.xn--mnchen-3ya.test", "A"): [a(b"mx.xn--mnchen-3ya.test", "192.0.2.10")]}
+def test_an_idn_domain_is_asked_for_as_its_idna2008_a_label():
+    # twisted.names would ask for a U-label in its IDNA2003 form: faß.de as
+    # fass.de, another domain; the answers name the A-label
+    table = {("xn--mnchen-3ya.test", "MX"): [mx(b"xn--mnchen-3ya.test", 10,
+                                               b"mx.xn--mnchen-3ya.test")],
+             ("mx.xn--mnchen-3ya.test", "A"): [a(b"mx.xn--mnchen-3ya.test", "192.0.2.10")],
+             ("xn--fa-hia.test", "A"): [a(b"xn--fa-hia.test", "192.0.2.11")]}
     assert [h.addresses for h in result(raw(table).resolve("münchen.test"))] == [("192.0.2.10",)]
+    # no MX: the implicit MX is the domain itself, asked for the same way
+    assert [h.addresses for h in result(raw(table).resolve("faß.test"))] == [("192.0.2.11",)]

@@ -107,11 +107,15 @@ def pair_findings(certificate: str, key: str,
     now = now or datetime.datetime.now(datetime.UTC)
     leaf = chain[0]
     problems, warnings = [], []
+    # warnings, not problems: the hub still starts (plain SMTP on port 25
+    # must not go down with a certificate, nor with a clock slow at boot)
     if now > leaf.not_valid_after_utc:
-        problems.append(f"certificate {certificate} expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
+        warnings.append(f"certificate {certificate} expired on "
+                        f"{leaf.not_valid_after_utc:%Y-%m-%d}: clients that verify it refuse "
+                        "TLS; renew it (the hub takes the new files without a restart)")
     elif now < leaf.not_valid_before_utc:
-        problems.append(f"certificate {certificate} is not valid before "
-                        f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        warnings.append(f"certificate {certificate} is not valid before "
+                        f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is the clock right?)")
     elif leaf.not_valid_after_utc - now < EXPIRY_WARNING:
         warnings.append(f"certificate {certificate} expires on "
                         f"{leaf.not_valid_after_utc:%Y-%m-%d}: renew it (the hub takes the "
@@ -136,9 +140,12 @@ def tls_options(certificate: str, key: str) -> Any:
 
     The certificates and key go to OpenSSL as ``cryptography`` objects:
     pyOpenSSL deprecates its own ``X509``/``PKey`` there."""
+    return _options(*load_pair(certificate, key))
+
+
+def _options(chain: list[Any], private_key: Any) -> Any:
     from twisted.internet import ssl
 
-    chain, private_key = load_pair(certificate, key)
     return ssl.CertificateOptions(
         privateKey=private_key,
         certificate=chain[0],
@@ -156,7 +163,8 @@ def _stamp(*paths: str) -> tuple[Any, ...]:
         except OSError:
             out.append(None)
         else:
-            out.append((st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size))
+            # ctime too: a chmod that lets the hub read a renewed key counts
+            out.append((st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
     return tuple(out)
 
 
@@ -194,7 +202,8 @@ class ReloadingTLS:
         """Take the pair on disk now; whether it was taken."""
         stamp = _stamp(self.certificate, self.key)
         try:
-            options = tls_options(self.certificate, self.key)
+            chain, private_key = load_pair(self.certificate, self.key)
+            options = _options(chain, private_key)
             options.getContext()
         except Exception as e:
             if stamp != self._stamp:
@@ -204,9 +213,8 @@ class ReloadingTLS:
             return False
         self._options = options
         self._stamp = stamp
-        leaf = load_pair(self.certificate, self.key)[0][0]
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
-                 path=self.certificate, until=leaf.not_valid_after_utc)
+                 path=self.certificate, until=chain[0].not_valid_after_utc)
         return True
 
 
@@ -233,7 +241,9 @@ def handshake_pending(transport: Any) -> bool:
     reply written now would wait for it: a client that stalls there gets
     its connection cut, not a polite close)."""
     try:
-        finished = transport.getHandle().get_finished
+        # the client's Finished: it always comes last on our side (our own
+        # goes out in TLS 1.3's first reply, before the client has done)
+        finished = transport.getHandle().get_peer_finished
     except Exception:  # plain TCP, a test transport: no TLS
         return False
     try:

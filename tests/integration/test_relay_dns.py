@@ -335,3 +335,23 @@ def test_an_answer_to_another_question_is_not_taken(monkeypatch):
             assert out[0].queries[0].name.name == b"Remote.TEST"
         else:
             assert out[0].check(ForeignAnswer)
+
+
+def test_an_error_reply_without_a_question_is_still_an_answer(monkeypatch):
+    # RFC 1035 allows an error reply to leave the question out: its NXDOMAIN
+    # stays an NXDOMAIN, not a failed query
+    from twisted.internet.task import Clock
+    from twisted.names import client
+
+    from txmailhub.relay.dnsport import Resolver
+
+    def reply(*args):
+        message = dns.Message(rCode=dns.ENAME)
+        return defer.succeed(message)
+
+    monkeypatch.setattr(client.Resolver, "_query", lambda self, *args: reply())
+    resolver = Resolver(servers=[("127.0.0.1", 53)], reactor=Clock())
+    out = []
+    resolver._query(("127.0.0.1", 53), [dns.Query(b"gone.test", dns.MX)], 5, 1).addBoth(
+        out.append)
+    assert isinstance(out[0], dns.Message) and out[0].rCode == dns.ENAME

@@ -38,6 +38,31 @@ def test_a_client_that_stalls_in_the_handshake_is_cut_at_the_idle_timeout(make_h
         assert wait_for(lambda: "in the TLS handshake: connection cut" in hub.log_text())
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_a_client_that_stalls_after_its_client_hello_is_cut_too(make_hub, version):
+    # a whole ClientHello, then nothing: under TLS 1.3 our Finished has gone
+    # out already, and only the client's tells that the handshake is done
+    hub = make_hub(tls=True, sections={"smtp": {"idle_timeout": 1}})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    with socket.create_connection(("127.0.0.1", hub.smtps_port), timeout=20) as s:
+        s.sendall(outgoing.read())  # the ClientHello, and not another byte
+        started = time.monotonic()
+        try:
+            while s.recv(65536):  # the server's reply to it, then the cut
+                pass
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 10
+    assert wait_for(lambda: "in the TLS handshake: connection cut" in hub.log_text())
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # asking for TLS 1.1 on purpose
 def test_a_client_that_cannot_agree_on_tls_is_logged(make_hub):
     # TLS 1.1 is refused (RFC 8996); the operator sees who failed and why

@@ -194,6 +194,8 @@ def _same_question(message: dns.Message, queries: Any) -> dns.Message:
     """An answer whose question is not the one asked is not ours (RFC 5452
     9.1: a forged reply that guessed the ID and the port still has to
     guess the question): it fails the query, a temporary error."""
+    if not message.queries and message.rCode != dns.OK:
+        return message  # an error reply may leave the question out (RFC 1035 4.1.1)
     if _question(message.queries) != _question(queries):
         raise ForeignAnswer(f"an answer to another question: {message.queries!r}")
     return message

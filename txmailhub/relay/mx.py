@@ -264,6 +264,9 @@ class MXResolver:
                 return defer.succeed(self._drop_self(domain, hosts))
             except DNSError as e:
                 return defer.fail(e)
+        # asked in ASCII: twisted.names would turn a U-label into its
+        # IDNA2003 form (faß.de as fass.de, another domain), not IDNA2008's
+        domain = ascii_domain(domain)
         d = self.resolver.lookupMailExchange(domain)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),
                        errbackArgs=(domain,))
