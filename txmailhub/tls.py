@@ -93,10 +93,10 @@ def _public(key: Any) -> bytes:
 
 def pair_findings(certificate: str, key: str,
                   now: datetime.datetime | None = None) -> tuple[list[str], list[str]]:
-    """(problems, warnings) about the pair: it cannot be loaded, or its
-    certificate is expired or not yet valid (problems); it expires within
-    ``EXPIRY_WARNING``, or the chain lacks the certificate that signed the
-    server's (warnings: most clients cannot verify it then)."""
+    """(problems, warnings) about the pair: it cannot be loaded (a problem);
+    its certificate has expired, is not valid yet, expires within
+    ``EXPIRY_WARNING``, or comes without the certificate that signed it
+    (warnings: clients that verify it refuse TLS, but the hub starts)."""
     try:
         chain, _ = load_pair(certificate, key)
         tls_options(certificate, key).getContext()  # what OpenSSL itself says of them
@@ -106,7 +106,7 @@ def pair_findings(certificate: str, key: str,
         return [f"certificate {certificate} and key {key} cannot be used together: {e}"], []
     now = now or datetime.datetime.now(datetime.UTC)
     leaf = chain[0]
-    problems, warnings = [], []
+    warnings: list[str] = []
     # warnings, not problems: the hub still starts (plain SMTP on port 25
     # must not go down with a certificate, nor with a clock slow at boot)
     if now > leaf.not_valid_after_utc:
@@ -131,7 +131,7 @@ def pair_findings(certificate: str, key: str,
             warnings.append(f"certificate {certificate} holds only the server's certificate, "
                             "without the one that signed it: most clients cannot verify it "
                             "(use the full chain, e.g. certbot's fullchain.pem)")
-    return problems, warnings
+    return [], warnings
 
 
 def tls_options(certificate: str, key: str) -> Any:
