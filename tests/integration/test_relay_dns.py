@@ -289,7 +289,7 @@ def test_a_truncated_answer_over_tcp_is_final():
     # ended); one TCP retry, and its answer is taken (RFC 7766 5)
     from twisted.internet.task import Clock
 
-    from txmailhub.relay.dnsport import Resolver
+    from txmailhub.relay.dnsport import ForeignAnswer, Resolver
 
     resolver = Resolver(servers=[("127.0.0.1", 53)], reactor=Clock())
     record = dns.RRHeader(b"x.test", dns.A, dns.IN, 60, dns.Record_A("192.0.2.1"))
@@ -298,6 +298,7 @@ def test_a_truncated_answer_over_tcp_is_final():
     def query_tcp(queries, timeout=10):
         asked.append(queries)
         answer = dns.Message(trunc=1)
+        answer.queries = list(queries)
         answer.answers = [record]
         return defer.succeed(answer)
 
@@ -309,6 +310,18 @@ def test_a_truncated_answer_over_tcp_is_final():
     d.addBoth(out.append)
     assert len(asked) == 1
     assert out == [([record], [], [])]
+    # the TCP answer must answer the question too (RFC 5452 9.1)
+    udp.queries = [dns.Query(b"other.test", dns.A)]
+    resolver.queryTCP = lambda queries, timeout=10: defer.succeed(_answer_to(b"x.test"))
+    out = []
+    defer.maybeDeferred(resolver.filterAnswers, udp).addBoth(out.append)
+    assert out[0].check(ForeignAnswer)
+
+
+def _answer_to(name: bytes) -> dns.Message:
+    message = dns.Message()
+    message.queries = [dns.Query(name, dns.A)]
+    return message
 
 
 def test_an_answer_to_another_question_is_not_taken(monkeypatch):

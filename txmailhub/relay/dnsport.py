@@ -168,10 +168,12 @@ class Resolver(client.Resolver):
         long as the server set it, thousands of queries a second, and the
         delivery attempt never ended."""
         if message.trunc:
-            return self.queryTCP(message.queries).addCallback(self._tcp_answers)
+            d = self.queryTCP(message.queries)
+            return d.addCallback(self._tcp_answers, message.queries)
         return super().filterAnswers(message)
 
-    def _tcp_answers(self, message: dns.Message) -> Any:
+    def _tcp_answers(self, message: dns.Message, queries: Any) -> Any:
+        message = _same_question(message, queries)  # as for every UDP answer
         message.trunc = False
         return super().filterAnswers(message)
 
