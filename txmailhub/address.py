@@ -24,6 +24,7 @@ __all__ = [
     "canonical_local",
     "client_ip",
     "client_key",
+    "login_key",
     "parse_address",
 ]
 
@@ -95,6 +96,15 @@ class Address:
     @property
     def is_postmaster(self) -> bool:
         return self.local.lower() == "postmaster"
+
+
+def login_key(name: str) -> str:
+    """A login name (``user@domain``, or a bare ``user``) in the form the
+    users file keys it: case, IDN spelling and normalization do not matter."""
+    local, at, domain = name.rpartition("@")
+    if not at:
+        return canonical_local(name)
+    return f"{canonical_local(local)}@{canonical_domain(domain)}"
 
 
 def ascii_domain(domain: str) -> str:

@@ -28,7 +28,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from txmailhub.address import canonical_domain, canonical_local
+from txmailhub.address import login_key
 from txmailhub.errors import LocalError
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.actions import Action, Authenticate, Send, StartTLS, Transmit, Update
@@ -379,12 +379,10 @@ class POP3Server:
         primary domain, and case does not matter (RFC 4616: an authzid that
         names the authenticated identity itself is no request to act as
         someone else)."""
-        local, at, domain = name.strip().rpartition("@")
-        if not at:
-            local, domain = domain, self.primary_domain
-        if not domain:
-            return canonical_local(local)
-        return f"{canonical_local(local)}@{canonical_domain(domain)}"
+        name = name.strip()
+        if "@" not in name and self.primary_domain:
+            name = f"{name}@{self.primary_domain}"
+        return login_key(name)
 
     def _login(self, mechanism: str, username: str, secret: bytes) -> Action:
         self._waiting = "login"

@@ -125,9 +125,7 @@ def _owned(answers: Iterable[Any], name: str, kind: int) -> list[Any]:
     owned by it or by a name its CNAME chain leads to (RFC 2181 5.4.1:
     whatever else an answer carries is not believed)."""
     owners = {ascii_domain(name.rstrip(".").lower())}  # answers name it in ASCII
-    cnames = {(a.name.name.decode("ascii", "replace").rstrip(".").lower(),
-               a.payload.name.name.decode("ascii", "replace").rstrip(".").lower())
-              for a in answers if a.type == dns.CNAME}
+    cnames = {(_text(a.name), _text(a.payload.name)) for a in answers if a.type == dns.CNAME}
     grew = True
     while grew:  # follow the chain, in whatever order the records came
         grew = False
@@ -135,8 +133,11 @@ def _owned(answers: Iterable[Any], name: str, kind: int) -> list[Any]:
             if owner in owners and target not in owners:
                 owners.add(target)
                 grew = True
-    return [a for a in answers if a.type == kind
-            and a.name.name.decode("ascii", "replace").rstrip(".").lower() in owners]
+    return [a for a in answers if a.type == kind and _text(a.name) in owners]
+
+
+def _text(name: dns.Name) -> str:
+    return name.name.decode("ascii", "replace").rstrip(".").lower()
 
 
 def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:

@@ -13,21 +13,13 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from txmailhub.address import AddressError, canonical_domain, canonical_local, parse_address
+from txmailhub.address import AddressError, login_key, parse_address
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["MECHANISMS", "Credentials", "SASLExchange"]
 
 MECHANISMS = ("PLAIN", "LOGIN")
-
-
-def _key(name: str) -> str:
-    """A login name as the users file keys it (case, IDN spelling, NFC)."""
-    local, at, domain = name.rpartition("@")
-    if not at:
-        return canonical_local(name)
-    return f"{canonical_local(local)}@{canonical_domain(domain)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +67,7 @@ class SASLExchange:
         if len(parts) != 3:
             return Credentials("", "", malformed=True)
         user = self._qualify(parts[1])
-        if parts[0] and _key(self._qualify(parts[0])) != _key(user):
+        if parts[0] and login_key(self._qualify(parts[0])) != login_key(user):
             return Credentials("", "", malformed=True)
         return Credentials(user, parts[2])
 

@@ -211,15 +211,14 @@ class MaildirMailbox:
     """A locked snapshot of one Maildir (see ``IMailbox``).
 
     ``store`` is the ``MaildirStore`` (its ``syncer`` makes deletions
-    durable); ``lock_fd`` (and ``folder_fd``, when the folder is locked
-    too) holds the ``flock``, released by ``close``."""
+    durable); ``lock_fds`` hold the ``flock`` (the lock file's and the
+    folder's, see ``_lock_mailbox``), released by ``close``."""
 
-    def __init__(self, store: Any, md: str, lock_fd: int,
-                 snapshot: list[MessageInfo], folder_fd: int | None = None) -> None:
+    def __init__(self, store: Any, md: str, lock_fds: tuple[int, ...],
+                 snapshot: list[MessageInfo]) -> None:
         self.store = store
         self.path = md
-        self._lock_fd: int | None = lock_fd
-        self._folder_fd = folder_fd  # the lock on the folder too (_lock_mailbox)
+        self._lock_fds = lock_fds
         self._messages = snapshot
         self._cur = os.path.join(md, "cur")
         self._in_cur = self._cur + os.sep
@@ -322,14 +321,11 @@ class MaildirMailbox:
         unique = list(dict.fromkeys(indices))
         dirs: set[str] = set()
         errors: list[tuple[int, Exception]] = []
-        if len(unique) <= INLINE_DELETES:
-            self._unlink(unique, dirs, errors)
-            return self._sync_deleted(dirs, errors)
+        run = self.store.syncer.call if len(unique) > INLINE_DELETES else defer.maybeDeferred
         d: defer.Deferred = defer.succeed(None)
         for start in range(0, len(unique), DELETE_CHUNK):
             chunk = unique[start : start + DELETE_CHUNK]
-            d.addCallback(lambda _, chunk=chunk: self.store.syncer.call(
-                self._unlink, chunk, dirs, errors))
+            d.addCallback(lambda _, chunk=chunk: run(self._unlink, chunk, dirs, errors))
         return d.addCallback(lambda _: self._sync_deleted(dirs, errors))
 
     def _unlink(self, indices: list[int], dirs: set[str],
@@ -359,13 +355,10 @@ class MaildirMailbox:
         return d
 
     def close(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
+        fds, self._lock_fds = self._lock_fds, ()
+        for fd in fds:
             os.close(fd)  # closing the descriptor releases the flock
-        folder, self._folder_fd = self._folder_fd, None
-        if folder is not None:
-            os.close(folder)
 
     @property
     def closed(self) -> bool:
-        return self._lock_fd is None
+        return not self._lock_fds

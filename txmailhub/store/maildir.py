@@ -393,7 +393,6 @@ class MaildirStore:
             return defer.fail(MailboxInUse(f"{address} is in use by another session"))
         except Exception as e:
             return defer.fail(e)
-        fd = fds[0]
         # listing (and, for plain-named messages, reading and caching) runs
         # on the syncer's worker threads when it has them: a big Maildir
         # must not stall the reactor
@@ -405,7 +404,7 @@ class MaildirStore:
             d = defer.maybeDeferred(_snapshot, md, now)
 
         def opened(snapshot: list[MessageInfo]) -> MaildirMailbox:
-            return MaildirMailbox(self, md, fd, snapshot, folder_fd=fds[1] if fds[1:] else None)
+            return MaildirMailbox(self, md, tuple(fds), snapshot)
 
         def failed(f: Any) -> Any:
             for held in fds:
