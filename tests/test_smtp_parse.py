@@ -135,10 +135,17 @@ def test_mail_prefix_and_brackets():
 
 
 def test_utf8_addresses_need_smtputf8():
-    assert reply_of(parse_mail, "FROM:<jöe@x.test>", P) == replies.SMTPUTF8_NOT_DECLARED
+    # RFC 6531 3.5: a sender is "mailbox unavailable" (550), a recipient
+    # "mailbox name not allowed" (553), both X.6.7
+    refused = reply_of(parse_mail, "FROM:<jöe@x.test>", P)
+    assert (refused.code, refused.status) == (550, "5.6.7")
+    assert reply_of(parse_mail, "FROM:<joe@bücher.test>", P).code == 550
+    assert reply_of(parse_mail, 'FROM:<"jö e"@x.test>', P).code == 550
     sender, params = parse_mail("FROM:<jöe@bücher.test> SMTPUTF8", P)
     assert sender == Address("jöe", "bücher.test") and params.smtputf8
     assert reply_of(parse_rcpt, "TO:<δ@x.test>", P) == replies.SMTPUTF8_NOT_DECLARED
+    assert (replies.SMTPUTF8_NOT_DECLARED.code, replies.SMTPUTF8_NOT_DECLARED.status) == (
+        553, "5.6.7")
     assert parse_rcpt("TO:<δ@x.test>", P, utf8=True)[0] == Address("δ", "x.test")
 
 

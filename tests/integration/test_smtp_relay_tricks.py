@@ -101,7 +101,12 @@ def test_smtputf8_message(hub):
         s.sendmail("jörg@bücher.test", ["alice@example.org"],
                    "Subject: grüße\r\n\r\nÜnïcödé\r\n".encode(),
                    mail_options=["SMTPUTF8", "BODY=8BITMIME"])
-        assert s.mail("jörg@bücher.test")[0] == 553  # not without SMTPUTF8
+        # not without SMTPUTF8: 550 for a sender, 553 for a recipient (RFC 6531 3.5)
+        assert s.mail("jörg@bücher.test")[0] == 550
+        s.rset()
+        assert s.mail("joerg@example.net")[0] == 250
+        s.send("RCPT TO:<jörg@bücher.test>\r\n".encode())  # smtplib sends only ASCII here
+        assert s.getreply()[0] == 553
     (m,) = hub.messages("alice@example.org")
     assert "Return-Path: <jörg@bücher.test>".encode() in m
     assert m.endswith("\nÜnïcödé\n".encode())

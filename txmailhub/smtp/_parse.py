@@ -408,7 +408,12 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
         return None, params
     if _too_long(path):
         raise _fail(replies.SYNTAX_ADDRESS)
-    return parse_mailbox(_strip_route(path), primary_domain, params.smtputf8), params
+    try:
+        return parse_mailbox(_strip_route(path), primary_domain, params.smtputf8), params
+    except RemoteProtocolError as e:
+        if e.reply is replies.SMTPUTF8_NOT_DECLARED:  # a sender: 550 (RFC 6531 3.5)
+            raise _fail(replies.SMTPUTF8_NOT_DECLARED_SENDER) from None
+        raise
 
 
 def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Address, RcptParams]:

@@ -99,8 +99,13 @@ BDAT_BAD_SIZE = Reply.of(501, "5.5.4", "BDAT needs a chunk size and optional LAS
 AUTH_MECHANISM_UNKNOWN = Reply.of(504, "5.5.4", "Unrecognized authentication mechanism")
 PARAM_NOT_RECOGNIZED = Reply.of(555, "5.5.4", "Parameter not recognized")
 PARAM_SYNTAX = Reply.of(501, "5.5.4", "Invalid parameter value")
+# RFC 6531 3.5: a recipient that needs SMTPUTF8 is "mailbox name not
+# allowed" (553), a sender is "mailbox unavailable" (550); both X.6.7.
 SMTPUTF8_NOT_DECLARED = Reply.of(
     553, "5.6.7", "Non-ASCII address requires SMTPUTF8 on MAIL FROM"
+)
+SMTPUTF8_NOT_DECLARED_SENDER = Reply.of(
+    550, "5.6.7", "Non-ASCII address requires SMTPUTF8 on MAIL FROM"
 )
 
 # --- permanent: policy ----------------------------------------------------
