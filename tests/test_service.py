@@ -391,3 +391,29 @@ def test_twistd_loads_the_idna_codec_before_it_drops_privileges(tmp_path: Path) 
     sys.modules.pop("encodings.idna", None)
     makeService(_tap_options(tmp_path, "state"))
     assert "encodings.idna" in sys.modules
+
+
+def test_twistd_collects_young_objects_less_often(tmp_path: Path) -> None:
+    # several young-generation collections per message at CPython's
+    # default (700): twistd mailhub raises it; an application embedding
+    # MailHub keeps its own
+    import gc
+
+    from txmailhub.tap import GC_THRESHOLD0, makeService, tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        options = _tap_options(tmp_path, "state")
+        MailHub(options["settings"], reactor=MemoryReactorClock())
+        assert gc.get_threshold() == (700, 10, 10)
+        makeService(options)
+        assert gc.get_threshold() == (GC_THRESHOLD0, 10, 10) and GC_THRESHOLD0 > 700
+        gc.set_threshold(0)  # switched off: stays off
+        tune_gc()
+        assert gc.get_threshold()[0] == 0
+        gc.set_threshold(50000, 5, 5)  # already higher: kept
+        tune_gc()
+        assert gc.get_threshold() == (50000, 5, 5)
+    finally:
+        gc.set_threshold(*saved)

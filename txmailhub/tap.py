@@ -54,6 +54,7 @@ def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
     limit = raise_fd_limit()
+    tune_gc()
     settings = options["settings"]
     short = fd_limit_warning(settings, limit)
     if short:
@@ -237,6 +238,30 @@ def fd_limit_warning(settings: Any, soft: int) -> str | None:
             f"max_concurrent_deliveries {settings.relay.max_concurrent_deliveries} + "
             f"{FD_MARGIN}): beyond it clients are cut without a 421; raise the limit "
             "(LimitNOFILE= in a systemd unit, ulimit -n) or lower those settings")
+
+
+#: the first generation's threshold under ``twistd mailhub`` (CPython's
+#: default is 700)
+GC_THRESHOLD0 = 7000
+
+
+def tune_gc(threshold0: int = GC_THRESHOLD0) -> None:
+    """Run the young generation's collection ten times more rarely.
+
+    Every SMTP session allocates a few hundred container objects that die
+    young (events, replies, Deferreds); at CPython's default threshold the
+    collector walks the survivors every 700 of them, several times per
+    message.  Under callgrind (1 KiB messages, 10 sessions, a connection
+    each) the hub ran 1.417 M instructions per message at the default and
+    1.361 M at 7,000 (-4 %; 20,000 saved no more).  What it costs: cyclic
+    garbage (a Failure and its traceback) lives a little longer, a few
+    megabytes at most.  Only for the hub run by twistd, like the open-files
+    limit: an application that embeds ``MailHub`` owns its collector."""
+    import gc
+
+    first, second, third = gc.get_threshold()
+    if 0 < first < threshold0:  # 0: the collector is off; leave that as it is
+        gc.set_threshold(threshold0, second, third)
 
 
 def raise_fd_limit(want: int = 65536) -> int:
