@@ -45,6 +45,16 @@ def build(entry, recipients, action=bounce.FAILED, **kw):
     return data, message_from_bytes(data, policy=policy.default)
 
 
+def test_a_utf8_envelope_id_is_given_back_as_xtext(tmp_path):
+    # an SMTPUTF8 transaction's ENVID: the 7-bit status part carries it as
+    # the xtext it came in, not as an RFC 2047 word (RFC 3464 2.2.1)
+    entry = make_entry(tmp_path, envid="id-\u20ac")
+    data, msg = build(entry, [failed(entry)])
+    _, status, _ = list(msg.iter_parts())
+    assert status.get_payload()[0]["Original-Envelope-Id"] == "id-+E2+82+AC"
+    assert b"=?utf-8?" not in data
+
+
 def test_failure_dsn_structure(tmp_path):
     entry = make_entry(tmp_path, envid="ENV-42")
     bob = dataclasses.replace(failed(entry), orcpt="rfc822;Bob@Remote.test")

@@ -274,6 +274,18 @@ def test_dsn_parameters_passed_when_offered():
     assert s.outcome.dsn_supported
 
 
+def test_orcpt_of_type_utf8_goes_out_in_rfc6533_form():
+    # utf-8-addr-xtext: "\x{HEX}" escapes, 7-bit whatever the next hop
+    # offers; never xtext's "+HH", which that form does not have
+    s = session(recipients=[
+        (BOB, RecipientDSN(notify=("FAILURE",), orcpt="utf-8;j\u00f6rg+x=y@b\u00fccher.test")),
+    ])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[1] == (b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE "
+                        b"ORCPT=utf-8;j\\x{F6}rg\\x{2B}x\\x{3D}y@b\\x{FC}cher.test")
+
+
 def test_dsn_parameters_not_sent_without_dsn():
     s = session(dsn=DSNRequest(ret="FULL"), recipients=[(BOB, RecipientDSN(notify=("NEVER",)))])
     s.receive(b"220 hi\r\n")

@@ -16,9 +16,8 @@ from txmailhub.smtp._parse import (
     parse_mail,
     parse_mailbox,
     parse_rcpt,
-    xtext_decode,
-    xtext_encode,
 )
+from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decode, xtext_encode
 
 P = "example.org"
 
@@ -212,11 +211,59 @@ def test_rcpt_dsn_parameters():
         assert reply_of(parse_rcpt, "TO:<a@b.test> " + bad, P) == replies.PARAM_SYNTAX
 
 
+@pytest.mark.parametrize("orcpt", [
+    # RFC 3461 4.2: the decoded value is printable US-ASCII
+    "rfc822;a+0D+0ABcc:+20x@y",  # a line break: a header of its own in the notice
+    "rfc822;a+00b@x",
+    "rfc822;a+1Bb@x",
+    "rfc822;+E2+82+AC@x",  # UTF-8, under a type that cannot carry it
+    "rfc822;a+E9b@x",  # not even UTF-8
+    # RFC 6533 3: utf-8-addr-xtext has no "+", "=" or stray "\", and each
+    # escape is the shortest HEXPOINT of a character
+    "utf-8;a+2Bb@x",
+    "utf-8;a\\b@x",
+    "utf-8;a\\x{e9}@x",
+    "utf-8;a\\x{0E9}@x",
+    "utf-8;a\\x{D800}@x",
+    "utf-8;a\\x{110000}@x",
+    "utf-8;a\\x{0A}b@x",
+])
+def test_orcpt_values_are_checked(orcpt):
+    assert reply_of(parse_rcpt, f"TO:<a@b.test> ORCPT={orcpt}", P) == replies.PARAM_SYNTAX
+
+
+def test_orcpt_of_type_utf8():
+    # RFC 6533: \x{HEX} escapes decoded; raw UTF-8 only with SMTPUTF8
+    got = parse_rcpt("TO:<a@b.test> ORCPT=utf-8;j\\x{F6}rg\\x{20AC}@x", P)[1].orcpt
+    assert got == "utf-8;j\u00f6rg\u20ac@x"
+    raw = "TO:<a@b.test> ORCPT=utf-8;j\u00f6rg@b\u00fccher.test"
+    assert parse_rcpt(raw, P, utf8=True)[1].orcpt == "utf-8;j\u00f6rg@b\u00fccher.test"
+    assert reply_of(parse_rcpt, raw, P) == replies.PARAM_SYNTAX
+    assert parse_rcpt("TO:<a@b.test> ORCPT=UTF-8;plain@x", P)[1].orcpt == "UTF-8;plain@x"
+
+
+def test_envid_is_ascii_unless_smtputf8():
+    # RFC 3461 4.4: US-ASCII; UTF-8 only in an SMTPUTF8 transaction,
+    # wherever SMTPUTF8 stands among the parameters
+    for arg in ("FROM:<a@b.test> ENVID=a+E2+82+ACz", "FROM:<a@b.test> ENVID=a+E9"):
+        assert reply_of(parse_mail, arg, P) == replies.PARAM_SYNTAX
+    assert parse_mail("FROM:<a@b.test> ENVID=a+E2+82+ACz SMTPUTF8", P)[1].envid == "a\u20acz"
+    assert reply_of(parse_mail, "FROM:<a@b.test> SMTPUTF8 ENVID=a+E9", P) == replies.PARAM_SYNTAX
+
+
 def test_xtext():
     assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
     assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
     with pytest.raises(RemoteProtocolError):
         xtext_decode("a+2b")  # lower-case hex is not xtext
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_utf8_addr_xtext_round_trip(text):
+    encoded = utf8_addr_encode(text)
+    assert encoded.isascii() and "+" not in encoded and "=" not in encoded
+    if all(c.isprintable() for c in text):
+        assert utf8_addr_decode(encoded) == text
 
 
 @given(st.text(max_size=40))

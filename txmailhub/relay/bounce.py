@@ -40,6 +40,7 @@ from txmailhub.errors import Rejected
 from txmailhub.relay.record import QueueEntry, RecipientRecord
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
+from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
 
 __all__ = [
     "DELAYED",
@@ -123,9 +124,7 @@ def _recipient_field(address: str) -> str:
     would hide the address type from every parser (RFC 3464 2.3.2)."""
     if address.isascii() and address.isprintable():
         return f"rfc822; {address}"
-    return "utf-8; " + "".join(
-        c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address
-    )
+    return "utf-8; " + utf8_addr_encode(address)
 
 
 _DIAGNOSTIC_MAX = 900  # characters of a remote reply kept in a field
@@ -209,8 +208,11 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     part.set_type("message/delivery-status")
     head = Message()
     head["Reporting-MTA"] = f"dns; {hostname}"
-    if entry.envelope.dsn.envid:
-        head["Original-Envelope-Id"] = entry.envelope.dsn.envid
+    envid = entry.envelope.dsn.envid
+    if envid:
+        # UTF-8 (an SMTPUTF8 transaction's) as the xtext it came in: the
+        # part is 7-bit, and an RFC 2047 word would not be the id
+        head["Original-Envelope-Id"] = envid if envid.isascii() else xtext_encode(envid)
     head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
     for r in recipients:

@@ -1,8 +1,8 @@
-"""Reading SMTP replies on the client side, and RFC 3461 xtext.
+"""Reading SMTP replies on the client side.
 
 Owns ``ReplyParser`` (server bytes -> ``Reply`` values: multi-line
 replies, the RFC 3463 enhanced status stripped into ``Reply.status``,
-limits on line length and line count) and ``xtext_encode``.  Used by the
+limits on line length and line count).  Used by the
 SMTP client engine (``txmailhub.smtp.client``); no I/O here.
 """
 
@@ -12,23 +12,12 @@ import re
 
 from txmailhub.smtp.reply import Reply
 
-__all__ = ["MAX_REPLY_LINE", "MAX_REPLY_LINES", "ReplyParser", "xtext_encode"]
+__all__ = ["MAX_REPLY_LINE", "MAX_REPLY_LINES", "ReplyParser"]
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 200
 
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
-
-
-def xtext_encode(value: str) -> str:
-    """RFC 3461 xtext: printable ASCII except "+" and "=", the rest as +HH."""
-    out = []
-    for ch in value:
-        if 33 <= ord(ch) <= 126 and ch not in "+=":
-            out.append(ch)
-        else:
-            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
 
 
 class ReplyParser:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from txmailhub.address import Address
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
+from txmailhub.smtp.xtext import utf8_addr_decode, xtext_decode
 
 __all__ = [
     "MailParams",
@@ -42,8 +43,6 @@ __all__ = [
     "parse_mail",
     "parse_mailbox",
     "parse_rcpt",
-    "xtext_decode",
-    "xtext_encode",
 ]
 
 # RFC 5321 4.5.3.1.3 allows 256 octets with the angle brackets; we take 256
@@ -67,12 +66,11 @@ _DOMAIN_UTF8 = re.compile(
 )
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
 _QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
+_PRINTABLE_ASCII = re.compile(r"[\t\x20-\x7e]+\Z")  # RFC 3461's graphic and white space
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _ESMTP_VALUE_UTF8 = re.compile(rf"(?:[\x21-\x3c\x3e-\x7e]|{_U8})+\Z")
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
-_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 _NOTIFY_WORDS = frozenset(("SUCCESS", "FAILURE", "DELAY"))
 
 
@@ -97,37 +95,6 @@ def parse_command(line: bytes) -> tuple[str, str]:
         raise _fail(replies.INVALID_UTF8) from None
     verb, _, arg = text.strip(" \t").partition(" ")
     return verb.upper(), arg.strip(" \t")
-
-
-# --- xtext (RFC 3461 section 4) ---------------------------------------------
-
-
-def xtext_decode(value: str) -> str:
-    """Decode RFC 3461 xtext (``+HH`` escapes); 501 on bad syntax."""
-    if not _XTEXT.match(value):
-        raise _fail(replies.PARAM_SYNTAX)
-    if "+" not in value:
-        return value
-    raw = _XTEXT_HEX.sub(lambda m: "\x00" + m.group(1), value)  # mark, then decode
-    out = bytearray()
-    for i, part in enumerate(raw.split("\x00")):
-        if i:
-            out.append(int(part[:2], 16))
-            part = part[2:]
-        out += part.encode("ascii")
-    return out.decode("utf-8", "replace")
-
-
-def xtext_encode(value: str) -> str:
-    """Encode text as RFC 3461 xtext (what the SMTP client sends)."""
-    out = []
-    for ch in value:
-        o = ord(ch)
-        if 33 <= o <= 126 and ch not in "+=":
-            out.append(ch)
-        else:
-            out.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
 
 
 # --- mailboxes and paths ----------------------------------------------------
@@ -359,12 +326,16 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
             if value is None:
                 raise _fail(replies.PARAM_SYNTAX)
             envid = xtext_decode(value)
-            # RFC 3461 4.4: printable characters (UTF-8 beyond ASCII with
-            # SMTPUTF8, RFC 6533); a CR or LF would break the bounce's header
+            # RFC 3461 4.4: printable characters; a CR or LF would break
+            # the notice's header
             if len(envid) > 100 or not _QTEXT_UTF8.match(envid):
                 raise _fail(replies.PARAM_SYNTAX)
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)
+    if envid is not None and not smtputf8 and not envid.isascii():
+        # US-ASCII only (RFC 3461 4.4), whatever the xtext spelled; UTF-8
+        # only in an SMTPUTF8 transaction (SMTPUTF8 may come after ENVID)
+        raise _fail(replies.PARAM_SYNTAX)
     return MailParams(size, body_8bit, smtputf8, auth, ret, envid)
 
 
@@ -383,13 +354,32 @@ def _rcpt_params(raw: dict[str, str | None]) -> RcptParams:
             else:
                 raise _fail(replies.PARAM_SYNTAX)
         elif key == "ORCPT":
-            addr_type, semi, xtext = (value or "").partition(";")
-            if not semi or not _KEYWORD.match(addr_type) or not xtext:
-                raise _fail(replies.PARAM_SYNTAX)
-            orcpt = f"{addr_type};{xtext_decode(xtext)}"
+            orcpt = _orcpt(value or "")
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)
     return RcptParams(notify, orcpt)
+
+
+def _orcpt(value: str) -> str:
+    """``ORCPT=type;value`` -> ``"type;decoded"``.
+
+    Type ``utf-8`` (RFC 6533 3): utf-8-addr-xtext (``\\x{HEX}`` escapes),
+    or -unitext (raw UTF-8, which only an SMTPUTF8 transaction lets this
+    far).  Any other type (``rfc822``...): RFC 3461 xtext whose decoded
+    value is printable US-ASCII (4.2).  An address never holds a control
+    character: it would reach the notices' header fields."""
+    addr_type, semi, text = value.partition(";")
+    if not semi or not _KEYWORD.match(addr_type) or not text:
+        raise _fail(replies.PARAM_SYNTAX)
+    if addr_type.lower() == "utf-8":
+        decoded = utf8_addr_decode(text)
+        if not _QTEXT_UTF8.match(decoded):
+            raise _fail(replies.PARAM_SYNTAX)
+    else:
+        decoded = xtext_decode(text)
+        if not _PRINTABLE_ASCII.match(decoded):
+            raise _fail(replies.PARAM_SYNTAX)
+    return f"{addr_type};{decoded}"
 
 
 # --- MAIL and RCPT ----------------------------------------------------------

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 
 from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import DSNRequest, RecipientDSN
-from txmailhub.smtp._client_reply import ReplyParser, xtext_encode
+from txmailhub.smtp._client_reply import ReplyParser
 from txmailhub.smtp._data import DotStuffer
 from txmailhub.smtp.reply import LocalReply, Reply
+from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
 
 __all__ = [
     "TIMEOUTS",
@@ -501,7 +502,9 @@ class ClientSession:
                 params.append("NOTIFY=" + ",".join(dsn.notify))
             if dsn.orcpt:
                 kind, _, value = dsn.orcpt.partition(";")
-                if value.isascii():
+                if kind.lower() == "utf-8":  # RFC 6533's 7-bit form, whatever the next hop
+                    params.append(f"ORCPT=utf-8;{utf8_addr_encode(value)}")
+                elif value.isascii():
                     params.append(f"ORCPT={kind};{xtext_encode(value)}")
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
