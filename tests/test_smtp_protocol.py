@@ -700,6 +700,36 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(11)
         assert take(t) == [replies.TIMEOUT.text()]
 
+    def test_idle_time_starts_when_a_long_wait_is_answered(self):
+        # a lock-step client is idle from our reply, not from its command:
+        # storing took 8 of its 10 seconds, and it must still get all 10
+        h = Harness(hold=True, idle_timeout=10)
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")
+        take(t)
+        h.clock.pump([1] * 8)
+        h.spooler.release()
+        assert take(t)[0].startswith("250")
+        h.clock.pump([1] * 9)
+        assert take(t) == [] and not t.disconnecting
+        p.dataReceived(b"NOOP\r\n")
+        assert take(t) == [replies.OK.text()]
+        h.clock.advance(10)
+        assert take(t) == [replies.TIMEOUT.text()]
+
+    def test_idle_time_starts_after_a_delayed_535(self):
+        h = Harness(idle_timeout=3, auth_failure_delay=5.0)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                       .encode())
+        take(t)
+        h.clock.pump([0.5] * 10)  # the idle timer checks in between
+        assert take(t) == [replies.AUTH_FAILED.text()]
+        h.clock.pump([0.5] * 5)
+        assert take(t) == [] and not t.disconnecting
+        h.clock.pump([0.5])
+        assert take(t) == [replies.TIMEOUT.text()]
+
     def test_connection_limits(self):
         h = Harness(max_connections=3, max_connections_per_client=2)
         conns = [h.connect("192.0.2.7") for _ in range(3)]

@@ -109,6 +109,7 @@ class SMTPProtocol(Protocol):
         self.host = ""
         self._counted = False
         self._paused = False  # the engine waits for an answer (holds its input)
+        self._waited = False  # it waited (storing, an AUTH check): idle time restarts after
         self._write_paused = False  # Twisted's buffer is full: the client is not reading
         self._eof = False  # the client shut down its sending side (plain TCP)
         self._producing = False  # registered as the transport's producer
@@ -315,13 +316,20 @@ class SMTPProtocol(Protocol):
             # client sends nothing meanwhile, and reading stays on (no
             # epoll_ctl pair per message); what one read brought is held
             # by the engine until the answer is in.
+            self._waited = True
             if not self._paused and engine.has_input:
                 self._paused = True
                 self._flow()
-        elif self._paused:
-            self._paused = False
+        elif self._waited:
+            # The answer is out: the client's idle time starts now, not at
+            # its last command -- the time we kept it waiting (a message
+            # being stored, a failed login's delay) is not its own
+            # (RFC 5321 4.5.3.2.7: the server awaits the *next* command).
+            self._waited = False
             self._last_activity = self.reactor.seconds()
-            self._flow()
+            if self._paused:
+                self._paused = False
+                self._flow()
 
     def _flow(self) -> None:
         """Read from the client unless the engine holds input while it waits
