@@ -1091,3 +1091,34 @@ def test_a_disk_error_at_login_is_one_log_line_and_a_temporary_failure():
         globalLogPublisher.removeObserver(events.append)
     [line] = [e for e in events if "POP3 login error" in formatEvent(e)]
     assert "Read-only file system" in formatEvent(line) and "log_failure" not in line
+
+
+def test_idle_time_starts_again_when_a_slow_login_check_answers():
+    # The password check took 590 of the 600 seconds: the client must get
+    # 600 seconds from the +OK, not 10.
+    checker = HeldChecker()
+    env = Env(checker=checker, idle_timeout=600)
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    env.clock.advance(590)
+    _creds, d = checker.pending.pop()
+    t.clear()
+    d.callback(b"joe@example.org")
+    assert t.value().startswith(b"+OK Logged in")
+    env.clock.pump([100] * 5 + [99])
+    assert not t.disconnecting
+    env.clock.advance(1)
+    assert t.value().endswith(R.AUTOLOGOUT.to_bytes()) and t.disconnecting
+
+
+def test_idle_time_starts_again_after_the_delayed_failure_reply():
+    env = Env(idle_timeout=10, auth_failure_delay=8.0)
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS wrong\r\n") == b""
+    env.clock.pump([4, 4])
+    assert t.value() == R.AUTH_FAILED.to_bytes()  # at t=8
+    env.clock.pump([1] * 9)  # t=17: 9 s after the -ERR
+    assert not t.disconnecting
+    env.clock.pump([1])
+    assert t.value().endswith(R.AUTOLOGOUT.to_bytes()) and t.disconnecting

@@ -363,6 +363,7 @@ class POP3Protocol(Protocol):
     def _delayed(self, action: Send) -> None:
         self._pending_call = None
         self._busy = False
+        self._answered_after_wait()
         self._send(Send(action.data, action.close))
         self._process()
 
@@ -447,6 +448,7 @@ class POP3Protocol(Protocol):
 
     def _finish_login(self, reply: Send) -> None:
         self._busy = False
+        self._answered_after_wait()
         self._send(reply)
         self._process()
 
@@ -624,6 +626,13 @@ class POP3Protocol(Protocol):
             self._send(self.engine.update_finished(ok))
 
     # -- idle timeout --------------------------------------------------------
+
+    def _answered_after_wait(self) -> None:
+        """The autologout timer (RFC 1939 3) measures the *client's*
+        inactivity: after the hub kept it waiting (a slow password check,
+        the delay after a failed login) the client gets the whole timeout
+        from our answer, not what is left of it from its command."""
+        self._last_activity = self.reactor.seconds()
 
     def _idle_check(self) -> None:
         timeout = self.settings.idle_timeout
