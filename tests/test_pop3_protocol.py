@@ -1122,3 +1122,32 @@ def test_idle_time_starts_again_after_the_delayed_failure_reply():
     assert not t.disconnecting
     env.clock.pump([1])
     assert t.value().endswith(R.AUTOLOGOUT.to_bytes()) and t.disconnecting
+
+
+def test_no_autologout_while_the_hub_keeps_the_client_waiting():
+    # the failure delay (8 s, then 16 s) and a password check slower than
+    # the whole idle time: the client waits for *us*; the autologout must
+    # not cut it off before the answer it waits for
+    env = Env(idle_timeout=10, auth_failure_delay=8.0)
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    talk(proto, t, b"PASS wrong\r\n")
+    env.clock.pump([1] * 8)
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS wrong\r\n") == b""  # t=8: the -ERR in 16 s
+    env.clock.pump([1] * 16)
+    assert t.value() == R.AUTH_FAILED.to_bytes() and not t.disconnecting
+    env.clock.pump([1] * 9)
+    assert not t.disconnecting
+    env.clock.pump([1])
+    assert t.value().endswith(R.AUTOLOGOUT.to_bytes()) and t.disconnecting
+
+    checker = HeldChecker()
+    env = Env(checker=checker, idle_timeout=600)
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    t.clear()
+    env.clock.pump([10] * 61)  # the users database takes 610 s
+    assert t.value() == b"" and not t.disconnecting
+    checker.pending.pop()[1].callback(b"joe@example.org")
+    assert t.value().startswith(b"+OK Logged in")

@@ -14,6 +14,7 @@ from txmailhub.envelope import DSNRequest, Envelope
 from txmailhub.relay import bounce
 from txmailhub.relay.record import FAILED, QueueEntry
 from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.xtext import utf8_addr_decode
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
 ORIGINAL = b"From: alice@example.org\nTo: bob@remote.test\nSubject: lunch\n\nSee you at noon.\n"
@@ -348,3 +349,37 @@ def test_a_notice_to_a_local_sender_is_routed_like_any_local_mail(tmp_path):
     [stored] = store.messages(ALICE)
     assert stored == b"Return-Path: <>\n" + data
     assert components.queue.enqueued[-1][0].recipients == (Address("zed", "remote.test"),)
+
+
+def _original_recipient(tmp_path, orcpt):
+    entry = make_entry(tmp_path)
+    bob = dataclasses.replace(failed(entry), orcpt=orcpt)
+    _, msg = build(entry, [bob])
+    _, status, _ = list(msg.iter_parts())
+    return status.get_payload()[1]["Original-Recipient"]
+
+
+@pytest.mark.parametrize(("orcpt", "field"), [
+    # RFC 6533 3: a utf-8 address is utf-8-addr-xtext in the status part,
+    # ASCII or not: "+", "=", "\" and SP escaped, or a reader that decodes
+    # the field gets another address ("\x{E9}" literally, here)
+    ("utf-8;a+b@remote.test", "utf-8; a\\x{2B}b@remote.test"),
+    ("utf-8;\\x{E9}@remote.test", "utf-8; \\x{5C}x{E9}@remote.test"),
+    ("utf-8;j\u00f6rg@remote.test", "utf-8; j\\x{F6}rg@remote.test"),
+    # RFC 3461 4.2: rfc822 values are printable US-ASCII, white space
+    # included: a TAB keeps the type it came with
+    ("rfc822;a\tb@remote.test", "rfc822; a\tb@remote.test"),
+    ("rfc822;a+b@remote.test", "rfc822; a+b@remote.test"),
+])
+def test_original_recipient_keeps_its_type_and_form(tmp_path, orcpt, field):
+    got = _original_recipient(tmp_path, orcpt)
+    assert got == field
+    if field.startswith("utf-8; "):
+        assert utf8_addr_decode(got[len("utf-8; "):]) == orcpt.partition(";")[2]
+
+
+def test_an_envelope_id_with_a_tab_is_given_back_as_it_came(tmp_path):
+    entry = make_entry(tmp_path, envid="id\t42")
+    _, msg = build(entry, [failed(entry)])
+    _, status, _ = list(msg.iter_parts())
+    assert status.get_payload()[0]["Original-Envelope-Id"] == "id\t42"

@@ -8,6 +8,7 @@ import pytest
 
 from txmailhub.address import Address
 from txmailhub.envelope import DSNRequest, RecipientDSN
+from txmailhub.smtp._parse import parse_mail
 from txmailhub.smtp.client import (
     ClientSession,
     Close,
@@ -634,3 +635,41 @@ def test_an_idn_domain_alone_goes_as_its_a_label():
     s.receive(EHLO_NO_UTF8)
     [r] = s.outcome.recipients
     assert r.reply.code == 553 and r.reply.status == "5.6.7"
+
+
+EHLO_DSN_NO_UTF8 = (b"250-mx.remote.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                    b"250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n")
+
+
+def test_a_utf8_envid_goes_only_into_an_smtputf8_transaction():
+    # RFC 3461 4.4: ENVID is US-ASCII; an SMTPUTF8 transaction's UTF-8 id
+    # sent as xtext in a MAIL without SMTPUTF8 is refused by a compliant
+    # next hop (by our own server: 501), and every recipient with it
+    s = session(smtputf8=True, dsn=DSNRequest(ret="HDRS", envid="id-\u20ac"))
+    s.receive(b"220 hi\r\n")
+    mail = sent(s.receive(EHLO_DSN_NO_UTF8)).split(b"\r\n")[0]
+    assert mail == b"MAIL FROM:<alice@example.org> RET=HDRS"
+    _, params = parse_mail(mail.decode()[5:], "remote.test")
+    assert params.envid is None and params.ret == "HDRS"
+    s = session(smtputf8=True, dsn=DSNRequest(envid="id-\u20ac"))
+    s.receive(b"220 hi\r\n")
+    mail = sent(s.receive(EHLO_FULL)).split(b"\r\n")[0]
+    assert mail == b"MAIL FROM:<alice@example.org> SIZE=100 SMTPUTF8 ENVID=id-+E2+82+AC"
+    assert parse_mail(mail.decode()[5:], "remote.test")[1].envid == "id-\u20ac"
+
+
+def test_an_orcpt_that_would_make_the_rcpt_too_long_is_left_out():
+    # an SMTPUTF8 client's raw UTF-8 ORCPT grows up to 9 times as \x{HEX}:
+    # past RFC 3461's 500 characters for NOTIFY and ORCPT the next hop may
+    # refuse the whole RCPT as too long; ORCPT is optional
+    long_orcpt = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    short_orcpt = "utf-8;" + "\U0001F600" * 40 + "@x.test"
+    s = session(smtputf8=True, recipients=[
+        (BOB, RecipientDSN(notify=("FAILURE",), orcpt=long_orcpt)),
+        (CAROL, RecipientDSN(notify=("FAILURE",), orcpt=short_orcpt)),
+    ])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE"
+    assert lines[2].startswith(b"RCPT TO:<carol@remote.test> NOTIFY=FAILURE ORCPT=utf-8;\\x{1F600}")
+    assert len(lines[2]) - len(b"RCPT TO:<carol@remote.test> ") < 500

@@ -251,6 +251,14 @@ def test_envid_is_ascii_unless_smtputf8():
     assert reply_of(parse_mail, "FROM:<a@b.test> SMTPUTF8 ENVID=a+E9", P) == replies.PARAM_SYNTAX
 
 
+def test_envid_and_orcpt_take_white_space_alike():
+    # RFC 3461 4.2 and 4.4: both "printable (graphic and white space)"
+    assert parse_rcpt("TO:<a@b.test> ORCPT=rfc822;a+09b@x", P)[1].orcpt == "rfc822;a\tb@x"
+    assert parse_mail("FROM:<a@b.test> ENVID=a+09b+20c", P)[1].envid == "a\tb c"
+    for bad in ("a+0Ab", "a+0Db", "a+7Fb"):  # line breaks, controls: never
+        assert reply_of(parse_mail, f"FROM:<a@b.test> ENVID={bad}", P) == replies.PARAM_SYNTAX
+
+
 def test_xtext():
     assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
     assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"

@@ -637,7 +637,11 @@ class POP3Protocol(Protocol):
     def _idle_check(self) -> None:
         timeout = self.settings.idle_timeout
         idle = self.reactor.seconds() - self._last_activity
-        if idle < timeout or self._update_running:
+        # Not while the hub keeps the client waiting (a password check, a
+        # failed login's delay, the UPDATE): the client is waiting for us,
+        # and the idle time starts again with our answer.
+        waiting_for_us = self._update_running or (self._busy and self._stream is None)
+        if idle < timeout or waiting_for_us:
             wait = timeout - idle if idle < timeout else timeout
             self._idle_call = self.reactor.callLater(wait, self._idle_check)
             return

@@ -117,6 +117,12 @@ def status_of(reply: Reply | None, action: str) -> str:
     return f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0"
 
 
+def _printable_ascii(text: str) -> bool:
+    """RFC 3461's "printable (graphic and white space)" US-ASCII: what an
+    rfc822 ORCPT or an ENVID may hold, TAB included."""
+    return all(" " <= c <= "~" or c == "\t" for c in text)
+
+
 def _recipient_field(address: str) -> str:
     """``rfc822; addr``, or for a non-ASCII address RFC 6533's ``utf-8;``
     with the address as utf-8-addr-xtext (``\\x{HEX}`` escapes): the
@@ -212,7 +218,7 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     if envid:
         # UTF-8 (an SMTPUTF8 transaction's) as the xtext it came in: the
         # part is 7-bit, and an RFC 2047 word would not be the id
-        head["Original-Envelope-Id"] = envid if envid.isascii() else xtext_encode(envid)
+        head["Original-Envelope-Id"] = envid if _printable_ascii(envid) else xtext_encode(envid)
     head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
     for r in recipients:
@@ -221,7 +227,12 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         if r.orcpt:
             kind, _, value = r.orcpt.partition(";")
             kind, value = kind.strip() or "rfc822", value.strip()
-            if value.isascii() and value.isprintable():
+            if kind.lower() == "utf-8":
+                # always utf-8-addr-xtext (RFC 6533 3): "+", "=", "\\" and
+                # SP escaped even in an ASCII address, or a reader decoding
+                # the field gets another address
+                b["Original-Recipient"] = "utf-8; " + utf8_addr_encode(value)
+            elif _printable_ascii(value):
                 b["Original-Recipient"] = f"{kind}; {value}"
             else:
                 b["Original-Recipient"] = _recipient_field(value)

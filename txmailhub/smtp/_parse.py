@@ -66,6 +66,9 @@ _DOMAIN_UTF8 = re.compile(
 )
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
 _QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
+# RFC 3461 4.4's "printable (graphic and white space)" characters, as for
+# ORCPT (4.2); UTF-8 only in an SMTPUTF8 transaction (checked after)
+_ENVID_TEXT = re.compile(rf"(?:[\t\x20-\x7e]|{_U8})+\Z")
 _PRINTABLE_ASCII = re.compile(r"[\t\x20-\x7e]+\Z")  # RFC 3461's graphic and white space
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
@@ -328,7 +331,7 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
             envid = xtext_decode(value)
             # RFC 3461 4.4: printable characters; a CR or LF would break
             # the notice's header
-            if len(envid) > 100 or not _QTEXT_UTF8.match(envid):
+            if len(envid) > 100 or not _ENVID_TEXT.match(envid):
                 raise _fail(replies.PARAM_SYNTAX)
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)

@@ -477,13 +477,19 @@ class ClientSession:
             params.append(f"SIZE={self.size}")
         if self.eight_bit and "8BITMIME" in ext:
             params.append("BODY=8BITMIME")
-        if self.smtputf8_wanted and "SMTPUTF8" in ext:
+        utf8 = self.smtputf8_wanted and "SMTPUTF8" in ext
+        if utf8:
             params.append("SMTPUTF8")
         if "DSN" in ext:
             if self.dsn.ret:
                 params.append(f"RET={self.dsn.ret}")
-            if self.dsn.envid:
-                params.append(f"ENVID={xtext_encode(self.dsn.envid)}")
+            envid = self.dsn.envid
+            # RFC 3461 4.4: US-ASCII; an SMTPUTF8 transaction's UTF-8 id
+            # only goes on in one (as xtext of its UTF-8, RFC 6531 3.7.1).
+            # Without, the id is left out rather than have the next hop
+            # refuse the MAIL (and with it every recipient)
+            if envid and (utf8 or envid.isascii()):
+                params.append(f"ENVID={xtext_encode(envid)}")
         path = "" if self.sender is None else self._path(self.sender)
         return " ".join([f"MAIL FROM:<{path}>", *params])
 
@@ -502,10 +508,17 @@ class ClientSession:
                 params.append("NOTIFY=" + ",".join(dsn.notify))
             if dsn.orcpt:
                 kind, _, value = dsn.orcpt.partition(";")
+                orcpt = None
                 if kind.lower() == "utf-8":  # RFC 6533's 7-bit form, whatever the next hop
-                    params.append(f"ORCPT=utf-8;{utf8_addr_encode(value)}")
+                    orcpt = f"ORCPT=utf-8;{utf8_addr_encode(value)}"
                 elif value.isascii():
-                    params.append(f"ORCPT={kind};{xtext_encode(value)}")
+                    orcpt = f"ORCPT={kind};{xtext_encode(value)}"
+                # The escapes can make it several times longer than it came
+                # in; past the 500 characters RFC 3461 (4) adds to the RCPT
+                # line for NOTIFY and ORCPT the next hop may refuse the RCPT
+                # as too long: ORCPT is optional, the recipient is not
+                if orcpt is not None and len(orcpt) + len(params[0] if params else "") < 500:
+                    params.append(orcpt)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
     def _start_mail(self) -> list[Action]:
