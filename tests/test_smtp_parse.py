@@ -85,6 +85,16 @@ def test_source_route_is_ignored():
     assert reply_of(parse_rcpt, "TO:<@a.test,b.test:u@c.test>", P) == replies.SYNTAX_ADDRESS
 
 
+def test_a_source_route_with_a_u_label_needs_smtputf8():
+    # ignored, but no way round RFC 6531: a U-label in the route is as
+    # non-ASCII as one in the mailbox
+    route = "@b\u00fccher.test:user@c.test"
+    assert reply_of(parse_rcpt, f"TO:<{route}>", P) == replies.SMTPUTF8_NOT_DECLARED
+    assert reply_of(parse_mail, f"FROM:<{route}>", P) == replies.SMTPUTF8_NOT_DECLARED_SENDER
+    assert parse_rcpt(f"TO:<{route}>", P, utf8=True)[0] == Address("user", "c.test")
+    assert parse_mail(f"FROM:<{route}> SMTPUTF8", P)[0] == Address("user", "c.test")
+
+
 def test_quoted_local_parts():
     assert parse_mailbox('"joe"@example.org', P) == Address("joe", P)
     assert parse_mailbox('"john doe"@example.org', P) == Address('"john doe"', P)

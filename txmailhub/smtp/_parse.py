@@ -227,8 +227,11 @@ def _split_path(arg: str) -> tuple[str, str]:
     return path, " " + rest if rest else ""
 
 
-def _strip_route(path: str) -> str:
-    """Drop an RFC 5321 source route ``@a,@b:`` in front of the mailbox."""
+def _strip_route(path: str, utf8: bool) -> str:
+    """Drop an RFC 5321 source route ``@a,@b:`` in front of the mailbox.
+
+    Ignored, but still held to the transaction's rules: a U-label in it
+    needs SMTPUTF8 as one in the mailbox does (RFC 6531 3.3)."""
     if not path.startswith("@"):
         return path
     route, colon, mailbox = path.partition(":")
@@ -237,7 +240,7 @@ def _strip_route(path: str) -> str:
     for hop in route.split(","):
         if not hop.startswith("@") or len(hop) < 2:
             raise _fail(replies.SYNTAX_ADDRESS)
-        _check_domain(hop[1:], True)
+        _check_domain(hop[1:], utf8)
     return mailbox
 
 
@@ -402,7 +405,8 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
     if _too_long(path):
         raise _fail(replies.SYNTAX_ADDRESS)
     try:
-        return parse_mailbox(_strip_route(path), primary_domain, params.smtputf8), params
+        utf8 = params.smtputf8
+        return parse_mailbox(_strip_route(path, utf8), primary_domain, utf8), params
     except RemoteProtocolError as e:
         if e.reply is replies.SMTPUTF8_NOT_DECLARED:  # a sender: 550 (RFC 6531 3.5)
             raise _fail(replies.SMTPUTF8_NOT_DECLARED_SENDER) from None
@@ -418,4 +422,4 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
     if not path or _too_long(path):
         raise _fail(replies.SYNTAX_ADDRESS)
     params = _rcpt_params(_split_params(tail, utf8)) if tail.strip() else RcptParams()
-    return parse_mailbox(_strip_route(path), primary_domain, utf8), params
+    return parse_mailbox(_strip_route(path, utf8), primary_domain, utf8), params
