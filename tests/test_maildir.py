@@ -110,6 +110,24 @@ class DeliveryTests(Base):
             self.assertTrue(os.path.isdir(os.path.join(md, sub)))
         self.assertEqual(len(os.listdir(os.path.join(md, "new"))), 1)
 
+    def test_maildir_folders_are_private(self):
+        # mail is the user's alone: no other local account may list it
+        self.deliver([JOE])
+        md = self.md()
+        for path in (os.path.dirname(md), md, *(os.path.join(md, s) for s in ("tmp", "new",
+                                                                             "cur"))):
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o700, path)
+
+    def test_a_new_mail_directory_is_made_durable_in_its_parent(self):
+        synced = []
+        self.patch(maildir_module, "fsync_dir", synced.append)
+        state = os.path.abspath(self.mktemp())
+        os.mkdir(state)
+        MaildirStore(os.path.join(state, "mail"), "mail.example.org", self.syncer)
+        self.assertEqual(synced, [state])
+        MaildirStore(os.path.join(state, "mail"), "mail.example.org", self.syncer)
+        self.assertEqual(synced, [state])  # only when it was made
+
     def test_nothing_is_acknowledged_before_the_directories_are_durable(self):
         msg = self.spool()
         self.syncer.calls.clear()

@@ -86,6 +86,7 @@ def test_failure_dsn_structure(tmp_path):
     assert rcpt["Status"] == "5.1.1"
     assert rcpt["Remote-MTA"] == "dns; mx1.remote.test"
     assert rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 <bob@remote.test>: user unknown"
+    assert rcpt["Last-Attempt-Date"] == "Tue, 14 Nov 2023 22:15:00 +0000"  # RFC 3464 2.3.7
     assert returned.get_content_type() == "text/rfc822-headers"
     assert "Subject: lunch" in returned.get_payload()
     assert "See you at noon" not in returned.get_payload()

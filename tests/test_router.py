@@ -207,6 +207,12 @@ class AliasTests(Base):
         self.assertEqual(r.resolve(A("postmaster@example.net")), ((A("postmaster"),), ()))
         self.assertEqual(r.resolve(A("postmaster")), ((A("postmaster"),), ()))
 
+    def test_postmaster_as_a_member_of_a_list_keeps_its_copy(self):
+        # no user "postmaster": the list's copy for it still lands in the
+        # postmaster mailbox, as mail sent to postmaster itself would
+        r = self.router("staff: postmaster, joe\n")
+        self.assertEqual(r.resolve(A("staff")), ((A("postmaster"), A("joe")), ()))
+
     def test_reload_when_the_file_changes(self):
         r = self.router("list: joe\n")
         self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))

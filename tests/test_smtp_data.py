@@ -306,6 +306,32 @@ def test_chunk_reader_limits():
     assert r.finish() == replies.MESSAGE_BARE_CR_LF
 
 
+@pytest.mark.parametrize("chunks", [[10], [4, 6], [9, 1]])
+def test_chunk_reader_a_message_of_exactly_the_limit_is_accepted(chunks):
+    # RFC 1870: the limit is the largest size accepted, not the first refused
+    wire = b"12345678\r\n"
+    for extra, expected in ((b"", None), (b"9", replies.MESSAGE_TOO_BIG)):
+        data = wire + extra
+        sizes = [*chunks[:-1], chunks[-1] + len(extra)]
+        out: list[bytes] = []
+        r = ChunkReader(out.append, 10)
+        at = 0
+        for i, n in enumerate(sizes):
+            r.start(n, last=i == len(sizes) - 1)
+            assert r.feed(data[at:at + n]) == b""
+            at += n
+        assert r.finish() == expected
+        if expected is None:
+            assert b"".join(out) == b"12345678\n" and r.size == 10
+
+
+def test_dot_reader_a_message_of_exactly_the_limit_is_accepted():
+    _, _, r = read_dot(b"12345678\r\n.\r\n", max_size=10)
+    assert r.error is None and r.size == 10
+    _, _, r = read_dot(b"123456789\r\n.\r\n", max_size=10)
+    assert r.error == replies.MESSAGE_TOO_BIG
+
+
 def test_chunk_reader_line_limit_has_no_dot_allowance():
     ok = b"." + b"x" * (MAX_LINE - 3)  # 998 octets of text: the limit
     out: list[bytes] = []

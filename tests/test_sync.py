@@ -422,10 +422,22 @@ class DurableWriteTests(SynchronousTestCase):
 
     def test_fsync_path_accepts_fd_and_path(self):
         durable_write(self.path, b"x")
+        synced = []
+        real_fsync = os.fsync
+
+        def spy(fd):
+            synced.append(os.fstat(fd).st_ino)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", spy)
+        inode = os.stat(self.path).st_ino
         fsync_path(self.path)
+        self.assertEqual(synced, [inode])
         fd = os.open(self.path, os.O_RDONLY)
         try:
             fsync_path(fd)
+            self.assertEqual(synced, [inode, inode])
+            os.fstat(fd)  # a given fd is left open: it is the caller's
         finally:
             os.close(fd)
         self.assertRaises(FileNotFoundError, fsync_path, self.path + ".missing")

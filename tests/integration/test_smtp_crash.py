@@ -1,4 +1,10 @@
-"""Durability: SIGKILL the hub under load; every 250 is in a Maildir exactly once."""
+"""Durability: SIGKILL the hub under load; every 250 is in a Maildir exactly once.
+
+A killed process leaves the kernel's page cache behind, so this shows the
+order of the steps (nothing acknowledged before it is in ``new/``, nothing
+partial visible, no duplicate after the restart), not the fsyncs: those a
+power cut would need, and ``test_sync.py`` and ``test_maildir.py`` check
+that each one is made before the message is acknowledged."""
 
 from __future__ import annotations
 

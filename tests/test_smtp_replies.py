@@ -1,0 +1,134 @@
+"""The reply catalog, pinned.
+
+Most tests compare what the server sends with the catalog's own constant
+(``replies.TIMEOUT.text()``), so a wrong code in the catalog would go
+unnoticed there.  This table is written out by hand from the RFCs and
+docs/smtp.rst: changing a code or an enhanced status code means changing
+it here too, on purpose."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from txmailhub.smtp import replies
+from txmailhub.smtp.reply import Reply
+
+PINNED = {
+    # 2yz / 3yz
+    "OK": (250, "2.0.0"),
+    "RESET": (250, "2.0.0"),
+    "SENDER_OK": (250, "2.1.0"),  # RFC 3463 X.1.0
+    "RECIPIENT_OK": (250, "2.1.5"),  # X.1.5 destination address valid
+    "DATA_START": (354, None),  # RFC 2034: no enhanced code on 354
+    "TLS_READY": (220, "2.0.0"),  # RFC 3207 4
+    "AUTH_SUCCEEDED": (235, "2.7.0"),  # RFC 4954 6
+    "CANNOT_VRFY": (252, "2.1.5"),  # RFC 5321 3.5.3
+    "VRFY_NEEDS_SMTPUTF8": (252, "2.6.8"),  # RFC 6531 3.7.4.1
+    "BYE": (221, "2.0.0"),
+    "DELIVERED": (250, "2.0.0"),
+    "QUEUED": (250, "2.0.0"),
+    "AUTH_CONTINUE": (334, None),  # RFC 4954 4: no enhanced code on 334
+    "AUTH_USERNAME": (334, None),
+    "AUTH_PASSWORD": (334, None),
+    # 4yz
+    "TIMEOUT": (421, "4.4.2"),  # RFC 5321 4.5.3.2, X.4.2 bad connection
+    "TOO_MANY_ERRORS": (421, "4.7.0"),
+    "TOO_MANY_CONNECTIONS": (421, "4.3.2"),  # X.3.2 not accepting messages
+    "TOO_MANY_CONNECTIONS_FROM_YOU": (421, "4.7.0"),
+    "AUTH_TOO_MANY_FAILURES": (421, "4.7.0"),
+    "LOCAL_ERROR": (451, "4.3.0"),
+    "STORAGE_FULL": (452, "4.3.1"),  # RFC 5321 4.2.3, X.3.1
+    "QUEUE_UNAVAILABLE": (451, "4.3.0"),
+    "TOO_MANY_RECIPIENTS": (452, "4.5.3"),  # RFC 5321 4.5.3.1.10
+    "AUTH_TEMPORARY": (454, "4.7.0"),  # RFC 4954 6
+    "TLS_NOT_AVAILABLE": (454, "4.7.0"),  # RFC 3207 4
+    "AUTH_THROTTLED": (454, "4.7.0"),
+    # 5yz
+    "UNKNOWN_COMMAND": (500, "5.5.1"),
+    "LINE_TOO_LONG": (500, "5.5.2"),  # RFC 5321 4.5.3.1.4
+    "AUTH_LINE_TOO_LONG": (500, "5.5.6"),  # RFC 4954 4
+    "NUL_IN_COMMAND": (500, "5.5.2"),
+    "ERROR_PROCESSING": (500, "5.5.2"),
+    "SYNTAX_ARGUMENT": (501, "5.5.4"),
+    "SYNTAX_ADDRESS": (501, "5.1.7"),
+    "INVALID_UTF8": (501, "5.5.2"),
+    "AUTH_INVALID_BASE64": (501, "5.5.2"),  # RFC 4954 4
+    "AUTH_CANCELLED": (501, "5.0.0"),  # RFC 4954 4
+    "COMMAND_NOT_IMPLEMENTED": (502, "5.5.1"),
+    "TURN_REFUSED": (502, "5.5.1"),
+    "SEND_REFUSED": (502, "5.5.1"),
+    "STARTTLS_ARGUMENT": (501, "5.5.4"),  # RFC 3207 4
+    "EXPN_DISABLED": (502, "5.5.1"),
+    "EXPN_NEEDS_SMTPUTF8": (550, "5.6.8"),  # RFC 6531 3.7.4.1
+    "TLS_ALREADY": (503, "5.5.1"),
+    "BAD_SEQUENCE": (503, "5.5.1"),
+    "HELO_REQUIRED": (503, "5.5.1"),
+    "MAIL_NESTED": (503, "5.5.1"),
+    "MAIL_NEEDED": (503, "5.5.1"),
+    "RCPT_NEEDED": (503, "5.5.1"),
+    "DATA_NO_RECIPIENTS": (554, "5.5.1"),  # RFC 5321 3.3, RFC 2920 3.1
+    "AUTH_ALREADY": (503, "5.5.1"),  # RFC 4954 4
+    "AUTH_NOT_AVAILABLE": (503, "5.5.1"),
+    "BDAT_AFTER_DATA": (503, "5.5.1"),
+    "TOO_MANY_HOPS": (554, "5.4.6"),  # RFC 5321 6.3, X.4.6 routing loop
+    "RCPT_AFTER_BDAT": (503, "5.5.1"),
+    "BDAT_BAD_SIZE": (501, "5.5.4"),
+    "AUTH_MECHANISM_UNKNOWN": (504, "5.5.4"),  # RFC 4954 4
+    "PARAM_NOT_RECOGNIZED": (555, "5.5.4"),  # RFC 5321 4.1.1.11
+    "PARAM_SYNTAX": (501, "5.5.4"),
+    "SMTPUTF8_NOT_DECLARED": (553, "5.6.7"),  # RFC 6531 3.5
+    "SMTPUTF8_NOT_DECLARED_SENDER": (550, "5.6.7"),
+    "AUTH_REQUIRED": (530, "5.7.0"),  # RFC 4954 6
+    "AUTH_TLS_REQUIRED": (538, "5.7.11"),
+    "AUTH_FAILED": (535, "5.7.8"),  # RFC 4954 6
+    "UNKNOWN_USER": (550, "5.1.1"),
+    "RELAY_DENIED": (550, "5.7.1"),
+    "SIZE_EXCEEDS_LIMIT": (552, "5.3.4"),  # RFC 1870 6
+    "MESSAGE_TOO_BIG": (552, "5.3.4"),
+    "MESSAGE_LINE_TOO_LONG": (500, "5.5.2"),
+    "MESSAGE_BARE_CR_LF": (550, "5.6.11"),
+}
+
+
+def _catalog() -> dict[str, Reply]:
+    return {k: v for k, v in vars(replies).items() if isinstance(v, Reply)}
+
+
+def test_every_reply_in_the_catalog_is_pinned():
+    # a new reply gets its row here when it is added
+    assert set(_catalog()) == set(PINNED)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_reply_code_and_enhanced_status(name):
+    reply = _catalog()[name]
+    assert (reply.code, reply.status) == PINNED[name]
+    if reply.status is not None:
+        # RFC 3463 2: the class digit matches the reply's first digit
+        assert reply.status[0] == str(reply.code)[0]
+        assert reply.to_bytes().startswith(f"{reply.code} {reply.status} ".encode())
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    (replies.greeting("mx.test"), (220, None)),  # RFC 2034: none on the greeting
+    (replies.shutting_down("mx.test"), (421, "4.3.2")),
+    (replies.bye("mx.test"), (221, "2.0.0")),
+    (replies.hello("mx.test", "c"), (250, None)),  # RFC 2034: none on HELO/EHLO
+    (replies.ehlo("mx.test", "c", ["SIZE"]), (250, None)),
+    (replies.sender_ok("a@b"), (250, "2.1.0")),
+    (replies.recipient_ok("a@b"), (250, "2.1.5")),
+    (replies.accepted("ID"), (250, "2.0.0")),
+    (replies.bdat_chunk(10), (250, "2.0.0")),
+    (replies.vrfy_found("a@b"), (250, "2.1.5")),
+    (replies.vrfy_ambiguous(["a@b", "a@c"]), (553, "5.1.4")),  # RFC 5321 3.5.3
+    (replies.expn_found(["a@b"]), (250, "2.1.5")),
+    (replies.help_text(["HELO"]), (214, "2.0.0")),
+    (replies.local_failure(OSError(errno.ENOSPC, "full")), (452, "4.3.1")),
+    (replies.local_failure(OSError(errno.EDQUOT, "quota")), (452, "4.3.1")),
+    (replies.local_failure(OSError(errno.EIO, "io")), (451, "4.3.0")),
+    (replies.local_failure(ValueError("x")), (451, "4.3.0")),
+])
+def test_replies_made_by_functions(reply, expected):
+    assert (reply.code, reply.status) == expected
