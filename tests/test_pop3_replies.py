@@ -1,0 +1,68 @@
+"""The POP3 response catalog, pinned: +OK or -ERR and the RFC 2449 / RFC
+3206 response code of each (clients act on the code: [IN-USE] and
+[SYS/TEMP] mean "try again", [AUTH] and [SYS/PERM] do not).  Tests
+elsewhere compare with the catalog's own constants, so a changed code
+would go unnoticed there."""
+
+from __future__ import annotations
+
+import pytest
+
+from txmailhub.pop3 import replies
+
+PINNED = {
+    "USER_ACCEPTED": (True, None),
+    "AUTH_FAILED": (False, "AUTH"),  # RFC 3206 4: the credentials
+    "AUTH_CANCELLED": (False, None),
+    "AUTH_BAD_BASE64": (False, None),
+    "AUTH_BAD_PLAIN": (False, "AUTH"),
+    "AUTH_UNKNOWN_MECHANISM": (False, None),
+    "AUTH_MECHANISMS": (True, None),
+    "PLAINTEXT_DISALLOWED": (False, "AUTH"),
+    "PASS_WITHOUT_USER": (False, None),
+    "TOO_MANY_AUTH_FAILURES": (False, "AUTH"),
+    "LOGIN_THROTTLED": (False, "SYS/TEMP"),  # RFC 3206 4: try again later
+    "TOO_MANY_CONNECTIONS": (False, "SYS/TEMP"),
+    "TOO_MANY_CONNECTIONS_FROM_YOU": (False, "SYS/TEMP"),
+    "MAILBOX_IN_USE": (False, "IN-USE"),  # RFC 2449 8.1.1
+    "MAILBOX_TEMP_FAILURE": (False, "SYS/TEMP"),
+    "MAILBOX_PERM_FAILURE": (False, "SYS/PERM"),
+    "APOP_UNAVAILABLE": (False, None),
+    "STLS_BEGIN": (True, None),  # RFC 2595 4
+    "STLS_UNAVAILABLE": (False, None),
+    "STLS_ALREADY_ACTIVE": (False, None),
+    "CAPA_FOLLOWS": (True, None),
+    "NOOP": (True, None),
+    "UIDL_FOLLOWS": (True, None),
+    "NO_SUCH_MESSAGE": (False, None),
+    "MESSAGE_DELETED": (False, None),
+    "INVALID_NUMBER": (False, None),
+    "INVALID_LINE_COUNT": (False, None),
+    "TOP_FOLLOWS": (True, None),
+    "MESSAGE_READ_FAILED": (False, "SYS/TEMP"),
+    "BYE": (True, None),
+    "UPDATE_FAILED": (False, "SYS/TEMP"),
+    "AUTOLOGOUT": (False, None),
+    "UNKNOWN_COMMAND": (False, None),
+    "LINE_TOO_LONG": (False, None),
+    "SASL_LINE_TOO_LONG": (False, None),
+    "BAD_ENCODING": (False, None),
+    "INTERNAL_ERROR": (False, "SYS/TEMP"),
+}
+
+
+def _catalog() -> dict[str, replies.POP3Reply]:
+    return {k: v for k, v in vars(replies).items() if isinstance(v, replies.POP3Reply)}
+
+
+def test_every_response_in_the_catalog_is_pinned():
+    assert set(_catalog()) == set(PINNED)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_status_and_response_code(name):
+    reply = _catalog()[name]
+    assert (reply.positive, reply.code) == PINNED[name]
+    head = (b"+OK" if reply.positive else b"-ERR") + (
+        f" [{reply.code}]".encode() if reply.code else b"")
+    assert reply.to_bytes().startswith(head) and reply.to_bytes().endswith(b"\r\n")
