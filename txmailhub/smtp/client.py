@@ -517,7 +517,7 @@ class ClientSession:
                 # in; past the 500 characters RFC 3461 (4) adds to the RCPT
                 # line for NOTIFY and ORCPT the next hop may refuse the RCPT
                 # as too long: ORCPT is optional, the recipient is not
-                if orcpt is not None and len(orcpt) + len(params[0] if params else "") < 500:
+                if orcpt is not None and len(" ".join([*params, orcpt])) <= 500:
                     params.append(orcpt)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
