@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -603,3 +604,52 @@ def test_a_start_within_a_stops_grace_gives_the_old_attempts_up_and_runs(hub):
     hub.clock.advance(1)
     assert hub.queue.ids() == []  # delivered by the new run
     assert [c[0] for c in hub.agent.calls].count(qid) == 2
+
+
+def test_a_pass_that_only_owes_a_notice_waits_at_least_a_minute(tmp_path):
+    """A failure notice that cannot be sent keeps its entry, and the next
+    passes have no delivery to make: with a retry step shorter than a
+    minute, they must not come back at that step (a spin on a spool that
+    keeps failing), but after ERROR_RETRY at the least."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   '[relay]\nretry_schedule = ["10s"]\nqueue_lifetime = "1d"\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    components = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                            store=MemoryMailboxStore(), spooler=None, portal=None)
+    queue = OutboundQueue(settings.queue_dir, clock)
+    components.queue = queue
+    agent = FakeAgent()
+    agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    dsn = DSNSpy()
+    dsn.fail = True
+    attempts = []
+    real = dsn.__call__
+
+    def counting(components, envelope, data):
+        attempts.append(clock.seconds())
+        return real(components, envelope, data)
+
+    runner = QueueRunner(queue, agent, components, clock, send_dsn=counting)
+    runner.start()
+    try:
+        path = tmp_path / "spool-1"
+        path.write_bytes(b"Subject: hi\n\nhello\n")
+        qid = queue.enqueue(Envelope(sender=ALICE, recipients=(BOB,)),
+                            SpooledMessage(str(path), 20, 23)).result
+        start = clock.seconds()
+        assert attempts == [start]  # the delivery pass tried the notice at once
+        assert queue.read(qid).next_attempt == start + 10  # the schedule's step
+        clock.pump([1] * 200)
+        assert len(agent.calls) == 1  # failed recipients are never tried again
+        # the first notice-only pass at the step; after it, a minute apart
+        assert attempts[:2] == [start, start + 10]
+        assert all(b - a >= 60 for a, b in itertools.pairwise(attempts[1:]))
+        assert len(attempts) == 5  # +0, +10, +70, +130, +190 (not every 10 s)
+        dsn.fail = False
+        clock.pump([1] * 60)
+        assert queue.ids() == [] and len(dsn.sent) == 1
+    finally:
+        runner.stop()
