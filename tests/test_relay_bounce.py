@@ -379,6 +379,27 @@ def test_original_recipient_keeps_its_type_and_form(tmp_path, orcpt, field):
         assert utf8_addr_decode(got[len("utf-8; "):]) == orcpt.partition(";")[2]
 
 
+def test_an_original_recipient_too_long_for_a_line_is_left_out(tmp_path):
+    # RFC 6533's escapes make a raw UTF-8 ORCPT up to nine times longer
+    # (150 CJK characters: 1,239 characters), and xtext cannot be folded:
+    # the field goes rather than a line over RFC 5322's 998
+    entry = make_entry(tmp_path)
+    bob = dataclasses.replace(failed(entry), orcpt="utf-8;" + "\u4e2d" * 150 + "@remote.test")
+    data, msg = build(entry, [bob])
+    assert max(len(line) for line in data.split(b"\n")) <= 998
+    _, status, _ = list(msg.iter_parts())
+    block = status.get_payload()[1]
+    assert block["Original-Recipient"] is None
+    assert block["Final-Recipient"] == "rfc822; bob@remote.test"
+
+
+def test_an_original_recipient_of_exactly_a_full_line_is_kept(tmp_path):
+    # "Original-Recipient: rfc822; " is 28 characters: 970 more make 998
+    value = "a" * (970 - len("@remote.test")) + "@remote.test"
+    assert _original_recipient(tmp_path, "rfc822;" + value) == "rfc822; " + value
+    assert _original_recipient(tmp_path, "rfc822;a" + value) is None
+
+
 def test_an_envelope_id_with_a_tab_is_given_back_as_it_came(tmp_path):
     entry = make_entry(tmp_path, envid="id\t42")
     _, msg = build(entry, [failed(entry)])

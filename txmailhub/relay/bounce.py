@@ -133,6 +133,36 @@ def _recipient_field(address: str) -> str:
     return "utf-8; " + utf8_addr_encode(address)
 
 
+# RFC 5322 2.1.1: no line of a message over 998 characters
+_LINE_MAX = 998
+
+
+def _original_recipient(orcpt: str) -> str | None:
+    """The Original-Recipient value for an ORCPT, in the type it came with;
+    ``None`` when that field would be a line over ``_LINE_MAX``.
+
+    The escaped form can be nine times the raw one (``\\x{HEX}`` for a
+    UTF-8 character, six characters for a ``+``), and an xtext address has
+    no white space to fold at.  RFC 3461 6.3 asks for the field whenever
+    ORCPT was given; RFC 5322 2.1.1 forbids the line, and a notice with
+    it could be refused on its way back.  The field goes, the notice
+    keeps Final-Recipient."""
+    kind, _, value = orcpt.partition(";")
+    kind, value = kind.strip() or "rfc822", value.strip()
+    if kind.lower() == "utf-8":
+        # always utf-8-addr-xtext (RFC 6533 3): "+", "=", "\\" and SP
+        # escaped even in an ASCII address, or a reader decoding the field
+        # gets another address
+        field = "utf-8; " + utf8_addr_encode(value)
+    elif _printable_ascii(value):
+        field = f"{kind}; {value}"
+    else:
+        field = _recipient_field(value)
+    if len("Original-Recipient: ") + len(field) > _LINE_MAX:
+        return None
+    return field
+
+
 _DIAGNOSTIC_MAX = 900  # characters of a remote reply kept in a field
 
 
@@ -225,17 +255,9 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         b = Message()
         b["Final-Recipient"] = _recipient_field(str(r.address))
         if r.orcpt:
-            kind, _, value = r.orcpt.partition(";")
-            kind, value = kind.strip() or "rfc822", value.strip()
-            if kind.lower() == "utf-8":
-                # always utf-8-addr-xtext (RFC 6533 3): "+", "=", "\\" and
-                # SP escaped even in an ASCII address, or a reader decoding
-                # the field gets another address
-                b["Original-Recipient"] = "utf-8; " + utf8_addr_encode(value)
-            elif _printable_ascii(value):
-                b["Original-Recipient"] = f"{kind}; {value}"
-            else:
-                b["Original-Recipient"] = _recipient_field(value)
+            original = _original_recipient(r.orcpt)
+            if original is not None:
+                b["Original-Recipient"] = original
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
         if r.remote_mta:
