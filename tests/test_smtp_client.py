@@ -673,3 +673,31 @@ def test_an_orcpt_that_would_make_the_rcpt_too_long_is_left_out():
     assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE"
     assert lines[2].startswith(b"RCPT TO:<carol@remote.test> NOTIFY=FAILURE ORCPT=utf-8;\\x{1F600}")
     assert len(lines[2]) - len(b"RCPT TO:<carol@remote.test> ") < 500
+
+
+@pytest.mark.parametrize("notify", [(), ("FAILURE",)])
+def test_the_orcpt_budget_is_500_characters_added_to_the_rcpt_line(notify):
+    # RFC 3461 4: NOTIFY and ORCPT add at most 500 characters to RCPT,
+    # counted with the space before each parameter
+    base = len(b"RCPT TO:<bob@remote.test>")
+    added = len(" NOTIFY=FAILURE") if notify else 0
+    room = 500 - added - len(" ORCPT=rfc822;")
+    fits = "a" * (room - len("@x.test")) + "@x.test"
+    for orcpt, kept in ((fits, True), ("b" + fits, False)):
+        s = session(recipients=[(BOB, RecipientDSN(notify=notify, orcpt="rfc822;" + orcpt))])
+        s.receive(b"220 hi\r\n")
+        line = sent(s.receive(EHLO_FULL)).split(b"\r\n")[1]
+        assert (b"ORCPT=" in line) is kept
+        if kept:
+            assert len(line) - base == 500
+
+
+def test_an_envid_longer_than_100_characters_as_sent_is_left_out():
+    # RFC 3461 4.4: the ENVID may be 100 characters; its xtext form is what
+    # counts (a "+" is three), and a next hop may refuse a longer one
+    for envid, kept in (("a" + "+" * 33, True), ("+" * 34, False)):
+        s = session(dsn=DSNRequest(ret="HDRS", envid=envid))
+        s.receive(b"220 hi\r\n")
+        mail = sent(s.receive(EHLO_FULL)).split(b"\r\n")[0]
+        assert mail.endswith(b" RET=HDRS" + (b" ENVID=a" + b"+2B" * 33 if kept else b""))
+        assert parse_mail(mail.decode()[5:], "remote.test")[1].envid == (envid if kept else None)

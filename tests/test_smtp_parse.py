@@ -269,6 +269,19 @@ def test_envid_and_orcpt_take_white_space_alike():
         assert reply_of(parse_mail, f"FROM:<a@b.test> ENVID={bad}", P) == replies.PARAM_SYNTAX
 
 
+def test_envid_is_at_most_100_characters_as_sent():
+    # RFC 3461 4.4: counted on the wire, not decoded ("+2B" is one "+"); 90
+    # escaped emoji (an SMTPUTF8 id) decode to 90 characters but take 1,080,
+    # and their notice line would pass RFC 5322's 998
+    assert parse_mail("FROM:<a@b.test> ENVID=" + "e" * 100, P)[1].envid == "e" * 100
+    assert parse_mail("FROM:<a@b.test> ENVID=a" + "+2B" * 33, P)[1].envid == "a" + "+" * 33
+    emoji = "+F0+9F+98+80"
+    assert parse_mail(f"FROM:<a@b.test> SMTPUTF8 ENVID={emoji * 8}", P)[1].envid == \
+        "\U0001F600" * 8
+    for arg in ("ENVID=" + "e" * 101, "ENVID=" + "+2B" * 34, "SMTPUTF8 ENVID=" + emoji * 9):
+        assert reply_of(parse_mail, f"FROM:<a@b.test> {arg}", P) == replies.PARAM_SYNTAX, arg
+
+
 def test_xtext():
     assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
     assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"

@@ -50,6 +50,9 @@ __all__ = [
 # characters: an SMTPUTF8 path of 256 characters can be 1 KiB, and the
 # 250 that echoes it must stay within a 512-octet reply line.
 MAX_PATH = 256
+# RFC 3461 4.4: the ENVID parameter's value, as sent (xtext, so the UTF-8
+# id of an SMTPUTF8 transaction takes three characters an octet)
+MAX_ENVID = 100
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
 # RFC 6531's UTF8-non-ascii, less what no address needs and what would
@@ -331,10 +334,15 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
         elif key == "ENVID":
             if value is None:
                 raise _fail(replies.PARAM_SYNTAX)
+            # RFC 3461 4.4: up to 100 characters as sent (the decoded id
+            # can be a third of that): a longer one the next hop may refuse,
+            # and its notice form (UTF-8 as xtext) could pass RFC 5322's
+            # line limit
+            if len(value) > MAX_ENVID:
+                raise _fail(replies.PARAM_SYNTAX)
             envid = xtext_decode(value)
-            # RFC 3461 4.4: printable characters; a CR or LF would break
-            # the notice's header
-            if len(envid) > 100 or not _ENVID_TEXT.match(envid):
+            # printable characters; a CR or LF would break the notice's header
+            if not _ENVID_TEXT.match(envid):
                 raise _fail(replies.PARAM_SYNTAX)
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)

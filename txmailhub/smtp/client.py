@@ -33,6 +33,7 @@ from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.smtp._client_reply import ReplyParser
 from txmailhub.smtp._data import DotStuffer
+from txmailhub.smtp._parse import MAX_ENVID
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
 
@@ -488,8 +489,12 @@ class ClientSession:
             # only goes on in one (as xtext of its UTF-8, RFC 6531 3.7.1).
             # Without, the id is left out rather than have the next hop
             # refuse the MAIL (and with it every recipient)
+            # RFC 3461 4.4 allows 100 characters: a longer one (escaped
+            # UTF-8, three times its octets) goes the same way
             if envid and (utf8 or envid.isascii()):
-                params.append(f"ENVID={xtext_encode(envid)}")
+                value = xtext_encode(envid)
+                if len(value) <= MAX_ENVID:
+                    params.append(f"ENVID={value}")
         path = "" if self.sender is None else self._path(self.sender)
         return " ".join([f"MAIL FROM:<{path}>", *params])
 
@@ -517,7 +522,7 @@ class ClientSession:
                 # in; past the 500 characters RFC 3461 (4) adds to the RCPT
                 # line for NOTIFY and ORCPT the next hop may refuse the RCPT
                 # as too long: ORCPT is optional, the recipient is not
-                if orcpt is not None and len(" ".join([*params, orcpt])) <= 500:
+                if orcpt is not None and len(" " + " ".join([*params, orcpt])) <= 500:
                     params.append(orcpt)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
