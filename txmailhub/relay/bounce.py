@@ -247,8 +247,11 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     envid = entry.envelope.dsn.envid
     if envid:
         # UTF-8 (an SMTPUTF8 transaction's) as the xtext it came in: the
-        # part is 7-bit, and an RFC 2047 word would not be the id
-        head["Original-Envelope-Id"] = envid if _printable_ascii(envid) else xtext_encode(envid)
+        # part is 7-bit, and an RFC 2047 word would not be the id.  So too
+        # an id with white space at either end, which a header reader
+        # strips (RFC 3464 2.2.1 wants the id as the sender spelled it)
+        raw = _printable_ascii(envid) and envid.strip(" \t") == envid
+        head["Original-Envelope-Id"] = envid if raw else xtext_encode(envid)
     head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
     for r in recipients:
