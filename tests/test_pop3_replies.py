@@ -12,7 +12,7 @@ from txmailhub.pop3 import replies
 
 PINNED = {
     "USER_ACCEPTED": (True, None),
-    "AUTH_FAILED": (False, "AUTH"),  # RFC 3206 4: the credentials
+    "AUTH_FAILED": (False, "AUTH"),  # RFC 3206 5: the credentials
     "AUTH_CANCELLED": (False, None),
     "AUTH_BAD_BASE64": (False, None),
     "AUTH_BAD_PLAIN": (False, "AUTH"),
@@ -42,7 +42,6 @@ PINNED = {
     "MESSAGE_READ_FAILED": (False, "SYS/TEMP"),
     "BYE": (True, None),
     "UPDATE_FAILED": (False, "SYS/TEMP"),
-    "AUTOLOGOUT": (False, None),
     "UNKNOWN_COMMAND": (False, None),
     "LINE_TOO_LONG": (False, None),
     "SASL_LINE_TOO_LONG": (False, None),

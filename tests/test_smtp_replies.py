@@ -25,7 +25,7 @@ PINNED = {
     "TLS_READY": (220, "2.0.0"),  # RFC 3207 4
     "AUTH_SUCCEEDED": (235, "2.7.0"),  # RFC 4954 6
     "CANNOT_VRFY": (252, "2.1.5"),  # RFC 5321 3.5.3
-    "VRFY_NEEDS_SMTPUTF8": (252, "2.6.8"),  # RFC 6531 3.7.4.1
+    "VRFY_NEEDS_SMTPUTF8": (252, "2.6.8"),  # RFC 6531 3.7.4.2
     "BYE": (221, "2.0.0"),
     "DELIVERED": (250, "2.0.0"),
     "QUEUED": (250, "2.0.0"),
@@ -61,7 +61,7 @@ PINNED = {
     "SEND_REFUSED": (502, "5.5.1"),
     "STARTTLS_ARGUMENT": (501, "5.5.4"),  # RFC 3207 4
     "EXPN_DISABLED": (502, "5.5.1"),
-    "EXPN_NEEDS_SMTPUTF8": (550, "5.6.8"),  # RFC 6531 3.7.4.1
+    "EXPN_NEEDS_SMTPUTF8": (550, "5.6.8"),  # RFC 6531 3.7.4.2
     "TLS_ALREADY": (503, "5.5.1"),
     "BAD_SEQUENCE": (503, "5.5.1"),
     "HELO_REQUIRED": (503, "5.5.1"),

@@ -655,7 +655,8 @@ class POP3Protocol(Protocol):
             return
         if self.engine is not None and self.engine.state is State.UPDATE:
             return
-        self.transport.write(R.AUTOLOGOUT.to_bytes())
+        # RFC 1939 3: no UPDATE, and the connection is closed "without
+        # ... sending any response to the client"
         self._close()
 
 

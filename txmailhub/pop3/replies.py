@@ -102,7 +102,6 @@ MESSAGE_READ_FAILED = err("Message cannot be read", "SYS/TEMP")
 BYE = ok("Bye")
 BYE_UPDATED_TEXT = "Bye ({count} messages left)"
 UPDATE_FAILED = err("Some deleted messages were not removed", "SYS/TEMP")
-AUTOLOGOUT = err("Autologout: idle for too long")
 
 # -- Errors in any state ---------------------------------------------------
 
