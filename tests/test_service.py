@@ -139,6 +139,35 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     assert "chown" not in err and "Traceback" not in err
 
 
+def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, capsys) -> None:
+    # the relay reads it at each delivery: started with a bad one, the hub
+    # would turn every outbound message into a retry, seen only in its log
+    import pytest
+
+    from txmailhub.tap import Options
+
+    auth = tmp_path / "auth"
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[smtp]\nlisten = []\n[submission]\nlisten = []\n'
+                      '[pop3]\nlisten = []\n[relay]\nsmarthost = "smtp.example.net:587"\n'
+                      'smarthost_auth_file = "auth"\n')
+    auth.write_text("nocolon\n")
+    auth.chmod(0o600)
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--config", str(config)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{config}: [relay] smarthost_auth_file: " in err
+    assert 'expected one line "username:password"' in err and "Traceback" not in err
+    auth.write_text("user@example.net:s3cret\n")
+    auth.chmod(0o644)
+    options = Options()
+    options.parseOptions(["--config", str(config)])  # starts, with the warning
+    assert "every local user can read it" in capsys.readouterr().err
+    assert options["settings"].relay.smarthost_auth_file == str(auth)
+
+
 def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
     # an embedder gets the documented StartError (StateDirError), one line
     import errno

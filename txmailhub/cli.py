@@ -126,6 +126,16 @@ def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str]) -> 
     return []
 
 
+def smarthost_auth_problems(settings: Settings, warnings: list[str]) -> list[str]:
+    """``[relay] smarthost_auth_file`` read as the relay will: its problems
+    (``twistd mailhub`` refuses to start on them, as ``check`` does), and
+    a warning added to ``warnings`` for a password every user can read."""
+    auth_file = settings.relay.smarthost_auth_file
+    if auth_file and os.path.isfile(auth_file):  # config loading named a missing one
+        return _smarthost_auth_problems(settings.path, auth_file, warnings)
+    return []
+
+
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems: list[str] = []
     users = _users(settings)
@@ -153,9 +163,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                 problems.append(f"{settings.path}: [{section}] {key}: {why}")
     warnings = list(settings.warnings)
     warnings.extend(_old_maildir_folders(settings))
-    auth_file = settings.relay.smarthost_auth_file
-    if auth_file and os.path.isfile(auth_file):  # config loading named a missing one
-        problems.extend(_smarthost_auth_problems(settings.path, auth_file, warnings))
+    problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file
 

@@ -51,6 +51,7 @@ Read it back over POP3:
 p.pass_('{DEMO_PASSWORD}'); print(b'\\n'.join(p.retr(1)[1]).decode()); p.quit()"
 
 It is also in the Maildir {maildir}/new/
+(in cur/ once it has been read over POP3)
 """, flush=True)
     return 0
 

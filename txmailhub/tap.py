@@ -46,8 +46,18 @@ class Options(usage.Options):
             for problem in e.problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2) from None
-        for warning in self["settings"].warnings:
+        from txmailhub.cli import smarthost_auth_problems
+
+        warnings = list(self["settings"].warnings)
+        # a file the config names, read as the relay will: a bad one would
+        # turn every outbound message into a retry, found only in the log
+        problems = smarthost_auth_problems(self["settings"], warnings)
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            raise SystemExit(2)
 
 
 def makeService(options: Any) -> Any:
