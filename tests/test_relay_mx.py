@@ -296,3 +296,97 @@ def test_an_idn_domain_is_asked_for_as_its_idna2008_a_label():
     assert [h.addresses for h in result(raw(table).resolve("münchen.test"))] == [("192.0.2.10",)]
     # no MX: the implicit MX is the domain itself, asked for the same way
     assert [h.addresses for h in result(raw(table).resolve("faß.test"))] == [("192.0.2.11",)]
+
+
+class HeldResolver(FakeResolver):
+    """The zone's answers, except for ``(name, kind)`` pairs held back: those
+    answer only when the test fires the Deferred."""
+
+    def __init__(self, zone, held):
+        super().__init__(zone)
+        self.held = {key: defer.Deferred() for key in held}
+
+    def _lookup(self, name, kind):
+        d = self.held.get((name, kind))
+        if d is not None:
+            self.queries.append((name, kind))
+            return d
+        return super()._lookup(name, kind)
+
+
+def held_resolver(*held, clock):
+    fake = HeldResolver(ZONE, held)
+    return fake, MXResolver(fake, clock, "mail.hub.test", rng=random.Random(1),
+                            is_local_address=lambda a: False)
+
+
+def test_a_backup_mx_that_never_answers_holds_the_primary_back_only_a_while():
+    # mx2's name server is silent: after ADDRESS_GRACE the good primary is
+    # used, not after the resolver's whole timeout
+    from txmailhub.relay.mx import ADDRESS_GRACE
+
+    clock = Clock()
+    fake, mx = held_resolver(("mx2.example.net", "A"), ("mx2.example.net", "AAAA"),
+                             clock=clock)
+    d = mx.resolve("example.net")
+    out = []
+    d.addBoth(out.append)
+    clock.advance(ADDRESS_GRACE - 0.1)
+    assert out == []
+    clock.advance(0.1)
+    assert out == [[MXHost("mx1.example.net", 10, ("2001:db8::1", "192.0.2.1"))]]
+    assert not clock.getDelayedCalls()
+    # the late answers are taken quietly (and go to the cache in real use)
+    fake.held["mx2.example.net", "A"].errback(dns_error.DNSQueryTimeoutError("x"))
+    fake.held["mx2.example.net", "AAAA"].callback(([], [], []))
+    assert fake.held["mx2.example.net", "A"].result is None  # consumed, never "unhandled"
+
+
+def test_a_silent_primary_is_waited_for_even_when_the_backup_answers():
+    # the primary may be this hub by address (RFC 5321 5.1: then no less
+    # preferred host may be used): nothing goes to the backup before its
+    # answer is in
+    clock = Clock()
+    fake, mx = held_resolver(("mx1.example.net", "A"), ("mx1.example.net", "AAAA"),
+                             clock=clock)
+    out = []
+    mx.resolve("example.net").addBoth(out.append)
+    clock.advance(60)
+    assert out == []
+    fake.held["mx1.example.net", "AAAA"].errback(dns_error.DNSQueryTimeoutError("x"))
+    fake.held["mx1.example.net", "A"].errback(dns_error.DNSQueryTimeoutError("x"))
+    assert out == [[MXHost("mx2.example.net", 20, ("192.0.2.2",))]]
+
+
+@pytest.mark.parametrize(("silent", "left"), [("AAAA", ("192.0.2.1",)),
+                                              ("A", ("2001:db8::1",))])
+def test_one_address_family_that_never_answers_is_waited_for_a_while(silent, left):
+    # a name server that drops AAAA queries (or A ones)
+    from txmailhub.relay.mx import ADDRESS_GRACE
+
+    clock = Clock()
+    _fake, mx = held_resolver(("mx1.example.net", silent), clock=clock)
+    out = []
+    mx.resolve("example.net").addBoth(out.append)
+    clock.advance(ADDRESS_GRACE - 0.1)
+    assert out == []
+    clock.advance(0.1)
+    [hosts] = out
+    assert hosts[0] == MXHost("mx1.example.net", 10, left)
+    assert hosts[1:] == [MXHost("mx2.example.net", 20, ("192.0.2.2",))]
+
+
+def test_no_grace_without_an_address_to_go_to():
+    # the family that answered has nothing: the other is waited for
+    clock = Clock()
+    zone = dict(ZONE, **{"v6only.test": {"MX": [(10, "h.v6only.test")]},
+                         "h.v6only.test": {"AAAA": ["2001:db8::7"]}})
+    fake = HeldResolver(zone, [("h.v6only.test", "AAAA")])
+    mx = MXResolver(fake, clock, "mail.hub.test", is_local_address=lambda a: False)
+    out = []
+    mx.resolve("v6only.test").addBoth(out.append)
+    clock.advance(30)
+    assert out == []
+    rr = dns.RRHeader(b"h.v6only.test", dns.AAAA, dns.IN, 60, dns.Record_AAAA("2001:db8::7"))
+    fake.held["h.v6only.test", "AAAA"].callback(([rr], [], []))
+    assert out == [[MXHost("h.v6only.test", 10, ("2001:db8::7",))]]

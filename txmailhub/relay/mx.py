@@ -25,6 +25,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names import error as dns_error
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import ascii_domain, client_ip
@@ -47,6 +48,11 @@ __all__ = [
 log = Logger(namespace="txmailhub.relay.mx")
 
 FAILED_HOST_MEMORY = 600  # seconds a failed host stays at the back of the line
+# Once there is somewhere to go, how long the other address lookups may
+# still take: a name server that never answers (a backup MX's, or one that
+# drops AAAA queries) would hold every message for the resolver's whole
+# timeout (a minute) while a good host waits
+ADDRESS_GRACE = 5.0
 
 
 class DNSError(Exception):
@@ -134,6 +140,21 @@ def _owned(answers: Iterable[Any], name: str, kind: int) -> list[Any]:
                 owners.add(target)
                 grew = True
     return [a for a in answers if a.type == kind and _text(a.name) in owners]
+
+
+def _usable_prefix(outcomes: list) -> list | None:
+    """The MX hosts' lookups to go on with before all are in: those before
+    the first still pending (``None``), when one of them has addresses.
+    Never a host after a pending one: that one may be this hub (by
+    address), and RFC 5321 5.1 forbids every host less preferred than us."""
+    prefix = []
+    for outcome in outcomes:
+        if outcome is None:
+            break
+        prefix.append(outcome)
+    if any(not isinstance(o, Failure) and o[0] for o in prefix):
+        return prefix
+    return None
 
 
 def _text(name: dns.Name) -> str:
@@ -336,10 +357,47 @@ class MXResolver:
                 raise NoSuchDomain(domain, f"no usable MX for {domain}: every target is "
                                            "malformed")
         pairs = self._shuffle(pairs)
-        lookups = [self._addresses(name) for name, _ in pairs]
-        d = defer.gatherResults(lookups, consumeErrors=True)
+        d = self._settle([self._addresses(name) for name, _ in pairs], _usable_prefix)
         d.addCallback(self._got_addresses, domain, pairs, implicit)
         return d
+
+    def _settle(self, lookups: list[defer.Deferred],
+                usable: Callable[[list], list | None]) -> defer.Deferred:
+        """Fire with the outcomes of ``lookups`` (in order) once all are in;
+        or, once ``usable(outcomes)`` (``None`` standing for one still
+        pending) has given something, with what it gives ``ADDRESS_GRACE``
+        seconds later.  A lookup left behind still ends (into the cache);
+        none fails unhandled."""
+        outcomes: list[Any] = [None] * len(lookups)
+        pending = len(lookups)
+        done: defer.Deferred = defer.Deferred()
+        timer: Any = None
+
+        def finish(value: Any) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(value)
+
+        def expire() -> None:
+            finish(usable(outcomes))
+
+        def one(outcome: Any, i: int) -> None:
+            nonlocal pending, timer
+            outcomes[i] = outcome
+            pending -= 1
+            if done.called:
+                return
+            if not pending:
+                finish(list(outcomes))
+            elif timer is None and usable(outcomes) is not None:
+                timer = self.clock.callLater(ADDRESS_GRACE, expire)
+
+        for i, d in enumerate(lookups):
+            d.addCallbacks(one, lambda f, i=i: one(f, i), callbackArgs=(i,))
+        if not lookups:
+            done.callback([])
+        return done
 
     def _shuffle(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
         out: list[tuple[str, int]] = []
@@ -361,19 +419,20 @@ class MXResolver:
             return defer.succeed(((str(ip),), "ok"))
         v6 = self.resolver.lookupIPV6Address(name)
         v4 = self.resolver.lookupAddress(name)
-        d = defer.DeferredList([v6, v4], consumeErrors=True)
 
         def combine(results: list) -> tuple[tuple[str, ...], str]:
             addrs: list[str] = []
             statuses = []
-            for (ok, value), kind in zip(results, (dns.AAAA, dns.A)):
-                if ok:
+            for value, kind in zip(results, (dns.AAAA, dns.A)):
+                if value is None:
+                    continue  # still pending after the grace: the other has addresses
+                if not isinstance(value, Failure):
                     answers = value[0] if isinstance(value, tuple) else value
                     for a in _owned(answers, name, kind):
-                            addr = a.payload.dottedQuad() if kind == dns.A else \
-                                str(ipaddress.IPv6Address(a.payload.address))
-                            if addr not in addrs:
-                                addrs.append(addr)
+                        addr = a.payload.dottedQuad() if kind == dns.A else \
+                            str(ipaddress.IPv6Address(a.payload.address))
+                        if addr not in addrs:
+                            addrs.append(addr)
                     statuses.append("nodata")
                 elif value.check(dns_error.DNSNameError):
                     statuses.append("nxdomain")
@@ -381,17 +440,28 @@ class MXResolver:
                     statuses.append("temp")
             if addrs:
                 return tuple(addrs), "ok"
+            if not statuses:
+                return (), "temp"
             if "temp" in statuses:
                 return (), "temp"
             if all(s == "nxdomain" for s in statuses):
                 return (), "nxdomain"
             return (), "nodata"
 
+        def one_family_answered(outcomes: list) -> list | None:
+            # addresses of one family: the other (a server that drops AAAA
+            # queries) may take ADDRESS_GRACE more, not the whole timeout
+            return outcomes if combine(outcomes)[1] == "ok" else None
+
+        d = self._settle([v6, v4], one_family_answered)
         return d.addCallback(combine)
 
     def _got_addresses(
         self, results: list, domain: str, pairs: list[tuple[str, int]], implicit: bool
     ) -> list[MXHost]:
+        # a lookup that failed in our own code (never a DNS answer: those
+        # are statuses) counts as a temporary failure of its host
+        results = [((), "temp") if isinstance(r, Failure) else r for r in results]
         hosts = [MXHost(name, pref, addrs) for (name, pref), (addrs, _) in zip(pairs, results)]
         statuses = [status for _, status in results]
         # this hub and every less preferred host out first, by name or
