@@ -659,6 +659,24 @@ class MailboxTests(Base):
         self.assertFalse(box.list_messages()[0].seen)
         box.close()
 
+    def test_mark_seen_never_replaces_a_message_of_the_same_unique_name(self):
+        # another delivery agent's message whose unique part is ours, seen
+        # already: flagging ours must not unlink it (RFC 1939 6: nothing is
+        # removed but in UPDATE, and only what DELE marked)
+        self.deliver([JOE], b"ours\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        unique = os.path.basename(path).partition(":")[0]
+        theirs = os.path.join(self.md(), "cur", unique + ":2,S")
+        with open(theirs, "wb") as f:
+            f.write(b"theirs\n")
+        box.mark_seen(0)
+        self.assertFalse(box.list_messages()[0].seen)
+        self.assertEqual(box.open_message(0).read(), b"ours\n")
+        with open(theirs, "rb") as f:
+            self.assertEqual(f.read(), b"theirs\n")
+        box.close()
+
     def test_a_file_renamed_by_another_reader_is_found(self):
         self.deliver([JOE], b"one\n")
         box = self.open()

@@ -6,6 +6,7 @@ import os
 import stat
 import threading
 
+import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -604,3 +605,24 @@ def test_syncfs_goes_through_a_held_descriptor_first(tmp_path, monkeypatch):
     used.clear()
     sync._syncfs_one_of([str(tmp_path / "gone"), str(tmp_path)])  # paths only: first that opens
     assert len(used) == 1 and used[0][1] is True
+
+
+@pytest.mark.parametrize("libc_has_it", [True, False])
+def test_rename_noreplace_never_replaces(tmp_path, monkeypatch, libc_has_it):
+    sync_module = sync
+    if not libc_has_it:  # an old libc: link, then unlink
+        class NoRenameat2:
+            pass
+
+        monkeypatch.setattr(sync_module, "_load_libc", NoRenameat2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A")
+    b.write_bytes(b"B")
+    with pytest.raises(FileExistsError):
+        sync_module.rename_noreplace(str(a), str(b))
+    assert a.read_bytes() == b"A" and b.read_bytes() == b"B"
+    b.unlink()
+    sync_module.rename_noreplace(str(a), str(b))
+    assert b.read_bytes() == b"A" and not a.exists()
+    with pytest.raises(FileNotFoundError):
+        sync_module.rename_noreplace(str(a), str(b))

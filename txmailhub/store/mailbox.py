@@ -30,7 +30,7 @@ from txmailhub.store.format import (
     order_key,
     uid_for_name,
 )
-from txmailhub.store.sync import durable_write
+from txmailhub.store.sync import durable_write, rename_noreplace
 
 __all__ = ["LOCK_NAME", "SIZES_NAME", "STALE_TMP_SECONDS", "MaildirMailbox", "clean_tmp", "scan"]
 
@@ -296,7 +296,11 @@ class MaildirMailbox:
                 new_flags = "2,S"
             target = f"{self._cur}/{unique}:{new_flags}"
             try:
-                os.rename(path, target)
+                # never over another file: one of the same unique part (two
+                # delivery agents' names can meet) would be lost, outside
+                # UPDATE and without a DELE (RFC 1939 6); then the message
+                # stays where it is, unflagged (logged below)
+                rename_noreplace(path, target)
             except FileNotFoundError:
                 # Renamed by another reader since the snapshot: find it
                 # and work out the flags from its present name.

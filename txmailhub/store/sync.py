@@ -108,6 +108,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import queue
@@ -130,6 +131,7 @@ __all__ = [
     "fsync_path",
     "give_to",
     "owner_of",
+    "rename_noreplace",
     "syncfs",
     "syncfs_available",
 ]
@@ -165,6 +167,34 @@ def syncfs_available() -> bool:
         return hasattr(_load_libc(), "syncfs")
     except OSError:
         return False
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """``rename(2)`` that never replaces: ``FileExistsError`` when ``dst``
+    exists.  A plain rename silently unlinks whatever had that name -- in
+    a Maildir, another message whose unique part is the same (a foreign
+    delivery agent's).  ``renameat2(RENAME_NOREPLACE)`` where the libc and
+    the filesystem have it (Linux 3.15, glibc 2.28); otherwise ``link``
+    then ``unlink`` (the message is in both folders for that moment)."""
+    call = None
+    if sys.platform.startswith("linux"):
+        try:
+            call = getattr(_load_libc(), "renameat2", None)
+        except OSError:
+            call = None
+    if call is not None:
+        if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # not: a filesystem without it
+            raise OSError(err, os.strerror(err), src, None, dst)
+    os.link(src, dst)
+    os.unlink(src)
 
 
 def _load_libc() -> Any:
