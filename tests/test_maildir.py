@@ -500,6 +500,9 @@ class UIDTests(SynchronousTestCase):
         self.assertRegex(uid_for_name("caf\u00e9.host"), r"^[0-9a-f]{40}$")
         self.assertRegex(uid_for_name("a b"), r"^[0-9a-f]{40}$")
         self.assertEqual(uid_for_name("x" * 70), "x" * 70)
+        # a file name ending in a line feed: its UIDL line must not break
+        # the listing (RFC 1939 7: 0x21-0x7E only)
+        self.assertRegex(uid_for_name("1700000001.evil.host\n"), r"^[0-9a-f]{40}$")
 
     def test_encoder_examples(self):
         enc = CRLFEncoder()

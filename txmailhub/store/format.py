@@ -112,7 +112,7 @@ def crlf_size_of(data: bytes) -> int:
 
 # --- names ------------------------------------------------------------------
 
-_UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
+_UID_OK = re.compile(r"[\x21-\x7e]{1,70}")
 ORDER = re.compile(r"^(\d+)\.(?:[^.]*?M(\d+))?(?:[^.]*?Q(\d+))?")
 _FIELD = re.compile(r",([A-Za-z])=(\d+)")
 
@@ -122,7 +122,7 @@ def uid_for_name(name: str) -> str:
     and before the first ``,`` field such as ``,S=``), or a SHA-1 of it when
     that is not 1-70 printable ASCII characters."""
     base = base_name(name)
-    if _UID_OK.match(base):
+    if _UID_OK.fullmatch(base):  # not match: "$" would let a final LF through
         return base
     return hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()
 
