@@ -161,7 +161,7 @@ def test_greeting_nodelay_and_producer():
     env = Env()
     proto, t = env.connect()
     assert re.fullmatch(
-        rb"\+OK mail\.example\.org POP3 server ready "
+        rb"\+OK POP3 server mail\.example\.org ready "
         rb"<\d+\.\d+\.[0-9a-f]{16}@mail\.example\.org>\r\n",
         t.value(),
     )

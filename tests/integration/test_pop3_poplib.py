@@ -79,7 +79,7 @@ def test_user_pass_stat_list_retr_sizes_are_exact(filled):
 
 def test_capa_exactly(hub):
     p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
-    assert re.fullmatch(rb"\+OK mail\.example\.org POP3 server ready <\d+\.\d+\.\w+@mail"
+    assert re.fullmatch(rb"\+OK POP3 server mail\.example\.org ready <\d+\.\d+\.\w+@mail"
                         rb"\.example\.org>", p.getwelcome())
     assert p.capa() == {
         "TOP": [], "UIDL": [], "USER": [], "SASL": ["PLAIN"], "RESP-CODES": [],

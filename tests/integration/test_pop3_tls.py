@@ -39,7 +39,7 @@ def test_stls_then_login_and_retr(tls_hub):
 
 def test_implicit_tls(tls_hub):
     p = poplib.POP3_SSL("127.0.0.1", tls_hub.pop3s_port, timeout=10, context=context(tls_hub))
-    assert p.getwelcome().startswith(b"+OK mail.example.org POP3 server ready <")
+    assert p.getwelcome().startswith(b"+OK POP3 server mail.example.org ready <")
     assert "STLS" not in p.capa()
     p.user(ALICE)
     p.pass_(ALICE_PW)

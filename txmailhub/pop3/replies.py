@@ -53,7 +53,10 @@ def err(text: str, code: str | None = None) -> POP3Reply:
 
 # -- AUTHORIZATION ---------------------------------------------------------
 
-GREETING_TEXT = "{hostname} POP3 server ready {timestamp}"
+# The host name never first: with RESP-CODES, text that starts with "["
+# is a response code (RFC 2449 8), and a hostname may be an address literal
+GREETING_TEXT = "POP3 server {hostname} ready {timestamp}"
+GREETING_SHORT_TEXT = "POP3 server ready {timestamp}"
 USER_ACCEPTED = ok("Send your password")
 LOGGED_IN_TEXT = "Logged in, {count} messages ({octets} octets)"
 AUTH_FAILED = err("Authentication failed", "AUTH")
@@ -118,7 +121,12 @@ INTERNAL_ERROR = err("Internal error, try again later", "SYS/TEMP")
 
 
 def greeting(hostname: str, timestamp: str) -> POP3Reply:
-    return ok(GREETING_TEXT.format(hostname=hostname, timestamp=timestamp))
+    reply = ok(GREETING_TEXT.format(hostname=hostname, timestamp=timestamp))
+    if len(reply.to_bytes()) > 512:
+        # RFC 2449 4: 512 octets with the CRLF, the greeting too; a long
+        # host name (up to 253) is in the APOP timestamp already
+        reply = ok(GREETING_SHORT_TEXT.format(timestamp=timestamp))
+    return reply
 
 
 def logged_in(count: int, octets: int) -> POP3Reply:
