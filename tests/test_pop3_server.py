@@ -67,7 +67,19 @@ def logged_in(messages=MESSAGES, **kw) -> POP3Server:
 
 def test_greeting_carries_timestamp():
     e = engine()
-    assert e.greeting() == f"+OK mail.example.org POP3 server ready {TS}\r\n".encode()
+    assert e.greeting() == f"+OK POP3 server mail.example.org ready {TS}\r\n".encode()
+
+
+@pytest.mark.parametrize("hostname", ["[192.0.2.1]", "h" * 63 + "." + "x" * 63 + "." + "y" * 63
+                                      + "." + "z" * 61])
+def test_greeting_is_no_response_code_and_fits_a_line(hostname):
+    # RFC 2449 8: with RESP-CODES, text starting with "[" is a response
+    # code -- an address literal as the host name must not start the text;
+    # RFC 2449 4: 512 octets with the CRLF, even for a 253-character name
+    ts = make_timestamp(hostname, 1700000000.5)
+    wire = R.greeting(hostname, ts).to_bytes()
+    assert wire.startswith(b"+OK POP3 server ")
+    assert len(wire) <= 512 and wire.endswith(ts.encode() + b"\r\n")
 
 
 def test_make_timestamp_shape_and_uniqueness():
@@ -143,9 +155,18 @@ def test_unknown_and_empty_commands():
 
 def test_non_utf8_bytes_never_raise():
     e = engine()
-    assert sent(e, b"\xff\xfe NOOP") == R.UNKNOWN_COMMAND.to_bytes()
+    assert sent(e, b"\xff\xfe NOOP") == R.BAD_ENCODING.to_bytes()
     action = run(e, b"USER \xe9l\xe8ve")
     assert action.data == R.USER_ACCEPTED.to_bytes()
+
+
+def test_a_keyword_is_ascii_not_what_unicode_upper_cases_to_one():
+    # "\u017f" (long s) upper-cases to S, "\ufb06" (the st ligature) to ST:
+    # RFC 1939 3 keywords are ASCII, and these are not STAT
+    e = engine()
+    for verb in ("\u017ftat", "\ufb06at", "l\u0131st"):
+        assert sent(e, verb.encode()) == R.BAD_ENCODING.to_bytes(), verb
+    assert sent(e, b"capa").startswith(R.CAPA_FOLLOWS.to_bytes())
 
 
 # -- the state table -------------------------------------------------------

@@ -977,3 +977,23 @@ def test_a_refused_junk_command_is_not_counted_twice():
     assert d.engine.errors == 1
     d.send("NOOP\r\n")
     assert d.engine.errors == 2
+
+
+def test_keywords_are_ascii_not_what_unicode_upper_cases_to_one():
+    # str.upper() makes "\u017f" (long s) S and "\u0131" (dotless i) I:
+    # "\u017ftarttls" is no STARTTLS, "qu\u0131t" no QUIT (RFC 5321 4.1.1),
+    # and no parameter, value, mechanism or BDAT's LAST is spelled so
+    d = Driver(session=loopback())
+    assert d.send("EHLO c\r\n")[-1].startswith("250 ")
+    assert d.send("\u017fTARTTLS\r\n") == [replies.UNKNOWN_COMMAND.text()]
+    assert d.send("QU\u0131T\r\n") == [replies.UNKNOWN_COMMAND.text()]
+    assert not d.engine.closed
+    assert d.codes("AUTH PLA\u0131N\r\n") == ["504"]
+    assert d.codes("MAIL FROM:<s@x.test> SMTPUTF8 BODY=8B\u0131TMIME\r\n") == ["501"]
+    assert d.codes("MAIL FROM:<s@x.test> SMTPUTF8 RET=HDR\u017f\r\n") == ["501"]
+    assert d.codes("MAIL FROM:<s@x.test> SMTPUTF8\r\n") == ["250"]
+    assert d.codes("RCPT TO:<alice> NOTIFY=\u017fUCCESS\r\n") == ["501"]
+    assert d.codes("RCPT TO:<alice>\r\n") == ["250"]
+    assert d.send("BDAT 0 LA\u017fT\r\n") == [replies.BDAT_BAD_SIZE.text()]
+    assert d.send("VRFY j\u00f6rg \u017fMTPUTF8\r\n")[0][:3] != "250"
+    assert d.send("QUIT\r\n")[0].startswith("221")

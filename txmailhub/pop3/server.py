@@ -256,6 +256,10 @@ class POP3Server:
             return Send(R.LINE_TOO_LONG.to_bytes())
         text = line.decode("utf-8", "surrogateescape")
         verb, _, arg = text.partition(" ")
+        if not verb.isascii():
+            # RFC 1939 3: keywords are ASCII; str.upper() would make
+            # "\u017ftat" (long s) STAT and "\ufb06at" (a ligature) STAT too
+            return self._send(R.BAD_ENCODING)
         verb = verb.upper()
         handler = self._dispatch.get(verb)
         if handler is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from txmailhub.address import Address
 from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
+from txmailhub.smtp._parse import ascii_upper
 from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
 from txmailhub.smtp._states import State
 from txmailhub.smtp.events import AuthRequest
@@ -64,7 +65,7 @@ class AuthPhase:
         if not (s.tls or s.loopback):
             raise Rejected(replies.AUTH_TLS_REQUIRED)
         mech, _, initial = arg.partition(" ")
-        mech = mech.upper()
+        mech = ascii_upper(mech)
         if not mech:  # "AUTH" alone: a syntax error, not an unknown mechanism
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         if mech not in MECHANISMS:

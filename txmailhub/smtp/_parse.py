@@ -39,6 +39,7 @@ from txmailhub.smtp.xtext import utf8_addr_decode, xtext_decode
 __all__ = [
     "MailParams",
     "RcptParams",
+    "ascii_upper",
     "parse_command",
     "parse_mail",
     "parse_mailbox",
@@ -100,7 +101,14 @@ def parse_command(line: bytes) -> tuple[str, str]:
     except UnicodeDecodeError:
         raise _fail(replies.INVALID_UTF8) from None
     verb, _, arg = text.strip(" \t").partition(" ")
-    return verb.upper(), arg.strip(" \t")
+    return ascii_upper(verb), arg.strip(" \t")
+
+
+def ascii_upper(word: str) -> str:
+    """``word`` upper-cased when it is ASCII, else as it is: keywords are
+    ASCII (RFC 5321 4.1.1), and ``str.upper`` makes "\u017ftarttls"
+    (long s) STARTTLS and "qu\u0131t" (dotless i) QUIT."""
+    return word.upper() if word.isascii() else word
 
 
 # --- mailboxes and paths ----------------------------------------------------
@@ -250,7 +258,7 @@ def _strip_route(path: str, utf8: bool) -> str:
 def _expect_prefix(arg: str, prefix: str) -> str:
     """``FROM:`` / ``TO:`` (case-insensitive) -> the rest; 501 otherwise."""
     n = len(prefix)
-    if arg[:n].upper() != prefix:
+    if ascii_upper(arg[:n]) != prefix:
         raise _fail(replies.SYNTAX_ARGUMENT)
     return arg[n:]
 
@@ -311,7 +319,7 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
                 raise _fail(replies.PARAM_SYNTAX)
             size = int(value)
         elif key == "BODY":
-            v = (value or "").upper()
+            v = ascii_upper(value or "")
             if v == "8BITMIME":
                 body_8bit = True
             elif v == "BINARYMIME":  # RFC 3030's, which we do not offer
@@ -327,7 +335,7 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
                 raise _fail(replies.PARAM_SYNTAX)
             auth = value if value == "<>" else xtext_decode(value)
         elif key == "RET":
-            v = (value or "").upper()
+            v = ascii_upper(value or "")
             if v not in ("FULL", "HDRS"):
                 raise _fail(replies.PARAM_SYNTAX)
             ret = v
@@ -358,7 +366,7 @@ def _rcpt_params(raw: dict[str, str | None]) -> RcptParams:
     orcpt = None
     for key, value in raw.items():
         if key == "NOTIFY":
-            words = tuple(w.upper() for w in (value or "").split(","))
+            words = tuple(ascii_upper(w) for w in (value or "").split(","))
             if words == ("NEVER",):
                 notify = words
             elif words and all(w in _NOTIFY_WORDS for w in words) and len(set(words)) == len(

@@ -17,6 +17,7 @@ from typing import Any
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp._data import ChunkReader, DotReader
+from txmailhub.smtp._parse import ascii_upper
 from txmailhub.smtp._states import State
 from txmailhub.smtp.events import MessageAborted, MessageComplete, StartMessage
 from txmailhub.smtp.reply import Reply
@@ -142,7 +143,7 @@ class MessageTransfer:
         parts = arg.split()
         if not parts or len(parts) > 2 or not parts[0].isascii() or not parts[0].isdigit():
             return None, False
-        if len(parts) == 2 and parts[1].upper() != "LAST":
+        if len(parts) == 2 and ascii_upper(parts[1]) != "LAST":
             return None, False
         return int(parts[0]), len(parts) == 2
 

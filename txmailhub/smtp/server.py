@@ -40,7 +40,14 @@ from txmailhub.logsafe import loggable
 from txmailhub.smtp import replies
 from txmailhub.smtp._authphase import AuthPhase
 from txmailhub.smtp._data import ChunkReader, DotReader
-from txmailhub.smtp._parse import NO_PARAMS, MailParams, parse_command, parse_mail, parse_rcpt
+from txmailhub.smtp._parse import (
+    NO_PARAMS,
+    MailParams,
+    ascii_upper,
+    parse_command,
+    parse_mail,
+    parse_rcpt,
+)
 from txmailhub.smtp._sasl import MECHANISMS, SASLExchange
 from txmailhub.smtp._states import TRANSITIONS as _TRANSITIONS
 from txmailhub.smtp._states import S, State
@@ -541,7 +548,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         # RFC 6531 3.7.4.2: "VRFY String [SP SMTPUTF8]" -- the client takes
         # UTF-8 in this one reply
         head, space, last = text.rpartition(" ")
-        utf8 = bool(space) and last.upper() == "SMTPUTF8"
+        utf8 = bool(space) and ascii_upper(last) == "SMTPUTF8"
         if utf8:
             text = head.rstrip()
         if text.endswith(">") and "<" in text:  # "<a@b>" or "Full Name <a@b>"
