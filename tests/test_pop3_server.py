@@ -343,6 +343,7 @@ def test_auth_plain_cancel_and_bad_data():
     assert sent(e, b"AUTH PLAIN a b c") == R.bad_syntax(
         "AUTH mechanism [initial-response]").to_bytes()
     assert sent(e, b"AUTH CRAM-MD5") == R.AUTH_UNKNOWN_MECHANISM.to_bytes()
+    assert sent(e, "AUTH pla\u0131n".encode()) == R.AUTH_UNKNOWN_MECHANISM.to_bytes()
     assert e.auth_failures == 0
 
 

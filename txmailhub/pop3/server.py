@@ -344,7 +344,7 @@ class POP3Server:
             return Send(multiline(R.AUTH_MECHANISMS, mechanisms))
         if len(parts) > 2:
             return self._send(R.bad_syntax("AUTH mechanism [initial-response]"))
-        if parts[0].upper() != "PLAIN":
+        if not parts[0].isascii() or parts[0].upper() != "PLAIN":  # "PLA\u0131N" is not
             return self._send(R.AUTH_UNKNOWN_MECHANISM)
         if not self.plaintext_allowed:
             return self._send(R.PLAINTEXT_DISALLOWED)
