@@ -234,6 +234,16 @@ class DeliveryTests(Base):
         with open(path, "rb") as f:
             self.assertEqual(f.read(), BODY)
 
+    def test_a_copy_is_private_whatever_the_umask(self):
+        def no_link(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        self.addCleanup(os.umask, os.umask(0o022))
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        self.assertEqual(self.successResultOf(store.deliver(self.spool(), [JOE])), {JOE: None})
+        [name] = self.names()
+        self.assertEqual(os.stat(os.path.join(self.md(), "new", name)).st_mode & 0o777, 0o600)
+
     def test_failed_copy_leaves_nothing(self):
         def no_link(src, dst):
             raise OSError(errno.EMLINK, "Too many links")
@@ -654,6 +664,25 @@ class MailboxTests(Base):
         box.mark_seen(7)  # out of range: logged, not raised
         box.close()
 
+    def test_mark_seen_keeps_the_flags_in_ascii_order(self):
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        p = box.list_messages()[0].path
+        os.rename(p, os.path.join(self.md(), "cur", os.path.basename(p) + ":2,T"))
+        box.mark_seen(0)
+        self.assertTrue(box.list_messages()[0].path.endswith(":2,ST"))
+        box.close()
+
+    def test_a_seen_message_left_in_new_is_moved_to_cur(self):
+        self.deliver([JOE], b"one\n")
+        p = os.path.join(self.md(), "new", self.names()[0])
+        os.rename(p, p + ":2,S")  # another program's doing
+        box = self.open()
+        box.mark_seen(0)
+        self.assertEqual(os.path.dirname(box.list_messages()[0].path),
+                         os.path.join(self.md(), "cur"))
+        box.close()
+
     def test_mark_seen_of_a_vanished_file_is_quiet(self):
         self.deliver([JOE], b"one\n")
         box = self.open()
@@ -853,6 +882,21 @@ class PlainNameTests(Base):
         box = self.open()
         info = next(i for i in box.list_messages() if i.path == path)
         self.assertEqual(info.size, 25)
+        box.close()
+
+    def test_a_replaced_file_with_the_same_size_and_mtime_is_measured_again(self):
+        path = self.drop("plainname", b"a\nb\nc\n")  # 6 octets, 9 as CRLF
+        box = self.open()
+        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 9)
+        box.close()
+        st = os.stat(path)
+        tmp = os.path.join(self.md(), "tmp", "plainname")
+        with open(tmp, "wb") as f:
+            f.write(b"abcde\n")  # 6 octets, 7 as CRLF
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # rsync -t, a restore...
+        os.rename(tmp, path)  # a new inode
+        box = self.open()
+        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 7)
         box.close()
 
     def test_entries_of_vanished_files_are_pruned_and_junk_cache_ignored(self):

@@ -1153,3 +1153,10 @@ def test_no_autologout_while_the_hub_keeps_the_client_waiting():
     assert t.value() == b"" and not t.disconnecting
     checker.pending.pop()[1].callback(b"joe@example.org")
     assert t.value().startswith(b"+OK Logged in")
+
+
+def test_loopback_clients_are_exempt_from_the_per_client_limit():
+    # the existing test opens one loopback connection: under the limit anyway
+    env = Env(max_connections=5, max_connections_per_client=2)
+    conns = [env.connect() for _ in range(3)]  # LOOPBACK
+    assert [t.value()[:3] for _, t in conns] == [b"+OK"] * 3

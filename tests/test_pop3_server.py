@@ -601,3 +601,10 @@ def test_actions_are_immutable():
             setattr(action, field, 1)
     assert t == Transmit(0, 412, b"+OK 412 octets\r\n", None, True)
     assert t != Transmit(1, 412, b"+OK 412 octets\r\n", None, True)
+
+
+@pytest.mark.parametrize("line", ["LIST ٢", "RETR ٢", "DELE ٢", "UIDL ٢", "TOP ٢ 1"])
+def test_message_numbers_are_ascii_digits_only(line):  # ٢: ARABIC-INDIC DIGIT TWO
+    e = logged_in()
+    assert sent(e, line.encode()) == R.INVALID_NUMBER.to_bytes()
+    assert sent(e, "TOP 1 ٢".encode()) == R.INVALID_LINE_COUNT.to_bytes()

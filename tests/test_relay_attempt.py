@@ -684,3 +684,81 @@ def test_one_destination_per_domain_however_it_is_spelled(tmp_path):
     a, _, _ = agent(tmp_path)
     assert a.destination(Address("a", "xn--bcher-kva.example")) == a.destination(
         Address("b", "BÜCHER.example")) == "bücher.example"
+
+
+def test_only_too_many_recipients_starts_a_new_transaction(tmp_path):
+    # RFC 5321 4.5.3.1.10 is about 452 4.5.3; a full mailbox (452 4.2.2)
+    # is retried on the schedule, not at once
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT carol@remote.test": b"452 4.2.2 mailbox full\r\n"})
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert {r.address: r.kind for r in results} == {BOB: "delivered", CAROL: "transient"}
+    assert len(net.server_protocols) == 1
+
+
+def test_a_server_that_takes_no_recipient_at_all_is_not_asked_again_at_once(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT bob@remote.test": b"452 4.5.3 too many recipients\r\n",
+        "RCPT carol@remote.test": b"452 4.5.3 too many recipients\r\n"})
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert [r.kind for r in results] == ["transient", "transient"]
+    assert len(net.server_protocols) == 1
+
+
+def test_the_data_block_timeout_runs_per_chunk_written(tmp_path):
+    # RFC 5321 4.5.3.2.5: 3 minutes per data block, not for the whole message
+    (tmp_path / "m").write_bytes(b"Subject: big\n\n" + (b"x" * 99 + b"\n") * 1000)
+    clock, proto, transport = _client_on_a_clock(tmp_path)
+    for reply in (b"220 hi\r\n", b"250 hi\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        proto.dataReceived(reply)
+    chunks = 0
+    while transport.producer is not None:  # a slow link: a 16 KiB chunk every 170 s
+        clock.advance(170)
+        transport.producer.resumeProducing()
+        chunks += 1
+    assert chunks > 2
+    assert not transport.disconnecting
+    assert transport.value().endswith(b"\r\n.\r\n")
+
+
+def test_a_conversion_that_ends_after_a_timeout_sends_nothing_and_leaves_nothing(tmp_path):
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    (tmp_path / "m").write_bytes(
+        "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n".encode())
+    clock, runner = Clock(), HeldRunner()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            eight_bit=True, tls="none")
+    converted = str(tmp_path / "m.0a1b2c3d.7bit")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, converted, runner)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for reply in (b"220 hi\r\n", b"250 hi\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        proto.dataReceived(reply)  # no 8BITMIME: the conversion is asked for
+    assert len(runner.calls) == 1
+    clock.advance(180)  # the data block times out while it runs
+    assert transport.disconnecting
+    proto.connectionLost(None)
+    runner.release()  # the conversion ends late
+    assert transport.producer is None and not os.path.exists(converted)
+
+
+def test_at_most_ten_addresses_per_attempt_and_an_untried_host_stays_healthy(tmp_path):
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "many.test": {"MX": [(10, "mxa.many.test"), (20, "mxb.many.test")]},
+            "mxa.many.test": {"A": [f"192.0.2.{100 + i}" for i in range(12)]},
+            "mxb.many.test": {"A": ["192.0.2.200"]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    net.servers[("192.0.2.200", 25)] = ScriptedSMTPServer
+    who = Address("x", "many.test")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "many.test", [who]))
+    assert r.kind == "transient" and len(net.connections) == 10  # MAX_ADDRESSES_PER_ATTEMPT
+    # mxb was never tried: it is not "failed", so the next attempt starts there
+    [r] = run(net, a.deliver(entry(tmp_path, who), "many.test", [who]))
+    assert r.kind == "delivered" and net.connections[10:] == [("192.0.2.200", 25)]

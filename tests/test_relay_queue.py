@@ -458,3 +458,53 @@ def test_a_reply_the_hub_made_up_stays_its_own_across_a_restart():
     for reply in (mine, theirs):
         back = record.reply_from_json(json.loads(json.dumps(record.reply_to_json(reply))))
         assert back == reply and type(back) is type(reply)
+
+
+def test_a_copied_message_is_fsynced_before_the_commit(tmp_path, spool, monkeypatch):
+    def no_link(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "fsync", fsync)
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    assert os.stat(q.message_path(qid)).st_ino in synced
+
+
+def test_an_entry_whose_message_is_gone_is_set_aside(tmp_path, spool):
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    os.unlink(q.message_path(qid))
+    assert q.recover() == []
+    assert os.listdir(os.path.join(q.directory, "corrupt")) == [qid + ".json"]
+    assert q.ids() == []
+
+
+def test_ids_are_oldest_first(tmp_path, spool):
+    clock = Clock()
+    q = make_queue(tmp_path, clock=clock)
+    ids = []
+    for i in range(20):
+        ids.append(q.enqueue(envelope(f"u{i}@remote.test"), spool).result)
+        clock.advance(1)
+    assert q.ids() == ids
+
+
+def test_8bit_data_is_noticed_without_body_8bitmime(tmp_path):
+    # a client that sent 8-bit octets without BODY=8BITMIME: the relay must
+    # still know, to convert for a server without 8BITMIME (RFC 6152)
+    q = make_queue(tmp_path)
+    for body, expected in (("Subject: x\n\nGrüße\n".encode(), True), (BODY, False)):
+        path = tmp_path / f"spool-{expected}"
+        path.write_bytes(body)
+        msg = SpooledMessage(str(path), len(body), len(body) + body.count(b"\n"))
+        env = dataclasses.replace(envelope("bob@remote.test"), body_8bit=False)
+        qid = q.enqueue(env, msg).result
+        assert q.read(qid).eight_bit is expected

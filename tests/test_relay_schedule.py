@@ -65,3 +65,8 @@ def test_warn_delayed_once_and_off():
 )
 def test_describe_delay(secs, text):
     assert schedule.describe_delay(secs) == text
+
+
+def test_utc_text_is_iso_8601_on_a_24_hour_clock():
+    assert schedule.utc_text(0) == "1970-01-01T00:00:00Z"
+    assert schedule.utc_text(13 * 3600 + 62) == "1970-01-01T13:01:02Z"

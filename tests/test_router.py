@@ -347,3 +347,34 @@ class AliasGraphProperties(SynchronousTestCase):
         self.assertEqual({str(a) for a in remote}, expected_remote)
         self.assertEqual(len(local), len(set(local)))
         self.assertEqual(len(remote), len(set(remote)))
+
+
+class MoreAliasTests(Base):
+    def test_continuation_lines_may_start_with_a_tab(self):
+        r = self.router("staff: joe,\n\tann\n")
+        self.assertEqual(r.resolve(A("staff")), ((A("joe"), A("ann")), ()))
+
+    def test_backslash_names_the_mailbox_of_a_user_who_is_also_an_alias(self):
+        r = self.router("bob: ann\nstaff: \\bob, joe\n")
+        self.assertEqual(r.resolve(A("staff")), ((A("bob"), A("joe")), ()))
+
+    def test_an_edit_in_place_of_the_same_size_is_seen(self):
+        r = self.router("list: joe\n")
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        st = os.stat(self.path)
+        with open(self.path, "r+") as f:  # same inode, same size
+            f.write("list: ann\n")
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+
+    def test_a_file_that_cannot_be_read_keeps_the_previous_aliases(self):
+        r = self.router("list: joe\n")
+        with open(self.path + ".new", "wb") as f:
+            f.write(b"list: \xff\xfe\n")  # not UTF-8: a half-saved file, say
+        os.replace(self.path + ".new", self.path)
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+
+    def test_include_is_reported_as_unsupported_whatever_its_case(self):
+        _, problems = parse_aliases("inc: :INCLUDE:/etc/list, joe\n", "example.org", filename="f")
+        self.assertEqual(problems, [
+            "f:1: target ':INCLUDE:/etc/list' of 'inc': :include: lists are not supported"])

@@ -399,3 +399,48 @@ def test_users_added_before_the_checks_can_still_be_deleted(db: UsersDB) -> None
     assert db.addresses() == []
     with pytest.raises(UsersFileError, match="over 64 octets"):
         db.add(long, "pw")
+
+
+def test_a_hash_over_the_work_limit_is_refused_before_scrypt_runs() -> None:
+    import base64
+
+    salt = b"s" * 16
+    key = hashlib.scrypt(b"pw", salt=salt, n=2**14, r=8, p=17, maxmem=64 * 1024 * 1024, dklen=32)
+    encoded = (f"scrypt$16384$8$17${base64.b64encode(salt).decode()}"
+               f"${base64.b64encode(key).decode()}")
+    assert hash_problem(encoded) == "the password hash needs more work than the hub allows scrypt"
+    assert not verify_password("pw", encoded)  # even the right password: no minute-long login
+
+
+def test_every_octet_of_the_key_is_compared() -> None:
+    import base64
+
+    head, _, key = hash_password("pw").rpartition("$")
+    raw = bytearray(base64.b64decode(key))
+    raw[-1] ^= 1
+    assert not verify_password("pw", f"{head}${base64.b64encode(bytes(raw)).decode()}")
+
+
+def test_a_same_size_edit_in_place_is_seen(db: UsersDB) -> None:
+    db.add("alice", "old-pw")
+    reader = UsersDB(db.path, "example.org")
+    alice = Address("alice", "example.org")
+    assert reader.check_password(alice, "old-pw")
+    st = os.stat(db.path)
+    text = Path(db.path).read_text()
+    old_hash = next(line.split()[1] for line in text.splitlines() if line.startswith("alice@"))
+    with open(db.path, "r+") as f:  # an editor that writes in place: same inode, same size
+        f.write(text.replace(old_hash, hash_password("new-pw")))
+    os.utime(db.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert (os.stat(db.path).st_ino, os.stat(db.path).st_size) == (st.st_ino, st.st_size)
+    assert reader.check_password(alice, "new-pw")
+
+
+def test_an_unknown_user_costs_a_password_check_too(db: UsersDB, monkeypatch) -> None:
+    from txmailhub import users
+
+    checked = []
+    monkeypatch.setattr(users, "verify_password", lambda pw, h: checked.append(h) or False)
+    db.add("alice", "pw")
+    assert not db.check_password(Address("nobody", "example.org"), "pw")
+    assert checked == [users._DUMMY_HASH]  # same scrypt cost: no user enumeration by timing

@@ -1,0 +1,24 @@
+"""txmailhub.limits: the counters behind connection limits and login throttling."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from txmailhub.limits import ConnectionLimits, FailureWindow
+
+
+def test_a_client_whose_connections_all_closed_is_forgotten():
+    limits = ConnectionLimits()
+    for i in range(50):
+        assert limits.admit(f"192.0.2.{i}", False, 100, 2) is None
+        limits.release(f"192.0.2.{i}")
+    assert limits.connections == 0 and limits.per_client == {}  # memory stays bounded
+
+
+def test_the_failure_window_remembers_at_most_keep_clients_oldest_forgotten_first():
+    window = FailureWindow(Clock(), limit=1, keep=2)
+    for host in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        window.failed(host)
+    assert len(window._failures) == 2
+    assert not window.blocked("192.0.2.1")
+    assert window.blocked("192.0.2.2") and window.blocked("192.0.2.3")
