@@ -751,6 +751,15 @@ class ProtocolTests(SynchronousTestCase):
         p.makeConnection(t)
         assert take(t) == [replies.TOO_MANY_CONNECTIONS.text()]
 
+    def test_loopback_and_relay_networks_pass_the_per_client_limit(self):
+        # more connections than the per-client limit from each: a check with
+        # one connection could not tell the exemption from the limit
+        h = Harness(max_connections=10, max_connections_per_client=2)
+        for host in ("127.0.0.1", "10.1.1.1"):
+            assert [take(h.connect(host)[1])[0][:3] for _ in range(3)] == ["220"] * 3
+        out = [take(h.connect("192.0.2.7")[1])[0][:3] for _ in range(3)]
+        assert out == ["220", "220", "421"]
+
     def test_auth_success_then_relay(self):
         q = QueueSpy()
         h = Harness(queue=q)
