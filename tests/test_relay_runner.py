@@ -52,11 +52,15 @@ class FakeAgent:
 
 
 class DSNSpy:
-    def __init__(self):
+    def __init__(self, clock=None):
         self.sent = []
         self.fail = False
+        self.clock = clock
+        self.tried = []  # when each notice was tried, sent or not
 
     def __call__(self, components, envelope, data):
+        if self.clock is not None:
+            self.tried.append(self.clock.seconds())
         if self.fail:
             return defer.fail(RuntimeError("spool full"))
         self.sent.append((envelope, data))
@@ -65,9 +69,15 @@ class DSNSpy:
 
 @pytest.fixture
 def hub(tmp_path):
+    h = make_hub(tmp_path)
+    yield h
+    h.runner.stop()
+
+
+def make_hub(tmp_path, relay='max_per_destination = 1\nqueue_lifetime = "1d"\n'):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                   '[relay]\nmax_per_destination = 1\nqueue_lifetime = "1d"\n')
+                   f'[relay]\n{relay}')
     settings = load_text(cfg.read_text(), str(cfg))
     clock = Clock()
     clock.advance(1_700_000_000)
@@ -78,7 +88,7 @@ def hub(tmp_path):
     queue = OutboundQueue(settings.queue_dir, clock)
     components.queue = queue
     agent = FakeAgent()
-    dsn = DSNSpy()
+    dsn = DSNSpy(clock)
     runner = QueueRunner(queue, agent, components, clock, send_dsn=dsn)
 
     class Hub:
@@ -87,8 +97,7 @@ def hub(tmp_path):
     h = Hub()
     h.__dict__.update(settings=settings, clock=clock, store=store, components=components,
                       queue=queue, agent=agent, dsn=dsn, runner=runner, tmp=tmp_path)
-    yield h
-    runner.stop()
+    return h
 
 
 def enqueue(hub, *rcpts, sender=ALICE, notify=None):
@@ -611,45 +620,24 @@ def test_a_pass_that_only_owes_a_notice_waits_at_least_a_minute(tmp_path):
     passes have no delivery to make: with a retry step shorter than a
     minute, they must not come back at that step (a spin on a spool that
     keeps failing), but after ERROR_RETRY at the least."""
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                   '[relay]\nretry_schedule = ["10s"]\nqueue_lifetime = "1d"\n')
-    settings = load_text(cfg.read_text(), str(cfg))
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    components = Components(settings=settings, reactor=clock, router=StaticRouter({}),
-                            store=MemoryMailboxStore(), spooler=None, portal=None)
-    queue = OutboundQueue(settings.queue_dir, clock)
-    components.queue = queue
-    agent = FakeAgent()
-    agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
-    dsn = DSNSpy()
-    dsn.fail = True
-    attempts = []
-    real = dsn.__call__
-
-    def counting(components, envelope, data):
-        attempts.append(clock.seconds())
-        return real(components, envelope, data)
-
-    runner = QueueRunner(queue, agent, components, clock, send_dsn=counting)
-    runner.start()
+    hub = make_hub(tmp_path, 'retry_schedule = ["10s"]\nqueue_lifetime = "1d"\n')
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    hub.dsn.fail = True
+    attempts = hub.dsn.tried
+    hub.runner.start()
     try:
-        path = tmp_path / "spool-1"
-        path.write_bytes(b"Subject: hi\n\nhello\n")
-        qid = queue.enqueue(Envelope(sender=ALICE, recipients=(BOB,)),
-                            SpooledMessage(str(path), 20, 23)).result
-        start = clock.seconds()
+        qid = enqueue(hub, BOB)
+        start = hub.clock.seconds()
         assert attempts == [start]  # the delivery pass tried the notice at once
-        assert queue.read(qid).next_attempt == start + 10  # the schedule's step
-        clock.pump([1] * 200)
-        assert len(agent.calls) == 1  # failed recipients are never tried again
+        assert hub.queue.read(qid).next_attempt == start + 10  # the schedule's step
+        hub.clock.pump([1] * 200)
+        assert len(hub.agent.calls) == 1  # failed recipients are never tried again
         # the first notice-only pass at the step; after it, a minute apart
         assert attempts[:2] == [start, start + 10]
         assert all(b - a >= 60 for a, b in itertools.pairwise(attempts[1:]))
         assert len(attempts) == 5  # +0, +10, +70, +130, +190 (not every 10 s)
-        dsn.fail = False
-        clock.pump([1] * 60)
-        assert queue.ids() == [] and len(dsn.sent) == 1
+        hub.dsn.fail = False
+        hub.clock.pump([1] * 60)
+        assert hub.queue.ids() == [] and len(hub.dsn.sent) == 1
     finally:
-        runner.stop()
+        hub.runner.stop()
