@@ -760,6 +760,31 @@ class ProtocolTests(SynchronousTestCase):
         out = [take(h.connect("192.0.2.7")[1])[0][:3] for _ in range(3)]
         assert out == ["220", "220", "421"]
 
+    def test_return_path_fields_are_left_alone_in_mail_relayed_for_a_relay_client(self):
+        # RFC 5321 4.4: a relay MUST NOT inspect the data for Return-path
+        # fields; final delivery MAY remove them, and a first hop (a
+        # login) should send none
+        data = b"Return-Path: <forged@elsewhere.test>\r\nSubject: hi\r\n\r\nbody\r\n.\r\n"
+        kept = b"Return-Path: <forged@elsewhere.test>\n"
+        h = Harness(queue=QueueSpy())
+        for rcpts, stripped in (([b"x@remote.test", b"alice"], False), ([b"alice"], True)):
+            p, t = h.connect("10.1.1.1")  # in relay_networks
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@elsewhere.test>\r\n"
+                           + b"".join(b"RCPT TO:<%s>\r\n" % r for r in rcpts)
+                           + b"DATA\r\n" + data + b"QUIT\r\n")
+            assert take(t)[-2].startswith("250 2.0.0")
+            stored = b"".join(h.spooler.writers[-1]._chunks)
+            assert stored.startswith(b"Return-Path: <s@elsewhere.test>\nReceived: ")
+            assert (kept in stored) is not stripped, stored
+            assert b"Subject: hi\nbody\n" not in stored and b"Subject: hi\n\nbody\n" in stored
+            p.connectionLost(None)
+        p, t = h.connect("127.0.0.1")  # a login: the first hop
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode() + b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<x@remote.test>"
+                       b"\r\nDATA\r\n" + data)
+        assert take(t)[-1].startswith("250 2.0.0")
+        assert kept not in b"".join(h.spooler.writers[-1]._chunks)
+
     def test_auth_success_then_relay(self):
         q = QueueSpy()
         h = Harness(queue=q)

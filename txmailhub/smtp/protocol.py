@@ -445,16 +445,30 @@ class SMTPProtocol(Protocol):
             self.engine.message_refused(replies.LOCAL_ERROR)
             return
         self._hops = HopCounter()
-        self._return_paths = ReturnPathFilter()
+        self._return_paths = ReturnPathFilter() if self._final_or_first(env) else None
         self.engine.message_started(self._sink)
+
+    def _final_or_first(self, env: Any) -> bool:
+        """Whether the client's Return-Path fields may go: this hub is the
+        final delivery of every copy, or the first hop of the message (a
+        submission, a login).  Mail relayed on for a relay client is passed
+        on as it came: "servers performing a relay function MUST NOT inspect
+        the message data, and especially not to the extent needed to
+        determine if Return-path header fields are present" (RFC 5321 4.4)."""
+        session = self.engine.session
+        if session.submission or session.authenticated_as is not None:
+            return True
+        router = self.components.router
+        return all(router.is_local_domain(r.domain) for r in env.recipients)
 
     def _sink(self, data: bytes) -> None:
         hops = self._hops
         if not hops.done and hops.feed(data) >= MAX_HOPS:
             self.engine.fail_message(replies.TOO_MANY_HOPS)  # nothing more is stored
             return
-        if not self._return_paths.done:
-            data = self._return_paths.feed(data)
+        return_paths = self._return_paths
+        if return_paths is not None and not return_paths.done:
+            data = return_paths.feed(data)
             if not data:
                 return  # a piece of nothing but the client's Return-Path
         head = self._head
