@@ -179,6 +179,24 @@ class ProtocolTests(SynchronousTestCase):
         assert b"with UTF8SMTP\n\tid " in stored
         assert "Return-Path: <jöe@x.test>".encode() in stored
 
+    def test_no_utf8_for_clause_in_a_message_sent_without_smtputf8(self):
+        # an alias leads to a mailbox with a UTF-8 local part: the for clause
+        # of a message without SMTPUTF8 must not carry it raw (no ASCII form)
+        h = Harness()
+        h.components.router = h.factory.policy.router = StaticRouter(
+            {"alice": None, "j\u00f6rg": None, "team": ["j\u00f6rg"]})
+        for mail, traced in ((b"MAIL FROM:<s@x.test>", False),
+                             (b"MAIL FROM:<s@x.test> SMTPUTF8", True)):
+            p, t = h.connect()
+            p.dataReceived(b"EHLO c\r\n" + mail + b"\r\nRCPT TO:<team>\r\nDATA\r\n"
+                           b"Subject: x\r\n\r\nx\r\n.\r\n")
+            assert take(t)[-1].startswith("250 2.0.0 ")
+            stored = h.store.messages(Address("j\u00f6rg", "example.org"))[-1]
+            head = stored.split(b"\nSubject:")[0]
+            assert ("for <j\u00f6rg@example.org>".encode() in head) is traced, head
+            assert head.isascii() is not traced
+            p.connectionLost(None)
+
     def test_a_message_that_went_round_100_times_is_refused(self):
         # RFC 5321 6.3: count the Received fields; 100 means a loop
         for hops, accepted in ((99, True), (100, False)):

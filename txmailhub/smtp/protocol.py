@@ -511,8 +511,22 @@ class SMTPProtocol(Protocol):
             message_id=self._message_id,
             when=self.reactor.seconds(),
             tls=tls,
-            recipient=_traced(env.recipients[0]) if len(env.recipients) == 1 else None,
+            recipient=self._for_clause(env),
         )
+
+    @staticmethod
+    def _for_clause(env: Any) -> Address | None:
+        """One recipient's address for the ``for`` clause (several would be
+        disclosed to each other), in a form the message may carry: a
+        mailbox with a UTF-8 local part (an alias's member) has no ASCII
+        form, and without SMTPUTF8 the header is ASCII -- then no ``for``
+        (it is optional, RFC 5321 4.4)."""
+        if len(env.recipients) != 1:
+            return None
+        recipient = _traced(env.recipients[0])
+        if env.smtputf8 or str(recipient).isascii():
+            return recipient
+        return None
 
     def _message_complete(self, event: MessageComplete) -> None:
         writer, self._writer = self._writer, None
