@@ -581,7 +581,11 @@ def test_extensions_lengthen_mail_and_rcpt_lines():
     assert d.engine.state is State.READY
     assert d.codes(mail + "x\r\n") == ["500"]
     assert d.codes("NOOP " + "x" * 506 + "\r\n") == ["500"]  # 513: over for NOOP
-    assert d.codes("RSET " + "x" * 505 + "\r\n") == ["250"]  # 512
+    assert d.codes("NOOP " + "x" * 505 + "\r\n") == ["250"]  # 512
+    # RFC 5321 4.1.1: RSET, DATA and QUIT take no parameters
+    assert d.codes("RSET " + "x" * 505 + "\r\n") == ["501"]
+    assert d.codes("QUIT now\r\n") == ["501"] and not d.engine.closed
+    assert d.codes("RSET\r\n") == ["250"]
 
 
 def test_unknown_command_nul_and_utf8():

@@ -512,6 +512,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(replies.recipient_ok(str(rcpt)))
 
     def _rset(self, arg: str) -> None:
+        if arg:  # RFC 5321 4.1.1: RSET, DATA and QUIT take no parameters
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         self._abort_message()
         self._reset_transaction()
         if self.state is not State.INIT:
@@ -522,6 +524,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(replies.OK)
 
     def _quit(self, arg: str) -> None:
+        if arg:
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         self._abort_message()
         host = self.config.hostname
         known = _BYES.get(host)
