@@ -114,7 +114,10 @@ def test_helo_and_ehlo():
                "CHUNKING", "DSN", "STARTTLS"):
         assert kw in keywords
     assert "AUTH PLAIN LOGIN" not in keywords  # not over plain text from afar
+    assert keywords[-2:] == ["EXPN", "HELP"]  # EXPN is served, so it is said
     assert d.send("HELO\r\n") == [replies.SYNTAX_ARGUMENT.to_bytes().decode().strip()]
+    d = Driver(expn=False)
+    assert "EXPN" not in [line[4:] for line in d.send("EHLO c.test\r\n")]
 
 
 def test_every_transaction_command_before_helo_asks_for_helo():

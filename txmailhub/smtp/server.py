@@ -457,6 +457,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
             words.append("STARTTLS")
         if self._auth_offered():
             words.append("AUTH PLAIN LOGIN")
+        if c.expn:  # a registered EHLO keyword (RFC 1869): said when served
+            words.append("EXPN")
         words.append("HELP")
         return words
 
