@@ -301,6 +301,16 @@ def test_warnings_below_rfc_minimums() -> None:
         "talking holds its connection until it goes away"
     ]
     assert s.smtp.idle_timeout == 0 and s.pop3.idle_timeout == 0
+    # RFC 5321 4.5.3.1.7 and 4.5.3.1.8: at least 64K and 100 recipients
+    s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65535\nmax_recipients = 99\n", "/c")
+    assert list(s.warnings) == [
+        "/c: [smtp] max_message_size: 65535 octets is below the 64K RFC 5321 4.5.3.1.7 "
+        "requires a server to accept",
+        "/c: [smtp] max_recipients: 99 is below the 100 recipients RFC 5321 4.5.3.1.8 "
+        "requires a server to take in one message",
+    ]
+    s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65536\nmax_recipients = 100\n", "/c")
+    assert s.warnings == ()
 
 
 def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:

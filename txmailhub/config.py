@@ -754,6 +754,16 @@ def load_text(text: str, path: str) -> Settings:
             f"{path}: [smtp] idle_timeout: {smtp.idle_timeout}s is below the 5 minutes "
             "RFC 5321 4.5.3.2 asks servers to wait"
         )
+    if "max_message_size" in t and smtp.max_message_size < 65536:
+        warnings.append(
+            f"{path}: [smtp] max_message_size: {smtp.max_message_size} octets is below the "
+            "64K RFC 5321 4.5.3.1.7 requires a server to accept"
+        )
+    if "max_recipients" in t and smtp.max_recipients < 100:
+        warnings.append(
+            f"{path}: [smtp] max_recipients: {smtp.max_recipients} is below the 100 "
+            "recipients RFC 5321 4.5.3.1.8 requires a server to take in one message"
+        )
 
     d2 = SubmissionSettings()
     t = r.table(doc, "submission", {"listen", "tls_listen"})
