@@ -781,6 +781,24 @@ def test_submission_requires_auth():
         "250", "250"]
 
 
+def test_submission_takes_fully_qualified_domains_only():
+    # RFC 6409 6.2: the MSA makes sure every envelope domain is fully
+    # qualified, refusing with 554; a bare name is qualified by us, an
+    # address literal names a host, and our own domains are ours
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True, submission=True),
+               queue=QueueSpy())
+    d.send("EHLO c\r\n" f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n")
+    assert d.send("MAIL FROM:<alice@localhost>\r\n") == [replies.SENDER_NOT_QUALIFIED.text()]
+    assert d.codes("MAIL FROM:<alice>\r\n") == ["250"]
+    assert d.send("RCPT TO:<bob@intranet>\r\n") == [replies.RECIPIENT_NOT_QUALIFIED.text()]
+    assert d.codes("RCPT TO:<bob@[192.0.2.1]>\r\nRCPT TO:<bob>\r\n"
+                   "RCPT TO:<x@remote.test>\r\n") == ["250", "250", "250"]
+    # the MX listener is no MSA: a one-label remote domain is a relay question
+    d = Driver(queue=QueueSpy())
+    tx(d)
+    assert d.send("RCPT TO:<bob@intranet>\r\n") == [replies.RELAY_DENIED.text()]
+
+
 # --- input in any split ----------------------------------------------------------------------
 
 

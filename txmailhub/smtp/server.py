@@ -466,6 +466,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if self.session.submission and self.session.authenticated_as is None:
             raise Rejected(replies.AUTH_REQUIRED)
         sender, params = parse_mail(arg, self.config.primary_domain)
+        if self.session.submission and sender is not None and self._unqualified(sender):
+            raise Rejected(replies.SENDER_NOT_QUALIFIED)
         if params.size is not None:
             if params.size > self.config.max_message_size:
                 raise Rejected(replies.SIZE_EXCEEDS_LIMIT)  # never fits: 552
@@ -477,6 +479,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _rcpt(self, arg: str) -> None:
         rcpt, params = parse_rcpt(arg, self.config.primary_domain, self._mail_params.smtputf8)
+        if self.session.submission and self._unqualified(rcpt):
+            raise Rejected(replies.RECIPIENT_NOT_QUALIFIED)
         if self._chunks is not None:
             # The message (its trace header included) is already being
             # written for the recipients given before the first BDAT.
@@ -512,6 +516,15 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 self._recipient_dsn.append((addr, dsn))
         self._to(State.RCPT)
         self.reply(replies.recipient_ok(str(rcpt)))
+
+    def _unqualified(self, address: Address) -> bool:
+        """A domain of one label that is not ours (``bob@intranet``): an MSA
+        must make sure every envelope domain is fully qualified (RFC 6409
+        6.2).  A bare local part was qualified with the primary domain by
+        the parser, and an address literal is a host already."""
+        domain = address.domain
+        return ("." not in domain and not domain.startswith("[")
+                and not self.policy.router.is_local_domain(domain))
 
     def _rset(self, arg: str) -> None:
         if arg:  # RFC 5321 4.1.1: RSET, DATA and QUIT take no parameters
