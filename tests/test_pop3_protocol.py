@@ -1160,3 +1160,39 @@ def test_loopback_clients_are_exempt_from_the_per_client_limit():
     env = Env(max_connections=5, max_connections_per_client=2)
     conns = [env.connect() for _ in range(3)]  # LOOPBACK
     assert [t.value()[:3] for _, t in conns] == [b"+OK"] * 3
+
+
+def test_a_login_that_succeeds_after_the_client_left_releases_the_mailbox():
+    # the check answers after the hang-up: the mailbox it opened (and
+    # locked) is closed at once, or the user could not log in again
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    proto, t = env.connect()
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto.connectionLost(None)
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    assert not env.store.is_locked("joe@example.org")
+    assert t.value().count(b"\r\n") == 2  # the greeting and USER's +OK: nothing more
+
+
+def test_autologout_of_a_reader_that_stopped_reading_is_an_abort():
+    # a polite close would wait for a buffer that never drains, with the
+    # mailbox locked for CLOSE_GRACE more
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    env.clock.advance(601)
+    assert t.disconnected  # aborted, not closed politely
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_the_hub_stopping_aborts_its_pop3_sessions():
+    # at once: a polite close would wait for a client that does not read,
+    # holding the mailbox lock
+    env = Env()
+    proto, t = login(env)
+    proto.factory.shut_down()
+    assert t.disconnected

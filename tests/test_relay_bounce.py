@@ -417,3 +417,104 @@ def test_an_envelope_id_with_a_tab_is_given_back_as_it_came(tmp_path):
         _, msg = build(entry, [failed(entry)])
         _, status, _ = list(msg.iter_parts())
         assert status.get_payload()[0]["Original-Envelope-Id"] == field
+
+
+def test_a_failed_recipient_never_gets_a_success_status():
+    # RFC 3464 2.3.4: a failed action has a 5.x.x status, whatever the last
+    # reply said (a 250 to RCPT before the transaction went wrong)
+    ok = Reply.of(250, "2.1.5", "ok")
+    assert bounce.status_of(ok, bounce.FAILED) == "5.0.0"
+    assert bounce.status_of(ok, bounce.RELAYED) == "2.1.5"
+
+
+def test_diagnostic_code_is_folded_to_short_lines(tmp_path):
+    # RFC 5322 2.1.1: lines SHOULD be at most 78 characters; a long remote
+    # reply is folded at its spaces
+    entry = make_entry(tmp_path)
+    long_reply = Reply(550, "5.1.1", tuple(f"line {i} " + "x" * 60 for i in range(30)))
+    data, _ = build(entry, [dataclasses.replace(failed(entry), last_reply=long_reply)])
+    start = data.index(b"\nDiagnostic-Code: ") + 1
+    field = []
+    for line in data[start:].split(b"\n"):
+        if field and not line[:1] == b" ":
+            break
+        field.append(line)
+    assert len(field) > 10
+    assert max(len(line) for line in field) <= 78
+
+
+def test_the_human_part_keeps_at_most_900_characters_of_a_reply(tmp_path):
+    entry = make_entry(tmp_path)
+    huge = Reply(550, "5.1.1", tuple(f"line {i} " + "x" * 200 for i in range(200)))
+    _, msg = build(entry, [dataclasses.replace(failed(entry), last_reply=huge)])
+    human, _, _ = msg.iter_parts()
+    human = human.get_content()
+    reason = human.split("<bob@remote.test>: ", 1)[1].split("\n\n", 1)[0].rstrip("\n")
+    reason = reason.replace("\n    ", " ")
+    assert reason.endswith("...") and len(reason) <= 1000
+
+
+def test_a_failure_after_temporary_replies_says_the_hub_gave_up(tmp_path):
+    # the last reply was a 4xx: the notice must say why that is final now
+    entry = make_entry(tmp_path)
+    bob = failed(entry, reply=Reply.of(451, "4.3.0", "try again later"))
+    _, msg = build(entry, [bob])
+    human, _, _ = msg.iter_parts()
+    human = human.get_content().replace("\n    ", " ")
+    assert "451 4.3.0 try again later (gave up: the message stayed in the queue too long)" \
+        in human
+
+
+def test_the_returned_header_section_is_bounded(tmp_path):
+    entry = make_entry(tmp_path)
+    (tmp_path / "msg").write_bytes(b"X-Junk: " + b"y" * 70 + b"\n" * 1
+                                   + b"".join(b"X-Junk: %d\n" % i for i in range(60_000))
+                                   + b"\nbody\n")
+    data, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2].get_payload()
+    assert 0 < len(returned) <= bounce.MAX_HEADER_BYTES
+    assert len(data) < 2 * bounce.MAX_HEADER_BYTES
+
+
+def test_ret_full_returns_a_message_of_exactly_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(bounce, "FULL_RETURN_LIMIT", len(ORIGINAL))
+    entry = make_entry(tmp_path, ret="FULL")
+    _, msg = build(entry, [failed(entry)])
+    assert list(msg.iter_parts())[2].get_content_type() == "message/rfc822"
+
+
+class _UnavailableRouter(StaticRouter):
+    """A router whose users file is away for a moment (451, not 550)."""
+
+    def resolve(self, address):
+        from txmailhub.errors import Rejected
+        from txmailhub.smtp import replies
+
+        raise Rejected(replies.LOCAL_ERROR)
+
+
+def test_a_notice_to_a_local_sender_waits_while_the_users_file_is_away(tmp_path):
+    # not "dropped": the notice is retried later, like any local mail
+    components, spooler, store = dsn_components(tmp_path, _UnavailableRouter({"alice": None}))
+    entry = make_entry(tmp_path)
+    data, _ = build(entry, [failed(entry)])
+    d = bounce.send_dsn(components, bounce.dsn_envelope(entry, "mail.example.org", False), data)
+    failure = []
+    d.addErrback(failure.append)
+    assert failure and failure[0].check(bounce.DSNRefused)
+    assert spooler.writers == [] and store.deliveries == []
+
+
+def test_a_notice_that_could_not_be_stored_is_refused(tmp_path):
+    # the mailbox failed, and so did the queue it falls back to: the
+    # notice is durable nowhere, and the runner must keep it and try again
+    components, _, store = dsn_components(tmp_path, StaticRouter({"alice": None}))
+    store.fail[ALICE] = OSError("disk full")
+    components.queue.fail = OSError("disk full")
+    entry = make_entry(tmp_path)
+    data, _ = build(entry, [failed(entry)])
+    d = bounce.send_dsn(components, bounce.dsn_envelope(entry, "mail.example.org", False), data)
+    failure = []
+    d.addErrback(failure.append)
+    assert failure and failure[0].check(bounce.DSNRefused)
+    assert store.messages(ALICE) == []

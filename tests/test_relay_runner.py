@@ -641,3 +641,75 @@ def test_a_pass_that_only_owes_a_notice_waits_at_least_a_minute(tmp_path):
         assert hub.queue.ids() == [] and len(hub.dsn.sent) == 1
     finally:
         hub.runner.stop()
+
+
+def test_no_new_connection_for_an_attempt_that_waited_past_a_stop(hub):
+    # max_per_destination = 1: the second entry for remote.test waits for
+    # the first's slot.  A stop gives both up; when the first ends, the
+    # second must not connect (the queue may be another hub's by then).
+    hub.runner.start()
+    pending = []
+
+    def script(e, d, r):
+        x = defer.Deferred()
+        pending.append((x, r))
+        return x
+
+    hub.agent.script = script
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, BOB)
+    assert [c[0] for c in hub.agent.calls] == [first]
+    stopped = hub.runner.stop(grace=0)
+    assert stopped.called and hub.agent.aborted == 1
+    x, r = pending.pop(0)
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert [c[0] for c in hub.agent.calls] == [first]  # no second connection
+    assert sorted(hub.queue.ids()) == sorted([first, second])
+
+
+def test_no_notice_after_a_stop_gave_the_attempt_up_while_it_was_recorded(hub, monkeypatch):
+    # given up while its record was being written: the queue may be another
+    # hub's now, which sends the notice itself
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    real = hub.queue.update
+    held = []
+
+    def update(qid, change):
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    qid = enqueue(hub, BOB)
+    assert len(held) == 1  # the attempt's record is being written
+    assert hub.runner.stop(grace=0).called
+    held.pop()()
+    assert hub.dsn.sent == []
+    assert hub.queue.read(qid).failed  # recorded, the notice left to the next run
+
+
+def test_at_most_twice_max_concurrent_deliveries_entries_are_in_flight(tmp_path):
+    # the entries waiting for a delivery slot are bounded too: each holds
+    # its record and its results in memory
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\nmax_per_destination = 5\n")
+    pending = []
+
+    def script(e, d, r):
+        x = defer.Deferred()
+        pending.append((x, r))
+        return x
+
+    hub.agent.script = script
+    hub.runner.start()
+    try:
+        for i in range(8):
+            enqueue(hub, Address("x", f"d{i}.test"))
+        assert len(hub.runner.active) == 4 and len(hub.agent.calls) == 2
+        while pending:
+            x, r = pending.pop(0)
+            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert len(hub.agent.calls) == 8 and hub.queue.ids() == []
+        assert hub.runner._semaphores == {}  # one per destination only while in use
+    finally:
+        hub.runner.stop()

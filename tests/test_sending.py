@@ -83,3 +83,72 @@ def test_a_lost_connection_is_left_to_the_transport():
     assert ResponseWriter(t2).write(b"+OK\r\n") is True
     assert t2._tempDataBuffer == [b"+OK\r\n"]
     assert isinstance(t2.doWrite(), Exception)
+
+
+def test_a_partly_flushed_buffer_is_not_overtaken():
+    # Twisted moved what waited into dataBuffer and sent part of it; the
+    # client has read that: the next response still goes behind the rest
+    t, peer, _ = connection()
+    w = ResponseWriter(t)
+    big = bytes(range(256)) * 40000
+    assert w.write(big) is True
+    got = drain(peer)
+    assert t.doWrite() is None  # one flush: some sent, the rest in dataBuffer
+    assert t.dataBuffer and not t._tempDataBuffer
+    got += drain(peer)
+    assert w.write(b"+OK next\r\n") is True
+    while t.doWrite() is None and (t.dataBuffer or t._tempDataBuffer):
+        got += drain(peer)
+    got += drain(peer)
+    assert got == big + b"+OK next\r\n"
+
+
+def test_bytes_waiting_in_twisteds_buffer_are_not_overtaken():
+    # the rest of a big response waits in Twisted's buffer, not yet flushed;
+    # the client reads meanwhile and the kernel has room again
+    t, peer, _ = connection()
+    w = ResponseWriter(t)
+    big = bytes(range(256)) * 40000
+    assert w.write(big) is True
+    got = drain(peer)
+    assert t._tempDataBuffer
+    assert w.write(b"+OK next\r\n") is True
+    while t.doWrite() is None and (t.dataBuffer or t._tempDataBuffer):
+        got += drain(peer)
+    got += drain(peer)
+    assert got == big + b"+OK next\r\n"
+
+
+def test_the_last_octet_the_kernel_did_not_take_is_buffered():
+    class OneShort:
+        def __init__(self, sock):
+            self._sock = sock
+
+        def send(self, data):
+            return self._sock.send(data[:-1])
+
+        def __getattr__(self, name):
+            return getattr(self._sock, name)
+
+    t, peer, _ = connection()
+    t.socket = OneShort(t.socket)
+    w = ResponseWriter(t)
+    assert w.write(b"+OK\r\n") is True
+    assert drain(peer) == b"+OK\r"
+    assert t._tempDataBuffer == [b"\n"]
+
+
+def test_a_wrapping_transport_is_never_written_around():
+    # TLS over a listener is a ProtocolWrapper: its attribute lookups reach
+    # the TCP connection underneath (its socket, its TLS flag), and bytes
+    # sent around it would go out in the clear
+    from twisted.internet.protocol import Factory
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    t, peer, _ = connection()
+    wrapper = ProtocolWrapper(WrappingFactory(Factory.forProtocol(Protocol)), Protocol())
+    wrapper.makeConnection(t)
+    written = []
+    wrapper.write = written.append
+    assert ResponseWriter(wrapper).write(b"+OK\r\n") is True
+    assert written == [b"+OK\r\n"] and drain(peer) == b""

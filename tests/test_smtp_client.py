@@ -105,10 +105,13 @@ def test_non_pipelined_all_refused_sends_no_data():
     assert [r.reply.code for r in s.outcome.recipients] == [550, 551]
 
 
-def test_helo_fallback():
+@pytest.mark.parametrize("refusal", [b"500 5.5.2 what?", b"501 5.5.4 syntax", b"502 5.5.1 no",
+                                     b"504 5.5.1 not implemented", b"550 5.7.1 no EHLO"])
+def test_helo_fallback(refusal):
+    # every permanent "EHLO not understood" an old server may answer
     s = session()
     s.receive(b"220 old server\r\n")
-    assert sent(s.receive(b"502 5.5.1 command not implemented\r\n")) == b"HELO mail.hub.test\r\n"
+    assert sent(s.receive(refusal + b"\r\n")) == b"HELO mail.hub.test\r\n"
     assert sent(s.receive(b"250 hello\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
 
 
@@ -223,6 +226,14 @@ def test_size_too_big_is_permanent_before_sending():
     assert r.kind == "permanent" and r.reply.status == "5.3.4" and "1000" in r.reply.text()
 
 
+def test_a_message_of_exactly_the_remote_size_limit_is_sent():
+    # RFC 1870: only a message over the server's SIZE is refused
+    s = session(size=1000)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == b"MAIL FROM:<alice@example.org> SIZE=1000\r\n"
+    assert s.outcome is None
+
+
 def test_smtputf8_needed_but_missing():
     s = session(recipients=[(Address("jörg", "remote.test"), None)])
     s.receive(b"220 hi\r\n")
@@ -316,6 +327,14 @@ def test_auth_login():
     assert sent(s.receive(b"334 VXNlcm5hbWU6\r\n")) == base64.b64encode(b"user") + b"\r\n"
     assert sent(s.receive(b"334 UGFzc3dvcmQ6\r\n")) == base64.b64encode(b"pw") + b"\r\n"
     assert sent(s.receive(b"235 ok\r\n")).startswith(b"MAIL FROM:")
+
+
+def test_auth_plain_when_neither_plain_nor_login_is_offered():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    line = sent(s.receive(b"250-smarthost\r\n250 AUTH CRAM-MD5 XOAUTH2\r\n"))
+    assert line.startswith(b"AUTH PLAIN ")
+    assert base64.b64decode(line[11:]) == b"\0user\0pw"
 
 
 def test_auth_refused_keeps_mail_queued():
@@ -560,20 +579,23 @@ def test_a_non_ascii_address_still_needs_smtputf8():
     assert r.reply.code == 553 and r.reply.status == "5.6.7"
 
 
-def test_552_to_rcpt_is_taken_as_temporary():
-    # RFC 5321 4.5.3.1.10: an old "too many recipients"
+@pytest.mark.parametrize("refusal", [b"552 5.5.3", b"552 5.3.4", b"552"])
+def test_552_to_rcpt_is_taken_as_temporary(refusal):
+    # RFC 5321 4.5.3.1.10: an old "too many recipients"; it becomes the
+    # 452 4.5.3 the relay answers with another transaction at once
     s = session(recipients=[(BOB, None), (CAROL, None)])
     s.receive(b"220 hi\r\n")
     s.receive(EHLO_BASIC)
     s.receive(b"250 ok\r\n")
     s.receive(b"250 ok\r\n")
-    s.receive(b"552 5.5.3 too many recipients\r\n")
+    s.receive(refusal + b" too many recipients\r\n")
     s.receive(b"354 go\r\n")
     s.body_sent()
     s.receive(b"250 ok\r\n")
     results = {r.address: r for r in s.outcome.recipients}
     assert results[BOB].kind == "delivered"
     assert results[CAROL].reply.code == 452 and results[CAROL].reply.is_transient
+    assert results[CAROL].reply.status == "4.5.3"
     assert "too many recipients" in results[CAROL].reply.text()
 
 

@@ -157,6 +157,18 @@ def test_line_that_never_ends_keeps_memory_bounded():
     assert r.error == replies.MESSAGE_LINE_TOO_LONG
 
 
+@pytest.mark.parametrize("first", [b"a" * 1500 + b".", b"\r\n" + b"a" * 1500 + b"."])
+def test_a_dot_kept_from_an_over_long_line_does_not_start_a_line(first):
+    # The octet kept after an over-long piece is the middle of a line: a
+    # "." there followed by CRLF is not the end-of-data line, or the rest of
+    # the body would run as commands (SMTP smuggling).
+    r = DotReader(None, BIG)
+    assert r.feed(first) is None
+    assert r.feed(b"\r\nRCPT TO:<x@y>\r\n") is None
+    assert r.feed(b".\r\nQUIT\r\n") == b"QUIT\r\n"
+    assert r.error == replies.MESSAGE_LINE_TOO_LONG
+
+
 @pytest.mark.parametrize("split", [None, 1, 3])
 def test_transparency_dots_do_not_count_towards_the_limit(split):
     wire = b".." + b"a" * 48 + b"\r\n" + b"..b\r\n" + b"c" * 43 + b"\r\n"  # 100 octets
@@ -258,6 +270,14 @@ def test_stuff_examples():
 def test_stuffer_cr_split_across_pieces():
     s = DotStuffer()
     assert s.encode(b"a\r") + s.encode(b"\n.b\n") + s.finish() == b"a\r\n..b\r\n.\r\n"
+
+
+def test_stuffer_a_trailing_lone_cr_still_ends_the_data():
+    # The CR held back for its LF never comes: the end-of-data line must
+    # still follow a CRLF, or the server would wait for it forever.
+    assert stuff(b"abc\r") == b"abc\r\n.\r\n"
+    s = DotStuffer()
+    assert s.encode(b"a\n") + s.encode(b"\r") + s.finish() == b"a\r\n\r\n.\r\n"
 
 
 def test_seed_leading_period_encodes_back():
@@ -433,6 +453,22 @@ def test_several_problems_get_one_answer_by_a_fixed_order():
     r.fail(replies.LOCAL_ERROR)
     assert r.feed(b"..\r\n" * 50 + b".\r\n") == b"" and r.error == replies.LOCAL_ERROR
     assert r.size == 150  # transparency dots left out, as when storing
+
+
+def test_a_non_last_chunk_ending_in_cr_keeps_the_line_rule_reply():
+    # A chunk broke a rule and was not the LAST: its final CR may still meet
+    # an LF in the next chunk, so it is not bare; the reply is the line rule's
+    # whether or not the client cut the chunk right after a CR.
+    for tail in (b"\r", b"x"):
+        r = ChunkReader(None, BIG)
+        chunk = b"y" * 1200 + b"\r\nok" + tail
+        r.start(len(chunk), last=False)
+        assert r.feed(chunk) == b""
+        assert r.settle() == replies.MESSAGE_LINE_TOO_LONG
+    r = ChunkReader(None, BIG)
+    chunk = b"y" * 1200 + b"\r\no\rk\r"
+    r.start(len(chunk), last=False)
+    assert r.feed(chunk) == b"" and r.settle() == replies.MESSAGE_BARE_CR_LF
 
 
 def test_a_refused_chunk_keeps_its_refusal():

@@ -769,6 +769,14 @@ class ProtocolTests(SynchronousTestCase):
         p.makeConnection(t)
         assert take(t) == [replies.TOO_MANY_CONNECTIONS.text()]
 
+    def test_the_client_address_cache_stays_bounded(self):
+        # one entry per client address seen: an IPv6 client has 2**64 of them
+        h = Harness()
+        for i in range(5000):
+            assert h.factory.classify(f"2001:db8::{i:x}") == (False, False)
+        assert h.factory.classify("10.1.2.3") == (False, True)
+        assert len(h.factory._hosts) <= 4096
+
     def test_loopback_and_relay_networks_pass_the_per_client_limit(self):
         # more connections than the per-client limit from each: a check with
         # one connection could not tell the exemption from the limit

@@ -35,6 +35,17 @@ def test_received_field():
     )
 
 
+def test_the_date_cache_stays_small():
+    # one formatted date per second, for a server that runs for months
+    from txmailhub.smtp import received as module
+
+    for second in range(1000, 1100):
+        field = received(hostname="mx", helo="c", client_ip="192.0.2.1", protocol="SMTP",
+                         message_id="D", when=second + 0.5)
+        assert field.endswith(module.rfc5322_date(second).encode() + b"\n")
+    assert len(module._dates) <= 9
+
+
 def test_received_ipv6_and_hostile_helo():
     field = received(hostname="mx", helo="evil\r\nX-Injected: yes (", client_ip="2001:db8::1",
                      protocol="SMTP", message_id="I", when=86400)
@@ -110,6 +121,10 @@ def test_the_clients_return_path_fields_are_dropped_from_the_header_only():
     assert _filtered([b"Hi Dave\nReturn-Path: x\n\n"]) == b"Hi Dave\nReturn-Path: x\n\n"
     assert _filtered([b"Subject: a\n", b"\n", b"Return-Path: body\n"]) == (
         b"Subject: a\n\nReturn-Path: body\n")
+    # continuation lines that come one piece at a time: all of them go, or
+    # the last would fold itself into the field before the Return-Path
+    assert _filtered([b"Subject: a\nReturn-Path:\n", b" <x@y.test>\n", b"\tmore\n",
+                      b"To: b\n\nbody\n"]) == b"Subject: a\nTo: b\n\nbody\n"
 
 
 _field_lines = st.sampled_from([

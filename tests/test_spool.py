@@ -111,6 +111,27 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual(f.value.errno, 28)
         self.assertEqual(self.syncer.calls, [])
 
+    def test_writes_after_a_disk_error_are_ignored_even_once_there_is_room(self):
+        # the disk has room again (another process freed some): the message
+        # is still refused with its first error, and no later write raises
+        w = self.spooler.open()
+        w.write(b"first\n")
+
+        def full(fd, data):
+            raise OSError(28, "No space left on device")
+
+        patcher = self.patch(spool_module.os, "write", full)
+        w.write(b"second\n")
+        patcher.restore()
+        w.write(b"third\n")
+        self.assertFalse(os.path.exists(w.path))
+        f = self.failureResultOf(w.finish(), OSError)
+        self.assertEqual(f.value.errno, 28)
+
+    def test_the_spool_folder_is_private(self):
+        # message data (and the names that count them) are the hub's only
+        self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o700)
+
     def test_short_writes_are_completed(self):
         real = os.write
 

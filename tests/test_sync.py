@@ -258,6 +258,12 @@ class GroupCommitTests(SynchronousTestCase):
     def test_unknown_method(self):
         self.assertRaises(LocalError, Syncer, None, method="fdatasync-maybe")
 
+    def test_auto_means_fsync(self):
+        # syncfs waits for every other process's dirty data on a shared
+        # filesystem: only chosen on purpose (module docstring)
+        self.assertEqual(Syncer(None).method, "fsync")
+        self.assertEqual(Syncer(None, method="auto").method, "fsync")
+
 
 class RealThreadTests(TestCase):
     """The worker pool with the real reactor (fast: a few syscalls)."""
@@ -349,6 +355,16 @@ class DurableWriteTests(SynchronousTestCase):
             self.assertEqual(f.read(), b"two\n")
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
         self.assertEqual(os.listdir(self.dir), ["users"])
+
+    def test_private_unless_told_otherwise(self):
+        durable_write(self.path, b"one\n")
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_a_failed_rename_leaves_no_temporary_file(self):
+        os.makedirs(self.path)  # the name is a directory: rename(2) fails
+        self.assertRaises(OSError, durable_write, self.path, b"one\n")
+        self.assertEqual(os.listdir(self.dir), ["users"])
+        self.assertEqual(os.listdir(self.path), [])
 
     def test_replacement_keeps_the_owner_of_the_old_file(self):
         # `mailhub user add` run as root on the users file of a hub that
@@ -626,3 +642,15 @@ def test_rename_noreplace_never_replaces(tmp_path, monkeypatch, libc_has_it):
     assert b.read_bytes() == b"A" and not a.exists()
     with pytest.raises(FileNotFoundError):
         sync_module.rename_noreplace(str(a), str(b))
+
+
+@pytest.mark.parametrize(("release", "available"), [("5.4.0-150-generic", False),
+                                                    ("4.19.0", False), ("5.8.0", True),
+                                                    ("6.1.0-13-amd64", True)])
+def test_syncfs_counts_only_from_linux_5_8(monkeypatch, release, available):
+    # before 5.8 syncfs(2) does not report writeback errors: a batch whose
+    # data was lost would be acknowledged
+    monkeypatch.setattr(sync.sys, "platform", "linux")
+    monkeypatch.setattr(sync.platform, "release", lambda: release)
+    monkeypatch.setattr(sync, "_load_libc", lambda: type("Libc", (), {"syncfs": None})())
+    assert sync.syncfs_available() is available
