@@ -645,7 +645,8 @@ def test_rename_noreplace_never_replaces(tmp_path, monkeypatch, libc_has_it):
 
 
 @pytest.mark.parametrize(("release", "available"), [("5.4.0-150-generic", False),
-                                                    ("4.19.0", False), ("5.8.0", True),
+                                                    ("4.19.0", False), ("5.7.19", False),
+                                                    ("5.8.0", True),
                                                     ("6.1.0-13-amd64", True)])
 def test_syncfs_counts_only_from_linux_5_8(monkeypatch, release, available):
     # before 5.8 syncfs(2) does not report writeback errors: a batch whose
