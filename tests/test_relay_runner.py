@@ -44,6 +44,19 @@ class FakeAgent:
 
     aborted = 0
 
+    def hold(self):
+        """Answer no delivery until the test fires it: the list of
+        ``(Deferred, recipients)`` the attempts wait on."""
+        pending = []
+
+        def script(e, d, r):
+            x = defer.Deferred()
+            pending.append((x, r))
+            return x
+
+        self.script = script
+        return pending
+
     def abort_all(self):
         self.aborted += 1
 
@@ -438,14 +451,7 @@ def test_a_notice_whose_record_cannot_be_written_is_not_sent_twice(hub, monkeypa
 
 def test_per_destination_limit(hub):
     hub.runner.start()
-    pending = []
-
-    def script(e, d, r):
-        x = defer.Deferred()
-        pending.append((x, r))
-        return x
-
-    hub.agent.script = script
+    pending = hub.agent.hold()
     enqueue(hub, BOB)
     enqueue(hub, BOB)
     enqueue(hub, CAROL)
@@ -471,14 +477,7 @@ def test_global_limit_on_deliveries_in_flight(tmp_path):
     queue = OutboundQueue(settings.queue_dir, clock)
     components.queue = queue
     agent = FakeAgent()
-    pending = []
-
-    def script(e, d, r):
-        x = defer.Deferred()
-        pending.append((x, r))
-        return x
-
-    agent.script = script
+    pending = agent.hold()
     runner = QueueRunner(queue, agent, components, clock, send_dsn=DSNSpy())
     runner.start()
     try:
@@ -648,14 +647,7 @@ def test_no_new_connection_for_an_attempt_that_waited_past_a_stop(hub):
     # the first's slot.  A stop gives both up; when the first ends, the
     # second must not connect (the queue may be another hub's by then).
     hub.runner.start()
-    pending = []
-
-    def script(e, d, r):
-        x = defer.Deferred()
-        pending.append((x, r))
-        return x
-
-    hub.agent.script = script
+    pending = hub.agent.hold()
     first = enqueue(hub, BOB)
     second = enqueue(hub, BOB)
     assert [c[0] for c in hub.agent.calls] == [first]
@@ -693,14 +685,7 @@ def test_at_most_twice_max_concurrent_deliveries_entries_are_in_flight(tmp_path)
     # the entries waiting for a delivery slot are bounded too: each holds
     # its record and its results in memory
     hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\nmax_per_destination = 5\n")
-    pending = []
-
-    def script(e, d, r):
-        x = defer.Deferred()
-        pending.append((x, r))
-        return x
-
-    hub.agent.script = script
+    pending = hub.agent.hold()
     hub.runner.start()
     try:
         for i in range(8):
