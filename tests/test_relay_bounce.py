@@ -493,15 +493,20 @@ class _UnavailableRouter(StaticRouter):
         raise Rejected(replies.LOCAL_ERROR)
 
 
-def test_a_notice_to_a_local_sender_waits_while_the_users_file_is_away(tmp_path):
-    # not "dropped": the notice is retried later, like any local mail
-    components, spooler, store = dsn_components(tmp_path, _UnavailableRouter({"alice": None}))
-    entry = make_entry(tmp_path)
+def assert_refused(components, entry):
+    """A failure notice about ``entry`` that ``send_dsn`` refuses
+    (``DSNRefused``: the runner keeps it and tries again)."""
     data, _ = build(entry, [failed(entry)])
     d = bounce.send_dsn(components, bounce.dsn_envelope(entry, "mail.example.org", False), data)
     failure = []
     d.addErrback(failure.append)
     assert failure and failure[0].check(bounce.DSNRefused)
+
+
+def test_a_notice_to_a_local_sender_waits_while_the_users_file_is_away(tmp_path):
+    # not "dropped": the notice is retried later, like any local mail
+    components, spooler, store = dsn_components(tmp_path, _UnavailableRouter({"alice": None}))
+    assert_refused(components, make_entry(tmp_path))
     assert spooler.writers == [] and store.deliveries == []
 
 
@@ -511,10 +516,5 @@ def test_a_notice_that_could_not_be_stored_is_refused(tmp_path):
     components, _, store = dsn_components(tmp_path, StaticRouter({"alice": None}))
     store.fail[ALICE] = OSError("disk full")
     components.queue.fail = OSError("disk full")
-    entry = make_entry(tmp_path)
-    data, _ = build(entry, [failed(entry)])
-    d = bounce.send_dsn(components, bounce.dsn_envelope(entry, "mail.example.org", False), data)
-    failure = []
-    d.addErrback(failure.append)
-    assert failure and failure[0].check(bounce.DSNRefused)
+    assert_refused(components, make_entry(tmp_path))
     assert store.messages(ALICE) == []

@@ -33,6 +33,15 @@ def drain(peer):
         out += chunk
 
 
+
+def flush_all(t, peer) -> bytes:
+    """Flush ``t`` as the reactor would until its buffers are empty; what
+    the peer read meanwhile."""
+    got = b""
+    while t.doWrite() is None and (t.dataBuffer or t._tempDataBuffer):
+        got += drain(peer)
+    return got + drain(peer)
+
 def test_sends_at_once_without_registering_for_writes():
     t, peer, reactor = connection()
     w = ResponseWriter(t)
@@ -51,9 +60,7 @@ def test_what_the_kernel_does_not_take_is_buffered_in_order():
     # later responses queue behind it rather than overtaking it
     assert w.write(b"+OK next\r\n") is True
     got = drain(peer)
-    while t.doWrite() is None and (t.dataBuffer or t._tempDataBuffer):
-        got += drain(peer)
-    got += drain(peer)
+    got += flush_all(t, peer)
     assert got == big + b"+OK next\r\n"
 
 
@@ -97,9 +104,7 @@ def test_a_partly_flushed_buffer_is_not_overtaken():
     assert t.dataBuffer and not t._tempDataBuffer
     got += drain(peer)
     assert w.write(b"+OK next\r\n") is True
-    while t.doWrite() is None and (t.dataBuffer or t._tempDataBuffer):
-        got += drain(peer)
-    got += drain(peer)
+    got += flush_all(t, peer)
     assert got == big + b"+OK next\r\n"
 
 
@@ -113,9 +118,7 @@ def test_bytes_waiting_in_twisteds_buffer_are_not_overtaken():
     got = drain(peer)
     assert t._tempDataBuffer
     assert w.write(b"+OK next\r\n") is True
-    while t.doWrite() is None and (t.dataBuffer or t._tempDataBuffer):
-        got += drain(peer)
-    got += drain(peer)
+    got += flush_all(t, peer)
     assert got == big + b"+OK next\r\n"
 
 
