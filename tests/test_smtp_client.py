@@ -155,7 +155,8 @@ def test_a_reply_the_step_cannot_have_is_never_success(script, step):
     assert sent(actions) == b"QUIT\r\n"
 
 
-@pytest.mark.parametrize("after", [b"250-injected", b"250 X\r\n", b"250-a\r\n"])
+@pytest.mark.parametrize(
+    "after", [b"250-injected", b"250 X\r\n", b"250-a\r\n", b"garbage\r\n", b"99\r\n"])
 def test_bytes_after_the_starttls_reply_end_the_session(after):
     # RFC 3207 4.2: what came in the clear must not be read as a reply under TLS
     s = session(tls="opportunistic")

@@ -270,7 +270,9 @@ class ClientSession:
             actions += self._handlers[phase](reply)
             if self.phase is Phase.DONE:
                 break
-        if self.phase is Phase.TLS and self._parser.pending:
+        if self.phase is Phase.TLS and (self._parser.pending or self._parser.error):
+            # a malformed line after the 220 counts as "more" too: the
+            # handshake must not start over bytes nobody can account for
             return self._fail_session(_synthetic(  # and no StartTLS
                 421, "4.5.0", "the server sent more after its reply to STARTTLS"))
         if self._parser.error is not None and self.phase is not Phase.DONE:
