@@ -50,9 +50,39 @@ def test_received_ipv6_and_hostile_helo():
     field = received(hostname="mx", helo="evil\r\nX-Injected: yes (", client_ip="2001:db8::1",
                      protocol="SMTP", message_id="I", when=86400)
     lines = field.split(b"\n")
-    assert lines[0] == b"Received: from evil??X-Injected:?yes?? ([IPv6:2001:db8::1])"
+    # not a Domain: the address stands after "from" (RFC 5321 4.4), the
+    # name follows in a comment of safe characters
+    assert lines[:2] == [b"Received: from [IPv6:2001:db8::1] ([IPv6:2001:db8::1])",
+                         b"\t(HELO evil??X-Injected:?yes??)"]
     assert b"for <" not in field and field.endswith(b"; Fri, 02 Jan 1970 00:00:00 +0000\n")
-    assert len(lines) == 4  # three folded lines and the final LF
+    assert len(lines) == 5  # four folded lines and the final LF
+
+
+@pytest.mark.parametrize(
+    ("helo", "first"),
+    [
+        ("client.test", b"from client.test ([192.0.2.7])"),
+        ("my_pc", b"from my_pc ([192.0.2.7])"),  # underscores, as addresses take them
+        ("[192.0.2.9]", b"from [192.0.2.9] ([192.0.2.7])"),
+        ("[IPv6:2001:db8::9]", b"from [IPv6:2001:db8::9] ([192.0.2.7])"),
+        ("<evil>", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO ?evil?)"),
+        ("a/b", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO a?b)"),
+        ("-lead.example", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO -lead.example)"),
+        ("dot..example", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO dot..example)"),
+        ("x" * 64 + ".example", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO " + b"x" * 64
+         + b".example)"),
+        ("[192.0.2.300]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [192.0.2.300])"),
+        ("[IPv6:fe80::1%eth0]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [IPv6:fe80::1?eth0])"),
+        ("[tag:x]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [tag:x])"),
+    ],
+)
+def test_the_from_clause_is_rfc_5321_grammar(helo, first):
+    # From-domain is a Domain, or an address literal followed by TCP-info;
+    # whatever else a client says in HELO goes into a comment (CFWS may
+    # stand before "by")
+    field = received(hostname="mx", helo=helo, client_ip="192.0.2.7", protocol="ESMTP",
+                     message_id="I", when=0)
+    assert field.startswith(b"Received: " + first + b"\n\tby mx (txmailhub)")
 
 
 def test_an_idn_helo_name_is_traced_as_its_a_label():
@@ -63,7 +93,7 @@ def test_an_idn_helo_name_is_traced_as_its_a_label():
     assert field.startswith(b"Received: from xn--bcher-kva.example ([192.0.2.7])\n")
     field = received(hostname="mx", helo="bad_ü.example", client_ip="192.0.2.7",
                      protocol="UTF8SMTP", message_id="I", when=0)
-    assert field.startswith(b"Received: from bad_?.example ([192.0.2.7])\n")
+    assert field.startswith(b"Received: from [192.0.2.7] ([192.0.2.7])\n\t(HELO bad_?.example)\n")
 
 
 def test_return_path():

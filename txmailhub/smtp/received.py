@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import ipaddress
 import re
 
 from txmailhub.address import Address, ascii_domain
@@ -38,6 +39,11 @@ _RETURN_PATH_LAST = re.compile(rb"(?:\A|\n)return-path[ \t]*:.*\n(?:[ \t].*\n)*\
 _CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
+# RFC 5321 4.1.2 Domain: labels of letters, digits and inner hyphens (and
+# underscores, as the address parser takes them: seen in the wild)
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
+_HELO_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]+")
 
 
 class HopCounter:
@@ -116,14 +122,34 @@ class ReturnPathFilter:
 
 
 @functools.lru_cache(maxsize=1024)
-def _host(name: str) -> str:
-    """A client's HELO name for the trace field: an internationalized one
-    as its A-labels, which every reader of any message can take (RFC 6531
-    3.7.3 allows U-labels only in SMTPUTF8 messages); anything else goes
-    through ``_safe``."""
-    if not name.isascii():
-        name = ascii_domain(name[:255])
-    return _safe(name)
+def _from(helo: str, source: str) -> str:
+    """The field's first line: the client's HELO name and its address.
+
+    RFC 5321 4.4 wants a Domain or an address literal after "from"; an
+    internationalized name goes in as its A-labels, which every reader of
+    any message can take (RFC 6531 3.7.3 allows U-labels only in SMTPUTF8
+    messages).  A name that is neither (a bare word with a slash, "<evil>",
+    a broken literal) is still recorded, in a comment of safe characters
+    after the address, which then stands in the name's place."""
+    name = ascii_domain(helo[:255]) if not helo.isascii() else helo
+    if _valid_helo(name):
+        return f"Received: from {name} ({source})"
+    return f"Received: from {source} ({source})\n\t(HELO {_safe(name)})"
+
+
+def _valid_helo(name: str) -> bool:
+    if name.startswith("[") and name.endswith("]"):
+        literal = name[1:-1]
+        v6 = literal[:5].lower() == "ipv6:"
+        # hex digits, colons and dots only: ipaddress would take a "%zone"
+        if v6 and not _IPV6_TEXT.fullmatch(literal, 5):
+            return False
+        try:
+            ipaddress.IPv6Address(literal[5:]) if v6 else ipaddress.IPv4Address(literal)
+        except ValueError:
+            return False
+        return True
+    return len(name) <= 255 and _HELO_DOMAIN.fullmatch(name) is not None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -161,7 +187,7 @@ def received(
     for a single-recipient transaction, so lists are not disclosed)."""
     ip = _safe(client_ip)
     source = f"[{ip}]" if ":" not in ip else f"[IPv6:{ip}]"
-    lines = [f"Received: from {_host(helo)} ({source})"]
+    lines = [_from(helo, source)]
     by = f"\tby {_safe(hostname)} (txmailhub) with {protocol}"
     if tls is not None:
         by += f" ({_safe(tls[0], 40)} cipher {_safe(tls[1], 80)})"
