@@ -1019,6 +1019,52 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t)[-1].startswith("250 2.0.0 ")
         assert h.store.messages(ALICE)[-1].startswith(b"Return-Path: <>\nReceived: from c ")
 
+    def test_a_login_gets_the_date_and_message_id_its_message_lacks(self):
+        # RFC 6409 8.2, 8.3: the hub is the MSA for a client that logged in
+        h = Harness()
+        h.clock.advance(1_795_000_000)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode())
+        added = (b"Date: Sun, 18 Nov 2026 09:46:40 +0000\nMessage-ID: <%s@mx.example.org>\n")
+        # the seed's text, no header section: ours ends with an empty line
+        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
+                       b"Hi Dave\r\n.\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        qid = p._message_id.encode()
+        (stored,) = h.store.messages(Address("bob", "example.org"))
+        assert stored.endswith(b"\tfor <bob@example.org>; Sun, 18 Nov 2026 09:46:40 +0000\n"
+                               + added % qid + b"\nHi Dave\n"), stored
+        # a client's Return-Path goes, the missing fields come, whatever the
+        # pieces: the header section ends in the second chunk
+        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nBDAT 24\r\n"
+                       b"Return-Path: <x@y.test>\r\nBDAT 27 LAST\r\nSubject: s\r\n\r\nbody\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        stored = h.store.messages(Address("bob", "example.org"))[-1]
+        assert stored.endswith(b"+0000\nSubject: s\n" + added % p._message_id.encode()
+                               + b"\nbody\n"), stored
+        assert b"x@y.test" not in stored
+        # an empty message (BDAT 0 LAST): the fields follow the trace header
+        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nBDAT 0 LAST\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        stored = h.store.messages(Address("bob", "example.org"))[-1]
+        assert stored.endswith(b" +0000\n" + added % p._message_id.encode()), stored
+        # a message that has both keeps its own
+        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
+                       b"Date: x\r\nMessage-ID: <m@c.test>\r\n\r\nb\r\n.\r\n")
+        stored = h.store.messages(Address("bob", "example.org"))[-1]
+        assert stored.endswith(b"+0000\nDate: x\nMessage-ID: <m@c.test>\n\nb\n"), stored
+
+    def test_mail_from_another_server_gets_no_fields_added(self):
+        h = Harness()
+        p, t = h.connect("192.0.2.9")
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<x@elsewhere.test>\r\nRCPT TO:<alice>\r\n"
+                       b"DATA\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        (stored,) = h.store.messages(ALICE)
+        assert b"Date:" not in stored and b"Message-ID:" not in stored
+        assert stored.endswith(b" +0000\nSubject: s\n\nbody\n")
+
     def test_ten_errors(self):
         h = Harness(max_errors=10)
         p, t = h.connect()

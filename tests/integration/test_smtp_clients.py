@@ -234,9 +234,13 @@ def test_twisted_esmtp_client(hub):
         r = subprocess.run([sys.executable, "-c", TWISTED_CLIENT, str(port), user, password],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-    msgs = hub.messages("bob@example.org")
-    assert len(msgs) == 2
-    assert all(body_of(m) == b"Subject: from twisted\n\n.leading dot\nbody\n" for m in msgs)
+    mx, submitted = sorted(hub.messages("bob@example.org"), key=lambda m: b"ESMTPA" in m)
+    assert body_of(mx) == b"Subject: from twisted\n\n.leading dot\nbody\n"
+    # Twisted's sendmail sends no Date or Message-ID: submission adds them
+    # (RFC 6409 8.2, 8.3)
+    assert re.fullmatch(rb"Subject: from twisted\nDate: [^\n]+ \+0000\n"
+                        rb"Message-ID: <\w+@mail\.example\.org>\n\n\.leading dot\nbody\n",
+                        body_of(submitted)), submitted
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed")
@@ -401,3 +405,32 @@ def test_a_return_path_from_the_client_is_not_kept(hub):
     (stored,) = hub.messages("alice@example.org")
     assert stored.startswith(b"Return-Path: <x@remote.test>\nReceived: ")
     assert b"forged" not in stored and stored.endswith(b"\n\nReturn-Path: in the body stays\n")
+
+
+def test_submission_adds_the_date_and_message_id_a_message_lacks(make_hub):
+    # RFC 6409 8.2, 8.3: the MSA completes what a bare script sent; mail
+    # from another server (port 25, no login) is stored as it came
+    import email
+    import email.utils
+
+    hub = make_hub()
+    with smtplib.SMTP("127.0.0.1", hub.submission_port, timeout=10) as s:
+        s.login("alice", "alice-secret")
+        s.sendmail("alice@example.org", ["bob@example.org"], b"Subject: bare\r\n\r\nbody\r\n")
+        s.sendmail("alice@example.org", ["bob@example.org"],
+                   b"Date: Sat, 28 Nov 2026 10:00:00 +0100\r\nMessage-ID: <mine@c.test>\r\n"
+                   b"Subject: complete\r\n\r\nbody\r\n")
+    bare, complete = sorted(hub.messages("bob@example.org"), key=lambda m: b"complete" in m)
+    msg = email.message_from_bytes(bare)
+    queue_id = re.search(rb"\n\tid (\w+)", bare).group(1).decode()
+    assert msg["Message-ID"] == f"<{queue_id}@mail.example.org>"
+    when = email.utils.parsedate_to_datetime(msg["Date"])
+    assert abs(when.timestamp() - time.time()) < 60
+    assert msg["Subject"] == "bare" and msg.get_payload() == "body\n"
+    assert complete.endswith(b"\nDate: Sat, 28 Nov 2026 10:00:00 +0100\nMessage-ID: <mine@c.test>"
+                             b"\nSubject: complete\n\nbody\n")
+    assert complete.count(b"Date:") == 1 and complete.count(b"Message-ID:") == 1
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.sendmail("x@remote.test", ["alice@example.org"], b"Subject: mx\r\n\r\nbody\r\n")
+    (stored,) = hub.messages("alice@example.org")
+    assert b"Date:" not in stored and b"Message-ID:" not in stored

@@ -46,6 +46,7 @@ from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
+from txmailhub.smtp.msa import MissingFields
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import (
     MAX_HOPS,
@@ -55,6 +56,7 @@ from txmailhub.smtp.received import (
     protocol_name,
     received,
     return_path,
+    rfc5322_date,
 )
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import (
@@ -123,6 +125,7 @@ class SMTPProtocol(Protocol):
         self._head = b""  # the trace header, until the first chunk of data
         self._hops: Any = None  # a HopCounter per message (RFC 5321 6.3)
         self._return_paths: Any = None  # a ReturnPathFilter per message (RFC 5321 4.4)
+        self._msa: MissingFields | None = None  # Date, Message-ID (RFC 6409 8)
         self._timer: Any = None
         self._last_activity = 0.0
         self._logout: Any = None
@@ -446,7 +449,20 @@ class SMTPProtocol(Protocol):
             return
         self._hops = HopCounter()
         self._return_paths = ReturnPathFilter() if self._final_or_first(env) else None
+        self._msa = self._missing_fields()
         self.engine.message_started(self._sink)
+
+    def _missing_fields(self) -> MissingFields | None:
+        """A submitted message gets the Date and Message-ID it lacks (RFC
+        6409 8.2, 8.3): on the submission listeners and for a client that
+        logged in, the hub is the MSA.  Mail from other servers, and from
+        relay_networks, passes as it came."""
+        session = self.engine.session
+        if not (session.submission or session.authenticated_as is not None):
+            return None
+        host = ascii_domain(self.factory.settings.hub.hostname)
+        return MissingFields(rfc5322_date(self.reactor.seconds()),
+                             f"<{self._message_id}@{host}>")
 
     def _final_or_first(self, env: Any) -> bool:
         """Whether the client's Return-Path fields may go: this hub is the
@@ -471,6 +487,9 @@ class SMTPProtocol(Protocol):
             data = return_paths.feed(data)
             if not data:
                 return  # a piece of nothing but the client's Return-Path
+        msa = self._msa
+        if msa is not None and not msa.done:
+            data = msa.feed(data)
         head = self._head
         if head:
             self._head = b""
@@ -532,9 +551,15 @@ class SMTPProtocol(Protocol):
         writer, self._writer = self._writer, None
         message_id = self._message_id
         try:
+            # what a submitted message lacks, when its data ended inside
+            # the header section (or there was none)
+            tail = b"" if self._msa is None else self._msa.finish()
+            self._msa = None
             if self._head:  # no data at all (an empty BDAT LAST)
                 head, self._head = self._head, b""
-                writer.write(head)
+                writer.write(head + tail)
+            elif tail:
+                writer.write(tail)
             d = accept_spooled(self.components, event.envelope, writer, message_id)
         except Exception as e:
             d = defer.fail(e)
@@ -557,6 +582,7 @@ class SMTPProtocol(Protocol):
 
     def _message_aborted(self, event: MessageAborted) -> None:
         self._head = b""
+        self._msa = None
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

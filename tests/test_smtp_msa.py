@@ -1,0 +1,89 @@
+"""The fields the submission service adds (RFC 6409 8.2, 8.3)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txmailhub.smtp.msa import MissingFields
+
+DATE = "Sun, 29 Nov 2026 09:00:00 +0000"
+MID = "<6B0ABC00001@mail.example.org>"
+ADDED = f"Date: {DATE}\nMessage-ID: {MID}\n".encode()
+
+
+def run(pieces: list[bytes]) -> bytes:
+    fields = MissingFields(DATE, MID)
+    return b"".join(fields.feed(p) for p in pieces) + fields.finish()
+
+
+def test_both_fields_are_added_at_the_end_of_the_header_section():
+    assert run([b"From: a@example.org\nSubject: hi\n\nbody\n"]) == (
+        b"From: a@example.org\nSubject: hi\n" + ADDED + b"\nbody\n")
+
+
+def test_fields_the_client_sent_are_kept_and_not_repeated():
+    data = b"Date: Sat, 28 Nov 2026 10:00:00 +0100\nmessage-id : <x@y>\nSubject: hi\n\nbody\n"
+    assert run([data]) == data
+    only_date = b"DATE: Sat, 28 Nov 2026 10:00:00 +0100\n\nbody\n"
+    assert run([only_date]) == (
+        b"DATE: Sat, 28 Nov 2026 10:00:00 +0100\nMessage-ID: " + MID.encode() + b"\n\nbody\n")
+
+
+def test_look_alikes_do_not_count():
+    # Resent-Date is another field; a body line "Date:" is no field; a
+    # continuation line is part of the field before it
+    data = (b"Resent-Date: Sat, 28 Nov 2026 10:00:00 +0100\nSubject: a\n Date: b\n"
+            b"\nDate: in the body\nMessage-ID: <also@body>\n")
+    assert run([data]) == (b"Resent-Date: Sat, 28 Nov 2026 10:00:00 +0100\nSubject: a\n Date: b\n"
+                           + ADDED + b"\nDate: in the body\nMessage-ID: <also@body>\n")
+
+
+def test_text_without_a_header_section_gets_one():
+    # the seed's DATA: the text stays the body behind an empty line
+    assert run([b"Hi Dave - this is a test\n"]) == ADDED + b"\nHi Dave - this is a test\n"
+    assert run([b"\nbody only\n"]) == ADDED + b"\nbody only\n"
+
+
+def test_a_header_section_without_a_body_gets_the_fields_at_the_end():
+    assert run([b"Subject: a\n", b"To: b@example.org\n"]) == (
+        b"Subject: a\nTo: b@example.org\n" + ADDED)
+    assert run([]) == ADDED  # no data at all (an empty BDAT LAST)
+
+
+def test_the_header_section_may_end_at_a_piece_boundary():
+    assert run([b"Subject: a\n", b"\nbody\n", b"Date: not a field here\n"]) == (
+        b"Subject: a\n" + ADDED + b"\nbody\nDate: not a field here\n")
+    fields = MissingFields(DATE, MID)
+    fields.feed(b"Subject: a\n\n")
+    assert fields.done and fields.finish() == b""
+
+
+_line = st.sampled_from([
+    b"Subject: hi\n", b"Date: Sat, 28 Nov 2026 10:00:00 +0100\n", b"Message-ID: <a@b>\n",
+    b"message-id:<c@d>\n", b" folded Date: x\n", b"X-Date: y\n", b"\n", b"body text\n",
+    b"Date: late\n", b".\n",
+])
+
+
+@given(st.lists(_line, max_size=12), st.data())
+def test_pieces_at_any_line_boundary_give_the_same_message(lines, data):
+    # the readers pass whole lines in pieces of any size: where the pieces
+    # are cut must not change what is stored
+    whole = run([b"".join(lines)])
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(lines)))))
+    pieces, start = [], 0
+    for cut in cuts + [len(lines)]:
+        pieces.append(b"".join(lines[start:cut]))
+        start = cut
+    assert run(pieces) == whole
+    # and whatever was sent, the stored message has one Date and one
+    # Message-ID in its header section, and the client's bytes in order
+    head = whole.split(b"\n\n", 1)[0] + b"\n"
+    starts = [x.split(b":", 1)[0].strip().lower() for x in head.split(b"\n")
+              if x and x[:1] not in b" \t"]
+    if whole[:1] != b"\n":
+        assert starts.count(b"date") >= 1 and starts.count(b"message-id") >= 1
+    assert whole.replace(ADDED, b"", 1).replace(f"Date: {DATE}\n".encode(), b"", 1).replace(
+        f"Message-ID: {MID}\n".encode(), b"", 1).replace(b"\n", b"") == b"".join(
+        lines).replace(b"\n", b"")
