@@ -73,7 +73,7 @@ def test_pieces_at_any_line_boundary_give_the_same_message(lines, data):
     whole = run([b"".join(lines)])
     cuts = sorted(data.draw(st.sets(st.integers(0, len(lines)))))
     pieces, start = [], 0
-    for cut in cuts + [len(lines)]:
+    for cut in [*cuts, len(lines)]:
         pieces.append(b"".join(lines[start:cut]))
         start = cut
     assert run(pieces) == whole

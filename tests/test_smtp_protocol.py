@@ -1026,19 +1026,19 @@ class ProtocolTests(SynchronousTestCase):
         p, t = h.connect("127.0.0.1")
         p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
                        .encode())
-        added = (b"Date: Sun, 18 Nov 2026 09:46:40 +0000\nMessage-ID: <%s@mx.example.org>\n")
+        added = (b"Date: Wed, 18 Nov 2026 11:06:40 +0000\nMessage-ID: <%s@mx.example.org>\n")
         # the seed's text, no header section: ours ends with an empty line
         p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
                        b"Hi Dave\r\n.\r\n")
         assert take(t)[-1].startswith("250 2.0.0 ")
         qid = p._message_id.encode()
         (stored,) = h.store.messages(Address("bob", "example.org"))
-        assert stored.endswith(b"\tfor <bob@example.org>; Sun, 18 Nov 2026 09:46:40 +0000\n"
+        assert stored.endswith(b"\tfor <bob@example.org>; Wed, 18 Nov 2026 11:06:40 +0000\n"
                                + added % qid + b"\nHi Dave\n"), stored
         # a client's Return-Path goes, the missing fields come, whatever the
         # pieces: the header section ends in the second chunk
-        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nBDAT 24\r\n"
-                       b"Return-Path: <x@y.test>\r\nBDAT 27 LAST\r\nSubject: s\r\n\r\nbody\r\n")
+        p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nBDAT 25\r\n"
+                       b"Return-Path: <x@y.test>\r\nBDAT 20 LAST\r\nSubject: s\r\n\r\nbody\r\n")
         assert take(t)[-1].startswith("250 2.0.0 ")
         stored = h.store.messages(Address("bob", "example.org"))[-1]
         assert stored.endswith(b"+0000\nSubject: s\n" + added % p._message_id.encode()
