@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmailhub.smtp.msa import MissingFields
+from txmailhub.smtp.msa import HOLD_LIMIT, MissingFields
+
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 DATE = "Sun, 29 Nov 2026 09:00:00 +0000"
 MID = "<6B0ABC00001@mail.example.org>"
@@ -59,10 +64,48 @@ def test_the_header_section_may_end_at_a_piece_boundary():
     assert fields.done and fields.finish() == b""
 
 
+@pytest.mark.parametrize("value", [
+    b"<a.b@example.org>", b" <a@b> ", b"(comment) <a@[192.0.2.1]> (more)",
+    b'<"quoted id"@example.org>', b"\n\t<folded@example.org>", "<ü@bücher.example>".encode(),
+])
+def test_a_message_id_that_is_a_msg_id_is_kept(value):
+    data = b"Message-ID:" + value + b"\nSubject: a\n\nbody\n"
+    assert run([data]) == b"Message-ID:" + value + b"\nSubject: a\nDate: " + DATE.encode() + (
+        b"\n\nbody\n")
+
+
+@pytest.mark.parametrize("value", [
+    b"", b" ", b" no-brackets@example.org", b" <no-at-sign>", b" <a@b> trailing text",
+    b" <a b@c>", b" <a@b", b" <<a@b>>", b" <a@b>\n\tand more",
+])
+def test_a_message_id_that_is_no_msg_id_is_replaced(value):
+    # RFC 6409 8.3: the MSA SHOULD add or replace a Message-ID that is not
+    # valid syntax; the field goes with its continuation lines
+    data = b"Subject: a\nMessage-ID:" + value + b"\nTo: b@example.org\n\nbody\n"
+    assert run([data]) == b"Subject: a\nTo: b@example.org\n" + ADDED + b"\nbody\n"
+
+
+def test_a_message_id_at_the_end_of_a_piece_waits_for_its_continuation():
+    # folded over the cut: judged whole, whichever side of it the lines are
+    pieces = [b"Subject: a\nMessage-ID:\n", b"\t<f@example.org>\n", b"\nbody\n"]
+    assert run(pieces) == (b"Subject: a\nMessage-ID:\n\t<f@example.org>\nDate: "
+                           + DATE.encode() + b"\n\nbody\n")
+    fields = MissingFields(DATE, MID)
+    assert fields.feed(b"Subject: a\nMessage-ID:\n") == b"Subject: a\n"
+    assert fields.feed(b"\tjunk\n") == b""
+    assert fields.finish() == ADDED  # the data ended: judged then, and replaced
+    # a field longer than the limit is not held (memory stays bounded): kept
+    huge = b"Message-ID: <" + b"x" * HOLD_LIMIT + b"\n"
+    fields = MissingFields(DATE, MID)
+    assert fields.feed(b"Subject: a\n" + huge) == b"Subject: a\n" + huge
+    assert fields.feed(b"\nbody\n") == f"Date: {DATE}\n".encode() + b"\nbody\n"
+
+
 _line = st.sampled_from([
     b"Subject: hi\n", b"Date: Sat, 28 Nov 2026 10:00:00 +0100\n", b"Message-ID: <a@b>\n",
     b"message-id:<c@d>\n", b" folded Date: x\n", b"X-Date: y\n", b"\n", b"body text\n",
-    b"Date: late\n", b".\n",
+    b"Date: late\n", b".\n", b"Message-ID: no id here\n", b"Message-ID:\n", b"\t<f@x>\n",
+    b"Message-ID: <a@b> (c)\n",
 ])
 
 
@@ -77,13 +120,21 @@ def test_pieces_at_any_line_boundary_give_the_same_message(lines, data):
         pieces.append(b"".join(lines[start:cut]))
         start = cut
     assert run(pieces) == whole
-    # and whatever was sent, the stored message has one Date and one
-    # Message-ID in its header section, and the client's bytes in order
-    head = whole.split(b"\n\n", 1)[0] + b"\n"
+    # and whatever was sent, the stored header section has a Date and a
+    # Message-ID, every Message-ID in it is a msg-id, and the body is the
+    # client's
+    head, _, body = whole.partition(b"\n\n")
+    head += b"\n"
     starts = [x.split(b":", 1)[0].strip().lower() for x in head.split(b"\n")
               if x and x[:1] not in b" \t"]
-    if whole[:1] != b"\n":
-        assert starts.count(b"date") >= 1 and starts.count(b"message-id") >= 1
-    assert whole.replace(ADDED, b"", 1).replace(f"Date: {DATE}\n".encode(), b"", 1).replace(
-        f"Message-ID: {MID}\n".encode(), b"", 1).replace(b"\n", b"") == b"".join(
-        lines).replace(b"\n", b"")
+    assert b"date" in starts and b"message-id" in starts
+    for field in re.finditer(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", head, re.I | re.M):
+        cfws = rb"(?:\s|\([^()]*\))*"
+        assert re.fullmatch(cfws + rb"<[^<>\s]+@[^<>\s]+>" + cfws, field.group(1)), whole
+    sent = b"".join(lines)
+    if sent[:1] == b"\n":  # an empty header section
+        assert body == sent[1:]
+    elif _FIELD.match(sent):
+        assert body == sent.partition(b"\n\n")[2]
+    else:  # no header section: all of it is the body
+        assert body == sent

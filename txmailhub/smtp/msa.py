@@ -12,20 +12,38 @@ gets it bounced.
 the spool file (stored form, LF line ends, whole lines per piece, the
 same pieces the trace code sees) and adds what is missing at the end of
 the header section, where the order of fields does not matter (RFC 5322
-3.6).  It never buffers more than the piece it is given.  Fields the
-client sent are left as they are.
+3.6).  It never buffers more than the piece it is given.  A Message-ID
+that is no msg-id is dropped and replaced; other fields the client sent
+are left as they are.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["MissingFields"]
+__all__ = ["HOLD_LIMIT", "MissingFields"]
+
+# The longest Message-ID field held back while its continuation lines may
+# still come (a real one is under a hundred octets)
+HOLD_LIMIT = 8192
 
 # RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
 # syntax (4.5.3) allows white space before the colon.
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
-_WANTED = re.compile(rb"^(date|message-id)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_DATE = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# A Message-ID field with its continuation lines
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", re.IGNORECASE | re.MULTILINE)
+# RFC 5322 3.6.4 msg-id, with the comments and folding around it that 3.2.2
+# allows; id-left a dot-atom-text or (obsolete, 4.5.4) a quoted-string,
+# id-right a dot-atom-text or a literal.  Octets above 127 count as atext
+# (RFC 6532 3.2: an SMTPUTF8 message may carry UTF-8 there).
+_ATOM = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff]+"
+_DOT_ATOM = _ATOM + rb"(?:\." + _ATOM + rb")*"
+_CFWS = rb"(?:\s|\([^()\\]*\))*"
+_VALID_ID = re.compile(
+    _CFWS + rb"<(?:" + _DOT_ATOM + rb'|"(?:[^"\\\n]|\\.)*")@(?:' + _DOT_ATOM
+    + rb"|\[[!-Z^-~]*\])>" + _CFWS
+)
 
 
 class MissingFields:
@@ -36,12 +54,13 @@ class MissingFields:
     once the data has ended, ``finish`` returns what is still to be added
     (a message that is all header section and no body)."""
 
-    __slots__ = ("_date", "_first", "_message_id", "done", "seen_date", "seen_id")
+    __slots__ = ("_date", "_first", "_held", "_message_id", "done", "seen_date", "seen_id")
 
     def __init__(self, date: str, message_id: str) -> None:
         self._date = date
         self._message_id = message_id
         self._first = True
+        self._held = b""  # a Message-ID field that may go on in the next piece
         self.seen_date = False
         self.seen_id = False
         self.done = False
@@ -49,36 +68,56 @@ class MissingFields:
     def feed(self, data: bytes) -> bytes:
         if self.done or not data:
             return data
-        first, self._first = self._first, False
-        if first and data[:1] != b"\n" and not _FIELD.match(data):
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif self._first and data[:1] != b"\n" and not _FIELD.match(data):
             # No header section at all (the seed's DATA is just text): ours
             # becomes the whole of it, ended by an empty line, so the text
             # stays the body.
             self.done = True
             return self._missing() + b"\n" + data
+        self._first = False
         if data[:1] == b"\n":  # the empty line that ends the header section
-            head, ended = b"", True
+            head, rest, ended = b"", data, True
         else:
             end = data.find(b"\n\n")
             ended = end >= 0
-            head = data[: end + 1] if ended else data
-        for name in _WANTED.findall(head):
-            if name[:1] in b"dD":
-                self.seen_date = True
-            else:
-                self.seen_id = True
+            head, rest = (data[: end + 1], data[end + 1 :]) if ended else (data, b"")
+        if not self.seen_date and _DATE.search(head):
+            self.seen_date = True
         if not ended:
-            return data  # the header section goes on in the next piece
+            # A Message-ID field that ends the piece may go on in the next
+            # one (folded): it waits, so that where the pieces are cut never
+            # changes what is kept.  Bounded; a longer one is kept unjudged.
+            last = None
+            for last in _MESSAGE_ID.finditer(head):  # noqa: B007 (the last one)
+                pass
+            if last is not None and last.end() == len(head):
+                if len(head) - last.start() <= HOLD_LIMIT:
+                    head, self._held = head[: last.start()], head[last.start() :]
+                else:
+                    self.seen_id = True
+                    return _MESSAGE_ID.sub(self._check_id, head[: last.start()]) + head[
+                        last.start() :]
+            return _MESSAGE_ID.sub(self._check_id, head)
         self.done = True
-        missing = self._missing()
-        return head + missing + data[len(head):] if missing else data
+        return _MESSAGE_ID.sub(self._check_id, head) + self._missing() + rest
+
+    def _check_id(self, match: re.Match[bytes]) -> bytes:
+        """A whole Message-ID field: kept when its value is a msg-id, else
+        dropped (ours replaces it, RFC 6409 8.3)."""
+        if _VALID_ID.fullmatch(match.group(1)):
+            self.seen_id = True
+            return match.group(0)
+        return b""
 
     def finish(self) -> bytes:
         """What to append when the data ended inside the header section."""
         if self.done:
             return b""
         self.done = True
-        return self._missing()
+        held, self._held = self._held, b""
+        return _MESSAGE_ID.sub(self._check_id, held) + self._missing()
 
     def _missing(self) -> bytes:
         out = b""
