@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -156,3 +159,18 @@ def test_sighup_loads_the_pair_again(tmp_path):
     HangupNotice(factory)._answer()  # what the handler has the reactor do
     assert serial_served(factory) != first  # at once, without waiting for the interval
 
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_the_advice_for_a_key_with_a_passphrase_works(tmp_path):
+    # run as given (the passphrase from stdin, as a user would type it): the
+    # key ends up without one, private, and the pair serves; reading and
+    # writing one file in one openssl call would leave it empty
+    cert, key = pair(tmp_path, passphrase=b"secret")
+    (problem,), _ = tls.pair_findings(cert, key)
+    command = re.search(r"\(\((umask 077;.*?)\)\s*&&\s*(mv .*?)\)", problem)
+    assert command, problem
+    shell = f"({command.group(1)} -passin stdin) && {command.group(2)}"
+    subprocess.run(["sh", "-c", shell], input=b"secret\n", check=True, capture_output=True)
+    assert tls.pair_findings(cert, key)[0] == []
+    assert os.stat(key).st_mode & 0o077 == 0

@@ -72,7 +72,9 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
     except TypeError:
         raise TLSFilesError(
             f"key {key} is protected by a passphrase, which the hub cannot ask for: "
-            f"remove it (openssl pkey -in {key} -out {key})") from None
+            f"write it out without one, readable only by its owner, and move it into "
+            f"place ((umask 077; openssl pkey -in {key} -out {key}.new) && mv {key}.new {key}); "
+            f"openssl cannot write the file it reads") from None
     except (OSError, ValueError) as e:
         raise TLSFilesError(f"key {key} cannot be read: {e}") from None
     mine = _public(private_key.public_key())
