@@ -282,6 +282,7 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
     for content, why in ((b"just-a-name\n", 'expected one line "username:password"'),
                          (b"", 'expected one line "username:password"'),
                          (b":secret\n", 'expected one line "username:password"'),
+                         (b"u:p\nv:q\n", 'expected one line "username:password", found 2'),
                          (b"user:\xffpass\n", "is not UTF-8 text")):
         auth.write_bytes(content)
         auth.chmod(0o600)

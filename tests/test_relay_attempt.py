@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -421,6 +422,15 @@ def test_read_credentials(tmp_path):
     p.write_text("user@example.org:pa:ss\n")
     assert read_credentials(str(p)) == ("user@example.org", "pa:ss")
     assert read_credentials("") is None
+    p.write_text("user@example.org:pa:ss\r\n\n  \n")  # blank lines: fine
+    assert read_credentials(str(p)) == ("user@example.org", "pa:ss")
+    p.write_text("u:p")  # no newline at all
+    assert read_credentials(str(p)) == ("u", "p")
+    # a second account (or a password split over two lines) is not ignored
+    for text in ("u:p\nv:q\n", "u:p\n\nv:q\n", "u:first half\nsecond half\n"):
+        p.write_text(text)
+        with pytest.raises(ValueError, match=r"expected one line .* found 2"):
+            read_credentials(str(p))
 
 
 def test_broken_opportunistic_tls_falls_back_to_clear(tmp_path):

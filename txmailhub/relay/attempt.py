@@ -92,14 +92,19 @@ class DeliveryResult:
 
 
 def read_credentials(path: str) -> tuple[str, str] | None:
-    """``username:password`` from the first line of ``path`` (None if unset)."""
+    """``username:password``, the one line of ``path`` (None if unset).
+
+    A second line is an error, not ignored: it is most likely a second
+    account the admin expects to be used, or a password that was split."""
     if not path:
         return None
     with open(path, encoding="utf-8") as f:
-        line = f.readline().rstrip("\r\n")
-    user, sep, password = line.partition(":")
+        text = f.read(65536)
+    lines = [line for line in text.splitlines() if line.strip()]  # blank lines aside
+    user, sep, password = (lines[0] if len(lines) == 1 else "").partition(":")
     if not sep or not user:
-        raise ValueError(f"{path}: expected one line \"username:password\"")
+        raise ValueError(f"{path}: expected one line \"username:password\""
+                         + (f", found {len(lines)}" if len(lines) > 1 else ""))
     return user, password
 
 
