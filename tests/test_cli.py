@@ -17,8 +17,11 @@ from txmailhub.cli import main
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "mailhub.toml"
-    path.write_text('[hub]\ndomains = ["example.org", "example.net"]\nstate_dir = "var"\n')
+    path.write_text(HUB + 'domains = ["example.org", "example.net"]\nstate_dir = "var"\n')
     return path
+
+# a hostname: the default (the machine's name) may be a warning
+HUB = '[hub]\nhostname = "mail.example.org"\n'
 
 
 def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
@@ -41,7 +44,7 @@ def test_check_warns_of_a_users_file_that_does_not_exist(config: Path) -> None:
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(
-        '[hub]\ndomains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\nlisten = ["tcp:x"]\n'
+        HUB + 'domains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\nlisten = ["tcp:x"]\n'
         '[pop3]\ntls_listen = ["tcp:995"]\n'
     )
     code, out, err = run(bad, "check")
@@ -60,7 +63,7 @@ def test_check_reports_users_file_problems(config: Path) -> None:
 
 def test_check_prints_warnings_also_when_there_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "w.toml"
-    path.write_text('[hub]\ndomains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\nbogus = 1\n')
+    path.write_text(HUB + 'domains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\nbogus = 1\n')
     code, out, err = run(path, "check")
     assert code == 2 and out == ""
     warning, problem = err.splitlines()
@@ -76,7 +79,7 @@ def test_check_reports_a_hash_nobody_can_log_in_with(config: Path) -> None:
 
 def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
     path = tmp_path / "w.toml"
-    path.write_text('[hub]\ndomains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\n')
+    path.write_text(HUB + 'domains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\n')
     code, out, err = run(path, "check")
     assert code == 0 and "warning:" in err and "10 minutes" in err
     assert out == f"{path}: ok\n"
@@ -216,6 +219,27 @@ def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
     assert all(w.startswith("warning: ") for w in warnings)
 
 
+def test_check_warns_of_an_alias_that_hides_a_user(config: Path) -> None:
+    # aliases come first: alice's own mailbox would get none of her mail
+    (config.parent / "aliases").write_text(
+        "alice: bob\nbob: \\bob, x@remote.test\ncarol@example.net: bob\n"
+        "postmaster: alice\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in ("alice", "bob", "carol@example.net", "postmaster"):
+        run(config, "user", "add", name, "--password-stdin", stdin="pw\n")
+    code, out, err = run(config, "check")
+    assert code == 0 and out.endswith(": ok\n")
+    hidden = [line.split(": ", 2)[2] for line in err.splitlines() if "name of a user" in line]
+    # bob keeps a copy (\bob); postmaster is always the alias's to route
+    assert hidden == [
+        "alias alice@example.org has the name of a user: the alias comes first, so that "
+        "user's mailbox gets none of its mail (add \\alice@example.org to its targets to "
+        "keep a copy there)",
+        "alias carol@example.net has the name of a user: the alias comes first, so that "
+        "user's mailbox gets none of its mail (add \\carol@example.net to its targets to "
+        "keep a copy there)"], err
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder
@@ -255,7 +279,7 @@ def test_check_names_every_bad_item_of_a_list(config: Path) -> None:
     # one run names them all: fixing one at a time and rerunning is tedious
     run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
     config.write_text(
-        '[hub]\ndomains = ["example.org", "bad domain", "example.org", "-x.test"]\n'
+        HUB + 'domains = ["example.org", "bad domain", "example.org", "-x.test"]\n'
         'state_dir = "var"\n'
         '[smtp]\nlisten = ["tcp:x", "tcp:2525", "udp:53"]\nrelay_networks = ["10/8x", "::1/200"]\n'
         '[relay]\nnameservers = ["192.0.2.1:0", "name.test"]\n')
@@ -301,7 +325,7 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
 def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None:
     # the hub reads mail/<U-label>/ only: an A-label folder from before is
     # out of reach until moved
-    config.write_text('[hub]\ndomains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
+    config.write_text(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
     run(config, "user", "add", "bob", "--password-stdin", stdin="pw\n")
     assert run(config, "check")[2] == ""
     old = config.parent / "var" / "mail" / "xn--bcher-kva.example" / "bob"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from conftest import make_certificate
 from txmailhub.config import SMTPSettings, load, load_text, parse_duration
 from txmailhub.errors import ConfigError
 
-MINIMAL = '[hub]\ndomains = ["Example.org.", "example.net"]\n'
+# a hostname: the default (the machine's name) may be a warning
+MINIMAL = '[hub]\nhostname = "mail.example.org"\ndomains = ["Example.org.", "example.net"]\n'
 
 
 def problems(text: str, path: str = "/etc/mh/mailhub.toml") -> list[str]:
@@ -499,3 +501,23 @@ def test_relay_networks_of_every_address_are_warned_of_as_an_open_relay() -> Non
     relay = [w for w in s.warnings if "relay_networks" in w]
     assert len(relay) == 2 and all("open relay" in w for w in relay)
     assert not [w for w in load_text(MINIMAL, "/c").warnings if "relay_networks" in w]
+
+
+@pytest.mark.parametrize("name", ["localhost", "mx", "localhost.localdomain", "box.localdomain"])
+def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
+    # it goes into the greeting, EHLO and Received: servers refuse or
+    # distrust a client that says EHLO localhost
+    s = load_text(f'[hub]\nhostname = "{name}"\ndomains = ["example.org"]\n', "/c")
+    (w,) = s.warnings
+    assert w.startswith(f"/c: [hub] hostname '{name}' is no fully qualified domain name")
+    # the default is the machine's name, which is often just that
+    monkeypatch.setattr(socket, "getfqdn", lambda: name)
+    s = load_text('[hub]\ndomains = ["example.org"]\n', "/c")
+    assert s.hub.hostname == name
+    (w,) = s.warnings
+    assert w.startswith(f"/c: [hub] hostname is not set, and the machine's name '{name}' is "
+                        "no fully qualified domain name")
+    monkeypatch.setattr(socket, "getfqdn", lambda: "mail.example.org")
+    assert load_text('[hub]\ndomains = ["example.org"]\n', "/c").warnings == ()
+    assert load_text('[hub]\nhostname = "mx.example.org."\ndomains = ["example.org"]\n',
+                     "/c").warnings == ()

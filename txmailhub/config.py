@@ -669,6 +669,18 @@ def load_text(text: str, path: str) -> Settings:
         domains=r.get(t, "hub", "domains", ("localhost",), _domains),
     )
 
+    name = hub.hostname.rstrip(".").lower()
+    if "." not in name or name.startswith("localhost.") or name.endswith(".localdomain"):
+        where = ("[hub] hostname" if "hostname" in t
+                 else "[hub] hostname is not set, and the machine's name")
+        warnings.append(
+            f"{path}: {where} {hub.hostname!r} is no fully qualified domain name: the hub "
+            "greets with it, says it in EHLO to other servers and writes it into every "
+            "Received field, and many servers refuse a client that calls itself so "
+            "(RFC 5321 4.1.1.1, 2.3.5); set [hub] hostname to the name clients reach "
+            "the hub by, such as mail.example.org"
+        )
+
     t = r.table(doc, "users", {"file"})
     users = UsersSettings(file=r.resolve(r.get(t, "users", "file", "users", _nonempty_string)))
 

@@ -219,6 +219,13 @@ def alias_target_warnings(
     postmaster = Address("postmaster", primary_domain).key
     out = []
     for alias, targets in table.items():
+        # Aliases come first (as in /etc/aliases): a user of the same name
+        # gets nothing unless the alias lists the user's own mailbox.
+        if alias != postmaster and is_user(parse_address(alias)) and not any(
+                target.key == alias for target, _expand in targets):
+            out.append(f"{path}: alias {alias} has the name of a user: the alias comes first, "
+                       f"so that user's mailbox gets none of its mail (add \\{alias} to its "
+                       "targets to keep a copy there)")
         for target, _expand in targets:
             key = target.key
             if (canonical_domain(target.domain) in local and key not in table and key != postmaster
