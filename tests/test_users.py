@@ -444,3 +444,39 @@ def test_an_unknown_user_costs_a_password_check_too(db: UsersDB, monkeypatch) ->
     db.add("alice", "pw")
     assert not db.check_password(Address("nobody", "example.org"), "pw")
     assert checked == [users._DUMMY_HASH]  # same scrypt cost: no user enumeration by timing
+
+
+def test_a_users_file_that_cannot_be_read_is_unavailable_not_an_error_per_lookup(
+        db: UsersDB) -> None:
+    # (root reads any file, so a folder stands in for a file the hub's user
+    # may not read): 451 and "unavailable" logins, one log line, and check
+    # and the start still see the error
+    from twisted.logger import globalLogPublisher
+
+    from txmailhub.errors import UsersUnavailable
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        db.add("alice", "pw")
+        reader = UsersDB(db.path, "example.org")
+        alice = Address("alice", "example.org")
+        assert reader.contains(alice)
+        os.rename(db.path, db.path + ".away")
+        os.mkdir(db.path)
+        assert not reader.contains(alice) and reader.missing
+        assert isinstance(reader.unreadable, IsADirectoryError)
+        assert not reader.contains(alice) and not reader.check_password(alice, "pw")
+        said = [e for e in events if "cannot be read" in e.get("log_format", "")]
+        assert len(said) == 1 and said[0]["log_level"].name == "error", said
+        assert not [e for e in events if e.get("log_failure")]  # no traceback
+        with pytest.raises(IsADirectoryError):
+            reader.addresses()
+        refusal = UsersChecker(reader)._refusal()
+        assert isinstance(refusal, UsersUnavailable) and "cannot be read" in str(refusal)
+        os.rmdir(db.path)
+        os.rename(db.path + ".away", db.path)
+        assert reader.contains(alice) and not reader.missing and reader.unreadable is None
+        assert reader.addresses() == [alice]
+    finally:
+        globalLogPublisher.removeObserver(events.append)

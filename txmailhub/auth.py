@@ -74,7 +74,10 @@ class UsersChecker:
 
     def _refusal(self) -> Exception:
         if getattr(self.users, "missing", False):
-            return UsersUnavailable(f"the users file {self.users.path} does not exist")
+            why = getattr(self.users, "unreadable", None)
+            return UsersUnavailable(f"the users file {self.users.path} "
+                                    + (f"cannot be read ({why.strerror or why})" if why
+                                       else "does not exist"))
         return UnauthorizedLogin("authentication failed")
 
     def _fail(self) -> Deferred:

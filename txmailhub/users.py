@@ -133,6 +133,8 @@ class UsersDB:
         # "the file is away for a moment" (moved, being restored, a mount
         # not up yet), so the router answers 451, never 550.
         self.missing = False
+        # ... or it is there but cannot be read (the error, for ``check``)
+        self.unreadable: OSError | None = None
 
     # -- reading -------------------------------------------------------------
 
@@ -145,16 +147,34 @@ class UsersDB:
                           "with 451 (try again later) until it is back", path=self.path)
             self._stamp, self._records, self.problems = None, {}, []
             self.missing = True
+            self.unreadable = None
             return
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp:
             return
-        with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
-            self._records, self.problems, _, _ = self._parse(f.read())
+        try:
+            with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
+                text = f.read()
+        except OSError as e:
+            # Unreadable (a root-owned copy put in place under a hub that
+            # runs as mailhub, say): the same as away for a moment -- 451,
+            # logins refused as unavailable -- and said once, not with a
+            # traceback per lookup.  Looked at again at the next lookup.
+            why = e.strerror or str(e)
+            if report and (self.unreadable is None or self.unreadable.strerror != e.strerror):
+                log.error("the users file {path} cannot be read ({why}): local mail is "
+                          "refused with 451 (try again later) and logins fail until it can",
+                          path=self.path, why=why)
+            self._stamp, self._records, self.problems = None, {}, []
+            self.missing = True
+            self.unreadable = e
+            return
+        self._records, self.problems, _, _ = self._parse(text)
         self._stamp = stamp
         if self.missing:
             log.info("the users file {path} is back", path=self.path)
             self.missing = False
+            self.unreadable = None
         for problem in self.problems:  # once per change of the file
             log.warn("users file: {problem}", problem=problem)
 
@@ -212,6 +232,8 @@ class UsersDB:
 
     def addresses(self) -> list[Address]:
         self._refresh()
+        if self.unreadable is not None:
+            raise self.unreadable  # check and the start name it as a problem
         return [r.address for r in sorted(self._records.values(), key=lambda r: r.address.key)]
 
     def qualify(self, name: str) -> Address:
