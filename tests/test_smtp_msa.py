@@ -44,6 +44,19 @@ def test_look_alikes_do_not_count():
                            + ADDED + b"\nDate: in the body\nMessage-ID: <also@body>\n")
 
 
+def test_text_that_ends_the_header_section_without_an_empty_line():
+    # "Subject: x\nHello": a script's message; readers take the text as the
+    # body, so ours goes before it, with the empty line the section lacks
+    assert run([b"Subject: test\nThis is the body\n"]) == (
+        b"Subject: test\n" + ADDED + b"\nThis is the body\n")
+    # a Date below that line is body text, not the message's date
+    assert run([b"Subject: test\nhello\nDate: x\n"]) == (
+        b"Subject: test\n" + ADDED + b"\nhello\nDate: x\n")
+    # nothing to add: the client's text is left as it came
+    data = b"Date: x\nMessage-ID: <a@b>\nhello\n"
+    assert run([data]) == data
+
+
 def test_text_without_a_header_section_gets_one():
     # the seed's DATA: the text stays the body behind an empty line
     assert run([b"Hi Dave - this is a test\n"]) == ADDED + b"\nHi Dave - this is a test\n"
@@ -123,18 +136,25 @@ def test_pieces_at_any_line_boundary_give_the_same_message(lines, data):
     # and whatever was sent, the stored header section has a Date and a
     # Message-ID, every Message-ID in it is a msg-id, and the body is the
     # client's
-    head, _, body = whole.partition(b"\n\n")
-    head += b"\n"
+    head, body = _sections(whole.splitlines(keepends=True))
     starts = [x.split(b":", 1)[0].strip().lower() for x in head.split(b"\n")
               if x and x[:1] not in b" \t"]
     assert b"date" in starts and b"message-id" in starts
     for field in re.finditer(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", head, re.I | re.M):
         cfws = rb"(?:\s|\([^()]*\))*"
         assert re.fullmatch(cfws + rb"<[^<>\s]+@[^<>\s]+>" + cfws, field.group(1)), whole
-    sent = b"".join(lines)
-    if sent[:1] == b"\n":  # an empty header section
-        assert body == sent[1:]
-    elif _FIELD.match(sent):
-        assert body == sent.partition(b"\n\n")[2]
-    else:  # no header section: all of it is the body
-        assert body == sent
+    assert body == _sections(lines)[1]
+
+
+def _sections(lines: list[bytes]) -> tuple[bytes, bytes]:
+    """The header section and the body as a reader sees them: the fields
+    (with their continuation lines), then, after the empty line that ends
+    them or the first line that is no field, the body; no header section
+    when the first line is no field."""
+    if not lines or not _FIELD.match(lines[0]):
+        return b"", b"".join(lines[1:] if lines[:1] == [b"\n"] else lines)
+    i = 1
+    while i < len(lines) and (_FIELD.match(lines[i]) or lines[i][:1] in b" \t"):
+        i += 1
+    head = b"".join(lines[:i])
+    return head, b"".join(lines[i + 1 :] if lines[i : i + 1] == [b"\n"] else lines[i:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from pathlib import Path
 
 from conftest import make_certificate
@@ -1027,33 +1028,57 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
                        .encode())
         added = (b"Date: Wed, 18 Nov 2026 11:06:40 +0000\nMessage-ID: <%s@mx.example.org>\n")
+        ids = []
+
+        def message_id(stored: bytes) -> bytes:
+            # <QUEUE-ID.RANDOM@host>: the random part stands in for the test
+            found = re.search(rb"\nMessage-ID: <(\w+)\.([0-9a-f]{12})@mx\.example\.org>\n", stored)
+            assert found and found.group(1) == p._message_id.encode(), stored
+            ids.append(found.group(2))
+            return found.group(1) + b"." + found.group(2)
+
         # the seed's text, no header section: ours ends with an empty line
         p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
                        b"Hi Dave\r\n.\r\n")
         assert take(t)[-1].startswith("250 2.0.0 ")
-        qid = p._message_id.encode()
         (stored,) = h.store.messages(Address("bob", "example.org"))
         assert stored.endswith(b"\tfor <bob@example.org>; Wed, 18 Nov 2026 11:06:40 +0000\n"
-                               + added % qid + b"\nHi Dave\n"), stored
+                               + added % message_id(stored) + b"\nHi Dave\n"), stored
         # a client's Return-Path goes, the missing fields come, whatever the
         # pieces: the header section ends in the second chunk
         p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nBDAT 25\r\n"
                        b"Return-Path: <x@y.test>\r\nBDAT 20 LAST\r\nSubject: s\r\n\r\nbody\r\n")
         assert take(t)[-1].startswith("250 2.0.0 ")
         stored = h.store.messages(Address("bob", "example.org"))[-1]
-        assert stored.endswith(b"+0000\nSubject: s\n" + added % p._message_id.encode()
+        assert stored.endswith(b"+0000\nSubject: s\n" + added % message_id(stored)
                                + b"\nbody\n"), stored
         assert b"x@y.test" not in stored
         # an empty message (BDAT 0 LAST): the fields follow the trace header
         p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nBDAT 0 LAST\r\n")
         assert take(t)[-1].startswith("250 2.0.0 ")
         stored = h.store.messages(Address("bob", "example.org"))[-1]
-        assert stored.endswith(b" +0000\n" + added % p._message_id.encode()), stored
+        assert stored.endswith(b" +0000\n" + added % message_id(stored)), stored
+        assert len(set(ids)) == 3  # drawn afresh for each message
         # a message that has both keeps its own
         p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
                        b"Date: x\r\nMessage-ID: <m@c.test>\r\n\r\nb\r\n.\r\n")
         stored = h.store.messages(Address("bob", "example.org"))[-1]
         assert stored.endswith(b"+0000\nDate: x\nMessage-ID: <m@c.test>\n\nb\n"), stored
+
+    def test_the_added_message_id_has_no_trailing_dot_from_the_hostname(self):
+        # a hostname written with the root's dot: fine for DNS, but no
+        # dot-atom on the right of a Message-ID (RFC 5322 3.6.4)
+        h = Harness(submission=True)
+        s = h.factory.settings
+        h.factory.settings = dataclasses.replace(
+            s, hub=dataclasses.replace(s.hub, hostname="mx.example.org."))
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
+                       "Subject: s\r\n\r\nb\r\n.\r\n".encode())
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        (stored,) = h.store.messages(Address("bob", "example.org"))
+        assert re.search(rb"\nMessage-ID: <\w+\.[0-9a-f]{12}@mx\.example\.org>\n", stored), stored
 
     def test_mail_from_another_server_gets_no_fields_added(self):
         h = Harness()

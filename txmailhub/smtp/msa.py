@@ -30,6 +30,8 @@ HOLD_LIMIT = 8192
 # RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
 # syntax (4.5.3) allows white space before the colon.
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+# The start of a line that is neither a field nor a continuation line
+_END = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
 _DATE = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
 # A Message-ID field with its continuation lines
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", re.IGNORECASE | re.MULTILINE)
@@ -77,12 +79,13 @@ class MissingFields:
             self.done = True
             return self._missing() + b"\n" + data
         self._first = False
-        if data[:1] == b"\n":  # the empty line that ends the header section
-            head, rest, ended = b"", data, True
-        else:
-            end = data.find(b"\n\n")
-            ended = end >= 0
-            head, rest = (data[: end + 1], data[end + 1 :]) if ended else (data, b"")
+        # The header section ends at the first line that is neither a field
+        # nor a field's continuation: the empty line, or text a script sent
+        # without one ("Subject: x\nHello"), which readers take as the body.
+        found = _END.search(data)
+        ended = found is not None and found.start() < len(data)
+        end = found.start() if found is not None and ended else len(data)
+        head, rest = data[:end], data[end:]
         if not self.seen_date and _DATE.search(head):
             self.seen_date = True
         if not ended:
@@ -101,7 +104,13 @@ class MissingFields:
                         last.start() :]
             return _MESSAGE_ID.sub(self._check_id, head)
         self.done = True
-        return _MESSAGE_ID.sub(self._check_id, head) + self._missing() + rest
+        head = _MESSAGE_ID.sub(self._check_id, head)
+        missing = self._missing()
+        if not missing:
+            return head + rest
+        # ours, then the empty line the section needs (text that ended it
+        # without one now stays the body for every reader)
+        return head + missing + (b"" if rest[:1] == b"\n" else b"\n") + rest
 
     def _check_id(self, match: re.Match[bytes]) -> bytes:
         """A whole Message-ID field: kept when its value is a msg-id, else

@@ -460,9 +460,13 @@ class SMTPProtocol(Protocol):
         session = self.engine.session
         if not (session.submission or session.authenticated_as is not None):
             return None
-        host = ascii_domain(self.factory.settings.hub.hostname)
+        # id-right without the root's dot (RFC 5322 3.6.4: a dot-atom);
+        # the queue id names the message in our log, and the random part
+        # keeps the id unique in the world (a restart within the same
+        # second under the same pid, two hubs with one hostname)
+        host = ascii_domain(self.factory.settings.hub.hostname).rstrip(".")
         return MissingFields(rfc5322_date(self.reactor.seconds()),
-                             f"<{self._message_id}@{host}>")
+                             f"<{self._message_id}.{os.urandom(6).hex()}@{host}>")
 
     def _final_or_first(self, env: Any) -> bool:
         """Whether the client's Return-Path fields may go: this hub is the
