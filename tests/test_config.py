@@ -207,6 +207,8 @@ def test_domains_required_and_validated() -> None:
     load_text('[hub]\ndomains = ["bücher.example", "x-1.test", "हिन्दी.example", '
               '"ตัวอย่าง.example", "தமிழ்.example", "[127.0.0.1]"]\n', "/x.toml")
     load_text('[hub]\nhostname = "[192.0.2.1]"\ndomains = ["a.test"]\n', "/x.toml")
+    (problem,) = problems('[hub]\nhostname = "mx.test"\ndomains = ["[IPv6:1:2:3:4:5:6:7::]"]\n')
+    assert "is not an address literal" in problem
     [bad] = problems('[hub]\ndomains = ["[300.1.1.1]"]\n')
     assert "is not an address literal" in bad
 

@@ -112,8 +112,16 @@ def test_address_literals():
                 # a zone id (RFC 4007) is no part of RFC 5321's IPv6-addr:
                 # ipaddress takes any characters after the "%"
                 "u@[IPv6:fe80::1%eth0]", "u@[IPv6:::1%a\rX-Injected: yes\x1b[2J]",
-                "u@[IPv6:::1%a b]", "u@[IPv6: ::1]"):
+                "u@[IPv6:::1%a b]", "u@[IPv6: ::1]",
+                # RFC 5321 4.1.3: at most 6 groups beside "::", 4 with an
+                # IPv4 tail (ipaddress takes 7 and 5)
+                "u@[IPv6:1:2:3:4:5:6:7::]", "u@[IPv6:::1:2:3:4:5:6:7]",
+                "u@[IPv6:1:2:3:4:5::192.0.2.1]"):
         assert reply_of(parse_mailbox, bad, P) == replies.SYNTAX_ADDRESS, bad
+    for good in ("u@[IPv6:1:2:3:4:5:6::]", "u@[IPv6:1:2:3::4:5:6]",
+                 "u@[IPv6:1:2:3:4::192.0.2.1]", "u@[IPv6:1:2:3:4:5:6:7:8]",
+                 "u@[IPv6:1:2:3:4:5:6:192.0.2.1]", "u@[IPv6:::]"):
+        assert parse_mailbox(good, P).domain.startswith("[ipv6:"), good
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,8 @@ def test_received_ipv6_and_hostile_helo():
         ("[192.0.2.300]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [192.0.2.300])"),
         ("[IPv6:fe80::1%eth0]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [IPv6:fe80::1?eth0])"),
         ("[tag:x]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [tag:x])"),
+        ("[IPv6:1:2:3:4:5:6:7::]",  # 7 groups beside "::": not RFC 5321 4.1.3
+         b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [IPv6:1:2:3:4:5:6:7::])"),
     ],
 )
 def test_the_from_clause_is_rfc_5321_grammar(helo, first):

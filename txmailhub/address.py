@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ __all__ = [
     "canonical_local",
     "client_ip",
     "client_key",
+    "ipv6_literal",
     "login_key",
     "parse_address",
 ]
@@ -184,4 +186,28 @@ def client_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    return ip
+
+
+_IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]+")
+
+
+def ipv6_literal(text: str) -> ipaddress.IPv6Address:
+    """The address of an RFC 5321 4.1.3 IPv6 literal (what follows
+    ``IPv6:``); ValueError for anything else.
+
+    Stricter than ``ipaddress``: hex digits, colons and an IPv4 tail only
+    (``ipaddress`` takes a "%zone" of any characters, which names a local
+    interface), and at most 6 groups beside a ``::`` (4 with an IPv4 tail):
+    the grammar's IPv6-comp and IPv6v4-comp, where ``ipaddress`` lets
+    ``1:2:3:4:5:6:7::`` stand for 7."""
+    if not _IPV6_TEXT.fullmatch(text):
+        raise ValueError(f"not an IPv6 literal: {text!r}")
+    ip = ipaddress.IPv6Address(text)
+    if "::" in text:
+        parts = text.split(":")
+        v4 = "." in parts[-1]
+        groups = [p for p in (parts[:-1] if v4 else parts) if p]
+        if len(groups) > (4 if v4 else 6):
+            raise ValueError(f"more groups than RFC 5321 4.1.3 allows beside '::': {text!r}")
     return ip

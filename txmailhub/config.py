@@ -23,7 +23,7 @@ from typing import Any
 
 import idna
 
-from txmailhub.address import canonical_domain, client_ip
+from txmailhub.address import canonical_domain, client_ip, ipv6_literal
 from txmailhub.errors import ConfigError
 
 __all__ = [
@@ -490,7 +490,7 @@ def _domain_problem(name: str) -> str | None:
         literal = name[1:-1]
         try:
             if literal[:5].lower() == "ipv6:":
-                ipaddress.IPv6Address(literal[5:])
+                ipv6_literal(literal[5:])
             else:
                 ipaddress.IPv4Address(literal)
         except ValueError:

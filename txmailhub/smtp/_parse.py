@@ -31,7 +31,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from txmailhub.address import Address
+from txmailhub.address import Address, ipv6_literal
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp.xtext import utf8_addr_decode, xtext_decode
@@ -138,9 +138,6 @@ def _split_quoted(text: str) -> tuple[str, str]:
     raise _fail(replies.SYNTAX_ADDRESS)
 
 
-_IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]+")
-
-
 def _check_domain(domain: str, utf8: bool) -> str:
     if domain.startswith("["):
         if not domain.endswith("]"):
@@ -148,12 +145,9 @@ def _check_domain(domain: str, utf8: bool) -> str:
         literal = domain[1:-1]
         try:
             if literal[:5].lower() == "ipv6:":
-                if not _IPV6_TEXT.fullmatch(literal, 5):
-                    # RFC 5321 4.1.3: hex digits, colons and an IPv4 tail
-                    # only; ipaddress would take a "%zone" of any characters
-                    # (a CR, an escape sequence) and name a local interface
-                    raise ValueError(literal)
-                ip = ipaddress.IPv6Address(literal[5:])
+                # RFC 5321 4.1.3 grammar, not all ipaddress takes (a
+                # "%zone" of any characters, a CR even)
+                ip = ipv6_literal(literal[5:])
                 return f"[IPv6:{ip.compressed}]"
             return f"[{ipaddress.IPv4Address(literal)}]"
         except ValueError:

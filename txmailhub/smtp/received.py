@@ -20,7 +20,7 @@ import functools
 import ipaddress
 import re
 
-from txmailhub.address import Address, ascii_domain
+from txmailhub.address import Address, ascii_domain, ipv6_literal
 
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
            "received", "return_path", "rfc5322_date"]
@@ -43,7 +43,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
 # underscores, as the address parser takes them: seen in the wild)
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
 _HELO_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]+")
 
 
 class HopCounter:
@@ -141,11 +140,8 @@ def _valid_helo(name: str) -> bool:
     if name.startswith("[") and name.endswith("]"):
         literal = name[1:-1]
         v6 = literal[:5].lower() == "ipv6:"
-        # hex digits, colons and dots only: ipaddress would take a "%zone"
-        if v6 and not _IPV6_TEXT.fullmatch(literal, 5):
-            return False
         try:
-            ipaddress.IPv6Address(literal[5:]) if v6 else ipaddress.IPv4Address(literal)
+            ipv6_literal(literal[5:]) if v6 else ipaddress.IPv4Address(literal)
         except ValueError:
             return False
         return True
