@@ -333,3 +333,29 @@ def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None
     code, _, err = run(config, "check")
     assert code == 0 and err.startswith("warning: ") and "move them there" in err, err
     assert str(config.parent / "var" / "mail" / "bücher.example") in err
+
+
+def test_check_says_when_this_user_could_not_use_the_state_dir(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run as the hub's user (ExecStartPre), check fails where the start
+    # would; os.access stands in for a user without the right (root has it)
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    state = config.parent / "var"
+    real_access = os.access
+    denied: set[str] = set()
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real_access(p, mode))
+    assert run(config, "check")[0] == 0  # not there yet, its folder writable: fine
+    denied.add(str(config.parent))
+    code, _, err = run(config, "check")
+    assert code == 2 and (
+        f"[hub] state_dir: {state} does not exist and this user (uid {os.geteuid()}) cannot "
+        f"make it in {config.parent}: make it and give it to the user the hub runs as") in err, err
+    state.mkdir()
+    assert run(config, "check")[0] == 0
+    denied.add(str(state))
+    code, _, err = run(config, "check")
+    assert code == 2 and f"[hub] state_dir: {state} cannot be written by this user" in err, err
+    state.rmdir()
+    state.write_text("")
+    code, _, err = run(config, "check")
+    assert code == 2 and "something that is not a folder is in the way of" in err, err

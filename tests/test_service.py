@@ -193,10 +193,19 @@ def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
     (tmp_path / "afile" / "state" / "queue").write_text("")
     with pytest.raises(StateDirError):
         MailHub(settings, reactor=MemoryReactorClock())
+    state = str(tmp_path / "afile" / "state")
     denied = StateDirError.from_os_error(
-        PermissionError(errno.EACCES, "Permission denied", "/var/lib/x"), "/var/lib/x")
+        PermissionError(errno.EACCES, "Permission denied", state), state)
     assert denied.message.endswith("must belong to the user the hub runs as "
                                    "(chown -R that user)")
+    # not there yet: chown -R of a folder that does not exist cannot help
+    missing = str(tmp_path / "ro" / "state")
+    denied = StateDirError.from_os_error(
+        PermissionError(errno.EACCES, "Permission denied", missing), missing)
+    assert denied.message.endswith(
+        f"state_dir ({missing}) does not exist and the user the hub runs as cannot make it "
+        f"in {tmp_path / 'ro'}: make it yourself and give it to that user (mkdir, then "
+        "chown)"), denied.message
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")

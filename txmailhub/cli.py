@@ -136,6 +136,28 @@ def smarthost_auth_problems(settings: Settings, warnings: list[str]) -> list[str
     return []
 
 
+def _state_dir_problems(settings: Settings) -> list[str]:
+    """Whether this user could start the hub on ``state_dir``: write it, or
+    make it (run ``check`` as the user the hub runs as -- a systemd
+    ``ExecStartPre`` does -- and this is the start's own first step)."""
+    state_dir = os.path.abspath(settings.hub.state_dir)
+    where = f"{settings.path}: [hub] state_dir: "
+    if os.path.isdir(state_dir):
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            return [f"{where}{state_dir} cannot be written by this user (uid {os.geteuid()}): "
+                    "it and everything in it must belong to the user the hub runs as"]
+        return []
+    parent = os.path.dirname(state_dir)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if os.path.exists(state_dir) or not os.path.isdir(parent):
+        return [f"{where}something that is not a folder is in the way of {state_dir}"]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"{where}{state_dir} does not exist and this user (uid {os.geteuid()}) "
+                f"cannot make it in {parent}: make it and give it to the user the hub runs as"]
+    return []
+
+
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems: list[str] = []
     users = _users(settings)
@@ -161,6 +183,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             why = endpoint_readiness(description)
             if why:
                 problems.append(f"{settings.path}: [{section}] {key}: {why}")
+    problems.extend(_state_dir_problems(settings))
     warnings = list(settings.warnings)
     warnings.extend(_old_maildir_folders(settings))
     problems.extend(smarthost_auth_problems(settings, warnings))

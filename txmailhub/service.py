@@ -60,7 +60,13 @@ class StateDirError(StartError):
     @classmethod
     def from_os_error(cls, error: OSError, state_dir: str) -> StateDirError:
         where = error.filename or state_dir
-        if error.errno in (errno.EACCES, errno.EPERM):
+        if error.errno in (errno.EACCES, errno.EPERM) and not os.path.isdir(state_dir):
+            # not made yet: the hub would make it, in a folder it may not write
+            parent = os.path.dirname(os.path.abspath(state_dir))
+            advice = (f"state_dir ({state_dir}) does not exist and the user the hub runs "
+                      f"as cannot make it in {parent}: make it yourself and give it to that "
+                      "user (mkdir, then chown)")
+        elif error.errno in (errno.EACCES, errno.EPERM):
             advice = (f"state_dir ({state_dir}) and everything in it must belong to the user "
                       "the hub runs as (chown -R that user)")
         elif error.errno in (errno.ENOTDIR, errno.EEXIST):
