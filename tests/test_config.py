@@ -523,3 +523,12 @@ def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
     assert load_text('[hub]\ndomains = ["example.org"]\n', "/c").warnings == ()
     assert load_text('[hub]\nhostname = "mx.example.org."\ndomains = ["example.org"]\n',
                      "/c").warnings == ()
+
+
+def test_a_bad_hostname_is_named_once_and_its_bad_label_said() -> None:
+    (p,) = problems('[hub]\nhostname = "mail example"\ndomains = ["example.org"]\n')
+    assert p.endswith("[hub] hostname: 'mail example' is not a domain name (letters, digits "
+                      "and inner hyphens only)"), p
+    (p,) = problems('[hub]\nhostname = "mx.-bad.example"\ndomains = ["example.org"]\n')
+    assert p.endswith("[hub] hostname: 'mx.-bad.example' is not a domain name: the label "
+                      "'-bad' is not letters, digits and inner hyphens only"), p

@@ -508,8 +508,10 @@ def _domain_problem(name: str) -> str | None:
         if label[0] == "-" or label[-1] == "-" or not all(
                 c.isalnum() or c == "-" or unicodedata.category(c) in ("Mn", "Mc")
                 for c in label):
-            return (f"is not a domain name: {label!r} (letters, digits and inner hyphens "
-                    "only)")
+            if label == name:  # the value is quoted before this already
+                return "is not a domain name (letters, digits and inner hyphens only)"
+            return (f"is not a domain name: the label {label!r} is not letters, digits and "
+                    "inner hyphens only")
     return None
 
 
