@@ -105,6 +105,11 @@ def test_user_commands(config: Path) -> None:
     code, _, err = run(config, "user", "del", "alice")
     assert code == 1 and "no such user" in err
     assert run(config, "user", "list") == (0, "bob@example.net\n", "")
+    # a line typed by hand, in capitals: listed as the hub knows it
+    users = config.parent / "users"
+    line = users.read_text().splitlines()[-1].replace("bob@example.net", "Carol@Example.NET")
+    users.write_text(users.read_text() + line + "\n")
+    assert run(config, "user", "list") == (0, "bob@example.net\ncarol@example.net\n", "")
     from txmailhub.address import Address
     from txmailhub.users import UsersDB
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import subprocess
 import sys
 
@@ -91,6 +92,7 @@ def test_show(setup):
     assert f"id: {qid}" in out
     assert "sender: alice@example.org" in out
     assert "client: 127.0.0.1 (HELO client.example.org)" in out
+    assert re.search(r"\nsize: \d+ octets as stored, with this hub's trace fields\n", out), out
     assert "  bob@remote.test pending attempts=1" in out
     assert "remote=mx.remote.test" in out
     assert "    reply: 451 4.7.1 Greylisted, try again in 5 minutes" in out

@@ -216,8 +216,10 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     users = _users(settings)
     cmd = args.user_command
     if cmd == "list":
+        # as the hub knows them (Maildir, logins, logs): lower case, an IDN
+        # in its one form, however the line was typed into the file
         for address in users.addresses():
-            print(address, file=out)
+            print(address.key, file=out)
         return 0
     if cmd == "del":
         print(f"deleted {users.delete(args.address)}", file=out)

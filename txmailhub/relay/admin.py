@@ -76,7 +76,9 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
         p(f"message id: {env.message_id}")
     p(f"sender: {_sender(entry)}")
     p(f"queued: {utc_text(entry.created)}")
-    p(f"size: {entry.size}")
+    # the spool file's size: the client's octets (what the log line says)
+    # and the trace fields this hub put before them
+    p(f"size: {entry.size} octets as stored, with this hub's trace fields")
     # the address first, the name it gave in HELO/EHLO after (often an
     # address literal itself: "[127.0.0.1]")
     p(f"client: {env.client_address or '-'} (HELO {env.helo or '-'})")
