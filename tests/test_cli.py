@@ -245,6 +245,19 @@ def test_check_warns_of_an_alias_that_hides_a_user(config: Path) -> None:
         "keep a copy there)"], err
 
 
+def test_user_add_warns_when_an_alias_of_that_name_takes_the_mail(config: Path) -> None:
+    (config.parent / "aliases").write_text("staff: alice\nteam: \\team, alice\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    code, out, err = run(config, "user", "add", "staff", "--password-stdin", stdin="pw\n")
+    assert (code, out) == (0, "added staff@example.org\n")
+    assert err == ("warning: the aliases file has an alias staff@example.org, which comes "
+                   "first: mail to it goes to the alias's targets, not to this user's mailbox "
+                   "(add \\staff@example.org to them to keep a copy there); logins work\n")
+    # an alias that keeps the user's copy, or no alias: nothing to say
+    for name in ("team", "alice"):
+        assert run(config, "user", "add", name, "--password-stdin", stdin="pw\n")[2] == ""
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

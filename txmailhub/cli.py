@@ -212,7 +212,24 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
+def _hidden_by_alias(settings: Settings, key: str) -> bool:
+    """Whether an alias of that name, not listing the user's own mailbox,
+    takes the user's mail (the alias comes first)."""
+    if not settings.aliases.file:
+        return False
+    from txmailhub.router import parse_aliases
+
+    try:
+        with open(settings.aliases.file, encoding="utf-8") as f:
+            table, _ = parse_aliases(f.read(), settings.hub.primary_domain, settings.hub.domains)
+    except (OSError, UnicodeDecodeError):
+        return False  # check says what is wrong with the file
+    targets = table.get(key)
+    return targets is not None and all(t.key != key for t, _expand in targets)
+
+
+def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO,
+          err: TextIO | None = None) -> int:
     users = _users(settings)
     cmd = args.user_command
     if cmd == "list":
@@ -228,6 +245,11 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     if cmd == "add":
         address = users.add(args.address, password, allow_apop=args.allow_apop)
         print(f"added {address.key}", file=out)  # as stored: the case a login may use
+        if _hidden_by_alias(settings, address.key):
+            print(f"warning: the aliases file has an alias {address.key}, which comes first: "
+                  f"mail to it goes to the alias's targets, not to this user's mailbox (add "
+                  f"\\{address.key} to them to keep a copy there); logins work",
+                  file=err or sys.stderr)
     else:
         print(f"changed the password of {users.set_password(args.address, password)}", file=out)
     return 0
@@ -273,7 +295,7 @@ def _command(
     if args.command == "check":
         return _check(settings, out, err)
     if args.command == "user":
-        return _user(settings, args, out, stdin)
+        return _user(settings, args, out, stdin, err)
     from txmailhub.relay.admin import run_queue
 
     return run_queue(settings, args, out)
