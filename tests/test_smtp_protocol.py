@@ -1090,6 +1090,33 @@ class ProtocolTests(SynchronousTestCase):
         assert b"Date:" not in stored and b"Message-ID:" not in stored
         assert stored.endswith(b" +0000\nSubject: s\n\nbody\n")
 
+    def test_body_text_after_a_line_that_ends_the_header_section_is_left_alone(self):
+        # "Subject: x\nHello\n...": Hello is the body for every reader, so
+        # a Return-Path line below it is body text (not dropped), and
+        # Received lines there are no hops (not a mail loop)
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                       b"Subject: x\r\nHello\r\nReturn-Path: <a@b>\r\n.\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        assert h.store.messages(ALICE)[-1].endswith(b"Subject: x\nHello\nReturn-Path: <a@b>\n")
+        p.dataReceived(b"MAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                       b"Subject: x\r\nHello\r\n" + b"Received: quoted\r\n" * 100 + b".\r\n")
+        assert take(t)[-1].startswith("250 2.0.0 ")
+
+    def test_a_half_close_during_a_held_batch_answers_it_and_closes(self):
+        # 128 replies now, the rest next turn; the client shuts its sending
+        # side: the rest is answered and the connection closed, and the
+        # turn that was to come does not touch the closing transport
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\n" * 200)
+        p.readConnectionLost()
+        assert t.disconnecting
+        h.clock.advance(0)
+        assert t.value().count(b"250 HELP\r\n") == 200
+        assert p._turn is None  # (StringTransport raised RuntimeError on the resume)
+
     def test_ten_errors(self):
         h = Harness(max_errors=10)
         p, t = h.connect()

@@ -704,6 +704,11 @@ class SMTPProtocol(Protocol):
         QUIT on a plain connection needs no timer when its reply went
         straight to the socket (nothing left in Twisted's buffer)."""
         t = self.transport
+        if self._turn is not None:
+            # the rest of a held batch is not answered on a closing connection
+            if self._turn.active():
+                self._turn.cancel()
+            self._turn = None
         if self._producing:
             # Twisted resumes a producer it paused instead of closing.
             self._producing = False

@@ -37,6 +37,9 @@ _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _RETURN_PATH = re.compile(rb"^return-path[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
 _RETURN_PATH_LAST = re.compile(rb"(?:\A|\n)return-path[ \t]*:.*\n(?:[ \t].*\n)*\Z", re.I)
 _CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
+# The start of a line that is neither a field nor a continuation line: the
+# end of the header section (the empty line, or text sent without one)
+_HEAD_END = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
 # RFC 5321 4.1.2 Domain: labels of letters, digits and inner hyphens (and
@@ -62,10 +65,10 @@ class HopCounter:
         if data[:1] == b"\n":  # the empty line that ends the header section
             self.done = True
             return self.hops
-        end = data.find(b"\n\n")
-        if end >= 0:
+        found = _HEAD_END.search(data)
+        if found is not None and found.start() < len(data):
             self.done = True
-            data = data[: end + 1]
+            data = data[: found.start()]
         # C-speed counting first (a regex walks every position: several
         # times dearer on the hot path); the regex only for the obsolete
         # "Received :" spelling, when a colon-less match shows up
@@ -105,8 +108,9 @@ class ReturnPathFilter:
             # section at all (the data starts with text)
             self.done = True
             return data
-        end = data.find(b"\n\n")
-        head, rest = (data, b"") if end < 0 else (data[: end + 1], data[end + 1 :])
+        found = _HEAD_END.search(data)
+        end = found.start() if found is not None and found.start() < len(data) else -1
+        head, rest = (data, b"") if end < 0 else (data[:end], data[end:])
         self.done = end >= 0
         changed = False
         if self._inside:  # the field's continuation lines, from the last piece
