@@ -297,6 +297,11 @@ class POP3Protocol(Protocol):
                     self._perform(action)
         finally:
             self._processing = False
+        if answered:
+            # A pipelined command is received, for the autologout timer
+            # (RFC 1939 3), when it is answered: a client reading a backlog
+            # of answers slowly is not inactive.
+            self._last_activity = self.reactor.seconds()
         if self._busy or self._write_paused or self._turn_call is not None or not self._reading:
             self._flow()  # otherwise reading on is what _flow would choose
         if self._unseen and not self._reading_input:
@@ -476,7 +481,9 @@ class POP3Protocol(Protocol):
                 f = self.mailbox.open_message(action.index)
                 first = f.read(CHUNK_SIZE)
         except Exception:
-            log.failure("POP3 cannot read message {index} of {user}",
+            # a message gone behind our back (another reader) is an OSError:
+            # one line, like every storage error; anything else a traceback
+            log_failure(log, Failure(), "POP3 cannot read message {index} of {user}",
                         index=action.index, user=self._user)
             if f is not None:
                 f.close()

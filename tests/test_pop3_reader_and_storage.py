@@ -1,0 +1,148 @@
+"""POP3 sessions on a real Maildir: a client that reads a pipelined backlog
+slowly, a message another reader removed (cases found by fuzzing)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import implementer
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
+from txmailhub.interfaces import IMailbox
+from txmailhub.pop3.protocol import POP3Factory
+from txmailhub.store.maildir import MaildirStore
+from txmailhub.testing import SyncerSpy
+
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+JOE = Address("joe", "example.org")
+
+
+@implementer(IRealm)
+class Realm:
+    def __init__(self, store):
+        self.store = store
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        local, _, domain = avatar_id.decode().rpartition("@")
+        d = self.store.open_mailbox(Address(local, domain))
+        return d.addCallback(lambda box: (IMailbox, box, box.close))
+
+
+class Transport(StringTransport):
+    """Pauses its producer above ``limit`` buffered octets, like a socket
+    whose peer reads slowly; ``read()`` is the peer reading it all."""
+
+    def __init__(self, limit=None):
+        super().__init__(peerAddress=LOOPBACK)
+        self.limit = limit
+        self.received = bytearray()
+        self.aborted = False
+
+    def setTcpNoDelay(self, enabled):
+        pass
+
+    def write(self, data):
+        self.received += data
+        super().write(data)
+        if self.limit is not None and self.producer is not None and \
+                len(self.io.getvalue()) > self.limit:
+            self.producer.pauseProducing()
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+    def read(self, proto):
+        self.clear()
+        if self.producer is not None and not self.disconnecting:
+            proto.resumeProducing()
+
+
+def make_env(tmp_path, **pop3):
+    clock = MemoryReactorClock()
+    clock.advance(1_700_000_000)
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy(),
+                         clock=clock.seconds)
+    md = store.maildir_path(JOE)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(md, sub), exist_ok=True)
+    db = InMemoryUsernamePasswordDatabaseDontUse(**{"joe@example.org": b"joepw"})
+    settings = Settings(
+        path="/nonexistent/mailhub.toml",
+        hub=HubSettings("mail.example.org", "/nonexistent", ("example.org",)),
+        users=UsersSettings("/nonexistent/users"),
+        aliases=AliasesSettings(None),
+        tls=None,
+        pop3=POP3Settings(**pop3),
+    )
+    components = Components(settings=settings, reactor=clock, router=None, store=store,
+                            spooler=None, portal=Portal(Realm(store), [db]), tls=None)
+    return clock, components, md
+
+
+def connect(components, limit=None):
+    proto = POP3Factory(components).buildProtocol(LOOPBACK)
+    t = Transport(limit)
+    proto.makeConnection(t)
+    return proto, t
+
+
+def test_pipelined_commands_answered_to_a_reading_client_are_not_autologged_out(tmp_path):
+    """RFC 1939 3 / RFC 2449 6.6 (PIPELINING): a client that sends its
+    commands at once and then keeps reading the answers is not inactive.
+    The answers to pipelined small RETRs are written as the client reads,
+    yet the idle timer still runs from the moment the commands arrived, so
+    the session is aborted in the middle of the responses (a message of
+    64 KiB or more, streamed, would have kept the session alive)."""
+    clock, components, md = make_env(tmp_path, idle_timeout=600)
+    body = b"Subject: x\n\n" + b"y" * 60 + b"\n"
+    data = body * 800  # 58,400 octets stored, 60,800 sent: the small (one write) RETR path
+    with open(os.path.join(md, "new", "1600000001.M1P1Q1.fuzz"), "wb") as f:
+        f.write(data)
+    proto, t = connect(components, limit=100_000)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t.received)
+    proto.dataReceived(b"RETR 1\r\n" * 100)  # ~5.8 MB of answers, pipelined
+    # the client reads 100 KB every 60 s (about 1.7 KB/s), all along
+    for _ in range(30):
+        clock.advance(60)
+        answered = bytes(t.received).count(b" octets\r\n")
+        assert not t.aborted, f"aborted while the client was reading, after {answered} of 100"
+
+        t.read(proto)
+
+
+def test_message_removed_by_another_client_is_one_log_line_not_a_traceback(tmp_path):
+    """Another Maildir reader (or a cleanup job) removes message 1 after
+    the session took its snapshot.  RETR answers -ERR, as it should, but
+    the FileNotFoundError is logged with ``log.failure`` (a traceback),
+    where the project's rule (``txmailhub.logsafe.log_failure``) is one
+    error line for an ``OSError``: it is an event of the storage, not a
+    bug of ours."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _clock, components, md = make_env(tmp_path)
+        path = os.path.join(md, "new", "1600000001.M1P1Q1.fuzz")
+        with open(path, "wb") as f:
+            f.write(b"Subject: x\n\nhello\n")
+        proto, t = connect(components)
+        proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+        os.unlink(path)  # behind the session's back
+        t.received.clear()
+        proto.dataReceived(b"RETR 1\r\n")
+        assert bytes(t.received).startswith(b"-ERR")
+        proto.dataReceived(b"DELE 1\r\nQUIT\r\n")
+        assert bytes(t.received).endswith(b"+OK Bye (0 messages left)\r\n")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    tracebacks = [e.get("log_format") for e in events if "log_failure" in e]
+    assert tracebacks == []
