@@ -334,3 +334,16 @@ def _add_users(config: Path, users: dict[str, str]) -> None:
 def hub(make_hub: Callable[..., Hub]) -> Hub:
     """A running hub with the default users and no TLS."""
     return make_hub()
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """Every event logged through twisted.logger while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)

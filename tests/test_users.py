@@ -86,30 +86,25 @@ def test_running_reader_sees_changes_without_restart(db: UsersDB) -> None:
     assert not reader.contains(Address("alice", "example.org"))
 
 
-def test_a_users_file_that_goes_away_is_reported_not_read_as_no_users(db: UsersDB) -> None:
-    from twisted.logger import globalLogPublisher
-
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        db.add("alice", "pw")
-        reader = UsersDB(db.path, "example.org")
-        alice = Address("alice", "example.org")
-        assert reader.contains(alice) and not reader.missing
-        os.rename(db.path, db.path + ".away")
-        assert not reader.contains(alice) and reader.missing
-        assert not reader.contains(alice)  # said once, not per lookup
-        gone = [e for e in events if "does not exist" in e.get("log_format", "")]
-        assert len(gone) == 1 and gone[0]["log_level"].name == "error"
-        os.rename(db.path + ".away", db.path)
-        assert reader.contains(alice) and not reader.missing
-        assert any("is back" in e.get("log_format", "") for e in events)
-        Path(db.path).write_text(Path(db.path).read_text() + "broken-line\n")
-        assert reader.contains(alice)
-        (warning,) = [e for e in events if e.get("problem")]
-        assert warning["problem"].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+def test_a_users_file_that_goes_away_is_reported_not_read_as_no_users(
+        db: UsersDB, log_events: list[dict]) -> None:
+    events = log_events
+    db.add("alice", "pw")
+    reader = UsersDB(db.path, "example.org")
+    alice = Address("alice", "example.org")
+    assert reader.contains(alice) and not reader.missing
+    os.rename(db.path, db.path + ".away")
+    assert not reader.contains(alice) and reader.missing
+    assert not reader.contains(alice)  # said once, not per lookup
+    gone = [e for e in events if "does not exist" in e.get("log_format", "")]
+    assert len(gone) == 1 and gone[0]["log_level"].name == "error"
+    os.rename(db.path + ".away", db.path)
+    assert reader.contains(alice) and not reader.missing
+    assert any("is back" in e.get("log_format", "") for e in events)
+    Path(db.path).write_text(Path(db.path).read_text() + "broken-line\n")
+    assert reader.contains(alice)
+    (warning,) = [e for e in events if e.get("problem")]
+    assert warning["problem"].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
 
 
 def test_crash_between_write_and_rename_keeps_old_file(
@@ -447,36 +442,30 @@ def test_an_unknown_user_costs_a_password_check_too(db: UsersDB, monkeypatch) ->
 
 
 def test_a_users_file_that_cannot_be_read_is_unavailable_not_an_error_per_lookup(
-        db: UsersDB) -> None:
+        db: UsersDB, log_events: list[dict]) -> None:
     # (root reads any file, so a folder stands in for a file the hub's user
     # may not read): 451 and "unavailable" logins, one log line, and check
     # and the start still see the error
-    from twisted.logger import globalLogPublisher
-
     from txmailhub.errors import UsersUnavailable
 
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        db.add("alice", "pw")
-        reader = UsersDB(db.path, "example.org")
-        alice = Address("alice", "example.org")
-        assert reader.contains(alice)
-        os.rename(db.path, db.path + ".away")
-        os.mkdir(db.path)
-        assert not reader.contains(alice) and reader.missing
-        assert isinstance(reader.unreadable, IsADirectoryError)
-        assert not reader.contains(alice) and not reader.check_password(alice, "pw")
-        said = [e for e in events if "cannot be read" in e.get("log_format", "")]
-        assert len(said) == 1 and said[0]["log_level"].name == "error", said
-        assert not [e for e in events if e.get("log_failure")]  # no traceback
-        with pytest.raises(IsADirectoryError):
-            reader.addresses()
-        refusal = UsersChecker(reader)._refusal()
-        assert isinstance(refusal, UsersUnavailable) and "cannot be read" in str(refusal)
-        os.rmdir(db.path)
-        os.rename(db.path + ".away", db.path)
-        assert reader.contains(alice) and not reader.missing and reader.unreadable is None
-        assert reader.addresses() == [alice]
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    events = log_events
+    db.add("alice", "pw")
+    reader = UsersDB(db.path, "example.org")
+    alice = Address("alice", "example.org")
+    assert reader.contains(alice)
+    os.rename(db.path, db.path + ".away")
+    os.mkdir(db.path)
+    assert not reader.contains(alice) and reader.missing
+    assert isinstance(reader.unreadable, IsADirectoryError)
+    assert not reader.contains(alice) and not reader.check_password(alice, "pw")
+    said = [e for e in events if "cannot be read" in e.get("log_format", "")]
+    assert len(said) == 1 and said[0]["log_level"].name == "error", said
+    assert not [e for e in events if e.get("log_failure")]  # no traceback
+    with pytest.raises(IsADirectoryError):
+        reader.addresses()
+    refusal = UsersChecker(reader)._refusal()
+    assert isinstance(refusal, UsersUnavailable) and "cannot be read" in str(refusal)
+    os.rmdir(db.path)
+    os.rename(db.path + ".away", db.path)
+    assert reader.contains(alice) and not reader.missing and reader.unreadable is None
+    assert reader.addresses() == [alice]
