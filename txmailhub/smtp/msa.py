@@ -12,14 +12,17 @@ gets it bounced.
 the spool file (stored form, LF line ends, whole lines per piece, the
 same pieces the trace code sees) and adds what is missing at the end of
 the header section, where the order of fields does not matter (RFC 5322
-3.6).  It never buffers more than the piece it is given.  A Message-ID
-that is no msg-id is dropped and replaced; other fields the client sent
-are left as they are.
+3.6).  It holds nothing back but a Message-ID field that ends a piece
+(its continuation lines may come in the next one; at most
+``HOLD_LIMIT`` octets).  A Message-ID that is no msg-id is dropped and
+replaced; other fields the client sent are left as they are.
 """
 
 from __future__ import annotations
 
 import re
+
+from txmailhub.smtp.received import FIELD_START, HEADER_END
 
 __all__ = ["HOLD_LIMIT", "MissingFields"]
 
@@ -27,11 +30,6 @@ __all__ = ["HOLD_LIMIT", "MissingFields"]
 # still come (a real one is under a hundred octets)
 HOLD_LIMIT = 8192
 
-# RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
-# syntax (4.5.3) allows white space before the colon.
-_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
-# The start of a line that is neither a field nor a continuation line
-_END = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
 _DATE = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
 # A Message-ID field with its continuation lines
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", re.IGNORECASE | re.MULTILINE)
@@ -72,7 +70,7 @@ class MissingFields:
             return data
         if self._held:
             data, self._held = self._held + data, b""
-        elif self._first and data[:1] != b"\n" and not _FIELD.match(data):
+        elif self._first and data[:1] != b"\n" and not FIELD_START.match(data):
             # No header section at all (the seed's DATA is just text): ours
             # becomes the whole of it, ended by an empty line, so the text
             # stays the body.
@@ -82,7 +80,7 @@ class MissingFields:
         # The header section ends at the first line that is neither a field
         # nor a field's continuation: the empty line, or text a script sent
         # without one ("Subject: x\nHello"), which readers take as the body.
-        found = _END.search(data)
+        found = HEADER_END.search(data)
         ended = found is not None and found.start() < len(data)
         end = found.start() if found is not None and ended else len(data)
         head, rest = data[:end], data[end:]
@@ -92,9 +90,8 @@ class MissingFields:
             # A Message-ID field that ends the piece may go on in the next
             # one (folded): it waits, so that where the pieces are cut never
             # changes what is kept.  Bounded; a longer one is kept unjudged.
-            last = None
-            for last in _MESSAGE_ID.finditer(head):  # noqa: B007 (the last one)
-                pass
+            fields = list(_MESSAGE_ID.finditer(head))
+            last = fields[-1] if fields else None
             if last is not None and last.end() == len(head):
                 if len(head) - last.start() <= HOLD_LIMIT:
                     head, self._held = head[: last.start()], head[last.start() :]

@@ -32,14 +32,14 @@ _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 # RFC 5322 3.6.8: a field name is printable US-ASCII except ":"; obsolete
 # syntax (4.5.3) allows white space before the colon.
-_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 # A Return-Path field and its continuation lines; the same, ending the piece
 _RETURN_PATH = re.compile(rb"^return-path[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
 _RETURN_PATH_LAST = re.compile(rb"(?:\A|\n)return-path[ \t]*:.*\n(?:[ \t].*\n)*\Z", re.I)
 _CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 # The start of a line that is neither a field nor a continuation line: the
 # end of the header section (the empty line, or text sent without one)
-_HEAD_END = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
+HEADER_END = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
 # RFC 5321 4.1.2 Domain: labels of letters, digits and inner hyphens (and
@@ -65,7 +65,7 @@ class HopCounter:
         if data[:1] == b"\n":  # the empty line that ends the header section
             self.done = True
             return self.hops
-        found = _HEAD_END.search(data)
+        found = HEADER_END.search(data)
         if found is not None and found.start() < len(data):
             self.done = True
             data = data[: found.start()]
@@ -103,12 +103,12 @@ class ReturnPathFilter:
         if self.done or not data:
             return data
         first, self._first = self._first, False
-        if data[:1] == b"\n" or (first and not _FIELD.match(data)):
+        if data[:1] == b"\n" or (first and not FIELD_START.match(data)):
             # the empty line that ends the header section, or no header
             # section at all (the data starts with text)
             self.done = True
             return data
-        found = _HEAD_END.search(data)
+        found = HEADER_END.search(data)
         end = found.start() if found is not None and found.start() < len(data) else -1
         head, rest = (data, b"") if end < 0 else (data[:end], data[end:])
         self.done = end >= 0
@@ -238,6 +238,6 @@ def header_separator(first_data: bytes) -> bytes:
     stored data (LF line ends), starting with at least one whole line or
     the whole message.
     """
-    if not first_data or first_data[:1] == b"\n" or _FIELD.match(first_data):
+    if not first_data or first_data[:1] == b"\n" or FIELD_START.match(first_data):
         return b""
     return b"\n"
