@@ -523,6 +523,10 @@ def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
     assert load_text('[hub]\ndomains = ["example.org"]\n', "/c").warnings == ()
     assert load_text('[hub]\nhostname = "mx.example.org."\ndomains = ["example.org"]\n',
                      "/c").warnings == ()
+    # an address literal is a host without a name, not a short name
+    for literal in ("[192.0.2.1]", "[IPv6:2001:db8::1]"):
+        assert load_text(f'[hub]\nhostname = "{literal}"\ndomains = ["example.org"]\n',
+                         "/c").warnings == ()
 
 
 def test_a_bad_hostname_is_named_once_and_its_bad_label_said() -> None:

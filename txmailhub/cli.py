@@ -217,7 +217,7 @@ def _hidden_by_alias(settings: Settings, key: str) -> bool:
     takes the user's mail (the alias comes first)."""
     if not settings.aliases.file:
         return False
-    from txmailhub.router import parse_aliases
+    from txmailhub.router import hides_user, parse_aliases
 
     try:
         with open(settings.aliases.file, encoding="utf-8") as f:
@@ -225,7 +225,7 @@ def _hidden_by_alias(settings: Settings, key: str) -> bool:
     except (OSError, UnicodeDecodeError):
         return False  # check says what is wrong with the file
     targets = table.get(key)
-    return targets is not None and all(t.key != key for t, _expand in targets)
+    return targets is not None and hides_user(key, targets)
 
 
 def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO,

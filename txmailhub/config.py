@@ -672,7 +672,8 @@ def load_text(text: str, path: str) -> Settings:
     )
 
     name = hub.hostname.rstrip(".").lower()
-    if "." not in name or name.startswith("localhost.") or name.endswith(".localdomain"):
+    if not name.startswith("[") and (  # an address literal is what it is
+            "." not in name or name.startswith("localhost.") or name.endswith(".localdomain")):
         where = ("[hub] hostname" if "hostname" in t
                  else "[hub] hostname is not set, and the machine's name")
         warnings.append(

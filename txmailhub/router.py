@@ -204,6 +204,13 @@ def check_aliases_file(
     return problems
 
 
+def hides_user(key: str, targets: tuple[tuple[Address, bool], ...]) -> bool:
+    """Whether the alias ``key`` takes all the mail of a user of the same
+    name: aliases come first, and its targets do not list the user's own
+    mailbox (``\\name``)."""
+    return all(target.key != key for target, _expand in targets)
+
+
 def alias_target_warnings(
     path: str, primary_domain: str, domains: Iterable[str], is_user: Callable[[Address], bool]
 ) -> list[str]:
@@ -221,8 +228,7 @@ def alias_target_warnings(
     for alias, targets in table.items():
         # Aliases come first (as in /etc/aliases): a user of the same name
         # gets nothing unless the alias lists the user's own mailbox.
-        if alias != postmaster and is_user(parse_address(alias)) and not any(
-                target.key == alias for target, _expand in targets):
+        if alias != postmaster and is_user(parse_address(alias)) and hides_user(alias, targets):
             out.append(f"{path}: alias {alias} has the name of a user: the alias comes first, "
                        f"so that user's mailbox gets none of its mail (add \\{alias} to its "
                        "targets to keep a copy there)")
