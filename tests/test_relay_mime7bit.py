@@ -8,6 +8,7 @@ import os
 import random
 import tracemalloc
 from email import policy
+from email.header import decode_header, make_header
 from email.parser import BytesParser
 
 import pytest
@@ -409,3 +410,29 @@ def test_20_mib_message_converts_in_bounded_memory(tmp_path):
         kinds = [line for line in f if line.startswith(b"Content-Transfer-Encoding")]
     assert kinds == [b"Content-Transfer-Encoding: quoted-printable\n",
                      b"Content-Transfer-Encoding: base64\n"]
+
+
+def _addresses(data: bytes, name: str) -> list[str]:
+    # what a reader of the header makes of it (the stdlib's RFC 5322 parser)
+    return [a.addr_spec for a in parse(data)[name].addresses]
+
+
+@pytest.mark.parametrize(("field", "addresses"), [
+    ("From: joerg@example.com (J\u00f6rg Schmidt)", ["joerg@example.com"]),
+    ("From: (J\u00f6rg) joerg@example.com, b@example.com", ["joerg@example.com",
+                                                         "b@example.com"]),
+    ("From: J\u00f6rg <j@example.com> (comment \u00e9), x@example.com",
+     ["j@example.com", "x@example.com"]),
+    ('From: "J\u00f6rg S." <j@example.com>', ["j@example.com"]),
+    ("From: J\u00f6rg Schmidt <j@example.com>", ["j@example.com"]),
+])
+def test_the_7bit_copy_keeps_every_address_of_an_address_field(field, addresses):
+    # RFC 2047 5(2): an encoded word may stand in a comment, whose
+    # parentheses stay; losing them would make the comment part of an
+    # address, and the copy would name someone else
+    out = convert(f"{field}\nTo: bob@remote.test\n\nhi\n".encode())
+    assert out.isascii()
+    assert _addresses(out, "From") == addresses, out
+    # and the name survives, in its encoded words
+    raw = out.split(b"\nTo: ")[0].decode("ascii").replace("\n ", " ")
+    assert "J\u00f6rg" in str(make_header(decode_header(raw))), raw

@@ -103,7 +103,13 @@ def encode_field(raw: bytes) -> bytes:
                     if not address.addr_spec.isascii():
                         raise Unconvertible(
                             f"the {name} field has a non-ASCII address (needs SMTPUTF8)")
-            out = header.fold(policy=_POLICY).encode("ascii")
+            if key in _PARAMETER_FIELDS:
+                out = header.fold(policy=_POLICY).encode("ascii")
+            else:
+                # token by token: the stdlib's refolding drops the
+                # parentheses of a comment it encodes (RFC 2047 5(2) keeps
+                # them), which turns the comment into part of an address
+                out = _encode_address_field(name, text)
         except (HeaderParseError, UnicodeEncodeError, IndexError, ValueError) as e:
             if isinstance(e, Unconvertible):
                 raise
@@ -139,3 +145,62 @@ def _unknown_8bit_words(value: bytes) -> str:
         piece += token
     words.append(piece)
     return "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)
+
+
+def _words(text: str) -> str:
+    """``text`` as RFC 2047 encoded words (Q/B as the stdlib picks; Q leaves
+    only ``[-!*+/A-Za-z0-9]`` unencoded: safe in a phrase and a comment)."""
+    return Header(text, "utf-8", maxlinelen=76).encode(linesep="\n")
+
+
+def _encode_address_field(name: str, text: str) -> bytes:
+    """An address field with its non-ASCII quoted strings, comments and
+    phrase atoms as encoded words, every other character as it is."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j, buf = i + 1, []
+            while j < n and text[j] != '"':
+                if text[j] == "\\" and j + 1 < n:
+                    j += 1
+                buf.append(text[j])
+                j += 1
+            token = text[i:j + 1]
+            out.append(token if token.isascii() else _words("".join(buf)))
+            i = j + 1
+        elif c == "(":
+            depth, j = 0, i
+            while j < n:
+                if text[j] == "\\":
+                    j += 2
+                    continue
+                depth += {"(": 1, ")": -1}.get(text[j], 0)
+                if depth == 0:
+                    break
+                j += 1
+            token = text[i:j + 1]
+            out.append(token if token.isascii() else "(" + _words(text[i + 1:j]) + ")")
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in '"(':
+                j += 1
+            run = text[i:j]
+            if not run.isascii():
+                # non-ASCII atoms of a phrase (the addresses were checked)
+                run = " ".join(w if w.isascii() else _words(w) for w in run.split(" "))
+            out.append(run)
+            i = j
+    value = "".join(out)
+    # fold at blanks outside the encoded words' own folds
+    lines: list[str] = []
+    line = f"{name}:"
+    for piece in value.replace("\n ", " ").split(" "):
+        if len(line) + 1 + len(piece) > 76 and line.strip():
+            lines.append(line)
+            line = ""
+        line = f"{line} {piece}"
+    lines.append(line)
+    return ("\n".join(lines) + "\n").encode("ascii")
