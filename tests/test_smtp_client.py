@@ -724,3 +724,22 @@ def test_an_envid_longer_than_100_characters_as_sent_is_left_out():
         mail = sent(s.receive(EHLO_FULL)).split(b"\r\n")[0]
         assert mail.endswith(b" RET=HDRS" + (b" ENVID=a" + b"+2B" * 33 if kept else b""))
         assert parse_mail(mail.decode()[5:], "remote.test")[1].envid == (envid if kept else None)
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_421_to_mail_or_rcpt_ends_the_session_with_the_servers_words(pipelined):
+    # RFC 5321 3.8: 421 may answer any command, and the server closes; its
+    # reply is the outcome (queue show, the final DSN), not "connection lost"
+    carol = Address("carol", "remote.test")
+    ext = b"250-PIPELINING\r\n" if pipelined else b""
+    for step in ("MAIL", "RCPT"):
+        s = session(recipients=[(BOB, None), (carol, None)])
+        s.receive(b"220 mx.remote.test ESMTP\r\n")
+        actions = s.receive(b"250-mx.remote.test\r\n" + ext + b"250 ENHANCEDSTATUSCODES\r\n")
+        if step == "RCPT":
+            actions = s.receive(b"250 2.1.0 ok\r\n")
+        actions = s.receive(b"421 4.7.0 Too many connections from your IP, closing\r\n")
+        assert s.outcome is not None and s.outcome.recipients == ()
+        assert s.outcome.session_error.text() == (
+            "421 4.7.0 Too many connections from your IP, closing"), step
+        assert sent(actions) == b"QUIT\r\n"  # harmless, and the server closes anyway

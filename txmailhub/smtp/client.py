@@ -542,6 +542,10 @@ class ClientSession:
         return [Send(b"".join(lines))]
 
     def _on_mail(self, reply: Reply) -> list[Action]:
+        if reply.code == 421:
+            # RFC 5321 3.8: the server is closing the channel; nothing more
+            # will be answered, and its words are the session's outcome
+            return self._fail_session(reply)
         if not reply.is_positive:
             self._mail_reply = reply
             if self._pipelined:
@@ -560,6 +564,8 @@ class ClientSession:
         return self._command(Phase.RCPT, self._rcpt_command(address, dsn))
 
     def _on_rcpt(self, reply: Reply) -> list[Action]:
+        if reply.code == 421:
+            return self._fail_session(reply)  # as for MAIL (RFC 5321 3.8)
         address = self.recipients[self._rcpt_index][0]
         self._rcpt_index += 1
         if reply.code == 552:
