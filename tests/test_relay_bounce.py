@@ -518,3 +518,38 @@ def test_a_notice_that_could_not_be_stored_is_refused(tmp_path):
     components.queue.fail = OSError("disk full")
     assert_refused(components, make_entry(tmp_path))
     assert store.messages(ALICE) == []
+
+
+def test_every_utf8_recipient_the_server_takes_fits_a_dsn_line(tmp_path):
+    # utf-8-addr-xtext escapes "+" as \x{2B}: a 203-octet path would be a
+    # 1,242-character Final-Recipient line.  RCPT refuses what no report
+    # could name (501 5.1.3 Path too long); the longest it takes still fits
+    # in 998 characters (RFC 5322 2.1.1)
+    from txmailhub.errors import RemoteProtocolError
+    from txmailhub.smtp import replies
+    from txmailhub.smtp._parse import parse_rcpt
+
+    with pytest.raises(RemoteProtocolError) as refused:
+        parse_rcpt("TO:<" + "+" * 200 + "\u00fc@remote.test>", "example.org", True)
+    assert refused.value.reply is replies.PATH_TOO_LONG
+    longest = None
+    for n in range(200, 0, -1):
+        try:
+            longest, _ = parse_rcpt(f"TO:<{'+' * n}\u00fc@remote.test>", "example.org", True)
+            break
+        except RemoteProtocolError:
+            continue
+    assert longest is not None and len(str(longest)) > 100
+    path = tmp_path / "msg"
+    path.write_bytes(b"Subject: x\n\nbody\n")
+    env = Envelope(sender=ALICE, recipients=(longest,), smtputf8=True)
+    entry = dataclasses.replace(QueueEntry.new("0123456789ABCDEF", env, 1.7e9),
+                                message_path=str(path))
+    rec = dataclasses.replace(entry.recipients[0], state=FAILED,
+                              last_reply=Reply.of(550, "5.1.1", "no such user"),
+                              remote_mta="mx.remote.test", last_attempt=1.7e9)
+    data = bounce.build_dsn(entry, [rec], bounce.FAILED, hostname="mail.example.org",
+                            primary_domain="example.org", now=1.7e9)
+    final = [line for line in data.split(b"\n") if line.startswith(b"Final-Recipient: utf-8;")]
+    assert final and max(len(line) for line in data.split(b"\n")) <= 998
+    assert len(final[0]) > 900  # the limit is the line, not far below it

@@ -53,6 +53,7 @@ PINNED = {
     "ERROR_PROCESSING": (500, "5.5.2"),
     "SYNTAX_ARGUMENT": (501, "5.5.4"),
     "SYNTAX_ADDRESS": (501, "5.1.7"),
+    "PATH_TOO_LONG": (501, "5.1.3"),  # RFC 5321 4.5.3.1.10
     "INVALID_UTF8": (501, "5.5.2"),
     "AUTH_INVALID_BASE64": (501, "5.5.2"),  # RFC 4954 4
     "AUTH_CANCELLED": (501, "5.0.0"),  # RFC 4954 4

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from txmailhub.address import Address, ipv6_literal
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
-from txmailhub.smtp.xtext import utf8_addr_decode, xtext_decode
+from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decode
 
 __all__ = [
     "MailParams",
@@ -51,6 +51,12 @@ __all__ = [
 # characters: an SMTPUTF8 path of 256 characters can be 1 KiB, and the
 # 250 that echoes it must stay within a 512-octet reply line.
 MAX_PATH = 256
+# The longest RFC 6533 utf-8-addr-xtext form of a recipient a delivery
+# status notification can name: "Final-Recipient: utf-8; " and the address
+# on one line of at most 998 characters (RFC 5322 2.1.1; the form has no
+# blank to fold at).  Escapes make a short UTF-8 path long: 200 "+" signs
+# are 1,400 characters, within MAX_PATH's 256 octets.
+MAX_DSN_ADDRESS = 998 - len("Final-Recipient: utf-8; ")
 # RFC 3461 4.4: the ENVID parameter's value, as sent (xtext, so the UTF-8
 # id of an SMTPUTF8 transaction takes three characters an octet)
 MAX_ENVID = 100
@@ -432,4 +438,7 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
     if not path or _too_long(path):
         raise _fail(replies.SYNTAX_ADDRESS)
     params = _rcpt_params(_split_params(tail, utf8)) if tail.strip() else RcptParams()
-    return parse_mailbox(_strip_route(path, utf8), primary_domain, utf8), params
+    address = parse_mailbox(_strip_route(path, utf8), primary_domain, utf8)
+    if utf8 and not path.isascii() and len(utf8_addr_encode(str(address))) > MAX_DSN_ADDRESS:
+        raise _fail(replies.PATH_TOO_LONG)  # no report could name it
+    return address, params
