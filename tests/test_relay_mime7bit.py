@@ -436,3 +436,29 @@ def test_the_7bit_copy_keeps_every_address_of_an_address_field(field, addresses)
     # and the name survives, in its encoded words
     raw = out.split(b"\nTo: ")[0].decode("ascii").replace("\n ", " ")
     assert "J\u00f6rg" in str(make_header(decode_header(raw))), raw
+
+
+_name = st.text(alphabet="abc\u00f6\u00fc\u00e9 \u00dfJ.-", min_size=1, max_size=20).filter(
+    lambda s: s.strip() == s)
+
+
+@st.composite
+def _mailbox(draw) -> str:
+    addr = draw(st.text(alphabet="abcxyz0123", min_size=1, max_size=8)) + "@example.org"
+    name = draw(_name)
+    phrase = name.replace(".", "").strip()
+    return draw(st.sampled_from([
+        addr, f"{addr} ({name})", f"({name}) {addr}", f'"{name}" <{addr}>',
+        f"{phrase} <{addr}>" if phrase else addr,
+    ]))
+
+
+@given(st.lists(_mailbox(), min_size=1, max_size=4))
+def test_the_7bit_copy_of_an_address_field_names_the_same_mailboxes(boxes):
+    # display names, quoted strings and comments with 8-bit text, in any
+    # mix: the reader of the copy finds the mailboxes the original named
+    data = f"From: a@example.org\nTo: {', '.join(boxes)}\nSubject: x\n\nhi\n".encode()
+    out = convert(data)
+    assert out.isascii()
+    assert [a.addr_spec for a in parse(out)["To"].addresses] == [
+        a.addr_spec for a in parse(data)["To"].addresses]
