@@ -1165,3 +1165,50 @@ class SocketSendTests(SynchronousTestCase):
         assert t.dataBuffer == b"" and not t._tempDataBuffer
         (stored,) = h.store.messages(ALICE)
         assert stored.endswith(b"\nhi\n")
+
+
+AUTH_ALICE = b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0secret") + b"\r\n"
+
+
+def test_starttls_logs_out_the_login_it_discards(tmp_path: Path) -> None:
+    # RFC 3207 4.2: the identity from before STARTTLS is discarded, and
+    # twisted.cred wants every successful login's logout called once: the
+    # login before the handshake at the handshake, the one after at the end
+    h = Harness(idle_timeout=300)
+    cert = make_certificate(tmp_path / "tls")
+    h.components.tls = tls_options(str(cert[0]), str(cert[1]))
+    p = SMTPFactory(h.components).buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
+    sock = StartTLSSocket(h.clock, p)
+    p.makeConnection(sock)
+    sock.startReading()
+    p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE + b"STARTTLS\r\n")
+    sock.drain()
+    assert bytes(sock.sent).endswith(b"235 2.7.0 Authentication successful\r\n"
+                                     b"220 2.0.0 Ready to start TLS\r\n")
+    sock.sent.clear()
+    client = TLSClient(None, h.clock, cert, socket=sock)
+    client.send(b"EHLO c\r\n")
+    client.receive()
+    assert h.realm.logouts == 1  # the handshake ended the first login
+    client.send(AUTH_ALICE)
+    assert client.receive().endswith(b"235 2.7.0 Authentication successful\r\n")
+    p.connectionLost(None)
+    assert h.realm.logouts == 2
+
+
+def test_a_login_that_succeeds_after_the_client_hung_up_is_logged_out() -> None:
+    # the password check answers after connectionLost: nobody will use the
+    # login, and its logout must still be called
+    from test_pop3_protocol import HeldChecker
+
+    h = Harness(idle_timeout=300)
+    checker = HeldChecker()
+    h.components.portal = Portal(h.realm, [checker])
+    p = SMTPFactory(h.components, submission=True).buildProtocol(
+        IPv4Address("TCP", "127.0.0.1", 4321))
+    p.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321)))
+    p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE)
+    (pending,) = checker.pending
+    p.connectionLost(None)
+    pending[1].callback(b"alice@example.org")
+    assert h.realm.logouts == 1

@@ -129,6 +129,7 @@ class SMTPProtocol(Protocol):
         self._timer: Any = None
         self._last_activity = 0.0
         self._logout: Any = None
+        self._gone = False  # connectionLost has run
         self._auth_timer: Any = None
         self._close_timer: Any = None
         self._close_reply: Reply | None = None
@@ -250,9 +251,8 @@ class SMTPProtocol(Protocol):
             self._counted = False
             self.factory.release(self.host)
             self.factory.limits.sessions.discard(self)
-        if self._logout is not None:
-            logout, self._logout = self._logout, None
-            logout()
+        self._gone = True
+        self._log_out()
 
     # --- driving the engine ---------------------------------------------------
 
@@ -641,6 +641,12 @@ class SMTPProtocol(Protocol):
 
     def _auth_ok(self, result: Any) -> None:
         _, avatar, logout = result
+        if self._gone:
+            # the client hung up while its password was checked: nobody
+            # will use this login, and connectionLost has run already
+            logout()
+            return
+        self._log_out()  # a login before (discarded by STARTTLS) ends now
         self._logout = logout
         if self.engine.closed:
             return
@@ -688,6 +694,14 @@ class SMTPProtocol(Protocol):
             self._write_paused = False
             self._flow()
         self.engine.tls_started()
+        # RFC 3207 4.2: the identity from before the handshake is discarded
+        # (twisted.cred: its avatar's logout is called once, now)
+        self._log_out()
+
+    def _log_out(self) -> None:
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
 
     def _close(self, event: Close) -> None:
         self._close_reply = event.reply  # _drive flushes and closes once the batch is written
