@@ -263,6 +263,7 @@ def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Pa
     folder.mkdir()  # [users] file names a folder
     code, _, err = run(config, "check")
     assert code == 2 and f"[users] file: {folder} is a folder, not a file" in err, err
+    assert "does not exist" not in err  # it is there: not the missing file's warning
     folder.rmdir()
     aliases = config.parent / "aliases"
     aliases.mkdir()

@@ -198,7 +198,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                 users.contains))
     for warning in warnings:
         print(f"warning: {warning}", file=err)
-    if users.missing:
+    if users.missing and users_read:  # (an unreadable file is a problem above)
         # not fatal (aliases may send everything elsewhere), but until it
         # exists every local mailbox is answered 451, and nobody can log in
         print(f"warning: the users file {settings.users.file} does not exist yet "
