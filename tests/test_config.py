@@ -519,6 +519,10 @@ def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
     (w,) = s.warnings
     assert w.startswith(f"/c: [hub] hostname is not set, and the machine's name '{name}' is "
                         "no fully qualified domain name")
+    # a hostname that is no name at all is a problem, not also this warning
+    with pytest.raises(ConfigError) as info:
+        load_text('[hub]\nhostname = "bad name"\ndomains = ["example.org"]\n', "/c")
+    assert not [w for w in info.value.warnings if "fully qualified" in w]
     monkeypatch.setattr(socket, "getfqdn", lambda: "mail.example.org")
     assert load_text('[hub]\ndomains = ["example.org"]\n', "/c").warnings == ()
     assert load_text('[hub]\nhostname = "mx.example.org."\ndomains = ["example.org"]\n',

@@ -665,14 +665,16 @@ def load_text(text: str, path: str) -> Settings:
     t = r.table(doc, "hub", {"hostname", "state_dir", "domains"})
     if "domains" not in t:
         r.problem("hub", "domains", "required: the local domains, the primary one first")
+    hostname = r.get(t, "hub", "hostname", None, _hostname)
     hub = HubSettings(
-        hostname=r.get(t, "hub", "hostname", None, _hostname) or socket.getfqdn(),
+        hostname=hostname or socket.getfqdn(),
         state_dir=r.resolve(r.get(t, "hub", "state_dir", "var", _nonempty_string)),
         domains=r.get(t, "hub", "domains", ("localhost",), _domains),
     )
 
+    # (a bad hostname is a problem already; an address literal is what it is)
     name = hub.hostname.rstrip(".").lower()
-    if not name.startswith("[") and (  # an address literal is what it is
+    if ("hostname" not in t or hostname) and not name.startswith("[") and (
             "." not in name or name.startswith("localhost.") or name.endswith(".localdomain")):
         where = ("[hub] hostname" if "hostname" in t
                  else "[hub] hostname is not set, and the machine's name")
