@@ -21,7 +21,7 @@ Accepted path forms:
 * quoted local parts ``"john doe"@example.org``: quotes are removed when
   the content is a valid dot-string (``"joe"`` is ``joe``), kept otherwise;
 * address literals ``user@[192.0.2.1]`` and ``user@[IPv6:2001:db8::1]``
-  (kept bracketed as the domain: never one of our local domains);
+  (kept bracketed as the domain: local only when ``[hub] domains`` lists it);
 * non-ASCII local parts and domains only under SMTPUTF8 (RFC 6531).
 """
 
