@@ -462,3 +462,79 @@ def test_the_7bit_copy_of_an_address_field_names_the_same_mailboxes(boxes):
     assert out.isascii()
     assert [a.addr_spec for a in parse(out)["To"].addresses] == [
         a.addr_spec for a in parse(data)["To"].addresses]
+
+
+def _encoded(field: str) -> bytes:
+    from txmailhub.relay.header7bit import encode_field
+
+    out = encode_field(field.encode() + b"\n")
+    assert out.isascii() and out.endswith(b"\n")
+    return out
+
+
+def _decoded_words(text: bytes) -> str:
+    return str(make_header(decode_header(text.decode())))
+
+
+def test_a_quoted_display_name_keeps_its_escaped_quotes():
+    out = _encoded('From: "Jörg \\"JJ\\" Müller" <j@x.org>')
+    (box,) = parse(out + b"\n")["From"].addresses
+    assert (box.display_name, box.addr_spec) == ('Jörg "JJ" Müller', "j@x.org")
+
+
+def test_an_ascii_quoted_local_part_beside_an_8bit_name_is_left_as_it_is():
+    # the quoted string is the mailbox, not a phrase: no encoded word there
+    out = _encoded('To: Jörg <"john doe"@example.org>')
+    assert out.endswith(b' <"john doe"@example.org>\n'), out
+    (box,) = parse(out + b"\n")["To"].addresses
+    assert box.addr_spec == '"john doe"@example.org'
+
+
+@pytest.mark.parametrize("comment", ["Jörg (JJ) Müller", "Jörg \\) Müller"])
+def test_an_8bit_comment_is_encoded_whole_with_its_parentheses(comment):
+    # nested comments and an escaped parenthesis do not end the comment
+    # early (what followed would be outside it, part of the address)
+    import re
+
+    out = _encoded(f"From: j@x.org ({comment})")
+    found = re.fullmatch(rb"From: j@x\.org \((=\?utf-8\?[bq]\?[^?]*\?=)\)\n", out, re.I)
+    assert found, out
+    assert _decoded_words(found.group(1)).endswith(") Müller")
+    assert [a.addr_spec for a in parse(out + b"\n")["From"].addresses] == ["j@x.org"]
+
+
+_LONG_NAME = "Jörg Müller-Lüdenscheidt Ärztekammer Großbritannien " * 2
+
+
+def _words_of(out: bytes) -> list[bytes]:
+    import re
+
+    return re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", out)
+
+
+def test_a_long_8bit_quoted_name_becomes_several_encoded_words_on_folded_lines():
+    # a quoted string is one token: split into several short words, not
+    # one long one; the folds are single line breaks (an empty line would
+    # end the header section)
+    out = _encoded(f'From: "{_LONG_NAME}" <j@x.org>')
+    words = _words_of(out)
+    assert len(words) > 1 and max(map(len, words)) <= 75
+    assert b"\n\n" not in out
+    (box,) = parse(out + b"\n")["From"].addresses
+    assert box.addr_spec == "j@x.org"
+    assert _decoded_words(b" ".join(words)) == _LONG_NAME
+
+
+@pytest.mark.parametrize("field", [f'From: "{_LONG_NAME}" <j@x.org>',
+                                   f"From: j@x.org ({_LONG_NAME})"])
+def test_encoded_words_of_quoted_strings_and_comments_keep_to_75_characters(field):
+    # RFC 2047 2: an encoded word is at most 75 characters
+    out = _encoded(field)
+    assert max(map(len, _words_of(out))) <= 75
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+
+
+def test_a_run_of_blanks_is_never_folded_into_a_line_of_only_blanks():
+    # RFC 5322 3.2.2: a folded line must not be all white space
+    out = _encoded("To: Jörg" + " " * 200 + "<j@x.org>")
+    assert all(line.strip() for line in out.split(b"\n")[:-1]), out

@@ -78,6 +78,14 @@ def test_received_ipv6_and_hostile_helo():
         ("[tag:x]", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [tag:x])"),
         ("[IPv6:1:2:3:4:5:6:7::]",  # 7 groups beside "::": not RFC 5321 4.1.3
          b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO [IPv6:1:2:3:4:5:6:7::])"),
+        # RFC 5321 4.1.2 Domain: labels of up to 63 characters, no hyphen at
+        # either end, no root's dot; at most 255 characters in all
+        ("x" * 63 + ".example", b"from " + b"x" * 63 + b".example ([192.0.2.7])"),
+        ("trail-.example", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO trail-.example)"),
+        ("client.example.", b"from [192.0.2.7] ([192.0.2.7])\n\t(HELO client.example.)"),
+        ("_x.example", b"from _x.example ([192.0.2.7])"),  # as the address parser takes it
+        # RFC 5234 2.3: the tag is case-insensitive like every ABNF string
+        ("[ipv6:2001:db8::9]", b"from [ipv6:2001:db8::9] ([192.0.2.7])"),
     ],
 )
 def test_the_from_clause_is_rfc_5321_grammar(helo, first):
@@ -116,6 +124,7 @@ def test_return_path():
         (b"Hi Dave - What is buffer overflow?\n", b"\n"),
         (b"no colon at all\n", b"\n"),
         (b": empty name\n", b"\n"),
+        (b":x: a colon is no field name\n", b"\n"),
         (b" folded: start\n", b"\n"),
         (b"From sender@example.org Mon Jan 1\n", b"\n"),
     ],
@@ -198,3 +207,26 @@ def _head_length(lines: list[bytes]) -> int:
     while n < len(lines) and (lines[n][:1] in b" \t" or re.match(rb"[!-9;-~]+[ \t]*:", lines[n])):
         n += 1
     return n
+
+
+def test_a_helo_name_of_up_to_255_characters_is_a_domain():
+    # RFC 5321 4.5.3.1.2: a domain is at most 255 octets
+    name = ".".join(["a" * 63] * 4)[:255]
+    assert len(name) == 255
+    field = received(hostname="mx", helo=name, client_ip="192.0.2.7", protocol="ESMTP",
+                     message_id="I", when=0)
+    assert field.startswith(f"Received: from {name} ([192.0.2.7])\n".encode())
+    longer = name[:-1] + ".b"
+    assert len(longer) == 256
+    field = received(hostname="mx", helo=longer, client_ip="192.0.2.7", protocol="ESMTP",
+                     message_id="I", when=0)
+    assert field.startswith(b"Received: from [192.0.2.7] ([192.0.2.7])\n\t(HELO "), field
+
+
+def test_a_long_helo_is_mapped_whole_before_it_is_judged():
+    # IDNA drops soft hyphens: cut to 255 first, "mail" + 251 of them +
+    # ".example.org" would have become the valid-looking "mail"; mapped
+    # whole it is mail.example.org, what the client really sent
+    field = received(hostname="mx", helo="mail" + "\u00ad" * 251 + ".example.org",
+                     client_ip="192.0.2.7", protocol="UTF8SMTP", message_id="I", when=0)
+    assert field.startswith(b"Received: from mail.example.org ([192.0.2.7])\n"), field

@@ -150,7 +150,9 @@ def _unknown_8bit_words(value: bytes) -> str:
 def _words(text: str) -> str:
     """``text`` as RFC 2047 encoded words (Q/B as the stdlib picks; Q leaves
     only ``[-!*+/A-Za-z0-9]`` unencoded: safe in a phrase and a comment)."""
-    return Header(text, "utf-8", maxlinelen=76).encode(linesep="\n")
+    # 75: RFC 2047 2's limit on one encoded word (the stdlib's line
+    # length counts the fold's blank as well)
+    return Header(text, "utf-8", maxlinelen=75).encode(linesep="\n")
 
 
 def _encode_address_field(name: str, text: str) -> bytes:

@@ -55,7 +55,7 @@ MAX_PATH = 256
 # status notification can name: "Final-Recipient: utf-8; " and the address
 # on one line of at most 998 characters (RFC 5322 2.1.1; the form has no
 # blank to fold at).  Escapes make a short UTF-8 path long: 200 "+" signs
-# are 1,400 characters, within MAX_PATH's 256 octets.
+# are 1,200 characters (``\x{2B}`` each), within MAX_PATH's 256 octets.
 MAX_DSN_ADDRESS = 998 - len("Final-Recipient: utf-8; ")
 # RFC 3461 4.4: the ENVID parameter's value, as sent (xtext, so the UTF-8
 # id of an SMTPUTF8 transaction takes three characters an octet)

@@ -134,7 +134,9 @@ def _from(helo: str, source: str) -> str:
     messages).  A name that is neither (a bare word with a slash, "<evil>",
     a broken literal) is still recorded, in a comment of safe characters
     after the address, which then stands in the name's place."""
-    name = ascii_domain(helo[:255]) if not helo.isascii() else helo
+    # mapped whole, then judged (its 255-octet limit): a cut before the
+    # mapping could leave a different name (IDNA drops soft hyphens)
+    name = ascii_domain(helo[:1024]) if not helo.isascii() else helo
     if _valid_helo(name):
         return f"Received: from {name} ({source})"
     return f"Received: from {source} ({source})\n\t(HELO {_safe(name)})"
