@@ -14,6 +14,7 @@ from txmailhub.address import (
     canonical_domain,
     canonical_local,
     client_ip,
+    ipv6_literal,
     parse_address,
 )
 
@@ -118,3 +119,12 @@ def test_canonical_forms_are_fixed_points(label: str) -> None:
         assert canonical_domain(once) == once
     once = canonical_local(label)
     assert canonical_local(once) == once
+
+
+def test_an_ipv6_literal_has_no_zone_even_of_hex_digits():
+    # RFC 5321 4.1.3's IPv6-addr has no "%zone"; ipaddress takes one of any
+    # characters, hex digits too, and it names a local interface
+    assert ipv6_literal("fe80::1") == ipaddress.IPv6Address("fe80::1")
+    for bad in ("fe80::1%1", "fe80::1%a", "fe80::1%eth0"):
+        with pytest.raises(ValueError):
+            ipv6_literal(bad)

@@ -378,3 +378,30 @@ def test_check_says_when_this_user_could_not_use_the_state_dir(
     state.write_text("")
     code, _, err = run(config, "check")
     assert code == 2 and "something that is not a folder is in the way of" in err, err
+
+
+def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: Path) -> None:
+    # the start makes every missing folder on the way (os.makedirs)
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    text = config.read_text().replace('state_dir = "var"', 'state_dir = "no/such/state"')
+    assert 'state_dir = "no/such/state"' in text
+    config.write_text(text)
+    code, _, err = run(config, "check")
+    assert code == 0 and "state_dir" not in err, err
+    # a file on the way, however far up, is in the way
+    (config.parent / "no").write_text("")
+    code, _, err = run(config, "check")
+    assert code == 2 and "something that is not a folder is in the way of" in err, err
+
+
+def test_check_wants_a_state_dir_it_can_search_as_well_as_write(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # write without search (mode 0600 on a folder) makes no file in it
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    state = config.parent / "var"
+    state.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: (
+        not (str(p) == str(state) and mode & os.X_OK) and real_access(p, mode)))
+    code, _, err = run(config, "check")
+    assert code == 2 and f"[hub] state_dir: {state} cannot be written by this user" in err, err

@@ -505,7 +505,9 @@ def test_relay_networks_of_every_address_are_warned_of_as_an_open_relay() -> Non
     assert not [w for w in load_text(MINIMAL, "/c").warnings if "relay_networks" in w]
 
 
-@pytest.mark.parametrize("name", ["localhost", "mx", "localhost.localdomain", "box.localdomain"])
+@pytest.mark.parametrize("name", ["localhost", "mx", "localhost.localdomain", "box.localdomain",
+                                  "localhost.example.org", "mx.", "box.LocalDomain",
+                                  "LOCALHOST.example.org"])
 def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
     # it goes into the greeting, EHLO and Received: servers refuse or
     # distrust a client that says EHLO localhost

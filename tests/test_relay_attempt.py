@@ -431,6 +431,10 @@ def test_read_credentials(tmp_path):
         p.write_text(text)
         with pytest.raises(ValueError, match=r"expected one line .* found 2"):
             read_credentials(str(p))
+    # a line with no user name is no account
+    p.write_text(":password\n")
+    with pytest.raises(ValueError, match="expected one line"):
+        read_credentials(str(p))
 
 
 def test_broken_opportunistic_tls_falls_back_to_clear(tmp_path):

@@ -208,6 +208,18 @@ def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
         "chown)"), denied.message
 
 
+def test_a_relative_state_dir_is_named_with_the_folder_it_would_be_made_in(
+        tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from txmailhub.service import StateDirError
+
+    monkeypatch.chdir(tmp_path)
+    denied = StateDirError.from_os_error(
+        PermissionError(errno.EACCES, "Permission denied", "var"), "var")
+    assert f"cannot make it in {tmp_path}: make it yourself" in denied.message, denied.message
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
 def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path) -> None:
     # `twistd -u mailhub -g mailhub mailhub ...` builds the hub as root and

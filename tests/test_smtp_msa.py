@@ -80,6 +80,7 @@ def test_the_header_section_may_end_at_a_piece_boundary():
 @pytest.mark.parametrize("value", [
     b"<a.b@example.org>", b" <a@b> ", b"(comment) <a@[192.0.2.1]> (more)",
     b'<"quoted id"@example.org>', b"\n\t<folded@example.org>", "<ü@bücher.example>".encode(),
+    b" <a.b.c@mail.example.org>", b' <"a\\"b"@example.org>', b" <a@[x.y]>",
 ])
 def test_a_message_id_that_is_a_msg_id_is_kept(value):
     data = b"Message-ID:" + value + b"\nSubject: a\n\nbody\n"
@@ -90,6 +91,11 @@ def test_a_message_id_that_is_a_msg_id_is_kept(value):
 @pytest.mark.parametrize("value", [
     b"", b" ", b" no-brackets@example.org", b" <no-at-sign>", b" <a@b> trailing text",
     b" <a b@c>", b" <a@b", b" <<a@b>>", b" <a@b>\n\tand more",
+    # every continuation line goes with the field, or the next would fold
+    # itself into the field before
+    b"\n\tjunk\n\tmore junk",
+    # dot-atom-text has no empty atoms; dtext no brackets or backslash
+    b" <@example.org>", b" <a..b@example.org>", b" <a@[x]y]>",
 ])
 def test_a_message_id_that_is_no_msg_id_is_replaced(value):
     # RFC 6409 8.3: the MSA SHOULD add or replace a Message-ID that is not
@@ -158,3 +164,54 @@ def _sections(lines: list[bytes]) -> tuple[bytes, bytes]:
         i += 1
     head = b"".join(lines[:i])
     return head, b"".join(lines[i + 1 :] if lines[i : i + 1] == [b"\n"] else lines[i:])
+
+
+def test_obsolete_spacing_before_the_colon_still_names_the_field():
+    # RFC 5322 4.5.3: "Date :" is the Date field
+    data = b"Date : Sat, 28 Nov 2026 10:00:00 +0100\nMessage-ID : <a@b>\n\nbody\n"
+    assert run([data]) == data
+
+
+def test_fields_that_end_in_message_id_are_other_fields():
+    # Resent-Message-ID and X-Message-ID are not the Message-ID: kept as
+    # they are, whatever they hold, and ours is added
+    data = b"Resent-Message-ID: junk\nX-Message-ID: no id\n\nbody\n"
+    assert run([data]) == (b"Resent-Message-ID: junk\nX-Message-ID: no id\n" + ADDED
+                           + b"\nbody\n")
+
+
+def test_a_folded_field_that_starts_a_piece_is_part_of_the_header_section():
+    # the second piece starts with a continuation line: the header section
+    # goes on (it is not text without a header section)
+    assert run([b"Subject: a\n", b" folded\n\nbody\n"]) == (
+        b"Subject: a\n folded\n" + ADDED + b"\nbody\n")
+
+
+def test_only_a_message_id_that_ends_the_piece_is_held_back():
+    fields = MissingFields(DATE, MID)
+    assert fields.feed(b"Message-ID: <a@b>\nSubject: a\n") == b"Message-ID: <a@b>\nSubject: a\n"
+    # a field before a long one is judged all the same (no unjudged copy
+    # of it passes with the long one)
+    fields = MissingFields(DATE, MID)
+    huge = b"Message-ID: <" + b"x" * HOLD_LIMIT + b"\n"
+    assert fields.feed(b"Message-ID: junk\nSubject: a\n" + huge) == b"Subject: a\n" + huge
+    # a junk field followed by more fields than the limit holds is replaced
+    fields = MissingFields(DATE, MID)
+    long_field = b"X-Long: " + b"x" * HOLD_LIMIT + b"\n"
+    assert fields.feed(b"Message-ID: junk\n" + long_field) == long_field
+    assert fields.feed(b"\nbody\n") == ADDED + b"\nbody\n"
+
+
+def test_a_message_id_of_exactly_the_limit_is_held_and_judged():
+    field = b"Message-ID: " + b"x" * (HOLD_LIMIT - 13) + b"\n"
+    assert len(field) == HOLD_LIMIT
+    fields = MissingFields(DATE, MID)
+    assert fields.feed(b"Subject: a\n" + field) == b"Subject: a\n"
+    assert fields.feed(b"\nbody\n") == ADDED + b"\nbody\n"  # no msg-id: replaced
+
+
+def test_a_held_message_id_is_kept_when_the_data_ends_in_the_header_section():
+    fields = MissingFields(DATE, MID)
+    assert fields.feed(b"Subject: a\nMessage-ID: <kept@example.org>\n") == b"Subject: a\n"
+    assert fields.finish() == (b"Message-ID: <kept@example.org>\nDate: " + DATE.encode()
+                               + b"\n")

@@ -113,6 +113,8 @@ def test_address_literals():
                 # ipaddress takes any characters after the "%"
                 "u@[IPv6:fe80::1%eth0]", "u@[IPv6:::1%a\rX-Injected: yes\x1b[2J]",
                 "u@[IPv6:::1%a b]", "u@[IPv6: ::1]",
+                # a zone of hex digits only is still a zone
+                "u@[IPv6:fe80::1%1]", "u@[IPv6:fe80::1%a]",
                 # RFC 5321 4.1.3: at most 6 groups beside "::", 4 with an
                 # IPv4 tail (ipaddress takes 7 and 5)
                 "u@[IPv6:1:2:3:4:5:6:7::]", "u@[IPv6:::1:2:3:4:5:6:7]",
@@ -387,3 +389,34 @@ def test_whatever_is_accepted_prints_cleanly(text, utf8):
     shown = str(a)
     assert shown.isprintable() and "\r" not in shown and "\n" not in shown, shown
     assert str(a).isascii() or utf8
+
+
+def test_the_dsn_line_limit_is_exact():
+    # RFC 6533's utf-8-addr-xtext form of a UTF-8 recipient must fit one
+    # "Final-Recipient: utf-8; " line of 998 characters: the longest it
+    # takes is accepted, one character more is 501 5.1.3
+    from txmailhub.smtp._parse import MAX_DSN_ADDRESS
+
+    assert MAX_DSN_ADDRESS == 998 - len("Final-Recipient: utf-8; ")
+
+    def path(extra: int) -> str:
+        # "+" escapes to "\\x{2B}"; "a" pads to the exact length
+        fixed, plus = "\u00fc@remote.test", len(utf8_addr_encode("+"))
+        pluses = (MAX_DSN_ADDRESS - len(utf8_addr_encode(fixed))) // plus
+        pad = MAX_DSN_ADDRESS - len(utf8_addr_encode(fixed)) - plus * pluses + extra
+        return "+" * pluses + "a" * pad + fixed
+
+    assert len(utf8_addr_encode(path(0))) == MAX_DSN_ADDRESS
+    address, _ = parse_rcpt(f"TO:<{path(0)}>", P, True)
+    assert len(utf8_addr_encode(str(address))) == MAX_DSN_ADDRESS
+    # the source route is no part of the address a report names
+    address, _ = parse_rcpt(f"TO:<@relay.example:{path(0)}>", P, True)
+    assert len(utf8_addr_encode(str(address))) == MAX_DSN_ADDRESS
+    assert reply_of(parse_rcpt, f"TO:<{path(1)}>", P, True) == replies.PATH_TOO_LONG
+
+
+def test_an_ascii_recipient_is_never_too_long_for_a_dsn():
+    # an ASCII address is reported as "rfc822;" as it is, unescaped: the
+    # utf-8-addr-xtext limit is not for it, even in an SMTPUTF8 session
+    rcpt, _ = parse_rcpt(f"TO:<{'+' * 200}@remote.test>", P, True)
+    assert len(utf8_addr_encode(str(rcpt))) > 998 - len("Final-Recipient: utf-8; ")

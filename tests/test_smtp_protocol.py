@@ -1080,6 +1080,19 @@ class ProtocolTests(SynchronousTestCase):
         (stored,) = h.store.messages(Address("bob", "example.org"))
         assert re.search(rb"\nMessage-ID: <\w+\.[0-9a-f]{12}@mx\.example\.org>\n", stored), stored
 
+    def test_a_submitted_message_that_is_all_header_section_gets_the_fields_at_its_end(self):
+        # the data ends inside the header section (no empty line, no body):
+        # what is missing comes when the message is complete
+        h = Harness(submission=True)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
+                       "Subject: s\r\nMessage-ID: <own@c.test>\r\n.\r\n".encode())
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        (stored,) = h.store.messages(Address("bob", "example.org"))
+        assert re.search(rb" \+0000\nSubject: s\nMessage-ID: <own@c\.test>\n"
+                         rb"Date: [^\n]+ \+0000\n\Z", stored), stored
+
     def test_mail_from_another_server_gets_no_fields_added(self):
         h = Harness()
         p, t = h.connect("192.0.2.9")

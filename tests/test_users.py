@@ -469,3 +469,23 @@ def test_a_users_file_that_cannot_be_read_is_unavailable_not_an_error_per_lookup
     os.rename(db.path + ".away", db.path)
     assert reader.contains(alice) and not reader.missing and reader.unreadable is None
     assert reader.addresses() == [alice]
+
+
+def test_an_unreadable_users_file_that_then_goes_away_is_missing_not_unreadable(
+        db: UsersDB) -> None:
+    # the refusal names the cause plainly; once the file is gone, the
+    # error of the unreadable one is not what check and logins are told
+    from txmailhub.errors import UsersUnavailable
+
+    reader = UsersDB(db.path, "example.org")
+    os.mkdir(db.path)  # (root reads any file: a folder cannot be read)
+    assert not reader.contains(Address("alice", "example.org"))
+    assert str(UsersChecker(reader)._refusal()) == (
+        f"the users file {db.path} cannot be read (Is a directory)")
+    os.rmdir(db.path)
+    assert not reader.contains(Address("alice", "example.org"))
+    assert reader.missing and reader.unreadable is None
+    assert reader.addresses() == []
+    refusal = UsersChecker(reader)._refusal()
+    assert isinstance(refusal, UsersUnavailable)
+    assert str(refusal) == f"the users file {db.path} does not exist"
