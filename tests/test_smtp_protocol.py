@@ -99,6 +99,18 @@ class RaisingPortal:
         raise self.error
 
 
+def submitted(h: Harness, data: str) -> bytes:
+    """``data`` (CRLF lines, without the final ".") sent by a client that
+    logged in (loopback), answered 250; the message bob@example.org got."""
+    p, t = h.connect("127.0.0.1")
+    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                   f"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n{data}.\r\n"
+                   .encode())
+    assert take(t)[-1].startswith("250 2.0.0 ")
+    (stored,) = h.store.messages(Address("bob", "example.org"))
+    return stored
+
+
 def quit_behind_unread_replies():
     """A session over an in-memory socket whose client sent 500 EHLOs and a
     QUIT without reading: the 221 waits behind the replies."""
@@ -1072,24 +1084,14 @@ class ProtocolTests(SynchronousTestCase):
         s = h.factory.settings
         h.factory.settings = dataclasses.replace(
             s, hub=dataclasses.replace(s.hub, hostname="mx.example.org."))
-        p, t = h.connect("127.0.0.1")
-        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
-                       "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
-                       "Subject: s\r\n\r\nb\r\n.\r\n".encode())
-        assert take(t)[-1].startswith("250 2.0.0 ")
-        (stored,) = h.store.messages(Address("bob", "example.org"))
+        stored = submitted(h, "Subject: s\r\n\r\nb\r\n")
         assert re.search(rb"\nMessage-ID: <\w+\.[0-9a-f]{12}@mx\.example\.org>\n", stored), stored
 
     def test_a_submitted_message_that_is_all_header_section_gets_the_fields_at_its_end(self):
         # the data ends inside the header section (no empty line, no body):
         # what is missing comes when the message is complete
-        h = Harness(submission=True)
-        p, t = h.connect("127.0.0.1")
-        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
-                       "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
-                       "Subject: s\r\nMessage-ID: <own@c.test>\r\n.\r\n".encode())
-        assert take(t)[-1].startswith("250 2.0.0 ")
-        (stored,) = h.store.messages(Address("bob", "example.org"))
+        stored = submitted(Harness(submission=True),
+                           "Subject: s\r\nMessage-ID: <own@c.test>\r\n")
         assert re.search(rb" \+0000\nSubject: s\nMessage-ID: <own@c\.test>\n"
                          rb"Date: [^\n]+ \+0000\n\Z", stored), stored
 
