@@ -25,6 +25,7 @@ __all__ = [
     "canonical_local",
     "client_ip",
     "client_key",
+    "address_literal",
     "ipv6_literal",
     "login_key",
     "parse_address",
@@ -211,3 +212,16 @@ def ipv6_literal(text: str) -> ipaddress.IPv6Address:
         if len(groups) > (4 if v4 else 6):
             raise ValueError(f"more groups than RFC 5321 4.1.3 allows beside '::': {text!r}")
     return ip
+
+
+def address_literal(name: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 4.1.3) in its
+    one spelling (``IPv6:`` and the compressed address); ValueError for
+    anything else.  Addresses, HELO names and configured domains all take
+    their literals through here."""
+    if not (name.startswith("[") and name.endswith("]")):
+        raise ValueError(f"not an address literal: {name!r}")
+    literal = name[1:-1]
+    if literal[:5].lower() == "ipv6:":
+        return f"[IPv6:{ipv6_literal(literal[5:]).compressed}]"
+    return f"[{ipaddress.IPv4Address(literal)}]"

@@ -23,7 +23,7 @@ from typing import Any
 
 import idna
 
-from txmailhub.address import canonical_domain, client_ip, ipv6_literal
+from txmailhub.address import address_literal, canonical_domain, client_ip
 from txmailhub.errors import ConfigError
 
 __all__ = [
@@ -487,12 +487,8 @@ def _domain_problem(name: str) -> str | None:
     characters at most each, 253 in all (RFC 1035 2.3.1, RFC 5890)."""
     if name.startswith("[") and name.endswith("]"):
         # an address literal (RFC 5321 4.1.3), as a host without a name uses
-        literal = name[1:-1]
         try:
-            if literal[:5].lower() == "ipv6:":
-                ipv6_literal(literal[5:])
-            else:
-                ipaddress.IPv4Address(literal)
+            address_literal(name)
         except ValueError:
             return "is not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])"
         return None

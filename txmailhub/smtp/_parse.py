@@ -27,11 +27,10 @@ Accepted path forms:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
-from txmailhub.address import Address, ipv6_literal
+from txmailhub.address import Address, address_literal
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decode
@@ -148,14 +147,10 @@ def _check_domain(domain: str, utf8: bool) -> str:
     if domain.startswith("["):
         if not domain.endswith("]"):
             raise _fail(replies.SYNTAX_ADDRESS)
-        literal = domain[1:-1]
         try:
-            if literal[:5].lower() == "ipv6:":
-                # RFC 5321 4.1.3 grammar, not all ipaddress takes (a
-                # "%zone" of any characters, a CR even)
-                ip = ipv6_literal(literal[5:])
-                return f"[IPv6:{ip.compressed}]"
-            return f"[{ipaddress.IPv4Address(literal)}]"
+            # RFC 5321 4.1.3 grammar, not all ipaddress takes (a "%zone"
+            # of any characters, a CR even)
+            return address_literal(domain)
         except ValueError:
             raise _fail(replies.SYNTAX_ADDRESS) from None
     if domain.endswith("."):

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import email.utils
 import functools
-import ipaddress
 import re
 
-from txmailhub.address import Address, ascii_domain, ipv6_literal
+from txmailhub.address import Address, address_literal, ascii_domain
 
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
            "received", "return_path", "rfc5322_date"]
@@ -143,11 +142,9 @@ def _from(helo: str, source: str) -> str:
 
 
 def _valid_helo(name: str) -> bool:
-    if name.startswith("[") and name.endswith("]"):
-        literal = name[1:-1]
-        v6 = literal[:5].lower() == "ipv6:"
+    if name.startswith("["):
         try:
-            ipv6_literal(literal[5:]) if v6 else ipaddress.IPv4Address(literal)
+            address_literal(name)
         except ValueError:
             return False
         return True
