@@ -31,6 +31,7 @@ from txmailhub.service import tls_options
 from txmailhub.smtp import replies
 from txmailhub.smtp import server as smtp_server
 from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory, SMTPProtocol
+from txmailhub.smtp.reply import Reply
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
 ALICE = Address("alice", "example.org")
@@ -52,6 +53,11 @@ class Realm:
 
         local, _, domain = avatar_id.decode().partition("@")
         return ISMTPUser, User(Address(local, domain)), logout
+
+
+def closing(reply: Reply) -> str:
+    """A 421 as the server sends it: the hostname first (RFC 5321 4.2.3)."""
+    return replies.closing(reply, "mx.example.org").text()
 
 
 def settings(**smtp) -> Settings:
@@ -303,6 +309,23 @@ class ProtocolTests(SynchronousTestCase):
         assert q.enqueued[0][0].recipients == (Address("bob", "example.org"),)
         # the id in the 250 goes with the queued copy, for `mailhub queue show`
         assert q.enqueued[0][0].message_id and q.enqueued[0][0].message_id in reply
+
+    def test_a_bug_in_the_session_ends_it_with_421(self):
+        # RFC 5321 3.8: a server that closes the channel sends 421 first,
+        # not the 451 of a refused command the client would retry in session
+        h = Harness()
+        p, t = h.connect()
+        take(t)
+
+        def broken(event):
+            raise RuntimeError("a bug")
+
+        p._handlers = dict.fromkeys(p._handlers, broken)
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        assert take(t)[-1] == ("421 4.3.0 mx.example.org Local error in processing,"
+                               " closing connection")
+        assert t.disconnecting
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_storage_failure_is_451_without_details(self):
         h = Harness()
@@ -663,7 +686,7 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(200)
         assert take(t) == [replies.OK.text()] and not t.disconnecting
         h.clock.advance(101)
-        assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
     def test_idle_means_no_complete_command_not_no_byte(self):
         # a byte every few minutes of a line that never ends (or ends after
@@ -675,7 +698,7 @@ class ProtocolTests(SynchronousTestCase):
             h.clock.advance(140)
             p.dataReceived(b"N")
         h.clock.advance(21)
-        assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
     def test_message_data_counts_as_activity(self):
         # inside DATA any octet counts, newline or not (a long line arriving
@@ -697,7 +720,7 @@ class ProtocolTests(SynchronousTestCase):
         p, t = h.connect()
         take(t)
         h.clock.advance(300)
-        assert take(t) == [replies.TIMEOUT.text()] and t.disconnecting
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
         assert not t.disconnected
         h.clock.advance(CLOSE_GRACE)
         assert t.disconnected  # aborted
@@ -729,7 +752,7 @@ class ProtocolTests(SynchronousTestCase):
         h.spooler.release()
         assert take(t)[0].startswith("250")
         h.clock.advance(11)
-        assert take(t) == [replies.TIMEOUT.text()]
+        assert take(t) == [closing(replies.TIMEOUT)]
 
     def test_idle_time_starts_when_a_long_wait_is_answered(self):
         # a lock-step client is idle from our reply, not from its command:
@@ -746,7 +769,7 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"NOOP\r\n")
         assert take(t) == [replies.OK.text()]
         h.clock.advance(10)
-        assert take(t) == [replies.TIMEOUT.text()]
+        assert take(t) == [closing(replies.TIMEOUT)]
 
     def test_idle_time_starts_after_a_delayed_535(self):
         h = Harness(idle_timeout=3, auth_failure_delay=5.0)
@@ -759,19 +782,19 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.pump([0.5] * 5)
         assert take(t) == [] and not t.disconnecting
         h.clock.pump([0.5])
-        assert take(t) == [replies.TIMEOUT.text()]
+        assert take(t) == [closing(replies.TIMEOUT)]
 
     def test_connection_limits(self):
         h = Harness(max_connections=3, max_connections_per_client=2)
         conns = [h.connect("192.0.2.7") for _ in range(3)]
-        assert take(conns[2][1]) == [replies.TOO_MANY_CONNECTIONS_FROM_YOU.text()]
+        assert take(conns[2][1]) == [closing(replies.TOO_MANY_CONNECTIONS_FROM_YOU)]
         assert conns[2][1].disconnecting
         conns[2][0].connectionLost(None)
         # loopback and relay networks are exempt from the per-client limit
         _, t = h.connect("127.0.0.1")
         assert take(t)[0].startswith("220")
         _, t = h.connect("10.1.1.1")
-        assert take(t) == [replies.TOO_MANY_CONNECTIONS.text()]
+        assert take(t) == [closing(replies.TOO_MANY_CONNECTIONS)]
         conns[0][0].connectionLost(None)
         _, t = h.connect("10.1.1.1")
         assert take(t)[0].startswith("220")
@@ -780,7 +803,7 @@ class ProtocolTests(SynchronousTestCase):
         p = sub.buildProtocol(None)
         t = StringTransport(peerAddress=IPv4Address("TCP", "10.2.2.2", 1))
         p.makeConnection(t)
-        assert take(t) == [replies.TOO_MANY_CONNECTIONS.text()]
+        assert take(t) == [closing(replies.TOO_MANY_CONNECTIONS)]
 
     def test_the_client_address_cache_stays_bounded(self):
         # one entry per client address seen: an IPv6 client has 2**64 of them
@@ -869,9 +892,9 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.AUTH_FAILED.text()]
         p.dataReceived(bad)
         h.clock.advance(6)
-        assert take(t) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
+        assert take(t) == [replies.AUTH_FAILED.text(), closing(replies.AUTH_TOO_MANY_FAILURES)]
         assert t.disconnecting
-        assert ("closing the session with 127.0.0.1: " + replies.AUTH_TOO_MANY_FAILURES.text()
+        assert ("closing the session with 127.0.0.1: " + closing(replies.AUTH_TOO_MANY_FAILURES)
                 in [formatEvent(e) for e in self.events])
 
     def test_failed_logins_are_counted_per_client_across_connections(self):
@@ -1136,7 +1159,7 @@ class ProtocolTests(SynchronousTestCase):
         h = Harness(max_errors=10)
         p, t = h.connect()
         p.dataReceived(b"BAD\r\n" * 10)
-        assert take(t)[-1] == replies.TOO_MANY_ERRORS.text() and t.disconnecting
+        assert take(t)[-1] == closing(replies.TOO_MANY_ERRORS) and t.disconnecting
 
     def test_settings_are_used(self):
         h = Harness(max_message_size=1234)

@@ -39,6 +39,7 @@ PINNED = {
     "TOO_MANY_CONNECTIONS_FROM_YOU": (421, "4.7.0"),
     "AUTH_TOO_MANY_FAILURES": (421, "4.7.0"),
     "LOCAL_ERROR": (451, "4.3.0"),
+    "SESSION_ERROR": (421, "4.3.0"),  # RFC 5321 3.8: a closing server sends 421
     "STORAGE_FULL": (452, "4.3.1"),  # RFC 5321 4.2.3, X.3.1
     "QUEUE_UNAVAILABLE": (451, "4.3.0"),
     "TOO_MANY_RECIPIENTS": (452, "4.5.3"),  # RFC 5321 4.5.3.1.10
@@ -135,3 +136,11 @@ def test_reply_code_and_enhanced_status(name):
 ])
 def test_replies_made_by_functions(reply, expected):
     assert (reply.code, reply.status) == expected
+
+
+def test_a_closing_421_names_the_server_first():
+    # RFC 5321 4.2.3: "421 <domain> Service not available, closing
+    # transmission channel"; the code and enhanced status stay the template's
+    bye = replies.closing(replies.TIMEOUT, "mx.test")
+    assert bye.to_bytes() == b"421 4.4.2 mx.test Idle timeout, closing connection\r\n"
+    assert replies.closing(replies.TIMEOUT, "mx.test") == bye

@@ -14,6 +14,7 @@ from txmailhub.address import Address
 from txmailhub.envelope import RecipientDSN
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
+from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import (
     AuthRequest,
     Close,
@@ -29,6 +30,11 @@ from txmailhub.smtp.server import (
 from txmailhub.testing import MemorySpooler, QueueSpy, StaticRouter
 
 ALICE = Address("alice", "example.org")
+
+
+def closing(reply: Reply) -> str:
+    """A 421 as the server sends it: the hostname first (RFC 5321 4.2.3)."""
+    return replies.closing(reply, "mx.example.org").text()
 
 
 def b64(s: str) -> str:
@@ -616,7 +622,7 @@ def test_command_line_limit_and_unending_line():
 def test_ten_errors_close_with_421():
     d = Driver()
     out = d.send("FOO\r\n" * 12)
-    assert out[-1] == replies.TOO_MANY_ERRORS.text() and len(out) == 11
+    assert out[-1] == closing(replies.TOO_MANY_ERRORS) and len(out) == 11
     assert d.engine.closed
 
 
@@ -632,7 +638,7 @@ def test_junk_commands_beyond_the_limit_count_as_errors():
     assert out == [replies.OK.text()] * 2  # answered all the same...
     assert d.engine.errors == 2  # ...and counted
     out = d.send("NOOP\r\nNOOP\r\n")
-    assert out == [replies.OK.text(), replies.TOO_MANY_ERRORS.text()] and d.engine.closed
+    assert out == [replies.OK.text(), closing(replies.TOO_MANY_ERRORS)] and d.engine.closed
 
 
 def test_an_accepted_message_resets_the_junk_count():
@@ -695,7 +701,7 @@ def test_auth_failures_and_disconnect():
     bad = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
     assert d.send(bad) == [replies.AUTH_FAILED.text()]
     assert d.send(bad) == [replies.AUTH_FAILED.text()]
-    assert d.send(bad) == [replies.AUTH_FAILED.text(), replies.AUTH_TOO_MANY_FAILURES.text()]
+    assert d.send(bad) == [replies.AUTH_FAILED.text(), closing(replies.AUTH_TOO_MANY_FAILURES)]
     assert d.engine.closed
 
 
@@ -742,7 +748,7 @@ def test_a_failed_auth_that_is_also_the_last_error_closes_cleanly():
     d.send("EHLO c\r\n")
     d.send("FOO\r\n" * 9)
     d.send("AUTH PLAIN\r\n")
-    assert d.send("RSET\r\n") == [replies.AUTH_FAILED.text(), replies.TOO_MANY_ERRORS.text()]
+    assert d.send("RSET\r\n") == [replies.AUTH_FAILED.text(), closing(replies.TOO_MANY_ERRORS)]
     assert d.engine.closed
 
 
@@ -754,7 +760,7 @@ def test_a_refused_message_that_is_also_the_last_error_closes_cleanly(data):
     d.send("EHLO c\r\n")
     d.send("FOO\r\n" * 9)
     out = d.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\nDATA\r\n" + data)
-    assert out[-2][:3] in ("550", "500") and out[-1] == replies.TOO_MANY_ERRORS.text()
+    assert out[-2][:3] in ("550", "500") and out[-1] == closing(replies.TOO_MANY_ERRORS)
     assert d.engine.closed
 
 

@@ -45,8 +45,9 @@ class AuthPhase:
         self.auth_failures += 1
         if self.auth_failures >= self.config.max_auth_failures:
             self._out.append(reply.to_bytes())
-            self.reply(replies.AUTH_TOO_MANY_FAILURES)
-            self._close(replies.AUTH_TOO_MANY_FAILURES)
+            bye = replies.closing(replies.AUTH_TOO_MANY_FAILURES, self.config.hostname)
+            self.reply(bye)
+            self._close(bye)
             return
         self._to(State.READY)  # first: the reply may be the error that closes the session
         self.reply(reply)

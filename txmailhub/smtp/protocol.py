@@ -79,8 +79,8 @@ log = Logger(namespace="txmailhub.smtp")
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
-_CLOSE_LOGGED_ELSEWHERE = frozenset({
-    replies.TIMEOUT, replies.TOO_MANY_CONNECTIONS, replies.TOO_MANY_CONNECTIONS_FROM_YOU})
+_CLOSE_LOGGED_ELSEWHERE = (
+    replies.TIMEOUT, replies.TOO_MANY_CONNECTIONS, replies.TOO_MANY_CONNECTIONS_FROM_YOU)
 
 
 def _is_loopback(host: str) -> bool:
@@ -274,7 +274,8 @@ class SMTPProtocol(Protocol):
                 handlers[type(event)](event)
         except Exception:
             log.failure("SMTP session error with {client}", client=self.host)
-            engine.refuse_connection(replies.LOCAL_ERROR)
+            engine.refuse_connection(
+                replies.closing(replies.SESSION_ERROR, self.factory.config.hostname))
             self._flush()
             self._lose()  # unregisters us, and cuts a close the client does not take
             return
@@ -416,7 +417,7 @@ class SMTPProtocol(Protocol):
             self.transport.abortConnection()
             return
         log.info("idle timeout for {client}", client=self.host)
-        self.engine.timeout(replies.TIMEOUT)
+        self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
 
     # --- requests and notices -----------------------------------------------------------
@@ -706,7 +707,9 @@ class SMTPProtocol(Protocol):
     def _close(self, event: Close) -> None:
         self._close_reply = event.reply  # _drive flushes and closes once the batch is written
         reply = event.reply
-        if reply is not None and reply.code != 221 and reply not in _CLOSE_LOGGED_ELSEWHERE:
+        if reply is not None and reply.code != 221 and not any(
+                reply == replies.closing(r, self.factory.config.hostname)
+                for r in _CLOSE_LOGGED_ELSEWHERE):
             # too many errors or AUTH failures, the hub stopping, a local error
             log.info("closing the session with {client}: {reply}", client=self.host,
                      reply=reply.text())
@@ -841,9 +844,9 @@ class SMTPFactory(ServerFactory):
                                     s.max_connections_per_client)
         if refused is None:
             return None
-        if refused == "total":
-            return replies.TOO_MANY_CONNECTIONS
-        return replies.TOO_MANY_CONNECTIONS_FROM_YOU
+        reply = (replies.TOO_MANY_CONNECTIONS if refused == "total"
+                 else replies.TOO_MANY_CONNECTIONS_FROM_YOU)
+        return replies.closing(reply, self.config.hostname)
 
     def release(self, host: str) -> None:
         self.limits.release(host)

@@ -10,6 +10,7 @@ else.  Must not contain logic beyond formatting.
 from __future__ import annotations
 
 import errno
+from functools import lru_cache
 
 from txmailhub.logsafe import loggable
 from txmailhub.smtp.reply import Reply
@@ -54,6 +55,7 @@ AUTH_TOO_MANY_FAILURES = Reply.of(
     421, "4.7.0", "Too many authentication failures, closing connection"
 )
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
+SESSION_ERROR = Reply.of(421, "4.3.0", "Local error in processing, closing connection")
 STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage, try again later")
 QUEUE_UNAVAILABLE = Reply.of(
     451, "4.3.0", "Relaying is not available yet on this server, try again later"
@@ -138,6 +140,15 @@ def greeting(hostname: str) -> Reply:
 
 def shutting_down(hostname: str) -> Reply:
     return Reply.of(421, "4.3.2", f"{hostname} Service shutting down")
+
+
+@lru_cache(maxsize=64)
+def closing(reply: Reply, hostname: str) -> Reply:
+    """``reply``, a 421 the server closes the session with, naming the
+    server first the way RFC 5321 4.2.3 writes it (``421 <domain> Service
+    not available``): a client that relays through several hops logs
+    which one gave up on it."""
+    return Reply.of(reply.code, reply.status, *(f"{hostname} {line}" for line in reply.lines))
 
 
 def bye(hostname: str) -> Reply:

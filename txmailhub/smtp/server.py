@@ -260,8 +260,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def _count_error(self) -> None:
         self.errors += 1
         if self.errors >= self.config.max_errors and self.state is not State.CLOSED:
-            self._out.append(replies.TOO_MANY_ERRORS.to_bytes())
-            self._close(replies.TOO_MANY_ERRORS)
+            bye = replies.closing(replies.TOO_MANY_ERRORS, self.config.hostname)
+            self._out.append(bye.to_bytes())
+            self._close(bye)
 
     def abort(self) -> None:
         """The connection is gone: drop everything (the adapter aborts the spool)."""
