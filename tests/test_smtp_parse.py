@@ -75,14 +75,27 @@ def test_mail_forms(arg):
 def test_null_reverse_path():
     assert parse_mail("FROM:<>", P) == (None, MailParams())
     assert parse_mail("FROM:<> SIZE=10", P) == (None, MailParams(size=10))
-    assert reply_of(parse_rcpt, "TO:<>", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, "TO:<>", P) == replies.SYNTAX_RECIPIENT
+
+
+def test_bad_address_syntax_names_the_sender_or_the_recipient():
+    # RFC 3463: X.1.7 is "Bad sender's mailbox address syntax", X.1.3 "Bad
+    # destination mailbox address syntax"
+    for arg in ("TO:<a@@b.test>", "TO:<a@b..test>", "TO:<\"a@b.test>", "TO:<a@[1.2.3]>"):
+        refused = reply_of(parse_rcpt, arg, P)
+        assert (refused.code, refused.status) == (501, "5.1.3"), arg
+    refused = reply_of(parse_mail, "FROM:<a@@b.test>", P)
+    assert (refused.code, refused.status) == (501, "5.1.7")
+    # the other refusals of a recipient keep their own codes
+    assert reply_of(parse_rcpt, "TO:<δ@x.test>", P) == replies.SMTPUTF8_NOT_DECLARED
+    assert reply_of(parse_rcpt, "TO:<a@b.test> FOO=1", P) == replies.PARAM_NOT_RECOGNIZED
 
 
 def test_source_route_is_ignored():
     rcpt, _ = parse_rcpt("TO:<@a.test,@b.test:user@c.test>", P)
     assert rcpt == Address("user", "c.test")
-    assert reply_of(parse_rcpt, "TO:<@a.test:>", P) == replies.SYNTAX_ADDRESS
-    assert reply_of(parse_rcpt, "TO:<@a.test,b.test:u@c.test>", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, "TO:<@a.test:>", P) == replies.SYNTAX_RECIPIENT
+    assert reply_of(parse_rcpt, "TO:<@a.test,b.test:u@c.test>", P) == replies.SYNTAX_RECIPIENT
 
 
 def test_a_source_route_with_a_u_label_needs_smtputf8():
@@ -146,7 +159,7 @@ def test_mail_prefix_and_brackets():
     assert reply_of(parse_mail, "FROM", P) == replies.SYNTAX_ARGUMENT
     assert reply_of(parse_mail, "FROM:<a@b", P) == replies.SYNTAX_ADDRESS
     assert reply_of(parse_mail, "FROM:<a@b>SIZE=1", P) == replies.SYNTAX_ARGUMENT
-    assert reply_of(parse_rcpt, "TO:", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, "TO:", P) == replies.SYNTAX_RECIPIENT
     assert reply_of(parse_mail, "FROM:<" + "a" * 300 + "@b.test>", P) == replies.SYNTAX_ADDRESS
 
 
@@ -176,7 +189,7 @@ def test_path_limit_counts_octets():
     assert parse_mail(f"FROM:<{fits}> SMTPUTF8", P)[0] == Address("ü" * 124, "x.test")
     assert reply_of(parse_mail, f"FROM:<{over}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
     assert parse_rcpt(f"TO:<{fits}>", P, utf8=True)[0] == Address("ü" * 124, "x.test")
-    assert reply_of(parse_rcpt, f"TO:<{over}>", P, utf8=True) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, f"TO:<{over}>", P, utf8=True) == replies.SYNTAX_RECIPIENT
     ascii_max = "a" * 249 + "@x.test"  # 256 octets: the limit itself
     assert parse_mail(f"FROM:<{ascii_max}>", P)[0].local == "a" * 249
     assert reply_of(parse_mail, f"FROM:<a{ascii_max}>", P) == replies.SYNTAX_ADDRESS

@@ -53,7 +53,8 @@ PINNED = {
     "NUL_IN_COMMAND": (500, "5.5.2"),
     "ERROR_PROCESSING": (500, "5.5.2"),
     "SYNTAX_ARGUMENT": (501, "5.5.4"),
-    "SYNTAX_ADDRESS": (501, "5.1.7"),
+    "SYNTAX_ADDRESS": (501, "5.1.7"),  # RFC 3463 X.1.7: the sender's
+    "SYNTAX_RECIPIENT": (501, "5.1.3"),  # X.1.3: a destination's
     "PATH_TOO_LONG": (501, "5.1.3"),  # RFC 5321 4.5.3.1.10
     "INVALID_UTF8": (501, "5.5.2"),
     "AUTH_INVALID_BASE64": (501, "5.5.2"),  # RFC 4954 4

@@ -427,13 +427,20 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
 def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Address, RcptParams]:
     """The argument of ``RCPT`` (``TO:<path> params``) -> recipient, params.
 
-    ``utf8`` is whether the transaction's MAIL carried SMTPUTF8."""
+    ``utf8`` is whether the transaction's MAIL carried SMTPUTF8.  A bad
+    path is ``501 5.1.3`` (RFC 3463 X.1.3, the destination's; X.1.7, which
+    MAIL answers, is the sender's)."""
     rest = _expect_prefix(arg, "TO:")
-    path, tail = _split_path(rest)
-    if not path or _too_long(path):
-        raise _fail(replies.SYNTAX_ADDRESS)
-    params = _rcpt_params(_split_params(tail, utf8)) if tail.strip() else RcptParams()
-    address = parse_mailbox(_strip_route(path, utf8), primary_domain, utf8)
+    try:
+        path, tail = _split_path(rest)
+        if not path or _too_long(path):
+            raise _fail(replies.SYNTAX_RECIPIENT)
+        params = _rcpt_params(_split_params(tail, utf8)) if tail.strip() else RcptParams()
+        address = parse_mailbox(_strip_route(path, utf8), primary_domain, utf8)
+    except RemoteProtocolError as e:
+        if e.reply is replies.SYNTAX_ADDRESS:
+            raise _fail(replies.SYNTAX_RECIPIENT) from None
+        raise
     if utf8 and not path.isascii() and len(utf8_addr_encode(str(address))) > MAX_DSN_ADDRESS:
         raise _fail(replies.PATH_TOO_LONG)  # no report could name it
     return address, params
