@@ -860,6 +860,22 @@ def test_bdat_zero_last():
     assert b"".join(d.body) == b"ab\n"
 
 
+def test_the_crlf_added_to_a_last_bdat_line_is_not_counted_in_the_size():
+    # RFC 1870 4: the size is the octets the client transmits.  A message
+    # of exactly SIZE octets whose last line has no CRLF (RFC 3030 lets it
+    # end so; the hub completes the line) is within the limit.
+    d = Driver(max_message_size=10)
+    tx(d)
+    assert d.send("BDAT 10 LAST\r\n0123456789") == [replies.accepted("ID1").text()]
+    assert b"".join(d.body) == b"0123456789\n"
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.size == 10
+    tx(d)
+    assert d.send("BDAT 11 LAST\r\n0123456789x") == [replies.MESSAGE_TOO_BIG.text()]
+    (aborted,) = [e for e in d.events if isinstance(e, MessageAborted)][-1:]
+    assert aborted.size == 11
+
+
 # --- property: any input, any split -> well-formed replies, same replies
 # (STARTTLS is left out: it rightly forgets whatever arrived with it.)
 

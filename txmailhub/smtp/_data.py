@@ -314,7 +314,9 @@ class ChunkReader:
                 self._filter.size += len(tail)
                 self._filter.fail(replies.MESSAGE_BARE_CR_LF)
             else:
-                # RFC 3030 does not require a final CRLF; store one.
+                # RFC 3030 does not require a final CRLF; store one.  It is
+                # not counted: RFC 1870's size is what the client sent.
+                self._filter.size -= 2
                 out = self._filter.block(tail + b"\r\n")
                 if out is not None and self._filter.sink is not None:
                     self._filter.sink(out)
