@@ -77,6 +77,7 @@ PINNED = {
     "BDAT_AFTER_DATA": (503, "5.5.1"),
     "TOO_MANY_HOPS": (554, "5.4.6"),  # RFC 5321 6.3, X.4.6 routing loop
     "RCPT_AFTER_BDAT": (503, "5.5.1"),
+    "BDAT_DISCARDED": (503, "5.5.1"),  # RFC 3030 2
     "BDAT_BAD_SIZE": (501, "5.5.4"),
     "AUTH_MECHANISM_UNKNOWN": (504, "5.5.4"),  # RFC 4954 4
     "PARAM_NOT_RECOGNIZED": (555, "5.5.4"),  # RFC 5321 4.1.1.11

@@ -393,8 +393,8 @@ def test_bdat_chunks():
     tx(d)
     out = d.send("BDAT 6\r\nHello\nBDAT 7 LAST\r\nworld\r\nNOOP\r\n")
     # "Hello\n" has a bare LF: the message is refused at once; the next
-    # chunk (already on its way) is drained and refused as out of sequence.
-    assert out == [replies.MESSAGE_BARE_CR_LF.text(), replies.MAIL_NEEDED.text(),
+    # chunk (already on its way) is drained and discarded (RFC 3030 2).
+    assert out == [replies.MESSAGE_BARE_CR_LF.text(), replies.BDAT_DISCARDED.text(),
                    replies.OK.text()]
     assert any(isinstance(e, MessageAborted) for e in d.events)
     tx(d)
@@ -433,6 +433,29 @@ def test_a_bdat_size_of_many_digits_is_a_size_never_commands():
     tx(d)
     assert d.send("BDAT 12345678901234567890123 LAST\r\nRSET\r\nQUIT\r\n") == []
     assert not d.engine.closed  # still draining the chunk
+
+
+def test_chunks_pipelined_after_a_failed_bdat_are_discarded_not_counted_as_errors():
+    # RFC 3030 2: after a failed BDAT the server "MUST be prepared to accept
+    # and discard additional BDAT chunks already in the pipeline"; a client
+    # that pipelines a message in many chunks is not closed for it (421)
+    d = Driver(max_errors=3)
+    tx(d)
+    out = d.send("BDAT 4\r\nab\nc" + "BDAT 4\r\nab\r\n" * 12 + "BDAT 4 LAST\r\nab\r\n")
+    assert out == [replies.MESSAGE_BARE_CR_LF.text(), *[replies.BDAT_DISCARDED.text()] * 13]
+    assert not d.engine.closed
+    assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    assert d.send("BDAT 3 LAST\r\nab\n") == [replies.MESSAGE_BARE_CR_LF.text()]
+    # after a LAST chunk, or once another command came, a BDAT is out of
+    # sequence again, and an error
+    closing = replies.closing(replies.TOO_MANY_ERRORS, "mx.example.org").text()
+    assert d.send("BDAT 1 LAST\r\nx") == [replies.MAIL_NEEDED.text(), closing]
+    # a flood of discarded chunks is held by max_junk_commands all the same
+    d = Driver(max_errors=3, max_junk_commands=2)
+    tx(d)
+    out = d.send("BDAT 1\r\n\n" + "BDAT 0\r\n" * 10)
+    assert out[-1] == closing and d.engine.closed
+    assert out.count(replies.BDAT_DISCARDED.text()) == 3
 
 
 def test_data_after_bdat_refused():

@@ -31,6 +31,9 @@ class MessageTransfer:
     ``_envelope``, ``_reset_transaction`` and the transaction fields)."""
 
     _bdat_draining = False
+    # A BDAT chunk failed and was not the LAST: the chunks the client
+    # pipelined after it are discarded (RFC 3030 2), until another command
+    _bdat_failed = False
     _data_envelope: Any  # set by the engine's _reset_transaction
     _reader: Any
     _chunks: Any
@@ -39,6 +42,7 @@ class MessageTransfer:
     _buf: bytes
     _events: list[Any]
     _chunk_size: int
+    junk: int
     state: State
     config: Any
 
@@ -102,6 +106,7 @@ class MessageTransfer:
             self._reader = None
             error = reader.finish() if reader.last else reader.settle()
             self._end_of_message(error, reader.size)
+            self._bdat_failed = not reader.last
             return
         if not reader.last:
             self._reader = None
@@ -173,9 +178,21 @@ class MessageTransfer:
         if size is None:
             self.reply(replies.BDAT_BAD_SIZE)
             return
+        if self._bdat_failed:
+            # RFC 3030 2: the server "MUST be prepared to accept and discard
+            # additional BDAT chunks already in the pipeline after the failed
+            # BDAT": no error of the client's (max_errors), but no free
+            # command either (max_junk_commands)
+            refusal = replies.BDAT_DISCARDED
+            self._bdat_failed = not last
+            self.junk += 1
+            if self.junk > self.config.max_junk_commands:
+                self._count_error()
+        else:
+            refusal = (replies.RCPT_NEEDED if self.state is State.MAIL
+                       else replies.HELO_REQUIRED if self.state is State.INIT
+                       else replies.MAIL_NEEDED)
         self._reader = ChunkReader(None, self.config.max_message_size)
-        self._reader.refuse(replies.RCPT_NEEDED if self.state is State.MAIL
-                            else replies.HELO_REQUIRED if self.state is State.INIT
-                            else replies.MAIL_NEEDED)
+        self._reader.refuse(refusal)
         self._reader.start(size, last)
         self._bdat_draining = True

@@ -101,6 +101,8 @@ AUTH_THROTTLED = Reply.of(
 TOO_MANY_HOPS = Reply.of(
     554, "5.4.6", "Too many Received fields: a mail loop (RFC 5321 6.3)"
 )
+# RFC 3030 2: a chunk the client pipelined after a BDAT that failed
+BDAT_DISCARDED = Reply.of(503, "5.5.1", "Chunk discarded: an earlier chunk failed")
 RCPT_AFTER_BDAT = Reply.of(503, "5.5.1", "No RCPT once BDAT has started; RSET to start over")
 BDAT_BAD_SIZE = Reply.of(501, "5.5.4", "BDAT needs a chunk size and optional LAST")
 AUTH_MECHANISM_UNKNOWN = Reply.of(504, "5.5.4", "Unrecognized authentication mechanism")

@@ -100,7 +100,9 @@ _SKIPPED = b"<skipped>"  # a sentinel: the end of a discarded line
 _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line limit
 # Refusals that are the hub's state, not the client's mistake: they never
 # count towards max_errors.
-_NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL})
+# (A chunk discarded after a failed BDAT is not either: RFC 3030 2.)
+_NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL,
+                          replies.BDAT_DISCARDED})
 _NO_DSN = DSNRequest()
 # Commands that move no mail forward (ServerConfig.max_junk_commands).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
@@ -252,7 +254,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         """Queue ``reply``; count errors and close after too many."""
         wire = _WIRE.get(id(reply))
         self._out.append(reply.to_bytes() if wire is None else wire)
-        if reply.code >= 500 or (reply.code >= 400 and reply not in _NOT_COUNTED):
+        if reply.code >= 400 and reply not in _NOT_COUNTED:
             if reply.code == 421:
                 return
             self._count_error()
@@ -378,6 +380,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
             return
         try:
             verb, arg = parse_command(line)
+            if self._bdat_failed and verb != "BDAT":
+                self._bdat_failed = False  # the chunks pipelined after it are over
             handler = _DISPATCH.get(verb)
             if handler is None:
                 self.reply(replies.UNKNOWN_COMMAND)
