@@ -458,6 +458,24 @@ def test_chunks_pipelined_after_a_failed_bdat_are_discarded_not_counted_as_error
     assert out.count(replies.BDAT_DISCARDED.text()) == 3
 
 
+def test_a_bdat_line_whose_size_can_be_read_has_its_chunk_read_whatever_follows():
+    # "BDAT 6 LASTX": the line is wrong, but the client sends its 6 octets
+    # all the same; they are read and refused, never run as commands
+    d = Driver()
+    tx(d)
+    assert d.send("BDAT 6 LASTX\r\nQUIT\r\nNOOP\r\n") == [replies.BDAT_BAD_SIZE.text(),
+                                                            replies.OK.text()]
+    assert not d.engine.closed
+    assert d.send("BDAT 6 LAST more\r\nRSET\r\n") == [replies.BDAT_BAD_SIZE.text()]
+    # the transaction is as it was
+    assert d.send("BDAT 4 LAST\r\nab\r\n") == [replies.accepted("ID1").text()]
+    # out of sequence the same
+    assert d.send("BDAT 6 X\r\nQUIT\r\n") == [replies.BDAT_BAD_SIZE.text()]
+    assert not d.engine.closed
+    # no size to read: nothing says where a chunk would end
+    assert d.send("BDAT x\r\nNOOP\r\n") == [replies.BDAT_BAD_SIZE.text(), replies.OK.text()]
+
+
 def test_data_after_bdat_refused():
     d = Driver()
     tx(d)

@@ -152,10 +152,37 @@ class MessageTransfer:
             return None, False
         return int(parts[0]), len(parts) == 2
 
+    @staticmethod
+    def _readable_size(arg: str) -> int | None:
+        """The size of a BDAT line that ``_bdat_args`` refused, when it can
+        be read all the same (``BDAT 6 LASTX``): the client sends that many
+        octets whatever we answer."""
+        words = arg.split()
+        if words and words[0].isascii() and words[0].isdigit():
+            return int(words[0])
+        return None
+
+    def _bad_bdat(self, arg: str) -> None:
+        """A BDAT line we cannot take: ``501``.  When its size can be read,
+        only once its chunk has been read, so that the chunk never runs as
+        commands; the state is left as it was."""
+        size = self._readable_size(arg)
+        if size is None:
+            raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
+        self._discard(size, False, replies.BDAT_BAD_SIZE)
+
+    def _discard(self, size: int, last: bool, refusal: Reply) -> None:
+        """Read a chunk of ``size`` octets to its end and answer ``refusal``."""
+        self._reader = ChunkReader(None, self.config.max_message_size)
+        self._reader.refuse(refusal)
+        self._reader.start(size, last)
+        self._bdat_draining = True
+
     def _bdat(self, arg: str) -> None:
         size, last = self._bdat_args(arg)
         if size is None:
-            raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
+            self._bad_bdat(arg)
+            return
         self._chunk_size = size
         if self._chunks is not None:  # a later chunk of the same message
             self._reader, self._chunks = self._chunks, None
@@ -176,7 +203,10 @@ class MessageTransfer:
         answer, so read it to its end and refuse it then."""
         size, last = self._bdat_args(arg)
         if size is None:
-            self.reply(replies.BDAT_BAD_SIZE)
+            try:
+                self._bad_bdat(arg)
+            except RemoteProtocolError as e:
+                self.reply(e.reply)
             return
         if self._bdat_failed:
             # RFC 3030 2: the server "MUST be prepared to accept and discard
@@ -192,7 +222,4 @@ class MessageTransfer:
             refusal = (replies.RCPT_NEEDED if self.state is State.MAIL
                        else replies.HELO_REQUIRED if self.state is State.INIT
                        else replies.MAIL_NEEDED)
-        self._reader = ChunkReader(None, self.config.max_message_size)
-        self._reader.refuse(refusal)
-        self._reader.start(size, last)
-        self._bdat_draining = True
+        self._discard(size, last, refusal)
