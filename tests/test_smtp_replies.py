@@ -53,6 +53,7 @@ PINNED = {
     "NUL_IN_COMMAND": (500, "5.5.2"),
     "ERROR_PROCESSING": (500, "5.5.2"),
     "SYNTAX_ARGUMENT": (501, "5.5.4"),
+    "HELO_SYNTAX": (501, None),  # RFC 2034 3: no enhanced code on any HELO/EHLO reply
     "SYNTAX_ADDRESS": (501, "5.1.7"),  # RFC 3463 X.1.7: the sender's
     "SYNTAX_RECIPIENT": (501, "5.1.3"),  # X.1.3: a destination's
     "PATH_TOO_LONG": (501, "5.1.3"),  # RFC 5321 4.5.3.1.10

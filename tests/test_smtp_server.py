@@ -121,9 +121,19 @@ def test_helo_and_ehlo():
         assert kw in keywords
     assert "AUTH PLAIN LOGIN" not in keywords  # not over plain text from afar
     assert keywords[-2:] == ["EXPN", "HELP"]  # EXPN is served, so it is said
-    assert d.send("HELO\r\n") == [replies.SYNTAX_ARGUMENT.to_bytes().decode().strip()]
+    assert d.send("HELO\r\n") == [replies.HELO_SYNTAX.to_bytes().decode().strip()]
     d = Driver(expn=False)
     assert "EXPN" not in [line[4:] for line in d.send("EHLO c.test\r\n")]
+
+
+def test_a_refused_helo_or_ehlo_has_no_enhanced_status_code():
+    # RFC 2034 3: the codes preface every reply "except the initial
+    # greeting and any response to HELO or EHLO" -- the client does not
+    # know yet whether the server sends them
+    for command in ("HELO\r\n", "EHLO\r\n", "EHLO \xa0\r\n"):
+        d = Driver()
+        (line,) = d.send(command)
+        assert re.fullmatch(r"501 [^0-9].*", line), (command, line)
 
 
 def test_every_transaction_command_before_helo_asks_for_helo():

@@ -71,6 +71,8 @@ AUTH_LINE_TOO_LONG = Reply.of(500, "5.5.6", "Authentication exchange line is too
 NUL_IN_COMMAND = Reply.of(500, "5.5.2", "NUL character in command")
 ERROR_PROCESSING = Reply.of(500, "5.5.2", "Syntax error")
 SYNTAX_ARGUMENT = Reply.of(501, "5.5.4", "Syntax error in parameters or arguments")
+# RFC 2034 3: no enhanced code on "any response to HELO or EHLO"
+HELO_SYNTAX = Reply.of(501, None, "Syntax: HELO or EHLO and a domain name")
 # RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad destination's
 SYNTAX_ADDRESS = Reply.of(501, "5.1.7", "Bad address syntax")
 SYNTAX_RECIPIENT = Reply.of(501, "5.1.3", "Bad recipient address syntax")

@@ -617,10 +617,11 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
 def _helo_name(arg: str) -> str:
     """The first word of HELO/EHLO's argument; 501 when there is none (an
-    argument of Unicode blanks only: parse_command strips space and tab)."""
+    argument of Unicode blanks only: parse_command strips space and tab),
+    without an enhanced code (RFC 2034 3)."""
     words = arg.split(maxsplit=1)
     if not words:
-        raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
+        raise RemoteProtocolError(replies.HELO_SYNTAX)
     return words[0]
 
 
