@@ -255,8 +255,9 @@ def test_rcpt_dsn_parameters():
     # escape is the shortest HEXPOINT of a character
     "utf-8;a+2Bb@x",
     "utf-8;a\\b@x",
-    "utf-8;a\\x{e9}@x",
     "utf-8;a\\x{0E9}@x",
+    "utf-8;a\\x{0e9}@x",
+    "utf-8;a\\X{E9}@x",  # the "\\x" itself is %x5C.78: a small x only
     "utf-8;a\\x{D800}@x",
     "utf-8;a\\x{110000}@x",
     "utf-8;a\\x{0A}b@x",
@@ -273,6 +274,10 @@ def test_orcpt_of_type_utf8():
     assert parse_rcpt(raw, P, utf8=True)[1].orcpt == "utf-8;j\u00f6rg@b\u00fccher.test"
     assert reply_of(parse_rcpt, raw, P) == replies.PARAM_SYNTAX
     assert parse_rcpt("TO:<a@b.test> ORCPT=UTF-8;plain@x", P)[1].orcpt == "UTF-8;plain@x"
+    # HEXPOINT is made of RFC 5234 HEXDIGs and quoted strings ("D", "2B"),
+    # which ABNF matches in either case (RFC 5234 2.3): small letters too
+    got = parse_rcpt("TO:<a@b.test> ORCPT=utf-8;j\\x{f6}rg\\x{20ac}\\x{2b}@x", P)[1].orcpt
+    assert got == "utf-8;j\u00f6rg\u20ac+@x"
 
 
 def test_envid_is_ascii_unless_smtputf8():

@@ -21,7 +21,9 @@ _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 # RFC 6533 3: QCHAR is printable ASCII less "+", "=" and "\"; QUCHAR adds
 # UTF-8 (raw, only where SMTPUTF8 lets it through: the caller's business)
-_EMBEDDED = re.compile(r"\\x\{([0-9A-F]{2,6})\}")
+# (HEXPOINT's digits are RFC 5234 HEXDIGs: "a" to "f" too, ABNF strings
+# being case-insensitive; we write capitals)
+_EMBEDDED = re.compile(r"\\x\{([0-9A-Fa-f]{2,6})\}")
 _QUCHARS = re.compile(r"[^\x00-\x20+=\\\x7f-\x9f]*\Z")
 # the 2-digit HEXPOINTs below 0x80: the characters QCHAR leaves out
 _TWO_DIGIT = frozenset([*range(0x01, 0x0A), *range(0x10, 0x1A), 0x20, 0x2B, 0x3D, 0x5C, 0x7F])
