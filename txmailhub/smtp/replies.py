@@ -23,8 +23,10 @@ RECIPIENT_OK = Reply.of(250, "2.1.5", "Recipient OK")
 DATA_START = Reply.of(354, None, 'Enter mail, end with "." on a line by itself')
 TLS_READY = Reply.of(220, "2.0.0", "Ready to start TLS")
 AUTH_SUCCEEDED = Reply.of(235, "2.7.0", "Authentication successful")
+# 2.0.0, not 2.1.5: X.1.5 says "destination address valid" (RFC 3463
+# 3.2), and this answer is given exactly when nothing was verified
 CANNOT_VRFY = Reply.of(
-    252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery"
+    252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"
 )
 # RFC 6531 3.7.4.2: the answer would need UTF-8 and the client did not
 # add SMTPUTF8 to its VRFY/EXPN (X.6.8, the code RFC 6531 registers).
