@@ -467,3 +467,29 @@ def test_twistd_collects_young_objects_less_often(tmp_path: Path) -> None:
         assert gc.get_threshold() == (50000, 5, 5)
     finally:
         gc.set_threshold(*saved)
+
+
+def test_start_with_a_users_file_it_cannot_read_goes_on_and_says_so(tmp_path: Path) -> None:
+    # configuration.rst: problems in the users file do not stop the hub;
+    # while the file cannot be read, local mail gets 451 and the log says
+    # why once.  No traceback out of startService (twistd printed one and
+    # exited 1).
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
+        '[pop3]\nlisten = []\n'
+    )
+    (tmp_path / "users").mkdir()  # (root reads any file: a folder cannot be read)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    reactor = MemoryReactorClock()
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    try:
+        hub.startService()
+        assert len(reactor.tcpServers) == 1
+        said = [e for e in events if "cannot be read" in e.get("log_format", "")]
+        assert len(said) == 1 and said[0]["log_level"].name == "error", said
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        hub.stopService()

@@ -489,3 +489,29 @@ def test_an_unreadable_users_file_that_then_goes_away_is_missing_not_unreadable(
     refusal = UsersChecker(reader)._refusal()
     assert isinstance(refusal, UsersUnavailable)
     assert str(refusal) == f"the users file {db.path} does not exist"
+
+
+def test_a_users_file_behind_a_folder_that_cannot_be_searched_is_unavailable(
+        db: UsersDB, log_events: list[dict], monkeypatch) -> None:
+    # users.d made 0700 by root (``mailhub user add`` run as root) and the
+    # hub running as mailhub: stat() itself is refused.  That is the same
+    # "cannot be read" as a refused open: 451, no traceback per lookup.
+    from txmailhub import users as users_module
+
+    db.add("alice", "pw")
+    real_stat = os.stat
+
+    def stat(path, *a, **kw):
+        if os.fspath(path) == db.path:
+            raise PermissionError(13, "Permission denied", db.path)
+        return real_stat(path, *a, **kw)
+
+    monkeypatch.setattr(users_module.os, "stat", stat)
+    reader = UsersDB(db.path, "example.org")
+    alice = Address("alice", "example.org")
+    assert not reader.contains(alice) and reader.missing
+    assert isinstance(reader.unreadable, PermissionError)
+    assert not reader.contains(alice)
+    said = [e for e in log_events if "cannot be read" in e.get("log_format", "")]
+    assert len(said) == 1, said
+    assert not [e for e in log_events if e.get("log_failure")]

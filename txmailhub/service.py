@@ -315,7 +315,13 @@ class MailHub(MultiService):
             # Bad lines do not stop the hub (the rest of the file works), but
             # whoever starts it must hear about them, not only ``check``:
             # loading the file logs them (and again whenever it changes).
-            users.addresses()
+            # One it cannot read is logged as an error by the same load, and
+            # the hub answers 451 until it can (configuration.rst): no
+            # traceback, no failed start.
+            try:
+                users.addresses()
+            except OSError:
+                pass
         for warning in self.settings.warnings:  # printed by check and twistd; kept here too
             log.warn("config: {warning}", warning=warning)
         log.info(

@@ -149,6 +149,11 @@ class UsersDB:
             self.missing = True
             self.unreadable = None
             return
+        except OSError as e:
+            # a folder on the way that this user may not search (users.d
+            # made 0700 by root, the hub running as mailhub)
+            self._cannot_read(e, report)
+            return
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp:
             return
@@ -156,18 +161,7 @@ class UsersDB:
             with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
                 text = f.read()
         except OSError as e:
-            # Unreadable (a root-owned copy put in place under a hub that
-            # runs as mailhub, say): the same as away for a moment -- 451,
-            # logins refused as unavailable -- and said once, not with a
-            # traceback per lookup.  Looked at again at the next lookup.
-            why = e.strerror or str(e)
-            if report and (self.unreadable is None or self.unreadable.strerror != e.strerror):
-                log.error("the users file {path} cannot be read ({why}): local mail is "
-                          "refused with 451 (try again later) and logins fail until it can",
-                          path=self.path, why=why)
-            self._stamp, self._records, self.problems = None, {}, []
-            self.missing = True
-            self.unreadable = e
+            self._cannot_read(e, report)
             return
         self._records, self.problems, _, _ = self._parse(text)
         self._stamp = stamp
@@ -177,6 +171,20 @@ class UsersDB:
             self.unreadable = None
         for problem in self.problems:  # once per change of the file
             log.warn("users file: {problem}", problem=problem)
+
+    def _cannot_read(self, e: OSError, report: bool) -> None:
+        """Unreadable (a root-owned copy put in place under a hub that runs
+        as mailhub, say): the same as away for a moment -- 451, logins
+        refused as unavailable -- and said once, not with a traceback per
+        lookup.  Looked at again at the next lookup."""
+        why = e.strerror or str(e)
+        if report and (self.unreadable is None or self.unreadable.strerror != e.strerror):
+            log.error("the users file {path} cannot be read ({why}): local mail is "
+                      "refused with 451 (try again later) and logins fail until it can",
+                      path=self.path, why=why)
+        self._stamp, self._records, self.problems = None, {}, []
+        self.missing = True
+        self.unreadable = e
 
     def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str],
                                          list[str | None], dict[str, int]]:
