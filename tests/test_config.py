@@ -542,3 +542,24 @@ def test_a_bad_hostname_is_named_once_and_its_bad_label_said() -> None:
     (p,) = problems('[hub]\nhostname = "mx.-bad.example"\ndomains = ["example.org"]\n')
     assert p.endswith("[hub] hostname: 'mx.-bad.example' is not a domain name: the label "
                       "'-bad' is not letters, digits and inner hyphens only"), p
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("tcp:2x5", "endpoint 'tcp:2x5' is not valid: '2x5' is not a number"),
+        ("tcp:25:iface=127.0.0.1", "endpoint 'tcp:25:iface=127.0.0.1' is not valid: unknown "
+         "option 'iface' (tcp takes interface and backlog)"),
+        ("tcp", "endpoint 'tcp' is not valid: no port (tcp:PORT)"),
+        ("unix:/run/s:mode=999", "endpoint 'unix:/run/s:mode=999' is not valid: '999' is not "
+         "an octal number"),
+        ("tcp:25:interface=127.0.0.1:x", "endpoint 'tcp:25:interface=127.0.0.1:x' is not valid: "
+         "more than one interface (a colon inside a value is written \\:)"),
+    ],
+)
+def test_a_bad_endpoint_is_explained_in_the_config_s_words(endpoint: str, expected: str) -> None:
+    # not Python's: "_parseTCP() got an unexpected keyword argument 'iface'",
+    # "invalid literal for int() with base 10: '2x5'"
+    found = problems(MINIMAL + f'[smtp]\nlisten = ["{endpoint}"]\n')
+    assert f"/etc/mh/mailhub.toml: [smtp] listen: {expected}" in found, found
+    assert not any("_parse" in p or "int()" in p or "argument" in p for p in found), found

@@ -322,10 +322,39 @@ def check_endpoint(description: str) -> None:
         if re.search(r"interface=[0-9A-Fa-f]*:", description):
             hint = (" (the colons of an IPv6 address are escaped in an endpoint: "
                     "tcp6:25:interface=\\:\\:1)")
-        raise ValueError(f"endpoint {description!r} is not valid: {e}{hint}") from None
+        why = _endpoint_error(kind, e, hint)
+        raise ValueError(f"endpoint {description!r} is not valid: {why}{hint}") from None
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"endpoint {description!r}: port {port} is not in 0-65535")
+
+
+_ENDPOINT_OPTIONS = {
+    "tcp": "interface and backlog",
+    "tcp6": "interface and backlog",
+    "unix": "mode, backlog and lockfile",
+}
+
+
+def _endpoint_error(kind: str, e: Exception, hint: str) -> str:
+    """What Twisted's parser said, in the words of the config file: not
+    ``_parseTCP() got an unexpected keyword argument 'iface'``."""
+    text = str(e)
+    m = re.search(r"invalid literal for int\(\) with base (\d+): '(.*)'$", text)
+    if m:
+        octal = " an octal" if m.group(1) == "8" else " a"
+        return f"{m.group(2)!r} is not{octal} number"
+    m = re.search(r"unexpected keyword argument '(.*)'$", text)
+    if m:
+        return f"unknown option {m.group(1)!r} ({kind} takes {_ENDPOINT_OPTIONS[kind]})"
+    if "missing 1 required positional argument: 'port'" in text:
+        return f"no port ({kind}:PORT)"
+    m = re.search(r"got multiple values for argument '(.*)'$", text)
+    if m:
+        if hint:
+            return f"more than one {m.group(1)}"
+        return f"more than one {m.group(1)} (a colon inside a value is written \\:)"
+    return text
 
 
 def endpoint_readiness(description: str) -> str | None:
