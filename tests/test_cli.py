@@ -405,3 +405,29 @@ def test_check_wants_a_state_dir_it_can_search_as_well_as_write(
         not (str(p) == str(state) and mode & os.X_OK) and real_access(p, mode)))
     code, _, err = run(config, "check")
     assert code == 2 and f"[hub] state_dir: {state} cannot be written by this user" in err, err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("key", "raised"), [("Ctrl-D", EOFError), ("Ctrl-C", KeyboardInterrupt)])
+def test_a_password_prompt_left_with_ctrl_d_or_ctrl_c_is_no_traceback(
+        config: Path, monkeypatch, key: str, raised: type[BaseException]) -> None:
+    # deployment.rst: without --password-stdin, user add asks on the
+    # terminal; the admin who gives up there gets a line, not a traceback
+    import getpass
+
+    def prompt(text: str = "") -> str:
+        raise raised
+
+    monkeypatch.setattr(getpass, "getpass", prompt)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(config), "user", "add", "zed"], out=out, err=err,
+                stdin=_Terminal())
+    if raised is EOFError:
+        assert (code, err.getvalue()) == (2, "mailhub: no password given\n")
+    else:  # the shell's code for an interrupted command
+        assert (code, err.getvalue()) == (130, "\n")
+    assert not (config.parent / "users").exists()

@@ -74,8 +74,12 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
         return password
     if not stdin.isatty():
         raise UsersFileError("no terminal to ask for the password: use --password-stdin")
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Again: "):
+    try:
+        first = getpass.getpass("Password: ")
+        again = getpass.getpass("Again: ")
+    except EOFError:  # Ctrl-D at the prompt
+        raise UsersFileError("no password given") from None
+    if first != again:
         raise UsersFileError("the passwords differ")
     return first
 
@@ -275,6 +279,9 @@ def main(
         code = _command(settings, args, out, err, stdin)
         out.flush()  # here, where a closed pipe is still ours to handle
         return code
+    except KeyboardInterrupt:  # Ctrl-C (at a password prompt, say): no traceback
+        print(file=err)
+        return 130
     except BrokenPipeError:
         # The reader went away (``mailhub queue list | head -1``): stop
         # quietly, as the standard tools do, instead of a message about it.
