@@ -25,6 +25,7 @@ PINNED = {
     "TLS_READY": (220, "2.0.0"),  # RFC 3207 4
     "AUTH_SUCCEEDED": (235, "2.7.0"),  # RFC 4954 6
     "CANNOT_VRFY": (252, "2.0.0"),  # RFC 5321 3.5.3; X.1.5 would claim it valid
+    "CANNOT_EXPN": (252, "2.0.0"),  # RFC 5321 3.5.3; nothing was expanded
     "VRFY_NEEDS_SMTPUTF8": (252, "2.6.8"),  # RFC 6531 3.7.4.2
     "BYE": (221, "2.0.0"),
     "DELIVERED": (250, "2.0.0"),

@@ -591,6 +591,9 @@ def test_vrfy_expn():
         "250 2.1.5 <alice@example.org>"]
     assert d.send("VRFY\r\n") == [replies.SYNTAX_ARGUMENT.text()]
     assert d.send("VRFY x@remote.test\r\n") == [replies.CANNOT_VRFY.text()]
+    # an EXPN is answered as an EXPN, not with VRFY's words
+    (line,) = d.send("EXPN x@remote.test\r\n")
+    assert line.startswith("252 2.0.0 ") and "VRFY" not in line and "EXPN" in line
     assert d.send("EXPN list\r\n") == ["250-2.1.5 <alice@example.org>",
                                        "250 2.1.5 <bob@example.org>"]
     d = Driver(vrfy=False, expn=False)

@@ -28,6 +28,12 @@ AUTH_SUCCEEDED = Reply.of(235, "2.7.0", "Authentication successful")
 CANNOT_VRFY = Reply.of(
     252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"
 )
+# EXPN of an address in another domain (RFC 5321 3.5.3): nothing to expand
+# here (2.0.0, as CANNOT_VRFY: nothing was verified)
+CANNOT_EXPN = Reply.of(
+    252, "2.0.0", "Cannot EXPN an address of another domain, but will accept message"
+    " and attempt delivery"
+)
 # RFC 6531 3.7.4.2: the answer would need UTF-8 and the client did not
 # add SMTPUTF8 to its VRFY/EXPN (X.6.8, the code RFC 6531 registers).
 VRFY_NEEDS_SMTPUTF8 = Reply.of(

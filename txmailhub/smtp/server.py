@@ -583,7 +583,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT) from None
         found = self.policy.verify(address)
         if found is None:
-            self.reply(replies.CANNOT_VRFY)
+            self.reply(replies.CANNOT_EXPN if expand else replies.CANNOT_VRFY)
             return
         # without SMTPUTF8 a name goes in ASCII where it has an ASCII form
         # (a local domain is routed to its U-labels)
