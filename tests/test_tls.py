@@ -145,6 +145,26 @@ def test_a_new_pair_that_cannot_serve_keeps_the_old_one_and_says_so_once(tmp_pat
     assert not factory.reload()  # SIGHUP: still not usable
 
 
+def test_sighup_that_keeps_the_old_pair_says_why(tmp_path, events):
+    # twistd --uid: the key was read as root at the start; on SIGHUP it is
+    # read as the hub's user and fails, though the files did not change
+    # since the last look.  The SIGHUP line must say why, or the admin is
+    # left with "cannot be used" and nothing to fix.
+    from twisted.logger import formatEvent
+
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)  # the change is seen and said once
+    del events[:]
+    HangupNotice(factory)._answer()
+    (line,) = [formatEvent(e) for e in events if "SIGHUP" in e.get("log_format", "")]
+    assert "kept" in line and "does not belong to the first certificate" in line, line
+
+
 def test_a_chmod_that_makes_a_renewed_key_readable_counts_as_a_change(tmp_path):
     # the reload failed (the key unreadable to the hub's user); the admin's
     # chmod changes only the ctime, and must be looked at again

@@ -141,10 +141,13 @@ class HangupNotice(Service):
     def _answer(self) -> None:
         if self.tls is not None:
             taken = self.tls.reload()
+            why = getattr(self.tls, "failure", None)
             log.info("SIGHUP: TLS certificate and key {how}; the users and aliases files "
                      "are re-read when they change; restart the hub (SIGTERM, then start "
                      "it) to apply a config change",
-                     how="loaded again" if taken else "kept (the files on disk cannot be used)")
+                     how="loaded again" if taken else
+                     "kept (the files on disk cannot be used"
+                     + (f": {why})" if why else ")"))
             return
         log.info("SIGHUP ignored: the users and aliases files are re-read when they "
                  "change; restart the hub (SIGTERM, then start it) to apply a config change")

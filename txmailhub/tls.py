@@ -184,6 +184,8 @@ class ReloadingTLS:
         self._options = tls_options(certificate, key)
         self._stamp = _stamp(certificate, key)
         self._looked = self._now()
+        #: why the last ``reload()`` kept the old pair (for the SIGHUP line)
+        self.failure: str | None = None
 
     def _now(self) -> float:
         if self.clock is not None:
@@ -208,6 +210,7 @@ class ReloadingTLS:
             options = _options(chain, private_key)
             options.getContext()
         except Exception as e:
+            self.failure = str(e)
             if stamp != self._stamp:
                 log.error("TLS: cannot use the new certificate and key, keeping the old "
                           "ones: {why}", why=str(e))
@@ -215,6 +218,7 @@ class ReloadingTLS:
             return False
         self._options = options
         self._stamp = stamp
+        self.failure = None
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
                  path=self.certificate, until=chain[0].not_valid_after_utc)
         return True
