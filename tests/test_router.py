@@ -240,6 +240,22 @@ class AliasTests(Base):
             r.resolve(A("list"))
         self.assertEqual(reads, [])
 
+    def test_an_aliases_file_that_goes_away_is_451_not_550(self):
+        # like the users file (configuration.rst): while the configured
+        # aliases file is away (moved, being restored), the hub cannot tell
+        # a list from a stranger; a 550 would bounce the list's mail for good
+        r = self.router("list: joe\n")
+        os.unlink(self.path)
+        with self.assertRaises(Rejected) as caught:
+            r.resolve(A("list"))
+        self.assertEqual(caught.exception.reply.code, 451)
+        self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))  # users still served
+        self.write("list: joe\n")
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        with self.assertRaises(Rejected) as caught:
+            r.resolve(A("stranger"))
+        self.assertEqual(caught.exception.reply.code, 550)
+
     def test_missing_file_at_start_means_no_aliases(self):
         r = Router(DOMAINS, self.users, os.path.join(self.dir, "nope"))
         self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))

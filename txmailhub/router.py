@@ -255,6 +255,9 @@ class Router:
         self.users = users
         self.aliases_file = aliases_file
         self.aliases: Aliases = {}
+        # the configured file is away (moved, being restored): an address
+        # that is no user may be one of its aliases, so it gets 451, not 550
+        self.aliases_away = False
         self._stamp: tuple[int, ...] | None = None
         self._warned: set[tuple[str, str]] = set()
         self._reload_if_changed()
@@ -275,10 +278,14 @@ class Router:
             return
         if stamp == self._stamp:
             return
+        was_there = bool(self._stamp)
         self._stamp = stamp
         if not stamp:
-            if self.aliases:
-                log.warn("aliases file {path} is gone: no aliases", path=self.aliases_file)
+            if was_there:
+                log.error("aliases file {path} is gone: mail to addresses that are not "
+                          "users is refused with 451 (try again later) until it is back",
+                          path=self.aliases_file)
+                self.aliases_away = True
             self.aliases = {}
             return
         try:
@@ -295,6 +302,7 @@ class Router:
         for loop in _loops(table):
             log.warn("aliases: alias loop {loop} (it is cut at runtime)", loop=loop)
         self.aliases = table
+        self.aliases_away = False
         self._warned.clear()
         log.info("loaded {count} aliases from {path}", count=len(table), path=self.aliases_file)
 
@@ -372,5 +380,7 @@ class Router:
                 log.warn("postmaster alias {alias} leads to no mailbox: using {mailbox}",
                          alias=address.key, mailbox=f"postmaster@{self.primary_domain}")
                 return (Address("postmaster", self.primary_domain),), ()
+            if self.aliases_away:
+                raise Rejected(replies.LOCAL_ERROR)  # it may be an alias: ask again later
             raise Rejected(replies.UNKNOWN_USER)
         return tuple(local.values()), tuple(remote.values())
