@@ -10,7 +10,7 @@ import random
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
@@ -210,12 +210,15 @@ def test_all_down_is_transient(tmp_path):
     assert isinstance(r.reply, LocalReply)
 
 
-def test_an_address_literal_is_named_once(tmp_path):
+def test_an_address_literal_is_named_once(tmp_path, log_events):
     a, net, _ = agent(tmp_path)
     who = Address("bob", "[192.0.2.9]")
     [r] = run(net, a.deliver(entry(tmp_path, who), "[192.0.2.9]", [who]))
     assert r.kind == "transient"
     assert r.reply.text().endswith(" connection to [192.0.2.9]:25 failed")
+    # in the log too: not "[192.0.2.9][192.0.2.9]"
+    lines = [formatEvent(e) for e in log_events if "cannot connect" in (e.get("log_format") or "")]
+    assert lines and all(" cannot connect to [192.0.2.9]:25: " in line for line in lines), lines
 
 
 def test_per_recipient_results(tmp_path):

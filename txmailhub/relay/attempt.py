@@ -315,6 +315,12 @@ class SMTPClientProtocol(Protocol):
 MAX_EXTRA_TRANSACTIONS = 20
 
 
+def where(name: str, address: str) -> str:
+    """How logs and replies name a host: ``mx.example.org[192.0.2.1]``, but
+    an address literal once (``[192.0.2.1]``), not ``[192.0.2.1][192.0.2.1]``."""
+    return name if name == f"[{address}]" else f"{name}[{address}]"
+
+
 def _too_many_recipients(reply: Reply) -> bool:
     return reply.code == 452 and reply.status == "4.5.3"
 
@@ -544,14 +550,13 @@ class DeliveryAgent:
                         and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
                     # opportunistic TLS that cannot be negotiated must not stop
                     # the mail (RFC 3207 4.1 lets the client go on in clear)
-                    log.warn("TLS with {host}[{address}] failed; trying again without TLS",
-                             host=mxhost.name, address=address)
+                    log.warn("TLS with {host} failed; trying again without TLS",
+                             host=where(mxhost.name, address), address=address)
                     outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                                   smarthost, plain=True)
                 if outcome is None:  # could not connect: next address
-                    where = (mxhost.name if mxhost.name == f"[{address}]"  # an address literal
-                             else f"{mxhost.name}[{address}]")
-                    last = LocalReply.of(451, "4.4.1", f"connection to {where}:{port_n} failed")
+                    host = where(mxhost.name, address)
+                    last = LocalReply.of(451, "4.4.1", f"connection to {host}:{port_n} failed")
                     last_host = None
                     continue
                 if outcome.session_error is not None:
@@ -639,9 +644,9 @@ class DeliveryAgent:
             yield connecting
         except Exception as e:
             if not self.stopped:
-                log.info("{queue_id}: cannot connect to {host}[{address}]:{port}: {why}",
-                         queue_id=entry.id, host=mxhost.name, address=address, port=port,
-                         why=e)
+                log.info("{queue_id}: cannot connect to {host}:{port}: {why}",
+                         queue_id=entry.id, host=where(mxhost.name, address), address=address,
+                         port=port, why=e)
             return None
         finally:
             self._connecting.discard(connecting)
