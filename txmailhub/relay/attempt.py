@@ -555,8 +555,8 @@ class DeliveryAgent:
                     outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                                   smarthost, plain=True)
                 if outcome is None:  # could not connect: next address
-                    host = where(mxhost.name, address)
-                    last = LocalReply.of(451, "4.4.1", f"connection to {host}:{port_n} failed")
+                    shown = where(mxhost.name, address)
+                    last = LocalReply.of(451, "4.4.1", f"connection to {shown}:{port_n} failed")
                     last_host = None
                     continue
                 if outcome.session_error is not None:
