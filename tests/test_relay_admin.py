@@ -110,6 +110,11 @@ def test_show_tells_the_hubs_own_account_from_a_servers_reply(setup):
     assert code == 0
     assert "    hub: 451 4.4.2 timeout waiting for the reply to DATA" in out
     assert "    reply: 451 4.7.1 Greylisted" in out  # carol's, from the server
+    assert "last reply: 451 4.7.1 Greylisted" in out  # the entry's, a server's
+    queue.update(qid, lambda e: e.with_recipients(
+        {CAROL: dataclasses.replace(e.recipient(CAROL), last_reply=timeout)}))
+    code, out, _ = run(settings, "show", qid)
+    assert "last reply: hub: 451 4.4.2 timeout waiting for the reply to DATA" in out
 
 
 def test_unknown_id(setup):
@@ -229,6 +234,17 @@ def test_a_corrupt_record_can_be_deleted_and_is_named_by_hold_and_release(setup)
         assert "Traceback" not in err and f"queue delete {qid}" in err
     assert run(settings, "delete", qid) == (0, f"deleted {qid}\n", "")
     assert queue.ids() == []
+
+
+def test_queue_list_says_why_a_record_is_unreadable_in_its_own_words(setup):
+    settings, queue, qid, _ = setup
+    with open(queue.record_path(qid), "w") as f:
+        f.write('{"format": 1,\n "envelope": {oops')
+    code, out, _ = run(settings, "list")
+    # where the file breaks, not "unreadable: unreadable queue record:
+    # Expecting property name enclosed in double quotes"
+    assert (code, out) == (0, f"{qid} (unreadable: the queue record is not JSON "
+                              "(line 2, column 15))\n")
 
 
 def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monkeypatch):

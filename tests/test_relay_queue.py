@@ -508,3 +508,16 @@ def test_8bit_data_is_noticed_without_body_8bitmime(tmp_path):
         env = dataclasses.replace(envelope("bob@remote.test"), body_8bit=False)
         qid = q.enqueue(env, msg).result
         assert q.read(qid).eight_bit is expected
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"\xff{}", "the queue record is not UTF-8 (octet 0)"),
+    (b'{"format": 1', "the queue record is not JSON (line 1, column 13)"),
+    (b'{"format": %d}' % record.FORMAT, "the queue record lacks 'envelope'"),
+    (b'{"format": %d, "envelope": {}, "recipients": 3}' % record.FORMAT,
+     "bad queue record: 'int' object is not iterable"),
+])
+def test_an_unreadable_record_says_why_once(raw, why):
+    with pytest.raises(record.RecordError) as info:
+        record.QueueEntry.from_json(raw)
+    assert str(info.value) == why

@@ -107,7 +107,10 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
             who = "hub" if isinstance(r.last_reply, LocalReply) else "reply"
             p(f"    {who}: {r.last_reply.text()}")
     last = entry.last_reply
-    p(f"last reply: {last.text() if last is not None else '-'}")
+    if last is None:
+        p("last reply: -")
+    else:
+        p(f"last reply: {'hub: ' if isinstance(last, LocalReply) else ''}{last.text()}")
 
 
 def _queue_owner(queue_dir: str) -> tuple[int, int]:

@@ -265,5 +265,13 @@ class QueueEntry:
             )
         except RecordError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RecordError(f"unreadable queue record: {e}") from None
+        except json.JSONDecodeError as e:
+            # a truncated or hand-edited file: where, not the parser's prose
+            raise RecordError(f"the queue record is not JSON (line {e.lineno}, "
+                              f"column {e.colno})") from None
+        except UnicodeDecodeError as e:
+            raise RecordError(f"the queue record is not UTF-8 (octet {e.start})") from None
+        except KeyError as e:
+            raise RecordError(f"the queue record lacks {e}") from None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise RecordError(f"bad queue record: {e}") from None
