@@ -276,6 +276,26 @@ def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Pa
     assert code == 2 and "[aliases] file is not UTF-8 text" in err, err
 
 
+def test_check_names_the_key_of_an_aliases_file_it_cannot_read(config: Path,
+                                                               monkeypatch) -> None:
+    import builtins
+
+    aliases = config.parent / "aliases"
+    aliases.write_text("team: alice\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # root reads everything: deny it by hand
+        if str(file) == str(aliases):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    code, _, err = run(config, "check")
+    assert code == 2, err
+    assert f"{config}: [aliases] file: {aliases} cannot be read: Permission denied" in err, err
+
+
 def test_check_reports_an_interface_that_does_not_resolve(config: Path) -> None:
     run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
     config.write_text(config.read_text()

@@ -194,8 +194,15 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file
 
-        problems.extend(check_aliases_file(settings.aliases.file, settings.hub.primary_domain,
-                                           settings.hub.domains))
+        try:
+            with open(settings.aliases.file, "rb"):
+                pass
+        except OSError as e:  # the config's key, as for the users file above
+            problems.append(f"{settings.path}: [aliases] file: {settings.aliases.file} "
+                            f"cannot be read: {e.strerror or e}")
+        else:
+            problems.extend(check_aliases_file(
+                settings.aliases.file, settings.hub.primary_domain, settings.hub.domains))
         if not users.missing and users_read:
             warnings.extend(alias_target_warnings(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
