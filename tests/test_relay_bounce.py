@@ -235,6 +235,16 @@ def test_send_dsn_through_normal_path(tmp_path):
     assert components.queue.enqueued[-1][0].recipients == (Address("zed", "remote.test"),)
 
 
+def test_a_notice_keeps_the_id_of_the_message_it_is_about(tmp_path):
+    # `mailhub queue show <id>` finds a notice waiting in the queue by the
+    # id the SMTP server gave the message (docs/relay.rst)
+    entry = make_entry(tmp_path)
+    entry = dataclasses.replace(entry, envelope=dataclasses.replace(
+        entry.envelope, message_id="1A2271B164D27C641"))
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
+    assert env.message_id == "1A2271B164D27C641"
+
+
 def test_long_and_non_ascii_replies_give_a_notice_every_mta_accepts(tmp_path):
     # a 30-line remote reply, a non-ASCII one and a non-ASCII recipient: no
     # line over 998 octets (RFC 5322 2.1.1), ASCII status fields (RFC 3464,

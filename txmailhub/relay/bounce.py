@@ -385,7 +385,9 @@ def _returned(entry: QueueEntry, full: bool) -> Message:
 
 
 def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
-    """The envelope of a notice about ``entry``: from ``<>`` to its sender."""
+    """The envelope of a notice about ``entry``: from ``<>`` to its sender.
+    It keeps the message's id (the SMTP server's), so that a notice waiting
+    in the queue is among the entries ``mailhub queue show <id>`` lists."""
     sender = entry.envelope.sender
     assert sender is not None
     return Envelope(
@@ -395,6 +397,7 @@ def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
         client_address="",
         body_8bit=has_8bit,
         smtputf8=ascii_form(sender) is None,
+        message_id=entry.envelope.message_id,
     )
 
 
