@@ -330,6 +330,29 @@ def test_too_many_recipients_is_452():
     assert d.codes("RCPT TO:<bob>\r\nRCPT TO:<hollindg>\r\n") == ["250", "452"]
 
 
+def test_recipients_past_the_limit_are_logged_once_and_then_count_as_errors(log_events):
+    # 452 for too many recipients is not the client's error (RFC 5321
+    # 4.5.3.1.10: it sends the rest again); but a client that sends RCPTs
+    # without end is neither answered nor logged for as long as it likes
+    d = Driver(max_recipients=2, max_recipient_overshoot=3, max_errors=2)
+    tx(d)
+    assert d.codes("RCPT TO:<bob>\r\n" + "RCPT TO:<hollindg>\r\n" * 3) == ["250"] + ["452"] * 3
+    assert d.engine.errors == 0
+    refused = [e for e in log_events if "refused" in e.get("log_format", "")]
+    assert len(refused) == 1  # the first of the transaction names the limit
+    assert d.codes("RCPT TO:<hollindg>\r\n") == ["452"] and d.engine.errors == 1
+    assert d.codes("RCPT TO:<hollindg>\r\n") == ["452", "421"] and d.engine.closed
+
+
+def test_the_recipient_overshoot_is_counted_per_transaction():
+    d = Driver(max_recipients=1, max_recipient_overshoot=2)
+    tx(d)
+    d.send("RCPT TO:<bob>\r\n" * 2)
+    assert d.codes("RSET\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n"
+                   + "RCPT TO:<bob>\r\n" * 2) == ["250", "250", "250", "452", "452"]
+    assert d.engine.errors == 0
+
+
 def test_dsn_and_8bit_parameters_reach_the_envelope():
     d = Driver()
     d.send("EHLO c\r\nMAIL FROM:<s@x.test> BODY=8BITMIME RET=HDRS ENVID=abc\r\n"

@@ -42,6 +42,12 @@ class ServerConfig:
     # thousand is closed after this many plus max_errors, instead of keeping
     # the hub busy for as long as it likes.  Reset when a message is accepted.
     max_junk_commands: int = 100
+    # RCPTs a transaction may send past max_recipients before each one more
+    # counts as an error (Postfix's smtpd_recipient_overshoot_limit): a
+    # pipelining client may overshoot and send the rest again (RFC 5321
+    # 4.5.3.1.10), but one that sends them without end is closed instead of
+    # being answered 452, and logged, for as long as it likes.
+    max_recipient_overshoot: int = 1000
     max_auth_failures: int = 3
     vrfy: bool = True
     expn: bool = True

@@ -306,6 +306,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._mail_params: MailParams = NO_PARAMS
         self._data_envelope: Envelope | None = None
         self._rcpt_count = 0
+        self._overshoot = 0  # RCPTs refused for max_recipients
         self._recipients: dict[Address, None] = {}
         self._recipient_dsn: list[tuple[Address, RecipientDSN]] = []
         self._expanded: list[tuple[Address, RecipientDSN]] = []
@@ -491,7 +492,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
             # written for the recipients given before the first BDAT.
             raise Rejected(replies.RCPT_AFTER_BDAT)
         if self._rcpt_count >= self.config.max_recipients:
-            raise Rejected(replies.TOO_MANY_RECIPIENTS)
+            self._overshoot += 1
+            if self._overshoot == 1:
+                raise Rejected(replies.TOO_MANY_RECIPIENTS)  # logged, once per transaction
+            self.reply(replies.TOO_MANY_RECIPIENTS)
+            if self._overshoot > self.config.max_recipient_overshoot:
+                self._count_error()
+            return
         final = self.policy.check_recipient(rcpt, self.session)
         self._rcpt_count += 1
         dsn = None
