@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import tracemalloc
 from collections import namedtuple
 
 import pytest
@@ -591,6 +592,26 @@ def test_line_reader_gives_the_same_lines_for_any_split(lines, cuts):
     while reader.has_line:
         got.append(reader.pop())
     assert got == expected
+
+
+def test_line_reader_holds_pipelined_lines_in_about_their_own_size():
+    """A client that pipelines tiny commands (``AB`` LF: one -ERR each,
+    without end) and never reads the answers: what one 64 KiB read holds
+    must cost about 64 KiB, not a bytes object per line (about 1 MiB, for
+    every connection of such a client)."""
+    payload = b"AB\n" * (65536 // 3)
+    reader = LineReader(4096)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        reader.feed(payload)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(payload)
+    assert reader.buffered == len(payload)
+    assert reader.pop() == b"AB"
+    assert reader.buffered == len(payload) - 3
 
 
 def test_actions_are_immutable():

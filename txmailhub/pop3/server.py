@@ -242,10 +242,10 @@ class POP3Server:
         """Handle the next complete line; ``None`` when none is buffered."""
         if self._waiting is not None:
             raise LocalError(f"next_action while waiting for the {self._waiting} result")
-        lines = self._reader.lines
-        if self.finished or not lines:
+        reader = self._reader
+        if self.finished or not reader.has_line:
             return None
-        line = lines.popleft()
+        line = reader.pop()
         if line is None:  # longer than any line we keep
             was_sasl, self._sasl = self._sasl, False
             return Send((R.SASL_LINE_TOO_LONG if was_sasl else R.LINE_TOO_LONG).to_bytes())
