@@ -281,6 +281,30 @@ def test_checker_runs_scrypt_through_the_thread_runner(db: UsersDB) -> None:
     assert calls == ["check_password"]
 
 
+def test_checker_runs_at_most_two_password_checks_at_once(db: UsersDB) -> None:
+    # scrypt holds 16 MiB while it runs (and the allocator keeps it): a
+    # burst of logins must not run one per thread of the reactor's pool
+    db.add("alice", "pw")
+    running: list[Deferred] = []
+
+    def run(f, *args):
+        d: Deferred = Deferred()
+        running.append(d)
+        return d.addCallback(lambda _: f(*args))
+
+    checker = UsersChecker(db, run)
+    results = [checker.requestAvatarId(UsernamePassword(b"alice", b"pw")) for _ in range(5)]
+    assert len(running) == 2
+    running[0].callback(None)
+    assert results[0].called and len(running) == 3  # the next one starts as one ends
+    for d in running[1:]:
+        d.callback(None)
+    assert len(running) == 5
+    running[3].callback(None)
+    running[4].callback(None)
+    assert [result_of(d) for d in results] == ["alice@example.org"] * 5
+
+
 class FakeStore:
     def __init__(self) -> None:
         self.opened: list[Address] = []

@@ -15,7 +15,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred, succeed
 from zope.interface import implementer
 
 from txmailhub.address import Address, AddressError
@@ -26,6 +26,15 @@ from txmailhub.users import UsersDB
 __all__ = ["MailRealm", "SMTPUser", "UsersChecker", "build_portal"]
 
 RunInThread = Callable[..., Deferred]
+
+PASSWORD_CHECKS = 2
+"""Password checks run at once, at most; the others wait their turn.
+scrypt takes 16 MiB while it runs and the allocator keeps it afterwards:
+without a bound, a burst of logins (wrong ones included, from anyone
+who can connect) ran one per thread of the reactor's pool (10), grew the
+hub by 160 MiB for good (64 MiB with the bound: the checks still move
+between the pool's threads, each with its own allocator arena), and held
+up the relay's file work that shares that pool."""
 
 
 def _text(value: Any) -> str:
@@ -49,6 +58,7 @@ class UsersChecker:
     def __init__(self, users: UsersDB, run_in_thread: RunInThread | None = None) -> None:
         self.users = users
         self._run = run_in_thread
+        self._checks = DeferredSemaphore(PASSWORD_CHECKS)
 
     def requestAvatarId(self, credentials: Any) -> Deferred:
         try:
@@ -63,7 +73,7 @@ class UsersChecker:
             if self._run is None:
                 d = maybeDeferred(self.users.check_password, address, password)
             else:
-                d = self._run(self.users.check_password, address, password)
+                d = self._checks.run(self._run, self.users.check_password, address, password)
             return d.addCallback(self._result, address)
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)
