@@ -204,6 +204,12 @@ class AcceptMessageTests(SynchronousTestCase):
         self.assertEqual(res[A], DELIVERED)
         self.assertEqual(res[B], replies.LOCAL_ERROR)
 
+    def test_summarize_prefers_a_temporary_failure(self):
+        # a 451 makes the client try again: never hidden behind a 5xx
+        res = {A: DELIVERED, B: replies.UNKNOWN_USER, R: replies.LOCAL_ERROR}
+        self.assertEqual(summarize(res, "x"), replies.LOCAL_ERROR)
+        self.assertEqual(summarize({A: replies.UNKNOWN_USER}, "x"), replies.UNKNOWN_USER)
+
     def test_discard_failure_does_not_lose_results(self):
         c = C()
 
@@ -365,6 +371,20 @@ class SuccessNoticeTests(SynchronousTestCase):
         self.assertEqual(res, {A: DELIVERED, B: QUEUED})
         self.assertEqual([x[0].recipients for x in q.entries], [(B,), (A,)])
         self.assertEqual(q.delivered, [(), (A,)])  # B's notice comes from its retry
+
+    def test_no_expanded_notice_for_a_message_that_will_come_again(self):
+        # a failed mailbox the queue cannot take: 451, and the client sends
+        # the message again; an "expanded" notice now would be one of two
+        import dataclasses
+
+        q = Queue(fail=True)
+        c = C(store=Store(fail=[B]), queue=q)
+        staff = Address("staff", "example.org")
+        e = dataclasses.replace(env_notify(alice=("FAILURE",), bob=("FAILURE",)),
+                                expanded=((staff, RecipientDSN(notify=("SUCCESS",))),))
+        res = self.successResultOf(accept_message(c, e, MSG))
+        self.assertEqual(summarize(res, "i").code, 451)
+        self.assertEqual([x[0].recipients for x in q.entries], [(B,)])
 
     def test_the_one_batch_path_is_not_taken_when_a_notice_is_owed(self):
         # that path may rename the spool file into the mailbox, and the

@@ -264,6 +264,70 @@ class DeliveryTests(Base):
         self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
         self.assertEqual(len(self.names()), 2)
 
+    def test_every_cannot_link_error_falls_back_to_a_copy(self):
+        # EPERM: a filesystem without hard links (vfat, some FUSE ones);
+        # EMLINK: the link limit; EXDEV: another filesystem; ENOTSUP
+        self.deliver([JOE])
+        codes = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
+        for code in codes:
+            def refuse(src, dst, code=code):
+                raise OSError(code, os.strerror(code))
+
+            store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=refuse)
+            self.assertEqual(self.successResultOf(store.deliver(self.spool(), [JOE])),
+                             {JOE: None}, errno.errorcode[code])
+        self.assertEqual(len(self.names()), 1 + len(codes))
+
+    def test_a_copy_whose_new_folder_is_not_durable_is_taken_back(self):
+        def no_link(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        self.deliver([JOE])
+        self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
+        self.syncer.fail[os.path.join(self.md(), "new")] = OSError(errno.EIO, "I/O error")
+        out = self.successResultOf(store.deliver(self.spool(), [JOE]))
+        self.assertEqual(out[JOE].errno, errno.EIO)
+        self.assertEqual(len(self.names()), 2)  # no duplicate when the queue retries it
+        self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
+
+    def test_a_copy_is_complete_after_short_writes_and_its_file_is_closed(self):
+        def no_link(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        msg = self.spool()
+        real = os.write
+
+        def short(fd, data):
+            return real(fd, bytes(data[:3]))
+
+        self.patch(maildir_module.os, "write", short)
+        self.syncer.calls.clear()
+        self.assertEqual(self.successResultOf(store.deliver(msg, [JOE])), {JOE: None})
+        (fd,) = [t for kind, t in self.syncer.calls if kind == "file"]
+        self.assertRaises(OSError, os.fstat, fd)  # closed once synced
+        (name,) = self.names()
+        with open(os.path.join(self.md(), "new", name), "rb") as f:
+            self.assertEqual(f.read(), BODY)
+
+    def test_a_copy_that_cannot_be_written_leaves_nothing(self):
+        def no_link(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        self.deliver([JOE])
+        msg = self.spool()
+
+        def full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(maildir_module.os, "write", full)
+        out = self.successResultOf(store.deliver(msg, [JOE]))
+        self.assertEqual(out[JOE].errno, errno.ENOSPC)
+        self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
+        self.assertEqual(len(self.names()), 1)
+
     def test_other_link_errors_fail_that_mailbox(self):
         def denied(src, dst):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -307,6 +371,40 @@ class DeliveryTests(Base):
         mail = os.path.join(self.state, "mail")
         dirs = {t for kind, t in self.syncer.calls if kind == "dir"}
         self.assertTrue({mail, os.path.join(mail, "example.org"), self.md()} <= dirs, dirs)
+
+    def test_a_mkdir_that_failed_is_tried_again_next_time(self):
+        # cur/ could not be made (no inode left, say): the next delivery
+        # makes it, or POP3 could never move a message out of new/
+        real_mkdir = os.mkdir
+        failed = []
+
+        def mkdir(path, mode=0o777):
+            if path.endswith("cur") and not failed:
+                failed.append(path)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_mkdir(path, mode)
+
+        self.patch(os, "mkdir", mkdir)
+        self.assertIsInstance(self.deliver([JOE])[JOE], OSError)
+        self.assertEqual(self.deliver([JOE]), {JOE: None})
+        self.assertTrue(os.path.isdir(os.path.join(self.md(), "cur")))
+
+    def test_dot_and_dot_dot_name_no_folder(self):
+        for local in (".", ".."):
+            bad = Address(local, "example.org")
+            out = self.deliver([bad, JOE])
+            self.assertIsInstance(out[bad], LocalError)
+            self.assertIsNone(out[JOE])
+        self.assertEqual(os.listdir(os.path.join(self.state, "mail", "example.org")), ["joe"])
+
+    def test_one_maildir_however_the_domain_is_spelled(self):
+        # a final dot, an internationalized domain as its A-label: the same
+        # domain, so the same folder (canonical_domain, as Address.key)
+        for domain in ("bücher.example", "xn--bcher-kva.example", "bücher.example."):
+            self.assertEqual(self.deliver([Address("joe", domain)]),
+                             {Address("joe", domain): None})
+        self.assertEqual(os.listdir(os.path.join(self.state, "mail")), ["bücher.example"])
+        self.assertEqual(len(self.names(Address("joe", "bücher.example"))), 3)
 
     def test_a_removed_maildir_is_made_again(self):
         self.deliver([JOE])
@@ -430,6 +528,24 @@ class DeliverSpooledTests(Base):
         self.assertTrue(os.path.exists(message.path))
         self.assertEqual(len(self.names(JOE)), 2)
         self.assertEqual(len(self.names(ANN)), 1)  # the unsynced copy was removed again
+
+    def test_a_new_maildir_that_cannot_be_made_durable_fails_that_mailbox_alone(self):
+        self.deliver([JOE])  # JOE's Maildir exists and is durable; ANN's is new
+        self.syncer.fail[self.md(ANN)] = OSError(errno.EIO, "I/O error")
+        discarded = []
+        message, results, gone = self.successResultOf(
+            self.store.deliver_spooled(self.writer(), [JOE, ANN], discarded.append))
+        self.assertIsNone(results[JOE])
+        self.assertEqual(results[ANN].errno, errno.EIO)
+        self.assertFalse(gone)  # the caller still needs it for ANN
+        self.assertEqual(discarded, [])
+        self.assertTrue(os.path.exists(message.path))
+        self.assertEqual(self.names(ANN), [])  # taken back: the queue's retry makes it again
+        # the folders are synced again with the next delivery
+        del self.syncer.fail[self.md(ANN)]
+        self.syncer.calls.clear()
+        self.successResultOf(self.store.deliver_spooled(self.writer(), [ANN], None))
+        self.assertIn(("dir", self.md(ANN)), self.syncer.calls)
 
     def test_a_link_the_filesystem_refuses_falls_back_to_a_copy(self):
         def no_links(src, dst):
@@ -820,6 +936,36 @@ class MailboxTests(Base):
         self.assertEqual(self.names(), [])
         box.close()
 
+    def test_a_delete_that_fails_is_reported_and_the_others_still_go(self):
+        for i in range(2):
+            self.deliver([JOE], b"m%d\n" % i)
+        box = self.open()
+        stuck = box.list_messages()[0].path
+        real_unlink = os.unlink
+
+        def unlink(path, *args, **kwargs):
+            if path == stuck:
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_unlink(path, *args, **kwargs)
+
+        self.patch(mailbox_module.os, "unlink", unlink)
+        self.syncer.calls.clear()
+        self.failureResultOf(box.delete([0, 1]), PermissionError)
+        self.assertEqual(self.names(), [os.path.basename(stuck)])
+        self.assertEqual(self.syncer.calls, [("dir", os.path.join(self.md(), "new"))])
+        box.close()
+
+    def test_delivery_order_follows_the_time_not_the_counter(self):
+        # two processes' copies within one second: the microseconds order
+        # them, the per-process counter only breaks ties
+        self.deliver([JOE], b"x\n")  # the Maildir exists
+        later, earlier = "1800000000.M900P1Q1R0.h,S=2,W=3", "1800000000.M100P2Q7R0.h,S=2,W=3"
+        for name in (later, earlier):
+            with open(os.path.join(self.md(), "new", name), "wb") as f:
+                f.write(b"x\n")
+        names = [os.path.basename(i.path) for i in scan(self.md())]
+        self.assertEqual(names[1:], [earlier, later])
+
     def test_stale_tmp_files_are_cleaned(self):
         self.deliver([JOE])
         tmp = os.path.join(self.md(), "tmp")
@@ -897,6 +1043,26 @@ class PlainNameTests(Base):
         os.rename(tmp, path)  # a new inode
         box = self.open()
         self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 7)
+        box.close()
+
+    def test_a_file_rewritten_in_place_with_the_same_size_is_measured_again(self):
+        path = self.drop("plainname", b"a\nb\n")  # 4 octets, 6 as CRLF
+        box = self.open()
+        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 6)
+        box.close()
+        st = os.stat(path)
+        with open(path, "r+b") as f:  # the same inode, the same size
+            f.write(b"abc\n")  # 5 as CRLF
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        box = self.open()
+        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 5)
+        box.close()
+
+    def test_a_name_with_w_but_no_s_is_measured(self):
+        path = self.drop("1600000000.1.other,W=99", b"a\nb\n")
+        box = self.open()
+        info = next(i for i in box.list_messages() if i.path == path)
+        self.assertEqual((info.size, info.stored_size), (6, 4))
         box.close()
 
     def test_entries_of_vanished_files_are_pruned_and_junk_cache_ignored(self):

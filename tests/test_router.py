@@ -390,6 +390,40 @@ class MoreAliasTests(Base):
         os.replace(self.path + ".new", self.path)
         self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
 
+    def test_a_new_inode_or_ctime_alone_is_seen(self):
+        # `cp -p`, `rsync -t`, a restore keep the size and the mtime; a
+        # coarse clock may not move the ctime between two quick saves
+        r = self.router("list: joe\n")
+        st = os.stat(self.path)
+        real_stat = os.stat
+        changed = {}
+
+        def stat(path, *args, **kwargs):
+            if path != self.path:
+                return real_stat(path, *args, **kwargs)
+            return type("Stat", (), {
+                "st_ino": st.st_ino + changed.get("ino", 0), "st_size": st.st_size,
+                "st_mtime_ns": st.st_mtime_ns,
+                "st_ctime_ns": st.st_ctime_ns + changed.get("ctime", 0)})()
+
+        self.patch(os, "stat", stat)
+        for field, text, who in (("ino", "list: ann\n", "ann"), ("ctime", "list: bob\n", "bob")):
+            with open(self.path, "r+") as f:  # the same size
+                f.write(text)
+            changed[field] = 1  # that field alone differs from the last look
+            self.assertEqual(r.resolve(A("list")), ((A(who),), ()), field)
+
+    def test_alias_names_match_in_any_case(self):
+        r = self.router("Staff: joe\n")
+        for spelling in ("staff", "STAFF", "Staff"):
+            self.assertEqual(r.resolve(A(spelling)), ((A("joe"),), ()), spelling)
+
+    def test_targets_are_named_as_the_hub_names_the_mailbox(self):
+        # "Joe" in the aliases file and RCPT TO:<joe> are one mailbox: the
+        # store gets one spelling of it, so one copy
+        r = self.router("staff: Joe, ANN@Example.ORG\n")
+        self.assertEqual(r.resolve(A("staff")), ((A("joe"), A("ann")), ()))
+
     def test_include_is_reported_as_unsupported_whatever_its_case(self):
         _, problems = parse_aliases("inc: :INCLUDE:/etc/list, joe\n", "example.org", filename="f")
         self.assertEqual(problems, [

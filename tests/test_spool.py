@@ -145,6 +145,21 @@ class SpoolTests(SynchronousTestCase):
             self.assertEqual(f.read(), b"0123456789\n")
         w.abort()
 
+    def test_a_leftover_with_our_next_name_is_left_alone(self):
+        # an earlier process with our pid left a file of the name we would
+        # make next: O_EXCL, and the name after it
+        self.patch(spool_module.os, "urandom", lambda n: b"\0" * n)
+        spooler = Spooler(self.dir + "-2", SyncerSpy(), recover=False, precreate=0)
+        leftover = os.path.join(spooler.spool_dir, f"{os.getpid()}-1-00000000")
+        with open(leftover, "wb") as f:
+            f.write(b"old data\n")
+        w = spooler.open()
+        self.assertNotEqual(w.path, leftover)
+        w.write(b"new\n")
+        w.abort()
+        with open(leftover, "rb") as f:
+            self.assertEqual(f.read(), b"old data\n")
+
     def test_discard_refuses_paths_outside_the_spool(self):
         self.assertRaises(LocalError, self.spooler.discard, SpooledMessage("/etc/passwd", 1, 1))
 
@@ -286,6 +301,25 @@ class PrecreateTests(SynchronousTestCase):
         w = spooler.open()
         self.assertTrue(os.path.exists(w.path))
         w.abort()
+        spooler.close()
+
+    def test_claiming_keeps_the_files_made_ahead(self):
+        # recover=False, claimed later (the hub's service): files made
+        # ahead before the claim are this spooler's, not a crash's leftovers
+        spooler = Spooler(self.dir, self.syncer, precreate=4, recover=False)
+        spooler.open().abort()  # makes 4 ahead
+        ready = [p for p, _ in spooler._ready]
+        self.assertEqual(len(ready), 4)
+        self.assertTrue(spooler.claim())
+        for path in ready:
+            self.assertTrue(os.path.exists(path), path)
+        w = spooler.open()
+        self.assertIn(w.path, ready)
+        w.write(b"x\n")
+        msg = self.successResultOf(w.finish())
+        with open(msg.path, "rb") as f:
+            self.assertEqual(f.read(), b"x\n")
+        spooler.discard(msg)
         spooler.close()
 
     def test_a_crash_leaves_ready_files_to_recovery(self):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
 import threading
@@ -534,6 +536,26 @@ class SyncThenTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), ("settled", "p"))
         self.assertEqual(pub.failed, {"/md/new": error})
 
+    def test_syncfs_directory_failures_reach_settle(self):
+        # a filesystem whose syncfs fails, and a directory gone since run():
+        # neither may settle as durable
+        base, other = self.mktemp(), self.mktemp()
+        os.makedirs(base)
+        os.makedirs(other)
+        target = os.path.join(other, "f")
+        open(target, "wb").close()
+        error = OSError(5, "I/O error")
+        spy = SyscallSpy(self, fail={base: error})
+        s = Syncer(None, method="syncfs", run_in_thread=self.threads)
+        gone = os.path.join(base, "gone")
+        pub = Publication(spy.calls, dirs=[base, gone])
+        d = s.sync_then(target, pub)
+        self.threads.run_all()
+        self.assertEqual(self.successResultOf(d), ("settled", "p"))
+        self.assertEqual(set(pub.failed), {base, gone})
+        self.assertIs(pub.failed[base], error)
+        self.assertIsInstance(pub.failed[gone], FileNotFoundError)
+
     def test_a_publication_that_raises_fails_alone(self):
         spy = SyscallSpy(self)
         s = Syncer(None, method="fsync", run_in_thread=self.threads)
@@ -621,6 +643,23 @@ def test_syncfs_goes_through_a_held_descriptor_first(tmp_path, monkeypatch):
     used.clear()
     sync._syncfs_one_of([str(tmp_path / "gone"), str(tmp_path)])  # paths only: first that opens
     assert len(used) == 1 and used[0][1] is True
+
+
+def test_syncfs_reports_a_failed_call(tmp_path, monkeypatch):
+    # syncfs(2) returns -1 and sets errno (EIO: writeback lost data): the
+    # error reaches the caller, or a lost batch would be acknowledged
+    class Libc:
+        def syncfs(self, fd):
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(sync, "_load_libc", Libc)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    with pytest.raises(OSError) as caught:
+        sync.syncfs(fd, close=True)
+    assert caught.value.errno == errno.EIO
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed all the same
 
 
 @pytest.mark.parametrize("libc_has_it", [True, False])
