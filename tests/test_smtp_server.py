@@ -307,6 +307,22 @@ def test_size_parameter_beyond_the_free_space_is_452_and_the_session_goes_on():
     assert d.codes("RSET\r\nMAIL FROM:<a@b.test> SIZE=99999\r\n") == ["250", "250"]
 
 
+def test_a_client_asking_again_and_again_while_the_disk_is_full_is_logged_once_then_closed(
+        log_events):
+    d = Driver(max_message_size=100_000, max_junk_commands=5, max_errors=3)
+    d.spooler.free = 15_000
+    d.send("EHLO c\r\n")
+    mail = "MAIL FROM:<a@b.test> SIZE=10001\r\n"
+    # the first and 5 more are answered 452 (junk, not errors); then each
+    # one more counts as an error, and the third error closes the session
+    assert d.codes(mail * 6) == ["452"] * 6
+    assert not d.engine.closed
+    assert d.codes(mail * 3) == ["452"] * 3 + ["421"]
+    assert d.engine.closed
+    logged = [e for e in log_events if "refused" in (e.get("log_format") or "")]
+    assert len(logged) == 1
+
+
 def test_a_full_disk_is_not_the_clients_error():
     # A client offering its queue over one connection hears 452 for each
     # message, never the 421 of max_errors.

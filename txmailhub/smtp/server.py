@@ -128,6 +128,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.state = State.INIT
         self.errors = 0
         self.junk = 0  # commands in _JUNK since the last accepted message
+        self._room_refused = 0  # MAILs refused 452 for SIZE= beyond the free space
         # True when next_event stopped answering because REPLIES_HELD replies
         # wait to be collected (input is left): collect them and ask again
         self.replies_held = False
@@ -477,7 +478,20 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if params.size is not None:
             if params.size > self.config.max_message_size:
                 raise Rejected(replies.SIZE_EXCEEDS_LIMIT)  # never fits: 552
-            self.policy.check_room(params.size)  # does not fit now: 452
+            try:
+                self.policy.check_room(params.size)  # does not fit now: 452
+            except Rejected as e:
+                self._room_refused += 1
+                if self._room_refused == 1:
+                    raise  # logged, once per session
+                # a client that asks again and again while the disk is full
+                # is answered, but neither logged each time nor free: each
+                # repeat counts as a command that moves no mail
+                self.reply(e.reply)
+                self.junk += 1
+                if self.junk > self.config.max_junk_commands:
+                    self._count_error()
+                return
         self._sender = sender
         self._mail_params = params
         self._to(State.MAIL)
