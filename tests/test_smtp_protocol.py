@@ -120,7 +120,7 @@ def submitted(h: Harness, data: str) -> bytes:
 def quit_behind_unread_replies():
     """A session over an in-memory socket whose client sent 500 EHLOs and a
     QUIT without reading: the 221 waits behind the replies."""
-    h = Harness(idle_timeout=300)
+    h = Harness(max_junk_commands=10**6, idle_timeout=300)
     p = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
     sock = MemorySocket(h.clock, p)
     p.makeConnection(sock)
@@ -452,7 +452,7 @@ class ProtocolTests(SynchronousTestCase):
         # SMTPS: as for POP3S, the TLS layer closes the socket on its own
         # (close_notify) while Twisted has paused us; without unregistering,
         # the connection would stay until the idle timeout and CLOSE_GRACE
-        h = Harness(idle_timeout=300)
+        h = Harness(max_junk_commands=10**6, idle_timeout=300)
         factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
         client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
         assert client.receive().startswith(b"220 ")
@@ -604,7 +604,7 @@ class ProtocolTests(SynchronousTestCase):
         # few dozen such clients kept every other session waiting for tens
         # of seconds.  REPLIES_HELD commands are answered per reactor turn,
         # and nothing more is read meanwhile.
-        h = Harness(max_connections=5)
+        h = Harness(max_junk_commands=10**6, max_connections=5)
         flood, ft = h.connect("192.0.2.1")
         other, ot = h.connect("192.0.2.2")
         take(ft), take(ot)
@@ -625,7 +625,7 @@ class ProtocolTests(SynchronousTestCase):
         # a bug of ours (log.failure, 451, close) while Twisted has us paused
         # by a client that does not read: the close must not wait for it
         # for ever (the idle timer stops once the session is over)
-        h = Harness(idle_timeout=300)
+        h = Harness(max_junk_commands=10**6, idle_timeout=300)
         p, sock = memory_session(h)
         p.dataReceived(b"EHLO c\r\n" * 500)
         h.clock.advance(0)
@@ -648,7 +648,7 @@ class ProtocolTests(SynchronousTestCase):
         # layer, and the paused state does not go with it (nothing would
         # ever resume us: the EHLO after the handshake went unanswered)
         self.patch(smtp_server, "REPLIES_HELD", 10_000)  # a batch answered at once
-        h = Harness(idle_timeout=300)
+        h = Harness(max_junk_commands=10**6, idle_timeout=300)
         cert = make_certificate(Path(self.mktemp()))
         h.components.tls = tls_options(str(cert[0]), str(cert[1]))
         p = SMTPFactory(h.components).buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
@@ -1146,7 +1146,7 @@ class ProtocolTests(SynchronousTestCase):
         # 128 replies now, the rest next turn; the client shuts its sending
         # side: the rest is answered and the connection closed, and the
         # turn that was to come does not touch the closing transport
-        h = Harness()
+        h = Harness(max_junk_commands=10**6)
         p, t = h.connect()
         p.dataReceived(b"EHLO c\r\n" * 200)
         p.readConnectionLost()

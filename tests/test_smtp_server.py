@@ -734,6 +734,17 @@ def test_junk_commands_beyond_the_limit_count_as_errors():
     assert out == [replies.OK.text(), closing(replies.TOO_MANY_ERRORS)] and d.engine.closed
 
 
+def test_a_greeting_again_counts_as_junk_but_not_the_first_or_the_one_after_starttls():
+    d = Driver(max_junk_commands=2, max_errors=2, tls_available=True)
+    assert d.codes("EHLO c\r\n") == ["250"] and d.engine.junk == 0
+    assert d.codes("EHLO c\r\nHELO c\r\n") == ["250", "250"] and d.engine.junk == 2
+    d.send("STARTTLS\r\n")  # the Driver starts TLS at once
+    assert d.codes("EHLO c\r\n") == ["250"] and d.engine.junk == 2  # the name was forgotten
+    assert d.codes("EHLO c\r\n") == ["250"] and d.engine.errors == 1
+    out = d.send("HELO c\r\n")
+    assert out[-1] == closing(replies.TOO_MANY_ERRORS) and d.engine.closed
+
+
 def test_an_accepted_message_resets_the_junk_count():
     d = Driver(max_junk_commands=3, max_errors=2)
     d.send("EHLO c\r\n" + "NOOP\r\n" * 3)

@@ -106,6 +106,10 @@ _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL,
 _NO_DSN = DSNRequest()
 # Commands that move no mail forward (ServerConfig.max_junk_commands).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
+# HELO and EHLO count with them when the session has a name already (a
+# client that sends EHLO every few minutes must not hold its slot forever;
+# STARTTLS forgets the name, so the EHLO after it is free)
+_HELLO_VERBS = frozenset({"HELO", "EHLO"})
 # Replies answered before the adapter collects them: a batch of pipelined
 # commands is answered this many at a time, so that a client that sends
 # thousands of commands in one write and reads nothing is held by the
@@ -392,8 +396,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 self._out_of_sequence(verb, arg)
                 return
             errors = self.errors
+            greeted = self.session.helo  # a greeting again moves no mail either
             handler(self, arg)
-            if verb in _JUNK:
+            if verb in _JUNK or (greeted and verb in _HELLO_VERBS):
                 self.junk += 1
                 if self.junk > self.config.max_junk_commands and self.errors == errors:
                     self._count_error()  # answered all the same (a refusal counted already)
