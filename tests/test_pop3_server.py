@@ -147,6 +147,39 @@ def test_many_complete_overlong_lines_are_each_refused():
     assert e.next_action().data.startswith(R.CAPA_FOLLOWS.to_bytes())
 
 
+def test_a_client_that_never_logs_in_is_closed_after_50_lines():
+    from txmailhub.pop3.server import PRE_LOGIN_LINES
+
+    e = engine()
+    for _ in range(PRE_LOGIN_LINES - 2):
+        assert sent(e, b"CAPA").startswith(R.CAPA_FOLLOWS.to_bytes())
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()  # the 49th
+    assert run(e, b"PASS joepw") == Authenticate("USER", "joe", b"joepw", TS)  # the 50th
+    e.login_failed(LoginFailure.TEMPORARY)
+    action = run(e, b"NOOP")
+    assert action == Send(R.TOO_MANY_COMMANDS.to_bytes(), close=True)
+    assert e.finished and e.next_action() is None
+
+
+def test_the_count_of_lines_before_login_ends_at_the_login():
+    from txmailhub.pop3.server import PRE_LOGIN_LINES
+
+    e = engine()
+    for _ in range(PRE_LOGIN_LINES - 2):
+        sent(e, b"NOOP")  # -ERR in AUTHORIZATION, but a line all the same
+    e = logged_in_after(e)
+    for _ in range(PRE_LOGIN_LINES):
+        assert sent(e, b"NOOP") == R.NOOP.to_bytes()
+
+
+def logged_in_after(e: POP3Server) -> POP3Server:
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    run(e, b"PASS joepw")
+    e.login_succeeded(MESSAGES)
+    assert e.state is State.TRANSACTION
+    return e
+
+
 def test_unknown_and_empty_commands():
     e = engine()
     assert sent(e, b"XYZZY") == R.UNKNOWN_COMMAND.to_bytes()

@@ -70,6 +70,7 @@ CLOSED_CHECK = 1.0
 session it ended (see ``_check_closed``)."""
 
 log = Logger(namespace="txmailhub.pop3")
+_TOO_MANY_COMMANDS = R.TOO_MANY_COMMANDS.to_bytes()
 
 
 def _is_local_peer(peer: Any) -> bool:
@@ -363,6 +364,9 @@ class POP3Protocol(Protocol):
             return
         self._write(action.data)
         if action.close:
+            if action.data == _TOO_MANY_COMMANDS:
+                log.info("POP3 session with {peer} closed: too many commands without "
+                         "logging in", peer=self._peer)
             self._close()
 
     def _delayed(self, action: Send) -> None:

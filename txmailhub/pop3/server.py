@@ -53,6 +53,11 @@ COMMAND_LINE_LIMIT = 255
 """RFC 2449 section 4: a command line is at most 255 octets, CRLF included."""
 
 SASL_LINE_LIMIT = 4096
+PRE_LOGIN_LINES = 50
+"""Lines a client may send before it logs in.  RFC 1939 sets no limit, and
+a real client needs few (CAPA, STLS, CAPA again, USER and PASS, a retry or
+two); without one, a client that sends CAPA just inside the autologout
+holds a connection slot for ever without logging in."""
 """Longest client line kept at all (a SASL response may exceed the command
 limit); longer lines are dropped as they arrive, so an endless line never
 grows memory."""
@@ -189,6 +194,7 @@ class POP3Server:
         self._waiting: str | None = None  # "login" or "update" while I/O runs
         self._user: str | None = None
         self._sasl = False  # an AUTH PLAIN response is awaited
+        self._before_login = 0  # lines read in the AUTHORIZATION state
         self._messages: list[Any] = []
         self._deleted: set[int] = set()
         self._handlers: dict[str, Callable[[str], Action]] = {
@@ -246,6 +252,11 @@ class POP3Server:
         if self.finished or not reader.has_line:
             return None
         line = reader.pop()
+        if self.state is State.AUTHORIZATION:
+            self._before_login += 1
+            if self._before_login > PRE_LOGIN_LINES:
+                self.finished = True
+                return Send(R.TOO_MANY_COMMANDS.to_bytes(), close=True)
         if line is None:  # longer than any line we keep
             was_sasl, self._sasl = self._sasl, False
             return Send((R.SASL_LINE_TOO_LONG if was_sasl else R.LINE_TOO_LONG).to_bytes())
