@@ -138,6 +138,34 @@ def test_line_one_octet_over_the_limit_is_refused(line):
     assert leftover == b"QUIT\r\n"
 
 
+def test_the_line_limit_is_1000_octets_with_its_crlf():
+    # RFC 5321 4.5.3.1.6 in numbers: the tests around count from MAX_LINE,
+    # which would move the limit with them.
+    assert MAX_LINE == 1000
+    _stored, _, r = read_dot(b"x" * 998 + b"\r\n.\r\n")
+    assert r.error is None
+    _stored, _, r = read_dot(b"x" * 999 + b"\r\n.\r\n")
+    assert r.error == replies.MESSAGE_LINE_TOO_LONG
+
+
+def test_a_stuffed_line_of_the_limit_may_wait_for_its_lf():
+    # A text line of 998 octets that starts with "." is 1,001 octets on the
+    # wire; cut just before its LF, the 1,000 octets that wait are not yet
+    # an over-long line.
+    text = b"." + b"x" * (MAX_LINE - 3)
+    stored, leftover, r = read_dot(b"." + text + b"\r\n.\r\n", [len(text) + 2])
+    assert (r.error, stored, leftover) == (None, text + b"\n", b"")
+
+
+def test_a_cr_at_the_cut_of_an_over_long_line_can_start_the_end_marker():
+    # The octet kept when an over-long line is cut may be the CR of
+    # CRLF "." CRLF: losing it would leave the session in DATA for good.
+    r = DotReader(None, BIG)
+    assert r.feed(b"x" * 1500 + b"\r") is None
+    assert r.feed(b"\n.\r\nQUIT\r\n") == b"QUIT\r\n"
+    assert r.error == replies.MESSAGE_LINE_TOO_LONG
+
+
 @pytest.mark.parametrize("split", [None, 7, 1001, 4096])
 def test_long_line_drains_to_real_end_then_refuses(split):
     body = b"short\r\n" + b"y" * 5000 + b"\r\nRCPT TO:<x@y>\r\nDATA\r\n" + b".\r\nQUIT\r\n"
@@ -350,6 +378,17 @@ def test_dot_reader_a_message_of_exactly_the_limit_is_accepted():
     assert r.error is None and r.size == 10
     _, _, r = read_dot(b"123456789\r\n.\r\n", max_size=10)
     assert r.error == replies.MESSAGE_TOO_BIG
+
+
+def test_chunk_reader_counts_leading_dots_towards_the_limit():
+    # BDAT carries no transparency dots: a "." that starts a line is data,
+    # and counts towards the size (RFC 3030 2, RFC 1870).
+    wire = b".a\r\n.b\r\n"
+    for max_size, expected in ((8, None), (7, replies.MESSAGE_TOO_BIG)):
+        r = ChunkReader(None, max_size)
+        r.start(len(wire), last=True)
+        assert r.feed(wire) == b""
+        assert r.finish() == expected
 
 
 def test_chunk_reader_line_limit_has_no_dot_allowance():

@@ -36,6 +36,8 @@ def test_parse_command():
     assert parse_command(b"QUIT") == ("QUIT", "")
     assert parse_command(b"  noop   x  ") == ("NOOP", "x")
     assert parse_command(b"") == ("", "")
+    assert parse_command(b"\tnoop\t") == ("NOOP", "")  # blanks: spaces and tabs
+    assert parse_command(b"rcpt \tTO:<a@b>\t ") == ("RCPT", "TO:<a@b>")
 
 
 def test_parse_command_nul_and_utf8():
@@ -96,6 +98,9 @@ def test_source_route_is_ignored():
     assert rcpt == Address("user", "c.test")
     assert reply_of(parse_rcpt, "TO:<@a.test:>", P) == replies.SYNTAX_RECIPIENT
     assert reply_of(parse_rcpt, "TO:<@a.test,b.test:u@c.test>", P) == replies.SYNTAX_RECIPIENT
+    # every hop is "@" domain (RFC 5321 4.1.2), not only the first: "xb.test"
+    # is not "@b.test" with its "@" mistyped
+    assert reply_of(parse_rcpt, "TO:<@a.test,xb.test:u@c.test>", P) == replies.SYNTAX_RECIPIENT
 
 
 def test_a_source_route_with_a_u_label_needs_smtputf8():
@@ -110,6 +115,8 @@ def test_a_source_route_with_a_u_label_needs_smtputf8():
 
 def test_quoted_local_parts():
     assert parse_mailbox('"joe"@example.org', P) == Address("joe", P)
+    assert parse_mailbox('"joe"', P) == Address("joe", P)  # a bare local part, quoted
+    assert parse_rcpt('TO:<"john doe">', P)[0] == Address('"john doe"', P)
     assert parse_mailbox('"john doe"@example.org', P) == Address('"john doe"', P)
     assert parse_mailbox('"a\\"b"@x.test', P) == Address('"a\\"b"', "x.test")
     assert parse_mailbox('"user@remote"@example.org', P) == Address('"user@remote"', P)
@@ -159,6 +166,7 @@ def test_mail_prefix_and_brackets():
     assert reply_of(parse_mail, "FROM", P) == replies.SYNTAX_ARGUMENT
     assert reply_of(parse_mail, "FROM:<a@b", P) == replies.SYNTAX_ADDRESS
     assert reply_of(parse_mail, "FROM:<a@b>SIZE=1", P) == replies.SYNTAX_ARGUMENT
+    assert parse_mail("FROM:<a@b.test>\tSIZE=1", P)[1].size == 1  # a tab is a blank too
     assert reply_of(parse_rcpt, "TO:", P) == replies.SYNTAX_RECIPIENT
     assert reply_of(parse_mail, "FROM:<" + "a" * 300 + "@b.test>", P) == replies.SYNTAX_ADDRESS
 
@@ -173,6 +181,7 @@ def test_utf8_addresses_need_smtputf8():
     assert (refused.code, refused.status) == (550, "5.6.7")
     assert reply_of(parse_mail, "FROM:<joe@bücher.test>", P).code == 550
     assert reply_of(parse_mail, 'FROM:<"jö e"@x.test>', P).code == 550
+    assert reply_of(parse_rcpt, 'TO:<"joe"é>', P) == replies.SMTPUTF8_NOT_DECLARED
     sender, params = parse_mail("FROM:<jöe@bücher.test> SMTPUTF8", P)
     assert sender == Address("jöe", "bücher.test") and params.smtputf8
     assert reply_of(parse_rcpt, "TO:<δ@x.test>", P) == replies.SMTPUTF8_NOT_DECLARED
@@ -211,10 +220,13 @@ def test_mail_parameters():
     "params, reply",
     [
         ("XFOO=1", replies.PARAM_NOT_RECOGNIZED),
+        ("SMTPUTF8 XFOO=\u00e9", replies.PARAM_NOT_RECOGNIZED),  # RFC 6531 3.3's esmtp-value
         ("BODY=BINARYMIME", replies.PARAM_NOT_RECOGNIZED),
         ("SIZE=abc", replies.PARAM_SYNTAX),
         ("SIZE=\u00b2", replies.PARAM_SYNTAX),  # a digit to str.isdigit, not to RFC 1870
         ("SIZE=\u0661\u0660", replies.PARAM_SYNTAX),
+        ("SIZE=" + "1" * 21, replies.PARAM_SYNTAX),  # RFC 1870: 1*20DIGIT
+        ("SIZE=10\u00a0", replies.PARAM_SYNTAX),  # no blank to str.split but to SMTP
         ("BODY=9BIT", replies.PARAM_SYNTAX),
         ("BODY", replies.PARAM_SYNTAX),
         ("SIZE", replies.PARAM_SYNTAX),
@@ -261,6 +273,8 @@ def test_rcpt_dsn_parameters():
     "utf-8;a\\x{D800}@x",
     "utf-8;a\\x{110000}@x",
     "utf-8;a\\x{0A}b@x",
+    "utf-8;",  # no address at all
+    "rfc822;",
 ])
 def test_orcpt_values_are_checked(orcpt):
     assert reply_of(parse_rcpt, f"TO:<a@b.test> ORCPT={orcpt}", P) == replies.PARAM_SYNTAX
@@ -278,6 +292,8 @@ def test_orcpt_of_type_utf8():
     # which ABNF matches in either case (RFC 5234 2.3): small letters too
     got = parse_rcpt("TO:<a@b.test> ORCPT=utf-8;j\\x{f6}rg\\x{20ac}\\x{2b}@x", P)[1].orcpt
     assert got == "utf-8;j\u00f6rg\u20ac+@x"
+    # the type is a keyword: any case (RFC 3461 4.2)
+    assert parse_rcpt("TO:<a@b.test> ORCPT=UTF-8;j\\x{F6}rg@x", P)[1].orcpt == "UTF-8;j\u00f6rg@x"
 
 
 def test_envid_is_ascii_unless_smtputf8():
@@ -313,8 +329,26 @@ def test_envid_is_at_most_100_characters_as_sent():
 def test_xtext():
     assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
     assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
-    with pytest.raises(RemoteProtocolError):
-        xtext_decode("a+2b")  # lower-case hex is not xtext
+    for bad in ("a+2b",  # lower-case hex is not xtext
+                "a=b"):  # neither is a raw "=" (RFC 3461 4: xchar)
+        with pytest.raises(RemoteProtocolError):
+            xtext_decode(bad)
+    # RFC 6533 3: a 2-digit HEXPOINT only for what QCHAR leaves out ("A" is one)
+    assert utf8_addr_decode("\\x{2B}\\x{5C}") == "+\\"
+    for bad in ("\\x{41}", "a=b"):  # nor a raw "=" (QCHAR leaves it out)
+        with pytest.raises(RemoteProtocolError):
+            utf8_addr_decode(bad)
+
+
+def test_utf8_addr_hexpoints_are_the_shortest_form():
+    # RFC 6533 3: each HEXPOINT length begins where the shorter one ends,
+    # up to U+10FFFF, and no surrogate
+    for digits in ("20", "E9", "100", "FFF", "1000", "FFFF", "10000", "FFFFF", "100000",
+                   "10FFFF"):
+        assert utf8_addr_decode(f"\\x{{{digits}}}") == chr(int(digits, 16)), digits
+    for digits in ("0E9", "0FFF", "0FFFF", "0FFFFF", "110000", "D800", "DFFF"):
+        with pytest.raises(RemoteProtocolError):
+            utf8_addr_decode(f"\\x{{{digits}}}")
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))

@@ -411,6 +411,21 @@ def test_spool_refusal_is_answered_instead_of_354():
     assert d.engine.state is State.READY
 
 
+def test_a_refused_data_ends_its_transaction():
+    # The next transaction starts from nothing: the refused one's recipients
+    # must not receive the next message as well.
+    d = Driver(auto=False)
+    tx(d)  # alice
+    d.send("DATA\r\n")
+    d.engine.message_refused(replies.LOCAL_ERROR)
+    assert d.engine.data_to_send() == replies.LOCAL_ERROR.to_bytes()
+    d.auto = True
+    assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<bob>\r\nDATA\r\nhi\r\n.\r\n") == [
+        "250", "250", "354", "250"]
+    [done] = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.envelope.recipients == (Address("bob", "example.org"),)
+
+
 def test_bad_message_is_aborted_and_session_continues():
     d = Driver()
     tx(d)
@@ -418,6 +433,19 @@ def test_bad_message_is_aborted_and_session_continues():
     assert out == [replies.DATA_START.text(), replies.MESSAGE_LINE_TOO_LONG.text(),
                    replies.OK.text()]
     assert any(isinstance(e, MessageAborted) for e in d.events)
+
+
+def test_a_message_refused_at_its_end_ends_its_transaction():
+    # After the 500/552/550 at the end of the data, a new transaction holds
+    # only its own recipients, and may use DATA after a refused BDAT.
+    for refused in ("DATA\r\n" + "x" * 2000 + "\r\n.\r\n", "BDAT 3 LAST\r\na\nb"):
+        d = Driver()
+        tx(d)  # alice
+        assert d.codes(refused)[-1] in ("500", "550"), refused
+        assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<bob>\r\nDATA\r\nhi\r\n.\r\n") == [
+            "250", "250", "354", "250"], refused
+        [done] = [e for e in d.events if isinstance(e, MessageComplete)]
+        assert done.envelope.recipients == (Address("bob", "example.org"),), refused
 
 
 def test_message_too_big_552_after_draining():
@@ -460,6 +488,48 @@ def test_bdat_out_of_sequence_drains_the_chunk():
     assert d.send("BDAT 10 LAST\r\nMAIL FROM:NOOP\r\n") == [replies.MAIL_NEEDED.text(),
                                                             replies.OK.text()]
     assert d.codes("BDAT x\r\n") == ["501"]
+
+
+def test_bdat_arguments():
+    # RFC 3030: "BDAT" SP chunk-size [SP end-marker]; "LAST" is a keyword,
+    # in any case (RFC 5234 2.3); anything more is a syntax error.
+    d = Driver()
+    tx(d)
+    assert d.send("BDAT 4 last\r\nab\r\n") == [replies.accepted("ID1").text()]
+    tx(d)
+    assert d.send("BDAT 4 LAST now\r\nab\r\n") == [replies.BDAT_BAD_SIZE.text()]
+    assert d.send("BDAT 4 FIRST\r\nab\r\n") == [replies.BDAT_BAD_SIZE.text()]
+    assert d.send("BDAT\r\n") == [replies.BDAT_BAD_SIZE.text()]
+
+
+def test_bdat_without_a_recipient_is_drained_and_asks_for_rcpt():
+    d = Driver()
+    assert d.codes("EHLO c\r\nMAIL FROM:<s@x.test>\r\n") == ["250", "250"]
+    assert d.send("BDAT 6 LAST\r\nNOOP\r\n") == [replies.RCPT_NEEDED.text()]
+    # a command out of sequence changes nothing: the transaction goes on
+    assert not any(isinstance(e, (StartMessage, MessageAborted)) for e in d.events)
+    assert d.codes("RCPT TO:<alice>\r\nBDAT 4 LAST\r\nab\r\n") == ["250", "250"]
+
+
+def test_bdat_chunks_make_one_message():
+    d = Driver()
+    tx(d)
+    d.send("BDAT 7\r\nHello\r\nBDAT 7 LAST\r\nworld\r\n")
+    assert [type(e) for e in d.events if isinstance(e, (StartMessage, MessageComplete))] == [
+        StartMessage, MessageComplete]
+    assert d.events[-1].size == 14
+
+
+def test_a_bdat_message_refused_at_its_start_drains_the_chunk_and_keeps_the_refusal():
+    # The chunk follows the command whatever we answer: it is read to its
+    # end, never as commands, and the refusal is answered whatever it holds.
+    for chunk in ("NOOP\r\n", "a\nb\r\n"):
+        d = Driver(auto=False)
+        tx(d)
+        d.send(f"BDAT {len(chunk)} LAST\r\n{chunk}NOOP\r\n")
+        d.engine.message_refused(replies.LOCAL_ERROR)
+        d.auto = True
+        assert d.pump() == [replies.LOCAL_ERROR.text(), replies.OK.text()], chunk
 
 
 def test_bdat_size_is_ascii_digits_only():
@@ -560,6 +630,38 @@ def test_a_bdat_message_aborted_by_ehlo_or_starttls_keeps_its_own_envelope():
         assert (env.helo, env.authenticated_as, env.tls) == ("first.test", "alice@example.org",
                                                              False), ending
     assert d.session.tls and d.session.helo == "" and d.session.authenticated_as is None
+
+
+def test_an_aborted_bdat_message_logs_every_octet_received():
+    # MessageAborted.size (the transaction's log line) counts the unfinished
+    # last line too, however the message ended.
+    for chunks, ending in (("BDAT 10\r\nSubject: a", "RSET\r\n"),  # parked, then RSET
+                           ("BDAT 8\r\na\nbcdefg", ""),  # refused before its LAST
+                           ("BDAT 4 LAST\r\nab\rc", "")):  # a LAST without a final CRLF
+        d = Driver()
+        tx(d)
+        d.send(chunks + ending)
+        (aborted,) = [e for e in d.events if isinstance(e, MessageAborted)]
+        assert aborted.size == int(chunks.split()[1]), chunks
+
+
+def test_a_refused_chunk_judges_a_final_cr_by_whether_it_was_last():
+    # A chunk over the size limit ends the message at once; a CR at its very
+    # end is bare only when no chunk can follow with its LF (LAST).
+    for command, reply in (("BDAT 15 LAST", replies.MESSAGE_BARE_CR_LF),
+                           ("BDAT 15", replies.MESSAGE_TOO_BIG)):
+        d = Driver(max_message_size=10)
+        tx(d)
+        assert d.send(command + "\r\n" + "y" * 11 + "\r\nz\r") == [reply.text()], command
+
+
+def test_each_bdat_chunk_is_answered_with_its_own_size():
+    # RFC 3030 4.2's example: "250 2.0.0 <n> octets received" for the chunk
+    # just read, not the message so far (nor its unfinished line).
+    d = Driver()
+    tx(d)
+    assert d.send("BDAT 7\r\nHello\r\nBDAT 4\r\nworl") == [
+        "250 2.0.0 7 octets received", "250 2.0.0 4 octets received"]
 
 
 def test_no_rcpt_between_bdat_chunks():
