@@ -241,6 +241,21 @@ def test_bad_mail_parameters(params, reply):
     assert reply_of(parse_mail, "FROM:<a@b.test> " + params, P) == reply
 
 
+def test_parameters_are_separated_by_blanks_only():
+    # RFC 5321 4.1.2: esmtp-param *(SP esmtp-param).  str.split() also splits
+    # at VT, FF, the ASCII separators FS..US and Unicode blanks, and would
+    # drop them without a word.
+    for sep in ("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u2003"):
+        assert reply_of(parse_mail, f"FROM:<a@b.test> SMTPUTF8{sep}SIZE=10", P) == (
+            replies.PARAM_SYNTAX), repr(sep)
+        assert reply_of(parse_mail, f"FROM:<a@b.test> {sep}", P) == replies.PARAM_SYNTAX
+        assert reply_of(parse_rcpt, f"TO:<a@b.test> NOTIFY=NEVER{sep}", P, utf8=True) == (
+            replies.PARAM_SYNTAX), repr(sep)
+        assert reply_of(parse_rcpt, f"TO:<a@b.test> {sep}", P, utf8=True) == replies.PARAM_SYNTAX
+    _, params = parse_mail("FROM:<a@b.test> \tSIZE=10 \t BODY=8BITMIME\t", P)
+    assert (params.size, params.body_8bit) == (10, True)
+
+
 def test_unknown_parameter_is_555():
     assert replies.PARAM_NOT_RECOGNIZED.code == 555
     assert replies.PARAM_NOT_RECOGNIZED.status == "5.5.4"

@@ -84,6 +84,9 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _ESMTP_VALUE_UTF8 = re.compile(rf"(?:[\x21-\x3c\x3e-\x7e]|{_U8})+\Z")
 _NOTIFY_WORDS = frozenset(("SUCCESS", "FAILURE", "DELAY"))
+# Parameters are separated by SP (RFC 5321 4.1.2), tabs taken too; not by
+# what str.split() also takes (VT, FF, FS..US, Unicode blanks)
+_BLANKS = re.compile(r"[ \t]+")
 
 
 def _fail(reply) -> RemoteProtocolError:
@@ -286,7 +289,7 @@ class RcptParams:
 
 def _split_params(text: str, utf8: bool) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
-    for item in text.split():
+    for item in _BLANKS.split(text.strip(" \t")):
         key, eq, value = item.partition("=")
         if not _KEYWORD.match(key):
             raise _fail(replies.PARAM_SYNTAX)
@@ -408,7 +411,7 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
     ``<>`` gives ``None``.  Unknown parameters -> 555 5.5.4."""
     rest = _expect_prefix(arg, "FROM:")
     path, tail = _split_path(rest)
-    params = _mail_params(_split_params(tail, utf8=True)) if tail.strip() else NO_PARAMS
+    params = _mail_params(_split_params(tail, utf8=True)) if tail.strip(" \t") else NO_PARAMS
     if not params.smtputf8 and not tail.isascii():
         raise _fail(replies.PARAM_SYNTAX)
     if path == "":
@@ -435,7 +438,7 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
         path, tail = _split_path(rest)
         if not path or _too_long(path):
             raise _fail(replies.SYNTAX_RECIPIENT)
-        params = _rcpt_params(_split_params(tail, utf8)) if tail.strip() else RcptParams()
+        params = _rcpt_params(_split_params(tail, utf8)) if tail.strip(" \t") else RcptParams()
         address = parse_mailbox(_strip_route(path, utf8), primary_domain, utf8)
     except RemoteProtocolError as e:
         if e.reply is replies.SYNTAX_ADDRESS:
