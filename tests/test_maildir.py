@@ -353,17 +353,21 @@ class DeliveryTests(Base):
         self.assertEqual([t for kind, t in self.syncer.calls if kind == "dir"],
                          [os.path.join(self.md(), "new")])
 
-    def test_a_mkdir_that_fails_half_way_still_gets_its_parents_synced(self):
+    def fail_mkdir_once(self, suffix):
+        """The first mkdir of a folder named ``...suffix`` fails (no space)."""
         real_mkdir = os.mkdir
         failed = []
 
         def mkdir(path, mode=0o777):
-            if path.endswith("tmp") and not failed:
+            if path.endswith(suffix) and not failed:
                 failed.append(path)
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_mkdir(path, mode)
 
         self.patch(os, "mkdir", mkdir)
+
+    def test_a_mkdir_that_fails_half_way_still_gets_its_parents_synced(self):
+        self.fail_mkdir_once("tmp")
         out = self.deliver([JOE])
         self.assertIsInstance(out[JOE], OSError)
         self.syncer.calls.clear()
@@ -375,16 +379,7 @@ class DeliveryTests(Base):
     def test_a_mkdir_that_failed_is_tried_again_next_time(self):
         # cur/ could not be made (no inode left, say): the next delivery
         # makes it, or POP3 could never move a message out of new/
-        real_mkdir = os.mkdir
-        failed = []
-
-        def mkdir(path, mode=0o777):
-            if path.endswith("cur") and not failed:
-                failed.append(path)
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_mkdir(path, mode)
-
-        self.patch(os, "mkdir", mkdir)
+        self.fail_mkdir_once("cur")
         self.assertIsInstance(self.deliver([JOE])[JOE], OSError)
         self.assertEqual(self.deliver([JOE]), {JOE: None})
         self.assertTrue(os.path.isdir(os.path.join(self.md(), "cur")))

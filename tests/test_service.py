@@ -12,24 +12,30 @@ from twisted.logger import globalLogPublisher
 from txmailhub.config import load_text
 from txmailhub.service import MailHub
 
+ONE_SMTP_LISTENER = (
+    '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+    '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
+    '[pop3]\nlisten = []\n'
+)
 
-def test_start_logs_the_users_file_problems(tmp_path: Path) -> None:
+
+def one_listener_hub(tmp_path: Path) -> tuple[MailHub, MemoryReactorClock]:
+    """A hub of ``ONE_SMTP_LISTENER`` in ``tmp_path``, not started."""
     config = tmp_path / "hub.toml"
-    config.write_text(
-        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
-        '[pop3]\nlisten = []\n'
-    )
-    (tmp_path / "users").write_text("joe@example.org notahash\ngarbage\n")
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    config.write_text(ONE_SMTP_LISTENER)
     reactor = MemoryReactorClock()
-    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    return MailHub(load_text(config.read_text(), str(config)), reactor=reactor), reactor
+
+
+def test_start_logs_the_users_file_problems(tmp_path: Path, log_events) -> None:
+    (tmp_path / "users").write_text("joe@example.org notahash\ngarbage\n")
+    hub, reactor = one_listener_hub(tmp_path)
     try:
         hub.startService()
         [(port, _factory, _backlog, interface)] = reactor.tcpServers
         assert (port, interface) == (25, "127.0.0.1")
-        problems = [e["problem"] for e in events if e.get("log_format", "").startswith("users")]
+        problems = [e["problem"] for e in log_events
+                    if e.get("log_format", "").startswith("users")]
         users = str(tmp_path / "users")
         assert problems == [
             f"{users}:1: joe@example.org cannot log in: the password hash is not of the "
@@ -37,7 +43,6 @@ def test_start_logs_the_users_file_problems(tmp_path: Path) -> None:
             f"{users}:2: expected '<address> <hash> [apop=<secret>]'",
         ]
     finally:
-        globalLogPublisher.removeObserver(events.append)
         hub.stopService()
 
 
@@ -469,27 +474,18 @@ def test_twistd_collects_young_objects_less_often(tmp_path: Path) -> None:
         gc.set_threshold(*saved)
 
 
-def test_start_with_a_users_file_it_cannot_read_goes_on_and_says_so(tmp_path: Path) -> None:
+def test_start_with_a_users_file_it_cannot_read_goes_on_and_says_so(tmp_path: Path,
+                                                                    log_events) -> None:
     # configuration.rst: problems in the users file do not stop the hub;
     # while the file cannot be read, local mail gets 451 and the log says
     # why once.  No traceback out of startService (twistd printed one and
     # exited 1).
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
-        '[pop3]\nlisten = []\n'
-    )
     (tmp_path / "users").mkdir()  # (root reads any file: a folder cannot be read)
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    reactor = MemoryReactorClock()
-    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    hub, reactor = one_listener_hub(tmp_path)
     try:
         hub.startService()
         assert len(reactor.tcpServers) == 1
-        said = [e for e in events if "cannot be read" in e.get("log_format", "")]
+        said = [e for e in log_events if "cannot be read" in e.get("log_format", "")]
         assert len(said) == 1 and said[0]["log_level"].name == "error", said
     finally:
-        globalLogPublisher.removeObserver(events.append)
         hub.stopService()

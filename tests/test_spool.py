@@ -205,6 +205,14 @@ class PrecreateTests(SynchronousTestCase):
         self.dir = self.mktemp()
         self.syncer = SyncerSpy()
 
+    def store_one_line(self, spooler, w):
+        """Write, finish and read back one message; then discard it."""
+        w.write(b"x\n")
+        msg = self.successResultOf(w.finish())
+        with open(msg.path, "rb") as f:
+            self.assertEqual(f.read(), b"x\n")
+        spooler.discard(msg)
+
     def test_open_takes_files_made_ahead(self):
         spooler = Spooler(self.dir, self.syncer, precreate=4)
         w1 = spooler.open()  # none ready: made inline, then a refill of 4
@@ -220,11 +228,7 @@ class PrecreateTests(SynchronousTestCase):
         w4 = spooler.open()
         for w in (w1, w2, w3, w4):
             self.assertEqual(os.stat(w.path).st_mode & 0o777, 0o600)
-            w.write(b"x\n")
-            msg = self.successResultOf(w.finish())
-            with open(msg.path, "rb") as f:
-                self.assertEqual(f.read(), b"x\n")
-            spooler.discard(msg)
+            self.store_one_line(spooler, w)
         spooler.close()
         self.assertEqual(os.listdir(self.dir), [])
         spooler.open().abort()  # still usable after close, without making ahead
@@ -315,11 +319,7 @@ class PrecreateTests(SynchronousTestCase):
             self.assertTrue(os.path.exists(path), path)
         w = spooler.open()
         self.assertIn(w.path, ready)
-        w.write(b"x\n")
-        msg = self.successResultOf(w.finish())
-        with open(msg.path, "rb") as f:
-            self.assertEqual(f.read(), b"x\n")
-        spooler.discard(msg)
+        self.store_one_line(spooler, w)
         spooler.close()
 
     def test_a_crash_leaves_ready_files_to_recovery(self):
