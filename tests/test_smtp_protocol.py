@@ -30,7 +30,13 @@ from txmailhub.interfaces import ISMTPUser
 from txmailhub.service import tls_options
 from txmailhub.smtp import replies
 from txmailhub.smtp import server as smtp_server
-from txmailhub.smtp.protocol import CLOSE_GRACE, INPUT_LIMIT, SMTPFactory, SMTPProtocol
+from txmailhub.smtp.protocol import (
+    CLOSE_GRACE,
+    INPUT_LIMIT,
+    MIN_DATA_RATE,
+    SMTPFactory,
+    SMTPProtocol,
+)
 from txmailhub.smtp.reply import Reply
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
@@ -701,17 +707,49 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
     def test_message_data_counts_as_activity(self):
-        # inside DATA any octet counts, newline or not (a long line arriving
-        # slowly is still a client at work)
+        # inside DATA any octet counts, newline or not (a message arriving
+        # slowly, each read ending inside a line, is still a client at work)
         h = Harness(idle_timeout=300)
         p, t = h.connect()
         p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
         take(t)
-        for _ in range(3):
-            h.clock.advance(200)
-            p.dataReceived(b"x" * 100)
+        piece = b"y" * 98 + b"\r\n" + b"x" * 50  # 150 octets, the last line unfinished
+        for _ in range(12):
+            h.clock.advance(200)  # 0.75 octets/s: too slow by MIN_DATA_RATE...
+            p.dataReceived(piece * 1000)  # ...but for these 150,000 at once
         p.dataReceived(b"\r\n.\r\n")
         assert take(t)[0].startswith("250") and not t.disconnecting
+
+    def test_message_data_too_slow_on_average_is_cut(self):
+        # every read counts as activity, so a line every few minutes never
+        # lets the idle timer fire: the data must average MIN_DATA_RATE
+        # beyond the idle timeout's grace (Postfix's smtpd_min_data_rate)
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        for _ in range(2):
+            h.clock.pump([100, 100])  # (a timer due meanwhile runs on time)
+            p.dataReceived(b"a\r\n")
+        assert take(t) == [] and not t.disconnecting  # at 300 s: 300 + 3 / 500 s allowed
+        h.clock.pump([100, 100])  # the timer, re-armed for the idle time, comes at 500
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        p.connectionLost(None)
+        assert not h.store.messages(ALICE)
+        assert h.spooler.writers[0].state == "aborted"
+
+    def test_the_data_allowance_grows_with_the_octets(self):
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        line = b"z" * 98 + b"\r\n"
+        for _ in range(10):  # 600 octets a second for 1000 s
+            h.clock.advance(100)
+            p.dataReceived(line * 600)
+        p.dataReceived(b".\r\n")
+        assert take(t)[0].startswith("250") and not t.disconnecting
+        assert MIN_DATA_RATE == 500  # as docs/smtp.rst gives it
 
     def test_a_close_that_never_completes_is_cut(self):
         # e.g. STARTTLS answered, then no handshake: Twisted would hold the

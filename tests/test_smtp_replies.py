@@ -35,6 +35,7 @@ PINNED = {
     "AUTH_PASSWORD": (334, None),
     # 4yz
     "TIMEOUT": (421, "4.4.2"),  # RFC 5321 4.5.3.2, X.4.2 bad connection
+    "DATA_TOO_SLOW": (421, "4.4.2"),
     "TOO_MANY_ERRORS": (421, "4.7.0"),
     "TOO_MANY_CONNECTIONS": (421, "4.3.2"),  # X.3.2 not accepting messages
     "TOO_MANY_CONNECTIONS_FROM_YOU": (421, "4.7.0"),

@@ -77,6 +77,12 @@ __all__ = ["SMTPFactory", "SMTPProtocol"]
 log = Logger(namespace="txmailhub.smtp")
 
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
+MIN_DATA_RATE = 500
+"""Octets per second a message's data must average, beyond the idle
+timeout's grace: a message of N octets may take ``idle_timeout + N / 500``
+seconds from DATA (or the first BDAT) on, 4 kbit/s at worst.  Without it a
+client that sends a line every few minutes holds its connection slot for
+as long as it likes, since every octet of data counts as activity."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
@@ -128,6 +134,7 @@ class SMTPProtocol(Protocol):
         self._msa: MissingFields | None = None  # Date, Message-ID (RFC 6409 8)
         self._timer: Any = None
         self._last_activity = 0.0
+        self._message_started = 0.0  # when the message in progress began (MIN_DATA_RATE)
         self._logout: Any = None
         self._gone = False  # connectionLost has run
         self._auth_timer: Any = None
@@ -404,9 +411,21 @@ class SMTPProtocol(Protocol):
         limit = self.factory.settings.smtp.idle_timeout
         if self.engine.closed:
             return
-        idle = self.reactor.seconds() - self._last_activity
-        if self.engine.waiting or idle < limit:
-            self._arm_timer(limit if self.engine.waiting else limit - idle)
+        now = self.reactor.seconds()
+        idle = now - self._last_activity
+        engine = self.engine
+        if engine.in_message and not engine.waiting:
+            octets = engine.message_octets
+            if now - self._message_started > limit + octets / MIN_DATA_RATE:
+                log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
+                         " s): connection closed", client=self.host, octets=octets,
+                         seconds=now - self._message_started)
+                engine.timeout(replies.closing(replies.DATA_TOO_SLOW,
+                                               self.factory.config.hostname))
+                self._drive()
+                return
+        if engine.waiting or idle < limit:
+            self._arm_timer(limit if engine.waiting else limit - idle)
             return
         if handshake_pending(self.transport):
             # a 421 would wait for a handshake the client stalls in, and
@@ -423,6 +442,7 @@ class SMTPProtocol(Protocol):
     # --- requests and notices -----------------------------------------------------------
 
     def _start_message(self, event: StartMessage) -> None:
+        self._message_started = self.reactor.seconds()
         env = event.envelope
         if self._writer is not None:
             # The engine ends every message it starts; should one ever slip

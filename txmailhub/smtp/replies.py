@@ -54,6 +54,7 @@ AUTH_PASSWORD = Reply.of(334, None, "UGFzc3dvcmQ6")  # "Password:"
 
 # --- transient ------------------------------------------------------------
 TIMEOUT = Reply.of(421, "4.4.2", "Idle timeout, closing connection")
+DATA_TOO_SLOW = Reply.of(421, "4.4.2", "Message data too slow, closing connection")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply.of(421, "4.3.2", "Too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_YOU = Reply.of(

@@ -199,6 +199,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return self._reader is not None
 
     @property
+    def message_octets(self) -> int:
+        """Octets of the message data being read (DATA, or a BDAT chunk and
+        the chunks before it); 0 while commands are read."""
+        reader = self._reader
+        return 0 if reader is None else reader.size
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
