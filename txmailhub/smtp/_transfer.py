@@ -42,7 +42,7 @@ class MessageTransfer:
     _buf: bytes
     _events: list[Any]
     _chunk_size: int
-    junk: int
+    _count_junk: Any
     state: State
     config: Any
 
@@ -215,9 +215,7 @@ class MessageTransfer:
             # command either (max_junk_commands)
             refusal = replies.BDAT_DISCARDED
             self._bdat_failed = not last
-            self.junk += 1
-            if self.junk > self.config.max_junk_commands:
-                self._count_error()
+            self._count_junk()
         else:
             refusal = (replies.RCPT_NEEDED if self.state is State.MAIL
                        else replies.HELO_REQUIRED if self.state is State.INIT

@@ -278,6 +278,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self._out.append(bye.to_bytes())
             self._close(bye)
 
+    def _count_junk(self, counted: bool = False) -> None:
+        """One more command that moves no mail: answered, and beyond
+        ``max_junk_commands`` an error too (unless ``counted`` already)."""
+        self.junk += 1
+        if self.junk > self.config.max_junk_commands and not counted:
+            self._count_error()
+
     def abort(self) -> None:
         """The connection is gone: drop everything (the adapter aborts the spool)."""
         self._reader = None
@@ -406,9 +413,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
             greeted = self.session.helo  # a greeting again moves no mail either
             handler(self, arg)
             if verb in _JUNK or (greeted and verb in _HELLO_VERBS):
-                self.junk += 1
-                if self.junk > self.config.max_junk_commands and self.errors == errors:
-                    self._count_error()  # answered all the same (a refusal counted already)
+                # (a refusal of the command counted as an error already)
+                self._count_junk(counted=self.errors != errors)
         except RemoteProtocolError as e:
             self.reply(e.reply)
         except Rejected as e:
@@ -500,9 +506,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 # is answered, but neither logged each time nor free: each
                 # repeat counts as a command that moves no mail
                 self.reply(e.reply)
-                self.junk += 1
-                if self.junk > self.config.max_junk_commands:
-                    self._count_error()
+                self._count_junk()
                 return
         self._sender = sender
         self._mail_params = params
