@@ -734,6 +734,10 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [] and not t.disconnecting  # at 300 s: 300 + 3 / 500 s allowed
         h.clock.pump([100, 100])  # the timer, re-armed for the idle time, comes at 500
         assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        said = [formatEvent(e) for e in self.events if "192.0.2.1" in formatEvent(e)]
+        assert ("message data from 192.0.2.1 too slow (6 octets in 500 s): connection closed"
+                in said), said
+        assert not [line for line in said if "closing the session" in line]  # said once
         p.connectionLost(None)
         assert not h.store.messages(ALICE)
         assert h.spooler.writers[0].state == "aborted"

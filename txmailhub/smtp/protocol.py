@@ -86,7 +86,8 @@ as long as it likes, since every octet of data counts as activity."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
-    replies.TIMEOUT, replies.TOO_MANY_CONNECTIONS, replies.TOO_MANY_CONNECTIONS_FROM_YOU)
+    replies.TIMEOUT, replies.DATA_TOO_SLOW, replies.TOO_MANY_CONNECTIONS,
+    replies.TOO_MANY_CONNECTIONS_FROM_YOU)
 
 
 def _is_loopback(host: str) -> bool:
