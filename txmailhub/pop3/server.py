@@ -53,14 +53,15 @@ COMMAND_LINE_LIMIT = 255
 """RFC 2449 section 4: a command line is at most 255 octets, CRLF included."""
 
 SASL_LINE_LIMIT = 4096
+"""Longest client line kept at all (a SASL response may exceed the command
+limit); longer lines are dropped as they arrive, so an endless line never
+grows memory."""
+
 PRE_LOGIN_LINES = 50
 """Lines a client may send before it logs in.  RFC 1939 sets no limit, and
 a real client needs few (CAPA, STLS, CAPA again, USER and PASS, a retry or
 two); without one, a client that sends CAPA just inside the autologout
 holds a connection slot for ever without logging in."""
-"""Longest client line kept at all (a SASL response may exceed the command
-limit); longer lines are dropped as they arrive, so an endless line never
-grows memory."""
 
 IMPLEMENTATION = "txmailhub"
 
