@@ -224,6 +224,17 @@ def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
     assert all(w.startswith("warning: ") for w in warnings)
 
 
+def test_check_without_a_users_file_says_that_once_not_once_per_alias_target(
+        config: Path) -> None:
+    # every target would be "no local user": the one warning that matters
+    # is that the users file is missing
+    (config.parent / "aliases").write_text("team: alice, bob\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    code, _, err = run(config, "check")
+    assert code == 0 and "no local user" not in err, err
+    assert err.count("warning: ") == 1 and "does not exist yet" in err, err
+
+
 def test_check_warns_of_an_alias_that_hides_a_user(config: Path) -> None:
     # aliases come first: alice's own mailbox would get none of her mail
     (config.parent / "aliases").write_text(
@@ -367,6 +378,14 @@ def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None
     config.write_text(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
     run(config, "user", "add", "bob", "--password-stdin", stdin="pw\n")
     assert run(config, "check")[2] == ""
+    # the U-label folder itself is where the mail is: nothing to say of it
+    (config.parent / "var" / "mail" / "bücher.example" / "bob").mkdir(parents=True)
+    assert run(config, "check")[2] == ""
+    # nor of an ASCII domain's, which has one spelling
+    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n')
+    (config.parent / "var" / "mail" / "example.org" / "bob").mkdir(parents=True)
+    assert run(config, "check")[2] == ""
+    config.write_text(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
     old = config.parent / "var" / "mail" / "xn--bcher-kva.example" / "bob"
     old.mkdir(parents=True)
     code, _, err = run(config, "check")
@@ -451,3 +470,37 @@ def test_a_password_prompt_left_with_ctrl_d_or_ctrl_c_is_no_traceback(
     else:  # the shell's code for an interrupted command
         assert (code, err.getvalue()) == (130, "\n")
     assert not (config.parent / "users").exists()
+
+
+def test_the_password_prompt_asks_twice_and_refuses_two_different_answers(
+        config: Path, monkeypatch) -> None:
+    import getpass
+
+    answers = iter(["first", "second", "same", "same"])
+    monkeypatch.setattr(getpass, "getpass", lambda text="": next(answers))
+
+    def add(name: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--config", str(config), "user", "add", name, "--allow-apop"], out=out,
+                    err=err, stdin=_Terminal())
+        return code, err.getvalue()
+
+    assert add("zed") == (2, "mailhub: the passwords differ\n")
+    assert not (config.parent / "users").exists()
+    assert add("amy") == (0, "")
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.apop_secret(Address("amy", "example.org")) == "same"
+
+
+def test_a_password_from_stdin_keeps_its_spaces(config: Path) -> None:
+    # only the line end goes: " pw " is the password the user will type
+    assert run(config, "user", "add", "amy", "--password-stdin", "--allow-apop",
+               stdin=" pw \r\n")[0] == 0
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.apop_secret(Address("amy", "example.org")) == " pw "

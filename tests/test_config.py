@@ -37,17 +37,28 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert s.smtp.idle_timeout == 300
     assert s.smtp.max_connections == 500
     assert s.smtp.max_connections_per_client == 50
+    assert (s.smtp.max_errors, s.smtp.max_junk_commands) == (10, 100)
+    assert (s.smtp.max_auth_failures, s.smtp.auth_failure_delay) == (3, 1.0)
+    assert (s.smtp.vrfy, s.smtp.expn) == (True, True)
     assert s.submission.listen == ("tcp:587",)
     assert s.submission.tls_listen == ()
     assert s.pop3.listen == ("tcp:110",)
     assert s.pop3.idle_timeout == 600
     assert s.pop3.allow_plaintext_auth is False
+    assert s.pop3.tls_listen == ()
+    assert (s.pop3.max_auth_failures, s.pop3.auth_failure_delay) == (3, 1.0)
+    assert (s.pop3.max_connections, s.pop3.max_connections_per_client) == (200, 20)
     assert s.relay.port == 25
     assert s.relay.nameservers == ()
     assert s.relay.smarthost == ""
     assert s.relay.smarthost_tls == "verify"
     assert s.relay.queue_lifetime == 5 * 86400
     assert s.relay.delay_warning == 4 * 3600
+    assert s.relay.smarthost_auth_file == ""
+    # docs/configuration.rst: "1m", "5m", "15m", "30m", "1h", "2h", "4h"
+    assert s.relay.retry_schedule == (60, 300, 900, 1800, 3600, 7200, 14400)
+    assert (s.relay.max_per_destination, s.relay.max_concurrent_deliveries) == (10, 50)
+    assert s.relay.require_tls_after_seen is False
     assert s.mail_dir == "/etc/mh/var/mail"
     assert s.queue_dir == "/etc/mh/var/queue"
     assert s.warnings == ()
@@ -169,11 +180,15 @@ def test_bad_durations(value: object) -> None:
         ("[smtp]\nrelay_networks = [\"10.0.0.300/8\"]", "[smtp] relay_networks: '10.0.0.300/8'"),
         ("[smtp]\nbogus = 1", "[smtp] bogus: unknown key (known keys: auth_failure_delay"),
         ("[smtp]\nauth_failure_delay = -1", "[smtp] auth_failure_delay: must not be negative"),
+        ("[smtp]\nauth_failure_delay = true", "[smtp] auth_failure_delay: expected a number"),
         ("[pop3]\nallow_plaintext_auth = 1", "[pop3] allow_plaintext_auth: expected true or false"),
         ("[pop3]\ntls_listen = [\"tcp:995\"]", "[pop3] tls_listen: needs a [tls] section"),
         ("[submission]\ntls_listen = [\"tcp:465\"]", "[submission] tls_listen: needs a [tls]"),
         ("[relay]\nport = 70000", "[relay] port: 70000 is not a port number"),
+        ("[relay]\nport = 65536", "[relay] port: 65536 is not a port number (1-65535)"),
         ("[relay]\nsmarthost = \"nohost\"", "[relay] smarthost: 'nohost': use \"host:port\""),
+        ("[relay]\nsmarthost = \":587\"", "[relay] smarthost: ':587': use \"host:port\""),
+        ("[relay]\nsmarthost = \"smtp.example.net:0\"", "[relay] smarthost: 'smtp.example.net:0'"),
         ("[relay]\nsmarthost_tls = \"maybe\"", "[relay] smarthost_tls: 'maybe': use \"verify\""),
         ("[relay]\nnameservers = [\"dns.example\"]", "[relay] nameservers: 'dns.example'"),
         ("[relay]\nretry_schedule = []", "[relay] retry_schedule: expected a non-empty list"),
@@ -182,6 +197,7 @@ def test_bad_durations(value: object) -> None:
         ("[tls]\ncertificate = \"c.pem\"", "[tls] key: required when [tls] is present"),
         ("[weird]\nx = 1", "[weird]: unknown section"),
         ("[users]\nfile = \"\"", "[users] file: must not be empty"),
+        ("[users]\nfile = \" \"", "[users] file: must not be empty"),
         ("[smtp]\nmax_connections = []", "[smtp] max_connections: expected a whole number, got"),
     ],
 )
@@ -192,13 +208,38 @@ def test_each_problem_is_one_clear_line(snippet: str, expected: str) -> None:
     assert all("\n" not in p and "Traceback" not in p for p in found)
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("smtp", k) for k in ("max_message_size", "max_recipients", "max_connections",
+                           "max_connections_per_client", "max_errors", "max_junk_commands",
+                           "max_auth_failures")]
+    + [("pop3", k) for k in ("max_auth_failures", "max_connections",
+                             "max_connections_per_client")]
+    + [("relay", k) for k in ("port", "max_per_destination", "max_concurrent_deliveries")],
+)
+def test_every_count_must_be_greater_than_0(section: str, key: str) -> None:
+    # a limit of 0 or less would refuse everything (or nothing): a typo, said at once
+    for bad in (0, -1):
+        assert problems(MINIMAL + f"[{section}]\n{key} = {bad}\n") == [
+            f"/etc/mh/mailhub.toml: [{section}] {key}: must be greater than 0, got {bad}"]
+
+
+@pytest.mark.parametrize("section", ["smtp", "pop3"])
+def test_every_auth_failure_delay_must_not_be_negative(section: str) -> None:
+    assert problems(MINIMAL + f"[{section}]\nauth_failure_delay = -0.5\n") == [
+        f"/etc/mh/mailhub.toml: [{section}] auth_failure_delay: must not be negative, got -0.5"]
+
+
 def test_domains_required_and_validated() -> None:
     assert problems("[smtp]\n", "/x.toml") == [
         "/x.toml: [hub] domains: required: the local domains, the primary one first"
     ]
     assert "list at least one local domain" in problems('[hub]\ndomains = []\n')[0]
     assert "not a domain name" in problems('[hub]\ndomains = ["a b"]\n')[0]
-    for bad in ("Bad_dom!ain", "a..b", "-x-.test", "x" * 64 + ".test"):
+    longest = ".".join(["x" * 63] * 3 + ["x" * 61])  # 253 characters (RFC 1035 2.3.4)
+    load_text(f'[hub]\ndomains = ["{longest}"]\n', "/x.toml")
+    for bad in ("Bad_dom!ain", "a..b", "-x-.test", "x-.test", "x" * 64 + ".test",
+                longest + "x"):
         [problem] = problems(f'[hub]\ndomains = ["{bad}"]\n')
         assert "[hub] domains:" in problem and "is not a domain name" in problem, bad
     [twice] = problems('[hub]\ndomains = ["a.test", "A.test."]\n')
@@ -315,6 +356,11 @@ def test_warnings_below_rfc_minimums() -> None:
     ]
     s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65536\nmax_recipients = 100\n", "/c")
     assert s.warnings == ()
+    # the minimums themselves are fine; one second less is not
+    s = load_text(MINIMAL + '[smtp]\nidle_timeout = "5m"\n[pop3]\nidle_timeout = "10m"\n', "/c")
+    assert s.warnings == ()
+    s = load_text(MINIMAL + "[smtp]\nidle_timeout = 299\n[pop3]\nidle_timeout = 599\n", "/c")
+    assert [w.split(":")[1] for w in s.warnings] == [" [smtp] idle_timeout", " [pop3] idle_timeout"]
 
 
 def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
@@ -465,6 +511,18 @@ def test_nameservers_are_canonical_and_zones_refused() -> None:
         split_nameserver("fe80::1%eth0")
     found = problems(MINIMAL + '[relay]\nnameservers = ["[fe80::1%4]:53"]\n')
     assert len(found) == 1 and "zone" in found[0]
+    assert split_nameserver("127.0.0.1:65535") == ("127.0.0.1", 65535)
+    for bad in ("127.0.0.1:65536", "127.0.0.1:0", "[::1]:65536"):
+        with pytest.raises(ValueError, match="bad port"):
+            split_nameserver(bad)
+
+
+def test_a_smarthost_auth_file_without_a_smarthost_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "auth").write_text("u:p\n")
+    found = problems(MINIMAL + '[relay]\nsmarthost_auth_file = "auth"\n',
+                     str(tmp_path / "c.toml"))
+    assert found == [f"{tmp_path / 'c.toml'}: [relay] smarthost_auth_file: only used with "
+                     "[relay] smarthost"]
 
 
 def test_listen_endpoints_that_cannot_be_are_problems() -> None:

@@ -144,6 +144,23 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     assert "chown" not in err and "Traceback" not in err
 
 
+def test_twistd_exits_2_when_the_state_dir_check_fails_on_the_system(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    # an OSError while looking at the state directory (its lock file) is
+    # a path for the admin to fix, like a bad config: exit 2, one line
+    from txmailhub import service, tap
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "state" / "spool.lock"))
+
+    monkeypatch.setattr(service.MailHub, "check_state_dir", unreadable)
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(_tap_options(tmp_path, "state"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"mailhub: cannot use {tmp_path / 'state' / 'spool.lock'}: Permission denied" in err
+
+
 def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, capsys) -> None:
     # the relay reads it at each delivery: started with a bad one, the hub
     # would turn every outbound message into a retry, seen only in its log
@@ -244,6 +261,10 @@ def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path) -> None
         assert (st.st_uid, st.st_gid) == (4242, 4343), name
     assert os.lstat(state / "old").st_uid == 0
     assert os.lstat(state).st_uid == 0  # it existed: the admin made it for that user
+    # one that did not exist is made by root now, and given to the user too
+    tap.makeService(_tap_options(tmp_path, "new", parent={"uid": 4242, "gid": 4343}))
+    st = os.lstat(tmp_path / "new")
+    assert (st.st_uid, st.st_gid) == (4242, 4343)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
@@ -268,6 +289,32 @@ def test_twistd_uid_follows_no_link_the_hub_user_drops_in(tmp_path: Path, monkey
     monkeypatch.setattr(service, "MailHub", racing)
     tap.makeService(_tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343}))
     assert os.stat(victim / "shadow").st_uid == 0
+    assert os.stat(victim).st_uid == 0
+    assert os.lstat(state / "spool").st_uid == 4242
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
+def test_twistd_uid_walks_no_folder_the_hub_user_drops_in(tmp_path: Path, monkeypatch) -> None:
+    # a folder of the hub user's own, holding a hard link to a root file:
+    # only what root made is given away, never walked into otherwise
+    from txmailhub import service, tap
+
+    victim = tmp_path / "shadow"
+    victim.write_text("secret")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 4242, 4343)
+    real = service.MailHub
+
+    def racing(settings):
+        hub = real(settings)
+        (state / "drop").mkdir()
+        os.link(victim, state / "drop" / "shadow")
+        os.chown(state / "drop", 4242, 4343)
+        return hub
+
+    monkeypatch.setattr(service, "MailHub", racing)
+    tap.makeService(_tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343}))
     assert os.stat(victim).st_uid == 0
     assert os.lstat(state / "spool").st_uid == 4242
 
@@ -333,6 +380,30 @@ def test_twistd_as_root_without_uid_warns(tmp_path: Path, capsys) -> None:
     assert tap.ROOT_WARNING in capsys.readouterr().err
     tap.makeService(_tap_options(tmp_path, "state2", parent={"uid": 4242, "gid": 4343}))
     assert tap.ROOT_WARNING not in capsys.readouterr().err
+    tap.makeService(_tap_options(tmp_path, "state3", parent={"uid": 0, "gid": 0}))  # -u root
+    assert tap.ROOT_WARNING in capsys.readouterr().err
+
+
+def test_the_sighup_notice_gives_the_old_handler_back_at_stop() -> None:
+    # an application that stops the hub and goes on gets its own SIGHUP
+    # handling back, not a notice about a hub that is gone
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGHUP, mine)
+    try:
+        notice = HangupNotice()
+        notice.privilegedStartService()
+        notice.startService()
+        assert signal.getsignal(signal.SIGHUP) == notice._hangup
+        notice.stopService()
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
+import os
 import re
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from conftest import make_certificate
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -367,10 +369,25 @@ class ProtocolTests(SynchronousTestCase):
         p.connectionLost(None)
         assert h.spooler.aborted and not h.store.messages(ALICE)
         assert h.factory.connections == 0
+        assert h.factory.limits.sessions == set()  # nothing keeps a closed session
         lines = [formatEvent(e) for e in self.events]
         assert [x for x in lines if "in the middle of message" in x] == [
             "192.0.2.1 closed the connection in the middle of message "
             f"{p._message_id}: nothing stored"]
+
+    def test_a_client_that_goes_away_while_its_message_is_stored(self):
+        # the store finishes after connectionLost: the message is kept (and
+        # logged) without an answer to a session that is no more
+        h = Harness(hold=True)
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nhi\r\n.\r\n")
+        take(t)
+        p.connectionLost(None)
+        h.spooler.release()
+        gc.collect()  # an unhandled error in the store's Deferred is logged now
+        assert self.flushLoggedErrors() == []
+        assert take(t) == [] and len(h.store.messages(ALICE)) == 1
+        assert [e["code"] for e in self.events if "summary" in e] == [250]
 
     def test_bad_message_aborts_spool(self):
         h = Harness()
@@ -528,6 +545,19 @@ class ProtocolTests(SynchronousTestCase):
             second.factory.next_id() for _ in range(3)}
         assert len(ids) == 6
 
+    def test_message_ids_differ_across_a_restart_within_the_same_second(self):
+        # a new process counts from 1 again: the pid keeps its ids apart
+        import itertools
+
+        from txmailhub.smtp import protocol
+
+        ids = []
+        for pid in (4000, 4001):
+            self.patch(os, "getpid", lambda pid=pid: pid)
+            self.patch(protocol, "_MESSAGE_IDS", itertools.count(1))
+            ids.append(Harness().factory.next_id())  # both at the clock's second 0
+        assert ids[0] != ids[1]
+
     def test_a_client_that_half_closes_after_its_message_still_gets_the_250(self):
         # shutdown(SHUT_WR) after the final dot: the client may still read.
         # Closing at once dropped the 250 of a stored message: the client
@@ -557,6 +587,7 @@ class ProtocolTests(SynchronousTestCase):
         p.readConnectionLost()
         assert t.disconnecting
         p.connectionLost(None)
+        assert h.clock.getDelayedCalls() == []  # the delayed 535 is cancelled too
         h.clock.advance(10)
         assert take(t) == []
 
@@ -693,6 +724,9 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.OK.text()] and not t.disconnecting
         h.clock.advance(101)
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
+        # one line in the log for it, not a second "closing the session"
+        assert [formatEvent(e) for e in self.events if "192.0.2.1" in formatEvent(e)] == [
+            "idle timeout for 192.0.2.1"]
 
     def test_idle_means_no_complete_command_not_no_byte(self):
         # a byte every few minutes of a line that never ends (or ends after
@@ -764,16 +798,32 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(300)
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
         assert not t.disconnected
-        h.clock.advance(CLOSE_GRACE)
+        h.clock.advance(29.9)  # docs/smtp.rst: "cut 30 s after the 221 or 421"
+        assert not t.disconnected
+        h.clock.advance(0.1)
         assert t.disconnected  # aborted
         p.connectionLost(None)
         assert not h.clock.getDelayedCalls()
+
+    def test_a_session_closed_but_not_yet_gone_has_no_idle_timeout(self):
+        # a TLS close waits for the client (up to CLOSE_GRACE): the idle
+        # timer must not fire on the closed session meanwhile
+        h = Harness(idle_timeout=10)
+        p, t = h.connect()
+        p.engine.session.tls = True
+        p.dataReceived(b"EHLO c\r\nQUIT\r\n")
+        assert take(t)[-1].startswith("221 ") and t.disconnecting
+        h.clock.advance(11)
+        assert take(t) == []
+        assert not any("idle timeout" in formatEvent(e) for e in self.events)
 
     def test_quit_on_a_plain_connection_arms_no_timer(self):
         h = Harness(idle_timeout=0)
         p, t = h.connect()
         p.dataReceived(b"QUIT\r\n")
         assert t.disconnecting and not h.clock.getDelayedCalls()
+        # a QUIT is no event worth a log line (the 421s are)
+        assert not any("closing the session" in formatEvent(e) for e in self.events)
 
     def test_idle_timeout_zero_turns_it_off(self):
         h = Harness(idle_timeout=0)
@@ -863,6 +913,19 @@ class ProtocolTests(SynchronousTestCase):
             assert [take(h.connect(host)[1])[0][:3] for _ in range(3)] == ["220"] * 3
         out = [take(h.connect("192.0.2.7")[1])[0][:3] for _ in range(3)]
         assert out == ["220", "220", "421"]
+
+    def test_a_client_on_a_unix_socket_is_local(self):
+        # no address to judge it by: only the machine's own users reach a
+        # unix: listener, so it relays like loopback and has no per-client limit
+        q = QueueSpy()
+        h = Harness(queue=q, max_connections=10, max_connections_per_client=1)
+        for _ in range(2):
+            p = h.factory.buildProtocol(UNIXAddress(None))
+            t = StringTransport(peerAddress=UNIXAddress(None))
+            p.makeConnection(t)
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<x@remote.test>\r\n")
+            assert take(t)[-1].startswith("250 2.1.5 ")
+        assert h.factory.connections == 2
 
     def test_return_path_fields_are_left_alone_in_mail_relayed_for_a_relay_client(self):
         # RFC 5321 4.4: a relay MUST NOT inspect the data for Return-path
@@ -964,9 +1027,32 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.AUTH_THROTTLED.text()]
         p, t = attempt("secret", host="192.0.2.10")  # another client is not affected
         assert take(t)[0].startswith("235")
-        h.clock.advance(601)  # the window passes
+        h.clock.advance(599)  # docs/smtp.rst: "10 in 10 minutes"
+        p, t = attempt("secret")
+        assert take(t) == [replies.AUTH_THROTTLED.text()]
+        p.connectionLost(None)
+        h.clock.advance(2)  # the window passes
         p, t = attempt("secret")
         assert take(t)[0].startswith("235")
+
+    def test_the_login_failure_window_counts_only_guesses_from_off_the_machine(self):
+        # docs/smtp.rst: loopback is exempt; a response that is not SASL at
+        # all is no password guess (it fails without a check)
+        h = Harness(auth_failure_delay=0.0, max_auth_failures=100, max_errors=100)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\n")
+        for _ in range(12):
+            p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\n".encode())
+            h.clock.advance(0)
+        assert take(t)[-1] == replies.AUTH_FAILED.text()
+        p, t = h.connect("192.0.2.60")
+        p.engine.session.tls = True  # AUTH off loopback needs TLS
+        p.dataReceived(b"EHLO c\r\n")
+        for _ in range(12):
+            p.dataReceived(f"AUTH PLAIN {b64('no separators')}\r\n".encode())
+            h.clock.advance(0)
+        assert take(t)[-1] == replies.AUTH_FAILED.text()
+        assert h.factory.login_failures._failures == {}
 
     def test_auth_backend_error_is_454_and_pipelined_commands_wait(self):
         h = Harness(auth_failure_delay=1.0)

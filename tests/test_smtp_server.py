@@ -220,6 +220,25 @@ def test_unknown_user_and_relay_denied_and_postmaster():
         "250", "250"]
 
 
+def test_postmaster_is_accepted_from_a_router_that_does_not_know_it():
+    # RFC 5321 4.5.1: the policy itself never refuses the postmaster of a
+    # local domain, whatever router an application plugs in
+    from txmailhub.errors import Rejected
+
+    def resolve(address):
+        raise Rejected(replies.UNKNOWN_USER)
+
+    router = SimpleNamespace(is_local_domain=lambda domain: True, resolve=resolve)
+    policy = RecipientPolicy(SimpleNamespace(
+        router=router, queue=None,
+        settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org"))))
+    session = Session(client_host="192.0.2.9")
+    for rcpt in (Address("PostMaster", "example.org"), Address("postmaster", "example.net")):
+        assert policy.check_recipient(rcpt, session) == (Address("postmaster", "example.org"),)
+    with pytest.raises(Rejected):
+        policy.check_recipient(Address("nobody", "example.org"), session)
+
+
 def test_refusals_are_logged_with_client_and_sender():
     from twisted.logger import formatEvent, globalLogPublisher
 

@@ -88,6 +88,26 @@ def test_pairs_that_clients_will_trip_over_are_warnings(tmp_path, kwargs, warnin
     assert problems == [] and len(warnings) == 1 and warning in warnings[0], warnings
 
 
+def test_a_self_signed_certificate_alone_is_no_incomplete_chain(tmp_path):
+    # nothing signed it but itself: there is no certificate to add
+    from conftest import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    assert tls.pair_findings(str(cert), str(key)) == ([], [])
+
+
+def test_a_chain_out_of_order_is_a_warning(tmp_path):
+    from conftest import make_certificate
+
+    cert, key = pair(tmp_path / "pair")
+    stranger, _ = make_certificate(tmp_path / "stranger")
+    leaf = Path(cert).read_bytes().split(b"-----END CERTIFICATE-----")[0]
+    Path(cert).write_bytes(leaf + b"-----END CERTIFICATE-----\n" + stranger.read_bytes())
+    problems, warnings = tls.pair_findings(cert, key)
+    assert problems == [] and len(warnings) == 1, warnings
+    assert "the certificates are not in order" in warnings[0]
+
+
 def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
     # RFC 9325 4.1/4.2: no RSA key transport, no CBC; TLS 1.3's suites stay
     ciphers = SSL.Connection(tls.tls_options(*pair(tmp_path)).getContext(), None) \
@@ -143,6 +163,29 @@ def test_a_new_pair_that_cannot_serve_keeps_the_old_one_and_says_so_once(tmp_pat
     errors = [e for e in events if e["log_level"].name == "error"]
     assert len(errors) == 1 and "keeping the old ones" in errors[0]["log_format"]
     assert not factory.reload()  # SIGHUP: still not usable
+    # said once per change: the SIGHUP line says why (below), not another error
+    assert len([e for e in events if e["log_level"].name == "error"]) == 1
+
+
+def test_a_new_pair_openssl_refuses_keeps_the_old_one(tmp_path, events):
+    # cryptography reads a 1024-bit RSA pair; OpenSSL will not serve it
+    # ("ee key too small"): every handshake would fail on it
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    weak = rsa.generate_private_key(65537, 1024)
+    weak_cert = _cert("mail.example.org", weak, "mail.example.org", weak, NOW - DAY,
+                      NOW + 60 * DAY)
+    Path(cert).write_bytes(weak_cert.public_bytes(serialization.Encoding.PEM))
+    Path(key).write_bytes(weak.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    assert not factory.reload()
+    assert "too small" in factory.failure
+    assert serial_served(factory) == first
 
 
 def test_sighup_that_keeps_the_old_pair_says_why(tmp_path, events):
