@@ -60,6 +60,19 @@ def test_received_ipv6_and_hostile_helo():
     assert len(lines) == 5  # four folded lines and the final LF
 
 
+def test_a_client_without_an_ip_address_gets_no_address_literal():
+    # a unix: listener's client (the adapter names it "localhost"): RFC
+    # 5321 4.4's TCP-info is an address literal, "[localhost]" is none
+    for helo, first in (("client.test", [b"Received: from client.test"]),
+                        ("<evil>", [b"Received: from localhost", b"\t(HELO ?evil?)"])):
+        field = received(hostname="mx", helo=helo, client_ip="localhost", protocol="ESMTP",
+                         message_id="I", when=0)
+        lines = field.split(b"\n")
+        assert lines[:len(first)] == first, field
+        assert lines[len(first)].startswith(b"\tby mx (txmailhub) with ESMTP")
+        assert b"[" not in field
+
+
 @pytest.mark.parametrize(
     ("helo", "first"),
     [

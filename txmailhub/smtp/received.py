@@ -20,6 +20,7 @@ import functools
 import re
 
 from txmailhub.address import Address, address_literal, ascii_domain
+from txmailhub.address import client_ip as _ip_address
 
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
            "received", "return_path", "rfc5322_date"]
@@ -124,7 +125,7 @@ class ReturnPathFilter:
 
 
 @functools.lru_cache(maxsize=1024)
-def _from(helo: str, source: str) -> str:
+def _from(helo: str, client_ip: str) -> str:
     """The field's first line: the client's HELO name and its address.
 
     RFC 5321 4.4 wants a Domain or an address literal after "from"; an
@@ -132,10 +133,23 @@ def _from(helo: str, source: str) -> str:
     any message can take (RFC 6531 3.7.3 allows U-labels only in SMTPUTF8
     messages).  A name that is neither (a bare word with a slash, "<evil>",
     a broken literal) is still recorded, in a comment of safe characters
-    after the address, which then stands in the name's place."""
+    after the address, which then stands in the name's place.
+
+    A client without an IP address (a ``unix:`` listener's, "localhost")
+    has no address literal to give, and TCP-info is one: the clause is
+    left out, and "localhost" stands for a bad name.  (Cached: a client's
+    address and name are judged once, not per message.)"""
+    source = None
+    if _ip_address(client_ip) is not None:
+        ip = _safe(client_ip)
+        source = f"[{ip}]" if ":" not in ip else f"[IPv6:{ip}]"
     # mapped whole, then judged (its 255-octet limit): a cut before the
     # mapping could leave a different name (IDNA drops soft hyphens)
     name = ascii_domain(helo[:1024]) if not helo.isascii() else helo
+    if source is None:
+        if _valid_helo(name):
+            return f"Received: from {name}"
+        return f"Received: from localhost\n\t(HELO {_safe(name)})"
     if _valid_helo(name):
         return f"Received: from {name} ({source})"
     return f"Received: from {source} ({source})\n\t(HELO {_safe(name)})"
@@ -184,9 +198,7 @@ def received(
     ``tls`` is ``(version, cipher)`` when the session was encrypted;
     ``recipient`` is named in the ``for`` clause (the server gives it only
     for a single-recipient transaction, so lists are not disclosed)."""
-    ip = _safe(client_ip)
-    source = f"[{ip}]" if ":" not in ip else f"[IPv6:{ip}]"
-    lines = [_from(helo, source)]
+    lines = [_from(helo, client_ip)]
     by = f"\tby {_safe(hostname)} (txmailhub) with {protocol}"
     if tls is not None:
         by += f" ({_safe(tls[0], 40)} cipher {_safe(tls[1], 80)})"
