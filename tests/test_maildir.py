@@ -784,6 +784,18 @@ class MailboxTests(Base):
         self.assertTrue(box.list_messages()[0].path.endswith(":2,ST"))
         box.close()
 
+    def test_only_the_info_of_the_2_semantics_carries_flags(self):
+        # Maildir: "2," then the flags; an "S" in other info (the
+        # experimental "1," semantics) is no Seen flag
+        self.deliver([JOE], b"one\n")
+        p = os.path.join(self.md(), "new", self.names()[0])
+        os.rename(p, os.path.join(self.md(), "cur", os.path.basename(p) + ":1,S"))
+        box = self.open()
+        self.assertFalse(box.list_messages()[0].seen)
+        box.mark_seen(0)
+        self.assertTrue(box.list_messages()[0].path.endswith(":2,S"))
+        box.close()
+
     def test_a_seen_message_left_in_new_is_moved_to_cur(self):
         self.deliver([JOE], b"one\n")
         p = os.path.join(self.md(), "new", self.names()[0])
@@ -843,6 +855,23 @@ class MailboxTests(Base):
         self.assertEqual(os.listdir(os.path.join(self.md(), "cur")),
                          [os.path.basename(info.path)])
         self.assertEqual(box.open_message(0).read(), b"one\n")
+        box.close()
+
+    def test_delete_of_a_file_renamed_by_another_reader(self):
+        # flags changed by another Maildir reader after the snapshot: the
+        # message marked with DELE still goes (RFC 1939 6), found again by
+        # its unique part; the others stay
+        self.deliver([JOE], b"one\n")
+        self.deliver([JOE], b"two\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        moved = os.path.join(self.md(), "cur", os.path.basename(path) + ":2,R")
+        os.rename(path, moved)
+        self.successResultOf(box.delete([0]))
+        self.assertFalse(os.path.exists(moved))
+        box.close()
+        box = self.open()
+        self.assertEqual([box.open_message(i).read() for i in range(1)], [b"two\n"])
         box.close()
 
     def test_open_message_is_unbuffered(self):

@@ -442,6 +442,22 @@ def test_stls_starts_afresh_and_drops_pipelined_plaintext():
     assert talk(proto, t, b"PASS joepw\r\n").startswith(b"+OK Logged in")
 
 
+def test_stls_keeps_the_count_of_failed_logins():
+    # RFC 2595 4 starts the session afresh, not the guesser's allowance:
+    # failures before STLS count towards max_auth_failures after it
+    env = Env(tls=object(), max_auth_failures=3, auth_failure_delay=1.0)
+    proto, t = env.connect(peer=REMOTE)
+    for _ in range(2):
+        talk(proto, t, b"APOP joe " + b"0" * 32 + b"\r\n")
+        env.clock.advance(10)
+        assert t.value() == R.AUTH_FAILED.to_bytes()
+    assert talk(proto, t, b"STLS\r\n") == R.STLS_BEGIN.to_bytes()
+    talk(proto, t, b"USER joe\r\nPASS wrong\r\n")
+    env.clock.advance(10)
+    assert t.value().endswith(R.TOO_MANY_AUTH_FAILURES.to_bytes())
+    assert t.disconnecting
+
+
 # -- locking and UPDATE ------------------------------------------------------
 
 
@@ -483,6 +499,91 @@ def test_dropped_connection_deletes_nothing_and_unlocks():
     lines = [formatEvent(e) for e in events if "nothing deleted" in formatEvent(e)]
     assert [x.split(" from ")[1].split(" ", 1)[1] for x in lines] == [
         "left without QUIT: nothing deleted", "closed as the hub stops: nothing deleted"]
+
+
+@implementer(IRealm)
+class SpyLogoutRealm(Realm):
+    """A realm of an application's own: its logout is its business (here
+    a count), not the mailbox's ``close``."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.logouts = 0
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        d = super().requestAvatar(avatar_id, mind, *interfaces)
+        return d.addCallback(lambda r: (r[0], r[1], self.logout))
+
+    def logout(self):
+        self.logouts += 1
+
+
+@pytest.mark.parametrize("end", ["QUIT", "drop"])
+def test_session_end_calls_the_realm_logout_and_closes_the_mailbox(end):
+    # twisted.cred: the logout callable is called at the end; IMailbox.close
+    # releases the lock whatever the realm's logout does
+    env = Env()
+    realm = SpyLogoutRealm(env.store)
+    env.portal.realm = realm
+    env.store.add("joe@example.org", b"keep\n")
+    proto, t = login(env)
+    assert env.store.is_locked("joe@example.org")
+    if end == "QUIT":
+        assert talk(proto, t, b"QUIT\r\n").startswith(b"+OK")
+    proto.connectionLost(None)
+    assert realm.logouts == 1
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_mailbox_that_cannot_be_listed_is_unlocked_at_once():
+    # the login fails [SYS/TEMP]; the client may stay connected (and retry):
+    # the mailbox must not stay locked until it leaves
+    env = Env()
+    opened = []
+    open_mailbox = env.store.open_mailbox
+
+    def broken(address):
+        def listing_fails(box):
+            box.list_messages = mock.Mock(side_effect=OSError("EIO"))
+            opened.append(box)
+            return box
+        return open_mailbox(address).addCallback(listing_fails)
+
+    env.store.open_mailbox = broken
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS joepw\r\n") == R.MAILBOX_TEMP_FAILURE.to_bytes()
+    assert opened and not env.store.is_locked("joe@example.org")
+    assert proto.mailbox is None
+
+
+def test_an_internal_error_is_answered_and_closes():
+    # a realm of an application's own that answers with the wrong shape:
+    # our bug or theirs, the client gets [SYS/TEMP] and the connection ends
+    env = Env()
+
+    @implementer(IRealm)
+    class Bad:
+        def requestAvatar(self, avatar_id, mind, *interfaces):
+            return (IMailbox, object())
+
+    env.portal.realm = Bad()
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS joepw\r\n") == R.INTERNAL_ERROR.to_bytes()
+    assert t.disconnecting
+
+
+def test_input_after_the_close_is_ignored():
+    # a connection refused over the limits (it has no engine), and one
+    # closed after QUIT: what the client still sends is dropped unread
+    env = Env(max_connections=1)
+    proto, t = login(env)
+    refused, tr = env.connect()
+    assert tr.value() == R.TOO_MANY_CONNECTIONS.to_bytes()
+    assert talk(refused, tr, b"USER joe\r\n") == b""
+    assert talk(proto, t, b"QUIT\r\nNOOP\r\n") == R.bye_updated(0).to_bytes()
+    assert talk(proto, t, b"NOOP\r\n") == b""
 
 
 def test_a_client_that_never_logs_in_is_closed_and_logged(log_events):

@@ -376,8 +376,21 @@ def test_auth_plain_cancel_and_bad_data():
     assert sent(e, b"AUTH PLAIN " + plain("", "joe", "")) == R.AUTH_BAD_PLAIN.to_bytes()
     assert sent(e, b"AUTH PLAIN a b c") == R.bad_syntax(
         "AUTH mechanism [initial-response]").to_bytes()
+    assert sent(e, b"AUTH PLAIN a b") == R.bad_syntax(
+        "AUTH mechanism [initial-response]").to_bytes()
     assert sent(e, b"AUTH CRAM-MD5") == R.AUTH_UNKNOWN_MECHANISM.to_bytes()
     assert sent(e, "AUTH pla\u0131n".encode()) == R.AUTH_UNKNOWN_MECHANISM.to_bytes()
+    assert e.auth_failures == 0
+
+
+def test_auth_plain_base64_is_strict_and_the_message_has_three_fields():
+    # RFC 4648 3.3: characters outside the alphabet are rejected, not skipped;
+    # RFC 4616 2: message = [authzid] NUL authcid NUL passwd, nothing more
+    e = engine()
+    good = plain("", "joe", "pw")
+    assert sent(e, b"AUTH PLAIN " + good[:4] + b"!" + good[4:]) == R.AUTH_BAD_BASE64.to_bytes()
+    four = base64.b64encode(b"\0joe\0pw\0more")
+    assert sent(e, b"AUTH PLAIN " + four) == R.AUTH_BAD_PLAIN.to_bytes()
     assert e.auth_failures == 0
 
 
@@ -662,3 +675,20 @@ def test_message_numbers_are_ascii_digits_only(line):  # ٢: ARABIC-INDIC DIGIT 
     e = logged_in()
     assert sent(e, line.encode()) == R.INVALID_NUMBER.to_bytes()
     assert sent(e, "TOP 1 ٢".encode()) == R.INVALID_LINE_COUNT.to_bytes()
+
+
+def test_line_reader_counts_a_partial_line_once_and_clear_forgets_it():
+    """``buffered`` (the adapter's INPUT_LIMIT looks at it) counts each octet
+    held once, a partial line's too; ``clear`` (STLS) leaves nothing, not
+    even the start of a line that would prefix the first line after it."""
+    reader = LineReader(4096)
+    reader.feed(b"STAT\r\nLI")
+    assert reader.buffered == 8
+    reader.feed(b"ST\r\nUI")
+    assert reader.buffered == 14
+    assert reader.pop() == b"STAT"
+    assert reader.buffered == 8
+    reader.clear()
+    assert reader.buffered == 0 and not reader.has_line
+    reader.feed(b"CAPA\r\n")
+    assert reader.pop() == b"CAPA"
