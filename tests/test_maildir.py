@@ -1140,6 +1140,38 @@ class PlainNameTests(Base):
         after = {i.uid for i in scan(self.md())}
         self.assertIn("1.dup", after)  # a UIDL never shown before: fetched again, not lost
 
+    def test_a_gone_file_is_never_found_again_as_another_message(self):
+        # Two foreign files with one unique part: when one goes (another
+        # reader deleted it, or renamed it), looking for it by its unique
+        # part must not take the other one -- DELE of the first would remove
+        # a message the client never marked (RFC 1939 6), RETR send it.
+        self.drop("1.same", b"x\n", sub="new")
+        with open(os.path.join(self.md(), "cur", "1.same:2,S"), "wb") as f:
+            f.write(b"y\n")
+        box = self.open()
+        [first] = [i for i, m in enumerate(box.list_messages())
+                   if m.path.endswith("/new/1.same")]
+        other = os.path.join(self.md(), "cur", "1.same:2,S")
+        os.unlink(os.path.join(self.md(), "new", "1.same"))
+        self.assertRaises(FileNotFoundError, box.open_message, first)
+        self.successResultOf(box.delete([first]))  # already gone: not an error
+        self.assertTrue(os.path.exists(other))
+        box.close()
+        # renamed rather than deleted: found, the other left alone
+        self.drop("2.same", b"x\n", sub="new")
+        with open(os.path.join(self.md(), "cur", "2.same:2,S"), "wb") as f:
+            f.write(b"y\n")
+        box = self.open()
+        [first] = [i for i, m in enumerate(box.list_messages())
+                   if m.path.endswith("/new/2.same")]
+        moved = os.path.join(self.md(), "cur", "2.same:2,T")
+        os.rename(os.path.join(self.md(), "new", "2.same"), moved)
+        self.assertEqual(box.open_message(first).read(), b"x\n")
+        self.successResultOf(box.delete([first]))
+        self.assertFalse(os.path.exists(moved))
+        self.assertTrue(os.path.exists(os.path.join(self.md(), "cur", "2.same:2,S")))
+        box.close()
+
     def test_symlinks_are_not_followed(self):
         self.deliver([JOE], b"ours\n")  # the Maildir exists
         secret = os.path.join(self.state, "secret")

@@ -236,9 +236,12 @@ class MaildirMailbox:
     def _find(self, index: int) -> str:
         """Where message ``index`` went if another Maildir reader renamed
         it (flags): found again by its unique part, and remembered.  The
-        recorded path if it is nowhere."""
+        recorded path if it is nowhere.  A file that is another message of
+        the snapshot is never taken for it (foreign files may share a
+        unique part: DELE of one must not remove the other)."""
         info = self._messages[index]
         stem = os.path.basename(info.path).split(":", 1)[0]  # survives flag changes
+        others: set[str] | None = None
         for sub in ("cur", "new"):
             folder = os.path.join(self.path, sub)
             try:
@@ -248,6 +251,10 @@ class MaildirMailbox:
             for name in names:
                 if name.split(":", 1)[0] == stem:
                     path = os.path.join(folder, name)
+                    if others is None:  # rare: a shared unique part, or a rename
+                        others = {m.path for j, m in enumerate(self._messages) if j != index}
+                    if path in others:
+                        continue
                     flags = name.partition(":")[2]
                     seen = flags.startswith("2,") and "S" in flags[2:]
                     self._messages[index] = dataclasses.replace(info, path=path, seen=seen)
