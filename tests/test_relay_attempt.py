@@ -779,3 +779,67 @@ def test_at_most_ten_addresses_per_attempt_and_an_untried_host_stays_healthy(tmp
     # mxb was never tried: it is not "failed", so the next attempt starts there
     [r] = run(net, a.deliver(entry(tmp_path, who), "many.test", [who]))
     assert r.kind == "delivered" and net.connections[10:] == [("192.0.2.200", 25)]
+
+
+def test_a_host_that_answers_again_is_healthy_again(tmp_path):
+    a, net, _ = agent(tmp_path)
+    a.mx.health.failed("mx1.remote.test")  # mx2 is tried first now, and is down
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered" and r.remote_mta == "mx1.remote.test"
+    assert not a.mx.health.is_failed("mx1.remote.test")
+    assert a.mx.health.is_failed("mx2.remote.test")
+
+
+def _agent_with(tmp_path, relay="", **kw):
+    clock = Clock()
+    s = settings(tmp_path, relay)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)
+    kw.setdefault("tls_options", lambda host, verify: FakeTLS(host))
+    return DeliveryAgent(s, mx, clock, endpoint=net.endpoint, **kw), net
+
+
+def test_a_verified_smarthost_gets_a_verifying_tls_context(tmp_path):
+    # smarthost_tls = "verify" (the default): its certificate is checked
+    # against its name, never the non-verifying context MX hosts get
+    asked = []
+
+    def tls_options(host, verify):
+        asked.append((host, verify))
+        return FakeTLS(host)
+
+    a, net = _agent_with(tmp_path, 'smarthost = "smart.example.net:25"', tls_options=tls_options)
+    net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS",), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "delivered" and net.server_protocols[0].tls
+    assert asked and set(asked) == {("smart.example.net", True)}
+
+
+def test_a_conversion_that_breaks_is_retried_not_bounced(tmp_path):
+    # a local error (a full disk while writing the 7-bit copy) is this
+    # hub's problem, not the message's: 451, the message stays queued
+    from txmailhub.relay import mime7bit
+
+    def run_blocking(f, *args):
+        if f is mime7bit.convert_file:
+            return defer.fail(OSError("No space left on device"))
+        return defer.maybeDeferred(f, *args)
+
+    a, net = _agent_with(tmp_path, run_blocking=run_blocking)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n".encode()
+    [r] = run(net, a.deliver(entry(tmp_path, BOB, body=body), "remote.test", [BOB]))
+    assert r.kind == "transient" and r.reply.code == 451
+    assert not net.server_protocols[0].messages
+
+
+def test_an_mx_on_port_465_is_not_spoken_to_in_implicit_tls(tmp_path):
+    # implicit TLS is for a port-465 smarthost only (relay.rst); an MX host
+    # on [relay] port 465 still gets the ordinary session
+    a, net = _agent_with(tmp_path, "port = 465")
+    net.servers[("2001:db8::1", 465)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered" and not net.server_protocols[0].tls

@@ -563,3 +563,26 @@ def test_every_utf8_recipient_the_server_takes_fits_a_dsn_line(tmp_path):
     final = [line for line in data.split(b"\n") if line.startswith(b"Final-Recipient: utf-8;")]
     assert final and max(len(line) for line in data.split(b"\n")) <= 998
     assert len(final[0]) > 900  # the limit is the line, not far below it
+
+
+def test_a_recipient_never_attempted_gets_the_class_of_its_action():
+    # expired before any attempt (no reply at all): RFC 3463 classes
+    assert bounce.status_of(None, bounce.DELAYED) == "4.0.0"
+    assert bounce.status_of(None, bounce.FAILED) == "5.0.0"
+
+
+def test_a_reply_without_an_enhanced_code_gives_its_class():
+    # a server without ENHANCEDSTATUSCODES (RFC 2034): the class of its code
+    greylisted = Reply(451, None, ("greylisted",))
+    assert bounce.status_of(greylisted, bounce.DELAYED) == "4.0.0"
+    assert bounce.status_of(Reply(550, None, ("no such user",)), bounce.FAILED) == "5.0.0"
+
+
+def test_an_expanded_notice_has_no_diagnostic_code(tmp_path):
+    # the alias was delivered to its members here: no remote reply to quote
+    entry = make_entry(tmp_path)
+    rec = dataclasses.replace(entry.recipient(BOB), last_reply=Reply.of(250, "2.0.0", "ok"))
+    _, msg = build(entry, [rec], action=bounce.EXPANDED)
+    _, status, _ = list(msg.iter_parts())
+    block = status.get_payload()[1]
+    assert block["Action"] == "expanded" and block["Diagnostic-Code"] is None

@@ -538,3 +538,45 @@ def test_a_run_of_blanks_is_never_folded_into_a_line_of_only_blanks():
     # RFC 5322 3.2.2: a folded line must not be all white space
     out = _encoded("To: Jörg" + " " * 200 + "<j@x.org>")
     assert all(line.strip() for line in out.split(b"\n")[:-1]), out
+
+
+def test_unknown_8bit_words_keep_to_75_characters_and_lines_to_76():
+    # RFC 2047 2 holds for the words of octets that are not UTF-8 too
+    import re
+
+    from txmailhub.relay.header7bit import encode_field
+
+    out = encode_field(b"Subject: " + b"caf\xe9 au lait, s'il vous pla\xeet " * 6 + b"\n")
+    words = re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", out)
+    assert len(words) > 2 and max(map(len, words)) <= 75
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+
+
+def test_an_address_field_that_is_not_utf8_is_unconvertible():
+    # its display name would have to be guessed (Latin-1?): never
+    with pytest.raises(Unconvertible):
+        convert(b"From: J\xf6rg <joerg@example.org>\nTo: a@example.org\n\nbody\n")
+
+
+@pytest.mark.parametrize("length", [999, 5000])
+def test_an_ascii_body_with_over_long_lines_is_encoded_too(length):
+    # the 8-bit octets are in a header field only; a body line over 998
+    # octets (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6) must still not go raw
+    body = b"x" * length + b"\n"
+    out = convert(b"Subject: Gr\xc3\xbc\xc3\x9fe\n\n" + body)
+    assert_7bit(out)
+    assert parse(out).get_content().encode() == body
+
+
+def test_a_boundary_inside_an_over_long_line_is_no_boundary():
+    # RFC 2046 5.1.1: a delimiter starts a line; the rest of a line longer
+    # than one read is not the start of one
+    from txmailhub.relay.mime7bit import LINE_LIMIT
+
+    text = "Grüße\n".encode() + b"x" * LINE_LIMIT + "--b1\nmehr Grüße\n".encode()
+    src = (b"Subject: x\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n"
+           b"--b1\nContent-Type: text/plain; charset=utf-8\n\n" + text + b"--b1--\n")
+    out = convert(src)
+    assert_7bit(out)
+    [part] = parse(out).iter_parts()
+    assert part.get_content().encode() == text[:-1]  # its last LF is the delimiter's

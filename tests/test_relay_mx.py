@@ -33,6 +33,7 @@ ZONE = {
     "null.test": {"MX": [(0, "")]},
     "broken.test": {"MX": dns_error.DNSServerError("x")},
     "slow.test": {"MX": dns_error.DNSQueryTimeoutError("x")},
+    "refused.test": {"MX": dns_error.DNSQueryRefusedError("x")},
     "equal.test": {"MX": [(10, "a.equal.test"), (10, "b.equal.test"), (10, "c.equal.test"),
                           (5, "first.equal.test")]},
     "a.equal.test": {"A": ["192.0.2.11"]},
@@ -124,6 +125,13 @@ def test_nxdomain_is_permanent():
 def test_servfail_and_timeout_are_temporary(domain, word):
     e = error_of(resolver().resolve(domain), TemporaryDNSError)
     assert not e.permanent and word in e.reason
+
+
+def test_any_other_mx_lookup_failure_is_temporary():
+    # REFUSED (a name server that will not answer us today) says nothing
+    # about the domain: retry, never a bounce
+    e = error_of(resolver().resolve("refused.test"), TemporaryDNSError)
+    assert not e.permanent
 
 
 def test_mx_host_address_failure_is_temporary():
@@ -390,3 +398,17 @@ def test_no_grace_without_an_address_to_go_to():
     rr = dns.RRHeader(b"h.v6only.test", dns.AAAA, dns.IN, 60, dns.Record_AAAA("2001:db8::7"))
     fake.held["h.v6only.test", "AAAA"].callback(([rr], [], []))
     assert out == [[MXHost("h.v6only.test", 10, ("2001:db8::7",))]]
+
+
+def test_this_hub_at_two_preferences_cuts_at_the_most_preferred():
+    # RFC 5321 5.1: discard every MX at or above the *lowest* preference
+    # that is us -- here our name at 10, our address under another name at 20
+    table = {("twice.test", "MX"): [mx(b"twice.test", 5, b"primary.twice.test"),
+                                    mx(b"twice.test", 10, b"mail.hub.test"),
+                                    mx(b"twice.test", 20, b"alias.twice.test")],
+             ("primary.twice.test", "A"): [a(b"primary.twice.test", "192.0.2.40")],
+             ("mail.hub.test", "A"): [a(b"mail.hub.test", "192.0.2.41")],
+             ("alias.twice.test", "A"): [a(b"alias.twice.test", "192.0.2.41")]}
+    r = MXResolver(RawResolver(table), Clock(), "mail.hub.test",
+                   listening=[("192.0.2.41", 25)], rng=random.Random(1))
+    assert [h.name for h in result(r.resolve("twice.test"))] == ["primary.twice.test"]

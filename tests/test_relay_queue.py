@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 
@@ -521,3 +522,109 @@ def test_an_unreadable_record_says_why_once(raw, why):
     with pytest.raises(record.RecordError) as info:
         record.QueueEntry.from_json(raw)
     assert str(info.value) == why
+
+
+def test_delete_rejects_path_tricks(tmp_path, spool):
+    q = make_queue(tmp_path)
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(b"{}")
+    assert q.delete("../victim") is False
+    assert victim.exists()
+
+
+def test_a_new_id_never_takes_a_queued_message_s_name(tmp_path, spool, monkeypatch):
+    # same millisecond, same random part: the second id must differ, and
+    # the first entry's message must not be touched
+    from txmailhub.relay import queue as queue_module
+
+    q = make_queue(tmp_path)
+    first = q.enqueue(envelope("bob@remote.test"), spool).result
+    tokens = iter([first[-6:], "ABCDEF"])
+    monkeypatch.setattr(queue_module.secrets, "token_hex", lambda n: next(tokens))
+    second = q.enqueue(envelope("carol@remote.test"), spool).result
+    assert isinstance(second, str) and second != first
+    assert open(q.message_path(first), "rb").read() == BODY
+    assert q.read(first).recipients[0].address == Address("bob", "remote.test")
+
+
+def test_remove_order_of_durable_steps(tmp_path, spool):
+    # the record's removal is durable before the message goes: a crash in
+    # between never leaves a record whose message is missing
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    q.fs = fs = CrashingFS()
+    assert q.delete(qid)
+    assert fs.steps == ["unlink", "fsync_dir", "unlink", "fsync_dir"]
+
+
+def test_an_update_holds_the_lock_against_mailhub_queue(tmp_path, spool):
+    # ``mailhub queue`` in another process takes the same flock: while a
+    # record is read, changed and written nobody else may even read it
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    fd = os.open(os.path.join(q.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    blocked = []
+
+    def change(e):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            blocked.append(True)
+        return e
+
+    try:
+        q.update_now(qid, change)
+    finally:
+        os.close(fd)
+    assert blocked == [True]
+
+
+def _record_json(**changes):
+    entry = record.QueueEntry.new("0000000000ABCDEF", envelope("bob@remote.test"), 1.0)
+    data = json.loads(entry.to_json())
+    data.update(changes)
+    return data
+
+
+def test_a_record_of_another_format_is_refused():
+    raw = json.dumps(_record_json(format=record.FORMAT + 1)).encode()
+    with pytest.raises(record.RecordError, match="unknown queue record format"):
+        record.QueueEntry.from_json(raw)
+
+
+def test_an_unknown_recipient_state_is_refused():
+    data = _record_json()
+    data["recipients"][0]["state"] = "sent"
+    with pytest.raises(record.RecordError, match="unknown recipient state"):
+        record.QueueEntry.from_json(json.dumps(data).encode())
+
+
+def test_a_recipient_given_twice_is_queued_once():
+    entry = record.QueueEntry.new(
+        "0000000000ABCDEF", envelope("bob@remote.test", "bob@remote.test"), 1.0)
+    assert [str(r.address) for r in entry.recipients] == ["bob@remote.test"]
+
+
+def test_last_reply_leaves_out_delivered_recipients():
+    # `queue list` shows why the mail is still queued, not a later 250
+    entry = record.QueueEntry.new(
+        "0000000000ABCDEF", envelope("bob@remote.test", "carol@remote.test"), 1.0)
+    bob, carol = entry.recipients
+    later = Reply.of(451, "4.7.1", "greylisted")
+    entry = entry.with_recipients({
+        bob.address: dataclasses.replace(bob, state=record.DELIVERED, last_attempt=9.0,
+                                         last_reply=Reply.of(250, "2.0.0", "ok")),
+        carol.address: dataclasses.replace(carol, last_attempt=5.0, last_reply=later)})
+    assert entry.last_reply == later
+
+
+def test_an_orcpt_without_notify_and_smtputf8_survive_a_restart(tmp_path, spool):
+    # both matter to the next hop: ORCPT is passed on to a server offering
+    # DSN (RFC 3461), SMTPUTF8 decides MAIL FROM and the 7-bit conversion
+    bob = Address("bob", "remote.test")
+    env = dataclasses.replace(envelope("bob@remote.test"), smtputf8=True, recipient_dsn=(
+        (bob, RecipientDSN(orcpt="rfc822;bob@remote.test")),))
+    q = make_queue(tmp_path)
+    again = q.read(q.enqueue(env, spool).result)
+    assert again.envelope.smtputf8 is True
+    assert dict(again.envelope.recipient_dsn)[bob] == RecipientDSN(orcpt="rfc822;bob@remote.test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
@@ -698,3 +699,96 @@ def test_at_most_twice_max_concurrent_deliveries_entries_are_in_flight(tmp_path)
         assert hub.runner._semaphores == {}  # one per destination only while in use
     finally:
         hub.runner.stop()
+
+
+def test_a_recipient_the_store_says_nothing_about_is_not_delivered(hub, monkeypatch):
+    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: defer.succeed({}))
+    hub.runner.start()
+    qid = enqueue(hub, LOCAL)
+    rec = hub.queue.read(qid).recipients[0]
+    assert rec.state == "pending" and rec.last_reply.code == 451
+
+
+def test_a_result_for_a_recipient_no_longer_pending_changes_nothing(hub):
+    # results kept from a pass whose record was written after all (a failed
+    # directory sync) must not bounce a recipient twice
+    qid = enqueue(hub, BOB)
+    entry = hub.queue.read(qid)
+    bob = dataclasses.replace(entry.recipients[0], state="bounced", attempts=1)
+    entry = entry.with_recipients({BOB: bob})
+    new = hub.runner._record(entry, [DeliveryResult(BOB, "permanent", NO, "mx")],
+                             hub.clock.seconds())
+    assert new.recipients[0] == bob
+
+
+def test_a_success_notice_for_a_local_mailbox_says_delivered(hub):
+    # RFC 3464 2.3.3: "delivered" for final delivery, "relayed" for a next
+    # hop that does not pass notices on
+    hub.runner.start()
+    enqueue(hub, LOCAL, notify=("SUCCESS",))
+    [(_, data)] = hub.dsn.sent
+    assert b"Action: delivered" in data
+
+
+def test_no_success_notice_when_the_next_hop_takes_dsn_over(hub):
+    # RFC 3461: NOTIFY went on to a server offering DSN, which reports now
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "delivered", OK, "mx", True)
+                                        for a in r]
+    enqueue(hub, BOB, notify=("SUCCESS",))
+    assert hub.dsn.sent == [] and hub.queue.ids() == []
+
+
+def test_at_expiry_a_recipient_without_a_result_fails_too(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx")
+                                        for a in r if a == BOB]
+    enqueue(hub, BOB, CAROL)
+    for _ in range(40):
+        hub.clock.advance(4 * 3600)
+        if not hub.queue.ids():
+            break
+    assert hub.queue.ids() == []
+    [failure] = [d for _, d in hub.dsn.sent if b"Action: failed" in d]
+    assert b"carol@other.test" in failure
+
+
+def test_passes_that_only_owe_a_notice_are_not_attempts(hub):
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    hub.dsn.fail = True
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    hub.clock.pump([60] * 10)
+    assert len(hub.dsn.tried) > 2 and hub.queue.read(qid).attempts == 1
+
+
+def test_a_delay_notice_that_cannot_be_sent_does_not_make_the_entry_spin(hub):
+    hub.runner.start()
+
+    def script(e, d, r):
+        if len(hub.agent.calls) > 20:  # a spin: stop it here (it never ends)
+            return defer.Deferred()
+        return [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+
+    hub.agent.script = script
+    enqueue(hub, BOB)
+    hub.dsn.fail = True
+    hub.clock.pump([60] * 5 * 60)  # five hours: the warning is due after four
+    assert len(hub.agent.calls) <= 10
+
+
+def test_notify_failure_alone_gets_no_delay_notice(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    enqueue(hub, BOB, notify=("FAILURE",))
+    hub.clock.pump([600] * 6 * 6)
+    assert hub.dsn.sent == []
+
+
+def test_the_delay_notice_says_until_when_it_is_retried(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    enqueue(hub, BOB)
+    hub.clock.pump([600] * 6 * 5)
+    [(_, data)] = hub.dsn.sent
+    assert b"Action: delayed" in data and b"Will-Retry-Until: " in data

@@ -743,3 +743,12 @@ def test_a_421_to_mail_or_rcpt_ends_the_session_with_the_servers_words(pipelined
         assert s.outcome.session_error.text() == (
             "421 4.7.0 Too many connections from your IP, closing"), step
         assert sent(actions) == b"QUIT\r\n"  # harmless, and the server closes anyway
+
+
+def test_a_greeting_that_is_not_220_is_no_greeting():
+    # RFC 5321 3.1: the server opens with 220 (or 554); a 250 there
+    # is a server out of step: no EHLO into it
+    s = session()
+    actions = s.receive(b"250 mx.remote.test hello\r\n")
+    assert b"EHLO" not in sent(actions)
+    assert s.outcome.session_error.code == 250 and s.outcome.recipients == ()
