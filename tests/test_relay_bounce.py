@@ -435,6 +435,21 @@ def test_a_failed_recipient_never_gets_a_success_status():
     ok = Reply.of(250, "2.1.5", "ok")
     assert bounce.status_of(ok, bounce.FAILED) == "5.0.0"
     assert bounce.status_of(ok, bounce.RELAYED) == "2.1.5"
+    assert bounce.status_of(Reply(250, None, ("ok",)), bounce.FAILED) == "5.0.0"
+
+
+def test_a_delay_notice_never_gets_a_permanent_status_without_an_enhanced_code(tmp_path):
+    # RFC 3464 2.3.4 / RFC 3463 2: "delayed" goes with a 4.x.x status.  A
+    # host that greets with "554 go away" (no enhanced code: ENHANCEDSTATUSCODES
+    # comes with EHLO) is retried, so its recipients are delayed, not failed
+    refused = Reply(554, None, ("mx1.remote.test go away",))
+    assert bounce.status_of(refused, bounce.DELAYED) == "4.0.0"
+    entry = make_entry(tmp_path)
+    rec = dataclasses.replace(failed(entry, reply=refused), state="pending")
+    _, msg = build(entry, [rec], action=bounce.DELAYED, will_retry_until=1_700_400_000.0)
+    _, status, _ = list(msg.iter_parts())
+    block = status.get_payload()[1]
+    assert block["Action"] == "delayed" and block["Status"] == "4.0.0"
 
 
 def test_diagnostic_code_is_folded_to_short_lines(tmp_path):

@@ -112,9 +112,14 @@ def status_of(reply: Reply | None, action: str) -> str:
         return reply.status
     if action in (DELIVERED, RELAYED, EXPANDED):
         return "2.0.0"
-    if reply is None:
-        return "4.0.0" if action == DELAYED else "5.0.0"
-    return f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0"
+    # no enhanced code (none given, or a server without ENHANCEDSTATUSCODES):
+    # the class the action allows -- a delay is 4.x.x whatever the code, a
+    # failure never 2.x.x (as above); a 4yz kept to the end is 4.0.0
+    if action == DELAYED:
+        return "4.0.0"
+    if reply is None or reply.code < 400:
+        return "5.0.0"
+    return f"{str(reply.code)[0]}.0.0"
 
 
 def _printable_ascii(text: str) -> bool:
