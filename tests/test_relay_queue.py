@@ -232,6 +232,24 @@ def test_failed_enqueue_leaves_nothing(tmp_path, spool):
     assert queue_files(q) == []
 
 
+def test_a_link_that_fails_removes_nothing_it_did_not_make(tmp_path, spool):
+    # the link fails because the name is taken (an id collision the id check
+    # missed): the file there is another entry's, and stays
+    class Taken(FileSystem):
+        def link_or_copy(self, src, dst):
+            with open(dst, "wb") as f:
+                f.write(b"another entry's message\n")
+            raise FileExistsError(17, "File exists", dst)
+
+    q = OutboundQueue(str(tmp_path / "queue"), Clock(), fs=Taken())
+    failures = []
+    q.enqueue(envelope("bob@remote.test"), spool).addErrback(failures.append)
+    assert failures and failures[0].check(FileExistsError)
+    [left] = queue_files(q)
+    with open(os.path.join(q.directory, left), "rb") as f:
+        assert f.read() == b"another entry's message\n"
+
+
 def test_a_failed_sync_after_the_commit_takes_the_entry_back(tmp_path, spool):
     # The client hears 451 and sends the message again: the entry must not
     # stay behind to be delivered a second time.

@@ -381,9 +381,10 @@ class OutboundQueue:
         """Message first, record last; the record's rename is the commit."""
         msg = self.message_path(entry.id)
         tmp = self._tmp_path(entry.id)
-        committed = False
+        committed = linked = False
         try:
             yield self._io(self.fs.link_or_copy, spool_path, msg)
+            linked = True  # (a link that failed made nothing of ours to remove)
             yield self.fs.sync_dir(self.directory)
             eight_bit = entry.envelope.body_8bit or (yield self._io(has_8bit, msg))
             entry = dataclasses.replace(entry, message_path=msg, eight_bit=eight_bit)
@@ -396,7 +397,8 @@ class OutboundQueue:
             # Leave nothing half-made behind (best effort).  After the commit
             # only the directory sync failed: the client hears 451 and sends
             # again, so the entry must go too, or it would be delivered twice.
-            for path in (tmp, msg) if not committed else (self.record_path(entry.id), msg):
+            made = (tmp, msg) if not committed else (self.record_path(entry.id), msg)
+            for path in made if linked else (tmp,):
                 try:
                     self.fs.unlink(path)
                 except Exception:
