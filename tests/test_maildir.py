@@ -69,6 +69,14 @@ class Base(SynchronousTestCase):
         self.spooler.discard(msg)
         return out
 
+    def store_without_links(self, code=errno.EXDEV):
+        """A second store on the same folders whose hard links all fail
+        with ``code`` (another filesystem by default): it copies."""
+        def refuse(src, dst):
+            raise OSError(code, os.strerror(code))
+
+        return MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=refuse)
+
     def md(self, address=JOE):
         return self.store.maildir_path(address)
 
@@ -205,10 +213,7 @@ class DeliveryTests(Base):
         self.assertIn(("dir", mail), self.syncer.calls)
 
     def test_copy_when_links_are_impossible(self):
-        def no_link(src, dst):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        store = self.store_without_links()
         self.deliver([JOE])  # make the Maildir first
         self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
         msg = self.spool()
@@ -235,20 +240,14 @@ class DeliveryTests(Base):
             self.assertEqual(f.read(), BODY)
 
     def test_a_copy_is_private_whatever_the_umask(self):
-        def no_link(src, dst):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-
         self.addCleanup(os.umask, os.umask(0o022))
-        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        store = self.store_without_links()
         self.assertEqual(self.successResultOf(store.deliver(self.spool(), [JOE])), {JOE: None})
         [name] = self.names()
         self.assertEqual(os.stat(os.path.join(self.md(), "new", name)).st_mode & 0o777, 0o600)
 
     def test_failed_copy_leaves_nothing(self):
-        def no_link(src, dst):
-            raise OSError(errno.EMLINK, "Too many links")
-
-        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        store = self.store_without_links(errno.EMLINK)
         self.deliver([JOE])
         self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
         msg = self.spool()
@@ -270,19 +269,13 @@ class DeliveryTests(Base):
         self.deliver([JOE])
         codes = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
         for code in codes:
-            def refuse(src, dst, code=code):
-                raise OSError(code, os.strerror(code))
-
-            store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=refuse)
+            store = self.store_without_links(code)
             self.assertEqual(self.successResultOf(store.deliver(self.spool(), [JOE])),
                              {JOE: None}, errno.errorcode[code])
         self.assertEqual(len(self.names()), 1 + len(codes))
 
     def test_a_copy_whose_new_folder_is_not_durable_is_taken_back(self):
-        def no_link(src, dst):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        store = self.store_without_links()
         self.deliver([JOE])
         self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
         self.syncer.fail[os.path.join(self.md(), "new")] = OSError(errno.EIO, "I/O error")
@@ -292,10 +285,7 @@ class DeliveryTests(Base):
         self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
 
     def test_a_copy_is_complete_after_short_writes_and_its_file_is_closed(self):
-        def no_link(src, dst):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        store = self.store_without_links()
         msg = self.spool()
         real = os.write
 
@@ -312,10 +302,7 @@ class DeliveryTests(Base):
             self.assertEqual(f.read(), BODY)
 
     def test_a_copy_that_cannot_be_written_leaves_nothing(self):
-        def no_link(src, dst):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=no_link)
+        store = self.store_without_links()
         self.deliver([JOE])
         msg = self.spool()
 

@@ -267,15 +267,12 @@ def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path) -> None
     assert (st.st_uid, st.st_gid) == (4242, 4343)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
-def test_twistd_uid_follows_no_link_the_hub_user_drops_in(tmp_path: Path, monkeypatch) -> None:
-    # state_dir is the hub user's: while root builds the hub, that user can
-    # add a symbolic link to a root folder; it must not become the user's
+def _start_as_root_for_4242(tmp_path: Path, monkeypatch, meanwhile) -> Path:
+    """``twistd --uid 4242`` on a state folder of that user's, which calls
+    ``meanwhile(state)`` (the user racing root) once the hub is built and
+    before the folders are handed over; the state folder."""
     from txmailhub import service, tap
 
-    victim = tmp_path / "etc"
-    victim.mkdir()
-    (victim / "shadow").write_text("secret")
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     os.chown(state, 4242, 4343)
@@ -283,11 +280,24 @@ def test_twistd_uid_follows_no_link_the_hub_user_drops_in(tmp_path: Path, monkey
 
     def racing(settings):
         hub = real(settings)
-        os.symlink(victim, state / "evil")
+        meanwhile(state)
         return hub
 
     monkeypatch.setattr(service, "MailHub", racing)
     tap.makeService(_tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343}))
+    return state
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
+def test_twistd_uid_follows_no_link_the_hub_user_drops_in(tmp_path: Path, monkeypatch) -> None:
+    # state_dir is the hub user's: while root builds the hub, that user can
+    # add a symbolic link to a root folder; it must not become the user's
+
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (victim / "shadow").write_text("secret")
+    state = _start_as_root_for_4242(tmp_path, monkeypatch,
+                                    lambda state: os.symlink(victim, state / "evil"))
     assert os.stat(victim / "shadow").st_uid == 0
     assert os.stat(victim).st_uid == 0
     assert os.lstat(state / "spool").st_uid == 4242
@@ -297,24 +307,16 @@ def test_twistd_uid_follows_no_link_the_hub_user_drops_in(tmp_path: Path, monkey
 def test_twistd_uid_walks_no_folder_the_hub_user_drops_in(tmp_path: Path, monkeypatch) -> None:
     # a folder of the hub user's own, holding a hard link to a root file:
     # only what root made is given away, never walked into otherwise
-    from txmailhub import service, tap
 
     victim = tmp_path / "shadow"
     victim.write_text("secret")
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    os.chown(state, 4242, 4343)
-    real = service.MailHub
 
-    def racing(settings):
-        hub = real(settings)
+    def drop(state):
         (state / "drop").mkdir()
         os.link(victim, state / "drop" / "shadow")
         os.chown(state / "drop", 4242, 4343)
-        return hub
 
-    monkeypatch.setattr(service, "MailHub", racing)
-    tap.makeService(_tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343}))
+    state = _start_as_root_for_4242(tmp_path, monkeypatch, drop)
     assert os.stat(victim).st_uid == 0
     assert os.lstat(state / "spool").st_uid == 4242
 
