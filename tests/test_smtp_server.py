@@ -596,6 +596,21 @@ def test_chunks_pipelined_after_a_failed_bdat_are_discarded_not_counted_as_error
     assert out.count(replies.BDAT_DISCARDED.text()) == 3
 
 
+def test_a_refused_bdat_line_ends_the_transaction_and_its_chunk_is_not_left_out():
+    # RFC 3030 2: after a BDAT answered 4xx/5xx "the transaction should be
+    # considered failed"; the chunks pipelined after it are discarded, never
+    # joined into a message that lacks the refused one (and answered 250)
+    for first in ("BDAT 3\r\nabc", ""):
+        d = Driver()
+        tx(d)
+        out = d.send(first + "BDAT 3 LASTX\r\nxyzBDAT 3 LAST\r\ndef")
+        assert out[-2:] == [replies.BDAT_BAD_SIZE.text(), replies.BDAT_DISCARDED.text()]
+        assert not any(isinstance(e, MessageComplete) for e in d.events)
+        assert [type(e) for e in d.events if isinstance(e, MessageAborted)] == (
+            [MessageAborted] if first else [])
+        assert d.engine.state is State.READY and d.codes("NOOP\r\n") == ["250"]
+
+
 def test_a_bdat_line_whose_size_can_be_read_has_its_chunk_read_whatever_follows():
     # "BDAT 6 LASTX": the line is wrong, but the client sends its 6 octets
     # all the same; they are read and refused, never run as commands
@@ -605,8 +620,8 @@ def test_a_bdat_line_whose_size_can_be_read_has_its_chunk_read_whatever_follows(
                                                             replies.OK.text()]
     assert not d.engine.closed
     assert d.send("BDAT 6 LAST more\r\nRSET\r\n") == [replies.BDAT_BAD_SIZE.text()]
-    # the transaction is as it was
-    assert d.send("BDAT 4 LAST\r\nab\r\n") == [replies.accepted("ID1").text()]
+    # the refused chunk ended the transaction (RFC 3030 2)
+    assert d.send("BDAT 4 LAST\r\nab\r\n") == [replies.MAIL_NEEDED.text()]
     # out of sequence the same
     assert d.send("BDAT 6 X\r\nQUIT\r\n") == [replies.BDAT_BAD_SIZE.text()]
     assert not d.engine.closed

@@ -165,10 +165,20 @@ class MessageTransfer:
     def _bad_bdat(self, arg: str) -> None:
         """A BDAT line we cannot take: ``501``.  When its size can be read,
         only once its chunk has been read, so that the chunk never runs as
-        commands; the state is left as it was."""
+        commands.  Inside a transaction the refused chunk ends it, as any
+        failed chunk does (RFC 3030 2: the transaction "should be considered
+        failed"): the chunks pipelined after it are discarded, never joined
+        into a message that lacks this one."""
         size = self._readable_size(arg)
         if size is None:
             raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
+        if self.state is State.RCPT:
+            if self._chunks is not None:
+                self._events.append(MessageAborted(self._envelope(), replies.BDAT_BAD_SIZE,
+                                                   self._chunks.size))
+            self._reset_transaction()
+            self._to(State.READY)
+            self._bdat_failed = True
         self._discard(size, False, replies.BDAT_BAD_SIZE)
 
     def _discard(self, size: int, last: bool, refusal: Reply) -> None:
