@@ -776,6 +776,21 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.store.messages(ALICE)
         assert h.spooler.writers[0].state == "aborted"
 
+    def test_message_data_in_small_bdat_chunks_too_slow_on_average_is_cut(self):
+        # the same allowance from the first BDAT on: between chunks the
+        # session reads command lines, but the message is still under way
+        # (docs/smtp.rst: "from DATA (or its first BDAT) on")
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n")
+        take(t)
+        for _ in range(5):
+            h.clock.pump([100, 100])
+            p.dataReceived(b"BDAT 3\r\na\r\n")
+        assert take(t)[-1] == closing(replies.DATA_TOO_SLOW) and t.disconnecting
+        p.connectionLost(None)
+        assert not h.store.messages(ALICE)
+
     def test_the_data_allowance_grows_with_the_octets(self):
         h = Harness(idle_timeout=300)
         p, t = h.connect()

@@ -415,7 +415,7 @@ class SMTPProtocol(Protocol):
         now = self.reactor.seconds()
         idle = now - self._last_activity
         engine = self.engine
-        if engine.in_message and not engine.waiting:
+        if engine.message_pending and not engine.waiting:
             octets = engine.message_octets
             if now - self._message_started > limit + octets / MIN_DATA_RATE:
                 log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
