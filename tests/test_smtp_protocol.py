@@ -791,6 +791,24 @@ class ProtocolTests(SynchronousTestCase):
         p.connectionLost(None)
         assert not h.store.messages(ALICE)
 
+    def test_a_discarded_chunk_is_timed_from_its_own_start(self):
+        # a chunk read only to be refused (no recipient, no MAIL, after a
+        # failed chunk) has no message start of its own: it must not be
+        # timed from the connection's first message, or from 0
+        h = Harness(idle_timeout=300)
+        h.clock.advance(100_000)  # the reactor's clock is not 0 at the start
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<nobody>\r\n"
+                       b"BDAT 5000000 LAST\r\n")
+        take(t)
+        for _ in range(40):  # 10,000 octets a second, 20 times the minimum
+            h.clock.advance(10)
+            p.dataReceived(b"x" * 100_000)
+        p.dataReceived(b"x" * 1_000_000)
+        said = take(t)
+        assert not t.disconnecting, said
+        assert said == [replies.RCPT_NEEDED.text()]
+
     def test_the_data_allowance_grows_with_the_octets(self):
         h = Harness(idle_timeout=300)
         p, t = h.connect()

@@ -136,6 +136,7 @@ class SMTPProtocol(Protocol):
         self._timer: Any = None
         self._last_activity = 0.0
         self._message_started = 0.0  # when the message in progress began (MIN_DATA_RATE)
+        self._timed_reader: Any = None  # the engine's reader _message_started is for
         self._logout: Any = None
         self._gone = False  # connectionLost has run
         self._auth_timer: Any = None
@@ -415,8 +416,16 @@ class SMTPProtocol(Protocol):
         now = self.reactor.seconds()
         idle = now - self._last_activity
         engine = self.engine
-        if engine.message_pending and not engine.waiting:
-            octets = engine.message_octets
+        reader = engine.message_reader
+        if reader is not None and not engine.waiting:
+            if reader is not self._timed_reader:
+                self._timed_reader = reader
+                if self._writer is None:
+                    # a chunk read only to be refused: no StartMessage timed
+                    # it, so it is timed from the first check that sees it
+                    # (not from an earlier message, or from 0)
+                    self._message_started = now
+            octets = reader.size
             if now - self._message_started > limit + octets / MIN_DATA_RATE:
                 log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
                          " s): connection closed", client=self.host, octets=octets,

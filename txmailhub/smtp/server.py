@@ -199,18 +199,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return self._reader is not None
 
     @property
-    def message_pending(self) -> bool:
-        """Whether a message's data has begun and not ended: DATA or a BDAT
-        chunk being read, or BDAT chunks received without their LAST (a
-        client that sends small chunks slowly is on a message all along)."""
-        return self._reader is not None or self._chunks is not None
-
-    @property
-    def message_octets(self) -> int:
-        """Octets of the message data received so far (DATA, or a BDAT chunk
-        and the chunks before it, also between chunks); 0 outside a message."""
-        reader = self._reader if self._reader is not None else self._chunks
-        return 0 if reader is None else reader.size
+    def message_reader(self) -> Any:
+        """The reader of the message whose data has begun and not ended, or
+        ``None``: DATA's, or a BDAT message's (one object for all its chunks,
+        between chunks too: a client that sends small chunks slowly is on a
+        message all along), or a chunk's read only to be discarded.  Its
+        ``size`` is the octets received so far."""
+        return self._reader if self._reader is not None else self._chunks
 
     @property
     def closed(self) -> bool:
