@@ -611,6 +611,20 @@ def test_a_refused_bdat_line_ends_the_transaction_and_its_chunk_is_not_left_out(
         assert d.engine.state is State.READY and d.codes("NOOP\r\n") == ["250"]
 
 
+def test_chunks_pipelined_after_a_refused_first_chunk_are_discarded():
+    # RFC 3030 2: a BDAT refused because no recipient was accepted is the
+    # failed BDAT too; the chunks the client pipelined after it are
+    # discarded, not errors that close the session
+    d = Driver(max_errors=3)
+    d.send("EHLO c\r\n")
+    out = d.send("MAIL FROM:<s@x.test>\r\n" + "BDAT 4\r\nab\r\n" * 5
+                 + "BDAT 4 LAST\r\nab\r\n")
+    assert out == ["250 2.1.0 <s@x.test>... Sender OK", replies.RCPT_NEEDED.text(),
+                   *[replies.BDAT_DISCARDED.text()] * 5]
+    assert not d.engine.closed
+    assert d.codes("RSET\r\n") == ["250"]
+
+
 def test_a_bdat_line_whose_size_can_be_read_has_its_chunk_read_whatever_follows():
     # "BDAT 6 LASTX": the line is wrong, but the client sends its 6 octets
     # all the same; they are read and refused, never run as commands

@@ -230,4 +230,7 @@ class MessageTransfer:
             refusal = (replies.RCPT_NEEDED if self.state is State.MAIL
                        else replies.HELO_REQUIRED if self.state is State.INIT
                        else replies.MAIL_NEEDED)
+            # this BDAT is the failed one: the chunks pipelined after it
+            # (the RCPTs they followed were refused) are discarded too
+            self._bdat_failed = not last
         self._discard(size, last, refusal)
