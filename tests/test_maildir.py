@@ -1132,12 +1132,17 @@ class PlainNameTests(Base):
         # reader deleted it, or renamed it), looking for it by its unique
         # part must not take the other one -- DELE of the first would remove
         # a message the client never marked (RFC 1939 6), RETR send it.
-        self.drop("1.same", b"x\n", sub="new")
-        with open(os.path.join(self.md(), "cur", "1.same:2,S"), "wb") as f:
-            f.write(b"y\n")
-        box = self.open()
-        [first] = [i for i, m in enumerate(box.list_messages())
-                   if m.path.endswith("/new/1.same")]
+        def two_sharing(stem):
+            """new/STEM ("x") and cur/STEM:2,S ("y"): a box, new/STEM's index."""
+            self.drop(stem, b"x\n", sub="new")
+            with open(os.path.join(self.md(), "cur", stem + ":2,S"), "wb") as f:
+                f.write(b"y\n")
+            box = self.open()
+            [first] = [i for i, m in enumerate(box.list_messages())
+                       if m.path.endswith("/new/" + stem)]
+            return box, first
+
+        box, first = two_sharing("1.same")
         other = os.path.join(self.md(), "cur", "1.same:2,S")
         os.unlink(os.path.join(self.md(), "new", "1.same"))
         self.assertRaises(FileNotFoundError, box.open_message, first)
@@ -1145,12 +1150,7 @@ class PlainNameTests(Base):
         self.assertTrue(os.path.exists(other))
         box.close()
         # renamed rather than deleted: found, the other left alone
-        self.drop("2.same", b"x\n", sub="new")
-        with open(os.path.join(self.md(), "cur", "2.same:2,S"), "wb") as f:
-            f.write(b"y\n")
-        box = self.open()
-        [first] = [i for i, m in enumerate(box.list_messages())
-                   if m.path.endswith("/new/2.same")]
+        box, first = two_sharing("2.same")
         moved = os.path.join(self.md(), "cur", "2.same:2,T")
         os.rename(os.path.join(self.md(), "new", "2.same"), moved)
         self.assertEqual(box.open_message(first).read(), b"x\n")
