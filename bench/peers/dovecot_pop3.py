@@ -33,8 +33,8 @@ listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain
-default_login_user = dovenull
-default_internal_user = dovecot
+default_login_user = {login_user}
+default_internal_user = {internal_user}
 first_valid_uid = {uid}
 mail_location = maildir:{maildir}
 passdb {{
@@ -65,6 +65,18 @@ service imap-login {{
 """
 
 
+def _system_user(name: str) -> str:
+    """The user the Debian package makes for Dovecot's unprivileged
+    processes, or ``nobody`` where it is missing (a package installed into
+    an image whose /etc/passwd was made afterwards): dovecot refuses to
+    start with a login or internal user that does not exist."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return "nobody"
+    return name
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", required=True, help="instance directory (config, state, logs)")
@@ -92,7 +104,8 @@ def main() -> int:
     conf = os.path.join(args.dir, "dovecot.conf")
     with open(conf, "w") as f:
         f.write(CONF.format(dir=os.path.abspath(args.dir), uid=nobody.pw_uid, maildir=maildir,
-                            port=args.port))
+                            port=args.port, login_user=_system_user("dovenull"),
+                            internal_user=_system_user("dovecot")))
     dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
     check = subprocess.run([dovecot, "-c", conf, "-n"], capture_output=True, text=True)
     if check.returncode != 0:
