@@ -1041,33 +1041,33 @@ class PlainNameTests(Base):
         self.assertEqual(info.size, 25)
         box.close()
 
+    def listed_size(self, path):
+        """The size a fresh POP3 listing gives the file at ``path``."""
+        box = self.open()
+        try:
+            return next(i.size for i in box.list_messages() if i.path == path)
+        finally:
+            box.close()
+
     def test_a_replaced_file_with_the_same_size_and_mtime_is_measured_again(self):
         path = self.drop("plainname", b"a\nb\nc\n")  # 6 octets, 9 as CRLF
-        box = self.open()
-        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 9)
-        box.close()
+        self.assertEqual(self.listed_size(path), 9)
         st = os.stat(path)
         tmp = os.path.join(self.md(), "tmp", "plainname")
         with open(tmp, "wb") as f:
             f.write(b"abcde\n")  # 6 octets, 7 as CRLF
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # rsync -t, a restore...
         os.rename(tmp, path)  # a new inode
-        box = self.open()
-        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 7)
-        box.close()
+        self.assertEqual(self.listed_size(path), 7)
 
     def test_a_file_rewritten_in_place_with_the_same_size_is_measured_again(self):
         path = self.drop("plainname", b"a\nb\n")  # 4 octets, 6 as CRLF
-        box = self.open()
-        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 6)
-        box.close()
+        self.assertEqual(self.listed_size(path), 6)
         st = os.stat(path)
         with open(path, "r+b") as f:  # the same inode, the same size
             f.write(b"abc\n")  # 5 as CRLF
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        box = self.open()
-        self.assertEqual(next(i.size for i in box.list_messages() if i.path == path), 5)
-        box.close()
+        self.assertEqual(self.listed_size(path), 5)
 
     def test_a_name_with_w_but_no_s_is_measured(self):
         path = self.drop("1600000000.1.other,W=99", b"a\nb\n")

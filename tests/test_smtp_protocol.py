@@ -740,13 +740,19 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(21)
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
+    def in_a_message(self, then=b""):
+        """A session (idle_timeout 300 s) with a recipient accepted, having
+        sent ``then`` after it; its replies so far taken."""
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n" + then)
+        take(t)
+        return h, p, t
+
     def test_message_data_counts_as_activity(self):
         # inside DATA any octet counts, newline or not (a message arriving
         # slowly, each read ending inside a line, is still a client at work)
-        h = Harness(idle_timeout=300)
-        p, t = h.connect()
-        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        take(t)
+        h, p, t = self.in_a_message(b"DATA\r\n")
         piece = b"y" * 98 + b"\r\n" + b"x" * 50  # 150 octets, the last line unfinished
         for _ in range(12):
             h.clock.advance(200)  # 0.75 octets/s: too slow by MIN_DATA_RATE...
@@ -758,10 +764,7 @@ class ProtocolTests(SynchronousTestCase):
         # every read counts as activity, so a line every few minutes never
         # lets the idle timer fire: the data must average MIN_DATA_RATE
         # beyond the idle timeout's grace (Postfix's smtpd_min_data_rate)
-        h = Harness(idle_timeout=300)
-        p, t = h.connect()
-        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        take(t)
+        h, p, t = self.in_a_message(b"DATA\r\n")
         for _ in range(2):
             h.clock.pump([100, 100])  # (a timer due meanwhile runs on time)
             p.dataReceived(b"a\r\n")
@@ -780,10 +783,7 @@ class ProtocolTests(SynchronousTestCase):
         # the same allowance from the first BDAT on: between chunks the
         # session reads command lines, but the message is still under way
         # (docs/smtp.rst: "from DATA (or its first BDAT) on")
-        h = Harness(idle_timeout=300)
-        p, t = h.connect()
-        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n")
-        take(t)
+        h, p, t = self.in_a_message()
         for _ in range(5):
             h.clock.pump([100, 100])
             p.dataReceived(b"BDAT 3\r\na\r\n")
@@ -810,10 +810,7 @@ class ProtocolTests(SynchronousTestCase):
         assert said == [replies.RCPT_NEEDED.text()]
 
     def test_the_data_allowance_grows_with_the_octets(self):
-        h = Harness(idle_timeout=300)
-        p, t = h.connect()
-        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        take(t)
+        h, p, t = self.in_a_message(b"DATA\r\n")
         line = b"z" * 98 + b"\r\n"
         for _ in range(10):  # 600 octets a second for 1000 s
             h.clock.advance(100)
