@@ -63,14 +63,16 @@ class AuthPhase:
             raise RemoteProtocolError(replies.AUTH_ALREADY)
         if not self.config.auth_available:
             raise RemoteProtocolError(replies.AUTH_NOT_AVAILABLE)
-        if not (s.tls or s.loopback):
-            raise Rejected(replies.AUTH_TLS_REQUIRED)
         mech, _, initial = arg.partition(" ")
         mech = ascii_upper(mech)
         if not mech:  # "AUTH" alone: a syntax error, not an unknown mechanism
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         if mech not in MECHANISMS:
             raise RemoteProtocolError(replies.AUTH_MECHANISM_UNKNOWN)
+        if not (s.tls or s.loopback):
+            # RFC 4954 6: 538 is about "the requested mechanism", so it
+            # answers only a mechanism we have (an unknown one is 504)
+            raise Rejected(replies.AUTH_TLS_REQUIRED)
         self._to(State.AUTH)
         self._sasl = SASLExchange(mech, self.config.primary_domain)
         self._sasl_step(self._sasl.start(initial.strip()))
