@@ -1317,3 +1317,25 @@ def test_the_hub_stopping_aborts_its_pop3_sessions():
     proto, t = login(env)
     proto.factory.shut_down()
     assert t.disconnected
+
+
+def test_a_login_whose_client_left_before_its_turn_is_not_a_guess(log_events):
+    # The checker skips a queued password check whose client has gone
+    # (txmailhub.auth.LoginAbandoned): the protocol tells it through the
+    # credentials, and the skipped check is neither a failure nor counted.
+    from twisted.logger import formatEvent
+
+    from txmailhub.auth import LoginAbandoned
+
+    checker = HeldChecker()
+    env = Env(checker=checker, allow_plaintext_auth=True)
+    proto, t = env.connect(REMOTE)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    (creds, d), = checker.pending
+    assert creds.wanted()
+    proto.connectionLost(None)
+    assert not creds.wanted()
+    d.errback(LoginAbandoned())
+    assert proto.factory.login_failures._failures == {}
+    lines = [formatEvent(e) for e in log_events if "POP3 login" in formatEvent(e)]
+    assert lines == ["POP3 login joe from 192.0.2.7 (USER) not checked: the client left first"]

@@ -59,7 +59,9 @@ class Realm:
         def logout():
             self.logouts += 1
 
-        local, _, domain = avatar_id.decode().partition("@")
+        if isinstance(avatar_id, bytes):  # Twisted's checkers answer bytes, ours str
+            avatar_id = avatar_id.decode()
+        local, _, domain = avatar_id.partition("@")
         return ISMTPUser, User(Address(local, domain)), logout
 
 
@@ -1408,3 +1410,53 @@ def test_a_login_that_succeeds_after_the_client_hung_up_is_logged_out() -> None:
     p.connectionLost(None)
     pending[1].callback(b"alice@example.org")
     assert h.realm.logouts == 1
+
+
+class CountingUsers:
+    """Just enough of a users database for ``UsersChecker``: alice's
+    password is ``secret``; counts the checks that run."""
+
+    missing = False
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def qualify(self, name: str) -> Address:
+        local, _, domain = name.partition("@")
+        return Address(local, domain or "example.org")
+
+    def check_password(self, address: Address, password: str) -> bool:
+        self.checks += 1
+        return str(address) == "alice@example.org" and password == "secret"
+
+
+def test_a_login_queued_behind_others_is_not_checked_once_its_client_left(log_events) -> None:
+    # a burst of AUTHs from clients that hang up must not keep the bounded
+    # password checks busy for nobody while real logins wait behind them
+    from twisted.internet.defer import Deferred
+
+    from txmailhub.auth import UsersChecker
+
+    turns: list[Deferred] = []
+
+    def run(f, *args):
+        d: Deferred = Deferred()
+        turns.append(d)
+        return d.addCallback(lambda _: f(*args))
+
+    h = Harness(idle_timeout=300)
+    users = CountingUsers()
+    h.components.portal = Portal(h.realm, [UsersChecker(users, run)])  # type: ignore[arg-type]
+    clients = [h.connect("127.0.0.1") for _ in range(3)]
+    for p, _ in clients:
+        p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE)
+    assert len(turns) == 2  # two checks at once (auth.PASSWORD_CHECKS)
+    clients[2][0].connectionLost(None)
+    turns[0].callback(None)
+    turns[1].callback(None)
+    assert len(turns) == 2 and users.checks == 2  # the third never ran
+    assert [take(t)[-1] for _, t in clients[:2]] == ["235 2.7.0 Authentication successful"] * 2
+    lines = [formatEvent(e) for e in log_events
+             if e.get("log_namespace") == "txmailhub.smtp"]
+    assert "login of alice@example.org from 127.0.0.1 not checked: the client left first" in lines
+    assert not any("authentication failed" in line for line in lines)

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from txmailhub.address import Address
-from txmailhub.auth import MailRealm, UsersChecker, build_portal
+from txmailhub.auth import ClientCredentials, LoginAbandoned, MailRealm, UsersChecker, build_portal
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
 from txmailhub.interfaces import IMailbox, ISMTPUser
 from txmailhub.store import sync
@@ -303,6 +303,32 @@ def test_checker_runs_at_most_two_password_checks_at_once(db: UsersDB) -> None:
     running[3].callback(None)
     running[4].callback(None)
     assert [result_of(d) for d in results] == ["alice@example.org"] * 5
+
+
+def test_checker_skips_a_queued_check_whose_client_left(db: UsersDB) -> None:
+    # a burst of logins from clients that hang up at once must not keep
+    # scrypt busy for nobody while real logins wait behind them
+    db.add("alice", "pw")
+    turns: list[Deferred] = []
+
+    def run(f, *args):
+        d: Deferred = Deferred()
+        turns.append(d)
+        return d.addCallback(lambda _: f(*args))
+
+    here = {1: True, 2: True, 3: True, 4: True}
+    checker = UsersChecker(db, run)
+    results = [checker.requestAvatarId(ClientCredentials(b"alice", b"pw", lambda n=n: here[n]))
+               for n in here]
+    assert len(turns) == 2
+    here[3] = False  # left while waiting for its turn
+    turns[0].callback(None)
+    refused = result_of(results[2])
+    assert refused.check(LoginAbandoned)  # type: ignore[attr-defined]
+    assert len(turns) == 3  # its turn went straight to the next client's check
+    turns[1].callback(None)
+    turns[2].callback(None)
+    assert [result_of(results[n]) for n in (0, 1, 3)] == ["alice@example.org"] * 3
 
 
 class FakeStore:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred, succeed
@@ -23,7 +23,8 @@ from txmailhub.errors import LocalError, UsersUnavailable
 from txmailhub.interfaces import IMailbox, ISMTPUser
 from txmailhub.users import UsersDB
 
-__all__ = ["MailRealm", "SMTPUser", "UsersChecker", "build_portal"]
+__all__ = ["ClientCredentials", "LoginAbandoned", "MailRealm", "SMTPUser", "UsersChecker",
+           "build_portal"]
 
 RunInThread = Callable[..., Deferred]
 
@@ -35,6 +36,26 @@ who can connect) ran one per thread of the reactor's pool (10), grew the
 hub by 160 MiB for good (64 MiB with the bound: the checks still move
 between the pool's threads, each with its own allocator arena), and held
 up the relay's file work that shares that pool."""
+
+
+class LoginAbandoned(UnauthorizedLogin):
+    """The client left while its password check waited for its turn: the
+    check was skipped (nobody would read its answer), so nothing is known
+    about the password either way."""
+
+
+class ClientCredentials(UsernamePassword):
+    """A user name and password from a client connection that may go away
+    while the check waits: ``wanted()`` says whether it is still there.
+
+    Password checks are bounded (``PASSWORD_CHECKS``) and queue behind one
+    another; without this a burst of logins from clients that hung up at
+    once still ran scrypt for each, and the real logins behind them waited
+    for all of it."""
+
+    def __init__(self, username: bytes, password: bytes, wanted: Callable[[], bool]) -> None:
+        super().__init__(username, password)
+        self.wanted = wanted
 
 
 def _text(value: Any) -> str:
@@ -73,7 +94,7 @@ class UsersChecker:
             if self._run is None:
                 d = maybeDeferred(self.users.check_password, address, password)
             else:
-                d = self._checks.run(self._run, self.users.check_password, address, password)
+                d = self._checks.run(self._check_if_wanted, credentials, address, password)
             return d.addCallback(self._result, address)
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)
@@ -81,6 +102,14 @@ class UsersChecker:
             return self._fail()
         ok = credentials.checkPassword(secret.encode("utf-8"))
         return succeed(address.key) if ok else self._fail()
+
+    def _check_if_wanted(self, credentials: Any, address: Address, password: str) -> Deferred:
+        """Run the check now that it has its turn, unless its client left."""
+        wanted = getattr(credentials, "wanted", None)
+        if wanted is not None and not wanted():
+            raise LoginAbandoned("the client left before its password was checked")
+        assert self._run is not None
+        return self._run(self.users.check_password, address, password)
 
     def _refusal(self) -> Exception:
         if getattr(self.users, "missing", False):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import maybeDeferred
@@ -27,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import AddressError, client_ip, parse_address
+from txmailhub.auth import ClientCredentials, LoginAbandoned
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
 from txmailhub.limits import ConnectionLimits, FailureWindow
@@ -401,7 +401,7 @@ class POP3Protocol(Protocol):
         if action.mechanism == "APOP":
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:
-            creds = UsernamePassword(username, action.secret)
+            creds = ClientCredentials(username, action.secret, lambda: not self._lost)
         d = maybeDeferred(self.components.portal.login, creds, None, IMailbox)
         d.addCallbacks(
             self._logged_in, self._login_failed,
@@ -432,6 +432,11 @@ class POP3Protocol(Protocol):
         self._finish_login(self.engine.login_succeeded(messages))
 
     def _login_failed(self, failure: Failure, mechanism: str) -> None:
+        if failure.check(LoginAbandoned):
+            # not a guess: the password was never checked, nothing answers
+            log.info("POP3 login {user} from {peer} ({mechanism}) not checked: the client "
+                     "left first", user=self._user, peer=self._peer, mechanism=mechanism)
+            return
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             why = LoginFailure.BAD_CREDENTIALS
             if not _is_local_peer(self.transport.getPeer()):

@@ -29,7 +29,6 @@ import itertools
 import os
 from typing import Any
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
@@ -39,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address, ascii_domain, ascii_form, client_ip
+from txmailhub.auth import ClientCredentials, LoginAbandoned
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser
@@ -665,8 +665,8 @@ class SMTPProtocol(Protocol):
             self.engine.auth_failed(replies.AUTH_THROTTLED)  # no password check at all
             self._drive()
             return
-        creds = UsernamePassword(event.username.encode("utf-8"),
-                                 event.password.encode("utf-8"))
+        creds = ClientCredentials(event.username.encode("utf-8"),
+                                  event.password.encode("utf-8"), lambda: not self._gone)
         d = defer.maybeDeferred(portal.login, creds, None, ISMTPUser)
         d.addCallbacks(self._auth_ok, self._auth_failed, errbackArgs=(event,))
 
@@ -690,6 +690,11 @@ class SMTPProtocol(Protocol):
 
     def _auth_failed(self, failure: Any, event: AuthRequest) -> None:
         reply = replies.AUTH_FAILED
+        if failure is not None and failure.check(LoginAbandoned):
+            # not a guess: the password was never checked, nothing answers
+            log.info("login of {user} from {client} not checked: the client left first",
+                     user=loggable(event.username), client=self.host)
+            return
         if failure is not None and failure.check(UsersUnavailable):
             # logged once by the users database; not a wrong password
             reply = replies.AUTH_TEMPORARY
