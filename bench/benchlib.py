@@ -534,6 +534,17 @@ def postfix_server(workdir: str, root: str, name: str = "postfix") -> Server:
                   extra_pidfiles=(os.path.join(inst, "queue", "pid", "master.pid"),))
 
 
+def floor_server(workdir: str, maildir: str, sync: str, name: str) -> Server:
+    """The floor (``peers/floor_maildir.py``): canned replies and the file
+    work only, on the project's own Twisted; ``sync`` is none, inline or
+    thread."""
+    port = free_port()
+    argv = [os.path.join(PROJECT_BIN, "python"), os.path.join(HERE, "peers", "floor_maildir.py"),
+            "--listen", f"127.0.0.1:{port}", "--maildir", maildir, "--sync", sync]
+    os.makedirs(workdir, exist_ok=True)
+    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"))
+
+
 def smtp_sink_server(workdir: str) -> Server:
     port = free_port()
     argv = ["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1024"]

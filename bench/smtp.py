@@ -34,7 +34,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl
 
-TARGETS = ("txmailhub", "aiosmtpd", "aiosmtpd-nofsync", "twistd-mail", "postfix", "smtp-sink")
+TARGETS = ("txmailhub", "aiosmtpd", "aiosmtpd-nofsync", "twistd-mail", "postfix", "smtp-sink",
+           "floor", "floor-inline", "floor-nofsync")
 DEFAULT_TARGETS = "txmailhub,aiosmtpd,aiosmtpd-nofsync,twistd-mail,postfix"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
@@ -64,6 +65,11 @@ def make_target(name: str, fs_root: str, workdir: str) -> Target:
     if name == "postfix":
         server = bl.postfix_server(workdir, spool)
         return Target(name, server, os.path.join(spool, "vmail", bl.DOMAIN, bl.USER))
+    if name.startswith("floor"):
+        # what any Twisted server pays at least: see peers/floor_maildir.py
+        sync = {"floor": "thread", "floor-inline": "inline", "floor-nofsync": "none"}[name]
+        maildir = os.path.join(spool, bl.USER)
+        return Target(name, bl.floor_server(workdir, maildir, sync, name), maildir)
     if name == "smtp-sink":
         return Target(name, bl.smtp_sink_server(workdir), None)
     raise SystemExit(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
