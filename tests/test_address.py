@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from txmailhub.address import (
     Address,
     AddressError,
+    address_literal,
     canonical_domain,
     canonical_local,
     client_ip,
@@ -128,3 +129,27 @@ def test_an_ipv6_literal_has_no_zone_even_of_hex_digits():
     for bad in ("fe80::1%1", "fe80::1%a", "fe80::1%eth0"):
         with pytest.raises(ValueError):
             ipv6_literal(bad)
+
+
+@pytest.mark.parametrize(
+    ("literal", "one_spelling"),
+    [
+        # RFC 5321 4.1.3: Snum = 1*3DIGIT, a decimal value up to 255, so
+        # leading zeros are valid (and decimal: "010" is ten, never eight)
+        ("[192.000.002.001]", "[192.0.2.1]"),
+        ("[010.0.0.1]", "[10.0.0.1]"),
+        ("[IPv6:::ffff:192.000.002.001]", "[IPv6:::ffff:c000:201]"),
+        ("[IPv6:1:2:3:4:5:6:010.0.0.1]", "[IPv6:1:2:3:4:5:6:a00:1]"),
+    ],
+)
+def test_ipv4_literals_may_have_leading_zeros(literal: str, one_spelling: str) -> None:
+    assert address_literal(literal) == one_spelling
+
+
+@pytest.mark.parametrize(
+    "bad", ["[0192.0.2.1]", "[256.0.0.1]", "[1.2.3]", "[1.2.3.4.5]", "[1..2.3]", "[+1.2.3.4]",
+            "[1.2.3.\u0661]", "[IPv6:::1.2.3.0256]", "[IPv6:::1.2.3]"],
+)
+def test_ipv4_literals_are_still_four_snums(bad: str) -> None:
+    with pytest.raises(ValueError):
+        address_literal(bad)

@@ -487,3 +487,12 @@ def test_an_ascii_recipient_is_never_too_long_for_a_dsn():
     # utf-8-addr-xtext limit is not for it, even in an SMTPUTF8 session
     rcpt, _ = parse_rcpt(f"TO:<{'+' * 200}@remote.test>", P, True)
     assert len(utf8_addr_encode(str(rcpt))) > 998 - len("Final-Recipient: utf-8; ")
+
+
+def test_address_literals_with_leading_zeros():
+    # RFC 5321 4.1.3: an Snum is 1 to 3 digits, "002" included; the literal
+    # is kept in its one spelling, so [hub] domains' "[192.0.2.1]" matches
+    assert parse_mailbox("u@[192.000.002.001]", P).domain == "[192.0.2.1]"
+    assert parse_rcpt("TO:<u@[IPv6:::ffff:10.0.0.01]>", P)[0].domain == "[ipv6:::ffff:a00:1]"
+    assert parse_mail("FROM:<@[010.0.0.1]:u@x.test>", P)[0] == Address("u", "x.test")
+

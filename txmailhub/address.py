@@ -26,6 +26,7 @@ __all__ = [
     "client_ip",
     "client_key",
     "address_literal",
+    "ipv4_literal",
     "ipv6_literal",
     "login_key",
     "parse_address",
@@ -191,6 +192,21 @@ def client_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 _IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]+")
+_SNUM = re.compile(r"[0-9]{1,3}")
+
+
+def ipv4_literal(text: str) -> ipaddress.IPv4Address:
+    """The address of an RFC 5321 4.1.3 IPv4-address-literal (``Snum 3("."
+    Snum)``); ValueError for anything else.
+
+    An Snum is 1 to 3 decimal digits of a value up to 255, so ``010`` is
+    ten: leading zeros are valid and decimal.  ``ipaddress`` refuses them
+    (it will not guess between decimal and octal), which turned a valid
+    ``user@[192.0.002.1]`` into a 501."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(_SNUM.fullmatch(p) and int(p) <= 255 for p in parts):
+        raise ValueError(f"not an IPv4 literal: {text!r}")
+    return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
 
 
 def ipv6_literal(text: str) -> ipaddress.IPv6Address:
@@ -204,7 +220,11 @@ def ipv6_literal(text: str) -> ipaddress.IPv6Address:
     ``1:2:3:4:5:6:7::`` stand for 7."""
     if not _IPV6_TEXT.fullmatch(text):
         raise ValueError(f"not an IPv6 literal: {text!r}")
-    ip = ipaddress.IPv6Address(text)
+    head, colon, tail = text.rpartition(":")
+    if colon and "." in tail:  # IPv6v4-full or -comp: the tail is Snums too
+        ip = ipaddress.IPv6Address(f"{head}:{ipv4_literal(tail)}")
+    else:
+        ip = ipaddress.IPv6Address(text)
     if "::" in text:
         parts = text.split(":")
         v4 = "." in parts[-1]
@@ -224,4 +244,4 @@ def address_literal(name: str) -> str:
     literal = name[1:-1]
     if literal[:5].lower() == "ipv6:":
         return f"[IPv6:{ipv6_literal(literal[5:]).compressed}]"
-    return f"[{ipaddress.IPv4Address(literal)}]"
+    return f"[{ipv4_literal(literal)}]"
