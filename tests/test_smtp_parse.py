@@ -496,3 +496,36 @@ def test_address_literals_with_leading_zeros():
     assert parse_rcpt("TO:<u@[IPv6:::ffff:10.0.0.01]>", P)[0].domain == "[ipv6:::ffff:a00:1]"
     assert parse_mail("FROM:<@[010.0.0.1]:u@x.test>", P)[0] == Address("u", "x.test")
 
+
+@pytest.mark.parametrize("domain", [
+    # RFC 6531 3.3 adds U-labels to sub-domain; an ASCII label beside one
+    # keeps RFC 5321's form, and a non-ASCII label must be a U-label
+    "-x.b\u00fccher.test", "x-.b\u00fccher.test", "-b\u00fccher.test", "b\u00fccher-.test",
+    "b\u00fc--cher.test",  # hyphens in 3rd and 4th place (RFC 5891 4.2.3.1)
+    "\u2603.test",  # a snowman: DISALLOWED in IDNA2008
+    "\u0301a.test",  # a label starting with a combining mark
+    "b\u00fccher_.test",  # an underscore is no U-label character
+    "a\u3002b.test",  # an ideographic full stop is no label character
+])
+def test_a_utf8_domain_is_labels_and_u_labels(domain):
+    assert reply_of(parse_mailbox, f"u@{domain}", P, True) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P, True) == replies.SYNTAX_RECIPIENT
+    assert reply_of(parse_mail, f"FROM:<u@{domain}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P, True) == replies.SYNTAX_RECIPIENT
+
+
+def test_u_labels_in_their_mapped_forms_still_work():
+    # UTS 46 (docs/smtp.rst): capitals and decomposed forms are the name too
+    for domain in ("b\u00fccher.test", "B\u00dcCHER.test", "bu\u0308cher.test",
+                   "x-y.b\u00fccher.test", "my_host.b\u00fccher.test", "\u4e2d\u6587.test"):
+        assert parse_mailbox(f"u@{domain}", P, True).domain == domain.lower(), domain
+
+
+def test_a_quoted_pair_is_a_backslash_and_printable_ascii():
+    # RFC 5321 4.1.2 quoted-pairSMTP = %d92 %d32-126; RFC 6531 3.3 extends
+    # qtextSMTP with UTF-8, not the pair
+    assert reply_of(parse_mailbox, '"\\\u00e9"@x.test', P, True) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, 'TO:<"a\\\u00e9"@x.test>', P, True) == replies.SYNTAX_RECIPIENT
+    # an escaped backslash before UTF-8 is a pair and a qtext character
+    assert parse_mailbox('"\\\\\u00e9"@x.test', P, True).local == '"\\\\\u00e9"'
+    assert parse_mailbox('"\u00e9 \\"x"@x.test', P, True).local == '"\u00e9 \\"x"'

@@ -27,8 +27,11 @@ Accepted path forms:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+
+import idna
 
 from txmailhub.address import Address, address_literal
 from txmailhub.errors import RemoteProtocolError
@@ -73,6 +76,7 @@ _DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?"
 _DOMAIN_UTF8 = re.compile(
     rf"(?:[A-Za-z0-9_\-]|{_U8})+(?:\.(?:[A-Za-z0-9_\-]|{_U8})+)*\Z"
 )
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?\Z")
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
 _QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
 # RFC 3461 4.4's "printable (graphic and white space)" characters, as for
@@ -168,7 +172,28 @@ def _check_domain(domain: str, utf8: bool) -> str:
             raise _fail(replies.SMTPUTF8_NOT_DECLARED)
         if not _DOMAIN_UTF8.match(domain):
             raise _fail(replies.SYNTAX_ADDRESS)
+        # RFC 6531 3.3 adds U-labels to sub-domain, nothing else: an ASCII
+        # label keeps RFC 5321's letter-digit-hyphen form ("-x" is no
+        # label beside a U-label either), and a non-ASCII one must be a
+        # name IDNA2008 takes ("-b\u00fccher", a snowman), else it has no
+        # A-label form for DNS or for a peer without SMTPUTF8
+        for label in domain.split("."):
+            if not (_LABEL.match(label) if label.isascii() else _u_label(label)):
+                raise _fail(replies.SYNTAX_ADDRESS)
     return domain.lower()
+
+
+@functools.lru_cache(maxsize=1024)
+def _u_label(label: str) -> bool:
+    """A non-ASCII label IDNA2008 takes (RFC 5890 2.3.2.1's U-label), read
+    with UTS 46 mapping as every domain of the hub is (capitals and
+    decomposed forms are the same name, docs/smtp.rst); one label, not a
+    name the mapping splits at an ideographic full stop."""
+    try:
+        ace = idna.encode(label, uts46=True)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return False
+    return b"." not in ace
 
 
 def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address:
@@ -183,6 +208,11 @@ def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address
             if not _QTEXT_UTF8.match(quoted):  # no CR, ESC... in UTF-8 either
                 raise _fail(replies.SYNTAX_ADDRESS)
         elif not _QTEXT_OK.match(quoted):
+            raise _fail(replies.SYNTAX_ADDRESS)
+        # quoted-pairSMTP is a backslash and printable ASCII (RFC 5321
+        # 4.1.2); RFC 6531 3.3 widens qtextSMTP only, so a backslash
+        # before a UTF-8 character is no pair
+        if any(not " " <= m.group(1) <= "~" for m in _QUOTED_PAIR.finditer(quoted[1:-1])):
             raise _fail(replies.SYNTAX_ADDRESS)
         local = _unquote_local(quoted)
         if rest == "":
