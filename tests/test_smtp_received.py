@@ -73,6 +73,36 @@ def test_a_client_without_an_ip_address_gets_no_address_literal():
         assert b"[" not in field
 
 
+def test_an_address_literal_helo_without_a_client_address_is_a_comment():
+    # RFC 5321 4.4: Extended-Domain is a Domain, or an address literal
+    # followed by "(" TCP-info ")"; a unix: client has no TCP-info to give
+    # (smtplib and many others say "EHLO [127.0.0.1]" on a host without a
+    # name)
+    for helo in ("[127.0.0.1]", "[IPv6:::1]"):
+        field = received(hostname="mx", helo=helo, client_ip="localhost", protocol="ESMTP",
+                         message_id="I", when=0)
+        assert field.startswith(b"Received: from localhost\n\t(HELO " + helo.encode() + b")\n"
+                                b"\tby mx (txmailhub)"), field
+
+
+@pytest.mark.parametrize(
+    ("client", "tcp_info"),
+    [
+        # the zone of a link-local peer names our interface, and "%" is no
+        # part of an RFC 5321 4.1.3 literal ("[IPv6:fe80::1?eth0]" was written)
+        ("fe80::1%eth0", b"[IPv6:fe80::1]"),
+        # an IPv4 client on a dual-stack listener is the IPv4 address, as
+        # everywhere else in the hub (address.client_ip)
+        ("::ffff:192.0.2.7", b"[192.0.2.7]"),
+        ("2001:DB8:0:0::7", b"[IPv6:2001:db8::7]"),
+    ],
+)
+def test_the_tcp_info_is_the_clients_address_as_a_literal(client, tcp_info):
+    field = received(hostname="mx", helo="client.test", client_ip=client, protocol="ESMTP",
+                     message_id="I", when=0)
+    assert field.startswith(b"Received: from client.test (" + tcp_info + b")\n"), field
+
+
 @pytest.mark.parametrize(
     ("helo", "first"),
     [

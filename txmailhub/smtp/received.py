@@ -137,17 +137,23 @@ def _from(helo: str, client_ip: str) -> str:
 
     A client without an IP address (a ``unix:`` listener's, "localhost")
     has no address literal to give, and TCP-info is one: the clause is
-    left out, and "localhost" stands for a bad name.  (Cached: a client's
+    left out, and "localhost" stands for a bad name, and for an address
+    literal, which RFC 5321 4.4 allows only with TCP-info.  (Cached: a client's
     address and name are judged once, not per message.)"""
     source = None
-    if _ip_address(client_ip) is not None:
-        ip = _safe(client_ip)
-        source = f"[{ip}]" if ":" not in ip else f"[IPv6:{ip}]"
+    ip = _ip_address(client_ip)
+    if ip is not None:
+        # from the parsed address, not the peer's text: an IPv6 zone
+        # ("fe80::1%eth0") would make it no RFC 5321 4.1.3 literal, and an
+        # IPv4-mapped address is the IPv4 client it stands for
+        source = f"[{ip}]" if ip.version == 4 else f"[IPv6:{ip.compressed}]"
     # mapped whole, then judged (its 255-octet limit): a cut before the
     # mapping could leave a different name (IDNA drops soft hyphens)
     name = ascii_domain(helo[:1024]) if not helo.isascii() else helo
     if source is None:
-        if _valid_helo(name):
+        # an address literal alone is no Extended-Domain (RFC 5321 4.4: it
+        # needs TCP-info after it), so without an address it is a comment
+        if _valid_helo(name) and not name.startswith("["):
             return f"Received: from {name}"
         return f"Received: from localhost\n\t(HELO {_safe(name)})"
     if _valid_helo(name):
