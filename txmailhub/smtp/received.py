@@ -42,9 +42,10 @@ _CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 HEADER_END = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]@]")
-# RFC 5321 4.1.2 Domain: labels of letters, digits and inner hyphens (and
-# underscores, as the address parser takes them: seen in the wild)
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
+# RFC 5321 4.1.2 Domain: labels of letters, digits and inner hyphens.  Not
+# underscores, though the address parser takes them: what we write must
+# parse as the grammar says, and such a name is kept in the comment
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HELO_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
