@@ -1298,3 +1298,49 @@ class ProcessTests(SynchronousTestCase):
             self.assertTrue(set(acked) <= set(ids))
             self.assertEqual(os.listdir(os.path.join(store.maildir_path(who), "tmp")), [])
             box.close()
+
+
+class KeyedDeliveryTests(Base):
+    """``deliver_keyed``: the queue runner's retries make one copy per key,
+    whatever a crash before the runner's record left behind."""
+
+    KEY = (1_700_000_123.25, "1A2B3C4D5E6F7A8B9")
+
+    def test_interface(self):
+        from txmailhub.interfaces import IKeyedStore
+        self.assertTrue(verifyObject(IKeyedStore, self.store))
+
+    def test_second_delivery_under_the_key_makes_no_copy(self):
+        msg = self.spool()
+        self.assertEqual(self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY)),
+                         {JOE: None})
+        (name,) = self.names()
+        self.assertTrue(name.startswith("1700000123.M250000K1A2B3C4D5E6F7A8B9."), name)
+        self.syncer.calls.clear()
+        self.assertEqual(self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY)),
+                         {JOE: None})
+        self.assertEqual(self.names(), [name])
+        # the copy an earlier run made may not be durable yet: synced again
+        self.assertIn(("dir", os.path.join(self.md(), "new")), self.syncer.calls)
+        self.spooler.discard(msg)
+
+    def test_copy_read_meanwhile_is_found_in_cur_under_any_flags(self):
+        msg = self.spool()
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))
+        for who, flags in ((JOE, "2,S"), (ANN, "2,FS")):
+            (name,) = self.names(who)
+            os.rename(os.path.join(self.md(who), "new", name),
+                      os.path.join(self.md(who), "cur", f"{name}:{flags}"))
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))
+        self.assertEqual(out, {JOE: None, ANN: None})
+        for who in (JOE, ANN):
+            self.assertEqual(self.names(who), [])
+            self.assertEqual(len(self.names(who, "cur")), 1)
+        self.spooler.discard(msg)
+
+    def test_another_key_is_another_copy(self):
+        msg = self.spool()
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE], (self.KEY[0], "OTHER1")))
+        self.assertEqual(len(self.names()), 2)
+        self.spooler.discard(msg)

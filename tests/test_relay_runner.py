@@ -792,3 +792,74 @@ def test_the_delay_notice_says_until_when_it_is_retried(hub):
     hub.clock.pump([600] * 6 * 5)
     [(_, data)] = hub.dsn.sent
     assert b"Action: delayed" in data and b"Will-Retry-Until: " in data
+
+
+def test_local_retry_not_delivered_twice_after_a_crash(tmp_path, monkeypatch):
+    """A queued local copy (its first delivery failed) is delivered by the
+    runner and then recorded.  A crash between the two (kill -9 while the
+    record is written) left the entry pending, and the next start put a
+    second copy of the acknowledged message into the same Maildir.  The
+    crash is played by a record write that fails and a runner that is then
+    dropped, as the process would be; a new runner plays the restart."""
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    joe = Address("joe", "example.org")
+    h = make_hub(tmp_path)
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    h.components.store = store
+    qid = enqueue(h, joe)
+
+    def crash(*args, **kwargs):
+        raise OSError(5, "the hub was killed while writing the record")
+
+    monkeypatch.setattr(h.queue, "update", crash)
+    h.runner.start()
+    h.runner.stop()
+    new = tmp_path / "mail" / "example.org" / "joe" / "new"
+    assert len(os.listdir(new)) == 1
+    assert h.queue.ids() == [qid]  # still pending: the record was never written
+
+    monkeypatch.undo()  # the restart: a fresh queue and runner on the same files
+    queue = OutboundQueue(h.settings.queue_dir, h.clock)
+    h.components.queue = queue
+    runner = QueueRunner(queue, h.agent, h.components, h.clock, send_dsn=h.dsn)
+    queue.recover()
+    runner.start()
+    h.clock.advance(3600)
+    runner.stop()
+    assert queue.ids() == []  # recorded as delivered this time
+    assert len(os.listdir(new)) == 1, os.listdir(new)
+
+
+def test_local_retry_read_before_the_restart_is_not_delivered_again(tmp_path, monkeypatch):
+    """As above, but the copy was read over POP3 (moved to cur/ with the S
+    flag) before the restart: still one copy."""
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    joe = Address("joe", "example.org")
+    h = make_hub(tmp_path)
+    h.components.store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    enqueue(h, joe)
+
+    def crash(*args, **kwargs):
+        raise OSError(5, "the hub was killed while writing the record")
+
+    monkeypatch.setattr(h.queue, "update", crash)
+    h.runner.start()
+    h.runner.stop()
+    md = tmp_path / "mail" / "example.org" / "joe"
+    (name,) = os.listdir(md / "new")
+    os.rename(md / "new" / name, md / "cur" / f"{name}:2,S")
+
+    monkeypatch.undo()
+    queue = OutboundQueue(h.settings.queue_dir, h.clock)
+    h.components.queue = queue
+    runner = QueueRunner(queue, h.agent, h.components, h.clock, send_dsn=h.dsn)
+    runner.start()
+    h.clock.advance(3600)
+    runner.stop()
+    assert queue.ids() == []
+    assert os.listdir(md / "new") == []
+    assert os.listdir(md / "cur") == [f"{name}:2,S"]

@@ -18,6 +18,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "IDeliveryAgent",
+    "IKeyedStore",
     "IMXResolver",
     "IMailbox",
     "IMailboxStore",
@@ -148,6 +149,22 @@ class ISpoolingStore(Interface):
         removed with ``discard(message)`` (done only when every copy is
         durable).  Errbacks when the spool file itself could not be made
         durable (nothing was delivered then)."""
+
+
+class IKeyedStore(Interface):
+    """A mailbox store that can make a delivery at most once per key.
+
+    The queue runner hands a queued local copy to the store and records
+    the outcome afterwards; a crash between the two leaves the entry
+    pending, and the next start would deliver the acknowledged message a
+    second time.  With a key (stable across restarts: the queue entry's
+    creation time and id) the store can tell that copy is already there."""
+
+    def deliver_keyed(message, mailboxes: list, key: tuple) -> "Deferred":  # noqa: F821, UP037
+        """``IMailboxStore.deliver``, but a mailbox that already holds the
+        copy made under ``key`` (``(when, name)``: seconds since the epoch
+        and a short ASCII name) is not given another: its outcome is
+        ``None`` once that copy is durable."""
 
 
 class IRecipientRouter(Interface):

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
+from txmailhub.interfaces import IKeyedStore
 from txmailhub.logsafe import log_failure
 from txmailhub.relay import bounce, schedule
 from txmailhub.relay.attempt import DeliveryResult
@@ -345,7 +346,15 @@ class QueueRunner:
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address]) -> defer.Deferred:
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
-        d = defer.maybeDeferred(self.components.store.deliver, message, rcpts)
+        store = self.components.store
+        if IKeyedStore.providedBy(store):
+            # The outcome is recorded only after the copy is made: after a
+            # crash in between, the key lets the store see the copy is there
+            # instead of making a second one of an acknowledged message.
+            d = defer.maybeDeferred(store.deliver_keyed, message, rcpts,
+                                    (entry.created, entry.id))
+        else:
+            d = defer.maybeDeferred(store.deliver, message, rcpts)
 
         def done(outcome: dict) -> list[DeliveryResult]:
             out = []

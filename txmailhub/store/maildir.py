@@ -73,7 +73,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, canonical_domain, canonical_local
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError, MailboxInUse
-from txmailhub.interfaces import IMailboxStore, ISpoolingStore
+from txmailhub.interfaces import IKeyedStore, IMailboxStore, ISpoolingStore
 from txmailhub.store.format import (
     CRLFCounter,
     CRLFEncoder,
@@ -127,7 +127,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@implementer(IMailboxStore, ISpoolingStore)
+@implementer(IMailboxStore, ISpoolingStore, IKeyedStore)
 class MaildirStore:
     """``IMailboxStore`` over ``mail_dir`` (see the module docstring).
 
@@ -233,18 +233,53 @@ class MaildirStore:
             f",S={message.size},W={message.crlf_size}"
         )
 
+    def keyed_name(self, message: SpooledMessage, key: tuple[float, str]) -> str:
+        """The name of the copy made under ``key`` (``deliver_keyed``): the
+        same on every attempt and in every process, and in the usual shape
+        (``<sec>.M<usec>K<name>.<host>``), so it sorts by ``when``."""
+        when, tag = key
+        sec = int(when)
+        usec = int((when - sec) * 1_000_000)
+        tag = "".join(c for c in tag if c.isascii() and c.isalnum())[:40]
+        return (f"{sec}.M{usec}K{tag}.{self._host}"
+                f",S={message.size},W={message.crlf_size}")
+
     # -- delivery ------------------------------------------------------------
 
     def deliver(self, message: SpooledMessage, mailboxes: list[Address]) -> defer.Deferred:
+        return self._deliver(message, mailboxes, None)
+
+    def deliver_keyed(self, message: SpooledMessage, mailboxes: list[Address],
+                      key: tuple[float, str]) -> defer.Deferred:
+        """``IKeyedStore``: ``deliver`` under a name made from ``key``; a
+        Maildir that already has it (in ``new/``, or in ``cur/`` with any
+        flags: read over POP3 meanwhile) gets no second copy.  The queue
+        runner's local retries use it, so a crash after the copy and before
+        its record leaves one copy, not two, after the restart.  A copy the
+        user has already deleted cannot be told from one never made: that
+        window (delivered, read and deleted before the runner recorded it)
+        stays a duplicate, as RFC 5321 6.3 prefers to a loss."""
+        return self._deliver(message, mailboxes, key)
+
+    def _deliver(self, message: SpooledMessage, mailboxes: list[Address],
+                 key: tuple[float, str] | None) -> defer.Deferred:
         results: dict[Address, Exception | None] = {}
         linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
         copies: list[tuple[Address, str, str, int, tuple[str, ...]]] = []
         for address in dict.fromkeys(mailboxes):
             try:
                 md = self.maildir_path(address)
-                name = self.unique_name(message)
+                name = self.unique_name(message) if key is None else self.keyed_name(message, key)
                 new = os.path.join(md, "new", name)
                 self._ensure(md)
+                if key is not None:
+                    there = _made_before(md, name)
+                    if there == "cur":  # read meanwhile; its move is not ours to sync
+                        results[address] = None
+                        continue
+                    if there == "new":  # made by a run that may not have synced it
+                        linked.append((address, md, new, self._ensure(md)))
+                        continue
                 try:
                     self._link_into(message.path, new, md)
                     linked.append((address, md, new, self._ensure(md)))
@@ -564,6 +599,24 @@ class _Publication:
             except Exception:  # the reactor side discards again, and logs
                 pass
         return self
+
+
+def _made_before(md: str, name: str) -> str | None:
+    """Where Maildir ``md`` holds the file ``name`` (``deliver_keyed``):
+    ``"new"``, ``"cur"`` (under any flags), or None."""
+    if os.path.exists(os.path.join(md, "new", name)):
+        return "new"
+    if os.path.exists(os.path.join(md, "cur", name + ":2,S")):
+        return "cur"  # what POP3 makes of it: no listing needed
+    prefix = name + ":"
+    try:
+        with os.scandir(os.path.join(md, "cur")) as listing:
+            for entry in listing:
+                if entry.name == name or entry.name.startswith(prefix):
+                    return "cur"
+    except FileNotFoundError:
+        pass
+    return None
 
 
 def _snapshot(md: str, now: float) -> list[MessageInfo]:
