@@ -170,6 +170,38 @@ def test_copy_when_link_impossible(tmp_path, spool, monkeypatch):
     assert os.stat(q.message_path(qid)).st_ino != os.stat(spool.path).st_ino
 
 
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_failed_copy_leaves_no_message_file(tmp_path, spool, monkeypatch, where):
+    """Where the spool file cannot be linked, the queue copies it; a copy
+    that fails half-way (a full disk, an I/O error at its fsync) must not
+    leave its partial file in queue/ until the next start: a client
+    retrying against a full disk would fill what little room is left."""
+    import shutil
+
+    def no_link(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    def half_copy(fin, fout, length=0):
+        fout.write(fin.read(5))
+        fout.flush()
+        raise OSError(28, "No space left on device")
+
+    def no_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    q = make_queue(tmp_path)
+    monkeypatch.setattr(os, "link", no_link)
+    if where == "write":
+        monkeypatch.setattr(shutil, "copyfileobj", half_copy)
+    else:
+        monkeypatch.setattr(os, "fsync", no_fsync)
+    d = q.enqueue(envelope("bob@remote.test"), spool)
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert isinstance(failure.value, OSError)
+    assert queue_files(q) == []
+
+
 def test_enqueue_order_of_durable_steps(tmp_path, spool):
     fs = CrashingFS()
     q = make_queue(tmp_path, fs=fs)

@@ -96,12 +96,23 @@ class FileSystem:
             self.copy(src, dst)
 
     def copy(self, src: str, dst: str) -> None:
-        with open(src, "rb") as fin, open(
-            os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
-        ) as fout:
-            shutil.copyfileobj(fin, fout, 65536)
-            fout.flush()
-            os.fsync(fout.fileno())
+        """Copy ``src`` to the new file ``dst`` and fsync it.  A copy that
+        fails is removed: the caller cannot (it made nothing it knows of),
+        and a client retrying against a full disk would otherwise leave a
+        partial file per attempt until the next start."""
+        with open(src, "rb") as fin:
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                with open(fd, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 65536)
+                    fout.flush()
+                    os.fsync(fout.fileno())
+            except BaseException:
+                try:
+                    os.unlink(dst)
+                except OSError:
+                    pass
+                raise
 
     def write_file(self, path: str, data: bytes) -> None:
         """Write ``data`` (not yet durable: ``fsync_file``/``sync_file`` next)."""
