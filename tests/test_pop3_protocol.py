@@ -762,6 +762,25 @@ def test_update_failure_is_sys_temp():
     assert not env.store.is_locked("joe@example.org")
 
 
+def test_update_disk_error_is_one_log_line(log_events):
+    """A deletion the disk refuses (EIO, EROFS) is the operator's to fix,
+    as a full disk is for SMTP: one error line naming it, not a critical
+    traceback per session (``logsafe.log_failure``)."""
+    from twisted.logger import LogLevel, formatEvent
+
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    proto.mailbox.delete = lambda indices: defer.fail(OSError(5, "Input/output error"))
+    talk(proto, t, b"DELE 1\r\n")
+    assert talk(proto, t, b"QUIT\r\n") == R.UPDATE_FAILED.to_bytes()
+    mine = [e for e in log_events if "UPDATE failed" in formatEvent(e)]
+    assert len(mine) == 1
+    assert mine[0]["log_level"] == LogLevel.error
+    assert "log_failure" not in mine[0]
+    assert "Input/output error" in formatEvent(mine[0])
+
+
 def test_connection_lost_during_update_releases_after_it():
     env = Env()
     env.store = store = MemoryMailboxStore(hold=True)

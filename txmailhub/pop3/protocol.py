@@ -629,7 +629,9 @@ class POP3Protocol(Protocol):
         self._end_update(True)
 
     def _update_failed(self, failure: Failure, action: Update) -> None:
-        log.failure("POP3 UPDATE failed for {user}", failure, user=self._user)
+        # a disk error is one line (the messages it could not remove are
+        # logged by the store); anything else keeps its traceback
+        log_failure(log, failure, "POP3 UPDATE failed for {user}", user=self._user)
         self._end_update(False)
 
     def _end_update(self, ok: bool) -> None:
