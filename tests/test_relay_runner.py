@@ -863,3 +863,26 @@ def test_local_retry_read_before_the_restart_is_not_delivered_again(tmp_path, mo
     assert queue.ids() == []
     assert os.listdir(md / "new") == []
     assert os.listdir(md / "cur") == [f"{name}:2,S"]
+
+
+def test_control_file_that_cannot_be_taken_does_not_stop_the_queue(hub, monkeypatch, log_events):
+    """``.flush`` or ``.changed`` that cannot be removed (EIO, a read-only
+    remount) stopped every tick before it started the due entries, and
+    wrote a critical traceback each second."""
+    from twisted.logger import LogLevel, formatEvent
+
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    enqueue(hub, BOB)
+    assert len(hub.agent.calls) == 1
+
+    def stuck(name):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(hub.queue, "take_flag", stuck)
+    hub.agent.script = FakeAgent().script
+    hub.clock.advance(schedule.DEFAULT_SCHEDULE[0] + 1)
+    assert len(hub.agent.calls) == 2 and hub.queue.ids() == []
+    mine = [e for e in log_events if "tick failed" in formatEvent(e)]
+    assert mine and all(e["log_level"] == LogLevel.error and "log_failure" not in e
+                        for e in mine)

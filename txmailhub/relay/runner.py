@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
@@ -165,6 +166,11 @@ class QueueRunner:
                 self._flush()
             elif self.queue.take_flag(CHANGED):
                 self._rescan()
+        except Exception:
+            # a control file that cannot be taken (EIO, a read-only remount)
+            # is one line, and must not stop the due entries being started
+            log_failure(log, Failure(), "queue runner tick failed")
+        try:
             self.kick()
         except Exception:
             log.failure("queue runner tick failed")
