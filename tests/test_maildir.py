@@ -570,6 +570,30 @@ class DeliverSpooledTests(Base):
             self.assertEqual(f.read(), b"again\n")
         self.assertEqual(len(self.names(JOE)), 1)
 
+    def test_a_moved_copy_that_cannot_go_back_is_not_left_visible(self):
+        """The rename back to the spool fails too (a failing disk): the
+        copy must not stay in new/, where POP3 shows it, while the client
+        hears 451 (the queue cannot take a spool file that is gone) and
+        sends the message again -- that would be a second copy."""
+        self.deliver([JOE])
+        renames = []
+
+        def rename(src, dst):
+            renames.append(dst)
+            if len(renames) > 1:  # the way back
+                raise OSError(errno.EIO, "I/O error")
+            os.rename(src, dst)
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org",
+                             self.syncer, clock=self.clock, rename=rename)
+        self.syncer.fail[os.path.join(self.md(), "new")] = OSError(errno.EIO, "I/O error")
+        _, results, gone = self.successResultOf(
+            store.deliver_spooled(self.writer(b"again\n"), [JOE], lambda m: None))
+        self.assertEqual(len(renames), 2)
+        self.assertEqual(results[JOE].errno, errno.EIO)
+        self.assertTrue(gone)  # no spool file left for anyone to discard
+        self.assertEqual(len(self.names(JOE)), 1)  # the first message only
+
     def test_a_vanished_maildir_is_made_again(self):
         import shutil
 

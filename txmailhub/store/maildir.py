@@ -588,7 +588,14 @@ class _Publication:
                 else:
                     os.unlink(new)
             except OSError:
-                pass
+                # Could not go back: the spool name is gone, so the queue
+                # cannot take the message either and the client hears 451
+                # and sends it again.  Left in new/, it would be shown by
+                # POP3 now and be a second copy then.
+                try:
+                    os.unlink(new)
+                except OSError:
+                    pass
             self.results[address] = error
         if self._moved:
             self.discarded = True  # the spool name is gone with the rename
