@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -217,9 +218,18 @@ class AcceptMessageTests(SynchronousTestCase):
             raise OSError("cannot unlink")
 
         c.spooler.discard = boom
-        res = self.successResultOf(accept_message(c, env(A), MSG))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            res = self.successResultOf(accept_message(c, env(A), MSG))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
         self.assertEqual(res, {A: DELIVERED})
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        # a disk error is one error line, not a critical traceback (logsafe)
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+        [line] = [e for e in events if "discard" in formatEvent(e)]
+        self.assertEqual(line["log_level"], LogLevel.error)
+        self.assertIn("cannot unlink", formatEvent(line))
 
 
 class Writer:

@@ -33,6 +33,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
@@ -289,7 +290,10 @@ class _Delivery:
         try:
             d = self.components.spooler.discard(self.message)
         except Exception:
-            log.failure("could not discard spool file {path}", path=self.message.path)
+            # an OSError (EIO, EROFS) is one line: the file goes at the next
+            # start with the spool's other leftovers
+            log_failure(log, Failure(), "could not discard spool file {path}",
+                        path=self.message.path)
             return self.results
         if not isinstance(d, defer.Deferred):
             return self.results
@@ -298,7 +302,7 @@ class _Delivery:
             return self.results
 
         def discard_failed(f: Any) -> dict[Address, Reply]:
-            log.failure("could not discard spool file {path}", f, path=self.message.path)
+            log_failure(log, f, "could not discard spool file {path}", path=self.message.path)
             return self.results
 
         d.addCallbacks(done, discard_failed)
