@@ -161,6 +161,20 @@ class Resolver(client.Resolver):
         QueryPort(self._reactor, proto, interface)
         return proto
 
+    def maybeParseConfig(self) -> None:
+        """twisted.names' periodic look at ``resolv.conf``, but one that
+        cannot open the file (EMFILE, EACCES) is a line in the log and
+        another look later: twisted.names raised out of the timed call (a
+        critical traceback) and never looked again, so the hub kept its
+        old name servers for the rest of its life."""
+        try:
+            super().maybeParseConfig()
+        except OSError as e:
+            log.error("cannot read {path}: {error}; trying again later",
+                      path=self.resolv, error=str(e))
+            self._parseCall = self._reactor.callLater(
+                self._resolvReadInterval, self.maybeParseConfig)
+
     def filterAnswers(self, message: dns.Message) -> Any:
         """twisted.names' filter, but a truncated answer is asked again
         over TCP once: an answer that comes over TCP is final even with

@@ -1,0 +1,36 @@
+"""txmailhub.relay.dnsport: the client resolver's own behaviour."""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet.task import Clock
+
+from txmailhub.relay import dnsport
+
+
+def test_resolv_conf_that_cannot_be_opened_is_read_again_later(tmp_path, monkeypatch, log_events):
+    """Out of descriptors (EMFILE) at the periodic look at resolv.conf:
+    twisted.names raised out of the timed call and never looked again,
+    so a later change of name servers went unseen until a restart."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.1\n")
+    clock = Clock()
+    resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
+    assert [addr for addr, _ in resolver.dynServers] == ["192.0.2.1"]
+
+    real_open = resolver._openFile
+
+    def no_descriptors(path):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(resolver, "_openFile", no_descriptors)
+    clock.advance(resolver._resolvReadInterval)  # must not raise
+    assert [c for c in clock.getDelayedCalls() if c.active()]  # and looks again
+    assert any("Too many open files" in str(e.get("error")) for e in log_events)
+
+    monkeypatch.setattr(resolver, "_openFile", real_open)
+    conf.write_text("nameserver 192.0.2.2\n")
+    resolver._lastResolvTime = None  # the same second: mtime alone would not tell
+    clock.advance(resolver._resolvReadInterval)
+    assert [addr for addr, _ in resolver.dynServers] == ["192.0.2.2"]
