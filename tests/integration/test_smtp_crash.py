@@ -141,6 +141,13 @@ def test_sigkill_on_every_path_then_restart(make_hub, tmp_path):
         t.join(10)
     assert len(acked) >= 40, "the load did not get going"
     hub.start()  # the restart's clean-up is part of what is checked
+    # the port takes connections from the moment it is bound, before the
+    # services start (the kernel completes the handshake; nothing is read
+    # before they have): the clean-up is done once the hub says it started
+    deadline = time.monotonic() + 30
+    while hub.log_text().count("txmailhub started") < 2:
+        assert time.monotonic() < deadline, "the restarted hub did not finish starting"
+        time.sleep(0.05)
 
     spool = hub.state_dir / "spool"
     assert not [p for p in spool.iterdir() if p.name.startswith(f"{killed}-")]
