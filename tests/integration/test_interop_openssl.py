@@ -227,3 +227,37 @@ def test_s_client_pop3_stls_and_pop3s(make_hub, tmp_path: Path):
     c.close()
     assert len(fetch_poplib(hub.pop3_port, ALICE, ALICE_PW)) == len(names) - 1
     hub_log_is_clean(hub.log_text())
+
+
+def test_s_client_tls12_works_and_tls11_is_refused_everywhere(make_hub, tmp_path: Path):
+    # docs/deployment.rst: TLS 1.2 and 1.3 only; a failed handshake leaves
+    # one log line.  SECLEVEL=0 lets this OpenSSL offer TLS 1.1 at all, so
+    # the refusal seen is the hub's.
+    hub = make_hub(tls=True)
+    cert = hub.folder / "tls" / "cert.pem"
+    listeners = [(hub.smtp_port, ("-starttls", "smtp"), b"220"),
+                 (hub.submission_port, ("-starttls", "smtp"), b"220"),
+                 (hub.smtps_port, (), b"220"), (hub.pop3_port, ("-starttls", "pop3"), b"+OK"),
+                 (hub.pop3s_port, (), b"+OK")]
+    for port, extra, ok in listeners:
+        c = SClient(port, cert, tmp_path, "-tls1_2", *extra)
+        if not extra:
+            assert c.line().startswith(ok)  # the greeting
+        if ok == b"+OK":
+            c.send(b"QUIT\r\n")
+            assert c.line().startswith(b"+OK Bye"), port
+        else:
+            c.send(b"NOOP\r\nQUIT\r\n")
+            assert [c.line()[:3], c.line()[:3]] == [b"250", b"221"], port
+        log = c.close()
+        assert "Protocol version: TLSv1.2" in log and "Verification: OK" in log, log
+    for port, extra, _ in listeners:
+        c = SClient(port, cert, tmp_path, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", *extra)
+        log = c.close()
+        if "no protocols available" in log:
+            pytest.skip("this OpenSSL cannot offer TLS 1.1")
+        assert c.proc.returncode != 0 and "alert protocol version" in log, log
+    time.sleep(0.2)
+    text = hub.log_text()
+    assert text.count("TLS with 127.0.0.1 failed: unsupported protocol") == len(listeners), text
+    hub_log_is_clean(text)
