@@ -80,7 +80,7 @@ def test_curl_smtp_on_every_listener(make_hub, tmp_path: Path):
     hub_log_is_clean(hub.log_text())
 
 
-def test_curl_smtp_refusals(make_hub, tmp_path: Path):
+def test_curl_smtp_refusals_and_auth_login_with_initial_response(make_hub, tmp_path: Path):
     hub = make_hub(tls=True)
     f = tmp_path / "m.eml"
     f.write_bytes(corpus("refused", big=False)["ascii"])
@@ -100,8 +100,18 @@ def test_curl_smtp_refusals(make_hub, tmp_path: Path):
         pytest.skip("this curl has no --mail-rcpt-allowfails")
     assert r.returncode == 0, dialogue(r)
     assert any(x.startswith("< 550 ") for x in dialogue(r)), dialogue(r)
+    # AUTH LOGIN with the user name as initial response (curl --sasl-ir),
+    # then only the password prompt
+    r = curl(f"smtp://127.0.0.1:{hub.submission_port}", "--ssl-reqd", "--cacert",
+             str(hub.folder / "tls" / "cert.pem"), "--sasl-ir", "--login-options", "AUTH=LOGIN",
+             "--user", f"{SENDER}:carol-secret", "--mail-from", SENDER, "--mail-rcpt", ALICE,
+             "--upload-file", str(f))
+    lines = dialogue(r)
+    i = lines.index("> AUTH LOGIN Y2Fyb2xAZXhhbXBsZS5uZXQ=")
+    assert lines[i + 1:i + 4] == ["< 334 UGFzc3dvcmQ6", "> Y2Fyb2wtc2VjcmV0",
+                                  "< 235 2.7.0 Authentication successful"], lines
     # relaying from the submission port without AUTH never happens
-    assert hub.messages(ALICE) and len(hub.messages(ALICE)) == 1
+    assert len(hub.messages(ALICE)) == 2
     assert not hub.mailhub("queue", "list").stdout.strip()
     hub_log_is_clean(hub.log_text())
 
