@@ -192,9 +192,12 @@ class ListenerService(Service):
 
 
 def _describe(host: Any) -> str:
+    """A listening address for the log: ``host:port``, or a UNIX socket's
+    path (Twisted keeps that as bytes, which ``str`` would show as ``b'...'``)."""
     if hasattr(host, "port"):
         return f"{host.host}:{host.port}"
-    return str(getattr(host, "name", host))
+    name = getattr(host, "name", host)
+    return os.fsdecode(name) if isinstance(name, bytes) else str(name)
 
 
 class _StorageService(Service):

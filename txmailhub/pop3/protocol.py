@@ -127,7 +127,10 @@ class POP3Protocol(Protocol):
             except OSError:  # not a TCP socket
                 pass
         peer = t.getPeer()
-        self._peer = str(getattr(peer, "host", peer))
+        # a UNIX socket's peer has no address (and Twisted gives its name
+        # as bytes or None): log lines call it localhost, as SMTP's do
+        self._peer = "localhost" if isinstance(peer, UNIXAddress) else str(
+            getattr(peer, "host", peer))
         refused = self.factory.admit(self._peer, _is_local_peer(peer))
         if refused is not None:
             # Past [pop3] max_connections: one line and close, before any

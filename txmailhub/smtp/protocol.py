@@ -115,7 +115,10 @@ class SMTPProtocol(Protocol):
         self.components = factory.components
         self.reactor = factory.components.reactor
         self.engine: SMTPServer | None = None
-        self.host = ""
+        self.host = ""  # the client's IP address; "" for a UNIX socket
+        # how log lines name the client: its address, or "localhost" for
+        # a UNIX socket (the name its Received field gets too)
+        self.client_name = ""
         self._counted = False
         self._paused = False  # the engine waits for an answer (holds its input)
         self._waited = False  # it waited (storing, an AUTH check): idle time restarts after
@@ -158,9 +161,10 @@ class SMTPProtocol(Protocol):
         f = self.factory
         peer = self.transport.getPeer()
         self.host = getattr(peer, "host", "") or ""
+        self.client_name = self.host or "localhost"
         loopback, relay = f.classify(self.host)
         session = Session(
-            client_host=self.host or "localhost",
+            client_host=self.client_name,
             loopback=loopback,
             relay_allowed=relay,
             submission=f.submission,
@@ -170,7 +174,7 @@ class SMTPProtocol(Protocol):
         self._out = ResponseWriter(self.transport)
         refusal = f.admit(self.host, exempt=loopback or relay)
         if refusal is not None:
-            log.info("refused connection from {client}: {reply}", client=self.host,
+            log.info("refused connection from {client}: {reply}", client=self.client_name,
                      reply=refusal.text())
             self.engine.refuse_connection(refusal)
             self._drive()
@@ -229,7 +233,7 @@ class SMTPProtocol(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         why = tls_failure(reason)
         if why:  # a client failing on our TLS (versions, ciphers) is seen in the log
-            log.info("TLS with {client} failed: {why}", client=self.host, why=why)
+            log.info("TLS with {client} failed: {why}", client=self.client_name, why=why)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -247,11 +251,11 @@ class SMTPProtocol(Protocol):
             # away, or the hub closed the session (it stops: 421)
             if self._close_reply is not None:
                 log.info("closed the session with {client} in the middle of message {id} "
-                         "({reply}): nothing stored", client=self.host,
+                         "({reply}): nothing stored", client=self.client_name,
                          id=self._message_id or "-", reply=self._close_reply.text())
             else:
                 log.info("{client} closed the connection in the middle of message {id}: "
-                         "nothing stored", client=self.host, id=self._message_id or "-")
+                         "nothing stored", client=self.client_name, id=self._message_id or "-")
             self._writer.abort()
             self._writer = None
         if self.engine is not None:
@@ -282,7 +286,7 @@ class SMTPProtocol(Protocol):
             while (event := engine.next_event()) is not None:
                 handlers[type(event)](event)
         except Exception:
-            log.failure("SMTP session error with {client}", client=self.host)
+            log.failure("SMTP session error with {client}", client=self.client_name)
             engine.refuse_connection(
                 replies.closing(replies.SESSION_ERROR, self.factory.config.hostname))
             self._flush()
@@ -428,7 +432,7 @@ class SMTPProtocol(Protocol):
             octets = reader.size
             if now - self._message_started > limit + octets / MIN_DATA_RATE:
                 log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
-                         " s): connection closed", client=self.host, octets=octets,
+                         " s): connection closed", client=self.client_name, octets=octets,
                          seconds=now - self._message_started)
                 engine.timeout(replies.closing(replies.DATA_TOO_SLOW,
                                                self.factory.config.hostname))
@@ -441,11 +445,11 @@ class SMTPProtocol(Protocol):
             # a 421 would wait for a handshake the client stalls in, and
             # the connection (and its slot) for the close grace on top
             log.info("idle timeout for {client} in the TLS handshake: connection cut",
-                     client=self.host)
+                     client=self.client_name)
             self.engine.abort()
             self.transport.abortConnection()
             return
-        log.info("idle timeout for {client}", client=self.host)
+        log.info("idle timeout for {client}", client=self.client_name)
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
 
@@ -640,13 +644,13 @@ class SMTPProtocol(Protocol):
         log.info(
             "{summary}",
             summary=f"message {message_id or '-'} from <{sender}> to {recipients} "
-            f"({size} octets) via {self.host}{said}"
+            f"({size} octets) via {self.client_name}{said}"
             f"{' as ' + env.authenticated_as if env.authenticated_as else ''}: {text}",
             id=message_id,
             sender=sender,
             recipients=recipients,
             size=size,
-            client=self.host,
+            client=self.client_name,
             helo=helo,
             tls=tls,
             auth=env.authenticated_as,
@@ -661,7 +665,7 @@ class SMTPProtocol(Protocol):
             return
         if not self.engine.session.loopback and self.factory.login_failures.blocked(self.host):
             log.info("authentication refused for {user} from {client}: too many failures",
-                     user=loggable(event.username), client=self.host)
+                     user=loggable(event.username), client=self.client_name)
             self.engine.auth_failed(replies.AUTH_THROTTLED)  # no password check at all
             self._drive()
             return
@@ -684,7 +688,7 @@ class SMTPProtocol(Protocol):
         address = avatar.address
         if not isinstance(address, Address):
             address = Address(*str(address).rsplit("@", 1))
-        log.info("{client} authenticated as {user}", client=self.host, user=str(address))
+        log.info("{client} authenticated as {user}", client=self.client_name, user=str(address))
         self.engine.auth_succeeded(address)
         self._drive()
 
@@ -693,7 +697,7 @@ class SMTPProtocol(Protocol):
         if failure is not None and failure.check(LoginAbandoned):
             # not a guess: the password was never checked, nothing answers
             log.info("login of {user} from {client} not checked: the client left first",
-                     user=loggable(event.username), client=self.host)
+                     user=loggable(event.username), client=self.client_name)
             return
         if failure is not None and failure.check(UsersUnavailable):
             # logged once by the users database; not a wrong password
@@ -704,7 +708,7 @@ class SMTPProtocol(Protocol):
             reply = replies.AUTH_TEMPORARY
         else:
             log.info("authentication failed for {user} from {client}",
-                     user=loggable(event.username), client=self.host)
+                     user=loggable(event.username), client=self.client_name)
             if failure is not None and not self.engine.session.loopback:
                 # counted now, not when the delayed answer goes out: a client
                 # that hangs up meanwhile has still used up a guess
@@ -746,7 +750,7 @@ class SMTPProtocol(Protocol):
                 reply == replies.closing(r, self.factory.config.hostname)
                 for r in _CLOSE_LOGGED_ELSEWHERE):
             # too many errors or AUTH failures, the hub stopping, a local error
-            log.info("closing the session with {client}: {reply}", client=self.host,
+            log.info("closing the session with {client}: {reply}", client=self.client_name,
                      reply=reply.text())
 
     def _lose(self) -> None:
@@ -782,7 +786,7 @@ class SMTPProtocol(Protocol):
 
     def _cut(self) -> None:
         self._close_timer = None
-        log.info("closing {client} without waiting any longer", client=self.host)
+        log.info("closing {client} without waiting any longer", client=self.client_name)
         self.transport.abortConnection()
 
 
