@@ -4,9 +4,10 @@ implicit-TLS listeners, verifying the hub's test certificate.
 
 s_client only carries the octets: the test speaks the protocol, waiting
 for each reply as a client must (RFC 2920 allows no waiting only between
-pipelinable commands).  ``-nocommands`` is essential: without it a line
-that starts with ``R`` (RCPT, RETR) asks s_client to renegotiate and is
-never sent, and ``Q`` (QUIT) ends s_client.
+pipelinable commands).  ``-nocommands`` keeps s_client from reading
+commands of its own in the input: by default a line that starts with
+``R`` (RCPT, RETR) makes it renegotiate instead of sending the line, and
+``Q`` (QUIT) ends it.
 """
 
 from __future__ import annotations
@@ -261,3 +262,41 @@ def test_s_client_tls12_works_and_tls11_is_refused_everywhere(make_hub, tmp_path
     text = hub.log_text()
     assert text.count("TLS with 127.0.0.1 failed: unsupported protocol") == len(listeners), text
     hub_log_is_clean(text)
+
+
+def test_s_client_renegotiation_on_tls12_is_refused(make_hub, tmp_path: Path):
+    # Client-initiated renegotiation costs the server a handshake each time
+    # (a denial of service) and could change the cipher a session logged;
+    # the hub refuses it (a no_renegotiation alert) and stays up.
+    hub = make_hub(tls=True)
+    cert = hub.folder / "tls" / "cert.pem"
+    for port in (hub.smtps_port, hub.pop3s_port):
+        proc = subprocess.Popen(
+            [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-CAfile",
+             str(cert)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # "R" asks s_client to renegotiate, once the greeting shows the
+        # session is up; stdin stays open, so only the hub's refusal ends
+        # s_client (an accepted renegotiation would leave it running)
+        assert proc.stdin is not None and proc.stdout is not None
+        seen = b""
+        while not seen.startswith((b"220 ", b"+OK ")):
+            seen = proc.stdout.readline()
+            assert seen, "s_client ended before the greeting"
+        proc.stdin.write(b"R\n")
+        proc.stdin.flush()
+        try:
+            proc.wait(20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        out = proc.stdout.read().decode(errors="replace")
+        proc.stdin.close()
+        proc.stdout.close()
+        assert "RENEGOTIATING" in out and "no renegotiation" in out, out[-2000:]
+    # the hub goes on serving
+    c = SClient(hub.smtps_port, cert, tmp_path)
+    assert c.reply()[0].startswith(b"220 ")
+    c.command(b"QUIT", b"221")
+    c.close()
+    hub_log_is_clean(hub.log_text())
