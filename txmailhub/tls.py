@@ -235,7 +235,14 @@ def tls_failure(reason: Any) -> str:
         from OpenSSL import SSL
     except ImportError:  # pragma: no cover - TLS needs pyOpenSSL anyway
         return ""
-    if not reason.check(SSL.Error):
+    # The type itself, when there is one: ``Failure.check`` builds the
+    # qualified names of the whole class hierarchy to compare strings,
+    # which every closed connection (a ConnectionDone) would pay for.
+    kind = getattr(reason, "type", None)
+    if isinstance(kind, type):
+        if not issubclass(kind, SSL.Error):
+            return ""
+    elif not reason.check(SSL.Error):
         return ""
     reasons = [part[2] for part in (reason.value.args[0] if reason.value.args else [])
                if isinstance(part, tuple) and len(part) == 3 and part[2]]
