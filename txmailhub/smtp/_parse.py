@@ -244,6 +244,17 @@ def _split_path(arg: str) -> tuple[str, str]:
     """Split ``<path> params`` (or the lenient ``path params``)."""
     arg = arg.lstrip(" \t")
     if arg.startswith("<"):
+        if '"' not in arg:
+            # Nothing quoted (nearly every path): the first '>' closes it,
+            # as the loop below would find, without a Python step per
+            # character.
+            i = arg.find(">", 1)
+            if i < 0:
+                raise _fail(replies.SYNTAX_ADDRESS)
+            tail = arg[i + 1 :]
+            if tail and tail[0] not in " \t":
+                raise _fail(replies.SYNTAX_ARGUMENT)
+            return arg[1:i], tail
         # Find the closing '>' outside any quoted string.
         i, n, quoted = 1, len(arg), False
         while i < n:
@@ -315,6 +326,9 @@ class RcptParams:
 
     notify: tuple[str, ...] = ()
     orcpt: str | None = None
+
+
+_NO_RCPT_PARAMS = RcptParams()  # frozen: one instance serves every plain RCPT
 
 
 def _split_params(text: str, utf8: bool) -> dict[str, str | None]:
@@ -468,7 +482,7 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
         path, tail = _split_path(rest)
         if not path or _too_long(path):
             raise _fail(replies.SYNTAX_RECIPIENT)
-        params = _rcpt_params(_split_params(tail, utf8)) if tail.strip(" \t") else RcptParams()
+        params = _rcpt_params(_split_params(tail, utf8)) if tail.strip(" \t") else _NO_RCPT_PARAMS
         address = parse_mailbox(_strip_route(path, utf8), primary_domain, utf8)
     except RemoteProtocolError as e:
         if e.reply is replies.SYNTAX_ADDRESS:
