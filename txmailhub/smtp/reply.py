@@ -44,6 +44,9 @@ class Reply:
     def to_bytes(self, enhanced: bool = True) -> bytes:
         """Wire form; ``enhanced=False`` drops the RFC 3463 status."""
         status = f"{self.status} " if (enhanced and self.status) else ""
+        lines = self.lines
+        if len(lines) == 1:  # nearly every reply: no list, no join
+            return f"{self.code} {status}{lines[0]}\r\n".encode("utf-8", "replace")
         out = []
         last = len(self.lines) - 1
         for i, line in enumerate(self.lines):
