@@ -327,7 +327,7 @@ class ProtocolTests(SynchronousTestCase):
         p, t = h.connect()
         take(t)
 
-        def broken(event):
+        def broken(protocol, event):
             raise RuntimeError("a bug")
 
         p._handlers = dict.fromkeys(p._handlers, broken)

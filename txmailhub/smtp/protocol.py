@@ -110,6 +110,8 @@ def _traced(recipient: Address) -> Address:
 class SMTPProtocol(Protocol):
     """One SMTP connection; see the module docstring."""
 
+    _handlers: dict[type, Any]  # event type -> handler(self, event); set below
+
     def __init__(self, factory: SMTPFactory) -> None:
         self.factory = factory
         self.components = factory.components
@@ -146,14 +148,6 @@ class SMTPProtocol(Protocol):
         self._close_timer: Any = None
         self._close_reply: Reply | None = None
         self._turn: Any = None  # the call that answers the rest of a long batch
-        self._handlers = {
-            StartMessage: self._start_message,
-            MessageComplete: self._message_complete,
-            MessageAborted: self._message_aborted,
-            AuthRequest: self._auth_request,
-            StartTLS: self._start_tls,
-            Close: self._close,
-        }
 
     # --- Twisted's side ----------------------------------------------------
 
@@ -284,7 +278,7 @@ class SMTPProtocol(Protocol):
         self._driving = True
         try:
             while (event := engine.next_event()) is not None:
-                handlers[type(event)](event)
+                handlers[type(event)](self, event)
         except Exception:
             log.failure("SMTP session error with {client}", client=self.client_name)
             engine.refuse_connection(
@@ -788,6 +782,19 @@ class SMTPProtocol(Protocol):
         self._close_timer = None
         log.info("closing {client} without waiting any longer", client=self.client_name)
         self.transport.abortConnection()
+
+
+# The adapter's handler for each event of the engine: one table for every
+# connection (six bound methods and a dict made per connection cost more
+# than the lookups they save).
+SMTPProtocol._handlers = {
+    StartMessage: SMTPProtocol._start_message,
+    MessageComplete: SMTPProtocol._message_complete,
+    MessageAborted: SMTPProtocol._message_aborted,
+    AuthRequest: SMTPProtocol._auth_request,
+    StartTLS: SMTPProtocol._start_tls,
+    Close: SMTPProtocol._close,
+}
 
 
 def _tls_details(transport: Any) -> tuple[str, str] | None:
