@@ -164,6 +164,7 @@ class MaildirStore:
         # not yet known to be durable; a delivery syncs them, then forgets.
         self._unsynced: dict[str, set[str]] = {}
         self._known: set[str] = set()
+        self._paths: dict[Address, str] = {}  # maildir_path's memory
         if not os.path.isdir(self.mail_dir):
             os.makedirs(self.mail_dir, mode=0o700, exist_ok=True)
             fsync_dir(os.path.dirname(self.mail_dir))
@@ -171,10 +172,20 @@ class MaildirStore:
     # -- paths ---------------------------------------------------------------
 
     def maildir_path(self, address: Address) -> str:
-        """``mail_dir/<domain>/<local part, lower-cased>``."""
-        domain = _path_component(canonical_domain(address.domain), "domain")
-        local = _path_component(canonical_local(address.local), "local part")
-        return os.path.join(self.mail_dir, domain, local)
+        """``mail_dir/<domain>/<local part, lower-cased>``.
+
+        Remembered per address (a few thousand at most): the same mailboxes
+        get mail all day, and the canonical forms, the checks and the join
+        cost a dozen Python calls per message."""
+        md = self._paths.get(address)
+        if md is None:
+            domain = _path_component(canonical_domain(address.domain), "domain")
+            local = _path_component(canonical_local(address.local), "local part")
+            md = os.path.join(self.mail_dir, domain, local)
+            if len(self._paths) >= 4096:
+                self._paths.clear()
+            self._paths[address] = md
+        return md
 
     def _ensure(self, md: str) -> tuple[str, ...]:
         """Create ``md`` and its tmp/new/cur as needed; returns the
