@@ -23,16 +23,19 @@ What is real and what is not:
 * The state directory is a fresh folder on tmpfs (``/dev/shm``, or
   ``--dir``): spool files, fsync, the rename into ``Maildir/new`` and the
   directory fsync all happen, with the real ``Syncer`` batching them --
-  but its jobs run inline on the calling thread (the ``Syncer``'s
+  but its jobs run on the calling thread (the ``Syncer``'s
   ``run_in_thread`` hook, as in the tests) instead of on its worker
-  thread: no thread hand-offs, and each message's Deferred has fired by
-  the time its ``dataReceived`` returns.  So the numbers leave out the
+  thread, right after the read that asked for them has been handled, and
+  their results are delivered then, as the worker's reach the reactor
+  thread in a later turn: no thread hand-offs, and every message its own
+  sync batch (under load the real hub gathers a few per batch).  So the numbers leave out the
   worker thread's hand-offs (and Twisted's sockets, ``epoll`` and the
   accept), and include everything the reactor thread runs in Python for
   a message.
-* The transport is Twisted's ``StringTransport`` and the clock a
-  ``MemoryReactorClock`` (the idle timer is armed and cancelled as for
-  real).
+* The transport is Twisted's ``StringTransport``, with the replies sent
+  as ``ResponseWriter`` sends them to a TCP socket (see ``_Wire``); the
+  clock is a ``MemoryReactorClock`` reading ``time.time`` as the real
+  reactor does (the idle timer is armed and cancelled as for real).
 * Logging: by default every event goes to an observer that drops it
   (our side of the log line is counted, Twisted's file observer is not);
   ``--log text`` writes them through ``textFileLogObserver`` to
@@ -52,7 +55,7 @@ Modes (all print per-session figures):
         own time), and the total Python calls per session
     python bench/engine_profile.py callgrind [--small 50 --large 250]
         runs itself twice under ``valgrind --tool=callgrind`` (needs
-        valgrind) and prints (Ir(large) - Ir(small)) / (large - small):
+        valgrind; PYTHONHASHSEED=0 unless set) and prints (Ir(large) - Ir(small)) / (large - small):
         user-space instructions per session, the steadiest measure on a
         noisy machine
     python bench/engine_profile.py run --sessions N
@@ -176,9 +179,12 @@ listen = []
                 settings.hub.domains).add(USER, "bench-password")
         self.settings = settings
         self.clock = MemoryReactorClock()
+        # the real reactor's clock is time.time itself (a C function)
+        self.clock.seconds = time.time  # type: ignore[method-assign]
         self.components = c = build_components(settings, self.clock)
-        # The Syncer's jobs run inline (see the module docstring).
-        c.syncer._run_injected = _inline
+        # The Syncer's jobs run on this thread (see the module docstring).
+        self.jobs = _Jobs()
+        c.syncer._run_injected = self.jobs
         c.spooler.claim()
         self.factory = SMTPFactory(c)
         self.maildir_new = os.path.join(settings.mail_dir, DOMAIN, USER, "new")
@@ -206,8 +212,10 @@ listen = []
         proto = self.factory.buildProtocol(addr)
         t = _Wire(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 25))
         proto.makeConnection(t)
+        jobs = self.jobs
         for chunk in self.commands:
             proto.dataReceived(chunk)
+            jobs.run()
         proto.connectionLost(Failure(ConnectionDone()))
         return t
 
@@ -234,8 +242,29 @@ listen = []
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _inline(f: Any) -> defer.Deferred:
-    return defer.succeed(f())
+class _Jobs:
+    """The ``Syncer``'s ``run_in_thread``: a job is run once the current
+    read has been handled, and its Deferred fired then -- as the worker
+    thread's result reaches the reactor thread in a later turn, so the
+    callbacks run as they do for real (all on one fired Deferred)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, defer.Deferred]] = []
+
+    def __call__(self, f: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append((f, d))
+        return d
+
+    def run(self) -> None:
+        while self.pending:
+            f, d = self.pending.pop(0)
+            try:
+                result = f()
+            except Exception:
+                d.errback(Failure())
+            else:
+                d.callback(result)
 
 
 def cmd_time(b: Bench, args: argparse.Namespace) -> None:
@@ -300,7 +329,10 @@ def _callgrind(small: int, large: int, extra: list[str]) -> None:
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                  sys.executable, os.path.abspath(__file__), "run", "--sessions", str(n),
                  *extra],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                # one hash seed for both runs and every build: string hashes
+                # move dict and set probes, about 1% of the count otherwise
+                env={**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")})
             with open(out) as f:
                 text = f.read()
             m = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
