@@ -11,7 +11,7 @@ sessions of the benchmark's load, without sockets or a reactor loop:
     MAIL FROM:<sender@example.net>
     RCPT TO:<user@example.org>
     DATA
-    <headers + 1 KiB body>\\r\\n.\\r\\n        (one read, as smtp-source's
+    <headers + 1 KiB body>\\r\\n.\\r\\n        (--size; one read, as smtp-source's
                                               body and "." arrive; strace
                                               counts 6 reads per message;
                                               --split-dot makes it two)
@@ -151,7 +151,8 @@ smtp_protocol.ResponseWriter = _WireWriter  # type: ignore[misc]
 class Bench:
     """One hub's components on a fresh state directory, and sessions against it."""
 
-    def __init__(self, where: str, log: str = "drop", split_dot: bool = False) -> None:
+    def __init__(self, where: str, log: str = "drop", split_dot: bool = False,
+                 size: int = 1024) -> None:
         self.root = tempfile.mkdtemp(prefix="txmh-engine-", dir=where)
         config = os.path.join(self.root, "mailhub.toml")
         with open(config, "w") as f:
@@ -188,7 +189,7 @@ listen = []
         c.spooler.claim()
         self.factory = SMTPFactory(c)
         self.maildir_new = os.path.join(settings.mail_dir, DOMAIN, USER, "new")
-        data = body()
+        data = body(size)
         commands = [b"EHLO client.example\r\n", b"MAIL FROM:<sender@example.net>\r\n",
                     b"RCPT TO:<user@example.org>\r\n", b"DATA\r\n"]
         if split_dot:
@@ -355,6 +356,8 @@ def main() -> None:
     p.add_argument("--large", type=int, default=250)
     p.add_argument("--cumulative", action="store_true",
                    help="profile: also list the top functions by cumulative time")
+    p.add_argument("--size", type=int, default=1024,
+                   help="octets of message text after the header fields (default 1024)")
     p.add_argument("--log", choices=["drop", "text"], default="drop")
     p.add_argument("--split-dot", action="store_true",
                    help="send the final '.' in a read of its own")
@@ -362,12 +365,13 @@ def main() -> None:
                    help="where the state directory is made (default /dev/shm)")
     args = p.parse_args()
     if args.mode == "callgrind":
-        extra = ["--log", args.log] + (["--split-dot"] if args.split_dot else [])
+        extra = ["--log", args.log, "--size", str(args.size)]
+        extra += ["--split-dot"] if args.split_dot else []
         if args.dir:
             extra += ["--dir", args.dir]
         _callgrind(args.small, args.large, extra)
         return
-    b = Bench(args.dir, args.log, args.split_dot)
+    b = Bench(args.dir, args.log, args.split_dot, args.size)
     try:
         {"time": cmd_time, "profile": cmd_profile, "run": cmd_run}[args.mode](b, args)
     finally:
