@@ -516,3 +516,27 @@ def test_a_refused_chunk_keeps_its_refusal():
     r.start(30, last=True)
     assert r.feed(b"bare\nline" + b"x" * 21) == b""
     assert r.error == replies.MAIL_NEEDED
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([0, 1, 80, 997, 998, 999, 1000, 1997, 1998, 3000]), max_size=8),
+       st.booleans())
+def test_the_long_line_probe_finds_what_splitting_finds(lengths, final_lf):
+    # the probe measures only the runs around every 999th offset; it must
+    # answer as "max(map(len, data.split(LF))) > 998" does, whatever the
+    # runs' lengths and places
+    from txmailhub.smtp._data import _long_piece
+
+    data = b"\n".join(b"x" * n for n in lengths) + (b"\n" if final_lf else b"")
+    assert _long_piece(data) == (max(map(len, data.split(b"\n"))) > MAX_LINE - 2)
+
+
+@pytest.mark.parametrize("wire", [
+    b"a\r\r\nb\r\n",  # a bare CR before a pair: CRs 2, LFs 1
+    b"a\r\r\n\nb\r\n",  # as many CRs as LFs, one pair short
+    b"a\rb\nc\r\n",  # a bare CR and a bare LF
+])
+def test_a_bare_cr_among_as_many_lfs_is_refused(wire):
+    stored, _, r = read_dot(wire + b".\r\n")
+    assert r.error == replies.MESSAGE_BARE_CR_LF
+    assert stored == b""

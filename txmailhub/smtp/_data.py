@@ -59,6 +59,10 @@ CR = 0x0D
 # octet: about 0.6x the time of bytes.find or replace for this two-octet
 # needle, whose first octet starts every line.
 _LF_DOT = re.compile(rb"\n\.").search
+# A CR that is not the first half of a CRLF pair: sre stops at each CR
+# and looks at the next octet, about half the time of counting the
+# two-octet pairs with bytes.count.
+_BARE_CR = re.compile(rb"\r(?!\n)").search
 
 Sink = Callable[[bytes], object]
 
@@ -127,7 +131,8 @@ class _BodyFilter:
         # pairs, or there was a bare CR or a bare LF.
         out = block.replace(b"\r", b"")
         crs = len(block) - len(out)
-        if crs != out.count(b"\n") or crs != block.count(b"\r\n"):
+        # (as many CRLF pairs as CRs, when no CR stands alone)
+        if crs != out.count(b"\n") or _BARE_CR(block) is not None:
             # Nothing else is checked from here on: no other rule can win
             # over this one (_PRECEDENCE).  Checking each line's length, as
             # was done, made a body of bare LFs cost a Python call per line.
@@ -135,7 +140,7 @@ class _BodyFilter:
             return None
         # A line is a piece of split(LF): at most _TEXT octets before its
         # CRLF, plus (DATA only) a transparency dot that does not count.
-        if len(out) > _TEXT and max(map(len, out.split(b"\n"))) > _TEXT:
+        if len(out) > _TEXT and _long_piece(out):
             if any(map(self._too_long, out.split(b"\n"))):
                 self.fail(replies.MESSAGE_LINE_TOO_LONG)
                 return None
@@ -153,6 +158,28 @@ class _BodyFilter:
         if CR in dropped:
             self.fail(replies.MESSAGE_BARE_CR_LF)
         self.fail(replies.MESSAGE_LINE_TOO_LONG)
+
+
+def _long_piece(data: bytes) -> bool:
+    """Whether a piece of ``data.split(LF)`` is longer than ``_TEXT``.
+
+    Such a piece is a run of at least ``_TEXT + 1`` octets without an LF,
+    and every such run covers one of the offsets 0, _TEXT + 1, 2 * (_TEXT
+    + 1)...: only the runs around those offsets are measured (two C
+    searches each), instead of splitting the whole block into a list of
+    lines (a 100 KiB message is some 1,300 of them; about half the time)."""
+    n = len(data)
+    find = data.find
+    rfind = data.rfind
+    for at in range(0, n, _TEXT + 1):
+        if data[at] == 10:  # LF
+            continue
+        end = find(b"\n", at)
+        if end < 0:
+            end = n
+        if end - rfind(b"\n", 0, at) - 1 > _TEXT:
+            return True
+    return False
 
 
 class DotReader:
