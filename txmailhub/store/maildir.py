@@ -101,6 +101,9 @@ __all__ = [
 log = Logger()
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# A Maildir's new/ from its path (maildir_path's, which never ends with a
+# separator), without a posixpath.join per message
+_NEW = os.sep + "new"
 _CHUNK = 1 << 20
 # link(2) failures that mean "this filesystem cannot link here": copy instead
 _LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -348,7 +351,8 @@ class MaildirStore:
                 try:
                     md = self.maildir_path(address)
                     dirs = self._ensure(md)
-                    new = os.path.join(md, "new", self.unique_name(message))
+                    # (md comes from maildir_path: no trailing separator)
+                    new = f"{md}{_NEW}{os.sep}{self.unique_name(message)}"
                 except Exception as e:
                     log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
                               error=str(e))
@@ -579,12 +583,12 @@ class _Publication:
             self._moved = move
             self._linked.append(copy)
             dirs.extend(created)
-            dirs.append(os.path.join(md, "new"))
+            dirs.append(md + _NEW)
         return dirs
 
     def settle(self, failed: dict[str, OSError]) -> _Publication:
         for address, md, new, created in self._linked:
-            error = failed.get(os.path.join(md, "new"))
+            error = failed.get(md + _NEW)
             for path in created:
                 error = error or failed.get(path)
             if error is None:
