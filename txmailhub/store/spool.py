@@ -223,6 +223,8 @@ class Spooler:
         self, spool_dir: str, syncer: Any, *, recover: bool = True, precreate: int = 16
     ) -> None:
         self.spool_dir = os.path.abspath(spool_dir)
+        # os.path.join(spool_dir, name) for our names, without a call per file
+        self._dir_prefix = os.path.join(self.spool_dir, "")
         self.syncer = syncer
         self.precreate = precreate
         self._counter = itertools.count(1)
@@ -253,7 +255,7 @@ class Spooler:
         remade = False
         while True:
             name = f"{prefix}{next(self._counter)}-{self._tag}"
-            path = os.path.join(self.spool_dir, name)
+            path = self._dir_prefix + name
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
             except FileExistsError:  # a leftover of an earlier process with our pid
