@@ -49,7 +49,8 @@ What is real and what is not:
 Modes (all print per-session figures):
 
     python bench/engine_profile.py time [--sessions 500 --reps 15]
-        wall time per session (perf_counter), median and spread of reps
+        CPU time (process_time: time the process was descheduled is not
+        in it) and wall time per session, median and spread of reps
     python bench/engine_profile.py profile [--sessions 500 --top 25]
         cProfile: calls per session per function (top N by calls and by
         own time), and the total Python calls per session
@@ -271,16 +272,17 @@ class _Jobs:
 def cmd_time(b: Bench, args: argparse.Namespace) -> None:
     b.sessions(args.warmup)
     b.clean()
-    per = []
+    wall, cpu = [], []
     for _ in range(args.reps):
         gc.collect()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         b.sessions(args.sessions, check=False)
-        per.append((time.perf_counter() - t0) / args.sessions * 1e6)
+        cpu.append((time.process_time() - c0) / args.sessions * 1e6)
+        wall.append((time.perf_counter() - t0) / args.sessions * 1e6)
         b.clean()
-    per.sort()
-    print(f"time per session: median {statistics.median(per):.1f} us, "
-          f"min {per[0]:.1f}, max {per[-1]:.1f} ({args.reps} reps x {args.sessions} sessions)")
+    for name, per in (("CPU", sorted(cpu)), ("wall", sorted(wall))):
+        print(f"{name} time per session: median {statistics.median(per):.1f} us, "
+              f"min {per[0]:.1f}, max {per[-1]:.1f} ({args.reps} reps x {args.sessions} sessions)")
 
 
 def cmd_profile(b: Bench, args: argparse.Namespace) -> None:
@@ -295,12 +297,15 @@ def cmd_profile(b: Bench, args: argparse.Namespace) -> None:
     n = args.sessions
     rows = []
     total = 0
+    python = 0  # calls of functions written in Python (not builtins)
     for (path, line, name), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         total += nc
+        python += nc if path != "~" else 0
         repo = os.path.dirname(HERE) + os.sep
         short = path[len(repo):] if path.startswith(repo) else path.split("site-packages/")[-1]
         rows.append((nc / n, tt / n * 1e6, f"{short}:{line}({name})", ct / n * 1e6))
-    print(f"Python + builtin calls per session: {total / n:.1f} ({n} sessions)")
+    print(f"calls per session: {total / n:.1f}, of Python functions {python / n:.1f} "
+          f"({n} sessions)")
     print(f"\ntop {args.top} by calls per session:")
     print(f"{'calls':>8} {'own us':>8}  function")
     for calls, own, where, _ in sorted(rows, key=lambda r: (-r[0], r[2]))[: args.top]:
