@@ -1036,6 +1036,72 @@ def test_auth_request_redacts_password():
     assert "hunter2" not in repr(ev)
 
 
+def test_auth_on_a_server_without_logins_is_503_not_an_exchange():
+    # no user database behind AUTH (auth_available off): RFC 4954 4 lets
+    # only an advertised AUTH start; the loopback client may not try either
+    d = Driver(session=loopback(), auth_available=False)
+    d.send("EHLO c\r\n")
+    assert d.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n") == [
+        replies.AUTH_NOT_AVAILABLE.text()]
+    assert d.session.authenticated_as is None
+    assert not any(isinstance(ev, AuthRequest) for ev in d.events)
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "Plain"])
+def test_the_auth_mechanism_name_is_not_case_sensitive(mechanism):
+    # docs/smtp.rst: SASL mechanism names are compared in ASCII upper case
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send(f"AUTH {mechanism} {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n") == [
+        replies.AUTH_SUCCEEDED.text()]
+
+
+def test_a_sasl_response_with_white_space_around_it_is_taken():
+    # a client that pads its base64 line (or its "*") with spaces still
+    # means the same response
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\nAUTH PLAIN\r\n")
+    assert d.send(f"  {b64(chr(0) + 'alice' + chr(0) + 'secret')} \r\n") == [
+        replies.AUTH_SUCCEEDED.text()]
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\nAUTH LOGIN\r\n")
+    assert d.send("* \r\n") == [replies.AUTH_CANCELLED.text()]
+
+
+def test_an_empty_login_password_is_the_equals_sign():
+    # RFC 4954 4: "=" is a response of zero length; the check gets "", not "="
+    d = Driver(session=loopback())
+    d.send(f"EHLO c\r\nAUTH LOGIN\r\n{b64('alice')}\r\n")
+    assert d.send("=\r\n") == [replies.AUTH_FAILED.text()]
+    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert (request.username, request.password, request.malformed) == (
+        "alice@example.org", "", False)
+
+
+def test_a_login_name_that_is_no_address_is_checked_as_typed():
+    # the users database decides about a name it cannot hold; the engine
+    # passes it on unchanged and answers 535 like any failed login
+    d = Driver(session=loopback())
+    d.send(f"EHLO c\r\nAUTH LOGIN\r\n{b64('no one')}\r\n")
+    assert d.send(b64("wrong") + "\r\n") == [replies.AUTH_FAILED.text()]
+    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert request.username == "no one"
+
+
+def test_a_non_ascii_auth_initial_response_is_invalid_base64():
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send("AUTH PLAIN \u00e9t\u00e9\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.send("NOOP\r\n") == [replies.OK.text()]
+
+
+def test_sasl_credentials_do_not_show_the_password():
+    # docs/smtp.rst: AUTH exchanges are never logged; a repr that reaches a
+    # log or a traceback must not carry the password either
+    from txmailhub.smtp._sasl import Credentials
+    assert "hunter2" not in repr(Credentials("alice@example.org", "hunter2"))
+
+
 def test_submission_requires_auth():
     d = Driver(session=Session(client_host="127.0.0.1", loopback=True, submission=True),
                queue=QueueSpy())
