@@ -22,3 +22,26 @@ def test_the_failure_window_remembers_at_most_keep_clients_oldest_forgotten_firs
     assert len(window._failures) == 2
     assert not window.blocked("192.0.2.1")
     assert window.blocked("192.0.2.2") and window.blocked("192.0.2.3")
+
+
+def test_admit_names_the_limit_that_refuses():
+    # the per-client limit refuses a non-exempt client only; the total
+    # limit refuses everyone (the docstring's "total"/"client")
+    limits = ConnectionLimits()
+    assert limits.admit("192.0.2.1", False, 3, 1) is None
+    assert limits.admit("192.0.2.1", False, 3, 1) == "client"
+    assert limits.admit("192.0.2.1", True, 3, 1) is None
+    assert limits.admit("192.0.2.2", True, 3, 1) is None
+    assert limits.admit("192.0.2.3", True, 3, 1) == "total"
+    assert limits.connections == 3
+
+
+def test_closing_one_of_several_connections_frees_exactly_one_place():
+    limits = ConnectionLimits()
+    host = "192.0.2.7"
+    assert limits.admit(host, False, 100, 2) is None
+    assert limits.admit(host, False, 100, 2) is None
+    limits.release(host)
+    assert limits.per_client == {host: 1}
+    assert limits.admit(host, False, 100, 2) is None  # the freed place
+    assert limits.admit(host, False, 100, 2) == "client"  # two are open again
