@@ -25,6 +25,21 @@ def test_an_escape_the_client_typed_cannot_pass_for_ours():
     assert loggable("\ud800") == "\\ud800"  # a lone surrogate that is no byte
 
 
+def test_a_byte_and_a_character_never_read_the_same_at_the_range_ends():
+    # surrogateescape keeps the bytes 0x80..0xFF as U+DC80..U+DCFF: those,
+    # and only those, are \xNN; the characters next to them are \uNNNN
+    def byte(b: int) -> str:
+        return bytes([b]).decode("utf-8", "surrogateescape")
+
+    assert loggable(byte(0x80)) == "\\x80" and loggable(byte(0xFF)) == "\\xff"
+    assert loggable("\u0080") == "\\u0080"  # a C1 control, not the byte 0x80
+    assert loggable("\udc7f") == "\\udc7f"  # a lone surrogate, not DEL
+    assert loggable("\udd00") == "\\udd00"
+    assert loggable("\uffff") == "\\uffff"  # the last \u, not \U0000ffff
+    # the first \U: "\u10000" would read as U+1000 and a "0"
+    assert loggable("\U00010000", ascii_only=True) == "\\U00010000"
+
+
 def test_ascii_only_escapes_printable_look_alikes():
     # U+2800 prints as a blank: "x\u2800as\u2800alice" would read "x as alice"
     assert loggable("x\u2800as\u2800alice", ascii_only=True) == "x\\u2800as\\u2800alice"
