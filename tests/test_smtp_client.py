@@ -448,6 +448,59 @@ def test_reply_parser_errors():
     assert p.error and p.error.startswith("malformed reply line")
 
 
+def test_a_reply_whose_code_changes_midway_is_no_reply():
+    # RFC 5321 4.2.1: every line of a multiline reply has the same code;
+    # one that changes it is a protocol error, not a reply to act on
+    p = ReplyParser()
+    assert p.feed(b"250-a\r\n251 b\r\n") == []
+    assert p.error == "reply code changed in a multi-line reply"
+
+
+def test_a_reply_of_endless_continuation_lines_is_cut_at_the_line_limit():
+    from txmailhub.smtp._client_reply import MAX_REPLY_LINES
+    (reply,) = ReplyParser().feed(b"250-x\r\n" * (MAX_REPLY_LINES - 1) + b"250 end\r\n")
+    assert len(reply.lines) == MAX_REPLY_LINES
+    p = ReplyParser()
+    assert p.feed(b"250-x\r\n" * MAX_REPLY_LINES + b"250 end\r\n") == []
+    assert p.error == "reply too long"
+
+
+@pytest.mark.parametrize("line", [b"\n", b"25\r\n", b"2x0 ok\r\n", b"250x\r\n"])
+def test_a_line_that_is_no_reply_line_is_a_protocol_error_at_once(line):
+    # RFC 5321 4.2: three digits, then SP, "-" or the end of the line
+    p = ReplyParser()
+    assert p.feed(line) == []
+    assert p.error and p.error.startswith("malformed reply line")
+    assert not p.feed(b"250 ok\r\n")  # nothing is read after the error
+
+
+def test_a_partial_reply_line_may_reach_the_line_limit_but_not_pass_it():
+    from txmailhub.smtp._client_reply import MAX_REPLY_LINE
+    p = ReplyParser()
+    assert p.feed(b"250 " + b"x" * (MAX_REPLY_LINE - 4)) == [] and p.error is None
+    assert p.feed(b"x") == [] and p.error == "reply line too long"
+
+
+def test_a_reply_line_may_be_the_code_alone_and_its_text_is_kept_whole():
+    # RFC 5321 4.2: Reply-code [ SP textstring ] CRLF
+    assert ReplyParser().feed(b"250\r\n") == [Reply(250, None, ("",))]
+    assert ReplyParser().feed(b"250 2.0.0 queued as 4AXX\r\n") == [
+        Reply(250, "2.0.0", ("queued as 4AXX",))]
+
+
+def test_a_reply_that_is_not_utf8_is_still_read():
+    # a server's text in Latin-1: a reply all the same (the text is only logged)
+    (reply,) = ReplyParser().feed(b"550 5.1.1 caf\xe9 inconnu\r\n")
+    assert reply == Reply(550, "5.1.1", ("caf\ufffd inconnu",))
+
+
+def test_the_enhanced_code_of_the_first_line_is_the_replys():
+    # RFC 2034 puts it on every line; a server that forgets it on a later
+    # line still gave it
+    (reply,) = ReplyParser().feed(b"550-5.1.1 no such user\r\n550 see the postmaster\r\n")
+    assert reply == Reply(550, "5.1.1", ("no such user", "see the postmaster"))
+
+
 def test_enhanced_status_stripped_from_every_line():
     [r] = ReplyParser().feed(b"550-5.1.1 user unknown\r\n550 5.1.1 really\r\n")
     assert r == Reply(550, "5.1.1", ("user unknown", "really"))
