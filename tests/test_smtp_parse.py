@@ -361,9 +361,30 @@ def test_utf8_addr_hexpoints_are_the_shortest_form():
     for digits in ("20", "E9", "100", "FFF", "1000", "FFFF", "10000", "FFFFF", "100000",
                    "10FFFF"):
         assert utf8_addr_decode(f"\\x{{{digits}}}") == chr(int(digits, 16)), digits
-    for digits in ("0E9", "0FFF", "0FFFF", "0FFFFF", "110000", "D800", "DFFF"):
+    for digits in ("0E9", "0FF", "0FFF", "0FFFF", "0FFFFF", "110000", "D800", "DFFF"):
         with pytest.raises(RemoteProtocolError):
             utf8_addr_decode(f"\\x{{{digits}}}")
+
+
+def test_the_two_digit_hexpoints_are_exactly_the_grammars():
+    # RFC 6533 3, HEXPOINT's 2-digit forms: ("0"/"1") %x31-39, "10", "20",
+    # "2B", "3D", "7F", "5C" and HEXDIG8 HEXDIG (80 to FF); QCHAR has the rest
+    grammar = {*range(0x01, 0x0A), *range(0x10, 0x1A), 0x20, 0x2B, 0x3D, 0x5C, 0x7F,
+               *range(0x80, 0x100)}
+    for cp in range(0x100):
+        escape = f"\\x{{{cp:02X}}}"
+        if cp in grammar:
+            assert utf8_addr_decode(escape) == chr(cp), escape
+        else:
+            with pytest.raises(RemoteProtocolError):
+                utf8_addr_decode(escape)
+
+
+def test_xtext_encode_writes_every_xchar_as_itself():
+    # RFC 3461 4: "!" to "~" but "+" and "=" are xchars; only the rest is +HH
+    xchars = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "+=")
+    assert xtext_encode(xchars) == xchars
+    assert xtext_encode(" +=\x7f") == "+20+2B+3D+7F"
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
