@@ -358,8 +358,8 @@ def test_xtext():
 def test_utf8_addr_hexpoints_are_the_shortest_form():
     # RFC 6533 3: each HEXPOINT length begins where the shorter one ends,
     # up to U+10FFFF, and no surrogate
-    for digits in ("20", "E9", "100", "FFF", "1000", "FFFF", "10000", "FFFFF", "100000",
-                   "10FFFF"):
+    for digits in ("20", "E9", "100", "FFF", "1000", "D7FF", "E000", "FFFF", "10000", "FFFFF",
+                   "100000", "10FFFF"):
         assert utf8_addr_decode(f"\\x{{{digits}}}") == chr(int(digits, 16)), digits
     for digits in ("0E9", "0FF", "0FFF", "0FFFF", "0FFFFF", "110000", "D800", "DFFF"):
         with pytest.raises(RemoteProtocolError):
@@ -380,11 +380,14 @@ def test_the_two_digit_hexpoints_are_exactly_the_grammars():
                 utf8_addr_decode(escape)
 
 
-def test_xtext_encode_writes_every_xchar_as_itself():
+def test_xtext_encoders_write_every_xchar_or_qchar_as_itself():
     # RFC 3461 4: "!" to "~" but "+" and "=" are xchars; only the rest is +HH
     xchars = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "+=")
     assert xtext_encode(xchars) == xchars
     assert xtext_encode(" +=\x7f") == "+20+2B+3D+7F"
+    # RFC 6533 3: so does utf8_addr_encode with QCHAR ("\\" is no QCHAR either)
+    assert utf8_addr_encode(xchars.replace("\\", "")) == xchars.replace("\\", "")
+    assert utf8_addr_encode("\\") == "\\x{5C}"
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
