@@ -45,3 +45,20 @@ def test_closing_one_of_several_connections_frees_exactly_one_place():
     assert limits.per_client == {host: 1}
     assert limits.admit(host, False, 100, 2) is None  # the freed place
     assert limits.admit(host, False, 100, 2) == "client"  # two are open again
+
+
+def test_old_failures_leave_the_window_while_new_ones_come():
+    # a sliding window: each failure counts for `window` seconds after it,
+    # however many came later
+    clock = Clock()
+    window = FailureWindow(clock, limit=3, window=600.0)
+    window.failed("192.0.2.1")
+    window.failed("192.0.2.1")
+    clock.advance(500)
+    window.failed("192.0.2.1")
+    assert window.blocked("192.0.2.1")
+    clock.advance(101)  # the first two are 601 s old, the last 101 s
+    assert not window.blocked("192.0.2.1")
+    window.failed("192.0.2.1")
+    window.failed("192.0.2.1")
+    assert window.blocked("192.0.2.1")
