@@ -213,6 +213,11 @@ def test_the_clients_return_path_fields_are_dropped_from_the_header_only():
     # follows is the body, as every reader takes it, and stays
     assert _filtered([b"Subject: x\nHello\nReturn-Path: <a@b>\n"]) == (
         b"Subject: x\nHello\nReturn-Path: <a@b>\n")
+    # ... wherever the pieces are cut: a piece that starts with that text
+    # is body from its first line on, and so is every piece after it
+    for pieces in ([b"Subject: x\n", b"Hello\n", b"Return-Path: <a@b>\n"],
+                   [b"Subject: x\n", b"Hello\nReturn-Path: <a@b>\n"]):
+        assert _filtered(pieces) == b"Subject: x\nHello\nReturn-Path: <a@b>\n", pieces
     # continuation lines that come one piece at a time: all of them go, or
     # the last would fold itself into the field before the Return-Path
     assert _filtered([b"Subject: a\nReturn-Path:\n", b" <x@y.test>\n", b"\tmore\n",
