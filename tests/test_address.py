@@ -153,3 +153,13 @@ def test_ipv4_literals_may_have_leading_zeros(literal: str, one_spelling: str) -
 def test_ipv4_literals_are_still_four_snums(bad: str) -> None:
     with pytest.raises(ValueError):
         address_literal(bad)
+
+
+@pytest.mark.parametrize("name", ["192.0.2.1", "[192.0.2.10", "192.0.2.1]", "x192.0.2.1y",
+                                  "[IPv6:2001:db8::10", "(IPv6:2001:db8::1)"])
+def test_an_address_literal_needs_both_brackets(name: str) -> None:
+    # RFC 5321 4.1.3: "[" address "]"; a missing bracket is no literal, not
+    # the address that is left once a character at each end is cut off
+    with pytest.raises(ValueError):
+        address_literal(name)
+    assert address_literal("[192.0.2.1]") == "[192.0.2.1]"
