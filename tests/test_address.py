@@ -88,6 +88,7 @@ def test_client_ip(host: str, expected: str | None) -> None:
 @pytest.mark.parametrize(("spelling", "canonical"), [
     ("example.org", "example.org"),
     ("Example.ORG.", "example.org"),
+    ("MAIL.BOX.", "mail.box"),  # only the final dot goes
     ("xn--bcher-kva.example", "bücher.example"),  # the A-label of...
     ("XN--BCHER-KVA.example", "bücher.example"),
     ("BÜCHER.example", "bücher.example"),

@@ -138,7 +138,8 @@ def test_address_literals():
                 # RFC 5321 4.1.3: at most 6 groups beside "::", 4 with an
                 # IPv4 tail (ipaddress takes 7 and 5)
                 "u@[IPv6:1:2:3:4:5:6:7::]", "u@[IPv6:::1:2:3:4:5:6:7]",
-                "u@[IPv6:1:2:3:4:5::192.0.2.1]"):
+                "u@[IPv6:1:2:3:4:5::192.0.2.1]", "u@[IPv6:1:2:3:4::5:192.0.2.1]",
+                "u@[IPv6:1::2:3:4:5:192.0.2.1]"):
         assert reply_of(parse_mailbox, bad, P) == replies.SYNTAX_ADDRESS, bad
     for good in ("u@[IPv6:1:2:3:4:5:6::]", "u@[IPv6:1:2:3::4:5:6]",
                  "u@[IPv6:1:2:3:4::192.0.2.1]", "u@[IPv6:1:2:3:4:5:6:7:8]",
