@@ -15,6 +15,7 @@ from txmailhub.address import (
     canonical_domain,
     canonical_local,
     client_ip,
+    client_key,
     ipv6_literal,
     parse_address,
 )
@@ -164,3 +165,15 @@ def test_an_address_literal_needs_both_brackets(name: str) -> None:
     with pytest.raises(ValueError):
         address_literal(name)
     assert address_literal("[192.0.2.1]") == "[192.0.2.1]"
+
+
+@pytest.mark.parametrize("host, key", [
+    ("192.0.2.1", "192.0.2.1"),
+    ("::ffff:192.0.2.1", "192.0.2.1"),  # a dual-stack listener's IPv4 client
+    ("[192.0.2.1]", "192.0.2.1"),
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
+    ("unix-peer", "unix-peer"),  # no address: the host names itself
+])
+def test_client_key_is_the_ipv4_address_or_the_ipv6_64(host: str, key: str) -> None:
+    assert client_key(host) == key
