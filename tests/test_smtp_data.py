@@ -78,6 +78,19 @@ def test_size_counts_received_octets():
     assert r.size == 8
 
 
+def test_size_counts_the_octets_of_a_line_too_long_to_keep():
+    # the octets of an over-long line are thrown away, not forgotten: the
+    # size is what the client sent (the data-rate check is measured by it)
+    line = b"x" * (3 * MAX_LINE) + b"\r\n"
+    for splits in (None, [MAX_LINE + 7, 2 * MAX_LINE + 1]):
+        _, leftover, r = read_dot(line + b".\r\n", splits)
+        assert (leftover, r.error, r.size) == (b"", replies.MESSAGE_LINE_TOO_LONG, len(line))
+    r = ChunkReader(None, BIG)
+    r.start(len(line), last=True)
+    assert r.feed(line) == b""
+    assert (r.finish(), r.size) == (replies.MESSAGE_LINE_TOO_LONG, len(line))
+
+
 # --- smuggling: only CRLF . CRLF ends the data --------------------------------
 
 
