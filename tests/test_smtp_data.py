@@ -78,6 +78,29 @@ def test_size_counts_received_octets():
     assert r.size == 8
 
 
+@pytest.mark.parametrize("bdat", [False, True])
+def test_a_line_that_never_ends_costs_at_most_a_line_of_memory(bdat):
+    # docs/smtp.rst: a line that never ends is read to the real end of the
+    # data, but only its last MAX_LINE octets are ever held
+    import tracemalloc
+
+    piece = b"x" * 65536
+    total = 128 * len(piece)  # 8 MiB without a line end
+    r = ChunkReader(None, BIG) if bdat else DotReader(None, BIG)
+    if bdat:
+        r.start(total + 2, last=True)
+    tracemalloc.start()
+    try:
+        for _ in range(total // len(piece)):
+            assert r.feed(piece) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+    assert r.feed(b"\r\n" if bdat else b"\r\n.\r\n") == b""
+    assert (r.finish() if bdat else r.error) == replies.MESSAGE_LINE_TOO_LONG
+
+
 def test_size_counts_the_octets_of_a_line_too_long_to_keep():
     # the octets of an over-long line are thrown away, not forgotten: the
     # size is what the client sent (the data-rate check is measured by it)
