@@ -352,6 +352,7 @@ def test_seed_leading_period_encodes_back():
 def test_to_crlf():
     assert to_crlf(b"a\nb\n") == b"a\r\nb\r\n"
     assert to_crlf(b"a\r\nb\n") == b"a\r\nb\r\n"
+    assert to_crlf(b"\r\na\n") == b"\r\na\r\n"  # a CRLF at the very start too
 
 
 # --- BDAT ---------------------------------------------------------------------
