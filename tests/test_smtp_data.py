@@ -134,6 +134,19 @@ def test_smuggling_markers_never_end_data(marker):
         assert b"MAIL" not in b"".join(out)  # the spool is aborted anyway
 
 
+@pytest.mark.parametrize("marker", [b"\n.\r\n", b"\n.\n", b"\r.\r\n"])
+def test_a_smuggling_marker_after_a_whole_line_never_ends_data_however_cut(marker):
+    # "line CRLF" then "LF . CRLF": the dot line follows a bare LF, in
+    # every split of the stream into three pieces, not only bytewise
+    wire = b"hello\r\n" + marker + b"MAIL FROM:<evil@x.test>\r\n"
+    for a in range(len(wire) + 1):
+        for b in range(a, len(wire) + 1):
+            r = DotReader(None, BIG)
+            assert all(r.feed(p) is None for p in (wire[:a], wire[a:b], wire[b:]) if p), (a, b)
+            assert r.feed(b"\r\n.\r\n") == b""
+            assert r.error == replies.MESSAGE_BARE_CR_LF
+
+
 @pytest.mark.parametrize("bad", [b"a\nb\r\n", b"a\rb\r\n", b"a\r\r\n", b"\n"])
 def test_bare_cr_or_lf_refuses_message(bad):
     _stored, leftover, r = read_dot(b"ok\r\n" + bad + b"more\r\n.\r\nQUIT\r\n")
