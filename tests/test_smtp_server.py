@@ -735,6 +735,17 @@ def test_an_overlong_helo_name_is_not_echoed_whole():
         assert d.engine.session.helo == name  # the trace header keeps it (sanitised)
 
 
+def test_a_helo_name_of_up_to_200_octets_is_echoed_whole():
+    # docs/smtp.rst: the name is echoed shortened to 200 octets
+    def echoed(verb: str, name: str) -> str:
+        first = Driver().send(f"{verb} {name}\r\n")[0]
+        return first.partition(" Hello ")[2].removesuffix(", pleased to meet you")
+
+    for verb in ("HELO", "EHLO"):
+        assert echoed(verb, "h" * 200) == "h" * 200
+        assert echoed(verb, "h" * 201) == "h" * 197 + "..."
+
+
 # --- other commands ------------------------------------------------------------------------
 
 
