@@ -224,6 +224,32 @@ def test_the_clients_return_path_fields_are_dropped_from_the_header_only():
                       b"To: b\n\nbody\n"]) == b"Subject: a\nTo: b\n\nbody\n"
 
 
+@pytest.mark.parametrize("pieces", [
+    [b"Return-Path: <x@y.test>\n", b"Subject: a\n", b" folded\n", b"\nbody\n"],
+    [b"Return-Path: <x@y.test>\nSubject: a\n", b" folded\n\nbody\n"],
+    [b"Return-Path: <x@y.test>\n", b" more\nSubject: a\n", b" folded\n\nbody\n"],
+])
+def test_only_the_dropped_fields_continuation_lines_go_with_it(pieces):
+    # a folded line that starts a piece belongs to the field before it:
+    # dropped with a Return-Path, kept with any other field
+    assert _filtered(pieces) == b"Subject: a\n folded\n\nbody\n"
+
+
+def test_the_trace_date_is_utc_whatever_the_local_zone(monkeypatch):
+    # docs/smtp.rst: the date is in UTC (+0000), on a host in any zone
+    import time
+
+    from txmailhub.smtp.received import rfc5322_date
+
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    try:
+        assert rfc5322_date(0) == "Thu, 01 Jan 1970 00:00:00 +0000"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 _field_lines = st.sampled_from([
     b"Return-Path: <a@b.test>\n", b"RETURN-PATH:<>\n", b"Subject: x\n", b" folded\n",
     b"Received: from y\n", b"\n", b"text\n", b"Return-Path:\n",
