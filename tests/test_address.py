@@ -12,11 +12,13 @@ from txmailhub.address import (
     Address,
     AddressError,
     address_literal,
+    ascii_domain,
     canonical_domain,
     canonical_local,
     client_ip,
     client_key,
     ipv6_literal,
+    login_key,
     parse_address,
 )
 
@@ -177,3 +179,16 @@ def test_an_address_literal_needs_both_brackets(name: str) -> None:
 ])
 def test_client_key_is_the_ipv4_address_or_the_ipv6_64(host: str, key: str) -> None:
     assert client_key(host) == key
+
+
+def test_login_key_of_a_bare_name_is_that_name():
+    # the users file keys a bare name by itself: two bare names stay two users
+    assert login_key("Alice") == "alice"
+    assert login_key("alice") != login_key("bob")
+    assert login_key("Alice@Example.ORG") == "alice@example.org"
+
+
+def test_ascii_domain_leaves_an_ascii_name_as_it_is():
+    # only an internationalized name is mapped (to its A-labels)
+    assert ascii_domain("Mail.Example.ORG") == "Mail.Example.ORG"
+    assert ascii_domain("b\u00fccher.example") == "xn--bcher-kva.example"
