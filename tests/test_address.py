@@ -192,3 +192,16 @@ def test_ascii_domain_leaves_an_ascii_name_as_it_is():
     # only an internationalized name is mapped (to its A-labels)
     assert ascii_domain("Mail.Example.ORG") == "Mail.Example.ORG"
     assert ascii_domain("b\u00fccher.example") == "xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("text", ['"a@b@example.org', 'a@b"@example.org'])
+def test_an_at_sign_in_the_local_part_needs_the_whole_part_quoted(text: str) -> None:
+    with pytest.raises(AddressError):
+        parse_address(text)
+    assert parse_address('"a@b"@example.org').local == '"a@b"'
+
+
+def test_a_domain_is_read_with_the_uts46_mapping():
+    # docs/smtp.rst: IDNA2008 with the UTS 46 mapping: a full-width letter
+    # and an ideographic full stop are the letter and the dot
+    assert canonical_domain("\uff42\u00fccher\u3002example") == "b\u00fccher.example"
