@@ -108,10 +108,30 @@ def test_size_counts_the_octets_of_a_line_too_long_to_keep():
     for splits in (None, [MAX_LINE + 7, 2 * MAX_LINE + 1]):
         _, leftover, r = read_dot(line + b".\r\n", splits)
         assert (leftover, r.error, r.size) == (b"", replies.MESSAGE_LINE_TOO_LONG, len(line))
+    for cut in (len(line), MAX_LINE + 7):
+        r = ChunkReader(None, BIG)
+        r.start(len(line), last=True)
+        assert r.feed(line[:cut]) == (b"" if cut == len(line) else None)
+        if cut < len(line):
+            assert r.feed(line[cut:]) == b""
+        assert (r.finish(), r.size) == (replies.MESSAGE_LINE_TOO_LONG, len(line))
+
+
+def test_a_chunk_whose_spool_failed_is_refused_unless_its_data_breaks_a_rule():
+    # ChunkReader.fail, like DotReader.fail: the message is refused (the
+    # spool could not take it); a rule the data breaks still comes first
+    stored: list[bytes] = []
+    r = ChunkReader(stored.append, BIG)
+    r.start(8, last=True)
+    assert r.feed(b"ok\r\n") is None
+    r.fail(replies.LOCAL_ERROR)
+    assert r.feed(b"ok\r\n") == b""
+    assert r.finish() == replies.LOCAL_ERROR and stored == [b"ok\n"]
     r = ChunkReader(None, BIG)
-    r.start(len(line), last=True)
-    assert r.feed(line) == b""
-    assert (r.finish(), r.size) == (replies.MESSAGE_LINE_TOO_LONG, len(line))
+    r.start(5, last=True)
+    r.fail(replies.LOCAL_ERROR)
+    assert r.feed(b"a\nb\r\n") == b""
+    assert r.finish() == replies.MESSAGE_BARE_CR_LF
 
 
 # --- smuggling: only CRLF . CRLF ends the data --------------------------------
