@@ -23,6 +23,9 @@ defer each one to the next turn and add two ``epoll_ctl`` calls).
   the messages that arrive while a job runs go together in the next job,
   which fsyncs each file, renames it and fsyncs ``new/`` once for all;
   each 250 when its job is done.
+* ``pool``: each message's steps as a job of its own in Twisted's thread
+  pool (10 threads), so that fsyncs of different messages overlap (the
+  filesystem's journal can commit them together).
 
 Usage (by bench/smtp.py's ``floor`` targets)::
 
@@ -105,6 +108,10 @@ class Floor(protocol.Protocol):
         if factory.sync == "thread":
             self.waiting = True
             factory.commit(self, name, message)
+        elif factory.sync == "pool":
+            self.waiting = True
+            threads.deferToThread(factory.write_batch, [(self, name, message)]).addCallback(
+                self.stored)
         else:
             factory.write(name, message)
             if factory.sync == "inline":
@@ -172,7 +179,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--listen", required=True, help="127.0.0.1:PORT")
     ap.add_argument("--maildir", required=True)
-    ap.add_argument("--sync", choices=("none", "inline", "thread"), default="thread")
+    ap.add_argument("--sync", choices=("none", "inline", "thread", "pool"), default="thread")
     a = ap.parse_args()
     host, _, port = a.listen.rpartition(":")
     if host != "127.0.0.1":
