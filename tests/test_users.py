@@ -281,18 +281,24 @@ def test_checker_runs_scrypt_through_the_thread_runner(db: UsersDB) -> None:
     assert calls == ["check_password"]
 
 
+def held_checker(db: UsersDB) -> tuple[UsersChecker, list[Deferred]]:
+    """A checker whose password checks each wait for the test to fire their
+    turn (the list, in the order they started), then run for real."""
+    turns: list[Deferred] = []
+
+    def run(f, *args):
+        d: Deferred = Deferred()
+        turns.append(d)
+        return d.addCallback(lambda _: f(*args))
+
+    return UsersChecker(db, run), turns
+
+
 def test_checker_runs_at_most_two_password_checks_at_once(db: UsersDB) -> None:
     # scrypt holds 16 MiB while it runs (and the allocator keeps it): a
     # burst of logins must not run one per thread of the reactor's pool
     db.add("alice", "pw")
-    running: list[Deferred] = []
-
-    def run(f, *args):
-        d: Deferred = Deferred()
-        running.append(d)
-        return d.addCallback(lambda _: f(*args))
-
-    checker = UsersChecker(db, run)
+    checker, running = held_checker(db)
     results = [checker.requestAvatarId(UsernamePassword(b"alice", b"pw")) for _ in range(5)]
     assert len(running) == 2
     running[0].callback(None)
@@ -309,15 +315,8 @@ def test_checker_skips_a_queued_check_whose_client_left(db: UsersDB) -> None:
     # a burst of logins from clients that hang up at once must not keep
     # scrypt busy for nobody while real logins wait behind them
     db.add("alice", "pw")
-    turns: list[Deferred] = []
-
-    def run(f, *args):
-        d: Deferred = Deferred()
-        turns.append(d)
-        return d.addCallback(lambda _: f(*args))
-
+    checker, turns = held_checker(db)
     here = {1: True, 2: True, 3: True, 4: True}
-    checker = UsersChecker(db, run)
     results = [checker.requestAvatarId(ClientCredentials(b"alice", b"pw", lambda n=n: here[n]))
                for n in here]
     assert len(turns) == 2

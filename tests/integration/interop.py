@@ -18,6 +18,8 @@ import ssl
 from pathlib import Path
 
 SENDER = "carol@example.net"
+ALICE, ALICE_PW = "alice@example.org", "alice-secret"
+BOB, BOB_PW = "bob@example.org", "bob-secret"
 
 _HEAD = (
     "From: Carol <carol@example.net>\r\n"
@@ -139,3 +141,17 @@ def tls_context(cert: Path) -> ssl.SSLContext:
 
 def hub_log_is_clean(log: str) -> None:
     assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
+
+
+def assert_both_got(hub, sent: dict[str, dict[str, bytes]], withs: dict[str, bytes]) -> None:
+    """Alice and Bob each got every message of ``sent`` (by the way it was
+    sent), byte for byte but the trace fields; each way's Received field
+    has its ``with`` word from ``withs``; the hub logged no error."""
+    for user, pw in ((ALICE, ALICE_PW), (BOB, BOB_PW)):
+        got = fetch_poplib(hub.pop3_port, user, pw)
+        for way, msgs in sent.items():
+            assert_same(msgs, way, got)
+        protocols = {s.split()[1]: m for s, m in by_subject(got).items()}
+        for way, word in withs.items():
+            assert word in protocols[way], (way, word)
+    hub_log_is_clean(hub.log_text())

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 from interop import (
+    ALICE,
+    ALICE_PW,
+    BOB,
+    BOB_PW,
     SENDER,
     assert_same,
     corpus,
@@ -34,8 +38,6 @@ from interop import (
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
 
-ALICE, ALICE_PW = "alice@example.org", "alice-secret"
-BOB, BOB_PW = "bob@example.org", "bob-secret"
 
 
 class SClient:

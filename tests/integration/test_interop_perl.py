@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 from interop import (
+    ALICE,
+    ALICE_PW,
+    BOB,
+    BOB_PW,
     SENDER,
     assert_same,
     corpus,
@@ -38,8 +42,6 @@ needs_tls = pytest.mark.skipif(
     reason="IO::Socket::SSL and Authen::SASL (libio-socket-ssl-perl, libauthen-sasl-perl) "
            "are not installed")
 
-ALICE, ALICE_PW = "alice@example.org", "alice-secret"
-BOB, BOB_PW = "bob@example.org", "bob-secret"
 
 SEND = r"""
 use strict; use warnings;

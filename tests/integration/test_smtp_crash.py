@@ -34,15 +34,16 @@ def _client(port: int, worker: int, stop: threading.Event, acked: list[str]) -> 
             time.sleep(0.01)
 
 
-def test_sigkill_under_load_loses_nothing_acknowledged(make_hub):
-    hub = make_hub()
+def _kill_under_load(hub, client, wait: float) -> list[str]:
+    """Four clients sending (``client``) until 40 messages got their 250,
+    then SIGKILL mid-traffic; the ids of the acknowledged messages."""
     stop = threading.Event()
     acked: list[str] = []
-    threads = [threading.Thread(target=_client, args=(hub.smtp_port, i, stop, acked))
+    threads = [threading.Thread(target=client, args=(hub.smtp_port, i, stop, acked))
                for i in range(4)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + wait
     while len(acked) < 40 and time.monotonic() < deadline:
         time.sleep(0.05)
     hub.kill()  # SIGKILL, mid-traffic
@@ -50,6 +51,12 @@ def test_sigkill_under_load_loses_nothing_acknowledged(make_hub):
     for t in threads:
         t.join(10)
     assert len(acked) >= 40, "the load did not get going"
+    return acked
+
+
+def test_sigkill_under_load_loses_nothing_acknowledged(make_hub):
+    hub = make_hub()
+    acked = _kill_under_load(hub, _client, 20)
     with socket.socket() as probe:  # really dead
         assert probe.connect_ex(("127.0.0.1", hub.smtp_port)) != 0
 
@@ -125,21 +132,8 @@ def test_sigkill_on_every_path_then_restart(make_hub, tmp_path):
     aliases = tmp_path / "aliases"
     aliases.write_text("team: alice, bob\n")
     hub = make_hub(sections={"aliases": {"file": str(aliases)}})
-    stop = threading.Event()
-    acked: list[str] = []
-    threads = [threading.Thread(target=_path_client, args=(hub.smtp_port, i, stop, acked))
-               for i in range(4)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(acked) < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
     killed = hub.pid
-    hub.kill()
-    stop.set()
-    for t in threads:
-        t.join(10)
-    assert len(acked) >= 40, "the load did not get going"
+    acked = _kill_under_load(hub, _path_client, 30)
     hub.start()  # the restart's clean-up is part of what is checked
     # the port takes connections from the moment it is bound, before the
     # services start (the kernel completes the handshake; nothing is read
