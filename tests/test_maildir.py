@@ -1368,3 +1368,22 @@ class KeyedDeliveryTests(Base):
         self.successResultOf(self.store.deliver_keyed(msg, [JOE], (self.KEY[0], "OTHER1")))
         self.assertEqual(len(self.names()), 2)
         self.spooler.discard(msg)
+
+    def test_copy_left_in_tmp_by_a_crash_does_not_block_the_retry(self):
+        # Another filesystem: the copy is written in tmp/ under the keyed
+        # name, then renamed.  A crash between the two leaves tmp/<name>;
+        # the retry under the same key must replace it, not fail on
+        # O_EXCL until the 36-hour tmp cleaning (and a POP3 login) runs.
+        store = self.store_without_links()
+        msg = self.spool()
+        name = store.keyed_name(msg, self.KEY)
+        store._ensure(self.md())
+        with open(os.path.join(self.md(), "tmp", name), "wb") as f:
+            f.write(b"half a cop")
+        out = self.successResultOf(store.deliver_keyed(msg, [JOE], self.KEY))
+        self.assertEqual(out, {JOE: None})
+        self.assertEqual(self.names(), [name])
+        self.assertEqual(self.names(sub="tmp"), [])
+        with open(os.path.join(self.md(), "new", name), "rb") as f:
+            self.assertEqual(f.read(), BODY)
+        self.spooler.discard(msg)

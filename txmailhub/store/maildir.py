@@ -56,6 +56,7 @@ expect.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -301,6 +302,14 @@ class MaildirStore:
                     if e.errno not in _LINK_FALLBACK:
                         raise
                     tmp = os.path.join(md, "tmp", name)
+                    if key is not None:
+                        # The keyed name is the same on every attempt: a
+                        # crash between the copy and its rename left this
+                        # file, which only the next attempt under the key
+                        # would make; without this O_EXCL refused every
+                        # retry until tmp/ was cleaned, 36 hours on.
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
                     fd = _copy_to(message.path, tmp)
                     copies.append((address, md, tmp, fd, self._ensure(md)))
             except Exception as e:
