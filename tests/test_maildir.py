@@ -1387,3 +1387,32 @@ class KeyedDeliveryTests(Base):
         with open(os.path.join(self.md(), "new", name), "rb") as f:
             self.assertEqual(f.read(), BODY)
         self.spooler.discard(msg)
+
+    def test_copy_found_in_cur_is_synced_before_it_counts(self):
+        # A run killed after the link and before the sync of new/, then a
+        # POP3 read (mark_seen renames into cur/ without a sync): the
+        # runner records "delivered" and drops its own copy on this
+        # answer, so cur/ must be durable first.
+        msg = self.spool()
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        (name,) = self.names()
+        os.rename(os.path.join(self.md(), "new", name),
+                  os.path.join(self.md(), "cur", f"{name}:2,S"))
+        self.syncer.calls.clear()
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        self.assertEqual(out, {JOE: None})
+        self.assertIn(("dir", os.path.join(self.md(), "cur")), self.syncer.calls)
+        self.assertEqual(self.names(), [])
+        self.spooler.discard(msg)
+
+    def test_copy_found_in_cur_that_cannot_be_synced_is_no_delivery(self):
+        msg = self.spool()
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        (name,) = self.names()
+        seen = os.path.join(self.md(), "cur", f"{name}:2,S")
+        os.rename(os.path.join(self.md(), "new", name), seen)
+        self.syncer.fail[os.path.join(self.md(), "cur")] = OSError(errno.EIO, "EIO")
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        self.assertIsInstance(out[JOE], OSError)
+        self.assertTrue(os.path.exists(seen))  # the user's copy stays
+        self.spooler.discard(msg)

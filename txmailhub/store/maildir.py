@@ -281,6 +281,7 @@ class MaildirStore:
         results: dict[Address, Exception | None] = {}
         linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
         copies: list[tuple[Address, str, str, int, tuple[str, ...]]] = []
+        found: list[tuple[Address, str, tuple[str, ...]]] = []  # keyed copies in cur/
         for address in dict.fromkeys(mailboxes):
             try:
                 md = self.maildir_path(address)
@@ -289,8 +290,12 @@ class MaildirStore:
                 self._ensure(md)
                 if key is not None:
                     there = _made_before(md, name)
-                    if there == "cur":  # read meanwhile; its move is not ours to sync
-                        results[address] = None
+                    if there == "cur":
+                        # Read meanwhile.  The run that made it may have
+                        # died before syncing new/, and POP3 renames into
+                        # cur/ without a sync: cur/ is synced before the
+                        # runner may record the copy and drop its own.
+                        found.append((address, md, self._ensure(md)))
                         continue
                     if there == "new":  # made by a run that may not have synced it
                         linked.append((address, md, new, self._ensure(md)))
@@ -322,6 +327,8 @@ class MaildirStore:
             targets.extend([*dirs, os.path.join(md, "new")])
         for _, _, _, fd, dirs in copies:
             targets.extend([fd, *dirs])
+        for _, md, dirs in found:
+            targets.extend([*dirs, os.path.join(md, "cur")])
         ds = iter(self.syncer.sync_each(targets))
 
         pending: list[defer.Deferred] = []
@@ -337,6 +344,12 @@ class MaildirStore:
             d.addBoth(_close_fd_passing, fd)
             d.addCallback(self._publish_copy, md, tmp, dirs)
             pending.append(self._record(d, results, address, tmp))
+        for address, md, dirs in found:
+            d = _all([next(ds) for _ in range(len(dirs) + 1)])
+            if dirs:
+                d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
+            # no path to take back: the copy is the user's, read already
+            pending.append(self._record(d, results, address, None))
         if len(pending) == 1:  # the common case: no DeferredList
             return pending[0].addCallback(_give, results)
         if not pending:
@@ -425,16 +438,18 @@ class MaildirStore:
         return failure
 
     def _record(
-        self, d: defer.Deferred, results: dict, address: Address, path: str
+        self, d: defer.Deferred, results: dict, address: Address, path: str | None
     ) -> defer.Deferred:
         """Enter the outcome of one copy in ``results``; a copy that did
-        not become durable is removed again (``path``, best effort)."""
+        not become durable is removed again (``path``, best effort; None:
+        one that is not ours to remove)."""
 
         def ok(_: Any) -> None:
             results[address] = None
 
         def failed(f: Any) -> None:
-            self._undo(f, path)
+            if path is not None:
+                self._undo(f, path)
             log.error("delivery to {mailbox} not durable: {error}", mailbox=str(address),
                       error=f.getErrorMessage())
             results[address] = f.value
