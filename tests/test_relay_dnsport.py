@@ -34,3 +34,20 @@ def test_resolv_conf_that_cannot_be_opened_is_read_again_later(tmp_path, monkeyp
     resolver._lastResolvTime = None  # the same second: mtime alone would not tell
     clock.advance(resolver._resolvReadInterval)
     assert [addr for addr, _ in resolver.dynServers] == ["192.0.2.2"]
+
+
+def test_resolv_conf_path_is_logged_as_text(tmp_path, monkeypatch, log_events):
+    """The hub names resolv.conf as bytes (b"/etc/resolv.conf", what
+    twisted.names wants): the log line must show the path, not its repr."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.1\n")
+    clock = Clock()
+    resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
+
+    def no_descriptors(path):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(resolver, "_openFile", no_descriptors)
+    clock.advance(resolver._resolvReadInterval)
+    (event,) = [e for e in log_events if "Too many open files" in str(e.get("error"))]
+    assert event["path"] == str(conf)

@@ -17,6 +17,7 @@ query as before, registered with the reactor as a reader and silent.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
@@ -170,8 +171,9 @@ class Resolver(client.Resolver):
         try:
             super().maybeParseConfig()
         except OSError as e:
+            # (twisted.names keeps the path as bytes: shown as text)
             log.error("cannot read {path}: {error}; trying again later",
-                      path=self.resolv, error=str(e))
+                      path=os.fsdecode(self.resolv), error=str(e))
             self._parseCall = self._reactor.callLater(
                 self._resolvReadInterval, self.maybeParseConfig)
 
