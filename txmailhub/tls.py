@@ -30,6 +30,7 @@ __all__ = [
     "handshake_pending",
     "load_pair",
     "pair_findings",
+    "tls_details",
     "tls_failure",
     "tls_options",
 ]
@@ -263,3 +264,18 @@ def handshake_pending(transport: Any) -> bool:
         return finished() is None
     except Exception:
         return False
+
+
+def tls_details(transport: Any) -> tuple[str, str] | None:
+    """The TLS version and cipher of ``transport``'s session (``("TLSv1.3",
+    "TLS_AES_256_GCM_SHA384")``), or None when it has none (yet): what a
+    Received field and the log lines name."""
+    try:
+        conn = transport.getHandle()
+        version = conn.get_protocol_version_name()
+        cipher = conn.get_cipher_name()
+    except Exception:
+        return None
+    if not version or not cipher:
+        return None
+    return str(version), str(cipher)

@@ -35,6 +35,9 @@ def test_stls_then_login_and_retr(tls_hub):
     _, lines, _ = p.retr(1)
     assert lines == [b"Subject: secure", b"", b".hidden dot", b"body"]
     p.quit()
+    # the login line says the session was secured, and how
+    assert f"POP3 login {ALICE} from 127.0.0.1 (USER, TLSv1.3): 1 messages" in (
+        tls_hub.log_text())
 
 
 def test_implicit_tls(tls_hub):
@@ -47,6 +50,8 @@ def test_implicit_tls(tls_hub):
     _, lines, _ = p.top(1, 0)
     assert lines == [b"Subject: secure", b""]
     p.quit()
+    assert f"POP3 login {ALICE} from 127.0.0.1 (USER, TLSv1.3): 1 messages" in (
+        tls_hub.log_text())
 
 
 def test_large_message_over_tls_streams_completely(tls_hub):

@@ -46,7 +46,7 @@ from txmailhub.pop3.server import (
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
-from txmailhub.tls import handshake_pending, tls_failure
+from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 
@@ -428,9 +428,13 @@ class POP3Protocol(Protocol):
             return
         # From here on the log names the mailbox, not the spelling typed.
         self._user = loggable(self.engine.identity(self._typed))
+        # over TLS the line says which version, as SMTP's message lines do
+        secure = self.implicit_tls or ISSLTransport.providedBy(self.transport)
+        details = tls_details(self.transport) if secure else None
+        how = f"{mechanism}, {details[0] if details else 'TLS'}" if secure else mechanism
         log.info(
             "POP3 login {user} from {peer} ({mechanism}): {count} messages",
-            user=self._user, peer=self._peer, mechanism=mechanism, count=len(messages),
+            user=self._user, peer=self._peer, mechanism=how, count=len(messages), tls=secure,
         )
         self._finish_login(self.engine.login_succeeded(messages))
 

@@ -70,7 +70,7 @@ from txmailhub.smtp.server import (
     StartMessage,
     StartTLS,
 )
-from txmailhub.tls import handshake_pending, tls_failure
+from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["SMTPFactory", "SMTPProtocol"]
 
@@ -544,7 +544,7 @@ class SMTPProtocol(Protocol):
         after the handshake; only a TLS 1.2 renegotiation could change the
         cipher, and mail clients do not renegotiate."""
         if self._tls is None:
-            self._tls = _tls_details(self.transport)
+            self._tls = tls_details(self.transport)
         return self._tls
 
     def _trace(self, env: Any) -> bytes:
@@ -795,18 +795,6 @@ SMTPProtocol._handlers = {
     StartTLS: SMTPProtocol._start_tls,
     Close: SMTPProtocol._close,
 }
-
-
-def _tls_details(transport: Any) -> tuple[str, str] | None:
-    try:
-        conn = transport.getHandle()
-        version = conn.get_protocol_version_name()
-        cipher = conn.get_cipher_name()
-    except Exception:
-        return None
-    if not version or not cipher:
-        return None
-    return str(version), str(cipher)
 
 
 # Message ids: one counter for the process, for every listener of every hub
