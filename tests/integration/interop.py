@@ -143,6 +143,16 @@ def hub_log_is_clean(log: str) -> None:
     assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
 
 
+# The Received "with" word each listener's way of sending gets (RFC 3848),
+# keyed as the interop tests name the ways
+WITH_WORDS = {
+    "mx": b" with ESMTP\r\n",
+    "starttls": b" with ESMTPS (TLSv1.3 ",
+    "submission": b" with ESMTPSA (TLSv1.3 ",
+    "smtps": b" with ESMTPSA (TLSv1.3 ",
+}
+
+
 def assert_both_got(hub, sent: dict[str, dict[str, bytes]], withs: dict[str, bytes]) -> None:
     """Alice and Bob each got every message of ``sent`` (by the way it was
     sent), byte for byte but the trace fields; each way's Received field
