@@ -260,9 +260,10 @@ class GroupCommitTests(SynchronousTestCase):
     def test_unknown_method(self):
         self.assertRaises(LocalError, Syncer, None, method="fdatasync-maybe")
 
-    def test_auto_means_fsync(self):
+    def test_auto_means_fsync_without_the_kernels_aio(self):
         # syncfs waits for every other process's dirty data on a shared
-        # filesystem: only chosen on purpose (module docstring)
+        # filesystem: only chosen on purpose (module docstring); AIO is
+        # tried at start (tests/test_aio.py)
         self.assertEqual(Syncer(None).method, "fsync")
         self.assertEqual(Syncer(None, method="auto").method, "fsync")
 
@@ -301,7 +302,7 @@ class RealThreadTests(TestCase):
     def test_workers_are_daemon_threads(self):
         from twisted.internet import reactor
 
-        s = Syncer(reactor)
+        s = Syncer(reactor, method="fsync")
         s.start()
         done = []
         s._pool.submit(lambda: done.append(threading.current_thread().daemon))

@@ -123,6 +123,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmailhub.errors import LocalError
+from txmailhub.store.aio import AioSyncs, open_ring
 
 __all__ = [
     "Syncer",
@@ -399,12 +400,16 @@ class Syncer:
         max_batches: int = 1,
         run_in_thread: RunInThread | None = None,
     ) -> None:
-        if method == "auto":
-            method = "fsync"  # robust on a shared filesystem (module docstring)
-        if method not in ("fsync", "syncfs"):
+        if method not in ("auto", "aio", "fsync", "syncfs"):
             raise LocalError(f"unknown sync method {method!r}")
+        # "auto": the kernel's AIO where it has it, else fsync in threads
+        # (robust on a shared filesystem, module docstring); never AIO
+        # with injected threads, which tests use to order every step
+        self._want_aio = method == "aio" or (method == "auto" and run_in_thread is None)
         self.reactor = reactor
-        self.method = method
+        self.method = "syncfs" if method == "syncfs" else "fsync"  # without AIO
+        self.aio: AioSyncs | None = None
+        self._aio_busy = 0
         self.threads = max(threads, max_batches)
         self.max_batches = max_batches
         self._run_injected = run_in_thread
@@ -422,10 +427,17 @@ class Syncer:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker threads (idempotent)."""
+        """Start the worker threads, or the AIO ring (idempotent)."""
         self._stopped = False
         if self._run_injected is None and self._pool is None:
             self._pool = _Workers(self.reactor, self.threads, "txmailhub-sync")
+        if self._want_aio and self.aio is None and hasattr(self.reactor, "addReader"):
+            ring = open_ring()
+            if ring is None:
+                self._want_aio = False
+                log.info("no Linux native AIO here: fsync in worker threads")
+            else:
+                self.aio = AioSyncs(self.reactor, ring)
 
     def stop(self) -> defer.Deferred:
         """Finish everything requested so far, then stop the workers.
@@ -438,11 +450,14 @@ class Syncer:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.stop()
+            aio, self.aio = self.aio, None
+            if aio is not None:
+                aio.close()
 
         return d.addCallback(stop_pool)
 
     def _wait_idle(self) -> defer.Deferred:
-        if not self._in_flight and not self._pending:
+        if not self._in_flight and not self._pending and not self._aio_busy:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append(d)
@@ -510,13 +525,37 @@ class Syncer:
         if self._stopped:
             return defer.fail(LocalError("the syncer is stopped: nothing can be made durable"))
         self.requests += 1
+        if self._want_aio and self.aio is None:
+            self._run_start()  # a request before start(): as for the threads
+        aio = self.aio
+        if aio is not None and not aio.broken:
+            d: defer.Deferred = defer.Deferred()
+            self._aio_busy += 1
+            d.addBoth(self._aio_settled)
+            aio.request(target, then, d)
+            return d
         req = _Request(target, then)
         self._pending.append(req)
         if launch and self._in_flight < self.max_batches:
             self._launch()
         return req.deferred
 
+    def _aio_settled(self, result: Any) -> Any:
+        self._aio_busy -= 1
+        if not self._aio_busy and not self._in_flight and not self._pending:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+        return result
+
     # -- batches -------------------------------------------------------------
+
+    def _run_start(self) -> None:
+        self.start()
+        if not self._trigger_added and hasattr(self.reactor, "addSystemEventTrigger"):
+            # started by a request, not by a service: finish before shutdown
+            self._trigger_added = True
+            self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
     def _run(self, f: Callable[[], Any]) -> defer.Deferred:
         if self._run_injected is not None:
@@ -525,11 +564,7 @@ class Syncer:
             except Exception:
                 return defer.fail(Failure())
         if self._pool is None:
-            self.start()
-            if not self._trigger_added and hasattr(self.reactor, "addSystemEventTrigger"):
-                # started by a request, not by a service: finish before shutdown
-                self._trigger_added = True
-                self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+            self._run_start()
         return self._pool.submit(f)  # type: ignore[union-attr]
 
     def _launch(self) -> None:

@@ -1,0 +1,433 @@
+"""txmailhub.store.aio: fsync as kernel requests, results on the reactor."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txmailhub.errors import LocalError
+from txmailhub.store import aio, sync
+from txmailhub.store.aio import AioSyncs, KernelRing
+from txmailhub.store.sync import Syncer
+
+
+class FakeRing:
+    """A ring whose requests complete only when the test says so."""
+
+    def __init__(self, room=100):
+        self.room = room
+        self.submitted = []  # (fd, key), in order
+        self.refuse = None  # an OSError for the next submit
+        self._done = []
+        self.closed = False
+
+    def fileno(self):
+        return 99
+
+    def submit(self, fd, key):
+        if self.refuse is not None:
+            e, self.refuse = self.refuse, None
+            raise e
+        if len(self.in_flight()) >= self.room:
+            raise BlockingIOError(errno.EAGAIN, "full")
+        self.submitted.append((fd, key))
+
+    def in_flight(self):
+        done = {k for k, _ in self._done}
+        return [(fd, k) for fd, k in self.submitted if k not in done]
+
+    def complete(self, index=0, res=0):
+        """Complete the ``index``-th request still in flight."""
+        fd, key = self.in_flight()[index]
+        self._done.append((key, res))
+        return fd
+
+    def reap(self):
+        done = [(k, r) for k, r in self._done if k is not None]
+        # completed requests leave the ring for good
+        self.submitted = [(fd, k) for fd, k in self.submitted if k not in {k for k, _ in done}]
+        self._done = []
+        return done
+
+    def close(self):
+        self.closed = True
+
+
+class FakeReactor(Clock):
+    def __init__(self):
+        super().__init__()
+        self.readers = []
+
+    def addReader(self, reader):
+        self.readers.append(reader)
+
+    def removeReader(self, reader):
+        self.readers.remove(reader)
+
+
+class Publication:
+    def __init__(self, calls, dirs=(), run_error=None, settle_error=None):
+        self.calls = calls
+        self.dirs = list(dirs)
+        self.run_error = run_error
+        self.settle_error = settle_error
+
+    def run(self):
+        self.calls.append("run")
+        if self.run_error:
+            raise self.run_error
+        return self.dirs
+
+    def settle(self, failed):
+        self.calls.append(("settle", dict(failed)))
+        if self.settle_error:
+            raise self.settle_error
+        return "settled"
+
+
+class AioSyncsTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = FakeReactor()
+        self.ring = FakeRing()
+        self.aio = AioSyncs(self.reactor, self.ring)
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+
+    def ask(self, target, then=None):
+        d = defer.Deferred()
+        self.aio.request(target, then, d)
+        return d
+
+    def finish(self, index=0, res=0):
+        fd = self.ring.complete(index, res)
+        self.aio.reap()
+        return fd
+
+    def test_the_eventfd_is_a_reader_until_closed(self):
+        (reader,) = self.reactor.readers
+        self.assertEqual(reader.fileno(), 99)
+        self.aio.close()
+        self.assertEqual(self.reactor.readers, [])
+        self.assertTrue(self.ring.closed)
+
+    def test_nothing_fires_before_the_kernel_says_done(self):
+        d = self.ask(7)
+        self.assertEqual(self.ring.submitted[0][0], 7)
+        self.assertNoResult(d)
+        self.assertFalse(self.aio.idle())
+        self.finish()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertTrue(self.aio.idle())
+
+    def test_a_kernel_error_is_the_callers_oserror(self):
+        d = self.ask(7)
+        self.finish(res=-errno.EIO)
+        error = self.failureResultOf(d, OSError).value
+        self.assertEqual(error.errno, errno.EIO)
+
+    def test_descriptors_are_never_grouped(self):
+        ds = [self.ask(7), self.ask(7)]
+        self.assertEqual([fd for fd, _ in self.ring.submitted], [7, 7])
+        self.finish()
+        self.successResultOf(ds[0])
+        self.assertNoResult(ds[1])  # its own fsync: the first may predate its writes
+
+    def test_a_path_is_opened_for_its_sync_and_closed_after(self):
+        path = os.path.join(self.dir, "f")
+        open(path, "wb").close()
+        before = len(os.listdir("/proc/self/fd"))
+        plain = self.ask(path)
+        published = self.ask(path, Publication([]))
+        for fd, _ in self.ring.submitted:
+            self.assertEqual(os.fstat(fd).st_ino, os.stat(path).st_ino)
+        self.finish()
+        self.finish()
+        self.successResultOf(plain)
+        self.successResultOf(published)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+    def test_a_missing_path_fails_without_a_request(self):
+        d = self.ask(os.path.join(self.dir, "missing"))
+        self.failureResultOf(d, FileNotFoundError)
+        self.assertEqual(self.ring.submitted, [])
+        self.assertTrue(self.aio.idle())
+
+    def test_requests_for_a_busy_path_wait_for_the_next_sync_together(self):
+        first = self.ask(self.dir)
+        later = [self.ask(self.dir), self.ask(self.dir)]
+        self.assertEqual(len(self.ring.submitted), 1)  # one in flight per path
+        self.finish()
+        self.successResultOf(first)
+        for d in later:
+            self.assertNoResult(d)  # the first sync may have missed their entries
+        self.assertEqual(len(self.ring.submitted), 1)  # one for both
+        self.finish()
+        for d in later:
+            self.successResultOf(d)
+        self.assertTrue(self.aio.idle())
+
+    def test_a_failed_path_sync_fails_its_group_only(self):
+        first = self.ask(self.dir)
+        later = self.ask(self.dir)
+        self.finish(res=-errno.ENOSPC)
+        self.assertEqual(self.failureResultOf(first, OSError).value.errno, errno.ENOSPC)
+        self.finish()
+        self.successResultOf(later)
+
+    def test_publication_after_the_file_then_its_directories(self):
+        calls = []
+        other = os.path.join(self.dir, "other")
+        os.makedirs(other)
+        pub = Publication(calls, dirs=[self.dir, other, self.dir])
+        d = self.ask(5, pub)
+        self.assertEqual(calls, [])
+        self.finish()  # the file is durable: published, its directories asked for
+        self.assertEqual(calls, ["run"])
+        self.assertEqual(len(self.ring.submitted), 2)  # each directory once
+        self.finish()
+        self.assertNoResult(d)  # one directory still syncing
+        self.finish()
+        self.assertEqual(calls, ["run", ("settle", {})])
+        self.assertEqual(self.successResultOf(d), "settled")
+
+    def test_a_failed_file_is_never_published(self):
+        calls = []
+        d = self.ask(5, Publication(calls, dirs=[self.dir]))
+        self.finish(res=-errno.EIO)
+        self.failureResultOf(d, OSError)
+        self.assertEqual(calls, [])
+
+    def test_a_failed_directory_reaches_settle(self):
+        calls = []
+        gone = os.path.join(self.dir, "gone")
+        pub = Publication(calls, dirs=[self.dir, gone])
+        d = self.ask(5, pub)
+        self.finish()
+        self.finish(res=-errno.EIO)  # self.dir's sync
+        self.assertEqual(self.successResultOf(d), "settled")
+        failed = calls[-1][1]
+        self.assertEqual(set(failed), {self.dir, gone})
+        self.assertEqual(failed[self.dir].errno, errno.EIO)
+        self.assertIsInstance(failed[gone], FileNotFoundError)
+
+    def test_a_publication_without_directories_settles_at_once(self):
+        calls = []
+        d = self.ask(5, Publication(calls))
+        self.finish()
+        self.assertEqual(self.successResultOf(d), "settled")
+
+    def test_publication_errors_reach_the_caller(self):
+        calls = []
+        bad_run = self.ask(5, Publication(calls, run_error=ValueError("run")))
+        bad_settle = self.ask(6, Publication(calls, settle_error=KeyError("settle")))
+        self.finish()
+        self.finish()
+        self.failureResultOf(bad_run, ValueError)
+        self.failureResultOf(bad_settle, KeyError)
+        self.assertTrue(self.aio.idle())
+
+    def test_a_full_ring_queues_until_a_completion(self):
+        self.ring.room = 1
+        ds = [self.ask(5), self.ask(6), self.ask(7)]
+        self.assertEqual([fd for fd, _ in self.ring.submitted], [5])
+        self.finish()
+        self.successResultOf(ds[0])
+        self.assertEqual([fd for fd, _ in self.ring.submitted], [6])
+        self.finish()
+        self.finish()
+        for d in ds:
+            self.successResultOf(d)
+        self.assertTrue(self.aio.idle())
+
+    def test_an_error_at_submit_is_that_requests_error(self):
+        self.ring.refuse = OSError(errno.EBADF, "bad fd")
+        d = self.ask(5)
+        self.assertEqual(self.failureResultOf(d, OSError).value.errno, errno.EBADF)
+        self.assertFalse(self.aio.broken)
+        self.assertTrue(self.aio.idle())
+
+    def test_einval_at_submit_syncs_here_and_gives_the_ring_up(self):
+        synced = []
+        self.patch(aio.os, "fsync", synced.append)
+        self.ring.refuse = OSError(errno.EINVAL, "no AIO fsync")
+        refused = self.ask(7)
+        self.assertTrue(self.aio.broken)
+        self.assertEqual(synced, [7])
+        self.successResultOf(refused)
+        self.assertTrue(self.aio.idle())
+
+    def test_einval_for_a_waiting_request_syncs_the_rest_here(self):
+        synced = []
+        self.patch(aio.os, "fsync", synced.append)
+        self.ring.room = 1
+        ds = [self.ask(5), self.ask(6), self.ask(7)]  # two wait for room
+        self.ring.refuse = OSError(errno.EINVAL, "no AIO fsync")
+        self.finish()
+        self.assertTrue(self.aio.broken)
+        self.assertEqual(synced, [6, 7])
+        for d in ds:
+            self.successResultOf(d)
+        self.assertTrue(self.aio.idle())
+
+    def test_a_full_ring_of_others_polls_again(self):
+        # no request of ours is in flight, so no completion will wake us
+        self.ring.room = 0
+        d = self.ask(5)
+        self.assertNoResult(d)
+        self.reactor.advance(0.01)  # still no room: tries again later
+        self.assertNoResult(d)
+        self.ring.room = 1
+        self.reactor.advance(0.01)
+        self.assertEqual([fd for fd, _ in self.ring.submitted], [5])
+        self.finish()
+        self.successResultOf(d)
+
+
+class SyncerWithAioTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = FakeReactor()
+        self.ring = FakeRing()
+        self.patch(sync, "open_ring", lambda: self.ring)
+
+    def test_auto_uses_the_ring_and_stop_waits_for_it(self):
+        s = Syncer(self.reactor)
+        s.start()
+        self.assertIsNotNone(s.aio)
+        d = s.sync_file(5)
+        stopped = s.stop()
+        self.assertNoResult(stopped)
+        s.aio.ring.complete()
+        s.aio.reap()
+        self.successResultOf(d)
+        self.successResultOf(stopped)
+        self.assertTrue(self.ring.closed)
+        self.assertEqual(self.reactor.readers, [])
+        self.failureResultOf(s.sync_file(5), LocalError)
+
+    def test_a_request_before_start_starts_the_ring(self):
+        s = Syncer(self.reactor, method="aio")
+        d = s.sync_dir("/")
+        self.assertIsNotNone(s.aio)
+        self.ring.complete()
+        s.aio.reap()
+        self.successResultOf(d)
+
+    def test_injected_threads_or_fsync_never_use_the_ring(self):
+        s = Syncer(self.reactor, run_in_thread=lambda f: defer.succeed(f()))
+        s.start()
+        self.assertIsNone(s.aio)
+        s = Syncer(self.reactor, method="fsync")
+        s.start()
+        self.assertIsNone(s.aio)
+        s._pool.stop()
+
+    def test_without_a_ring_the_threads_do_it(self):
+        self.patch(sync, "open_ring", lambda: None)
+        s = Syncer(self.reactor, run_in_thread=None)
+        s.start()
+        self.assertIsNone(s.aio)
+        self.assertEqual(s.method, "fsync")
+        s._pool.stop()
+
+    def test_after_einval_new_requests_go_to_the_threads(self):
+        jobs = []
+        s = Syncer(self.reactor, method="aio")
+        s.start()
+        s._run_injected = lambda f: jobs.append(f) or defer.Deferred()
+        self.patch(aio.os, "fsync", lambda fd: None)
+        self.ring.refuse = OSError(errno.EINVAL, "no AIO fsync")
+        self.successResultOf(s.sync_file(5))  # synced where it was refused
+        s.sync_file(6)
+        self.assertEqual(len(jobs), 1)  # a batch for the worker threads
+        self.assertEqual(len(self.ring.submitted), 0)
+
+
+def _ring_or_skip() -> KernelRing:
+    try:
+        return KernelRing(8)
+    except OSError as e:
+        pytest.skip(f"no native AIO here: {e}")
+
+
+class RealKernelTests(TestCase):
+    """The real ring with the real reactor."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_real_syncs_and_a_real_publication(self):
+        from twisted.internet import reactor
+
+        _ring_or_skip().close()
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "new"))
+        s = Syncer(reactor)
+        s.start()
+        self.assertIsNotNone(s.aio)
+        src = os.path.join(base, "spool")
+        dst = os.path.join(base, "new", "m")
+        fd = os.open(src, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"x\n")
+
+        class Move:
+            def run(self):
+                os.rename(src, dst)
+                return [os.path.join(base, "new")]
+
+            def settle(self, failed):
+                return failed
+
+        try:
+            failed = yield s.sync_then(fd, Move())
+            yield defer.gatherResults([s.sync_dir(base), s.sync_file(dst), s.sync_dir(base)])
+        finally:
+            os.close(fd)
+        self.assertEqual(failed, {})
+        self.assertTrue(os.path.exists(dst))
+        self.assertGreaterEqual(s.aio.requests, 4)
+        with self.assertRaises(FileNotFoundError):
+            yield s.sync_file(os.path.join(base, "missing"))
+        yield s.stop()
+        self.assertIsNone(s.aio)
+
+    def test_a_bad_descriptor_is_refused_at_submit(self):
+        ring = _ring_or_skip()
+        try:
+            with self.assertRaises(OSError) as caught:
+                ring.submit(1_000_000, 1)
+            self.assertEqual(caught.exception.errno, errno.EBADF)
+            self.assertEqual(ring.reap(), [])
+        finally:
+            ring.close()
+
+    def test_many_at_once_fill_and_drain_the_ring(self):
+        ring = _ring_or_skip()
+        base = self.mktemp()
+        os.makedirs(base)
+        fd = os.open(base, os.O_RDONLY)
+        try:
+            n = 0
+            while True:
+                try:
+                    ring.submit(fd, n + 1)
+                except BlockingIOError:
+                    break
+                n += 1
+                self.assertLess(n, 10_000)
+            self.assertGreaterEqual(n, 8)
+            got = []
+            import select
+
+            while len(got) < n:
+                select.select([ring.fileno()], [], [], 5)
+                got.extend(ring.reap())
+            self.assertEqual(sorted(k for k, _ in got), list(range(1, n + 1)))
+            self.assertEqual({r for _, r in got}, {0})
+        finally:
+            os.close(fd)
+            ring.close()
