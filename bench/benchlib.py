@@ -536,8 +536,8 @@ def postfix_server(workdir: str, root: str, name: str = "postfix") -> Server:
 
 def floor_server(workdir: str, maildir: str, sync: str, name: str) -> Server:
     """The floor (``peers/floor_maildir.py``): canned replies and the file
-    work only, on the project's own Twisted; ``sync`` is none, inline or
-    thread."""
+    work only, on the project's own Twisted; ``sync`` is none, inline,
+    thread, pool or aio."""
     port = free_port()
     argv = [os.path.join(PROJECT_BIN, "python"), os.path.join(HERE, "peers", "floor_maildir.py"),
             "--listen", f"127.0.0.1:{port}", "--maildir", maildir, "--sync", sync]

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             if not os.path.exists(PYSPY):
                 raise SystemExit(f"{PYSPY} missing: run bench/setup.sh")
             # Attach for the load only (startup and imports stay out of it).
-            spy = subprocess.Popen([PYSPY, "record", "--nonblocking", "-r", str(args.rate),
+            spy = subprocess.Popen([PYSPY, "record", "--nonblocking", "--gil", "-r", str(args.rate),
                                     "-f", "raw", "-o", raw, "--pid", str(server.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1)

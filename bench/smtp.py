@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl
 
 TARGETS = ("txmailhub", "aiosmtpd", "aiosmtpd-nofsync", "twistd-mail", "postfix", "smtp-sink",
-           "floor", "floor-inline", "floor-pool", "floor-nofsync")
+           "floor", "floor-inline", "floor-pool", "floor-nofsync", "floor-aio")
 DEFAULT_TARGETS = "txmailhub,aiosmtpd,aiosmtpd-nofsync,twistd-mail,postfix"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
@@ -68,7 +68,7 @@ def make_target(name: str, fs_root: str, workdir: str) -> Target:
     if name.startswith("floor"):
         # what any Twisted server pays at least: see peers/floor_maildir.py
         sync = {"floor": "thread", "floor-inline": "inline", "floor-pool": "pool",
-                "floor-nofsync": "none"}[name]
+                "floor-nofsync": "none", "floor-aio": "aio"}[name]
         maildir = os.path.join(spool, bl.USER)
         return Target(name, bl.floor_server(workdir, maildir, sync, name), maildir)
     if name == "smtp-sink":

@@ -431,3 +431,43 @@ class RealKernelTests(TestCase):
         finally:
             os.close(fd)
             ring.close()
+
+
+def _texts(events):
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events]
+
+
+def test_no_ring_is_said_once_at_start(monkeypatch, log_events):
+    monkeypatch.setattr(sync, "open_ring", lambda: None)
+    s = Syncer(FakeReactor())
+    s.start()
+    s.start()
+    said = [t for t in _texts(log_events) if "AIO" in t]
+    assert said == ["no Linux native AIO here: fsync in worker threads"]
+    s._pool.stop()
+
+
+def test_a_refusing_kernel_is_said_once(monkeypatch, log_events):
+    monkeypatch.setattr(aio.os, "fsync", lambda fd: None)
+    ring = FakeRing()
+    a = AioSyncs(FakeReactor(), ring)
+    for fd in (5, 6):
+        ring.refuse = OSError(errno.EINVAL, "no")
+        a.request(fd, None, defer.Deferred())
+    said = [t for t in _texts(log_events) if "AIO" in t]
+    assert len(said) == 1 and "worker threads from now on" in said[0]
+
+
+def test_the_ring_reports_what_a_kernel_without_aio_says(monkeypatch):
+    class NoSyscalls:
+        def __init__(self, *a, **k):
+            self.syscall = lambda *a: -1
+
+    monkeypatch.setattr(aio.ctypes, "CDLL", NoSyscalls)
+    monkeypatch.setattr(aio.ctypes, "get_errno", lambda: errno.ENOSYS)
+    with pytest.raises(aio.AioUnsupported) as caught:
+        KernelRing()
+    assert caught.value.errno == errno.ENOSYS
+    assert aio.open_ring() is None

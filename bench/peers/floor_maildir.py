@@ -26,6 +26,11 @@ defer each one to the next turn and add two ``epoll_ctl`` calls).
 * ``pool``: each message's steps as a job of its own in Twisted's thread
   pool (10 threads), so that fsyncs of different messages overlap (the
   filesystem's journal can commit them together).
+* ``aio``: the same steps without threads, as txmailhub does them on
+  Linux: each message's fsync is a kernel AIO request made on the
+  reactor thread (txmailhub's ``KernelRing``), the rename follows its
+  completion, and one fsync of ``new/`` at a time covers the messages
+  renamed while the one before ran.
 
 Usage (by bench/smtp.py's ``floor`` targets)::
 
@@ -108,6 +113,9 @@ class Floor(protocol.Protocol):
         if factory.sync == "thread":
             self.waiting = True
             factory.commit(self, name, message)
+        elif factory.sync == "aio":
+            self.waiting = True
+            factory.aio_store(self, name, message)
         elif factory.sync == "pool":
             self.waiting = True
             threads.deferToThread(factory.write_batch, [(self, name, message)]).addCallback(
@@ -124,6 +132,23 @@ class Floor(protocol.Protocol):
         self.work()
 
 
+class _RingReader:
+    def __init__(self, factory: FloorFactory) -> None:
+        self.factory = factory
+
+    def fileno(self) -> int:
+        return self.factory.ring.fileno()
+
+    def doRead(self) -> None:
+        self.factory.aio_reap()
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "ring"
+
+
 class FloorFactory(protocol.Factory):
     protocol = Floor
 
@@ -138,6 +163,54 @@ class FloorFactory(protocol.Factory):
         self.new_fd = os.open(self.new, os.O_RDONLY | os.O_DIRECTORY)
         self.batch: list[tuple[Floor, str, bytes]] = []
         self.running = False
+        if sync == "aio":
+            # txmailhub's kernel ring (txmailhub.store.aio), nothing else of it
+            from txmailhub.store.aio import KernelRing
+
+            self.ring = KernelRing()
+            self.ops: dict[int, object] = {}
+            self.keys = 0
+            self.dir_wait: list[Floor] = []
+            self.dir_busy = False
+            reactor.addReader(_RingReader(self))
+
+    def aio_submit(self, fd: int, done) -> None:
+        self.keys += 1
+        self.ring.submit(fd, self.keys)
+        self.ops[self.keys] = done
+
+    def aio_reap(self) -> None:
+        for key, res in self.ring.reap():
+            if res < 0:
+                raise OSError(-res, "fsync through AIO")
+            self.ops.pop(key)()
+
+    def aio_store(self, proto: Floor, name: str, message: bytes) -> None:
+        tmp = os.path.join(self.tmp, name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, message)
+
+        def synced() -> None:
+            os.close(fd)
+            os.rename(tmp, os.path.join(self.new, name))
+            self.dir_wait.append(proto)
+            if not self.dir_busy:
+                self.aio_dir_sync()
+
+        self.aio_submit(fd, synced)
+
+    def aio_dir_sync(self) -> None:
+        group, self.dir_wait = self.dir_wait, []
+        self.dir_busy = bool(group)
+        if not group:
+            return
+
+        def synced() -> None:
+            for proto in group:
+                proto.stored(None)
+            self.aio_dir_sync()
+
+        self.aio_submit(self.new_fd, synced)
 
     def commit(self, proto: Floor, name: str, message: bytes) -> None:
         self.batch.append((proto, name, message))
@@ -179,7 +252,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--listen", required=True, help="127.0.0.1:PORT")
     ap.add_argument("--maildir", required=True)
-    ap.add_argument("--sync", choices=("none", "inline", "thread", "pool"), default="thread")
+    ap.add_argument("--sync", choices=("none", "inline", "thread", "pool", "aio"), default="thread")
     a = ap.parse_args()
     host, _, port = a.listen.rpartition(":")
     if host != "127.0.0.1":

@@ -11,8 +11,9 @@ messages or speak any protocol.
 
 Delivery, hot path (``MaildirStore.deliver_spooled``, ``ISpoolingStore``):
 the spool file's fsync, the copies into ``new/`` and the fsync of the
-``new/`` directories run as one job on the syncer's worker thread
-(``_Publication``); one mailbox gets the spool file by ``rename(2)``,
+``new/`` directories, one after the other, through ``Syncer.sync_then``
+(``_Publication``): kernel AIO requests, or one job on the syncer's
+worker thread; one mailbox gets the spool file by ``rename(2)``,
 several get hard links.  A copy the filesystem cannot link (or whose
 Maildir vanished) goes through ``deliver`` afterwards.
 
@@ -561,9 +562,10 @@ def _link_impossible(error: Exception | None) -> bool:
 
 
 class _Publication:
-    """The copies of one spooled message in its mailboxes, made on a sync
-    worker thread (``Syncer.sync_then``) right after the message's data
-    became durable, in the same batch.
+    """The copies of one spooled message in its mailboxes, made right after
+    the message's data became durable (``Syncer.sync_then``): on the
+    reactor thread when the syncer uses the kernel's AIO, otherwise on a
+    sync worker thread in the same batch.
 
     ``run`` puts the file into each ``new/`` and names the directories to
     sync: hard links, or -- one mailbox, and the spool file may go -- a

@@ -1,4 +1,4 @@
-"""Making writes durable: group-committed fsyncs off the reactor thread.
+"""Making writes durable: fsyncs off the reactor thread.
 
 Owns ``Syncer`` (asynchronous, batched "make this durable" requests) and
 ``durable_write``/``fsync_dir`` (the synchronous shape of STYLE practice
@@ -21,9 +21,16 @@ A Deferred returned by the ``Syncer`` never fires before the fsync (or
 syncfs) that covers its target has returned successfully; when that call
 fails, the Deferred errbacks with the ``OSError``.
 
-Two ways to sync a batch (``method=``):
+Three ways to sync (``method=``):
 
-* ``"fsync"`` (the default, also what ``"auto"`` means): one ``fsync``
+* ``"aio"`` (what ``"auto"``, the default, means where the kernel has
+  it): no batches and no threads -- each request is an fsync request to
+  the kernel, its result back on the reactor thread
+  (``txmailhub.store.aio``, which says why and what it measured).
+  ``start()`` falls back to ``"fsync"`` where ``io_setup`` fails, and so
+  does a kernel that refuses the request itself.  Not with injected
+  ``run_in_thread`` (tests order every step through it).
+* ``"fsync"`` (``"auto"`` without AIO): one ``fsync``
   per distinct target (duplicate requests in a batch are merged), all in
   one thread job per batch: writeback of every file descriptor is
   started first (``start_writeback``: ``posix_fadvise(DONTNEED)``, which
@@ -45,7 +52,7 @@ Two ways to sync a batch (``method=``):
   fails the whole batch.  Only for a filesystem of its own (Linux 5.8 and
   later report writeback errors through it; ``syncfs_available()``).
 
-Why fsync is the default: the production ``state_dir`` is
+Why fsync, not syncfs, is the fallback: the production ``state_dir`` is
 ``/var/lib/txmailhub``, usually on the root filesystem, shared with
 package updates, logs and backups.  One 1 KiB file made durable right
 after another process left 300 MB of dirty data on the same (root) ext4
@@ -91,7 +98,8 @@ thread and 0.567 ms with every job run inline on the reactor thread
 the bigger price (0.69-0.85 ms per message there).
 
 ``max_batches`` lets more than one batch be in flight; it did not pay
-here, so the default is 1, classic group commit.  Measure on the target
+here, so the default is 1, classic group commit.  (Overlapping fsyncs
+did pay once they cost no thread hand-offs: that is the ``"aio"`` method.)  Measure on the target
 machine before changing either knob.
 
 Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
@@ -380,10 +388,13 @@ class _Request:
 
 
 class Syncer:
-    """Batched, off-reactor fsyncs (see the module docstring).
+    """Off-reactor fsyncs: kernel AIO requests or batched thread jobs (see
+    the module docstring).
 
     ``reactor`` delivers results back to its thread.  ``method`` is
-    ``"auto"``, ``"syncfs"`` or ``"fsync"``; ``threads`` caps the worker
+    ``"auto"``, ``"aio"``, ``"syncfs"`` or ``"fsync"`` (``method`` then
+    names the thread path: ``"fsync"`` or ``"syncfs"``; ``aio`` is the
+    ``AioSyncs`` in use, if any, once started); ``threads`` caps the worker
     pool (a batch is one thread job; the others serve ``call()`` and
     ``max_batches`` > 1); ``max_batches`` is how many batches may be syncing at
     once (1: classic group commit).  ``run_in_thread(f) -> Deferred``
@@ -489,7 +500,8 @@ class Syncer:
     def sync_then(self, target: Target, publication: Any) -> defer.Deferred:
         """Make ``target`` durable, then publish it, all in one batch.
 
-        ``publication`` has two methods, both run on the worker thread:
+        ``publication`` has two methods, both run on the worker thread
+        (on the reactor thread with AIO):
         ``run()``, once ``target``'s fsync has succeeded, makes the new
         names (links, renames) and returns the directories whose entries
         must become durable; ``settle(failed)``, after those directories
