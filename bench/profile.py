@@ -10,7 +10,8 @@ inclusive time.
     sudo .venv/bin/python bench/profile.py pop3 --count 1000 --size 1024
     ... --profiler cprofile      # twistd --profile --profiler=cprofile --savestats
 
-``py-spy`` (sampling, low overhead, from bench/setup.sh's venv-tools) is the
+``py-spy`` (sampling only the thread holding the GIL, low overhead, from
+bench/setup.sh's venv-tools) is the
 default; ``cprofile`` gives exact call counts but slows Python code down
 several times, so read its numbers as shares, not as speed.
 """

@@ -309,6 +309,21 @@ class SyncerWithAioTests(SynchronousTestCase):
         self.assertEqual(self.reactor.readers, [])
         self.failureResultOf(s.sync_file(5), LocalError)
 
+    def test_a_follow_up_request_made_on_a_result_keeps_stop_waiting(self):
+        s = Syncer(self.reactor)
+        s.start()
+        follow = []
+        s.sync_file(5).addCallback(lambda _: follow.append(s.sync_dir("/")))
+        stopped = s.stop()
+        self.ring.complete()
+        s.aio.reap()
+        self.assertNoResult(stopped)  # the directory's sync is under way
+        self.assertNoResult(follow[0])
+        self.ring.complete()
+        s.aio.reap()
+        self.successResultOf(follow[0])
+        self.successResultOf(stopped)
+
     def test_a_request_before_start_starts_the_ring(self):
         s = Syncer(self.reactor, method="aio")
         d = s.sync_dir("/")

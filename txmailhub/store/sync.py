@@ -541,24 +541,28 @@ class Syncer:
             self._run_start()  # a request before start(): as for the threads
         aio = self.aio
         if aio is not None and not aio.broken:
-            d: defer.Deferred = defer.Deferred()
+            # the caller's callbacks run before the request counts as done:
+            # a follow-up request they make keeps stop() waiting, as a
+            # batch's results are delivered before the batch is done
+            inner: defer.Deferred = defer.Deferred()
+            outer: defer.Deferred = defer.Deferred()
             self._aio_busy += 1
-            d.addBoth(self._aio_settled)
-            aio.request(target, then, d)
-            return d
+            inner.chainDeferred(outer)
+            inner.addBoth(self._aio_settled)
+            aio.request(target, then, inner)
+            return outer
         req = _Request(target, then)
         self._pending.append(req)
         if launch and self._in_flight < self.max_batches:
             self._launch()
         return req.deferred
 
-    def _aio_settled(self, result: Any) -> Any:
+    def _aio_settled(self, _: Any) -> None:
         self._aio_busy -= 1
         if not self._aio_busy and not self._in_flight and not self._pending:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
-        return result
 
     # -- batches -------------------------------------------------------------
 
