@@ -22,16 +22,19 @@ What is real and what is not:
 
 * The state directory is a fresh folder on tmpfs (``/dev/shm``, or
   ``--dir``): spool files, fsync, the rename into ``Maildir/new`` and the
-  directory fsync all happen, with the real ``Syncer`` batching them --
-  but its jobs run on the calling thread (the ``Syncer``'s
-  ``run_in_thread`` hook, as in the tests) instead of on its worker
-  thread, right after the read that asked for them has been handled, and
-  their results are delivered then, as the worker's reach the reactor
-  thread in a later turn: no thread hand-offs, and every message its own
-  sync batch (under load the real hub gathers a few per batch).  So the numbers leave out the
-  worker thread's hand-offs (and Twisted's sockets, ``epoll`` and the
-  accept), and include everything the reactor thread runs in Python for
-  a message.
+  directory fsync all happen, through the real ``Syncer``.  With
+  ``--sync aio`` (the default, the path ``twistd mailhub`` takes on
+  Linux) the ``Syncer`` makes its kernel requests (``AioSyncs``) to a
+  ring on this thread: each fsync is made with ``os.fsync`` once the read
+  that asked for it has been handled, and reaped then, as the eventfd
+  wakes the reactor in a later turn.  With ``--sync threads`` its batch
+  jobs run on the calling thread (the ``Syncer``'s ``run_in_thread``
+  hook, as in the tests) instead of on its worker thread, at the same
+  moment, every message its own batch (under load the real hub gathers a
+  few per batch).  So the numbers leave out the kernel's or the worker
+  thread's hand-offs (and Twisted's sockets, ``epoll`` and the accept),
+  and include everything the reactor thread runs in Python for a
+  message.
 * The transport is Twisted's ``StringTransport``, with the replies sent
   as ``ResponseWriter`` sends them to a TCP socket (see ``_Wire``); the
   clock is a ``MemoryReactorClock`` reading ``time.time`` as the real
@@ -153,7 +156,7 @@ class Bench:
     """One hub's components on a fresh state directory, and sessions against it."""
 
     def __init__(self, where: str, log: str = "drop", split_dot: bool = False,
-                 size: int = 1024) -> None:
+                 size: int = 1024, sync: str = "aio") -> None:
         self.root = tempfile.mkdtemp(prefix="txmh-engine-", dir=where)
         config = os.path.join(self.root, "mailhub.toml")
         with open(config, "w") as f:
@@ -184,9 +187,14 @@ listen = []
         # the real reactor's clock is time.time itself (a C function)
         self.clock.seconds = time.time  # type: ignore[method-assign]
         self.components = c = build_components(settings, self.clock)
-        # The Syncer's jobs run on this thread (see the module docstring).
-        self.jobs = _Jobs()
-        c.syncer._run_injected = self.jobs
+        # The Syncer's work runs on this thread (see the module docstring).
+        c.syncer._want_aio = False  # never a real ring
+        if sync == "aio":
+            self.jobs = _InlineRing(self.clock)
+            c.syncer.aio = self.jobs.syncs
+        else:
+            self.jobs = _Jobs()
+            c.syncer._run_injected = self.jobs
         c.spooler.claim()
         self.factory = SMTPFactory(c)
         self.maildir_new = os.path.join(settings.mail_dir, DOMAIN, USER, "new")
@@ -267,6 +275,45 @@ class _Jobs:
                 d.errback(Failure())
             else:
                 d.callback(result)
+
+
+class _InlineRing:
+    """The kernel's side of the ``Syncer``'s AIO path (``txmailhub.store.aio``),
+    on this thread: each fsync asked for is made (``os.fsync``) once the
+    current read has been handled, and its completion reaped then, as the
+    eventfd wakes the reactor in a later turn."""
+
+    def __init__(self, reactor: Any) -> None:
+        from txmailhub.store.aio import AioSyncs
+
+        self.submitted: list[tuple[int, int]] = []
+        reactor.addReader = lambda reader: None  # the ring is never polled
+        self.syncs = AioSyncs(reactor, self)
+
+    def fileno(self) -> int:
+        return -1
+
+    def submit(self, fd: int, key: int) -> None:
+        self.submitted.append((fd, key))
+
+    def reap(self) -> list[tuple[int, int]]:
+        done = []
+        for fd, key in self.submitted:
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                done.append((key, -(e.errno or 5)))
+            else:
+                done.append((key, 0))
+        self.submitted = []
+        return done
+
+    def close(self) -> None:
+        pass
+
+    def run(self) -> None:
+        while self.submitted:
+            self.syncs.reap()
 
 
 def cmd_time(b: Bench, args: argparse.Namespace) -> None:
@@ -364,19 +411,22 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024,
                    help="octets of message text after the header fields (default 1024)")
     p.add_argument("--log", choices=["drop", "text"], default="drop")
+    p.add_argument("--sync", choices=["aio", "threads"], default="aio",
+                   help="the Syncer's path: kernel AIO requests (as twistd mailhub "
+                        "on Linux) or its worker-thread batches")
     p.add_argument("--split-dot", action="store_true",
                    help="send the final '.' in a read of its own")
     p.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                    help="where the state directory is made (default /dev/shm)")
     args = p.parse_args()
     if args.mode == "callgrind":
-        extra = ["--log", args.log, "--size", str(args.size)]
+        extra = ["--log", args.log, "--size", str(args.size), "--sync", args.sync]
         extra += ["--split-dot"] if args.split_dot else []
         if args.dir:
             extra += ["--dir", args.dir]
         _callgrind(args.small, args.large, extra)
         return
-    b = Bench(args.dir, args.log, args.split_dot, args.size)
+    b = Bench(args.dir, args.log, args.split_dot, args.size, args.sync)
     try:
         {"time": cmd_time, "profile": cmd_profile, "run": cmd_run}[args.mode](b, args)
     finally:
