@@ -32,7 +32,8 @@ class Components:
     * ``tls``: a server ``IOpenSSLServerConnectionCreator`` (e.g.
       ``CertificateOptions``) or ``None`` when ``[tls]`` is absent.
     * ``users``: the ``txmailhub.users.UsersDB`` (who exists locally).
-    * ``syncer``: the group-commit ``txmailhub.store.sync.Syncer`` shared by
+    * ``syncer``: the ``txmailhub.store.sync.Syncer`` (kernel AIO or group-commit
+      threads) shared by
       the spool, the Maildirs and the queue, or ``None`` (components then
       sync on their own).
     * ``smtp_connections``: the connection counts every SMTP listener of

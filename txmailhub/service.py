@@ -202,8 +202,9 @@ def _describe(host: Any) -> str:
 
 class _StorageService(Service):
     """Claims the state directory for this hub, starts and stops the
-    group-commit syncer's workers with it, and removes the spooler's
-    pre-created files at stop (which gives the state directory up)."""
+    syncer (its kernel ring or worker threads) with it, and removes the
+    spooler's pre-created files at stop (which gives the state directory
+    up)."""
 
     def __init__(self, syncer: Any, spooler: Any, state_dir: str) -> None:
         self.syncer = syncer

@@ -78,8 +78,9 @@ class FileSystem:
     The blocking primitives (``link_or_copy``, ``write_file``, ``rename``,
     ``unlink``, ``fsync_file``, ``fsync_dir``) are what ``mailhub queue``
     and record updates use; ``sync_file``/``sync_dir`` return Deferreds
-    and go through the hub's group-commit ``Syncer`` when there is one
-    (``txmailhub.store.sync``), so concurrent enqueues share their fsyncs.
+    and go through the hub's ``Syncer`` when there is one
+    (``txmailhub.store.sync``), so that fsyncs never block the reactor and
+    concurrent enqueues share their directory's.
     Tests substitute a subclass that "crashes" before the n-th step, to
     check that every crash point leaves a recoverable queue."""
 

@@ -56,7 +56,7 @@ class RelayService(Service):
         settings = components.settings
         reactor = components.reactor
         self.components = components
-        # the hub's group-commit syncer, when it has one (txmailhub.store.sync)
+        # the hub's syncer, when it has one (txmailhub.store.sync)
         self._io = io or thread_runner(reactor)
         self.queue = OutboundQueue(settings.queue_dir, reactor, io=self._io,
                                    syncer=getattr(components, "syncer", None))
