@@ -144,6 +144,48 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     assert "chown" not in err and "Traceback" not in err
 
 
+def test_daemonized_twistd_prints_a_start_error_as_text(tmp_path: Path, monkeypatch) -> None:
+    # twistd's waiting parent printed the child's error as a bytes repr:
+    # "An error has occurred: b'DaemonStartError: Address already in use: ...'"
+    import io
+
+    from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+    from txmailhub import tap
+
+    # whatever the hub does to the class is undone after the test
+    monkeypatch.setattr(UnixApplicationRunner, "_waitForStart",
+                        UnixApplicationRunner._waitForStart)
+    hub = tap.makeService(_tap_options(tmp_path, "state", parent={"nodaemon": False}))
+    assert hub.start_error_type.__name__ == "DaemonStartError"
+
+    def parent_reads(sent: bytes, **config) -> tuple[int, str]:
+        terminal = io.StringIO()
+        monkeypatch.setattr("sys.__stderr__", terminal)
+        r, w = os.pipe()
+        try:
+            os.write(w, sent)
+            code = UnixApplicationRunner(config)._waitForStart(r)
+        finally:
+            os.close(r)
+            os.close(w)
+        return code, terminal.getvalue()
+
+    assert parent_reads(b"0", logfile="d.log") == (0, "")
+    code, out = parent_reads(
+        b"1 DaemonStartError: Address already in use: smtp on tcp:25:interface=127.0.0.1",
+        logfile="d.log")
+    assert code == 1
+    assert out == ("mailhub: cannot start: Address already in use: smtp on "
+                   "tcp:25:interface=127.0.0.1\nmailhub: the whole message is in d.log\n")
+    # another service's error keeps its class; the child's escapes stay
+    # escapes and a control character cannot reach the terminal
+    code, out = parent_reads(b"1 ValueError: caf\\xe9 \x1b[2J", syslog=True)
+    assert (code, out) == (1, "mailhub: cannot start: ValueError: caf\\xe9 \\x1b[2J\n"
+                              "mailhub: the whole message is in syslog\n")
+    assert parent_reads(b"1 DaemonStartError: x", logfile="-")[1] == "mailhub: cannot start: x\n"
+
+
 def test_twistd_exits_2_when_the_state_dir_check_fails_on_the_system(
         tmp_path: Path, capsys, monkeypatch) -> None:
     # an OSError while looking at the state directory (its lock file) is

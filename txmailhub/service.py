@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -31,7 +32,7 @@ from txmailhub.users import UsersDB
 __all__ = [
     "DaemonStartError", "ListenError", "ListenerService", "MailHub", "StartError",
     "StateDirError",
-    "build_components", "tls_options",
+    "build_components", "print_start_errors_plainly", "tls_options",
 ]
 
 log = Logger()
@@ -84,9 +85,56 @@ class DaemonStartError(Exception):
     prints it and exits 1).  It carries the error's ``brief`` form."""
 
 
-# twistd's parent prints the first 100 bytes of "<module>.<class>: <text>":
-# without the module path ("txmailhub.service.") the cause fits in them.
+# twistd's child writes the first 100 bytes of "<module>.<class>: <text>" to
+# its parent: without the module path ("txmailhub.service.") the cause fits.
 DaemonStartError.__module__ = "builtins"
+
+
+def print_start_errors_plainly() -> None:
+    """Make a daemonizing twistd's waiting parent print a start error as text.
+
+    twistd's parent (``UnixApplicationRunner._waitForStart``) prints what its
+    forked child wrote to the status pipe as a ``bytes`` repr, ``An error has
+    occurred: b'DaemonStartError: Address already in use: ...'``, its
+    defence against a child that writes terminal escapes.  The parent is
+    the process that built the hub (twistd forks after), so the reader is
+    replaced from here, before the fork, by one that prints the same bytes
+    as a line of text, control characters escaped (the same defence).  The
+    pipe, its 100 bytes and the exit codes stay twistd's.  Called when
+    ``MailHub.start_error_type`` is set to ``DaemonStartError``."""
+    try:
+        from twisted.scripts._twistd_unix import UnixApplicationRunner
+    except ImportError:  # not POSIX: twistd does not daemonize
+        return
+    if callable(getattr(UnixApplicationRunner, "_waitForStart", None)):
+        UnixApplicationRunner._waitForStart = _wait_for_start  # type: ignore[method-assign]
+
+
+def _wait_for_start(runner: Any, read_pipe: int) -> int:
+    """twistd's parent: 0 once the child wrote ``b"0"`` (started), else
+    print the child's ``b"1 <class>: <text>"`` as text and return 1."""
+    from twisted.python.util import untilConcludes
+
+    data = untilConcludes(os.read, read_pipe, 100)
+    if data == b"0":
+        return 0
+    text = data[2:].decode("ascii", "backslashreplace")  # the child sent ASCII
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+    ours = DaemonStartError.__name__ + ": "
+    if text.startswith(ours):
+        text = text[len(ours):]
+    config = getattr(runner, "config", None) or {}
+    where = ("syslog" if config.get("syslog") else
+             None if config.get("logfile") == "-" else  # daemonized: nowhere
+             config.get("logfile") or "twistd.log")
+    message = f"mailhub: cannot start: {text or 'the daemon ended without a word'}\n"
+    if where:
+        message += f"mailhub: the whole message is in {where}\n"
+    stderr = sys.__stderr__  # the terminal: twistd's sys.stderr goes to the log by now
+    if stderr is not None:
+        untilConcludes(stderr.write, message)
+    return 1
 
 
 def build_components(settings: Settings, reactor: Any) -> Components:
@@ -335,9 +383,21 @@ class MailHub(MultiService):
             state_dir=self.settings.hub.state_dir,
         )
 
-    #: set by ``twistd mailhub`` when it daemonizes: what a ``StartError``
-    #: in ``privilegedStartService`` becomes (see ``DaemonStartError``)
-    start_error_type: type[Exception] | None = None
+    _start_error_type: type[Exception] | None = None
+
+    @property
+    def start_error_type(self) -> type[Exception] | None:
+        """What a ``StartError`` in ``privilegedStartService`` becomes; set to
+        ``DaemonStartError`` by ``twistd mailhub`` when it daemonizes (and by
+        a ``.tac`` run by ``twistd -y``), which also has twistd's waiting
+        parent print it as text (``print_start_errors_plainly``)."""
+        return self._start_error_type
+
+    @start_error_type.setter
+    def start_error_type(self, kind: type[Exception] | None) -> None:
+        self._start_error_type = kind
+        if isinstance(kind, type) and issubclass(kind, DaemonStartError):
+            print_start_errors_plainly()
 
     def privilegedStartService(self) -> None:
         try:

@@ -146,12 +146,20 @@ def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> No
     assert f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1" in output
     assert "Traceback" not in output
     assert daemon.returncode == 1
-    # twistd's parent prints 100 bytes of the child's error: the cause first
-    assert (f"DaemonStartError: Address already in use: pop3 on tcp:{hub.pop3_port}"
-            in daemon.stdout + daemon.stderr), daemon.stdout + daemon.stderr
+    # twistd's parent prints 100 bytes of the child's error: the cause
+    # first, as text (twistd's own reader printed a bytes repr, b'...')
+    assert (f"mailhub: cannot start: Address already in use: pop3 on tcp:{hub.pop3_port}"
+            in daemon.stderr), daemon.stdout + daemon.stderr
+    assert "b'" not in daemon.stdout + daemon.stderr
+    assert f"mailhub: the whole message is in {hub.folder / 'd.log'}" in daemon.stderr
     # and the log has the whole line
     assert (f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1"
             in (hub.folder / "d.log").read_text())
+    # the daemon removes its pid file after it told the parent: the parent
+    # may exit first
+    deadline = time.monotonic() + 20
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not pidfile.exists()
 
 
@@ -230,7 +238,9 @@ def test_the_daemon_variant_of_the_tac_file_reports_a_start_error(make_hub) -> N
              f"--logfile={hub.folder / 't.log'}"],
             capture_output=True, text=True, timeout=60, cwd=hub.folder)
     assert result.returncode == 1
-    assert f"Address already in use: smtp on tcp:{hub.smtp_port}" in result.stdout + result.stderr
+    assert (f"mailhub: cannot start: Address already in use: smtp on tcp:{hub.smtp_port}"
+            in result.stderr), result.stdout + result.stderr
+    assert "b'" not in result.stdout + result.stderr
     # the daemon reports the error to the waiting parent, then removes its
     # pid file on the way out: the parent may exit first
     deadline = time.monotonic() + 20
