@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -1403,6 +1404,69 @@ class KeyedDeliveryTests(Base):
         self.assertEqual(out, {JOE: None})
         self.assertIn(("dir", os.path.join(self.md(), "cur")), self.syncer.calls)
         self.assertEqual(self.names(), [])
+        self.spooler.discard(msg)
+
+    def test_the_lookup_lists_cur_on_the_syncer_threads_not_the_reactor(self):
+        # A mailbox kept for years has tens of thousands of names in cur/:
+        # listed on the reactor thread, every session waits for it.
+        class CallRecorder(SyncerSpy):
+            """``call()`` keeps each job for the test to run, as the
+            worker threads would: later, and not on the reactor thread."""
+
+            def __init__(self):
+                super().__init__()
+                self.jobs = []
+                self.ran = []
+
+            def call(self, f, *args):
+                d = defer.Deferred()
+                self.jobs.append((f, args, d))
+                return d
+
+            def run_jobs(self):
+                while self.jobs:
+                    f, args, d = self.jobs.pop(0)
+                    self.ran.append(f.__name__)
+                    listed.append("<worker>")
+                    d.callback(f(*args))
+                    listed.append("</worker>")
+
+        listed = []
+        scandir = os.scandir
+
+        def spy(path):
+            listed.append(path)
+            return scandir(path)
+
+        self.patch(os, "scandir", spy)
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org", syncer)
+        msg = self.spool()
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))
+        self.assertEqual(out, {JOE: None, ANN: None})
+        (name,) = self.names(JOE)
+        os.rename(os.path.join(self.md(JOE), "new", name),
+                  os.path.join(self.md(JOE), "cur", f"{name}:2,FS"))  # not POP3's flags
+        for i in range(3):  # and others, read over the years
+            open(os.path.join(self.md(JOE), "cur", f"{i}.M1P1.h:2,S"), "wb").close()
+        listed.clear()
+        d = store.deliver_keyed(msg, [JOE, ANN], self.KEY)
+        self.assertEqual(listed, [])  # nothing listed on the caller's thread
+        self.assertNoResult(d)
+        self.assertEqual(len(syncer.jobs), 1)  # every mailbox in one job
+        syncer.run_jobs()
+        # cur/ listed once, inside the job; ANN's copy is still in new/
+        self.assertEqual(listed, ["<worker>", os.path.join(self.md(JOE), "cur"), "</worker>"])
+        self.assertEqual(self.successResultOf(d), {JOE: None, ANN: None})
+        self.assertEqual(self.names(JOE), [])  # no second copy
+        self.assertEqual(self.names(ANN), [name])  # the one copy, synced again
+        self.assertIn(("dir", os.path.join(self.md(JOE), "cur")), syncer.calls)
+        self.assertIn(("dir", os.path.join(self.md(ANN), "new")), syncer.calls)
+        # and a stopped syncer is every mailbox's failure, as a failed sync is
+        syncer.call = lambda f, *args: defer.fail(LocalError("the syncer is stopped"))
+        out = self.successResultOf(store.deliver_keyed(msg, [JOE, ANN], self.KEY))
+        self.assertIsInstance(out[JOE], LocalError)
+        self.assertIsInstance(out[ANN], LocalError)
         self.spooler.discard(msg)
 
     def test_copy_found_in_cur_that_cannot_be_synced_is_no_delivery(self):

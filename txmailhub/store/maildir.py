@@ -26,6 +26,9 @@ possible (another filesystem, link limit) the message is copied into
 ``tmp/``, fsynced, renamed into ``new/`` and ``new/`` fsynced.  Each
 mailbox has its own outcome; a copy whose directory could not be made
 durable is removed again (best effort), so a retry does not duplicate it.
+``deliver_keyed`` (the queue runner's local retries) first looks for the
+copy an earlier attempt under the same key made, on the syncer's worker
+threads: that may list ``cur/``, as long as the mailbox is.
 
 Names follow the Maildir convention:
 ``<sec>.M<usec>P<pid>Q<counter>R<random>.<host>,S=<size>,W=<crlf size>``
@@ -274,11 +277,38 @@ class MaildirStore:
         its record leaves one copy, not two, after the restart.  A copy the
         user has already deleted cannot be told from one never made: that
         window (delivered, read and deleted before the runner recorded it)
-        stays a duplicate, as RFC 5321 6.3 prefers to a loss."""
-        return self._deliver(message, mailboxes, key)
+        stays a duplicate, as RFC 5321 6.3 prefers to a loss.
+
+        Whether a Maildir has the copy is looked up on the syncer's worker
+        threads (``syncer.call``), all mailboxes in one job: unless the
+        copy is in ``new/`` or in ``cur/`` as POP3 leaves it, ``cur/`` is
+        listed, and a mailbox kept for years holds tens of thousands of
+        names -- listed on the reactor thread, every session would wait."""
+        name = self.keyed_name(message, key)
+        folders: dict[Address, str] = {}
+        for address in dict.fromkeys(mailboxes):
+            try:
+                folders[address] = self.maildir_path(address)
+            except Exception:  # _deliver reports it, for this mailbox alone
+                continue
+        if not folders:
+            return self._deliver(message, mailboxes, key, {})
+
+        def looked(found: list[str | Exception | None]) -> defer.Deferred:
+            return self._deliver(message, mailboxes, key, dict(zip(folders, found)))
+
+        def not_looked(failure: Any) -> defer.Deferred:  # the syncer is stopped
+            return self._deliver(message, mailboxes, key, dict.fromkeys(folders, failure.value))
+
+        return self.syncer.call(_made_each, list(folders.values()), name).addCallbacks(
+            looked, not_looked)
 
     def _deliver(self, message: SpooledMessage, mailboxes: list[Address],
-                 key: tuple[float, str] | None) -> defer.Deferred:
+                 key: tuple[float, str] | None,
+                 made: dict[Address, str | Exception | None] | None = None) -> defer.Deferred:
+        """Deliver, under the name ``key`` makes when it is given; ``made``
+        then says, for each mailbox, where a copy under that name already
+        is (``_made_before``, or the error that lookup met)."""
         results: dict[Address, Exception | None] = {}
         linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
         copies: list[tuple[Address, str, str, int, tuple[str, ...]]] = []
@@ -290,7 +320,9 @@ class MaildirStore:
                 new = os.path.join(md, "new", name)
                 self._ensure(md)
                 if key is not None:
-                    there = _made_before(md, name)
+                    there = (made or {}).get(address)
+                    if isinstance(there, Exception):
+                        raise there
                     if there == "cur":
                         # Read meanwhile.  The run that made it may have
                         # died before syncing new/, and POP3 renames into
@@ -647,6 +679,18 @@ class _Publication:
             except Exception:  # the reactor side discards again, and logs
                 pass
         return self
+
+
+def _made_each(mds: list[str], name: str) -> list[str | Exception | None]:
+    """``_made_before`` for each Maildir (run by ``syncer.call``: it may
+    list ``cur/``), each with its own outcome."""
+    found: list[str | Exception | None] = []
+    for md in mds:
+        try:
+            found.append(_made_before(md, name))
+        except Exception as e:
+            found.append(e)
+    return found
 
 
 def _made_before(md: str, name: str) -> str | None:
