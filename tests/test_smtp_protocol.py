@@ -781,15 +781,63 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.store.messages(ALICE)
         assert h.spooler.writers[0].state == "aborted"
 
-    def test_message_data_in_small_bdat_chunks_too_slow_on_average_is_cut(self):
-        # the same allowance from the first BDAT on: between chunks the
-        # session reads command lines, but the message is still under way
-        # (docs/smtp.rst: "from DATA (or its first BDAT) on")
+    def test_the_time_between_bdat_chunks_is_command_time_not_data_time(self):
+        # Between one chunk's 250 and the next BDAT the session awaits a
+        # command (RFC 5321 4.5.3.2.7): the idle timeout governs that wait,
+        # and the data allowance counts only while a chunk's octets arrive
+        # (docs/smtp.rst, Limits).  Five chunks of 3 octets, 250 s apart:
+        # 1,250 s from the first BDAT, far beyond 300 + 15 / 500 s.
         h, p, t = self.in_a_message()
-        for _ in range(5):
-            h.clock.pump([100, 100])
+        for _ in range(4):
             p.dataReceived(b"BDAT 3\r\na\r\n")
-        assert take(t)[-1] == closing(replies.DATA_TOO_SLOW) and t.disconnecting
+            h.clock.pump([50] * 5)  # (each timer due meanwhile runs on time)
+        p.dataReceived(b"BDAT 3 LAST\r\nb\r\n")
+        said = take(t)
+        assert said[:4] == [replies.bdat_chunk(3).text()] * 4, said
+        assert said[4].startswith("250") and not t.disconnecting, said
+        assert [m.replace(b"\r\n", b"\n")[-10:] for m in h.store.messages(ALICE)] == [
+            b"a\na\na\na\nb\n"]
+
+    def test_a_wait_for_the_next_bdat_is_cut_by_the_idle_timeout(self):
+        # the wait between chunks is command time: past the idle timeout it
+        # is an idle session (not data too slow), and the message is dropped
+        h, p, t = self.in_a_message(b"BDAT 3\r\na\r\n")
+        h.clock.pump([50] * 5)
+        p.dataReceived(b"BDAT 3\r\nb\r\n")
+        assert take(t) == [replies.bdat_chunk(3).text()]
+        h.clock.pump([50] * 5 + [49])
+        assert take(t) == [] and not t.disconnecting  # 299 s of waiting: allowed
+        h.clock.advance(1)
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
+        p.connectionLost(None)
+        assert not h.store.messages(ALICE)
+        assert h.spooler.writers[0].state == "aborted"
+
+    def test_bdat_chunks_arriving_slowly_add_up_to_too_slow(self):
+        # the data time of every chunk of the message counts (not each
+        # chunk's alone): two chunks of 6 octets dribbled over 200 s each
+        # are 400 s of data time, beyond 300 + 12 / 500
+        h, p, t = self.in_a_message(b"BDAT 6\r\na")
+        h.clock.pump([50, 50])
+        p.dataReceived(b"b")
+        h.clock.pump([50, 50])
+        p.dataReceived(b"cdef")  # 200 s for this chunk: within 300 + 6 / 500
+        assert take(t) == [replies.bdat_chunk(6).text()] and not t.disconnecting
+        h.clock.pump([50] * 5)  # command time: not counted
+        p.dataReceived(b"BDAT 6 LAST\r\na")
+        h.clock.pump([50, 50])
+        p.dataReceived(b"b")
+        h.clock.pump([50, 50])
+        p.dataReceived(b"cde")  # 400 s of data time in all, the last octet to come
+        then = h.clock.seconds()
+        while not t.disconnecting and h.clock.seconds() - then < 300:
+            h.clock.advance(1)  # the next check comes with the idle timer
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
+        # the data time: not the 250 s between the chunks
+        seconds = 400 + h.clock.seconds() - then
+        assert said == [f"message data from 192.0.2.1 too slow (11 octets in {seconds:.0f} s): "
+                        "connection closed"], said
         p.connectionLost(None)
         assert not h.store.messages(ALICE)
 

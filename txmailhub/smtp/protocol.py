@@ -80,9 +80,13 @@ CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 MIN_DATA_RATE = 500
 """Octets per second a message's data must average, beyond the idle
 timeout's grace: a message of N octets may take ``idle_timeout + N / 500``
-seconds from DATA (or the first BDAT) on, 4 kbit/s at worst.  Without it a
-client that sends a line every few minutes holds its connection slot for
-as long as it likes, since every octet of data counts as activity."""
+seconds of data time, 4 kbit/s at worst.  Without it a client that sends a
+line every few minutes holds its connection slot for as long as it likes,
+since every octet of data counts as activity.  Data time runs from DATA to
+the final dot; with BDAT only while a chunk's octets are arriving (from its
+BDAT command to its last octet), since between one chunk's ``250`` and
+the next BDAT the session awaits a command, which the idle timeout governs
+(RFC 5321 4.5.3.2.7)."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
@@ -140,8 +144,13 @@ class SMTPProtocol(Protocol):
         self._msa: MissingFields | None = None  # Date, Message-ID (RFC 6409 8)
         self._timer: Any = None
         self._last_activity = 0.0
-        self._message_started = 0.0  # when the message in progress began (MIN_DATA_RATE)
-        self._timed_reader: Any = None  # the engine's reader _message_started is for
+        self._message_started = 0.0  # when the last StartMessage came
+        # MIN_DATA_RATE: the engine's message reader being timed, its data
+        # time before the current stretch, and when that stretch began
+        # (None: between two BDAT chunks, the clock stopped)
+        self._timed_reader: Any = None
+        self._data_time = 0.0
+        self._data_since: float | None = None
         self._logout: Any = None
         self._gone = False  # connectionLost has run
         self._auth_timer: Any = None
@@ -288,6 +297,8 @@ class SMTPProtocol(Protocol):
             return
         finally:
             self._driving = False
+        if self._timed_reader is not None or engine.message_reader is not None:
+            self._time_data(self.reactor.seconds())
         held = engine.replies_held  # read before data_to_send, which clears it
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
         buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
@@ -416,18 +427,15 @@ class SMTPProtocol(Protocol):
         engine = self.engine
         reader = engine.message_reader
         if reader is not None and not engine.waiting:
-            if reader is not self._timed_reader:
-                self._timed_reader = reader
-                if self._writer is None:
-                    # a chunk read only to be refused: no StartMessage timed
-                    # it, so it is timed from the first check that sees it
-                    # (not from an earlier message, or from 0)
-                    self._message_started = now
+            self._time_data(now)
             octets = reader.size
-            if now - self._message_started > limit + octets / MIN_DATA_RATE:
+            seconds = self._data_time
+            if self._data_since is not None:
+                seconds += now - self._data_since
+            if seconds > limit + octets / MIN_DATA_RATE:
                 log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
                          " s): connection closed", client=self.client_name, octets=octets,
-                         seconds=now - self._message_started)
+                         seconds=seconds)
                 engine.timeout(replies.closing(replies.DATA_TOO_SLOW,
                                                self.factory.config.hostname))
                 self._drive()
@@ -446,6 +454,31 @@ class SMTPProtocol(Protocol):
         log.info("idle timeout for {client}", client=self.client_name)
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
+
+    def _time_data(self, now: float) -> None:
+        """Keep the data time of the message under way (``MIN_DATA_RATE``):
+        its clock runs while the engine reads message data, and stops
+        between two BDAT chunks of the message (one reader for all of
+        them), where the session reads commands."""
+        engine = self.engine
+        reader = engine.message_reader
+        if reader is not self._timed_reader:  # another message, or none
+            self._timed_reader = reader
+            self._data_time = 0.0
+            # From its StartMessage (DATA, or the first BDAT: the answer it
+            # waited for counts, as it always did); a chunk read only to be
+            # refused has none, so it is timed from now (not from an
+            # earlier message, or from 0)
+            self._data_since = (None if reader is None else
+                                self._message_started if self._writer is not None else now)
+        if reader is None:
+            return
+        if engine.in_message:
+            if self._data_since is None:  # the next BDAT chunk
+                self._data_since = now
+        elif self._data_since is not None:  # a chunk's end: command time until the next
+            self._data_time += now - self._data_since
+            self._data_since = None
 
     # --- requests and notices -----------------------------------------------------------
 

@@ -202,9 +202,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def message_reader(self) -> Any:
         """The reader of the message whose data has begun and not ended, or
         ``None``: DATA's, or a BDAT message's (one object for all its chunks,
-        between chunks too: a client that sends small chunks slowly is on a
-        message all along), or a chunk's read only to be discarded.  Its
-        ``size`` is the octets received so far."""
+        between chunks too, while ``in_message`` is false: the adapter's
+        data-rate clock stops there), or a chunk's read only to be
+        discarded.  Its ``size`` is the octets received so far."""
         return self._reader if self._reader is not None else self._chunks
 
     @property
