@@ -110,6 +110,16 @@ def u_label(label: str) -> bool:
     return ace.count(b".") == 0
 
 
+def a_label(label: str) -> str | None:
+    """RFC 5890 2.3.2.1: ``label`` as an A-label, encoded by IDNA2008 (UTS 46
+    mapping), or None when it has no A-label form; an ``xn--`` label only
+    when it is one (IDNA2008 takes it back)."""
+    try:
+        return idna.encode(label, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+
+
 def domain(text: str, utf8: bool = False) -> bool:
     """Domain = sub-domain *("." sub-domain); RFC 6531: sub-domain =/ U-label."""
     if not text:
@@ -339,6 +349,16 @@ u_label_text = st.sampled_from(
      "B\u00dcCHER"]
 )
 domain_u8 = st.lists(st.one_of(sub_domain, u_label_text), min_size=1, max_size=3).map(".".join)
+# labels around RFC 1035's 63 octets, domains around 253 and 255, A-labels
+# true and fake (Punycode of nothing, non-canonical, of a snowman)
+long_sub_domain = st.integers(60, 66).flatmap(
+    lambda n: st.from_regex(rf"[a-z0-9][a-z0-9-]{{{n - 2}}}[a-z0-9]", fullmatch=True))
+domain_long = st.lists(
+    st.one_of(sub_domain, long_sub_domain, u_label_text,
+              st.sampled_from(["\u00fc" * 57, "\u00fc" * 58, "xn--bcher-kva", "XN--BCHER-KVA",
+                               "xn--zz", "xn---bcher-kva", "xn--n3h", "xn--"])),
+    min_size=1, max_size=6,
+).map(".".join)
 mailbox_u8 = st.tuples(local_part_u8, st.one_of(domain_u8, address_literal_text)).map("@".join)
 
 

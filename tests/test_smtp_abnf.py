@@ -77,7 +77,19 @@ def expected_domain(dom: str, utf8: bool) -> str | None:
         return None
     # leniency: "_" counts as a letter in an ASCII label
     labels = [lab.replace("_", "a") if lab.isascii() else lab for lab in dom.split(".")]
-    return dom.lower() if G.domain(".".join(labels), utf8) else None
+    if not G.domain(".".join(labels), utf8):
+        return None
+    # RFC 1035 2.3.4, RFC 5321 4.5.3.1.2: labels of at most 63 octets; a
+    # domain with a U-label has an A-label form (RFC 5890 2.3.2.1): each
+    # label as IDNA2008 encodes it, an xn-- label a true A-label, and at
+    # most 253 octets in all (RFC 1035's 255 on the wire)
+    if dom.isascii():
+        return dom.lower() if all(len(lab) <= 63 for lab in labels) else None
+    ace = [lab if lab.isascii() and lab[:4].lower() != "xn--" else G.a_label(lab)
+           for lab in labels]
+    if None in ace or any(len(a) > 63 for a in ace) or len(".".join(ace)) > 253:
+        return None
+    return dom.lower()
 
 
 def expected_mailbox(text: str, utf8: bool) -> Address | None:
@@ -121,6 +133,13 @@ def test_ascii_mailboxes_and_near_misses(text, utf8):
 def test_utf8_mailboxes_and_near_misses(text):
     check_mailbox(text, True)
     check_mailbox(text, False)
+
+
+@FAST
+@given(G.domain_long, st.booleans())
+def test_label_and_domain_lengths(dom, utf8):
+    check_mailbox(f"u@{dom}", utf8)
+    check_mailbox(f"u@{dom}.", utf8)
 
 
 @FAST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import idna
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -554,3 +555,112 @@ def test_a_quoted_pair_is_a_backslash_and_printable_ascii():
     # an escaped backslash before UTF-8 is a pair and a qtext character
     assert parse_mailbox('"\\\\\u00e9"@x.test', P, True).local == '"\\\\\u00e9"'
     assert parse_mailbox('"\u00e9 \\"x"@x.test', P, True).local == '"\u00e9 \\"x"'
+
+
+# --- label and domain lengths (RFC 1035 2.3.4, RFC 5321 4.5.3.1.2) ----------------
+
+LONG = "x" * 64  # one octet over a label's 63
+
+
+def test_a_label_over_63_octets_is_bad_syntax():
+    # the sender's address is X.1.7, a recipient's X.1.3 (RFC 3463), as for
+    # any other bad domain; 63 octets are a label
+    for domain in (f"{LONG}.example", f"a.{LONG}", LONG, f"{LONG}.example."):
+        assert reply_of(parse_mail, f"FROM:<u@{domain}>", P) == replies.SYNTAX_ADDRESS
+        assert reply_of(parse_mail, f"FROM: u@{domain}", P) == replies.SYNTAX_ADDRESS
+        assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P) == replies.SYNTAX_RECIPIENT
+        assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P) == replies.SYNTAX_RECIPIENT
+        assert reply_of(parse_mail, f"FROM:<@{domain}:u@x.test>", P) == replies.SYNTAX_ADDRESS
+        # under SMTPUTF8 too
+        assert reply_of(parse_mail, f"FROM:<u@{domain}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
+        assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P, True) == replies.SYNTAX_RECIPIENT
+    domain = "x" * 63 + ".example"
+    assert parse_mail(f"FROM:<u@{domain}>", P)[0] == Address("u", domain)
+    assert parse_rcpt(f"TO:<@{domain}:u@{domain}>", P)[0] == Address("u", domain)
+
+
+def test_a_domain_over_255_octets_is_bad_syntax():
+    # parse_mailbox has no path limit of its own: the domain's is what counts
+    domain = ".".join(["d" * 63] * 4)  # 255
+    assert parse_mailbox(f"u@{domain}", P).domain == domain
+    assert reply_of(parse_mailbox, f"u@{domain}x", P) == replies.SYNTAX_ADDRESS
+
+
+def test_the_seed_forms_still_work():
+    assert parse_mail("FROM: bill@microsoft.com", P)[0] == Address("bill", "microsoft.com")
+    assert parse_rcpt("TO: hollindg", P)[0] == Address("hollindg", P)
+
+
+@pytest.mark.parametrize("domain", [
+    # an ASCII label beside a U-label keeps its 63 octets
+    f"{LONG}.b\u00fccher.test", f"b\u00fccher.{LONG}",
+    # a U-label whose A-label is over 63 octets (xn-- and 59 octets)
+    "\u00fc" * 58 + ".test",
+    # an xn-- label beside a U-label must be an A-label (RFC 5890 2.3.2.1):
+    # not Punycode at all, non-canonical Punycode, a disallowed character
+    "xn--zz.b\u00fccher.test", "xn---bcher-kva.b\u00fccher.test", "xn--n3h.b\u00fccher.test",
+    "b\u00fccher.xn--.test",
+    # the A-label form over 253 octets: no IDNA2008 form (RFC 1035's 255 on
+    # the wire), though the U-label form is shorter
+    ".".join(["\u00fc"] * 40),  # 40 times "xn--tda", 319 octets
+    "b\u00fccher." + ".".join(["d" * 63] * 3) + "." + "d" * 48,  # 254 as A-labels
+])
+def test_a_domain_with_a_u_label_has_an_a_label_form(domain):
+    assert reply_of(parse_mailbox, f"u@{domain}", P, True) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_mail, f"FROM:<u@{domain}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P, True) == replies.SYNTAX_RECIPIENT
+    assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P, True) == replies.SYNTAX_RECIPIENT
+
+
+def test_the_longest_a_label_forms_are_taken():
+    from txmailhub.address import ascii_domain, canonical_domain
+
+    longest = "\u00fc" * 57  # xn-- and 59 octets: 63
+    rest = ".".join(["d" * 63] * 3) + "." + "d" * 47
+    for domain in (f"{longest}.test", f"b\u00fccher.{rest}",  # 253 as A-labels
+                   "xn--bcher-kva.b\u00fccher.test", "XN--BCHER-KVA.b\u00fccher.test",
+                   "my_host.b\u00fccher.test", f"{'x' * 63}.b\u00fccher.test"):
+        address = parse_mailbox(f"u@{domain}", P, True)
+        assert address.domain == domain.lower()
+        a_labels = ascii_domain(domain.lower())
+        assert len(a_labels) <= 253 and all(len(x) <= 63 for x in a_labels.split("."))
+    assert len(ascii_domain(f"b\u00fccher.{rest}")) == 253
+    # and an ASCII domain may still hold an xn-- label that is none: it is
+    # its own and only spelling (canonical_domain keeps it)
+    assert parse_mailbox("u@xn--zz.test", P).domain == "xn--zz.test"
+    assert canonical_domain("xn--zz.test") == "xn--zz.test"
+
+
+ldh_label = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,68}[a-z0-9_])?", fullmatch=True)
+any_label = st.one_of(
+    ldh_label, st.sampled_from(["b\u00fccher", "\u00fc" * 57, "\u00fc" * 58, "xn--bcher-kva",
+                                "xn--zz", "\u4e2d\u6587", "stra\u00dfe"]),
+)
+any_domain = st.lists(any_label, min_size=1, max_size=6).map(".".join)
+
+
+@given(any_domain, st.booleans())
+def test_no_accepted_domain_has_a_label_over_63_or_a_length_over_255(dom, utf8):
+    from txmailhub.address import ascii_domain, canonical_domain
+
+    try:
+        a = parse_mailbox(f"u@{dom}", P, utf8)
+    except RemoteProtocolError as e:
+        assert e.reply in (replies.SYNTAX_ADDRESS, replies.SMTPUTF8_NOT_DECLARED), dom
+        return
+    # the domain as DNS holds it: its A-label form (RFC 5890) when it has a
+    # U-label, label by label (an underscore is no IDNA character)
+    ace = ".".join(x if x.isascii() else idna.encode(x, uts46=True).decode("ascii")
+                   for x in a.domain.split("."))
+    assert all(len(x) <= 63 for x in ace.split(".")), dom
+    assert len(ace) <= (255 if a.domain.isascii() else 253), dom
+    if not a.domain.isascii() and "_" not in a.domain:
+        # which is what a peer without SMTPUTF8 gets, and both spellings
+        # are one domain
+        assert ascii_domain(a.domain) == ace, dom
+        assert canonical_domain(ace) == canonical_domain(a.domain), dom
+    # a round trip: the address as the hub writes it parses to itself, as a
+    # path too when it fits one
+    assert parse_mailbox(str(a), P, utf8) == a
+    if len(str(a).encode()) <= 256:
+        assert parse_rcpt(f"TO:<{a}>", P, utf8)[0] == a

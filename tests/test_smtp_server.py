@@ -307,6 +307,34 @@ def test_relay_tricks_refused():
     assert d.codes("RCPT TO:<user@remote.test@example.org>\r\n") == ["501"]
 
 
+def test_a_label_over_63_octets_is_a_501_naming_the_sender_or_the_recipient():
+    # RFC 1035 2.3.4 / RFC 5321 4.5.3.1.2; RFC 3463 X.1.7 for the sender,
+    # X.1.3 for a recipient, as for any other bad domain.  The session goes on.
+    long = "x" * 64 + ".example"
+    d = Driver(queue=QueueSpy())
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"MAIL FROM:<s@{long}>\r\n") == ["501 5.1.7 Bad address syntax"]
+    assert d.send(f"MAIL FROM: s@{long} SMTPUTF8\r\n") == ["501 5.1.7 Bad address syntax"]
+    assert d.codes("MAIL FROM:<s@x.test> SMTPUTF8\r\n") == ["250"]
+    assert d.send(f"RCPT TO:<u@{long}>\r\n") == ["501 5.1.3 Bad recipient address syntax"]
+    assert d.send(f"RCPT TO:<u@x{long}.b\u00fccher.test>\r\n") == [
+        "501 5.1.3 Bad recipient address syntax"]
+    assert d.send("RCPT TO:<u@xn--zz.b\u00fccher.test>\r\n") == [
+        "501 5.1.3 Bad recipient address syntax"]
+    # 63 octets make a domain: whether it is relayed is policy's question
+    assert d.send(f"RCPT TO:<u@{long[1:]}>\r\n") == [replies.RELAY_DENIED.text()]
+
+
+def test_a_helo_name_with_a_long_label_is_taken_as_any_other_name():
+    # HELO/EHLO are lenient on purpose (docs/smtp.rst): a name that is no
+    # domain is answered 250 and kept out of the Received field's "from"
+    name = "x" * 64 + ".example"
+    for verb in ("HELO", "EHLO"):
+        d = Driver()
+        assert d.codes(f"{verb} {name}\r\n") == ["250"]
+        assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+
+
 def test_size_parameter_over_limit_is_552():
     d = Driver(max_message_size=1000)
     d.send("EHLO c\r\n")
