@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import idna
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txmailhub.address import Address
@@ -664,3 +664,37 @@ def test_no_accepted_domain_has_a_label_over_63_or_a_length_over_255(dom, utf8):
     assert parse_mailbox(str(a), P, utf8) == a
     if len(str(a).encode()) <= 256:
         assert parse_rcpt(f"TO:<{a}>", P, utf8)[0] == a
+
+
+config_domain = st.one_of(
+    any_domain,
+    st.lists(st.sampled_from(["b\u00fccher", "B\u00dcCHER", "bu\u0308cher", "xn--bcher-kva",
+                              "\u0939\u093f\u0928\u094d\u0926\u0940", "example", "x" * 63,
+                              "\u00fc" * 57, "d" * 60]),
+             min_size=1, max_size=5).map(".".join),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(config_domain)
+def test_a_configured_domain_is_one_the_parser_takes_in_every_spelling(dom):
+    # [hub] domains and the paths of MAIL/RCPT must agree: whatever the
+    # configuration takes, a client can name, in its U-label and its A-label
+    # form, and both are the configured domain (canonical_domain)
+    from txmailhub.address import ascii_domain, canonical_domain
+    from txmailhub.config import load_text
+    from txmailhub.errors import ConfigError
+
+    try:
+        hub = load_text(f'[hub]\ndomains = ["{dom}"]\n', "/x.toml").hub
+    except ConfigError:
+        return
+    spellings = {dom, dom.upper() if dom.isascii() else dom, ascii_domain(dom.lower())}
+    for spelling in spellings:
+        utf8 = not spelling.isascii()
+        found = [parse_mailbox(f"u@{spelling}", P, utf8)]
+        if len(f"u@{spelling}".encode()) <= 256:  # else too long a path, whatever its domain
+            found += [parse_rcpt(f"TO:<u@{spelling}>", P, utf8)[0],
+                      parse_mail(f"FROM:<u@{spelling}>" + (" SMTPUTF8" if utf8 else ""), P)[0]]
+        for address in found:
+            assert canonical_domain(address.domain) == hub.primary_domain, (dom, spelling)
