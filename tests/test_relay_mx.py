@@ -121,6 +121,23 @@ def test_nxdomain_is_permanent():
     assert e.permanent and "NXDOMAIN" in e.reason
 
 
+def test_a_name_dns_cannot_hold_is_permanent_without_a_query():
+    # RFC 1035 2.3.4: a label over 63 octets or a name over 253 is no DNS
+    # name (twisted.names would even send the long label, with a length
+    # octet that means something else); an alias target can still name one
+    long_label = "x" * 64 + ".test"
+    long_name = ".".join(["d" * 63] * 4)  # 255
+    zone = {name: {"A": ["192.0.2.1"]} for name in (long_label, long_name, "ok.test")}
+    for domain in (long_label, long_name, "a..test", long_label.upper() + "."):
+        fake = FakeResolver(zone)
+        r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+        e = error_of(r.resolve(domain), NoSuchDomain)
+        assert e.permanent and "RFC 1035" in e.reason and fake.queries == [], domain
+    fake = FakeResolver({"x" * 63 + ".test": {"A": ["192.0.2.1"]}})
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    assert [h.addresses for h in result(r.resolve("x" * 63 + ".test"))] == [("192.0.2.1",)]
+
+
 @pytest.mark.parametrize("domain, word", [("broken.test", "SERVFAIL"), ("slow.test", "timeout")])
 def test_servfail_and_timeout_are_temporary(domain, word):
     e = error_of(resolver().resolve(domain), TemporaryDNSError)
