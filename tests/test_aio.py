@@ -361,6 +361,30 @@ class SyncerWithAioTests(SynchronousTestCase):
         self.assertEqual(len(jobs), 1)  # a batch for the worker threads
         self.assertEqual(len(self.ring.submitted), 0)
 
+    def test_stop_waits_for_the_ring_when_threads_took_over_meanwhile(self):
+        # a request in the kernel when another is refused (EINVAL): the
+        # threads' batch may finish first, and closing the ring then
+        # would drop the first request's result (its caller never hears)
+        batches = []
+        s = Syncer(self.reactor, method="aio")
+        s.start()
+        s._run_injected = lambda f: batches.append(defer.Deferred()) or batches[-1]
+        self.patch(aio.os, "fsync", lambda fd: None)
+        in_ring = s.sync_file(5)
+        self.ring.refuse = OSError(errno.EINVAL, "no AIO fsync")
+        self.successResultOf(s.sync_file(6))  # synced here; the ring is given up
+        threaded = s.sync_file(7)
+        stopped = s.stop()
+        batches.pop().callback(None)  # the threads' batch is done
+        self.successResultOf(threaded)
+        self.assertNoResult(stopped)
+        self.assertFalse(self.ring.closed)
+        self.ring.complete()
+        s.aio.reap()
+        self.successResultOf(in_ring)
+        self.successResultOf(stopped)
+        self.assertTrue(self.ring.closed)
+
 
 def _ring_or_skip() -> KernelRing:
     try:

@@ -559,10 +559,18 @@ class Syncer:
 
     def _aio_settled(self, _: Any) -> None:
         self._aio_busy -= 1
-        if not self._aio_busy and not self._in_flight and not self._pending:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        """Fire ``stop()``'s waiters once nothing is left on either path:
+        after a refusal (``EINVAL``) the ring's requests still in flight
+        and the threads' batches finish side by side, and the ring may be
+        closed only after the last of them."""
+        if self._aio_busy or self._in_flight or self._pending:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # -- batches -------------------------------------------------------------
 
@@ -670,11 +678,7 @@ class Syncer:
         if self._pending:
             self._launch()
             return
-        if self._in_flight:
-            return
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._maybe_idle()
 
 
 def _bind(f: Callable[[Any], Any], arg: Any) -> Callable[[], Any]:
