@@ -385,6 +385,27 @@ class SyncerWithAioTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertTrue(self.ring.closed)
 
+    def test_sync_fires_only_when_every_request_is_over(self):
+        # the caller closes its descriptors when sync() fires: one still
+        # waiting for room in the ring is not yet the kernel's, and its
+        # number could name another file by the time it is submitted
+        s = Syncer(self.reactor)
+        s.start()
+        self.ring.room = 1
+        base = self.mktemp()
+        os.makedirs(base)
+        busy = s.sync_dir(base)  # fills the ring
+        d = s.sync(files=[5], dirs=[os.path.join(base, "gone")])  # the folder fails at once
+        self.assertNoResult(d)
+        self.ring.complete()
+        s.aio.reap()
+        self.successResultOf(busy)
+        self.assertEqual([fd for fd, _ in self.ring.submitted], [5])
+        self.assertNoResult(d)
+        self.ring.complete()
+        s.aio.reap()
+        self.failureResultOf(d, FileNotFoundError)
+
 
 def _ring_or_skip() -> KernelRing:
     try:

@@ -285,6 +285,37 @@ class DeliveryTests(Base):
         self.assertEqual(len(self.names()), 2)  # no duplicate when the queue retries it
         self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
 
+    def test_a_copy_keeps_its_descriptor_until_its_own_sync_is_over(self):
+        # A folder made for the copy can fail its sync at once while the
+        # copy's fsync still waits (for room in the kernel's AIO ring):
+        # its descriptor must stay open until that request is over.
+        requests = {}
+
+        class Syncer(SyncerSpy):
+            def sync_each(self, targets):
+                ds = []
+                for t in targets:
+                    d = requests[t] = defer.Deferred()
+                    if isinstance(t, str):
+                        d.errback(OSError(errno.EIO, "I/O error"))
+                    ds.append(d)
+                return ds
+
+        def refuse(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        msg = self.spool()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", Syncer(), link=refuse)
+        d = store.deliver(msg, [JOE])  # the first visit: its folders are made
+        (fd,) = [t for t in requests if isinstance(t, int)]
+        self.assertTrue([t for t in requests if isinstance(t, str)])
+        self.assertNoResult(d)
+        os.fstat(fd)  # still open
+        requests[fd].callback(None)
+        self.assertIsInstance(self.successResultOf(d)[JOE], OSError)
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
+
     def test_a_copy_is_complete_after_short_writes_and_its_file_is_closed(self):
         store = self.store_without_links()
         msg = self.spool()

@@ -45,6 +45,7 @@ from txmailhub.interfaces import (
 )
 from txmailhub.smtp import replies
 from txmailhub.store.format import MessageInfo, crlf_size_of
+from txmailhub.store.sync import all_done
 
 __all__ = [
     "MemoryMailbox",
@@ -474,12 +475,8 @@ class SyncerSpy:
         ]
 
     def sync(self, files: Iterable[Any] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
-        ds = [self.sync_file(t) for t in files] + [self.sync_dir(p) for p in dirs]
-        if not ds:
-            return defer.succeed(None)
-        d = defer.gatherResults(ds, consumeErrors=True)
-        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-        return d
+        # as the real one: fires once every request is over
+        return all_done([self.sync_file(t) for t in files] + [self.sync_dir(p) for p in dirs])
 
     @property
     def hold(self) -> bool:

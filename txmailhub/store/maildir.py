@@ -88,7 +88,7 @@ from txmailhub.store.format import (
     uid_for_name,
 )
 from txmailhub.store.mailbox import LOCK_NAME, SIZES_NAME, MaildirMailbox, clean_tmp, scan
-from txmailhub.store.sync import fsync_dir
+from txmailhub.store.sync import all_done, fsync_dir
 
 __all__ = [
     "LOCK_NAME",
@@ -367,18 +367,18 @@ class MaildirStore:
         pending: list[defer.Deferred] = []
         for address, md, new, dirs in linked:
             mine = [next(ds) for _ in range(len(dirs) + 1)]
-            d = _all(mine)
+            d = all_done(mine)
             if dirs:
                 d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
             pending.append(self._record(d, results, address, new))
         for address, md, tmp, fd, dirs in copies:
             mine = [next(ds) for _ in range(len(dirs) + 1)]
-            d = _all(mine)
+            d = all_done(mine)  # the fd's own request over too: then it may close
             d.addBoth(_close_fd_passing, fd)
             d.addCallback(self._publish_copy, md, tmp, dirs)
             pending.append(self._record(d, results, address, tmp))
         for address, md, dirs in found:
-            d = _all([next(ds) for _ in range(len(dirs) + 1)])
+            d = all_done([next(ds) for _ in range(len(dirs) + 1)])
             if dirs:
                 d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
             # no path to take back: the copy is the user's, read already
@@ -718,13 +718,6 @@ def _snapshot(md: str, now: float) -> list[MessageInfo]:
 
 def _give(_: Any, results: dict) -> dict:
     return results
-
-
-def _all(ds: list[defer.Deferred]) -> defer.Deferred:
-    if len(ds) == 1:
-        return ds[0]
-    d = defer.gatherResults(ds, consumeErrors=True)
-    return d.addErrback(lambda f: f.value.subFailure)
 
 
 def _close_fd_passing(result: Any, fd: int) -> Any:

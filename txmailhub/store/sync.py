@@ -135,6 +135,7 @@ from txmailhub.store.aio import AioSyncs, open_ring
 
 __all__ = [
     "Syncer",
+    "all_done",
     "durable_write",
     "fsync_dir",
     "fsync_path",
@@ -487,15 +488,12 @@ class Syncer:
 
     def sync(self, files: Iterable[Target] = (), dirs: Iterable[str] = ()) -> defer.Deferred:
         """All of them at once; fires ``None`` when every one is durable,
-        errbacks with the first error otherwise."""
-        ds = self.sync_each([*files, *dirs])
-        if not ds:
-            return defer.succeed(None)
-        if len(ds) == 1:
-            return ds[0]
-        d = defer.gatherResults(ds, consumeErrors=True)
-        d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-        return d
+        errbacks with the first error otherwise -- in either case only
+        once every request is over, so a descriptor in ``files`` may be
+        closed when it fires (with AIO one request can fail at once while
+        another still waits for room in the ring, its descriptor not yet
+        the kernel's)."""
+        return all_done(self.sync_each([*files, *dirs]))
 
     def sync_then(self, target: Target, publication: Any) -> defer.Deferred:
         """Make ``target`` durable, then publish it, all in one batch.
@@ -679,6 +677,25 @@ class Syncer:
             self._launch()
             return
         self._maybe_idle()
+
+
+def all_done(ds: list[defer.Deferred]) -> defer.Deferred:
+    """Fires ``None`` once every Deferred of ``ds`` has fired, or errbacks
+    with the first failure (in list order) -- not before the others are
+    done, unlike ``gatherResults``: a caller that closes a descriptor
+    then must not close it under a request still waiting for it."""
+    if not ds:
+        return defer.succeed(None)
+    if len(ds) == 1:
+        return ds[0]
+
+    def first_failure(results: list[tuple[bool, Any]]) -> Any:
+        for ok, result in results:
+            if not ok:
+                return result
+        return None
+
+    return defer.DeferredList(ds, consumeErrors=True).addCallback(first_failure)
 
 
 def _bind(f: Callable[[Any], Any], arg: Any) -> Callable[[], Any]:
