@@ -455,6 +455,48 @@ class RealKernelTests(TestCase):
         yield s.stop()
         self.assertIsNone(s.aio)
 
+    @defer.inlineCallbacks
+    def test_a_full_real_ring_queues_and_loses_nothing(self):
+        # hundreds of requests at once on the smallest ring the kernel
+        # makes: some wait for room (EAGAIN), every one completes once
+        from twisted.internet import reactor
+
+        _ring_or_skip().close()
+        full = []
+        real_submit = KernelRing.submit
+
+        def submit(ring, fd, key):
+            try:
+                real_submit(ring, fd, key)
+            except BlockingIOError:
+                full.append(key)
+                raise
+
+        self.patch(KernelRing, "submit", submit)
+        self.patch(sync, "open_ring", lambda: aio.open_ring(1))
+        base = self.mktemp()
+        dirs = [os.path.join(base, f"d{i}") for i in range(5)]
+        for d in dirs:
+            os.makedirs(d)
+        s = Syncer(reactor, method="aio")
+        s.start()
+        fds, ds = [], []
+        try:
+            for i in range(300):
+                fd = os.open(os.path.join(dirs[i % 5], f"f{i}"), os.O_WRONLY | os.O_CREAT, 0o600)
+                fds.append(fd)
+                os.write(fd, b"x\n")
+                ds += [s.sync_file(fd), s.sync_dir(dirs[i % 5])]
+            results = yield defer.DeferredList(ds, consumeErrors=True)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.assertEqual([r for ok, r in results if not ok], [])
+        self.assertTrue(full, "the ring never filled up")
+        self.assertFalse(s.aio.broken)
+        self.assertTrue(s.aio.idle())
+        yield s.stop()
+
     def test_a_bad_descriptor_is_refused_at_submit(self):
         ring = _ring_or_skip()
         try:
