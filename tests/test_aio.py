@@ -90,6 +90,14 @@ class Publication:
         return "settled"
 
 
+class _Quiet:
+    def failure(self, *a, **k):
+        pass
+
+    def warn(self, *a, **k):
+        pass
+
+
 class AioSyncsTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = FakeReactor()
@@ -272,6 +280,34 @@ class AioSyncsTests(SynchronousTestCase):
         self.assertEqual(synced, [6, 7])
         for d in ds:
             self.successResultOf(d)
+        self.assertTrue(self.aio.idle())
+
+    def test_a_failing_completion_does_not_stop_the_others(self):
+        self.patch(aio, "log", _Quiet())
+
+        def bug(res):
+            raise RuntimeError("a bug in a completion")
+
+        self.aio._submit(5, bug)
+        good = self.ask(6)
+        self.ring.complete(0)
+        self.ring.complete(0)
+        self.aio.reap()  # does not raise: the reactor keeps the reader
+        self.successResultOf(good)
+        self.assertTrue(self.aio.idle())
+
+    def test_an_unreadable_ring_fails_what_is_in_it_and_gives_it_up(self):
+        self.patch(aio, "log", _Quiet())
+        ds = [self.ask(5), self.ask(6)]
+
+        def broken():
+            raise OSError(errno.EFAULT, "bad address")
+
+        self.ring.reap = broken
+        self.aio.reap()
+        for d in ds:
+            self.assertEqual(self.failureResultOf(d, OSError).value.errno, errno.EIO)
+        self.assertTrue(self.aio.broken)
         self.assertTrue(self.aio.idle())
 
     def test_a_full_ring_of_others_polls_again(self):

@@ -401,11 +401,26 @@ class AioSyncs:
             on_done(-(error.errno or errno.EIO))
 
     def reap(self) -> None:
-        """On the reactor thread, when the eventfd is readable."""
-        for key, res in self.ring.reap():
+        """On the reactor thread, when the eventfd is readable.  Never
+        raises: the reactor would drop the reader, and every later request
+        would wait for good."""
+        try:
+            done = self.ring.reap()
+        except OSError:
+            # The ring cannot be read (never seen): what is in it may never
+            # be known, so it counts as failed (451 for a message, never a
+            # 250), and the threads take over.
+            log.failure("cannot read the kernel's AIO completions: syncing with worker "
+                        "threads from now on")
+            self.broken = True
+            done = [(key, -errno.EIO) for key in list(self._ops)]
+        for key, res in done:
             on_done = self._ops.pop(key, None)
             if on_done is not None:
-                on_done(res)
+                try:
+                    on_done(res)
+                except Exception:  # a bug: log it, and go on with the others
+                    log.failure("a sync's completion failed")
         while self._backlog:
             if self.broken:
                 fd, on_done = self._backlog.pop(0)
