@@ -269,6 +269,19 @@ class AioSyncsTests(SynchronousTestCase):
         self.successResultOf(refused)
         self.assertTrue(self.aio.idle())
 
+    def test_a_sandbox_that_forbids_the_request_gives_the_ring_up_too(self):
+        for error in (errno.ENOSYS, errno.EPERM):
+            ring = FakeRing()
+            a = AioSyncs(FakeReactor(), ring)
+            synced = []
+            self.patch(aio.os, "fsync", synced.append)
+            ring.refuse = OSError(error, "seccomp")
+            d = defer.Deferred()
+            a.request(5, None, d)
+            self.successResultOf(d)
+            self.assertEqual(synced, [5])
+            self.assertTrue(a.broken)
+
     def test_einval_for_a_waiting_request_syncs_the_rest_here(self):
         synced = []
         self.patch(aio.os, "fsync", synced.append)

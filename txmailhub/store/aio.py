@@ -43,8 +43,9 @@ never grouped: each is the caller's own file.
 When it is used: ``Syncer(method="auto")`` (what ``twistd mailhub``
 builds) picks it where ``io_setup`` works; otherwise, or when the kernel
 refuses the fsync request itself (``EINVAL``: older than 4.18, or a
-filesystem without fsync), the syncer goes on with worker threads and
-says so once in the log.
+filesystem without fsync; ``ENOSYS``/``EPERM``: a sandbox that forbids
+``io_submit`` but not ``io_setup``), the syncer goes on with worker
+threads and says so once in the log.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ _SYSCALLS = {
     "riscv64": (0, 1, 4, 2),
 }
 _IOCB_CMD_FSYNC = 2
+# io_submit's answers that mean "not here", not "not this file"
+_NOT_HERE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EOPNOTSUPP))
 _IOCB_FLAG_RESFD = 1
 
 
@@ -224,7 +227,7 @@ class AioSyncs:
     ``ring`` is a ``KernelRing`` (tests give a fake); ``reactor`` must
     have ``addReader``/``removeReader``.  Each method takes the request's
     Deferred and fires it.  ``broken`` turns true when the kernel refused
-    a request with ``EINVAL`` (that one, and any still waiting, are then
+    a request as not possible here (``_refused``; that one, and any still waiting, are then
     fsynced on the reactor thread; the ``Syncer`` sends new requests to
     its threads).  ``idle()`` tells whether nothing is in flight.
     """
@@ -389,12 +392,16 @@ class AioSyncs:
     def _refused(self, fd: int, error: OSError, on_done: Callable[[int], None]) -> None:
         """``io_submit`` said no.  ``EINVAL``: the kernel has no AIO fsync
         (older than 4.18) or the file's filesystem cannot take one this
-        way -- fsync it here, once, and let the ``Syncer`` use its threads
-        from now on.  Anything else is this request's error."""
-        if error.errno == errno.EINVAL:
+        way; ``ENOSYS``, ``EPERM``, ``EACCES``, ``EOPNOTSUPP``: a sandbox
+        (a seccomp filter) lets ``io_setup`` through but not the request.
+        Either way: fsync it here, once, and let the ``Syncer`` use its
+        threads from now on -- not 451 for every message.  Anything else
+        (``EBADF``) is this request's error."""
+        if error.errno in _NOT_HERE:
             if not self.broken:
-                log.warn("the kernel refuses fsync through AIO (EINVAL): syncing with "
-                         "worker threads from now on")
+                log.warn("the kernel refuses fsync through AIO ({error}): syncing with "
+                         "worker threads from now on",
+                         error=errno.errorcode.get(error.errno, error.errno))
                 self.broken = True
             on_done(_fsync_now(fd))
         else:
