@@ -13,6 +13,7 @@ from txmailhub.address import (
     AddressError,
     address_literal,
     ascii_domain,
+    ascii_form,
     canonical_domain,
     canonical_local,
     client_ip,
@@ -205,3 +206,59 @@ def test_a_domain_is_read_with_the_uts46_mapping():
     # docs/smtp.rst: IDNA2008 with the UTS 46 mapping: a full-width letter
     # and an ideographic full stop are the letter and the dot
     assert canonical_domain("\uff42\u00fccher\u3002example") == "b\u00fccher.example"
+
+
+# --- ASCII labels beside U-labels: converted label by label ----------------------
+
+
+@pytest.mark.parametrize(("u_form", "a_form"), [
+    # the underscore leniency of the SMTP paths, and an ASCII label with
+    # "--" in 3rd and 4th place that is no A-label (RFC 5890 2.3.1's
+    # R-LDH label: IDNA2008 converts no such label, but it is plain ASCII
+    # and DNS holds it), each beside a U-label
+    ("my_host.b\u00fccher.test", "my_host.xn--bcher-kva.test"),
+    ("ab--cd.b\u00fccher.test", "ab--cd.xn--bcher-kva.test"),
+    ("_dmarc.b\u00fccher.test", "_dmarc.xn--bcher-kva.test"),
+    ("b\u00fccher.my_host.ab--cd.test", "xn--bcher-kva.my_host.ab--cd.test"),
+    ("My_Host.B\u00dcCHER.test", "my_host.xn--bcher-kva.test"),
+])
+def test_ascii_labels_beside_a_u_label_keep_both_spellings_one_domain(u_form, a_form):
+    canonical = u_form.lower()
+    assert canonical_domain(u_form) == canonical_domain(a_form) == canonical
+    assert canonical_domain(a_form.upper()) == canonical
+    assert Address("u", u_form).key == Address("u", a_form).key
+    # the relay's ASCII form: for DNS and for a peer without SMTPUTF8
+    assert ascii_domain(u_form) == a_form
+    assert ascii_form(Address("u", u_form)) == f"u@{a_form}"
+
+
+@pytest.mark.parametrize("domain", [
+    # what was no IDN before is none now: kept, not half-converted
+    "xn--zz.b\u00fccher.test",  # an xn-- label that is no A-label
+    "-x.b\u00fccher.test", "x-.b\u00fccher.test",  # no LDH label
+    "a..b\u00fccher.test",  # an empty label
+    "x" * 64 + ".b\u00fccher.test",  # a label over 63 octets
+    "\u2603.b\u00fccher.test",  # DISALLOWED in IDNA2008
+    "b\u00fc_cher.test",  # an underscore in a U-label
+])
+def test_a_name_with_no_a_label_form_is_kept(domain):
+    assert ascii_domain(domain) == domain
+    assert ascii_form(Address("u", domain)) is None
+    assert canonical_domain(domain) == domain
+
+
+def test_an_all_ascii_domain_never_goes_through_idna(monkeypatch):
+    import idna
+
+    def boom(*args, **kwargs):
+        raise AssertionError("idna was called")
+
+    for name in ("encode", "decode", "alabel", "ulabel", "uts46_remap"):
+        monkeypatch.setattr(idna, name, boom)
+    canonical_domain.cache_clear()
+    try:
+        assert canonical_domain("My_Host.AB--CD.Example.") == "my_host.ab--cd.example"
+        assert ascii_domain("My_Host.Example") == "My_Host.Example"
+        assert ascii_form(Address("Joe", "my_host.example")) == "Joe@my_host.example"
+    finally:
+        canonical_domain.cache_clear()

@@ -323,6 +323,16 @@ def test_an_idn_domain_is_asked_for_as_its_idna2008_a_label():
     assert [h.addresses for h in result(raw(table).resolve("faß.test"))] == [("192.0.2.11",)]
 
 
+def test_ascii_labels_beside_a_u_label_are_asked_for_as_they_are():
+    # label by label: my_host and ab--cd are no IDNA labels, but DNS holds
+    # them; the U-label beside them is asked for as its A-label
+    table = {("mx.xn--bcher-kva.test", "A"): [a(b"mx.xn--bcher-kva.test", "192.0.2.12")],
+             ("my_host.ab--cd.xn--bcher-kva.test", "MX"): [
+                 mx(b"my_host.ab--cd.xn--bcher-kva.test", 10, b"mx.xn--bcher-kva.test")]}
+    hosts = result(raw(table).resolve("my_host.ab--cd.b\u00fccher.test"))
+    assert [(h.name, h.addresses) for h in hosts] == [("mx.xn--bcher-kva.test", ("192.0.2.12",))]
+
+
 class HeldResolver(FakeResolver):
     """The zone's answers, except for ``(name, kind)`` pairs held back: those
     answer only when the test fires the Deferred."""

@@ -713,6 +713,19 @@ def test_an_idn_domain_alone_goes_as_its_a_label():
     assert r.reply.code == 553 and r.reply.status == "5.6.7"
 
 
+def test_ascii_labels_beside_a_u_label_go_as_they_are():
+    # an underscore (the paths' leniency) or an "ab--cd" label is no IDNA
+    # label, but plain ASCII: the name's A-label form keeps it, label by
+    # label, and a peer without SMTPUTF8 can take the address
+    rcpt = Address("user", "my_host.ab--cd.b\u00fccher.example")
+    s = session(sender=Address("carl", "_mx.b\u00fccher.example"), recipients=[(rcpt, None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_NO_UTF8)) == (
+        b"MAIL FROM:<carl@_mx.xn--bcher-kva.example> SIZE=100\r\n")
+    assert sent(s.receive(b"250 ok\r\n")) == (
+        b"RCPT TO:<user@my_host.ab--cd.xn--bcher-kva.example>\r\n")
+
+
 EHLO_DSN_NO_UTF8 = (b"250-mx.remote.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
                     b"250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n")
 

@@ -634,7 +634,9 @@ def test_the_longest_a_label_forms_are_taken():
 ldh_label = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,68}[a-z0-9_])?", fullmatch=True)
 any_label = st.one_of(
     ldh_label, st.sampled_from(["b\u00fccher", "\u00fc" * 57, "\u00fc" * 58, "xn--bcher-kva",
-                                "xn--zz", "\u4e2d\u6587", "stra\u00dfe"]),
+                                "xn--zz", "\u4e2d\u6587", "stra\u00dfe", "B\u00dcCHER",
+                                # ASCII labels IDNA2008 would not convert
+                                "my_host", "_dmarc", "ab--cd", "My_Host"]),
 )
 any_domain = st.lists(any_label, min_size=1, max_size=6).map(".".join)
 
@@ -654,11 +656,18 @@ def test_no_accepted_domain_has_a_label_over_63_or_a_length_over_255(dom, utf8):
                    for x in a.domain.split("."))
     assert all(len(x) <= 63 for x in ace.split(".")), dom
     assert len(ace) <= (255 if a.domain.isascii() else 253), dom
-    if not a.domain.isascii() and "_" not in a.domain:
-        # which is what a peer without SMTPUTF8 gets, and both spellings
-        # are one domain
+    if not a.domain.isascii():
+        # which is what a peer without SMTPUTF8 gets (and DNS is asked),
+        # an underscore or an "ab--cd" label beside a U-label included,
+        # and both spellings are one domain
         assert ascii_domain(a.domain) == ace, dom
         assert canonical_domain(ace) == canonical_domain(a.domain), dom
+    # the ASCII form is one a client without SMTPUTF8 can send: it parses,
+    # to the same domain
+    assert ace.isascii(), dom
+    back = parse_mailbox(f"u@{ace}", P, False)
+    assert canonical_domain(back.domain) == canonical_domain(a.domain), dom
+    assert ascii_domain(back.domain) == back.domain == ace.lower(), dom
     # a round trip: the address as the hub writes it parses to itself, as a
     # path too when it fits one
     assert parse_mailbox(str(a), P, utf8) == a

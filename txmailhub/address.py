@@ -50,10 +50,53 @@ def canonical_domain(domain: str) -> str:
         return d  # nearly every domain: nothing to map
     if d.startswith("["):
         return d  # an address literal
-    try:
-        return idna.decode(d, uts46=True)
-    except (idna.IDNAError, UnicodeError, ValueError):
+    labels = _idn_labels(d, ascii=False)
+    if labels is None:
         return unicodedata.normalize("NFC", d)
+    return ".".join(labels)
+
+
+# An ASCII label as the SMTP paths take one (txmailhub.smtp._parse), after
+# the UTS 46 mapping has lower-cased it: letters, digits, inner hyphens,
+# the underscores seen in the wild; 1 to 63 octets (RFC 1035 2.3.4).
+_ASCII_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?\Z")
+# RFC 1035 2.3.4's 255 octets on the wire, written out: what IDNA2008
+# converts at most
+_MAX_IDN_DOMAIN = 253
+
+
+def _idn_labels(name: str, ascii: bool) -> list[str] | None:
+    """The labels of ``name`` (no final dot) as A-labels (``ascii``) or
+    U-labels, or ``None`` when ``name`` has no IDNA2008 form.
+
+    Label by label, not the whole name through IDNA at once: IDNA2008
+    converts U-labels and A-labels only, and a name may mix them with
+    plain ASCII labels that are none -- ``my_host`` (the SMTP paths' underscore
+    leniency) or ``ab--cd`` (RFC 5890 2.3.1's reserved LDH label: "--" in
+    3rd and 4th place, not ``xn--``).  DNS holds those as they are, so
+    they are kept (lower-cased, as the UTS 46 mapping does); a non-ASCII
+    label must be a U-label (UTS 46 mapping, non-transitional), an
+    ``xn--`` one a true A-label (RFC 5891 5.3), the whole at most 253
+    octets.  Anything else keeps the old answer: no form, ``None``."""
+    try:
+        mapped = idna.uts46_remap(name, std3_rules=False)
+        if len(mapped) > _MAX_IDN_DOMAIN:
+            return None
+        out = []
+        for label in mapped.split("."):
+            if label.isascii() and not label.startswith("xn--"):
+                if not _ASCII_LABEL.match(label):
+                    return None
+                out.append(label)
+            elif ascii:
+                out.append(idna.alabel(label).decode("ascii"))
+            else:
+                out.append(idna.ulabel(label))
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+    if ascii and sum(1 + len(label) for label in out) - 1 > _MAX_IDN_DOMAIN:
+        return None
+    return out
 
 
 def canonical_local(local: str) -> str:
@@ -113,13 +156,17 @@ def login_key(name: str) -> str:
 
 def ascii_domain(domain: str) -> str:
     """``domain`` in ASCII: an internationalized name as its A-labels
-    (IDNA2008), anything else as it is."""
+    (IDNA2008, lower case), its ASCII labels as they are (``my_host`` and
+    ``ab--cd`` too: see ``_idn_labels``); anything else, an ASCII name or
+    one with no IDNA2008 form, as it is.  What DNS is asked and what a
+    peer without SMTPUTF8 is sent (RFC 6531 3.2)."""
     if domain.isascii():
+        return domain  # nearly every domain: no IDNA at all
+    root = "." if domain.endswith(".") else ""  # a final dot stays, one at most
+    labels = _idn_labels(domain[: len(domain) - len(root)], ascii=True)
+    if labels is None:
         return domain
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return domain
+    return ".".join(labels) + root
 
 
 def ascii_form(address: Address) -> str | None:
