@@ -224,6 +224,28 @@ def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
     assert all(w.startswith("warning: ") for w in warnings)
 
 
+def test_check_reports_alias_targets_no_dns_name_can_be(config: Path) -> None:
+    # RFC 1035 2.3.4, the relay's rule (it bounces such a target without a
+    # query): a problem, one line each, as for the file's other problems
+    long_label = "x" * 64 + ".test"
+    (config.parent / "aliases").write_text(
+        f"team: alice, far@{long_label}\nholes: x@a..test\n"
+        "fine: y@my_host.b\u00fccher.test, z@[192.0.2.1]\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    code, out, err = run(config, "check")
+    aliases = config.parent / "aliases"
+    assert code == 2 and out == "", err
+    assert err.splitlines() == [
+        f"{aliases}:1: target 'far@{long_label}' of 'team': {long_label} can never be a name "
+        "in DNS (a label of 64 octets, over the 63 of a label in DNS (RFC 1035 2.3.4)): mail "
+        "to it bounces",
+        f"{aliases}:2: target 'x@a..test' of 'holes': a..test can never be a name in DNS (an "
+        "empty label (RFC 1035 2.3.4)): mail to it bounces"], err
+    (config.parent / "aliases").write_text("team: alice, far@x.test\n")
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
 def test_check_without_a_users_file_says_that_once_not_once_per_alias_target(
         config: Path) -> None:
     # every target would be "no local user": the one warning that matters

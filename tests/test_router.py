@@ -312,6 +312,35 @@ class BadLineTests(Base):
         self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [])
         self.assertEqual(len(check_aliases_file(self.path + ".missing", "example.org")), 1)
 
+    def test_a_target_no_dns_name_can_be_is_reported_and_kept(self):
+        # RFC 1035 2.3.4: a label over 63 octets, a name over 253, an empty
+        # label; the relay bounces such a target without a query (5.1.2)
+        long_label, long_name = "x" * 64 + ".test", ".".join(["d" * 63] * 4)
+        text = (f"far: joe, a@{long_label}\nwide: b@{long_name}\n"
+                "gap: c@a..test, <d@.test>\n"
+                # all fine: 63 octets, 253, an underscore, an IDN and its
+                # ASCII labels, a literal, a bare name
+                f"ok: e@{'x' * 63}.test, f@{'.'.join(['d' * 63] * 3)}.{'d' * 61}, "
+                "g@my_host.test, h@my_host.b\u00fccher.test, i@[192.0.2.1], joe\n")
+        table, problems = parse_aliases(text, "example.org", DOMAINS, filename="f")
+        self.assertEqual(problems, [
+            f"f:1: target 'a@{long_label}' of 'far': {long_label} can never be a name in DNS "
+            "(a label of 64 octets, over the 63 of a label in DNS (RFC 1035 2.3.4)): mail to "
+            "it bounces",
+            f"f:2: target 'b@{long_name}' of 'wide': {long_name} can never be a name in DNS "
+            "(255 octets, over the 253 of a name in DNS (RFC 1035 2.3.4)): mail to it bounces",
+            "f:3: target 'c@a..test' of 'gap': a..test can never be a name in DNS (an empty "
+            "label (RFC 1035 2.3.4)): mail to it bounces",
+            "f:3: target '<d@.test>' of 'gap': .test can never be a name in DNS (an empty "
+            "label (RFC 1035 2.3.4)): mail to it bounces"])
+        # kept, as before: the running hub queues them and the relay bounces them
+        self.assertEqual(table["far@example.org"],
+                         ((A("joe"), True), (Address("a", long_label), True)))
+        self.assertEqual(len(table["ok@example.org"]), 6)
+        self.write(text)
+        self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS),
+                         [p.replace("f:", f"{self.path}:", 1) for p in problems])
+
     def test_continuation_without_alias(self):
         table, problems = parse_aliases("  orphan\nok: joe\n", "example.org", filename="f")
         self.assertEqual(problems, ["f:1: continuation line without an alias before it"])

@@ -25,6 +25,7 @@ __all__ = [
     "canonical_local",
     "client_ip",
     "client_key",
+    "dns_name_problem",
     "address_literal",
     "ipv4_literal",
     "ipv6_literal",
@@ -167,6 +168,34 @@ def ascii_domain(domain: str) -> str:
     if labels is None:
         return domain
     return ".".join(labels) + root
+
+
+def dns_name_problem(domain: str) -> str | None:
+    """Why no name in DNS can be ``domain`` (no final dot), or ``None``.
+
+    Read in its ASCII form (``ascii_domain``): labels of 1 to 63 octets,
+    at most 253 in all written out (RFC 1035 2.3.4: 255 on the wire), of
+    letters, digits, hyphens and the underscores some zones have.  The
+    relay asks DNS nothing for such a name (``txmailhub.relay.mx``: no
+    answer could ever come) and ``mailhub check`` reports an alias target
+    in one.  A name with no IDNA2008 form is not judged (``None``): the
+    relay hands it to the resolver as it is.  An address literal is no
+    DNS name: callers take it out first."""
+    name = ascii_domain(domain)
+    if not name.isascii():
+        return None
+    if len(name) > 253:
+        return f"{len(name)} octets, over the 253 of a name in DNS (RFC 1035 2.3.4)"
+    for label in name.split("."):
+        if not label:
+            return "an empty label (RFC 1035 2.3.4)"
+        if len(label) > 63:
+            return (f"a label of {len(label)} octets, over the 63 of a label in DNS "
+                    "(RFC 1035 2.3.4)")
+        if not all(c.isalnum() or c in "-_" for c in label):
+            return (f"the label {label!r}: letters, digits, hyphens and underscores only "
+                    "(RFC 1035 2.3.4)")
+    return None
 
 
 def ascii_form(address: Address) -> str | None:

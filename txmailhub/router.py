@@ -52,6 +52,7 @@ from txmailhub.address import (
     AddressError,
     canonical_domain,
     canonical_local,
+    dns_name_problem,
     parse_address,
 )
 from txmailhub.errors import Rejected
@@ -79,7 +80,8 @@ def parse_aliases(
 ) -> tuple[Aliases, list[str]]:
     """Parse aliases-file text.  Returns the table and one
     ``"<file>:<line>: <why>"`` string per problem (the bad line or target
-    is left out, the rest is kept).  With ``domains``, an alias for a
+    is left out, the rest is kept; a target whose domain can be no name in
+    DNS is reported and kept: the relay bounces it).  With ``domains``, an alias for a
     domain that is not local is reported too."""
     local_domains = {canonical_domain(d) for d in domains} if domains is not None else None
     problems: list[str] = []
@@ -135,9 +137,17 @@ def parse_aliases(
             if text_addr.startswith("<") and text_addr.endswith(">"):
                 text_addr = text_addr[1:-1]
             try:
-                targets.append((parse_address(text_addr, primary_domain), expand))
+                target = parse_address(text_addr, primary_domain)
             except AddressError as e:
                 problem(f"bad target {item!r} of {name_text!r}: {e}")
+                continue
+            targets.append((target, expand))
+            why = None if target.domain.startswith("[") else dns_name_problem(target.domain)
+            if why:
+                # kept: the relay bounces it (5.1.2) without asking DNS,
+                # as a message already queued for it is
+                problem(f"target {item!r} of {name_text!r}: {target.domain} can never be a "
+                        f"name in DNS ({why}): mail to it bounces")
         if not targets:
             problem(f"alias {name_text!r} has no usable target")
             continue

@@ -28,7 +28,7 @@ from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import ascii_domain, client_ip
+from txmailhub.address import ascii_domain, client_ip, dns_name_problem
 from txmailhub.interfaces import IMXResolver
 
 __all__ = [
@@ -113,17 +113,14 @@ def parse_literal(domain: str) -> str | None:
 
 def _host_name(raw: bytes) -> str | None:
     """An MX target as a host name, or ``None`` when it cannot be one
-    (RFC 1035 2.3.4: labels of at most 63 octets, 255 in all; letters,
-    digits, hyphens -- and the underscores some zones have): such a record
-    is skipped, the others still tried (RFC 5321 5.1)."""
+    (``dns_name_problem``, RFC 1035 2.3.4: labels of at most 63 octets,
+    255 in all; letters, digits, hyphens -- and the underscores some zones
+    have): such a record is skipped, the others still tried (RFC 5321 5.1)."""
     name = raw.rstrip(b".")
-    if not name or len(name) > 253 or not name.isascii():
+    if not name.isascii():
         return None
     text = name.decode("ascii").lower()
-    for label in text.split("."):
-        if not label or len(label) > 63 or not all(c.isalnum() or c in "-_" for c in label):
-            return None
-    return text
+    return None if dns_name_problem(text) else text
 
 
 def _owned(answers: Iterable[Any], name: str, kind: int) -> list[Any]:
@@ -289,7 +286,7 @@ class MXResolver:
         # asked in ASCII: twisted.names would turn a U-label into its
         # IDNA2003 form (faß.de as fass.de, another domain), not IDNA2008's
         domain = ascii_domain(domain)
-        if domain.isascii() and _host_name(domain.encode("ascii")) is None:
+        if domain.isascii() and dns_name_problem(domain):
             # a label over 63 octets, a name over 253: no DNS name can be it
             # (RFC 1035 2.3.4), so no answer will ever come.  The SMTP paths
             # refuse such domains; an alias target, or a message queued by
