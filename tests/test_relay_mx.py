@@ -138,6 +138,22 @@ def test_a_name_dns_cannot_hold_is_permanent_without_a_query():
     assert [h.addresses for h in result(r.resolve("x" * 63 + ".test"))] == [("192.0.2.1",)]
 
 
+def test_a_name_with_no_idna_form_is_permanent_without_a_query():
+    # no IDNA2008 form (an A-label over 63 octets), and the IDNA2003 one
+    # twisted.names falls back to fails too: it raised UnicodeError at the
+    # lookup, a crash and a 451 at every attempt until the message expired
+    for domain in ("\u00fc" * 58 + ".test", "x" * 64 + ".b\u00fccher.test"):
+        fake = FakeResolver({})
+        r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+        e = error_of(r.resolve(domain), NoSuchDomain)
+        assert e.permanent and "IDNA" in e.reason and fake.queries == [], domain
+    # a name only IDNA2003 takes (a snowman) is still asked for, as before
+    fake = FakeResolver({})
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    r.resolve("\u2603.test")
+    assert fake.queries, fake.queries
+
+
 @pytest.mark.parametrize("domain, word", [("broken.test", "SERVFAIL"), ("slow.test", "timeout")])
 def test_servfail_and_timeout_are_temporary(domain, word):
     e = error_of(resolver().resolve(domain), TemporaryDNSError)

@@ -341,6 +341,17 @@ class BadLineTests(Base):
         self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS),
                          [p.replace("f:", f"{self.path}:", 1) for p in problems])
 
+    def test_a_target_with_no_idna_form_is_reported(self):
+        # its A-label would be over 63 octets, and the IDNA2003 form the
+        # resolver falls back to fails too; a snowman has that one
+        long_u = "\u00fc" * 58 + ".test"
+        _, problems = parse_aliases(f"far: a@{long_u}, b@\u2603.test\n", "example.org",
+                                    filename="f")
+        self.assertEqual(problems, [
+            f"f:1: target 'a@{long_u}' of 'far': {long_u} can never be a name in DNS (no ASCII "
+            "form: neither IDNA2008 (RFC 5891) nor the IDNA2003 the resolver falls back to can "
+            "convert it): mail to it bounces"])
+
     def test_continuation_without_alias(self):
         table, problems = parse_aliases("  orphan\nok: joe\n", "example.org", filename="f")
         self.assertEqual(problems, ["f:1: continuation line without an alias before it"])

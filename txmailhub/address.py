@@ -178,12 +178,18 @@ def dns_name_problem(domain: str) -> str | None:
     letters, digits, hyphens and the underscores some zones have.  The
     relay asks DNS nothing for such a name (``txmailhub.relay.mx``: no
     answer could ever come) and ``mailhub check`` reports an alias target
-    in one.  A name with no IDNA2008 form is not judged (``None``): the
-    relay hands it to the resolver as it is.  An address literal is no
-    DNS name: callers take it out first."""
+    in one.  A name with no IDNA2008 form is handed to the resolver as it
+    is, and twisted.names asks for its IDNA2003 form (``☃.example`` is
+    ``xn--n3h.example`` there): judged by that, and one with neither form
+    can be no name at all (twisted.names would raise at once).  An address
+    literal is no DNS name: callers take it out first."""
     name = ascii_domain(domain)
     if not name.isascii():
-        return None
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return ("no ASCII form: neither IDNA2008 (RFC 5891) nor the IDNA2003 the "
+                    "resolver falls back to can convert it")
     if len(name) > 253:
         return f"{len(name)} octets, over the 253 of a name in DNS (RFC 1035 2.3.4)"
     for label in name.split("."):

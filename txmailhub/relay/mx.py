@@ -286,13 +286,15 @@ class MXResolver:
         # asked in ASCII: twisted.names would turn a U-label into its
         # IDNA2003 form (faß.de as fass.de, another domain), not IDNA2008's
         domain = ascii_domain(domain)
-        if domain.isascii() and dns_name_problem(domain):
+        why = dns_name_problem(domain)
+        if why:
             # a label over 63 octets, a name over 253: no DNS name can be it
-            # (RFC 1035 2.3.4), so no answer will ever come.  The SMTP paths
-            # refuse such domains; an alias target, or a message queued by
-            # an older version, can still name one.
-            return defer.fail(NoSuchDomain(domain, "not a domain name DNS can hold (RFC 1035 "
-                                                   "2.3.4: labels of 1 to 63 octets, 253 in all)"))
+            # (RFC 1035 2.3.4), so no answer will ever come; nor can a name
+            # with no IDNA form, which twisted.names would not even take
+            # (UnicodeError: a crash, so a 451 at every attempt).  The SMTP
+            # paths refuse such domains; an alias target, or a message
+            # queued by an older version, can still name one.
+            return defer.fail(NoSuchDomain(domain, f"not a domain name DNS can hold: {why}"))
         d = self.resolver.lookupMailExchange(domain)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),
                        errbackArgs=(domain,))
