@@ -179,6 +179,26 @@ class AioSyncsTests(SynchronousTestCase):
             self.successResultOf(d)
         self.assertTrue(self.aio.idle())
 
+    def test_idle_is_true_when_the_last_callback_runs(self):
+        seen = []
+        d = self.ask(self.dir)
+        d.addCallback(lambda _: seen.append(self.aio.idle()))
+        self.finish()
+        self.assertEqual(seen, [True])
+
+    def test_a_callback_asking_for_the_same_path_gets_a_new_sync(self):
+        again = []
+        first = self.ask(self.dir)
+        waiting = self.ask(self.dir)
+        first.addCallback(lambda _: again.append(self.ask(self.dir)))
+        self.finish()
+        # the waiting request and the callback's share the next sync
+        self.assertEqual(len(self.ring.in_flight()), 1)
+        self.finish()
+        self.successResultOf(waiting)
+        self.successResultOf(again[0])
+        self.assertTrue(self.aio.idle())
+
     def test_a_failed_path_sync_fails_its_group_only(self):
         first = self.ask(self.dir)
         later = self.ask(self.dir)

@@ -357,13 +357,19 @@ class AioSyncs:
 
     def _dir_settle(self, path: str, state: _DirState,
                     group: list[Callable[[OSError | None], None]], error: OSError | None) -> None:
+        # the path's state first: what the callbacks see (idle(), a new
+        # request for the path) is then already true
+        state.running = False
+        if not state.waiting:
+            del self._dirs[path]
         for done in group:
             try:
                 done(error)
             except Exception:  # a bug in a caller's callback: never wedge the directory
                 log.failure("a directory sync's caller failed")
-        state.running = False
-        self._dir_next(path, state)
+        # those that came while it ran, unless a callback's request started them
+        if state.waiting and not state.running and self._dirs.get(path) is state:
+            self._dir_next(path, state)
 
     def _submit(self, fd: int, on_done: Callable[[int], None]) -> None:
         self.requests += 1
