@@ -1380,6 +1380,24 @@ class KeyedDeliveryTests(Base):
         self.assertIn(("dir", os.path.join(self.md(), "new")), self.syncer.calls)
         self.spooler.discard(msg)
 
+    def test_a_syncer_without_call_looks_on_the_callers_thread(self):
+        # MaildirStore takes "anything with the Syncer's sync_each/sync";
+        # open() looks on the caller's thread when there is no call(), and
+        # so must the keyed lookup (it raised AttributeError)
+        class Plain:
+            def __init__(self, spy):
+                self.sync_each, self.sync = spy.sync_each, spy.sync
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org",
+                             Plain(self.syncer))
+        msg = self.spool()
+        self.assertEqual(self.successResultOf(store.deliver_keyed(msg, [JOE], self.KEY)),
+                         {JOE: None})
+        self.assertEqual(self.successResultOf(store.deliver_keyed(msg, [JOE], self.KEY)),
+                         {JOE: None})
+        self.assertEqual(len(self.names()), 1)
+        self.spooler.discard(msg)
+
     def test_copy_read_meanwhile_is_found_in_cur_under_any_flags(self):
         msg = self.spool()
         self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))

@@ -280,9 +280,10 @@ class MaildirStore:
         stays a duplicate, as RFC 5321 6.3 prefers to a loss.
 
         Whether a Maildir has the copy is looked up on the syncer's worker
-        threads (``syncer.call``), all mailboxes in one job: unless the
-        copy is in ``new/`` or in ``cur/`` as POP3 leaves it, ``cur/`` is
-        listed, and a mailbox kept for years holds tens of thousands of
+        threads (``syncer.call``; as in ``open``, on the caller's thread
+        when the syncer has no ``call``), all mailboxes in one job: unless
+        the copy is in ``new/`` or in ``cur/`` as POP3 leaves it, ``cur/``
+        is listed, and a mailbox kept for years holds tens of thousands of
         names -- listed on the reactor thread, every session would wait."""
         name = self.keyed_name(message, key)
         folders: dict[Address, str] = {}
@@ -300,8 +301,12 @@ class MaildirStore:
         def not_looked(failure: Any) -> defer.Deferred:  # the syncer is stopped
             return self._deliver(message, mailboxes, key, dict.fromkeys(folders, failure.value))
 
-        return self.syncer.call(_made_each, list(folders.values()), name).addCallbacks(
-            looked, not_looked)
+        call = getattr(self.syncer, "call", None)  # as open(): a syncer may have none
+        if call is None:
+            d = defer.maybeDeferred(_made_each, list(folders.values()), name)
+        else:
+            d = call(_made_each, list(folders.values()), name)
+        return d.addCallbacks(looked, not_looked)
 
     def _deliver(self, message: SpooledMessage, mailboxes: list[Address],
                  key: tuple[float, str] | None,
