@@ -292,8 +292,9 @@ class MXResolver:
             # (RFC 1035 2.3.4), so no answer will ever come; nor can a name
             # with no IDNA form, which twisted.names would not even take
             # (UnicodeError: a crash, so a 451 at every attempt).  The SMTP
-            # paths refuse such domains; an alias target, or a message
-            # queued by an older version, can still name one.
+            # paths refuse most such domains, not one of 254 or 255 octets
+            # (RFC 5321 4.5.3.1.2 allows 255); an alias target, or a message
+            # queued by an older version, can name any of them.
             return defer.fail(NoSuchDomain(domain, f"not a domain name DNS can hold: {why}"))
         d = self.resolver.lookupMailExchange(domain)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),

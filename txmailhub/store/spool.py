@@ -29,7 +29,8 @@ is never acknowledged, so crash recovery is one ``listdir``.
 
 ``finish_then`` makes the file durable and publishes it in the same
 request to the ``Syncer`` (``sync_then``): the mailbox store's hot path,
-where the copies are made on the worker thread right after the fsync.
+where the copies are made right after the fsync (on the reactor thread
+when the syncer uses the kernel's AIO, else on its worker thread).
 There a single mailbox gets the spool file itself by ``rename(2)``.  When
 that was first measured by time (link+unlink vs rename, 1 KiB, 10
 sessions, interleaved medians: 0.833 vs 0.933 ms CPU/msg) the difference
@@ -122,9 +123,10 @@ class SpoolWriter:
 
         ``make_publication(message)`` is called at once, on the caller's
         thread, with the ``SpooledMessage``; what it returns goes to
-        ``Syncer.sync_then``, which runs it on a worker thread once the
-        data is durable.  Fires with ``(message, settle() result)``; the
-        spool file is the caller's afterwards, as with ``finish()``."""
+        ``Syncer.sync_then``, which runs it once the data is durable (on a
+        worker thread, or on the reactor thread with the kernel's AIO).
+        Fires with ``(message, settle() result)``; the spool file is the
+        caller's afterwards, as with ``finish()``."""
         return self._finish(make_publication)
 
     def _finish(self, make_publication: Any) -> defer.Deferred:
