@@ -27,7 +27,8 @@ What is real and what is not:
   Linux) the ``Syncer`` makes its kernel requests (``AioSyncs``) to a
   ring on this thread: each fsync is made with ``os.fsync`` once the read
   that asked for it has been handled, and reaped then, as the eventfd
-  wakes the reactor in a later turn.  With ``--sync threads`` its batch
+  wakes the reactor in a later turn (its other jobs, ``call()``, run as
+  with ``--sync threads``).  With ``--sync threads`` its batch
   jobs run on the calling thread (the ``Syncer``'s ``run_in_thread``
   hook, as in the tests) instead of on its worker thread, at the same
   moment, every message its own batch (under load the real hub gathers a
@@ -192,6 +193,9 @@ listen = []
         if sync == "aio":
             self.jobs = _InlineRing(self.clock)
             c.syncer.aio = self.jobs.syncs
+            # its other work (call(): the spool's files made ahead) as for
+            # --sync threads: worker threads need a real reactor
+            c.syncer._run_injected = self.jobs.calls
         else:
             self.jobs = _Jobs()
             c.syncer._run_injected = self.jobs
@@ -287,6 +291,7 @@ class _InlineRing:
         from txmailhub.store.aio import AioSyncs
 
         self.submitted: list[tuple[int, int]] = []
+        self.calls = _Jobs()  # the Syncer's call()s, on this thread too
         reactor.addReader = lambda reader: None  # the ring is never polled
         self.syncs = AioSyncs(reactor, self)
 
@@ -312,8 +317,10 @@ class _InlineRing:
         pass
 
     def run(self) -> None:
-        while self.submitted:
-            self.syncs.reap()
+        while self.submitted or self.calls.pending:
+            self.calls.run()
+            if self.submitted:
+                self.syncs.reap()
 
 
 def cmd_time(b: Bench, args: argparse.Namespace) -> None:
