@@ -86,7 +86,9 @@ since every octet of data counts as activity.  Data time runs from DATA to
 the final dot; with BDAT only while a chunk's octets are arriving (from its
 BDAT command to its last octet), since between one chunk's ``250`` and
 the next BDAT the session awaits a command, which the idle timeout governs
-(RFC 5321 4.5.3.2.7)."""
+(RFC 5321 4.5.3.2.7).  So this limit does not bound a BDAT message's
+duration, only its chunks' data time: a client that sends ``BDAT 1`` (or
+``BDAT 0``) every few minutes keeps its slot."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
