@@ -102,10 +102,11 @@ here, so the default is 1, classic group commit.  (Overlapping fsyncs
 did pay once they cost no thread hand-offs: that is the ``"aio"`` method.)  Measure on the target
 machine before changing either knob.
 
-Lifecycle: ``start()`` starts the worker threads, ``stop()`` lets the
-batch under way and everything already requested finish, then stops them
-(it returns a Deferred).  A request made before ``start()`` starts the
-workers itself (and asks the reactor to ``stop()`` it before shutdown);
+Lifecycle: ``start()`` starts the worker threads (and opens the AIO
+ring), ``stop()`` lets the batch under way, the kernel requests in flight
+and everything already requested finish, then stops them and closes the
+ring (it returns a Deferred).  A request made before ``start()`` starts
+them itself (and asks the reactor to ``stop()`` it before shutdown);
 the threads are daemon threads, so a forgotten ``stop()`` never hangs an
 exiting process; a request made after ``stop()`` errbacks (``LocalError``),
 so a late message is refused rather than acknowledged unsynced.  Tests
