@@ -80,15 +80,15 @@ CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 MIN_DATA_RATE = 500
 """Octets per second a message's data must average, beyond the idle
 timeout's grace: a message of N octets may take ``idle_timeout + N / 500``
-seconds of data time, 4 kbit/s at worst.  Without it a client that sends a
-line every few minutes holds its connection slot for as long as it likes,
-since every octet of data counts as activity.  Data time runs from DATA to
-the final dot; with BDAT only while a chunk's octets are arriving (from its
-BDAT command to its last octet), since between one chunk's ``250`` and
-the next BDAT the session awaits a command, which the idle timeout governs
-(RFC 5321 4.5.3.2.7).  So this limit does not bound a BDAT message's
-duration, only its chunks' data time: a client that sends ``BDAT 1`` (or
-``BDAT 0``) every few minutes keeps its slot."""
+seconds from DATA (or its first BDAT) on, 4 kbit/s at worst.  Without it a
+client that sends a line every few minutes holds its connection slot for
+as long as it likes, since every octet of data counts as activity.  With
+BDAT the waits between chunks count too (else ``BDAT 1`` every few
+minutes would hold the slot for ever), but the limit is never applied
+*during* such a wait: there the session awaits a command, which only the
+idle timeout may end (RFC 5321 4.5.3.2.7).  It is applied while message
+data arrives and whenever the client sends something while a BDAT
+message is open (the next chunk, a ``BDAT 0``, a NOOP)."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
@@ -147,12 +147,10 @@ class SMTPProtocol(Protocol):
         self._timer: Any = None
         self._last_activity = 0.0
         self._message_started = 0.0  # when the last StartMessage came
-        # MIN_DATA_RATE: the engine's message reader being timed, its data
-        # time before the current stretch, and when that stretch began
-        # (None: between two BDAT chunks, the clock stopped)
+        # MIN_DATA_RATE: the engine's message reader being timed, and when
+        # its time began
         self._timed_reader: Any = None
-        self._data_time = 0.0
-        self._data_since: float | None = None
+        self._data_start = 0.0
         self._logout: Any = None
         self._gone = False  # connectionLost has run
         self._auth_timer: Any = None
@@ -299,8 +297,10 @@ class SMTPProtocol(Protocol):
             return
         finally:
             self._driving = False
-        if self._timed_reader is not None or engine.message_reader is not None:
-            self._time_data(self.reactor.seconds())
+        if (self._timed_reader is not None or engine.message_reader is not None) \
+                and self._data_too_slow(self.reactor.seconds(), waited=False):
+            self._drive()  # the closing reply, and whatever the engine asks on the way out
+            return
         held = engine.replies_held  # read before data_to_send, which clears it
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
         buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
@@ -427,21 +427,9 @@ class SMTPProtocol(Protocol):
         now = self.reactor.seconds()
         idle = now - self._last_activity
         engine = self.engine
-        reader = engine.message_reader
-        if reader is not None and not engine.waiting:
-            self._time_data(now)
-            octets = reader.size
-            seconds = self._data_time
-            if self._data_since is not None:
-                seconds += now - self._data_since
-            if seconds > limit + octets / MIN_DATA_RATE:
-                log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
-                         " s): connection closed", client=self.client_name, octets=octets,
-                         seconds=seconds)
-                engine.timeout(replies.closing(replies.DATA_TOO_SLOW,
-                                               self.factory.config.hostname))
-                self._drive()
-                return
+        if self._data_too_slow(now, waited=True):
+            self._drive()
+            return
         if engine.waiting or idle < limit:
             self._arm_timer(limit if engine.waiting else limit - idle)
             return
@@ -457,30 +445,32 @@ class SMTPProtocol(Protocol):
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
 
-    def _time_data(self, now: float) -> None:
-        """Keep the data time of the message under way (``MIN_DATA_RATE``):
-        its clock runs while the engine reads message data, and stops
-        between two BDAT chunks of the message (one reader for all of
-        them), where the session reads commands."""
+    def _data_too_slow(self, now: float, waited: bool) -> bool:
+        """Close the session (``DATA_TOO_SLOW``) when the message under way
+        is behind ``MIN_DATA_RATE``; whether it did.  Its time runs from its
+        StartMessage (DATA, or the first BDAT: the answer it waited for
+        counts, as it always did) -- a chunk read only to be refused has
+        none, and is timed from the first look at it.  ``waited``: the idle
+        timer's look, which judges only while message data is being read
+        (a wait between two BDAT chunks is the idle timeout's alone); the
+        look after input judges always, since the client's wait is over."""
         engine = self.engine
         reader = engine.message_reader
         if reader is not self._timed_reader:  # another message, or none
             self._timed_reader = reader
-            self._data_time = 0.0
-            # From its StartMessage (DATA, or the first BDAT: the answer it
-            # waited for counts, as it always did); a chunk read only to be
-            # refused has none, so it is timed from now (not from an
-            # earlier message, or from 0)
-            self._data_since = (None if reader is None else
-                                self._message_started if self._writer is not None else now)
-        if reader is None:
-            return
-        if engine.in_message:
-            if self._data_since is None:  # the next BDAT chunk
-                self._data_since = now
-        elif self._data_since is not None:  # a chunk's end: command time until the next
-            self._data_time += now - self._data_since
-            self._data_since = None
+            self._data_start = self._message_started if self._writer is not None else now
+        if reader is None or engine.waiting or engine.closed or (
+                waited and not engine.in_message):
+            return False
+        seconds = now - self._data_start
+        octets = reader.size
+        if seconds <= self.factory.settings.smtp.idle_timeout + octets / MIN_DATA_RATE:
+            return False
+        log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
+                 " s): connection closed", client=self.client_name, octets=octets,
+                 seconds=seconds)
+        engine.timeout(replies.closing(replies.DATA_TOO_SLOW, self.factory.config.hostname))
+        return True
 
     # --- requests and notices -----------------------------------------------------------
 
