@@ -869,6 +869,24 @@ class ProtocolTests(SynchronousTestCase):
         p.connectionLost(None)
         assert not h.store.messages(ALICE)
 
+    def test_idle_timeout_zero_turns_the_data_rate_off_too(self):
+        # the allowance is idle_timeout + N / 500 s: with no idle timeout
+        # there is no grace to measure from (a pause of seconds in a small
+        # message would be cut), and no idle timer; the limit is off, as
+        # the idle timeout is (docs/configuration.rst)
+        for then, rest in ((b"DATA\r\n", b"body\r\n"), (b"BDAT 3\r\na\r\n", b"BDAT 3\r\nb\r\n")):
+            h = Harness(idle_timeout=0)
+            p, t = h.connect()
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n" + then)
+            take(t)
+            h.clock.advance(5)
+            p.dataReceived(rest)
+            h.clock.advance(5)
+            p.dataReceived(b".\r\n" if then == b"DATA\r\n" else b"BDAT 0 LAST\r\n")
+            said = take(t)
+            assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said
+            assert len(h.store.messages(ALICE)) == 1
+
     def test_a_discarded_chunk_is_timed_from_its_own_start(self):
         # a chunk read only to be refused (no recipient, no MAIL, after a
         # failed chunk) has no message start of its own: it must not be

@@ -88,7 +88,9 @@ minutes would hold the slot for ever), but the limit is never applied
 *during* such a wait: there the session awaits a command, which only the
 idle timeout may end (RFC 5321 4.5.3.2.7).  It is applied while message
 data arrives and whenever the client sends something while a BDAT
-message is open (the next chunk, a ``BDAT 0``, a NOOP)."""
+message is open (the next chunk, a ``BDAT 0``, a NOOP).  Off when the idle
+timeout is (``idle_timeout`` 0): without its grace a small message would
+be cut for a pause of seconds."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
@@ -450,7 +452,8 @@ class SMTPProtocol(Protocol):
         is behind ``MIN_DATA_RATE``; whether it did.  Its time runs from its
         StartMessage (DATA, or the first BDAT: the answer it waited for
         counts, as it always did) -- a chunk read only to be refused has
-        none, and is timed from the first look at it.  ``waited``: the idle
+        none, and is timed from the first look at it.  Off with the idle
+        timeout (``idle_timeout`` 0: no grace to allow).  ``waited``: the idle
         timer's look, which judges only while message data is being read
         (a wait between two BDAT chunks is the idle timeout's alone); the
         look after input judges always, since the client's wait is over."""
@@ -459,12 +462,13 @@ class SMTPProtocol(Protocol):
         if reader is not self._timed_reader:  # another message, or none
             self._timed_reader = reader
             self._data_start = self._message_started if self._writer is not None else now
-        if reader is None or engine.waiting or engine.closed or (
+        grace = self.factory.settings.smtp.idle_timeout
+        if reader is None or engine.waiting or engine.closed or grace <= 0 or (
                 waited and not engine.in_message):
             return False
         seconds = now - self._data_start
         octets = reader.size
-        if seconds <= self.factory.settings.smtp.idle_timeout + octets / MIN_DATA_RATE:
+        if seconds <= grace + octets / MIN_DATA_RATE:
             return False
         log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
                  " s): connection closed", client=self.client_name, octets=octets,
