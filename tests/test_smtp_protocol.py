@@ -887,6 +887,38 @@ class ProtocolTests(SynchronousTestCase):
             assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said
             assert len(h.store.messages(ALICE)) == 1
 
+    def test_the_client_reading_our_250_late_is_not_judged(self):
+        # a 250 left in Twisted's buffer goes out when the client reads
+        # (resumeProducing): that is no input, the session still awaits a
+        # command, and only the idle timeout may end that wait
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within 300 + 2 / 500
+        p.pauseProducing()  # the 250 waits in Twisted's buffer
+        assert take(t) == [replies.bdat_chunk(1).text()]
+        h.clock.pump([50] * 5 + [49])
+        p.resumeProducing()  # read at 598 s: behind, but nothing came from the client
+        assert take(t) == [] and not t.disconnecting
+        h.clock.advance(1)  # 300 s since its last command
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
+
+    def test_a_client_that_shuts_down_between_chunks_is_not_too_slow(self):
+        # shutdown(SHUT_WR) between two chunks: the message is dropped as on
+        # a disconnect, the client's doing, not a data-rate cut
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")
+        h.clock.pump([50] * 5 + [49])
+        take(t)
+        p.readConnectionLost()  # 598 s: behind
+        assert take(t) == [] and t.disconnecting
+        p.connectionLost(None)
+        said = [formatEvent(e) for e in self.events if "192.0.2.1" in formatEvent(e)]
+        assert not [line for line in said if "too slow" in line], said
+        assert [line for line in said
+                if line.startswith("192.0.2.1 closed the connection in the middle")], said
+        assert h.spooler.writers[0].state == "aborted"
+
     def test_a_discarded_chunk_is_timed_from_its_own_start(self):
         # a chunk read only to be refused (no recipient, no MAIL, after a
         # failed chunk) has no message start of its own: it must not be

@@ -209,7 +209,7 @@ class SMTPProtocol(Protocol):
         if self._write_paused:
             self._flow()  # held, not answered, until the client reads again
             return
-        self._drive()
+        self._drive(after_read=True)
 
     # --- IHalfCloseableProtocol: a client that shuts down its sending side ---------
 
@@ -274,14 +274,17 @@ class SMTPProtocol(Protocol):
 
     # --- driving the engine ---------------------------------------------------
 
-    def _drive(self) -> None:
+    def _drive(self, after_read: bool = False) -> None:
         """Run the engine until it needs input or an answer, then write once.
 
         An answer that arrives synchronously (a Deferred that has already
         fired) calls ``_drive`` again from inside a handler; that inner call
         returns at once and this loop carries on, so the replies of a batch
         still go out in one write.  At most ``REPLIES_HELD`` commands are
-        answered per call (per reactor turn)."""
+        answered per call (per reactor turn).  ``after_read``: the client's
+        input drives it (``MIN_DATA_RATE`` judges an open message then; any
+        other call, such as the client reading our replies or shutting down
+        its side, ends no wait for a command)."""
         if self._driving:
             return
         engine = self.engine
@@ -300,7 +303,7 @@ class SMTPProtocol(Protocol):
         finally:
             self._driving = False
         if (self._timed_reader is not None or engine.message_reader is not None) \
-                and self._data_too_slow(self.reactor.seconds(), waited=False):
+                and self._data_too_slow(self.reactor.seconds(), after_read):
             self._drive()  # the closing reply, and whatever the engine asks on the way out
             return
         held = engine.replies_held  # read before data_to_send, which clears it
@@ -429,7 +432,7 @@ class SMTPProtocol(Protocol):
         now = self.reactor.seconds()
         idle = now - self._last_activity
         engine = self.engine
-        if self._data_too_slow(now, waited=True):
+        if self._data_too_slow(now, after_read=False):
             self._drive()
             return
         if engine.waiting or idle < limit:
@@ -447,16 +450,16 @@ class SMTPProtocol(Protocol):
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
 
-    def _data_too_slow(self, now: float, waited: bool) -> bool:
+    def _data_too_slow(self, now: float, after_read: bool) -> bool:
         """Close the session (``DATA_TOO_SLOW``) when the message under way
         is behind ``MIN_DATA_RATE``; whether it did.  Its time runs from its
         StartMessage (DATA, or the first BDAT: the answer it waited for
         counts, as it always did) -- a chunk read only to be refused has
         none, and is timed from the first look at it.  Off with the idle
-        timeout (``idle_timeout`` 0: no grace to allow).  ``waited``: the idle
-        timer's look, which judges only while message data is being read
-        (a wait between two BDAT chunks is the idle timeout's alone); the
-        look after input judges always, since the client's wait is over."""
+        timeout (``idle_timeout`` 0: no grace to allow).  Any look judges
+        while message data is being read; between two BDAT chunks only one
+        ``after_read`` (the client's wait is over): that wait is the idle
+        timeout's alone."""
         engine = self.engine
         reader = engine.message_reader
         if reader is not self._timed_reader:  # another message, or none
@@ -464,7 +467,7 @@ class SMTPProtocol(Protocol):
             self._data_start = self._message_started if self._writer is not None else now
         grace = self.factory.settings.smtp.idle_timeout
         if reader is None or engine.waiting or engine.closed or grace <= 0 or (
-                waited and not engine.in_message):
+                not after_read and not engine.in_message):
             return False
         seconds = now - self._data_start
         octets = reader.size
