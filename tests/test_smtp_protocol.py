@@ -887,6 +887,26 @@ class ProtocolTests(SynchronousTestCase):
             assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said
             assert len(h.store.messages(ALICE)) == 1
 
+    def test_a_client_that_does_not_read_is_judged_on_what_it_sends(self):
+        # Twisted's buffer is full (the client does not read our replies):
+        # what it sends is held, not answered -- but a read while a BDAT
+        # message is open is judged all the same, or BDAT 1 every few
+        # minutes (each a command line: activity) would hold the slot again
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        p.pauseProducing()
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within 300 + 1 / 500
+        assert take(t) == [] and not t.disconnecting
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nc")  # 598 s
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
+        assert said == ["message data from 192.0.2.1 too slow (1 octets in 598 s): "
+                        "connection closed"], said
+        p.connectionLost(None)
+        assert not h.store.messages(ALICE)
+        assert h.spooler.writers[0].state == "aborted"
+
     def test_the_client_reading_our_250_late_is_not_judged(self):
         # a 250 left in Twisted's buffer goes out when the client reads
         # (resumeProducing): that is no input, the session still awaits a

@@ -207,7 +207,13 @@ class SMTPProtocol(Protocol):
             self._last_activity = self.reactor.seconds()
         engine.receive_data(data)
         if self._write_paused:
-            self._flow()  # held, not answered, until the client reads again
+            # held, not answered, until the client reads again; a read
+            # while a message is open is judged all the same (MIN_DATA_RATE)
+            if engine.message_reader is not None and self._data_too_slow(
+                    self.reactor.seconds(), after_read=True):
+                self._drive()
+                return
+            self._flow()
             return
         self._drive(after_read=True)
 
