@@ -887,6 +887,39 @@ class ProtocolTests(SynchronousTestCase):
             assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said
             assert len(h.store.messages(ALICE)) == 1
 
+    def test_a_last_chunk_behind_a_long_pipelined_batch_is_taken(self):
+        # a read is answered REPLIES_HELD commands a turn: it is judged once
+        # all of it is answered, so a LAST chunk at its end has ended the
+        # message by then, as in a short read
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within 300 + 2 / 500
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nc" * 200 + b"BDAT 1 LAST\r\nd")  # 598 s: behind
+        h.clock.pump([0] * 5)  # the next turns
+        said = take(t)
+        assert said[:-1] == [replies.bdat_chunk(1).text()] * 201, said[-3:]
+        assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said[-3:]
+        assert len(h.store.messages(ALICE)) == 1
+
+    def test_the_rest_of_a_long_batch_is_judged_when_answered_later(self):
+        # the rest of a long read answered once the client reads our
+        # replies (resumeProducing, not the next turn) is judged then: a
+        # batch of BDAT 0 every few minutes must not slip through unjudged
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within 300 + 2 / 500
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 0\r\n" * 200)  # 598 s: behind; 128 answered this turn
+        p.pauseProducing()  # and Twisted's buffer is full before the next
+        h.clock.advance(0)
+        assert not t.disconnecting
+        p.resumeProducing()  # the client reads: the other 72 are answered
+        said = take(t)
+        assert said == [replies.bdat_chunk(1).text()] + [replies.bdat_chunk(0).text()] * 200 + [
+            closing(replies.DATA_TOO_SLOW)], said[-3:]
+        assert t.disconnecting
+
     def test_a_client_that_does_not_read_is_judged_on_what_it_sends(self):
         # Twisted's buffer is full (the client does not read our replies):
         # what it sends is held, not answered -- but a read while a BDAT

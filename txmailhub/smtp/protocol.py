@@ -308,11 +308,13 @@ class SMTPProtocol(Protocol):
             return
         finally:
             self._driving = False
-        if (self._timed_reader is not None or engine.message_reader is not None) \
+        held = engine.replies_held  # read before data_to_send, which clears it
+        # (a read answered over several turns is judged once all answered:
+        # a LAST chunk at its end has ended the message by then)
+        if not held and (self._timed_reader is not None or engine.message_reader is not None) \
                 and self._data_too_slow(self.reactor.seconds(), after_read):
             self._drive()  # the closing reply, and whatever the engine asks on the way out
             return
-        held = engine.replies_held  # read before data_to_send, which clears it
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
         buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
         if buffered and not engine.closed:
@@ -389,7 +391,7 @@ class SMTPProtocol(Protocol):
             return
         self._flow()
         if not self._write_paused:
-            self._drive()
+            self._drive(after_read=True)  # the rest of the client's read
 
     # --- IPushProducer: Twisted's say, once replies pile up -----------------------
 
@@ -403,7 +405,9 @@ class SMTPProtocol(Protocol):
             return
         self._flow()
         if self.engine is not None and not self.engine.closed:
-            self._drive()  # what was held meanwhile
+            # what was held meanwhile: the rest of the client's reads, if any
+            # (the client reading our replies alone is no input)
+            self._drive(after_read=self.engine.has_input)
 
     def stopProducing(self) -> None:
         pass  # the connection is going; connectionLost cleans up
