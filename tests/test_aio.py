@@ -159,6 +159,26 @@ class AioSyncsTests(SynchronousTestCase):
         self.successResultOf(published)
         self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
+    def test_a_failing_close_still_answers(self):
+        # the descriptor was opened only for the sync: its close failing
+        # (EIO on some network filesystems) must not leave callers waiting
+        path = os.path.join(self.dir, "f")
+        open(path, "wb").close()
+        real_close = os.close
+
+        def close(fd):
+            real_close(fd)
+            raise OSError(errno.EIO, "close failed")
+
+        plain = self.ask(path)
+        published = self.ask(path, Publication([]))
+        self.patch(aio.os, "close", close)
+        self.finish()
+        self.finish()
+        self.successResultOf(plain)
+        self.successResultOf(published)
+        self.assertTrue(self.aio.idle())
+
     def test_a_missing_path_fails_without_a_request(self):
         d = self.ask(os.path.join(self.dir, "missing"))
         self.failureResultOf(d, FileNotFoundError)

@@ -227,9 +227,10 @@ class AioSyncs:
     ``ring`` is a ``KernelRing`` (tests give a fake); ``reactor`` must
     have ``addReader``/``removeReader``.  Each method takes the request's
     Deferred and fires it.  ``broken`` turns true when the kernel refused
-    a request as not possible here (``_refused``; that one, and any still waiting, are then
-    fsynced on the reactor thread; the ``Syncer`` sends new requests to
-    its threads).  ``idle()`` tells whether nothing is in flight.
+    a request as not possible here (``_refused``; that one, and any still
+    waiting, are then fsynced on the reactor thread; the ``Syncer`` sends
+    new requests to its threads).  ``idle()`` tells whether nothing is in
+    flight.
     """
 
     def __init__(self, reactor: Any, ring: Any) -> None:
@@ -275,7 +276,7 @@ class AioSyncs:
 
         def synced(res: int) -> None:
             if own:
-                os.close(fd)
+                _close_quietly(fd)
             if res < 0:
                 d.errback(OSError(-res, os.strerror(-res)))
             elif then is None:
@@ -349,7 +350,7 @@ class AioSyncs:
             return
 
         def synced(res: int) -> None:
-            os.close(fd)
+            _close_quietly(fd)
             self._dir_settle(path, state, group,
                              OSError(-res, os.strerror(-res)) if res < 0 else None)
 
@@ -453,6 +454,15 @@ class AioSyncs:
                 continue
             del self._backlog[0]
             self._ops[self._key] = on_done
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor opened only to be synced: the sync's result is
+    what counts, and an error here must not keep its callers waiting."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _fsync_now(fd: int) -> int:
