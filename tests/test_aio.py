@@ -349,6 +349,23 @@ class AioSyncsTests(SynchronousTestCase):
         self.successResultOf(good)
         self.assertTrue(self.aio.idle())
 
+    def test_a_failing_completion_from_the_backlog_does_not_escape(self):
+        self.patch(aio, "log", _Quiet())
+
+        def bug(res):
+            raise RuntimeError("a bug in a completion")
+
+        self.ring.room = 1
+        first = self.ask(5)
+        self.aio._submit(6, bug)  # waits for room
+        good = self.ask(7)
+        self.ring.refuse = OSError(errno.EBADF, "bad fd")  # the backlog's first submit
+        self.finish()  # does not raise
+        self.successResultOf(first)
+        self.finish()
+        self.successResultOf(good)
+        self.assertTrue(self.aio.idle())
+
     def test_an_unreadable_ring_fails_what_is_in_it_and_gives_it_up(self):
         self.patch(aio, "log", _Quiet())
         ds = [self.ask(5), self.ask(6)]

@@ -431,14 +431,11 @@ class AioSyncs:
         for key, res in done:
             on_done = self._ops.pop(key, None)
             if on_done is not None:
-                try:
-                    on_done(res)
-                except Exception:  # a bug: log it, and go on with the others
-                    log.failure("a sync's completion failed")
+                _complete(on_done, res)
         while self._backlog:
             if self.broken:
                 fd, on_done = self._backlog.pop(0)
-                on_done(_fsync_now(fd))
+                _complete(on_done, _fsync_now(fd))
                 continue
             fd, on_done = self._backlog[0]
             self._key += 1
@@ -450,10 +447,22 @@ class AioSyncs:
                 return
             except OSError as e:
                 del self._backlog[0]
-                self._refused(fd, e, on_done)
+                try:
+                    self._refused(fd, e, on_done)
+                except Exception:
+                    log.failure("a sync's completion failed")
                 continue
             del self._backlog[0]
             self._ops[self._key] = on_done
+
+
+def _complete(on_done: Callable[[int], None], res: int) -> None:
+    """Give a request its result; a bug in what it runs is logged, and the
+    other requests go on (``reap`` must never raise)."""
+    try:
+        on_done(res)
+    except Exception:
+        log.failure("a sync's completion failed")
 
 
 def _close_quietly(fd: int) -> None:
