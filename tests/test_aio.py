@@ -48,10 +48,10 @@ class FakeRing:
         return fd
 
     def reap(self):
-        done = [(k, r) for k, r in self._done if k is not None]
+        done, self._done = self._done, []
         # completed requests leave the ring for good
-        self.submitted = [(fd, k) for fd, k in self.submitted if k not in {k for k, _ in done}]
-        self._done = []
+        keys = {k for k, _ in done}
+        self.submitted = [(fd, k) for fd, k in self.submitted if k not in keys]
         return done
 
     def close(self):
@@ -88,6 +88,10 @@ class Publication:
         if self.settle_error:
             raise self.settle_error
         return "settled"
+
+
+def _buggy_completion(res):
+    raise RuntimeError("a bug in a completion")
 
 
 class _Quiet:
@@ -337,11 +341,7 @@ class AioSyncsTests(SynchronousTestCase):
 
     def test_a_failing_completion_does_not_stop_the_others(self):
         self.patch(aio, "log", _Quiet())
-
-        def bug(res):
-            raise RuntimeError("a bug in a completion")
-
-        self.aio._submit(5, bug)
+        self.aio._submit(5, _buggy_completion)
         good = self.ask(6)
         self.ring.complete(0)
         self.ring.complete(0)
@@ -351,13 +351,9 @@ class AioSyncsTests(SynchronousTestCase):
 
     def test_a_failing_completion_from_the_backlog_does_not_escape(self):
         self.patch(aio, "log", _Quiet())
-
-        def bug(res):
-            raise RuntimeError("a bug in a completion")
-
         self.ring.room = 1
         first = self.ask(5)
-        self.aio._submit(6, bug)  # waits for room
+        self.aio._submit(6, _buggy_completion)  # waits for room
         good = self.ask(7)
         self.ring.refuse = OSError(errno.EBADF, "bad fd")  # the backlog's first submit
         self.finish()  # does not raise

@@ -887,14 +887,20 @@ class ProtocolTests(SynchronousTestCase):
             assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said
             assert len(h.store.messages(ALICE)) == 1
 
+    def two_chunks_then_a_wait(self):
+        """Two one-octet BDAT chunks 299 s apart (within 300 + 2 / 500 s),
+        then 299 s more: the message is behind once the client speaks."""
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")
+        h.clock.pump([50] * 5 + [49])
+        return h, p, t
+
     def test_a_last_chunk_behind_a_long_pipelined_batch_is_taken(self):
         # a read is answered REPLIES_HELD commands a turn: it is judged once
         # all of it is answered, so a LAST chunk at its end has ended the
         # message by then, as in a short read
-        h, p, t = self.in_a_message(b"BDAT 1\r\na")
-        h.clock.pump([50] * 5 + [49])
-        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within 300 + 2 / 500
-        h.clock.pump([50] * 5 + [49])
+        h, p, t = self.two_chunks_then_a_wait()
         p.dataReceived(b"BDAT 1\r\nc" * 200 + b"BDAT 1 LAST\r\nd")  # 598 s: behind
         h.clock.pump([0] * 5)  # the next turns
         said = take(t)
@@ -906,10 +912,7 @@ class ProtocolTests(SynchronousTestCase):
         # the rest of a long read answered once the client reads our
         # replies (resumeProducing, not the next turn) is judged then: a
         # batch of BDAT 0 every few minutes must not slip through unjudged
-        h, p, t = self.in_a_message(b"BDAT 1\r\na")
-        h.clock.pump([50] * 5 + [49])
-        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within 300 + 2 / 500
-        h.clock.pump([50] * 5 + [49])
+        h, p, t = self.two_chunks_then_a_wait()
         p.dataReceived(b"BDAT 0\r\n" * 200)  # 598 s: behind; 128 answered this turn
         p.pauseProducing()  # and Twisted's buffer is full before the next
         h.clock.advance(0)

@@ -469,8 +469,12 @@ class Syncer:
 
         return d.addCallback(stop_pool)
 
+    def _busy(self) -> bool:
+        """Anything requested and not yet over, on either path."""
+        return bool(self._aio_busy or self._in_flight or self._pending)
+
     def _wait_idle(self) -> defer.Deferred:
-        if not self._in_flight and not self._pending and not self._aio_busy:
+        if not self._busy():
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append(d)
@@ -565,7 +569,7 @@ class Syncer:
         after a refusal (``EINVAL``) the ring's requests still in flight
         and the threads' batches finish side by side, and the ring may be
         closed only after the last of them."""
-        if self._aio_busy or self._in_flight or self._pending:
+        if self._busy():
             return
         waiters, self._idle_waiters = self._idle_waiters, []
         for d in waiters:
