@@ -6,6 +6,7 @@ import datetime
 import os
 import re
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -237,3 +238,83 @@ def test_the_advice_for_a_key_with_a_passphrase_works(tmp_path):
     subprocess.run(["sh", "-c", shell], input=b"secret\n", check=True, capture_output=True)
     assert tls.pair_findings(cert, key)[0] == []
     assert os.stat(key).st_mode & 0o077 == 0
+
+
+# --- resumption (RFC 8446 2.2, RFC 5077): a returning client skips the
+# certificate's signature and the full key exchange
+
+
+def _pump(server: SSL.Connection, client, incoming, outgoing) -> None:
+    """Carry what each side wrote to the other until neither has more."""
+    for _ in range(50):
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        out = outgoing.read()
+        if out:
+            server.bio_write(out)
+        try:
+            server.do_handshake()
+        except SSL.WantReadError:
+            pass
+        try:
+            data = server.bio_read(1 << 16)
+        except SSL.WantReadError:
+            data = b""
+        incoming.write(data)
+        if not out and not data:
+            return
+
+
+def _client(version=ssl.TLSVersion.MAXIMUM_SUPPORTED) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = version
+    return context
+
+
+def _connect(factory, context: ssl.SSLContext, session=None):
+    """One TLS connection from a stdlib client to ``factory``'s context, in
+    memory; the client's session (with the tickets the server sent after
+    the handshake) and whether it was resumed."""
+    server = SSL.Connection(factory.getContext(), None)
+    server.set_accept_state()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="mail.example.org",
+                              session=session)
+    _pump(server, client, incoming, outgoing)
+    server.send(b"220 ready\r\n")  # TLS 1.3 tickets reach the client with data
+    incoming.write(server.bio_read(1 << 16))
+    assert client.read(100) == b"220 ready\r\n"
+    return client.session, client.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_returning_client_resumes_its_session(tmp_path, version):
+    factory = tls.ReloadingTLS(*pair(tmp_path), Clock())
+    client = _client(version)
+    session, reused = _connect(factory, client)
+    assert not reused and session is not None
+    _, reused = _connect(factory, client, session)
+    assert reused
+
+
+def test_ticket_keys_are_renewed(tmp_path):
+    # tickets are sealed with keys that live in the process; after
+    # TICKET_KEY_LIFETIME a new context with new keys serves, so a stolen
+    # ticket key opens an hour of sessions at most -- and the old
+    # tickets then buy a full handshake, not a failure
+    clock = Clock()
+    factory = tls.ReloadingTLS(*pair(tmp_path), clock)
+    first = serial_served(factory)
+    client = _client()
+    session, _ = _connect(factory, client)
+    clock.advance(tls.TICKET_KEY_LIFETIME - 1)
+    assert _connect(factory, client, session)[1]
+    clock.advance(1)
+    fresh, reused = _connect(factory, client, session)
+    assert not reused and fresh is not None
+    assert serial_served(factory) == first  # the same pair, new keys
+    assert _connect(factory, client, fresh)[1]

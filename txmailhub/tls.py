@@ -47,6 +47,11 @@ CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 EXPIRY_WARNING = datetime.timedelta(days=14)
 # How often a listener may look at the files (two stat calls).
 CHECK_INTERVAL = 10.0
+# How long the keys that seal session tickets (RFC 5077, RFC 8446 4.6.1)
+# serve before a new context with new keys replaces them; also the
+# longest a ticket is good for.  The keys live only in this process: a
+# restart or a new certificate ends every ticket too.
+TICKET_KEY_LIFETIME = 3600.0
 
 
 class TLSFilesError(ValueError):
@@ -149,13 +154,21 @@ def tls_options(certificate: str, key: str) -> Any:
 def _options(chain: list[Any], private_key: Any) -> Any:
     from twisted.internet import ssl
 
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=private_key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
+        # A client that comes back (a mail program polling, a peer MTA
+        # with a TLS session cache) resumes with a ticket: no certificate
+        # signature, no full key exchange on TLS 1.2; TLS 1.3 still makes
+        # a new (EC)DHE share when the client offers psk_dhe_ke, as the
+        # common ones do.  Stateless: nothing is cached per client here.
+        enableSessionTickets=True,
     )
+    options.getContext().set_timeout(int(TICKET_KEY_LIFETIME))
+    return options
 
 
 def _stamp(*paths: str) -> tuple[Any, ...]:
@@ -182,9 +195,10 @@ class ReloadingTLS:
         self.certificate = certificate
         self.key = key
         self.clock = clock
-        self._options = tls_options(certificate, key)
+        self._pair = load_pair(certificate, key)
+        self._options = _options(*self._pair)
         self._stamp = _stamp(certificate, key)
-        self._looked = self._now()
+        self._looked = self._keyed = self._now()
         #: why the last ``reload()`` kept the old pair (for the SIGHUP line)
         self.failure: str | None = None
 
@@ -201,6 +215,12 @@ class ReloadingTLS:
             self._looked = now
             if _stamp(self.certificate, self.key) != self._stamp:
                 self.reload()
+        if now - self._keyed >= TICKET_KEY_LIFETIME:
+            # the same pair in a new context: OpenSSL draws new ticket
+            # keys for it, and tickets sealed with the old ones are
+            # answered with a full handshake
+            self._options = _options(*self._pair)
+            self._keyed = now
         return self._options.getContext()
 
     def reload(self) -> bool:
@@ -217,7 +237,9 @@ class ReloadingTLS:
                           "ones: {why}", why=str(e))
                 self._stamp = stamp  # said once; a later change is looked at again
             return False
+        self._pair = chain, private_key
         self._options = options
+        self._keyed = self._now()
         self._stamp = stamp
         self.failure = None
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",

@@ -434,3 +434,22 @@ def test_submission_adds_the_date_and_message_id_a_message_lacks(make_hub):
         s.sendmail("x@remote.test", ["alice@example.org"], b"Subject: mx\r\n\r\nbody\r\n")
     (stored,) = hub.messages("alice@example.org")
     assert b"Date:" not in stored and b"Message-ID:" not in stored
+
+
+def test_a_returning_tls_client_resumes_its_session(make_hub):
+    # a mail program that polls, or a peer with a TLS session cache, comes
+    # back with its ticket and skips the full handshake -- on both
+    # implicit-TLS listeners, with the stdlib's own client
+    hub = make_hub(tls=True)
+    ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
+    for port, bye in ((hub.smtps_port, b"QUIT\r\n"), (hub.pop3s_port, b"QUIT\r\n")):
+        session = None
+        for visit in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                greeting = s.recv(1000)
+                assert greeting.startswith((b"220 ", b"+OK")), greeting
+                assert s.session_reused == (visit == 1), (port, visit)
+                session = s.session
+                s.sendall(bye)
+                assert s.recv(1000).startswith((b"221 ", b"+OK"))
