@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txmailhub.address import Address
@@ -30,6 +31,7 @@ from txmailhub.store.maildir import (
     uid_for_name,
 )
 from txmailhub.store.spool import Spooler
+from txmailhub.store.sync import Syncer
 from txmailhub.testing import SyncerSpy
 
 JOE = Address("joe", "example.org")
@@ -44,6 +46,43 @@ class Clock:
     def __call__(self):
         self.now += 0.001
         return self.now
+
+
+class CallRecorder(SyncerSpy):
+    """A ``SyncerSpy`` whose ``call()`` keeps each job for the test to run,
+    as the worker threads would: later, and not on the caller's thread
+    (``run_jobs`` runs them on a thread of their own, then fires their
+    Deferreds on the caller's, as the reactor would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.jobs = []
+
+    def call(self, f, *args):
+        d = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_jobs(self):
+        """Run the jobs asked for so far (not those their results ask for)."""
+        jobs, self.jobs = self.jobs, []
+        for f, args, d in jobs:
+            out = []
+
+            def work(f=f, args=args, out=out):
+                try:
+                    out.append((True, f(*args)))
+                except Exception as e:
+                    out.append((False, e))
+
+            worker = threading.Thread(target=work, name="test-worker")
+            worker.start()
+            worker.join()
+            ok, value = out[0]
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
 
 
 class Base(SynchronousTestCase):
@@ -345,6 +384,148 @@ class DeliveryTests(Base):
         out = self.successResultOf(store.deliver(msg, [JOE]))
         self.assertEqual(out[JOE].errno, errno.ENOSPC)
         self.assertEqual(os.listdir(os.path.join(self.md(), "tmp")), [])
+        self.assertEqual(len(self.names()), 1)
+
+    def copy_spy(self, fail=None):
+        """Record the thread of every ``_copy_to`` (the data copy); ``fail``
+        maps a Maildir to the error its copy raises."""
+        threads = []
+        real = maildir_module._copy_to
+
+        def spy(src, dst):
+            threads.append(threading.current_thread())
+            for md, error in (fail or {}).items():
+                if dst.startswith(md + os.sep):
+                    raise error
+            return real(src, dst)
+
+        self.patch(maildir_module, "_copy_to", spy)
+        return threads
+
+    def test_the_copy_runs_on_the_syncer_threads_not_the_reactor(self):
+        # A 50 MiB message copied to another filesystem: on the reactor
+        # thread, every other session would wait for the whole copy.
+        bob = Address("bob", "example.org")
+        self.deliver([JOE, ANN, bob])  # the Maildirs exist
+
+        def link(src, dst):  # JOE's folder can link, the others cannot
+            if not dst.startswith(self.md(JOE) + os.sep):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            os.link(src, dst)
+
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer, link=link)
+        threads = self.copy_spy()
+        before = self.names(ANN)
+        msg = self.spool()
+        d = store.deliver(msg, [JOE, ANN, bob])
+        self.assertEqual(threads, [])  # nothing copied on the caller's thread
+        for who in (ANN, bob):
+            self.assertEqual(self.names(who, "tmp"), [])
+        self.assertNoResult(d)
+        self.assertEqual(len(syncer.jobs), 1)  # both copies in one job
+        syncer.run_jobs()
+        self.assertEqual(len(threads), 2)
+        self.assertNotIn(threading.current_thread(), threads)
+        self.assertEqual({t.name for t in threads}, {"test-worker"})
+        self.assertEqual(self.successResultOf(d), {JOE: None, ANN: None, bob: None})
+        for who in (JOE, ANN, bob):
+            self.assertEqual(len(self.names(who)), 2)
+            self.assertEqual(self.names(who, "tmp"), [])
+        (new,) = set(self.names(ANN)) - set(before)
+        path = os.path.join(self.md(ANN), "new", new)
+        self.assertNotEqual(os.stat(path).st_ino, os.stat(msg.path).st_ino)  # a copy
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), BODY)
+        # every step after the copy is still there: its data synced, then
+        # the rename into new/, then new/ synced
+        fds = [t for kind, t in syncer.calls if kind == "file"]
+        self.assertEqual(len(fds), 2)
+        for fd in fds:
+            self.assertRaises(OSError, os.fstat, fd)  # closed once synced
+        self.assertIn(("dir", os.path.join(self.md(ANN), "new")), syncer.calls)
+        self.spooler.discard(msg)
+
+    def test_a_copy_off_the_reactor_is_not_visible_before_its_data_is_durable(self):
+        store = self.store_without_links()
+        self.deliver([JOE])
+        self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
+        syncer = CallRecorder()
+        store.syncer = syncer
+        syncer.hold = True
+        d = store.deliver(self.spool(), [JOE])
+        syncer.run_jobs()
+        self.assertEqual(len(self.names(sub="tmp")), 1)  # copied, in tmp/ alone
+        self.assertEqual(len(self.names()), 2)
+        ((kind, _fd),) = syncer.calls
+        self.assertEqual(kind, "file")
+        syncer.release()  # the data is durable: renamed into new/, new/ synced
+        self.assertNoResult(d)
+        self.assertEqual(len(self.names()), 3)
+        self.assertEqual(syncer.calls[-1], ("dir", os.path.join(self.md(), "new")))
+        syncer.release()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(self.names(sub="tmp"), [])
+
+    def test_a_copy_that_fails_fails_that_mailbox_alone(self):
+        bob = Address("bob", "example.org")
+        self.deliver([JOE, ANN, bob])
+        store = self.store_without_links()
+        self.copy_spy(fail={self.md(ANN): OSError(errno.ENOSPC, "No space left on device")})
+        self.syncer.fail[os.path.join(self.md(bob), "new")] = OSError(errno.EIO, "I/O error")
+        out = self.successResultOf(store.deliver(self.spool(), [JOE, ANN, bob]))
+        self.assertIsNone(out[JOE])
+        self.assertEqual(out[ANN].errno, errno.ENOSPC)  # the copy itself
+        self.assertEqual(out[bob].errno, errno.EIO)  # its new/ could not be synced
+        self.assertEqual(len(self.names(JOE)), 2)
+        for who in (ANN, bob):
+            self.assertEqual(len(self.names(who)), 1)  # nothing left: no duplicate on retry
+            self.assertEqual(self.names(who, "tmp"), [])
+
+    def test_a_stopped_syncer_fails_each_copy_and_spares_the_links(self):
+        self.deliver([JOE, ANN])
+
+        def link(src, dst):
+            if dst.startswith(self.md(ANN) + os.sep):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            os.link(src, dst)
+
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=link)
+        self.syncer.call = lambda f, *args: defer.fail(LocalError("the syncer is stopped"))
+        out = self.successResultOf(store.deliver(self.spool(), [JOE, ANN]))
+        self.assertIsNone(out[JOE])
+        self.assertIsInstance(out[ANN], LocalError)
+        self.assertEqual(len(self.names(JOE)), 2)
+        self.assertEqual(len(self.names(ANN)), 1)
+        self.assertEqual(self.names(ANN, "tmp"), [])  # no copy was even begun
+
+    def test_a_copy_whose_syncer_stops_before_its_fsync_leaves_nothing(self):
+        self.deliver([JOE])
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer,
+                             link=self.store_without_links()._link)
+        store._ensure(self.md())
+        store._synced(self.md(), store._ensure(self.md()))
+        d = store.deliver(self.spool(), [JOE])
+        syncer.fail_kind["file"] = LocalError("the syncer is stopped")  # meanwhile
+        syncer.run_jobs()
+        self.assertIsInstance(self.successResultOf(d)[JOE], LocalError)
+        ((_, fd),) = syncer.calls
+        self.assertRaises(OSError, os.fstat, fd)  # closed
+        self.assertEqual(self.names(sub="tmp"), [])
+        self.assertEqual(len(self.names()), 1)
+
+    def test_a_syncer_without_call_copies_on_the_callers_thread(self):
+        class Plain:
+            def __init__(self, spy):
+                self.sync_each, self.sync = spy.sync_each, spy.sync
+
+        threads = self.copy_spy()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", Plain(self.syncer),
+                             link=self.store_without_links()._link)
+        self.assertEqual(self.successResultOf(store.deliver(self.spool(), [JOE])),
+                         {JOE: None})
+        self.assertEqual(threads, [threading.current_thread()])
         self.assertEqual(len(self.names()), 1)
 
     def test_other_link_errors_fail_that_mailbox(self):
@@ -1356,6 +1537,74 @@ class ProcessTests(SynchronousTestCase):
             box.close()
 
 
+class RealSyncerCopyTests(TestCase):
+    """The copy fallback with a real ``Syncer`` in thread mode and the real
+    reactor (a few small files)."""
+
+    timeout = 20
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.state = os.path.abspath(self.mktemp())
+        spy = SyncerSpy()
+        self.spooler = Spooler(os.path.join(self.state, "spool"), spy)
+        self.syncer = Syncer(reactor, method="fsync", threads=2)
+        self.syncer.start()
+        self.addCleanup(self.syncer.stop)
+
+        def refuse(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        self.store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer,
+                                  link=refuse)
+        self.threads = []
+        real = maildir_module._copy_to
+
+        def spy_copy(src, dst):
+            self.threads.append(threading.current_thread())
+            return real(src, dst)
+
+        self.patch(maildir_module, "_copy_to", spy_copy)
+
+    def spool(self):
+        w = self.spooler.open()
+        w.write(BODY)
+        return self.successResultOf(w.finish())
+
+    def new(self, address=JOE):
+        return os.listdir(os.path.join(self.store.maildir_path(address), "new"))
+
+    @defer.inlineCallbacks
+    def test_the_copy_runs_on_a_worker_thread(self):
+        msg = self.spool()
+        out = yield self.store.deliver(msg, [JOE, ANN])
+        self.assertEqual(out, {JOE: None, ANN: None})
+        self.assertEqual(len(self.threads), 2)
+        self.assertNotIn(threading.current_thread(), self.threads)
+        self.assertEqual({t.name for t in self.threads}, {"txmailhub-sync"})
+        for who in (JOE, ANN):
+            (name,) = self.new(who)
+            with open(os.path.join(self.store.maildir_path(who), "new", name), "rb") as f:
+                self.assertEqual(f.read(), BODY)
+            self.assertEqual(os.listdir(os.path.join(self.store.maildir_path(who), "tmp")), [])
+
+    @defer.inlineCallbacks
+    def test_stop_during_the_copy_still_delivers_and_a_stopped_syncer_refuses(self):
+        msg = self.spool()
+        d = self.store.deliver(msg, [JOE])
+        stopped = self.syncer.stop()  # while the copy is on the worker
+        out = yield d
+        yield stopped
+        self.assertEqual(out, {JOE: None})  # copied, fsynced, renamed, synced
+        self.assertEqual(len(self.new()), 1)
+        # stopped: a clean error for the mailbox, no hang, nothing in tmp/
+        out = yield self.store.deliver(msg, [JOE])
+        self.assertIsInstance(out[JOE], LocalError)
+        self.assertEqual(len(self.new()), 1)
+        self.assertEqual(os.listdir(os.path.join(self.store.maildir_path(JOE), "tmp")), [])
+
+
 class KeyedDeliveryTests(Base):
     """``deliver_keyed``: the queue runner's retries make one copy per key,
     whatever a crash before the runner's record left behind."""
@@ -1434,6 +1683,36 @@ class KeyedDeliveryTests(Base):
         self.assertEqual(out, {JOE: None})
         self.assertEqual(self.names(), [name])
         self.assertEqual(self.names(sub="tmp"), [])
+        with open(os.path.join(self.md(), "new", name), "rb") as f:
+            self.assertEqual(f.read(), BODY)
+        self.spooler.discard(msg)
+
+    def test_a_keyed_copy_replaces_the_leftover_on_the_syncer_threads(self):
+        store = self.store_without_links()
+        syncer = CallRecorder()
+        store.syncer = syncer
+        msg = self.spool()
+        name = store.keyed_name(msg, self.KEY)
+        store._ensure(self.md())
+        leftover = os.path.join(self.md(), "tmp", name)
+        with open(leftover, "wb") as f:
+            f.write(b"half a cop")
+        d = store.deliver_keyed(msg, [JOE], self.KEY)
+        syncer.run_jobs()  # the lookup: not there
+        self.assertNoResult(d)
+        with open(leftover, "rb") as f:  # untouched on the caller's thread
+            self.assertEqual(f.read(), b"half a cop")
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()  # the copy
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(self.names(), [name])
+        self.assertEqual(self.names(sub="tmp"), [])
+        # the retry under the key finds it: still one copy
+        d = store.deliver_keyed(msg, [JOE], self.KEY)
+        syncer.run_jobs()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(syncer.jobs, [])  # no copy job this time
+        self.assertEqual(self.names(), [name])
         with open(os.path.join(self.md(), "new", name), "rb") as f:
             self.assertEqual(f.read(), BODY)
         self.spooler.discard(msg)

@@ -215,6 +215,31 @@ class GroupCommitTests(SynchronousTestCase):
         self.successResultOf(s.stop())
         self.failureResultOf(s.call(print), LocalError)
 
+    def test_stop_waits_for_call_jobs_and_what_their_callers_request(self):
+        # A Maildir copy is made by call() and then fsynced: stop() during
+        # the copy must let the fsync that follows be requested and done,
+        # or a message copied at shutdown is refused half-way.
+        spy = SyscallSpy(self)
+        s = self.syncer("fsync")
+        synced = []
+        d = s.call(lambda: "/copy")
+        d.addCallback(lambda path: s.sync_file(path).addCallback(synced.append))
+        stopped = s.stop()
+        self.assertNoResult(stopped)  # the copy is under way
+        self.threads.run_all()  # the copy; its callback requests the fsync
+        self.assertNoResult(stopped)
+        self.threads.run_all()  # the fsync
+        self.assertEqual(spy.calls, [("fsync", "/copy")])
+        self.assertEqual(synced, [None])
+        self.successResultOf(stopped)
+        # a failing job counts as over too
+        s = self.syncer("fsync")
+        d = s.call(lambda: 1 / 0)
+        stopped = s.stop()
+        self.threads.run_all()
+        self.failureResultOf(d, ZeroDivisionError)
+        self.successResultOf(stopped)
+
     def test_syncfs_through_any_target_that_still_exists(self):
         calls = []
         self.patch(sync, "syncfs", lambda fd, close=False: calls.append(fd) or (

@@ -23,9 +23,11 @@ appears there atomically, never a partial one -- then the ``new/``
 directories (and any directory just created) are made durable through the
 ``Syncer``, all mailboxes of a message in one batch.  Where a link is not
 possible (another filesystem, link limit) the message is copied into
-``tmp/``, fsynced, renamed into ``new/`` and ``new/`` fsynced.  Each
-mailbox has its own outcome; a copy whose directory could not be made
-durable is removed again (best effort), so a retry does not duplicate it.
+``tmp/`` on the syncer's worker threads (``syncer.call``: a copy reads
+and writes the whole message), fsynced, renamed into ``new/`` and
+``new/`` fsynced (``_copy_off``).  Each mailbox has its own outcome; a
+copy whose directory could not be made durable is removed again (best
+effort), so a retry does not duplicate it.
 ``deliver_keyed`` (the queue runner's local retries) first looks for the
 copy an earlier attempt under the same key made, on the syncer's worker
 threads: that may list ``cur/``, as long as the mailbox is.
@@ -316,7 +318,7 @@ class MaildirStore:
         is (``_made_before``, or the error that lookup met)."""
         results: dict[Address, Exception | None] = {}
         linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
-        copies: list[tuple[Address, str, str, int, tuple[str, ...]]] = []
+        to_copy: list[tuple[Address, str, str]] = []  # (address, md, its tmp/ path)
         found: list[tuple[Address, str, tuple[str, ...]]] = []  # keyed copies in cur/
         for address in dict.fromkeys(mailboxes):
             try:
@@ -344,17 +346,8 @@ class MaildirStore:
                 except OSError as e:
                     if e.errno not in _LINK_FALLBACK:
                         raise
-                    tmp = os.path.join(md, "tmp", name)
-                    if key is not None:
-                        # The keyed name is the same on every attempt: a
-                        # crash between the copy and its rename left this
-                        # file, which only the next attempt under the key
-                        # would make; without this O_EXCL refused every
-                        # retry until tmp/ was cleaned, 36 hours on.
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(tmp)
-                    fd = _copy_to(message.path, tmp)
-                    copies.append((address, md, tmp, fd, self._ensure(md)))
+                    # copied on the syncer's worker threads (_copy_off)
+                    to_copy.append((address, md, os.path.join(md, "tmp", name)))
             except Exception as e:
                 log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
                           error=str(e))
@@ -363,11 +356,9 @@ class MaildirStore:
         targets: list[Any] = []
         for _, md, _, dirs in linked:
             targets.extend([*dirs, os.path.join(md, "new")])
-        for _, _, _, fd, dirs in copies:
-            targets.extend([fd, *dirs])
         for _, md, dirs in found:
             targets.extend([*dirs, os.path.join(md, "cur")])
-        ds = iter(self.syncer.sync_each(targets))
+        ds = iter(self.syncer.sync_each(targets) if targets else ())
 
         pending: list[defer.Deferred] = []
         for address, md, new, dirs in linked:
@@ -376,18 +367,14 @@ class MaildirStore:
             if dirs:
                 d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
             pending.append(self._record(d, results, address, new))
-        for address, md, tmp, fd, dirs in copies:
-            mine = [next(ds) for _ in range(len(dirs) + 1)]
-            d = all_done(mine)  # the fd's own request over too: then it may close
-            d.addBoth(_close_fd_passing, fd)
-            d.addCallback(self._publish_copy, md, tmp, dirs)
-            pending.append(self._record(d, results, address, tmp))
         for address, md, dirs in found:
             d = all_done([next(ds) for _ in range(len(dirs) + 1)])
             if dirs:
                 d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
             # no path to take back: the copy is the user's, read already
             pending.append(self._record(d, results, address, None))
+        if to_copy:
+            pending.append(self._copy_off(message.path, to_copy, key is not None, results))
         if len(pending) == 1:  # the common case: no DeferredList
             return pending[0].addCallback(_give, results)
         if not pending:
@@ -449,6 +436,80 @@ class MaildirStore:
             return message, results, False
 
         return d.addCallback(merged)
+
+    def _copy_off(self, source: str, wanted: list[tuple[Address, str, str]], replace: bool,
+                  results: dict) -> defer.Deferred:
+        """Copy ``source`` into the ``tmp/`` path of each mailbox of
+        ``wanted`` (``(address, Maildir, tmp path)``, where it could not be
+        linked), then make each copy durable and rename it into ``new/``
+        (``_publish_copy``).  Fires when every mailbox's outcome is in
+        ``results``; never errbacks.
+
+        Why on the syncer's worker threads (``syncer.call``; on the
+        caller's thread when the syncer has none, as ``open_mailbox``):
+        a copy reads and writes the whole message -- tens of MiB at the
+        size limit, on another filesystem that may be slow -- and on the
+        reactor thread every other session would wait for it.  The links
+        and mkdirs before it stay on the reactor thread: a few metadata
+        calls, and a hand-off to a thread for each of them would cost
+        every delivery what only these copies need.  All mailboxes in one
+        job, each with its own outcome (``_copy_each``).  ``replace``: a
+        keyed name, the same on every attempt, whose leftover in ``tmp/``
+        is removed first (see ``_copy_each``).  A syncer that is stopped
+        refuses the job: that is every such mailbox's error, and no
+        ``tmp/`` file is made."""
+        jobs = [(source, tmp, replace) for _, _, tmp in wanted]
+        call = getattr(self.syncer, "call", None)
+        if call is None:
+            d = defer.maybeDeferred(_copy_each, jobs)
+        else:
+            d = call(_copy_each, jobs)
+
+        def copied(fds: list[int | Exception]) -> defer.Deferred:
+            copies: list[tuple[Address, str, str, int, tuple[str, ...]]] = []
+            for (address, md, tmp), fd in zip(wanted, fds):
+                try:
+                    if isinstance(fd, Exception):
+                        raise fd
+                    try:
+                        dirs = self._ensure(md)  # what is still not durable, now
+                    except BaseException:
+                        _drop_copy(fd, tmp)
+                        raise
+                except Exception as e:
+                    log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
+                              error=str(e))
+                    results[address] = e
+                    continue
+                copies.append((address, md, tmp, fd, dirs))
+            return self._publish_copies(copies, results)
+
+        def not_copied(failure: Any) -> None:  # the syncer is stopped
+            for address, _, _ in wanted:
+                log.error("delivery to {mailbox} failed: {error}", mailbox=str(address),
+                          error=failure.getErrorMessage())
+                results[address] = failure.value
+
+        return d.addCallbacks(copied, not_copied)
+
+    def _publish_copies(self, copies: list[tuple[Address, str, str, int, tuple[str, ...]]],
+                        results: dict) -> defer.Deferred:
+        """Sync each copy's data (its descriptor) and the folders just
+        made for it, all in one batch; then ``_publish_copy``.  A copy
+        whose sync fails is removed from ``tmp/``, for that mailbox
+        alone."""
+        targets: list[Any] = []
+        for _, _, _, fd, dirs in copies:
+            targets.extend([fd, *dirs])
+        ds = iter(self.syncer.sync_each(targets) if targets else ())
+        pending = []
+        for address, md, tmp, fd, dirs in copies:
+            mine = [next(ds) for _ in range(len(dirs) + 1)]
+            d = all_done(mine)  # the fd's own request over too: then it may close
+            d.addBoth(_close_fd_passing, fd)
+            d.addCallback(self._publish_copy, md, tmp, dirs)
+            pending.append(self._record(d, results, address, tmp))
+        return all_done(pending)
 
     def _link_into(self, src: str, new: str, md: str) -> None:
         try:
@@ -728,6 +789,41 @@ def _give(_: Any, results: dict) -> dict:
 def _close_fd_passing(result: Any, fd: int) -> Any:
     os.close(fd)
     return result
+
+
+def _copy_each(jobs: list[tuple[str, str, bool]]) -> list[int | Exception]:
+    """``_copy_to`` for each ``(source, tmp path, replace)`` (run by
+    ``syncer.call``: the copies read and write the whole message), each
+    with its own outcome: the copy's descriptor, still open, or the
+    error.  ``replace``: the tmp name is a keyed one, the same on every
+    attempt -- a crash between an earlier copy and its rename left this
+    file, which only the next attempt under the key would make; without
+    removing it ``O_EXCL`` would refuse every retry until ``tmp/`` was
+    cleaned, 36 hours on."""
+    out: list[int | Exception] = []
+    try:
+        for source, tmp, replace in jobs:
+            try:
+                if replace:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                out.append(_copy_to(source, tmp))
+            except Exception as e:
+                out.append(e)
+    except BaseException:  # nobody will get the descriptors: leave nothing
+        for (_, tmp, _), fd in zip(jobs, out):
+            if isinstance(fd, int):
+                _drop_copy(fd, tmp)
+        raise
+    return out
+
+
+def _drop_copy(fd: int, tmp: str) -> None:
+    """Close and remove a copy that will not be published (best effort)."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 def _copy_to(src: str, dst: str) -> int:

@@ -105,7 +105,8 @@ machine before changing either knob.
 Lifecycle: ``start()`` starts the worker threads (and opens the AIO
 ring), ``stop()`` lets the batch under way, the kernel requests in flight
 and everything already requested finish, then stops them and closes the
-ring (it returns a Deferred).  A request made before ``start()`` starts
+ring (it returns a Deferred); ``call()`` jobs under way count as
+requested.  A request made before ``start()`` starts
 them itself (and asks the reactor to ``stop()`` it before shutdown);
 the threads are daemon threads, so a forgotten ``stop()`` never hangs an
 exiting process; a request made after ``stop()`` errbacks (``LocalError``),
@@ -423,6 +424,7 @@ class Syncer:
         self.method = "syncfs" if method == "syncfs" else "fsync"  # without AIO
         self.aio: AioSyncs | None = None
         self._aio_busy = 0
+        self._calls = 0  # call() jobs not yet over
         self.threads = max(threads, max_batches)
         self.max_batches = max_batches
         self._run_injected = run_in_thread
@@ -471,7 +473,7 @@ class Syncer:
 
     def _busy(self) -> bool:
         """Anything requested and not yet over, on either path."""
-        return bool(self._aio_busy or self._in_flight or self._pending)
+        return bool(self._aio_busy or self._in_flight or self._pending or self._calls)
 
     def _wait_idle(self) -> defer.Deferred:
         if not self._busy():
@@ -523,10 +525,25 @@ class Syncer:
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run another blocking filesystem call (``f(*args)``) on the worker
         threads, outside any batch; fires with its result.  For work that
-        would stall the reactor, like creating inodes ahead of time."""
+        would stall the reactor, like creating inodes ahead of time or
+        copying a message into a Maildir.
+
+        ``stop()`` waits for it as for a sync request, and for the
+        requests the caller's callbacks make when it fires (they run
+        before the job counts as done): a message copied at shutdown is
+        still fsynced and acknowledged, rather than refused half-way."""
         if self._stopped:
             return defer.fail(LocalError("the syncer is stopped"))
-        return self._run(lambda: f(*args))
+        self._calls += 1
+        outer: defer.Deferred = defer.Deferred()
+        inner = self._run(lambda: f(*args))
+        inner.chainDeferred(outer)
+        inner.addBoth(self._call_settled)
+        return outer
+
+    def _call_settled(self, _: Any) -> None:
+        self._calls -= 1
+        self._maybe_idle()
 
     def sync_each(self, targets: Iterable[Target]) -> list[defer.Deferred]:
         """One Deferred per target (files or directories), all requested in
