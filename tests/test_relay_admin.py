@@ -264,3 +264,15 @@ def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monk
     for action in ("list", "flush"):
         with pytest.raises(PermissionError):
             run(settings, action)
+
+
+def test_release_is_counted_for_the_running_hub(setup):
+    # the hub delivering the message right now tells a release made meanwhile
+    # by this count (and finds the change through the .changed file)
+    settings, queue, qid, _ = setup
+    queue.take_flag(CHANGED)
+    assert queue.read(qid).releases == 0
+    assert run(settings, "release", qid)[0] == 0
+    entry = queue.read(qid)
+    assert entry.releases == 1 and entry.next_attempt <= 1_800_000_000
+    assert queue.take_flag(CHANGED)

@@ -678,3 +678,16 @@ def test_an_orcpt_without_notify_and_smtputf8_survive_a_restart(tmp_path, spool)
     again = q.read(q.enqueue(env, spool).result)
     assert again.envelope.smtputf8 is True
     assert dict(again.envelope.recipient_dsn)[bob] == RecipientDSN(orcpt="rfc822;bob@remote.test")
+
+
+def test_a_release_is_counted_in_the_record(tmp_path, spool):
+    # The runner tells a release made while it delivered the entry by the
+    # count changing between the attempt's start and its record.
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    assert q.read(qid).releases == 0
+    q.set_held(qid, True)
+    assert q.read(qid).releases == 0
+    assert q.set_held(qid, False).releases == 1
+    assert q.set_held(qid, False).releases == 2
+    assert q.read(qid).releases == 2  # and it survives a restart

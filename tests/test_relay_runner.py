@@ -886,3 +886,139 @@ def test_control_file_that_cannot_be_taken_does_not_stop_the_queue(hub, monkeypa
     mine = [e for e in log_events if "tick failed" in formatEvent(e)]
     assert mine and all(e["log_level"] == LogLevel.error and "log_failure" not in e
                         for e in mine)
+
+
+# --- `mailhub queue release` while the message's attempt is in flight ----------
+
+
+def test_a_release_during_an_attempt_makes_the_next_attempt_immediate(hub):
+    # The admin's release must not be overwritten by the attempt's own
+    # outcome (the next retry a minute later): the retry comes at once.
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    assert len(hub.agent.calls) == 1
+    assert hub.queue.set_held(qid, False) is not None  # `mailhub queue release`
+    hub.clock.advance(1)  # the hub sees .changed while the attempt runs
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert len(hub.agent.calls) == 2  # at once, not 60 s later
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    # that release is spent: the schedule applies again, no spinning
+    entry = hub.queue.read(qid)
+    assert entry.attempts == 2 and entry.next_attempt == hub.clock.seconds() + 300
+    hub.clock.advance(299)
+    assert len(hub.agent.calls) == 2
+
+
+def test_a_hold_and_release_during_an_attempt_end_released_and_immediate(hub):
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, True)
+    hub.clock.advance(1)
+    hub.queue.set_held(qid, False)
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert not hub.queue.read(qid).held
+    assert len(hub.agent.calls) == 2
+
+
+def test_a_hold_after_a_release_during_an_attempt_wins(hub):
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, False)
+    hub.queue.set_held(qid, True)  # the admin's last word
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    hub.clock.advance(3600)
+    assert hub.queue.read(qid).held and len(hub.agent.calls) == 1
+
+
+def test_a_release_during_an_attempt_that_delivers_everything_leaves_nothing(hub):
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, False)
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert hub.queue.read(qid) is None and hub.queue.ids() == []
+    assert len(hub.agent.calls) == 1
+
+
+def test_a_release_during_an_attempt_is_logged(hub):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+        pending = hub.agent.hold()
+        qid = enqueue(hub, BOB)
+        hub.queue.set_held(qid, False)
+        hub.clock.advance(1)
+        x, r = pending.pop()
+        x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if formatEvent(e).startswith(f"{qid} to ")]
+    assert lines == [f"{qid} to {BOB}: {LATER.text()}; next attempt "
+                     f"{schedule.utc_text(hub.clock.seconds())}"]
+    assert (f"queue entry {qid} released (mailhub queue release) during its delivery "
+            "attempt: tried again at once" in [formatEvent(e) for e in events])
+
+
+def test_a_release_while_a_notice_is_sent_is_not_lost(tmp_path):
+    # The attempt's record is written, then a notice goes out (here: it
+    # fails, so nothing more is written).  A release meanwhile is on disk;
+    # the hub, which skipped the entry while busy with it, must see it too.
+    h = make_hub(tmp_path)
+    notices = []
+
+    def send_dsn(components, envelope, data):
+        notices.append(defer.Deferred())
+        return notices[-1]
+
+    h.runner.send_dsn = send_dsn
+    try:
+        h.runner.start()
+        h.agent.script = lambda e, d, r: [
+            DeliveryResult(a, "permanent" if a == BOB else "transient",
+                           NO if a == BOB else LATER, "mx") for a in r]
+        qid = enqueue(h, BOB, CAROL)
+        assert len(h.agent.calls) == 2 and len(notices) == 1
+        assert h.queue.read(qid).next_attempt == h.clock.seconds() + 60
+        h.queue.set_held(qid, False)  # `mailhub queue release`
+        h.clock.advance(1)  # seen while the notice is on its way
+        notices.pop().errback(RuntimeError("spool full"))
+        assert len(h.agent.calls) == 3  # CAROL again, at once
+    finally:
+        h.runner.stop()
+
+
+def test_a_release_during_an_attempt_whose_record_failed_is_honoured_later(hub, monkeypatch):
+    # The outcome could not be written (no descriptor); a minute later the
+    # kept results are recorded: the release made during that attempt still
+    # counts, and the next attempt is at once, not a schedule step later.
+    hub.runner.start()
+    real = hub.queue.update
+    broken = [True]
+
+    def update(qid, change):
+        if broken[0]:
+            return defer.fail(OSError(24, "Too many open files"))
+        return real(qid, change)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, False)
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert qid in hub.runner._unrecorded and len(hub.agent.calls) == 1
+    broken[0] = False
+    hub.clock.advance(60)
+    assert hub.queue.read(qid).attempts == 1
+    assert len(hub.agent.calls) == 2

@@ -355,12 +355,17 @@ class OutboundQueue:
         return True
 
     def set_held(self, queue_id: str, held: bool) -> QueueEntry | None:
+        """Hold an entry, or release it: due at once, held or not.  A
+        release is counted in the record (``releases``) so that a running
+        hub delivering the entry right now can tell, when it records that
+        attempt, that the admin wants the next one at once."""
         now = self.clock.seconds()
 
         def change(e: QueueEntry) -> QueueEntry:
             if held:
                 return dataclasses.replace(e, held=True)
-            return dataclasses.replace(e, held=False, next_attempt=min(e.next_attempt, now))
+            return dataclasses.replace(e, held=False, next_attempt=min(e.next_attempt, now),
+                                       releases=e.releases + 1)
 
         entry = self.update_now(queue_id, change)
         self.note_change()

@@ -146,6 +146,11 @@ class QueueEntry:
     size: int = 0  # octets as stored (LF line ends)
     crlf_size: int = 0  # octets on the wire (CRLF line ends, before dot-stuffing)
     eight_bit: bool = False  # the message holds octets above 127
+    # How many times ``mailhub queue release`` was run on it.  The runner
+    # notes the count when an attempt starts: a different count when it
+    # records the outcome means an admin released the entry meanwhile, and
+    # that request must outlive the retry time the attempt would set.
+    releases: int = 0
 
     @property
     def pending(self) -> tuple[RecipientRecord, ...]:
@@ -210,6 +215,7 @@ class QueueEntry:
             "size": self.size,
             "crlf_size": self.crlf_size,
             "eight_bit": self.eight_bit,
+            "releases": self.releases,
             "envelope": {
                 "sender": None if env.sender is None else str(env.sender),
                 "helo": env.helo,
@@ -262,6 +268,7 @@ class QueueEntry:
                 size=int(data.get("size", 0)),
                 crlf_size=int(data.get("crlf_size", 0)),
                 eight_bit=bool(data.get("eight_bit", False)),
+                releases=int(data.get("releases", 0)),
             )
         except RecordError:
             raise

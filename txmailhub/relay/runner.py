@@ -77,6 +77,13 @@ class QueueRunner:
         # The same for notices: sent, but the record saying so could not be
         # written.  (action, recipient) pairs per queue id.
         self._notified: dict[str, set[tuple[str, Address]]] = {}
+        # The release count (``QueueEntry.releases``) an attempt started
+        # with, kept with its unrecorded results: the release that arrived
+        # during that attempt is still honoured when they are recorded.
+        self._release_seen: dict[str, int] = {}
+        # Entries that ``mailhub queue`` changed while they were being
+        # handled (a rescan skips them then): read again once they are not.
+        self._changed_while_active: set[str] = set()
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -197,19 +204,26 @@ class QueueRunner:
         for qid in self.queue.ids():
             seen.add(qid)
             if qid in self.active:
+                # what its handling writes last may predate this change (a
+                # hold, or a release after the attempt was recorded): look
+                # again when it is done
+                self._changed_while_active.add(qid)
                 continue
-            try:
-                entry = self.queue.read(qid)
-            except Exception:
-                log.failure("cannot read queue entry {queue_id}", queue_id=qid)
-                continue
-            if entry is not None:
-                self._index(entry)
+            self._reindex(qid)
         for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
             if qid not in seen and qid not in self.active:
                 log.info("queue entry {queue_id} deleted (mailhub queue delete): "
                          "no delivery, no notice", queue_id=qid)
                 self._forget(qid)
+
+    def _reindex(self, qid: str) -> None:
+        try:
+            entry = self.queue.read(qid)
+        except Exception:
+            log.failure("cannot read queue entry {queue_id}", queue_id=qid)
+            return
+        if entry is not None:
+            self._index(entry)
 
     def _flush(self) -> None:
         now = self.clock.seconds()
@@ -242,6 +256,10 @@ class QueueRunner:
 
     def _finished(self, _: Any, qid: str) -> None:
         self.active.discard(qid)
+        if qid in self._changed_while_active:
+            self._changed_while_active.discard(qid)
+            if self.running and (qid in self.due or qid in self._held):
+                self._reindex(qid)
         if not self.active:
             idle, self._idle = self._idle, []
             for d in idle:
@@ -263,6 +281,9 @@ class QueueRunner:
             return
         self.due[qid] = float("inf")  # not due again until recorded below
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
+        # a release counted after this (`mailhub queue release` during the
+        # attempt) is honoured when the outcome is recorded
+        releases = self._release_seen.pop(qid, entry.releases)
         generation = self._generation
         if entry.pending and not results:
             results = yield self._attempt(entry)
@@ -279,13 +300,14 @@ class QueueRunner:
         def record(e: QueueEntry) -> QueueEntry | None:
             found.append(e)
             del lines[:]  # the lines of the version that is written
-            return self._record(e, results, now, lines)
+            return self._record(e, results, now, lines, released=e.releases != releases)
 
         try:
             entry = yield self.queue.update(qid, record)
         except Exception:
             if results:
                 self._unrecorded[qid] = results
+                self._release_seen[qid] = releases
             raise
         if not found:  # the record went while the attempt ran
             log.info("queue entry {queue_id} deleted (mailhub queue delete): "
@@ -294,6 +316,9 @@ class QueueRunner:
             return
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+        if entry is not None and found[-1].releases != releases and not entry.held:
+            log.info("queue entry {queue_id} released (mailhub queue release) during its "
+                     "delivery attempt: tried again at once", queue_id=qid)
         if generation != self._generation:
             return  # given up while the record was written: no notice from here
         if entry is not None:
@@ -309,6 +334,7 @@ class QueueRunner:
         self._held.discard(qid)
         self._unrecorded.pop(qid, None)
         self._notified.pop(qid, None)
+        self._release_seen.pop(qid, None)
 
     def _attempt(self, entry: QueueEntry) -> defer.Deferred:
         router = self.components.router
@@ -384,10 +410,13 @@ class QueueRunner:
     # --- recording ---------------------------------------------------------------------
 
     def _record(self, e: QueueEntry, results: list[DeliveryResult], now: float,
-                lines: list[dict] | None = None) -> QueueEntry:
+                lines: list[dict] | None = None, released: bool = False) -> QueueEntry:
         """``e`` with ``results`` in it; ``lines`` gets the log line of each
         result, to be logged once the record is written (a record that
-        cannot be written keeps its results for the next try: logged then)."""
+        cannot be written keeps its results for the next try: logged then).
+        ``released``: ``mailhub queue release`` was run while these results
+        were being made; the admin asked for an attempt now, and the
+        schedule's next retry must not overrule that."""
         expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
         updates: dict[Address, RecipientRecord] = {}
         for res in results:
@@ -427,6 +456,8 @@ class QueueRunner:
             # then (one more attempt, and the notice if it still fails),
             # not up to a whole step of the schedule late
             nxt = warn_at
+        if released:
+            nxt = min(nxt, now)
         if lines is not None:
             for res in results:
                 rec = updates.get(res.address)
