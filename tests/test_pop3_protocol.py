@@ -1358,3 +1358,23 @@ def test_a_login_whose_client_left_before_its_turn_is_not_a_guess(log_events):
     assert proto.factory.login_failures._failures == {}
     lines = [formatEvent(e) for e in log_events if "POP3 login" in formatEvent(e)]
     assert lines == ["POP3 login joe from 192.0.2.7 (USER) not checked: the client left first"]
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"),
+                                   IsADirectoryError(21, "Is a directory"),
+                                   NotADirectoryError(20, "Not a directory")])
+def test_update_refused_for_good_is_sys_perm(error):
+    """RFC 1939 6: -ERR when deleted messages could not be removed, and the
+    session ends all the same.  RFC 3206 4: a failure that will not go away
+    by itself (the hub may not remove files in that folder) is [SYS/PERM],
+    as at login: every later QUIT would fail the same way until someone
+    fixes it."""
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    proto.mailbox.delete = lambda indices: defer.fail(error)
+    talk(proto, t, b"DELE 1\r\n")
+    out = talk(proto, t, b"QUIT\r\n")
+    assert out == b"-ERR [SYS/PERM] Some deleted messages were not removed\r\n"
+    assert t.disconnecting
+    assert not env.store.is_locked("joe@example.org")

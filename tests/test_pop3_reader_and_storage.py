@@ -130,3 +130,37 @@ def test_message_removed_by_another_client_is_one_log_line_not_a_traceback(tmp_p
     assert bytes(t.received).endswith(b"+OK Bye (0 messages left)\r\n")
     tracebacks = [e.get("log_format") for e in events if "log_failure" in e]
     assert tracebacks == []
+
+
+def test_quit_whose_deletions_are_not_durable_answers_err_and_claims_nothing(
+        tmp_path, log_events):
+    """RFC 1939 6: "-ERR some deleted messages not removed" when the UPDATE
+    fails -- here the folder's fsync after the unlinks (EIO), so the
+    removals may not survive a crash.  The connection is closed all the
+    same, the lock is let go, and the log does not count the messages as
+    deleted: it says how many were to go and that their removal is not
+    durable."""
+    import errno
+
+    from twisted.logger import LogLevel, formatEvent
+
+    _clock, components, md = make_env(tmp_path)
+    for i in (1, 2, 3):
+        with open(os.path.join(md, "new", f"160000000{i}.M1P1Q{i}.x"), "wb") as f:
+            f.write(b"Subject: x\n\nhello\n")
+    components.store.syncer.fail_kind["dir"] = OSError(errno.EIO, "Input/output error")
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nDELE 1\r\nDELE 2\r\n")
+    t.received.clear()
+    proto.dataReceived(b"QUIT\r\n")
+    assert bytes(t.received) == b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n"
+    assert t.disconnecting
+    assert proto.mailbox is None  # the lock is let go
+    lines = [formatEvent(e) for e in log_events]
+    assert not [line for line in lines if line.startswith("POP3 logout")
+                and "deleted" in line and "not" not in line]
+    [failed] = [e for e in log_events if "UPDATE failed" in formatEvent(e)]
+    assert failed["log_level"] == LogLevel.error
+    assert formatEvent(failed) == (
+        "POP3 UPDATE failed for joe@example.org from 127.0.0.1: 2 messages to delete, "
+        "not all removed durably: [Errno 5] Input/output error")

@@ -42,7 +42,8 @@ PINNED = {
     "TOP_FOLLOWS": (True, None),
     "MESSAGE_READ_FAILED": (False, "SYS/TEMP"),
     "BYE": (True, None),
-    "UPDATE_FAILED": (False, "SYS/TEMP"),
+    "UPDATE_FAILED": (False, "SYS/TEMP"),  # RFC 1939 6: "some deleted messages not removed"
+    "UPDATE_FAILED_PERM": (False, "SYS/PERM"),  # the same, for the administrator to fix
     "UNKNOWN_COMMAND": (False, None),
     "LINE_TOO_LONG": (False, None),
     "SASL_LINE_TOO_LONG": (False, None),

@@ -567,6 +567,19 @@ def test_quit_with_failed_update():
     assert b"[SYS/TEMP]" in R.UPDATE_FAILED.to_bytes()
 
 
+def test_quit_with_an_update_that_needs_the_administrator():
+    # RFC 3206 4: [SYS/PERM] when the failure will not go away by itself
+    # (the hub may not remove files there); the session still ends
+    e = logged_in()
+    run(e, b"DELE 1")
+    assert run(e, b"QUIT") == Update((0,))
+    assert e.update_finished(False, permanent=True) == Send(
+        R.UPDATE_FAILED_PERM.to_bytes(), close=True)
+    assert R.UPDATE_FAILED_PERM.to_bytes() == (
+        b"-ERR [SYS/PERM] Some deleted messages were not removed\r\n")
+    assert e.next_action() is None
+
+
 def test_quit_in_authorization_never_enters_update():
     e = engine()
     assert run(e, b"quit") == Send(R.BYE.to_bytes(), close=True)

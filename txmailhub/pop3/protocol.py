@@ -636,19 +636,25 @@ class POP3Protocol(Protocol):
         self._end_update(True)
 
     def _update_failed(self, failure: Failure, action: Update) -> None:
-        # a disk error is one line (the messages it could not remove are
-        # logged by the store); anything else keeps its traceback
-        log_failure(log, failure, "POP3 UPDATE failed for {user}", user=self._user)
-        self._end_update(False)
+        # A disk error is one line (the messages it could not remove are
+        # logged by the store); anything else keeps its traceback.  Some of
+        # the messages may be unlinked but not durably (the folder's fsync
+        # failed): the line never counts them as deleted.
+        count = len(action.indices)
+        log_failure(log, failure, "POP3 UPDATE failed for {user} from {peer}: {todo}, "
+                    "not all removed durably", user=self._user, peer=self._peer,
+                    count=count, todo="1 message to delete" if count == 1
+                    else f"{count} messages to delete")
+        self._end_update(False, failure.check(*_PERMANENT_ERRORS) is not None)
 
-    def _end_update(self, ok: bool) -> None:
+    def _end_update(self, ok: bool, permanent: bool = False) -> None:
         self._update_running = False
         # Release the lock before answering, so a client that reconnects
         # at once does not find the mailbox still in use.
         self._release()
         self._busy = False
         if not self._lost:
-            self._send(self.engine.update_finished(ok))
+            self._send(self.engine.update_finished(ok, permanent))
 
     # -- idle timeout --------------------------------------------------------
 

@@ -105,7 +105,12 @@ MESSAGE_READ_FAILED = err("Message cannot be read", "SYS/TEMP")
 
 BYE = ok("Bye")
 BYE_UPDATED_TEXT = "Bye ({count} messages left)"
+# RFC 1939 6: "-ERR some deleted messages not removed".  RFC 3206 4: [SYS/PERM]
+# when the store refuses for good (no permission): every later QUIT would
+# fail alike until an administrator acts; anything else may pass (a disk
+# error, a read-only remount, the hub stopping): [SYS/TEMP].
 UPDATE_FAILED = err("Some deleted messages were not removed", "SYS/TEMP")
+UPDATE_FAILED_PERM = err("Some deleted messages were not removed", "SYS/PERM")
 
 # -- Errors in any state ---------------------------------------------------
 

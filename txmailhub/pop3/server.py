@@ -8,7 +8,7 @@ report back:
 * ``Authenticate`` -> ``login_succeeded(messages)`` / ``login_failed(why)``
 * ``Transmit``     -> the adapter streams the message (nothing to report)
 * ``StartTLS``     -> the adapter starts TLS and builds a fresh engine
-* ``Update``       -> ``update_finished(ok)`` (the UPDATE state)
+* ``Update``       -> ``update_finished(ok, permanent)`` (the UPDATE state)
 
 The engine owns the protocol rules: states and their transitions, which
 command is valid where, argument syntax, line limits, the plaintext
@@ -310,11 +310,17 @@ class POP3Server:
             return Send(R.TOO_MANY_AUTH_FAILURES.to_bytes(), close=True, delay=delay)
         return Send(R.AUTH_FAILED.to_bytes(), delay=delay)
 
-    def update_finished(self, ok: bool) -> Send:
-        """The deletions of the UPDATE state are done (``ok``) or failed."""
+    def update_finished(self, ok: bool, permanent: bool = False) -> Send:
+        """The deletions of the UPDATE state are done (``ok``) or failed.
+
+        RFC 1939 6: a failure is ``-ERR`` (some deleted messages were not
+        removed) and the session still ends.  ``permanent``: the store
+        refused for good (no permission), so the response code is
+        [SYS/PERM] rather than [SYS/TEMP] (RFC 3206 4)."""
         self._expect("update")
         if not ok:
-            return Send(R.UPDATE_FAILED.to_bytes(), close=True)
+            reply = R.UPDATE_FAILED_PERM if permanent else R.UPDATE_FAILED
+            return Send(reply.to_bytes(), close=True)
         left = len(self._messages) - len(self._deleted)
         return Send(R.bye_updated(left).to_bytes(), close=True)
 
