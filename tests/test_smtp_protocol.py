@@ -36,6 +36,7 @@ from txmailhub.smtp.protocol import (
     CLOSE_GRACE,
     INPUT_LIMIT,
     MIN_DATA_RATE,
+    WITHHELD_LIMIT,
     SMTPFactory,
     SMTPProtocol,
 )
@@ -794,7 +795,7 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.pump([50] * 5 + [49])  # behind from 300 s on, but waiting for a command
         assert take(t) == [] and not t.disconnecting
         p.dataReceived(b"BDAT 3\r\nc\r\n")  # 589 s for 9 octets, judged after the read
-        assert take(t) == [replies.bdat_chunk(3).text(), closing(replies.DATA_TOO_SLOW)]
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)]  # and before its 250
         assert t.disconnecting
         p.connectionLost(None)
         assert not h.store.messages(ALICE)
@@ -811,6 +812,73 @@ class ProtocolTests(SynchronousTestCase):
         said = take(t)
         assert said[-1].startswith("250") and not t.disconnecting, said
         assert len(h.store.messages(ALICE)) == 1
+
+    def test_a_chunk_cut_for_the_data_rate_gets_no_250(self):
+        # RFC 3030: a chunk's 250 says the server has it; the read that
+        # puts the message behind MIN_DATA_RATE is judged before any reply
+        # to it goes out, so its chunks (and the NOOP between them) get
+        # the 421 alone, never a 250 first
+        h, p, t = self.two_chunks_then_a_wait()
+        assert take(t) == [replies.bdat_chunk(1).text()]
+        p.dataReceived(b"BDAT 1\r\ncNOOP\r\nBDAT 2\r\nde")  # 598 s for 5 octets
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
+        assert said == ["message data from 192.0.2.1 too slow (5 octets in 598 s): "
+                        "connection closed"], said
+        p.connectionLost(None)
+        assert not h.store.messages(ALICE)
+        assert h.spooler.writers[0].state == "aborted"
+
+    def test_a_long_batch_of_chunks_cut_for_the_data_rate_gets_no_250(self):
+        # a read answered REPLIES_HELD commands a turn: while the message is
+        # behind, the replies of its first turns are held back until all of
+        # it is answered, then dropped for the 421 (no LAST came)
+        h, p, t = self.two_chunks_then_a_wait()
+        take(t)
+        p.dataReceived(b"BDAT 1\r\nc" * 300)  # 598 s: behind
+        assert take(t) == [] and not t.disconnecting  # 128 answered, held back
+        h.clock.pump([0] * 5)  # the next turns
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+
+    def test_the_hub_stopping_drops_the_replies_held_back(self):
+        # the hub stops between two turns of such a read: the 421 goes
+        # out alone (the chunks were never judged within the rate)
+        h, p, t = self.two_chunks_then_a_wait()
+        take(t)
+        p.dataReceived(b"BDAT 1\r\nc" * 300)  # 598 s: behind, 128 held back
+        h.factory.shut_down()
+        assert take(t) == [replies.shutting_down("mx.example.org").text()]
+        assert t.disconnecting
+        h.clock.pump([0] * 5)
+        assert take(t) == []
+
+    def test_held_back_replies_are_bounded(self):
+        # WITHHELD_LIMIT: a message behind the rate whose pipelined read
+        # runs on for more than that many octets of replies is cut there
+        # (the rest of the read is never answered)
+        h, p, t = self.two_chunks_then_a_wait()
+        take(t)
+        chunks = WITHHELD_LIMIT // len(replies.bdat_chunk(1).to_bytes()) + 2 * 128
+        p.dataReceived(b"BDAT 1\r\nc" * chunks + b"BDAT 1 LAST\r\nd")
+        turns = 0
+        while not t.disconnecting and turns < 100:
+            h.clock.advance(0)
+            turns += 1
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        assert turns < chunks // 128, turns  # before the end of the read
+        p.connectionLost(None)
+        assert not h.store.messages(ALICE)
+
+    def test_a_chunk_that_catches_up_is_answered(self):
+        # a read whose octets bring the message back within the rate is
+        # answered as usual (the allowance counts all of the read)
+        h, p, t = self.two_chunks_then_a_wait()
+        take(t)
+        p.dataReceived(b"BDAT 1\r\nc" + b"BDAT 200000\r\n" + (b"x" * 98 + b"\r\n") * 2000)
+        assert take(t) == [replies.bdat_chunk(1).text(), replies.bdat_chunk(200_000).text()]
+        assert not t.disconnecting
+        p.dataReceived(b"BDAT 0 LAST\r\n")
+        assert take(t)[0].startswith("250 2.0.0 ") and len(h.store.messages(ALICE)) == 1
 
     def test_bdat_chunks_spread_out_cannot_hold_the_slot(self):
         # the waits between chunks count towards the message's time: BDAT 1
@@ -912,14 +980,18 @@ class ProtocolTests(SynchronousTestCase):
         # the rest of a long read answered once the client reads our
         # replies (resumeProducing, not the next turn) is judged then: a
         # batch of BDAT 0 every few minutes must not slip through unjudged
-        h, p, t = self.two_chunks_then_a_wait()
-        p.dataReceived(b"BDAT 0\r\n" * 200)  # 598 s: behind; 128 answered this turn
-        p.pauseProducing()  # and Twisted's buffer is full before the next
+        # (the 128 answered while the message was within the rate got their
+        # 250s then; the rest, answered once it is behind, only the 421)
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb" + b"BDAT 0\r\n" * 200)  # 299 s: within the rate
+        p.pauseProducing()  # Twisted's buffer is full before the next turn
         h.clock.advance(0)
         assert not t.disconnecting
-        p.resumeProducing()  # the client reads: the other 72 are answered
+        h.clock.pump([50] * 5 + [49])
+        p.resumeProducing()  # the client reads at 598 s: the other 73 are answered
         said = take(t)
-        assert said == [replies.bdat_chunk(1).text()] + [replies.bdat_chunk(0).text()] * 200 + [
+        assert said == [replies.bdat_chunk(1).text()] + [replies.bdat_chunk(0).text()] * 127 + [
             closing(replies.DATA_TOO_SLOW)], said[-3:]
         assert t.disconnecting
 
@@ -936,12 +1008,48 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.pump([50] * 5 + [49])
         p.dataReceived(b"BDAT 1\r\nc")  # 598 s
         assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        # judged once what it sent is read (the chunks get no 250)
         said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
-        assert said == ["message data from 192.0.2.1 too slow (1 octets in 598 s): "
+        assert said == ["message data from 192.0.2.1 too slow (3 octets in 598 s): "
                         "connection closed"], said
         p.connectionLost(None)
         assert not h.store.messages(ALICE)
         assert h.spooler.writers[0].state == "aborted"
+
+    def test_a_last_chunk_from_a_client_that_does_not_read_is_taken(self):
+        # held while Twisted's buffer is full; once the message is behind,
+        # the read is processed and judged as any: a LAST chunk that has
+        # arrived whole ends the message and is taken, not cut
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        p.pauseProducing()
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within the rate, held
+        assert take(t) == [] and not t.disconnecting
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1 LAST\r\nc")  # 598 s: behind
+        said = take(t)
+        assert said[:-1] == [replies.bdat_chunk(1).text()], said
+        assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said
+        (stored,) = h.store.messages(ALICE)
+        assert stored.endswith(b"\n\nabc\n"), stored
+        said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
+        assert not said, said
+
+    def test_a_long_last_batch_from_a_client_that_does_not_read_is_taken(self):
+        # more than REPLIES_HELD chunks before the LAST: the held-back
+        # replies are not written, so the rest is answered in the next
+        # turns though Twisted's buffer is full, and the message is taken
+        h, p, t = self.in_a_message(b"BDAT 1\r\na")
+        p.pauseProducing()
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb")  # 299 s: within the rate, held
+        h.clock.pump([50] * 5 + [49])
+        p.dataReceived(b"BDAT 1\r\nb" * 199 + b"BDAT 1 LAST\r\nc")  # 598 s: behind
+        h.clock.pump([0] * 5)
+        said = take(t)
+        assert said[:-1] == [replies.bdat_chunk(1).text()] * 200, said[-3:]
+        assert said[-1].startswith("250 2.0.0 ") and not t.disconnecting, said[-3:]
+        assert len(h.store.messages(ALICE)) == 1
 
     def test_the_client_reading_our_250_late_is_not_judged(self):
         # a 250 left in Twisted's buffer goes out when the client reads

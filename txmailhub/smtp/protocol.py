@@ -88,10 +88,22 @@ minutes would hold the slot for ever), but the limit is never applied
 *during* such a wait: there the session awaits a command, which only the
 idle timeout may end (RFC 5321 4.5.3.2.7).  It is applied while message
 data arrives and whenever the client sends something while a BDAT
-message is open (the next chunk, a ``BDAT 0``, a NOOP).  Off when the idle
-timeout is (``idle_timeout`` 0): without its grace a small message would
-be cut for a pause of seconds."""
+message is open (the next chunk, a ``BDAT 0``, a NOOP): such a read is
+judged once all of it has been processed and *before* any reply to it
+is sent, so a chunk the limit cuts never gets its ``250`` (RFC 3030: that
+250 says the server has the chunk), and a read that ends the message
+with a whole ``LAST`` chunk is taken.  Off when the idle timeout is
+(``idle_timeout`` 0): without its grace a small message would be cut for
+a pause of seconds."""
 INPUT_LIMIT = 16 * 1024  # octets held from a client that does not read our replies
+WITHHELD_LIMIT = 16 * 1024
+"""Octets of replies held back from a client whose BDAT message is behind
+``MIN_DATA_RATE`` while a long pipelined read of it is answered over
+several reactor turns (``REPLIES_HELD`` commands a turn): they go out
+once the read ends the message (its ``LAST`` chunk), or are dropped for
+the ``421``.  About 540 one-octet chunks; a message still open and
+behind past that is cut (a real client's chunks are kilobytes, and it is
+not behind)."""
 # Closing replies that have a log line of their own already.
 _CLOSE_LOGGED_ELSEWHERE = (
     replies.TIMEOUT, replies.DATA_TOO_SLOW, replies.TOO_MANY_CONNECTIONS,
@@ -153,6 +165,9 @@ class SMTPProtocol(Protocol):
         # its time began
         self._timed_reader: Any = None
         self._data_start = 0.0
+        # replies to a read of a message behind MIN_DATA_RATE, held back
+        # until all of the read is answered (WITHHELD_LIMIT)
+        self._withheld = b""
         self._logout: Any = None
         self._gone = False  # connectionLost has run
         self._auth_timer: Any = None
@@ -207,11 +222,15 @@ class SMTPProtocol(Protocol):
             self._last_activity = self.reactor.seconds()
         engine.receive_data(data)
         if self._write_paused:
-            # held, not answered, until the client reads again; a read
-            # while a message is open is judged all the same (MIN_DATA_RATE)
-            if engine.message_reader is not None and self._data_too_slow(
+            # held, not answered, until the client reads again; but a read
+            # while a message behind MIN_DATA_RATE is open is judged all the
+            # same -- after it is processed, as any read: a LAST chunk in it
+            # has ended the message by then and is taken, and a chunk cut
+            # for the rate gets no 250 (or BDAT 1 every few minutes, each a
+            # command line, would hold the slot again)
+            if engine.message_reader is not None and self._behind(
                     self.reactor.seconds(), after_read=True):
-                self._drive()
+                self._drive(after_read=True)
                 return
             self._flow()
             return
@@ -309,13 +328,26 @@ class SMTPProtocol(Protocol):
         finally:
             self._driving = False
         held = engine.replies_held  # read before data_to_send, which clears it
-        # (a read answered over several turns is judged once all answered:
-        # a LAST chunk at its end has ended the message by then)
-        if not held and (self._timed_reader is not None or engine.message_reader is not None) \
-                and self._data_too_slow(self.reactor.seconds(), after_read):
-            self._drive()  # the closing reply, and whatever the engine asks on the way out
-            return
+        withheld = self._withheld
+        # MIN_DATA_RATE judges the read before any of its replies is sent:
+        # a chunk it cuts gets no 250.  A read answered over several turns
+        # is judged once all of it is answered, its replies held back
+        # meanwhile (a later turn of it is judged however it was started):
+        # a LAST chunk at its end has ended the message by then, and is
+        # taken.
+        behind = (self._timed_reader is not None or engine.message_reader is not None) \
+            and self._behind(self.reactor.seconds(), after_read or bool(withheld))
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
+        if behind:
+            if not held or len(withheld) + len(out) > WITHHELD_LIMIT:
+                self._too_slow()  # the replies of the read are dropped for the 421
+                self._drive()  # the 421, and whatever the engine asks on the way out
+                return
+            self._withheld = withheld + out
+            out = b""
+        elif withheld:  # the read ended the message, or caught up: all goes
+            self._withheld = b""
+            out = withheld + out
         buffered = bool(out) and self._out.write(out)  # type: ignore[union-attr]
         if buffered and not engine.closed:
             if self._send_now is not None:
@@ -335,7 +367,9 @@ class SMTPProtocol(Protocol):
         # other sessions get theirs first (one 64 KiB read of NOOPs is
         # 11,000 commands); while Twisted has paused us, resumeProducing
         # drives on once the client reads.
-        if held and not self._write_paused:
+        if held and (not self._write_paused or self._withheld):
+            # (replies held back are not written: a client that does not
+            # read does not stop the judgement of its read)
             self._next_turn_later()
         if self._write_paused and engine.buffered >= INPUT_LIMIT:
             self._flow()  # stop reading now, not after one more read
@@ -390,7 +424,7 @@ class SMTPProtocol(Protocol):
         if self.engine is None or self.engine.closed:
             return
         self._flow()
-        if not self._write_paused:
+        if not self._write_paused or self._withheld:
             self._drive(after_read=True)  # the rest of the client's read
 
     # --- IPushProducer: Twisted's say, once replies pile up -----------------------
@@ -413,8 +447,12 @@ class SMTPProtocol(Protocol):
         pass  # the connection is going; connectionLost cleans up
 
     def _flush(self) -> bool:
-        """Send the engine's replies; whether bytes were left buffered."""
+        """Send the engine's replies (after any held back for the data rate:
+        a STARTTLS in the read ends the message, and its 220 must follow
+        them); whether bytes were left buffered."""
         out = self.engine.data_to_send()
+        if self._withheld:
+            out, self._withheld = self._withheld + out, b""
         if out:
             return self._out.write(out)  # type: ignore[union-attr]
         return False
@@ -426,6 +464,7 @@ class SMTPProtocol(Protocol):
         engine = self.engine
         if engine is None or engine.closed or engine.waiting:
             return
+        self._withheld = b""  # chunks of a message behind the rate: no 250 before the 421
         engine.timeout(replies.shutting_down(self.factory.config.hostname))
         self._drive()
 
@@ -457,19 +496,28 @@ class SMTPProtocol(Protocol):
             self.transport.abortConnection()
             return
         log.info("idle timeout for {client}", client=self.client_name)
+        self._withheld = b""  # as in shut_down
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
 
     def _data_too_slow(self, now: float, after_read: bool) -> bool:
         """Close the session (``DATA_TOO_SLOW``) when the message under way
-        is behind ``MIN_DATA_RATE``; whether it did.  Its time runs from its
-        StartMessage (DATA, or the first BDAT: the answer it waited for
-        counts, as it always did) -- a chunk read only to be refused has
-        none, and is timed from the first look at it.  Off with the idle
-        timeout (``idle_timeout`` 0: no grace to allow).  Any look judges
-        while message data is being read; between two BDAT chunks only one
-        ``after_read`` (the client's wait is over): that wait is the idle
-        timeout's alone."""
+        is behind ``MIN_DATA_RATE`` (``_behind``); whether it did.  For the
+        idle timer's look, where no reply of the client's is unsent."""
+        if not self._behind(now, after_read):
+            return False
+        self._too_slow()
+        return True
+
+    def _behind(self, now: float, after_read: bool) -> bool:
+        """Whether the message under way is behind ``MIN_DATA_RATE``.  Its
+        time runs from its StartMessage (DATA, or the first BDAT: the
+        answer it waited for counts, as it always did) -- a chunk read only
+        to be refused has none, and is timed from the first look at it.
+        Off with the idle timeout (``idle_timeout`` 0: no grace to allow).
+        Any look judges while message data is being read; between two BDAT
+        chunks only one ``after_read`` (the client's wait is over): that
+        wait is the idle timeout's alone."""
         engine = self.engine
         reader = engine.message_reader
         if reader is not self._timed_reader:  # another message, or none
@@ -479,15 +527,17 @@ class SMTPProtocol(Protocol):
         if reader is None or engine.waiting or engine.closed or grace <= 0 or (
                 not after_read and not engine.in_message):
             return False
-        seconds = now - self._data_start
-        octets = reader.size
-        if seconds <= grace + octets / MIN_DATA_RATE:
-            return False
+        return now - self._data_start > grace + reader.size / MIN_DATA_RATE
+
+    def _too_slow(self) -> None:
+        """Log and close for ``MIN_DATA_RATE`` (``_behind`` said so): ``421``,
+        and nothing held back for the data rate goes out before it."""
+        self._withheld = b""
+        seconds = self.reactor.seconds() - self._data_start
         log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
-                 " s): connection closed", client=self.client_name, octets=octets,
-                 seconds=seconds)
-        engine.timeout(replies.closing(replies.DATA_TOO_SLOW, self.factory.config.hostname))
-        return True
+                 " s): connection closed", client=self.client_name,
+                 octets=self.engine.message_reader.size, seconds=seconds)
+        self.engine.timeout(replies.closing(replies.DATA_TOO_SLOW, self.factory.config.hostname))
 
     # --- requests and notices -----------------------------------------------------------
 
