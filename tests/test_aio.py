@@ -675,3 +675,29 @@ def test_the_ring_reports_what_a_kernel_without_aio_says(monkeypatch):
         KernelRing()
     assert caught.value.errno == errno.ENOSYS
     assert aio.open_ring() is None
+
+
+def test_a_32_bit_process_on_a_64_bit_kernel_is_refused_before_any_call(monkeypatch):
+    # os.uname() says what the kernel is, not what this process is: a
+    # 32-bit Python (i386 or x32 on x86_64, armhf on aarch64) has other
+    # system call numbers -- on i386, 206-209 are setgroups32, fchown32,
+    # setresuid32 and getresuid32 -- and other struct sizes.
+    calls = []
+
+    class Recording:
+        def __init__(self, *a, **k):
+            def syscall(*args):
+                calls.append(args[0])
+                return 0
+
+            self.syscall = syscall
+
+    class Uname:
+        machine = "x86_64"
+
+    monkeypatch.setattr(aio.ctypes, "CDLL", Recording)
+    monkeypatch.setattr(aio.os, "uname", lambda: Uname())
+    monkeypatch.setattr(aio, "_POINTER_SIZE", 4, raising=False)
+    with pytest.raises(aio.AioUnsupported):
+        KernelRing().close()
+    assert calls == []

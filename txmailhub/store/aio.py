@@ -67,7 +67,12 @@ log = Logger()
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
-# x86-64 and arm64 system call numbers (asm-generic for arm64 and riscv)
+# x86-64 and arm64 system call numbers (asm-generic for arm64 and riscv),
+# for 64-bit processes only: os.uname() names the kernel's machine, and a
+# 32-bit process on it (i386 or x32 on x86_64, armhf on aarch64) has other
+# numbers -- on i386, 206-209 are setgroups32, fchown32, setresuid32 and
+# getresuid32 -- and a 4-byte aio_context_t and timespec
+_POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
 _SYSCALLS = {
     "x86_64": (206, 207, 208, 209),
     "aarch64": (0, 1, 4, 2),
@@ -124,7 +129,7 @@ class KernelRing:
     def __init__(self, depth: int = 256) -> None:
         machine = os.uname().machine
         if not sys.platform.startswith("linux") or machine not in _SYSCALLS or \
-                sys.byteorder != "little" or not hasattr(os, "eventfd"):
+                _POINTER_SIZE != 8 or sys.byteorder != "little" or not hasattr(os, "eventfd"):
             raise AioUnsupported(errno.ENOSYS, "no Linux native AIO here")
         self._setup, self._destroy, self._getevents, self._submit = _SYSCALLS[machine]
         libc = ctypes.CDLL(None, use_errno=True)
