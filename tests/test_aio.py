@@ -701,3 +701,25 @@ def test_a_32_bit_process_on_a_64_bit_kernel_is_refused_before_any_call(monkeypa
     with pytest.raises(aio.AioUnsupported):
         KernelRing().close()
     assert calls == []
+
+
+def test_the_structures_are_laid_out_as_the_kernel_reads_them():
+    # <linux/aio_abi.h>, little-endian: struct iocb is 64 bytes, aio_key
+    # before aio_rw_flags (the other way round on big-endian, which the
+    # ring refuses), struct io_event 32; checked against gcc's offsetof
+    import ctypes
+
+    iocb = {name: getattr(aio._Iocb, name).offset for name, _ in aio._Iocb._fields_}
+    assert ctypes.sizeof(aio._Iocb) == 64
+    assert iocb == {
+        "aio_data": 0, "aio_key": 8, "aio_rw_flags": 12, "aio_lio_opcode": 16,
+        "aio_reqprio": 18, "aio_fildes": 20, "aio_buf": 24, "aio_nbytes": 32,
+        "aio_offset": 40, "aio_reserved2": 48, "aio_flags": 56, "aio_resfd": 60,
+    }
+    event = {name: getattr(aio._IoEvent, name).offset for name, _ in aio._IoEvent._fields_}
+    assert ctypes.sizeof(aio._IoEvent) == 32
+    assert event == {"data": 0, "obj": 8, "res": 16, "res2": 24}
+    assert aio._IOCB_CMD_FSYNC == 2 and aio._IOCB_FLAG_RESFD == 1
+    # io_setup, io_destroy, io_getevents, io_submit: <asm/unistd_64.h>, asm-generic
+    assert aio._SYSCALLS["x86_64"] == (206, 207, 208, 209)
+    assert aio._SYSCALLS["aarch64"] == aio._SYSCALLS["riscv64"] == (0, 1, 4, 2)
