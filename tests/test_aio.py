@@ -142,6 +142,25 @@ class AioSyncsTests(SynchronousTestCase):
         error = self.failureResultOf(d, OSError).value
         self.assertEqual(error.errno, errno.EIO)
 
+    def test_only_a_zero_result_is_a_success(self):
+        # fsync(2) gives 0 or -errno; anything else is no report of a
+        # durable file (an event misread, a kernel that means something
+        # else by it): the message is not acknowledged on it
+        calls = []
+        file_d = self.ask(7)
+        published = self.ask(8, Publication(calls, dirs=[self.dir]))
+        self.finish(res=1)
+        self.assertEqual(self.failureResultOf(file_d, OSError).value.errno, errno.EIO)
+        self.finish(res=0)
+        self.assertEqual(calls, ["run"])
+        self.finish(res=5)  # the directory's sync
+        self.assertEqual(self.successResultOf(published), "settled")
+        self.assertEqual(calls[-1][0], "settle")
+        self.assertEqual(calls[-1][1][self.dir].errno, errno.EIO)
+        path_d = self.ask(self.dir)
+        self.finish(res=2**40)
+        self.assertEqual(self.failureResultOf(path_d, OSError).value.errno, errno.EIO)
+
     def test_descriptors_are_never_grouped(self):
         ds = [self.ask(7), self.ask(7)]
         self.assertEqual([fd for fd, _ in self.ring.submitted], [7, 7])

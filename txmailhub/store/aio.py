@@ -282,8 +282,8 @@ class AioSyncs:
         def synced(res: int) -> None:
             if own:
                 _close_quietly(fd)
-            if res < 0:
-                d.errback(OSError(-res, os.strerror(-res)))
+            if res != 0:
+                d.errback(_error(res))
             elif then is None:
                 d.callback(None)
             else:
@@ -356,8 +356,7 @@ class AioSyncs:
 
         def synced(res: int) -> None:
             _close_quietly(fd)
-            self._dir_settle(path, state, group,
-                             OSError(-res, os.strerror(-res)) if res < 0 else None)
+            self._dir_settle(path, state, group, _error(res) if res != 0 else None)
 
         self._submit(fd, synced)
 
@@ -468,6 +467,16 @@ def _complete(on_done: Callable[[int], None], res: int) -> None:
         on_done(res)
     except Exception:
         log.failure("a sync's completion failed")
+
+
+def _error(res: int) -> OSError:
+    """The error of a completion whose result is not 0.  fsync(2) gives 0
+    or ``-errno``; anything else is no report of a durable file (an event
+    misread, a kernel meaning something else by it), so it is ``EIO``:
+    only a 0 lets a message be acknowledged."""
+    if 0 < -res < 4096:  # -errno: the kernel's errors are 1 to 4095
+        return OSError(-res, os.strerror(-res))
+    return OSError(errno.EIO, f"fsync request completed with {res}, neither 0 nor -errno")
 
 
 def _close_quietly(fd: int) -> None:
