@@ -208,6 +208,42 @@ class AioSyncsTests(SynchronousTestCase):
         self.assertEqual(self.ring.submitted, [])
         self.assertTrue(self.aio.idle())
 
+    def test_a_path_that_cannot_be_opened_at_all_fails_alone(self):
+        # os.open raises ValueError (a NUL in the name), not OSError: the
+        # request fails, and neither the path nor idle() stays stuck
+        for _ in range(2):
+            for then in (None, Publication([])):
+                d = self.ask("bad\0name", then)
+                self.failureResultOf(d, ValueError)
+                self.assertEqual(self.ring.submitted, [])
+                self.assertTrue(self.aio.idle())
+        calls = []
+        d = self.ask(5, Publication(calls, dirs=[self.dir, "bad\0name"]))
+        self.finish()
+        self.finish()
+        self.assertIsInstance(calls[-1][1]["bad\0name"], ValueError)
+        self.assertEqual(self.successResultOf(d), "settled")
+        self.assertTrue(self.aio.idle())
+
+    def test_a_bug_at_submit_from_the_backlog_fails_that_request_only(self):
+        self.patch(aio, "log", _Quiet())
+        self.ring.room = 1
+        first, second, third = self.ask(5), self.ask(6), self.ask(7)
+        real_submit = self.ring.submit
+
+        def submit_once_broken(fd, key):
+            self.patch(self.ring, "submit", real_submit)
+            raise RuntimeError("a bug")
+
+        self.patch(self.ring, "submit", submit_once_broken)
+        self.finish()  # room again: the backlog goes on
+        self.successResultOf(first)
+        self.assertEqual(self.failureResultOf(second, OSError).value.errno, errno.EIO)
+        self.assertEqual([fd for fd, _ in self.ring.submitted], [7])
+        self.finish()
+        self.successResultOf(third)
+        self.assertTrue(self.aio.idle())
+
     def test_requests_for_a_busy_path_wait_for_the_next_sync_together(self):
         first = self.ask(self.dir)
         later = [self.ask(self.dir), self.ask(self.dir)]
@@ -444,6 +480,42 @@ class SyncerWithAioTests(SynchronousTestCase):
         s.aio.reap()
         self.successResultOf(follow[0])
         self.successResultOf(stopped)
+
+    def test_a_request_the_ring_cannot_take_never_keeps_stop_waiting(self):
+        s = Syncer(self.reactor)
+        s.start()
+        d = s.sync_dir("bad\0name")
+        self.failureResultOf(d, ValueError)
+        self.successResultOf(s.stop())
+        self.assertTrue(self.ring.closed)
+
+    def test_a_bug_in_the_ring_fails_the_request_not_stop(self):
+        s = Syncer(self.reactor)
+        s.start()
+
+        def broken_submit(fd, key):
+            raise RuntimeError("a bug")
+
+        self.patch(self.ring, "submit", broken_submit)
+        self.patch(aio, "log", _Quiet())
+        self.assertEqual(self.failureResultOf(s.sync_file(5), OSError).value.errno, errno.EIO)
+        folder = self.mktemp()
+        os.makedirs(folder)
+        for _ in range(2):  # the folder is not left "being synced"
+            self.assertEqual(self.failureResultOf(s.sync_dir(folder), OSError).value.errno,
+                             errno.EIO)
+        self.successResultOf(s.stop())
+
+    def test_a_request_that_raises_fails_alone(self):
+        s = Syncer(self.reactor)
+        s.start()
+
+        def request(target, then, d):
+            raise RuntimeError("a bug")
+
+        self.patch(s.aio, "request", request)
+        self.failureResultOf(s.sync_file(5), RuntimeError)
+        self.successResultOf(s.stop())
 
     def test_a_request_before_start_starts_the_ring(self):
         s = Syncer(self.reactor, method="aio")

@@ -223,7 +223,7 @@ class _DirState:
 
     def __init__(self) -> None:
         self.running = False
-        self.waiting: list[Callable[[OSError | None], None]] = []
+        self.waiting: list[Callable[[Exception | None], None]] = []
 
 
 class AioSyncs:
@@ -275,7 +275,7 @@ class AioSyncs:
         else:
             try:
                 fd, own = os.open(target, os.O_RDONLY | _O_CLOEXEC), True
-            except OSError:
+            except Exception:  # OSError, or ValueError for a NUL in the name
                 d.errback(Failure())
                 return
 
@@ -293,7 +293,7 @@ class AioSyncs:
 
     def _path(self, path: str, d: defer.Deferred) -> None:
 
-        def done(error: OSError | None) -> None:
+        def done(error: Exception | None) -> None:
             if error is None:
                 d.callback(None)
             else:
@@ -309,7 +309,7 @@ class AioSyncs:
         except Exception:
             d.errback(Failure())
             return
-        failed: dict[str, OSError] = {}
+        failed: dict[str, Exception] = {}
         left = [len(dirs)]
 
         def settle() -> None:
@@ -325,7 +325,7 @@ class AioSyncs:
             return
         for path in dirs:
 
-            def one(error: OSError | None, path: str = path) -> None:
+            def one(error: Exception | None, path: str = path) -> None:
                 if error is not None:
                     failed[path] = error
                 left[0] -= 1
@@ -334,7 +334,7 @@ class AioSyncs:
 
             self._dir(path, one)
 
-    def _dir(self, path: str, done: Callable[[OSError | None], None]) -> None:
+    def _dir(self, path: str, done: Callable[[Exception | None], None]) -> None:
         state = self._dirs.get(path)
         if state is None:
             state = self._dirs[path] = _DirState()
@@ -350,7 +350,8 @@ class AioSyncs:
         state.running = True
         try:
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-        except OSError as e:
+        except Exception as e:  # OSError, or ValueError for a NUL in the name:
+            # either way this group's answer, never a path left "running"
             self._dir_settle(path, state, group, e)
             return
 
@@ -361,7 +362,8 @@ class AioSyncs:
         self._submit(fd, synced)
 
     def _dir_settle(self, path: str, state: _DirState,
-                    group: list[Callable[[OSError | None], None]], error: OSError | None) -> None:
+                    group: list[Callable[[Exception | None], None]],
+                    error: Exception | None) -> None:
         # the path's state first: what the callbacks see (idle(), a new
         # request for the path) is then already true
         state.running = False
@@ -387,6 +389,10 @@ class AioSyncs:
                     self._poll_later()  # others' requests fill it: none will wake us
             except OSError as e:
                 self._refused(fd, e, on_done)
+                return
+            except Exception:  # a bug: this request fails, the others go on
+                log.failure("cannot submit an fsync request")
+                on_done(-errno.EIO)
                 return
             else:
                 self._ops[self._key] = on_done
@@ -455,6 +461,11 @@ class AioSyncs:
                     self._refused(fd, e, on_done)
                 except Exception:
                     log.failure("a sync's completion failed")
+                continue
+            except Exception:  # a bug: this request fails, the others go on
+                del self._backlog[0]
+                log.failure("cannot submit an fsync request")
+                _complete(on_done, -errno.EIO)
                 continue
             del self._backlog[0]
             self._ops[self._key] = on_done

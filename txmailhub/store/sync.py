@@ -569,7 +569,13 @@ class Syncer:
             self._aio_busy += 1
             inner.chainDeferred(outer)
             inner.addBoth(self._aio_settled)
-            aio.request(target, then, inner)
+            try:
+                aio.request(target, then, inner)
+            except Exception:  # a bug: fail this request, never keep stop() waiting
+                if inner.called:
+                    log.failure("an AIO sync request failed after its answer")
+                else:
+                    inner.errback(Failure())
             return outer
         req = _Request(target, then)
         self._pending.append(req)
