@@ -18,6 +18,7 @@ from txmailhub.address import (
     canonical_local,
     client_ip,
     client_key,
+    domain_problem,
     ipv6_literal,
     login_key,
     parse_address,
@@ -262,3 +263,76 @@ def test_an_all_ascii_domain_never_goes_through_idna(monkeypatch):
         assert ascii_form(Address("Joe", "my_host.example")) == "Joe@my_host.example"
     finally:
         canonical_domain.cache_clear()
+
+
+# --- domain_problem: the one rule of SMTP paths and configured domains ------------
+
+
+@pytest.mark.parametrize("domain", [
+    "example.org", "Example.ORG", "my_host.example", "_dmarc.example", "ab--cd.example",
+    "b\u00fccher.example", "B\u00dcCHER.example", "xn--bcher-kva.example",
+    "XN--BCHER-KVA.example",
+    # ASCII labels IDNA2008 would not convert, beside a U-label or an A-label
+    "ab--cd.b\u00fccher.test", "ab--cd.xn--bcher-kva.test", "my_host.b\u00fccher.test",
+    "x" * 63 + ".b\u00fccher.test",
+])
+def test_domain_problem_takes_labels_one_by_one(domain):
+    assert domain_problem(domain) is None
+    # and the other spelling of the same domain too
+    assert domain_problem(ascii_domain(domain)) is None
+    assert domain_problem(canonical_domain(domain)) is None
+
+
+@pytest.mark.parametrize(("domain", "why"), [
+    # RFC 5890 2.3.2.1, RFC 5891 5.3: an xn-- label is an A-label or
+    # nothing, whether the rest of the name is ASCII or not
+    ("xn--zz.test", "the label 'xn--zz' is no A-label"),
+    ("XN--ZZ.test", "the label 'XN--ZZ' is no A-label"),
+    ("mail.xn--zz.test", "the label 'xn--zz' is no A-label"),
+    ("xn---bcher-kva.test", "the label 'xn---bcher-kva' is no A-label"),  # non-canonical
+    ("xn--n3h.test", "the label 'xn--n3h' is no A-label"),  # a snowman: DISALLOWED
+    ("xn--.test", "the label 'xn--' is not letters"),  # an LDH label ends in no hyphen
+    ("xn--zz.b\u00fccher.test", "the label 'xn--zz' is no A-label"),
+    ("a..b", "an empty label"),
+    ("-x.test", "the label '-x' is not letters"),
+    ("x" * 64 + ".test", "is over 63 characters"),
+    ("\u2603.test", "is no U-label"),
+    ("b\u00fc_cher.test", "is no U-label"),
+    ("\u00fc" * 58 + ".test", "is no U-label"),  # its A-label would be 64 octets
+    ("\uff42\u00fccher\u3002example", "is no U-label"),  # a dot only after mapping
+    (".".join(["d" * 63] * 4) + ".x", "1 to 255 characters"),
+    ("b\u00fccher." + ".".join(["d" * 63] * 3) + "." + "d" * 48, "over 253"),
+])
+def test_domain_problem_says_why(domain, why):
+    problem = domain_problem(domain)
+    assert problem is not None and why in problem, problem
+
+
+def test_domain_problem_takes_a_length_limit():
+    longest = ".".join(["x" * 63] * 3 + ["x" * 61])  # 253
+    assert domain_problem(longest, 253) is None
+    assert domain_problem(longest + "x") is None  # RFC 5321's 255
+    assert "1 to 253 characters" in domain_problem(longest + "x", 253)
+
+
+_labels = st.sampled_from([
+    "example", "my_host", "_dmarc", "ab--cd", "x" * 63, "b\u00fccher", "B\u00dcCHER",
+    "xn--bcher-kva", "XN--BCHER-KVA", "stra\u00dfe", "\u4e2d\u6587", "\u00fc" * 57,
+    "xn--zz", "xn---bcher-kva", "\u2603", "-x", "\u00fc" * 58, "a\u3002b",
+])
+
+
+@given(st.lists(_labels, min_size=1, max_size=5).map(".".join))
+def test_a_domain_taken_is_taken_in_every_spelling_and_is_one_domain(domain):
+    # what SMTP takes the configuration can list and vice versa (one
+    # routine); so a configured domain must match mail addressed to it in
+    # its U-label or its A-label form, which canonical_domain decides
+    if domain_problem(domain) is not None:
+        return
+    a_form = ascii_domain(domain)
+    u_form = canonical_domain(domain)
+    assert a_form.isascii(), domain
+    for spelling in (a_form, u_form, a_form.upper(), domain.lower()):
+        assert domain_problem(spelling) is None, (domain, spelling)
+        assert canonical_domain(spelling) == u_form, (domain, spelling)
+        assert ascii_domain(canonical_domain(spelling)) == a_form.lower(), (domain, spelling)

@@ -526,3 +526,16 @@ def test_a_password_from_stdin_keeps_its_spaces(config: Path) -> None:
 
     db = UsersDB(str(config.parent / "users"), "example.org")
     assert db.apop_secret(Address("amy", "example.org")) == " pw "
+
+
+def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path) -> None:
+    # one rule for [hub] domains and SMTP paths (txmailhub.address.domain_problem):
+    # an ASCII label IDNA2008 would not convert ("ab--cd") beside a U-label
+    path = tmp_path / "mailhub.toml"
+    path.write_text(HUB + 'domains = ["ab--cd.xn--bcher-kva.test"]\nstate_dir = "var"\n')
+    assert run(path, "user", "add", "joe@AB--CD.b\u00fccher.test", "--password-stdin",
+               stdin="pw\n") == (0, "added joe@ab--cd.b\u00fccher.test\n", "")
+    assert run(path, "check") == (0, f"{path}: ok\n", "")
+    path.write_text(HUB + 'domains = ["mail.xn--zz.test"]\nstate_dir = "var"\n')
+    code, out, err = run(path, "check")
+    assert code == 2 and out == "" and "the label 'xn--zz' is no A-label" in err, err

@@ -276,6 +276,29 @@ def test_an_idn_is_one_domain_however_it_is_spelled() -> None:
     assert "'xn--zz.example' is not a valid internationalized domain name" in bad
 
 
+def test_local_domains_follow_the_smtp_paths_rule_label_by_label() -> None:
+    # txmailhub.address.domain_problem for both: an ASCII label IDNA2008
+    # would not convert ("ab--cd", RFC 5890 2.3.1's reserved LDH label; the
+    # paths' underscore) beside a U-label or an A-label, as SMTP takes it
+    s = load_text('[hub]\ndomains = ["ab--cd.b\u00fccher.test", "my_host.example", '
+                  '"_dmarc.xn--bcher-kva.test"]\n', "/x.toml")
+    assert s.hub.domains == ("ab--cd.b\u00fccher.test", "my_host.example",
+                             "_dmarc.b\u00fccher.test")
+    # its A-label spelling is the same domain
+    s = load_text('[hub]\ndomains = ["AB--CD.XN--BCHER-KVA.test"]\n', "/x.toml")
+    assert s.hub.domains == ("ab--cd.b\u00fccher.test",)
+    [twice] = problems('[hub]\ndomains = ["ab--cd.b\u00fccher.test", '
+                       '"ab--cd.xn--bcher-kva.test"]\n')
+    assert twice.endswith("'ab--cd.xn--bcher-kva.test' is listed twice "
+                          "(as ab--cd.b\u00fccher.test)"), twice
+    # what SMTP refuses stays refused: a fake A-label beside a U-label or
+    # not, a snowman, a label over 63 octets as an A-label
+    for bad in ("xn--zz.b\u00fccher.test", "mail.xn--zz.test", "\u2603.test",
+                "\u00fc" * 58 + ".test"):
+        [problem] = problems(f'[hub]\ndomains = ["{bad}"]\n')
+        assert "is not a valid internationalized domain name" in problem, problem
+
+
 def test_an_idn_hostname_is_written_as_its_a_label() -> None:
     # greetings, EHLO and Received carry it: ASCII only (RFC 6531 3.7.1)
     [problem] = problems('[hub]\nhostname = "mail.bücher.example"\ndomains = ["a.test"]\n')

@@ -468,3 +468,19 @@ class MoreAliasTests(Base):
         _, problems = parse_aliases("inc: :INCLUDE:/etc/list, joe\n", "example.org", filename="f")
         self.assertEqual(problems, [
             "f:1: target ':INCLUDE:/etc/list' of 'inc': :include: lists are not supported"])
+
+
+class ConfiguredDomainTests(SynchronousTestCase):
+    def test_a_configured_mixed_idn_domain_is_local_in_either_spelling(self):
+        # a domain the configuration takes (the SMTP paths' rule, label by
+        # label) is one domain however mail spells it
+        from txmailhub.config import load_text
+
+        for listed in ("ab--cd.b\u00fccher.test", "ab--cd.xn--bcher-kva.test"):
+            settings = load_text(f'[hub]\ndomains = ["{listed}"]\n', "/x.toml")
+            r = Router(settings.hub.domains, Users("joe@ab--cd.b\u00fccher.test"))
+            for spelling in ("ab--cd.b\u00fccher.test", "ab--cd.xn--bcher-kva.test",
+                             "AB--CD.XN--BCHER-KVA.TEST", "AB--CD.B\u00dcCHER.test."):
+                self.assertTrue(r.is_local_domain(spelling), (listed, spelling))
+                self.assertEqual(r.resolve(A(f"joe@{spelling}")),
+                                 ((A("joe@ab--cd.b\u00fccher.test"),), ()))

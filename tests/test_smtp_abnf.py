@@ -83,7 +83,9 @@ def expected_domain(dom: str, utf8: bool) -> str | None:
     # domain with a U-label has an A-label form (RFC 5890 2.3.2.1): each
     # label as IDNA2008 encodes it, an xn-- label a true A-label, and at
     # most 253 octets in all (RFC 1035's 255 on the wire)
-    if dom.isascii():
+    # an xn-- label must be an A-label in an all-ASCII domain as well (RFC
+    # 5890 2.3.2.1, RFC 5891 5.3): a fake one names nothing DNS can hold
+    if dom.isascii() and not any(lab[:4].lower() == "xn--" for lab in labels):
         return dom.lower() if all(len(lab) <= 63 for lab in labels) else None
     ace = [lab if lab.isascii() and lab[:4].lower() != "xn--" else G.a_label(lab)
            for lab in labels]

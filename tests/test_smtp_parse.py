@@ -612,6 +612,26 @@ def test_a_domain_with_a_u_label_has_an_a_label_form(domain):
     assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P, True) == replies.SYNTAX_RECIPIENT
 
 
+@pytest.mark.parametrize("domain", [
+    "xn--zz.test", "XN--ZZ.test", "mail.xn--zz.test",  # not Punycode of a U-label
+    "xn---bcher-kva.test",  # non-canonical (RFC 5891 5.3: it must encode back)
+    "xn--n3h.test",  # a snowman, DISALLOWED in IDNA2008
+    "xn--abc-.test",  # no Punycode content
+])
+def test_a_fake_a_label_is_bad_syntax_in_an_ascii_domain_too(domain):
+    # RFC 5890 2.3.2.1: an xn-- label is an A-label or no valid label at
+    # all, whatever the rest of the domain; so for the sender (X.1.7) as for
+    # a recipient (X.1.3), as for every other bad domain, with or without
+    # SMTPUTF8
+    for utf8 in (False, True):
+        assert reply_of(parse_mailbox, f"u@{domain}", P, utf8) == replies.SYNTAX_ADDRESS
+        assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P, utf8) == replies.SYNTAX_RECIPIENT
+        assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P, utf8) == \
+            replies.SYNTAX_RECIPIENT
+    assert reply_of(parse_mail, f"FROM:<u@{domain}>", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_mail, f"FROM:<u@{domain}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
+
+
 def test_the_longest_a_label_forms_are_taken():
     from txmailhub.address import ascii_domain, canonical_domain
 
@@ -625,10 +645,10 @@ def test_the_longest_a_label_forms_are_taken():
         a_labels = ascii_domain(domain.lower())
         assert len(a_labels) <= 253 and all(len(x) <= 63 for x in a_labels.split("."))
     assert len(ascii_domain(f"b\u00fccher.{rest}")) == 253
-    # and an ASCII domain may still hold an xn-- label that is none: it is
-    # its own and only spelling (canonical_domain keeps it)
-    assert parse_mailbox("u@xn--zz.test", P).domain == "xn--zz.test"
-    assert canonical_domain("xn--zz.test") == "xn--zz.test"
+    # an xn-- label that is an A-label is taken in an all-ASCII domain too,
+    # and is the same domain as its U-label
+    assert parse_mailbox("u@XN--BCHER-KVA.test", P).domain == "xn--bcher-kva.test"
+    assert canonical_domain("xn--bcher-kva.test") == "b\u00fccher.test"
 
 
 ldh_label = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,68}[a-z0-9_])?", fullmatch=True)

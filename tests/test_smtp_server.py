@@ -44,8 +44,9 @@ def b64(s: str) -> str:
 class Driver:
     """Runs an engine, answering its requests like a cooperative adapter."""
 
-    def __init__(self, queue=None, session=None, auto=True, spooler=None, **config):
-        router = StaticRouter(
+    def __init__(self, queue=None, session=None, auto=True, spooler=None, router=None,
+                 **config):
+        router = router or StaticRouter(
             {"alice": None, "bob": None, "hollindg": None, "list": ["alice", "bob"],
              "fwd": ["x@remote.test"], "jörg": None, "intl": ["jörg", "alice"]},
             domains=("example.org", "example.net"),
@@ -323,6 +324,50 @@ def test_a_label_over_63_octets_is_a_501_naming_the_sender_or_the_recipient():
         "501 5.1.3 Bad recipient address syntax"]
     # 63 octets make a domain: whether it is relayed is policy's question
     assert d.send(f"RCPT TO:<u@{long[1:]}>\r\n") == [replies.RELAY_DENIED.text()]
+
+
+def test_a_configured_mixed_idn_domain_takes_mail_in_either_spelling():
+    # an ASCII label IDNA2008 would not convert ("ab--cd") beside a U-label:
+    # the configuration lists it (the SMTP paths' rule, label by label) and
+    # mail for it is local whether RCPT spells it in A-labels or U-labels
+    from txmailhub.config import load_text
+    from txmailhub.router import Router
+
+    settings = load_text('[hub]\nhostname = "mx.example.org"\n'
+                         'domains = ["ab--cd.b\u00fccher.test", "example.org"]\n', "/x.toml")
+    users = SimpleNamespace(contains=lambda a: a.key == "joe@ab--cd.b\u00fccher.test")
+    d = Driver(router=Router(settings.hub.domains, users),
+               primary_domain=settings.hub.primary_domain)
+    assert d.codes("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\n") == ["250", "250"]
+    # no SMTPUTF8: the A-label form (RFC 6531 3.2), any case
+    assert d.codes("RCPT TO:<joe@ab--cd.xn--bcher-kva.test>\r\n") == ["250"]
+    assert d.codes("RCPT TO:<Joe@AB--CD.XN--BCHER-KVA.TEST.>\r\n") == ["250"]
+    # local, not relayed: an unknown user is 550 5.1.1, not 5.7.1
+    assert d.send("RCPT TO:<ann@ab--cd.xn--bcher-kva.test>\r\n") == [
+        replies.UNKNOWN_USER.text()]
+    assert d.codes("RSET\r\nMAIL FROM:<s@x.test> SMTPUTF8\r\n") == ["250", "250"]
+    assert d.codes("RCPT TO:<joe@ab--cd.b\u00fccher.test>\r\n") == ["250"]
+    assert d.codes("RCPT TO:<joe@AB--CD.B\u00dcCHER.test>\r\n") == ["250"]
+    assert d.send("RCPT TO:<ann@ab--cd.b\u00fccher.test>\r\n") == [
+        replies.UNKNOWN_USER.text()]
+
+
+def test_a_fake_a_label_in_an_ascii_domain_is_a_501():
+    # RFC 5890 2.3.2.1, RFC 5891 5.3: "xn--zz" says it is an A-label and
+    # is none; no registry holds it, no mail reaches it.  The same 501 as
+    # any other bad domain, in MAIL (5.1.7) and RCPT (5.1.3), and as under
+    # SMTPUTF8 beside a U-label; the session goes on
+    d = Driver(queue=QueueSpy())
+    d.send("EHLO c.test\r\n")
+    for domain in ("xn--zz.test", "mail.XN--ZZ.test", "xn---bcher-kva.test"):
+        assert d.send(f"MAIL FROM:<s@{domain}>\r\n") == ["501 5.1.7 Bad address syntax"]
+    assert d.codes("MAIL FROM:<s@xn--bcher-kva.test>\r\n") == ["250"]  # a true A-label
+    for domain in ("xn--zz.test", "mail.XN--ZZ.test", "xn---bcher-kva.test"):
+        assert d.send(f"RCPT TO:<u@{domain}>\r\n") == [
+            "501 5.1.3 Bad recipient address syntax"]
+        assert d.send(f"RCPT TO:<@{domain}:alice@example.org>\r\n") == [
+            "501 5.1.3 Bad recipient address syntax"]
+    assert d.codes("RCPT TO:<alice>\r\n") == ["250"]
 
 
 def test_a_helo_name_with_a_long_label_is_taken_as_any_other_name():

@@ -26,6 +26,7 @@ __all__ = [
     "client_ip",
     "client_key",
     "dns_name_problem",
+    "domain_problem",
     "address_literal",
     "ipv4_literal",
     "ipv6_literal",
@@ -98,6 +99,109 @@ def _idn_labels(name: str, ascii: bool) -> list[str] | None:
     if ascii and sum(1 + len(label) for label in out) - 1 > _MAX_IDN_DOMAIN:
         return None
     return out
+
+
+# What domain_problem takes, written out: an ASCII label is letters,
+# digits, inner hyphens and the underscores seen in the wild, 1 to 63
+# octets (RFC 1035 2.3.4); a non-ASCII label is those and RFC 6531's
+# UTF8-non-ascii, less C1 controls and U+2028/U+2029 (line breaks to
+# str.splitlines), before IDNA2008 judges it.
+_LDH_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
+_LDH_DOMAIN = re.compile(rf"{_LDH_LABEL}(?:\.{_LDH_LABEL})*\Z")
+_LDH_LABEL_RE = re.compile(rf"{_LDH_LABEL}\Z")
+_UTF8_LABEL = re.compile(r"(?:[A-Za-z0-9_\-]|[^\x00-\x9f\u2028\u2029])+\Z")
+# a label that says it is an A-label ("xn--", any case: RFC 5890 2.3.1)
+_XN_LABEL = re.compile(r"(?:\A|\.)xn--", re.IGNORECASE)
+# RFC 5321 4.5.3.1.2: a domain is at most 255 octets
+MAX_DOMAIN = 255
+
+
+def domain_problem(name: str, max_length: int = MAX_DOMAIN) -> str | None:
+    """Why ``name`` (no final dot, no address literal) is no domain the hub
+    takes, or ``None``: the one rule for SMTP paths (``txmailhub.smtp._parse``)
+    and the configured local domains (``txmailhub.config``), so that a
+    domain the one takes the other does too, in either spelling.
+
+    Label by label, as ``_idn_labels`` converts: an ASCII label is letters,
+    digits, inner hyphens and underscores, at most 63 octets, and kept as
+    it is -- ``ab--cd`` (RFC 5890 2.3.1's reserved LDH label) too, next to
+    a U-label or not; one that says it is an A-label (``xn--``) must be
+    one, in an all-ASCII name as well (RFC 5890 2.3.2.1, RFC 5891 5.3: it
+    decodes to a U-label that encodes back to it; ``xn--zz`` is a "fake
+    A-label" no registry can hold); a non-ASCII label must be a U-label
+    IDNA2008 takes (UTS 46 mapping, so ``BÜCHER`` is ``bücher``) whose
+    A-label has at most 63 octets.  At most ``max_length`` characters as
+    written (RFC 5321's 255; the configuration asks for DNS's 253), and a
+    name with a U-label or an A-label at most 253 in its A-label form
+    (RFC 1035 2.3.4's 255 on the wire, all IDNA2008 converts)."""
+    if name.isascii() and len(name) <= max_length and _LDH_DOMAIN.match(name) and (
+            "-" not in name or not _XN_LABEL.search(name)):
+        return None  # nearly every domain: one regular expression
+    if not name:
+        return "is not a domain name: it is empty"
+    idn = False
+    for label in name.split("."):
+        if not label:
+            return "is not a domain name: it has an empty label (two dots in a row)"
+        if label.isascii():
+            if len(label) > 63:
+                return (f"is not a domain name: the label {label[:20]!r}... is over 63 "
+                        "characters")
+            if not _LDH_LABEL_RE.match(label):
+                if label == name:
+                    return ("is not a domain name (letters, digits, underscores and inner "
+                            "hyphens only)")
+                return (f"is not a domain name: the label {label!r} is not letters, digits, "
+                        "underscores and inner hyphens only")
+            if label[:4].lower() == "xn--":
+                if not _a_label(label):
+                    return (f"is not a valid internationalized domain name: the label "
+                            f"{label!r} is no A-label (not the Punycode of a U-label "
+                            "IDNA2008 takes, as IDNA2008 writes it: RFC 5891 5.3)")
+                idn = True
+        else:
+            if not _UTF8_LABEL.match(label) or _u_label(label) is None:
+                return (f"is not a valid internationalized domain name: the label {label!r} "
+                        "is no U-label IDNA2008 takes, or its A-label is over 63 characters "
+                        "(RFC 5891)")
+            idn = True
+    if len(name) > max_length:
+        return f"is not a domain name (1 to {max_length} characters)"
+    if idn:
+        a_labels = _idn_labels(name, ascii=True)
+        if a_labels is None:  # the only thing left: the length of the whole
+            return (f"is not a domain name: its A-label form is over {_MAX_IDN_DOMAIN} "
+                    "characters (RFC 1035 2.3.4)")
+        if len(".".join(a_labels)) > max_length:
+            return f"is not a domain name: its A-label form is over {max_length} characters"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _u_label(label: str) -> int | None:
+    """The length of the A-label of a non-ASCII label IDNA2008 takes (RFC
+    5890 2.3.2.1's U-label; the A-label at most 63 octets, which idna
+    checks), else ``None``.  Read with UTS 46 mapping as every domain of
+    the hub is (capitals and decomposed forms are the same name,
+    docs/smtp.rst); one label, not a name the mapping splits at an
+    ideographic full stop."""
+    try:
+        ace = idna.encode(label, uts46=True)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+    return None if b"." in ace else len(ace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _a_label(label: str) -> bool:
+    """Whether an ASCII ``xn--`` label is a valid A-label (RFC 5891 5.3):
+    lower-cased, it decodes to a U-label IDNA2008 takes that encodes back
+    to the same label (``xn--zz``, the non-canonical ``xn---bcher-kva`` and
+    ``xn--n3h``, a snowman, are not)."""
+    try:
+        return idna.alabel(idna.ulabel(label)).decode("ascii") == label.lower()
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return False
 
 
 def canonical_local(local: str) -> str:

@@ -21,9 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import idna
-
-from txmailhub.address import address_literal, canonical_domain, client_ip
+from txmailhub.address import (
+    address_literal,
+    ascii_domain,
+    canonical_domain,
+    client_ip,
+    domain_problem,
+)
 from txmailhub.errors import ConfigError
 
 __all__ = [
@@ -510,17 +514,31 @@ def _networks(v: Any) -> tuple[str, ...]:
     return _each(_string_list(v), _network)
 
 
-def _domain_problem(name: str) -> str | None:
-    """Why ``name`` (without a final dot) is not a domain name: labels of
-    letters (any script: an IDN's U-labels), digits and inner hyphens, 63
-    characters at most each, 253 in all (RFC 1035 2.3.1, RFC 5890)."""
+# RFC 1035 2.3.4: 255 octets on the wire, 253 written out.  A local domain
+# is one DNS can hold (its MX records name it); SMTP paths take RFC 5321's
+# 255 (txmailhub.smtp._parse), the one place the two rules differ.
+_MAX_DNS_NAME = 253
+
+
+def _literal_problem(name: str) -> str | None:
+    """Why an address literal (RFC 5321 4.1.3), as a host without a name
+    uses, is none."""
+    try:
+        address_literal(name)
+    except ValueError:
+        return "is not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])"
+    return None
+
+
+def _hostname_problem(name: str) -> str | None:
+    """Why ``name`` (without a final dot) cannot be the hub's own name:
+    labels of letters (any script: an IDN's U-labels), digits and inner
+    hyphens -- no underscore, which an EHLO name cannot hold (RFC 5321
+    4.1.2) -- then the rule every domain follows (``domain_problem``: an
+    ``xn--`` label a true A-label, a U-label one IDNA2008 takes), at most
+    253 characters (RFC 1035 2.3.4)."""
     if name.startswith("[") and name.endswith("]"):
-        # an address literal (RFC 5321 4.1.3), as a host without a name uses
-        try:
-            address_literal(name)
-        except ValueError:
-            return "is not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])"
-        return None
+        return _literal_problem(name)
     if not name or len(name) > 253:
         return "is not a domain name (1 to 253 characters)"
     for label in name.split("."):
@@ -537,7 +555,7 @@ def _domain_problem(name: str) -> str | None:
                 return "is not a domain name (letters, digits and inner hyphens only)"
             return (f"is not a domain name: the label {label!r} is not letters, digits and "
                     "inner hyphens only")
-    return None
+    return domain_problem(name, _MAX_DNS_NAME)
 
 
 def _domains(v: Any) -> tuple[str, ...]:
@@ -548,7 +566,13 @@ def _domains(v: Any) -> tuple[str, ...]:
     reasons = []
     for d in items:
         d = d.strip().rstrip(".").lower()
-        why = _domain_problem(d) or _idna_problem(d)
+        # the rule SMTP paths follow (txmailhub.address.domain_problem),
+        # label by label: any domain mail can be addressed to can be
+        # listed, "ab--cd.bücher.test" and "my_host.example" too
+        if d.startswith("[") and d.endswith("]"):
+            why = _literal_problem(d)
+        else:
+            why = domain_problem(d, _MAX_DNS_NAME)
         if why:
             reasons.append(f"{d!r} {why}")
             continue
@@ -565,18 +589,6 @@ def _domains(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _idna_problem(name: str) -> str | None:
-    """Why an internationalized ``name`` is no IDNA2008 domain name (an
-    ``xn--`` label that does not decode, a label IDNA does not allow)."""
-    if name.isascii() and "xn--" not in name:
-        return None
-    try:
-        idna.encode(name, uts46=True)
-    except (idna.IDNAError, UnicodeError, ValueError) as e:
-        return f"is not a valid internationalized domain name ({e})"
-    return None
-
-
 def _hostname(v: Any) -> str:
     """The hub's own name: it goes into the greeting, EHLO and every
     Received field, so it must be a domain name (a space or a CR in it
@@ -584,11 +596,11 @@ def _hostname(v: Any) -> str:
     trace field carry the A-label form of an internationalized name (RFC
     6531 3.7.1), and a peer without SMTPUTF8 takes nothing else."""
     s = _nonempty_string(v).strip()
-    why = _domain_problem(s.rstrip(".")) or _idna_problem(s.rstrip("."))
+    why = _hostname_problem(s.rstrip("."))
     if why:
         raise ValueError(f"{s!r} {why}")
     if not s.isascii():
-        a_label = idna.encode(s.rstrip("."), uts46=True).decode("ascii")
+        a_label = ascii_domain(s.rstrip("."))
         raise ValueError(f"{s!r}: write the name in its ASCII (A-label) form, {a_label!r}: "
                          "it goes into greetings, EHLO and Received fields")
     return s

@@ -24,22 +24,22 @@ Accepted path forms:
   (kept bracketed as the domain: local only when ``[hub] domains`` lists it);
 * non-ASCII local parts and domains only under SMTPUTF8 (RFC 6531).
 
-A domain's labels are at most 63 octets and the domain 255 (RFC 1035
-2.3.4, RFC 5321 4.5.3.1.2); one with a U-label must have an A-label form
-(``_a_label_form_length``).  A longer one is the same 501 as any other bad
-domain: X.1.7 for the sender, X.1.3 for a recipient.  HELO and EHLO names
-are not parsed here (the engine takes any name: the client's claim).
+A domain is what ``txmailhub.address.domain_problem`` takes, the rule
+the configured local domains follow too: labels of at most 63 octets, the
+domain 255 (RFC 1035 2.3.4, RFC 5321 4.5.3.1.2); an ``xn--`` label a true
+A-label, in an all-ASCII domain too; a U-label one IDNA2008 takes, and a
+domain with either at most 253 octets as A-labels.  Any other is the same
+501 as any other bad domain: X.1.7 for the sender, X.1.3 for a recipient.
+HELO and EHLO names are not parsed here (the engine takes any name: the
+client's claim).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
-import idna
-
-from txmailhub.address import Address, address_literal
+from txmailhub.address import Address, address_literal, domain_problem
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decode
@@ -76,21 +76,6 @@ _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
 _U8 = r"[^\x00-\x9f\u2028\u2029]"
 _DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
 _DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|{_U8})+(?:\.(?:[{_ATEXT}]|{_U8})+)*\Z")
-# Letters, digits, hyphens; underscores too (seen in the wild, harmless).
-# At most 63 octets a label (RFC 1035 2.3.4, RFC 5321 4.5.3.1.2): a longer
-# one has no DNS form, so no mail could ever reach it.
-_LDH_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
-_DOMAIN = re.compile(rf"{_LDH_LABEL}(?:\.{_LDH_LABEL})*\Z")
-_DOMAIN_UTF8 = re.compile(
-    rf"(?:[A-Za-z0-9_\-]|{_U8})+(?:\.(?:[A-Za-z0-9_\-]|{_U8})+)*\Z"
-)
-_LABEL = re.compile(rf"{_LDH_LABEL}\Z")
-# RFC 5321 4.5.3.1.2: a domain is at most 255 octets
-MAX_DOMAIN = 255
-# A domain with a U-label must have an A-label form (below): IDNA2008
-# converts at most RFC 1035's 255 octets on the wire, which is 253 written
-# out (each label's length octet and the root's take the rest)
-MAX_IDN_DOMAIN = 253
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
 _QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
 # RFC 3461 4.4's "printable (graphic and white space)" characters, as for
@@ -176,74 +161,13 @@ def _check_domain(domain: str, utf8: bool) -> str:
             raise _fail(replies.SYNTAX_ADDRESS) from None
     if domain.endswith("."):
         domain = domain[:-1]
-    if len(domain) > MAX_DOMAIN:
+    if not utf8 and not domain.isascii():
+        raise _fail(replies.SMTPUTF8_NOT_DECLARED)
+    # the configured local domains are held to the same rule: a domain
+    # taken here can be listed there, in either spelling
+    if domain_problem(domain) is not None:
         raise _fail(replies.SYNTAX_ADDRESS)
-    if domain.isascii():
-        if not _DOMAIN.match(domain):
-            raise _fail(replies.SYNTAX_ADDRESS)
-    else:
-        if not utf8:
-            raise _fail(replies.SMTPUTF8_NOT_DECLARED)
-        if not _DOMAIN_UTF8.match(domain):
-            raise _fail(replies.SYNTAX_ADDRESS)
-        if _a_label_form_length(domain) is None:
-            raise _fail(replies.SYNTAX_ADDRESS)
     return domain.lower()
-
-
-def _a_label_form_length(domain: str) -> int | None:
-    """The length in octets of ``domain``'s A-label form (RFC 5890), or
-    ``None`` when a domain with a U-label has none.
-
-    RFC 6531 3.3 adds U-labels to sub-domain, nothing else: an ASCII label
-    keeps RFC 5321's letter-digit-hyphen form ("-x" is no label beside a
-    U-label either) and its 63 octets, and one that says it is an A-label
-    (``xn--``) must be one (RFC 5890 2.3.2.1, RFC 5891 5.4: IDNA2008 takes
-    it back to a U-label); a non-ASCII label must be a name IDNA2008 takes
-    ("-b\u00fccher", a snowman) whose A-label has at most 63 octets; the
-    whole A-label form at most ``MAX_IDN_DOMAIN``.  Else the name has no
-    A-label form for DNS or for a peer without SMTPUTF8, and no one
-    spelling that a local domain could be compared in (``canonical_domain``
-    could not map it)."""
-    total = -1
-    for label in domain.split("."):
-        if label.isascii():
-            if not (_LABEL.match(label) and (label[:4].lower() != "xn--" or _a_label(label))):
-                return None
-            total += 1 + len(label)
-        else:
-            n = _u_label(label)
-            if n is None:
-                return None
-            total += 1 + n
-    return total if total <= MAX_IDN_DOMAIN else None
-
-
-@functools.lru_cache(maxsize=1024)
-def _u_label(label: str) -> int | None:
-    """The length of the A-label of a non-ASCII label IDNA2008 takes (RFC
-    5890 2.3.2.1's U-label; the A-label at most 63 octets, which idna
-    checks), else ``None``.  Read with UTS 46 mapping as every domain of
-    the hub is (capitals and decomposed forms are the same name,
-    docs/smtp.rst); one label, not a name the mapping splits at an
-    ideographic full stop."""
-    try:
-        ace = idna.encode(label, uts46=True)
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return None
-    return None if b"." in ace else len(ace)
-
-
-@functools.lru_cache(maxsize=1024)
-def _a_label(label: str) -> bool:
-    """Whether an ASCII ``xn--`` label is a valid A-label: the canonical
-    Punycode of a U-label IDNA2008 takes (``xn--zz`` and the non-canonical
-    ``xn---bcher-kva`` are not)."""
-    try:
-        idna.ulabel(label)
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return False
-    return True
 
 
 def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address:
