@@ -233,6 +233,8 @@ mail_param = st.one_of(
     st.sampled_from(["BODY=7BIT", "BODY=8BITMIME", "body=8bitmime", "SMTPUTF8", "RET=FULL",
                      "ret=hdrs", "AUTH=<>", "BODY=BINARYMIME", "X-FOO", "XBAR=1"]),
     printable.map(lambda t: "AUTH=" + xtext_of(t)),
+    # RFC 4954 5: a mailbox, ASCII or (with SMTPUTF8) not, xtext-encoded
+    st.one_of(G.mailbox_ascii, G.mailbox_u8).map(lambda m: "AUTH=" + xtext_of(m)),
     printable.map(lambda t: "ENVID=" + xtext_of(t)),
     st.text(alphabet="\u00e9\u20ac", min_size=1, max_size=3).map(lambda t: "ENVID=" + xtext_of(t)),
 )
@@ -261,7 +263,16 @@ def mail_param_errors(key: str, value: str | None, smtputf8: bool) -> set | None
     if key == "RET":
         return None if value and value.upper() in ("FULL", "HDRS") else bad
     if key == "AUTH":
-        return None if value == "<>" or (value and G.xtext(value) is not None) else bad
+        # RFC 4954 5: xtext whose decoded form is "<>" or an addr-spec, read
+        # as a path's mailbox is (and as long as one may be)
+        decoded = G.xtext(value) if value else None
+        if decoded is None:
+            return bad
+        if decoded == "<>":
+            return None
+        if len(decoded.encode()) > 256 or expected_mailbox(decoded, smtputf8) is None:
+            return bad
+        return None
     if key == "ENVID":
         decoded = G.xtext(value) if value else None
         if decoded is None or len(value) > 100:
@@ -294,8 +305,7 @@ def check_mail_params(tail: str) -> None:
         size=int(values["SIZE"]) if "SIZE" in values else None,
         body_8bit=(values.get("BODY") or "").upper() == "8BITMIME",
         smtputf8="SMTPUTF8" in values,
-        auth=(values["AUTH"] if values["AUTH"] == "<>" else G.xtext(values["AUTH"]))
-        if "AUTH" in values else None,
+        auth=G.xtext(values["AUTH"]) if "AUTH" in values else None,
         ret=values["RET"].upper() if "RET" in values else None,
         envid=G.xtext(values["ENVID"]) if "ENVID" in values else None,
     )

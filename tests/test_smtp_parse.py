@@ -436,6 +436,130 @@ def test_quoted_round_trip(content, dom):
     assert rcpt == a
 
 
+# --- decoded ESMTP values: AUTH= (RFC 4954 5), ORCPT= (RFC 3461 4.2, RFC 6533 3) ----
+
+
+@pytest.mark.parametrize("value", [
+    "+0D+0A",  # a line break
+    "a+00b@x.test", "a+1Bb@x.test",  # controls
+    "<a@x.test>",  # "<" and ">" are xchars, but an addr-spec has no brackets
+    "a+20b@x.test",  # a space outside a quoted string
+    "a@b@x.test", "@x.test", "a@", "a..b@x.test",
+    "a@xn--zz.test",  # a fake A-label, as in any other address
+    "a@-x.test", "a@" + "x" * 64 + ".test",
+    "j+C3+B6rg@x.test",  # UTF-8 without SMTPUTF8 (RFC 6531 3.3)
+    "+E9@x.test",  # not UTF-8 at all
+    "a" * 250 + "@x.test",  # no path could be that long (RFC 5321 4.5.3.1.3)
+    "<>+20",
+])
+def test_a_malformed_auth_value_is_a_501(value):
+    # RFC 4954 5: the decoded xtext "MUST be either an addr-spec or the two
+    # characters <>"; a bad value of a known parameter is 501 5.5.4
+    assert reply_of(parse_mail, f"FROM:<a@b.test> AUTH={value}", P) == replies.PARAM_SYNTAX
+    assert reply_of(parse_mail, f"FROM:<a@b.test> AUTH={value} BODY=8BITMIME", P) == \
+        replies.PARAM_SYNTAX
+
+
+@pytest.mark.parametrize(("value", "decoded", "smtputf8"), [
+    ("<>", "<>", False),
+    ("+3C+3E", "<>", False),
+    ("e+3Dmc2@example.com", "e=mc2@example.com", False),  # RFC 4954 5's own example
+    ("joe", "joe", False),  # a bare name, as for every address (the contract)
+    ("+22a+20b+22@x.test", '"a b"@x.test', False),
+    ("a@[192.0.2.1]", "a@[192.0.2.1]", False),
+    ("a@xn--bcher-kva.test", "a@xn--bcher-kva.test", False),
+    ("j+C3+B6rg@b+C3+BCcher.test", "j\u00f6rg@b\u00fccher.test", True),
+])
+def test_a_well_formed_auth_value_is_kept_decoded(value, decoded, smtputf8):
+    # SMTPUTF8 may stand before or after AUTH=
+    for params in ([f"AUTH={value}", "SMTPUTF8"] if smtputf8 else [f"AUTH={value}"],
+                   ["SMTPUTF8", f"AUTH={value}"] if smtputf8 else [f"AUTH={value}"]):
+        assert parse_mail("FROM:<a@b.test> " + " ".join(params), P)[1].auth == decoded
+
+
+u8_atom = st.text(alphabet=atext[:30] + "\u00e9\u00fc\u00df\u4e2d\U0001f600", min_size=1,
+                  max_size=8)
+u8_domain = st.lists(st.one_of(label, st.sampled_from(["b\u00fccher", "\u4e2d\u6587"])),
+                     min_size=1, max_size=3).map(".".join)
+
+
+@given(st.one_of(
+    st.tuples(dot_string, domain, st.just(False)),
+    st.tuples(st.lists(u8_atom, min_size=1, max_size=3).map(".".join), u8_domain,
+              st.just(True)),
+))
+def test_auth_mailbox_round_trip(case):
+    # any mailbox a path may hold, xtext-encoded (RFC 3461 4), comes back
+    # as it was sent; UTF-8 ones in an SMTPUTF8 transaction only
+    local, dom, utf8 = case
+    mailbox = f"{local}@{dom}"
+    encoded = xtext_encode(mailbox)
+    assert encoded.isascii()
+    tail = " SMTPUTF8" if utf8 else ""
+    assert parse_mail(f"FROM:<a@b.test> AUTH={encoded}{tail}", P)[1].auth == mailbox
+    if not mailbox.isascii():
+        assert reply_of(parse_mail, f"FROM:<a@b.test> AUTH={encoded}", P) == \
+            replies.PARAM_SYNTAX
+
+
+# one character no decoded value may hold: C0 controls (TAB aside), DEL, the
+# C1 controls and the Unicode line breaks
+_never = st.one_of(st.characters(max_codepoint=0x1F).filter(lambda c: c != "\t"),
+                   st.sampled_from(["\x7f", "\x85", "\x9b", "\u2028", "\u2029"]))
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=10),
+       _never, st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                       max_size=10),
+       st.booleans())
+def test_a_decoded_value_never_holds_a_control(head, bad, tail, smtputf8):
+    # whatever escapes spell it (xtext "+HH" of the UTF-8 octets, RFC 6533
+    # "\x{HEX}"), a control or a line break never gets into AUTH=, ORCPT=
+    # or ENVID: each reaches a header field or a log line
+    text = head + bad + tail
+    u8 = " SMTPUTF8" if smtputf8 else ""
+    for param in (f"AUTH={xtext_encode(text)}", f"AUTH={xtext_encode(text + '@x.test')}",
+                  f"ENVID={xtext_encode(text)}"):
+        assert reply_of(parse_mail, f"FROM:<a@b.test> {param}{u8}", P) == \
+            replies.PARAM_SYNTAX, param
+    for orcpt in (f"rfc822;{xtext_encode(text)}", f"utf-8;{utf8_addr_encode(text)}",
+                  f"x400;{xtext_encode(text)}"):
+        assert reply_of(parse_rcpt, f"TO:<a@b.test> ORCPT={orcpt}", P, smtputf8) == \
+            replies.PARAM_SYNTAX, orcpt
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.just("\t"),
+               min_size=1, max_size=60))
+def test_orcpt_rfc822_round_trip(text):
+    # RFC 3461 4.2: any printable US-ASCII text, an address or not (the
+    # value "is NOT constrained to conform to the syntax rules for that
+    # addr-type"), comes back as sent
+    for addr_type in ("rfc822", "RFC822", "x400"):
+        got = parse_rcpt(f"TO:<a@b.test> ORCPT={addr_type};{xtext_encode(text)}", P)[1]
+        assert got.orcpt == f"{addr_type};{text}"
+
+
+_printable_u8 = st.characters(
+    blacklist_categories=("Cs",), blacklist_characters="\u2028\u2029"
+).filter(lambda c: " " <= c <= "~" or ord(c) > 0x9F)
+
+
+@given(st.text(alphabet=_printable_u8, min_size=1, max_size=40), st.booleans())
+def test_orcpt_utf8_round_trip(text, smtputf8):
+    # RFC 6533 3: utf-8-addr-xtext (7-bit, any transaction) gives the text
+    # back; as utf-8-addr-unitext (raw UTF-8 beside the escapes of "+",
+    # "=", "\\" and the blanks) only in an SMTPUTF8 transaction
+    got = parse_rcpt(f"TO:<a@b.test> ORCPT=utf-8;{utf8_addr_encode(text)}", P, smtputf8)[1]
+    assert got.orcpt == f"utf-8;{text}"
+    unitext = "".join(c if ord(c) > 0x7F else utf8_addr_encode(c) for c in text)
+    if smtputf8:
+        assert parse_rcpt(f"TO:<a@b.test> ORCPT=utf-8;{unitext}", P, True)[1].orcpt == \
+            f"utf-8;{text}"
+    elif not unitext.isascii():
+        assert reply_of(parse_rcpt, f"TO:<a@b.test> ORCPT=utf-8;{unitext}", P) == \
+            replies.PARAM_SYNTAX
+
+
 @pytest.mark.parametrize(
     "arg",
     [

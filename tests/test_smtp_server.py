@@ -370,6 +370,24 @@ def test_a_fake_a_label_in_an_ascii_domain_is_a_501():
     assert d.codes("RCPT TO:<alice>\r\n") == ["250"]
 
 
+def test_a_malformed_auth_parameter_is_a_501():
+    # RFC 4954 5: the decoded AUTH= value is "<>" or an addr-spec; anything
+    # else is an invalid parameter value (RFC 3463 X.5.4), and no
+    # transaction starts
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    for value in ("+0D+0ARCPT+20TO:<x@y>", "<s@x.test>", "a+20b@x.test", "s@xn--zz.test",
+                  "j+C3+B6rg@x.test"):
+        assert d.send(f"MAIL FROM:<s@x.test> AUTH={value}\r\n") == [
+            replies.PARAM_SYNTAX.text()], value
+        assert d.engine.state is State.READY
+    # a well-formed one is taken (and never trusted: docs/smtp.rst)
+    assert d.codes("MAIL FROM:<s@x.test> AUTH=e+3Dmc2@example.com\r\n") == ["250"]
+    assert d.codes("RSET\r\nMAIL FROM:<s@x.test> AUTH=<>\r\n") == ["250", "250"]
+    assert d.codes("RSET\r\nMAIL FROM:<s@x.test> AUTH=j+C3+B6rg@x.test SMTPUTF8\r\n") == [
+        "250", "250"]
+
+
 def test_a_helo_name_with_a_long_label_is_taken_as_any_other_name():
     # HELO/EHLO are lenient on purpose (docs/smtp.rst): a name that is no
     # domain is answered 250 and kept out of the Received field's "from"
@@ -907,9 +925,13 @@ def test_extensions_lengthen_mail_and_rcpt_lines():
     # (1162 octets in all) and RCPT (1012); every other command stays at 512.
     d = Driver()
     d.send("EHLO c\r\n")
-    mail = "MAIL FROM:<s@x.test> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=" + "e" * 90
-    mail += " AUTH=" + "a" * (1160 - len(mail) - 6)
-    assert len(mail) + 2 == 1162
+    # a path of 256 octets, and an AUTH= mailbox of as many (RFC 4954 5:
+    # an addr-spec, or "<>") whose xtext escapes make it 738 characters
+    path = "s" * 64 + "@" + ".".join(["x" * 63] * 3)
+    mail = f"MAIL FROM:<{path}> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=" + "e" * 100
+    auth = "+2B" * 241 + "a" * (1160 - len(mail) - 6 - 723 - 7) + "@x.test"
+    mail += " AUTH=" + auth
+    assert len(path) == 256 and len(mail) + 2 == 1162
     assert d.codes(mail + "\r\n") == ["250"]
     orcpt = "ORCPT=rfc822;" + "o" * 400
     rcpt = f"RCPT TO:<alice> NOTIFY=SUCCESS,FAILURE,DELAY {orcpt}"

@@ -349,7 +349,7 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
         elif key == "AUTH":
             if value is None:
                 raise _fail(replies.PARAM_SYNTAX)
-            auth = value if value == "<>" else xtext_decode(value)
+            auth = xtext_decode(value)  # "<>" is xtext too, and itself decoded
         elif key == "RET":
             v = ascii_upper(value or "")
             if v not in ("FULL", "HDRS"):
@@ -374,7 +374,31 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
         # US-ASCII only (RFC 3461 4.4), whatever the xtext spelled; UTF-8
         # only in an SMTPUTF8 transaction (SMTPUTF8 may come after ENVID)
         raise _fail(replies.PARAM_SYNTAX)
+    if auth is not None and auth != "<>":
+        _check_auth_mailbox(auth, smtputf8)  # after the loop: SMTPUTF8 may come later
     return MailParams(size, body_8bit, smtputf8, auth, ret, envid)
+
+
+def _check_auth_mailbox(mailbox: str, smtputf8: bool) -> None:
+    """RFC 4954 5: the decoded ``AUTH=`` value "MUST be either an
+    addr-spec or the two characters <>"; anything else (``<a@b>``, a CR,
+    a space) is a malformed parameter, ``501 5.5.4``.
+
+    Read as a MAIL path's mailbox is (``parse_mailbox``: the paths'
+    leniencies, a bare local part included, as the external contract has
+    for every address), at most ``MAX_PATH`` octets, UTF-8 only in an
+    SMTPUTF8 transaction (RFC 6531 3.3).  A well-formed value is still
+    never trusted (RFC 4954 5: the hub behaves as if ``AUTH=<>`` was
+    given); checking it keeps a line break or a control out of anything
+    that would show it."""
+    if _too_long(mailbox):
+        raise _fail(replies.PARAM_SYNTAX)
+    try:
+        # the primary domain does not matter here: a bare name is taken,
+        # the value is kept as sent
+        parse_mailbox(mailbox, "localhost", smtputf8)
+    except RemoteProtocolError:
+        raise _fail(replies.PARAM_SYNTAX) from None
 
 
 def _rcpt_params(raw: dict[str, str | None]) -> RcptParams:
