@@ -1737,24 +1737,13 @@ class KeyedDeliveryTests(Base):
     def test_the_lookup_lists_cur_on_the_syncer_threads_not_the_reactor(self):
         # A mailbox kept for years has tens of thousands of names in cur/:
         # listed on the reactor thread, every session waits for it.
-        class CallRecorder(SyncerSpy):
-            """``call()`` keeps each job for the test to run, as the
-            worker threads would: later, and not on the reactor thread."""
-
-            def __init__(self):
-                super().__init__()
-                self.jobs = []
-                self.ran = []
-
-            def call(self, f, *args):
-                d = defer.Deferred()
-                self.jobs.append((f, args, d))
-                return d
+        class ListingRecorder(CallRecorder):
+            """Runs each job where the worker threads would, marked in
+            ``listed``."""
 
             def run_jobs(self):
                 while self.jobs:
                     f, args, d = self.jobs.pop(0)
-                    self.ran.append(f.__name__)
                     listed.append("<worker>")
                     d.callback(f(*args))
                     listed.append("</worker>")
@@ -1767,7 +1756,7 @@ class KeyedDeliveryTests(Base):
             return scandir(path)
 
         self.patch(os, "scandir", spy)
-        syncer = CallRecorder()
+        syncer = ListingRecorder()
         store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org", syncer)
         msg = self.spool()
         out = self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))

@@ -386,11 +386,9 @@ def test_exception_in_one_entry_does_not_stall_others(hub):
     assert len(hub.agent.calls) == 3  # retried after a minute
 
 
-def test_a_delivery_whose_record_cannot_be_written_is_not_made_twice(hub, monkeypatch):
-    # No descriptor or inode left for the record: the copy is delivered, the
-    # update fails.  The next try enters the known result instead of
-    # delivering again (each minute, for as long as the condition lasted).
-    hub.runner.start()
+def records_cannot_be_written(hub, monkeypatch) -> list[bool]:
+    """Every queue record update fails (no descriptor left) while the
+    returned flag's ``[0]`` is true."""
     real = hub.queue.update
     broken = [True]
 
@@ -400,6 +398,15 @@ def test_a_delivery_whose_record_cannot_be_written_is_not_made_twice(hub, monkey
         return real(qid, change)
 
     monkeypatch.setattr(hub.queue, "update", update)
+    return broken
+
+
+def test_a_delivery_whose_record_cannot_be_written_is_not_made_twice(hub, monkeypatch):
+    # No descriptor or inode left for the record: the copy is delivered, the
+    # update fails.  The next try enters the known result instead of
+    # delivering again (each minute, for as long as the condition lasted).
+    hub.runner.start()
+    broken = records_cannot_be_written(hub, monkeypatch)
     qid = enqueue(hub, BOB, LOCAL)
     assert len(hub.agent.calls) == 1 and len(hub.store.messages(LOCAL)) == 1
     hub.clock.advance(60)  # still failing: nothing delivered again
@@ -1003,15 +1010,7 @@ def test_a_release_during_an_attempt_whose_record_failed_is_honoured_later(hub, 
     # kept results are recorded: the release made during that attempt still
     # counts, and the next attempt is at once, not a schedule step later.
     hub.runner.start()
-    real = hub.queue.update
-    broken = [True]
-
-    def update(qid, change):
-        if broken[0]:
-            return defer.fail(OSError(24, "Too many open files"))
-        return real(qid, change)
-
-    monkeypatch.setattr(hub.queue, "update", update)
+    broken = records_cannot_be_written(hub, monkeypatch)
     pending = hub.agent.hold()
     qid = enqueue(hub, BOB)
     hub.queue.set_held(qid, False)
