@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -25,6 +26,7 @@ class FakeRing:
         self.refuse = None  # an OSError for the next submit
         self._done = []
         self.closed = False
+        self.abandoned = False
 
     def fileno(self):
         return 99
@@ -56,6 +58,9 @@ class FakeRing:
 
     def close(self):
         self.closed = True
+
+    def abandon(self):
+        self.abandoned = True
 
 
 class FakeReactor(Clock):
@@ -578,6 +583,82 @@ class SyncerWithAioTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertTrue(self.ring.closed)
 
+    def test_start_while_a_stop_drains_keeps_the_ring(self):
+        s = Syncer(self.reactor)
+        s.start()
+        d = s.sync_file(5)
+        stopped = s.stop()
+        s.start()
+        self.ring.complete()
+        s.aio.reap()
+        self.successResultOf(d)
+        self.successResultOf(stopped)
+        self.assertFalse(self.ring.closed)
+        self.assertEqual(len(self.reactor.readers), 1)
+        later = s.sync_file(6)
+        self.assertEqual(self.ring.submitted[-1][0], 6)
+        self.ring.complete()
+        s.aio.reap()
+        self.successResultOf(later)
+        self.successResultOf(s.stop())
+        self.assertTrue(self.ring.closed)
+
+    def test_a_forked_child_gets_a_ring_of_its_own(self):
+        # what os.fork's hook does in the child (the real fork:
+        # tests/test_sync.py RealForkTests): the parent's ring is given up,
+        # never closed (io_destroy), its reader left where it is; what
+        # was in flight is the parent's; the next request opens a new ring
+        s = Syncer(self.reactor)
+        s.start()
+        parents = s.aio
+        in_flight = s.sync_file(5)
+        parents_stop = s.stop()
+        s._forked()
+        self.assertIsNone(s.aio)
+        self.assertTrue(self.ring.abandoned)
+        self.assertFalse(self.ring.closed)
+        self.ring.complete()  # the parent's completion, seen by the child's reactor
+        parents._reader.doRead()
+        self.assertNoResult(in_flight)
+        self.assertNoResult(parents_stop)
+        mine = FakeRing()
+        self.patch(sync, "open_ring", lambda: mine)
+        d = s.sync_file(7)
+        self.assertIsNot(s.aio, parents)
+        self.assertEqual(mine.submitted[0][0], 7)
+        mine.complete()
+        s.aio.reap()
+        self.successResultOf(d)
+        self.successResultOf(s.stop())  # not waiting for the parent's request
+        self.assertTrue(mine.closed)
+        self.assertFalse(self.ring.closed)
+        self.assertEqual(self.reactor.readers, [parents._reader])
+        self.assertNoResult(in_flight)
+        # the child's reactor, removing it at shutdown, is given no
+        # descriptor: epoll's would unregister the number in the kernel
+        self.assertLess(parents._reader.fileno(), -1)
+
+    def test_a_fork_in_a_callback_leaves_the_rest_to_the_parent(self):
+        # the rest of the reap runs on in the child: the parent's other
+        # completion is not given there, and nothing is counted twice
+        s = Syncer(self.reactor)
+        s.start()
+        first, second = s.sync_file(5), s.sync_file(6)
+        first.addCallback(lambda _: s._forked())
+        self.ring.complete()
+        self.ring.complete()
+        s.aio.reap()
+        self.assertNoResult(second)
+        self.assertEqual(s._aio_busy, 0)
+        mine = FakeRing()
+        self.patch(sync, "open_ring", lambda: mine)
+        d = s.sync_dir("/")
+        mine.complete()
+        s.aio.reap()
+        self.successResultOf(d)
+        self.assertEqual(s._aio_busy, 0)
+        self.successResultOf(s.stop())
+
     def test_sync_fires_only_when_every_request_is_over(self):
         # the caller closes its descriptors when sync() fires: one still
         # waiting for room in the ring is not yet the kernel's, and its
@@ -689,6 +770,36 @@ class RealKernelTests(TestCase):
         self.assertFalse(s.aio.broken)
         self.assertTrue(s.aio.idle())
         yield s.stop()
+
+    def test_an_abandoned_ring_never_reads_the_parents_eventfd(self):
+        # abandon() in this process stands for the child of a fork: the
+        # descriptor number stays open but is another eventfd, which never
+        # becomes readable; the original (the parent's) keeps its wake-up
+        import select
+
+        ring = _ring_or_skip()
+        ctx = ring._ctx.value
+        number = ring.fileno()
+        parents = os.dup(number)
+        base = self.mktemp()
+        os.makedirs(base)
+        fd = os.open(base, os.O_RDONLY)
+        try:
+            ring.submit(fd, 1)
+            ring.abandon()
+            self.assertEqual(ring.fileno(), number)
+            self.assertTrue(select.select([parents], [], [], 5)[0])  # the parent's wake-up
+            self.assertEqual(select.select([number], [], [], 0)[0], [])
+            self.assertEqual(os.eventfd_read(parents), 1)
+            ring.close()
+            # no io_destroy of what is not ours: the context is still there
+            self.assertEqual(ring._syscall(ring._destroy, ctypes.c_ulong(ctx)), 0)
+            ctx = None
+        finally:
+            os.close(fd)
+            if ctx is not None:
+                ring._syscall(ring._destroy, ctypes.c_ulong(ctx))
+            os.close(parents)
 
     def test_a_bad_descriptor_is_refused_at_submit(self):
         ring = _ring_or_skip()

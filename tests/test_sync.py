@@ -187,6 +187,84 @@ class GroupCommitTests(SynchronousTestCase):
         self.threads.run_all()
         self.successResultOf(d)
 
+    def test_start_while_a_stop_drains_ends_started(self):
+        # a service restarted quickly: start() came before stop()'s
+        # Deferred; the stop's tear-down must not win afterwards
+        SyscallSpy(self)
+        s = self.syncer("fsync")
+        d = s.sync_file("/a")
+        stopped = s.stop()
+        s.start()
+        self.threads.run_all()
+        self.successResultOf(d)
+        self.successResultOf(stopped)  # still: everything before it is durable
+        later = s.sync_file("/b")
+        self.threads.run_all()
+        self.successResultOf(later)
+        called = s.call(lambda: 5)
+        self.threads.run_all()
+        self.assertEqual(self.successResultOf(called), 5)
+
+    def test_stop_start_stop_ends_stopped(self):
+        SyscallSpy(self)
+        s = self.syncer("fsync")
+        d = s.sync_file("/a")
+        first, _, second = s.stop(), s.start(), s.stop()
+        self.threads.run_all()
+        self.successResultOf(d)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.failureResultOf(s.sync_file("/b"), LocalError)
+
+    def test_a_forked_child_forgets_the_parents_batches(self):
+        # what os.fork's hook does in the child (the real fork:
+        # RealForkTests): the batch in flight and the one waiting for it
+        # are the parent's; the child's stop() does not wait for them, and
+        # their results never fire there (their callbacks are the parent's)
+        spy = SyscallSpy(self)
+        s = self.syncer("fsync")
+        in_flight = s.sync_file("/a")
+        waiting = s.sync_file("/b")
+        parents_stop = s.stop()
+        s._forked()
+        self.threads.run_all()  # the parent's job, finishing in the child
+        self.assertNoResult(in_flight)
+        self.assertNoResult(waiting)
+        self.assertNoResult(parents_stop)
+        self.assertEqual(spy.calls, [("fsync", "/a")])  # /b is the parent's to launch
+        mine = s.sync_file("/c")
+        self.threads.run_all()
+        self.successResultOf(mine)
+        self.successResultOf(s.stop())
+        self.assertNoResult(in_flight)
+
+    def test_a_fork_in_a_callback_leaves_the_rest_of_the_batch_to_the_parent(self):
+        # inlineCallbacks code that forks when a sync fires: the rest of
+        # the delivery runs on in the child, and must neither fire the
+        # parent's other requests there nor count the batch done twice
+        SyscallSpy(self)
+        s = self.syncer("fsync")
+        for targets in (["/a", "/a"], ["/a", "/b"]):  # one group; two groups
+            first, second = s.sync_each(targets)
+            first.addCallback(lambda _: s._forked())
+            self.threads.run_all()
+            self.assertNoResult(second)
+            self.assertEqual(s._in_flight, 0)
+            mine = s.sync_file("/c")
+            self.threads.run_all()
+            self.successResultOf(mine)
+            self.assertEqual(s._in_flight, 0)
+        self.successResultOf(s.stop())
+
+    def test_every_syncer_is_known_to_the_fork_hook(self):
+        s = self.syncer("fsync")
+        self.assertIn(s, list(sync._syncers))
+        forked = []
+        self.patch(s, "_forked", lambda: forked.append(True))
+        self.patch(sync, "_syncers", [s, object()])  # a broken one is skipped
+        sync._after_fork_in_child()
+        self.assertEqual(forked, [True])
+
     def test_max_batches_lets_a_second_batch_start(self):
         spy = SyscallSpy(self)
         s = Syncer(None, method="fsync", max_batches=2, run_in_thread=self.threads)
@@ -354,6 +432,28 @@ class RealThreadTests(TestCase):
         f(*args)
         self.assertEqual([self.successResultOf(d) for d in ds[:3]], [0, 1, 2])
         self.failureResultOf(ds[3], ZeroDivisionError)
+
+    def test_an_abandoned_pool_delivers_nothing_and_takes_no_lock(self):
+        # in a forked child: a wake-up the parent's workers had queued
+        # runs there; and a worker may have held the lock at the fork
+        class Reactor:
+            def __init__(self):
+                self.calls = []
+
+            def callFromThread(self, f, *args):
+                self.calls.append((f, args))
+
+        r = Reactor()
+        w = sync._Workers(r, 1, "test")
+        ds = [w.submit(lambda i=i: i) for i in range(2)]
+        w.stop()
+        ds[0].addCallback(lambda _: w.abandon())  # a callback that forks
+        f, args = r.calls[0]
+        f(*args)
+        self.successResultOf(ds[0])
+        self.assertNoResult(ds[1])  # the parent's
+        w._lock.acquire()  # held by a thread that is not in the child
+        f(*args)  # returns at once
 
     @defer.inlineCallbacks
     def test_real_error_reaches_the_caller(self):
@@ -720,3 +820,130 @@ def test_syncfs_counts_only_from_linux_5_8(monkeypatch, release, available):
     monkeypatch.setattr(sync.platform, "release", lambda: release)
     monkeypatch.setattr(sync, "_load_libc", lambda: type("Libc", (), {"syncfs": None})())
     assert sync.syncfs_available() is available
+
+
+# A real fork after start(), in a process of its own (a fork inside pytest
+# would copy the test run).  The parent forks in a callback of a sync (the
+# rest of that callback chain then runs in the child too) with another
+# sync in flight, then waits for the child without turning its reactor
+# (whose epoll set and waker pipe Twisted shares between the two).  The
+# child syncs a file and a directory and stops the syncer, each step
+# within a time limit.  Then, "both": the parent's request in flight and
+# a new one complete on the parent's own threads or ring; "leave": the
+# parent leaves without its reactor, as when daemonizing, and the child
+# shuts its reactor down, with nothing logged as failed.  A heartbeat
+# keeps the reactors turning: a wake-up through the shared waker pipe may
+# reach the other process.
+_FORK_SCRIPT = r"""
+import os, sys, traceback
+
+method, reactor_name, mode, base = sys.argv[1:5]
+if reactor_name != "default":
+    import importlib
+    importlib.import_module(f"twisted.internet.{reactor_name}reactor").install()
+from twisted.internet import defer, reactor, task
+from twisted.logger import globalLogPublisher
+from txmailhub.store.sync import Syncer
+
+LIMIT = 10
+failures = []
+globalLogPublisher.addObserver(
+    lambda e: e.get("log_failure") is not None and failures.append(e["log_failure"]))
+
+
+def write(name):
+    path = os.path.join(base, name)
+    with open(path, "wb") as f:
+        f.write(b"x\n")
+    return path
+
+
+def within(d):
+    return d.addTimeout(LIMIT, reactor)
+
+
+def child(s, parents_ring):
+    code = 3
+    try:
+        yield within(s.sync_file(write("child")))
+        yield within(s.sync_dir(base))
+        if method == "aio":
+            assert s.aio is not None and s.aio is not parents_ring, "no ring of its own"
+            assert not s.aio.broken, "the child fell back to fsync here"
+            assert s.aio.requests == 2, s.aio.requests
+        yield within(s.stop())
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    if mode == "both" or code:
+        os._exit(code)
+    reactor.stop()
+
+
+@defer.inlineCallbacks
+def main():
+    s = Syncer(reactor, method=method)
+    s.start()
+    yield within(s.sync_file(write("before")))  # the threads or ring at work
+    parents_ring = s.aio
+    in_flight = s.sync_file(write("in-flight"))  # the parent's, over the fork
+    pid = os.fork()
+    if pid == 0:
+        yield from child(s, parents_ring)
+        return
+    _, status = os.waitpid(pid, 0)
+    if mode == "leave":
+        os._exit(os.waitstatus_to_exitcode(status))
+    try:
+        yield within(in_flight)
+        yield within(s.sync_file(write("parent")))
+        if method == "aio":
+            assert s.aio is parents_ring and not s.aio.broken
+        yield within(s.stop())
+    except BaseException:
+        traceback.print_exc()
+        status = 1 << 8 if not status else status
+    print("child", os.waitstatus_to_exitcode(status), flush=True)
+    reactor.stop()
+
+
+task.LoopingCall(lambda: None).start(0.05)
+reactor.callWhenRunning(main)
+reactor.run()
+for failure in failures:
+    print(failure.getTraceback(), file=sys.stderr)
+os._exit(4 if failures else 0)
+"""
+
+
+@pytest.mark.parametrize("mode", ["both", "leave"])
+@pytest.mark.parametrize("reactor_name", ["default", "poll"])
+@pytest.mark.parametrize("method", ["fsync", "aio"])
+def test_a_fork_after_start_syncs_in_child_and_parent(tmp_path, method, reactor_name, mode):
+    import subprocess
+    import sys
+
+    import txmailhub
+
+    if method == "aio":
+        ring = sync.open_ring()
+        if ring is None:
+            pytest.skip("no native AIO here")
+        ring.close()
+    script = tmp_path / "fork.py"
+    script.write_text(_FORK_SCRIPT)
+    base = tmp_path / "files"
+    base.mkdir()
+    root = os.path.dirname(os.path.dirname(txmailhub.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    run = subprocess.run(
+        [sys.executable, str(script), method, reactor_name, mode, str(base)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    if mode == "both":
+        assert "child 0" in run.stdout, (run.stdout, run.stderr)
+        assert sorted(os.listdir(base)) == ["before", "child", "in-flight", "parent"]
+    else:
+        assert sorted(os.listdir(base)) == ["before", "child", "in-flight"]

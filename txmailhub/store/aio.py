@@ -46,6 +46,30 @@ refuses the fsync request itself (``EINVAL``: older than 4.18, or a
 filesystem without fsync; ``ENOSYS``/``EPERM``: a sandbox that forbids
 ``io_submit`` but not ``io_setup``), the syncer goes on with worker
 threads and says so once in the log.
+
+After ``fork``
+--------------
+A context made by ``io_setup`` belongs to the process that made it: the
+child of a ``fork`` gets no share in it (its ``io_submit``,
+``io_getevents`` and ``io_destroy`` with the parent's context all say
+``EINVAL``; the parent's requests go on unharmed), but it does get a copy
+of the ring's ``eventfd``, the same kernel object as the parent's -- a
+child that read it would take the parent's wake-up.  ``abandon()`` (the
+``Syncer`` calls it in the child) therefore destroys nothing: the child's
+copy of the descriptor is replaced by an ``eventfd`` of its own that
+never becomes readable, under the same number, and whatever was in
+flight is forgotten (its results are the parent's).  The reader stays
+registered with the child's copy of the reactor, which is not asked to
+remove it: with ``epoll``, whose interest list a forked child shares with
+its parent, that would unregister the parent's ``eventfd``.  The number
+stays taken (a new descriptor of the child's under it would be mistaken
+for the old one by the reactor's books), and the reader names no
+descriptor any more, so that the child's reactor, when it removes every
+reader at shutdown, forgets it without a word to the kernel.  With
+``epoll`` shared, the child may still be woken while the parent's
+``eventfd`` is readable (its reader then does nothing); that, like the
+rest of the reactor's ``epoll`` set and its waker pipe, is Twisted's to
+share between the two processes, not the ring's.
 """
 
 from __future__ import annotations
@@ -152,6 +176,7 @@ class KernelRing:
         self._one = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
         self._events = (_IoEvent * depth)()
         self._now = ctypes.byref(_Timespec(0, 0))
+        self.abandoned = False
 
     def fileno(self) -> int:
         return self._efd
@@ -185,9 +210,28 @@ class KernelRing:
 
     def close(self) -> None:
         if self._efd >= 0:
-            self._syscall(self._destroy, self._ctx)
+            if not self.abandoned:
+                self._syscall(self._destroy, self._ctx)
             os.close(self._efd)
             self._efd = -1
+
+    def abandon(self) -> None:
+        """In the child of a ``fork``: let go of the parent's context
+        without touching it (module docstring, "After fork").  The
+        descriptor number stays open, on an ``eventfd`` of this process's
+        that nothing writes to; nothing is submitted or reaped again."""
+        if self.abandoned or self._efd < 0:
+            return
+        self.abandoned = True
+        self._ctx = ctypes.c_ulong(0)
+        try:
+            quiet = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:  # no descriptor to spare: keep the copy, never read it
+            return
+        try:
+            os.dup2(quiet, self._efd, inheritable=False)
+        finally:
+            os.close(quiet)
 
 
 def open_ring(depth: int = 256) -> KernelRing | None:
@@ -198,14 +242,28 @@ def open_ring(depth: int = 256) -> KernelRing | None:
         return None
 
 
+# What an abandoned reader gives as its descriptor: no descriptor at all,
+# and not -1, which reactors take as "closed, look up the number it had"
+_NOT_A_DESCRIPTOR = -2
+
+
 class _Reader:
-    """The ring's eventfd as a reactor reader."""
+    """The ring's eventfd as a reactor reader.
+
+    Abandoned (in a forked child), it names no descriptor: a reactor that
+    removes it (the child's shutdown) then only forgets it in its own
+    books -- epoll's would otherwise ask the kernel to unregister a
+    number whose registration, if any, is the parent's (module
+    docstring, "After fork"), and raise when it is not there."""
 
     def __init__(self, ring: Any, on_ready: Callable[[], None]) -> None:
         self._ring = ring
         self._on_ready = on_ready
+        self.abandoned = False
 
     def fileno(self) -> int:
+        if self.abandoned:
+            return _NOT_A_DESCRIPTOR
         return self._ring.fileno()
 
     def doRead(self) -> None:
@@ -235,13 +293,15 @@ class AioSyncs:
     a request as not possible here (``_refused``; that one, and any still
     waiting, are then fsynced on the reactor thread; the ``Syncer`` sends
     new requests to its threads).  ``idle()`` tells whether nothing is in
-    flight.
+    flight.  ``abandon()`` is for the child of a ``fork``: nothing of
+    the parent's is completed there, ever.
     """
 
     def __init__(self, reactor: Any, ring: Any) -> None:
         self.reactor = reactor
         self.ring = ring
         self.broken = False
+        self.abandoned = False
         self._ops: dict[int, Callable[[int], None]] = {}
         self._backlog: list[tuple[int, Callable[[int], None]]] = []
         self._dirs: dict[str, _DirState] = {}
@@ -255,10 +315,28 @@ class AioSyncs:
         return not self._ops and not self._backlog and not self._dirs
 
     def close(self) -> None:
+        if self.abandoned:  # the reader stays, on purpose (abandon())
+            return
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
         self.reactor.removeReader(self._reader)
         self.ring.close()
+
+    def abandon(self) -> None:
+        """In the child of a ``fork`` (the ``Syncer`` calls it there, from
+        ``os.register_at_fork``): the requests in flight are the parent's
+        -- their callers' copies here never hear of them, since firing
+        them would run the parent's callbacks (a reply on a connection
+        the two processes share) in the child -- and the ring is given
+        up without touching the parent's (module docstring, "After
+        fork").  Touches nothing but this object and the ring: the
+        reactor is left alone, and ``reap`` does nothing from now on."""
+        self.abandoned = True
+        self._reader.abandoned = True
+        self._ops = {}
+        self._backlog = []
+        self._dirs = {}
+        self.ring.abandon()
 
     # -- requests ------------------------------------------------------------
 
@@ -267,6 +345,8 @@ class AioSyncs:
         then, with ``then``, publish it and sync the directories it names.
         A path with nothing to publish joins the syncs of that path
         (usually a directory): one in flight, the rest wait for the next."""
+        if self.abandoned:  # the rest of a request of the parent's (a callback forked)
+            return
         if then is None and not isinstance(target, int):
             self._path(target, d)
             return
@@ -335,6 +415,8 @@ class AioSyncs:
             self._dir(path, one)
 
     def _dir(self, path: str, done: Callable[[Exception | None], None]) -> None:
+        if self.abandoned:  # the rest of a request of the parent's (a callback forked)
+            return
         state = self._dirs.get(path)
         if state is None:
             state = self._dirs[path] = _DirState()
@@ -370,15 +452,20 @@ class AioSyncs:
         if not state.waiting:
             del self._dirs[path]
         for done in group:
+            if self.abandoned:  # a callback forked: the rest is the parent's
+                return
             try:
                 done(error)
             except Exception:  # a bug in a caller's callback: never wedge the directory
                 log.failure("a directory sync's caller failed")
         # those that came while it ran, unless a callback's request started them
-        if state.waiting and not state.running and self._dirs.get(path) is state:
+        if not self.abandoned and state.waiting and not state.running and \
+                self._dirs.get(path) is state:
             self._dir_next(path, state)
 
     def _submit(self, fd: int, on_done: Callable[[int], None]) -> None:
+        if self.abandoned:  # the rest of a request of the parent's (a callback forked)
+            return
         self.requests += 1
         if not self._backlog and not self.broken:
             self._key += 1
@@ -428,6 +515,8 @@ class AioSyncs:
         """On the reactor thread, when the eventfd is readable.  Never
         raises: the reactor would drop the reader, and every later request
         would wait for good."""
+        if self.abandoned:  # the parent's, seen by a forked child's reactor
+            return
         try:
             done = self.ring.reap()
         except OSError:
@@ -439,10 +528,12 @@ class AioSyncs:
             self.broken = True
             done = [(key, -errno.EIO) for key in list(self._ops)]
         for key, res in done:
+            if self.abandoned:  # a callback forked: the rest is the parent's
+                return
             on_done = self._ops.pop(key, None)
             if on_done is not None:
                 _complete(on_done, res)
-        while self._backlog:
+        while self._backlog and not self.abandoned:
             if self.broken:
                 fd, on_done = self._backlog.pop(0)
                 _complete(on_done, _fsync_now(fd))

@@ -110,8 +110,22 @@ requested.  A request made before ``start()`` starts
 them itself (and asks the reactor to ``stop()`` it before shutdown);
 the threads are daemon threads, so a forgotten ``stop()`` never hangs an
 exiting process; a request made after ``stop()`` errbacks (``LocalError``),
-so a late message is refused rather than acknowledged unsynced.  Tests
-inject ``run_in_thread`` (``f -> Deferred``) and need no threads at all.
+so a late message is refused rather than acknowledged unsynced.  A
+``start()`` while a ``stop()`` is still draining cancels that stop's
+tear-down: its Deferred still fires once everything is done, and the
+syncer stays started.  Tests inject ``run_in_thread`` (``f -> Deferred``)
+and need no threads at all.
+
+After ``fork``: only the forking thread lives on in the child, and the
+AIO context is the parent's alone (``txmailhub.store.aio``, "After
+fork").  A hook (``os.register_at_fork``) lets every ``Syncer`` of the
+child give both up at once -- the threads' results and the ring's
+completions are then never delivered there, and nothing of the parent's
+is destroyed or read -- and the child's first request starts threads and
+a ring of its own.  What was requested before the fork is the parent's:
+its Deferreds fire in the parent only (never the child's copies: their
+callbacks would answer, from the child, on connections the two processes
+share), and the child's ``stop()`` does not wait for it.
 """
 
 from __future__ import annotations
@@ -125,6 +139,7 @@ import queue
 import re
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -323,6 +338,7 @@ class _Workers:
         self._queued = 0  # jobs no thread has taken yet
         self._done: list[tuple[defer.Deferred, bool, Any]] = []  # for the reactor
         self._lock = threading.Lock()
+        self._abandoned = False
 
     def submit(self, f: Callable[[], Any]) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
@@ -362,10 +378,14 @@ class _Workers:
 
     def _deliver(self) -> None:
         """On the reactor thread: fire every result that is in."""
+        if self._abandoned:  # a wake-up queued before a fork, run in the child
+            return
         with self._lock:
             done = self._done[:]
             self._done.clear()
         for d, ok, result in done:
+            if self._abandoned:  # a callback forked: the rest is the parent's
+                return
             if ok:
                 d.callback(result)
             else:
@@ -379,6 +399,14 @@ class _Workers:
             self._queue.put(None)
         for t in threads:
             t.join()
+
+    def abandon(self) -> None:
+        """In the child of a ``fork``: the threads did not come along, and
+        the results they had made are the parent's.  Takes no lock: a
+        worker may have held it at the fork, and it stays held here."""
+        self._abandoned = True
+        self._done = []
+        self._threads = []
 
 
 class _Request:
@@ -433,7 +461,10 @@ class Syncer:
         self._in_flight = 0
         self._trigger_added = False
         self._stopped = False
+        self._stop_wanted = False  # a stop() not cancelled by a later start()
+        self._generation = 0  # one more in a forked child: older batches are the parent's
         self._idle_waiters: list[defer.Deferred] = []
+        _syncers.add(self)
         #: counters for tests and benchmarks
         self.batches = 0
         self.requests = 0
@@ -442,8 +473,11 @@ class Syncer:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker threads, or the AIO ring (idempotent)."""
+        """Start the worker threads, or the AIO ring (idempotent).  While
+        a ``stop()`` is still draining, this cancels its tear-down: the
+        syncer stays started."""
         self._stopped = False
+        self._stop_wanted = False
         if self._run_injected is None and self._pool is None:
             self._pool = _Workers(self.reactor, self.threads, "txmailhub-sync")
         if self._want_aio and self.aio is None and hasattr(self.reactor, "addReader"):
@@ -457,10 +491,15 @@ class Syncer:
     def stop(self) -> defer.Deferred:
         """Finish everything requested so far, then stop the workers.
 
-        Fires once the last batch is durable and the threads are gone."""
+        Fires once the last batch is durable and the threads are gone --
+        or, when ``start()`` was called meanwhile, once the last batch is
+        durable (the syncer then stays started)."""
+        self._stop_wanted = True
         d = self._wait_idle()
 
         def stop_pool(_: Any) -> None:
+            if not self._stop_wanted:  # start() since: it wins
+                return
             self._stopped = True
             pool, self._pool = self._pool, None
             if pool is not None:
@@ -470,6 +509,23 @@ class Syncer:
                 aio.close()
 
         return d.addCallback(stop_pool)
+
+    def _forked(self) -> None:
+        """In the child of a ``fork``, from the hook (module docstring):
+        give up the parent's threads and ring, and forget what was in
+        flight; the next request starts this process's own."""
+        self._generation += 1
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.abandon()
+        aio, self.aio = self.aio, None
+        if aio is not None:
+            aio.abandon()
+        self._aio_busy = 0
+        self._calls = 0
+        self._in_flight = 0
+        self._pending = []
+        self._idle_waiters = []
 
     def _busy(self) -> bool:
         """Anything requested and not yet over, on either path."""
@@ -538,10 +594,12 @@ class Syncer:
         outer: defer.Deferred = defer.Deferred()
         inner = self._run(lambda: f(*args))
         inner.chainDeferred(outer)
-        inner.addBoth(self._call_settled)
+        inner.addBoth(self._call_settled, self._generation)
         return outer
 
-    def _call_settled(self, _: Any) -> None:
+    def _call_settled(self, _: Any, generation: int) -> None:
+        if generation != self._generation:  # the parent's job, in a forked child
+            return
         self._calls -= 1
         self._maybe_idle()
 
@@ -568,7 +626,7 @@ class Syncer:
             outer: defer.Deferred = defer.Deferred()
             self._aio_busy += 1
             inner.chainDeferred(outer)
-            inner.addBoth(self._aio_settled)
+            inner.addBoth(self._aio_settled, self._generation)
             try:
                 aio.request(target, then, inner)
             except Exception:  # a bug: fail this request, never keep stop() waiting
@@ -583,7 +641,9 @@ class Syncer:
             self._launch()
         return req.deferred
 
-    def _aio_settled(self, _: Any) -> None:
+    def _aio_settled(self, _: Any, generation: int) -> None:
+        if generation != self._generation:  # a caller's callback forked: the parent's
+            return
         self._aio_busy -= 1
         self._maybe_idle()
 
@@ -595,7 +655,10 @@ class Syncer:
         if self._busy():
             return
         waiters, self._idle_waiters = self._idle_waiters, []
+        generation = self._generation
         for d in waiters:
+            if generation != self._generation:  # one forked: the rest are the parent's
+                return
             d.callback(None)
 
     # -- batches -------------------------------------------------------------
@@ -631,7 +694,7 @@ class Syncer:
             (i, req) for i, (_, reqs) in enumerate(groups) for req in reqs if req.then is not None
         ]
         if len(groups) == 1 and not published:
-            self._run(groups[0][0]).addBoth(self._deliver, groups[0][1], [1])
+            self._run(groups[0][0]).addBoth(self._deliver, groups[0][1], [1], self._generation)
             return
         # One thread job for the whole batch, whatever the method: every
         # job costs hand-offs between threads (futex calls, GIL
@@ -645,7 +708,7 @@ class Syncer:
             [(i, req.then) for i, req in published],
             self.method,
         )
-        self._run(work.run).addBoth(self._deliver_groups, groups, published)
+        self._run(work.run).addBoth(self._deliver_groups, groups, published, self._generation)
 
     def _plan(self, batch: list[_Request]) -> list[tuple[Callable[[], Any], list[_Request]]]:
         """Group the batch into syscalls: one fsync per distinct target, or
@@ -669,18 +732,27 @@ class Syncer:
             jobs.append((_bind(_syncfs_one_of, [r.target for r in reqs]), reqs))
         return jobs
 
-    def _deliver(self, result: Any, reqs: list[_Request], left: list[int]) -> None:
-        if isinstance(result, Failure):
-            for req in reqs:
+    def _deliver(self, result: Any, reqs: list[_Request], left: list[int],
+                 generation: int) -> None:
+        # the generation is checked again after every callback: one that
+        # forks goes on in the child, where the rest is the parent's
+        for req in reqs:
+            if generation != self._generation:  # the parent's batch, in a forked child
+                return
+            if isinstance(result, Failure):
                 req.deferred.errback(result)
-        else:
-            for req in reqs:
+            else:
                 req.deferred.callback(None)
+        if generation != self._generation:
+            return
         left[0] -= 1
         if not left[0]:
             self._batch_done()
 
-    def _deliver_groups(self, results: Any, groups: list, published: list) -> None:
+    def _deliver_groups(self, results: Any, groups: list, published: list,
+                        generation: int) -> None:
+        if generation != self._generation:  # the parent's batch, in a forked child
+            return
         if isinstance(results, Failure):  # _Batch.run itself failed: a bug
             results = ([results] * len(groups), [results] * len(published))
         outcomes, settled = results
@@ -689,6 +761,8 @@ class Syncer:
         for outcome, (_, reqs) in zip(outcomes, groups):
             plain = []
             for req in reqs:
+                if generation != self._generation:  # a callback forked (see _deliver)
+                    return
                 if req.then is None:
                     plain.append(req)
                     continue
@@ -697,7 +771,7 @@ class Syncer:
                     req.deferred.callback(out.value)
                 else:
                     req.deferred.errback(out)
-            self._deliver(outcome, plain, left)  # counts the group as done
+            self._deliver(outcome, plain, left, generation)  # counts the group as done
 
     def _batch_done(self) -> None:
         self._in_flight -= 1
@@ -705,6 +779,24 @@ class Syncer:
             self._launch()
             return
         self._maybe_idle()
+
+
+_syncers: weakref.WeakSet[Syncer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork``'s hook: every ``Syncer`` of this (child)
+    process gives up its parent's threads and ring.  Never raises: it
+    runs inside ``os.fork()``."""
+    for syncer in list(_syncers):
+        try:
+            syncer._forked()
+        except Exception:  # a fork must never fail for it
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def all_done(ds: list[defer.Deferred]) -> defer.Deferred:
