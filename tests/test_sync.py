@@ -238,6 +238,17 @@ class GroupCommitTests(SynchronousTestCase):
         self.successResultOf(s.stop())
         self.assertNoResult(in_flight)
 
+    def test_a_forked_child_does_not_wait_for_the_parents_call_jobs(self):
+        # a copy into a Maildir (call()) under way at the fork is the
+        # parent's: the child's stop() must not wait for it for ever
+        s = self.syncer("fsync")
+        parents = s.call(lambda: 5)
+        s._forked()
+        self.successResultOf(s.stop())
+        self.threads.run_all()  # should the parent's job finish here after all
+        self.assertEqual(s._calls, 0)
+        self.assertEqual(self.successResultOf(parents), 5)
+
     def test_a_fork_in_a_callback_leaves_the_rest_of_the_batch_to_the_parent(self):
         # inlineCallbacks code that forks when a sync fires: the rest of
         # the delivery runs on in the child, and must neither fire the
