@@ -246,6 +246,32 @@ def test_check_reports_alias_targets_no_dns_name_can_be(config: Path) -> None:
     assert run(config, "check") == (0, f"{config}: ok\n", "")
 
 
+def test_check_reports_alias_targets_in_a_domain_smtp_refuses(config: Path) -> None:
+    # A fake A-label (xn--zz: the Punycode of nothing) or a label IDNA2008
+    # refuses (a snowman) makes RCPT TO 501 (domain_problem, docs/smtp.rst);
+    # an alias target the SMTP side would refuse is a problem for check too,
+    # though DNS could be asked for the name.  A true A-label is fine.
+    (config.parent / "aliases").write_text(
+        "team: alice, bob@xn--zz.test\nsnow: s@\u2603.test\n"
+        "fine: y@xn--bcher-kva.test, z@ab--cd.b\u00fccher.test\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    code, out, err = run(config, "check")
+    aliases = config.parent / "aliases"
+    assert code == 2 and out == "", err
+    assert err.splitlines() == [
+        f"{aliases}:1: target 'bob@xn--zz.test' of 'team': xn--zz.test is not a valid "
+        "internationalized domain name: the label 'xn--zz' is no A-label (not the Punycode "
+        "of a U-label IDNA2008 takes, as IDNA2008 writes it: RFC 5891 5.3): the hub's SMTP "
+        "server refuses such an address (501)",
+        f"{aliases}:2: target 's@\u2603.test' of 'snow': \u2603.test is not a valid "
+        "internationalized domain name: the label '\u2603' is no U-label IDNA2008 takes, or "
+        "its A-label is over 63 characters (RFC 5891): the hub's SMTP server refuses such an "
+        "address (501)"], err
+    (config.parent / "aliases").write_text("team: alice, bob@xn--bcher-kva.test\n")
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
 def test_check_without_a_users_file_says_that_once_not_once_per_alias_target(
         config: Path) -> None:
     # every target would be "no local user": the one warning that matters

@@ -343,14 +343,39 @@ class BadLineTests(Base):
 
     def test_a_target_with_no_idna_form_is_reported(self):
         # its A-label would be over 63 octets, and the IDNA2003 form the
-        # resolver falls back to fails too; a snowman has that one
+        # resolver falls back to fails too; a snowman has that one, so DNS
+        # could be asked for it, but IDNA2008 refuses it: RCPT TO gets 501
+        # (domain_problem), and the aliases file is held to the same rule
         long_u = "\u00fc" * 58 + ".test"
         _, problems = parse_aliases(f"far: a@{long_u}, b@\u2603.test\n", "example.org",
                                     filename="f")
         self.assertEqual(problems, [
             f"f:1: target 'a@{long_u}' of 'far': {long_u} can never be a name in DNS (no ASCII "
             "form: neither IDNA2008 (RFC 5891) nor the IDNA2003 the resolver falls back to can "
-            "convert it): mail to it bounces"])
+            "convert it): mail to it bounces",
+            "f:1: target 'b@\u2603.test' of 'far': \u2603.test is not a valid internationalized "
+            "domain name: the label '\u2603' is no U-label IDNA2008 takes, or its A-label is "
+            "over 63 characters (RFC 5891): the hub's SMTP server refuses such an address (501)"])
+
+    def test_a_target_with_a_fake_a_label_is_reported_and_kept(self):
+        # "xn--zz" decodes to nothing: a name DNS could be asked for, but
+        # the SMTP side refuses it (501, RFC 5891 5.3); a true A-label and
+        # RFC 5890's reserved "ab--cd" beside a U-label are fine
+        table, problems = parse_aliases(
+            "team: joe, bob@xn--zz.test, c@XN--ZZ.example\n"
+            "ok: d@xn--bcher-kva.test, e@ab--cd.b\u00fccher.test\n",
+            "example.org", DOMAINS, filename="f")
+        why = ("is not a valid internationalized domain name: the label {!r} is no A-label "
+               "(not the Punycode of a U-label IDNA2008 takes, as IDNA2008 writes it: RFC 5891 "
+               "5.3): the hub's SMTP server refuses such an address (501)")
+        self.assertEqual(problems, [
+            "f:1: target 'bob@xn--zz.test' of 'team': xn--zz.test " + why.format("xn--zz"),
+            "f:1: target 'c@XN--ZZ.example' of 'team': xn--zz.example " + why.format("xn--zz"),
+        ])
+        self.assertEqual(table["team@example.org"], (
+            (A("joe"), True), (Address("bob", "xn--zz.test"), True),
+            (Address("c", "xn--zz.example"), True)))
+        self.assertEqual(len(table["ok@example.org"]), 2)
 
     def test_continuation_without_alias(self):
         table, problems = parse_aliases("  orphan\nok: joe\n", "example.org", filename="f")

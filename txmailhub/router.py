@@ -53,6 +53,7 @@ from txmailhub.address import (
     canonical_domain,
     canonical_local,
     dns_name_problem,
+    domain_problem,
     parse_address,
 )
 from txmailhub.errors import Rejected
@@ -142,12 +143,23 @@ def parse_aliases(
                 problem(f"bad target {item!r} of {name_text!r}: {e}")
                 continue
             targets.append((target, expand))
-            why = None if target.domain.startswith("[") else dns_name_problem(target.domain)
+            if target.domain.startswith("["):
+                continue  # an address literal: no name to judge
+            why = dns_name_problem(target.domain)
             if why:
                 # kept: the relay bounces it (5.1.2) without asking DNS,
                 # as a message already queued for it is
                 problem(f"target {item!r} of {name_text!r}: {target.domain} can never be a "
                         f"name in DNS ({why}): mail to it bounces")
+                continue
+            why = domain_problem(target.domain)
+            if why:
+                # A name DNS could be asked for, but no domain the hub takes
+                # in a path (a fake "xn--" label, a label IDNA2008 refuses):
+                # RCPT TO would get 501, so the file should not name it
+                # either.  Kept, as above: the relay looks it up as it is.
+                problem(f"target {item!r} of {name_text!r}: {target.domain} {why}: the hub's "
+                        "SMTP server refuses such an address (501)")
         if not targets:
             problem(f"alias {name_text!r} has no usable target")
             continue
