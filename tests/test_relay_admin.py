@@ -97,6 +97,20 @@ def test_show(setup):
     assert "remote=mx.remote.test" in out
     assert "    reply: 451 4.7.1 Greylisted, try again in 5 minutes" in out
     assert "last reply: 451 4.7.1 Greylisted" in out
+    assert "\nrelayed with: AUTH=<>\n" in out  # nobody authenticated (RFC 4954 5)
+
+
+def test_show_names_the_submitter_the_relay_passes_on(setup, tmp_path):
+    settings, queue, _, _ = setup
+    alice = Address("alice", "example.org")
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=alice, recipients=(BOB,), authenticated_as=str(alice),
+                                 submitter=alice),
+                        SpooledMessage(str(spool), 17, 20)).result
+    out = run(settings, "show", qid)[1]
+    assert ("\nauthenticated as: alice@example.org\n"
+            "relayed with: AUTH=alice@example.org\n") in out, out
 
 
 def test_show_tells_the_hubs_own_account_from_a_servers_reply(setup):

@@ -381,6 +381,43 @@ def test_smarthost_verify_requires_tls_and_auth(tmp_path):
     assert not any("s3cret" in repr(e) for e in events)
 
 
+def test_the_submitter_goes_as_auth_to_an_mx_that_offers_auth(tmp_path):
+    # RFC 4954 5: AUTH=<mailbox> for a message the hub vouches for,
+    # AUTH=<> for any other, and nothing to a server without AUTH
+    a, net, _ = agent(tmp_path)
+    offers = ("PIPELINING", "SIZE 1000000", "AUTH PLAIN LOGIN")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=offers)
+    for who, param in ((ALICE, b" AUTH=alice@example.org"), (None, b" AUTH=<>")):
+        [r] = run(net, a.deliver(entry(tmp_path, BOB, submitter=who), "remote.test", [BOB]))
+        assert r.kind == "delivered"
+        [(mail, _, _)] = net.server_protocols[-1].messages
+        assert mail.startswith(b"MAIL FROM:<alice@example.org> SIZE=") and mail.endswith(param)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer  # no AUTH offered
+    run(net, a.deliver(entry(tmp_path, BOB, submitter=ALICE), "remote.test", [BOB]))
+    [(mail, _, _)] = net.server_protocols[-1].messages
+    assert b"AUTH=" not in mail
+
+
+def test_a_smarthost_the_hub_logged_in_to_gets_auth_empty_unless_someone_is_vouched_for(
+        tmp_path):
+    # RFC 4954 5: "MUST supply the AUTH=<> parameter when relaying the
+    # message to any server which it has authenticated to" -- unless the
+    # hub trusts who submitted it
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    a, net, _ = agent(tmp_path, f'smarthost = "smart.example.net:587"\n'
+                                f'smarthost_auth_file = "{auth}"')
+    net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"))
+    for who, param in ((None, b" AUTH=<>"), (ALICE, b" AUTH=alice@example.org")):
+        [r] = run(net, a.attempt(entry(tmp_path, DAVE, submitter=who)))
+        assert r.kind == "delivered"
+        server = net.server_protocols[-1]
+        assert any(c.startswith(b"AUTH PLAIN ") for c in server.commands)
+        [(mail, _, _)] = server.messages
+        assert mail == b"MAIL FROM:<alice@example.org>" + param
+
+
 def test_smarthost_verify_without_starttls_refused(tmp_path):
     a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"')
     net.servers[("smart.example.net", 25)] = ScriptedSMTPServer

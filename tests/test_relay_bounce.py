@@ -245,6 +245,16 @@ def test_a_notice_keeps_the_id_of_the_message_it_is_about(tmp_path):
     assert env.message_id == "1A2271B164D27C641"
 
 
+def test_a_notice_vouches_for_no_submitter(tmp_path):
+    # RFC 4954 5: the hub made the notice; whoever submitted the message it
+    # is about did not submit this one, so it is relayed with AUTH=<>
+    entry = make_entry(tmp_path)
+    entry = dataclasses.replace(entry, envelope=dataclasses.replace(
+        entry.envelope, authenticated_as=str(ALICE), submitter=ALICE))
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
+    assert env.submitter is None and env.authenticated_as is None
+
+
 def test_long_and_non_ascii_replies_give_a_notice_every_mta_accepts(tmp_path):
     # a 30-line remote reply, a non-ASCII one and a non-ASCII recipient: no
     # line over 998 octets (RFC 5322 2.1.1), ASCII status fields (RFC 3464,

@@ -691,3 +691,26 @@ def test_a_release_is_counted_in_the_record(tmp_path, spool):
     assert q.set_held(qid, False).releases == 1
     assert q.set_held(qid, False).releases == 2
     assert q.read(qid).releases == 2  # and it survives a restart
+
+
+def test_the_submitter_survives_the_queue_and_old_records_read_without_it(tmp_path, spool):
+    # RFC 4954 5: who the hub vouches for as the submitter goes on as
+    # AUTH=<mailbox> when the entry is relayed, after a restart too
+    jorg = Address("j\u00f6rg", "b\u00fccher.example")
+    q = make_queue(tmp_path)
+    for who in (Address("alice", "example.org"), jorg, None):
+        env = dataclasses.replace(envelope("bob@remote.test"), submitter=who)
+        qid = q.enqueue(env, spool).result
+        data = json.loads(open(q.record_path(qid), "rb").read())
+        assert data["envelope"]["submitter"] == (None if who is None else str(who))
+        assert q.read(qid).envelope.submitter == who
+    # a record written before the field existed: readable, nobody vouched for
+    old = _record_json()
+    del old["envelope"]["submitter"]
+    entry = record.QueueEntry.from_json(json.dumps(old).encode())
+    assert entry.envelope.submitter is None
+    assert entry.envelope.authenticated_as == "alice@example.org"  # not taken for it
+    bad = _record_json()
+    bad["envelope"]["submitter"] = "no-at-sign"
+    with pytest.raises(record.RecordError, match="bad address"):
+        record.QueueEntry.from_json(json.dumps(bad).encode())

@@ -318,7 +318,9 @@ def test_auth_plain():
     line = sent(s.receive(b"250-smarthost\r\n250 AUTH LOGIN PLAIN\r\n"))
     assert line.startswith(b"AUTH PLAIN ")
     assert base64.b64decode(line[11:]) == "\0user\0sécret".encode()
-    assert sent(s.receive(b"235 2.7.0 ok\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
+    # RFC 4954 5: nobody vouched for the submitter, and the hub logged in
+    assert sent(s.receive(b"235 2.7.0 ok\r\n")) == (
+        b"MAIL FROM:<alice@example.org> AUTH=<>\r\n")
 
 
 def test_auth_login():
@@ -352,6 +354,100 @@ def test_auth_not_offered():
     s.receive(b"220 hi\r\n")
     s.receive(EHLO_BASIC)
     assert "AUTH" in s.outcome.session_error.text()
+
+
+EHLO_AUTH = (b"250-mx.remote.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
+             b"250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n")
+
+
+def mail_line(s, ehlo=EHLO_AUTH):
+    s.receive(b"220 hi\r\n")
+    return sent(s.receive(ehlo)).split(b"\r\n")[0]
+
+
+def test_auth_parameter_names_the_submitter_to_a_server_offering_auth():
+    # RFC 4954 5: a relay "SHOULD supply the same <mailbox> in an AUTH
+    # parameter when relaying the message to any other server which
+    # supports the AUTH extension"; as xtext ("+" and "=" escaped)
+    assert mail_line(session(submitter=ALICE)) == (
+        b"MAIL FROM:<alice@example.org> SIZE=100 AUTH=alice@example.org")
+    odd = Address("a+b=c", "example.org")
+    line = mail_line(session(sender=odd, submitter=odd))
+    assert line == b"MAIL FROM:<a+b=c@example.org> SIZE=100 AUTH=a+2Bb+3Dc@example.org"
+    # what our own server reads back from it
+    assert parse_mail(line.decode()[5:], "remote.test")[1].auth == "a+b=c@example.org"
+
+
+def test_auth_parameter_is_the_empty_path_when_nobody_vouches():
+    # mail from outside, bounces: origin unknown, AUTH=<> (a bounce's null
+    # sender is no submitter either)
+    assert mail_line(session()) == b"MAIL FROM:<alice@example.org> SIZE=100 AUTH=<>"
+    assert mail_line(session(sender=None)) == b"MAIL FROM:<> SIZE=100 AUTH=<>"
+
+
+@pytest.mark.parametrize("submitter", [None, ALICE])
+def test_no_auth_parameter_to_a_server_without_auth(submitter):
+    # RFC 4954 5 / RFC 5321 4.1.1.11: a MAIL parameter only where the
+    # server announced its extension (HELO announces none)
+    assert mail_line(session(submitter=submitter), EHLO_BASIC) == (
+        b"MAIL FROM:<alice@example.org> SIZE=100")
+    s = session(submitter=submitter)
+    s.receive(b"220 hi\r\n")
+    s.receive(b"502 5.5.1 no EHLO\r\n")
+    assert sent(s.receive(b"250 hello\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
+
+
+def test_auth_parameter_offered_as_the_old_auth_equals_keyword():
+    # "250-AUTH=LOGIN" (pre-RFC 2554 clients' form) is AUTH all the same
+    ehlo = b"250-mx.remote.test\r\n250 AUTH=LOGIN PLAIN\r\n"
+    assert mail_line(session(submitter=ALICE), ehlo) == (
+        b"MAIL FROM:<alice@example.org> AUTH=alice@example.org")
+
+
+def test_auth_parameter_only_from_the_ehlo_after_starttls():
+    # the extensions the server lists under TLS are the ones that count
+    s = session(submitter=ALICE, tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"250-mx\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n")) == (
+        b"STARTTLS\r\n")
+    assert isinstance(s.receive(b"220 go\r\n")[0], StartTLS)
+    s.tls_started()
+    assert sent(s.receive(b"250-mx\r\n250 SIZE 1000\r\n")) == (
+        b"MAIL FROM:<alice@example.org> SIZE=100\r\n")
+
+
+def test_an_internationalized_submitter_goes_as_its_ascii_form_or_as_utf8_in_smtputf8():
+    carl = Address("carl", "b\u00fccher.example")
+    assert mail_line(session(sender=carl, submitter=carl)) == (
+        b"MAIL FROM:<carl@xn--bcher-kva.example> SIZE=100 AUTH=carl@xn--bcher-kva.example")
+    jorg = Address("j\u00f6rg", "b\u00fccher.example")
+    ehlo_utf8 = EHLO_AUTH.replace(b"250-PIPELINING", b"250-PIPELINING\r\n250-SMTPUTF8")
+    line = mail_line(session(sender=jorg, submitter=jorg), ehlo_utf8)
+    assert line == ("MAIL FROM:<j\u00f6rg@b\u00fccher.example> SIZE=100 SMTPUTF8 "
+                    "AUTH=j+C3+B6rg@b+C3+BCcher.example").encode()
+    assert parse_mail(line.decode()[5:], "remote.test")[1].auth == str(jorg)
+    # no ASCII form and no SMTPUTF8 (an ASCII sender): the submitter cannot
+    # be named, and a value the next hop would refuse costs the MAIL
+    assert mail_line(session(submitter=jorg)) == (
+        b"MAIL FROM:<alice@example.org> SIZE=100 AUTH=<>")
+
+
+def test_a_submitter_that_is_no_bare_addr_spec_goes_as_the_empty_path():
+    # RFC 4954 5: the decoded value "MUST" be an addr-spec or <>; a local
+    # part that needs quotes, written bare, is neither, and a next hop
+    # that checks it (ours does) would refuse the whole MAIL
+    line = mail_line(session(submitter=Address("a b", "example.org")))
+    assert line == b"MAIL FROM:<alice@example.org> SIZE=100 AUTH=<>"
+    parse_mail(line.decode()[5:], "remote.test")
+
+
+def test_a_submitter_too_long_for_the_auth_parameter_goes_as_the_empty_path():
+    # RFC 4954 adds 500 characters to the MAIL line for AUTH=; escapes can
+    # triple a mailbox
+    fits = Address("+" * 162, "xy.test")  # " AUTH=" + 486 + 8 = 500 characters
+    assert mail_line(session(submitter=fits)).endswith(b" AUTH=" + b"+2B" * 162 + b"@xy.test")
+    over = Address("+" * 162 + "a", "xy.test")  # 501
+    assert mail_line(session(submitter=over)).endswith(b" SIZE=100 AUTH=<>")
 
 
 def test_mail_refused_transient_and_permanent():

@@ -388,6 +388,45 @@ def test_a_malformed_auth_parameter_is_a_501():
         "250", "250"]
 
 
+def _submitter(d: Driver, mail: str) -> Address | None:
+    """The envelope's submitter after ``mail`` and one local recipient."""
+    d.events.clear()
+    assert d.codes(f"RSET\r\n{mail}\r\nRCPT TO:<bob>\r\nDATA\r\nx\r\n.\r\n") == [
+        "250", "250", "250", "354", "250"], mail
+    [env] = [e.envelope for e in d.events if isinstance(e, StartMessage)]
+    return env.submitter
+
+
+def test_the_submitter_is_the_authenticated_login_unless_the_client_says_otherwise():
+    # RFC 4954 5: the hub trusts its own users to assert themselves -- no
+    # AUTH= (an original submission: the server "MAY generate" the
+    # mailbox), or AUTH= naming their own mailbox in any spelling -- and
+    # nothing else: AUTH=<> "MUST NOT" be taken for the client's own
+    # submission, and another mailbox is not the user's to assert
+    d = Driver(session=loopback())
+    d.send(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice@example.org' + chr(0) + 'secret')}\r\n")
+    assert d.session.authenticated_as == ALICE
+    assert _submitter(d, "MAIL FROM:<alice@example.org>") == ALICE
+    assert _submitter(d, "MAIL FROM:<other@remote.test>") == ALICE  # who logged in
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=alice@example.org") == ALICE
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=ALICE@Example.ORG") == ALICE
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=alice") == ALICE  # bare name
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=<>") is None
+    assert _submitter(d, "MAIL FROM:<bob@example.org> AUTH=bob@example.org") is None
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=alice@example.net") is None
+
+
+def test_an_unauthenticated_clients_auth_parameter_is_never_trusted():
+    # RFC 4954 5: "MUST behave as if the AUTH=<> parameter was supplied",
+    # from relay_networks as from anywhere
+    for session in (Session(client_host="192.0.2.9"),
+                    Session(client_host="10.0.0.1", relay_allowed=True), loopback()):
+        d = Driver(session=session)
+        d.send("EHLO c\r\n")
+        assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=alice@example.org") is None
+        assert _submitter(d, "MAIL FROM:<alice@example.org>") is None
+
+
 def test_a_helo_name_with_a_long_label_is_taken_as_any_other_name():
     # HELO/EHLO are lenient on purpose (docs/smtp.rst): a name that is no
     # domain is answered 250 and kept out of the Received field's "from"

@@ -56,6 +56,12 @@ class Envelope:
     # Whether TLS carried the transaction (its log line; the trace header
     # reads the version and cipher from the connection itself).
     tls: bool = False
+    # RFC 4954 5: the mailbox the hub vouches for as the one that submitted
+    # the message -- the login of a client it authenticated itself, unless
+    # that client said AUTH=<> or named someone else.  The relay passes it
+    # on as AUTH=<mailbox> to a next hop that offers AUTH; ``None`` (mail
+    # from outside, bounces, any doubt) goes as AUTH=<>: origin unknown.
+    submitter: Address | None = None
 
     @property
     def sender_text(self) -> str:

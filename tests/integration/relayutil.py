@@ -105,6 +105,8 @@ class CaptureSMTP:
         self.auth_seen: list[str] = []
         self.tls_sessions = 0
         self.messages: list[tuple[str, list[str], bytes]] = []
+        # the MAIL command line of each message, beside ``messages``
+        self.mail_lines: list[str] = []
         self.rcpt_reply: Callable[[str], bytes] = lambda addr: b"250 2.1.5 ok\r\n"
         self.sessions = 0
         outer = self
@@ -148,7 +150,7 @@ class CaptureSMTP:
             wfile.flush()
 
         say(b"220 capture.test ESMTP\r\n")
-        sender, rcpts = "", []
+        sender, rcpts, mail_line = "", [], ""
         while True:
             line = rfile.readline(4096)
             if not line:
@@ -184,6 +186,7 @@ class CaptureSMTP:
                 say(b"250 capture.test\r\n")
             elif verb == "MAIL":
                 sender, rcpts = cmd.split("<", 1)[1].split(">", 1)[0], []
+                mail_line = cmd
                 say(b"250 2.1.0 ok\r\n")
             elif verb == "RCPT":
                 addr = cmd.split("<", 1)[1].split(">", 1)[0]
@@ -202,6 +205,7 @@ class CaptureSMTP:
                     if not data or data == b".\r\n":
                         break
                     chunks.append(data[1:] if data.startswith(b"..") else data)
+                self.mail_lines.append(mail_line)
                 self.messages.append((sender, list(rcpts), b"".join(chunks)))
                 say(b"250 2.0.0 captured\r\n")
             elif verb == "RSET":

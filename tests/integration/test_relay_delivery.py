@@ -8,6 +8,7 @@ import time
 from email import message_from_bytes, policy
 
 import pytest
+from conftest import DEFAULT_USERS
 from relayutil import CaptureSMTP, DNSServer, wait_for
 
 ALICE = "alice@example.org"
@@ -140,6 +141,39 @@ def test_null_mx_and_loop_bounce(relay_hub, remote):
                     what="the second DSN")
     assert any(b"loops back to me" in m for m in msgs)
     assert remote.sessions == 0
+
+
+def test_the_relay_names_the_submitter_to_a_server_offering_auth(make_hub, dns_server):
+    """RFC 4954 5 end to end: what the hub's SMTP server learnt about who
+    submitted a message survives the queue and goes on as AUTH= to a
+    next hop that offers AUTH -- the login of an authenticated user,
+    ``<>`` for what that user marked of unknown origin, for mail relayed
+    for a relay_networks client and for the hub's own bounces."""
+    remote = CaptureSMTP(extensions=("PIPELINING", "8BITMIME", "SIZE 10000000",
+                                     "ENHANCEDSTATUSCODES", "AUTH PLAIN LOGIN"))
+    try:
+        hub = make_hub(sections={"relay": {"nameservers": [f"127.0.0.1:{dns_server.port}"],
+                                           "port": remote.port}})
+        with smtplib.SMTP("127.0.0.1", hub.submission_port, timeout=30) as s:
+            s.login(ALICE, DEFAULT_USERS[ALICE])
+            assert s.sendmail(ALICE, ["bob@remote.test"], MESSAGE) == {}
+            assert s.sendmail(ALICE, ["carol@remote.test"], MESSAGE,
+                              mail_options=["AUTH=<>"]) == {}
+        send(hub, ["dave@remote.test"])  # the MX port, from a relay network
+        send(hub, ["x@null.test"], sender="zed@remote.test")  # its bounce goes to zed
+        remote.wait(4)
+        mail = {rcpts[0]: line for (_, rcpts, _), line in zip(remote.messages,
+                                                             remote.mail_lines)}
+        assert sorted(mail) == ["bob@remote.test", "carol@remote.test", "dave@remote.test",
+                                "zed@remote.test"]
+        assert mail["bob@remote.test"].endswith(" AUTH=alice@example.org")
+        assert mail["carol@remote.test"].endswith(" AUTH=<>")
+        assert mail["dave@remote.test"].endswith(" AUTH=<>")
+        assert mail["zed@remote.test"].startswith("MAIL FROM:<> ")
+        assert mail["zed@remote.test"].endswith(" AUTH=<>")
+        wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+    finally:
+        remote.stop()
 
 
 def test_restart_with_mail_in_the_queue(relay_hub, remote):

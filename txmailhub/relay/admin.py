@@ -84,6 +84,8 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     p(f"client: {env.client_address or '-'} (HELO {env.helo or '-'})")
     if env.authenticated_as:
         p(f"authenticated as: {env.authenticated_as}")
+    # RFC 4954 5: what the relay says of the submitter (docs/relay.rst)
+    p(f"relayed with: AUTH={'<>' if env.submitter is None else env.submitter}")
     p(f"body: {'8bit' if entry.eight_bit else '7bit'}{' smtputf8' if env.smtputf8 else ''}")
     if env.dsn.ret or env.dsn.envid:
         p(f"dsn: ret={env.dsn.ret or '-'} envid={env.dsn.envid or '-'}")

@@ -627,6 +627,8 @@ class DeliveryAgent:
             tls="none" if implicit else policy,
             tls_active=implicit,
             credentials=credentials,
+            # RFC 4954 5: AUTH=<mailbox> or AUTH=<> to a server offering AUTH
+            submitter=entry.envelope.submitter,
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,

@@ -226,6 +226,9 @@ class QueueEntry:
                 "ret": env.dsn.ret,
                 "envid": env.dsn.envid,
                 "message_id": env.message_id,
+                # optional: a record from before it has none, and goes on
+                # as AUTH=<> (whether its client said AUTH=<> is not known)
+                "submitter": None if env.submitter is None else str(env.submitter),
             },
             "recipients": [r.to_json() for r in self.recipients],
         }
@@ -249,6 +252,8 @@ class QueueEntry:
                 smtputf8=bool(e.get("smtputf8", False)),
                 dsn=DSNRequest(ret=e.get("ret"), envid=e.get("envid")),
                 message_id=str(e.get("message_id") or ""),
+                submitter=(None if e.get("submitter") is None
+                           else address_from_text(e["submitter"])),
                 recipient_dsn=tuple(
                     (r.address, RecipientDSN(notify=r.notify, orcpt=r.orcpt))
                     for r in recips

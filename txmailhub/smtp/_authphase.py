@@ -14,7 +14,7 @@ from typing import Any
 from txmailhub.address import Address
 from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
-from txmailhub.smtp._parse import ascii_upper
+from txmailhub.smtp._parse import MailParams, ascii_upper, parse_mailbox
 from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
 from txmailhub.smtp._states import State
 from txmailhub.smtp.events import AuthRequest
@@ -51,6 +51,32 @@ class AuthPhase:
             return
         self._to(State.READY)  # first: the reply may be the error that closes the session
         self.reply(reply)
+
+    def _submitter(self, params: MailParams) -> Address | None:
+        """Who the hub vouches for as the submitter of the transaction's
+        message (RFC 4954 5), passed on as ``AUTH=<mailbox>`` when relayed;
+        ``None`` is ``AUTH=<>``, origin unknown.
+
+        Only the login of a client the hub authenticated itself: its users
+        are trusted to speak for themselves and for nobody else.  So an
+        unauthenticated client's ``AUTH=`` is ignored ("MUST behave as if
+        the AUTH=<> parameter was supplied"); an authenticated client's
+        ``AUTH=<>`` is kept ("MUST NOT treat the message as having been
+        originally submitted by the client"), and so is the doubt when it
+        names another mailbox; its own mailbox (any spelling) is its login,
+        and without ``AUTH=`` the hub takes the message for the client's
+        own submission and names the login (the RFC's "MAY generate")."""
+        who: Address | None = self.session.authenticated_as
+        given = params.auth
+        if who is None or given == "<>":
+            return None
+        if given is None:
+            return who
+        try:
+            claimed = parse_mailbox(given, self.config.primary_domain, params.smtputf8)
+        except RemoteProtocolError:  # checked when MAIL was parsed; never trusted
+            return None
+        return who if claimed.key == who.key else None
 
     def _auth_offered(self) -> bool:
         s = self.session

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 
 from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import DSNRequest, RecipientDSN
+from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp._client_reply import ReplyParser
 from txmailhub.smtp._data import DotStuffer
-from txmailhub.smtp._parse import MAX_ENVID
+from txmailhub.smtp._parse import MAX_ENVID, parse_mailbox
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
 
@@ -85,6 +86,9 @@ def _fits(phase: Phase, code: int) -> bool:
         return code in _THREE_YZ_OK.get(phase, ())
     return kind == 2 and phase is not Phase.DATA
 
+
+# RFC 4954 5: AUTH= makes MAIL's line up to 500 characters longer
+MAX_AUTH_PARAM = 500
 
 # RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
 TIMEOUTS: dict[Phase, float] = {
@@ -164,7 +168,9 @@ class ClientSession:
     (use it when offered) or ``"none"``; ``tls_active`` is true for an
     implicit-TLS connection (port 465).  ``credentials`` is a ``(user,
     password)`` pair for AUTH, or ``None``.  ``size`` is the message size
-    in octets as sent (CRLF lines)."""
+    in octets as sent (CRLF lines).  ``submitter`` is the mailbox the hub
+    vouches for as the message's submitter (RFC 4954 5), ``None`` when
+    nobody is: it goes as ``AUTH=`` on MAIL to a server that offers AUTH."""
 
     def __init__(
         self,
@@ -179,6 +185,7 @@ class ClientSession:
         tls: str = "opportunistic",
         tls_active: bool = False,
         credentials: tuple[str, str] | None = None,
+        submitter: Address | None = None,
     ) -> None:
         if tls not in ("require", "opportunistic", "none"):
             raise ValueError(f"unknown TLS policy {tls!r}")
@@ -203,6 +210,7 @@ class ClientSession:
         self.tls_policy = tls
         self.tls_active = tls_active
         self.credentials = credentials
+        self.submitter = submitter
         self.phase = Phase.GREETING
         self.extensions: dict[str, str] = {}
         self.tls_offered = False
@@ -497,8 +505,36 @@ class ClientSession:
                 value = xtext_encode(envid)
                 if len(value) <= MAX_ENVID:
                     params.append(f"ENVID={value}")
+        if "AUTH" in ext:
+            params.append("AUTH=" + self._auth_value(utf8))
         path = "" if self.sender is None else self._path(self.sender)
         return " ".join([f"MAIL FROM:<{path}>", *params])
+
+    def _auth_value(self, utf8: bool) -> str:
+        """The value of MAIL's ``AUTH=`` (RFC 4954 5), sent only to a server
+        that offers AUTH: it "SHOULD" get the submitter the hub vouches
+        for, and one the hub authenticated to "MUST" get ``<>`` for a
+        message nobody vouches for.  The mailbox goes as xtext, in its
+        ASCII form unless the transaction is SMTPUTF8 (then its UTF-8, as
+        escapes, as ENVID's); one with no ASCII form outside SMTPUTF8, one
+        that is no addr-spec written bare, or one too long for the 500
+        characters RFC 4954 adds to the MAIL line, goes as ``<>`` instead:
+        claiming less is always allowed, a value the next hop refuses
+        would cost the whole transaction."""
+        who = self.submitter
+        if who is None:
+            return "<>"
+        text = str(who) if utf8 else ascii_form(who)
+        if text is None:
+            return "<>"
+        try:
+            # RFC 4954 5: the decoded value "MUST" be an addr-spec; a local
+            # part that would need quotes ("a b") is not one written bare
+            parse_mailbox(text, "localhost", utf8)
+        except RemoteProtocolError:
+            return "<>"
+        value = xtext_encode(text)
+        return value if len(" AUTH=" + value) <= MAX_AUTH_PARAM else "<>"
 
     def _path(self, address: Address) -> str:
         """``address`` as this transaction can carry it: as given with

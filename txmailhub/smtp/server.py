@@ -351,6 +351,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             recipient_dsn=tuple(self._recipient_dsn),
             expanded=tuple(self._expanded) if self._expanded else (),
             tls=s.tls,
+            submitter=self._submitter(p),
         )
 
     def _take_line(self) -> bytes | None:
