@@ -485,6 +485,9 @@ class ProtocolTests(SynchronousTestCase):
         client.send(b"EHLO c\r\n" * 1000)  # replies pile up, unread
         h.clock.advance(0)
         client.close_notify_while_paused()
+        # the EHLOs still held are processed (as after a half-close on plain
+        # TCP), their replies dropped; then nothing of the session is left
+        h.clock.advance(0)
         assert not h.clock.getDelayedCalls()
 
     def _smtps_at_data(self) -> tuple[Harness, TLSClient]:
@@ -539,6 +542,85 @@ class ProtocolTests(SynchronousTestCase):
         assert sock.lost is not None and not sock.writing()
         assert not h.clock.getDelayedCalls()  # no CLOSE_GRACE left running
         assert len(h.store.messages("bob@example.org")) == 1
+
+    def _smtps_logged_in(self, **smtp) -> tuple[Harness, TLSClient]:
+        """An SMTPS submission session, its EHLO and AUTH answered."""
+        h = Harness(idle_timeout=300, max_junk_commands=10**6, **smtp)
+        factory = SMTPFactory(h.components, submission=True, implicit_tls=True)
+        client = TLSClient(factory, h.clock, make_certificate(Path(self.mktemp())))
+        assert client.receive().startswith(b"220 ")
+        client.send(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0secret")
+                    + b"\r\n")
+        assert client.receive().splitlines()[-1].startswith(b"235 ")
+        return h, client
+
+    def test_tls_close_notify_after_a_long_batch_still_stores_its_message(self):
+        # A pipelining client sends a long batch ending with a message and
+        # QUIT, and closes; its close_notify comes in the same read.  The
+        # batch is answered REPLIES_HELD commands a turn, and the TLS layer
+        # closes the socket on its own: the connection is lost (the next
+        # writable event) before the last turn.  As with a half-close on
+        # plain TCP, what the client sent in full is processed: its message
+        # is stored, not silently dropped.
+        h, client = self._smtps_logged_in()
+        client.send_and_close_notify(
+            b"NOOP\r\n" * 1000 + b"MAIL FROM:<alice@example.org>\r\n"
+            b"RCPT TO:<bob@example.org>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        sock = client.socket
+        assert sock.disconnecting  # the TLS layer's close
+        assert h.clock.getDelayedCalls()  # the batch's next turn
+        # the kernel takes our close_notify, and the reactor finds the
+        # socket writable before that turn: the socket closes
+        sock.room = 1 << 20
+        sock.flush()
+        assert sock.lost is not None
+        h.clock.advance(0)  # the turns that are left, if any
+        assert [m.count(b"body") for m in h.store.messages("bob@example.org")] == [1]
+        assert not h.clock.getDelayedCalls()
+        assert h.realm.logouts == 1
+
+    def test_tls_close_notify_during_a_stored_message_stores_the_next_one_too(self):
+        # Two messages and QUIT in one batch, then close_notify: the first
+        # is being made durable when the connection is lost; the second
+        # was received in full and is stored after it, in order, as plain
+        # TCP does after a half-close.
+        h, client = self._smtps_logged_in(hold=True)
+        envelope = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+        client.send_and_close_notify(
+            envelope + b"Subject: one\r\n\r\nbody\r\n.\r\n"
+            + envelope + b"Subject: two\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        client.receive()  # the socket closes: the TLS session is over
+        sock = client.socket
+        assert sock.lost is not None
+        assert h.store.messages("bob@example.org") == []
+        h.spooler.release()  # the first is durable; the second is spooled
+        h.store.release()
+        h.clock.advance(0)
+        h.spooler.release()
+        h.store.release()
+        h.clock.advance(0)
+        subjects = [m.split(b"Subject: ")[1][:3] for m in h.store.messages("bob@example.org")]
+        assert subjects == [b"one", b"two"]
+        assert not h.clock.getDelayedCalls()
+        assert h.realm.logouts == 1
+
+    def test_tls_close_notify_in_the_middle_of_a_message_stores_nothing(self):
+        # what was not received in full is dropped, as on plain TCP
+        h, client = self._smtps_logged_in()
+        client.send_and_close_notify(
+            b"NOOP\r\n" * 1000 + b"MAIL FROM:<alice@example.org>\r\n"
+            b"RCPT TO:<bob@example.org>\r\nDATA\r\nSubject: x\r\n\r\nno end\r\n")
+        client.socket.room = 1 << 20
+        client.socket.flush()
+        assert client.socket.lost is not None
+        h.clock.advance(0)
+        assert h.store.messages("bob@example.org") == []
+        # the message was begun (its envelope was received in full), and
+        # its spool file is dropped, not left open
+        assert [w.state for w in h.spooler.writers] == ["aborted"]
+        assert any("in the middle of message" in formatEvent(e) for e in self.events)
+        assert not h.clock.getDelayedCalls()
+        assert h.realm.logouts == 1
 
     def test_two_hubs_in_one_process_never_give_the_same_message_id(self):
         # an application may run two hubs; their log lines and Received
@@ -606,6 +688,25 @@ class ProtocolTests(SynchronousTestCase):
         read_all(h, sock)
         assert bytes(sock.sent).count(b"\r\n214 ") == 2000
         assert sock.lost is not None  # then closed
+
+    def test_a_half_close_behind_a_whole_message_held_unread_stores_it(self):
+        # The client does not read its replies (Twisted paused us), so the
+        # rest of its message and QUIT wait unprocessed in the engine, which
+        # is still inside the message; then it shuts down its sending side.
+        # The message is there in full: it is stored and answered (the
+        # replies queue behind the unread ones), not dropped as a message
+        # cut short.
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        p.pauseProducing()  # Twisted's buffer is full
+        p.dataReceived(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        assert p.engine.in_message and p.engine.has_input
+        p.readConnectionLost()
+        out = take(t)
+        assert out[0].startswith("250 2.0.0") and out[1].startswith("221 ") and t.disconnecting
+        assert len(h.store.messages(ALICE)) == 1
 
     def test_a_client_that_half_closes_in_the_middle_of_its_message_stores_nothing(self):
         h = Harness()

@@ -166,6 +166,19 @@ class TLSClient:
             pass
         self._send_wire()
 
+    def send_and_close_notify(self, data: bytes) -> None:
+        """``data`` and then the end of the TLS session in one read of the
+        server's socket: a client that writes its last commands, closes
+        (``SSLSocket.unwrap()``, asyncio's ``close()``) and whose TCP
+        segments arrive together.  The TLS layer hands the server ``data``
+        and then closes the socket on its own in the same ``dataReceived``."""
+        self.ssl.write(data)
+        try:
+            self.ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self._send_wire()
+
     def close_notify_while_paused(self) -> MemorySocket:
         """``close_notify`` to a server that Twisted has paused (replies pile
         up unread) and that still reads: the TLS layer closes the socket on

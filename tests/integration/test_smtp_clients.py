@@ -365,6 +365,69 @@ def test_tls_quit_pipelined_with_the_end_of_the_message_closes_cleanly(make_hub)
     assert greeting.startswith(b"220 "), greeting
 
 
+def test_tls_close_notify_behind_a_long_pipelined_batch_still_stores_its_message(make_hub):
+    # A pipelining client's last write: a long batch, its message, QUIT, and
+    # the TLS close_notify, all in one segment.  The hub answers a long
+    # batch over several reactor turns, and Twisted's TLS layer closes the
+    # connection as soon as it reads the close_notify: the message at the
+    # end of the batch must be stored all the same (its 250 has nowhere to
+    # go), as after a half-close on plain TCP.
+    hub = make_hub(tls=True, sections={"smtp": {"max_junk_commands": 100_000}})
+    ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", hub.smtps_port), timeout=10) as raw:
+        got = bytearray()
+
+        def pump() -> None:
+            """Send what the TLS object has for the hub, read one answer."""
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(65536))
+
+        def reply() -> bytes:
+            while b"\r\n" not in got:
+                try:
+                    got.extend(tls.read(65536))
+                except ssl.SSLWantReadError:
+                    pump()
+            line, _, rest = bytes(got).partition(b"\r\n")
+            got[:] = rest
+            return line
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+        assert reply().startswith(b"220 ")
+        tls.write(b"EHLO c.test\r\n")
+        while not reply().startswith(b"250 "):
+            pass
+        tls.write(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0alice-secret") + b"\r\n")
+        assert reply().startswith(b"235 ")
+        tls.write(b"NOOP\r\n" * 3000
+                  + b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+                  b"Subject: behind the batch\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        try:
+            tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(outgoing.read())  # the batch and the close_notify in one write
+        raw.settimeout(10)
+        try:
+            while raw.recv(65536):  # the replies there are, until the hub closes
+                pass
+        except ConnectionResetError:
+            pass
+    deadline = time.monotonic() + 10
+    while not hub.messages("bob@example.org") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.messages("bob@example.org"), hub.log_text()[-3000:]
+    (stored,) = hub.messages("bob@example.org")
+    assert b"\nSubject: behind the batch\n" in stored and stored.endswith(b"\n\nbody\n")
+
+
 def test_vrfy_and_expn_with_the_smtputf8_parameter(make_hub):
     # RFC 6531 3.7.4.2 (curl sends "EXPN <name> SMTPUTF8" when the server
     # offers SMTPUTF8)

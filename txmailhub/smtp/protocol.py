@@ -30,7 +30,7 @@ import os
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -243,13 +243,16 @@ class SMTPProtocol(Protocol):
         last command) but may still read: what it sent is answered -- the
         250 of a message being stored included, or the client would send it
         again -- and then the connection is closed.  A message still
-        arriving is given up as on a disconnect.  (Plain TCP only: TLS
-        reports the end of the client's data as a lost connection.)"""
+        arriving is given up as on a disconnect; but one whose rest is held
+        unprocessed (the client does not read its replies) may be whole,
+        and is processed first.  (Plain TCP only: TLS reports the end of
+        the client's data as a lost connection; see ``_sent_in_full``.)"""
         if self._eof:
             return
         self._eof = True
         engine = self.engine
-        if engine is None or engine.in_message or (engine.waiting and not engine.storing):
+        if engine is None or (engine.in_message and not engine.has_input) or (
+                engine.waiting and not engine.storing):
             # a message cut short, or a login being checked (or its failure
             # delayed): nothing worth keeping the connection (and its slot)
             # for -- a guesser that hangs up must not hold it
@@ -275,6 +278,80 @@ class SMTPProtocol(Protocol):
         self._close_timer = None
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
+        if self._counted:
+            self._counted = False
+            self.factory.release(self.host)
+            self.factory.limits.sessions.discard(self)
+        self._gone = True
+        if self._sent_in_full(reason):
+            # the client's TLS session ended behind input still held (the
+            # rest of a long batch, or what waits for a message to be
+            # stored): it is processed as plain TCP's half-close does
+            log.info("{client} ended its TLS session with {octets} octets of commands "
+                     "unanswered: processing them, the replies have nowhere to go",
+                     client=self.client_name, octets=self.engine.buffered)
+            self._tls_details()  # for the Received fields: read while the session is here
+            self._drain()
+            return
+        self._end_session()
+
+    def _sent_in_full(self, reason: Any) -> bool:
+        """Whether input the client sent before its connection ended is still
+        to be processed: what a client whose TLS session ends (close_notify,
+        or the TCP connection closed under it) sent in full -- a message
+        and its QUIT in the same read as a long pipelined batch, or behind
+        a message being stored -- must not be dropped.  On plain TCP the
+        end of the client's data is a half-close (``readConnectionLost``),
+        which does the same with the connection still open; Twisted's TLS
+        layer reports it as a lost connection, after which no reply can go
+        out.  Not after our own abort, a TLS failure, or while a login is
+        being checked (nothing worth the work: a guesser that hangs up)."""
+        engine = self.engine
+        return (engine is not None and not engine.closed and engine.has_input
+                and engine.session.tls
+                and (not engine.waiting or engine.storing)
+                and reason is not None
+                and bool(reason.check(error.ConnectionDone, error.ConnectionLost))
+                and not reason.check(error.ConnectionAborted))
+
+    def _drain(self) -> None:
+        """Process the input held when the connection was lost: messages
+        received in full are stored (each after the one before is durable,
+        as in the session), their replies dropped.  What stops with a
+        login or STARTTLS, or never ends (a line, a message), is dropped."""
+        self._turn = None
+        engine = self.engine
+        if self._driving or engine is None:
+            return
+        self._driving = True
+        handlers = self._handlers
+        ended = False
+        try:
+            while (event := engine.next_event()) is not None:
+                if isinstance(event, AuthRequest | StartTLS):
+                    ended = True  # a session of its own, with nobody there for it
+                    break
+                handlers[type(event)](self, event)
+        except Exception:
+            log.failure("SMTP session error with {client}", client=self.client_name)
+            ended = True
+        finally:
+            self._driving = False
+        held = engine.replies_held  # read before data_to_send, which clears it
+        engine.data_to_send()  # the replies: there is no connection for them
+        self._withheld = b""
+        if ended or engine.closed:
+            self._end_session()
+        elif held:
+            # the rest in the next reactor turn, as in the session
+            self._turn = self.reactor.callLater(0, self._drain)
+        elif not engine.waiting:  # all of it processed
+            self._end_session()
+        # else a message is being stored: _message_done drives on
+
+    def _end_session(self) -> None:
+        """What is left of the session after its connection: an open message
+        is dropped, the engine closed, the login ended."""
         if self._writer is not None:
             # the connection ended in the middle of a message: nothing of
             # it is stored, and it was never answered -- the client went
@@ -290,11 +367,6 @@ class SMTPProtocol(Protocol):
             self._writer = None
         if self.engine is not None:
             self.engine.abort()
-        if self._counted:
-            self._counted = False
-            self.factory.release(self.host)
-            self.factory.limits.sessions.discard(self)
-        self._gone = True
         self._log_out()
 
     # --- driving the engine ---------------------------------------------------
@@ -311,6 +383,9 @@ class SMTPProtocol(Protocol):
         other call, such as the client reading our replies or shutting down
         its side, ends no wait for a command)."""
         if self._driving:
+            return
+        if self._gone:  # the connection is lost: what it held is processed
+            self._drain()
             return
         engine = self.engine
         handlers = self._handlers
