@@ -113,11 +113,47 @@ def test_a_message_id_at_the_end_of_a_piece_waits_for_its_continuation():
     assert fields.feed(b"Subject: a\nMessage-ID:\n") == b"Subject: a\n"
     assert fields.feed(b"\tjunk\n") == b""
     assert fields.finish() == ADDED  # the data ended: judged then, and replaced
-    # a field longer than the limit is not held (memory stays bounded): kept
+    # a field longer than the limit is not held (memory stays bounded): it
+    # is no msg-id (see below), dropped and replaced
     huge = b"Message-ID: <" + b"x" * HOLD_LIMIT + b"\n"
     fields = MissingFields(DATE, MID)
-    assert fields.feed(b"Subject: a\n" + huge) == b"Subject: a\n" + huge
-    assert fields.feed(b"\nbody\n") == f"Date: {DATE}\n".encode() + b"\nbody\n"
+    assert fields.feed(b"Subject: a\n" + huge) == b"Subject: a\n"
+    assert fields.feed(b"\nbody\n") == ADDED + b"\nbody\n"
+
+
+_HUGE_ID = b"Message-ID: <" + b"x" * HOLD_LIMIT + b"@example.org>\n"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3])
+def test_a_message_id_over_the_limit_is_judged_the_same_wherever_the_pieces_are_cut(cut):
+    # Over HOLD_LIMIT octets a Message-ID field cannot be held back until
+    # its continuation lines have come, so it is judged by its length: a
+    # field that long is no msg-id a program writes (RFC 5322 2.1.1: a line
+    # is at most 998 octets, and a msg-id cannot be folded), and is
+    # replaced as RFC 6409 8.3 asks -- in one piece or cut after any line,
+    # its continuation lines with it, never kept unjudged beside ours.
+    lines = [b"Subject: a\n", _HUGE_ID, b"\t(more of it)\n", b"To: b@example.org\n",
+             b"\nbody\n"]
+    pieces = [b"".join(lines[:cut + 1]), b"".join(lines[cut + 1:])]
+    assert run(pieces) == b"Subject: a\nTo: b@example.org\n" + ADDED + b"\nbody\n"
+    assert run([b"".join(lines)]) == run(pieces)
+
+
+def test_a_message_id_over_the_limit_that_ends_the_data_is_replaced():
+    fields = MissingFields(DATE, MID)
+    assert fields.feed(b"Subject: a\n" + _HUGE_ID) == b"Subject: a\n"
+    assert fields.feed(b"\t(more)\n") == b""  # still that field: dropped with it
+    assert fields.feed(b"\t(and more)\nTo: b\n") == b"To: b\n"
+    assert fields.finish() == ADDED
+
+
+def test_a_valid_message_id_after_one_over_the_limit_is_the_one_kept():
+    # one Message-ID (RFC 5322 3.6): the client's valid one, not ours too
+    lines = [_HUGE_ID, b"Message-ID: <kept@example.org>\n", b"\nbody\n"]
+    expected = b"Message-ID: <kept@example.org>\nDate: " + DATE.encode() + b"\n\nbody\n"
+    assert run([b"".join(lines)]) == expected
+    assert run(lines) == expected
+    assert run([lines[0], lines[1] + lines[2]]) == expected
 
 
 _line = st.sampled_from([
@@ -150,6 +186,32 @@ def test_pieces_at_any_line_boundary_give_the_same_message(lines, data):
         cfws = rb"(?:\s|\([^()]*\))*"
         assert re.fullmatch(cfws + rb"<[^<>\s]+@[^<>\s]+>" + cfws, field.group(1)), whole
     assert body == _sections(lines)[1]
+
+
+_long_line = st.sampled_from([
+    b"Subject: hi\n", b"Date: Sat, 28 Nov 2026 10:00:00 +0100\n", b"Message-ID: <a@b>\n",
+    b"Message-ID:\n", b"\t<f@x>\n", b"\n", b"body text\n",
+    b"X-Long: " + b"y" * HOLD_LIMIT + b"\n", _HUGE_ID, b"Message-ID: <" + b"x" * HOLD_LIMIT + b"\n",
+    b"\t" + b"z" * (HOLD_LIMIT // 2) + b"\n",
+    b"Message-ID: <" + b"w" * (HOLD_LIMIT - 40) + b"@example.org>\n",
+])
+
+
+@given(st.lists(_long_line, max_size=8), st.data())
+def test_pieces_at_any_line_boundary_give_the_same_message_with_long_fields(lines, data):
+    # as above, with fields and continuation lines around HOLD_LIMIT: a
+    # long Message-ID field that ends a piece is judged as in one piece
+    whole = run([b"".join(lines)])
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(lines)))))
+    pieces, start = [], 0
+    for cut in [*cuts, len(lines)]:
+        pieces.append(b"".join(lines[start:cut]))
+        start = cut
+    assert run(pieces) == whole
+    head, _ = _sections(whole.splitlines(keepends=True))
+    ids = re.findall(rb"^message-id[ \t]*:", head, re.I | re.M)
+    # a Message-ID, always; ours never beside one the client kept
+    assert len(ids) == 1 if MID.encode() in head else len(ids) >= 1
 
 
 def _sections(lines: list[bytes]) -> tuple[bytes, bytes]:
@@ -194,7 +256,7 @@ def test_only_a_message_id_that_ends_the_piece_is_held_back():
     # of it passes with the long one)
     fields = MissingFields(DATE, MID)
     huge = b"Message-ID: <" + b"x" * HOLD_LIMIT + b"\n"
-    assert fields.feed(b"Message-ID: junk\nSubject: a\n" + huge) == b"Subject: a\n" + huge
+    assert fields.feed(b"Message-ID: junk\nSubject: a\n" + huge) == b"Subject: a\n"
     # a junk field followed by more fields than the limit holds is replaced
     fields = MissingFields(DATE, MID)
     long_field = b"X-Long: " + b"x" * HOLD_LIMIT + b"\n"
@@ -215,3 +277,28 @@ def test_a_held_message_id_is_kept_when_the_data_ends_in_the_header_section():
     assert fields.feed(b"Subject: a\nMessage-ID: <kept@example.org>\n") == b"Subject: a\n"
     assert fields.finish() == (b"Message-ID: <kept@example.org>\nDate: " + DATE.encode()
                                + b"\n")
+
+
+@given(st.lists(st.sampled_from([
+    b"Subject: hi\n", b"Date: yesterday\n", b"Date:\n", b"\t(folded) 28 Nov 2026\n",
+    b"DATE : 32 Foo 99 25:61 CET\n", b"To: b@example.org\n",
+]), min_size=1, max_size=8), st.data())
+def test_a_date_the_client_wrote_is_kept_as_it_is_wherever_the_pieces_are_cut(lines, data):
+    # RFC 6409 8.2: an MSA MAY correct a Date that is no RFC 5322 date-time;
+    # this one does not (see the module's docstring): the client's Date
+    # fields are stored as they came, and ours is added only when there is
+    # none -- never a second one beside the client's
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(lines)))))
+    pieces, start = [], 0
+    for cut in [*cuts, len(lines)]:
+        pieces.append(b"".join(lines[start:cut]))
+        start = cut
+    body = b"\nbody\n"
+    pieces[0] = b"Subject: first\n" + pieces[0]
+    out = run([*pieces, body])
+    sent = b"Subject: first\n" + b"".join(lines)
+    head = out[: len(out) - len(body)]
+    assert head.startswith(sent)  # nothing the client wrote is changed
+    added = head[len(sent):]
+    client_dates = re.findall(rb"^date[ \t]*:", sent, re.I | re.M)
+    assert (b"Date: " + DATE.encode() in added) == (not client_dates)

@@ -1651,6 +1651,45 @@ class ProtocolTests(SynchronousTestCase):
         stored = h.store.messages(Address("bob", "example.org"))[-1]
         assert stored.endswith(b"+0000\nDate: x\nMessage-ID: <m@c.test>\n\nb\n"), stored
 
+    def test_a_long_message_id_ending_a_read_is_judged_as_in_one_read(self):
+        # a Message-ID field over HOLD_LIMIT (folded: a line of data is at
+        # most 1000 octets) that ends a read of DATA is judged no msg-id:
+        # replaced by ours, its continuation line in the next read dropped
+        # with it -- one Message-ID, as when the message comes in one read
+        from txmailhub.smtp.msa import HOLD_LIMIT
+
+        fold = b"\t(" + b"c" * 900 + b")\r\n"
+        huge = b"Message-ID: <m@c.test>\r\n" + fold * (HOLD_LIMIT // len(fold) + 1)
+        rest = b"\t(its comment)\r\nX-After: 1\r\n\r\nbody\r\n.\r\n"
+        stored = []
+        for cut in (True, False):
+            h = Harness(submission=True)
+            p, t = h.connect("127.0.0.1")
+            p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                           "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
+                           .encode())
+            if cut:
+                p.dataReceived(b"Subject: s\r\n" + huge)
+                p.dataReceived(rest)
+            else:
+                p.dataReceived(b"Subject: s\r\n" + huge + rest)
+            assert take(t)[-1].startswith("250 2.0.0 ")
+            (message,) = h.store.messages(Address("bob", "example.org"))
+            stored.append(message)
+            assert re.search(rb"\nSubject: s\nX-After: 1\nDate: [^\n]+\n"
+                             rb"Message-ID: <\w+\.[0-9a-f]{12}@mx\.example\.org>\n\nbody\n\Z",
+                             message), message[-300:]
+            assert message.count(b"Message-ID:") == 1
+
+    def test_a_submitted_date_that_is_no_date_time_is_kept_as_the_client_wrote_it(self):
+        # RFC 6409 8.2 only allows an MSA to correct it; the hub does not
+        # (see txmailhub.smtp.msa), and never adds a second Date beside it
+        stored = submitted(Harness(submission=True),
+                           "Date: yesterday, around noon CET\r\nSubject: s\r\n\r\nb\r\n")
+        assert stored.count(b"Date:") == 1
+        assert re.search(rb"\nDate: yesterday, around noon CET\nSubject: s\n"
+                         rb"Message-ID: <[^\n]+>\n\nb\n\Z", stored), stored
+
     def test_the_added_message_id_has_no_trailing_dot_from_the_hostname(self):
         # a hostname written with the root's dot: fine for DNS, but no
         # dot-atom on the right of a Message-ID (RFC 5322 3.6.4)

@@ -15,7 +15,19 @@ the header section, where the order of fields does not matter (RFC 5322
 3.6).  It holds nothing back but a Message-ID field that ends a piece
 (its continuation lines may come in the next one; at most
 ``HOLD_LIMIT`` octets).  A Message-ID that is no msg-id is dropped and
-replaced; other fields the client sent are left as they are.
+replaced; so is one longer than ``HOLD_LIMIT``, which cannot be held
+whole: no program writes one (a msg-id cannot be folded, and RFC 5322
+2.1.1 limits a line to 998 octets), and judging it by its length is what
+keeps the outcome the same wherever the pieces are cut.
+
+Other fields the client sent are left as they are -- its ``Date`` too,
+even one that is no RFC 5322 date-time.  RFC 6409 8.2 only allows (MAY)
+an MSA to correct such a Date, section 8 asks to limit changes to clear
+remedies, and the client's text is the only record of when the message
+was written: readers parse dates leniently (RFC 5322 4.3 names zones
+outside the grammar that are in use), so a strict check would replace
+dates readers understand, and a second Date is not allowed (RFC 5322
+3.6: at most one).
 """
 
 from __future__ import annotations
@@ -27,10 +39,13 @@ from txmailhub.smtp.received import FIELD_START, HEADER_END
 __all__ = ["HOLD_LIMIT", "MissingFields"]
 
 # The longest Message-ID field held back while its continuation lines may
-# still come (a real one is under a hundred octets)
+# still come (a real one is under a hundred octets); a longer one is no
+# msg-id, wherever the pieces are cut
 HOLD_LIMIT = 8192
 
 _DATE = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# Continuation lines at the start of a piece
+_CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 # A Message-ID field with its continuation lines
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", re.IGNORECASE | re.MULTILINE)
 # RFC 5322 3.6.4 msg-id, with the comments and folding around it that 3.2.2
@@ -54,13 +69,17 @@ class MissingFields:
     once the data has ended, ``finish`` returns what is still to be added
     (a message that is all header section and no body)."""
 
-    __slots__ = ("_date", "_first", "_held", "_message_id", "done", "seen_date", "seen_id")
+    __slots__ = ("_date", "_dropping", "_first", "_held", "_message_id", "done", "seen_date",
+                 "seen_id")
 
     def __init__(self, date: str, message_id: str) -> None:
         self._date = date
         self._message_id = message_id
         self._first = True
         self._held = b""  # a Message-ID field that may go on in the next piece
+        # a Message-ID field over HOLD_LIMIT was dropped as it ended a
+        # piece: its continuation lines, at the start of the next, go too
+        self._dropping = False
         self.seen_date = False
         self.seen_id = False
         self.done = False
@@ -68,6 +87,12 @@ class MissingFields:
     def feed(self, data: bytes) -> bytes:
         if self.done or not data:
             return data
+        if self._dropping:
+            end = _CONTINUATION.match(data).end()  # type: ignore[union-attr]
+            if end == len(data):
+                return b""  # the dropped field goes on
+            self._dropping = False
+            data = data[end:]
         if self._held:
             data, self._held = self._held + data, b""
         elif self._first and data[:1] != b"\n" and not FIELD_START.match(data):
@@ -89,16 +114,16 @@ class MissingFields:
         if not ended:
             # A Message-ID field that ends the piece may go on in the next
             # one (folded): it waits, so that where the pieces are cut never
-            # changes what is kept.  Bounded; a longer one is kept unjudged.
+            # changes what is kept.  Bounded: a longer one is no msg-id
+            # (``_check_id``), dropped now with what follows of it.
             fields = list(_MESSAGE_ID.finditer(head))
             last = fields[-1] if fields else None
             if last is not None and last.end() == len(head):
                 if len(head) - last.start() <= HOLD_LIMIT:
                     head, self._held = head[: last.start()], head[last.start() :]
                 else:
-                    self.seen_id = True
-                    return _MESSAGE_ID.sub(self._check_id, head[: last.start()]) + head[
-                        last.start() :]
+                    self._dropping = True
+                    head = head[: last.start()]
             return _MESSAGE_ID.sub(self._check_id, head)
         self.done = True
         head = _MESSAGE_ID.sub(self._check_id, head)
@@ -110,9 +135,10 @@ class MissingFields:
         return head + missing + (b"" if rest[:1] == b"\n" else b"\n") + rest
 
     def _check_id(self, match: re.Match[bytes]) -> bytes:
-        """A whole Message-ID field: kept when its value is a msg-id, else
-        dropped (ours replaces it, RFC 6409 8.3)."""
-        if _VALID_ID.fullmatch(match.group(1)):
+        """A whole Message-ID field: kept when its value is a msg-id and the
+        field is no longer than ``HOLD_LIMIT``, else dropped (ours replaces
+        it, RFC 6409 8.3)."""
+        if len(match.group(0)) <= HOLD_LIMIT and _VALID_ID.fullmatch(match.group(1)):
             self.seen_id = True
             return match.group(0)
         return b""
