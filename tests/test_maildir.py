@@ -90,6 +90,8 @@ class Base(SynchronousTestCase):
         self.state = os.path.abspath(self.mktemp())
         self.syncer = SyncerSpy()
         self.spooler = Spooler(os.path.join(self.state, "spool"), self.syncer)
+        # its lock and up to 16 ready spool files: descriptors, not memory
+        self.addCleanup(self.spooler.close)
         self.clock = Clock()
         self.store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org",
                                   self.syncer, clock=self.clock)
@@ -203,6 +205,7 @@ class DeliveryTests(Base):
         events = []
         syncer = SyncerSpy(events=events)
         spooler = Spooler(os.path.join(self.state, "spool2"), syncer)
+        self.addCleanup(spooler.close)
 
         def link(src, dst):
             events.append(("link", os.path.basename(os.path.dirname(dst))))
@@ -1521,7 +1524,7 @@ class ProcessTests(SynchronousTestCase):
             child.stdin.close()
         self.assertEqual(len(acked), 60)
         store = MaildirStore(os.path.join(state, "mail"), "h", SyncerSpy())
-        Spooler(os.path.join(state, "spool"), SyncerSpy())  # recovery
+        Spooler(os.path.join(state, "spool"), SyncerSpy()).close()  # recovery
         self.assertEqual(os.listdir(os.path.join(state, "spool")), [])
         for who in (JOE, ANN):
             box = self.successResultOf(store.open_mailbox(who))
@@ -1549,6 +1552,7 @@ class RealSyncerCopyTests(TestCase):
         self.state = os.path.abspath(self.mktemp())
         spy = SyncerSpy()
         self.spooler = Spooler(os.path.join(self.state, "spool"), spy)
+        self.addCleanup(self.spooler.close)
         self.syncer = Syncer(reactor, method="fsync", threads=2)
         self.syncer.start()
         self.addCleanup(self.syncer.stop)

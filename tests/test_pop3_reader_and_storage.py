@@ -9,7 +9,9 @@ from test_pop3_protocol import make_settings
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address
@@ -108,6 +110,9 @@ def test_pipelined_commands_answered_to_a_reading_client_are_not_autologged_out(
         assert not t.aborted, f"aborted while the client was reading, after {answered} of 100"
 
         t.read(proto)
+    # the client goes: the mailbox's lock and the message being sent are
+    # let go (else two descriptors stay open for the rest of the run)
+    proto.connectionLost(Failure(ConnectionDone()))
 
 
 def test_message_removed_by_another_client_is_one_log_line_not_a_traceback(tmp_path, log_events):
