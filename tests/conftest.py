@@ -1,8 +1,14 @@
 """Shared fixtures: a real hub in a subprocess, test certificates, free ports.
 
-``make_hub(...)`` writes a config with free loopback ports into a temporary
-folder, adds users with the real ``mailhub user add`` code path, starts
-``twistd -n mailhub --config ...`` and waits until every listener answers.
+``make_hub(...)`` writes a config into a temporary folder, adds users with
+the real ``mailhub user add`` code path, starts ``twistd -n mailhub
+--config ...`` and waits until every listener answers.  Its listeners are
+``tcp:0`` (the kernel picks a free port as the hub binds it) and their
+ports are read from the hub's "<role> listening on 127.0.0.1:<port>" log
+lines, at every start: a port picked here and bound later, in the hub, may
+be taken in between by any process on the machine ("Address already in
+use" at the hub's start).  ``make_hub(fixed_ports=True)`` picks them here,
+for the tests that need them before the hub starts.
 ``hub`` is ``make_hub()`` with the defaults.  Every hub is stopped (SIGTERM,
 then SIGKILL) at the end of the test.
 
@@ -24,6 +30,7 @@ import datetime
 import gc
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -110,6 +117,23 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own folder, so nothing (trial's ``mktemp``
     included) ever writes into the source tree."""
     monkeypatch.chdir(tmp_path)
+
+
+#: the listen description that lets the kernel choose the port
+EPHEMERAL = "tcp:0:interface=127.0.0.1"
+#: (section, key) of each listener the fixture configures, by ``Hub.ports`` key
+LISTENERS = {
+    "smtp": ("smtp", "listen"),
+    "submission": ("submission", "listen"),
+    "submission_tls": ("submission", "tls_listen"),
+    "pop3": ("pop3", "listen"),
+    "pop3_tls": ("pop3", "tls_listen"),
+}
+#: txmailhub.service's log line for a bound listener, by ``ListenerService`` role
+_LISTENING = re.compile(
+    r"\] (smtp|submission|pop3)( \(implicit TLS\))? listening on 127\.0\.0\.1:(\d+)$",
+    re.MULTILINE,
+)
 
 
 def free_ports(n: int) -> list[int]:
@@ -212,6 +236,8 @@ class Hub:
     users: dict[str, str]
     proc: subprocess.Popen | None = None
     log_path: Path = field(init=False)
+    #: where the current run's lines start in ``log_path`` (it is appended to)
+    log_offset: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.log_path = self.folder / "hub.log"
@@ -265,7 +291,10 @@ class Hub:
         return mailhub(self.config_path, *args, input=input)
 
     def start(self, wait: bool = True) -> Hub:
+        """Start the hub; with ``wait``, return once every listener answers
+        (and the ``tcp:0`` ones' ports are known, new at each start)."""
         log = open(self.log_path, "ab")
+        self.log_offset = log.tell()
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config",
              str(self.config_path)],
@@ -276,8 +305,27 @@ class Hub:
             self.wait_listening()
         return self
 
+    def ephemeral_roles(self) -> set[str]:
+        """The ``Hub.ports`` keys whose listener is ``tcp:0`` in the config."""
+        return {role for role, (section, key) in LISTENERS.items()
+                if EPHEMERAL in self.doc.get(section, {}).get(key, ())}
+
+    def bound_ports(self) -> dict[str, int]:
+        """The ports the current run logged as bound, by ``Hub.ports`` key
+        (the first of a role's listeners)."""
+        if not self.log_path.exists():
+            return {}
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            text = f.read().decode(errors="replace")
+        bound: dict[str, int] = {}
+        for role, tls, port in _LISTENING.findall(text):
+            bound.setdefault(role + ("_tls" if tls else ""), int(port))
+        return bound
+
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
+        unknown = self.ephemeral_roles()
         pending = dict(self.ports)
         pending.pop("spare", None)
         while pending:
@@ -285,6 +333,20 @@ class Hub:
                 raise AssertionError(
                     f"hub exited with {self.proc.returncode} while starting:\n{self.log_text()}"
                 )
+            if unknown:
+                # a port of this run, logged once bound; until then an old
+                # run's port (or 0) must not be taken for an answer
+                bound = self.bound_ports()
+                for role in [r for r in unknown if r in bound]:
+                    self.ports[role] = pending[role] = bound[role]
+                    unknown.discard(role)
+                if unknown:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(
+                            f"hub did not log a port for {sorted(unknown)}:\n{self.log_text()}"
+                        )
+                    time.sleep(0.05)
+                    continue
             for role, port in list(pending.items()):
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -322,7 +384,9 @@ def _hub_config(
     folder: Path, ports: dict[str, int], tls: tuple[Path, Path] | None,
     sections: dict[str, dict[str, Any]] | None,
 ) -> dict[str, dict[str, Any]]:
-    listen = "tcp:{}:interface=127.0.0.1".format
+    def listen(port: int) -> str:
+        return EPHEMERAL if port == 0 else f"tcp:{port}:interface=127.0.0.1"
+
     doc: dict[str, dict[str, Any]] = {
         "hub": {"hostname": "mail.example.org", "state_dir": "var",
                 "domains": ["example.org", "example.net"]},
@@ -345,13 +409,18 @@ def _hub_config(
 
 @pytest.fixture
 def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
-    """Factory: ``make_hub(users=..., tls=False, sections=None, start=True)``.
+    """Factory: ``make_hub(users=..., tls=False, sections=None, start=True,
+    fixed_ports=False)``.
 
     ``users`` maps address -> password (default: alice, bob @example.org,
     carol@example.net; alice also with APOP).  ``sections`` updates the
     config tables (``{"smtp": {"max_recipients": 2}}``).  ``tls=True``
     generates a certificate and adds the implicit-TLS listeners; the
-    certificate is ``hub.folder / "tls" / "cert.pem"``."""
+    certificate is ``hub.folder / "tls" / "cert.pem"``.  The listeners
+    are ``tcp:0`` and ``hub.ports`` is filled in at each start (a restart
+    gets new ports), unless ``fixed_ports``: then they are picked free here
+    and known before the start (but another process may take one before
+    the hub binds it)."""
     hubs: list[Hub] = []
     counter = iter(range(1000))
 
@@ -360,13 +429,18 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         tls: bool = False,
         sections: dict[str, dict[str, Any]] | None = None,
         start: bool = True,
+        fixed_ports: bool = False,
     ) -> Hub:
         folder = tmp_path / f"hub{next(counter)}"
         folder.mkdir()
         roles = ["smtp", "submission", "pop3", "spare"]
         if tls:
             roles += ["submission_tls", "pop3_tls"]
-        ports = dict(zip(roles, free_ports(len(roles))))
+        # 0: the hub binds port 0 and its log says which port it got; the
+        # spare port is only ever a dead DNS server's, never bound
+        ports = dict.fromkeys(roles, 0)
+        picked = roles if fixed_ports else ["spare"]
+        ports.update(zip(picked, free_ports(len(picked))))
         pair = make_certificate(folder / "tls") if tls else None
         doc = _hub_config(folder, ports, pair, sections)
         config = folder / "mailhub.toml"

@@ -118,9 +118,9 @@ def test_config_from_the_environment(make_hub, monkeypatch) -> None:
     """``$MAILHUB_CONFIG`` stands in for ``--config``, as for ``mailhub``."""
     hub = make_hub(start=False)
     monkeypatch.setenv("MAILHUB_CONFIG", str(hub.config_path))
-    proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=hub.folder)
+    with open(hub.log_path, "ab") as log:  # where wait_listening reads the ports
+        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=hub.folder)
     hub.proc = proc
     hub.wait_listening()
     with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
@@ -128,7 +128,7 @@ def test_config_from_the_environment(make_hub, monkeypatch) -> None:
 
 
 def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
-    hub = make_hub(start=False)
+    hub = make_hub(start=False, fixed_ports=True)  # the port to block, known before
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", hub.pop3_port))
         blocker.listen(1)
@@ -202,18 +202,20 @@ def test_tac_file_embeds_the_hub(make_hub) -> None:
     tac = hub.folder / "mailhub.tac"
     example = (ROOT / "etc" / "mailhub.tac").read_text()
     tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
-    proc = subprocess.Popen(
-        [TWISTD, "-ny", str(tac), "--pidfile=", "--logfile=-"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=hub.folder,
-    )
+    with open(hub.log_path, "ab") as log:  # where wait_listening reads the ports
+        proc = subprocess.Popen(
+            [TWISTD, "-ny", str(tac), "--pidfile=", "--logfile=-"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=hub.folder,
+        )
     hub.proc = proc
     hub.wait_listening()
     with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
         code, _ = s.ehlo("client.example")
         assert code == 250
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
+    proc.wait(timeout=20)
     hub.proc = None
+    out = hub.log_path.read_bytes()
     assert proc.returncode in CLEAN_STOP, out
     assert b"Traceback" not in out and b"Server Shut Down." in out
 
@@ -222,7 +224,7 @@ def test_the_daemon_variant_of_the_tac_file_reports_a_start_error(make_hub) -> N
     # `twistd -y` with the two lines the example names: a port in use is
     # printed by the waiting parent, which exits 1 (without them it waits
     # for good)
-    hub = make_hub(start=False)
+    hub = make_hub(start=False, fixed_ports=True)  # the port to block, known before
     tac = hub.folder / "mailhub.tac"
     example = (ROOT / "etc" / "mailhub.tac").read_text()
     daemon_variant = example.replace("#   from txmailhub", "from txmailhub").replace(

@@ -1,0 +1,61 @@
+"""The ``make_hub`` fixture itself: a hub's ports are the ones it bound.
+
+A port picked free by the test and bound later by the hub (another
+process) may be taken in between by anything on the machine; it was, once,
+and a POP3 test failed with "Address already in use".  The fixture now
+lets the hub bind port 0 and reads the ports from its log."""
+
+from __future__ import annotations
+
+import poplib
+import smtplib
+import socket
+import ssl
+
+import conftest
+
+
+def test_ports_taken_after_the_pick_do_not_stop_the_hub(make_hub, monkeypatch) -> None:
+    thieves: list[socket.socket] = []
+    pick = conftest.free_ports
+
+    def free_then_taken(n: int) -> list[int]:
+        # the worst case of the race: each port the fixture picks is
+        # someone else's by the time the hub binds it
+        ports = pick(n)
+        for port in ports:
+            thief = socket.socket()
+            thieves.append(thief)
+            thief.bind(("127.0.0.1", port))
+            thief.listen(1)
+        return ports
+
+    monkeypatch.setattr(conftest, "free_ports", free_then_taken)
+    try:
+        hub = make_hub(tls=True)
+        taken = {t.getsockname()[1] for t in thieves}
+        ports = [hub.smtp_port, hub.submission_port, hub.smtps_port, hub.pop3_port,
+                 hub.pop3s_port]
+        assert not taken & set(ports) and 0 not in ports
+        assert len(set(ports)) == 5
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+            assert s.noop()[0] == 250
+        ctx = ssl.create_default_context(cafile=str(hub.folder / "tls" / "cert.pem"))
+        p = poplib.POP3_SSL("127.0.0.1", hub.pop3s_port, context=ctx, timeout=10)
+        assert p.getwelcome().startswith(b"+OK")
+        p.quit()
+    finally:
+        for thief in thieves:
+            thief.close()
+
+
+def test_a_restart_reads_the_new_ports(make_hub) -> None:
+    hub = make_hub()
+    hub.restart()
+    # the old run's lines are still in the log: the ports are this run's
+    assert hub.ports == {**hub.ports, **hub.bound_ports()}
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        assert s.noop()[0] == 250
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    assert p.getwelcome().startswith(b"+OK")
+    p.quit()
