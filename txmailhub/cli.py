@@ -4,7 +4,9 @@ Owns argument parsing and exit codes: 0 ok, 1 runtime failure (the
 request could not be done: duplicate user, unknown queue id, ...), 2 bad
 usage or bad config.  Each subcommand is a thin call into the component
 that owns the data (users file, queue); nothing here talks to a running
-hub except through those files.
+hub except through those files, but ``sendmail``, which hands a message
+to it over SMTP and has sendmail(8)'s options and sysexits(3) exit codes
+(``txmailhub.sendmail``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,29 @@ def _parser() -> argparse.ArgumentParser:
     from txmailhub.relay.admin import add_queue_parser
 
     add_queue_parser(sub)
+    sub.add_parser(
+        "sendmail", add_help=False,
+        help="read a message on stdin and hand it to the running hub, with sendmail(8)'s "
+             "options (-t, -i, -f, -F ...) and exit codes (see docs/sendmail.rst)",
+    )
     return p
+
+
+def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
+    """``(global options, sendmail arguments)`` when the command is
+    ``sendmail``, else None.  Its arguments follow sendmail(8)'s getopt
+    syntax (``-oi``, ``-fADDR``), not argparse's, so they bypass the parser."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "sendmail":
+            return argv[:i], argv[i + 1:]
+        if not a.startswith("-") or a == "--":
+            return None
+        # an option that takes its value from the next word: --config (or a
+        # prefix of it argparse would take) and -c, not --config=X or -cX
+        i += 2 if (a.startswith("--c") and "=" not in a) or a == "-c" else 1
+    return None
 
 
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
@@ -273,6 +297,14 @@ def main(
     stdin: TextIO | None = None,
 ) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    split = _sendmail_split(sys.argv[1:] if argv is None else argv)
+    if split is not None:
+        from txmailhub.sendmail import run as sendmail
+
+        # its own exit codes: sysexits(3), as every caller of sendmail expects
+        config = _parser().parse_args([*split[0], "check"]).config
+        return sendmail(split[1], config, "mailhub sendmail", stdin=getattr(stdin, "buffer", None),
+                        err=err)
     args = _parser().parse_args(argv)
     try:
         settings = load(args.config)

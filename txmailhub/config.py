@@ -18,7 +18,7 @@ import socket
 import tomllib
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from txmailhub.address import (
@@ -40,7 +40,10 @@ __all__ = [
     "SubmissionSettings",
     "TLSSettings",
     "UsersSettings",
+    "LocalSubmission",
+    "listen_address",
     "load",
+    "load_local_submission",
     "load_text",
     "parse_duration",
 ]
@@ -394,7 +397,7 @@ def endpoint_readiness(description: str) -> str | None:
     return None
 
 
-def _listen_address(description: str) -> tuple[str, Any, Any] | None:
+def listen_address(description: str) -> tuple[str, Any, Any] | None:
     """What a valid listen endpoint binds: ``("unix", path, None)`` or
     ``(kind, port, ip)`` with ``ip`` an ``ipaddress`` address (a host name
     that does not resolve: the name), None for every address; None for
@@ -464,7 +467,7 @@ def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
     problems = []
     seen: list[tuple[tuple[str, Any, Any], str]] = []
     for section, key, description in listeners:
-        address = _listen_address(description)
+        address = listen_address(description)
         if address is None:
             continue
         for other, where in seen:
@@ -929,6 +932,63 @@ def load_text(text: str, path: str) -> Settings:
         relay=relay,
         warnings=tuple(warnings),
     )
+
+
+@dataclass(frozen=True)
+class LocalSubmission:
+    """The part of the config a local program needs to hand a message to
+    the running hub (``txmailhub-sendmail``): where its MX listener is, the
+    domain that qualifies bare names, the name for Message-IDs, the size
+    limit."""
+
+    path: str
+    hostname: str
+    domains: tuple[str, ...]
+    listen: tuple[str, ...]
+    max_message_size: int
+
+    @property
+    def primary_domain(self) -> str:
+        return self.domains[0]
+
+
+def load_local_submission(path: str) -> LocalSubmission:
+    """Read only ``[hub]`` and ``[smtp]`` of the config, with the same
+    checks as ``load``; raise ``ConfigError`` listing their problems.
+
+    Why not ``load``: the sendmail command runs as any local user (a web
+    server, a cron job), who may not read the TLS key or the smarthost
+    password the rest of the file names, and has no business with them:
+    the hub and ``mailhub check`` judge those."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        doc = tomllib.loads(text)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    problems: list[str] = []
+    r = _Reader(path, os.path.dirname(path), problems)
+    hub = r.table(doc, "hub", {f.name for f in fields(HubSettings)})
+    if "domains" not in hub:
+        r.problem("hub", "domains", "required: the local domains, the primary one first")
+    smtp = r.table(doc, "smtp", {f.name for f in fields(SMTPSettings)})
+    d = SMTPSettings()
+    settings = LocalSubmission(
+        path=path,
+        hostname=r.get(hub, "hub", "hostname", None, _hostname) or socket.getfqdn(),
+        domains=r.get(hub, "hub", "domains", ("localhost",), _domains),
+        listen=r.get(smtp, "smtp", "listen", d.listen, _endpoints),
+        max_message_size=r.get(smtp, "smtp", "max_message_size", d.max_message_size,
+                               _positive_int),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def _unreadable(path: str) -> str | None:

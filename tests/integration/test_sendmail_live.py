@@ -1,0 +1,160 @@
+"""The sendmail command against a real hub: a message piped into
+``mailhub sendmail`` or the ``txmailhub-sendmail`` console script (as a
+subprocess, as cron or PHP run it) arrives in the Maildir; a refused
+recipient is exit 67 with nothing delivered; a hub that is down is exit
+75, and stderr says the message was not sent."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write_toml
+
+#: what the console script runs (setup.cfg: txmailhub-sendmail)
+CONSOLE_SCRIPT = [sys.executable, "-c",
+                  "import sys; from txmailhub.sendmail import main; sys.exit(main())"]
+
+
+def sendmail(config: Path, *args: str, message: bytes,
+             console_script: bool = False) -> subprocess.CompletedProcess:
+    if console_script:
+        argv = [*CONSOLE_SCRIPT, "-C", str(config), *args]
+    else:
+        argv = [sys.executable, "-m", "txmailhub", "--config", str(config), "sendmail", *args]
+    return subprocess.run(argv, input=message, capture_output=True, timeout=60)
+
+
+def unix_hub(make_hub, folder: Path, tcp: bool = False):
+    """A hub whose MX listener is a UNIX socket only (its path is in the
+    config, unlike a tcp:0 port), or with ``tcp`` a fixed loopback port."""
+    hub = make_hub(start=False, fixed_ports=tcp)
+    sock = folder / "smtp.sock"
+    if not tcp:
+        hub.doc["smtp"]["listen"] = [f"unix:{sock}"]
+        hub.ports.pop("smtp")
+        write_toml(hub.config_path, hub.doc)
+    hub.start()
+    deadline = time.monotonic() + 20
+    while not tcp and not sock.exists():
+        assert time.monotonic() < deadline, hub.log_text()
+        time.sleep(0.05)
+    return hub
+
+
+def parsed(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def test_a_piped_message_arrives_with_date_message_id_and_from(make_hub, tmp_path: Path):
+    hub = unix_hub(make_hub, tmp_path)
+    # (with the DSN options, which the hub checks: a bad parameter is a 501)
+    r = sendmail(hub.config_path, "-oi", "-F", "Cron Daemon", "-f", "alice", "-N", "never",
+                 "-R", "hdrs", "-V", "cron+1=x", "bob",
+                 message=b"Subject: cron output\n\nline one\n.\nline three\n")
+    assert r.returncode == 0, r.stderr
+    (data,) = hub.messages("bob@example.org")
+    msg = parsed(data)
+    assert msg["Subject"] == "cron output"
+    assert msg["From"] == "Cron Daemon <alice@example.org>"
+    assert msg["Date"] and msg["Message-ID"].endswith("@mail.example.org>")
+    # the lone dot (with -oi) is text; the Maildir keeps lines with LF, so
+    # a CR left over from the wire's CRLF (or a CRLF made twice) would show
+    assert data.endswith(b"\n\nline one\n.\nline three\n")
+    assert b"\r" not in data
+    assert "from <alice@example.org> to bob@example.org" in hub.log_text()
+
+
+def test_the_console_script_over_tcp_with_t_removes_bcc(make_hub, tmp_path: Path):
+    hub = unix_hub(make_hub, tmp_path, tcp=True)  # [smtp] listen = tcp:PORT:interface=...
+    message = (b"From: Alice <alice@example.org>\nTo: bob@example.org\n"
+               b"Bcc: carol@example.net\nSubject: t\n\nbody\n.\nafter the dot\n")
+    r = sendmail(hub.config_path, "-t", message=message, console_script=True)
+    assert r.returncode == 0, r.stderr
+    for rcpt in ("bob@example.org", "carol@example.net"):
+        (data,) = hub.messages(rcpt)
+        msg = parsed(data)
+        assert msg["Bcc"] is None and b"carol" not in data.split(b"\n\n")[0], data
+        assert msg["From"] == "Alice <alice@example.org>"
+        assert data.endswith(b"\n\nbody\n")  # without -i the dot ended it
+    assert hub.messages("alice@example.org") == []
+
+
+def test_an_unknown_local_user_is_67_and_nobody_gets_the_message(make_hub, tmp_path: Path):
+    hub = unix_hub(make_hub, tmp_path)
+    r = sendmail(hub.config_path, "bob", "nosuchuser",
+                 message=b"Subject: x\n\nbody\n")
+    assert r.returncode == 67, r
+    err = r.stderr.decode()
+    assert "<nosuchuser@example.org>: 550 5.1.1" in err and "NOT sent" in err, err
+    assert hub.messages("bob@example.org") == []  # all or nothing: no duplicate on a resend
+
+
+def test_a_hub_that_is_down_is_75_and_says_not_sent(make_hub, tmp_path: Path):
+    hub = unix_hub(make_hub, tmp_path, tcp=True)
+    hub.stop()
+    r = sendmail(hub.config_path, "bob", message=b"Subject: x\n\nbody\n")
+    assert r.returncode == 75, r
+    err = r.stderr.decode()
+    assert "cannot reach the hub" in err and f"127.0.0.1:{hub.smtp_port}" in err, err
+    assert "NOT sent" in err
+    # the UNIX socket listener's config, with no hub on it, is the same
+    r = sendmail(hub.config_path, "-C", str(_unix_config(hub, tmp_path)), "bob",
+                 message=b"x\n", console_script=True)
+    assert r.returncode == 75 and b"NOT sent" in r.stderr, r
+
+
+def _unix_config(hub, folder: Path) -> Path:
+    doc = {**hub.doc, "smtp": {"listen": [f"unix:{folder / 'gone.sock'}"]}}
+    path = folder / "unix.toml"
+    write_toml(path, doc)
+    return path
+
+
+def test_utf8_header_and_8bit_body_arrive_intact(make_hub, tmp_path: Path):
+    """A UTF-8 header field needs SMTPUTF8, an 8-bit body BODY=8BITMIME:
+    the command asks for both, and the bytes arrive as written."""
+    hub = unix_hub(make_hub, tmp_path)
+    body = "Subject: Grüße\nTo: bob\n\nÄrger über Öl\n".encode()
+    r = sendmail(hub.config_path, "-t", "-F", "Jörg", message=body)
+    assert r.returncode == 0, r.stderr
+    (data,) = hub.messages("bob@example.org")
+    assert data.endswith("\n\nÄrger über Öl\n".encode()) and "Subject: Grüße\n".encode() in data
+    assert parsed(data)["From"] == "Jörg <root@example.org>".replace(
+        "root", __import__("pwd").getpwuid(__import__("os").getuid()).pw_name)
+
+
+def test_a_greeting_that_is_no_220_is_not_sent(make_hub, tmp_path: Path):
+    """A 421 greeting (the hub's connection limit) is for later, 75; a 554
+    is a refusal, 69; neither is taken for an accepted message."""
+    import socket
+    import threading
+
+    hub = make_hub(start=False)
+    for greeting, status in ((b"421 4.7.0 Too many connections\r\n", 75),
+                             (b"554 5.3.2 No service here\r\n", 69)):
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def greet(server=server, greeting=greeting) -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(greeting)
+                conn.recv(1024)  # whatever comes (QUIT), then close
+
+        thread = threading.Thread(target=greet, daemon=True)
+        thread.start()
+        hub.doc["smtp"]["listen"] = [f"tcp:{server.getsockname()[1]}:interface=127.0.0.1"]
+        write_toml(hub.config_path, hub.doc)
+        try:
+            r = sendmail(hub.config_path, "bob", message=b"x\n")
+        finally:
+            thread.join(10)
+            server.close()
+        assert r.returncode == status, r
+        assert greeting.decode().strip() in r.stderr.decode() and b"NOT sent" in r.stderr

@@ -1,0 +1,308 @@
+"""``txmailhub.sendmail`` without a hub: sendmail(8) option parsing, the
+message read from stdin (lone dot, line ends), the header fields of a
+local submission (-t with Bcc removed, -F, Date, Message-ID), the
+listeners it can reach, and the exit codes of the command line."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from txmailhub import cli
+from txmailhub.address import AddressError
+from txmailhub.config import LocalSubmission, load_local_submission
+from txmailhub.errors import ConfigError
+from txmailhub.sendmail import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_USAGE,
+    MessageTooBig,
+    Options,
+    Target,
+    UsageError,
+    hub_targets,
+    parse_args,
+    prepare,
+    read_message,
+    run,
+)
+
+SETTINGS = LocalSubmission(path="/etc/txmailhub/mailhub.toml", hostname="mail.example.org",
+                           domains=("example.org", "example.net"), listen=("tcp:25",),
+                           max_message_size=10_000)
+LOGIN = ("joe", "Joe Bloggs")
+
+
+def fields(message: bytes) -> list[bytes]:
+    """The header lines of a prepared message (continuations included)."""
+    return message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def field(message: bytes, name: bytes) -> list[bytes]:
+    return [line for line in fields(message) if line.lower().startswith(name.lower() + b":")]
+
+
+# --- options ----------------------------------------------------------------
+
+
+def test_options_as_cron_php_git_and_mutt_give_them() -> None:
+    assert parse_args(["-t", "-i"]) == Options(extract=True, ignore_dots=True)
+    assert parse_args(["-ti"]) == Options(extract=True, ignore_dots=True)  # grouped
+    assert parse_args(["-oi", "-f", "a@x.org", "bob"]) == Options(
+        recipients=("bob",), sender="a@x.org", ignore_dots=True)
+    assert parse_args(["-fa@x.org", "-FJoe Bloggs", "bob"]) == Options(
+        recipients=("bob",), sender="a@x.org", full_name="Joe Bloggs")
+    assert parse_args(["-r", "a@x.org", "bob"]).sender == "a@x.org"
+    assert parse_args(["-f", "", "bob"]).sender == ""  # the null sender
+    # mutt: -oem -oi --; a recipient after -- may start with a dash
+    assert parse_args(["-oem", "-oi", "--", "-odd@x.org"]) == Options(
+        recipients=("-odd@x.org",), ignore_dots=True)
+    assert parse_args(["-C", "/etc/x.toml", "bob"]).config == "/etc/x.toml"
+    assert parse_args(["-v", "bob"]).verbose
+    # the DSN parameters (RFC 3461), passed on when the hub offers DSN
+    assert parse_args(["-N", "success, Failure", "-Rhdrs", "-V", "id+1", "bob"]) == Options(
+        recipients=("bob",), notify="SUCCESS,FAILURE", ret="HDRS", envid="id+1")
+    assert parse_args(["-Nnever", "bob"]).notify == "NEVER"
+
+
+@pytest.mark.parametrize("argv", [
+    ["-odb"], ["-odi"], ["-oem"], ["-oep"], ["-oQ/var/spool"], ["-bm"], ["-U"], ["-m"],
+    ["-B", "8BITMIME"], ["-h", "10"],
+    ["-L", "label"], ["-X", "/dev/null"], ["-O", "DeliveryMode=b"], ["-n"], ["-G"], ["-c"],
+    ["-s"], ["-e", "m"], ["-d0.1"], ["-Am"], ["-p", "smtp:host"],
+])
+def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
+    assert parse_args([*argv, "bob"]) == Options(recipients=("bob",))
+
+
+@pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bs"], ["-bp"], ["-bi"],
+                                  ["-q1h"], ["-q"], ["-f"], ["-I"], ["-N", "sometimes"],
+                                  ["-N", "never,success"], ["-R", "body"], ["-V", "a b\n"]])
+def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_args(argv)
+    err = io.StringIO()
+    # exit 64 before anything is read or any config is needed
+    assert run(argv, "/nonexistent.toml", "sendmail", stdin=io.BytesIO(b"x"), err=err) == 64
+    assert err.getvalue().startswith("sendmail: ") and "usage:" in err.getvalue()
+
+
+def test_no_recipients_without_t_is_a_usage_error_before_stdin_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    stdin, err = io.BytesIO(b"Subject: x\n\nbody\n"), io.StringIO()
+    assert run([], str(config), "sendmail", stdin=stdin, err=err) == EX_USAGE
+    assert stdin.tell() == 0 and "NOT sent" in err.getvalue()
+
+
+# --- reading stdin ---------------------------------------------------------
+
+
+def test_a_lone_dot_ends_the_message_and_what_follows_is_not_read() -> None:
+    stdin = io.BytesIO(b"Subject: x\n\nline\n..two dots stay\n.\nnot mine\n")
+    assert read_message(stdin, ignore_dots=False, limit=1000) == (
+        b"Subject: x\r\n\r\nline\r\n..two dots stay\r\n")
+    assert stdin.read() == b"not mine\n"
+    # a final "." without its line end ends it too
+    assert read_message(io.BytesIO(b"a\n."), False, 1000) == b"a\r\n"
+
+
+def test_with_i_a_lone_dot_is_text() -> None:
+    stdin = io.BytesIO(b"a\n.\nb\n")
+    assert read_message(stdin, ignore_dots=True, limit=1000) == b"a\r\n.\r\nb\r\n"
+
+
+def test_lf_becomes_crlf_and_crlf_stays() -> None:
+    assert read_message(io.BytesIO(b"a\nb\r\nc"), True, 1000) == b"a\r\nb\r\nc\r\n"
+    # a CR inside a line is not a line end
+    assert read_message(io.BytesIO(b"a\rb\n"), True, 1000) == b"a\rb\r\n"
+
+
+def test_a_line_longer_than_a_read_keeps_its_crlf_and_dot_rule() -> None:
+    long = b"x" * 65535 + b"\r\n"  # the CR ends one read, the LF starts the next
+    assert read_message(io.BytesIO(long + b".\n"), False, 100_000) == long
+    dots = b"." + b"y" * 70000 + b"\n"  # starts with a dot, but is no lone dot
+    assert read_message(io.BytesIO(dots), False, 100_000) == dots[:-1] + b"\r\n"
+
+
+def test_a_message_over_the_hub_limit_stops_the_read() -> None:
+    with pytest.raises(MessageTooBig, match="max_message_size"):
+        read_message(io.BytesIO(b"x" * 200 + b"\n" + b"y" * 10**6), True, 100)
+
+
+# --- header fields -----------------------------------------------------------
+
+
+def test_t_takes_to_cc_and_bcc_and_removes_bcc() -> None:
+    raw = (b"From: Joe <joe@example.org>\r\nTo: a@x.org, Bob <bob@example.net>\r\n"
+           b"Cc: carol\r\nBcc: secret@y.org,\r\n  hidden@z.org\r\nSubject: hi\r\n"
+           b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@x>\r\n\r\n"
+           b"Bcc: in the body stays\r\n")
+    p = prepare(raw, Options(extract=True), SETTINGS, LOGIN)
+    assert p.recipients == ("a@x.org", "bob@example.net", "carol@example.org",
+                            "secret@y.org", "hidden@z.org")
+    assert p.sender == "joe@example.org"
+    assert p.message == raw.replace(b"Bcc: secret@y.org,\r\n  hidden@z.org\r\n", b"")
+
+
+def test_t_adds_to_the_arguments_and_reads_resent_fields_when_present() -> None:
+    raw = b"To: a@x.org\r\nResent-To: r@x.org\r\nResent-Bcc: rb@x.org\r\n\r\nbody\r\n"
+    p = prepare(raw, Options(extract=True, recipients=("arg@x.org", "r@x.org")),
+                SETTINGS, LOGIN)
+    assert p.recipients == ("arg@x.org", "r@x.org", "rb@x.org")  # once each
+    assert field(p.message, b"Resent-Bcc") == [] and field(p.message, b"To") == [b"To: a@x.org"]
+
+
+def test_bcc_is_removed_without_t_too() -> None:
+    p = prepare(b"To: a@x.org\r\nBCC: b@x.org\r\n\r\nx\r\n", Options(recipients=("a@x.org",
+                "b@x.org")), SETTINGS, LOGIN)
+    assert field(p.message, b"Bcc") == [] and p.recipients == ("a@x.org", "b@x.org")
+
+
+def test_missing_from_date_and_message_id_are_added_and_f_name_used() -> None:
+    p = prepare(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), full_name="J. Doe"),
+                SETTINGS, LOGIN)
+    assert p.recipients == ("bob@example.org",)
+    assert field(p.message, b"From") == [b'From: "J. Doe" <joe@example.org>']
+    assert len(field(p.message, b"Date")) == 1
+    (msgid,) = field(p.message, b"Message-ID")
+    assert msgid.startswith(b"Message-ID: <") and msgid.endswith(b"@mail.example.org>")
+    assert p.message.startswith(b"Subject: hi\r\n") and p.message.endswith(b"\r\n\r\nbody\r\n")
+
+
+def test_from_date_and_message_id_of_the_message_are_kept_and_f_ignored() -> None:
+    raw = b"From: x@y.org\r\nDate: whenever\r\nMessage-Id: <a@b>\r\n\r\nbody\r\n"
+    p = prepare(raw, Options(recipients=("bob",), full_name="Ignored"), SETTINGS, LOGIN)
+    assert p.message == raw
+
+
+def test_the_from_name_is_the_users_own_only_for_the_users_own_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NAME", raising=False)
+    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",)), SETTINGS, LOGIN)
+    assert field(p.message, b"From") == [b"From: Joe Bloggs <joe@example.org>"]
+    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",), sender="app@example.net"),
+                SETTINGS, LOGIN)
+    assert p.sender == "app@example.net"
+    assert field(p.message, b"From") == [b"From: app@example.net"]
+    # a non-ASCII -F name is an encoded word (RFC 2047)
+    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",), full_name="Jöe"), SETTINGS, LOGIN)
+    assert field(p.message, b"From") == [b"From: =?utf-8?q?J=C3=B6e?= <joe@example.org>"]
+
+
+def test_null_sender_keeps_a_from_of_the_user() -> None:
+    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",), sender="<>"), SETTINGS, LOGIN)
+    assert p.sender == ""
+    assert field(p.message, b"From") == [b"From: Joe Bloggs <joe@example.org>"]
+
+
+def test_text_without_a_header_section_gets_one_and_an_mbox_line_goes() -> None:
+    p = prepare(b"From joe Mon Jan  1 00:00:00 2024\r\nHi Dave -\r\n", Options(
+        recipients=("bob",)), SETTINGS, LOGIN)
+    assert [f.split(b":")[0] for f in fields(p.message)] == [b"From", b"Date", b"Message-ID"]
+    assert p.message.endswith(b">\r\n\r\nHi Dave -\r\n")
+    # a header section ended by a line that is no field gets its empty line
+    p = prepare(b"Subject: s\r\nno field here\r\n", Options(recipients=("bob",)),
+                SETTINGS, LOGIN)
+    assert p.message.startswith(b"Subject: s\r\nFrom: ")
+    assert p.message.endswith(b">\r\n\r\nno field here\r\n")
+
+
+@pytest.mark.parametrize("recipient", ["a@b@c", "joe@", "<>", "two words@x.org"])
+def test_an_unreadable_recipient_is_an_address_error(recipient: str) -> None:
+    with pytest.raises(AddressError):
+        prepare(b"\r\n", Options(recipients=(recipient,)), SETTINGS, LOGIN)
+
+
+def test_bad_addresses_exit_65_before_connecting(tmp_path: Path) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    err = io.StringIO()
+    assert run(["a@b@c"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_DATAERR
+    assert "NOT sent" in err.getvalue() and "Connection refused" not in err.getvalue()
+    err = io.StringIO()
+    assert run(["-t"], str(config), "sendmail", io.BytesIO(b"Subject: x\n\n"),
+               err) == EX_DATAERR
+    assert "no recipient addresses" in err.getvalue()
+
+
+# --- where the hub is ----------------------------------------------------------
+
+
+def test_targets_from_the_listen_endpoints() -> None:
+    targets = hub_targets(["tcp:25", "tcp:2525:interface=127.0.0.2", "tcp:0", "tcp6:26",
+                           "tcp:27:interface=192.0.2.1", "unix:/run/mailhub/smtp.sock"])
+    assert targets == [Target("localhost", 0, "/run/mailhub/smtp.sock"),
+                       Target("127.0.0.1", 25), Target("127.0.0.2", 2525), Target("::1", 26),
+                       Target("192.0.2.1", 27)]
+
+
+def test_a_config_with_no_reachable_listener_is_ex_config(tmp_path: Path) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:0"]\n')
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_CONFIG
+    assert "[smtp] listen" in err.getvalue()
+    err = io.StringIO()
+    assert run(["bob"], str(tmp_path / "none.toml"), "sendmail", io.BytesIO(b""),
+               err) == EX_CONFIG
+    assert "cannot read the config file" in err.getvalue()
+
+
+def test_the_local_view_of_the_config_ignores_what_the_user_cannot_read(
+        tmp_path: Path) -> None:
+    """A cron job's user cannot read the TLS key; sendmail needs only the
+    [hub] and [smtp] tables."""
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      '[tls]\ncertificate = "missing.pem"\nkey = "missing.key"\n'
+                      '[smtp]\nlisten = ["tcp:2525:interface=127.0.0.1"]\n'
+                      'max_message_size = 1000000\n')
+    settings = load_local_submission(str(config))
+    assert (settings.primary_domain, settings.hostname, settings.listen,
+            settings.max_message_size) == (
+        "example.org", "mail.example.org", ("tcp:2525:interface=127.0.0.1",), 1000000)
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["udp:25"]\n')
+    with pytest.raises(ConfigError, match=r"\[smtp\] listen"):
+        load_local_submission(str(config))
+
+
+# --- mailhub sendmail ----------------------------------------------------------
+
+
+def test_mailhub_sendmail_takes_the_global_config_and_sendmail_options(
+        tmp_path: Path) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:0"]\n')
+    for argv in (["--config", str(config), "sendmail", "-oi", "bob"],
+                 [f"--config={config}", "sendmail", "-oi", "bob"],
+                 ["-c", str(config), "sendmail", "-oi", "bob"]):
+        err = io.StringIO()
+        # the config was read (its tcp:0 is what it objects to), -oi was taken
+        assert cli.main(argv, err=err) == EX_CONFIG, argv
+        assert f"{config}: [smtp] listen names no listener" in err.getvalue()
+    err = io.StringIO()
+    assert cli.main(["--config", str(config), "sendmail", "-Z"], err=err) == EX_USAGE
+    assert err.getvalue().startswith("mailhub sendmail: option -Z not recognized")
+
+
+@pytest.mark.parametrize(("stage", "code", "reply", "status"), [
+    ("RCPT", 550, "5.1.1 No such user here", 67),
+    ("RCPT", 551, "5.1.6 User not local", 67),
+    ("RCPT", 550, "5.7.1 Relaying denied", 69),
+    ("RCPT", 553, "5.1.3 Bad destination mailbox address syntax", 65),
+    ("RCPT", 452, "4.5.3 Too many recipients", 75),
+    ("MAIL", 501, "5.1.7 Bad sender address syntax", 65),
+    ("MAIL", 421, "4.4.2 Idle timeout", 75),
+    ("DATA", 552, "5.3.4 Message too big", 65),
+    ("DATA", 554, "5.6.0 Bad content", 65),
+    ("DATA", 554, "5.7.0 Refused", 69),
+    ("DATA", 451, "4.3.0 Try again", 75),
+    ("greeting", 554, "5.3.2 No service", 69),
+])
+def test_replies_become_sysexits_codes(stage: str, code: int, reply: str, status: int) -> None:
+    from txmailhub.sendmail_smtp import _status
+
+    assert _status(stage, code, reply) == status

@@ -1,0 +1,204 @@
+"""How ``txmailhub-sendmail`` hands a prepared message to the running hub:
+which ``[smtp] listen`` endpoint to reach, one SMTP transaction over
+``smtplib``, and the sysexits(3) code for each way it can fail.
+
+Owns no message content (``txmailhub.sendmail`` prepares it) and no
+retries: the command has no queue, so a refusal is the caller's to see.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from txmailhub.config import listen_address
+from txmailhub.smtp.xtext import xtext_encode
+
+if TYPE_CHECKING:
+    from txmailhub.sendmail import Prepared
+
+__all__ = [
+    "EX_CONFIG", "EX_DATAERR", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL",
+    "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "Refused", "Target", "hub_targets", "submit",
+]
+
+# sysexits(3): what callers of sendmail (cron, PHP, MTAs' own wrappers) test
+EX_OK = 0
+EX_USAGE = 64        # bad command line
+EX_DATAERR = 65      # bad message or address
+EX_NOUSER = 67       # a recipient the hub refused (550)
+EX_UNAVAILABLE = 69  # the hub refused for good (other 5xx)
+EX_TEMPFAIL = 75     # hub not reachable, or 4xx: try again later
+EX_CONFIG = 78       # the config cannot be read, or names no usable listener
+
+#: seconds for the connection and each reply (RFC 5321 4.5.3.2 asks up to
+#: 10 minutes for the reply to the final dot; our hub answers in far less)
+TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way to reach the hub's MX listener."""
+
+    host: str
+    port: int = 0
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return self.unix_path
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def hub_targets(listen: Iterable[str]) -> list[Target]:
+    """Where to reach the MX listener of ``[smtp] listen``, best first:
+    a ``unix:`` socket (only local processes reach it, always a relay
+    client), then a listener on every address or on loopback (reached on
+    loopback), then one bound to a single other address (reached there:
+    that address must be in ``relay_networks`` to relay).  A ``tcp:0``
+    listener's port is not in the config, so it is skipped."""
+    unix, loopback, other = [], [], []
+    for description in listen:
+        bound = listen_address(description)
+        if bound is None:
+            continue
+        kind, where, ip = bound
+        if kind == "unix":
+            unix.append(Target("localhost", 0, where))
+        elif ip is None:
+            loopback.append(Target("::1" if kind == "tcp6" else "127.0.0.1", where))
+        elif getattr(ip, "is_loopback", False):
+            loopback.append(Target(str(ip), where))
+        else:
+            other.append(Target(str(ip), where))
+    return unix + loopback + other
+
+
+class _HubSMTP(smtplib.SMTP):
+    """smtplib's client, which also connects to a UNIX socket."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        self._target = target
+        super().__init__(local_hostname="localhost", timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        if self._target.unix_path is None:
+            return super()._get_socket(host, port, timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(self._target.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class Refused(Exception):
+    """The hub did not take the message (for anyone); ``status`` is the
+    exit code, the text says why, with the hub's reply verbatim."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def _text(reply: bytes | str) -> str:
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return " ".join(reply.split("\n"))
+
+
+def _status(stage: str, code: int, reply: str) -> int:
+    """The exit code for a refusal: 4xx is for later; 5xx by what it says."""
+    if 400 <= code < 500 or code < 200:
+        return EX_TEMPFAIL
+    enhanced = reply.split(" ", 1)[0]
+    if stage == "RCPT" and code in (550, 551) and not enhanced.startswith("5.7."):
+        return EX_NOUSER
+    if code in (501, 553) or (stage == "DATA" and (
+            code == 552 or enhanced.startswith(("5.6.", "5.3.4")))):
+        return EX_DATAERR
+    return EX_UNAVAILABLE
+
+
+def _connect(targets: list[Target], timeout: float) -> tuple[_HubSMTP, Target]:
+    errors = []
+    for target in targets:
+        client = _HubSMTP(target, timeout)
+        try:
+            code, greeting = client.connect(target.host, target.port)
+        except OSError as e:
+            client.close()
+            errors.append(f"{target}: {e.strerror or e}")
+            continue
+        if code != 220:  # 421 (too many connections), 554 (no service here)
+            client.close()
+            raise Refused(_status("greeting", code, _text(greeting)),
+                           f"the hub at {target} greeted with {code} {_text(greeting)}")
+        return client, target
+    raise Refused(EX_TEMPFAIL, "cannot reach the hub (is it running?): " + "; ".join(errors))
+
+
+def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) -> str:
+    """Hand the message to the hub in one transaction; return the hub's
+    reply to the final dot.  Raise ``Refused`` when it did not take the
+    message for every recipient: a refused RCPT ends the transaction
+    before DATA (RSET), so nobody gets a copy the caller would resend."""
+    client, target = _connect(targets, timeout)
+    try:
+        code, reply = client.ehlo()
+        if code != 250:
+            raise Refused(_status("EHLO", code, _text(reply)), f"EHLO: {code} {_text(reply)}")
+        params = []
+        utf8 = not prepared.sender.isascii() or not all(r.isascii() for r in prepared.recipients)
+        head = prepared.message.partition(b"\r\n\r\n")[0]
+        if utf8 or not head.isascii():
+            if not client.has_extn("smtputf8"):
+                raise Refused(EX_DATAERR, f"the hub at {target} does not offer SMTPUTF8, "
+                                           "which this message's addresses need")
+            params.append("SMTPUTF8")
+            client.command_encoding = "utf-8"
+        if not prepared.message.isascii() and client.has_extn("8bitmime"):
+            params.append("BODY=8BITMIME")
+        if client.has_extn("size"):
+            params.append(f"SIZE={len(prepared.message)}")
+        dsn = client.has_extn("dsn")
+        if dsn and prepared.ret:
+            params.append(f"RET={prepared.ret}")
+        if dsn and prepared.envid:
+            params.append(f"ENVID={xtext_encode(prepared.envid)}")
+        notify = f" NOTIFY={prepared.notify}" if dsn and prepared.notify else ""
+        tail = "".join(" " + p for p in params)
+        code, reply = client.docmd("MAIL", f"FROM:<{prepared.sender}>{tail}")
+        if code != 250:
+            raise Refused(_status("MAIL", code, _text(reply)),
+                           f"sender <{prepared.sender}>: {code} {_text(reply)}")
+        refused = []
+        for rcpt in prepared.recipients:
+            code, reply = client.docmd("RCPT", f"TO:<{rcpt}>{notify}")
+            if code not in (250, 251):
+                refused.append((_status("RCPT", code, _text(reply)),
+                                f"<{rcpt}>: {code} {_text(reply)}"))
+        if refused:
+            client.rset()
+            permanent = [s for s, _ in refused if s != EX_TEMPFAIL]
+            raise Refused(permanent[0] if permanent else EX_TEMPFAIL,
+                           "; ".join(why for _, why in refused))
+        try:
+            code, reply = client.data(prepared.message)
+        except smtplib.SMTPDataError as e:  # DATA itself was not answered 354
+            raise Refused(_status("DATA", e.smtp_code, _text(e.smtp_error)),
+                           f"DATA: {e.smtp_code} {_text(e.smtp_error)}") from None
+        if code != 250:
+            raise Refused(_status("DATA", code, _text(reply)),
+                           f"message: {code} {_text(reply)}")
+        return f"{code} {_text(reply)}"
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
