@@ -481,6 +481,81 @@ class RealThreadTests(TestCase):
             yield s.stop()
 
 
+class ThreadStartFailureTests(SynchronousTestCase):
+    """A worker thread that cannot be started ("can't start new thread":
+    a TasksMax or RLIMIT_NPROC limit reached)."""
+
+    class Reactor:
+        def callFromThread(self, f, *args):
+            raise AssertionError("no thread ran, nothing can call back")
+
+    def refuse_threads(self):
+        def start(thread):
+            raise RuntimeError("can't start new thread")
+
+        self.patch(threading.Thread, "start", start)
+
+    def test_a_call_job_fails_and_stop_still_ends(self):
+        # the job has no thread to run it: its Deferred fails, and it no
+        # longer counts as under way -- stop() (the hub's SIGTERM) would
+        # otherwise wait for it for ever
+        s = Syncer(self.Reactor(), method="fsync")
+        s.start()
+        self.refuse_threads()
+        d = s.call(lambda: 1)
+        self.failureResultOf(d, RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # said in the log
+        self.successResultOf(s.stop())
+
+    def test_a_sync_request_fails_and_stop_still_ends(self):
+        # a batch with no thread: its requests errback (a message gets 451,
+        # never 250) and the batch is over
+        s = Syncer(self.Reactor(), method="fsync")
+        s.start()
+        self.refuse_threads()
+        d = s.sync_file(self.mktemp())
+        self.failureResultOf(d, RuntimeError)
+        self.flushLoggedErrors(RuntimeError)
+        self.successResultOf(s.stop())
+
+    def test_a_thread_that_did_not_start_is_not_joined(self):
+        # the pool forgets it: stop() joins only threads that run
+        w = sync._Workers(self.Reactor(), 2, "test")
+        self.refuse_threads()
+        self.failureResultOf(w.submit(lambda: 1), RuntimeError)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(w._threads, [])
+        w.stop()  # no "cannot join thread before it is started"
+
+    def test_a_thread_already_running_takes_the_job(self):
+        calls = []
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                calls.append((f, args))
+
+        w = sync._Workers(Reactor(), 2, "test")
+        busy, go = threading.Event(), threading.Event()
+
+        def first_job():
+            busy.set()
+            go.wait(10)
+            return "first"
+
+        first = w.submit(first_job)
+        busy.wait(10)  # the one thread is busy: the next job asks for another
+        self.refuse_threads()
+        second = w.submit(lambda: "second")
+        self.assertEqual(len(w._threads), 1)
+        go.set()
+        w.stop()  # joins: the running thread took both jobs
+        for f, args in calls:
+            f(*args)
+        self.assertEqual(self.successResultOf(first), "first")
+        self.assertEqual(self.successResultOf(second), "second")
+        self.assertEqual(self.flushLoggedErrors(RuntimeError), [])  # nothing lost: no error
+
+
 class DurableWriteTests(SynchronousTestCase):
     def setUp(self):
         self.dir = self.mktemp()

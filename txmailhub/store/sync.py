@@ -341,6 +341,12 @@ class _Workers:
         self._abandoned = False
 
     def submit(self, f: Callable[[], Any]) -> defer.Deferred:
+        """Run ``f`` on a worker thread; always a Deferred.  A thread that
+        cannot be started ("can't start new thread": a TasksMax or
+        RLIMIT_NPROC limit) is forgotten, and the job fails with that
+        error when no other thread will take it -- raising here instead
+        would leave the job counted as under way by the ``Syncer``, and
+        its ``stop()`` (the hub's SIGTERM) waiting for it for ever."""
         d: defer.Deferred = defer.Deferred()
         with self._lock:
             self._queued += 1
@@ -348,9 +354,22 @@ class _Workers:
             if spawn:
                 t = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._threads.append(t)
-        self._queue.put((f, d))
         if spawn:
-            t.start()
+            # started before the job is queued: a job no thread will ever
+            # take must not be left in the queue
+            try:
+                t.start()
+            except Exception:
+                failure = Failure()
+                with self._lock:
+                    self._threads.remove(t)
+                    alone = not self._threads  # those left run until stop()
+                    if alone:
+                        self._queued -= 1
+                if alone:
+                    log.failure("cannot start a worker thread", failure)
+                    return defer.fail(failure)
+        self._queue.put((f, d))
         return d
 
     def _work(self) -> None:
