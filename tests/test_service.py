@@ -551,6 +551,59 @@ def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_pa
     hub.stopService()
 
 
+class _SlowStop:
+    """The hub's syncer, whose ``stop()`` waits for syncs still under way
+    (``pending``): the window of a quick restart."""
+
+    def __init__(self, real):
+        from twisted.internet.defer import Deferred
+
+        self.real = real
+        self.pending = Deferred()
+
+    def start(self) -> None:
+        self.real.start()
+
+    def stop(self):
+        return self.pending
+
+
+def test_a_quick_restart_keeps_the_state_directory(tmp_path: Path) -> None:
+    # stopService, then startService before the stop's Deferred has fired
+    # (docs/embedding.rst: the syncer then stays started).  The stop
+    # finishing later must not give up the state directory of the hub
+    # that runs again: another hub would then start on it, share its queue
+    # and clean up its spool files in progress as a crash's leftovers.
+    from txmailhub.service import StartError
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    settings = load_text(config.read_text(), str(config))
+    hub = MailHub(settings, reactor=MemoryReactorClock())
+    real = hub.components.syncer
+    slow = hub._storage.syncer = _SlowStop(real)
+    try:
+        hub.startService()
+        stopped = hub.stopService()
+        hub.startService()  # the quick restart
+        slow.pending.callback(None)  # the first stop is over now
+        assert stopped.called
+        in_progress = Path(settings.spool_dir) / "1234-1-deadbeef"
+        in_progress.write_bytes(b"a message being received")
+        other = MailHub(settings, reactor=MemoryReactorClock())
+        with pytest.raises(StartError):
+            other.check_state_dir()
+        with pytest.raises(StartError):
+            other.startService()
+        assert in_progress.exists()  # the running hub's file is left alone
+        hub.stopService()  # a real stop gives it up
+        other.startService()
+        other.stopService()
+    finally:
+        real.stop()
+
+
 def test_twistd_loads_the_idna_codec_before_it_drops_privileges(tmp_path: Path) -> None:
     # after --uid, a standard library under /root is out of reach: the
     # relay's first IDN lookup failed with "unknown encoding: idna"

@@ -384,6 +384,7 @@ class MailHub(MultiService):
         )
 
     _start_error_type: type[Exception] | None = None
+    _stops = 0  # stopService calls: only the last one's end gives the state directory up
 
     @property
     def start_error_type(self) -> type[Exception] | None:
@@ -436,9 +437,16 @@ class MailHub(MultiService):
 
     def stopService(self) -> Any:
         log.info("txmailhub stopping")
+        self._stops += 1
+        stop = self._stops
         d = super().stopService()
 
         def stopped(result: Any) -> Any:
+            if self.running or stop != self._stops:
+                # started again before this stop was over (a quick restart,
+                # docs/embedding.rst): the running hub keeps its state
+                # directory; a later stop gives it up
+                return result
             # only now, with every part stopped (relay attempts in flight
             # included), may another hub have the state directory
             self._storage.release()
