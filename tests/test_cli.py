@@ -22,6 +22,8 @@ def config(tmp_path: Path) -> Path:
 
 # a hostname: the default (the machine's name) may be a warning
 HUB = '[hub]\nhostname = "mail.example.org"\n'
+# a password the policy takes, for tests about something else
+PW = "mellow-quartz-harbour\n"
 
 
 def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
@@ -31,7 +33,7 @@ def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
 
 
 def test_check_ok(config: Path) -> None:
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     assert run(config, "check") == (0, f"{config}: ok\n", "")
 
 
@@ -86,20 +88,20 @@ def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
 
 
 def test_user_commands(config: Path) -> None:
-    assert run(config, "user", "add", "alice", "--password-stdin", stdin="pw one\nignored\n") == (
-        0, "added alice@example.org\n", ""
-    )
-    code, _, err = run(config, "user", "add", "alice@example.org", "--password-stdin", stdin="x\n")
+    assert run(config, "user", "add", "alice", "--password-stdin",
+               stdin="mellow quartz one\nignored\n") == (0, "added alice@example.org\n", "")
+    code, _, err = run(config, "user", "add", "alice@example.org", "--password-stdin", stdin=PW)
     assert (code, err) == (1, "mailhub: alice@example.org already exists\n")
     code, _, err = run(config, "user", "add", "eve@evil.test", "--password-stdin", stdin="x\n")
     assert code == 2 and "not in a local domain" in err
     code, _, err = run(config, "user", "add", "dave", "--password-stdin", stdin="\n")
     assert code == 2 and "the password is empty" in err
     assert run(config, "user", "add", "bob@example.net", "--password-stdin", "--allow-apop",
-               stdin="pw2\n")[0] == 0
+               stdin="pw2-harbour-frost\n")[0] == 0
     assert run(config, "user", "list") == (0, "alice@example.org\nbob@example.net\n", "")
-    assert run(config, "user", "passwd", "alice", "--password-stdin", stdin="new\n")[0] == 0
-    code, _, err = run(config, "user", "passwd", "zed", "--password-stdin", stdin="new\n")
+    assert run(config, "user", "passwd", "alice", "--password-stdin",
+               stdin="new harbour frost\n")[0] == 0
+    code, _, err = run(config, "user", "passwd", "zed", "--password-stdin", stdin=PW)
     assert (code, err) == (1, "mailhub: no such user: zed@example.org\n")
     assert run(config, "user", "del", "alice")[0] == 0
     code, _, err = run(config, "user", "del", "alice")
@@ -114,7 +116,7 @@ def test_user_commands(config: Path) -> None:
     from txmailhub.users import UsersDB
 
     db = UsersDB(str(config.parent / "users"), "example.org")
-    assert db.apop_secret(Address("bob", "example.net")) == "pw2"
+    assert db.apop_secret(Address("bob", "example.net")) == "pw2-harbour-frost"
 
 
 def test_password_without_stdin_flag_needs_a_terminal(config: Path) -> None:
@@ -136,7 +138,7 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_is_the_same_command(config: Path) -> None:
-    result = mailhub(config, "user", "add", "carol", "--password-stdin", input="pw\n")
+    result = mailhub(config, "user", "add", "carol", "--password-stdin", input=PW)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "added carol@example.org\n"
     result = subprocess.run(
@@ -156,7 +158,7 @@ def test_console_script_installed() -> None:
 def test_a_reader_that_goes_away_ends_the_listing_quietly(config: Path) -> None:
     """``mailhub user list | head -0``: no "Broken pipe" message, exit 1."""
     for name in ("alice", "bob", "carol"):
-        run(config, "user", "add", name, "--password-stdin", stdin="pw\n")
+        run(config, "user", "add", name, "--password-stdin", stdin=PW)
     reader, writer = os.pipe()
     os.close(reader)  # the reader is gone before the first line
     try:
@@ -198,11 +200,11 @@ def test_an_empty_mailhub_config_counts_as_unset(tmp_path: Path) -> None:
 
 
 def test_user_add_says_what_it_stored_and_refuses_what_cannot_be_a_mailbox(config: Path) -> None:
-    assert run(config, "user", "add", "Ann.Smith", "--password-stdin", stdin="pw\n") == (
+    assert run(config, "user", "add", "Ann.Smith", "--password-stdin", stdin=PW) == (
         0, "added ann.smith@example.org\n", "")
-    code, _, err = run(config, "user", "add", "x" * 65, "--password-stdin", stdin="pw\n")
+    code, _, err = run(config, "user", "add", "x" * 65, "--password-stdin", stdin=PW)
     assert code == 2 and "over 64 octets" in err
-    code, _, err = run(config, "user", "add", "ctl\x01x", "--password-stdin", stdin="pw\n")
+    code, _, err = run(config, "user", "add", "ctl\x01x", "--password-stdin", stdin=PW)
     assert code == 2 and "control character" in err
 
 
@@ -212,7 +214,7 @@ def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
         "ghost: nobody\nteam: alice, carol@example.net, x@remote.test\nsales: team\n"
         "boss@example.net: postmaster\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     code, out, err = run(config, "check")
     assert code == 0 and out.endswith(": ok\n")
     warnings = [line for line in err.splitlines() if "no local user" in line]
@@ -232,7 +234,7 @@ def test_check_reports_alias_targets_no_dns_name_can_be(config: Path) -> None:
         f"team: alice, far@{long_label}\nholes: x@a..test\n"
         "fine: y@my_host.b\u00fccher.test, z@[192.0.2.1]\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     code, out, err = run(config, "check")
     aliases = config.parent / "aliases"
     assert code == 2 and out == "", err
@@ -255,7 +257,7 @@ def test_check_reports_alias_targets_in_a_domain_smtp_refuses(config: Path) -> N
         "team: alice, bob@xn--zz.test\nsnow: s@\u2603.test\n"
         "fine: y@xn--bcher-kva.test, z@ab--cd.b\u00fccher.test\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     code, out, err = run(config, "check")
     aliases = config.parent / "aliases"
     assert code == 2 and out == "", err
@@ -290,7 +292,7 @@ def test_check_warns_of_an_alias_that_hides_a_user(config: Path) -> None:
         "postmaster: alice\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
     for name in ("alice", "bob", "carol@example.net", "postmaster"):
-        run(config, "user", "add", name, "--password-stdin", stdin="pw\n")
+        run(config, "user", "add", name, "--password-stdin", stdin=PW)
     code, out, err = run(config, "check")
     assert code == 0 and out.endswith(": ok\n")
     hidden = [line.split(": ", 2)[2] for line in err.splitlines() if "name of a user" in line]
@@ -307,14 +309,14 @@ def test_check_warns_of_an_alias_that_hides_a_user(config: Path) -> None:
 def test_user_add_warns_when_an_alias_of_that_name_takes_the_mail(config: Path) -> None:
     (config.parent / "aliases").write_text("staff: alice\nteam: \\team, alice\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    code, out, err = run(config, "user", "add", "staff", "--password-stdin", stdin="pw\n")
+    code, out, err = run(config, "user", "add", "staff", "--password-stdin", stdin=PW)
     assert (code, out) == (0, "added staff@example.org\n")
     assert err == ("warning: the aliases file has an alias staff@example.org, which comes "
                    "first: mail to it goes to the alias's targets, not to this user's mailbox "
                    "(add \\staff@example.org to them to keep a copy there); logins work\n")
     # an alias that keeps the user's copy, or no alias: nothing to say
     for name in ("team", "alice"):
-        assert run(config, "user", "add", name, "--password-stdin", stdin="pw\n")[2] == ""
+        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[2] == ""
 
 
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
@@ -356,7 +358,7 @@ def test_check_names_the_key_of_an_aliases_file_it_cannot_read(config: Path,
 
 
 def test_check_reports_an_interface_that_does_not_resolve(config: Path) -> None:
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     config.write_text(config.read_text()
                       + "[smtp]\nlisten = ['tcp:2525:interface=no.such.host.invalid']\n")
     code, _, err = run(config, "check")
@@ -375,7 +377,7 @@ def test_check_with_a_users_folder_and_aliases_exits_2_without_a_crash(config: P
 
 def test_check_names_every_bad_item_of_a_list(config: Path) -> None:
     # one run names them all: fixing one at a time and rerunning is tedious
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     config.write_text(
         HUB + 'domains = ["example.org", "bad domain", "example.org", "-x.test"]\n'
         'state_dir = "var"\n'
@@ -396,7 +398,7 @@ def test_check_names_every_bad_item_of_a_list(config: Path) -> None:
 def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
     # the relay reads it at each delivery: a bad one would turn every
     # outbound message into a retry, found only in the log
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     auth = config.parent / "auth"
     config.write_text(config.read_text()
                       + '[relay]\nsmarthost = "smtp.example.net:587"\n'
@@ -424,7 +426,7 @@ def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None
     # the hub reads mail/<U-label>/ only: an A-label folder from before is
     # out of reach until moved
     config.write_text(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
-    run(config, "user", "add", "bob", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
     assert run(config, "check")[2] == ""
     # the U-label folder itself is where the mail is: nothing to say of it
     (config.parent / "var" / "mail" / "bücher.example" / "bob").mkdir(parents=True)
@@ -445,7 +447,7 @@ def test_check_says_when_this_user_could_not_use_the_state_dir(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # run as the hub's user (ExecStartPre), check fails where the start
     # would; os.access stands in for a user without the right (root has it)
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     state = config.parent / "var"
     real_access = os.access
     denied: set[str] = set()
@@ -469,7 +471,7 @@ def test_check_says_when_this_user_could_not_use_the_state_dir(
 
 def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: Path) -> None:
     # the start makes every missing folder on the way (os.makedirs)
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     text = config.read_text().replace('state_dir = "var"', 'state_dir = "no/such/state"')
     assert 'state_dir = "no/such/state"' in text
     config.write_text(text)
@@ -484,7 +486,7 @@ def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: P
 def test_check_wants_a_state_dir_it_can_search_as_well_as_write(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # write without search (mode 0600 on a folder) makes no file in it
-    run(config, "user", "add", "alice", "--password-stdin", stdin="pw\n")
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     state = config.parent / "var"
     state.mkdir()
     real_access = os.access
@@ -524,7 +526,8 @@ def test_the_password_prompt_asks_twice_and_refuses_two_different_answers(
         config: Path, monkeypatch) -> None:
     import getpass
 
-    answers = iter(["first", "second", "same", "same"])
+    answers = iter(["first try here", "second try here", "same-answer-twice",
+                    "same-answer-twice"])
     monkeypatch.setattr(getpass, "getpass", lambda text="": next(answers))
 
     def add(name: str) -> tuple[int, str]:
@@ -540,18 +543,18 @@ def test_the_password_prompt_asks_twice_and_refuses_two_different_answers(
     from txmailhub.users import UsersDB
 
     db = UsersDB(str(config.parent / "users"), "example.org")
-    assert db.apop_secret(Address("amy", "example.org")) == "same"
+    assert db.apop_secret(Address("amy", "example.org")) == "same-answer-twice"
 
 
 def test_a_password_from_stdin_keeps_its_spaces(config: Path) -> None:
-    # only the line end goes: " pw " is the password the user will type
+    # only the line end goes: " quiet harbour " is the password the user will type
     assert run(config, "user", "add", "amy", "--password-stdin", "--allow-apop",
-               stdin=" pw \r\n")[0] == 0
+               stdin=" quiet harbour \r\n")[0] == 0
     from txmailhub.address import Address
     from txmailhub.users import UsersDB
 
     db = UsersDB(str(config.parent / "users"), "example.org")
-    assert db.apop_secret(Address("amy", "example.org")) == " pw "
+    assert db.apop_secret(Address("amy", "example.org")) == " quiet harbour "
 
 
 def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path) -> None:
@@ -560,8 +563,92 @@ def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path
     path = tmp_path / "mailhub.toml"
     path.write_text(HUB + 'domains = ["ab--cd.xn--bcher-kva.test"]\nstate_dir = "var"\n')
     assert run(path, "user", "add", "joe@AB--CD.b\u00fccher.test", "--password-stdin",
-               stdin="pw\n") == (0, "added joe@ab--cd.b\u00fccher.test\n", "")
+               stdin=PW) == (0, "added joe@ab--cd.b\u00fccher.test\n", "")
     assert run(path, "check") == (0, f"{path}: ok\n", "")
     path.write_text(HUB + 'domains = ["mail.xn--zz.test"]\nstate_dir = "var"\n')
     code, out, err = run(path, "check")
     assert code == 2 and out == "" and "the label 'xn--zz' is no A-label" in err, err
+
+
+def test_user_add_refuses_a_weak_password_with_exit_2_and_the_reason(config: Path) -> None:
+    for password, why in [
+        ("alice", "the password is too short: 5 characters, at least 8; it is the user's name"),
+        ("alice-2025!", "the password contains the user's name (alice)"),
+        ("Password1", "the password is one of the most commonly used passwords"),
+        ("example.org", "the password is the domain name"),
+        ("", "the password is empty"),
+    ]:
+        assert run(config, "user", "add", "alice", "--password-stdin",
+                   stdin=password + "\n") == (2, "", f"mailhub: {why}\n"), password
+    assert not (config.parent / "users").exists()  # nothing was written
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW) == (
+        0, "added alice@example.org\n", "")
+
+
+def test_user_passwd_refuses_a_weak_password_and_keeps_the_old_one(config: Path) -> None:
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    before = (config.parent / "users").read_bytes()
+    assert run(config, "user", "passwd", "alice", "--password-stdin", stdin="qwerty123\n") == (
+        2, "", "mailhub: the password is one of the most commonly used passwords\n")
+    assert (config.parent / "users").read_bytes() == before
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.check_password(Address("alice", "example.org"), PW.strip())
+
+
+def test_allow_weak_takes_the_password_with_a_warning(config: Path) -> None:
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    assert run(config, "user", "add", "alice", "--password-stdin", "--allow-weak",
+               stdin="alice\n") == (
+        0, "added alice@example.org\n",
+        "warning: the password is too short: 5 characters, at least 8; it is the user's name; "
+        "accepted because of --allow-weak\n")
+    assert run(config, "user", "passwd", "alice", "--password-stdin", "--allow-weak",
+               stdin="12345678\n") == (
+        0, "changed the password of alice@example.org\n",
+        "warning: the password is one of the most commonly used passwords; accepted because "
+        "of --allow-weak\n")
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.check_password(Address("alice", "example.org"), "12345678")
+    # nothing to warn of for a good password; nothing lets an empty one through
+    assert run(config, "user", "passwd", "alice", "--password-stdin", "--allow-weak",
+               stdin=PW) == (0, "changed the password of alice@example.org\n", "")
+    assert run(config, "user", "add", "bob", "--password-stdin", "--allow-weak",
+               stdin="\n") == (2, "", "mailhub: the password is empty\n")
+
+
+def test_min_password_length_comes_from_the_config(config: Path) -> None:
+    config.write_text(config.read_text() + "[users]\nmin_password_length = 16\n")
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin="plum-orbit-lamp\n") == (
+        2, "", "mailhub: the password is too short: 15 characters, at least 16\n")
+    assert run(config, "user", "add", "alice", "--password-stdin",
+               stdin="plum-orbit-lamps\n")[0] == 0
+    config.write_text(config.read_text().replace("= 16", "= 4"))
+    assert run(config, "user", "add", "bob", "--password-stdin", stdin="tqzv\n")[0] == 0
+    code, _, err = run(config, "check")  # which says that is below NIST's 8
+    assert code == 0 and err == (f"warning: {config}: [users] min_password_length: 4 is below "
+                                 "the 8 characters NIST SP 800-63B requires of a password\n")
+
+
+def test_the_length_a_user_add_counts_is_nfc_code_points(config: Path) -> None:
+    import unicodedata
+
+    # "crèmebrûlée": 11 characters, 14 code points when typed decomposed
+    decomposed = unicodedata.normalize("NFD", "cr\u00e8mebr\u00fbl\u00e9e")
+    config.write_text(config.read_text() + "[users]\nmin_password_length = 12\n")
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=decomposed + "\n") == (
+        2, "", "mailhub: the password is too short: 11 characters, at least 12\n")
+
+
+def test_a_password_pop3_pass_cannot_carry_is_taken_with_a_warning(config: Path) -> None:
+    # RFC 2449 4: a 255-octet command line; AUTH PLAIN still works
+    password = "\u6d77\u98a8\u5c71\u96e8" * 21  # 84 characters, 252 octets
+    code, out, err = run(config, "user", "add", "alice", "--password-stdin",
+                         stdin=password + "\n")
+    assert (code, out) == (0, "added alice@example.org\n")
+    assert err == ("warning: the password is 252 octets in UTF-8 and POP3 USER/PASS carries "
+                   "at most 248: the user must log in with AUTH PLAIN\n")

@@ -28,6 +28,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert s.hub.primary_domain == "example.org"
     assert s.hub.state_dir == "/etc/mh/var"
     assert s.users.file == "/etc/mh/users"
+    assert s.users.min_password_length == 8  # NIST SP 800-63B
     assert s.aliases.file is None
     assert s.tls is None
     assert s.smtp.listen == ("tcp:25",)
@@ -75,6 +76,7 @@ state_dir = "/srv/mail"
 domains = ["example.org"]
 [users]
 file = "u.txt"
+min_password_length = 12
 [aliases]
 file = "aliases"
 [tls]
@@ -121,6 +123,7 @@ require_tls_after_seen = true
     assert s.hub.hostname == "mx.example.org"
     assert s.hub.state_dir == "/srv/mail"
     assert s.users.file == str(tmp_path / "u.txt")
+    assert s.users.min_password_length == 12
     assert s.aliases.file == str(tmp_path / "aliases")
     assert s.tls is not None and s.tls.certificate == str(cert)
     assert s.smtp.listen == ("tcp:2525:interface=127.0.0.1", "tcp6:2526")
@@ -198,6 +201,11 @@ def test_bad_durations(value: object) -> None:
         ("[weird]\nx = 1", "[weird]: unknown section"),
         ("[users]\nfile = \"\"", "[users] file: must not be empty"),
         ("[users]\nfile = \" \"", "[users] file: must not be empty"),
+        ("[users]\nmin_password_length = 0", "[users] min_password_length: must be greater"),
+        ("[users]\nmin_password_length = \"8\"", "[users] min_password_length: expected a "
+         "whole number"),
+        ("[users]\nmin_password_length = 129", "[users] min_password_length: 129 is over the "
+         "longest password accepted (128 characters)"),
         ("[smtp]\nmax_connections = []", "[smtp] max_connections: expected a whole number, got"),
     ],
 )
@@ -644,3 +652,11 @@ def test_a_bad_endpoint_is_explained_in_the_config_s_words(endpoint: str, expect
     found = problems(MINIMAL + f'[smtp]\nlisten = ["{endpoint}"]\n')
     assert f"/etc/mh/mailhub.toml: [smtp] listen: {expected}" in found, found
     assert not any("_parse" in p or "int()" in p or "argument" in p for p in found), found
+
+
+def test_a_min_password_length_below_nists_8_is_a_warning() -> None:
+    s = load_text(MINIMAL + "[users]\nmin_password_length = 6\n", "/x.toml")
+    assert s.users.min_password_length == 6
+    assert s.warnings == ("/x.toml: [users] min_password_length: 6 is below the 8 characters "
+                          "NIST SP 800-63B requires of a password",)
+    assert load_text(MINIMAL + "[users]\nmin_password_length = 128\n", "/x.toml").warnings == ()

@@ -15,10 +15,14 @@ import argparse
 import getpass
 import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from txmailhub.config import Settings, load
 from txmailhub.errors import ConfigError, NoSuchUser, UserExists, UsersFileError
+
+if TYPE_CHECKING:
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
 
 __all__ = ["main"]
 
@@ -31,6 +35,10 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+_ALLOW_WEAK_HELP = ("accept a password the policy refuses (too short, too common, the user's "
+                    "name or domain), with a warning: for tests and automation")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,11 +61,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="read the password from the first line of standard input")
     add.add_argument("--allow-apop", action="store_true",
                      help="also keep the secret APOP needs (weaker: see docs)")
+    add.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
     d = user.add_parser("del", help="delete a user (the mailbox stays on disk)")
     d.add_argument("address")
     pw = user.add_parser("passwd", help="change a user's password")
     pw.add_argument("address")
-    pw.add_argument("--password-stdin", action="store_true")
+    pw.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    pw.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
     user.add_parser("list", help="list users, one address per line")
 
     from txmailhub.relay.admin import add_queue_parser
@@ -108,10 +119,30 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     return first
 
 
-def _users(settings: Settings):
+def _users(settings: Settings) -> UsersDB:
+    from txmailhub.passwords import PasswordPolicy
     from txmailhub.users import UsersDB
 
-    return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
+    policy = PasswordPolicy(min_length=settings.users.min_password_length)
+    return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains,
+                   password_policy=policy)
+
+
+def _password_warnings(users: UsersDB, address: Address, password: str, allow_weak: bool,
+                       err: TextIO) -> None:
+    """After a password was set: what ``--allow-weak`` let through, and a
+    password POP3 ``PASS`` cannot carry (it is still good for AUTH PLAIN)."""
+    from txmailhub.passwords import PASS_COMMAND_OCTETS
+
+    if allow_weak:
+        why = users.password_policy.refusal(password, address)
+        if why:
+            print(f"warning: {why}; accepted because of --allow-weak", file=err)
+    octets = len(password.encode("utf-8"))
+    if octets > PASS_COMMAND_OCTETS:
+        print(f"warning: the password is {octets} octets in UTF-8 and POP3 USER/PASS carries "
+              f"at most {PASS_COMMAND_OCTETS}: the user must log in with AUTH PLAIN",
+              file=err)
 
 
 def _old_maildir_folders(settings: Settings) -> list[str]:
@@ -277,16 +308,21 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
         print(f"deleted {users.delete(args.address)}", file=out)
         return 0
     password = _read_password(args.password_stdin, stdin)
+    err = err or sys.stderr
     if cmd == "add":
-        address = users.add(args.address, password, allow_apop=args.allow_apop)
+        address = users.add(args.address, password, allow_apop=args.allow_apop,
+                            allow_weak=args.allow_weak)
         print(f"added {address.key}", file=out)  # as stored: the case a login may use
+        _password_warnings(users, address, password, args.allow_weak, err)
         if _hidden_by_alias(settings, address.key):
             print(f"warning: the aliases file has an alias {address.key}, which comes first: "
                   f"mail to it goes to the alias's targets, not to this user's mailbox (add "
                   f"\\{address.key} to them to keep a copy there); logins work",
-                  file=err or sys.stderr)
+                  file=err)
     else:
-        print(f"changed the password of {users.set_password(args.address, password)}", file=out)
+        address = users.set_password(args.address, password, allow_weak=args.allow_weak)
+        print(f"changed the password of {address}", file=out)
+        _password_warnings(users, address, password, args.allow_weak, err)
     return 0
 
 

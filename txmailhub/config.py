@@ -29,6 +29,7 @@ from txmailhub.address import (
     domain_problem,
 )
 from txmailhub.errors import ConfigError
+from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
 
 __all__ = [
     "AliasesSettings",
@@ -86,6 +87,9 @@ class HubSettings:
 @dataclass(frozen=True)
 class UsersSettings:
     file: str
+    # the shortest password `mailhub user add`/`passwd` accept (NIST SP
+    # 800-63B: at least 8); existing users are not affected
+    min_password_length: int = DEFAULT_MIN_LENGTH
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,14 @@ def _string_list(v: Any) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise TypeError(f"expected a list of strings, found {_tname(item)} {item!r}")
     return tuple(v)
+
+
+def _min_password_length(v: Any) -> int:
+    n = _positive_int(v)
+    if n > MAX_LENGTH:
+        raise ValueError(f"{n} is over the longest password accepted ({MAX_LENGTH} characters): "
+                         "no password could be set")
+    return n
 
 
 def _duration(v: Any) -> int:
@@ -726,8 +738,17 @@ def load_text(text: str, path: str) -> Settings:
             "the hub by, such as mail.example.org"
         )
 
-    t = r.table(doc, "users", {"file"})
-    users = UsersSettings(file=r.resolve(r.get(t, "users", "file", "users", _nonempty_string)))
+    t = r.table(doc, "users", {"file", "min_password_length"})
+    users = UsersSettings(
+        file=r.resolve(r.get(t, "users", "file", "users", _nonempty_string)),
+        min_password_length=r.get(t, "users", "min_password_length", DEFAULT_MIN_LENGTH,
+                                  _min_password_length),
+    )
+    if users.min_password_length < DEFAULT_MIN_LENGTH:
+        warnings.append(
+            f"{path}: [users] min_password_length: {users.min_password_length} is below the "
+            f"{DEFAULT_MIN_LENGTH} characters NIST SP 800-63B requires of a password"
+        )
 
     t = r.table(doc, "aliases", {"file"})
     aliases_file = r.get(t, "aliases", "file", None, _nonempty_string)

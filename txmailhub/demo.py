@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     maildir = (f"{settings.mail_dir}/{canonical_domain(address.domain)}/"
                f"{canonical_local(address.local)}")
     if not users.contains(address):
-        users.add(DEMO_USER, DEMO_PASSWORD, allow_apop=True)
+        # "demo"/"demo" is weak on purpose: a published password for a hub
+        # that listens on 127.0.0.1 only (etc/demo.toml), printed below
+        users.add(DEMO_USER, DEMO_PASSWORD, allow_apop=True, allow_weak=True)
     smtp, pop3 = _port(settings.smtp.listen), _port(settings.pop3.listen)
     print(f"""
 txmailhub demo: domain {settings.hub.primary_domain}, user {address} (password {DEMO_PASSWORD!r}),

@@ -23,6 +23,7 @@ __all__ = [
     "Rejected",
     "UserExists",
     "UsersFileError",
+    "WeakPassword",
 ]
 
 
@@ -76,3 +77,8 @@ class UserExists(UsersFileError):
 
 class NoSuchUser(UsersFileError):
     """``user del``/``passwd`` for an address without an account."""
+
+
+class WeakPassword(UsersFileError):
+    """``user add``/``passwd`` with a password the policy refuses
+    (``txmailhub.passwords``); ``--allow-weak`` takes it anyway."""

@@ -13,6 +13,10 @@ dependency: a small site installs txmailhub with nothing but Python.  The
 parameters are stored per hash, so they can be raised later without
 invalidating existing users.
 
+A new password (``add``, ``set_password``) must pass the password policy
+of ``txmailhub.passwords`` unless the caller says ``allow_weak``; what is
+already in the file is never judged by it.
+
 APOP (RFC 1939) needs the server to know a usable secret, so users added
 with ``--allow-apop`` also keep one, base64-encoded (an encoding, not
 protection): anyone who reads the users file can log in as them over
@@ -40,7 +44,8 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
-from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
+from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
+from txmailhub.passwords import PasswordPolicy
 
 log = Logger(namespace="txmailhub.users")
 
@@ -122,8 +127,12 @@ class UserRecord:
 class UsersDB:
     """The users file, reloaded whenever it changes on disk."""
 
-    def __init__(self, path: str, primary_domain: str, domains: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: str, primary_domain: str, domains: tuple[str, ...] = (),
+                 password_policy: PasswordPolicy | None = None) -> None:
         self.path = path
+        # what add() and set_password() ask of a new password; nothing
+        # already in the file is judged by it
+        self.password_policy = password_policy or PasswordPolicy()
         self.primary_domain = canonical_domain(primary_domain)
         self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
         self._stamp: tuple[int, int, int] | None = None
@@ -332,12 +341,21 @@ class UsersDB:
             )
         return address
 
-    @staticmethod
-    def _check_password(password: str) -> None:
-        if not password:
-            raise UsersFileError("the password is empty")
+    def _check_password(self, address: Address, password: str, allow_weak: bool) -> None:
+        """Refuse a password that cannot work (always) or that the policy
+        finds weak (unless ``allow_weak``)."""
+        why = self.password_policy.unusable(password)
+        if why:
+            raise UsersFileError(why)
+        if not allow_weak:
+            refusal = self.password_policy.refusal(password, address)
+            if refusal:
+                raise WeakPassword(refusal)
 
-    def add(self, name: str, password: str, allow_apop: bool = False) -> Address:
+    def add(self, name: str, password: str, allow_apop: bool = False, *,
+            allow_weak: bool = False) -> Address:
+        """Create a user; ``allow_weak`` skips the password policy (tests,
+        automation with known passwords), not the checks of the address."""
         address = self._local(name)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
@@ -345,7 +363,7 @@ class UsersDB:
             raise UsersFileError(f"the local part of {address} is over 64 octets")
         if not address.local.isprintable():
             raise UsersFileError("the address has a control character in it")
-        self._check_password(password)
+        self._check_password(address, password, allow_weak)
         with self._locked() as records:
             if address.key in records:
                 raise UserExists(f"{address} already exists")
@@ -361,10 +379,11 @@ class UsersDB:
                 raise NoSuchUser(f"no such user: {address}")
         return address
 
-    def set_password(self, name: str, password: str) -> Address:
-        """Change the password; an APOP secret, if the user had one, follows it."""
+    def set_password(self, name: str, password: str, *, allow_weak: bool = False) -> Address:
+        """Change the password; an APOP secret, if the user had one, follows it.
+        The policy judges the new password as ``add`` does."""
         address = self._local(name)
-        self._check_password(password)
+        self._check_password(address, password, allow_weak)
         with self._locked() as records:
             old = records.get(address.key)
             if old is None:

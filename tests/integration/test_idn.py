@@ -46,10 +46,10 @@ def test_an_idn_domain_and_its_a_label_are_one_domain(make_hub):
     # the command line: the A-label is a local domain, a decomposed
     # duplicate of a user is that user
     done = hub.mailhub("user", "add", "carl@xn--bcher-kva.example", "--password-stdin",
-                       input="pw\n")
+                       input="idn-lantern-frost\n")
     assert done.returncode == 0, done.stderr
     done = hub.mailhub("user", "add", f"{NFD}@b\u00fccher.example", "--password-stdin",
-                       input="pw\n")
+                       input="idn-lantern-frost\n")
     assert done.returncode == 1 and "already exists" in done.stderr, done.stderr
     listed = hub.mailhub("user", "list").stdout.split()
     assert "carl@b\u00fccher.example" in listed and f"{NFC}@b\u00fccher.example" in listed

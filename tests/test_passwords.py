@@ -1,0 +1,182 @@
+"""The password policy (NIST SP 800-63B 5.1.1): each rule on its own."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.errors import UsersFileError, WeakPassword
+from txmailhub.passwords import (
+    DEFAULT_MIN_LENGTH,
+    MAX_LENGTH,
+    PasswordPolicy,
+    common_passwords,
+    password_length,
+)
+from txmailhub.users import UsersDB
+
+ALICE = Address("alice", "example.org")
+POLICY = PasswordPolicy()
+# NFC "crème brûlée" without the space: 11 code points composed, 14 decomposed
+DESSERT = "cr\u00e8mebr\u00fbl\u00e9e"
+
+
+def refusal(password: str, address: Address = ALICE, policy: PasswordPolicy = POLICY) -> str:
+    return policy.refusal(password, address) or ""
+
+
+def test_the_minimum_is_8_by_default_and_a_policy_may_ask_more() -> None:
+    assert DEFAULT_MIN_LENGTH == 8
+    assert refusal("tqz-vbm") == "the password is too short: 7 characters, at least 8"
+    assert refusal("tqz-vbmk") == ""
+    strict = PasswordPolicy(min_length=12)
+    assert refusal("tqz-vbmk-wr", policy=strict) == (
+        "the password is too short: 11 characters, at least 12")
+    assert refusal("tqz-vbmk-wrp", policy=strict) == ""
+
+
+def test_the_maximum_is_generous_and_no_override_passes_it() -> None:
+    assert MAX_LENGTH >= 64  # NIST: permit at least 64
+    long_ok = "tqz-vbmk " * 14 + "x" * (MAX_LENGTH - 9 * 14)
+    assert len(long_ok) == MAX_LENGTH
+    assert POLICY.unusable(long_ok) is None and refusal(long_ok) == ""
+    assert POLICY.unusable(long_ok + "y") == (
+        f"the password is too long: {MAX_LENGTH + 1} characters, at most {MAX_LENGTH}")
+
+
+def test_no_composition_rules() -> None:
+    # all lower case, digits only, no symbol: long enough and not common is enough
+    for password in ("lanternharbourquiet", "73910284657", "ZZYZX QUARTZ"):
+        assert refusal(password) == "", password
+
+
+@pytest.mark.parametrize("password", [
+    "password", "Password1", "PASSWORD123", "qwerty123", "12345678", "123456789",
+    "letmein!", "iloveyou", "1q2w3e4r", "qazwsxedc", "asdfghjkl", "p@ssw0rd",
+    "Correct Horse Battery Staple", " password ",
+    # full-width letters: NFKC makes them "password"
+    "\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44",
+])
+def test_common_passwords_are_refused_whatever_their_case(password: str) -> None:
+    assert "is one of the most commonly used passwords" in refusal(password)
+
+
+def test_every_listed_password_is_refused() -> None:
+    listed = common_passwords()
+    assert 200 <= len(listed) <= 500  # a few hundred: the obvious ones, not a dictionary
+    for password in listed:
+        assert "commonly used" in refusal(password), password
+
+
+def test_the_list_file_is_clean() -> None:
+    path = Path(__file__).resolve().parent.parent / "txmailhub" / "common_passwords.txt"
+    entries = [line for line in path.read_text("utf-8").splitlines()
+               if line and not line.startswith("#")]
+    assert len(entries) == len(set(entries)), "duplicates"
+    assert all(e == e.strip() and e == unicodedata.normalize("NFC", e) for e in entries)
+
+
+def test_one_character_repeated_is_refused() -> None:
+    assert refusal("zzzzzzzzzzzz") == "the password is one character repeated"
+    assert refusal("\u00e9" * 9) == "the password is one character repeated"
+
+
+def test_the_users_name_is_refused_as_the_password_and_inside_it() -> None:
+    assert refusal("alice", policy=PasswordPolicy(min_length=1)) == (
+        "the password is the user's name")
+    assert refusal("ALICE-rocks-42") == "the password contains the user's name (alice)"
+    ann = Address("Ann.Smith", "example.org")
+    assert refusal("ann.smith") == ""  # alice's password may be ann's name
+    assert refusal("ann.smith", ann, PasswordPolicy(min_length=1)) == (
+        "the password is the user's name")
+    assert refusal("smith-was-here", ann) == (
+        "the password contains a part of the user's name (smith)")
+
+
+def test_a_short_name_is_refused_only_as_the_whole_password() -> None:
+    # refusing every password with "jo" in it would refuse good ones for nothing
+    jo = Address("jo", "example.org")
+    assert refusal("joyful-otter-tune", jo) == ""
+    assert refusal("jo", jo, PasswordPolicy(min_length=1)) == "the password is the user's name"
+
+
+def test_the_domain_and_its_labels_are_refused() -> None:
+    assert refusal("example.org") == "the password is the domain name"
+    assert refusal("my-example.org-pw") == "the password contains the domain name (example.org)"
+    assert refusal("EXAMPLE-2025-mail") == (
+        "the password contains a part of the domain name (example)")
+    assert refusal("organ-grinder-tune") == ""  # the top-level label is no word of the site
+    # the user's own domain, not the primary one
+    carol = Address("carol", "b\u00fccher.example")
+    assert refusal("b\u00fccher-regal-7", carol) == (
+        "the password contains a part of the domain name (b\u00fccher)")
+
+
+def test_several_reasons_are_given_at_once() -> None:
+    assert refusal("alice1", policy=PasswordPolicy()) == (
+        "the password is too short: 6 characters, at least 8; it contains the user's name "
+        "(alice)")
+
+
+def test_length_is_counted_in_code_points_after_nfc() -> None:
+    decomposed = unicodedata.normalize("NFD", DESSERT)
+    assert (len(DESSERT), len(decomposed)) == (11, 14)
+    assert password_length(DESSERT) == password_length(decomposed) == 11
+    strict = PasswordPolicy(min_length=12)
+    # the same password however it was typed: refused as 11 characters both ways
+    assert refusal(DESSERT, policy=strict) == refusal(decomposed, policy=strict) == (
+        "the password is too short: 11 characters, at least 12")
+    # non-ASCII is counted in characters, not in UTF-8 octets (22 for this one)
+    assert refusal("\u6d77\u98a8\u5c71\u96e8\u82b1\u6708\u96ea\u661f") == ""
+
+
+def test_a_nul_or_an_empty_password_can_never_be_one() -> None:
+    assert POLICY.unusable("") == "the password is empty"
+    assert POLICY.unusable("tqz\0vbmk-wr") == (
+        "the password has a NUL character in it, which AUTH PLAIN cannot carry")
+
+
+def test_the_users_file_applies_the_policy_and_the_override(tmp_path: Path) -> None:
+    db = UsersDB(str(tmp_path / "users"), "example.org")
+    with pytest.raises(WeakPassword, match="it is the user's name") as info:
+        db.add("alice", "alice", allow_weak=False)
+    assert isinstance(info.value, UsersFileError)  # mailhub exits 2 on it
+    assert not (tmp_path / "users").exists()
+    db.add("alice", "alice", allow_weak=True)
+    assert db.check_password(ALICE, "alice")
+    with pytest.raises(WeakPassword, match="commonly used"):
+        db.set_password("alice", "password1")
+    assert db.check_password(ALICE, "alice")  # unchanged
+    db.set_password("alice", "password1", allow_weak=True)
+    assert db.check_password(ALICE, "password1")
+    # what no override lets through
+    for unusable in ("", "x" * (MAX_LENGTH + 1), "tqz\0vbmk-wr"):
+        with pytest.raises(UsersFileError) as info:
+            db.set_password("alice", unusable, allow_weak=True)
+        assert not isinstance(info.value, WeakPassword)
+
+
+def test_the_hash_is_of_the_password_as_typed(tmp_path: Path) -> None:
+    # the check normalises only to count; the hash is unchanged, so every
+    # password set before the policy keeps matching
+    db = UsersDB(str(tmp_path / "users"), "example.org")
+    decomposed = unicodedata.normalize("NFD", DESSERT + "-tart")
+    db.add("alice", decomposed)
+    assert db.check_password(ALICE, decomposed)
+    assert not db.check_password(ALICE, unicodedata.normalize("NFC", decomposed))
+
+
+def test_users_set_before_the_policy_keep_their_passwords(tmp_path: Path) -> None:
+    from txmailhub.users import hash_password
+
+    path = tmp_path / "users"
+    path.write_text(f"alice@example.org {hash_password('alice')}\n"
+                    f"bob@example.org {hash_password('pw')}\n")
+    db = UsersDB(str(path), "example.org")
+    assert db.problems == [] and db.check_password(ALICE, "alice")
+    assert db.check_password(Address("bob", "example.org"), "pw")
+    db.delete("bob")  # and they can still be deleted
+    assert db.check_password(ALICE, "alice")
