@@ -570,7 +570,31 @@ def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path
     assert code == 2 and out == "" and "the label 'xn--zz' is no A-label" in err, err
 
 
+def enforce(config: Path, extra: str = "") -> None:
+    """``[users] password_policy = "enforce"`` (and ``extra`` keys)."""
+    config.write_text(config.read_text() + f'[users]\npassword_policy = "enforce"\n{extra}')
+
+
+def test_by_default_a_weak_password_is_taken_with_a_warning(config: Path) -> None:
+    # the seed's POP3 exchange logs in as joe with "joepw", and scripts
+    # that add users rely on the command as it always was
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    code, out, err = run(config, "user", "add", "joe", "--password-stdin", stdin="joepw\n")
+    assert (code, out) == (0, "added joe@example.org\n")
+    assert err.startswith("warning: the password is too short: 5 characters, at least 8") \
+        and 'password_policy = "warn"' in err and err.count("\n") == 1, err
+    assert UsersDB(str(config.parent / "users"), "example.org").check_password(
+        Address("joe", "example.org"), "joepw")
+    assert run(config, "user", "passwd", "joe", "--password-stdin", stdin="joe\n")[0] == 0
+    # never an empty one, whatever the policy
+    assert run(config, "user", "passwd", "joe", "--password-stdin", stdin="\n") == (
+        2, "", "mailhub: the password is empty\n")
+
+
 def test_user_add_refuses_a_weak_password_with_exit_2_and_the_reason(config: Path) -> None:
+    enforce(config)
     for password, why in [
         ("alice", "the password is too short: 5 characters, at least 8; it is the user's name"),
         ("alice-2025!", "the password contains the user's name (alice)"),
@@ -589,6 +613,7 @@ def test_user_passwd_refuses_a_weak_password_and_keeps_the_old_one(config: Path)
     from txmailhub.address import Address
     from txmailhub.users import UsersDB
 
+    enforce(config)
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     before = (config.parent / "users").read_bytes()
     assert run(config, "user", "passwd", "alice", "--password-stdin", stdin="qwerty123\n") == (
@@ -622,7 +647,7 @@ def test_allow_weak_takes_the_password_with_a_warning(config: Path) -> None:
 
 
 def test_min_password_length_comes_from_the_config(config: Path) -> None:
-    config.write_text(config.read_text() + "[users]\nmin_password_length = 16\n")
+    enforce(config, "min_password_length = 16\n")
     assert run(config, "user", "add", "alice", "--password-stdin", stdin="plum-orbit-lamp\n") == (
         2, "", "mailhub: the password is too short: 15 characters, at least 16\n")
     assert run(config, "user", "add", "alice", "--password-stdin",
@@ -639,7 +664,7 @@ def test_the_length_a_user_add_counts_is_nfc_code_points(config: Path) -> None:
 
     # "crèmebrûlée": 11 characters, 14 code points when typed decomposed
     decomposed = unicodedata.normalize("NFD", "cr\u00e8mebr\u00fbl\u00e9e")
-    config.write_text(config.read_text() + "[users]\nmin_password_length = 12\n")
+    enforce(config, "min_password_length = 12\n")
     assert run(config, "user", "add", "alice", "--password-stdin", stdin=decomposed + "\n") == (
         2, "", "mailhub: the password is too short: 11 characters, at least 12\n")
 

@@ -29,6 +29,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert s.hub.state_dir == "/etc/mh/var"
     assert s.users.file == "/etc/mh/users"
     assert s.users.min_password_length == 8  # NIST SP 800-63B
+    assert s.users.password_policy == "warn"
     assert s.aliases.file is None
     assert s.tls is None
     assert s.smtp.listen == ("tcp:25",)
@@ -77,6 +78,7 @@ domains = ["example.org"]
 [users]
 file = "u.txt"
 min_password_length = 12
+password_policy = "enforce"
 [aliases]
 file = "aliases"
 [tls]
@@ -124,6 +126,7 @@ require_tls_after_seen = true
     assert s.hub.state_dir == "/srv/mail"
     assert s.users.file == str(tmp_path / "u.txt")
     assert s.users.min_password_length == 12
+    assert s.users.password_policy == "enforce"
     assert s.aliases.file == str(tmp_path / "aliases")
     assert s.tls is not None and s.tls.certificate == str(cert)
     assert s.smtp.listen == ("tcp:2525:interface=127.0.0.1", "tcp6:2526")
@@ -204,6 +207,8 @@ def test_bad_durations(value: object) -> None:
         ("[users]\nmin_password_length = 0", "[users] min_password_length: must be greater"),
         ("[users]\nmin_password_length = \"8\"", "[users] min_password_length: expected a "
          "whole number"),
+        ("[users]\npassword_policy = \"strict\"", "[users] password_policy: 'strict': use "
+         "\"warn\" or \"enforce\""),
         ("[users]\nmin_password_length = 129", "[users] min_password_length: 129 is over the "
          "longest password accepted (128 characters)"),
         ("[smtp]\nmax_connections = []", "[smtp] max_connections: expected a whole number, got"),

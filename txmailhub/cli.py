@@ -128,16 +128,17 @@ def _users(settings: Settings) -> UsersDB:
                    password_policy=policy)
 
 
-def _password_warnings(users: UsersDB, address: Address, password: str, allow_weak: bool,
+def _password_warnings(users: UsersDB, address: Address, password: str, allow_weak: str | None,
                        err: TextIO) -> None:
-    """After a password was set: what ``--allow-weak`` let through, and a
-    password POP3 ``PASS`` cannot carry (it is still good for AUTH PLAIN)."""
+    """After a password was set: what ``--allow-weak`` or the ``warn``
+    policy (``allow_weak`` says which) let through, and a password POP3
+    ``PASS`` cannot carry (it is still good for AUTH PLAIN)."""
     from txmailhub.passwords import PASS_COMMAND_OCTETS
 
     if allow_weak:
         why = users.password_policy.refusal(password, address)
         if why:
-            print(f"warning: {why}; accepted because of --allow-weak", file=err)
+            print(f"warning: {why}; accepted because of {allow_weak}", file=err)
     octets = len(password.encode("utf-8"))
     if octets > PASS_COMMAND_OCTETS:
         print(f"warning: the password is {octets} octets in UTF-8 and POP3 USER/PASS carries "
@@ -309,20 +310,25 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
         return 0
     password = _read_password(args.password_stdin, stdin)
     err = err or sys.stderr
+    # what lets a weak password through, for the warning: nothing under
+    # password_policy = "enforce" without the flag
+    allow_weak = ("--allow-weak" if args.allow_weak else
+                  '[users] password_policy = "warn" (set "enforce" to refuse such passwords)'
+                  if settings.users.password_policy == "warn" else None)
     if cmd == "add":
         address = users.add(args.address, password, allow_apop=args.allow_apop,
-                            allow_weak=args.allow_weak)
+                            allow_weak=bool(allow_weak))
         print(f"added {address.key}", file=out)  # as stored: the case a login may use
-        _password_warnings(users, address, password, args.allow_weak, err)
+        _password_warnings(users, address, password, allow_weak, err)
         if _hidden_by_alias(settings, address.key):
             print(f"warning: the aliases file has an alias {address.key}, which comes first: "
                   f"mail to it goes to the alias's targets, not to this user's mailbox (add "
                   f"\\{address.key} to them to keep a copy there); logins work",
                   file=err)
     else:
-        address = users.set_password(args.address, password, allow_weak=args.allow_weak)
+        address = users.set_password(args.address, password, allow_weak=bool(allow_weak))
         print(f"changed the password of {address}", file=out)
-        _password_warnings(users, address, password, args.allow_weak, err)
+        _password_warnings(users, address, password, allow_weak, err)
     return 0
 
 

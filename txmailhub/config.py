@@ -90,6 +90,10 @@ class UsersSettings:
     # the shortest password `mailhub user add`/`passwd` accept (NIST SP
     # 800-63B: at least 8); existing users are not affected
     min_password_length: int = DEFAULT_MIN_LENGTH
+    # "warn": a weak new password is taken with a warning (the commands'
+    # behaviour before the policy, which scripts rely on); "enforce": it
+    # is refused unless --allow-weak
+    password_policy: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -666,6 +670,13 @@ def _nameservers(v: Any) -> tuple[str, ...]:
     return _each(_string_list(v), split_nameserver)
 
 
+def _password_policy(v: Any) -> str:
+    s = _string(v)
+    if s not in ("warn", "enforce"):
+        raise ValueError(f"{s!r}: use \"warn\" or \"enforce\"")
+    return s
+
+
 def _tls_mode(v: Any) -> str:
     s = _string(v)
     if s not in ("verify", "opportunistic", "none"):
@@ -738,11 +749,12 @@ def load_text(text: str, path: str) -> Settings:
             "the hub by, such as mail.example.org"
         )
 
-    t = r.table(doc, "users", {"file", "min_password_length"})
+    t = r.table(doc, "users", {"file", "min_password_length", "password_policy"})
     users = UsersSettings(
         file=r.resolve(r.get(t, "users", "file", "users", _nonempty_string)),
         min_password_length=r.get(t, "users", "min_password_length", DEFAULT_MIN_LENGTH,
                                   _min_password_length),
+        password_policy=r.get(t, "users", "password_policy", "warn", _password_policy),
     )
     if users.min_password_length < DEFAULT_MIN_LENGTH:
         warnings.append(
