@@ -382,6 +382,16 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(Syncer(None, method="auto").method, "fsync")
 
 
+
+class ThreadCallRecorder:
+    """A reactor that keeps what worker threads hand it (callFromThread)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callFromThread(self, f, *args):
+        self.calls.append((f, args))
+
 class RealThreadTests(TestCase):
     """The worker pool with the real reactor (fast: a few syscalls)."""
 
@@ -424,14 +434,7 @@ class RealThreadTests(TestCase):
         self.assertEqual(done, [True])
 
     def test_results_in_before_the_reactor_looks_share_one_wakeup(self):
-        class Reactor:
-            def __init__(self):
-                self.calls = []
-
-            def callFromThread(self, f, *args):
-                self.calls.append((f, args))
-
-        r = Reactor()
+        r = ThreadCallRecorder()
         w = sync._Workers(r, 3, "test")
         ds = [w.submit(lambda i=i: i) for i in range(3)]
         ds.append(w.submit(lambda: 1 / 0))
@@ -447,14 +450,7 @@ class RealThreadTests(TestCase):
     def test_an_abandoned_pool_delivers_nothing_and_takes_no_lock(self):
         # in a forked child: a wake-up the parent's workers had queued
         # runs there; and a worker may have held the lock at the fork
-        class Reactor:
-            def __init__(self):
-                self.calls = []
-
-            def callFromThread(self, f, *args):
-                self.calls.append((f, args))
-
-        r = Reactor()
+        r = ThreadCallRecorder()
         w = sync._Workers(r, 1, "test")
         ds = [w.submit(lambda i=i: i) for i in range(2)]
         w.stop()
