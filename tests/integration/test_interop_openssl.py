@@ -297,3 +297,23 @@ def test_s_client_renegotiation_on_tls12_is_refused(make_hub, tmp_path: Path):
     c.command(b"QUIT", b"221")
     c.close()
     hub_log_is_clean(hub.log_text())
+
+
+def test_s_client_resumes_its_tls_session_on_every_tls_listener(make_hub, tmp_path: Path):
+    # the session s_client saved (-sess_out) takes it back in (-sess_in)
+    # without a full handshake: SMTP STARTTLS, SMTPS, POP3 STLS and POP3S.
+    # (Not -brief, which does not say whether a session was reused.)
+    hub = make_hub(tls=True)
+    cert = hub.folder / "tls" / "cert.pem"
+    for port, extra in ((hub.smtp_port, ("-starttls", "smtp")), (hub.smtps_port, ()),
+                        (hub.pop3_port, ("-starttls", "pop3")), (hub.pop3s_port, ())):
+        saved = tmp_path / f"session-{port}.pem"
+        for visit, sess in ((0, "-sess_out"), (1, "-sess_in")):
+            done = subprocess.run(
+                [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-ign_eof",
+                 "-nocommands", "-CAfile", str(cert), "-verify_return_error",
+                 "-verify_ip", "127.0.0.1", *extra, sess, str(saved)],
+                input=b"QUIT\r\n", capture_output=True, timeout=20)
+            out = done.stdout.decode(errors="replace")
+            assert "Verify return code: 0 (ok)" in out, out
+            assert ("Reused, TLSv1.3" if visit else "New, TLSv1.3") in out, (port, visit, out)
