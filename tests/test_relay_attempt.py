@@ -418,6 +418,102 @@ def test_a_smarthost_the_hub_logged_in_to_gets_auth_empty_unless_someone_is_vouc
         assert mail == b"MAIL FROM:<alice@example.org>" + param
 
 
+class RefusesAuthParameter(ScriptedSMTPServer):
+    """Offers AUTH but refuses MAIL with AUTH= (``refusal``), and a MAIL
+    without it with ``retry`` (default: 250); RCPT and DATA outside a
+    transaction get 503, as from a real server."""
+
+    def __init__(self, refusal, retry=None, **kw):
+        kw.setdefault("extensions", ("PIPELINING", "SIZE 1000000", "AUTH PLAIN LOGIN"))
+        super().__init__(**kw)
+        self.refusal = refusal
+        self.retry = retry
+        self.open = False
+
+    def _command(self, line):
+        verb = line[:4].upper()
+        if verb == b"MAIL":
+            reply = self.refusal if b" AUTH=" in line else self.retry
+            if reply is not None:
+                self.open = False
+                self.transport.write(reply)
+                return
+            self.open = True
+        elif verb in (b"RCPT", b"DATA") and not self.open:
+            self.transport.write(b"503 5.5.1 need MAIL first\r\n")
+            return
+        super()._command(line)
+
+
+def deliver_logged(net, a, e):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        results = run(net, a.deliver(e, "remote.test", list(e.envelope.recipients)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return results, [formatEvent(x) for x in events if "AUTH=" in x.get("log_format", "")]
+
+
+@pytest.mark.parametrize("refusal", [b"555 5.5.4 AUTH parameter not recognized\r\n",
+                                     b"501 5.5.4 syntax error in parameters\r\n"])
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refused_auth_parameter_is_dropped_and_the_mail_delivered(tmp_path, refusal,
+                                                                    pipelining):
+    # AUTH= is advisory: a next hop that offers AUTH but refuses the
+    # parameter gets the MAIL again without it, in the same session
+    a, net, _ = agent(tmp_path)
+    ext = ("PIPELINING",) * pipelining + ("SIZE 1000000", "AUTH PLAIN LOGIN")
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(refusal, extensions=ext)
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, CAROL, submitter=ALICE))
+    assert [(r.address, r.kind) for r in results] == [(BOB, "delivered"), (CAROL, "delivered")]
+    [server] = net.server_protocols
+    mails = [c for c in server.commands if c.startswith(b"MAIL")]
+    assert len(mails) == 2 and b" AUTH=alice@example.org" in mails[0]
+    assert b"AUTH=" not in mails[1] and b"RSET" not in server.commands
+    [(mail, rcpts, _)] = server.messages
+    assert mail == mails[1] and rcpts == [b"bob@remote.test", b"carol@remote.test"]
+    # logged once, naming the host
+    assert logged == [f"ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused AUTH= on MAIL "
+                      f"({refusal.decode().strip()}); MAIL sent again without it"]
+
+
+def test_a_sender_refusal_is_not_retried_without_auth_parameter(tmp_path):
+    # 550 refuses the sender, not the parameter: it stands
+    a, net, _ = agent(tmp_path)
+    refusal = b"550 5.7.1 sender refused\r\n"
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(refusal)
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+    assert [(r.kind, r.reply.text()) for r in results] == [
+        ("permanent", "550 5.7.1 sender refused")]
+    assert len([c for c in net.server_protocols[0].commands if c.startswith(b"MAIL")]) == 1
+    assert logged == []
+
+
+def test_a_refused_retry_without_auth_parameter_gives_its_own_reply(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(
+        b"555 5.5.4 AUTH parameter not recognized\r\n",
+        retry=b"553 5.1.8 sender domain unknown\r\n")
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+    assert [(r.kind, r.reply.text()) for r in results] == [
+        ("permanent", "553 5.1.8 sender domain unknown")]
+    assert len([c for c in net.server_protocols[0].commands if c.startswith(b"MAIL")]) == 2
+    assert len(logged) == 1
+
+
+def test_no_auth_parameter_and_no_retry_to_a_server_without_auth(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(
+        b"250 2.1.0 ok\r\n", retry=b"555 5.5.4 SIZE not recognized\r\n",
+        extensions=("PIPELINING", "SIZE 1000000"))
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+    assert [(r.kind, r.reply.code) for r in results] == [("permanent", 555)]
+    mails = [c for c in net.server_protocols[0].commands if c.startswith(b"MAIL")]
+    assert len(mails) == 1 and b"AUTH=" not in mails[0]
+    assert logged == []
+
+
 def test_smarthost_verify_without_starttls_refused(tmp_path):
     a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"')
     net.servers[("smart.example.net", 25)] = ScriptedSMTPServer

@@ -450,6 +450,121 @@ def test_a_submitter_too_long_for_the_auth_parameter_goes_as_the_empty_path():
     assert mail_line(session(submitter=over)).endswith(b" SIZE=100 AUTH=<>")
 
 
+EHLO_AUTH_PLAIN = b"250-mx.remote.test\r\n250-SIZE 1000\r\n250 AUTH PLAIN LOGIN\r\n"
+MAIL_WITH_AUTH = b"MAIL FROM:<alice@example.org> SIZE=100 AUTH=alice@example.org\r\n"
+MAIL_WITHOUT_AUTH = b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+
+
+@pytest.mark.parametrize("refusal", [b"555 5.5.4 AUTH parameter not recognized",
+                                     b"501 5.5.4 syntax error in parameters",
+                                     b"504 5.5.4 command parameter not implemented",
+                                     b"500 5.5.6 line too long"])
+def test_auth_parameter_refused_sends_mail_again_without_it(refusal):
+    # AUTH= is advisory (RFC 4954 5 says a server should ignore what it
+    # does not trust): a server offering AUTH that refuses the parameter
+    # gets the MAIL again, in the same session (a refused MAIL opens no
+    # transaction: no RSET), and the message goes through
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_AUTH_PLAIN)) == MAIL_WITH_AUTH
+    assert sent(s.receive(refusal + b"\r\n")) == MAIL_WITHOUT_AUTH
+    assert s.phase is Phase.MAIL and s.outcome is None
+    assert s.auth_param_refused.text() == refusal.decode()
+    assert sent(s.receive(b"250 2.1.0 ok\r\n")) == b"RCPT TO:<bob@remote.test>\r\n"
+    assert sent(s.receive(b"250 2.1.5 ok\r\n")) == b"DATA\r\n"
+    assert s.receive(b"354 go\r\n") == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 queued\r\n")) == b"QUIT\r\n"
+    assert [r.kind for r in s.outcome.recipients] == ["delivered"]
+
+
+def test_a_refused_retry_without_auth_parameter_is_the_outcome():
+    # the second MAIL's reply counts, and there is no third MAIL
+    s = session(submitter=ALICE, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_AUTH_PLAIN)
+    assert sent(s.receive(b"555 5.5.4 AUTH unknown\r\n")) == MAIL_WITHOUT_AUTH
+    assert sent(s.receive(b"501 5.5.4 still no\r\n")) == b"QUIT\r\n"
+    assert [r.reply.text() for r in s.outcome.recipients] == ["501 5.5.4 still no"] * 2
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_AUTH_PLAIN)
+    s.receive(b"555 5.5.4 AUTH unknown\r\n")
+    assert sent(s.receive(b"451 4.3.0 try later\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "451 4.3.0 try later"
+
+
+@pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused", b"553 5.1.8 bad sender",
+                                     b"530 5.7.0 authentication required",
+                                     b"455 4.5.4 cannot accommodate parameters",
+                                     b"451 4.3.0 try later"])
+def test_a_refusal_of_the_sender_is_not_retried_without_auth_parameter(refusal):
+    # only a refusal of the parameters is about AUTH=; a 550 refuses the
+    # sender, and a 4yz leaves the mail queued for a later attempt
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_AUTH_PLAIN)
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    assert s.auth_param_refused is None
+    out = s.outcome
+    assert (out.session_error or out.recipients[0].reply).text() == refusal.decode()
+
+
+def test_no_retry_without_auth_parameter_when_none_was_sent():
+    # no AUTH offered: no AUTH=, and a 555 is the MAIL's answer
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == MAIL_WITHOUT_AUTH
+    assert sent(s.receive(b"555 5.5.4 SIZE not recognized\r\n")) == b"QUIT\r\n"
+    assert s.auth_param_refused is None
+    assert s.outcome.recipients[0].reply.code == 555
+
+
+def test_pipelined_auth_parameter_refused_sends_the_batch_again_without_it():
+    # the RCPTs and DATA sent with the refused MAIL are answered first
+    # (503: no transaction), then MAIL, RCPTs and DATA go again
+    s = session(submitter=ALICE, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(EHLO_AUTH))
+    assert first.startswith(MAIL_WITH_AUTH)
+    assert s.receive(b"555 5.5.4 AUTH not recognized\r\n503 5.5.1 need MAIL\r\n") == []
+    again = sent(s.receive(b"503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"))
+    assert again == MAIL_WITHOUT_AUTH + first[len(MAIL_WITH_AUTH):]
+    assert s.outcome is None
+    actions = s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["delivered", "delivered"]
+
+
+def test_pipelined_retry_without_auth_parameter_refused_too():
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_AUTH)
+    s.receive(b"501 5.5.4 bad AUTH\r\n503 need MAIL\r\n")
+    assert sent(s.receive(b"503 need MAIL\r\n")).startswith(MAIL_WITHOUT_AUTH)
+    reply = b"555 5.5.4 SIZE not recognized\r\n503 need MAIL\r\n503 need MAIL\r\n"
+    assert sent(s.receive(reply)) == b"QUIT\r\n"
+    assert s.outcome.recipients[0].reply.text() == "555 5.5.4 SIZE not recognized"
+
+
+def test_pipelined_auth_parameter_refused_but_data_accepted():
+    # a server that answers 354 with no transaction (against RFC 2920
+    # 3.1): the empty message is ended first, its reply ignored
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(EHLO_AUTH))
+    again = sent(s.receive(b"555 5.5.4 no AUTH\r\n503 need MAIL\r\n354 go\r\n"))
+    assert again == b".\r\n" + MAIL_WITHOUT_AUTH + first[len(MAIL_WITH_AUTH):]
+    assert s.receive(b"554 5.5.1 no valid recipients\r\n") == []
+    actions = s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["delivered"]
+
+
 def test_mail_refused_transient_and_permanent():
     s = session()
     s.receive(b"220 hi\r\n")

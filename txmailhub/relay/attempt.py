@@ -657,6 +657,13 @@ class DeliveryAgent:
             outcome = yield proto.done
         finally:
             self._sessions.discard(proto)
+        refused = session.auth_param_refused
+        if refused is not None:
+            # RFC 4954 5 says such a server should ignore AUTH=; this one
+            # did not, and the MAIL went again without it (once a session)
+            log.info("{queue_id}: {host} refused AUTH= on MAIL ({reply}); MAIL sent again "
+                     "without it", queue_id=entry.id, host=where(mxhost.name, address),
+                     address=address, reply=refused.text())
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome

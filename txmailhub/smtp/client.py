@@ -90,6 +90,14 @@ def _fits(phase: Phase, code: int) -> bool:
 # RFC 4954 5: AUTH= makes MAIL's line up to 500 characters longer
 MAX_AUTH_PARAM = 500
 
+# Replies to a MAIL carrying AUTH= that refuse its parameters, not its
+# sender: 555 "parameters not recognized or not implemented" (RFC 5321
+# 4.1.1.11), 501 "syntax error in parameters", 504 "command parameter not
+# implemented", and 500, which includes "line too long" (4.2.2) -- what a
+# server that took RFC 4954's 500 more characters for granted may say.
+# AUTH= is advisory: the MAIL goes again without it (``_on_mail``).
+AUTH_PARAM_REFUSALS = frozenset({500, 501, 504, 555})
+
 # RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
 TIMEOUTS: dict[Phase, float] = {
     Phase.GREETING: 300, Phase.EHLO: 300, Phase.HELO: 300, Phase.STARTTLS: 300,
@@ -223,6 +231,11 @@ class ClientSession:
         self._accepted: list[Address] = []
         self._results: dict[Address, Reply] = {}
         self._mail_reply: Reply | None = None
+        # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
+        # and the reply that refused it (then the MAIL went again without
+        # it, once per session; the adapter logs it)
+        self._auth_param_sent = False
+        self.auth_param_refused: Reply | None = None
         # complete replies read so far: the adapter restarts its timeout on
         # each one, not on every byte (a server that trickles one byte at a
         # time must not hold a delivery for ever)
@@ -505,7 +518,8 @@ class ClientSession:
                 value = xtext_encode(envid)
                 if len(value) <= MAX_ENVID:
                     params.append(f"ENVID={value}")
-        if "AUTH" in ext:
+        self._auth_param_sent = "AUTH" in ext and self.auth_param_refused is None
+        if self._auth_param_sent:
             params.append("AUTH=" + self._auth_value(utf8))
         path = "" if self.sender is None else self._path(self.sender)
         return " ".join([f"MAIL FROM:<{path}>", *params])
@@ -583,6 +597,14 @@ class ClientSession:
             # will be answered, and its words are the session's outcome
             return self._fail_session(reply)
         if not reply.is_positive:
+            if self._auth_param_sent and reply.code in AUTH_PARAM_REFUSALS:
+                # the server offered AUTH but refuses the parameter: a
+                # refused MAIL opens no transaction (RFC 5321 4.1.1.2), so
+                # MAIL goes again at once, without AUTH=; pipelined, once
+                # the replies to the RCPTs and DATA sent with it are in
+                self.auth_param_refused = reply
+                if not self._pipelined:
+                    return self._command(Phase.MAIL, self._mail_command())
             self._mail_reply = reply
             if self._pipelined:
                 self.phase = Phase.RCPT
@@ -625,6 +647,20 @@ class ClientSession:
 
     def _on_data(self, reply: Reply) -> list[Action]:
         mail = self._mail_reply
+        if mail is not None and self._auth_param_sent and mail is self.auth_param_refused:
+            # pipelined, the MAIL that refused AUTH= is answered, and so are
+            # the RCPTs and DATA sent with it: the same batch again, without
+            # AUTH= -- after ending a DATA accepted against RFC 2920 3.1
+            # with an empty message, whose reply is ignored (as below)
+            self._mail_reply = None
+            self._rcpt_index = 0
+            self._expect.clear()
+            end = b""
+            if reply.code == 354:
+                end = b".\r\n"
+                self._expect.append(Phase.QUIT)  # a reply _on_quit ignores
+            return [Send(end + sent.data) if isinstance(sent, Send) else sent
+                    for sent in self._start_mail()]
         if reply.code == 354 and (mail is not None or not self._accepted):
             # RFC 2920 3.1: DATA was accepted although there is nothing to
             # send (pipelined, MAIL or every RCPT refused): end it empty, and
