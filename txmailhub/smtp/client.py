@@ -93,10 +93,12 @@ MAX_AUTH_PARAM = 500
 # Replies to a MAIL carrying AUTH= that refuse its parameters, not its
 # sender: 555 "parameters not recognized or not implemented" (RFC 5321
 # 4.1.1.11), 501 "syntax error in parameters", 504 "command parameter not
-# implemented", and 500, which includes "line too long" (4.2.2) -- what a
-# server that took RFC 4954's 500 more characters for granted may say.
-# AUTH= is advisory: the MAIL goes again without it (``_on_mail``).
-AUTH_PARAM_REFUSALS = frozenset({500, 501, 504, 555})
+# implemented", 500, which includes "line too long" (4.2.2) -- what a
+# server that took RFC 4954's 500 more characters for granted may say --
+# and 455 "unable to accommodate parameters", 555's temporary twin: left
+# as it is, it would refuse AUTH= at every attempt until the message
+# bounced.  AUTH= is advisory: the MAIL goes again without it (``_on_mail``).
+AUTH_PARAM_REFUSALS = frozenset({455, 500, 501, 504, 555})
 
 # RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
 TIMEOUTS: dict[Phase, float] = {
