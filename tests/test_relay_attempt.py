@@ -359,13 +359,21 @@ def test_downgrade_refused_when_configured(tmp_path):
     assert all(not s.messages for s in net.server_protocols)
 
 
-def test_smarthost_verify_requires_tls_and_auth(tmp_path):
+def smarthost_with_login(tmp_path):
+    """An agent relaying through smart.example.net:587 (STARTTLS, AUTH
+    PLAIN) with a login from ``smarthost_auth_file``; the agent and its
+    network."""
     auth = tmp_path / "auth"
     auth.write_text("relayuser:s3cret\n")
     a, net, _ = agent(tmp_path, f'smarthost = "smart.example.net:587"\n'
                                 f'smarthost_auth_file = "{auth}"')
     net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
         extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"))
+    return a, net
+
+
+def test_smarthost_verify_requires_tls_and_auth(tmp_path):
+    a, net = smarthost_with_login(tmp_path)
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -403,12 +411,7 @@ def test_a_smarthost_the_hub_logged_in_to_gets_auth_empty_unless_someone_is_vouc
     # RFC 4954 5: "MUST supply the AUTH=<> parameter when relaying the
     # message to any server which it has authenticated to" -- unless the
     # hub trusts who submitted it
-    auth = tmp_path / "auth"
-    auth.write_text("relayuser:s3cret\n")
-    a, net, _ = agent(tmp_path, f'smarthost = "smart.example.net:587"\n'
-                                f'smarthost_auth_file = "{auth}"')
-    net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
-        extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"))
+    a, net = smarthost_with_login(tmp_path)
     for who, param in ((None, b" AUTH=<>"), (ALICE, b" AUTH=alice@example.org")):
         [r] = run(net, a.attempt(entry(tmp_path, DAVE, submitter=who)))
         assert r.kind == "delivered"
