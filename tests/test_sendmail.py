@@ -6,6 +6,7 @@ listeners it can reach, and the exit codes of the command line."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ from txmailhub.sendmail import (
     read_message,
     run,
 )
+from txmailhub.smtp._data import DotReader
+from txmailhub.smtp.reply import Reply
 
 SETTINGS = LocalSubmission(path="/etc/txmailhub/mailhub.toml", hostname="mail.example.org",
                            domains=("example.org", "example.net"), listen=("tcp:25",),
@@ -116,8 +119,25 @@ def test_with_i_a_lone_dot_is_text() -> None:
 
 def test_lf_becomes_crlf_and_crlf_stays() -> None:
     assert read_message(io.BytesIO(b"a\nb\r\nc"), True, 1000) == b"a\r\nb\r\nc\r\n"
-    # a CR inside a line is not a line end
-    assert read_message(io.BytesIO(b"a\rb\n"), True, 1000) == b"a\rb\r\n"
+
+
+def hub_verdict(message: bytes) -> Reply | None:
+    """What the hub's DATA reader says of ``message`` as smtplib sends it
+    (dot-stuffed, then the end-of-data line): None when it takes it."""
+    reader = DotReader(None, 10**7)
+    assert reader.feed(re.sub(rb"(?m)^\.", b"..", message) + b".\r\n") == b""
+    return reader.error
+
+
+def test_a_cr_without_lf_ends_a_line_so_the_hub_takes_the_message() -> None:
+    # a cron job's progress meter: the hub refuses a bare CR (550 5.6.11),
+    # so sent as it was the message could never be delivered
+    raw = b"Subject: backup\n\n 10%\r 50%\r100%\ndone\r"
+    message = read_message(io.BytesIO(raw), True, 1000)
+    assert message == b"Subject: backup\r\n\r\n 10%\r\n 50%\r\n100%\r\ndone\r\n"
+    assert hub_verdict(message) is None
+    assert hub_verdict(prepare(message, Options(recipients=("bob",)), SETTINGS, LOGIN)
+                       .message) is None
 
 
 def test_a_line_longer_than_a_read_keeps_its_crlf_and_dot_rule() -> None:

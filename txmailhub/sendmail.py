@@ -143,40 +143,42 @@ def read_message(stream: BinaryIO, ignore_dots: bool, limit: int) -> bytes:
     """Standard input as the message, every line ending in CRLF (LF alone
     too).  Without ``ignore_dots`` a line of one ``.`` ends it (what the
     sendmail interface has always done), and what follows is not read.
-    Raise ``MessageTooBig`` beyond ``limit`` octets, without reading on."""
+    Raise ``MessageTooBig`` beyond ``limit`` octets, without reading on.
+
+    A CR that no LF follows (a progress meter in a cron job's output)
+    ends a line too: RFC 5321 2.3.8 forbids it on the wire, and the hub
+    refuses a message with one (550 5.6.11), which would lose the mail."""
     out = bytearray()
-    at_line_start, pending_cr = True, False
+    line = bytearray()
     while True:
         piece = stream.readline(65536)
-        if not piece:
-            if pending_cr:
-                out += b"\r"
-            if not at_line_start:
-                out += b"\r\n"  # a last line without its line end
+        if piece:
+            line += piece
+            if len(out) + len(line) > limit:
+                raise MessageTooBig(f"the message is over the hub's limit of {limit} octets "
+                                    "([smtp] max_message_size)")
+            if not piece.endswith(b"\n"):  # a long line: read on to its end
+                continue
+            del line[-1:]
+        elif not line:
             break
-        if pending_cr:
-            pending_cr = False
-            if not piece.startswith(b"\n"):
-                out += b"\r"
-        if not piece.endswith(b"\n"):  # a long line, or the last one without LF
-            if piece.endswith(b"\r"):
-                piece, pending_cr = piece[:-1], True
-            if at_line_start and not ignore_dots and piece == b"." and not pending_cr:
-                break
-            out += piece
-            at_line_start = False
-        else:
-            line = piece[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if at_line_start and not ignore_dots and line == b".":
-                break
-            out += line + b"\r\n"
-            at_line_start = True
+        text = bytes(line.removesuffix(b"\r"))  # CRLF; or a last line's CR
+        line.clear()
+        if not ignore_dots and text == b".":
+            break
+        out += _wire_lines(text)
         if len(out) > limit:
             raise MessageTooBig(f"the message is over the hub's limit of {limit} octets "
                                 "([smtp] max_message_size)")
+        if not piece:  # a last line without its line end
+            break
     return bytes(out)
+
+
+def _wire_lines(text: bytes) -> bytes:
+    """One line read from stdin (without its line end) as CRLF lines: each
+    CR in it ends a line."""
+    return b"".join(part + b"\r\n" for part in text.split(b"\r"))
 
 
 @dataclass(frozen=True)
