@@ -142,9 +142,29 @@ def test_a_cr_without_lf_ends_a_line_so_the_hub_takes_the_message() -> None:
 
 def test_a_line_longer_than_a_read_keeps_its_crlf_and_dot_rule() -> None:
     long = b"x" * 65535 + b"\r\n"  # the CR ends one read, the LF starts the next
-    assert read_message(io.BytesIO(long + b".\n"), False, 100_000) == long
+    message = read_message(io.BytesIO(long + b".\n"), False, 100_000)
+    assert message.replace(b"\r\n ", b"") == long  # (folded: see below)
     dots = b"." + b"y" * 70000 + b"\n"  # starts with a dot, but is no lone dot
-    assert read_message(io.BytesIO(dots), False, 100_000) == dots[:-1] + b"\r\n"
+    message = read_message(io.BytesIO(dots), False, 100_000)
+    assert message.replace(b"\r\n ", b"") == dots[:-1] + b"\r\n"
+
+
+def test_a_line_over_998_octets_is_folded_so_the_hub_takes_the_message() -> None:
+    # the hub refuses a line over 1000 octets with its CRLF (500 5.5.2):
+    # a long log line in a cron job's output must not lose the mail
+    body = b"x" * 2500 + b"\na" + "\u00e9".encode() * 600 + b"\n"  # a cut is mid-"é"
+    message = read_message(io.BytesIO(b"Subject: " + b"s" * 1200 + b"\n\n" + body), True,
+                           100_000)
+    assert hub_verdict(message) is None
+    lines = message.split(b"\r\n")
+    assert max(len(line) for line in lines) == 998
+    assert all(line.startswith(b" ") for line in lines[1:2] + lines[4:6] + lines[7:8])
+    for line in lines:
+        line.decode("utf-8")  # no UTF-8 sequence cut in two
+    assert message.replace(b"\r\n ", b"").split(b"\r\n") == [
+        b"Subject: " + b"s" * 1200, b"", b"x" * 2500, b"a" + "\u00e9".encode() * 600, b""]
+    # a line of exactly 998 octets stays whole
+    assert read_message(io.BytesIO(b"y" * 998 + b"\n"), True, 2000) == b"y" * 998 + b"\r\n"
 
 
 def test_a_message_over_the_hub_limit_stops_the_read() -> None:

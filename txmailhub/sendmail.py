@@ -62,6 +62,7 @@ __all__ = [
 _OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:iL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
 _IGNORED = set("ABcdeGhLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
+_LINE_TEXT = 998  # octets of a line before its CRLF (RFC 5321 4.5.3.1.6)
 
 
 class UsageError(Exception):
@@ -177,8 +178,27 @@ def read_message(stream: BinaryIO, ignore_dots: bool, limit: int) -> bytes:
 
 def _wire_lines(text: bytes) -> bytes:
     """One line read from stdin (without its line end) as CRLF lines: each
-    CR in it ends a line."""
-    return b"".join(part + b"\r\n" for part in text.split(b"\r"))
+    CR in it ends a line, and a line over 998 octets is broken."""
+    return b"".join(_fold_long(part) + b"\r\n" for part in text.split(b"\r"))
+
+
+def _fold_long(line: bytes) -> bytes:
+    """``line`` cut into lines of at most ``_LINE_TEXT`` octets, each piece
+    after the first starting with a space -- in a header field that keeps
+    it one folded field (RFC 5322 2.2.3); in the body it is one space more,
+    as Postfix's ``smtp_line_length_limit`` does.  The hub refuses a
+    message with a longer line (RFC 5321 4.5.3.1.6: 500 5.5.2), so a long
+    log line in a cron job's output would lose the whole mail.  A cut
+    never splits a UTF-8 sequence."""
+    pieces = []
+    while len(line) > _LINE_TEXT:
+        cut = _LINE_TEXT
+        while cut > _LINE_TEXT - 4 and 0x80 <= line[cut] < 0xC0:
+            cut -= 1  # line[cut] continues a UTF-8 sequence: cut before it
+        pieces.append(line[:cut])
+        line = b" " + line[cut:]
+    pieces.append(line)
+    return b"\r\n".join(pieces)
 
 
 @dataclass(frozen=True)
