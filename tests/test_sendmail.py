@@ -212,6 +212,28 @@ def test_missing_from_date_and_message_id_are_added_and_f_name_used() -> None:
     assert p.message.startswith(b"Subject: hi\r\n") and p.message.endswith(b"\r\n\r\nbody\r\n")
 
 
+@pytest.mark.parametrize("name", ["Joe\nBcc: evil@x.org", "Joe\r\nBcc: evil@x.org",
+                                  "Joe\rBcc: evil@x.org", "J\u00f6e\r\nBcc: evil@x.org"])
+@pytest.mark.parametrize("source", ["-F", "$NAME", "password file"])
+def test_a_full_name_with_line_ends_stays_in_one_from_field(
+    name: str, source: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # -F, $NAME and the password file's name come from whoever runs the
+    # command: a line end in one must not start a header field of its own
+    # (a Bcc, which would then go out to every recipient), nor leave a
+    # bare CR or LF, for which the hub refuses the message
+    monkeypatch.setenv("NAME", name if source == "$NAME" else "")
+    p = prepare(b"Subject: hi\r\n\r\nbody\r\n",
+                Options(recipients=("bob",), full_name=name if source == "-F" else None),
+                SETTINGS, ("joe", name if source == "password file" else ""))
+    assert hub_verdict(p.message) is None
+    assert not field(p.message, b"Bcc")
+    (line,) = field(p.message, b"From")
+    assert line.endswith(b"<joe@example.org>")
+    assert b" " not in fields(p.message)[fields(p.message).index(line) + 1][:1]  # not folded
+    assert line.startswith(b'From: "Joe Bcc: evil@x.org"') or b"=?utf-8?" in line
+
+
 def test_from_date_and_message_id_of_the_message_are_kept_and_f_ignored() -> None:
     raw = b"From: x@y.org\r\nDate: whenever\r\nMessage-Id: <a@b>\r\n\r\nbody\r\n"
     p = prepare(raw, Options(recipients=("bob",), full_name="Ignored"), SETTINGS, LOGIN)

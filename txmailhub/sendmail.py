@@ -281,7 +281,13 @@ def _login() -> tuple[str, str]:
 def _mailbox_field(name: str, mailbox: str) -> bytes:
     """``Name <mailbox>``: a non-ASCII name as an RFC 2047 encoded word
     beside an ASCII address, as UTF-8 beside a UTF-8 one (RFC 6532: the
-    message needs SMTPUTF8 then anyway)."""
+    message needs SMTPUTF8 then anyway).
+
+    The name comes from whoever runs the command (``-F``, ``$NAME``, the
+    password file): its runs of white space, line ends included, become
+    one space, or a line end in it would start a header field of its own
+    (a ``Bcc`` nobody removes) or leave a bare CR or LF the hub refuses."""
+    name = " ".join(name.split())
     if mailbox.isascii():
         return email.utils.formataddr((name, mailbox), charset="utf-8").encode("ascii")
     if not name:
