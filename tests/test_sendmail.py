@@ -359,6 +359,9 @@ def test_mailhub_sendmail_takes_the_global_config_and_sendmail_options(
     ("MAIL", 501, "5.1.7 Bad sender address syntax", 65),
     ("MAIL", 421, "4.4.2 Idle timeout", 75),
     ("DATA", 552, "5.3.4 Message too big", 65),
+    # RFC 1870 6.1: the size the MAIL declared is over the hub's limit (the
+    # fields the command adds can take a message read within it over)
+    ("MAIL", 552, "5.3.4 Message size exceeds fixed maximum message size", 65),
     ("DATA", 554, "5.6.0 Bad content", 65),
     ("DATA", 554, "5.7.0 Refused", 69),
     ("DATA", 451, "4.3.0 Try again", 75),

@@ -119,8 +119,11 @@ def _status(stage: str, code: int, reply: str) -> int:
     enhanced = reply.split(" ", 1)[0]
     if stage == "RCPT" and code in (550, 551) and not enhanced.startswith("5.7."):
         return EX_NOUSER
-    if code in (501, 553) or (stage == "DATA" and (
-            code == 552 or enhanced.startswith(("5.6.", "5.3.4")))):
+    # 552 to MAIL: the SIZE it declared is over the hub's limit (RFC 1870
+    # 6.1), the same refusal of the message as 552 after the data
+    if code in (501, 553) or (stage in ("MAIL", "DATA") and (
+            code == 552 or enhanced.startswith("5.3.4"))) or (
+            stage == "DATA" and enhanced.startswith("5.6.")):
         return EX_DATAERR
     return EX_UNAVAILABLE
 
