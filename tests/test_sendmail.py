@@ -278,6 +278,24 @@ def test_an_unreadable_recipient_is_an_address_error(recipient: str) -> None:
         prepare(b"\r\n", Options(recipients=(recipient,)), SETTINGS, LOGIN)
 
 
+@pytest.mark.parametrize("recipients", ["a@x.org b@y.org", "a@x.org;b@y.org",
+                                        "a@x.org, Bob <b@y.org> c@z.org", "a@x.org\tb@y.org"])
+def test_addresses_not_separated_by_commas_are_an_error_not_a_recipient_left_out(
+    recipients: str,
+) -> None:
+    # the parser reads the first and skips the rest as "invalid": sent to
+    # the first alone, the others would never know, and the exit was 0
+    with pytest.raises(AddressError, match="commas"):
+        prepare(b"\r\n", Options(recipients=(recipients,)), SETTINGS, LOGIN)
+    with pytest.raises(AddressError, match="commas"):
+        prepare(b"To: c@w.org,\r\n " + recipients.encode() + b"\r\n\r\n",
+                Options(extract=True), SETTINGS, LOGIN)
+    # what the parser reads whole still goes
+    ok = prepare(b"To: a@x.org, (c) b@y.org (B), g: c@z.org;, joe\r\n\r\n",
+                 Options(extract=True), SETTINGS, LOGIN)
+    assert ok.recipients == ("a@x.org", "b@y.org", "c@z.org", "joe@example.org")
+
+
 def test_bad_addresses_exit_65_before_connecting(tmp_path: Path) -> None:
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')

@@ -254,9 +254,16 @@ def _addresses(values: Iterable[str], primary_domain: str) -> list[str]:
     found = []
     for value in values:
         try:
-            addresses = email.policy.default.header_factory("To", value).addresses
+            header = email.policy.default.header_factory("To", value)
+            addresses = header.addresses
         except (email.errors.HeaderParseError, ValueError, IndexError, TypeError):
             raise AddressError(f"cannot read the addresses in {value.strip()!r}") from None
+        if any(str(d).startswith("invalid address") for d in header.defects):
+            # the parser skipped text it could not read as an address
+            # (``a@x b@y``, ``a@x;b@y``): sending to the rest would leave
+            # out a recipient without a word, and exit 0
+            raise AddressError(f"cannot read the addresses in {value.strip()!r} "
+                               "(separate them with commas)")
         for a in addresses:
             if not a.username:
                 raise AddressError(f"cannot read an address in {value.strip()!r}")
