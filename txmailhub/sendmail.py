@@ -272,6 +272,12 @@ def _addresses(values: Iterable[str], primary_domain: str) -> list[str]:
 
 
 def _envelope_form(text: str, primary_domain: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # bytes that were not UTF-8 (a Latin-1 To field, an argument in
+        # another locale), kept as surrogates: no SMTP command can carry them
+        raise AddressError(f"{text.strip()!r} is not UTF-8 text") from None
     address = parse_address(text.strip().removeprefix("<").removesuffix(">"), primary_domain)
     return ascii_form(address) or str(address)  # an IDN domain as A-labels when it can
 
