@@ -234,6 +234,21 @@ def test_a_full_name_with_line_ends_stays_in_one_from_field(
     assert line.startswith(b'From: "Joe Bcc: evil@x.org"') or b"=?utf-8?" in line
 
 
+@pytest.mark.parametrize("source", ["-F", "$NAME", "password file"])
+def test_a_full_name_that_is_not_utf8_is_replaced_not_a_traceback(
+    source: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "J\xf6rg" in Latin-1 in /etc/passwd (or $NAME, -F in a Latin-1
+    # locale): Python hands it over with a surrogate, which no codec takes
+    name = b"J\xf6rg".decode("utf-8", "surrogateescape")
+    monkeypatch.setenv("NAME", name if source == "$NAME" else "")
+    p = prepare(b"Subject: hi\r\n\r\nbody\r\n",
+                Options(recipients=("bob",), full_name=name if source == "-F" else None),
+                SETTINGS, ("joe", name if source == "password file" else ""))
+    (line,) = field(p.message, b"From")
+    assert line == b"From: =?utf-8?b?Su+/vXJn?= <joe@example.org>"  # "J\ufffdrg"
+
+
 def test_from_date_and_message_id_of_the_message_are_kept_and_f_ignored() -> None:
     raw = b"From: x@y.org\r\nDate: whenever\r\nMessage-Id: <a@b>\r\n\r\nbody\r\n"
     p = prepare(raw, Options(recipients=("bob",), full_name="Ignored"), SETTINGS, LOGIN)

@@ -301,6 +301,10 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
     one space, or a line end in it would start a header field of its own
     (a ``Bcc`` nobody removes) or leave a bare CR or LF the hub refuses."""
     name = " ".join(name.split())
+    # a name in another encoding than UTF-8 (a Latin-1 GECOS field, $NAME
+    # in another locale) arrives with surrogates, which no encoding takes:
+    # its undecodable octets become U+FFFD rather than a traceback
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if mailbox.isascii():
         return email.utils.formataddr((name, mailbox), charset="utf-8").encode("ascii")
     if not name:
