@@ -565,6 +565,20 @@ def test_pipelined_auth_parameter_refused_but_data_accepted():
     assert [r.kind for r in s.outcome.recipients] == ["delivered"]
 
 
+def test_pipelined_auth_parameter_refused_then_421_to_data_sends_no_new_batch():
+    # a 421 to the DATA of the refused batch: the server is closing (RFC
+    # 5321 3.8), so MAIL does not go again, and the 421 is the outcome --
+    # not a later "connection lost", with a log line about a MAIL sent again
+    s = session(submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_AUTH)
+    actions = s.receive(b"555 5.5.4 no AUTH\r\n503 need MAIL\r\n421 4.3.2 shutting down\r\n")
+    assert not any(isinstance(a, Send) and b"MAIL" in a.data for a in actions)
+    assert s.outcome is not None
+    assert s.outcome.session_error.text() == "421 4.3.2 shutting down"
+    assert s.auth_param_refused is None  # the agent logs no "MAIL sent again"
+
+
 def test_mail_refused_transient_and_permanent():
     s = session()
     s.receive(b"220 hi\r\n")

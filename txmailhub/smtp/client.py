@@ -653,7 +653,13 @@ class ClientSession:
             # pipelined, the MAIL that refused AUTH= is answered, and so are
             # the RCPTs and DATA sent with it: the same batch again, without
             # AUTH= -- after ending a DATA accepted against RFC 2920 3.1
-            # with an empty message, whose reply is ignored (as below)
+            # with an empty message, whose reply is ignored (as below).  Not
+            # after a 421: the server is closing (RFC 5321 3.8), and its
+            # words are the session's outcome, as for a 421 to MAIL or RCPT
+            # (the refusal of AUTH= is no refusal of the message)
+            if reply.code == 421:
+                self.auth_param_refused = None  # (no MAIL went again: nothing to log)
+                return self._fail_session(reply)
             self._mail_reply = None
             self._rcpt_index = 0
             self._expect.clear()
