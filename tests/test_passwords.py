@@ -180,3 +180,11 @@ def test_users_set_before_the_policy_keep_their_passwords(tmp_path: Path) -> Non
     assert db.check_password(Address("bob", "example.org"), "pw")
     db.delete("bob")  # and they can still be deleted
     assert db.check_password(ALICE, "alice")
+
+
+def test_a_password_of_white_space_alone_is_refused() -> None:
+    # the list is compared without the white space around a password;
+    # eight spaces (or tabs, or both) once slipped through every rule
+    for password in (" " * 8, "\t" * 12, " \t" * 6):
+        assert refusal(password) == "the password is nothing but white space", repr(password)
+

@@ -12,8 +12,8 @@ min_password_length``; revision 4 asks 15 of a single-factor password, so
 a site may well raise it), a generous maximum, no
 composition rules (no "one digit and one capital"), and a refusal of
 passwords that are known to be weak -- the most common ones, one
-character repeated, and the context-specific words an attacker tries
-first: the user's own name and the mail domain.  Accounts here are open
+character repeated, nothing but white space, and the context-specific
+words an attacker tries first: the user's own name and the mail domain.  Accounts here are open
 to guessing from the internet over SMTP AUTH and POP3; the login delay
 slows a guesser down, but a password like ``alice`` for alice falls on
 the first try.
@@ -145,6 +145,10 @@ class PasswordPolicy:
         key = folded.strip()
         if key in common_passwords():
             found.append("is one of the most commonly used passwords")
+        elif not key:
+            # the list is compared without the white space around a
+            # password, and none is left: eight spaces are no secret
+            found.append("is nothing but white space")
         elif len(set(key)) == 1 and length > 1:
             found.append("is one character repeated")
         seen: set[str] = set()
