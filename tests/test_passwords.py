@@ -188,3 +188,32 @@ def test_a_password_of_white_space_alone_is_refused() -> None:
     for password in (" " * 8, "\t" * 12, " \t" * 6):
         assert refusal(password) == "the password is nothing but white space", repr(password)
 
+
+def test_one_character_is_short_but_not_repeated() -> None:
+    assert POLICY.weaknesses("q", ALICE) == ["is too short: 1 characters, at least 8"]
+    assert "is one character repeated" in POLICY.weaknesses("qq", ALICE)
+
+
+def test_the_list_holds_no_comment_and_no_empty_entry() -> None:
+    listed = common_passwords()
+    assert "" not in listed
+    assert not [p for p in listed if p.startswith("#")]
+
+
+def test_a_name_or_label_of_three_characters_counts_inside_a_password() -> None:
+    # _MIN_WORD: three characters are a word (docs/configuration.rst)
+    assert refusal("tqz-ann-vbmk", Address("ann", "example.org")) == (
+        "the password contains the user's name (ann)")
+    assert refusal("tqz-ann-vbmk", Address("ann.smith", "example.org")) == (
+        "the password contains a part of the user's name (ann)")
+    assert refusal("tqz-zoo-vbmk", Address("alice", "zoo.example")) == (
+        "the password contains a part of the domain name (zoo)")
+
+
+def test_every_label_but_the_last_counts() -> None:
+    bob = Address("bob", "mail.lantern.net")
+    assert refusal("lantern-quiet-tune", bob) == (
+        "the password contains a part of the domain name (lantern)")
+    assert refusal("tqz-mail-vbmk", bob) == (
+        "the password contains a part of the domain name (mail)")
+    assert refusal("tqz-net-vbmk-wr", bob) == ""
