@@ -8,6 +8,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,118 @@ def test_ticket_keys_are_renewed(tmp_path):
     assert not reused and fresh is not None
     assert serial_served(factory) == first  # the same pair, new keys
     assert _connect(factory, client, fresh)[1]
+
+
+# --- the renewal's bookkeeping: which pair a new context is made from,
+# how often the files are looked at, what is said
+
+
+def _loaded(events) -> list:
+    return [e for e in events if "loaded" in e.get("log_format", "")]
+
+
+def test_the_intermediate_goes_out_after_the_leaf(tmp_path):
+    # a client that verifies needs the certificate that signed the leaf;
+    # certbot's fullchain.pem carries it, and the server must pass it on
+    factory = tls.ReloadingTLS(*pair(tmp_path), Clock())
+    server = SSL.Connection(factory.getContext(), None)
+    server.set_accept_state()
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    for _ in range(20):
+        for this, other in ((client, server), (server, client)):
+            try:
+                this.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(this.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+    chain = client.get_peer_cert_chain(as_cryptography=True)
+    assert [c.subject.rfc4514_string() for c in chain] == [
+        "CN=mail.example.org", "CN=Test Intermediate"]
+
+
+def test_sessions_last_as_long_as_the_ticket_keys(tmp_path):
+    # OpenSSL's own default (300 s) would end a resumable session long
+    # before its ticket key; the renewed context keeps the same timeout
+    clock = Clock()
+    factory = tls.ReloadingTLS(*pair(tmp_path), clock)
+    assert factory.getContext().get_timeout() == int(tls.TICKET_KEY_LIFETIME)
+    clock.advance(tls.TICKET_KEY_LIFETIME)
+    assert factory.getContext().get_timeout() == int(tls.TICKET_KEY_LIFETIME)
+
+
+def test_the_files_are_looked_at_once_per_interval(tmp_path):
+    # two stat calls per CHECK_INTERVAL, not per connection: a change made
+    # just after a look waits for the next one
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first  # looked: nothing new
+    clock.advance(1)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    clock.advance(tls.CHECK_INTERVAL - 2)
+    assert serial_served(factory) == first
+    clock.advance(1)
+    assert serial_served(factory) != first
+
+
+def test_a_renewal_is_loaded_and_said_once(tmp_path, events):
+    # the log line names the new leaf's end (not its intermediate's), and
+    # the files, unchanged since, are not loaded again at the next looks
+    factory, clock, _, cert = renewed(tmp_path)
+    leaf = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    for _ in range(3):
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == leaf.serial_number
+    (line,) = _loaded(events)
+    assert line["until"] == leaf.not_valid_after_utc
+
+
+def test_new_ticket_keys_after_a_sighup_keep_the_new_pair(tmp_path):
+    # the keys are renewed by making a context from the pair in use: the
+    # one SIGHUP took, not the one the hub started with; and the new
+    # context's keys serve their full lifetime from the reload on
+    factory, clock, first, _ = renewed(tmp_path)
+    clock.advance(tls.TICKET_KEY_LIFETIME / 2)
+    assert factory.reload() is True
+    second = serial_served(factory)
+    assert second != first
+    client = _client()
+    session, _ = _connect(factory, client)
+    clock.advance(tls.TICKET_KEY_LIFETIME / 2)  # the start's keys would be due here
+    assert _connect(factory, client, session)[1]
+    clock.advance(tls.TICKET_KEY_LIFETIME / 2)
+    assert not _connect(factory, client, session)[1]  # the reload's keys were due
+    assert serial_served(factory) == second
+
+
+def test_failure_says_why_only_while_the_pair_on_disk_cannot_serve(tmp_path):
+    # the SIGHUP line reads it: None at the start and after a good reload
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    assert factory.failure is None
+    other_cert, other_key = pair(tmp_path / "other")
+    os.replace(other_cert, cert)  # the certificate renewed, its key not yet
+    assert factory.reload() is False
+    assert "does not belong" in factory.failure
+    os.replace(other_key, key)
+    assert factory.reload() is True
+    assert factory.failure is None
+
+
+def test_without_a_clock_the_monotonic_one_serves(tmp_path):
+    # the listeners pass none: time.monotonic, which a wall-clock step
+    # (NTP at boot) cannot move back
+    cert, key = pair(tmp_path)
+    factory = tls.ReloadingTLS(cert, key)
+    assert serial_served(factory) == serial_served(factory)
+    before = time.monotonic()
+    assert before <= factory._now() <= time.monotonic()
