@@ -235,8 +235,11 @@ class GroupCommitTests(SynchronousTestCase):
         mine = s.sync_file("/c")
         self.threads.run_all()
         self.successResultOf(mine)
+        self.assertEqual(spy.calls, [("fsync", "/a"), ("fsync", "/c")])  # never /b here
+        self.assertNoResult(waiting)
         self.successResultOf(s.stop())
         self.assertNoResult(in_flight)
+        self.assertNoResult(parents_stop)  # the child's idle is not the parent's
 
     def test_a_forked_child_does_not_wait_for_the_parents_call_jobs(self):
         # a copy into a Maildir (call()) under way at the fork is the
@@ -266,6 +269,18 @@ class GroupCommitTests(SynchronousTestCase):
             self.successResultOf(mine)
             self.assertEqual(s._in_flight, 0)
         self.successResultOf(s.stop())
+
+    def test_a_fork_in_a_stop_callback_leaves_the_other_waiters_to_the_parent(self):
+        # two stop()s wait for the same batch; the first one's caller forks
+        # when it fires: the second is the parent's, never fired in the child
+        SyscallSpy(self)
+        s = self.syncer("fsync")
+        s.sync_file("/a")
+        first, second = s.stop(), s.stop()
+        first.addCallback(lambda _: s._forked())
+        self.threads.run_all()
+        self.successResultOf(first)
+        self.assertNoResult(second)
 
     def test_every_syncer_is_known_to_the_fork_hook(self):
         s = self.syncer("fsync")
@@ -461,6 +476,21 @@ class RealThreadTests(TestCase):
         self.assertNoResult(ds[1])  # the parent's
         w._lock.acquire()  # held by a thread that is not in the child
         f(*args)  # returns at once
+
+    def test_a_forked_syncer_abandons_its_pool(self):
+        # the wake-up the parent's worker had queued runs in the child:
+        # the syncer's pool must be the abandoned one, or the parent's
+        # call() fires there
+        r = ThreadCallRecorder()
+        s = Syncer(r, method="fsync", threads=1)
+        parents = s.call(lambda: 5)
+        pool = s._pool
+        pool.stop()  # the job has run; its wake-up waits for the reactor
+        s._forked()
+        f, args = r.calls[0]
+        f(*args)
+        self.assertNoResult(parents)
+        self.assertIsNone(s._pool)
 
     @defer.inlineCallbacks
     def test_real_error_reaches_the_caller(self):
@@ -724,6 +754,36 @@ class SyncThenTests(SynchronousTestCase):
                                      ("fsync", "/md/new"), ("settle", "4"), ("settle", "5")])
         self.assertEqual([self.successResultOf(d) for d in ds],
                          [("settled", "4"), ("settled", "5")])
+
+    def test_a_fork_in_a_publications_callback_leaves_the_rest_to_the_parent(self):
+        # as for plain requests: the other publications of the batch are
+        # the parent's once a caller's callback has forked
+        spy = SyscallSpy(self)
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        s.sync_file("/busy")  # keeps the syncer busy: the next two share a batch
+        first, second = (s.sync_then(fd, Publication(spy.calls, name=str(fd)))
+                         for fd in (4, 5))
+        first.addCallback(lambda _: s._forked())
+        self.threads.run_all()
+        self.threads.run_all()
+        self.assertEqual(self.successResultOf(first), None)
+        self.assertNoResult(second)
+        self.assertEqual(s._in_flight, 0)
+
+    def test_a_batch_job_that_raises_fails_each_of_its_requests(self):
+        # _Batch.run raising is a bug; every request of the batch hears of
+        # it, and stop() is not kept waiting for them
+        spy = SyscallSpy(self)
+        self.patch(sync._Batch, "run", lambda batch: 1 / 0)
+        s = Syncer(None, method="fsync", run_in_thread=self.threads)
+        plain = s.sync_file("/busy")  # keeps the syncer busy: the next two share a batch
+        ds = [s.sync_file("/a"), s.sync_then(4, Publication(spy.calls))]
+        self.threads.run_all()
+        self.successResultOf(plain)  # one request alone is no _Batch
+        self.threads.run_all()
+        for d in ds:
+            self.failureResultOf(d, ZeroDivisionError)
+        self.successResultOf(s.stop())
 
     def test_a_failed_target_is_never_published(self):
         error = OSError(5, "I/O error")
