@@ -416,6 +416,20 @@ def test_the_submitter_is_the_authenticated_login_unless_the_client_says_otherwi
     assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=alice@example.net") is None
 
 
+def test_a_utf8_login_naming_itself_in_an_smtputf8_transaction_is_the_submitter():
+    # RFC 6531 3.3: in an SMTPUTF8 transaction AUTH= may carry UTF-8
+    # (xtext-encoded octets); a user whose name is not ASCII asserts
+    # itself as any other
+    jorg = Address("j\u00f6rg", "example.org")
+    d = Driver(session=loopback())
+    plain = b64(chr(0) + str(jorg) + chr(0) + "secret")
+    d.send(f"EHLO c\r\nAUTH PLAIN {plain}\r\n")
+    assert d.session.authenticated_as == jorg
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=j+C3+B6rg@example.org SMTPUTF8") == (
+        jorg)
+    assert _submitter(d, "MAIL FROM:<alice@example.org> AUTH=j+C3+B6rg@x.test SMTPUTF8") is None
+
+
 def test_an_unauthenticated_clients_auth_parameter_is_never_trusted():
     # RFC 4954 5: "MUST behave as if the AUTH=<> parameter was supplied",
     # from relay_networks as from anywhere
