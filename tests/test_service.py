@@ -450,13 +450,18 @@ def test_the_sighup_notice_gives_the_old_handler_back_at_stop() -> None:
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -> None:
-    from txmailhub.service import StartError
-
+def quiet_settings(tmp_path: Path):
+    """Settings of a hub with no listener at all, its state under ``tmp_path``."""
     config = tmp_path / "hub.toml"
     config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                       '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    settings = load_text(config.read_text(), str(config))
+    return load_text(config.read_text(), str(config))
+
+
+def test_one_hub_per_state_directory_at_start_and_after_a_stop(tmp_path: Path) -> None:
+    from txmailhub.service import StartError
+
+    settings = quiet_settings(tmp_path)
     first = MailHub(settings, reactor=MemoryReactorClock())
     second = MailHub(settings, reactor=MemoryReactorClock())  # built: not an error yet
     second.check_state_dir()  # built, not started: nobody holds the state directory
@@ -529,10 +534,7 @@ def test_a_start_that_fails_part_way_leaves_nothing_running(tmp_path: Path,
 def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_path: Path) -> None:
     from txmailhub.service import StartError
 
-    config = tmp_path / "hub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    settings = load_text(config.read_text(), str(config))
+    settings = quiet_settings(tmp_path)
     spool = Path(settings.spool_dir)
     spool.mkdir(parents=True)
     left = spool / "1234-1-deadbeef"  # a message a crash left unanswered
@@ -576,10 +578,7 @@ def test_a_quick_restart_keeps_the_state_directory(tmp_path: Path) -> None:
     # and clean up its spool files in progress as a crash's leftovers.
     from txmailhub.service import StartError
 
-    config = tmp_path / "hub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    settings = load_text(config.read_text(), str(config))
+    settings = quiet_settings(tmp_path)
     hub = MailHub(settings, reactor=MemoryReactorClock())
     real = hub.components.syncer
     slow = hub._storage.syncer = _SlowStop(real)
