@@ -19,6 +19,7 @@ from txmailhub.config import load_text
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay.attempt import DeliveryAgent, DeliveryResult, read_credentials
+from txmailhub.relay.auth_param_memory import MAX_AGE, AuthParamMemory
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.record import QueueEntry
 from txmailhub.smtp.reply import LocalReply, Reply
@@ -459,7 +460,9 @@ def deliver_logged(net, a, e):
 
 
 @pytest.mark.parametrize("refusal", [b"555 5.5.4 AUTH parameter not recognized\r\n",
-                                     b"501 5.5.4 syntax error in parameters\r\n"])
+                                     b"501 5.5.4 syntax error in parameters\r\n",
+                                     # RFC 3463 X.5.4: "invalid command arguments"
+                                     b"553 5.5.4 invalid AUTH parameter\r\n"])
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_a_refused_auth_parameter_is_dropped_and_the_mail_delivered(tmp_path, refusal,
                                                                     pipelining):
@@ -476,21 +479,103 @@ def test_a_refused_auth_parameter_is_dropped_and_the_mail_delivered(tmp_path, re
     assert b"AUTH=" not in mails[1] and b"RSET" not in server.commands
     [(mail, rcpts, _)] = server.messages
     assert mail == mails[1] and rcpts == [b"bob@remote.test", b"carol@remote.test"]
-    # logged once, naming the host
+    # logged once, naming the host, which is remembered
     assert logged == [f"ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused AUTH= on MAIL "
-                      f"({refusal.decode().strip()}); MAIL sent again without it"]
+                      f"({refusal.decode().strip()}); MAIL sent again without it, and "
+                      f"without it to mx1.remote.test port 25 for 24 hours"]
 
 
-def test_a_sender_refusal_is_not_retried_without_auth_parameter(tmp_path):
-    # 550 refuses the sender, not the parameter: it stands
+@pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused\r\n",
+                                     b"553 5.1.8 sender domain unknown\r\n"])
+def test_a_sender_refusal_is_not_retried_without_auth_parameter(tmp_path, refusal):
+    # a policy (X.7.x) or address (X.1.x) refusal is about the sender,
+    # not the parameter: it stands, and nothing is remembered
     a, net, _ = agent(tmp_path)
-    refusal = b"550 5.7.1 sender refused\r\n"
     net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(refusal)
-    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
-    assert [(r.kind, r.reply.text()) for r in results] == [
-        ("permanent", "550 5.7.1 sender refused")]
-    assert len([c for c in net.server_protocols[0].commands if c.startswith(b"MAIL")]) == 1
-    assert logged == []
+    for _ in range(2):
+        results, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+        assert [(r.kind, r.reply.text()) for r in results] == [
+            ("permanent", refusal.decode().strip())]
+        mails = [c for c in net.server_protocols[-1].commands if c.startswith(b"MAIL")]
+        assert len(mails) == 1 and b" AUTH=alice@example.org" in mails[0]
+        assert logged == []
+
+
+AUTH_REFUSAL = b"555 5.5.4 AUTH parameter not recognized\r\n"
+
+
+def mail_commands(server):
+    return [c for c in server.commands if c.startswith(b"MAIL")]
+
+
+def test_a_host_that_refused_auth_parameter_gets_none_for_a_day(tmp_path):
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(AUTH_REFUSAL)
+    e = entry(tmp_path, BOB, submitter=ALICE)
+    results, logged = deliver_logged(net, a, e)
+    assert [r.kind for r in results] == ["delivered"] and len(logged) == 1
+    assert len(mail_commands(net.server_protocols[-1])) == 2
+    # the next sessions to that host: no AUTH=, no refused MAIL, no log line
+    for wait in (60.0, MAX_AGE - 61):
+        clock.advance(wait)
+        results, logged = deliver_logged(net, a, e)
+        assert [r.kind for r in results] == ["delivered"] and logged == []
+        [mail] = mail_commands(net.server_protocols[-1])
+        assert b"AUTH=" not in mail
+        assert net.server_protocols[-1].messages[0][0] == mail
+    # the time is up: AUTH= again (the host may have changed its mind); this
+    # one still refuses it, and is remembered (and logged) anew
+    clock.advance(1)
+    results, logged = deliver_logged(net, a, e)
+    assert [r.kind for r in results] == ["delivered"] and len(logged) == 1
+    first, second = mail_commands(net.server_protocols[-1])
+    assert first.endswith(b" AUTH=alice@example.org") and b"AUTH=" not in second
+
+
+def test_a_host_that_refused_auth_parameter_and_took_it_later(tmp_path):
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(AUTH_REFUSAL)
+    e = entry(tmp_path, BOB, submitter=ALICE)
+    deliver_logged(net, a, e)
+    clock.advance(MAX_AGE)
+    offers = ("PIPELINING", "SIZE 1000000", "AUTH PLAIN LOGIN")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=offers)
+    [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert r.kind == "delivered"
+    [mail] = mail_commands(net.server_protocols[-1])
+    assert mail.endswith(b" AUTH=alice@example.org")
+
+
+def test_another_host_still_gets_auth_parameter(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(AUTH_REFUSAL)
+    offers = ("PIPELINING", "SIZE 1000000", "AUTH PLAIN LOGIN")
+    net.servers[("192.0.2.50", 25)] = lambda: ScriptedSMTPServer(extensions=offers)
+    deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+    [r] = run(net, a.deliver(entry(tmp_path, DAVE, submitter=ALICE), "other.test", [DAVE]))
+    assert r.kind == "delivered" and net.connections[-1] == ("192.0.2.50", 25)
+    [mail] = mail_commands(net.server_protocols[-1])
+    assert mail.endswith(b" AUTH=alice@example.org")
+
+
+def test_the_memory_of_hosts_refusing_auth_parameter_is_bounded(tmp_path):
+    # room for one host: remembering a second forgets the first, which
+    # then gets AUTH= again (and refuses it again: a refused MAIL, a log line)
+    clock = Clock()
+    memory = AuthParamMemory(clock, max_hosts=1)
+    a, net = _agent_with(tmp_path, auth_param_memory=memory, clock=clock)
+    assert a.auth_param_refusers is memory
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(AUTH_REFUSAL)
+    net.servers[("192.0.2.50", 25)] = lambda: RefusesAuthParameter(AUTH_REFUSAL)
+    bob, dave = entry(tmp_path, BOB, submitter=ALICE), entry(tmp_path, DAVE, submitter=ALICE)
+    assert len(deliver_logged(net, a, bob)[1]) == 1
+    assert memory.refuses("mx1.remote.test", 25)
+    [r] = run(net, a.deliver(dave, "other.test", [DAVE]))
+    assert r.kind == "delivered" and len(mail_commands(net.server_protocols[-1])) == 2
+    assert len(memory) == 1 and memory.refuses("other.test", 25)
+    results, logged = deliver_logged(net, a, bob)
+    assert [r.kind for r in results] == ["delivered"] and len(logged) == 1
+    assert len(mail_commands(net.server_protocols[-1])) == 2
 
 
 def test_a_refused_retry_without_auth_parameter_gives_its_own_reply(tmp_path):
@@ -502,7 +587,13 @@ def test_a_refused_retry_without_auth_parameter_gives_its_own_reply(tmp_path):
     assert [(r.kind, r.reply.text()) for r in results] == [
         ("permanent", "553 5.1.8 sender domain unknown")]
     assert len([c for c in net.server_protocols[0].commands if c.startswith(b"MAIL")]) == 2
-    assert len(logged) == 1
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused AUTH= on MAIL "
+                      "(555 5.5.4 AUTH parameter not recognized); MAIL sent again without it"]
+    # the MAIL without it was refused too: nothing shows AUTH= was the
+    # trouble, and the host is not remembered -- the next session sends it
+    assert len(a.auth_param_refusers) == 0
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+    assert len(mail_commands(net.server_protocols[-1])) == 2 and len(logged) == 1
 
 
 def test_no_auth_parameter_and_no_retry_to_a_server_without_auth(tmp_path):
@@ -927,8 +1018,8 @@ def test_a_host_that_answers_again_is_healthy_again(tmp_path):
     assert a.mx.health.is_failed("mx2.remote.test")
 
 
-def _agent_with(tmp_path, relay="", **kw):
-    clock = Clock()
+def _agent_with(tmp_path, relay="", clock=None, **kw):
+    clock = clock or Clock()
     s = settings(tmp_path, relay)
     mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
                     rng=random.Random(0))

@@ -459,7 +459,13 @@ MAIL_WITHOUT_AUTH = b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
                                      b"501 5.5.4 syntax error in parameters",
                                      b"504 5.5.4 command parameter not implemented",
                                      b"500 5.5.6 line too long",
-                                     b"455 4.5.4 cannot accommodate parameters"])
+                                     b"455 4.5.4 cannot accommodate parameters",
+                                     # RFC 3463 X.5.4 "invalid command arguments"
+                                     # and X.5.2 "syntax error", whatever the code
+                                     b"553 5.5.4 invalid AUTH parameter",
+                                     b"550 5.5.4 unrecognized argument",
+                                     b"550 5.5.2 syntax error",
+                                     b"451 4.5.4 invalid arguments"])
 def test_auth_parameter_refused_sends_mail_again_without_it(refusal):
     # AUTH= is advisory (RFC 4954 5 says a server should ignore what it
     # does not trust): a server offering AUTH that refuses the parameter
@@ -477,6 +483,7 @@ def test_auth_parameter_refused_sends_mail_again_without_it(refusal):
     s.body_sent()
     assert sent(s.receive(b"250 2.0.0 queued\r\n")) == b"QUIT\r\n"
     assert [r.kind for r in s.outcome.recipients] == ["delivered"]
+    assert s.accepted_without_auth_param  # what the agent remembers the host by
 
 
 def test_a_refused_retry_without_auth_parameter_is_the_outcome():
@@ -487,6 +494,7 @@ def test_a_refused_retry_without_auth_parameter_is_the_outcome():
     assert sent(s.receive(b"555 5.5.4 AUTH unknown\r\n")) == MAIL_WITHOUT_AUTH
     assert sent(s.receive(b"501 5.5.4 still no\r\n")) == b"QUIT\r\n"
     assert [r.reply.text() for r in s.outcome.recipients] == ["501 5.5.4 still no"] * 2
+    assert not s.accepted_without_auth_param  # AUTH= was not (only) the trouble
     s = session(submitter=ALICE)
     s.receive(b"220 hi\r\n")
     s.receive(EHLO_AUTH_PLAIN)
@@ -497,7 +505,12 @@ def test_a_refused_retry_without_auth_parameter_is_the_outcome():
 
 @pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused", b"553 5.1.8 bad sender",
                                      b"530 5.7.0 authentication required",
-                                     b"451 4.3.0 try later"])
+                                     b"451 4.3.0 try later",
+                                     # policy (X.7.x) and address (X.1.x) refusals
+                                     # stand, whatever the basic code
+                                     b"553 5.1.7 bad sender address syntax",
+                                     b"554 5.7.1 access denied",
+                                     b"452 4.5.3 too many recipients"])
 def test_a_refusal_of_the_sender_is_not_retried_without_auth_parameter(refusal):
     # only a refusal of the parameters is about AUTH=; a 550 refuses the
     # sender, and a 4yz leaves the mail queued for a later attempt
@@ -520,6 +533,21 @@ def test_no_retry_without_auth_parameter_when_none_was_sent():
     assert s.outcome.recipients[0].reply.code == 555
 
 
+def test_no_auth_parameter_to_a_server_known_to_refuse_it():
+    # the agent remembers next hops that refused AUTH=: a session to one
+    # leaves it off (no refused MAIL, no extra round trip), and a refusal of
+    # the parameters is then the MAIL's answer
+    s = session(submitter=ALICE, auth_param=False)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_AUTH_PLAIN)) == MAIL_WITHOUT_AUTH
+    assert sent(s.receive(b"555 5.5.4 SIZE not recognized\r\n")) == b"QUIT\r\n"
+    assert s.auth_param_refused is None and not s.accepted_without_auth_param
+    s = session(submitter=ALICE, auth_param=False, credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")
+    assert sent(s.receive(b"235 2.7.0 ok\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
+
+
 def test_pipelined_auth_parameter_refused_sends_the_batch_again_without_it():
     # the RCPTs and DATA sent with the refused MAIL are answered first
     # (503: no transaction), then MAIL, RCPTs and DATA go again
@@ -536,6 +564,7 @@ def test_pipelined_auth_parameter_refused_sends_the_batch_again_without_it():
     s.body_sent()
     s.receive(b"250 2.0.0 queued\r\n")
     assert [r.kind for r in s.outcome.recipients] == ["delivered", "delivered"]
+    assert s.accepted_without_auth_param
 
 
 def test_pipelined_retry_without_auth_parameter_refused_too():
@@ -547,6 +576,7 @@ def test_pipelined_retry_without_auth_parameter_refused_too():
     reply = b"555 5.5.4 SIZE not recognized\r\n503 need MAIL\r\n503 need MAIL\r\n"
     assert sent(s.receive(reply)) == b"QUIT\r\n"
     assert s.outcome.recipients[0].reply.text() == "555 5.5.4 SIZE not recognized"
+    assert s.auth_param_refused is not None and not s.accepted_without_auth_param
 
 
 def test_pipelined_auth_parameter_refused_but_data_accepted():

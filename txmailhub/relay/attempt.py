@@ -8,7 +8,9 @@ step on an injected clock, TLS (STARTTLS, or implicit TLS for a port-465
 smarthost; verified with service_identity or opportunistic), remembering
 which MX hosts offered TLS (``txmailhub.relay.tls_memory``, kept across
 restarts; a later session without it is a downgrade: logged, or refused
-with ``[relay] require_tls_after_seen``), AUTH
+with ``[relay] require_tls_after_seen``), which next hops refuse
+RFC 4954's ``AUTH=`` on MAIL (``txmailhub.relay.auth_param_memory``, in
+memory for a day: MAIL to them leaves it off), AUTH
 credentials from ``[relay] smarthost_auth_file`` (never logged), and
 streaming the message from disk with a producer (CRLF line ends and
 dot-stuffing per chunk; for a server without 8BITMIME, the 7-bit copy
@@ -46,6 +48,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, canonical_domain
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay import mime7bit
+from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
 from txmailhub.relay.queue import inline_io
 from txmailhub.relay.record import QueueEntry
@@ -415,14 +418,17 @@ class DeliveryAgent:
     (default: the reactor's thread pool when ``clock`` provides
     ``IReactorThreads``, else at once); ``tls_memory`` is the
     ``TLSMemory`` of hosts seen offering STARTTLS (default: the one in
-    ``state_dir/relay/``, loaded now)."""
+    ``state_dir/relay/``, loaded now); ``auth_param_memory`` the
+    ``AuthParamMemory`` of next hops that refuse ``AUTH=`` on MAIL
+    (default: a new one on ``clock``)."""
 
     def __init__(self, settings: Any, mx: Any, clock: Any,
                  endpoint: Callable[[str, int], Any] | None = None,
                  trust_root: Any = None,
                  tls_options: Callable[[str, bool], Any] | None = None,
                  run_blocking: Callable[..., defer.Deferred] | None = None,
-                 tls_memory: TLSMemory | None = None) -> None:
+                 tls_memory: TLSMemory | None = None,
+                 auth_param_memory: AuthParamMemory | None = None) -> None:
         self.settings = settings
         self.relay = settings.relay
         self.mx = mx
@@ -441,6 +447,9 @@ class DeliveryAgent:
                                    self.run_blocking)
             tls_memory.load()
         self.tls_seen = tls_memory
+        if auth_param_memory is None:  # (an empty one is falsy: no "or" here)
+            auth_param_memory = AuthParamMemory(clock)
+        self.auth_param_refusers = auth_param_memory
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         if verify:
@@ -629,6 +638,8 @@ class DeliveryAgent:
             credentials=credentials,
             # RFC 4954 5: AUTH=<mailbox> or AUTH=<> to a server offering AUTH
             submitter=entry.envelope.submitter,
+            # not to a next hop that refused it lately: no refused MAIL again
+            auth_param=not self.auth_param_refusers.refuses(mxhost.name, port),
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,
@@ -657,13 +668,7 @@ class DeliveryAgent:
             outcome = yield proto.done
         finally:
             self._sessions.discard(proto)
-        refused = session.auth_param_refused
-        if refused is not None:
-            # RFC 4954 5 says such a server should ignore AUTH=; this one
-            # did not, and the MAIL went again without it (once a session)
-            log.info("{queue_id}: {host} refused AUTH= on MAIL ({reply}); MAIL sent again "
-                     "without it", queue_id=entry.id, host=where(mxhost.name, address),
-                     address=address, reply=refused.text())
+        self._note_auth_param(entry, session, mxhost.name, address, port)
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome
@@ -681,6 +686,29 @@ class DeliveryAgent:
 
     def resume(self) -> None:
         self.stopped = False
+
+    def _note_auth_param(self, entry: QueueEntry, session: ClientSession, name: str,
+                         address: str, port: int) -> None:
+        """Log a refusal of ``AUTH=`` and remember the host that made it.
+
+        RFC 4954 5 says a server that does not trust ``AUTH=`` should ignore
+        it; this one refused it, and the MAIL went again without it (once a
+        session).  Only when that MAIL was accepted is ``AUTH=`` shown to be
+        the trouble: then the host is remembered (logged once, when it is
+        new), and its next sessions leave ``AUTH=`` off."""
+        refused = session.auth_param_refused
+        if refused is None:
+            return
+        fields = dict(queue_id=entry.id, host=where(name, address), address=address,
+                      reply=refused.text())
+        if not session.accepted_without_auth_param:
+            log.info("{queue_id}: {host} refused AUTH= on MAIL ({reply}); MAIL sent again "
+                     "without it", **fields)
+        elif self.auth_param_refusers.remember(name, port):
+            log.info("{queue_id}: {host} refused AUTH= on MAIL ({reply}); MAIL sent again "
+                     "without it, and without it to {name} port {port} for {hours:g} hours",
+                     name=name, port=port, hours=self.auth_param_refusers.max_age / 3600,
+                     **fields)
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
         if outcome.tls_offered or outcome.tls:

@@ -40,6 +40,7 @@ from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
 
 __all__ = [
     "TIMEOUTS",
+    "refuses_parameters",
     "Close",
     "ClientSession",
     "Phase",
@@ -99,6 +100,22 @@ MAX_AUTH_PARAM = 500
 # as it is, it would refuse AUTH= at every attempt until the message
 # bounced.  AUTH= is advisory: the MAIL goes again without it (``_on_mail``).
 AUTH_PARAM_REFUSALS = frozenset({455, 500, 501, 504, 555})
+# The same, told by the RFC 3463 enhanced status whatever the basic code
+# (a "553 5.5.4"): X.5.4 "invalid command arguments" ("unrecognized
+# features") and X.5.2 "syntax error" -- the subject X.5 is the protocol,
+# not the sender.  Policy (X.7.x) and address (X.1.x) refusals stand.
+AUTH_PARAM_STATUSES = frozenset({"5.2", "5.4"})
+
+
+def refuses_parameters(reply: Reply) -> bool:
+    """Whether ``reply``, to a MAIL carrying ``AUTH=``, plausibly refuses
+    its parameters rather than its sender (a 421 is the server closing)."""
+    if reply.code == 421 or reply.is_positive:
+        return False
+    if reply.code in AUTH_PARAM_REFUSALS:
+        return True
+    status = reply.status
+    return status is not None and status.partition(".")[2] in AUTH_PARAM_STATUSES
 
 # RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
 TIMEOUTS: dict[Phase, float] = {
@@ -180,7 +197,9 @@ class ClientSession:
     password)`` pair for AUTH, or ``None``.  ``size`` is the message size
     in octets as sent (CRLF lines).  ``submitter`` is the mailbox the hub
     vouches for as the message's submitter (RFC 4954 5), ``None`` when
-    nobody is: it goes as ``AUTH=`` on MAIL to a server that offers AUTH."""
+    nobody is: it goes as ``AUTH=`` on MAIL to a server that offers AUTH,
+    unless ``auth_param`` is false: the caller knows this next hop refuses
+    the parameter, and a refused MAIL would cost a round trip."""
 
     def __init__(
         self,
@@ -196,6 +215,7 @@ class ClientSession:
         tls_active: bool = False,
         credentials: tuple[str, str] | None = None,
         submitter: Address | None = None,
+        auth_param: bool = True,
     ) -> None:
         if tls not in ("require", "opportunistic", "none"):
             raise ValueError(f"unknown TLS policy {tls!r}")
@@ -221,6 +241,7 @@ class ClientSession:
         self.tls_active = tls_active
         self.credentials = credentials
         self.submitter = submitter
+        self.auth_param = auth_param
         self.phase = Phase.GREETING
         self.extensions: dict[str, str] = {}
         self.tls_offered = False
@@ -235,9 +256,12 @@ class ClientSession:
         self._mail_reply: Reply | None = None
         # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
         # and the reply that refused it (then the MAIL went again without
-        # it, once per session; the adapter logs it)
+        # it, once per session; the adapter logs it), and whether that MAIL
+        # without it was accepted: then AUTH= alone was the trouble, and the
+        # adapter remembers the host
         self._auth_param_sent = False
         self.auth_param_refused: Reply | None = None
+        self.accepted_without_auth_param = False
         # complete replies read so far: the adapter restarts its timeout on
         # each one, not on every byte (a server that trickles one byte at a
         # time must not hold a delivery for ever)
@@ -520,7 +544,8 @@ class ClientSession:
                 value = xtext_encode(envid)
                 if len(value) <= MAX_ENVID:
                     params.append(f"ENVID={value}")
-        self._auth_param_sent = "AUTH" in ext and self.auth_param_refused is None
+        self._auth_param_sent = (self.auth_param and "AUTH" in ext
+                                 and self.auth_param_refused is None)
         if self._auth_param_sent:
             params.append("AUTH=" + self._auth_value(utf8))
         path = "" if self.sender is None else self._path(self.sender)
@@ -599,7 +624,7 @@ class ClientSession:
             # will be answered, and its words are the session's outcome
             return self._fail_session(reply)
         if not reply.is_positive:
-            if self._auth_param_sent and reply.code in AUTH_PARAM_REFUSALS:
+            if self._auth_param_sent and refuses_parameters(reply):
                 # the server offered AUTH but refuses the parameter: a
                 # refused MAIL opens no transaction (RFC 5321 4.1.1.2), so
                 # MAIL goes again at once, without AUTH=; pipelined, once
@@ -614,6 +639,8 @@ class ClientSession:
             if reply.is_transient:
                 return self._fail_session(reply)
             return self._fail_all(reply)
+        if self.auth_param_refused is not None:
+            self.accepted_without_auth_param = True
         if self._pipelined:
             self.phase = Phase.RCPT
             return []
