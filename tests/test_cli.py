@@ -676,3 +676,21 @@ def test_a_password_pop3_pass_cannot_carry_is_taken_with_a_warning(config: Path)
     assert (code, out) == (0, "added alice@example.org\n")
     assert err == ("warning: the password is 252 octets in UTF-8 and POP3 USER/PASS carries "
                    "at most 248: the user must log in with AUTH PLAIN\n")
+
+
+def test_user_add_stores_the_prepared_password(config: Path) -> None:
+    # RFC 8265: the hash is of the NFC form with plain spaces, so a client
+    # that composes the accents differently still logs in
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    enforce(config)
+    typed = "cre\u0300me\u00a0bru\u0302le\u0301e-42"  # decomposed, a no-break space
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=typed + "\n") == (
+        0, "added alice@example.org\n", "")
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.check_password(Address("alice", "example.org"), "cr\u00e8me br\u00fbl\u00e9e-42")
+    # a control character can never be prepared, whatever the policy
+    assert run(config, "user", "passwd", "alice", "--password-stdin", "--allow-weak",
+               stdin="tab\there-vbmk-42\n") == (
+        2, "", "mailhub: the password has a control character in it (U+0009)\n")

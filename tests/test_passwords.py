@@ -159,14 +159,36 @@ def test_the_users_file_applies_the_policy_and_the_override(tmp_path: Path) -> N
         assert not isinstance(info.value, WeakPassword)
 
 
-def test_the_hash_is_of_the_password_as_typed(tmp_path: Path) -> None:
-    # the check normalises only to count; the hash is unchanged, so every
-    # password set before the policy keeps matching
+def test_the_hash_is_of_the_prepared_password(tmp_path: Path) -> None:
+    # RFC 8265 OpaqueString: the hash holds the NFC form with plain spaces,
+    # so a login however the client composes the accents matches
+    from txmailhub.users import verify_password
+
     db = UsersDB(str(tmp_path / "users"), "example.org")
-    decomposed = unicodedata.normalize("NFD", DESSERT + "-tart")
+    decomposed = unicodedata.normalize("NFD", DESSERT + "\u00a0tart")
     db.add("alice", decomposed)
-    assert db.check_password(ALICE, decomposed)
-    assert not db.check_password(ALICE, unicodedata.normalize("NFC", decomposed))
+    stored = db.get(ALICE)
+    assert stored is not None
+    assert verify_password(DESSERT + " tart", stored.password_hash)
+    assert not verify_password(decomposed, stored.password_hash)
+    for sent in (decomposed, DESSERT + " tart", DESSERT + "\u00a0tart",
+                 unicodedata.normalize("NFD", DESSERT) + "\u2002tart"):
+        assert db.check_password(ALICE, sent), ascii(sent)
+    assert not db.check_password(ALICE, DESSERT + "tart")
+
+
+def test_the_policy_judges_the_prepared_form(tmp_path: Path) -> None:
+    db = UsersDB(str(tmp_path / "users"), "example.org",
+                 password_policy=PasswordPolicy(min_length=12))
+    # 14 code points as typed, 11 prepared: too short for 12, as stored
+    with pytest.raises(WeakPassword, match="11 characters"):
+        db.add("alice", unicodedata.normalize("NFD", DESSERT))
+    # refused by preparation whatever the override: it could never be stored
+    for refused in ("tab\there-qx7-vbmk", "zero\u200bwidth-qx7-vbmk"):
+        with pytest.raises(UsersFileError) as info:
+            db.add("alice", refused, allow_weak=True)
+        assert not isinstance(info.value, WeakPassword)
+    assert not (tmp_path / "users").exists()
 
 
 def test_users_set_before_the_policy_keep_their_passwords(tmp_path: Path) -> None:
@@ -217,3 +239,4 @@ def test_every_label_but_the_last_counts() -> None:
     assert refusal("tqz-mail-vbmk", bob) == (
         "the password contains a part of the domain name (mail)")
     assert refusal("tqz-net-vbmk-wr", bob) == ""
+

@@ -574,3 +574,95 @@ def test_a_users_file_behind_a_folder_that_cannot_be_searched_is_unavailable(
     said = [e for e in log_events if "cannot be read" in e.get("log_format", "")]
     assert len(said) == 1, said
     assert not [e for e in log_events if e.get("log_failure")]
+
+
+# --- prepared passwords (RFC 8265 OpaqueString) --------------------------
+
+COMPOSED = "cr\u00e8me-br\u00fbl\u00e9e"
+DECOMPOSED = "cre\u0300me-bru\u0302le\u0301e"
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every password form the users file runs scrypt over, in order."""
+    from txmailhub import users
+
+    calls: list[str] = []
+    real = users.verify_password
+
+    def spy(password: str, encoded: str) -> bool:
+        calls.append(password)
+        return real(password, encoded)
+
+    monkeypatch.setattr(users, "verify_password", spy)
+    return calls
+
+
+def test_a_login_in_another_normal_form_matches_once(db: UsersDB,
+                                                     scrypt_calls: list[str]) -> None:
+    db.add("alice", COMPOSED)
+    alice = Address("alice", "example.org")
+    assert db.check_password(alice, DECOMPOSED)
+    assert scrypt_calls == [COMPOSED]  # the prepared form matched: no second check
+    scrypt_calls.clear()
+    assert db.check_password(alice, COMPOSED) and scrypt_calls == [COMPOSED]
+
+
+def test_an_already_prepared_wrong_password_costs_one_check(db: UsersDB,
+                                                            scrypt_calls: list[str]) -> None:
+    db.add("alice", COMPOSED)
+    assert not db.check_password(Address("alice", "example.org"), "wrong-password")
+    assert scrypt_calls == ["wrong-password"]
+
+
+def test_hashes_made_before_preparation_keep_matching(db: UsersDB,
+                                                      scrypt_calls: list[str]) -> None:
+    # written as the hub wrote them before: the password exactly as typed
+    Path(db.path).write_text(f"alice@example.org {hash_password(DECOMPOSED)}\n"
+                             f"bob@example.org {hash_password('tab' + chr(9) + 'pw')}\n"
+                             f"carol@example.org {hash_password('no' + chr(0xA0) + 'break')}\n")
+    alice = Address("alice", "example.org")
+    assert db.check_password(alice, DECOMPOSED)
+    assert scrypt_calls == [COMPOSED, DECOMPOSED]  # prepared first, then as sent
+    # preparation refuses a tab: checked exactly as sent, once
+    scrypt_calls.clear()
+    assert db.check_password(Address("bob", "example.org"), "tab\tpw")
+    assert scrypt_calls == ["tab\tpw"]
+    assert not db.check_password(Address("bob", "example.org"), "tab pw")
+    assert db.check_password(Address("carol", "example.org"), "no\u00a0break")
+    # an old hash knows one form only: the other spelling cannot match it
+    assert not db.check_password(alice, COMPOSED)
+    assert not db.check_password(Address("carol", "example.org"), "no break")
+
+
+def test_an_unknown_user_costs_as_many_checks(db: UsersDB, scrypt_calls: list[str]) -> None:
+    db.add("alice", COMPOSED)
+    for sent in (DECOMPOSED, COMPOSED):
+        scrypt_calls.clear()
+        assert not db.check_password(Address("alice", "example.org"), sent + "x")
+        known = len(scrypt_calls)
+        scrypt_calls.clear()
+        assert not db.check_password(Address("nobody", "example.org"), sent + "x")
+        assert len(scrypt_calls) == known == (2 if sent == DECOMPOSED else 1)
+
+
+def test_apop_takes_the_secret_as_set_or_prepared(db: UsersDB) -> None:
+    # the digest is over the client's bytes: the server tries the secret
+    # as it was set and its prepared form (an md5 each)
+    db.add("alice", "no\u00a0break-" + DECOMPOSED, allow_apop=True)
+    checker = UsersChecker(db)
+    challenge = b"<1.2@mail.example.org>"
+    for typed in ("no\u00a0break-" + DECOMPOSED, "no break-" + COMPOSED):
+        digest = hashlib.md5(challenge + typed.encode()).hexdigest().encode()
+        assert result_of(checker.requestAvatarId(APOPCreds(b"alice", challenge, digest))) == (
+            "alice@example.org"), ascii(typed)
+    digest = hashlib.md5(challenge + ("no break-" + DECOMPOSED).encode()).hexdigest().encode()
+    failure = result_of(checker.requestAvatarId(APOPCreds(b"alice", challenge, digest)))
+    assert failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
+
+
+def test_the_checker_logs_in_a_decomposed_password(db: UsersDB) -> None:
+    db.add("alice", COMPOSED)
+    checker = UsersChecker(db)
+    creds = ClientCredentials(b"alice", DECOMPOSED.encode(), lambda: True)
+    assert result_of(checker.requestAvatarId(creds)) == "alice@example.org"

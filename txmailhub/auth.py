@@ -21,6 +21,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, AddressError
 from txmailhub.errors import LocalError, UsersUnavailable
 from txmailhub.interfaces import IMailbox, ISMTPUser
+from txmailhub.precis import PreparationError, prepare_password
 from txmailhub.users import UsersDB
 
 __all__ = ["ClientCredentials", "LoginAbandoned", "MailRealm", "SMTPUser", "UsersChecker",
@@ -64,6 +65,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _apop_forms(secret: str) -> list[str]:
+    """The secrets an APOP digest may be made of: the digest is over the
+    client's own bytes, so the server cannot prepare what it receives;
+    it accepts the secret as it was set and its prepared (RFC 8265) form.
+    An md5 each, so trying two costs nothing."""
+    try:
+        prepared = prepare_password(secret)
+    except PreparationError:
+        return [secret]
+    return [secret] if prepared == secret else [secret, prepared]
+
+
 @implementer(ICredentialsChecker)
 class UsersChecker:
     """Checks passwords (and APOP digests) against the users file.
@@ -100,7 +113,7 @@ class UsersChecker:
         secret = self.users.apop_secret(address)
         if secret is None:
             return self._fail()
-        ok = credentials.checkPassword(secret.encode("utf-8"))
+        ok = any(credentials.checkPassword(form.encode("utf-8")) for form in _apop_forms(secret))
         return succeed(address.key) if ok else self._fail()
 
     def _check_if_wanted(self, credentials: Any, address: Address, password: str) -> Deferred:

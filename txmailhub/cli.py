@@ -134,9 +134,11 @@ def _password_warnings(users: UsersDB, address: Address, password: str, allow_we
     policy (``allow_weak`` says which) let through, and a password POP3
     ``PASS`` cannot carry (it is still good for AUTH PLAIN)."""
     from txmailhub.passwords import PASS_COMMAND_OCTETS
+    from txmailhub.precis import prepare_password
 
     if allow_weak:
-        why = users.password_policy.refusal(password, address)
+        # judged as it was stored: prepared (it was, or it would not be set)
+        why = users.password_policy.refusal(prepare_password(password), address)
         if why:
             print(f"warning: {why}; accepted because of {allow_weak}", file=err)
     octets = len(password.encode("utf-8"))

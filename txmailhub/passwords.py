@@ -19,11 +19,10 @@ slows a guesser down, but a password like ``alice`` for alice falls on
 the first try.
 
 Length is counted in Unicode code points after NFC normalisation, so a
-composed and a decomposed ``é`` count as one character each.  The hash is
-taken over the password exactly as given (``txmailhub.users`` does not
-normalise: existing hashes must keep matching), so this module only
-normalises for counting and comparing, never for what is stored.
-Comparisons (with the list, the name, the domain) use the NFKC
+composed and a decomposed ``é`` count as one character each.
+``txmailhub.users`` hands this module the prepared (RFC 8265) form, the
+one that is hashed; this module only normalises for counting and
+comparing, never for what is stored.  Comparisons (with the list, the name, the domain) use the NFKC
 case-folded form: ``PASSWORD``, ``Password`` and ``password`` typed in
 full-width letters are one weak password.
 """

@@ -13,8 +13,20 @@ dependency: a small site installs txmailhub with nothing but Python.  The
 parameters are stored per hash, so they can be raised later without
 invalidating existing users.
 
+Preparation: a new password is hashed in its PRECIS OpaqueString form
+(``txmailhub.precis``, RFC 8265): spaces mapped, NFC, no control
+characters.  A login is checked against the prepared form of what the
+client sent, so a decomposed ``é`` or a no-break space logs in wherever
+the precomposed letter or a plain space was set.  Hashes made before
+preparation hold the password as it was typed; when the prepared form
+does not match and differs from what was sent, the as-sent form is
+checked too (a second scrypt, only then), and a password preparation
+refuses (a tab in it, say) is checked exactly as sent -- old accounts
+keep working.
+
 A new password (``add``, ``set_password``) must pass the password policy
-of ``txmailhub.passwords`` unless the caller says ``allow_weak``; what is
+of ``txmailhub.passwords`` unless the caller says ``allow_weak``; the
+policy judges the prepared form, the one that is stored.  What is
 already in the file is never judged by it.
 
 APOP (RFC 1939) needs the server to know a usable secret, so users added
@@ -46,6 +58,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
 from txmailhub.passwords import PasswordPolicy
+from txmailhub.precis import PreparationError, prepare_password
 
 log = Logger(namespace="txmailhub.users")
 
@@ -103,6 +116,18 @@ def hash_problem(encoded: str) -> str | None:
     if n * r * p > _MAX_WORK:
         return "the password hash needs more work than the hub allows scrypt"
     return None
+
+
+def _login_forms(password: str) -> list[str]:
+    """The forms of a password sent at login to check, in order: the
+    prepared one, and the one as sent when it is another string.  A
+    password preparation refuses can only match a hash made before
+    preparation, of the password exactly as typed."""
+    try:
+        prepared = prepare_password(password)
+    except PreparationError:
+        return [password]
+    return [prepared] if prepared == password else [prepared, password]
 
 
 # A hash of a random password, verified against when the user is unknown so
@@ -258,12 +283,20 @@ class UsersDB:
         return parse_address(name, self.primary_domain)
 
     def check_password(self, address: Address, password: str) -> bool:
-        """Whether ``password`` is right; slow on purpose (scrypt), even for unknown users."""
+        """Whether ``password`` is right; slow on purpose (scrypt), even for unknown users.
+
+        The prepared form first (what ``add`` and ``set_password`` hash);
+        then, only when it differs from what was sent, the as-sent form,
+        which hashes made before preparation hold.  An unknown user costs
+        the same number of checks, so the time says nothing about who exists.
+        """
+        candidates = _login_forms(password)
         record = self.get(address)
         if record is None:
-            verify_password(password, _DUMMY_HASH)
+            for candidate in candidates:
+                verify_password(candidate, _DUMMY_HASH)
             return False
-        return verify_password(password, record.password_hash)
+        return any(verify_password(c, record.password_hash) for c in candidates)
 
     def apop_secret(self, address: Address) -> str | None:
         record = self.get(address)
@@ -341,16 +374,23 @@ class UsersDB:
             )
         return address
 
-    def _check_password(self, address: Address, password: str, allow_weak: bool) -> None:
-        """Refuse a password that cannot work (always) or that the policy
-        finds weak (unless ``allow_weak``)."""
+    def _check_password(self, address: Address, password: str, allow_weak: bool) -> str:
+        """The prepared form of a new password, to hash; refuses one that
+        cannot work (always: unusable, or refused by preparation) or that
+        the policy finds weak (unless ``allow_weak``).  The policy sees
+        the prepared form: that is the password a login must match."""
         why = self.password_policy.unusable(password)
         if why:
             raise UsersFileError(why)
+        try:
+            prepared = prepare_password(password)
+        except PreparationError as e:
+            raise UsersFileError(str(e)) from None
         if not allow_weak:
-            refusal = self.password_policy.refusal(password, address)
+            refusal = self.password_policy.refusal(prepared, address)
             if refusal:
                 raise WeakPassword(refusal)
+        return prepared
 
     def add(self, name: str, password: str, allow_apop: bool = False, *,
             allow_weak: bool = False) -> Address:
@@ -363,12 +403,12 @@ class UsersDB:
             raise UsersFileError(f"the local part of {address} is over 64 octets")
         if not address.local.isprintable():
             raise UsersFileError("the address has a control character in it")
-        self._check_password(address, password, allow_weak)
+        prepared = self._check_password(address, password, allow_weak)
         with self._locked() as records:
             if address.key in records:
                 raise UserExists(f"{address} already exists")
             records[address.key] = UserRecord(
-                address, hash_password(password), password if allow_apop else None
+                address, hash_password(prepared), password if allow_apop else None
             )
         return address
 
@@ -383,13 +423,13 @@ class UsersDB:
         """Change the password; an APOP secret, if the user had one, follows it.
         The policy judges the new password as ``add`` does."""
         address = self._local(name)
-        self._check_password(address, password, allow_weak)
+        prepared = self._check_password(address, password, allow_weak)
         with self._locked() as records:
             old = records.get(address.key)
             if old is None:
                 raise NoSuchUser(f"no such user: {address}")
             records[address.key] = UserRecord(
-                address, hash_password(password),
+                address, hash_password(prepared),
                 password if old.apop_secret is not None else None,
             )
         return address
