@@ -678,7 +678,7 @@ def test_a_password_pop3_pass_cannot_carry_is_taken_with_a_warning(config: Path)
                    "at most 248: the user must log in with AUTH PLAIN\n")
 
 
-def test_user_add_stores_the_prepared_password(config: Path) -> None:
+def test_user_add_stores_the_prepared_password_and_judges_names_as_words(config: Path) -> None:
     # RFC 8265: the hash is of the NFC form with plain spaces, so a client
     # that composes the accents differently still logs in
     from txmailhub.address import Address
@@ -690,7 +690,12 @@ def test_user_add_stores_the_prepared_password(config: Path) -> None:
         0, "added alice@example.org\n", "")
     db = UsersDB(str(config.parent / "users"), "example.org")
     assert db.check_password(Address("alice", "example.org"), "cr\u00e8me br\u00fbl\u00e9e-42")
+    # "art" inside other words is no reason to refuse; the name on its own is
+    assert run(config, "user", "add", "art", "--password-stdin",
+               stdin="party-start-heart-9\n") == (0, "added art@example.org\n", "")
+    assert run(config, "user", "passwd", "art", "--password-stdin", stdin="art2024art\n") == (
+        2, "", "mailhub: the password contains the user's name (art)\n")
     # a control character can never be prepared, whatever the policy
-    assert run(config, "user", "passwd", "alice", "--password-stdin", "--allow-weak",
+    assert run(config, "user", "passwd", "art", "--password-stdin", "--allow-weak",
                stdin="tab\there-vbmk-42\n") == (
         2, "", "mailhub: the password has a control character in it (U+0009)\n")

@@ -240,3 +240,28 @@ def test_every_label_but_the_last_counts() -> None:
         "the password contains a part of the domain name (mail)")
     assert refusal("tqz-net-vbmk-wr", bob) == ""
 
+
+def test_a_name_counts_as_a_word_of_its_own_not_as_letters_inside_words() -> None:
+    # "art" is in party, start and heart: no attacker guesses from that
+    art = Address("art", "example.org")
+    assert refusal("party-start-heart-9", art) == ""
+    assert refusal("smartphone-cartwheel", art) == ""
+    # the name itself, alone or with digits and signs around it, is refused
+    for password in ("art2024art", "ART-2024-xq", "xq7-art!", "2024-9art", "my art vbmk"):
+        assert refusal(password, art) == "the password contains the user's name (art)", password
+    # or most of the password is the name, glued or not
+    for password in ("artartart1", "artxartx", "artsy-art"):
+        assert refusal(password, art) == "the password contains the user's name (art)", password
+
+
+def test_longer_names_and_domain_labels_follow_the_same_rule() -> None:
+    assert refusal("malice-aforethought") == ""  # alice's letters, not her name
+    assert refusal("superalice") == "the password contains the user's name (alice)"
+    assert refusal("alice1984!") == "the password contains the user's name (alice)"
+    assert refusal("counterexamples-7") == ""
+    assert refusal("example!2025!xq") == (
+        "the password contains a part of the domain name (example)")
+    # a name with digits in it stands on its own against letters around it
+    joe2 = Address("joe2", "example.org")
+    assert refusal("joe2-rocks-vbmk", joe2) == "the password contains the user's name (joe2)"
+    assert refusal("xjoe2x-rocks-vbmk", joe2) == ""

@@ -18,6 +18,13 @@ to guessing from the internet over SMTP AUTH and POP3; the login delay
 slows a guesser down, but a password like ``alice`` for alice falls on
 the first try.
 
+A name counts inside a password only where it stands as a word of its
+own -- not glued to other letters (or digits) on either side -- or where
+it makes up at least half of the password: ``alice-rocks``,
+``art2024art`` and ``artartart1`` name the user, ``party-start-heart-9``
+does not name ``art`` (it merely has those letters in it, as many
+words do).  The same holds for the domain and its labels.
+
 Length is counted in Unicode code points after NFC normalisation, so a
 composed and a decomposed ``é`` count as one character each.
 ``txmailhub.users`` hands this module the prepared (RFC 8265) form, the
@@ -61,9 +68,10 @@ command line at 255 octets, CRLF included (``txmailhub.pop3.server``
 enforces it).  Longer ones still work with ``AUTH PLAIN``."""
 
 _MIN_WORD = 3
-"""A name (or a piece of one) at least this long is refused anywhere in a
-password; a shorter one only as the whole password -- refusing every
-password that contains "al" would refuse good ones for nothing."""
+"""A name (or a piece of one) at least this long is refused inside a
+password (as a word of its own, or as half of it); a shorter one only as
+the whole password -- refusing every password that contains "al" would
+refuse good ones for nothing."""
 
 _WORD_SEPARATORS = re.compile(r"[._+\-]+")
 
@@ -73,6 +81,35 @@ def password_length(password: str) -> int:
     after NFC normalisation (NIST SP 800-63B: each code point is one
     character)."""
     return len(unicodedata.normalize("NFC", password))
+
+
+def _kind(ch: str) -> str:
+    """Letters (marks go with them) and digits make words; the rest parts them."""
+    if ch.isalpha() or unicodedata.category(ch).startswith("M"):
+        return "letter"
+    return "digit" if ch.isdigit() else "other"
+
+
+def _names(word: str, folded: str) -> bool:
+    """Whether the password (``folded``) names ``word``: the word stands
+    on its own somewhere (the character before and after it, if any, is
+    not of the kind of the word's own edge: ``art`` in ``art2024art`` or
+    ``my-art!``, not in ``party``), or its occurrences make up at least
+    half of the password (``artartart1``, ``superalice``).  A plain
+    substring test refused ``party-start-heart-9`` for user ``art``."""
+    covered = 0
+    at = folded.find(word)
+    while at >= 0:
+        end = at + len(word)
+        before = folded[at - 1] if at else ""
+        after = folded[end] if end < len(folded) else ""
+        if ((not before or _kind(before) != _kind(word[0]) or _kind(word[0]) == "other")
+                and (not after or _kind(after) != _kind(word[-1])
+                     or _kind(word[-1]) == "other")):
+            return True
+        covered += len(word)
+        at = folded.find(word, end)
+    return 2 * covered >= len(folded)
 
 
 def _fold(text: str) -> str:
@@ -158,7 +195,7 @@ class PasswordPolicy:
             if key == word:
                 found.append(f"is {what}")
                 break
-            if len(word) >= _MIN_WORD and word in folded:
+            if len(word) >= _MIN_WORD and _names(word, folded):
                 found.append(f"contains {what} ({word})")
                 break
         return found
