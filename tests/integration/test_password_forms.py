@@ -54,3 +54,19 @@ def test_smtp_auth_plain_and_pop3_user_pass_take_the_other_form(make_hub):
             p.pass_(SENT.replace(" ", ""))
     finally:
         p.quit()
+
+
+def test_smtp_auth_login_and_pop3_auth_plain_take_the_other_form(make_hub):
+    hub = make_hub(users={"alice@example.org": SET})
+    b64 = base64.b64encode
+    with smtplib.SMTP("127.0.0.1", hub.submission_port, timeout=10) as s:
+        s.ehlo("c.test")
+        assert s.docmd("AUTH", "LOGIN " + b64(b"alice").decode())[0] == 334
+        assert s.docmd(b64(SENT.encode()).decode())[0] == 235
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    try:
+        token = b64(b"\0alice\0" + SENT.encode()).decode()
+        assert p._shortcmd("AUTH PLAIN " + token).startswith(b"+OK")
+        assert p.stat() == (0, 0)
+    finally:
+        p.quit()
