@@ -18,7 +18,13 @@ from txmailhub.smtp._parse import (
     parse_mailbox,
     parse_rcpt,
 )
-from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decode, xtext_encode
+from txmailhub.smtp.xtext import (
+    utf8_addr_decode,
+    utf8_addr_encode,
+    utf8_addr_unitext,
+    xtext_decode,
+    xtext_encode,
+)
 
 P = "example.org"
 
@@ -398,6 +404,19 @@ def test_utf8_addr_xtext_round_trip(text):
     assert encoded.isascii() and "+" not in encoded and "=" not in encoded
     if all(c.isprintable() for c in text):
         assert utf8_addr_decode(encoded) == text
+
+
+@given(text=st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)),
+                   min_size=1, max_size=40))
+def test_unitext_gives_any_address_back_and_keeps_printable_utf8(text):
+    # RFC 6533 3 utf-8-addr-unitext: decoded, the text again; on one line,
+    # with printable non-ASCII characters as they are (C0 controls, which
+    # no address holds, are left out: HEXPOINT spells only some of them)
+    encoded = utf8_addr_unitext(text)
+    assert utf8_addr_decode(encoded) == text
+    assert encoded.isprintable() and " " not in encoded
+    kept = [c for c in text if c > "\x7f" and c.isprintable()]
+    assert all(c in encoded for c in kept)
 
 
 @given(st.text(max_size=40))

@@ -1,8 +1,10 @@
-"""The two 7-bit encodings of DSN parameter values.
+"""The encodings of DSN parameter values and notice address fields.
 
 Owns RFC 3461's xtext (``+HH``: ENVID, ORCPT of type ``rfc822``, AUTH=)
 and RFC 6533's utf-8-addr-xtext (``\\x{HEX}``: ORCPT of type ``utf-8``,
-and the ``utf-8;`` address fields of a delivery-status notice), both ways.
+and the ``utf-8;`` address fields of a delivery-status notice), both ways,
+and RFC 6533's utf-8-addr-unitext, the 8-bit form a global-delivery-status
+notice writes.
 One module for the server, which decodes what clients send, and for the
 client and the notices, which encode what goes out: the two sides must
 agree on every escape.
@@ -15,7 +17,8 @@ import re
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 
-__all__ = ["utf8_addr_decode", "utf8_addr_encode", "xtext_decode", "xtext_encode"]
+__all__ = ["utf8_addr_decode", "utf8_addr_encode", "utf8_addr_unitext", "xtext_decode",
+           "xtext_encode"]
 
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
@@ -99,4 +102,22 @@ def utf8_addr_encode(address: str) -> str:
     outside QCHAR as ``\\x{HEX}``."""
     return "".join(
         c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):02X}}}" for c in address
+    )
+
+
+def utf8_addr_unitext(address: str) -> str:
+    """An address as RFC 6533 utf-8-addr-unitext: UTF-8 as it is, only
+    what QUCHAR leaves out as ``\\x{HEX}``.
+
+    QUCHAR bars SP, "+", "=", "\\" and the controls: with those escaped a
+    reader decoding the field (``utf8_addr_decode``) gets the address back
+    whatever it holds, a literal ``\\x{E9}`` included, and an address
+    without them is written exactly as it is.  A non-ASCII character that
+    is not printable -- a C1 control, a line or paragraph separator, a
+    format character -- is escaped too: a reader splitting lines as
+    Unicode does would cut the field there."""
+    return "".join(
+        c if ("!" <= c <= "~" and c not in "+=\\") or (c > "\x7f" and c.isprintable())
+        else f"\\x{{{ord(c):02X}}}"
+        for c in address
     )
