@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from email import message_from_bytes, message_from_string, policy
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from txmailhub.address import Address
 from txmailhub.components import Components
@@ -555,11 +558,14 @@ def test_a_notice_that_could_not_be_stored_is_refused(tmp_path):
     assert store.messages(ALICE) == []
 
 
-def test_every_utf8_recipient_the_server_takes_fits_a_dsn_line(tmp_path):
+@pytest.mark.parametrize("smtputf8", [False, True])
+def test_every_utf8_recipient_the_server_takes_fits_a_dsn_line(tmp_path, smtputf8):
     # utf-8-addr-xtext escapes "+" as \x{2B}: a 203-octet path would be a
     # 1,242-character Final-Recipient line.  RCPT refuses what no report
     # could name (501 5.1.3 Path too long); the longest it takes still fits
-    # in 998 characters (RFC 5322 2.1.1)
+    # in 998 characters (RFC 5322 2.1.1).  The escaped form is a 7-bit
+    # notice's (a message that came without SMTPUTF8, an alias's member);
+    # a global notice names the address as it is (RFC 6533 3), shorter
     from txmailhub.errors import RemoteProtocolError
     from txmailhub.smtp import replies
     from txmailhub.smtp._parse import parse_rcpt
@@ -577,7 +583,7 @@ def test_every_utf8_recipient_the_server_takes_fits_a_dsn_line(tmp_path):
     assert longest is not None and len(str(longest)) > 100
     path = tmp_path / "msg"
     path.write_bytes(b"Subject: x\n\nbody\n")
-    env = Envelope(sender=ALICE, recipients=(longest,), smtputf8=True)
+    env = Envelope(sender=ALICE, recipients=(longest,), smtputf8=smtputf8)
     entry = dataclasses.replace(QueueEntry.new("0123456789ABCDEF", env, 1.7e9),
                                 message_path=str(path))
     rec = dataclasses.replace(entry.recipients[0], state=FAILED,
@@ -587,7 +593,10 @@ def test_every_utf8_recipient_the_server_takes_fits_a_dsn_line(tmp_path):
                             primary_domain="example.org", now=1.7e9)
     final = [line for line in data.split(b"\n") if line.startswith(b"Final-Recipient: utf-8;")]
     assert final and max(len(line) for line in data.split(b"\n")) <= 998
-    assert len(final[0]) > 900  # the limit is the line, not far below it
+    if not smtputf8:
+        assert len(final[0]) > 900  # the limit is the line, not far below it
+    else:
+        assert final[0] == f"Final-Recipient: utf-8; {longest}".encode()
 
 
 def test_a_recipient_never_attempted_gets_the_class_of_its_action():
@@ -611,3 +620,215 @@ def test_an_expanded_notice_has_no_diagnostic_code(tmp_path):
     _, status, _ = list(msg.iter_parts())
     block = status.get_payload()[1]
     assert block["Action"] == "expanded" and block["Diagnostic-Code"] is None
+
+
+# --- RFC 6533: the notice about a message sent with SMTPUTF8 -----------------------
+
+JORG = Address("jörg", "example.org")
+BOB_UTF8 = Address("bøb", "remote.test")
+
+
+def status_blocks(status):
+    """The field blocks of a status part of either type.  The stdlib parses
+    message/delivery-status into its blocks but knows no
+    message/global-delivery-status (it takes it for one message), so that
+    one is read from its octets, in the same syntax (RFC 6533 6)."""
+    if status.get_content_type() == "message/delivery-status":
+        return status.get_payload()
+    return [message_from_bytes(block, policy=policy.default)
+            for block in status.get_content().split(b"\n\n") if block.strip()]
+
+
+def utf8_entry(tmp_path, sender=ALICE, recipients=(BOB_UTF8, CAROL), envid=None, ret=None,
+               original=ORIGINAL):
+    """A queue entry of a message sent with SMTPUTF8."""
+    path = tmp_path / "msg"
+    path.write_bytes(original)
+    env = Envelope(sender=sender, recipients=recipients, smtputf8=True,
+                   dsn=DSNRequest(ret=ret, envid=envid))
+    entry = QueueEntry.new("0123456789ABCDEF", env, 1_700_000_000.0)
+    return dataclasses.replace(entry, message_path=str(path), eight_bit=not original.isascii())
+
+
+def test_an_smtputf8_message_gets_a_global_delivery_status_notice(tmp_path):
+    # RFC 6533 3 and 6: message/global-delivery-status, the utf-8 address
+    # type in its utf-8-address form (the address as it is), the ENVID as
+    # the sender spelled it, the headers as message/global-headers, and
+    # report-type naming the status part's subtype (RFC 6522 3)
+    entry = utf8_entry(tmp_path, envid="id-\u20ac")
+    bob = dataclasses.replace(failed(entry, who=BOB_UTF8), orcpt="utf-8;B\u00f8b@remote.test")
+    carol = dataclasses.replace(failed(entry, who=CAROL), orcpt="utf-8;carol@remote.test")
+    data, msg = build(entry, [bob, carol])
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "global-delivery-status"
+    human, status, returned = msg.iter_parts()
+    assert human.get_content_type() == "text/plain"
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert status["Content-Transfer-Encoding"] == "8bit"
+    assert returned.get_content_type() == "message/global-headers"
+    head, first, second = status_blocks(status)
+    assert head["Reporting-MTA"] == "dns; mail.example.org"
+    assert head["Original-Envelope-Id"] == "id-\u20ac"
+    assert first["Final-Recipient"] == "utf-8; b\u00f8b@remote.test"
+    assert first["Original-Recipient"] == "utf-8; B\u00f8b@remote.test"
+    assert first["Action"] == "failed" and first["Status"] == "5.1.1"
+    assert first["Diagnostic-Code"] == "smtp; 550 5.1.1 <bob@remote.test>: user unknown"
+    # an ASCII address keeps the rfc822 type; an ASCII ORCPT of type utf-8
+    # keeps its type, as it is
+    assert second["Final-Recipient"] == "rfc822; carol@remote.test"
+    assert second["Original-Recipient"] == "utf-8; carol@remote.test"
+    # raw UTF-8: no escapes, no RFC 2047 words
+    assert "Final-Recipient: utf-8; bøb@remote.test\n".encode() in data
+    assert "Original-Envelope-Id: id-€\n".encode() in data
+    assert b"\\x{" not in data and b"=?" not in data
+    assert "Subject: lunch" in returned.get_payload()[0].as_string()
+
+
+def test_a_global_notice_keeps_the_classic_fields_that_are_ascii(tmp_path):
+    # the same notice as a 7-bit one but for its types and UTF-8 values
+    entry = utf8_entry(tmp_path, recipients=(BOB, CAROL), envid="ENV-42")
+    _, msg = build(entry, [failed(entry)])
+    _, status, _ = msg.iter_parts()
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert status["Content-Transfer-Encoding"] is None  # nothing but ASCII in it
+    head, bob = status_blocks(status)
+    assert head["Original-Envelope-Id"] == "ENV-42"
+    assert head["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
+    assert bob["Final-Recipient"] == "rfc822; bob@remote.test"
+    assert bob["Remote-MTA"] == "dns; mx1.remote.test"
+    assert bob["Last-Attempt-Date"] == "Tue, 14 Nov 2023 22:15:00 +0000"
+
+
+def test_a_7bit_messages_notice_is_unchanged_by_a_utf8_address(tmp_path):
+    # a message that came without SMTPUTF8 (a UTF-8 alias member): the
+    # sender never asked for UTF-8, its notice stays 7-bit, the address in
+    # RFC 6533's escaped utf-8-addr-xtext and the ENVID in xtext
+    entry = make_entry(tmp_path, envid="id-\u20ac")
+    bob = dataclasses.replace(failed(entry), address=BOB_UTF8)
+    _data, msg = build(entry, [bob])
+    assert msg.get_param("report-type") == "delivery-status"
+    _, status, returned = msg.iter_parts()
+    assert status.get_content_type() == "message/delivery-status"
+    assert returned.get_content_type() == "text/rfc822-headers"
+    head, block = status.get_payload()
+    assert head["Original-Envelope-Id"] == "id-+E2+82+AC"
+    assert block["Final-Recipient"] == "utf-8; b\\x{F8}b@remote.test"
+    assert not bounce.dsn_envelope(entry, "mail.example.org", False).smtputf8
+
+
+@pytest.mark.parametrize(("envid", "field"), [
+    ("\u00e9t\u00e9\t42", "\u00e9t\u00e9\t42"),  # printable UTF-8 and a TAB: as it is
+    (" \u00e9t\u00e9", "+20+C3+A9t+C3+A9"),  # white space a reader would strip: xtext
+    ("\u00e9\u2028t", "+C3+A9+E2+80+A8t"),  # a Unicode line separator: xtext
+])
+def test_a_global_notice_gives_the_envelope_id_back_as_it_can(tmp_path, envid, field):
+    entry = utf8_entry(tmp_path, envid=envid)
+    _, msg = build(entry, [failed(entry, who=BOB_UTF8)])
+    _, status, _ = msg.iter_parts()
+    assert status_blocks(status)[0]["Original-Envelope-Id"] == field
+
+
+@pytest.mark.parametrize(("local", "field"), [
+    # a backslash: a reader decoding the field would take \x{E9} for an
+    # escape; a line separator: a reader splitting lines as Unicode would
+    # cut the field.  utf-8-addr-unitext then: UTF-8 kept, those escaped
+    ("\u00e9\\x{E9}", "\u00e9\\x{5C}x{E9}"),
+    ("\u00e9\u2028x", "\u00e9\\x{2028}x"),
+    ("\u00e9+tag=1", "\u00e9+tag=1"),  # printable, no backslash: as it is
+])
+def test_a_global_notice_escapes_only_what_cannot_go_raw(tmp_path, local, field):
+    who = Address(local, "remote.test")
+    entry = utf8_entry(tmp_path, recipients=(who,))
+    _, msg = build(entry, [failed(entry, who=who)])
+    _, status, _ = msg.iter_parts()
+    value = status_blocks(status)[1]["Final-Recipient"]
+    assert value == f"utf-8; {field}@remote.test"
+    if field != local:  # the escaped form decodes to the address
+        assert utf8_addr_decode(value[len("utf-8; "):]) == str(who)
+
+
+# local parts of atext and non-ASCII printable characters (RFC 6531 3.3)
+_UTF8_LOCAL = st.text(
+    st.one_of(st.sampled_from("abcxyzABC0189!#$%&'*+-/=?^_`{|}~"),
+              st.characters(min_codepoint=0xA0, max_codepoint=0x2FFFF,
+                            blacklist_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp",
+                                                  "Zs"))),
+    min_size=1, max_size=40).filter(lambda s: not s.isascii())
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(local=_UTF8_LOCAL)
+def test_any_utf8_local_part_comes_back_as_it_is(tmp_path, local):
+    who = Address(local, "remote.test")
+    entry = utf8_entry(tmp_path, recipients=(who,))
+    data, msg = build(entry, [failed(entry, who=who)])
+    _, status, _ = msg.iter_parts()
+    assert status_blocks(status)[1]["Final-Recipient"] == f"utf-8; {who}"
+    assert f"\nFinal-Recipient: utf-8; {who}\n".encode() in data
+
+
+def test_an_smtputf8_message_comes_back_whole_as_message_global(tmp_path):
+    # RET=FULL: message/global (RFC 6533 3 / RFC 6532 3.7), an ASCII one too
+    entry = utf8_entry(tmp_path, ret="FULL")
+    _, msg = build(entry, [failed(entry, who=BOB_UTF8)])
+    human, _, returned = msg.iter_parts()
+    assert returned.get_content_type() == "message/global"
+    assert "It is attached below." in human.get_content()
+    assert "See you at noon." in returned.get_payload()[0].get_payload()
+
+
+def test_a_global_notice_is_sent_with_smtputf8(tmp_path):
+    # the notice has UTF-8 in it: its envelope asks for SMTPUTF8 -- which
+    # is what the relay's client puts on MAIL FROM when the next hop offers
+    # it -- even to an ASCII sender
+    from txmailhub.smtp.client import ClientSession, Send
+
+    entry = utf8_entry(tmp_path)
+    data, _ = build(entry, [failed(entry, who=BOB_UTF8)])
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=not data.isascii())
+    assert env.smtputf8 and env.body_8bit and env.sender is None
+    session = ClientSession(helo="mail.example.org", sender=env.sender,
+                            recipients=[(a, None) for a in env.recipients], size=len(data),
+                            eight_bit=env.body_8bit, smtputf8=env.smtputf8, tls="none")
+    session.receive(b"220 hi\r\n")
+    actions = session.receive(b"250-mx.remote.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+    mail = b"".join(a.data for a in actions if isinstance(a, Send))
+    assert mail == b"MAIL FROM:<> BODY=8BITMIME SMTPUTF8\r\n"
+
+
+def test_a_global_notice_has_a_7bit_form_for_a_server_without_smtputf8(tmp_path):
+    # to an ASCII sender whose server lacks SMTPUTF8 the relay sends a 7-bit
+    # copy: the global types may be encoded (RFC 6533 6), so the notice is
+    # not lost to "no 7-bit form"
+    from txmailhub.relay import mime7bit
+
+    entry = utf8_entry(tmp_path, envid="id-\u20ac",
+                       original="From: jörg@example.org\nSubject: x\n\nbody\n".encode())
+    data, _ = build(entry, [failed(entry, who=BOB_UTF8)])
+    src, dst = tmp_path / "notice", tmp_path / "notice.7bit"
+    src.write_bytes(data)
+    mime7bit.convert_file(str(src), str(dst))
+    seven = dst.read_bytes()
+    assert seven.isascii()
+    head, body = seven.split(b"Content-Type: message/global-delivery-status\n", 1)[1].split(
+        b"\n\n", 1)
+    assert head == b"Content-Transfer-Encoding: base64"
+    fields = base64.b64decode(body.split(b"\n--", 1)[0])
+    assert "\r\nFinal-Recipient: utf-8; bøb@remote.test\r\n".encode() in fields
+
+
+def test_a_global_notice_is_stored_and_queued_as_it_is(tmp_path):
+    # through the normal path: byte for byte into a local mailbox, and into
+    # the queue with SMTPUTF8 on its envelope
+    components, _, store = dsn_components(tmp_path, StaticRouter({"alice": None}))
+    entry = utf8_entry(tmp_path, envid="id-\u20ac")
+    data, _ = build(entry, [failed(entry, who=BOB_UTF8)])
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=True)
+    assert bounce.send_dsn(components, env, data).result == "delivered to the mailbox"
+    [stored] = store.messages(ALICE)
+    assert stored == b"Return-Path: <>\n" + data
+    zed = dataclasses.replace(env, recipients=(Address("zed", "remote.test"),))
+    assert bounce.send_dsn(components, zed, data).result == "queued for delivery"
+    queued = components.queue.enqueued[-1][0]
+    assert queued.smtputf8 and queued.body_8bit

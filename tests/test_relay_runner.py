@@ -1021,3 +1021,25 @@ def test_a_release_during_an_attempt_whose_record_failed_is_honoured_later(hub, 
     hub.clock.advance(60)
     assert hub.queue.read(qid).attempts == 1
     assert len(hub.agent.calls) == 2
+
+
+def test_a_bounce_of_an_smtputf8_message_is_an_rfc_6533_notice(hub):
+    # through the queue: a message sent with SMTPUTF8 to a UTF-8 address
+    # fails; its notice is message/global-delivery-status naming the
+    # address as it is, and goes out with SMTPUTF8 (RFC 6533)
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx.remote.test")
+                                        for a in r]
+    jorg = Address("jörg", "remote.test")
+    path = hub.tmp / "spool-utf8"
+    raw = "Subject: Grüße\n\nhello\n".encode()
+    path.write_bytes(raw)
+    env = Envelope(sender=ALICE, recipients=(jorg,), smtputf8=True, body_8bit=True)
+    hub.queue.enqueue(env, SpooledMessage(str(path), len(raw), len(raw) + raw.count(b"\n")))
+    [(env, data)] = hub.dsn.sent
+    assert env.sender is None and env.recipients == (ALICE,) and env.smtputf8
+    assert b'report-type="global-delivery-status"' in data
+    assert b"Content-Type: message/global-delivery-status\n" in data
+    assert "\nFinal-Recipient: utf-8; jörg@remote.test\n".encode() in data
+    assert b"Content-Type: message/global-headers\n" in data
+    assert b"message/delivery-status" not in data

@@ -142,6 +142,32 @@ def test_notify_success_for_a_local_mailbox_sends_a_delivered_notice(hub):
     assert hub.mailhub("queue", "list").stdout.strip() == ""  # the notice's entry is gone
 
 
+def test_a_notice_about_an_smtputf8_message_is_an_rfc_6533_notice(make_hub):
+    # RFC 6533: the success notice about a message sent with SMTPUTF8 is a
+    # message/global-delivery-status naming the UTF-8 recipient and the
+    # UTF-8 ENVID as they are; it lands in the (local) sender's mailbox
+    users = {"bob@example.org": "bob-secret", "j\u00f6rg@example.org": "j\u00f6rg-secret"}
+    hub = make_hub(users=users)
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.mail("bob@example.org", ["SMTPUTF8", "ENVID=id-+E2+82+AC"])[0] == 250
+        assert s.rcpt("j\u00f6rg@example.org", ["NOTIFY=SUCCESS",
+                                                "ORCPT=utf-8;J\u00f6rg@example.org"])[0] == 250
+        assert s.data("To: j\u00f6rg@example.org\r\nSubject: Gr\u00fc\u00dfe\r\n\r\n"
+                      "hallo\r\n".encode())[0] == 250
+    (dsn,) = _wait_for(hub, "bob@example.org")
+    assert b"Return-Path: <>" in dsn
+    assert b'report-type="global-delivery-status"' in dsn
+    assert b"Content-Type: message/global-delivery-status\n" in dsn
+    assert "\nOriginal-Envelope-Id: id-\u20ac\n".encode() in dsn
+    assert "\nFinal-Recipient: utf-8; j\u00f6rg@example.org\n".encode() in dsn
+    assert "\nOriginal-Recipient: utf-8; J\u00f6rg@example.org\n".encode() in dsn
+    assert b"Action: delivered" in dsn and b"Status: 2.0.0" in dsn
+    assert b"Content-Type: message/global-headers\n" in dsn
+    assert "Subject: Gr\u00fc\u00dfe\n".encode() in dsn
+    assert b"\\x{" not in dsn and b"+E2+82+AC" not in dsn
+
+
 def _wait_for(hub, who, count=1):
     deadline = time.monotonic() + 20
     while len(hub.messages(who)) < count and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Delivery status notifications (RFC 3464) and the RFC 3461 rules.
+"""Delivery status notifications (RFC 3464, RFC 6533) and the RFC 3461 rules.
 
 Owns who is told what: ``wants_notice`` applies NOTIFY (NEVER, SUCCESS,
 FAILURE, DELAY) and the rule that a message from the null sender ``<>``
@@ -6,7 +6,11 @@ is never bounced; ``build_dsn`` writes the multipart/report with the
 stdlib ``email`` package (a human-readable part, a message/delivery-status
 part naming each recipient with its Action, Status, Remote-MTA and the
 remote's exact reply as Diagnostic-Code, then the original headers -- or
-the whole message when RET=FULL and it is small enough); ``send_dsn``
+the whole message when RET=FULL and it is small enough).  A notice about
+a message sent with SMTPUTF8 is RFC 6533's internationalized one: a
+message/global-delivery-status part with UTF-8 addresses and ENVID as
+they are, the original as message/global-headers or message/global, and
+an envelope that asks the next hop for SMTPUTF8.  ``send_dsn``
 hands it to the normal delivery path (spooler, then
 ``txmailhub.delivery.accept_message``), from ``MAILER-DAEMON`` with the
 null reverse-path.
@@ -40,7 +44,7 @@ from txmailhub.errors import Rejected
 from txmailhub.relay.record import QueueEntry, RecipientRecord
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
-from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
+from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
 
 __all__ = [
     "DELAYED",
@@ -52,6 +56,7 @@ __all__ = [
     "DSNRefused",
     "build_dsn",
     "dsn_envelope",
+    "is_global",
     "send_dsn",
     "status_of",
     "wants_notice",
@@ -128,23 +133,62 @@ def _printable_ascii(text: str) -> bool:
     return all(" " <= c <= "~" or c == "\t" for c in text)
 
 
-def _recipient_field(address: str) -> str:
+def is_global(entry: QueueEntry) -> bool:
+    """Whether the notice about ``entry`` is RFC 6533's internationalized
+    one (message/global-delivery-status, sent with SMTPUTF8).
+
+    Only for a message sent with SMTPUTF8: its sender's system took part
+    in a UTF-8 transaction, so it can take a UTF-8 notice back.  A
+    7-bit transaction's notice stays message/delivery-status, a non-ASCII
+    address in it (an alias's member) in the escaped utf-8-addr-xtext
+    form RFC 6533 3 defines for exactly that case: the sender never asked
+    for SMTPUTF8, and its mail system may not take an 8-bit notice."""
+    return entry.envelope.smtputf8
+
+
+def _raw(text: str) -> str:
+    """``text`` for a header field the generator writes as UTF-8 octets,
+    not as an RFC 2047 word (surrogates are how compat32 passes bytes
+    through unfolded)."""
+    return text.encode("utf-8").decode("ascii", "surrogateescape")
+
+
+def _utf8_address(address: str, utf8: bool) -> str:
+    """An address of RFC 6533's ``utf-8`` type in the form its part allows.
+
+    RFC 6533 3: in message/delivery-status (7-bit) utf-8-addr-xtext, every
+    character outside QCHAR as ``\\x{HEX}``; in message/global-delivery-status
+    (``utf8``) the utf-8-address form, the address as it is.  Unless it
+    holds a backslash -- a reader decoding the field would take a literal
+    ``\\x{E9}`` for an escape -- or a character no header line may carry
+    raw (a control, a Unicode line separator): then utf-8-addr-unitext,
+    which the RFC allows wherever utf-8-address is, UTF-8 kept and those
+    escaped."""
+    if not utf8:
+        return utf8_addr_encode(address)
+    if address.isprintable() and "\\" not in address:
+        return address
+    return utf8_addr_unitext(address)
+
+
+def _recipient_field(address: str, utf8: bool = False) -> str:
     """``rfc822; addr``, or for a non-ASCII address RFC 6533's ``utf-8;``
-    with the address as utf-8-addr-xtext (``\\x{HEX}`` escapes): the
-    message/delivery-status fields are ASCII, and an RFC 2047 word there
-    would hide the address type from every parser (RFC 3464 2.3.2)."""
+    address type (``_utf8_address``): never an RFC 2047 word, which would
+    hide the address type from every parser (RFC 3464 2.3.2)."""
     if address.isascii() and address.isprintable():
         return f"rfc822; {address}"
-    return "utf-8; " + utf8_addr_encode(address)
+    return "utf-8; " + _utf8_address(address, utf8)
 
 
 # RFC 5322 2.1.1: no line of a message over 998 characters
 _LINE_MAX = 998
 
 
-def _original_recipient(orcpt: str) -> str | None:
-    """The Original-Recipient value for an ORCPT, in the type it came with;
-    ``None`` when that field would be a line over ``_LINE_MAX``.
+def _original_recipient(orcpt: str, utf8: bool = False) -> str | None:
+    """The Original-Recipient value for an ORCPT, in the type it came with
+    (``utf8``: for a message/global-delivery-status part, see
+    ``_recipient_field``); ``None`` when that field would be a line over
+    ``_LINE_MAX`` octets.
 
     The escaped form can be nine times the raw one (``\\x{HEX}`` for a
     UTF-8 character, six characters for a ``+``), and an xtext address has
@@ -155,17 +199,33 @@ def _original_recipient(orcpt: str) -> str | None:
     kind, _, value = orcpt.partition(";")
     kind, value = kind.strip() or "rfc822", value.strip()
     if kind.lower() == "utf-8":
-        # always utf-8-addr-xtext (RFC 6533 3): "+", "=", "\\" and SP
-        # escaped even in an ASCII address, or a reader decoding the field
-        # gets another address
-        field = "utf-8; " + utf8_addr_encode(value)
+        # in the 7-bit part always utf-8-addr-xtext (RFC 6533 3): "+", "=",
+        # "\\" and SP escaped even in an ASCII address, or a reader decoding
+        # the field gets another address; in the global part as it is, but
+        # for a backslash (``_utf8_address``)
+        field = "utf-8; " + _utf8_address(value, utf8)
     elif _printable_ascii(value):
         field = f"{kind}; {value}"
     else:
-        field = _recipient_field(value)
-    if len("Original-Recipient: ") + len(field) > _LINE_MAX:
+        field = _recipient_field(value, utf8)
+    if len("Original-Recipient: ") + len(field.encode("utf-8")) > _LINE_MAX:
         return None
     return field
+
+
+def _envelope_id(envid: str, utf8: bool) -> str:
+    """The Original-Envelope-Id value: the id as the sender spelled it
+    (RFC 3464 2.2.1) where a header keeps it -- UTF-8 only in a
+    message/global-delivery-status part (``utf8``: RFC 6533 lets its
+    fields be UTF-8) --, or else as the xtext it came in: UTF-8 in the
+    7-bit part (an RFC 2047 word would not be the id), a control
+    character, or white space at either end, which a header reader
+    strips."""
+    if utf8:
+        shown = all(c.isprintable() or c == "\t" for c in envid)
+    else:
+        shown = _printable_ascii(envid)
+    return envid if shown and envid.strip(" \t") == envid else xtext_encode(envid)
 
 
 _DIAGNOSTIC_MAX = 900  # characters of a remote reply kept in a field
@@ -244,28 +304,26 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
 
 
 def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
-                 hostname: str, now: float, will_retry_until: float | None) -> Message:
+                 hostname: str, now: float, will_retry_until: float | None,
+                 utf8: bool = False) -> Message:
+    """The message/delivery-status part, or with ``utf8`` RFC 6533's
+    message/global-delivery-status: the same fields, UTF-8 where an
+    address or the ENVID has it."""
     part = Message()
-    part.set_type("message/delivery-status")
     head = Message()
     head["Reporting-MTA"] = f"dns; {hostname}"
     envid = entry.envelope.dsn.envid
     if envid:
-        # UTF-8 (an SMTPUTF8 transaction's) as the xtext it came in: the
-        # part is 7-bit, and an RFC 2047 word would not be the id.  So too
-        # an id with white space at either end, which a header reader
-        # strips (RFC 3464 2.2.1 wants the id as the sender spelled it)
-        raw = _printable_ascii(envid) and envid.strip(" \t") == envid
-        head["Original-Envelope-Id"] = envid if raw else xtext_encode(envid)
+        head["Original-Envelope-Id"] = _raw(_envelope_id(envid, utf8))
     head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
     for r in recipients:
         b = Message()
-        b["Final-Recipient"] = _recipient_field(str(r.address))
+        b["Final-Recipient"] = _raw(_recipient_field(str(r.address), utf8))
         if r.orcpt:
-            original = _original_recipient(r.orcpt)
+            original = _original_recipient(r.orcpt, utf8)
             if original is not None:
-                b["Original-Recipient"] = original
+                b["Original-Recipient"] = _raw(original)
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
         if r.remote_mta:
@@ -280,8 +338,29 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         if action == DELAYED and will_retry_until is not None:
             b["Will-Retry-Until"] = rfc5322_date(will_retry_until)
         blocks.append(b)
+    if utf8:
+        part.set_type("message/global-delivery-status")
+        if any(not _flatten(b).isascii() for b in blocks):
+            part["Content-Transfer-Encoding"] = "8bit"  # UTF-8 octets in it
+    else:
+        part.set_type("message/delivery-status")
     part.set_payload(blocks)
     return part
+
+
+class _Generator(BytesGenerator):
+    """The stdlib generator, writing a message/global-delivery-status part
+    as it writes message/delivery-status (its blocks of fields, a blank
+    line between them): RFC 6533 6 gives both one syntax, and the stdlib
+    knows only the older type."""
+
+    _handle_message_global_delivery_status = BytesGenerator._handle_message_delivery_status
+
+
+def _flatten(message: Message) -> bytes:
+    out = BytesIO()
+    _Generator(out, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(message)
+    return out.getvalue()
 
 
 def _read_headers(path: str) -> bytes:
@@ -312,20 +391,20 @@ def build_dsn(
     """The DSN as message bytes (LF line endings, the stored form)."""
     if entry.envelope.sender is None:
         raise ValueError("never send a DSN about a message from the null sender")
-    report = MIMEMultipart("report", report_type="delivery-status", policy=_POLICY)
+    utf8 = is_global(entry)
+    # RFC 6522 3: report-type names the subtype of the second part
+    report = MIMEMultipart("report", policy=_POLICY,
+                           report_type="global-delivery-status" if utf8 else "delivery-status")
     # ASCII wherever an address has an ASCII form (an IDN domain as its
     # A-label): the notice may travel where SMTPUTF8 is not offered
     daemon = Address("MAILER-DAEMON", primary_domain)
     report["From"] = f"Mail Delivery System <{ascii_form(daemon) or daemon}>"
     sender = entry.envelope.sender
     to = f"<{ascii_form(sender) or sender}>"
-    if not to.isascii():
-        # A UTF-8 address goes in raw (RFC 6532; the notice travels with
-        # SMTPUTF8, see dsn_envelope): an RFC 2047 word, which is what the
-        # generator makes of a str, may not stand for an addr-spec (RFC 2047
-        # 5(3)).  Surrogates are how compat32 passes bytes through unfolded.
-        to = to.encode("utf-8").decode("ascii", "surrogateescape")
-    report["To"] = to
+    # A UTF-8 address goes in raw (RFC 6532; the notice travels with
+    # SMTPUTF8, see dsn_envelope): an RFC 2047 word, which is what the
+    # generator makes of a str, may not stand for an addr-spec (RFC 2047 5(3))
+    report["To"] = _raw(to)
     report["Subject"] = _SUBJECTS[action]
     report["Date"] = rfc5322_date(now)
     report["Message-ID"] = message_id or email.utils.make_msgid("dsn", domain=hostname)
@@ -338,11 +417,10 @@ def build_dsn(
     human["Content-Transfer-Encoding"] = "8bit" if not text.isascii() else "7bit"
     human.set_payload(text.encode("utf-8").decode("ascii", "surrogateescape"))
     report.attach(human)
-    report.attach(_status_part(entry, recipients, action, hostname, now, will_retry_until))
-    report.attach(_returned(entry, full))
-    out = BytesIO()
-    BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(report)
-    return out.getvalue()
+    report.attach(_status_part(entry, recipients, action, hostname, now, will_retry_until,
+                               utf8))
+    report.attach(_returned(entry, full, utf8))
+    return _flatten(report)
 
 
 def _returns_full(entry: QueueEntry, action: str) -> bool:
@@ -356,14 +434,16 @@ def _returns_full(entry: QueueEntry, action: str) -> bool:
         return False
 
 
-def _returned(entry: QueueEntry, full: bool) -> Message:
+def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
+    """The original: its headers, or with ``full`` all of it.  In a global
+    notice (``utf8``) as RFC 6533's message/global-headers or
+    message/global, which may carry UTF-8 header fields raw (RFC 6532
+    3.7); otherwise text/rfc822-headers or message/rfc822."""
     path = entry.message_path
     if full:
         with open(path, "rb") as f:
             original = BytesParser(policy=_POLICY).parse(f)
-        # RFC 6532 3.7 / 6533 3: a message with UTF-8 header fields comes
-        # back as message/global, which may carry them raw
-        subtype = "global" if entry.envelope.smtputf8 else "rfc822"
+        subtype = "global" if utf8 else "rfc822"
         part = MIMEMessage(original, _subtype=subtype, policy=_POLICY)
         if entry.eight_bit:
             # 8-bit octets inside: a message/rfc822 part says so (RFC 2046
@@ -378,13 +458,12 @@ def _returned(entry: QueueEntry, full: bool) -> Message:
         raw = b""
     if not raw.isascii():
         part["Content-Transfer-Encoding"] = "8bit"
-        if entry.envelope.smtputf8:
-            # UTF-8 header fields (RFC 6532): RFC 6533 3's type for them,
-            # generated as a message part (the header block, then its empty
-            # line: what the email package writes raw for a message/* type)
-            part.set_type("message/global-headers")
-            part.attach(BytesParser(policy=_POLICY).parsebytes(raw, headersonly=True))
-            return part
+    if utf8:
+        # generated as a message part (the header block, then its empty
+        # line: what the email package writes raw for a message/* type)
+        part.set_type("message/global-headers")
+        part.attach(BytesParser(policy=_POLICY).parsebytes(raw, headersonly=True))
+        return part
     part.set_payload(raw.decode("ascii", "surrogateescape"))
     return part
 
@@ -392,7 +471,13 @@ def _returned(entry: QueueEntry, full: bool) -> Message:
 def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
     """The envelope of a notice about ``entry``: from ``<>`` to its sender.
     It keeps the message's id (the SMTP server's), so that a notice waiting
-    in the queue is among the entries ``mailhub queue show <id>`` lists."""
+    in the queue is among the entries ``mailhub queue show <id>`` lists.
+
+    SMTPUTF8 for a sender with no ASCII form, and for a global notice
+    (``is_global``), which has UTF-8 in its parts and may have it in its
+    returned header fields: the relay then asks the next hop for SMTPUTF8
+    (and sends a 7-bit copy, RFC 6533 6's global types encoded, to one
+    that lacks it)."""
     sender = entry.envelope.sender
     assert sender is not None
     return Envelope(
@@ -401,7 +486,7 @@ def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
         helo=hostname,
         client_address="",
         body_8bit=has_8bit,
-        smtputf8=ascii_form(sender) is None,
+        smtputf8=ascii_form(sender) is None or is_global(entry),
         message_id=entry.envelope.message_id,
     )
 
