@@ -1,0 +1,99 @@
+"""RFC 6856 rules without I/O: which stored messages need UTF-8 mode,
+user name preparation, language ranges."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txmailhub.pop3.intl import HeaderScan, prepare_username, select_language, valid_range
+
+
+def scan_whole(data: bytes) -> bool:
+    scan = HeaderScan()
+    scan.feed(data)
+    scan.finish()
+    return scan.needs_utf8
+
+
+def reference(data: bytes) -> bool:
+    """The header section: up to the first empty line (LF or CRLF ends a
+    line); internationalized when it is UTF-8 and not all ASCII."""
+    text = b"\n" + data
+    ends = [i for i in (text.find(b"\n\n"), text.find(b"\n\r\n")) if i >= 0]
+    header = text[1 : min(ends)] if ends else text[1:]
+    if header.isascii():
+        return False
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_utf8_header_fields_need_utf8_mode():
+    assert scan_whole("Subject: gr\u00fc\u00dfe\n\nbody\n".encode())
+    assert scan_whole("From: j\u00f6rg@b\u00fccher.example\r\n\r\nbody\r\n".encode())
+    assert scan_whole("Subject: \u00e9t\u00e9".encode())  # no body at all
+
+
+def test_ascii_headers_latin1_headers_and_utf8_bodies_do_not():
+    assert not scan_whole(b"Subject: plain\n\nbody\n")
+    assert not scan_whole("Subject: plain\n\nb\u00f6dy\n".encode())
+    assert not scan_whole("\nSubject: in the body\u00e9\n".encode())  # empty header section
+    assert not scan_whole("\r\nSubject: in the body\u00e9\n".encode())
+    # raw Latin-1: legacy mail that UTF-8 mode changes nothing about
+    assert not scan_whole(b"Subject: gr\xfc\xdfe\n\nbody\n")
+    assert not scan_whole("Subject: gr\u00fc\u00dfe\nX: \xff\n\n".encode("latin-1"))
+
+
+def test_a_character_split_between_chunks_and_a_long_header_section():
+    data = b"Subject: " + b"x" * 100 + "\u00fc".encode() + b"\n\nbody"
+    cut = data.index(b"\xc3") + 1  # between the two octets of the character
+    scan = HeaderScan()
+    assert not scan.feed(data[:cut])
+    assert scan.feed(data[cut:]) and scan.needs_utf8
+    # the empty line split between chunks: LF | LF, and LF CR | LF
+    for head, tail in ((b"S: a\n", b"\nbody \xff"), (b"S: a\n\r", b"\nbody \xff")):
+        scan = HeaderScan()
+        assert not scan.feed(head)
+        assert scan.feed(tail) and not scan.needs_utf8
+
+
+def test_invalid_utf8_decides_at_once():
+    scan = HeaderScan()
+    assert scan.feed(b"Subject: \xff and more header")  # no need to read on
+    assert not scan.needs_utf8
+
+
+@given(st.lists(st.sampled_from([b"a", b"\n", b"\r", b": ", "\u00fc".encode(), b"\xc3",
+                                 b"\xff", "\u20ac".encode()]), max_size=40).map(b"".join),
+       st.lists(st.integers(min_value=1, max_value=7), max_size=12))
+def test_any_chunking_gives_the_answer_of_the_reference(data, sizes):
+    scan = HeaderScan()
+    pos = 0
+    for size in sizes:
+        if scan.feed(data[pos : pos + size]):
+            break
+        pos += size
+    else:
+        if pos < len(data):
+            scan.feed(data[pos:])
+    scan.finish()
+    assert scan.needs_utf8 == reference(data)
+
+
+def test_prepare_username():
+    assert prepare_username("joe") == "joe"
+    assert prepare_username("jo\u0308rg@b\u00fccher.example") == "j\u00f6rg@b\u00fccher.example"
+    assert prepare_username("\u0627\u0644\u0639\u0631\u0628\u064a\u0629") is not None
+    for bad in ("jo\x00e", "joe\x7f", "a\udcff", "x\u200by", "x\u2028y", "\ufffe"):
+        assert prepare_username(bad) is None, ascii(bad)
+
+
+def test_language_ranges():
+    assert [select_language(r) for r in ("en", "EN-gb", "en-a-bbb", "*", "fr", "e")] == [
+        "en", "en", "en", "en", None, None]
+    assert all(valid_range(r) for r in ("*", "en", "en-GB", "zh-Hant-TW", "de-1996"))
+    assert not any(valid_range(r) for r in ("", "en-", "-en", "en_GB", "*-x", "abcdefghi",
+                                            "en--gb", "\u00e9n"))

@@ -1,0 +1,146 @@
+"""The RFC 6856 pieces of POP3 that need rules, not I/O: which stored
+messages need UTF-8 mode, how a user name is prepared, and which
+response language a LANG range selects.
+
+* ``HeaderScan`` reads a stored message's first chunks and says whether
+  its header section holds UTF-8 (an internationalized message, RFC 6532,
+  as an SMTPUTF8 transaction stores it).  Such a message is never sent
+  to a client that did not issue ``UTF8`` (RFC 6856 section 2); the
+  adapter answers ``-ERR [UTF8]`` instead (section 5).  Raw 8-bit octets
+  that are *not* UTF-8 are legacy mail from a sender that broke RFC 5322,
+  which POP3 servers have always passed on as they are: UTF-8 mode would
+  change nothing about them, so they are no reason to refuse.
+* ``prepare_username`` is the SASLprep check (RFC 4013, RFC 6856 2.2) of
+  a name from USER, APOP or AUTH PLAIN, in NFC -- the form the users file
+  keys (``txmailhub.address.canonical_local``).
+* ``select_language`` is RFC 4647 lookup over the languages we have.
+
+Sans-IO: no files, no transport, no engine state.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import stringprep
+import unicodedata
+
+__all__ = ["LANGUAGES", "HeaderScan", "prepare_username", "select_language", "valid_range"]
+
+# The LF that ends the header section's last line, then the empty line.
+_HEADER_END = re.compile(rb"\n\r?\n")
+
+
+class HeaderScan:
+    """Feed a stored message chunk by chunk, from its first octet, until
+    ``done``; then ``needs_utf8`` tells whether its header section is
+    internationalized.  Keeps two octets between chunks, never the header."""
+
+    __slots__ = ("_decoder", "_tail", "_valid", "done", "eight_bit")
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        # as if an LF came before the message: a message that starts with
+        # an empty line has an empty header section
+        self._tail = b"\n"
+        self._valid = True
+        self.eight_bit = False
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bool:
+        """Scan the next chunk; ``True`` once the answer is known."""
+        if self.done:
+            return True
+        data = self._tail + chunk
+        m = _HEADER_END.search(data)
+        part = chunk if m is None else chunk[: max(0, m.start() - len(self._tail))]
+        if not part.isascii():
+            self.eight_bit = True
+        self._decode(part, final=m is not None)
+        self._tail = data[-2:]
+        if m is not None or not self._valid:
+            self.done = True
+        return self.done
+
+    def finish(self) -> None:
+        """The message ended inside its header section (no body)."""
+        if not self.done:
+            self._decode(b"", final=True)
+            self.done = True
+
+    def _decode(self, part: bytes, final: bool) -> None:
+        try:
+            self._decoder.decode(part, final)
+        except UnicodeDecodeError:
+            self._valid = False
+
+    @property
+    def needs_utf8(self) -> bool:
+        """The header section has UTF-8 beyond ASCII (and nothing but UTF-8)."""
+        return self.eight_bit and self._valid
+
+
+def _prohibited(c: str) -> bool:
+    """RFC 4013 2.3: what SASLprep output must not hold."""
+    return (
+        stringprep.in_table_c12(c) or stringprep.in_table_c21_c22(c)
+        or stringprep.in_table_c3(c) or stringprep.in_table_c4(c)
+        or stringprep.in_table_c5(c) or stringprep.in_table_c6(c)
+        or stringprep.in_table_c7(c) or stringprep.in_table_c8(c)
+        or stringprep.in_table_c9(c)
+    )
+
+
+def prepare_username(name: str) -> str | None:
+    """``name`` in NFC, or ``None`` when a server must refuse it.
+
+    RFC 6856 2.2: a server that lists ``UTF8 USER`` should apply SASLprep
+    to the USER argument (as a query string) and must then reject a name
+    with a character SASLprep prohibits (RFC 4013 2.3: controls, private
+    use, non-characters, surrogates, tags...) or one that breaks the
+    bidirectional rule (RFC 3454 6).  The normalization is NFC, not
+    SASLprep's NFKC: the users file keys names in NFC, so a compatibility
+    mapping here would make POP3 look up another mailbox than SMTP AUTH
+    and ``mailhub user`` do.  A lone surrogate is an octet that was not
+    UTF-8 (the engine decodes lines with ``surrogateescape``)."""
+    if name.isascii():
+        if any(c < "!" or c == "\x7f" for c in name):
+            return None
+        return name
+    name = unicodedata.normalize("NFC", name)
+    if any(_prohibited(c) for c in name):
+        return None
+    if any(stringprep.in_table_d1(c) for c in name) and (
+        any(stringprep.in_table_d2(c) for c in name)
+        or not stringprep.in_table_d1(name[0])
+        or not stringprep.in_table_d1(name[-1])
+    ):
+        return None
+    return name
+
+
+LANGUAGES: dict[str, str] = {"en": "English"}
+"""The languages of our response texts (RFC 6856 3), tag -> its name in itself."""
+DEFAULT_LANGUAGE = "en"
+
+_RANGE = re.compile(r"\*|[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
+
+
+def valid_range(text: str) -> bool:
+    """An RFC 4647 2.1 basic language range (``*``, ``en``, ``en-GB``)."""
+    return _RANGE.fullmatch(text) is not None
+
+
+def select_language(language_range: str) -> str | None:
+    """The language ``language_range`` selects by RFC 4647 3.4 lookup
+    (``en-GB`` falls back to ``en``; ``*`` is the default), or ``None``."""
+    if language_range == "*":
+        return DEFAULT_LANGUAGE
+    tag = language_range.lower()
+    while tag:
+        if tag in LANGUAGES:
+            return tag
+        tag = tag.rpartition("-")[0]
+        if len(tag) > 1 and tag[-2] == "-":  # a singleton left at the end goes too
+            tag = tag[:-2]
+    return None
