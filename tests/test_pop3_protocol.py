@@ -656,7 +656,12 @@ def test_stls_while_twisted_has_us_paused(tls_files, monkeypatch):
     capa = pending() - greeting
     assert capa > 0 and not sock.producerPaused
     room = sock.bufferSize - pending()  # CAPAs that fit, then the +OK goes over
-    proto.dataReceived(b"CAPA\r\n" * (room // capa) + b"STLS\r\n")
+    # what is left after them, filled with shorter answers down to less
+    # than the +OK to STLS, whatever the length of the CAPA list
+    short = len(R.UNKNOWN_COMMAND.to_bytes())
+    assert short < len(R.STLS_BEGIN.to_bytes())
+    fill = b"XXXX\r\n" * (room % capa // short)
+    proto.dataReceived(b"CAPA\r\n" * (room // capa) + fill + b"STLS\r\n")
     env.clock.advance(0)  # a long batch: COMMANDS_PER_TURN a reactor turn
     assert sock.TLS and sock.producerPaused  # paused as TLS started
     sock.drain()  # the client reads it all, the +OK last
@@ -1158,7 +1163,14 @@ def test_a_refused_login_under_any_name_is_logged_on_one_safe_line():
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
+        # names that are no UTF-8 or hold controls are refused at USER
+        # (RFC 6856 2.2, SASLprep); what passes may still be unprintable
+        # (an unassigned code point) or look like an escape
         for name in (b"\xff\xfe", b"bob\x1b[2J", b"eve\rforged"):
+            proto, t = env.connect()
+            assert talk(proto, t, b"USER " + name + b"\r\n") == R.BAD_USER_NAME.to_bytes()
+            proto.connectionLost(None)
+        for name in ("bob\u0378".encode(), b"eve\\x0dforged"):
             proto, t = env.connect()
             talk(proto, t, b"USER " + name + b"\r\nPASS x\r\n")
             env.clock.advance(5)
@@ -1166,7 +1178,7 @@ def test_a_refused_login_under_any_name_is_logged_on_one_safe_line():
     finally:
         globalLogPublisher.removeObserver(events.append)
     refused = [e for e in events if e.get("why") == "AUTH"]
-    assert [e["user"] for e in refused] == ["\\xff\\xfe", "bob\\x1b[2J", "eve\\x0dforged"]
+    assert [e["user"] for e in refused] == ["bob\\u0378", "eve\\\\x0dforged"]
     for e in refused:
         text = formatEvent(e)
         assert text.isprintable() and "Unable to format" not in text
@@ -1378,3 +1390,95 @@ def test_update_refused_for_good_is_sys_perm(error):
     assert out == b"-ERR [SYS/PERM] Some deleted messages were not removed\r\n"
     assert t.disconnecting
     assert not env.store.is_locked("joe@example.org")
+
+
+# -- RFC 6856: messages with UTF-8 header fields -------------------------------
+
+INTL = "From: J\u00f6rg <j\u00f6rg@example.org>\nSubject: gr\u00fc\u00dfe\n\nb\u00f6dy\n".encode()
+
+
+def login_utf8(env, utf8: bool, **kw):
+    proto, t = env.connect(**kw)
+    if utf8:
+        assert talk(proto, t, b"UTF8\r\n") == R.UTF8_ENABLED.to_bytes()
+    assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n").startswith(
+        R.USER_ACCEPTED.to_bytes() + b"+OK Logged in")
+    return proto, t
+
+
+def test_a_message_with_utf8_headers_is_refused_without_utf8(log_events):
+    env = Env()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", "Subject: plain\n\nb\u00f6dy\n".encode())
+    env.store.add("joe@example.org", b"Subject: gr\xfc\xdfe\n\nlatin-1\n")
+    proto, t = login_utf8(env, utf8=False)
+    assert talk(proto, t, b"RETR 1\r\n") == R.UTF8_REQUIRED.to_bytes()
+    assert talk(proto, t, b"TOP 1 0\r\n") == R.UTF8_REQUIRED.to_bytes()
+    assert talk(proto, t, b"LIST 1\r\n").startswith(b"+OK 1 ")
+    # an UTF-8 body, or 8-bit header octets that are not UTF-8, go as ever
+    assert talk(proto, t, b"RETR 2\r\n").endswith("b\u00f6dy\r\n.\r\n".encode())
+    assert talk(proto, t, b"RETR 3\r\n").endswith(b"latin-1\r\n.\r\n")
+    assert talk(proto, t, b"UTF8\r\n") == R.wrong_state("UTF8", "TRANSACTION").to_bytes()
+    # never sent: not marked seen (the two that were sent are)
+    assert [m.seen for m in proto.mailbox.list_messages()] == [False, True, True]
+    assert any("has UTF-8 header fields" in str(e.get("log_format")) and e["number"] == 1
+               for e in log_events)
+
+
+def test_after_utf8_the_message_goes_as_stored():
+    env = Env()
+    env.store.add("joe@example.org", INTL)
+    proto, t = login_utf8(env, utf8=True)
+    size = crlf_size_of(INTL)
+    assert talk(proto, t, b"RETR 1\r\n") == b"+OK %d octets\r\n" % size + encode_whole(INTL)
+    assert talk(proto, t, b"TOP 1 0\r\n") == R.TOP_FOLLOWS.to_bytes() + encode_whole(
+        INTL.split(b"\n\n")[0] + b"\n\n")
+
+
+def retr_streamed(proto, t, command=b"RETR 1\r\n") -> bytes:
+    t.clear()
+    proto.dataReceived(command)
+    while proto._stream is not None:
+        proto.resumeProducing()
+    return t.value()
+
+
+def test_large_messages_with_utf8_headers_in_the_first_chunk_or_beyond_it():
+    big_body = b"\n" + b"body line\n" * (CHUNK_SIZE // 5)
+    first = "Subject: gr\u00fc\u00dfe\n".encode() + big_body
+    # the header section is longer than a chunk; its UTF-8 comes after it
+    beyond = b"X-Long: " + b"a" * (2 * CHUNK_SIZE) + "\nSubject: \u00e9t\u00e9\n".encode() + \
+        big_body
+    ascii_long = b"X-Long: " + b"a" * (2 * CHUNK_SIZE) + b"\n" + big_body.replace(
+        b"body", "b\u00f6dy".encode())
+    for msg, needs in ((first, True), (beyond, True), (ascii_long, False)):
+        for utf8 in (False, True):
+            env = Env()
+            env.store.add("joe@example.org", msg)
+            proto, t = login_utf8(env, utf8=utf8)
+            out = retr_streamed(proto, t)
+            if needs and not utf8:
+                assert out == R.UTF8_REQUIRED.to_bytes()
+                assert proto._stream is None and not proto._busy
+            else:  # whole, from its first octet: the scan rewound the file
+                assert out == b"+OK %d octets\r\n" % crlf_size_of(msg) + encode_whole(msg)
+            assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
+
+
+def test_a_mailbox_whose_files_cannot_seek_is_opened_again():
+    class NoSeek:
+        def __init__(self, f):
+            self._f = f
+            self.read = f.read
+            self.close = f.close
+
+    env = Env()
+    msg = b"X-Long: " + b"a" * (2 * CHUNK_SIZE) + b"\n\nbody\n"
+    env.store.add("joe@example.org", msg)
+    proto, t = login_utf8(env, utf8=False)
+    opened = []
+    real_open = proto.mailbox.open_message
+    proto.mailbox.open_message = lambda i: (opened.append(i), NoSeek(real_open(i)))[1]
+    assert retr_streamed(proto, t) == b"+OK %d octets\r\n" % crlf_size_of(msg) + \
+        encode_whole(msg)
+    assert opened == [0, 0]

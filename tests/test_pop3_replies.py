@@ -49,6 +49,11 @@ PINNED = {
     "SASL_LINE_TOO_LONG": (False, None),
     "BAD_ENCODING": (False, None),
     "INTERNAL_ERROR": (False, "SYS/TEMP"),
+    "UTF8_ENABLED": (True, None),
+    "UTF8_REQUIRED": (False, "UTF8"),  # RFC 6856 5: the message needs UTF-8 mode
+    "BAD_USER_NAME": (False, "AUTH"),  # RFC 6856 2.2: SASLprep refuses the name
+    "LANG_FOLLOWS": (True, None),
+    "LANG_UNKNOWN": (False, None),
 }
 
 

@@ -190,8 +190,9 @@ def test_unknown_and_empty_commands():
 def test_non_utf8_bytes_never_raise():
     e = engine()
     assert sent(e, b"\xff\xfe NOOP") == R.BAD_ENCODING.to_bytes()
-    action = run(e, b"USER \xe9l\xe8ve")
-    assert action.data == R.USER_ACCEPTED.to_bytes()
+    # Latin-1 is no UTF-8 user name (RFC 6856 2.2): refused, not a crash
+    assert sent(e, b"USER \xe9l\xe8ve") == R.BAD_USER_NAME.to_bytes()
+    assert sent(e, "USER \xe9l\xe8ve".encode()) == R.USER_ACCEPTED.to_bytes()
 
 
 def test_a_keyword_is_ascii_not_what_unicode_upper_cases_to_one():
@@ -420,7 +421,7 @@ def test_capa_exact_list_with_stls_when_tls_configured():
     e = engine(tls_available=True)
     assert capa_lines(sent(e, b"CAPA")) == [
         "TOP", "UIDL", "USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
-        "STLS", "IMPLEMENTATION txmailhub",
+        "UTF8 USER", "LANG", "STLS", "IMPLEMENTATION txmailhub",
     ]
     assert list(CAPABILITIES) == capa_lines(sent(e, b"capa"))
 
@@ -462,7 +463,7 @@ def test_auth_plain_authzid_may_name_the_same_user_in_another_form():
 def test_capa_and_auth_hide_plaintext_mechanisms_where_refused():
     e = engine(plaintext_allowed=False, tls_available=True)
     assert capa_lines(sent(e, b"CAPA")) == [
-        "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "STLS",
+        "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8", "LANG", "STLS",
         "IMPLEMENTATION txmailhub",
     ]
     assert sent(e, b"AUTH") == R.AUTH_MECHANISMS.to_bytes() + b".\r\n"
@@ -705,3 +706,120 @@ def test_line_reader_counts_a_partial_line_once_and_clear_forgets_it():
     assert reader.buffered == 0 and not reader.has_line
     reader.feed(b"CAPA\r\n")
     assert reader.pop() == b"CAPA"
+
+
+# -- RFC 6856: UTF8, LANG, UTF-8 user names ----------------------------------
+
+
+def test_capa_lists_utf8_with_its_user_argument_and_lang():
+    assert "UTF8 USER" in CAPABILITIES and "LANG" in CAPABILITIES
+    # USER is not offered where plaintext passwords are refused: nor is its
+    # UTF-8 form; the UTF8 command itself still is
+    caps = capa_lines(sent(engine(plaintext_allowed=False), b"CAPA"))
+    assert "UTF8" in caps and "UTF8 USER" not in caps
+
+
+def test_utf8_before_login_then_retr_and_top_may_carry_utf8_headers():
+    e = engine()
+    assert sent(e, b"UTF8") == R.UTF8_ENABLED.to_bytes()
+    assert sent(e, b"utf8") == R.UTF8_ENABLED.to_bytes()  # again: still on
+    logged_in_after(e)
+    assert run(e, b"RETR 1") == Transmit(0, 412, b"+OK 412 octets\r\n", None, True, True)
+    assert run(e, b"RETR  1").utf8  # the slower path too
+    assert run(e, b"TOP 2 0") == Transmit(1, 20, R.TOP_FOLLOWS.to_bytes(), 0, False, True)
+
+
+def test_without_utf8_retr_and_top_ask_for_ascii_headers():
+    e = logged_in()
+    assert run(e, b"RETR 1").utf8 is False
+    assert run(e, b"TOP 1 0").utf8 is False
+
+
+def test_utf8_only_in_the_authorization_state_and_without_argument():
+    e = engine()
+    assert sent(e, b"UTF8 now") == R.bad_syntax("UTF8").to_bytes()
+    assert e.utf8 is False
+    e = logged_in()
+    assert sent(e, b"UTF8") == R.wrong_state("UTF8", "TRANSACTION").to_bytes()
+    assert e.utf8 is False and run(e, b"RETR 1").utf8 is False
+
+
+def test_stls_forgets_utf8_mode():
+    # RFC 2595 4: the client starts afresh under TLS; the adapter builds a
+    # new engine, and UTF-8 mode is something the client asks for again
+    e = engine(tls_available=True)
+    sent(e, b"UTF8")
+    assert isinstance(run(e, b"STLS"), StartTLS)
+    assert engine(tls_active=True).utf8 is False
+
+
+def test_lang_lists_english_and_selects_it_by_rfc_4647_lookup():
+    for e in (engine(), logged_in()):  # both states
+        assert sent(e, b"LANG") == R.LANG_FOLLOWS.to_bytes() + b"en English\r\n.\r\n"
+        for arg in (b"en", b"EN", b"en-GB", b"en-US-x-private", b"*"):
+            assert sent(e, b"LANG " + arg) == R.language_selected("en", "English").to_bytes()
+        for arg in (b"fr", b"de-CH", b"eng", b"i-klingon"):
+            assert sent(e, b"LANG " + arg) == R.LANG_UNKNOWN.to_bytes(), arg
+        for arg in (b"en fr", b"en_GB", b"-en", b"en-", b"toolonglang", b"*-en",
+                    "\u00e9n".encode()):
+            assert sent(e, b"LANG " + arg) == R.bad_syntax("LANG [language-range]").to_bytes()
+    assert R.language_selected("en", "English").to_bytes().startswith(b"+OK en ")
+
+
+def test_utf8_user_names_are_nfc_before_and_after_utf8():
+    decomposed = "jo\u0308rg@example.org".encode()
+    for prefix in (b"", b"UTF8\r\n"):
+        e = engine()
+        e.receive_data(prefix)
+        if prefix:
+            e.next_action()
+        assert sent(e, b"USER " + decomposed) == R.USER_ACCEPTED.to_bytes()
+        action = run(e, "PASS p\u00e4ss w\u00f6rd".encode())
+        assert action == Authenticate("USER", "j\u00f6rg@example.org",
+                                      "p\u00e4ss w\u00f6rd".encode(), TS)
+
+
+@pytest.mark.parametrize("name", [
+    b"\xff\xfe",  # not UTF-8
+    b"bob\x01",  # an ASCII control (RFC 3454 C.2.1)
+    "bo\u0085b".encode(),  # a non-ASCII control (C.2.2)
+    "bob\ue000".encode(),  # private use (C.3)
+    "bob\ufdd0".encode(),  # a non-character (C.4)
+    "bob\u202e".encode(),  # a display property change: RLO (C.8)
+    "bob\U000e0041".encode(),  # a tag (C.9)
+    "bob\u3000x".encode(),  # a non-ASCII space (C.1.2)
+    "\u05d0bob".encode(),  # right-to-left then left-to-right (RFC 3454 6)
+])
+def test_user_names_saslprep_prohibits_are_refused(name):
+    e = engine()
+    assert sent(e, b"USER " + name) == R.BAD_USER_NAME.to_bytes()
+    assert sent(e, b"PASS x") == R.PASS_WITHOUT_USER.to_bytes()
+    assert e.auth_failures == 0  # no credentials were judged
+    # (APOP splits at any white space: U+3000 makes it three words)
+    assert sent(e, b"APOP " + name + b" " + b"0" * 32) in (
+        R.BAD_USER_NAME.to_bytes(), R.bad_syntax("APOP name digest").to_bytes())
+    run(e, b"AUTH PLAIN")
+    raw = b"\0" + name + b"\0pw"
+    if name != b"\xff\xfe":  # (not UTF-8 at all: a malformed PLAIN response)
+        assert sent(e, base64.b64encode(raw)) == R.BAD_USER_NAME.to_bytes()
+
+
+def test_right_to_left_names_whole_are_accepted():
+    e = engine()
+    assert sent(e, "USER \u05d0\u05d1@example.org".encode()) == R.BAD_USER_NAME.to_bytes()
+    # a name that starts and ends right-to-left and has no left-to-right letter
+    assert sent(e, "USER \u05d0\u05d1\u05d2".encode()) == R.USER_ACCEPTED.to_bytes()
+
+
+def test_apop_and_auth_plain_names_are_nfc():
+    e = engine()
+    action = run(e, "APOP jo\u0308rg ".encode() + b"a" * 32)
+    assert action.username == "j\u00f6rg"
+    e = engine()
+    run(e, b"AUTH PLAIN")
+    action = run(e, plain("", "jo\u0308rg", "pw"))
+    assert action.username == "j\u00f6rg"
+    e = engine(primary_domain="example.org")
+    run(e, b"AUTH PLAIN")  # the authzid compares in NFC too
+    action = run(e, plain("j\u00f6rg", "jo\u0308rg", "pw"))
+    assert isinstance(action, Authenticate) and action.username == "j\u00f6rg"

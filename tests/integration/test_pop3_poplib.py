@@ -83,7 +83,8 @@ def test_capa_exactly(hub):
                         rb"\.example\.org>", p.getwelcome())
     assert p.capa() == {
         "TOP": [], "UIDL": [], "USER": [], "SASL": ["PLAIN"], "RESP-CODES": [],
-        "AUTH-RESP-CODE": [], "PIPELINING": [], "IMPLEMENTATION": ["txmailhub"],
+        "AUTH-RESP-CODE": [], "PIPELINING": [], "UTF8": ["USER"], "LANG": [],
+        "IMPLEMENTATION": ["txmailhub"],
     }
     p.quit()
 
@@ -305,3 +306,57 @@ def test_pipelined_batch_and_bad_input_over_the_wire(filled):
     assert c.line().startswith(b"+OK")
     assert c.closed()
     assert "Traceback" not in filled.log_text()
+
+
+# -- RFC 6856: UTF-8 mode ------------------------------------------------------
+
+JOERG, JOERG_PW = "j\u00f6rg@example.org", "j\u00f6rgs passw\u00f6rt"
+INTL = ("From: J\u00f6rg <j\u00f6rg@example.org>\r\nTo: j\u00f6rg@example.org\r\n"
+        "Subject: Gr\u00fc\u00dfe\r\n\r\nHallo \u00e9t\u00e9\r\n").encode()
+
+
+def test_utf8_mode_with_poplib_after_an_smtputf8_delivery(make_hub):
+    import smtplib
+
+    hub = make_hub(users={JOERG: JOERG_PW})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.sendmail("\u00e9mile@remote.test", [JOERG], INTL,
+                          mail_options=["SMTPUTF8"]) == {}
+    # a client that has not issued UTF8 does not get the message
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    assert p.capa()["UTF8"] == ["USER"]
+    p.user("jo\u0308rg")  # UTF-8 on the wire (poplib's encoding), decomposed
+    p.pass_(JOERG_PW)
+    count, _ = p.stat()
+    assert count == 1
+    with pytest.raises(poplib.error_proto) as refused:
+        p.retr(1)
+    assert refused.value.args[0].startswith(b"-ERR [UTF8] ")
+    with pytest.raises(poplib.error_proto, match="not valid in the TRANSACTION"):
+        p.utf8()
+    p.quit()
+    # one that has does, as it was stored (after the hub's trace fields)
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    assert p.utf8() == R.UTF8_ENABLED.to_bytes().rstrip()
+    p.user(JOERG)
+    p.pass_(JOERG_PW)
+    _, listing, _ = p.list()
+    _, lines, _ = p.retr(1)
+    data = b"".join(x + b"\r\n" for x in lines)
+    assert data.endswith(INTL)
+    assert data.startswith("Return-Path: <\u00e9mile@remote.test>\r\n".encode())
+    assert int(listing[0].split()[1]) == len(data)  # LIST counts what RETR sends
+    assert p.quit().startswith(b"+OK")
+
+
+def test_lang_and_utf8_over_the_wire(hub):
+    raw = RawPOP3(hub.pop3_port)
+    raw.line()
+    raw.send(b"LANG\r\n")
+    assert raw.multiline() == R.LANG_FOLLOWS.to_bytes() + b"en English\r\n.\r\n"
+    for command, reply in ((b"LANG en-GB", R.language_selected("en", "English")),
+                           (b"LANG fr", R.LANG_UNKNOWN), (b"UTF8", R.UTF8_ENABLED)):
+        raw.send(command + b"\r\n")
+        assert raw.line() + b"\r\n" == reply.to_bytes(), command
+    raw.close()

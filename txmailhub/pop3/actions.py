@@ -40,6 +40,8 @@ class Transmit(NamedTuple):
     """Send ``head``, then message ``index`` in CRLF form, dot-stuffed,
     then ``.\\r\\n``.  ``body_lines`` is ``None`` for the whole message
     (RETR) or the TOP line count; ``mark_seen`` after a complete RETR.
+    ``utf8``: the client issued UTF8 (RFC 6856); without it a message
+    whose header section is UTF-8 is refused with ``-ERR [UTF8]``.
 
     A ``NamedTuple`` rather than a frozen dataclass like the others: one
     is made per RETR, and building it costs a fraction (a frozen
@@ -50,6 +52,7 @@ class Transmit(NamedTuple):
     head: bytes
     body_lines: int | None
     mark_seen: bool
+    utf8: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
+from txmailhub.pop3.intl import HeaderScan
 from txmailhub.pop3.server import (
     Authenticate,
     LoginFailure,
@@ -78,6 +79,16 @@ def _is_local_peer(peer: Any) -> bool:
         return True
     ip = client_ip(getattr(peer, "host", ""))
     return ip is not None and ip.is_loopback
+
+
+def _needs_utf8(whole: bytes) -> bool:
+    """Whether a whole stored message is internationalized (``HeaderScan``)."""
+    if whole.isascii():
+        return False
+    scan = HeaderScan()
+    scan.feed(whole)
+    scan.finish()
+    return scan.needs_utf8
 
 
 @implementer(IPushProducer)
@@ -489,6 +500,9 @@ class POP3Protocol(Protocol):
             if action.size < CHUNK_SIZE:  # stored octets <= CRLF octets
                 first = self.mailbox.read_message(action.index, CHUNK_SIZE)
                 if first is not None and action.body_lines is None:  # a small RETR
+                    if not action.utf8 and _needs_utf8(first):
+                        self._refuse_utf8(action)
+                        return
                     self._write(encode_whole(first, action.head))
                     if action.mark_seen:
                         self._unseen.append(action.index)  # see dataReceived
@@ -496,6 +510,24 @@ class POP3Protocol(Protocol):
             if first is None:
                 f = self.mailbox.open_message(action.index)
                 first = f.read(CHUNK_SIZE)
+            if not action.utf8:
+                scan = HeaderScan()
+                if not scan.feed(first) and f is not None:
+                    # a header section longer than a chunk: read on to its
+                    # end, then start the message again from its first octet
+                    while not scan.done:
+                        more = f.read(CHUNK_SIZE)
+                        if not more:
+                            break
+                        scan.feed(more)
+                    f = self._rewind(f, action.index)
+                    first = f.read(CHUNK_SIZE)
+                scan.finish()
+                if scan.needs_utf8:
+                    if f is not None:
+                        f.close()
+                    self._refuse_utf8(action)
+                    return
         except Exception:
             # a message gone behind our back (another reader) is an OSError:
             # one line, like every storage error; anything else a traceback
@@ -524,6 +556,24 @@ class POP3Protocol(Protocol):
         self.transport.write(action.head + enc.encode(first))
         self._queued = True
         self._pump()
+
+    def _rewind(self, f: Any, index: int) -> Any:
+        """``f`` back at the message's first octet: seeked, or opened anew
+        where an ``IMailbox`` gives files that cannot seek."""
+        try:
+            f.seek(0)
+            return f
+        except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+            f.close()
+            return self.mailbox.open_message(index)
+
+    def _refuse_utf8(self, action: Transmit) -> None:
+        """RFC 6856 2 and 5: an internationalized message is not sent to a
+        client that has not issued UTF8; it is refused, not downgraded."""
+        log.info("POP3 {user} from {peer}: message {number} has UTF-8 header fields and the "
+                 "client did not send UTF8: refused", user=self._user, peer=self._peer,
+                 number=action.index + 1)
+        self._write(R.UTF8_REQUIRED.to_bytes())
 
     def _pump(self) -> None:
         """Send chunks of the current message until the transport pushes back."""

@@ -2,7 +2,7 @@
 
 A POP3 status line is ``+OK text`` or ``-ERR [CODE] text``; the bracketed
 response code comes from RFC 2449 (``IN-USE``, ``LOGIN-DELAY``,
-``SYS/TEMP``, ``SYS/PERM``) and RFC 3206 (``AUTH``).  The engine
+``SYS/TEMP``, ``SYS/PERM``), RFC 3206 (``AUTH``) and RFC 6856 (``UTF8``).  The engine
 (``txmailhub.pop3.server``) and the tests share the constants below, so
 no status line is spelled twice.  Replies that carry a number (``STAT``,
 ``LIST n``...) are built by the small functions at the end.
@@ -88,6 +88,15 @@ STLS_ALREADY_ACTIVE = err("Command not permitted when TLS active")
 
 CAPA_FOLLOWS = ok("Capability list follows")
 
+# RFC 6856: UTF-8 mode and the response language
+UTF8_ENABLED = ok("UTF-8 mode enabled")
+BAD_USER_NAME = err(
+    "Invalid user name: UTF-8 without control or other prohibited characters (RFC 4013)",
+    "AUTH",
+)
+LANG_FOLLOWS = ok("Language listing follows")
+LANG_UNKNOWN = err("Unknown language; available: en")
+
 # -- TRANSACTION -----------------------------------------------------------
 
 NOOP = ok("")
@@ -100,6 +109,11 @@ INVALID_LINE_COUNT = err("Invalid number of lines")
 DELETED_TEXT = "Message {number} deleted"
 TOP_FOLLOWS = ok("Top of message follows")
 MESSAGE_READ_FAILED = err("Message cannot be read", "SYS/TEMP")
+# RFC 6856 2 and 5: an internationalized message is never sent to a client
+# that has not issued UTF8 (which is valid only before login)
+UTF8_REQUIRED = err(
+    "Message has UTF-8 header fields; it needs UTF-8 mode (UTF8 before logging in)", "UTF8"
+)
 
 # -- UPDATE and the end of the session ------------------------------------
 
@@ -167,6 +181,11 @@ def retr_line(octets: int) -> bytes:
     """``retr(octets).to_bytes()``, formatted straight into bytes: it is
     the status line of every RETR, so it skips the ``POP3Reply`` value."""
     return b"+OK %d octets\r\n" % octets
+
+
+def language_selected(tag: str, name: str) -> POP3Reply:
+    # RFC 6856 3.1: the response starts with the tag of the language chosen
+    return ok(f"{tag} Language is now {name}")
 
 
 def deleted(number: int) -> POP3Reply:

@@ -1,4 +1,4 @@
-"""The POP3 server engine: a sans-IO state machine (RFC 1939, 2449, 2595, 5034).
+"""The POP3 server engine: a sans-IO state machine (RFC 1939, 2449, 2595, 5034, 6856).
 
 Bytes go in (``receive_data``), one *action* per command comes out
 (``next_action``).  Most actions are ``Send`` (bytes to write); the others
@@ -32,6 +32,7 @@ from txmailhub.address import login_key
 from txmailhub.errors import LocalError
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.actions import Action, Authenticate, Send, StartTLS, Transmit, Update
+from txmailhub.pop3.intl import LANGUAGES, prepare_username, select_language, valid_range
 from txmailhub.pop3.lines import LineReader
 from txmailhub.pop3.replies import TERMINATOR, POP3Reply
 
@@ -119,6 +120,9 @@ def capabilities(*, stls: bool, plaintext: bool = True) -> tuple[str, ...]:
     if plaintext:
         caps += ["USER", "SASL PLAIN"]
     caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+    # RFC 6856: the UTF8 command, and (argument USER) UTF-8 user names and
+    # passwords in USER/PASS -- listed with USER, where those are accepted
+    caps += ["UTF8 USER" if plaintext else "UTF8", "LANG"]
     if stls:
         caps.append("STLS")
     caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
@@ -137,6 +141,8 @@ VALID_IN: dict[str, frozenset[State]] = {
     "AUTH": frozenset({_A}),
     "STLS": frozenset({_A}),
     "CAPA": frozenset({_A, _T}),
+    "UTF8": frozenset({_A}),
+    "LANG": frozenset({_A, _T}),
     "QUIT": frozenset({_A, _T}),
     "NOOP": frozenset({_T}),
     "STAT": frozenset({_T}),
@@ -196,6 +202,7 @@ class POP3Server:
         self._user: str | None = None
         self._sasl = False  # an AUTH PLAIN response is awaited
         self._before_login = 0  # lines read in the AUTHORIZATION state
+        self.utf8 = False  # UTF8 issued (RFC 6856): UTF-8 headers may be sent
         self._messages: list[Any] = []
         self._deleted: set[int] = set()
         self._handlers: dict[str, Callable[[str], Action]] = {
@@ -205,6 +212,8 @@ class POP3Server:
             "AUTH": self._auth_cmd,
             "STLS": self._stls_cmd,
             "CAPA": self._capa_cmd,
+            "UTF8": self._utf8_cmd,
+            "LANG": self._lang_cmd,
             "QUIT": self._quit_cmd,
             "NOOP": self._noop_cmd,
             "STAT": self._stat_cmd,
@@ -332,7 +341,10 @@ class POP3Server:
             return self._send(R.bad_syntax("USER name"))
         if not self.plaintext_allowed:
             return self._send(R.PLAINTEXT_DISALLOWED)
-        self._user = name
+        prepared = prepare_username(name)
+        if prepared is None:
+            return self._send(R.BAD_USER_NAME)
+        self._user = prepared
         return self._send(R.USER_ACCEPTED)
 
     def _pass_cmd(self, arg: str) -> Action:
@@ -353,6 +365,10 @@ class POP3Server:
         digest = digest.lower()
         if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
             return self._send(R.bad_syntax("APOP name digest (32 hex digits)"))
+        prepared = prepare_username(name)  # RFC 6856 2.2: APOP's name too
+        if prepared is None:
+            return self._send(R.BAD_USER_NAME)
+        name = prepared
         return self._login("APOP", name, digest.encode("ascii"))
 
     def _auth_cmd(self, arg: str) -> Action:
@@ -390,6 +406,10 @@ class POP3Server:
             authz = authzid.decode("utf-8")
         except UnicodeDecodeError:
             return self._send(R.AUTH_BAD_PLAIN)
+        prepared = prepare_username(username)  # RFC 4616 5: SASLprep'd
+        if prepared is None or (authz and prepare_username(authz) is None):
+            return self._send(R.BAD_USER_NAME)
+        username = prepared
         if authz and self.identity(authz) != self.identity(username):
             # Acting as another user is not supported: a failed login.
             self._waiting = "login"
@@ -427,6 +447,28 @@ class POP3Server:
         stls = self.tls_available and not self.tls_active
         caps = capabilities(stls=stls, plaintext=self.plaintext_allowed)
         return Send(multiline(R.CAPA_FOLLOWS, caps))
+
+    def _utf8_cmd(self, arg: str) -> Action:
+        # RFC 6856 2: no argument, AUTHORIZATION state only (VALID_IN);
+        # from here on messages go out with their UTF-8 header fields
+        if arg.strip():
+            return self._send(R.bad_syntax("UTF8"))
+        self.utf8 = True
+        return self._send(R.UTF8_ENABLED)
+
+    def _lang_cmd(self, arg: str) -> Action:
+        # RFC 6856 3.1: no argument lists the languages, one per line as
+        # "tag description"; a language range selects one, "*" the default
+        args = arg.split()
+        if not args:
+            lines = [f"{tag} {name}" for tag, name in LANGUAGES.items()]
+            return Send(multiline(R.LANG_FOLLOWS, lines))
+        if len(args) > 1 or not valid_range(args[0]):
+            return self._send(R.bad_syntax("LANG [language-range]"))
+        tag = select_language(args[0])
+        if tag is None:
+            return self._send(R.LANG_UNKNOWN)
+        return self._send(R.language_selected(tag, LANGUAGES[tag]))
 
     def _quit_cmd(self, arg: str) -> Action:
         self.finished = True
@@ -486,7 +528,7 @@ class POP3Server:
             messages = self._messages
             if 0 <= index < len(messages) and index not in self._deleted:
                 size = messages[index].size
-                return Transmit(index, size, R.retr_line(size), None, True)
+                return Transmit(index, size, R.retr_line(size), None, True, self.utf8)
         args = arg.split()
         if len(args) != 1:
             return self._send(R.bad_syntax("RETR message"))
@@ -494,7 +536,7 @@ class POP3Server:
         if type(index) is not int:
             return self._send(index)
         size = self._messages[index].size
-        return Transmit(index, size, R.retr_line(size), None, True)
+        return Transmit(index, size, R.retr_line(size), None, True, self.utf8)
 
     def _top_cmd(self, arg: str) -> Action:
         args = arg.split()
@@ -507,7 +549,7 @@ class POP3Server:
         if count is None:
             return self._send(R.INVALID_LINE_COUNT)
         size = self._messages[index].size
-        return Transmit(index, size, R.TOP_FOLLOWS.to_bytes(), count, False)
+        return Transmit(index, size, R.TOP_FOLLOWS.to_bytes(), count, False, self.utf8)
 
     def _dele_cmd(self, arg: str) -> Action:
         args = arg.split()
