@@ -110,11 +110,15 @@ def _first_difference(a: bytes, b: bytes) -> str:
     return f"at {i} of {len(a)}/{len(b)}: {a[i - 20:i + 40]!r} != {b[i - 20:i + 40]!r}"
 
 
-def fetch_poplib(port: int, user: str, password: str, *, delete: bool = False) -> list[bytes]:
+def fetch_poplib(port: int, user: str, password: str, *, delete: bool = False,
+                 utf8: bool = False) -> list[bytes]:
     """Every message of the mailbox, read with poplib (which undoes the
-    dot-stuffing) and joined back with CRLF."""
+    dot-stuffing) and joined back with CRLF.  ``utf8``: issue UTF8 first
+    (RFC 6856), which a message with UTF-8 header fields needs."""
     p = poplib.POP3("127.0.0.1", port, timeout=20)
     try:
+        if utf8:
+            p.utf8()
         p.user(user)
         p.pass_(password)
         out = []
