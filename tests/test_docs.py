@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import configparser
 import dataclasses
 import io
+import re
 from pathlib import Path
 
 import pytest
 
-from txmailhub import config
+from txmailhub import cli, config, tap
 
 docutils_core = pytest.importorskip("docutils.core")
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +40,136 @@ def test_every_config_key_is_documented(section: str, settings: type) -> None:
     body = text.split(f"\n``[{section}]``", 1)[1].split("\n``[", 1)[0]
     for f in dataclasses.fields(settings):
         assert f"``{f.name}``" in body, f"[{section}] {f.name} is not in docs/configuration.rst"
+
+
+# --- the configuration reference, read as a user reads it -----------------
+
+MINIMAL = '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+CONFIG_RST = ROOT / "docs" / "configuration.rst"
+_BORDER = re.compile(r"^=+(?: +=+)+$")
+
+
+def _loader_names(text: str, marker: str) -> set[str]:
+    """What the loader accepts, as it tells a user who wrote something
+    else: its "known ..." list, so a new key or section is seen here without
+    this test naming it."""
+    with pytest.raises(config.ConfigError) as info:
+        config.load_text(text, "/etc/mh/mailhub.toml")
+    found = [p for p in info.value.problems if "zz_unknown" in p]
+    assert found, info.value.problems
+    return set(found[0].split(marker, 1)[1].rstrip(")").split(", "))
+
+
+def _sections() -> list[str]:
+    return sorted(_loader_names(MINIMAL + "[zz_unknown]\n", "(known: "))
+
+
+def _section_body(section: str) -> str:
+    text = CONFIG_RST.read_text()
+    assert f"\n``[{section}]``" in text, f"[{section}] has no heading in docs/configuration.rst"
+    return text.split(f"\n``[{section}]``", 1)[1].split("\n``[", 1)[0]
+
+
+def _table(section: str) -> dict[str, str]:
+    """``{key: default cell}`` of the section's key table (its rows, not
+    keys the prose around it happens to name)."""
+    lines = _section_body(section).splitlines()
+    borders = [i for i, line in enumerate(lines) if _BORDER.match(line)]
+    assert len(borders) >= 3, f"[{section}] has no key table"
+    columns = [m.start() for m in re.finditer(r"=+", lines[borders[0]])]
+    assert len(columns) >= 4, f"[{section}]: the table has no default column"
+    rows = {}
+    for line in lines[borders[1] + 1:borders[2]]:
+        m = re.match(r"``([a-z0-9_]+)``", line)
+        if m:
+            rows[m.group(1)] = line[columns[2]:columns[3]].strip()
+    return rows
+
+
+def _accepted_keys(section: str) -> set[str]:
+    head = MINIMAL if section == "hub" else MINIMAL + f"[{section}]\n"
+    return _loader_names(head + "zz_unknown = 1\n", "(known keys: ")
+
+
+@pytest.mark.parametrize("section", _sections())
+def test_the_key_tables_list_exactly_the_keys_the_loader_accepts(section: str) -> None:
+    documented, accepted = set(_table(section)), _accepted_keys(section)
+    assert not accepted - documented, (
+        f"[{section}] keys missing from the table in docs/configuration.rst: "
+        f"{sorted(accepted - documented)}")
+    assert not documented - accepted, (
+        f"docs/configuration.rst lists [{section}] keys the loader refuses: "
+        f"{sorted(documented - accepted)}")
+
+
+# --- commands ------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+    """Every command line ``mailhub`` takes, ``user add`` and the like."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = _subcommands(sub, f"{prefix}{name} ")
+                out.extend(inner or [f"{prefix}{name}"])
+    return out
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _options(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            out.update(action.option_strings)
+    return out
+
+
+def _readme_commands() -> str:
+    text = (ROOT / "README.rst").read_text()
+    return " ".join(text.split("\nEveryday commands\n", 1)[1].split("\nDocumentation\n")[0].split())
+
+
+@pytest.mark.parametrize("command", _subcommands(cli._parser()))
+def test_every_mailhub_command_is_in_the_readme(command: str) -> None:
+    text = _readme_commands()
+    assert re.search(rf"``(?:mailhub --config PATH )?{command}\b", text), \
+        f"`mailhub {command}` is not in README.rst's Everyday commands"
+
+
+def test_every_mailhub_option_is_in_the_readme() -> None:
+    text = _readme_commands()
+    missing = [o for o in sorted(_options(cli._parser())) if f"``{o} " not in text
+               and not re.search(rf"\s\[?{re.escape(o)}\b", text)]
+    assert not missing, f"options of `mailhub` not in README.rst's Everyday commands: {missing}"
+
+
+def test_every_twistd_mailhub_option_is_in_the_readme() -> None:
+    text = _readme_commands()
+    for long, short, _default, _help in tap.Options.optParameters:
+        assert f"--{long}" in text and f"``-{short} PATH``" in text, long
+
+
+def test_every_installed_command_is_in_the_readme() -> None:
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    scripts = [line.split("=")[0].strip()
+               for line in setup["options.entry_points"]["console_scripts"].splitlines()
+               if line.strip()]
+    assert scripts
+    text = _readme_commands()
+    for name in scripts:
+        assert f"``{name} " in text, f"{name} is not in README.rst's Everyday commands"
+
+
+def _code_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def test_the_tac_file_shown_is_the_one_shipped() -> None:
+    text = (ROOT / "docs" / "embedding.rst").read_text()
+    shown = text.split("``etc/mailhub.tac``::", 1)[1].split("\nRun it", 1)[0]
+    assert _code_lines(shown) == _code_lines((ROOT / "etc" / "mailhub.tac").read_text())
