@@ -7,6 +7,7 @@ import configparser
 import dataclasses
 import io
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,47 @@ def test_the_key_tables_list_exactly_the_keys_the_loader_accepts(section: str) -
     assert not documented - accepted, (
         f"docs/configuration.rst lists [{section}] keys the loader refuses: "
         f"{sorted(documented - accepted)}")
+
+
+def _settings_of(section: str, text: str) -> object:
+    return getattr(config.load_text(text, "/etc/mh/mailhub.toml"), section)
+
+
+def _documented_defaults() -> list[tuple[str, str, str]]:
+    return [(s, k, d) for s in _sections() for k, d in _table(s).items()]
+
+
+@pytest.mark.parametrize(("section", "key", "default"), _documented_defaults(),
+                         ids=lambda v: str(v)[:20])
+def test_the_documented_defaults_are_the_defaults(section: str, key: str, default: str) -> None:
+    """The default column means what it says: writing the documented
+    default down changes nothing, and "(required)" or "(none)" hold."""
+    if section == "hub":  # the minimal file without that key
+        without = "".join(f"{line}\n" for line in MINIMAL.splitlines()
+                          if not line.startswith(f"{key} "))
+    else:
+        without = MINIMAL + f"[{section}]\n"
+    if default == "(required)":
+        with pytest.raises(config.ConfigError) as info:
+            config.load_text(without, "/etc/mh/mailhub.toml")
+        assert any(f"[{section}] {key}: " in p for p in info.value.problems), \
+            info.value.problems
+        return
+    if default == "(none)":
+        assert getattr(_settings_of(section, without), key) is None
+        return
+    if default == "the machine's FQDN":
+        assert getattr(_settings_of(section, without), key) == socket.getfqdn()
+        return
+    if default == "(see below)":
+        m = re.search(rf"The default ``{key}`` is ``(.+?)``", _section_body(section), re.S)
+        assert m, f"[{section}] {key}: the default is not given below the table"
+        default = "``" + " ".join(m.group(1).split()) + "``"
+    m = re.fullmatch(r"``(.+)``", default)
+    assert m, f"[{section}] {key}: the default {default!r} is no TOML value"
+    with_default = without + f"{key} = {m.group(1)}\n"
+    assert _settings_of(section, with_default) == _settings_of(section, without), \
+        f"[{section}] {key}: the documented default {m.group(1)} is not the default"
 
 
 # --- commands ------------------------------------------------------------
