@@ -215,3 +215,26 @@ def test_the_tac_file_shown_is_the_one_shipped() -> None:
     text = (ROOT / "docs" / "embedding.rst").read_text()
     shown = text.split("``etc/mailhub.tac``::", 1)[1].split("\nRun it", 1)[0]
     assert _code_lines(shown) == _code_lines((ROOT / "etc" / "mailhub.tac").read_text())
+
+
+def test_the_quick_start_describes_the_demo_it_starts() -> None:
+    """README's account of ``make run``: the config the Makefile starts,
+    its domain, ports and state folder, and the user the demo makes."""
+    from txmailhub import demo
+
+    text = " ".join((ROOT / "README.rst").read_text().split())
+    quick = text.split("Quick start", 1)[1].split("Installing for real", 1)[0]
+    makefile = (ROOT / "Makefile").read_text()
+    m = re.search(r"^CONFIG \?= (\S+)$", makefile, re.M)
+    assert m and f"``{m.group(1)}``" in quick
+    settings = config.load(str(ROOT / m.group(1)))
+    assert f"domain ``{settings.hub.primary_domain}``" in quick
+    ports = [config.listen_address(e) for e in
+             (*settings.smtp.listen, *settings.submission.listen, *settings.pop3.listen)]
+    assert [str(ip) for _kind, _port, ip in ports] == ["127.0.0.1"] * len(ports)
+    smtp, submission, pop3 = (port for _kind, port, _ip in ports)
+    assert (f"SMTP on 127.0.0.1:{smtp}, submission on {submission}, POP3 on {pop3}"
+            in quick)
+    assert settings.hub.state_dir == str(ROOT / "var") and "under ``./var``" in quick
+    user = f"{demo.DEMO_USER}@{settings.hub.primary_domain}"
+    assert f"user ``{user}`` with password ``{demo.DEMO_PASSWORD}``" in quick
