@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import make_certificate
+from hypothesis import given
+from hypothesis import strategies as st
 
 from txmailhub.config import SMTPSettings, load, load_text, parse_duration
 from txmailhub.errors import ConfigError
@@ -665,3 +667,44 @@ def test_a_min_password_length_below_nists_8_is_a_warning() -> None:
     assert s.warnings == ("/x.toml: [users] min_password_length: 6 is below the 8 characters "
                           "NIST SP 800-63B requires of a password",)
     assert load_text(MINIMAL + "[users]\nmin_password_length = 128\n", "/x.toml").warnings == ()
+
+
+def test_a_relative_unix_socket_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
+    # docs/configuration.rst: "Relative paths resolve against the folder of
+    # the config file, not the working directory" -- a socket's path too,
+    # or twistd started elsewhere would listen where `txmailhub-sendmail`
+    # (run from a cron job's folder) never looks
+    from txmailhub.config import listen_address, load_local_submission
+
+    text = MINIMAL + (
+        "[smtp]\nlisten = ['unix:run/smtp.sock', 'unix:address=run/b.sock:mode=660', "
+        "'unix:/abs/c.sock', 'unix:./d\\:e.sock:lockfile=0']\n"
+        "[submission]\nlisten = ['unix:../sub.sock']\n[pop3]\nlisten = ['unix:pop3.sock']\n")
+    s = load_text(text, "/etc/mh/mailhub.toml")
+    assert s.smtp.listen == (
+        "unix:/etc/mh/run/smtp.sock", "unix:address=/etc/mh/run/b.sock:mode=660",
+        "unix:/abs/c.sock", "unix:/etc/mh/d\\:e.sock:lockfile=0")
+    assert s.submission.listen == ("unix:/etc/sub.sock",)
+    assert s.pop3.listen == ("unix:/etc/mh/pop3.sock",)
+    assert [listen_address(e)[1] for e in s.smtp.listen] == [
+        "/etc/mh/run/smtp.sock", "/etc/mh/run/b.sock", "/abs/c.sock", "/etc/mh/d:e.sock"]
+    (tmp_path / "m.toml").write_text(text)
+    assert load_local_submission(str(tmp_path / "m.toml")).listen[0] == \
+        f"unix:{tmp_path}/run/smtp.sock"
+    # the same socket however it is spelled: one listener only
+    [problem] = problems(MINIMAL + "[smtp]\nlisten = ['unix:s.sock']\n"
+                                   "[pop3]\nlisten = ['unix:/etc/mh/s.sock']\n")
+    assert "is the same address as 'unix:/etc/mh/s.sock'" in problem
+
+
+@given(st.text(alphabet="ab/.:=\\ -_é", min_size=1, max_size=30).filter(
+    lambda p: not p.startswith("/") and os.path.normpath(p) != "."))
+def test_any_relative_socket_path_is_resolved_as_twisted_reads_it(path: str) -> None:
+    from txmailhub.config import listen_address
+
+    escaped = "".join("\\" + c if c in ":=\\" else c for c in path)
+    [endpoint] = load_text(MINIMAL + f"[smtp]\nlisten = ['unix:{escaped}:mode=600']\n",
+                           "/etc/mh/mailhub.toml").smtp.listen
+    assert listen_address(endpoint) == (
+        "unix", os.path.normpath(os.path.join("/etc/mh", path)), None)
+    assert endpoint.endswith(":mode=600")

@@ -239,6 +239,9 @@ class _Reader:
     def resolve(self, p: str) -> str:
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base, p))
 
+    def endpoints(self, v: Any) -> tuple[str, ...]:
+        return _endpoints(v, self.base)
+
 
 def _string(v: Any) -> str:
     if not isinstance(v, str):
@@ -518,8 +521,54 @@ def _each(items: tuple[str, ...], check: Callable[[str], Any]) -> tuple[str, ...
     return items
 
 
-def _endpoints(v: Any) -> tuple[str, ...]:
-    return _each(_string_list(v), check_endpoint)
+def _endpoints(v: Any, base: str | None = None) -> tuple[str, ...]:
+    """Valid listen endpoints; with ``base`` (the config file's folder), a
+    relative unix socket path made absolute against it, as every other
+    path in the file is: the hub started from another folder must listen
+    where ``txmailhub-sendmail``, run from anywhere, looks."""
+    items = _each(_string_list(v), check_endpoint)
+    if base is None:
+        return items
+    return tuple(_unix_path_resolved(item, base) for item in items)
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """``text`` cut at each ``sep`` not escaped by a backslash (Twisted's
+    endpoint syntax), each piece still escaped."""
+    pieces, current, chars = [], "", iter(text)
+    for c in chars:
+        if c == "\\":
+            current += c + next(chars, "")
+        elif c == sep:
+            pieces.append(current)
+            current = ""
+        else:
+            current += c
+    pieces.append(current)
+    return pieces
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text, flags=re.S)
+
+
+def _unix_path_resolved(description: str, base: str) -> str:
+    """``unix:PATH...`` or ``unix:address=PATH...`` with a relative PATH
+    rewritten as ``base``/PATH, every option kept as written."""
+    parts = _split_unescaped(description, ":")
+    if parts[0].lower() != "unix":
+        return description
+    for i, part in enumerate(parts[1:], 1):
+        # the first unescaped "=" makes an option; the value is the rest
+        key, *value = _split_unescaped(part, "=")
+        if value and _unescape(key) != "address":
+            continue
+        path = _unescape("=".join(value) if value else key)
+        if path and not os.path.isabs(path):
+            escaped = re.sub(r"([:=\\])", r"\\\1", os.path.normpath(os.path.join(base, path)))
+            parts[i] = f"{key}={escaped}" if value else escaped
+        return ":".join(parts)  # the first positional value or address= is the path
+    return description
 
 
 def _network(item: str) -> None:
@@ -809,7 +858,7 @@ def load_text(text: str, path: str) -> Settings:
         },
     )
     smtp = SMTPSettings(
-        listen=r.get(t, "smtp", "listen", d.listen, _endpoints),
+        listen=r.get(t, "smtp", "listen", d.listen, r.endpoints),
         relay_networks=r.get(t, "smtp", "relay_networks", d.relay_networks, _networks),
         max_message_size=r.get(t, "smtp", "max_message_size", d.max_message_size, _positive_int),
         max_recipients=r.get(t, "smtp", "max_recipients", d.max_recipients, _positive_int),
@@ -858,8 +907,8 @@ def load_text(text: str, path: str) -> Settings:
     d2 = SubmissionSettings()
     t = r.table(doc, "submission", {"listen", "tls_listen"})
     submission = SubmissionSettings(
-        listen=r.get(t, "submission", "listen", d2.listen, _endpoints),
-        tls_listen=r.get(t, "submission", "tls_listen", d2.tls_listen, _endpoints),
+        listen=r.get(t, "submission", "listen", d2.listen, r.endpoints),
+        tls_listen=r.get(t, "submission", "tls_listen", d2.tls_listen, r.endpoints),
     )
     if submission.tls_listen and tls is None:
         r.problem("submission", "tls_listen", "needs a [tls] section with certificate and key")
@@ -874,8 +923,8 @@ def load_text(text: str, path: str) -> Settings:
         },
     )
     pop3 = POP3Settings(
-        listen=r.get(t, "pop3", "listen", d3.listen, _endpoints),
-        tls_listen=r.get(t, "pop3", "tls_listen", d3.tls_listen, _endpoints),
+        listen=r.get(t, "pop3", "listen", d3.listen, r.endpoints),
+        tls_listen=r.get(t, "pop3", "tls_listen", d3.tls_listen, r.endpoints),
         idle_timeout=r.get(t, "pop3", "idle_timeout", d3.idle_timeout, _duration),
         allow_plaintext_auth=r.get(
             t, "pop3", "allow_plaintext_auth", d3.allow_plaintext_auth, _bool
@@ -1015,7 +1064,7 @@ def load_local_submission(path: str) -> LocalSubmission:
         path=path,
         hostname=r.get(hub, "hub", "hostname", None, _hostname) or socket.getfqdn(),
         domains=r.get(hub, "hub", "domains", ("localhost",), _domains),
-        listen=r.get(smtp, "smtp", "listen", d.listen, _endpoints),
+        listen=r.get(smtp, "smtp", "listen", d.listen, r.endpoints),
         max_message_size=r.get(smtp, "smtp", "max_message_size", d.max_message_size,
                                _positive_int),
     )
