@@ -708,3 +708,30 @@ def test_any_relative_socket_path_is_resolved_as_twisted_reads_it(path: str) -> 
     assert listen_address(endpoint) == (
         "unix", os.path.normpath(os.path.join("/etc/mh", path)), None)
     assert endpoint.endswith(":mode=600")
+
+
+def test_a_retry_wait_of_zero_is_refused() -> None:
+    # a failing destination would be tried again at every poll of the queue,
+    # hammering a host that just refused or could not be reached
+    found = problems(MINIMAL + '[relay]\nretry_schedule = ["1m", "0s"]\n')
+    assert len(found) == 1, found
+    assert "[relay] retry_schedule" in found[0] and "0" in found[0]
+    assert "at least 1s" in found[0]
+
+
+def test_retry_waits_under_a_minute_and_a_zero_queue_lifetime_are_warned_of() -> None:
+    s = load_text(MINIMAL + '[relay]\nretry_schedule = ["30s", "5m"]\n', "/c")
+    assert [w for w in s.warnings if "retry_schedule" in w] == [
+        "/c: [relay] retry_schedule: a wait of 30s is under a minute; RFC 5321 4.5.4.1 "
+        "asks for retries spaced well apart (the default starts at 1m)"
+    ]
+    assert s.relay.retry_schedule == (30, 300)
+    s = load_text(MINIMAL + '[relay]\nretry_schedule = ["1m", "1h"]\n', "/c")
+    assert not [w for w in s.warnings if "retry_schedule" in w]
+    s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "0s"\n', "/c")
+    assert [w for w in s.warnings if "queue_lifetime" in w] == [
+        "/c: [relay] queue_lifetime: 0 bounces every message that cannot be delivered "
+        "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days)"
+    ]
+    s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "1h"\n', "/c")
+    assert not [w for w in s.warnings if "queue_lifetime" in w]

@@ -736,7 +736,12 @@ def _tls_mode(v: Any) -> str:
 def _schedule(v: Any) -> tuple[int, ...]:
     if not isinstance(v, list) or not v:
         raise TypeError("expected a non-empty list of durations")
-    return tuple(parse_duration(x) for x in v)
+    waits = tuple(parse_duration(x) for x in v)
+    if 0 in waits:
+        # a failing destination would be tried again at every poll of the queue
+        raise ValueError("a wait of 0 would retry a failing destination at once, again and "
+                         "again; each wait must be at least 1s")
+    return waits
 
 
 # --- loading --------------------------------------------------------------
@@ -999,6 +1004,17 @@ def load_text(text: str, path: str) -> Settings:
     )
     if auth_file and not relay.smarthost:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
+    short = [w for w in relay.retry_schedule if w < 60]
+    if "retry_schedule" in t and short:
+        warnings.append(
+            f"{path}: [relay] retry_schedule: a wait of {short[0]}s is under a minute; "
+            "RFC 5321 4.5.4.1 asks for retries spaced well apart (the default starts at 1m)"
+        )
+    if "queue_lifetime" in t and relay.queue_lifetime == 0:
+        warnings.append(
+            f"{path}: [relay] queue_lifetime: 0 bounces every message that cannot be delivered "
+            "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days)"
+        )
 
     if problems:
         raise ConfigError(problems, warnings)
