@@ -139,7 +139,7 @@ def test_a_crash_in_a_later_transaction_leaves_the_first_ones_results(tmp_path):
                for r in rcpts[1:])]
     calls = []
 
-    def fake(entry_, destination, recipients):
+    def fake(entry_, destination, recipients, *_):
         calls.append(list(recipients))
         if len(calls) == 1:
             return defer.succeed(first)
@@ -1070,3 +1070,49 @@ def test_an_mx_on_port_465_is_not_spoken_to_in_implicit_tls(tmp_path):
     net.servers[("2001:db8::1", 465)] = ScriptedSMTPServer
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "delivered" and not net.server_protocols[0].tls
+
+
+def test_connected_says_whether_a_delivery_got_past_dns_and_connecting(tmp_path):
+    # what the hub's stop asks: until then, giving the delivery up loses nothing
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    held: defer.Deferred = defer.Deferred()
+    real = a.mx.resolve
+    a.mx.resolve = lambda domain: held
+    e = entry(tmp_path, BOB)
+    d = a.deliver(e, "remote.test", [BOB])
+    assert not a.connected(e.id)  # looking up DNS
+    real("remote.test").chainDeferred(held)
+    assert a.connected(e.id)  # in its session (the network moves in run)
+    assert run(net, d)[0].kind == "delivered"
+    assert not a.connected(e.id)
+
+
+class _SlowEndpoint:
+    """Connects only when the test fires the Deferred in ``connects``."""
+
+    def __init__(self, connects):
+        self.connects = connects
+
+    def connect(self, factory):
+        d: defer.Deferred = defer.Deferred()
+        self.connects.append(d)
+        return d
+
+
+def test_quiesce_cancels_the_connects_of_the_entries_not_waited_for(tmp_path):
+    a, net, _ = agent(tmp_path)
+    connects: list[defer.Deferred] = []
+    a.endpoint = lambda host, port: _SlowEndpoint(connects)
+    e = entry(tmp_path, BOB)
+    d = a.deliver(e, "remote.test", [BOB])
+    assert len(connects) == 1 and not a.connected(e.id)  # connecting
+    a.quiesce(keep=())
+    [r] = run(net, d)
+    assert r.kind == "transient" and len(connects) == 1  # no next address tried
+    # an entry the stop waits for may still connect: its other destinations'
+    # outcomes are recorded with this one's
+    a.quiesce(keep={e.id})
+    d = a.deliver(e, "remote.test", [BOB])
+    assert len(connects) == 2 and not connects[1].called
+    a.resume()

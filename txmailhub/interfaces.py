@@ -228,6 +228,17 @@ class IDeliveryAgent(Interface):
         """The hub stops and gives up what is in flight: make no new
         connection and cut the sessions open now, until ``resume``."""
 
+    def connected(queue_id) -> bool:
+        """Whether a delivery of the queue entry ``queue_id`` in flight got
+        past looking up DNS and connecting (a session is, or was, under
+        way): the hub's stop waits for such an entry, and gives up at once
+        the others, which lose nothing."""
+
+    def quiesce(keep) -> None:
+        """The hub stops and waits only for the queue ids in ``keep``: the
+        deliveries of the other entries make no new connection (those
+        under way are cancelled), until ``abort_all`` or ``resume``."""
+
     def resume() -> None:
         """Deliver again (the queue runner starts)."""
 

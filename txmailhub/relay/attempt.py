@@ -17,6 +17,11 @@ dot-stuffing per chunk; for a server without 8BITMIME, the 7-bit copy
 made by ``txmailhub.relay.mime7bit`` off the reactor thread, through the
 injected ``run_blocking``).
 
+It also tells the runner's stop which entries' deliveries got past
+looking up DNS and connecting (``connected``: those must be finished),
+and makes no new connection for the others while the stop waits
+(``quiesce``).
+
 It must not change the queue: it returns per-recipient results and the
 runner records them.
 """
@@ -27,7 +32,7 @@ import dataclasses
 import ipaddress
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -436,8 +441,13 @@ class DeliveryAgent:
         self.endpoint = endpoint or default_endpoint(clock)
         # Sessions in flight, for abort_all; stopped: no new connection.
         self._sessions: set[SMTPClientProtocol] = set()
-        self._connecting: set[defer.Deferred] = set()
+        self._connecting: dict[defer.Deferred, str] = {}  # -> its queue id
         self.stopped = False
+        # Per queue id, the deliveries in flight that got past connecting
+        # (see ``connected``); and, while the hub's stop waits (``quiesce``),
+        # the queue ids that may still connect.
+        self._past_connect: dict[str, int] = {}
+        self._may_connect: frozenset[str] | None = None
         self._epoch = 0  # bumped by abort_all: a delivery begun before it goes no further
         self.trust_root = trust_root
         self.tls_options = tls_options or self._default_tls_options
@@ -481,7 +491,8 @@ class DeliveryAgent:
         message.
 
         Fires with a ``DeliveryResult`` per recipient; never errbacks."""
-        d = self._deliver_in_batches(entry, destination, list(recipients))
+        stage = _Stage()
+        d = self._deliver_in_batches(entry, destination, list(recipients), stage)
 
         def crashed(f: Any) -> list[DeliveryResult]:
             log.failure("delivery of {queue_id} to {destination} failed", f,
@@ -489,16 +500,25 @@ class DeliveryAgent:
             reply = LocalReply.of(451, "4.3.0", "local error while delivering, will retry")
             return [DeliveryResult(a, "transient", reply) for a in recipients]
 
-        return d.addErrback(crashed)
+        def over(result: Any) -> Any:
+            if stage.connected:
+                left = self._past_connect[entry.id] - 1
+                if left:
+                    self._past_connect[entry.id] = left
+                else:
+                    del self._past_connect[entry.id]
+            return result
+
+        return d.addErrback(crashed).addBoth(over)
 
     @defer.inlineCallbacks
     def _deliver_in_batches(self, entry: QueueEntry, destination: str,
-                            recipients: list[Address]) -> Any:
+                            recipients: list[Address], stage: _Stage) -> Any:
         """``_deliver``, then again for the recipients the server refused as
         too many for one transaction (452 4.5.3): RFC 5321 4.5.3.1.10 asks
         the client to send those in a new transaction, not to wait for the
         next retry.  As long as each round gets some recipients through."""
-        results = yield self._deliver(entry, destination, recipients)
+        results = yield self._deliver(entry, destination, recipients, stage)
         for _ in range(MAX_EXTRA_TRANSACTIONS):
             more = [r.address for r in results if _too_many_recipients(r.reply)]
             if not more or len(more) == len(recipients):
@@ -508,7 +528,7 @@ class DeliveryAgent:
                      count=len(more), destination=destination)
             recipients = more
             try:
-                again = yield self._deliver(entry, destination, more)
+                again = yield self._deliver(entry, destination, more, stage)
             except Exception:
                 # only this round's recipients are in doubt: the others'
                 # results stand (a retry of those would be a duplicate)
@@ -520,7 +540,8 @@ class DeliveryAgent:
         return results
 
     @defer.inlineCallbacks
-    def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address]) -> Any:
+    def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address],
+                 stage: _Stage) -> Any:
         epoch = self._epoch
         smarthost = destination == SMARTHOST
         if smarthost:
@@ -537,7 +558,9 @@ class DeliveryAgent:
                 log.info("{queue_id}: {destination}: {reason}", queue_id=entry.id,
                          destination=destination, reason=e.reason)
                 return [DeliveryResult(a, kind, reply) for a in recipients]
-        if epoch != self._epoch:  # a DNS answer that came after a stop (and a start)
+        if epoch != self._epoch or not self._may_go_on(entry.id):
+            # a DNS answer that came after a stop (and a start), or during
+            # the grace of a stop that does not wait for this entry
             return _given_up(recipients)
         last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
@@ -550,10 +573,10 @@ class DeliveryAgent:
                 if tried >= MAX_ADDRESSES_PER_ATTEMPT:
                     break
                 tried += 1
-                if epoch != self._epoch:
+                if epoch != self._epoch or not self._may_go_on(entry.id):
                     return _given_up(recipients)
                 outcome = yield self._session(entry, recipients, mxhost, address, port_n,
-                                              smarthost)
+                                              smarthost, stage)
                 if (outcome is not None and outcome.session_error is not None
                         and outcome.phase == Phase.TLS.value
                         and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
@@ -562,7 +585,7 @@ class DeliveryAgent:
                     log.warn("TLS with {host} failed; trying again without TLS",
                              host=where(mxhost.name, address), address=address)
                     outcome = yield self._session(entry, recipients, mxhost, address, port_n,
-                                                  smarthost, plain=True)
+                                                  smarthost, stage, plain=True)
                 if outcome is None:  # could not connect: next address
                     shown = where(mxhost.name, address)
                     last = LocalReply.of(451, "4.4.1", f"connection to {shown}:{port_n} failed")
@@ -615,7 +638,8 @@ class DeliveryAgent:
 
     @defer.inlineCallbacks
     def _session(self, entry: QueueEntry, recipients: list[Address], mxhost: MXHost,
-                 address: str, port: int, smarthost: bool, plain: bool = False) -> Any:
+                 address: str, port: int, smarthost: bool, stage: _Stage,
+                 plain: bool = False) -> Any:
         policy, creator = self._tls_for(mxhost.name, smarthost)
         if plain:
             policy = "none"
@@ -649,20 +673,23 @@ class DeliveryAgent:
             endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)
         factory = Factory.forProtocol(lambda: proto)
         factory.noisy = False  # no "Starting factory" / "Stopping factory" per session
-        if self.stopped:
+        if self.stopped or not self._may_go_on(entry.id):
             return None
         connecting = endpoint.connect(factory)
-        self._connecting.add(connecting)
+        self._connecting[connecting] = entry.id
         try:
             yield connecting
         except Exception as e:
-            if not self.stopped:
+            if not self.stopped and self._may_go_on(entry.id):
                 log.info("{queue_id}: cannot connect to {host}:{port}: {why}",
                          queue_id=entry.id, host=where(mxhost.name, address), address=address,
                          port=port, why=e)
             return None
         finally:
-            self._connecting.discard(connecting)
+            self._connecting.pop(connecting, None)
+        if not stage.connected:
+            stage.connected = True
+            self._past_connect[entry.id] = self._past_connect.get(entry.id, 0) + 1
         self._sessions.add(proto)
         try:
             outcome = yield proto.done
@@ -684,8 +711,33 @@ class DeliveryAgent:
         for proto in list(self._sessions):
             proto.abort()
 
+    def connected(self, queue_id: str) -> bool:
+        """Whether a delivery of ``queue_id`` in flight got past connecting.
+
+        Until then it only looks up DNS or connects: giving it up loses
+        nothing.  From its first connection on, its session (and what a
+        session returned while the delivery goes on: a second transaction
+        for the recipients the server took too many of) must be finished
+        or cut; it counts until the delivery fires."""
+        return queue_id in self._past_connect
+
+    def quiesce(self, keep: Collection[str]) -> None:
+        """The hub stops and waits for the entries ``keep`` only: the
+        deliveries of all others connect no more.  Their connections under
+        way are cancelled, and each of them fires, as given up, before it
+        would connect (a DNS answer that comes now).  Until ``abort_all``
+        or ``resume``."""
+        self._may_connect = frozenset(keep)
+        for connecting, queue_id in list(self._connecting.items()):
+            if queue_id not in self._may_connect:
+                connecting.cancel()
+
+    def _may_go_on(self, queue_id: str) -> bool:
+        return self._may_connect is None or queue_id in self._may_connect
+
     def resume(self) -> None:
         self.stopped = False
+        self._may_connect = None
 
     def _note_auth_param(self, entry: QueueEntry, session: ClientSession, name: str,
                          address: str, port: int) -> None:
@@ -716,6 +768,15 @@ class DeliveryAgent:
         elif host in self.tls_seen:
             log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
                      host=host)
+
+
+class _Stage:
+    """Where one ``deliver`` call is: whether it has connected yet."""
+
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False
 
 
 def _given_up(recipients: Sequence[Address]) -> list[DeliveryResult]:
