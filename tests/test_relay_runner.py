@@ -31,17 +31,35 @@ NO = Reply.of(550, "5.1.1", "no such user")
 
 
 class FakeAgent:
+    """Its deliveries in flight are sessions (``connected``), except for
+    the queue ids in ``resolving`` (a DNS lookup, a connect)."""
+
     def __init__(self):
         self.calls = []
         self.script = lambda entry, dest, rcpts: [DeliveryResult(a, "delivered", OK, "mx")
                                                   for a in rcpts]
+        self.in_flight: dict[str, int] = {}
+        self.resolving: set[str] = set()
+        self.quiesced = None
 
     def destination(self, address):
         return address.domain
 
     def deliver(self, entry, dest, rcpts):
         self.calls.append((entry.id, dest, list(rcpts)))
-        return defer.maybeDeferred(self.script, entry, dest, rcpts)
+        self.in_flight[entry.id] = self.in_flight.get(entry.id, 0) + 1
+
+        def over(result):
+            self.in_flight[entry.id] -= 1
+            return result
+
+        return defer.maybeDeferred(self.script, entry, dest, rcpts).addBoth(over)
+
+    def connected(self, queue_id):
+        return bool(self.in_flight.get(queue_id)) and queue_id not in self.resolving
+
+    def quiesce(self, keep):
+        self.quiesced = set(keep)
 
     aborted = 0
 
@@ -62,7 +80,7 @@ class FakeAgent:
         self.aborted += 1
 
     def resume(self):
-        pass
+        self.quiesced = None
 
 
 class DSNSpy:
@@ -1043,3 +1061,176 @@ def test_a_bounce_of_an_smtputf8_message_is_an_rfc_6533_notice(hub):
     assert "\nFinal-Recipient: utf-8; jörg@remote.test\n".encode() in data
     assert b"Content-Type: message/global-headers\n" in data
     assert b"message/delivery-status" not in data
+
+
+# --- a stop waits only for what must be finished -------------------------------------
+
+RELAY_ZONE = {
+    "remote.test": {"MX": [(10, "mx.remote.test")]},
+    "mx.remote.test": {"A": ["192.0.2.1"]},
+    "other.test": {"A": ["192.0.2.50"]},
+}
+
+
+def relay_hub(tmp_path, *held_domains):
+    """``make_hub`` with the real delivery agent: MX answers from a table,
+    those for ``held_domains`` only when the test calls ``hub.answer(domain)``
+    (a DNS server that does not answer); SMTP over in-memory connections
+    that move only in ``hub.net.run()`` (a session in flight until then)."""
+    import random
+
+    from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
+    from txmailhub.relay.attempt import DeliveryAgent
+    from txmailhub.relay.mx import MXResolver
+
+    h = make_hub(tmp_path)
+    mx = MXResolver(FakeResolver(RELAY_ZONE), h.clock, "mail.example.org", port=25,
+                    rng=random.Random(0))
+    real = mx.resolve
+    waiting: dict[str, list[defer.Deferred]] = {}
+
+    def resolve(domain):
+        if domain not in held_domains:
+            return real(domain)
+        d = defer.Deferred()
+        waiting.setdefault(domain, []).append(d)
+        return d
+
+    mx.resolve = resolve
+    h.answer = lambda domain: [real(domain).chainDeferred(d) for d in waiting.pop(domain)]
+    h.net = FakeNetwork(h.clock)
+    for address in ("192.0.2.1", "192.0.2.50"):
+        h.net.servers[(address, 25)] = ScriptedSMTPServer
+    h.agent = DeliveryAgent(h.settings, mx, h.clock, endpoint=h.net.endpoint,
+                            tls_options=lambda host, verify: FakeTLS(host))
+    h.runner = QueueRunner(h.queue, h.agent, h.components, h.clock, send_dsn=h.dsn)
+    return h
+
+
+def test_a_stop_with_only_a_dns_lookup_in_flight_gives_it_up_at_once(tmp_path):
+    # the DNS server does not answer: nothing is being sent, and giving the
+    # attempt up loses nothing -- the stop must not wait the grace for it
+    hub = relay_hub(tmp_path, "remote.test")
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    before = hub.queue.read(qid)
+    stopped = hub.runner.stop()
+    assert stopped.called
+    hub.answer("remote.test")  # the answer comes after all
+    hub.net.run()
+    assert hub.net.connections == []  # connects nowhere
+    assert hub.queue.read(qid) == before  # records nothing: retried at the next start
+
+
+def test_a_stop_waits_for_a_session_then_gives_up_the_dns_lookups_left(tmp_path):
+    hub = relay_hub(tmp_path, "other.test")
+    hub.runner.start()
+    first = enqueue(hub, BOB)  # in its SMTP session
+    second = enqueue(hub, CAROL)  # waiting for DNS
+    before = hub.queue.read(second)
+    assert hub.net.connections == [("192.0.2.1", 25)]
+    start = hub.clock.seconds()
+    stopped = hub.runner.stop()
+    hub.clock.advance(2)
+    assert not stopped.called  # the session goes on
+    hub.net.run()  # it ends, and its outcome is recorded
+    assert stopped.called and hub.clock.seconds() == start + 2  # then, not at 10 s
+    assert first not in hub.queue.ids()  # delivered, and recorded so
+    assert hub.queue.read(second) == before
+
+
+def test_a_dns_answer_that_comes_during_the_grace_starts_no_connection(tmp_path):
+    hub = relay_hub(tmp_path, "other.test")
+    hub.runner.start()
+    enqueue(hub, BOB)  # in its SMTP session: the stop waits for it
+    second = enqueue(hub, CAROL)
+    before = hub.queue.read(second)
+    stopped = hub.runner.stop()
+    hub.answer("other.test")
+    assert hub.net.connections == [("192.0.2.1", 25)]  # it would only be cut
+    assert hub.queue.read(second) == before  # no attempt counted for it either
+    assert not stopped.called
+    hub.net.run()
+    assert stopped.called and hub.queue.ids() == [second]
+
+
+def test_an_entry_with_a_session_and_a_dns_lookup_is_waited_for_whole(tmp_path, monkeypatch):
+    # one entry, two destinations: one in its session, one waiting for DNS.
+    # Its session's outcome is recorded only with the other's: the entry
+    # is waited for, and its other destination may still connect.
+    hub = relay_hub(tmp_path, "other.test")
+    copied: defer.Deferred = defer.Deferred()
+    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL)
+    enqueue(hub, LOCAL)  # another entry the stop waits for
+    stopped = hub.runner.stop()
+    assert not stopped.called
+    hub.net.run()  # the session to remote.test is over ...
+    copied.callback({LOCAL: None})  # (the stop looks again when the other is done)
+    assert not stopped.called  # ... but not recorded yet
+    hub.answer("other.test")
+    hub.net.run()
+    assert hub.net.connections == [("192.0.2.1", 25), ("192.0.2.50", 25)]
+    assert stopped.called
+    assert qid not in hub.queue.ids()  # both delivered, recorded once
+
+
+def test_an_entry_with_a_session_and_a_dns_lookup_is_given_up_only_after_the_grace(tmp_path):
+    hub = relay_hub(tmp_path, "other.test")
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL)
+    before = hub.queue.read(qid)
+    stopped = hub.runner.stop()
+    hub.net.run()
+    hub.clock.advance(9.9)
+    assert not stopped.called
+    hub.clock.advance(0.1)
+    assert stopped.called and hub.queue.read(qid) == before
+
+
+def test_a_stop_waits_for_an_outcome_being_recorded(hub, monkeypatch):
+    # the session is over and its 250 in hand: an outcome given up while it
+    # is written would deliver the message a second time at the next start
+    pending = hub.agent.hold()
+    hub.runner.start()
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, CAROL)
+    hub.agent.resolving.add(second)  # only looking up DNS
+    real = hub.queue.update
+    held = []
+
+    def update(qid, change):
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    x, r = pending.pop(0)
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert len(held) == 1  # the outcome is being written
+    start = hub.clock.seconds()
+    stopped = hub.runner.stop()
+    hub.clock.advance(5)
+    assert not stopped.called and hub.agent.quiesced == {first}
+    held.pop()()
+    assert stopped.called and hub.clock.seconds() == start + 5  # not at 10 s
+    assert hub.queue.ids() == [second]  # the first's delivery is recorded
+    assert hub.agent.aborted == 1
+
+
+def test_a_stop_waits_for_a_local_delivery(hub, monkeypatch):
+    copied: defer.Deferred = defer.Deferred()
+    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    hub.agent.hold()
+    hub.runner.start()
+    first = enqueue(hub, LOCAL)
+    second = enqueue(hub, CAROL)
+    hub.agent.resolving.add(second)
+    stopped = hub.runner.stop()
+    hub.clock.advance(5)
+    assert not stopped.called
+    copied.callback({LOCAL: None})
+    assert stopped.called
+    assert first not in hub.queue.ids()  # the copy is recorded: never made twice
+    assert hub.queue.ids() == [second]

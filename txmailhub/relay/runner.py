@@ -49,7 +49,7 @@ log = Logger(namespace="txmailhub.relay.runner")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
 ERROR_RETRY = 60.0  # an entry whose handling crashed is retried after this
-SHUTDOWN_GRACE = 10.0  # stopService waits this long for attempts in flight
+SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
 
 
 class QueueRunner:
@@ -69,6 +69,14 @@ class QueueRunner:
         self.active: set[str] = set()
         self._generation = 0  # bumped when a stop gives up the attempts in flight
         self._give_up_timer: Any = None
+        # What a stop must wait for (``_must_finish``): the entries whose
+        # deliveries are under way (``_attempting``), and of those the ones
+        # that already have something to record (``_kept``: a local
+        # delivery begun, a remote host's answer); the entries a stop gave
+        # up at once while it waits for others (``_dropped``).
+        self._attempting: set[str] = set()
+        self._kept: set[str] = set()
+        self._dropped: set[str] = set()
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
         # delivering those copies again.  In memory only: after a crash the
@@ -117,11 +125,15 @@ class QueueRunner:
     def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
 
-        Whatever is still running after ``SHUTDOWN_GRACE`` is given up: its
-        connections are cut, it records nothing (the queue stays as last
-        recorded, for the next start: the hub's lock is released once this
-        Deferred fires, and another hub may take the queue at once), and no
-        new connection is made."""
+        Only what must be finished is waited for (``_must_finish``): a
+        session, a local delivery, an outcome being recorded, a notice.
+        An entry whose deliveries only look up DNS or connect loses nothing
+        when given up: it is given up at once, and its deliveries connect
+        no more.  Whatever still runs after ``grace`` (``SHUTDOWN_GRACE``)
+        is given up too: its connections are cut, it records nothing (the
+        queue stays as last recorded, for the next start: the hub's lock
+        is released once this Deferred fires, and another hub may take the
+        queue at once), and no new connection is made."""
         self.running = False
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -129,29 +141,53 @@ class QueueRunner:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
-
-        def give_up() -> None:
-            if d.called:
-                return
-            self._give_up()
-            d.callback(None)
-
-        if grace <= 0:
-            give_up()
+        if self._give_up_timer is not None and self._give_up_timer.active():
+            return d  # a second stop: the first one's grace runs
+        keep = {qid for qid in self.active if self._must_finish(qid)}
+        if grace <= 0 or not keep:
+            self._give_up_now()
             return d
-        timer = self._give_up_timer = self.clock.callLater(grace, give_up)
+        dropped = self.active - keep
+        self._dropped |= dropped
+        self.agent.quiesce(keep)
+        log.info("stopping: waiting up to {grace:g} s for {count} delivery attempt(s) in "
+                 "flight{dropped}", grace=grace, count=len(keep),
+                 dropped=f" ({len(dropped)} only looking up DNS or connecting: given up, "
+                         "retried at the next start)" if dropped else "")
+        self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
+        return d
 
-        def cancel(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
+    def _must_finish(self, qid: str) -> bool:
+        """Whether giving ``qid`` up now could lose or repeat something.
 
-        return d.addBoth(cancel)
+        Outside its deliveries an entry records an outcome or sends a
+        notice: giving it up would forget a delivery made (a second one at
+        the next start).  During them, a local delivery begun, a remote
+        host's answer already in hand, or a delivery past connecting (the
+        agent knows) must be finished too.  What is left -- deliveries
+        waiting for a slot, looking up DNS, connecting -- loses nothing."""
+        if qid in self._dropped:
+            return False
+        if qid not in self._attempting:
+            return True
+        return qid in self._kept or self.agent.connected(qid)
+
+    def _give_up_now(self) -> None:
+        """End a stop's wait: give up what is in flight, fire its Deferreds."""
+        if self._give_up_timer is not None and self._give_up_timer.active():
+            self._give_up_timer.cancel()
+        self._give_up_timer = None
+        self._give_up()
+        idle, self._idle = self._idle, []
+        for d in idle:
+            if not d.called:
+                d.callback(None)
 
     def _give_up(self) -> None:
         """The attempts in flight record nothing from now on, and their
         connections are cut."""
         self._generation += 1
+        self._dropped.clear()  # the generation covers them now
         log.info("stopping with {count} delivery attempt(s) in flight: given up, "
                  "retried at the next start", count=len(self.active))
         self.agent.abort_all()
@@ -256,15 +292,22 @@ class QueueRunner:
 
     def _finished(self, _: Any, qid: str) -> None:
         self.active.discard(qid)
+        self._dropped.discard(qid)
         if qid in self._changed_while_active:
             self._changed_while_active.discard(qid)
             if self.running and (qid in self.due or qid in self._held):
                 self._reindex(qid)
         if not self.active:
+            if self._give_up_timer is not None and self._give_up_timer.active():
+                self._give_up_timer.cancel()
             idle, self._idle = self._idle, []
             for d in idle:
                 if not d.called:
                     d.callback(None)
+        elif (self._idle and not self.running
+              and not any(self._must_finish(q) for q in self.active)):
+            # a stop waits, and what is left only looks up DNS or connects
+            self._give_up_now()
         if self.running:
             self.kick()
 
@@ -286,8 +329,13 @@ class QueueRunner:
         releases = self._release_seen.pop(qid, entry.releases)
         generation = self._generation
         if entry.pending and not results:
-            results = yield self._attempt(entry)
-        if generation != self._generation:
+            self._attempting.add(qid)
+            try:
+                results = yield self._attempt(entry)
+            finally:
+                self._attempting.discard(qid)
+                self._kept.discard(qid)
+        if generation != self._generation or qid in self._dropped:
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
             if self.running:
@@ -360,9 +408,16 @@ class QueueRunner:
         generation = self._generation
 
         def deliver() -> defer.Deferred:
-            if generation != self._generation:  # waited for a slot past a stop
-                return defer.succeed([])
-            return self.agent.deliver(entry, dest, rcpts)
+            if generation != self._generation or entry.id in self._dropped:
+                return defer.succeed([])  # waited for a slot past a stop
+            return self.agent.deliver(entry, dest, rcpts).addCallback(delivered)
+
+        def delivered(results: list[DeliveryResult]) -> list[DeliveryResult]:
+            if any(r.remote_mta is not None or r.kind == "delivered" for r in results):
+                # a remote host answered: to be recorded, whatever the other
+                # destinations of this entry still do
+                self._kept.add(entry.id)
+            return results
 
         def run() -> defer.Deferred:
             return self._global.run(deliver)
@@ -377,6 +432,7 @@ class QueueRunner:
         return d.addBoth(tidy)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address]) -> defer.Deferred:
+        self._kept.add(entry.id)  # a copy made must be recorded: a stop waits for it
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
         store = self.components.store
         if IKeyedStore.providedBy(store):
