@@ -832,3 +832,25 @@ def test_a_global_notice_is_stored_and_queued_as_it_is(tmp_path):
     assert bounce.send_dsn(components, zed, data).result == "queued for delivery"
     queued = components.queue.enqueued[-1][0]
     assert queued.smtputf8 and queued.body_8bit
+
+
+@pytest.mark.parametrize("header", [
+    # a line that is no header field (some clients send them): a parse and
+    # regeneration turned the fields after it into a body of the part,
+    # which then was no header section (RFC 6533 6.3)
+    b"Received: from x\nSubject: lunch\nnot a field\nX-After: kept\n",
+    # the fields as the sender wrote them: no space added after the colon,
+    # none taken from the value
+    b"Subject:lunch\nX-Spaces:  two  \nFrom: j\xc3\xb6rg@example.org\n",
+])
+def test_a_global_notice_returns_the_header_section_as_it_is(tmp_path, header):
+    # message/global-headers as text/rfc822-headers: the octets of the
+    # original's header section, which a reader parses back whole
+    entry = utf8_entry(tmp_path, original=header + b"\nbody\n")
+    data, msg = build(entry, [failed(entry, who=BOB_UTF8)])
+    _, _, returned = msg.iter_parts()
+    assert returned.get_content_type() == "message/global-headers"
+    # the part's own header, its blank line, the section, the boundary
+    assert b"\n\n" + header + b"\n--==" in data
+    [inner] = returned.get_payload()
+    assert inner["Subject"] is not None

@@ -356,6 +356,12 @@ class _Generator(BytesGenerator):
 
     _handle_message_global_delivery_status = BytesGenerator._handle_message_delivery_status
 
+    def _handle_message_global_headers(self, msg: Message) -> None:
+        # a header section, written as text/rfc822-headers is: its octets
+        # (the stdlib would take a message/* payload for a message, or
+        # refuse a text one with UTF-8 in it)
+        self._handle_text(msg)
+
 
 def _flatten(message: Message) -> bytes:
     out = BytesIO()
@@ -459,11 +465,11 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
     if not raw.isascii():
         part["Content-Transfer-Encoding"] = "8bit"
     if utf8:
-        # generated as a message part (the header block, then its empty
-        # line: what the email package writes raw for a message/* type)
+        # the same octets, under RFC 6533's type for UTF-8 header fields
+        # (``_Generator`` writes it as text/rfc822-headers is written).
+        # Not parsed and generated again: that respaces fields, and a line
+        # that is no field would make the fields after it a body
         part.set_type("message/global-headers")
-        part.attach(BytesParser(policy=_POLICY).parsebytes(raw, headersonly=True))
-        return part
     part.set_payload(raw.decode("ascii", "surrogateescape"))
     return part
 
