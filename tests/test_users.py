@@ -666,3 +666,30 @@ def test_the_checker_logs_in_a_decomposed_password(db: UsersDB) -> None:
     checker = UsersChecker(db)
     creds = ClientCredentials(b"alice", DECOMPOSED.encode(), lambda: True)
     assert result_of(checker.requestAvatarId(creds)) == "alice@example.org"
+
+
+@pytest.mark.parametrize("broken", [
+    "notahash", "scrypt$1000$8$1$AA==$AA==", "scrypt$16384$8$32$AA==$AA==",
+    "scrypt$1048576$8$1$AA==$AA==",
+])
+def test_a_user_whose_hash_cannot_match_costs_what_an_unknown_one_does(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    # such a hash was refused before any scrypt ran: a login to that user
+    # answered at once, an unknown user's after the dummy checks, and the
+    # time told who exists.  Both run as many scrypt checks now
+    runs: list[bytes] = []
+    real = hashlib.scrypt
+
+    def spy(password: bytes, **kw: object) -> bytes:
+        runs.append(password)
+        return real(password, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hashlib, "scrypt", spy)
+    Path(db.path).write_text(f"alice@example.org {broken}\n")
+    for sent in (DECOMPOSED, COMPOSED, "tab\tpw"):
+        runs.clear()
+        assert not db.check_password(Address("alice", "example.org"), sent)
+        known = len(runs)
+        runs.clear()
+        assert not db.check_password(Address("nobody", "example.org"), sent)
+        assert known == len(runs) > 0, sent

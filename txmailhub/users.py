@@ -287,12 +287,15 @@ class UsersDB:
 
         The prepared form first (what ``add`` and ``set_password`` hash);
         then, only when it differs from what was sent, the as-sent form,
-        which hashes made before preparation hold.  An unknown user costs
-        the same number of checks, so the time says nothing about who exists.
+        which hashes made before preparation hold.  An unknown user, and
+        one whose hash cannot match, costs the same number of checks, so
+        the time says nothing about who exists.
         """
         candidates = _login_forms(password)
         record = self.get(address)
-        if record is None:
+        # a hash that can never match (logged when the file is read) would
+        # be refused before any scrypt ran: as slow as an unknown user
+        if record is None or hash_problem(record.password_hash):
             for candidate in candidates:
                 verify_password(candidate, _DUMMY_HASH)
             return False
