@@ -111,3 +111,53 @@ def test_a_prepared_password_is_nfc_with_no_exotic_space_and_no_control(text: st
         assert prepared and unicodedata.is_normalized("NFC", prepared)
         assert not any(unicodedata.category(c) in ("Cc", "Cn") or
                        (unicodedata.category(c) == "Zs" and c != " ") for c in prepared)
+
+
+# One of each general category FreeformClass allows (RFC 8264 9.1-9.5,
+# 9.11-9.17), after a letter so none stands at the start.
+@pytest.mark.parametrize(("ch", "category"), [
+    ("\u00e9", "Ll"), ("\u00c9", "Lu"), ("\u6d77", "Lo"), ("\u02b9", "Lm"),
+    ("\u1f88", "Lt"), ("\u0663", "Nd"), ("\u16ee", "Nl"), ("\u09f4", "No"),
+    ("\u0301", "Mn"), ("\u0903", "Mc"), ("\u0488", "Me"), ("\u3000", "Zs"),
+    ("\u2200", "Sm"), ("\u20ac", "Sc"), ("\u02c2", "Sk"), ("\u2603", "So"),
+    ("\u203f", "Pc"), ("\u2010", "Pd"), ("\u2045", "Ps"), ("\u2046", "Pe"),
+    ("\u00ab", "Pi"), ("\u00bb", "Pf"), ("\u00a7", "Po"),
+])
+def test_every_category_the_freeform_class_names_is_allowed(ch: str, category: str) -> None:
+    assert unicodedata.category(ch) == category
+    expected = unicodedata.normalize("NFC", "x" + (" " if category == "Zs" else ch))
+    assert prepare_password("x" + ch) == expected
+
+
+@pytest.mark.parametrize(("ch", "why"), [
+    # default-ignorable code points of every kind, not only format characters
+    ("\u034f", "default-ignorable"), ("\u17b4", "default-ignorable"),
+    ("\u180f", "default-ignorable"), ("\u3164", "default-ignorable"),
+    ("\uffa0", "default-ignorable"), ("\U000e0100", "default-ignorable"),
+    ("\uffff", "noncharacter"), ("\U0010ffff", "noncharacter"),
+    # old Hangul jamo at the ends of their blocks
+    ("\u11a8", "old Hangul jamo"), ("\ua97c", "old Hangul jamo"),
+    ("\ud7fb", "old Hangul jamo"),
+    # the RFC 5892 2.6 exceptions that are DISALLOWED, each of them
+    ("\u07fa", "PRECIS disallows"), ("\u302e", "PRECIS disallows"),
+    ("\u302f", "PRECIS disallows"), ("\u3031", "PRECIS disallows"),
+    ("\u3035", "PRECIS disallows"), ("\u303b", "PRECIS disallows"),
+])
+def test_the_disallowed_sets_are_whole(ch: str, why: str) -> None:
+    with pytest.raises(PreparationError, match=re.escape(why)):
+        prepare_password("a" + ch + "a")
+
+
+@pytest.mark.parametrize("password", [
+    "\u200dlead",  # a zero width joiner with nothing before it
+    "\u00b7ll", "ll\u00b7", "l\u00b7x", "x\u00b7l",  # a middle dot short of an l
+    "\u0669\u06f0", "\u0660\u06f9",  # the digits at both ends of the two ranges
+])
+def test_the_contextual_rules_at_their_edges(password: str) -> None:
+    with pytest.raises(PreparationError):
+        prepare_password(password)
+
+
+def test_one_kind_of_arabic_indic_digits_alone_is_allowed() -> None:
+    for digits in ("\u0660\u0665\u0669", "\u06f0\u06f5\u06f9"):
+        assert prepare_password("pin " + digits) == "pin " + digits
