@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.task import Clock
 
 from txmailhub.relay.auth_param_memory import MAX_AGE, MAX_HOSTS, AuthParamMemory
@@ -70,3 +71,32 @@ def test_a_clock_set_back_does_not_keep_a_host_for_longer():
     m.remember("mx.remote.test", 25)
     clock.rightNow -= 5 * MAX_AGE  # the system clock was set back
     assert not m.refuses("mx.remote.test", 25)
+
+
+def test_the_documented_defaults():
+    # docs/relay.rst: 24 hours, at most 4096 hosts
+    clock = Clock()
+    m = AuthParamMemory(clock)
+    for i in range(4097):
+        m.remember(f"mx{i}.test", 25)
+    assert len(m) == 4096 and not m.refuses("mx0.test", 25)
+    clock.advance(24 * 3600 - 1)
+    assert m.refuses("mx4096.test", 25)
+    clock.advance(1)
+    assert not m.refuses("mx4096.test", 25)
+
+
+def test_a_table_that_could_hold_nothing_is_refused():
+    with pytest.raises(ValueError):
+        AuthParamMemory(Clock(), max_hosts=0)
+    assert len(AuthParamMemory(Clock(), max_hosts=1)) == 0
+
+
+def test_an_expired_host_is_new_again_even_if_nobody_asked_in_between():
+    # the entry is still in the table (nothing looked it up), but its time
+    # is up: remembering it again is news, and is logged
+    clock = Clock()
+    m = AuthParamMemory(clock, max_age=100)
+    m.remember("mx.remote.test", 25)
+    clock.advance(100)
+    assert m.remember("mx.remote.test", 25) is True
