@@ -21,14 +21,16 @@ from txmailhub.sendmail import (
     EX_USAGE,
     MessageTooBig,
     Options,
+    Prepared,
     Target,
     UsageError,
     hub_targets,
     parse_args,
     prepare,
-    read_message,
     run,
+    trace_field,
 )
+from txmailhub.sendmail_input import read_message
 from txmailhub.smtp._data import DotReader
 from txmailhub.smtp.reply import Reply
 
@@ -36,6 +38,36 @@ SETTINGS = LocalSubmission(path="/etc/txmailhub/mailhub.toml", hostname="mail.ex
                            domains=("example.org", "example.net"), listen=("tcp:25",),
                            max_message_size=10_000)
 LOGIN = ("joe", "Joe Bloggs")
+
+
+def read_whole(stdin: io.BytesIO, ignore_dots: bool, limit: int) -> bytes:
+    """What ``read_message`` read, as one text: the header section, the
+    empty line when there was one, the body."""
+    read = read_message(stdin, ignore_dots, limit)
+    with read.body:
+        head = b"".join(text for _, text in read.fields)
+        return head + (b"\r\n" if head else b"") + read.body.read()
+
+
+def prep(raw: bytes, options: Options, settings: LocalSubmission = SETTINGS,
+         login: tuple[str, str] = LOGIN, uid: int = 1000) -> Prepared:
+    """``prepare`` for a message given as text (read as with ``-i``)."""
+    return prepare(read_message(io.BytesIO(raw), True, 10**8), options, settings, login, uid)
+
+
+def sent(p: Prepared) -> bytes:
+    """The whole message as ``p`` sends it."""
+    p.body.seek(0)
+    return p.header + p.body.read()
+
+
+def untraced(p: Prepared) -> bytes:
+    """The message as ``p`` sends it, without the Received field naming the
+    local user, which it always starts with."""
+    trace, rest = re.match(rb"(Received: by [^\r]*\r\n\t[^\r]*\r\n)(.*)\Z", sent(p),
+                           re.S).groups()
+    assert trace.startswith(b"Received: by mail.example.org (txmailhub sendmail, from userid ")
+    return rest
 
 
 def fields(message: bytes) -> list[bytes]:
@@ -80,8 +112,8 @@ def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
     assert parse_args([*argv, "bob"]) == Options(recipients=("bob",))
 
 
-@pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bs"], ["-bp"], ["-bi"],
-                                  ["-q1h"], ["-q"], ["-f"], ["-I"], ["-N", "sometimes"],
+@pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bs"], ["-bv", "bob"],
+                                  ["-bd"], ["-q1h"], ["-q"], ["-f"], ["-I"], ["-N", "sometimes"],
                                   ["-N", "never,success"], ["-R", "body"], ["-V", "a b\n"]])
 def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(UsageError):
@@ -105,20 +137,20 @@ def test_no_recipients_without_t_is_a_usage_error_before_stdin_is_read(tmp_path:
 
 def test_a_lone_dot_ends_the_message_and_what_follows_is_not_read() -> None:
     stdin = io.BytesIO(b"Subject: x\n\nline\n..two dots stay\n.\nnot mine\n")
-    assert read_message(stdin, ignore_dots=False, limit=1000) == (
+    assert read_whole(stdin, ignore_dots=False, limit=1000) == (
         b"Subject: x\r\n\r\nline\r\n..two dots stay\r\n")
     assert stdin.read() == b"not mine\n"
     # a final "." without its line end ends it too
-    assert read_message(io.BytesIO(b"a\n."), False, 1000) == b"a\r\n"
+    assert read_whole(io.BytesIO(b"a\n."), False, 1000) == b"a\r\n"
 
 
 def test_with_i_a_lone_dot_is_text() -> None:
     stdin = io.BytesIO(b"a\n.\nb\n")
-    assert read_message(stdin, ignore_dots=True, limit=1000) == b"a\r\n.\r\nb\r\n"
+    assert read_whole(stdin, ignore_dots=True, limit=1000) == b"a\r\n.\r\nb\r\n"
 
 
 def test_lf_becomes_crlf_and_crlf_stays() -> None:
-    assert read_message(io.BytesIO(b"a\nb\r\nc"), True, 1000) == b"a\r\nb\r\nc\r\n"
+    assert read_whole(io.BytesIO(b"a\nb\r\nc"), True, 1000) == b"a\r\nb\r\nc\r\n"
 
 
 def hub_verdict(message: bytes) -> Reply | None:
@@ -133,19 +165,18 @@ def test_a_cr_without_lf_ends_a_line_so_the_hub_takes_the_message() -> None:
     # a cron job's progress meter: the hub refuses a bare CR (550 5.6.11),
     # so sent as it was the message could never be delivered
     raw = b"Subject: backup\n\n 10%\r 50%\r100%\ndone\r"
-    message = read_message(io.BytesIO(raw), True, 1000)
+    message = read_whole(io.BytesIO(raw), True, 1000)
     assert message == b"Subject: backup\r\n\r\n 10%\r\n 50%\r\n100%\r\ndone\r\n"
     assert hub_verdict(message) is None
-    assert hub_verdict(prepare(message, Options(recipients=("bob",)), SETTINGS, LOGIN)
-                       .message) is None
+    assert hub_verdict(sent(prep(message, Options(recipients=("bob",))))) is None
 
 
 def test_a_line_longer_than_a_read_keeps_its_crlf_and_dot_rule() -> None:
     long = b"x" * 65535 + b"\r\n"  # the CR ends one read, the LF starts the next
-    message = read_message(io.BytesIO(long + b".\n"), False, 100_000)
+    message = read_whole(io.BytesIO(long + b".\n"), False, 100_000)
     assert message.replace(b"\r\n ", b"") == long  # (folded: see below)
     dots = b"." + b"y" * 70000 + b"\n"  # starts with a dot, but is no lone dot
-    message = read_message(io.BytesIO(dots), False, 100_000)
+    message = read_whole(io.BytesIO(dots), False, 100_000)
     assert message.replace(b"\r\n ", b"") == dots[:-1] + b"\r\n"
 
 
@@ -153,7 +184,7 @@ def test_a_line_over_998_octets_is_folded_so_the_hub_takes_the_message() -> None
     # the hub refuses a line over 1000 octets with its CRLF (500 5.5.2):
     # a long log line in a cron job's output must not lose the mail
     body = b"x" * 2500 + b"\na" + "\u00e9".encode() * 600 + b"\n"  # a cut is mid-"é"
-    message = read_message(io.BytesIO(b"Subject: " + b"s" * 1200 + b"\n\n" + body), True,
+    message = read_whole(io.BytesIO(b"Subject: " + b"s" * 1200 + b"\n\n" + body), True,
                            100_000)
     assert hub_verdict(message) is None
     lines = message.split(b"\r\n")
@@ -164,12 +195,12 @@ def test_a_line_over_998_octets_is_folded_so_the_hub_takes_the_message() -> None
     assert message.replace(b"\r\n ", b"").split(b"\r\n") == [
         b"Subject: " + b"s" * 1200, b"", b"x" * 2500, b"a" + "\u00e9".encode() * 600, b""]
     # a line of exactly 998 octets stays whole
-    assert read_message(io.BytesIO(b"y" * 998 + b"\n"), True, 2000) == b"y" * 998 + b"\r\n"
+    assert read_whole(io.BytesIO(b"y" * 998 + b"\n"), True, 2000) == b"y" * 998 + b"\r\n"
 
 
 def test_a_message_over_the_hub_limit_stops_the_read() -> None:
     with pytest.raises(MessageTooBig, match="max_message_size"):
-        read_message(io.BytesIO(b"x" * 200 + b"\n" + b"y" * 10**6), True, 100)
+        read_whole(io.BytesIO(b"x" * 200 + b"\n" + b"y" * 10**6), True, 100)
 
 
 # --- header fields -----------------------------------------------------------
@@ -180,36 +211,34 @@ def test_t_takes_to_cc_and_bcc_and_removes_bcc() -> None:
            b"Cc: carol\r\nBcc: secret@y.org,\r\n  hidden@z.org\r\nSubject: hi\r\n"
            b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@x>\r\n\r\n"
            b"Bcc: in the body stays\r\n")
-    p = prepare(raw, Options(extract=True), SETTINGS, LOGIN)
+    p = prep(raw, Options(extract=True))
     assert p.recipients == ("a@x.org", "bob@example.net", "carol@example.org",
                             "secret@y.org", "hidden@z.org")
     assert p.sender == "joe@example.org"
-    assert p.message == raw.replace(b"Bcc: secret@y.org,\r\n  hidden@z.org\r\n", b"")
+    assert untraced(p) == raw.replace(b"Bcc: secret@y.org,\r\n  hidden@z.org\r\n", b"")
 
 
 def test_t_adds_to_the_arguments_and_reads_resent_fields_when_present() -> None:
     raw = b"To: a@x.org\r\nResent-To: r@x.org\r\nResent-Bcc: rb@x.org\r\n\r\nbody\r\n"
-    p = prepare(raw, Options(extract=True, recipients=("arg@x.org", "r@x.org")),
-                SETTINGS, LOGIN)
+    p = prep(raw, Options(extract=True, recipients=("arg@x.org", "r@x.org")))
     assert p.recipients == ("arg@x.org", "r@x.org", "rb@x.org")  # once each
-    assert field(p.message, b"Resent-Bcc") == [] and field(p.message, b"To") == [b"To: a@x.org"]
+    assert field(untraced(p), b"Resent-Bcc") == [] and field(untraced(p), b"To") == [b"To: a@x.org"]
 
 
 def test_bcc_is_removed_without_t_too() -> None:
-    p = prepare(b"To: a@x.org\r\nBCC: b@x.org\r\n\r\nx\r\n", Options(recipients=("a@x.org",
-                "b@x.org")), SETTINGS, LOGIN)
-    assert field(p.message, b"Bcc") == [] and p.recipients == ("a@x.org", "b@x.org")
+    p = prep(b"To: a@x.org\r\nBCC: b@x.org\r\n\r\nx\r\n", Options(recipients=("a@x.org",
+                "b@x.org")))
+    assert field(untraced(p), b"Bcc") == [] and p.recipients == ("a@x.org", "b@x.org")
 
 
 def test_missing_from_date_and_message_id_are_added_and_f_name_used() -> None:
-    p = prepare(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), full_name="J. Doe"),
-                SETTINGS, LOGIN)
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), full_name="J. Doe"))
     assert p.recipients == ("bob@example.org",)
-    assert field(p.message, b"From") == [b'From: "J. Doe" <joe@example.org>']
-    assert len(field(p.message, b"Date")) == 1
-    (msgid,) = field(p.message, b"Message-ID")
+    assert field(untraced(p), b"From") == [b'From: "J. Doe" <joe@example.org>']
+    assert len(field(untraced(p), b"Date")) == 1
+    (msgid,) = field(untraced(p), b"Message-ID")
     assert msgid.startswith(b"Message-ID: <") and msgid.endswith(b"@mail.example.org>")
-    assert p.message.startswith(b"Subject: hi\r\n") and p.message.endswith(b"\r\n\r\nbody\r\n")
+    assert untraced(p).startswith(b"Subject: hi\r\n") and untraced(p).endswith(b"\r\n\r\nbody\r\n")
 
 
 @pytest.mark.parametrize("name", ["Joe\nBcc: evil@x.org", "Joe\r\nBcc: evil@x.org",
@@ -223,14 +252,14 @@ def test_a_full_name_with_line_ends_stays_in_one_from_field(
     # (a Bcc, which would then go out to every recipient), nor leave a
     # bare CR or LF, for which the hub refuses the message
     monkeypatch.setenv("NAME", name if source == "$NAME" else "")
-    p = prepare(b"Subject: hi\r\n\r\nbody\r\n",
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n",
                 Options(recipients=("bob",), full_name=name if source == "-F" else None),
                 SETTINGS, ("joe", name if source == "password file" else ""))
-    assert hub_verdict(p.message) is None
-    assert not field(p.message, b"Bcc")
-    (line,) = field(p.message, b"From")
+    assert hub_verdict(untraced(p)) is None
+    assert not field(untraced(p), b"Bcc")
+    (line,) = field(untraced(p), b"From")
     assert line.endswith(b"<joe@example.org>")
-    assert b" " not in fields(p.message)[fields(p.message).index(line) + 1][:1]  # not folded
+    assert b" " not in fields(untraced(p))[fields(untraced(p)).index(line) + 1][:1]  # not folded
     assert line.startswith(b'From: "Joe Bcc: evil@x.org"') or b"=?utf-8?" in line
 
 
@@ -242,55 +271,53 @@ def test_a_full_name_that_is_not_utf8_is_replaced_not_a_traceback(
     # locale): Python hands it over with a surrogate, which no codec takes
     name = b"J\xf6rg".decode("utf-8", "surrogateescape")
     monkeypatch.setenv("NAME", name if source == "$NAME" else "")
-    p = prepare(b"Subject: hi\r\n\r\nbody\r\n",
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n",
                 Options(recipients=("bob",), full_name=name if source == "-F" else None),
                 SETTINGS, ("joe", name if source == "password file" else ""))
-    (line,) = field(p.message, b"From")
+    (line,) = field(untraced(p), b"From")
     assert line == b"From: =?utf-8?b?Su+/vXJn?= <joe@example.org>"  # "J\ufffdrg"
 
 
 def test_from_date_and_message_id_of_the_message_are_kept_and_f_ignored() -> None:
     raw = b"From: x@y.org\r\nDate: whenever\r\nMessage-Id: <a@b>\r\n\r\nbody\r\n"
-    p = prepare(raw, Options(recipients=("bob",), full_name="Ignored"), SETTINGS, LOGIN)
-    assert p.message == raw
+    p = prep(raw, Options(recipients=("bob",), full_name="Ignored"))
+    assert untraced(p) == raw
 
 
 def test_the_from_name_is_the_users_own_only_for_the_users_own_address(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NAME", raising=False)
-    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",)), SETTINGS, LOGIN)
-    assert field(p.message, b"From") == [b"From: Joe Bloggs <joe@example.org>"]
-    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",), sender="app@example.net"),
-                SETTINGS, LOGIN)
+    p = prep(b"\r\nx\r\n", Options(recipients=("bob",)))
+    assert field(untraced(p), b"From") == [b"From: Joe Bloggs <joe@example.org>"]
+    p = prep(b"\r\nx\r\n", Options(recipients=("bob",), sender="app@example.net"))
     assert p.sender == "app@example.net"
-    assert field(p.message, b"From") == [b"From: app@example.net"]
+    assert field(untraced(p), b"From") == [b"From: app@example.net"]
     # a non-ASCII -F name is an encoded word (RFC 2047)
-    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",), full_name="Jöe"), SETTINGS, LOGIN)
-    assert field(p.message, b"From") == [b"From: =?utf-8?q?J=C3=B6e?= <joe@example.org>"]
+    p = prep(b"\r\nx\r\n", Options(recipients=("bob",), full_name="Jöe"))
+    assert field(untraced(p), b"From") == [b"From: =?utf-8?q?J=C3=B6e?= <joe@example.org>"]
 
 
 def test_null_sender_keeps_a_from_of_the_user() -> None:
-    p = prepare(b"\r\nx\r\n", Options(recipients=("bob",), sender="<>"), SETTINGS, LOGIN)
+    p = prep(b"\r\nx\r\n", Options(recipients=("bob",), sender="<>"))
     assert p.sender == ""
-    assert field(p.message, b"From") == [b"From: Joe Bloggs <joe@example.org>"]
+    assert field(untraced(p), b"From") == [b"From: Joe Bloggs <joe@example.org>"]
 
 
 def test_text_without_a_header_section_gets_one_and_an_mbox_line_goes() -> None:
-    p = prepare(b"From joe Mon Jan  1 00:00:00 2024\r\nHi Dave -\r\n", Options(
-        recipients=("bob",)), SETTINGS, LOGIN)
-    assert [f.split(b":")[0] for f in fields(p.message)] == [b"From", b"Date", b"Message-ID"]
-    assert p.message.endswith(b">\r\n\r\nHi Dave -\r\n")
+    p = prep(b"From joe Mon Jan  1 00:00:00 2024\r\nHi Dave -\r\n", Options(
+        recipients=("bob",)))
+    assert [f.split(b":")[0] for f in fields(untraced(p))] == [b"From", b"Date", b"Message-ID"]
+    assert untraced(p).endswith(b">\r\n\r\nHi Dave -\r\n")
     # a header section ended by a line that is no field gets its empty line
-    p = prepare(b"Subject: s\r\nno field here\r\n", Options(recipients=("bob",)),
-                SETTINGS, LOGIN)
-    assert p.message.startswith(b"Subject: s\r\nFrom: ")
-    assert p.message.endswith(b">\r\n\r\nno field here\r\n")
+    p = prep(b"Subject: s\r\nno field here\r\n", Options(recipients=("bob",)))
+    assert untraced(p).startswith(b"Subject: s\r\nFrom: ")
+    assert untraced(p).endswith(b">\r\n\r\nno field here\r\n")
 
 
 @pytest.mark.parametrize("recipient", ["a@b@c", "joe@", "<>", "two words@x.org"])
 def test_an_unreadable_recipient_is_an_address_error(recipient: str) -> None:
     with pytest.raises(AddressError):
-        prepare(b"\r\n", Options(recipients=(recipient,)), SETTINGS, LOGIN)
+        prep(b"\r\n", Options(recipients=(recipient,)))
 
 
 @pytest.mark.parametrize("recipients", ["a@x.org b@y.org", "a@x.org;b@y.org",
@@ -301,13 +328,13 @@ def test_addresses_not_separated_by_commas_are_an_error_not_a_recipient_left_out
     # the parser reads the first and skips the rest as "invalid": sent to
     # the first alone, the others would never know, and the exit was 0
     with pytest.raises(AddressError, match="commas"):
-        prepare(b"\r\n", Options(recipients=(recipients,)), SETTINGS, LOGIN)
+        prep(b"\r\n", Options(recipients=(recipients,)))
     with pytest.raises(AddressError, match="commas"):
-        prepare(b"To: c@w.org,\r\n " + recipients.encode() + b"\r\n\r\n",
-                Options(extract=True), SETTINGS, LOGIN)
+        prep(b"To: c@w.org,\r\n " + recipients.encode() + b"\r\n\r\n",
+                Options(extract=True))
     # what the parser reads whole still goes
-    ok = prepare(b"To: a@x.org, (c) b@y.org (B), g: c@z.org;, joe\r\n\r\n",
-                 Options(extract=True), SETTINGS, LOGIN)
+    ok = prep(b"To: a@x.org, (c) b@y.org (B), g: c@z.org;, joe\r\n\r\n",
+                 Options(extract=True))
     assert ok.recipients == ("a@x.org", "b@y.org", "c@z.org", "joe@example.org")
 
 
@@ -421,3 +448,134 @@ def test_replies_become_sysexits_codes(stage: str, code: int, reply: str, status
     from txmailhub.sendmail_smtp import _status
 
     assert _status(stage, code, reply) == status
+
+
+# --- the local user, on record --------------------------------------------------
+
+
+def test_a_received_field_on_top_names_the_user_who_ran_the_command() -> None:
+    p = prep(b"Received: by forged.example (txmailhub sendmail, from userid 0 root);\r\n"
+             b" Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: hi\r\n\r\nbody\r\n",
+             Options(recipients=("bob",)), login=("www-data", ""), uid=33)
+    lines = fields(sent(p))
+    assert re.fullmatch(rb"Received: by mail\.example\.org \(txmailhub sendmail, from userid 33 "
+                        rb"www-data\);", lines[0]), lines[0]
+    assert lines[1].startswith(b"\t") and email_date(lines[1].strip())
+    assert lines[2].startswith(b"Received: by forged.example")  # the user's own: below ours
+    assert hub_verdict(sent(p)) is None
+
+
+def email_date(text: bytes) -> bool:
+    import email.utils
+
+    return email.utils.parsedate_to_datetime(text.decode()) is not None
+
+
+@pytest.mark.parametrize(("login", "shown"), [("joe", "joe"), ("uid1234", "uid1234"),
+                                              ("a(b)\\c\u00e9 d", "a?b??c? d")])
+def test_the_login_name_cannot_break_out_of_the_comment(login: str, shown: str) -> None:
+    field_text = trace_field("mail.example.org.", login, 1234, "Mon, 1 Jan 2024 00:00:00 +0000")
+    assert field_text == (f"Received: by mail.example.org (txmailhub sendmail, from userid 1234 "
+                          f"{shown});\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n").encode()
+
+
+def test_the_uid_is_the_real_one_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.getuid", lambda: 4321)
+    p = prepare(read_message(io.BytesIO(b"\n"), True, 100), Options(recipients=("bob",)),
+                SETTINGS, LOGIN)
+    assert b"from userid 4321 joe)" in p.header.split(b"\r\n")[0]
+
+
+# --- mailq and newaliases ----------------------------------------------------------
+
+
+def test_bp_and_bi_are_modes() -> None:
+    assert parse_args(["-bp"]).mode == "p"
+    assert parse_args(["-bi"]).mode == "i"
+    assert parse_args(["-bm", "bob"]).mode == parse_args(["bob"]).mode == "m"
+
+
+def test_bi_says_there_is_nothing_to_rebuild_without_a_config() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["-bi"], "/nonexistent.toml", "newaliases", io.BytesIO(b""), err, out) == 0
+    assert out.getvalue().count("\n") == 1 and "nothing to rebuild" in out.getvalue()
+    assert err.getvalue() == ""
+
+
+def test_bp_lists_the_queue_as_mailhub_queue_list_does(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from txmailhub.address import Address
+    from txmailhub.config import load
+    from txmailhub.envelope import Envelope, SpooledMessage
+    from txmailhub.relay.queue import OutboundQueue
+
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n'
+                      '[smtp]\nlisten = ["tcp:2525"]\n')
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, out) == 0
+    assert out.getvalue() == err.getvalue() == ""  # no queue yet: nothing, as queue list
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    queue = OutboundQueue(load(str(config)).queue_dir, clock)
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    for rcpt in ("bob", "carol"):
+        queue.enqueue(Envelope(sender=Address("alice", "example.org"),
+                               recipients=(Address(rcpt, "remote.test"),)),
+                      SpooledMessage(str(spool), 17, 20))
+    listed = io.StringIO()
+    assert cli.main(["--config", str(config), "queue", "list"], out=listed) == 0
+    assert len(listed.getvalue().splitlines()) == 2
+    for argv in (["-bp"], ["-bp", "-v"], ["-C", str(config), "-bp"]):
+        out = io.StringIO()
+        assert run(argv, str(config), "mailq", io.BytesIO(b""), err, out) == 0
+        assert out.getvalue() == listed.getvalue()
+    out = io.StringIO()
+    assert cli.main(["--config", str(config), "sendmail", "-bp"], out=out) == 0
+    assert out.getvalue() == listed.getvalue()
+
+
+def test_installed_as_mailq_or_newaliases_it_is_bp_or_bi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from txmailhub import sendmail
+
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    monkeypatch.setenv("MAILHUB_CONFIG", str(config))
+    monkeypatch.setattr("txmailhub.cli.DEFAULT_CONFIG", str(config))
+    seen = []
+    monkeypatch.setattr(sendmail, "_list_queue", lambda *a: seen.append(a) or 0)
+    monkeypatch.setattr("sys.argv", ["/usr/bin/mailq"])
+    assert sendmail.main() == 0 and len(seen) == 1
+    monkeypatch.setattr("sys.argv", ["/usr/bin/newaliases"])
+    assert sendmail.main() == 0 and "nothing to rebuild" in capsys.readouterr().out
+
+
+def test_bp_on_a_queue_this_user_cannot_read_is_77(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(*args: object) -> int:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "state" / "queue"))
+
+    monkeypatch.setattr("txmailhub.relay.admin.run_queue", denied)
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n')
+    err = io.StringIO()
+    assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, io.StringIO()) == 77
+    assert "cannot read the queue" in err.getvalue() and "NOT sent" not in err.getvalue()
+
+
+def test_no_room_for_the_spool_is_75_before_connecting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr("txmailhub.sendmail_input.SPOOL_IN_MEMORY", 100)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    err = io.StringIO()
+    assert run(["-oi", "bob"], str(config), "sendmail", io.BytesIO(b"x\n" * 200), err) == 75
+    assert "cannot read and spool the message" in err.getvalue()
+    assert "NOT sent" in err.getvalue() and "Connection refused" not in err.getvalue()

@@ -348,7 +348,7 @@ def main(
         # its own exit codes: sysexits(3), as every caller of sendmail expects
         config = _parser().parse_args([*split[0], "check"]).config
         return sendmail(split[1], config, "mailhub sendmail", stdin=getattr(stdin, "buffer", None),
-                        err=err)
+                        err=err, out=out)
     args = _parser().parse_args(argv)
     try:
         settings = load(args.config)

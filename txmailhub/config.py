@@ -1044,10 +1044,16 @@ class LocalSubmission:
     domains: tuple[str, ...]
     listen: tuple[str, ...]
     max_message_size: int
+    state_dir: str = "var"  # (absolute when read from a file)
 
     @property
     def primary_domain(self) -> str:
         return self.domains[0]
+
+    @property
+    def queue_dir(self) -> str:
+        """What ``sendmail -bp`` (``mailq``) lists, as ``Settings.queue_dir``."""
+        return os.path.join(self.state_dir, "queue")
 
 
 def load_local_submission(path: str) -> LocalSubmission:
@@ -1083,6 +1089,7 @@ def load_local_submission(path: str) -> LocalSubmission:
         listen=r.get(smtp, "smtp", "listen", d.listen, r.endpoints),
         max_message_size=r.get(smtp, "smtp", "max_message_size", d.max_message_size,
                                _positive_int),
+        state_dir=r.resolve(r.get(hub, "hub", "state_dir", "var", _nonempty_string)),
     )
     if problems:
         raise ConfigError(problems)

@@ -2,19 +2,25 @@
 line that local programs (cron, scripts, PHP's ``mail()``, ``git
 send-email``, mutt) expect, handing each message to the running hub.
 
-Owns the sendmail option syntax, reading the message from standard input
-(the lone-dot rule, LF line ends made CRLF), the header fields a local
-submission needs (Bcc removed; Date, Message-ID and From added when
-missing: the hub's MX listener adds none for a ``relay_networks`` client,
-docs/smtp.rst) and the command's exit codes; ``txmailhub.sendmail_smtp``
-owns the SMTP transaction and the sysexits(3) code of each failure.
+Owns the sendmail option syntax (with the ``-bp`` and ``-bi`` modes of
+``mailq`` and ``newaliases``), the header fields a local submission needs
+(Bcc removed; Date, Message-ID and From added when missing: the hub's MX
+listener adds none for a ``relay_networks`` client, docs/smtp.rst; a
+Received field naming the local user on top) and the command's exit
+codes.  ``txmailhub.sendmail_input`` owns reading standard input (the
+lone-dot rule, line ends, the body spooled, never held whole);
+``txmailhub.sendmail_smtp`` the SMTP transaction and the sysexits(3) code
+of each failure.
 
 It submits over SMTP to the hub's own MX listener on loopback (or its
 ``unix:`` socket) as a ``relay_networks`` client.  It keeps no queue:
 exit 0 means the hub took the message for every recipient; any other
 status means it took it for none, and stderr says why, so the caller
-still holds the only copy and can tell.  Blocking ``smtplib`` is right
-here: this is a short-lived command, not part of the reactor.
+still holds the only copy and can tell -- but for one case no client can
+rule out: the connection lost after the whole message was sent, before
+the hub's reply (exit 75, and stderr says the message MAY have been sent).
+Blocking ``smtplib`` is right here: this is a short-lived command, not
+part of the reactor.
 """
 
 from __future__ import annotations
@@ -35,14 +41,18 @@ from typing import BinaryIO, TextIO
 from txmailhub.address import AddressError, ascii_form, parse_address
 from txmailhub.config import LocalSubmission, load_local_submission
 from txmailhub.errors import ConfigError
+from txmailhub.sendmail_input import MessageTooBig, StdinMessage, read_message
 from txmailhub.sendmail_smtp import (
     EX_CONFIG,
     EX_DATAERR,
+    EX_IOERR,
+    EX_NOPERM,
     EX_NOUSER,
     EX_OK,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     EX_USAGE,
+    OutcomeUnknown,
     Refused,
     Target,
     hub_targets,
@@ -50,9 +60,10 @@ from txmailhub.sendmail_smtp import (
 )
 
 __all__ = [
-    "EX_CONFIG", "EX_DATAERR", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE",
-    "EX_USAGE", "MessageTooBig", "Options", "Prepared", "UsageError", "hub_targets", "main",
-    "Target", "parse_args", "prepare", "read_message", "run", "submit",
+    "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL",
+    "EX_UNAVAILABLE", "EX_USAGE", "MessageTooBig", "Options", "Prepared", "StdinMessage",
+    "UsageError", "hub_targets", "main", "Target", "parse_args", "prepare", "read_message",
+    "run", "submit", "trace_field",
 ]
 
 # Options with an argument that are accepted and ignored, as Postfix does:
@@ -62,15 +73,11 @@ __all__ = [
 _OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:iL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
 _IGNORED = set("ABcdeGhLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
-_LINE_TEXT = 998  # octets of a line before its CRLF (RFC 5321 4.5.3.1.6)
+_MODES = ("m", "p", "i")
 
 
 class UsageError(Exception):
     """A command line this command cannot act on (exit 64)."""
-
-
-class MessageTooBig(Exception):
-    """Standard input held more than the hub would take (exit 65)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ class Options:
     notify: str | None = None             # -N: DSN NOTIFY on each RCPT (RFC 3461)
     ret: str | None = None                # -R: DSN RET on MAIL
     envid: str | None = None              # -V: DSN ENVID on MAIL
+    mode: str = "m"                       # -bm send (the default), -bp list the queue,
+                                          # -bi rebuild the aliases (nothing to do)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -122,9 +131,11 @@ def parse_args(argv: list[str]) -> Options:
             if not value or len(value) > 100 or not value.isprintable() or not value.isascii():
                 raise UsageError("-V: an envelope id is 1 to 100 printable ASCII characters")
             found["envid"] = value
-        elif letter == "b" and value != "m":
-            raise UsageError(f"-b{value}: only -bm (read a message and send it) is offered; "
-                             "see mailhub queue list for the queue")
+        elif letter == "b":
+            if value not in _MODES:
+                raise UsageError(f"-b{value}: only -bm (read a message and send it), -bp "
+                                 "(list the queue, as mailq) and -bi (newaliases) are offered")
+            found["mode"] = value
         elif letter == "q":
             raise UsageError(f"-q{value}: the hub runs its own queue; see mailhub queue flush")
         elif letter not in _IGNORED and letter not in "bo":
@@ -140,111 +151,26 @@ def _notify(value: str) -> str:
     return ",".join(w.upper() for w in words)
 
 
-def read_message(stream: BinaryIO, ignore_dots: bool, limit: int) -> bytes:
-    """Standard input as the message, every line ending in CRLF (LF alone
-    too).  Without ``ignore_dots`` a line of one ``.`` ends it (what the
-    sendmail interface has always done), and what follows is not read.
-    Raise ``MessageTooBig`` beyond ``limit`` octets, without reading on.
-
-    A CR that no LF follows (a progress meter in a cron job's output)
-    ends a line too: RFC 5321 2.3.8 forbids it on the wire, and the hub
-    refuses a message with one (550 5.6.11), which would lose the mail."""
-    out = bytearray()
-    line = bytearray()
-    while True:
-        piece = stream.readline(65536)
-        if piece:
-            line += piece
-            if len(out) + len(line) > limit:
-                raise MessageTooBig(f"the message is over the hub's limit of {limit} octets "
-                                    "([smtp] max_message_size)")
-            if not piece.endswith(b"\n"):  # a long line: read on to its end
-                continue
-            del line[-1:]
-        elif not line:
-            break
-        text = bytes(line.removesuffix(b"\r"))  # CRLF; or a last line's CR
-        line.clear()
-        if not ignore_dots and text == b".":
-            break
-        out += _wire_lines(text)
-        if len(out) > limit:
-            raise MessageTooBig(f"the message is over the hub's limit of {limit} octets "
-                                "([smtp] max_message_size)")
-        if not piece:  # a last line without its line end
-            break
-    return bytes(out)
-
-
-def _wire_lines(text: bytes) -> bytes:
-    """One line read from stdin (without its line end) as CRLF lines: each
-    CR in it ends a line, and a line over 998 octets is broken."""
-    return b"".join(_fold_long(part) + b"\r\n" for part in text.split(b"\r"))
-
-
-def _fold_long(line: bytes) -> bytes:
-    """``line`` cut into lines of at most ``_LINE_TEXT`` octets, each piece
-    after the first starting with a space -- in a header field that keeps
-    it one folded field (RFC 5322 2.2.3); in the body it is one space more,
-    as Postfix's ``smtp_line_length_limit`` does.  The hub refuses a
-    message with a longer line (RFC 5321 4.5.3.1.6: 500 5.5.2), so a long
-    log line in a cron job's output would lose the whole mail.  A cut
-    never splits a UTF-8 sequence."""
-    pieces = []
-    while len(line) > _LINE_TEXT:
-        cut = _LINE_TEXT
-        while cut > _LINE_TEXT - 4 and 0x80 <= line[cut] < 0xC0:
-            cut -= 1  # line[cut] continues a UTF-8 sequence: cut before it
-        pieces.append(line[:cut])
-        line = b" " + line[cut:]
-    pieces.append(line)
-    return b"\r\n".join(pieces)
-
-
 @dataclass(frozen=True)
 class Prepared:
-    """What goes to the hub: the envelope and the message as sent."""
+    """What goes to the hub: the envelope and the message as sent -- its
+    header section (the empty line included) whole, its body as the spool
+    ``read_message`` filled, read from where it is positioned."""
 
     sender: str
     recipients: tuple[str, ...]
-    message: bytes
+    header: bytes
+    body: BinaryIO
+    body_size: int
+    body_8bit: bool
     notify: str | None = None
     ret: str | None = None
     envid: str | None = None
 
-
-def _field_name(line: bytes) -> bytes | None:
-    name, colon, _ = line.partition(b":")
-    if colon and name and all(33 <= c <= 126 for c in name):
-        return name.strip().lower()
-    return None
-
-
-def _split_header(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """``([(lower-case name, field with its continuation lines)], rest)``:
-    the header section ends at the empty line (dropped here) or at the
-    first line that is no field (which starts ``rest``).  A leading mbox
-    ``From `` line is dropped, as sendmail does."""
-    if message.startswith(b"From "):
-        message = message.partition(b"\r\n")[2]
-    fields: list[tuple[bytes, bytes]] = []
-    pos = 0
-    while pos < len(message):
-        end = message.find(b"\r\n", pos)
-        end = len(message) if end < 0 else end + 2
-        line = message[pos:end]
-        if line == b"\r\n":
-            return fields, message[end:]
-        if line[:1] in (b" ", b"\t") and fields:
-            name, text = fields[-1]
-            fields[-1] = (name, text + line)
-        else:
-            name = _field_name(line)
-            if name is None:
-                break
-            fields.append((name, line))
-        pos = end
-    return fields, message[pos:]
+    @property
+    def size(self) -> int:
+        """Octets of the message (RFC 1870 SIZE: CRLF counted, no dot-stuffing)."""
+        return len(self.header) + self.body_size
 
 
 def _addresses(values: Iterable[str], primary_domain: str) -> list[str]:
@@ -312,15 +238,38 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
     return str(email.headerregistry.Address(display_name=name, addr_spec=mailbox)).encode()
 
 
+def _comment_text(text: str) -> str:
+    """``text`` safe inside a comment of a header field: printable ASCII
+    without parentheses or backslashes (a login name is that already)."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in "()\\" else "?"
+                   for c in text) or "?"
+
+
+def trace_field(hostname: str, login_name: str, uid: int, date: str | None = None) -> bytes:
+    """The ``Received`` field that says which local user submitted the
+    message, in Postfix's form for its pickup (``Received: by HOST
+    (Postfix, from userid 1000)``), with the login name beside the uid.
+
+    The hub sees only a loopback (or ``unix:``) connection, so its own
+    Received field cannot say who ran the command; this one can, because
+    the command takes the real user id of its process (not ``$USER``).
+    It is the field right below the hub's: a user can write anything in
+    the fields of the message, but not above this one."""
+    date = date or email.utils.formatdate(localtime=True)
+    return (f"Received: by {hostname.rstrip('.')} (txmailhub sendmail, from userid {uid} "
+            f"{_comment_text(login_name)});\r\n\t{date}\r\n").encode("ascii")
+
+
 def prepare(
-    raw: bytes, options: Options, settings: LocalSubmission,
-    login: tuple[str, str] | None = None,
+    read: StdinMessage, options: Options, settings: LocalSubmission,
+    login: tuple[str, str] | None = None, uid: int | None = None,
 ) -> Prepared:
     """The envelope and the message to send: recipients from the
     arguments, and with ``-t`` from To, Cc and Bcc (Resent-To, -Cc, -Bcc
     instead when the message has any); Bcc and Resent-Bcc fields removed
     (RFC 5322 3.6.3: the other recipients must not see them); a missing
-    From (from ``-F`` and the sender), Date and Message-ID added.
+    From (from ``-F`` and the sender), Date and Message-ID added, and a
+    Received field on top naming the user (``trace_field``).
 
     The default envelope sender is ``login@<primary domain>``, as Postfix
     does (``user@$myorigin``): bounces then reach the user who sent."""
@@ -335,7 +284,7 @@ def prepare(
         if len(found) != 1:
             raise AddressError(f"-f {options.sender!r} is not one address")
         sender = found[0]
-    fields, rest = _split_header(raw)
+    fields = read.fields
     names = {name for name, _ in fields}
     recipients = _addresses(options.recipients, settings.primary_domain)
     if options.extract:
@@ -359,8 +308,10 @@ def prepare(
     if b"message-id" not in names:
         msgid = email.utils.make_msgid(domain=settings.hostname.rstrip("."))
         added.append(f"Message-ID: {msgid}\r\n".encode())
-    message = b"".join([*kept, *added, b"\r\n", rest])
-    return Prepared(sender, unique, message, options.notify, options.ret, options.envid)
+    trace = trace_field(settings.hostname, login_name, os.getuid() if uid is None else uid)
+    header = b"".join([trace, *kept, *added, b"\r\n"])
+    return Prepared(sender, unique, header, read.body, read.body_size, read.body_8bit,
+                    options.notify, options.ret, options.envid)
 
 
 # --- the command ----------------------------------------------------------
@@ -368,11 +319,10 @@ def prepare(
 
 def run(
     argv: list[str], config: str, prog: str,
-    stdin: BinaryIO | None = None, err: TextIO | None = None,
+    stdin: BinaryIO | None = None, err: TextIO | None = None, out: TextIO | None = None,
 ) -> int:
     """The whole command: parse, read, prepare, submit; the exit code."""
     err = err or sys.stderr
-    stdin = stdin or sys.stdin.buffer
     not_sent = "the message was NOT sent"
     try:
         options = parse_args(argv)
@@ -381,13 +331,21 @@ def run(
         print(f"usage: {prog} [-t] [-i] [-f sender] [-F name] [-C config] [--] "
               "[recipient ...] < message", file=err)
         return EX_USAGE
+    if options.mode == "i":
+        # newaliases: package scripts call it after editing the aliases file
+        print(f"{prog}: nothing to rebuild: the hub reads the [aliases] file itself, "
+              "again whenever it changes", file=out or sys.stdout)
+        return EX_OK
     try:
         settings = load_local_submission(options.config or config)
     except ConfigError as e:
         for problem in e.problems:
             print(f"{prog}: {problem}", file=err)
-        print(f"{prog}: {not_sent}", file=err)
+        if options.mode == "m":
+            print(f"{prog}: {not_sent}", file=err)
         return EX_CONFIG
+    if options.mode == "p":
+        return _list_queue(settings, prog, out or sys.stdout, err)
     if not options.recipients and not options.extract:
         print(f"{prog}: no recipients: give them as arguments, or -t to read them from "
               f"the message's To, Cc and Bcc; {not_sent}", file=err)
@@ -398,9 +356,25 @@ def run(
               f"reach (a unix: socket or a fixed TCP port); {not_sent}", file=err)
         return EX_CONFIG
     try:
-        raw = read_message(stdin, options.ignore_dots, settings.max_message_size)
-        prepared = prepare(raw, options, settings)
-    except (MessageTooBig, AddressError) as e:
+        read = read_message(stdin or sys.stdin.buffer, options.ignore_dots,
+                            settings.max_message_size)
+    except MessageTooBig as e:
+        print(f"{prog}: {e}; {not_sent}", file=err)
+        return EX_DATAERR
+    except OSError as e:  # stdin unreadable, or no room for the spool
+        print(f"{prog}: cannot read and spool the message: {e.strerror or e}"
+              f"{f' ({e.filename})' if e.filename else ''}; {not_sent}", file=err)
+        return EX_TEMPFAIL
+    with read.body:
+        return _send(read, options, settings, targets, prog, err)
+
+
+def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
+          targets: list[Target], prog: str, err: TextIO) -> int:
+    not_sent = "the message was NOT sent"
+    try:
+        prepared = prepare(read, options, settings)
+    except AddressError as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return EX_DATAERR
     if not prepared.recipients:
@@ -412,6 +386,13 @@ def run(
     except Refused as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return e.status
+    except OutcomeUnknown as e:
+        # RFC 5321 6.1: better a message twice than not at all, so this is
+        # the status of a deferral, and the caller may well send it again
+        print(f"{prog}: {e}; the message MAY have been sent: the hub may have taken it "
+              "(check its log for the Message-ID before sending it again, or it may "
+              "arrive twice)", file=err)
+        return EX_TEMPFAIL
     except (smtplib.SMTPException, OSError) as e:  # the hub went away mid-way
         print(f"{prog}: the connection to the hub failed: {e}; {not_sent}", file=err)
         return EX_TEMPFAIL
@@ -420,12 +401,36 @@ def run(
     return EX_OK
 
 
+def _list_queue(settings: LocalSubmission, prog: str, out: TextIO, err: TextIO) -> int:
+    """``-bp`` (``mailq``): what ``mailhub queue list`` prints."""
+    import argparse
+
+    from txmailhub.relay.admin import run_queue
+
+    try:
+        status = run_queue(settings, argparse.Namespace(queue_command="list"), out, err)
+        out.flush()
+    except PermissionError as e:
+        print(f"{prog}: cannot read the queue: {e.filename or ''}: {e.strerror} (it belongs "
+              "to the user the hub runs as; run mailq as that user or root)", file=err)
+        return EX_NOPERM
+    except OSError as e:
+        print(f"{prog}: cannot read the queue: {e.strerror or e}", file=err)
+        return EX_IOERR
+    return EX_OK if status == 0 else EX_IOERR
+
+
+#: what the command does when installed under these names (as sendmail's are)
+_ALIASES = {"mailq": ["-bp"], "newaliases": ["-bi"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``txmailhub-sendmail`` console script (install it as
-    /usr/sbin/sendmail); the config is ``-C``, ``$MAILHUB_CONFIG`` or
-    /etc/txmailhub/mailhub.toml."""
+    /usr/sbin/sendmail, and link ``mailq`` and ``newaliases`` to it); the
+    config is ``-C``, ``$MAILHUB_CONFIG`` or /etc/txmailhub/mailhub.toml."""
     from txmailhub.cli import DEFAULT_CONFIG
 
     prog = os.path.basename(sys.argv[0]) if argv is None else ""
     prog = prog if prog and not prog.startswith("-") else "sendmail"
-    return run(sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, prog)
+    args = sys.argv[1:] if argv is None else argv
+    return run([*_ALIASES.get(prog, []), *args], DEFAULT_CONFIG, prog)

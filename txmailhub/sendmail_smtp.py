@@ -4,13 +4,17 @@ which ``[smtp] listen`` endpoint to reach, one SMTP transaction over
 
 Owns no message content (``txmailhub.sendmail`` prepares it) and no
 retries: the command has no queue, so a refusal is the caller's to see.
+The data goes out in pieces of at most ``CHUNK`` octets from the spool,
+dot-stuffed on the way (``smtplib``'s own ``data()`` wants the message
+whole); the one failure whose outcome no client can know -- the connection
+lost after the final dot, before the reply -- is ``OutcomeUnknown``.
 """
 
 from __future__ import annotations
 
 import smtplib
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,8 +25,9 @@ if TYPE_CHECKING:
     from txmailhub.sendmail import Prepared
 
 __all__ = [
-    "EX_CONFIG", "EX_DATAERR", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL",
-    "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "Refused", "Target", "hub_targets", "submit",
+    "CHUNK", "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK",
+    "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "OutcomeUnknown", "Refused",
+    "Target", "dot_stuffed", "hub_targets", "submit",
 ]
 
 # sysexits(3): what callers of sendmail (cron, PHP, MTAs' own wrappers) test
@@ -31,12 +36,16 @@ EX_USAGE = 64        # bad command line
 EX_DATAERR = 65      # bad message or address
 EX_NOUSER = 67       # a recipient the hub refused (550)
 EX_UNAVAILABLE = 69  # the hub refused for good (other 5xx)
-EX_TEMPFAIL = 75     # hub not reachable, or 4xx: try again later
+EX_IOERR = 74        # mailq: the queue could not be read
+EX_TEMPFAIL = 75     # hub not reachable, or 4xx: try again later (and the outcome unknown)
+EX_NOPERM = 77       # mailq: the queue is not this user's to read
 EX_CONFIG = 78       # the config cannot be read, or names no usable listener
 
 #: seconds for the connection and each reply (RFC 5321 4.5.3.2 asks up to
 #: 10 minutes for the reply to the final dot; our hub answers in far less)
 TIMEOUT = 300.0
+#: octets of message data read from the spool and sent at a time
+CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,13 @@ class _HubSMTP(smtplib.SMTP):
         return sock
 
 
+class OutcomeUnknown(Exception):
+    """The whole message and its final dot went out, and the connection
+    failed before the hub's reply: the hub may have taken the message, or
+    not (RFC 1047 names the problem; RFC 5321 6.1 prefers a duplicate to
+    a loss, so this is reported as a deferral, exit 75)."""
+
+
 class Refused(Exception):
     """The hub did not take the message (for anyone); ``status`` is the
     exit code, the text says why, with the hub's reply verbatim."""
@@ -146,6 +162,41 @@ def _connect(targets: list[Target], timeout: float) -> tuple[_HubSMTP, Target]:
     raise Refused(EX_TEMPFAIL, "cannot reach the hub (is it running?): " + "; ".join(errors))
 
 
+def dot_stuffed(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """``pieces`` of CRLF text with a dot doubled at the start of each line
+    (RFC 5321 4.5.2), however the pieces cut the lines.  The text has no
+    LF but in CRLF, so every dot after a LF starts a line."""
+    at_line_start = True
+    for piece in pieces:
+        if not piece:
+            continue
+        stuffed = piece.replace(b"\n.", b"\n..")
+        if at_line_start and piece[:1] == b".":
+            stuffed = b"." + stuffed
+        at_line_start = piece.endswith(b"\n")
+        yield stuffed
+
+
+def _spool_pieces(prepared: Prepared) -> Iterator[bytes]:
+    yield prepared.header
+    while piece := prepared.body.read(CHUNK):
+        yield piece
+
+
+def _send_data(client: smtplib.SMTP, prepared: Prepared) -> tuple[int, bytes]:
+    """After the 354: the message, dot-stuffed, in pieces, then the final
+    dot and the hub's reply.  Once that dot is out, a failure is no longer
+    "not sent" but ``OutcomeUnknown``."""
+    for piece in dot_stuffed(_spool_pieces(prepared)):
+        client.send(piece)
+    client.send(b".\r\n")
+    try:
+        return client.getreply()
+    except (smtplib.SMTPServerDisconnected, OSError) as e:
+        raise OutcomeUnknown(f"the connection to the hub failed after the whole message "
+                             f"was sent, before the hub's reply to it: {e}") from None
+
+
 def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) -> str:
     """Hand the message to the hub in one transaction; return the hub's
     reply to the final dot.  Raise ``Refused`` when it did not take the
@@ -158,17 +209,17 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) 
             raise Refused(_status("EHLO", code, _text(reply)), f"EHLO: {code} {_text(reply)}")
         params = []
         utf8 = not prepared.sender.isascii() or not all(r.isascii() for r in prepared.recipients)
-        head = prepared.message.partition(b"\r\n\r\n")[0]
-        if utf8 or not head.isascii():
+        if utf8 or not prepared.header.isascii():
             if not client.has_extn("smtputf8"):
                 raise Refused(EX_DATAERR, f"the hub at {target} does not offer SMTPUTF8, "
                                            "which this message's addresses need")
             params.append("SMTPUTF8")
             client.command_encoding = "utf-8"
-        if not prepared.message.isascii() and client.has_extn("8bitmime"):
+        eight_bit = prepared.body_8bit or not prepared.header.isascii()
+        if eight_bit and client.has_extn("8bitmime"):
             params.append("BODY=8BITMIME")
         if client.has_extn("size"):
-            params.append(f"SIZE={len(prepared.message)}")
+            params.append(f"SIZE={prepared.size}")
         dsn = client.has_extn("dsn")
         if dsn and prepared.ret:
             params.append(f"RET={prepared.ret}")
@@ -191,11 +242,10 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) 
             permanent = [s for s, _ in refused if s != EX_TEMPFAIL]
             raise Refused(permanent[0] if permanent else EX_TEMPFAIL,
                            "; ".join(why for _, why in refused))
-        try:
-            code, reply = client.data(prepared.message)
-        except smtplib.SMTPDataError as e:  # DATA itself was not answered 354
-            raise Refused(_status("DATA", e.smtp_code, _text(e.smtp_error)),
-                           f"DATA: {e.smtp_code} {_text(e.smtp_error)}") from None
+        code, reply = client.docmd("DATA")
+        if code != 354:
+            raise Refused(_status("DATA", code, _text(reply)), f"DATA: {code} {_text(reply)}")
+        code, reply = _send_data(client, prepared)
         if code != 250:
             raise Refused(_status("DATA", code, _text(reply)),
                            f"message: {code} {_text(reply)}")

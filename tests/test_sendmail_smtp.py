@@ -1,0 +1,206 @@
+"""``txmailhub.sendmail_smtp`` against a scripted hub (an object with
+``smtplib.SMTP``'s methods): the data streamed from the spool in bounded
+pieces, dot-stuffed as the hub's own DATA reader reads it, SIZE declared,
+all recipients or none, and the one failure whose outcome is unknown."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import smtplib
+import tempfile
+import tracemalloc
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txmailhub import sendmail_smtp
+from txmailhub.sendmail import EX_NOUSER, EX_TEMPFAIL, Options, Prepared, prepare, run
+from txmailhub.sendmail_input import read_message
+from txmailhub.sendmail_smtp import CHUNK, OutcomeUnknown, Refused, Target, dot_stuffed, submit
+from txmailhub.smtp._data import DotReader
+
+MiB = 1 << 20
+
+
+class ScriptedHub:
+    """What ``submit`` talks to: replies by command, and what arrived --
+    the data run through the hub's own DATA reader, kept only as a digest
+    and a size, so the test holds no copy of a big message either."""
+
+    def __init__(self, rcpt: dict[str, tuple[int, bytes]] | None = None,
+                 drop: str | None = None) -> None:
+        self.rcpt = rcpt or {}
+        self.drop = drop  # "data": mid-data; "reply": after the final dot
+        self.commands: list[str] = []
+        self.largest_send = 0
+        self.stored = hashlib.sha256()
+        self.stored_size = 0
+        self.reader = DotReader(self._store, 10**9)
+        self.ended: bytes | None = None
+        self.command_encoding = "ascii"
+
+    def _store(self, data: bytes) -> None:
+        self.stored.update(data)
+        self.stored_size += len(data)
+
+    def ehlo(self) -> tuple[int, bytes]:
+        return 250, b"hub\nSIZE 100000000\n8BITMIME\nDSN"
+
+    def has_extn(self, name: str) -> bool:
+        return name.lower() in ("size", "8bitmime", "dsn")
+
+    def docmd(self, verb: str, args: str = "") -> tuple[int, bytes]:
+        self.commands.append(f"{verb} {args}".strip())
+        if verb == "RCPT":
+            return self.rcpt.get(args.split(">")[0][4:], (250, b"2.1.5 Ok"))
+        if verb == "DATA":
+            return 354, b"End data with <CR><LF>.<CR><LF>"
+        return 250, b"2.1.0 Ok"
+
+    def send(self, data: bytes) -> None:
+        if self.drop == "data":
+            raise smtplib.SMTPServerDisconnected("Server not connected")
+        self.largest_send = max(self.largest_send, len(data))
+        assert self.ended is None
+        self.ended = self.reader.feed(data)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.drop == "reply":
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        assert self.ended == b"" and self.reader.error is None
+        return 250, b"2.0.0 Ok: queued as 1234"
+
+    def rset(self) -> None:
+        self.commands.append("RSET")
+
+    def quit(self) -> None:
+        if self.drop:
+            raise smtplib.SMTPServerDisconnected("Server not connected")
+
+    def close(self) -> None:
+        pass
+
+
+def prepared(body: io.BufferedIOBase | None = None, size: int = 0,
+             recipients: tuple[str, ...] = ("bob@example.org",)) -> Prepared:
+    return Prepared("joe@example.org", recipients, b"Subject: big\r\n\r\n",
+                    body or io.BytesIO(b"x\r\n"), size or 3, False)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedHub]:
+    hubs: list[ScriptedHub] = []
+
+    def connect(targets: list[Target], timeout: float) -> tuple[ScriptedHub, Target]:
+        return hubs[0], targets[0]
+
+    monkeypatch.setattr(sendmail_smtp, "_connect", connect)
+    return hubs
+
+
+def test_a_50_mib_message_goes_out_in_bounded_pieces(hub: list[ScriptedHub]) -> None:
+    hub.append(ScriptedHub())
+    block = b".dot at the start of a line\r\n" + b"y" * 993 + b"\r\n"  # 1 KiB of lines
+    digest = hashlib.sha256(b"Subject: big\n\n")  # what the hub stores: LF line ends
+    with tempfile.TemporaryFile() as spool:
+        for _ in range(50 * 1024):
+            spool.write(block)
+            digest.update(block.replace(b"\r\n", b"\n"))
+        spool.seek(0)
+        tracemalloc.start()
+        try:
+            reply = submit(prepared(spool, 50 * MiB), [Target("127.0.0.1", 25)])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert reply == "250 2.0.0 Ok: queued as 1234"
+    assert peak < 4 * MiB, f"{peak} octets at the peak"
+    assert hub[0].largest_send <= 2 * CHUNK  # (a piece may double its dots)
+    # the hub's reader undid the dot-stuffing: what it stored is the message
+    assert hub[0].stored_size == 50 * MiB - 2 * 50 * 1024 + 14
+    assert hub[0].stored.digest() == digest.digest()
+    assert hub[0].commands[0] == f"MAIL FROM:<joe@example.org> SIZE={50 * MiB + 16}"
+
+
+def test_a_refused_recipient_stops_it_before_the_data(hub: list[ScriptedHub]) -> None:
+    hub.append(ScriptedHub(rcpt={"nobody@example.org": (550, b"5.1.1 No such user")}))
+    with pytest.raises(Refused) as e:
+        submit(prepared(recipients=("bob@example.org", "nobody@example.org")),
+               [Target("127.0.0.1", 25)])
+    assert e.value.status == EX_NOUSER
+    assert hub[0].commands[-1] == "RSET" and not any(c == "DATA" for c in hub[0].commands)
+    assert hub[0].stored_size == 0
+
+
+def test_a_connection_lost_during_the_data_is_not_sent(hub: list[ScriptedHub]) -> None:
+    hub.append(ScriptedHub(drop="data"))
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        submit(prepared(), [Target("127.0.0.1", 25)])
+
+
+def test_a_connection_lost_after_the_final_dot_is_an_unknown_outcome(
+        hub: list[ScriptedHub]) -> None:
+    hub.append(ScriptedHub(drop="reply"))
+    with pytest.raises(OutcomeUnknown, match="after the whole message was sent"):
+        submit(prepared(), [Target("127.0.0.1", 25)])
+    assert hub[0].ended == b""  # the final dot did go out
+
+
+@pytest.mark.parametrize(("drop", "says"), [("data", "NOT sent"), ("reply", "MAY have been")])
+def test_the_command_says_which(hub: list[ScriptedHub], drop: str, says: str,
+                                tmp_path) -> None:  # type: ignore[no-untyped-def]
+    hub.append(ScriptedHub(drop=drop))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"Subject: x\n\nbody\n"),
+               err) == EX_TEMPFAIL
+    assert says in err.getvalue()
+    assert ("NOT sent" in err.getvalue()) == (drop == "data")
+
+
+@pytest.mark.parametrize("argv", [["bob", "nobody"], ["-t"]])
+def test_all_or_nothing_holds_for_a_big_streamed_message(
+    hub: list[ScriptedHub], argv: list[str], tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    # with -t the recipients come from the header section, read before
+    # the body; either way every RCPT is answered before DATA is sent
+    hub.append(ScriptedHub(rcpt={"nobody@example.org": (550, b"5.1.1 No such user")}))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n'
+                      f"max_message_size = {8 * MiB}\n")
+    stdin = io.BytesIO(b"To: bob, nobody\n\n" + b"z" * 75 * 80_000 + b"\n")
+    err = io.StringIO()
+    assert run(argv, str(config), "sendmail", stdin, err) == EX_NOUSER
+    assert "<nobody@example.org>: 550 5.1.1" in err.getvalue() and "NOT sent" in err.getvalue()
+    assert "DATA" not in hub[0].commands and hub[0].stored_size == 0
+
+
+@given(st.lists(st.sampled_from([b".", b"..", b"\r\n", b"a", b".\r\n", b"\r\n.."]),
+                max_size=30), st.integers(1, 7))
+def test_dot_stuffing_does_not_depend_on_the_pieces(parts: list[bytes], size: int) -> None:
+    text = b"".join(parts) + b"\r\n"  # CRLF lines: no CR or LF but in CRLF
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    whole = b"".join(dot_stuffed([text]))
+    assert b"".join(dot_stuffed(pieces)) == whole
+    reader = DotReader(None, 10**6)
+    assert reader.feed(whole + b".\r\n") == b"" and reader.error is None
+    stored: list[bytes] = []
+    DotReader(stored.append, 10**6).feed(whole + b".\r\n")
+    assert b"".join(stored) == text.replace(b"\r\n", b"\n")  # (stored with LF)
+
+
+def test_prepare_keeps_the_body_in_its_spool() -> None:
+    read = read_message(io.BytesIO(b"Subject: x\n\n.body\n"), True, 1000)
+    p = prepare(read, Options(recipients=("bob",)), _settings(), ("joe", ""), 1000)
+    assert p.body is read.body and p.size == len(p.header) + len(b".body\r\n")
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from txmailhub.config import LocalSubmission
+
+    return LocalSubmission(path="/x.toml", hostname="mail.example.org",
+                           domains=("example.org",), listen=("tcp:25",),
+                           max_message_size=10_000)
