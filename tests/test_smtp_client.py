@@ -510,6 +510,11 @@ def test_a_refused_retry_without_auth_parameter_is_the_outcome():
                                      # stand, whatever the basic code
                                      b"553 5.1.7 bad sender address syntax",
                                      b"554 5.7.1 access denied",
+                                     # with a basic code that alone would be about
+                                     # the parameters, too: the enhanced code says more
+                                     b"501 5.1.7 bad sender address syntax",
+                                     b"555 5.7.1 sender not allowed",
+                                     b"500 5.1.8 bad sender domain",
                                      b"452 4.5.3 too many recipients"])
 def test_a_refusal_of_the_sender_is_not_retried_without_auth_parameter(refusal):
     # only a refusal of the parameters is about AUTH=; a 550 refuses the

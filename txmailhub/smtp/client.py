@@ -103,7 +103,8 @@ AUTH_PARAM_REFUSALS = frozenset({455, 500, 501, 504, 555})
 # The same, told by the RFC 3463 enhanced status whatever the basic code
 # (a "553 5.5.4"): X.5.4 "invalid command arguments" ("unrecognized
 # features") and X.5.2 "syntax error" -- the subject X.5 is the protocol,
-# not the sender.  Policy (X.7.x) and address (X.1.x) refusals stand.
+# not the sender.  Policy (X.7.x) and address (X.1.x) refusals stand,
+# whatever the basic code ("501 5.1.7" refuses the sender's address).
 AUTH_PARAM_STATUSES = frozenset({"5.2", "5.4"})
 
 
@@ -112,10 +113,15 @@ def refuses_parameters(reply: Reply) -> bool:
     its parameters rather than its sender (a 421 is the server closing)."""
     if reply.code == 421 or reply.is_positive:
         return False
+    status = reply.status
+    detail = None if status is None else status.partition(".")[2]
+    if detail is not None and detail[:2] in ("1.", "7."):
+        # the enhanced code says more than the basic one: an address (X.1.x)
+        # or policy (X.7.x) refusal of the sender stands, even as a "501"
+        return False
     if reply.code in AUTH_PARAM_REFUSALS:
         return True
-    status = reply.status
-    return status is not None and status.partition(".")[2] in AUTH_PARAM_STATUSES
+    return detail in AUTH_PARAM_STATUSES
 
 # RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
 TIMEOUTS: dict[Phase, float] = {
