@@ -854,3 +854,29 @@ def test_a_global_notice_returns_the_header_section_as_it_is(tmp_path, header):
     assert b"\n\n" + header + b"\n--==" in data
     [inner] = returned.get_payload()
     assert inner["Subject"] is not None
+
+
+@pytest.mark.parametrize("utf8", [False, True])
+def test_ret_full_returns_the_original_octets_as_they_are(tmp_path, utf8):
+    # the returned message is the sender's own: not parsed and generated
+    # again, which respaces fields, moves fields after a line that is no
+    # field into the body and may re-fold or re-encode a multipart body
+    # (a signature over the original would no longer verify)
+    original = (b"From: alice@example.org\nSubject:x\nX-Folded: a\n\tb\nnot a field\n"
+                b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n"
+                b"--b1\nContent-Type: text/plain\n\n  spaced   text  \n--b1--\n")
+    entry = utf8_entry(tmp_path, ret="FULL") if utf8 else make_entry(tmp_path, ret="FULL")
+    with open(entry.message_path, "wb") as f:
+        f.write(original)
+    data, msg = build(entry, [failed(entry, who=BOB_UTF8 if utf8 else BOB)])
+    human, _, returned = msg.iter_parts()
+    assert returned.get_content_type() == ("message/global" if utf8 else "message/rfc822")
+    assert "It is attached below." in human.get_content()
+    _, sep, rest = data.partition(b"Content-Type: message/"
+                                  + (b"global" if utf8 else b"rfc822") + b"\n")
+    assert sep
+    # the part's own fields (a Content-Transfer-Encoding, maybe), a blank line
+    body = rest[1:] if rest.startswith(b"\n") else rest.split(b"\n\n", 1)[1]
+    assert body.startswith(original)
+    # and what follows the original is only the report's closing boundary
+    assert body[len(original):].strip().startswith(b"--") and body.rstrip().endswith(b"--")

@@ -29,9 +29,7 @@ from collections.abc import Sequence
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
-from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
-from email.parser import BytesParser
 from io import BytesIO
 from typing import Any
 
@@ -362,6 +360,11 @@ class _Generator(BytesGenerator):
         # refuse a text one with UTF-8 in it)
         self._handle_text(msg)
 
+    # the returned message (RET=FULL): its octets too, as the sender sent
+    # them (the only message/rfc822 or message/global part of a notice)
+    _handle_message_rfc822 = _handle_message_global_headers
+    _handle_message_global = _handle_message_global_headers
+
 
 def _flatten(message: Message) -> bytes:
     out = BytesIO()
@@ -447,14 +450,21 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
     3.7); otherwise text/rfc822-headers or message/rfc822."""
     path = entry.message_path
     if full:
+        # the octets as stored, not parsed and generated again: that would
+        # respace and refold fields, turn the fields after a line that is
+        # no field into body, and may re-encode a multipart body (a
+        # signature over the original would no longer verify)
         with open(path, "rb") as f:
-            original = BytesParser(policy=_POLICY).parse(f)
-        subtype = "global" if utf8 else "rfc822"
-        part = MIMEMessage(original, _subtype=subtype, policy=_POLICY)
-        if entry.eight_bit:
+            raw = f.read(FULL_RETURN_LIMIT + 1)
+        part = Message()
+        part.set_type("message/global" if utf8 else "message/rfc822")
+        if entry.eight_bit or not raw.isascii():
             # 8-bit octets inside: a message/rfc822 part says so (RFC 2046
             # 5.2.1), or it would claim the default, 7bit
             part["Content-Transfer-Encoding"] = "8bit"
+        if raw and not raw.endswith(b"\n"):
+            raw += b"\n"  # the boundary that follows must start a line
+        part.set_payload(raw.decode("ascii", "surrogateescape"))
         return part
     part = Message()
     part.set_type("text/rfc822-headers")
