@@ -1,0 +1,442 @@
+"""Post-delivery downgrading of a header section (RFC 6857).
+
+A message stored from an SMTPUTF8 transaction may carry UTF-8 in its
+header fields (RFC 6532).  A POP3 client that has not issued ``UTF8``
+(RFC 6856) gets a copy whose header section is ASCII, made here:
+
+* address fields (From, Sender, Reply-To, To, Cc, Bcc, the Resent- forms,
+  Return-Path, Disposition-Notification-To): a non-ASCII display name or
+  comment becomes RFC 2047 encoded words; an address with an
+  internationalized domain and an ASCII local part gets the domain's
+  A-labels (the same address); an address whose local part is not ASCII
+  becomes an empty group whose display name is the encoded words of the
+  original mailbox text, ``=?utf-8?q?...?= :;`` (RFC 6857 3.2.1; inside a
+  group, where groups cannot nest, the text joins the group's name);
+* Message-ID, In-Reply-To, References (and Original-Recipient and
+  Final-Recipient): the field is renamed ``Downgraded-<name>`` and its
+  body becomes encoded words (RFC 6857 3.1.10's encapsulation);
+* Content-Type and Content-Disposition: parameter values become RFC 2231
+  ``name*=utf-8''...`` values;
+* Received: a ``for`` clause naming a non-ASCII address is removed, an
+  internationalized domain gets its A-labels, a non-ASCII comment
+  becomes encoded words;
+* every other field is unstructured text here (Subject, Comments,
+  Content-Description, X- fields...): its body becomes encoded words.
+
+A field that is ASCII, or whose 8-bit octets are not UTF-8 (legacy mail
+that broke RFC 5322, which UTF-8 mode would not change either), is kept
+octet for octet, so the function is the identity on ASCII input.  The
+body is no business of this module: a client that lacks UTF8 still takes
+8-bit bodies (8BITMIME).  ``Undowngradable`` is raised only for a header
+line with UTF-8 that is no field at all.
+
+Pure functions over bytes: no files, no protocol.
+"""
+
+from __future__ import annotations
+
+import re
+from email import policy as email_policy
+from email.errors import HeaderParseError
+from email.header import Header
+
+from txmailhub.address import ascii_domain
+
+__all__ = ["Undowngradable", "downgrade_header", "header_end", "needs_downgrade"]
+
+ADDRESS_FIELDS = frozenset((
+    "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
+    "resent-reply-to", "resent-to", "resent-cc", "resent-bcc", "return-path",
+    "disposition-notification-to",
+))
+ENCAPSULATED_FIELDS = {
+    "message-id": "Downgraded-Message-Id",
+    "in-reply-to": "Downgraded-In-Reply-To",
+    "references": "Downgraded-References",
+    "original-recipient": "Downgraded-Original-Recipient",
+    "final-recipient": "Downgraded-Final-Recipient",
+}
+"""RFC 6857 3.1.10: the field names IANA registered for the encapsulation."""
+_PARAMETER_FIELDS = frozenset(("content-type", "content-disposition"))
+_LINE = 76  # RFC 2047 2: a line with encoded words at most 76 characters
+_POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=_LINE)
+_HEADER_END = re.compile(rb"\n\r?\n")
+_FOR_CLAUSE = re.compile(r"\s+for\s+(<[^>]*>|[^\s;()]+)", re.IGNORECASE)
+
+
+class Undowngradable(ValueError):
+    """The header section has no ASCII form (the reason says why)."""
+
+
+def header_end(data: bytes) -> int | None:
+    """Where the header section of a message starting ``data`` ends: the
+    index just past the LF of its last field, where the empty line
+    begins; ``None`` when ``data`` holds no empty line (yet)."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return 0
+    m = _HEADER_END.search(data)
+    return None if m is None else m.start() + 1
+
+
+def needs_downgrade(header: bytes) -> bool:
+    """Whether ``header`` holds UTF-8 beyond ASCII and nothing else 8-bit:
+    what RFC 6856 keeps from a client without UTF8 (``HeaderScan``)."""
+    if header.isascii():
+        return False
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def downgrade_header(header: bytes) -> bytes:
+    """The ASCII form of a header section (fields with their continuation
+    lines, LF or CRLF line ends, as stored; no empty line).  Fields that
+    are ASCII or not UTF-8 are kept as they are.  The result ends with a
+    line end exactly when ``header`` does.  Raises ``Undowngradable``."""
+    if header.isascii():
+        return header
+    out: list[bytes] = []
+    for raw in _fields(header):
+        if raw.isascii():
+            out.append(raw)
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            out.append(raw)  # legacy 8-bit: not ours to change
+            continue
+        ending = "\n" if text.endswith("\n") else ""
+        out.append((_field(text.rstrip("\r\n")) + ending).encode("ascii"))
+    return b"".join(out)
+
+
+def _fields(header: bytes) -> list[bytes]:
+    """The header section cut into fields, each with its continuation lines."""
+    fields: list[bytes] = []
+    for line in header.splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields
+
+
+def _field(text: str) -> str:
+    """One field (no final line end) with UTF-8 in it, in ASCII."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.isascii() or not name.strip() or name != name.rstrip():
+        raise Undowngradable("a header line with UTF-8 is not a header field")
+    key = name.lower()
+    # unfolded (RFC 5322 2.2.3: the line breaks go, the blanks stay)
+    value = value.replace("\r\n", "\n").replace("\n", "")
+    if key in ADDRESS_FIELDS:
+        return _fold(name, _address_list(value.strip()))
+    if key in ENCAPSULATED_FIELDS:
+        return _unstructured(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
+    if key in _PARAMETER_FIELDS:
+        try:
+            folded = _POLICY.header_factory(name, value.strip()).fold(policy=_POLICY)
+            if folded.isascii():
+                return folded.rstrip("\n")
+        except (HeaderParseError, ValueError, IndexError):
+            pass
+        return _unstructured(name, value.lstrip(" \t"))  # no parameters to be had
+    if key == "received":
+        return _fold(name, _received(value.strip()))
+    return _unstructured(name, value.lstrip(" \t"))
+
+
+def _unstructured(name: str, text: str) -> str:
+    """An unstructured field: the whole text as encoded words (decoding
+    them gives ``text`` back, blanks included)."""
+    return f"{name}: " + Header(text, "utf-8", header_name=name, maxlinelen=_LINE).encode(
+        linesep="\n")
+
+
+_Q_SAFE = frozenset(b"-!*+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_Q_ROOM = 75 - len("=?utf-8?q??=")  # RFC 2047 2: an encoded word is at most 75
+_PIECES = re.compile(r"\S*\s*")
+
+
+def _q(text: str) -> str:
+    """RFC 2047 4.2 Q encoding, restricted to what a phrase and a comment
+    allow (RFC 2047 5(3)): ``[-!*+/A-Za-z0-9]`` as they are, SP as ``_``."""
+    return "".join(
+        chr(b) if b in _Q_SAFE else "_" if b == 0x20 else f"={b:02X}"
+        for b in text.encode("utf-8"))
+
+
+def _words(text: str) -> str:
+    """``text`` as encoded words separated by blanks, cut between its
+    words where it can (a blank stays at the end of the word before the
+    cut: RFC 2047 6.2 drops the blanks between encoded words, and parsers
+    that keep them then give one more blank, not a word cut in two)."""
+    chunks: list[str] = []
+    cur = ""
+    for piece in _PIECES.findall(text):
+        if not piece:
+            continue
+        enc = _q(piece)
+        if len(cur) + len(enc) <= _Q_ROOM:
+            cur += enc
+            continue
+        if cur:
+            chunks.append(cur)
+            cur = ""
+        for c in piece:  # a word longer than one encoded word: by characters
+            enc = _q(c)
+            if len(cur) + len(enc) > _Q_ROOM:
+                chunks.append(cur)
+                cur = ""
+            cur += enc
+    if cur or not chunks:
+        chunks.append(cur)
+    return " ".join(f"=?utf-8?q?{c}?=" for c in chunks)
+
+
+def _fold(name: str, value: str) -> str:
+    """``Name: value`` folded at blanks to lines of at most 76 where it can."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for piece in value.split(" "):
+        if len(line) + 1 + len(piece) > _LINE and line.strip():
+            lines.append(line)
+            line = ""
+        line = f"{line} {piece}"
+    lines.append(line)
+    return "\n".join(lines)
+
+
+# -- address fields ---------------------------------------------------------
+
+
+def _scan(text: str, i: int, stops: str) -> int:
+    """The index of the first of ``stops`` at ``i`` or after, outside
+    quoted strings, comments and angle brackets (``len(text)`` if none)."""
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c in stops:
+            return i
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "(":
+            depth = 1
+            i += 1
+            while i < n and depth:
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "(":
+                    depth += 1
+                elif text[i] == ")":
+                    depth -= 1
+                i += 1
+            continue
+        elif c == "<":
+            while i < n and text[i] != ">":
+                i += 1
+        i += 1
+    return n
+
+
+def _address_list(text: str) -> str:
+    """An address list (RFC 5322 3.4, groups included) in ASCII."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = _scan(text, i, ",:")
+        if j < n and text[j] == ":":  # a group: display-name ":" [members] ";"
+            end = _scan(text, j + 1, ";")
+            out.append(_group(text[i:j], text[j + 1:end]))
+            k = _scan(text, end + 1, ",")
+            rest = text[end + 1:k].strip()  # a comment after the ";"
+            if rest:
+                out[-1] += " " + _comments(rest)
+            i = k + 1
+            continue
+        item = text[i:j].strip()
+        if item:
+            ascii_form, original = _mailbox(item)
+            out.append(ascii_form if ascii_form is not None
+                       else f"{_words(original)} :;")  # RFC 6857 3.2.1
+        i = j + 1
+    return ", ".join(out)
+
+
+def _group(name: str, members: str) -> str:
+    kept: list[str] = []
+    moved: list[str] = []
+    for item in _split(members, ","):
+        ascii_form, original = _mailbox(item)
+        if ascii_form is None:
+            moved.append(original)  # no group in a group: into the name
+        else:
+            kept.append(ascii_form)
+    phrase = _phrase(name.strip())
+    if moved:
+        phrase = f"{phrase} {_words(' '.join(moved))}".strip()
+    if phrase.endswith("?="):
+        phrase += " "  # an encoded word ends at a blank (RFC 2047 5(3))
+    return f"{phrase}: {', '.join(kept)};" if kept else f"{phrase}:;"
+
+
+def _split(text: str, sep: str) -> list[str]:
+    items, i, n = [], 0, len(text)
+    while i <= n:
+        j = _scan(text, i, sep)
+        item = text[i:j].strip()
+        if item:
+            items.append(item)
+        i = j + 1
+    return items
+
+
+def _mailbox(item: str) -> tuple[str | None, str]:
+    """(the ASCII form of one mailbox or ``None`` when its local part is
+    not ASCII, the mailbox as written)."""
+    lt = _scan(item, 0, "<")
+    if lt < len(item):
+        gt = item.find(">", lt)
+        gt = len(item) if gt < 0 else gt
+        display, addr, after = item[:lt], item[lt + 1:gt], item[gt + 1:]
+        addr = _ascii_addr(addr.strip())
+        if addr is None:
+            return None, item
+        phrase = _phrase(display.strip())
+        tail = _comments(after.strip())
+        return " ".join(p for p in (phrase, f"<{addr}>", tail) if p), item
+    # an addr-spec, perhaps with comments around it
+    parts = _comment_split(item)
+    spec = "".join(p for p in parts if not p.startswith("(")).strip()
+    addr = _ascii_addr(spec)
+    if addr is None:
+        return None, item
+    comments = " ".join(_comments(p) for p in parts if p.startswith("("))
+    return (f"{addr} {comments}" if comments else addr), item
+
+
+def _ascii_addr(addr: str) -> str | None:
+    """``addr`` in ASCII: as it is, or its domain as A-labels; ``None``
+    when its local part is not ASCII (or the domain has no A-labels)."""
+    if addr.isascii():
+        return addr
+    local, at, domain = addr.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    domain = ascii_domain(domain)
+    return f"{local}@{domain}" if domain.isascii() else None
+
+
+def _comment_split(text: str) -> list[str]:
+    """``text`` cut into comments (``(...)``) and the runs between them."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = _scan(text, i, "(")
+        if j > i:
+            parts.append(text[i:j])
+        if j >= n:
+            break
+        k = _comment_end(text, j)
+        parts.append(text[j:k])
+        i = k
+    return parts
+
+
+def _comment_end(text: str, i: int) -> int:
+    """The index past the comment that starts at ``i``."""
+    depth, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _comments(text: str) -> str:
+    """Text of comments and blanks: each non-ASCII comment as encoded words."""
+    out = []
+    for part in _comment_split(text):
+        if part.isascii():
+            out.append(part)
+        elif part.startswith("("):
+            inner = part[1:-1] if part.endswith(")") else part[1:]
+            out.append("(" + _words(_unescape(inner)) + ")")
+        else:
+            out.append(_words(part.strip()))
+    return "".join(out)
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _phrase(display: str) -> str:
+    """A display name: as it is when ASCII; otherwise its words (quoted
+    strings unquoted) as encoded words and its comments encoded apart."""
+    if display.isascii():
+        return display
+    words: list[str] = []
+    comments: list[str] = []
+    for part in _comment_split(display):
+        if part.startswith("("):
+            comments.append(_comments(part))
+            continue
+        i, n = 0, len(part)
+        while i < n:
+            if part[i] == '"':
+                j = i + 1
+                while j < n and part[j] != '"':
+                    j += 2 if part[j] == "\\" else 1
+                words.append(_unescape(part[i + 1:j]))
+                i = j + 1
+            elif part[i] in " \t":
+                i += 1
+            else:
+                j = i
+                while j < n and part[j] not in ' \t"':
+                    j += 1
+                words.append(part[i:j])
+                i = j
+    text = " ".join(w for w in words if w)
+    encoded = _words(text) if text else ""
+    return " ".join(p for p in (encoded, *comments) if p)
+
+
+# -- Received ---------------------------------------------------------------
+
+
+def _received(value: str) -> str:
+    """RFC 6857: a ``for`` clause with a non-ASCII address goes; domains
+    get their A-labels and comments encoded words."""
+    value = _FOR_CLAUSE.sub(lambda m: "" if not m.group(1).isascii() else m.group(0), value)
+    out: list[str] = []
+    for part in _comment_split(value):
+        if part.isascii():
+            out.append(part)
+        elif part.startswith("("):
+            out.append(_comments(part))
+        else:
+            out.append(" ".join(_received_word(w) for w in part.split(" ")))
+    return "".join(out)
+
+
+def _received_word(word: str) -> str:
+    if word.isascii():
+        return word
+    domain = ascii_domain(word.strip("[]<>"))
+    if domain.isascii():
+        return word.replace(word.strip("[]<>"), domain)
+    return "(" + _words(word) + ")"  # kept as a comment, never dropped
