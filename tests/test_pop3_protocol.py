@@ -22,7 +22,9 @@ from zope.interface import directlyProvides, implementer
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
+from txmailhub.downgrade import downgrade_header, header_end
 from txmailhub.interfaces import IMailbox
+from txmailhub.pop3 import protocol as pop3_protocol
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.protocol import (
     CHUNK_SIZE,
@@ -1406,23 +1408,102 @@ def login_utf8(env, utf8: bool, **kw):
     return proto, t
 
 
-def test_a_message_with_utf8_headers_is_refused_without_utf8(log_events):
+def downgraded(msg: bytes) -> bytes:
+    """``msg`` with its header section downgraded (RFC 6857)."""
+    end = header_end(msg)
+    end = len(msg) if end is None else end
+    return downgrade_header(msg[:end]) + msg[end:]
+
+
+def test_a_message_with_utf8_headers_goes_downgraded_without_utf8(log_events):
     env = Env()
     env.store.add("joe@example.org", INTL)
     env.store.add("joe@example.org", "Subject: plain\n\nb\u00f6dy\n".encode())
     env.store.add("joe@example.org", b"Subject: gr\xfc\xdfe\n\nlatin-1\n")
     proto, t = login_utf8(env, utf8=False)
-    assert talk(proto, t, b"RETR 1\r\n") == R.UTF8_REQUIRED.to_bytes()
-    assert talk(proto, t, b"TOP 1 0\r\n") == R.UTF8_REQUIRED.to_bytes()
-    assert talk(proto, t, b"LIST 1\r\n").startswith(b"+OK 1 ")
+    down = downgraded(INTL)
+    assert down.split(b"\n\n")[0].isascii() and down.endswith("\n\nb\u00f6dy\n".encode())
+    size = crlf_size_of(down)
+    assert size != crlf_size_of(INTL)
+    # RFC 1939: LIST and STAT give the octets RETR sends, to this client
+    assert talk(proto, t, b"LIST 1\r\n") == b"+OK 1 %d\r\n" % size
+    others = crlf_size_of("Subject: plain\n\nb\u00f6dy\n".encode()) + crlf_size_of(
+        b"Subject: gr\xfc\xdfe\n\nlatin-1\n")
+    assert talk(proto, t, b"STAT\r\n") == b"+OK 3 %d\r\n" % (size + others)
+    assert talk(proto, t, b"RETR 1\r\n") == b"+OK %d octets\r\n" % size + encode_whole(down)
+    assert talk(proto, t, b"TOP 1 0\r\n") == R.TOP_FOLLOWS.to_bytes() + encode_whole(
+        down.split(b"\n\n")[0] + b"\n\n")
     # an UTF-8 body, or 8-bit header octets that are not UTF-8, go as ever
     assert talk(proto, t, b"RETR 2\r\n").endswith("b\u00f6dy\r\n.\r\n".encode())
-    assert talk(proto, t, b"RETR 3\r\n").endswith(b"latin-1\r\n.\r\n")
+    assert talk(proto, t, b"RETR 3\r\n").endswith(b"Subject: gr\xfc\xdfe\r\n\r\nlatin-1\r\n.\r\n")
     assert talk(proto, t, b"UTF8\r\n") == R.wrong_state("UTF8", "TRANSACTION").to_bytes()
-    # never sent: not marked seen (the two that were sent are)
-    assert [m.seen for m in proto.mailbox.list_messages()] == [False, True, True]
-    assert any("has UTF-8 header fields" in str(e.get("log_format")) and e["number"] == 1
+    assert [m.seen for m in proto.mailbox.list_messages()] == [True, True, True]
+    assert any("downgraded" in str(e.get("log_format")) and e["number"] == 1
                for e in log_events)
+
+
+def test_the_downgraded_size_is_known_before_and_after_retr_and_read_once():
+    env = Env()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
+    proto, t = login_utf8(env, utf8=False)
+    opened = []
+    real_open = proto.mailbox.open_message
+    proto.mailbox.open_message = lambda i: (opened.append(i), real_open(i))[1]
+    size = crlf_size_of(downgraded(INTL))
+    listing = b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 %d\r\n.\r\n" % (
+        size + 24, size, 24)
+    assert talk(proto, t, b"LIST\r\n") == listing
+    assert opened == [0, 1]  # the header of each, once a session
+    assert talk(proto, t, b"LIST\r\nSTAT\r\nLIST 1\r\n").startswith(listing)
+    assert opened == [0, 1]
+    # a new session, RETR first: its status line and LIST agree
+    talk(proto, t, b"QUIT\r\n")
+    proto, t = login_utf8(env, utf8=False)
+    assert talk(proto, t, b"RETR 1\r\n").startswith(b"+OK %d octets\r\n" % size)
+    assert talk(proto, t, b"LIST 1\r\n") == b"+OK 1 %d\r\n" % size
+
+
+def test_a_utf8_client_and_uidl_and_retr_read_no_message_for_sizes():
+    env = Env()
+    env.store.add("joe@example.org", INTL)
+    for utf8 in (True, False):
+        proto, t = login_utf8(env, utf8=utf8)
+        opened = []
+        real_open = proto.mailbox.open_message
+        proto.mailbox.open_message = lambda i, o=opened, r=real_open: (o.append(i), r(i))[1]
+        if utf8:
+            assert talk(proto, t, b"LIST\r\nSTAT\r\n").endswith(
+                b"+OK 1 %d\r\n" % crlf_size_of(INTL))
+        talk(proto, t, b"UIDL\r\nRETR 1\r\n")
+        assert opened == []  # (a small message is read once, with read_message)
+        talk(proto, t, b"QUIT\r\n")
+
+
+def test_a_message_with_no_downgraded_form_is_still_refused(log_events):
+    env = Env()
+    broken = "Subject: x\nGr\u00fc\u00dfe ohne Feldnamen\n\nbody\n".encode()
+    env.store.add("joe@example.org", broken)
+    proto, t = login_utf8(env, utf8=False)
+    assert talk(proto, t, b"LIST 1\r\n") == b"+OK 1 %d\r\n" % crlf_size_of(broken)
+    assert talk(proto, t, b"RETR 1\r\n") == R.UTF8_REQUIRED.to_bytes()
+    assert talk(proto, t, b"TOP 1 0\r\n") == R.UTF8_REQUIRED.to_bytes()
+    # never sent: not marked seen
+    assert [m.seen for m in proto.mailbox.list_messages()] == [False]
+    assert any("no downgraded form" in str(e.get("log_format")) and e["number"] == 1
+               for e in log_events)
+
+
+def test_a_utf8_header_section_over_the_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
+    env = Env()
+    msg = "Subject: \u00e9\n".encode() + b"X-Long: " + b"a" * (3 * CHUNK_SIZE) + \
+        b"\n\nbody\n"
+    env.store.add("joe@example.org", msg)
+    proto, t = login_utf8(env, utf8=False)
+    assert talk(proto, t, b"LIST 1\r\n") == b"+OK 1 %d\r\n" % crlf_size_of(msg)
+    assert retr_streamed(proto, t) == R.UTF8_REQUIRED.to_bytes()
+    assert proto._stream is None and not proto._busy
 
 
 def test_after_utf8_the_message_goes_as_stored():
@@ -1457,9 +1538,14 @@ def test_large_messages_with_utf8_headers_in_the_first_chunk_or_beyond_it():
             env.store.add("joe@example.org", msg)
             proto, t = login_utf8(env, utf8=utf8)
             out = retr_streamed(proto, t)
-            if needs and not utf8:
-                assert out == R.UTF8_REQUIRED.to_bytes()
-                assert proto._stream is None and not proto._busy
+            if needs and not utf8:  # downgraded, the body as it is
+                down = downgraded(msg)
+                assert down != msg and down.split(b"\n\n")[0].isascii()
+                assert out == b"+OK %d octets\r\n" % crlf_size_of(down) + encode_whole(down)
+                assert talk(proto, t, b"LIST 1\r\n") == b"+OK 1 %d\r\n" % crlf_size_of(down)
+                top = retr_streamed(proto, t, b"TOP 1 1\r\n")
+                assert top == R.TOP_FOLLOWS.to_bytes() + encode_whole(
+                    down.split(b"\n\n")[0] + b"\n\nbody line\n")
             else:  # whole, from its first octet: the scan rewound the file
                 assert out == b"+OK %d octets\r\n" % crlf_size_of(msg) + encode_whole(msg)
             assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"

@@ -735,6 +735,32 @@ def test_without_utf8_retr_and_top_ask_for_ascii_headers():
     assert run(e, b"TOP 1 0").utf8 is False
 
 
+def test_sizes_from_size_of_for_list_stat_and_rset_not_for_the_login_reply():
+    # RFC 6857 downgrading changes what RETR sends to a client without
+    # UTF8; the adapter says how much, and LIST, STAT and RSET report it
+    e = engine()
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    run(e, b"PASS joepw")
+    asked = []
+
+    def size_of(index: int) -> int:
+        asked.append(index)
+        return MESSAGES[index].size + (30 if index == 1 else 0)
+
+    # the login reply reads no message: stored sizes
+    assert e.login_succeeded(MESSAGES, size_of).data == R.logged_in(3, 439).to_bytes()
+    assert asked == []
+    assert sent(e, b"LIST 2") == R.scan_line(2, 50).to_bytes()
+    assert sent(e, b"STAT") == R.stat(3, 469).to_bytes()
+    assert sent(e, b"LIST").endswith(b"1 412\r\n2 50\r\n3 7\r\n.\r\n")
+    sent(e, b"DELE 1")
+    assert sent(e, b"STAT") == R.stat(2, 57).to_bytes()
+    assert sent(e, b"RSET") == R.reset(3, 469).to_bytes()
+    # RETR names the stored size; the adapter makes the line again when it
+    # sends a downgraded copy
+    assert run(e, b"RETR 2") == Transmit(1, 20, b"+OK 20 octets\r\n", None, True, False)
+
+
 def test_utf8_only_in_the_authorization_state_and_without_argument():
     e = engine()
     assert sent(e, b"UTF8 now") == R.bad_syntax("UTF8").to_bytes()

@@ -41,7 +41,10 @@ class Transmit(NamedTuple):
     then ``.\\r\\n``.  ``body_lines`` is ``None`` for the whole message
     (RETR) or the TOP line count; ``mark_seen`` after a complete RETR.
     ``utf8``: the client issued UTF8 (RFC 6856); without it a message
-    whose header section is UTF-8 is refused with ``-ERR [UTF8]``.
+    whose header section is UTF-8 goes with that section downgraded (RFC
+    6857), RETR's ``head`` then made again for the octets sent, or is
+    refused with ``-ERR [UTF8]`` where it has no downgraded form.
+    ``size`` is the stored message's (its CRLF form).
 
     A ``NamedTuple`` rather than a frozen dataclass like the others: one
     is made per RETR, and building it costs a fraction (a frozen

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from txmailhub.address import AddressError, client_ip, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned
+from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
 from txmailhub.limits import ConnectionLimits, FailureWindow
@@ -47,12 +48,21 @@ from txmailhub.pop3.server import (
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
+from txmailhub.store.format import crlf_size_of
 from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 
 CHUNK_SIZE = 64 * 1024
 """Octets read from a message file at a time; smaller messages go in one write."""
+
+DOWNGRADE_HEADER_LIMIT = 1024 * 1024
+"""The longest header section downgraded for a client without UTF8 (RFC
+6857); it is held in memory to be rewritten.  A message whose UTF-8
+header section is longer is refused with -ERR [UTF8] instead."""
+SIZE_PROBE = 8 * 1024
+"""Octets read first to learn whether a message's header section is
+ASCII, when LIST or STAT need its size for a client without UTF8."""
 
 _PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 """Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
@@ -125,6 +135,7 @@ class POP3Protocol(Protocol):
         self._writer: ResponseWriter | None = None
         self._queued = False  # bytes left in the transport's buffer this turn
         self._unseen: list[int] = []  # retrieved, not yet marked seen
+        self._sizes: dict[int, int] = {}  # downgraded sizes known (no UTF8)
         self._reading_input = False
 
     # -- connection lifecycle ----------------------------------------------
@@ -447,7 +458,11 @@ class POP3Protocol(Protocol):
             "POP3 login {user} from {peer} ({mechanism}): {count} messages",
             user=self._user, peer=self._peer, mechanism=how, count=len(messages), tls=secure,
         )
-        self._finish_login(self.engine.login_succeeded(messages))
+        self._sizes = {}
+        # RFC 6856 allows UTF8 only before the login: from here on it is
+        # known which size RETR will send, the stored one or the downgraded
+        size_of = None if self.engine.utf8 else self._client_size
+        self._finish_login(self.engine.login_succeeded(messages, size_of))
 
     def _login_failed(self, failure: Failure, mechanism: str) -> None:
         if failure.check(LoginAbandoned):
@@ -496,20 +511,26 @@ class POP3Protocol(Protocol):
 
     def _transmit(self, action: Transmit) -> None:
         f = first = None
+        head = action.head
         try:
             if action.size < CHUNK_SIZE:  # stored octets <= CRLF octets
                 first = self.mailbox.read_message(action.index, CHUNK_SIZE)
                 if first is not None and action.body_lines is None:  # a small RETR
                     if not action.utf8 and _needs_utf8(first):
-                        self._refuse_utf8(action)
-                        return
-                    self._write(encode_whole(first, action.head))
+                        start = self._downgrade_start(first, None, True)
+                        if start is None:
+                            self._refuse_utf8(action)
+                            return
+                        first, _, delta = start
+                        head = self._downgraded_head(action, delta)
+                    self._write(encode_whole(first, head))
                     if action.mark_seen:
                         self._unseen.append(action.index)  # see dataReceived
                     return
             if first is None:
                 f = self.mailbox.open_message(action.index)
                 first = f.read(CHUNK_SIZE)
+            complete = len(first) < CHUNK_SIZE
             if not action.utf8:
                 scan = HeaderScan()
                 if not scan.feed(first) and f is not None:
@@ -522,12 +543,17 @@ class POP3Protocol(Protocol):
                         scan.feed(more)
                     f = self._rewind(f, action.index)
                     first = f.read(CHUNK_SIZE)
+                    complete = len(first) < CHUNK_SIZE
                 scan.finish()
                 if scan.needs_utf8:
-                    if f is not None:
-                        f.close()
-                    self._refuse_utf8(action)
-                    return
+                    start = self._downgrade_start(first, f, complete)
+                    if start is None:
+                        if f is not None:
+                            f.close()
+                        self._refuse_utf8(action)
+                        return
+                    first, complete, delta = start
+                    head = self._downgraded_head(action, delta)
         except Exception:
             # a message gone behind our back (another reader) is an OSError:
             # one line, like every storage error; anything else a traceback
@@ -537,14 +563,14 @@ class POP3Protocol(Protocol):
                 f.close()
             self._write(R.MESSAGE_READ_FAILED.to_bytes())
             return
-        if len(first) < CHUNK_SIZE:
+        if complete:
             if f is not None:
                 f.close()
             if action.body_lines is None:
-                self._write(encode_whole(first, action.head))
+                self._write(encode_whole(first, head))
             else:
                 enc = MessageEncoder(action.body_lines)
-                self._write(action.head + enc.encode(first) + enc.finish())
+                self._write(head + enc.encode(first) + enc.finish())
             if action.mark_seen:
                 # After the response is on its way (see dataReceived): the
                 # rename then overlaps with the client reading the message.
@@ -553,9 +579,85 @@ class POP3Protocol(Protocol):
         self._busy = True
         enc = MessageEncoder(action.body_lines)
         self._stream = _Stream(f, enc, action)
-        self.transport.write(action.head + enc.encode(first))
+        self.transport.write(head + enc.encode(first))
         self._queued = True
         self._pump()
+
+    # -- RFC 6857: downgrading for a client without UTF8 ---------------------
+
+    @staticmethod
+    def _downgrade_start(first: bytes, f: Any, complete: bool,
+                         only_utf8: bool = False) -> tuple[bytes, bool, int] | None:
+        """The start of a message whose header section is UTF-8, with that
+        section downgraded: ``(data, complete, delta)`` -- what to send
+        first (``f`` is left after it), whether that is the whole message,
+        and how many octets the CRLF form grew by.  ``None`` when there is
+        no downgraded form (``Undowngradable``, or a header section over
+        ``DOWNGRADE_HEADER_LIMIT``).  ``only_utf8``: a header section
+        that is not UTF-8 (``needs_downgrade``) is left as it is (delta 0),
+        as RETR sends it."""
+        data = first
+        end = header_end(data)
+        while end is None and not complete and len(data) <= DOWNGRADE_HEADER_LIMIT:
+            more = f.read(CHUNK_SIZE)
+            complete = len(more) < CHUNK_SIZE
+            data += more
+            end = header_end(data)
+        if end is None:
+            if not complete:
+                return None  # a header section over the limit
+            end = len(data)  # the message is all header section
+        if end > DOWNGRADE_HEADER_LIMIT:
+            return None
+        header = data[:end]
+        if only_utf8 and not needs_downgrade(header):
+            return data, complete, 0
+        try:
+            new = downgrade_header(header)
+        except Undowngradable:
+            return None
+        return new + data[end:], complete, crlf_size_of(new) - crlf_size_of(header)
+
+    def _downgraded_head(self, action: Transmit, delta: int) -> bytes:
+        """RETR's status line for the downgraded copy (TOP's has no size);
+        the size is remembered for LIST and STAT."""
+        size = action.size + delta
+        self._sizes[action.index] = size
+        log.info("POP3 {user} from {peer}: message {number} sent with its header section "
+                 "downgraded (RFC 6857): the client did not send UTF8", user=self._user,
+                 peer=self._peer, number=action.index + 1)
+        return R.retr_line(size) if action.body_lines is None else action.head
+
+    def _client_size(self, index: int) -> int:
+        """What RETR sends of message ``index`` to this client, which has
+        not issued UTF8: the stored size, or the downgraded copy's.  Read
+        once per session and message (the header section only), when
+        LIST, STAT or RSET first need it; a message whose header section
+        is ASCII -- nearly all -- costs one short read."""
+        size = self._sizes.get(index)
+        if size is not None:
+            return size
+        size = stored = self.engine.messages[index].size  # type: ignore[union-attr]
+        f = None
+        try:
+            f = self.mailbox.open_message(index)
+            first = f.read(SIZE_PROBE)
+            end = header_end(first)
+            if end is not None and first[:end].isascii():
+                pass  # the common case: nothing to downgrade
+            else:
+                start = self._downgrade_start(first, f, len(first) < SIZE_PROBE, True)
+                if start is not None:
+                    size = stored + start[2]
+        except Exception:
+            # RETR will say what is wrong with the message; LIST goes on
+            log_failure(log, Failure(), "POP3 cannot read message {index} of {user}",
+                        index=index, user=self._user)
+        finally:
+            if f is not None:
+                f.close()
+        self._sizes[index] = size
+        return size
 
     def _rewind(self, f: Any, index: int) -> Any:
         """``f`` back at the message's first octet: seeked, or opened anew
@@ -568,11 +670,14 @@ class POP3Protocol(Protocol):
             return self.mailbox.open_message(index)
 
     def _refuse_utf8(self, action: Transmit) -> None:
-        """RFC 6856 2 and 5: an internationalized message is not sent to a
-        client that has not issued UTF8; it is refused, not downgraded."""
-        log.info("POP3 {user} from {peer}: message {number} has UTF-8 header fields and the "
-                 "client did not send UTF8: refused", user=self._user, peer=self._peer,
-                 number=action.index + 1)
+        """RFC 6856 2 and 5: an internationalized message is not sent as
+        it is to a client that has not issued UTF8.  It goes downgraded
+        (RFC 6857) where it can; this is for one whose header section has
+        no downgraded form (a UTF-8 line that is no field, or a section
+        over ``DOWNGRADE_HEADER_LIMIT``)."""
+        log.info("POP3 {user} from {peer}: message {number} has UTF-8 header fields with no "
+                 "downgraded form and the client did not send UTF8: refused",
+                 user=self._user, peer=self._peer, number=action.index + 1)
         self._write(R.UTF8_REQUIRED.to_bytes())
 
     def _pump(self) -> None:

@@ -5,7 +5,7 @@ Bytes go in (``receive_data``), one *action* per command comes out
 ask the adapter to do I/O and, where the outcome changes the session,
 report back:
 
-* ``Authenticate`` -> ``login_succeeded(messages)`` / ``login_failed(why)``
+* ``Authenticate`` -> ``login_succeeded(messages, size_of)`` / ``login_failed(why)``
 * ``Transmit``     -> the adapter streams the message (nothing to report)
 * ``StartTLS``     -> the adapter starts TLS and builds a fresh engine
 * ``Update``       -> ``update_finished(ok, permanent)`` (the UPDATE state)
@@ -204,6 +204,7 @@ class POP3Server:
         self._before_login = 0  # lines read in the AUTHORIZATION state
         self.utf8 = False  # UTF8 issued (RFC 6856): UTF-8 headers may be sent
         self._messages: list[Any] = []
+        self._size_of: Callable[[int], int] | None = None
         self._deleted: set[int] = set()
         self._handlers: dict[str, Callable[[str], Action]] = {
             "USER": self._user_cmd,
@@ -291,13 +292,24 @@ class POP3Server:
 
     # -- results of the adapter's I/O --------------------------------------
 
-    def login_succeeded(self, messages: Sequence[Any]) -> Send:
-        """The portal gave a mailbox whose snapshot is ``messages``."""
+    def login_succeeded(
+        self, messages: Sequence[Any], size_of: Callable[[int], int] | None = None,
+    ) -> Send:
+        """The portal gave a mailbox whose snapshot is ``messages``.
+
+        ``size_of(index)``, when given, is the size RETR sends for a
+        message where it is not the stored ``size`` (RFC 6857 downgrading
+        for a client without UTF8): LIST, STAT and RSET report it, as RFC
+        1939 wants the exact octets.  It may read the message, so the
+        reply to the login itself counts the stored sizes: RFC 1939 asks
+        nothing of its text, and a login then reads no message."""
         self._expect("login")
         self._transition(Event.AUTHENTICATED)
         self._messages = list(messages)
         self._deleted = set()
+        self._size_of = None
         count, octets = self._totals()
+        self._size_of = size_of
         return self._send(R.logged_in(count, octets))
 
     def login_failed(self, why: LoginFailure) -> Send:
@@ -498,10 +510,11 @@ class POP3Server:
             index = self._message(args[0])
             if isinstance(index, POP3Reply):
                 return self._send(index)
-            return self._send(R.scan_line(index + 1, self._messages[index].size))
+            return self._send(R.scan_line(index + 1, self._size(index)))
+        size = self._size
         lines = [
-            f"{i + 1} {m.size}"
-            for i, m in enumerate(self._messages)
+            f"{i + 1} {size(i)}"
+            for i in range(len(self._messages))
             if i not in self._deleted
         ]
         return Send(multiline(R.scan_listing(*self._totals()), lines))
@@ -580,13 +593,20 @@ class POP3Server:
             return R.MESSAGE_DELETED
         return number - 1
 
+    def _size(self, index: int) -> int:
+        """What RETR sends for message ``index`` (see ``login_succeeded``)."""
+        if self._size_of is None:
+            return self._messages[index].size
+        return self._size_of(index)
+
     def _totals(self) -> tuple[int, int]:
         count = octets = 0
         deleted = self._deleted
+        size_of = self._size_of
         for i, m in enumerate(self._messages):
             if i not in deleted:
                 count += 1
-                octets += m.size
+                octets += m.size if size_of is None else size_of(i)
         return count, octets
 
     def _transition(self, event: Event) -> None:
