@@ -61,6 +61,7 @@ _PARAMETER_FIELDS = frozenset(("content-type", "content-disposition"))
 _LINE = 76  # RFC 2047 2: a line with encoded words at most 76 characters
 _POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=_LINE)
 _HEADER_END = re.compile(rb"\n\r?\n")
+_FOLD = re.compile(r"\r?\n[ \t]+")
 _FOR_CLAUSE = re.compile(r"\s+for\s+(<[^>]*>|[^\s;()]+)", re.IGNORECASE)
 
 
@@ -129,6 +130,9 @@ def _field(text: str) -> str:
     if not sep or not name.isascii() or not name.strip() or name != name.rstrip():
         raise Undowngradable("a header line with UTF-8 is not a header field")
     key = name.lower()
+    # a structured field's folds are blanks that separate (refolded below)
+    if key in ADDRESS_FIELDS or key == "received":
+        value = _FOLD.sub(" ", value)
     # unfolded (RFC 5322 2.2.3: the line breaks go, the blanks stay)
     value = value.replace("\r\n", "\n").replace("\n", "")
     if key in ADDRESS_FIELDS:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import hashlib
 import poplib
 import re
@@ -323,20 +325,31 @@ def test_utf8_mode_with_poplib_after_an_smtputf8_delivery(make_hub):
         s.ehlo("client.test")
         assert s.sendmail("\u00e9mile@remote.test", [JOERG], INTL,
                           mail_options=["SMTPUTF8"]) == {}
-    # a client that has not issued UTF8 does not get the message
+    # a client that has not issued UTF8 gets it downgraded (RFC 6857)
     p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
     assert p.capa()["UTF8"] == ["USER"]
     p.user("jo\u0308rg")  # UTF-8 on the wire (poplib's encoding), decomposed
     p.pass_(JOERG_PW)
-    count, _ = p.stat()
+    count, octets = p.stat()
     assert count == 1
-    with pytest.raises(poplib.error_proto) as refused:
-        p.retr(1)
-    assert refused.value.args[0].startswith(b"-ERR [UTF8] ")
+    _, listing, _ = p.list()
+    status, lines, _ = p.retr(1)
+    data = b"".join(x + b"\r\n" for x in lines)
+    # LIST, STAT and RETR's status line count what RETR sent (RFC 1939)
+    assert int(listing[0].split()[1]) == octets == len(data)
+    assert status == b"+OK %d octets" % len(data)
+    header, _, body = data.partition(b"\r\n\r\n")
+    assert header.isascii() and body == "Hallo \u00e9t\u00e9\r\n".encode()
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert str(msg["subject"]) == "Gr\u00fc\u00dfe"
+    # the sender's local part is not ASCII: an empty group named by the original
+    assert msg["from"].groups[0].display_name == "J\u00f6rg <j\u00f6rg@example.org>"
+    assert str(msg["return-path"]).startswith("<\u00e9mile@remote.test>")
+    assert "j\u00f6rg" not in msg["received"]  # its for clause is gone
     with pytest.raises(poplib.error_proto, match="not valid in the TRANSACTION"):
         p.utf8()
     p.quit()
-    # one that has does, as it was stored (after the hub's trace fields)
+    # one that has issued UTF8 gets it as it was stored (after the hub's trace fields)
     p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
     assert p.utf8() == R.UTF8_ENABLED.to_bytes().rstrip()
     p.user(JOERG)
