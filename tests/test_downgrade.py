@@ -166,6 +166,10 @@ def test_a_utf8_line_that_is_no_field_cannot_be_downgraded():
         downgrade_header("Subject: x\nGrüße\n".encode())
     with pytest.raises(Undowngradable):
         downgrade_header("Grü: x\n".encode())
+    with pytest.raises(Undowngradable):
+        downgrade_header("Not a name: ä\n".encode())
+    # obsolete blanks before the colon (RFC 5322 4.5.8) still make a field
+    assert downgrade_header("Subject : ä\n".encode()) == b"Subject: =?utf-8?b?w6Q=?=\n"
 
 
 def test_header_end():

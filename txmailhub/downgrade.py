@@ -127,7 +127,8 @@ def _fields(header: bytes) -> list[bytes]:
 def _field(text: str) -> str:
     """One field (no final line end) with UTF-8 in it, in ASCII."""
     name, sep, value = text.partition(":")
-    if not sep or not name.isascii() or not name.strip() or name != name.rstrip():
+    name = name.rstrip(" \t")  # RFC 5322 4.5.8: obsolete blanks before the colon
+    if not sep or not name or not all("!" <= c <= "~" for c in name):
         raise Undowngradable("a header line with UTF-8 is not a header field")
     key = name.lower()
     # a structured field's folds are blanks that separate (refolded below)

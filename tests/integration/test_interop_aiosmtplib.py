@@ -4,7 +4,8 @@ implicit TLS, send_message with several recipients, SMTPUTF8."""
 from __future__ import annotations
 
 import asyncio
-import poplib
+import email
+import email.policy
 from email.message import EmailMessage
 
 import pytest
@@ -88,9 +89,14 @@ def test_aiosmtplib_send_message_with_smtputf8(make_hub):
     flat, errors, reply = asyncio.run(_send_message_smtputf8(hub, hub.folder / "tls" / "cert.pem"))
     assert errors == {} and reply.startswith("2.0.0 ")
     for user, pw in ((ALICE, ALICE_PW), (BOB, BOB_PW), (JOERG, JOERG_PW)):
-        # UTF-8 header fields: a POP3 client without UTF8 mode gets [UTF8]
-        with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[UTF8\] "):
-            fetch_poplib(hub.pop3_port, user, pw)
+        # UTF-8 header fields: a POP3 client without UTF8 mode gets the
+        # header section downgraded (RFC 6857), the body as it was sent
+        (down,) = fetch_poplib(hub.pop3_port, user, pw)
+        header, _, body = down.partition(b"\r\n\r\n")
+        assert header.isascii() and body == flat.partition(b"\r\n\r\n")[2]
+        parsed = email.message_from_bytes(down, policy=email.policy.default)
+        assert str(parsed["subject"]) == "interop smtputf8 \u00fcber"
+        assert parsed["from"].groups[0].display_name == "J\u00f6rg <j\u00f6rg@example.org>"
         (got,) = fetch_poplib(hub.pop3_port, user, pw, utf8=True)
         assert got.startswith("Return-Path: <j\u00f6rg@example.org>\r\n".encode())
         assert b" with UTF8SMTPSA (TLSv1.3 " in got, got[:400]
