@@ -5,8 +5,10 @@ response language a LANG range selects.
 * ``HeaderScan`` reads a stored message's first chunks and says whether
   its header section holds UTF-8 (an internationalized message, RFC 6532,
   as an SMTPUTF8 transaction stores it).  Such a message is never sent
-  to a client that did not issue ``UTF8`` (RFC 6856 section 2); the
-  adapter answers ``-ERR [UTF8]`` instead (section 5).  Raw 8-bit octets
+  as it is to a client that did not issue ``UTF8`` (RFC 6856 section 2);
+  the adapter sends it with its header section downgraded
+  (``txmailhub.downgrade``, RFC 6857), or answers ``-ERR [UTF8]`` where
+  that has no downgraded form (section 5).  Raw 8-bit octets
   that are *not* UTF-8 are legacy mail from a sender that broke RFC 5322,
   which POP3 servers have always passed on as they are: UTF-8 mode would
   change nothing about them, so they are no reason to refuse.
