@@ -87,6 +87,13 @@ def test_prepare_username():
     assert prepare_username("joe") == "joe"
     assert prepare_username("jo\u0308rg@b\u00fccher.example") == "j\u00f6rg@b\u00fccher.example"
     assert prepare_username("\u0627\u0644\u0639\u0631\u0628\u064a\u0629") is not None
+    # the bidi rule per part: local part, then each domain label
+    assert prepare_username("\u05d0\u05d1@example.org") == "\u05d0\u05d1@example.org"
+    assert prepare_username("bob@\u05d0\u05d1.example") == "bob@\u05d0\u05d1.example"
+    assert prepare_username("\u05d0\u05d1@@x") is None  # the local part ends in a neutral "@"
+    for bad in ("\u05d01@example.org", "1\u05d0@example.org", "\u05d0b@x.org",
+                "bob@\u05d0b.example", "bob@x.\u05d01", "\u05d0\u05d1@x@y\u05d0"):
+        assert prepare_username(bad) is None, ascii(bad)
     for bad in ("jo\x00e", "joe\x7f", "a\udcff", "x\u200by", "x\u2028y", "\ufffe"):
         assert prepare_username(bad) is None, ascii(bad)
 

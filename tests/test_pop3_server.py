@@ -832,9 +832,24 @@ def test_user_names_saslprep_prohibits_are_refused(name):
 
 def test_right_to_left_names_whole_are_accepted():
     e = engine()
-    assert sent(e, "USER \u05d0\u05d1@example.org".encode()) == R.BAD_USER_NAME.to_bytes()
     # a name that starts and ends right-to-left and has no left-to-right letter
     assert sent(e, "USER \u05d0\u05d1\u05d2".encode()) == R.USER_ACCEPTED.to_bytes()
+
+
+def test_a_right_to_left_local_part_in_a_latin_domain_logs_in():
+    # the bidi rule holds for the local part and each domain label: the
+    # users file, SMTP AUTH and `mailhub user` all take this address
+    e = engine()
+    assert sent(e, "USER \u05d0\u05d1@example.org".encode()) == R.USER_ACCEPTED.to_bytes()
+    action = run(e, b"PASS pw")
+    assert isinstance(action, Authenticate) and action.username == "\u05d0\u05d1@example.org"
+    e = engine()
+    run(e, b"AUTH PLAIN")
+    action = run(e, plain("", "\u0645\u0631\u062d\u0628\u0627@example.org", "pw"))
+    assert isinstance(action, Authenticate)
+    # a local part that breaks the rule on its own is still refused
+    e = engine()
+    assert sent(e, "USER \u05d0b@example.org".encode()) == R.BAD_USER_NAME.to_bytes()
 
 
 def test_apop_and_auth_plain_names_are_nfc():

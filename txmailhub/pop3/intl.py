@@ -112,13 +112,24 @@ def prepare_username(name: str) -> str | None:
     name = unicodedata.normalize("NFC", name)
     if any(_prohibited(c) for c in name):
         return None
-    if any(stringprep.in_table_d1(c) for c in name) and (
-        any(stringprep.in_table_d2(c) for c in name)
-        or not stringprep.in_table_d1(name[0])
-        or not stringprep.in_table_d1(name[-1])
-    ):
+    # the bidi rule holds for each part of an address, not across them: a
+    # right-to-left local part in a left-to-right domain (a Hebrew mailbox
+    # at example.org) is a name SMTP AUTH and ``mailhub user`` take, and
+    # each domain label has a direction of its own (RFC 5893 2)
+    local, at, domain = name.rpartition("@")
+    if any(_breaks_bidi(part) for part in ([local, *domain.split(".")] if at else [name])):
         return None
     return name
+
+
+def _breaks_bidi(text: str) -> bool:
+    """RFC 3454 6: text with a right-to-left character must have no
+    left-to-right one, and start and end with a right-to-left one."""
+    return any(stringprep.in_table_d1(c) for c in text) and (
+        any(stringprep.in_table_d2(c) for c in text)
+        or not stringprep.in_table_d1(text[0])
+        or not stringprep.in_table_d1(text[-1])
+    )
 
 
 LANGUAGES: dict[str, str] = {"en": "English"}
