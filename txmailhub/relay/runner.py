@@ -105,8 +105,8 @@ class QueueRunner:
         if self._give_up_timer is not None and self._give_up_timer.active():
             # started again within a stop's grace: what the last run left in
             # flight is given up now, or its timer would end this run's
-            self._give_up_timer.cancel()
-            self._give_up()
+            # (and the stop that waited for them is over: its Deferred fires)
+            self._give_up_now()
         self._give_up_timer = None
         self.agent.resume()
         for entry in self.queue.recover():
@@ -141,8 +141,12 @@ class QueueRunner:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
-        if self._give_up_timer is not None and self._give_up_timer.active():
-            return d  # a second stop: the first one's grace runs
+        timer = self._give_up_timer
+        if grace > 0 and timer is not None and timer.active():
+            # a second stop: the wait ends when the shorter grace does
+            if timer.getTime() > self.clock.seconds() + grace:
+                timer.reset(grace)
+            return d
         keep = {qid for qid in self.active if self._must_finish(qid)}
         if grace <= 0 or not keep:
             self._give_up_now()
