@@ -104,3 +104,42 @@ def test_language_ranges():
     assert all(valid_range(r) for r in ("*", "en", "en-GB", "zh-Hant-TW", "de-1996"))
     assert not any(valid_range(r) for r in ("", "en-", "-en", "en_GB", "*-x", "abcdefghi",
                                             "en--gb", "\u00e9n"))
+
+
+def test_a_sequence_cut_short_at_the_end_of_the_header_section_is_not_utf8():
+    # the decoder is told the header ended: a lead octet left there is an error
+    assert not scan_whole(b"Subject: \xc3\n\nbody")
+    assert not scan_whole(b"Subject: \xe2\x82\r\n\r\n")
+
+
+def test_the_chunk_border_right_before_a_line_end_is_no_empty_line():
+    # "...a" | "\nB: ü" : the LF ends a header line, not the header section
+    scan = HeaderScan()
+    assert not scan.feed(b"S: a")
+    assert not scan.feed("\nB: \u00fc".encode())
+    scan.finish()
+    assert scan.needs_utf8
+    # LF CR | LF ends it: what follows is the body, UTF-8 or not
+    scan = HeaderScan()
+    assert not scan.feed(b"S: a\n\r")
+    assert scan.feed("\nb\u00f6dy".encode()) and not scan.needs_utf8
+
+
+def test_feeding_on_after_the_answer_changes_nothing():
+    scan = HeaderScan()
+    assert scan.feed(b"S: a\n\nbody")
+    assert scan.feed("B: \u00fc\n".encode())
+    scan.finish()
+    assert not scan.needs_utf8
+
+
+def test_more_names_saslprep_prohibits():
+    for bad in ("bob smith", "bob\ufffd",  # a space; a replacement character (C.6)
+                "bob\u2ff0",  # an ideographic description character (C.7)
+                "\u05d0b\u05d0@example.org"):  # a left-to-right letter inside (RFC 3454 6)
+        assert prepare_username(bad) is None, ascii(bad)
+
+
+def test_language_range_subtags():
+    assert not any(valid_range(r) for r in ("en-abcdefghi", "1en", "12"))
+    assert valid_range("en-abcdefgh") and valid_range("en-12")
