@@ -189,13 +189,30 @@ def test_a_line_over_998_octets_is_folded_so_the_hub_takes_the_message() -> None
     assert hub_verdict(message) is None
     lines = message.split(b"\r\n")
     assert max(len(line) for line in lines) == 998
-    assert all(line.startswith(b" ") for line in lines[1:2] + lines[4:6] + lines[7:8])
+    # the field is folded before its own space first, then cut with a space added
+    assert lines[:3] == [b"Subject:", b" " + b"s" * 997, b" " + b"s" * 203]
+    assert all(line.startswith(b" ") for line in lines[5:7] + lines[8:9])
     for line in lines:
         line.decode("utf-8")  # no UTF-8 sequence cut in two
-    assert message.replace(b"\r\n ", b"").split(b"\r\n") == [
-        b"Subject: " + b"s" * 1200, b"", b"x" * 2500, b"a" + "\u00e9".encode() * 600, b""]
+    assert b"\r\n".join(lines[4:]).replace(b"\r\n ", b"").split(b"\r\n") == [
+        b"x" * 2500, b"a" + "\u00e9".encode() * 600, b""]
     # a line of exactly 998 octets stays whole
     assert read_whole(io.BytesIO(b"y" * 998 + b"\n"), True, 2000) == b"y" * 998 + b"\r\n"
+
+
+def test_a_long_header_field_folds_at_its_white_space_and_t_reads_it_whole() -> None:
+    # a script's To: line of 70 addresses: cut inside an address, -t would
+    # read "user 048@..." (refused, or worse) and the recipients see it so
+    to = "To: " + ", ".join(f"user{i:03d}@example.com" for i in range(70))
+    subject = "Subject: " + " ".join(["word"] * 300)
+    raw = f"{to}\n{subject}\nFrom: joe@example.org\n\nbody\n".encode()
+    p = prep(raw, Options(extract=True))
+    assert p.recipients == tuple(f"user{i:03d}@example.com" for i in range(70))
+    fields = p.header.split(b"\r\n")
+    assert max(len(line) for line in fields) <= 998
+    # RFC 5322 2.2.3 unfolding (a CRLF before white space goes) gives each back
+    unfolded = re.sub(rb"\r\n(?=[ \t])", b"", p.header).split(b"\r\n")
+    assert to.encode() in unfolded and subject.encode() in unfolded
 
 
 def test_a_message_over_the_hub_limit_stops_the_read() -> None:

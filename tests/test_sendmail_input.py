@@ -133,7 +133,9 @@ def test_a_long_field_with_a_cr_at_a_read_boundary() -> None:
     read = read_message(io.BytesIO(b"X-Long: " + value + b"\r\nTo: bob\n\nbody\n"), True,
                         10**6)
     assert [name for name, _ in read.fields] == [b"x-long", b"to"]
-    assert read.fields[0][1].replace(b"\r\n ", b"") == b"X-Long: " + value + b"\r\n"
+    # folded before its space, then cut with a space added
+    assert read.fields[0][1].replace(b"\r\n ", b"") == b"X-Long:" + value + b"\r\n"
+    assert read.fields[0][1].startswith(b"X-Long:\r\n v")
     assert read.body.read() == b"body\r\n"
 
 

@@ -93,16 +93,19 @@ class _LineWriter:
     """Writes text to ``out`` as CRLF lines of at most 998 octets.
 
     A longer line is cut, each piece after the first starting with a
-    space -- in a header field that keeps it one folded field (RFC 5322
-    2.2.3); in the body it is one space more, as Postfix's
-    ``smtp_line_length_limit`` does.  The hub refuses a message with a
+    space -- in the body it is one space more, as Postfix's
+    ``smtp_line_length_limit`` does.  In a header field (``header``) the
+    cut goes before white space of the field where there is some, which
+    is folding (RFC 5322 2.2.3): the field unfolds to what it was.  The hub refuses a message with a
     longer line (RFC 5321 4.5.3.1.6: 500 5.5.2), so a long log line in a
     cron job's output would lose the whole mail.  A cut never splits a
     UTF-8 sequence.  Holds at most one line piece in memory."""
 
-    def __init__(self, write: Callable[[bytes], object], limit: int, already: int = 0) -> None:
+    def __init__(self, write: Callable[[bytes], object], limit: int, already: int = 0,
+                 *, header: bool = False) -> None:
         self._write_out = write
         self._limit = limit
+        self._header = header
         self._line = bytearray()
         self._lead = 0  # 1 when the line held is a continuation (its space written)
         self._out = bytearray()  # written, not yet handed to ``write``
@@ -151,6 +154,17 @@ class _LineWriter:
         line, pos = self._line, 0
         while len(line) - pos + self._lead > _LINE_TEXT:
             width = _LINE_TEXT - self._lead
+            if self._header:
+                # RFC 5322 2.2.3: fold before white space that is there, so
+                # unfolding gives the field back as it was (a long To: read
+                # by -t keeps its addresses whole); only a run of more than
+                # 998 octets without any is cut with a space added
+                space = max(line.rfind(b" ", pos + 1, pos + width + 1),
+                            line.rfind(b"\t", pos + 1, pos + width + 1))
+                if space > pos and line[pos:space].strip():
+                    self._write(line[pos:space] + b"\r\n")
+                    pos, self._lead = space, 0
+                    continue
             cut = pos + width
             while cut > pos + width - 4 and 0x80 <= line[cut] < 0xC0:
                 cut -= 1  # line[cut] continues a UTF-8 sequence: cut before it
@@ -201,7 +215,7 @@ def read_message(stream: BinaryIO, ignore_dots: bool, limit: int) -> StdinMessag
             piece = next(lines)
         piece = next(lines, None)
     header = bytearray()
-    head = _LineWriter(header.extend, limit)
+    head = _LineWriter(header.extend, limit, header=True)
     starts: list[tuple[bytes, int]] = []  # each field's name and offset in ``header``
     first: tuple[bytes, bool] | None = None  # the body's first piece
     line_start = True
