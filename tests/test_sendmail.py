@@ -384,6 +384,22 @@ def test_an_address_that_is_not_utf8_exits_65_not_with_a_traceback(
     assert "UTF-8" in err.getvalue() and "NOT sent" in err.getvalue()
 
 
+@pytest.mark.parametrize(("argv", "raw"), [
+    (["-t"], b"To: .:\n\nx\n"),  # the stdlib's parser raises AttributeError here
+    (["-f", ".:", "bob"], b"x\n"),
+    (["bob", "x@y.org, .:"], b"x\n"),
+    (["-t"], b"To: ,[b.c.,b.c@[ \n\nx\n"),  # ... and UnboundLocalError here
+])
+def test_an_address_the_parser_chokes_on_exits_65_not_with_a_traceback(
+    argv: list[str], raw: bytes, tmp_path: Path,
+) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    err = io.StringIO()
+    assert run(argv, str(config), "sendmail", io.BytesIO(raw), err) == EX_DATAERR
+    assert "cannot read" in err.getvalue() and "NOT sent" in err.getvalue()
+
+
 # --- where the hub is ----------------------------------------------------------
 
 

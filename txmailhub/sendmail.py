@@ -25,7 +25,6 @@ part of the reactor.
 
 from __future__ import annotations
 
-import email.errors
 import email.headerregistry
 import email.policy
 import email.utils
@@ -182,7 +181,10 @@ def _addresses(values: Iterable[str], primary_domain: str) -> list[str]:
         try:
             header = email.policy.default.header_factory("To", value)
             addresses = header.addresses
-        except (email.errors.HeaderParseError, ValueError, IndexError, TypeError):
+        except Exception:
+            # HeaderParseError, ValueError...; and on some malformed text
+            # the stdlib's parser breaks in itself (AttributeError on ".:",
+            # UnboundLocalError on "[b.c@[ "): no address read, exit 65
             raise AddressError(f"cannot read the addresses in {value.strip()!r}") from None
         if any(str(d).startswith("invalid address") for d in header.defects):
             # the parser skipped text it could not read as an address
