@@ -400,6 +400,20 @@ def test_an_address_the_parser_chokes_on_exits_65_not_with_a_traceback(
     assert "cannot read" in err.getvalue() and "NOT sent" in err.getvalue()
 
 
+@pytest.mark.parametrize(("name", "shown"), [
+    ("J\u00f6rg M\u00fcller", '"J\u00f6rg M\u00fcller"'),
+    ('A "B" C\\', '"A \\"B\\" C\\\\"'),
+])
+def test_a_name_beside_a_utf8_address_is_a_quoted_string(name: str, shown: str) -> None:
+    # the stdlib's Address refuses every non-ASCII local part: the From
+    # field of -f j\u00f6rg@... -F "J\u00f6rg" was a traceback (exit 1)
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n",
+             Options(recipients=("bob",), sender="j\u00f6rg@example.org", full_name=name))
+    (line,) = field(untraced(p), b"From")
+    assert line == f"From: {shown} <j\u00f6rg@example.org>".encode()
+    assert hub_verdict(untraced(p)) is None
+
+
 # --- where the hub is ----------------------------------------------------------
 
 

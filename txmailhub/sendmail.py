@@ -25,7 +25,6 @@ part of the reactor.
 
 from __future__ import annotations
 
-import email.headerregistry
 import email.policy
 import email.utils
 import getopt
@@ -237,7 +236,10 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
         return email.utils.formataddr((name, mailbox), charset="utf-8").encode("ascii")
     if not name:
         return mailbox.encode("utf-8")
-    return str(email.headerregistry.Address(display_name=name, addr_spec=mailbox)).encode()
+    # a quoted-string (RFC 5322 3.2.4, UTF-8 in it by RFC 6532 3.2):
+    # email.headerregistry.Address refuses every non-ASCII local part
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{mailbox}>'.encode()
 
 
 def _comment_text(text: str) -> str:
