@@ -1236,15 +1236,19 @@ def test_a_stop_waits_for_a_local_delivery(hub, monkeypatch):
     assert hub.queue.ids() == [second]
 
 
+def attempt_in_flight(hub) -> None:
+    """The runner started, with one remote attempt in flight that never ends."""
+    hub.agent.script = lambda e, d, r: defer.Deferred()
+    hub.runner.start()
+    enqueue(hub, BOB)
+    hub.clock.advance(1)
+
+
 def test_a_start_within_a_stops_grace_ends_that_stop(hub):
     # the restart gives the last run's attempts up: the stop that waited
     # for them is over, and its Deferred fires then, not when the new run
     # happens to have nothing in flight (a busy queue: maybe never)
-    in_flight: defer.Deferred = defer.Deferred()
-    hub.agent.script = lambda e, d, r: in_flight
-    hub.runner.start()
-    enqueue(hub, BOB)
-    hub.clock.advance(1)
+    attempt_in_flight(hub)
     stopped = hub.runner.stop()
     assert not stopped.called
     hub.runner.start()
@@ -1252,33 +1256,21 @@ def test_a_start_within_a_stops_grace_ends_that_stop(hub):
 
 
 def test_a_second_stop_without_grace_gives_up_at_once(hub):
-    in_flight: defer.Deferred = defer.Deferred()
-    hub.agent.script = lambda e, d, r: in_flight
-    hub.runner.start()
-    enqueue(hub, BOB)
-    hub.clock.advance(1)
+    attempt_in_flight(hub)
     first = hub.runner.stop()
     second = hub.runner.stop(grace=0)
     assert first.called and second.called and hub.agent.aborted == 1
 
 
 def test_a_second_stop_with_a_shorter_grace_ends_the_wait_sooner(hub):
-    in_flight: defer.Deferred = defer.Deferred()
-    hub.agent.script = lambda e, d, r: in_flight
-    hub.runner.start()
-    enqueue(hub, BOB)
-    hub.clock.advance(1)
+    attempt_in_flight(hub)
     first = hub.runner.stop()
     hub.clock.advance(1)
     second = hub.runner.stop(grace=2)
     hub.clock.advance(2)
     assert first.called and second.called and hub.agent.aborted == 1
     # a longer grace asked for later does not make the stop wait longer
-    in_flight2: defer.Deferred = defer.Deferred()
-    hub.agent.script = lambda e, d, r: in_flight2
-    hub.runner.start()
-    enqueue(hub, BOB)
-    hub.clock.advance(1)
+    attempt_in_flight(hub)
     first = hub.runner.stop(grace=2)
     second = hub.runner.stop(grace=30)
     hub.clock.advance(2)
