@@ -128,34 +128,44 @@ def test_utf8_header_and_8bit_body_arrive_intact(make_hub, tmp_path: Path):
         "root", __import__("pwd").getpwuid(__import__("os").getuid()).pw_name)
 
 
-def test_a_greeting_that_is_no_220_is_not_sent(make_hub, tmp_path: Path):
-    """A 421 greeting (the hub's connection limit) is for later, 75; a 554
-    is a refusal, 69; neither is taken for an accepted message."""
+def sendmail_to_a_fake_hub(hub, serve, *args: str, message: bytes):
+    """``sendmail`` with the config's ``[smtp] listen`` pointed at a one-shot
+    server on 127.0.0.1: ``serve(conn)`` plays the hub for one connection."""
     import socket
     import threading
 
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with conn:
+            serve(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    hub.doc["smtp"]["listen"] = [f"tcp:{server.getsockname()[1]}:interface=127.0.0.1"]
+    write_toml(hub.config_path, hub.doc)
+    try:
+        return sendmail(hub.config_path, *args, message=message)
+    finally:
+        thread.join(10)
+        server.close()
+
+
+def test_a_greeting_that_is_no_220_is_not_sent(make_hub, tmp_path: Path):
+    """A 421 greeting (the hub's connection limit) is for later, 75; a 554
+    is a refusal, 69; neither is taken for an accepted message."""
     hub = make_hub(start=False)
     for greeting, status in ((b"421 4.7.0 Too many connections\r\n", 75),
                              (b"554 5.3.2 No service here\r\n", 69)):
-        server = socket.socket()
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
 
-        def greet(server=server, greeting=greeting) -> None:
-            conn, _ = server.accept()
-            with conn:
-                conn.sendall(greeting)
-                conn.recv(1024)  # whatever comes (QUIT), then close
+        def greet(conn, greeting=greeting) -> None:
+            conn.sendall(greeting)
+            conn.recv(1024)  # whatever comes (QUIT), then close
 
-        thread = threading.Thread(target=greet, daemon=True)
-        thread.start()
-        hub.doc["smtp"]["listen"] = [f"tcp:{server.getsockname()[1]}:interface=127.0.0.1"]
-        write_toml(hub.config_path, hub.doc)
-        try:
-            r = sendmail(hub.config_path, "bob", message=b"x\n")
-        finally:
-            thread.join(10)
-            server.close()
+        r = sendmail_to_a_fake_hub(hub, greet, "bob", message=b"x\n")
         assert r.returncode == status, r
         assert greeting.decode().strip() in r.stderr.decode() and b"NOT sent" in r.stderr
 
@@ -206,40 +216,24 @@ def test_a_connection_lost_after_the_final_dot_is_75_and_may_have_been_sent(
         make_hub, tmp_path: Path):
     """RFC 1047's case: the whole message went out, the reply never came.
     The hub may have it: the command must not say it was NOT sent."""
-    import socket
-    import threading
 
-    hub = make_hub(start=False)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
+    def serve(conn) -> None:
+        f = conn.makefile("rb")
+        conn.sendall(b"220 test ESMTP\r\n")
+        while line := f.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-test\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go ahead\r\n")
+                while f.readline() != b".\r\n":
+                    pass
+                return  # the dot came: close without a reply
+            else:
+                conn.sendall(b"250 ok\r\n")
 
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            f = conn.makefile("rb")
-            conn.sendall(b"220 test ESMTP\r\n")
-            while line := f.readline():
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-test\r\n250 8BITMIME\r\n")
-                elif verb == b"DATA":
-                    conn.sendall(b"354 go ahead\r\n")
-                    while f.readline() != b".\r\n":
-                        pass
-                    return  # the dot came: close without a reply
-                else:
-                    conn.sendall(b"250 ok\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    hub.doc["smtp"]["listen"] = [f"tcp:{server.getsockname()[1]}:interface=127.0.0.1"]
-    write_toml(hub.config_path, hub.doc)
-    try:
-        r = sendmail(hub.config_path, "bob", message=b"Subject: x\n\nbody\n")
-    finally:
-        thread.join(10)
-        server.close()
+    r = sendmail_to_a_fake_hub(make_hub(start=False), serve, "bob",
+                               message=b"Subject: x\n\nbody\n")
     assert r.returncode == 75, r
     err = r.stderr.decode()
     assert "MAY have been sent" in err and "NOT sent" not in err, err
