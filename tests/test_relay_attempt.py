@@ -903,19 +903,27 @@ def test_a_server_that_never_lets_the_connection_close_is_cut(tmp_path):
     assert not clock.getDelayedCalls()
 
 
-def test_a_dns_answer_that_comes_after_a_stop_and_a_start_connects_nowhere(tmp_path):
-    # The old run's delivery waited for its MX answer through the stop and
-    # the next start: it must not deliver (its result would be thrown away,
-    # and the new run delivers the message too).
+def agent_with_held_dns(tmp_path):
+    """``agent`` with an SMTP server at remote.test's MX, whose MX answer
+    waits until the test calls the third value returned (the fourth: the
+    resolver's own ``resolve``)."""
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
     held: defer.Deferred = defer.Deferred()
     real = a.mx.resolve
     a.mx.resolve = lambda domain: held
+    return a, net, lambda: real("remote.test").chainDeferred(held), real
+
+
+def test_a_dns_answer_that_comes_after_a_stop_and_a_start_connects_nowhere(tmp_path):
+    # The old run's delivery waited for its MX answer through the stop and
+    # the next start: it must not deliver (its result would be thrown away,
+    # and the new run delivers the message too).
+    a, net, answer, real = agent_with_held_dns(tmp_path)
     d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
     a.abort_all()  # the stop gives up
     a.resume()  # and the hub starts again
-    real("remote.test").chainDeferred(held)  # the answer comes now
+    answer()  # the answer comes now
     [r] = run(net, d)
     assert r.kind == "transient" and not net.pumps  # no connection made
     a.mx.resolve = real
@@ -1074,15 +1082,11 @@ def test_an_mx_on_port_465_is_not_spoken_to_in_implicit_tls(tmp_path):
 
 def test_connected_says_whether_a_delivery_got_past_dns_and_connecting(tmp_path):
     # what the hub's stop asks: until then, giving the delivery up loses nothing
-    a, net, _ = agent(tmp_path)
-    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
-    held: defer.Deferred = defer.Deferred()
-    real = a.mx.resolve
-    a.mx.resolve = lambda domain: held
+    a, net, answer, _ = agent_with_held_dns(tmp_path)
     e = entry(tmp_path, BOB)
     d = a.deliver(e, "remote.test", [BOB])
     assert not a.connected(e.id)  # looking up DNS
-    real("remote.test").chainDeferred(held)
+    answer()
     assert a.connected(e.id)  # in its session (the network moves in run)
     assert run(net, d)[0].kind == "delivered"
     assert not a.connected(e.id)
