@@ -38,7 +38,6 @@ from __future__ import annotations
 import re
 from email import policy as email_policy
 from email.errors import HeaderParseError
-from email.header import Header
 
 from txmailhub.address import ascii_domain
 
@@ -155,13 +154,16 @@ def _field(text: str) -> str:
 
 def _unstructured(name: str, text: str) -> str:
     """An unstructured field: the whole text as encoded words (decoding
-    them gives ``text`` back, blanks included)."""
-    return f"{name}: " + Header(text, "utf-8", header_name=name, maxlinelen=_LINE).encode(
-        linesep="\n")
+    them gives ``text`` back, blanks included).  Not ``email.header.Header``:
+    it cuts the text at ``str.splitlines`` breaks (NEL, U+2028, FF...) and
+    puts a blank in their place."""
+    first = _LINE - len(name) - len(": =?utf-8?q??=")
+    return _fold(name, _words(text, first if first >= _Q_MIN else _Q_ROOM))
 
 
 _Q_SAFE = frozenset(b"-!*+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _Q_ROOM = 75 - len("=?utf-8?q??=")  # RFC 2047 2: an encoded word is at most 75
+_Q_MIN = len("=F0=9F=98=80")  # the longest encoded character
 _PIECES = re.compile(r"\S*\s*")
 
 
@@ -173,18 +175,21 @@ def _q(text: str) -> str:
         for b in text.encode("utf-8"))
 
 
-def _words(text: str) -> str:
+def _words(text: str, first: int = _Q_ROOM) -> str:
     """``text`` as encoded words separated by blanks, cut between its
     words where it can (a blank stays at the end of the word before the
     cut: RFC 2047 6.2 drops the blanks between encoded words, and parsers
-    that keep them then give one more blank, not a word cut in two)."""
+    that keep them then give one more blank, not a word cut in two).
+    ``first``: the room for the first word's encoded text (what is left
+    of the field's first line); the others get all of ``_Q_ROOM``."""
     chunks: list[str] = []
     cur = ""
     for piece in _PIECES.findall(text):
         if not piece:
             continue
+        room = _Q_ROOM if chunks else first
         enc = _q(piece)
-        if len(cur) + len(enc) <= _Q_ROOM:
+        if len(cur) + len(enc) <= room:
             cur += enc
             continue
         if cur:
@@ -192,7 +197,8 @@ def _words(text: str) -> str:
             cur = ""
         for c in piece:  # a word longer than one encoded word: by characters
             enc = _q(c)
-            if len(cur) + len(enc) > _Q_ROOM:
+            room = _Q_ROOM if chunks else first
+            if cur and len(cur) + len(enc) > room:
                 chunks.append(cur)
                 cur = ""
             cur += enc
