@@ -276,3 +276,14 @@ def test_unstructured_text_with_a_unicode_line_break_decodes_back_exactly(brk):
         assert str(msg["subject"]) == text
         assert str(msg["downgraded-message-id"]) == f"<{text}@x>"
         no_defects(out)
+
+
+def test_a_bare_cr_does_not_end_a_field():
+    # only LF ends a stored line (CRLFEncoder keeps a bare CR as it is):
+    # the text after a CR belongs to the same field
+    out = downgrade_header("Subject: a\rGrüße\nX-Y: z\n".encode())
+    assert out.isascii() and out.endswith(b"\nX-Y: z\n")
+    assert out.count(b"\n") == 2 and b"\r" not in out
+    assert str(parse(out)["subject"]) == "a\rGrüße"
+    out = downgrade_header("From: Jörg\r <a@b.example>\n".encode())
+    assert parse(out)["from"].addresses[0].addr_spec == "a@b.example"

@@ -61,6 +61,7 @@ _LINE = 76  # RFC 2047 2: a line with encoded words at most 76 characters
 _POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=_LINE)
 _HEADER_END = re.compile(rb"\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]+")
+_LINES = re.compile(rb"[^\n]*\n|[^\n]+").findall
 _FOR_CLAUSE = re.compile(r"\s+for\s+(<[^>]*>|[^\s;()]+)", re.IGNORECASE)
 
 
@@ -113,9 +114,11 @@ def downgrade_header(header: bytes) -> bytes:
 
 
 def _fields(header: bytes) -> list[bytes]:
-    """The header section cut into fields, each with its continuation lines."""
+    """The header section cut into fields, each with its continuation lines.
+    Only LF ends a line (``bytes.splitlines`` would cut at a bare CR too,
+    which the CRLF form keeps inside its line)."""
     fields: list[bytes] = []
-    for line in header.splitlines(keepends=True):
+    for line in _LINES(header):
         if fields and line[:1] in (b" ", b"\t"):
             fields[-1] += line
         else:
