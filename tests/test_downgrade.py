@@ -287,3 +287,13 @@ def test_a_bare_cr_does_not_end_a_field():
     assert str(parse(out)["subject"]) == "a\rGrüße"
     out = downgrade_header("From: Jörg\r <a@b.example>\n".encode())
     assert parse(out)["from"].addresses[0].addr_spec == "a@b.example"
+
+
+def test_resent_message_id_is_encapsulated_like_message_id():
+    # RFC 6857 registers Downgraded-Resent-Message-Id with the others: an
+    # encoded word is no msg-id (RFC 5322 3.6.6)
+    out = downgrade_header("Resent-Message-ID: <ä@x.example>\n".encode())
+    assert out.startswith(b"Downgraded-Resent-Message-Id: =?utf-8?")
+    msg = parse(out)
+    assert msg["resent-message-id"] is None
+    assert str(msg["downgraded-resent-message-id"]) == "<ä@x.example>"

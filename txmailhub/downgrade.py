@@ -12,8 +12,8 @@ header fields (RFC 6532).  A POP3 client that has not issued ``UTF8``
   becomes an empty group whose display name is the encoded words of the
   original mailbox text, ``=?utf-8?q?...?= :;`` (RFC 6857 3.2.1; inside a
   group, where groups cannot nest, the text joins the group's name);
-* Message-ID, In-Reply-To, References (and Original-Recipient and
-  Final-Recipient): the field is renamed ``Downgraded-<name>`` and its
+* Message-ID, Resent-Message-ID, In-Reply-To, References (and
+  Original-Recipient and Final-Recipient): the field is renamed ``Downgraded-<name>`` and its
   body becomes encoded words (RFC 6857 3.1.10's encapsulation);
 * Content-Type and Content-Disposition: parameter values become RFC 2231
   ``name*=utf-8''...`` values;
@@ -50,6 +50,7 @@ ADDRESS_FIELDS = frozenset((
 ))
 ENCAPSULATED_FIELDS = {
     "message-id": "Downgraded-Message-Id",
+    "resent-message-id": "Downgraded-Resent-Message-Id",
     "in-reply-to": "Downgraded-In-Reply-To",
     "references": "Downgraded-References",
     "original-recipient": "Downgraded-Original-Recipient",
