@@ -297,3 +297,40 @@ def test_resent_message_id_is_encapsulated_like_message_id():
     msg = parse(out)
     assert msg["resent-message-id"] is None
     assert str(msg["downgraded-resent-message-id"]) == "<ä@x.example>"
+
+
+def test_a_utf8_comment_in_content_type_stays_a_comment():
+    # the stdlib folder made "text/plain =?utf-8?q?...?=; charset=..." of
+    # it: no content type a parser accepts, and the charset lost
+    h = 'Content-Type: text/plain (Grüße); charset="utf-8"; name="ä.txt"\n'.encode()
+    out = downgrade_header(h)
+    assert out.isascii()
+    ct = parse(out)["content-type"]
+    assert not ct.defects
+    assert ct.content_type == "text/plain"
+    assert ct.params == {"charset": "utf-8", "name": "ä.txt"}
+    assert b"(=?utf-8?q?Gr=C3=BC=C3=9Fe?=)" in out
+    out = downgrade_header('Content-Disposition: attachment (ä); filename="ü"\n'.encode())
+    cd = parse(out)["content-disposition"]
+    assert not cd.defects and cd.params == {"filename": "ü"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(ctype=st.sampled_from(["text/plain", "multipart/mixed", "application/octet-stream"]),
+       params=st.lists(st.tuples(st.sampled_from(["name", "charset", "boundary", "x-a"]),
+                                 st.text("abcä ü-", min_size=1, max_size=12)),
+                       max_size=4, unique_by=lambda p: p[0]),
+       comment=st.one_of(st.none(), st.text("abcä ü-", min_size=1, max_size=30)))
+def test_property_content_type_keeps_its_type_and_parameters(ctype, params, comment):
+    value = ctype + (f" ({comment})" if comment else "")
+    value += "".join(f'; {k}="{v}"' for k, v in params)
+    h = f"Content-Type: {value}\n".encode()
+    if h.isascii():
+        return
+    want = email.message_from_bytes(h + b"\nb", policy=policy.default.clone(utf8=True))
+    out = downgrade_header(h)
+    assert out.isascii() and all(len(line) <= 78 for line in out.split(b"\n"))
+    got = parse(out)["content-type"]
+    assert not got.defects
+    assert got.content_type == ctype
+    assert dict(got.params) == dict(want["content-type"].params)

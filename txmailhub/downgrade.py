@@ -144,10 +144,17 @@ def _field(text: str) -> str:
     if key in ENCAPSULATED_FIELDS:
         return _unstructured(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
     if key in _PARAMETER_FIELDS:
+        # a UTF-8 comment goes after the parameters, as encoded words (RFC
+        # 2047 5(2)): the stdlib would put them outside the comment, where
+        # they end the type, and folds a line with them badly
+        parts = _comment_split(value.strip())
+        comments = [_comments(p) for p in parts if p[:1] == "(" and not p.isascii()]
+        mime = "".join(p for p in parts if p[:1] != "(" or p.isascii())
         try:
-            folded = _POLICY.header_factory(name, value.strip()).fold(policy=_POLICY)
+            folded = _POLICY.header_factory(name, mime).fold(policy=_POLICY)
             if folded.isascii():
-                return folded.rstrip("\n")
+                folded = folded.rstrip("\n")
+                return _fold(name, " ".join(comments), folded) if comments else folded
         except (HeaderParseError, ValueError, IndexError):
             pass
         return _unstructured(name, value.lstrip(" \t"))  # no parameters to be had
@@ -211,10 +218,11 @@ def _words(text: str, first: int = _Q_ROOM) -> str:
     return " ".join(f"=?utf-8?q?{c}?=" for c in chunks)
 
 
-def _fold(name: str, value: str) -> str:
-    """``Name: value`` folded at blanks to lines of at most 76 where it can."""
-    lines: list[str] = []
-    line = f"{name}:"
+def _fold(name: str, value: str, start: str = "") -> str:
+    """``Name: value`` folded at blanks to lines of at most 76 where it can
+    (``start``: the field's folded text so far, ``value`` goes after it)."""
+    lines = start.split("\n") if start else [f"{name}:"]
+    line = lines.pop()
     for piece in value.split(" "):
         if len(line) + 1 + len(piece) > _LINE and line.strip():
             lines.append(line)
