@@ -334,3 +334,11 @@ def test_property_content_type_keeps_its_type_and_parameters(ctype, params, comm
     assert not got.defects
     assert got.content_type == ctype
     assert dict(got.params) == dict(want["content-type"].params)
+
+
+def test_received_keeps_a_comment_that_says_for():
+    # the for clause is removed, not a "for" inside a comment
+    h = "Received: from a (scanned for Grüße) by b for <jö@b>; Sun, 29 Nov 2026\n"
+    out = downgrade_header(h.encode())
+    assert out.startswith(b"Received: from a (=?utf-8?q?scanned_for_Gr=C3=BC=C3=9Fe?=) by b;")
+    assert b"j=C3=B6" not in out

@@ -443,10 +443,13 @@ def _phrase(display: str) -> str:
 
 def _received(value: str) -> str:
     """RFC 6857: a ``for`` clause with a non-ASCII address goes; domains
-    get their A-labels and comments encoded words."""
-    value = _FOR_CLAUSE.sub(lambda m: "" if not m.group(1).isascii() else m.group(0), value)
+    get their A-labels and comments encoded words.  A comment is no
+    clause: "for" in it stays."""
     out: list[str] = []
     for part in _comment_split(value):
+        if part[:1] != "(":
+            part = _FOR_CLAUSE.sub(lambda m: "" if not m.group(1).isascii() else m.group(0),
+                                   part)
         if part.isascii():
             out.append(part)
         elif part.startswith("("):
