@@ -1551,6 +1551,52 @@ def test_large_messages_with_utf8_headers_in_the_first_chunk_or_beyond_it():
             assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
 
 
+def _sent(out: bytes) -> tuple[bytes, bytes]:
+    """(status line, the message octets as sent: unstuffed, no terminator)."""
+    head, _, rest = out.partition(b"\r\n")
+    assert rest.endswith(b".\r\n")
+    lines = rest[:-3].split(b"\r\n")
+    return head, b"\r\n".join(line[1:] if line[:1] == b"." else line for line in lines)
+
+
+def _boundary_messages():
+    subject = "Subject: gr\u00fc\u00dfe\n".encode()
+    yield "Subject: gr\u00fc\u00dfe\r\nFrom: a@b\r\n\r\nbody\r\n".encode()  # stored CRLF
+    yield subject  # no body
+    yield "Subject: gr\u00fc\u00dfe".encode()  # not even a line end
+    yield subject + b"\n.dot\n..two\n."
+    for length in (pop3_protocol.SIZE_PROBE, pop3_protocol.SIZE_PROBE + 1, CHUNK_SIZE - 1,
+                   CHUNK_SIZE, CHUNK_SIZE + 1):
+        header = subject + b"X-P: " + b"a" * (length - len(subject) - 6) + b"\n"
+        assert len(header) == length
+        yield header + b"\n" + b"line\n" * (CHUNK_SIZE // 4)
+        yield header + b"\r\n.body\n"
+        yield header
+
+
+@pytest.mark.parametrize("msg", list(_boundary_messages()))
+def test_list_stat_retr_and_top_agree_on_a_downgraded_copy(msg):
+    """RFC 1939: LIST and STAT give the octets RETR sends (before byte-
+    stuffing), whichever comes first, wherever the header section ends
+    against the probe and the chunks, and after DELE and RSET."""
+    env = Env()
+    env.store.add("joe@example.org", msg)
+    for retr_first in (False, True):
+        proto, t = login_utf8(env, utf8=False)
+        if not retr_first:
+            listed = int(talk(proto, t, b"LIST 1\r\n").split()[2])
+        head, data = _sent(retr_streamed(proto, t))
+        if retr_first:
+            listed = int(talk(proto, t, b"LIST 1\r\n").split()[2])
+        assert head == b"+OK %d octets" % len(data) and listed == len(data)
+        assert data.split(b"\r\n\r\n")[0].isascii()
+        _, top = _sent(retr_streamed(proto, t, b"TOP 1 0\r\n"))
+        assert top.split(b"\r\n\r\n")[0] == data.split(b"\r\n\r\n")[0]
+        talk(proto, t, b"DELE 1\r\nRSET\r\n")
+        assert talk(proto, t, b"STAT\r\n") == b"+OK 1 %d\r\n" % len(data)
+        talk(proto, t, b"QUIT\r\n")
+
+
 def test_a_mailbox_whose_files_cannot_seek_is_opened_again():
     class NoSeek:
         def __init__(self, f):
