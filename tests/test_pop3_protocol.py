@@ -1614,3 +1614,80 @@ def test_a_mailbox_whose_files_cannot_seek_is_opened_again():
     assert retr_streamed(proto, t) == b"+OK %d octets\r\n" % crlf_size_of(msg) + \
         encode_whole(msg)
     assert opened == [0, 0]
+
+
+class HeldCalls:
+    """A syncer whose ``call`` jobs run when the test says (``run``): the
+    worker threads, held still."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple] = []
+
+    def call(self, f, *args):
+        d = defer.Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def run(self, fail: bool = False) -> None:
+        for d, f, args in self.jobs:
+            if fail:
+                d.errback(OSError(5, "I/O error"))
+            else:
+                d.callback(f(*args))
+        self.jobs.clear()
+
+
+def test_a_large_mailbox_has_its_sizes_measured_off_the_reactor_thread(monkeypatch):
+    # a client without UTF8 and more than INLINE_SIZES messages: their
+    # headers are read in one worker job before the login's +OK, never on
+    # the reactor thread (a header read per message stalled every session
+    # of the hub on a large mailbox)
+    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
+    env = Env()
+    env.components.syncer = HeldCalls()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
+    proto, t = env.connect()
+    assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n") == R.USER_ACCEPTED.to_bytes()
+    assert len(env.components.syncer.jobs) == 1  # the +OK waits for it
+    opened = []
+    real_open = proto.mailbox.open_message
+    proto.mailbox.open_message = lambda i: (opened.append(i), real_open(i))[1]
+    t.clear()
+    env.components.syncer.run()
+    assert t.value().startswith(b"+OK Logged in")
+    assert opened == [0, 1]  # in the job
+    size = crlf_size_of(downgraded(INTL))
+    assert talk(proto, t, b"LIST\r\n") == b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 24\r\n.\r\n" % (
+        size + 24, size)
+    assert opened == [0, 1]  # nothing more on the reactor thread
+
+
+def test_sizes_not_measured_in_the_job_are_measured_when_needed(monkeypatch, log_events):
+    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
+    env = Env()
+    env.components.syncer = HeldCalls()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    t.clear()
+    env.components.syncer.run(fail=True)
+    assert t.value().startswith(b"+OK Logged in")
+    assert any("not measured" in str(e.get("log_format")) for e in log_events)
+    size = crlf_size_of(downgraded(INTL))
+    assert talk(proto, t, b"LIST 1\r\n") == b"+OK 1 %d\r\n" % size
+
+
+def test_a_client_gone_while_sizes_are_measured_releases_the_mailbox(monkeypatch):
+    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
+    env = Env()
+    env.components.syncer = HeldCalls()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    assert env.store.is_locked("joe@example.org")
+    proto.connectionLost(None)
+    env.components.syncer.run()
+    assert not env.store.is_locked("joe@example.org")

@@ -56,6 +56,12 @@ __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
 CHUNK_SIZE = 64 * 1024
 """Octets read from a message file at a time; smaller messages go in one write."""
 
+INLINE_SIZES = 64
+"""A client without UTF8 logging in to more messages than this has their
+sizes (the downgraded copy's, RFC 6857) measured on the syncer's worker
+threads before its +OK: a header read per message would stall the
+reactor, and every session of the hub, on a large mailbox."""
+
 DOWNGRADE_HEADER_LIMIT = 1024 * 1024
 """The longest header section downgraded for a client without UTF8 (RFC
 6857); it is held in memory to be rewritten.  A message whose UTF-8
@@ -99,6 +105,36 @@ def _needs_utf8(whole: bytes) -> bool:
     scan.feed(whole)
     scan.finish()
     return scan.needs_utf8
+
+
+def _client_size_of(mailbox: Any, index: int, stored: int) -> int:
+    """What RETR sends of message ``index`` (``stored`` octets as stored)
+    to a client without UTF8: the stored size, or the downgraded copy's.
+    Reads the header section only; a message whose header section is
+    ASCII -- nearly all -- costs one short read."""
+    f = mailbox.open_message(index)
+    try:
+        first = f.read(SIZE_PROBE)
+        end = header_end(first)
+        if end is not None and first[:end].isascii():
+            return stored  # the common case: nothing to downgrade
+        start = POP3Protocol._downgrade_start(first, f, len(first) < SIZE_PROBE, True)
+        return stored if start is None else stored + start[2]
+    finally:
+        f.close()
+
+
+def _measure_sizes(mailbox: Any, stored: list[int]) -> dict[int, int]:
+    """``_client_size_of`` for every message, on a worker thread; a
+    message that cannot be read is left out (measured, and its error
+    logged, on the reactor thread if LIST asks)."""
+    sizes = {}
+    for index, size in enumerate(stored):
+        try:
+            sizes[index] = _client_size_of(mailbox, index, size)
+        except Exception:  # left for the reactor thread to measure and log
+            continue
+    return sizes
 
 
 @implementer(IPushProducer)
@@ -461,8 +497,35 @@ class POP3Protocol(Protocol):
         self._sizes = {}
         # RFC 6856 allows UTF8 only before the login: from here on it is
         # known which size RETR will send, the stored one or the downgraded
-        size_of = None if self.engine.utf8 else self._client_size
-        self._finish_login(self.engine.login_succeeded(messages, size_of))
+        if self.engine.utf8:
+            self._finish_login(self.engine.login_succeeded(messages, None))
+            return
+        call = getattr(self.components.syncer, "call", None)
+        if call is None or len(messages) <= INLINE_SIZES:
+            # measured when LIST, STAT or RSET first need a size
+            self._finish_login(self.engine.login_succeeded(messages, self._client_size))
+            return
+        mailbox = self.mailbox
+
+        def measured(sizes: dict[int, int]) -> None:
+            self._sizes = sizes
+            self._sizes_measured(messages)
+
+        def failed(failure: Failure) -> None:
+            # each size is measured when first needed instead (and a
+            # message that cannot be read is logged then)
+            log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
+                        user=self._user)
+            self._sizes_measured(messages)
+
+        call(_measure_sizes, mailbox, [m.size for m in messages]).addCallbacks(
+            measured, failed).addErrback(self._internal_error)
+
+    def _sizes_measured(self, messages: Any) -> None:
+        if self._lost:
+            self._release()
+            return
+        self._finish_login(self.engine.login_succeeded(messages, self._client_size))
 
     def _login_failed(self, failure: Failure, mechanism: str) -> None:
         if failure.check(LoginAbandoned):
@@ -637,25 +700,14 @@ class POP3Protocol(Protocol):
         size = self._sizes.get(index)
         if size is not None:
             return size
-        size = stored = self.engine.messages[index].size  # type: ignore[union-attr]
-        f = None
+        stored = self.engine.messages[index].size  # type: ignore[union-attr]
         try:
-            f = self.mailbox.open_message(index)
-            first = f.read(SIZE_PROBE)
-            end = header_end(first)
-            if end is not None and first[:end].isascii():
-                pass  # the common case: nothing to downgrade
-            else:
-                start = self._downgrade_start(first, f, len(first) < SIZE_PROBE, True)
-                if start is not None:
-                    size = stored + start[2]
+            size = _client_size_of(self.mailbox, index, stored)
         except Exception:
             # RETR will say what is wrong with the message; LIST goes on
             log_failure(log, Failure(), "POP3 cannot read message {index} of {user}",
                         index=index, user=self._user)
-        finally:
-            if f is not None:
-                f.close()
+            size = stored
         self._sizes[index] = size
         return size
 
