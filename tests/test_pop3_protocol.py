@@ -1691,3 +1691,43 @@ def test_a_client_gone_while_sizes_are_measured_releases_the_mailbox(monkeypatch
     proto.connectionLost(None)
     env.components.syncer.run()
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_message_with_no_body_is_not_read_whole_to_find_its_header_end():
+    # the UTF-8 check reads on to the end of the header section; a message
+    # that is all header (no empty line) must not be read whole in one turn
+    # of the reactor before anything is sent: no further than a header
+    # section that could still be downgraded (DOWNGRADE_HEADER_LIMIT)
+    env = Env()
+    line = b"X-Filler: " + b"a" * 70 + b"\n"
+    msg = line * (3 * (1 << 20) // len(line))
+    env.store.add("joe@example.org", msg)
+    proto, t = login_utf8(env, utf8=False)
+    before_rewind = []
+
+    class Counting:
+        def __init__(self, f):
+            self.f, self.read_so_far, self.rewound = f, 0, False
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            if not self.rewound:
+                self.read_so_far += len(data)
+            return data
+
+        def seek(self, pos, whence=0):
+            if not self.rewound:
+                before_rewind.append(self.read_so_far)
+            self.rewound = True
+            return self.f.seek(pos, whence)
+
+        def close(self):
+            self.f.close()
+
+    real_open = proto.mailbox.open_message
+    proto.mailbox.open_message = lambda i: Counting(real_open(i))
+    out = talk(proto, t, b"RETR 1\r\n")
+    assert out.startswith(b"+OK %d octets\r\n" % crlf_size_of(msg))  # as stored: ASCII
+    assert out.endswith(b"\r\n.\r\n") and len(out) > len(msg)
+    [scanned] = before_rewind
+    assert scanned <= pop3_protocol.DOWNGRADE_HEADER_LIMIT + pop3_protocol.CHUNK_SIZE

@@ -598,11 +598,16 @@ class POP3Protocol(Protocol):
                 scan = HeaderScan()
                 if not scan.feed(first) and f is not None:
                     # a header section longer than a chunk: read on to its
-                    # end, then start the message again from its first octet
-                    while not scan.done:
+                    # end, then start the message again from its first octet;
+                    # no further than a downgraded one may be long (past
+                    # that, RETR refuses a UTF-8 one): a message with no
+                    # body is not read whole in one turn of the reactor
+                    scanned = len(first)
+                    while not scan.done and scanned <= DOWNGRADE_HEADER_LIMIT:
                         more = f.read(CHUNK_SIZE)
                         if not more:
                             break
+                        scanned += len(more)
                         scan.feed(more)
                     f = self._rewind(f, action.index)
                     first = f.read(CHUNK_SIZE)
