@@ -1731,3 +1731,24 @@ def test_a_message_with_no_body_is_not_read_whole_to_find_its_header_end():
     assert out.endswith(b"\r\n.\r\n") and len(out) > len(msg)
     [scanned] = before_rewind
     assert scanned <= pop3_protocol.DOWNGRADE_HEADER_LIMIT + pop3_protocol.CHUNK_SIZE
+
+
+def test_the_size_job_of_a_client_gone_stops_reading(monkeypatch):
+    # its lock is released at once, so a client reconnecting would start
+    # another job beside this one each time: the job stops instead of
+    # reading every header of the mailbox for nobody
+    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
+    env = Env()
+    env.components.syncer = HeldCalls()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
+    proto, t = env.connect()
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    opened = []
+    mailbox = proto.mailbox
+    real_open = mailbox.open_message
+    mailbox.open_message = lambda i: (opened.append(i), real_open(i))[1]
+    proto.connectionLost(None)
+    env.components.syncer.run()
+    assert opened == []
+    assert not env.store.is_locked("joe@example.org")

@@ -14,6 +14,7 @@ means, and must not touch the Maildir except through ``IMailbox``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -124,12 +125,19 @@ def _client_size_of(mailbox: Any, index: int, stored: int) -> int:
         f.close()
 
 
-def _measure_sizes(mailbox: Any, stored: list[int]) -> dict[int, int]:
+def _measure_sizes(mailbox: Any, stored: list[int],
+                   gone: Callable[[], bool]) -> dict[int, int]:
     """``_client_size_of`` for every message, on a worker thread; a
     message that cannot be read is left out (measured, and its error
-    logged, on the reactor thread if LIST asks)."""
-    sizes = {}
+    logged, on the reactor thread if LIST asks).  Stops once ``gone()``:
+    a client that hangs up has its mailbox lock released at once, so its
+    next login would start another job beside this one -- reconnecting
+    could otherwise fill every worker thread (and hold up every fsync)
+    with reads nobody waits for."""
+    sizes: dict[int, int] = {}
     for index, size in enumerate(stored):
+        if gone():
+            break
         try:
             sizes[index] = _client_size_of(mailbox, index, size)
         except Exception:  # left for the reactor thread to measure and log
@@ -518,7 +526,9 @@ class POP3Protocol(Protocol):
                         user=self._user)
             self._sizes_measured(messages)
 
-        call(_measure_sizes, mailbox, [m.size for m in messages]).addCallbacks(
+        # reading the flag from the worker thread is safe: a plain attribute
+        call(_measure_sizes, mailbox, [m.size for m in messages],
+             lambda: self._lost).addCallbacks(
             measured, failed).addErrback(self._internal_error)
 
     def _sizes_measured(self, messages: Any) -> None:
