@@ -1697,8 +1697,10 @@ def test_a_message_with_no_body_is_not_read_whole_to_find_its_header_end():
     # the UTF-8 check reads on to the end of the header section; a message
     # that is all header (no empty line) must not be read whole in one turn
     # of the reactor before anything is sent: no further than a header
-    # section that could still be downgraded (DOWNGRADE_HEADER_LIMIT)
+    # section that could still be downgraded (DOWNGRADE_HEADER_LIMIT); the
+    # rest is read on a worker thread
     env = Env()
+    env.components.syncer = HeldCalls()
     line = b"X-Filler: " + b"a" * 70 + b"\n"
     msg = line * (3 * (1 << 20) // len(line))
     env.store.add("joe@example.org", msg)
@@ -1726,11 +1728,16 @@ def test_a_message_with_no_body_is_not_read_whole_to_find_its_header_end():
 
     real_open = proto.mailbox.open_message
     proto.mailbox.open_message = lambda i: Counting(real_open(i))
-    out = talk(proto, t, b"RETR 1\r\n")
+    assert talk(proto, t, b"RETR 1\r\nNOOP\r\n") == b""  # the worker reads on
+    [(_, _, (f, _, _))] = env.components.syncer.jobs
+    assert f.read_so_far <= pop3_protocol.DOWNGRADE_HEADER_LIMIT + pop3_protocol.CHUNK_SIZE
+    env.components.syncer.run()
+    while proto._stream is not None:
+        proto.resumeProducing()
+    out = t.value()
     assert out.startswith(b"+OK %d octets\r\n" % crlf_size_of(msg))  # as stored: ASCII
-    assert out.endswith(b"\r\n.\r\n") and len(out) > len(msg)
-    [scanned] = before_rewind
-    assert scanned <= pop3_protocol.DOWNGRADE_HEADER_LIMIT + pop3_protocol.CHUNK_SIZE
+    assert out.endswith(b"\r\n.\r\n+OK\r\n") and len(out) > len(msg)
+    assert before_rewind == [len(msg)]
 
 
 def test_the_size_job_of_a_client_gone_stops_reading(monkeypatch):
@@ -1752,3 +1759,56 @@ def test_the_size_job_of_a_client_gone_stops_reading(monkeypatch):
     env.components.syncer.run()
     assert opened == []
     assert not env.store.is_locked("joe@example.org")
+
+
+@pytest.mark.parametrize("where", ["after the cap", "across the cap"])
+def test_utf8_in_a_header_section_past_the_scan_cap_is_still_refused(monkeypatch, where):
+    # RFC 6856 5: a client without UTF8 never gets a UTF-8 header section;
+    # one over DOWNGRADE_HEADER_LIMIT has no downgraded form, wherever its
+    # UTF-8 is -- also past the octets scanned on the reactor thread, or
+    # in a character the last read there cut in two
+    monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
+    cut = 3 * CHUNK_SIZE  # where the reads on the reactor thread stop
+    line = b"X-Filler: " + b"a" * 69 + b"\n"
+    filler = line * (cut // len(line))
+    pad = cut - len(filler) - 1 if where == "across the cap" else cut - len(filler) + 100
+    msg = filler + b"X: " + b"a" * (pad - 3) + "\u00e9".encode() + b"\n" + line * 10
+    if where == "across the cap":
+        assert msg[cut - 1:cut + 1] == "\u00e9".encode()
+    else:
+        assert msg[:cut + 1].isascii()
+    env = Env()
+    env.store.add("joe@example.org", msg)
+    proto, t = login_utf8(env, utf8=False)
+    assert retr_streamed(proto, t) == R.UTF8_REQUIRED.to_bytes()
+    assert proto._stream is None and not proto._busy
+
+
+def test_a_client_gone_while_the_header_section_is_scanned(monkeypatch):
+    monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
+    env = Env()
+    env.components.syncer = HeldCalls()
+    line = b"X-Filler: " + b"a" * 69 + b"\n"
+    env.store.add("joe@example.org", line * (5 * CHUNK_SIZE // len(line)))
+    proto, t = login_utf8(env, utf8=False)
+    assert talk(proto, t, b"RETR 1\r\n") == b""
+    [(_, _, (f, _, gone))] = env.components.syncer.jobs
+    proto.connectionLost(None)
+    assert gone()  # the worker stops reading
+    env.components.syncer.run()
+    assert f.closed and t.value() == b""
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_read_error_while_the_header_section_is_scanned_is_answered(monkeypatch):
+    monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
+    env = Env()
+    env.components.syncer = HeldCalls()
+    line = b"X-Filler: " + b"a" * 69 + b"\n"
+    env.store.add("joe@example.org", line * (5 * CHUNK_SIZE // len(line)))
+    proto, t = login_utf8(env, utf8=False)
+    assert talk(proto, t, b"RETR 1\r\nNOOP\r\n") == b""
+    [(_, _, (f, _, _))] = env.components.syncer.jobs
+    env.components.syncer.run(fail=True)
+    assert t.value() == R.MESSAGE_READ_FAILED.to_bytes() + b"+OK\r\n"
+    assert f.closed and not proto._busy

@@ -125,6 +125,16 @@ def _client_size_of(mailbox: Any, index: int, stored: int) -> int:
         f.close()
 
 
+def _scan_on(f: Any, scan: HeaderScan, gone: Callable[[], bool]) -> None:
+    """Feed ``scan`` the rest of ``f`` until it knows (the header
+    section's end, or the file's); stops once ``gone()``."""
+    while not scan.done and not gone():
+        more = f.read(CHUNK_SIZE)
+        if not more:
+            break
+        scan.feed(more)
+
+
 def _measure_sizes(mailbox: Any, stored: list[int],
                    gone: Callable[[], bool]) -> dict[int, int]:
     """``_client_size_of`` for every message, on a worker thread; a
@@ -609,19 +619,33 @@ class POP3Protocol(Protocol):
                 if not scan.feed(first) and f is not None:
                     # a header section longer than a chunk: read on to its
                     # end, then start the message again from its first octet;
-                    # no further than a downgraded one may be long (past
-                    # that, RETR refuses a UTF-8 one): a message with no
-                    # body is not read whole in one turn of the reactor
+                    # on the reactor thread no further than a downgraded one
+                    # may be long (past that, RETR refuses a UTF-8 one): a
+                    # message with no body is not read whole in one turn of
+                    # the reactor
                     scanned = len(first)
+                    more = first
                     while not scan.done and scanned <= DOWNGRADE_HEADER_LIMIT:
                         more = f.read(CHUNK_SIZE)
                         if not more:
                             break
                         scanned += len(more)
                         scan.feed(more)
-                    f = self._rewind(f, action.index)
-                    first = f.read(CHUNK_SIZE)
-                    complete = len(first) < CHUNK_SIZE
+                    if not scan.done and more:
+                        # Still not known: UTF-8 further on must be refused
+                        # too (RFC 6856 5), so the rest of the header
+                        # section is read on a worker thread where there is one
+                        call = getattr(self.components.syncer, "call", None)
+                        if call is not None:
+                            self._busy = True
+                            call(_scan_on, f, scan, lambda: self._lost).addCallbacks(
+                                self._scanned_on, self._scan_on_failed,
+                                callbackArgs=(action, f, scan), errbackArgs=(action, f),
+                            ).addErrback(self._internal_error)
+                            return
+                        _scan_on(f, scan, lambda: False)
+                    self._send_scanned(action, f, scan)
+                    return
                 scan.finish()
                 if scan.needs_utf8:
                     start = self._downgrade_start(first, f, complete)
@@ -633,14 +657,64 @@ class POP3Protocol(Protocol):
                     first, complete, delta = start
                     head = self._downgraded_head(action, delta)
         except Exception:
-            # a message gone behind our back (another reader) is an OSError:
-            # one line, like every storage error; anything else a traceback
-            log_failure(log, Failure(), "POP3 cannot read message {index} of {user}",
-                        index=action.index, user=self._user)
-            if f is not None:
-                f.close()
-            self._write(R.MESSAGE_READ_FAILED.to_bytes())
+            self._read_failed(action, f)
             return
+        self._send_message(action, f, first, complete, head)
+
+    def _scanned_on(self, _: None, action: Transmit, f: Any, scan: HeaderScan) -> None:
+        """The header section scanned to its end on a worker thread."""
+        self._busy = False
+        if self._lost:
+            f.close()
+            return
+        self._answered_after_wait()
+        self._send_scanned(action, f, scan)
+        self._process()
+
+    def _scan_on_failed(self, failure: Failure, action: Transmit, f: Any) -> None:
+        self._busy = False
+        if self._lost:
+            f.close()
+            return
+        self._answered_after_wait()
+        self._read_failed(action, f, failure)
+        self._process()
+
+    def _send_scanned(self, action: Transmit, f: Any, scan: HeaderScan) -> None:
+        """The message whose header section ``scan`` read to its end (or
+        to the end of the file), from its first octet: as stored,
+        downgraded or refused."""
+        head = action.head
+        try:
+            f = self._rewind(f, action.index)
+            first = f.read(CHUNK_SIZE)
+            complete = len(first) < CHUNK_SIZE
+            scan.finish()
+            if scan.needs_utf8:
+                start = self._downgrade_start(first, f, complete)
+                if start is None:
+                    f.close()
+                    self._refuse_utf8(action)
+                    return
+                first, complete, delta = start
+                head = self._downgraded_head(action, delta)
+        except Exception:
+            self._read_failed(action, f)
+            return
+        self._send_message(action, f, first, complete, head)
+
+    def _read_failed(self, action: Transmit, f: Any, failure: Failure | None = None) -> None:
+        # a message gone behind our back (another reader) is an OSError:
+        # one line, like every storage error; anything else a traceback
+        log_failure(log, failure or Failure(), "POP3 cannot read message {index} of {user}",
+                    index=action.index, user=self._user)
+        if f is not None:
+            f.close()
+        self._write(R.MESSAGE_READ_FAILED.to_bytes())
+
+    def _send_message(self, action: Transmit, f: Any, first: bytes, complete: bool,
+                      head: bytes) -> None:
+        """Send the message from ``first``, then on from ``f`` (streamed)."""
         if complete:
             if f is not None:
                 f.close()
