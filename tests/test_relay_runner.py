@@ -1154,10 +1154,11 @@ def test_a_dns_answer_that_comes_during_the_grace_starts_no_connection(tmp_path)
     assert stopped.called and hub.queue.ids() == [second]
 
 
-def test_an_entry_with_a_session_and_a_dns_lookup_is_waited_for_whole(tmp_path, monkeypatch):
+def test_an_entry_with_a_session_and_a_dns_lookup_is_given_up_once_the_session_is_recorded(
+        tmp_path, monkeypatch):
     # one entry, two destinations: one in its session, one waiting for DNS.
-    # Its session's outcome is recorded only with the other's: the entry
-    # is waited for, and its other destination may still connect.
+    # The stop waits for the session; once its outcome is recorded, what is
+    # left of the entry only looks up DNS: given up, it connects no more.
     hub = relay_hub(tmp_path, "other.test")
     copied: defer.Deferred = defer.Deferred()
     monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
@@ -1166,27 +1167,176 @@ def test_an_entry_with_a_session_and_a_dns_lookup_is_waited_for_whole(tmp_path, 
     enqueue(hub, LOCAL)  # another entry the stop waits for
     stopped = hub.runner.stop()
     assert not stopped.called
-    hub.net.run()  # the session to remote.test is over ...
-    copied.callback({LOCAL: None})  # (the stop looks again when the other is done)
-    assert not stopped.called  # ... but not recorded yet
+    hub.net.run()  # the session to remote.test is over, and recorded
+    assert [r.state for r in hub.queue.read(qid).recipients] == ["delivered", "pending"]
+    assert not stopped.called  # the local copy is still being made
+    copied.callback({LOCAL: None})
+    assert stopped.called
     hub.answer("other.test")
     hub.net.run()
-    assert hub.net.connections == [("192.0.2.1", 25), ("192.0.2.50", 25)]
-    assert stopped.called
-    assert qid not in hub.queue.ids()  # both delivered, recorded once
+    assert hub.net.connections == [("192.0.2.1", 25)]  # other.test: never connected
+    assert hub.queue.ids() == [qid]
 
 
-def test_an_entry_with_a_session_and_a_dns_lookup_is_given_up_only_after_the_grace(tmp_path):
+def test_an_entry_with_a_session_and_a_dns_lookup_records_the_session_then_gives_up(tmp_path):
     hub = relay_hub(tmp_path, "other.test")
     hub.runner.start()
     qid = enqueue(hub, BOB, CAROL)
     before = hub.queue.read(qid)
     stopped = hub.runner.stop()
+    hub.clock.advance(1)
+    assert not stopped.called  # in its session to remote.test
     hub.net.run()
-    hub.clock.advance(9.9)
-    assert not stopped.called
-    hub.clock.advance(0.1)
-    assert stopped.called and hub.queue.read(qid) == before
+    assert stopped.called  # recorded: the DNS lookup left is not waited for
+    after = hub.queue.read(qid)
+    assert after.recipient(BOB).state == "delivered"
+    assert after.recipient(CAROL) == before.recipient(CAROL)
+    assert after.attempts == before.attempts and after.next_attempt == before.next_attempt
+
+
+def two_destinations(hub, bob=("delivered", OK)):
+    """BOB's destination answers ``bob`` at once; CAROL's hangs (a slow
+    server, in its session): the Deferreds it waits on."""
+    hung = []
+
+    def script(e, d, r):
+        if d == "remote.test":
+            return [DeliveryResult(a, bob[0], bob[1], "mx.remote.test") for a in r]
+        x = defer.Deferred()
+        hung.append((x, r))
+        return x
+
+    hub.agent.script = script
+    return hung
+
+
+def test_a_destination_done_is_recorded_while_another_hangs(hub):
+    hub.runner.start()
+    hung = two_destinations(hub)
+    qid = enqueue(hub, BOB, CAROL)
+    entry = hub.queue.read(qid)
+    assert entry.recipient(BOB).state == "delivered"
+    assert entry.recipient(BOB).remote_mta == "mx.remote.test"
+    assert entry.recipient(CAROL).state == "pending"
+    assert entry.attempts == 0  # the entry's own count is the final record's
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER, "mx.other.test") for a in r])
+    entry = hub.queue.read(qid)
+    assert entry.attempts == 1 and entry.recipient(CAROL).attempts == 1
+    assert entry.recipient(BOB).attempts == 1  # not counted twice
+    assert entry.next_attempt == hub.clock.seconds() + 60
+
+
+def test_a_stop_that_gives_up_a_hung_destination_keeps_the_other_delivered(hub):
+    hub.runner.start()
+    hung = two_destinations(hub)
+    qid = enqueue(hub, BOB, CAROL)
+    stopped = hub.runner.stop()
+    assert not stopped.called  # the session to other.test goes on ...
+    hub.clock.advance(10)
+    assert stopped.called and hub.agent.aborted == 1  # ... until the grace is over
+    hung[0][0].callback([DeliveryResult(CAROL, "delivered", OK, "mx")])  # too late
+    assert [r.state for r in hub.queue.read(qid).recipients] == ["delivered", "pending"]
+    # the next start: only other.test is tried again
+    agent2 = FakeAgent()
+    runner2 = QueueRunner(OutboundQueue(hub.settings.queue_dir, hub.clock), agent2,
+                          hub.components, hub.clock, send_dsn=hub.dsn)
+    runner2.start()
+    try:
+        assert agent2.calls == [(qid, "other.test", [CAROL])]
+        assert hub.queue.ids() == []
+    finally:
+        runner2.stop()
+
+
+def test_a_crash_after_one_destination_leaves_it_delivered(hub):
+    hub.runner.start()
+    two_destinations(hub)
+    qid = enqueue(hub, BOB, CAROL)
+    # the process dies here: a new one reads the same queue directory
+    queue2 = OutboundQueue(hub.settings.queue_dir, hub.clock)
+    [entry] = queue2.recover()
+    assert entry.id == qid and entry.recipient(BOB).state == "delivered"
+    assert [r.address for r in entry.pending] == [CAROL]
+    agent2 = FakeAgent()
+    runner2 = QueueRunner(queue2, agent2, hub.components, hub.clock, send_dsn=hub.dsn)
+    runner2.start()
+    try:
+        assert agent2.calls == [(qid, "other.test", [CAROL])]
+        assert queue2.ids() == []
+    finally:
+        runner2.stop()
+
+
+def test_a_failure_recorded_early_is_bounced_once_at_the_end(hub):
+    hub.runner.start()
+    hung = two_destinations(hub, bob=("permanent", NO))
+    qid = enqueue(hub, BOB, CAROL)
+    assert hub.queue.read(qid).recipient(BOB).state == "failed"
+    assert hub.dsn.sent == []  # the notice is the final record's
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "delivered", OK, "mx.other.test") for a in r])
+    [(env, data)] = hub.dsn.sent
+    assert env.recipients == (ALICE,)
+    assert b"Final-Recipient: rfc822; bob@remote.test" in data
+    assert b"carol@other.test" not in data.split(b"message/delivery-status")[1]
+    assert hub.queue.ids() == []
+    hub.clock.advance(3600)
+    assert len(hub.dsn.sent) == 1
+
+
+def test_a_failure_recorded_before_a_stop_is_bounced_once_by_the_next_start(hub):
+    hub.runner.start()
+    two_destinations(hub, bob=("permanent", NO))
+    qid = enqueue(hub, BOB, CAROL)
+    hub.runner.stop(grace=0)
+    assert hub.dsn.sent == []
+    agent2 = FakeAgent()
+    runner2 = QueueRunner(OutboundQueue(hub.settings.queue_dir, hub.clock), agent2,
+                          hub.components, hub.clock, send_dsn=hub.dsn)
+    runner2.start()
+    try:
+        assert agent2.calls == [(qid, "other.test", [CAROL])]
+        [(_, data)] = hub.dsn.sent
+        assert b"Final-Recipient: rfc822; bob@remote.test" in data
+        assert hub.queue.ids() == []
+    finally:
+        runner2.stop()
+
+
+def test_the_updates_of_one_entry_are_written_one_at_a_time(hub, monkeypatch):
+    dave = Address("dave", "third.test")
+    pending = hub.agent.hold()
+    real = hub.queue.update
+    held = []
+
+    def update(qid, change):
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL, dave)
+    by_rcpt = {r[0]: x for x, r in pending}
+    by_rcpt[BOB].callback([DeliveryResult(BOB, "delivered", OK, "mx")])
+    by_rcpt[CAROL].callback([DeliveryResult(CAROL, "permanent", NO, "mx")])
+    assert len(held) == 1  # the second waits for the first
+    held.pop(0)()
+    assert len(held) == 1
+    held.pop(0)()
+    entry = hub.queue.read(qid)
+    assert [r.state for r in entry.recipients] == ["delivered", "failed", "pending"]
+    # a stop now waits for dave's session only; its outcome is the final record
+    stopped = hub.runner.stop()
+    by_rcpt[dave].callback([DeliveryResult(dave, "delivered", OK, "mx")])
+    assert len(held) == 1 and not stopped.called
+    held.pop(0)()
+    assert hub.queue.read(qid).recipient(dave).state == "delivered"
+    while held:  # then the bounce for carol, and its record
+        assert not stopped.called
+        held.pop(0)()
+    assert stopped.called and hub.queue.ids() == [] and len(hub.dsn.sent) == 1
 
 
 def test_a_stop_waits_for_an_outcome_being_recorded(hub, monkeypatch):
@@ -1275,3 +1425,55 @@ def test_a_second_stop_with_a_shorter_grace_ends_the_wait_sooner(hub):
     second = hub.runner.stop(grace=30)
     hub.clock.advance(2)
     assert first.called and second.called and hub.agent.aborted == 2
+
+
+def test_a_destination_whose_record_cannot_be_written_is_recorded_with_the_others(hub,
+                                                                                   monkeypatch):
+    hub.runner.start()
+    hung = two_destinations(hub)
+    real = hub.queue.update
+    calls = []
+
+    def update(qid, change):
+        calls.append(qid)
+        if len(calls) == 1:  # the early record of remote.test
+            return defer.fail(OSError(24, "Too many open files"))
+        return real(qid, change)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(calls) == 1 and hub.queue.read(qid).recipient(BOB).state == "pending"
+    # its answer is still to be recorded: a stop waits for the entry, though
+    # its other destination only looks up DNS
+    hub.agent.resolving.add(qid)
+    stopped = hub.runner.stop()
+    assert not stopped.called
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert stopped.called
+    entry = hub.queue.read(qid)
+    assert entry.recipient(BOB).state == "delivered" and entry.recipient(BOB).attempts == 1
+    assert entry.recipient(CAROL).state == "pending" and entry.attempts == 1
+
+
+def test_a_destination_with_a_temporary_answer_left_is_still_waited_for(hub):
+    # remote.test took bob and answered 451 for dave: bob is recorded at
+    # once, dave's answer only with the entry's final record -- a stop
+    # waits for it, though other.test only looks up DNS
+    dave = Address("dave", "remote.test")
+    hung = two_destinations(hub)
+    script = hub.agent.script
+    hub.agent.script = lambda e, d, r: (
+        [DeliveryResult(BOB, "delivered", OK, "mx"), DeliveryResult(dave, "transient", LATER, "mx")]
+        if d == "remote.test" else script(e, d, r))
+    hub.runner.start()
+    qid = enqueue(hub, BOB, dave, CAROL)
+    assert hub.queue.read(qid).recipient(BOB).state == "delivered"
+    hub.agent.resolving.add(qid)
+    stopped = hub.runner.stop()
+    assert not stopped.called
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER) for a in r])
+    assert stopped.called
+    entry = hub.queue.read(qid)
+    assert entry.recipient(dave).last_reply == LATER and entry.recipient(dave).attempts == 1

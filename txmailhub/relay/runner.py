@@ -6,7 +6,12 @@ second it looks for due entries and for the control files ``mailhub
 queue`` leaves (flush, and hold/release/delete changes).  For each entry
 it delivers local recipients through the mailbox store and remote ones
 through the delivery agent -- within per-destination and global
-concurrency limits -- then writes each recipient's new state, sends the
+concurrency limits.  A destination's delivered and permanently failed
+recipients are written to the record as soon as that destination is done
+while others of the entry still run (one update per destination, in
+turn per entry), so a stop that gives the rest up, or a crash, leaves
+only the unfinished destinations pending; the last one's results go with
+the entry's own bookkeeping in one update.  Then it sends the
 DSNs that are owed (failures, the one "delayed" warning, RFC 3461 success
 notices) and lets the queue remove the entry once it is finished.  An
 exception while handling one entry is logged and that entry rescheduled;
@@ -71,12 +76,18 @@ class QueueRunner:
         self._give_up_timer: Any = None
         # What a stop must wait for (``_must_finish``): the entries whose
         # deliveries are under way (``_attempting``), and of those the ones
-        # that already have something to record (``_kept``: a local
-        # delivery begun, a remote host's answer); the entries a stop gave
+        # that still have something to record (``_kept``, a count per entry:
+        # a local delivery begun, a remote host's answer not yet recorded, a
+        # destination's results being written); of those, how many
+        # destinations are not done yet (``_open``); the entries a stop gave
         # up at once while it waits for others (``_dropped``).
         self._attempting: set[str] = set()
-        self._kept: set[str] = set()
+        self._kept: dict[str, int] = {}
+        self._open: dict[str, int] = {}
         self._dropped: set[str] = set()
+        # One record update at a time per entry: a destination's results
+        # and the entry's final record must not overtake each other.
+        self._record_locks: dict[str, defer.DeferredLock] = {}
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
         # delivering those copies again.  In memory only: after a crash the
@@ -167,14 +178,18 @@ class QueueRunner:
         Outside its deliveries an entry records an outcome or sends a
         notice: giving it up would forget a delivery made (a second one at
         the next start).  During them, a local delivery begun, a remote
-        host's answer already in hand, or a delivery past connecting (the
-        agent knows) must be finished too.  What is left -- deliveries
-        waiting for a slot, looking up DNS, connecting -- loses nothing."""
+        host's answer not yet recorded (or being recorded), or a delivery
+        past connecting (the agent knows) must be finished too, and so must
+        an entry whose destinations are all done (its record follows).  What
+        is left -- deliveries waiting for a slot, looking up DNS,
+        connecting, beside destinations whose results are recorded already
+        -- loses nothing."""
         if qid in self._dropped:
             return False
         if qid not in self._attempting:
             return True
-        return qid in self._kept or self.agent.connected(qid)
+        return (qid in self._kept or self.agent.connected(qid)
+                or not self._open.get(qid))
 
     def _give_up_now(self) -> None:
         """End a stop's wait: give up what is in flight, fire its Deferreds."""
@@ -308,12 +323,27 @@ class QueueRunner:
             for d in idle:
                 if not d.called:
                     d.callback(None)
-        elif (self._idle and not self.running
-              and not any(self._must_finish(q) for q in self.active)):
-            # a stop waits, and what is left only looks up DNS or connects
-            self._give_up_now()
+        else:
+            self._look_again()
         if self.running:
             self.kick()
+
+    def _look_again(self) -> None:
+        """While a stop waits: give up the entries that need no more
+        waiting for (what they had to record is recorded; the rest only
+        looks up DNS or connects), or everything when none is left."""
+        if not self._idle or self.running:
+            return
+        if not any(self._must_finish(q) for q in self.active):
+            self._give_up_now()
+            return
+        loose = {q for q in self.active if q not in self._dropped and not self._must_finish(q)}
+        if loose:
+            self._dropped |= loose
+            self.agent.quiesce({q for q in self.active if q not in self._dropped})
+            log.info("stopping: {count} more delivery attempt(s) given up (what they had to "
+                     "record is recorded; the rest only looks up DNS or connects), retried at "
+                     "the next start", count=len(loose))
 
     # --- one entry -------------------------------------------------------------------
 
@@ -335,10 +365,11 @@ class QueueRunner:
         if entry.pending and not results:
             self._attempting.add(qid)
             try:
-                results = yield self._attempt(entry)
+                results = yield self._attempt(entry, generation)
             finally:
                 self._attempting.discard(qid)
-                self._kept.discard(qid)
+                self._kept.pop(qid, None)
+                self._open.pop(qid, None)
         if generation != self._generation or qid in self._dropped:
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
@@ -355,7 +386,7 @@ class QueueRunner:
             return self._record(e, results, now, lines, released=e.releases != releases)
 
         try:
-            entry = yield self.queue.update(qid, record)
+            entry = yield self._write(qid, record)
         except Exception:
             if results:
                 self._unrecorded[qid] = results
@@ -388,7 +419,37 @@ class QueueRunner:
         self._notified.pop(qid, None)
         self._release_seen.pop(qid, None)
 
-    def _attempt(self, entry: QueueEntry) -> defer.Deferred:
+    def _write(self, qid: str, change: Callable[[QueueEntry], QueueEntry | None],
+               guard: Callable[[], bool] | None = None) -> defer.Deferred:
+        """``queue.update(qid, change)`` once the updates of ``qid`` before
+        it are written (none at all when ``guard()`` is false by then)."""
+        lock = self._record_locks.get(qid)
+        if lock is None:
+            lock = self._record_locks[qid] = defer.DeferredLock()
+
+        def update() -> defer.Deferred:
+            if guard is not None and not guard():
+                return defer.succeed(None)
+            return self.queue.update(qid, change)
+
+        def tidy(result: Any) -> Any:
+            if not lock.locked and not lock.waiting and self._record_locks.get(qid) is lock:
+                del self._record_locks[qid]
+            return result
+
+        return lock.run(update).addBoth(tidy)
+
+    def _keep(self, qid: str) -> None:
+        self._kept[qid] = self._kept.get(qid, 0) + 1
+
+    def _unkeep(self, qid: str) -> None:
+        left = self._kept.get(qid, 0) - 1
+        if left > 0:
+            self._kept[qid] = left
+        else:
+            self._kept.pop(qid, None)
+
+    def _attempt(self, entry: QueueEntry, generation: int) -> defer.Deferred:
         router = self.components.router
         local: list[Address] = []
         groups: dict[str, list[Address]] = {}
@@ -397,31 +458,39 @@ class QueueRunner:
                 local.append(r.address)
             else:
                 groups.setdefault(self.agent.destination(r.address), []).append(r.address)
-        ds = [self._limited(dest, entry, rcpts) for dest, rcpts in groups.items()]
+        self._open[entry.id] = len(groups) + (1 if local else 0)  # (before any is done)
+        ds = [self._limited(dest, entry, rcpts, generation) for dest, rcpts in groups.items()]
         if local:
-            ds.append(self._deliver_local(entry, local))
-        d = defer.gatherResults(ds, consumeErrors=True)
+            ds.append(self._deliver_local(entry, local, generation))
+
+        def closed(result: Any) -> Any:
+            if entry.id in self._open:
+                self._open[entry.id] -= 1
+                self._look_again()
+            return result
+
+        d = defer.gatherResults([d.addBoth(closed) for d in ds], consumeErrors=True)
         return d.addCallback(lambda lists: [r for rs in lists for r in rs])
 
-    def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address]) -> defer.Deferred:
+    def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
+                 generation: int) -> defer.Deferred:
         sem = self._semaphores.get(dest)
         if sem is None:
             sem = self._semaphores[dest] = defer.DeferredSemaphore(
                 self.relay.max_per_destination)
-
-        generation = self._generation
 
         def deliver() -> defer.Deferred:
             if generation != self._generation or entry.id in self._dropped:
                 return defer.succeed([])  # waited for a slot past a stop
             return self.agent.deliver(entry, dest, rcpts).addCallback(delivered)
 
-        def delivered(results: list[DeliveryResult]) -> list[DeliveryResult]:
-            if any(r.remote_mta is not None or r.kind == "delivered" for r in results):
+        def delivered(results: list[DeliveryResult]) -> Any:
+            answered = any(r.remote_mta is not None or r.kind == "delivered" for r in results)
+            if answered:
                 # a remote host answered: to be recorded, whatever the other
                 # destinations of this entry still do
-                self._kept.add(entry.id)
-            return results
+                self._keep(entry.id)
+            return self._record_partial(entry, dest, results, generation, answered)
 
         def run() -> defer.Deferred:
             return self._global.run(deliver)
@@ -435,8 +504,9 @@ class QueueRunner:
 
         return d.addBoth(tidy)
 
-    def _deliver_local(self, entry: QueueEntry, rcpts: list[Address]) -> defer.Deferred:
-        self._kept.add(entry.id)  # a copy made must be recorded: a stop waits for it
+    def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
+                       generation: int) -> defer.Deferred:
+        self._keep(entry.id)  # a copy made must be recorded: a stop waits for it
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
         store = self.components.store
         if IKeyedStore.providedBy(store):
@@ -465,7 +535,67 @@ class QueueRunner:
             reply = LocalReply.of(451, "4.3.0", f"local delivery failed: {f.getErrorMessage()}")
             return [DeliveryResult(a, "transient", reply) for a in rcpts]
 
-        return d.addCallbacks(done, failed)
+        d.addCallbacks(done, failed)
+        return d.addCallback(lambda results: self._record_partial(
+            entry, "local mailboxes", results, generation, True))
+
+    def _record_partial(self, entry: QueueEntry, dest: str, results: list[DeliveryResult],
+                        generation: int, kept: bool) -> defer.Deferred:
+        """Write ``dest``'s delivered and permanently failed recipients
+        now, while other destinations of ``entry`` still run: a stop that
+        gives those up, or a crash, must not leave a delivered recipient
+        pending (it would get the message again at the next start).
+
+        Only the recipients' states change here; the entry's attempt count,
+        next attempt and notices are the final record's (``_process``),
+        which skips what is recorded already.  The last destination to
+        finish writes nothing here: the final record follows at once.
+        Fires with ``results`` whatever happens: a write that fails leaves
+        them to the final record.  ``kept``: ``dest`` holds one of the
+        entry's ``_kept`` counts, given back once nothing of it is left to
+        record."""
+        qid = entry.id
+        final = [r for r in results if r.kind in ("delivered", "permanent")]
+        if (not final or self._open.get(qid, 0) <= 1
+                or generation != self._generation or qid in self._dropped):
+            return defer.succeed(results)
+        now = self.clock.seconds()
+        lines: list[dict] = []
+
+        def change(e: QueueEntry) -> QueueEntry:
+            del lines[:]  # the lines of the version that is written
+            expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
+            updates = self._apply(e, final, now, expired)
+            for res in final:
+                rec = updates.get(res.address)
+                if rec is not None:
+                    lines.append(self._line(e, res, rec, None))
+            return e.with_recipients(updates)
+
+        def live() -> bool:
+            return generation == self._generation and qid not in self._dropped
+
+        self._keep(qid)  # a stop waits for the write
+
+        def written(_: Any) -> None:
+            for fields in lines:
+                log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+            if kept and len(final) == len(results):
+                self._unkeep(qid)  # all of it recorded: no longer waited for
+
+        def failed(f: Failure) -> None:
+            log_failure(log, f, "{queue_id}: the results for {destination} cannot be "
+                        "recorded yet; recorded with the others", queue_id=qid,
+                        destination=dest)
+
+        d = self._write(qid, change, live)
+        d.addCallbacks(written, failed)
+
+        def done(_: Any) -> list[DeliveryResult]:
+            self._unkeep(qid)
+            return results
+
+        return d.addCallback(done)
 
     # --- recording ---------------------------------------------------------------------
 
@@ -478,27 +608,7 @@ class QueueRunner:
         were being made; the admin asked for an attempt now, and the
         schedule's next retry must not overrule that."""
         expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
-        updates: dict[Address, RecipientRecord] = {}
-        for res in results:
-            try:
-                rec = e.recipient(res.address)
-            except KeyError:
-                continue
-            if rec.state != PENDING:
-                continue
-            rec = dataclasses.replace(rec, attempts=rec.attempts + 1, last_attempt=now,
-                                      last_reply=res.reply, remote_mta=res.remote_mta)
-            if res.kind == "delivered":
-                notice = None
-                if bounce.wants_notice(e, rec, bounce.DELIVERED):
-                    if res.remote_mta is None:
-                        notice = bounce.DELIVERED
-                    elif not res.dsn_passed:
-                        notice = bounce.RELAYED
-                rec = dataclasses.replace(rec, state=DELIVERED, notice=notice)
-            elif res.kind == "permanent" or expired:
-                rec = dataclasses.replace(rec, state=FAILED)
-            updates[res.address] = rec
+        updates = self._apply(e, results, now, expired)
         if expired:  # a recipient not attempted now (say, a crash) still expires
             for rec in e.recipients:
                 if rec.state == PENDING and rec.address not in updates:
@@ -523,18 +633,53 @@ class QueueRunner:
                 rec = updates.get(res.address)
                 if rec is None:
                     continue  # not pending any more: its line was logged then
-                # the server's words (a remote queue id on success), or the
-                # hub's own account (marked, as in `queue show`), and what next
-                who = "hub: " if isinstance(res.reply, LocalReply) else ""
-                if rec.state == DELIVERED:
-                    then = ""
-                elif rec.state == FAILED:
-                    then = "; failed" if res.kind == "permanent" else "; failed: too long queued"
-                else:
-                    then = f"; next attempt {schedule.utc_text(nxt)}"
-                lines.append(dict(queue_id=e.id, recipient=str(res.address), who=who,
-                                  reply=res.reply.text(), then=then))
+                lines.append(self._line(e, res, rec, nxt))
         return dataclasses.replace(e, attempts=attempts, next_attempt=nxt)
+
+    @staticmethod
+    def _apply(e: QueueEntry, results: list[DeliveryResult], now: float,
+               expired: bool) -> dict[Address, RecipientRecord]:
+        """The new records of the recipients ``results`` are about that are
+        still pending in ``e`` (one recorded already, by a destination's
+        own update or a record written before, stays as it is)."""
+        updates: dict[Address, RecipientRecord] = {}
+        for res in results:
+            try:
+                rec = e.recipient(res.address)
+            except KeyError:
+                continue
+            if rec.state != PENDING:
+                continue
+            rec = dataclasses.replace(rec, attempts=rec.attempts + 1, last_attempt=now,
+                                      last_reply=res.reply, remote_mta=res.remote_mta)
+            if res.kind == "delivered":
+                notice = None
+                if bounce.wants_notice(e, rec, bounce.DELIVERED):
+                    if res.remote_mta is None:
+                        notice = bounce.DELIVERED
+                    elif not res.dsn_passed:
+                        notice = bounce.RELAYED
+                rec = dataclasses.replace(rec, state=DELIVERED, notice=notice)
+            elif res.kind == "permanent" or expired:
+                rec = dataclasses.replace(rec, state=FAILED)
+            updates[res.address] = rec
+        return updates
+
+    @staticmethod
+    def _line(e: QueueEntry, res: DeliveryResult, rec: RecipientRecord,
+              nxt: float | None) -> dict:
+        """The log fields of one recorded result: the server's words (a
+        remote queue id on success), or the hub's own account (marked, as
+        in `queue show`), and what next (``nxt``: a pending one's retry)."""
+        who = "hub: " if isinstance(res.reply, LocalReply) else ""
+        if rec.state == DELIVERED:
+            then = ""
+        elif rec.state == FAILED:
+            then = "; failed" if res.kind == "permanent" else "; failed: too long queued"
+        else:
+            then = "" if nxt is None else f"; next attempt {schedule.utc_text(nxt)}"
+        return dict(queue_id=e.id, recipient=str(res.address), who=who,
+                    reply=res.reply.text(), then=then)
 
     # --- notices ------------------------------------------------------------------------
 
