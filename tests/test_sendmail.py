@@ -18,7 +18,9 @@ from txmailhub.errors import ConfigError
 from txmailhub.sendmail import (
     EX_CONFIG,
     EX_DATAERR,
+    EX_NOUSER,
     EX_USAGE,
+    LoginNotAddress,
     MessageTooBig,
     Options,
     Prepared,
@@ -520,6 +522,60 @@ def test_the_uid_is_the_real_one_by_default(monkeypatch: pytest.MonkeyPatch) -> 
     p = prepare(read_message(io.BytesIO(b"\n"), True, 100), Options(recipients=("bob",)),
                 SETTINGS, LOGIN)
     assert b"from userid 4321 joe)" in p.header.split(b"\r\n")[0]
+
+
+# --- a login name that is no local part ------------------------------------------
+
+# logins some systems allow (useradd --badname, directory services) that no
+# unquoted local part has; and one that would name another domain
+ODD_LOGINS = ["joe smith", "a(b)\\c", "joe\udcf6", "ann@evil.example", '"q"', "<joe>",
+              "joe.", ""]
+
+
+@pytest.mark.parametrize("login", ODD_LOGINS)
+def test_with_f_an_odd_login_only_names_the_user_in_the_trace(login: str) -> None:
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n",
+             Options(recipients=("bob",), sender="joe@example.org"), login=(login, "Joe"))
+    assert p.sender == "joe@example.org"
+    assert field(untraced(p), b"From") == [b"From: joe@example.org"]  # not the GECOS name
+    trace = trace_field("mail.example.org", login, 1000, "x").split(b"\r\n")[0]
+    assert sent(p).split(b"\r\n")[0] == trace  # the login, made safe for a comment
+    assert hub_verdict(sent(p)) is None
+
+
+@pytest.mark.parametrize("login", ODD_LOGINS)
+def test_an_odd_login_cannot_be_the_default_sender(login: str) -> None:
+    with pytest.raises(LoginNotAddress, match="-f ADDRESS"):
+        prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",)),
+             login=(login, ""))
+    # nor the From of a null sender's message that has none (it names a mailbox)
+    with pytest.raises(LoginNotAddress):
+        prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), sender=""),
+             login=(login, ""))
+    p = prep(b"From: joe@example.org\r\n\r\nbody\r\n",
+             Options(recipients=("bob",), sender=""), login=(login, ""))
+    assert p.sender == ""
+
+
+@pytest.mark.parametrize(("login", "sender"), [("joe", "joe@example.org"),
+                                                ("j\u00f6rg", "j\u00f6rg@example.org"),
+                                                ("www-data", "www-data@example.org"),
+                                                ("o'neil+x", "o'neil+x@example.org")])
+def test_a_login_that_is_a_local_part_is_the_default_sender(login: str, sender: str) -> None:
+    p = prep(b"\r\n", Options(recipients=("bob",)), login=(login, ""))
+    assert p.sender == sender
+
+
+def test_an_odd_login_without_f_exits_67_before_connecting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    monkeypatch.setattr("txmailhub.sendmail._login", lambda: ("joe smith", ""))
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
+    said = err.getvalue()
+    assert "'joe smith'" in said and "-f ADDRESS" in said and "NOT sent" in said
+    assert "Connection refused" not in said
 
 
 # --- mailq and newaliases ----------------------------------------------------------

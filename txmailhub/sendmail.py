@@ -38,7 +38,7 @@ from typing import BinaryIO, TextIO
 
 from txmailhub.address import AddressError, ascii_form, parse_address
 from txmailhub.config import LocalSubmission, load_local_submission
-from txmailhub.errors import ConfigError
+from txmailhub.errors import ConfigError, RemoteProtocolError
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, read_message
 from txmailhub.sendmail_smtp import (
     EX_CONFIG,
@@ -56,12 +56,13 @@ from txmailhub.sendmail_smtp import (
     hub_targets,
     submit,
 )
+from txmailhub.smtp._parse import parse_mailbox
 
 __all__ = [
     "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL",
-    "EX_UNAVAILABLE", "EX_USAGE", "MessageTooBig", "Options", "Prepared", "StdinMessage",
-    "UsageError", "hub_targets", "main", "Target", "parse_args", "prepare", "read_message",
-    "run", "submit", "trace_field",
+    "EX_UNAVAILABLE", "EX_USAGE", "LoginNotAddress", "MessageTooBig", "Options", "Prepared",
+    "StdinMessage", "UsageError", "hub_targets", "main", "Target", "parse_args", "prepare",
+    "read_message", "run", "submit", "trace_field",
 ]
 
 # Options with an argument that are accepted and ignored, as Postfix does:
@@ -76,6 +77,13 @@ _MODES = ("m", "p", "i")
 
 class UsageError(Exception):
     """A command line this command cannot act on (exit 64)."""
+
+
+class LoginNotAddress(AddressError):
+    """The login name would be the sender's address (no ``-f``, or a null
+    sender and no From field) and is no local part the hub takes (exit 67,
+    EX_NOUSER: no mailbox by that name can exist, which ``-f`` works
+    around; the message itself is fine, so not 65)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,23 @@ def _envelope_form(text: str, primary_domain: str) -> str:
     return ascii_form(address) or str(address)  # an IDN domain as A-labels when it can
 
 
+def _own_address(login_name: str, primary_domain: str) -> str | None:
+    """``login@<primary domain>`` as the hub takes it after MAIL FROM (the
+    login a Dot-string local part, RFC 5321 4.1.2, UTF-8 by RFC 6531), or
+    None.  Not ``_envelope_form``: a login is one local part, never an
+    address of its own (``a@b`` would name another domain, ``<joe>`` joe),
+    and some systems allow logins with a space or other characters no
+    unquoted local part has."""
+    if "@" in login_name or login_name.startswith('"'):
+        return None
+    try:
+        login_name.encode("utf-8")  # a login in another encoding: surrogates
+        address = parse_mailbox(login_name, primary_domain, utf8=True)
+    except (UnicodeEncodeError, RemoteProtocolError):
+        return None
+    return ascii_form(address) or str(address)
+
+
 def _login() -> tuple[str, str]:
     """The invoking user's login name and full name (the uid's, not $USER's)."""
     try:
@@ -240,6 +265,14 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
     # email.headerregistry.Address refuses every non-ASCII local part
     quoted = name.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{quoted}" <{mailbox}>'.encode()
+
+
+def _required(own: str | None, login_name: str) -> str:
+    if own is None:
+        raise LoginNotAddress(f"the login name {login_name!r} is no mail "
+                              "address local part, and would be the sender's address: give "
+                              "the sender with -f ADDRESS")
+    return own
 
 
 def _comment_text(text: str) -> str:
@@ -276,11 +309,15 @@ def prepare(
     Received field on top naming the user (``trace_field``).
 
     The default envelope sender is ``login@<primary domain>``, as Postfix
-    does (``user@$myorigin``): bounces then reach the user who sent."""
+    does (``user@$myorigin``): bounces then reach the user who sent.
+    Only then (or for the From of a null sender's message without one)
+    is the login name read as an address, and ``LoginNotAddress`` raised
+    when it is none; with ``-f`` it only names the user in the Received
+    field."""
     login_name, gecos = login or _login()
-    own = _envelope_form(login_name, settings.primary_domain)
+    own = _own_address(login_name, settings.primary_domain)
     if options.sender is None:
-        sender = own
+        sender = _required(own, login_name)
     elif options.sender.strip() in ("", "<>"):
         sender = ""
     else:
@@ -302,7 +339,7 @@ def prepare(
     kept = [text for name, text in fields if name not in (b"bcc", b"resent-bcc")]
     added = []
     if b"from" not in names:
-        mailbox = sender or own
+        mailbox = sender or _required(own, login_name)
         name = options.full_name
         if name is None and mailbox == own:
             name = os.environ.get("NAME") or gecos
@@ -378,6 +415,9 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
     not_sent = "the message was NOT sent"
     try:
         prepared = prepare(read, options, settings)
+    except LoginNotAddress as e:
+        print(f"{prog}: {e}; {not_sent}", file=err)
+        return EX_NOUSER
     except AddressError as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return EX_DATAERR
