@@ -29,6 +29,7 @@ from txmailhub.address import (
     domain_problem,
 )
 from txmailhub.errors import ConfigError
+from txmailhub.listen_spec import ListenSpec, parse_listen
 from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
 
 __all__ = [
@@ -330,11 +331,27 @@ def _not_a_file(path: str) -> str:
     return f"{path} is not a regular file"
 
 
-def check_endpoint(description: str) -> None:
-    """Raise ValueError unless ``description`` is a server endpoint we can listen on."""
+def _listen_spec(description: str) -> ListenSpec:
+    """What ``description`` binds, read by ``parse_listen`` when it can
+    (``txmailhub-sendmail`` then never imports Twisted's endpoints), by
+    Twisted's own parser otherwise; that one raises for a bad string.
+    Types as Twisted's endpoint holds them (a port not an int: not TCP)."""
+    spec = parse_listen(description)
+    if spec is not None:
+        return spec
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
+    endpoint = serverFromString(MemoryReactor(), description)
+    path = getattr(endpoint, "_address", None)
+    if isinstance(path, str):
+        return ListenSpec("unix", path=path)
+    return ListenSpec(description.split(":", 1)[0].lower(), getattr(endpoint, "_port", None),
+                      getattr(endpoint, "_interface", None))
+
+
+def check_endpoint(description: str) -> None:
+    """Raise ValueError unless ``description`` is a server endpoint we can listen on."""
     kind = description.split(":", 1)[0].lower()
     if kind not in SERVER_ENDPOINT_TYPES:
         raise ValueError(
@@ -342,7 +359,7 @@ def check_endpoint(description: str) -> None:
             "(TLS listeners go in tls_listen)"
         )
     try:
-        endpoint = serverFromString(MemoryReactor(), description)
+        endpoint = _listen_spec(description)
     except Exception as e:  # twisted raises assorted types for bad strings
         hint = ""
         if re.search(r"interface=[0-9A-Fa-f]*:", description):
@@ -350,8 +367,8 @@ def check_endpoint(description: str) -> None:
                     "tcp6:25:interface=\\:\\:1)")
         why = _endpoint_error(kind, e, hint)
         raise ValueError(f"endpoint {description!r} is not valid: {why}{hint}") from None
-    port = getattr(endpoint, "_port", None)
-    if isinstance(port, int) and not 0 <= port <= 65535:
+    port = endpoint.port
+    if endpoint.path is None and isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"endpoint {description!r}: port {port} is not in 0-65535")
 
 
@@ -421,16 +438,12 @@ def listen_address(description: str) -> tuple[str, Any, Any] | None:
     ``(kind, port, ip)`` with ``ip`` an ``ipaddress`` address (a host name
     that does not resolve: the name), None for every address; None for
     port 0 (the system picks anew each time).
-    Read from the endpoint Twisted builds, so every spelling Twisted
+    Read as Twisted reads it (``_listen_spec``), so every spelling Twisted
     accepts (positional or named, escaped colons) means the same here."""
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
-
-    endpoint = serverFromString(MemoryReactor(), description)
-    path = getattr(endpoint, "_address", None)
-    if isinstance(path, str):
-        return "unix", os.path.normpath(path), None
-    port, interface = getattr(endpoint, "_port", None), getattr(endpoint, "_interface", None)
+    endpoint = _listen_spec(description)
+    if endpoint.path is not None:
+        return "unix", os.path.normpath(endpoint.path), None
+    port, interface = endpoint.port, endpoint.interface
     if not isinstance(port, int) or not isinstance(interface, str) or port == 0:
         return None
     kind = description.split(":", 1)[0].lower()
