@@ -1637,17 +1637,25 @@ class HeldCalls:
         self.jobs.clear()
 
 
-def test_a_large_mailbox_has_its_sizes_measured_off_the_reactor_thread(monkeypatch):
-    # a client without UTF8 and more than INLINE_SIZES messages: their
-    # headers are read in one worker job before the login's +OK, never on
-    # the reactor thread (a header read per message stalled every session
-    # of the hub on a large mailbox)
+def large_mailbox_login(monkeypatch):
+    """A mailbox over ``INLINE_SIZES`` (set to 1) of an internationalized
+    message and a plain one, a syncer whose jobs wait for the test, and a
+    connection that has not logged in yet."""
     monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
     env = Env()
     env.components.syncer = HeldCalls()
     env.store.add("joe@example.org", INTL)
     env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
     proto, t = env.connect()
+    return env, proto, t
+
+
+def test_a_large_mailbox_has_its_sizes_measured_off_the_reactor_thread(monkeypatch):
+    # a client without UTF8 and more than INLINE_SIZES messages: their
+    # headers are read in one worker job before the login's +OK, never on
+    # the reactor thread (a header read per message stalled every session
+    # of the hub on a large mailbox)
+    env, proto, t = large_mailbox_login(monkeypatch)
     assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n") == R.USER_ACCEPTED.to_bytes()
     assert len(env.components.syncer.jobs) == 1  # the +OK waits for it
     opened = []
@@ -1664,12 +1672,7 @@ def test_a_large_mailbox_has_its_sizes_measured_off_the_reactor_thread(monkeypat
 
 
 def test_sizes_not_measured_in_the_job_are_measured_when_needed(monkeypatch, log_events):
-    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
-    env = Env()
-    env.components.syncer = HeldCalls()
-    env.store.add("joe@example.org", INTL)
-    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
-    proto, t = env.connect()
+    env, proto, t = large_mailbox_login(monkeypatch)
     talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
     t.clear()
     env.components.syncer.run(fail=True)
@@ -1680,12 +1683,7 @@ def test_sizes_not_measured_in_the_job_are_measured_when_needed(monkeypatch, log
 
 
 def test_a_client_gone_while_sizes_are_measured_releases_the_mailbox(monkeypatch):
-    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
-    env = Env()
-    env.components.syncer = HeldCalls()
-    env.store.add("joe@example.org", INTL)
-    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
-    proto, t = env.connect()
+    env, proto, t = large_mailbox_login(monkeypatch)
     talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
     assert env.store.is_locked("joe@example.org")
     proto.connectionLost(None)
@@ -1744,12 +1742,7 @@ def test_the_size_job_of_a_client_gone_stops_reading(monkeypatch):
     # its lock is released at once, so a client reconnecting would start
     # another job beside this one each time: the job stops instead of
     # reading every header of the mailbox for nobody
-    monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 1)
-    env = Env()
-    env.components.syncer = HeldCalls()
-    env.store.add("joe@example.org", INTL)
-    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
-    proto, t = env.connect()
+    env, proto, t = large_mailbox_login(monkeypatch)
     talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
     opened = []
     mailbox = proto.mailbox

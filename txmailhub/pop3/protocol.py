@@ -638,9 +638,8 @@ class POP3Protocol(Protocol):
                         call = getattr(self.components.syncer, "call", None)
                         if call is not None:
                             self._busy = True
-                            call(_scan_on, f, scan, lambda: self._lost).addCallbacks(
-                                self._scanned_on, self._scan_on_failed,
-                                callbackArgs=(action, f, scan), errbackArgs=(action, f),
+                            call(_scan_on, f, scan, lambda: self._lost).addBoth(
+                                self._scanned_on, action, f, scan,
                             ).addErrback(self._internal_error)
                             return
                         _scan_on(f, scan, lambda: False)
@@ -661,23 +660,19 @@ class POP3Protocol(Protocol):
             return
         self._send_message(action, f, first, complete, head)
 
-    def _scanned_on(self, _: None, action: Transmit, f: Any, scan: HeaderScan) -> None:
-        """The header section scanned to its end on a worker thread."""
+    def _scanned_on(self, result: Failure | None, action: Transmit, f: Any,
+                    scan: HeaderScan) -> None:
+        """The header section scanned to its end on a worker thread (or
+        the read failed: ``result`` is the failure)."""
         self._busy = False
         if self._lost:
             f.close()
             return
         self._answered_after_wait()
-        self._send_scanned(action, f, scan)
-        self._process()
-
-    def _scan_on_failed(self, failure: Failure, action: Transmit, f: Any) -> None:
-        self._busy = False
-        if self._lost:
-            f.close()
-            return
-        self._answered_after_wait()
-        self._read_failed(action, f, failure)
+        if isinstance(result, Failure):
+            self._read_failed(action, f, result)
+        else:
+            self._send_scanned(action, f, scan)
         self._process()
 
     def _send_scanned(self, action: Transmit, f: Any, scan: HeaderScan) -> None:
