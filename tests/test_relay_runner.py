@@ -1477,3 +1477,118 @@ def test_a_destination_with_a_temporary_answer_left_is_still_waited_for(hub):
     assert stopped.called
     entry = hub.queue.read(qid)
     assert entry.recipient(dave).last_reply == LATER and entry.recipient(dave).attempts == 1
+
+
+# --- early records of a destination: notices, hold/release/delete, stop ---------
+
+def test_an_early_record_keeps_one_success_notice(hub):
+    hub.runner.start()
+    hung = two_destinations(hub)
+    qid = enqueue(hub, BOB, CAROL, notify=("SUCCESS",))
+    assert hub.queue.read(qid).recipient(BOB).notice is not None
+    assert hub.dsn.sent == []
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert len(hub.dsn.sent) == 1 and b"bob@remote.test" in hub.dsn.sent[0][1]
+    hub.agent.script = FakeAgent().script
+    hub.clock.advance(3600)
+    assert len(hub.dsn.sent) == 2
+    assert b"bob@remote.test" not in hub.dsn.sent[1][1].split(b"message/delivery-status")[1]
+    assert hub.queue.ids() == []
+
+
+def test_a_release_during_an_attempt_with_an_early_record_is_honoured(hub):
+    hub.runner.start()
+    hung = two_destinations(hub)
+    qid = enqueue(hub, BOB, CAROL)
+    assert hub.queue.set_held(qid, True) is not None
+    assert hub.queue.set_held(qid, False) is not None
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    e = hub.queue.read(qid)
+    assert e.next_attempt <= hub.clock.seconds() and e.attempts == 1
+
+
+def test_a_hold_during_an_attempt_with_an_early_record_is_kept(hub):
+    hub.runner.start()
+    hung = two_destinations(hub)
+    qid = enqueue(hub, BOB, CAROL)
+    assert hub.queue.set_held(qid, True) is not None
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    e = hub.queue.read(qid)
+    assert e.held and e.recipient(BOB).state == "delivered"
+
+
+def test_a_delete_after_an_early_record_sends_no_notice(hub):
+    hub.runner.start()
+    hung = two_destinations(hub, bob=("permanent", NO))
+    qid = enqueue(hub, BOB, CAROL)
+    assert hub.queue.delete(qid)
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert hub.queue.ids() == [] and hub.dsn.sent == []
+
+
+def test_an_early_record_queued_behind_another_is_not_written_after_give_up(hub, monkeypatch):
+    dave = Address("dave", "third.test")
+    pending = hub.agent.hold()
+    real = hub.queue.update
+    held = []
+
+    def update(qid, change):
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL, dave)
+    by = {r[0]: x for x, r in pending}
+    by[BOB].callback([DeliveryResult(BOB, "delivered", OK, "mx")])
+    by[CAROL].callback([DeliveryResult(CAROL, "delivered", OK, "mx")])
+    assert len(held) == 1
+    stopped = hub.runner.stop()
+    hub.clock.advance(10)
+    assert stopped.called
+    held.pop(0)()  # the one in flight lands (cannot be stopped)
+    assert held == []  # the queued one is not written
+    by[dave].callback([DeliveryResult(dave, "delivered", OK, "mx")])
+    assert held == []  # nor the final record
+    assert [r.state for r in hub.queue.read(qid).recipients] == [
+        "delivered", "pending", "pending"]
+
+
+def test_a_stop_waits_for_an_early_record_in_flight_then_gives_up(hub, monkeypatch):
+    pending = hub.agent.hold()
+    real = hub.queue.update
+    held = []
+
+    def update(qid, change):
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL)
+    by = {r[0]: x for x, r in pending}
+    by[BOB].callback([DeliveryResult(BOB, "delivered", OK, "mx")])
+    assert len(held) == 1
+    hub.agent.resolving.add(qid)
+    stopped = hub.runner.stop()
+    assert not stopped.called
+    held.pop(0)()
+    assert stopped.called  # recorded; carol only resolves
+    assert hub.queue.read(qid).recipient(BOB).state == "delivered"
+
+
+def test_one_destination_is_one_record_update(hub, monkeypatch):
+    real = hub.queue.update
+    calls = []
+    monkeypatch.setattr(hub.queue, "update", lambda q, c: (calls.append(q), real(q, c))[1])
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    dave = Address("dave", "remote.test")
+    qid = enqueue(hub, BOB, dave)
+    assert calls == [qid]
