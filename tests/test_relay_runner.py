@@ -1592,3 +1592,54 @@ def test_one_destination_is_one_record_update(hub, monkeypatch):
     dave = Address("dave", "remote.test")
     qid = enqueue(hub, BOB, dave)
     assert calls == [qid]
+
+
+def test_an_early_failure_whose_final_record_failed_is_bounced_once(hub, monkeypatch):
+    # bob fails at once (written early), carol is delivered, and the final
+    # record cannot be written: the next try enters it without delivering
+    # carol again, and bob gets one failure notice
+    hub.runner.start()
+    hung = two_destinations(hub, bob=("permanent", NO))
+    real = hub.queue.update
+    calls = []
+
+    def update(qid, change):
+        calls.append(qid)
+        if len(calls) == 2:  # the final record
+            return defer.fail(OSError(28, "No space left on device"))
+        return real(qid, change)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    qid = enqueue(hub, BOB, CAROL)
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert hub.queue.read(qid).recipient(CAROL).state == "pending" and hub.dsn.sent == []
+    hub.clock.advance(60)
+    assert len(hub.agent.calls) == 2  # no new delivery
+    [(_, data)] = hub.dsn.sent
+    assert b"Final-Recipient: rfc822; bob@remote.test" in data
+    assert hub.queue.ids() == []
+    hub.clock.advance(3600)
+    assert len(hub.dsn.sent) == 1
+
+
+def test_the_delay_warning_names_only_what_is_still_pending_after_an_early_record(hub):
+    hub.runner.start()
+    start = hub.clock.seconds()
+    hung = two_destinations(hub)
+    script = hub.agent.script
+    qid = enqueue(hub, BOB, CAROL)
+    [(x, r)] = hung
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    hub.agent.script = lambda e, d, r: (
+        [DeliveryResult(a, "transient", LATER, "mx") for a in r] if d == "other.test"
+        else script(e, d, r))
+    while hub.clock.seconds() - start < 5 * 3600 and not hub.dsn.sent:
+        hub.clock.advance(60)
+    [(_, data)] = hub.dsn.sent
+    status = data.split(b"message/delivery-status")[1]
+    assert b"Action: delayed" in status and b"carol@other.test" in status
+    assert b"bob@remote.test" not in status
+    entry = hub.queue.read(qid)
+    assert entry.delay_warned and entry.recipient(BOB).attempts == 1
+    assert [c[1] for c in hub.agent.calls].count("remote.test") == 1
