@@ -1304,8 +1304,13 @@ def test_a_failure_recorded_before_a_stop_is_bounced_once_by_the_next_start(hub)
         runner2.stop()
 
 
-def test_the_updates_of_one_entry_are_written_one_at_a_time(hub, monkeypatch):
-    dave = Address("dave", "third.test")
+DAVE = Address("dave", "third.test")
+
+
+def three_destinations_with_held_writes(hub, monkeypatch):
+    """An entry for bob, carol and ``DAVE`` (three destinations), its
+    deliveries held (``pending``: the agent's Deferreds and recipients) and
+    every queue record update held in ``held`` until the test calls it."""
     pending = hub.agent.hold()
     real = hub.queue.update
     held = []
@@ -1317,7 +1322,11 @@ def test_the_updates_of_one_entry_are_written_one_at_a_time(hub, monkeypatch):
 
     monkeypatch.setattr(hub.queue, "update", update)
     hub.runner.start()
-    qid = enqueue(hub, BOB, CAROL, dave)
+    return enqueue(hub, BOB, CAROL, DAVE), pending, held
+
+
+def test_the_updates_of_one_entry_are_written_one_at_a_time(hub, monkeypatch):
+    qid, pending, held = three_destinations_with_held_writes(hub, monkeypatch)
     by_rcpt = {r[0]: x for x, r in pending}
     by_rcpt[BOB].callback([DeliveryResult(BOB, "delivered", OK, "mx")])
     by_rcpt[CAROL].callback([DeliveryResult(CAROL, "permanent", NO, "mx")])
@@ -1329,10 +1338,10 @@ def test_the_updates_of_one_entry_are_written_one_at_a_time(hub, monkeypatch):
     assert [r.state for r in entry.recipients] == ["delivered", "failed", "pending"]
     # a stop now waits for dave's session only; its outcome is the final record
     stopped = hub.runner.stop()
-    by_rcpt[dave].callback([DeliveryResult(dave, "delivered", OK, "mx")])
+    by_rcpt[DAVE].callback([DeliveryResult(DAVE, "delivered", OK, "mx")])
     assert len(held) == 1 and not stopped.called
     held.pop(0)()
-    assert hub.queue.read(qid).recipient(dave).state == "delivered"
+    assert hub.queue.read(qid).recipient(DAVE).state == "delivered"
     while held:  # then the bounce for carol, and its record
         assert not stopped.called
         held.pop(0)()
@@ -1531,19 +1540,7 @@ def test_a_delete_after_an_early_record_sends_no_notice(hub):
 
 
 def test_an_early_record_queued_behind_another_is_not_written_after_give_up(hub, monkeypatch):
-    dave = Address("dave", "third.test")
-    pending = hub.agent.hold()
-    real = hub.queue.update
-    held = []
-
-    def update(qid, change):
-        d = defer.Deferred()
-        held.append(lambda: real(qid, change).chainDeferred(d))
-        return d
-
-    monkeypatch.setattr(hub.queue, "update", update)
-    hub.runner.start()
-    qid = enqueue(hub, BOB, CAROL, dave)
+    qid, pending, held = three_destinations_with_held_writes(hub, monkeypatch)
     by = {r[0]: x for x, r in pending}
     by[BOB].callback([DeliveryResult(BOB, "delivered", OK, "mx")])
     by[CAROL].callback([DeliveryResult(CAROL, "delivered", OK, "mx")])
@@ -1553,7 +1550,7 @@ def test_an_early_record_queued_behind_another_is_not_written_after_give_up(hub,
     assert stopped.called
     held.pop(0)()  # the one in flight lands (cannot be stopped)
     assert held == []  # the queued one is not written
-    by[dave].callback([DeliveryResult(dave, "delivered", OK, "mx")])
+    by[DAVE].callback([DeliveryResult(DAVE, "delivered", OK, "mx")])
     assert held == []  # nor the final record
     assert [r.state for r in hub.queue.read(qid).recipients] == [
         "delivered", "pending", "pending"]
