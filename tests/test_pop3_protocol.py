@@ -1777,13 +1777,21 @@ def test_utf8_in_a_header_section_past_the_scan_cap_is_still_refused(monkeypatch
     assert proto._stream is None and not proto._busy
 
 
-def test_a_client_gone_while_the_header_section_is_scanned(monkeypatch):
+def long_header_login(monkeypatch):
+    """A client without UTF8 logged in to one message that is all header
+    section, longer than the reactor thread's scan (``DOWNGRADE_HEADER_LIMIT``
+    set to two chunks); the syncer's jobs wait for the test."""
     monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
     env = Env()
     env.components.syncer = HeldCalls()
     line = b"X-Filler: " + b"a" * 69 + b"\n"
     env.store.add("joe@example.org", line * (5 * CHUNK_SIZE // len(line)))
     proto, t = login_utf8(env, utf8=False)
+    return env, proto, t
+
+
+def test_a_client_gone_while_the_header_section_is_scanned(monkeypatch):
+    env, proto, t = long_header_login(monkeypatch)
     assert talk(proto, t, b"RETR 1\r\n") == b""
     [(_, _, (f, _, gone))] = env.components.syncer.jobs
     proto.connectionLost(None)
@@ -1794,12 +1802,7 @@ def test_a_client_gone_while_the_header_section_is_scanned(monkeypatch):
 
 
 def test_a_read_error_while_the_header_section_is_scanned_is_answered(monkeypatch):
-    monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
-    env = Env()
-    env.components.syncer = HeldCalls()
-    line = b"X-Filler: " + b"a" * 69 + b"\n"
-    env.store.add("joe@example.org", line * (5 * CHUNK_SIZE // len(line)))
-    proto, t = login_utf8(env, utf8=False)
+    env, proto, t = long_header_login(monkeypatch)
     assert talk(proto, t, b"RETR 1\r\nNOOP\r\n") == b""
     [(_, _, (f, _, _))] = env.components.syncer.jobs
     env.components.syncer.run(fail=True)
