@@ -1629,12 +1629,13 @@ class HeldCalls:
         return d
 
     def run(self, fail: bool = False) -> None:
-        for d, f, args in self.jobs:
+        """The jobs asked for so far (those they lead to wait for the next run)."""
+        jobs, self.jobs = self.jobs, []
+        for d, f, args in jobs:
             if fail:
                 d.errback(OSError(5, "I/O error"))
             else:
                 d.callback(f(*args))
-        self.jobs.clear()
 
 
 def large_mailbox_login(monkeypatch):
@@ -1808,3 +1809,18 @@ def test_a_read_error_while_the_header_section_is_scanned_is_answered(monkeypatc
     env.components.syncer.run(fail=True)
     assert t.value() == R.MESSAGE_READ_FAILED.to_bytes() + b"+OK\r\n"
     assert f.closed and not proto._busy
+
+
+def test_a_large_mailbox_is_measured_in_jobs_of_size_job_messages(monkeypatch):
+    # one job for a huge mailbox would keep a worker thread from every
+    # other job (Maildir copies, spool files made ahead) for that long
+    monkeypatch.setattr(pop3_protocol, "SIZE_JOB", 1)
+    env, proto, t = large_mailbox_login(monkeypatch)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    t.clear()
+    env.components.syncer.run()  # the first message
+    assert t.value() == b"" and len(env.components.syncer.jobs) == 1
+    env.components.syncer.run()  # the second
+    assert t.value().startswith(b"+OK Logged in") and not env.components.syncer.jobs
+    size = crlf_size_of(downgraded(INTL))
+    assert talk(proto, t, b"STAT\r\n") == b"+OK 2 %d\r\n" % (size + 24)

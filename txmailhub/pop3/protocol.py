@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -62,6 +62,9 @@ INLINE_SIZES = 64
 sizes (the downgraded copy's, RFC 6857) measured on the syncer's worker
 threads before its +OK: a header read per message would stall the
 reactor, and every session of the hub, on a large mailbox."""
+
+SIZE_JOB = 2000
+"""Messages whose sizes one worker job measures at a login (``INLINE_SIZES``)."""
 
 DOWNGRADE_HEADER_LIMIT = 1024 * 1024
 """The longest header section downgraded for a client without UTF8 (RFC
@@ -135,21 +138,21 @@ def _scan_on(f: Any, scan: HeaderScan, gone: Callable[[], bool]) -> None:
         scan.feed(more)
 
 
-def _measure_sizes(mailbox: Any, stored: list[int],
-                   gone: Callable[[], bool]) -> dict[int, int]:
-    """``_client_size_of`` for every message, on a worker thread; a
-    message that cannot be read is left out (measured, and its error
-    logged, on the reactor thread if LIST asks).  Stops once ``gone()``:
-    a client that hangs up has its mailbox lock released at once, so its
-    next login would start another job beside this one -- reconnecting
-    could otherwise fill every worker thread (and hold up every fsync)
-    with reads nobody waits for."""
+def _measure_sizes(mailbox: Any, stored: list[int], gone: Callable[[], bool],
+                   start: int = 0, end: int | None = None) -> dict[int, int]:
+    """``_client_size_of`` for messages ``start`` to ``end`` (the last by
+    default), on a worker thread; a message that cannot be read is left
+    out (measured, and its error logged, on the reactor thread if LIST
+    asks).  Stops once ``gone()``: a client that hangs up has its mailbox
+    lock released at once, so its next login would start another job
+    beside this one -- reconnecting could otherwise fill every worker
+    thread (and hold up every fsync) with reads nobody waits for."""
     sizes: dict[int, int] = {}
-    for index, size in enumerate(stored):
+    for index in range(start, len(stored) if end is None else min(end, len(stored))):
         if gone():
             break
         try:
-            sizes[index] = _client_size_of(mailbox, index, size)
+            sizes[index] = _client_size_of(mailbox, index, stored[index])
         except Exception:  # left for the reactor thread to measure and log
             continue
     return sizes
@@ -524,22 +527,33 @@ class POP3Protocol(Protocol):
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
         mailbox = self.mailbox
+        stored = [m.size for m in messages]
+        sizes: dict[int, int] = {}
 
-        def measured(sizes: dict[int, int]) -> None:
+        def job(start: int) -> Deferred:
+            # SIZE_JOB messages a job, as deletions go: one job for a huge
+            # mailbox would keep a worker from every other job that long.
+            # Reading the flag from the worker thread is safe: a plain attribute
+            return call(_measure_sizes, mailbox, stored, lambda: self._lost,
+                        start, start + SIZE_JOB).addCallback(measured, start)
+
+        def measured(part: dict[int, int], start: int) -> Any:
+            sizes.update(part)
+            if start + SIZE_JOB < len(stored) and not self._lost:
+                return job(start + SIZE_JOB)
             self._sizes = sizes
             self._sizes_measured(messages)
+            return None
 
         def failed(failure: Failure) -> None:
-            # each size is measured when first needed instead (and a
+            # the rest are measured when first needed instead (and a
             # message that cannot be read is logged then)
             log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
                         user=self._user)
+            self._sizes = sizes
             self._sizes_measured(messages)
 
-        # reading the flag from the worker thread is safe: a plain attribute
-        call(_measure_sizes, mailbox, [m.size for m in messages],
-             lambda: self._lost).addCallbacks(
-            measured, failed).addErrback(self._internal_error)
+        job(0).addErrback(failed).addErrback(self._internal_error)
 
     def _sizes_measured(self, messages: Any) -> None:
         if self._lost:
