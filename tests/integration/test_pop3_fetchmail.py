@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -71,3 +72,42 @@ def test_fetchmail_over_stls(make_hub, tmp_path):
     assert "POP3> STLS" in result.stderr + result.stdout
     [got] = [p.read_bytes() for p in out.iterdir()]
     assert got.endswith(b"Subject: tls\n\nsecret body\n")
+
+
+def test_fetchmail_gets_utf8_header_fields_downgraded(hub, tmp_path):
+    """fetchmail never sends UTF8 (RFC 6856): a message whose header fields
+    are UTF-8 reaches it downgraded (RFC 6857) -- all-ASCII header fields
+    that decode to the originals, the body as stored -- and the size LIST
+    announced is the size it got (fetchmail compares them)."""
+    from email import message_from_bytes, policy
+
+    utf8 = ("From: Jörg Müller <jörg@example.org>\nTo: alice@example.org\n"
+            "Subject: Grüße aus Köln\n\nBody with ümlauts\n").encode()
+    plain = b"From: x@example.net\nTo: alice@example.org\nSubject: plain\n\nascii body\n"
+    for m in (utf8, plain):
+        drop(hub.maildir(ALICE), m)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_fetchmail(hub, tmp_path, out)
+    assert result.returncode == 0, result.stderr + result.stdout
+    got = [p.read_bytes() for p in out.iterdir()]
+    assert len(got) == 2
+    [down] = [g for g in got if b"plain" not in g]
+    # what the hub sent: after the Received field fetchmail puts on top
+    lines = down.split(b"\n")
+    assert lines[0].startswith(b"Received: ")
+    start = 1
+    while lines[start][:1] in (b" ", b"\t"):
+        start += 1
+    sent = b"\n".join(lines[start:])
+    said = result.stdout + result.stderr
+    announced = [int(n) for n in re.findall(r"of 2 \((\d+) octets\)", said)]
+    assert len(sent) + sent.count(b"\n") in announced  # LIST's size: the CRLF form sent
+    header, _, body = sent.partition(b"\n\n")
+    assert header.isascii()
+    assert body == "Body with ümlauts\n".encode()
+    parsed = message_from_bytes(down, policy=policy.default)
+    assert str(parsed["Subject"]) == "Grüße aus Köln"
+    assert "Jörg Müller" in str(parsed["From"])
+    assert any(g.endswith(plain) for g in got)
+    assert hub.message_files(ALICE) == []
