@@ -74,7 +74,7 @@ _PIECES = st.sampled_from([
 
 _VALUES = st.one_of(
     st.sampled_from(["25", "0", "007", "65536", "", "127.0.0.1", "\\:\\:1", "/run/s", "660",
-                     "8", "-1", "+1", "a"]),
+                     "8", "-1", "+1", "a", "1" * 5000]),
     st.text("0123456789:=\\ +_/.a", max_size=6),
 )
 _ARGUMENT = st.one_of(_VALUES, st.tuples(
@@ -151,3 +151,14 @@ def test_the_command_does_not_import_twisted_endpoints(argv: list[str], tmp_path
     assert rest.startswith("[] "), done.stdout  # no twisted.internet module at all
     # the hub is not running: every listener tried, none reached (or -bi: nothing to do)
     assert status == ("0" if argv == ["-bi"] else "75" if argv[0] == "-f" else "65"), rest
+
+
+@pytest.mark.parametrize("description", [
+    "tcp:25:backlog=" + "1" * 5000, "tcp6:25:" + "1" * 5000, "unix:/run/s:lockfile=" + "1" * 5000,
+    "unix:/run/s:660:" + "1" * 5000, "tcp:" + "2" * 5000,
+])
+def test_a_number_too_long_for_int_is_refused_as_twisted_refuses_it(description: str) -> None:
+    # int() reads at most sys.get_int_max_str_digits() decimal digits
+    assert twisted_reads(description) is None
+    assert parse_listen(description) is None
+    assert _checked(description) is not None

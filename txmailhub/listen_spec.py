@@ -49,6 +49,19 @@ _OCTAL = re.compile(r"[0-7]+\Z")    # unix mode, read with int(mode, 8)
 _NUMBERS = {"port": _DIGITS, "backlog": _DIGITS, "lockfile": _DIGITS, "mode": _OCTAL}
 
 
+def _number(name: str, value: str) -> bool:
+    """Whether Twisted reads ``value`` as the number ``name`` is with no
+    doubt: plain digits, and not more decimal ones than ``int()`` takes
+    (``sys.get_int_max_str_digits``: Twisted's parse then raises)."""
+    if not _NUMBERS[name].match(value):
+        return False
+    try:
+        int(value, 8 if name == "mode" else 10)
+    except ValueError:
+        return False
+    return True
+
+
 def _arguments(description: str) -> list[tuple[str, ...]] | None:
     """The ``:``-separated arguments: ``(value,)`` for a positional one,
     ``(name, value)`` for a named one; None for a trailing backslash."""
@@ -96,8 +109,7 @@ def parse_listen(description: str) -> ListenSpec | None:
             if name not in names or name in by_position:
                 return None  # Twisted: unexpected keyword, or multiple values
             given[name] = value  # a name given twice: the last one, as Twisted
-    if any(name in given and not pattern.match(given[name])
-           for name, pattern in _NUMBERS.items()):
+    if any(name in given and not _number(name, given[name]) for name in _NUMBERS):
         return None
     if kind == "unix":
         if "address" not in given:
