@@ -566,6 +566,16 @@ def test_a_login_that_is_a_local_part_is_the_default_sender(login: str, sender: 
     assert p.sender == sender
 
 
+def test_a_null_sender_s_odd_login_is_told_to_add_a_from_field() -> None:
+    # -f '' was given: the login would be the From field's address, not the
+    # sender's, so "give -f ADDRESS" would send the user the wrong way
+    with pytest.raises(LoginNotAddress) as raised:
+        prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), sender=""),
+             login=("joe smith", ""))
+    said = str(raised.value)
+    assert "From field" in said and "-f ADDRESS" not in said
+
+
 def test_an_odd_login_without_f_exits_67_before_connecting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "mailhub.toml"

@@ -267,8 +267,16 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
     return f'"{quoted}" <{mailbox}>'.encode()
 
 
-def _required(own: str | None, login_name: str) -> str:
+def _required(own: str | None, login_name: str, null_sender: bool = False) -> str:
+    """``own``, or why the login cannot be the address it would become:
+    with a null sender (``-f ''``) that is the added From field's, which
+    the message's own From avoids, not ``-f``."""
     if own is None:
+        if null_sender:
+            raise LoginNotAddress(f"the login name {login_name!r} is no mail address local "
+                                  "part, and would be the address of the From field added "
+                                  "to a message with a null sender: give the message a From "
+                                  "field")
         raise LoginNotAddress(f"the login name {login_name!r} is no mail "
                               "address local part, and would be the sender's address: give "
                               "the sender with -f ADDRESS")
@@ -339,7 +347,7 @@ def prepare(
     kept = [text for name, text in fields if name not in (b"bcc", b"resent-bcc")]
     added = []
     if b"from" not in names:
-        mailbox = sender or _required(own, login_name)
+        mailbox = sender or _required(own, login_name, null_sender=True)
         name = options.full_name
         if name is None and mailbox == own:
             name = os.environ.get("NAME") or gecos
