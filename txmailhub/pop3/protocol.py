@@ -659,20 +659,31 @@ class POP3Protocol(Protocol):
                         _scan_on(f, scan, lambda: False)
                     self._send_scanned(action, f, scan)
                     return
-                scan.finish()
-                if scan.needs_utf8:
-                    start = self._downgrade_start(first, f, complete)
-                    if start is None:
-                        if f is not None:
-                            f.close()
-                        self._refuse_utf8(action)
-                        return
-                    first, complete, delta = start
-                    head = self._downgraded_head(action, delta)
+                judged = self._judged(action, f, first, complete, scan)
+                if judged is None:
+                    return
+                first, complete, head = judged
         except Exception:
             self._read_failed(action, f)
             return
         self._send_message(action, f, first, complete, head)
+
+    def _judged(self, action: Transmit, f: Any, first: bytes, complete: bool,
+                scan: HeaderScan) -> tuple[bytes, bool, bytes] | None:
+        """What to send of a message ``scan`` has read the header section
+        of, for a client without UTF8: ``(first, complete, head)``, as
+        stored or downgraded; ``None`` when it was refused (``f`` closed)."""
+        scan.finish()
+        if not scan.needs_utf8:
+            return first, complete, action.head
+        start = self._downgrade_start(first, f, complete)
+        if start is None:
+            if f is not None:
+                f.close()
+            self._refuse_utf8(action)
+            return None
+        first, complete, delta = start
+        return first, complete, self._downgraded_head(action, delta)
 
     def _scanned_on(self, result: Failure | None, action: Transmit, f: Any,
                     scan: HeaderScan) -> None:
@@ -693,20 +704,13 @@ class POP3Protocol(Protocol):
         """The message whose header section ``scan`` read to its end (or
         to the end of the file), from its first octet: as stored,
         downgraded or refused."""
-        head = action.head
         try:
             f = self._rewind(f, action.index)
             first = f.read(CHUNK_SIZE)
-            complete = len(first) < CHUNK_SIZE
-            scan.finish()
-            if scan.needs_utf8:
-                start = self._downgrade_start(first, f, complete)
-                if start is None:
-                    f.close()
-                    self._refuse_utf8(action)
-                    return
-                first, complete, delta = start
-                head = self._downgraded_head(action, delta)
+            judged = self._judged(action, f, first, len(first) < CHUNK_SIZE, scan)
+            if judged is None:
+                return
+            first, complete, head = judged
         except Exception:
             self._read_failed(action, f)
             return
