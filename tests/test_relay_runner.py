@@ -404,6 +404,21 @@ def test_exception_in_one_entry_does_not_stall_others(hub):
     assert len(hub.agent.calls) == 3  # retried after a minute
 
 
+def hold_record_writes(hub, monkeypatch) -> list:
+    """Every queue record update waits in the returned list until the
+    test calls it (then it is written, and its Deferred fires)."""
+    real = hub.queue.update
+    held = []
+
+    def update(qid, change):
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    return held
+
+
 def records_cannot_be_written(hub, monkeypatch) -> list[bool]:
     """Every queue record update fails (no descriptor left) while the
     returned flag's ``[0]`` is true."""
@@ -690,15 +705,7 @@ def test_no_notice_after_a_stop_gave_the_attempt_up_while_it_was_recorded(hub, m
     # hub's now, which sends the notice itself
     hub.runner.start()
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
-    real = hub.queue.update
-    held = []
-
-    def update(qid, change):
-        d = defer.Deferred()
-        held.append(lambda: real(qid, change).chainDeferred(d))
-        return d
-
-    monkeypatch.setattr(hub.queue, "update", update)
+    held = hold_record_writes(hub, monkeypatch)
     qid = enqueue(hub, BOB)
     assert len(held) == 1  # the attempt's record is being written
     assert hub.runner.stop(grace=0).called
@@ -1312,15 +1319,7 @@ def three_destinations_with_held_writes(hub, monkeypatch):
     deliveries held (``pending``: the agent's Deferreds and recipients) and
     every queue record update held in ``held`` until the test calls it."""
     pending = hub.agent.hold()
-    real = hub.queue.update
-    held = []
-
-    def update(qid, change):
-        d = defer.Deferred()
-        held.append(lambda: real(qid, change).chainDeferred(d))
-        return d
-
-    monkeypatch.setattr(hub.queue, "update", update)
+    held = hold_record_writes(hub, monkeypatch)
     hub.runner.start()
     return enqueue(hub, BOB, CAROL, DAVE), pending, held
 
@@ -1356,15 +1355,7 @@ def test_a_stop_waits_for_an_outcome_being_recorded(hub, monkeypatch):
     first = enqueue(hub, BOB)
     second = enqueue(hub, CAROL)
     hub.agent.resolving.add(second)  # only looking up DNS
-    real = hub.queue.update
-    held = []
-
-    def update(qid, change):
-        d = defer.Deferred()
-        held.append(lambda: real(qid, change).chainDeferred(d))
-        return d
-
-    monkeypatch.setattr(hub.queue, "update", update)
+    held = hold_record_writes(hub, monkeypatch)
     x, r = pending.pop(0)
     x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
     assert len(held) == 1  # the outcome is being written
@@ -1558,15 +1549,7 @@ def test_an_early_record_queued_behind_another_is_not_written_after_give_up(hub,
 
 def test_a_stop_waits_for_an_early_record_in_flight_then_gives_up(hub, monkeypatch):
     pending = hub.agent.hold()
-    real = hub.queue.update
-    held = []
-
-    def update(qid, change):
-        d = defer.Deferred()
-        held.append(lambda: real(qid, change).chainDeferred(d))
-        return d
-
-    monkeypatch.setattr(hub.queue, "update", update)
+    held = hold_record_writes(hub, monkeypatch)
     hub.runner.start()
     qid = enqueue(hub, BOB, CAROL)
     by = {r[0]: x for x, r in pending}
