@@ -580,3 +580,19 @@ def test_a_boundary_inside_an_over_long_line_is_no_boundary():
     assert_7bit(out)
     [part] = parse(out).iter_parts()
     assert part.get_content().encode() == text[:-1]  # its last LF is the delimiter's
+
+
+@pytest.mark.parametrize("text", ["a\u2028b c", "x\x85y", "Gr\u00fc\u00dfe\x0cmehr",
+                                  "eins\u2029zwei\x0bdrei\x1cvier"])
+def test_unicode_line_breaks_in_8bit_text_come_back_exactly(text):
+    # email.header.Header cuts text at str.splitlines breaks (NEL, U+2028,
+    # FF, VT...) and puts a blank in their place: the 7-bit copy said
+    # something else than the original (the POP3 downgrade had the same
+    # fault, with the same cure: one encoder for both)
+    out = _encoded(f"Subject: {text}")
+    assert str(parse(out + b"\n")["Subject"]) == text
+    out = _encoded(f"From: {text.replace(' ', '')} <j@x.org>")
+    (box,) = parse(out + b"\n")["From"].addresses
+    assert (box.display_name, box.addr_spec) == (text.replace(" ", ""), "j@x.org")
+    out = _encoded(f"From: j@x.org ({text})")
+    assert _decoded_words(out.split(b"(", 1)[1].rsplit(b")", 1)[0]) == text

@@ -41,7 +41,8 @@ from email.errors import HeaderParseError
 
 from txmailhub.address import ascii_domain
 
-__all__ = ["Undowngradable", "downgrade_header", "header_end", "needs_downgrade"]
+__all__ = ["Undowngradable", "downgrade_header", "encoded_words", "header_end", "needs_downgrade",
+           "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -142,7 +143,7 @@ def _field(text: str) -> str:
     if key in ADDRESS_FIELDS:
         return _fold(name, _address_list(value.strip()))
     if key in ENCAPSULATED_FIELDS:
-        return _unstructured(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
+        return unstructured_field(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
     if key in _PARAMETER_FIELDS:
         # a UTF-8 comment goes after the parameters, as encoded words (RFC
         # 2047 5(2)): the stdlib would put them outside the comment, where
@@ -157,19 +158,19 @@ def _field(text: str) -> str:
                 return _fold(name, " ".join(comments), folded) if comments else folded
         except (HeaderParseError, ValueError, IndexError):
             pass
-        return _unstructured(name, value.lstrip(" \t"))  # no parameters to be had
+        return unstructured_field(name, value.lstrip(" \t"))  # no parameters to be had
     if key == "received":
         return _fold(name, _received(value.strip()))
-    return _unstructured(name, value.lstrip(" \t"))
+    return unstructured_field(name, value.lstrip(" \t"))
 
 
-def _unstructured(name: str, text: str) -> str:
+def unstructured_field(name: str, text: str) -> str:
     """An unstructured field: the whole text as encoded words (decoding
     them gives ``text`` back, blanks included).  Not ``email.header.Header``:
     it cuts the text at ``str.splitlines`` breaks (NEL, U+2028, FF...) and
     puts a blank in their place."""
     first = _LINE - len(name) - len(": =?utf-8?q??=")
-    return _fold(name, _words(text, first if first >= _Q_MIN else _Q_ROOM))
+    return _fold(name, encoded_words(text, first if first >= _Q_MIN else _Q_ROOM))
 
 
 _Q_SAFE = frozenset(b"-!*+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -186,7 +187,7 @@ def _q(text: str) -> str:
         for b in text.encode("utf-8"))
 
 
-def _words(text: str, first: int = _Q_ROOM) -> str:
+def encoded_words(text: str, first: int = _Q_ROOM) -> str:
     """``text`` as encoded words separated by blanks, cut between its
     words where it can (a blank stays at the end of the word before the
     cut: RFC 2047 6.2 drops the blanks between encoded words, and parsers
@@ -285,7 +286,7 @@ def _address_list(text: str) -> str:
         if item:
             ascii_form, original = _mailbox(item)
             out.append(ascii_form if ascii_form is not None
-                       else f"{_words(original)} :;")  # RFC 6857 3.2.1
+                       else f"{encoded_words(original)} :;")  # RFC 6857 3.2.1
         i = j + 1
     return ", ".join(out)
 
@@ -301,7 +302,7 @@ def _group(name: str, members: str) -> str:
             kept.append(ascii_form)
     phrase = _phrase(name.strip())
     if moved:
-        phrase = f"{phrase} {_words(' '.join(moved))}".strip()
+        phrase = f"{phrase} {encoded_words(' '.join(moved))}".strip()
     if phrase.endswith("?="):
         phrase += " "  # an encoded word ends at a blank (RFC 2047 5(3))
     return f"{phrase}: {', '.join(kept)};" if kept else f"{phrase}:;"
@@ -396,9 +397,9 @@ def _comments(text: str) -> str:
             out.append(part)
         elif part.startswith("("):
             inner = part[1:-1] if part.endswith(")") else part[1:]
-            out.append("(" + _words(_unescape(inner)) + ")")
+            out.append("(" + encoded_words(_unescape(inner)) + ")")
         else:
-            out.append(_words(part.strip()))
+            out.append(encoded_words(part.strip()))
     return "".join(out)
 
 
@@ -434,7 +435,7 @@ def _phrase(display: str) -> str:
                 words.append(part[i:j])
                 i = j
     text = " ".join(w for w in words if w)
-    encoded = _words(text) if text else ""
+    encoded = encoded_words(text) if text else ""
     return " ".join(p for p in (encoded, *comments) if p)
 
 
@@ -465,4 +466,4 @@ def _received_word(word: str) -> str:
     domain = ascii_domain(word.strip("[]<>"))
     if domain.isascii():
         return word.replace(word.strip("[]<>"), domain)
-    return "(" + _words(word) + ")"  # kept as a comment, never dropped
+    return "(" + encoded_words(word) + ")"  # kept as a comment, never dropped

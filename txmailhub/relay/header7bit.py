@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from email import policy as email_policy
 from email.errors import HeaderParseError
-from email.header import Header
+
+from txmailhub.downgrade import encoded_words, unstructured_field
 
 __all__ = ["Unconvertible", "encode_field"]
 
@@ -120,12 +121,11 @@ def encode_field(raw: bytes) -> bytes:
     value = _unfold_text(value_b)
     text, charset = _text(value)
     if charset == "utf-8":
-        # maxlinelen 76 keeps each encoded word within RFC 2047's 75
-        # characters (the module's default, 78, let them reach 76)
-        encoded = Header(text, "utf-8", header_name=name, maxlinelen=76).encode(linesep="\n")
-    else:
-        encoded = _unknown_8bit_words(value)
-    return f"{name}: {encoded}\n".encode("ascii")
+        # the encoder POP3's downgrade uses: every character comes back
+        # when decoded (email.header.Header turns NEL, U+2028, FF... into
+        # a blank), each word within RFC 2047's 75 characters
+        return (unstructured_field(name, text) + "\n").encode("ascii")
+    return f"{name}: {_unknown_8bit_words(value)}\n".encode("ascii")
 
 
 def _unknown_8bit_words(value: bytes) -> str:
@@ -147,14 +147,6 @@ def _unknown_8bit_words(value: bytes) -> str:
     return "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)
 
 
-def _words(text: str) -> str:
-    """``text`` as RFC 2047 encoded words (Q/B as the stdlib picks; Q leaves
-    only ``[-!*+/A-Za-z0-9]`` unencoded: safe in a phrase and a comment)."""
-    # 75: RFC 2047 2's limit on one encoded word (the stdlib's line
-    # length counts the fold's blank as well)
-    return Header(text, "utf-8", maxlinelen=75).encode(linesep="\n")
-
-
 def _encode_address_field(name: str, text: str) -> bytes:
     """An address field with its non-ASCII quoted strings, comments and
     phrase atoms as encoded words, every other character as it is."""
@@ -170,7 +162,7 @@ def _encode_address_field(name: str, text: str) -> bytes:
                 buf.append(text[j])
                 j += 1
             token = text[i:j + 1]
-            out.append(token if token.isascii() else _words("".join(buf)))
+            out.append(token if token.isascii() else encoded_words("".join(buf)))
             i = j + 1
         elif c == "(":
             depth, j = 0, i
@@ -183,7 +175,7 @@ def _encode_address_field(name: str, text: str) -> bytes:
                     break
                 j += 1
             token = text[i:j + 1]
-            out.append(token if token.isascii() else "(" + _words(text[i + 1:j]) + ")")
+            out.append(token if token.isascii() else "(" + encoded_words(text[i + 1:j]) + ")")
             i = j + 1
         else:
             j = i
@@ -192,7 +184,7 @@ def _encode_address_field(name: str, text: str) -> bytes:
             run = text[i:j]
             if not run.isascii():
                 # non-ASCII atoms of a phrase (the addresses were checked)
-                run = " ".join(w if w.isascii() else _words(w) for w in run.split(" "))
+                run = " ".join(w if w.isascii() else encoded_words(w) for w in run.split(" "))
             out.append(run)
             i = j
     value = "".join(out)
