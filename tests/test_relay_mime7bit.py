@@ -596,3 +596,19 @@ def test_unicode_line_breaks_in_8bit_text_come_back_exactly(text):
     assert (box.display_name, box.addr_spec) == (text.replace(" ", ""), "j@x.org")
     out = _encoded(f"From: j@x.org ({text})")
     assert _decoded_words(out.split(b"(", 1)[1].rsplit(b")", 1)[0]) == text
+
+
+@pytest.mark.parametrize("field", ["Content-Type: text/plain (Gr\u00fc\u00dfe); charset=utf-8",
+                                   'Content-Disposition: attachment (f\u00fcr dich); '
+                                   'filename="a.txt"'])
+def test_an_8bit_comment_in_a_mime_field_keeps_its_parameters(field):
+    # the stdlib put the comment's encoded word after the type, outside
+    # any comment: the type became "text/plain grüße" and the parameters
+    # were lost (the POP3 downgrade's fix, shared)
+    out = _encoded(field)
+    msg = parse(out + b"\n")
+    if field.startswith("Content-Type"):
+        assert msg.get_content_type() == "text/plain" and msg.get_param("charset") == "utf-8"
+    else:
+        assert msg.get_content_disposition() == "attachment"
+        assert msg.get_filename() == "a.txt"

@@ -42,7 +42,7 @@ from email.errors import HeaderParseError
 from txmailhub.address import ascii_domain
 
 __all__ = ["Undowngradable", "downgrade_header", "encoded_words", "header_end", "needs_downgrade",
-           "unstructured_field"]
+           "parameter_field", "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -145,23 +145,33 @@ def _field(text: str) -> str:
     if key in ENCAPSULATED_FIELDS:
         return unstructured_field(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
     if key in _PARAMETER_FIELDS:
-        # a UTF-8 comment goes after the parameters, as encoded words (RFC
-        # 2047 5(2)): the stdlib would put them outside the comment, where
-        # they end the type, and folds a line with them badly
-        parts = _comment_split(value.strip())
-        comments = [_comments(p) for p in parts if p[:1] == "(" and not p.isascii()]
-        mime = "".join(p for p in parts if p[:1] != "(" or p.isascii())
-        try:
-            folded = _POLICY.header_factory(name, mime).fold(policy=_POLICY)
-            if folded.isascii():
-                folded = folded.rstrip("\n")
-                return _fold(name, " ".join(comments), folded) if comments else folded
-        except (HeaderParseError, ValueError, IndexError):
-            pass
+        folded = parameter_field(name, value)
+        if folded is not None:
+            return folded
         return unstructured_field(name, value.lstrip(" \t"))  # no parameters to be had
     if key == "received":
         return _fold(name, _received(value.strip()))
     return unstructured_field(name, value.lstrip(" \t"))
+
+
+def parameter_field(name: str, value: str) -> str | None:
+    """A Content-Type or Content-Disposition field (``value`` unfolded)
+    in ASCII: non-ASCII parameter values as RFC 2231 values, a UTF-8
+    comment after the parameters as encoded words inside its parentheses
+    (RFC 2047 5(2)) -- the stdlib would put them outside the comment,
+    where they end the type, and folds a line with them badly.  ``None``
+    when the value has no parameters to be had."""
+    parts = _comment_split(value.strip())
+    comments = [_comments(p) for p in parts if p[:1] == "(" and not p.isascii()]
+    mime = "".join(p for p in parts if p[:1] != "(" or p.isascii())
+    try:
+        folded = _POLICY.header_factory(name, mime).fold(policy=_POLICY)
+    except (HeaderParseError, ValueError, IndexError):
+        return None
+    if not folded.isascii():
+        return None
+    folded = folded.rstrip("\n")
+    return _fold(name, " ".join(comments), folded) if comments else folded
 
 
 def unstructured_field(name: str, text: str) -> str:

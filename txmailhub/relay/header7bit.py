@@ -11,7 +11,9 @@ field).  What is done, by kind of field:
   cannot be expressed in 7 bits (it needs SMTPUTF8, RFC 6531/6532):
   ``Unconvertible``;
 * Content-Type and Content-Disposition: non-ASCII parameter values
-  (file names) become RFC 2231 ``name*=utf-8''...`` values;
+  (file names) become RFC 2231 ``name*=utf-8''...`` values, a UTF-8
+  comment encoded words inside its parentheses (as POP3's downgrade
+  does: ``txmailhub.downgrade`` has both encoders);
 * other structured fields (Received, Message-ID, Date, References,
   In-Reply-To, Return-Path, MIME-Version, Content-Transfer-Encoding,
   Content-ID, DKIM/ARC signatures, ...): there is no safe 7-bit form
@@ -32,7 +34,7 @@ from __future__ import annotations
 from email import policy as email_policy
 from email.errors import HeaderParseError
 
-from txmailhub.downgrade import encoded_words, unstructured_field
+from txmailhub.downgrade import encoded_words, parameter_field, unstructured_field
 
 __all__ = ["Unconvertible", "encode_field"]
 
@@ -105,7 +107,10 @@ def encode_field(raw: bytes) -> bytes:
                         raise Unconvertible(
                             f"the {name} field has a non-ASCII address (needs SMTPUTF8)")
             if key in _PARAMETER_FIELDS:
-                out = header.fold(policy=_POLICY).encode("ascii")
+                folded = parameter_field(name, text)
+                if folded is None:
+                    raise Unconvertible(f"the {name} field cannot be re-encoded")
+                out = (folded + "\n").encode("ascii")
             else:
                 # token by token: the stdlib's refolding drops the
                 # parentheses of a comment it encodes (RFC 2047 5(2) keeps
