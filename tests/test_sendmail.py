@@ -114,7 +114,7 @@ def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
     assert parse_args([*argv, "bob"]) == Options(recipients=("bob",))
 
 
-@pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bs"], ["-bv", "bob"],
+@pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bv", "bob"],
                                   ["-bd"], ["-q1h"], ["-q"], ["-f"], ["-I"], ["-N", "sometimes"],
                                   ["-N", "never,success"], ["-R", "body"], ["-V", "a b\n"]])
 def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str]) -> None:

@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "sendmail", add_help=False,
         help="read a message on stdin and hand it to the running hub, with sendmail(8)'s "
-             "options (-t, -i, -f, -F ...) and exit codes (see docs/sendmail.rst)",
+             "options (-t, -i, -f, -F, -bs ...) and exit codes (see docs/sendmail.rst)",
     )
     return p
 

@@ -54,6 +54,7 @@ from txmailhub.sendmail_smtp import (
     Refused,
     Target,
     hub_targets,
+    open_session,
     submit,
 )
 from txmailhub.smtp._parse import parse_mailbox
@@ -72,7 +73,7 @@ __all__ = [
 _OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:iL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
 _IGNORED = set("ABcdeGhLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
-_MODES = ("m", "p", "i")
+_MODES = ("m", "p", "i", "s")
 
 
 class UsageError(Exception):
@@ -101,7 +102,8 @@ class Options:
     ret: str | None = None                # -R: DSN RET on MAIL
     envid: str | None = None              # -V: DSN ENVID on MAIL
     mode: str = "m"                       # -bm send (the default), -bp list the queue,
-                                          # -bi rebuild the aliases (nothing to do)
+                                          # -bi rebuild the aliases (nothing to do),
+                                          # -bs SMTP on stdin and stdout
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -139,8 +141,9 @@ def parse_args(argv: list[str]) -> Options:
             found["envid"] = value
         elif letter == "b":
             if value not in _MODES:
-                raise UsageError(f"-b{value}: only -bm (read a message and send it), -bp "
-                                 "(list the queue, as mailq) and -bi (newaliases) are offered")
+                raise UsageError(f"-b{value}: only -bm (read a message and send it), -bs "
+                                 "(SMTP on standard input and output), -bp (list the queue, "
+                                 "as mailq) and -bi (newaliases) are offered")
             found["mode"] = value
         elif letter == "q":
             raise UsageError(f"-q{value}: the hub runs its own queue; see mailhub queue flush")
@@ -369,8 +372,11 @@ def prepare(
 def run(
     argv: list[str], config: str, prog: str,
     stdin: BinaryIO | None = None, err: TextIO | None = None, out: TextIO | None = None,
+    stdout: BinaryIO | None = None,
 ) -> int:
-    """The whole command: parse, read, prepare, submit; the exit code."""
+    """The whole command: parse, read, prepare, submit; the exit code.
+    ``stdout`` is where ``-bs`` writes its replies (binary: CRLF, UTF-8
+    as the hub sent it); by default ``out``'s buffer."""
     err = err or sys.stderr
     not_sent = "the message was NOT sent"
     try:
@@ -379,12 +385,18 @@ def run(
         print(f"{prog}: {e}", file=err)
         print(f"usage: {prog} [-t] [-i] [-f sender] [-F name] [-C config] [--] "
               "[recipient ...] < message", file=err)
+        print(f"       {prog} -bs [-C config]   (SMTP on standard input and output)",
+              file=err)
         return EX_USAGE
     if options.mode == "i":
         # newaliases: package scripts call it after editing the aliases file
         print(f"{prog}: nothing to rebuild: the hub reads the [aliases] file itself, "
               "again whenever it changes", file=out or sys.stdout)
         return EX_OK
+    if options.mode == "s":
+        binary = stdout or getattr(out or sys.stdout, "buffer", None) or sys.stdout.buffer
+        return _smtp_session(options.config or config, prog, stdin or sys.stdin.buffer,
+                             binary, err)
     try:
         settings = load_local_submission(options.config or config)
     except ConfigError as e:
@@ -451,6 +463,46 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
     if options.verbose:
         print(f"{prog}: {reply}", file=err)
     return EX_OK
+
+
+def _smtp_session(config: str, prog: str, stdin: BinaryIO, stdout: BinaryIO,
+                  err: TextIO) -> int:
+    """``-bs``: SMTP with the client on stdin and stdout, mediated to the
+    hub (``txmailhub.sendmail_bs``).  The envelope is the client's: every
+    other option (``-f``, ``-t``, recipients ...) is ignored.  Without a
+    hub to talk to the client's greeting is a 421."""
+    from txmailhub.sendmail_bs import Session, unavailable
+
+    def fail(status: int, hostname: str, why: str) -> int:
+        print(f"{prog}: {why}", file=err)
+        try:
+            stdout.write(unavailable(hostname, why))
+            stdout.flush()
+        except (OSError, ValueError):
+            pass
+        return status
+
+    try:
+        settings = load_local_submission(config)
+    except ConfigError as e:
+        return fail(EX_CONFIG, "localhost", "; ".join(e.problems))
+    targets = hub_targets(settings.listen)
+    if not targets:
+        return fail(EX_CONFIG, settings.hostname, f"{settings.path}: [smtp] listen names no "
+                    "listener this command can reach (a unix: socket or a fixed TCP port)")
+    try:
+        client, _, greeting = open_session(targets)
+    except Refused as e:
+        return fail(e.status, settings.hostname, str(e))
+    login_name, _ = _login()
+    uid = os.getuid()
+    session = Session(stdin, stdout, client,
+                      lambda: trace_field(settings.hostname, login_name, uid),
+                      settings.hostname)
+    status = session.run(greeting)
+    if status != EX_OK and session.why:
+        print(f"{prog}: {session.why}", file=err)
+    return status
 
 
 def _list_queue(settings: LocalSubmission, prog: str, out: TextIO, err: TextIO) -> int:

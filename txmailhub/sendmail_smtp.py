@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK", "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK",
     "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "OutcomeUnknown", "Refused",
-    "Target", "dot_stuffed", "hub_targets", "submit",
+    "Target", "dot_stuffed", "hub_targets", "open_session", "submit",
 ]
 
 # sysexits(3): what callers of sendmail (cron, PHP, MTAs' own wrappers) test
@@ -144,7 +144,12 @@ def _status(stage: str, code: int, reply: str) -> int:
     return EX_UNAVAILABLE
 
 
-def _connect(targets: list[Target], timeout: float) -> tuple[_HubSMTP, Target]:
+def open_session(targets: list[Target], timeout: float = TIMEOUT,
+                 ) -> tuple[smtplib.SMTP, Target, tuple[int, bytes]]:
+    """A connection to the first target that answers, and its greeting
+    (the client and the code and text ``smtplib`` read).  Raise
+    ``Refused`` (75) when none can be reached, and for a greeting other
+    than 220 (421: too many connections, 554: no service here)."""
     errors = []
     for target in targets:
         client = _HubSMTP(target, timeout)
@@ -154,12 +159,17 @@ def _connect(targets: list[Target], timeout: float) -> tuple[_HubSMTP, Target]:
             client.close()
             errors.append(f"{target}: {e.strerror or e}")
             continue
-        if code != 220:  # 421 (too many connections), 554 (no service here)
+        if code != 220:
             client.close()
             raise Refused(_status("greeting", code, _text(greeting)),
                            f"the hub at {target} greeted with {code} {_text(greeting)}")
-        return client, target
+        return client, target, (code, greeting)
     raise Refused(EX_TEMPFAIL, "cannot reach the hub (is it running?): " + "; ".join(errors))
+
+
+def _connect(targets: list[Target], timeout: float) -> tuple[smtplib.SMTP, Target]:
+    client, target, _ = open_session(targets, timeout)
+    return client, target
 
 
 def dot_stuffed(pieces: Iterable[bytes]) -> Iterator[bytes]:

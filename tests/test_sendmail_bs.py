@@ -1,0 +1,367 @@
+"""``sendmail -bs``: SMTP on stdin and stdout, mediated to the hub.
+
+The session logic against a scripted hub (deterministic: the client's
+whole input is a buffer, as a pipelining client may write it), then the
+real command as a subprocess against a real hub on 127.0.0.1, driven
+both pipelined and in lock-step."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import smtplib
+import subprocess
+import sys
+import tempfile
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from txmailhub.sendmail import parse_args
+from txmailhub.sendmail_bs import Session, format_reply
+from txmailhub.smtp._data import DotReader
+
+TRACE = b"Received: by mail.example.org (txmailhub sendmail, from userid 1000 joe);\r\n\tnow\r\n"
+EHLO = b"hub.example.org\nPIPELINING\nCHUNKING\nSIZE 1000\nSTARTTLS\n8BITMIME"
+
+
+class ScriptedHub:
+    """The hub side: a reply per command, the data read by the hub's own
+    DATA reader (kept as a digest and a size), and ways to fail."""
+
+    def __init__(self, replies: dict[bytes, tuple[int, bytes]] | None = None,
+                 drop: str | None = None) -> None:
+        self.replies = replies or {}
+        self.drop = drop  # "reply": no reply to a command; "data": send fails mid-data
+        self.commands: list[bytes] = []
+        self.reader: DotReader | None = None
+        self.stored = hashlib.sha256()
+        self.stored_size = 0
+        self.first: bytes = b""  # the start of the last message stored
+        self.messages = 0
+        self.pending: list[tuple[int, bytes]] = []
+        self.closed = False
+        self.largest_send = 0
+        self.wire = hashlib.sha256()  # the data as sent, dot-stuffed
+
+    def _store(self, data: bytes) -> None:
+        if self.stored_size == 0 or len(self.first) < 200:
+            self.first += data
+        self.stored.update(data)
+        self.stored_size += len(data)
+
+    def send(self, data: bytes) -> None:
+        assert not self.closed
+        self.largest_send = max(self.largest_send, len(data))
+        if self.reader is not None:
+            if self.drop == "data":
+                raise smtplib.SMTPServerDisconnected("Server not connected")
+            self.wire.update(data)
+            rest = self.reader.feed(data)
+            if rest is not None:
+                assert rest == b""
+                self.reader = None
+                self.messages += 1
+                self.pending.append((250, b"2.0.0 Ok: queued"))
+            return
+        assert data.endswith(b"\r\n") and data.count(b"\n") == 1, data
+        assert not self.pending, "a command sent before the last reply was read"
+        command = data[:-2]
+        self.commands.append(command)
+        verb = command.split(b" ")[0].upper()
+        if verb == b"DATA":
+            self.reader = DotReader(self._store, 10**10)
+            self.first = b""
+            self.stored_size = 0
+        default = {b"EHLO": (250, EHLO), b"DATA": (354, b"End data with <CR><LF>.<CR><LF>"),
+                   b"QUIT": (221, b"2.0.0 Bye")}.get(verb, (250, b"2.0.0 Ok"))
+        self.pending.append(self.replies.get(verb, default))
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.drop == "reply" or not self.pending:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        return self.pending.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def session(stdin: bytes | io.BufferedIOBase, hub: ScriptedHub) -> tuple[int, bytes, Session]:
+    out = io.BytesIO()
+    source = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
+    s = Session(source, out, hub, lambda: TRACE, "mail.example.org")  # type: ignore[arg-type]
+    status = s.run((220, b"hub.example.org ESMTP"))
+    return status, out.getvalue(), s
+
+
+def codes(out: bytes) -> list[bytes]:
+    """The code of each reply (its last line), in order."""
+    assert out.endswith(b"\r\n") and b"\n" not in out.replace(b"\r\n", b"")
+    return [line[:3] for line in out.split(b"\r\n")[:-1] if line[3:4] != b"-"]
+
+
+MESSAGE = b"Subject: hi\n\n..a stuffed dot\nline two\r\n"
+PIPELINED = (b"EHLO alpine\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\n"
+             b"DATA\r\n" + MESSAGE + b".\r\n")
+
+
+def test_a_pipelined_session_is_answered_in_order_and_the_message_gets_the_trace() -> None:
+    hub = ScriptedHub()
+    status, out, _ = session(PIPELINED + b"QUIT\r\n", hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+    assert out.startswith(b"220 hub.example.org ESMTP\r\n250-hub.example.org\r\n")
+    assert hub.commands == [b"EHLO alpine", b"MAIL FROM:<joe@example.org>",
+                            b"RCPT TO:<bob@example.org>", b"DATA", b"QUIT"]
+    # stored as the hub stores (LF): the trace on top, the dot unstuffed once
+    assert hub.first == (TRACE + b"Subject: hi\r\n\r\n.a stuffed dot\r\nline two\r\n"
+                         ).replace(b"\r\n", b"\n")
+    assert hub.closed
+
+
+def test_the_ehlo_reply_loses_chunking_and_starttls_and_bdat_is_refused_here() -> None:
+    hub = ScriptedHub()
+    status, out, _ = session(b"EHLO a\r\nBDAT 10 LAST\r\nSTARTTLS\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert out.split(b"\r\n")[1:6] == [b"250-hub.example.org", b"250-PIPELINING",
+                                       b"250-SIZE 1000", b"250 8BITMIME", b"502 5.5.1 BDAT "
+                                       b"is not offered here: use DATA"]
+    assert b"502 5.5.1 STARTTLS" in out
+    assert hub.commands == [b"EHLO a", b"QUIT"]
+
+
+def test_two_messages_and_rset_in_one_session() -> None:
+    hub = ScriptedHub()
+    stdin = (PIPELINED + b"RSET\r\nMAIL FROM:<a@example.org>\r\nRSET\r\n"
+             + PIPELINED.split(b"\r\n", 1)[1] + b"QUIT\r\n")
+    status, out, _ = session(stdin, hub)
+    assert status == 0 and hub.messages == 2
+    assert codes(out).count(b"354") == 2
+    assert hub.commands.count(b"RSET") == 2
+
+
+def test_the_end_of_stdin_between_commands_ends_the_session_with_quit() -> None:
+    hub = ScriptedHub()
+    status, out, _ = session(PIPELINED, hub)
+    assert status == 0 and hub.messages == 1
+    assert hub.commands[-1] == b"QUIT" and hub.closed
+    assert not out.endswith(b"221 2.0.0 Bye\r\n")  # the client is gone: no reply for it
+
+
+def test_the_end_of_stdin_inside_the_data_sends_no_final_dot() -> None:
+    hub = ScriptedHub()
+    status, _, s = session(PIPELINED[:-3], hub)
+    assert status == 65 and hub.messages == 0 and hub.closed
+    assert hub.reader is not None  # the hub is still inside the data: it keeps nothing
+    assert s.why and "NOT sent" in s.why
+
+
+def test_a_421_from_the_hub_is_passed_on_and_ends_the_session() -> None:
+    hub = ScriptedHub(replies={b"MAIL": (421, b"4.3.2 Shutting down")})
+    status, out, _ = session(PIPELINED, hub)
+    assert status == 75
+    assert out.endswith(b"250 8BITMIME\r\n421 4.3.2 Shutting down\r\n")
+    assert hub.commands == [b"EHLO alpine", b"MAIL FROM:<joe@example.org>"] and hub.closed
+
+
+def test_a_hub_that_goes_away_gets_the_client_a_421() -> None:
+    hub = ScriptedHub(drop="reply")
+    status, out, s = session(PIPELINED, hub)
+    assert status == 75
+    assert out == b"220 hub.example.org ESMTP\r\n421 4.4.2 mail.example.org mail hub " \
+                  b"connection lost\r\n"
+    assert s.why and "Connection unexpectedly closed" in s.why
+
+
+def test_a_hub_lost_inside_the_data_is_told_after_the_clients_final_dot() -> None:
+    # the client writes the whole data before it reads a reply: it is
+    # read to its final dot, then answered
+    hub = ScriptedHub(drop="data")
+    status, out, _ = session(PIPELINED + b"QUIT\r\n", hub)
+    assert status == 75
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+
+
+def test_a_command_line_too_long_is_refused_and_the_session_goes_on() -> None:
+    hub = ScriptedHub()
+    status, out, _ = session(b"NOOP " + b"x" * 10_000 + b"\r\nNOOP\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"500", b"250", b"221"]
+    assert hub.commands == [b"NOOP", b"QUIT"]
+
+
+def test_a_closed_stdout_ends_the_session() -> None:
+    hub = ScriptedHub()
+    out = io.BytesIO()
+    out.close()
+    s = Session(io.BytesIO(PIPELINED), out, hub, lambda: TRACE, "h")  # type: ignore[arg-type]
+    assert s.run((220, b"hi")) == 74 and hub.closed
+
+
+@pytest.mark.parametrize(("code", "text", "wire"), [
+    (250, b"a\nb\nc", b"250-a\r\n250-b\r\n250 c\r\n"),
+    (250, b"", b"250\r\n"),
+    (354, b"go on", b"354 go on\r\n"),
+])
+def test_replies_are_written_as_smtp_lines(code: int, text: bytes, wire: bytes) -> None:
+    assert format_reply(code, text) == wire
+
+
+def test_a_big_message_passes_in_bounded_memory() -> None:
+    MiB = 1 << 20
+    block = b".dot\n" + b"y" * 1018 + b"\n"  # 1 KiB of LF lines
+    wire = hashlib.sha256(TRACE)
+    hub = ScriptedHub()
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        stdin.write(b"z" * 200_000 + b"\n")  # a line longer than a read
+        wire.update(b"z" * 200_000 + b"\r\n")
+        for _ in range(30 * 1024):
+            stdin.write(b"." + block)
+            wire.update(b"." + block.replace(b"\n", b"\r\n"))
+        stdin.write(b".\r\nQUIT\r\n")
+        stdin.seek(0)
+        tracemalloc.start()
+        try:
+            status, out, _ = session(stdin, hub)  # type: ignore[arg-type]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert status == 0 and codes(out) == [b"220", b"250", b"250", b"354", b"250", b"221"]
+    assert peak < 4 * MiB, f"{peak} octets at the peak"
+    assert hub.largest_send <= 65536 + 2
+    wire.update(b".\r\n")
+    assert hub.wire.digest() == wire.digest()  # as it came, but each LF a CRLF
+
+
+def test_a_cr_lf_cut_by_a_read_stays_one_line_end() -> None:
+    hub = ScriptedHub()
+    line = b"x" * (65536 - 1) + b"\r\n"  # the read ends after the CR
+    status, _, _ = session(b"DATA\r\n" + line + b".\r\nQUIT\r\n", hub)
+    assert status == 0 and hub.messages == 1
+    assert hub.wire.digest() == hashlib.sha256(TRACE + line + b".\r\n").digest()
+
+
+@pytest.mark.parametrize("argv", [
+    ["-bs"], ["-bs", "-odb", "-oem"], ["-bs", "-oi", "-f", "joe", "-F", "Joe", "-t"],
+    ["-bs", "-v", "bob"],
+])
+def test_bs_is_a_mode_and_the_other_options_do_not_break_it(argv: list[str]) -> None:
+    assert parse_args(argv).mode == "s"
+
+
+# --- the real command against a real hub ---------------------------------
+
+
+def command(config: Path, *argv: str) -> subprocess.Popen[bytes]:
+    """The console script's code (``main``, named ``sendmail``), as Alpine runs it."""
+    code = "import sys; from txmailhub.sendmail import main; sys.exit(main())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", code, "-C", str(config), *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def sendmail_config(folder: Path, port: int) -> Path:
+    path = folder / "sendmail.toml"
+    path.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                    f'[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n')
+    return path
+
+
+def read_reply(stdout: io.BufferedReader) -> bytes:
+    """One reply, all its lines, as read from the command's stdout."""
+    lines = b""
+    while True:
+        line = stdout.readline()
+        assert line.endswith(b"\r\n"), (lines, line)
+        lines += line
+        if line[3:4] != b"-":
+            return lines
+
+
+def test_live_lock_step_two_messages_and_rset(make_hub: Callable[..., object]) -> None:
+    hub = make_hub()
+    proc = command(sendmail_config(hub.folder, hub.smtp_port), "-bs", "-odb", "-oem")
+    assert proc.stdin and proc.stdout
+
+    def say(line: bytes) -> bytes:
+        proc.stdin.write(line + b"\n")  # LF only, as a Unix client may write
+        proc.stdin.flush()
+        return read_reply(proc.stdout)
+
+    try:
+        assert read_reply(proc.stdout).startswith(b"220 mail.example.org")
+        ehlo = say(b"EHLO alpine.example.org")
+        assert ehlo.startswith(b"250-") and b"PIPELINING" in ehlo
+        assert b"CHUNKING" not in ehlo and b"STARTTLS" not in ehlo
+        for n in (1, 2):
+            assert say(b"MAIL FROM:<joe@example.org>").startswith(b"250")
+            if n == 2:
+                assert say(b"RSET").startswith(b"250")
+                assert say(b"RCPT TO:<bob@example.org>").startswith(b"503")  # no MAIL now
+                assert say(b"MAIL FROM:<joe@example.org>").startswith(b"250")
+            assert say(b"RCPT TO:<bob@example.org>").startswith(b"250")
+            assert say(b"DATA").startswith(b"354")
+            proc.stdin.write(b"Subject: lock-step %d\n\n..dotted\n" % n)
+            assert say(b".").startswith(b"250")
+        assert say(b"QUIT").startswith(b"221")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
+    messages = sorted(hub.messages("bob@example.org"))
+    assert len(messages) == 2
+    for message in messages:
+        fields = message.split(b"\n\n", 1)[0]
+        # the hub's own Received field, then ours right below it
+        received = [f for f in fields.split(b"\n") if f.startswith(b"Received: ")]
+        assert received[0].startswith(b"Received: from alpine.example.org ([127.0.0.1])")
+        assert received[1].startswith(
+            b"Received: by mail.example.org (txmailhub sendmail, from userid %d " % os.getuid())
+        assert message.endswith(b"\n\n.dotted\n")
+
+
+def test_live_pipelined_session_ending_at_stdin_eof(make_hub: Callable[..., object]) -> None:
+    hub = make_hub()
+    proc = command(sendmail_config(hub.folder, hub.smtp_port), "-bs", "-oi", "-f", "x", "-t")
+    stdin = (b"EHLO a\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+             b"RCPT TO:<alice@example.org>\r\nDATA\r\nSubject: piped\r\n\r\nhello\r\n.\r\n")
+    out, err = proc.communicate(stdin, timeout=60)
+    assert proc.returncode == 0, err
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"250", b"354", b"250"]
+    for who in ("bob@example.org", "alice@example.org"):
+        (message,) = hub.messages(who)
+        assert b"(txmailhub sendmail, from userid" in message
+        assert message.endswith(b"Subject: piped\n\nhello\n")
+
+
+def test_live_unreachable_hub_is_421_and_75(tmp_path: Path) -> None:
+    from conftest import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there
+    proc = command(sendmail_config(tmp_path, port), "-bs", "-odb", "-oem")
+    out, err = proc.communicate(b"EHLO a\r\n", timeout=60)
+    assert proc.returncode == 75
+    assert out.startswith(b"421 4.3.0 mail.example.org mail hub not available: cannot reach")
+    assert out.endswith(b"\r\n") and out.count(b"\n") == 1
+    assert b"cannot reach the hub" in err
+
+
+def test_live_mailhub_sendmail_bs(make_hub: Callable[..., object]) -> None:
+    hub = make_hub()
+    config = sendmail_config(hub.folder, hub.smtp_port)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "txmailhub", "--config", str(config), "sendmail", "-bs"],
+        input=b"HELO a\nMAIL FROM:<>\nRCPT TO:<bob@example.org>\nDATA\nSubject: m\n\nx\n.\n"
+              b"QUIT\n", capture_output=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert codes(done.stdout) == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+    assert len(hub.messages("bob@example.org")) == 1

@@ -1,0 +1,260 @@
+"""``sendmail -bs``: SMTP on standard input and output, the way Alpine
+(``sendmail-path``) and some other mail programs submit a message.
+
+The command connects to the running hub exactly as for ``-bm``
+(``hub_targets``, ``open_session``) and mediates the conversation one
+command at a time: the client's command goes to the hub, the hub's reply
+comes back to the client (with CRLF line ends), so the greeting, the
+EHLO reply and every refusal are the hub's own.  Only three things are
+the command's:
+
+* the EHLO reply loses ``CHUNKING``, ``BINARYMIME`` and ``STARTTLS``: the
+  data is read here line by line (BDAT's octet counts would not survive
+  the added field below), and TLS to a pipe means nothing;
+* after the hub's 354 the data section is read here, a line at a time
+  (a longer line in pieces, so memory stays flat however big the message),
+  the trace field ``trace_field`` names the local user on top, and the
+  lines go on as they came -- still dot-stuffed, LF made CRLF -- up to the
+  final dot, which the hub answers;
+* when the hub cannot be reached, or goes away, the client gets a ``421``
+  and the command exits 75.
+
+One command at a time also makes pipelining safe: a client that writes
+several commands at once finds them in stdin's buffer, each answered in
+order.  Stdin's end between commands ends the session (QUIT to the hub,
+exit 0), as a client's QUIT does; inside the data it abandons the message
+(the connection is closed without the final dot, so the hub keeps
+nothing) and the command exits 65.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
+
+from txmailhub.sendmail_smtp import EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
+
+__all__ = ["COMMAND_LINE", "DATA_PIECE", "HIDDEN_EXTENSIONS", "Hub", "Session",
+           "format_reply", "unavailable"]
+
+#: octets of a command line the command reads (RFC 5321 4.5.3.1.4 allows 512;
+#: SMTPUTF8 addresses and extension parameters make some longer)
+COMMAND_LINE = 4096
+#: octets of the data section read from stdin at a time
+DATA_PIECE = 65536
+#: EHLO keywords the command takes out of the hub's reply (see the module)
+HIDDEN_EXTENSIONS = frozenset({b"CHUNKING", b"BINARYMIME", b"STARTTLS"})
+#: commands answered here, never passed on
+_REFUSED_HERE = {b"BDAT": b"502 5.5.1 BDAT is not offered here: use DATA",
+                 b"STARTTLS": b"502 5.5.1 STARTTLS is not offered on standard input"}
+
+
+class Hub(Protocol):
+    """What a session needs of its hub connection (``smtplib.SMTP``'s)."""
+
+    def send(self, data: bytes) -> None: ...
+    def getreply(self) -> tuple[int, bytes]: ...
+    def close(self) -> None: ...
+
+
+class _HubGone(Exception):
+    """The hub connection failed, or the hub said 421: the session ends."""
+
+
+class _HubClosed(Exception):
+    """The hub said 421 (its shutdown, an idle timeout), which the client
+    has been given: the session ends, exit 75."""
+
+
+class _ClientGone(Exception):
+    """Standard output cannot be written: nobody reads the replies."""
+
+
+def format_reply(code: int, text: bytes) -> bytes:
+    """A reply as the client reads it: ``smtplib`` gives its lines joined
+    by LF; each becomes ``CODE-line`` CRLF, the last ``CODE line``."""
+    lines = text.split(b"\n")
+    out = [b"%d-%s\r\n" % (code, line) for line in lines[:-1]]
+    last = lines[-1]
+    out.append(b"%d %s\r\n" % (code, last) if last else b"%d\r\n" % code)
+    return b"".join(out)
+
+
+def unavailable(hostname: str, why: str) -> bytes:
+    """The greeting when there is no hub to talk to (RFC 5321 3.8: 421
+    closes the session), on one line whatever ``why`` holds."""
+    why = " ".join(why.split())
+    return f"421 4.3.0 {hostname} mail hub not available: {why}\r\n".encode("utf-8", "replace")
+
+
+def _hide_extensions(text: bytes) -> bytes:
+    lines = text.split(b"\n")
+    kept = [line for line in lines[1:]
+            if line.split(b" ", 1)[0].upper() not in HIDDEN_EXTENSIONS]
+    return b"\n".join([lines[0], *kept])
+
+
+class Session:
+    """One ``-bs`` session: ``run`` it with the hub connected and its
+    greeting read; it returns the exit code.  ``trace`` makes the
+    ``Received`` field each message gets on top (its date is the
+    message's)."""
+
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO, hub: Hub,
+                 trace: Callable[[], bytes], hostname: str) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.hub = hub
+        self.trace = trace
+        self.hostname = hostname
+        self.why: str | None = None  # what went wrong, for stderr
+
+    def run(self, greeting: tuple[int, bytes]) -> int:
+        try:
+            try:
+                self._reply(*greeting)
+                return self._commands()
+            except _HubClosed:
+                return EX_TEMPFAIL
+            except _HubGone as e:
+                self.why = str(e)
+                self.hub.close()
+                self._write(b"421 4.4.2 %s mail hub connection lost\r\n"
+                            % self.hostname.encode("ascii", "replace"))
+                return EX_TEMPFAIL
+        except _ClientGone:
+            self.why = self.why or "standard output was closed"
+            self.hub.close()
+            return EX_IOERR
+
+    # --- the two sides ---------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.stdout.write(data)
+            self.stdout.flush()
+        except (OSError, ValueError) as e:  # EPIPE; a closed file
+            raise _ClientGone(str(e)) from None
+
+    def _reply(self, code: int, text: bytes) -> None:
+        self._write(format_reply(code, text))
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.hub.send(data)
+        except (smtplib.SMTPException, OSError) as e:
+            raise _HubGone(f"sending to the hub: {e}") from None
+
+    def _answer(self) -> tuple[int, bytes]:
+        """The hub's next reply; a lost connection or an unreadable reply
+        is ``_HubGone``."""
+        try:
+            code, text = self.hub.getreply()
+        except (smtplib.SMTPException, OSError) as e:
+            raise _HubGone(f"reading the hub's reply: {e}") from None
+        if code < 100:  # smtplib's -1: no code
+            raise _HubGone(f"the hub's reply had no code: {text!r}")
+        return code, text
+
+    def _relay(self, code: int, text: bytes) -> None:
+        """Pass a hub reply on; a 421 ends the session (the hub closes)."""
+        self._reply(code, text)
+        if code == 421:
+            self.hub.close()
+            self.why = "the hub closed the session: 421 " + text.decode("utf-8", "replace")
+            raise _HubClosed
+
+    # --- commands ----------------------------------------------------------
+
+    def _commands(self) -> int:
+        while True:
+            line = self.stdin.readline(COMMAND_LINE)
+            if not line:
+                self._quit_hub()
+                return EX_OK
+            if not line.endswith(b"\n"):
+                if len(line) < COMMAND_LINE:  # the input ended inside a line
+                    self._quit_hub()
+                    return EX_OK
+                self._skip_line()
+                self._reply(500, b"5.5.2 Line too long")
+                continue
+            command = line.rstrip(b"\r\n")
+            verb = command.split(b" ", 1)[0].upper()
+            if verb in _REFUSED_HERE:
+                self._write(_REFUSED_HERE[verb] + b"\r\n")
+                continue
+            self._send(command + b"\r\n")
+            code, text = self._answer()
+            if verb == b"EHLO" and code == 250:
+                text = _hide_extensions(text)
+            self._relay(code, text)
+            if verb == b"QUIT":
+                self.hub.close()
+                return EX_OK
+            if verb == b"DATA" and code == 354:
+                status = self._data()
+                if status is not None:
+                    return status
+
+    def _skip_line(self) -> None:
+        while (piece := self.stdin.readline(COMMAND_LINE)) and not piece.endswith(b"\n"):
+            pass
+
+    def _quit_hub(self) -> None:
+        try:
+            self.hub.send(b"QUIT\r\n")
+            self.hub.getreply()
+        except (smtplib.SMTPException, OSError):
+            pass
+        self.hub.close()
+
+    # --- the data section ----------------------------------------------------
+
+    def _data(self) -> int | None:
+        """After the hub's 354: the trace field, then the client's lines as
+        they are (dot-stuffed already) with CRLF ends, up to the final dot,
+        and the hub's reply to it.  None to go on with the session, or
+        the exit code when it ended."""
+        hub_lost: str | None = None
+
+        def send(data: bytes) -> None:
+            nonlocal hub_lost
+            if hub_lost is None:
+                try:
+                    self._send(data)
+                except _HubGone as e:
+                    hub_lost = str(e)  # read on to the final dot: the client is writing
+
+        send(self.trace())
+        at_line_start = True
+        held_cr = b""
+        while True:
+            piece = self.stdin.readline(DATA_PIECE)
+            if not piece:  # the client went away mid-message: the hub must keep nothing
+                self.why = "standard input ended inside a message's data; it was NOT sent"
+                self.hub.close()
+                return EX_DATAERR
+            piece, held_cr = held_cr + piece, b""
+            if at_line_start and piece in (b".\r\n", b".\n"):
+                break
+            if piece.endswith(b"\n"):
+                if not piece.endswith(b"\r\n"):
+                    piece = piece[:-1] + b"\r\n"
+                at_line_start = True
+            else:
+                if piece.endswith(b"\r"):  # its LF may start the next piece
+                    piece, held_cr = piece[:-1], b"\r"
+                at_line_start = False
+            send(piece)
+        if hub_lost is not None:
+            raise _HubGone(hub_lost)
+        self._send(b".\r\n")
+        try:
+            code, text = self._answer()
+        except _HubGone as e:
+            raise _HubGone(f"{e} (after the whole message was sent: the hub MAY have "
+                           "taken it)") from None
+        self._relay(code, text)
+        return None
