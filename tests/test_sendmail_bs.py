@@ -365,3 +365,27 @@ def test_live_mailhub_sendmail_bs(make_hub: Callable[..., object]) -> None:
     assert done.returncode == 0, done.stderr
     assert codes(done.stdout) == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
     assert len(hub.messages("bob@example.org")) == 1
+
+
+def test_live_hub_stopped_mid_session_is_421_and_75(make_hub: Callable[..., object]) -> None:
+    hub = make_hub()
+    proc = command(sendmail_config(hub.folder, hub.smtp_port), "-bs")
+    assert proc.stdin and proc.stdout
+    try:
+        assert read_reply(proc.stdout).startswith(b"220 ")
+        proc.stdin.write(b"EHLO a\r\n")
+        proc.stdin.flush()
+        assert read_reply(proc.stdout).startswith(b"250-")
+        hub.stop()
+        proc.stdin.write(b"MAIL FROM:<joe@example.org>\r\n")
+        proc.stdin.flush()
+        # the hub's own 421 at its shutdown, or ours for a connection lost
+        assert read_reply(proc.stdout).startswith(b"421 4.")
+        assert proc.wait(timeout=30) == 75
+        assert proc.stdout.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
