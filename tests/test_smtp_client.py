@@ -8,7 +8,7 @@ import pytest
 
 from txmailhub.address import Address
 from txmailhub.envelope import DSNRequest, RecipientDSN
-from txmailhub.smtp._parse import parse_mail
+from txmailhub.smtp._parse import parse_mail, parse_rcpt
 from txmailhub.smtp.client import (
     ClientSession,
     Close,
@@ -297,6 +297,34 @@ def test_orcpt_of_type_utf8_goes_out_in_rfc6533_form():
     lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
     assert lines[1] == (b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE "
                         b"ORCPT=utf-8;j\\x{F6}rg\\x{2B}x\\x{3D}y@b\\x{FC}cher.test")
+
+
+def test_orcpt_of_type_utf8_goes_raw_in_an_smtputf8_transaction():
+    # RFC 6533 3: to a server that offers SMTPUTF8, native UTF-8 rather
+    # than \x{HEX} (utf-8-addr-unitext); SP, "+", "=" and "\\" are still
+    # escaped, as ORCPT cannot carry them raw
+    s = session(smtputf8=True, recipients=[
+        (BOB, RecipientDSN(notify=("FAILURE",), orcpt="utf-8;j\u00f6rg+x=y@b\u00fccher.test")),
+    ])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[1] == ("RCPT TO:<bob@remote.test> NOTIFY=FAILURE "
+                        "ORCPT=utf-8;j\u00f6rg\\x{2B}x\\x{3D}y@b\u00fccher.test").encode()
+    # and the hub's own server reads it back as the address it was
+    _, params = parse_rcpt(lines[1].decode()[5:], "remote.test", True)
+    assert params.orcpt == "utf-8;j\u00f6rg+x=y@b\u00fccher.test"
+
+
+def test_a_raw_utf8_orcpt_is_counted_in_octets_against_the_rcpt_budget():
+    # 130 four-octet characters: 130 characters, 520 octets -- over the
+    # 500 RFC 3461 (4) adds to the line, so left out
+    long_orcpt = "utf-8;" + "\U0001F600" * 130 + "@x.test"
+    s = session(smtputf8=True, recipients=[
+        (BOB, RecipientDSN(notify=("FAILURE",), orcpt=long_orcpt)),
+    ])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE"
 
 
 def test_dsn_parameters_not_sent_without_dsn():
@@ -1008,12 +1036,13 @@ def test_a_utf8_envid_goes_only_into_an_smtputf8_transaction():
 
 
 def test_an_orcpt_that_would_make_the_rcpt_too_long_is_left_out():
-    # an SMTPUTF8 client's raw UTF-8 ORCPT grows up to 9 times as \x{HEX}:
-    # past RFC 3461's 500 characters for NOTIFY and ORCPT the next hop may
-    # refuse the whole RCPT as too long; ORCPT is optional
+    # an SMTPUTF8 client's raw UTF-8 ORCPT grows up to 9 times as \x{HEX}
+    # when the message goes on without SMTPUTF8 (an ASCII message with a
+    # UTF-8 ORCPT): past RFC 3461's 500 characters for NOTIFY and ORCPT the
+    # next hop may refuse the whole RCPT as too long; ORCPT is optional
     long_orcpt = "utf-8;" + "\U0001F600" * 60 + "@x.test"
     short_orcpt = "utf-8;" + "\U0001F600" * 40 + "@x.test"
-    s = session(smtputf8=True, recipients=[
+    s = session(recipients=[
         (BOB, RecipientDSN(notify=("FAILURE",), orcpt=long_orcpt)),
         (CAROL, RecipientDSN(notify=("FAILURE",), orcpt=short_orcpt)),
     ])

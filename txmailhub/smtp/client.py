@@ -36,7 +36,7 @@ from txmailhub.smtp._client_reply import ReplyParser
 from txmailhub.smtp._data import DotStuffer
 from txmailhub.smtp._parse import MAX_ENVID, parse_mailbox
 from txmailhub.smtp.reply import LocalReply, Reply
-from txmailhub.smtp.xtext import utf8_addr_encode, xtext_encode
+from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
 
 __all__ = [
     "TIMEOUTS",
@@ -583,11 +583,17 @@ class ClientSession:
         value = xtext_encode(text)
         return value if len(" AUTH=" + value) <= MAX_AUTH_PARAM else "<>"
 
+    @property
+    def _utf8_transaction(self) -> bool:
+        """Whether MAIL carries SMTPUTF8: UTF-8 may then go raw in the
+        paths and in ORCPT (RFC 6531 3.4, RFC 6533 3)."""
+        return self.smtputf8_wanted and "SMTPUTF8" in self.extensions
+
     def _path(self, address: Address) -> str:
         """``address`` as this transaction can carry it: as given with
         SMTPUTF8, else its ASCII form (one always exists then: an address
         without one fails the session before MAIL)."""
-        if self.smtputf8_wanted and "SMTPUTF8" in self.extensions:
+        if self._utf8_transaction:
             return str(address)
         return ascii_form(address) or str(address)
 
@@ -599,15 +605,21 @@ class ClientSession:
             if dsn.orcpt:
                 kind, _, value = dsn.orcpt.partition(";")
                 orcpt = None
-                if kind.lower() == "utf-8":  # RFC 6533's 7-bit form, whatever the next hop
-                    orcpt = f"ORCPT=utf-8;{utf8_addr_encode(value)}"
+                if kind.lower() == "utf-8":
+                    # RFC 6533 3: in an SMTPUTF8 transaction native UTF-8
+                    # (utf-8-addr-unitext: only SP, "+", "=", "\\" and
+                    # controls escaped), otherwise the 7-bit utf-8-addr-xtext
+                    encode = utf8_addr_unitext if self._utf8_transaction else utf8_addr_encode
+                    orcpt = f"ORCPT=utf-8;{encode(value)}"
                 elif value.isascii():
                     orcpt = f"ORCPT={kind};{xtext_encode(value)}"
                 # The escapes can make it several times longer than it came
                 # in; past the 500 characters RFC 3461 (4) adds to the RCPT
                 # line for NOTIFY and ORCPT the next hop may refuse the RCPT
-                # as too long: ORCPT is optional, the recipient is not
-                if orcpt is not None and len(" " + " ".join([*params, orcpt])) <= 500:
+                # as too long: ORCPT is optional, the recipient is not.
+                # Counted in octets, which is what a line limit counts
+                if orcpt is not None and len(
+                        (" " + " ".join([*params, orcpt])).encode("utf-8")) <= 500:
                     params.append(orcpt)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
