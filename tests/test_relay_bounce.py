@@ -690,7 +690,13 @@ def test_a_global_notice_keeps_the_classic_fields_that_are_ascii(tmp_path):
     _, msg = build(entry, [failed(entry)])
     _, status, _ = msg.iter_parts()
     assert status.get_content_type() == "message/global-delivery-status"
-    assert status["Content-Transfer-Encoding"] is None  # nothing but ASCII in it
+    # RFC 6533 6.4: "The 8-bit content transfer encoding MUST be used with
+    # this content-type" (outside a 7-bit transport), ASCII content or not
+    assert status["Content-Transfer-Encoding"] == "8bit"
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == "message/global-headers"
+    # 6.3: "Whenever possible, the 8-bit content transfer encoding SHOULD be used"
+    assert returned["Content-Transfer-Encoding"] == "8bit"
     head, bob = status_blocks(status)
     assert head["Original-Envelope-Id"] == "ENV-42"
     assert head["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"

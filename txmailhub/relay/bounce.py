@@ -338,8 +338,9 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         blocks.append(b)
     if utf8:
         part.set_type("message/global-delivery-status")
-        if any(not _flatten(b).isascii() for b in blocks):
-            part["Content-Transfer-Encoding"] = "8bit"  # UTF-8 octets in it
+        # RFC 6533 6.4: this type MUST be labelled 8bit, ASCII content or
+        # not (the 7-bit copy for a next hop without SMTPUTF8 re-encodes it)
+        part["Content-Transfer-Encoding"] = "8bit"
     else:
         part.set_type("message/delivery-status")
     part.set_payload(blocks)
@@ -472,7 +473,9 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
         raw = _read_headers(path)
     except OSError:
         raw = b""
-    if not raw.isascii():
+    if utf8 or not raw.isascii():
+        # 8-bit octets inside; and RFC 6533 6.3 asks for 8bit on
+        # message/global-headers "whenever possible"
         part["Content-Transfer-Encoding"] = "8bit"
     if utf8:
         # the same octets, under RFC 6533's type for UTF-8 header fields
