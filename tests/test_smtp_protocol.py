@@ -1890,3 +1890,20 @@ def test_a_login_queued_behind_others_is_not_checked_once_its_client_left(log_ev
              if e.get("log_namespace") == "txmailhub.smtp"]
     assert "login of alice@example.org from 127.0.0.1 not checked: the client left first" in lines
     assert not any("authentication failed" in line for line in lines)
+
+
+def test_auth_inside_a_transaction_says_why_it_is_refused() -> None:
+    # smtp.rst: the 503 5.5.1 replies other than the first "say why";
+    # RFC 4954 4: "The AUTH command is not permitted during a mail
+    # transaction" -- a bare "Bad sequence of commands" left a user guessing
+    h = Harness()
+    p, t = h.connect("127.0.0.1")
+    p.dataReceived(b"EHLO c\r\nMAIL FROM:<x@example.net>\r\n")
+    take(t)
+    p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n".encode())
+    assert take(t) == ["503 5.5.1 AUTH not permitted during a mail transaction"]
+    p.dataReceived(b"RCPT TO:<bob>\r\n")
+    take(t)
+    p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n".encode())
+    assert take(t) == ["503 5.5.1 AUTH not permitted during a mail transaction"]
+    p.connectionLost(None)

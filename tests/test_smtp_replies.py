@@ -77,6 +77,7 @@ PINNED = {
     "DATA_NO_RECIPIENTS": (554, "5.5.1"),  # RFC 5321 3.3, RFC 2920 3.1
     "AUTH_ALREADY": (503, "5.5.1"),  # RFC 4954 4
     "AUTH_NOT_AVAILABLE": (503, "5.5.1"),
+    "AUTH_IN_TRANSACTION": (503, "5.5.1"),  # RFC 4954 4
     "BDAT_AFTER_DATA": (503, "5.5.1"),
     "TOO_MANY_HOPS": (554, "5.4.6"),  # RFC 5321 6.3, X.4.6 routing loop
     "RCPT_AFTER_BDAT": (503, "5.5.1"),

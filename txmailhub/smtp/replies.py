@@ -105,6 +105,8 @@ RCPT_NEEDED = Reply.of(503, "5.5.1", "Need RCPT command first")
 DATA_NO_RECIPIENTS = Reply.of(554, "5.5.1", "No valid recipients")
 AUTH_ALREADY = Reply.of(503, "5.5.1", "Already authenticated")
 AUTH_NOT_AVAILABLE = Reply.of(503, "5.5.1", "AUTH not available")
+# RFC 4954 4: "The AUTH command is not permitted during a mail transaction"
+AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "AUTH not permitted during a mail transaction")
 BDAT_AFTER_DATA = Reply.of(503, "5.5.1", "Cannot mix DATA and BDAT")
 AUTH_THROTTLED = Reply.of(
     454, "4.7.0", "Too many failed logins from your address, try again later"

@@ -91,7 +91,7 @@ _ALLOWED: dict[str, frozenset[State]] = {
     "BDAT": frozenset({S.RCPT}),
 }
 _SEQUENCE_REPLY = {"MAIL": replies.MAIL_NESTED, "RCPT": replies.MAIL_NEEDED,
-                   "DATA": replies.MAIL_NEEDED, "AUTH": replies.BAD_SEQUENCE}
+                   "DATA": replies.MAIL_NEEDED, "AUTH": replies.AUTH_IN_TRANSACTION}
 # The wire form of every catalog constant, computed once (keyed by identity:
 # the constants live as long as the module).
 _WIRE = {id(v): v.to_bytes() for v in vars(replies).values() if isinstance(v, Reply)}
