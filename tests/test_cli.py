@@ -699,3 +699,19 @@ def test_user_add_stores_the_prepared_password_and_judges_names_as_words(config:
     assert run(config, "user", "passwd", "art", "--password-stdin", "--allow-weak",
                stdin="tab\there-vbmk-42\n") == (
         2, "", "mailhub: the password has a control character in it (U+0009)\n")
+
+
+@pytest.mark.parametrize("action", ["add", "passwd"])
+def test_a_password_given_as_an_argument_is_refused_with_the_way_to_give_it(
+        config: Path, action: str) -> None:
+    # `mailhub user add joe joepw` (the shape htpasswd and many tools take)
+    # was an "unrecognized arguments" usage error that did not say where the
+    # password goes; it still is not taken (ps and shell history show it)
+    if action == "passwd":
+        run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+    code, out, err = run(config, "user", action, "joe", "mellow-quartz-harbour")
+    assert code == 2 and out == ""
+    assert f"mailhub user {action}: " in err and "--password-stdin" in err
+    assert "prompt" in err and "unrecognized" not in err
+    code, out, _ = run(config, "user", "list")
+    assert out == ("joe@example.org\n" if action == "passwd" else "")

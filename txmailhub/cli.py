@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--allow-apop", action="store_true",
                      help="also keep the secret APOP needs (weaker: see docs)")
     add.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
+    add.add_argument("password", nargs="?", help=argparse.SUPPRESS)  # refused: see main
     d = user.add_parser("del", help="delete a user (the mailbox stays on disk)")
     d.add_argument("address")
     pw = user.add_parser("passwd", help="change a user's password")
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     pw.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of standard input")
     pw.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
+    pw.add_argument("password", nargs="?", help=argparse.SUPPRESS)  # refused: see main
     user.add_parser("list", help="list users, one address per line")
 
     from txmailhub.relay.admin import add_queue_parser
@@ -350,6 +352,14 @@ def main(
         return sendmail(split[1], config, "mailhub sendmail", stdin=getattr(stdin, "buffer", None),
                         err=err, out=out)
     args = _parser().parse_args(argv)
+    if getattr(args, "password", None) is not None:
+        # `user add joe joepw`, as htpasswd and many tools take it: not
+        # taken (ps and the shell's history would show the password), but
+        # the refusal says where it goes instead of "unrecognized arguments"
+        print(f"mailhub user {args.user_command}: the password is not taken as an argument "
+              f"(ps and the shell's history would show it): type it at the prompt, or give "
+              f"it on the first line of standard input with --password-stdin", file=err)
+        return 2
     try:
         settings = load(args.config)
     except ConfigError as e:
