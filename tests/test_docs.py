@@ -238,3 +238,29 @@ def test_the_quick_start_describes_the_demo_it_starts() -> None:
     assert settings.hub.state_dir == str(ROOT / "var") and "under ``./var``" in quick
     user = f"{demo.DEMO_USER}@{settings.hub.primary_domain}"
     assert f"user ``{user}`` with password ``{demo.DEMO_PASSWORD}``" in quick
+
+
+def test_the_downgraded_pop3_example_is_what_the_hub_sends() -> None:
+    # pop3.rst shows a UTF-8 message as a client without UTF8 gets it; its
+    # Received field once had a "(localhost [127.0.0.1])" the hub never
+    # writes and a folding it does not make
+    import calendar
+    import re
+
+    from txmailhub.address import Address
+    from txmailhub.downgrade import downgrade_header
+    from txmailhub.smtp.received import received
+
+    text = (ROOT / "docs" / "pop3.rst").read_text()
+    block = text.split("as stored (an ``8bit`` body reaches legacy clients, as ever)::")[1]
+    shown = re.findall(r"^    S: (.*)$", block.split("Field by field")[0], re.M)
+    first, fields = shown[0], shown[1:]
+    when = calendar.timegm((2026, 11, 29, 20, 23, 11))
+    stored = (b"Return-Path: <\xc3\xa9mile@remote.test>\n"
+              + received(hostname="mail.example.org", helo="client.test", client_ip="127.0.0.1",
+                         protocol="UTF8SMTP", message_id="1A2B", when=when,
+                         recipient=Address("jörg", "example.org"))
+              + "From: Jörg <jörg@example.org>\nSubject: Grüße\n".encode())
+    sent = downgrade_header(stored).decode("ascii").splitlines()
+    assert re.fullmatch(r"\+OK \d+ octets", first)
+    assert fields == sent
