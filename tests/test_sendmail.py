@@ -681,3 +681,11 @@ def test_no_room_for_the_spool_is_75_before_connecting(
     assert run(["-oi", "bob"], str(config), "sendmail", io.BytesIO(b"x\n" * 200), err) == 75
     assert "cannot read and spool the message" in err.getvalue()
     assert "NOT sent" in err.getvalue() and "Connection refused" not in err.getvalue()
+
+
+@pytest.mark.parametrize("argv", [["-q"], ["-q1h"], ["-q", "30m"]])
+def test_q_says_the_hub_runs_its_own_queue_however_it_is_spelled(argv: list[str]) -> None:
+    # `sendmail -q` (run the queue now), the commonest spelling, was
+    # getopt's "option -q requires argument", as if `-q VALUE` would work
+    with pytest.raises(UsageError, match="the hub runs its own queue; see mailhub queue flush"):
+        parse_args(argv)

@@ -113,6 +113,8 @@ def parse_args(argv: list[str]) -> Options:
     try:
         opts, args = getopt.getopt(argv, _OPTSTRING)
     except getopt.GetoptError as e:
+        if e.opt == "q":  # a bare `-q` (run the queue now) would read as "needs a value"
+            raise UsageError("-q: the hub runs its own queue; see mailhub queue flush") from None
         raise UsageError(str(e)) from None
     found: dict[str, object] = {}
     for flag, value in opts:
