@@ -693,3 +693,24 @@ def test_a_user_whose_hash_cannot_match_costs_what_an_unknown_one_does(
         runs.clear()
         assert not db.check_password(Address("nobody", "example.org"), sent)
         assert known == len(runs) > 0, sent
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a folder to another user")
+def test_root_s_first_user_add_gives_the_new_file_to_the_folders_owner(tmp_path: Path) -> None:
+    # README's `mailhub --config PATH user add ...` run as root, with the
+    # users.d of deployment.rst (mailhub's, 0700) still empty: the new file
+    # and its lock were root's 0600 and the hub, running as mailhub, could
+    # read neither (451 for every local recipient).  A later rewrite kept
+    # the file's owner already; the first one now takes the folder's.
+    folder = tmp_path / "users.d"
+    folder.mkdir(mode=0o700)
+    hub_user = (4242, 4343)
+    os.chown(folder, *hub_user)
+    db = UsersDB(str(folder / "users"), "example.org")
+    db.add("joe", "pw", allow_weak=True)
+    for name in ("users", "users.lock"):
+        st = os.stat(folder / name)
+        assert (st.st_uid, st.st_gid) == hub_user, name
+    db.add("ann", "pw", allow_weak=True)  # and keeps it
+    st = os.stat(folder / "users")
+    assert (st.st_uid, st.st_gid) == hub_user

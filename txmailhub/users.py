@@ -315,10 +315,11 @@ class UsersDB:
         # ``mailhub user`` command by holding it
         fd = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         # as the users file's owner, or root's first `mailhub user` command
-        # leaves a lock (0600) the hub's user can no longer open
+        # leaves a lock (0600) the hub's user can no longer open; before
+        # there is a file, as its folder's (deployment.rst's users.d)
         from txmailhub.store.sync import give_to, owner_of
 
-        give_to(fd, owner_of(self.path))
+        give_to(fd, owner_of(self.path) or owner_of(folder))
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._stamp = None
@@ -340,7 +341,7 @@ class UsersDB:
         through fixing one), ignored duplicates.  A deleted user loses all
         its lines (a duplicate must not come into effect); a changed one
         gets its line in effect rewritten; new users go at the end."""
-        from txmailhub.store.sync import durable_write
+        from txmailhub.store.sync import durable_write, owner_of
 
         lines = raw.split(b"\n")
         crlf = lines[0].endswith(b"\r")  # a file written on Windows keeps its line ends
@@ -363,7 +364,11 @@ class UsersDB:
             elif not text.endswith(b"\n"):
                 text += eol
             text += b"".join(r.to_line().rstrip("\n").encode("utf-8") + eol for r in added)
-        durable_write(self.path, text, mode=0o600)
+        # root's first `mailhub user add` (the README's everyday command)
+        # must not leave a file only root can read next to a hub running as
+        # the folder's owner: a new file is the folder's owner's
+        durable_write(self.path, text, mode=0o600,
+                      new_owner=owner_of(os.path.dirname(os.path.abspath(self.path))))
         self._stamp = None
 
     def _local(self, name: str) -> Address:

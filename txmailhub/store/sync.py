@@ -248,8 +248,12 @@ def fsync_dir(path: str) -> None:
     fsync_path(path)
 
 
-def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
+def durable_write(path: str, data: bytes, mode: int = 0o600, *,
+                  new_owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` atomically and durably with ``data`` (synchronous).
+
+    The file keeps the owner it had; one that does not exist yet gets
+    ``new_owner`` (``None``: whoever writes it).
 
     The one shape for small records: write a temporary file next to it,
     flush, fsync, rename over ``path``, fsync the directory.  A crash at
@@ -259,7 +263,7 @@ def durable_write(path: str, data: bytes, mode: int = 0o600) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
-    owner = owner_of(path)
+    owner = owner_of(path) or new_owner
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         # root replacing the hub's file (`mailhub user add` run as root):
