@@ -252,7 +252,10 @@ def test_the_downgraded_pop3_example_is_what_the_hub_sends() -> None:
     from txmailhub.smtp.received import received
 
     text = (ROOT / "docs" / "pop3.rst").read_text()
-    block = text.split("as stored (an ``8bit`` body reaches legacy clients, as ever)::")[1]
+    anchor = re.search(r"as\s+stored\s+\(an\s+``8bit``\s+body\s+reaches\s+legacy\s+"
+                       r"clients,\s+as\s+ever\)::", text)
+    assert anchor, "the downgraded example's lead-in moved"
+    block = text[anchor.end():]
     shown = re.findall(r"^    S: (.*)$", block.split("Field by field")[0], re.M)
     first, fields = shown[0], shown[1:]
     when = calendar.timegm((2026, 11, 29, 20, 23, 11))
