@@ -1528,3 +1528,20 @@ def test_keywords_are_ascii_not_what_unicode_upper_cases_to_one():
     assert d.send("BDAT 0 LA\u017fT\r\n") == [replies.BDAT_BAD_SIZE.text()]
     assert d.send("VRFY j\u00f6rg \u017fMTPUTF8\r\n")[0][:3] != "250"
     assert d.send("QUIT\r\n")[0].startswith("221")
+
+
+def test_empty_bdat_chunks_without_end_count_as_junk():
+    # "BDAT 0" (not LAST) moves no mail: a client pipelining it at full
+    # speed kept the reactor busy for the whole idle timeout, free of
+    # max_junk_commands; it is junk now, like NOOP
+    d = Driver(max_junk_commands=5, max_errors=3)
+    tx(d)
+    assert d.codes("BDAT 0\r\n" * 5) == ["250"] * 5
+    assert d.engine.junk == 5 and d.engine.errors == 0
+    out = d.send("BDAT 0\r\n" * 3)
+    assert out[-1] == closing(replies.TOO_MANY_ERRORS) and d.engine.closed
+    # a chunk with data moves the message on, and BDAT 0 LAST ends it
+    d = Driver(max_junk_commands=1, max_errors=1)
+    tx(d)
+    assert d.codes("BDAT 2\r\nab" * 5 + "BDAT 0 LAST\r\n") == ["250"] * 6
+    assert d.engine.junk == 0 and not d.engine.closed

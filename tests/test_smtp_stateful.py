@@ -378,7 +378,10 @@ class SMTPModel(RuleBasedStateMachine):
                     return
                 continue
             if not last:
-                self.answer("BDAT chunk", 250)
+                # an empty chunk that leaves the message open moves no mail
+                self.answer("BDAT chunk", 250, junk=not piece)
+                if self.closed:
+                    return
                 continue
             if self.bdat_failed:
                 self.discarded()

@@ -113,6 +113,11 @@ class MessageTransfer:
             self._chunks = reader  # parked until the next BDAT
             self._to(State.RCPT)
             self.reply(replies.bdat_chunk(self._chunk_size))
+            if not self._chunk_size:
+                # an empty chunk that does not end the message moves no
+                # mail: without this a client pipelining "BDAT 0" kept the
+                # hub busy for the whole idle timeout (max_junk_commands)
+                self._count_junk()
             return
         self._reader = None
         self._end_of_message(reader.finish(), reader.size)
