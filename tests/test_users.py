@@ -340,6 +340,35 @@ def test_checker_skips_a_queued_check_whose_client_left(db: UsersDB) -> None:
     assert [result_of(results[n]) for n in (0, 1, 3)] == ["alice@example.org"] * 3
 
 
+
+def test_waiting_password_checks_take_turns_by_client(db: UsersDB) -> None:
+    # a flood of logins from one client (a guesser, or a script with the
+    # right password reconnecting) must not make everyone else's login wait
+    # behind all of it: the waiting checks are served one client at a time
+    db.add("alice", "pw")
+    checker, turns = held_checker(db)
+    order: list[str] = []
+
+    def login(client: str) -> Deferred:
+        creds = ClientCredentials(b"alice", b"pw", lambda: True, client=client)
+        return checker.requestAvatarId(creds).addCallback(lambda r: order.append(client))
+
+    flood = [login("192.0.2.66") for _ in range(6)]
+    other = login("198.51.100.7")
+    assert len(turns) == 2  # two checks at once, as before
+    turns[0].callback(None)
+    turns[1].callback(None)
+    # the other client's check ran as soon as a place was free, before the
+    # rest of the flood
+    assert len(turns) == 4
+    turns[2].callback(None)
+    turns[3].callback(None)
+    assert order == ["192.0.2.66"] * 3 + ["198.51.100.7"]
+    while not all(d.called for d in flood):
+        next(d for d in turns if not d.called).callback(None)
+    assert other.called and order.count("192.0.2.66") == 6
+    assert order.count("192.0.2.66") == 6
+
 class FakeStore:
     def __init__(self) -> None:
         self.opened: list[Address] = []
@@ -714,3 +743,21 @@ def test_root_s_first_user_add_gives_the_new_file_to_the_folders_owner(tmp_path:
     db.add("ann", "pw", allow_weak=True)  # and keeps it
     st = os.stat(folder / "users")
     assert (st.st_uid, st.st_gid) == hub_user
+
+
+def test_checks_skipped_one_after_another_do_not_nest(db: UsersDB) -> None:
+    # thousands of queued checks whose clients all left end at once, each
+    # starting the next: a loop, not a recursion as deep as the queue
+    db.add("alice", "pw")
+    checker, turns = held_checker(db)
+    here = [True]
+    first = [checker.requestAvatarId(ClientCredentials(b"alice", b"pw", lambda: True))
+             for _ in range(2)]
+    gone = [checker.requestAvatarId(ClientCredentials(b"alice", b"pw", lambda: here[0],
+                                                      client=f"192.0.2.{n % 200}"))
+            for n in range(5000)]
+    here[0] = False
+    turns[0].callback(None)
+    turns[1].callback(None)
+    assert all(result_of(d).check(LoginAbandoned) for d in gone)  # type: ignore[attr-defined]
+    assert all(d.called for d in first) and len(turns) == 2

@@ -15,13 +15,14 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from txmailhub.address import Address, AddressError
 from txmailhub.errors import LocalError, UsersUnavailable
 from txmailhub.interfaces import IMailbox, ISMTPUser
 from txmailhub.precis import PreparationError, prepare_password
+from txmailhub.turns import FairTurns
 from txmailhub.users import UsersDB
 
 __all__ = ["ClientCredentials", "LoginAbandoned", "MailRealm", "SMTPUser", "UsersChecker",
@@ -50,13 +51,17 @@ class ClientCredentials(UsernamePassword):
     while the check waits: ``wanted()`` says whether it is still there.
 
     Password checks are bounded (``PASSWORD_CHECKS``) and queue behind one
-    another; without this a burst of logins from clients that hung up at
-    once still ran scrypt for each, and the real logins behind them waited
-    for all of it."""
+    another, taking turns by ``client``; without ``wanted`` a burst of
+    logins from clients that hung up at once still ran scrypt for each, and
+    the real logins behind them waited for all of it."""
 
-    def __init__(self, username: bytes, password: bytes, wanted: Callable[[], bool]) -> None:
+    def __init__(self, username: bytes, password: bytes, wanted: Callable[[], bool],
+                 client: str = "") -> None:
         super().__init__(username, password)
         self.wanted = wanted
+        #: who asks (``limits.client_key`` of its address): waiting checks
+        #: take turns by client (``txmailhub.turns``)
+        self.client = client
 
 
 def _text(value: Any) -> str:
@@ -92,7 +97,7 @@ class UsersChecker:
     def __init__(self, users: UsersDB, run_in_thread: RunInThread | None = None) -> None:
         self.users = users
         self._run = run_in_thread
-        self._checks = DeferredSemaphore(PASSWORD_CHECKS)
+        self._checks = FairTurns(PASSWORD_CHECKS)
 
     def requestAvatarId(self, credentials: Any) -> Deferred:
         try:
@@ -107,7 +112,8 @@ class UsersChecker:
             if self._run is None:
                 d = maybeDeferred(self.users.check_password, address, password)
             else:
-                d = self._checks.run(self._check_if_wanted, credentials, address, password)
+                d = self._checks.run(getattr(credentials, "client", ""),
+                                     self._check_if_wanted, credentials, address, password)
             return d.addCallback(self._result, address)
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import AddressError, client_ip, parse_address
+from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
@@ -483,7 +483,8 @@ class POP3Protocol(Protocol):
         if action.mechanism == "APOP":
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:
-            creds = ClientCredentials(username, action.secret, lambda: not self._lost)
+            creds = ClientCredentials(username, action.secret, lambda: not self._lost,
+                                      client_key(self._peer))
         d = maybeDeferred(self.components.portal.login, creds, None, IMailbox)
         d.addCallbacks(
             self._logged_in, self._login_failed,

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import Address, ascii_domain, ascii_form, client_ip
+from txmailhub.address import Address, ascii_domain, ascii_form, client_ip, client_key
 from txmailhub.auth import ClientCredentials, LoginAbandoned
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
@@ -831,7 +831,8 @@ class SMTPProtocol(Protocol):
             self._drive()
             return
         creds = ClientCredentials(event.username.encode("utf-8"),
-                                  event.password.encode("utf-8"), lambda: not self._gone)
+                                  event.password.encode("utf-8"), lambda: not self._gone,
+                                  client_key(self.host))
         d = defer.maybeDeferred(portal.login, creds, None, ISMTPUser)
         d.addCallbacks(self._auth_ok, self._auth_failed, errbackArgs=(event,))
 
