@@ -23,6 +23,7 @@ import pytest
 from txmailhub.sendmail import parse_args
 from txmailhub.sendmail_bs import Session, format_reply
 from txmailhub.smtp._data import DotReader
+from txmailhub.smtp._parse import parse_command
 
 TRACE = b"Received: by mail.example.org (txmailhub sendmail, from userid 1000 joe);\r\n\tnow\r\n"
 EHLO = b"hub.example.org\nPIPELINING\nCHUNKING\nSIZE 1000\nSTARTTLS\n8BITMIME"
@@ -71,7 +72,7 @@ class ScriptedHub:
         assert not self.pending, "a command sent before the last reply was read"
         command = data[:-2]
         self.commands.append(command)
-        verb = command.split(b" ")[0].upper()
+        verb = parse_command(command)[0].encode()  # as the real hub reads it
         if verb == b"DATA":
             self.reader = DotReader(self._store, 10**10)
             self.first = b""
@@ -131,6 +132,20 @@ def test_the_ehlo_reply_loses_chunking_and_starttls_and_bdat_is_refused_here() -
                                        b"is not offered here: use DATA"]
     assert b"502 5.5.1 STARTTLS" in out
     assert hub.commands == [b"EHLO a", b"QUIT"]
+
+
+def test_a_verb_after_blanks_is_read_as_the_hub_reads_it() -> None:
+    # the hub skips blanks and tabs before the verb: " DATA" starts the
+    # data there, so it must here too (not wait for a reply to each line)
+    hub = ScriptedHub()
+    stdin = (b" EHLO alpine\r\n\tBDAT 10 LAST\r\nMAIL FROM:<joe@example.org>\r\n"
+             b"RCPT TO:<bob@example.org>\r\n \tDATA\r\n" + MESSAGE + b".\r\nQUIT\r\n")
+    status, out, _ = session(stdin, hub)
+    assert status == 0 and hub.messages == 1
+    assert codes(out) == [b"220", b"250", b"502", b"250", b"250", b"354", b"250", b"221"]
+    assert b"CHUNKING" not in out and b"STARTTLS" not in out
+    assert hub.first.startswith(TRACE.replace(b"\r\n", b"\n") + b"Subject: hi\n")
+    assert not any(b"BDAT" in c for c in hub.commands)
 
 
 def test_two_messages_and_rset_in_one_session() -> None:

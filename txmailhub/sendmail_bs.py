@@ -36,7 +36,7 @@ from typing import BinaryIO, Protocol
 from txmailhub.sendmail_smtp import EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
 
 __all__ = ["COMMAND_LINE", "DATA_PIECE", "HIDDEN_EXTENSIONS", "Hub", "Session",
-           "format_reply", "unavailable"]
+           "command_verb", "format_reply", "unavailable"]
 
 #: octets of a command line the command reads (RFC 5321 4.5.3.1.4 allows 512;
 #: SMTPUTF8 addresses and extension parameters make some longer)
@@ -86,6 +86,15 @@ def unavailable(hostname: str, why: str) -> bytes:
     closes the session), on one line whatever ``why`` holds."""
     why = " ".join(why.split())
     return f"421 4.3.0 {hostname} mail hub not available: {why}\r\n".encode("utf-8", "replace")
+
+
+def command_verb(command: bytes) -> bytes:
+    """The verb of a command line (without its line end), upper-cased, as
+    the hub reads it (``smtp._parse.parse_command``): blanks and tabs
+    before it are skipped, and a space ends it.  Read any other way, a
+    ``" DATA"`` the hub takes would not be seen here as the start of the
+    data, nor a ``" EHLO"``'s reply filtered or a ``"\\tBDAT"`` refused."""
+    return command.strip(b" \t").split(b" ", 1)[0].upper()
 
 
 def _hide_extensions(text: bytes) -> bytes:
@@ -181,7 +190,7 @@ class Session:
                 self._reply(500, b"5.5.2 Line too long")
                 continue
             command = line.rstrip(b"\r\n")
-            verb = command.split(b" ", 1)[0].upper()
+            verb = command_verb(command)
             if verb in _REFUSED_HERE:
                 self._write(_REFUSED_HERE[verb] + b"\r\n")
                 continue
@@ -193,7 +202,7 @@ class Session:
             if verb == b"QUIT":
                 self.hub.close()
                 return EX_OK
-            if verb == b"DATA" and code == 354:
+            if code == 354:  # only DATA has it; whatever the command looked like here
                 status = self._data()
                 if status is not None:
                     return status
