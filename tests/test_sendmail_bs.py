@@ -148,6 +148,16 @@ def test_a_verb_after_blanks_is_read_as_the_hub_reads_it() -> None:
     assert not any(b"BDAT" in c for c in hub.commands)
 
 
+def test_a_quit_the_hub_refuses_does_not_end_the_session() -> None:
+    # the hub answers "QUIT now" 501 (QUIT takes no parameter) and stays:
+    # the session goes on until the hub's 221
+    hub = ScriptedHub(replies={b"QUIT": (501, b"5.5.4 Syntax error: no parameters here")})
+    status, out, _ = session(b"QUIT now\r\nNOOP\r\n", hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"501", b"250"]
+    assert hub.commands == [b"QUIT now", b"NOOP", b"QUIT"] and hub.closed
+
+
 def test_two_messages_and_rset_in_one_session() -> None:
     hub = ScriptedHub()
     stdin = (PIPELINED + b"RSET\r\nMAIL FROM:<a@example.org>\r\nRSET\r\n"

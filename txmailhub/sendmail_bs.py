@@ -199,7 +199,7 @@ class Session:
             if verb == b"EHLO" and code == 250:
                 text = _hide_extensions(text)
             self._relay(code, text)
-            if verb == b"QUIT":
+            if code == 221:  # the hub closes (QUIT taken; "QUIT now" is a 501, no end)
                 self.hub.close()
                 return EX_OK
             if code == 354:  # only DATA has it; whatever the command looked like here
