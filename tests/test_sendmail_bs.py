@@ -226,6 +226,18 @@ def test_a_closed_stdout_ends_the_session() -> None:
     assert s.run((220, b"hi")) == 74 and hub.closed
 
 
+@pytest.mark.parametrize(("closed", "named"), [("stdout", "output"), ("stdin", "input")])
+def test_a_descriptor_closed_from_the_start_is_exit_74(
+        closed: str, named: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Python has None in sys for a descriptor closed when it started
+    from txmailhub.sendmail import run
+
+    monkeypatch.setattr(sys, closed, None)
+    err = io.StringIO()
+    assert run(["-bs"], str(tmp_path / "none.toml"), "sendmail", err=err) == 74
+    assert f"standard {named} is closed" in err.getvalue()
+
+
 @pytest.mark.parametrize(("code", "text", "wire"), [
     (250, b"a\nb\nc", b"250-a\r\n250-b\r\n250 c\r\n"),
     (250, b"", b"250\r\n"),

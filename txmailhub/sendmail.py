@@ -396,9 +396,14 @@ def run(
               "again whenever it changes", file=out or sys.stdout)
         return EX_OK
     if options.mode == "s":
-        binary = stdout or getattr(out or sys.stdout, "buffer", None) or sys.stdout.buffer
-        return _smtp_session(options.config or config, prog, stdin or sys.stdin.buffer,
-                             binary, err)
+        # a descriptor closed when the command started is None in sys
+        binary = stdout or _buffer(out) or _buffer(sys.stdout)
+        source = stdin or _buffer(sys.stdin)
+        if binary is None or source is None:
+            print(f"{prog}: -bs: standard {'output' if binary is None else 'input'} is "
+                  "closed: there is no client to talk to", file=err)
+            return EX_IOERR
+        return _smtp_session(options.config or config, prog, source, binary, err)
     try:
         settings = load_local_submission(options.config or config)
     except ConfigError as e:
@@ -465,6 +470,12 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
     if options.verbose:
         print(f"{prog}: {reply}", file=err)
     return EX_OK
+
+
+def _buffer(stream: object) -> BinaryIO | None:
+    """The binary file under a text stream; None for one without (a
+    ``StringIO``), and for the None that stands in sys for a closed descriptor."""
+    return getattr(stream, "buffer", None)
 
 
 def _smtp_session(config: str, prog: str, stdin: BinaryIO, stdout: BinaryIO,
