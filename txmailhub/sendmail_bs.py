@@ -59,7 +59,9 @@ class Hub(Protocol):
 
 
 class _HubGone(Exception):
-    """The hub connection failed, or the hub said 421: the session ends."""
+    """The hub connection failed, or its reply had no code: the session
+    ends with a 421 of the command's own (the hub's own 421 is
+    ``_HubClosed``)."""
 
 
 class _HubClosed(Exception):
