@@ -128,8 +128,8 @@ def test_the_ehlo_reply_loses_chunking_and_starttls_and_bdat_is_refused_here() -
     status, out, _ = session(b"EHLO a\r\nBDAT 10 LAST\r\nSTARTTLS\r\nQUIT\r\n", hub)
     assert status == 0
     assert out.split(b"\r\n")[1:6] == [b"250-hub.example.org", b"250-PIPELINING",
-                                       b"250-SIZE 1000", b"250 8BITMIME", b"502 5.5.1 BDAT "
-                                       b"is not offered here: use DATA"]
+                                       b"250-SIZE %d" % (1000 - len(TRACE)), b"250 8BITMIME",
+                                       b"502 5.5.1 BDAT is not offered here: use DATA"]
     assert b"502 5.5.1 STARTTLS" in out
     assert hub.commands == [b"EHLO a", b"QUIT"]
 
@@ -426,3 +426,20 @@ def test_live_hub_stopped_mid_session_is_421_and_75(make_hub: Callable[..., obje
         proc.stdin.close()
         proc.stdout.close()
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_the_size_offered_leaves_room_for_the_trace_field() -> None:
+    # the command adds its Received field to each message: a client that
+    # declares SIZE= within the hub's limit must not be refused with 552
+    # after its data for the octets added here (RFC 1870: SIZE offers what
+    # the server will take)
+    hub = ScriptedHub()
+    status, out, _ = session(b"EHLO a\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert b"250-SIZE %d\r\n" % (1000 - len(TRACE)) in out
+    # a SIZE without a number (no limit announced) and a limit smaller than
+    # the field are passed on as they are and as 0 octets left
+    for offered, shown in ((b"SIZE", b"SIZE"), (b"SIZE 10", b"SIZE 1")):
+        hub = ScriptedHub({b"EHLO": (250, b"hub.example.org\n" + offered + b"\n8BITMIME")})
+        _, out, _ = session(b"EHLO a\r\nQUIT\r\n", hub)
+        assert b"250-" + shown + b"\r\n" in out

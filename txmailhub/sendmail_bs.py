@@ -99,10 +99,23 @@ def command_verb(command: bytes) -> bytes:
     return command.strip(b" \t").split(b" ", 1)[0].upper()
 
 
-def _hide_extensions(text: bytes) -> bytes:
+def _hide_extensions(text: bytes, added: int = 0) -> bytes:
+    """The hub's EHLO reply as this side offers it: without the extensions
+    it does not pass on, and with a ``SIZE`` limit lowered by the ``added``
+    octets of the trace field, so that a client that keeps to the limit
+    offered is not refused after its data for octets it never wrote.  The
+    limit stays at least 1 (``SIZE 0`` would announce no limit at all,
+    RFC 1870 4)."""
     lines = text.split(b"\n")
-    kept = [line for line in lines[1:]
-            if line.split(b" ", 1)[0].upper() not in HIDDEN_EXTENSIONS]
+    kept = []
+    for line in lines[1:]:
+        keyword, _, value = line.partition(b" ")
+        keyword = keyword.upper()
+        if keyword in HIDDEN_EXTENSIONS:
+            continue
+        if keyword == b"SIZE" and value.strip().isdigit() and int(value) > 0:
+            line = b"SIZE %d" % max(1, int(value) - added)
+        kept.append(line)
     return b"\n".join([lines[0], *kept])
 
 
@@ -199,7 +212,7 @@ class Session:
             self._send(command + b"\r\n")
             code, text = self._answer()
             if verb == b"EHLO" and code == 250:
-                text = _hide_extensions(text)
+                text = _hide_extensions(text, len(self.trace()))
             self._relay(code, text)
             if code == 221:  # the hub closes (QUIT taken; "QUIT now" is a 501, no end)
                 self.hub.close()
