@@ -212,7 +212,7 @@ def test_a_hub_lost_inside_the_data_is_told_after_the_clients_final_dot() -> Non
 
 def test_a_command_line_too_long_is_refused_and_the_session_goes_on() -> None:
     hub = ScriptedHub()
-    status, out, _ = session(b"NOOP " + b"x" * 10_000 + b"\r\nNOOP\r\nQUIT\r\n", hub)
+    status, out, _ = session(b"NOOP " + b"x" * 20_000 + b"\r\nNOOP\r\nQUIT\r\n", hub)
     assert status == 0
     assert codes(out) == [b"220", b"500", b"250", b"221"]
     assert hub.commands == [b"NOOP", b"QUIT"]
@@ -443,3 +443,14 @@ def test_the_size_offered_leaves_room_for_the_trace_field() -> None:
         hub = ScriptedHub({b"EHLO": (250, b"hub.example.org\n" + offered + b"\n8BITMIME")})
         _, out, _ = session(b"EHLO a\r\nQUIT\r\n", hub)
         assert b"250-" + shown + b"\r\n" in out
+
+
+def test_an_auth_response_as_long_as_the_hub_takes_is_passed_on() -> None:
+    # RFC 4954 4: a line of the AUTH exchange may be 12,288 octets; the
+    # hub reads that much, so this side must not answer 500 before it
+    response = b"A" * 12288
+    hub = ScriptedHub({b"AUTH": (334, b"")})
+    status, out, _ = session(b"EHLO a\r\nAUTH PLAIN\r\n" + response + b"\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert response in hub.commands
+    assert b"500" not in codes(out)

@@ -38,9 +38,11 @@ from txmailhub.sendmail_smtp import EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
 __all__ = ["COMMAND_LINE", "DATA_PIECE", "HIDDEN_EXTENSIONS", "Hub", "Session",
            "command_verb", "format_reply", "unavailable"]
 
-#: octets of a command line the command reads (RFC 5321 4.5.3.1.4 allows 512;
-#: SMTPUTF8 addresses and extension parameters make some longer)
-COMMAND_LINE = 4096
+#: octets of a command line the command reads, its line end included (RFC
+#: 5321 4.5.3.1.4 allows 512; SMTPUTF8 addresses and extension parameters
+#: make some longer, and an AUTH response may be 12,288 octets, RFC 4954 4,
+#: which the hub takes: this side must not refuse what the hub would read)
+COMMAND_LINE = 12288 + 2
 #: octets of the data section read from stdin at a time
 DATA_PIECE = 65536
 #: EHLO keywords the command takes out of the hub's reply (see the module)
