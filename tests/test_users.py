@@ -761,3 +761,35 @@ def test_checks_skipped_one_after_another_do_not_nest(db: UsersDB) -> None:
     turns[1].callback(None)
     assert all(result_of(d).check(LoginAbandoned) for d in gone)  # type: ignore[attr-defined]
     assert all(d.called for d in first) and len(turns) == 2
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink"])
+@pytest.mark.parametrize("users_file", [False, True])
+def test_the_lock_is_never_a_link_that_root_would_hand_to_the_folders_owner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str, users_file: bool) -> None:
+    # users.d belongs to the hub's user, who can put anything in it: a
+    # users.lock that is a link to a file of root's (/etc/shadow, say).
+    # Root's `mailhub user add` opened the lock following the link and
+    # fchown()ed what it found to the folder's (or the users file's) owner:
+    # the hub's user got root's file.  Run as "root" here by making every
+    # owner look foreign to give_to; every fchown is recorded.
+    folder = tmp_path / "users.d"
+    folder.mkdir()
+    victim = tmp_path / "shadow"
+    victim.write_bytes(b"root:secret\n")
+    if users_file:
+        (folder / "users").write_bytes(b"")
+    if planted == "symlink":
+        (folder / "users.lock").symlink_to(victim)
+    else:
+        os.link(victim, folder / "users.lock")
+    victim_inode = victim.stat().st_ino
+    monkeypatch.setattr(sync.os, "geteuid", lambda: os.getuid() + 1)
+    chowned: list[int] = []
+    monkeypatch.setattr(sync.os, "fchown", lambda fd, uid, gid: chowned.append(os.fstat(fd).st_ino))
+    db = UsersDB(str(folder / "users"), "example.org")
+    with pytest.raises(UsersFileError, match=r"users\.lock"):
+        db.add("joe", "pw", allow_weak=True)
+    assert victim_inode not in chowned
+    assert victim.read_bytes() == b"root:secret\n"
+    assert not (folder / "users").exists() or (folder / "users").read_bytes() == b""

@@ -44,11 +44,13 @@ old or the new file, never a torn one.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import hashlib
 import hmac
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,6 +149,31 @@ class UserRecord:
             enc = base64.b64encode(self.apop_secret.encode("utf-8")).decode()
             line += f" apop={enc}"
         return line + "\n"
+
+
+def _open_lock(path: str) -> int:
+    """Open (or make) the users lock, which is never a link.
+
+    Its folder is the hub's user's (deployment.rst's users.d), who can put
+    anything in it, and root's ``mailhub user`` command gives the lock to
+    that user (``give_to``): a lock that was a symbolic or hard link to a
+    file of root's would hand that file over.  Not followed (O_NOFOLLOW),
+    and refused unless it is a regular file with one name; O_NONBLOCK so
+    that a FIFO put there fails instead of blocking the command."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0))
+    why = "is not a regular file with one name (a link?): remove it"
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+        raise UsersFileError(f"{path} {why}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise UsersFileError(f"{path} {why}")
+    return fd
 
 
 class UsersDB:
@@ -313,7 +340,7 @@ class UsersDB:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
-        fd = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = _open_lock(self.path + ".lock")
         # as the users file's owner, or root's first `mailhub user` command
         # leaves a lock (0600) the hub's user can no longer open; before
         # there is a file, as its folder's (deployment.rst's users.d)
