@@ -886,3 +886,18 @@ def test_ret_full_returns_the_original_octets_as_they_are(tmp_path, utf8):
     assert body.startswith(original)
     # and what follows the original is only the report's closing boundary
     assert body[len(original):].strip().startswith(b"--") and body.rstrip().endswith(b"--")
+
+
+def test_an_all_ascii_global_notice_is_sent_as_the_8bit_message_its_labels_say(tmp_path):
+    # Its parts are labelled 8bit whatever they hold (RFC 6533 6.3, 6.4);
+    # RFC 6533 6.4 lifts that only "over a 7-bit transport environment".
+    # Queued as 7-bit because its octets are all ASCII, it went with those
+    # labels in a transaction without BODY=8BITMIME, and to a next hop
+    # without SMTPUTF8 unconverted (relay.rst: a 7-bit copy).  An 8-bit
+    # body asks for BODY=8BITMIME, or gets the 7-bit copy, relabelled
+    # (the queue's eight_bit is the envelope's body_8bit, else the octets).
+    entry = utf8_entry(tmp_path, recipients=(BOB, CAROL))
+    data, _ = build(entry, [failed(entry)])
+    assert data.isascii() and b"Content-Transfer-Encoding: 8bit" in data
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=not data.isascii())
+    assert env.body_8bit

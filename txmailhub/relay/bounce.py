@@ -504,7 +504,10 @@ def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:
         recipients=(Address(sender.local, sender.domain),),
         helo=hostname,
         client_address="",
-        body_8bit=has_8bit,
+        # a global notice's parts are labelled 8bit even when all ASCII
+        # (RFC 6533 6.3, 6.4): sent as 8-bit (BODY=8BITMIME), or as the 7-bit
+        # copy that relabels them, never with those labels in a 7-bit body
+        body_8bit=has_8bit or is_global(entry),
         smtputf8=ascii_form(sender) is None or is_global(entry),
         message_id=entry.envelope.message_id,
     )
