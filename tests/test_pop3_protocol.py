@@ -1824,3 +1824,25 @@ def test_a_large_mailbox_is_measured_in_jobs_of_size_job_messages(monkeypatch):
     assert t.value().startswith(b"+OK Logged in") and not env.components.syncer.jobs
     size = crlf_size_of(downgraded(INTL))
     assert talk(proto, t, b"STAT\r\n") == b"+OK 2 %d\r\n" % (size + 24)
+
+
+def test_password_checks_take_turns_per_remote_client_and_per_local_connection():
+    # as for SMTP AUTH: remote clients take turns by address, and each local
+    # connection (a webmail on this machine) has a turn of its own
+    from twisted.internet.defer import Deferred
+
+    seen = []
+
+    class Capturing:
+        def login(self, credentials, mind, *interfaces):
+            seen.append(credentials.client)
+            return Deferred()
+
+    env = Env(allow_plaintext_auth=True)
+    env.components.portal = Capturing()
+    for peer in (LOOPBACK, LOOPBACK, REMOTE, REMOTE):
+        proto, t = env.connect(peer=peer)
+        talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    local_a, local_b, remote_a, remote_b = seen
+    assert remote_a == remote_b == "192.0.2.7"
+    assert local_a != local_b and "192.0.2.7" not in (local_a, local_b)

@@ -1909,3 +1909,36 @@ def test_auth_inside_a_transaction_says_why_it_is_refused() -> None:
     p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n".encode())
     assert take(t) == ["503 5.5.1 AUTH not permitted during a mail transaction"]
     p.connectionLost(None)
+
+
+class CapturingPortal:
+    """A portal that keeps the credentials of each login and never answers."""
+
+    def __init__(self) -> None:
+        self.credentials: list = []
+
+    def login(self, credentials, mind, *interfaces):
+        from twisted.internet.defer import Deferred
+
+        self.credentials.append(credentials)
+        return Deferred()
+
+
+def test_password_checks_take_turns_per_remote_client_and_per_local_connection():
+    # waiting checks take turns by client (txmailhub.turns): remote clients
+    # by address, so one address's flood waits behind the others; local
+    # connections (a webmail on the same machine logging its users in, which
+    # the per-client limits already exempt) each their own turn, not one turn
+    # shared by every local login
+    h = Harness()
+    h.components.portal = portal = CapturingPortal()
+    keys = []
+    for host in ("127.0.0.1", "127.0.0.1", "192.0.2.7", "192.0.2.7"):
+        p, _t = h.connect(host)
+        p.engine.session.tls = True  # AUTH off loopback needs TLS
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\n"
+                       .encode())
+        keys.append(portal.credentials[-1].client)
+    local_a, local_b, remote_a, remote_b = keys
+    assert remote_a == remote_b == "192.0.2.7"
+    assert local_a != local_b and "192.0.2.7" not in (local_a, local_b)

@@ -26,7 +26,7 @@ from txmailhub.turns import FairTurns
 from txmailhub.users import UsersDB
 
 __all__ = ["ClientCredentials", "LoginAbandoned", "MailRealm", "SMTPUser", "UsersChecker",
-           "build_portal"]
+           "build_portal", "turn_key"]
 
 RunInThread = Callable[..., Deferred]
 
@@ -62,6 +62,16 @@ class ClientCredentials(UsernamePassword):
         #: who asks (``limits.client_key`` of its address): waiting checks
         #: take turns by client (``txmailhub.turns``)
         self.client = client
+
+
+def turn_key(client: str, local: bool, connection: object) -> str:
+    """Whose turn a waiting password check takes (``ClientCredentials.client``):
+    a remote client's ``client_key``, so that one address's flood of
+    logins waits behind everyone else's; a local connection's own key, so
+    that the logins of a program on this machine (a webmail logging its
+    users in over loopback, which the per-client limits exempt too) do not
+    all share one turn."""
+    return f"local connection {id(connection):x}" if local else client
 
 
 def _text(value: Any) -> str:

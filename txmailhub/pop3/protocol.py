@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import AddressError, client_ip, client_key, parse_address
-from txmailhub.auth import ClientCredentials, LoginAbandoned
+from txmailhub.auth import ClientCredentials, LoginAbandoned, turn_key
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
@@ -484,7 +484,7 @@ class POP3Protocol(Protocol):
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:
             creds = ClientCredentials(username, action.secret, lambda: not self._lost,
-                                      client_key(self._peer))
+                                      turn_key(client_key(self._peer), local, self))
         d = maybeDeferred(self.components.portal.login, creds, None, IMailbox)
         d.addCallbacks(
             self._logged_in, self._login_failed,

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address, ascii_domain, ascii_form, client_ip, client_key
-from txmailhub.auth import ClientCredentials, LoginAbandoned
+from txmailhub.auth import ClientCredentials, LoginAbandoned, turn_key
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser
@@ -832,7 +832,8 @@ class SMTPProtocol(Protocol):
             return
         creds = ClientCredentials(event.username.encode("utf-8"),
                                   event.password.encode("utf-8"), lambda: not self._gone,
-                                  client_key(self.host))
+                                  turn_key(client_key(self.host), self.engine.session.loopback,
+                                           self))
         d = defer.maybeDeferred(portal.login, creds, None, ISMTPUser)
         d.addCallbacks(self._auth_ok, self._auth_failed, errbackArgs=(event,))
 
