@@ -769,6 +769,31 @@ def test_a_partial_reply_line_may_reach_the_line_limit_but_not_pass_it():
     assert p.feed(b"x") == [] and p.error == "reply line too long"
 
 
+def test_a_whole_reply_line_over_the_limit_is_refused_even_in_one_read():
+    # The limit held only for a line still waiting for its end: one that
+    # came whole in a single read (up to 64 KiB from a socket, any size
+    # from a test transport) was taken, and 200 of them made a reply of
+    # megabytes that went into the queue record of every recipient.
+    from txmailhub.smtp._client_reply import MAX_REPLY_LINE
+    (reply,) = ReplyParser().feed(b"250 " + b"x" * (MAX_REPLY_LINE - 5) + b"\r\n")
+    assert len(reply.lines[0]) == MAX_REPLY_LINE - 5
+    p = ReplyParser()
+    assert p.feed(b"550-" + b"x" * MAX_REPLY_LINE + b"\r\n550 no\r\n") == []
+    assert p.error == "reply line too long"
+
+
+def test_nothing_is_kept_of_what_comes_after_a_protocol_error():
+    # After an error nothing more is parsed; a server that goes on sending
+    # (a TLS close waits for its close_notify up to a minute) must not
+    # fill the buffer with it.
+    p = ReplyParser()
+    p.feed(b"2500 x\r\n")
+    assert p.error
+    for _ in range(100):
+        p.feed(b"x" * 65536)
+    assert not p.pending
+
+
 def test_a_reply_line_may_be_the_code_alone_and_its_text_is_kept_whole():
     # RFC 5321 4.2: Reply-code [ SP textstring ] CRLF
     assert ReplyParser().feed(b"250\r\n") == [Reply(250, None, ("",))]

@@ -35,6 +35,11 @@ class ReplyParser:
         return bool(self._buf or self._lines)
 
     def feed(self, data: bytes) -> list[Reply]:
+        if self.error is not None:
+            # nothing more is read; a server that goes on sending (while a
+            # TLS close waits for its close_notify) must not grow the buffer
+            self._buf = b""
+            return []
         self._buf += data
         out = []
         while self.error is None:
@@ -42,6 +47,13 @@ class ReplyParser:
             if nl < 0:
                 if len(self._buf) > MAX_REPLY_LINE:
                     self.error = "reply line too long"
+                    self._buf = b""
+                break
+            if nl > MAX_REPLY_LINE:
+                # a whole line in one read (a socket gives up to 64 KiB at a
+                # time) is held to the same limit as one still arriving
+                self.error = "reply line too long"
+                self._buf = b""
                 break
             raw, self._buf = self._buf[:nl], self._buf[nl + 1 :]
             line = raw.rstrip(b"\r").decode("utf-8", "replace")
