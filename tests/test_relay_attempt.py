@@ -297,6 +297,35 @@ def test_data_termination_timeout(tmp_path):
     assert r.kind == "transient" and "end of data" in r.reply.text()
 
 
+@pytest.mark.parametrize("hangs_up", [False, True])
+def test_no_answer_to_the_final_dot_tries_no_other_host_in_this_attempt(tmp_path, hangs_up):
+    # After the final "." the server may have taken the message (RFC 5321
+    # 4.5.3.2.6, 6.1): a timeout or a connection closed before the reply
+    # keeps it queued, but handing a second copy to the next MX host at once
+    # would be a duplicate made knowingly.  The retry comes later.
+    a, net, clock = agent(tmp_path)
+
+    class Stalls(ScriptedSMTPServer):
+        def __init__(self):
+            super().__init__(replies={"END": b""})
+
+        def dataReceived(self, data):
+            super().dataReceived(data)
+            if hangs_up and self.messages:
+                self.transport.loseConnection()
+
+    net.servers[("2001:db8::1", 25)] = Stalls
+    net.servers[("192.0.2.2", 25)] = Stalls
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    if not hangs_up:
+        clock.advance(600)
+    r = run(net, d)[0]
+    assert r.kind == "transient" and "end of data" in r.reply.text()
+    assert net.connections == [("2001:db8::1", 25)]
+    assert sum(len(p.messages) for p in net.server_protocols) == 1
+
+
 def test_8bit_converted_for_server_without_8bitmime(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))

@@ -329,6 +329,14 @@ def where(name: str, address: str) -> str:
     return name if name == f"[{address}]" else f"{name}[{address}]"
 
 
+def _maybe_delivered(outcome: SessionOutcome) -> bool:
+    """Whether a failed session sent the final "." and got no reply to it
+    (a timeout, a connection closed): only then may the server have taken
+    the message without our knowing."""
+    return (outcome.phase == Phase.DATA_END.value
+            and isinstance(outcome.session_error, LocalReply))
+
+
 def _too_many_recipients(reply: Reply) -> bool:
     return reply.code == 452 and reply.status == "4.5.3"
 
@@ -596,6 +604,18 @@ class DeliveryAgent:
                     # 521/556 (RFC 7504): the host accepts no mail at all
                     about_host = (outcome.phase in _HOST_PHASES
                                   and last.code not in (521, 556))
+                    if _maybe_delivered(outcome):
+                        # the final "." went out and no reply came: the host
+                        # may have the message (RFC 5321 6.1), so no other
+                        # host gets a copy now; the retry comes later
+                        if not smarthost:
+                            self.mx.health.failed(mxhost.name)
+                        log.info("{queue_id}: {host}: {reply}; the message may have been "
+                                 "delivered, no other host is tried before the next retry",
+                                 queue_id=entry.id, host=where(mxhost.name, address),
+                                 address=address, reply=last.text())
+                        return [DeliveryResult(a, "transient", last, last_host)
+                                for a in recipients]
                     break
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)
