@@ -455,3 +455,32 @@ def test_this_hub_at_two_preferences_cuts_at_the_most_preferred():
     r = MXResolver(RawResolver(table), Clock(), "mail.hub.test",
                    listening=[("192.0.2.41", 25)], rng=random.Random(1))
     assert [h.name for h in result(r.resolve("twice.test"))] == ["primary.twice.test"]
+
+
+def test_hundreds_of_mx_records_look_up_the_addresses_of_a_few_hosts_only():
+    # Each host's lookups open their own UDP ports: a domain with thousands
+    # of MX records (one TCP answer holds about 3000) made the hub open two
+    # sockets per record at once, for a message that tries 10 addresses
+    # at most -- file descriptors the SMTP server and the queue need.
+    from txmailhub.relay.mx import MAX_MX_HOSTS
+    zone = {"many.test": {"MX": [(10 + i % 3, f"h{i}.many.test") for i in range(500)]}}
+    zone.update({f"h{i}.many.test": {"A": [f"192.0.2.{i % 250 + 1}"]} for i in range(500)})
+    fake = FakeResolver(zone)
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    hosts = result(r.resolve("many.test"))
+    assert len(hosts) == MAX_MX_HOSTS
+    assert [h.preference for h in hosts] == sorted(h.preference for h in hosts)
+    assert hosts[0].preference == 10
+    assert len(fake.queries) == 1 + 2 * MAX_MX_HOSTS
+
+
+def test_our_own_name_past_the_cut_still_makes_a_loop():
+    # the name check needs no lookup: it sees every record, so this hub
+    # among many equal hosts is found wherever the shuffle puts it
+    from txmailhub.relay.mx import MAX_MX_HOSTS
+    names = [f"h{i}.same.test" for i in range(3 * MAX_MX_HOSTS)] + ["mail.hub.test"]
+    zone = {"same.test": {"MX": [(10, n) for n in names]}}
+    zone.update({n: {"A": ["192.0.2.1"]} for n in names})
+    for seed in range(5):
+        r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test", rng=random.Random(seed))
+        error_of(r.resolve("same.test"), MailLoop)

@@ -53,6 +53,9 @@ FAILED_HOST_MEMORY = 600  # seconds a failed host stays at the back of the line
 # drops AAAA queries) would hold every message for the resolver's whole
 # timeout (a minute) while a good host waits
 ADDRESS_GRACE = 5.0
+# How many MX hosts (the most preferred) have their addresses looked up;
+# an attempt connects to 10 addresses at most (attempt.py)
+MAX_MX_HOSTS = 20
 
 
 class DNSError(Exception):
@@ -363,10 +366,27 @@ class MXResolver:
             if not pairs:
                 raise NoSuchDomain(domain, f"no usable MX for {domain}: every target is "
                                            "malformed")
-        pairs = self._shuffle(pairs)
+            pairs = self._cut_own_name(domain, pairs)
+        # only the first hosts' addresses are looked up: an attempt tries
+        # 10 addresses at most, and every host's lookups open their own
+        # UDP ports (a domain can list thousands of MX records)
+        pairs = self._shuffle(pairs)[:MAX_MX_HOSTS]
         d = self._settle([self._addresses(name) for name, _ in pairs], _usable_prefix)
         d.addCallback(self._got_addresses, domain, pairs, implicit)
         return d
+
+    def _cut_own_name(self, domain: str,
+                      pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """RFC 5321 5.1 by name alone, before any lookup and before the
+        list is cut to ``MAX_MX_HOSTS``: this hub and every host at its
+        preference or above go, wherever they are in a long list."""
+        mine = [pref for name, pref in pairs if name.rstrip(".").lower() == self.hostname]
+        if not mine:
+            return pairs
+        kept = [(name, pref) for name, pref in pairs if pref < min(mine)]
+        if not kept:
+            raise MailLoop(domain, f"mail for {domain} loops back to me (MX {self.hostname})")
+        return kept
 
     def _settle(self, lookups: list[defer.Deferred],
                 usable: Callable[[list], list | None]) -> defer.Deferred:
