@@ -484,3 +484,22 @@ def test_our_own_name_past_the_cut_still_makes_a_loop():
     for seed in range(5):
         r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test", rng=random.Random(seed))
         error_of(r.resolve("same.test"), MailLoop)
+
+
+@pytest.mark.parametrize("unspecified", ["0.0.0.0", "::"])
+def test_an_mx_address_of_0_0_0_0_is_this_host_when_we_listen_on_the_relay_port(unspecified):
+    # connecting to 0.0.0.0 (or ::) reaches this machine: a hub listening
+    # on 127.0.0.1:25 only was not seen in an MX whose A record is 0.0.0.0,
+    # and relayed the message to itself (from loopback, so relaying) until
+    # the hop count stopped it
+    kind = "AAAA" if ":" in unspecified else "A"
+    zone = {"zero.test": {"MX": [(10, "mx.zero.test")]}, "mx.zero.test": {kind: [unspecified]}}
+    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
+                   listening=[("127.0.0.1", 25)], port=25, rng=random.Random(1),
+                   is_local_address=lambda a: a == "127.0.0.1")
+    error_of(r.resolve("zero.test"), MailLoop)
+    error_of(r.resolve("[0.0.0.0]"), MailLoop)
+    # not listening on the relay port: some other server on this machine
+    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
+                   listening=[("127.0.0.1", 2525)], port=25, rng=random.Random(1))
+    assert result(r.resolve("zero.test"))[0].addresses == (unspecified,)

@@ -320,7 +320,10 @@ class MXResolver:
                 lip = client_ip(lhost or "0.0.0.0")
                 if lip is None:
                     continue
-                if lip == ip:
+                if lip == ip or ip.is_unspecified:
+                    # a connection to 0.0.0.0 or :: goes to this machine
+                    # (Linux takes it for a loopback address): whatever we
+                    # listen on, on the relay port, it may well reach us
                     return True
                 if lip.is_unspecified and self.is_local_address(str(ip)):
                     return True
