@@ -714,3 +714,23 @@ def test_the_submitter_survives_the_queue_and_old_records_read_without_it(tmp_pa
     bad["envelope"]["submitter"] = "no-at-sign"
     with pytest.raises(record.RecordError, match="bad address"):
         record.QueueEntry.from_json(json.dumps(bad).encode())
+
+
+def test_a_huge_remote_reply_is_kept_short_in_the_record():
+    # A reply may have 200 lines of 4 KiB; kept whole it went into the
+    # record once per recipient (100 recipients refused by one MAIL: 80 MB
+    # written, fsynced, re-read at every update).  What notices and queue
+    # show use -- the beginning -- is kept.
+    from txmailhub.smtp.reply import LocalReply
+    lines = tuple(f"{i:03d} " + "x" * 4000 for i in range(200))
+    for kind in (Reply, LocalReply):
+        reply = kind(550, "5.7.1", lines)
+        stored = record.reply_to_json(reply)
+        assert len(json.dumps(stored)) < 3000
+        back = record.reply_from_json(stored)
+        assert type(back) is kind and back.code == 550 and back.status == "5.7.1"
+        assert back.text()[:900] == reply.text()[:900]
+        assert back.text().endswith("...")
+    # an ordinary reply is kept as it is
+    small = Reply(451, "4.7.1", ("greylisted", "try again later"))
+    assert record.reply_from_json(record.reply_to_json(small)) == small

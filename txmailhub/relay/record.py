@@ -60,10 +60,31 @@ def address_from_text(text: str) -> Address:
     return Address(local, domain)
 
 
+# Characters of a reply's text a record keeps (notices quote at most 900):
+# a server may answer with 200 lines of 4 KiB, and the record holds the
+# reply once per recipient and is rewritten at every update.
+MAX_STORED_REPLY = 2000
+
+
+def _stored_lines(lines: tuple[str, ...]) -> list[str]:
+    """``lines`` cut so that ``Reply.text()`` (lines joined by " / ") stays
+    within ``MAX_STORED_REPLY``; a cut shows as "..." at the end."""
+    out: list[str] = []
+    used = 0
+    for line in lines:
+        room = MAX_STORED_REPLY - used
+        if len(line) > room:
+            out.append(line[: max(room - 3, 0)] + "...")
+            break
+        out.append(line)
+        used += len(line) + 3
+    return out
+
+
 def reply_to_json(reply: Reply | None) -> dict[str, Any] | None:
     if reply is None:
         return None
-    out = {"code": reply.code, "status": reply.status, "lines": list(reply.lines)}
+    out = {"code": reply.code, "status": reply.status, "lines": _stored_lines(reply.lines)}
     if isinstance(reply, LocalReply):
         out["local"] = True
     return out
