@@ -1149,3 +1149,33 @@ def test_quiesce_cancels_the_connects_of_the_entries_not_waited_for(tmp_path):
     d = a.deliver(e, "remote.test", [BOB])
     assert len(connects) == 2 and not connects[1].called
     a.resume()
+
+
+def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
+    # Ten addresses that accept the connection and never speak held the
+    # attempt (and a delivery slot) 10 x 5 minutes; a domain with such
+    # hosts (say the sender's, for a success notice) could keep every slot
+    # busy.  No further host is started once the budget is spent.
+    from txmailhub.relay.attempt import HOSTS_TIME_BUDGET
+    a, net, clock = agent(tmp_path)
+    names = [f"mx{i}.silent.test" for i in range(10)]
+    zone = {**ZONE, "silent.test": {"MX": [(10 + i, n) for i, n in enumerate(names)]}}
+    zone.update({n: {"A": [f"192.0.2.{100 + i}"]} for i, n in enumerate(names)})
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    for i in range(10):
+        net.servers[(f"192.0.2.{100 + i}", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    who = Address("x", "silent.test")
+    d = a.deliver(entry(tmp_path, who), "silent.test", [who])
+    spent = 0
+    while not d.called and spent < 3600:
+        net.run()
+        clock.advance(60)
+        spent += 60
+    [r] = run(net, d)
+    assert r.kind == "transient" and r.reply.status == "4.4.2"
+    assert spent <= HOSTS_TIME_BUDGET + 300
+    assert len(net.connections) == HOSTS_TIME_BUDGET // 300
+    tried = HOSTS_TIME_BUDGET // 300
+    assert a.mx.health.is_failed(names[tried - 1])
+    assert not a.mx.health.is_failed(names[tried])  # never tried: not failed

@@ -81,6 +81,11 @@ CONNECT_TIMEOUT = 30
 # submissions port): no STARTTLS, the same certificate rules.
 SMTPS_PORT = 465
 MAX_ADDRESSES_PER_ATTEMPT = 10
+# Seconds an attempt may spend on one destination's hosts before it starts
+# no further one: each may take the RFC 5321 timeouts (5 minutes for a
+# greeting that never comes), and ten silent hosts held a delivery slot
+# for 50 minutes.  A session under way is not cut.
+HOSTS_TIME_BUDGET = 900
 
 
 @dataclass(frozen=True)
@@ -574,11 +579,19 @@ class DeliveryAgent:
         last_host: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
         tried = 0
+        started = self.clock.seconds()
+        out_of_time = False
         for mxhost in hosts:
             if tried >= MAX_ADDRESSES_PER_ATTEMPT:
                 break
             for address in mxhost.addresses:
                 if tried >= MAX_ADDRESSES_PER_ATTEMPT:
+                    break
+                if tried and self.clock.seconds() - started >= HOSTS_TIME_BUDGET:
+                    log.info("{queue_id}: {destination}: {budget} seconds spent on its hosts; "
+                             "the others wait for the next retry", queue_id=entry.id,
+                             destination=destination, budget=HOSTS_TIME_BUDGET)
+                    out_of_time = True
                     break
                 tried += 1
                 if epoch != self._epoch or not self._may_go_on(entry.id):
@@ -620,6 +633,8 @@ class DeliveryAgent:
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)
                 return self._results(entry, outcome, mxhost.name)
+            if out_of_time:
+                break  # a host not (fully) tried is not one that failed
             if not smarthost:
                 self.mx.health.failed(mxhost.name)
         # A 5xx greeting (or EHLO and HELO both refused) says the host will
