@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
+import gc
 import os
 import stat
 import threading
+import time
+import weakref
 
 import pytest
 from twisted.internet import defer
@@ -461,6 +465,47 @@ class RealThreadTests(TestCase):
         f(*args)
         self.assertEqual([self.successResultOf(d) for d in ds[:3]], [0, 1, 2])
         self.failureResultOf(ds[3], ZeroDivisionError)
+
+    def test_an_idle_worker_keeps_nothing_of_its_last_job(self):
+        # A POP3 login lists the Maildir and measures sizes on the workers:
+        # the job's arguments reach the session, its result is the
+        # snapshot.  A worker waiting for its next job held both (its
+        # locals), so every idle worker kept the last session it served.
+        class Thing:
+            pass
+
+        r = ThreadCallRecorder()
+        w = sync._Workers(r, 1, "test")
+        arg, result = Thing(), Thing()
+        arg_ref, result_ref = weakref.ref(arg), weakref.ref(result)
+        ran = threading.Event()
+
+        def job(a, out=[result]):  # noqa: B006 - the result leaves with the job
+            ran.set()
+            return out.pop()
+
+        d = w.submit(functools.partial(job, arg))
+        del arg, result
+        self.assertTrue(ran.wait(10))
+        deadline = time.monotonic() + 10
+        while not r.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        f, args = r.calls.pop()
+        f(*args)  # the reactor takes the result ...
+        got = []
+        d.addCallback(got.append)
+        got.clear()  # ... and is done with it
+        del d
+        deadline = time.monotonic() + 5
+        while (arg_ref() is not None or result_ref() is not None) and \
+                time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+        try:
+            self.assertIsNone(arg_ref())
+            self.assertIsNone(result_ref())
+        finally:
+            w.stop()
 
     def test_an_abandoned_pool_delivers_nothing_and_takes_no_lock(self):
         # in a forked child: a wake-up the parent's workers had queued

@@ -398,6 +398,13 @@ class _Workers:
                 wake = len(done) == 1  # else a wake-up is already on its way
             if wake:
                 call_back(self._deliver)
+            # Nothing of this job may outlive it while the thread waits for
+            # the next one: the locals held the function with its arguments
+            # (a POP3 session's mailbox, and through its ``gone`` the
+            # session itself) and the result (a snapshot of 20,000
+            # messages) until this thread ran another job -- each idle
+            # worker kept the last session it served.
+            job = f = d = outcome = None  # type: ignore[assignment]
 
     def _deliver(self) -> None:
         """On the reactor thread: fire every result that is in."""
