@@ -277,6 +277,11 @@ class POP3Protocol(Protocol):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        # What the session holds per message goes now (the engine's
+        # snapshot and its size function, which is ours: a cycle)
+        if self.engine is not None:
+            self.engine.forget()
+        self._sizes = {}
         if not self._update_running:
             # A dropped connection deletes nothing: just release the lock.
             if self.mailbox is not None:
@@ -527,34 +532,41 @@ class POP3Protocol(Protocol):
             # measured when LIST, STAT or RSET first need a size
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
-        mailbox = self.mailbox
-        stored = [m.size for m in messages]
-        sizes: dict[int, int] = {}
+        self._measure(call, messages, [m.size for m in messages], {}, 0)
 
-        def job(start: int) -> Deferred:
-            # SIZE_JOB messages a job, as deletions go: one job for a huge
-            # mailbox would keep a worker from every other job that long.
-            # Reading the flag from the worker thread is safe: a plain attribute
-            return call(_measure_sizes, mailbox, stored, lambda: self._lost,
-                        start, start + SIZE_JOB).addCallback(measured, start)
+    def _measure(self, call: Callable[..., Deferred], messages: Any, stored: list[int],
+                 sizes: dict[int, int], start: int) -> None:
+        """Measure the client sizes of ``SIZE_JOB`` messages from ``start``
+        on a worker thread (one job for a huge mailbox would keep a worker
+        from every other job that long), then the next ones; the login's
+        +OK once all are in.  Methods, not closures that call each other:
+        those made a reference cycle holding the session's sizes."""
+        # Reading the flag from the worker thread is safe: a plain attribute
+        call(_measure_sizes, self.mailbox, stored, self._gone, start, start + SIZE_JOB
+             ).addCallbacks(self._measured, self._measure_failed,
+                            callbackArgs=(call, messages, stored, sizes, start),
+                            errbackArgs=(messages, sizes),
+                            ).addErrback(self._internal_error)
 
-        def measured(part: dict[int, int], start: int) -> Any:
-            sizes.update(part)
-            if start + SIZE_JOB < len(stored) and not self._lost:
-                return job(start + SIZE_JOB)
-            self._sizes = sizes
-            self._sizes_measured(messages)
-            return None
+    def _gone(self) -> bool:
+        return self._lost
 
-        def failed(failure: Failure) -> None:
-            # the rest are measured when first needed instead (and a
-            # message that cannot be read is logged then)
-            log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
-                        user=self._user)
-            self._sizes = sizes
-            self._sizes_measured(messages)
+    def _measured(self, part: dict[int, int], call: Callable[..., Deferred], messages: Any,
+                  stored: list[int], sizes: dict[int, int], start: int) -> None:
+        sizes.update(part)
+        if start + SIZE_JOB < len(stored) and not self._lost:
+            self._measure(call, messages, stored, sizes, start + SIZE_JOB)
+            return
+        self._sizes = sizes
+        self._sizes_measured(messages)
 
-        job(0).addErrback(failed).addErrback(self._internal_error)
+    def _measure_failed(self, failure: Failure, messages: Any, sizes: dict[int, int]) -> None:
+        # the rest are measured when first needed instead (and a message
+        # that cannot be read is logged then)
+        log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
+                    user=self._user)
+        self._sizes = sizes
+        self._sizes_measured(messages)
 
     def _sizes_measured(self, messages: Any) -> None:
         if self._lost:

@@ -206,32 +206,7 @@ class POP3Server:
         self._messages: list[Any] = []
         self._size_of: Callable[[int], int] | None = None
         self._deleted: set[int] = set()
-        self._handlers: dict[str, Callable[[str], Action]] = {
-            "USER": self._user_cmd,
-            "PASS": self._pass_cmd,
-            "APOP": self._apop_cmd,
-            "AUTH": self._auth_cmd,
-            "STLS": self._stls_cmd,
-            "CAPA": self._capa_cmd,
-            "UTF8": self._utf8_cmd,
-            "LANG": self._lang_cmd,
-            "QUIT": self._quit_cmd,
-            "NOOP": self._noop_cmd,
-            "STAT": self._stat_cmd,
-            "LIST": self._list_cmd,
-            "RETR": self._retr_cmd,
-            "TOP": self._top_cmd,
-            "DELE": self._dele_cmd,
-            "RSET": self._rset_cmd,
-            "UIDL": self._uidl_cmd,
-        }
-        # VALID_IN turned around: the handlers of each state, so a command
-        # costs one lookup (a miss: unknown, or valid in another state).
-        self._valid_handlers: dict[State, dict[str, Callable[[str], Action]]] = {
-            state: {v: h for v, h in self._handlers.items() if state in VALID_IN[v]}
-            for state in State
-        }
-        self._dispatch = self._valid_handlers[self.state]
+        self._dispatch = _HANDLERS_IN[self.state]
 
     # -- input -------------------------------------------------------------
 
@@ -285,8 +260,8 @@ class POP3Server:
         verb = verb.upper()
         handler = self._dispatch.get(verb)
         if handler is not None:
-            return handler(arg)
-        if verb not in self._handlers:
+            return handler(self, arg)
+        if verb not in VALID_IN:
             return self._send(R.UNKNOWN_COMMAND)
         return self._send(R.wrong_state(verb, self.state.value))
 
@@ -344,6 +319,17 @@ class POP3Server:
             return Send(reply.to_bytes(), close=True)
         left = len(self._messages) - len(self._deleted)
         return Send(R.bye_updated(left).to_bytes(), close=True)
+
+    def forget(self) -> None:
+        """The connection is gone: drop the snapshot, the deletion marks and
+        ``size_of`` (the adapter's, which refers back to it), so that what
+        the session holds per message goes with the connection at once,
+        not at the cyclic garbage collector's next full pass.  No command
+        is handled after it."""
+        self.finished = True
+        self._messages = []
+        self._deleted = set()
+        self._size_of = None
 
     # -- AUTHORIZATION -----------------------------------------------------
 
@@ -614,7 +600,7 @@ class POP3Server:
         if new is None:
             raise LocalError(f"no transition from {self.state.value} on {event.value}")
         self.state = new
-        self._dispatch = self._valid_handlers[new]
+        self._dispatch = _HANDLERS_IN[new]
 
     def _expect(self, what: str) -> None:
         if self._waiting != what:
@@ -633,3 +619,16 @@ class POP3Server:
     @property
     def deleted(self) -> frozenset[int]:
         return frozenset(self._deleted)
+
+
+# The handlers of each state (VALID_IN turned around), so a command costs
+# one lookup (a miss: unknown, or valid in another state).  Functions of
+# the class, called with the engine: a table of bound methods on each
+# engine made every session a reference cycle, its mailbox snapshot freed
+# only by the cyclic garbage collector.
+_HANDLERS: dict[str, Callable[[POP3Server, str], Action]] = {
+    verb: getattr(POP3Server, f"_{verb.lower()}_cmd") for verb in VALID_IN
+}
+_HANDLERS_IN: dict[State, dict[str, Callable[[POP3Server, str], Action]]] = {
+    state: {v: h for v, h in _HANDLERS.items() if state in VALID_IN[v]} for state in State
+}
