@@ -27,6 +27,8 @@ from txmailhub.store.maildir import (
     SIZES_NAME,
     CRLFEncoder,
     MaildirStore,
+    MessageInfo,
+    Snapshot,
     crlf_size_of,
     uid_for_name,
 )
@@ -859,6 +861,51 @@ class UIDTests(SynchronousTestCase):
         self.assertEqual(crlf_size_of(b"a\nb\r\nc"), len(out))
         self.assertEqual(crlf_size_of(b""), 0)
         self.assertEqual(CRLFEncoder().finish(), b"")
+
+
+class SnapshotTests(SynchronousTestCase):
+    """``Snapshot``: the columns give back every ``MessageInfo`` as it was
+    made, names in the hub's shape without keeping them."""
+
+    def test_round_trip_and_what_is_kept(self):
+        snap = Snapshot("/m/joe")
+        usual = "1.M1P1Q1.host,S=10,W=12"
+        snap.append("1.M1P1Q1.host", 12, 10, False, usual, False)
+        snap.append("1.M1P1Q1.host2", 12, 10, True, "1.M1P1Q1.host2,S=10,W=12:2,S", True)
+        snap.append("plain", 7, 6, True, "plain:2,FS", True)  # other flags: kept
+        snap.append("a" * 40, 5, 4, False, "caf\u00e9", False)  # a hashed UID: kept
+        self.assertEqual(list(snap), [
+            MessageInfo("1.M1P1Q1.host", 12, "/m/joe/new/" + usual, 10, False),
+            MessageInfo("1.M1P1Q1.host2", 12, "/m/joe/cur/1.M1P1Q1.host2,S=10,W=12:2,S", 10,
+                        True),
+            MessageInfo("plain", 7, "/m/joe/cur/plain:2,FS", 6, True),
+            MessageInfo("a" * 40, 5, "/m/joe/new/caf\u00e9", 4, False),
+        ])
+        self.assertEqual(snap._names, {2: "plain:2,FS", 3: "caf\u00e9"})
+        self.assertEqual(snap[-1], snap[3])
+        self.assertEqual(snap[1:3], [snap[1], snap[2]])
+        self.assertEqual(snap.path(-2), snap[2].path)
+        self.assertEqual((list(snap.uids), list(snap.sizes)), (
+            ["1.M1P1Q1.host", "1.M1P1Q1.host2", "plain", "a" * 40], [12, 12, 7, 5]))
+        with self.assertRaises(IndexError):
+            snap[4]
+
+    def test_moved(self):
+        snap = Snapshot("/m/joe")
+        snap.append("1.M1P1Q1.host", 12, 10, False, "1.M1P1Q1.host,S=10,W=12", False)
+        self.assertFalse(snap.seen_in_cur(0))
+        snap.moved(0, "/m/joe/cur/1.M1P1Q1.host,S=10,W=12:2,S", True)
+        self.assertEqual((snap[0].path, snap[0].seen, snap._names), (
+            "/m/joe/cur/1.M1P1Q1.host,S=10,W=12:2,S", True, {}))
+        self.assertTrue(snap.seen_in_cur(0))
+        snap.moved(0, "/m/joe/cur/1.M1P1Q1.host,S=10,W=12:2,RS", True)
+        self.assertEqual(snap[0].path, "/m/joe/cur/1.M1P1Q1.host,S=10,W=12:2,RS")
+        snap.moved(0, "/m/joe/new/1.M1P1Q1.host,S=10,W=12", False)
+        self.assertEqual((snap[0].path, snap[0].seen, snap._names), (
+            "/m/joe/new/1.M1P1Q1.host,S=10,W=12", False, {}))
+        snap.moved(0, "/elsewhere/x", True)
+        self.assertEqual((snap[0].path, snap[0].seen), ("/elsewhere/x", True))
+        self.assertFalse(snap.seen_in_cur(0))
 
 
 class MailboxTests(Base):

@@ -90,8 +90,12 @@ class IMailbox(Interface):
     """
 
     def list_messages() -> list:
-        """The snapshot: a list of ``txmailhub.store.maildir.MessageInfo``
-        (``uid``, ``size`` in CRLF octets, ``path``).  Synchronous."""
+        """The snapshot: a sequence of ``txmailhub.store.maildir.MessageInfo``
+        (``uid``, ``size`` in CRLF octets, ``path``) -- a list, or a
+        ``txmailhub.store.format.Snapshot`` (the Maildir store's: the same
+        messages kept in columns, some 130 octets each; its paths and
+        ``seen`` follow ``mark_seen``).  Synchronous; the caller must not
+        change it."""
 
     def open_message(index: int):
         """A binary file object of message ``index`` (LF line endings, as

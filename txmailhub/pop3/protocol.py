@@ -14,7 +14,8 @@ means, and must not touch the Maildir except through ``IMailbox``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -49,7 +50,7 @@ from txmailhub.pop3.server import (
 )
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
-from txmailhub.store.format import crlf_size_of
+from txmailhub.store.format import columns, crlf_size_of
 from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
@@ -91,6 +92,7 @@ CLOSED_CHECK = 1.0
 session it ended (see ``_check_closed``)."""
 
 log = Logger(namespace="txmailhub.pop3")
+_NO_SIZES = array("q")  # no session, or a client with UTF8: no size measured
 _TOO_MANY_COMMANDS = R.TOO_MANY_COMMANDS.to_bytes()
 
 
@@ -138,8 +140,8 @@ def _scan_on(f: Any, scan: HeaderScan, gone: Callable[[], bool]) -> None:
         scan.feed(more)
 
 
-def _measure_sizes(mailbox: Any, stored: list[int], gone: Callable[[], bool],
-                   start: int = 0, end: int | None = None) -> dict[int, int]:
+def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool],
+                   start: int = 0, end: int | None = None) -> array:
     """``_client_size_of`` for messages ``start`` to ``end`` (the last by
     default), on a worker thread; a message that cannot be read is left
     out (measured, and its error logged, on the reactor thread if LIST
@@ -147,14 +149,14 @@ def _measure_sizes(mailbox: Any, stored: list[int], gone: Callable[[], bool],
     lock released at once, so its next login would start another job
     beside this one -- reconnecting could otherwise fill every worker
     thread (and hold up every fsync) with reads nobody waits for."""
-    sizes: dict[int, int] = {}
+    sizes = array("q")  # from ``start`` on; -1: not measured
     for index in range(start, len(stored) if end is None else min(end, len(stored))):
         if gone():
             break
         try:
-            sizes[index] = _client_size_of(mailbox, index, stored[index])
+            sizes.append(_client_size_of(mailbox, index, stored[index]))
         except Exception:  # left for the reactor thread to measure and log
-            continue
+            sizes.append(-1)
     return sizes
 
 
@@ -192,7 +194,10 @@ class POP3Protocol(Protocol):
         self._writer: ResponseWriter | None = None
         self._queued = False  # bytes left in the transport's buffer this turn
         self._unseen: list[int] = []  # retrieved, not yet marked seen
-        self._sizes: dict[int, int] = {}  # downgraded sizes known (no UTF8)
+        # what RETR sends of each message to a client without UTF8 (the
+        # stored size or the downgraded copy's, RFC 6857), -1 where not
+        # measured yet: one array, not an int object per message
+        self._sizes = _NO_SIZES
         self._reading_input = False
 
     # -- connection lifecycle ----------------------------------------------
@@ -281,7 +286,7 @@ class POP3Protocol(Protocol):
         # snapshot and its size function, which is ours: a cycle)
         if self.engine is not None:
             self.engine.forget()
-        self._sizes = {}
+        self._sizes = _NO_SIZES
         if not self._update_running:
             # A dropped connection deletes nothing: just release the lock.
             if self.mailbox is not None:
@@ -521,21 +526,22 @@ class POP3Protocol(Protocol):
             "POP3 login {user} from {peer} ({mechanism}): {count} messages",
             user=self._user, peer=self._peer, mechanism=how, count=len(messages), tls=secure,
         )
-        self._sizes = {}
+        self._sizes = _NO_SIZES
         # RFC 6856 allows UTF8 only before the login: from here on it is
         # known which size RETR will send, the stored one or the downgraded
         if self.engine.utf8:
             self._finish_login(self.engine.login_succeeded(messages, None))
             return
+        self._sizes = array("q", [-1]) * len(messages)
         call = getattr(self.components.syncer, "call", None)
         if call is None or len(messages) <= INLINE_SIZES:
             # measured when LIST, STAT or RSET first need a size
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
-        self._measure(call, messages, [m.size for m in messages], {}, 0)
+        self._measure(call, messages, columns(messages)[1], 0)
 
-    def _measure(self, call: Callable[..., Deferred], messages: Any, stored: list[int],
-                 sizes: dict[int, int], start: int) -> None:
+    def _measure(self, call: Callable[..., Deferred], messages: Any, stored: Sequence[int],
+                 start: int) -> None:
         """Measure the client sizes of ``SIZE_JOB`` messages from ``start``
         on a worker thread (one job for a huge mailbox would keep a worker
         from every other job that long), then the next ones; the login's
@@ -544,28 +550,29 @@ class POP3Protocol(Protocol):
         # Reading the flag from the worker thread is safe: a plain attribute
         call(_measure_sizes, self.mailbox, stored, self._gone, start, start + SIZE_JOB
              ).addCallbacks(self._measured, self._measure_failed,
-                            callbackArgs=(call, messages, stored, sizes, start),
-                            errbackArgs=(messages, sizes),
+                            callbackArgs=(call, messages, stored, start),
+                            errbackArgs=(messages,),
                             ).addErrback(self._internal_error)
 
     def _gone(self) -> bool:
         return self._lost
 
-    def _measured(self, part: dict[int, int], call: Callable[..., Deferred], messages: Any,
-                  stored: list[int], sizes: dict[int, int], start: int) -> None:
-        sizes.update(part)
-        if start + SIZE_JOB < len(stored) and not self._lost:
-            self._measure(call, messages, stored, sizes, start + SIZE_JOB)
+    def _measured(self, part: array, call: Callable[..., Deferred], messages: Any,
+                  stored: Sequence[int], start: int) -> None:
+        if self._lost:
+            self._sizes_measured(messages)
             return
-        self._sizes = sizes
+        self._sizes[start : start + len(part)] = part
+        if start + SIZE_JOB < len(stored):
+            self._measure(call, messages, stored, start + SIZE_JOB)
+            return
         self._sizes_measured(messages)
 
-    def _measure_failed(self, failure: Failure, messages: Any, sizes: dict[int, int]) -> None:
+    def _measure_failed(self, failure: Failure, messages: Any) -> None:
         # the rest are measured when first needed instead (and a message
         # that cannot be read is logged then)
         log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
                     user=self._user)
-        self._sizes = sizes
         self._sizes_measured(messages)
 
     def _sizes_measured(self, messages: Any) -> None:
@@ -812,10 +819,10 @@ class POP3Protocol(Protocol):
         once per session and message (the header section only), when
         LIST, STAT or RSET first need it; a message whose header section
         is ASCII -- nearly all -- costs one short read."""
-        size = self._sizes.get(index)
-        if size is not None:
+        size = self._sizes[index]
+        if size >= 0:
             return size
-        stored = self.engine.messages[index].size  # type: ignore[union-attr]
+        stored = self.engine.sizes[index]  # type: ignore[union-attr]
         try:
             size = _client_size_of(self.mailbox, index, stored)
         except Exception:

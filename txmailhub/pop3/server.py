@@ -35,6 +35,7 @@ from txmailhub.pop3.actions import Action, Authenticate, Send, StartTLS, Transmi
 from txmailhub.pop3.intl import LANGUAGES, prepare_username, select_language, valid_range
 from txmailhub.pop3.lines import LineReader
 from txmailhub.pop3.replies import TERMINATOR, POP3Reply
+from txmailhub.store.format import Snapshot, columns
 
 __all__ = [
     "COMMAND_LINE_LIMIT",
@@ -203,7 +204,11 @@ class POP3Server:
         self._sasl = False  # an AUTH PLAIN response is awaited
         self._before_login = 0  # lines read in the AUTHORIZATION state
         self.utf8 = False  # UTF8 issued (RFC 6856): UTF-8 headers may be sent
-        self._messages: list[Any] = []
+        self._messages: Sequence[Any] = ()
+        # the snapshot's UIDs and sizes, as columns (``columns``): a
+        # ``Snapshot``'s own, not a copy per session
+        self._uids: Sequence[str] = ()
+        self._sizes: Sequence[int] = ()
         self._size_of: Callable[[int], int] | None = None
         self._deleted: set[int] = set()
         self._dispatch = _HANDLERS_IN[self.state]
@@ -280,7 +285,9 @@ class POP3Server:
         nothing of its text, and a login then reads no message."""
         self._expect("login")
         self._transition(Event.AUTHENTICATED)
-        self._messages = list(messages)
+        self._uids, self._sizes = columns(messages)
+        # a Snapshot does not change under us (its columns are fixed)
+        self._messages = messages if isinstance(messages, Snapshot) else list(messages)
         self._deleted = set()
         self._size_of = None
         count, octets = self._totals()
@@ -317,7 +324,7 @@ class POP3Server:
         if not ok:
             reply = R.UPDATE_FAILED_PERM if permanent else R.UPDATE_FAILED
             return Send(reply.to_bytes(), close=True)
-        left = len(self._messages) - len(self._deleted)
+        left = len(self._uids) - len(self._deleted)
         return Send(R.bye_updated(left).to_bytes(), close=True)
 
     def forget(self) -> None:
@@ -327,7 +334,7 @@ class POP3Server:
         not at the cyclic garbage collector's next full pass.  No command
         is handled after it."""
         self.finished = True
-        self._messages = []
+        self._messages = self._uids = self._sizes = ()
         self._deleted = set()
         self._size_of = None
 
@@ -500,7 +507,7 @@ class POP3Server:
         size = self._size
         lines = [
             f"{i + 1} {size(i)}"
-            for i in range(len(self._messages))
+            for i in range(len(self._uids))
             if i not in self._deleted
         ]
         return Send(multiline(R.scan_listing(*self._totals()), lines))
@@ -513,20 +520,21 @@ class POP3Server:
             index = self._message(args[0])
             if isinstance(index, POP3Reply):
                 return self._send(index)
-            return self._send(R.unique_id(index + 1, self._messages[index].uid))
+            return self._send(R.unique_id(index + 1, self._uids[index]))
+        deleted = self._deleted
         lines = [
-            f"{i + 1} {m.uid}"
-            for i, m in enumerate(self._messages)
-            if i not in self._deleted
+            f"{i + 1} {uid}"
+            for i, uid in enumerate(self._uids)
+            if i not in deleted
         ]
         return Send(multiline(R.UIDL_FOLLOWS, lines))
 
     def _retr_cmd(self, arg: str) -> Action:
         if arg.isdigit() and arg.isascii() and len(arg) <= 9:  # "RETR n", the usual case
             index = int(arg) - 1
-            messages = self._messages
-            if 0 <= index < len(messages) and index not in self._deleted:
-                size = messages[index].size
+            sizes = self._sizes
+            if 0 <= index < len(sizes) and index not in self._deleted:
+                size = sizes[index]
                 return Transmit(index, size, R.retr_line(size), None, True, self.utf8)
         args = arg.split()
         if len(args) != 1:
@@ -534,7 +542,7 @@ class POP3Server:
         index = self._message(args[0])
         if type(index) is not int:
             return self._send(index)
-        size = self._messages[index].size
+        size = self._sizes[index]
         return Transmit(index, size, R.retr_line(size), None, True, self.utf8)
 
     def _top_cmd(self, arg: str) -> Action:
@@ -547,7 +555,7 @@ class POP3Server:
         count = _digits(args[1])
         if count is None:
             return self._send(R.INVALID_LINE_COUNT)
-        size = self._messages[index].size
+        size = self._sizes[index]
         return Transmit(index, size, R.TOP_FOLLOWS.to_bytes(), count, False, self.utf8)
 
     def _dele_cmd(self, arg: str) -> Action:
@@ -573,7 +581,7 @@ class POP3Server:
         number = _digits(text)
         if number is None:
             return R.INVALID_NUMBER
-        if not 1 <= number <= len(self._messages):
+        if not 1 <= number <= len(self._uids):
             return R.NO_SUCH_MESSAGE
         if number - 1 in self._deleted:
             return R.MESSAGE_DELETED
@@ -582,17 +590,21 @@ class POP3Server:
     def _size(self, index: int) -> int:
         """What RETR sends for message ``index`` (see ``login_succeeded``)."""
         if self._size_of is None:
-            return self._messages[index].size
+            return self._sizes[index]
         return self._size_of(index)
 
     def _totals(self) -> tuple[int, int]:
-        count = octets = 0
         deleted = self._deleted
         size_of = self._size_of
-        for i, m in enumerate(self._messages):
+        if size_of is None:
+            sizes = self._sizes
+            return (len(sizes) - len(deleted),
+                    sum(sizes) - sum(sizes[i] for i in deleted))
+        count = octets = 0
+        for i in range(len(self._sizes)):
             if i not in deleted:
                 count += 1
-                octets += m.size if size_of is None else size_of(i)
+                octets += size_of(i)
         return count, octets
 
     def _transition(self, event: Event) -> None:
@@ -612,9 +624,14 @@ class POP3Server:
         return Send(reply.to_bytes())
 
     @property
-    def messages(self) -> list[Any]:
+    def messages(self) -> Sequence[Any]:
         """The snapshot taken at login (read-only use)."""
         return self._messages
+
+    @property
+    def sizes(self) -> Sequence[int]:
+        """The stored (CRLF) size of each message of the snapshot."""
+        return self._sizes
 
     @property
     def deleted(self) -> frozenset[int]:

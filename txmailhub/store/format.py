@@ -1,7 +1,8 @@
 """Maildir file names and message sizes: the rules the store, the POP3
 server and the test doubles share.
 
-Owns ``MessageInfo`` (one message of a mailbox snapshot), the CRLF rule
+Owns ``MessageInfo`` (one message of a mailbox snapshot) and ``Snapshot``
+(a whole snapshot, kept in columns), the CRLF rule
 (``CRLFEncoder``/``CRLFCounter``/``crlf_size_of``: what POP3 sends for a
 stored LF message, and how many octets that is) and the name rules
 (``uid_for_name``, the ``,S=``/``,W=`` fields, delivery order).  Pure
@@ -11,14 +12,20 @@ functions and values: no disk, no Twisted.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 __all__ = [
     "CRLFCounter",
     "CRLFEncoder",
     "MessageInfo",
+    "Snapshot",
     "base_name",
+    "columns",
     "crlf_size_of",
     "escape_host",
     "name_fields",
@@ -45,6 +52,136 @@ class MessageInfo:
     path: str
     stored_size: int
     seen: bool = False
+
+
+_CUR = 1  # in cur/ (else new/)
+_SEEN = 2  # the S flag
+_NAMED = 4  # a name of its own (``Snapshot._names``), not the usual one
+_PATH = 8  # a whole path of its own, elsewhere (``Snapshot._names``)
+
+
+class Snapshot(Sequence[MessageInfo]):
+    """A mailbox snapshot of ``MessageInfo``, kept in columns.
+
+    A POP3 session holds its snapshot for as long as it lasts, and a
+    mailbox kept for years has tens of thousands of messages: one object
+    per message, with its path, its UID and two sizes as objects of their
+    own, cost some 500 octets each.  Here the UIDs are one list (the one
+    string per message that UIDL needs as it is), the sizes two arrays,
+    and the file's place one octet of flags: a name in the shape the hub
+    gives (``<uid>,S=<stored>,W=<size>``, plus ``:2,S`` in ``cur/``) is
+    made again from those when a path is asked for; any other name is
+    kept whole.  Some 130 octets a message, most of it the UID.
+
+    ``snapshot[i]`` builds the ``MessageInfo``; ``uids`` and ``sizes``
+    are the columns, read directly where every message is needed (LIST,
+    UIDL, STAT).  Neither changes once made; ``moved`` records a message's
+    new name or flags (``mark_seen``).
+    """
+
+    __slots__ = ("__weakref__", "_dirs", "_flags", "_names", "folder", "sizes",
+                 "stored_sizes", "uids")
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._dirs = (os.path.join(folder, "new") + os.sep, os.path.join(folder, "cur") + os.sep)
+        self.uids: list[str] = []
+        self.sizes = array("q")
+        self.stored_sizes = array("q")
+        self._flags = bytearray()
+        self._names: dict[int, str] = {}
+
+    def append(self, uid: str, size: int, stored_size: int, cur: bool, name: str,
+               seen: bool) -> None:
+        """One more message: file ``name`` in ``cur/`` or ``new/``."""
+        index = len(self.uids)
+        self.uids.append(uid)
+        self.sizes.append(size)
+        self.stored_sizes.append(stored_size)
+        self._flags.append((_CUR if cur else 0) | (_SEEN if seen else 0))
+        if name != self._usual(index):
+            self._flags[index] |= _NAMED
+            self._names[index] = name
+
+    def _usual(self, index: int) -> str:
+        name = f"{self.uids[index]},S={self.stored_sizes[index]},W={self.sizes[index]}"
+        return name + ":2,S" if self._flags[index] & _CUR else name
+
+    def name(self, index: int) -> str:
+        """The file name of message ``index`` (no folder)."""
+        if index < 0:
+            index += len(self.uids)
+        if self._flags[index] & _NAMED:
+            return self._names[index]
+        return self._usual(index)
+
+    def path(self, index: int) -> str:
+        """Where the file of message ``index`` is (as last known).  On
+        every RETR: one format, no call beyond it."""
+        if index < 0:
+            index += len(self.uids)
+        flags = self._flags[index]
+        if flags & (_NAMED | _PATH):
+            name = self._names[index]
+            return name if flags & _PATH else self._dirs[flags & _CUR] + name
+        if flags & _CUR:
+            return (f"{self._dirs[1]}{self.uids[index]},S={self.stored_sizes[index]},"
+                    f"W={self.sizes[index]}:2,S")
+        return (f"{self._dirs[0]}{self.uids[index]},S={self.stored_sizes[index]},"
+                f"W={self.sizes[index]}")
+
+    def seen(self, index: int) -> bool:
+        return bool(self._flags[index] & _SEEN)
+
+    def seen_in_cur(self, index: int) -> bool:
+        """Whether message ``index`` has the S flag and is in ``cur/``:
+        ``mark_seen`` has nothing to do (asked on every RETR)."""
+        return self._flags[index] & (_SEEN | _CUR | _PATH) == _SEEN | _CUR
+
+    def moved(self, index: int, path: str, seen: bool) -> None:
+        """Message ``index`` is now at ``path``, with or without the S flag."""
+        index = range(len(self.uids))[index]
+        folder, name = os.path.split(path)
+        flags = _SEEN if seen else 0
+        self._names.pop(index, None)
+        if folder + os.sep == self._dirs[1]:
+            flags |= _CUR
+        elif folder + os.sep != self._dirs[0]:  # not in this Maildir: kept whole
+            self._flags[index] = flags | _PATH
+            self._names[index] = path
+            return
+        self._flags[index] = flags
+        if name != self._usual(index):
+            self._flags[index] = flags | _NAMED
+            self._names[index] = name
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @overload
+    def __getitem__(self, index: int) -> MessageInfo: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[MessageInfo]: ...
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self.uids))[index]]
+        index = range(len(self.uids))[index]  # negative, and IndexError
+        return MessageInfo(self.uids[index], self.sizes[index], self.path(index),
+                           self.stored_sizes[index], bool(self._flags[index] & _SEEN))
+
+    def __iter__(self) -> Iterator[MessageInfo]:
+        return (self[i] for i in range(len(self.uids)))
+
+
+def columns(messages: Sequence[Any]) -> tuple[Sequence[str], Sequence[int]]:
+    """The UIDs and sizes of a snapshot, as two sequences: a ``Snapshot``'s
+    own columns (nothing copied), or read once from any sequence of
+    objects with ``uid`` and ``size``."""
+    if isinstance(messages, Snapshot):
+        return messages.uids, messages.sizes
+    return [m.uid for m in messages], array("q", [m.size for m in messages])
 
 
 # --- the CRLF rule ------------------------------------------------------------

@@ -10,7 +10,6 @@ delivers mail.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from zope.interface import implementer
 from txmailhub.interfaces import IMailbox
 from txmailhub.store.format import (
     CRLFCounter,
-    MessageInfo,
+    Snapshot,
     name_fields,
     order_key,
     uid_for_name,
@@ -71,7 +70,7 @@ def clean_tmp(md: str, now: float) -> None:
 # --- the snapshot -------------------------------------------------------------
 
 
-def scan(md: str) -> list[MessageInfo]:
+def scan(md: str) -> Snapshot:
     """The messages of Maildir ``md`` (new/ and cur/) in delivery order.
 
     Names with ``W=`` are listed without touching the file; plain names
@@ -79,10 +78,13 @@ def scan(md: str) -> list[MessageInfo]:
     Only regular files are messages: the directory listing tells the type
     (``d_type``) at no extra cost, so a directory or a symbolic link is
     skipped whatever its name says.  Blocking (directory listings, reads, a
-    durable write): the store runs it on the syncer's worker threads."""
-    entries: list[tuple[tuple, MessageInfo]] = []
+    durable write): the store runs it on the syncer's worker threads.
+
+    A ``Snapshot`` (columns, see there), made from one flat row per
+    message: the peak of a big listing is a few objects a message."""
+    rows: list[tuple] = []  # (sec, usec, counter, name, seq, cur, size, crlf)
     cache = _SizeCache(md)
-    for sub in ("new", "cur"):
+    for cur, sub in enumerate(("new", "cur")):
         folder = os.path.join(md, sub)
         try:
             with os.scandir(folder) as listing:
@@ -91,14 +93,12 @@ def scan(md: str) -> list[MessageInfo]:
         except FileNotFoundError:
             continue
         for name in found:
-            path = os.path.join(folder, name)
             fields = name_fields(name)
-            info = name.partition(":")[2]
-            seen = info.startswith("2,") and "S" in info[2:]
             if "W" in fields and "S" in fields:
                 size, crlf = fields["S"], fields["W"]
                 mtime = 0.0
             else:
+                path = os.path.join(folder, name)
                 try:
                     st = os.lstat(path)  # a symlink is no message of this Maildir
                     if not stat.S_ISREG(st.st_mode):
@@ -107,40 +107,45 @@ def scan(md: str) -> list[MessageInfo]:
                 except FileNotFoundError:
                     continue
                 mtime = st.st_mtime
-            key = (*order_key(name, mtime), name)
-            entries.append((key, MessageInfo(uid_for_name(name), crlf, path, size, seen)))
+            # the sequence number settles ties as the stable sort did
+            rows.append((*order_key(name, mtime), name, len(rows), cur, size, crlf))
+        del found
     cache.save()
-    entries.sort(key=lambda e: e[0])
-    return _distinct_uids([mi for _, mi in entries])
+    rows.sort()
+    uids = [uid_for_name(row[3]) for row in rows]
+    _distinct_uids(uids, rows)
+    snapshot = Snapshot(md)
+    for uid, (_, _, _, name, _, cur, size, crlf) in zip(uids, rows):
+        info = name.partition(":")[2]
+        seen = info.startswith("2,") and "S" in info[2:]
+        snapshot.append(uid, crlf, size, bool(cur), name, seen)
+    return snapshot
 
 
-def _distinct_uids(messages: list[MessageInfo]) -> list[MessageInfo]:
+def _distinct_uids(uids: list[str], rows: list[tuple]) -> None:
     """Give files that share a unique part (foreign files; ours never do)
-    UIDLs of their own.  *Every* file of such a group gets a hash of its
-    own name, never the plain unique part: when one of them goes, the
-    survivor then shows the client a UIDL it has never seen (a second
-    download at worst), and never takes over the gone message's UIDL (the
-    client would think it already had it: a loss, RFC 1939 section 7)."""
-    counts = Counter(mi.uid for mi in messages)
-    if len(counts) == len(messages):
-        return messages
-    by_stem = Counter(_stem(mi) for mi in messages if counts[mi.uid] > 1)
-    out = []
-    for mi in messages:
-        if counts[mi.uid] > 1:
-            # the name without its flags if that tells them apart (stable
-            # across flag changes), else the whole name with its folder
-            stem = _stem(mi)
-            key = stem if by_stem[stem] == 1 else os.path.join(
-                os.path.basename(os.path.dirname(mi.path)), os.path.basename(mi.path))
-            mi = dataclasses.replace(mi, uid=hashlib.sha1(
-                key.encode("utf-8", "surrogateescape")).hexdigest())
-        out.append(mi)
-    return out
+    UIDLs of their own (``uids`` in place; ``rows`` as ``scan`` makes them).
+    *Every* file of such a group gets a hash of its own name, never the
+    plain unique part: when one of them goes, the survivor then shows the
+    client a UIDL it has never seen (a second download at worst), and
+    never takes over the gone message's UIDL (the client would think it
+    already had it: a loss, RFC 1939 section 7)."""
+    counts = Counter(uids)
+    if len(counts) == len(uids):
+        return
+    shared = [i for i, uid in enumerate(uids) if counts[uid] > 1]
+    by_stem = Counter(_stem(rows[i][3]) for i in shared)
+    for i in shared:
+        # the name without its flags if that tells them apart (stable
+        # across flag changes), else the whole name with its folder
+        name, cur = rows[i][3], rows[i][5]
+        stem = _stem(name)
+        key = stem if by_stem[stem] == 1 else os.path.join("cur" if cur else "new", name)
+        uids[i] = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _stem(mi: MessageInfo) -> str:
-    return os.path.basename(mi.path).split(":", 1)[0]
+def _stem(name: str) -> str:
+    return name.split(":", 1)[0]
 
 
 # A POP3 UPDATE that deletes more messages than this unlinks them off the
@@ -215,22 +220,24 @@ class MaildirMailbox:
     folder's, see ``_lock_mailbox``), released by ``close``."""
 
     def __init__(self, store: Any, md: str, lock_fds: tuple[int, ...],
-                 snapshot: list[MessageInfo]) -> None:
+                 snapshot: Snapshot) -> None:
         self.store = store
         self.path = md
         self._lock_fds = lock_fds
         self._messages = snapshot
         self._cur = os.path.join(md, "cur")
-        self._in_cur = self._cur + os.sep
 
-    def list_messages(self) -> list[MessageInfo]:
-        return list(self._messages)
+    def list_messages(self) -> Snapshot:
+        """The snapshot itself, not a copy (a copy of 20,000 messages is
+        what a session must not hold twice); its paths and Seen flags
+        follow ``mark_seen``."""
+        return self._messages
 
     def _locate(self, index: int) -> str:
         """The message's path now (one ``stat``); see ``_find``."""
-        info = self._messages[index]
-        if os.path.exists(info.path):
-            return info.path
+        path = self._messages.path(index)
+        if os.path.exists(path):
+            return path
         return self._find(index)
 
     def _find(self, index: int) -> str:
@@ -239,8 +246,9 @@ class MaildirMailbox:
         recorded path if it is nowhere.  A file that is another message of
         the snapshot is never taken for it (foreign files may share a
         unique part: DELE of one must not remove the other)."""
-        info = self._messages[index]
-        stem = os.path.basename(info.path).split(":", 1)[0]  # survives flag changes
+        snapshot = self._messages
+        recorded = snapshot.path(index)
+        stem = snapshot.name(index).split(":", 1)[0]  # survives flag changes
         others: set[str] | None = None
         for sub in ("cur", "new"):
             folder = os.path.join(self.path, sub)
@@ -252,21 +260,22 @@ class MaildirMailbox:
                 if name.split(":", 1)[0] == stem:
                     path = os.path.join(folder, name)
                     if others is None:  # rare: a shared unique part, or a rename
-                        others = {m.path for j, m in enumerate(self._messages) if j != index}
+                        others = {snapshot.path(j) for j in range(len(snapshot))
+                                  if j != index % len(snapshot)}
                     if path in others:
                         continue
                     flags = name.partition(":")[2]
                     seen = flags.startswith("2,") and "S" in flags[2:]
-                    self._messages[index] = dataclasses.replace(info, path=path, seen=seen)
+                    snapshot.moved(index, path, seen)
                     return path
-        return info.path
+        return recorded
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
         so a small message costs open, fstat, read and close.  The recorded
         path is tried first; only if it is gone is the message looked for."""
         try:
-            fd = os.open(self._messages[index].path, _READ_FLAGS)
+            fd = os.open(self._messages.path(index), _READ_FLAGS)
         except FileNotFoundError:
             fd = os.open(self._find(index), _READ_FLAGS)
         return open(fd, "rb", buffering=0)
@@ -275,7 +284,7 @@ class MaildirMailbox:
         """The stored bytes if shorter than ``limit``: open, one read(2),
         close (no file object, no fstat)."""
         try:
-            fd = os.open(self._messages[index].path, _READ_FLAGS)
+            fd = os.open(self._messages.path(index), _READ_FLAGS)
         except FileNotFoundError:
             fd = os.open(self._find(index), _READ_FLAGS)
         try:
@@ -286,10 +295,10 @@ class MaildirMailbox:
 
     def mark_seen(self, index: int) -> None:
         try:
-            info = self._messages[index]
-            path = info.path
-            if info.seen and path.startswith(self._in_cur):
+            snapshot = self._messages
+            if snapshot.seen_in_cur(index):
                 return  # already in cur/ with S: nothing to rename
+            path = snapshot.path(index)
             folder, name = os.path.split(path)
             unique, _, flags = name.partition(":")
             if flags.startswith("2,"):
@@ -315,9 +324,7 @@ class MaildirMailbox:
                     raise
                 self.mark_seen(index)
                 return
-            self._messages[index] = MessageInfo(
-                info.uid, info.size, target, info.stored_size, True
-            )
+            snapshot.moved(index, target, True)
         except (OSError, IndexError) as e:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=str(e))

@@ -85,6 +85,7 @@ from txmailhub.store.format import (
     CRLFCounter,
     CRLFEncoder,
     MessageInfo,
+    Snapshot,
     crlf_size_of,
     escape_host,
     uid_for_name,
@@ -100,6 +101,7 @@ __all__ = [
     "MaildirMailbox",
     "MaildirStore",
     "MessageInfo",
+    "Snapshot",
     "crlf_size_of",
     "scan",
     "uid_for_name",
@@ -576,7 +578,7 @@ class MaildirStore:
         else:
             d = defer.maybeDeferred(_snapshot, md, now)
 
-        def opened(snapshot: list[MessageInfo]) -> MaildirMailbox:
+        def opened(snapshot: Snapshot) -> MaildirMailbox:
             return MaildirMailbox(self, md, tuple(fds), snapshot)
 
         def failed(f: Any) -> Any:
@@ -777,7 +779,7 @@ def _made_before(md: str, name: str) -> str | None:
     return None
 
 
-def _snapshot(md: str, now: float) -> list[MessageInfo]:
+def _snapshot(md: str, now: float) -> Snapshot:
     clean_tmp(md, now)
     return scan(md)
 
