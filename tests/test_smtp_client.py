@@ -1132,3 +1132,25 @@ def test_a_greeting_that_is_not_220_is_no_greeting():
     actions = s.receive(b"250 mx.remote.test hello\r\n")
     assert b"EHLO" not in sent(actions)
     assert s.outcome.session_error.code == 250 and s.outcome.recipients == ()
+
+
+def test_notify_without_an_orcpt_goes_alone():
+    # most recipients have NOTIFY and no ORCPT (a client that gave none):
+    # the RCPT carries NOTIFY only, never an empty ORCPT
+    s = session(recipients=[(BOB, RecipientDSN(notify=("SUCCESS",)))])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=SUCCESS"
+
+
+@pytest.mark.parametrize("smtputf8", [False, True])
+def test_a_non_ascii_orcpt_of_a_type_other_than_utf8_is_left_out(smtputf8):
+    # xtext (RFC 3461 4) is ASCII: only the utf-8 type of RFC 6533 can carry
+    # a non-ASCII address, so an rfc822 one goes nowhere (ORCPT is optional)
+    # rather than as xtext of its UTF-8 octets, which no reader decodes back
+    s = session(smtputf8=smtputf8, recipients=[
+        (BOB, RecipientDSN(notify=("FAILURE",), orcpt="rfc822;j\u00f6rg@b\u00fccher.test")),
+    ])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
+    assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE"
