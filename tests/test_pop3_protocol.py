@@ -1846,3 +1846,29 @@ def test_password_checks_take_turns_per_remote_client_and_per_local_connection()
     local_a, local_b, remote_a, remote_b = seen
     assert remote_a == remote_b == "192.0.2.7"
     assert local_a != local_b and "192.0.2.7" not in (local_a, local_b)
+
+
+def test_user_pass_tells_the_checker_which_client_asks():
+    # the password checks take turns by client (txmailhub.turns): a login
+    # names its client as the connection limits do (an IPv6 /64 is one, an
+    # IPv4-mapped address is the IPv4 one)
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.cred.credentials import IUsernamePassword
+
+    clients = []
+    inner = InMemoryUsernamePasswordDatabaseDontUse(**{"joe@example.org": b"joepw"})
+
+    @implementer(ICredentialsChecker)
+    class Recording:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):
+            clients.append(credentials.client)
+            return inner.requestAvatarId(credentials)
+
+    env = Env(checker=Recording(), allow_plaintext_auth=True)
+    for peer in (IPv6Address("TCP", "::ffff:192.0.2.9", 1),
+                 IPv6Address("TCP", "2001:db8::1", 1)):
+        proto, _ = login(env, peer=peer)
+        proto.connectionLost(None)
+    assert clients == ["192.0.2.9", "2001:db8::/64"]

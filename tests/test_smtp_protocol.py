@@ -1942,3 +1942,33 @@ def test_password_checks_take_turns_per_remote_client_and_per_local_connection()
     local_a, local_b, remote_a, remote_b = keys
     assert remote_a == remote_b == "192.0.2.7"
     assert local_a != local_b and "192.0.2.7" not in (local_a, local_b)
+
+
+def test_auth_tells_the_checker_which_client_asks() -> None:
+    # the password checks take turns by client (txmailhub.turns): AUTH must
+    # name its client as the connection limits do (an IPv6 /64 is one)
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.cred.credentials import IUsernamePassword
+    from twisted.internet.address import IPv6Address
+
+    clients: list[str] = []
+    inner = InMemoryUsernamePasswordDatabaseDontUse(**{"alice@example.org": b"secret"})
+
+    @implementer(ICredentialsChecker)
+    class Recording:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):
+            clients.append(credentials.client)
+            return inner.requestAvatarId(credentials)
+
+    h = Harness(idle_timeout=300)
+    h.components.portal = Portal(h.realm, [Recording()])  # type: ignore[arg-type]
+    for peer in (IPv4Address("TCP", "192.0.2.9", 4321), IPv6Address("TCP", "2001:db8::1", 4321)):
+        p = h.factory.buildProtocol(peer)
+        t = StringTransport(peerAddress=peer)
+        p.makeConnection(t)
+        p.engine.session.tls = True  # AUTH off loopback needs TLS
+        p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE)
+        assert take(t)[-1] == "235 2.7.0 Authentication successful"
+    assert clients == ["192.0.2.9", "2001:db8::/64"]
