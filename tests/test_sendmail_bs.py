@@ -454,3 +454,225 @@ def test_an_auth_response_as_long_as_the_hub_takes_is_passed_on() -> None:
     assert status == 0
     assert response in hub.commands
     assert b"500" not in codes(out)
+
+
+# --- cases a mutation audit found untested ---------------------------------
+
+
+def test_the_ehlo_reply_loses_binarymime_too() -> None:
+    hub = ScriptedHub(replies={b"EHLO": (250, b"hub.example.org\nBINARYMIME\nDSN")})
+    status, out, _ = session(b"EHLO a\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert out.split(b"\r\n")[1:3] == [b"250-hub.example.org", b"250 DSN"]
+
+
+def test_only_the_ehlo_reply_is_edited() -> None:
+    # another reply passes whole, even with a line that starts like an
+    # extension the EHLO reply loses
+    hub = ScriptedHub(replies={b"HELP": (214, b"Commands:\nSTARTTLS EHLO"),
+                               b"NOOP": (250, b"ok\nCHUNKING is not an extension here")})
+    status, out, _ = session(b"HELP\r\nNOOP\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert out.split(b"\r\n")[1:5] == [b"214-Commands:", b"214 STARTTLS EHLO", b"250-ok",
+                                       b"250 CHUNKING is not an extension here"]
+
+
+def test_a_command_line_of_the_limit_passes_and_one_octet_more_is_refused() -> None:
+    from txmailhub.sendmail_bs import COMMAND_LINE
+
+    assert COMMAND_LINE >= 512  # RFC 5321 4.5.3.1.4, CRLF included
+    fits = b"NOOP " + b"x" * (COMMAND_LINE - 7)
+    hub = ScriptedHub()
+    status, out, _ = session(fits + b"\r\n" + fits + b"x\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert out.split(b"\r\n")[1:3] == [b"250 2.0.0 Ok", b"500 5.5.2 Line too long"]
+    assert hub.commands == [fits, b"QUIT"]
+
+
+def test_stdin_ending_inside_a_command_line_ends_the_session() -> None:
+    # no line end: the client is gone, and half a command is not sent
+    hub = ScriptedHub()
+    status, out, _ = session(b"EHLO a\r\nNOOP", hub)
+    assert status == 0 and codes(out) == [b"220", b"250"]
+    assert hub.commands == [b"EHLO a", b"QUIT"] and hub.closed
+    assert not hub.pending  # the hub's reply to QUIT was read before closing
+
+
+def test_a_refused_data_leaves_the_session_reading_commands() -> None:
+    class RefusingData(ScriptedHub):
+        def send(self, data: bytes) -> None:
+            super().send(data)
+            if data == b"DATA\r\n":
+                self.reader = None  # the hub's 554: no data follows
+
+    hub = RefusingData(replies={b"DATA": (554, b"5.5.1 No valid recipients")})
+    status, out, _ = session(b"MAIL FROM:<>\r\nDATA\r\nRSET\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"250", b"554", b"250", b"221"]
+    assert hub.commands == [b"MAIL FROM:<>", b"DATA", b"RSET", b"QUIT"]
+
+
+@pytest.mark.parametrize("dot", [b".\r\n", b".\n"])
+def test_an_empty_message_is_the_trace_field_alone(dot: bytes) -> None:
+    hub = ScriptedHub()
+    status, out, _ = session(b"DATA\r\n" + dot + b"QUIT\r\n", hub)
+    assert status == 0 and hub.messages == 1
+    assert codes(out) == [b"220", b"354", b"250", b"221"]
+    assert hub.wire.digest() == hashlib.sha256(TRACE + b".\r\n").digest()
+
+
+def test_a_dot_that_goes_on_a_long_line_after_a_read_is_not_the_end() -> None:
+    # a read ends inside a line and the next starts with ".\r\n": that is
+    # the end of the long line, not the final dot
+    from txmailhub.sendmail_bs import DATA_PIECE
+
+    line = b"x" * DATA_PIECE + b".\r\n"
+    hub = ScriptedHub()
+    status, out, _ = session(b"DATA\r\n" + line + b".\r\nQUIT\r\n", hub)
+    assert status == 0 and codes(out) == [b"220", b"354", b"250", b"221"]
+    assert hub.commands == [b"DATA", b"QUIT"]
+    assert hub.wire.digest() == hashlib.sha256(TRACE + line + b".\r\n").digest()
+
+
+def test_a_bare_cr_cut_by_a_read_goes_on_as_it_came() -> None:
+    # the hub judges a bare CR (RFC 5321 2.3.8), not this command: a CR held
+    # back at the end of a read goes on in front of the next
+    from txmailhub.sendmail_bs import DATA_PIECE
+
+    line = b"x" * (DATA_PIECE - 1) + b"\ry\r\n"
+    hub = ScriptedHub()
+    status, _, _ = session(b"DATA\r\n" + line + b".\r\nQUIT\r\n", hub)
+    assert status == 0
+    assert hub.wire.digest() == hashlib.sha256(TRACE + line + b".\r\n").digest()
+
+
+@pytest.mark.parametrize("code", [-1, 99])
+def test_a_reply_without_a_code_is_a_hub_lost(code: int) -> None:
+    # smtplib gives -1 for a reply line that does not start with a number,
+    # and 99 for one that starts "099"
+    hub = ScriptedHub(replies={b"NOOP": (code, b"garbage")})
+    status, out, s = session(b"NOOP\r\nQUIT\r\n", hub)
+    assert status == 75 and hub.closed
+    assert codes(out) == [b"220", b"421"]
+    assert s.why == "the hub's reply had no code: b'garbage'"
+
+
+def test_why_a_421_from_the_hub_ended_the_session() -> None:
+    hub = ScriptedHub(replies={b"NOOP": (421, b"4.3.2 Shutting down \xff")})
+    status, _, s = session(b"NOOP\r\n", hub)
+    assert status == 75
+    assert s.why == "the hub closed the session: 421 4.3.2 Shutting down \ufffd"
+
+
+def test_why_a_closed_stdout_ended_the_session() -> None:
+    hub = ScriptedHub()
+    out = io.BytesIO()
+    out.close()
+    s = Session(io.BytesIO(b"NOOP\r\n"), out, hub, lambda: TRACE, "h")  # type: ignore[arg-type]
+    assert s.run((220, b"hi")) == 74
+    assert s.why == "standard output was closed"
+
+
+def test_a_closed_stdout_keeps_why_the_hub_went_first() -> None:
+    class ClosingAfterTheGreeting(io.BytesIO):
+        def flush(self) -> None:
+            super().flush()
+            self.close()
+
+    hub = ScriptedHub(drop="reply")
+    s = Session(io.BytesIO(b"NOOP\r\n"), ClosingAfterTheGreeting(), hub,  # type: ignore[arg-type]
+                lambda: TRACE, "h")
+    assert s.run((220, b"hi")) == 74 and hub.closed
+    assert s.why == "reading the hub's reply: Connection unexpectedly closed"
+
+
+def test_a_hub_lost_while_sending_the_data_says_so() -> None:
+    hub = ScriptedHub(drop="data")
+    status, _, s = session(PIPELINED + b"QUIT\r\n", hub)
+    assert status == 75
+    assert s.why == "sending to the hub: Server not connected"
+
+
+def test_a_hub_lost_after_the_final_dot_may_have_taken_the_message() -> None:
+    class NoAnswerToTheDot(ScriptedHub):
+        def getreply(self) -> tuple[int, bytes]:
+            if self.messages:
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            return super().getreply()
+
+    hub = NoAnswerToTheDot()
+    status, out, s = session(PIPELINED + b"QUIT\r\n", hub)
+    assert status == 75 and hub.closed
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+    assert s.why == ("reading the hub's reply: Connection unexpectedly closed (after the "
+                     "whole message was sent: the hub MAY have taken it)")
+
+
+def test_the_unavailable_greeting_is_one_line_whatever_why_holds() -> None:
+    from txmailhub.sendmail_bs import unavailable
+
+    assert unavailable("h.example", "cannot reach\n the hub:  refused") == (
+        b"421 4.3.0 h.example mail hub not available: cannot reach the hub: refused\r\n")
+    # a file name from an OSError may hold an undecodable octet (surrogateescape)
+    assert unavailable("h", "no /etc/\udcff") == (
+        b"421 4.3.0 h mail hub not available: no /etc/?\r\n")
+
+
+def test_each_reply_is_flushed_before_the_next_line_is_read() -> None:
+    # a lock-step client waits for the reply before it writes on: one held
+    # in stdout's buffer (a pipe's is, without PYTHONUNBUFFERED) would hang
+    # the session
+    class Out(io.BytesIO):
+        held = 0
+
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            self.held += len(data)
+            return super().write(data)
+
+        def flush(self) -> None:
+            self.held = 0
+
+    class In(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:
+            assert out.held == 0, "a reply was not flushed before reading on"
+            return super().readline(size)
+
+    out = Out()
+    hub = ScriptedHub()
+    s = Session(In(PIPELINED + b"QUIT\r\n"), out, hub, lambda: TRACE, "h")  # type: ignore[arg-type]
+    assert s.run((220, b"hi")) == 0
+    assert codes(out.getvalue()) == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+
+
+def test_a_hub_lost_inside_the_data_is_told_by_its_first_error() -> None:
+    # smtplib closes at a failed send, and every send after says only
+    # "please run connect() first": the first error is the one that says why
+    class LikeSmtplib(ScriptedHub):
+        failed = False
+
+        def send(self, data: bytes) -> None:
+            if self.reader is not None:
+                if self.failed:
+                    raise smtplib.SMTPServerDisconnected("please run connect() first")
+                self.failed = True
+                raise OSError(32, "Broken pipe")
+            super().send(data)
+
+    hub = LikeSmtplib()
+    status, out, s = session(PIPELINED + b"QUIT\r\n", hub)
+    assert status == 75
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+    assert s.why == "sending to the hub: [Errno 32] Broken pipe"
+
+
+def test_commands_and_ehlo_keywords_are_read_case_blind() -> None:
+    # RFC 5321 2.4: verbs and extension keywords in any case
+    hub = ScriptedHub(replies={b"EHLO": (250, b"hub.example.org\nChunking\nstarttls\nDSN")})
+    stdin = (b"ehlo a\r\nbdat 3 last\r\nmail FROM:<>\r\nrcpt TO:<bob@example.org>\r\n"
+             b"data\r\nhi\r\n.\r\nquit\r\n")
+    status, out, _ = session(stdin, hub)
+    assert status == 0 and hub.messages == 1
+    assert out.split(b"\r\n")[1:4] == [b"250-hub.example.org", b"250 DSN",
+                                       b"502 5.5.1 BDAT is not offered here: use DATA"]
+    assert codes(out) == [b"220", b"250", b"502", b"250", b"250", b"354", b"250", b"221"]
+    assert hub.closed and not hub.pending
