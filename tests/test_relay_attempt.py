@@ -1179,3 +1179,43 @@ def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
     tried = HOSTS_TIME_BUDGET // 300
     assert a.mx.health.is_failed(names[tried - 1])
     assert not a.mx.health.is_failed(names[tried])  # never tried: not failed
+
+
+def test_a_refusal_just_before_the_time_budget_runs_out_bounces_nothing(tmp_path):
+    # When the budget stops the attempt, the hosts left were never asked:
+    # the last host's own 5xx (a 521 to EHLO, RFC 7504: it takes no mail)
+    # is no verdict on the message, which must stay queued, not bounce.
+    a, net, clock = agent(tmp_path)
+    names = [f"mx{i}.slow.test" for i in range(4)]
+    zone = {**ZONE, "slow.test": {"MX": [(10 + i, n) for i, n in enumerate(names)]}}
+    zone.update({n: {"A": [f"192.0.2.{110 + i}"]} for i, n in enumerate(names)})
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+
+    class SlowRefuser(ScriptedSMTPServer):
+        """Greets and answers EHLO (with 521) just inside each timeout."""
+
+        def __init__(self):
+            super().__init__(replies={"EHLO": b"521 5.3.2 no mail here\r\n"})
+
+        def connectionMade(self):
+            clock.callLater(299, ScriptedSMTPServer.connectionMade, self)
+
+        def dataReceived(self, data):
+            clock.callLater(299, ScriptedSMTPServer.dataReceived, self, data)
+
+    net.servers[("192.0.2.110", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    net.servers[("192.0.2.111", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    net.servers[("192.0.2.112", 25)] = SlowRefuser
+    net.servers[("192.0.2.113", 25)] = ScriptedSMTPServer
+    who = Address("x", "slow.test")
+    d = a.deliver(entry(tmp_path, who), "slow.test", [who])
+    spent = 0
+    while not d.called and spent < 3600:
+        net.run()
+        clock.advance(1)
+        spent += 1
+    [r] = run(net, d)
+    assert ("192.0.2.113", 25) not in net.connections  # the budget was spent
+    assert r.reply.code == 521
+    assert r.kind == "transient"

@@ -641,7 +641,10 @@ class DeliveryAgent:
         # not talk to us, not that this mail is undeliverable: the message
         # stays queued (RFC 5321 3.1 has the client try elsewhere), with
         # the server's words kept for queue show and, at the end, the bounce.
-        kind = "permanent" if last.is_permanent and not about_host else "transient"
+        # Nor is the last host's 5xx one when the time budget left hosts
+        # unasked: they may take the message at the next retry.
+        kind = ("permanent" if last.is_permanent and not about_host and not out_of_time
+                else "transient")
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=last.text())
         return [DeliveryResult(a, kind, last, last_host) for a in recipients]
