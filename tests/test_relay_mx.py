@@ -503,3 +503,24 @@ def test_an_mx_address_of_0_0_0_0_is_this_host_when_we_listen_on_the_relay_port(
     r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
                    listening=[("127.0.0.1", 2525)], port=25, rng=random.Random(1))
     assert result(r.resolve("zero.test"))[0].addresses == (unspecified,)
+
+
+def test_when_the_first_hosts_have_no_address_the_next_ones_are_looked_up():
+    # The cut to MAX_MX_HOSTS must not turn a deliverable domain into a
+    # bounce: 20 stale MX names (NXDOMAIN) ahead of a working one made
+    # "the mail exchangers have no addresses", a permanent error, where
+    # every host used to be looked up and the working one was found.
+    from txmailhub.relay.mx import MAX_MX_HOSTS
+    stale = [f"old{i}.stale.test" for i in range(MAX_MX_HOSTS)]
+    zone = {"stale.test": {"MX": [(10, n) for n in stale] + [(20, "mx.stale.test")]},
+            "mx.stale.test": {"A": ["192.0.2.7"]}}
+    fake = FakeResolver(zone)
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    hosts = result(r.resolve("stale.test"))
+    assert [(h.name, h.addresses) for h in hosts] == [("mx.stale.test", ("192.0.2.7",))]
+    # still in rounds of MAX_MX_HOSTS, never every record at once
+    assert len(fake.queries) == 1 + 2 * (MAX_MX_HOSTS + 1)
+    # with nothing anywhere the error is the one it always was
+    del zone["mx.stale.test"]
+    error_of(MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
+                        rng=random.Random(1)).resolve("stale.test"), NoSuchDomain)

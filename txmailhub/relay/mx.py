@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,9 @@ ADDRESS_GRACE = 5.0
 # How many MX hosts (the most preferred) have their addresses looked up;
 # an attempt connects to 10 addresses at most (attempt.py)
 MAX_MX_HOSTS = 20
+# How many such rounds of MAX_MX_HOSTS an attempt looks up, one after the
+# other, while no host of the rounds before has an address
+MAX_MX_ROUNDS = 5
 
 
 class DNSError(Exception):
@@ -373,9 +376,15 @@ class MXResolver:
         # only the first hosts' addresses are looked up: an attempt tries
         # 10 addresses at most, and every host's lookups open their own
         # UDP ports (a domain can list thousands of MX records)
-        pairs = self._shuffle(pairs)[:MAX_MX_HOSTS]
-        d = self._settle([self._addresses(name) for name, _ in pairs], _usable_prefix)
-        d.addCallback(self._got_addresses, domain, pairs, implicit)
+        return self._look_up(domain, self._shuffle(pairs), implicit, False, 1)
+
+    def _look_up(self, domain: str, pairs: list[tuple[str, int]], implicit: bool,
+                 temp_before: bool, round_: int) -> defer.Deferred:
+        """The addresses of the first ``MAX_MX_HOSTS`` of ``pairs``; the
+        next ones only when none of those has any (see ``_got_addresses``)."""
+        batch, rest = pairs[:MAX_MX_HOSTS], pairs[MAX_MX_HOSTS:]
+        d = self._settle([self._addresses(name) for name, _ in batch], _usable_prefix)
+        d.addCallback(self._got_addresses, domain, batch, implicit, rest, temp_before, round_)
         return d
 
     def _cut_own_name(self, domain: str,
@@ -487,19 +496,27 @@ class MXResolver:
         return d.addCallback(combine)
 
     def _got_addresses(
-        self, results: list, domain: str, pairs: list[tuple[str, int]], implicit: bool
-    ) -> list[MXHost]:
+        self, results: list, domain: str, pairs: list[tuple[str, int]], implicit: bool,
+        rest: Sequence[tuple[str, int]] = (), temp_before: bool = False, round_: int = 1,
+    ) -> list[MXHost] | defer.Deferred:
         # a lookup that failed in our own code (never a DNS answer: those
         # are statuses) counts as a temporary failure of its host
         results = [((), "temp") if isinstance(r, Failure) else r for r in results]
         hosts = [MXHost(name, pref, addrs) for (name, pref), (addrs, _) in zip(pairs, results)]
         statuses = [status for _, status in results]
+        temp = temp_before or "temp" in statuses
         # this hub and every less preferred host out first, by name or
         # address: our own name without an address record is still us
         # (RFC 5321 5.1), never a reason to hand the mail to a backup MX
+        found_self = any(self.is_self(h) for h in hosts)
         hosts = [h for h in self._drop_self(domain, hosts) if h.addresses]
+        if not hosts and rest and not found_self and round_ < MAX_MX_ROUNDS:
+            # none of these hosts has an address (stale MX names): the
+            # next ones, less preferred, may; they were cut only to keep
+            # the lookups in flight few.  (After this hub, none may go.)
+            return self._look_up(domain, list(rest), implicit, temp, round_ + 1)
         if not hosts:
-            if "temp" in statuses:
+            if temp:
                 raise TemporaryDNSError(domain, "DNS failure looking up the mail exchangers' "
                                                 "addresses")
             if implicit:
