@@ -1219,3 +1219,21 @@ def test_a_refusal_just_before_the_time_budget_runs_out_bounces_nothing(tmp_path
     assert ("192.0.2.113", 25) not in net.connections  # the budget was spent
     assert r.reply.code == 521
     assert r.kind == "transient"
+
+
+def test_a_refusal_at_rcpt_stands_when_the_final_dot_gets_no_reply(tmp_path):
+    # The server's 550 to one RCPT is its answer for that recipient, the
+    # same whatever happens after the data: only the recipients it took
+    # are in doubt (and stay queued).  The refused one was kept queued too,
+    # retried, and in the end bounced for a timeout it never had.
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"END": b"", f"RCPT {CAROL}": b"550 5.1.1 no such user\r\n"})
+    d = a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL])
+    net.run()
+    clock.advance(600)
+    results = {r.address: r for r in run(net, d)}
+    assert net.connections == [("2001:db8::1", 25)]
+    assert results[BOB].kind == "transient" and "end of data" in results[BOB].reply.text()
+    assert results[CAROL].kind == "permanent" and results[CAROL].reply.code == 550
+    assert results[CAROL].remote_mta == "mx1.remote.test"

@@ -627,7 +627,11 @@ class DeliveryAgent:
                                  "delivered, no other host is tried before the next retry",
                                  queue_id=entry.id, host=where(mxhost.name, address),
                                  address=address, reply=last.text())
-                        return [DeliveryResult(a, "transient", last, last_host)
+                        # a refusal at RCPT is the server's answer for its
+                        # recipient: only those it took are in doubt
+                        known = {r.address: r for r in outcome.refused}
+                        return [DeliveryResult(a, known[a].kind, known[a].reply, last_host)
+                                if a in known else DeliveryResult(a, "transient", last, last_host)
                                 for a in recipients]
                     break
                 if not smarthost:

@@ -178,11 +178,15 @@ class SessionOutcome:
     ``recipients`` holds a result for every recipient once the server
     answered for them.  Otherwise ``session_error`` is set: the session
     failed as a whole (connection, greeting, EHLO, TLS, AUTH, a 4xx to
-    MAIL), which the caller may retry with the next MX host.
+    MAIL), which the caller may retry with the next MX host.  Then
+    ``refused`` holds the refusals the server gave to RCPT before that:
+    its answer for those recipients, which stands even when the session
+    failed after the data (no reply to the final ".").
     """
 
     recipients: tuple[RecipientOutcome, ...] = ()
     session_error: Reply | None = None
+    refused: tuple[RecipientOutcome, ...] = ()
     tls: bool = False
     tls_offered: bool = False
     dsn_supported: bool = False
@@ -381,12 +385,17 @@ class ClientSession:
         return [Send(line.encode("utf-8") + b"\r\n")]
 
     def _finish(self, session_error: Reply | None = None) -> None:
-        recips = ()
+        recips: tuple[RecipientOutcome, ...] = ()
+        refused: tuple[RecipientOutcome, ...] = ()
         if session_error is None:
             recips = tuple(RecipientOutcome(a, self._results[a]) for a, _ in self.recipients)
+        else:
+            refused = tuple(RecipientOutcome(a, self._results[a]) for a, _ in self.recipients
+                            if a in self._results)
         self.outcome = SessionOutcome(
             recipients=recips,
             session_error=session_error,
+            refused=refused,
             tls=self.tls_active,
             tls_offered=self.tls_offered,
             dsn_supported="DSN" in self.extensions,
