@@ -446,9 +446,9 @@ def test_the_size_offered_leaves_room_for_the_trace_field() -> None:
 
 
 def test_an_auth_response_as_long_as_the_hub_takes_is_passed_on() -> None:
-    # RFC 4954 4: a line of the AUTH exchange may be 12,288 octets; the
-    # hub reads that much, so this side must not answer 500 before it
-    response = b"A" * 12288
+    # RFC 4954 4: a line of the AUTH exchange may be 12,288 octets with its
+    # CRLF; the hub reads that much, so this side must not answer 500 before it
+    response = b"A" * (12288 - 2)
     hub = ScriptedHub({b"AUTH": (334, b"")})
     status, out, _ = session(b"EHLO a\r\nAUTH PLAIN\r\n" + response + b"\r\nQUIT\r\n", hub)
     assert status == 0

@@ -40,9 +40,10 @@ __all__ = ["COMMAND_LINE", "DATA_PIECE", "HIDDEN_EXTENSIONS", "Hub", "Session",
 
 #: octets of a command line the command reads, its line end included (RFC
 #: 5321 4.5.3.1.4 allows 512; SMTPUTF8 addresses and extension parameters
-#: make some longer, and an AUTH response may be 12,288 octets, RFC 4954 4,
-#: which the hub takes: this side must not refuse what the hub would read)
-COMMAND_LINE = 12288 + 2
+#: make some longer, and a line of the AUTH exchange may be 12,288 octets
+#: with its CRLF, RFC 4954 4, which the hub takes: this side must not
+#: refuse what the hub would read, nor pass on what it would refuse)
+COMMAND_LINE = 12288
 #: octets of the data section read from stdin at a time
 DATA_PIECE = 65536
 #: EHLO keywords the command takes out of the hub's reply (see the module)
