@@ -241,7 +241,7 @@ def test_system_resolver_runs_on_the_given_reactor():
     reactor = MemoryReactorClock()
     res = make_resolver([], reactor=reactor)
     kinds = [type(r).__module__ for r in res.resolvers]
-    assert kinds == ["twisted.names.hosts", "twisted.names.cache", "txmailhub.relay.mx"]
+    assert kinds == ["twisted.names.hosts", "txmailhub.relay.dnscache", "txmailhub.relay.mx"]
     network = res.resolvers[2].resolver  # filling the cache with what it answers
     assert network.resolv == b"/etc/resolv.conf" and network._reactor is reactor
     # its resolv.conf re-reading timer is on our reactor, not the global one

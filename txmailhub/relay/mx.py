@@ -166,16 +166,18 @@ def _text(name: dns.Name) -> str:
 
 def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     """A twisted.names resolver: the given servers (``"ip[:port]"``), with a
-    cache honouring the TTLs, or the system's (``createResolver``: /etc/hosts,
+    cache honouring the TTLs (a day and 10,000 answers at most,
+    ``dnscache``), or the system's (``createResolver``: /etc/hosts,
     a cache, /etc/resolv.conf).  Queries go out through ``dnsport.Resolver``:
     twisted.names' client without its log lines per query."""
-    from twisted.names import cache, hosts, resolve
+    from twisted.names import hosts, resolve
 
     from txmailhub.config import split_nameserver
+    from txmailhub.relay.dnscache import BoundedCache
     from txmailhub.relay.dnsport import Resolver
 
     servers = [split_nameserver(item) for item in nameservers]
-    answers = cache.CacheResolver(reactor=reactor)
+    answers = BoundedCache(reactor=reactor)
     if servers:
         return resolve.ResolverChain([
             answers,

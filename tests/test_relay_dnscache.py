@@ -1,0 +1,61 @@
+"""The relay's DNS cache keeps answers a bounded time and a bounded number."""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.names import dns
+
+from txmailhub.relay.dnscache import MAX_ENTRIES, MAX_TTL, BoundedCache
+from txmailhub.relay.mx import make_resolver
+
+
+def answer(name: bytes, ttl: int):
+    record = dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A("192.0.2.1", ttl))
+    return ([record], [], [])
+
+
+def cached(c: BoundedCache, name: bytes) -> bool:
+    d = c.lookupAddress(name)
+    hits: list = []
+    d.addCallbacks(hits.append, lambda f: None)
+    return bool(hits)
+
+
+def test_an_answer_is_kept_a_day_at_most_whatever_its_ttl() -> None:
+    # a stranger's DNS server chooses the TTL: 2**31 - 1 seconds would keep
+    # the answer (and its timer) for 68 years
+    clock = MemoryReactorClock()
+    c = BoundedCache(reactor=clock)
+    c.cacheResult(dns.Query(b"forever.example", dns.A, dns.IN), answer(b"forever.example",
+                                                                         2**31 - 1))
+    c.cacheResult(dns.Query(b"short.example", dns.A, dns.IN), answer(b"short.example", 60))
+    assert cached(c, b"forever.example") and cached(c, b"short.example")
+    clock.advance(61)
+    assert not cached(c, b"short.example")  # its own TTL, as before
+    clock.advance(MAX_TTL - 61 - 1)
+    assert cached(c, b"forever.example")
+    clock.advance(2)
+    assert not cached(c, b"forever.example")
+    assert c.cache == {} and c.cancel == {} and clock.getDelayedCalls() == []
+
+
+def test_the_cache_keeps_a_bounded_number_of_answers_dropping_the_oldest() -> None:
+    clock = MemoryReactorClock()
+    c = BoundedCache(reactor=clock, max_entries=3)
+    for n in range(5):
+        c.cacheResult(dns.Query(b"d%d.example" % n, dns.A, dns.IN),
+                      answer(b"d%d.example" % n, 3600))
+    assert [q.name.name for q in c.cache] == [b"d2.example", b"d3.example", b"d4.example"]
+    assert len(c.cancel) == 3 and len(clock.getDelayedCalls()) == 3
+    # an answer stored again is the newest: the next one drops another
+    c.cacheResult(dns.Query(b"d2.example", dns.A, dns.IN), answer(b"d2.example", 3600))
+    c.cacheResult(dns.Query(b"d5.example", dns.A, dns.IN), answer(b"d5.example", 3600))
+    assert [q.name.name for q in c.cache] == [b"d4.example", b"d2.example", b"d5.example"]
+    assert len(clock.getDelayedCalls()) == 3
+
+
+def test_the_relays_resolvers_use_the_bounded_cache() -> None:
+    for servers in (["127.0.0.1:5353"], []):
+        res = make_resolver(servers, reactor=MemoryReactorClock())
+        [c] = [r for r in res.resolvers if isinstance(r, BoundedCache)]
+        assert (c.max_ttl, c.max_entries) == (MAX_TTL, MAX_ENTRIES) == (86400, 10000)
