@@ -59,3 +59,24 @@ def test_the_relays_resolvers_use_the_bounded_cache() -> None:
         res = make_resolver(servers, reactor=MemoryReactorClock())
         [c] = [r for r in res.resolvers if isinstance(r, BoundedCache)]
         assert (c.max_ttl, c.max_entries) == (MAX_TTL, MAX_ENTRIES) == (86400, 10000)
+
+
+def test_failed_hosts_are_remembered_up_to_a_bound() -> None:
+    # hosts that failed once and are never looked up again were kept for ever
+    from txmailhub.relay.mx import FAILED_HOSTS_KEPT, HostHealth
+
+    clock = MemoryReactorClock()
+    health = HostHealth(clock, memory=600, keep=3)
+    for n in range(3):
+        health.failed(f"mx{n}.example")
+    clock.advance(700)  # all three expired, none looked at since
+    health.failed("mx3.example")
+    assert set(health._failed) == {"mx3.example"}  # expired ones go first
+    for n in range(4, 8):
+        health.failed(f"mx{n}.example")
+    assert list(health._failed) == ["mx5.example", "mx6.example", "mx7.example"]
+    assert health.is_failed("mx7.example") and not health.is_failed("mx4.example")
+    health.failed("MX5.example")  # failing again makes it the newest
+    health.failed("mx8.example")
+    assert list(health._failed) == ["mx7.example", "mx5.example", "mx8.example"]
+    assert HostHealth(clock).keep == FAILED_HOSTS_KEPT == 10000

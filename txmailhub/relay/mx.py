@@ -48,6 +48,7 @@ __all__ = [
 log = Logger(namespace="txmailhub.relay.mx")
 
 FAILED_HOST_MEMORY = 600  # seconds a failed host stays at the back of the line
+FAILED_HOSTS_KEPT = 10000  # failed hosts remembered at most
 # Once there is somewhere to go, how long the other address lookups may
 # still take: a name server that never answers (a backup MX's, or one that
 # drops AAAA queries) would hold every message for the resolver's whole
@@ -215,15 +216,30 @@ class _Filling:
 
 
 class HostHealth:
-    """Remembers, for a while, which MX hosts failed (clock injected)."""
+    """Remembers, for a while, which MX hosts failed (clock injected).
 
-    def __init__(self, clock: Any, memory: float = FAILED_HOST_MEMORY) -> None:
+    At most ``keep`` hosts (the oldest failures are forgotten first): the
+    hosts tried are partly chosen by strangers (a notice goes to whatever
+    sender domain a message claims), and a host that is never looked up
+    again would otherwise be remembered for ever."""
+
+    def __init__(self, clock: Any, memory: float = FAILED_HOST_MEMORY,
+                 keep: int = FAILED_HOSTS_KEPT) -> None:
         self.clock = clock
         self.memory = memory
+        self.keep = keep
         self._failed: dict[str, float] = {}
 
     def failed(self, host: str) -> None:
-        self._failed[host.lower()] = self.clock.seconds() + self.memory
+        failed = self._failed
+        failed.pop(host.lower(), None)  # the newest failure goes last
+        if len(failed) >= self.keep:
+            now = self.clock.seconds()
+            for name in [n for n, until in failed.items() if until <= now]:
+                del failed[name]
+            while len(failed) >= self.keep:
+                del failed[next(iter(failed))]
+        failed[host.lower()] = self.clock.seconds() + self.memory
 
     def succeeded(self, host: str) -> None:
         self._failed.pop(host.lower(), None)
