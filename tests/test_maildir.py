@@ -1264,6 +1264,39 @@ class MailboxTests(Base):
         names = [os.path.basename(i.path) for i in scan(self.md())]
         self.assertEqual(names[1:], [earlier, later])
 
+    def test_a_name_with_sizes_no_file_has_does_not_break_the_listing(self):
+        # A foreign or hand-made name whose ,S= or ,W= is beyond what a
+        # size column holds (2**63 and up) is measured like a name without
+        # sizes: one such file must not make the whole mailbox unopenable.
+        self.deliver([JOE], b"x\n")
+        odd = ["1800000000.M1P1Q1R0.h,S=99999999999999999999,W=3",
+               "1800000001.M1P1Q2R0.h,S=2,W=99999999999999999999:2,S"]
+        for sub, name in zip(("new", "cur"), odd):
+            with open(os.path.join(self.md(), sub, name), "wb") as f:
+                f.write(b"x\n")
+        box = self.open()
+        infos = box.list_messages()
+        self.assertEqual([(os.path.basename(i.path), i.size, i.stored_size, i.seen)
+                          for i in infos[1:]],
+                         [(odd[0], 3, 2, False), (odd[1], 3, 2, True)])
+        self.assertEqual([i.uid for i in infos[1:]],
+                         ["1800000000.M1P1Q1R0.h", "1800000001.M1P1Q2R0.h"])
+        box.close()
+
+    def test_a_size_cache_entry_no_column_holds_is_measured_again(self):
+        self.deliver([JOE], b"x\n")
+        name = "1800000000.M1P1Q1R0.h"
+        path = os.path.join(self.md(), "new", name)
+        with open(path, "wb") as f:
+            f.write(b"x\n")
+        st = os.stat(path)
+        with open(os.path.join(self.md(), SIZES_NAME), "w") as f:
+            json.dump({"version": 1, "sizes": {
+                name: [st.st_ino, st.st_mtime_ns, st.st_size, 2 ** 64]}}, f)
+        box = self.open()
+        self.assertEqual(box.list_messages()[1].size, 3)
+        box.close()
+
     def test_stale_tmp_files_are_cleaned(self):
         self.deliver([JOE])
         tmp = os.path.join(self.md(), "tmp")

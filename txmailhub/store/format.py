@@ -22,6 +22,7 @@ from typing import Any, overload
 __all__ = [
     "CRLFCounter",
     "CRLFEncoder",
+    "MAX_SIZE",
     "MessageInfo",
     "Snapshot",
     "base_name",
@@ -53,6 +54,12 @@ class MessageInfo:
     stored_size: int
     seen: bool = False
 
+
+MAX_SIZE = 1 << 62
+"""The largest message size a ``Snapshot`` takes (its columns are 64-bit
+arrays; a client's size, the downgraded copy's, adds a little to it).  A
+name whose ``,S=`` or ``,W=`` says more is no file's true size: its sizes
+are measured instead, as for a name without them."""
 
 _CUR = 1  # in cur/ (else new/)
 _SEEN = 2  # the S flag

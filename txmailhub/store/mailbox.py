@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from txmailhub.interfaces import IMailbox
 from txmailhub.store.format import (
+    MAX_SIZE,
     CRLFCounter,
     Snapshot,
     name_fields,
@@ -73,8 +74,9 @@ def clean_tmp(md: str, now: float) -> None:
 def scan(md: str) -> Snapshot:
     """The messages of Maildir ``md`` (new/ and cur/) in delivery order.
 
-    Names with ``W=`` are listed without touching the file; plain names
-    get their sizes from the cache (measured and cached on first sight).
+    Names with ``S=`` and ``W=`` are listed without touching the file; plain
+    names, and names whose sizes no file has (over ``MAX_SIZE``), get their
+    sizes from the cache (measured and cached on first sight).
     Only regular files are messages: the directory listing tells the type
     (``d_type``) at no extra cost, so a directory or a symbolic link is
     skipped whatever its name says.  Blocking (directory listings, reads, a
@@ -94,8 +96,8 @@ def scan(md: str) -> Snapshot:
             continue
         for name in found:
             fields = name_fields(name)
-            if "W" in fields and "S" in fields:
-                size, crlf = fields["S"], fields["W"]
+            size, crlf = fields.get("S", -1), fields.get("W", -1)
+            if 0 <= size <= MAX_SIZE and 0 <= crlf <= MAX_SIZE:
                 mtime = 0.0
             else:
                 path = os.path.join(folder, name)
@@ -187,7 +189,7 @@ class _SizeCache:
         self.used.add(key)
         got = self.entries.get(key)
         if got is not None and got[0] == st.st_ino and got[1] == st.st_mtime_ns and (
-            got[2] == st.st_size
+            got[2] == st.st_size and type(got[3]) is int and 0 <= got[3] <= MAX_SIZE
         ):
             return got[2], got[3]
         size, crlf = _crlf_size_of_file(path)
