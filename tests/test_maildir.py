@@ -906,6 +906,8 @@ class SnapshotTests(SynchronousTestCase):
         snap.moved(0, "/elsewhere/x", True)
         self.assertEqual((snap[0].path, snap[0].seen), ("/elsewhere/x", True))
         self.assertFalse(snap.seen_in_cur(0))
+        # its name is the kept path's (``_find`` looks for it by its stem)
+        self.assertEqual(snap.name(0), "x")
 
 
 class MailboxTests(Base):

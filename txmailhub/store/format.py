@@ -118,7 +118,10 @@ class Snapshot(Sequence[MessageInfo]):
         """The file name of message ``index`` (no folder)."""
         if index < 0:
             index += len(self.uids)
-        if self._flags[index] & _NAMED:
+        flags = self._flags[index]
+        if flags & _PATH:  # a whole path is kept: its last part
+            return os.path.basename(self._names[index])
+        if flags & _NAMED:
             return self._names[index]
         return self._usual(index)
 
