@@ -78,7 +78,9 @@ class Snapshot(Sequence[MessageInfo]):
     and the file's place one octet of flags: a name in the shape the hub
     gives (``<uid>,S=<stored>,W=<size>``, plus ``:2,S`` in ``cur/``) is
     made again from those when a path is asked for; any other name is
-    kept whole.  Some 130 octets a message, most of it the UID.
+    kept whole.  Some 130 octets a message, most of it the UID; a name
+    kept whole (Postfix's, or Dovecot's with flags other than ``S``)
+    costs some 150 more (the string and its dict entry).
 
     ``snapshot[i]`` builds the ``MessageInfo``; ``uids`` and ``sizes``
     are the columns, read directly where every message is needed (LIST,
