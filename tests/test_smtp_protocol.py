@@ -1972,3 +1972,25 @@ def test_auth_tells_the_checker_which_client_asks() -> None:
         p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE)
         assert take(t)[-1] == "235 2.7.0 Authentication successful"
     assert clients == ["192.0.2.9", "2001:db8::/64"]
+
+
+def test_a_login_that_fails_after_the_client_hung_up_arms_no_timer() -> None:
+    # the failure's delayed answer has nobody to go to: no timer may be
+    # left behind connectionLost, holding the dead session for seconds
+    # (a guesser that hangs up after each AUTH left one per guess)
+    from test_pop3_protocol import HeldChecker
+    from twisted.cred.error import UnauthorizedLogin
+
+    h = Harness(idle_timeout=300)
+    checker = HeldChecker()
+    h.components.portal = Portal(h.realm, [checker])
+    for _ in range(50):
+        p = SMTPFactory(h.components, submission=True).buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 4321))
+        p.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321)))
+        p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE)
+        p.connectionLost(None)
+    for _, d in checker.pending:
+        d.errback(UnauthorizedLogin())
+    assert [c for c in h.clock.getDelayedCalls() if c.active()] == []
+    assert h.factory.connections == 0

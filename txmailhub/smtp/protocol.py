@@ -876,6 +876,11 @@ class SMTPProtocol(Protocol):
                 # counted now, not when the delayed answer goes out: a client
                 # that hangs up meanwhile has still used up a guess
                 self.factory.login_failures.failed(self.host)
+        if self._gone:
+            # the client hung up during the check: the guess is counted, and
+            # the delayed answer has nobody to go to (a timer armed now would
+            # outlive connectionLost, holding the dead session)
+            return
         s = self.factory.settings.smtp
         delay = s.auth_failure_delay * (self.engine.auth_failures + 1)
 
