@@ -573,6 +573,28 @@ def test_restart_resumes_entries(hub):
     runner2.stop()
 
 
+def test_a_runner_started_again_listens_to_its_queue_once(hub, monkeypatch):
+    # every start added the runner to the queue's listeners again, and no
+    # stop took it off: after n restarts each new entry was read n more times
+    reads = []
+    read = hub.queue.read
+    monkeypatch.setattr(hub.queue, "read", lambda qid: reads.append(qid) or read(qid))
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.runner.start()
+    first = enqueue(hub, BOB)
+    fresh = reads.count(first)  # what a runner started once reads for a new entry
+    for _ in range(5):
+        hub.runner.stop()
+        hub.runner.start()
+    hub.runner.stop()
+    assert len(hub.queue._listeners) == 0
+    hub.runner.start()
+    assert len(hub.queue._listeners) == 1
+    second = enqueue(hub, BOB)
+    assert reads.count(second) == fresh
+    assert hub.agent.calls[-1] == (second, "remote.test", [BOB])
+
+
 def test_stop_waits_for_attempts_in_flight(hub):
     hub.runner.start()
     held = defer.Deferred()

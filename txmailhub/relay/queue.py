@@ -239,6 +239,14 @@ class OutboundQueue:
         """Call ``listener(queue_id)`` for a new entry, ``listener(None)`` on wake."""
         self._listeners.append(listener)
 
+    def unlisten(self, listener: Callable[[str | None], None]) -> None:
+        """Stop calling ``listener`` (a runner that stops: one started again
+        must not be called twice per entry, nor kept alive by the queue)."""
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
     def _notify(self, queue_id: str | None) -> None:
         for listener in list(self._listeners):
             try:

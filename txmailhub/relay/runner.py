@@ -146,6 +146,8 @@ class QueueRunner:
         is released once this Deferred fires, and another hub may take the
         queue at once), and no new connection is made."""
         self.running = False
+        # a start listens again (recover() then reads every entry anew)
+        self.queue.unlisten(self._event)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if not self.active:
