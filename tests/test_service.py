@@ -10,7 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
 from txmailhub.config import load_text
-from txmailhub.service import MailHub
+from txmailhub.service import ListenerService, MailHub
 
 ONE_SMTP_LISTENER = (
     '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
@@ -508,14 +508,25 @@ def test_a_start_that_fails_part_way_leaves_nothing_running(tmp_path: Path,
                       '[relay]\nnameservers = ["127.0.0.1"]\n')
     settings = load_text(config.read_text(), str(config))
     hub = MailHub(settings, reactor=reactor)
+    bound: list[tuple[str, int]] = []  # every address a listener bound
+
+    class Recording(list):
+        def append(self, pair):
+            bound.append(pair)
+            super().append(pair)
+
+    hub.components.listening = Recording()
+    for service in hub:
+        if isinstance(service, ListenerService):
+            service.listening = hub.components.listening
     calls_before = set(reactor.getDelayedCalls())
     try:
         with pytest.raises(ListenError, match="cannot listen for submission"):
             if privileged:
                 hub.privilegedStartService()
             hub.startService()
-        bound = [(h, p) for h, p in hub.components.listening]
         assert bound  # the SMTP listener had bound ...
+        assert hub.components.listening == []  # ... and is not listed as ours
         for _ in range(3):
             reactor.iterate(0)  # Twisted closes a port on its next turn
         for host, p in bound:  # ... and is closed again
@@ -656,3 +667,19 @@ def test_start_with_a_users_file_it_cannot_read_goes_on_and_says_so(tmp_path: Pa
         assert len(said) == 1 and said[0]["log_level"].name == "error", said
     finally:
         hub.stopService()
+
+
+def test_a_listener_started_again_is_listed_once_and_unlisted_at_stop() -> None:
+    # Components.listening (the relay's "is this MX ourselves" check) got
+    # one more pair per restart, and a stopped listener's pair stayed
+    from twisted.internet.protocol import Factory
+
+    reactor = MemoryReactorClock()
+    listening: list[tuple[str, int]] = [("192.0.2.7", 25)]  # another listener's
+    service = ListenerService(reactor, "smtp", "tcp:2525:interface=127.0.0.1", Factory(),
+                              listening=listening)
+    for _ in range(100):
+        service.startService()
+        assert len(listening) == 2
+        service.stopService()
+        assert listening == [("192.0.2.7", 25)]

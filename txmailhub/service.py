@@ -190,6 +190,7 @@ class ListenerService(Service):
         self.tls = tls
         self.listening = listening
         self.port: Any = None
+        self._listed: tuple[str, int] | None = None  # what this listener put in listening
         self.setName(f"{role} {description}")
 
     def privilegedStartService(self) -> None:
@@ -226,13 +227,24 @@ class ListenerService(Service):
         self.port = result
         host = result.getHost()
         if self.listening is not None and hasattr(host, "port"):
-            self.listening.append((host.host, host.port))
+            self._listed = (host.host, host.port)
+            self.listening.append(self._listed)
         log.info("{role} listening on {address}", role=self.role, address=_describe(host))
+
+    def unbind(self) -> Any:
+        """Stop listening (the Deferred of ``stopListening``, or None) and
+        take the address off ``listening``: a start adds it again (each
+        restart added one more, and a port 0 listener's old port stayed
+        "ours" to the relay's loop check)."""
+        port, self.port = self.port, None
+        listed, self._listed = self._listed, None
+        if listed is not None and self.listening is not None and listed in self.listening:
+            self.listening.remove(listed)
+        return port.stopListening() if port is not None else None
 
     def stopService(self) -> Any:
         super().stopService()
-        port, self.port = self.port, None
-        d = port.stopListening() if port is not None else None
+        d = self.unbind()
         shut_down = getattr(self.factory, "shut_down", None)
         if shut_down is not None:  # SMTP: 421 to the open sessions (RFC 5321 3.8)
             shut_down()
@@ -423,8 +435,7 @@ class MailHub(MultiService):
                 elif service.running:
                     service.stopService()
                 elif isinstance(service, ListenerService) and service.port is not None:
-                    port, service.port = service.port, None  # bound, never started
-                    port.stopListening()
+                    service.unbind()  # bound, never started
             except Exception:
                 log.failure("undoing the failed start of {service}", service=service)
         self.running = 0
