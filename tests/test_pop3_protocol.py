@@ -1872,3 +1872,24 @@ def test_user_pass_tells_the_checker_which_client_asks():
         proto, _ = login(env, peer=peer)
         proto.connectionLost(None)
     assert clients == ["192.0.2.9", "2001:db8::/64"]
+
+
+def test_many_clients_coming_and_going_leave_nothing_behind():
+    # a hub runs for months: after connections from thousands of addresses
+    # (accepted, refused at accept, gone during a login), the shared counts
+    # are empty again and no timer of a closed session is left
+    from twisted.internet.address import IPv4Address
+
+    env = Env(max_connections=5, max_connections_per_client=2)
+    factories = set()
+    for i in range(2000):
+        peer = IPv4Address("TCP", f"198.51.{i // 250}.{i % 250}", 40000)
+        sessions = [env.connect(peer) for _ in range(3)]  # the third is refused
+        sessions[0][0].dataReceived(b"USER joe\r\nPASS wrong\r\n")
+        for p, _ in sessions:
+            factories.add(p.factory)
+            p.connectionLost(None)
+    limits = env.components.pop3_connections
+    assert limits.connections == 0 and limits.per_client == {}
+    assert all(f.sessions == set() for f in factories)
+    assert [c for c in env.clock.getDelayedCalls() if c.active()] == []

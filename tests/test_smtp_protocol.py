@@ -1994,3 +1994,22 @@ def test_a_login_that_fails_after_the_client_hung_up_arms_no_timer() -> None:
         d.errback(UnauthorizedLogin())
     assert [c for c in h.clock.getDelayedCalls() if c.active()] == []
     assert h.factory.connections == 0
+
+
+def test_many_clients_coming_and_going_leave_nothing_behind() -> None:
+    # a hub runs for months: after any number of connections from any
+    # number of addresses (accepted, refused at accept, cut mid-command),
+    # the factory-level counts and session set are empty again and no
+    # timer of a closed session is left
+    h = Harness(max_connections=3, max_connections_per_client=2, idle_timeout=300)
+    for i in range(2000):
+        host = f"198.51.{i // 250}.{i % 250}" if i % 2 else f"2001:db8:{i:x}::1"
+        sessions = [h.connect(host) for _ in range(3)]  # the third is refused
+        sessions[0][0].dataReceived(b"EHLO x\r\nMAIL FROM:<a@b.example>")
+        for p, _ in sessions:
+            p.connectionLost(None)
+    assert h.factory.connections == 0
+    assert h.factory.limits.per_client == {}
+    assert h.factory.limits.sessions == set()
+    assert [c for c in h.clock.getDelayedCalls() if c.active()] == []
+    assert len(smtp_server._EHLOS) <= 256
