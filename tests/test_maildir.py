@@ -1299,6 +1299,24 @@ class MailboxTests(Base):
         self.assertEqual(box.list_messages()[1].size, 3)
         box.close()
 
+    def test_a_size_cache_entry_whose_stored_size_is_no_integer_is_measured_again(self):
+        # 2.0 == 2 (the file's st_size) passed the check, and the float
+        # went into the snapshot's integer column: TypeError, and every
+        # login to the mailbox failed
+        self.deliver([JOE], b"x\n")
+        name = "1800000000.M1P1Q1R0.h"
+        path = os.path.join(self.md(), "new", name)
+        with open(path, "wb") as f:
+            f.write(b"x\n")
+        st = os.stat(path)
+        with open(os.path.join(self.md(), SIZES_NAME), "w") as f:
+            json.dump({"version": 1, "sizes": {
+                name: [st.st_ino, st.st_mtime_ns, float(st.st_size), 3]}}, f)
+        box = self.open()
+        info = box.list_messages()[1]
+        self.assertEqual((info.size, info.stored_size), (3, 2))
+        box.close()
+
     def test_stale_tmp_files_are_cleaned(self):
         self.deliver([JOE])
         tmp = os.path.join(self.md(), "tmp")

@@ -188,8 +188,11 @@ class _SizeCache:
         key = name.split(":", 1)[0]  # the flags change, this does not
         self.used.add(key)
         got = self.entries.get(key)
+        # both sizes go into the snapshot's integer columns: 2.0 == 2, but
+        # a float there is a TypeError (and the mailbox unopenable)
         if got is not None and got[0] == st.st_ino and got[1] == st.st_mtime_ns and (
-            got[2] == st.st_size and type(got[3]) is int and 0 <= got[3] <= MAX_SIZE
+            got[2] == st.st_size and type(got[2]) is int
+            and type(got[3]) is int and 0 <= got[3] <= MAX_SIZE
         ):
             return got[2], got[3]
         size, crlf = _crlf_size_of_file(path)
