@@ -234,10 +234,11 @@ class HostHealth:
         failed = self._failed
         failed.pop(host.lower(), None)  # the newest failure goes last
         if len(failed) >= self.keep:
+            # the order is that of the failures, so of their ends too (one
+            # ``memory`` for all): the expired ones are at the front, and so
+            # are the oldest to forget when none has expired
             now = self.clock.seconds()
-            for name in [n for n, until in failed.items() if until <= now]:
-                del failed[name]
-            while len(failed) >= self.keep:
+            while failed and (len(failed) >= self.keep or next(iter(failed.values())) <= now):
                 del failed[next(iter(failed))]
         failed[host.lower()] = self.clock.seconds() + self.memory
 
