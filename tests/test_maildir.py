@@ -1285,7 +1285,10 @@ class MailboxTests(Base):
                          ["1800000000.M1P1Q1R0.h", "1800000001.M1P1Q2R0.h"])
         box.close()
 
-    def test_a_size_cache_entry_no_column_holds_is_measured_again(self):
+    def open_with_size_cache_entry(self, stored_size, crlf_size):
+        """The mailbox with a second message (``x\\n``) whose size-cache entry
+        matches the file's inode and mtime but holds ``stored_size(st_size)``
+        and ``crlf_size``: an entry the cache must not trust as it is."""
         self.deliver([JOE], b"x\n")
         name = "1800000000.M1P1Q1R0.h"
         path = os.path.join(self.md(), "new", name)
@@ -1294,8 +1297,11 @@ class MailboxTests(Base):
         st = os.stat(path)
         with open(os.path.join(self.md(), SIZES_NAME), "w") as f:
             json.dump({"version": 1, "sizes": {
-                name: [st.st_ino, st.st_mtime_ns, st.st_size, 2 ** 64]}}, f)
-        box = self.open()
+                name: [st.st_ino, st.st_mtime_ns, stored_size(st.st_size), crlf_size]}}, f)
+        return self.open()
+
+    def test_a_size_cache_entry_no_column_holds_is_measured_again(self):
+        box = self.open_with_size_cache_entry(int, 2 ** 64)
         self.assertEqual(box.list_messages()[1].size, 3)
         box.close()
 
@@ -1303,16 +1309,7 @@ class MailboxTests(Base):
         # 2.0 == 2 (the file's st_size) passed the check, and the float
         # went into the snapshot's integer column: TypeError, and every
         # login to the mailbox failed
-        self.deliver([JOE], b"x\n")
-        name = "1800000000.M1P1Q1R0.h"
-        path = os.path.join(self.md(), "new", name)
-        with open(path, "wb") as f:
-            f.write(b"x\n")
-        st = os.stat(path)
-        with open(os.path.join(self.md(), SIZES_NAME), "w") as f:
-            json.dump({"version": 1, "sizes": {
-                name: [st.st_ino, st.st_mtime_ns, float(st.st_size), 3]}}, f)
-        box = self.open()
+        box = self.open_with_size_cache_entry(float, 3)
         info = box.list_messages()[1]
         self.assertEqual((info.size, info.stored_size), (3, 2))
         box.close()

@@ -7,6 +7,7 @@ import re
 from unittest import mock
 
 import pytest
+from cred_fakes import ClientRecordingChecker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tls_loopback import StartTLSSocket, TLSClient
@@ -1852,26 +1853,13 @@ def test_user_pass_tells_the_checker_which_client_asks():
     # the password checks take turns by client (txmailhub.turns): a login
     # names its client as the connection limits do (an IPv6 /64 is one, an
     # IPv4-mapped address is the IPv4 one)
-    from twisted.cred.checkers import ICredentialsChecker
-    from twisted.cred.credentials import IUsernamePassword
-
-    clients = []
-    inner = InMemoryUsernamePasswordDatabaseDontUse(**{"joe@example.org": b"joepw"})
-
-    @implementer(ICredentialsChecker)
-    class Recording:
-        credentialInterfaces = (IUsernamePassword,)
-
-        def requestAvatarId(self, credentials):
-            clients.append(credentials.client)
-            return inner.requestAvatarId(credentials)
-
-    env = Env(checker=Recording(), allow_plaintext_auth=True)
+    checker = ClientRecordingChecker({"joe@example.org": b"joepw"})
+    env = Env(checker=checker, allow_plaintext_auth=True)
     for peer in (IPv6Address("TCP", "::ffff:192.0.2.9", 1),
                  IPv6Address("TCP", "2001:db8::1", 1)):
         proto, _ = login(env, peer=peer)
         proto.connectionLost(None)
-    assert clients == ["192.0.2.9", "2001:db8::/64"]
+    assert checker.clients == ["192.0.2.9", "2001:db8::/64"]
 
 
 def test_many_clients_coming_and_going_leave_nothing_behind():

@@ -1151,6 +1151,18 @@ def test_quiesce_cancels_the_connects_of_the_entries_not_waited_for(tmp_path):
     a.resume()
 
 
+def use_mx_hosts(a, clock, domain, count, first_address):
+    """Give the agent a resolver where ``domain`` has ``count`` MX hosts,
+    ``mx<i>.<domain>`` at preference ``10 + i`` with the one address
+    ``192.0.2.<first_address + i>``; the host names, most preferred first."""
+    names = [f"mx{i}.{domain}" for i in range(count)]
+    zone = {**ZONE, domain: {"MX": [(10 + i, n) for i, n in enumerate(names)]}}
+    zone.update({n: {"A": [f"192.0.2.{first_address + i}"]} for i, n in enumerate(names)})
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    return names
+
+
 def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
     # Ten addresses that accept the connection and never speak held the
     # attempt (and a delivery slot) 10 x 5 minutes; a domain with such
@@ -1158,11 +1170,7 @@ def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
     # busy.  No further host is started once the budget is spent.
     from txmailhub.relay.attempt import HOSTS_TIME_BUDGET
     a, net, clock = agent(tmp_path)
-    names = [f"mx{i}.silent.test" for i in range(10)]
-    zone = {**ZONE, "silent.test": {"MX": [(10 + i, n) for i, n in enumerate(names)]}}
-    zone.update({n: {"A": [f"192.0.2.{100 + i}"]} for i, n in enumerate(names)})
-    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
-                      rng=random.Random(0))
+    names = use_mx_hosts(a, clock, "silent.test", 10, first_address=100)
     for i in range(10):
         net.servers[(f"192.0.2.{100 + i}", 25)] = lambda: ScriptedSMTPServer(silent=True)
     who = Address("x", "silent.test")
@@ -1186,11 +1194,7 @@ def test_a_refusal_just_before_the_time_budget_runs_out_bounces_nothing(tmp_path
     # the last host's own 5xx (a 521 to EHLO, RFC 7504: it takes no mail)
     # is no verdict on the message, which must stay queued, not bounce.
     a, net, clock = agent(tmp_path)
-    names = [f"mx{i}.slow.test" for i in range(4)]
-    zone = {**ZONE, "slow.test": {"MX": [(10 + i, n) for i, n in enumerate(names)]}}
-    zone.update({n: {"A": [f"192.0.2.{110 + i}"]} for i, n in enumerate(names)})
-    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
-                      rng=random.Random(0))
+    use_mx_hosts(a, clock, "slow.test", 4, first_address=110)
 
     class SlowRefuser(ScriptedSMTPServer):
         """Greets and answers EHLO (with 521) just inside each timeout."""

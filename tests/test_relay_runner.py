@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
+from collections.abc import Iterator
 
 import pytest
 from twisted.internet import defer
@@ -130,6 +132,22 @@ def make_hub(tmp_path, relay='max_per_destination = 1\nqueue_lifetime = "1d"\n')
     h.__dict__.update(settings=settings, clock=clock, store=store, components=components,
                       queue=queue, agent=agent, dsn=dsn, runner=runner, tmp=tmp_path)
     return h
+
+
+@contextlib.contextmanager
+def next_runner(hub, queue=None) -> Iterator[FakeAgent]:
+    """The next process's runner over the hub's queue directory (through
+    ``queue``, or a queue object of its own), started with an agent of its
+    own; yields that agent, and stops the runner on the way out."""
+    if queue is None:
+        queue = OutboundQueue(hub.settings.queue_dir, hub.clock)
+    agent = FakeAgent()
+    runner = QueueRunner(queue, agent, hub.components, hub.clock, send_dsn=hub.dsn)
+    runner.start()
+    try:
+        yield agent
+    finally:
+        runner.stop()
 
 
 def enqueue(hub, *rcpts, sender=ALICE, notify=None):
@@ -563,14 +581,11 @@ def test_restart_resumes_entries(hub):
     hub.runner.stop()
     # a new process: new queue object and runner over the same directory
     queue2 = OutboundQueue(hub.settings.queue_dir, hub.clock)
-    agent2 = FakeAgent()
-    runner2 = QueueRunner(queue2, agent2, hub.components, hub.clock, send_dsn=hub.dsn)
-    runner2.start()
-    assert agent2.calls == []  # not due yet
-    hub.clock.advance(60)
-    assert agent2.calls == [(qid, "remote.test", [BOB])]
-    assert queue2.ids() == []
-    runner2.stop()
+    with next_runner(hub, queue2) as agent2:
+        assert agent2.calls == []  # not due yet
+        hub.clock.advance(60)
+        assert agent2.calls == [(qid, "remote.test", [BOB])]
+        assert queue2.ids() == []
 
 
 def test_a_runner_started_again_listens_to_its_queue_once(hub, monkeypatch):
@@ -1267,15 +1282,9 @@ def test_a_stop_that_gives_up_a_hung_destination_keeps_the_other_delivered(hub):
     hung[0][0].callback([DeliveryResult(CAROL, "delivered", OK, "mx")])  # too late
     assert [r.state for r in hub.queue.read(qid).recipients] == ["delivered", "pending"]
     # the next start: only other.test is tried again
-    agent2 = FakeAgent()
-    runner2 = QueueRunner(OutboundQueue(hub.settings.queue_dir, hub.clock), agent2,
-                          hub.components, hub.clock, send_dsn=hub.dsn)
-    runner2.start()
-    try:
+    with next_runner(hub) as agent2:
         assert agent2.calls == [(qid, "other.test", [CAROL])]
         assert hub.queue.ids() == []
-    finally:
-        runner2.stop()
 
 
 def test_a_crash_after_one_destination_leaves_it_delivered(hub):
@@ -1287,14 +1296,9 @@ def test_a_crash_after_one_destination_leaves_it_delivered(hub):
     [entry] = queue2.recover()
     assert entry.id == qid and entry.recipient(BOB).state == "delivered"
     assert [r.address for r in entry.pending] == [CAROL]
-    agent2 = FakeAgent()
-    runner2 = QueueRunner(queue2, agent2, hub.components, hub.clock, send_dsn=hub.dsn)
-    runner2.start()
-    try:
+    with next_runner(hub, queue2) as agent2:
         assert agent2.calls == [(qid, "other.test", [CAROL])]
         assert queue2.ids() == []
-    finally:
-        runner2.stop()
 
 
 def test_a_failure_recorded_early_is_bounced_once_at_the_end(hub):
@@ -1320,17 +1324,11 @@ def test_a_failure_recorded_before_a_stop_is_bounced_once_by_the_next_start(hub)
     qid = enqueue(hub, BOB, CAROL)
     hub.runner.stop(grace=0)
     assert hub.dsn.sent == []
-    agent2 = FakeAgent()
-    runner2 = QueueRunner(OutboundQueue(hub.settings.queue_dir, hub.clock), agent2,
-                          hub.components, hub.clock, send_dsn=hub.dsn)
-    runner2.start()
-    try:
+    with next_runner(hub) as agent2:
         assert agent2.calls == [(qid, "other.test", [CAROL])]
         [(_, data)] = hub.dsn.sent
         assert b"Final-Recipient: rfc822; bob@remote.test" in data
         assert hub.queue.ids() == []
-    finally:
-        runner2.stop()
 
 
 DAVE = Address("dave", "third.test")

@@ -302,6 +302,16 @@ def command(config: Path, *argv: str) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, env=env)
 
 
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command (if a failed assertion left it running), wait for it
+    and close its pipes, so that no process or descriptor outlives the test."""
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()  # type: ignore[union-attr]
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+
+
 def sendmail_config(folder: Path, port: int) -> Path:
     path = folder / "sendmail.toml"
     path.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
@@ -348,11 +358,7 @@ def test_live_lock_step_two_messages_and_rset(make_hub: Callable[..., object]) -
         assert say(b"QUIT").startswith(b"221")
         assert proc.wait(timeout=30) == 0
     finally:
-        proc.kill()
-        proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
-        proc.stderr.close()  # type: ignore[union-attr]
+        reap(proc)
     messages = sorted(hub.messages("bob@example.org"))
     assert len(messages) == 2
     for message in messages:
@@ -421,11 +427,7 @@ def test_live_hub_stopped_mid_session_is_421_and_75(make_hub: Callable[..., obje
         assert proc.wait(timeout=30) == 75
         assert proc.stdout.read() == b""
     finally:
-        proc.kill()
-        proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
-        proc.stderr.close()  # type: ignore[union-attr]
+        reap(proc)
 
 
 def test_the_size_offered_leaves_room_for_the_trace_field() -> None:

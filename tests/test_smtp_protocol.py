@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from conftest import make_certificate
+from cred_fakes import ClientRecordingChecker
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -1947,23 +1948,11 @@ def test_password_checks_take_turns_per_remote_client_and_per_local_connection()
 def test_auth_tells_the_checker_which_client_asks() -> None:
     # the password checks take turns by client (txmailhub.turns): AUTH must
     # name its client as the connection limits do (an IPv6 /64 is one)
-    from twisted.cred.checkers import ICredentialsChecker
-    from twisted.cred.credentials import IUsernamePassword
     from twisted.internet.address import IPv6Address
 
-    clients: list[str] = []
-    inner = InMemoryUsernamePasswordDatabaseDontUse(**{"alice@example.org": b"secret"})
-
-    @implementer(ICredentialsChecker)
-    class Recording:
-        credentialInterfaces = (IUsernamePassword,)
-
-        def requestAvatarId(self, credentials):
-            clients.append(credentials.client)
-            return inner.requestAvatarId(credentials)
-
+    checker = ClientRecordingChecker({"alice@example.org": b"secret"})
     h = Harness(idle_timeout=300)
-    h.components.portal = Portal(h.realm, [Recording()])  # type: ignore[arg-type]
+    h.components.portal = Portal(h.realm, [checker])  # type: ignore[arg-type]
     for peer in (IPv4Address("TCP", "192.0.2.9", 4321), IPv6Address("TCP", "2001:db8::1", 4321)):
         p = h.factory.buildProtocol(peer)
         t = StringTransport(peerAddress=peer)
@@ -1971,7 +1960,7 @@ def test_auth_tells_the_checker_which_client_asks() -> None:
         p.engine.session.tls = True  # AUTH off loopback needs TLS
         p.dataReceived(b"EHLO c\r\n" + AUTH_ALICE)
         assert take(t)[-1] == "235 2.7.0 Authentication successful"
-    assert clients == ["192.0.2.9", "2001:db8::/64"]
+    assert checker.clients == ["192.0.2.9", "2001:db8::/64"]
 
 
 def test_a_login_that_fails_after_the_client_hung_up_arms_no_timer() -> None:
