@@ -1151,6 +1151,17 @@ def test_quiesce_cancels_the_connects_of_the_entries_not_waited_for(tmp_path):
     a.resume()
 
 
+def advance_until_done(net, clock, d, step: float, limit: float = 3600) -> float:
+    """Run the network and the clock ``step`` seconds at a time until ``d``
+    fires (or ``limit`` seconds pass); the seconds it took."""
+    spent = 0.0
+    while not d.called and spent < limit:
+        net.run()
+        clock.advance(step)
+        spent += step
+    return spent
+
+
 def use_mx_hosts(a, clock, domain, count, first_address):
     """Give the agent a resolver where ``domain`` has ``count`` MX hosts,
     ``mx<i>.<domain>`` at preference ``10 + i`` with the one address
@@ -1175,11 +1186,7 @@ def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
         net.servers[(f"192.0.2.{100 + i}", 25)] = lambda: ScriptedSMTPServer(silent=True)
     who = Address("x", "silent.test")
     d = a.deliver(entry(tmp_path, who), "silent.test", [who])
-    spent = 0
-    while not d.called and spent < 3600:
-        net.run()
-        clock.advance(60)
-        spent += 60
+    spent = advance_until_done(net, clock, d, step=60)
     [r] = run(net, d)
     assert r.kind == "transient" and r.reply.status == "4.4.2"
     assert spent <= HOSTS_TIME_BUDGET + 300
@@ -1214,11 +1221,7 @@ def test_a_refusal_just_before_the_time_budget_runs_out_bounces_nothing(tmp_path
     net.servers[("192.0.2.113", 25)] = ScriptedSMTPServer
     who = Address("x", "slow.test")
     d = a.deliver(entry(tmp_path, who), "slow.test", [who])
-    spent = 0
-    while not d.called and spent < 3600:
-        net.run()
-        clock.advance(1)
-        spent += 1
+    advance_until_done(net, clock, d, step=1)
     [r] = run(net, d)
     assert ("192.0.2.113", 25) not in net.connections  # the budget was spent
     assert r.reply.code == 521
