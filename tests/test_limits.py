@@ -62,3 +62,38 @@ def test_old_failures_leave_the_window_while_new_ones_come():
     window.failed("192.0.2.1")
     window.failed("192.0.2.1")
     assert window.blocked("192.0.2.1")
+
+
+def test_the_client_forgotten_is_the_one_whose_last_failure_is_oldest():
+    # A client failing right now must outlast clients that failed once long
+    # ago: an attacker with more than `keep` addresses must not push out the
+    # record of the client it is guessing from (its count back to zero).
+    clock = Clock()
+    window = FailureWindow(clock, limit=3, keep=3)
+    window.failed("192.0.2.1")
+    window.failed("192.0.2.1")
+    clock.advance(1)
+    window.failed("192.0.2.2")
+    clock.advance(1)
+    window.failed("192.0.2.3")
+    clock.advance(1)
+    window.failed("192.0.2.1")  # the first recorded fails again: now the most recent
+    assert window.blocked("192.0.2.1")
+    clock.advance(1)
+    window.failed("192.0.2.4")  # a fourth: one of the three must go
+    assert len(window._failures) == 3
+    assert window.blocked("192.0.2.1")  # before: forgotten as the first recorded
+    assert "192.0.2.2" not in window._failures  # its last failure is the oldest
+
+
+def test_a_client_whose_failures_expired_is_forgotten_before_a_live_one():
+    clock = Clock()
+    window = FailureWindow(clock, limit=2, window=600.0, keep=2)
+    window.failed("192.0.2.1")
+    window.failed("192.0.2.2")
+    clock.advance(700)  # both expired
+    window.failed("192.0.2.1")  # again: a live record, moved behind the expired one
+    window.failed("192.0.2.3")
+    assert set(window._failures) == {"192.0.2.1", "192.0.2.3"}
+    window.failed("192.0.2.1")
+    assert window.blocked("192.0.2.1")

@@ -57,8 +57,9 @@ class FailureWindow:
     force: a client that reconnects, or hangs up as soon as no quick
     success came, is never slowed down.  Failures are counted when the
     check ends, not when the delayed answer goes out.  At most ``keep``
-    clients are remembered (the oldest are forgotten first), so memory is
-    bounded whatever the attacker's addresses."""
+    clients are remembered (the client whose last failure is oldest is
+    forgotten first), so memory is bounded whatever the attacker's
+    addresses."""
 
     def __init__(self, clock: Any, limit: int = 10, window: float = 600.0,
                  keep: int = 10_000) -> None:
@@ -77,12 +78,23 @@ class FailureWindow:
         return times
 
     def failed(self, host: str) -> None:
+        """Count a failure.  The dict is kept in the order of each client's
+        last failure (a client that fails again moves to its end), so the
+        client forgotten when ``keep`` are remembered is the one whose
+        last failure is oldest -- a client whose failures all expired
+        before any that failed within the window -- never one failing now
+        (more than ``keep`` addresses would otherwise push out the record
+        of the client that is guessing)."""
         key = _key(host)
+        failures = self._failures
         times = self._recent(host)
         if times is None:
-            if len(self._failures) >= self.keep:
-                del self._failures[next(iter(self._failures))]
-            times = self._failures[key] = deque(maxlen=self.limit)
+            if len(failures) >= self.keep:
+                del failures[next(iter(failures))]
+            times = deque(maxlen=self.limit)
+        else:
+            del failures[key]  # put back below: at the end
+        failures[key] = times
         times.append(self.clock.seconds())
 
     def blocked(self, host: str) -> bool:
