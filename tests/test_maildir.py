@@ -1898,3 +1898,125 @@ class KeyedDeliveryTests(Base):
         self.assertIsInstance(out[JOE], OSError)
         self.assertTrue(os.path.exists(seen))  # the user's copy stays
         self.spooler.discard(msg)
+
+
+class FindTests(Base):
+    """``MaildirMailbox._find``: a message another Maildir reader renamed
+    (flags, or new/ to cur/) after the snapshot is found again, at a cost
+    that does not grow with the mailbox for each message."""
+
+    def fill(self, count):
+        """``count`` messages in new/ (plus the one delivered to make the
+        Maildir): their names, in delivery order."""
+        self.deliver([JOE], b"ours\n")
+        names = [f"{1_600_000_000 + i}.M1P1Q1.test,S=2,W=3" for i in range(count)]
+        for name in names:
+            with open(os.path.join(self.md(), "new", name), "wb") as f:
+                f.write(b"x\n")
+        return names
+
+    def count_listings(self):
+        listed = []
+        real = os.listdir
+
+        def listdir(path="."):
+            listed.append(path)
+            return real(path)
+
+        self.patch(os, "listdir", listdir)
+        return listed
+
+    def test_a_session_finding_every_renamed_message_lists_the_folders_a_few_times(self):
+        # A mail client moved all 200 to cur/ with its flags after the
+        # snapshot: before, each lookup listed cur/ again (and new/ when
+        # not found there): 200 listings here, O(n^2) work in all (minutes
+        # for 20,000 messages).
+        names = self.fill(200)
+        box = self.open()
+        infos = box.list_messages()
+        indices = {os.path.basename(infos[i].path): i for i in range(len(infos))}
+        cur = os.path.join(self.md(), "cur")
+        for name in names:
+            os.rename(os.path.join(self.md(), "new", name), os.path.join(cur, name + ":2,S"))
+        listed = self.count_listings()
+        for n, name in enumerate(names):
+            i = indices[name]
+            if n % 2:
+                self.assertEqual(box.open_message(i).read(), b"x\n")
+            else:
+                self.assertEqual(box.read_message(i, 100), b"x\n")
+            self.assertEqual(infos[i].path, os.path.join(cur, name + ":2,S"))
+            self.assertTrue(infos.seen(i))  # the flag of the new name
+        self.assertEqual(len(listed), 2)  # one listing of cur/ and new/
+        # renamed once more (the client flagged them trashed): the index is
+        # stale, found so at the first lookup, and made again once
+        for name in names:
+            os.rename(os.path.join(cur, name + ":2,S"), os.path.join(cur, name + ":2,ST"))
+        self.successResultOf(box.delete([indices[name] for name in names]))
+        self.assertEqual(len(listed), 4)
+        self.assertEqual(len(os.listdir(cur)), 0)
+        self.assertEqual(len(os.listdir(os.path.join(self.md(), "new"))), 1)  # "ours" stays
+        box.close()
+
+    def test_messages_another_reader_deleted_cost_one_listing_in_all(self):
+        # gone for good: the recorded path, as before, and no listing each
+        names = self.fill(100)
+        box = self.open()
+        infos = box.list_messages()
+        paths = {os.path.join(self.md(), "new", name) for name in names}
+        gone = [i for i in range(len(infos)) if infos[i].path in paths]
+        for path in paths:
+            os.unlink(path)
+        listed = self.count_listings()
+        for i in gone:
+            recorded = infos[i].path
+            self.assertRaises(FileNotFoundError, box.open_message, i)
+            self.assertEqual(infos[i].path, recorded)
+        self.successResultOf(box.delete(gone))
+        self.assertEqual(len(listed), 2)
+        box.close()
+
+    def test_a_message_renamed_twice_is_found_each_time(self):
+        (name,) = self.fill(1)
+        box = self.open()
+        infos = box.list_messages()
+        [i] = [j for j in range(len(infos)) if infos[j].path.endswith(name)]
+        first = os.path.join(self.md(), "cur", name + ":2,F")
+        os.rename(os.path.join(self.md(), "new", name), first)
+        self.assertEqual(box.open_message(i).read(), b"x\n")
+        self.assertEqual(infos[i].path, first)
+        self.assertFalse(infos.seen(i))
+        second = os.path.join(self.md(), "cur", name + ":2,FS")
+        os.rename(first, second)
+        self.assertEqual(box.read_message(i, 100), b"x\n")
+        self.assertEqual(infos[i].path, second)
+        self.assertTrue(infos.seen(i))
+        box.close()
+
+    def test_a_path_another_message_took_in_the_session_is_never_taken(self):
+        # Two foreign files share a unique part: A (new/1.same) and B
+        # (cur/1.same:2,F).  The paths of the snapshot's messages that the
+        # lookup must leave alone change during the session (A found at a
+        # new name, then flagged by mark_seen); B gone, its DELE must not
+        # remove A, nor RETR send it.
+        self.deliver([JOE], b"ours\n")
+        new, cur = os.path.join(self.md(), "new"), os.path.join(self.md(), "cur")
+        with open(os.path.join(new, "1.same"), "wb") as f:
+            f.write(b"a\n")
+        with open(os.path.join(cur, "1.same:2,F"), "wb") as f:
+            f.write(b"b\n")
+        box = self.open()
+        infos = box.list_messages()
+        [a] = [i for i in range(len(infos)) if infos[i].path == os.path.join(new, "1.same")]
+        [b] = [i for i in range(len(infos)) if infos[i].path == os.path.join(cur, "1.same:2,F")]
+        os.rename(os.path.join(new, "1.same"), os.path.join(cur, "1.same:2,T"))
+        self.assertEqual(box.open_message(a).read(), b"a\n")  # found: cur/1.same:2,T
+        box.mark_seen(a)
+        self.assertEqual(infos[a].path, os.path.join(cur, "1.same:2,ST"))
+        os.unlink(os.path.join(cur, "1.same:2,F"))
+        self.assertRaises(FileNotFoundError, box.open_message, b)
+        self.assertEqual(infos[b].path, os.path.join(cur, "1.same:2,F"))
+        self.successResultOf(box.delete([b]))
+        with open(os.path.join(cur, "1.same:2,ST"), "rb") as f:
+            self.assertEqual(f.read(), b"a\n")
+        box.close()

@@ -231,6 +231,10 @@ class MaildirMailbox:
         self._lock_fds = lock_fds
         self._messages = snapshot
         self._cur = os.path.join(md, "cur")
+        # for ``_find``, made on its first call: cur/ and new/ by unique
+        # part, and the snapshot's paths
+        self._listing: dict[str, list[str]] | None = None
+        self._paths: Counter[str] | None = None
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -247,33 +251,93 @@ class MaildirMailbox:
 
     def _find(self, index: int) -> str:
         """Where message ``index`` went if another Maildir reader renamed
-        it (flags): found again by its unique part, and remembered.  The
-        recorded path if it is nowhere.  A file that is another message of
-        the snapshot is never taken for it (foreign files may share a
-        unique part: DELE of one must not remove the other)."""
+        it (flags, or new/ to cur/): found again by its unique part, and
+        remembered.  The recorded path if it is nowhere.  A file that is
+        another message of the snapshot is never taken for it (foreign
+        files may share a unique part: DELE of one must not remove the
+        other).
+
+        A mail client that flagged every message makes a session look for
+        each of them: a listing of cur/ (and new/) per lookup was O(n^2) in
+        all (minutes for 20,000 messages).  The folders are listed once
+        into ``_listing`` and listed again only when a name found there is
+        gone (renamed once more); a unique part not in it was gone when it
+        was made (deleted), and costs no listing."""
         snapshot = self._messages
+        index = range(len(snapshot))[index]  # negative, and IndexError
         recorded = snapshot.path(index)
         stem = snapshot.name(index).split(":", 1)[0]  # survives flag changes
-        others: set[str] | None = None
-        for sub in ("cur", "new"):
+        taken = self._taken()
+        listing = self._listing
+        for _ in range(2):
+            if listing is None:
+                listing = self._list()
+            stale = False
+            for path in listing.get(stem, ()):
+                if path != recorded and path in taken:
+                    continue  # another message's file
+                if not os.path.lexists(path):
+                    stale = True  # renamed again since the listing
+                    continue
+                name = os.path.basename(path)
+                flags = name.partition(":")[2]
+                seen = flags.startswith("2,") and "S" in flags[2:]
+                self._moved(index, path, seen)
+                return path
+            if not stale:
+                break
+            listing = None
+        return recorded
+
+    def _list(self) -> dict[str, list[str]]:
+        """Unique part -> the paths in cur/ and new/ with it (cur/ first).
+        new/ is listed before cur/: a file a reader moves from new/ to cur/
+        meanwhile is in one of the two listings."""
+        found: list[list[str]] = []
+        for sub in ("new", "cur"):
             folder = os.path.join(self.path, sub)
             try:
-                names = os.listdir(folder)
+                found.append([os.path.join(folder, n) for n in os.listdir(folder)])
             except FileNotFoundError:
-                continue
-            for name in names:
-                if name.split(":", 1)[0] == stem:
-                    path = os.path.join(folder, name)
-                    if others is None:  # rare: a shared unique part, or a rename
-                        others = {snapshot.path(j) for j in range(len(snapshot))
-                                  if j != index % len(snapshot)}
-                    if path in others:
-                        continue
-                    flags = name.partition(":")[2]
-                    seen = flags.startswith("2,") and "S" in flags[2:]
-                    snapshot.moved(index, path, seen)
-                    return path
-        return recorded
+                found.append([])
+        listing: dict[str, list[str]] = {}
+        for path in (*found[1], *found[0]):
+            stem = os.path.basename(path).split(":", 1)[0]
+            listing.setdefault(stem, []).append(path)
+        self._listing = listing
+        return listing
+
+    def _taken(self) -> Counter[str]:
+        """The snapshot's paths (as last known), made on the first lookup
+        and kept current by ``_moved``: a count, should two messages ever
+        be recorded at one path."""
+        if self._paths is None:
+            snapshot = self._messages
+            self._paths = Counter(snapshot.path(i) for i in range(len(snapshot)))
+        return self._paths
+
+    def _moved(self, index: int, path: str, seen: bool) -> None:
+        """``Snapshot.moved``, and the lookup's paths and listing kept
+        current (a rename of our own needs no new listing)."""
+        snapshot = self._messages
+        old = snapshot.path(index)
+        snapshot.moved(index, path, seen)
+        new = snapshot.path(index)
+        paths = self._paths
+        if paths is not None:
+            paths[old] -= 1
+            if paths[old] <= 0:
+                del paths[old]
+            paths[new] += 1
+        listing = self._listing
+        if listing is not None and old != new:
+            stem = os.path.basename(old).split(":", 1)[0]
+            entry = listing.get(stem)
+            if entry is not None and old in entry:
+                if new in entry:  # found there by ``_find``
+                    entry.remove(old)
+                else:  # renamed by ``mark_seen``
+                    entry[entry.index(old)] = new
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
@@ -329,7 +393,7 @@ class MaildirMailbox:
                     raise
                 self.mark_seen(index)
                 return
-            snapshot.moved(index, target, True)
+            self._moved(index, target, True)
         except (OSError, IndexError) as e:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=str(e))
