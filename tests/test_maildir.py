@@ -2020,3 +2020,54 @@ class FindTests(Base):
         with open(os.path.join(cur, "1.same:2,ST"), "rb") as f:
             self.assertEqual(f.read(), b"a\n")
         box.close()
+
+
+class FindAfterTheListingTests(Base):
+    """A file that comes back under a message's unique part after the
+    session's listing was made is found, as it was when every lookup
+    listed the folders."""
+
+    fill = FindTests.fill
+    count_listings = FindTests.count_listings
+
+    def test_a_message_moved_away_and_back_after_the_listing_is_found(self):
+        # Another reader moves A out of the Maildir (a mail client's
+        # Trash), a lookup for B makes the listing, then A is moved back
+        # (undeleted, same unique part, new flags): RETR A must find it,
+        # not answer that it is gone.
+        a_name, b_name = self.fill(2)
+        box = self.open()
+        infos = box.list_messages()
+        [a] = [i for i in range(len(infos)) if infos[i].path.endswith(a_name)]
+        [b] = [i for i in range(len(infos)) if infos[i].path.endswith(b_name)]
+        new, cur = os.path.join(self.md(), "new"), os.path.join(self.md(), "cur")
+        trash = os.path.join(self.md(), "trash")
+        os.mkdir(trash)
+        os.rename(os.path.join(new, a_name), os.path.join(trash, a_name))
+        os.rename(os.path.join(new, b_name), os.path.join(cur, b_name + ":2,F"))
+        self.assertEqual(box.open_message(b).read(), b"x\n")  # the listing is made
+        back = os.path.join(cur, a_name + ":2,S")
+        os.rename(os.path.join(trash, a_name), back)
+        self.assertEqual(box.read_message(a, 100), b"x\n")
+        self.assertEqual(infos[a].path, back)
+        self.assertTrue(infos.seen(a))
+        box.close()
+
+    def test_our_own_flagging_does_not_make_the_listing_again(self):
+        # RETR of the messages still there (each flagged Seen: a rename in
+        # new/ and cur/), between lookups of ones deleted for good: one
+        # listing, not one per deleted message.
+        names = self.fill(20)
+        box = self.open()
+        infos = box.list_messages()
+        index = {os.path.basename(infos[i].path): i for i in range(len(infos))}
+        for name in names[::2]:
+            os.unlink(os.path.join(self.md(), "new", name))
+        listed = self.count_listings()
+        for gone, there in zip(names[::2], names[1::2]):
+            self.assertRaises(FileNotFoundError, box.open_message, index[gone])
+            self.assertEqual(box.read_message(index[there], 100), b"x\n")
+            box.mark_seen(index[there])
+        self.assertEqual(len(listed), 2)
+        self.assertEqual(len(os.listdir(os.path.join(self.md(), "cur"))), 10)
+        box.close()

@@ -235,6 +235,8 @@ class MaildirMailbox:
         # part, and the snapshot's paths
         self._listing: dict[str, list[str]] | None = None
         self._paths: Counter[str] | None = None
+        # the mtimes of new/ and cur/ when ``_listing`` was made
+        self._stamp: tuple[int, int] | None = None
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -261,8 +263,10 @@ class MaildirMailbox:
         each of them: a listing of cur/ (and new/) per lookup was O(n^2) in
         all (minutes for 20,000 messages).  The folders are listed once
         into ``_listing`` and listed again only when a name found there is
-        gone (renamed once more); a unique part not in it was gone when it
-        was made (deleted), and costs no listing."""
+        gone (renamed once more), or when the message is not in it and a
+        folder changed since (its mtime: a file moved back, or one the
+        listing missed while it was renamed); a message deleted for good
+        costs no listing of its own."""
         snapshot = self._messages
         index = range(len(snapshot))[index]  # negative, and IndexError
         recorded = snapshot.path(index)
@@ -270,6 +274,7 @@ class MaildirMailbox:
         taken = self._taken()
         listing = self._listing
         for _ in range(2):
+            fresh = listing is None
             if listing is None:
                 listing = self._list()
             stale = False
@@ -284,7 +289,7 @@ class MaildirMailbox:
                 seen = flags.startswith("2,") and "S" in flags[2:]
                 self._moved(index, path, seen)
                 return path
-            if not stale:
+            if not stale and (fresh or self._stamps() == self._stamp):
                 break
             listing = None
         return recorded
@@ -294,6 +299,7 @@ class MaildirMailbox:
         new/ is listed before cur/: a file a reader moves from new/ to cur/
         meanwhile is in one of the two listings."""
         found: list[list[str]] = []
+        self._stamp = self._stamps()  # before: a change meanwhile shows later
         for sub in ("new", "cur"):
             folder = os.path.join(self.path, sub)
             try:
@@ -306,6 +312,17 @@ class MaildirMailbox:
             listing.setdefault(stem, []).append(path)
         self._listing = listing
         return listing
+
+    def _stamps(self) -> tuple[int, int]:
+        """The mtimes of new/ and cur/ (-1 if missing): any file created,
+        renamed or removed there changes them."""
+        stamps = []
+        for sub in ("new", "cur"):
+            try:
+                stamps.append(os.stat(os.path.join(self.path, sub)).st_mtime_ns)
+            except FileNotFoundError:
+                stamps.append(-1)
+        return stamps[0], stamps[1]
 
     def _taken(self) -> Counter[str]:
         """The snapshot's paths (as last known), made on the first lookup
@@ -385,6 +402,9 @@ class MaildirMailbox:
                 # delivery agents' names can meet) would be lost, outside
                 # UPDATE and without a DELE (RFC 1939 6); then the message
                 # stays where it is, unflagged (logged below)
+                # our own rename changes the folders' mtimes: the listing
+                # stays current (``_moved``), so it is not made again for it
+                current = self._stamp is not None and self._stamps() == self._stamp
                 rename_noreplace(path, target)
             except FileNotFoundError:
                 # Renamed by another reader since the snapshot: find it
@@ -394,6 +414,8 @@ class MaildirMailbox:
                 self.mark_seen(index)
                 return
             self._moved(index, target, True)
+            if current:
+                self._stamp = self._stamps()
         except (OSError, IndexError) as e:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=str(e))
