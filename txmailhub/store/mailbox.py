@@ -10,11 +10,13 @@ delivers mail.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
 import stat
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -231,12 +233,12 @@ class MaildirMailbox:
         self._lock_fds = lock_fds
         self._messages = snapshot
         self._cur = os.path.join(md, "cur")
-        # for ``_find``, made on its first call: cur/ and new/ by unique
-        # part, and the snapshot's paths
-        self._listing: dict[str, list[str]] | None = None
-        self._paths: Counter[str] | None = None
-        # the mtimes of new/ and cur/ when ``_listing`` was made
+        # for ``_find``, made on its first call: the names in new/ and cur/
+        # (sorted), their mtimes then, and the snapshot's messages that
+        # share a unique part (rare: foreign files)
+        self._listing: tuple[list[str], list[str]] | None = None
         self._stamp: tuple[int, int] | None = None
+        self._shared: dict[str, list[int]] | None = None
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -270,22 +272,21 @@ class MaildirMailbox:
         snapshot = self._messages
         index = range(len(snapshot))[index]  # negative, and IndexError
         recorded = snapshot.path(index)
-        stem = snapshot.name(index).split(":", 1)[0]  # survives flag changes
-        taken = self._taken()
+        stem = _stem(snapshot.name(index))  # survives flag changes
+        others = {snapshot.path(j) for j in self._sharing().get(stem, ()) if j != index}
         listing = self._listing
         for _ in range(2):
             fresh = listing is None
             if listing is None:
                 listing = self._list()
             stale = False
-            for path in listing.get(stem, ()):
-                if path != recorded and path in taken:
+            for path in self._named(listing, stem):
+                if path in others:
                     continue  # another message's file
                 if not os.path.lexists(path):
                     stale = True  # renamed again since the listing
                     continue
-                name = os.path.basename(path)
-                flags = name.partition(":")[2]
+                flags = os.path.basename(path).partition(":")[2]
                 seen = flags.startswith("2,") and "S" in flags[2:]
                 self._moved(index, path, seen)
                 return path
@@ -294,24 +295,35 @@ class MaildirMailbox:
             listing = None
         return recorded
 
-    def _list(self) -> dict[str, list[str]]:
-        """Unique part -> the paths in cur/ and new/ with it (cur/ first).
-        new/ is listed before cur/: a file a reader moves from new/ to cur/
-        meanwhile is in one of the two listings."""
-        found: list[list[str]] = []
+    def _list(self) -> tuple[list[str], list[str]]:
+        """The names in new/ and cur/, each sorted (found by unique part
+        with ``bisect``: a list of the names is all a session keeps, some
+        100 octets a message, where a dict of paths by unique part cost
+        600).  new/ is listed before cur/: a file a reader moves from new/
+        to cur/ meanwhile is in one of the two listings."""
         self._stamp = self._stamps()  # before: a change meanwhile shows later
+        found: list[list[str]] = []
         for sub in ("new", "cur"):
-            folder = os.path.join(self.path, sub)
             try:
-                found.append([os.path.join(folder, n) for n in os.listdir(folder)])
+                names = os.listdir(os.path.join(self.path, sub))
             except FileNotFoundError:
-                found.append([])
-        listing: dict[str, list[str]] = {}
-        for path in (*found[1], *found[0]):
-            stem = os.path.basename(path).split(":", 1)[0]
-            listing.setdefault(stem, []).append(path)
-        self._listing = listing
+                names = []
+            names.sort()
+            found.append(names)
+        self._listing = listing = (found[0], found[1])
         return listing
+
+    def _named(self, listing: tuple[list[str], list[str]], stem: str) -> Iterator[str]:
+        """The paths in cur/, then new/, of the listing's names with
+        unique part ``stem``."""
+        for sub, names in (("cur", listing[1]), ("new", listing[0])):
+            folder = os.path.join(self.path, sub)
+            i = bisect.bisect_left(names, stem)
+            while i < len(names) and names[i].startswith(stem):
+                name = names[i]
+                if len(name) == len(stem) or name[len(stem)] == ":":
+                    yield os.path.join(folder, name)
+                i += 1
 
     def _stamps(self) -> tuple[int, int]:
         """The mtimes of new/ and cur/ (-1 if missing): any file created,
@@ -324,37 +336,47 @@ class MaildirMailbox:
                 stamps.append(-1)
         return stamps[0], stamps[1]
 
-    def _taken(self) -> Counter[str]:
-        """The snapshot's paths (as last known), made on the first lookup
-        and kept current by ``_moved``: a count, should two messages ever
-        be recorded at one path."""
-        if self._paths is None:
+    def _sharing(self) -> dict[str, list[int]]:
+        """Unique part -> the snapshot's messages with it, for the unique
+        parts more than one message has (foreign files; usually none):
+        only their paths can be another message's file.  Their paths are
+        asked of the snapshot at each lookup, so they follow ``moved``."""
+        if self._shared is None:
             snapshot = self._messages
-            self._paths = Counter(snapshot.path(i) for i in range(len(snapshot)))
-        return self._paths
+            stems = [_stem(snapshot.name(i)) for i in range(len(snapshot))]
+            counts = Counter(stems)
+            shared: dict[str, list[int]] = {}
+            if len(counts) != len(stems):
+                for i, stem in enumerate(stems):
+                    if counts[stem] > 1:
+                        shared.setdefault(stem, []).append(i)
+            self._shared = shared
+        return self._shared
 
     def _moved(self, index: int, path: str, seen: bool) -> None:
-        """``Snapshot.moved``, and the lookup's paths and listing kept
-        current (a rename of our own needs no new listing)."""
+        """``Snapshot.moved``, and the listing kept current (a rename of
+        our own needs no new listing)."""
         snapshot = self._messages
         old = snapshot.path(index)
         snapshot.moved(index, path, seen)
         new = snapshot.path(index)
-        paths = self._paths
-        if paths is not None:
-            paths[old] -= 1
-            if paths[old] <= 0:
-                del paths[old]
-            paths[new] += 1
         listing = self._listing
-        if listing is not None and old != new:
-            stem = os.path.basename(old).split(":", 1)[0]
-            entry = listing.get(stem)
-            if entry is not None and old in entry:
-                if new in entry:  # found there by ``_find``
-                    entry.remove(old)
-                else:  # renamed by ``mark_seen``
-                    entry[entry.index(old)] = new
+        if listing is None or old == new:
+            return
+        folders = {os.path.join(self.path, "new"): listing[0],
+                   os.path.join(self.path, "cur"): listing[1]}
+        folder, name = os.path.split(old)
+        names = folders.get(folder)
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                del names[i]
+        folder, name = os.path.split(new)
+        names = folders.get(folder)
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i == len(names) or names[i] != name:
+                names.insert(i, name)
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
