@@ -2094,3 +2094,39 @@ class FindAfterTheListingTests(Base):
         kept = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
         self.assertLess(kept, 2000 * 200)
         box.close()
+
+
+class FindWhileDeletingTests(Base):
+    """UPDATE's own unlinks change the folders' mtimes, as ``mark_seen``'s
+    renames do: they must not make the listing again for each message
+    another reader deleted."""
+
+    fill = FindTests.fill
+    count_listings = FindTests.count_listings
+
+    def test_our_own_unlinks_do_not_make_the_listing_again(self):
+        # every other message deleted by another reader, then a DELE of
+        # all: the misses are interleaved with our unlinks.  Each unlink
+        # is given a new folder mtime (as a fine-grained clock does), so
+        # the test does not depend on the filesystem's timestamp grain.
+        names = self.fill(40)
+        box = self.open()
+        infos = box.list_messages()
+        index = {os.path.basename(infos[i].path): i for i in range(len(infos))}
+        for name in names[1::2]:
+            os.unlink(os.path.join(self.md(), "new", name))
+        real = os.unlink
+        tick = [2_000_000_000 * 10**9]
+
+        def unlink(path, *args, **kwargs):
+            real(path, *args, **kwargs)
+            tick[0] += 10**6
+            os.utime(os.path.dirname(path), ns=(tick[0], tick[0]))
+
+        self.patch(os, "unlink", unlink)
+        listed = self.count_listings()
+        self.successResultOf(box.delete([index[name] for name in names]))
+        self.assertEqual(len(listed), 2)  # one listing of new/ and cur/
+        self.assertEqual(os.listdir(os.path.join(self.md(), "cur")), [])
+        self.assertEqual(len(os.listdir(os.path.join(self.md(), "new"))), 1)  # "ours"
+        box.close()

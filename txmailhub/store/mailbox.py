@@ -360,23 +360,35 @@ class MaildirMailbox:
         old = snapshot.path(index)
         snapshot.moved(index, path, seen)
         new = snapshot.path(index)
+        if old != new:
+            self._listed(old, False)
+            self._listed(new, True)
+
+    def _listed(self, path: str, there: bool) -> None:
+        """The listing (if made) told that ``path`` is there now, or gone:
+        our own renames and unlinks need no new listing."""
         listing = self._listing
-        if listing is None or old == new:
+        if listing is None:
             return
-        folders = {os.path.join(self.path, "new"): listing[0],
-                   os.path.join(self.path, "cur"): listing[1]}
-        folder, name = os.path.split(old)
-        names = folders.get(folder)
-        if names is not None:
-            i = bisect.bisect_left(names, name)
-            if i < len(names) and names[i] == name:
+        folder, name = os.path.split(path)
+        if folder == os.path.join(self.path, "new"):
+            names = listing[0]
+        elif folder == os.path.join(self.path, "cur"):
+            names = listing[1]
+        else:
+            return
+        i = bisect.bisect_left(names, name)
+        if i < len(names) and names[i] == name:
+            if not there:
                 del names[i]
-        folder, name = os.path.split(new)
-        names = folders.get(folder)
-        if names is not None:
-            i = bisect.bisect_left(names, name)
-            if i == len(names) or names[i] != name:
-                names.insert(i, name)
+        elif there:
+            names.insert(i, name)
+
+    def _current(self) -> bool:
+        """Whether the listing shows the folders now (their mtimes as
+        recorded), asked before a change of our own: then the record is
+        brought up to date after it, so the change makes no new listing."""
+        return self._stamp is not None and self._stamps() == self._stamp
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
@@ -426,7 +438,7 @@ class MaildirMailbox:
                 # stays where it is, unflagged (logged below)
                 # our own rename changes the folders' mtimes: the listing
                 # stays current (``_moved``), so it is not made again for it
-                current = self._stamp is not None and self._stamps() == self._stamp
+                current = self._current()
                 rename_noreplace(path, target)
             except FileNotFoundError:
                 # Renamed by another reader since the snapshot: find it
@@ -466,7 +478,14 @@ class MaildirMailbox:
         for index in indices:
             try:
                 path = self._locate(index)
+                # our own unlinks change the folder's mtime too: without
+                # this, each message another reader deleted that is looked
+                # up after one of them would list the folders again
+                current = self._current()
                 os.unlink(path)
+                self._listed(path, False)
+                if current:
+                    self._stamp = self._stamps()
             except FileNotFoundError:
                 continue
             except (OSError, IndexError) as e:
