@@ -299,6 +299,19 @@ def test_failed_login_forgets_the_user():
     assert sent(e, b"PASS again") == R.PASS_WITHOUT_USER.to_bytes()
 
 
+@pytest.mark.parametrize("failed", [b"USER", b"USER b\xc3", b"USER a b",
+                                    b"APOP joe xyz", b"AUTH PLAIN !!!", b"AUTH X"])
+def test_a_failed_login_command_forgets_the_earlier_user(failed):
+    # RFC 1939 7: PASS "may only be given ... immediately after a
+    # successful USER command", and (3) a command in the wrong state MUST
+    # get -ERR: after a USER, APOP or AUTH that failed, a PASS must not
+    # log in as the name an earlier USER gave
+    e = engine()
+    run(e, b"USER joe")
+    assert sent(e, failed).startswith(b"-ERR")
+    assert sent(e, b"PASS joepw") == R.PASS_WITHOUT_USER.to_bytes()
+
+
 @pytest.mark.parametrize(
     "why,reply",
     [

@@ -341,6 +341,10 @@ class POP3Server:
     # -- AUTHORIZATION -----------------------------------------------------
 
     def _user_cmd(self, arg: str) -> Action:
+        # RFC 1939 7: PASS only "immediately after a successful USER": a
+        # USER, APOP or AUTH that comes between, failed or not, ends the
+        # earlier name's turn
+        self._user = None
         name = arg.strip()
         if not name or " " in name:
             return self._send(R.bad_syntax("USER name"))
@@ -363,6 +367,7 @@ class POP3Server:
         return self._login("USER", self._user, arg.encode("utf-8", "surrogateescape"))
 
     def _apop_cmd(self, arg: str) -> Action:
+        self._user = None  # see _user_cmd
         parts = arg.split()
         if len(parts) != 2:
             return self._send(R.bad_syntax("APOP name digest"))
@@ -377,6 +382,7 @@ class POP3Server:
         return self._login("APOP", name, digest.encode("ascii"))
 
     def _auth_cmd(self, arg: str) -> Action:
+        self._user = None  # see _user_cmd
         parts = arg.split()
         if not parts:
             mechanisms = ["PLAIN"] if self.plaintext_allowed else []
