@@ -102,7 +102,7 @@ def command_verb(command: bytes) -> bytes:
     return command.strip(b" \t").split(b" ", 1)[0].upper()
 
 
-def _hide_extensions(text: bytes, added: int = 0) -> bytes:
+def _ehlo_as_offered(text: bytes, added: int = 0) -> bytes:
     """The hub's EHLO reply as this side offers it: without the extensions
     it does not pass on, and with a ``SIZE`` limit lowered by the ``added``
     octets of the trace field, so that a client that keeps to the limit
@@ -215,7 +215,7 @@ class Session:
             self._send(command + b"\r\n")
             code, text = self._answer()
             if verb == b"EHLO" and code == 250:
-                text = _hide_extensions(text, len(self.trace()))
+                text = _ehlo_as_offered(text, len(self.trace()))
             self._relay(code, text)
             if code == 221:  # the hub closes (QUIT taken; "QUIT now" is a 501, no end)
                 self.hub.close()
