@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import os
 import random
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer
@@ -22,7 +23,10 @@ from txmailhub.relay.attempt import DeliveryAgent, DeliveryResult, read_credenti
 from txmailhub.relay.auth_param_memory import MAX_AGE, AuthParamMemory
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.record import QueueEntry
+from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.reply import LocalReply, Reply
+from txmailhub.smtp.server import MessageComplete, ServerConfig, Session, SMTPServer, StartMessage
+from txmailhub.testing import MemorySpooler, QueueSpy, StaticRouter
 
 ZONE = {
     "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
@@ -1244,3 +1248,106 @@ def test_a_refusal_at_rcpt_stands_when_the_final_dot_gets_no_reply(tmp_path):
     assert results[BOB].kind == "transient" and "end of data" in results[BOB].reply.text()
     assert results[CAROL].kind == "permanent" and results[CAROL].reply.code == 550
     assert results[CAROL].remote_mta == "mx1.remote.test"
+
+
+# --- DSN parameters relayed as received (RFC 3461 5.2.1) -----------------------------
+
+# A record as the code before the as-received forms wrote it: no "envid_raw",
+# no "orcpt_raw"; it must still load, and relay as it did.
+OLD_RECORD = b"""{
+ "format": 1, "id": "ABCDEF0123456789", "created": 0.0, "next_attempt": 0.0,
+ "attempts": 0, "held": false, "delay_warned": false, "size": 0, "crlf_size": 0,
+ "eight_bit": false, "releases": 0,
+ "envelope": {
+  "sender": "alice@example.org", "helo": "", "client_address": "",
+  "authenticated_as": null, "body_8bit": false, "smtputf8": false,
+  "ret": "HDRS", "envid": "aAb", "message_id": "ABCDEF0123456789", "submitter": null
+ },
+ "recipients": [
+  {"address": "bob@remote.test", "state": "pending", "attempts": 0,
+   "last_attempt": null, "last_reply": null, "remote_mta": null,
+   "notify": ["FAILURE"], "orcpt": "rfc822;Joe+X@Example.COM", "notice": null}
+ ]
+}"""
+
+
+def _relay_record(tmp_path, raw: bytes, extensions=("PIPELINING", "DSN"), to=(BOB,)):
+    """Load a queue record as the queue does, relay it, and return the
+    commands the next hop received."""
+    body = b"Subject: hi\n\nhello\n"
+    path = tmp_path / "Q.msg"
+    path.write_bytes(body)
+    e = QueueEntry.from_json(raw, str(path))
+    e = dataclasses.replace(e, size=len(body), crlf_size=len(body) + body.count(b"\n"))
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=extensions)
+    results = run(net, a.deliver(e, "remote.test", list(to)))
+    assert [r.kind for r in results] == ["delivered"] * len(to)
+    return e, net.server_protocols[0].commands
+
+
+def _received(commands: str):
+    """The envelope the hub's SMTP server engine makes of ``commands``
+    (a client allowed to relay)."""
+    components = SimpleNamespace(
+        router=StaticRouter({"alice": None}), queue=QueueSpy(), spooler=MemorySpooler(),
+        settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org")))
+    engine = SMTPServer(ServerConfig(hostname="mail.example.org", primary_domain="example.org"),
+                        RecipientPolicy(components),
+                        Session(client_host="192.0.2.9", relay_allowed=True))
+    engine.greeting()
+    engine.receive_data(f"EHLO c.test\r\n{commands}DATA\r\n".encode())
+    while (ev := engine.next_event()) is not None:
+        if isinstance(ev, StartMessage):
+            engine.message_started(lambda _: None)
+            engine.receive_data(b"x\r\n.\r\n")
+        elif isinstance(ev, MessageComplete):
+            return ev.envelope
+    raise AssertionError(engine.data_to_send())
+
+
+def test_envid_and_orcpt_reach_the_next_hop_as_the_client_sent_them(tmp_path):
+    # the server engine, the queue record on disk, the relay: the octets
+    # the client sent come out (RFC 3461 5.2.1 (a), (d)), not the decoded
+    # values encoded again ("a+41b" is no "aAb"; "+2BX" no "+X")
+    env = _received("MAIL FROM:<alice@example.org> RET=HDRS ENVID=a+41b\r\n"
+                    "RCPT TO:<bob@remote.test> NOTIFY=FAILURE "
+                    "ORCPT=rfc822;Joe+2BX@Example.COM\r\n")
+    raw = QueueEntry.new("ABCDEF0123456789", env, 0.0).to_json()
+    e, cmds = _relay_record(tmp_path, raw)
+    assert b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=a+41b" in cmds
+    assert (b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE ORCPT=rfc822;Joe+2BX@Example.COM"
+            in cmds)
+    # the decoded forms, for the notices, survive the record too
+    assert e.envelope.dsn.envid == "aAb"
+    assert e.recipients[0].orcpt == "rfc822;Joe+X@Example.COM"
+
+
+def test_an_orcpt_type_and_escapes_keep_their_case_on_the_way_through(tmp_path):
+    # "MUST NOT change the case of any alphabetic characters in an ORCPT"
+    env = _received("MAIL FROM:<alice@example.org>\r\n"
+                    "RCPT TO:<bob@remote.test> ORCPT=RFC822;B+6F+62@Remote.TEST\r\n"
+                    "RCPT TO:<carol@remote.test> ORCPT=UTF-8;c\\x{e9}@remote.test\r\n")
+    _, cmds = _relay_record(tmp_path, QueueEntry.new("ABCDEF0123456789", env, 0.0).to_json(),
+                            to=[BOB, CAROL])
+    assert b"RCPT TO:<bob@remote.test> ORCPT=RFC822;B+6F+62@Remote.TEST" in cmds
+    assert b"RCPT TO:<carol@remote.test> ORCPT=UTF-8;c\\x{e9}@remote.test" in cmds
+
+
+def test_a_record_from_before_the_forms_as_sent_loads_and_relays_as_before(tmp_path):
+    e, cmds = _relay_record(tmp_path, OLD_RECORD)
+    assert e.envelope.dsn == DSNRequest("HDRS", "aAb")
+    assert dict(e.envelope.recipient_dsn)[BOB] == RecipientDSN(
+        ("FAILURE",), "rfc822;Joe+X@Example.COM")
+    # encoded afresh from the decoded values, as the code that wrote it did
+    assert b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=aAb" in cmds
+    assert (b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE ORCPT=rfc822;Joe+2BX@Example.COM"
+            in cmds)
+
+
+def test_forms_as_sent_are_not_given_to_a_next_hop_without_dsn(tmp_path):
+    raw = OLD_RECORD.replace(b'"envid": "aAb",', b'"envid": "aAb", "envid_raw": "a+41b",')
+    assert b"envid_raw" in raw
+    _, cmds = _relay_record(tmp_path, raw, extensions=("PIPELINING",))
+    assert b"MAIL FROM:<alice@example.org>" in cmds
+    assert b"RCPT TO:<bob@remote.test>" in cmds

@@ -97,6 +97,21 @@ def test_failure_dsn_structure(tmp_path):
     assert "Its headers are attached below." in human.get_content()
 
 
+def test_a_notice_shows_the_decoded_values_not_the_forms_as_sent(tmp_path):
+    # the forms as sent are for the next hop (RFC 3461 5.2.1); the notice's
+    # fields hold the decoded id and address (RFC 3464 2.2.1, 2.3.1)
+    entry = make_entry(tmp_path)
+    entry = dataclasses.replace(entry, envelope=dataclasses.replace(
+        entry.envelope, dsn=DSNRequest(envid="aAb", envid_raw="a+41b")))
+    bob = dataclasses.replace(failed(entry), orcpt="rfc822;Joe+X@Example.COM",
+                              orcpt_raw="rfc822;Joe+2BX@Example.COM")
+    _, msg = build(entry, [bob])
+    _, status, _ = list(msg.iter_parts())
+    blocks = status.get_payload()
+    assert blocks[0]["Original-Envelope-Id"] == "aAb"
+    assert blocks[1]["Original-Recipient"] == "rfc822; Joe+X@Example.COM"
+
+
 def test_a_notice_to_a_utf8_sender_names_it_raw_not_as_an_encoded_word(tmp_path):
     jorg = Address("jörg", "example.org")
     entry = make_entry(tmp_path, sender=jorg)

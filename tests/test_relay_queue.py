@@ -680,6 +680,32 @@ def test_an_orcpt_without_notify_and_smtputf8_survive_a_restart(tmp_path, spool)
     assert dict(again.envelope.recipient_dsn)[bob] == RecipientDSN(orcpt="rfc822;bob@remote.test")
 
 
+def test_envid_and_orcpt_as_sent_survive_a_restart(tmp_path, spool):
+    # RFC 3461 5.2.1: relayed as received, so kept on disk beside the
+    # decoded forms the notices show
+    bob = Address("bob", "remote.test")
+    dsn = RecipientDSN(("FAILURE",), "rfc822;Joe+X@Example.COM", "rfc822;Joe+2BX@Example.COM")
+    env = dataclasses.replace(envelope("bob@remote.test"),
+                              dsn=DSNRequest("HDRS", "aAb", "a+41b"), recipient_dsn=((bob, dsn),))
+    q = make_queue(tmp_path)
+    again = q.read(q.enqueue(env, spool).result)
+    assert again.envelope.dsn == DSNRequest("HDRS", "aAb", "a+41b")
+    assert dict(again.envelope.recipient_dsn)[bob] == dsn
+    assert again.recipient(bob).orcpt_raw == "rfc822;Joe+2BX@Example.COM"
+
+
+@pytest.mark.parametrize("where", ["envelope", "recipient"])
+def test_a_form_as_sent_that_is_not_text_is_a_bad_record(where):
+    data = json.loads(record.QueueEntry.new(
+        "0000000000ABCDEF", envelope("bob@remote.test"), 1.0).to_json())
+    if where == "envelope":
+        data["envelope"]["envid_raw"] = 7
+    else:
+        data["recipients"][0]["orcpt_raw"] = ["x"]
+    with pytest.raises(record.RecordError):
+        record.QueueEntry.from_json(json.dumps(data).encode())
+
+
 def test_a_release_is_counted_in_the_record(tmp_path, spool):
     # The runner tells a release made while it delivered the entry by the
     # count changing between the attempt's start and its record.

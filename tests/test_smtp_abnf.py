@@ -308,6 +308,7 @@ def check_mail_params(tail: str) -> None:
         auth=G.xtext(values["AUTH"]) if "AUTH" in values else None,
         ret=values["RET"].upper() if "RET" in values else None,
         envid=G.xtext(values["ENVID"]) if "ENVID" in values else None,
+        envid_raw=values.get("ENVID"),  # as sent, for the relay (RFC 3461 5.2.1)
     )
     assert got[1] == want, tail
 
@@ -363,7 +364,7 @@ def check_rcpt_params(tail: str, smtputf8: bool) -> None:
         decoded = (G.utf8_addr_xtext(text, smtputf8) if addr_type.lower() == "utf-8"
                    else G.xtext(text))
         orcpt = f"{addr_type};{decoded}"
-    assert got[1] == RcptParams(notify, orcpt), tail
+    assert got[1] == RcptParams(notify, orcpt, values.get("ORCPT")), tail
 
 
 @FAST

@@ -287,6 +287,92 @@ def test_dsn_parameters_passed_when_offered():
     assert s.outcome.dsn_supported
 
 
+EHLO_DSN_UTF8 = b"250-mx.remote.test\r\n250-DSN\r\n250 SMTPUTF8\r\n"
+EHLO_DSN_ONLY = b"250-mx.remote.test\r\n250 DSN\r\n"
+
+
+def first_lines(ehlo, **kw):
+    """MAIL and the first RCPT as the session sends them after ``ehlo``
+    (without PIPELINING the RCPT once MAIL has its 250)."""
+    s = session(**kw)
+    s.receive(b"220 hi\r\n")
+    out = sent(s.receive(ehlo))
+    if b"\r\nRCPT " not in out:
+        out += sent(s.receive(b"250 ok\r\n"))
+    mail, rcpt = out.split(b"\r\n")[:2]
+    return mail, rcpt
+
+
+@pytest.mark.parametrize("ehlo", [EHLO_FULL, EHLO_DSN_ONLY])
+def test_envid_and_orcpt_are_relayed_as_they_were_received(ehlo):
+    # RFC 3461 5.2.1 (a): "the same associated esmtp-value"; (d): "the
+    # identical original-recipient-address", case included -- not the
+    # decoded value encoded again ("a+41b" is not "aAb")
+    mail, rcpt = first_lines(
+        ehlo, dsn=DSNRequest("HDRS", "aAb", "a+41b"),
+        recipients=[(BOB, RecipientDSN(("FAILURE",), "rfc822;Joe+X@Example.COM",
+                                       "rfc822;Joe+2BX@Example.COM"))])
+    assert mail.endswith(b" RET=HDRS ENVID=a+41b")
+    assert rcpt == (b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE "
+                    b"ORCPT=rfc822;Joe+2BX@Example.COM")
+    _, rcpt = first_lines(ehlo, recipients=[
+        (BOB, RecipientDSN(("NEVER",), "RFC822;joe@x.test", "RFC822;j+6F+65@x.test"))])
+    assert rcpt.endswith(b" ORCPT=RFC822;j+6F+65@x.test")
+
+
+@pytest.mark.parametrize("ehlo, utf8, goes", [
+    # a 7-bit utf-8-addr-xtext is valid in any transaction: as received,
+    # lower-case HEXPOINT and the type's spelling included
+    (EHLO_DSN_ONLY, False, b"ORCPT=UTF-8;j\\x{f6}rg@x.test"),
+    (EHLO_DSN_UTF8, True, b"ORCPT=UTF-8;j\\x{f6}rg@x.test"),
+])
+def test_a_7bit_utf8_orcpt_is_relayed_as_received(ehlo, utf8, goes):
+    _, rcpt = first_lines(ehlo, smtputf8=utf8, recipients=[
+        (BOB, RecipientDSN(("FAILURE",), "UTF-8;j\u00f6rg@x.test", "UTF-8;j\\x{f6}rg@x.test"))])
+    assert rcpt == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE " + goes
+
+
+def test_a_raw_utf8_orcpt_is_relayed_as_received_only_in_an_smtputf8_transaction():
+    # RFC 6533 3: raw UTF-8 (utf-8-addr-unitext) only where SMTPUTF8 is
+    # used; otherwise converted as before, every non-ASCII one as \x{HEX}
+    dsn = RecipientDSN(("FAILURE",), "utf-8;j\u00f6rg+x@x.test", "utf-8;j\u00f6rg\\x{2b}x@x.test")
+    _, rcpt = first_lines(EHLO_DSN_UTF8, smtputf8=True, recipients=[(BOB, dsn)])
+    assert rcpt.endswith(" ORCPT=utf-8;j\u00f6rg\\x{2b}x@x.test".encode())
+    _, rcpt = first_lines(EHLO_DSN_ONLY, smtputf8=True, recipients=[(BOB, dsn)])
+    assert rcpt.endswith(b" ORCPT=utf-8;j\\x{F6}rg\\x{2B}x@x.test")
+
+
+def test_a_utf8_envid_as_received_still_goes_only_into_an_smtputf8_transaction():
+    dsn = DSNRequest(None, "id-\u20ac", "id-+E2+82+AC")
+    assert first_lines(EHLO_DSN_ONLY, smtputf8=True, dsn=dsn)[0] == (
+        b"MAIL FROM:<alice@example.org>")
+    assert first_lines(EHLO_DSN_UTF8, smtputf8=True, dsn=dsn)[0] == (
+        b"MAIL FROM:<alice@example.org> SMTPUTF8 ENVID=id-+E2+82+AC")
+
+
+def test_dsn_parameters_as_received_go_only_to_a_next_hop_with_dsn():
+    mail, rcpt = first_lines(
+        EHLO_BASIC, dsn=DSNRequest("HDRS", "aAb", "a+41b"),
+        recipients=[(BOB, RecipientDSN(("FAILURE",), "rfc822;b@x", "rfc822;+62@x"))])
+    assert mail == b"MAIL FROM:<alice@example.org> SIZE=100"
+    assert rcpt == b"RCPT TO:<bob@remote.test>"
+
+
+@pytest.mark.parametrize("envid_raw, orcpt_raw", [
+    ("a+42b", "rfc822;X@x"),  # stand for other values than the decoded ones
+    ("aAb\r\nRSET", "rfc822;b@x\r\nRSET"),  # not xtext: never put on the line
+    ("a+41B+2b", "rfc822;b+2b@x"),  # lower-case hex: no xtext either
+])
+def test_a_form_as_received_that_does_not_match_is_encoded_afresh(envid_raw, orcpt_raw):
+    # the values can come from a queue record on disk or an embedding
+    # application: the decoded form, the one the notices show, wins
+    mail, rcpt = first_lines(
+        EHLO_DSN_ONLY, dsn=DSNRequest(None, "aAb", envid_raw),
+        recipients=[(BOB, RecipientDSN(("FAILURE",), "rfc822;b@x", orcpt_raw))])
+    assert mail == b"MAIL FROM:<alice@example.org> ENVID=aAb"
+    assert rcpt == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE ORCPT=rfc822;b@x"
+
+
 def test_orcpt_of_type_utf8_goes_out_in_rfc6533_form():
     # utf-8-addr-xtext: "\x{HEX}" escapes, 7-bit whatever the next hop
     # offers; never xtext's "+HH", which that form does not have

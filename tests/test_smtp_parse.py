@@ -219,9 +219,34 @@ def test_mail_parameters():
     _, p = parse_mail(
         "FROM:<a@b.test> size=1000 BODY=8bitmime SMTPUTF8 RET=hdrs ENVID=QQ+2Bx AUTH=<>", P
     )
-    assert p == MailParams(1000, True, True, "<>", "HDRS", "QQ+x")
+    assert p == MailParams(1000, True, True, "<>", "HDRS", "QQ+x", "QQ+2Bx")
     _, p = parse_mail("FROM:<a@b.test> BODY=7BIT AUTH=joe+40example.org", P)
     assert p == MailParams(body_8bit=False, auth="joe@example.org")
+
+
+def test_envid_and_orcpt_are_kept_as_sent_beside_their_decoded_form():
+    # RFC 3461 5.2.1 (a), (d): relayed with the same esmtp-value, so the
+    # spelling is kept: an unneeded escape, the case of letters and of the
+    # address type, utf-8-addr-xtext's lower-case HEXPOINT (RFC 6533 3)
+    _, p = parse_mail("FROM:<a@b.test> ENVID=a+41b", P)
+    assert (p.envid, p.envid_raw) == ("aAb", "a+41b")
+    for sent, decoded in (("rfc822;Joe+2BX@Example.COM", "rfc822;Joe+X@Example.COM"),
+                          ("RFC822;j+6Fe@x.test", "RFC822;joe@x.test"),
+                          ("UTF-8;j\\x{f6}rg@x.test", "UTF-8;j\u00f6rg@x.test")):
+        _, r = parse_rcpt(f"TO:<a@b.test> ORCPT={sent}", P)
+        assert (r.orcpt, r.orcpt_raw) == (decoded, sent)
+    assert parse_rcpt("TO:<a@b.test>", P)[1].orcpt_raw is None
+
+
+@pytest.mark.parametrize("arg", ["MAIL FROM:<a@b.test> ENVID=a+2bb",
+                                 "RCPT TO:<a@b.test> ORCPT=rfc822;a+2bb@b.test"])
+def test_lower_case_xtext_hex_is_a_syntax_error(arg):
+    # RFC 3461 4: a hexchar is "+" and two *upper case* hexadecimal digits;
+    # "+2b" is no xtext, so the value is not valid: 501 (5.1 (a), (b))
+    verb, _, rest = arg.partition(" ")
+    parse = parse_mail if verb == "MAIL" else parse_rcpt
+    assert reply_of(parse, rest, P) == replies.PARAM_SYNTAX
+    assert replies.PARAM_SYNTAX.code == 501
 
 
 @pytest.mark.parametrize(
@@ -272,7 +297,7 @@ def test_unknown_parameter_is_555():
 
 def test_rcpt_dsn_parameters():
     _, p = parse_rcpt("TO:<a@b.test> NOTIFY=success,FAILURE ORCPT=rfc822;a+2Bb@b.test", P)
-    assert p == RcptParams(("SUCCESS", "FAILURE"), "rfc822;a+b@b.test")
+    assert p == RcptParams(("SUCCESS", "FAILURE"), "rfc822;a+b@b.test", "rfc822;a+2Bb@b.test")
     assert parse_rcpt("TO:<a@b.test> NOTIFY=NEVER", P)[1].notify == ("NEVER",)
     for bad in ("NOTIFY=NEVER,SUCCESS", "NOTIFY=", "NOTIFY=SUCCESS,SUCCESS", "ORCPT=rfc822",
                 "ORCPT=;x"):

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.address import Address
-from txmailhub.envelope import RecipientDSN
+from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.reply import Reply
@@ -1477,6 +1477,36 @@ def test_dsn_parameters_pass_through_a_single_mailbox():
         Address("alice", "example.org"): RecipientDSN(("SUCCESS",), "rfc822;ALICE@example.org"),
         Address("bob", "example.org"): RecipientDSN(("DELAY",), None),
     }
+
+
+def test_envid_and_orcpt_are_stored_decoded_and_as_sent():
+    # RFC 3461 5.2.1 (a), (d): the relay needs the esmtp-values as they came
+    # (an unneeded escape, the case of letters), the notices the decoded ones
+    d = Driver()
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test> RET=HDRS ENVID=a+41b\r\n"
+           "RCPT TO:<alice> NOTIFY=FAILURE ORCPT=rfc822;Joe+2BX@Example.COM\r\n"
+           "RCPT TO:<list> NOTIFY=SUCCESS ORCPT=RFC822;L+69st@example.org\r\n"
+           "DATA\r\nx\r\n.\r\n")
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    env = done.envelope
+    assert env.dsn == DSNRequest("HDRS", "aAb", "a+41b")
+    alice, bob = Address("alice", "example.org"), Address("bob", "example.org")
+    assert dict(env.recipient_dsn) == {
+        alice: RecipientDSN(("FAILURE",), "rfc822;Joe+X@Example.COM",
+                            "rfc822;Joe+2BX@Example.COM"),
+        # an alias's member: the alias's own ORCPT, as sent, for each
+        bob: RecipientDSN(("NEVER",), "RFC822;List@example.org", "RFC822;L+69st@example.org"),
+    }
+    assert env.expanded[0][1].orcpt_raw == "RFC822;L+69st@example.org"
+
+
+def test_an_orcpt_the_hub_makes_up_has_no_form_as_sent():
+    # no ORCPT from the client: the one recorded for an alias is the hub's
+    # own, and is encoded when relayed
+    env = _envelope_after("RCPT TO:<list> NOTIFY=FAILURE")
+    assert {(dsn.orcpt, dsn.orcpt_raw) for _, dsn in env.recipient_dsn} == {
+        ("rfc822;list@example.org", None)}
+    assert env.dsn.envid_raw is None
 
 
 def test_a_mailbox_named_again_keeps_the_dsn_parameters_given_once():

@@ -15,18 +15,35 @@ __all__ = ["DSNRequest", "Envelope", "RecipientDSN", "SpooledMessage"]
 
 @dataclass(frozen=True, slots=True)
 class RecipientDSN:
-    """RFC 3461 per-recipient parameters, as the client gave them."""
+    """RFC 3461 per-recipient parameters, as the client gave them.
+
+    ``orcpt`` is decoded (what notices and logs show); ``orcpt_raw`` is the
+    ORCPT esmtp-value exactly as the client sent it (``addr-type;xtext``,
+    escapes and case untouched), because RFC 3461 5.2.1 (d) wants the
+    identical original-recipient-address on the RCPT that relays the
+    message, and decoding then encoding again would not give it back
+    (``+41`` becomes ``A``).  ``None`` when the hub made the ORCPT up (an
+    alias) or the value comes from a record written before it was kept:
+    the relay encodes ``orcpt`` then."""
 
     notify: tuple[str, ...] = ()  # e.g. ("SUCCESS", "FAILURE") or ("NEVER",)
     orcpt: str | None = None  # "rfc822;user@example.org", xtext-decoded
+    orcpt_raw: str | None = None  # "rfc822;user+40x@example.org", as received
 
 
 @dataclass(frozen=True, slots=True)
 class DSNRequest:
-    """RFC 3461 per-message parameters."""
+    """RFC 3461 per-message parameters.
+
+    ``envid`` is decoded (what notices and logs show); ``envid_raw`` is the
+    ENVID esmtp-value exactly as the client sent it (xtext), relayed as it
+    is (RFC 3461 5.2.1 (a): "the same associated esmtp-value"); ``None``
+    from a record written before it was kept: the relay encodes ``envid``
+    then."""
 
     ret: str | None = None  # "FULL" or "HDRS"
     envid: str | None = None
+    envid_raw: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

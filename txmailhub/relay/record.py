@@ -81,6 +81,13 @@ def _stored_lines(lines: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _optional_text(value: Any) -> str | None:
+    """A field that may be missing (``None``) but is text when present."""
+    if value is not None and not isinstance(value, str):
+        raise RecordError(f"expected text in queue record, got {value!r}")
+    return value
+
+
 def reply_to_json(reply: Reply | None) -> dict[str, Any] | None:
     if reply is None:
         return None
@@ -108,7 +115,10 @@ class RecipientRecord:
     last_reply: Reply | None = None
     remote_mta: str | None = None
     notify: tuple[str, ...] = ()
-    orcpt: str | None = None
+    orcpt: str | None = None  # decoded: what the notices show
+    # ORCPT as the client sent it, relayed so (RFC 3461 5.2.1 (d)); absent
+    # from records written before it was kept: ``orcpt`` is encoded then
+    orcpt_raw: str | None = None
     # an RFC 3461 success notice still owed: "delivered" or "relayed"
     notice: str | None = None
 
@@ -126,6 +136,7 @@ class RecipientRecord:
             "remote_mta": self.remote_mta,
             "notify": list(self.notify),
             "orcpt": self.orcpt,
+            "orcpt_raw": self.orcpt_raw,
             "notice": self.notice,
         }
 
@@ -143,6 +154,7 @@ class RecipientRecord:
             remote_mta=data.get("remote_mta"),
             notify=tuple(data.get("notify") or ()),
             orcpt=data.get("orcpt"),
+            orcpt_raw=_optional_text(data.get("orcpt_raw")),
             notice=data.get("notice"),
         )
 
@@ -217,7 +229,8 @@ class QueueEntry:
                 continue
             seen.add(rcpt)
             p = params.get(rcpt, RecipientDSN())
-            recips.append(RecipientRecord(address=rcpt, notify=tuple(p.notify), orcpt=p.orcpt))
+            recips.append(RecipientRecord(address=rcpt, notify=tuple(p.notify), orcpt=p.orcpt,
+                                          orcpt_raw=p.orcpt_raw))
         return cls(
             id=queue_id, created=now, envelope=envelope, recipients=tuple(recips),
             next_attempt=now,
@@ -246,6 +259,9 @@ class QueueEntry:
                 "smtputf8": env.smtputf8,
                 "ret": env.dsn.ret,
                 "envid": env.dsn.envid,
+                # optional: a record from before it has none, and its ENVID
+                # is encoded afresh when relayed
+                "envid_raw": env.dsn.envid_raw,
                 "message_id": env.message_id,
                 # optional: a record from before it has none, and goes on
                 # as AUTH=<> (whether its client said AUTH=<> is not known)
@@ -271,12 +287,14 @@ class QueueEntry:
                 authenticated_as=e.get("authenticated_as"),
                 body_8bit=bool(e.get("body_8bit", False)),
                 smtputf8=bool(e.get("smtputf8", False)),
-                dsn=DSNRequest(ret=e.get("ret"), envid=e.get("envid")),
+                dsn=DSNRequest(ret=e.get("ret"), envid=e.get("envid"),
+                               envid_raw=_optional_text(e.get("envid_raw"))),
                 message_id=str(e.get("message_id") or ""),
                 submitter=(None if e.get("submitter") is None
                            else address_from_text(e["submitter"])),
                 recipient_dsn=tuple(
-                    (r.address, RecipientDSN(notify=r.notify, orcpt=r.orcpt))
+                    (r.address, RecipientDSN(notify=r.notify, orcpt=r.orcpt,
+                                             orcpt_raw=r.orcpt_raw))
                     for r in recips
                     if r.notify or r.orcpt
                 ),

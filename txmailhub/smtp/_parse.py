@@ -48,6 +48,8 @@ __all__ = [
     "MailParams",
     "RcptParams",
     "ascii_upper",
+    "decode_envid",
+    "decode_orcpt",
     "parse_command",
     "parse_mail",
     "parse_mailbox",
@@ -288,7 +290,8 @@ class MailParams:
     smtputf8: bool = False
     auth: str | None = None  # RFC 4954 AUTH=, xtext-decoded; "<>" kept as is
     ret: str | None = None
-    envid: str | None = None
+    envid: str | None = None  # xtext-decoded
+    envid_raw: str | None = None  # as sent: relayed so (RFC 3461 5.2.1 (a))
 
 
 NO_PARAMS = MailParams()  # frozen: one instance serves every plain MAIL
@@ -299,7 +302,8 @@ class RcptParams:
     """The RCPT TO parameters we advertise, parsed."""
 
     notify: tuple[str, ...] = ()
-    orcpt: str | None = None
+    orcpt: str | None = None  # "type;decoded"
+    orcpt_raw: str | None = None  # "type;xtext" as sent (RFC 3461 5.2.1 (d))
 
 
 _NO_RCPT_PARAMS = RcptParams()  # frozen: one instance serves every plain RCPT
@@ -328,7 +332,7 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
     size = None
     body_8bit = False
     smtputf8 = False
-    auth = ret = envid = None
+    auth = ret = envid = envid_raw = None
     for key, value in raw.items():
         if key == "SIZE":
             if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
@@ -358,16 +362,8 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
         elif key == "ENVID":
             if value is None:
                 raise _fail(replies.PARAM_SYNTAX)
-            # RFC 3461 4.4: up to 100 characters as sent (the decoded id
-            # can be a third of that): a longer one the next hop may refuse,
-            # and its notice form (UTF-8 as xtext) could pass RFC 5322's
-            # line limit
-            if len(value) > MAX_ENVID:
-                raise _fail(replies.PARAM_SYNTAX)
-            envid = xtext_decode(value)
-            # printable characters; a CR or LF would break the notice's header
-            if not _ENVID_TEXT.match(envid):
-                raise _fail(replies.PARAM_SYNTAX)
+            envid = decode_envid(value)
+            envid_raw = value
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)
     if envid is not None and not smtputf8 and not envid.isascii():
@@ -376,7 +372,25 @@ def _mail_params(raw: dict[str, str | None]) -> MailParams:
         raise _fail(replies.PARAM_SYNTAX)
     if auth is not None and auth != "<>":
         _check_auth_mailbox(auth, smtputf8)  # after the loop: SMTPUTF8 may come later
-    return MailParams(size, body_8bit, smtputf8, auth, ret, envid)
+    return MailParams(size, body_8bit, smtputf8, auth, ret, envid, envid_raw)
+
+
+def decode_envid(value: str) -> str:
+    """An ``ENVID`` esmtp-value (RFC 3461 4.4) -> the id it stands for;
+    ``501 5.5.4`` if it is not one.
+
+    Up to 100 characters as sent (the decoded id can be a third of that):
+    a longer one the next hop may refuse, and its notice form (UTF-8 as
+    xtext) could pass RFC 5322's line limit.  xtext with upper-case hex
+    only (``+2b`` is no hexchar: RFC 3461 4).  Decoded, printable
+    characters: a CR or LF would break the notice's header.  Whether UTF-8
+    is allowed (only with SMTPUTF8) is the caller's business."""
+    if len(value) > MAX_ENVID:
+        raise _fail(replies.PARAM_SYNTAX)
+    envid = xtext_decode(value)
+    if not _ENVID_TEXT.match(envid):
+        raise _fail(replies.PARAM_SYNTAX)
+    return envid
 
 
 def _check_auth_mailbox(mailbox: str, smtputf8: bool) -> None:
@@ -403,7 +417,7 @@ def _check_auth_mailbox(mailbox: str, smtputf8: bool) -> None:
 
 def _rcpt_params(raw: dict[str, str | None]) -> RcptParams:
     notify: tuple[str, ...] = ()
-    orcpt = None
+    orcpt = orcpt_raw = None
     for key, value in raw.items():
         if key == "NOTIFY":
             words = tuple(ascii_upper(w) for w in (value or "").split(","))
@@ -416,14 +430,16 @@ def _rcpt_params(raw: dict[str, str | None]) -> RcptParams:
             else:
                 raise _fail(replies.PARAM_SYNTAX)
         elif key == "ORCPT":
-            orcpt = _orcpt(value or "")
+            orcpt = decode_orcpt(value or "")
+            orcpt_raw = value
         else:
             raise _fail(replies.PARAM_NOT_RECOGNIZED)
-    return RcptParams(notify, orcpt)
+    return RcptParams(notify, orcpt, orcpt_raw)
 
 
-def _orcpt(value: str) -> str:
-    """``ORCPT=type;value`` -> ``"type;decoded"``.
+def decode_orcpt(value: str) -> str:
+    """An ``ORCPT`` esmtp-value, ``type;value`` -> ``"type;decoded"``;
+    ``501 5.5.4`` if it is not one.  The type keeps its case.
 
     Type ``utf-8`` (RFC 6533 3): utf-8-addr-xtext (``\\x{HEX}`` escapes),
     or -unitext (raw UTF-8, which only an SMTPUTF8 transaction lets this

@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from txmailhub.address import Address, ascii_form
@@ -34,7 +34,7 @@ from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp._client_reply import ReplyParser
 from txmailhub.smtp._data import DotStuffer
-from txmailhub.smtp._parse import MAX_ENVID, parse_mailbox
+from txmailhub.smtp._parse import MAX_ENVID, decode_envid, decode_orcpt, parse_mailbox
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
 
@@ -52,6 +52,24 @@ __all__ = [
     "StartTLS",
     "xtext_encode",
 ]
+
+
+def _as_received(raw: str | None, decoded: str, decode: Callable[[str], str]) -> str | None:
+    """``raw``, an esmtp-value as the hub's server received it, when it
+    still stands for ``decoded``; ``None`` otherwise.
+
+    It goes on the wire as it is, so it is read again as the server reads
+    it: a value that is no longer valid (a record edited by hand, an
+    embedding application's mistake) or that no longer matches the decoded
+    one the notices show is not sent -- the decoded value is encoded
+    afresh instead -- and can never carry a line break into the command."""
+    if raw is None:
+        return None
+    try:
+        return raw if decode(raw) == decoded else None
+    except RemoteProtocolError:
+        return None
+
 
 class Phase(enum.Enum):
     GREETING = "greeting"
@@ -556,7 +574,11 @@ class ClientSession:
             # RFC 3461 4.4 allows 100 characters: a longer one (escaped
             # UTF-8, three times its octets) goes the same way
             if envid and (utf8 or envid.isascii()):
-                value = xtext_encode(envid)
+                # RFC 3461 5.2.1 (a): "the same associated esmtp-value" as
+                # received, escapes and all; encoded afresh only when that
+                # is not known (a record from before it was kept)
+                value = (_as_received(self.dsn.envid_raw, envid, decode_envid)
+                         or xtext_encode(envid))
                 if len(value) <= MAX_ENVID:
                     params.append(f"ENVID={value}")
         self._auth_param_sent = (self.auth_param and "AUTH" in ext
@@ -614,7 +636,15 @@ class ClientSession:
             if dsn.orcpt:
                 kind, _, value = dsn.orcpt.partition(";")
                 orcpt = None
-                if kind.lower() == "utf-8":
+                raw = _as_received(dsn.orcpt_raw, dsn.orcpt, decode_orcpt)
+                if raw is not None and (raw.isascii() or self._utf8_transaction):
+                    # RFC 3461 5.2.1 (d): "the identical original-recipient-
+                    # address", as received (its case, its escapes, its
+                    # type's spelling).  A 7-bit form goes so in any
+                    # transaction; raw UTF-8 (utf-8-addr-unitext) only in an
+                    # SMTPUTF8 one, and is converted below otherwise
+                    orcpt = "ORCPT=" + raw
+                elif kind.lower() == "utf-8":
                     # RFC 6533 3: in an SMTPUTF8 transaction native UTF-8
                     # (utf-8-addr-unitext: only SP, "+", "=", "\\" and
                     # controls escaped), otherwise the 7-bit utf-8-addr-xtext

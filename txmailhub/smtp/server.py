@@ -347,7 +347,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             authenticated_as=str(s.authenticated_as) if s.authenticated_as else None,
             body_8bit=p.body_8bit,
             smtputf8=p.smtputf8,
-            dsn=DSNRequest(p.ret, p.envid) if (p.ret or p.envid) else _NO_DSN,
+            dsn=DSNRequest(p.ret, p.envid, p.envid_raw) if (p.ret or p.envid) else _NO_DSN,
             recipient_dsn=tuple(self._recipient_dsn),
             expanded=tuple(self._expanded) if self._expanded else (),
             tls=s.tls,
@@ -539,17 +539,19 @@ class SMTPServer(MessageTransfer, AuthPhase):
             # RFC 3461 4.2: without ORCPT the notices could name only what
             # the address became (lower case, an alias's members); the
             # address as the client gave it is recorded instead.
-            orcpt = params.orcpt
+            # The client's own ORCPT is kept as sent too, to be relayed so
+            # (RFC 3461 5.2.1 (d)); the one made up here has no such form.
+            orcpt, orcpt_raw = params.orcpt, params.orcpt_raw
             if orcpt is None and final != (rcpt,):
                 text = str(rcpt)
                 orcpt = f"{'rfc822' if text.isascii() else 'utf-8'};{text}"  # RFC 6533
-            dsn = RecipientDSN(params.notify, orcpt)
+            dsn = RecipientDSN(params.notify, orcpt, orcpt_raw)
             if len(final) > 1 and "SUCCESS" in params.notify:
                 # An alias of several members: one "expanded" notice for it,
                 # none naming its members (RFC 3461 6.2.7.3).
                 self._expanded.append((rcpt, dsn))
                 rest = tuple(n for n in params.notify if n != "SUCCESS")
-                dsn = RecipientDSN(rest or ("NEVER",), orcpt)
+                dsn = RecipientDSN(rest or ("NEVER",), orcpt, orcpt_raw)
         for addr in final:
             if addr not in self._recipients:
                 self._recipients[addr] = None
