@@ -194,6 +194,17 @@ def test_every_twistd_mailhub_option_is_in_the_readme() -> None:
         assert f"--{long}" in text and f"``-{short} PATH``" in text, long
 
 
+def test_the_default_config_file_is_documented_where_each_command_is() -> None:
+    # ``mailhub`` and ``twistd mailhub`` share the rule (config.default_config_path);
+    # the README said only ``mailhub`` fell back to the system file
+    for name in ("README.rst", "docs/configuration.rst", "docs/sendmail.rst"):
+        text = " ".join((ROOT / name).read_text().split())
+        assert f"``$MAILHUB_CONFIG``, else ``{config.SYSTEM_CONFIG}``" in text, name
+    readme = " ".join(_readme_commands().split())
+    assert "``mailhub`` and ``twistd mailhub`` both read" in readme
+    assert "a missing ``--config``" not in readme
+
+
 def test_every_installed_command_is_in_the_readme() -> None:
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")

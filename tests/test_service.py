@@ -232,6 +232,77 @@ def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, caps
     assert options["settings"].relay.smarthost_auth_file == str(auth)
 
 
+def test_twistd_without_config_reads_the_file_the_mailhub_command_reads(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    # ``mailhub`` fell back to its default path, twistd mailhub exited 2
+    # ("--config PATH is required"): one rule for both, with the same
+    # default, so the hub runs on the file ``mailhub check`` checked
+    import pytest
+
+    from txmailhub import cli, config
+    from txmailhub.tap import Options
+
+    conf = tmp_path / "system.toml"
+    conf.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                    'state_dir = "state"\n[smtp]\nlisten = []\n[submission]\nlisten = []\n'
+                    '[pop3]\nlisten = []\n')
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(conf))
+    for env in (None, ""):  # an empty $MAILHUB_CONFIG counts as unset
+        if env is None:
+            monkeypatch.delenv("MAILHUB_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("MAILHUB_CONFIG", env)
+        options = Options()
+        options.parseOptions([])
+        assert options["config"] == str(conf)
+        assert options["settings"].path == str(conf)
+        assert cli._parser().parse_args(["check"]).config in (cli.DEFAULT_CONFIG, str(conf))
+    other = tmp_path / "other.toml"
+    other.write_text(conf.read_text())
+    monkeypatch.setenv("MAILHUB_CONFIG", str(other))
+    options = Options()
+    options.parseOptions([])
+    assert options["settings"].path == str(other)
+    # --config PATH still wins over both
+    options = Options()
+    options.parseOptions(["--config", str(conf)])
+    assert options["settings"].path == str(conf)
+    capsys.readouterr()
+    # a default file that is missing: exit 2, one line naming the path and
+    # one saying why that path
+    monkeypatch.delenv("MAILHUB_CONFIG")
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions([])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"mailhub: no --config PATH given: reading {tmp_path / 'missing.toml'} "
+        "($MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml)",
+        f"{tmp_path / 'missing.toml'}: cannot read the config file: No such file or directory",
+    ]
+
+
+def test_twistd_names_a_config_it_cannot_read(tmp_path: Path, monkeypatch, capsys) -> None:
+    import pytest
+
+    from txmailhub.tap import Options
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    monkeypatch.setenv("MAILHUB_CONFIG", str(folder))
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions([])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: cannot read the config file: Is a directory" in err
+    assert "no --config PATH given" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:  # given: the path alone says it
+        Options().parseOptions(["--config", str(folder)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"{folder}: cannot read the config file: Is a directory\n"
+
+
 def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
     # an embedder gets the documented StartError (StateDirError), one line
     import errno

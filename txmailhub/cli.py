@@ -17,7 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from txmailhub.config import Settings, load
+from txmailhub.config import SYSTEM_CONFIG, Settings, default_config_path, load
 from txmailhub.errors import ConfigError, NoSuchUser, UserExists, UsersFileError
 
 if TYPE_CHECKING:
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-# an empty $MAILHUB_CONFIG counts as unset (a shell's `MAILHUB_CONFIG=` clears it)
-DEFAULT_CONFIG = os.environ.get("MAILHUB_CONFIG") or "/etc/txmailhub/mailhub.toml"
+# $MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml (the rule twistd mailhub follows too)
+DEFAULT_CONFIG = default_config_path()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mailhub", description="Administer a txmailhub mail hub.")
     p.add_argument(
         "--config", "-c", default=DEFAULT_CONFIG,
-        help=f"the TOML configuration file (default: $MAILHUB_CONFIG or {DEFAULT_CONFIG})",
+        help=f"the TOML configuration file (default: $MAILHUB_CONFIG, else {SYSTEM_CONFIG})",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -17,7 +17,7 @@ import re
 import socket
 import tomllib
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,12 +43,29 @@ __all__ = [
     "TLSSettings",
     "UsersSettings",
     "LocalSubmission",
+    "SYSTEM_CONFIG",
+    "default_config_path",
     "listen_address",
     "load",
     "load_local_submission",
     "load_text",
     "parse_duration",
 ]
+
+#: the config file of a hub installed system-wide: what ``mailhub``,
+#: ``twistd mailhub`` and ``txmailhub-sendmail`` read when neither their
+#: option nor ``$MAILHUB_CONFIG`` names one
+SYSTEM_CONFIG = "/etc/txmailhub/mailhub.toml"
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> str:
+    """The config file to read when the command line names none:
+    ``$MAILHUB_CONFIG``, else ``SYSTEM_CONFIG``.  An empty variable counts
+    as unset (a shell's ``MAILHUB_CONFIG=`` clears it, and the current
+    folder must not be read as a config file).  The one rule for every
+    command, so that ``mailhub check`` checks the file the hub runs on."""
+    env = os.environ if environ is None else environ
+    return env.get("MAILHUB_CONFIG") or SYSTEM_CONFIG
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,7 +1,8 @@
 """``twistd mailhub``: options and ``makeService`` for the twistd plugin.
 
-A bad config never produces a traceback: the problems are printed, one
-line each, and twistd exits 2 before anything starts.
+A bad config (or one that cannot be read: ``--config PATH``, else the
+``mailhub`` command's default) never produces a traceback: the problems
+are printed, one line each, and twistd exits 2 before anything starts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from txmailhub.config import load
+from txmailhub.config import SYSTEM_CONFIG, default_config_path, load
 from txmailhub.errors import ConfigError
 
 __all__ = ["Options", "makeService"]
@@ -25,24 +26,29 @@ log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "--config PATH"
-    longdesc = "Run the txmailhub mail hub (SMTP, submission, POP3, outbound relay)."
+    synopsis = "[--config PATH]"
+    longdesc = ("Run the txmailhub mail hub (SMTP, submission, POP3, outbound relay).  "
+                f"Without --config it reads $MAILHUB_CONFIG, else {SYSTEM_CONFIG}, "
+                "as the mailhub command does.")
     optParameters = [
-        ["config", "c", None, "Path of the TOML configuration file (default: $MAILHUB_CONFIG)."],
+        ["config", "c", None,
+         f"Path of the TOML configuration file (default: $MAILHUB_CONFIG, else {SYSTEM_CONFIG})."],
     ]
 
     def postOptions(self) -> None:
-        if not self["config"]:
-            # the same variable the ``mailhub`` command reads
-            self["config"] = os.environ.get("MAILHUB_CONFIG", "")
-        if not self["config"]:
-            print("mailhub: --config PATH is required (or set $MAILHUB_CONFIG)", file=sys.stderr)
-            raise SystemExit(2)
+        given = bool(self["config"])
+        if not given:
+            # the ``mailhub`` command's own default, by its own rule: the
+            # hub runs on the file ``mailhub check`` checked
+            self["config"] = default_config_path()
         try:
             self["settings"] = load(self["config"])
         except ConfigError as e:
             for warning in e.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
+            if not given:  # say why that file: the command line named none
+                print(f"mailhub: no --config PATH given: reading {self['config']} "
+                      f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})", file=sys.stderr)
             for problem in e.problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2) from None

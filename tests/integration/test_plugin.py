@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import smtplib
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TWISTD, Hub, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +22,10 @@ CLEAN_STOP = (0, -signal.SIGTERM)
 
 # a hostname: the default (the machine's name) may be a warning
 HUB = '[hub]\nhostname = "mail.example.org"\n'
+
+
+# where ``mailhub`` and ``twistd mailhub`` look when nothing names a config file
+SYSTEM_CONFIG = "/etc/txmailhub/mailhub.toml"
 
 
 def run_twistd(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -107,11 +113,24 @@ def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_missing_config_option(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("MAILHUB_CONFIG", raising=False)
+@pytest.mark.parametrize("env", [None, ""])
+def test_without_config_it_reads_the_mailhub_commands_default(tmp_path: Path, monkeypatch,
+                                                             env: str | None) -> None:
+    # ``mailhub`` falls back to /etc/txmailhub/mailhub.toml; twistd mailhub
+    # exited 2 ("--config PATH is required") where it was installed there.
+    # An empty $MAILHUB_CONFIG counts as unset, for both.
+    if os.path.exists(SYSTEM_CONFIG):
+        pytest.skip(f"{SYSTEM_CONFIG} exists on this machine")
+    if env is None:
+        monkeypatch.delenv("MAILHUB_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("MAILHUB_CONFIG", env)
     result = run_twistd("mailhub", cwd=tmp_path)
-    assert result.returncode == 2  # bad usage, as for the mailhub command
-    assert "mailhub: --config PATH is required" in result.stdout + result.stderr
+    assert result.returncode == 2  # a config it cannot read, as for the mailhub command
+    out = result.stdout + result.stderr
+    assert "--config PATH is required" not in out
+    assert f"{SYSTEM_CONFIG}: cannot read the config file: No such file or directory" in out
+    assert "Traceback" not in out
 
 
 def test_config_from_the_environment(make_hub, monkeypatch) -> None:
