@@ -932,8 +932,30 @@ def test_a_server_that_never_lets_the_connection_close_is_cut(tmp_path):
     # close (a hub stopping meanwhile would have recorded nothing)
     assert d.called and run(net, d)[0].kind == "delivered"
     assert clock.getDelayedCalls()  # the close itself is still timed ...
-    clock.advance(60)  # ... by the QUIT step's own timeout (RFC 5321 4.5.3.2)
+    clock.advance(60)  # ... by a minute (the DONE step's time)
     assert not clock.getDelayedCalls()
+
+
+def test_a_quit_that_gets_no_reply_holds_the_attempt_only_a_short_while(tmp_path):
+    # QUIT goes once the outcome is known, to a server reading commands:
+    # its reply changes nothing, and a server that never answers it held
+    # the attempt (and its delivery slot) for a minute; now ten seconds.
+    class Mute(ScriptedSMTPServer):
+        def _command(self, line):
+            if line.upper() != b"QUIT":  # no 221, and the connection stays
+                super()._command(line)
+
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = Mute
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    assert not d.called and net.server_protocols[0].commands[-1] == b"QUIT"
+    clock.advance(9)
+    net.run()
+    assert not d.called
+    clock.advance(1)
+    [r] = run(net, d)
+    assert r.kind == "delivered"  # the 250 to the final "." said so
 
 
 def agent_with_held_dns(tmp_path):
@@ -1351,3 +1373,87 @@ def test_forms_as_sent_are_not_given_to_a_next_hop_without_dsn(tmp_path):
     _, cmds = _relay_record(tmp_path, raw, extensions=("PIPELINING",))
     assert b"MAIL FROM:<alice@example.org>" in cmds
     assert b"RCPT TO:<bob@remote.test>" in cmds
+
+
+class _MisbehavingBatch(ScriptedSMTPServer):
+    """Takes the pipelined batch (MAIL, RCPT, DATA), enters DATA with its
+    354, but answers the batch in a way the client cannot account for:
+    ``"order"``, the 354 before the RCPT's reply; ``"malformed"``, a reply
+    line that is no reply line; ``"count"``, one reply too many to MAIL.
+    Whatever comes next is message data to it, QUIT included."""
+
+    how = "order"
+
+    def _command(self, line):
+        verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
+        if verb == b"RCPT" and self.how == "order":
+            self.held = b"250 2.1.5 ok\r\n"
+            return
+        if verb == b"RCPT" and self.how == "malformed":
+            self.transport.write(b"25O 2.1.5 ok\r\n")
+            return
+        super()._command(line)
+        if verb == b"MAIL" and self.how == "count":
+            self.transport.write(b"250 2.1.0 ok again\r\n")
+        if verb == b"DATA" and self.how == "order":
+            self.transport.write(self.held)
+
+
+@pytest.mark.parametrize("how", ["order", "malformed", "count"])
+def test_a_protocol_error_in_a_pipelined_batch_drops_the_connection_at_once(tmp_path, how):
+    # The server took DATA (354) while the session counts itself broken: a
+    # QUIT then is message data to it, no reply comes, and the attempt
+    # waited out the QUIT timeout (a minute, a delivery slot held) for each
+    # such host.  After a protocol error nothing is waited for: the
+    # connection is dropped, so the server, without our final ".", throws
+    # the transaction away, and the message stays queued.
+    a, net, clock = agent(tmp_path)
+
+    def make():
+        server = _MisbehavingBatch()
+        server.how = how
+        return server
+
+    net.servers[("2001:db8::1", 25)] = make
+    net.servers[("192.0.2.2", 25)] = make
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    assert d.called, "the attempt waits for a reply that cannot come"
+    [r] = run(net, d)
+    assert r.kind == "transient" and r.reply.status == "4.5.0", r.reply.text()
+    assert net.connections == [("2001:db8::1", 25), ("192.0.2.2", 25)]  # next MX, as before
+    for server in net.server_protocols:
+        assert server.in_data and not server.messages  # nothing was delivered ...
+        assert b"QUIT" not in server.buf and b"QUIT" not in server.commands  # ... or sent
+    assert all(pump.clientIO.disconnecting for pump in net.pumps)
+    assert clock.seconds() == 0
+
+
+def test_after_a_protocol_error_the_client_writes_nothing_and_waits_for_nothing(tmp_path):
+    # The adapter on a reactor's clock: the out-of-order reply drops the
+    # connection then and there, with no timer left (the QUIT step's minute
+    # was one), and the attempt gets its outcome as soon as it is gone.
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    reactor = MemoryReactorClock()
+    session = ClientSession(helo="hub.test", sender=ALICE, recipients=[(BOB, None)], size=10,
+                            tls="none")
+    proto = SMTPClientProtocol(session, reactor, str(tmp_path / "m"), None, str(tmp_path / "c"))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"220 hi\r\n")
+    proto.dataReceived(b"250-fake.remote\r\n250 PIPELINING\r\n")
+    assert transport.value().endswith(b"RCPT TO:<bob@remote.test>\r\nDATA\r\n")
+    transport.clear()
+    proto.dataReceived(b"250 2.1.0 ok\r\n354 go ahead\r\n250 2.1.5 ok\r\n")
+    assert transport.value() == b""  # no QUIT: the server reads message data now
+    assert transport.disconnected  # abortConnection: no "." will follow
+    assert reactor.getDelayedCalls() == []
+    assert not proto.done.called
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.recipients == () and outcome.session_error.status == "4.5.0"
+    assert outcome.phase == "RCPT"

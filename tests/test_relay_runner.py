@@ -20,7 +20,7 @@ from txmailhub.relay import schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.runner import QueueRunner
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
 ALICE = Address("alice", "example.org")
@@ -299,8 +299,6 @@ def test_flush_and_hold_release(hub):
 
 def test_each_result_is_logged_with_what_happens_next(hub):
     from twisted.logger import formatEvent, globalLogPublisher
-
-    from txmailhub.smtp.reply import LocalReply
 
     carol, dave = Address("carol", "remote.test"), Address("dave", "remote.test")
     timeout = LocalReply(451, "4.4.2", "timeout waiting for the reply to DATA")
@@ -1643,3 +1641,29 @@ def test_the_delay_warning_names_only_what_is_still_pending_after_an_early_recor
     entry = hub.queue.read(qid)
     assert entry.delay_warned and entry.recipient(BOB).attempts == 1
     assert [c[1] for c in hub.agent.calls].count("remote.test") == 1
+
+
+def test_a_protocol_error_mid_batch_keeps_the_message_queued_and_frees_the_slot_at_once(
+        tmp_path):
+    # The next hop answers the pipelined batch out of order, having taken
+    # DATA: the session is dropped at once (no QUIT read as message data,
+    # no minute waited for its reply), nothing is recorded as delivered,
+    # and the message waits for its retry with the hub's account of why.
+    from tests.test_relay_attempt import _MisbehavingBatch
+
+    hub = relay_hub(tmp_path)
+    hub.net.servers[("192.0.2.1", 25)] = _MisbehavingBatch
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    start = hub.clock.seconds()
+    hub.net.run()
+    entry = hub.queue.read(qid)
+    [bob] = entry.recipients
+    assert hub.clock.seconds() == start
+    assert bob.state == "pending" and bob.attempts == 1
+    assert isinstance(bob.last_reply, LocalReply)  # "hub:" in queue show
+    assert bob.last_reply.text().startswith("421 4.5.0 reply 354 makes no sense for RCPT")
+    assert entry.attempts == 1 and entry.next_attempt > start
+    [server] = hub.net.server_protocols
+    assert server.in_data and not server.messages and b"QUIT" not in server.buf
+    assert not hub.agent.connected(qid) and qid not in hub.runner._attempting  # slot free

@@ -39,6 +39,7 @@ from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
 
 __all__ = [
+    "QUIT_TIMEOUT",
     "TIMEOUTS",
     "refuses_parameters",
     "Close",
@@ -141,12 +142,19 @@ def refuses_parameters(reply: Reply) -> bool:
         return True
     return detail in AUTH_PARAM_STATUSES
 
-# RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes.
+# Seconds to wait for the reply to QUIT.  It is sent only when the
+# server is known to be reading commands, once the session's outcome is
+# known: its reply changes nothing, and waiting for it holds a delivery
+# slot, so the wait is short (a server that does not answer is cut).
+QUIT_TIMEOUT = 10
+
+# RFC 5321 4.5.3.2 (seconds); the commands it does not name get 5 minutes,
+# but QUIT (above).  DONE times a close that waits for the server (TLS).
 TIMEOUTS: dict[Phase, float] = {
     Phase.GREETING: 300, Phase.EHLO: 300, Phase.HELO: 300, Phase.STARTTLS: 300,
     Phase.TLS: 300, Phase.AUTH: 300, Phase.AUTH_USER: 300, Phase.AUTH_PASS: 300,
     Phase.MAIL: 300, Phase.RCPT: 300, Phase.DATA: 120, Phase.BODY: 180,
-    Phase.DATA_END: 600, Phase.QUIT: 60, Phase.DONE: 60,
+    Phase.DATA_END: 600, Phase.QUIT: QUIT_TIMEOUT, Phase.DONE: 60,
 }
 
 
@@ -331,7 +339,7 @@ class ClientSession:
             if not self._expect:
                 if self.phase is Phase.DONE:
                     continue
-                return actions + self._fail_session(
+                return actions + self._protocol_error(
                     _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"))
             phase = self._expect.popleft()
             self.replies_received += 1
@@ -339,7 +347,7 @@ class ClientSession:
                 # A code this step cannot have (a 250 to DATA, a 354 to RCPT
                 # or after the data, a 6yz): nothing it says can be trusted
                 # to mean "delivered" (RFC 5321 4.2.1, 4.3.2).
-                return actions + self._fail_session(_synthetic(
+                return actions + self._protocol_error(_synthetic(
                     421, "4.5.0", f"reply {reply.code} makes no sense for {phase.value}: "
                     f"{reply}"))
             actions += self._handlers[phase](reply)
@@ -351,7 +359,7 @@ class ClientSession:
             return self._fail_session(_synthetic(  # and no StartTLS
                 421, "4.5.0", "the server sent more after its reply to STARTTLS"))
         if self._parser.error is not None and self.phase is not Phase.DONE:
-            actions += self._fail_session(
+            actions += self._protocol_error(
                 _synthetic(421, "4.5.0", f"protocol error from the server: {self._parser.error}"))
         return actions
 
@@ -434,6 +442,25 @@ class ClientSession:
             self.phase = Phase.DONE
             return [Close()]
         return self._quit()
+
+    def _protocol_error(self, reply: Reply) -> list[Action]:
+        """The server said something this session cannot account for (a
+        reply out of order or malformed, one too many): its state is
+        unknown from here on.  Pipelined, it may have taken DATA with a 354
+        while we count a reply short: a QUIT would be message data to it,
+        never answered, and waiting out the QUIT step's timeout held the
+        delivery slot a minute for nothing.  So no QUIT and no wait: the
+        connection is dropped at once (without our final "." the server
+        throws the transaction away, RFC 5321 4.1.1.4), and the outcome --
+        a session error unless the results were already known -- is what
+        the caller gets."""
+        if self.outcome is None:
+            self._finish(session_error=reply)
+        self._expect.clear()
+        self.phase = Phase.DONE
+        # abort: a polite TLS close would wait for the server's close_notify,
+        # and a server reading message data does not send one
+        return [Close(abort=True)]
 
     def _fail_all(self, reply: Reply) -> list[Action]:
         for a, _ in self.recipients:
