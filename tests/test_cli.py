@@ -715,3 +715,15 @@ def test_a_password_given_as_an_argument_is_refused_with_the_way_to_give_it(
     assert "prompt" in err and "unrecognized" not in err
     code, out, _ = run(config, "user", "list")
     assert out == ("joe@example.org\n" if action == "passwd" else "")
+
+
+def test_check_reports_the_relay_time_budget(config: Path) -> None:
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    text = config.read_text()
+    config.write_text(text + '[relay]\nhosts_time_budget = "0s"\n')
+    code, _, err = run(config, "check")
+    assert code == 2 and f"{config}: [relay] hosts_time_budget: must be greater than 0" in err
+    config.write_text(text + '[relay]\nhosts_time_budget = "1m"\n')
+    code, out, err = run(config, "check")
+    assert code == 0 and out == f"{config}: ok\n"
+    assert err.startswith(f"warning: {config}: [relay] hosts_time_budget: 60s is under")

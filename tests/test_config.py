@@ -735,3 +735,24 @@ def test_retry_waits_under_a_minute_and_a_zero_queue_lifetime_are_warned_of() ->
     ]
     s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "1h"\n', "/c")
     assert not [w for w in s.warnings if "queue_lifetime" in w]
+
+
+def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
+    # a site with many slow MX hosts (or few delivery slots) may need
+    # another budget than 15 minutes: [relay] hosts_time_budget
+    assert load_text(MINIMAL, "/c").relay.hosts_time_budget == 15 * 60
+    s = load_text(MINIMAL + '[relay]\nhosts_time_budget = "30m"\n', "/c")
+    assert s.relay.hosts_time_budget == 1800 and not s.warnings
+    assert load_text(MINIMAL + "[relay]\nhosts_time_budget = 600\n", "/c").relay \
+        .hosts_time_budget == 600
+    for bad, shown in (('"0s"', "'0s'"), ("0", "0")):  # one host at most: a typo
+        assert problems(MINIMAL + f"[relay]\nhosts_time_budget = {bad}\n", "/c") == [
+            f"/c: [relay] hosts_time_budget: must be greater than 0, got {shown}"]
+    [found] = problems(MINIMAL + '[relay]\nhosts_time_budget = "5x"\n', "/c")
+    assert found.startswith("/c: [relay] hosts_time_budget: ")
+    s = load_text(MINIMAL + '[relay]\nhosts_time_budget = "2m"\n', "/c")
+    assert s.relay.hosts_time_budget == 120
+    assert s.warnings == (
+        "/c: [relay] hosts_time_budget: 120s is under the 5 minutes one silent host may "
+        "take (RFC 5321 4.5.3.2): after such a host, an attempt tries no other (the "
+        "default is 15m)",)

@@ -1222,6 +1222,21 @@ def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
     assert not a.mx.health.is_failed(names[tried])  # never tried: not failed
 
 
+def test_the_time_budget_is_the_configured_one(tmp_path):
+    # [relay] hosts_time_budget: ten minutes are two silent hosts' greetings
+    a, net, clock = agent(tmp_path, relay='hosts_time_budget = "10m"')
+    names = use_mx_hosts(a, clock, "silent.test", 10, first_address=100)
+    for i in range(10):
+        net.servers[(f"192.0.2.{100 + i}", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    who = Address("x", "silent.test")
+    d = a.deliver(entry(tmp_path, who), "silent.test", [who])
+    spent = advance_until_done(net, clock, d, step=60)
+    [r] = run(net, d)
+    assert r.kind == "transient" and spent <= 600 + 300
+    assert len(net.connections) == 2
+    assert not a.mx.health.is_failed(names[2])  # never tried
+
+
 def test_a_refusal_just_before_the_time_budget_runs_out_bounces_nothing(tmp_path):
     # When the budget stops the attempt, the hosts left were never asked:
     # the last host's own 5xx (a 521 to EHLO, RFC 7504: it takes no mail)

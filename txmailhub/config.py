@@ -180,6 +180,9 @@ class RelaySettings:
     max_per_destination: int = 10
     max_concurrent_deliveries: int = 50
     require_tls_after_seen: bool = False  # refuse a downgrade instead of logging it
+    # what one attempt may spend on a destination's hosts before it starts
+    # no further one (a session under way is not cut)
+    hosts_time_budget: int = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,13 @@ def _min_password_length(v: Any) -> int:
 
 def _duration(v: Any) -> int:
     return parse_duration(v)
+
+
+def _positive_duration(v: Any) -> int:
+    n = parse_duration(v)
+    if n <= 0:
+        raise ValueError(f"must be greater than 0, got {v!r}")
+    return n
 
 
 def _tname(v: Any) -> str:
@@ -1005,7 +1015,7 @@ def load_text(text: str, path: str) -> Settings:
         {
             "port", "nameservers", "smarthost", "smarthost_tls", "smarthost_auth_file",
             "queue_lifetime", "delay_warning", "retry_schedule", "max_per_destination",
-            "max_concurrent_deliveries", "require_tls_after_seen",
+            "max_concurrent_deliveries", "require_tls_after_seen", "hosts_time_budget",
         },
     )
     auth_file = r.get(t, "relay", "smarthost_auth_file", "", _string)
@@ -1031,6 +1041,9 @@ def load_text(text: str, path: str) -> Settings:
         require_tls_after_seen=r.get(
             t, "relay", "require_tls_after_seen", d4.require_tls_after_seen, _bool
         ),
+        hosts_time_budget=r.get(
+            t, "relay", "hosts_time_budget", d4.hosts_time_budget, _positive_duration
+        ),
     )
     if auth_file and not relay.smarthost:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
@@ -1039,6 +1052,12 @@ def load_text(text: str, path: str) -> Settings:
         warnings.append(
             f"{path}: [relay] retry_schedule: a wait of {short[0]}s is under a minute; "
             "RFC 5321 4.5.4.1 asks for retries spaced well apart (the default starts at 1m)"
+        )
+    if "hosts_time_budget" in t and 0 < relay.hosts_time_budget < 300:
+        warnings.append(
+            f"{path}: [relay] hosts_time_budget: {relay.hosts_time_budget}s is under the "
+            "5 minutes one silent host may take (RFC 5321 4.5.3.2): after such a host, an "
+            "attempt tries no other (the default is 15m)"
         )
     if "queue_lifetime" in t and relay.queue_lifetime == 0:
         warnings.append(

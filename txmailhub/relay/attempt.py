@@ -51,6 +51,7 @@ from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain
+from txmailhub.config import RelaySettings
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
@@ -84,8 +85,9 @@ MAX_ADDRESSES_PER_ATTEMPT = 10
 # Seconds an attempt may spend on one destination's hosts before it starts
 # no further one: each may take the RFC 5321 timeouts (5 minutes for a
 # greeting that never comes), and ten silent hosts held a delivery slot
-# for 50 minutes.  A session under way is not cut.
-HOSTS_TIME_BUDGET = 900
+# for 50 minutes.  A session under way is not cut.  The default of
+# ``[relay] hosts_time_budget``, which the agent follows.
+HOSTS_TIME_BUDGET = RelaySettings.hosts_time_budget
 
 
 @dataclass(frozen=True)
@@ -587,10 +589,11 @@ class DeliveryAgent:
             for address in mxhost.addresses:
                 if tried >= MAX_ADDRESSES_PER_ATTEMPT:
                     break
-                if tried and self.clock.seconds() - started >= HOSTS_TIME_BUDGET:
+                budget = self.relay.hosts_time_budget
+                if tried and self.clock.seconds() - started >= budget:
                     log.info("{queue_id}: {destination}: {budget} seconds spent on its hosts; "
                              "the others wait for the next retry", queue_id=entry.id,
-                             destination=destination, budget=HOSTS_TIME_BUDGET)
+                             destination=destination, budget=budget)
                     out_of_time = True
                     break
                 tried += 1
