@@ -1243,3 +1243,21 @@ def test_a_non_ascii_orcpt_of_a_type_other_than_utf8_is_left_out(smtputf8):
     s.receive(b"220 hi\r\n")
     lines = sent(s.receive(EHLO_FULL)).split(b"\r\n")
     assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE"
+
+
+EHLO_PIPELINING = b"250-mx.remote.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
+
+
+@pytest.mark.parametrize("after", [b"25O what\r\n", b"250 one too many\r\n"])
+def test_a_protocol_error_undoes_what_the_same_read_asked_for(after):
+    # the batch's replies and, in the same read, a malformed line or a reply
+    # nobody asked for: the server's stream cannot be trusted, so neither
+    # the message data its 354 asked for nor a QUIT goes -- the connection
+    # is dropped and the transaction, without its ".", thrown away
+    s = session()
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_PIPELINING)).endswith(b"DATA\r\n")
+    actions = s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n" + after)
+    assert actions == [Close(abort=True)]
+    assert s.outcome.recipients == () and s.outcome.session_error.status == "4.5.0"
+    assert s.phase is Phase.DONE

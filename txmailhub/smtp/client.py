@@ -339,7 +339,7 @@ class ClientSession:
             if not self._expect:
                 if self.phase is Phase.DONE:
                     continue
-                return actions + self._protocol_error(
+                return self._protocol_error(
                     _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"))
             phase = self._expect.popleft()
             self.replies_received += 1
@@ -347,7 +347,7 @@ class ClientSession:
                 # A code this step cannot have (a 250 to DATA, a 354 to RCPT
                 # or after the data, a 6yz): nothing it says can be trusted
                 # to mean "delivered" (RFC 5321 4.2.1, 4.3.2).
-                return actions + self._protocol_error(_synthetic(
+                return self._protocol_error(_synthetic(
                     421, "4.5.0", f"reply {reply.code} makes no sense for {phase.value}: "
                     f"{reply}"))
             actions += self._handlers[phase](reply)
@@ -359,7 +359,7 @@ class ClientSession:
             return self._fail_session(_synthetic(  # and no StartTLS
                 421, "4.5.0", "the server sent more after its reply to STARTTLS"))
         if self._parser.error is not None and self.phase is not Phase.DONE:
-            actions += self._protocol_error(
+            return self._protocol_error(
                 _synthetic(421, "4.5.0", f"protocol error from the server: {self._parser.error}"))
         return actions
 
@@ -453,7 +453,9 @@ class ClientSession:
         connection is dropped at once (without our final "." the server
         throws the transaction away, RFC 5321 4.1.1.4), and the outcome --
         a session error unless the results were already known -- is what
-        the caller gets."""
+        the caller gets.  What the replies before it in the same read
+        asked for (the next command, the message data) is not done: the
+        callers return this alone."""
         if self.outcome is None:
             self._finish(session_error=reply)
         self._expect.clear()
