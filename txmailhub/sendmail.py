@@ -5,7 +5,8 @@ send-email``, mutt) expect, handing each message to the running hub.
 Owns the sendmail option syntax (with the ``-bp`` and ``-bi`` modes of
 ``mailq`` and ``newaliases``), the header fields a local submission needs
 (Bcc removed; Date, Message-ID and From added when missing: the hub's MX
-listener adds none for a ``relay_networks`` client, docs/smtp.rst; a
+listener adds none for a ``relay_networks`` client, docs/smtp.rst; bare
+names in the address fields qualified, ``txmailhub.sendmail_headers``; a
 Received field naming the local user on top) and the command's exit
 codes.  ``txmailhub.sendmail_input`` owns reading standard input (the
 lone-dot rule, line ends, the body spooled, never held whole);
@@ -32,13 +33,14 @@ import os
 import pwd
 import smtplib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
-from txmailhub.address import AddressError, ascii_form, parse_address
+from txmailhub.address import Address, AddressError, ascii_form, parse_address
 from txmailhub.config import LocalSubmission, load_local_submission
 from txmailhub.errors import ConfigError, RemoteProtocolError
+from txmailhub.sendmail_headers import ADDRESS_FIELDS, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, read_message
 from txmailhub.sendmail_smtp import (
     EX_CONFIG,
@@ -222,6 +224,18 @@ def _envelope_form(text: str, primary_domain: str) -> str:
     return ascii_form(address) or str(address)  # an IDN domain as A-labels when it can
 
 
+def _header_domain(primary_domain: str) -> Callable[[str], str]:
+    """The domain a bare local part in a header field gets: the one a bare
+    envelope name gets (``_envelope_form``), so that ``To: joe`` and the
+    recipient ``joe`` stay one address -- an internationalized domain as
+    its A-labels beside an ASCII local part, as written beside a UTF-8
+    one (which needs SMTPUTF8 anyway)."""
+    domain = parse_address("postmaster", primary_domain).domain
+    ascii = ascii_form(Address("postmaster", domain))
+    ascii_domain = ascii.rpartition("@")[2] if ascii else domain
+    return lambda local: ascii_domain if local.isascii() else domain
+
+
 def _own_address(login_name: str, primary_domain: str) -> str | None:
     """``login@<primary domain>`` as the hub takes it after MAIL FROM (the
     login a Dot-string local part, RFC 5321 4.1.2, UTF-8 by RFC 6531), or
@@ -317,9 +331,11 @@ def prepare(
     """The envelope and the message to send: recipients from the
     arguments, and with ``-t`` from To, Cc and Bcc (Resent-To, -Cc, -Bcc
     instead when the message has any); Bcc and Resent-Bcc fields removed
-    (RFC 5322 3.6.3: the other recipients must not see them); a missing
-    From (from ``-F`` and the sender), Date and Message-ID added, and a
-    Received field on top naming the user (``trace_field``).
+    (RFC 5322 3.6.3: the other recipients must not see them); bare names
+    in the address fields qualified with the domain the envelope gives
+    them (``qualify_field``: ``To: joe`` says what the envelope does); a
+    missing From (from ``-F`` and the sender), Date and Message-ID added,
+    and a Received field on top naming the user (``trace_field``).
 
     The default envelope sender is ``login@<primary domain>``, as Postfix
     does (``user@$myorigin``): bounces then reach the user who sent.
@@ -349,7 +365,9 @@ def prepare(
                   .replace("\r\n", "") for name, text in fields if name in kinds]
         recipients += _addresses(values, settings.primary_domain)
     unique = tuple(dict.fromkeys(recipients))
-    kept = [text for name, text in fields if name not in (b"bcc", b"resent-bcc")]
+    domain = _header_domain(settings.primary_domain)
+    kept = [qualify_field(text, domain) if name in ADDRESS_FIELDS else text
+            for name, text in fields if name not in (b"bcc", b"resent-bcc")]
     added = []
     if b"from" not in names:
         mailbox = sender or _required(own, login_name, null_sender=True)

@@ -252,3 +252,23 @@ def test_mailq_and_newaliases_by_name(make_hub, tmp_path: Path):
     assert listed.returncode == 0
     r = sendmail(hub.config_path, "-bp", message=b"")
     assert (r.returncode, r.stdout) == (0, listed.stdout), r
+
+
+def test_bare_names_in_the_header_arrive_qualified_as_the_envelope_reads_them(
+        make_hub, tmp_path: Path):
+    """``mail -s hi bob`` (and cron) write bare names in To, Cc and From:
+    they arrive as the addresses the envelope made of them, every other
+    field as it was written."""
+    hub = unix_hub(make_hub, tmp_path)
+    message = (b"From: root\nTo: bob\nCc: team: Alice <alice>;\nSubject: To: bob\n"
+               b"X-Note: alice\n\nTo: bob\n")
+    r = sendmail(hub.config_path, "-t", "-oi", message=message)
+    assert r.returncode == 0, r.stderr
+    for rcpt in ("bob@example.org", "alice@example.org"):
+        (data,) = hub.messages(rcpt)
+        head, body = data.split(b"\n\n", 1)
+        assert (b"\nFrom: root@example.org\nTo: bob@example.org\n"
+                b"Cc: team: Alice <alice@example.org>;\nSubject: To: bob\n"
+                b"X-Note: alice\n") in head, head
+        assert body == b"To: bob\n"
+

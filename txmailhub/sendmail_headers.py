@@ -1,0 +1,250 @@
+"""Bare names in the address header fields of a local submission, made
+full addresses: ``To: joe`` becomes ``To: joe@example.org``.
+
+Programs that hand mail to ``sendmail`` (``mail -s hi joe``, cron's
+``From: root``) write the names of local users, as they were on a host
+whose mail never left it.  The envelope already reads such a name as
+``name@<primary domain>``; the header fields must say the same, or a
+recipient elsewhere sees (and answers) an address that means nothing
+to its own host.  sendmail and Postfix qualify them for local
+submissions the same way.
+
+Owns only that rewrite, one field at a time: an RFC 5322 address list
+(or group) read as tokens, ``@domain`` inserted after each bare local
+part, the rest of the field left byte for byte.  When the field cannot
+be read with certainty (a bare CR, an unbalanced quote, a phrase with
+no address, octets that are not UTF-8), it is left exactly as it came:
+a field the command does not understand is the writer's to answer for,
+but one the command mangled would be the command's fault.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import NamedTuple
+
+__all__ = ["ADDRESS_FIELDS", "MAX_LINE", "qualify_field"]
+
+#: the header fields whose bare local parts are qualified (lower case):
+#: RFC 5322 3.6.2, 3.6.3 and 3.6.6, and the two that name where a receipt
+#: goes (RFC 8098's Disposition-Notification-To, the older Return-Receipt-To)
+ADDRESS_FIELDS = frozenset({
+    b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
+    b"resent-from", b"resent-sender", b"resent-to", b"resent-cc", b"resent-bcc",
+    b"return-receipt-to", b"disposition-notification-to",
+})
+#: octets of a line before its CRLF (RFC 5322 2.1.1)
+MAX_LINE = 998
+
+_ATEXT_ASCII = frozenset("!#$%&'*+-/=?^_`{|}~")
+_SPECIALS = frozenset("<>,:;@.")
+_WORDS = ("atom", "quoted")
+
+
+class _Doubt(Exception):
+    """The field is not an address list this module can read with certainty."""
+
+
+class _Token(NamedTuple):
+    kind: str  # "atom", "quoted", "literal", or the special character itself
+    start: int
+    end: int
+
+
+def _atext(c: str) -> bool:
+    if c.isascii():
+        return c.isalnum() or c in _ATEXT_ASCII
+    # RFC 6532 3.2: UTF8-non-ascii (no C1 control, no line separator)
+    return not "\x80" <= c <= "\x9f" and c not in "\u2028\u2029"
+
+
+def _closing(text: str, i: int, close: str) -> int:
+    """The index past the quoted string or domain literal opened at ``i``."""
+    n = len(text)
+    i += 1
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == close:
+            return i + 1
+        if c == "\r" and text[i + 1:i + 2] != "\n":
+            raise _Doubt
+        i += 1
+    raise _Doubt
+
+
+def _comment_end(text: str, i: int) -> int:
+    depth, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise _Doubt
+
+
+def _tokens(text: str) -> list[_Token]:
+    """The significant tokens of a field's value (white space, folds and
+    comments are skipped: they stay in the text as they are)."""
+    found: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            i += 1
+        elif c == "\r":
+            if text[i + 1:i + 3] not in ("\n ", "\n\t"):
+                raise _Doubt  # only a fold may hold a line end
+            i += 2
+        elif c == "(":
+            i = _comment_end(text, i)
+        elif c == '"':
+            end = _closing(text, i, '"')
+            found.append(_Token("quoted", i, end))
+            i = end
+        elif c == "[":
+            end = _closing(text, i, "]")
+            found.append(_Token("literal", i, end))
+            i = end
+        elif c in _SPECIALS:
+            found.append(_Token(c, i, i + 1))
+            i += 1
+        elif _atext(c):
+            start = i
+            while i < n and _atext(text[i]):
+                i += 1
+            found.append(_Token("atom", start, i))
+        else:
+            raise _Doubt  # a backslash, a stray ")" or "]", a control character
+    return found
+
+
+def _bare_local_part(tokens: list[_Token]) -> _Token | None:
+    """The local part ``tokens`` are when they are one with no domain (a
+    dot-atom or a quoted string, written without space inside), None when
+    they hold an ``@`` (qualified already, or a route) or nothing (``<>``,
+    an empty list element); raise ``_Doubt`` for anything else."""
+    if not tokens or any(t.kind == "@" for t in tokens):
+        return None
+    kinds = [t.kind for t in tokens]
+    if kinds != ["quoted"]:
+        if kinds[::2] != ["atom"] * len(kinds[::2]) or kinds[1::2] != ["."] * len(kinds[1::2]) \
+                or kinds[-1] != "atom":
+            raise _Doubt  # a phrase without an address ("Joe Bloggs"), "a..b", "a."
+        if any(a.end != b.start for a, b in itertools.pairwise(tokens)):
+            raise _Doubt  # "joe . smith": obsolete syntax, better left alone
+    return _Token("local", tokens[0].start, tokens[-1].end)
+
+
+def _mailbox(tokens: list[_Token]) -> _Token | None:
+    """The bare local part of one mailbox (``joe``, ``Joe <joe>``), or None."""
+    opening = [i for i, t in enumerate(tokens) if t.kind == "<"]
+    if not opening:
+        return _bare_local_part(tokens)
+    i = opening[0]
+    if len(opening) > 1 or tokens[-1].kind != ">" or [t.kind for t in tokens].count(">") != 1:
+        raise _Doubt
+    if any(t.kind not in (*_WORDS, ".") for t in tokens[:i]):
+        raise _Doubt  # a display name is words (and the dots of obs-phrase)
+    return _bare_local_part(tokens[i + 1:-1])
+
+
+def _bare_local_parts(text: str) -> list[_Token]:
+    """Each bare local part in an address list (groups included)."""
+    found: list[_Token] = []
+    segment: list[_Token] = []
+    in_angle = in_group = group_ended = False
+
+    def mailbox() -> None:
+        local = _mailbox(segment)
+        if local is not None:
+            found.append(local)
+        segment.clear()
+
+    for token in _tokens(text):
+        if group_ended and token.kind != ",":
+            raise _Doubt  # "team: a; b": a group ends a list element
+        group_ended = False
+        if in_angle:
+            segment.append(token)
+            in_angle = token.kind != ">"
+        elif token.kind == ",":
+            mailbox()
+        elif token.kind == ":":
+            if in_group or not segment or any(t.kind not in (*_WORDS, ".") for t in segment):
+                raise _Doubt
+            segment.clear()
+            in_group = True
+        elif token.kind == ";":
+            if not in_group:
+                raise _Doubt
+            mailbox()
+            in_group, group_ended = False, True
+        else:
+            if token.kind == ">":
+                raise _Doubt
+            segment.append(token)
+            in_angle = token.kind == "<"
+    if in_angle or in_group:
+        raise _Doubt  # "<joe", "team: ann, bob" with no ";"
+    mailbox()
+    return found
+
+
+def _folded(line: bytes) -> list[bytes] | None:
+    """``line`` as lines of at most ``MAX_LINE`` octets, each cut made
+    before white space it has (RFC 5322 2.2.3: unfolding gives it back)
+    and no line left blank; None when it has too little white space."""
+    pieces = []
+    while len(line) > MAX_LINE:
+        cut = max(line.rfind(b" ", 1, MAX_LINE + 1), line.rfind(b"\t", 1, MAX_LINE + 1))
+        while cut > 0 and not (line[:cut].strip() and line[cut:].strip()):
+            cut = max(line.rfind(b" ", 1, cut), line.rfind(b"\t", 1, cut))
+        if cut <= 0:
+            return None
+        pieces.append(line[:cut])
+        line = line[cut:]
+    return [*pieces, line]
+
+
+def qualify_field(field: bytes, domain: Callable[[str], str]) -> bytes:
+    """``field`` (its name, its CRLF lines) with ``@`` and ``domain(local)``
+    after each bare local part of its address list; as it was when it has
+    none, or cannot be read with certainty.
+
+    Only the lines that gain a domain change: a line that grows past
+    ``MAX_LINE`` octets is folded before its white space, and when it
+    has too little, the field is left as it was."""
+    try:
+        text = field.decode("utf-8")
+    except UnicodeDecodeError:
+        return field
+    name, colon, value = text.partition(":")
+    if not colon or not value.endswith("\r\n"):
+        return field
+    value = value[:-2]
+    try:
+        locals_ = _bare_local_parts(value)
+    except _Doubt:
+        return field
+    if not locals_:
+        return field
+    for local in reversed(locals_):
+        value = value[:local.end] + "@" + domain(value[local.start:local.end]) + value[local.end:]
+    lines = []
+    for line in f"{name}:{value}".encode().split(b"\r\n"):
+        pieces = _folded(line)
+        if pieces is None:
+            return field
+        lines.extend(pieces)
+    return b"\r\n".join(lines) + b"\r\n"
