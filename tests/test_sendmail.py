@@ -525,12 +525,20 @@ def test_the_uid_is_the_real_one_by_default(monkeypatch: pytest.MonkeyPatch) -> 
     assert b"from userid 4321 joe)" in p.header.split(b"\r\n")[0]
 
 
-# --- a login name that is no local part ------------------------------------------
+# --- a login name that is no Dot-string ------------------------------------------
 
 # logins some systems allow (useradd --badname, directory services) that no
-# unquoted local part has; and one that would name another domain
-ODD_LOGINS = ["joe smith", "a(b)\\c", "joe\udcf6", "ann@evil.example", '"q"', "<joe>",
-              "joe.", ""]
+# unquoted local part has -- a Quoted-string holds them (RFC 5321 4.1.2) --
+# and the ones no local part can hold: not UTF-8, empty, a control character
+QUOTED_LOGINS = {"joe smith": '"joe smith"@example.org',
+                 "a(b)\\c": '"a(b)\\\\c"@example.org',
+                 "ann@evil.example": '"ann@evil.example"@example.org',
+                 '"q"': '"\\"q\\""@example.org',
+                 "<joe>": '"<joe>"@example.org',
+                 "joe.": '"joe."@example.org',
+                 "j\u00f6rg smith": '"j\u00f6rg smith"@example.org'}
+UNUSABLE_LOGINS = ["joe\udcf6", "", "joe\tsmith", "a\x7fb", "a\x85b"]
+ODD_LOGINS = [*QUOTED_LOGINS, *UNUSABLE_LOGINS]
 
 
 @pytest.mark.parametrize("login", ODD_LOGINS)
@@ -544,8 +552,34 @@ def test_with_f_an_odd_login_only_names_the_user_in_the_trace(login: str) -> Non
     assert hub_verdict(sent(p)) is None
 
 
-@pytest.mark.parametrize("login", ODD_LOGINS)
-def test_an_odd_login_cannot_be_the_default_sender(login: str) -> None:
+@pytest.mark.parametrize(("login", "sender"), QUOTED_LOGINS.items())
+def test_a_login_that_is_no_dot_string_is_quoted_as_the_default_sender(
+        login: str, sender: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import email.policy
+
+    from txmailhub.smtp._parse import parse_mail
+
+    monkeypatch.delenv("NAME", raising=False)
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",)),
+             login=(login, "Joe Bloggs"))
+    assert p.sender == sender
+    # the hub reads it back as the same address (a UTF-8 one under SMTPUTF8)
+    utf8 = "" if sender.isascii() else " SMTPUTF8"
+    assert str(parse_mail(f"FROM:<{sender}>{utf8}", "example.org")[0]) == sender
+    # and the From field added names it, as a mail reader reads it
+    (line,) = field(untraced(p), b"From")
+    assert line.endswith(f"<{sender}>".encode())
+    (read,) = email.policy.default.header_factory("From", line[6:].decode()).addresses
+    assert (read.username, read.domain) == (login, "example.org")
+    assert hub_verdict(sent(p)) is None
+    # a null sender's message without a From gets the same address there
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), sender=""),
+             login=(login, ""))
+    assert p.sender == "" and field(untraced(p), b"From") == [f"From: {sender}".encode()]
+
+
+@pytest.mark.parametrize("login", UNUSABLE_LOGINS)
+def test_a_login_no_local_part_can_hold_cannot_be_the_default_sender(login: str) -> None:
     with pytest.raises(LoginNotAddress, match="-f ADDRESS"):
         prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",)),
              login=(login, ""))
@@ -572,20 +606,20 @@ def test_a_null_sender_s_odd_login_is_told_to_add_a_from_field() -> None:
     # sender's, so "give -f ADDRESS" would send the user the wrong way
     with pytest.raises(LoginNotAddress) as raised:
         prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), sender=""),
-             login=("joe smith", ""))
+             login=("joe\tsmith", ""))
     said = str(raised.value)
     assert "From field" in said and "-f ADDRESS" not in said
 
 
-def test_an_odd_login_without_f_exits_67_before_connecting(
+def test_an_unusable_login_without_f_exits_67_before_connecting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
-    monkeypatch.setattr("txmailhub.sendmail._login", lambda: ("joe smith", ""))
+    monkeypatch.setattr("txmailhub.sendmail._login", lambda: ("joe\tsmith", ""))
     err = io.StringIO()
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
     said = err.getvalue()
-    assert "'joe smith'" in said and "-f ADDRESS" in said and "NOT sent" in said
+    assert "'joe\\tsmith'" in said and "-f ADDRESS" in said and "NOT sent" in said
     assert "Connection refused" not in said
 
 

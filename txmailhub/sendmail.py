@@ -84,7 +84,8 @@ class UsageError(Exception):
 
 class LoginNotAddress(AddressError):
     """The login name would be the sender's address (no ``-f``, or a null
-    sender and no From field) and is no local part the hub takes (exit 67,
+    sender and no From field) and no local part can hold it, not even
+    quoted: empty, a control character, not UTF-8 (exit 67,
     EX_NOUSER: no mailbox by that name can exist, which ``-f`` works
     around; the message itself is fine, so not 65)."""
 
@@ -237,19 +238,37 @@ def _header_domain(primary_domain: str) -> Callable[[str], str]:
 
 
 def _own_address(login_name: str, primary_domain: str) -> str | None:
-    """``login@<primary domain>`` as the hub takes it after MAIL FROM (the
-    login a Dot-string local part, RFC 5321 4.1.2, UTF-8 by RFC 6531), or
-    None.  Not ``_envelope_form``: a login is one local part, never an
-    address of its own (``a@b`` would name another domain, ``<joe>`` joe),
-    and some systems allow logins with a space or other characters no
-    unquoted local part has."""
-    if "@" in login_name or login_name.startswith('"'):
-        return None
+    """``login@<primary domain>`` as the hub takes it after MAIL FROM, or
+    None when no local part can be the login.
+
+    A login that is a Dot-string (RFC 5321 4.1.2, UTF-8 by RFC 6531) is
+    the local part as it is; any other is one as a Quoted-string --
+    ``"joe smith"@example.org``, ``"ann@home"@example.org`` -- as
+    RFC 5321 4.1.2 provides for: the sender then names that user, where
+    a refusal would leave a cron job's mail with nobody.  Not
+    ``_envelope_form``: a login is one local part, never an address of
+    its own (``a@b`` would name another domain, ``<joe>`` joe, ``"q"``
+    the user q).  None only for what no local part can hold: an empty
+    login, a control character (RFC 5321 4.1.2 forbids them in a
+    mailbox name, quoted or not), octets that are not UTF-8."""
     try:
         login_name.encode("utf-8")  # a login in another encoding: surrogates
-        address = parse_mailbox(login_name, primary_domain, utf8=True)
-    except (UnicodeEncodeError, RemoteProtocolError):
+    except UnicodeEncodeError:
         return None
+    if not login_name:
+        return None
+    address = None
+    if "@" not in login_name and not login_name.startswith('"'):
+        try:
+            address = parse_mailbox(login_name, primary_domain, utf8=True)
+        except RemoteProtocolError:
+            pass  # no Dot-string: quoted below
+    if address is None:
+        quoted = '"' + login_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        try:
+            address = parse_mailbox(quoted, primary_domain, utf8=True)
+        except RemoteProtocolError:
+            return None  # a control character
     return ascii_form(address) or str(address)
 
 
@@ -292,13 +311,13 @@ def _required(own: str | None, login_name: str, null_sender: bool = False) -> st
     the message's own From avoids, not ``-f``."""
     if own is None:
         if null_sender:
-            raise LoginNotAddress(f"the login name {login_name!r} is no mail address local "
-                                  "part, and would be the address of the From field added "
-                                  "to a message with a null sender: give the message a From "
-                                  "field")
-        raise LoginNotAddress(f"the login name {login_name!r} is no mail "
-                              "address local part, and would be the sender's address: give "
-                              "the sender with -f ADDRESS")
+            raise LoginNotAddress(f"the login name {login_name!r} can be no mail address "
+                                  "local part, not even quoted, and would be the address of "
+                                  "the From field added to a message with a null sender: "
+                                  "give the message a From field")
+        raise LoginNotAddress(f"the login name {login_name!r} can be no mail address "
+                              "local part, not even quoted, and would be the sender's "
+                              "address: give the sender with -f ADDRESS")
     return own
 
 
@@ -340,9 +359,10 @@ def prepare(
     The default envelope sender is ``login@<primary domain>``, as Postfix
     does (``user@$myorigin``): bounces then reach the user who sent.
     Only then (or for the From of a null sender's message without one)
-    is the login name read as an address, and ``LoginNotAddress`` raised
-    when it is none; with ``-f`` it only names the user in the Received
-    field."""
+    is the login name read as an address -- quoted when it is no
+    Dot-string (``_own_address``) -- and ``LoginNotAddress`` raised when
+    no local part can hold it; with ``-f`` it only names the user in the
+    Received field."""
     login_name, gecos = login or _login()
     own = _own_address(login_name, settings.primary_domain)
     if options.sender is None:

@@ -272,3 +272,22 @@ def test_bare_names_in_the_header_arrive_qualified_as_the_envelope_reads_them(
                 b"X-Note: alice\n") in head, head
         assert body == b"To: bob\n"
 
+
+def test_a_login_with_a_space_sends_from_its_quoted_local_part(
+        make_hub, tmp_path: Path, monkeypatch):
+    """A login no unquoted local part can hold is the sender as a
+    Quoted-string (RFC 5321 4.1.2), which the hub takes."""
+    import io
+
+    from txmailhub import sendmail as command
+
+    hub = unix_hub(make_hub, tmp_path)
+    monkeypatch.setattr(command, "_login", lambda: ("joe smith", "Joe Smith"))
+    monkeypatch.delenv("NAME", raising=False)
+    err = io.StringIO()
+    status = command.run(["bob"], str(hub.config_path), "sendmail",
+                         io.BytesIO(b"Subject: odd login\n\nbody\n"), err)
+    assert status == 0, err.getvalue()
+    (data,) = hub.messages("bob@example.org")
+    assert parsed(data)["From"] == 'Joe Smith <"joe smith"@example.org>'
+    assert 'from <"joe smith"@example.org> to bob@example.org' in hub.log_text()
