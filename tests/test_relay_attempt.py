@@ -1472,3 +1472,37 @@ def test_after_a_protocol_error_the_client_writes_nothing_and_waits_for_nothing(
     outcome = proto.done.result
     assert outcome.recipients == () and outcome.session_error.status == "4.5.0"
     assert outcome.phase == "RCPT"
+
+
+def test_a_protocol_error_after_the_reply_to_the_final_dot_leaves_the_delivery(tmp_path):
+    # 250 to the "." and a malformed line in the same read: the connection
+    # is dropped (no QUIT into a stream nobody can read), no timer is left,
+    # and the outcome the attempt gets once it is gone is the delivery
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    message = tmp_path / "m"
+    message.write_bytes(b"Subject: hi\n\nbody\n")
+    reactor = MemoryReactorClock()
+    session = ClientSession(helo="hub.test", sender=ALICE, recipients=[(BOB, None)], size=10,
+                            tls="none")
+    proto = SMTPClientProtocol(session, reactor, str(message), None, str(tmp_path / "c"))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"220 hi\r\n")
+    proto.dataReceived(b"250-fake.remote\r\n250 PIPELINING\r\n")
+    proto.dataReceived(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n")
+    while transport.producer is not None:  # the message, pulled as the reactor would
+        transport.producer.resumeProducing()
+    assert transport.value().endswith(b"body\r\n.\r\n")
+    transport.clear()
+    proto.dataReceived(b"250 2.0.0 queued\r\n25O what\r\n")
+    assert transport.value() == b""
+    assert transport.disconnected
+    assert reactor.getDelayedCalls() == []
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.session_error is None
+    assert [(r.address, r.kind) for r in outcome.recipients] == [(BOB, "delivered")]

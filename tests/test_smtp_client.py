@@ -1261,3 +1261,26 @@ def test_a_protocol_error_undoes_what_the_same_read_asked_for(after):
     assert actions == [Close(abort=True)]
     assert s.outcome.recipients == () and s.outcome.session_error.status == "4.5.0"
     assert s.phase is Phase.DONE
+
+
+@pytest.mark.parametrize("after", [b"25O what\r\n", b"250 one too many\r\n250 more\r\n",
+                                   b"999 nonsense\r\n"])
+def test_what_follows_the_reply_to_the_final_dot_cannot_undo_the_delivery(after):
+    # The server took the message (250 to the "."): whatever comes after it
+    # in the same read -- a malformed line, replies nobody asked for --
+    # ends the session, but the delivery stands (a retry would send the
+    # message twice) and nothing more is written but what ends the session
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_PIPELINING)
+    assert s.receive(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n") == [
+        SendBody(convert_7bit=False)]
+    s.body_sent()
+    actions = s.receive(b"250 2.0.0 queued\r\n" + after)
+    assert actions and isinstance(actions[-1], Close)
+    assert sent(actions) in (b"", b"QUIT\r\n")
+    assert s.phase is Phase.DONE
+    out = s.outcome
+    assert out.session_error is None
+    assert [(r.address, r.kind, r.reply.code) for r in out.recipients] == [
+        (BOB, "delivered", 250), (CAROL, "delivered", 250)]
