@@ -167,7 +167,9 @@ def test_durations(value: str | int, seconds: int) -> None:
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["5x", "m", "", "-1s", "1.5h", True, 1.5, -3])
+@pytest.mark.parametrize("value", ["5x", "m", "", "-1s", "1.5h", True, 1.5, -3,
+                                   # other scripts' digits, a newline, a no-break space
+                                   "\u0661\u0665m", "15m\n", "\u00a015m"])
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)  # type: ignore[arg-type]

@@ -67,7 +67,10 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("MAILHUB_CONFIG") or SYSTEM_CONFIG
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+
+# ASCII digits and blanks only: Python's \d takes any script's digits
+# (Arabic-Indic "15m" would be 15 minutes), and $ a trailing newline
+_DURATION = re.compile(r"[ \t]*([0-9]+)[ \t]*([smhd]?)[ \t]*\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 SERVER_ENDPOINT_TYPES = ("tcp", "tcp6", "unix")
 
