@@ -20,8 +20,10 @@ but one the command mangled would be the command's fault.
 
 from __future__ import annotations
 
+import io
 import itertools
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 __all__ = ["ADDRESS_FIELDS", "MAX_LINE", "qualify_field"]
@@ -93,10 +95,11 @@ def _comment_end(text: str, i: int) -> int:
     raise _Doubt
 
 
-def _tokens(text: str) -> list[_Token]:
+def _tokens(text: str) -> Iterator[_Token]:
     """The significant tokens of a field's value (white space, folds and
-    comments are skipped: they stay in the text as they are)."""
-    found: list[_Token] = []
+    comments are skipped: they stay in the text as they are), one at a
+    time: a field can be megabytes, and its tokens held at once dozens
+    of times that."""
     i, n = 0, len(text)
     while i < n:
         c = text[i]
@@ -110,23 +113,22 @@ def _tokens(text: str) -> list[_Token]:
             i = _comment_end(text, i)
         elif c == '"':
             end = _closing(text, i, '"')
-            found.append(_Token("quoted", i, end))
+            yield _Token("quoted", i, end)
             i = end
         elif c == "[":
             end = _closing(text, i, "]")
-            found.append(_Token("literal", i, end))
+            yield _Token("literal", i, end)
             i = end
         elif c in _SPECIALS:
-            found.append(_Token(c, i, i + 1))
+            yield _Token(c, i, i + 1)
             i += 1
         elif _atext(c):
             start = i
             while i < n and _atext(text[i]):
                 i += 1
-            found.append(_Token("atom", start, i))
+            yield _Token("atom", start, i)
         else:
             raise _Doubt  # a backslash, a stray ")" or "]", a control character
-    return found
 
 
 def _bare_local_part(tokens: list[_Token]) -> _Token | None:
@@ -159,16 +161,17 @@ def _mailbox(tokens: list[_Token]) -> _Token | None:
     return _bare_local_part(tokens[i + 1:-1])
 
 
-def _bare_local_parts(text: str) -> list[_Token]:
-    """Each bare local part in an address list (groups included)."""
-    found: list[_Token] = []
+def _bare_local_parts(text: str) -> array[int]:
+    """Where each bare local part in an address list (groups included)
+    starts and ends, as pairs (compact: a field can hold millions)."""
+    found = array("q")
     segment: list[_Token] = []
     in_angle = in_group = group_ended = False
 
     def mailbox() -> None:
         local = _mailbox(segment)
         if local is not None:
-            found.append(local)
+            found.extend((local.start, local.end))
         segment.clear()
 
     for token in _tokens(text):
@@ -239,10 +242,21 @@ def qualify_field(field: bytes, domain: Callable[[str], str]) -> bytes:
         return field
     if not locals_:
         return field
-    for local in reversed(locals_):
-        value = value[:local.end] + "@" + domain(value[local.start:local.end]) + value[local.end:]
+    # built in one pass: inserting each domain into the whole text would
+    # copy it once a name, hours for a field of a few megabytes
+    out = io.StringIO()
+    out.write(name)
+    out.write(":")
+    done = 0
+    for k in range(0, len(locals_), 2):
+        start, end = locals_[k], locals_[k + 1]
+        out.write(value[done:end])
+        out.write("@")
+        out.write(domain(value[start:end]))
+        done = end
+    out.write(value[done:])
     lines = []
-    for line in f"{name}:{value}".encode().split(b"\r\n"):
+    for line in out.getvalue().encode().split(b"\r\n"):
         pieces = _folded(line)
         if pieces is None:
             return field
