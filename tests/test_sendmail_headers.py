@@ -297,3 +297,28 @@ def test_a_field_of_many_bare_names_takes_linear_time_and_bounded_memory() -> No
     assert unfolded(result).count(b"a@example.org") == count
     assert elapsed < 8
     assert peak < 40 * len(field)
+
+
+@pytest.mark.parametrize(("value", "qualified"), [
+    # a comma left unencoded in a Q-encoded "Last, First" (RFC 2047 5 (3)
+    # forbids it; some encoders write it): one word to every decoder, the
+    # envelope's included -- not a bare name "=?utf-8?q?Bloggs" before it
+    ("=?utf-8?q?Bloggs,_Joe?= <joe>", "=?utf-8?q?Bloggs,_Joe?= <joe@example.org>"),
+    ("=?iso-8859-1?q?M=FCller,_J=F6rg?= <joerg>, ann",
+     "=?iso-8859-1?q?M=FCller,_J=F6rg?= <joerg@example.org>, ann@example.org"),
+    ("=?utf-8?q?J._Bloggs?= <joe>", "=?utf-8?q?J._Bloggs?= <joe@example.org>"),
+    ("=?utf-8?q?a,b?= =?utf-8?b?Sm9l?=: joe;", "=?utf-8?q?a,b?= =?utf-8?b?Sm9l?=: "
+                                               "joe@example.org;"),
+])
+def test_an_encoded_word_is_one_word_of_a_display_name(value: str, qualified: str) -> None:
+    field = f"To: {value}\r\n".encode()
+    assert qualify_field(field, example) == f"To: {qualified}\r\n".encode()
+
+
+@pytest.mark.parametrize("value", [
+    "=?utf-8?q?Bloggs,_Joe?=",
+    "=?utf-8?q?joe?=",  # no address may be encoded (RFC 2047 5): a phrase
+])
+def test_an_encoded_word_alone_is_no_bare_name(value: str) -> None:
+    field = f"To: {value}\r\n".encode()
+    assert qualify_field(field, example) == field

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from array import array
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -41,7 +42,11 @@ MAX_LINE = 998
 
 _ATEXT_ASCII = frozenset("!#$%&'*+-/=?^_`{|}~")
 _SPECIALS = frozenset("<>,:;@.")
-_WORDS = ("atom", "quoted")
+_WORDS = ("atom", "quoted", "encoded")
+#: an RFC 2047 encoded word: a word of a phrase, whatever its text holds
+#: (a "," some encoders leave in "=?utf-8?q?Bloggs,_Joe?="), never a
+#: local part (RFC 2047 5: no addr-spec holds one)
+_ENCODED_WORD = re.compile(r"=\?[!#$%&'*+\-.^_`{|}~0-9A-Za-z]+\?[BbQq]\?[\x21-\x3e\x40-\x7e]*\?=")
 
 
 class _Doubt(Exception):
@@ -49,7 +54,7 @@ class _Doubt(Exception):
 
 
 class _Token(NamedTuple):
-    kind: str  # "atom", "quoted", "literal", or the special character itself
+    kind: str  # "atom", "quoted", "encoded", "literal", or the special character itself
     start: int
     end: int
 
@@ -122,6 +127,11 @@ def _tokens(text: str) -> Iterator[_Token]:
         elif c in _SPECIALS:
             yield _Token(c, i, i + 1)
             i += 1
+        elif c == "=" and (word := _ENCODED_WORD.match(text, i)):
+            # taken whole, as decoders (and the envelope's parser) read it:
+            # split at a "," in it, its start would pass for a bare name
+            yield _Token("encoded", i, word.end())
+            i = word.end()
         elif _atext(c):
             start = i
             while i < n and _atext(text[i]):
