@@ -322,3 +322,16 @@ def test_an_encoded_word_is_one_word_of_a_display_name(value: str, qualified: st
 def test_an_encoded_word_alone_is_no_bare_name(value: str) -> None:
     field = f"To: {value}\r\n".encode()
     assert qualify_field(field, example) == field
+
+
+def test_a_line_is_not_folded_between_a_backslash_and_the_space_it_quotes() -> None:
+    # "\ " is a quoted-pair (RFC 5322 3.2.1): a fold between its two
+    # characters leaves a line ending in a lone backslash
+    line = 'To: ann, "' + "y" * 960 + '\\ ' + "z" * 20 + '", joe'
+    assert len(line) == MAX_LINE
+    result = qualify_field(line.encode() + b"\r\n", example)
+    lines = result[:-2].split(b"\r\n")
+    assert len(lines) > 1 and max(map(len, lines)) <= MAX_LINE
+    assert not any(x.endswith(b"\\") for x in lines)
+    assert unfolded(result) == ('To: ann@example.org, "' + "y" * 960 + '\\ ' + "z" * 20
+                                + '"@example.org, joe@example.org\r\n').encode()

@@ -217,11 +217,14 @@ def _bare_local_parts(text: str) -> array[int]:
 def _folded(line: bytes) -> list[bytes] | None:
     """``line`` as lines of at most ``MAX_LINE`` octets, each cut made
     before white space it has (RFC 5322 2.2.3: unfolding gives it back)
-    and no line left blank; None when it has too little white space."""
+    and no line left blank; None when it has too little white space.
+    White space after a backslash is not cut before: it may be the
+    second half of a quoted-pair (``"a\\ b"``), which no fold may split."""
     pieces = []
     while len(line) > MAX_LINE:
         cut = max(line.rfind(b" ", 1, MAX_LINE + 1), line.rfind(b"\t", 1, MAX_LINE + 1))
-        while cut > 0 and not (line[:cut].strip() and line[cut:].strip()):
+        while cut > 0 and (line[cut - 1:cut] == b"\\"
+                           or not (line[:cut].strip() and line[cut:].strip())):
             cut = max(line.rfind(b" ", 1, cut), line.rfind(b"\t", 1, cut))
         if cut <= 0:
             return None
