@@ -335,3 +335,10 @@ def test_a_line_is_not_folded_between_a_backslash_and_the_space_it_quotes() -> N
     assert not any(x.endswith(b"\\") for x in lines)
     assert unfolded(result) == ('To: ann@example.org, "' + "y" * 960 + '\\ ' + "z" * 20
                                 + '"@example.org, joe@example.org\r\n').encode()
+
+
+def test_a_field_with_white_space_before_its_colon_is_qualified_and_its_bcc_removed() -> None:
+    p = prep(b"To : joe\nBcc : ann\n\nbody\n", Options(extract=True))
+    assert p.recipients == ("joe@example.org", "ann@example.org")
+    assert header(p).startswith(b"To : joe@example.org\r\nFrom: ")
+    assert p.body.read() == b"body\r\n"

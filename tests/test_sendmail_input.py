@@ -127,6 +127,20 @@ def test_a_line_that_is_no_field_still_starts_the_body_cr_and_all() -> None:
     assert read.body.read() == b"10%\r\n20%\r\nSubject: not a field here\r\n"
 
 
+def test_white_space_before_the_colon_still_makes_a_field() -> None:
+    # RFC 5322 4.5.8 (obs-optional): "Bcc : x" is a field; read as the
+    # body's first line, it would move the whole header -- that Bcc
+    # included, for every recipient to see -- into the body
+    raw = b"To : bob\nSubject\t: hi\nBcc  : secret@example.net\n\nbody\n"
+    read = read_message(io.BytesIO(raw), True, 1000)
+    assert read.fields == [(b"to", b"To : bob\r\n"), (b"subject", b"Subject\t: hi\r\n"),
+                           (b"bcc", b"Bcc  : secret@example.net\r\n")]
+    assert read.body.read() == b"body\r\n"
+    # white space inside a name is none: "Dear Joe: hello" starts the body
+    read = read_message(io.BytesIO(b"Dear Joe: hello\n"), True, 1000)
+    assert read.fields == []
+
+
 def test_a_long_field_with_a_cr_at_a_read_boundary() -> None:
     # the CR that ends one read and the LF that starts the next are one line end
     value = b"v" * (READ_SIZE - len(b"X-Long: ") - 1)

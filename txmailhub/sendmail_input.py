@@ -186,8 +186,12 @@ class _LineWriter:
 
 def _field_name(line: bytes) -> bytes | None:
     name, colon, _ = line.partition(b":")
+    # white space before the colon is RFC 5322 4.5.8's obs-optional
+    # ("Bcc : x"): no field, that line would start the body, and every
+    # field below it -- a Bcc too -- would be moved there for all to read
+    name = name.rstrip(b" \t")
     if colon and name and all(33 <= c <= 126 for c in name):
-        return name.strip().lower()
+        return name.lower()
     return None
 
 
