@@ -17,7 +17,7 @@ from txmailhub.smtp import replies
 from txmailhub.smtp._parse import MailParams, ascii_upper, parse_mailbox
 from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
 from txmailhub.smtp._states import State
-from txmailhub.smtp.events import AuthRequest
+from txmailhub.smtp.events import AuthRequest, ServerConfig, Session
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["AuthPhase"]
@@ -30,9 +30,26 @@ class AuthPhase:
     _sasl: SASLExchange | None
     _out: list[bytes]
     auth_failures: int
-    session: Any
-    config: Any
+    session: Session
+    config: ServerConfig
     state: State
+
+    # The engine's own, which this part uses (SMTPServer defines them).
+
+    def _answer(self, kind: type) -> Any:
+        raise NotImplementedError
+
+    def _to(self, state: State) -> None:
+        raise NotImplementedError
+
+    def reply(self, reply: Reply) -> None:
+        raise NotImplementedError
+
+    def _request(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def _close(self, reply: Reply | None) -> None:
+        raise NotImplementedError
 
     def auth_succeeded(self, address: Address) -> None:
         self._answer(AuthRequest)

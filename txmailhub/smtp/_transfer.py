@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from txmailhub.envelope import Envelope
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp._data import ChunkReader, DotReader
 from txmailhub.smtp._parse import ascii_upper
 from txmailhub.smtp._states import State
-from txmailhub.smtp.events import MessageAborted, MessageComplete, StartMessage
+from txmailhub.smtp.events import MessageAborted, MessageComplete, ServerConfig, StartMessage
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["MessageTransfer"]
@@ -30,21 +31,41 @@ class MessageTransfer:
     ``state``, ``config``, ``reply``, ``_to``, ``_answer``, ``_request``,
     ``_envelope``, ``_reset_transaction`` and the transaction fields)."""
 
-    _bdat_draining = False
-    # A BDAT chunk failed and was not the LAST: the chunks the client
-    # pipelined after it are discarded (RFC 3030 2), until another command
-    _bdat_failed = False
-    _data_envelope: Any  # set by the engine's _reset_transaction
-    _reader: Any
-    _chunks: Any
-    _bdat_first: Any
+    _bdat_draining: bool  # defaults in SMTPServer
+    _bdat_failed: bool
+    _data_envelope: Envelope | None  # set by the engine's _reset_transaction
+    _reader: DotReader | ChunkReader | None
+    _chunks: ChunkReader | None
+    _bdat_first: tuple[int, bool] | None
     _used_bdat: bool
     _buf: bytes
     _events: list[Any]
     _chunk_size: int
-    _count_junk: Any
     state: State
-    config: Any
+    config: ServerConfig
+
+    # The engine's own, which this part uses (SMTPServer defines them).
+
+    def _count_junk(self, counted: bool = False) -> None:
+        raise NotImplementedError
+
+    def _answer(self, kind: type) -> Any:
+        raise NotImplementedError
+
+    def _to(self, state: State) -> None:
+        raise NotImplementedError
+
+    def reply(self, reply: Reply) -> None:
+        raise NotImplementedError
+
+    def _request(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def _reset_transaction(self) -> None:
+        raise NotImplementedError
+
+    def _envelope(self) -> Envelope:
+        raise NotImplementedError
 
     # Answers to StartMessage.
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, error
@@ -130,7 +130,7 @@ def _traced(recipient: Address) -> Address:
 class SMTPProtocol(Protocol):
     """One SMTP connection; see the module docstring."""
 
-    _handlers: dict[type, Any]  # event type -> handler(self, event); set below
+    _handlers: ClassVar[dict[type, Any]]  # event type -> handler(self, event); set below
 
     def __init__(self, factory: SMTPFactory) -> None:
         self.factory = factory

@@ -125,6 +125,12 @@ _EHLOS: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
 class SMTPServer(MessageTransfer, AuthPhase):
     """One SMTP session.  Create it, send ``greeting()``, then feed bytes."""
 
+    # MessageTransfer's flags: their defaults live here, with the engine's other state
+    _bdat_draining = False
+    # A BDAT chunk failed and was not the LAST: the chunks the client
+    # pipelined after it are discarded (RFC 3030 2), until another command
+    _bdat_failed = False
+
     def __init__(self, config: ServerConfig, policy: Any, session: Session) -> None:
         self.config = config
         self.policy = policy
@@ -219,7 +225,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             reader = self._reader
             if reader is not None:
                 # A BDAT chunk of 0 octets is complete without any input.
-                if not self._buf and (type(reader) is DotReader or reader.remaining):
+                if not self._buf and (isinstance(reader, DotReader) or reader.remaining):
                     return None
                 self._feed_reader()
             elif not self._buf:

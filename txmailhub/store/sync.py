@@ -868,6 +868,8 @@ def _syncfs_one_of(targets: list[Target]) -> None:
             syncfs(target)
             return
     for target in targets:
+        if isinstance(target, int):  # not reached: the loop above used it
+            continue
         try:
             fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError as e:  # gone since the request: try the next
