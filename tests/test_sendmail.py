@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from txmailhub import cli
 from txmailhub.address import AddressError
@@ -724,3 +726,105 @@ def test_q_says_the_hub_runs_its_own_queue_however_it_is_spelled(argv: list[str]
     # getopt's "option -q requires argument", as if `-q VALUE` would work
     with pytest.raises(UsageError, match="the hub runs its own queue; see mailhub queue flush"):
         parse_args(argv)
+
+
+# --- quoted local parts the user types ----------------------------------------
+
+#: what the user writes -> the address the envelope carries (the hub's
+#: canonical form: quotes kept only where a Dot-string cannot be the local part)
+QUOTED_ADDRESSES = {
+    '"joe smith"@example.org': '"joe smith"@example.org',
+    '"odd name"': '"odd name"@example.org',  # bare: the primary domain
+    '"a\\"b\\\\c"@example.net': '"a\\"b\\\\c"@example.net',
+    '"joe"@example.org': "joe@example.org",  # a quoted Dot-string is the Dot-string
+    '"ann@home"@example.org': '"ann@home"@example.org',
+    '"a\\ b"@example.org': '"a b"@example.org',  # a needless quoted-pair dropped
+    '"j\u00f6rg m"@example.org': '"j\u00f6rg m"@example.org',  # UTF-8 (SMTPUTF8)
+    'Odd <"odd name"@example.org>': '"odd name"@example.org',
+    '"odd name"@example.org (a comment)': '"odd name"@example.org',
+    '""@example.org': '""@example.org',  # RFC 5321's Quoted-string may be empty
+    '<@relay.example:"odd name"@example.org>': '"odd name"@example.org',  # a route dropped
+}
+
+
+def hub_reads(address: str, sender: bool = False) -> str:
+    """``address`` as the hub's MAIL or RCPT reads it back (SMTPUTF8 when
+    it is not ASCII, as the command asks for it then)."""
+    from txmailhub.smtp._parse import parse_mail, parse_rcpt
+
+    utf8 = not address.isascii()
+    if sender:
+        return str(parse_mail(f"FROM:<{address}>{' SMTPUTF8' if utf8 else ''}",
+                              "example.org")[0])
+    return str(parse_rcpt(f"TO:<{address}>", "example.org", utf8)[0])
+
+
+@pytest.mark.parametrize(("typed", "envelope"), QUOTED_ADDRESSES.items())
+def test_a_quoted_local_part_is_read_everywhere_an_address_is(typed: str, envelope: str) -> None:
+    # -f, a recipient argument, and with -t the To, Cc and Bcc fields
+    p = prep(b"To: " + typed.encode() + b"\r\nCc: bob, " + typed.encode()
+             + b"\r\nBcc: " + typed.encode() + b"\r\n\r\nbody\r\n",
+             Options(recipients=(typed, f"ann, {typed}"), sender=typed, extract=True))
+    assert p.sender == envelope
+    assert p.recipients == (envelope, "ann@example.org", "bob@example.org")
+    # the hub takes each as it is sent, and reads it as the same address
+    assert hub_reads(p.sender, sender=True) == envelope
+    assert hub_reads(envelope) == envelope
+    # the From field added names the sender as -f gave it
+    (line,) = field(untraced(p), b"From")
+    assert line.endswith(f"<{envelope}>".encode()) or line == f"From: {envelope}".encode()
+    assert hub_verdict(untraced(p)) is None
+
+
+def test_f_with_a_quoted_local_part_and_a_full_name() -> None:
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n",
+             Options(recipients=("bob",), sender='"joe smith"@example.org',
+                     full_name="Joe Smith"))
+    (line,) = field(untraced(p), b"From")
+    assert line == b'From: Joe Smith <"joe smith"@example.org>'
+
+
+@pytest.mark.parametrize("typed", [
+    '"a\tb"@example.org',   # a control character, quoted or not (RFC 5321 4.1.2)
+    '"a\x01b"@example.org',
+    '"a\x7fb"@example.org',
+    '"a\x85b"@example.org',  # a C1 control
+    '"ab@example.org',      # an unbalanced quote
+    'ab"@example.org',
+    '"a"b"@example.org',
+    '"a b" c@example.org',  # a quoted string and an atom: no local part
+    '"a b"."c"@example.org',  # obs-local-part: no SMTP path can carry it
+    '"a b"@',
+    '"' + "a " * 130 + '"@example.org',  # over the 256 octets of a path the hub takes
+    '"' + "a " * 123 + '"',  # ... with the primary domain it gets
+    '"a\\\u00f6b"@example.org',  # a quoted-pair is a backslash and printable ASCII
+])
+def test_what_rfc_5321_forbids_in_a_quoted_local_part_is_refused(typed: str) -> None:
+    for options, raw in [(Options(recipients=(typed,)), b"\r\n"),
+                         (Options(recipients=("bob",), sender=typed), b"\r\n"),
+                         (Options(extract=True), f"To: {typed}\r\n\r\n".encode())]:
+        with pytest.raises(AddressError):
+            prep(raw, options)
+
+
+def test_a_bad_quoted_local_part_exits_65_before_connecting(tmp_path: Path) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    err = io.StringIO()
+    assert run(["-f", '"a\tb"@example.org', "bob"], str(config), "sendmail",
+               io.BytesIO(b"x\n"), err) == EX_DATAERR
+    assert "NOT sent" in err.getvalue() and "Connection refused" not in err.getvalue()
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1, max_size=60))
+def test_any_printable_local_part_quoted_is_sent_as_the_hub_reads_it(local: str) -> None:
+    from txmailhub.smtp._parse import parse_rcpt
+
+    typed = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"@example.org'
+    (envelope,) = prep(b"\r\n", Options(recipients=(typed,))).recipients
+    address = parse_rcpt(f"TO:<{envelope}>", "example.org")[0]
+    assert str(address) == envelope  # the hub's canonical form, as it is
+    quoted = address.local
+    if quoted.startswith('"'):
+        quoted = re.sub(r"\\(.)", r"\1", quoted[1:-1])
+    assert quoted == local and address.domain == "example.org"

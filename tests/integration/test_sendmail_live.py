@@ -29,10 +29,11 @@ def sendmail(config: Path, *args: str, message: bytes,
     return subprocess.run(argv, input=message, capture_output=True, timeout=60)
 
 
-def unix_hub(make_hub, folder: Path, tcp: bool = False):
+def unix_hub(make_hub, folder: Path, tcp: bool = False, **options):
     """A hub whose MX listener is a UNIX socket only (its path is in the
-    config, unlike a tcp:0 port), or with ``tcp`` a fixed loopback port."""
-    hub = make_hub(start=False, fixed_ports=tcp)
+    config, unlike a tcp:0 port), or with ``tcp`` a fixed loopback port;
+    ``options`` are ``make_hub``'s (``users=``)."""
+    hub = make_hub(start=False, fixed_ports=tcp, **options)
     sock = folder / "smtp.sock"
     if not tcp:
         hub.doc["smtp"]["listen"] = [f"unix:{sock}"]
@@ -291,3 +292,29 @@ def test_a_login_with_a_space_sends_from_its_quoted_local_part(
     (data,) = hub.messages("bob@example.org")
     assert parsed(data)["From"] == 'Joe Smith <"joe smith"@example.org>'
     assert 'from <"joe smith"@example.org> to bob@example.org' in hub.log_text()
+
+
+def test_quoted_local_parts_the_user_types_reach_the_hub_as_it_reads_them(
+        make_hub, tmp_path: Path):
+    """``-f '"joe smith"@example.org'``, a recipient argument and, with
+    ``-t``, To and Cc fields with quoted local parts: the hub takes each
+    in the form the command sends, delivers to a local user whose local
+    part needs its quotes, and queues for a remote one."""
+    hub = unix_hub(make_hub, tmp_path,
+                   users={"bob@example.org": "pw", '"ann@home"@example.org': "pw"})
+    message = (b'To: bob, "odd name"@remote.example\nCc: Ann <"ann@home">\n'
+               b"Subject: quoted\n\nbody\n")
+    r = sendmail(hub.config_path, "-t", "-f", '"joe smith"@example.org',
+                 '"x y"@remote.example', message=message)
+    assert r.returncode == 0, r.stderr
+    for rcpt in ("bob@example.org", '"ann@home"@example.org'):
+        (data,) = hub.messages(rcpt)
+        head = data.split(b"\n\n", 1)[0]
+        assert (b'\nTo: bob@example.org, "odd name"@remote.example\n'
+                b'Cc: Ann <"ann@home"@example.org>\n') in head, head
+        assert parsed(data)["Return-Path"] == '<"joe smith"@example.org>'
+    log = hub.log_text()
+    for rcpt in ('"x y"@remote.example', "bob@example.org", '"odd name"@remote.example',
+                 '"ann@home"@example.org'):
+        assert rcpt in log, log
+    assert 'from <"joe smith"@example.org>' in log
