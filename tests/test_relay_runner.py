@@ -301,7 +301,7 @@ def test_each_result_is_logged_with_what_happens_next(hub):
     from twisted.logger import formatEvent, globalLogPublisher
 
     carol, dave = Address("carol", "remote.test"), Address("dave", "remote.test")
-    timeout = LocalReply(451, "4.4.2", "timeout waiting for the reply to DATA")
+    timeout = LocalReply(451, "4.4.2", ("timeout waiting for the reply to DATA",))
     results = {BOB: ("delivered", OK), carol: ("transient", timeout), dave: ("permanent", NO)}
     events = []
     globalLogPublisher.addObserver(events.append)
