@@ -199,6 +199,26 @@ class ProtocolTests(SynchronousTestCase):
         summary = [e for e in self.events if "message_id" not in e and e.get("code") == 250]
         assert summary and summary[0]["sender"] == "bill@microsoft.com"
 
+    def test_a_session_keeps_its_state_in_slots(self):
+        # SMTPProtocol declares __slots__ for speed (see the class): a name
+        # set outside them goes to the instance dict, and past 30 names
+        # every attribute access of the session gets slower.  Add new
+        # attributes to __slots__.
+        h = Harness()
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHdyb25n\r\n")
+        h.clock.advance(60)
+        p.dataReceived(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        p.dataReceived(b"Subject: a\r\n\r\nx\r\n.\r\n")
+        p.dataReceived(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<alice>\r\nBDAT 3 LAST\r\nx\r\n")
+        h.clock.advance(1)
+        p.dataReceived(b"QUIT\r\n")
+        p.connectionLost(None)
+        replies = [line[:3] for line in take(t)]
+        assert replies.count("250") >= 6 and "535" in replies and replies[-1] == "221"
+        assert len(h.store.messages(ALICE)) == 2
+        assert vars(p) == {}
+
     def test_smtputf8_transaction_is_stamped_utf8smtp(self):
         h = Harness()
         p, t = h.connect()
