@@ -188,6 +188,33 @@ def test_seed_exchange_verbatim():
     assert len(t.writes) == 1  # status, body and terminator in one write
 
 
+def test_a_session_keeps_its_state_in_slots():
+    # POP3Protocol declares __slots__ for speed (see the class): a name set
+    # outside them goes to the instance dict, and past 30 names every
+    # attribute access of the session gets slower.  Add new attributes to
+    # __slots__.
+    env = Env()
+    env.store.add("joe@example.org", b"Subject: a\n\nsmall\n")
+    big = b"Subject: b\n\n" + b"".join(b"line %d\n" % i for i in range(40000))
+    env.store.add("joe@example.org", big)
+    proto, t = env.connect(limit=CHUNK_SIZE)
+    talk(proto, t, b"USER joe\r\nPASS wrong\r\n")
+    env.clock.advance(60)  # a failed login is answered after a delay
+    assert t.value().endswith(b"\r\n-ERR [AUTH] Authentication failed\r\n")
+    assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n").startswith(b"+OK")
+    assert talk(proto, t, b"LIST\r\nUIDL\r\nRETR 1\r\nTOP 2 1\r\n").count(b"\r\n.\r\n") == 4
+    t.clear()
+    proto.dataReceived(b"RETR 2\r\nDELE 1\r\n")
+    while proto._write_paused or proto._stream is not None:
+        t.clear()
+        proto.resumeProducing()
+    proto.dataReceived(b"QUIT\r\n")
+    env.clock.advance(60)
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1  # DELE 1 done
+    assert vars(proto) == {}
+
+
 def test_small_retr_is_one_write_and_marks_seen_top_does_not():
     env = Env()
     env.store.add("joe@example.org", b"Subject: a\n\n.dot\nline2\n")
