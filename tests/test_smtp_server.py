@@ -102,6 +102,27 @@ def tx(d: Driver) -> None:
         "250", "250", "250"]
 
 
+def test_the_engine_keeps_its_state_in_slots():
+    # SMTPServer declares __slots__ for speed (see the class): a name set
+    # outside them goes to the instance dict, and from 30 names on every
+    # attribute access of the session gets slower.  Add new attributes to
+    # __slots__.
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    assert d.codes("EHLO c\r\nSTARTTLS\r\n") == ["250", "220"]
+    assert d.codes("EHLO c\r\n") == ["250"]
+    assert d.codes(f"AUTH PLAIN {b64(chr(0) + 'alice@example.org' + chr(0) + 'wrong')}\r\n"
+                   ) == ["535"]
+    assert d.codes(f"AUTH PLAIN {b64(chr(0) + 'alice@example.org' + chr(0) + 'secret')}\r\n"
+                   ) == ["235"]
+    tx(d)
+    assert d.codes("DATA\r\nx\r\n.\r\n") == ["354", "250"]
+    assert d.codes("MAIL FROM:<s@x.test> SIZE=10\r\nRCPT TO:<bob>\r\nBDAT 2\r\nabBDAT 1\r\nc"
+                   "BDAT 0 LAST\r\n") == ["250", "250", "250", "250", "250"]
+    assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<nobody>\r\nBDAT 1\r\naRSET\r\n"
+                   "VRFY alice\r\nQUIT\r\n") == ["250", "550", "503", "250", "250", "221"]
+    assert vars(d.engine) == {}
+
+
 # --- greeting, HELO, EHLO ----------------------------------------------------------
 
 

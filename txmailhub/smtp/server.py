@@ -125,13 +125,28 @@ _EHLOS: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
 class SMTPServer(MessageTransfer, AuthPhase):
     """One SMTP session.  Create it, send ``greeting()``, then feed bytes."""
 
-    # MessageTransfer's flags: their defaults live here, with the engine's other state
-    _bdat_draining = False
-    # A BDAT chunk failed and was not the LAST: the chunks the client
-    # pipelined after it are discarded (RFC 3030 2), until another command
-    _bdat_failed = False
+    # Every name the engine and its parts set is a slot: CPython keeps an
+    # instance's attributes in its compact shared-key layout only while
+    # there are fewer than 30 of them (the engine has 29 on a plain
+    # message, more with BDAT), and attribute access is slower past that.
+    # The parts (MessageTransfer, AuthPhase) declare their names as
+    # annotations; tests check a session leaves the instance dict empty.
+    __slots__ = (
+        "_bdat_draining", "_bdat_failed", "_bdat_first", "_buf", "_chunk_size", "_chunks",
+        "_data_envelope", "_discarding", "_events", "_expanded", "_mail_params", "_out",
+        "_overshoot", "_rcpt_count", "_read_limit", "_reader", "_recipient_dsn",
+        "_recipients", "_room_refused", "_sasl", "_sender", "_used_bdat", "_waiting",
+        "auth_failures", "config", "errors", "junk", "messages", "policy", "replies_held",
+        "session", "state",
+    )
 
     def __init__(self, config: ServerConfig, policy: Any, session: Session) -> None:
+        # MessageTransfer's BDAT state
+        self._bdat_draining = False
+        # A BDAT chunk failed and was not the LAST: the chunks the client
+        # pipelined after it are discarded (RFC 3030 2), until another command
+        self._bdat_failed = False
+        self._chunk_size = 0
         self.config = config
         self.policy = policy
         self.session = session
