@@ -219,6 +219,25 @@ def test_a_long_header_field_folds_at_its_white_space_and_t_reads_it_whole() -> 
     assert to.encode() in unfolded and subject.encode() in unfolded
 
 
+@pytest.mark.parametrize("first", ["a", "ab", "abc", "abcd"])
+def test_a_long_address_field_without_white_space_is_cut_after_a_comma(first: str) -> None:
+    # a script's ",".join(addresses): no white space to fold before, and a
+    # cut at 998 octets wherever it fell put a space inside an address
+    # ("user049@example.c om"), which -t refused (exit 65) and the
+    # recipients saw; after a comma, the space changes no address
+    addresses = [f"{first}@example.com", *(f"user{i:03d}@example.com" for i in range(80))]
+    to = "To: " + ",".join(addresses)
+    raw = f"{to}\nFrom: joe@example.org\n\nbody\n".encode()
+    p = prep(raw, Options(extract=True, recipients=("ann",)))
+    assert p.recipients == ("ann@example.org", *addresses)
+    lines = p.header.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    (field_,) = [f for f in re.sub(rb"\r\n(?=[ \t])", b"", p.header).split(b"\r\n")
+                 if f.startswith(b"To:")]
+    assert field_.replace(b", ", b",") == to.encode()  # only a space after a comma added
+    assert hub_verdict(untraced(p)) is None
+
+
 def test_a_message_over_the_hub_limit_stops_the_read() -> None:
     with pytest.raises(MessageTooBig, match="max_message_size"):
         read_whole(io.BytesIO(b"x" * 200 + b"\n" + b"y" * 10**6), True, 100)

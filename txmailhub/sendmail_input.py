@@ -165,6 +165,14 @@ class _LineWriter:
                     self._write(line[pos:space] + b"\r\n")
                     pos, self._lead = space, 0
                     continue
+                # none: the space the cut adds goes after a comma if the
+                # line has one, where it changes no address of a list
+                # (",".join(addresses) from a script), not inside one
+                comma = line.rfind(b",", pos, pos + width)
+                if comma >= pos:
+                    self._write(line[pos:comma + 1] + b"\r\n ")
+                    pos, self._lead = comma + 1, 1
+                    continue
             cut = pos + width
             while cut > pos + width - 4 and 0x80 <= line[cut] < 0xC0:
                 cut -= 1  # line[cut] continues a UTF-8 sequence: cut before it
