@@ -156,6 +156,40 @@ def test_a_line_that_grows_past_998_octets_is_folded_at_its_white_space() -> Non
     assert all(x.strip() for x in result[:-2].split(b"\r\n"))  # no blank line
 
 
+def _qualified(name: str) -> str:
+    return name.replace(">", "@example.org>") if "<" in name else f"{name}@example.org"
+
+
+@pytest.mark.parametrize("names", [
+    [f"user{i:03d}" for i in range(60)],
+    ["ann", '"odd,name"', *(f"user{i:03d}" for i in range(60)), "Bob <bob>"],
+])
+def test_a_line_without_white_space_grows_a_space_after_its_commas_to_fold(
+        names: list[str]) -> None:
+    # a script's ",".join(names): qualified, the line is over 998 octets
+    # with no white space to fold before, and the field was left bare --
+    # while the envelope took each name at the primary domain.  A space
+    # after a comma between addresses changes none (one inside the quoted
+    # string would)
+    line = "To: " + ",".join(names)
+    assert len(line) < MAX_LINE
+    result = qualify_field(line.encode() + b"\r\n", example)
+    assert max(len(x) for x in result[:-2].split(b"\r\n")) <= MAX_LINE
+    assert unfolded(result).decode() == "To: " + ", ".join(map(_qualified, names)) + "\r\n"
+    # the envelope reads the same addresses in the field as sent
+    p = prep(result + b"\r\nbody\r\n", Options(extract=True))
+    assert p.recipients == tuple(
+        _qualified(n).rpartition("<")[2].rstrip(">") for n in names)
+
+
+def test_a_group_without_white_space_grows_a_space_after_its_commas_to_fold() -> None:
+    line = "To: team:" + ",".join(f"user{i:03d}" for i in range(60)) + ";"
+    result = qualify_field(line.encode() + b"\r\n", example)
+    assert max(len(x) for x in result[:-2].split(b"\r\n")) <= MAX_LINE
+    assert unfolded(result).decode() == (
+        "To: team:" + ", ".join(f"user{i:03d}@example.org" for i in range(60)) + ";\r\n")
+
+
 def test_a_line_that_cannot_be_folded_leaves_the_field_as_it_was() -> None:
     # one run without white space: 998 octets with the domain would need a cut inside it
     field = b"To: " + b"x" * 990 + b"\r\n"

@@ -11,7 +11,9 @@ submissions the same way.
 
 Owns that rewrite, one field at a time: an RFC 5322 address list
 (or group) read as tokens, ``@domain`` inserted after each bare local
-part, the rest of the field left byte for byte.  The same reading gives
+part, the rest of the field left byte for byte (but for a space after
+a comma between addresses, where a line too long has nowhere else to
+be folded).  The same reading gives
 the envelope its recipients (``addr_specs``: each mailbox's addr-spec,
 which the hub's path grammar then judges), in one pass over a field of
 any size.  When the field cannot
@@ -23,11 +25,12 @@ but one the command mangled would be the command's fault.
 
 from __future__ import annotations
 
+import heapq
 import io
 import itertools
 import re
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 __all__ = ["ADDRESS_FIELDS", "MAX_LINE", "Unreadable", "addr_specs", "qualify_field"]
@@ -174,11 +177,12 @@ def _mailbox(tokens: list[_Token]) -> _Token | None:
     return _bare_local_part(tokens[i + 1:-1])
 
 
-def _segments(text: str) -> Iterator[list[_Token]]:
+def _segments(text: str, commas: array[int] | None = None) -> Iterator[list[_Token]]:
     """The tokens of each element of an address list (a mailbox, or one
     inside a group; an empty one too, for ``a,,b`` or ``team:;``), one
-    element at a time.  Raise ``_Doubt`` when the list's structure is
-    not one: a group in a group or with no ``;``, a ``<`` not closed."""
+    element at a time; where each comma between elements ends, added to
+    ``commas``.  Raise ``_Doubt`` when the list's structure is not one: a
+    group in a group or with no ``;``, a ``<`` not closed."""
     segment: list[_Token] = []
     in_angle = in_group = group_ended = False
     for token in _tokens(text):
@@ -189,6 +193,8 @@ def _segments(text: str) -> Iterator[list[_Token]]:
             segment.append(token)
             in_angle = token.kind != ">"
         elif token.kind == ",":
+            if commas is not None:
+                commas.append(token.end)
             yield segment
             segment = []
         elif token.kind == ":":
@@ -212,11 +218,12 @@ def _segments(text: str) -> Iterator[list[_Token]]:
     yield segment
 
 
-def _bare_local_parts(text: str) -> array[int]:
+def _bare_local_parts(text: str, commas: array[int] | None = None) -> array[int]:
     """Where each bare local part in an address list (groups included)
-    starts and ends, as pairs (compact: a field can hold millions)."""
+    starts and ends, as pairs (compact: a field can hold millions); where
+    each comma between addresses ends, added to ``commas``."""
     found = array("q")
-    for segment in _segments(text):
+    for segment in _segments(text, commas):
         local = _mailbox(segment)
         if local is not None:
             found.extend((local.start, local.end))
@@ -312,8 +319,10 @@ def qualify_field(field: bytes, domain: Callable[[str], str]) -> bytes:
     none, or cannot be read with certainty.
 
     Only the lines that gain a domain change: a line that grows past
-    ``MAX_LINE`` octets is folded before its white space, and when it
-    has too little, the field is left as it was."""
+    ``MAX_LINE`` octets is folded before its white space.  When it has
+    too little, each comma between addresses gains a space to fold
+    before (one there changes no address); when that is not enough
+    either, the field is left as it was."""
     try:
         text = field.decode("utf-8")
     except UnicodeDecodeError:
@@ -322,29 +331,51 @@ def qualify_field(field: bytes, domain: Callable[[str], str]) -> bytes:
     if not colon or not value.endswith("\r\n"):
         return field
     value = value[:-2]
+    commas = array("q")
     try:
-        locals_ = _bare_local_parts(value)
+        locals_ = _bare_local_parts(value, commas)
     except _Doubt:
         return field
     if not locals_:
         return field
-    # built in one pass: inserting each domain into the whole text would
-    # copy it once a name, hours for a field of a few megabytes
+    lines = _lines(_qualified(name, value, locals_, (), domain))
+    if lines is None:
+        # no white space to fold before (",".join(names) from a script):
+        # a space after each comma between addresses that has none, which
+        # changes no address, gives the fold its place
+        bare = [c for c in commas if c < len(value) and value[c] not in " \t\r"]
+        lines = _lines(_qualified(name, value, locals_, bare, domain)) if bare else None
+        if lines is None:
+            return field
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def _qualified(name: str, value: str, locals_: array[int], spaces: Iterable[int],
+               domain: Callable[[str], str]) -> str:
+    """The field ``name: value`` with ``@`` and its domain after each bare
+    local part (``locals_``, pairs), and a space at each of ``spaces``,
+    built in one pass: inserting each domain into the whole text would
+    copy it once a name, hours for a field of a few megabytes."""
+    ends = ((locals_[k + 1], locals_[k]) for k in range(0, len(locals_), 2))
     out = io.StringIO()
     out.write(name)
     out.write(":")
     done = 0
-    for k in range(0, len(locals_), 2):
-        start, end = locals_[k], locals_[k + 1]
-        out.write(value[done:end])
-        out.write("@")
-        out.write(domain(value[start:end]))
-        done = end
+    for at, start in heapq.merge(ends, ((c, -1) for c in spaces)):
+        out.write(value[done:at])
+        out.write(" " if start < 0 else "@" + domain(value[start:at]))
+        done = at
     out.write(value[done:])
+    return out.getvalue()
+
+
+def _lines(text: str) -> list[bytes] | None:
+    """``text``'s CRLF lines, each folded to at most ``MAX_LINE`` octets
+    (``_folded``); None when one cannot be."""
     lines = []
-    for line in out.getvalue().encode().split(b"\r\n"):
+    for line in text.encode().split(b"\r\n"):
         pieces = _folded(line)
         if pieces is None:
-            return field
+            return None
         lines.extend(pieces)
-    return b"\r\n".join(lines) + b"\r\n"
+    return lines
