@@ -136,6 +136,23 @@ def test_no_recipients_without_t_is_a_usage_error_before_stdin_is_read(tmp_path:
     assert stdin.tell() == 0 and "NOT sent" in err.getvalue()
 
 
+@pytest.mark.parametrize("argv", [[""], ["", ","], ["undisclosed-recipients:;"], ["--", " "]])
+def test_arguments_that_hold_no_address_without_t_are_a_usage_error(
+        tmp_path: Path, argv: list[str]) -> None:
+    # ``sendmail "$TO" < msg`` with $TO empty: no recipient and no -t is
+    # exit 64 (docs/sendmail.rst), not 65 "no recipient addresses in the
+    # message's To, Cc or Bcc", which -t was not asked to read
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    stdin, err = io.BytesIO(b"To: bob\n\nbody\n"), io.StringIO()
+    assert run(argv, str(config), "sendmail", stdin=stdin, err=err) == EX_USAGE
+    assert stdin.tell() == 0 and "NOT sent" in err.getvalue()
+    assert "To, Cc or Bcc" not in err.getvalue() and "no address" in err.getvalue()
+    # with -t they add nothing to what the message names
+    assert run(["-t", *argv], str(config), "sendmail", stdin=io.BytesIO(b"\nbody\n"),
+               err=io.StringIO()) == EX_DATAERR
+
+
 # --- reading stdin ---------------------------------------------------------
 
 

@@ -208,6 +208,16 @@ def _addresses(values: Iterable[str], primary_domain: str, sender: bool = False)
     return found
 
 
+def _may_name_anyone(values: Iterable[str]) -> bool:
+    """Whether an argument holds an address, or text that may be one
+    (``prepare`` then says what is wrong with it): not when each is
+    empty, white space, commas or empty groups."""
+    try:
+        return any(addr_specs(value) for value in values)
+    except Unreadable:
+        return True
+
+
 def _envelope_form(text: str, primary_domain: str, sender: bool = False) -> str:
     """One addr-spec as MAIL FROM (``sender``) or RCPT TO carries it: read
     by the hub's parser (``txmailhub.smtp._parse``), so that what the
@@ -481,6 +491,12 @@ def run(
     if not options.recipients and not options.extract:
         print(f"{prog}: no recipients: give them as arguments, or -t to read them from "
               f"the message's To, Cc and Bcc; {not_sent}", file=err)
+        return EX_USAGE
+    if not options.extract and not _may_name_anyone(options.recipients):
+        # ``sendmail "$TO"`` with $TO empty: no recipient either
+        print(f"{prog}: no recipients: the arguments hold no address "
+              f"({' '.join(map(repr, options.recipients))}), and without -t the message's "
+              f"To, Cc and Bcc are not read; {not_sent}", file=err)
         return EX_USAGE
     targets = hub_targets(settings.listen)
     if not targets:
