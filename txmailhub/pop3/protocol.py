@@ -164,7 +164,7 @@ def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool]
 class POP3Protocol(Protocol):
     """One POP3 connection driving one ``POP3Server`` engine."""
 
-    # Slots, as SMTPProtocol's and for the same reason: past 30 attribute
+    # Slots, as SMTPProtocol's and for the same reason: from 30 attribute
     # names CPython gives each instance a dict of its own, and attribute
     # access in every command of the session gets slower.  Tests check a
     # session leaves the instance dict (Protocol's) empty.

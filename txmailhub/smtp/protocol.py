@@ -132,14 +132,15 @@ class SMTPProtocol(Protocol):
 
     _handlers: ClassVar[dict[type, Any]]  # event type -> handler(self, event); set below
 
-    # Every attribute a session sets is a slot.  CPython (3.11-3.13) keeps
-    # an instance's attributes in a compact, shared-key layout only up to
-    # 30 names; past that each instance gets a dict of its own, and the
-    # interpreter's attribute-access shortcuts stop applying (this class
-    # sets 37 names: about 2% of the instructions of a whole in-process
-    # SMTP session).  Slots are fast whatever their number.  Twisted's
-    # Protocol has no slots, so the instance keeps a __dict__ (tests may
-    # still set what they like); tests check a session leaves it empty.
+    # Every attribute a session sets is a slot.  CPython 3.11 keeps an
+    # instance's attributes in its compact, shared-key layout only while
+    # there are fewer than 30 of them; from 30 on each instance gets a dict
+    # of its own, and the interpreter's attribute-access shortcuts stop
+    # applying (this class sets 37 names: about 2% of the instructions of
+    # a whole in-process SMTP session).  Slots are fast whatever their
+    # number.  Twisted's Protocol has no slots, so the instance keeps a
+    # __dict__ (tests may still set what they like); tests check a session
+    # leaves it empty.
     __slots__ = (
         "_auth_timer",
         "_close_reply",
