@@ -180,6 +180,7 @@ class POP3Protocol(Protocol):
     def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
         self.transport: Any = None  # slots shadow Protocol's class defaults
         self.connected = 0
+        self.factory: Any = None  # set by the factory's buildProtocol
         self.components = components
         self.settings = components.settings.pop3
         self.reactor = components.reactor
