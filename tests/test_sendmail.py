@@ -103,6 +103,8 @@ def test_options_as_cron_php_git_and_mutt_give_them() -> None:
     # the DSN parameters (RFC 3461), passed on when the hub offers DSN
     assert parse_args(["-N", "success, Failure", "-Rhdrs", "-V", "id+1", "bob"]) == Options(
         recipients=("bob",), notify="SUCCESS,FAILURE", ret="HDRS", envid="id+1")
+    # 34 characters, 100 as xtext: the longest RFC 3461 4.4 allows
+    assert parse_args(["-V", "+" * 33 + "b", "bob"]).envid == "+" * 33 + "b"
     assert parse_args(["-Nnever", "bob"]).notify == "NEVER"
 
 
@@ -118,7 +120,9 @@ def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bv", "bob"],
                                   ["-bd"], ["-q1h"], ["-q"], ["-f"], ["-I"], ["-N", "sometimes"],
-                                  ["-N", "never,success"], ["-R", "body"], ["-V", "a b\n"]])
+                                  ["-N", "never,success"], ["-R", "body"], ["-V", "a b\n"],
+                                  # 100 characters, 120 as xtext (RFC 3461 4.4)
+                                  ["-V", "a+" * 10 + "b" * 80]])
 def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_args(argv)

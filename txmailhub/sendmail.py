@@ -59,6 +59,7 @@ from txmailhub.sendmail_smtp import (
     submit,
 )
 from txmailhub.smtp._parse import MAX_PATH, parse_mail, parse_mailbox, parse_rcpt
+from txmailhub.smtp.xtext import xtext_encode
 
 __all__ = [
     "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL",
@@ -140,8 +141,13 @@ def parse_args(argv: list[str]) -> Options:
                 raise UsageError(f"-R {value}: full or hdrs (RFC 3461 4.3)")
             found["ret"] = value.upper()
         elif letter == "V":
-            if not value or len(value) > 100 or not value.isprintable() or not value.isascii():
-                raise UsageError("-V: an envelope id is 1 to 100 printable ASCII characters")
+            # RFC 3461 4.4: up to 100 characters as sent, that is as xtext
+            # ("a b" is "a+20b"): a longer one the hub refuses after the
+            # message was read, with exit 65
+            if (not value or not value.isprintable() or not value.isascii()
+                    or len(xtext_encode(value)) > 100):
+                raise UsageError("-V: an envelope id is 1 to 100 printable ASCII characters, "
+                                 "counting each '+', '=' or space as 3")
             found["envid"] = value
         elif letter == "b":
             if value not in _MODES:
