@@ -40,6 +40,7 @@ from email import policy as email_policy
 from email.errors import HeaderParseError
 
 from txmailhub.address import ascii_domain
+from txmailhub.rfc5322 import comment_end
 
 __all__ = ["Undowngradable", "downgrade_header", "encoded_words", "header_end", "needs_downgrade",
            "parameter_field", "unstructured_field"]
@@ -375,28 +376,12 @@ def _comment_split(text: str) -> list[str]:
             parts.append(text[i:j])
         if j >= n:
             break
-        k = _comment_end(text, j)
+        k = comment_end(text, j)
+        if k < 0:  # unterminated: the rest of the field
+            k = n
         parts.append(text[j:k])
         i = k
     return parts
-
-
-def _comment_end(text: str, i: int) -> int:
-    """The index past the comment that starts at ``i``."""
-    depth, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return n
 
 
 def _comments(text: str) -> str:

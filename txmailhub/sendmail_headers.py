@@ -33,6 +33,8 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
+from txmailhub.rfc5322 import comment_end
+
 __all__ = ["ADDRESS_FIELDS", "MAX_LINE", "Unreadable", "addr_specs", "qualify_field"]
 
 #: the header fields whose bare local parts are qualified (lower case):
@@ -89,23 +91,6 @@ def _closing(text: str, i: int, close: str) -> int:
     raise _Doubt
 
 
-def _comment_end(text: str, i: int) -> int:
-    depth, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise _Doubt
-
-
 def _tokens(text: str) -> Iterator[_Token]:
     """The significant tokens of a field's value (white space, folds and
     comments are skipped: they stay in the text as they are), one at a
@@ -121,7 +106,9 @@ def _tokens(text: str) -> Iterator[_Token]:
                 raise _Doubt  # only a fold may hold a line end
             i += 2
         elif c == "(":
-            i = _comment_end(text, i)
+            i = comment_end(text, i)
+            if i < 0:
+                raise _Doubt
         elif c == '"':
             end = _closing(text, i, '"')
             yield _Token("quoted", i, end)

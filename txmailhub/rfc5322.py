@@ -1,0 +1,30 @@
+"""RFC 5322 lexical pieces shared by the modules that read header fields.
+
+Kept free of imports: the sendmail command loads it at start-up, and its
+start-up time is measured (docs/sendmail.rst)."""
+
+from __future__ import annotations
+
+__all__ = ["comment_end"]
+
+
+def comment_end(text: str, i: int) -> int:
+    """The index past the comment (RFC 5322 3.2.2: nested, with
+    quoted-pairs) that starts with the ``(`` at ``i``; -1 when the text ends
+    inside it.  Each caller decides what an unterminated comment means:
+    the downgrade takes the rest of the field as the comment, the sendmail
+    command leaves the field as written."""
+    depth, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
