@@ -9,47 +9,26 @@ replies and events.
 
 from __future__ import annotations
 
-from typing import Any
-
 from txmailhub.address import Address
 from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp._parse import MailParams, ascii_upper, parse_mailbox
+from txmailhub.smtp._part import EnginePart
 from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
 from txmailhub.smtp._states import State
-from txmailhub.smtp.events import AuthRequest, ServerConfig, Session
+from txmailhub.smtp.events import AuthRequest
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["AuthPhase"]
 
 
-class AuthPhase:
+class AuthPhase(EnginePart):
     """AUTH for ``SMTPServer`` (a mixin: it uses the engine's ``session``,
     ``config``, ``reply``, ``_to``, ``_answer``, ``_request``, ``_close``)."""
 
     _sasl: SASLExchange | None
     _out: list[bytes]
     auth_failures: int
-    session: Session
-    config: ServerConfig
-    state: State
-
-    # The engine's own, which this part uses (SMTPServer defines them).
-
-    def _answer(self, kind: type) -> Any:
-        raise NotImplementedError
-
-    def _to(self, state: State) -> None:
-        raise NotImplementedError
-
-    def reply(self, reply: Reply) -> None:
-        raise NotImplementedError
-
-    def _request(self, event: Any) -> None:
-        raise NotImplementedError
-
-    def _close(self, reply: Reply | None) -> None:
-        raise NotImplementedError
 
     def auth_succeeded(self, address: Address) -> None:
         self._answer(AuthRequest)

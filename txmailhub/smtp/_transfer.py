@@ -19,14 +19,15 @@ from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp._data import ChunkReader, DotReader
 from txmailhub.smtp._parse import ascii_upper
+from txmailhub.smtp._part import EnginePart
 from txmailhub.smtp._states import State
-from txmailhub.smtp.events import MessageAborted, MessageComplete, ServerConfig, StartMessage
+from txmailhub.smtp.events import MessageAborted, MessageComplete, StartMessage
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["MessageTransfer"]
 
 
-class MessageTransfer:
+class MessageTransfer(EnginePart):
     """DATA and BDAT for ``SMTPServer`` (a mixin: it uses the engine's
     ``state``, ``config``, ``reply``, ``_to``, ``_answer``, ``_request``,
     ``_envelope``, ``_reset_transaction`` and the transaction fields)."""
@@ -41,31 +42,6 @@ class MessageTransfer:
     _buf: bytes
     _events: list[Any]
     _chunk_size: int
-    state: State
-    config: ServerConfig
-
-    # The engine's own, which this part uses (SMTPServer defines them).
-
-    def _count_junk(self, counted: bool = False) -> None:
-        raise NotImplementedError
-
-    def _answer(self, kind: type) -> Any:
-        raise NotImplementedError
-
-    def _to(self, state: State) -> None:
-        raise NotImplementedError
-
-    def reply(self, reply: Reply) -> None:
-        raise NotImplementedError
-
-    def _request(self, event: Any) -> None:
-        raise NotImplementedError
-
-    def _reset_transaction(self) -> None:
-        raise NotImplementedError
-
-    def _envelope(self) -> Envelope:
-        raise NotImplementedError
 
     # Answers to StartMessage.
 
