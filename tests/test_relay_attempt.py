@@ -853,7 +853,7 @@ def test_abort_all_cuts_the_sessions_in_flight_and_connects_no_more(tmp_path):
     assert r.kind == "delivered"
 
 
-def _client_on_a_clock(tmp_path):
+def _client_on_a_clock(tmp_path, sender=None):
     """An SMTPClientProtocol over a StringTransport, timed by a Clock."""
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
@@ -862,7 +862,7 @@ def _client_on_a_clock(tmp_path):
     from txmailhub.smtp.client import ClientSession
 
     clock = Clock()
-    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+    session = ClientSession(helo="hub.test", sender=sender, recipients=[(BOB, None)], size=10,
                             tls="none")
     proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, str(tmp_path / "c"))
     transport = StringTransport()
@@ -1448,17 +1448,7 @@ def test_after_a_protocol_error_the_client_writes_nothing_and_waits_for_nothing(
     # The adapter on a reactor's clock: the out-of-order reply drops the
     # connection then and there, with no timer left (the QUIT step's minute
     # was one), and the attempt gets its outcome as soon as it is gone.
-    from twisted.internet.testing import MemoryReactorClock, StringTransport
-
-    from txmailhub.relay.attempt import SMTPClientProtocol
-    from txmailhub.smtp.client import ClientSession
-
-    reactor = MemoryReactorClock()
-    session = ClientSession(helo="hub.test", sender=ALICE, recipients=[(BOB, None)], size=10,
-                            tls="none")
-    proto = SMTPClientProtocol(session, reactor, str(tmp_path / "m"), None, str(tmp_path / "c"))
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    reactor, proto, transport = _client_on_a_clock(tmp_path, ALICE)
     proto.dataReceived(b"220 hi\r\n")
     proto.dataReceived(b"250-fake.remote\r\n250 PIPELINING\r\n")
     assert transport.value().endswith(b"RCPT TO:<bob@remote.test>\r\nDATA\r\n")
@@ -1478,19 +1468,8 @@ def test_a_protocol_error_after_the_reply_to_the_final_dot_leaves_the_delivery(t
     # 250 to the "." and a malformed line in the same read: the connection
     # is dropped (no QUIT into a stream nobody can read), no timer is left,
     # and the outcome the attempt gets once it is gone is the delivery
-    from twisted.internet.testing import MemoryReactorClock, StringTransport
-
-    from txmailhub.relay.attempt import SMTPClientProtocol
-    from txmailhub.smtp.client import ClientSession
-
-    message = tmp_path / "m"
-    message.write_bytes(b"Subject: hi\n\nbody\n")
-    reactor = MemoryReactorClock()
-    session = ClientSession(helo="hub.test", sender=ALICE, recipients=[(BOB, None)], size=10,
-                            tls="none")
-    proto = SMTPClientProtocol(session, reactor, str(message), None, str(tmp_path / "c"))
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    (tmp_path / "m").write_bytes(b"Subject: hi\n\nbody\n")
+    reactor, proto, transport = _client_on_a_clock(tmp_path, ALICE)
     proto.dataReceived(b"220 hi\r\n")
     proto.dataReceived(b"250-fake.remote\r\n250 PIPELINING\r\n")
     proto.dataReceived(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n")
