@@ -758,3 +758,23 @@ def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
         "/c: [relay] hosts_time_budget: 120s is under the 5 minutes one silent host may "
         "take (RFC 5321 4.5.3.2): after such a host, an attempt tries no other (the "
         "default is 15m)",)
+
+
+def test_the_mailbox_quota_is_off_by_default_and_read_in_octets() -> None:
+    assert load_text(MINIMAL, "/etc/mh/mailhub.toml").hub.mailbox_quota == 0
+    s = load_text(MINIMAL + "mailbox_quota = 104857600\n", "/etc/mh/mailhub.toml")
+    assert s.hub.mailbox_quota == 104857600
+    assert load_text(MINIMAL + "mailbox_quota = 0\n", "/etc/mh/mailhub.toml").hub.mailbox_quota == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("-1", "must be 0 or more, got -1"),
+     ('"100M"', "expected a whole number, got a string"),
+     ("1.5", "expected a whole number, got"),
+     ("true", "expected a whole number, got")],
+)
+def test_a_bad_mailbox_quota_is_one_clear_line(value: str, why: str) -> None:
+    found = problems(MINIMAL + f"mailbox_quota = {value}\n")
+    assert len(found) == 1, found
+    assert found[0].startswith("/etc/mh/mailhub.toml: [hub] mailbox_quota: " + why), found

@@ -43,6 +43,7 @@ PINNED = {
     "LOCAL_ERROR": (451, "4.3.0"),
     "SESSION_ERROR": (421, "4.3.0"),  # RFC 5321 3.8: a closing server sends 421
     "STORAGE_FULL": (452, "4.3.1"),  # RFC 5321 4.2.3, X.3.1
+    "MAILBOX_FULL": (452, "4.2.2"),  # RFC 3463 X.2.2; RFC 5321 4.5.3.1.10: 452 at RCPT
     "QUEUE_UNAVAILABLE": (451, "4.3.0"),
     "TOO_MANY_RECIPIENTS": (452, "4.5.3"),  # RFC 5321 4.5.3.1.10
     "AUTH_TEMPORARY": (454, "4.7.0"),  # RFC 4954 6

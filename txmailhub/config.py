@@ -99,6 +99,9 @@ class HubSettings:
     hostname: str
     state_dir: str
     domains: tuple[str, ...]
+    # octets a local mailbox may hold before RCPT to it gets 452 4.2.2
+    # (a soft quota, checked at RCPT only); 0: no quota
+    mailbox_quota: int = 0
 
     @property
     def primary_domain(self) -> str:
@@ -291,6 +294,14 @@ def _positive_int(v: Any) -> int:
         raise TypeError(f"expected a whole number, got {_tname(v)}")
     if v <= 0:
         raise ValueError(f"must be greater than 0, got {v}")
+    return v
+
+
+def _non_negative_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected a whole number, got {_tname(v)}")
+    if v < 0:
+        raise ValueError(f"must be 0 or more, got {v}")
     return v
 
 
@@ -822,7 +833,7 @@ def load_text(text: str, path: str) -> Settings:
                 f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
             )
 
-    t = r.table(doc, "hub", {"hostname", "state_dir", "domains"})
+    t = r.table(doc, "hub", {"hostname", "state_dir", "domains", "mailbox_quota"})
     if "domains" not in t:
         r.problem("hub", "domains", "required: the local domains, the primary one first")
     hostname = r.get(t, "hub", "hostname", None, _hostname)
@@ -830,6 +841,7 @@ def load_text(text: str, path: str) -> Settings:
         hostname=hostname or socket.getfqdn(),
         state_dir=r.resolve(r.get(t, "hub", "state_dir", "var", _nonempty_string)),
         domains=r.get(t, "hub", "domains", ("localhost",), _domains),
+        mailbox_quota=r.get(t, "hub", "mailbox_quota", 0, _non_negative_int),
     )
 
     # (a bad hostname is a problem already; an address literal is what it is)

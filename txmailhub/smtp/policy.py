@@ -2,9 +2,12 @@
 
 Owns the relay rule (never an open relay), the mapping of an RCPT
 address to its final recipients through the router, and whether the disk
-can take a message of the size MAIL announced.  Synchronous decisions over
+can take a message of the size MAIL announced, and whether a local
+mailbox is over ``[hub] mailbox_quota``.  Synchronous decisions over
 in-memory tables (the router's), plus the spooler's ``room()`` (one
-``statvfs``) for ``MAIL ... SIZE=``; the SMTP engine calls it for MAIL,
+``statvfs``) for ``MAIL ... SIZE=`` and, with a quota, the mailbox meter
+(``txmailhub.store.quota``: two ``stat`` calls per mailbox, a listing for
+a folder that changed); the SMTP engine calls it for MAIL,
 RCPT, VRFY and EXPN.  It must not parse SMTP.
 
 The rules, in order:
@@ -18,6 +21,10 @@ The rules, in order:
    ``[smtp] relay_networks``; otherwise 550 5.7.1.  Without an outbound
    queue, a temporary 451 4.3.0 (never a silent drop).
 
+With ``[hub] mailbox_quota``, ``check_quota`` follows each accepted RCPT
+(see its docstring); without one it is ``None`` and RCPT costs nothing
+more.
+
 Relay tricks (``user%remote@local``, ``"user@remote"@local``,
 ``remote!user@local``) are local addresses to this policy: the router
 finds no such user, so they are refused with 550 5.1.1.
@@ -27,11 +34,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
+
 from txmailhub.address import Address
-from txmailhub.errors import Rejected
+from txmailhub.errors import LocalError, Rejected
 from txmailhub.smtp import replies
+from txmailhub.store.quota import MailboxUsage
 
 __all__ = ["RecipientPolicy"]
+
+log = Logger()
 
 
 class RecipientPolicy:
@@ -43,6 +55,15 @@ class RecipientPolicy:
         self.primary_domain = components.settings.hub.primary_domain
         # an embedder's own spooler may predate room(): then nothing is refused
         self._room = getattr(getattr(components, "spooler", None), "room", None)
+        # [hub] mailbox_quota: only a store that names its Maildirs can be
+        # measured (an embedder's own store is not)
+        self.quota = getattr(components.settings.hub, "mailbox_quota", 0)
+        maildir_path = getattr(getattr(components, "store", None), "maildir_path", None)
+        self.check_quota = None
+        if self.quota and maildir_path is not None:
+            self._maildir_path = maildir_path
+            self.usage = MailboxUsage()
+            self.check_quota = self._check_quota
 
     def check_room(self, size: int) -> None:
         """Refuse a message announced at ``size`` octets (``MAIL ... SIZE=``)
@@ -73,6 +94,38 @@ class RecipientPolicy:
         if self.components.queue is None:
             raise Rejected(replies.QUEUE_UNAVAILABLE)
         return (address,)
+
+    def _check_quota(self, address: Address, final: tuple[Address, ...],
+                     size: int | None) -> None:
+        """Refuse RCPT ``address`` with ``452 4.2.2`` when every one of its
+        ``final`` recipients is a local mailbox that holds ``quota`` octets
+        or more, or would with the ``size`` MAIL announced.
+
+        A soft quota, as a quota service at RCPT gives: a message accepted
+        here is delivered even if it takes the mailbox over (nothing is
+        refused after DATA, so no bounce goes to a forged sender).  An alias
+        with a member that has room, or a remote member, is accepted for
+        all its members: refusing it would hold back the others' copies,
+        dropping the full one would lose mail without a word.  The
+        postmaster is never refused (RFC 5321 4.5.1)."""
+        if address.is_postmaster or not final:
+            return
+        quota = self.quota
+        is_local = self.router.is_local_domain
+        for mailbox in final:
+            if mailbox.is_postmaster or not is_local(mailbox.domain):
+                return
+            try:
+                used = self.usage.usage(self._maildir_path(mailbox))
+            except (OSError, LocalError) as e:
+                # the quota is soft: a mailbox that cannot be measured
+                # gets its mail (delivery says what is wrong, if anything)
+                log.warn("cannot measure the mailbox of {mailbox} for its quota: {error}",
+                         mailbox=str(mailbox), error=str(e))
+                return
+            if used < quota and (size is None or used + size <= quota):
+                return
+        raise Rejected(replies.MAILBOX_FULL)
 
     def verify(self, address: Address) -> tuple[Address, ...] | None:
         """What VRFY/EXPN may say: the final addresses, ``None`` when we

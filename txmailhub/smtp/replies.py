@@ -66,6 +66,10 @@ AUTH_TOO_MANY_FAILURES = Reply.of(
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
 SESSION_ERROR = Reply.of(421, "4.3.0", "Local error in processing, closing connection")
 STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage, try again later")
+# [hub] mailbox_quota at RCPT: temporary (RFC 3463 X.2.2), so the sender's
+# server keeps the message and retries while the user makes room; RFC
+# 5321 4.5.3.1.10 has a 552 at RCPT treated as 452 anyway
+MAILBOX_FULL = Reply.of(452, "4.2.2", "Mailbox full, try again later")
 QUEUE_UNAVAILABLE = Reply.of(
     451, "4.3.0", "Relaying is not available yet on this server, try again later"
 )

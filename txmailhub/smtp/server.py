@@ -17,8 +17,8 @@ configuration in ``events``.  Bytes go in with ``receive_data``; replies come ou
   (``tls_started()``);
 * notices: ``MessageAborted`` (throw the spool file away) and ``Close``.
 
-Recipient policy (routing, relay rules) is a synchronous object passed in
-(see ``txmailhub.smtp.policy``).  This module imports nothing from
+Recipient policy (routing, relay rules, the mailbox quota) is a
+synchronous object passed in (see ``txmailhub.smtp.policy``).  This module imports nothing from
 ``twisted.internet``: no sockets, no timers, no disk.
 
 SEND is refused with 502 (we cannot deliver to a terminal and RFC 821 does
@@ -102,7 +102,7 @@ _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line lim
 # count towards max_errors.
 # (A chunk discarded after a failed BDAT is not either: RFC 3030 2.)
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL,
-                          replies.BDAT_DISCARDED})
+                          replies.MAILBOX_FULL, replies.BDAT_DISCARDED})
 _NO_DSN = DSNRequest()
 # Commands that move no mail forward (ServerConfig.max_junk_commands).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
@@ -132,7 +132,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
     # The parts (MessageTransfer, AuthPhase) declare their names as
     # annotations; tests check a session leaves the instance dict empty.
     __slots__ = (
-        "_bdat_draining", "_bdat_failed", "_bdat_first", "_buf", "_chunk_size", "_chunks",
+        "_bdat_draining", "_bdat_failed", "_bdat_first", "_buf", "_check_quota",
+        "_chunk_size", "_chunks",
         "_data_envelope", "_discarding", "_events", "_expanded", "_mail_params", "_out",
         "_overshoot", "_rcpt_count", "_read_limit", "_reader", "_recipient_dsn",
         "_recipients", "_room_refused", "_sasl", "_sender", "_used_bdat", "_waiting",
@@ -149,6 +150,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._chunk_size = 0
         self.config = config
         self.policy = policy
+        # the policy's mailbox quota check, None without a quota (or for a
+        # policy that has none): then RCPT does no extra work at all
+        self._check_quota = getattr(policy, "check_quota", None)
         self.session = session
         self.state = State.INIT
         self.errors = 0
@@ -555,6 +559,11 @@ class SMTPServer(MessageTransfer, AuthPhase):
             return
         final = self.policy.check_recipient(rcpt, self.session)
         self._rcpt_count += 1
+        if self._check_quota is not None:
+            # full: 452 4.2.2, not counted as the client's error (a list
+            # server may meet many full mailboxes) but as one of the
+            # transaction's max_recipients, so its repeats stay bounded
+            self._check_quota(rcpt, final, self._mail_params.size)
         dsn = None
         if params.notify or params.orcpt:
             # RFC 3461 4.2: without ORCPT the notices could name only what

@@ -1,0 +1,276 @@
+"""[hub] mailbox_quota: the Maildir meter (txmailhub.store.quota) and the
+452 4.2.2 at RCPT (the policy's check_quota, as the engine runs it)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.errors import Rejected
+from txmailhub.smtp import replies
+from txmailhub.smtp.policy import RecipientPolicy
+from txmailhub.smtp.server import MessageComplete, ServerConfig, Session, SMTPServer, StartMessage
+from txmailhub.store import quota as quota_module
+from txmailhub.store.quota import RACY_SECONDS, MailboxUsage, folder_size
+from txmailhub.testing import MemorySpooler, QueueSpy, StaticRouter
+
+FULL = replies.MAILBOX_FULL.text()
+
+
+def maildir(root: Path, name: str = "alice") -> Path:
+    md = root / name
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True, exist_ok=True)
+    return md
+
+
+def put(folder: Path, name: str, size: int) -> Path:
+    path = folder / name
+    path.write_bytes(b"x" * size)
+    return path
+
+
+def age(*paths: Path, seconds: float = 60.0) -> None:
+    """Make folders look settled: changed longer ago than RACY_SECONDS."""
+    then = time.time() - seconds
+    for p in paths:
+        os.utime(p, (then, then))
+
+
+# -- the meter ---------------------------------------------------------------
+
+
+def test_a_folder_is_measured_from_its_names(tmp_path: Path) -> None:
+    md = maildir(tmp_path)
+    put(md / "new", "1700000000.M1P2Q3.host,S=1000,W=1020", 3)  # S= is believed
+    put(md / "cur", "1700000001.M1P2Q4.host,S=500,W=510:2,S", 1)
+    put(md / "cur", "1700000002.foreign", 77)  # no S=: the file's size
+    put(md / "cur", ".hidden,S=9999", 1)  # not a message
+    (md / "cur" / "sub,S=4444").mkdir()  # not a message either
+    os.symlink("/etc/hostname", md / "new" / "link,S=8888")
+    put(md / "tmp", "in-flight,S=7777", 1)  # not delivered yet
+    assert folder_size(str(md / "new")) == 1000
+    assert folder_size(str(md / "cur")) == 577
+    assert MailboxUsage().usage(str(md)) == 1577
+
+
+def test_a_mailbox_not_made_yet_holds_nothing(tmp_path: Path) -> None:
+    assert MailboxUsage().usage(str(tmp_path / "nobody")) == 0
+
+
+def test_an_unchanged_folder_is_not_listed_again(tmp_path: Path, monkeypatch) -> None:
+    md = maildir(tmp_path)
+    put(md / "new", "1.a.h,S=100", 1)
+    age(md / "new", md / "cur")
+    listed: list[str] = []
+    real = quota_module.folder_size
+    monkeypatch.setattr(quota_module, "folder_size", lambda f: listed.append(f) or real(f))
+    usage = MailboxUsage()
+    assert usage.usage(str(md)) == 100
+    assert usage.usage(str(md)) == 100
+    assert len(listed) == 2  # new/ and cur/ once each
+    # a delivery changes new/ only: new/ is listed again, cur/ is not
+    put(md / "new", "2.a.h,S=50", 1)
+    age(md / "new")
+    assert usage.usage(str(md)) == 150
+    assert listed[2:] == [str(md / "new")]
+    # a POP3 DELE changes the folder too
+    (md / "new" / "1.a.h,S=100").unlink()
+    age(md / "new", seconds=30)
+    assert usage.usage(str(md)) == 50
+
+
+def test_a_folder_changed_just_now_is_measured_again(tmp_path: Path, monkeypatch) -> None:
+    # two changes within one tick of the file system's clock leave the
+    # mtime as it was: a fresh folder's total is not trusted
+    md = maildir(tmp_path)
+    put(md / "new", "1.a.h,S=100", 1)
+    calls: list[str] = []
+    real = quota_module.folder_size
+    monkeypatch.setattr(quota_module, "folder_size", lambda f: calls.append(f) or real(f))
+    usage = MailboxUsage()
+    usage.usage(str(md))
+    usage.usage(str(md))
+    assert calls.count(str(md / "new")) == 2
+    later = MailboxUsage(clock=lambda: time.time() + RACY_SECONDS + 1)
+    later.usage(str(md))
+    later.usage(str(md))
+    assert calls.count(str(md / "new")) == 3
+
+
+def test_the_meter_remembers_a_bounded_number_of_folders(tmp_path: Path) -> None:
+    usage = MailboxUsage(keep=4, clock=lambda: time.time() + 60)
+    for i in range(5):
+        usage.usage(str(maildir(tmp_path, f"u{i}")))
+    assert len(usage) == 4
+
+
+def test_a_large_folder_is_measured_quickly(tmp_path: Path) -> None:
+    # Why the meter may run on the reactor thread: 20,000 messages are
+    # listed and summed in well under the time a client waits for RCPT
+    # (the bound is loose for a busy test machine: about 20 ms on a small
+    # 2-core one).  Only a folder that changed is listed again.
+    md = maildir(tmp_path)
+    new = md / "new"
+    for i in range(20_000):
+        (new / f"17000{i:05d}.M{i}P1Q1.host,S=2048,W=2100").touch()
+    best = min(_timed(lambda: folder_size(str(new))) for _ in range(3))
+    assert folder_size(str(new)) == 20_000 * 2048
+    assert best < 0.25, best
+
+
+def _timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+# -- RCPT ----------------------------------------------------------------------
+
+
+class Store:
+    """A store that names its Maildirs, as MaildirStore does."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def maildir_path(self, address: Address) -> str:
+        return str(self.root / address.domain / address.local.lower())
+
+
+def make_policy(root: Path, quota: int, store=True) -> RecipientPolicy:
+    router = StaticRouter(
+        {"alice": None, "bob": None, "list": ["alice", "bob"], "solo": ["alice"],
+         "fwd": ["alice", "x@remote.test"]},
+        domains=("example.org",),
+    )
+    return RecipientPolicy(SimpleNamespace(
+        router=router, queue=QueueSpy(), spooler=MemorySpooler(),
+        store=Store(root) if store else None,
+        settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org",
+                                                     mailbox_quota=quota))))
+
+
+def fill(root: Path, local: str, size: int) -> None:
+    md = maildir(root / "example.org", local)
+    put(md / "cur", f"1.{local}.h,S={size}:2,S", 1)
+
+
+class Driver:
+    def __init__(self, policy: RecipientPolicy) -> None:
+        self.engine = SMTPServer(
+            ServerConfig(hostname="mx.example.org", primary_domain="example.org"), policy,
+            Session(client_host="192.0.2.9"))
+        self.engine.greeting()
+        self.engine.data_to_send()
+
+    def send(self, text: str) -> list[str]:
+        e = self.engine
+        e.receive_data(text.encode())
+        while (ev := e.next_event()) is not None:
+            if isinstance(ev, StartMessage):
+                e.message_started(lambda data: None)
+            elif isinstance(ev, MessageComplete):
+                e.message_done(replies.accepted("ID1"))
+        return e.data_to_send().decode().splitlines()
+
+
+def test_without_a_quota_rcpt_measures_nothing(tmp_path: Path, monkeypatch) -> None:
+    policy = make_policy(tmp_path, 0)
+    assert policy.check_quota is None
+    monkeypatch.setattr(os, "stat", lambda *a, **k: pytest.fail("a stat at RCPT"))
+    monkeypatch.setattr(os, "scandir", lambda *a, **k: pytest.fail("a listing at RCPT"))
+    d = Driver(policy)
+    assert d.send("EHLO c\r\nMAIL FROM:<s@x.test> SIZE=1000\r\nRCPT TO:<alice>\r\n")[-1] \
+        .startswith("250 ")
+
+
+def test_a_store_that_names_no_maildirs_has_no_quota(tmp_path: Path) -> None:
+    assert make_policy(tmp_path, 1000, store=False).check_quota is None
+
+
+def test_a_full_mailbox_is_452_4_2_2_at_rcpt(tmp_path: Path) -> None:
+    fill(tmp_path, "alice", 1000)
+    d = Driver(make_policy(tmp_path, 1000))
+    out = d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nRCPT TO:<bob>\r\n")
+    assert out[-2:] == [FULL, replies.recipient_ok("bob@example.org").text()]
+    assert FULL.startswith("452 4.2.2 ")
+    # the transaction goes on for bob, and DATA is accepted for him only
+    assert d.send("DATA\r\n")[-1].startswith("354")
+    assert d.send("hi\r\n.\r\n")[-1].startswith("250")
+
+
+def test_a_mailbox_under_its_quota_is_accepted(tmp_path: Path) -> None:
+    fill(tmp_path, "alice", 999)
+    d = Driver(make_policy(tmp_path, 1000))
+    assert d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<Alice>\r\n")[-1].startswith("250 ")
+
+
+def test_the_announced_size_counts(tmp_path: Path) -> None:
+    fill(tmp_path, "alice", 600)
+    d = Driver(make_policy(tmp_path, 1000))
+    assert d.send("EHLO c\r\nMAIL FROM:<s@x.test> SIZE=401\r\nRCPT TO:<alice>\r\n")[-1] == FULL
+    d.send("RSET\r\n")
+    assert d.send("MAIL FROM:<s@x.test> SIZE=400\r\nRCPT TO:<alice>\r\n")[-1].startswith("250 ")
+
+
+def test_the_postmaster_is_never_refused(tmp_path: Path) -> None:
+    fill(tmp_path, "postmaster", 5000)
+    policy = make_policy(tmp_path, 1000)
+    d = Driver(policy)
+    out = d.send("EHLO c\r\nMAIL FROM:<s@x.test> SIZE=5000\r\nRCPT TO:<postmaster>\r\n"
+                 "RCPT TO:<PostMaster@example.org>\r\n")
+    assert [line[:4] for line in out[-2:]] == ["250 ", "250 "]
+
+
+def test_an_alias_is_refused_only_when_all_its_mailboxes_are_full(tmp_path: Path) -> None:
+    fill(tmp_path, "alice", 2000)
+    d = Driver(make_policy(tmp_path, 1000))
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    assert d.send("RCPT TO:<solo>\r\n") == [FULL]  # its one mailbox is full
+    assert d.send("RCPT TO:<list>\r\n")[-1].startswith("250 ")  # bob has room
+    assert d.send("RCPT TO:<fwd>\r\n")[-1].startswith("250 ")  # a remote member
+    fill(tmp_path, "bob", 1000)
+    assert d.send("RCPT TO:<list>\r\n") == [FULL]
+
+
+def test_check_quota_refuses_with_rejected(tmp_path: Path) -> None:
+    fill(tmp_path, "alice", 10)
+    policy = make_policy(tmp_path, 10)
+    alice = Address("alice", "example.org")
+    with pytest.raises(Rejected) as info:
+        policy.check_quota(alice, (alice,), None)
+    assert info.value.reply is replies.MAILBOX_FULL
+    policy.check_quota(Address("bob", "example.org"), (Address("bob", "example.org"),), 10)
+
+
+def test_full_mailboxes_are_no_client_error_but_take_recipient_slots(tmp_path: Path) -> None:
+    # a list server that meets many full mailboxes is not cut off after
+    # max_errors, and a client that asks again and again runs into
+    # max_recipients as any other
+    fill(tmp_path, "alice", 1000)
+    policy = make_policy(tmp_path, 1000)
+    d = Driver(policy)
+    d.engine.config = ServerConfig(hostname="mx.example.org", primary_domain="example.org",
+                                   max_errors=3, max_recipients=5)
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    assert d.send("RCPT TO:<alice>\r\n" * 5) == [FULL] * 5
+    assert d.engine.errors == 0
+    assert d.send("RCPT TO:<bob>\r\n") == [replies.TOO_MANY_RECIPIENTS.text()]
+
+
+def test_a_mailbox_that_cannot_be_measured_gets_its_mail(tmp_path: Path, monkeypatch) -> None:
+    fill(tmp_path, "alice", 5000)
+    policy = make_policy(tmp_path, 1000)
+
+    def denied(md: str) -> int:
+        raise PermissionError(13, "Permission denied", md)
+
+    monkeypatch.setattr(policy.usage, "usage", denied)
+    alice = Address("alice", "example.org")
+    policy.check_quota(alice, (alice,), None)  # no 451, no traceback: accepted
