@@ -1200,13 +1200,11 @@ def use_mx_hosts(a, clock, domain, count, first_address):
     return names
 
 
-def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
-    # Ten addresses that accept the connection and never speak held the
-    # attempt (and a delivery slot) 10 x 5 minutes; a domain with such
-    # hosts (say the sender's, for a success notice) could keep every slot
-    # busy.  No further host is started once the budget is spent.
-    from txmailhub.relay.attempt import HOSTS_TIME_BUDGET
-    a, net, clock = agent(tmp_path)
+def _ten_silent_hosts(tmp_path, **settings):
+    """An attempt on a domain of ten MX hosts that accept and never speak,
+    run to its end: the agent, the network, the hosts' names, the time it
+    took and its one result."""
+    a, net, clock = agent(tmp_path, **settings)
     names = use_mx_hosts(a, clock, "silent.test", 10, first_address=100)
     for i in range(10):
         net.servers[(f"192.0.2.{100 + i}", 25)] = lambda: ScriptedSMTPServer(silent=True)
@@ -1214,6 +1212,16 @@ def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
     d = a.deliver(entry(tmp_path, who), "silent.test", [who])
     spent = advance_until_done(net, clock, d, step=60)
     [r] = run(net, d)
+    return a, net, names, spent, r
+
+
+def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
+    # Ten addresses that accept the connection and never speak held the
+    # attempt (and a delivery slot) 10 x 5 minutes; a domain with such
+    # hosts (say the sender's, for a success notice) could keep every slot
+    # busy.  No further host is started once the budget is spent.
+    from txmailhub.relay.attempt import HOSTS_TIME_BUDGET
+    a, net, names, spent, r = _ten_silent_hosts(tmp_path)
     assert r.kind == "transient" and r.reply.status == "4.4.2"
     assert spent <= HOSTS_TIME_BUDGET + 300
     assert len(net.connections) == HOSTS_TIME_BUDGET // 300
@@ -1224,14 +1232,7 @@ def test_silent_hosts_hold_an_attempt_a_bounded_time(tmp_path):
 
 def test_the_time_budget_is_the_configured_one(tmp_path):
     # [relay] hosts_time_budget: ten minutes are two silent hosts' greetings
-    a, net, clock = agent(tmp_path, relay='hosts_time_budget = "10m"')
-    names = use_mx_hosts(a, clock, "silent.test", 10, first_address=100)
-    for i in range(10):
-        net.servers[(f"192.0.2.{100 + i}", 25)] = lambda: ScriptedSMTPServer(silent=True)
-    who = Address("x", "silent.test")
-    d = a.deliver(entry(tmp_path, who), "silent.test", [who])
-    spent = advance_until_done(net, clock, d, step=60)
-    [r] = run(net, d)
+    a, net, names, spent, r = _ten_silent_hosts(tmp_path, relay='hosts_time_budget = "10m"')
     assert r.kind == "transient" and spent <= 600 + 300
     assert len(net.connections) == 2
     assert not a.mx.health.is_failed(names[2])  # never tried
