@@ -291,3 +291,18 @@ def test_a_mailbox_that_cannot_be_measured_gets_its_mail(tmp_path: Path, monkeyp
     monkeypatch.setattr(policy.usage, "usage", denied)
     alice = Address("alice", "example.org")
     policy.check_quota(alice, (alice,), None)  # no 451, no traceback: accepted
+
+
+def test_a_large_folder_is_listed_again_after_the_clock_is_set_back(
+        tmp_path: Path) -> None:
+    # the clock stepped back (an NTP step, an operator's date): the last
+    # listing now seems to lie in the future.  Its total may stand for
+    # RACY_SECONDS, not until the clock catches up with it again.
+    md = maildir(tmp_path)
+    put(md / "new", "1.a.h,S=100", 1)
+    now = [time.time()]
+    usage = MailboxUsage(clock=lambda: now[0], small=0)  # every folder is large
+    assert usage.usage(str(md)) == 100
+    now[0] -= 3600
+    put(md / "new", "2.a.h,S=50", 1)
+    assert usage.usage(str(md)) == 150

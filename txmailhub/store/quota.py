@@ -118,11 +118,14 @@ class MailboxUsage:
             seen, size, measured, names = known
             if seen == stamp and measured - st.st_mtime >= RACY_SECONDS:
                 return size  # exact: listed well after its last change
-            if names > self.small and now - measured < RACY_SECONDS:
+            if names > self.small and 0 <= now - measured < RACY_SECONDS:
                 # a large folder listed moments ago: a soft quota takes
                 # that total (it misses at most what arrived since), so a
                 # large folder that changes all the time is listed once
-                # per RACY_SECONDS, not at every RCPT
+                # per RACY_SECONDS, not at every RCPT.  (A listing that
+                # seems to lie in the future is no moment ago: the clock
+                # was set back, and the total would stand until it caught
+                # up again.)
                 return size
         size, names = _measure(folder)
         folders.pop(folder, None)
