@@ -306,3 +306,29 @@ def test_a_large_folder_is_listed_again_after_the_clock_is_set_back(
     now[0] -= 3600
     put(md / "new", "2.a.h,S=50", 1)
     assert usage.usage(str(md)) == 150
+
+
+def test_a_message_larger_than_the_quota_is_refused_for_good(tmp_path: Path) -> None:
+    # SIZE= over the quota itself: no room the user makes can ever take
+    # it, so "try again later" would only have the sender's server retry
+    # for days; RFC 3463 X.2.3 is the per-mailbox size limit, permanent.
+    # Like a full mailbox, it is no error of the client's: a list server
+    # sending one large message to many mailboxes is not cut off.
+    policy = make_policy(tmp_path, 1000)
+    d = Driver(policy)
+    d.engine.config = ServerConfig(hostname="mx.example.org", primary_domain="example.org",
+                                   max_errors=3)
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test> SIZE=1001\r\n")
+    too_big = replies.MESSAGE_OVER_QUOTA.text()
+    assert too_big.startswith("550 5.2.3 ")
+    assert d.send("RCPT TO:<alice>\r\n" * 4) == [too_big] * 4  # an empty mailbox
+    assert d.send("RCPT TO:<list>\r\n") == [too_big]
+    assert d.send("RCPT TO:<fwd>\r\n")[-1].startswith("250 ")  # a remote member
+    assert d.engine.errors == 0
+    # at the quota exactly: the mailbox has room for it
+    d.send("RSET\r\n")
+    assert d.send("MAIL FROM:<s@x.test> SIZE=1000\r\nRCPT TO:<alice>\r\n")[-1].startswith("250 ")
+    # a mailbox that is full as well as too small: the permanent reply
+    fill(tmp_path, "bob", 1000)
+    d.send("RSET\r\n")
+    assert d.send("MAIL FROM:<s@x.test> SIZE=5000\r\nRCPT TO:<bob>\r\n")[-1] == too_big

@@ -99,7 +99,8 @@ class RecipientPolicy:
                      size: int | None) -> None:
         """Refuse RCPT ``address`` with ``452 4.2.2`` when every one of its
         ``final`` recipients is a local mailbox that holds ``quota`` octets
-        or more, or would with the ``size`` MAIL announced.
+        or more, or would with the ``size`` MAIL announced; with ``552
+        5.2.3`` when that size is over the quota itself.
 
         A soft quota, as a quota service at RCPT gives: a message accepted
         here is delivered even if it takes the mailbox over (nothing is
@@ -125,6 +126,10 @@ class RecipientPolicy:
                 return
             if used < quota and (size is None or used + size <= quota):
                 return
+        if size is not None and size > quota:
+            # no mailbox, however empty, ever takes it: say so for good,
+            # rather than have the sender's server retry for days
+            raise Rejected(replies.MESSAGE_OVER_QUOTA)
         raise Rejected(replies.MAILBOX_FULL)
 
     def verify(self, address: Address) -> tuple[Address, ...] | None:

@@ -70,6 +70,13 @@ STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage, try again la
 # server keeps the message and retries while the user makes room; RFC
 # 5321 4.5.3.1.10 has a 552 at RCPT treated as 452 anyway
 MAILBOX_FULL = Reply.of(452, "4.2.2", "Mailbox full, try again later")
+# [hub] mailbox_quota at RCPT, MAIL ... SIZE= over the quota itself: no
+# room the user makes can take it, so permanent (RFC 3463 X.2.3, the
+# per-mailbox message length limit, "useful only as a permanent error").
+# 550, not 552: some clients take any 552 at RCPT as a 452 (RFC 5321
+# 4.5.3.1.10 asks that for its old "too many recipients" meaning;
+# txmailhub.smtp.client does it for every 552)
+MESSAGE_OVER_QUOTA = Reply.of(550, "5.2.3", "Message too big for this mailbox")
 QUEUE_UNAVAILABLE = Reply.of(
     451, "4.3.0", "Relaying is not available yet on this server, try again later"
 )

@@ -102,7 +102,8 @@ _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line lim
 # count towards max_errors.
 # (A chunk discarded after a failed BDAT is not either: RFC 3030 2.)
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL,
-                          replies.MAILBOX_FULL, replies.BDAT_DISCARDED})
+                          replies.MAILBOX_FULL, replies.MESSAGE_OVER_QUOTA,
+                          replies.BDAT_DISCARDED})
 _NO_DSN = DSNRequest()
 # Commands that move no mail forward (ServerConfig.max_junk_commands).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
