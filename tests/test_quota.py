@@ -332,3 +332,23 @@ def test_a_message_larger_than_the_quota_is_refused_for_good(tmp_path: Path) -> 
     fill(tmp_path, "bob", 1000)
     d.send("RSET\r\n")
     assert d.send("MAIL FROM:<s@x.test> SIZE=5000\r\nRCPT TO:<bob>\r\n")[-1] == too_big
+
+
+def test_the_listeners_of_one_hub_share_one_meter(tmp_path: Path) -> None:
+    # the MX, submission and implicit-TLS submission factories each make
+    # a policy: one meter between them keeps the documented bound of
+    # folders remembered, and a folder is listed once, not once per port
+    from txmailhub.components import Components
+    from txmailhub.config import AliasesSettings, HubSettings, Settings, UsersSettings
+
+    settings = Settings(
+        path=str(tmp_path / "mailhub.toml"),
+        hub=HubSettings("mail.example.org", str(tmp_path), ("example.org",),
+                        mailbox_quota=1000),
+        users=UsersSettings(str(tmp_path / "users")), aliases=AliasesSettings(None), tls=None)
+    components = Components(
+        settings=settings, reactor=None, router=StaticRouter({"alice": None},
+                                                             domains=("example.org",)),
+        store=Store(tmp_path), spooler=None, portal=None)
+    mx, submission = RecipientPolicy(components), RecipientPolicy(components)
+    assert mx.usage is submission.usage

@@ -43,6 +43,10 @@ class Components:
     * ``login_failures``: failed logins per client (SMTP AUTH and POP3
       together), a ``txmailhub.limits.FailureWindow``; made by the first
       factory that needs it.
+    * ``mailbox_usage``: the ``txmailhub.store.quota.MailboxUsage`` every
+      SMTP listener's recipient policy measures mailboxes with (one bound
+      on the folders remembered, one listing per change for the whole
+      hub); made by the first policy that needs it (``[hub] mailbox_quota``).
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -61,6 +65,7 @@ class Components:
     smtp_connections: Any = None
     pop3_connections: Any = None
     login_failures: Any = None
+    mailbox_usage: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)
 
     def shared(self, name: str, make: Callable[[], Any]) -> Any:

@@ -62,7 +62,12 @@ class RecipientPolicy:
         self.check_quota = None
         if self.quota and maildir_path is not None:
             self._maildir_path = maildir_path
-            self.usage = MailboxUsage()
+            # one meter for every listener of the hub (MX, submission):
+            # its bound on remembered folders is the hub's, and a folder
+            # that changed is listed once, not once per listener
+            shared = getattr(components, "shared", None)
+            self.usage = MailboxUsage() if shared is None else shared("mailbox_usage",
+                                                                      MailboxUsage)
             self.check_quota = self._check_quota
 
     def check_room(self, size: int) -> None:
