@@ -67,8 +67,7 @@ LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later
 SESSION_ERROR = Reply.of(421, "4.3.0", "Local error in processing, closing connection")
 STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage, try again later")
 # [hub] mailbox_quota at RCPT: temporary (RFC 3463 X.2.2), so the sender's
-# server keeps the message and retries while the user makes room; RFC
-# 5321 4.5.3.1.10 has a 552 at RCPT treated as 452 anyway
+# server keeps the message and retries while the user makes room
 MAILBOX_FULL = Reply.of(452, "4.2.2", "Mailbox full, try again later")
 # [hub] mailbox_quota at RCPT, MAIL ... SIZE= over the quota itself: no
 # room the user makes can take it, so permanent (RFC 3463 X.2.3, the
