@@ -514,6 +514,10 @@ def test_mailhub_sendmail_takes_the_global_config_and_sendmail_options(
     ("RCPT", 550, "5.7.1 Relaying denied", 69),
     ("RCPT", 553, "5.1.3 Bad destination mailbox address syntax", 65),
     ("RCPT", 452, "4.5.3 Too many recipients", 75),
+    # [hub] mailbox_quota: the message is over a mailbox's quota itself, a
+    # refusal of the message (as 552 to its size), not an unknown user
+    ("RCPT", 550, "5.2.3 Message too big for this mailbox", 65),
+    ("RCPT", 452, "4.2.2 Mailbox full, try again later", 75),
     ("MAIL", 501, "5.1.7 Bad sender address syntax", 65),
     ("MAIL", 421, "4.4.2 Idle timeout", 75),
     ("DATA", 552, "5.3.4 Message too big", 65),

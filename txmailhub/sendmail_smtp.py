@@ -133,11 +133,13 @@ def _status(stage: str, code: int, reply: str) -> int:
     if 400 <= code < 500 or code < 200:
         return EX_TEMPFAIL
     enhanced = reply.split(" ", 1)[0]
-    if stage == "RCPT" and code in (550, 551) and not enhanced.startswith("5.7."):
+    # 550 5.2.3 to RCPT: the message is over that mailbox's quota itself
+    # ([hub] mailbox_quota), a refusal of the message, not of the user
+    if stage == "RCPT" and code in (550, 551) and not enhanced.startswith(("5.7.", "5.2.3")):
         return EX_NOUSER
     # 552 to MAIL: the SIZE it declared is over the hub's limit (RFC 1870
     # 6.1), the same refusal of the message as 552 after the data
-    if code in (501, 553) or (stage in ("MAIL", "DATA") and (
+    if code in (501, 553) or enhanced == "5.2.3" or (stage in ("MAIL", "DATA") and (
             code == 552 or enhanced.startswith("5.3.4"))) or (
             stage == "DATA" and enhanced.startswith("5.6.")):
         return EX_DATAERR
