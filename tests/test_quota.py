@@ -281,12 +281,18 @@ def test_full_mailboxes_are_no_client_error_but_take_recipient_slots(tmp_path: P
     assert d.send("RCPT TO:<bob>\r\n") == [replies.TOO_MANY_RECIPIENTS.text()]
 
 
-def test_a_mailbox_that_cannot_be_measured_gets_its_mail(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("error", [
+    PermissionError(13, "Permission denied"),
+    # a UTF-8 local part where the file system encoding is not UTF-8
+    UnicodeEncodeError("ascii", "j\u00f6rg", 1, 2, "ordinal not in range(128)"),
+])
+def test_a_mailbox_that_cannot_be_measured_gets_its_mail(tmp_path: Path, monkeypatch,
+                                                         error: Exception) -> None:
     fill(tmp_path, "alice", 5000)
     policy = make_policy(tmp_path, 1000)
 
     def denied(md: str) -> int:
-        raise PermissionError(13, "Permission denied", md)
+        raise error
 
     monkeypatch.setattr(policy.usage, "usage", denied)
     alice = Address("alice", "example.org")

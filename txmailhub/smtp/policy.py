@@ -123,7 +123,7 @@ class RecipientPolicy:
                 return
             try:
                 used = self.usage.usage(self._maildir_path(mailbox))
-            except (OSError, LocalError) as e:
+            except (OSError, LocalError, UnicodeError) as e:
                 # the quota is soft: a mailbox that cannot be measured
                 # gets its mail (delivery says what is wrong, if anything)
                 log.warn("cannot measure the mailbox of {mailbox} for its quota: {error}",
