@@ -760,6 +760,16 @@ def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
         "default is 15m)",)
 
 
+def test_a_quota_below_the_largest_message_is_warned_of() -> None:
+    # "100" meant as megabytes: a quota most messages cannot fit
+    s = load_text(MINIMAL + "mailbox_quota = 100\n", "/c")
+    assert s.warnings == (
+        "/c: [hub] mailbox_quota: 100 octets is less than [smtp] max_message_size "
+        "(26214400): a message the hub takes can be one no mailbox may hold (the quota is "
+        "in octets: 1 GiB is 1073741824)",)
+    assert not load_text(MINIMAL + "mailbox_quota = 26214400\n", "/c").warnings
+
+
 def test_the_mailbox_quota_is_off_by_default_and_read_in_octets() -> None:
     assert load_text(MINIMAL, "/etc/mh/mailhub.toml").hub.mailbox_quota == 0
     s = load_text(MINIMAL + "mailbox_quota = 104857600\n", "/etc/mh/mailhub.toml")

@@ -958,6 +958,13 @@ def load_text(text: str, path: str) -> Settings:
             f"{path}: [smtp] max_message_size: {smtp.max_message_size} octets is below the "
             "64K RFC 5321 4.5.3.1.7 requires a server to accept"
         )
+    if 0 < hub.mailbox_quota < smtp.max_message_size:
+        # a size in megabytes written as a number ("100") refuses nearly all mail
+        warnings.append(
+            f"{path}: [hub] mailbox_quota: {hub.mailbox_quota} octets is less than "
+            f"[smtp] max_message_size ({smtp.max_message_size}): a message the hub takes "
+            "can be one no mailbox may hold (the quota is in octets: 1 GiB is 1073741824)"
+        )
     if "max_recipients" in t and smtp.max_recipients < 100:
         warnings.append(
             f"{path}: [smtp] max_recipients: {smtp.max_recipients} is below the 100 "
