@@ -32,6 +32,22 @@ def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def test_user_list_usage_gives_what_each_mailbox_holds_and_the_quota(config: Path) -> None:
+    for name in ("alice", "bob@example.net"):
+        run(config, "user", "add", name, "--password-stdin", stdin=PW)
+    new = config.parent / "var" / "mail" / "example.org" / "alice" / "new"
+    new.mkdir(parents=True)
+    (new / "1.M1P1.host,S=1500,W=1530").write_bytes(b"x")  # sized by its name
+    (new.parent / "cur").mkdir()
+    (new.parent / "cur" / "2.foreign:2,S").write_bytes(b"y" * 70)  # by its length
+    assert run(config, "user", "list", "--usage") == (
+        0, "alice@example.org\t1570\tnone\nbob@example.net\t0\tnone\n", "")
+    config.write_text(config.read_text().replace("[hub]\n", "[hub]\nmailbox_quota = 30000000\n"))
+    assert run(config, "user", "list", "--usage")[1].splitlines()[0] == (
+        "alice@example.org\t1570\t30000000")
+    assert run(config, "user", "list")[1] == "alice@example.org\nbob@example.net\n"
+
+
 def test_check_ok(config: Path) -> None:
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     assert run(config, "check") == (0, f"{config}: ok\n", "")

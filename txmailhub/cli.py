@@ -71,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="read the password from the first line of standard input")
     pw.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
     pw.add_argument("password", nargs="?", help=argparse.SUPPRESS)  # refused: see main
-    user.add_parser("list", help="list users, one address per line")
+    ul = user.add_parser("list", help="list users, one address per line")
+    ul.add_argument("--usage", action="store_true",
+                    help="after each address, a tab, the octets its mailbox holds, a tab "
+                         "and [hub] mailbox_quota (none: no quota)")
 
     from txmailhub.relay.admin import add_queue_parser
 
@@ -306,8 +309,19 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     if cmd == "list":
         # as the hub knows them (Maildir, logins, logs): lower case, an IDN
         # in its one form, however the line was typed into the file
+        if not args.usage:
+            for address in users.addresses():
+                print(address.key, file=out)
+            return 0
+        from txmailhub.store.maildir import maildir_path
+        from txmailhub.store.quota import MailboxUsage
+
+        meter = MailboxUsage()
+        quota = settings.hub.mailbox_quota or "none"
         for address in users.addresses():
-            print(address.key, file=out)
+            # what RCPT measures against the quota (docs/smtp.rst)
+            held = meter.usage(maildir_path(settings.mail_dir, address))
+            print(f"{address.key}\t{held}\t{quota}", file=out)
         return 0
     if cmd == "del":
         print(f"deleted {users.delete(args.address)}", file=out)

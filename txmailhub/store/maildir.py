@@ -95,6 +95,7 @@ from txmailhub.store.sync import all_done, fsync_dir
 
 __all__ = [
     "LOCK_NAME",
+    "maildir_path",
     "SIZES_NAME",
     "CRLFCounter",
     "CRLFEncoder",
@@ -138,6 +139,15 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
+
+
+def maildir_path(mail_dir: str, address: Address) -> str:
+    """``mail_dir/<domain>/<local part, lower-cased>``: where ``address``'s
+    mail is (``LocalError`` for a name no folder may have).  The one rule,
+    for the store and for ``mailhub user list --usage``."""
+    domain = _path_component(canonical_domain(address.domain), "domain")
+    local = _path_component(canonical_local(address.local), "local part")
+    return os.path.join(mail_dir, domain, local)
 
 @implementer(IMailboxStore, ISpoolingStore, IKeyedStore)
 class MaildirStore:
@@ -191,9 +201,7 @@ class MaildirStore:
         cost a dozen Python calls per message."""
         md = self._paths.get(address)
         if md is None:
-            domain = _path_component(canonical_domain(address.domain), "domain")
-            local = _path_component(canonical_local(address.local), "local part")
-            md = os.path.join(self.mail_dir, domain, local)
+            md = maildir_path(self.mail_dir, address)
             if len(self._paths) >= 4096:
                 self._paths.clear()
             self._paths[address] = md
