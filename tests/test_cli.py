@@ -48,6 +48,33 @@ def test_user_list_usage_gives_what_each_mailbox_holds_and_the_quota(config: Pat
     assert run(config, "user", "list")[1] == "alice@example.org\nbob@example.net\n"
 
 
+def test_user_list_usage_goes_on_past_a_mailbox_it_cannot_measure(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "a/b" is a valid local part that cannot name a Maildir folder (was a
+    # traceback), and a Maildir this user may not read (was the end of the
+    # listing at that mailbox): each is said on stderr, the rest is listed
+    for name in ("a/b", "alice", "bob", "carol"):
+        run(config, "user", "add", name, "--password-stdin", stdin=PW)
+    import txmailhub.store.quota as quota
+
+    real = quota.os.stat
+
+    def stat(path, *args, **kwargs):
+        if "/bob/" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(quota.os, "stat", stat)
+    code, out, err = run(config, "user", "list", "--usage")
+    assert (code, out) == (1, "a/b@example.org\tunknown\tnone\nalice@example.org\t0\tnone\n"
+                              "bob@example.org\tunknown\tnone\ncarol@example.org\t0\tnone\n")
+    lines = err.splitlines()
+    assert len(lines) == 2 and "Traceback" not in err
+    assert lines[0].startswith("mailhub: cannot measure the mailbox of a/b@example.org: ")
+    assert lines[1].startswith("mailhub: cannot measure the mailbox of bob@example.org: ")
+    assert "Permission denied" in lines[1]
+
+
 def test_check_ok(config: Path) -> None:
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     assert run(config, "check") == (0, f"{config}: ok\n", "")

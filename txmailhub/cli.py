@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from txmailhub.config import SYSTEM_CONFIG, Settings, default_config_path, load
-from txmailhub.errors import ConfigError, NoSuchUser, UserExists, UsersFileError
+from txmailhub.errors import ConfigError, LocalError, NoSuchUser, UserExists, UsersFileError
 
 if TYPE_CHECKING:
     from txmailhub.address import Address
@@ -318,11 +318,24 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
 
         meter = MailboxUsage()
         quota = settings.hub.mailbox_quota or "none"
+        code = 0
         for address in users.addresses():
             # what RCPT measures against the quota (docs/smtp.rst)
-            held = meter.usage(maildir_path(settings.mail_dir, address))
+            try:
+                held: int | str = meter.usage(maildir_path(settings.mail_dir, address))
+            except (OSError, LocalError, UnicodeError) as e:
+                # as du does: say why on stderr, list the others, exit 1.
+                # A local part no folder may have ("a/b"), a Maildir this
+                # user may not read, a name the file system encoding
+                # cannot spell: the hub gives those mailboxes their mail
+                # (the quota is soft), so the listing must go on too
+                held, code = "unknown", 1
+                why = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror
+                       else e)
+                print(f"mailhub: cannot measure the mailbox of {address.key}: {why}",
+                      file=err or sys.stderr)
             print(f"{address.key}\t{held}\t{quota}", file=out)
-        return 0
+        return code
     if cmd == "del":
         print(f"deleted {users.delete(args.address)}", file=out)
         return 0
