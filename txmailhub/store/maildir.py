@@ -95,7 +95,6 @@ from txmailhub.store.sync import all_done, fsync_dir
 
 __all__ = [
     "LOCK_NAME",
-    "maildir_path",
     "SIZES_NAME",
     "CRLFCounter",
     "CRLFEncoder",
@@ -104,6 +103,7 @@ __all__ = [
     "MessageInfo",
     "Snapshot",
     "crlf_size_of",
+    "maildir_path",
     "scan",
     "uid_for_name",
 ]
@@ -140,7 +140,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-
 def maildir_path(mail_dir: str, address: Address) -> str:
     """``mail_dir/<domain>/<local part, lower-cased>``: where ``address``'s
     mail is (``LocalError`` for a name no folder may have).  The one rule,
@@ -148,6 +147,7 @@ def maildir_path(mail_dir: str, address: Address) -> str:
     domain = _path_component(canonical_domain(address.domain), "domain")
     local = _path_component(canonical_local(address.local), "local part")
     return os.path.join(mail_dir, domain, local)
+
 
 @implementer(IMailboxStore, ISpoolingStore, IKeyedStore)
 class MaildirStore:
