@@ -139,7 +139,7 @@ def test_the_meter_remembers_a_bounded_number_of_folders(tmp_path: Path) -> None
 
 def test_a_large_folder_is_measured_from_its_names(tmp_path: Path) -> None:
     # 20,000 messages named as the hub names them: summed from the listing
-    # (about 20 ms on a small 2-core machine, see txmailhub.store.quota)
+    # (about 30 ms on a small 2-core machine, see txmailhub.store.quota)
     md = maildir(tmp_path)
     new = md / "new"
     for i in range(20_000):
