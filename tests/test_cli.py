@@ -242,6 +242,31 @@ def test_an_empty_mailhub_config_counts_as_unset(tmp_path: Path) -> None:
     assert "Is a directory" not in done.stderr
 
 
+EMPTY_CONFIG = ("mailhub: --config: the path is empty; leave the option out to read "
+                "$MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config=", "check"], ["-c", "", "check"], ["--config", "", "user", "list"],
+    ["--config=", "queue", "list"], ["-c", "", "sendmail", "bob"],
+])
+def test_an_empty_config_path_is_a_usage_error(config: Path, argv: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``--config "$CONF"`` with $CONF unset: not the default file (it was,
+    # or the current folder read as one), whatever the environment names
+    monkeypatch.setenv("MAILHUB_CONFIG", str(config))
+    out, err, stdin = io.StringIO(), io.StringIO(), io.StringIO("Subject: x\n\nbody\n")
+    assert main(argv, out=out, err=err, stdin=stdin) == 2
+    assert (out.getvalue(), err.getvalue()) == ("", EMPTY_CONFIG)
+
+
+def test_an_empty_config_path_is_a_usage_error_for_the_command(tmp_path: Path) -> None:
+    env = dict(os.environ, MAILHUB_CONFIG="")
+    done = subprocess.run([sys.executable, "-m", "txmailhub", "--config=", "check"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", EMPTY_CONFIG)
+
+
 def test_user_add_says_what_it_stored_and_refuses_what_cannot_be_a_mailbox(config: Path) -> None:
     assert run(config, "user", "add", "Ann.Smith", "--password-stdin", stdin=PW) == (
         0, "added ann.smith@example.org\n", "")

@@ -132,6 +132,21 @@ def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str])
     assert err.getvalue().startswith("sendmail: ") and "usage:" in err.getvalue()
 
 
+@pytest.mark.parametrize("argv", [["-C", "", "bob"], ["-C", "", "-bs"], ["-bp", "-C", ""]])
+def test_an_empty_config_path_is_a_usage_error(tmp_path: Path, argv: list[str]) -> None:
+    # ``sendmail -C "$CONF"`` with $CONF unset: exit 64 before stdin is
+    # read, not a message sent with the default config
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    stdin, err, out = io.BytesIO(b"To: bob\n\nbody\n"), io.StringIO(), io.StringIO()
+    assert run(argv, str(config), "sendmail", stdin=stdin, err=err, out=out,
+               stdout=io.BytesIO()) == EX_USAGE
+    assert stdin.tell() == 0 and out.getvalue() == ""
+    assert err.getvalue().splitlines()[0] == (
+        "sendmail: -C: the path is empty; leave the option out to read $MAILHUB_CONFIG, "
+        "else /etc/txmailhub/mailhub.toml")
+
+
 def test_no_recipients_without_t_is_a_usage_error_before_stdin_is_read(tmp_path: Path) -> None:
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')

@@ -283,6 +283,27 @@ def test_twistd_without_config_reads_the_file_the_mailhub_command_reads(
     ]
 
 
+def test_twistd_refuses_an_empty_config_path(tmp_path: Path, monkeypatch, capsys) -> None:
+    # ``--config "$CONF"`` with $CONF unset: exit 2 with one line, not the
+    # hub started on the default file
+    import pytest
+
+    from txmailhub.tap import Options
+
+    conf = tmp_path / "mailhub.toml"
+    conf.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                    'state_dir = "state"\n[smtp]\nlisten = []\n[submission]\nlisten = []\n'
+                    '[pop3]\nlisten = []\n')
+    monkeypatch.setenv("MAILHUB_CONFIG", str(conf))
+    for argv in (["--config="], ["-c", ""], ["--config", ""]):
+        with pytest.raises(SystemExit) as info:
+            Options().parseOptions(argv)
+        assert info.value.code == 2
+        assert capsys.readouterr().err == (
+            "mailhub: --config: the path is empty; leave the option out to read "
+            "$MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml\n")
+
+
 def test_twistd_names_a_config_it_cannot_read(tmp_path: Path, monkeypatch, capsys) -> None:
     import pytest
 

@@ -17,7 +17,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from txmailhub.config import SYSTEM_CONFIG, Settings, default_config_path, load
+from txmailhub.config import (
+    SYSTEM_CONFIG,
+    Settings,
+    default_config_path,
+    empty_config_path,
+    load,
+)
 from txmailhub.errors import ConfigError, LocalError, NoSuchUser, UserExists, UsersFileError
 
 if TYPE_CHECKING:
@@ -376,9 +382,15 @@ def main(
 
         # its own exit codes: sysexits(3), as every caller of sendmail expects
         config = _parser().parse_args([*split[0], "check"]).config
+        if not config:  # a global option: mailhub's usage error, as any other of its own
+            print(f"mailhub: {empty_config_path('--config')}", file=err)
+            return 2
         return sendmail(split[1], config, "mailhub sendmail", stdin=getattr(stdin, "buffer", None),
                         err=err, out=out)
     args = _parser().parse_args(argv)
+    if not args.config:  # --config= or -c '': not the default file (config.empty_config_path)
+        print(f"mailhub: {empty_config_path('--config')}", file=err)
+        return 2
     if getattr(args, "password", None) is not None:
         # `user add joe joepw`, as htpasswd and many tools take it: not
         # taken (ps and the shell's history would show the password), but

@@ -45,6 +45,7 @@ __all__ = [
     "LocalSubmission",
     "SYSTEM_CONFIG",
     "default_config_path",
+    "empty_config_path",
     "listen_address",
     "load",
     "load_local_submission",
@@ -66,6 +67,17 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> str:
     command, so that ``mailhub check`` checks the file the hub runs on."""
     env = os.environ if environ is None else environ
     return env.get("MAILHUB_CONFIG") or SYSTEM_CONFIG
+
+
+def empty_config_path(option: str) -> str:
+    """What every command says of an explicit empty config path
+    (``--config=``, ``-c ''``, sendmail's ``-C ''``): a usage error, not
+    the default file.  ``--config "$CONF"`` with ``$CONF`` unset or
+    misspelt would otherwise run, or check, another file than the one
+    meant, without a word.  (An empty ``$MAILHUB_CONFIG`` is different: a
+    cleared variable, so unset.)"""
+    return (f"{option}: the path is empty; leave the option out to read $MAILHUB_CONFIG, "
+            f"else {SYSTEM_CONFIG}")
 
 
 # ASCII digits and blanks only: Python's \d takes any script's digits

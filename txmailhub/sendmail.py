@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from txmailhub.address import Address, AddressError, ascii_form, parse_address
-from txmailhub.config import LocalSubmission, load_local_submission
+from txmailhub.config import LocalSubmission, empty_config_path, load_local_submission
 from txmailhub.errors import ConfigError, RemoteProtocolError
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, read_message
@@ -131,6 +131,8 @@ def parse_args(argv: list[str]) -> Options:
         elif letter == "i" or (letter == "o" and value == "i"):
             found["ignore_dots"] = True
         elif letter == "C":
+            if not value:  # -C "$CONF" with $CONF unset: not the default file
+                raise UsageError(empty_config_path("-C"))
             found["config"] = value
         elif letter == "v":
             found["verbose"] = True

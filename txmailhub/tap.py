@@ -17,7 +17,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from txmailhub.config import SYSTEM_CONFIG, default_config_path, load
+from txmailhub.config import SYSTEM_CONFIG, default_config_path, empty_config_path, load
 from txmailhub.errors import ConfigError
 
 __all__ = ["Options", "makeService"]
@@ -36,7 +36,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        given = bool(self["config"])
+        given = self["config"] is not None
+        if self["config"] == "":
+            # --config= (``--config "$CONF"`` with $CONF unset): not the
+            # default file; one line and exit 2, as for a bad config
+            print(f"mailhub: {empty_config_path('--config')}", file=sys.stderr)
+            raise SystemExit(2)
         if not given:
             # the ``mailhub`` command's own default, by its own rule: the
             # hub runs on the file ``mailhub check`` checked

@@ -133,6 +133,17 @@ def test_without_config_it_reads_the_mailhub_commands_default(tmp_path: Path, mo
     assert "Traceback" not in out
 
 
+def test_an_empty_config_path_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
+    # ``--config "$CONF"`` with $CONF unset: one line and exit 2, not the
+    # default file (nor the current folder read as one)
+    monkeypatch.delenv("MAILHUB_CONFIG", raising=False)
+    result = run_twistd("mailhub", "--config=", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "mailhub: --config: the path is empty; leave the option out to read "
+        f"$MAILHUB_CONFIG, else {SYSTEM_CONFIG}\n")
+
+
 def test_config_from_the_environment(make_hub, monkeypatch) -> None:
     """``$MAILHUB_CONFIG`` stands in for ``--config``, as for ``mailhub``."""
     hub = make_hub(start=False)
