@@ -84,3 +84,34 @@ def test_log_failure_names_an_os_error_and_traces_a_bug():
     assert "log_failure" not in events[0] and events[0]["log_level"].name == "error"
     assert formatEvent(events[1]) == "could not store M2"
     assert isinstance(events[1]["log_failure"].value, ValueError)
+
+
+def test_repeat_limit_says_a_key_once_per_interval_with_the_count_held_back() -> None:
+    from txmailhub.logsafe import RepeatLimit
+
+    now = [100.0]
+    limit = RepeatLimit(60, keep=10, clock=lambda: now[0])
+    assert limit.due("a") == 0  # the first time: say it
+    assert [limit.due("a") for _ in range(3)] == [None] * 3
+    assert limit.due("b") == 0  # each key on its own
+    now[0] += 59.9
+    assert limit.due("a") is None
+    now[0] += 0.1
+    assert limit.due("a") == 4  # held back four times since
+    assert limit.due("a") is None
+    now[0] -= 3600  # the clock set back: said, not quiet for an hour
+    assert limit.due("a") == 1
+
+
+def test_repeat_limit_remembers_a_bounded_number_of_keys() -> None:
+    from txmailhub.logsafe import RepeatLimit
+
+    now = [0.0]
+    limit = RepeatLimit(60, keep=3, clock=lambda: now[0])
+    for key in ("a", "b", "c"):
+        assert limit.due(key) == 0
+    assert limit.due("a") is None  # held back: keeps its place, said first
+    assert limit.due("d") == 0  # forgets "a", the one said longest ago
+    assert len(limit) == 3
+    assert limit.due("c") is None and limit.due("d") is None
+    assert limit.due("a") == 0

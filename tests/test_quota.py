@@ -160,7 +160,7 @@ class Store:
         return str(self.root / address.domain / address.local.lower())
 
 
-def make_policy(root: Path, quota: int, store=True) -> RecipientPolicy:
+def make_policy(root: Path, quota: int, store=True, reactor=None) -> RecipientPolicy:
     router = StaticRouter(
         {"alice": None, "bob": None, "list": ["alice", "bob"], "solo": ["alice"],
          "fwd": ["alice", "x@remote.test"]},
@@ -168,7 +168,7 @@ def make_policy(root: Path, quota: int, store=True) -> RecipientPolicy:
     )
     return RecipientPolicy(SimpleNamespace(
         router=router, queue=QueueSpy(), spooler=MemorySpooler(),
-        store=Store(root) if store else None,
+        store=Store(root) if store else None, reactor=reactor,
         settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org",
                                                      mailbox_quota=quota))))
 
@@ -299,6 +299,59 @@ def test_a_mailbox_that_cannot_be_measured_gets_its_mail(tmp_path: Path, monkeyp
     policy.check_quota(alice, (alice,), None)  # no 451, no traceback: accepted
 
 
+def test_a_mailbox_that_cannot_be_measured_is_logged_once_per_interval(
+        tmp_path: Path, monkeypatch) -> None:
+    # one line per RCPT was a line per recipient a client chose to send: a
+    # hundred RCPT TO:<alice> filled the log
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import EventLoggingObserver
+    from twisted.logger import Logger, formatEvent
+
+    from txmailhub.smtp import policy as policy_module
+
+    events = EventLoggingObserver()
+    monkeypatch.setattr(policy_module, "log", Logger(observer=events))
+    clock = Clock()
+    clock.advance(1000)
+    policy = make_policy(tmp_path, 1000, reactor=clock)
+
+    def denied(md: str) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(policy.usage, "usage", denied)
+    d = Driver(policy)
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    # still accepted, every time (the quota is soft)
+    assert [line[:4] for line in d.send("RCPT TO:<alice>\r\n" * 50)] == ["250 "] * 50
+    alice = Address("alice", "example.org")
+    for _ in range(49):
+        policy.check_quota(alice, (alice,), None)
+    bob = Address("bob", "example.org")
+    policy.check_quota(bob, (bob,), None)  # another mailbox has its own line
+    lines = [formatEvent(e) for e in events]
+    assert lines == [
+        "cannot measure the mailbox of alice@example.org for its quota: "
+        "[Errno 13] Permission denied",
+        "cannot measure the mailbox of bob@example.org for its quota: "
+        "[Errno 13] Permission denied",
+    ]
+    assert policy_module.UNMEASURED_WARNING_SECONDS == 300
+    clock.advance(299.5)
+    policy.check_quota(alice, (alice,), None)
+    assert len(events) == 2
+    # five minutes after its line: the next one, with the RCPTs left unsaid
+    # (98 of the first 99, one just now)
+    clock.advance(0.5)
+    policy.check_quota(alice, (alice,), None)
+    assert formatEvent(events[2]) == (
+        "cannot measure the mailbox of alice@example.org for its quota: [Errno 13] "
+        "Permission denied (also at 99 RCPT since the last such line; one line per "
+        "mailbox every 300 s at most)")
+    assert events[2]["log_level"].name == "warn"
+    policy.check_quota(alice, (alice,), None)
+    assert len(events) == 3
+
+
 def test_a_large_folder_is_listed_again_after_the_clock_is_set_back(
         tmp_path: Path) -> None:
     # the clock stepped back (an NTP step, an operator's date): the last
@@ -358,3 +411,5 @@ def test_the_listeners_of_one_hub_share_one_meter(tmp_path: Path) -> None:
         store=Store(tmp_path), spooler=None, portal=None)
     mx, submission = RecipientPolicy(components), RecipientPolicy(components)
     assert mx.usage is submission.usage
+    # and one memory of the mailboxes it could not measure
+    assert mx.unmeasured is submission.unmeasured

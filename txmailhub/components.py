@@ -47,6 +47,10 @@ class Components:
       SMTP listener's recipient policy measures mailboxes with (one bound
       on the folders remembered, one listing per change for the whole
       hub); made by the first policy that needs it (``[hub] mailbox_quota``).
+    * ``quota_warnings``: the ``txmailhub.logsafe.RepeatLimit`` that keeps
+      the warning about a mailbox the quota cannot measure to one line per
+      mailbox every few minutes for the whole hub; made with
+      ``mailbox_usage``.
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -66,6 +70,7 @@ class Components:
     pop3_connections: Any = None
     login_failures: Any = None
     mailbox_usage: Any = None
+    quota_warnings: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)
 
     def shared(self, name: str, make: Callable[[], Any]) -> Any:

@@ -3,13 +3,19 @@
 User names, HELO names and addresses come from the network.  Written into
 a text log as they are, a CR or an escape sequence forges or hides lines,
 and undecodable bytes (kept as surrogates) make Twisted's formatter drop
-the whole event.  Every such value passes through ``loggable`` first."""
+the whole event.  Every such value passes through ``loggable`` first.
+
+A warning a client can set off at will (one per ``RCPT``, say) passes
+through a ``RepeatLimit``: once per key and interval, so that a client
+cannot fill the log with it."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["loggable", "log_failure"]
+__all__ = ["RepeatLimit", "loggable", "log_failure"]
 
 
 def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
@@ -63,3 +69,44 @@ def log_failure(logger: Any, failure: Any, text: str, **fields: Any) -> None:
         logger.error(text + ": {error}", error=str(failure.value), **fields)
     else:
         logger.failure(text, failure, **fields)
+
+
+class RepeatLimit:
+    """Whether a warning about ``key`` (a mailbox, say) is due: at most
+    once per ``interval`` seconds for each key, with a count of the times
+    it was held back in between.  At most ``keep`` keys are remembered
+    (the one said longest ago is forgotten first, and may then be said
+    again early): the memory stays bounded whatever a client names."""
+
+    def __init__(self, interval: float, keep: int = 1000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.interval = interval
+        self.keep = keep
+        self.clock = clock
+        # key -> (when it was last said, times held back since); in the
+        # order they were last said
+        self._said: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> int | None:
+        """``None``: said less than ``interval`` ago, so keep quiet (this
+        time is counted).  Else say it now: the number of times it was
+        held back since it was last said (0 the first time)."""
+        now = self.clock()
+        said = self._said
+        held = 0
+        last = said.get(key)
+        if last is not None:
+            when, held = last
+            # (a time in the future: the clock was set back; say it, or it
+            # would stay quiet until the clock caught up)
+            if 0 <= now - when < self.interval:
+                said[key] = (when, held + 1)  # keeps its place in the order
+                return None
+            del said[key]
+        if len(said) >= self.keep:
+            del said[next(iter(said))]
+        said[key] = (now, 0)
+        return held
+
+    def __len__(self) -> int:
+        return len(self._said)

@@ -32,18 +32,26 @@ finds no such user, so they are refused with 550 5.1.1.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.logger import Logger
 
 from txmailhub.address import Address
 from txmailhub.errors import LocalError, Rejected
+from txmailhub.logsafe import RepeatLimit
 from txmailhub.smtp import replies
 from txmailhub.store.quota import MailboxUsage
 
-__all__ = ["RecipientPolicy"]
+__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy"]
 
 log = Logger()
+
+#: A mailbox the quota cannot measure is logged at most once in this many
+#: seconds (each ``RCPT`` to it would be a line: a client sending a hundred
+#: fills the log), for at most ``_UNMEASURED_KEEP`` mailboxes remembered
+UNMEASURED_WARNING_SECONDS = 300.0
+_UNMEASURED_KEEP = 1000
 
 
 class RecipientPolicy:
@@ -68,6 +76,15 @@ class RecipientPolicy:
             shared = getattr(components, "shared", None)
             self.usage = MailboxUsage() if shared is None else shared("mailbox_usage",
                                                                       MailboxUsage)
+            # the reactor's clock (a fake one in tests); shared too, so a
+            # mailbox is logged once per interval for the hub, not per port
+            clock = getattr(getattr(components, "reactor", None), "seconds", time.time)
+
+            def unmeasured() -> RepeatLimit:
+                return RepeatLimit(UNMEASURED_WARNING_SECONDS, _UNMEASURED_KEEP, clock)
+
+            self.unmeasured = unmeasured() if shared is None else shared("quota_warnings",
+                                                                         unmeasured)
             self.check_quota = self._check_quota
 
     def check_room(self, size: int) -> None:
@@ -126,8 +143,7 @@ class RecipientPolicy:
             except (OSError, LocalError, UnicodeError) as e:
                 # the quota is soft: a mailbox that cannot be measured
                 # gets its mail (delivery says what is wrong, if anything)
-                log.warn("cannot measure the mailbox of {mailbox} for its quota: {error}",
-                         mailbox=str(mailbox), error=str(e))
+                self._warn_unmeasured(str(mailbox), e)
                 return
             if used < quota and (size is None or used + size <= quota):
                 return
@@ -136,6 +152,23 @@ class RecipientPolicy:
             # rather than have the sender's server retry for days
             raise Rejected(replies.MESSAGE_OVER_QUOTA)
         raise Rejected(replies.MAILBOX_FULL)
+
+    def _warn_unmeasured(self, mailbox: str, error: Exception) -> None:
+        """Log that ``mailbox`` could not be measured, at most once per
+        ``UNMEASURED_WARNING_SECONDS`` for each mailbox (the count of the
+        ``RCPT`` commands left unsaid in between goes with the next line)."""
+        held = self.unmeasured.due(mailbox)
+        if held is None:
+            return
+        if held:
+            log.warn("cannot measure the mailbox of {mailbox} for its quota: {error} "
+                     "(also at {held} RCPT since the last such line; one line per mailbox "
+                     "every {seconds} s at most)",
+                     mailbox=mailbox, error=str(error), held=held,
+                     seconds=int(UNMEASURED_WARNING_SECONDS))
+        else:
+            log.warn("cannot measure the mailbox of {mailbox} for its quota: {error}",
+                     mailbox=mailbox, error=str(error))
 
     def verify(self, address: Address) -> tuple[Address, ...] | None:
         """What VRFY/EXPN may say: the final addresses, ``None`` when we
