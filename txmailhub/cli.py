@@ -17,6 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from txmailhub.cli_output import utf8_output
 from txmailhub.config import (
     SYSTEM_CONFIG,
     Settings,
@@ -376,6 +377,9 @@ def main(
     stdin: TextIO | None = None,
 ) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    # addresses and remote text as UTF-8 octets, whatever the locale: a
+    # listing must not die at the first address the locale cannot spell
+    utf8_output(out, err)
     split = _sendmail_split(sys.argv[1:] if argv is None else argv)
     if split is not None:
         from txmailhub.sendmail import run as sendmail

@@ -634,7 +634,10 @@ def main(argv: list[str] | None = None) -> int:
     /usr/sbin/sendmail, and link ``mailq`` and ``newaliases`` to it); the
     config is ``-C``, ``$MAILHUB_CONFIG`` or /etc/txmailhub/mailhub.toml."""
     from txmailhub.cli import DEFAULT_CONFIG
+    from txmailhub.cli_output import utf8_output
 
+    # what mailq lists (addresses, remote replies) as UTF-8 octets, as mailhub does
+    utf8_output(sys.stdout, sys.stderr)
     prog = os.path.basename(sys.argv[0]) if argv is None else ""
     prog = prog if prog and not prog.startswith("-") else "sendmail"
     args = sys.argv[1:] if argv is None else argv

@@ -1,0 +1,133 @@
+"""What the commands write where the locale's encoding cannot hold an
+address: UTF-8 octets (txmailhub.cli_output), not a UnicodeEncodeError."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from txmailhub.address import Address
+from txmailhub.cli import main
+from txmailhub.cli_output import ERRORS
+from txmailhub.config import load_text
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.relay.queue import OutboundQueue
+from txmailhub.smtp.reply import Reply
+
+PW = "mellow-quartz-harbour\n"
+# stdout an ASCII file (the file system still UTF-8), and the C locale
+# with Python's UTF-8 mode and locale coercion off (ASCII everywhere)
+ASCII_IO = {"PYTHONIOENCODING": "ascii", "PYTHONUTF8": "1"}
+C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+            "PYTHONIOENCODING": ""}
+ENVIRONMENTS = pytest.mark.parametrize("env", [ASCII_IO, C_LOCALE], ids=["ascii-io", "C"])
+
+
+def command(env: dict[str, str], *argv: str, cwd: Path) -> tuple[int, bytes, bytes]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+    environ.pop("LANG", None)
+    environ.update(env)
+    done = subprocess.run([sys.executable, *argv], env=environ, cwd=cwd,
+                          capture_output=True, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    folder = tmp_path / "prüf"  # a path that is not ASCII either
+    folder.mkdir()
+    path = folder / "mailhub.toml"
+    path.write_text('[hub]\nhostname = "mail.example.org"\n'
+                    'domains = ["example.org", "bücher.example"]\nstate_dir = "var"\n')
+    for name in ("alice", "josé", "jörg@bücher.example"):
+        assert main(["--config", str(path), "user", "add", name, "--password-stdin"],
+                    out=io.StringIO(), err=io.StringIO(), stdin=io.StringIO(PW)) == 0
+    return path
+
+
+@ENVIRONMENTS
+def test_user_list_writes_utf8_octets(config: Path, env: dict[str, str]) -> None:
+    code, out, err = command(env, "-m", "txmailhub", "--config", str(config), "user", "list",
+                             cwd=config.parent)
+    assert (code, out, err) == (
+        0, "alice@example.org\njosé@example.org\njörg@bücher.example\n".encode(), b"")
+
+
+def test_user_list_usage_writes_utf8_octets(config: Path) -> None:
+    code, out, err = command(ASCII_IO, "-m", "txmailhub", "--config", str(config), "user",
+                             "list", "--usage", cwd=config.parent)
+    assert (code, out, err) == (
+        0, "alice@example.org\t0\tnone\njosé@example.org\t0\tnone\n"
+           "jörg@bücher.example\t0\tnone\n".encode(), b"")
+
+
+def test_user_list_usage_in_the_c_locale(config: Path) -> None:
+    # an ASCII file system encoding cannot name josé's Maildir: unknown,
+    # as for any mailbox it cannot measure; the listing is still UTF-8
+    code, out, err = command(C_LOCALE, "-m", "txmailhub", "--config", str(config), "user",
+                             "list", "--usage", cwd=config.parent)
+    assert code == 1
+    assert out == ("alice@example.org\t0\tnone\njosé@example.org\tunknown\tnone\n"
+                   "jörg@bücher.example\tunknown\tnone\n").encode()
+    assert err.startswith("mailhub: cannot measure the mailbox of josé@example.org: "
+                          .encode()), err
+
+
+@ENVIRONMENTS
+def test_check_writes_the_path_as_it_is(config: Path, env: dict[str, str]) -> None:
+    code, out, err = command(env, "-m", "txmailhub", "--config", str(config), "check",
+                             cwd=config.parent)
+    assert (code, out) == (0, f"{config}: ok\n".encode()), err
+
+
+@pytest.fixture
+def queued(config: Path) -> str:
+    settings = load_text(config.read_text(), str(config))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    queue = OutboundQueue(settings.queue_dir, clock)
+    spool = config.parent / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=Address("josé", "example.org"),
+                                 recipients=(Address("zoë", "empfänger.test"),),
+                                 helo="client.example.org", client_address="127.0.0.1",
+                                 smtputf8=True),
+                        SpooledMessage(str(spool), 17, 20)).result
+    reply = Reply.of(451, "4.2.0", "Grüße: the mailbox is busy")
+    queue.update(qid, lambda e: dataclasses.replace(e.with_recipients(
+        {r.address: dataclasses.replace(r, last_reply=reply, attempts=1)
+         for r in e.recipients}), attempts=1))
+    return qid
+
+
+@ENVIRONMENTS
+def test_queue_list_show_and_mailq_write_utf8_octets(config: Path, queued: str,
+                                                     env: dict[str, str]) -> None:
+    base = ["-m", "txmailhub", "--config", str(config), "queue"]
+    code, out, err = command(env, *base, "list", cwd=config.parent)
+    assert (code, err) == (0, b"")
+    assert out.startswith(f"{queued} josé@example.org zoë@empfänger.test ".encode())
+    assert out.endswith("451 4.2.0 Grüße: the mailbox is busy\n".encode())
+    code, show, err = command(env, *base, "show", queued, cwd=config.parent)
+    assert (code, err) == (0, b"")
+    lines = show.splitlines()
+    assert "sender: josé@example.org".encode() in lines
+    assert "    reply: 451 4.2.0 Grüße: the mailbox is busy".encode() in lines
+    # mailq (sendmail -bp) prints what queue list prints
+    code, mailq, err = command(
+        env, "-c", "import sys; from txmailhub.sendmail import main; sys.exit(main())",
+        "-bp", "-C", str(config), cwd=config.parent)
+    assert (code, mailq, err) == (0, out, b"")
+
+
+def test_octets_that_were_not_utf8_are_written_back_as_they_were() -> None:
+    # surrogateescape's stand-ins (a file name, a remote's reply) are the
+    # octets again; any other lone surrogate is an escape, not an error
+    assert "jos\udce9 \ud800 é".encode("utf-8", ERRORS) == b"jos\xe9 \\ud800 \xc3\xa9"

@@ -1,0 +1,64 @@
+"""What the commands write: UTF-8 octets, whatever the locale says.
+
+Owns the one rule every command line tool of the hub (``mailhub`` and all
+its subcommands, ``txmailhub-sendmail`` and ``mailq``) writes its
+standard output and standard error by.  Addresses (``josé@example.org``,
+an IDN), the remote replies the queue keeps and file names are text that
+the locale's encoding may not hold: under ``LC_ALL=C`` (without Python's
+UTF-8 mode) or ``PYTHONIOENCODING=ascii`` a listing died with a
+``UnicodeEncodeError`` traceback at the first such address.
+
+The rule, as Postfix's tools print what they hold: the text's UTF-8
+octets, written as they are, so that a listing stays machine-readable
+and the same whatever the locale (``grep`` for an address finds the
+octets the users file, the queue and the log hold).  Octets that were
+not UTF-8 (a file name, a remote's reply, kept as surrogates by
+``surrogateescape``) are written back as they were; a lone surrogate
+that stands for no such octet, which nothing the hub stores should
+hold, is written as ``\\uXXXX`` rather than ending the command.
+
+It changes only how the streams encode; it must not decide what is
+written.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import TextIO
+
+__all__ = ["ERRORS", "utf8_output"]
+
+#: the codec error handler the streams get (registered on import)
+ERRORS = "txmailhub.octets"
+
+
+def _octets(error: UnicodeError) -> tuple[bytes, int]:
+    """Encode what UTF-8 could not: only lone surrogates fail it."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = bytearray()
+    for c in error.object[error.start:error.end]:
+        o = ord(c)
+        if 0xDC80 <= o <= 0xDCFF:  # surrogateescape: an octet that was not UTF-8
+            out.append(o - 0xDC00)
+        else:
+            out += f"\\u{o:04x}".encode("ascii")
+    return bytes(out), error.end
+
+
+codecs.register_error(ERRORS, _octets)
+
+
+def utf8_output(*streams: TextIO) -> None:
+    """Make each text stream of ``streams`` write UTF-8 by the rule above
+    (``sys.stdout`` and ``sys.stderr`` at a command's start).  A stream
+    that cannot be told (a ``StringIO``: it holds text, not octets) is
+    left as it is; so is one already writing by the rule."""
+    for stream in streams:
+        reconfigure = getattr(stream, "reconfigure", None)
+        encoding = getattr(stream, "encoding", None)
+        if reconfigure is None or encoding is None:
+            continue
+        if codecs.lookup(encoding).name == "utf-8" and stream.errors == ERRORS:
+            continue
+        reconfigure(encoding="utf-8", errors=ERRORS)
