@@ -115,3 +115,17 @@ def test_repeat_limit_remembers_a_bounded_number_of_keys() -> None:
     assert len(limit) == 3
     assert limit.due("c") is None and limit.due("d") is None
     assert limit.due("a") == 0
+
+
+def test_shown_escapes_controls_and_nothing_else():
+    from txmailhub.logsafe import shown
+
+    text = "".join(map(chr, range(0x00, 0x200)))
+    out = shown(text)
+    for o in range(0x200):
+        c = chr(o)
+        if o == 9 or 0x20 <= o < 0x7F or o >= 0xA0:
+            assert c in out
+        else:
+            assert c not in out and f"\\x{{{o:X}}}" in out
+    assert shown("550 5.1.1 caf\u00e9\t\\x{1B} \u202e") == "550 5.1.1 caf\u00e9\t\\x{1B} \u202e"

@@ -131,6 +131,24 @@ def test_show_tells_the_hubs_own_account_from_a_servers_reply(setup):
     assert "last reply: hub: 451 4.4.2 timeout waiting for the reply to DATA" in out
 
 
+def test_a_replys_control_characters_never_reach_the_terminal(setup):
+    # a hostile next hop's reply, kept in the queue as received: an ESC
+    # would start a terminal escape sequence in the admin's shell
+    settings, queue, qid, _ = setup
+    hostile = Reply.of(550, "5.1.1", "no\x1b]0;owned\x07 such\tuser\x9b2J \u00e9t\u00e9")
+    queue.update(qid, lambda e: e.with_recipients(
+        {r.address: dataclasses.replace(r, last_reply=hostile) for r in e.recipients}))
+    shown = "no\\x{1B}]0;owned\\x{7} such\tuser\\x{9B}2J \u00e9t\u00e9"
+    code, out, _ = run(settings, "list")
+    assert code == 0
+    assert out.endswith(f"550 5.1.1 {shown}\n"), out  # tab and UTF-8 as they are
+    code, out, _ = run(settings, "show", qid)
+    assert code == 0
+    assert f"    reply: 550 5.1.1 {shown}\n" in out, out
+    assert f"last reply: 550 5.1.1 {shown}\n" in out
+    assert not any(c in out for c in "\x1b\x07\x9b")
+
+
 def test_unknown_id(setup):
     settings = setup[0]
     for action in ("show", "delete", "hold", "release"):

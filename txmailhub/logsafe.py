@@ -11,11 +11,12 @@ cannot fill the log with it."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RepeatLimit", "loggable", "log_failure"]
+__all__ = ["RepeatLimit", "loggable", "log_failure", "shown"]
 
 
 def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
@@ -39,6 +40,22 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
             break
         out.append(piece)
     return "".join(out)
+
+
+# C0 controls but the tab, DEL, C1 controls
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """``text`` a remote server wrote (a reply kept in the queue), fit to
+    show a person: on a terminal (``mailhub queue``) or in a notice.
+
+    An ESC starts a terminal escape sequence (a remote could retitle the
+    admin's window, hide a line, or worse), so every C0 and C1 control but
+    the tab comes out as ``\\x{HEX}``.  Nothing else changes: a reply
+    within RFC 5321's grammar (printable ASCII and tabs, UTF-8 after
+    SMTPUTF8) is shown verbatim, as ``queue list`` promises."""
+    return _CONTROLS.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
 
 
 def _escape(c: str, ascii_only: bool) -> str:

@@ -13,6 +13,9 @@ bare queue id, the sender (``<>`` for the null sender), the recipients
 still to be delivered as plain addresses, the number of attempts, the
 next attempt (UTC, ISO 8601, or ``held``), and the last error: the
 remote's reply verbatim, code included (``-`` when there is none).
+Control characters (an ESC, which starts a terminal escape sequence; a
+reply within RFC 5321's grammar has none but tabs) are shown as
+``\\x{HEX}`` in ``list`` and ``show``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from txmailhub.logsafe import shown
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
 from txmailhub.relay.schedule import utc_text
@@ -65,12 +69,14 @@ def _line(entry: QueueEntry) -> str:
     last = entry.last_reply
     fields = [entry.id, _sender(entry), *todo, str(entry.attempts), nxt,
               last.text() if last is not None else "-"]
-    return " ".join(fields)
+    return shown(" ".join(fields))
 
 
 def _show(entry: QueueEntry, out: TextIO) -> None:
     env = entry.envelope
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+    # every line through shown(): a reply's controls (an ESC) must not
+    # reach the terminal as they are
+    p = lambda line: print(shown(line), file=out)  # noqa: E731
     p(f"id: {entry.id}")
     if env.message_id:
         p(f"message id: {env.message_id}")

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import Envelope
 from txmailhub.errors import Rejected
+from txmailhub.logsafe import shown
 from txmailhub.relay.record import QueueEntry, RecipientRecord
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
@@ -286,10 +287,9 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
             why += " (gave up: the message stayed in the queue too long)"
         # a server's reply may hold control characters (an ESC starts a
-        # terminal escape sequence): C0 and C1 controls are shown as
-        # \x{HEX}, the rest of its text (UTF-8 included) as it is
-        why = "".join(f"\\x{{{ord(c):X}}}" if ord(c) < 32 or 127 <= ord(c) < 160 else c
-                      for c in why)
+        # terminal escape sequence): shown as \x{HEX}, the rest of its
+        # text (UTF-8 included) as it is
+        why = shown(why)
         if len(why) > _DIAGNOSTIC_MAX:
             why = why[: _DIAGNOSTIC_MAX - 3] + "..."
         # wrapped: a remote reply of many lines (joined) or one long line
