@@ -1486,3 +1486,33 @@ def test_a_protocol_error_after_the_reply_to_the_final_dot_leaves_the_delivery(t
     outcome = proto.done.result
     assert outcome.session_error is None
     assert [(r.address, r.kind) for r in outcome.recipients] == [(BOB, "delivered")]
+
+
+def test_a_hostile_reply_is_logged_escaped(tmp_path):
+    # a next hop's reply goes into the hub's log: its CR would hide the
+    # start of the line in a terminal, an ESC start an escape sequence in
+    # the admin's `tail -f`; the log rule (logsafe.loggable) escapes them
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            greeting=b"554 5.7.1 go\x1b]0;owned\x07 away\rforged\r\n")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.reply.text() == "554 5.7.1 go\x1b]0;owned\x07 away\rforged"  # kept as it came
+    [line] = [formatEvent(e) for e in events if "not reached" in formatEvent(e)]
+    assert line == ("ABCDEF0123456789: remote.test not reached: "
+                    "554 5.7.1 go\\x1b]0;owned\\x07 away\\x0dforged")
+
+
+def test_a_hostile_refusal_of_auth_is_logged_escaped(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(
+        b"555 5.5.4 AUTH\x1b[2J not\rrecognized\r\n", extensions=("SIZE 1000000", "AUTH PLAIN"))
+    _, logged = deliver_logged(net, a, entry(tmp_path, BOB, submitter=ALICE))
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused AUTH= on MAIL "
+                      "(555 5.5.4 AUTH\\x1b[2J not\\x0drecognized); MAIL sent again without it, "
+                      "and without it to mx1.remote.test port 25 for 24 hours"]

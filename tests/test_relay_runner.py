@@ -1667,3 +1667,27 @@ def test_a_protocol_error_mid_batch_keeps_the_message_queued_and_frees_the_slot_
     [server] = hub.net.server_protocols
     assert server.in_data and not server.messages and b"QUIT" not in server.buf
     assert not hub.agent.connected(qid) and qid not in hub.runner._attempting  # slot free
+
+
+def test_a_hostile_reply_is_logged_escaped(hub):
+    # the next hop's words go into the hub's log as each result's line: a
+    # CR or an ESC in them must not forge or hide log lines (logsafe)
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    hostile = Reply.of(550, "5.1.1", "no\x1b[2K\rsuch\\user")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+        hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", hostile, "mx")
+                                            for a in r]
+        qid = enqueue(hub, BOB)
+        enqueue(hub, BOB, sender=None)  # a notice that failed: dropped, and logged
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events]
+    escaped = "550 5.1.1 no\\x1b[2K\\x0dsuch\\\\user"
+    assert f"{qid} to {BOB}: {escaped}; failed" in lines
+    [dropped] = [line for line in lines if "dropping it" in line]
+    assert dropped.endswith(f"could not be delivered to {BOB}: {escaped}; dropping it")
+    assert not any("\x1b" in line or "\r" in line for line in lines)

@@ -1,9 +1,10 @@
 """Text a client chose, made fit for one log line.
 
-User names, HELO names and addresses come from the network.  Written into
-a text log as they are, a CR or an escape sequence forges or hides lines,
-and undecodable bytes (kept as surrogates) make Twisted's formatter drop
-the whole event.  Every such value passes through ``loggable`` first.
+User names, HELO names, addresses and a next hop's replies come from the
+network.  Written into a text log as they are, a CR or an escape
+sequence forges or hides lines, and undecodable bytes (kept as
+surrogates) make Twisted's formatter drop the whole event.  Every such
+value passes through ``loggable`` first.
 
 A warning a client can set off at will (one per ``RCPT``, say) passes
 through a ``RepeatLimit``: once per key and interval, so that a client
@@ -16,7 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RepeatLimit", "loggable", "log_failure", "shown"]
+__all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "shown"]
+
+
+#: ``loggable``'s limit for a remote server's reply (the relay's log
+#: lines): high enough to keep a whole reply, as the log always had it
+#: (at most 200 lines of 4096 octets, ``txmailhub.smtp._client_reply``)
+REPLY_LOG_MAX = 1 << 20
 
 
 def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:

@@ -53,6 +53,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, canonical_domain
 from txmailhub.config import RelaySettings
 from txmailhub.interfaces import IDeliveryAgent
+from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
@@ -629,7 +630,7 @@ class DeliveryAgent:
                         log.info("{queue_id}: {host}: {reply}; the message may have been "
                                  "delivered, no other host is tried before the next retry",
                                  queue_id=entry.id, host=where(mxhost.name, address),
-                                 address=address, reply=last.text())
+                                 address=address, reply=loggable(last.text(), REPLY_LOG_MAX))
                         # a refusal at RCPT is the server's answer for its
                         # recipient: only those it took are in doubt
                         known = {r.address: r for r in outcome.refused}
@@ -653,7 +654,7 @@ class DeliveryAgent:
         kind = ("permanent" if last.is_permanent and not about_host and not out_of_time
                 else "transient")
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
-                 destination=destination, reply=last.text())
+                 destination=destination, reply=loggable(last.text(), REPLY_LOG_MAX))
         return [DeliveryResult(a, kind, last, last_host) for a in recipients]
 
     def _results(self, entry: QueueEntry, outcome: SessionOutcome,
@@ -797,7 +798,7 @@ class DeliveryAgent:
         if refused is None:
             return
         fields = dict(queue_id=entry.id, host=where(name, address), address=address,
-                      reply=refused.text())
+                      reply=loggable(refused.text(), REPLY_LOG_MAX))
         if not session.accepted_without_auth_param:
             log.info("{queue_id}: {host} refused AUTH= on MAIL ({reply}); MAIL sent again "
                      "without it", **fields)

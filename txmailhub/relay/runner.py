@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
 from txmailhub.interfaces import IKeyedStore
-from txmailhub.logsafe import log_failure
+from txmailhub.logsafe import REPLY_LOG_MAX, log_failure, loggable
 from txmailhub.relay import bounce, schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
@@ -680,8 +680,10 @@ class QueueRunner:
             then = "; failed" if res.kind == "permanent" else "; failed: too long queued"
         else:
             then = "" if nxt is None else f"; next attempt {schedule.utc_text(nxt)}"
+        # the server's words as the log takes them: a CR or an ESC a
+        # hostile next hop put in its reply must not forge or hide lines
         return dict(queue_id=e.id, recipient=str(res.address), who=who,
-                    reply=res.reply.text(), then=then)
+                    reply=loggable(res.reply.text(), REPLY_LOG_MAX), then=then)
 
     # --- notices ------------------------------------------------------------------------
 
@@ -696,7 +698,8 @@ class QueueRunner:
                     log.warn("{queue_id}: a message from <> (a notice) could not be delivered "
                              "to {recipient}: {reply}; dropping it", queue_id=entry.id,
                              recipient=str(r.address),
-                             reply=r.last_reply.text() if r.last_reply is not None else "-")
+                             reply=loggable(r.last_reply.text(), REPLY_LOG_MAX)
+                             if r.last_reply is not None else "-")
             ok = True
             if wanted:
                 ok = yield self._send_once(entry, wanted, bounce.FAILED, now)
