@@ -20,6 +20,7 @@ from txmailhub.errors import ConfigError
 from txmailhub.sendmail import (
     EX_CONFIG,
     EX_DATAERR,
+    EX_IOERR,
     EX_NOUSER,
     EX_USAGE,
     LoginNotAddress,
@@ -733,6 +734,26 @@ def test_bp_lists_the_queue_as_mailhub_queue_list_does(tmp_path: Path) -> None:
     out = io.StringIO()
     assert cli.main(["--config", str(config), "sendmail", "-bp"], out=out) == 0
     assert out.getvalue() == listed.getvalue()
+
+
+def test_bp_into_a_reader_that_went_away_is_quiet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``mailq | head -1``: the queue was read; the output is what failed.
+    # No "cannot read the queue: Broken pipe" (as mailhub queue list).
+    class GoneReader(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def listing(settings: object, args: object, out: io.StringIO, err: object) -> int:
+        print("1A3185C5000000DBD alice@example.org bob@remote.test 0 - -", file=out)
+        return 0
+
+    monkeypatch.setattr("txmailhub.relay.admin.run_queue", listing)
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n')
+    err = io.StringIO()
+    assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, GoneReader()) == EX_IOERR
+    assert err.getvalue() == ""
 
 
 def test_installed_as_mailq_or_newaliases_it_is_bp_or_bi(

@@ -615,6 +615,13 @@ def _list_queue(settings: LocalSubmission, prog: str, out: TextIO, err: TextIO) 
     try:
         status = run_queue(settings, argparse.Namespace(queue_command="list"), out, err)
         out.flush()
+    except BrokenPipeError:
+        # the reader went away (``mailq | head -1``): the queue was read,
+        # so no "cannot read the queue"; quiet, as ``mailhub queue list``
+        from txmailhub.cli import _discard_output
+
+        _discard_output(out)
+        return EX_IOERR
     except PermissionError as e:
         print(f"{prog}: cannot read the queue: {e.filename or ''}: {e.strerror} (it belongs "
               "to the user the hub runs as; run mailq as that user or root)", file=err)
