@@ -795,3 +795,17 @@ def test_check_reports_the_relay_time_budget(config: Path) -> None:
     code, out, err = run(config, "check")
     assert code == 0 and out == f"{config}: ok\n"
     assert err.startswith(f"warning: {config}: [relay] hosts_time_budget: 60s is under")
+
+
+@pytest.mark.parametrize("argv", [["check"], ["user", "list"], ["queue", "list"],
+                                  ["user", "add", "joe", "--password-stdin"]])
+def test_a_closed_standard_output_is_one_line_not_a_traceback(
+        config: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``mailhub check >&-``: Python's sys.stdout is None; the flush after
+    # the command was an AttributeError traceback (after a user was added)
+    monkeypatch.setattr(sys, "stdout", None)
+    err = io.StringIO()
+    assert main(["--config", str(config), *argv], err=err, stdin=io.StringIO(PW)) == 1
+    assert err.getvalue() == ("mailhub: standard output is closed: nowhere to write what the "
+                              "command says; nothing was done\n")
+    assert not (config.parent / "users").exists()  # joe was not added

@@ -908,3 +908,14 @@ def test_any_printable_local_part_quoted_is_sent_as_the_hub_reads_it(local: str)
     if quoted.startswith('"'):
         quoted = re.sub(r"\\(.)", r"\1", quoted[1:-1])
     assert quoted == local and address.domain == "example.org"
+
+
+def test_bp_with_standard_output_closed_is_74_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``mailq >&-``: sys.stdout is None; the listing's flush was a traceback
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n')
+    monkeypatch.setattr("sys.stdout", None)
+    err = io.StringIO()
+    assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err) == EX_IOERR
+    assert err.getvalue() == "mailq: standard output is closed: nowhere to list the queue\n"

@@ -395,6 +395,12 @@ def main(
     if not args.config:  # --config= or -c '': not the default file (config.empty_config_path)
         print(f"mailhub: {empty_config_path('--config')}", file=err)
         return 2
+    if out is None:
+        # started with standard output closed (``>&-``): sys.stdout is
+        # None, and the first flush was a traceback, after the work was done
+        print("mailhub: standard output is closed: nowhere to write what the command says; "
+              "nothing was done", file=err)
+        return 1
     if getattr(args, "password", None) is not None:
         # `user add joe joepw`, as htpasswd and many tools take it: not
         # taken (ps and the shell's history would show the password), but

@@ -495,7 +495,11 @@ def run(
             print(f"{prog}: {not_sent}", file=err)
         return EX_CONFIG
     if options.mode == "p":
-        return _list_queue(settings, prog, out or sys.stdout, err)
+        listing = out or sys.stdout
+        if listing is None:  # a descriptor closed when the command started (``>&-``)
+            print(f"{prog}: standard output is closed: nowhere to list the queue", file=err)
+            return EX_IOERR
+        return _list_queue(settings, prog, listing, err)
     if not options.recipients and not options.extract:
         print(f"{prog}: no recipients: give them as arguments, or -t to read them from "
               f"the message's To, Cc and Bcc; {not_sent}", file=err)
