@@ -231,6 +231,12 @@ def test_a_password_that_is_not_utf8_is_refused_cleanly(config: Path) -> None:
     code, _, err = run(config, "user", "add", "latin", "--password-stdin",
                        stdin=b"p\xffw\n".decode("utf-8", "surrogateescape"))
     assert (code, err) == (2, "mailhub: the password is not UTF-8 text\n")
+    # read as octets from a real standard input (its buffer): the same
+    out, err2 = io.StringIO(), io.StringIO()
+    stdin = io.TextIOWrapper(io.BytesIO(b"p\xffw-mellow-quartz\n"), encoding="ascii")
+    assert main(["--config", str(config), "user", "add", "latin", "--password-stdin"],
+                out=out, err=err2, stdin=stdin) == 2
+    assert err2.getvalue() == "mailhub: the password is not UTF-8 text\n"
 
 
 def test_an_empty_mailhub_config_counts_as_unset(tmp_path: Path) -> None:

@@ -131,3 +131,24 @@ def test_octets_that_were_not_utf8_are_written_back_as_they_were() -> None:
     # surrogateescape's stand-ins (a file name, a remote's reply) are the
     # octets again; any other lone surrogate is an escape, not an error
     assert "jos\udce9 \ud800 é".encode("utf-8", ERRORS) == b"jos\xe9 \\ud800 \xc3\xa9"
+
+
+@ENVIRONMENTS
+def test_a_utf8_password_on_stdin_is_read_whatever_the_locale(config: Path,
+                                                              env: dict[str, str]) -> None:
+    # the other half of the rule: what the command reads on its standard
+    # input is the password's UTF-8 octets too.  It was a UnicodeDecodeError
+    # traceback (PYTHONIOENCODING=ascii), or "the password is not UTF-8
+    # text" for one that was (the C locale's surrogateescape)
+    from txmailhub.users import UsersDB
+
+    password = "mellow-quärtz-harbour"
+    done = subprocess.run(
+        [sys.executable, "-m", "txmailhub", "--config", str(config), "user", "add", "zed",
+         "--password-stdin"], input=f"{password}\n".encode(), capture_output=True,
+        cwd=config.parent, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LC_")
+                and k != "LANG"}, **env})
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"added zed@example.org\n", b"")
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.check_password(Address("zed", "example.org"), password)

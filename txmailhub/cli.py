@@ -113,6 +113,15 @@ def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
 
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     if from_stdin:
+        buffer = getattr(stdin, "buffer", None)
+        if buffer is not None:
+            # its octets, as UTF-8 whatever the locale (as the commands
+            # write, txmailhub.cli_output): the locale's codec would have
+            # refused a UTF-8 password (ASCII) or kept it as surrogates (C)
+            try:
+                return buffer.readline().decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise UsersFileError("the password is not UTF-8 text") from None
         password = stdin.readline().rstrip("\r\n")
         try:
             password.encode("utf-8")
