@@ -129,3 +129,8 @@ def test_shown_escapes_controls_and_nothing_else():
         else:
             assert c not in out and f"\\x{{{o:X}}}" in out
     assert shown("550 5.1.1 caf\u00e9\t\\x{1B} \u202e") == "550 5.1.1 caf\u00e9\t\\x{1B} \u202e"
+    # and every other character is left as it is: the loop above cannot
+    # tell ("D" or "7" are in the escapes it expects)
+    kept = "".join(chr(o) for o in range(0x200) if o == 9 or 0x20 <= o < 0x7F or o >= 0xA0)
+    assert shown(kept) == kept
+    assert out == "".join(c if c in kept else f"\\x{{{ord(c):X}}}" for c in text)
