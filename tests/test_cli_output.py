@@ -152,3 +152,66 @@ def test_a_utf8_password_on_stdin_is_read_whatever_the_locale(config: Path,
     assert (done.returncode, done.stdout, done.stderr) == (0, b"added zed@example.org\n", b"")
     db = UsersDB(str(config.parent / "users"), "example.org")
     assert db.check_password(Address("zed", "example.org"), password)
+
+
+def on_a_terminal(env: dict[str, str], *argv: str, cwd: Path) -> tuple[int, bytes]:
+    """Run with standard output on a pseudo-terminal; what it was sent."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+        environ.pop("LANG", None)
+        environ.update(env)
+        done = subprocess.run([sys.executable, *argv], env=environ, cwd=cwd,
+                              stdout=follower, stderr=subprocess.DEVNULL, timeout=60)
+        os.close(follower)
+        follower = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the writer has gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    # the terminal's own line discipline turns LF into CRLF
+    return done.returncode, b"".join(chunks).replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("encoding, expected", [
+    # a Latin-1 terminal gets Latin-1 (UTF-8's C3 A9 would show "josÃ©"),
+    # and an escape for what Latin-1 cannot spell
+    ("latin-1", b"alice@example.org\njos\xe9@example.org\nj\xf6rg@b\xfccher.example\n"),
+    ("ascii", b"alice@example.org\njos\\xe9@example.org\nj\\xf6rg@b\\xfccher.example\n"),
+    # a UTF-8 terminal: the rule's octets
+    ("utf-8", "alice@example.org\njosé@example.org\njörg@bücher.example\n".encode()),
+], ids=["latin-1", "ascii", "utf-8"])
+def test_a_terminal_keeps_its_locales_encoding(config: Path, encoding: str,
+                                               expected: bytes) -> None:
+    code, out = on_a_terminal({"PYTHONIOENCODING": encoding, "PYTHONUTF8": "1"},
+                              "-m", "txmailhub", "--config", str(config), "user", "list",
+                              cwd=config.parent)
+    assert (code, out) == (0, expected)
+
+
+def test_an_8bit_terminal_never_gets_a_c1_octet_from_a_reply(config: Path,
+                                                             queued: str) -> None:
+    # UTF-8 spells "ś" C5 9B; 0x9B is CSI to an 8-bit terminal, which
+    # would read "ś2J" as "clear the screen"
+    settings = load_text(config.read_text(), str(config))
+    queue = OutboundQueue(settings.queue_dir, Clock())
+    reply = Reply.of(550, "5.1.1", "no such user\u015b2J")
+    queue.update(queued, lambda e: e.with_recipients(
+        {r.address: dataclasses.replace(r, last_reply=reply) for r in e.recipients}))
+    code, out = on_a_terminal({"PYTHONIOENCODING": "latin-1", "PYTHONUTF8": "1"},
+                              "-m", "txmailhub", "--config", str(config), "queue", "show",
+                              queued, cwd=config.parent)
+    assert code == 0
+    assert b"reply: 550 5.1.1 no such user\\u015b2J\n" in out, out
+    assert not any(0x80 <= o <= 0x9F for o in out), out

@@ -17,6 +17,16 @@ not UTF-8 (a file name, a remote's reply, kept as surrogates by
 that stands for no such octet, which nothing the hub stores should
 hold, is written as ``\\uXXXX`` rather than ending the command.
 
+One exception: a terminal whose locale is not UTF-8 (a Latin-1 or
+Latin-2 console) keeps its locale's encoding, and what it cannot spell is
+written as a ``\\xNN``/``\\uXXXX`` escape.  UTF-8 octets would show
+``josé`` garbled there, and worse: UTF-8 spells many letters with an
+octet from 0x80-0x9F (``ś`` is C5 9B), which an 8-bit terminal reads as a
+C1 control (0x9B starts an escape sequence), so a remote reply could act
+on the terminal although ``logsafe.shown`` escaped its controls.  A
+person reads a terminal; a script reads a pipe or a file, which keep the
+rule.
+
 It changes only how the streams encode; it must not decide what is
 written.
 """
@@ -59,6 +69,19 @@ def utf8_output(*streams: TextIO) -> None:
         encoding = getattr(stream, "encoding", None)
         if reconfigure is None or encoding is None:
             continue
-        if codecs.lookup(encoding).name == "utf-8" and stream.errors == ERRORS:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+        if not utf8 and _terminal(stream):
+            # a person's 8-bit terminal: its own encoding, escapes for the rest
+            if stream.errors != "backslashreplace":
+                reconfigure(errors="backslashreplace")
+            continue
+        if utf8 and stream.errors == ERRORS:
             continue
         reconfigure(encoding="utf-8", errors=ERRORS)
+
+
+def _terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):  # closed, or no file behind it
+        return False
