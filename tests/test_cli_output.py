@@ -215,3 +215,25 @@ def test_an_8bit_terminal_never_gets_a_c1_octet_from_a_reply(config: Path,
     assert code == 0
     assert b"reply: 550 5.1.1 no such user\\u015b2J\n" in out, out
     assert not any(0x80 <= o <= 0x9F for o in out), out
+
+
+@pytest.mark.parametrize("argv, stdout", [
+    # -bs speaks SMTP on standard output: the error line must not land in it
+    (["-c", "import sys; from txmailhub.sendmail import main; sys.exit(main())", "-bs"],
+     None),
+    (["-m", "txmailhub", "user", "list", "--bogus"], b""),
+    (["-m", "txmailhub", "user", "list"], b""),
+], ids=["sendmail-bs", "usage", "config"])
+def test_a_closed_stderr_never_sends_error_lines_to_stdout(tmp_path: Path, argv: list[str],
+                                                           stdout: bytes | None) -> None:
+    environ = dict(os.environ, MAILHUB_CONFIG=str(tmp_path / "missing.toml"))
+    done = subprocess.run([sys.executable, *argv], env=environ, cwd=tmp_path,
+                          input=b"QUIT\r\n", capture_output=False, stdout=subprocess.PIPE,
+                          preexec_fn=lambda: os.close(2), timeout=60)
+    assert done.returncode != 0
+    if stdout is None:  # only SMTP replies, each a CRLF line with a code
+        assert done.stdout.startswith(b"421 4.3.0 "), done.stdout
+        assert all(line[:3].isdigit() for line in done.stdout.split(b"\r\n")[:-1])
+        assert done.stdout.endswith(b"\r\n")
+    else:
+        assert done.stdout == stdout

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from txmailhub.cli_output import utf8_output
+from txmailhub.cli_output import error_stream, utf8_output
 from txmailhub.config import (
     SYSTEM_CONFIG,
     Settings,
@@ -39,8 +39,8 @@ DEFAULT_CONFIG = default_config_path()
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default exits 2 too; keep one line
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: {message}", file=sys.stderr)
+        self.print_usage(error_stream())
+        print(f"{self.prog}: {message}", file=error_stream())
         raise SystemExit(2)
 
 
@@ -349,14 +349,14 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
                 why = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror
                        else e)
                 print(f"mailhub: cannot measure the mailbox of {address.key}: {why}",
-                      file=err or sys.stderr)
+                      file=err or error_stream())
             print(f"{address.key}\t{held}\t{quota}", file=out)
         return code
     if cmd == "del":
         print(f"deleted {users.delete(args.address)}", file=out)
         return 0
     password = _read_password(args.password_stdin, stdin)
-    err = err or sys.stderr
+    err = err or error_stream()
     # what lets a weak password through, for the warning: nothing under
     # password_policy = "enforce" without the flag
     allow_weak = ("--allow-weak" if args.allow_weak else
@@ -385,7 +385,7 @@ def main(
     err: TextIO | None = None,
     stdin: TextIO | None = None,
 ) -> int:
-    out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    out, err, stdin = out or sys.stdout, err or error_stream(), stdin or sys.stdin
     # addresses and remote text as UTF-8 octets, whatever the locale: a
     # listing must not die at the first address the locale cannot spell
     utf8_output(out, err)

@@ -34,9 +34,11 @@ written.
 from __future__ import annotations
 
 import codecs
+import os
+import sys
 from typing import TextIO
 
-__all__ = ["ERRORS", "utf8_output"]
+__all__ = ["ERRORS", "error_stream", "utf8_output"]
 
 #: the codec error handler the streams get (registered on import)
 ERRORS = "txmailhub.octets"
@@ -78,6 +80,16 @@ def utf8_output(*streams: TextIO) -> None:
         if utf8 and stream.errors == ERRORS:
             continue
         reconfigure(encoding="utf-8", errors=ERRORS)
+
+
+def error_stream() -> TextIO:
+    """Where a command's error lines go: ``sys.stderr``, or nowhere when
+    it was closed (``2>&-``; Python then sets it to ``None``, and
+    ``print(file=None)`` writes to *standard output*, into a listing or
+    into the SMTP replies of ``sendmail -bs``)."""
+    if sys.stderr is not None:
+        return sys.stderr
+    return open(os.devnull, "w", encoding="utf-8")  # open for the command's lifetime
 
 
 def _terminal(stream: TextIO) -> bool:

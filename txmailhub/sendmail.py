@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from txmailhub.address import Address, AddressError, ascii_form, parse_address
+from txmailhub.cli_output import error_stream, utf8_output
 from txmailhub.config import LocalSubmission, empty_config_path, load_local_submission
 from txmailhub.errors import ConfigError, RemoteProtocolError
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
@@ -461,7 +462,7 @@ def run(
     """The whole command: parse, read, prepare, submit; the exit code.
     ``stdout`` is where ``-bs`` writes its replies (binary: CRLF, UTF-8
     as the hub sent it); by default ``out``'s buffer."""
-    err = err or sys.stderr
+    err = err or error_stream()
     not_sent = "the message was NOT sent"
     try:
         options = parse_args(argv)
@@ -645,7 +646,6 @@ def main(argv: list[str] | None = None) -> int:
     /usr/sbin/sendmail, and link ``mailq`` and ``newaliases`` to it); the
     config is ``-C``, ``$MAILHUB_CONFIG`` or /etc/txmailhub/mailhub.toml."""
     from txmailhub.cli import DEFAULT_CONFIG
-    from txmailhub.cli_output import utf8_output
 
     # what mailq lists (addresses, remote replies) as UTF-8 octets, as mailhub does
     utf8_output(sys.stdout, sys.stderr)
