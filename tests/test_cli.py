@@ -815,3 +815,45 @@ def test_a_closed_standard_output_is_one_line_not_a_traceback(
     assert err.getvalue() == ("mailhub: standard output is closed: nowhere to write what the "
                               "command says; nothing was done\n")
     assert not (config.parent / "users").exists()  # joe was not added
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["user", "passwd", "nobody"], (1, "mailhub: no such user: nobody@example.org\n")),
+    (["user", "add", "joe"], (1, "mailhub: joe@example.org already exists\n")),
+    (["user", "add", "joe@elsewhere.test"],
+     (2, "mailhub: joe@elsewhere.test is not in a local domain (example.org, example.net)\n")),
+    (["user", "add", "x" * 65], (2, f"mailhub: the local part of {'x' * 65}@example.org "
+                                    "is over 64 octets\n")),
+])
+def test_user_add_and_passwd_refuse_the_address_before_asking_for_a_password(
+        config: Path, monkeypatch, argv: list[str], expected: tuple[int, str]) -> None:
+    # `user passwd nobody` at a terminal asked for the new password twice
+    # and only then said there is no such user (the same for a user that
+    # exists already, or an address in another domain): the refusal comes
+    # first now, and nobody types a password for nothing
+    import getpass
+
+    run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+    prompts: list[str] = []
+
+    def prompt(text: str = "") -> str:
+        prompts.append(text)
+        return PW.strip()
+
+    monkeypatch.setattr(getpass, "getpass", prompt)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(config), *argv], out=out, err=err, stdin=_Terminal())
+    assert (code, err.getvalue()) == expected
+    assert prompts == [] and out.getvalue() == ""
+    # with --password-stdin the same refusal, and the line is not read
+    stdin = io.StringIO(PW)
+    code = main(["--config", str(config), *argv, "--password-stdin"], out=out, err=err,
+                stdin=stdin)
+    assert code == expected[0] and stdin.tell() == 0
+
+
+def test_user_passwd_still_works_once_the_address_is_checked(config: Path) -> None:
+    run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+    assert run(config, "user", "passwd", "joe", "--password-stdin",
+               stdin="another-long-phrase-7\n") == (
+        0, "changed the password of joe@example.org\n", "")

@@ -355,6 +355,9 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     if cmd == "del":
         print(f"deleted {users.delete(args.address)}", file=out)
         return 0
+    # an unknown user, one that exists already or an address that is no
+    # local one: said before the password is typed (twice), not after
+    users.precheck(args.address, new=cmd == "add")
     password = _read_password(args.password_stdin, stdin)
     err = err or error_stream()
     # what lets a weak password through, for the warning: nothing under

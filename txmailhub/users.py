@@ -431,13 +431,7 @@ class UsersDB:
             allow_weak: bool = False) -> Address:
         """Create a user; ``allow_weak`` skips the password policy (tests,
         automation with known passwords), not the checks of the address."""
-        address = self._local(name)
-        # new users only: one already in the file (added by hand, or before
-        # these checks) can still be deleted or get a new password
-        if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
-            raise UsersFileError(f"the local part of {address} is over 64 octets")
-        if not address.local.isprintable():
-            raise UsersFileError("the address has a control character in it")
+        address = self._new_address(name)
         prepared = self._check_password(address, password, allow_weak)
         with self._locked() as records:
             if address.key in records:
@@ -445,6 +439,30 @@ class UsersDB:
             records[address.key] = UserRecord(
                 address, hash_password(prepared), password if allow_apop else None
             )
+        return address
+
+    def _new_address(self, name: str) -> Address:
+        address = self._local(name)
+        # new users only: one already in the file (added by hand, or before
+        # these checks) can still be deleted or get a new password
+        if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
+            raise UsersFileError(f"the local part of {address} is over 64 octets")
+        if not address.local.isprintable():
+            raise UsersFileError("the address has a control character in it")
+        return address
+
+    def precheck(self, name: str, *, new: bool) -> Address:
+        """Refuse now what ``add`` (``new``) or ``set_password`` would
+        refuse about the address alone, so that ``mailhub user add`` and
+        ``user passwd`` say so before asking for a password twice, not
+        after.  Only a courtesy: the file may change before the real
+        call, which checks again under the lock and has the last word."""
+        address = self._new_address(name) if new else self._local(name)
+        exists = self.contains(address)
+        if new and exists:
+            raise UserExists(f"{address} already exists")
+        if not new and not exists and self.unreadable is None:
+            raise NoSuchUser(f"no such user: {address}")
         return address
 
     def delete(self, name: str) -> Address:
