@@ -886,6 +886,36 @@ def test_a_failed_handshake_names_what_openssl_said(tmp_path):
     assert outcome.phase == "TLS handshake"
 
 
+@pytest.mark.parametrize(("ident", "named"), [
+    ("127.0.0.1", "127.0.0.1"), ("smtp.provider.example", "smtp.provider.example")])
+def test_a_certificate_for_another_name_is_said_so(tmp_path, ident: str, named: str):
+    # smarthost = "127.0.0.1:587" with smarthost_tls = "verify": Twisted's
+    # own name check (service_identity, no SSL.Error) ended the handshake,
+    # and the queue said only "TLS negotiation failed during TLS handshake"
+    import ipaddress
+
+    from service_identity.exceptions import (
+        DNSMismatch,
+        IPAddressMismatch,
+        VerificationError,
+    )
+    from service_identity.hazmat import DNS_ID, IPAddress_ID
+    from twisted.python.failure import Failure
+
+    try:
+        ipaddress.ip_address(ident)
+        mismatch = IPAddressMismatch(mismatched_id=IPAddress_ID(ident))
+    except ValueError:
+        mismatch = DNSMismatch(mismatched_id=DNS_ID(ident))
+    _, proto, _ = _client_on_a_clock(tmp_path)
+    proto.dataReceived(b"220 hi\r\n")
+    proto._tls_pending = True  # as after the StartTLS action
+    proto.connectionLost(Failure(VerificationError(errors=[mismatch])))
+    assert proto.done.result.session_error.text() == (
+        f"421 4.4.2 TLS negotiation failed (the certificate is not valid for {named}) "
+        "during TLS handshake")
+
+
 def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
     # RFC 5321 4.5.3.2 times the wait for a reply, not for a byte
     clock, proto, transport = _client_on_a_clock(tmp_path)

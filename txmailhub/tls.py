@@ -264,12 +264,39 @@ def tls_failure(reason: Any) -> str:
     kind = getattr(reason, "type", None)
     if isinstance(kind, type):
         if not issubclass(kind, SSL.Error):
-            return ""
+            return _identity_failure(kind, reason.value)
     elif not reason.check(SSL.Error):
         return ""
     reasons = [part[2] for part in (reason.value.args[0] if reason.value.args else [])
                if isinstance(part, tuple) and len(part) == 3 and part[2]]
     return "; ".join(dict.fromkeys(reasons)) or reason.getErrorMessage()
+
+
+def _identity_failure(kind: type, error: Any) -> str:
+    """A certificate that verified but names another host: Twisted checks
+    the name itself (service_identity) after OpenSSL is done, so this is
+    no ``SSL.Error``.  A smarthost given by its address, or by a name its
+    certificate does not list, fails so; without these words the relay's
+    last error said only "TLS negotiation failed"."""
+    try:
+        from service_identity.exceptions import CertificateError, VerificationError
+    except ImportError:  # pragma: no cover - Twisted's verification needs it
+        return ""
+    if issubclass(kind, CertificateError):
+        return f"unusable certificate: {error}"
+    if not issubclass(kind, VerificationError):
+        return ""
+    names = []
+    for mismatch in getattr(error, "errors", ()):
+        ident = getattr(mismatch, "mismatched_id", None)
+        name = getattr(ident, "hostname", None) or getattr(ident, "ip", None) or ident
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        if name is not None:
+            names.append(str(name))
+    if not names:
+        return "certificate name mismatch"
+    return f"the certificate is not valid for {' or '.join(dict.fromkeys(names))}"
 
 
 def handshake_pending(transport: Any) -> bool:
