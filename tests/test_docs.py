@@ -278,3 +278,33 @@ def test_the_downgraded_pop3_example_is_what_the_hub_sends() -> None:
     sent = downgrade_header(stored).decode("ascii").splitlines()
     assert re.fullmatch(r"\+OK \d+ octets", first)
     assert fields == sent
+
+
+def test_the_embedding_delivery_example_stores_what_smtp_would(tmp_path: Path) -> None:
+    """embedding.rst's "deliver a message it generated itself", run as
+    shown: the copy in joe's mailbox starts with the Return-Path that
+    final delivery adds (RFC 5321 4.4), as every copy SMTP stores does.
+    The example once wrote the bare message, and the mailbox lost the
+    envelope sender."""
+    from txmailhub.components import Components
+    from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
+
+    text = (ROOT / "docs" / "embedding.rst").read_text()
+    block = text.split("through the same path SMTP uses", 1)[1].split("::\n", 1)[1]
+    code = "\n".join(line[4:] for line in block.split("\n\n``d`` fires", 1)[0].splitlines())
+    settings = config.load_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        f'state_dir = "{tmp_path}"\n', str(tmp_path / "mailhub.toml"))
+    spooler = MemorySpooler()
+    store = MemoryMailboxStore(spooler)
+    components = Components(settings=settings, reactor=None, store=store,
+                            router=StaticRouter({"joe": None}), spooler=spooler,
+                            queue=QueueSpy(), portal=None)
+    hub = argparse.Namespace(components=components)
+    scope: dict = {"hub": hub}
+    exec(compile(code, "docs/embedding.rst", "exec"), scope)
+    replies = scope["d"].result
+    assert [r.code for r in replies.values()] == [250]
+    [stored] = store.messages("joe@example.org")
+    assert stored.startswith(b"Return-Path: <reports@example.org>\n"), stored
+    assert stored.endswith(b"\nSubject: report\n\nAll good.\n")
