@@ -391,6 +391,9 @@ def test_downgrade_refused_when_configured(tmp_path):
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "transient" and r.reply.status == "4.7.10"
     assert all(not s.messages for s in net.server_protocols)
+    assert r.reply.text() == (
+        "450 4.7.10 TLS is required for this destination ([relay] require_tls_after_seen: "
+        "it offered STARTTLS before), but the server did not offer STARTTLS")
 
 
 def smarthost_with_login(tmp_path):
@@ -647,6 +650,12 @@ def test_smarthost_verify_without_starttls_refused(tmp_path):
     [r] = run(net, a.attempt(entry(tmp_path, BOB)))
     assert r.kind == "transient" and "STARTTLS" in r.reply.text()
     assert not net.server_protocols[0].messages
+    # the refusal names the setting behind it: "TLS is required for this
+    # destination" alone left the admin of a smarthost on a trusted
+    # network (no STARTTLS there) to guess at smarthost_tls
+    assert r.reply.text() == (
+        '450 4.7.10 TLS is required for this destination ([relay] smarthost_tls = '
+        '"verify"), but the server did not offer STARTTLS')
 
 
 def test_opportunistic_smarthost_remembers_tls_like_an_mx_host(tmp_path):

@@ -682,6 +682,15 @@ class DeliveryAgent:
             policy = "require"
         return policy, self.tls_options(host, False)
 
+    def _tls_required_by(self, smarthost: bool) -> str:
+        """The setting that makes TLS required, as the refusal names it: a
+        smarthost without STARTTLS otherwise reads as a mystery, while
+        ``smarthost_tls = "opportunistic"`` or ``"none"`` is the fix for
+        one on a trusted network (relay.rst)."""
+        if smarthost and self.relay.smarthost_tls == "verify":
+            return '[relay] smarthost_tls = "verify"'
+        return "[relay] require_tls_after_seen: it offered STARTTLS before"
+
     @defer.inlineCallbacks
     def _session(self, entry: QueueEntry, recipients: list[Address], mxhost: MXHost,
                  address: str, port: int, smarthost: bool, stage: _Stage,
@@ -710,6 +719,7 @@ class DeliveryAgent:
             submitter=entry.envelope.submitter,
             # not to a next hop that refused it lately: no refused MAIL again
             auth_param=not self.auth_param_refusers.refuses(mxhost.name, port),
+            tls_required_by=self._tls_required_by(smarthost) if policy == "require" else "",
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,

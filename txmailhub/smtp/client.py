@@ -235,7 +235,10 @@ class ClientSession:
     vouches for as the message's submitter (RFC 4954 5), ``None`` when
     nobody is: it goes as ``AUTH=`` on MAIL to a server that offers AUTH,
     unless ``auth_param`` is false: the caller knows this next hop refuses
-    the parameter, and a refused MAIL would cost a round trip."""
+    the parameter, and a refused MAIL would cost a round trip.
+    ``tls_required_by`` names what made TLS required (a setting), for the
+    refusal when the server does not offer it: the admin reading ``queue
+    list`` learns which knob it is."""
 
     def __init__(
         self,
@@ -252,6 +255,7 @@ class ClientSession:
         credentials: tuple[str, str] | None = None,
         submitter: Address | None = None,
         auth_param: bool = True,
+        tls_required_by: str = "",
     ) -> None:
         if tls not in ("require", "opportunistic", "none"):
             raise ValueError(f"unknown TLS policy {tls!r}")
@@ -278,6 +282,7 @@ class ClientSession:
         self.credentials = credentials
         self.submitter = submitter
         self.auth_param = auth_param
+        self.tls_required_by = tls_required_by
         self.phase = Phase.GREETING
         self.extensions: dict[str, str] = {}
         self.tls_offered = False
@@ -506,9 +511,10 @@ class ClientSession:
                 self._tried_tls = True
                 return self._command(Phase.STARTTLS, "STARTTLS")
             if self.tls_policy == "require":
+                by = f" ({self.tls_required_by})" if self.tls_required_by else ""
                 return self._fail_session(_synthetic(
                     450, "4.7.10" if "STARTTLS" not in ext else "4.7.0",
-                    "TLS is required for this destination, but the server "
+                    f"TLS is required for this destination{by}, but the server "
                     + ("did not offer STARTTLS" if "STARTTLS" not in ext
                        else "refused STARTTLS")))
         if self.smtputf8 and "SMTPUTF8" not in ext:
