@@ -20,6 +20,7 @@ import os
 import re
 from typing import Any
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -254,14 +255,16 @@ def tls_failure(reason: Any) -> str:
     connection merely went away."""
     if reason is None:
         return ""
-    try:
-        from OpenSSL import SSL
-    except ImportError:  # pragma: no cover - TLS needs pyOpenSSL anyway
-        return ""
     # The type itself, when there is one: ``Failure.check`` builds the
     # qualified names of the whole class hierarchy to compare strings,
     # which every closed connection (a ConnectionDone) would pay for.
     kind = getattr(reason, "type", None)
+    if kind is ConnectionDone or kind is ConnectionLost:
+        return ""  # every plain connection's end: no import, no walk of classes
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - TLS needs pyOpenSSL anyway
+        return ""
     if isinstance(kind, type):
         if not issubclass(kind, SSL.Error):
             return _identity_failure(kind, reason.value)
