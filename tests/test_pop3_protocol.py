@@ -25,6 +25,7 @@ from txmailhub.components import Components
 from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
 from txmailhub.downgrade import downgrade_header, header_end
 from txmailhub.interfaces import IMailbox
+from txmailhub.limits import REFUSALS_WAITING
 from txmailhub.pop3 import protocol as pop3_protocol
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.protocol import (
@@ -772,6 +773,27 @@ def test_refused_implicit_tls_connection_is_cut_after_the_grace(tls_files):
     assert sock.lost is not None
     # only the admitted session's autologout is left
     assert [c.func.__name__ for c in env.clock.getDelayedCalls()] == ["_idle_check"]
+
+
+def test_refused_connections_waiting_for_their_close_are_bounded(tls_files):
+    # the grace above, times a client that opens such connections without
+    # end: each refused one held an fd and its TLS state (some 60 KiB) for
+    # CLOSE_GRACE, uncounted, so there was no bound on them at all.  Past
+    # REFUSALS_WAITING the refusal is cut at once, without the -ERR.
+    env = Env(max_connections=1)
+    env.connect()  # the only slot
+    factory = POP3Factory(env.components, implicit_tls=True)
+    clients = [TLSClient(factory, env.clock, tls_files) for _ in range(REFUSALS_WAITING)]
+    assert all(c.socket.lost is None for c in clients)  # each waits, politely
+    proto, t = env.connect(implicit_tls=True)
+    assert t.value() == b"" and t.disconnected  # cut, no reply
+    assert factory.limits.refusals_waiting == REFUSALS_WAITING
+    proto.connectionLost(None)
+    env.clock.advance(CLOSE_GRACE)
+    assert all(c.socket.lost is not None for c in clients)
+    assert factory.limits.refusals_waiting == 0
+    proto, t = env.connect()
+    assert t.value() == R.TOO_MANY_CONNECTIONS.to_bytes() and not t.disconnected
 
 
 def test_new_mail_waits_for_the_next_session():

@@ -30,6 +30,7 @@ from txmailhub.config import (
     UsersSettings,
 )
 from txmailhub.interfaces import ISMTPUser
+from txmailhub.limits import REFUSALS_WAITING
 from txmailhub.service import tls_options
 from txmailhub.smtp import replies
 from txmailhub.smtp import server as smtp_server
@@ -1342,6 +1343,33 @@ class ProtocolTests(SynchronousTestCase):
         t = StringTransport(peerAddress=IPv4Address("TCP", "10.2.2.2", 1))
         p.makeConnection(t)
         assert take(t) == [closing(replies.TOO_MANY_CONNECTIONS)]
+
+    def test_refused_connections_waiting_for_their_close_are_bounded(self):
+        # A refused connection holds no slot, and under implicit TLS its 421
+        # and close wait for a handshake the client may never make (30 s
+        # each): a client opening such connections without end held one fd
+        # and some 60 KiB per connection, past max_connections.  Only
+        # REFUSALS_WAITING of them get the polite close; the rest are cut.
+        # (StringTransport never reports the close: each refusal waits.)
+        h = Harness(max_connections=1)
+        h.connect("192.0.2.1")
+        waiting = [h.connect("192.0.2.2") for _ in range(REFUSALS_WAITING)]
+        for _, t in waiting:
+            assert take(t) == [closing(replies.TOO_MANY_CONNECTIONS)]
+            assert t.disconnecting and not t.disconnected
+        p, t = h.connect("192.0.2.3")
+        assert t.value() == b"" and t.disconnected  # aborted, no reply
+        p.connectionLost(None)
+        assert h.factory.limits.refusals_waiting == REFUSALS_WAITING
+        # one that waited goes: the next refusal is polite again
+        waiting[0][0].connectionLost(None)
+        _, t = h.connect("192.0.2.3")
+        assert take(t) == [closing(replies.TOO_MANY_CONNECTIONS)] and not t.disconnected
+        # and every closed one is counted out (the submission listeners share it)
+        for p, _ in waiting[1:]:
+            p.connectionLost(None)
+        assert h.factory.limits.refusals_waiting == 1
+        assert h.factory.limits.connections == 1
 
     def test_the_client_address_cache_stays_bounded(self):
         # one entry per client address seen: an IPv6 client has 2**64 of them

@@ -13,7 +13,15 @@ from typing import Any
 
 from txmailhub.address import client_key
 
-__all__ = ["ConnectionLimits", "FailureWindow"]
+__all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow"]
+
+#: refused connections (past the connection limits) that may wait for their
+#: polite close at a time, per protocol.  Under implicit TLS the refusal
+#: waits for the client's handshake and close_notify (up to the protocols'
+#: ``CLOSE_GRACE``), and such a connection holds no slot: without a bound,
+#: a client opening connections it never shakes hands on held a file
+#: descriptor and some 60 KiB for each, however many, past every limit.
+REFUSALS_WAITING = 64
 
 _key = functools.lru_cache(maxsize=4096)(client_key)
 
@@ -24,6 +32,22 @@ class ConnectionLimits:
     def __init__(self) -> None:
         self.connections = 0
         self.per_client: dict[str, int] = {}
+        #: refused connections still open, waiting for their polite close
+        self.refusals_waiting = 0
+
+    def refusal_may_wait(self) -> bool:
+        """Count a refused connection that is to get its reply and a polite
+        close; ``False`` when ``REFUSALS_WAITING`` already wait: that one
+        is to be cut at once, without a reply (it holds no slot, and
+        nothing else bounds how many of them there are)."""
+        if self.refusals_waiting >= REFUSALS_WAITING:
+            return False
+        self.refusals_waiting += 1
+        return True
+
+    def refusal_closed(self) -> None:
+        """A refused connection counted by ``refusal_may_wait`` is gone."""
+        self.refusals_waiting -= 1
 
     def admit(self, host: str, exempt: bool, max_total: int, max_per_client: int) -> str | None:
         """Count a new connection from ``host``; or ``"total"``/``"client"``,

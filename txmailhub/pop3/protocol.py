@@ -171,7 +171,7 @@ class POP3Protocol(Protocol):
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush",
         "_idle_call", "_last_activity", "_logout", "_lost", "_peer", "_pending_call",
-        "_processing", "_queued", "_reading", "_reading_input", "_sizes", "_stream",
+        "_processing", "_queued", "_reading", "_reading_input", "_refusing", "_sizes", "_stream",
         "_turn_call", "_typed", "_unseen", "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls",
         "mailbox", "reactor", "settings", "transport",
@@ -204,6 +204,7 @@ class POP3Protocol(Protocol):
         self._close_call: Any = None
         self._closed_call: Any = None  # _check_closed, while write-paused under TLS
         self._counted = False  # in the factory's connection counts
+        self._refusing = False  # refused, and counted in refusals_waiting until gone
         self._last_activity = 0.0
         self._update_running = False
         self._flush: Any = None
@@ -235,9 +236,20 @@ class POP3Protocol(Protocol):
         if refused is not None:
             # Past [pop3] max_connections: one line and close, before any
             # work (a flood of idle sessions must not starve the hub of fds).
+            self._closing = True
+            if not self.factory.limits.refusal_may_wait():
+                # REFUSALS_WAITING refused connections wait for their close
+                # already (clients that stall in the implicit-TLS handshake
+                # the -ERR waits for): no reply, no grace
+                log.info("refused POP3 connection from {peer}: {reply} (cut at once: {n} "
+                         "refused connections are closing)", peer=self._peer,
+                         reply=refused.to_bytes().decode().strip(),
+                         n=self.factory.limits.refusals_waiting)
+                t.abortConnection()
+                return
+            self._refusing = True
             log.info("refused POP3 connection from {peer}: {reply}", peer=self._peer,
                      reply=refused.to_bytes().decode().strip())
-            self._closing = True
             t.write(refused.to_bytes())
             t.loseConnection()
             # Under implicit TLS the close waits for the handshake and then
@@ -289,6 +301,9 @@ class POP3Protocol(Protocol):
             self._counted = False
             self.factory.release(self._peer)
             self.factory.sessions.discard(self)
+        if self._refusing:
+            self._refusing = False
+            self.factory.limits.refusal_closed()
         for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call,
                      self._turn_call):
             if call is not None and call.active():

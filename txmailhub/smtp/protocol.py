@@ -136,7 +136,7 @@ class SMTPProtocol(Protocol):
     # instance's attributes in its compact, shared-key layout only while
     # there are fewer than 30 of them; from 30 on each instance gets a dict
     # of its own, and the interpreter's attribute-access shortcuts stop
-    # applying (this class sets 37 names: about 2% of the instructions of
+    # applying (this class sets 38 names: about 2% of the instructions of
     # a whole in-process SMTP session).  Slots are fast whatever their
     # number.  Twisted's Protocol has no slots, so the instance keeps a
     # __dict__ (tests may still set what they like); tests check a session
@@ -161,6 +161,7 @@ class SMTPProtocol(Protocol):
         "_paused",
         "_producing",
         "_reading",
+        "_refusing",
         "_return_paths",
         "_send_now",
         "_timed_reader",
@@ -193,6 +194,7 @@ class SMTPProtocol(Protocol):
         # a UNIX socket (the name its Received field gets too)
         self.client_name = ""
         self._counted = False
+        self._refusing = False  # refused, and counted in refusals_waiting until gone
         self._paused = False  # the engine waits for an answer (holds its input)
         self._waited = False  # it waited (storing, an AUTH check): idle time restarts after
         self._write_paused = False  # Twisted's buffer is full: the client is not reading
@@ -245,6 +247,17 @@ class SMTPProtocol(Protocol):
         self._out = ResponseWriter(self.transport)
         refusal = f.admit(self.host, exempt=loopback or relay)
         if refusal is not None:
+            if not f.limits.refusal_may_wait():
+                # REFUSALS_WAITING refused connections wait for their close
+                # already (clients that stall in the implicit-TLS handshake
+                # the 421 waits for): no reply, no grace
+                log.info("refused connection from {client}: {reply} (cut at once: {n} "
+                         "refused connections are closing)", client=self.client_name,
+                         reply=refusal.text(), n=f.limits.refusals_waiting)
+                self.engine.abort()
+                self.transport.abortConnection()
+                return
+            self._refusing = True
             log.info("refused connection from {client}: {reply}", client=self.client_name,
                      reply=refusal.text())
             self.engine.refuse_connection(refusal)
@@ -333,6 +346,9 @@ class SMTPProtocol(Protocol):
             self._counted = False
             self.factory.release(self.host)
             self.factory.limits.sessions.discard(self)
+        if self._refusing:
+            self._refusing = False
+            self.factory.limits.refusal_closed()
         self._gone = True
         if self._sent_in_full(reason):
             # the client's TLS session ended behind input still held (the
