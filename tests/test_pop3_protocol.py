@@ -1492,6 +1492,48 @@ def test_a_message_with_utf8_headers_goes_downgraded_without_utf8(log_events):
                for e in log_events)
 
 
+def one_turn(clock: MemoryReactorClock) -> None:
+    """Run the calls due now, not the ones they schedule for "now" in turn
+    (``Clock.advance(0)`` runs those too: every turn of a batch at once)."""
+    due = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_downgraded_messages_are_sent_one_per_reactor_turn():
+    # A downgrade costs some 40 ms per 64 KiB of UTF-8 header fields, on
+    # the reactor thread.  A client that pipelined RETRs of such a message
+    # (and read fast) had COMMANDS_PER_TURN of them done in one turn: on a
+    # live hub, another client's CAPA waited 17 s.  One a turn now, other
+    # commands (and messages with nothing to downgrade) as before.
+    env = Env()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: plain\n\nbody\n")
+    env.store.add("joe@example.org", INTL + b"x" * CHUNK_SIZE)  # streamed
+    proto, t = login_utf8(env, utf8=False)
+    whole = encode_whole(downgraded(INTL))
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\n" * 3 + b"NOOP\r\n")
+    assert t.value().count(whole) == 1
+    other, t2 = login(env, user=b"ann", pw=b"annpw")
+    t2.clear()
+    other.dataReceived(b"NOOP\r\n")
+    assert t2.value() == b"+OK\r\n"  # served in between
+    for turn in (2, 3):
+        one_turn(env.clock)
+        assert t.value().count(whole) == turn
+    one_turn(env.clock)
+    assert t.value().endswith(whole + b"+OK\r\n")
+    t.clear()
+    proto.dataReceived(b"RETR 2\r\n" * 3 + b"RETR 3\r\nRETR 3\r\n")  # one turn, then one
+    assert t.value().count(b"Subject: plain") == 3
+    assert t.value().count(b"xxxx\r\n.\r\n") == 1
+    one_turn(env.clock)
+    assert t.value().count(b"xxxx\r\n.\r\n") == 2
+    assert all(c.getTime() > env.clock.seconds() for c in env.clock.getDelayedCalls())
+
+
 def test_the_downgraded_size_is_known_before_and_after_retr_and_read_once():
     env = Env()
     env.store.add("joe@example.org", INTL)

@@ -169,12 +169,12 @@ class POP3Protocol(Protocol):
     # access in every command of the session gets slower.  Tests check a
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
-        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush",
-        "_idle_call", "_last_activity", "_logout", "_lost", "_peer", "_pending_call",
-        "_processing", "_queued", "_reading", "_reading_input", "_refusing", "_sizes", "_stream",
-        "_turn_call", "_typed", "_unseen", "_update_running", "_user", "_write_paused",
-        "_writer", "components", "connected", "engine", "factory", "implicit_tls",
-        "mailbox", "reactor", "settings", "transport",
+        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush", "_idle_call",
+        "_last_activity", "_logout", "_lost", "_peer", "_pending_call", "_processing",
+        "_queued", "_reading", "_reading_input", "_refusing", "_sizes", "_stream", "_turn_call",
+        "_turn_spent", "_typed", "_unseen", "_update_running", "_user", "_write_paused",
+        "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
+        "reactor", "settings", "transport",
     )
 
     def __init__(self, components: Any, *, implicit_tls: bool = False) -> None:
@@ -216,6 +216,9 @@ class POP3Protocol(Protocol):
         # measured yet: one array, not an int object per message
         self._sizes = _NO_SIZES
         self._reading_input = False
+        # a header section was downgraded in this reactor turn: no more
+        # commands are answered before the next one (see _process)
+        self._turn_spent = False
 
     # -- connection lifecycle ----------------------------------------------
 
@@ -405,9 +408,13 @@ class POP3Protocol(Protocol):
         try:
             next_action = self.engine.next_action  # type: ignore[union-attr]
             answered = 0
+            limit = COMMANDS_PER_TURN
+            if self._turn_spent:  # a header section was downgraded in this turn already
+                self._turn_spent = False
+                limit = 0
             while not (self._busy or self._write_paused or self._closing
                        or self._turn_call is not None):
-                if answered == COMMANDS_PER_TURN:
+                if answered >= limit:
                     if self.engine.has_line:  # type: ignore[union-attr]
                         self._turn_call = self.reactor.callLater(0, self._next_turn)
                     break
@@ -417,6 +424,13 @@ class POP3Protocol(Protocol):
                 answered += 1
                 if type(action) is Transmit:  # the common case, first
                     self._transmit(action)
+                    if self._turn_spent:
+                        # A header section downgraded (RFC 6857) is costly:
+                        # some 40 ms for 64 KiB of UTF-8 fields, more for a
+                        # longer one.  128 of them pipelined held every
+                        # other session for seconds; one per reactor turn.
+                        self._turn_spent = False
+                        limit = answered
                 else:
                     self._perform(action)
         finally:
@@ -665,6 +679,7 @@ class POP3Protocol(Protocol):
                 first = self.mailbox.read_message(action.index, CHUNK_SIZE)
                 if first is not None and action.body_lines is None:  # a small RETR
                     if not action.utf8 and _needs_utf8(first):
+                        self._turn_spent = True
                         start = self._downgrade_start(first, None, True)
                         if start is None:
                             self._refuse_utf8(action)
@@ -727,6 +742,7 @@ class POP3Protocol(Protocol):
         scan.finish()
         if not scan.needs_utf8:
             return first, complete, action.head
+        self._turn_spent = True
         start = self._downgrade_start(first, f, complete)
         if start is None:
             if f is not None:
