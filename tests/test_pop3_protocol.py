@@ -1730,6 +1730,37 @@ class HeldCalls:
                 d.callback(f(*args))
 
 
+LONG_INTL = ("Subject: " + "\u00fc" * 400 + "\n").encode() * 200 + b"\nbody\n"
+
+
+def test_a_long_utf8_header_section_is_downgraded_off_the_reactor_thread():
+    # RETR of a message whose UTF-8 header section is longer than a chunk
+    # (up to DOWNGRADE_HEADER_LIMIT, 1 MiB) read it and downgraded it on
+    # the reactor thread: a second of every session's time per RETR on a
+    # live hub.  Now a worker job; the response waits for it, in order.
+    env = Env()
+    env.components.syncer = HeldCalls()
+    env.store.add("joe@example.org", LONG_INTL)
+    assert header_end(LONG_INTL) > CHUNK_SIZE
+    proto, t = login_utf8(env, utf8=False)
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    assert t.value() == b"" and len(env.components.syncer.jobs) == 1
+    env.clock.advance(proto.settings.idle_timeout)  # the client waits for us: no autologout
+    assert not t.disconnecting
+    env.components.syncer.run()
+    down = downgraded(LONG_INTL)
+    assert t.value() == b"+OK %d octets\r\n" % crlf_size_of(down) + encode_whole(down) + \
+        b"+OK\r\n"
+    # a client gone meanwhile: the file is closed, nothing is sent
+    proto.dataReceived(b"TOP 1 0\r\n")
+    [(_, _, (_, f, _))] = env.components.syncer.jobs
+    proto.connectionLost(None)
+    t.clear()
+    env.components.syncer.run()
+    assert f.closed and t.value() == b""
+
+
 def large_mailbox_login(monkeypatch):
     """A mailbox over ``INLINE_SIZES`` (set to 1) of an internationalized
     message and a plain one, a syncer whose jobs wait for the test, and a

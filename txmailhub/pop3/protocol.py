@@ -743,6 +743,16 @@ class POP3Protocol(Protocol):
         if not scan.needs_utf8:
             return first, complete, action.head
         self._turn_spent = True
+        call = getattr(self.components.syncer, "call", None)
+        if f is not None and call is not None and not complete and header_end(first) is None:
+            # A header section longer than a chunk is read on and
+            # downgraded on a worker thread: up to DOWNGRADE_HEADER_LIMIT,
+            # a second of the reactor's time for 1 MiB of UTF-8 fields.
+            self._busy = True
+            call(self._downgrade_start, first, f, complete).addBoth(
+                self._downgraded_on, action, f,
+            ).addErrback(self._internal_error)
+            return None
         start = self._downgrade_start(first, f, complete)
         if start is None:
             if f is not None:
@@ -765,6 +775,24 @@ class POP3Protocol(Protocol):
             self._read_failed(action, f, result)
         else:
             self._send_scanned(action, f, scan)
+        self._process()
+
+    def _downgraded_on(self, result: Any, action: Transmit, f: Any) -> None:
+        """A long header section downgraded on a worker thread (``_judged``):
+        ``result`` is ``_downgrade_start``'s, or the failure of the read."""
+        self._busy = False
+        if self._lost:
+            f.close()
+            return
+        self._answered_after_wait()
+        if isinstance(result, Failure):
+            self._read_failed(action, f, result)
+        elif result is None:
+            f.close()
+            self._refuse_utf8(action)
+        else:
+            first, complete, delta = result
+            self._send_message(action, f, first, complete, self._downgraded_head(action, delta))
         self._process()
 
     def _send_scanned(self, action: Transmit, f: Any, scan: HeaderScan) -> None:
