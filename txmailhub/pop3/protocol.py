@@ -64,6 +64,13 @@ sizes (the downgraded copy's, RFC 6857) measured on the syncer's worker
 threads before its +OK: a header read per message would stall the
 reactor, and every session of the hub, on a large mailbox."""
 
+INLINE_OCTETS = 64 * 1024
+"""...and only while they hold no more octets than this in all (as
+stored).  Measuring a message may mean downgrading its header section,
+some 40 ms per 64 KiB of UTF-8 fields and up to a second for one of
+``DOWNGRADE_HEADER_LIMIT``: a handful of such messages, which anyone may
+send, held every session of the hub for seconds at the first STAT."""
+
 SIZE_JOB = 2000
 """Messages whose sizes one worker job measures at a login (``INLINE_SIZES``)."""
 
@@ -579,11 +586,12 @@ class POP3Protocol(Protocol):
             return
         self._sizes = array("q", [-1]) * len(messages)
         call = getattr(self.components.syncer, "call", None)
-        if call is None or len(messages) <= INLINE_SIZES:
+        stored = columns(messages)[1]
+        if call is None or (len(messages) <= INLINE_SIZES and sum(stored) <= INLINE_OCTETS):
             # measured when LIST, STAT or RSET first need a size
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
-        self._measure(call, messages, columns(messages)[1], 0)
+        self._measure(call, messages, stored, 0)
 
     def _measure(self, call: Callable[..., Deferred], messages: Any, stored: Sequence[int],
                  start: int) -> None:
