@@ -1767,6 +1767,36 @@ def test_a_long_utf8_header_section_is_downgraded_off_the_reactor_thread():
     assert f.closed and t.value() == b""
 
 
+def test_the_sessions_worker_jobs_take_turns(monkeypatch):
+    # Each such downgrade is a second and 30-50 MB on a worker thread;
+    # four users fetching them held every worker (the SMTP side's spool
+    # files and, without AIO, its fsyncs waited) and four copies' memory.
+    # The hub's POP3 sessions together have WORKER_JOBS on the workers.
+    monkeypatch.setattr(pop3_protocol, "WORKER_JOBS", 2)
+    users = {f"u{i}@example.org": b"pw" for i in range(3)}
+    env = Env(checker=InMemoryUsernamePasswordDatabaseDontUse(**users))
+    env.components.syncer = HeldCalls()
+    sessions = []
+    for i in range(3):
+        env.store.add(f"u{i}@example.org", LONG_INTL)
+        proto, t = env.connect()
+        talk(proto, t, b"USER u%d\r\nPASS pw\r\n" % i)
+        env.components.syncer.run()  # the login's size job
+        assert b"+OK Logged in" in t.value()
+        sessions.append((proto, t))
+    for proto, t in sessions:
+        t.clear()
+        proto.dataReceived(b"RETR 1\r\n")
+    assert len(env.components.syncer.jobs) == 2  # the third waits its turn
+    assert [t.value() for _, t in sessions] == [b"", b"", b""]
+    env.components.syncer.run()  # two done: the third goes to the workers
+    assert len(env.components.syncer.jobs) == 1
+    env.components.syncer.run()
+    down = downgraded(LONG_INTL)
+    expected = b"+OK %d octets\r\n" % crlf_size_of(down) + encode_whole(down)
+    assert [t.value() for _, t in sessions] == [expected] * 3
+
+
 def large_mailbox_login(monkeypatch):
     """A mailbox over ``INLINE_SIZES`` (set to 1) of an internationalized
     message and a plain one, a syncer whose jobs wait for the test, and a

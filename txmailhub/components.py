@@ -51,6 +51,10 @@ class Components:
       the warning about a mailbox the quota cannot measure to one line per
       mailbox every few minutes for the whole hub; made with
       ``mailbox_usage``.
+    * ``pop3_worker_jobs``: the ``DeferredSemaphore`` that keeps the POP3
+      sessions' jobs on the store's worker threads (sizes measured at a
+      login, long header sections downgraded) to
+      ``txmailhub.pop3.protocol.WORKER_JOBS`` at once for the whole hub.
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -71,6 +75,7 @@ class Components:
     login_failures: Any = None
     mailbox_usage: Any = None
     quota_warnings: Any = None
+    pop3_worker_jobs: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)
 
     def shared(self, name: str, make: Callable[[], Any]) -> Any:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -73,6 +74,15 @@ send, held every session of the hub for seconds at the first STAT."""
 
 SIZE_JOB = 2000
 """Messages whose sizes one worker job measures at a login (``INLINE_SIZES``)."""
+
+WORKER_JOBS = 2
+"""The most jobs the hub's POP3 sessions, all together, have on the store's
+worker threads at once (the others wait their turn).  Measuring sizes and
+downgrading header sections is CPU and memory work -- a second and 30-50
+MB for a 1 MiB UTF-8 header section, which anyone may send -- and the
+same workers make the SMTP side's spool files (and sync its messages
+where the kernel has no AIO): four users fetching such messages must not
+hold every worker, nor the memory of four such copies."""
 
 DOWNGRADE_HEADER_LIMIT = 1024 * 1024
 """The longest header section downgraded for a client without UTF8 (RFC
@@ -585,13 +595,24 @@ class POP3Protocol(Protocol):
             self._finish_login(self.engine.login_succeeded(messages, None))
             return
         self._sizes = array("q", [-1]) * len(messages)
-        call = getattr(self.components.syncer, "call", None)
+        call = self._worker_call()
         stored = columns(messages)[1]
         if call is None or (len(messages) <= INLINE_SIZES and sum(stored) <= INLINE_OCTETS):
             # measured when LIST, STAT or RSET first need a size
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
         self._measure(call, messages, stored, 0)
+
+    def _worker_call(self) -> Callable[..., Deferred] | None:
+        """The syncer's ``call`` (a job on the store's worker threads), in
+        turn with the other POP3 sessions' jobs (``WORKER_JOBS`` at once);
+        ``None`` without worker threads (the job is then done here)."""
+        call = getattr(self.components.syncer, "call", None)
+        if call is None:
+            return None
+        jobs = self.components.shared("pop3_worker_jobs",
+                                      lambda: DeferredSemaphore(WORKER_JOBS))
+        return partial(jobs.run, call)
 
     def _measure(self, call: Callable[..., Deferred], messages: Any, stored: Sequence[int],
                  start: int) -> None:
@@ -723,7 +744,7 @@ class POP3Protocol(Protocol):
                         # Still not known: UTF-8 further on must be refused
                         # too (RFC 6856 5), so the rest of the header
                         # section is read on a worker thread where there is one
-                        call = getattr(self.components.syncer, "call", None)
+                        call = self._worker_call()
                         if call is not None:
                             self._busy = True
                             call(_scan_on, f, scan, lambda: self._lost).addBoth(
@@ -751,7 +772,7 @@ class POP3Protocol(Protocol):
         if not scan.needs_utf8:
             return first, complete, action.head
         self._turn_spent = True
-        call = getattr(self.components.syncer, "call", None)
+        call = self._worker_call()
         if f is not None and call is not None and not complete and header_end(first) is None:
             # A header section longer than a chunk is read on and
             # downgraded on a worker thread: up to DOWNGRADE_HEADER_LIMIT,
