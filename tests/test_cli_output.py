@@ -237,3 +237,20 @@ def test_a_closed_stderr_never_sends_error_lines_to_stdout(tmp_path: Path, argv:
         assert done.stdout.endswith(b"\r\n")
     else:
         assert done.stdout == stdout
+
+
+def test_a_closed_stderr_keeps_queue_errors_out_of_stdout(config: Path, queued: str) -> None:
+    # the queue commands took sys.stderr themselves: with 2>&- it is None,
+    # and print(file=None) put "no queued message" into standard output
+    done = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(config),
+                           "queue", "show", "NOSUCHID"], cwd=config.parent,
+                          stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2), timeout=60)
+    assert (done.returncode, done.stdout) == (1, b"")
+
+
+def test_queue_errors_go_to_the_err_main_was_given(config: Path, queued: str) -> None:
+    # a program calling main(out=..., err=...) gets every error line of a
+    # queue command in its err, as it does a user command's
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--config", str(config), "queue", "show", "NOSUCHID"], out=out, err=err) == 1
+    assert (out.getvalue(), err.getvalue()) == ("", "mailhub: no queued message NOSUCHID\n")

@@ -459,7 +459,7 @@ def _command(
         return _user(settings, args, out, stdin, err)
     from txmailhub.relay.admin import run_queue
 
-    return run_queue(settings, args, out)
+    return run_queue(settings, args, out, err)
 
 
 def _discard_output(out: TextIO) -> None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any, TextIO
 
+from txmailhub.cli_output import error_stream
 from txmailhub.logsafe import shown
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
@@ -143,7 +143,7 @@ def _act_as_queue_owner(queue_dir: str) -> None:
 def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
               err: TextIO | None = None) -> int:
     """Run one ``queue`` action; returns the exit code (0 ok, 1 failed)."""
-    err = err or sys.stderr
+    err = err or error_stream()
     queue = OutboundQueue(settings.queue_dir, _WallClock(), create=False)
     action = args.queue_command
     if not queue.exists:  # nothing was ever queued: do not create state here
