@@ -254,3 +254,18 @@ def test_queue_errors_go_to_the_err_main_was_given(config: Path, queued: str) ->
     out, err = io.StringIO(), io.StringIO()
     assert main(["--config", str(config), "queue", "show", "NOSUCHID"], out=out, err=err) == 1
     assert (out.getvalue(), err.getvalue()) == ("", "mailhub: no queued message NOSUCHID\n")
+
+
+def test_a_stream_a_program_passes_keeps_its_encoding(config: Path) -> None:
+    # main(out=...) from a program: the stream is the program's, opened
+    # with the encoding it wants.  It was reconfigured to UTF-8 for good,
+    # so a Latin-1 file got UTF-8 octets in its middle, from then on
+    out = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", newline="\n")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", newline="\n")
+    assert main(["--config", str(config), "user", "list"], out=out, err=err) == 0
+    print("café", file=out)
+    out.flush()
+    assert (out.encoding, out.errors, err.encoding, err.errors) == (
+        "latin-1", "strict", "latin-1", "strict")
+    assert out.buffer.getvalue() == (
+        b"alice@example.org\njos\xe9@example.org\nj\xf6rg@b\xfccher.example\ncaf\xe9\n")

@@ -390,8 +390,11 @@ def main(
 ) -> int:
     out, err, stdin = out or sys.stdout, err or error_stream(), stdin or sys.stdin
     # addresses and remote text as UTF-8 octets, whatever the locale: a
-    # listing must not die at the first address the locale cannot spell
-    utf8_output(out, err)
+    # listing must not die at the first address the locale cannot spell.
+    # The process's own streams only: one a calling program passed (a file
+    # it opened as Latin-1, say) keeps the encoding it was opened with,
+    # during the call and after it
+    utf8_output(*(s for s in (out, err) if s is sys.stdout or s is sys.stderr))
     split = _sendmail_split(sys.argv[1:] if argv is None else argv)
     if split is not None:
         from txmailhub.sendmail import run as sendmail
