@@ -925,6 +925,63 @@ def test_a_certificate_for_another_name_is_said_so(tmp_path, ident: str, named: 
         "during TLS handshake")
 
 
+def _failure(kind: str):
+    from OpenSSL import SSL
+    from service_identity.exceptions import DNSMismatch, VerificationError
+    from service_identity.hazmat import DNS_ID
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    return {
+        "verify": Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])),
+        "name": Failure(VerificationError(
+            errors=[DNSMismatch(mismatched_id=DNS_ID("smtp.provider.example"))])),
+        "closed": Failure(ConnectionDone()),
+    }[kind]
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ("verify", "TLS negotiation failed (certificate verify failed)"),
+    ("name", "TLS negotiation failed (the certificate is not valid for smtp.provider.example)"),
+    ("closed", "connection lost (Connection was closed cleanly.)"),
+])
+def test_an_implicit_tls_handshake_failure_is_said_as_after_starttls(tmp_path, kind, said):
+    # a port-465 smarthost (implicit TLS): the handshake comes before the
+    # greeting, and the queue showed Python's repr of the exception
+    # ("connection lost (VerificationError(errors=[DNSMismatch(...)]))")
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="none", tls_active=True)
+    proto = SMTPClientProtocol(session, Clock(), str(tmp_path / "m"), None, str(tmp_path / "c"))
+    proto.makeConnection(StringTransport())
+    proto.connectionLost(_failure(kind))
+    outcome = proto.done.result
+    assert outcome.session_error.text() == f"421 4.4.2 {said} during greeting"
+    assert outcome.phase == "greeting"
+
+
+def test_a_tls_error_after_the_implicit_greeting_is_no_negotiation_failure(tmp_path):
+    # once the server spoke, the handshake is over: a later loss is a loss
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="none", tls_active=True)
+    proto = SMTPClientProtocol(session, Clock(), str(tmp_path / "m"), None, str(tmp_path / "c"))
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(b"220 hi\r\n")
+    proto.connectionLost(_failure("verify"))
+    assert proto.done.result.session_error.text().startswith("421 4.4.2 connection lost (")
+
+
 def test_a_server_that_trickles_bytes_still_times_out(tmp_path):
     # RFC 5321 4.5.3.2 times the wait for a reply, not for a byte
     clock, proto, transport = _client_on_a_clock(tmp_path)

@@ -141,6 +141,7 @@ class SMTPClientProtocol(Protocol):
         self._file: Any = None
         self._closing = False
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
+        self._received = False  # any byte from the server (under implicit TLS: after the handshake)
         self._lost = False  # connectionLost has run
 
     # --- timers ---------------------------------------------------------------
@@ -184,6 +185,7 @@ class SMTPClientProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._tls_pending = False
+        self._received = True
         seen = self.session.replies_received
         try:
             actions = self.session.receive(data)
@@ -211,7 +213,12 @@ class SMTPClientProtocol(Protocol):
             # handshake is done): the session believes it is in EHLO.
             self.session.phase = Phase.TLS
         elif reason is not None and not self._closing:
-            why = f"connection lost ({reason.getErrorMessage()})"
+            # implicit TLS (a port-465 smarthost): the handshake comes before
+            # the greeting, and its failure is said in the same words as
+            # after STARTTLS, not as a Python repr of the exception
+            detail = tls_failure(reason) if self.session.tls_active and not self._received else ""
+            why = (f"TLS negotiation failed ({detail})" if detail
+                   else f"connection lost ({reason.getErrorMessage()})")
         outcome = self.session.connection_lost(why)
         if self._tls_pending and outcome.session_error is not None:
             outcome = dataclasses.replace(outcome, phase=Phase.TLS.value)
