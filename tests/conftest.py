@@ -150,10 +150,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def make_certificate(folder: Path, hostname: str = "localhost") -> tuple[Path, Path]:
+def make_certificate(folder: Path, hostname: str = "localhost",
+                     names: bool = True) -> tuple[Path, Path]:
     """A self-signed certificate for ``hostname`` and 127.0.0.1 (PEM files).
 
-    Clients trust it with ``ssl.create_default_context(cafile=cert)``."""
+    Clients trust it with ``ssl.create_default_context(cafile=cert)``.
+    ``names=False``: no subjectAltName at all, ``hostname`` only as the
+    subject's common name (which no name check looks at any more)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -162,7 +165,7 @@ def make_certificate(folder: Path, hostname: str = "localhost") -> tuple[Path, P
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -170,12 +173,16 @@ def make_certificate(folder: Path, hostname: str = "localhost") -> tuple[Path, P
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
+    )
+    if names:
+        builder = builder.add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             ),
             critical=False,
         )
+    cert = (
+        builder
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

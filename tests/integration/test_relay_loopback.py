@@ -183,3 +183,37 @@ def test_smarthost_verify_rejects_untrusted_certificate(tmp_path):
         assert remote.messages == []
     finally:
         remote.stop()
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_smarthost_verify_refuses_a_certificate_that_names_no_host(tmp_path, implicit):
+    # A certificate from a trusted CA with no subjectAltName: service_identity
+    # raises CertificateError, which Twisted's own name check only logs
+    # ("while verifying certificate") before letting the handshake go on:
+    # the message went to a smarthost whose name nothing had checked
+    cert, key = make_certificate(tmp_path / "tls", "localhost", names=False)
+    remote = CaptureSMTP(tls=(str(cert), str(key)), implicit_tls=implicit)
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"',
+                       "bob@anywhere.test", ca=str(cert), smtps=remote.port if implicit else 0)
+        assert remote.messages == []
+        [reply] = result["queued"]
+        phase = "greeting" if implicit else "TLS handshake"
+        assert reply == ("421 4.4.2 TLS negotiation failed (unusable certificate: Certificate "
+                         f"does not contain any `subjectAltName`s.) during {phase}")
+    finally:
+        remote.stop()
+
+
+def test_smarthost_verify_names_the_name_a_certificate_lacks(tmp_path):
+    # a trusted certificate for another host: refused, in 900f245's words
+    cert, key = make_certificate(tmp_path / "tls", "other.example")
+    remote = CaptureSMTP(tls=(str(cert), str(key)))
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"',
+                       "bob@anywhere.test", ca=str(cert))
+        assert remote.messages == []
+        assert result["queued"] == ["421 4.4.2 TLS negotiation failed (the certificate is not "
+                                    "valid for localhost) during TLS handshake"]
+    finally:
+        remote.stop()

@@ -440,7 +440,8 @@ class DeliveryAgent:
     ``trust_root`` is passed to ``optionsForClientTLS`` (``None``: the
     platform's CAs); ``tls_options(host, verify)`` builds the TLS
     connection creator (default: ``optionsForClientTLS`` with
-    service_identity checks when ``verify``, else a non-verifying
+    service_identity checks when ``verify``, a certificate naming no host
+    refused too (``relay.client_tls``), else a non-verifying
     ``CertificateOptions``); ``run_blocking(f, *args) -> Deferred`` runs
     blocking file work -- the 7-bit conversion, the TLS memory's writes --
     (default: the reactor's thread pool when ``clock`` provides
@@ -486,7 +487,11 @@ class DeliveryAgent:
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         if verify:
-            return ssl.optionsForClientTLS(host, trustRoot=self.trust_root)
+            # optionsForClientTLS, but a certificate naming no host is refused
+            # too (Twisted's own check only logs it: relay/client_tls.py)
+            from txmailhub.relay.client_tls import verified_client_tls
+
+            return verified_client_tls(host, self.trust_root)
         return ssl.CertificateOptions()
 
     # --- IDeliveryAgent -----------------------------------------------------------

@@ -1,0 +1,75 @@
+"""The relay's verifying TLS client: the next hop's certificate must name it.
+
+Twisted's ``optionsForClientTLS`` checks the name with service_identity
+in OpenSSL's verify callback, but ends the handshake only on a
+``VerificationError`` (a certificate for another name).  A certificate
+that names no host at all -- no subjectAltName -- makes service_identity
+raise ``CertificateError`` instead, which Twisted logs ("while verifying
+certificate") and then lets the handshake go on as if the name had
+matched: under ``smarthost_tls = "verify"`` such a certificate from a
+trusted CA passed for any smarthost.
+
+``verified_client_tls`` keeps everything ``optionsForClientTLS`` sets up
+(trust, SNI, protocol versions) and replaces only that callback with one
+that ends the handshake on either error, the error being the reason the
+connection was lost (``txmailhub.tls.tls_failure`` words it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from service_identity.exceptions import CertificateError, VerificationError
+from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
+from service_identity.pyopenssl import extract_patterns
+from twisted.internet import ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmailhub.address import ascii_domain
+
+__all__ = ["verified_client_tls"]
+
+
+def verified_client_tls(host: str, trust_root: Any = None) -> IOpenSSLClientConnectionCreator:
+    """What ``optionsForClientTLS(host, trustRoot=trust_root)`` gives, but
+    a certificate that names no host ends the handshake too."""
+    return _NamesChecked(ssl.optionsForClientTLS(host, trustRoot=trust_root), host)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _NamesChecked:
+    def __init__(self, inner: Any, host: str) -> None:
+        self._inner = inner
+        self._host = host
+
+    def _ident(self) -> Any:
+        """The name to find in the certificate, as the inner check has it:
+        an address, or a DNS name in its ASCII form (A-labels)."""
+        if isIPAddress(self._host) or isIPv6Address(self._host):
+            return IPAddress_ID(self._host)
+        return DNS_ID(ascii_domain(self._host))
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
+        connection = self._inner.clientConnectionForTLS(tls_protocol)
+        ident = self._ident()
+        # the protocol owns the connection: no reference back from the
+        # callback once the leaf certificate is judged
+        owner = [tls_protocol]
+
+        def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+            if depth != 0 or not owner:
+                return bool(ok)  # the chain is OpenSSL's to judge
+            try:
+                verify_service_identity(extract_patterns(cert), [ident], [])
+            except (VerificationError, CertificateError):
+                owner.pop().failVerification(Failure())
+                return False
+            owner.clear()
+            return bool(ok)
+
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        return connection
