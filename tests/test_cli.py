@@ -857,3 +857,17 @@ def test_user_passwd_still_works_once_the_address_is_checked(config: Path) -> No
     assert run(config, "user", "passwd", "joe", "--password-stdin",
                stdin="another-long-phrase-7\n") == (
         0, "changed the password of joe@example.org\n", "")
+
+
+def test_usage_errors_and_help_go_to_the_streams_main_was_given(config: Path, capsys) -> None:
+    # a program calling main(out=..., err=...): argparse's usage line and
+    # --help went to the process's own stderr and stdout, not to its streams
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(config), "frobnicate"], out=out, err=err)
+    assert info.value.code == 2
+    assert err.getvalue().startswith("usage: mailhub ") and "frobnicate" in err.getvalue()
+    with pytest.raises(SystemExit) as info:
+        main(["user", "add", "--help"], out=out, err=err)
+    assert info.value.code == 0 and "--password-stdin" in out.getvalue()
+    assert capsys.readouterr() == ("", "")

@@ -12,6 +12,7 @@ to it over SMTP and has sendmail(8)'s options and sysexits(3) exit codes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
@@ -92,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
              "options (-t, -i, -f, -F, -bs ...) and exit codes (see docs/sendmail.rst)",
     )
     return p
+
+
+def _parse(argv: list[str] | None, out: TextIO | None, err: TextIO) -> argparse.Namespace:
+    """``argv`` parsed, argparse's own words (a usage error, ``--help``)
+    going to the ``out`` and ``err`` main was given: argparse writes to
+    sys.stdout and sys.stderr, which are not those of a program that
+    passed its own streams.  A usage error still raises SystemExit(2)."""
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        return _parser().parse_args(argv)
 
 
 def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
@@ -400,13 +410,13 @@ def main(
         from txmailhub.sendmail import run as sendmail
 
         # its own exit codes: sysexits(3), as every caller of sendmail expects
-        config = _parser().parse_args([*split[0], "check"]).config
+        config = _parse([*split[0], "check"], out, err).config
         if not config:  # a global option: mailhub's usage error, as any other of its own
             print(f"mailhub: {empty_config_path('--config')}", file=err)
             return 2
         return sendmail(split[1], config, "mailhub sendmail", stdin=getattr(stdin, "buffer", None),
                         err=err, out=out)
-    args = _parser().parse_args(argv)
+    args = _parse(argv, out, err)
     if not args.config:  # --config= or -c '': not the default file (config.empty_config_path)
         print(f"mailhub: {empty_config_path('--config')}", file=err)
         return 2
