@@ -793,3 +793,19 @@ def test_the_lock_is_never_a_link_that_root_would_hand_to_the_folders_owner(
     assert victim_inode not in chowned
     assert victim.read_bytes() == b"root:secret\n"
     assert not (folder / "users").exists() or (folder / "users").read_bytes() == b""
+
+
+def test_the_precheck_of_the_first_user_logs_no_missing_file(
+        db: UsersDB, log_events: list[dict]) -> None:
+    # `mailhub user add` checks the address before the password prompt;
+    # before the first user there is no file, and that check logged the
+    # hub's error "does not exist: local mail is refused with 451" from
+    # the command (seen by any program that observes the log)
+    assert db.precheck("alice", new=True) == Address("alice", "example.org")
+    with pytest.raises(NoSuchUser):
+        db.precheck("bob", new=False)
+    db.add("alice", "pw")
+    with pytest.raises(UserExists):
+        db.precheck("alice", new=True)
+    assert db.precheck("alice", new=False) == Address("alice", "example.org")
+    assert [e for e in log_events if e["log_level"].name in ("error", "warn")] == []

@@ -458,7 +458,10 @@ class UsersDB:
         after.  Only a courtesy: the file may change before the real
         call, which checks again under the lock and has the last word."""
         address = self._new_address(name) if new else self._local(name)
-        exists = self.contains(address)
+        # not reported: a missing file is no error here (the first `user
+        # add` makes it), and this process is no hub refusing mail with 451
+        self._refresh(report=False)
+        exists = address.key in self._records
         if new and exists:
             raise UserExists(f"{address} already exists")
         if not new and not exists and self.unreadable is None:
