@@ -1760,11 +1760,41 @@ def test_a_long_utf8_header_section_is_downgraded_off_the_reactor_thread():
         b"+OK\r\n"
     # a client gone meanwhile: the file is closed, nothing is sent
     proto.dataReceived(b"TOP 1 0\r\n")
-    [(_, _, (_, f, _))] = env.components.syncer.jobs
+    [(_, _, (_, f, *_))] = env.components.syncer.jobs
     proto.connectionLost(None)
     t.clear()
     env.components.syncer.run()
     assert f.closed and t.value() == b""
+
+
+def test_a_downgrade_job_of_a_client_gone_meanwhile_does_nothing(monkeypatch):
+    # The job may wait its turn (WORKER_JOBS) and a client that hangs up
+    # has its mailbox lock released at once: logging in, RETR of such a
+    # message and hanging up, again and again, queued a 1 MiB read and a
+    # second of downgrading per connection for nobody, ahead of every other
+    # session's job.  The other jobs (sizes, header scans) already stop.
+    env = Env()
+    env.components.syncer = HeldCalls()
+    env.store.add("joe@example.org", LONG_INTL)
+    proto, t = login_utf8(env, utf8=False)
+    downgrades = []
+    real = pop3_protocol.downgrade_header
+    monkeypatch.setattr(pop3_protocol, "downgrade_header",
+                        lambda header: (downgrades.append(len(header)), real(header))[1])
+    proto.dataReceived(b"RETR 1\r\n")
+    [(_, _, (_, f, *_))] = env.components.syncer.jobs
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+    t.clear()
+    env.components.syncer.run()
+    assert downgrades == [] and f.closed and t.value() == b""
+    # a session still there gets its message, downgraded, as before
+    proto, t = login_utf8(env, utf8=False)  # its sizes measured: one downgrade
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\n")
+    env.components.syncer.run()
+    assert len(downgrades) == 2
+    assert t.value().startswith(b"+OK %d octets\r\n" % crlf_size_of(downgraded(LONG_INTL)))
 
 
 def test_the_sessions_worker_jobs_take_turns(monkeypatch):

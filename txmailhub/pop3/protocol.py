@@ -157,6 +157,20 @@ def _scan_on(f: Any, scan: HeaderScan, gone: Callable[[], bool]) -> None:
         scan.feed(more)
 
 
+def _downgrade_on(first: bytes, f: Any, complete: bool,
+                  gone: Callable[[], bool]) -> tuple[bytes, bool, int] | None:
+    """``POP3Protocol._downgrade_start`` as a worker job; nothing once
+    ``gone()`` (the result is then never looked at).  The job may wait its
+    turn behind others (``WORKER_JOBS``), and a client that hung up has its
+    mailbox lock released at once: one that logs in, RETRs such a message
+    and hangs up, again and again, queued a read of up to 1 MiB and a
+    second of downgrading per connection that nobody waits for, ahead of
+    every other session's job."""
+    if gone():
+        return None
+    return POP3Protocol._downgrade_start(first, f, complete)
+
+
 def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool],
                    start: int = 0, end: int | None = None) -> array:
     """``_client_size_of`` for messages ``start`` to ``end`` (the last by
@@ -778,7 +792,7 @@ class POP3Protocol(Protocol):
             # downgraded on a worker thread: up to DOWNGRADE_HEADER_LIMIT,
             # a second of the reactor's time for 1 MiB of UTF-8 fields.
             self._busy = True
-            call(self._downgrade_start, first, f, complete).addBoth(
+            call(_downgrade_on, first, f, complete, self._gone).addBoth(
                 self._downgraded_on, action, f,
             ).addErrback(self._internal_error)
             return None
