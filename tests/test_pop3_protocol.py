@@ -1827,6 +1827,45 @@ def test_the_sessions_worker_jobs_take_turns(monkeypatch):
     assert [t.value() for _, t in sessions] == [expected] * 3
 
 
+def test_a_login_measuring_long_utf8_headers_takes_turns_with_other_jobs(monkeypatch):
+    # SIZE_JOB (2,000) messages a job is a moment for ASCII header sections,
+    # but some 0.75 s each where one is 1 MiB of UTF-8 fields to downgrade
+    # (anyone may send them): one login's job held one of the hub's
+    # WORKER_JOBS for minutes, two such logins every other session's login
+    # and long RETR.  Past SIZE_JOB_SECONDS the rest is a job of its own,
+    # behind those that waited meanwhile.
+    monkeypatch.setattr(pop3_protocol, "WORKER_JOBS", 1)
+    clock = [0.0]
+    monkeypatch.setattr(pop3_protocol, "_now", lambda: clock[0], raising=False)
+    real = pop3_protocol.downgrade_header
+
+    def slow_downgrade(header):  # a second of the worker's time each
+        clock[0] += 1.0
+        return real(header)
+
+    monkeypatch.setattr(pop3_protocol, "downgrade_header", slow_downgrade)
+    env = Env()
+    syncer = env.components.syncer = HeldCalls()
+    for _ in range(3):
+        env.store.add("joe@example.org", LONG_INTL)
+    env.store.add("ann@example.org", b"Subject: plain\n\n" + b"x" * 70000 + b"\n")
+    joe, joe_t = env.connect()
+    talk(joe, joe_t, b"USER joe\r\nPASS joepw\r\n")
+    ann, ann_t = env.connect()
+    talk(ann, ann_t, b"USER ann\r\nPASS annpw\r\n")
+    assert len(syncer.jobs) == 1  # joe's; ann's waits its turn
+    syncer.run()  # joe's first message, then the turn is over
+    assert b"Logged in" not in joe_t.value()
+    syncer.run()  # ann's job, before the rest of joe's
+    assert b"+OK Logged in" in ann_t.value() and b"Logged in" not in joe_t.value()
+    while syncer.jobs:
+        syncer.run()
+    size = crlf_size_of(downgraded(LONG_INTL))
+    assert b"+OK Logged in" in joe_t.value()
+    assert talk(joe, joe_t, b"STAT\r\n") == b"+OK 3 %d\r\n" % (3 * size)
+    assert clock[0] == 3.0  # each message measured once, none on the reactor thread
+
+
 def large_mailbox_login(monkeypatch):
     """A mailbox over ``INLINE_SIZES`` (set to 1) of an internationalized
     message and a plain one, a syncer whose jobs wait for the test, and a

@@ -14,6 +14,7 @@ means, and must not touch the Maildir except through ``IMailbox``.
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -74,6 +75,16 @@ send, held every session of the hub for seconds at the first STAT."""
 
 SIZE_JOB = 2000
 """Messages whose sizes one worker job measures at a login (``INLINE_SIZES``)."""
+
+SIZE_JOB_SECONDS = 0.25
+"""...and the time one such job goes on for, past its first message: the
+next part waits its turn behind the other sessions' jobs (``WORKER_JOBS``).
+Measuring a message may mean downgrading its header section, some 0.75 s
+for 1 MiB of UTF-8 fields: 2,000 of those in one job held one of the
+hub's ``WORKER_JOBS`` for half an hour, and two such logins every other
+session's login and long RETR."""
+
+_now = time.monotonic  # the clock of SIZE_JOB_SECONDS (tests set their own)
 
 WORKER_JOBS = 2
 """The most jobs the hub's POP3 sessions, all together, have on the store's
@@ -174,15 +185,17 @@ def _downgrade_on(first: bytes, f: Any, complete: bool,
 def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool],
                    start: int = 0, end: int | None = None) -> array:
     """``_client_size_of`` for messages ``start`` to ``end`` (the last by
-    default), on a worker thread; a message that cannot be read is left
+    default), on a worker thread, or fewer: those measured in
+    ``SIZE_JOB_SECONDS`` (one at least); a message that cannot be read is left
     out (measured, and its error logged, on the reactor thread if LIST
     asks).  Stops once ``gone()``: a client that hangs up has its mailbox
     lock released at once, so its next login would start another job
     beside this one -- reconnecting could otherwise fill every worker
     thread (and hold up every fsync) with reads nobody waits for."""
     sizes = array("q")  # from ``start`` on; -1: not measured
+    until = _now() + SIZE_JOB_SECONDS
     for index in range(start, len(stored) if end is None else min(end, len(stored))):
-        if gone():
+        if gone() or (sizes and _now() >= until):
             break
         try:
             sizes.append(_client_size_of(mailbox, index, stored[index]))
@@ -631,8 +644,10 @@ class POP3Protocol(Protocol):
     def _measure(self, call: Callable[..., Deferred], messages: Any, stored: Sequence[int],
                  start: int) -> None:
         """Measure the client sizes of ``SIZE_JOB`` messages from ``start``
-        on a worker thread (one job for a huge mailbox would keep a worker
-        from every other job that long), then the next ones; the login's
+        (fewer where that takes over ``SIZE_JOB_SECONDS``) on a worker
+        thread (one job for a huge mailbox would keep a worker, and one of
+        the POP3 sessions' ``WORKER_JOBS``, from every other job that
+        long), then the next ones in a job of their own; the login's
         +OK once all are in.  Methods, not closures that call each other:
         those made a reference cycle holding the session's sizes."""
         # Reading the flag from the worker thread is safe: a plain attribute
@@ -650,9 +665,10 @@ class POP3Protocol(Protocol):
         if self._lost:
             self._sizes_measured(messages)
             return
-        self._sizes[start : start + len(part)] = part
-        if start + SIZE_JOB < len(stored):
-            self._measure(call, messages, stored, start + SIZE_JOB)
+        done = start + len(part)  # SIZE_JOB, or fewer in SIZE_JOB_SECONDS
+        self._sizes[start:done] = part
+        if done < len(stored):
+            self._measure(call, messages, stored, done)
             return
         self._sizes_measured(messages)
 
