@@ -821,32 +821,36 @@ class POP3Protocol(Protocol):
         first, complete, delta = start
         return first, complete, self._downgraded_head(action, delta)
 
+    def _back_from_worker(self, result: Any, action: Transmit, f: Any) -> bool:
+        """What every worker job on a message file does first when it is
+        back: the session reads commands again; a client gone meanwhile
+        has the file closed, a failed read its ``-ERR``.  Whether the
+        caller goes on with ``result``."""
+        self._busy = False
+        if self._lost:
+            f.close()
+            return False
+        self._answered_after_wait()
+        if isinstance(result, Failure):
+            self._read_failed(action, f, result)
+            self._process()
+            return False
+        return True
+
     def _scanned_on(self, result: Failure | None, action: Transmit, f: Any,
                     scan: HeaderScan) -> None:
         """The header section scanned to its end on a worker thread (or
         the read failed: ``result`` is the failure)."""
-        self._busy = False
-        if self._lost:
-            f.close()
-            return
-        self._answered_after_wait()
-        if isinstance(result, Failure):
-            self._read_failed(action, f, result)
-        else:
+        if self._back_from_worker(result, action, f):
             self._send_scanned(action, f, scan)
-        self._process()
+            self._process()
 
     def _downgraded_on(self, result: Any, action: Transmit, f: Any) -> None:
         """A long header section downgraded on a worker thread (``_judged``):
         ``result`` is ``_downgrade_start``'s, or the failure of the read."""
-        self._busy = False
-        if self._lost:
-            f.close()
+        if not self._back_from_worker(result, action, f):
             return
-        self._answered_after_wait()
-        if isinstance(result, Failure):
-            self._read_failed(action, f, result)
-        elif result is None:
+        if result is None:
             f.close()
             self._refuse_utf8(action)
         else:
