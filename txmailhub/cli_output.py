@@ -15,11 +15,11 @@ octets the users file, the queue and the log hold).  Octets that were
 not UTF-8 (a file name, a remote's reply, kept as surrogates by
 ``surrogateescape``) are written back as they were; a lone surrogate
 that stands for no such octet, which nothing the hub stores should
-hold, is written as ``\\uXXXX`` rather than ending the command.
+hold, is written as an escape (``\\ud800``) rather than ending the command.
 
 One exception: a terminal whose locale is not UTF-8 (a Latin-1 or
 Latin-2 console) keeps its locale's encoding, and what it cannot spell is
-written as a ``\\xNN``/``\\uXXXX`` escape.  UTF-8 octets would show
+written as an escape (``\\xe9``, ``\\u015b``).  UTF-8 octets would show
 ``josé`` garbled there, and worse: UTF-8 spells many letters with an
 octet from 0x80-0x9F (``ś`` is C5 9B), which an 8-bit terminal reads as a
 C1 control (0x9B starts an escape sequence), so a remote reply could act
