@@ -226,3 +226,15 @@ def test_an_expired_leaf_for_another_name_is_refused_for_either():
                                           end=NOW - DAY)])
     assert not shake.done and shake.refusal == "the certificate is not valid for localhost"
 
+
+
+def test_a_name_service_identity_fails_on_refuses_the_certificate_and_says_so():
+    # service_identity raises ValueError (not CertificateError) on a URI
+    # name with a port.  Twisted's own check logs that and lets the
+    # certificate pass for any host; raised from the replaced callback it
+    # was dropped by pyOpenSSL, and the refusal read "certificate verify
+    # failed", the words of an untrusted chain
+    shake = Handshake("localhost", [_leaf(dns=["localhost"], uris=["smtp://localhost:25"])])
+    assert not shake.done
+    assert shake.refusal == ("unusable certificate: its names cannot be read "
+                             "(ValueError: too many values to unpack (expected 2))")

@@ -12,7 +12,9 @@ trusted CA passed for any smarthost.
 ``verified_client_tls`` keeps everything ``optionsForClientTLS`` sets up
 (trust, SNI, protocol versions) and replaces only that callback with one
 that ends the handshake on either error, the error being the reason the
-connection was lost (``txmailhub.tls.tls_failure`` words it).
+connection was lost (``txmailhub.tls.tls_failure`` words it).  Any other
+error of the name check (service_identity's ``ValueError`` on a URI name
+with a port, say) ends it too, as a ``CertificateError`` that says so.
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ class _NamesChecked:
                 verify_service_identity(extract_patterns(cert), [ident], [])
             except (VerificationError, CertificateError):
                 owner.pop().failVerification(Failure())
+                return False
+            except Exception as e:
+                # service_identity failing on a name it does not parse (a
+                # URI with a port: ValueError).  Refused, and said: raised
+                # from here it would be lost (pyOpenSSL drops what a
+                # connection's own verify callback raises) and the
+                # handshake read "certificate verify failed", the words of
+                # an untrusted chain.  Twisted's own check logs it and lets
+                # the certificate pass for any name.
+                why = CertificateError(f"its names cannot be read ({type(e).__name__}: {e})")
+                owner.pop().failVerification(Failure(why))
                 return False
             owner.clear()
             return bool(ok)
