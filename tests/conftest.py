@@ -136,6 +136,18 @@ _LISTENING = re.compile(
 )
 
 
+@pytest.fixture(autouse=True)
+def _pop3_size_jobs_on_a_still_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A POP3 login's size-measuring job stops after SIZE_JOB_SECONDS of
+    the real clock: a test expecting one job to measure several messages
+    (three long UTF-8 header sections are some 0.35 s here) passed or
+    failed with the machine's load, and an inline syncer recursed once
+    per job.  Tests of that limit set ``_now`` themselves."""
+    from txmailhub.pop3 import protocol
+
+    monkeypatch.setattr(protocol, "_now", lambda: 0.0)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
     socks = []
