@@ -238,3 +238,13 @@ def test_a_name_service_identity_fails_on_refuses_the_certificate_and_says_so():
     assert not shake.done
     assert shake.refusal == ("unusable certificate: its names cannot be read "
                              "(ValueError: too many values to unpack (expected 2))")
+
+
+def test_an_idn_smarthost_with_capitals_is_checked_by_its_a_labels():
+    # optionsForClientTLS("Bücher.example") raised InvalidCodepoint (Twisted
+    # encodes by IDNA2008 without the UTS 46 mapping): every delivery to
+    # such a smarthost ended as "451 4.3.0 local error while delivering"
+    shake = Handshake("Bücher.Example", [_leaf(dns=["xn--bcher-kva.example"])])
+    assert shake.done and shake.sni == [b"xn--bcher-kva.example"]
+    refused = Handshake("Bücher.example", [_leaf(dns=["bucher.example"])])
+    assert refused.refusal == "the certificate is not valid for xn--bcher-kva.example"

@@ -38,8 +38,15 @@ __all__ = ["verified_client_tls"]
 
 def verified_client_tls(host: str, trust_root: Any = None) -> IOpenSSLClientConnectionCreator:
     """What ``optionsForClientTLS(host, trustRoot=trust_root)`` gives, but
-    a certificate that names no host ends the handshake too."""
-    return _NamesChecked(ssl.optionsForClientTLS(host, trustRoot=trust_root), host)
+    a certificate that names no host ends the handshake too.
+
+    A name goes to Twisted in its A-labels (``ascii_domain``: IDNA2008
+    after the UTS 46 mapping), as the name check has it: Twisted's own
+    strict IDNA2008 encoding refuses a capital in a non-ASCII label
+    (``Bücher.example``), and every delivery to such a smarthost was a
+    "local error" retried for good."""
+    name = host if isIPAddress(host) or isIPv6Address(host) else ascii_domain(host)
+    return _NamesChecked(ssl.optionsForClientTLS(name, trustRoot=trust_root), name)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
