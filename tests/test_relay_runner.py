@@ -1669,23 +1669,18 @@ def test_a_protocol_error_mid_batch_keeps_the_message_queued_and_frees_the_slot_
     assert not hub.agent.connected(qid) and qid not in hub.runner._attempting  # slot free
 
 
-def test_a_hostile_reply_is_logged_escaped(hub):
+def test_a_hostile_reply_is_logged_escaped(hub, log_events):
     # the next hop's words go into the hub's log as each result's line: a
     # CR or an ESC in them must not forge or hide log lines (logsafe)
-    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.logger import formatEvent
 
     hostile = Reply.of(550, "5.1.1", "no\x1b[2K\rsuch\\user")
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        hub.runner.start()
-        hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", hostile, "mx")
-                                            for a in r]
-        qid = enqueue(hub, BOB)
-        enqueue(hub, BOB, sender=None)  # a notice that failed: dropped, and logged
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    lines = [formatEvent(e) for e in events]
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", hostile, "mx")
+                                        for a in r]
+    qid = enqueue(hub, BOB)
+    enqueue(hub, BOB, sender=None)  # a notice that failed: dropped, and logged
+    lines = [formatEvent(e) for e in log_events]
     escaped = "550 5.1.1 no\\x1b[2K\\x0dsuch\\\\user"
     assert f"{qid} to {BOB}: {escaped}; failed" in lines
     [dropped] = [line for line in lines if "dropping it" in line]
