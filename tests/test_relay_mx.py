@@ -524,3 +524,22 @@ def test_when_the_first_hosts_have_no_address_the_next_ones_are_looked_up():
     del zone["mx.stale.test"]
     error_of(MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
                         rng=random.Random(1)).resolve("stale.test"), NoSuchDomain)
+
+
+@pytest.mark.parametrize("kind, rcode, words", [
+    (dns_error.DNSQueryRefusedError, dns.EREFUSED, "refused the query (REFUSED)"),
+    (dns_error.DNSFormatError, dns.EFORMAT, "could not read the query (FORMERR)"),
+    (dns_error.DNSNotImplementedError, dns.ENOTIMP, "does not implement the query (NOTIMP)"),
+    (dns_error.DNSUnknownError, 15, "answered with an unknown error (rcode 15)"),
+])
+def test_an_mx_lookup_refused_by_the_server_is_said_in_words(kind, rcode, words):
+    # twisted.names fails these with the answer itself as the argument: the
+    # reason (queue list, the log, the notice's Diagnostic-Code) was the
+    # Python repr of a dns.Message, "<Message id=... rCode=5 ... queries=[...]>"
+    answer = dns.Message(id=4242, answer=1, rCode=rcode)
+    answer.queries = [dns.Query(b"odd.test", dns.MX)]
+    zone = {"odd.test": {"MX": kind(answer)}}
+    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test", rng=random.Random(1))
+    e = error_of(r.resolve("odd.test"), TemporaryDNSError)
+    assert e.reason == "DNS lookup of MX failed: the DNS server " + words
+    assert "Message" not in e.reason and "4242" not in e.reason

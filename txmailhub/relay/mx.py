@@ -161,6 +161,33 @@ def _usable_prefix(outcomes: list) -> list | None:
     return None
 
 
+# The answers twisted.names fails a query with that carry the server's
+# message (its only words are the Python repr of that message)
+_RCODE_ERRORS = ((dns_error.DNSQueryRefusedError, "the DNS server refused the query (REFUSED)"),
+                 (dns_error.DNSFormatError, "the DNS server could not read the query (FORMERR)"),
+                 (dns_error.DNSNotImplementedError,
+                  "the DNS server does not implement the query (NOTIMP)"))
+
+
+def _failure_words(failure: Failure) -> str:
+    """What a failed MX lookup says in a reply, the log and a notice.
+
+    twisted.names fails a query that a server answered with REFUSED,
+    FORMERR, NOTIMP or an unknown rcode with the answer itself as the
+    exception's argument, whose text is a Python repr (``<Message
+    id=20754 rCode=5 maxSize=0 flags=answer,... queries=[Query(b'x.test',
+    15, 1)]>``): that went into ``queue list``, the log and the
+    ``Diagnostic-Code`` of the notice.  Say it in words instead."""
+    for kind, words in _RCODE_ERRORS:
+        if failure.check(kind):
+            return words
+    if failure.check(dns_error.DNSUnknownError):
+        code = getattr(failure.value.args[0], "rCode", None) if failure.value.args else None
+        return ("the DNS server answered with an unknown error"
+                + (f" (rcode {code})" if isinstance(code, int) else ""))
+    return failure.getErrorMessage()
+
+
 def _text(name: dns.Name) -> str:
     return name.name.decode("ascii", "replace").rstrip(".").lower()
 
@@ -371,7 +398,7 @@ class MXResolver:
             raise TemporaryDNSError(domain, "DNS server failure (SERVFAIL) looking up MX")
         if failure.check(dns_error.DNSQueryTimeoutError, defer.TimeoutError):
             raise TemporaryDNSError(domain, "DNS timeout looking up MX")
-        raise TemporaryDNSError(domain, f"DNS lookup of MX failed: {failure.getErrorMessage()}")
+        raise TemporaryDNSError(domain, f"DNS lookup of MX failed: {_failure_words(failure)}")
 
     def _got_mx(self, result: Any, domain: str) -> defer.Deferred:
         answers = result[0] if isinstance(result, tuple) else result
