@@ -543,3 +543,62 @@ def test_an_mx_lookup_refused_by_the_server_is_said_in_words(kind, rcode, words)
     e = error_of(r.resolve("odd.test"), TemporaryDNSError)
     assert e.reason == "DNS lookup of MX failed: the DNS server " + words
     assert "Message" not in e.reason and "4242" not in e.reason
+
+
+def cname(owner: bytes, target: bytes):
+    return dns.RRHeader(owner, dns.CNAME, dns.IN, 60, dns.Record_CNAME(target))
+
+
+class CountingRawResolver(RawResolver):
+    def __init__(self, table):
+        super().__init__(table)
+        self.asked = []
+
+    def _answer(self, name, kind):
+        self.asked.append((name, kind))
+        return super()._answer(name, kind)
+
+
+def test_a_cname_whose_target_the_answer_left_out_is_followed():
+    # RFC 5321 5.1: the name a CNAME gives "is processed as if it were the
+    # initial name".  A server that answers with the CNAME alone (no
+    # records of its target) made the domain look empty: a 5.1.2 bounce
+    # for mail that had somewhere to go.
+    table = {("chase.test", "MX"): [cname(b"chase.test", b"real.test")],
+             ("real.test", "MX"): [mx(b"real.test", 10, b"mx.real.test")],
+             ("mx.real.test", "A"): [cname(b"mx.real.test", b"box.other.test")],
+             ("box.other.test", "A"): [a(b"box.other.test", "192.0.2.40")],
+             # a chain to a name with no MX: its addresses are the implicit MX
+             ("bare.test", "MX"): [cname(b"bare.test", b"host.bare.test")],
+             ("bare.test", "A"): [cname(b"bare.test", b"host.bare.test")],
+             ("host.bare.test", "A"): [a(b"host.bare.test", "192.0.2.41")]}
+    assert result(raw(table).resolve("chase.test")) == [
+        MXHost("mx.real.test", 10, ("192.0.2.40",))]
+    assert result(raw(table).resolve("bare.test")) == [MXHost("bare.test", 0, ("192.0.2.41",))]
+    # a target that is there but has no records of the type asked is no
+    # reason to ask again: one query more, and the domain has nothing
+    empty = {("e.test", "MX"): [cname(b"e.test", b"f.test")]}
+    e = error_of(raw(empty).resolve("e.test"), NoSuchDomain)
+    assert e.permanent
+    # nor is a target that no DNS name can be
+    for target in (b"\xff\xfe.test", b"x" * 64 + b".test", b"a b.test"):
+        fake = CountingRawResolver({("odd.test", "MX"): [cname(b"odd.test", target)]})
+        r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+        error_of(r.resolve("odd.test"), NoSuchDomain)
+        assert [name for name, _ in fake.asked] == ["odd.test"] * 3  # MX, AAAA, A
+
+
+def test_a_cname_chain_that_loops_or_never_ends_is_temporary_and_bounded():
+    # a loop is what a recursive resolver answers SERVFAIL for: no bounce,
+    # and no query after query after query
+    loop = {("loop.test", "MX"): [cname(b"loop.test", b"b.loop.test"),
+                                  cname(b"b.loop.test", b"loop.test")]}
+    e = error_of(raw(loop).resolve("loop.test"), TemporaryDNSError)
+    assert "loops" in e.reason and not e.permanent
+    endless = {(f"n{i}.test", "MX"): [cname(f"n{i}.test".encode(), f"n{i + 1}.test".encode())]
+               for i in range(100)}
+    fake = CountingRawResolver(endless)
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    e = error_of(r.resolve("n0.test"), TemporaryDNSError)
+    assert "too long" in e.reason
+    assert len(fake.asked) == 9  # the first query and MAX_CNAME_HOPS (8) more

@@ -32,6 +32,7 @@ from txmailhub.address import ascii_domain, client_ip, dns_name_problem
 from txmailhub.interfaces import IMXResolver
 
 __all__ = [
+    "CNAMEError",
     "DNSError",
     "HostHealth",
     "MXHost",
@@ -60,6 +61,10 @@ MAX_MX_HOSTS = 20
 # How many such rounds of MAX_MX_HOSTS an attempt looks up, one after the
 # other, while no host of the rounds before has an address
 MAX_MX_ROUNDS = 5
+# How many more queries a lookup makes to follow a CNAME chain whose end
+# the answer did not include (RFC 5321 5.1: the name a CNAME gives "is
+# processed as if it were the initial name")
+MAX_CNAME_HOPS = 8
 
 
 class DNSError(Exception):
@@ -91,6 +96,11 @@ class MailLoop(PermanentDNSError):
 
 class TemporaryDNSError(DNSError):
     """SERVFAIL, a timeout, a refused query: try again later."""
+
+
+class CNAMEError(TemporaryDNSError):
+    """A CNAME chain that loops, or is longer than ``MAX_CNAME_HOPS``
+    queries can follow: what a recursive resolver answers SERVFAIL for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +154,57 @@ def _owned(answers: Iterable[Any], name: str, kind: int) -> list[Any]:
                 owners.add(target)
                 grew = True
     return [a for a in answers if a.type == kind and _text(a.name) in owners]
+
+
+def _chain_end(answers: Iterable[Any], name: str) -> tuple[str | None, bool]:
+    """Where the CNAME chain of ``answers`` that starts at ``name`` ends
+    (``None`` when ``name`` has no CNAME), and whether it loops."""
+    targets: dict[str, str] = {}
+    for a in answers:
+        if a.type == dns.CNAME:
+            targets.setdefault(_text(a.name), _text(a.payload.name))
+    at = ascii_domain(name.rstrip(".").lower())
+    seen = {at}
+    while at in targets:
+        at = targets[at]
+        if at in seen:
+            return at, True
+        seen.add(at)
+    return (at if len(seen) > 1 else None), False
+
+
+def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
+           hops: int = MAX_CNAME_HOPS) -> defer.Deferred:
+    """``lookup(name)``, and when its answer is a CNAME chain without
+    records of type ``kind`` at its end, ``lookup`` of that end too, and
+    so on: fires with every answer record gathered, as twisted.names'
+    ``(answers, authority, additional)``.
+
+    A recursive resolver gives the whole chain in one answer; one that
+    gives only the CNAME (a forwarder, a chain that crosses zones) left the
+    hub with no MX and no address for a domain that has both, and the mail
+    bounced (``5.1.2``) instead of going where RFC 5321 5.1 sends it.  A
+    chain that loops or needs more than ``hops`` queries fails with
+    ``CNAMEError`` (temporary, as SERVFAIL)."""
+    asked = {ascii_domain(name.rstrip(".").lower())}
+
+    def got(result: Any, gathered: list) -> Any:
+        answers = gathered + list(result[0] if isinstance(result, tuple) else result)
+        if _owned(answers, name, kind):
+            return answers, [], []
+        end, loops = _chain_end(answers, name)
+        if loops:
+            raise CNAMEError(name, f"the CNAME chain of {name} loops (at {end})")
+        if end is None or end in asked or not end.isascii() or dns_name_problem(end):
+            # nothing more to ask (a target no DNS name can be is never
+            # asked for: twisted.names would raise on it): no records
+            return answers, [], []
+        if len(asked) > hops:
+            raise CNAMEError(name, f"the CNAME chain of {name} is too long")
+        asked.add(end)
+        return lookup(end).addCallback(got, answers)
+
+    return lookup(name).addCallback(got, [])
 
 
 def _usable_prefix(outcomes: list) -> list | None:
@@ -348,7 +409,7 @@ class MXResolver:
             # (RFC 5321 4.5.3.1.2 allows 255); an alias target, or a message
             # queued by an older version, can name any of them.
             return defer.fail(NoSuchDomain(domain, f"not a domain name DNS can hold: {why}"))
-        d = self.resolver.lookupMailExchange(domain)
+        d = _chase(self.resolver.lookupMailExchange, domain, dns.MX)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),
                        errbackArgs=(domain,))
         return d
@@ -392,6 +453,8 @@ class MXResolver:
     # --- DNS answers -----------------------------------------------------------
 
     def _mx_failed(self, failure: Any, domain: str) -> Any:
+        if failure.check(DNSError):
+            return failure  # ours already (a CNAME chain that loops)
         if failure.check(dns_error.DNSNameError):
             raise NoSuchDomain(domain, "no such domain (NXDOMAIN)")
         if failure.check(dns_error.DNSServerError):
@@ -502,8 +565,8 @@ class MXResolver:
         ip = client_ip(name)
         if ip is not None:  # an MX naming an IP address: wrong, but usable
             return defer.succeed(((str(ip),), "ok"))
-        v6 = self.resolver.lookupIPV6Address(name)
-        v4 = self.resolver.lookupAddress(name)
+        v6 = _chase(self.resolver.lookupIPV6Address, name, dns.AAAA)
+        v4 = _chase(self.resolver.lookupAddress, name, dns.A)
 
         def combine(results: list) -> tuple[tuple[str, ...], str]:
             addrs: list[str] = []
