@@ -466,6 +466,27 @@ def test_auth_refused_keeps_mail_queued():
     assert err.is_transient and "535" in err.text() and "pw" not in err.text()
 
 
+@pytest.mark.parametrize("offered", [b"PLAIN", b"LOGIN"])
+def test_a_server_that_answers_the_cancel_with_another_challenge_ends_the_session(offered):
+    # RFC 4954 4: "*" cancels the exchange and the server answers 501.  One
+    # that sent 334 again got "*" again, for ever: every reply restarts the
+    # step's timeout, so the session never ended and held its delivery slot
+    # (and the reactor, one round trip after another).
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250 AUTH " + offered + b"\r\n")
+    if offered == b"LOGIN":
+        s.receive(b"334 VXNlcm5hbWU6\r\n")
+        s.receive(b"334 UGFzc3dvcmQ6\r\n")
+    # a challenge after the credentials: cancelled once, as before
+    assert sent(s.receive(b"334 more?\r\n")) == b"*\r\n"
+    actions = s.receive(b"334 more?\r\n")
+    assert b"*" not in sent(actions)
+    assert s.phase is Phase.DONE and Close(abort=True) in actions
+    err = s.outcome.session_error
+    assert err.is_transient and "AUTH" in err.text() and "pw" not in err.text()
+
+
 def test_auth_not_offered():
     s = session(credentials=("user", "pw"))
     s.receive(b"220 hi\r\n")

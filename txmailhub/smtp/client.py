@@ -307,6 +307,8 @@ class ClientSession:
         # each one, not on every byte (a server that trickles one byte at a
         # time must not hold a delivery for ever)
         self.replies_received = 0
+        # "*" was sent to cancel an AUTH exchange (once: see ``_on_auth``)
+        self._auth_cancelled = False
         self._handlers = {
             Phase.GREETING: self._on_greeting,
             Phase.EHLO: self._on_ehlo,
@@ -579,6 +581,15 @@ class ClientSession:
         if reply.code == 235:
             return self._start_mail()
         if reply.code == 334:  # a challenge we did not expect: cancel
+            if self._auth_cancelled:
+                # RFC 4954 4: the server answers the "*" with 501.  Another
+                # challenge would get another "*", and so on for ever (each
+                # reply restarts the timeout).  Mid-exchange, a QUIT would be
+                # read as a SASL response: drop the connection.
+                return self._protocol_error(_synthetic(
+                    421, "4.7.0", "the server went on with AUTH after the hub cancelled "
+                    "the exchange (RFC 4954 4)"))
+            self._auth_cancelled = True
             self._expect.append(Phase.AUTH)
             return [Send(b"*\r\n")]
         # a refused login is the configuration's fault: keep the mail queued
