@@ -128,9 +128,21 @@ def test_shown_escapes_controls_and_nothing_else():
             assert c in out
         else:
             assert c not in out and f"\\x{{{o:X}}}" in out
-    assert shown("550 5.1.1 caf\u00e9\t\\x{1B} \u202e") == "550 5.1.1 caf\u00e9\t\\x{1B} \u202e"
+    assert shown("550 5.1.1 caf\u00e9\t\\x{1B} \u200f") == "550 5.1.1 caf\u00e9\t\\x{1B} \u200f"
     # and every other character is left as it is: the loop above cannot
     # tell ("D" or "7" are in the escapes it expects)
     kept = "".join(chr(o) for o in range(0x200) if o == 9 or 0x20 <= o < 0x7F or o >= 0xA0)
     assert shown(kept) == kept
     assert out == "".join(c if c in kept else f"\\x{{{ord(c):X}}}" for c in text)
+
+
+def test_shown_escapes_line_separators_and_bidi_overrides():
+    from txmailhub.logsafe import shown
+
+    # U+2028 splits a queue list line for str.splitlines; U+202E (RLO)
+    # makes "550 user unknown" read backwards after it; the marks
+    # (U+200E, U+200F) that right-to-left text needs are kept
+    text = "550 a\u2028b\u2029c \u202ed\u202c \u2066e\u2069 \u200ef\u200f"
+    assert shown(text) == ("550 a\\x{2028}b\\x{2029}c \\x{202E}d\\x{202C} "
+                           "\\x{2066}e\\x{2069} \u200ef\u200f")
+    assert len(shown(text).splitlines()) == 1

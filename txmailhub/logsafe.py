@@ -49,8 +49,11 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
     return "".join(out)
 
 
-# C0 controls but the tab, DEL, C1 controls
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0 controls but the tab, DEL, C1 controls; the line and paragraph
+# separators (a line break to str.splitlines and many viewers); the bidi
+# embeddings, overrides and isolates (they reorder what follows on screen,
+# so a reply could make a queue line read as something else)
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def shown(text: str) -> str:
@@ -59,7 +62,10 @@ def shown(text: str) -> str:
 
     An ESC starts a terminal escape sequence (a remote could retitle the
     admin's window, hide a line, or worse), so every C0 and C1 control but
-    the tab comes out as ``\\x{HEX}``.  Nothing else changes: a reply
+    the tab comes out as ``\\x{HEX}``; so do U+2028 and U+2029 (a line
+    break to ``str.splitlines``: one ``queue list`` line would read as
+    two) and the bidi embeddings, overrides and isolates (U+202A-U+202E,
+    U+2066-U+2069: they reorder the text after them on screen).  Nothing else changes: a reply
     within RFC 5321's grammar (printable ASCII and tabs, UTF-8 after
     SMTPUTF8) is shown verbatim, as ``queue list`` promises."""
     return _CONTROLS.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
