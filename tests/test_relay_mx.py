@@ -602,3 +602,42 @@ def test_a_cname_chain_that_loops_or_never_ends_is_temporary_and_bounded():
     e = error_of(r.resolve("n0.test"), TemporaryDNSError)
     assert "too long" in e.reason
     assert len(fake.asked) == 9  # the first query and MAX_CNAME_HOPS (8) more
+
+
+class SlowRawResolver(CountingRawResolver):
+    """Each answer comes ``delay`` seconds after its query (on ``clock``)."""
+
+    def __init__(self, table, clock, delay):
+        super().__init__(table)
+        self.clock, self.delay = clock, delay
+
+    def _answer(self, name, kind):
+        self.asked.append((name, kind))
+        d = defer.Deferred()
+        self.clock.callLater(self.delay, d.callback,
+                             (list(self.table.get((name, kind), [])), [], []))
+        return d
+
+
+def test_a_cname_chain_is_followed_for_a_minute_not_a_minute_per_query():
+    # Each query may take twisted.names' whole timeout (a minute): a chain
+    # whose every link comes just before it held the delivery for nine
+    # minutes (MAX_CNAME_HOPS queries after the first), not one.
+    endless = {(f"n{i}.test", "MX"): [cname(f"n{i}.test".encode(), f"n{i + 1}.test".encode())]
+               for i in range(100)}
+    clock = Clock()
+    fake = SlowRawResolver(endless, clock, 50)
+    r = MXResolver(fake, clock, "mail.hub.test", rng=random.Random(1))
+    d = r.resolve("n0.test")
+    clock.pump([1] * 600)
+    e = error_of(d, TemporaryDNSError)
+    assert "took too long" in e.reason and not e.permanent
+    assert len(fake.asked) == 2  # the first at 0 s, the second at 50 s; none at 100 s
+    # a chain whose links come at once is followed as before, on any clock
+    quick = {("q.test", "MX"): [cname(b"q.test", b"r.test")],
+             ("r.test", "MX"): [mx(b"r.test", 10, b"mx.r.test")],
+             ("mx.r.test", "A"): [a(b"mx.r.test", "192.0.2.50")]}
+    clock = Clock()
+    clock.advance(10_000)
+    r = MXResolver(CountingRawResolver(quick), clock, "mail.hub.test", rng=random.Random(1))
+    assert result(r.resolve("q.test")) == [MXHost("mx.r.test", 10, ("192.0.2.50",))]

@@ -65,6 +65,11 @@ MAX_MX_ROUNDS = 5
 # the answer did not include (RFC 5321 5.1: the name a CNAME gives "is
 # processed as if it were the initial name")
 MAX_CNAME_HOPS = 8
+# Seconds after the first query of a lookup past which no further query
+# of its CNAME chain is started: each query may take twisted.names' whole
+# timeout (a minute), so MAX_CNAME_HOPS of them, one after the other, made
+# one lookup take up to nine minutes instead of one
+CNAME_CHASE_TIME = 60.0
 
 
 class DNSError(Exception):
@@ -174,7 +179,8 @@ def _chain_end(answers: Iterable[Any], name: str) -> tuple[str | None, bool]:
 
 
 def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
-           hops: int = MAX_CNAME_HOPS) -> defer.Deferred:
+           clock: Any, hops: int = MAX_CNAME_HOPS,
+           budget: float = CNAME_CHASE_TIME) -> defer.Deferred:
     """``lookup(name)``, and when its answer is a CNAME chain without
     records of type ``kind`` at its end, ``lookup`` of that end too, and
     so on: fires with every answer record gathered, as twisted.names'
@@ -185,8 +191,12 @@ def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
     hub with no MX and no address for a domain that has both, and the mail
     bounced (``5.1.2``) instead of going where RFC 5321 5.1 sends it.  A
     chain that loops or needs more than ``hops`` queries fails with
-    ``CNAMEError`` (temporary, as SERVFAIL)."""
+    ``CNAMEError`` (temporary, as SERVFAIL); so does one whose next query
+    would start ``budget`` seconds or more after the first (a server
+    that answers each just before the timeout must not hold a delivery
+    for ``hops`` timeouts in a row)."""
     asked = {ascii_domain(name.rstrip(".").lower())}
+    started = clock.seconds()
 
     def got(result: Any, gathered: list) -> Any:
         answers = gathered + list(result[0] if isinstance(result, tuple) else result)
@@ -201,6 +211,9 @@ def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
             return answers, [], []
         if len(asked) > hops:
             raise CNAMEError(name, f"the CNAME chain of {name} is too long")
+        if clock.seconds() - started >= budget:
+            raise CNAMEError(name, f"the CNAME chain of {name} took too long to follow "
+                                   f"({budget:g} seconds)")
         asked.add(end)
         return lookup(end).addCallback(got, answers)
 
@@ -409,7 +422,7 @@ class MXResolver:
             # (RFC 5321 4.5.3.1.2 allows 255); an alias target, or a message
             # queued by an older version, can name any of them.
             return defer.fail(NoSuchDomain(domain, f"not a domain name DNS can hold: {why}"))
-        d = _chase(self.resolver.lookupMailExchange, domain, dns.MX)
+        d = _chase(self.resolver.lookupMailExchange, domain, dns.MX, self.clock)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),
                        errbackArgs=(domain,))
         return d
@@ -565,8 +578,8 @@ class MXResolver:
         ip = client_ip(name)
         if ip is not None:  # an MX naming an IP address: wrong, but usable
             return defer.succeed(((str(ip),), "ok"))
-        v6 = _chase(self.resolver.lookupIPV6Address, name, dns.AAAA)
-        v4 = _chase(self.resolver.lookupAddress, name, dns.A)
+        v6 = _chase(self.resolver.lookupIPV6Address, name, dns.AAAA, self.clock)
+        v4 = _chase(self.resolver.lookupAddress, name, dns.A, self.clock)
 
         def combine(results: list) -> tuple[tuple[str, ...], str]:
             addrs: list[str] = []
