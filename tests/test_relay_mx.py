@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -14,6 +15,8 @@ from zope.interface.verify import verifyObject
 from tests.relay_fakes import FakeResolver
 from txmailhub.interfaces import IMXResolver
 from txmailhub.relay.mx import (
+    MAX_CNAME_HOPS,
+    MAX_CNAME_QUERIES,
     MailLoop,
     MXHost,
     MXResolver,
@@ -641,3 +644,36 @@ def test_a_cname_chain_is_followed_for_a_minute_not_a_minute_per_query():
     clock.advance(10_000)
     r = MXResolver(CountingRawResolver(quick), clock, "mail.hub.test", rng=random.Random(1))
     assert result(r.resolve("q.test")) == [MXHost("mx.r.test", 10, ("192.0.2.50",))]
+
+
+def test_cname_chains_cost_a_bounded_number_of_queries_per_domain():
+    # 8 more queries per lookup, for each of the 200 address lookups of
+    # MAX_MX_ROUNDS rounds: a domain of 100 MX hosts, each named by a chain
+    # its answers never finish, made 1,800 queries an attempt (not 200)
+    def chain(table, start, kinds, links):
+        names = [start] + [f"{start}-{j}" for j in range(1, links + 1)]
+        for kind in kinds:
+            for owner, target in itertools.pairwise(names):
+                table[(owner, kind)] = [cname(owner.encode(), target.encode())]
+
+    hostile = {("amp.test", "MX"): [mx(b"amp.test", 10, f"h{i}.amp.test".encode())
+                                    for i in range(100)]}
+    for i in range(100):
+        chain(hostile, f"h{i}.amp.test", ("A", "AAAA"), 10)
+    fake = CountingRawResolver(hostile)
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    e = error_of(r.resolve("amp.test"), TemporaryDNSError)
+    assert not e.permanent
+    assert len(fake.asked) <= 1 + 200 + MAX_CNAME_QUERIES
+    # and a domain whose every name is an alias the answers leave
+    # unfinished -- its MX chain as long as may be, each of its 20 hosts'
+    # address lookups one link -- is still resolved in full
+    alias = {}
+    chain(alias, "al.test", ("MX",), MAX_CNAME_HOPS)
+    alias[(f"al.test-{MAX_CNAME_HOPS}", "MX")] = [
+        mx(f"al.test-{MAX_CNAME_HOPS}".encode(), 10, f"h{i}.al.test".encode()) for i in range(20)]
+    for i in range(20):
+        chain(alias, f"h{i}.al.test", ("A", "AAAA"), 1)
+        alias[(f"h{i}.al.test-1", "A")] = [a(f"h{i}.al.test-1".encode(), f"192.0.2.{i + 1}")]
+    hosts = result(raw(alias).resolve("al.test"))
+    assert sorted(h.addresses for h in hosts) == sorted((f"192.0.2.{i + 1}",) for i in range(20))

@@ -70,6 +70,12 @@ MAX_CNAME_HOPS = 8
 # timeout (a minute), so MAX_CNAME_HOPS of them, one after the other, made
 # one lookup take up to nine minutes instead of one
 CNAME_CHASE_TIME = 60.0
+# How many such queries one MX resolution makes in all, over its MX lookup
+# and every host's address lookups: MAX_CNAME_HOPS per lookup, times the
+# MAX_MX_HOSTS * 2 lookups of MAX_MX_ROUNDS rounds, let a domain of 100 MX
+# hosts named by unfinished chains make 1,800 queries an attempt, not 200.
+# Enough for the longest MX chain and one link for each lookup of a round
+MAX_CNAME_QUERIES = MAX_CNAME_HOPS + 2 * MAX_MX_HOSTS
 
 
 class DNSError(Exception):
@@ -179,7 +185,7 @@ def _chain_end(answers: Iterable[Any], name: str) -> tuple[str | None, bool]:
 
 
 def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
-           clock: Any, hops: int = MAX_CNAME_HOPS,
+           clock: Any, spare: list[int] | None = None, hops: int = MAX_CNAME_HOPS,
            budget: float = CNAME_CHASE_TIME) -> defer.Deferred:
     """``lookup(name)``, and when its answer is a CNAME chain without
     records of type ``kind`` at its end, ``lookup`` of that end too, and
@@ -194,7 +200,9 @@ def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
     ``CNAMEError`` (temporary, as SERVFAIL); so does one whose next query
     would start ``budget`` seconds or more after the first (a server
     that answers each just before the timeout must not hold a delivery
-    for ``hops`` timeouts in a row)."""
+    for ``hops`` timeouts in a row).  ``spare`` (one number, shared by
+    the lookups of one resolution) is how many such queries are left to
+    make; none left is a ``CNAMEError`` too."""
     asked = {ascii_domain(name.rstrip(".").lower())}
     started = clock.seconds()
 
@@ -214,6 +222,11 @@ def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
         if clock.seconds() - started >= budget:
             raise CNAMEError(name, f"the CNAME chain of {name} took too long to follow "
                                    f"({budget:g} seconds)")
+        if spare is not None:
+            if spare[0] <= 0:
+                raise CNAMEError(name, f"the CNAME chain of {name} would pass the "
+                                       f"{MAX_CNAME_QUERIES} CNAME queries of one domain")
+            spare[0] -= 1
         asked.add(end)
         return lookup(end).addCallback(got, answers)
 
@@ -422,8 +435,9 @@ class MXResolver:
             # (RFC 5321 4.5.3.1.2 allows 255); an alias target, or a message
             # queued by an older version, can name any of them.
             return defer.fail(NoSuchDomain(domain, f"not a domain name DNS can hold: {why}"))
-        d = _chase(self.resolver.lookupMailExchange, domain, dns.MX, self.clock)
-        d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain,),
+        spare = [MAX_CNAME_QUERIES]  # for every lookup of this resolution
+        d = _chase(self.resolver.lookupMailExchange, domain, dns.MX, self.clock, spare)
+        d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain, spare),
                        errbackArgs=(domain,))
         return d
 
@@ -476,7 +490,7 @@ class MXResolver:
             raise TemporaryDNSError(domain, "DNS timeout looking up MX")
         raise TemporaryDNSError(domain, f"DNS lookup of MX failed: {_failure_words(failure)}")
 
-    def _got_mx(self, result: Any, domain: str) -> defer.Deferred:
+    def _got_mx(self, result: Any, domain: str, spare: list[int] | None = None) -> defer.Deferred:
         answers = result[0] if isinstance(result, tuple) else result
         records = [a.payload for a in _owned(answers, domain, dns.MX)]
         # RFC 7505: a null MX ("0 .") is the domain's only record; one
@@ -498,15 +512,17 @@ class MXResolver:
         # only the first hosts' addresses are looked up: an attempt tries
         # 10 addresses at most, and every host's lookups open their own
         # UDP ports (a domain can list thousands of MX records)
-        return self._look_up(domain, self._shuffle(pairs), implicit, False, 1)
+        return self._look_up(domain, self._shuffle(pairs), implicit, False, 1, spare)
 
     def _look_up(self, domain: str, pairs: list[tuple[str, int]], implicit: bool,
-                 temp_before: bool, round_: int) -> defer.Deferred:
+                 temp_before: bool, round_: int,
+                 spare: list[int] | None = None) -> defer.Deferred:
         """The addresses of the first ``MAX_MX_HOSTS`` of ``pairs``; the
         next ones only when none of those has any (see ``_got_addresses``)."""
         batch, rest = pairs[:MAX_MX_HOSTS], pairs[MAX_MX_HOSTS:]
-        d = self._settle([self._addresses(name) for name, _ in batch], _usable_prefix)
-        d.addCallback(self._got_addresses, domain, batch, implicit, rest, temp_before, round_)
+        d = self._settle([self._addresses(name, spare) for name, _ in batch], _usable_prefix)
+        d.addCallback(self._got_addresses, domain, batch, implicit, rest, temp_before, round_,
+                      spare)
         return d
 
     def _cut_own_name(self, domain: str,
@@ -573,13 +589,13 @@ class MXResolver:
             i = j
         return out
 
-    def _addresses(self, name: str) -> defer.Deferred:
+    def _addresses(self, name: str, spare: list[int] | None = None) -> defer.Deferred:
         """Fire with ``(addresses, status)``; status "ok", "nodata", "nxdomain" or "temp"."""
         ip = client_ip(name)
         if ip is not None:  # an MX naming an IP address: wrong, but usable
             return defer.succeed(((str(ip),), "ok"))
-        v6 = _chase(self.resolver.lookupIPV6Address, name, dns.AAAA, self.clock)
-        v4 = _chase(self.resolver.lookupAddress, name, dns.A, self.clock)
+        v6 = _chase(self.resolver.lookupIPV6Address, name, dns.AAAA, self.clock, spare)
+        v4 = _chase(self.resolver.lookupAddress, name, dns.A, self.clock, spare)
 
         def combine(results: list) -> tuple[tuple[str, ...], str]:
             addrs: list[str] = []
@@ -620,6 +636,7 @@ class MXResolver:
     def _got_addresses(
         self, results: list, domain: str, pairs: list[tuple[str, int]], implicit: bool,
         rest: Sequence[tuple[str, int]] = (), temp_before: bool = False, round_: int = 1,
+        spare: list[int] | None = None,
     ) -> list[MXHost] | defer.Deferred:
         # a lookup that failed in our own code (never a DNS answer: those
         # are statuses) counts as a temporary failure of its host
@@ -636,7 +653,7 @@ class MXResolver:
             # none of these hosts has an address (stale MX names): the
             # next ones, less preferred, may; they were cut only to keep
             # the lookups in flight few.  (After this hub, none may go.)
-            return self._look_up(domain, list(rest), implicit, temp, round_ + 1)
+            return self._look_up(domain, list(rest), implicit, temp, round_ + 1, spare)
         if not hosts:
             if temp:
                 raise TemporaryDNSError(domain, "DNS failure looking up the mail exchangers' "
