@@ -67,8 +67,9 @@ threads before its +OK: a header read per message would stall the
 reactor, and every session of the hub, on a large mailbox."""
 
 INLINE_OCTETS = 64 * 1024
-"""...and only while they hold no more octets than this in all (as
-stored).  Measuring a message may mean downgrading its header section,
+"""...and only while they hold no more octets than this in all (their
+sizes as stored, counted with CRLF line ends as ``LIST`` gives them to a
+client in UTF-8 mode).  Measuring a message may mean downgrading its header section,
 some 40 ms per 64 KiB of UTF-8 fields and up to a second for one of
 ``DOWNGRADE_HEADER_LIMIT``: a handful of such messages, which anyone may
 send, held every session of the hub for seconds at the first STAT."""
