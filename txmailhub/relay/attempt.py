@@ -47,7 +47,6 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain
@@ -56,6 +55,7 @@ from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
+from txmailhub.relay.body_producer import BodyProducer, BodyStopped
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
 from txmailhub.relay.queue import inline_io
 from txmailhub.relay.record import QueueEntry
@@ -139,6 +139,7 @@ class SMTPClientProtocol(Protocol):
         self.done: defer.Deferred[SessionOutcome] = defer.Deferred()
         self._timer: Any = None
         self._file: Any = None
+        self._producer: BodyProducer | None = None  # the message data on its way
         self._closing = False
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
         self._received = False  # any byte from the server (under implicit TLS: after the handshake)
@@ -188,6 +189,11 @@ class SMTPClientProtocol(Protocol):
         self._received = True
         seen = self.session.replies_received
         try:
+            if self._producer is not None and self._producer.dot_written:
+                # a reply before the transport said it took the final ".":
+                # the server read it, so the transfer is over (a transport
+                # that asks its producer for more only at idle times)
+                self._producer.finish_early()
             actions = self.session.receive(data)
             if self.session.replies_received != seen:
                 self._arm()  # a whole reply came: the next one's clock starts
@@ -298,32 +304,33 @@ class SMTPClientProtocol(Protocol):
         d.addErrback(lambda f: log.failure("sending the converted message failed", f))
 
     def _stream(self, path: str, converted: bool) -> None:
-        encoder = self.session.body_encoder()
         self._file = open(path, "rb")  # closed when the transfer ends
         skip_trace_return_path(self._file)
+        # the data-block timeout runs per chunk the transport takes; the
+        # wait for the reply to the final "." starts once it took that
+        # (body_producer.py): not while it may sit in a buffer
+        producer = BodyProducer(self._file, self.transport, self.session.body_encoder(),
+                                progress=self._arm)
+        self._producer = producer
 
-        def transform(chunk: bytes) -> bytes:
-            self._arm()  # the data-block timeout runs per chunk written
-            return encoder.encode(chunk)
-
-        d = FileSender().beginFileTransfer(self._file, self.transport, transform)
-
-        def sent(_: Any) -> None:
+        def over() -> None:
+            self._producer = None
             if self._file is not None:
                 self._file.close()
                 self._file = None
             if converted:
                 _unlink(path)
+
+        def sent(_: Any) -> None:
+            over()
             if self._closing:
                 return
-            self.transport.write(encoder.finish())
             self._run(self.session.body_sent())
             self._arm()
 
         def not_sent(f: Any) -> None:
-            if converted:
-                _unlink(path)
-            if self.done.called or self._closing or str(f.value) == _STOPPED:
+            over()
+            if self.done.called or self._closing or f.check(BodyStopped):
                 # the connection went (or we ended it) mid-stream: the
                 # attempt gets its outcome, a retry; nothing unexpected here
                 log.info("streaming {path} stopped: the connection was closed",
@@ -331,7 +338,7 @@ class SMTPClientProtocol(Protocol):
                 return
             log.failure("streaming the message failed", f)
 
-        d.addCallbacks(sent, not_sent)
+        producer.start().addCallbacks(sent, not_sent)
 
 
 # More transactions after a "too many recipients" (452 4.5.3), per attempt.
@@ -358,10 +365,6 @@ def _too_many_recipients(reply: Reply) -> bool:
 
 # Refusals in these phases are about the host, not the message.
 _HOST_PHASES = (Phase.GREETING.value, Phase.EHLO.value, Phase.HELO.value)
-
-# What FileSender errbacks with when its consumer (the connection) stops it.
-_STOPPED = "Consumer asked us to stop producing"
-
 
 def return_path_octets(path: str) -> int:
     """How many octets of the message's CRLF form ``skip_trace_return_path``

@@ -1,0 +1,147 @@
+"""The message data's timers: the wait for the reply to the final "."
+starts when the transport took it, not when it was written (RFC 5321
+4.5.3.2.5, 4.5.3.2.6)."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tests.relay_fakes import FakeResolver
+from tests.test_relay_attempt import BOB, ZONE, entry, settings
+from txmailhub.relay.attempt import DeliveryAgent, SMTPClientProtocol, _maybe_delivered
+from txmailhub.relay.mx import MXResolver
+from txmailhub.smtp.client import ClientSession, Phase
+
+REPLIES = (b"220 hi\r\n", b"250 hi\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
+
+
+def _client(tmp_path, body=b"Subject: x\n\nhello\n"):
+    (tmp_path / "m").write_bytes(body)
+    clock = Clock()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)],
+                            size=len(body), tls="none")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None, str(tmp_path / "c"))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for reply in REPLIES:
+        proto.dataReceived(reply)
+    return clock, proto, transport
+
+
+def _write_until_the_dot(transport):
+    """The transport asks for data until the final "." is written (a
+    StringTransport never asks by itself: each call stands for "all I was
+    given is sent")."""
+    for _ in range(1000):
+        if transport.value().endswith(b"\r\n.\r\n"):
+            return
+        transport.producer.resumeProducing()
+    raise AssertionError("the final dot was never written")
+
+
+def test_the_dot_still_in_the_buffer_is_timed_as_a_data_block(tmp_path):
+    # the "." is written but the transport has not taken it (a server that
+    # reads slowly): still the data block's 3 minutes, and a timeout then
+    # is no "the server may have the message" (it cannot have the ".")
+    clock, proto, transport = _client(tmp_path)
+    _write_until_the_dot(transport)
+    assert proto.session.phase is Phase.BODY
+    clock.advance(179)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.phase == Phase.BODY.value
+    assert not _maybe_delivered(outcome)
+
+
+def test_the_reply_wait_starts_once_the_transport_took_the_dot(tmp_path):
+    clock, proto, transport = _client(tmp_path)
+    _write_until_the_dot(transport)
+    clock.advance(170)  # the "." waits in the buffer nearly a data block's time
+    transport.producer.resumeProducing()  # ... then it is sent
+    assert transport.producer is None
+    assert proto.session.phase is Phase.DATA_END
+    clock.advance(599)  # RFC 5321 4.5.3.2.6: 10 minutes from then on
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.phase == Phase.DATA_END.value and _maybe_delivered(outcome)
+
+
+def test_each_block_taken_restarts_the_data_block_timer(tmp_path):
+    body = b"Subject: big\n\n" + (b"x" * 99 + b"\n") * 1000
+    clock, proto, transport = _client(tmp_path, body)
+    calls = 0
+    while transport.producer is not None:  # a 16 KiB block taken every 170 s
+        clock.advance(170)
+        transport.producer.resumeProducing()
+        calls += 1
+    assert calls > 7 and not transport.disconnecting
+    assert proto.session.phase is Phase.DATA_END
+
+
+def test_a_reply_to_the_dot_before_the_transport_said_it_took_it_counts(tmp_path):
+    # a transport that asks its producer for more only at its idle times
+    # (the in-memory one of the tests) can deliver the server's reply first
+    _, proto, transport = _client(tmp_path)
+    _write_until_the_dot(transport)
+    proto.dataReceived(b"250 2.0.0 queued\r\n")
+    assert transport.producer is None
+    assert [r.kind for r in proto.session.outcome.recipients] == ["delivered"]
+    assert transport.value().endswith(b"QUIT\r\n")
+
+
+class _HeldLink:
+    """Endpoints whose server answers every command but takes message data
+    only when the test says so (``link.transports[i].producer``)."""
+
+    def __init__(self):
+        self.transports: list[StringTransport] = []
+        self.connections: list[str] = []
+
+    def endpoint(self, host, port):
+        link = self
+
+        class Endpoint:
+            def connect(self, factory):
+                link.connections.append(host)
+                proto = factory.buildProtocol(None)
+                transport = StringTransport()
+                proto.makeConnection(transport)
+                link.transports.append(transport)
+                for reply in REPLIES:
+                    proto.dataReceived(reply)
+                return defer.succeed(proto)
+
+        return Endpoint()
+
+
+def test_a_dot_never_taken_leaves_the_next_mx_its_turn(tmp_path):
+    # The first MX host reads the data too slowly to take the final "."
+    # within a data block's time: the session fails in the data, where the
+    # host cannot have the message, so the next host is tried at once (it
+    # used to be judged "may have been delivered" after 10 minutes, and no
+    # other host was tried before the next retry).
+    clock = Clock()
+    s = settings(tmp_path)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=25,
+                    rng=random.Random(0))
+    link = _HeldLink()
+    a = DeliveryAgent(s, mx, clock, endpoint=link.endpoint,
+                      tls_options=lambda host, verify: None)
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    _write_until_the_dot(link.transports[0])
+    clock.advance(180)
+    assert link.transports[0].disconnecting
+    [proto] = a._sessions
+    proto.connectionLost(None)  # (a StringTransport does not call it)
+    assert link.connections == ["2001:db8::1", "192.0.2.2"]  # mx1, then mx2
+    assert not d.called
