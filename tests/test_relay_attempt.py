@@ -1117,8 +1117,15 @@ def test_the_data_block_timeout_runs_per_chunk_written(tmp_path):
     for reply in (b"220 hi\r\n", b"250 hi\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
         proto.dataReceived(reply)
     chunks = 0
-    while transport.producer is not None:  # a slow link: a 16 KiB chunk every 170 s
-        clock.advance(170)
+    # a link that stalls: the first 16 KiB chunks taken after 170 s and
+    # 120 s (each within 3 minutes, both together not), then the rest
+    # quickly (within MIN_DATA_RATE, which the first minutes are spared)
+    for wait in (170, 120):
+        clock.advance(wait)
+        transport.producer.resumeProducing()
+        chunks += 1
+    while transport.producer is not None:
+        clock.advance(1)
         transport.producer.resumeProducing()
         chunks += 1
     assert chunks > 2

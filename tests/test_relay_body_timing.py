@@ -9,6 +9,7 @@ import random
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.relay_fakes import FakeResolver
 from tests.test_relay_attempt import BOB, ZONE, entry, settings
@@ -76,18 +77,6 @@ def test_the_reply_wait_starts_once_the_transport_took_the_dot(tmp_path):
     assert outcome.phase == Phase.DATA_END.value and _maybe_delivered(outcome)
 
 
-def test_each_block_taken_restarts_the_data_block_timer(tmp_path):
-    body = b"Subject: big\n\n" + (b"x" * 99 + b"\n") * 1000
-    clock, proto, transport = _client(tmp_path, body)
-    calls = 0
-    while transport.producer is not None:  # a 16 KiB block taken every 170 s
-        clock.advance(170)
-        transport.producer.resumeProducing()
-        calls += 1
-    assert calls > 7 and not transport.disconnecting
-    assert proto.session.phase is Phase.DATA_END
-
-
 def test_a_reply_to_the_dot_before_the_transport_said_it_took_it_counts(tmp_path):
     # a transport that asks its producer for more only at its idle times
     # (the in-memory one of the tests) can deliver the server's reply first
@@ -145,3 +134,91 @@ def test_a_dot_never_taken_leaves_the_next_mx_its_turn(tmp_path):
     proto.connectionLost(None)  # (a StringTransport does not call it)
     assert link.connections == ["2001:db8::1", "192.0.2.2"]  # mx1, then mx2
     assert not d.called
+
+
+# --- the least data rate (MIN_DATA_RATE after MIN_DATA_RATE_GRACE) -------------
+
+
+def _take_blocks(clock, transport, every, blocks):
+    """The transport takes a block every ``every`` seconds, ``blocks`` times
+    (fewer when the connection is dropped meanwhile)."""
+    for _ in range(blocks):
+        if transport.disconnecting or transport.producer is None:
+            return
+        clock.advance(every)
+        if transport.disconnecting or transport.producer is None:
+            return
+        transport.producer.resumeProducing()
+
+
+def test_a_next_hop_that_takes_the_data_too_slowly_is_cut(tmp_path):
+    # 16 KiB every 100 s (164 octets a second): within every RFC 5321
+    # timeout, and a 10 MB message would hold the slot for 17 hours.  The
+    # hub wants 1024 octets a second (MIN_DATA_RATE) after 300 s
+    # (MIN_DATA_RATE_GRACE): a message of N octets may take 300 + N / 1024 s
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, proto, transport = _client(tmp_path, body=b"x" * 200_000)  # no line ends
+        transport.producer.resumeProducing()  # t=0: the first block
+        _take_blocks(clock, transport, 100, 3)  # t=300: 3 blocks taken
+        # by then it may have taken 3 * 16384 octets in 300 + 48 seconds
+        clock.advance(47)
+        assert not transport.disconnecting
+        clock.advance(1)
+        assert transport.disconnecting
+    finally:
+        globalLogPublisher.removeObserver(events)
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.phase == Phase.BODY.value and not _maybe_delivered(outcome)
+    assert outcome.session_error.code == 421 and outcome.session_error.status == "4.4.2"
+    assert outcome.session_error.text() == (
+        "421 4.4.2 the server took the message data too slowly: 49152 octets in 348 seconds, "
+        "under the 1024 octets a second (after the first 300 seconds) the hub allows; "
+        "will retry")
+    assert any("took the message data too slowly (49152 octets in 348 s" in formatEvent(e)
+               for e in events)
+
+
+def test_a_next_hop_at_the_least_rate_is_not_cut(tmp_path):
+    # 16 KiB every 15 s (1092 octets a second), after a first block that
+    # took the whole grace and more
+    clock, proto, transport = _client(tmp_path, body=b"x" * 1_000_000)
+    transport.producer.resumeProducing()
+    _take_blocks(clock, transport, 170, 1)
+    _take_blocks(clock, transport, 15, 200)
+    assert not transport.disconnecting
+    assert transport.producer is None and proto.session.phase is Phase.DATA_END
+
+
+def test_the_reply_wait_is_not_cut_by_the_rate(tmp_path):
+    # once the "." was taken only the server's 10 minutes for its reply count
+    clock, proto, transport = _client(tmp_path, body=b"x" * 20_000)
+    transport.producer.resumeProducing()
+    _take_blocks(clock, transport, 100, 3)  # slow, but done before the grace ran out
+    assert transport.producer is None and proto.session.phase is Phase.DATA_END
+    clock.advance(599)
+    assert not transport.disconnecting
+
+
+def test_a_transfer_cut_for_its_rate_is_retried_and_says_why(tmp_path):
+    clock = Clock()
+    s = settings(tmp_path)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=25,
+                    rng=random.Random(0))
+    link = _HeldLink()
+    a = DeliveryAgent(s, mx, clock, endpoint=link.endpoint,
+                      tls_options=lambda host, verify: None)
+    d = a.deliver(entry(tmp_path, BOB, body=b"x" * 300_000), "remote.test", [BOB])
+    for i in range(2):  # both MX hosts take 16 KiB every 100 s
+        transport = link.transports[i]
+        transport.producer.resumeProducing()
+        _take_blocks(clock, transport, 100, 10)
+        assert transport.disconnecting
+        [proto] = a._sessions
+        proto.connectionLost(None)
+    assert link.connections == ["2001:db8::1", "192.0.2.2"]
+    [r] = d.result
+    assert r.kind == "transient" and r.reply.status == "4.4.2"
+    assert "took the message data too slowly" in r.reply.text()

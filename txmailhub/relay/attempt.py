@@ -72,8 +72,8 @@ from txmailhub.smtp.client import (
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.tls import tls_failure
 
-__all__ = ["DeliveryAgent", "DeliveryResult", "SMTPClientProtocol", "SMARTHOST",
-           "read_credentials", "thread_runner"]
+__all__ = ["DeliveryAgent", "DeliveryResult", "MIN_DATA_RATE", "MIN_DATA_RATE_GRACE",
+           "SMTPClientProtocol", "SMARTHOST", "read_credentials", "thread_runner"]
 
 log = Logger(namespace="txmailhub.relay.attempt")
 
@@ -89,6 +89,19 @@ MAX_ADDRESSES_PER_ATTEMPT = 10
 # for 50 minutes.  A session under way is not cut.  The default of
 # ``[relay] hosts_time_budget``, which the agent follows.
 HOSTS_TIME_BUDGET = RelaySettings.hosts_time_budget
+# The least average rate, in octets a second, at which the next hop must
+# take the message data, beyond a grace: a message of N octets may take
+# ``MIN_DATA_RATE_GRACE + N / MIN_DATA_RATE`` seconds from its first block
+# to the final "." taken.  RFC 5321's timeouts are per block (3 minutes),
+# so a next hop that reads 100 octets a second kept within every one of
+# them and held a delivery slot for a day with a 10 MB message.  1 KiB/s
+# (8 kbit/s) is below any link mail still travels over, and the grace
+# covers a server that scans as it reads or stalls for a while: only a
+# next hop that takes the data slower than that on average is cut (a
+# temporary failure, 4.4.2: the message stays queued).  As the SMTP
+# server's own MIN_DATA_RATE, whose 500 octets a second are for clients.
+MIN_DATA_RATE = 1024
+MIN_DATA_RATE_GRACE = 300
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,8 @@ class SMTPClientProtocol(Protocol):
         self._timer: Any = None
         self._file: Any = None
         self._producer: BodyProducer | None = None  # the message data on its way
+        self._rate_timer: Any = None  # when the data would be behind MIN_DATA_RATE
+        self._body_started = 0.0
         self._closing = False
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
         self._received = False  # any byte from the server (under implicit TLS: after the handshake)
@@ -206,6 +221,7 @@ class SMTPClientProtocol(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = True
         self._disarm()
+        self._stop_rate_timer()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -310,11 +326,13 @@ class SMTPClientProtocol(Protocol):
         # wait for the reply to the final "." starts once it took that
         # (body_producer.py): not while it may sit in a buffer
         producer = BodyProducer(self._file, self.transport, self.session.body_encoder(),
-                                progress=self._arm)
+                                progress=self._progress)
         self._producer = producer
+        self._body_started = self.clock.seconds()
 
         def over() -> None:
             self._producer = None
+            self._stop_rate_timer()
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -339,6 +357,48 @@ class SMTPClientProtocol(Protocol):
             log.failure("streaming the message failed", f)
 
         producer.start().addCallbacks(sent, not_sent)
+
+    def _progress(self) -> None:
+        """The transport took what it was given and asks for more: the data
+        block's timeout starts again, and the time by which the next hop,
+        at ``MIN_DATA_RATE``, would have taken what it took so far is when
+        it is cut (unless it takes more before)."""
+        self._arm()
+        producer = self._producer
+        if producer is None:
+            return
+        self._stop_rate_timer()
+        deadline = self._body_started + MIN_DATA_RATE_GRACE + producer.taken / MIN_DATA_RATE
+        # judged on a later turn: the call that says the "." was taken
+        # ends the transfer first, and cancels this
+        self._rate_timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()),
+                                                self._too_slow)
+
+    def _stop_rate_timer(self) -> None:
+        if self._rate_timer is not None and self._rate_timer.active():
+            self._rate_timer.cancel()
+        self._rate_timer = None
+
+    def _too_slow(self) -> None:
+        """The next hop took the message data slower than ``MIN_DATA_RATE``
+        on average: the session ends, a temporary failure said in words,
+        and the connection is dropped before the "." was taken (the server
+        discards the transaction)."""
+        self._rate_timer = None
+        producer = self._producer
+        if producer is None or self._closing:
+            return
+        seconds = self.clock.seconds() - self._body_started
+        log.warn("the server took the message data too slowly ({octets} octets in {seconds:.0f}"
+                 " s, under {rate} octets a second after the first {grace} s): connection "
+                 "closed", octets=producer.taken, seconds=seconds, rate=MIN_DATA_RATE,
+                 grace=MIN_DATA_RATE_GRACE)
+        self.session.cut(LocalReply(421, "4.4.2", (
+            f"the server took the message data too slowly: {producer.taken} octets in "
+            f"{seconds:.0f} seconds, under the {MIN_DATA_RATE} octets a second (after the "
+            f"first {MIN_DATA_RATE_GRACE} seconds) the hub allows; will retry",)))
+        self._disarm()
+        self._abort()
 
 
 # More transactions after a "too many recipients" (452 4.5.3), per attempt.

@@ -53,7 +53,8 @@ class BodyProducer:
     the ".": the transport took it.  It errbacks with ``BodyStopped`` when
     the transport stops the producer first.  ``progress()`` is called at
     each call before anything is written.  ``dot_written`` tells whether
-    the "." was handed to the transport; ``octets`` counts what was."""
+    the "." was handed to the transport; ``octets`` counts what was, and
+    ``taken`` what it took (all it was given before its last call)."""
 
     def __init__(self, file: IO[bytes], consumer: IConsumer, encoder: DotStuffer,
                  progress: Callable[[], Any] = lambda: None) -> None:
@@ -64,6 +65,7 @@ class BodyProducer:
         self.done: defer.Deferred[None] = defer.Deferred()
         self.dot_written = False
         self.octets = 0
+        self.taken = 0  # octets the transport took: those written before its last call
         self._over = False
 
     def start(self) -> defer.Deferred[None]:
@@ -74,6 +76,7 @@ class BodyProducer:
     def resumeProducing(self) -> None:
         if self._over:
             return
+        self.taken = self.octets
         self._progress()
         if self._over:  # the progress callback ended the transfer
             return

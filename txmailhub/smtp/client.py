@@ -402,6 +402,18 @@ class ClientSession:
         self.phase = Phase.DONE
         return [Close()]
 
+    def cut(self, reply: Reply) -> list[Action]:
+        """The adapter ends the session for a reason of its own (the next
+        hop takes the message data too slowly): a session error, ``reply``,
+        in the step the session is in, and the connection dropped at once
+        -- mid-data, without the final ".", so the server discards the
+        transaction (RFC 5321 4.1.1.4)."""
+        if self.outcome is None:
+            self._finish(session_error=reply)
+        self._expect.clear()
+        self.phase = Phase.DONE
+        return [Close(abort=True)]
+
     def connection_lost(self, reason: str = "connection lost") -> SessionOutcome:
         if self.outcome is None:
             self._finish(session_error=_synthetic(
