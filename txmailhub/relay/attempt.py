@@ -38,7 +38,6 @@ from typing import Any
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import (
-    HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
@@ -56,6 +55,7 @@ from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
+from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
 from txmailhub.relay.queue import inline_io
 from txmailhub.relay.record import QueueEntry
@@ -470,12 +470,23 @@ def thread_runner(reactor: Any) -> Callable[..., defer.Deferred]:
     return run
 
 
-def default_endpoint(reactor: Any) -> Callable[[str, int], Any]:
+def default_endpoint(reactor: Any, resolve: Resolver | None = None) -> Callable[[str, int], Any]:
+    """``endpoint(host, port)``: TCP to an address; to a name (the
+    smarthost), a ``NameEndpoint`` that looks up its IDNA2008 A-labels
+    with ``resolve`` (default: ``getaddrinfo`` in the reactor's thread
+    pool) and tries each address in turn."""
+    run = thread_runner(reactor)
+
+    def in_thread(name: str, port: int) -> defer.Deferred:
+        return run(lookup_name, name, port)
+
+    lookup: Resolver = resolve or in_thread
+
     def make(host: str, port: int) -> Any:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=CONNECT_TIMEOUT)
+            return NameEndpoint(reactor, host, port, CONNECT_TIMEOUT, lookup)
         if ip.version == 6:
             return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
         return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
@@ -499,7 +510,8 @@ class DeliveryAgent:
 
     ``settings`` is the whole ``Settings``; ``mx`` an ``MXResolver``;
     ``endpoint(host, port)`` returns a client endpoint (default: TCP4/TCP6
-    for addresses, ``HostnameEndpoint`` for the smarthost's name);
+    for addresses, for the smarthost's name a ``relay.hostname.NameEndpoint``,
+    which looks up its IDNA2008 A-labels);
     ``trust_root`` is passed to ``optionsForClientTLS`` (``None``: the
     platform's CAs); ``tls_options(host, verify)`` builds the TLS
     connection creator (default: ``optionsForClientTLS`` with

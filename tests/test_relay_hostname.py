@@ -1,0 +1,183 @@
+"""The smarthost's name is looked up as its IDNA2008 A-labels, and each of
+its addresses is tried in turn (no real DNS, no real connection)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from txmailhub.relay.attempt import CONNECT_TIMEOUT, default_endpoint
+from txmailhub.relay.hostname import MAX_ADDRESSES, lookup_name
+
+ALABEL = b"xn--fa-hia.example"  # faß.example in IDNA2008; IDNA2003 says fass.example
+
+
+class FakeGAI:
+    """``socket.getaddrinfo`` over a table, converting a ``str`` name as
+    CPython does (the ``idna`` codec, IDNA2003) and recording what it
+    asked for."""
+
+    def __init__(self, table):
+        self.table = table
+        self.asked: list[bytes] = []
+
+    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
+        name = host.encode("idna") if isinstance(host, str) else host
+        self.asked.append(name)
+        if name not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        out = []
+        for address in self.table[name]:
+            if ":" in address:
+                out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
+            else:
+                out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
+        return out
+
+
+class GAINameResolver:
+    """What the reactor's own resolver does with a name: getaddrinfo."""
+
+    def __init__(self, gai):
+        self.gai = gai
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
+                        transportSemantics="TCP"):
+        receiver.resolutionBegan(self)
+        try:
+            infos = self.gai(hostName, portNumber)
+        except OSError:
+            infos = []
+        for family, _, _, _, sockaddr in infos:
+            kind = IPv6Address if family == socket.AF_INET6 else IPv4Address
+            receiver.addressResolved(kind("TCP", sockaddr[0], portNumber))
+        receiver.resolutionComplete()
+        return self
+
+
+def _reactor(gai):
+    reactor = MemoryReactorClock()
+    reactor.nameResolver = GAINameResolver(gai)
+    return reactor
+
+
+@pytest.mark.parametrize("configured", ["faß.example", "xn--fa-hia.example", "Faß.Example"])
+def test_an_idn_smarthost_is_looked_up_as_its_idna2008_a_label(monkeypatch, configured):
+    # Twisted's HostnameEndpoint turned the A-label back into Unicode and
+    # getaddrinfo encoded that with IDNA2003: fass.example, another domain
+    gai = FakeGAI({ALABEL: ["192.0.2.7"], b"fass.example": ["198.51.100.66"]})
+    monkeypatch.setattr(socket, "getaddrinfo", gai)
+    reactor = _reactor(gai)
+    default_endpoint(reactor)(configured, 587).connect(Factory.forProtocol(Protocol))
+    reactor.advance(1)
+    assert gai.asked == [ALABEL]
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("192.0.2.7", 587)]
+
+
+def test_a_name_without_an_idna2008_form_is_not_looked_up(monkeypatch):
+    gai = FakeGAI({b"xn--n3h.example": ["192.0.2.8"]})  # the snowman's IDNA2003 form
+    monkeypatch.setattr(socket, "getaddrinfo", gai)
+    d = default_endpoint(_reactor(gai))("☃.example", 25).connect(Factory.forProtocol(Protocol))
+    failure = []
+    d.addErrback(failure.append)
+    assert gai.asked == []
+    [f] = failure
+    assert f.check(DNSLookupError) and "no IDNA2008" in f.getErrorMessage()
+
+
+def test_lookup_name_keeps_the_order_and_drops_repeats(monkeypatch):
+    gai = FakeGAI({ALABEL: ["2001:db8::7", "192.0.2.7", "2001:db8::7"]})
+    monkeypatch.setattr(socket, "getaddrinfo", gai)
+    assert lookup_name("faß.example", 25) == [(socket.AF_INET6, "2001:db8::7"),
+                                               (socket.AF_INET, "192.0.2.7")]
+
+
+def _resolver(addresses):
+    asked = []
+
+    def resolve(name, port):
+        asked.append((name, port))
+        return defer.succeed(addresses)
+
+    return resolve, asked
+
+
+def test_a_failed_connection_falls_through_to_the_next_address():
+    reactor = MemoryReactorClock()
+    resolve, asked = _resolver([(socket.AF_INET6, "2001:db8::7"), (socket.AF_INET, "192.0.2.7"),
+                                (socket.AF_INET, "192.0.2.8")])
+    proto = Protocol()
+    d = default_endpoint(reactor, resolve)("faß.example", 25).connect(
+        Factory.forProtocol(lambda: proto))
+    assert asked == [("faß.example", 25)]
+    [(host, port, factory, timeout, _)] = reactor.tcpClients
+    assert (host, port, timeout) == ("2001:db8::7", 25, CONNECT_TIMEOUT)
+    factory.clientConnectionFailed(reactor.connectors[0], Failure(ConnectionRefusedError()))
+    assert not d.called
+    host, port, factory, timeout, _ = reactor.tcpClients[1]
+    assert (host, port, timeout) == ("192.0.2.7", 25, CONNECT_TIMEOUT)
+    factory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(StringTransport())
+    assert d.result is proto
+    assert len(reactor.tcpClients) == 2  # the third address is never tried
+
+
+def test_when_every_address_fails_the_error_names_each():
+    reactor = MemoryReactorClock()
+    resolve, _ = _resolver([(socket.AF_INET, "192.0.2.7"), (socket.AF_INET, "192.0.2.8")])
+    d = default_endpoint(reactor, resolve)("smart.example", 25).connect(
+        Factory.forProtocol(Protocol))
+    for i in range(2):
+        reactor.tcpClients[i][2].clientConnectionFailed(
+            reactor.connectors[i], Failure(ConnectionRefusedError()))
+    failure = []
+    d.addErrback(failure.append)
+    [f] = failure
+    assert "192.0.2.7" in f.getErrorMessage() and "192.0.2.8" in f.getErrorMessage()
+
+
+def test_at_most_ten_addresses_are_tried():
+    reactor = MemoryReactorClock()
+    resolve, _ = _resolver([(socket.AF_INET, f"192.0.2.{i}") for i in range(1, 20)])
+    d = default_endpoint(reactor, resolve)("smart.example", 25).connect(
+        Factory.forProtocol(Protocol))
+    for i in range(MAX_ADDRESSES):
+        reactor.tcpClients[i][2].clientConnectionFailed(
+            reactor.connectors[i], Failure(ConnectionRefusedError()))
+    assert len(reactor.tcpClients) == MAX_ADDRESSES == 10
+    d.addErrback(lambda f: None)
+    assert d.called
+
+
+def test_cancelling_the_connect_cancels_the_attempt_under_way():
+    # the agent cancels connections when the hub stops (abort_all, quiesce)
+    reactor = MemoryReactorClock()
+    resolve, _ = _resolver([(socket.AF_INET, "192.0.2.7"), (socket.AF_INET, "192.0.2.8")])
+    d = default_endpoint(reactor, resolve)("smart.example", 25).connect(
+        Factory.forProtocol(Protocol))
+    d.cancel()
+    failure = []
+    d.addErrback(failure.append)
+    assert failure and failure[0].check(defer.CancelledError)
+    assert reactor.connectors[0].stoppedConnecting
+    assert len(reactor.tcpClients) == 1
+
+
+def test_an_address_goes_straight_to_tcp():
+    reactor = MemoryReactorClock()
+    default_endpoint(reactor, lambda *a: pytest.fail("looked up"))("192.0.2.9", 25).connect(
+        Factory.forProtocol(Protocol))
+    assert reactor.tcpClients[0][:2] == ("192.0.2.9", 25)
+
+
+def test_a_name_that_does_not_resolve_says_so(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", FakeGAI({}))
+    with pytest.raises(DNSLookupError) as e:
+        lookup_name("faß.example", 25)
+    assert "faß.example (xn--fa-hia.example): Name or service not known" in str(e.value)

@@ -1,0 +1,136 @@
+"""Connecting to a next hop named by a host name: the smarthost.
+
+MX hosts come from DNS answers as addresses; the smarthost is a name from
+the configuration, possibly internationalized.  Twisted's
+``HostnameEndpoint`` turns an A-label back into Unicode and hands that to
+``getaddrinfo``, whose Python binding encodes it again with IDNA2003
+(the ``idna`` codec): ``faß.example`` -- whose IDNA2008 A-label is
+``xn--fa-hia.example`` -- was looked up as ``fass.example``, another
+domain, perhaps someone else's.  So the name is converted here, once, as
+the hub converts every domain (``txmailhub.address.ascii_domain``:
+IDNA2008 after the UTS 46 mapping), and ``getaddrinfo`` gets those ASCII
+octets (bytes: Python converts nothing), off the reactor thread.  The
+addresses are then tried in the order ``getaddrinfo`` gave them, one at a
+time, each with the connect timeout, until one accepts the connection.
+A name with no IDNA2008 form is not looked up at all.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
+
+from txmailhub.address import ascii_domain
+
+__all__ = ["MAX_ADDRESSES", "NameEndpoint", "Resolver", "ascii_name", "lookup_name"]
+
+# Addresses of one name tried per connection, at most (each may take the
+# connect timeout); as many as an attempt tries for a domain's MX hosts.
+MAX_ADDRESSES = 10
+
+Resolver = Callable[[str, int], "defer.Deferred[list[tuple[int, str]]]"]
+
+
+def ascii_name(name: str) -> str:
+    """``name`` as DNS is asked for it: its IDNA2008 A-labels (as every
+    domain the hub looks up); ``DNSLookupError`` when it has none."""
+    converted = ascii_domain(name)
+    if not converted.isascii():
+        raise DNSLookupError(f"{name} has no IDNA2008 (RFC 5891) form, so no name in DNS "
+                             "can be it")
+    return converted
+
+
+def lookup_name(name: str, port: int) -> list[tuple[int, str]]:
+    """The ``(family, address)`` pairs of ``name`` for a TCP connection,
+    in ``getaddrinfo``'s order, each once.  Blocking: run it in a thread."""
+    asked = ascii_name(name)
+    try:
+        infos = socket.getaddrinfo(asked.encode("ascii"), port, 0, socket.SOCK_STREAM)
+    except OSError as e:  # socket.gaierror: no such name, no answer
+        shown = asked if asked == name else f"{name} ({asked})"
+        raise DNSLookupError(f"{shown}: {e.strerror or e}") from None
+    out: list[tuple[int, str]] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        pair = (family, sockaddr[0])
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
+@implementer(IStreamClientEndpoint)
+class NameEndpoint:
+    """Connects to ``name``:``port``: ``resolve(name, port)`` (a Deferred
+    of ``lookup_name``'s pairs) and then TCP to each address in turn with
+    ``timeout``.  Cancelling the connect cancels what is under way."""
+
+    def __init__(self, reactor: Any, name: str, port: int, timeout: float,
+                 resolve: Resolver) -> None:
+        self._reactor = reactor
+        self._name = name
+        self._port = port
+        self._timeout = timeout
+        self._resolve = resolve
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        under_way: list[defer.Deferred] = []  # the lookup, then one connection
+        cancelled: list[bool] = []
+
+        def cancel(_: defer.Deferred) -> None:
+            # a TCP connect cancelled fails at once with its own error
+            # (ConnectingCancelledError): no other address is tried then
+            cancelled.append(True)
+            for d in list(under_way):
+                d.cancel()
+
+        result: defer.Deferred = defer.Deferred(cancel)
+
+        def resolved(addresses: list[tuple[int, str]]) -> None:
+            if result.called or cancelled:
+                return
+            if not addresses:
+                result.errback(DNSLookupError(f"{self._name} has no address"))
+                return
+            attempt(iter(addresses[:MAX_ADDRESSES]), [])
+
+        def attempt(addresses: Any, failed: list[str]) -> None:
+            try:
+                family, address = next(addresses)
+            except StopIteration:
+                result.errback(ConnectError(string=f"no address of {self._name} took the "
+                                            "connection (" + "; ".join(failed) + ")"))
+                return
+            kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
+            endpoint = kind(self._reactor, address, self._port, timeout=self._timeout)
+            d = endpoint.connect(factory)
+            under_way[:] = [d]
+
+            def connected(protocol: Any) -> None:
+                if not result.called:
+                    result.callback(protocol)
+
+            def refused(f: Any) -> None:
+                if result.called or cancelled:
+                    return
+                failed.append(f"{address}: {f.getErrorMessage()}")
+                attempt(addresses, failed)
+
+            d.addCallbacks(connected, refused)
+
+        def not_resolved(f: Any) -> None:
+            if not (result.called or cancelled):
+                result.errback(f)
+
+        lookup = self._resolve(self._name, self._port)
+        under_way[:] = [lookup]
+        lookup.addCallbacks(resolved, not_resolved)
+        return result
