@@ -205,6 +205,27 @@ def test_a_554_greeting_everywhere_keeps_the_mail_queued(tmp_path):
     assert r.kind == "permanent"
 
 
+def test_a_530_to_mail_tries_the_next_mx_and_never_bounces(tmp_path):
+    # 530 (RFC 3207 4, RFC 4954 6): the host wants TLS or a login first --
+    # as a host that insists on TLS says when the opportunistic handshake
+    # failed and the hub went on in clear.  Not the message's fault: the
+    # next MX is tried, and if every host says so the mail stays queued
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"MAIL": b"530 5.7.0 Must issue a STARTTLS command first\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered" and r.remote_mta == "mx2.remote.test"
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            replies={"MAIL": b"530 5.7.0 Must issue a STARTTLS command first\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient"
+    assert r.reply.text() == ("454 4.7.0 Must issue a STARTTLS command first "
+                              "(the server said 530 5.7.0)")
+
+
 def test_all_down_is_transient(tmp_path):
     a, net, _ = agent(tmp_path)
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))

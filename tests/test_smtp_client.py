@@ -642,7 +642,6 @@ def test_a_refused_retry_without_auth_parameter_is_the_outcome():
 
 
 @pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused", b"553 5.1.8 bad sender",
-                                     b"530 5.7.0 authentication required",
                                      b"451 4.3.0 try later",
                                      # policy (X.7.x) and address (X.1.x) refusals
                                      # stand, whatever the basic code
@@ -664,6 +663,49 @@ def test_a_refusal_of_the_sender_is_not_retried_without_auth_parameter(refusal):
     assert s.auth_param_refused is None
     out = s.outcome
     assert (out.session_error or out.recipients[0].reply).text() == refusal.decode()
+
+
+@pytest.mark.parametrize("refusal", [b"530 5.7.0 Must issue a STARTTLS command first",
+                                     b"530 Authentication required"])
+@pytest.mark.parametrize("ehlo", [EHLO_BASIC, EHLO_FULL])
+def test_530_to_mail_keeps_the_mail_queued(refusal, ehlo):
+    # RFC 3207 4 / RFC 4954 6: the server wants TLS or a login first (after
+    # a failed opportunistic handshake, say): no verdict on the message, so
+    # a session error the next host or the next retry gets, not a bounce
+    s = session(recipients=[(BOB, None), (CAROL, None)], submitter=ALICE)
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    actions = s.receive(refusal + b"\r\n")
+    if ehlo is EHLO_FULL:  # pipelined: the RCPTs and the DATA are answered too
+        assert actions == []
+        actions = s.receive(b"530 5.7.0 no\r\n530 5.7.0 no\r\n554 5.5.1 no\r\n")
+    assert sent(actions) == b"QUIT\r\n"
+    assert s.auth_param_refused is None  # nor is it about AUTH=
+    out = s.outcome
+    assert out.recipients == ()
+    text = refusal.decode().split(" ", 1)[1]
+    status = " 5.7.0" if b"5.7.0" in refusal else ""
+    if status:
+        text = text.split(" ", 1)[1]
+    assert out.session_error == Reply(454, "4.7.0", (f"{text} (the server said 530{status})",))
+    assert out.session_error.is_transient
+
+
+def test_530_to_rcpt_keeps_that_recipient_queued():
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 2.1.0 ok\r\n")
+    s.receive(b"530 5.7.0 Authentication required\r\n")
+    assert sent(s.receive(b"250 2.1.5 ok\r\n")) == b"DATA\r\n"
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 ok\r\n")
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "transient"
+    assert results[BOB].reply.text() == (
+        "454 4.7.0 Authentication required (the server said 530 5.7.0)")
+    assert results[CAROL].kind == "delivered"
 
 
 def test_no_retry_without_auth_parameter_when_none_was_sent():

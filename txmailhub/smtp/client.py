@@ -41,6 +41,7 @@ from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_enco
 __all__ = [
     "QUIT_TIMEOUT",
     "TIMEOUTS",
+    "held_for_session",
     "refuses_parameters",
     "Close",
     "ClientSession",
@@ -141,6 +142,25 @@ def refuses_parameters(reply: Reply) -> bool:
     if reply.code in AUTH_PARAM_REFUSALS:
         return True
     return detail in AUTH_PARAM_STATUSES
+
+def held_for_session(reply: Reply) -> Reply:
+    """``reply`` as this transaction's outcome: a ``530`` becomes a
+    temporary ``454 4.7.0`` naming the server's words; any other reply is
+    returned as it is.
+
+    530 says the *session* lacks something the server wants first -- TLS
+    ("Must issue a STARTTLS command first", RFC 3207 4) or a login
+    ("Authentication required", RFC 4954 6) -- and says nothing of the
+    sender or the recipient.  It comes, say, from a server that insists on
+    TLS after an opportunistic handshake failed and the hub went on in
+    clear (RFC 3207 4.1), or from a smarthost whose credentials are not
+    configured: the mail must wait for the next try or the next host, not
+    bounce, as a refused login does (``_on_auth``)."""
+    if reply.code != 530:
+        return reply
+    said = f"{reply.code} {reply.status}" if reply.status else str(reply.code)
+    return Reply(454, "4.7.0", (*reply.lines[:-1], reply.lines[-1] + f" (the server said {said})"))
+
 
 # Seconds to wait for the reply to QUIT.  It is sent only when the
 # server is known to be reading commands, once the session's outcome is
@@ -738,6 +758,7 @@ class ClientSession:
             # RFC 5321 3.8: the server is closing the channel; nothing more
             # will be answered, and its words are the session's outcome
             return self._fail_session(reply)
+        reply = held_for_session(reply)  # a 530 is no verdict on the sender
         if not reply.is_positive:
             if self._auth_param_sent and refuses_parameters(reply):
                 # the server offered AUTH but refuses the parameter: a
@@ -768,6 +789,7 @@ class ClientSession:
     def _on_rcpt(self, reply: Reply) -> list[Action]:
         if reply.code == 421:
             return self._fail_session(reply)  # as for MAIL (RFC 5321 3.8)
+        reply = held_for_session(reply)  # nor on the recipient
         address = self.recipients[self._rcpt_index][0]
         self._rcpt_index += 1
         if reply.code == 552:
