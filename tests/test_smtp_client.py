@@ -246,6 +246,42 @@ def test_smtputf8_needed_but_missing():
     assert r.kind == "permanent" and r.reply.status == "5.6.7" and "SMTPUTF8" in r.reply.text()
 
 
+@pytest.mark.parametrize("ehlo", [EHLO_BASIC, EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b"")])
+def test_smtputf8_missing_refuses_only_the_recipients_that_need_it(ehlo):
+    # RFC 6531 3.2: bob's address needs no SMTPUTF8; a transaction without
+    # jörg needs none either, so bob is not bounced for jörg's address
+    joerg = Address("jörg", "remote.test")
+    s = session(recipients=[(joerg, None), (BOB, None)])
+    s.receive(b"220 hi\r\n")
+    batch = sent(s.receive(ehlo))
+    assert b"j\xc3\xb6rg" not in batch and b"SMTPUTF8" not in batch
+    if ehlo is EHLO_BASIC:
+        assert batch == b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+        assert sent(s.receive(b"250 2.1.0 ok\r\n")) == b"RCPT TO:<bob@remote.test>\r\n"
+        assert sent(s.receive(b"250 2.1.5 ok\r\n")) == b"DATA\r\n"
+        actions = s.receive(b"354 go\r\n")
+    else:  # pipelined: one RCPT, so three replies
+        assert batch == (b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+                         b"RCPT TO:<bob@remote.test>\r\nDATA\r\n")
+        actions = s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 ok\r\n")
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "delivered"
+    assert results[joerg].kind == "permanent"
+    assert (results[joerg].reply.code, results[joerg].reply.status) == (553, "5.6.7")
+
+
+def test_smtputf8_missing_for_a_utf8_sender_refuses_everyone():
+    # a MAIL FROM the server cannot take: nobody can be sent the message
+    s = session(sender=Address("jörg", "example.org"), recipients=[(BOB, None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
+    [r] = s.outcome.recipients
+    assert r.kind == "permanent" and r.reply.status == "5.6.7"
+
+
 def test_smtputf8_used_when_offered():
     s = session(recipients=[(Address("jörg", "remote.test"), None)])
     s.receive(b"220 hi\r\n")

@@ -82,8 +82,9 @@ class RelayInteropTests(TestCase):
     def entry(self, body: bytes, rcpts, **envelope) -> QueueEntry:
         path = self.tmp / f"{len(list(self.tmp.iterdir()))}.msg"
         path.write_bytes(body)
-        e = QueueEntry.new("0123456789ABCDEF", Envelope(sender=ALICE, recipients=tuple(rcpts),
-                                                        **envelope), 0.0)
+        envelope.setdefault("sender", ALICE)
+        e = QueueEntry.new("0123456789ABCDEF", Envelope(recipients=tuple(rcpts), **envelope),
+                           0.0)
         return dataclasses.replace(e, message_path=str(path), size=len(body),
                                    crlf_size=len(body) + body.count(b"\n"),
                                    eight_bit=not body.isascii())
@@ -165,15 +166,34 @@ class RelayInteropTests(TestCase):
             self.assertEqual(msg.get_content(), "Grüße aus Köln\n.dot\n")
 
     @defer.inlineCallbacks
-    def test_a_utf8_envelope_bounces_at_a_server_without_smtputf8(self):
+    def test_a_utf8_envelope_at_a_server_without_smtputf8(self):
         sink = self.sink()
         twisted, port = self.twisted()
         for where in (sink.port, port):
-            results = yield self.deliver(where, PLAIN, rcpts=(JOERG,), smtputf8=True)
+            # the recipient that needs SMTPUTF8 bounces (553 5.6.7); bob, at
+            # the same server, gets the message in a transaction without jörg
+            results = yield self.deliver(where, PLAIN, rcpts=(JOERG, BOB), smtputf8=True)
+            got = outcome(results)
+            self.assertEqual(got["bob@remote.test"][0], "delivered")
+            kind, reply = got["jörg@remote.test"]
+            self.assertEqual(kind, "permanent")
+            self.assertTrue(reply.startswith("553 5.6.7 "), reply)
+            # unless the message needs SMTPUTF8 itself (jörg in its To: field)
+            body = "To: jörg@remote.test, bob@remote.test\nSubject: x\n\nhi\n".encode()
+            results = yield self.deliver(where, body, rcpts=(JOERG, BOB), smtputf8=True)
+            got = outcome(results)
+            self.assertEqual(got["bob@remote.test"][0], "permanent")
+            self.assertTrue(got["bob@remote.test"][1].startswith("550 5.6.9 "), got)
+            # and a sender that needs it: nobody can be sent the message
+            results = yield self.deliver(where, PLAIN, rcpts=(BOB,), smtputf8=True,
+                                         sender=Address("jörg", "example.org"))
             [(kind, reply)] = outcome(results).values()
             self.assertEqual(kind, "permanent")
             self.assertTrue(reply.startswith("553 5.6.7 "), reply)
-        self.assertEqual((sink.dumps(), twisted.messages), ([], []))
+        self.assertEqual([m for _, m in sink.dumps()], [PLAIN])
+        self.assertEqual(twisted.messages, [("bob@remote.test", PLAIN)])
+        [(fields, _)] = sink.dumps()
+        self.assertEqual(fields["X-Rcpt-Args"], ["<bob@remote.test>"])
 
     @defer.inlineCallbacks
     def test_a_utf8_envelope_goes_with_smtputf8_to_aiosmtpd(self):

@@ -296,6 +296,9 @@ class ClientSession:
         # 3.4; no all-ASCII bounce).
         self.smtputf8 = any(ascii_form(a) is None for a in addresses)
         self.smtputf8_wanted = smtputf8 or self.smtputf8
+        # the recipients the RCPT commands name: all of them, but for those a
+        # next hop without SMTPUTF8 cannot be given (``_after_hello``)
+        self._sending = list(self.recipients)
         self.dsn = dsn or DSNRequest()
         self.tls_policy = tls
         self.tls_active = tls_active
@@ -552,9 +555,22 @@ class ClientSession:
                     + ("did not offer STARTTLS" if "STARTTLS" not in ext
                        else "refused STARTTLS")))
         if self.smtputf8 and "SMTPUTF8" not in ext:
-            return self._fail_all(_synthetic(
+            refusal = _synthetic(
                 553, "5.6.7", "the remote server does not support SMTPUTF8, which this "
-                "message's non-ASCII addresses need (RFC 6531)"))
+                "message's non-ASCII addresses need (RFC 6531)")
+            if self.sender is not None and ascii_form(self.sender) is None:
+                return self._fail_all(refusal)  # no MAIL FROM it can take
+            # Only the recipients without an ASCII form need it: RFC 6531
+            # 3.2's "for that recipient".  The others go in a transaction
+            # that names none of them -- one that needs no SMTPUTF8, unless
+            # the message itself does (a UTF-8 mailbox in a header field:
+            # the 7-bit copy then fails, 5.6.9, as for any such message)
+            self._sending = [(a, d) for a, d in self.recipients if ascii_form(a) is not None]
+            for address, _ in self.recipients:
+                if ascii_form(address) is None:
+                    self._results[address] = refusal
+            if not self._sending:
+                return self._fail_all(refusal)
         limit = ext.get("SIZE", "")
         if limit.isascii() and limit.isdigit() and int(limit) > 0 and self.size > int(limit):
             return self._fail_all(_synthetic(
@@ -746,7 +762,7 @@ class ClientSession:
         if not self._pipelined:
             return actions
         lines = [a.data for a in actions if isinstance(a, Send)]
-        for address, dsn in self.recipients:
+        for address, dsn in self._sending:
             self._expect.append(Phase.RCPT)
             lines.append(self._rcpt_command(address, dsn).encode("utf-8") + b"\r\n")
         self._expect.append(Phase.DATA)
@@ -783,14 +799,14 @@ class ClientSession:
         return self._next_rcpt()
 
     def _next_rcpt(self) -> list[Action]:
-        address, dsn = self.recipients[self._rcpt_index]
+        address, dsn = self._sending[self._rcpt_index]
         return self._command(Phase.RCPT, self._rcpt_command(address, dsn))
 
     def _on_rcpt(self, reply: Reply) -> list[Action]:
         if reply.code == 421:
             return self._fail_session(reply)  # as for MAIL (RFC 5321 3.8)
         reply = held_for_session(reply)  # nor on the recipient
-        address = self.recipients[self._rcpt_index][0]
+        address = self._sending[self._rcpt_index][0]
         self._rcpt_index += 1
         if reply.code == 552:
             # RFC 5321 4.5.3.1.10: 552 to RCPT is an old "too many
@@ -803,9 +819,9 @@ class ClientSession:
             else:
                 self._results[address] = reply
         if self._pipelined:
-            self.phase = Phase.DATA if self._rcpt_index == len(self.recipients) else Phase.RCPT
+            self.phase = Phase.DATA if self._rcpt_index == len(self._sending) else Phase.RCPT
             return []
-        if self._rcpt_index < len(self.recipients):
+        if self._rcpt_index < len(self._sending):
             return self._next_rcpt()
         if not self._accepted:
             return self._fail_all(reply)
