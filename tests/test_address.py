@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -126,6 +127,18 @@ def test_canonical_forms_are_fixed_points(label: str) -> None:
         assert canonical_domain(once) == once
     once = canonical_local(label)
     assert canonical_local(once) == once
+
+
+@pytest.mark.parametrize("local", ["\u0130\u0899", "\u0130\u0323", "X\u0130\u0316y"])
+def test_a_capital_whose_lower_case_is_not_nfc_is_one_mailbox(local: str) -> None:
+    # "\u0130".lower() is "i" + U+0307 (combining dot above, class 230);
+    # a mark of a lower class after it must then come first (canonical
+    # order), so the lower-cased text needs NFC again: otherwise the key
+    # of the key is another folder name (hypothesis found U+0130 U+0899)
+    key = canonical_local(local)
+    assert key == unicodedata.normalize("NFC", key)
+    assert canonical_local(key) == key
+    assert canonical_local(unicodedata.normalize("NFD", local)) == key
 
 
 def test_an_ipv6_literal_has_no_zone_even_of_hex_digits():

@@ -207,10 +207,13 @@ def _a_label(label: str) -> bool:
 def canonical_local(local: str) -> str:
     """The form of a local part that local lookups and Maildir folders
     use: lower case and, for a UTF-8 one, NFC -- the composed and the
-    decomposed ``jörg`` look alike and are one mailbox (RFC 6530 10.1)."""
+    decomposed ``jörg`` look alike and are one mailbox (RFC 6530 10.1).
+    NFC again after lower-casing: a capital may lower to a base and a mark
+    (``İ`` to ``i`` and U+0307) that a following mark of a lower class must
+    precede, and the key of a key must be itself (one folder name)."""
     if local.isascii():
         return local.lower()
-    return unicodedata.normalize("NFC", local).lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
 
 
 class AddressError(ValueError):
