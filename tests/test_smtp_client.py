@@ -300,8 +300,12 @@ def test_smtputf8_used_when_offered():
 def test_8bit_body(ehlo, param, convert, utf8):
     s = session(eight_bit=True, smtputf8=utf8)
     s.receive(b"220 hi\r\n")
+    # RFC 1870 4: SIZE= counts what is sent after the 354; the 7-bit copy
+    # is larger by an amount not known before it is made, so it goes
+    # without SIZE= (RFC 1870 6.1 (1): the parameter is the client's to omit)
+    size = b"" if convert else b" SIZE=100"
     assert sent(s.receive(ehlo)).split(b"\r\n")[0] == (
-        b"MAIL FROM:<alice@example.org> SIZE=100" + param)
+        b"MAIL FROM:<alice@example.org>" + size + param)
     if b"PIPELINING" in ehlo:
         actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
     else:
@@ -1119,8 +1123,9 @@ def test_the_clients_smtputf8_flag_alone_bounces_nothing():
     # a next hop without it still gets the message
     s = session(smtputf8=True, eight_bit=True)
     s.receive(b"220 hi\r\n")
+    # (as its 7-bit copy: no SIZE=, whose octets are not known yet)
     assert sent(s.receive(EHLO_NO_UTF8)) == (
-        b"MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME\r\n")
+        b"MAIL FROM:<alice@example.org> BODY=8BITMIME\r\n")
     s = session(smtputf8=True)
     s.receive(b"220 hi\r\n")
     assert b" SMTPUTF8" in sent(s.receive(EHLO_FULL))

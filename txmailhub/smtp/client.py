@@ -650,7 +650,13 @@ class ClientSession:
     def _mail_command(self) -> str:
         ext = self.extensions
         params = []
-        if "SIZE" in ext:
+        if "SIZE" in ext and not self._converts():
+            # RFC 1870 4: the octets to be sent after the 354.  The 7-bit
+            # copy is made after it and is larger than ``size`` by an
+            # amount not known yet; a client may leave SIZE out (RFC 1870
+            # 6.1 (1)), and the server then judges the data at its end.
+            # Too large a message is still refused before MAIL: the
+            # copy is never smaller than the message
             params.append(f"SIZE={self.size}")
         if self.eight_bit and "8BITMIME" in ext:
             params.append("BODY=8BITMIME")
@@ -681,6 +687,14 @@ class ClientSession:
             params.append("AUTH=" + self._auth_value(utf8))
         path = "" if self.sender is None else self._path(self.sender)
         return " ".join([f"MAIL FROM:<{path}>", *params])
+
+    def _converts(self) -> bool:
+        """Whether the message goes as its 7-bit copy: 8-bit data to a
+        server without 8BITMIME, or a message sent with SMTPUTF8 to one
+        without SMTPUTF8 (its UTF-8 header fields encoded, RFC 6531 3.2)."""
+        ext = self.extensions
+        return self.eight_bit and (
+            "8BITMIME" not in ext or (self.smtputf8_wanted and "SMTPUTF8" not in ext))
 
     def _auth_value(self, utf8: bool) -> str:
         """The value of MAIL's ``AUTH=`` (RFC 4954 5), sent only to a server
@@ -869,14 +883,11 @@ class ClientSession:
             return self._fail_session(mail) if mail.is_transient else self._fail_all(mail)
         if reply.code == 354:
             self.phase = Phase.BODY
-            ext = self.extensions
             # 8BITMIME covers the body only: a message its client sent with
             # SMTPUTF8 may have UTF-8 header fields (RFC 6532), which a server
             # without SMTPUTF8 must not get raw -- the 7-bit copy encodes them
             # (a message that needs SMTPUTF8 for real then bounces, 5.6.3).
-            convert = self.eight_bit and (
-                "8BITMIME" not in ext or (self.smtputf8_wanted and "SMTPUTF8" not in ext))
-            return [SendBody(convert_7bit=convert)]
+            return [SendBody(convert_7bit=self._converts())]
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
