@@ -8,7 +8,7 @@ import socket
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TCPTimedOutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -181,3 +181,46 @@ def test_a_name_that_does_not_resolve_says_so(monkeypatch):
     with pytest.raises(DNSLookupError) as e:
         lookup_name("faß.example", 25)
     assert "faß.example (xn--fa-hia.example): Name or service not known" in str(e.value)
+
+
+def test_the_smarthost_addresses_stop_at_the_attempt_time_budget(tmp_path, monkeypatch):
+    # hosts_time_budget: an attempt starts no further address once it has
+    # spent the budget.  The smarthost's addresses are tried inside one
+    # connection (NameEndpoint), and each that never answers takes the
+    # 30-second connect timeout: with a budget of a minute the third and
+    # fourth address wait for the next retry, as an MX host's would.
+    from tests.test_relay_attempt import BOB, entry, settings
+    from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
+
+    gai = FakeGAI({b"smart.example": [f"192.0.2.{i}" for i in range(1, 5)]})
+    monkeypatch.setattr(socket, "getaddrinfo", gai)
+    reactor = MemoryReactorClock()
+    s = settings(tmp_path, 'smarthost = "smart.example:25"\nhosts_time_budget = "1m"')
+    a = DeliveryAgent(s, None, reactor, tls_options=lambda host, verify: None)
+    d = a.deliver(entry(tmp_path, BOB), SMARTHOST, [BOB])
+    for i in range(4):
+        if i == len(reactor.tcpClients):
+            break
+        reactor.advance(CONNECT_TIMEOUT)
+        reactor.tcpClients[i][2].clientConnectionFailed(
+            reactor.connectors[i], Failure(TCPTimedOutError()))
+    assert [c[0] for c in reactor.tcpClients] == ["192.0.2.1", "192.0.2.2"]
+    [r] = d.result
+    assert r.kind == "transient" and r.reply.status == "4.4.1"
+
+
+def test_an_address_begun_within_the_budget_is_not_cut_and_the_error_says_why():
+    reactor = MemoryReactorClock()
+    resolve, _ = _resolver([(socket.AF_INET, f"192.0.2.{i}") for i in range(1, 4)])
+    d = default_endpoint(reactor, resolve, budget=50)("smart.example", 25).connect(
+        Factory.forProtocol(Protocol))
+    for i in range(2):  # at 0 s and at 30 s: both within the 50 s
+        reactor.advance(CONNECT_TIMEOUT)
+        reactor.tcpClients[i][2].clientConnectionFailed(
+            reactor.connectors[i], Failure(TCPTimedOutError()))
+    failure = []
+    d.addErrback(failure.append)
+    [f] = failure
+    assert len(reactor.tcpClients) == 2
+    assert "within 50 seconds" in f.getErrorMessage()
+    assert "192.0.2.2" in f.getErrorMessage() and "1 not tried" in f.getErrorMessage()

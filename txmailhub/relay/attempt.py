@@ -470,11 +470,13 @@ def thread_runner(reactor: Any) -> Callable[..., defer.Deferred]:
     return run
 
 
-def default_endpoint(reactor: Any, resolve: Resolver | None = None) -> Callable[[str, int], Any]:
+def default_endpoint(reactor: Any, resolve: Resolver | None = None,
+                     budget: float | None = None) -> Callable[[str, int], Any]:
     """``endpoint(host, port)``: TCP to an address; to a name (the
     smarthost), a ``NameEndpoint`` that looks up its IDNA2008 A-labels
     with ``resolve`` (default: ``getaddrinfo`` in the reactor's thread
-    pool) and tries each address in turn."""
+    pool) and tries each address in turn, starting none after ``budget``
+    seconds (the agent's ``hosts_time_budget``)."""
     run = thread_runner(reactor)
 
     def in_thread(name: str, port: int) -> defer.Deferred:
@@ -486,7 +488,7 @@ def default_endpoint(reactor: Any, resolve: Resolver | None = None) -> Callable[
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return NameEndpoint(reactor, host, port, CONNECT_TIMEOUT, lookup)
+            return NameEndpoint(reactor, host, port, CONNECT_TIMEOUT, lookup, budget)
         if ip.version == 6:
             return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
         return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
@@ -537,7 +539,10 @@ class DeliveryAgent:
         self.relay = settings.relay
         self.mx = mx
         self.clock = clock
-        self.endpoint = endpoint or default_endpoint(clock)
+        # the smarthost's addresses are tried within one connection: they
+        # keep to the attempt's time budget there
+        self.endpoint = endpoint or default_endpoint(clock,
+                                                     budget=self.relay.hosts_time_budget)
         # Sessions in flight, for abort_all; stopped: no new connection.
         self._sessions: set[SMTPClientProtocol] = set()
         self._connecting: dict[defer.Deferred, str] = {}  # -> its queue id

@@ -11,8 +11,10 @@ the hub converts every domain (``txmailhub.address.ascii_domain``:
 IDNA2008 after the UTS 46 mapping), and ``getaddrinfo`` gets those ASCII
 octets (bytes: Python converts nothing), off the reactor thread.  The
 addresses are then tried in the order ``getaddrinfo`` gave them, one at a
-time, each with the connect timeout, until one accepts the connection.
-A name with no IDNA2008 form is not looked up at all.
+time, each with the connect timeout, until one accepts the connection --
+or, like an MX host's addresses, until the attempt's time budget
+(``[relay] hosts_time_budget``) is spent: no further address is started
+then.  A name with no IDNA2008 form is not looked up at all.
 """
 
 from __future__ import annotations
@@ -71,17 +73,23 @@ def lookup_name(name: str, port: int) -> list[tuple[int, str]]:
 class NameEndpoint:
     """Connects to ``name``:``port``: ``resolve(name, port)`` (a Deferred
     of ``lookup_name``'s pairs) and then TCP to each address in turn with
-    ``timeout``.  Cancelling the connect cancels what is under way."""
+    ``timeout``.  No address after the first is started once ``budget``
+    seconds (``None``: no limit) have passed since ``connect`` -- the
+    agent's ``hosts_time_budget``, which the addresses of one name would
+    otherwise escape (ten that never answer take five minutes).
+    Cancelling the connect cancels what is under way."""
 
     def __init__(self, reactor: Any, name: str, port: int, timeout: float,
-                 resolve: Resolver) -> None:
+                 resolve: Resolver, budget: float | None = None) -> None:
         self._reactor = reactor
         self._name = name
         self._port = port
         self._timeout = timeout
         self._resolve = resolve
+        self._budget = budget
 
     def connect(self, factory: Any) -> defer.Deferred:
+        began = self._reactor.seconds()
         under_way: list[defer.Deferred] = []  # the lookup, then one connection
         cancelled: list[bool] = []
 
@@ -100,15 +108,23 @@ class NameEndpoint:
             if not addresses:
                 result.errback(DNSLookupError(f"{self._name} has no address"))
                 return
-            attempt(iter(addresses[:MAX_ADDRESSES]), [])
+            attempt(addresses[:MAX_ADDRESSES], [])
 
-        def attempt(addresses: Any, failed: list[str]) -> None:
-            try:
-                family, address = next(addresses)
-            except StopIteration:
+        def attempt(addresses: list[tuple[int, str]], failed: list[str]) -> None:
+            tried = len(failed)
+            if tried == len(addresses):
                 result.errback(ConnectError(string=f"no address of {self._name} took the "
                                             "connection (" + "; ".join(failed) + ")"))
                 return
+            budget = self._budget
+            if tried and budget is not None and self._reactor.seconds() - began >= budget:
+                left = len(addresses) - tried
+                result.errback(ConnectError(string=(
+                    f"no address of {self._name} took the connection within {budget:g} "
+                    f"seconds (" + "; ".join(failed) + f"); {left} not tried before the "
+                    "next retry")))
+                return
+            family, address = addresses[tried]
             kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
             endpoint = kind(self._reactor, address, self._port, timeout=self._timeout)
             d = endpoint.connect(factory)
