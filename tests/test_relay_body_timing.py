@@ -4,6 +4,7 @@ starts when the transport took it, not when it was written (RFC 5321
 
 from __future__ import annotations
 
+import errno
 import random
 
 from twisted.internet import defer
@@ -222,3 +223,62 @@ def test_a_transfer_cut_for_its_rate_is_retried_and_says_why(tmp_path):
     [r] = d.result
     assert r.kind == "transient" and r.reply.status == "4.4.2"
     assert "took the message data too slowly" in r.reply.text()
+
+
+# --- a local error while the data streams ------------------------------------------
+
+
+class _FailingRead:
+    """The queued message, whose second read fails (a disk error)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.reads = 0
+
+    def read(self, n=-1):
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return self._f.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_a_read_error_mid_stream_ends_the_session_as_a_local_error(tmp_path, monkeypatch):
+    # Twisted's TLS layer drives a pull producer from a loop of its own:
+    # when resumeProducing raises, it logs that and unregisters the producer
+    # without telling it.  The transfer's Deferred then never fired, the
+    # session waited out the data block's 3 minutes and blamed the server
+    # (a timeout in the data, so the next MX host was tried, with the same
+    # local error); on a plain connection the error dropped the connection,
+    # blamed on the server too.  It is the hub's: 451 4.3.0, the connection
+    # dropped without the final ".".
+    import txmailhub.relay.attempt as attempt_module
+
+    opened = []
+
+    def failing_open(path, mode="r"):
+        opened.append(_FailingRead(open(path, mode)))
+        return opened[-1]
+
+    monkeypatch.setattr(attempt_module, "open", failing_open, raising=False)
+    clock, proto, transport = _client(tmp_path, body=b"x" * 100_000)
+
+    def pull_as_the_tls_layer_does():
+        producer = transport.producer
+        try:
+            producer.resumeProducing()
+        except Exception:
+            transport.unregisterProducer()
+
+    pull_as_the_tls_layer_does()  # the first block
+    pull_as_the_tls_layer_does()  # the read fails
+    assert transport.disconnecting
+    assert not transport.value().endswith(b"\r\n.\r\n")
+    assert opened[0]._f.closed
+    proto.connectionLost(None)
+    [r] = proto.done.result.recipients
+    assert (r.reply.code, r.reply.status) == (451, "4.3.0")
+    assert "local error" in r.reply.text()
+    assert not clock.getDelayedCalls()

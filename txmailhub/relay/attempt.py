@@ -354,7 +354,12 @@ class SMTPClientProtocol(Protocol):
                 log.info("streaming {path} stopped: the connection was closed",
                          path=self.message_path)
                 return
-            log.failure("streaming the message failed", f)
+            # the hub could not make the data (a disk error): the hub's
+            # failure, not the server's -- every recipient gets it, and the
+            # connection is dropped without the final "."
+            log.failure("streaming {path} failed", f, path=path)
+            self._run(self.session.body_failed(LocalReply(451, "4.3.0", (
+                "local error while sending the message, will retry",))))
 
         producer.start().addCallbacks(sent, not_sent)
 

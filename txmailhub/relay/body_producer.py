@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPullProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.smtp._data import DotStuffer
@@ -51,10 +52,12 @@ class BodyProducer:
 
     ``done`` fires (``None``) at the first call after the one that wrote
     the ".": the transport took it.  It errbacks with ``BodyStopped`` when
-    the transport stops the producer first.  ``progress()`` is called at
-    each call before anything is written.  ``dot_written`` tells whether
-    the "." was handed to the transport; ``octets`` counts what was, and
-    ``taken`` what it took (all it was given before its last call)."""
+    the transport stops the producer first, and with the error when making
+    the data fails (the producer is unregistered then).  ``progress()`` is
+    called at each call before anything is written.  ``dot_written`` tells
+    whether the "." was handed to the transport; ``octets`` counts what
+    was, and ``taken`` what it took (all it was given before its last
+    call)."""
 
     def __init__(self, file: IO[bytes], consumer: IConsumer, encoder: DotStuffer,
                  progress: Callable[[], Any] = lambda: None) -> None:
@@ -76,6 +79,21 @@ class BodyProducer:
     def resumeProducing(self) -> None:
         if self._over:
             return
+        try:
+            self._produce()
+        except Exception:
+            # (a disk error reading the message): told through ``done``.
+            # Raised to the transport it would be lost -- Twisted's TLS
+            # layer logs it and unregisters the producer without telling
+            # it, so ``done`` never fired; a plain connection drops itself
+            # -- and the session would blame the server
+            failure = Failure()
+            if not self.done.called:
+                if not self._over:
+                    self._end()
+                self.done.errback(failure)
+
+    def _produce(self) -> None:
         self.taken = self.octets
         self._progress()
         if self._over:  # the progress callback ended the transfer
