@@ -18,10 +18,12 @@ after that one says the "." has left the hub's buffers (``done`` fires).
 Every call is progress, which restarts the data-block timer (``progress``).
 
 Twisted's TLS layer turns a pull producer into a push one that it calls
-in a loop while the TCP connection under it is not paused (less than
-64 KiB buffered since it was last emptied): under TLS ``done`` may fire
-with up to that much of the message still buffered, never before the "."
-was written.
+in a loop while the TCP connection under it is not paused (it pauses it
+above 64 KiB buffered, and resumes it once that buffer is empty), and
+gathers small writes itself, up to 64,000 octets, before it encrypts
+them: under TLS ``done`` may fire with up to about 128 KiB of the
+message still in the hub's buffers (a whole message under that size),
+never before the "." was written.
 """
 
 from __future__ import annotations
