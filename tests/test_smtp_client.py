@@ -300,9 +300,9 @@ def test_smtputf8_used_when_offered():
 def test_8bit_body(ehlo, param, convert, utf8):
     s = session(eight_bit=True, smtputf8=utf8)
     s.receive(b"220 hi\r\n")
-    # RFC 1870 4: SIZE= counts what is sent after the 354; the 7-bit copy
-    # is larger by an amount not known before it is made, so it goes
-    # without SIZE= (RFC 1870 6.1 (1): the parameter is the client's to omit)
+    # RFC 1870: SIZE= counts what is sent after the 354; the 7-bit copy is
+    # larger by an amount not known before it is made, so it goes without
+    # SIZE= (an optional parameter of MAIL)
     size = b"" if convert else b" SIZE=100"
     assert sent(s.receive(ehlo)).split(b"\r\n")[0] == (
         b"MAIL FROM:<alice@example.org>" + size + param)

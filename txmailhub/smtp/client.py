@@ -651,12 +651,12 @@ class ClientSession:
         ext = self.extensions
         params = []
         if "SIZE" in ext and not self._converts():
-            # RFC 1870 4: the octets to be sent after the 354.  The 7-bit
-            # copy is made after it and is larger than ``size`` by an
-            # amount not known yet; a client may leave SIZE out (RFC 1870
-            # 6.1 (1)), and the server then judges the data at its end.
-            # Too large a message is still refused before MAIL: the
-            # copy is never smaller than the message
+            # RFC 1870's message size is the octets sent after the 354.
+            # The 7-bit copy is made after it and is larger than ``size``
+            # by an amount not known yet; SIZE is an optional parameter,
+            # so it is left out and the server judges the data at its end.
+            # Too large a message is still refused before MAIL: the copy
+            # is never smaller than the message
             params.append(f"SIZE={self.size}")
         if self.eight_bit and "8BITMIME" in ext:
             params.append("BODY=8BITMIME")
