@@ -796,6 +796,23 @@ def test_refused_connections_waiting_for_their_close_are_bounded(tls_files):
     assert t.value() == R.TOO_MANY_CONNECTIONS.to_bytes() and not t.disconnected
 
 
+def test_refused_implicit_tls_connections_are_cut_when_the_listener_stops(tls_files):
+    # the grace above outlived the hub: a stopped listener left its refused
+    # connections waiting for the client's close_notify (an fd and a timer
+    # each, for up to CLOSE_GRACE, on the reactor of an application that
+    # carries on)
+    env = Env(max_connections=1)
+    env.connect()  # the only slot
+    factory = POP3Factory(env.components, implicit_tls=True)
+    client = TLSClient(factory, env.clock, tls_files)
+    assert client.receive() == R.TOO_MANY_CONNECTIONS.to_bytes()
+    assert client.socket.lost is None
+    factory.shut_down()
+    assert client.socket.lost is not None
+    assert factory.limits.refusals_waiting == 0
+    assert [c.func.__name__ for c in env.clock.getDelayedCalls()] == ["_idle_check"]
+
+
 def test_new_mail_waits_for_the_next_session():
     env = Env()
     env.store.add("joe@example.org", b"old\n")

@@ -775,3 +775,51 @@ def test_a_listener_started_again_is_listed_once_and_unlisted_at_stop() -> None:
         assert len(listening) == 2
         service.stopService()
         assert listening == [("192.0.2.7", 25)]
+
+
+def _connect(factory, host: str):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    peer = IPv4Address("TCP", host, 40000)
+    protocol = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_stopping_the_hub_cuts_the_connections_it_refused(tmp_path: Path) -> None:
+    # Past max_connections a connection gets its 421 (SMTP) or -ERR (POP3)
+    # and a polite close, and holds no slot: no session's end closes it.
+    # Under implicit TLS that close waits for the client's handshake and
+    # close_notify, up to CLOSE_GRACE (30 s).  A hub that stopped left
+    # them open for that long, a descriptor and a timer each on the
+    # reactor of an application that carries on after the stop.
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\nmax_connections = 1\n'
+        '[submission]\nlisten = []\n'
+        '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1"]\nmax_connections = 1\n'
+        '[relay]\nnameservers = ["127.0.0.1"]\n'  # no resolv.conf timer
+    )
+    reactor = MemoryReactorClock()
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    hub.startService()
+    [(_, smtp, _, _), (_, pop3, _, _)] = reactor.tcpServers
+    admitted = [_connect(smtp, "192.0.2.7"), _connect(pop3, "192.0.2.7")]
+    refused = [_connect(smtp, "192.0.2.8"), _connect(pop3, "192.0.2.8")]
+    for _protocol, transport in refused:
+        assert transport.value().startswith((b"421 ", b"-ERR "))
+        assert transport.disconnecting and not transport.disconnected  # a polite close
+    hub.stopService()
+    for protocol, transport in admitted + refused:
+        assert transport.disconnecting
+        if transport.disconnected:  # cut: the reactor reports it lost
+            protocol.connectionLost(None)
+    assert all(transport.disconnected for _protocol, transport in refused)
+    assert smtp.limits.refusals_waiting == pop3.limits.refusals_waiting == 0
+    # the SMTP session's 421 closes politely (StringTransport never reports
+    # the close); nothing of the refused ones is left on the reactor
+    admitted[0][0].connectionLost(None)
+    assert reactor.getDelayedCalls() == []

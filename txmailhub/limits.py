@@ -34,20 +34,39 @@ class ConnectionLimits:
         self.per_client: dict[str, int] = {}
         #: refused connections still open, waiting for their polite close
         self.refusals_waiting = 0
+        #: the transports of those connections (the ones ``refusal_may_wait``
+        #: was given), cut by ``end_refusals`` when the hub stops
+        self.refused: set[Any] = set()
 
-    def refusal_may_wait(self) -> bool:
+    def refusal_may_wait(self, transport: Any = None) -> bool:
         """Count a refused connection that is to get its reply and a polite
         close; ``False`` when ``REFUSALS_WAITING`` already wait: that one
         is to be cut at once, without a reply (it holds no slot, and
-        nothing else bounds how many of them there are)."""
+        nothing else bounds how many of them there are).  ``transport``
+        is remembered until ``refusal_closed``, for ``end_refusals``."""
         if self.refusals_waiting >= REFUSALS_WAITING:
             return False
         self.refusals_waiting += 1
+        if transport is not None:
+            self.refused.add(transport)
         return True
 
-    def refusal_closed(self) -> None:
+    def refusal_closed(self, transport: Any = None) -> None:
         """A refused connection counted by ``refusal_may_wait`` is gone."""
         self.refusals_waiting -= 1
+        self.refused.discard(transport)
+
+    def end_refusals(self) -> None:
+        """The hub is stopping: cut the refused connections still waiting
+        for their polite close.  They hold no slot, so no session's end
+        closes them: under implicit TLS each waited for the client's
+        handshake and ``close_notify`` for up to the protocols'
+        ``CLOSE_GRACE`` after the hub had stopped, an open descriptor and a
+        timer on the reactor of an application that carries on.  Their
+        reply was sent already, or was to wait for a handshake the client
+        had not made."""
+        for transport in list(self.refused):
+            transport.abortConnection()
 
     def admit(self, host: str, exempt: bool, max_total: int, max_per_client: int) -> str | None:
         """Count a new connection from ``host``; or ``"total"``/``"client"``,

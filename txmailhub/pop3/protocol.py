@@ -285,7 +285,7 @@ class POP3Protocol(Protocol):
             # Past [pop3] max_connections: one line and close, before any
             # work (a flood of idle sessions must not starve the hub of fds).
             self._closing = True
-            if not self.factory.limits.refusal_may_wait():
+            if not self.factory.limits.refusal_may_wait(t):
                 # REFUSALS_WAITING refused connections wait for their close
                 # already (clients that stall in the implicit-TLS handshake
                 # the -ERR waits for): no reply, no grace
@@ -351,7 +351,7 @@ class POP3Protocol(Protocol):
             self.factory.sessions.discard(self)
         if self._refusing:
             self._refusing = False
-            self.factory.limits.refusal_closed()
+            self.factory.limits.refusal_closed(self.transport)
         for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call,
                      self._turn_call):
             if call is not None and call.active():
@@ -1207,6 +1207,10 @@ class POP3Factory(Factory):
             # at once: a polite close would wait for a client that does not
             # read (or for its TLS close_notify), holding the mailbox lock
             session.transport.abortConnection()
+        # and the refused connections still waiting for their polite close
+        # (those of every POP3 listener: they share the limits, and stop
+        # together with the hub)
+        self.limits.end_refusals()
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)

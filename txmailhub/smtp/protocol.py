@@ -247,7 +247,7 @@ class SMTPProtocol(Protocol):
         self._out = ResponseWriter(self.transport)
         refusal = f.admit(self.host, exempt=loopback or relay)
         if refusal is not None:
-            if not f.limits.refusal_may_wait():
+            if not f.limits.refusal_may_wait(self.transport):
                 # REFUSALS_WAITING refused connections wait for their close
                 # already (clients that stall in the implicit-TLS handshake
                 # the 421 waits for): no reply, no grace
@@ -348,7 +348,7 @@ class SMTPProtocol(Protocol):
             self.factory.limits.sessions.discard(self)
         if self._refusing:
             self._refusing = False
-            self.factory.limits.refusal_closed()
+            self.factory.limits.refusal_closed(self.transport)
         self._gone = True
         if self._sent_in_full(reason):
             # the client's TLS session ended behind input still held (the
@@ -1133,10 +1133,12 @@ class SMTPFactory(ServerFactory):
 
     def shut_down(self) -> None:
         """Send ``421`` to every open SMTP session (all listeners of these
-        components) that is not waiting for the hub; the listeners call it
-        when they stop."""
+        components) that is not waiting for the hub, and cut the refused
+        connections still waiting for their polite close; the listeners
+        call it when they stop."""
         for session in list(self.limits.sessions):
             session.shut_down()
+        self.limits.end_refusals()
 
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""
