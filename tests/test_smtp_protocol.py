@@ -118,6 +118,26 @@ class RaisingPortal:
         raise self.error
 
 
+class HeldPortal:
+    """A portal whose logins wait for ``release()`` (a slow password check)."""
+
+    def __init__(self, real: Portal) -> None:
+        self.real = real
+        self.held: list = []
+
+    def login(self, *args):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.held.append((d, args))
+        return d
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, args in held:
+            self.real.login(*args).chainDeferred(d)
+
+
 def submitted(h: Harness, data: str) -> bytes:
     """``data`` (CRLF lines, without the final ".") sent by a client that
     logged in (loopback), answered 250; the message bob@example.org got."""
@@ -457,6 +477,42 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t3) == [] and not t3.disconnecting  # waits for its 250
         h.spooler.release()
         assert take(t3)[0].startswith("250 2.0.0 ")
+
+    def test_a_session_storing_at_shutdown_gets_its_answer_then_421(self):
+        # The session waiting for its message to be made durable carried on
+        # after the hub had stopped: it took the next transaction (whose
+        # message got a 451, the syncer being stopped), and stayed open
+        # until its idle timeout, on the reactor of an application that had
+        # stopped the hub.  Now its 250 goes out, then the 421; what it sent
+        # behind the message is not answered.
+        h = Harness(hold=True)
+        storing, t = h.connect()
+        take(t)
+        storing.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n")
+        take(t)
+        h.factory.shut_down()
+        storing.dataReceived(b"MAIL FROM:<>\r\n")  # pipelined behind the message
+        assert take(t) == [] and not t.disconnecting
+        h.spooler.release()
+        lines = take(t)
+        assert [line[:4] for line in lines] == ["250 ", "421 "]
+        assert lines[1] == replies.shutting_down("mx.example.org").text()
+        assert t.disconnecting
+        assert len(h.store.messages(ALICE)) == 1
+
+    def test_a_login_checked_at_shutdown_gets_its_answer_then_421(self):
+        h = Harness()
+        portal = h.components.portal = HeldPortal(h.components.portal)
+        p, t = h.connect("127.0.0.1")
+        take(t)
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode())
+        take(t)
+        h.factory.shut_down()
+        assert take(t) == [] and not t.disconnecting  # the check is under way
+        portal.release()
+        lines = take(t)
+        assert [line[:4] for line in lines] == ["235 ", "421 "] and t.disconnecting
 
     def test_commands_wait_while_the_client_does_not_read(self):
         h = Harness(max_junk_commands=10**6)

@@ -164,6 +164,7 @@ class SMTPProtocol(Protocol):
         "_refusing",
         "_return_paths",
         "_send_now",
+        "_stop_after_wait",
         "_timed_reader",
         "_timer",
         "_tls",
@@ -227,6 +228,7 @@ class SMTPProtocol(Protocol):
         self._close_timer: Any = None
         self._close_reply: Reply | None = None
         self._turn: Any = None  # the call that answers the rest of a long batch
+        self._stop_after_wait = False  # the hub stopped while we waited: 421 after the answer
 
     # --- Twisted's side ----------------------------------------------------
 
@@ -456,6 +458,12 @@ class SMTPProtocol(Protocol):
             return
         engine = self.engine
         handlers = self._handlers
+        if self._stop_after_wait and not engine.waiting:
+            # the answer the hub stopped during is in: it goes out, then
+            # the 421 (not whatever the client sent behind it)
+            self._stop_after_wait = False
+            self._withheld = b""
+            engine.timeout(replies.shutting_down(self.factory.config.hostname))
         self._driving = True
         try:
             while (event := engine.next_event()) is not None:
@@ -600,11 +608,17 @@ class SMTPProtocol(Protocol):
         return False
 
     def shut_down(self) -> None:
-        """The hub is stopping: ``421`` and close (RFC 5321 3.8), unless the
-        session waits for us (a message being made durable gets its real
-        answer if the store finishes before the process ends)."""
+        """The hub is stopping: ``421`` and close (RFC 5321 3.8).  A session
+        that waits for us (a message being made durable, a login being
+        checked) gets its real answer first if it comes before the process
+        ends, and the ``421`` right after it: such a session used to carry
+        on after the stop, taking commands, and every message it was sent
+        then got a ``451`` (the syncer was stopped)."""
         engine = self.engine
-        if engine is None or engine.closed or engine.waiting:
+        if engine is None or engine.closed:
+            return
+        if engine.waiting:
+            self._stop_after_wait = True
             return
         self._withheld = b""  # chunks of a message behind the rate: no 250 before the 421
         engine.timeout(replies.shutting_down(self.factory.config.hostname))
@@ -1133,7 +1147,7 @@ class SMTPFactory(ServerFactory):
 
     def shut_down(self) -> None:
         """Send ``421`` to every open SMTP session (all listeners of these
-        components) that is not waiting for the hub, and cut the refused
+        components; one waiting for the hub after its answer), and cut the refused
         connections still waiting for their polite close; the listeners
         call it when they stop."""
         for session in list(self.limits.sessions):
