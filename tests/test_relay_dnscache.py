@@ -80,3 +80,25 @@ def test_failed_hosts_are_remembered_up_to_a_bound() -> None:
     health.failed("mx8.example")
     assert list(health._failed) == ["mx7.example", "mx5.example", "mx8.example"]
     assert HostHealth(clock).keep == FAILED_HOSTS_KEPT == 10000
+
+
+def test_the_relays_resolver_leaves_nothing_on_the_reactor_once_stopped(tmp_path) -> None:
+    # An application that stops the hub and runs on: each cached answer
+    # kept its expiry timer (up to a day), and the system resolver its
+    # look at resolv.conf every minute, for ever, keeping the stopped
+    # hub's resolver alive.  stop() ends both; start() looks again.
+    clock = MemoryReactorClock()
+    resolver = make_resolver([], reactor=clock)  # the system's: resolv.conf
+    [cache] = [r for r in resolver.resolvers if isinstance(r, BoundedCache)]
+    cache.cacheResult(dns.Query(b"a.example", dns.A, dns.IN), answer(b"a.example", 3600))
+    names = sorted(c.func.__name__ for c in clock.getDelayedCalls())
+    assert names == ["clearEntry", "maybeParseConfig"]
+    resolver.stop()
+    assert clock.getDelayedCalls() == []
+    assert not cached(cache, b"a.example")  # forgotten: no timer would expire it
+    resolver.start()
+    assert [c.func.__name__ for c in clock.getDelayedCalls()] == ["maybeParseConfig"]
+    resolver.start()  # once only
+    assert len(clock.getDelayedCalls()) == 1
+    resolver.stop()
+    assert clock.getDelayedCalls() == []

@@ -51,3 +51,48 @@ def test_resolv_conf_path_is_logged_as_text(tmp_path, monkeypatch, log_events):
     clock.advance(resolver._resolvReadInterval)
     (event,) = [e for e in log_events if "Too many open files" in str(e.get("error"))]
     assert event["path"] == str(conf)
+
+
+class _ReaderClock(Clock):
+    """A clock that also takes the query ports' ``addReader``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set = set()
+
+    def addReader(self, reader) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader) -> None:
+        self.readers.discard(reader)
+
+
+def test_stop_ends_the_queries_under_way():
+    # A server that does not answer: twisted.names resends for up to a
+    # minute (1 + 3 + 11 + 45 s), a port open all along.  The relay
+    # stopped (an application running on) left that going; stop() fails
+    # the query at once (not as a timeout: that would be retried) and
+    # closes its port.
+    import socket
+
+    from twisted.internet import defer
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        clock = _ReaderClock()
+        resolver = dnsport.Resolver(servers=[silent.getsockname()], reactor=clock)
+        d = resolver.lookupAddress("stalled.example")
+        [port] = clock.readers
+        assert clock.getDelayedCalls()  # the query's timeout and resend
+        clock.advance(1)  # the first timeout: resent on a new port
+        [port] = clock.readers
+        resolver.stop()
+        failures: list = []
+        d.addErrback(failures.append)
+        [failure] = failures
+        assert failure.check(defer.CancelledError)
+        assert clock.readers == set() and port.fileno() == -1  # closed
+        assert clock.getDelayedCalls() == []
+    finally:
+        silent.close()

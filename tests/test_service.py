@@ -823,3 +823,19 @@ def test_stopping_the_hub_cuts_the_connections_it_refused(tmp_path: Path) -> Non
     # the close); nothing of the refused ones is left on the reactor
     admitted[0][0].connectionLost(None)
     assert reactor.getDelayedCalls() == []
+
+
+def test_a_stopped_hub_leaves_no_timer_on_the_reactor(tmp_path: Path) -> None:
+    # An application that stops the hub and carries on (or builds a new one
+    # from a changed config): the relay's resolver went on reading
+    # resolv.conf every minute for ever, each hub built keeping its own.
+    settings = quiet_settings(tmp_path)  # no [relay] nameservers: the system's
+    reactor = MemoryReactorClock()
+    hub = MailHub(settings, reactor=reactor)
+    for _ in range(2):  # and again after a restart
+        hub.startService()
+        assert "maybeParseConfig" in [getattr(c.func, "__name__", "")
+                                      for c in reactor.getDelayedCalls()]
+        stopped = hub.stopService()
+        assert stopped.called
+        assert reactor.getDelayedCalls() == []

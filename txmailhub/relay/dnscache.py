@@ -43,3 +43,17 @@ class BoundedCache(cache.CacheResolver):
             oldest = next(iter(self.cache))
             self.cancel[oldest].cancel()
             self.clearEntry(oldest)
+
+    def stop(self) -> None:
+        """Forget every answer (the relay has stopped, the reactor runs on):
+        each answer kept a timer on the reactor until it expired, up to
+        ``max_ttl`` (a day) after the hub had stopped, and with it the
+        cache.  A start after this asks the DNS again."""
+        for expiry in self.cancel.values():
+            if expiry.active():
+                expiry.cancel()
+        self.cancel.clear()
+        self.cache.clear()
+
+    def start(self) -> None:
+        """Nothing to start: answers are kept as they come."""

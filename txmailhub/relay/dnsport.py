@@ -154,13 +154,64 @@ def _bind_random(family: int, interface: str) -> socket.socket:
 
 
 class Resolver(client.Resolver):
-    """twisted.names' client resolver with a silent port per UDP query."""
+    """twisted.names' client resolver with a silent port per UDP query, and
+    a ``stop()`` (``start()`` undoes it) for a relay that stops while the
+    reactor runs on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: the UDP protocols of the queries under way (and some finished)
+        self._udp: set[dns.DNSDatagramProtocol] = set()
+        super().__init__(*args, **kwargs)
 
     def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
         proto = dns.DNSDatagramProtocol(self, reactor=self._reactor)
         proto.noisy = False  # no "Starting protocol" / "Stopping protocol" lines
         QueryPort(self._reactor, proto, interface)
+        # remembered for stop(); those whose query is over go (a set of
+        # the queries under way at once: a few dozen at most)
+        self._udp = {p for p in self._udp if p.transport is not None}
+        self._udp.add(proto)
         return proto
+
+    def stop(self) -> None:
+        """The relay has stopped, the reactor runs on (an application that
+        embeds the hub): end what twisted.names keeps going by itself.
+
+        Its look at ``resolv.conf`` every minute rescheduled itself for
+        ever, and a query to a server that does not answer went on being
+        resent for up to a minute (1 + 3 + 11 + 45 s) with its port open:
+        timers and descriptors of a stopped hub on that reactor (and each
+        hub built again kept its own resolver alive through them).  The
+        queries under way fail with ``CancelledError`` (not a timeout,
+        which would be retried), their ports are closed, and the TCP
+        connections (the retry of a truncated answer) are cut."""
+        call, self._parseCall = getattr(self, "_parseCall", None), None
+        if call is not None and call.active():
+            call.cancel()
+        protocols, self._udp = [*self._udp, *self.connections], set()
+        for proto in protocols:
+            live, proto.liveMessages = dict(proto.liveMessages or {}), {}
+            for d, timeout in live.values():
+                if timeout.active():
+                    timeout.cancel()
+                d.errback(defer.CancelledError("the relay stopped"))
+            transport = proto.transport
+            if transport is None:
+                continue
+            if isinstance(transport, QueryPort):
+                transport.stopListening()
+            else:
+                transport.abortConnection()
+        pending, self.pending = self.pending, []
+        for d, _queries, _timeout in pending:  # waiting for a TCP connection
+            d.errback(defer.CancelledError("the relay stopped"))
+
+    def start(self) -> None:
+        """Look at ``resolv.conf`` again, and every minute from now on, after
+        a ``stop()`` (nothing to do otherwise)."""
+        call = getattr(self, "_parseCall", None)
+        if self.resolv is not None and (call is None or not call.active()):
+            self.maybeParseConfig()
 
     def maybeParseConfig(self) -> None:
         """twisted.names' periodic look at ``resolv.conf``, but one that

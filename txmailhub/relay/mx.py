@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.names import dns
+from twisted.names import dns, resolve
 from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -285,7 +285,7 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     ``dnscache``), or the system's (``createResolver``: /etc/hosts,
     a cache, /etc/resolv.conf).  Queries go out through ``dnsport.Resolver``:
     twisted.names' client without its log lines per query."""
-    from twisted.names import hosts, resolve
+    from twisted.names import hosts
 
     from txmailhub.config import split_nameserver
     from txmailhub.relay.dnscache import BoundedCache
@@ -294,17 +294,36 @@ def make_resolver(nameservers: Iterable[str], reactor: Any = None) -> Any:
     servers = [split_nameserver(item) for item in nameservers]
     answers = BoundedCache(reactor=reactor)
     if servers:
-        return resolve.ResolverChain([
+        return _Chain([
             answers,
             _Filling(Resolver(servers=servers, reactor=reactor), answers),
         ])
     # What ``client.createResolver`` builds on POSIX, with our reactor (it
     # would take the global one, and re-read resolv.conf on its timer).
-    return resolve.ResolverChain([
+    return _Chain([
         hosts.Resolver(b"/etc/hosts"),
         answers,
         _Filling(Resolver(resolv=b"/etc/resolv.conf", reactor=reactor), answers),
     ])
+
+
+class _Chain(resolve.ResolverChain):
+    """``ResolverChain`` with ``stop()`` and ``start()`` passed on to the
+    resolvers that have them (``make_resolver``'s cache and client): the
+    relay stops its resolver with itself, so that nothing of it stays on
+    a reactor that runs on (timers, query ports)."""
+
+    def stop(self) -> None:
+        for resolver in self.resolvers:
+            stop = getattr(resolver, "stop", None)
+            if stop is not None:
+                stop()
+
+    def start(self) -> None:
+        for resolver in self.resolvers:
+            start = getattr(resolver, "start", None)
+            if start is not None:
+                start()
 
 
 class _Filling:
@@ -315,6 +334,12 @@ class _Filling:
     def __init__(self, resolver: Any, cache: Any) -> None:
         self.resolver = resolver
         self.cache = cache
+
+    def stop(self) -> None:
+        self.resolver.stop()
+
+    def start(self) -> None:
+        self.resolver.start()
 
     def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred:
         d = self.resolver.query(query, timeout)

@@ -66,6 +66,7 @@ class RelayService(Service):
         self._trust_root = trust_root
         self._tls_options = tls_options
         self.mx: MXResolver | None = None
+        self._dns: Any = None  # the resolver the relay built (not one it was given)
         self.agent: DeliveryAgent | None = None
         self.runner: QueueRunner | None = None
 
@@ -74,7 +75,8 @@ class RelayService(Service):
         s = c.settings
         resolver = self._resolver
         if resolver is None:
-            resolver = make_resolver(s.relay.nameservers, reactor=c.reactor)
+            # ours: stopped and started with the relay (one given is its owner's)
+            resolver = self._dns = make_resolver(s.relay.nameservers, reactor=c.reactor)
         self.mx = MXResolver(resolver, c.reactor, s.hub.hostname, listening=c.listening,
                              port=s.relay.port, rng=self._rng)
         tls_memory = TLSMemory(memory_path(s.hub.state_dir), c.reactor, self._io)
@@ -88,6 +90,10 @@ class RelayService(Service):
         super().startService()
         if self.runner is None:
             self._build()
+        else:  # a restart: the resolver stopped with the last run
+            start = getattr(self._dns, "start", None)
+            if start is not None:
+                start()
         assert self.runner is not None
         self.runner.start()
 
@@ -95,7 +101,7 @@ class RelayService(Service):
         super().stopService()
         if self.runner is None:
             return None
-        return self.runner.stop()
+        return self.runner.stop().addBoth(self._stop_dns)
 
     def abandon(self) -> defer.Deferred | None:
         """Stop without the grace: what is in flight is given up at once (a
@@ -103,4 +109,16 @@ class RelayService(Service):
         if not self.running:
             return None
         super().stopService()
-        return self.runner.stop(grace=0) if self.runner is not None else None
+        if self.runner is None:
+            return None
+        return self.runner.stop(grace=0).addBoth(self._stop_dns)
+
+    def _stop_dns(self, result: Any) -> Any:
+        """Once the attempts are over, stop the resolver: its timers (the
+        look at resolv.conf every minute, a cached answer's expiry) and a
+        query's resends outlived the relay on a reactor that runs on.  Not
+        when the relay was started again meanwhile (a quick restart)."""
+        stop = getattr(self._dns, "stop", None)
+        if not self.running and stop is not None:
+            stop()
+        return result
