@@ -839,3 +839,46 @@ def test_a_stopped_hub_leaves_no_timer_on_the_reactor(tmp_path: Path) -> None:
         stopped = hub.stopService()
         assert stopped.called
         assert reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("whose", ["ours", "another process's"])
+def test_a_failed_start_removes_the_pid_file_twistd_wrote(tmp_path: Path, whose: str) -> None:
+    # twistd -n removes its pid file after a start error only when it is an
+    # Exception; a StartError is a SystemExit.  Left behind, the file names
+    # a pid that may be running again at the next start (1 in a container)
+    # and twistd then refuses to start for good.
+    import socket
+
+    from txmailhub.service import ListenError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      f'[smtp]\nlisten = ["tcp:{taken.getsockname()[1]}:interface=127.0.0.1"]\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n'
+                      '[relay]\nnameservers = ["127.0.0.1"]\n')
+    from twisted.internet import reactor
+
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    pid_file = tmp_path / "twistd.pid"
+    pid = os.getpid() if whose == "ours" else os.getppid()
+    pid_file.write_text(f"{pid}\n")  # as twistd writes it
+    hub.pid_file = str(pid_file)
+    try:
+        with pytest.raises(ListenError):
+            hub.privilegedStartService()
+    finally:
+        taken.close()
+    assert pid_file.exists() == (whose != "ours")
+
+
+def test_twistd_mailhub_tells_the_hub_its_pid_file(tmp_path: Path) -> None:
+    from txmailhub import tap
+
+    parent = {"nodaemon": True, "pidfile": "run/twistd.pid"}
+    hub = tap.makeService(_tap_options(tmp_path, "state", parent=parent))
+    assert hub.pid_file == "run/twistd.pid"  # as twistd names it (relative to --rundir)
+    parent = {"nodaemon": True, "pidfile": ""}  # --pidfile=: none
+    assert tap.makeService(_tap_options(tmp_path, "state", parent=parent)).pid_file is None

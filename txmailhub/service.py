@@ -412,12 +412,17 @@ class MailHub(MultiService):
         if isinstance(kind, type) and issubclass(kind, DaemonStartError):
             print_start_errors_plainly()
 
+    #: the pid file ``twistd -n mailhub`` wrote for this process (set by the
+    #: plugin; a ``.tac`` may set it too), removed when the start fails
+    pid_file: str | None = None
+
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except StartError as e:
             self._roll_back()
             if self.start_error_type is None:
+                self._remove_pid_file()
                 raise
             log.error("{message}", message=e.message)  # the whole of it, for the log
             raise self.start_error_type(e.brief) from None
@@ -440,6 +445,26 @@ class MailHub(MultiService):
                 log.failure("undoing the failed start of {service}", service=service)
         self.running = 0
         self._storage.release()
+
+    def _remove_pid_file(self) -> None:
+        """Remove ``pid_file`` if it names this process.  twistd removes its
+        pid file after a start error that is an ``Exception``, not after a
+        ``StartError`` (a ``SystemExit``, for its one line and exit 1):
+        left behind, it names a pid that may be running again at the next
+        start (1, for a hub that is a container's first process), and
+        twistd then refuses to start ("Another twistd server is running")
+        until someone deletes the file.  (A daemonized twistd gets a
+        ``DaemonStartError``, an ``Exception``: it removes the file itself.)"""
+        path = self.pid_file
+        if not path:
+            return
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip() or -1)
+            if pid == os.getpid():
+                os.remove(path)
+        except (OSError, ValueError):
+            pass
 
     def check_state_dir(self) -> None:
         """Raise ``StartError`` if another hub runs on this state directory

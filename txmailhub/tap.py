@@ -104,6 +104,9 @@ def makeService(options: Any) -> Any:
         from txmailhub.service import DaemonStartError
 
         hub.start_error_type = DaemonStartError
+    elif parent is not None:
+        # as twistd names it: relative to --rundir, where twistd is by then
+        hub.pid_file = parent.get("pidfile") or None
     if owner:
         if before is None:  # made just now, by root
             os.lchown(settings.hub.state_dir, *owner)

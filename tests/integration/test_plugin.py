@@ -163,6 +163,13 @@ def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> No
         blocker.bind(("127.0.0.1", hub.pop3_port))
         blocker.listen(1)
         result = run_twistd("mailhub", "--config", str(hub.config_path), cwd=hub.folder)
+        # in the foreground with a pid file: twistd removes it only after an
+        # Exception, and our start error is a SystemExit; left behind it
+        # can name a running pid at the next start (1 in a container)
+        foreground = subprocess.run(
+            [TWISTD, "-n", "--pidfile=n.pid", "--logfile=-", "mailhub",
+             "--config", str(hub.config_path)],
+            capture_output=True, text=True, timeout=60, cwd=hub.folder)
         # daemonized, the bind fails after twistd's fork: the child must tell
         # the parent, which prints it and exits 1 (a SystemExit there left
         # the parent waiting for good)
@@ -175,6 +182,9 @@ def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> No
     output = result.stdout + result.stderr
     assert f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1" in output
     assert "Traceback" not in output
+    assert foreground.returncode == 1
+    assert "mailhub: cannot listen for pop3" in foreground.stdout + foreground.stderr
+    assert not (hub.folder / "n.pid").exists()
     assert daemon.returncode == 1
     # twistd's parent prints 100 bytes of the child's error: the cause
     # first, as text (twistd's own reader printed a bytes repr, b'...')
