@@ -500,6 +500,30 @@ class ProtocolTests(SynchronousTestCase):
         assert t.disconnecting
         assert len(h.store.messages(ALICE)) == 1
 
+    def test_a_session_stalled_in_the_tls_handshake_is_cut_at_shutdown(self):
+        # The 421 waited for a handshake the client never makes, then the
+        # close for CLOSE_GRACE: the connection outlived the hub's stop by
+        # 30 s (an fd and a timer on the reactor of an application that
+        # carries on).  It is cut at once, as the idle timeout cuts it.
+        from tls_loopback import PEER, MemorySocket
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        h = Harness()
+        cert, key = make_certificate(Path(self.mktemp()))
+        factory = SMTPFactory(h.components, implicit_tls=True)
+        tls = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
+                                  clock=h.clock)
+        server = tls.buildProtocol(PEER)
+        sock = MemorySocket(h.clock, server)
+        server.makeConnection(sock)
+        sock.startReading()
+        server.dataReceived(b"\x16\x03\x01")  # the start of a ClientHello, no more
+        factory.shut_down()
+        h.clock.advance(0)
+        assert sock.lost is not None
+        assert factory.connections == 0
+        assert not h.clock.getDelayedCalls()
+
     def test_a_login_checked_at_shutdown_gets_its_answer_then_421(self):
         h = Harness()
         portal = h.components.portal = HeldPortal(h.components.portal)

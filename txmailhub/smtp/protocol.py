@@ -617,6 +617,16 @@ class SMTPProtocol(Protocol):
         engine = self.engine
         if engine is None or engine.closed:
             return
+        if handshake_pending(self.transport):
+            # the 421 would wait for a handshake the client has not made
+            # (implicit TLS, or STARTTLS answered), and the close after it
+            # for CLOSE_GRACE on top: 30 s after the hub had stopped.  Cut,
+            # as the idle timeout does.
+            log.info("the hub is stopping: {client} cut in the TLS handshake",
+                     client=self.client_name)
+            engine.abort()
+            self.transport.abortConnection()
+            return
         if engine.waiting:
             self._stop_after_wait = True
             return
