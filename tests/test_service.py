@@ -882,3 +882,28 @@ def test_twistd_mailhub_tells_the_hub_its_pid_file(tmp_path: Path) -> None:
     assert hub.pid_file == "run/twistd.pid"  # as twistd names it (relative to --rundir)
     parent = {"nodaemon": True, "pidfile": ""}  # --pidfile=: none
     assert tap.makeService(_tap_options(tmp_path, "state", parent=parent)).pid_file is None
+
+
+def test_the_hubs_stop_waits_for_its_smtp_sessions_to_be_gone(tmp_path: Path) -> None:
+    # The 421 of the stop and the close after it: the Deferred of the
+    # hub's stop fired with the sessions still open (a TLS close waited
+    # up to 30 s for the client), their descriptors and timers left on the
+    # reactor of an application that carries on.  It fires once they are
+    # gone; a close not taken is cut after STOP_CLOSE_GRACE.
+    from txmailhub.smtp.protocol import STOP_CLOSE_GRACE
+
+    hub, reactor = one_listener_hub(tmp_path)
+    hub.startService()
+    [(_port, factory, _backlog, _interface)] = reactor.tcpServers
+    quick, quick_t = _connect(factory, "192.0.2.7")
+    slow, slow_t = _connect(factory, "192.0.2.8")
+    slow.engine.session.tls = True  # a TLS close waits for the client's close_notify
+    stopped = hub.stopService()
+    assert quick_t.disconnecting and slow_t.disconnecting  # 421 and a polite close
+    quick.connectionLost(None)
+    assert not stopped.called  # the slow one is still open
+    reactor.advance(STOP_CLOSE_GRACE)
+    assert slow_t.disconnected  # cut
+    slow.connectionLost(None)
+    assert stopped.called
+    assert reactor.getDelayedCalls() == []

@@ -38,6 +38,7 @@ from txmailhub.smtp.protocol import (
     CLOSE_GRACE,
     INPUT_LIMIT,
     MIN_DATA_RATE,
+    STOP_CLOSE_GRACE,
     WITHHELD_LIMIT,
     SMTPFactory,
     SMTPProtocol,
@@ -523,6 +524,38 @@ class ProtocolTests(SynchronousTestCase):
         assert sock.lost is not None
         assert factory.connections == 0
         assert not h.clock.getDelayedCalls()
+
+    def test_the_shutdown_waits_for_the_sessions_and_cuts_a_close_not_taken(self):
+        # A TLS session's 421 close waits for the client's close_notify:
+        # one that never sends it kept the connection for CLOSE_GRACE (30 s)
+        # after the hub had stopped.  At shutdown the grace is
+        # STOP_CLOSE_GRACE, and shut_down's Deferred (what the listener's
+        # stop waits for) fires once every session is gone.
+        h, client = self._smtps_logged_in()
+        factory = client.server.wrappedProtocol.factory
+        gone = factory.shut_down()
+        assert client.receive() == replies.shutting_down("mx.example.org").text().encode() \
+            + b"\r\n"
+        assert client.socket.lost is None and not gone.called  # waits for close_notify
+        h.clock.advance(STOP_CLOSE_GRACE)
+        assert client.socket.lost is not None  # cut
+        assert self.successResultOf(gone) is None
+        assert factory.connections == 0 and not h.clock.getDelayedCalls()
+
+    def test_the_shutdown_shortens_a_polite_close_under_way(self):
+        h, client = self._smtps_logged_in()
+        factory = client.server.wrappedProtocol.factory
+        client.send(b"QUIT\r\n")
+        assert client.receive().startswith(b"221 ")
+        assert client.socket.lost is None  # its close_notify is awaited, CLOSE_GRACE
+        gone = factory.shut_down()
+        h.clock.advance(STOP_CLOSE_GRACE)
+        assert client.socket.lost is not None
+        assert self.successResultOf(gone) is None
+
+    def test_the_shutdown_of_no_session_fires_at_once(self):
+        h = Harness()
+        assert self.successResultOf(h.factory.shut_down()) is None
 
     def test_a_login_checked_at_shutdown_gets_its_answer_then_421(self):
         h = Harness()
@@ -2130,3 +2163,15 @@ def test_many_clients_coming_and_going_leave_nothing_behind() -> None:
     assert h.factory.limits.sessions == set()
     assert [c for c in h.clock.getDelayedCalls() if c.active()] == []
     assert len(smtp_server._EHLOS) <= 256
+
+
+def test_the_shutdown_waits_only_for_the_sessions_open_at_that_time():
+    # a quick restart: the listeners take new sessions while the last
+    # stop waits; that stop's Deferred must not wait for them too
+    h = Harness()
+    old, _ = h.connect("192.0.2.1")
+    gone = h.factory.shut_down()
+    new, _ = h.connect("192.0.2.2")
+    old.connectionLost(None)
+    assert gone.called
+    new.connectionLost(None)

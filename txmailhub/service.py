@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -243,11 +244,18 @@ class ListenerService(Service):
         return port.stopListening() if port is not None else None
 
     def stopService(self) -> Any:
+        """Stop listening and end the connections (``shut_down``); the
+        Deferred fires once the port is closed and, for SMTP, the sessions
+        are gone (their ``421`` and close take at most a couple of seconds,
+        or what a message being stored takes)."""
         super().stopService()
         d = self.unbind()
         shut_down = getattr(self.factory, "shut_down", None)
         if shut_down is not None:  # SMTP: 421 to the open sessions (RFC 5321 3.8)
-            shut_down()
+            gone = shut_down()
+            if isinstance(gone, Deferred):
+                return gatherResults([d if d is not None else succeed(None), gone],
+                                     consumeErrors=True)
         return d
 
 

@@ -77,6 +77,9 @@ __all__ = ["SMTPFactory", "SMTPProtocol"]
 log = Logger(namespace="txmailhub.smtp")
 
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
+#: the same while the hub stops: the stop waits for the SMTP connections
+#: to be gone (an application's reactor runs on; twistd exits after it)
+STOP_CLOSE_GRACE = 2.0
 MIN_DATA_RATE = 500
 """Octets per second a message's data must average, beyond the idle
 timeout's grace: a message of N octets may take ``idle_timeout + N / 500``
@@ -152,6 +155,7 @@ class SMTPProtocol(Protocol):
         "_gone",
         "_head",
         "_hops",
+        "_hub_stopping",
         "_last_activity",
         "_logout",
         "_message_id",
@@ -229,6 +233,7 @@ class SMTPProtocol(Protocol):
         self._close_reply: Reply | None = None
         self._turn: Any = None  # the call that answers the rest of a long batch
         self._stop_after_wait = False  # the hub stopped while we waited: 421 after the answer
+        self._hub_stopping = False  # closed by the hub's stop: STOP_CLOSE_GRACE
 
     # --- Twisted's side ----------------------------------------------------
 
@@ -347,7 +352,7 @@ class SMTPProtocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.release(self.host)
-            self.factory.limits.sessions.discard(self)
+            self.factory.limits.session_gone(self)
         if self._refusing:
             self._refusing = False
             self.factory.limits.refusal_closed(self.transport)
@@ -615,6 +620,11 @@ class SMTPProtocol(Protocol):
         on after the stop, taking commands, and every message it was sent
         then got a ``451`` (the syncer was stopped)."""
         engine = self.engine
+        self._hub_stopping = True
+        timer = self._close_timer
+        if timer is not None and timer.active() and (
+                timer.getTime() - self.reactor.seconds() > STOP_CLOSE_GRACE):
+            timer.reset(STOP_CLOSE_GRACE)  # a polite close under way: no 30 s more
         if engine is None or engine.closed:
             return
         if handshake_pending(self.transport):
@@ -1041,7 +1051,8 @@ class SMTPProtocol(Protocol):
         reply = self._close_reply
         if (reply is None or reply.code != 221 or self.engine.session.tls
                 or getattr(t, "dataBuffer", None) or getattr(t, "_tempDataLen", 0)):
-            self._close_timer = self.reactor.callLater(CLOSE_GRACE, self._cut)
+            self._close_timer = self.reactor.callLater(
+                STOP_CLOSE_GRACE if self._hub_stopping else CLOSE_GRACE, self._cut)
 
     def _cut(self) -> None:
         self._close_timer = None
@@ -1073,6 +1084,32 @@ class _Limits(ConnectionLimits):
     def __init__(self) -> None:
         super().__init__()
         self.sessions: set[SMTPProtocol] = set()  # for the 421 at shutdown
+        # (sessions still open, Deferred to fire once they are gone)
+        self._gone: list[tuple[set[SMTPProtocol], defer.Deferred]] = []
+
+    def all_gone(self) -> defer.Deferred:
+        """Fires once every session open now is gone (at once if none is).
+        Sessions opened later do not count: after a quick restart the
+        listeners take new ones while the last stop waits."""
+        if not self.sessions:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._gone.append((set(self.sessions), d))
+        return d
+
+    def session_gone(self, session: SMTPProtocol) -> None:
+        self.sessions.discard(session)
+        if not self._gone:
+            return
+        done = []
+        for waiting, d in self._gone:
+            waiting.discard(session)
+            if not waiting:
+                done.append(d)
+        if done:
+            self._gone = [(w, d) for w, d in self._gone if w]
+            for d in done:
+                d.callback(None)
 
 
 class SMTPFactory(ServerFactory):
@@ -1155,14 +1192,18 @@ class SMTPFactory(ServerFactory):
         """Open SMTP connections (all listeners of these components)."""
         return self.limits.connections
 
-    def shut_down(self) -> None:
+    def shut_down(self) -> defer.Deferred:
         """Send ``421`` to every open SMTP session (all listeners of these
         components; one waiting for the hub after its answer), and cut the refused
         connections still waiting for their polite close; the listeners
-        call it when they stop."""
+        call it when they stop.  Fires once every session is gone: their
+        polite close is cut after ``STOP_CLOSE_GRACE`` (a TLS close waits
+        for the client's close_notify), so that nothing of them outlives
+        the hub's stop."""
         for session in list(self.limits.sessions):
             session.shut_down()
         self.limits.end_refusals()
+        return self.limits.all_gone()
 
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""
