@@ -199,6 +199,16 @@ def test_bad_durations(value: object) -> None:
         ("[relay]\nsmarthost = \"nohost\"", "[relay] smarthost: 'nohost': use \"host:port\""),
         ("[relay]\nsmarthost = \":587\"", "[relay] smarthost: ':587': use \"host:port\""),
         ("[relay]\nsmarthost = \"smtp.example.net:0\"", "[relay] smarthost: 'smtp.example.net:0'"),
+        # what the relay could never connect to: said at load, not at the
+        # first delivery
+        ("[relay]\nsmarthost = \"[smtp.example.net]:25\"",
+         "[relay] smarthost: '[smtp.example.net]:25': [smtp.example.net] is no IP address"),
+        ("[relay]\nsmarthost = \"smtp..example.net:25\"",
+         "[relay] smarthost: 'smtp..example.net:25': smtp..example.net can be no name in DNS"),
+        ("[relay]\nsmarthost = \"\u2603.example:25\"",
+         "[relay] smarthost: '\u2603.example:25': \u2603.example has no IDNA2008"),
+        ("[relay]\nsmarthost = \"[IPv6:fe80::1%eth0]:25\"",
+         "[relay] smarthost: '[IPv6:fe80::1%eth0]:25': [IPv6:fe80::1%eth0] is no IP address"),
         ("[relay]\nsmarthost_tls = \"maybe\"", "[relay] smarthost_tls: 'maybe': use \"verify\""),
         ("[relay]\nnameservers = [\"dns.example\"]", "[relay] nameservers: 'dns.example'"),
         ("[relay]\nretry_schedule = []", "[relay] retry_schedule: expected a non-empty list"),

@@ -430,6 +430,21 @@ def smarthost_with_login(tmp_path):
     return a, net
 
 
+@pytest.mark.parametrize("written, address", [
+    ("[IPv6:2001:DB8::25]:2525", "2001:db8::25"),  # SMTP's literal (RFC 5321 4.1.3)
+    ("[2001:db8::25]:2525", "2001:db8::25"),
+    ("[192.0.2.25]:2525", "192.0.2.25"),
+])
+def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
+        tmp_path, written, address):
+    # "[IPv6:...]" was taken by the config and then looked up as a name
+    a, net, _ = agent(tmp_path, f'smarthost = "{written}"\nsmarthost_tls = "none"')
+    net.servers[(address, 2525)] = ScriptedSMTPServer
+    results = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert [r.kind for r in results] == ["delivered"]
+    assert net.connections == [(address, 2525)]
+
+
 def test_smarthost_verify_requires_tls_and_auth(tmp_path):
     a, net = smarthost_with_login(tmp_path)
     events = []

@@ -26,6 +26,7 @@ from txmailhub.address import (
     ascii_domain,
     canonical_domain,
     client_ip,
+    dns_name_problem,
     domain_problem,
 )
 from txmailhub.errors import ConfigError
@@ -750,6 +751,52 @@ def _hostport(v: Any) -> str:
     return s
 
 
+def split_smarthost(value: str) -> tuple[str, int]:
+    """``[relay] smarthost`` -> (host, port) as the relay connects to it:
+    an IP address (``192.0.2.1:25``, ``[192.0.2.1]:25``, ``[::1]:587``, or
+    SMTP's own literal ``[IPv6:2001:db8::1]:587``, RFC 5321 4.1.3) in its
+    compressed form, or a host name as written.  ValueError, saying why,
+    for anything the relay could never connect to: a name DNS cannot hold
+    or one with no IDNA2008 form (the relay looks up the A-labels only),
+    a bracketed text that is no address, an IPv6 zone."""
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        if inner[:5].lower() == "ipv6:":
+            inner = inner[5:]
+        try:
+            if "%" in inner:
+                raise ValueError
+            ip = ipaddress.ip_address(inner)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host} is no IP address ([192.0.2.1], [::1] or "
+                             "[IPv6:2001:db8::1])") from None
+        return ip.compressed, int(port)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if "%" in host:
+            raise ValueError(f"{value!r}: an address with a zone names a local interface")
+        return ip.compressed, int(port)
+    name = host[:-1] if host.endswith(".") else host
+    if not ascii_domain(name).isascii():
+        raise ValueError(f"{value!r}: {host} has no IDNA2008 (RFC 5891) form, which is "
+                         "what the relay looks up")
+    why = dns_name_problem(name)
+    if why is not None:
+        raise ValueError(f"{value!r}: {host} can be no name in DNS: {why}")
+    return host, int(port)
+
+
+def _smarthost(v: Any) -> str:
+    s = _hostport(v)
+    if s:
+        split_smarthost(s)
+    return s
+
+
 def split_nameserver(item: str) -> tuple[str, int]:
     """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port).
 
@@ -1060,7 +1107,7 @@ def load_text(text: str, path: str) -> Settings:
     relay = RelaySettings(
         port=r.get(t, "relay", "port", d4.port, _port),
         nameservers=r.get(t, "relay", "nameservers", d4.nameservers, _nameservers),
-        smarthost=r.get(t, "relay", "smarthost", d4.smarthost, _hostport),
+        smarthost=r.get(t, "relay", "smarthost", d4.smarthost, _smarthost),
         smarthost_tls=r.get(t, "relay", "smarthost_tls", d4.smarthost_tls, _tls_mode),
         smarthost_auth_file=auth_file,
         queue_lifetime=r.get(t, "relay", "queue_lifetime", d4.queue_lifetime, _duration),

@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain
-from txmailhub.config import RelaySettings
+from txmailhub.config import RelaySettings, split_smarthost
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
@@ -658,9 +658,8 @@ class DeliveryAgent:
         epoch = self._epoch
         smarthost = destination == SMARTHOST
         if smarthost:
-            host, _, port = self.relay.smarthost.rpartition(":")
-            hosts = [MXHost(host.strip("[]"), 0, (host.strip("[]"),))]
-            port_n = int(port)
+            host, port_n = split_smarthost(self.relay.smarthost)
+            hosts = [MXHost(host, 0, (host,))]
         else:
             port_n = self.relay.port
             try:
