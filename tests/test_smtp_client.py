@@ -273,6 +273,43 @@ def test_smtputf8_missing_refuses_only_the_recipients_that_need_it(ehlo):
     assert (results[joerg].reply.code, results[joerg].reply.status) == (553, "5.6.7")
 
 
+@pytest.mark.parametrize("ehlo", [EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""),
+                                  EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b"")
+                                  .replace(b"250-PIPELINING\r\n", b"")])
+def test_a_refused_utf8_recipient_does_not_make_the_others_copy_7bit(ehlo):
+    # jörg came from an alias, not from a client that said SMTPUTF8: the
+    # message is no UTF-8 header message, and the transaction without jörg
+    # needs nothing 8BITMIME does not give -- the 8-bit body goes as it is,
+    # not as a 7-bit copy (which may have no 7-bit form: bob would bounce,
+    # 5.6.9, "needs SMTPUTF8", for an address that is not his)
+    joerg = Address("jörg", "remote.test")
+    s = session(recipients=[(joerg, None), (BOB, None)], eight_bit=True)
+    s.receive(b"220 hi\r\n")
+    batch = sent(s.receive(ehlo))
+    assert batch.startswith(b"MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME")
+    if b"PIPELINING" in ehlo:
+        actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    else:
+        s.receive(b"250 ok\r\n")
+        assert sent(s.receive(b"250 ok\r\n")) == b"DATA\r\n"
+        actions = s.receive(b"354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    assert not s.smtputf8_wanted  # what the relay's 5.6.9/5.6.3 choice reads
+    # a client that did say SMTPUTF8 may have put UTF-8 in the header:
+    # then the 7-bit copy it is, as for any such message
+    s = session(recipients=[(joerg, None), (BOB, None)], eight_bit=True, smtputf8=True)
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    if b"PIPELINING" in ehlo:
+        actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    else:
+        s.receive(b"250 ok\r\n")
+        s.receive(b"250 ok\r\n")
+        actions = s.receive(b"354 go\r\n")
+    assert actions == [SendBody(convert_7bit=True)]
+    assert s.smtputf8_wanted
+
+
 def test_smtputf8_missing_for_a_utf8_sender_refuses_everyone():
     # a MAIL FROM the server cannot take: nobody can be sent the message
     s = session(sender=Address("jörg", "example.org"), recipients=[(BOB, None)])

@@ -296,6 +296,7 @@ class ClientSession:
         # 3.4; no all-ASCII bounce).
         self.smtputf8 = any(ascii_form(a) is None for a in addresses)
         self.smtputf8_wanted = smtputf8 or self.smtputf8
+        self._client_smtputf8 = smtputf8
         # the recipients the RCPT commands name: all of them, but for those a
         # next hop without SMTPUTF8 cannot be given (``_after_hello``)
         self._sending = list(self.recipients)
@@ -571,6 +572,13 @@ class ClientSession:
                     self._results[address] = refusal
             if not self._sending:
                 return self._fail_all(refusal)
+            # What this transaction wants is then the client's flag alone:
+            # the refused addresses made the message no UTF-8 header message
+            # (an alias's jörg@, from a client that never said SMTPUTF8), and
+            # the others' 8-bit body goes as 8BITMIME allows, not as a 7-bit
+            # copy that may not exist (``_on_data``; the 5.6.9 the relay says
+            # when that copy fails is for a message sent with SMTPUTF8)
+            self.smtputf8_wanted = self._client_smtputf8
         limit = ext.get("SIZE", "")
         if limit.isascii() and limit.isdigit() and int(limit) > 0 and self.size > int(limit):
             return self._fail_all(_synthetic(
