@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import email
+import email.policy
 import os
 import random
 from types import SimpleNamespace
@@ -224,6 +226,36 @@ def test_a_530_to_mail_tries_the_next_mx_and_never_bounces(tmp_path):
     assert r.kind == "transient"
     assert r.reply.text() == ("454 4.7.0 Must issue a STARTTLS command first "
                               "(the server said 530 5.7.0)")
+
+
+def test_a_530_kept_to_the_end_is_the_hubs_account_in_the_notice(tmp_path):
+    # the server said 530, not 454: the 454 4.7.0 is the hub's judgement
+    # (keep the mail queued), so the notice at expiry must not quote it as
+    # the server's words ("smtp;" is what the remote MTA said, RFC 3464
+    # 2.3.6), and it says why in the server's words
+    from txmailhub.relay import bounce
+    from txmailhub.relay.record import FAILED
+
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            replies={"MAIL": b"530 5.7.0 Authentication required\r\n"})
+    e = entry(tmp_path, BOB)
+    [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert r.kind == "transient" and isinstance(r.reply, LocalReply)
+    rec = dataclasses.replace(e.recipient(BOB), state=FAILED, last_reply=r.reply,
+                              remote_mta=r.remote_mta, last_attempt=1.0, attempts=9)
+    data = bounce.build_dsn(e, [rec], bounce.FAILED, hostname="mail.example.org",
+                            primary_domain="example.org", now=2.0)
+    notice = email.message_from_bytes(data, policy=email.policy.default)
+    human, status, _ = notice.iter_parts()
+    block = status.get_payload()[1]
+    assert block["Diagnostic-Code"] == (
+        "X-txmailhub; 454 4.7.0 Authentication required (the server said 530 5.7.0)")
+    text = " ".join(human.get_content().split())
+    assert ("while talking to mx2.remote.test: 454 4.7.0 Authentication required (the "
+            "server said 530 5.7.0) (gave up: the message stayed in the queue too long)"
+            ) in text
 
 
 def test_all_down_is_transient(tmp_path):

@@ -19,7 +19,7 @@ from txmailhub.smtp.client import (
     StartTLS,
     xtext_encode,
 )
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 
 BOB = Address("bob", "remote.test")
 CAROL = Address("carol", "remote.test")
@@ -764,7 +764,7 @@ def test_530_to_mail_keeps_the_mail_queued(refusal, ehlo):
     status = " 5.7.0" if b"5.7.0" in refusal else ""
     if status:
         text = text.split(" ", 1)[1]
-    assert out.session_error == Reply(454, "4.7.0", (f"{text} (the server said 530{status})",))
+    assert out.session_error == LocalReply(454, "4.7.0", (f"{text} (the server said 530{status})",))
     assert out.session_error.is_transient
 
 

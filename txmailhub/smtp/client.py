@@ -155,11 +155,17 @@ def held_for_session(reply: Reply) -> Reply:
     TLS after an opportunistic handshake failed and the hub went on in
     clear (RFC 3207 4.1), or from a smarthost whose credentials are not
     configured: the mail must wait for the next try or the next host, not
-    bounce, as a refused login does (``_on_auth``)."""
+    bounce, as a refused login does (``_on_auth``).
+
+    The 454 is this hub's judgement, not the server's reply: a
+    ``LocalReply``, which notices and ``queue show`` give as the hub's
+    account (RFC 3464 2.3.6: an ``smtp`` Diagnostic-Code is what the
+    remote MTA said), the server's words and code quoted in it."""
     if reply.code != 530:
         return reply
     said = f"{reply.code} {reply.status}" if reply.status else str(reply.code)
-    return Reply(454, "4.7.0", (*reply.lines[:-1], reply.lines[-1] + f" (the server said {said})"))
+    return LocalReply(454, "4.7.0",
+                      (*reply.lines[:-1], reply.lines[-1] + f" (the server said {said})"))
 
 
 # Seconds to wait for the reply to QUIT.  It is sent only when the
