@@ -541,6 +541,9 @@ def test_auth_refused_keeps_mail_queued():
     assert sent(s.receive(b"535 5.7.8 bad credentials\r\n")) == b"QUIT\r\n"
     err = s.outcome.session_error
     assert err.is_transient and "535" in err.text() and "pw" not in err.text()
+    # the 454 is the hub's judgement, the 535 the server's: a notice must
+    # not give the 454 as the server's words (RFC 3464 2.3.6), as for a 530
+    assert err == LocalReply(454, "4.7.0", ("bad credentials (the server said 535 5.7.8)",))
 
 
 @pytest.mark.parametrize("offered", [b"PLAIN", b"LOGIN"])

@@ -163,6 +163,12 @@ def held_for_session(reply: Reply) -> Reply:
     remote MTA said), the server's words and code quoted in it."""
     if reply.code != 530:
         return reply
+    return _kept_queued(reply)
+
+
+def _kept_queued(reply: Reply) -> LocalReply:
+    """The hub's temporary ``454 4.7.0`` in place of the server's 5xx
+    ``reply``, whose code and words it quotes (see ``held_for_session``)."""
     said = f"{reply.code} {reply.status}" if reply.status else str(reply.code)
     return LocalReply(454, "4.7.0",
                       (*reply.lines[:-1], reply.lines[-1] + f" (the server said {said})"))
@@ -656,9 +662,7 @@ class ClientSession:
             return [Send(b"*\r\n")]
         # a refused login is the configuration's fault: keep the mail queued
         if reply.is_permanent:
-            reply = Reply(454, "4.7.0", (*reply.lines[:-1],
-                                        reply.lines[-1] + f" (the server said {reply.code}"
-                                        + (f" {reply.status}" if reply.status else "") + ")"))
+            reply = _kept_queued(reply)
         return self._fail_session(reply)
 
     def _mail_command(self) -> str:
