@@ -806,16 +806,19 @@ class ClientSession:
             # RFC 5321 3.8: the server is closing the channel; nothing more
             # will be answered, and its words are the session's outcome
             return self._fail_session(reply)
-        reply = held_for_session(reply)  # a 530 is no verdict on the sender
         if not reply.is_positive:
             if self._auth_param_sent and refuses_parameters(reply):
                 # the server offered AUTH but refuses the parameter: a
                 # refused MAIL opens no transaction (RFC 5321 4.1.1.2), so
                 # MAIL goes again at once, without AUTH=; pipelined, once
-                # the replies to the RCPTs and DATA sent with it are in
+                # the replies to the RCPTs and DATA sent with it are in.
+                # Judged on the server's own reply: a "530 5.5.4" refuses
+                # the parameter (its X.5.4 says so), not the session
                 self.auth_param_refused = reply
                 if not self._pipelined:
                     return self._command(Phase.MAIL, self._mail_command())
+            else:
+                reply = held_for_session(reply)  # a 530 is no verdict on the sender
             self._mail_reply = reply
             if self._pipelined:
                 self.phase = Phase.RCPT
