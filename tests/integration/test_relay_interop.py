@@ -213,6 +213,22 @@ class RelayInteropTests(TestCase):
         self.assertEqual(twisted.messages, [("bob@remote.test", PLAIN)])
 
     @defer.inlineCallbacks
+    def test_a_utf8_recipient_from_an_alias_leaves_the_others_8bit_copy_as_it_is(self):
+        # jörg@ from an alias (the client never said SMTPUTF8), at a server
+        # with 8BITMIME and without SMTPUTF8: jörg bounces, bob gets the
+        # 8-bit message as queued, not a 7-bit copy made for jörg's sake
+        server = self.aio(enable_SMTPUTF8=False)
+        results = yield self.deliver(server.port, EIGHT_BIT, rcpts=(JOERG, BOB))
+        got = outcome(results)
+        self.assertEqual(got["bob@remote.test"][0], "delivered")
+        self.assertEqual(got["jörg@remote.test"][0], "permanent")
+        self.assertTrue(got["jörg@remote.test"][1].startswith("553 5.6.7 "), got)
+        [(_, rcpts, content, options)] = server.messages
+        self.assertEqual(rcpts, ["bob@remote.test"])
+        self.assertIn("BODY=8BITMIME", options)
+        self.assertEqual(content, crlf(EIGHT_BIT))
+
+    @defer.inlineCallbacks
     def test_a_utf8_envelope_goes_with_smtputf8_to_aiosmtpd(self):
         server = self.aio()
         results = yield self.deliver(server.port, "Subject: hé\n\nhé\n".encode(),
