@@ -14,9 +14,11 @@ from cred_fakes import ClientRecordingChecker
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
+from twisted.internet import error
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -656,6 +658,54 @@ class ProtocolTests(SynchronousTestCase):
         client.receive()
         assert sock.lost is not None and not sock.writing()
         assert len(h.store.messages("bob@example.org")) == 1
+
+    _TWO_MESSAGES = (b"Subject: x\r\n\r\none\r\n.\r\n"
+                     b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                     b"DATA\r\nSubject: y\r\n\r\ntwo\r\n.\r\nQUIT\r\n")
+
+    def _release_all(self, h: Harness) -> None:
+        for _ in range(4):
+            h.spooler.release()
+            h.store.release()
+            h.clock.advance(0)
+
+    def test_input_held_when_the_client_left_is_not_processed_after_the_stop(self):
+        # The client ended its TLS session with a second message pipelined
+        # behind the one being stored: that input is processed once the
+        # first is durable (_drain), as plain TCP's half-close does.  But
+        # the hub stopped meanwhile: the session had left limits.sessions
+        # at connectionLost, the stop neither waited for it nor ended it,
+        # and the second message was spooled and stored after the stop's
+        # Deferred had fired (the syncer stopped, the state directory
+        # perhaps another hub's).
+        h, client = self._smtps_at_data()
+        factory = client.server.wrappedProtocol.factory
+        client.send_and_close_notify(self._TWO_MESSAGES)
+        client.receive()
+        assert client.socket.lost is not None and factory.connections == 0
+        gone = factory.shut_down()
+        assert not gone.called  # the first message is still being stored
+        self._release_all(h)
+        assert self.successResultOf(gone) is None
+        assert len(h.store.messages("bob@example.org")) == 1
+        assert not h.clock.getDelayedCalls()
+
+    def test_input_held_is_not_processed_when_the_client_leaves_after_the_stop(self):
+        # the same, the stop first: its 421 was to follow the 250, and
+        # nothing behind it be answered -- but the client's connection
+        # ended before the 250, and the second message was stored
+        h, client = self._smtps_at_data()
+        factory = client.server.wrappedProtocol.factory
+        client.send(self._TWO_MESSAGES)
+        h.clock.advance(0)
+        gone = factory.shut_down()
+        client.socket.connectionLost(Failure(error.ConnectionLost()))
+        h.clock.advance(0)
+        assert not gone.called
+        self._release_all(h)
+        assert self.successResultOf(gone) is None
+        assert len(h.store.messages("bob@example.org")) == 1
+        assert not h.clock.getDelayedCalls()
 
     def test_tls_quit_sent_with_the_end_of_the_message_closes_at_once(self):
         # Exim sends "BDAT n LAST" (or the final ".") and QUIT in one write.

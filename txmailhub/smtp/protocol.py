@@ -150,6 +150,7 @@ class SMTPProtocol(Protocol):
         "_close_timer",
         "_counted",
         "_data_start",
+        "_draining",
         "_driving",
         "_eof",
         "_gone",
@@ -234,6 +235,9 @@ class SMTPProtocol(Protocol):
         self._turn: Any = None  # the call that answers the rest of a long batch
         self._stop_after_wait = False  # the hub stopped while we waited: 421 after the answer
         self._hub_stopping = False  # closed by the hub's stop: STOP_CLOSE_GRACE
+        # the connection is lost, its input held is processed (_drain): the
+        # session stays in limits.sessions until that ends (_end_session)
+        self._draining = False
 
     # --- Twisted's side ----------------------------------------------------
 
@@ -349,15 +353,22 @@ class SMTPProtocol(Protocol):
         self._close_timer = None
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
+        drain = self._sent_in_full(reason)
         if self._counted:
             self._counted = False
             self.factory.release(self.host)
-            self.factory.limits.session_gone(self)
+            if drain:
+                # still a session to the hub's stop: it waits for the
+                # drain's end, and no more of the input is processed once
+                # the hub stops (shut_down)
+                self._draining = True
+            else:
+                self.factory.limits.session_gone(self)
         if self._refusing:
             self._refusing = False
             self.factory.limits.refusal_closed(self.transport)
         self._gone = True
-        if self._sent_in_full(reason):
+        if drain:
             # the client's TLS session ended behind input still held (the
             # rest of a long batch, or what waits for a message to be
             # stored): it is processed as plain TCP's half-close does
@@ -396,6 +407,15 @@ class SMTPProtocol(Protocol):
         self._turn = None
         engine = self.engine
         if self._driving or engine is None:
+            return
+        if self._stop_after_wait and not engine.waiting:
+            # the hub stopped: the message being stored is, and nothing
+            # the client sent behind it is processed (as its 421 would
+            # have said, had the client still been there)
+            self._stop_after_wait = False
+            engine.data_to_send()
+            self._withheld = b""
+            self._end_session()
             return
         self._driving = True
         handlers = self._handlers
@@ -442,6 +462,9 @@ class SMTPProtocol(Protocol):
         if self.engine is not None:
             self.engine.abort()
         self._log_out()
+        if self._draining:
+            self._draining = False
+            self.factory.limits.session_gone(self)
 
     # --- driving the engine ---------------------------------------------------
 
@@ -626,6 +649,16 @@ class SMTPProtocol(Protocol):
                 timer.getTime() - self.reactor.seconds() > STOP_CLOSE_GRACE):
             timer.reset(STOP_CLOSE_GRACE)  # a polite close under way: no 30 s more
         if engine is None or engine.closed:
+            return
+        if self._gone:
+            # the connection is lost, its held input being processed
+            # (_drain): a message being stored is finished, nothing else
+            self._stop_after_wait = True
+            if not engine.waiting:
+                if self._turn is not None and self._turn.active():
+                    self._turn.cancel()
+                self._turn = None
+                self._drain()
             return
         if handshake_pending(self.transport):
             # the 421 would wait for a handshake the client has not made
