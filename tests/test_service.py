@@ -907,3 +907,48 @@ def test_the_hubs_stop_waits_for_its_smtp_sessions_to_be_gone(tmp_path: Path) ->
     slow.connectionLost(None)
     assert stopped.called
     assert reactor.getDelayedCalls() == []
+
+
+def test_stopping_one_listener_leaves_the_other_listeners_sessions_alone(tmp_path: Path) -> None:
+    # A listener's stop (an application that stops or removes that one
+    # service) sent 421 to the SMTP sessions of every SMTP listener of the
+    # hub, submission's included, and waited for all of them to be gone;
+    # POP3 aborted the sessions of every listener of its role; and both
+    # cut every refused connection of their protocol.  The other listeners
+    # keep running: their sessions and refusals are theirs.
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1", "tcp:2525:interface=127.0.0.1"]\n'
+        'max_connections = 3\n'
+        '[submission]\nlisten = ["tcp:587:interface=127.0.0.1"]\n'
+        '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1", "tcp:1110:interface=127.0.0.1"]\n'
+        '[relay]\nnameservers = ["127.0.0.1"]\n'
+    )
+    reactor = MemoryReactorClock()
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
+    hub.startService()
+    factories = {port: factory for port, factory, _, _ in reactor.tcpServers}
+    stopped_smtp = _connect(factories[25], "192.0.2.7")
+    other_smtp = _connect(factories[2525], "192.0.2.7")
+    submission = _connect(factories[587], "192.0.2.7")
+    refused = _connect(factories[2525], "192.0.2.8")  # past max_connections
+    assert refused[1].value().startswith(b"421 ") and refused[1].disconnecting
+    stopped_pop3 = _connect(factories[110], "192.0.2.7")
+    other_pop3 = _connect(factories[1110], "192.0.2.7")
+    for _protocol, transport in (stopped_smtp, other_smtp, submission, stopped_pop3, other_pop3):
+        transport.clear()
+
+    smtp_stop = hub.getServiceNamed("smtp tcp:25:interface=127.0.0.1").stopService()
+    hub.getServiceNamed("pop3 tcp:110:interface=127.0.0.1").stopService()
+    assert stopped_smtp[1].value().startswith(b"421 ") and stopped_smtp[1].disconnecting
+    assert stopped_pop3[1].disconnected
+    for _protocol, transport in (other_smtp, submission, other_pop3):
+        assert transport.value() == b"" and not transport.disconnecting
+    assert not refused[1].disconnected  # its polite close goes on
+    stopped_smtp[0].connectionLost(None)
+    stopped_pop3[0].connectionLost(None)
+    assert smtp_stop.called  # not waiting for the others' sessions
+    other_smtp[0].dataReceived(b"NOOP\r\n")
+    assert other_smtp[1].value().startswith(b"250 ")
+    hub.stopService()

@@ -35,28 +35,30 @@ class ConnectionLimits:
         #: refused connections still open, waiting for their polite close
         self.refusals_waiting = 0
         #: the transports of those connections (the ones ``refusal_may_wait``
-        #: was given), cut by ``end_refusals`` when the hub stops
-        self.refused: set[Any] = set()
+        #: was given), each with the factory that refused it: cut by
+        #: ``end_refusals`` when its listener stops
+        self.refused: dict[Any, Any] = {}
 
-    def refusal_may_wait(self, transport: Any = None) -> bool:
+    def refusal_may_wait(self, transport: Any = None, owner: Any = None) -> bool:
         """Count a refused connection that is to get its reply and a polite
         close; ``False`` when ``REFUSALS_WAITING`` already wait: that one
         is to be cut at once, without a reply (it holds no slot, and
         nothing else bounds how many of them there are).  ``transport``
-        is remembered until ``refusal_closed``, for ``end_refusals``."""
+        is remembered until ``refusal_closed``, for ``end_refusals``,
+        with ``owner`` (the factory of the listener that refused it)."""
         if self.refusals_waiting >= REFUSALS_WAITING:
             return False
         self.refusals_waiting += 1
         if transport is not None:
-            self.refused.add(transport)
+            self.refused[transport] = owner
         return True
 
     def refusal_closed(self, transport: Any = None) -> None:
         """A refused connection counted by ``refusal_may_wait`` is gone."""
         self.refusals_waiting -= 1
-        self.refused.discard(transport)
+        self.refused.pop(transport, None)
 
-    def end_refusals(self) -> None:
+    def end_refusals(self, owner: Any = None) -> None:
         """The hub is stopping: cut the refused connections still waiting
         for their polite close.  They hold no slot, so no session's end
         closes them: under implicit TLS each waited for the client's
@@ -64,9 +66,11 @@ class ConnectionLimits:
         ``CLOSE_GRACE`` after the hub had stopped, an open descriptor and a
         timer on the reactor of an application that carries on.  Their
         reply was sent already, or was to wait for a handshake the client
-        had not made."""
-        for transport in list(self.refused):
-            transport.abortConnection()
+        had not made.  ``owner``: only those of that factory's listeners
+        (the others may keep running); ``None``: all."""
+        for transport, by in list(self.refused.items()):
+            if owner is None or by is owner:
+                transport.abortConnection()
 
     def admit(self, host: str, exempt: bool, max_total: int, max_per_client: int) -> str | None:
         """Count a new connection from ``host``; or ``"total"``/``"client"``,

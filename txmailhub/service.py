@@ -355,25 +355,29 @@ class MailHub(MultiService):
         from txmailhub.pop3.protocol import POP3Factory
         from txmailhub.smtp.protocol import SMTPFactory
 
+        # A factory per listener: a listener's stop ends the sessions of its
+        # factory (they share the connection counts, which are per
+        # components), and one listener may be stopped while the others run.
         plan: list[tuple[str, tuple[str, ...], Any, Any]] = [
-            ("smtp", settings.smtp.listen, SMTPFactory(c), None),
-            ("submission", settings.submission.listen, SMTPFactory(c, submission=True), None),
+            ("smtp", settings.smtp.listen, lambda: SMTPFactory(c), None),
+            ("submission", settings.submission.listen,
+             lambda: SMTPFactory(c, submission=True), None),
         ]
         if settings.submission.tls_listen:
             plan.append((
                 "submission (implicit TLS)", settings.submission.tls_listen,
-                SMTPFactory(c, submission=True, implicit_tls=True), c.tls,
+                lambda: SMTPFactory(c, submission=True, implicit_tls=True), c.tls,
             ))
-        plan.append(("pop3", settings.pop3.listen, POP3Factory(c), None))
+        plan.append(("pop3", settings.pop3.listen, lambda: POP3Factory(c), None))
         if settings.pop3.tls_listen:
             plan.append((
                 "pop3 (implicit TLS)", settings.pop3.tls_listen,
-                POP3Factory(c, implicit_tls=True), c.tls,
+                lambda: POP3Factory(c, implicit_tls=True), c.tls,
             ))
-        for role, descriptions, factory, tls in plan:
+        for role, descriptions, make_factory, tls in plan:
             for description in descriptions:
                 ListenerService(
-                    reactor, role, description, factory, tls, c.listening
+                    reactor, role, description, make_factory(), tls, c.listening
                 ).setServiceParent(self)
 
     def startService(self) -> None:

@@ -285,7 +285,7 @@ class POP3Protocol(Protocol):
             # Past [pop3] max_connections: one line and close, before any
             # work (a flood of idle sessions must not starve the hub of fds).
             self._closing = True
-            if not self.factory.limits.refusal_may_wait(t):
+            if not self.factory.limits.refusal_may_wait(t, self.factory):
                 # REFUSALS_WAITING refused connections wait for their close
                 # already (clients that stall in the implicit-TLS handshake
                 # the -ERR waits for): no reply, no grace
@@ -1208,9 +1208,8 @@ class POP3Factory(Factory):
             # read (or for its TLS close_notify), holding the mailbox lock
             session.transport.abortConnection()
         # and the refused connections still waiting for their polite close
-        # (those of every POP3 listener: they share the limits, and stop
-        # together with the hub)
-        self.limits.end_refusals()
+        # (this factory's: the other listeners may keep running)
+        self.limits.end_refusals(self)
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)

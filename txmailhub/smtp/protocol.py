@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin
@@ -258,7 +259,7 @@ class SMTPProtocol(Protocol):
         self._out = ResponseWriter(self.transport)
         refusal = f.admit(self.host, exempt=loopback or relay)
         if refusal is not None:
-            if not f.limits.refusal_may_wait(self.transport):
+            if not f.limits.refusal_may_wait(self.transport, f):
                 # REFUSALS_WAITING refused connections wait for their close
                 # already (clients that stall in the implicit-TLS handshake
                 # the 421 waits for): no reply, no grace
@@ -1120,14 +1121,16 @@ class _Limits(ConnectionLimits):
         # (sessions still open, Deferred to fire once they are gone)
         self._gone: list[tuple[set[SMTPProtocol], defer.Deferred]] = []
 
-    def all_gone(self) -> defer.Deferred:
-        """Fires once every session open now is gone (at once if none is).
-        Sessions opened later do not count: after a quick restart the
-        listeners take new ones while the last stop waits."""
-        if not self.sessions:
+    def all_gone(self, sessions: Iterable[SMTPProtocol] | None = None) -> defer.Deferred:
+        """Fires once every session open now (of ``sessions``, if given) is
+        gone (at once if none is).  Sessions opened later do not count:
+        after a quick restart the listeners take new ones while the last
+        stop waits."""
+        waiting = set(self.sessions if sessions is None else sessions) & self.sessions
+        if not waiting:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
-        self._gone.append((set(self.sessions), d))
+        self._gone.append((waiting, d))
         return d
 
     def session_gone(self, session: SMTPProtocol) -> None:
@@ -1226,17 +1229,21 @@ class SMTPFactory(ServerFactory):
         return self.limits.connections
 
     def shut_down(self) -> defer.Deferred:
-        """Send ``421`` to every open SMTP session (all listeners of these
-        components; one waiting for the hub after its answer), and cut the refused
-        connections still waiting for their polite close; the listeners
-        call it when they stop.  Fires once every session is gone: their
-        polite close is cut after ``STOP_CLOSE_GRACE`` (a TLS close waits
-        for the client's close_notify), so that nothing of them outlives
-        the hub's stop."""
-        for session in list(self.limits.sessions):
+        """Send ``421`` to every open SMTP session of this factory's
+        listeners (one waiting for the hub after its answer), and cut the
+        refused connections still waiting for their polite close; the
+        listeners call it when they stop.  Fires once those sessions are
+        gone: their polite close is cut after ``STOP_CLOSE_GRACE`` (a TLS
+        close waits for the client's close_notify), so that nothing of
+        them outlives the hub's stop.  The sessions of other factories
+        (other listeners of the hub, which may keep running when one is
+        stopped alone) are left alone: they share the connection counts
+        only."""
+        mine = [session for session in self.limits.sessions if session.factory is self]
+        for session in mine:
             session.shut_down()
-        self.limits.end_refusals()
-        return self.limits.all_gone()
+        self.limits.end_refusals(self)
+        return self.limits.all_gone(mine)
 
     def next_id(self) -> str:
         """A message id, unique within this process and across restarts."""
