@@ -573,6 +573,27 @@ class ProtocolTests(SynchronousTestCase):
         lines = take(t)
         assert [line[:4] for line in lines] == ["235 ", "421 "] and t.disconnecting
 
+    def test_a_failed_login_answered_later_is_answered_at_once_at_shutdown(self):
+        # A failed login's 535 waits auth_failure_delay (times the failures
+        # so far) to slow a guesser down.  At the hub's stop that wait held
+        # the stop (which waits for the sessions to be gone) for all of it:
+        # up to max_auth_failures times the delay.  The 535 and the 421 go
+        # out at once: the guess is counted, the connection closes.
+        h = Harness(auth_failure_delay=60)
+        p, t = h.connect("127.0.0.1")  # AUTH without TLS
+        take(t)
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                       .encode())
+        take(t)  # EHLO's 250; the 535 waits
+        gone = h.factory.shut_down()
+        h.clock.advance(0)
+        lines = take(t)
+        assert [line[:4] for line in lines] == ["535 ", "421 "]
+        assert t.disconnecting
+        p.connectionLost(None)
+        assert self.successResultOf(gone) is None
+        assert not h.clock.getDelayedCalls()
+
     def test_commands_wait_while_the_client_does_not_read(self):
         h = Harness(max_junk_commands=10**6)
         p, t = h.connect()

@@ -673,6 +673,12 @@ class SMTPProtocol(Protocol):
             return
         if engine.waiting:
             self._stop_after_wait = True
+            timer = self._auth_timer
+            if timer is not None and timer.active():
+                # a failed login's answer, delayed to slow a guesser down:
+                # not worth holding the stop for (up to max_auth_failures
+                # times auth_failure_delay); the guess is counted already
+                timer.reset(0)
             return
         self._withheld = b""  # chunks of a message behind the rate: no 250 before the 421
         engine.timeout(replies.shutting_down(self.factory.config.hostname))
