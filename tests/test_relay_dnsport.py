@@ -96,3 +96,31 @@ def test_stop_ends_the_queries_under_way():
         assert clock.getDelayedCalls() == []
     finally:
         silent.close()
+
+
+def test_a_tcp_connection_made_after_the_stop_is_cut():
+    # A truncated answer is asked again over TCP: twisted.names connects,
+    # and sends the query once connected.  stop() failed the query waiting
+    # for that connection, but the connection went on: once made, it
+    # joined the resolver's connections and stayed open (a socket of the
+    # stopped relay on a reactor that runs on) until the server closed it.
+    from twisted.internet import defer
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.names import dns
+
+    reactor = MemoryReactorClock()
+    resolver = dnsport.Resolver(servers=[("127.0.0.1", 53)], reactor=reactor)
+    d = resolver.queryTCP([dns.Query(b"big.example", dns.MX)])
+    [(_host, _port, factory, _timeout, _bind)] = reactor.tcpClients
+    resolver.stop()
+    failures: list = []
+    d.addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(defer.CancelledError)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 53))
+    transport = StringTransport()
+    proto.makeConnection(transport)  # connected after the stop
+    assert transport.disconnecting
+    assert transport.value() == b""  # no query on it
+    assert resolver.connections == []

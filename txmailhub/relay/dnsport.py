@@ -161,6 +161,7 @@ class Resolver(client.Resolver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: the UDP protocols of the queries under way (and some finished)
         self._udp: set[dns.DNSDatagramProtocol] = set()
+        self._stopped = False  # from stop() to start()
         super().__init__(*args, **kwargs)
 
     def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
@@ -184,7 +185,9 @@ class Resolver(client.Resolver):
         hub built again kept its own resolver alive through them).  The
         queries under way fail with ``CancelledError`` (not a timeout,
         which would be retried), their ports are closed, and the TCP
-        connections (the retry of a truncated answer) are cut."""
+        connections (the retry of a truncated answer) are cut, and so is
+        one still connecting when it is made (``connectionMade``)."""
+        self._stopped = True
         call, self._parseCall = getattr(self, "_parseCall", None), None
         if call is not None and call.active():
             call.cancel()
@@ -209,9 +212,20 @@ class Resolver(client.Resolver):
     def start(self) -> None:
         """Look at ``resolv.conf`` again, and every minute from now on, after
         a ``stop()`` (nothing to do otherwise)."""
+        self._stopped = False
         call = getattr(self, "_parseCall", None)
         if self.resolv is not None and (call is None or not call.active()):
             self.maybeParseConfig()
+
+    def connectionMade(self, protocol: Any) -> None:
+        """A TCP connection is made: twisted.names sends the queries that
+        waited for it.  After ``stop()`` none does (they were failed), and
+        the connection would stay open, kept for later queries, until the
+        server closed it: it is cut."""
+        if self._stopped:
+            protocol.transport.abortConnection()
+            return
+        super().connectionMade(protocol)
 
     def maybeParseConfig(self) -> None:
         """twisted.names' periodic look at ``resolv.conf``, but one that
