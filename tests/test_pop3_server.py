@@ -83,6 +83,19 @@ def test_greeting_is_no_response_code_and_fits_a_line(hostname):
     assert len(wire) <= 512 and wire.endswith(ts.encode() + b"\r\n")
 
 
+@pytest.mark.parametrize("pid, full", [("12", True), ("123", False)])
+def test_greeting_keeps_the_host_name_up_to_exactly_512_octets(pid, full):
+    """RFC 2449 4: the first line of a response, the greeting included, may
+    be 512 octets with its CRLF.  One of exactly 512 is sent whole; one
+    octet more and the short form (no host name) goes instead."""
+    host = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 35  # 227
+    ts = f"<{pid}.1700000000.{'0' * 16}@{host}>"
+    e = POP3Server(hostname=host, timestamp=ts, plaintext_allowed=True)
+    whole = f"+OK POP3 server {host} ready {ts}\r\n".encode()
+    assert len(whole) == (512 if full else 513)
+    assert e.greeting() == (whole if full else f"+OK POP3 server ready {ts}\r\n".encode())
+
+
 def test_make_timestamp_shape_and_uniqueness():
     a = make_timestamp("h.example", 1700000000.5)
     b = make_timestamp("h.example", 1700000000.5)
@@ -557,7 +570,9 @@ def test_dele_hides_the_message_and_rset_brings_it_back():
     assert sent(e, b"STAT") == b"+OK 2 27\r\n"
     assert b"\r\n1 " not in sent(e, b"LIST")
     assert b"1000.a" not in sent(e, b"UIDL")
-    assert sent(e, b"RSET") == R.reset(3, 439).to_bytes()
+    # the numbers themselves, not R.reset() again: the RFC 1939 5 example
+    # reply is "+OK maildrop has 2 messages (320 octets)" (count, then size)
+    assert sent(e, b"RSET") == b"+OK Maildrop has 3 messages (439 octets)\r\n"
     assert sent(e, b"LIST 1") == b"+OK 1 412\r\n"
     assert sent(e, b"NOOP") == b"+OK\r\n"
 
@@ -719,6 +734,7 @@ def test_line_reader_counts_a_partial_line_once_and_clear_forgets_it():
     assert reader.buffered == 0 and not reader.has_line
     reader.feed(b"CAPA\r\n")
     assert reader.pop() == b"CAPA"
+
 
 
 # -- RFC 6856: UTF8, LANG, UTF-8 user names ----------------------------------
