@@ -736,6 +736,35 @@ def test_line_reader_counts_a_partial_line_once_and_clear_forgets_it():
     assert reader.pop() == b"CAPA"
 
 
+def test_line_reader_clear_in_the_middle_of_a_block_or_of_a_long_line():
+    """``clear`` leaves the reader as a new one wherever it stands: half
+    way through a block of pipelined lines (the next line then starts at
+    the first octet fed after it), or while the rest of an over-long line
+    is being dropped (the next line is then kept, not dropped with it)."""
+    reader = LineReader(16)
+    reader.feed(b"STLS\r\nUSER evil\r\n")
+    assert reader.pop() == b"STLS"
+    reader.clear()
+    reader.feed(b"CAPA\r\n")
+    assert reader.pop() == b"CAPA" and not reader.has_line
+    reader.feed(b"X" * 40)  # no LF yet: being dropped
+    reader.clear()
+    reader.feed(b"CAPA\r\n")
+    assert reader.pop() == b"CAPA" and not reader.has_line
+
+
+def test_line_reader_drops_a_partial_line_once_it_reaches_the_limit():
+    """The module's rule: a line *reaching* ``limit`` octets is never kept,
+    so a partial line of exactly ``limit`` octets holds nothing (its line
+    is then answered as too long); one octet less is still held."""
+    reader = LineReader(10)
+    reader.feed(b"X" * 9)
+    assert reader.buffered == 9
+    reader.feed(b"X")
+    assert reader.buffered == 0
+    reader.feed(b"\r\nNOOP\r\n")
+    assert reader.pop() is None and reader.pop() == b"NOOP"
+
 
 # -- RFC 6856: UTF8, LANG, UTF-8 user names ----------------------------------
 
