@@ -1073,6 +1073,19 @@ def test_top_encoding_is_chunking_independent(data, cuts, n):
     assert out == reference(data, n)
 
 
+def test_top_of_a_crlf_stored_message_split_anywhere():
+    """A stored CRLF stays as it is (``CRLFEncoder``), so the empty line
+    that ends the header (RFC 1939 7: TOP sends the header, the blank
+    line, then n body lines) is CR LF in the file too; a chunk may end
+    between any two of its octets, the CR and the LF included."""
+    data = b"Subject: x\r\n\r\nline 1\r\n.line 2\r\nline 3\r\n"
+    expected = b"Subject: x\r\n\r\nline 1\r\n..line 2\r\n.\r\n"
+    for cut in range(len(data) + 1):
+        enc = MessageEncoder(2)
+        out = enc.encode(data[:cut]) + enc.encode(data[cut:]) + enc.finish()
+        assert out == expected, cut
+
+
 @settings(max_examples=100, deadline=None)
 @given(message_bytes, st.integers(1, 9), st.integers(0, 4))
 def test_streamed_retr_and_top_match_whole_encoding(data, chunk, n):
