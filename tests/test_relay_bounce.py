@@ -916,3 +916,262 @@ def test_an_all_ascii_global_notice_is_sent_as_the_8bit_message_its_labels_say(t
     assert data.isascii() and b"Content-Transfer-Encoding: 8bit" in data
     env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=not data.isascii())
     assert env.body_8bit
+
+
+# --- edges a mutation audit found untested ------------------------------------
+
+
+TRY_LATER = Reply.of(451, "4.7.1", "try later")
+
+
+def delayed(entry, reply=TRY_LATER, who=BOB):
+    return dataclasses.replace(entry.recipient(who), last_reply=reply,
+                               remote_mta="mx1.remote.test", last_attempt=1_700_000_100.0)
+
+
+def human_text(msg) -> str:
+    """The human-readable part's text, its wrapped lines joined again."""
+    human, _, _ = msg.iter_parts()
+    return human.get_content().replace("\n    ", " ")
+
+
+def test_will_retry_until_is_only_in_a_delay_notice(tmp_path):
+    """RFC 3464 2.3.9: Will-Retry-Until is for "delayed" DSNs only.  The
+    runner passes ``will_retry_until`` whatever the action, so a failure
+    notice must leave it out, in both parts."""
+    entry = make_entry(tmp_path)
+    _, msg = build(entry, [failed(entry)], will_retry_until=1_700_432_000.0)
+    human, status, _ = list(msg.iter_parts())
+    assert status.get_payload()[1]["Will-Retry-Until"] is None
+    assert "you do not need" not in human.get_content()
+    _, msg = build(entry, [delayed(entry)], bounce.DELAYED, will_retry_until=1_700_432_000.0)
+    human, status, _ = list(msg.iter_parts())
+    assert status.get_payload()[1]["Will-Retry-Until"] == "Sun, 19 Nov 2023 22:13:20 +0000"
+    assert "until Sun, 19 Nov 2023 22:13:20 +0000; you do not need" in human.get_content()
+
+
+@pytest.mark.parametrize("action, reply, status", [
+    # RFC 3463 2: class 4 is a "persistent transient failure", one that
+    # "has caused abandonment or delay": a 4yz kept to the end of the queue
+    # lifetime fails as 4.0.0, as a 4.x.x enhanced code is kept as it is
+    (bounce.FAILED, Reply(421, None, ("busy",)), "4.0.0"),
+    (bounce.FAILED, Reply(400, None, ("busy",)), "4.0.0"),
+    (bounce.FAILED, Reply(550, None, ("no such user",)), "5.0.0"),
+    # RFC 3464 2.3.3: relayed and expanded are successes (2.x.x) with or
+    # without an enhanced code in the last reply, or with no reply at all
+    (bounce.RELAYED, Reply(250, None, ("ok",)), "2.0.0"),
+    (bounce.RELAYED, None, "2.0.0"),
+    (bounce.EXPANDED, None, "2.0.0"),
+])
+def test_status_of_a_reply_without_an_enhanced_code(tmp_path, action, reply, status):
+    entry = make_entry(tmp_path)
+    rec = dataclasses.replace(failed(entry), last_reply=reply)
+    _, msg = build(entry, [rec], action)
+    assert list(msg.iter_parts())[1].get_payload()[1]["Status"] == status
+
+
+@pytest.mark.parametrize("envid", ["order 42", "a~b", "tab\there"])
+def test_a_printable_envelope_id_is_shown_as_it_is(tmp_path, envid):
+    # RFC 3461 4.4: an ENVID is "printable (graphic and white space)"
+    # US-ASCII; the notice gives it back as the sender spelled it (RFC 3464
+    # 2.2.1), the space, the tilde and an inner TAB included
+    entry = make_entry(tmp_path, envid=envid)
+    _, msg = build(entry, [failed(entry)])
+    assert list(msg.iter_parts())[1].get_payload()[0]["Original-Envelope-Id"] == envid
+
+
+def test_an_orcpt_of_type_utf_8_in_upper_case_is_escaped_all_the_same(tmp_path):
+    # address types are matched without regard to case (decode_orcpt does
+    # so too); RFC 6533 3: in the 7-bit part a utf-8 address is
+    # utf-8-addr-xtext, "+" escaped, or a reader decoding it gets another one
+    entry = make_entry(tmp_path)
+    bob = dataclasses.replace(failed(entry), orcpt="UTF-8;bob+x@remote.test")
+    _, msg = build(entry, [bob])
+    field = list(msg.iter_parts())[1].get_payload()[1]["Original-Recipient"]
+    assert field == "utf-8; bob\\x{2B}x@remote.test"
+    assert utf8_addr_decode(field.split("; ", 1)[1]) == "bob+x@remote.test"
+
+
+def test_an_orcpt_with_a_control_character_never_reaches_a_field_raw(tmp_path):
+    # a decoded rfc822 ORCPT that is not printable ASCII (RFC 3461 4.2 asks
+    # for it) is given as a utf-8 address, escaped: a raw control character
+    # in a header field is refused by RFC 5322 2.2
+    entry = make_entry(tmp_path)
+    bob = dataclasses.replace(failed(entry), orcpt="rfc822;bob\x01@remote.test")
+    data, msg = build(entry, [bob])
+    assert b"\x01" not in data
+    field = list(msg.iter_parts())[1].get_payload()[1]["Original-Recipient"]
+    assert field.startswith("utf-8; bob\\x{")
+    assert utf8_addr_decode(field.split("; ", 1)[1]) == "bob\x01@remote.test"
+
+
+def test_an_original_recipient_line_is_measured_in_octets(tmp_path):
+    # RFC 6532 3.4 / RFC 5322 2.1.1: the 998 limit is on octets; in a global
+    # notice a UTF-8 ORCPT of 490 characters is 980 octets and more, so
+    # its field goes (Final-Recipient stays)
+    value = "é" * 489 + "@x"
+    entry = utf8_entry(tmp_path, recipients=(BOB, CAROL))
+    bob = dataclasses.replace(failed(entry), orcpt="utf-8;" + value)
+    data, msg = build(entry, [bob])
+    assert max(len(line) for line in data.split(b"\n")) <= 998
+    block = status_blocks(list(msg.iter_parts())[1])[1]
+    assert block["Original-Recipient"] is None and block["Final-Recipient"] is not None
+
+
+def test_a_long_diagnostic_keeps_900_characters_of_the_reply(tmp_path):
+    # the module's rule: at most 900 characters of a remote reply, the
+    # last three of them "..." when it was cut; a reply of exactly 900 whole
+    entry = make_entry(tmp_path)
+    for length, cut in ((900, False), (901, True)):
+        # words of 9, the last cut to end the reply with a letter (a field
+        # value's trailing space is no part of it)
+        text = ("x" * 9 + " ") * 100
+        text = text[: length - len("550 5.1.1 ") - 1].rstrip(" ")
+        text += "z" * (length - len("550 5.1.1 ") - len(text))
+        reply = Reply.of(550, "5.1.1", text)
+        assert len(reply.text()) == length
+        _, msg = build(entry, [failed(entry, reply=reply)])
+        field = list(msg.iter_parts())[1].get_payload()[1]["Diagnostic-Code"]
+        kept = field.removeprefix("smtp; ")
+        assert len(kept) == 900
+        assert kept == (reply.text()[:897] + "..." if cut else reply.text())
+
+
+def test_no_line_of_a_notice_about_a_long_reply_is_over_78_characters(tmp_path):
+    # RFC 5322 2.1.1: lines SHOULD be at most 78 characters.  The reply
+    # goes into Diagnostic-Code (folded at its spaces) and the human part
+    # (wrapped, a word longer than a line broken too)
+    entry = make_entry(tmp_path)
+    reply = Reply.of(550, "5.7.1", "rejected: " + "see policy " * 40 + "y" * 300)
+    data, msg = build(entry, [failed(entry, reply=reply)])
+    human, _, _ = msg.iter_parts()
+    assert max(len(line) for line in human.get_content().split("\n")) <= 78
+    field_lines = data.split(b"\nDiagnostic-Code: ")[1].split(b"\n")
+    head = [b"Diagnostic-Code: " + field_lines[0]]
+    head += [line for line in field_lines[1:] if line.startswith(b" ")][:-1]  # before the word
+    assert len(head) > 3 and max(len(line) for line in head) <= 78
+
+
+def test_the_human_part_says_what_happened_and_nothing_else(tmp_path):
+    # RFC 3464 2.3.3: "delayed" is not given up, "relayed" went to a host
+    # without DSN, "delivered" was delivered
+    entry = make_entry(tmp_path)
+    _, msg = build(entry, [delayed(entry)], bounce.DELAYED, will_retry_until=1_700_432_000.0)
+    text = human_text(msg)
+    assert "451 4.7.1 try later" in text and "gave up" not in text
+    gone = failed(entry, reply=Reply.of(451, "4.7.1", "try later"))
+    _, msg = build(entry, [gone])
+    assert "(gave up: the message stayed in the queue too long)" in human_text(msg)
+    ok = dataclasses.replace(delayed(entry), last_reply=Reply.of(250, "2.0.0", "ok"))
+    _, msg = build(entry, [ok], bounce.RELAYED)
+    text = human_text(msg)
+    assert "(relayed: the next hop does not offer DSN)" in text
+    _, msg = build(entry, [ok], bounce.DELIVERED)
+    text = human_text(msg)
+    assert "delivery via mx1.remote.test" in text and "relayed" not in text
+    never_tried = dataclasses.replace(entry.recipient(BOB), last_reply=None)
+    _, msg = build(entry, [never_tried])
+    assert "<bob@remote.test>: no reason recorded" in human_text(msg)
+
+
+def test_the_human_part_is_labelled_7bit_or_8bit_by_its_octets(tmp_path):
+    # RFC 2045 2.7, 2.8: 7bit data is US-ASCII; a part with octets above
+    # 127 says 8bit (and an ASCII one does not claim 8bit, which would ask
+    # the next hop for 8BITMIME, RFC 6152)
+    entry = make_entry(tmp_path)
+    _, msg = build(entry, [failed(entry)])
+    assert next(msg.iter_parts())["Content-Transfer-Encoding"] == "7bit"
+    reply = Reply.of(550, "5.1.1", "Empfänger unbekannt")
+    data, msg = build(entry, [failed(entry, reply=reply)])
+    assert next(msg.iter_parts())["Content-Transfer-Encoding"] == "8bit"
+    assert "Empfänger unbekannt".encode() in data
+
+
+def test_ret_full_returns_a_message_of_exactly_the_limit_whole(tmp_path):
+    # RET=FULL returns the whole message up to FULL_RETURN_LIMIT octets,
+    # that many included (docs/relay.rst)
+    entry = make_entry(tmp_path, ret="FULL")
+    body = b"x" * 76 + b"\n"
+    data = ORIGINAL + body * ((bounce.FULL_RETURN_LIMIT - len(ORIGINAL)) // len(body))
+    data += b"y" * (bounce.FULL_RETURN_LIMIT - len(data) - 1) + b"z"  # no LF: none added back
+    assert len(data) == bounce.FULL_RETURN_LIMIT == 1024 * 1024
+    (tmp_path / "msg").write_bytes(data)
+    raw, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == "message/rfc822"
+    assert data in raw
+
+
+@pytest.mark.parametrize("ret", ["FULL", None])
+def test_eight_bit_octets_returned_are_labelled_8bit_whatever_the_envelope_said(tmp_path, ret):
+    # RFC 2046 5.2.1 and RFC 2045 2.7: a part with octets above 127 is not
+    # 7bit, the default.  A client may send them without BODY=8BITMIME
+    # (the entry's eight_bit then false); the returned part still says so
+    entry = make_entry(tmp_path, ret=ret)
+    (tmp_path / "msg").write_bytes("From: alice@example.org\nSubject: Grüße\n\nHallo\n".encode())
+    assert not entry.eight_bit
+    _, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == ("message/rfc822" if ret else "text/rfc822-headers")
+    assert returned["Content-Transfer-Encoding"] == "8bit"
+
+
+def test_the_headers_of_a_message_stored_with_crlf_stop_at_its_empty_line(tmp_path):
+    # RFC 6522 / RFC 3462: text/rfc822-headers holds the header section only
+    entry = make_entry(tmp_path)
+    (tmp_path / "msg").write_bytes(ORIGINAL.replace(b"\n", b"\r\n"))
+    _, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2].get_payload()
+    assert "Subject: lunch" in returned and "See you at noon" not in returned
+
+
+def test_the_notice_envelope_asks_for_8bitmime_when_the_notice_has_8_bit_octets(tmp_path):
+    # RFC 6152: an 8-bit body travels with BODY=8BITMIME; the runner says
+    # whether the notice has such octets (has_8bit)
+    entry = make_entry(tmp_path)
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=True)
+    assert env.body_8bit and env.sender is None and env.recipients == (ALICE,)
+    assert env.helo == "mail.example.org"
+    assert not bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False).body_8bit
+
+
+def test_a_header_section_of_exactly_the_limit_is_returned_whole(tmp_path):
+    # headers are returned up to MAX_HEADER_BYTES octets, that many included
+    entry = make_entry(tmp_path)
+    line = b"X-Filler: " + b"f" * 89 + b"\n"  # 100 octets
+    head = ORIGINAL.split(b"\n\n")[0] + b"\n"
+    fill = bounce.MAX_HEADER_BYTES - len(head) - len(b"X-Last: yes\n")
+    head += line * (fill // 100) + b"X-Pad: " + b"p" * (fill % 100 - 8) + b"\n"
+    head += b"X-Last: yes\n"
+    assert len(head) == bounce.MAX_HEADER_BYTES
+    (tmp_path / "msg").write_bytes(head + b"\nbody\n")
+    _, msg = build(entry, [failed(entry)])
+    assert list(msg.iter_parts())[2].get_payload().endswith("ppp\nX-Last: yes\n")
+
+
+def test_build_dsn_uses_the_message_id_it_is_given(tmp_path):
+    entry = make_entry(tmp_path)
+    _, msg = build(entry, [failed(entry)], message_id="<dsn.1@mail.example.org>")
+    assert msg["Message-ID"] == "<dsn.1@mail.example.org>"
+
+
+def test_a_message_file_that_cannot_be_read_still_gives_a_notice(tmp_path):
+    # the notice goes without the headers rather than not at all: any
+    # OSError, not only a missing file (here a directory in its place)
+    entry = dataclasses.replace(make_entry(tmp_path), message_path=str(tmp_path))
+    _, msg = build(entry, [failed(entry)])
+    returned = list(msg.iter_parts())[2]
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned.get_payload() == ""
+
+
+def test_send_dsn_spools_a_notice_of_any_size_whole(tmp_path):
+    # written in blocks of 64 KiB: one octet past a block is not lost
+    components, _, store = dsn_components(tmp_path, StaticRouter({"alice": None}))
+    entry = make_entry(tmp_path)
+    data, _ = build(entry, [failed(entry)])
+    data = data + b"x" * (65536 * 2 + 1 - len(data) - 1) + b"\n"
+    assert len(data) % 65536 == 1
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
+    assert bounce.send_dsn(components, env, data).result == "delivered to the mailbox"
+    assert store.messages(ALICE) == [b"Return-Path: <>\n" + data]
