@@ -760,3 +760,29 @@ def test_a_huge_remote_reply_is_kept_short_in_the_record():
     # an ordinary reply is kept as it is
     small = Reply(451, "4.7.1", ("greylisted", "try again later"))
     assert record.reply_from_json(record.reply_to_json(small)) == small
+
+
+@pytest.mark.parametrize("lines", [
+    ("x" * 1998, "y" * 10),  # no room left for " / ..." after the first line
+    ("x" * 1995, "y" * 10),
+    ("x" * 1993, "y" * 10),
+])
+def test_a_cut_reply_stays_within_the_record_limit(lines):
+    # the rule _stored_lines states: Reply.text() of what is kept stays
+    # within MAX_STORED_REPLY, and a cut shows as "..." at the end
+    back = record.reply_from_json(record.reply_to_json(Reply(550, "5.7.1", lines)))
+    text = " / ".join(back.lines)
+    assert len(text) <= record.MAX_STORED_REPLY and text.endswith("...")
+    assert text.startswith("x" * 1990)
+
+
+def test_a_reply_cut_in_a_later_line_is_kept_up_to_exactly_the_limit():
+    # lines of 100 with " / " between: 19 whole, the 20th cut so that the
+    # text is exactly MAX_STORED_REPLY long; one that fits exactly is whole
+    lines = tuple(chr(ord("a") + i % 26) * 100 for i in range(30))
+    back = record.reply_from_json(record.reply_to_json(Reply(550, "5.7.1", lines)))
+    text = " / ".join(back.lines)
+    assert len(text) == record.MAX_STORED_REPLY == 2000
+    assert back.lines[:19] == lines[:19] and text.endswith("t" * 40 + "...")
+    exact = ("x" * 997, "y" * 1000)  # 997 + 3 + 1000
+    assert record.reply_from_json(record.reply_to_json(Reply(550, None, exact))).lines == exact

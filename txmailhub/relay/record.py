@@ -68,13 +68,23 @@ MAX_STORED_REPLY = 2000
 
 def _stored_lines(lines: tuple[str, ...]) -> list[str]:
     """``lines`` cut so that ``Reply.text()`` (lines joined by " / ") stays
-    within ``MAX_STORED_REPLY``; a cut shows as "..." at the end."""
+    within ``MAX_STORED_REPLY``; a cut shows as "..." at the end.
+
+    Once a cut is due, the lines kept leave room for the "..." after
+    them: where even the " / " before a next line does not fit, the
+    "..." ends the last line kept instead of starting one."""
+    if sum(map(len, lines)) + 3 * (len(lines) - 1) <= MAX_STORED_REPLY:
+        return list(lines)
+    budget = MAX_STORED_REPLY - 3  # the "..." at the end
     out: list[str] = []
     used = 0
     for line in lines:
-        room = MAX_STORED_REPLY - used
+        room = budget - used
+        if room < 0:  # the " / " itself is past the budget
+            out[-1] += "..."
+            break
         if len(line) > room:
-            out.append(line[: max(room - 3, 0)] + "...")
+            out.append(line[:room] + "...")
             break
         out.append(line)
         used += len(line) + 3
