@@ -786,3 +786,66 @@ def test_a_reply_cut_in_a_later_line_is_kept_up_to_exactly_the_limit():
     assert back.lines[:19] == lines[:19] and text.endswith("t" * 40 + "...")
     exact = ("x" * 997, "y" * 1000)  # 997 + 3 + 1000
     assert record.reply_from_json(record.reply_to_json(Reply(550, None, exact))).lines == exact
+
+
+def test_notify_without_orcpt_survives_a_restart(tmp_path, spool):
+    # RFC 3461 5.2: NOTIFY is passed on to a next hop offering DSN; the
+    # relay takes it from the envelope's recipient_dsn, rebuilt from the
+    # record when the queue is read again
+    bob = Address("bob", "remote.test")
+    env = dataclasses.replace(envelope("bob@remote.test"), recipient_dsn=(
+        (bob, RecipientDSN(notify=("SUCCESS", "DELAY"))),))
+    q = make_queue(tmp_path)
+    again = q.read(q.enqueue(env, spool).result)
+    assert dict(again.envelope.recipient_dsn)[bob] == RecipientDSN(notify=("SUCCESS", "DELAY"))
+
+
+@pytest.mark.parametrize("text", ["@remote.test", "bob@", "bob"])
+def test_a_recipient_address_without_a_local_part_or_domain_is_a_bad_record(text):
+    data = json.loads(record.QueueEntry.new(
+        "0000000000ABCDEF", envelope("bob@remote.test"), 1.0).to_json())
+    data["recipients"][0]["address"] = text
+    with pytest.raises(record.RecordError, match="bad address"):
+        record.QueueEntry.from_json(json.dumps(data).encode())
+
+
+def test_a_quoted_local_part_with_an_at_sign_survives_the_record():
+    # RFC 5321 4.1.2: a Quoted-string local part may hold "@"; the domain
+    # never does, so the address splits at the last one
+    odd = Address("a@b", "remote.test")
+    env = dataclasses.replace(envelope("bob@remote.test"), recipients=(odd,), recipient_dsn=())
+    again = record.QueueEntry.from_json(record.QueueEntry.new("0000000000ABCDEF", env,
+                                                              1.0).to_json())
+    assert again.recipients[0].address == odd and again.envelope.recipients == (odd,)
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'"text"', b"1"])
+def test_a_record_that_is_no_json_object_is_a_bad_record(raw):
+    with pytest.raises(record.RecordError):
+        record.QueueEntry.from_json(raw)
+
+
+def test_failed_lists_the_recipients_not_told_yet_and_last_reply_is_the_newest():
+    # the module's states: "failed" is failed with the notice not yet
+    # sent, "bounced" told; ``last_reply`` the most recent reply of a
+    # recipient not delivered, whichever recipient comes first
+    env = dataclasses.replace(envelope("bob@remote.test", "carol@remote.test",
+                                       "dave@remote.test"), recipient_dsn=())
+    entry = record.QueueEntry.new("0000000000ABCDEF", env, 1.0)
+    bob, carol, dave = (r.address for r in entry.recipients)
+    old, new = Reply.of(450, "4.2.0", "busy"), Reply.of(550, "5.1.1", "unknown")
+    entry = entry.with_recipients({
+        bob: dataclasses.replace(entry.recipient(bob), state=record.BOUNCED,
+                                 last_reply=new, last_attempt=30.0),
+        carol: dataclasses.replace(entry.recipient(carol), state=record.FAILED,
+                                   last_reply=new, last_attempt=20.0),
+        dave: dataclasses.replace(entry.recipient(dave), last_reply=old, last_attempt=10.0),
+    })
+    again = record.QueueEntry.from_json(entry.to_json())
+    assert [r.address for r in again.failed] == [carol]
+    entry = entry.with_recipients({
+        bob: dataclasses.replace(entry.recipient(bob), last_reply=new, last_attempt=20.0),
+        carol: dataclasses.replace(entry.recipient(carol), last_reply=old, last_attempt=10.0),
+        dave: dataclasses.replace(entry.recipient(dave), last_reply=old, last_attempt=5.0),
+    })
+    assert entry.last_reply is new
