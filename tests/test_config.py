@@ -798,3 +798,45 @@ def test_a_bad_mailbox_quota_is_one_clear_line(value: str, why: str) -> None:
     found = problems(MINIMAL + f"mailbox_quota = {value}\n")
     assert len(found) == 1, found
     assert found[0].startswith("/etc/mh/mailhub.toml: [hub] mailbox_quota: " + why), found
+
+
+# -- bounds and value lists the docs state (docs/configuration.rst) -------------
+
+
+def test_a_negative_whole_number_of_seconds_is_no_duration() -> None:
+    assert problems(MINIMAL + "[relay]\ndelay_warning = -1\n") == [
+        "/etc/mh/mailhub.toml: [relay] delay_warning: a duration cannot be negative"]
+
+
+@pytest.mark.parametrize("section", ["smtp", "pop3"])
+def test_an_auth_failure_delay_of_0_is_taken(section: str) -> None:
+    # "must not be negative": 0 (no delay) is a value, not a problem
+    s = load_text(MINIMAL + f"[{section}]\nauth_failure_delay = 0\n", "/etc/mh/mailhub.toml")
+    assert getattr(s, section).auth_failure_delay == 0.0
+
+
+def test_port_numbers_run_to_65535() -> None:
+    s = load_text(MINIMAL + "[relay]\nport = 65535\nsmarthost = \"mx.example.net:65535\"\n",
+                  "/etc/mh/mailhub.toml")
+    assert s.relay.port == 65535 and s.relay.smarthost == "mx.example.net:65535"
+    assert problems(MINIMAL + "[relay]\nport = 65536\n") == [
+        "/etc/mh/mailhub.toml: [relay] port: 65536 is not a port number (1-65535)"]
+    assert len(problems(MINIMAL + "[relay]\nsmarthost = \"mx.example.net:65536\"\n")) == 1
+
+
+def test_a_bracketed_nameserver_is_followed_by_a_port_or_nothing() -> None:
+    # "[::1]:53" or "[::1]"; anything else after the bracket is no port
+    s = load_text(MINIMAL + "[relay]\nnameservers = [\"[::1]\", \"[::1]:5353\"]\n",
+                  "/etc/mh/mailhub.toml")
+    assert s.relay.nameservers == ("[::1]", "[::1]:5353")
+    assert len(problems(MINIMAL + "[relay]\nnameservers = [\"[::1]53\"]\n")) == 1
+
+
+@pytest.mark.parametrize("section, key, bad", [
+    ("users", "password_policy", "off"),  # "warn" or "enforce"
+    ("relay", "smarthost_tls", "require"),  # "verify", "opportunistic" or "none"
+])
+def test_a_value_outside_the_documented_list_is_a_problem(section: str, key: str,
+                                                           bad: str) -> None:
+    [problem] = problems(MINIMAL + f"[{section}]\n{key} = \"{bad}\"\n")
+    assert problem.startswith(f"/etc/mh/mailhub.toml: [{section}] {key}: '{bad}': use ")
