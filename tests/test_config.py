@@ -840,3 +840,11 @@ def test_a_value_outside_the_documented_list_is_a_problem(section: str, key: str
                                                            bad: str) -> None:
     [problem] = problems(MINIMAL + f"[{section}]\n{key} = \"{bad}\"\n")
     assert problem.startswith(f"/etc/mh/mailhub.toml: [{section}] {key}: '{bad}': use ")
+
+
+def test_a_smarthost_may_be_a_bracketed_ipv6_address() -> None:
+    # "host:port" split at the last colon: the relay takes "[2001:db8::1]"
+    # as the host (brackets stripped), so the check must not refuse it
+    s = load_text(MINIMAL + "[relay]\nsmarthost = \"[2001:db8::1]:587\"\n",
+                  "/etc/mh/mailhub.toml")
+    assert s.relay.smarthost == "[2001:db8::1]:587"
