@@ -848,3 +848,42 @@ def test_a_smarthost_may_be_a_bracketed_ipv6_address() -> None:
     s = load_text(MINIMAL + "[relay]\nsmarthost = \"[2001:db8::1]:587\"\n",
                   "/etc/mh/mailhub.toml")
     assert s.relay.smarthost == "[2001:db8::1]:587"
+
+
+def test_a_tls_listener_on_another_listeners_address_is_a_problem(tmp_path: Path) -> None:
+    # the TLS listeners are listeners too: only one socket can listen on
+    # an address, whichever section names it
+    cert, key = make_certificate(tmp_path)
+    tls = f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    for section in ("submission", "pop3"):
+        found = problems(MINIMAL + tls + '[smtp]\nlisten = ["tcp:2525"]\n'
+                         + f'[{section}]\ntls_listen = ["tcp:2525"]\n')
+        assert any(f"[{section}] tls_listen: 'tcp:2525' is the same address as" in p
+                   for p in found), found
+
+
+def test_a_bad_listen_is_one_problem_not_a_clash_with_its_default_too() -> None:
+    # a bad listen value stands in for its default meanwhile; that default
+    # sharing an address with another listener is no problem of the file
+    found = problems(MINIMAL + '[smtp]\nlisten = ["tcp:110"]\n[pop3]\nlisten = ["tcp:nope"]\n')
+    assert len(found) == 1 and "[pop3] listen:" in found[0]
+
+
+def test_a_smarthost_auth_file_that_does_not_exist_is_a_problem(tmp_path: Path) -> None:
+    # docs/configuration.rst: the auth file is checked like the others
+    found = problems(MINIMAL + '[relay]\nsmarthost = "mx.example.net:587"\n'
+                     f'smarthost_auth_file = "{tmp_path}/absent"\n')
+    assert found == [f"/etc/mh/mailhub.toml: [relay] smarthost_auth_file: "
+                     f"{tmp_path}/absent does not exist"]
+
+
+@pytest.mark.parametrize("key, short, enough", [
+    ("retry_schedule", '["59s"]', '["60s"]'),  # RFC 5321 4.5.4.1: a warning under a minute
+    ("hosts_time_budget", '"299s"', '"300s"'),  # RFC 5321 4.5.3.2: under 5 minutes
+])
+def test_relay_warnings_start_just_under_their_bound(key: str, short: str, enough: str) -> None:
+    def warned(value: str) -> bool:
+        s = load_text(MINIMAL + f"[relay]\n{key} = {value}\n", "/etc/mh/mailhub.toml")
+        return any(f"[relay] {key}:" in w for w in s.warnings)
+
+    assert warned(short) and not warned(enough)
