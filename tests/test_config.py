@@ -887,3 +887,31 @@ def test_relay_warnings_start_just_under_their_bound(key: str, short: str, enoug
         return any(f"[relay] {key}:" in w for w in s.warnings)
 
     assert warned(short) and not warned(enough)
+
+
+def test_a_section_that_is_no_table_is_one_problem() -> None:
+    assert problems('smtp = "tcp:25"\n' + MINIMAL) == [
+        "/etc/mh/mailhub.toml: [smtp]: must be a table"]
+
+
+def test_local_submission_reads_hub_with_the_checks_of_load(tmp_path: Path) -> None:
+    from txmailhub.config import load_local_submission
+
+    # load_local_submission: "[hub] and [smtp] of the config, with the
+    # same checks as load"; a relative state_dir resolves against the
+    # config's folder, as load resolves it
+    cfg = tmp_path / "mailhub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   'state_dir = "state"\n')
+    assert load_local_submission(str(cfg)).state_dir == str(tmp_path / "state")
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\n')
+    with pytest.raises(ConfigError) as info:
+        load_local_submission(str(cfg))
+    assert info.value.problems == [f"{cfg}: [hub] domains: required: the local domains, "
+                                   "the primary one first"]
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   'domian = "typo"\n')
+    with pytest.raises(ConfigError) as info:
+        load_local_submission(str(cfg))
+    assert [p.split(" (")[0] for p in info.value.problems] == [
+        f"{cfg}: [hub] domian: unknown key"]
