@@ -915,3 +915,11 @@ def test_local_submission_reads_hub_with_the_checks_of_load(tmp_path: Path) -> N
         load_local_submission(str(cfg))
     assert [p.split(" (")[0] for p in info.value.problems] == [
         f"{cfg}: [hub] domian: unknown key"]
+
+
+def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> None:
+    # Settings.path names the file in the problems `mailhub check` reports
+    # after loading (cli.py): the file itself, whatever folder it was run in
+    (tmp_path / "mailhub.toml").write_text(MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    assert load("mailhub.toml").path == str(tmp_path / "mailhub.toml")
