@@ -458,8 +458,9 @@ def test_an_envelope_id_with_a_tab_is_given_back_as_it_came(tmp_path):
 
 
 def test_a_failed_recipient_never_gets_a_success_status():
-    # RFC 3464 2.3.4: a failed action has a 5.x.x status, whatever the last
-    # reply said (a 250 to RCPT before the transaction went wrong)
+    # RFC 3464 2.3.4 / RFC 3463 2: a failed action never has a 2.x.x status,
+    # whatever the last reply said (a 250 to RCPT before the transaction
+    # went wrong); 5.x.x here, 4.x.x after a 4yz given up on (tested below)
     ok = Reply.of(250, "2.1.5", "ok")
     assert bounce.status_of(ok, bounce.FAILED) == "5.0.0"
     assert bounce.status_of(ok, bounce.RELAYED) == "2.1.5"

@@ -464,7 +464,10 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
             # 5.2.1), or it would claim the default, 7bit
             part["Content-Transfer-Encoding"] = "8bit"
         if raw and not raw.endswith(b"\n"):
-            raw += b"\n"  # the boundary that follows must start a line
+            # the line break before the boundary that follows is the
+            # boundary's own (RFC 2046 5.1.1): the message's last line
+            # keeps one of its own, as every stored message has
+            raw += b"\n"
         part.set_payload(raw.decode("ascii", "surrogateescape"))
         return part
     part = Message()
