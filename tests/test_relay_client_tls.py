@@ -248,3 +248,17 @@ def test_an_idn_smarthost_with_capitals_is_checked_by_its_a_labels():
     assert shake.done and shake.sni == [b"xn--bcher-kva.example"]
     refused = Handshake("Bücher.example", [_leaf(dns=["bucher.example"])])
     assert refused.refusal == "the certificate is not valid for xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(("host", "dns", "sni"), [
+    ("smtp.example.test.", "smtp.example.test", b"smtp.example.test"),
+    ("bücher.example.", "xn--bcher-kva.example", b"xn--bcher-kva.example"),
+])
+def test_a_smarthost_written_with_a_final_dot_is_checked_without_it(host, dns, sni):
+    # "smtp.example.test.:587" is a name [relay] smarthost takes (the root
+    # spelled out); no certificate holds the final dot and SNI is sent
+    # without it (RFC 6066 3): with it, every handshake under "verify"
+    # failed with "not valid for smtp.example.test."
+    shake = Handshake(host, [_leaf(dns=[dns])])
+    assert shake.done and shake.protocol.reason is None
+    assert shake.sni == [sni]

@@ -44,8 +44,14 @@ def verified_client_tls(host: str, trust_root: Any = None) -> IOpenSSLClientConn
     after the UTS 46 mapping), as the name check has it: Twisted's own
     strict IDNA2008 encoding refuses a capital in a non-ASCII label
     (``Bücher.example``), and every delivery to such a smarthost was a
-    "local error" retried for good."""
-    name = host if isIPAddress(host) or isIPv6Address(host) else ascii_domain(host)
+    "local error" retried for good.  Without a final dot: a smarthost may
+    be written with one (``smtp.example.net.``, the root spelled out), but
+    no certificate names a host so, and SNI carries the name without it
+    (RFC 6066 3) -- with it, no certificate ever matched."""
+    if isIPAddress(host) or isIPv6Address(host):
+        name = host
+    else:
+        name = ascii_domain(host[:-1] if host.endswith(".") else host)
     return _NamesChecked(ssl.optionsForClientTLS(name, trustRoot=trust_root), name)
 
 
