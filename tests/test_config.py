@@ -209,6 +209,14 @@ def test_bad_durations(value: object) -> None:
          "[relay] smarthost: '\u2603.example:25': \u2603.example has no IDNA2008"),
         ("[relay]\nsmarthost = \"[IPv6:fe80::1%eth0]:25\"",
          "[relay] smarthost: '[IPv6:fe80::1%eth0]:25': [IPv6:fe80::1%eth0] is no IP address"),
+        # a leading zero: the resolver (inet_aton) reads 010 as octal, and
+        # the relay connected to 8.0.0.1, not to the 10.0.0.1 written
+        ("[relay]\nsmarthost = \"010.0.0.1:25\"",
+         "[relay] smarthost: '010.0.0.1:25': 010.0.0.1 is ambiguous: the resolver reads "
+         "it as 8.0.0.1"),
+        ("[relay]\nsmarthost = \"192.168.1.09:25\"",
+         "[relay] smarthost: '192.168.1.09:25': 192.168.1.09 is ambiguous: the resolver "
+         "reads no address in it"),
         ("[relay]\nsmarthost_tls = \"maybe\"", "[relay] smarthost_tls: 'maybe': use \"verify\""),
         ("[relay]\nnameservers = [\"dns.example\"]", "[relay] nameservers: 'dns.example'"),
         ("[relay]\nretry_schedule = []", "[relay] retry_schedule: expected a non-empty list"),
@@ -923,3 +931,24 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     (tmp_path / "mailhub.toml").write_text(MINIMAL)
     monkeypatch.chdir(tmp_path)
     assert load("mailhub.toml").path == str(tmp_path / "mailhub.toml")
+@pytest.mark.parametrize(("written", "split"), [
+    ("localhost:25", ("localhost", 25)),
+    ("127.0.0.1:2525", ("127.0.0.1", 2525)),
+    ("smtp.example.net.:587", ("smtp.example.net.", 587)),
+    ("SMTP.Example.NET:25", ("SMTP.Example.NET", 25)),
+    ("my_host.example:25", ("my_host.example", 25)),
+    ("xn--bcher-kva.example:25", ("xn--bcher-kva.example", 25)),
+    ("[IPv6:2001:DB8::25]:587", ("2001:db8::25", 587)),
+    # leading zeros that read the same as octal and as decimal: the address
+    # both readings give, connected to as such
+    ("127.000.000.001:25", ("127.0.0.1", 25)),
+    ("010.0.0.1", None),
+])
+def test_split_smarthost(written: str, split: tuple[str, int] | None) -> None:
+    from txmailhub.config import split_smarthost
+
+    if split is None:
+        with pytest.raises(ValueError, match="ambiguous"):
+            split_smarthost(written + ":25")
+    else:
+        assert split_smarthost(written) == split

@@ -466,6 +466,9 @@ def smarthost_with_login(tmp_path):
     ("[IPv6:2001:DB8::25]:2525", "2001:db8::25"),  # SMTP's literal (RFC 5321 4.1.3)
     ("[2001:db8::25]:2525", "2001:db8::25"),
     ("[192.0.2.25]:2525", "192.0.2.25"),
+    # leading zeros that octal and decimal read alike: that address, not a
+    # name handed to the resolver
+    ("192.000.002.001:2525", "192.0.2.1"),
 ])
 def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
         tmp_path, written, address):

@@ -758,7 +758,10 @@ def split_smarthost(value: str) -> tuple[str, int]:
     compressed form, or a host name as written.  ValueError, saying why,
     for anything the relay could never connect to: a name DNS cannot hold
     or one with no IDNA2008 form (the relay looks up the A-labels only),
-    a bracketed text that is no address, an IPv6 zone."""
+    a bracketed text that is no address, an IPv6 zone.  Four numbers with
+    leading zeros (``127.000.000.001``) are the address when the C
+    resolver, which reads such a number as octal, reads the same one, and
+    ambiguous otherwise: ``010.0.0.1`` was connected to as ``8.0.0.1``."""
     host, _, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
@@ -780,6 +783,15 @@ def split_smarthost(value: str) -> tuple[str, int]:
         if "%" in host:
             raise ValueError(f"{value!r}: an address with a zone names a local interface")
         return ip.compressed, int(port)
+    padded = _zero_padded_ipv4(host)
+    if padded is not None:
+        decimal, octal = padded
+        if decimal is None or octal != decimal:
+            read = f"it as {octal}" if octal else "no address in it"
+            raise ValueError(f"{value!r}: {host} is ambiguous: the resolver reads {read} "
+                             "(a number with a leading zero is octal to it); write the "
+                             "address without leading zeros")
+        return decimal, int(port)
     name = host[:-1] if host.endswith(".") else host
     if not ascii_domain(name).isascii():
         raise ValueError(f"{value!r}: {host} has no IDNA2008 (RFC 5891) form, which is "
@@ -788,6 +800,34 @@ def split_smarthost(value: str) -> tuple[str, int]:
     if why is not None:
         raise ValueError(f"{value!r}: {host} can be no name in DNS: {why}")
     return host, int(port)
+
+
+_DOTTED_QUAD = re.compile(r"[0-9]+(?:\.[0-9]+){3}\Z")
+
+
+def _zero_padded_ipv4(host: str) -> tuple[str | None, str | None] | None:
+    """For four numbers some of which have a leading zero (``010.0.0.1``),
+    which ``ipaddress`` refuses as no address and the relay would hand to
+    ``getaddrinfo`` as a name: (the address they are read in decimal, the
+    one the C resolver's ``inet_aton`` reads -- a leading zero makes a
+    number octal), each ``None`` when that reading gives no address (a
+    number over 255, an ``8`` or ``9`` after the zero).  ``None`` for
+    anything else."""
+    if not _DOTTED_QUAD.match(host):
+        return None
+    parts = host.split(".")
+    if not any(p[0] == "0" and len(p) > 1 for p in parts):
+        return None
+
+    def read(numbers: list[int]) -> str | None:
+        return ".".join(map(str, numbers)) if all(n <= 255 for n in numbers) else None
+
+    decimal = read([int(p) for p in parts])
+    try:
+        octal = read([int(p, 8) if p[0] == "0" else int(p) for p in parts])
+    except ValueError:
+        octal = None
+    return decimal, octal
 
 
 def _smarthost(v: Any) -> str:
