@@ -268,15 +268,20 @@ def test_all_down_is_transient(tmp_path):
     assert isinstance(r.reply, LocalReply)
 
 
-def test_an_address_literal_is_named_once(tmp_path, log_events):
+@pytest.mark.parametrize("literal, shown", [
+    ("[192.0.2.9]", "[192.0.2.9]"),
+    # the IPv6 literal too: not "[ipv6:2001:db8::9][2001:db8::9]"
+    ("[IPv6:2001:db8::9]", "[ipv6:2001:db8::9]"),
+])
+def test_an_address_literal_is_named_once(tmp_path, log_events, literal, shown):
     a, net, _ = agent(tmp_path)
-    who = Address("bob", "[192.0.2.9]")
-    [r] = run(net, a.deliver(entry(tmp_path, who), "[192.0.2.9]", [who]))
+    who = Address("bob", literal)
+    [r] = run(net, a.deliver(entry(tmp_path, who), a.destination(who), [who]))
     assert r.kind == "transient"
-    assert r.reply.text().endswith(" connection to [192.0.2.9]:25 failed")
+    assert r.reply.text().endswith(f" connection to {shown}:25 failed")
     # in the log too: not "[192.0.2.9][192.0.2.9]"
     lines = [formatEvent(e) for e in log_events if "cannot connect" in (e.get("log_format") or "")]
-    assert lines and all(" cannot connect to [192.0.2.9]:25: " in line for line in lines), lines
+    assert lines and all(f" cannot connect to {shown}:25: " in line for line in lines), lines
 
 
 def test_per_recipient_results(tmp_path):
@@ -462,22 +467,46 @@ def smarthost_with_login(tmp_path):
     return a, net
 
 
-@pytest.mark.parametrize("written, address", [
-    ("[IPv6:2001:DB8::25]:2525", "2001:db8::25"),  # SMTP's literal (RFC 5321 4.1.3)
-    ("[2001:db8::25]:2525", "2001:db8::25"),
-    ("[192.0.2.25]:2525", "192.0.2.25"),
+@pytest.mark.parametrize("written, address, shown", [
+    # SMTP's literal (RFC 5321 4.1.3)
+    ("[IPv6:2001:DB8::25]:2525", "2001:db8::25", "[IPv6:2001:db8::25]"),
+    ("[2001:db8::25]:2525", "2001:db8::25", "[IPv6:2001:db8::25]"),
+    ("[192.0.2.25]:2525", "192.0.2.25", "[192.0.2.25]"),
+    ("192.0.2.25:2525", "192.0.2.25", "[192.0.2.25]"),
     # leading zeros that octal and decimal read alike: that address, not a
     # name handed to the resolver
-    ("192.000.002.001:2525", "192.0.2.1"),
+    ("192.000.002.001:2525", "192.0.2.1", "[192.0.2.1]"),
 ])
 def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
-        tmp_path, written, address):
+        tmp_path, written, address, shown):
     # "[IPv6:...]" was taken by the config and then looked up as a name
     a, net, _ = agent(tmp_path, f'smarthost = "{written}"\nsmarthost_tls = "none"')
     net.servers[(address, 2525)] = ScriptedSMTPServer
     results = run(net, a.attempt(entry(tmp_path, BOB)))
     assert [r.kind for r in results] == ["delivered"]
     assert net.connections == [(address, 2525)]
+    # named as an address literal, as the MX path names bob@[192.0.2.9]'s
+    # host: queue show's remote=, a notice's "Remote-MTA: dns; [192.0.2.25]"
+    # (no bare number where a domain name goes)
+    assert results[0].remote_mta == shown
+
+
+@pytest.mark.parametrize("written, shown", [
+    ("smart.example.net:2525", "smart.example.net:2525"),
+    ("192.0.2.25:2525", "[192.0.2.25]:2525"),
+    ("[IPv6:2001:db8::25]:2525", "[IPv6:2001:db8::25]:2525"),
+])
+def test_a_smarthost_that_takes_no_connection_is_named_once(tmp_path, log_events,
+                                                            written, shown):
+    # the smarthost's "address" is its name (looked up when connecting) or
+    # the address written: "smart.example.net[smart.example.net]:2525" and
+    # "192.0.2.25[192.0.2.25]:2525" in queue show, notices and the log
+    a, net, _ = agent(tmp_path, f'smarthost = "{written}"\nsmarthost_tls = "none"')
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient"
+    assert r.reply.text() == f"451 4.4.1 connection to {shown} failed"
+    lines = [formatEvent(e) for e in log_events if "cannot connect" in (e.get("log_format") or "")]
+    assert lines and all(f" cannot connect to {shown}: " in line for line in lines), lines
 
 
 def test_smarthost_verify_requires_tls_and_auth(tmp_path):

@@ -412,8 +412,38 @@ MAX_EXTRA_TRANSACTIONS = 20
 
 def where(name: str, address: str) -> str:
     """How logs and replies name a host: ``mx.example.org[192.0.2.1]``, but
-    an address literal once (``[192.0.2.1]``), not ``[192.0.2.1][192.0.2.1]``."""
-    return name if name == f"[{address}]" else f"{name}[{address}]"
+    an address literal once (``[192.0.2.1]``, ``[ipv6:2001:db8::1]``), not
+    ``[192.0.2.1][192.0.2.1]``;
+    and the smarthost, whose "address" is what it is connected to as (its
+    name, looked up as the connection is made, or the address written)
+    once: ``smtp.example.net``, ``[192.0.2.25]`` -- not
+    ``smtp.example.net[smtp.example.net]``."""
+    if name == address:
+        return address_literal(address) if _is_ip(address) else name
+    # an address literal destination's host is named by its address
+    return name if name.startswith("[") else f"{name}[{address}]"
+
+
+def address_literal(ip: str) -> str:
+    """``ip`` as SMTP writes an address where a domain name goes (RFC 5321
+    4.1.3): ``[192.0.2.1]``, ``[IPv6:2001:db8::1]``."""
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _remote_name(name: str, smarthost: bool) -> str:
+    """The next hop as results name it (``remote_mta``: queue show's
+    ``remote=``, a notice's ``Remote-MTA: dns; ...``): a smarthost written
+    as an address as SMTP's address literal, as the MX path names the host
+    of ``bob@[192.0.2.9]`` -- not a bare number where a domain name goes."""
+    return address_literal(name) if smarthost and _is_ip(name) else name
 
 
 def _maybe_delivered(outcome: SessionOutcome) -> bool:
@@ -713,7 +743,8 @@ class DeliveryAgent:
                     last_host = None
                     continue
                 if outcome.session_error is not None:
-                    last, last_host = outcome.session_error, mxhost.name
+                    last, last_host = outcome.session_error, _remote_name(mxhost.name,
+                                                                          smarthost)
                     # 521/556 (RFC 7504): the host accepts no mail at all
                     about_host = (outcome.phase in _HOST_PHASES
                                   and last.code not in (521, 556))
@@ -736,7 +767,7 @@ class DeliveryAgent:
                     break
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)
-                return self._results(entry, outcome, mxhost.name)
+                return self._results(entry, outcome, _remote_name(mxhost.name, smarthost))
             if out_of_time:
                 break  # a host not (fully) tried is not one that failed
             if not smarthost:
