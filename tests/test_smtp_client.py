@@ -1202,6 +1202,12 @@ def test_552_to_rcpt_is_taken_as_temporary(refusal):
     assert results[CAROL].reply.code == 452 and results[CAROL].reply.is_transient
     assert results[CAROL].reply.status == "4.5.3"
     assert "too many recipients" in results[CAROL].reply.text()
+    # the 452 is the hub's reading, not the server's words: a notice gave
+    # "smtp; 452 4.5.3 too many recipients" though the server said 552
+    # (RFC 3464 2.3.6), as the 454 a 530 is kept as
+    assert isinstance(results[CAROL].reply, LocalReply)
+    said = refusal.decode()
+    assert results[CAROL].reply.text().endswith(f"too many recipients (the server said {said})")
 
 
 def test_the_smarthost_password_never_goes_in_the_clear_unless_tls_is_none():

@@ -169,8 +169,15 @@ def held_for_session(reply: Reply) -> Reply:
 def _kept_queued(reply: Reply) -> LocalReply:
     """The hub's temporary ``454 4.7.0`` in place of the server's 5xx
     ``reply``, whose code and words it quotes (see ``held_for_session``)."""
+    return _restated(reply, 454, "4.7.0")
+
+
+def _restated(reply: Reply, code: int, status: str) -> LocalReply:
+    """``code`` and ``status``, the hub's reading of the server's ``reply``,
+    whose words and code it quotes: the hub's account, never passed off
+    as the server's (RFC 3464 2.3.6)."""
     said = f"{reply.code} {reply.status}" if reply.status else str(reply.code)
-    return LocalReply(454, "4.7.0",
+    return LocalReply(code, status,
                       (*reply.lines[:-1], reply.lines[-1] + f" (the server said {said})"))
 
 
@@ -845,9 +852,10 @@ class ClientSession:
         self._rcpt_index += 1
         if reply.code == 552:
             # RFC 5321 4.5.3.1.10: 552 to RCPT is an old "too many
-            # recipients"; clients SHOULD take it as temporary (452)
-            reply = Reply(452, "4.5.3" if reply.status in (None, "5.5.3", "5.3.4")
-                          else "4" + (reply.status or ".0.0")[1:], reply.lines)
+            # recipients"; clients SHOULD take it as temporary (452) -- the
+            # hub's reading, the server's 552 quoted (as for a 530 above)
+            reply = _restated(reply, 452, "4.5.3" if reply.status in (None, "5.5.3", "5.3.4")
+                              else "4" + (reply.status or ".0.0")[1:])
         if self._mail_reply is None:
             if reply.is_positive:
                 self._accepted.append(address)
