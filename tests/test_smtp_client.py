@@ -791,6 +791,28 @@ def test_530_to_rcpt_keeps_that_recipient_queued():
     assert results[CAROL].kind == "delivered"
 
 
+@pytest.mark.parametrize("ehlo", [EHLO_BASIC, EHLO_FULL])
+def test_530_to_data_keeps_the_recipients_queued(ehlo):
+    # RFC 4954 6: a 530 may answer any command but AUTH, EHLO, HELO, NOOP,
+    # RSET and QUIT -- DATA too (a policy checked there).  Held at MAIL and
+    # RCPT, it bounced every recipient the server had taken at DATA
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    if ehlo is EHLO_FULL:  # pipelined: MAIL, the RCPTs and DATA answered at once
+        actions = s.receive(b"250 ok\r\n250 ok\r\n250 ok\r\n"
+                            b"530 5.7.0 Authentication required\r\n")
+    else:
+        s.receive(b"250 ok\r\n")
+        s.receive(b"250 ok\r\n")
+        assert sent(s.receive(b"250 ok\r\n")) == b"DATA\r\n"
+        actions = s.receive(b"530 5.7.0 Authentication required\r\n")
+    assert sent(actions) == b"QUIT\r\n"
+    held = LocalReply(454, "4.7.0", ("Authentication required (the server said 530 5.7.0)",))
+    assert [(r.address, r.reply) for r in s.outcome.recipients] == [(BOB, held), (CAROL, held)]
+    assert all(r.kind == "transient" for r in s.outcome.recipients)
+
+
 def test_no_retry_without_auth_parameter_when_none_was_sent():
     # no AUTH offered: no AUTH=, and a 555 is the MAIL's answer
     s = session(submitter=ALICE)

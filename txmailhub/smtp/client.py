@@ -144,9 +144,9 @@ def refuses_parameters(reply: Reply) -> bool:
     return detail in AUTH_PARAM_STATUSES
 
 def held_for_session(reply: Reply) -> Reply:
-    """``reply`` as this transaction's outcome: a ``530`` becomes a
-    temporary ``454 4.7.0`` naming the server's words; any other reply is
-    returned as it is.
+    """``reply`` (to MAIL, RCPT or DATA) as this transaction's outcome: a
+    ``530`` becomes a temporary ``454 4.7.0`` naming the server's words;
+    any other reply is returned as it is.
 
     530 says the *session* lacks something the server wants first -- TLS
     ("Must issue a STARTTLS command first", RFC 3207 4) or a login
@@ -917,6 +917,9 @@ class ClientSession:
             # without SMTPUTF8 must not get raw -- the 7-bit copy encodes them
             # (a message that needs SMTPUTF8 for real then bounces, 5.6.3).
             return [SendBody(convert_7bit=self._converts())]
+        # a 530 here as to MAIL or RCPT (RFC 4954 6 lets it answer DATA):
+        # the session lacks TLS or a login, the recipients wait
+        reply = held_for_session(reply)
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
