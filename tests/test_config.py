@@ -201,8 +201,13 @@ def test_bad_durations(value: object) -> None:
         ("[relay]\nsmarthost = \"smtp.example.net:0\"", "[relay] smarthost: 'smtp.example.net:0'"),
         # what the relay could never connect to: said at load, not at the
         # first delivery
-        ("[relay]\nsmarthost = \"[smtp.example.net]:25\"",
-         "[relay] smarthost: '[smtp.example.net]:25': [smtp.example.net] is no IP address"),
+        ("[relay]\nsmarthost = \"[smtp..example.net]:25\"",
+         "[relay] smarthost: '[smtp..example.net]:25': [smtp..example.net] is no IP address "
+         "([192.0.2.1], [::1] or [IPv6:2001:db8::1]) and smtp..example.net can be no name "
+         "in DNS"),
+        ("[relay]\nsmarthost = \"[IPv6:smtp.example.net]:25\"",
+         "[relay] smarthost: '[IPv6:smtp.example.net]:25': [IPv6:smtp.example.net] is no "
+         "IP address"),
         ("[relay]\nsmarthost = \"smtp..example.net:25\"",
          "[relay] smarthost: 'smtp..example.net:25': smtp..example.net can be no name in DNS"),
         ("[relay]\nsmarthost = \"\u2603.example:25\"",
@@ -939,6 +944,10 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     ("my_host.example:25", ("my_host.example", 25)),
     ("xn--bcher-kva.example:25", ("xn--bcher-kva.example", 25)),
     ("[IPv6:2001:DB8::25]:587", ("2001:db8::25", 587)),
+    # Postfix's spelling of "no MX lookup" (which the smarthost never gets):
+    # the name, as the relay always took it -- refused at load for a while
+    ("[smtp.example.net]:587", ("smtp.example.net", 587)),
+    ("[bücher.example]:587", ("bücher.example", 587)),
     # leading zeros that read the same as octal and as decimal: the address
     # both readings give, connected to as such
     ("127.000.000.001:25", ("127.0.0.1", 25)),

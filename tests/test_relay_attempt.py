@@ -491,6 +491,18 @@ def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
     assert results[0].remote_mta == shown
 
 
+def test_a_smarthost_name_in_brackets_is_that_name(tmp_path):
+    # "[smart.example.net]:587", as Postfix's relayhost is often written:
+    # the relay always connected to the name (brackets stripped); 0aed1d8
+    # made it a configuration problem that stopped the hub's start
+    a, net, _ = agent(tmp_path, 'smarthost = "[smart.example.net]:587"\n'
+                                'smarthost_tls = "none"')
+    net.servers[("smart.example.net", 587)] = ScriptedSMTPServer
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert (r.kind, r.remote_mta) == ("delivered", "smart.example.net")
+    assert net.connections == [("smart.example.net", 587)]
+
+
 @pytest.mark.parametrize("written, shown", [
     ("smart.example.net:2525", "smart.example.net:2525"),
     ("192.0.2.25:2525", "[192.0.2.25]:2525"),

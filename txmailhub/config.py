@@ -755,26 +755,44 @@ def split_smarthost(value: str) -> tuple[str, int]:
     """``[relay] smarthost`` -> (host, port) as the relay connects to it:
     an IP address (``192.0.2.1:25``, ``[192.0.2.1]:25``, ``[::1]:587``, or
     SMTP's own literal ``[IPv6:2001:db8::1]:587``, RFC 5321 4.1.3) in its
-    compressed form, or a host name as written.  ValueError, saying why,
-    for anything the relay could never connect to: a name DNS cannot hold
-    or one with no IDNA2008 form (the relay looks up the A-labels only),
-    a bracketed text that is no address, an IPv6 zone.  Four numbers with
-    leading zeros (``127.000.000.001``) are the address when the C
-    resolver, which reads such a number as octal, reads the same one, and
-    ambiguous otherwise: ``010.0.0.1`` was connected to as ``8.0.0.1``."""
+    compressed form, or a host name as written -- in brackets too
+    (``[smtp.example.net]:587``, Postfix's spelling of "no MX lookup",
+    which the smarthost never gets anyway: the relay has always connected
+    to that name).  ValueError, saying why, for anything the relay could
+    never connect to: a name DNS cannot hold or one with no IDNA2008 form
+    (the relay looks up the A-labels only), an ``IPv6:`` literal that is
+    no address, an IPv6 zone.  Four numbers with leading zeros
+    (``127.000.000.001``) are the address when the C resolver, which
+    reads such a number as octal, reads the same one, and ambiguous
+    otherwise: ``010.0.0.1`` was connected to as ``8.0.0.1``."""
     host, _, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
-        if inner[:5].lower() == "ipv6:":
+        tagged = inner[:5].lower() == "ipv6:"
+        if tagged:
             inner = inner[5:]
         try:
             if "%" in inner:
                 raise ValueError
             ip = ipaddress.ip_address(inner)
         except ValueError:
-            raise ValueError(f"{value!r}: {host} is no IP address ([192.0.2.1], [::1] or "
-                             "[IPv6:2001:db8::1])") from None
-        return ip.compressed, int(port)
+            no_ip = (f"{value!r}: {host} is no IP address ([192.0.2.1], [::1] or "
+                     "[IPv6:2001:db8::1])")
+            if tagged or not inner or "%" in inner or ":" in inner:
+                raise ValueError(no_ip) from None
+            if _zero_padded_ipv4(inner) is None:
+                why = _smarthost_name_problem(inner)
+                if why is not None:
+                    raise ValueError(f"{no_ip} and {why}") from None
+            host = inner  # a name (or four padded numbers), read as written bare
+        else:
+            return ip.compressed, int(port)
+    return _split_bare(value, host, int(port))
+
+
+def _split_bare(value: str, host: str, port: int) -> tuple[str, int]:
+    """``split_smarthost`` of ``host``, no brackets around it (``value``:
+    the setting as written, for the errors)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -782,7 +800,7 @@ def split_smarthost(value: str) -> tuple[str, int]:
     else:
         if "%" in host:
             raise ValueError(f"{value!r}: an address with a zone names a local interface")
-        return ip.compressed, int(port)
+        return ip.compressed, port
     padded = _zero_padded_ipv4(host)
     if padded is not None:
         decimal, octal = padded
@@ -791,15 +809,23 @@ def split_smarthost(value: str) -> tuple[str, int]:
             raise ValueError(f"{value!r}: {host} is ambiguous: the resolver reads {read} "
                              "(a number with a leading zero is octal to it); write the "
                              "address without leading zeros")
-        return decimal, int(port)
+        return decimal, port
+    why = _smarthost_name_problem(host)
+    if why is not None:
+        raise ValueError(f"{value!r}: {why}")
+    return host, port
+
+
+def _smarthost_name_problem(host: str) -> str | None:
+    """Why the relay could never look ``host`` up (a final dot allowed),
+    or ``None``."""
     name = host[:-1] if host.endswith(".") else host
     if not ascii_domain(name).isascii():
-        raise ValueError(f"{value!r}: {host} has no IDNA2008 (RFC 5891) form, which is "
-                         "what the relay looks up")
+        return f"{host} has no IDNA2008 (RFC 5891) form, which is what the relay looks up"
     why = dns_name_problem(name)
     if why is not None:
-        raise ValueError(f"{value!r}: {host} can be no name in DNS: {why}")
-    return host, int(port)
+        return f"{host} can be no name in DNS: {why}"
+    return None
 
 
 _DOTTED_QUAD = re.compile(r"[0-9]+(?:\.[0-9]+){3}\Z")
