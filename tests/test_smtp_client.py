@@ -546,6 +546,27 @@ def test_auth_refused_keeps_mail_queued():
     assert err == LocalReply(454, "4.7.0", ("bad credentials (the server said 535 5.7.8)",))
 
 
+@pytest.mark.parametrize("steps, refusal", [
+    # to "AUTH LOGIN" itself (the mechanism refused), or to the user name
+    ([], b"504 5.5.4 mechanism not available"),
+    ([b"334 VXNlcm5hbWU6"], b"535 5.7.8 no such user"),
+])
+def test_a_login_refused_before_the_password_keeps_mail_queued_too(steps, refusal):
+    # A refusal of AUTH PLAIN, or of LOGIN's password, was held as the hub's
+    # 454; one to LOGIN's earlier steps went out as the server's 5xx, a
+    # permanent session error: every recipient of the smarthost bounced for
+    # what is the configuration's fault
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"250-smarthost\r\n250 AUTH LOGIN\r\n")) == b"AUTH LOGIN\r\n"
+    for step in steps:
+        s.receive(step + b"\r\n")
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    code, status, text = refusal.decode().split(" ", 2)
+    assert s.outcome.session_error == LocalReply(
+        454, "4.7.0", (f"{text} (the server said {code} {status})",))
+
+
 @pytest.mark.parametrize("offered", [b"PLAIN", b"LOGIN"])
 def test_a_server_that_answers_the_cancel_with_another_challenge_ends_the_session(offered):
     # RFC 4954 4: "*" cancels the exchange and the server answers 501.  One

@@ -637,7 +637,7 @@ class ClientSession:
     def _on_auth_user(self, reply: Reply) -> list[Action]:
         """334 after "AUTH LOGIN": send the user name."""
         if reply.code != 334:
-            return self._fail_session(reply)
+            return self._login_refused(reply)
         assert self.credentials is not None
         self.phase = Phase.AUTH_PASS
         self._expect.append(Phase.AUTH_PASS)
@@ -646,7 +646,7 @@ class ClientSession:
     def _on_auth_pass(self, reply: Reply) -> list[Action]:
         """334 after the user name: send the password."""
         if reply.code != 334:
-            return self._fail_session(reply)
+            return self._login_refused(reply)
         assert self.credentials is not None
         self.phase = Phase.AUTH
         self._expect.append(Phase.AUTH)
@@ -667,7 +667,12 @@ class ClientSession:
             self._auth_cancelled = True
             self._expect.append(Phase.AUTH)
             return [Send(b"*\r\n")]
-        # a refused login is the configuration's fault: keep the mail queued
+        return self._login_refused(reply)
+
+    def _login_refused(self, reply: Reply) -> list[Action]:
+        """The server's ``reply`` refused the login, at whatever step (the
+        mechanism, LOGIN's user name, the credentials): the configuration's
+        fault, so a 5xx keeps the mail queued as the hub's 454."""
         if reply.is_permanent:
             reply = _kept_queued(reply)
         return self._fail_session(reply)
