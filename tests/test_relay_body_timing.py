@@ -114,19 +114,25 @@ class _HeldLink:
         return Endpoint()
 
 
+def _held_agent(tmp_path):
+    """An agent whose connections are ``_HeldLink``'s (transports that take
+    data only when the test says so), its link and its clock."""
+    clock = Clock()
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=25,
+                    rng=random.Random(0))
+    link = _HeldLink()
+    agent = DeliveryAgent(settings(tmp_path), mx, clock, endpoint=link.endpoint,
+                          tls_options=lambda host, verify: None)
+    return agent, link, clock
+
+
 def test_a_dot_never_taken_leaves_the_next_mx_its_turn(tmp_path):
     # The first MX host reads the data too slowly to take the final "."
     # within a data block's time: the session fails in the data, where the
     # host cannot have the message, so the next host is tried at once (it
     # used to be judged "may have been delivered" after 10 minutes, and no
     # other host was tried before the next retry).
-    clock = Clock()
-    s = settings(tmp_path)
-    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=25,
-                    rng=random.Random(0))
-    link = _HeldLink()
-    a = DeliveryAgent(s, mx, clock, endpoint=link.endpoint,
-                      tls_options=lambda host, verify: None)
+    a, link, clock = _held_agent(tmp_path)
     d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
     _write_until_the_dot(link.transports[0])
     clock.advance(180)
@@ -204,13 +210,7 @@ def test_the_reply_wait_is_not_cut_by_the_rate(tmp_path):
 
 
 def test_a_transfer_cut_for_its_rate_is_retried_and_says_why(tmp_path):
-    clock = Clock()
-    s = settings(tmp_path)
-    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=25,
-                    rng=random.Random(0))
-    link = _HeldLink()
-    a = DeliveryAgent(s, mx, clock, endpoint=link.endpoint,
-                      tls_options=lambda host, verify: None)
+    a, link, clock = _held_agent(tmp_path)
     d = a.deliver(entry(tmp_path, BOB, body=b"x" * 300_000), "remote.test", [BOB])
     for i in range(2):  # both MX hosts take 16 KiB every 100 s
         transport = link.transports[i]

@@ -273,6 +273,17 @@ def test_smtputf8_missing_refuses_only_the_recipients_that_need_it(ehlo):
     assert (results[joerg].reply.code, results[joerg].reply.status) == (553, "5.6.7")
 
 
+def _to_the_354(session, ehlo):
+    """The MAIL, one RCPT and DATA answered (in one batch to a pipelining
+    server, one by one otherwise, checking that DATA is sent): the actions
+    the 354 brings."""
+    if b"PIPELINING" in ehlo:
+        return session.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    session.receive(b"250 ok\r\n")
+    assert sent(session.receive(b"250 ok\r\n")) == b"DATA\r\n"
+    return session.receive(b"354 go\r\n")
+
+
 @pytest.mark.parametrize("ehlo", [EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b""),
                                   EHLO_FULL.replace(b"250-SMTPUTF8\r\n", b"")
                                   .replace(b"250-PIPELINING\r\n", b"")])
@@ -287,12 +298,7 @@ def test_a_refused_utf8_recipient_does_not_make_the_others_copy_7bit(ehlo):
     s.receive(b"220 hi\r\n")
     batch = sent(s.receive(ehlo))
     assert batch.startswith(b"MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME")
-    if b"PIPELINING" in ehlo:
-        actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
-    else:
-        s.receive(b"250 ok\r\n")
-        assert sent(s.receive(b"250 ok\r\n")) == b"DATA\r\n"
-        actions = s.receive(b"354 go\r\n")
+    actions = _to_the_354(s, ehlo)
     assert actions == [SendBody(convert_7bit=False)]
     assert not s.smtputf8_wanted  # what the relay's 5.6.9/5.6.3 choice reads
     # a client that did say SMTPUTF8 may have put UTF-8 in the header:
@@ -300,12 +306,7 @@ def test_a_refused_utf8_recipient_does_not_make_the_others_copy_7bit(ehlo):
     s = session(recipients=[(joerg, None), (BOB, None)], eight_bit=True, smtputf8=True)
     s.receive(b"220 hi\r\n")
     s.receive(ehlo)
-    if b"PIPELINING" in ehlo:
-        actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
-    else:
-        s.receive(b"250 ok\r\n")
-        s.receive(b"250 ok\r\n")
-        actions = s.receive(b"354 go\r\n")
+    actions = _to_the_354(s, ehlo)
     assert actions == [SendBody(convert_7bit=True)]
     assert s.smtputf8_wanted
 
@@ -343,12 +344,7 @@ def test_8bit_body(ehlo, param, convert, utf8):
     size = b"" if convert else b" SIZE=100"
     assert sent(s.receive(ehlo)).split(b"\r\n")[0] == (
         b"MAIL FROM:<alice@example.org>" + size + param)
-    if b"PIPELINING" in ehlo:
-        actions = s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
-    else:
-        s.receive(b"250 ok\r\n")
-        s.receive(b"250 ok\r\n")
-        actions = s.receive(b"354 go\r\n")
+    actions = _to_the_354(s, ehlo)
     assert actions == [SendBody(convert_7bit=convert)]
 
 
