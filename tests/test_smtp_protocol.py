@@ -594,6 +594,28 @@ class ProtocolTests(SynchronousTestCase):
         assert self.successResultOf(gone) is None
         assert not h.clock.getDelayedCalls()
 
+    def test_a_login_failing_after_the_shutdown_is_answered_at_once(self):
+        # The stop came while the password was being checked; the check
+        # then failed: its 535 was delayed auth_failure_delay (times the
+        # failures so far), and the stop waited for all of it.  It goes out
+        # at once, with the 421.
+        h = Harness(auth_failure_delay=60)
+        portal = h.components.portal = HeldPortal(h.components.portal)
+        p, t = h.connect("127.0.0.1")  # AUTH without TLS
+        take(t)
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                       .encode())
+        take(t)
+        gone = h.factory.shut_down()
+        portal.release()
+        h.clock.advance(0)
+        lines = take(t)
+        assert [line[:4] for line in lines] == ["535 ", "421 "]
+        assert t.disconnecting
+        p.connectionLost(None)
+        assert self.successResultOf(gone) is None
+        assert not h.clock.getDelayedCalls()
+
     def test_commands_wait_while_the_client_does_not_read(self):
         h = Harness(max_junk_commands=10**6)
         p, t = h.connect()

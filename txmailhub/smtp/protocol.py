@@ -1023,7 +1023,10 @@ class SMTPProtocol(Protocol):
             # outlive connectionLost, holding the dead session)
             return
         s = self.factory.settings.smtp
-        delay = s.auth_failure_delay * (self.engine.auth_failures + 1)
+        # the hub is stopping (it came during the check): the answer goes
+        # at once, as shut_down makes an armed timer go, not to hold the stop
+        delay = 0 if self._hub_stopping else (
+            s.auth_failure_delay * (self.engine.auth_failures + 1))
 
         def answer() -> None:
             self._auth_timer = None
