@@ -124,3 +124,20 @@ def test_a_tcp_connection_made_after_the_stop_is_cut():
     assert transport.disconnecting
     assert transport.value() == b""  # no query on it
     assert resolver.connections == []
+
+
+def test_stop_ends_a_tcp_connection_attempt_under_way():
+    # The connection attempt itself (a socket, and the connector's 30 s
+    # timeout on the reactor) went on after stop() until it was made or
+    # timed out: a server that does not answer the SYN kept both on the
+    # reactor of an application that runs on, well after the relay's
+    # Deferred had fired.  stop() stops the connecting.
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.names import dns
+
+    reactor = MemoryReactorClock()
+    resolver = dnsport.Resolver(servers=[("127.0.0.1", 53)], reactor=reactor)
+    resolver.queryTCP([dns.Query(b"big.example", dns.MX)]).addErrback(lambda _: None)
+    [connector] = reactor.connectors
+    resolver.stop()
+    assert connector.stoppedConnecting

@@ -153,6 +153,28 @@ def _bind_random(family: int, interface: str) -> socket.socket:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class _TCPFactory(client.DNSClientFactory):
+    """twisted.names' factory for the TCP retry of a truncated answer, which
+    remembers its connectors until their connection fails or ends, for
+    ``Resolver.stop`` to stop those still connecting (twisted.names keeps
+    none of them)."""
+
+    def __init__(self, controller: Any, timeout: Any) -> None:
+        super().__init__(controller, timeout)
+        self.connectors: set[Any] = set()
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.connectors.add(connector)
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.connectors.discard(connector)
+        super().clientConnectionFailed(connector, reason)
+
+    def clientConnectionLost(self, connector: Any, reason: Any) -> None:
+        self.connectors.discard(connector)
+        super().clientConnectionLost(connector, reason)
+
+
 class Resolver(client.Resolver):
     """twisted.names' client resolver with a silent port per UDP query, and
     a ``stop()`` (``start()`` undoes it) for a relay that stops while the
@@ -163,6 +185,8 @@ class Resolver(client.Resolver):
         self._udp: set[dns.DNSDatagramProtocol] = set()
         self._stopped = False  # from stop() to start()
         super().__init__(*args, **kwargs)
+        self.factory = _TCPFactory(self, self.timeout)
+        self.factory.noisy = False
 
     def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
         proto = dns.DNSDatagramProtocol(self, reactor=self._reactor)
@@ -185,8 +209,9 @@ class Resolver(client.Resolver):
         hub built again kept its own resolver alive through them).  The
         queries under way fail with ``CancelledError`` (not a timeout,
         which would be retried), their ports are closed, and the TCP
-        connections (the retry of a truncated answer) are cut, and so is
-        one still connecting when it is made (``connectionMade``)."""
+        connections (the retry of a truncated answer) are cut, and one
+        still connecting stops connecting (were it made all the same, it
+        is cut then: ``connectionMade``)."""
         self._stopped = True
         call, self._parseCall = getattr(self, "_parseCall", None), None
         if call is not None and call.active():
@@ -208,6 +233,13 @@ class Resolver(client.Resolver):
         pending, self.pending = self.pending, []
         for d, _queries, _timeout in pending:  # waiting for a TCP connection
             d.errback(defer.CancelledError("the relay stopped"))
+        # and that connection itself: its socket and its connect timeout
+        # (30 s) stayed on the reactor until it was made or timed out
+        for connector in list(self.factory.connectors):
+            try:
+                connector.stopConnecting()
+            except error.NotConnectingError:
+                pass  # connected: cut above, or cut when made
 
     def start(self) -> None:
         """Look at ``resolv.conf`` again, and every minute from now on, after
