@@ -750,6 +750,57 @@ class ProtocolTests(SynchronousTestCase):
         assert len(h.store.messages("bob@example.org")) == 1
         assert not h.clock.getDelayedCalls()
 
+    def _storing_after_a_lost_connection(self, stop_first: bool):
+        """A plain session whose message is being made durable (storage
+        held) when its connection is lost (a reset: no half-close), before
+        or after the hub's stop; the stop's Deferred."""
+        h = Harness(hold=True)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                       b"DATA\r\nSubject: x\r\n\r\none\r\n.\r\nNOOP\r\n")
+        h.clock.advance(0)
+        assert take(t)[-1].startswith("354 ")
+        if stop_first:
+            gone = h.factory.shut_down()
+            p.connectionLost(Failure(error.ConnectionLost()))
+        else:
+            p.connectionLost(Failure(error.ConnectionLost()))
+            gone = h.factory.shut_down()
+        assert h.factory.connections == 0  # the connection's slot is free at once
+        return h, p, gone
+
+    def test_the_stop_waits_for_a_message_stored_for_a_client_that_left(self):
+        # The client's connection was lost while its message was being made
+        # durable, and nothing it sent was left to process: the session
+        # left limits.sessions at once, so the hub's stop did not wait for
+        # that store, which went on after the stop's Deferred had fired
+        # (the syncer stopped, the queue written to after the state
+        # directory was given up).  The stop waits for it, as for a
+        # session still there, and nothing behind it (the NOOP) is answered.
+        for stop_first in (False, True):
+            h, p, gone = self._storing_after_a_lost_connection(stop_first)
+            assert not gone.called
+            self._release_all(h)
+            assert self.successResultOf(gone) is None
+            assert len(h.store.messages("bob@example.org")) == 1
+            assert not h.clock.getDelayedCalls()
+            assert p.engine.closed
+
+    def test_a_message_stored_for_a_client_that_left_ends_its_session(self):
+        # without a stop: once the message is stored, the session is gone
+        # (a hub's stop later has nothing to wait for)
+        h = Harness(hold=True)
+        p, _t = h.connect("127.0.0.1")
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                       b"DATA\r\nSubject: x\r\n\r\none\r\n.\r\n")
+        h.clock.advance(0)
+        p.connectionLost(Failure(error.ConnectionLost()))
+        assert p in h.factory.limits.sessions  # its message is being stored
+        self._release_all(h)
+        assert len(h.store.messages("bob@example.org")) == 1
+        assert p not in h.factory.limits.sessions and p.engine.closed
+        assert self.successResultOf(h.factory.shut_down()) is None
+
     def test_tls_quit_sent_with_the_end_of_the_message_closes_at_once(self):
         # Exim sends "BDAT n LAST" (or the final ".") and QUIT in one write.
         # Reading is paused while the message is made durable, with QUIT

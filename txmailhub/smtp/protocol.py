@@ -154,6 +154,7 @@ class SMTPProtocol(Protocol):
         "_draining",
         "_driving",
         "_eof",
+        "_finish_only",
         "_gone",
         "_head",
         "_hops",
@@ -239,6 +240,10 @@ class SMTPProtocol(Protocol):
         # the connection is lost, its input held is processed (_drain): the
         # session stays in limits.sessions until that ends (_end_session)
         self._draining = False
+        # the connection is lost while its message was being made durable,
+        # with nothing of its input to process: that store is finished
+        # (a session to the hub's stop until then), nothing else
+        self._finish_only = False
 
     # --- Twisted's side ----------------------------------------------------
 
@@ -355,10 +360,13 @@ class SMTPProtocol(Protocol):
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         drain = self._sent_in_full(reason)
+        engine = self.engine
+        finish = (not drain and engine is not None and not engine.closed
+                  and engine.storing)
         if self._counted:
             self._counted = False
             self.factory.release(self.host)
-            if drain:
+            if drain or finish:
                 # still a session to the hub's stop: it waits for the
                 # drain's end, and no more of the input is processed once
                 # the hub stops (shut_down)
@@ -378,6 +386,14 @@ class SMTPProtocol(Protocol):
                      client=self.client_name, octets=self.engine.buffered)
             self._tls_details()  # for the Received fields: read while the session is here
             self._drain()
+            return
+        if finish:
+            # its message is being made durable: the store goes on whether
+            # or not anyone waits, and the hub's stop must (it stops the
+            # syncer and gives the state directory up once the sessions
+            # are gone); its answer, and whatever was sent behind, are
+            # dropped once it is done (_drain)
+            self._finish_only = True
             return
         self._end_session()
 
@@ -409,11 +425,12 @@ class SMTPProtocol(Protocol):
         engine = self.engine
         if self._driving or engine is None:
             return
-        if self._stop_after_wait and not engine.waiting:
+        if (self._stop_after_wait or self._finish_only) and not engine.waiting:
             # the hub stopped: the message being stored is, and nothing
             # the client sent behind it is processed (as its 421 would
-            # have said, had the client still been there)
-            self._stop_after_wait = False
+            # have said, had the client still been there); or only that
+            # message was to be finished
+            self._stop_after_wait = self._finish_only = False
             engine.data_to_send()
             self._withheld = b""
             self._end_session()
@@ -917,6 +934,8 @@ class SMTPProtocol(Protocol):
     def _message_done(self, reply: Reply, event: MessageComplete, message_id: str) -> None:
         self._log_transaction(event.envelope, message_id, event.size, reply)
         if self.engine.closed:  # the client went away meanwhile
+            if self._draining:
+                self._end_session()  # the stop may wait for it
             return
         self.engine.message_done(reply)
         self._drive()
