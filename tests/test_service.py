@@ -952,3 +952,38 @@ def test_stopping_one_listener_leaves_the_other_listeners_sessions_alone(tmp_pat
     other_smtp[0].dataReceived(b"NOOP\r\n")
     assert other_smtp[1].value().startswith(b"250 ")
     hub.stopService()
+
+
+def test_the_syncer_stops_only_after_the_hubs_other_parts(tmp_path: Path) -> None:
+    # Every part was told to stop at once, the syncer too: a session still
+    # storing its message, or the relay recording an attempt, asked it for
+    # a sync after it had stopped ("the syncer is stopped": a 451, a record
+    # not updated).  A part whose stop takes a while now holds the syncer.
+    from twisted.application.service import Service
+    from twisted.internet.defer import Deferred
+
+    class SlowToStop(Service):
+        def stopService(self) -> Deferred:
+            super().stopService()
+            self.stopped: Deferred = Deferred()
+            return self.stopped
+
+    hub = MailHub(quiet_settings(tmp_path), reactor=MemoryReactorClock())
+    slow = SlowToStop()
+    slow.setServiceParent(hub)
+    syncer = hub.components.syncer
+    stops = []
+    real_stop = syncer.stop
+    syncer.stop = lambda: stops.append("syncer") or real_stop()
+    for restart in (False, True):
+        hub.startService()
+        d = hub.stopService()
+        assert stops == [] and not d.called
+        if restart:  # started again before the last stop was over
+            hub.startService()
+            slow.stopped.callback(None)
+            assert stops == []  # the syncer of the running hub stays started
+            d = hub.stopService()
+        slow.stopped.callback(None)
+        assert stops == ["syncer"] and d.called
+        stops.clear()

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -309,9 +309,24 @@ class _StorageService(Service):
         )
 
     def stopService(self) -> Any:
-        super().stopService()
-        stop = getattr(self.syncer, "stop", None)
-        return stop() if stop is not None else None
+        return self.stop_after(succeed(None))
+
+    def stop_after(self, others: Deferred) -> Deferred:
+        """Stop the syncer once ``others`` fires: the hub's other parts
+        (listeners whose sessions finish storing a message, the relay
+        recording its attempts) may still ask it to make something
+        durable, and a syncer stopped under them fails that ("the syncer
+        is stopped": a 451 for a message, a record not updated).  Started
+        again meanwhile (a quick restart): the syncer stays started."""
+        Service.stopService(self)
+
+        def stop(_: Any) -> Any:
+            if self.running:
+                return None
+            stop = getattr(self.syncer, "stop", None)
+            return stop() if stop is not None else None
+
+        return others.addBoth(stop)
 
     def check(self) -> None:
         """Raise ``StartError`` now if another hub holds the state directory."""
@@ -379,6 +394,17 @@ class MailHub(MultiService):
                 ListenerService(
                     reactor, role, description, make_factory(), tls, c.listening
                 ).setServiceParent(self)
+
+    def _stop_children(self) -> Deferred:
+        """``MultiService.stopService``, but the storage (the syncer) stops
+        only after every other part: all are told at once, in reverse
+        order of their start, and a session finishing its message or the
+        relay recording an attempt still has the syncer it needs."""
+        Service.stopService(self)
+        others = [maybeDeferred(child.stopService) for child in reversed(list(self))
+                  if child is not self._storage]
+        storage = self._storage.stop_after(DeferredList(others, consumeErrors=False))
+        return DeferredList([*others, storage])
 
     def startService(self) -> None:
         try:
@@ -487,7 +513,7 @@ class MailHub(MultiService):
         log.info("txmailhub stopping")
         self._stops += 1
         stop = self._stops
-        d = super().stopService()
+        d = self._stop_children()
 
         def stopped(result: Any) -> Any:
             if self.running or stop != self._stops:
