@@ -1686,3 +1686,55 @@ def test_a_hostile_reply_is_logged_escaped(hub, log_events):
     [dropped] = [line for line in lines if "dropping it" in line]
     assert dropped.endswith(f"could not be delivered to {BOB}: {escaped}; dropping it")
     assert not any("\x1b" in line or "\r" in line for line in lines)
+
+
+def test_a_notice_owed_when_the_hub_was_killed_goes_at_the_next_start(hub):
+    """Killed after recording an attempt's outcome and before sending the
+    notice it owed, a hub left a record with only a failed recipient
+    (and one with a success notice owed) and the entry's next retry --
+    four hours away late in the schedule.  Nothing is left to deliver, so
+    the next start sends the notices at once: they were due when the
+    attempt ended, not at that retry."""
+    qid = enqueue(hub, BOB, CAROL, notify=("SUCCESS", "FAILURE"))
+    now = hub.clock.seconds()
+
+    def as_killed(e):
+        return dataclasses.replace(e.with_recipients({
+            BOB: dataclasses.replace(e.recipient(BOB), state="failed", attempts=7,
+                                     last_attempt=now, last_reply=NO, remote_mta="mx"),
+            CAROL: dataclasses.replace(e.recipient(CAROL), state="delivered", attempts=7,
+                                       last_attempt=now, last_reply=OK, remote_mta="mx",
+                                       notice="relayed"),
+        }), attempts=7, next_attempt=now + 4 * 3600)
+
+    hub.queue.update_now(qid, as_killed)
+    with next_runner(hub) as agent:
+        hub.clock.advance(1)
+        assert agent.calls == []  # nothing delivered again
+        actions = sorted(b"Action: failed" in data for _, data in hub.dsn.sent)
+        assert actions == [False, True]  # the failure notice and the success notice
+        assert hub.queue.ids() == []
+
+
+def test_a_start_keeps_the_retry_of_an_entry_with_recipients_to_deliver(hub):
+    """The same, with a recipient still pending: its retry time stands
+    (an attempt at the start would hit a greylisting server again at
+    once); the failure notice goes with that attempt."""
+    qid = enqueue(hub, BOB, CAROL)
+    now = hub.clock.seconds()
+
+    def as_killed(e):
+        return dataclasses.replace(e.with_recipients({
+            BOB: dataclasses.replace(e.recipient(BOB), state="failed", attempts=1,
+                                     last_attempt=now, last_reply=NO, remote_mta="mx"),
+            CAROL: dataclasses.replace(e.recipient(CAROL), attempts=1, last_attempt=now,
+                                       last_reply=LATER, remote_mta="mx"),
+        }), attempts=1, next_attempt=now + 300)
+
+    hub.queue.update_now(qid, as_killed)
+    with next_runner(hub) as agent:
+        hub.clock.advance(1)
+        assert agent.calls == [] and hub.dsn.sent == []
+        hub.clock.advance(300)
+        assert agent.calls == [(qid, "other.test", [CAROL])]
+        assert len(hub.dsn.sent) == 1 and hub.queue.ids() == []

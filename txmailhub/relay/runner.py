@@ -57,6 +57,11 @@ ERROR_RETRY = 60.0  # an entry whose handling crashed is retried after this
 SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
 
 
+def _owes_notice(entry: QueueEntry) -> bool:
+    """Whether ``entry`` still owes its sender a failure or success notice."""
+    return bool(entry.failed) or any(r.notice for r in entry.recipients)
+
+
 class QueueRunner:
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
@@ -120,8 +125,16 @@ class QueueRunner:
             self._give_up_now()
         self._give_up_timer = None
         self.agent.resume()
+        now = self.clock.seconds()
         for entry in self.queue.recover():
             self._index(entry, quiet=True)
+            if entry.id in self.due and not entry.pending and _owes_notice(entry):
+                # The last run recorded the final outcome and died before
+                # sending the notice it owed: that was due then, not at the
+                # retry time the record carries (hours away late in the
+                # schedule).  With recipients still to deliver, their retry
+                # time stands, and the notice goes with that attempt.
+                self.due[entry.id] = min(self.due[entry.id], now)
         if self.queue.take_flag(FLUSH):
             self._flush()
         self.queue.take_flag(CHANGED)
