@@ -75,8 +75,9 @@ class NextHop:
     reply; it returns True to end the session there without a word (the
     message is taken all the same after the ".": a server that committed
     it and whose 250 never reached the hub).  ``before_reply(rcpts)`` runs
-    before the 250 to the "." (``setup`` uses it to finish ``a.test``'s
-    transaction before ``b.test``'s, so the steps come in one order)."""
+    before the 250 to the "." (``setup`` uses it so that the hub's file
+    steps come in one order: a.test's results, b.test's, the test
+    message's removal, the notices')."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
@@ -196,27 +197,37 @@ def setup(make_hub, tmp_path, monkeypatch):
     trace = tmp_path / "trace"
     monkeypatch.setattr(conftest, "TWISTD", str(write_launcher(tmp_path / "twistd-crash")))
 
-    def a_first(rcpts: list[str]) -> None:
-        # b.test's 250 waits until a.test's results are written (the
-        # directory sync after the partial record's rename), or the hub
-        # died: the partial record is always a.test's, whatever the threads
-        if rcpts == ["b1@b.test"]:
+    hubs: list = []
+
+    def in_order(rcpts: list[str]) -> None:
+        # b.test's 250 waits until the hub logged a.test's results, which
+        # it does once they are written and in the same turn of its loop
+        # as it counts a.test done (or until the hub died at a crash
+        # point): the partial record is always a.test's alone, and the
+        # final record b.test's, whatever the threads.  A notice's 250
+        # waits until the test message's entry is removed (its record and
+        # message unlinked), so that the notices' removals come after it.
+        def done() -> bool:
+            if rcpts == ["b1@b.test"]:
+                return " to bad@a.test: 550" in hubs[-1].log_text()
+            return sum(x.startswith("unlink ") for x in _trace_lines(trace)) >= 2
+
+        if rcpts in (["b1@b.test"], [SENDER]) and hubs:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                lines = _trace_lines(trace)
-                if (sum(x.startswith("fsync_dir ") for x in lines) >= 2
-                        or any(x.startswith("KILL ") for x in lines)):
+                if done() or any(x.startswith("KILL ") for x in _trace_lines(trace)):
                     return
                 time.sleep(0.01)
 
-    hop.before_reply = a_first
+    hop.before_reply = in_order
 
     def start(kill: tuple[str, int] | None):
         monkeypatch.setenv(ENV, json.dumps({"trace": str(trace), "kill": kill}))
         # the default retry schedule: nothing here may wait for a retry (a
         # notice owed at the kill goes at the restart, not a minute later)
-        return make_hub(users={}, sections={"relay": {
-            "nameservers": [f"127.0.0.1:{dns.port}"], "port": hop.port}})
+        hubs.append(make_hub(users={}, sections={"relay": {
+            "nameservers": [f"127.0.0.1:{dns.port}"], "port": hop.port}}))
+        return hubs[-1]
 
     def restart(hub) -> None:
         monkeypatch.setenv(ENV, json.dumps({"trace": str(trace), "kill": None}))
