@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -952,6 +953,15 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     # both readings give, connected to as such
     ("127.000.000.001:25", ("127.0.0.1", 25)),
     ("010.0.0.1", None),
+    # the resolver's other spellings of an address (inet_aton), which it
+    # connected to without asking DNS while the TLS check and the notices
+    # took the text for a host name: that address
+    ("127.1:25", ("127.0.0.1", 25)),
+    ("10.1.2:25", ("10.1.0.2", 25)),
+    ("2130706433:25", ("127.0.0.1", 25)),
+    ("0x7f.0.0.1:25", ("127.0.0.1", 25)),
+    ("[127.1]:25", ("127.0.0.1", 25)),
+    ("0177.0.0.1", None),  # octal 127, decimal 177
 ])
 def test_split_smarthost(written: str, split: tuple[str, int] | None) -> None:
     from txmailhub.config import split_smarthost
@@ -961,3 +971,20 @@ def test_split_smarthost(written: str, split: tuple[str, int] | None) -> None:
             split_smarthost(written + ":25")
     else:
         assert split_smarthost(written) == split
+
+
+@pytest.mark.parametrize(("written", "why"), [
+    # numbers the resolver reads as no address, or looks up (a final dot)
+    # as a name no DNS holds: every attempt failed its lookup
+    ("999.1.1.1:25", "999.1.1.1 is no address, and no name in DNS is all numbers"),
+    ("1.2.3.4.5:25", "1.2.3.4.5 is no address"),
+    ("192.0.2.25.:25", "192.0.2.25. is an address with a final dot, which the resolver "
+     "looks up as a name and never finds; write 192.0.2.25"),
+    ("[192.0.2.25.]:25", "write 192.0.2.25"),
+    ("010.0.0.1.:25", "010.0.0.1 is ambiguous"),
+])
+def test_split_smarthost_refuses_numbers_that_are_no_address(written: str, why: str) -> None:
+    from txmailhub.config import split_smarthost
+
+    with pytest.raises(ValueError, match=re.escape(why)):
+        split_smarthost(written)

@@ -476,6 +476,9 @@ def smarthost_with_login(tmp_path):
     # leading zeros that octal and decimal read alike: that address, not a
     # name handed to the resolver
     ("192.000.002.001:2525", "192.0.2.1", "[192.0.2.1]"),
+    # the resolver's shorthand: that address, named as such (not
+    # "Remote-MTA: dns; 192.0.513")
+    ("192.0.513:2525", "192.0.2.1", "[192.0.2.1]"),
 ])
 def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
         tmp_path, written, address, shown):

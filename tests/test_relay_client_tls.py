@@ -262,3 +262,36 @@ def test_a_smarthost_written_with_a_final_dot_is_checked_without_it(host, dns, s
     shake = Handshake(host, [_leaf(dns=[dns])])
     assert shake.done and shake.protocol.reason is None
     assert shake.sni == [sni]
+
+
+@pytest.mark.parametrize(("written", "names", "sni"), [
+    ("smtp.example.test:587", dict(dns=["smtp.example.test"]), b"smtp.example.test"),
+    ("smtp.example.test.:587", dict(dns=["smtp.example.test"]), b"smtp.example.test"),
+    ("[smtp.example.test]:587", dict(dns=["smtp.example.test"]), b"smtp.example.test"),
+    ("[smtp.example.test.]:587", dict(dns=["smtp.example.test"]), b"smtp.example.test"),
+    ("Bücher.example:587", dict(dns=["xn--bcher-kva.example"]), b"xn--bcher-kva.example"),
+    ("xn--bcher-kva.example:587", dict(dns=["xn--bcher-kva.example"]),
+     b"xn--bcher-kva.example"),
+    ("127.0.0.1:587", dict(ips=["127.0.0.1"]), None),
+    ("[127.0.0.1]:587", dict(ips=["127.0.0.1"]), None),
+    ("127.000.000.001:587", dict(ips=["127.0.0.1"]), None),
+    ("[::1]:587", dict(ips=["::1"]), None),
+    ("[IPv6:0:0::1]:587", dict(ips=["::1"]), None),
+    # the resolver's shorthands of 127.0.0.1, which it connects to with no
+    # lookup: they went out as SNI (RFC 6066 3: never an address) and were
+    # looked for in the certificate as host names -- "2130706433" was none
+    # to service_identity at all, a local error at every attempt
+    ("127.1:587", dict(ips=["127.0.0.1"]), None),
+    ("2130706433:587", dict(ips=["127.0.0.1"]), None),
+    ("0x7f.0.0.1:587", dict(ips=["127.0.0.1"]), None),
+])
+def test_every_smarthost_spelling_is_checked_by_its_name_and_never_sent_an_address(
+        written, names, sni):
+    # what config.split_smarthost makes of the setting is what the relay's
+    # verifying client gets (relay.attempt: tls_options(host, True))
+    from txmailhub.config import split_smarthost
+
+    host, _ = split_smarthost(written)
+    shake = Handshake(host, [_leaf(**names)])
+    assert shake.done and shake.protocol.reason is None
+    assert shake.sni == [sni]

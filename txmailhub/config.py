@@ -761,10 +761,11 @@ def split_smarthost(value: str) -> tuple[str, int]:
     to that name).  ValueError, saying why, for anything the relay could
     never connect to: a name DNS cannot hold or one with no IDNA2008 form
     (the relay looks up the A-labels only), an ``IPv6:`` literal that is
-    no address, an IPv6 zone.  Four numbers with leading zeros
-    (``127.000.000.001``) are the address when the C resolver, which
-    reads such a number as octal, reads the same one, and ambiguous
-    otherwise: ``010.0.0.1`` was connected to as ``8.0.0.1``."""
+    no address, an IPv6 zone.  Numbers and dots other than an address
+    ``ipaddress`` reads are what the C resolver reads (``127.1``,
+    ``0x7f.0.0.1``: 127.0.0.1), refused when a leading zero makes that
+    reading doubtful (octal to it: ``010.0.0.1`` was connected to as
+    ``8.0.0.1``) or there is none (see ``_numeric_ipv4``)."""
     host, _, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
@@ -780,11 +781,11 @@ def split_smarthost(value: str) -> tuple[str, int]:
                      "[IPv6:2001:db8::1])")
             if tagged or not inner or "%" in inner or ":" in inner:
                 raise ValueError(no_ip) from None
-            if _zero_padded_ipv4(inner) is None:
+            if not _is_numeric(inner):
                 why = _smarthost_name_problem(inner)
                 if why is not None:
                     raise ValueError(f"{no_ip} and {why}") from None
-            host = inner  # a name (or four padded numbers), read as written bare
+            host = inner  # a name (or numbers the resolver reads), read as written bare
         else:
             return ip.compressed, int(port)
     return _split_bare(value, host, int(port))
@@ -801,15 +802,9 @@ def _split_bare(value: str, host: str, port: int) -> tuple[str, int]:
         if "%" in host:
             raise ValueError(f"{value!r}: an address with a zone names a local interface")
         return ip.compressed, port
-    padded = _zero_padded_ipv4(host)
-    if padded is not None:
-        decimal, octal = padded
-        if decimal is None or octal != decimal:
-            read = f"it as {octal}" if octal else "no address in it"
-            raise ValueError(f"{value!r}: {host} is ambiguous: the resolver reads {read} "
-                             "(a number with a leading zero is octal to it); write the "
-                             "address without leading zeros")
-        return decimal, port
+    numeric = _numeric_ipv4(value, host)
+    if numeric is not None:
+        return numeric, port
     why = _smarthost_name_problem(host)
     if why is not None:
         raise ValueError(f"{value!r}: {why}")
@@ -828,32 +823,81 @@ def _smarthost_name_problem(host: str) -> str | None:
     return None
 
 
-_DOTTED_QUAD = re.compile(r"[0-9]+(?:\.[0-9]+){3}\Z")
+# A label of numbers as the C resolver's inet_aton reads one: hex after
+# "0x", octal after a leading zero, decimal otherwise
+_NUMBER = re.compile(r"0[xX][0-9A-Fa-f]*|[0-9]+")
 
 
-def _zero_padded_ipv4(host: str) -> tuple[str | None, str | None] | None:
-    """For four numbers some of which have a leading zero (``010.0.0.1``),
-    which ``ipaddress`` refuses as no address and the relay would hand to
-    ``getaddrinfo`` as a name: (the address they are read in decimal, the
-    one the C resolver's ``inet_aton`` reads -- a leading zero makes a
-    number octal), each ``None`` when that reading gives no address (a
-    number over 255, an ``8`` or ``9`` after the zero).  ``None`` for
-    anything else."""
-    if not _DOTTED_QUAD.match(host):
+def _is_numeric(host: str) -> bool:
+    """Whether ``host`` (a final dot allowed) is numbers and dots only, as
+    ``inet_aton`` may read it: ``10.1``, ``2130706433``, ``0x7f.0.0.1``."""
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    return all(_NUMBER.fullmatch(label) for label in labels)
+
+
+def _read_ipv4(labels: list[str], octal: bool) -> str | None:
+    """The IPv4 address ``inet_aton`` makes of ``labels`` -- one to four
+    numbers, the last filling the octets the others leave (``127.1`` is
+    127.0.0.1, ``2130706433`` too) -- a leading zero making a number
+    octal when ``octal``, decimal otherwise; ``None`` when it makes none."""
+    if not 1 <= len(labels) <= 4:
         return None
-    parts = host.split(".")
-    if not any(p[0] == "0" and len(p) > 1 for p in parts):
+    numbers = []
+    for label in labels:
+        if label[:2].lower() == "0x":
+            if len(label) == 2:
+                return None
+            numbers.append(int(label[2:], 16))
+        elif octal and len(label) > 1 and label[0] == "0":
+            if not set(label) <= set("01234567"):
+                return None
+            numbers.append(int(label, 8))
+        else:
+            numbers.append(int(label))
+    *first, last = numbers
+    if any(n > 255 for n in first) or last >= 256 ** (5 - len(numbers)):
         return None
+    value = sum(n << (8 * (3 - i)) for i, n in enumerate(first)) + last
+    return str(ipaddress.IPv4Address(value))
 
-    def read(numbers: list[int]) -> str | None:
-        return ".".join(map(str, numbers)) if all(n <= 255 for n in numbers) else None
 
-    decimal = read([int(p) for p in parts])
-    try:
-        octal = read([int(p, 8) if p[0] == "0" else int(p) for p in parts])
-    except ValueError:
-        octal = None
-    return decimal, octal
+def _numeric_ipv4(value: str, host: str) -> str | None:
+    """The address the relay connects to for ``host`` when it is numbers
+    and dots (``None`` for a name): ``ipaddress`` refuses every spelling
+    but four plain decimal numbers, while ``getaddrinfo`` reads the C
+    resolver's (``inet_aton``) as an address, without asking DNS --
+    ``127.1`` and ``2130706433`` are 127.0.0.1, ``0x7f.0.0.1`` too.  Taken
+    as a name, such a smarthost was connected to by that address but named
+    by the text (``Remote-MTA: dns; 127.1``), and its TLS check was of the
+    text as a host name: sent as SNI, which RFC 6066 3 forbids for an
+    address, and never found in a certificate (``2130706433`` was no
+    name to the check at all, a local error at every attempt).  So it is
+    the address, as the resolver reads it; a ValueError, saying why, when
+    that reading is in doubt -- a leading zero, octal to the resolver and
+    decimal to a reader, unless both give the same address
+    (``127.000.000.001``; ``010.0.0.1`` was connected to as ``8.0.0.1``)
+    -- or when the resolver reads no address: no name in DNS is all
+    numbers (a top-level domain never is, RFC 3696 2), and with a final
+    dot the resolver asks DNS."""
+    if not _is_numeric(host):
+        return None
+    if host.endswith("."):
+        bare = _numeric_ipv4(value, host[:-1])  # (its own doubts said first)
+        raise ValueError(f"{value!r}: {host} is an address with a final dot, which the "
+                         f"resolver looks up as a name and never finds; write {bare}")
+    labels = host.split(".")
+    resolver = _read_ipv4(labels, octal=True)
+    decimal = _read_ipv4(labels, octal=False)
+    if resolver is not None and resolver == decimal:
+        return resolver
+    if decimal is not None:
+        read = f"it as {resolver}" if resolver else "no address in it"
+        raise ValueError(f"{value!r}: {host} is ambiguous: the resolver reads {read} "
+                         "(a number with a leading zero is octal to it); write the "
+                         "address without leading zeros")
+    if resolver is not None:  # hex alone: no other reading
+        return resolver
+    raise ValueError(f"{value!r}: {host} is no address, and no name in DNS is all numbers")
 
 
 def _smarthost(v: Any) -> str:
