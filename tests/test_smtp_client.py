@@ -830,6 +830,48 @@ def test_530_to_data_keeps_the_recipients_queued(ehlo):
     assert all(r.kind == "transient" for r in s.outcome.recipients)
 
 
+@pytest.mark.parametrize("ehlo", [EHLO_BASIC, EHLO_FULL])
+def test_530_after_the_data_keeps_the_recipients_queued(ehlo):
+    # A 530 after the final "." (a server that checks its policy once it has
+    # the message) refuses the message (a 5yz: it took none of it) for the
+    # same reason as at MAIL, RCPT or DATA -- the session lacks TLS or a
+    # login, the configuration's fault.  There it was still the server's
+    # verdict: every recipient it had taken bounced at once, while the same
+    # refusal a step earlier kept them queued.  A retry duplicates nothing:
+    # the server did not take the message
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    if ehlo is EHLO_FULL:
+        s.receive(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
+    else:
+        s.receive(b"250 ok\r\n")
+        s.receive(b"250 ok\r\n")
+        s.receive(b"550 5.1.1 no such user\r\n")
+        assert s.receive(b"354 go\r\n") == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    assert sent(s.receive(b"530 5.7.0 Authentication required\r\n")) == b"QUIT\r\n"
+    held = LocalReply(454, "4.7.0", ("Authentication required (the server said 530 5.7.0)",))
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].reply == held and results[BOB].kind == "transient"
+    # the server's own answer for a recipient it refused at RCPT stands
+    assert results[CAROL].kind == "permanent"
+    assert s.outcome.session_error is None
+
+
+def test_another_5xx_after_the_data_is_the_servers_verdict():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"554 5.7.1 spam\r\n")
+    [r] = s.outcome.recipients
+    assert r.kind == "permanent" and r.reply == Reply.of(554, "5.7.1", "spam")
+
+
 def test_no_retry_without_auth_parameter_when_none_was_sent():
     # no AUTH offered: no AUTH=, and a 555 is the MAIL's answer
     s = session(submitter=ALICE)

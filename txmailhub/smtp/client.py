@@ -144,7 +144,7 @@ def refuses_parameters(reply: Reply) -> bool:
     return detail in AUTH_PARAM_STATUSES
 
 def held_for_session(reply: Reply) -> Reply:
-    """``reply`` (to MAIL, RCPT or DATA) as this transaction's outcome: a
+    """``reply`` (to MAIL, RCPT, DATA or the data) as this transaction's outcome: a
     ``530`` becomes a temporary ``454 4.7.0`` naming the server's words;
     any other reply is returned as it is.
 
@@ -930,6 +930,9 @@ class ClientSession:
         return self._fail_all(reply)
 
     def _on_data_end(self, reply: Reply) -> list[Action]:
+        # a 530 after the final "." too: a 5yz, so the server took nothing,
+        # and the session's lack (TLS, a login) is no verdict on the message
+        reply = held_for_session(reply)
         for address in self._accepted:
             self._results[address] = reply
         self._finish()
