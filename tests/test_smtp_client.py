@@ -563,6 +563,29 @@ def test_a_login_refused_before_the_password_keeps_mail_queued_too(steps, refusa
         454, "4.7.0", (f"{text} (the server said {code} {status})",))
 
 
+@pytest.mark.parametrize("ehlo", [b"250-smarthost\r\n250 AUTH LOGIN\r\n",
+                                  b"250-smarthost\r\n250-PIPELINING\r\n250 AUTH LOGIN\r\n"])
+@pytest.mark.parametrize("steps, phase", [([], "AUTH username"),
+                                          ([b"334 VXNlcm5hbWU6"], "AUTH password")])
+def test_a_login_accepted_before_the_password_is_a_protocol_error(ehlo, steps, phase):
+    # RFC 4954 4: 235 ends the exchange, and LOGIN's has not reached the
+    # password yet.  The 235 was the session's error as the server's reply:
+    # the mail waited with "235 2.7.0 ok" as its reason, and bounced at
+    # expiry with a notice that gave a success as the cause and no "gave
+    # up" words (a 2yz is no temporary failure).  Nothing the server says
+    # after it can be trusted: the hub's 421 4.5.0, the connection dropped
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(ehlo)) == b"AUTH LOGIN\r\n"
+    for step in steps:
+        s.receive(step + b"\r\n")
+    assert s.receive(b"235 2.7.0 ok\r\n") == [Close(abort=True)]
+    err = s.outcome.session_error
+    assert isinstance(err, LocalReply) and (err.code, err.status) == (421, "4.5.0")
+    assert f"makes no sense for {phase}" in err.text()
+    assert err.is_transient and s.outcome.phase == phase
+
+
 @pytest.mark.parametrize("offered", [b"PLAIN", b"LOGIN"])
 def test_a_server_that_answers_the_cancel_with_another_challenge_ends_the_session(offered):
     # RFC 4954 4: "*" cancels the exchange and the server answers 501.  One

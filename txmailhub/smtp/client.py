@@ -92,9 +92,12 @@ class Phase(enum.Enum):
 
 
 # The reply codes each step may get besides 4yz/5yz (RFC 5321 4.2.1, 4.3.2;
-# RFC 4954 for AUTH): 2yz, except DATA (354 only) and AUTH (334 or 235).
+# RFC 4954 for AUTH): 2yz, except DATA (354 only), AUTH (334 or 235) and
+# LOGIN's user name and password steps (334 only: RFC 4954 4's 235 ends
+# the exchange, which has not reached the password yet).
 _THREE_YZ_OK = {Phase.DATA: (354,), Phase.AUTH: (334,), Phase.AUTH_USER: (334,),
                 Phase.AUTH_PASS: (334,)}
+_NO_TWO_YZ = (Phase.DATA, Phase.AUTH_USER, Phase.AUTH_PASS)
 
 
 def _fits(phase: Phase, code: int) -> bool:
@@ -105,7 +108,7 @@ def _fits(phase: Phase, code: int) -> bool:
         return True
     if kind == 3:
         return code in _THREE_YZ_OK.get(phase, ())
-    return kind == 2 and phase is not Phase.DATA
+    return kind == 2 and phase not in _NO_TWO_YZ
 
 
 # RFC 4954 5: AUTH= makes MAIL's line up to 500 characters longer
