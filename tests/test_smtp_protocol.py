@@ -410,6 +410,29 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"MAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
         assert take(t)[-1] == replies.STORAGE_FULL.text()
 
+    def test_a_spooler_closed_by_the_hubs_stop_is_451_and_makes_no_file(self):
+        # after the stop gave the state directory up (Spooler.close), a
+        # session the stop missed (or a late caller) must not make a spool
+        # file in a directory another hub may own now: the DATA command
+        # gets 451, as for any other store failure
+        from txmailhub.errors import LocalError
+        from txmailhub.store.spool import Spooler
+        from txmailhub.testing import SyncerSpy
+
+        spool = self.mktemp()
+        spooler = Spooler(spool, SyncerSpy(), precreate=0)
+        self.addCleanup(spooler.close)
+        h = Harness()
+        h.components.spooler = spooler
+        spooler.close()
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        assert take(t)[-1] == replies.LOCAL_ERROR.text()
+        assert os.listdir(spool) == []
+        assert [f.type for f in self.flushLoggedErrors(LocalError)] == [LocalError]
+        p.dataReceived(b"QUIT\r\n")
+        assert take(t)[-1].startswith("221 ")
+
     def test_disconnect_mid_data_leaves_nothing(self):
         h = Harness()
         p, _t = h.connect()

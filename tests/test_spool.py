@@ -256,8 +256,25 @@ class PrecreateTests(SynchronousTestCase):
             self.store_one_line(spooler, w)
         spooler.close()
         self.assertEqual(os.listdir(self.dir), [])
-        spooler.open().abort()  # still usable after close, without making ahead
         self.assertEqual(self.syncer.calls_run, 2)
+
+    def test_open_after_close_makes_nothing_until_claimed_again(self):
+        # close() is the hub's stop giving the state directory up, and
+        # another hub may own it next: a late open() (an embedding
+        # application keeping the components, a callback firing after the
+        # stop) used to make a spool file in it anyway
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        self.store_one_line(spooler, spooler.open())
+        spooler.close()
+        self.assertEqual(os.listdir(self.dir), [])
+        with self.assertRaises(LocalError) as caught:
+            spooler.open()
+        self.assertIn("the hub has stopped", str(caught.exception))
+        self.assertEqual(os.listdir(self.dir), [])  # nothing made, inline or ahead
+        self.assertEqual(self.syncer.calls_run, 1)
+        # started again (a restart): usable again
+        self.assertTrue(spooler.claim())
+        self.store_one_line(spooler, spooler.open())
 
     def test_refill_failure_falls_back_to_inline_creation(self):
         spooler = open_spooler(self, self.dir, self.syncer, precreate=4)

@@ -35,7 +35,9 @@ class ISpooler(Interface):
     """Where incoming message data is written while it arrives."""
 
     def open() -> "ISpoolWriter":  # noqa: UP037
-        """Start a new spool file and return its writer (synchronous)."""
+        """Start a new spool file and return its writer (synchronous).
+        Raises when no file may be made (the hub's spooler, once the hub's
+        stop has given its state directory up: ``LocalError``)."""
 
     def discard(message) -> None:
         """Remove the spool file of a ``SpooledMessage`` once every copy of

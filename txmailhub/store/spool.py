@@ -246,6 +246,13 @@ class Spooler:
             os.close(os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600))
 
     def open(self) -> SpoolWriter:
+        """A writer on a new spool file.  Raises ``LocalError`` after
+        ``close()`` (until ``claim()``): the hub's stop has given the state
+        directory up, and another hub may own it now -- a late caller (an
+        embedding application holding the components, a callback that
+        fires after the stop) must not make files in it."""
+        if self._closed:
+            raise LocalError(f"the spool {self.spool_dir} is closed: the hub has stopped")
         path, fd = self._ready.popleft() if self._ready else self._create()
         self._refill()
         return SpoolWriter(self, path, fd)
@@ -319,7 +326,8 @@ class Spooler:
         d.addCallbacks(done, failed)
 
     def close(self) -> None:
-        """Delete the spool files made ahead (the hub is stopping)."""
+        """Delete the spool files made ahead and give the lock up (the hub
+        has stopped); ``open()`` refuses from now on, until ``claim()``."""
         self._closed = True
         ready, self._ready = list(self._ready), deque()
         _drop(ready)
