@@ -1506,6 +1506,66 @@ def test_a_refusal_at_rcpt_stands_when_the_final_dot_gets_no_reply(tmp_path):
     assert results[CAROL].remote_mta == "mx1.remote.test"
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refusal_at_rcpt_stands_when_a_later_421_ends_the_session(tmp_path, pipelining):
+    # RFC 5321: a 5yz to RCPT is that recipient's answer; a 421 to a later
+    # RCPT ends the session for the others only.  The refused recipient
+    # went to the next host with the others (which took it here; else it
+    # waited and in the end bounced for a 421 that was never its own).
+    ext = ("PIPELINING", "SIZE 1000000") if pipelining else ("SIZE 1000000",)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=ext, replies={
+        f"RCPT {CAROL}": b"550 5.1.1 no such user\r\n",
+        f"RCPT {BOB}": b"421 4.7.0 too many connections, closing\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(extensions=ext)
+    results = {r.address: r for r in run(net, a.deliver(
+        entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))}
+    assert results[CAROL].kind == "permanent"
+    assert results[CAROL].reply.text() == "550 5.1.1 no such user"
+    assert results[CAROL].remote_mta == "mx1.remote.test"
+    assert results[BOB].kind == "delivered" and results[BOB].remote_mta == "mx2.remote.test"
+    # the next host was asked for the others only
+    [(_, rcpts, _)] = net.server_protocols[-1].messages
+    assert rcpts == [b"bob@remote.test"]
+    # every host closing: the others wait (the last 421), the refusal stands
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(extensions=ext, replies={
+            f"RCPT {CAROL}": b"550 5.1.1 no such user\r\n",
+            f"RCPT {BOB}": b"421 4.3.2 shutting down\r\n"})
+    results = {r.address: r for r in run(net, a.deliver(
+        entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))}
+    assert (results[CAROL].kind, results[CAROL].reply.code) == ("permanent", 550)
+    assert (results[BOB].kind, results[BOB].reply.text()) == (
+        "transient", "421 4.3.2 shutting down")
+    assert [sum(c.startswith(b"RCPT") for c in p.commands) for p in net.server_protocols] == [
+        2, 1]  # the second host was not asked for the refused one
+    # a temporary refusal waits with the others, as before
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=ext, replies={
+        f"RCPT {CAROL}": b"450 4.2.0 mailbox busy\r\n",
+        f"RCPT {BOB}": b"421 4.3.2 shutting down\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(extensions=ext)
+    results = run(net, a.deliver(entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))
+    assert [(r.address, r.kind, r.remote_mta) for r in results] == [
+        (CAROL, "delivered", "mx2.remote.test"), (BOB, "delivered", "mx2.remote.test")]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refusal_at_rcpt_stands_when_data_gets_421(tmp_path, pipelining):
+    # the same for a 421 to DATA: the recipients the server took wait
+    # (that 421 is theirs), the refused one bounces
+    ext = ("PIPELINING", "SIZE 1000000") if pipelining else ("SIZE 1000000",)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=ext, replies={
+        f"RCPT {CAROL}": b"550 5.1.1 no such user\r\n",
+        "DATA": b"421 4.3.2 shutting down\r\n"})
+    results = {r.address: r for r in run(net, a.deliver(
+        entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))}
+    assert (results[CAROL].kind, results[CAROL].reply.code) == ("permanent", 550)
+    assert (results[BOB].kind, results[BOB].reply.code) == ("transient", 421)
+
+
 # --- DSN parameters relayed as received (RFC 3461 5.2.1) -----------------------------
 
 # A record as the code before the as-received forms wrote it: no "envid_raw",

@@ -704,6 +704,9 @@ class DeliveryAgent:
             # a DNS answer that came after a stop (and a start), or during
             # the grace of a stop that does not wait for this entry
             return _given_up(recipients)
+        # the recipients a host refused for good at RCPT in a session that
+        # then failed: their answer is final, the next host never gets them
+        settled: list[DeliveryResult] = []
         last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
@@ -711,7 +714,7 @@ class DeliveryAgent:
         started = self.clock.seconds()
         out_of_time = False
         for mxhost in hosts:
-            if tried >= MAX_ADDRESSES_PER_ATTEMPT:
+            if tried >= MAX_ADDRESSES_PER_ATTEMPT or not recipients:
                 break
             for address in mxhost.addresses:
                 if tried >= MAX_ADDRESSES_PER_ATTEMPT:
@@ -725,7 +728,7 @@ class DeliveryAgent:
                     break
                 tried += 1
                 if epoch != self._epoch or not self._may_go_on(entry.id):
-                    return _given_up(recipients)
+                    return settled + _given_up(recipients)
                 outcome = yield self._session(entry, recipients, mxhost, address, port_n,
                                               smarthost, stage)
                 if (outcome is not None and outcome.session_error is not None
@@ -761,17 +764,22 @@ class DeliveryAgent:
                         # a refusal at RCPT is the server's answer for its
                         # recipient: only those it took are in doubt
                         known = {r.address: r for r in outcome.refused}
-                        return [DeliveryResult(a, known[a].kind, known[a].reply, last_host)
-                                if a in known else DeliveryResult(a, "transient", last, last_host)
-                                for a in recipients]
+                        return settled + [
+                            DeliveryResult(a, known[a].kind, known[a].reply, last_host)
+                            if a in known else DeliveryResult(a, "transient", last, last_host)
+                            for a in recipients]
+                    recipients = self._settle(entry, outcome, recipients, last_host, settled)
                     break
                 if not smarthost:
                     self.mx.health.succeeded(mxhost.name)
-                return self._results(entry, outcome, _remote_name(mxhost.name, smarthost))
+                return settled + self._results(entry, outcome,
+                                               _remote_name(mxhost.name, smarthost))
             if out_of_time:
                 break  # a host not (fully) tried is not one that failed
             if not smarthost:
                 self.mx.health.failed(mxhost.name)
+        if not recipients:  # each refused for good by a session that then failed
+            return settled
         # A 5xx greeting (or EHLO and HELO both refused) says the host will
         # not talk to us, not that this mail is undeliverable: the message
         # stays queued (RFC 5321 3.1 has the client try elsewhere), with
@@ -782,7 +790,31 @@ class DeliveryAgent:
                 else "transient")
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=loggable(last.text(), REPLY_LOG_MAX))
-        return [DeliveryResult(a, kind, last, last_host) for a in recipients]
+        return settled + [DeliveryResult(a, kind, last, last_host) for a in recipients]
+
+    def _settle(self, entry: QueueEntry, outcome: SessionOutcome, recipients: list[Address],
+                host: str | None, settled: list[DeliveryResult]) -> list[Address]:
+        """The recipients still to deliver after ``outcome``, a session
+        that failed as a whole (a ``421`` to a later RCPT or to DATA, a
+        timeout, a lost connection) without the final ".": those the
+        server refused for good at RCPT before it go to ``settled`` with
+        that reply.  RFC 5321: a 5yz to RCPT is that recipient's answer,
+        and the failure after it ends the session for the others only; so
+        they bounce now, with the server's words in the notice, instead of
+        going to the next host with the others and, in the end, bouncing
+        for a failure that was never theirs.  A temporary refusal (4yz)
+        waits with the others, as before."""
+        final = {r.address: r for r in outcome.refused if r.kind == "permanent"}
+        if not final:
+            return recipients
+        for a in recipients:
+            r = final.get(a)
+            if r is not None:
+                settled.append(DeliveryResult(a, r.kind, r.reply, host))
+        log.info("{queue_id}: {host}: {count} recipient(s) refused at RCPT before the session "
+                 "failed: {codes}", queue_id=entry.id, host=host, count=len(final),
+                 codes=", ".join(f"{a}: {r.reply.code}" for a, r in final.items()))
+        return [a for a in recipients if a not in final]
 
     def _results(self, entry: QueueEntry, outcome: SessionOutcome,
                  host: str) -> list[DeliveryResult]:
