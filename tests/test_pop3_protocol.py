@@ -1432,6 +1432,157 @@ def test_the_hub_stopping_aborts_its_pop3_sessions():
     assert t.disconnected
 
 
+def _hold_deletions(proto):
+    """Make ``proto``'s mailbox delete only when the returned Deferred is
+    fired (the unlinks running on a worker thread meanwhile)."""
+    held = defer.Deferred()
+    real = proto.mailbox.delete
+    proto.mailbox.delete = lambda indices: held.addCallback(lambda _: real(indices))
+    return held
+
+
+def test_the_hub_stopping_waits_for_the_deletions_of_a_quit_under_way():
+    # RFC 1939 6: the deletions of the UPDATE state run on a worker
+    # thread; the stop fired (and the hub gave its state directory up)
+    # while they still ran.  Now it waits for them and for the
+    # connection; the client still gets its +OK.
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b\n")
+    proto, t = login(env)
+    other, t2 = login(env, user=b"ann", pw=b"annpw")
+    factory = proto.factory
+    other.factory.sessions.discard(other)  # the same listener as proto's
+    other.factory = factory
+    factory.sessions.add(other)
+    talk(proto, t, b"DELE 1\r\n")
+    held = _hold_deletions(proto)
+    assert talk(proto, t, b"QUIT\r\n") == b""
+    stopped = factory.shut_down()
+    assert isinstance(stopped, defer.Deferred)
+    assert t2.disconnected  # the other session is cut as before
+    assert not t.disconnecting  # this one is left to its deletions
+    other.connectionLost(None)
+    assert not stopped.called
+    held.callback(None)
+    assert t.value() == R.bye_updated(1).to_bytes()
+    assert env.store.messages("joe@example.org") == [b"b\n"]
+    assert not env.store.is_locked("joe@example.org")
+    assert t.disconnecting  # closed politely, and cut soon: the stop waits for it
+    [cut] = [c for c in env.clock.getDelayedCalls() if c.func.__name__ == "_cut"]
+    assert cut.getTime() - env.clock.seconds() == pop3_protocol.STOP_CLOSE_GRACE
+    assert not stopped.called
+    proto.connectionLost(None)
+    assert stopped.called and factory.updating == set()
+
+
+def test_the_stop_waits_for_deletions_whose_client_left_and_answers_their_failure():
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    # the client hung up after QUIT: the deletions go on, and the stop waits
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    held = _hold_deletions(proto)
+    talk(proto, t, b"QUIT\r\n")
+    proto.connectionLost(None)
+    stopped = proto.factory.shut_down()
+    assert not stopped.called
+    held.callback(None)
+    assert stopped.called and env.store.messages("joe@example.org") == []
+    assert t.value() == b""
+    # deletions that fail while the hub stops: -ERR, and the stop goes on
+    env.store.add("joe@example.org", b"c\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    held = defer.Deferred()
+    proto.mailbox.delete = lambda indices: held
+    talk(proto, t, b"QUIT\r\n")
+    stopped = proto.factory.shut_down()
+    held.errback(OSError(5, "Input/output error"))
+    assert t.value() == R.UPDATE_FAILED.to_bytes() and t.disconnecting
+    assert not stopped.called
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)  # a client that does not close
+    assert t.disconnected
+    proto.connectionLost(None)
+    assert stopped.called and not env.store.is_locked("joe@example.org")
+    # nothing under way: fired at once
+    assert proto.factory.shut_down().called
+
+
+def test_the_stop_shortens_the_close_after_a_quit_already_answered():
+    # the deletions done and answered, the polite close still running (a
+    # client that does not close): the stop waits 2 seconds, not 30
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    assert talk(proto, t, b"QUIT\r\n") == R.bye_updated(0).to_bytes()
+    stopped = proto.factory.shut_down()
+    assert not stopped.called and not t.disconnected
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t.disconnected
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_a_bug_after_the_deletions_does_not_hold_the_stop(monkeypatch, log_events):
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    held = _hold_deletions(proto)
+
+    def broken(self, result, action):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pop3_protocol.POP3Protocol, "_updated", broken)
+    talk(proto, t, b"QUIT\r\n")
+    stopped = proto.factory.shut_down()
+    held.callback(None)
+    assert t.value() == R.INTERNAL_ERROR.to_bytes() and t.disconnecting
+    assert not env.store.is_locked("joe@example.org")
+    proto.connectionLost(None)
+    assert stopped.called
+    assert [e["log_failure"].value.args for e in log_events if "log_failure" in e] == [
+        ("a bug",)]
+
+
+def test_a_quit_after_the_stop_cut_its_session_deletes_nothing():
+    # a QUIT the session had not handled yet when the stop cut it (read
+    # before the abort took effect, or pipelined for a later turn) must not
+    # start deletions that the stop does not wait for
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    talk(proto, t, b"DELE 1\r\n")
+    assert proto.factory.shut_down().called
+    assert talk(proto, t, b"QUIT\r\n") == b""
+    proto.connectionLost(None)
+    assert env.store.messages("joe@example.org") == [b"a\n"]
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_the_pop3_listeners_stop_fires_once_the_deletions_are_done():
+    from txmailhub.service import ListenerService
+
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    factory = POP3Factory(env.components)
+    service = ListenerService(env.clock, "pop3", "tcp:0:interface=127.0.0.1", factory)
+    service.startService()
+    proto = factory.buildProtocol(LOOPBACK)
+    t = Transport(LOOPBACK)
+    proto.makeConnection(t)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\nDELE 1\r\n")
+    held = _hold_deletions(proto)
+    talk(proto, t, b"QUIT\r\n")
+    stopped = service.stopService()
+    assert isinstance(stopped, defer.Deferred) and not stopped.called
+    held.callback(None)
+    proto.connectionLost(None)
+    assert stopped.called and env.store.messages("joe@example.org") == []
+
+
 def test_a_login_whose_client_left_before_its_turn_is_not_a_guess(log_events):
     # The checker skips a queued password check whose client has gone
     # (txmailhub.auth.LoginAbandoned): the protocol tells it through the

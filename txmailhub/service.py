@@ -247,11 +247,12 @@ class ListenerService(Service):
         """Stop listening and end the connections (``shut_down``); the
         Deferred fires once the port is closed and, for SMTP, the sessions
         are gone (their ``421`` and close take at most a couple of seconds,
-        or what a message being stored takes)."""
+        or what a message being stored takes), for POP3 the sessions whose
+        QUIT was deleting messages (the deletions and the close)."""
         super().stopService()
         d = self.unbind()
         shut_down = getattr(self.factory, "shut_down", None)
-        if shut_down is not None:  # SMTP: 421 to the open sessions (RFC 5321 3.8)
+        if shut_down is not None:  # SMTP: 421 to the open sessions (RFC 5321 3.8); POP3
             gone = shut_down()
             if isinstance(gone, Deferred):
                 return gatherResults([d if d is not None else succeed(None), gone],

@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred, succeed
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -116,6 +116,9 @@ COMMANDS_PER_TURN = 128
 every other session waiting while they are answered; the rest waits for
 the next turn."""
 CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
+STOP_CLOSE_GRACE = 2.0
+"""The same while the hub stops: the close after the answer to a QUIT
+whose deletions the stop waited for (the stop waits for it too)."""
 CLOSED_CHECK = 1.0
 """Seconds between looks, while the client does not read us, for a TLS
 session it ended (see ``_check_closed``)."""
@@ -374,6 +377,32 @@ class POP3Protocol(Protocol):
                 log.info("POP3 {user} from {peer} {why}: nothing deleted",
                          user=self._user, peer=self._peer, why=why)
             self._release()
+            self._settled()
+
+    def cut_for_stop(self) -> None:
+        """The hub stops: drop the connection at once (a polite close would
+        wait for a client that does not read, or for its TLS close_notify,
+        holding the mailbox lock), and handle no command of it from here
+        on: a QUIT still pipelined must not start deletions the stop does
+        not wait for."""
+        self._closing = True
+        self.transport.abortConnection()
+
+    def hurry_close(self) -> None:
+        """The hub stops while this session's close after its QUIT runs:
+        cut it after ``STOP_CLOSE_GRACE`` rather than the 30 s of a close
+        during the run (the stop waits for it)."""
+        call = self._close_call
+        if call is not None and call.active() and (
+                call.getTime() - self.reactor.seconds() > STOP_CLOSE_GRACE):
+            call.reset(STOP_CLOSE_GRACE)
+
+    def _settled(self) -> None:
+        """Tell the factory once a session that entered the UPDATE state
+        is over: its deletions done and its connection gone (the hub's
+        stop waits for both, ``POP3Factory.shut_down``)."""
+        if self._lost and not self._update_running and self.factory is not None:
+            self.factory.update_over(self)
 
     def _release(self) -> None:
         if self._unseen:
@@ -403,7 +432,9 @@ class POP3Protocol(Protocol):
         t.loseConnection()
         # A polite close waits for the peer to read the last reply, and under
         # TLS for a handshake it may never finish (after STLS); cut it then.
-        self._close_call = self.reactor.callLater(CLOSE_GRACE, self._cut)
+        # Sooner while the hub stops, which waits for it.
+        grace = STOP_CLOSE_GRACE if getattr(self.factory, "stopping", False) else CLOSE_GRACE
+        self._close_call = self.reactor.callLater(grace, self._cut)
 
     def _cut(self) -> None:
         self._close_call = None
@@ -724,6 +755,10 @@ class POP3Protocol(Protocol):
     def _internal_error(self, failure: Failure) -> None:
         """A bug of ours: log it, tell the peer without details, hang up."""
         log.failure("POP3 internal error for {peer}", failure, peer=self._peer)
+        if self._update_running:  # the deletions are over, whatever broke after them
+            self._update_running = False
+            self._release()
+            self._settled()
         if not self._lost:
             self._busy = False
             self.transport.write(R.INTERNAL_ERROR.to_bytes())
@@ -1087,6 +1122,7 @@ class POP3Protocol(Protocol):
             self._mark_seen()
         self._busy = True
         self._update_running = True
+        self.factory.update_started(self)
         if action.indices:
             d = maybeDeferred(self.mailbox.delete, list(action.indices))
         else:
@@ -1122,7 +1158,9 @@ class POP3Protocol(Protocol):
         self._release()
         self._busy = False
         if not self._lost:
+            # the answer, also while the hub stops (which waited for this)
             self._send(self.engine.update_finished(ok, permanent))
+        self._settled()
 
     # -- idle timeout --------------------------------------------------------
 
@@ -1187,6 +1225,10 @@ class POP3Factory(Factory):
         self.components = components
         self.implicit_tls = implicit_tls
         self.sessions: set[POP3Protocol] = set()  # of this listener, to end at stop
+        # sessions in the UPDATE state until their deletions are done and
+        # their connection is gone, and what waits for them (shut_down)
+        self.updating: set[POP3Protocol] = set()
+        self._waiting: list[tuple[set[POP3Protocol], Deferred]] = []
         # shared by every POP3 listener of these components
         self.limits: ConnectionLimits = components.shared("pop3_connections", ConnectionLimits)
         self.login_failures: FailureWindow = components.shared(
@@ -1198,18 +1240,49 @@ class POP3Factory(Factory):
     def startFactory(self) -> None:
         self.stopping = False  # listening again (a restart)
 
-    def shut_down(self) -> None:
+    def shut_down(self) -> Deferred:
         """The listener is stopping (the hub is): end the open sessions, as
         a dropped connection, without the UPDATE state (RFC 1939 6: nothing
-        is deleted), so that their mailbox locks go with them."""
+        is deleted), so that their mailbox locks go with them.
+
+        A session whose QUIT is in the UPDATE state already is left to
+        finish its deletions (they run on a worker thread): its client
+        gets the ``+OK``/``-ERR`` for them, and its close is cut after
+        ``STOP_CLOSE_GRACE``.  The Deferred returned fires once those
+        sessions are over, deletions and connection (at once if there are
+        none): the hub's stop used to fire, and give the state directory
+        up, while their unlinks still ran."""
         self.stopping = True
+        waiting = set(self.updating)
         for session in list(self.sessions):
-            # at once: a polite close would wait for a client that does not
-            # read (or for its TLS close_notify), holding the mailbox lock
-            session.transport.abortConnection()
+            if session in waiting:
+                session.hurry_close()
+            else:
+                session.cut_for_stop()
         # and the refused connections still waiting for their polite close
         # (this factory's: the other listeners may keep running)
         self.limits.end_refusals(self)
+        if not waiting:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiting.append((waiting, d))
+        return d
+
+    def update_started(self, session: POP3Protocol) -> None:
+        self.updating.add(session)
+
+    def update_over(self, session: POP3Protocol) -> None:
+        """``session``'s deletions are done and its connection is gone."""
+        self.updating.discard(session)
+        done = []
+        for waiting, d in self._waiting:
+            waiting.discard(session)
+            if not waiting:
+                done.append(d)
+        if done:
+            self._waiting = [(w, d) for w, d in self._waiting if w]
+            for d in done:
+                d.callback(None)
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)
