@@ -987,3 +987,38 @@ def test_the_syncer_stops_only_after_the_hubs_other_parts(tmp_path: Path) -> Non
         slow.stopped.callback(None)
         assert stops == ["syncer"] and d.called
         stops.clear()
+
+
+def test_an_earlier_stop_does_not_stop_the_syncer_under_a_later_one(tmp_path: Path) -> None:
+    # Stopped, started again and stopped again before the first stop was
+    # over: when the first stop's parts are done, the hub is stopped again
+    # -- but by the second stop, whose parts (a session accepted since the
+    # restart, still storing its message) may still need the syncer.  Only
+    # the last stop stops it, once its own parts have stopped.
+    from twisted.application.service import Service
+    from twisted.internet.defer import Deferred
+
+    class SlowToStop(Service):
+        def __init__(self) -> None:
+            self.stops: list[Deferred] = []
+
+        def stopService(self) -> Deferred:
+            super().stopService()
+            self.stops.append(Deferred())
+            return self.stops[-1]
+
+    hub = MailHub(quiet_settings(tmp_path), reactor=MemoryReactorClock())
+    slow = SlowToStop()
+    slow.setServiceParent(hub)
+    syncer = hub.components.syncer
+    stops = []
+    real_stop = syncer.stop
+    syncer.stop = lambda: stops.append("syncer") or real_stop()
+    hub.startService()
+    first = hub.stopService()
+    hub.startService()
+    second = hub.stopService()
+    slow.stops[0].callback(None)  # the first stop's parts are done
+    assert stops == [] and first.called and not second.called
+    slow.stops[1].callback(None)
+    assert stops == ["syncer"] and second.called

@@ -275,6 +275,8 @@ class _StorageService(Service):
     spooler's pre-created files at stop (which gives the state directory
     up)."""
 
+    _stops = 0  # stop_after calls: only the last one's ``others`` stop the syncer
+
     def __init__(self, syncer: Any, spooler: Any, state_dir: str) -> None:
         self.syncer = syncer
         self.spooler = spooler
@@ -318,11 +320,15 @@ class _StorageService(Service):
         recording its attempts) may still ask it to make something
         durable, and a syncer stopped under them fails that ("the syncer
         is stopped": a 451 for a message, a record not updated).  Started
-        again meanwhile (a quick restart): the syncer stays started."""
+        again meanwhile (a quick restart): the syncer stays started; and
+        only the last stop stops it -- an earlier one's parts may be done
+        while the parts of the hub started since are still stopping."""
         Service.stopService(self)
+        self._stops += 1
+        mine = self._stops
 
         def stop(_: Any) -> Any:
-            if self.running:
+            if self.running or mine != self._stops:
                 return None
             stop = getattr(self.syncer, "stop", None)
             return stop() if stop is not None else None
