@@ -96,6 +96,57 @@ def test_running_reader_sees_changes_without_restart(db: UsersDB) -> None:
     assert not reader.contains(Address("alice", "example.org"))
 
 
+def test_a_same_size_rewrite_in_one_clock_tick_is_seen(db: UsersDB) -> None:
+    """``mailhub user passwd`` twice in a second, or an editor that writes
+    in place: a new hash has the size of the old one, and on a file
+    system with a coarse clock the mtime stays too.  The running reader
+    must not keep the old password for good."""
+    joe = Address("joe", "example.org")
+    old, new = hash_password("old-pw"), hash_password("new-pw")
+    Path(db.path).write_text(f"joe {old}\n")
+    assert db.get(joe).password_hash == old
+    before = os.stat(db.path)
+    with open(db.path, "r+") as f:  # in place: same inode, same size
+        f.write(f"joe {new}\n")
+    os.utime(db.path, ns=(before.st_atime_ns, before.st_mtime_ns))  # one clock tick
+    assert os.stat(db.path).st_size == before.st_size
+    assert db.get(joe).password_hash == new
+    assert db.check_password(joe, "new-pw") and not db.check_password(joe, "old-pw")
+
+
+def test_a_fresh_file_is_read_again_for_seconds_then_no_more(
+        db: UsersDB, log_events: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a change the stamp cannot be trusted (a second change
+    in the same tick keeps it): the file is read at each lookup -- and
+    its problems are not logged again -- until ``RACY_SECONDS`` have
+    passed; then an unchanged file costs a ``stat`` and no read."""
+    import txmailhub.users as users_module
+    from txmailhub.filestamp import RACY_SECONDS
+
+    Path(db.path).write_text(f"joe {hash_password('pw')}\nbroken-line\n")
+    mtime = os.stat(db.path).st_mtime
+    now = [mtime]
+    db._file.clock = lambda: now[0]
+    opened: list[str] = []
+    real_open = open
+    monkeypatch.setattr(users_module, "open",
+                        lambda *a, **k: opened.append(a[0]) or real_open(*a, **k), raising=False)
+    joe = Address("joe", "example.org")
+    for _ in range(3):
+        assert db.contains(joe)
+        now[0] += 0.5
+    assert len(opened) == 3  # within RACY_SECONDS of the mtime: each lookup reads
+    now[0] = mtime + RACY_SECONDS
+    assert db.contains(joe)
+    count = len(opened)
+    for _ in range(5):
+        now[0] += 60
+        assert db.contains(joe)
+    assert len(opened) == count  # settled: no reload storm
+    warned = [e for e in log_events if e.get("problem")]
+    assert len(warned) == 1  # the bad line, once per change of the file
+
+
 def test_a_users_file_that_goes_away_is_reported_not_read_as_no_users(
         db: UsersDB, log_events: list[dict]) -> None:
     events = log_events
@@ -809,3 +860,47 @@ def test_the_precheck_of_the_first_user_logs_no_missing_file(
         db.precheck("alice", new=True)
     assert db.precheck("alice", new=False) == Address("alice", "example.org")
     assert [e for e in log_events if e["log_level"].name in ("error", "warn")] == []
+
+
+def test_a_slow_reader_of_an_old_version_does_not_hide_a_newer_one(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Password checks read the file from a thread pool while RCPTs read
+    it on the reactor thread: a reader still parsing an older version
+    must not put its records in place after a newer one's, under the
+    newer stamp (the change would then be missed for good)."""
+    import threading
+
+    joe = Address("joe", "example.org")
+    old, new = hash_password("old-pw"), hash_password("new-pw")
+    path = Path(db.path)
+
+    def settled(text: str) -> None:
+        tmp = path.with_suffix(".new")
+        tmp.write_text(text)
+        os.utime(tmp, (1e9, 1e9))  # changed long ago: the stamp is trusted at once
+        os.replace(tmp, path)
+
+    settled(f"joe {old}\n")
+    parsing, go_on = threading.Event(), threading.Event()
+    real_parse = db._parse
+    first = [True]
+
+    def slow_parse(text: str):
+        if first[0]:
+            first[0] = False
+            parsing.set()
+            assert go_on.wait(10)
+        return real_parse(text)
+
+    monkeypatch.setattr(db, "_parse", slow_parse)
+    slow = threading.Thread(target=db.get, args=(joe,))
+    slow.start()
+    assert parsing.wait(10)  # the old version read, its parse under way
+    settled(f"joe {new}\n")
+    quick = threading.Thread(target=db.get, args=(joe,))
+    quick.start()
+    quick.join(0.3)
+    go_on.set()
+    slow.join(10)
+    quick.join(10)
+    assert db.get(joe).password_hash == new

@@ -35,8 +35,10 @@ protection): anyone who reads the users file can log in as them over
 APOP.  That is why it is opt-in per user and documented as weaker.
 
 Readers (the running hub) see changes without a restart: every lookup
-checks the file's identity (inode, size, mtime) and reloads it when it
-changed.  Writers replace the file atomically (temp file, fsync, rename,
+checks the file's stamp (inode, size, mtime, ctime) and reloads it when it
+changed -- and reads it again anyway for a couple of seconds after it
+changed, when a second change may have kept the stamp
+(``txmailhub.filestamp``).  Writers replace the file atomically (temp file, fsync, rename,
 fsync the folder) under an exclusive lock, so a crash leaves either the
 old or the new file, never a torn one.
 """
@@ -51,6 +53,7 @@ import hmac
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ from twisted.logger import Logger
 
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
+from txmailhub.filestamp import FileStamp
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
 
@@ -187,7 +191,11 @@ class UsersDB:
         self.password_policy = password_policy or PasswordPolicy()
         self.primary_domain = canonical_domain(primary_domain)
         self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
-        self._stamp: tuple[int, int, int] | None = None
+        # the file as last read: its stamp, and its text (a read that finds
+        # the same text again parses and logs nothing)
+        self._file = FileStamp()
+        self._reading = threading.Lock()
+        self._text: str | None = None
         self._records: dict[str, UserRecord] = {}
         self.problems: list[str] = []
         # The file is not there: a lookup cannot tell "no such user" from
@@ -199,14 +207,24 @@ class UsersDB:
 
     # -- reading -------------------------------------------------------------
 
-    def _refresh(self, report: bool = True) -> None:
+    def _refresh(self, report: bool = True) -> dict[str, UserRecord]:
+        """The records as the file has them now.  Password checks call
+        this from a thread pool while the reactor thread asks for RCPTs:
+        one reader at a time, or a slow reader of an older version could
+        put its records in place after a newer one's, under the newer
+        stamp, and the change would be missed for good."""
+        with self._reading:
+            self._refresh_locked(report)
+            return self._records
+
+    def _refresh_locked(self, report: bool) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             if report and not self.missing:  # not for the first `mailhub user add`
                 log.error("the users file {path} does not exist: local mail is refused "
                           "with 451 (try again later) until it is back", path=self.path)
-            self._stamp, self._records, self.problems = None, {}, []
+            self._forget()
             self.missing = True
             self.unreadable = None
             return
@@ -215,8 +233,7 @@ class UsersDB:
             # made 0700 by root, the hub running as mailhub)
             self._cannot_read(e, report)
             return
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp == self._stamp:
+        if not self._file.stale(st):
             return
         try:
             with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
@@ -224,8 +241,15 @@ class UsersDB:
         except OSError as e:
             self._cannot_read(e, report)
             return
-        self._records, self.problems, _, _ = self._parse(text)
-        self._stamp = stamp
+        changed = text != self._text  # else read again while its stamp was not trusted
+        if changed:
+            self._records, self.problems, _, _ = self._parse(text)
+            self._text = text
+        # only now: a stamp noted before the records are in place would
+        # let another lookup take the old records for the new file
+        self._file.read(st)
+        if not changed:
+            return
         if self.missing:
             log.info("the users file {path} is back", path=self.path)
             self.missing = False
@@ -243,9 +267,13 @@ class UsersDB:
             log.error("the users file {path} cannot be read ({why}): local mail is "
                       "refused with 451 (try again later) and logins fail until it can",
                       path=self.path, why=why)
-        self._stamp, self._records, self.problems = None, {}, []
+        self._forget()
         self.missing = True
         self.unreadable = e
+
+    def _forget(self) -> None:
+        self._file.forget()
+        self._text, self._records, self.problems = None, {}, []
 
     def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str],
                                          list[str | None], dict[str, int]]:
@@ -293,17 +321,16 @@ class UsersDB:
         return records, problems, keys, {k: n - 1 for k, n in first.items()}
 
     def get(self, address: Address) -> UserRecord | None:
-        self._refresh()
-        return self._records.get(address.key)
+        return self._refresh().get(address.key)
 
     def contains(self, address: Address) -> bool:
         return self.get(address) is not None
 
     def addresses(self) -> list[Address]:
-        self._refresh()
+        records = self._refresh()
         if self.unreadable is not None:
             raise self.unreadable  # check and the start name it as a problem
-        return [r.address for r in sorted(self._records.values(), key=lambda r: r.address.key)]
+        return [r.address for r in sorted(records.values(), key=lambda r: r.address.key)]
 
     def qualify(self, name: str) -> Address:
         """A login name or CLI argument -> ``Address`` (bare local part = primary domain)."""
@@ -349,7 +376,7 @@ class UsersDB:
         give_to(fd, owner_of(self.path) or owner_of(folder))
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self._stamp = None
+            self._file.forget()
             try:
                 with open(self.path, "rb") as f:
                     raw = f.read()
@@ -396,7 +423,7 @@ class UsersDB:
         # the folder's owner: a new file is the folder's owner's
         durable_write(self.path, text, mode=0o600,
                       new_owner=owner_of(os.path.dirname(os.path.abspath(self.path))))
-        self._stamp = None
+        self._file.forget()
 
     def _local(self, name: str) -> Address:
         try:
@@ -460,8 +487,7 @@ class UsersDB:
         address = self._new_address(name) if new else self._local(name)
         # not reported: a missing file is no error here (the first `user
         # add` makes it), and this process is no hub refusing mail with 451
-        self._refresh(report=False)
-        exists = address.key in self._records
+        exists = address.key in self._refresh(report=False)
         if new and exists:
             raise UserExists(f"{address} already exists")
         if not new and not exists and self.unreadable is None:

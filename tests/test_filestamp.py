@@ -1,0 +1,55 @@
+"""When a re-read file's stamp can be trusted (txmailhub.filestamp)."""
+
+from __future__ import annotations
+
+import os
+
+from txmailhub.filestamp import RACY_SECONDS, FileStamp
+
+
+def _st(mtime: float, size: int = 10, ino: int = 7) -> os.stat_result:
+    ns = int(mtime * 1e9)
+    # mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime (+ the _ns fields)
+    return os.stat_result((0o100600, ino, 1, 1, 0, 0, size, int(mtime), int(mtime), int(mtime),
+                           mtime, mtime, mtime, ns, ns, ns))
+
+
+def test_a_stamp_read_in_its_own_clock_tick_is_not_trusted() -> None:
+    """The whole stamp the same (inode, size, mtime, ctime), as after a
+    second change within one tick: read again until RACY_SECONDS past."""
+    now = [100.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    st = _st(100.0)
+    assert stamp.stale(st)
+    stamp.read(st)
+    assert stamp.stale(st)  # a change within this tick would keep it
+    now[0] = 100.0 + RACY_SECONDS
+    stamp.read(st)
+    assert not stamp.stale(st)
+    assert stamp.stale(_st(100.0, size=11)) and stamp.stale(_st(100.0, ino=8))
+
+
+def test_an_old_file_is_trusted_at_once_and_a_future_one_after_a_while() -> None:
+    now = [1000.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    stamp.read(_st(10.0))
+    assert not stamp.stale(_st(10.0))
+    future = _st(5000.0)  # dated ahead of the clock: not read at every lookup for ever
+    stamp.read(future)
+    assert stamp.stale(future)
+    now[0] += RACY_SECONDS
+    stamp.read(future)
+    assert not stamp.stale(future)
+    stamp.forget()
+    assert stamp.stale(future)
+
+
+def test_a_wall_clock_set_back_does_not_make_the_file_fresh_for_hours() -> None:
+    wall, mono = [1000.0], [5.0]
+    stamp = FileStamp(lambda: wall[0], lambda: mono[0])
+    st = _st(999.5)  # just changed
+    stamp.read(st)
+    wall[0] -= 3600  # NTP steps the clock back an hour
+    mono[0] += RACY_SECONDS
+    stamp.read(st)
+    assert not stamp.stale(st)
