@@ -226,6 +226,8 @@ class AliasTests(Base):
 
     def test_unchanged_file_is_not_read_again(self):
         r = self.router("list: joe\n")
+        os.utime(self.path, (1e9, 1e9))  # settled: changed long ago
+        r.resolve(A("list"))  # the settled file, read once
         reads = []
         import builtins
 
@@ -468,7 +470,7 @@ class MoreAliasTests(Base):
                 return real_stat(path, *args, **kwargs)
             return type("Stat", (), {
                 "st_ino": st.st_ino + changed.get("ino", 0), "st_size": st.st_size,
-                "st_mtime_ns": st.st_mtime_ns,
+                "st_dev": st.st_dev, "st_mtime_ns": st.st_mtime_ns, "st_mtime": st.st_mtime,
                 "st_ctime_ns": st.st_ctime_ns + changed.get("ctime", 0)})()
 
         self.patch(os, "stat", stat)
@@ -477,6 +479,52 @@ class MoreAliasTests(Base):
                 f.write(text)
             changed[field] = 1  # that field alone differs from the last look
             self.assertEqual(r.resolve(A("list")), ((A(who),), ()), field)
+
+    def test_a_second_change_in_the_same_clock_tick_is_seen(self):
+        # two saves within one tick of a coarse file system clock, the
+        # second of the same size: inode, size, mtime and ctime all stay
+        r = self.router("list: joe\n")
+        st = os.stat(self.path)
+        real_stat = os.stat
+
+        def stat(path, *args, **kwargs):
+            return st if path == self.path else real_stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", stat)
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        with open(self.path, "r+") as f:  # in place, the same size
+            f.write("list: ann\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+
+    def test_a_file_the_hub_cannot_stat_is_logged_once_not_per_rcpt(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        r = self.router("list: joe\n")
+        real_stat = os.stat
+
+        def stat(path, *args, **kwargs):
+            if path == self.path:
+                raise PermissionError(13, "Permission denied", path)
+            return real_stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", stat)
+        for _ in range(4):
+            self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))  # the last aliases
+        errors = [e for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1, [e.get("log_format") for e in errors])
+        self.assertIn("Permission denied", errors[0]["why"])
+
+    def test_a_directory_in_place_of_the_file_keeps_the_aliases_and_is_logged_once(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        r = self.router("list: joe\n")
+        os.unlink(self.path)
+        os.mkdir(self.path)
+        for _ in range(3):
+            self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        errors = [e for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        os.rmdir(self.path)
+        self.write("list: ann\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
     def test_alias_names_match_in_any_case(self):
         r = self.router("Staff: joe\n")

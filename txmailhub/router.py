@@ -26,7 +26,11 @@ duplicates are removed.  A local target that is neither an alias nor a
 user is dropped and logged.  A bad line is skipped and logged with
 ``file:line`` and why; the rest of the file still loads.  The file is
 re-read when its inode, size, mtime or ctime changes (one ``stat`` per
-lookup).
+lookup), and at every lookup for two seconds after a change, when a
+second change in the same clock tick could keep that stamp
+(``txmailhub.filestamp``).  A file that cannot be read (a directory in
+its place, a mode the hub cannot read, bytes that are not UTF-8) leaves
+the aliases read last in effect, logged once.
 
 ``postmaster`` (any case) at any local domain always resolves (RFC 5321
 4.5.1): to the alias ``postmaster@<that domain>`` if there is one, else
@@ -57,6 +61,7 @@ from txmailhub.address import (
     parse_address,
 )
 from txmailhub.errors import Rejected
+from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.smtp import replies
 
@@ -280,7 +285,13 @@ class Router:
         # the configured file is away (moved, being restored): an address
         # that is no user may be one of its aliases, so it gets 451, not 550
         self.aliases_away = False
-        self._stamp: tuple[int, ...] | None = None
+        # the file as last read (``txmailhub.filestamp``), its text (read
+        # again unchanged: nothing parsed, nothing logged), whether it was
+        # there, and the error last logged about it
+        self._file = FileStamp()
+        self._text: str | None = None
+        self._there = False
+        self._error: str | None = None
         self._warned: set[tuple[str, str]] = set()
         self._reload_if_changed()
 
@@ -290,33 +301,42 @@ class Router:
         if self.aliases_file is None:
             return
         try:
-            st = os.stat(self.aliases_file)
-            stamp: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            st: os.stat_result | None = os.stat(self.aliases_file)
         except FileNotFoundError:
-            stamp = ()
+            st = None
         except OSError as e:
-            log.error("cannot stat aliases file {path}: {error}", path=self.aliases_file,
-                      error=str(e))
+            # a folder on the way the hub may not search: said once, not
+            # at every RCPT, and the aliases read last serve on
+            self._cannot_read(f"cannot stat aliases file {self.aliases_file}: {e}")
             return
-        if stamp == self._stamp:
-            return
-        was_there = bool(self._stamp)
-        self._stamp = stamp
-        if not stamp:
-            if was_there:
+        if st is None:
+            if self._there:
                 log.error("aliases file {path} is gone: mail to addresses that are not "
                           "users is refused with 451 (try again later) until it is back",
                           path=self.aliases_file)
                 self.aliases_away = True
+            self._there = False
+            self._file.forget()
+            self._text, self._error = None, None
             self.aliases = {}
             return
+        if not self._file.stale(st):
+            return
+        self._there = True
         try:
             with open(self.aliases_file, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            log.error("cannot read aliases file {path}: {error}; keeping the previous aliases",
-                      path=self.aliases_file, error=str(e))
+            # not looked at again until it changes (a directory, a mode
+            # the hub cannot read, a file written half-way in UTF-8)
+            self._file.read(st)
+            self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
             return
+        self._file.read(st)
+        self._error = None
+        if text == self._text:
+            return  # read again while its stamp was not to be trusted: no change
+        self._text = text
         table, problems = parse_aliases(text, self.primary_domain, self.domains,
                                         self.aliases_file)
         for why in problems:
@@ -327,6 +347,13 @@ class Router:
         self.aliases_away = False
         self._warned.clear()
         log.info("loaded {count} aliases from {path}", count=len(table), path=self.aliases_file)
+
+    def _cannot_read(self, why: str) -> None:
+        """Log ``why`` once (not per RCPT while it lasts); the previous
+        aliases serve on."""
+        if why != self._error:
+            self._error = why
+            log.error("{why}; keeping the previous aliases", why=why)
 
     # -- IRecipientRouter ------------------------------------------------------
 
