@@ -824,6 +824,45 @@ def test_read_credentials(tmp_path):
         read_credentials(str(p))
 
 
+def test_a_changed_smarthost_auth_file_is_read_at_the_next_attempt(tmp_path):
+    a, net = smarthost_with_login(tmp_path)
+    (tmp_path / "auth").write_text("relayuser:n3w-secret\n")
+    [r] = run(net, a.attempt(entry(tmp_path, DAVE)))
+    assert r.kind == "delivered"
+    auth_line = next(c for c in net.server_protocols[-1].commands if c.startswith(b"AUTH"))
+    assert base64.b64decode(auth_line.split()[2]) == b"\0relayuser\0n3w-secret"
+
+
+@pytest.mark.parametrize("broken, why", [
+    ("", 'expected one line "username:password"'),  # written half-way: empty for now
+    (b"relayuser:\xff\xfe\n", "not UTF-8 text"),
+    (None, "No such file"),  # replaced by a new file: away for a moment
+    ("dir", "Is a directory"),
+])
+def test_a_smarthost_auth_file_that_cannot_be_read_keeps_the_mail_queued_without_a_traceback(
+        tmp_path, log_events, broken, why):
+    # the file is read at each attempt: one that cannot be read then
+    # (an admin changing it) is the configuration's fault, said in one
+    # line and in the reply kept with the mail -- no traceback, no
+    # connection made with no login
+    a, net = smarthost_with_login(tmp_path)
+    auth = tmp_path / "auth"
+    auth.unlink()
+    if broken == "dir":
+        auth.mkdir()
+    elif isinstance(broken, bytes):
+        auth.write_bytes(broken)
+    elif broken is not None:
+        auth.write_text(broken)
+    [r] = run(net, a.attempt(entry(tmp_path, DAVE)))
+    assert r.kind == "transient" and r.reply.code == 451
+    assert "smarthost_auth_file" in r.reply.text() and why in r.reply.text()
+    assert not net.connections
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+    [error] = [e for e in log_events if e["log_level"].name == "error"]
+    assert "smarthost_auth_file" in error["log_format"] and why in error["why"]
+
+
 def test_broken_opportunistic_tls_falls_back_to_clear(tmp_path):
     a, net, _ = agent(tmp_path, tls_ok=False)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(

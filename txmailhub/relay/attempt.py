@@ -137,6 +137,18 @@ def read_credentials(path: str) -> tuple[str, str] | None:
     return user, password
 
 
+def _credentials_problem(error: Exception) -> str:
+    """Why ``read_credentials`` failed, without the file's path (it goes
+    in the reply kept with the mail, and in a bounce if it expires)."""
+    if isinstance(error, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    if isinstance(error, OSError):
+        return f"it cannot be read: {error.strerror or error}"
+    text = str(error)
+    cut = text.find(": expected ")  # after the path read_credentials names
+    return text[cut + 2:] if cut >= 0 else text
+
+
 class SMTPClientProtocol(Protocol):
     """Moves bytes between a transport and a ``ClientSession``."""
 
@@ -687,9 +699,24 @@ class DeliveryAgent:
                  stage: _Stage) -> Any:
         epoch = self._epoch
         smarthost = destination == SMARTHOST
+        credentials = None
         if smarthost:
             host, port_n = split_smarthost(self.relay.smarthost)
             hosts = [MXHost(host, 0, (host,))]
+            try:
+                # read at each attempt: a changed login is used at once
+                credentials = read_credentials(self.relay.smarthost_auth_file)
+            except (OSError, ValueError) as e:
+                # being rewritten, replaced, or its mode changed: the
+                # configuration's fault, so the mail stays queued, said in
+                # one line (no traceback) and not sent without the login
+                why = _credentials_problem(e)
+                log.error("{queue_id}: [relay] smarthost_auth_file {path}: {why}; the mail "
+                          "stays queued", queue_id=entry.id,
+                          path=self.relay.smarthost_auth_file, why=why)
+                reply = LocalReply.of(451, "4.3.0", "[relay] smarthost_auth_file cannot be "
+                                      f"used ({why}), will retry")
+                return [DeliveryResult(a, "transient", reply) for a in recipients]
         else:
             port_n = self.relay.port
             try:
@@ -730,7 +757,7 @@ class DeliveryAgent:
                 if epoch != self._epoch or not self._may_go_on(entry.id):
                     return settled + _given_up(recipients)
                 outcome = yield self._session(entry, recipients, mxhost, address, port_n,
-                                              smarthost, stage)
+                                              smarthost, stage, credentials=credentials)
                 if (outcome is not None and outcome.session_error is not None
                         and outcome.phase == Phase.TLS.value
                         and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
@@ -739,7 +766,8 @@ class DeliveryAgent:
                     log.warn("TLS with {host} failed; trying again without TLS",
                              host=where(mxhost.name, address), address=address)
                     outcome = yield self._session(entry, recipients, mxhost, address, port_n,
-                                                  smarthost, stage, plain=True)
+                                                  smarthost, stage, plain=True,
+                                                  credentials=credentials)
                 if outcome is None:  # could not connect: next address
                     shown = where(mxhost.name, address)
                     last = LocalReply.of(451, "4.4.1", f"connection to {shown}:{port_n} failed")
@@ -853,12 +881,11 @@ class DeliveryAgent:
     @defer.inlineCallbacks
     def _session(self, entry: QueueEntry, recipients: list[Address], mxhost: MXHost,
                  address: str, port: int, smarthost: bool, stage: _Stage,
-                 plain: bool = False) -> Any:
+                 plain: bool = False, credentials: tuple[str, str] | None = None) -> Any:
         policy, creator = self._tls_for(mxhost.name, smarthost)
         if plain:
             policy = "none"
         implicit = smarthost and port == SMTPS_PORT
-        credentials = read_credentials(self.relay.smarthost_auth_file) if smarthost else None
         dsn_params = dict(entry.envelope.recipient_dsn)
         # SIZE= is what goes on the wire: without our Return-Path line (one
         # short read of a file the stream reads here anyway)
