@@ -426,6 +426,84 @@ def test_failure_says_why_only_while_the_pair_on_disk_cannot_serve(tmp_path):
     assert factory.failure is None
 
 
+def test_a_key_rewritten_in_place_after_its_certificate_in_one_tick_is_taken(
+        tmp_path, events, monkeypatch):
+    # a renewal script that writes the certificate, then the key, in
+    # place: a look between the two sees a key of another certificate
+    # (said once, the old pair serves on); the key then written within the
+    # same clock tick, at the same size (a P-256 key's PEM always has
+    # one), keeps its stamp -- the old pair must not serve on for good
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    Path(cert).write_bytes(Path(new_cert).read_bytes())  # in place: the same inode
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first  # the key does not match yet
+    key_before = os.stat(key)
+    Path(key).write_bytes(Path(new_key).read_bytes())
+    assert os.stat(key).st_size == key_before.st_size
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: key_before if p == key
+                        else real_stat(p, *a, **k))  # the same tick: the stamp stays
+    clock.advance(tls.CHECK_INTERVAL)
+    renewed_serial = x509.load_pem_x509_certificate(Path(new_cert).read_bytes()).serial_number
+    assert serial_served(factory) == renewed_serial
+    assert len([e for e in events if e["log_level"].name == "error"]) == 1
+    assert len(_loaded(events)) == 1
+
+
+def test_a_fresh_pair_is_looked_at_again_but_loaded_and_said_once(tmp_path, events,
+                                                                  monkeypatch):
+    # while the files' stamp cannot be trusted, each look loads them
+    # again; the same pair keeps its context (its ticket keys: a returning
+    # client still resumes) and is not logged again; once settled, a look
+    # costs two stat calls and no load
+    factory, clock, _, _ = renewed(tmp_path)
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)  # the renewal taken
+    context = factory._options
+    client = _client()
+    session, _ = _connect(factory, client)
+    loads: list[str] = []
+    real_load = tls.load_pair
+    monkeypatch.setattr(tls, "load_pair", lambda c, k: loads.append(c) or real_load(c, k))
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)
+    assert len(loads) == 1 and factory._options is context
+    assert _connect(factory, client, session)[1]  # resumed
+    factory.wall = lambda: time.time() + 3600  # an hour later: settled
+    for _ in range(3):
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)
+    assert len(loads) == 2  # the settling look, then none
+    assert len(_loaded(events)) == 1
+
+
+def test_a_renewal_during_the_start_is_taken_at_the_next_look(tmp_path, monkeypatch):
+    # the stamp is taken before the files are read: a renewal that lands
+    # between the read and the stamp would otherwise pass for the pair read
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    new_cert, new_key = pair(tmp_path / "renewed")
+    real_load = tls.load_pair
+
+    def load_then_renew(c, k):
+        loaded = real_load(c, k)
+        if os.path.exists(new_cert):
+            os.replace(new_cert, cert)
+            os.replace(new_key, key)
+        return loaded
+
+    monkeypatch.setattr(tls, "load_pair", load_then_renew)
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    factory.wall = lambda: time.time() + 3600  # settled: only a change counts
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) != first
+
+
 def test_without_a_clock_the_monotonic_one_serves(tmp_path):
     # the listeners pass none: time.monotonic, which a wall-clock step
     # (NTP at boot) cannot move back

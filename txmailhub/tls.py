@@ -18,12 +18,16 @@ import datetime
 import itertools
 import os
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from txmailhub.filestamp import RACY_SECONDS
 
 __all__ = [
     "ReloadingTLS",
@@ -172,6 +176,16 @@ def _options(chain: list[Any], private_key: Any) -> Any:
     return options
 
 
+def _same(old: tuple[list[Any], Any], new: tuple[list[Any], Any]) -> bool:
+    """Whether two (chain, key) pairs are the same certificates and key
+    (the key belongs to the leaf: its public half says which it is)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return ([c.public_bytes(Encoding.DER) for c in old[0]]
+            == [c.public_bytes(Encoding.DER) for c in new[0]]
+            and _public(old[1].public_key()) == _public(new[1].public_key()))
+
+
 def _stamp(*paths: str) -> tuple[Any, ...]:
     out = []
     for path in paths:
@@ -196,26 +210,48 @@ class ReloadingTLS:
         self.certificate = certificate
         self.key = key
         self.clock = clock
+        #: wall-clock seconds, which the files' mtimes are compared with
+        self.wall: Callable[[], float] = time.time
+        # the stamp before the read: a renewal during the start is looked
+        # at again, not taken for the pair that was read
+        self._stamp: tuple[Any, ...] = _stamp(certificate, key)
         self._pair = load_pair(certificate, key)
         self._options = _options(*self._pair)
-        self._stamp = _stamp(certificate, key)
+        self._first_seen = time.monotonic()
+        self._trusted = self._settled(self._stamp)
         self._looked = self._keyed = self._now()
         #: why the last ``reload()`` kept the old pair (for the SIGHUP line)
         self.failure: str | None = None
 
+    def _settled(self, stamp: tuple[Any, ...]) -> bool:
+        """Whether ``stamp`` (just noted) can be trusted: the files were
+        last changed ``RACY_SECONDS`` before, or the same stamp was seen
+        that long ago.  Until then a file rewritten in place again within
+        its clock tick (the key written after its certificate, of the same
+        size) may keep the stamp: the files are loaded again at the next
+        look (``txmailhub.filestamp``)."""
+        newest = max((s[2] for s in stamp if s is not None), default=0) / 1e9
+        # "seen that long ago" on the monotonic clock: a wall clock set
+        # back must not keep the files loaded again at every look
+        return (self.wall() - newest >= RACY_SECONDS
+                or time.monotonic() - self._first_seen >= RACY_SECONDS)
+
+    def _note(self, stamp: tuple[Any, ...]) -> None:
+        if stamp != self._stamp:
+            self._stamp, self._first_seen = stamp, time.monotonic()
+        self._trusted = self._settled(stamp)
+
     def _now(self) -> float:
         if self.clock is not None:
             return self.clock.seconds()
-        import time
-
         return time.monotonic()
 
     def getContext(self) -> Any:
         now = self._now()
         if now - self._looked >= CHECK_INTERVAL:
             self._looked = now
-            if _stamp(self.certificate, self.key) != self._stamp:
-                self.reload()
+            if _stamp(self.certificate, self.key) != self._stamp or not self._trusted:
+                self._take(looked=True)
         if now - self._keyed >= TICKET_KEY_LIFETIME:
             # the same pair in a new context: OpenSSL draws new ticket
             # keys for it, and tickets sealed with the old ones are
@@ -226,9 +262,18 @@ class ReloadingTLS:
 
     def reload(self) -> bool:
         """Take the pair on disk now; whether it was taken."""
+        return self._take(looked=False)
+
+    def _take(self, looked: bool) -> bool:
+        """``reload``; ``looked``: at a look whose stamp was not trusted
+        yet, where the same pair again keeps its context (and the ticket
+        keys in it) and is not logged again."""
         stamp = _stamp(self.certificate, self.key)
         try:
             chain, private_key = load_pair(self.certificate, self.key)
+            if looked and self.failure is None and _same(self._pair, (chain, private_key)):
+                self._note(stamp)
+                return True
             options = _options(chain, private_key)
             options.getContext()
         except Exception as e:
@@ -236,12 +281,12 @@ class ReloadingTLS:
             if stamp != self._stamp:
                 log.error("TLS: cannot use the new certificate and key, keeping the old "
                           "ones: {why}", why=str(e))
-                self._stamp = stamp  # said once; a later change is looked at again
+            self._note(stamp)  # said once; a later change is looked at again
             return False
+        self._note(stamp)
         self._pair = chain, private_key
         self._options = options
         self._keyed = self._now()
-        self._stamp = stamp
         self.failure = None
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
                  path=self.certificate, until=chain[0].not_valid_after_utc)
