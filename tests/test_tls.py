@@ -504,6 +504,49 @@ def test_a_renewal_during_the_start_is_taken_at_the_next_look(tmp_path, monkeypa
     assert serial_served(factory) != first
 
 
+def test_a_renewal_for_another_name_is_taken_with_a_warning(tmp_path, events):
+    # a renewal made for the wrong name (another domain's files copied,
+    # a certbot run for another certificate name) is served at once: the
+    # clients that check the name would refuse TLS from then on, and the
+    # log said only "loaded"
+    import conftest
+
+    clock = Clock()
+    cert, key = conftest.make_certificate(tmp_path / "live", "mail.example.org")
+    factory = tls.ReloadingTLS(str(cert), str(key), clock)
+    for folder, name in (("same", "mail.example.org"), ("other", "other.example")):
+        new_cert, new_key = conftest.make_certificate(tmp_path / folder, name)
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)
+    assert len(_loaded(events)) == 2  # both taken
+    (warning,) = [e for e in events if e["log_level"].name == "warn"]
+    assert warning["names"] == "mail.example.org"  # 127.0.0.1 is in both
+
+
+def test_names_dropped_reads_wildcards_and_a_common_name_alone():
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def leaf(*names):
+        cert = _cert("mail.example.org", key, "mail.example.org", key, NOW - DAY, NOW + DAY)
+        if not names:
+            return cert  # the common name alone
+        return (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+                .public_key(key.public_key()).serial_number(1)
+                .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                               critical=False)
+                .sign(key, hashes.SHA256()))
+
+    assert tls._names_dropped(leaf("mail.example.org"), leaf("*.example.org")) == []
+    assert tls._names_dropped(leaf("a.mail.example.org"), leaf("*.example.org")) == [
+        "a.mail.example.org"]  # one label only
+    assert tls._names_dropped(leaf(), leaf("MAIL.example.org")) == []
+    assert tls._names_dropped(leaf("mail.example.org", "pop.example.org"),
+                              leaf("mail.example.org")) == ["pop.example.org"]
+
+
 def test_without_a_clock_the_monotonic_one_serves(tmp_path):
     # the listeners pass none: time.monotonic, which a wall-clock step
     # (NTP at boot) cannot move back

@@ -186,6 +186,40 @@ def _same(old: tuple[list[Any], Any], new: tuple[list[Any], Any]) -> bool:
             and _public(old[1].public_key()) == _public(new[1].public_key()))
 
 
+def _names(leaf: Any) -> list[str]:
+    """The DNS names and addresses a server certificate is for (the
+    common name only when it has no subjectAltName, as clients read it)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except ValueError:
+        return []  # an extension cryptography cannot parse: nothing to compare
+    return ([str(n) for n in san.get_values_for_type(x509.DNSName)]
+            + [str(n) for n in san.get_values_for_type(x509.IPAddress)])
+
+
+def _names_dropped(old: Any, new: Any) -> list[str]:
+    """The names ``old`` was valid for and ``new`` is not (a wildcard of
+    ``new`` covers the names one label under it); none when either
+    cannot be read -- this only adds a warning, and must never stop a
+    renewal from being taken."""
+    try:
+        have = {n.lower() for n in _names(new)}
+        dropped = []
+        for name in _names(old):
+            low = name.lower()
+            parent = low.partition(".")[2]
+            if low not in have and not (parent and "*." + parent in have):
+                dropped.append(name)
+        return dropped
+    except Exception:
+        return []
+
+
 def _stamp(*paths: str) -> tuple[Any, ...]:
     out = []
     for path in paths:
@@ -284,12 +318,20 @@ class ReloadingTLS:
             self._note(stamp)  # said once; a later change is looked at again
             return False
         self._note(stamp)
+        dropped = _names_dropped(self._pair[0][0], chain[0])
         self._pair = chain, private_key
         self._options = options
         self._keyed = self._now()
         self.failure = None
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
                  path=self.certificate, until=chain[0].not_valid_after_utc)
+        if dropped:
+            # taken all the same (a name may have been dropped on purpose),
+            # but a renewal made for the wrong name is otherwise found out
+            # only when the clients that check it start to refuse TLS
+            log.warn("TLS: the new certificate {path} is not valid for {names}, which the "
+                     "one it replaces was valid for: clients that check the name refuse it",
+                     path=self.certificate, names=", ".join(dropped))
         return True
 
 
