@@ -213,6 +213,15 @@ class UsersDB:
         one reader at a time, or a slow reader of an older version could
         put its records in place after a newer one's, under the newer
         stamp, and the change would be missed for good."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            pass  # said (once) under the lock
+        else:
+            if not self._file.stale(st):
+                # the steady state, without the lock: a stamp is noted only
+                # once its records are in place (``_refresh_locked``)
+                return self._records
         with self._reading:
             self._refresh_locked(report)
             return self._records
