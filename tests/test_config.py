@@ -962,6 +962,10 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     ("0x7f.0.0.1:25", ("127.0.0.1", 25)),
     ("[127.1]:25", ("127.0.0.1", 25)),
     ("0177.0.0.1", None),  # octal 127, decimal 177
+    # an IPv4-mapped IPv6 address is the IPv4 host's (RFC 4291 2.5.5.2)
+    ("[::ffff:127.0.0.1]:25", ("127.0.0.1", 25)),
+    ("[IPv6:::FFFF:192.0.2.25]:25", ("192.0.2.25", 25)),
+    ("::ffff:c000:219:25", ("192.0.2.25", 25)),
 ])
 def test_split_smarthost(written: str, split: tuple[str, int] | None) -> None:
     from txmailhub.config import split_smarthost

@@ -479,6 +479,10 @@ def smarthost_with_login(tmp_path):
     # the resolver's shorthand: that address, named as such (not
     # "Remote-MTA: dns; 192.0.513")
     ("192.0.513:2525", "192.0.2.1", "[192.0.2.1]"),
+    # an IPv4-mapped IPv6 address: the IPv4 host it reaches, so named (not
+    # "[IPv6:::ffff:c000:201]")
+    ("[IPv6:::ffff:192.0.2.1]:2525", "192.0.2.1", "[192.0.2.1]"),
+    ("[::ffff:c000:201]:2525", "192.0.2.1", "[192.0.2.1]"),
 ])
 def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
         tmp_path, written, address, shown):

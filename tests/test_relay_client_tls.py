@@ -284,6 +284,10 @@ def test_a_smarthost_written_with_a_final_dot_is_checked_without_it(host, dns, s
     ("127.1:587", dict(ips=["127.0.0.1"]), None),
     ("2130706433:587", dict(ips=["127.0.0.1"]), None),
     ("0x7f.0.0.1:587", dict(ips=["127.0.0.1"]), None),
+    # an IPv4-mapped IPv6 address reaches the IPv4 host, whose certificate
+    # names its IPv4 address: the IPv6 form matched none
+    ("[::ffff:127.0.0.1]:587", dict(ips=["127.0.0.1"]), None),
+    ("[IPv6:::ffff:7f00:1]:587", dict(ips=["127.0.0.1"]), None),
 ])
 def test_every_smarthost_spelling_is_checked_by_its_name_and_never_sent_an_address(
         written, names, sni):

@@ -787,8 +787,19 @@ def split_smarthost(value: str) -> tuple[str, int]:
                     raise ValueError(f"{no_ip} and {why}") from None
             host = inner  # a name (or numbers the resolver reads), read as written bare
         else:
-            return ip.compressed, int(port)
+            return _connected_address(ip), int(port)
     return _split_bare(value, host, int(port))
+
+
+def _connected_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address the relay reaches for ``ip``: an IPv4-mapped IPv6
+    address (``::ffff:192.0.2.25``, RFC 4291 2.5.5.2) is the IPv4 host's
+    own -- an IPv6 socket connected to it talks IPv4 to 192.0.2.25 -- so it
+    is that IPv4 address, as its certificate names it (an IP-ID of the
+    IPv6 form matched none: every verified attempt failed) and as notices
+    give it (``[192.0.2.25]``, not ``[IPv6:::ffff:c000:219]``)."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else ip.compressed
 
 
 def _split_bare(value: str, host: str, port: int) -> tuple[str, int]:
@@ -801,7 +812,7 @@ def _split_bare(value: str, host: str, port: int) -> tuple[str, int]:
     else:
         if "%" in host:
             raise ValueError(f"{value!r}: an address with a zone names a local interface")
-        return ip.compressed, port
+        return _connected_address(ip), port
     numeric = _numeric_ipv4(value, host)
     if numeric is not None:
         return numeric, port
