@@ -1837,3 +1837,20 @@ def test_a_hostile_refusal_of_auth_is_logged_escaped(tmp_path):
     assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused AUTH= on MAIL "
                       "(555 5.5.4 AUTH\\x1b[2J not\\x0drecognized); MAIL sent again without it, "
                       "and without it to mx1.remote.test port 25 for 24 hours"]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refusal_before_a_protocol_error_is_not_taken_for_the_recipients(tmp_path, pipelining):
+    # A server that says one reply too many (here a stray 550 after its 250
+    # to MAIL) puts every later reply on the wrong command: the stray 550
+    # is read as CAROL's, CAROL's 250 as BOB's, BOB's 250 as DATA's -- a
+    # protocol error, the session's state unknown.  The 550 was nobody's
+    # answer: CAROL must not bounce for it; both go to the next host.
+    ext = ("PIPELINING", "SIZE 1000000") if pipelining else ("SIZE 1000000",)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=ext, replies={
+        "MAIL": b"250 2.1.0 ok\r\n550 5.7.1 stray\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(extensions=ext)
+    results = run(net, a.deliver(entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))
+    assert [(r.address, r.kind, r.remote_mta) for r in results] == [
+        (CAROL, "delivered", "mx2.remote.test"), (BOB, "delivered", "mx2.remote.test")]

@@ -27,7 +27,7 @@ import base64
 import enum
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import DSNRequest, RecipientDSN
@@ -249,7 +249,8 @@ class SessionOutcome:
     MAIL), which the caller may retry with the next MX host.  Then
     ``refused`` holds the refusals the server gave to RCPT before that:
     its answer for those recipients, which stands even when the session
-    failed after the data (no reply to the final ".").
+    failed after the data (no reply to the final ".") -- but not after a
+    protocol error, which leaves no reply before it trusted.
     """
 
     recipients: tuple[RecipientOutcome, ...] = ()
@@ -520,9 +521,17 @@ class ClientSession:
         a session error unless the results were already known -- is what
         the caller gets.  What the replies before it in the same read
         asked for (the next command, the message data) is not done: the
-        callers return this alone."""
+        callers return this alone.
+
+        Nor are the refusals to RCPT before it kept: a reply too many (or
+        one missing) puts every reply after it on the wrong command, so a
+        550 read as a recipient's may be another command's or a stray line
+        -- a bounce for an answer that was never that recipient's.  They
+        go on with the others, and a retry asks again."""
         if self.outcome is None:
             self._finish(session_error=reply)
+            if self.outcome is not None and self.outcome.refused:
+                self.outcome = replace(self.outcome, refused=())
         self._expect.clear()
         self.phase = Phase.DONE
         # abort: a polite TLS close would wait for the server's close_notify,
