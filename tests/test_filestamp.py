@@ -53,3 +53,25 @@ def test_a_wall_clock_set_back_does_not_make_the_file_fresh_for_hours() -> None:
     mono[0] += RACY_SECONDS
     stamp.read(st)
     assert not stamp.stale(st)
+
+
+def test_a_lookup_without_a_lock_never_trusts_a_new_stamp_before_its_reader_does() -> None:
+    """The users file is looked up without a lock when its stamp is
+    trusted: at no instant of ``read()`` may a new, not yet trustworthy
+    stamp pass for trusted (the old stamp's trust with the new stamp),
+    or a lookup in that instant skips a read it needed."""
+    now = [100.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    stamp.read(_st(10.0))  # an old file: trusted
+    new = _st(99.5, size=11)  # changed just now: not to be trusted yet
+    seen: list[bool] = []
+
+    class Watched(FileStamp):
+        def __setattr__(self, name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+            seen.append(self.stale(new))  # what a lookup between two stores sees
+
+    stamp.__class__ = Watched
+    stamp.read(new)
+    assert stamp.stale(new)
+    assert seen and all(seen)

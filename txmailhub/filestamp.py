@@ -47,20 +47,24 @@ class FileStamp:
         # clock set back an hour must not have the file read at every
         # lookup for that hour
         self.monotonic = monotonic
-        self._stamp: tuple[int, ...] | None = None
+        # (stamp, trusted) as one value: the users file is looked up
+        # without a lock while its stamp is trusted, so a lookup must never
+        # see a new stamp with the trust of the one it replaces
+        self._state: tuple[tuple[int, ...] | None, bool] = (None, False)
         self._first_read = 0.0  # when that stamp was first read (monotonic)
-        self._trusted = False
 
     def stale(self, st: os.stat_result) -> bool:
-        return not self._trusted or _stamp(st) != self._stamp
+        stamp, trusted = self._state
+        return not trusted or _stamp(st) != stamp
 
     def read(self, st: os.stat_result) -> None:
         now = self.monotonic()
         stamp = _stamp(st)
-        if stamp != self._stamp:
-            self._stamp, self._first_read = stamp, now
-        self._trusted = (self.clock() - st.st_mtime >= RACY_SECONDS
-                         or now - self._first_read >= RACY_SECONDS)
+        if stamp != self._state[0]:
+            self._first_read = now
+        trusted = (self.clock() - st.st_mtime >= RACY_SECONDS
+                   or now - self._first_read >= RACY_SECONDS)
+        self._state = (stamp, trusted)
 
     def forget(self) -> None:
-        self._stamp, self._trusted = None, False
+        self._state = (None, False)
