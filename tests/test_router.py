@@ -496,6 +496,32 @@ class MoreAliasTests(Base):
             f.write("list: ann\n")
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
+    def test_the_stamp_s_trust_is_judged_at_the_time_the_read_began(self):
+        # a read begun within the file's clock tick is not trusted because
+        # the reader noted it later: a second change in that tick may have
+        # followed the read
+        from txmailhub import router as router_module
+        from txmailhub.filestamp import FileStamp
+
+        r = self.router("list: joe\n")
+        wall, mono = [os.stat(self.path).st_mtime + 0.5], [50.0]
+        r._file = FileStamp(lambda: wall[0], lambda: mono[0])
+        opened = []
+        real_open = open
+
+        def held_up_open(*args, **kwargs):
+            opened.append(args[0])
+            f = real_open(*args, **kwargs)
+            wall[0] += 10.0  # held up past RACY_SECONDS after the read began
+            mono[0] += 10.0
+            return f
+
+        router_module.open = held_up_open  # ahead of the builtin, for this module only
+        self.addCleanup(delattr, router_module, "open")
+        for reads in (1, 2, 2):
+            self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+            self.assertEqual(len(opened), reads)
+
     def test_a_file_the_hub_cannot_stat_is_logged_once_not_per_rcpt(self):
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         r = self.router("list: joe\n")

@@ -904,3 +904,39 @@ def test_a_slow_reader_of_an_old_version_does_not_hide_a_newer_one(
     slow.join(10)
     quick.join(10)
     assert db.get(joe).password_hash == new
+
+
+def test_the_stamp_s_trust_is_judged_at_the_time_the_read_began(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file read within its clock tick may change again in that tick
+    after the read, keeping its stamp: whether the stamp can be trusted
+    depends on when the read began, not on when the reader (a password
+    check's thread, held up) got round to noting it."""
+    from txmailhub import users as users_module
+    from txmailhub.filestamp import FileStamp
+
+    db.add("alice", "pw")
+    mtime = os.stat(db.path).st_mtime
+    wall, mono = [mtime + 0.5], [50.0]
+    db._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    opened: list[str] = []
+    real_open = open
+
+    def held_up_open(*args, **kwargs):
+        opened.append(args[0])
+        f = real_open(*args, **kwargs)
+        wall[0] += 10.0  # the reader held up past RACY_SECONDS after it began
+        mono[0] += 10.0
+        return f
+
+    monkeypatch.setattr(users_module, "open", held_up_open, raising=False)
+    alice = Address("alice", "example.org")
+    assert db.get(alice) is not None
+    assert len(opened) == 1
+    # begun half a second after the change: a second change in that tick
+    # may have followed the read, so the next lookup reads again
+    assert db.get(alice) is not None
+    assert len(opened) == 2
+    # that read began long after the change: trusted from then on
+    assert db.get(alice) is not None
+    assert len(opened) == 2

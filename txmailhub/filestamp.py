@@ -57,12 +57,21 @@ class FileStamp:
         stamp, trusted = self._state
         return not trusted or _stamp(st) != stamp
 
-    def read(self, st: os.stat_result) -> None:
-        now = self.monotonic()
+    def now(self) -> tuple[float, float]:
+        """The time (wall clock, monotonic) to pass to ``read()``: taken
+        before the read begins."""
+        return self.clock(), self.monotonic()
+
+    def read(self, st: os.stat_result, began: tuple[float, float] | None = None) -> None:
+        """``began``: ``now()`` taken before the read.  What the stamp's
+        trust rests on is when the text was read, not when the reader
+        (a thread held up, a long parse) came to note it: a second change
+        in the file's clock tick may have followed the read."""
+        wall, now = began if began is not None else self.now()
         stamp = _stamp(st)
         if stamp != self._state[0]:
             self._first_read = now
-        trusted = (self.clock() - st.st_mtime >= RACY_SECONDS
+        trusted = (wall - st.st_mtime >= RACY_SECONDS
                    or now - self._first_read >= RACY_SECONDS)
         self._state = (stamp, trusted)
 

@@ -323,16 +323,17 @@ class Router:
         if not self._file.stale(st):
             return
         self._there = True
+        began = self._file.now()
         try:
             with open(self.aliases_file, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             # not looked at again until it changes (a directory, a mode
             # the hub cannot read, a file written half-way in UTF-8)
-            self._file.read(st)
+            self._file.read(st, began)
             self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
             return
-        self._file.read(st)
+        self._file.read(st, began)
         self._error = None
         if text == self._text:
             return  # read again while its stamp was not to be trusted: no change

@@ -244,6 +244,7 @@ class UsersDB:
             return
         if not self._file.stale(st):
             return
+        began = self._file.now()
         try:
             with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
                 text = f.read()
@@ -256,7 +257,7 @@ class UsersDB:
             self._text = text
         # only now: a stamp noted before the records are in place would
         # let another lookup take the old records for the new file
-        self._file.read(st)
+        self._file.read(st, began)
         if not changed:
             return
         if self.missing:
