@@ -940,3 +940,37 @@ def test_the_stamp_s_trust_is_judged_at_the_time_the_read_began(
     # that read began long after the change: trusted from then on
     assert db.get(alice) is not None
     assert len(opened) == 2
+
+
+@pytest.mark.parametrize("away", ["missing", "unreadable"])
+def test_a_lookup_without_the_lock_that_finds_no_records_finds_the_file_away(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch, away: str) -> None:
+    """An RCPT on the reactor thread takes the records without the lock
+    while a password check's thread may be finding the file away: at no
+    instant may the records be gone while the file still passes for
+    there, or that RCPT answers 550 (no such user, for good) for a user
+    the file has, where 451 (try again) is due."""
+    from txmailhub import users as users_module
+
+    db.add("alice", "pw")
+    db.get(Address("alice", "example.org"))  # read
+    if away == "missing":
+        os.unlink(db.path)
+    else:
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", args[0])
+
+        monkeypatch.setattr(users_module, "open", refuse, raising=False)
+        db._file.forget()  # as a change of the file would
+    seen: list[bool] = []
+
+    class Watched(UsersDB):
+        def __setattr__(self, name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+            if name == "_records" and not value:
+                seen.append(self.missing)  # what the router asks next
+
+    db.__class__ = Watched
+    assert db.get(Address("alice", "example.org")) is None
+    assert db.missing
+    assert seen and all(seen)

@@ -233,9 +233,12 @@ class UsersDB:
             if report and not self.missing:  # not for the first `mailhub user add`
                 log.error("the users file {path} does not exist: local mail is refused "
                           "with 451 (try again later) until it is back", path=self.path)
-            self._forget()
-            self.missing = True
+            # away before the records go (``_forget``): an RCPT that takes
+            # them without the lock and finds none must find the file
+            # away too, and answer 451, not 550
             self.unreadable = None
+            self.missing = True
+            self._forget()
             return
         except OSError as e:
             # a folder on the way that this user may not search (users.d
@@ -277,9 +280,10 @@ class UsersDB:
             log.error("the users file {path} cannot be read ({why}): local mail is "
                       "refused with 451 (try again later) and logins fail until it can",
                       path=self.path, why=why)
-        self._forget()
-        self.missing = True
+        # away before the records go, as for a missing file
         self.unreadable = e
+        self.missing = True
+        self._forget()
 
     def _forget(self) -> None:
         self._file.forget()
