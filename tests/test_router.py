@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -538,6 +539,30 @@ class MoreAliasTests(Base):
         errors = [e for e in observer if e["log_level"].name == "error"]
         self.assertEqual(len(errors), 1, [e.get("log_format") for e in errors])
         self.assertIn("Permission denied", errors[0]["why"])
+
+    def test_a_stat_failure_that_comes_back_after_it_was_cured_is_logged_again(self):
+        # once per spell, not once for the life of the hub: an admin who
+        # fixed the folder's mode and broke it again must hear of it
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        old = time.time() - 60
+        self.write("list: joe\n")
+        os.utime(self.path, (old, old))  # not changed lately: its stamp is trusted
+        r = Router(DOMAINS, self.users, self.path)
+        real_stat = os.stat
+        refused = [True]
+
+        def stat(path, *args, **kwargs):
+            if path == self.path and refused[0]:
+                raise PermissionError(13, "Permission denied", path)
+            return real_stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", stat)
+        for spell in (True, False, True):
+            refused[0] = spell
+            for _ in range(2):
+                self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        errors = [e for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 2, [e.get("why") for e in errors])
 
     def test_a_directory_in_place_of_the_file_keeps_the_aliases_and_is_logged_once(self):
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

@@ -306,7 +306,10 @@ class Router:
             st = None
         except OSError as e:
             # a folder on the way the hub may not search: said once, not
-            # at every RCPT, and the aliases read last serve on
+            # at every RCPT, and the aliases read last serve on.  Read again
+            # once it can be looked at (unwatched meanwhile), which also
+            # ends this spell: the same failure later is said again
+            self._file.forget()
             self._cannot_read(f"cannot stat aliases file {self.aliases_file}: {e}")
             return
         if st is None:
