@@ -585,3 +585,26 @@ def test_a_plain_connections_end_is_no_tls_failure_and_costs_no_import(monkeypat
     assert tls.tls_failure(other) == ""
     assert tls.tls_failure(Failure(SSL.Error([("SSL routines", "", "bad record mac")]))) == (
         "bad record mac")
+
+
+def test_the_stamp_s_trust_is_judged_at_the_time_the_load_began(tmp_path, monkeypatch):
+    # a pair loaded within its files' clock tick may be followed in that
+    # tick by a same-size rewrite that keeps the stamp: the look that
+    # loaded it held up past RACY_SECONDS must not settle the stamp
+    factory, clock, _, cert = renewed(tmp_path)
+    wall = [os.stat(cert).st_mtime + 0.5]
+    factory.wall = lambda: wall[0]
+    loads: list[str] = []
+    real_load = tls.load_pair
+
+    def held_up_load(c, k):
+        loads.append(c)
+        pair_read = real_load(c, k)
+        wall[0] += 10.0  # the look held up after it read the files
+        return pair_read
+
+    monkeypatch.setattr(tls, "load_pair", held_up_load)
+    for looks in (1, 2, 2):
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)
+        assert len(loads) == looks

@@ -248,32 +248,40 @@ class ReloadingTLS:
         self.wall: Callable[[], float] = time.time
         # the stamp before the read: a renewal during the start is looked
         # at again, not taken for the pair that was read
+        began = self._began()
         self._stamp: tuple[Any, ...] = _stamp(certificate, key)
         self._pair = load_pair(certificate, key)
         self._options = _options(*self._pair)
-        self._first_seen = time.monotonic()
-        self._trusted = self._settled(self._stamp)
+        self._first_seen = began[1]
+        self._trusted = self._settled(self._stamp, began)
         self._looked = self._keyed = self._now()
         #: why the last ``reload()`` kept the old pair (for the SIGHUP line)
         self.failure: str | None = None
 
-    def _settled(self, stamp: tuple[Any, ...]) -> bool:
+    def _began(self) -> tuple[float, float]:
+        """(wall clock, monotonic) before the files are read: a look held
+        up after its read must not settle a stamp its read was too early
+        for."""
+        return self.wall(), time.monotonic()
+
+    def _settled(self, stamp: tuple[Any, ...], began: tuple[float, float]) -> bool:
         """Whether ``stamp`` (just noted) can be trusted: the files were
-        last changed ``RACY_SECONDS`` before, or the same stamp was seen
-        that long ago.  Until then a file rewritten in place again within
-        its clock tick (the key written after its certificate, of the same
-        size) may keep the stamp: the files are loaded again at the next
-        look (``txmailhub.filestamp``)."""
+        last changed ``RACY_SECONDS`` before the read began (``began``),
+        or the same stamp was seen that long before.  Until then a file
+        rewritten in place again within its clock tick (the key written
+        after its certificate, of the same size) may keep the stamp: the
+        files are loaded again at the next look (``txmailhub.filestamp``)."""
         newest = max((s[2] for s in stamp if s is not None), default=0) / 1e9
         # "seen that long ago" on the monotonic clock: a wall clock set
         # back must not keep the files loaded again at every look
-        return (self.wall() - newest >= RACY_SECONDS
-                or time.monotonic() - self._first_seen >= RACY_SECONDS)
+        wall, now = began
+        return (wall - newest >= RACY_SECONDS
+                or now - self._first_seen >= RACY_SECONDS)
 
-    def _note(self, stamp: tuple[Any, ...]) -> None:
+    def _note(self, stamp: tuple[Any, ...], began: tuple[float, float]) -> None:
         if stamp != self._stamp:
-            self._stamp, self._first_seen = stamp, time.monotonic()
-        self._trusted = self._settled(stamp)
+            self._stamp, self._first_seen = stamp, began[1]
+        self._trusted = self._settled(stamp, began)
 
     def _now(self) -> float:
         if self.clock is not None:
@@ -302,11 +310,12 @@ class ReloadingTLS:
         """``reload``; ``looked``: at a look whose stamp was not trusted
         yet, where the same pair again keeps its context (and the ticket
         keys in it) and is not logged again."""
+        began = self._began()
         stamp = _stamp(self.certificate, self.key)
         try:
             chain, private_key = load_pair(self.certificate, self.key)
             if looked and self.failure is None and _same(self._pair, (chain, private_key)):
-                self._note(stamp)
+                self._note(stamp, began)
                 return True
             options = _options(chain, private_key)
             options.getContext()
@@ -315,9 +324,9 @@ class ReloadingTLS:
             if stamp != self._stamp:
                 log.error("TLS: cannot use the new certificate and key, keeping the old "
                           "ones: {why}", why=str(e))
-            self._note(stamp)  # said once; a later change is looked at again
+            self._note(stamp, began)  # said once; a later change is looked at again
             return False
-        self._note(stamp)
+        self._note(stamp, began)
         dropped = _names_dropped(self._pair[0][0], chain[0])
         self._pair = chain, private_key
         self._options = options
