@@ -882,7 +882,9 @@ def test_530_after_the_data_keeps_the_recipients_queued(ehlo):
     assert s.outcome.session_error is None
 
 
-def test_another_5xx_after_the_data_is_the_servers_verdict():
+def _data_sent():
+    """A session (one recipient, no pipelining) whose data has been sent:
+    the next reply is the one to the final "."."""
     s = session()
     s.receive(b"220 hi\r\n")
     s.receive(EHLO_BASIC)
@@ -890,6 +892,11 @@ def test_another_5xx_after_the_data_is_the_servers_verdict():
     s.receive(b"250 ok\r\n")
     s.receive(b"354 go\r\n")
     s.body_sent()
+    return s
+
+
+def test_another_5xx_after_the_data_is_the_servers_verdict():
+    s = _data_sent()
     s.receive(b"554 5.7.1 spam\r\n")
     [r] = s.outcome.recipients
     assert r.kind == "permanent" and r.reply == Reply.of(554, "5.7.1", "spam")
@@ -1006,13 +1013,7 @@ def test_pipelined_mail_refused():
 
 
 def test_data_refused_and_final_transient():
-    s = session()
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_BASIC)
-    s.receive(b"250 ok\r\n")
-    s.receive(b"250 ok\r\n")
-    s.receive(b"354 go\r\n")
-    s.body_sent()
+    s = _data_sent()
     s.receive(b"452 4.3.1 insufficient storage\r\n")
     assert s.outcome.recipients[0].kind == "transient"
 
