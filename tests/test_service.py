@@ -19,12 +19,18 @@ ONE_SMTP_LISTENER = (
 )
 
 
-def one_listener_hub(tmp_path: Path) -> tuple[MailHub, MemoryReactorClock]:
-    """A hub of ``ONE_SMTP_LISTENER`` in ``tmp_path``, not started."""
+def hub_of(tmp_path: Path, text: str) -> tuple[MailHub, MemoryReactorClock]:
+    """A hub of the config ``text`` (written to ``tmp_path``/hub.toml) on a
+    memory reactor, not started."""
     config = tmp_path / "hub.toml"
-    config.write_text(ONE_SMTP_LISTENER)
+    config.write_text(text)
     reactor = MemoryReactorClock()
     return MailHub(load_text(config.read_text(), str(config)), reactor=reactor), reactor
+
+
+def one_listener_hub(tmp_path: Path) -> tuple[MailHub, MemoryReactorClock]:
+    """A hub of ``ONE_SMTP_LISTENER`` in ``tmp_path``, not started."""
+    return hub_of(tmp_path, ONE_SMTP_LISTENER)
 
 
 def test_start_logs_the_users_file_problems(tmp_path: Path, log_events) -> None:
@@ -76,14 +82,12 @@ def test_stopping_the_hub_says_421_to_open_smtp_sessions(tmp_path: Path) -> None
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
-        '[pop3]\nlisten = []\n'
+    hub, reactor = hub_of(
+        tmp_path,
+            '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+            '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
+            '[pop3]\nlisten = []\n'
     )
-    reactor = MemoryReactorClock()
-    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
     hub.startService()
     [(_port, factory, _backlog, _interface)] = reactor.tcpServers
     peer = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -795,16 +799,14 @@ def test_stopping_the_hub_cuts_the_connections_it_refused(tmp_path: Path) -> Non
     # close_notify, up to CLOSE_GRACE (30 s).  A hub that stopped left
     # them open for that long, a descriptor and a timer each on the
     # reactor of an application that carries on after the stop.
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\nmax_connections = 1\n'
-        '[submission]\nlisten = []\n'
-        '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1"]\nmax_connections = 1\n'
-        '[relay]\nnameservers = ["127.0.0.1"]\n'  # no resolv.conf timer
+    hub, reactor = hub_of(
+        tmp_path,
+            '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+            '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\nmax_connections = 1\n'
+            '[submission]\nlisten = []\n'
+            '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1"]\nmax_connections = 1\n'
+            '[relay]\nnameservers = ["127.0.0.1"]\n'  # no resolv.conf timer
     )
-    reactor = MemoryReactorClock()
-    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
     hub.startService()
     [(_, smtp, _, _), (_, pop3, _, _)] = reactor.tcpServers
     admitted = [_connect(smtp, "192.0.2.7"), _connect(pop3, "192.0.2.7")]
@@ -916,17 +918,15 @@ def test_stopping_one_listener_leaves_the_other_listeners_sessions_alone(tmp_pat
     # POP3 aborted the sessions of every listener of its role; and both
     # cut every refused connection of their protocol.  The other listeners
     # keep running: their sessions and refusals are theirs.
-    config = tmp_path / "hub.toml"
-    config.write_text(
-        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1", "tcp:2525:interface=127.0.0.1"]\n'
-        'max_connections = 3\n'
-        '[submission]\nlisten = ["tcp:587:interface=127.0.0.1"]\n'
-        '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1", "tcp:1110:interface=127.0.0.1"]\n'
-        '[relay]\nnameservers = ["127.0.0.1"]\n'
+    hub, reactor = hub_of(
+        tmp_path,
+            '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+            '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1", "tcp:2525:interface=127.0.0.1"]\n'
+            'max_connections = 3\n'
+            '[submission]\nlisten = ["tcp:587:interface=127.0.0.1"]\n'
+            '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1", "tcp:1110:interface=127.0.0.1"]\n'
+            '[relay]\nnameservers = ["127.0.0.1"]\n'
     )
-    reactor = MemoryReactorClock()
-    hub = MailHub(load_text(config.read_text(), str(config)), reactor=reactor)
     hub.startService()
     factories = {port: factory for port, factory, _, _ in reactor.tcpServers}
     stopped_smtp = _connect(factories[25], "192.0.2.7")
