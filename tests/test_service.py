@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
@@ -954,37 +956,48 @@ def test_stopping_one_listener_leaves_the_other_listeners_sessions_alone(tmp_pat
     hub.stopService()
 
 
+class _SlowToStop(Service):
+    """A part of the hub whose stop fires when the test says so: the
+    Deferred of each stop in ``stops``."""
+
+    def __init__(self) -> None:
+        self.stops: list[Deferred] = []
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        self.stops.append(Deferred())
+        return self.stops[-1]
+
+
+def _hub_with_a_part_slow_to_stop(tmp_path: Path):
+    """A quiet hub with a ``_SlowToStop`` part, that part, and the list the
+    syncer's stops are noted in (``"syncer"`` each)."""
+    hub = MailHub(quiet_settings(tmp_path), reactor=MemoryReactorClock())
+    slow = _SlowToStop()
+    slow.setServiceParent(hub)
+    syncer = hub.components.syncer
+    stops: list[str] = []
+    real_stop = syncer.stop
+    syncer.stop = lambda: stops.append("syncer") or real_stop()
+    return hub, slow, stops
+
+
 def test_the_syncer_stops_only_after_the_hubs_other_parts(tmp_path: Path) -> None:
     # Every part was told to stop at once, the syncer too: a session still
     # storing its message, or the relay recording an attempt, asked it for
     # a sync after it had stopped ("the syncer is stopped": a 451, a record
     # not updated).  A part whose stop takes a while now holds the syncer.
-    from twisted.application.service import Service
-    from twisted.internet.defer import Deferred
-
-    class SlowToStop(Service):
-        def stopService(self) -> Deferred:
-            super().stopService()
-            self.stopped: Deferred = Deferred()
-            return self.stopped
-
-    hub = MailHub(quiet_settings(tmp_path), reactor=MemoryReactorClock())
-    slow = SlowToStop()
-    slow.setServiceParent(hub)
-    syncer = hub.components.syncer
-    stops = []
-    real_stop = syncer.stop
-    syncer.stop = lambda: stops.append("syncer") or real_stop()
+    hub, slow, stops = _hub_with_a_part_slow_to_stop(tmp_path)
     for restart in (False, True):
         hub.startService()
         d = hub.stopService()
         assert stops == [] and not d.called
         if restart:  # started again before the last stop was over
             hub.startService()
-            slow.stopped.callback(None)
+            slow.stops[-1].callback(None)
             assert stops == []  # the syncer of the running hub stays started
             d = hub.stopService()
-        slow.stopped.callback(None)
+        slow.stops[-1].callback(None)
         assert stops == ["syncer"] and d.called
         stops.clear()
 
@@ -995,25 +1008,7 @@ def test_an_earlier_stop_does_not_stop_the_syncer_under_a_later_one(tmp_path: Pa
     # -- but by the second stop, whose parts (a session accepted since the
     # restart, still storing its message) may still need the syncer.  Only
     # the last stop stops it, once its own parts have stopped.
-    from twisted.application.service import Service
-    from twisted.internet.defer import Deferred
-
-    class SlowToStop(Service):
-        def __init__(self) -> None:
-            self.stops: list[Deferred] = []
-
-        def stopService(self) -> Deferred:
-            super().stopService()
-            self.stops.append(Deferred())
-            return self.stops[-1]
-
-    hub = MailHub(quiet_settings(tmp_path), reactor=MemoryReactorClock())
-    slow = SlowToStop()
-    slow.setServiceParent(hub)
-    syncer = hub.components.syncer
-    stops = []
-    real_stop = syncer.stop
-    syncer.stop = lambda: stops.append("syncer") or real_stop()
+    hub, slow, stops = _hub_with_a_part_slow_to_stop(tmp_path)
     hub.startService()
     first = hub.stopService()
     hub.startService()
