@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
 import gc
 import os
@@ -721,6 +722,99 @@ class DurableWriteTests(SynchronousTestCase):
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), b"old\n")
         self.assertEqual(os.listdir(self.dir), ["users"])
+
+    def _leftover(self, pid=4242, age=3600.0, name=None):
+        """A temporary file as a writer of ``self.path`` leaves it when
+        killed before its rename, ``age`` seconds old."""
+        tmp = os.path.join(self.dir, name or f".users.{pid}.0badf00d.tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"half a users fi")
+        old = time.time() - age
+        os.utime(tmp, (old, old))
+        return tmp
+
+    def test_a_dead_writer_s_temporary_file_is_removed_by_the_next_write(self):
+        # a `mailhub user add` killed between the open and the rename:
+        # its temporary file was never read nor removed, for good
+        durable_write(self.path, b"one\n")
+        dead = self._leftover()
+        ours = self._leftover(pid=os.getpid(), name=f".users.{os.getpid()}.12345678.tmp")
+        other = self._leftover(name=".users.lock.4242.0badf00d.tmp")  # another file's
+        look_alike = self._leftover(name=".users.4242.not-ours.tmp")
+        durable_write(self.path, b"two\n")
+        self.assertEqual(sorted(os.listdir(self.dir)),
+                         sorted(["users", os.path.basename(other),
+                                 os.path.basename(look_alike)]))
+        self.assertFalse(os.path.exists(dead) or os.path.exists(ours))
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"two\n")
+
+    def test_a_temporary_file_being_written_is_left_alone(self):
+        # the lock its writer holds says it is alive, however old the file
+        # and whatever process id its name carries
+        tmp = self._leftover()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            durable_write(self.path, b"one\n")
+            self.assertEqual(sync.remove_stale_temporaries(self.path), [])
+            self.assertTrue(os.path.exists(tmp))
+        finally:
+            os.close(fd)  # the writer dies: its lock goes with it
+        self.assertEqual(sync.remove_stale_temporaries(self.path), [os.path.basename(tmp)])
+
+    def test_a_fresh_temporary_file_is_left_alone(self):
+        # made a moment ago: its writer may not have taken its lock yet
+        tmp = self._leftover(age=1.0)
+        durable_write(self.path, b"one\n")
+        self.assertTrue(os.path.exists(tmp))
+        self.assertEqual(sync.remove_stale_temporaries(
+            self.path, now=time.time() + sync.STALE_TEMPORARY_AGE), [os.path.basename(tmp)])
+
+    def test_two_writers_of_one_file_leave_each_other_alone(self):
+        # a second write of the same file while the first one is between
+        # its open and its rename (another thread, another process): the
+        # first one's temporary file is not taken for a leftover, even old
+        real_fsync = os.fsync
+        nested = []
+
+        def fsync_then_write_again(fd):
+            real_fsync(fd)
+            if not nested and stat.S_ISREG(os.fstat(fd).st_mode):
+                nested.append(True)
+                os.utime(fd, (0, 0))  # as old as can be
+                durable_write(self.path, b"second\n")
+
+        self.patch(os, "fsync", fsync_then_write_again)
+        durable_write(self.path, b"first\n")  # its rename must still find its file
+        self.assertEqual(nested, [True])
+        self.assertEqual(os.listdir(self.dir), ["users"])
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"first\n")
+
+    def test_another_process_s_temporary_file_is_left_alone_while_it_lives(self):
+        import subprocess
+        import sys
+
+        tmp = self._leftover()
+        writer = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+             "print('locked', flush=True)\n"
+             "sys.stdin.read()\n", tmp],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(writer.stdout.readline(), "locked\n")
+            durable_write(self.path, b"one\n")
+            self.assertTrue(os.path.exists(tmp))
+        finally:
+            writer.stdin.close()
+            writer.wait(10)
+            writer.stdout.close()
+        durable_write(self.path, b"two\n")  # the writer is gone
+        self.assertFalse(os.path.exists(tmp))
 
     def test_fsync_path_accepts_fd_and_path(self):
         durable_write(self.path, b"x")

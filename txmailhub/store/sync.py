@@ -133,12 +133,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import platform
 import queue
 import re
+import stat
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -158,6 +161,7 @@ __all__ = [
     "fsync_path",
     "give_to",
     "owner_of",
+    "remove_stale_temporaries",
     "rename_noreplace",
     "syncfs",
     "syncfs_available",
@@ -259,6 +263,10 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
     flush, fsync, rename over ``path``, fsync the directory.  A crash at
     any moment leaves either the old content or the new one, never a mix.
     For small files only: it blocks the calling thread for two fsyncs.
+
+    A process killed before the rename leaves its temporary file behind;
+    each write removes those of earlier writers of the same ``path``
+    that are gone (``remove_stale_temporaries``).
     """
     directory = os.path.dirname(os.path.abspath(path))
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
@@ -266,6 +274,9 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
     owner = owner_of(path) or new_owner
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
+        # held until the rename: the sign that this temporary file is
+        # being written (the lock goes with the process, if it dies)
+        _lock_quietly(fd)
         # root replacing the hub's file (`mailhub user add` run as root):
         # the new file keeps the old one's owner, or the hub, running as
         # its own user, could no longer read it
@@ -282,13 +293,82 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
             # that it is still as it was
             raise OSError(e.errno, f"{e.strerror} (unchanged)", path) from e
         raise
-    os.close(fd)
     try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    finally:
+        os.close(fd)
+    remove_stale_temporaries(path)
     fsync_dir(directory)
+
+
+# A temporary file of ``durable_write`` younger than this is never taken
+# for a dead writer's, locked or not: its writer may be between the
+# open(2) that made it and the flock(2) that follows (microseconds), or
+# be an older version of the hub, which wrote without the lock.
+STALE_TEMPORARY_AGE = 60.0
+
+
+def remove_stale_temporaries(path: str, now: float | None = None) -> list[str]:
+    """Remove the temporary files of ``durable_write`` for ``path`` that
+    no writer is writing any more; the names removed.
+
+    A writer killed between the temporary's open and its rename (a
+    ``kill -9``, a power cut, an OOM kill) leaves ``.<name>.<pid>.<random>.tmp``
+    next to ``path``; nothing reads it and, without this, nothing ever
+    removes it.  Whether its writer is still at it is told by the
+    ``flock`` every writer holds on its temporary until the rename: the
+    kernel drops it when the writer's process ends, however it ends.  Not
+    by the process id in the name: a dead writer's id may belong to a
+    live process (reused; the hub often has the same one in a container
+    after every restart), and another PID namespace (a container's
+    ``mailhub user add`` next to a hub on the host, one volume) sees
+    other ids.  A temporary is removed only when it is a regular file,
+    at least ``STALE_TEMPORARY_AGE`` old, and its lock could be taken at
+    once; one that cannot be opened (another user's), or on a file
+    system without ``flock`` (the lock fails), stays.  Best effort:
+    errors are no reason to fail the write that called it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    ours = re.compile(re.escape(f".{os.path.basename(path)}.") + r"\d+\.[0-9a-f]{8}\.tmp")
+    try:
+        names = [n for n in os.listdir(directory) if ours.fullmatch(n)]
+    except OSError:
+        return []
+    if not names:
+        return []
+    now = time.time() if now is None else now
+    return [name for name in names
+            if _remove_if_abandoned(os.path.join(directory, name), now)]
+
+
+def _remove_if_abandoned(tmp: str, now: float) -> bool:
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(tmp, flags)
+    except OSError:  # renamed in the meantime, or not ours to open
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < STALE_TEMPORARY_AGE:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its writer is alive (or this file system has no flock)
+            return False
+        # still the file that was judged (the names are never reused, but
+        # the check costs one stat)
+        now_there = os.stat(tmp, follow_symlinks=False)
+        if (now_there.st_dev, now_there.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(tmp)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def owner_of(path: str) -> tuple[int, int] | None:
@@ -308,6 +388,15 @@ def give_to(fd: int, owner: tuple[int, int] | None) -> None:
             os.fchown(fd, *owner)
         except PermissionError:
             pass
+
+
+def _lock_quietly(fd: int) -> None:
+    """``flock`` a temporary file just made (see ``remove_stale_temporaries``);
+    never waits, and a file system without ``flock`` writes without it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
 
 
 def _unlink_quietly(path: str) -> None:
