@@ -162,11 +162,99 @@ def test_a_new_pair_that_cannot_serve_keeps_the_old_one_and_says_so_once(tmp_pat
     for _ in range(3):
         clock.advance(tls.CHECK_INTERVAL)
         assert serial_served(factory) == first
-    errors = [e for e in events if e["log_level"].name == "error"]
-    assert len(errors) == 1 and "keeping the old ones" in errors[0]["log_format"]
+    # a warning at the first look, the error at the second, then nothing
+    said = [e for e in events if e["log_level"].name in ("warn", "error")]
+    assert [e["log_level"].name for e in said] == ["warn", "error"]
+    assert "keeping the old ones" in said[1]["log_format"]
     assert not factory.reload()  # SIGHUP: still not usable
     # said once per change: the SIGHUP line says why (below), not another error
     assert len([e for e in events if e["log_level"].name == "error"]) == 1
+
+
+def _warnings_and_errors(events) -> list[tuple[str, str]]:
+    from twisted.logger import formatEvent
+
+    return [(e["log_level"].name, formatEvent(e)) for e in events
+            if e["log_level"].name in ("warn", "error")]
+
+
+def test_a_renewal_caught_between_its_two_files_is_a_warning(tmp_path, events):
+    # certbot's deploy hook, a script: the certificate is in place, its key
+    # a moment later.  A look in between used to log an error, and a
+    # monitoring that pages on errors paged for a renewal that went fine.
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    os.replace(new_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first  # the old pair serves on
+    ((level, line),) = _warnings_and_errors(events)
+    assert level == "warn", line
+    assert "do not match yet, keeping the old ones" in line
+    assert "looked at again at the first TLS connection 10 seconds from now" in line
+    assert "does not belong to the first certificate" in line
+    os.replace(new_key, key)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) != first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    assert len(_loaded(events)) == 1
+
+
+def test_a_mismatch_that_persists_is_an_error_at_the_next_look(tmp_path, events):
+    # the next look loads the files again although they did not change
+    # and their stamp is settled: otherwise a pair that never matches
+    # would be told only as a warning
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    first = serial_served(factory)
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)
+    factory.wall = lambda: time.time() + 3600  # settled: only a change counts
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    clock.advance(tls.CHECK_INTERVAL - 1)
+    assert serial_served(factory) == first  # not yet the next look
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    clock.advance(1)
+    assert serial_served(factory) == first
+    said = _warnings_and_errors(events)
+    assert [level for level, _ in said] == ["warn", "error"]
+    assert "cannot use the new certificate and key, keeping the old ones" in said[1][1]
+    for _ in range(3):  # said once: no more warnings nor errors
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == first
+    assert len(_warnings_and_errors(events)) == 2
+    other_cert, _ = pair(tmp_path / "third")  # a new change: warned of again
+    os.replace(other_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "error", "warn"]
+
+
+def test_a_half_written_file_is_a_warning_first_too(tmp_path, events):
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    Path(cert).write_bytes(Path(cert).read_bytes()[:100])  # a look mid-write
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)
+    ((level, line),) = _warnings_and_errors(events)
+    assert level == "warn" and "cannot be used yet" in line, line
+
+
+def test_a_sighup_that_cannot_use_a_new_pair_is_an_error_at_once(tmp_path, events):
+    # SIGHUP is sent once the files are written: nothing to wait for
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    factory = tls.ReloadingTLS(cert, key, clock)
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)
+    assert not factory.reload()
+    assert [level for level, _ in _warnings_and_errors(events)] == ["error"]
 
 
 def test_a_new_pair_openssl_refuses_keeps_the_old_one(tmp_path, events):
@@ -430,7 +518,7 @@ def test_a_key_rewritten_in_place_after_its_certificate_in_one_tick_is_taken(
         tmp_path, events, monkeypatch):
     # a renewal script that writes the certificate, then the key, in
     # place: a look between the two sees a key of another certificate
-    # (said once, the old pair serves on); the key then written within the
+    # (a warning, the old pair serves on); the key then written within the
     # same clock tick, at the same size (a P-256 key's PEM always has
     # one), keeps its stamp -- the old pair must not serve on for good
     clock = Clock()
@@ -450,7 +538,8 @@ def test_a_key_rewritten_in_place_after_its_certificate_in_one_tick_is_taken(
     clock.advance(tls.CHECK_INTERVAL)
     renewed_serial = x509.load_pem_x509_certificate(Path(new_cert).read_bytes()).serial_number
     assert serial_served(factory) == renewed_serial
-    assert len([e for e in events if e["log_level"].name == "error"]) == 1
+    assert [e["log_level"].name for e in events if e["log_level"].name in ("warn", "error")] \
+        == ["warn"]  # the renewal caught half-way, no error: it was fine
     assert len(_loaded(events)) == 1
 
 

@@ -32,6 +32,7 @@ from txmailhub.filestamp import RACY_SECONDS
 __all__ = [
     "ReloadingTLS",
     "TLSFilesError",
+    "TLSKeyMismatch",
     "handshake_pending",
     "load_pair",
     "pair_findings",
@@ -61,6 +62,11 @@ TICKET_KEY_LIFETIME = 3600.0
 
 class TLSFilesError(ValueError):
     """The certificate and key cannot be used; the message says why."""
+
+
+class TLSKeyMismatch(TLSFilesError):
+    """The key is not the first certificate's: what a renewal caught
+    between writing its two files looks like."""
 
 
 def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
@@ -93,7 +99,7 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
         matches = [i for i, c in enumerate(chain) if _public(c.public_key()) == mine]
         where = (f" (it is the key of certificate {matches[0] + 1} in the file: the server's "
                  "own certificate must come first)") if matches else ""
-        raise TLSFilesError(f"key {key} does not belong to the first certificate in "
+        raise TLSKeyMismatch(f"key {key} does not belong to the first certificate in "
                             f"{certificate}{where}")
     return chain, private_key
 
@@ -238,7 +244,15 @@ class ReloadingTLS:
     """The listeners' TLS context: the pair on disk, taken again when the
     files change (looked at no more than every ``CHECK_INTERVAL`` seconds,
     as connections come) or on ``reload()`` (SIGHUP).  A new pair that
-    cannot be used is logged, once per change, and the old one serves on."""
+    cannot be used is logged, once per change, and the old one serves on.
+
+    A renewal writes two files, one after the other, and a look may come
+    in between: the new certificate with the old key.  So the first look
+    that cannot use a changed pair logs a warning and looks again at the
+    next chance (``CHECK_INTERVAL`` later, as connections come), changed
+    or not; only a pair still unusable then is logged as an error.  A
+    ``reload()`` is asked for once the files are written: its failure is
+    an error at once."""
 
     def __init__(self, certificate: str, key: str, clock: Any = None) -> None:
         self.certificate = certificate
@@ -257,6 +271,10 @@ class ReloadingTLS:
         self._looked = self._keyed = self._now()
         #: why the last ``reload()`` kept the old pair (for the SIGHUP line)
         self.failure: str | None = None
+        # the last look could not use a changed pair and only warned: the
+        # next one loads the files again and, if it fails too, says so as
+        # an error
+        self._doubted = False
 
     def _began(self) -> tuple[float, float]:
         """(wall clock, monotonic) before the files are read: a look held
@@ -292,7 +310,8 @@ class ReloadingTLS:
         now = self._now()
         if now - self._looked >= CHECK_INTERVAL:
             self._looked = now
-            if _stamp(self.certificate, self.key) != self._stamp or not self._trusted:
+            if (_stamp(self.certificate, self.key) != self._stamp or not self._trusted
+                    or self._doubted):
                 self._take(looked=True)
         if now - self._keyed >= TICKET_KEY_LIFETIME:
             # the same pair in a new context: OpenSSL draws new ticket
@@ -321,11 +340,24 @@ class ReloadingTLS:
             options.getContext()
         except Exception as e:
             self.failure = str(e)
-            if stamp != self._stamp:
+            if looked and stamp != self._stamp and not self._doubted:
+                # maybe a renewal caught between its two files: a warning,
+                # and the next look decides
+                self._doubted = True
+                log.warn("TLS: the new certificate and key {state} yet, keeping the old "
+                         "ones; a renewal may be writing them one after the other: they are "
+                         "looked at again at the first TLS connection {seconds:g} seconds "
+                         "from now, and an error is logged if they still cannot be used: "
+                         "{why}", why=str(e), seconds=CHECK_INTERVAL,
+                         state=("do not match" if isinstance(e, TLSKeyMismatch)
+                                else "cannot be used"))
+            elif stamp != self._stamp or self._doubted:
+                self._doubted = False
                 log.error("TLS: cannot use the new certificate and key, keeping the old "
                           "ones: {why}", why=str(e))
             self._note(stamp, began)  # said once; a later change is looked at again
             return False
+        self._doubted = False
         self._note(stamp, began)
         dropped = _names_dropped(self._pair[0][0], chain[0])
         self._pair = chain, private_key
