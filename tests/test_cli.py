@@ -130,6 +130,28 @@ def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
     assert out == f"{path}: ok\n"
 
 
+def test_check_warns_of_a_certificate_not_valid_for_the_hostname(tmp_path: Path) -> None:
+    # a warning, not a problem: most sending servers do not check the
+    # name, and mail must not stop for it; mail programs refuse TLS
+    from conftest import make_certificate
+
+    cert, key = make_certificate(tmp_path / "tls", "mx.example.net")
+    path = tmp_path / "w.toml"
+    body = f'domains = ["example.org"]\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    path.write_text(HUB + body)
+    code, out, err = run(path, "check")
+    assert (code, out) == (0, f"{path}: ok\n")
+    assert err.startswith(
+        f"warning: {path}: [tls] certificate {cert} is not valid for mail.example.org "
+        "([hub] hostname), only for mx.example.net, 127.0.0.1: clients that check the "
+        "name"), err
+    path.write_text(HUB.replace("mail.example.org", "mx.example.net") + body)
+    assert "not valid for" not in run(path, "check")[2]
+    path.write_text('[hub]\n' + body)  # no hostname: the machine's name is compared
+    _, _, err = run(path, "check")
+    assert "([hub] hostname is not set: the machine's name)" in err
+
+
 def test_user_commands(config: Path) -> None:
     assert run(config, "user", "add", "alice", "--password-stdin",
                stdin="mellow quartz one\nignored\n") == (0, "added alice@example.org\n", "")

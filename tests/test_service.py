@@ -54,6 +54,30 @@ def test_start_logs_the_users_file_problems(tmp_path: Path, log_events) -> None:
         hub.stopService()
 
 
+def test_start_warns_of_a_certificate_not_valid_for_the_hostname(tmp_path: Path,
+                                                                 log_events) -> None:
+    from conftest import make_certificate
+    from twisted.logger import formatEvent
+
+    cert, key = make_certificate(tmp_path / "tls", "mx.example.net")
+    hub, reactor = hub_of(tmp_path, ONE_SMTP_LISTENER
+                          + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    try:
+        hub.startService()
+        assert len(reactor.tcpServers) == 1  # it starts all the same
+        warned = [formatEvent(e) for e in log_events
+                  if e.get("log_namespace") == "txmailhub.service"
+                  and e["log_level"].name == "warn"]
+        assert [w for w in warned if "not valid for" in w] == [
+            f"config: {tmp_path / 'hub.toml'}: [tls] certificate {cert} is not valid for "
+            "mail.example.org ([hub] hostname), only for mx.example.net, 127.0.0.1: clients "
+            "that check the name (mail programs, the sending servers that verify) refuse "
+            "TLS; get one that names mail.example.org, or set [hub] hostname to a name it "
+            "is valid for"], warned
+    finally:
+        hub.stopService()
+
+
 def test_start_and_stop_are_logged_with_the_config_warnings(tmp_path: Path) -> None:
     from twisted.logger import formatEvent
 

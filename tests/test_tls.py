@@ -110,6 +110,67 @@ def test_a_chain_out_of_order_is_a_warning(tmp_path):
     assert "the certificates are not in order" in warnings[0]
 
 
+def _leaf(cn: str, dns=(), ips=()):
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder()
+               .subject_name(_name(cn)).issuer_name(_name(cn))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - DAY).not_valid_after(NOW + 60 * DAY))
+    if dns or ips:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(n) for n in dns]
+            + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+@pytest.mark.parametrize(("names", "hostname", "covered"), [
+    (["mail.example.org"], "mail.example.org", True),
+    (["Mail.Example.ORG."], "mail.example.org.", True),  # case and a final dot
+    (["mx.example.org", "mail.example.org"], "mail.example.org", True),
+    (["mx.example.org"], "mail.example.org", False),
+    # RFC 6125 6.4.3: the wildcard is one whole label, the left-most
+    (["*.example.org"], "mail.example.org", True),
+    (["*.example.org"], "example.org", False),
+    (["*.example.org"], "a.mail.example.org", False),
+    (["*.org"], "example.org", False),  # not for a whole top-level domain
+    (["m*.example.org"], "mail.example.org", False),  # no part of a label
+    (["mail.*.org"], "mail.example.org", False),
+    (["*.*.org"], "mail.example.org", False),
+])
+def test_covers_reads_dns_names_and_wildcards(names, hostname, covered):
+    assert tls.covers(_leaf("unrelated.example", dns=names), hostname) is covered
+
+
+def test_covers_reads_the_common_name_only_without_dns_names():
+    assert tls.covers(_leaf("mail.example.org"), "mail.example.org")
+    assert tls.covers(_leaf("mail.example.org", ips=["192.0.2.1"]), "mail.example.org")
+    # a DNS name in the subjectAltName: the common name no longer counts
+    assert not tls.covers(_leaf("mail.example.org", dns=["mx.example.org"]),
+                          "mail.example.org")
+
+
+def test_covers_looks_for_an_address_literal_among_the_addresses():
+    leaf = _leaf("mail.example.org", dns=["mail.example.org"],
+                 ips=["192.0.2.1", "2001:db8::1"])
+    assert tls.covers(leaf, "[192.0.2.1]") and tls.covers(leaf, "[IPv6:2001:db8::1]")
+    assert not tls.covers(leaf, "[192.0.2.2]")
+    assert not tls.covers(_leaf("192.0.2.1"), "[192.0.2.1]")  # never a common name
+
+
+def test_a_certificate_for_another_name_is_a_warning(tmp_path):
+    # the pair of pair() is for mail.example.org (its common name alone)
+    cert, key = pair(tmp_path)
+    assert tls.pair_findings(cert, key, hostname="mail.example.org") == ([], [])
+    assert tls.pair_findings(cert, key, hostname="MAIL.example.org.") == ([], [])
+    problems, warnings = tls.pair_findings(cert, key, hostname="mx.example.org")
+    assert problems == [] and len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        f"certificate {cert} is not valid for mx.example.org ([hub] hostname), only for "
+        "mail.example.org: clients that check the name")
+
+
 def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
     # RFC 9325 4.1/4.2: no RSA key transport, no CBC; TLS 1.3's suites stay
     ciphers = SSL.Connection(tls.tls_options(*pair(tmp_path)).getContext(), None) \

@@ -1024,6 +1024,11 @@ def load_text(text: str, path: str) -> Settings:
         mailbox_quota=r.get(t, "hub", "mailbox_quota", 0, _non_negative_int),
     )
 
+    # the name a certificate must be valid for (None: a bad one, a problem
+    # already), and where it comes from
+    own_name = hub.hostname if ("hostname" not in t or hostname) else None
+    own_name_from = ("[hub] hostname" if "hostname" in t
+                     else "[hub] hostname is not set: the machine's name")
     # (a bad hostname is a problem already; an address literal is what it is)
     name = hub.hostname.rstrip(".").lower()
     if ("hostname" not in t or hostname) and not name.startswith("[") and (
@@ -1080,7 +1085,10 @@ def load_text(text: str, path: str) -> Settings:
                 and readable):
             from txmailhub.tls import pair_findings
 
-            problems_found, warned = pair_findings(cert, key)
+            # the hub's own name: the one clients reach it by, which a
+            # client that checks the certificate compares it with
+            problems_found, warned = pair_findings(cert, key, hostname=own_name,
+                                                   hostname_from=own_name_from)
             for why in problems_found:
                 r.problem("tls", None, why)
             warnings.extend(f"{path}: [tls] {w}" for w in warned)

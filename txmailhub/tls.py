@@ -3,7 +3,8 @@
 Owns the ``[tls]`` pair (a PEM full chain and a PEM key) as the listeners
 use it.  ``load_pair`` reads and checks the files, ``pair_findings`` says
 what ``mailhub check`` and the start should report about them (a key with a
-passphrase, an expired certificate, a chain without its intermediate), and
+passphrase, an expired certificate, a chain without its intermediate, a
+certificate not valid for the hub's name), and
 ``ReloadingTLS`` is what the SMTP and POP3 listeners hand to OpenSSL: it
 looks at the files again when they change -- certbot renews a certificate
 every two months, and a hub that kept the old one would start failing
@@ -33,6 +34,7 @@ __all__ = [
     "ReloadingTLS",
     "TLSFilesError",
     "TLSKeyMismatch",
+    "covers",
     "handshake_pending",
     "load_pair",
     "pair_findings",
@@ -111,11 +113,15 @@ def _public(key: Any) -> bytes:
 
 
 def pair_findings(certificate: str, key: str,
-                  now: datetime.datetime | None = None) -> tuple[list[str], list[str]]:
+                  now: datetime.datetime | None = None, *,
+                  hostname: str | None = None,
+                  hostname_from: str = "[hub] hostname") -> tuple[list[str], list[str]]:
     """(problems, warnings) about the pair: it cannot be loaded (a problem);
     its certificate has expired, is not valid yet, expires within
-    ``EXPIRY_WARNING``, or comes without the certificate that signed it
-    (warnings: clients that verify it refuse TLS, but the hub starts)."""
+    ``EXPIRY_WARNING``, comes without the certificate that signed it, or
+    is not valid for ``hostname`` (the hub's own name, which
+    ``hostname_from`` says where it came from): warnings, since clients
+    that verify it refuse TLS, but the hub starts."""
     try:
         chain, _ = load_pair(certificate, key)
         tls_options(certificate, key).getContext()  # what OpenSSL itself says of them
@@ -139,6 +145,18 @@ def pair_findings(certificate: str, key: str,
         warnings.append(f"certificate {certificate} expires on "
                         f"{leaf.not_valid_after_utc:%Y-%m-%d}: renew it (the hub takes the "
                         "new files without a restart)")
+    if hostname is not None and not covers(leaf, hostname):
+        # a warning: mail from the servers that do not check the name (most
+        # do not) still comes in over TLS; those that do, and mail programs
+        # on submission and POP3, refuse it
+        dns, addresses = _identities(leaf)
+        names = dns + [str(a) for a in addresses]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.append(f"certificate {certificate} is not valid for {hostname} "
+                        f"({hostname_from}), only for {shown or 'no name at all'}: clients "
+                        f"that check the name (mail programs, the sending servers that "
+                        f"verify) refuse TLS; get one that names {hostname}, or set [hub] "
+                        "hostname to a name it is valid for")
     for cert, issuer in itertools.pairwise(chain):
         if cert.issuer != issuer.subject:
             warnings.append(f"certificate {certificate}: the certificates are not in order "
@@ -206,6 +224,62 @@ def _names(leaf: Any) -> list[str]:
         return []  # an extension cryptography cannot parse: nothing to compare
     return ([str(n) for n in san.get_values_for_type(x509.DNSName)]
             + [str(n) for n in san.get_values_for_type(x509.IPAddress)])
+
+
+def covers(leaf: Any, hostname: str) -> bool:
+    """Whether a client that checks the name would take certificate
+    ``leaf`` for ``hostname`` (RFC 6125 6.4, as RFC 9525 keeps it): its
+    subjectAltName DNS names, or its common name when it has none; a
+    wildcard ``*.example.com`` stands for exactly one label, the
+    left-most (``mail.example.com``, not ``example.com`` nor
+    ``a.mail.example.com``), and only with two labels or more after it.
+    An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is
+    looked for among the subjectAltName addresses.  A certificate whose
+    names cannot be read covers nothing."""
+    import ipaddress
+
+    host = hostname.strip().rstrip(".").lower()
+    dns, addresses = _identities(leaf)
+    if host.startswith("[") and host.endswith("]"):
+        literal = host[1:-1]
+        literal = literal[5:] if literal.startswith("ipv6:") else literal
+        try:
+            return ipaddress.ip_address(literal) in addresses
+        except ValueError:
+            return False
+    return any(_name_matches(pattern, host) for pattern in dns)
+
+
+def _identities(leaf: Any) -> tuple[list[str], list[Any]]:
+    """(DNS names, addresses) a client that checks the name compares: the
+    subjectAltName's, the common name only when it holds no DNS name;
+    nothing when cryptography cannot parse them."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        dns = [str(n) for n in san.get_values_for_type(x509.DNSName)] if san is not None else []
+        addresses = list(san.get_values_for_type(x509.IPAddress)) if san is not None else []
+        if not dns:
+            dns = [str(a.value)
+                   for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except ValueError:
+        return [], []
+    return dns, addresses
+
+
+def _name_matches(pattern: str, host: str) -> bool:
+    pattern = pattern.strip().rstrip(".").lower()
+    if not pattern.startswith("*."):
+        return pattern == host
+    rest = pattern[2:]
+    first, dot, parent = host.partition(".")
+    # one whole label, the left-most: never a part of one, never two
+    return bool(first and dot and parent == rest and "." in rest and "*" not in rest)
 
 
 def _names_dropped(old: Any, new: Any) -> list[str]:
