@@ -176,6 +176,16 @@ def test_ipv4_literals_are_still_four_snums(bad: str) -> None:
         address_literal(bad)
 
 
+@pytest.mark.parametrize("literal", ["[IPv6:192.0.2.1]", "[ipv6:192.0.2.1]", "[IPv6:127.1]",
+                                     "[IPv6:192.000.002.001]"])
+def test_an_ipv6_literal_holds_no_ipv4_address(literal: str) -> None:
+    # RFC 5321 4.1.3: IPv6-full, IPv6-comp, IPv6v4-full and IPv6v4-comp all
+    # hold IPv6 groups; an IPv4 address alone after the tag is none of them
+    with pytest.raises(ValueError):
+        address_literal(literal)
+    assert address_literal("[IPv6:::192.0.2.1]") == "[IPv6:::c000:201]"
+
+
 @pytest.mark.parametrize("name", ["192.0.2.1", "[192.0.2.10", "192.0.2.1]", "x192.0.2.1y",
                                   "[IPv6:2001:db8::10", "(IPv6:2001:db8::1)"])
 def test_an_address_literal_needs_both_brackets(name: str) -> None:

@@ -213,6 +213,12 @@ def test_bad_durations(value: object) -> None:
          "[relay] smarthost: 'smtp..example.net:25': smtp..example.net can be no name in DNS"),
         ("[relay]\nsmarthost = \"\u2603.example:25\"",
          "[relay] smarthost: '\u2603.example:25': \u2603.example has no IDNA2008"),
+        # RFC 5321 4.1.3: after "IPv6:" an IPv6 address in one of its four
+        # forms, never an IPv4 one (it was connected to as 192.0.2.1)
+        ("[relay]\nsmarthost = \"[IPv6:192.0.2.1]:25\"",
+         "[relay] smarthost: '[IPv6:192.0.2.1]:25': [IPv6:192.0.2.1] is no IPv6 address, "
+         "the only kind an \"IPv6:\" literal holds (RFC 5321 4.1.3); write [192.0.2.1]"),
+        ("[relay]\nsmarthost = \"[ipv6:192.0.2.1]:25\"", "[ipv6:192.0.2.1] is no IPv6 address"),
         ("[relay]\nsmarthost = \"[IPv6:fe80::1%eth0]:25\"",
          "[relay] smarthost: '[IPv6:fe80::1%eth0]:25': [IPv6:fe80::1%eth0] is no IP address"),
         # a leading zero: the resolver (inet_aton) reads 010 as octal, and

@@ -184,6 +184,7 @@ def test_address_literals():
     assert result(r.resolve("[IPv6:2001:DB8::7]")) == [
         MXHost("[ipv6:2001:db8::7]", 0, ("2001:db8::7",))]
     error_of(r.resolve("[300.1.1.1]"), NoSuchDomain)
+    error_of(r.resolve("[IPv6:192.0.2.7]"), NoSuchDomain)  # RFC 5321 4.1.3: IPv6 only
     assert r.resolver.queries == []
     assert parse_literal("example.org") is None
 

@@ -146,7 +146,9 @@ def test_address_literals():
                 # IPv4 tail (ipaddress takes 7 and 5)
                 "u@[IPv6:1:2:3:4:5:6:7::]", "u@[IPv6:::1:2:3:4:5:6:7]",
                 "u@[IPv6:1:2:3:4:5::192.0.2.1]", "u@[IPv6:1:2:3:4::5:192.0.2.1]",
-                "u@[IPv6:1::2:3:4:5:192.0.2.1]"):
+                "u@[IPv6:1::2:3:4:5:192.0.2.1]",
+                # an IPv4 address is no IPv6 literal in any of its four forms
+                "u@[IPv6:192.0.2.1]", "u@[ipv6:192.0.2.1]"):
         assert reply_of(parse_mailbox, bad, P) == replies.SYNTAX_ADDRESS, bad
     for good in ("u@[IPv6:1:2:3:4:5:6::]", "u@[IPv6:1:2:3::4:5:6]",
                  "u@[IPv6:1:2:3:4::192.0.2.1]", "u@[IPv6:1:2:3:4:5:6:7:8]",

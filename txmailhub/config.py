@@ -761,7 +761,7 @@ def split_smarthost(value: str) -> tuple[str, int]:
     to that name).  ValueError, saying why, for anything the relay could
     never connect to: a name DNS cannot hold or one with no IDNA2008 form
     (the relay looks up the A-labels only), an ``IPv6:`` literal that is
-    no address, an IPv6 zone.  Numbers and dots other than an address
+    no IPv6 address (``[IPv6:192.0.2.1]``), an IPv6 zone.  Numbers and dots other than an address
     ``ipaddress`` reads are what the C resolver reads (``127.1``,
     ``0x7f.0.0.1``: 127.0.0.1), refused when a leading zero makes that
     reading doubtful (octal to it: ``010.0.0.1`` was connected to as
@@ -775,10 +775,17 @@ def split_smarthost(value: str) -> tuple[str, int]:
         try:
             if "%" in inner:
                 raise ValueError
-            ip = ipaddress.ip_address(inner)
+            # after the tag only IPv6 (RFC 5321 4.1.3: IPv6-full, -comp,
+            # IPv6v4-full, -comp): "[IPv6:192.0.2.1]" was connected to
+            # as 192.0.2.1, an IPv4 address no form of the literal holds
+            ip = ipaddress.IPv6Address(inner) if tagged else ipaddress.ip_address(inner)
         except ValueError:
             no_ip = (f"{value!r}: {host} is no IP address ([192.0.2.1], [::1] or "
                      "[IPv6:2001:db8::1])")
+            if tagged and _is_ipv4(inner):
+                raise ValueError(f"{value!r}: {host} is no IPv6 address, the only kind an "
+                                 f"\"IPv6:\" literal holds (RFC 5321 4.1.3); write "
+                                 f"[{inner}]") from None
             if tagged or not inner or "%" in inner or ":" in inner:
                 raise ValueError(no_ip) from None
             if not _is_numeric(inner):
@@ -789,6 +796,14 @@ def split_smarthost(value: str) -> tuple[str, int]:
         else:
             return _connected_address(ip), int(port)
     return _split_bare(value, host, int(port))
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _connected_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
