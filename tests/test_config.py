@@ -971,7 +971,11 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     # an IPv4-mapped IPv6 address is the IPv4 host's (RFC 4291 2.5.5.2)
     ("[::ffff:127.0.0.1]:25", ("127.0.0.1", 25)),
     ("[IPv6:::FFFF:192.0.2.25]:25", ("192.0.2.25", 25)),
-    ("::ffff:c000:219:25", ("192.0.2.25", 25)),
+    ("[::ffff:c000:219]:25", ("192.0.2.25", 25)),
+    # an IPv6 address with a port: in brackets, or (no other reading) a
+    # text whose whole is no address
+    ("[2001:db8::25]:587", ("2001:db8::25", 587)),
+    ("1:2:3:4:5:6:7:8:587", ("1:2:3:4:5:6:7:8", 587)),
 ])
 def test_split_smarthost(written: str, split: tuple[str, int] | None) -> None:
     from txmailhub.config import split_smarthost
@@ -981,6 +985,27 @@ def test_split_smarthost(written: str, split: tuple[str, int] | None) -> None:
             split_smarthost(written + ":25")
     else:
         assert split_smarthost(written) == split
+
+
+@pytest.mark.parametrize(("written", "why"), [
+    # an address by itself, and 2001:db8::25 with port 587: it was read as
+    # the second; a bare IPv6 address is the whole value now, which has
+    # no port (and the smarthost has no default one)
+    ("2001:db8::25:587", "'2001:db8::25:587': a bare IPv6 address is read whole, with no "
+     "port; a port after an IPv6 address needs brackets around it: write "
+     "[2001:db8::25:587]:<port>, or [2001:db8::25]:587 if 587 is the port"),
+    ("::ffff:c000:219:25", "or [::ffff:c000:219]:25 if 25 is the port"),
+    ("::1:25", "or [::1]:25 if 25 is the port"),
+    ("2001:db8::25", "write [2001:db8::25]:<port>"),
+])
+def test_a_bare_ipv6_address_is_the_whole_value(written: str, why: str) -> None:
+    from txmailhub.config import split_smarthost
+
+    with pytest.raises(ValueError, match=re.escape(why)):
+        split_smarthost(written)
+    [problem] = problems(MINIMAL + f'[relay]\nsmarthost = "{written}"\n')
+    assert problem.startswith(f"/etc/mh/mailhub.toml: [relay] smarthost: '{written}': ")
+    assert why.split("': ")[-1] in problem
 
 
 @pytest.mark.parametrize(("written", "why"), [

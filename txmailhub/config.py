@@ -765,7 +765,12 @@ def split_smarthost(value: str) -> tuple[str, int]:
     ``ipaddress`` reads are what the C resolver reads (``127.1``,
     ``0x7f.0.0.1``: 127.0.0.1), refused when a leading zero makes that
     reading doubtful (octal to it: ``010.0.0.1`` was connected to as
-    ``8.0.0.1``) or there is none (see ``_numeric_ipv4``)."""
+    ``8.0.0.1``) or there is none (see ``_numeric_ipv4``).  A bare IPv6
+    address is the whole value, never split at its last colon: a port
+    after one needs brackets (see ``_bare_ipv6_problem``)."""
+    why = _bare_ipv6_problem(value)
+    if why is not None:
+        raise ValueError(f"{value!r}: {why}")
     host, _, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
@@ -796,6 +801,36 @@ def split_smarthost(value: str) -> tuple[str, int]:
         else:
             return _connected_address(ip), int(port)
     return _split_bare(value, host, int(port))
+
+
+def _bare_ipv6_problem(value: str) -> str | None:
+    """Why ``value``, written without brackets, cannot be a smarthost
+    because all of it is an IPv6 address; ``None`` otherwise.
+
+    ``2001:db8::25:587`` is an address by itself, and it was read as
+    2001:db8::25, port 587: one text, two hosts.  The rule is the one
+    URLs (RFC 3986 3.2.2) and most mail software follow: a bare IPv6
+    address is the whole value, and a port after one needs brackets
+    (``[2001:db8::25]:587``).  The smarthost has no default port (it is
+    "host:port"), so a bare address is a problem, whichever the writer
+    meant.  A text whose whole is no address (``1:2:3:4:5:6:7:8:25``, nine
+    groups) still reads as the address before its last colon and a port:
+    it has no other reading."""
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return None
+    host, _, port = value.rpartition(":")
+    meant = ""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        pass
+    else:
+        if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+            meant = f", or [{host}]:{int(port)} if {int(port)} is the port"
+    return ("a bare IPv6 address is read whole, with no port; a port after an IPv6 address "
+            f"needs brackets around it: write [{value}]:<port>{meant}")
 
 
 def _is_ipv4(text: str) -> bool:
