@@ -219,6 +219,8 @@ def test_bad_durations(value: object) -> None:
          "[relay] smarthost: '[IPv6:192.0.2.1]:25': [IPv6:192.0.2.1] is no IPv6 address, "
          "the only kind an \"IPv6:\" literal holds (RFC 5321 4.1.3); write [192.0.2.1]"),
         ("[relay]\nsmarthost = \"[ipv6:192.0.2.1]:25\"", "[ipv6:192.0.2.1] is no IPv6 address"),
+        ("[relay]\nsmarthost = \"12345:25\"",
+         "[relay] smarthost: '12345:25': 12345 is read by the resolver as 0.0.48.57"),
         ("[relay]\nsmarthost = \"[IPv6:fe80::1%eth0]:25\"",
          "[relay] smarthost: '[IPv6:fe80::1%eth0]:25': [IPv6:fe80::1%eth0] is no IP address"),
         # a leading zero: the resolver (inet_aton) reads 010 as octal, and
@@ -967,6 +969,8 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     ("2130706433:25", ("127.0.0.1", 25)),
     ("0x7f.0.0.1:25", ("127.0.0.1", 25)),
     ("[127.1]:25", ("127.0.0.1", 25)),
+    ("0x7f.1:25", ("127.0.0.1", 25)),
+    ("1.0xbeef:25", ("1.0.190.239", 25)),
     ("0177.0.0.1", None),  # octal 127, decimal 177
     # an IPv4-mapped IPv6 address is the IPv4 host's (RFC 4291 2.5.5.2)
     ("[::ffff:127.0.0.1]:25", ("127.0.0.1", 25)),
@@ -1017,6 +1021,15 @@ def test_a_bare_ipv6_address_is_the_whole_value(written: str, why: str) -> None:
      "looks up as a name and never finds; write 192.0.2.25"),
     ("[192.0.2.25.]:25", "write 192.0.2.25"),
     ("010.0.0.1.:25", "010.0.0.1 is ambiguous"),
+    # a reading in 0.0.0.0/8, "this host on this network" (RFC 1122
+    # 3.2.1.3): no host to connect to, and a number that small is a port
+    # or a typo -- 12345 was connected to as 0.0.48.57
+    ("12345:25", "12345 is read by the resolver as 0.0.48.57, in 0.0.0.0/8, which names "
+     "no host to connect to (RFC 1122 3.2.1.3); write the address in full"),
+    ("[12345]:25", "12345 is read by the resolver as 0.0.48.57, in 0.0.0.0/8"),
+    ("0x3039:25", "0x3039 is read by the resolver as 0.0.48.57"),
+    ("0.1:25", "0.1 is read by the resolver as 0.0.0.1"),
+    ("0:25", "0 is read by the resolver as 0.0.0.0"),
 ])
 def test_split_smarthost_refuses_numbers_that_are_no_address(written: str, why: str) -> None:
     from txmailhub.config import split_smarthost

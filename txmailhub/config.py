@@ -765,7 +765,8 @@ def split_smarthost(value: str) -> tuple[str, int]:
     ``ipaddress`` reads are what the C resolver reads (``127.1``,
     ``0x7f.0.0.1``: 127.0.0.1), refused when a leading zero makes that
     reading doubtful (octal to it: ``010.0.0.1`` was connected to as
-    ``8.0.0.1``) or there is none (see ``_numeric_ipv4``).  A bare IPv6
+    ``8.0.0.1``), there is none, or it is in 0.0.0.0/8 (``12345``: see
+    ``_numeric_ipv4``).  A bare IPv6
     address is the whole value, never split at its last colon: a port
     after one needs brackets (see ``_bare_ipv6_problem``)."""
     why = _bare_ipv6_problem(value)
@@ -942,23 +943,41 @@ def _numeric_ipv4(value: str, host: str) -> str | None:
     dot the resolver asks DNS."""
     if not _is_numeric(host):
         return None
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    resolver = _read_ipv4(labels, octal=True)
+    decimal = _read_ipv4(labels, octal=False)
     if host.endswith("."):
         bare = _numeric_ipv4(value, host[:-1])  # (its own doubts said first)
         raise ValueError(f"{value!r}: {host} is an address with a final dot, which the "
                          f"resolver looks up as a name and never finds; write {bare}")
-    labels = host.split(".")
-    resolver = _read_ipv4(labels, octal=True)
-    decimal = _read_ipv4(labels, octal=False)
     if resolver is not None and resolver == decimal:
-        return resolver
+        return _routable(value, host, resolver)
     if decimal is not None:
         read = f"it as {resolver}" if resolver else "no address in it"
         raise ValueError(f"{value!r}: {host} is ambiguous: the resolver reads {read} "
                          "(a number with a leading zero is octal to it); write the "
                          "address without leading zeros")
     if resolver is not None:  # hex alone: no other reading
-        return resolver
+        return _routable(value, host, resolver)
     raise ValueError(f"{value!r}: {host} is no address, and no name in DNS is all numbers")
+
+
+# RFC 1122 3.2.1.3, RFC 6890 2.2.2: "this host on this network", a source
+# address only; no host is reached at one
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def _routable(value: str, host: str, address: str) -> str:
+    """``address``, the resolver's reading of the shorthand ``host``,
+    unless it falls in 0.0.0.0/8: a number too small to fill the first
+    octet (``12345``, read as 0.0.48.57; ``0x1``; ``0.1``) is a port or a
+    typo far more often than an address, and none there names a host to
+    connect to -- every attempt failed, or (0.0.0.0) reached this host."""
+    if ipaddress.IPv4Address(address) in _THIS_NETWORK:
+        raise ValueError(f"{value!r}: {host} is read by the resolver as {address}, in "
+                         "0.0.0.0/8, which names no host to connect to (RFC 1122 "
+                         "3.2.1.3); write the address in full")
+    return address
 
 
 def _smarthost(v: Any) -> str:
