@@ -971,6 +971,13 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     ("[127.1]:25", ("127.0.0.1", 25)),
     ("0x7f.1:25", ("127.0.0.1", 25)),
     ("1.0xbeef:25", ("1.0.190.239", 25)),
+    # labels that only look like numbers, which the resolver reads as no
+    # address (0xcafe is over 255), the top one not all digits (RFC 3696
+    # 2): a host name, looked up as such -- it was refused "as numbers"
+    ("0xcafe.0xbeef:25", ("0xcafe.0xbeef", 25)),
+    ("[0xcafe.0xbeef]:25", ("0xcafe.0xbeef", 25)),
+    ("0xcafe.0xbeef.:25", ("0xcafe.0xbeef.", 25)),
+    ("0x1.0x2.0x3.0x4.0x5:25", ("0x1.0x2.0x3.0x4.0x5", 25)),
     ("0177.0.0.1", None),  # octal 127, decimal 177
     # an IPv4-mapped IPv6 address is the IPv4 host's (RFC 4291 2.5.5.2)
     ("[::ffff:127.0.0.1]:25", ("127.0.0.1", 25)),
@@ -1012,6 +1019,18 @@ def test_a_bare_ipv6_address_is_the_whole_value(written: str, why: str) -> None:
     assert why.split("': ")[-1] in problem
 
 
+def test_a_host_name_of_hex_looking_labels_is_a_name() -> None:
+    from txmailhub.config import split_smarthost
+
+    # LDH labels, the top one not all digits: a name DNS can hold, which
+    # the resolver (inet_aton: 0xcafe is over 255) reads as no address
+    s = load_text(MINIMAL + '[relay]\nsmarthost = "0xcafe.0xbeef:587"\n', "/etc/mh/mailhub.toml")
+    assert s.relay.smarthost == "0xcafe.0xbeef:587"
+    # what the resolver reads as an address is still that address
+    s = load_text(MINIMAL + '[relay]\nsmarthost = "0x7f.1:587"\n', "/etc/mh/mailhub.toml")
+    assert split_smarthost(s.relay.smarthost) == ("127.0.0.1", 587)
+
+
 @pytest.mark.parametrize(("written", "why"), [
     # numbers the resolver reads as no address, or looks up (a final dot)
     # as a name no DNS holds: every attempt failed its lookup
@@ -1021,6 +1040,8 @@ def test_a_bare_ipv6_address_is_the_whole_value(written: str, why: str) -> None:
      "looks up as a name and never finds; write 192.0.2.25"),
     ("[192.0.2.25.]:25", "write 192.0.2.25"),
     ("010.0.0.1.:25", "010.0.0.1 is ambiguous"),
+    ("0x7f.1.:25", "write 127.0.0.1"),
+    ("0xcafe.12:25", "0xcafe.12 is no address, and no name in DNS is all numbers"),
     # a reading in 0.0.0.0/8, "this host on this network" (RFC 1122
     # 3.2.1.3): no host to connect to, and a number that small is a port
     # or a typo -- 12345 was connected to as 0.0.48.57

@@ -766,7 +766,9 @@ def split_smarthost(value: str) -> tuple[str, int]:
     ``0x7f.0.0.1``: 127.0.0.1), refused when a leading zero makes that
     reading doubtful (octal to it: ``010.0.0.1`` was connected to as
     ``8.0.0.1``), there is none, or it is in 0.0.0.0/8 (``12345``: see
-    ``_numeric_ipv4``).  A bare IPv6
+    ``_numeric_ipv4``); labels that only look like numbers, with no such
+    reading and a top label not all digits, are a host name
+    (``0xcafe.0xbeef``).  A bare IPv6
     address is the whole value, never split at its last colon: a port
     after one needs brackets (see ``_bare_ipv6_problem``)."""
     why = _bare_ipv6_problem(value)
@@ -946,6 +948,11 @@ def _numeric_ipv4(value: str, host: str) -> str | None:
     labels = (host[:-1] if host.endswith(".") else host).split(".")
     resolver = _read_ipv4(labels, octal=True)
     decimal = _read_ipv4(labels, octal=False)
+    if resolver is None and decimal is None and not labels[-1].isdigit():
+        # no reading as an address, to the resolver or to a reader, and a
+        # top label that is not all digits (RFC 3696 2): a host name of
+        # hex-looking labels, "0xcafe.0xbeef", looked up as such
+        return None
     if host.endswith("."):
         bare = _numeric_ipv4(value, host[:-1])  # (its own doubts said first)
         raise ValueError(f"{value!r}: {host} is an address with a final dot, which the "
