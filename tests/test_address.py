@@ -33,6 +33,20 @@ def test_domain_is_lowercased_local_part_kept() -> None:
     assert a == Address("Joe", "example.org") and a != Address("joe", "example.org")
 
 
+@pytest.mark.parametrize("domain", ["[ipv6:2001:db8::1]", "[IPv6:2001:DB8::1]",
+                                    "[iPv6:2001:db8::1]"])
+def test_an_ipv6_literal_keeps_its_tag_as_rfc_5321_writes_it(domain: str) -> None:
+    # what notices, Received fields and logs show is "[IPv6:...]" (RFC 5321
+    # 4.1.3), never the lower-cased "[ipv6:...]"; the tag is still compared
+    # case-insensitively, and the lookup key (Maildir folder) is unchanged
+    a = Address("bob", domain)
+    assert (a.domain, str(a)) == ("[IPv6:2001:db8::1]", "bob@[IPv6:2001:db8::1]")
+    assert a == Address("bob", "[IPV6:2001:db8::1]")
+    assert a.key == "bob@[ipv6:2001:db8::1]"
+    assert canonical_domain(domain) == "[ipv6:2001:db8::1]"
+    assert parse_address(f"bob@{domain}") == a
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

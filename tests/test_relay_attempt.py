@@ -270,12 +270,15 @@ def test_all_down_is_transient(tmp_path):
 
 @pytest.mark.parametrize("literal, shown", [
     ("[192.0.2.9]", "[192.0.2.9]"),
-    # the IPv6 literal too: not "[ipv6:2001:db8::9][2001:db8::9]"
-    ("[IPv6:2001:db8::9]", "[ipv6:2001:db8::9]"),
+    # the IPv6 literal too: not "[IPv6:2001:db8::9][2001:db8::9]", and
+    # with its tag as RFC 5321 4.1.3 writes it, not "[ipv6:...]"
+    ("[IPv6:2001:db8::9]", "[IPv6:2001:db8::9]"),
+    ("[ipv6:2001:DB8::9]", "[IPv6:2001:db8::9]"),
 ])
 def test_an_address_literal_is_named_once(tmp_path, log_events, literal, shown):
     a, net, _ = agent(tmp_path)
     who = Address("bob", literal)
+    assert a.destination(who) == shown  # as the log names the destination
     [r] = run(net, a.deliver(entry(tmp_path, who), a.destination(who), [who]))
     assert r.kind == "transient"
     assert r.reply.text().endswith(f" connection to {shown}:25 failed")

@@ -59,6 +59,24 @@ def test_a_utf8_envelope_id_is_given_back_as_xtext(tmp_path):
     assert b"=?utf-8?" not in data
 
 
+def test_an_ipv6_literal_recipient_is_named_with_its_tag(tmp_path):
+    # a recipient spelled "[ipv6:...]" (the tag is case-insensitive, RFC
+    # 5234 2.3) is named as RFC 5321 4.1.3 writes it, "[IPv6:...]", in the
+    # human part and in the status fields
+    who = Address("bob", "[ipv6:2001:db8::9]")
+    path = tmp_path / "msg"
+    path.write_bytes(ORIGINAL)
+    entry = QueueEntry.new("0123456789ABCDEF", Envelope(sender=ALICE, recipients=(who,)),
+                           1_700_000_000.0)
+    entry = dataclasses.replace(entry, message_path=str(path))
+    data, msg = build(entry, [failed(entry, who=who, mta="[IPv6:2001:db8::9]")])
+    assert b"[ipv6:" not in data
+    human, status, _ = list(msg.iter_parts())
+    assert "<bob@[IPv6:2001:db8::9]>: host [IPv6:2001:db8::9] said" in human.get_content()
+    block = status.get_payload()[1]
+    assert block["Final-Recipient"] == "rfc822; bob@[IPv6:2001:db8::9]"
+
+
 def test_failure_dsn_structure(tmp_path):
     entry = make_entry(tmp_path, envid="ENV-42")
     bob = dataclasses.replace(failed(entry), orcpt="rfc822;Bob@Remote.test")

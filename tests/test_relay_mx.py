@@ -182,7 +182,10 @@ def test_address_literals():
     r = resolver()
     assert result(r.resolve("[192.0.2.7]")) == [MXHost("[192.0.2.7]", 0, ("192.0.2.7",))]
     assert result(r.resolve("[IPv6:2001:DB8::7]")) == [
-        MXHost("[ipv6:2001:db8::7]", 0, ("2001:db8::7",))]
+        MXHost("[IPv6:2001:db8::7]", 0, ("2001:db8::7",))]
+    # the tag case-insensitive (RFC 5234 2.3), the host named with "IPv6:"
+    assert result(r.resolve("[ipv6:2001:db8::7]")) == [
+        MXHost("[IPv6:2001:db8::7]", 0, ("2001:db8::7",))]
     error_of(r.resolve("[300.1.1.1]"), NoSuchDomain)
     error_of(r.resolve("[IPv6:192.0.2.7]"), NoSuchDomain)  # RFC 5321 4.1.3: IPv6 only
     assert r.resolver.queries == []
@@ -209,6 +212,9 @@ def test_loop_by_listening_address_and_port():
 def test_loop_by_wildcard_bind():
     error_of(resolver(listening=[("0.0.0.0", 25)]).resolve("byaddr.test"), MailLoop)
     error_of(resolver(listening=[("::", 25)]).resolve("[127.0.0.1]"), MailLoop)
+    # the literal named with its tag as RFC 5321 4.1.3 writes it
+    e = error_of(resolver(listening=[("::1", 25)]).resolve("[ipv6:::1]"), MailLoop)
+    assert "mail for [IPv6:::1] loops back to me" in e.reason, e.reason
     # a wildcard bind does not make a foreign address ours
     assert result(resolver(listening=[("0.0.0.0", 25)]).resolve("[192.0.2.5]"))
 

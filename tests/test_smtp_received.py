@@ -37,6 +37,15 @@ def test_received_field():
     )
 
 
+def test_an_ipv6_literal_recipient_is_written_with_its_tag():
+    # RFC 5321 4.1.3 spells the tag "IPv6"; a recipient given as
+    # "[ipv6:...]" (the tag is case-insensitive) is written so too
+    field = received(hostname="mx.example.org", helo="client.test", client_ip="192.0.2.7",
+                     protocol="ESMTP", message_id="ABC1", when=0,
+                     recipient=Address("bob", "[ipv6:2001:db8::9]"))
+    assert b"\tfor <bob@[IPv6:2001:db8::9]>; " in field
+
+
 def test_the_date_cache_stays_small():
     # one formatted date per second, for a server that runs for months
     from txmailhub.smtp import received as module

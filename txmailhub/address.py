@@ -32,6 +32,7 @@ __all__ = [
     "ipv6_literal",
     "login_key",
     "parse_address",
+    "written_domain",
 ]
 
 
@@ -225,20 +226,22 @@ class Address:
     """A mailbox address.
 
     ``domain`` is always lower case (domains are case-insensitive, RFC 5321
-    2.4) and otherwise as given (an A-label stays one: it may be the only
-    form a peer can take).  ``local`` keeps the case it was given, because
-    RFC 5321 lets the destination decide; ``key`` is the case-folded,
-    normalized form that local lookups (users, aliases, Maildir folders)
-    use, as every mainstream MTA does (``canonical_local`` and
-    ``canonical_domain``).
+    2.4) but for an IPv6 address literal's tag, ``IPv6:`` as RFC 5321
+    4.1.3 writes it (``written_domain``), and otherwise as given (an
+    A-label stays one: it may be the only form a peer can take).
+    ``local`` keeps the case it was given, because RFC 5321 lets the
+    destination decide; ``key`` is the case-folded, normalized form that
+    local lookups (users, aliases, Maildir folders) use, as every
+    mainstream MTA does (``canonical_local`` and ``canonical_domain``).
     """
 
     local: str
     domain: str
 
     def __post_init__(self) -> None:
-        if self.domain != self.domain.lower():
-            object.__setattr__(self, "domain", self.domain.lower())
+        domain = written_domain(self.domain)
+        if domain != self.domain:
+            object.__setattr__(self, "domain", domain)
 
     def __str__(self) -> str:
         return f"{self.local}@{self.domain}"
@@ -251,6 +254,19 @@ class Address:
     @property
     def is_postmaster(self) -> bool:
         return self.local.lower() == "postmaster"
+
+
+def written_domain(domain: str) -> str:
+    """``domain`` as the hub writes it in what it sends and logs: lower
+    case, but an IPv6 address literal keeps its tag as RFC 5321 4.1.3
+    spells it, ``[IPv6:2001:db8::1]``.  The tag is case-insensitive to a
+    reader (RFC 5234 2.3), and the hub compares it so (``canonical_domain``
+    lower-cases all of it), but ``[ipv6:...]`` in a notice, a Received
+    field or a log line is a spelling no one writes."""
+    d = domain.lower()
+    if d[:6] == "[ipv6:":
+        return "[IPv6:" + d[6:]
+    return d
 
 
 def login_key(name: str) -> str:

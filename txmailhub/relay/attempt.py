@@ -48,7 +48,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.address import Address, canonical_domain
+from txmailhub.address import Address, canonical_domain, written_domain
 from txmailhub.config import RelaySettings, split_smarthost
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.logsafe import REPLY_LOG_MAX, loggable
@@ -424,7 +424,7 @@ MAX_EXTRA_TRANSACTIONS = 20
 
 def where(name: str, address: str) -> str:
     """How logs and replies name a host: ``mx.example.org[192.0.2.1]``, but
-    an address literal once (``[192.0.2.1]``, ``[ipv6:2001:db8::1]``), not
+    an address literal once (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``), not
     ``[192.0.2.1][192.0.2.1]``;
     and the smarthost, whose "address" is what it is connected to as (its
     name, looked up as the connection is made, or the address written)
@@ -636,8 +636,11 @@ class DeliveryAgent:
 
     def destination(self, address: Address) -> str:
         """The key deliveries are grouped and limited by: one per domain,
-        however its addresses spell it (an A-label and its U-label)."""
-        return SMARTHOST if self.relay.smarthost else canonical_domain(address.domain)
+        however its addresses spell it (an A-label and its U-label), as the
+        log names it (an IPv6 literal with its ``IPv6:`` tag)."""
+        if self.relay.smarthost:
+            return SMARTHOST
+        return written_domain(canonical_domain(address.domain))
 
     def deliver(self, entry: QueueEntry, destination: str,
                 recipients: Sequence[Address]) -> defer.Deferred:

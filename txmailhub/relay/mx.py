@@ -28,7 +28,7 @@ from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import ascii_domain, client_ip, dns_name_problem
+from txmailhub.address import ascii_domain, client_ip, dns_name_problem, written_domain
 from txmailhub.interfaces import IMXResolver
 
 __all__ = [
@@ -436,7 +436,9 @@ class MXResolver:
     # --- IMXResolver -----------------------------------------------------------
 
     def resolve(self, domain: str) -> defer.Deferred:
-        domain = domain.rstrip(".").lower()
+        # a literal as the hub writes one (the "IPv6:" tag, not a lower-cased
+        # "ipv6:"): it names the host in logs, queue show and notices
+        domain = written_domain(domain.rstrip("."))
         try:
             literal = parse_literal(domain)
         except DNSError as e:
