@@ -77,6 +77,19 @@ def test_an_ipv6_literal_recipient_is_named_with_its_tag(tmp_path):
     assert block["Final-Recipient"] == "rfc822; bob@[IPv6:2001:db8::9]"
 
 
+@pytest.mark.parametrize("action", [bounce.FAILED, bounce.DELIVERED])
+def test_a_smarthost_with_a_final_dot_is_named_without_it(tmp_path, action):
+    # [relay] smarthost = "smtp.example.net.:587" is looked up as written
+    # and recorded so; a notice names the host (RFC 3464 2.3.5), as the
+    # TLS check does, without the root's dot
+    entry = make_entry(tmp_path, notify=("FAILURE", "SUCCESS"))
+    data, msg = build(entry, [failed(entry, mta="smtp.example.net.")], action=action)
+    human, status, *_ = list(msg.iter_parts())
+    assert status.get_payload()[1]["Remote-MTA"] == "dns; smtp.example.net"
+    assert b"smtp.example.net." not in data
+    assert "smtp.example.net" in human.get_content()
+
+
 def test_failure_dsn_structure(tmp_path):
     entry = make_entry(tmp_path, envid="ENV-42")
     bob = dataclasses.replace(failed(entry), orcpt="rfc822;Bob@Remote.test")

@@ -274,15 +274,16 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
                   "listed below.", ""]
     for r in recipients:
         local = isinstance(r.last_reply, LocalReply)
-        where = (f"while talking to {r.remote_mta}: " if local else
-                 f"host {r.remote_mta} said: ") if r.remote_mta else ""
+        remote_mta = _mta_name(r.remote_mta)
+        where = (f"while talking to {remote_mta}: " if local else
+                 f"host {remote_mta} said: ") if remote_mta else ""
         why = r.last_reply.text() if r.last_reply is not None else "no reason recorded"
         if action == EXPANDED:
             why = "delivered to the members of this alias"
             where = ""
         elif action in (DELIVERED, RELAYED):
-            why = ("delivery via " + r.remote_mta + (" (relayed: the next hop does not offer "
-                   "DSN)" if action == RELAYED else "")) if r.remote_mta else "delivered"
+            why = ("delivery via " + remote_mta + (" (relayed: the next hop does not offer "
+                   "DSN)" if action == RELAYED else "")) if remote_mta else "delivered"
             where = ""
         if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
             why += " (gave up: the message stayed in the queue too long)"
@@ -299,6 +300,17 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
                                break_on_hyphens=False) or [""]
     lines.append("")
     return "\n".join(lines)
+
+
+def _mta_name(remote_mta: str | None) -> str | None:
+    """The next hop as a notice names it: without a final dot.  A
+    smarthost written ``smtp.example.net.`` (looked up as written) is
+    recorded so, but a host name in a notice (RFC 3464 2.3.5's "dns"
+    name, the human part) is the name, as the TLS check takes it too:
+    ``smtp.example.net``."""
+    if remote_mta and remote_mta.endswith("."):
+        return remote_mta[:-1]
+    return remote_mta
 
 
 def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
@@ -325,7 +337,7 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
         if r.remote_mta:
-            b["Remote-MTA"] = f"dns; {r.remote_mta}"
+            b["Remote-MTA"] = f"dns; {_mta_name(r.remote_mta)}"
         if r.last_reply is not None and action not in (DELIVERED, EXPANDED):
             # the remote server's words, or this hub's own judgement
             local = not r.remote_mta or isinstance(r.last_reply, LocalReply)
