@@ -239,7 +239,10 @@ class Address:
     domain: str
 
     def __post_init__(self) -> None:
-        domain = written_domain(self.domain)
+        # written_domain, inline: one Address per path on every message
+        domain = self.domain.lower()
+        if domain[:6] == "[ipv6:":
+            domain = "[IPv6:" + domain[6:]
         if domain != self.domain:
             object.__setattr__(self, "domain", domain)
 
