@@ -642,6 +642,23 @@ class DurableWriteTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
         self.assertEqual(os.listdir(self.dir), ["users"])
 
+    def test_keep_mode_keeps_the_old_files_mode_whatever_the_umask(self):
+        # root's `mailhub alias add` under umask 077 on a 0644 aliases
+        # file: the hub's user must still be able to read the new one
+        durable_write(self.path, b"one\n", mode=0o644)
+        os.chmod(self.path, 0o644)
+        old = os.umask(0o077)
+        try:
+            durable_write(self.path, b"two\n", mode=0o600, keep_mode=True)
+            self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o644)
+            durable_write(self.path, b"three\n")  # without it: the mode given
+            self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+            os.unlink(self.path)
+            durable_write(self.path, b"new\n", mode=0o640, keep_mode=True)  # none to keep
+            self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600 & 0o640)
+        finally:
+            os.umask(old)
+
     def test_private_unless_told_otherwise(self):
         durable_write(self.path, b"one\n")
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)

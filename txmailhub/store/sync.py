@@ -253,11 +253,14 @@ def fsync_dir(path: str) -> None:
 
 
 def durable_write(path: str, data: bytes, mode: int = 0o600, *,
-                  new_owner: tuple[int, int] | None = None) -> None:
+                  new_owner: tuple[int, int] | None = None, keep_mode: bool = False) -> None:
     """Replace ``path`` atomically and durably with ``data`` (synchronous).
 
     The file keeps the owner it had; one that does not exist yet gets
-    ``new_owner`` (``None``: whoever writes it).
+    ``new_owner`` (``None``: whoever writes it).  With ``keep_mode`` it
+    keeps its permission bits too, exactly, whatever the umask of the
+    writer (root's 077 must not make a 0644 aliases file one the hub's
+    user can no longer read); a new one gets ``mode``.
 
     The one shape for small records: write a temporary file next to it,
     flush, fsync, rename over ``path``, fsync the directory.  A crash at
@@ -272,6 +275,7 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
     owner = owner_of(path) or new_owner
+    old_mode = _mode_of(path) if keep_mode else None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         # held until the rename: the sign that this temporary file is
@@ -281,6 +285,8 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
         # the new file keeps the old one's owner, or the hub, running as
         # its own user, could no longer read it
         give_to(fd, owner)
+        if old_mode is not None:
+            os.fchmod(fd, old_mode)  # after the chown, which may clear set-id bits
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -378,6 +384,14 @@ def owner_of(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_uid, st.st_gid
+
+
+def _mode_of(path: str) -> int | None:
+    """The permission bits of ``path``; ``None`` when it does not exist."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
 
 
 def give_to(fd: int, owner: tuple[int, int] | None) -> None:
