@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
@@ -65,7 +66,16 @@ from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.smtp import replies
 
-__all__ = ["Aliases", "Router", "alias_target_warnings", "check_aliases_file", "parse_aliases"]
+__all__ = [
+    "AliasWarning",
+    "Aliases",
+    "Router",
+    "alias_loops",
+    "alias_target_warnings",
+    "alias_warnings",
+    "check_aliases_file",
+    "parse_aliases",
+]
 
 log = Logger()
 
@@ -183,7 +193,7 @@ def _unsupported(item: str) -> str:
     return ""
 
 
-def _loops(table: Aliases) -> list[str]:
+def alias_loops(table: Aliases) -> list[str]:
     """Alias cycles, each as ``a -> b -> a`` (self-references excluded)."""
     found: list[str] = []
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
@@ -227,7 +237,7 @@ def check_aliases_file(
         return [f"{path}: [aliases] file is not UTF-8 text ({e.reason} at octet {e.start})"]
     table, problems = parse_aliases(text, primary_domain, domains, path)
     problems.extend(f"{path}: alias loop: {loop} (it is cut at runtime)"
-                    for loop in _loops(table))
+                    for loop in alias_loops(table))
     return problems
 
 
@@ -249,6 +259,25 @@ def alias_target_warnings(
             table, _ = parse_aliases(f.read(), primary_domain, domains, path)
     except (OSError, UnicodeDecodeError):
         return []  # check_aliases_file reports it
+    return [w.text for w in alias_warnings(table, path, primary_domain, domains, is_user)]
+
+
+@dataclass(frozen=True)
+class AliasWarning:
+    """A warning ``check`` gives about one alias: ``text`` is its line,
+    ``hides_user`` whether it is the alias taking the mail of a user of
+    its name (``mailhub alias`` refuses to make such an alias)."""
+
+    alias: str
+    hides_user: bool
+    text: str
+
+
+def alias_warnings(
+    table: Aliases, path: str, primary_domain: str, domains: Iterable[str],
+    is_user: Callable[[Address], bool],
+) -> list[AliasWarning]:
+    """``alias_target_warnings`` of a parsed table, each with the alias it is about."""
     local = {canonical_domain(d) for d in domains}
     postmaster = Address("postmaster", primary_domain).key
     out = []
@@ -256,15 +285,19 @@ def alias_target_warnings(
         # Aliases come first (as in /etc/aliases): a user of the same name
         # gets nothing unless the alias lists the user's own mailbox.
         if alias != postmaster and is_user(parse_address(alias)) and hides_user(alias, targets):
-            out.append(f"{path}: alias {alias} has the name of a user: the alias comes first, "
-                       f"so that user's mailbox gets none of its mail (add \\{alias} to its "
-                       "targets to keep a copy there)")
+            out.append(AliasWarning(
+                alias, True,
+                f"{path}: alias {alias} has the name of a user: the alias comes first, "
+                f"so that user's mailbox gets none of its mail (add \\{alias} to its "
+                "targets to keep a copy there)"))
         for target, _expand in targets:
             key = target.key
             if (canonical_domain(target.domain) in local and key not in table and key != postmaster
                     and not is_user(target)):
-                out.append(f"{path}: alias {alias} names {target}, which is no local user: "
-                           "the hub skips it")
+                out.append(AliasWarning(
+                    alias, False,
+                    f"{path}: alias {alias} names {target}, which is no local user: "
+                    "the hub skips it"))
     return out
 
 
@@ -345,7 +378,7 @@ class Router:
                                         self.aliases_file)
         for why in problems:
             log.warn("aliases: {problem}", problem=why)
-        for loop in _loops(table):
+        for loop in alias_loops(table):
             log.warn("aliases: alias loop {loop} (it is cut at runtime)", loop=loop)
         self.aliases = table
         self.aliases_away = False

@@ -68,7 +68,7 @@ from txmailhub.precis import PreparationError, prepare_password
 
 log = Logger(namespace="txmailhub.users")
 
-__all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "verify_password"]
+__all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "open_lock", "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
@@ -155,8 +155,9 @@ class UserRecord:
         return line + "\n"
 
 
-def _open_lock(path: str) -> int:
-    """Open (or make) the users lock, which is never a link.
+def open_lock(path: str, error: type[Exception] = UsersFileError) -> int:
+    """Open (or make) the users lock (or the aliases file's: ``error`` is
+    what to raise about it), which is never a link.
 
     Its folder is the hub's user's (deployment.rst's users.d), who can put
     anything in it, and root's ``mailhub user`` command gives the lock to
@@ -172,11 +173,11 @@ def _open_lock(path: str) -> int:
     except OSError as e:
         if e.errno not in (errno.ELOOP, errno.ENXIO):
             raise
-        raise UsersFileError(f"{path} {why}") from None
+        raise error(f"{path} {why}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise UsersFileError(f"{path} {why}")
+        raise error(f"{path} {why}")
     return fd
 
 
@@ -381,7 +382,7 @@ class UsersDB:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
-        fd = _open_lock(self.path + ".lock")
+        fd = open_lock(self.path + ".lock")
         # as the users file's owner, or root's first `mailhub user` command
         # leaves a lock (0600) the hub's user can no longer open; before
         # there is a file, as its folder's (deployment.rst's users.d)
