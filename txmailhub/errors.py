@@ -15,9 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AliasExists",
+    "AliasesFileError",
+    "BadAlias",
     "ConfigError",
     "LocalError",
     "MailboxInUse",
+    "NoSuchAlias",
     "NoSuchUser",
     "RemoteProtocolError",
     "Rejected",
@@ -82,3 +86,27 @@ class NoSuchUser(UsersFileError):
 class WeakPassword(UsersFileError):
     """``user add``/``passwd`` with a password the policy refuses
     (``txmailhub.passwords``); ``--allow-weak`` takes it anyway."""
+
+
+class AliasesFileError(Exception):
+    """A ``mailhub alias`` request that cannot be done as things stand (no
+    aliases file configured, a change that would hide a user or make a
+    loop): exit status 1."""
+
+
+class AliasExists(AliasesFileError):
+    """``alias add`` for a name the aliases file already has."""
+
+
+class NoSuchAlias(AliasesFileError):
+    """``alias show``/``remove`` for a name the aliases file does not have."""
+
+
+class BadAlias(AliasesFileError):
+    """A name or target the aliases file cannot take: one line per problem,
+    in ``mailhub check``'s words (exit status 2, as for a bad address
+    given to ``mailhub user add``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -1,0 +1,287 @@
+"""Changing the aliases file (txmailhub.aliases_file): edits that leave the
+rest of the file alone, check's refusals in check's words, one writer at
+a time, atomic replacement."""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.aliases_file import AliasesFile
+from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
+from txmailhub.router import check_aliases_file, parse_aliases
+
+DOMAINS = ("example.org", "example.net")
+USERS = {"joe@example.org", "ann@example.org"}
+
+HAND_WRITTEN = (
+    "# The aliases of example.org -- kept by hand too.\n"
+    "postmaster: joe\n"
+    "\n"
+    "staff:  joe, ann@example.org,\n"
+    "        # bob left in May\n"
+    "        x@elsewhere.test\n"
+    "Sales@Example.NET: ann   \n"
+    "# the end\n"
+)
+
+
+def aliases_at(path: Path, text: str | None = None, users: set[str] | None = USERS
+               ) -> AliasesFile:
+    if text is not None:
+        path.write_text(text)
+    is_user = None if users is None else (lambda a: a.key in users)
+    return AliasesFile(str(path), "example.org", DOMAINS, is_user)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "aliases"
+
+
+def test_add_appends_one_line_and_leaves_the_rest_as_it_was(path: Path) -> None:
+    change = aliases_at(path, HAND_WRITTEN).add("team", ["joe", "\\ann", "y@remote.test"])
+    assert (change.alias, change.created, change.warnings) == ("team@example.org", True, [])
+    assert path.read_text() == HAND_WRITTEN + "team: joe, \\ann, y@remote.test\n"
+
+
+def test_a_file_without_a_final_line_end_or_with_crlf_keeps_its_line_ends(path: Path) -> None:
+    aliases_at(path, "a: joe").add("b", ["ann"])
+    assert path.read_text() == "a: joe\nb: ann\n"
+    path.write_bytes(b"# dos\r\na: joe\r\n")
+    aliases_at(path).add("b", ["ann"])
+    assert path.read_bytes() == b"# dos\r\na: joe\r\nb: ann\r\n"
+
+
+def test_set_rewrites_the_alias_lines_only_and_keeps_the_name_as_written(path: Path) -> None:
+    change = aliases_at(path, HAND_WRITTEN).set("STAFF", ["ann"])
+    assert (change.alias, change.created) == ("staff@example.org", False)
+    # its continuation lines go; the comment among them stays where it was
+    assert path.read_text() == HAND_WRITTEN.replace(
+        "staff:  joe, ann@example.org,\n        # bob left in May\n        x@elsewhere.test\n",
+        "staff: ann\n        # bob left in May\n")
+    assert parse_aliases(path.read_text(), "example.org", DOMAINS)[0][
+        "staff@example.org"] == ((Address("ann", "example.org"), True),)
+    change = aliases_at(path).set("sales@example.net", ["joe"])
+    assert "Sales@Example.NET: joe\n" in path.read_text()
+    # set on a name that is not there makes it
+    change = aliases_at(path).set("new", ["joe"])
+    assert change.created and path.read_text().endswith("# the end\nnew: joe\n")
+
+
+def test_a_line_the_hub_cannot_use_is_there_for_add_and_replaced_by_set(path: Path) -> None:
+    aliases = aliases_at(path, "# x\nstaff: |/usr/bin/procmail\n")
+    with pytest.raises(AliasExists, match=r"\(a line the hub cannot use\)"):
+        aliases.add("staff", ["joe"])
+    aliases.set("staff", ["joe"])
+    assert path.read_text() == "# x\nstaff: joe\n"
+
+
+def test_remove_takes_every_line_of_the_alias_and_nothing_else(path: Path) -> None:
+    text = HAND_WRITTEN + "staff: ann\n"  # an ignored duplicate: it must not come into effect
+    aliases_at(path, text).remove("staff")
+    assert path.read_text() == (
+        "# The aliases of example.org -- kept by hand too.\n"
+        "postmaster: joe\n"
+        "\n"
+        "        # bob left in May\n"
+        "Sales@Example.NET: ann   \n"
+        "# the end\n")
+    with pytest.raises(NoSuchAlias, match=r"no such alias: staff@example\.org"):
+        aliases_at(path).remove("staff")
+
+
+def test_add_refuses_a_name_that_is_there(path: Path) -> None:
+    with pytest.raises(AliasExists) as info:
+        aliases_at(path, HAND_WRITTEN).add("sales@EXAMPLE.net", ["joe"])
+    assert str(info.value) == (f"{path}:7: the alias sales@example.net is already there: "
+                               "`mailhub alias set` replaces its targets")
+    assert path.read_text() == HAND_WRITTEN
+
+
+@pytest.mark.parametrize(("name", "targets"), [
+    ("bad name", ["joe"]),                        # no address
+    ("x@elsewhere.test", ["joe"]),                # not a local domain
+    ("pipe", ["|/usr/bin/procmail"]),             # a program
+    ("file", ["/var/mail/joe"]),                  # a file
+    ("inc", [":include:/etc/list"]),              # an include
+    ("far", ["a@" + "x" * 64 + ".test"]),         # no name DNS can have
+    ("fake", ["b@xn--zz.test"]),                  # a domain SMTP refuses (501)
+    ("mixed", ["joe", "c@a..test"]),              # one bad target among good ones
+])
+def test_a_bad_name_or_target_is_refused_with_checks_own_words(
+        path: Path, name: str, targets: list[str]) -> None:
+    with pytest.raises(BadAlias) as info:
+        aliases_at(path, HAND_WRITTEN).add(name, targets)
+    assert path.read_text() == HAND_WRITTEN
+    # what check says of the same line written by hand
+    path.write_text(HAND_WRITTEN + f"{name}: {', '.join(targets)}\n")
+    assert info.value.problems == check_aliases_file(str(path), "example.org", DOMAINS)
+
+
+@pytest.mark.parametrize(("name", "targets", "why"), [
+    ("#x", ["joe"], "a line that starts with # is a comment"),
+    ("a:b", ["joe"], "ends a name at its first ':'"),
+    ("a", ["joe\nevil: x@remote.test"], "a line break cannot be part"),
+    ("a\u2028b", ["joe"], "a line break cannot be part"),
+    ("a", ["joe, ann"], "separates targets with ','"),
+    ("a", [" "], "no target given"),
+])
+def test_what_no_line_of_the_file_can_say_is_refused(path: Path, name: str,
+                                                     targets: list[str], why: str) -> None:
+    with pytest.raises(BadAlias, match=why):
+        aliases_at(path, HAND_WRITTEN).add(name, targets)
+    assert path.read_text() == HAND_WRITTEN
+
+
+def test_a_new_loop_is_refused_in_checks_words_an_old_one_blocks_nothing(path: Path) -> None:
+    aliases = aliases_at(path, "a: b, joe\nb: ann\n")
+    with pytest.raises(AliasesFileError) as info:
+        aliases.set("b", ["a"])
+    assert str(info.value).splitlines()[0] == (
+        f"{path}: alias loop: a@example.org -> b@example.org -> a@example.org "
+        "(it is cut at runtime)")
+    assert path.read_text() == "a: b, joe\nb: ann\n"
+    path.write_text("a: b, joe\nb: a\n")  # made by hand
+    assert check_aliases_file(str(path), "example.org", DOMAINS) == [
+        f"{path}: alias loop: a@example.org -> b@example.org -> a@example.org "
+        "(it is cut at runtime)"]
+    aliases.add("c", ["joe"])  # the file's own loop is no reason to refuse this
+    aliases.set("b", ["ann"])  # nor one that cures it
+    assert path.read_text() == "a: b, joe\nb: ann\nc: joe\n"
+    aliases.add("self", ["self", "ann"])  # naming itself is its own mailbox: no loop
+
+
+def test_an_alias_that_would_take_a_users_mail_is_refused(path: Path) -> None:
+    aliases = aliases_at(path, "")
+    with pytest.raises(AliasesFileError) as info:
+        aliases.add("joe", ["ann"])
+    # check's warning, and what to do
+    assert str(info.value).startswith(
+        f"{path}: alias joe@example.org has the name of a user: the alias comes first, so that "
+        "user's mailbox gets none of its mail (add \\joe@example.org to its targets to keep "
+        "a copy there); not changed")
+    assert path.read_text() == ""
+    aliases.add("joe", ["\\joe", "x@remote.test"])  # keeps the user's copy
+    with pytest.raises(AliasesFileError):
+        aliases.set("joe", ["ann"])
+    aliases.add("postmaster", ["ann"])  # check does not warn of it either
+    # without a users file nothing can be told of users, as for check
+    aliases_at(path, users=None).add("ann", ["joe"])
+
+
+def test_checks_new_warnings_are_returned_and_the_change_made(path: Path) -> None:
+    aliases = aliases_at(path, "team: joe, helpers\nhelpers: ann\nold: ghost\n")
+    change = aliases.add("new", ["joe", "nobody"])
+    assert change.warnings == [
+        f"{path}: alias new@example.org names nobody@example.org, which is no local user: "
+        "the hub skips it"]  # not old's ghost: check said that before
+    change = aliases.remove("helpers")
+    assert change.warnings == [
+        f"{path}: alias team@example.org names helpers@example.org, which is no local user: "
+        "the hub skips it"]
+
+
+def test_a_file_that_is_not_utf8_is_not_touched(path: Path) -> None:
+    path.write_bytes(b"a: jo\xe9\n")
+    with pytest.raises(AliasesFileError, match="is not UTF-8 text"):
+        aliases_at(path).add("b", ["joe"])
+    assert path.read_bytes() == b"a: jo\xe9\n"
+
+
+def test_the_file_is_replaced_atomically_keeping_its_mode(path: Path) -> None:
+    aliases = aliases_at(path, HAND_WRITTEN)
+    os.chmod(path, 0o640)
+    before = os.stat(path).st_ino
+    old_umask = os.umask(0o077)
+    try:
+        aliases.add("team", ["joe"])
+    finally:
+        os.umask(old_umask)
+    st = os.stat(path)
+    assert st.st_ino != before  # a new file renamed over the old one, not a rewrite in place
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert sorted(os.listdir(path.parent)) == ["aliases", "aliases.lock"]
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(path: Path, monkeypatch) -> None:
+    aliases = aliases_at(path, HAND_WRITTEN)
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        aliases.add("team", ["joe"])
+    monkeypatch.undo()
+    assert path.read_text() == HAND_WRITTEN
+    assert sorted(os.listdir(path.parent)) == ["aliases", "aliases.lock"]
+
+
+def test_a_link_to_the_file_stays_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "etc-aliases"
+    real.write_text("a: joe\n")
+    link = tmp_path / "aliases"
+    link.symlink_to(real)
+    aliases_at(link).add("b", ["ann"])
+    assert link.is_symlink() and real.read_text() == "a: joe\nb: ann\n"
+
+
+def test_a_lock_that_is_a_link_is_not_followed(path: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    (tmp_path / "aliases.lock").symlink_to(victim)
+    with pytest.raises(AliasesFileError, match="not a regular file with one name"):
+        aliases_at(path, "a: joe\n").add("b", ["ann"])
+    assert path.read_text() == "a: joe\n"
+
+
+def test_a_change_waits_for_the_lock_and_reads_the_file_as_left(path: Path) -> None:
+    aliases = aliases_at(path, "a: joe\n")
+    lock = os.open(str(path) + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another `mailhub alias` in the middle of its change
+    errors: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            aliases.add("b", ["ann"])
+        except BaseException as e:
+            errors.append(e)
+
+    waiting = threading.Thread(target=add)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive() and path.read_text() == "a: joe\n"
+    path.write_text("a: joe\nc: joe\n")  # what the other one wrote
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    os.close(lock)
+    waiting.join(10)
+    assert not waiting.is_alive() and errors == []
+    assert path.read_text() == "a: joe\nc: joe\nb: ann\n"  # nothing of it lost
+
+
+def _add_many(path: str, prefix: str, count: int) -> None:
+    aliases = AliasesFile(path, "example.org", DOMAINS)
+    for i in range(count):
+        aliases.add(f"{prefix}{i}", ["joe"])
+
+
+def test_two_processes_changing_the_file_at_once_lose_nothing(path: Path) -> None:
+    path.write_text("# shared\n")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_add_many, args=(str(path), p, 15)) for p in "xy"]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    table = parse_aliases(path.read_text(), "example.org", DOMAINS)[0]
+    assert sorted(table) == sorted(f"{p}{i}@example.org" for p in "xy" for i in range(15))
+    assert path.read_text().startswith("# shared\n")

@@ -1,0 +1,318 @@
+"""Changing the aliases file: the read-modify-write cycle of ``mailhub alias``.
+
+Owns how an alias is added, replaced and removed in a file that admins
+also edit by hand.  The format, its checks and what an alias means
+belong to ``txmailhub.router``.  A change is judged by parsing the new
+line with ``parse_aliases`` and the whole file as it would be after the
+change with ``alias_loops`` and ``alias_warnings``, the functions
+``mailhub check`` and the running hub use.  So a change is refused
+exactly when check would report a problem on the changed line (a bad
+name or target), or a loop the file did not have before (a problem for
+check: a systemd ``ExecStartPre`` running it would refuse the next
+start), or when it would make an alias that takes all the mail of a user
+of its name.  The refusal uses check's words.  Check's other new
+warnings (a target that is no local user) are returned, and the change
+is made.
+
+The file is edited, not regenerated.  Comments, blank lines, lines the
+hub cannot read and the other aliases stay as they were, byte for byte,
+in their order and with their line ends.  A new alias is a new line at
+the end.  A replaced alias gets its lines in effect (the first line and
+its continuation lines) rewritten as one line that keeps its name as it
+was written.  A removed alias loses all of its entries, including
+ignored duplicates, which would otherwise come into effect.
+
+Writers take an exclusive lock on ``<file>.lock`` next to the file, as
+``mailhub user`` does with the users file's lock, so two commands run
+at once apply one after the other.  They replace the file atomically and
+durably (``durable_write``: a temporary file, fsync, rename, fsync of the
+folder), and it keeps its owner and mode.  A symbolic link to the file
+stays a link: the file it points to is the one replaced.  The running
+hub needs no signal, since it reads the file again when its stamp changes
+(``txmailhub.filestamp``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from txmailhub.address import Address, AddressError, canonical_domain, parse_address
+from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
+from txmailhub.router import Aliases, AliasWarning, alias_loops, alias_warnings, parse_aliases
+
+__all__ = ["AliasesFile", "Change", "target_text"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a change did: the alias (its key), whether it is new, and the
+    warnings ``mailhub check`` gives after it that it did not give before."""
+
+    alias: str
+    created: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    """One alias as the file writes it: its key (``None``: a name that is
+    no address), the indexes of its lines (the first, then its
+    continuation lines), and whether the hub takes it (``parse_aliases``
+    finds no problem with the entry on its own)."""
+
+    key: str | None
+    lines: list[int]
+    usable: bool
+
+
+def target_text(target: Address, expand: bool, local_domains: Iterable[str]) -> str:
+    """A target as ``mailhub alias`` shows it: a local one as the hub
+    names the mailbox (its key), a remote one as written (the remote
+    decides what case means); ``\\`` before one that is not expanded."""
+    local = canonical_domain(target.domain) in set(local_domains)
+    return ("" if expand else "\\") + (target.key if local else str(target))
+
+
+class AliasesFile:
+    """The aliases file at ``path``, for reading and changing it.
+
+    ``is_user`` tells whether an address is a user (``UsersDB.contains``).
+    ``None`` means the users file cannot be read: then, as ``check`` does,
+    neither an alias that hides a user nor a target that is no user is
+    judged."""
+
+    def __init__(self, path: str, primary_domain: str, domains: Iterable[str],
+                 is_user: Callable[[Address], bool] | None = None) -> None:
+        self.path = path
+        self.primary_domain = canonical_domain(primary_domain)
+        self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
+        self.is_user = is_user
+
+    # -- reading -------------------------------------------------------------
+
+    def _text(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return ""  # away for a moment: the first add makes it again
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AliasesFileError(
+                f"{self.path}: [aliases] file is not UTF-8 text ({e.reason} at octet "
+                f"{e.start}): fix it first (mailhub check), the hub does not read it") from None
+
+    def _parse(self, text: str) -> Aliases:
+        return parse_aliases(text, self.primary_domain, self.domains, self.path)[0]
+
+    def read(self) -> Aliases:
+        """The aliases as the hub takes them (bad lines left out: ``check``
+        names them)."""
+        return self._parse(self._text())
+
+    def key(self, name: str) -> str:
+        """The key of the alias ``name`` (a bare name is in the primary domain)."""
+        try:
+            return parse_address(name.strip(), self.primary_domain).key
+        except AddressError as e:
+            raise BadAlias([f"bad alias name: {e}"]) from None
+
+    # -- the file's entries --------------------------------------------------
+
+    def _entries(self, lines: list[str]) -> list[_Entry]:
+        """The aliases of ``lines`` (``splitlines(keepends=True)``: the
+        lines ``parse_aliases`` numbers), as it reads them."""
+        entries: list[_Entry] = []
+        for i, raw in enumerate(lines):
+            if not raw.strip() or raw.lstrip().startswith("#"):
+                continue
+            if raw[0] in " \t":
+                if entries:
+                    entries[-1].lines.append(i)
+                continue  # a continuation of nothing: no alias's line
+            entries.append(_Entry(self._name_key(raw), [i], False))
+        for entry in entries:
+            text = "".join(lines[i] for i in entry.lines)
+            table, _ = parse_aliases(text, self.primary_domain, self.domains)
+            entry.usable = bool(table)
+        return entries
+
+    def _name_key(self, line: str) -> str | None:
+        name, colon, _ = line.partition(":")
+        if not colon:
+            return None
+        try:
+            return parse_address(name.strip(), self.primary_domain).key
+        except AddressError:
+            return None
+
+    # -- changing ------------------------------------------------------------
+
+    def add(self, name: str, targets: list[str]) -> Change:
+        """A new alias; refused (``AliasExists``) if the file has one of that name."""
+        return self._put(name, targets, replace=False)
+
+    def set(self, name: str, targets: list[str]) -> Change:
+        """The alias ``name`` with exactly these targets, made if it is not there."""
+        return self._put(name, targets, replace=True)
+
+    def remove(self, name: str) -> Change:
+        """Remove every entry of the alias ``name`` (``NoSuchAlias`` if none)."""
+        key = self.key(name)
+        with self._locked() as text:
+            lines = text.splitlines(keepends=True)
+            gone = {i for e in self._entries(lines) if e.key == key for i in e.lines}
+            if not gone:
+                raise NoSuchAlias(f"no such alias: {key}")
+            new = "".join(line for i, line in enumerate(lines) if i not in gone)
+            warnings = self._new_warnings(text, new, key)
+            self._write(new)
+        return Change(key, False, warnings)
+
+    def _put(self, name: str, targets: list[str], *, replace: bool) -> Change:
+        name = name.strip()
+        targets = [t.strip() for t in targets if t.strip()]
+        self._refuse_unwritable(name, targets)
+        with self._locked() as text:
+            lines = text.splitlines(keepends=True)
+            entries = self._entries(lines)
+            key = self._name_key(name + ":")
+            mine = [e for e in entries if key is not None and e.key == key]
+            if mine and not replace:
+                where = mine[0].lines[0] + 1
+                raise AliasExists(
+                    f"{self.path}:{where}: the alias {key} is already there"
+                    + ("" if mine[0].usable else " (a line the hub cannot use)")
+                    + ": `mailhub alias set` replaces its targets")
+            # the entry in effect, else the first one written (a line the
+            # hub cannot use, replaced by a good one)
+            entry = next((e for e in mine if e.usable), mine[0] if mine else None)
+            if entry is not None:
+                first = lines[entry.lines[0]]
+                written_name = first.partition(":")[0].strip()
+                eol = first[len(first.rstrip("\r\n")):] or _eol(lines)
+                number = entry.lines[0] + 1
+            else:
+                written_name, eol = name, _eol(lines)
+                if lines and not lines[-1].endswith(("\n", "\r")):
+                    lines[-1] += eol
+                number = len(lines) + 1
+            line = f"{written_name}: {', '.join(targets)}"
+            self._refuse_problems(line, number)
+            if entry is not None:
+                lines[entry.lines[0]] = line + eol
+                drop = set(entry.lines[1:])
+                lines = [x for i, x in enumerate(lines) if i not in drop]
+            else:
+                lines.append(line + eol)
+            new = "".join(lines)
+            key = next(iter(self._parse(line)))
+            self._refuse_loops(text, new)
+            warnings = self._new_warnings(text, new, key)
+            self._write(new)
+        return Change(key, entry is None, warnings)
+
+    def _refuse_unwritable(self, name: str, targets: list[str]) -> None:
+        """What no line of the file can say, whatever it holds: the file's
+        own syntax in a name or target (``parse_aliases`` would read
+        another alias, or none)."""
+        why = []
+        if not name:
+            why.append("the alias name is empty")
+        elif name.startswith("#"):
+            why.append(f"alias name {name!r}: a line that starts with # is a comment")
+        elif ":" in name:
+            why.append(f"alias name {name!r}: the file ends a name at its first ':'")
+        if not targets:
+            why.append("no target given")
+        for text in (name, *targets):
+            if len(f"x{text}x".splitlines()) > 1:
+                why.append(f"{text!r}: a line break cannot be part of a name or target")
+        why.extend(f"target {t!r}: the file separates targets with ','"
+                   for t in targets if "," in t)
+        if why:
+            raise BadAlias(why)
+
+    def _refuse_problems(self, line: str, number: int) -> None:
+        """``check``'s problems with ``line`` as line ``number`` of the file."""
+        _, problems = parse_aliases(line, self.primary_domain, self.domains, self.path)
+        prefix = f"{self.path}:1: "
+        if problems:
+            raise BadAlias([f"{self.path}:{number}: {p.removeprefix(prefix)}"
+                            for p in problems])
+
+    def _refuse_loops(self, old: str, new: str) -> None:
+        before = {frozenset(loop.split(" -> ")) for loop in alias_loops(self._parse(old))}
+        made = [loop for loop in alias_loops(self._parse(new))
+                if frozenset(loop.split(" -> ")) not in before]
+        if made:
+            raise AliasesFileError("\n".join(
+                [f"{self.path}: alias loop: {loop} (it is cut at runtime)" for loop in made]
+                + ["not changed: `mailhub check` reports an alias loop as a problem (exit 2), "
+                   "and a start that runs it first would stop"]))
+
+    def _new_warnings(self, old: str, new: str, key: str) -> list[str]:
+        """``check``'s warnings after the change that it did not give
+        before; refused if one is that ``key`` now hides a user."""
+        if self.is_user is None:
+            return []
+        is_user = self.is_user
+
+        def warnings(text: str) -> list[AliasWarning]:
+            return alias_warnings(self._parse(text), self.path, self.primary_domain,
+                                  self.domains, is_user)
+
+        before = {w.text for w in warnings(old)}
+        out = []
+        for w in warnings(new):
+            if w.text in before:
+                continue
+            if w.hides_user and w.alias == key:
+                raise AliasesFileError(
+                    f"{w.text}; not changed (to send all of it elsewhere, remove the user "
+                    "first: mailhub user del)")
+            out.append(w.text)
+        return out
+
+    # -- the write -------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[str]:
+        """``<file>.lock`` held exclusively; yields the file's text as it
+        is once the lock is ours."""
+        from txmailhub.store.sync import give_to, owner_of
+        from txmailhub.users import open_lock
+
+        real = os.path.realpath(self.path)
+        fd = open_lock(real + ".lock", AliasesFileError)
+        # as the file's owner, as the users lock: the hub's user may run
+        # the next command
+        give_to(fd, owner_of(real))
+        with open(fd, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield self._text()
+
+    def _write(self, text: str) -> None:
+        from txmailhub.store.sync import durable_write, owner_of
+
+        real = os.path.realpath(self.path)
+        # a file that is there keeps its owner and mode; one made again
+        # (it was away) is readable by all, as /etc/aliases, and the folder
+        # owner's
+        durable_write(real, text.encode("utf-8"), mode=0o644, keep_mode=True,
+                      new_owner=owner_of(os.path.dirname(real)))
+
+
+def _eol(lines: list[str]) -> str:
+    """The line end the file uses (its first line's), LF for a new file."""
+    for line in lines:
+        if line.endswith("\r\n"):
+            return "\r\n"
+        if line.endswith("\n"):
+            return "\n"
+    return "\n"
