@@ -893,3 +893,109 @@ def test_usage_errors_and_help_go_to_the_streams_main_was_given(config: Path, ca
         main(["user", "add", "--help"], out=out, err=err)
     assert info.value.code == 0 and "--password-stdin" in out.getvalue()
     assert capsys.readouterr() == ("", "")
+
+
+# --- mailhub alias ------------------------------------------------------------
+
+
+def with_aliases(config: Path, text: str = "") -> Path:
+    """``config`` with an aliases file holding ``text``, and alice and bob users."""
+    aliases = config.parent / "aliases"
+    aliases.write_text(text)
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in ("alice", "bob"):
+        run(config, "user", "add", name, "--password-stdin", stdin=PW)
+    return aliases
+
+
+def test_alias_list_gives_each_alias_and_its_targets_sorted(config: Path) -> None:
+    with_aliases(config, "# ours\nStaff: Alice, \\bob,\n   Far@Remote.Test\n"
+                         "postmaster: alice\nsales@example.net: staff\nbad line\n")
+    # as the hub knows them: keys for local names, a remote one as written
+    assert run(config, "alias", "list") == (0, (
+        "postmaster@example.org\talice@example.org\n"
+        "sales@example.net\tstaff@example.org\n"
+        "staff@example.org\talice@example.org, \\bob@example.org, Far@remote.test\n"), "")
+
+
+def test_alias_show_gives_what_delivery_does(config: Path) -> None:
+    with_aliases(config, "team: alice, helpers, x@remote.test, ghost\n"
+                         "helpers: \\bob, team, alice\n")
+    assert run(config, "alias", "show", "Team") == (0, (
+        "alias: team@example.org\n"
+        "targets: alice@example.org, helpers@example.org, x@remote.test, ghost@example.org\n"
+        "mailboxes: alice@example.org, bob@example.org\n"
+        "forwards: x@remote.test\n"
+        "skipped: ghost@example.org (named by team@example.org: no user or alias)\n"), "")
+    (config.parent / "aliases").write_text("void: ghost\n")
+    assert run(config, "alias", "show", "void") == (0, (
+        "alias: void@example.org\ntargets: ghost@example.org\n"
+        "refused: 550 5.1.1 No such user here (what RCPT TO gets)\n"
+        "skipped: ghost@example.org (named by void@example.org: no user or alias)\n"), "")
+    assert run(config, "alias", "show", "alice") == (
+        1, "", "mailhub: no such alias: alice@example.org\n")
+
+
+def test_alias_add_set_and_remove(config: Path) -> None:
+    aliases = with_aliases(config, "# kept\npostmaster: alice\n")
+    assert run(config, "alias", "add", "staff", "alice", "bob,x@remote.test") == (
+        0, "added staff@example.org\n", "")
+    code, _, err = run(config, "alias", "add", "Staff", "bob")
+    assert (code, err) == (1, f"mailhub: {aliases}:3: the alias staff@example.org is already "
+                              "there: `mailhub alias set` replaces its targets\n")
+    assert run(config, "alias", "set", "staff", "bob") == (0, "changed staff@example.org\n", "")
+    assert run(config, "alias", "set", "team", "staff") == (0, "added team@example.org\n", "")
+    assert aliases.read_text() == "# kept\npostmaster: alice\nstaff: bob\nteam: staff\n"
+    code, out, err = run(config, "alias", "remove", "staff")
+    assert (code, out) == (0, "removed staff@example.org\n")
+    assert err == (f"warning: {aliases}: alias team@example.org names staff@example.org, "
+                   "which is no local user: the hub skips it\n")
+    assert run(config, "alias", "remove", "staff") == (
+        1, "", "mailhub: no such alias: staff@example.org\n")
+    assert aliases.read_text() == "# kept\npostmaster: alice\nteam: staff\n"
+
+
+def test_alias_add_warns_as_check_does_and_refuses_what_check_reports(config: Path) -> None:
+    aliases = with_aliases(config, "a: alice\n")
+    code, out, err = run(config, "alias", "add", "b", "nobody")
+    assert (code, out) == (0, "added b@example.org\n")
+    assert err == (f"warning: {aliases}: alias b@example.org names nobody@example.org, which "
+                   "is no local user: the hub skips it\n")
+    # a problem for check: exit 2, in check's words, nothing written
+    code, out, err = run(config, "alias", "add", "c", "|/bin/sh")
+    assert (code, out) == (2, "")
+    assert err == (f"mailhub: {aliases}:3: target '|/bin/sh' of 'c': delivery to programs is "
+                   f"not supported\nmailhub: {aliases}:3: alias 'c' has no usable target\n")
+    code, _, err = run(config, "alias", "add", "d@elsewhere.test", "alice")
+    assert code == 2 and "which is not a local domain" in err
+    # a loop, or an alias that takes a user's mail: exit 1
+    assert run(config, "alias", "set", "a", "b", "alice")[0] == 0
+    code, _, err = run(config, "alias", "set", "b", "a")
+    assert code == 1 and err == (
+        f"mailhub: {aliases}: alias loop: a@example.org -> b@example.org -> a@example.org (it "
+        "is cut at runtime)\nmailhub: not changed: `mailhub check` reports an alias loop as a "
+        "problem (exit 2), and a start that runs it first would stop\n")
+    code, _, err = run(config, "alias", "add", "bob", "alice")
+    assert code == 1 and "has the name of a user" in err, err
+    assert aliases.read_text() == "a: b, alice\nb: nobody\n"
+    code, out, _ = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+
+
+def test_alias_commands_without_an_aliases_file_name_the_key(config: Path) -> None:
+    for argv in (["list"], ["show", "a"], ["add", "a", "b"], ["set", "a", "b"],
+                 ["remove", "a"]):
+        code, out, err = run(config, "alias", *argv)
+        assert (code, out) == (1, ""), argv
+        assert err == (f"mailhub: {config}: no aliases file: set [aliases] file (an empty "
+                       "file will do) to have aliases\n")
+    assert not (config.parent / "aliases").exists()
+
+
+def test_alias_usage_errors_exit_2(config: Path) -> None:
+    for argv in (["alias"], ["alias", "add", "a"], ["alias", "show"], ["alias", "frob"]):
+        with pytest.raises(SystemExit) as info:
+            main(["--config", str(config), *argv], out=io.StringIO(), err=io.StringIO())
+        assert info.value.code == 2
+    with_aliases(config)
+    assert run(config, "alias", "show", "a b")[0] == 2

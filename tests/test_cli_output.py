@@ -81,6 +81,19 @@ def test_user_list_usage_in_the_c_locale(config: Path) -> None:
 
 
 @ENVIRONMENTS
+def test_alias_list_and_show_write_utf8_octets(config: Path, env: dict[str, str]) -> None:
+    (config.parent / "aliases").write_text("équipe: josé, jörg@bücher.example\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    base = ["-m", "txmailhub", "--config", str(config), "alias"]
+    code, out, err = command(env, *base, "list", cwd=config.parent)
+    assert (code, out, err) == (
+        0, "équipe@example.org\tjosé@example.org, jörg@bücher.example\n".encode(), b"")
+    code, out, err = command(env, *base, "show", "équipe", cwd=config.parent)
+    assert (code, err) == (0, b"")
+    assert "mailboxes: josé@example.org, jörg@bücher.example\n".encode() in out
+
+
+@ENVIRONMENTS
 def test_check_writes_the_path_as_it_is(config: Path, env: dict[str, str]) -> None:
     code, out, err = command(env, "-m", "txmailhub", "--config", str(config), "check",
                              cwd=config.parent)

@@ -78,6 +78,45 @@ def test_start_warns_of_a_certificate_not_valid_for_the_hostname(tmp_path: Path,
         hub.stopService()
 
 
+def test_the_hub_routes_by_an_alias_mailhub_alias_add_made_without_a_restart(
+        tmp_path: Path) -> None:
+    # the running hub re-reads the aliases file when it changes
+    # (txmailhub.filestamp): what `mailhub alias` writes takes effect at
+    # the next RCPT, as docs/configuration.rst says
+    import io
+
+    from txmailhub.address import Address
+    from txmailhub.cli import main
+    from txmailhub.errors import Rejected
+
+    (tmp_path / "aliases").write_text("# ours\n")
+    hub, _reactor = hub_of(tmp_path, ONE_SMTP_LISTENER + '[aliases]\nfile = "aliases"\n')
+    config = str(tmp_path / "hub.toml")
+
+    def mailhub(*argv: str) -> int:
+        return main(["--config", config, *argv], out=io.StringIO(), err=io.StringIO(),
+                    stdin=io.StringIO("mellow-quartz-harbour\n"))
+
+    hub.startService()
+    try:
+        assert mailhub("user", "add", "joe", "--password-stdin") == 0
+        router = hub.components.router
+        staff = Address("staff", "example.org")
+        with pytest.raises(Rejected) as info:
+            router.resolve(staff)
+        assert info.value.reply.code == 550
+        assert mailhub("alias", "add", "staff", "joe", "far@remote.test") == 0
+        assert router.resolve(staff) == (
+            (Address("joe", "example.org"),), (Address("far", "remote.test"),))
+        assert mailhub("alias", "set", "staff", "\\joe") == 0
+        assert router.resolve(staff) == ((Address("joe", "example.org"),), ())
+        assert mailhub("alias", "remove", "staff") == 0
+        with pytest.raises(Rejected):
+            router.resolve(staff)
+    finally:
+        hub.stopService()
+
+
 def test_start_and_stop_are_logged_with_the_config_warnings(tmp_path: Path) -> None:
     from twisted.logger import formatEvent
 

@@ -3,10 +3,10 @@
 Owns argument parsing and exit codes: 0 ok, 1 runtime failure (the
 request could not be done: duplicate user, unknown queue id, ...), 2 bad
 usage or bad config.  Each subcommand is a thin call into the component
-that owns the data (users file, queue); nothing here talks to a running
-hub except through those files, but ``sendmail``, which hands a message
-to it over SMTP and has sendmail(8)'s options and sysexits(3) exit codes
-(``txmailhub.sendmail``).
+that owns the data (users file, aliases file, queue); nothing here talks
+to a running hub except through those files, but ``sendmail``, which
+hands a message to it over SMTP and has sendmail(8)'s options and
+sysexits(3) exit codes (``txmailhub.sendmail``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from txmailhub.config import (
     empty_config_path,
     load,
 )
-from txmailhub.errors import ConfigError, LocalError, NoSuchUser, UserExists, UsersFileError
+from txmailhub.errors import (
+    AliasesFileError,
+    BadAlias,
+    ConfigError,
+    LocalError,
+    NoSuchUser,
+    UserExists,
+    UsersFileError,
+)
 
 if TYPE_CHECKING:
     from txmailhub.address import Address
@@ -84,8 +92,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="after each address, a tab, the octets its mailbox holds, a tab "
                          "and [hub] mailbox_quota (none: no quota)")
 
+    from txmailhub.alias_admin import add_alias_parser
     from txmailhub.relay.admin import add_queue_parser
 
+    add_alias_parser(sub)
     add_queue_parser(sub)
     sub.add_parser(
         "sendmail", add_help=False,
@@ -457,6 +467,10 @@ def main(
     except UsersFileError as e:
         print(f"mailhub: {e}", file=err)
         return 1 if isinstance(e, UserExists | NoSuchUser) else 2
+    except AliasesFileError as e:
+        for line in str(e).splitlines():
+            print(f"mailhub: {line}", file=err)
+        return 2 if isinstance(e, BadAlias) else 1
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         print(f"mailhub: {where}{e.strerror or e}", file=err)
@@ -470,6 +484,10 @@ def _command(
         return _check(settings, out, err)
     if args.command == "user":
         return _user(settings, args, out, stdin, err)
+    if args.command == "alias":
+        from txmailhub.alias_admin import run_alias
+
+        return run_alias(settings, args, out, err)
     from txmailhub.relay.admin import run_queue
 
     return run_queue(settings, args, out, err)

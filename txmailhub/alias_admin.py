@@ -1,0 +1,160 @@
+"""``mailhub alias ...``: list, show, add, set and remove aliases.
+
+Owns the ``alias`` command's arguments and what it prints.  The file and
+its changes are ``txmailhub.aliases_file``'s.  What an alias finally
+expands to is asked of ``txmailhub.router.Router``, the object the
+running hub routes with, so ``show`` says what delivery does.  Exit
+codes are ``mailhub``'s: 0 ok; 1 when the request cannot be done (no
+``[aliases] file``, an unknown alias, one that exists already, a change
+that would hide a user or make a loop); 2 for a name or target the file
+cannot take (``mailhub check``'s problems), as for a bad address given
+to ``mailhub user add``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any, TextIO
+
+from txmailhub.errors import AliasesFileError, NoSuchAlias, Rejected
+from txmailhub.logsafe import shown
+
+if TYPE_CHECKING:
+    from txmailhub.aliases_file import AliasesFile
+    from txmailhub.config import Settings
+    from txmailhub.users import UsersDB
+
+__all__ = ["add_alias_parser", "run_alias"]
+
+_TARGETS_HELP = ("a user, another alias, a remote address, or \\NAME (that mailbox, not "
+                 "expanded again); several, or one list separated by commas")
+
+
+def add_alias_parser(subparsers: Any) -> None:
+    """Add the ``alias`` command to the ``mailhub`` argument parser."""
+    a = subparsers.add_parser("alias", help="manage the aliases file ([aliases] file)")
+    sub = a.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="every alias, one per line: the alias, a tab, its targets "
+                                "separated by ', '")
+    show = sub.add_parser("show", help="an alias's targets and the mailboxes and remote "
+                                       "addresses its mail finally goes to")
+    show.add_argument("name", metavar="NAME")
+    for action, text in (("add", "make a new alias (refused if the name is there)"),
+                         ("set", "give an alias exactly these targets (made if not there)")):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("targets", metavar="TARGET", nargs="+", help=_TARGETS_HELP)
+    rm = sub.add_parser("remove", help="remove an alias (every line of it)")
+    rm.add_argument("name", metavar="NAME")
+
+
+def _users(settings: Settings) -> UsersDB:
+    from txmailhub.users import UsersDB
+
+    return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
+
+
+def _aliases(settings: Settings, users: UsersDB | None = None) -> AliasesFile:
+    from txmailhub.aliases_file import AliasesFile
+
+    if not settings.aliases.file:
+        raise AliasesFileError(
+            f"{settings.path}: no aliases file: set [aliases] file (an empty file will do) "
+            "to have aliases")
+    is_user = None
+    if users is not None:
+        try:
+            users.addresses()
+        except OSError:
+            pass  # unreadable: who is a user cannot be told, as for check
+        else:
+            if not users.missing:
+                is_user = users.contains
+    return AliasesFile(settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
+                       is_user)
+
+
+def _utf8(arg: str) -> str:
+    """A command line argument as the UTF-8 text it was typed in.  Under a
+    locale whose encoding is not UTF-8 (``LC_ALL=C`` without Python's UTF-8
+    mode), Python keeps the octets of ``josé`` as surrogates, which no
+    address takes; the file, the output and the hub are UTF-8 whatever the
+    locale (``txmailhub.cli_output``).  Octets that are not UTF-8 stay as
+    they were: the address checks refuse them."""
+    try:
+        return arg.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return arg
+
+
+def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run ``mailhub alias <action>``; raises ``AliasesFileError`` (and
+    its ``BadAlias``) for ``mailhub``'s main to report."""
+    from txmailhub.aliases_file import target_text
+
+    action = args.alias_command
+    if action != "list":
+        args.name = _utf8(args.name)
+    if action in ("add", "set"):
+        args.targets = [_utf8(t) for t in args.targets]
+    domains = settings.hub.domains
+    if action == "list":
+        table = _aliases(settings).read()
+        for key in sorted(table):
+            print(shown(f"{key}\t" + ", ".join(target_text(t, e, domains)
+                                               for t, e in table[key])), file=out)
+        return 0
+    if action == "show":
+        return _show(settings, args.name, out)
+    aliases = _aliases(settings, _users(settings))
+    if action == "remove":
+        change = aliases.remove(args.name)
+        print(f"removed {change.alias}", file=out)
+    else:
+        targets = [t for arg in args.targets for t in arg.split(",")]
+        put = aliases.add if action == "add" else aliases.set
+        change = put(args.name, targets)
+        print(f"{'added' if change.created else 'changed'} {change.alias}", file=out)
+    for warning in change.warnings:
+        print(f"warning: {warning}", file=err)
+    return 0
+
+
+def _show(settings: Settings, name: str, out: TextIO) -> int:
+    from twisted.logger import globalLogPublisher
+
+    from txmailhub.address import parse_address
+    from txmailhub.aliases_file import target_text
+    from txmailhub.router import Router
+
+    aliases = _aliases(settings)
+    key = aliases.key(name)
+    table = aliases.read()
+    if key not in table:
+        raise NoSuchAlias(f"no such alias: {key}")
+    domains = settings.hub.domains
+    p = lambda line: print(shown(line), file=out)  # noqa: E731
+    p(f"alias: {key}")
+    p("targets: " + ", ".join(target_text(t, e, domains) for t, e in table[key]))
+    # the hub's own expansion; what it skips, it says in its log
+    skipped: list[tuple[str, str]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if (event.get("log_namespace") == "txmailhub.router" and "alias" in event
+                and "target" in event and str(event.get("log_format", "")).endswith("skipped")):
+            skipped.append((event["alias"], event["target"]))
+
+    router = Router(domains, _users(settings), settings.aliases.file)
+    globalLogPublisher.addObserver(observe)
+    try:
+        mailboxes, remote = router.resolve(parse_address(key))
+    except Rejected as e:
+        p(f"refused: {e.reply.text()} (what RCPT TO gets)")
+    else:
+        p("mailboxes: " + (", ".join(a.key for a in mailboxes) or "-"))
+        p("forwards: " + (", ".join(str(a) for a in remote) or "-"))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    for alias, target in skipped:
+        p(f"skipped: {target} (named by {alias}: no user or alias)")
+    return 0
