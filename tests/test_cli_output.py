@@ -282,3 +282,23 @@ def test_a_stream_a_program_passes_keeps_its_encoding(config: Path) -> None:
         "latin-1", "strict", "latin-1", "strict")
     assert out.buffer.getvalue() == (
         b"alice@example.org\njos\xe9@example.org\nj\xf6rg@b\xfccher.example\ncaf\xe9\n")
+
+
+@ENVIRONMENTS
+def test_user_commands_take_a_utf8_name_whatever_the_locale(config: Path,
+                                                            env: dict[str, str]) -> None:
+    # under the C locale Python hands "zoé" over as surrogates: the
+    # command must still take it as the UTF-8 text it was typed in
+    base = ["-m", "txmailhub", "--config", str(config), "user"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+    environ.pop("LANG", None)
+    environ.update(env)
+    done = subprocess.run([sys.executable, *base, "add", "zoé", "--password-stdin"],
+                          env=environ, cwd=config.parent, input=PW.encode(),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    code, out, err = command(env, *base, "list", cwd=config.parent)
+    assert (code, err) == (0, b"")
+    assert "zoé@example.org\n".encode() in out
+    code, out, err = command(env, *base, "del", "zoé", cwd=config.parent)
+    assert (code, out, err) == (0, "deleted zoé@example.org\n".encode(), b"")

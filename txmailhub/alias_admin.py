@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, TextIO
 
+from txmailhub.cli_output import typed_text
 from txmailhub.errors import AliasesFileError, NoSuchAlias, Rejected
 from txmailhub.logsafe import shown
 
@@ -74,19 +75,6 @@ def _aliases(settings: Settings, users: UsersDB | None = None) -> AliasesFile:
                        is_user)
 
 
-def _utf8(arg: str) -> str:
-    """A command line argument as the UTF-8 text it was typed in.  Under a
-    locale whose encoding is not UTF-8 (``LC_ALL=C`` without Python's UTF-8
-    mode), Python keeps the octets of ``josé`` as surrogates, which no
-    address takes; the file, the output and the hub are UTF-8 whatever the
-    locale (``txmailhub.cli_output``).  Octets that are not UTF-8 stay as
-    they were: the address checks refuse them."""
-    try:
-        return arg.encode("utf-8", "surrogateescape").decode("utf-8")
-    except UnicodeError:
-        return arg
-
-
 def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run ``mailhub alias <action>``; raises ``AliasesFileError`` (and
     its ``BadAlias``) for ``mailhub``'s main to report."""
@@ -94,9 +82,9 @@ def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
 
     action = args.alias_command
     if action != "list":
-        args.name = _utf8(args.name)
+        args.name = typed_text(args.name)
     if action in ("add", "set"):
-        args.targets = [_utf8(t) for t in args.targets]
+        args.targets = [typed_text(t) for t in args.targets]
     domains = settings.hub.domains
     if action == "list":
         table = _aliases(settings).read()

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from txmailhub.cli_output import error_stream, utf8_output
+from txmailhub.cli_output import error_stream, typed_text, utf8_output
 from txmailhub.config import (
     SYSTEM_CONFIG,
     Settings,
@@ -342,6 +342,8 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
           err: TextIO | None = None) -> int:
     users = _users(settings)
     cmd = args.user_command
+    if getattr(args, "address", None) is not None:
+        args.address = typed_text(args.address)
     if cmd == "list":
         # as the hub knows them (Maildir, logins, logs): lower case, an IDN
         # in its one form, however the line was typed into the file

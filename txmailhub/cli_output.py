@@ -38,7 +38,7 @@ import os
 import sys
 from typing import TextIO
 
-__all__ = ["ERRORS", "error_stream", "utf8_output"]
+__all__ = ["ERRORS", "error_stream", "typed_text", "utf8_output"]
 
 #: the codec error handler the streams get (registered on import)
 ERRORS = "txmailhub.octets"
@@ -97,3 +97,16 @@ def _terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (OSError, ValueError):  # closed, or no file behind it
         return False
+
+
+def typed_text(arg: str) -> str:
+    """A command line argument as the UTF-8 text it was typed in.  Under a
+    locale whose encoding is not UTF-8 (``LC_ALL=C`` without Python's UTF-8
+    mode), Python keeps the octets of ``josé`` as surrogates, which no
+    address takes; the files, the output and the hub are UTF-8 whatever the
+    locale.  Octets that are not UTF-8 stay as they were: the address
+    checks refuse them."""
+    try:
+        return arg.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return arg
