@@ -75,3 +75,35 @@ def test_a_lookup_without_a_lock_never_trusts_a_new_stamp_before_its_reader_does
     stamp.read(new)
     assert stamp.stale(new)
     assert seen and all(seen)
+
+
+def test_settled_is_the_trust_of_the_text_last_read() -> None:
+    """``settled``: whether what was read is the whole file for sure.  A
+    file changed within RACY_SECONDS of the read may be one rewritten in
+    place and caught half-written; the router and the login checker
+    answer a miss in it with a temporary failure."""
+    now = [100.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    assert not stamp.settled  # nothing read yet
+    st = _st(99.5)
+    stamp.read(st)
+    assert not stamp.settled
+    now[0] = 99.5 + RACY_SECONDS
+    stamp.read(st)
+    assert stamp.settled
+    stamp.forget()
+    assert not stamp.settled
+
+
+def test_a_file_that_changed_during_its_read_is_not_settled() -> None:
+    """A writer that began while the file was read (``after``, the open
+    file's fstat once read, differs from the stat taken before): the text
+    may be half of the file, however long ago the file had changed
+    before.  Read again at the next lookup."""
+    now = [1000.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    before = _st(10.0)
+    stamp.read(before, after=_st(1000.0, size=4))
+    assert not stamp.settled and stamp.stale(before)
+    stamp.read(before, after=before)  # read again, and nothing moved meanwhile
+    assert stamp.settled and not stamp.stale(before)

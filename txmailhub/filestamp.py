@@ -11,7 +11,16 @@ length) keeps the whole stamp.  So a stamp is trusted only when the read
 that saw it came ``RACY_SECONDS`` after the file's mtime, or after an
 earlier read that saw the same stamp (a file dated in the future); until
 then the file is read at every lookup -- for a couple of seconds after a
-change, not for good.  Knows nothing of what the files hold.
+change, not for good.
+
+The same doubt covers what was read: a file rewritten in place (truncated,
+then written, as ``cat > file`` and some editors do) may have been read
+half-written.  ``settled`` says whether the text last read can be taken
+as the file's whole: not while the stamp is not trusted, nor when the
+file was seen changing during the read.  A lookup that finds nothing in a
+text that is not settled may have looked in a half-written file, so the
+router and the login checker answer it with a temporary failure.  Knows
+nothing of what the files hold.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ class FileStamp:
     ``stale(st)`` before reading: whether the file must be read (again);
     ``read(st)`` after a read begun with that ``st`` (taken before the
     read, so a change during it makes the next stamp differ);
+    ``settled`` whether the text last read is the whole file for sure;
     ``forget()`` when the file is away or the read failed."""
 
     def __init__(self, clock: Callable[[], float] = time.time,
@@ -62,17 +72,33 @@ class FileStamp:
         before the read begins."""
         return self.clock(), self.monotonic()
 
-    def read(self, st: os.stat_result, began: tuple[float, float] | None = None) -> None:
+    @property
+    def settled(self) -> bool:
+        """Whether the text last read is the file's whole, for sure: its
+        stamp is trusted (the read came ``RACY_SECONDS`` after the last
+        change) and it did not change during the read.  False before the
+        first read and after ``forget()``.  Costs no system call: it was
+        judged when the file was read, and a file that is not settled is
+        read again at every lookup, so it is judged again at each."""
+        return self._state[1]
+
+    def read(self, st: os.stat_result, began: tuple[float, float] | None = None,
+             after: os.stat_result | None = None) -> None:
         """``began``: ``now()`` taken before the read.  What the stamp's
         trust rests on is when the text was read, not when the reader
         (a thread held up, a long parse) came to note it: a second change
-        in the file's clock tick may have followed the read."""
+        in the file's clock tick may have followed the read.  ``after``:
+        the open file's ``fstat`` once the text was read; a stamp other
+        than ``st``'s means the file changed while it was read (a writer
+        that began then, into a file last changed long ago), so what was
+        read may be half of it: not trusted, and read again."""
         wall, now = began if began is not None else self.now()
         stamp = _stamp(st)
         if stamp != self._state[0]:
             self._first_read = now
-        trusted = (wall - st.st_mtime >= RACY_SECONDS
-                   or now - self._first_read >= RACY_SECONDS)
+        trusted = ((wall - st.st_mtime >= RACY_SECONDS
+                    or now - self._first_read >= RACY_SECONDS)
+                   and (after is None or _stamp(after) == stamp))
         self._state = (stamp, trusted)
 
     def forget(self) -> None:
