@@ -405,6 +405,37 @@ def test_bad_password_delay_grows_then_closes():
     assert t.disconnecting
 
 
+def test_a_user_missing_from_a_users_file_caught_half_written_is_sys_temp(tmp_path):
+    # the users file rewritten in place and read before bob's line is back:
+    # his login is "try again later" ([SYS/TEMP], RFC 3206 4; the CAPA
+    # list names RESP-CODES), at once and not counted as a guess -- not
+    # [AUTH], which tells a mail client to ask for another password.
+    # RACY_SECONDS after the change, a failure is [AUTH] again.
+    from txmailhub.auth import UsersChecker
+    from txmailhub.filestamp import RACY_SECONDS, FileStamp
+    from txmailhub.users import UsersDB, hash_password
+
+    path = tmp_path / "users"
+    whole = f"joe {hash_password('joepw')}\nbob {hash_password('bobpw')}\n"
+    path.write_text(whole[: whole.index("bob ")])  # as far as the writer got
+    wall, mono = [path.stat().st_mtime + 0.5], [50.0]
+    users = UsersDB(str(path), "example.org")
+    users._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    env = Env(checker=UsersChecker(users), allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    assert b"RESP-CODES" in talk(proto, t, b"CAPA\r\n")
+    talk(proto, t, b"USER bob\r\n")
+    assert talk(proto, t, b"PASS bobpw\r\n") == R.MAILBOX_TEMP_FAILURE.to_bytes()
+    assert R.MAILBOX_TEMP_FAILURE.to_bytes().startswith(b"-ERR [SYS/TEMP] ")
+    assert proto.factory.login_failures._failures == {}  # no guess counted
+    wall[0] += RACY_SECONDS
+    mono[0] += RACY_SECONDS
+    talk(proto, t, b"USER bob\r\nPASS bobpw\r\n")
+    env.clock.advance(10)
+    assert t.value().endswith(R.AUTH_FAILED.to_bytes())
+    assert proto.factory.login_failures._failures != {}
+
+
 def test_apop_login():
     env = Env()
     env.store.add("joe@example.org", b"hi\n")

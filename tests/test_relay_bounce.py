@@ -421,6 +421,40 @@ def test_a_notice_to_a_local_sender_is_routed_like_any_local_mail(tmp_path):
     assert components.queue.enqueued[-1][0].recipients == (Address("zed", "remote.test"),)
 
 
+def test_a_notice_to_a_sender_missing_from_a_users_file_in_doubt_waits(tmp_path):
+    # the users file changed a moment ago and may have been read
+    # half-written: a local sender missing from it may be one not written
+    # yet, so the notice stays queued for a later attempt (DSNRefused)
+    # instead of being dropped for good; once the file is settled, a
+    # sender that is no mailbox is dropped as before
+    from txmailhub.router import Router
+
+    class Users:
+        in_doubt = True
+
+        def contains(self, address):
+            return address.key == "alice@example.org"
+
+        def changing(self):
+            return self.in_doubt
+
+    users = Users()
+    components, spooler, store = dsn_components(tmp_path, Router(["example.org"], users))
+    entry = make_entry(tmp_path)
+    data, _ = build(entry, [failed(entry)])
+    env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
+    nobody = dataclasses.replace(env, recipients=(Address("bob", "example.org"),))
+    failures = []
+    bounce.send_dsn(components, nobody, data).addErrback(failures.append)
+    (failure,) = failures
+    assert failure.check(bounce.DSNRefused)
+    assert "Mailbox list is being updated" in str(failure.value)
+    assert spooler.writers == [] and store.deliveries == []
+    users.in_doubt = False
+    d = bounce.send_dsn(components, nobody, data)
+    assert d.result == "dropped, the sender is no local mailbox (550 5.1.1 No such user here)"
+
+
 def _original_recipient(tmp_path, orcpt):
     entry = make_entry(tmp_path)
     bob = dataclasses.replace(failed(entry), orcpt=orcpt)

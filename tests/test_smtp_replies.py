@@ -41,6 +41,7 @@ PINNED = {
     "TOO_MANY_CONNECTIONS_FROM_YOU": (421, "4.7.0"),
     "AUTH_TOO_MANY_FAILURES": (421, "4.7.0"),
     "LOCAL_ERROR": (451, "4.3.0"),
+    "MAILBOXES_CHANGING": (451, "4.3.0"),  # X.1.1 is for permanent failures only
     "SESSION_ERROR": (421, "4.3.0"),  # RFC 5321 3.8: a closing server sends 421
     "STORAGE_FULL": (452, "4.3.1"),  # RFC 5321 4.2.3, X.3.1
     "MAILBOX_FULL": (452, "4.2.2"),  # RFC 3463 X.2.2, temporary

@@ -969,6 +969,37 @@ def test_vrfy_expn():
     assert d.codes("VRFY alice\r\nEXPN list\r\n") == ["252", "502"]
 
 
+def test_a_recipient_missing_from_a_users_file_caught_half_written_is_told_to_retry(tmp_path):
+    # the users file rewritten in place (truncated, then written) and read
+    # when bob's line is not back yet: RCPT, VRFY and EXPN for bob are
+    # "451 4.3.0 try again later", not "550 5.1.1", which would bounce his
+    # mail for good; alice, found, is served as ever.  RACY_SECONDS after
+    # the change the file as it stands is the truth: 550.
+    from txmailhub.filestamp import RACY_SECONDS, FileStamp
+    from txmailhub.router import Router
+    from txmailhub.users import UsersDB, hash_password
+
+    path = tmp_path / "users"
+    whole = f"alice {hash_password('pw')}\nbob {hash_password('pw')}\n"
+    path.write_text(whole[: whole.index("bob ")])  # as far as the writer got
+    wall, mono = [path.stat().st_mtime + 0.5], [50.0]
+    users = UsersDB(str(path), "example.org", ("example.org", "example.net"))
+    users._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    d = Driver(router=Router(("example.org", "example.net"), users), expn=True)
+    assert d.codes("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\n") == [
+        "250", "250", "250"]
+    retry = "451 4.3.0 Mailbox list is being updated, try again later"
+    assert d.send("RCPT TO:<bob@example.org>\r\n") == [retry]
+    assert d.send("VRFY bob\r\nEXPN bob\r\n") == [retry, retry]
+    assert d.codes("RCPT TO:<alice@example.org>\r\n") == ["250"]
+    wall[0] += RACY_SECONDS
+    mono[0] += RACY_SECONDS
+    assert d.send("RCPT TO:<bob@example.org>\r\n") == [replies.UNKNOWN_USER.text()]
+    assert d.send("VRFY bob\r\n") == [replies.UNKNOWN_USER.text()]
+    assert d.codes("DATA\r\nx\r\n.\r\n") == ["354", "250"]
+    assert d.events[-1].envelope.recipients == (ALICE,)
+
+
 def test_turn_send_soml_saml():
     d = Driver()
     d.send("EHLO c\r\n")

@@ -273,6 +273,14 @@ class APOPCreds:
         return hashlib.md5(self.challenge + secret).hexdigest().encode() == self.digest
 
 
+def settle(db: UsersDB) -> None:
+    """Date the users file long ago: a file changed less than
+    ``RACY_SECONDS`` before a lookup may have been read half-written, and a
+    failed login then is a temporary failure (``UsersDB.changing``); these
+    tests mean the file as it stands."""
+    os.utime(db.path, (1e9, 1e9))
+
+
 def result_of(d: Deferred) -> object:
     out: list[object] = []
     d.addBoth(out.append)
@@ -291,6 +299,7 @@ def test_checker_without_a_users_file_is_a_temporary_failure(db: UsersDB) -> Non
     failure = result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw")))
     assert isinstance(failure, Failure) and failure.check(UsersUnavailable)
     db.add("bob", "bobpw")
+    settle(db)
     failure = result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw")))
     assert isinstance(failure, Failure) and failure.check(UnauthorizedLogin)
 
@@ -298,6 +307,7 @@ def test_checker_without_a_users_file_is_a_temporary_failure(db: UsersDB) -> Non
 def test_checker_accepts_and_rejects(db: UsersDB) -> None:
     db.add("alice", "pw", allow_apop=True)
     db.add("bob", "bobpw")
+    settle(db)
     checker = UsersChecker(db)
     assert result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw"))) == (
         "alice@example.org"
@@ -439,6 +449,7 @@ class FakeStore:
 
 def test_portal_yields_smtp_user_and_locked_mailbox(db: UsersDB) -> None:
     db.add("alice", "pw")
+    settle(db)
     store = FakeStore()
     portal = build_portal(db, store)
     iface, avatar, logout = result_of(  # type: ignore[misc]
@@ -730,6 +741,7 @@ def test_apop_takes_the_secret_as_set_or_prepared(db: UsersDB) -> None:
     # the digest is over the client's bytes: the server tries the secret
     # as it was set and its prepared form (an md5 each)
     db.add("alice", "no\u00a0break-" + DECOMPOSED, allow_apop=True)
+    settle(db)
     checker = UsersChecker(db)
     challenge = b"<1.2@mail.example.org>"
     for typed in ("no\u00a0break-" + DECOMPOSED, "no break-" + COMPOSED):
@@ -974,3 +986,122 @@ def test_a_lookup_without_the_lock_that_finds_no_records_finds_the_file_away(
     assert db.get(Address("alice", "example.org")) is None
     assert db.missing
     assert seen and all(seen)
+
+
+def _caught_half_written(db: UsersDB) -> tuple[UsersDB, list[float], list[float]]:
+    """alice and bob in the users file, then the file rewritten in place
+    (truncated, then written, as ``cat > users`` does) and read by a
+    running hub's reader when only alice's line is back: half a second
+    after the write, on the reader's own (fake) clocks."""
+    from txmailhub.filestamp import FileStamp
+
+    db.add("alice", "pw")
+    db.add("bob", "pw")
+    whole = Path(db.path).read_text()
+    with open(db.path, "r+") as f:  # the same inode: in place
+        f.truncate(0)
+        f.write(whole[: whole.index("bob@")])
+    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
+    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
+    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    return reader, wall, mono
+
+
+def test_a_user_missing_from_a_file_caught_half_written_is_in_doubt_for_seconds(
+        db: UsersDB) -> None:
+    """bob is only not written yet: ``changing`` says a miss proves
+    nothing (the router answers 451, not 550) until RACY_SECONDS after the
+    change; then the file as it stands is the truth again."""
+    from txmailhub.filestamp import RACY_SECONDS
+
+    reader, wall, mono = _caught_half_written(db)
+    alice, bob = Address("alice", "example.org"), Address("bob", "example.org")
+    assert reader.contains(alice)
+    assert not reader.contains(bob) and reader.changing()
+    wall[0] += RACY_SECONDS
+    mono[0] += RACY_SECONDS
+    assert not reader.contains(bob) and not reader.changing()
+    assert reader.contains(alice)
+
+
+def test_a_file_that_changes_while_it_is_read_is_in_doubt(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file last changed long ago, but rewritten in place just as the
+    hub reads it: the stamp taken before the read is an old one, yet the
+    text is half of the new file.  The open file's stamp after the read
+    says so."""
+    from txmailhub import users as users_module
+
+    db.add("alice", "pw")
+    db.add("bob", "pw")
+    settle(db)
+    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
+    bob = Address("bob", "example.org")
+    assert reader.contains(bob) and not reader.changing()
+    whole = Path(db.path).read_text()
+    os.utime(db.path, (1e9 + 5, 1e9 + 5))  # touched: read again, still dated long ago
+    real_open = open
+
+    def writer_begins(*args, **kwargs):
+        with real_open(db.path, "r+") as f:  # in place, halfway
+            f.truncate(0)
+            f.write(whole[: whole.index("bob@")])
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(users_module, "open", writer_begins, raising=False)
+    assert not reader.contains(bob)
+    assert reader.changing()
+
+
+def test_a_lookup_that_finds_its_user_or_a_settled_miss_costs_one_stat(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock-free path stays as it was: with the file settled, a user
+    found costs one ``stat``, and so does a miss with its ``changing``
+    (judged when the file was read, asked with no system call)."""
+    db.add("alice", "pw")
+    settle(db)
+    alice, nobody = Address("alice", "example.org"), Address("nobody", "example.org")
+    assert db.contains(alice)  # the settled file, read once
+    calls: list[str] = []
+    for name in ("stat", "fstat", "open"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _r=real, _n=name, **k: calls.append(_n)
+                            or _r(*a, **k))
+    for _ in range(10):
+        assert db.contains(alice)
+        assert not db.contains(nobody) and not db.changing()
+    assert calls == ["stat"] * 20
+
+
+def test_a_failed_login_against_a_file_caught_half_written_is_temporary(db: UsersDB) -> None:
+    """bob is not written back yet: his login is UsersUnavailable (POP3
+    ``[SYS/TEMP]``, SMTP ``454 4.7.0``), which no lockout counts.  So is
+    a wrong password then, found user or not: the answer must not tell who
+    is in the file, and a half-written line may hold half a hash.  A name
+    that is no address is refused as ever.  RACY_SECONDS on, the file as
+    it stands is the truth: UnauthorizedLogin."""
+    from twisted.python.failure import Failure
+
+    from txmailhub.errors import UsersUnavailable
+    from txmailhub.filestamp import RACY_SECONDS
+
+    reader, wall, mono = _caught_half_written(db)
+    checker = UsersChecker(reader)
+    challenge = b"<1.2@mail.example.org>"
+    digest = hashlib.md5(challenge + b"pw").hexdigest().encode()
+    attempts = [UsernamePassword(b"bob", b"pw"), UsernamePassword(b"alice", b"wrong"),
+                APOPCreds(b"bob", challenge, digest)]
+
+    def failures() -> list[Failure]:
+        out = [result_of(checker.requestAvatarId(c)) for c in attempts]
+        assert all(isinstance(f, Failure) for f in out)
+        return out  # type: ignore[return-value]
+
+    assert all(f.check(UsersUnavailable) for f in failures())
+    assert result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw"))) == (
+        "alice@example.org")
+    bad_name = result_of(checker.requestAvatarId(UsernamePassword(b"\xff", b"pw")))
+    assert bad_name.check(UnauthorizedLogin)  # type: ignore[attr-defined]
+    wall[0] += RACY_SECONDS
+    mono[0] += RACY_SECONDS
+    assert all(f.check(UnauthorizedLogin) for f in failures())

@@ -128,9 +128,9 @@ class UsersChecker:
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)
         if secret is None:
-            return self._fail()
+            return self._fail(looked_up=True)
         ok = any(credentials.checkPassword(form.encode("utf-8")) for form in _apop_forms(secret))
-        return succeed(address.key) if ok else self._fail()
+        return succeed(address.key) if ok else self._fail(looked_up=True)
 
     def _check_if_wanted(self, credentials: Any, address: Address, password: str) -> Deferred:
         """Run the check now that it has its turn, unless its client left."""
@@ -140,22 +140,36 @@ class UsersChecker:
         assert self._run is not None
         return self._run(self.users.check_password, address, password)
 
-    def _refusal(self) -> Exception:
+    def _refusal(self, looked_up: bool = False) -> Exception:
+        """Why a login failed.  ``looked_up``: the user was looked up (a
+        name that cannot be one is refused without asking the file).
+
+        A users file changed a moment ago may have been read half-written
+        (``UsersDB.changing``): the user, or the whole line with the hash,
+        may be one not written yet, so the failure is temporary, like one
+        for a file that is away -- and so is a wrong password then, or the
+        answer would tell who is in the file and who is not.  It is not
+        counted as a guess (the file changes only when its administrator
+        changes it, and the window is ``RACY_SECONDS``)."""
         if getattr(self.users, "missing", False):
             why = getattr(self.users, "unreadable", None)
             return UsersUnavailable(f"the users file {self.users.path} "
                                     + (f"cannot be read ({why.strerror or why})" if why
                                        else "does not exist"))
+        changing = getattr(self.users, "changing", None) if looked_up else None
+        if changing is not None and changing():
+            return UsersUnavailable(f"the users file {self.users.path} changed a moment "
+                                    "ago and may have been read half-written")
         return UnauthorizedLogin("authentication failed")
 
-    def _fail(self) -> Deferred:
+    def _fail(self, looked_up: bool = False) -> Deferred:
         d: Deferred = Deferred()
-        d.errback(self._refusal())
+        d.errback(self._refusal(looked_up))
         return d
 
     def _result(self, ok: bool, address: Address) -> str:
         if not ok:
-            raise self._refusal()
+            raise self._refusal(looked_up=True)
         return address.key
 
 

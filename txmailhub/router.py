@@ -28,9 +28,13 @@ user is dropped and logged.  A bad line is skipped and logged with
 re-read when its inode, size, mtime or ctime changes (one ``stat`` per
 lookup), and at every lookup for two seconds after a change, when a
 second change in the same clock tick could keep that stamp
-(``txmailhub.filestamp``).  A file that cannot be read (a directory in
-its place, a mode the hub cannot read, bytes that are not UTF-8) leaves
-the aliases read last in effect, logged once.
+(``txmailhub.filestamp``).  In those seconds either file may be one
+rewritten in place and read half-written: an address found neither as a
+user nor as an alias then, or an alias member found in neither, is
+answered ``451 4.3.0`` (try again later), not ``550 5.1.1``.  A file
+that cannot be read (a directory in its place, a mode the hub cannot
+read, bytes that are not UTF-8) leaves the aliases read last in effect,
+logged once.
 
 ``postmaster`` (any case) at any local domain always resolves (RFC 5321
 4.5.1): to the alias ``postmaster@<that domain>`` if there is one, else
@@ -323,6 +327,10 @@ class Router:
         # there, and the error last logged about it
         self._file = FileStamp()
         self._text: str | None = None
+        # the text last read may be a file caught half-written (changed
+        # within ``RACY_SECONDS`` of the read, or during it): an address
+        # that is no alias in it may be one not written yet
+        self._fresh = False
         self._there = False
         self._error: str | None = None
         self._warned: set[tuple[str, str]] = set()
@@ -343,6 +351,7 @@ class Router:
             # once it can be looked at (unwatched meanwhile), which also
             # ends this spell: the same failure later is said again
             self._file.forget()
+            self._fresh = False  # the aliases read last serve on, as they were
             self._cannot_read(f"cannot stat aliases file {self.aliases_file}: {e}")
             return
         if st is None:
@@ -354,22 +363,27 @@ class Router:
             self._there = False
             self._file.forget()
             self._text, self._error = None, None
+            self._fresh = False  # (away: ``aliases_away`` says what to answer)
             self.aliases = {}
             return
         if not self._file.stale(st):
             return
         self._there = True
         began = self._file.now()
+        after: os.stat_result | None = None
         try:
             with open(self.aliases_file, encoding="utf-8") as f:
                 text = f.read()
+                after = os.fstat(f.fileno())  # changed during the read: maybe half of it
         except (OSError, UnicodeDecodeError) as e:
             # not looked at again until it changes (a directory, a mode
             # the hub cannot read, a file written half-way in UTF-8)
-            self._file.read(st, began)
+            self._file.read(st, began, after)
+            self._fresh = not self._file.settled
             self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
             return
-        self._file.read(st, began)
+        self._file.read(st, began, after)
+        self._fresh = not self._file.settled
         self._error = None
         if text == self._text:
             return  # read again while its stamp was not to be trusted: no change
@@ -406,6 +420,19 @@ class Router:
         return self._expand(address)
 
     # -- expansion -------------------------------------------------------------
+
+    def _doubtful_miss(self) -> bool:
+        """Whether an address found neither as a user nor as an alias may
+        be one all the same: the users file or the aliases file was read
+        within ``RACY_SECONDS`` of a change (``txmailhub.filestamp``), when
+        a file rewritten in place may have been caught half-written.  Then
+        the miss is answered ``451 4.3.0`` (a retry), not ``550 5.1.1`` (a
+        bounce for good); the seconds over, a miss is 550 again.  Asked
+        on the miss path only: a found recipient costs nothing more."""
+        if self._fresh:
+            return True
+        changing = getattr(self.users, "changing", None)
+        return changing is not None and bool(changing())
 
     def _is_user(self, address: Address) -> bool:
         try:
@@ -457,6 +484,11 @@ class Router:
                 local[key] = _canonical(target)
             elif key == Address("postmaster", self.primary_domain).key:
                 local[key] = Address("postmaster", self.primary_domain)
+            elif parent is not None and not address.is_postmaster and self._doubtful_miss():
+                # a member that may be missing only from a half-written
+                # file: the list's mail is taken later for all its members,
+                # not now without that one (the postmaster's is never refused)
+                raise Rejected(replies.MAILBOXES_CHANGING)
             elif parent is not None and (parent, key) not in self._warned:
                 self._warned.add((parent, key))  # once per alias and target per load
                 log.warn("alias {alias} names {target}, which is no local user: skipped",
@@ -468,5 +500,7 @@ class Router:
                 return (Address("postmaster", self.primary_domain),), ()
             if self.aliases_away:
                 raise Rejected(replies.LOCAL_ERROR)  # it may be an alias: ask again later
+            if self._doubtful_miss():
+                raise Rejected(replies.MAILBOXES_CHANGING)  # it may be one not written yet
             raise Rejected(replies.UNKNOWN_USER)
         return tuple(local.values()), tuple(remote.values())

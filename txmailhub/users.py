@@ -38,9 +38,13 @@ Readers (the running hub) see changes without a restart: every lookup
 checks the file's stamp (inode, size, mtime, ctime) and reloads it when it
 changed -- and reads it again anyway for a couple of seconds after it
 changed, when a second change may have kept the stamp
-(``txmailhub.filestamp``).  Writers replace the file atomically (temp file, fsync, rename,
-fsync the folder) under an exclusive lock, so a crash leaves either the
-old or the new file, never a torn one.
+(``txmailhub.filestamp``).  In those seconds the file may also be one
+rewritten in place and read half-written: a user not found then may be
+one not written yet (``changing``), which the router and the login
+checker answer with a temporary failure.  Writers replace the file
+atomically (temp file, fsync, rename, fsync the folder) under an
+exclusive lock, so a crash leaves either the old or the new file, never
+a torn one.
 """
 
 from __future__ import annotations
@@ -252,6 +256,9 @@ class UsersDB:
         try:
             with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
                 text = f.read()
+                # a writer that began during the read: the text may be half
+                # of the file (``changing``)
+                after = os.fstat(f.fileno())
         except OSError as e:
             self._cannot_read(e, report)
             return
@@ -261,7 +268,7 @@ class UsersDB:
             self._text = text
         # only now: a stamp noted before the records are in place would
         # let another lookup take the old records for the new file
-        self._file.read(st, began)
+        self._file.read(st, began, after)
         if not changed:
             return
         if self.missing:
@@ -334,6 +341,20 @@ class UsersDB:
             if why:
                 problems.append(f"{self.path}:{lineno}: {address.key} cannot log in: {why}")
         return records, problems, keys, {k: n - 1 for k, n in first.items()}
+
+    def changing(self) -> bool:
+        """Whether the records last read may be those of a file caught
+        half-written: it changed less than ``RACY_SECONDS`` before it was
+        read, or while it was read (``FileStamp.settled``).  A file
+        rewritten in place (truncated, then written: ``cat > users``, some
+        editors) lacks the users not written yet, so a lookup that misses
+        then is no proof that the user does not exist: the router answers
+        451 rather than 550, and a failed login is a temporary failure.
+
+        Asked only after a miss, with no system call: a lookup that finds
+        its user, and every lookup once the file is settled, costs nothing
+        more.  (A file that is away is ``missing`` instead.)"""
+        return not self.missing and not self._file.settled
 
     def get(self, address: Address) -> UserRecord | None:
         return self._refresh().get(address.key)

@@ -16,7 +16,9 @@ The rules, in order:
    accepted (RFC 5321 4.5.1): the router's answer if it has one, else the
    primary domain's postmaster mailbox.
 2. A local domain: the router expands the address (aliases); unknown is
-   550 5.1.1.  Alias targets in other domains need the outbound queue.
+   550 5.1.1 (451 4.3.0 while the users or aliases file may have been
+   read half-written: ``txmailhub.router``).  Alias targets in other
+   domains need the outbound queue.
 3. Another domain: only for an authenticated client or one in
    ``[smtp] relay_networks``; otherwise 550 5.7.1.  Without an outbound
    queue, a temporary 451 4.3.0 (never a silent drop).
@@ -172,7 +174,8 @@ class RecipientPolicy:
 
     def verify(self, address: Address) -> tuple[Address, ...] | None:
         """What VRFY/EXPN may say: the final addresses, ``None`` when we
-        cannot tell (another domain: 252); raises ``Rejected`` (550 5.1.1)."""
+        cannot tell (another domain: 252); raises ``Rejected`` (550 5.1.1, or
+        the router's temporary refusals, as for RCPT)."""
         if not self.router.is_local_domain(address.domain):
             return None
         local, remote = self.router.verify(address)

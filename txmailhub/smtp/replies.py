@@ -64,6 +64,13 @@ AUTH_TOO_MANY_FAILURES = Reply.of(
     421, "4.7.0", "Too many authentication failures, closing connection"
 )
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing, try again later")
+# A recipient missing from a users or aliases file changed a moment ago,
+# which may have been read half-written (rewritten in place): not known
+# to be unknown, so not 550 5.1.1.  451 (local error in processing: the
+# hub's own state) with X.3.0, the mail system's status (RFC 3463 3.4):
+# not X.1.1, which RFC 3463 says is useful only as a permanent failure,
+# nor X.2.0, which speaks of a mailbox that exists.
+MAILBOXES_CHANGING = Reply.of(451, "4.3.0", "Mailbox list is being updated, try again later")
 SESSION_ERROR = Reply.of(421, "4.3.0", "Local error in processing, closing connection")
 STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage, try again later")
 # [hub] mailbox_quota at RCPT: temporary (RFC 3463 X.2.2), so the sender's
