@@ -107,3 +107,19 @@ def test_a_file_that_changed_during_its_read_is_not_settled() -> None:
     assert not stamp.settled and stamp.stale(before)
     stamp.read(before, after=before)  # read again, and nothing moved meanwhile
     assert stamp.settled and not stamp.stale(before)
+
+
+def test_a_fresh_text_that_ends_as_a_finished_file_does_is_settled() -> None:
+    """``whole``: a text that ends with a line end is taken as the whole
+    file at once (a writer caught half-way has seldom stopped at a line's
+    end); it is still read again at every lookup until its stamp can be
+    trusted.  A change during the read unsettles it whatever it holds."""
+    now = [100.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    st = _st(99.5)
+    stamp.read(st, whole=True)
+    assert stamp.settled and stamp.stale(st)
+    stamp.read(st, whole=False)
+    assert not stamp.settled
+    stamp.read(st, after=_st(99.9, size=4), whole=True)
+    assert not stamp.settled

@@ -417,7 +417,7 @@ def test_a_user_missing_from_a_users_file_caught_half_written_is_sys_temp(tmp_pa
 
     path = tmp_path / "users"
     whole = f"joe {hash_password('joepw')}\nbob {hash_password('bobpw')}\n"
-    path.write_text(whole[: whole.index("bob ")])  # as far as the writer got
+    path.write_text(whole[: whole.index("bob ") + 2])  # as far as the writer got
     wall, mono = [path.stat().st_mtime + 0.5], [50.0]
     users = UsersDB(str(path), "example.org")
     users._file = FileStamp(lambda: wall[0], lambda: mono[0])

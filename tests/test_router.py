@@ -689,7 +689,7 @@ class FreshFileTests(Base):
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
         with open(self.path, "r+") as f:
             f.truncate(0)
-            f.write("staff: joe\n")
+            f.write("staff: joe\nli")  # into list's line
         wall, mono = [os.stat(self.path).st_mtime + 0.5], [50.0]
         r._file = FileStamp(lambda: wall[0], lambda: mono[0])
         for call in (r.resolve, r.verify):
@@ -716,7 +716,7 @@ class FreshFileTests(Base):
         self.assertEqual(r.resolve(A("bob")), ((A("bob"),), ()))
         with open(path, "r+") as f:
             f.truncate(0)
-            f.write(whole[: whole.index("bob ")])
+            f.write(whole[: whole.index("bob ") + 2])  # into bob's line
         wall, mono = [os.stat(path).st_mtime + 0.5], [50.0]
         self.users._file = FileStamp(lambda: wall[0], lambda: mono[0])
         self.assertRefused(r.resolve, A("bob"), replies.MAILBOXES_CHANGING)

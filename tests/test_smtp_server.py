@@ -981,7 +981,7 @@ def test_a_recipient_missing_from_a_users_file_caught_half_written_is_told_to_re
 
     path = tmp_path / "users"
     whole = f"alice {hash_password('pw')}\nbob {hash_password('pw')}\n"
-    path.write_text(whole[: whole.index("bob ")])  # as far as the writer got
+    path.write_text(whole[: whole.index("bob ") + 2])  # as far as the writer got
     wall, mono = [path.stat().st_mtime + 0.5], [50.0]
     users = UsersDB(str(path), "example.org", ("example.org", "example.net"))
     users._file = FileStamp(lambda: wall[0], lambda: mono[0])

@@ -382,7 +382,7 @@ class Router:
             self._fresh = not self._file.settled
             self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
             return
-        self._file.read(st, began, after)
+        self._file.read(st, began, after, whole=text.endswith("\n"))
         self._fresh = not self._file.settled
         self._error = None
         if text == self._text:

@@ -268,7 +268,7 @@ class UsersDB:
             self._text = text
         # only now: a stamp noted before the records are in place would
         # let another lookup take the old records for the new file
-        self._file.read(st, began, after)
+        self._file.read(st, began, after, whole=text.endswith("\n"))
         if not changed:
             return
         if self.missing:
