@@ -1057,3 +1057,14 @@ def test_split_smarthost_refuses_numbers_that_are_no_address(written: str, why: 
 
     with pytest.raises(ValueError, match=re.escape(why)):
         split_smarthost(written)
+
+
+@pytest.mark.parametrize("written", ["fe80::1%eth0:25", "fe80::1%eth0", "fe80::1%25"])
+def test_a_bare_ipv6_address_with_a_zone_is_refused_for_its_zone(written: str) -> None:
+    from txmailhub.config import split_smarthost
+
+    # Python reads "%eth0:25" as the zone: the bare address rule's advice
+    # ("[fe80::1%eth0]:25") named a value that is refused in turn
+    with pytest.raises(ValueError) as caught:
+        split_smarthost(written)
+    assert str(caught.value) == f"{written!r}: an address with a zone names a local interface"

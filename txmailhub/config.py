@@ -823,6 +823,10 @@ def _bare_ipv6_problem(value: str) -> str | None:
         ipaddress.IPv6Address(value)
     except ValueError:
         return None
+    if "%" in value:
+        # with brackets or without, a zone is refused: advice to write
+        # "[fe80::1%eth0]:25" would only lead to the next refusal
+        return "an address with a zone names a local interface"
     host, _, port = value.rpartition(":")
     meant = ""
     try:
