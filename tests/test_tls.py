@@ -758,3 +758,53 @@ def test_the_stamp_s_trust_is_judged_at_the_time_the_load_began(tmp_path, monkey
         clock.advance(tls.CHECK_INTERVAL)
         serial_served(factory)
         assert len(loads) == looks
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    if size < 128:
+        return bytes([tag, size]) + body
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + body
+
+
+def _pair_with_two_alt_name_extensions(folder: Path) -> tuple[str, str]:
+    """A self-signed certificate for mail.example.org whose subjectAltName
+    extension is there twice: OpenSSL loads it, cryptography's reading of
+    its extensions raises ``DuplicateExtension`` (no ``ValueError``)."""
+    from cryptography.x509.oid import ObjectIdentifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.DNSName("mail.example.org")])
+    # the same extension under an OID of the same length, renamed below
+    twin = x509.UnrecognizedExtension(ObjectIdentifier("2.5.29.99"), san.public_bytes())
+    cert = (x509.CertificateBuilder().subject_name(_name("mail.example.org"))
+            .issuer_name(_name("mail.example.org")).public_key(key.public_key())
+            .serial_number(7).not_valid_before(NOW - DAY).not_valid_after(NOW + 60 * DAY)
+            .add_extension(san, critical=False).add_extension(twin, critical=False)
+            .sign(key, hashes.SHA256()))
+    tbs = cert.tbs_certificate_bytes.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x11")
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    ecdsa_with_sha256 = bytes.fromhex("300a06082a8648ce3d040302")
+    der = _der(0x30, tbs + ecdsa_with_sha256 + _der(0x03, b"\x00" + signature))
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(x509.load_der_x509_certificate(der).public_bytes(
+        serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_a_certificate_whose_names_cannot_be_read_is_a_warning_not_a_traceback(tmp_path):
+    # the hostname check read the extensions catching ValueError alone:
+    # check and the start (which run it) ended in a traceback
+    cert, key = _pair_with_two_alt_name_extensions(tmp_path)
+    leaf = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    with pytest.raises(x509.DuplicateExtension):
+        leaf.extensions  # noqa: B018
+    assert not tls.covers(leaf, "mail.example.org")
+    problems, warnings = tls.pair_findings(cert, key, hostname="mail.example.org")
+    assert problems == []
+    assert [w for w in warnings if "only for no name at all" in w], warnings

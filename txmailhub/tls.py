@@ -267,7 +267,9 @@ def _identities(leaf: Any) -> tuple[list[str], list[Any]]:
         if not dns:
             dns = [str(a.value)
                    for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    except ValueError:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        # neither is a ValueError: an extension there twice (OpenSSL loads
+        # such a certificate), a name of a type cryptography does not know
         return [], []
     return dns, addresses
 
