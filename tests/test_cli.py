@@ -999,3 +999,20 @@ def test_alias_usage_errors_exit_2(config: Path) -> None:
         assert info.value.code == 2
     with_aliases(config)
     assert run(config, "alias", "show", "a b")[0] == 2
+
+
+def test_a_name_whose_octets_are_not_utf8_is_a_usage_error(config: Path) -> None:
+    # "x\xff" typed on a Latin-1 terminal: Python hands it over with a
+    # surrogate, which the address checks took, and writing the file with
+    # it ended in a traceback (UnicodeEncodeError)
+    aliases = config.parent / "aliases"
+    aliases.write_text("a: bob\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    why = ("mailhub: argument x\\xff: not UTF-8 text (names and addresses are UTF-8, "
+           "whatever the locale)\n")
+    assert run(config, "alias", "add", "x\udcff", "bob") == (2, "", why)
+    assert run(config, "alias", "add", "b", "x\udcff") == (2, "", why)
+    assert run(config, "alias", "remove", "x\udcff") == (2, "", why)
+    assert aliases.read_text() == "a: bob\n"
+    assert run(config, "user", "add", "x\udcff", "--password-stdin", stdin=PW) == (2, "", why)
+    assert run(config, "user", "list") == (0, "", "")

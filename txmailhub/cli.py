@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from txmailhub.cli_output import error_stream, typed_text, utf8_output
+from txmailhub.cli_output import ArgumentNotUTF8, error_stream, typed_text, utf8_output
 from txmailhub.config import (
     SYSTEM_CONFIG,
     Settings,
@@ -473,6 +473,9 @@ def main(
         for line in str(e).splitlines():
             print(f"mailhub: {line}", file=err)
         return 2 if isinstance(e, BadAlias) else 1
+    except ArgumentNotUTF8 as e:
+        print(f"mailhub: {e}", file=err)
+        return 2
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         print(f"mailhub: {where}{e.strerror or e}", file=err)

@@ -38,7 +38,7 @@ import os
 import sys
 from typing import TextIO
 
-__all__ = ["ERRORS", "error_stream", "typed_text", "utf8_output"]
+__all__ = ["ERRORS", "ArgumentNotUTF8", "error_stream", "typed_text", "utf8_output"]
 
 #: the codec error handler the streams get (registered on import)
 ERRORS = "txmailhub.octets"
@@ -99,14 +99,24 @@ def _terminal(stream: TextIO) -> bool:
         return False
 
 
+class ArgumentNotUTF8(ValueError):
+    """A name or address on the command line whose octets are no UTF-8
+    text: ``mailhub`` reports it as a usage error (exit status 2)."""
+
+
 def typed_text(arg: str) -> str:
     """A command line argument as the UTF-8 text it was typed in.  Under a
     locale whose encoding is not UTF-8 (``LC_ALL=C`` without Python's UTF-8
     mode), Python keeps the octets of ``josé`` as surrogates, which no
     address takes; the files, the output and the hub are UTF-8 whatever the
-    locale.  Octets that are not UTF-8 stay as they were: the address
-    checks refuse them."""
+    locale.  Octets that are not UTF-8 (a Latin-1 ``jos\\xe9`` under a UTF-8
+    or the C locale) are refused here (``ArgumentNotUTF8``): the address checks
+    take the surrogates Python makes of them, and writing the users or
+    aliases file with one ended in a traceback."""
     try:
         return arg.encode("utf-8", "surrogateescape").decode("utf-8")
     except UnicodeError:
-        return arg
+        shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ArgumentNotUTF8(
+            f"argument {shown}: not UTF-8 text (names and addresses are UTF-8, "
+            "whatever the locale)") from None
