@@ -769,8 +769,8 @@ def split_smarthost(value: str) -> tuple[str, int]:
     ``_numeric_ipv4``); labels that only look like numbers, with no such
     reading and a top label not all digits, are a host name
     (``0xcafe.0xbeef``).  A bare IPv6
-    address is the whole value, never split at its last colon: a port
-    after one needs brackets (see ``_bare_ipv6_problem``)."""
+    address with no port after its last colon is a problem: a port after
+    one goes after brackets (see ``_bare_ipv6_problem``)."""
     why = _bare_ipv6_problem(value)
     if why is not None:
         raise ValueError(f"{value!r}: {why}")
@@ -810,15 +810,15 @@ def _bare_ipv6_problem(value: str) -> str | None:
     """Why ``value``, written without brackets, cannot be a smarthost
     because all of it is an IPv6 address; ``None`` otherwise.
 
-    ``2001:db8::25:587`` is an address by itself, and it was read as
-    2001:db8::25, port 587: one text, two hosts.  The rule is the one
-    URLs (RFC 3986 3.2.2) and most mail software follow: a bare IPv6
-    address is the whole value, and a port after one needs brackets
-    (``[2001:db8::25]:587``).  The smarthost has no default port (it is
-    "host:port"), so a bare address is a problem, whichever the writer
-    meant.  A text whose whole is no address (``1:2:3:4:5:6:7:8:25``, nine
-    groups) still reads as the address before its last colon and a port:
-    it has no other reading."""
+    URLs (RFC 3986 3.2.2) and most mail software put an IPv6 address in
+    brackets when a port follows it, and so do these docs.  A bare one
+    that is the whole value (``2001:db8::25``) has no port, and the
+    smarthost has no default one: a problem.  One whose text before the
+    last colon is an address too (``2001:db8::25:587``, ``::1:25``) has
+    two readings; it has always been read as address and port, and still
+    is, so a configuration that worked goes on working, with a warning
+    (``smarthost_warning``).  A text whose whole is no address
+    (``1:2:3:4:5:6:7:8:25``, nine groups) has only that reading."""
     try:
         ipaddress.IPv6Address(value)
     except ValueError:
@@ -827,17 +827,40 @@ def _bare_ipv6_problem(value: str) -> str | None:
         # with brackets or without, a zone is refused: advice to write
         # "[fe80::1%eth0]:25" would only lead to the next refusal
         return "an address with a zone names a local interface"
+    if _ipv6_and_port(value) is not None:
+        return None
+    return ("a bare IPv6 address has no port; a port after an IPv6 address goes after "
+            f"brackets around it: write [{value}]:<port>")
+
+
+def _ipv6_and_port(value: str) -> tuple[str, int] | None:
+    """``value`` as an IPv6 address and a port after its last colon, if
+    it reads so (``2001:db8::25:587``); ``None`` otherwise."""
     host, _, port = value.rpartition(":")
-    meant = ""
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return None
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
-        pass
-    else:
-        if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
-            meant = f", or [{host}]:{int(port)} if {int(port)} is the port"
-    return ("a bare IPv6 address is read whole, with no port; a port after an IPv6 address "
-            f"needs brackets around it: write [{value}]:<port>{meant}")
+        return None
+    return host, int(port)
+
+
+def smarthost_warning(value: str) -> str | None:
+    """What ``mailhub check`` and the start say of a smarthost that works
+    but may not say what its writer meant: a bare IPv6 address followed by
+    a port, whose whole text is an IPv6 address too."""
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return None
+    split = _ipv6_and_port(value)
+    if split is None:
+        return None
+    host, port = split
+    return (f"{value!r} is read as [{host}]:{port}, address {host} and port {port}, but "
+            f"all of it is an IPv6 address too; write [{host}]:{port} to say so (a bare "
+            "IPv6 address followed by a port may be read either way)")
 
 
 def _is_ipv4(text: str) -> bool:
@@ -983,8 +1006,10 @@ def _routable(value: str, host: str, address: str) -> str:
     unless it falls in 0.0.0.0/8: a number too small to fill the first
     octet (``12345``, read as 0.0.48.57; ``0x1``; ``0.1``) is a port or a
     typo far more often than an address, and none there names a host to
-    connect to -- every attempt failed, or (0.0.0.0) reached this host."""
-    if ipaddress.IPv4Address(address) in _THIS_NETWORK:
+    connect to -- every attempt failed.  0.0.0.0 itself (``0``) is taken,
+    as ``0.0.0.0`` written in full is: Linux connects to this host there,
+    and a configuration that worked so goes on working."""
+    if address != "0.0.0.0" and ipaddress.IPv4Address(address) in _THIS_NETWORK:
         raise ValueError(f"{value!r}: {host} is read by the resolver as {address}, in "
                          "0.0.0.0/8, which names no host to connect to (RFC 1122 "
                          "3.2.1.3); write the address in full")
@@ -1337,6 +1362,9 @@ def load_text(text: str, path: str) -> Settings:
     )
     if auth_file and not relay.smarthost:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
+    ambiguous = smarthost_warning(relay.smarthost) if relay.smarthost else None
+    if ambiguous:
+        warnings.append(f"{path}: [relay] smarthost: {ambiguous}")
     short = [w for w in relay.retry_schedule if w < 60]
     if "retry_schedule" in t and short:
         warnings.append(
