@@ -373,6 +373,26 @@ class SuccessNoticeTests(SynchronousTestCase):
         res = self.successResultOf(accept_message(c, env_notify(alice=("SUCCESS",)), MSG))
         self.assertEqual(res, {A: DELIVERED})
 
+    def test_the_sender_of_a_notice_is_logged_escaped(self):
+        # the MX client chose the sender, a bidi override in it included
+        # (SMTPUTF8): the lines about its notice escape it, as the
+        # transaction line does (logsafe)
+        forged = Address("x\u202eevil", "x.test")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            for queue in (None, Queue(fail=True)):
+                self.successResultOf(accept_message(
+                    C(queue=queue), env_notify(forged, alice=("SUCCESS",)), MSG))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.flushLoggedErrors(OSError)
+        lines = [formatEvent(e) for e in events if "notice to" in formatEvent(e)]
+        self.assertEqual(len(lines), 2)
+        for line in lines:
+            self.assertIn("<x\\u202eevil@x.test>", line)
+            self.assertNotIn("\u202e", line)
+
     def test_a_failed_mailbox_is_retried_and_the_other_gets_its_notice(self):
         q = Queue()
         c = C(store=Store(fail=[B]), queue=q)

@@ -1857,3 +1857,22 @@ def test_a_refusal_before_a_protocol_error_is_not_taken_for_the_recipients(tmp_p
     results = run(net, a.deliver(entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))
     assert [(r.address, r.kind, r.remote_mta) for r in results] == [
         (CAROL, "delivered", "mx2.remote.test"), (BOB, "delivered", "mx2.remote.test")]
+
+
+def test_the_session_line_names_recipients_escaped(tmp_path):
+    # a recipient an authenticated client chose (SMTPUTF8: a bidi
+    # override passes the parser) is named escaped in the session's line,
+    # as the SMTP server's transaction line names it (logsafe)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "8BITMIME", "SMTPUTF8"))
+    odd = Address("b\u202eob", "remote.test")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        results = run(net, a.deliver(entry(tmp_path, odd, smtputf8=True), "remote.test", [odd]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(r.address, r.kind) for r in results] == [(odd, "delivered")]
+    [line] = [formatEvent(e) for e in events if "session with" in formatEvent(e)]
+    assert line.endswith(": b\\u202eob@remote.test: 250") and "\u202e" not in line

@@ -1738,3 +1738,53 @@ def test_a_start_keeps_the_retry_of_an_entry_with_recipients_to_deliver(hub):
         hub.clock.advance(300)
         assert agent.calls == [(qid, "other.test", [CAROL])]
         assert len(hub.dsn.sent) == 1 and hub.queue.ids() == []
+
+
+def test_client_addresses_are_logged_escaped(hub, log_events):
+    # An MX client may give any sender (and an authenticated one any
+    # remote recipient) with a bidi override in it (SMTPUTF8 lets it
+    # through the parser, as no control character is): the queue's and
+    # the runner's lines name them escaped, as the SMTP server's own
+    # transaction line does, or the override reorders the rest of the
+    # line on the admin's screen (logsafe)
+    from twisted.logger import formatEvent
+
+    forged = Address("x\u202eevil", "remote.test")
+    far = Address("y\u2066far", "other.test")
+    hub.runner.start()
+    qid = enqueue(hub, far, sender=forged, notify=("SUCCESS",))
+    path = hub.tmp / "spool-notice"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    env = Envelope(sender=forged, recipients=(LOCAL,),
+                   recipient_dsn=((LOCAL, RecipientDSN(notify=("SUCCESS",))),))
+    notice = hub.queue.enqueue(env, SpooledMessage(str(path), 20, 23), delivered=(LOCAL,)).result
+    hub.clock.advance(60)
+    lines = [formatEvent(e) for e in log_events]
+    assert f"{qid} to y\\u2066far@other.test: 250 2.0.0 ok" in lines
+    assert any(line.startswith(f"queued {notice}") and line.endswith(
+        f"the delivered notice to <x\\u202eevil@remote.test> for {LOCAL}") for line in lines)
+    assert f"{notice}: delivered notice for {LOCAL} to <x\\u202eevil@remote.test>: sent" in lines
+    assert not any("\u202e" in line or "\u2066" in line for line in lines)
+
+
+def test_addresses_in_the_notice_failure_lines_are_escaped(hub, log_events):
+    # the same for the lines about a notice that cannot be sent, one given
+    # up on, and a failed message from <> dropped
+    from twisted.logger import formatEvent
+
+    forged = Address("x\u202eevil", "remote.test")
+    far = Address("y\u2066far", "other.test")
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    hub.dsn.fail = True
+    enqueue(hub, BOB, sender=forged)
+    enqueue(hub, far, sender=None)
+    hub.clock.advance(2 * 86400)
+    lines = [formatEvent(e) for e in log_events]
+    hub.dsn.fail = False
+    assert any("could not send the failed notice to <x\\u202eevil@remote.test>" in line
+               for line in lines)
+    assert any("giving up on the failure notice to <x\\u202eevil@remote.test>" in line
+               for line in lines)
+    assert any("could not be delivered to y\\u2066far@other.test" in line for line in lines)
+    assert not any("\u202e" in line or "\u2066" in line for line in lines)

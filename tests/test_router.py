@@ -130,6 +130,22 @@ class UsersDatabaseFailureTests(Base):
             self.assertEqual(cm.exception.reply.code, 451)
         self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 2)
 
+    def test_lookup_failure_names_the_address_escaped(self):
+        # the address is the client's RCPT (SMTPUTF8 lets a bidi override
+        # in): escaped in the line, as the transaction line has it (logsafe)
+        from twisted.logger import formatEvent
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            with self.assertRaises(Rejected):
+                self.router().resolve(Address("j\u202eoe", "example.org"))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.flushLoggedErrors(PermissionError)
+        [line] = [formatEvent(e) for e in events if "lookup failed" in formatEvent(e)]
+        self.assertEqual(line, "users database lookup failed for j\\u202eoe@example.org")
+
     def test_lookup_failure_through_an_alias_is_temporary(self):
         r = self.router("staff: joe, x@remote.test\n")
         with self.assertRaises(Rejected) as cm:

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
 from txmailhub.interfaces import ISpoolingStore
-from txmailhub.logsafe import log_failure
+from txmailhub.logsafe import log_failure, loggable
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 
@@ -208,7 +208,7 @@ class _Delivery:
                     err = RuntimeError("the store gave no result for this mailbox")
                 log.warn(
                     "local delivery to {recipient} failed: {error}; queueing for retry",
-                    recipient=str(rcpt),
+                    recipient=loggable(str(rcpt), 1 << 20),
                     error=str(err),
                 )
                 failed.append(rcpt)
@@ -236,8 +236,8 @@ class _Delivery:
         queue = self.components.queue
         if queue is None:
             log.warn("no outbound queue: the success notice to <{sender}> for {recipients} "
-                     "is not sent", sender=self.envelope.sender_text,
-                     recipients=", ".join(map(str, rcpts)))
+                     "is not sent", sender=loggable(self.envelope.sender_text, 1 << 20),
+                     recipients=loggable(", ".join(map(str, rcpts)), 1 << 20))
             return defer.succeed(None)
         env = self._envelope_for(rcpts, tuple(pairs))
         try:
@@ -247,7 +247,7 @@ class _Delivery:
 
         def failed(f: Any) -> None:
             log.failure("could not queue the success notice to <{sender}>", f,
-                        sender=self.envelope.sender_text)
+                        sender=loggable(self.envelope.sender_text, 1 << 20))
 
         return d.addErrback(failed)
 

@@ -68,6 +68,7 @@ from txmailhub.address import (
 from txmailhub.errors import Rejected
 from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
+from txmailhub.logsafe import loggable
 from txmailhub.smtp import replies
 
 __all__ = [
@@ -440,7 +441,8 @@ class Router:
         except Exception:
             # Not "no such user": a 550 would bounce the sender's mail for
             # good over a users file the hub cannot read for a moment
-            log.failure("users database lookup failed for {address}", address=str(address))
+            log.failure("users database lookup failed for {address}",
+                        address=loggable(str(address), 1 << 20))
             raise Rejected(replies.LOCAL_ERROR) from None
         if not found and getattr(self.users, "missing", False):
             raise Rejected(replies.LOCAL_ERROR)  # the same, for a file that is away

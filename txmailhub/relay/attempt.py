@@ -852,7 +852,8 @@ class DeliveryAgent:
         out = []
         for r in outcome.recipients:
             out.append(DeliveryResult(r.address, r.kind, r.reply, host, outcome.dsn_supported))
-        codes = ", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients)
+        codes = loggable(", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients),
+                         1 << 20)
         log.info("{queue_id}: session with {mx} ({tls}): {codes}", queue_id=entry.id, mx=host,
                  tls="TLS" if outcome.tls else "no TLS", codes=codes)
         return out

@@ -43,6 +43,7 @@ from zope.interface import implementer
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
+from txmailhub.logsafe import loggable
 from txmailhub.relay import bounce
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
@@ -219,9 +220,12 @@ class OutboundQueue:
         d = self._store_new(entry, message.path)
 
         def stored(entry: QueueEntry) -> str:
-            what = (f"the {notice} notice to <{envelope.sender_text}> for "
-                    + ", ".join(map(str, delivered)) if delivered else
-                    f"from <{envelope.sender_text}> for {len(entry.recipients)} recipient(s)")
+            # the sender is the client's (an MX client's, for a notice it
+            # asked for): escaped, as every client text in the log is
+            sender = loggable(envelope.sender_text, 1 << 20)
+            what = (f"the {notice} notice to <{sender}> for "
+                    + loggable(", ".join(map(str, delivered)), 1 << 20) if delivered else
+                    f"from <{sender}> for {len(entry.recipients)} recipient(s)")
             log.info("queued {queue_id}{message}: {what}", queue_id=queue_id, what=what,
                      sender=envelope.sender_text, message_id=envelope.message_id,
                      message=f" (message {envelope.message_id})" if envelope.message_id else "")

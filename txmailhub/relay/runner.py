@@ -695,7 +695,7 @@ class QueueRunner:
             then = "" if nxt is None else f"; next attempt {schedule.utc_text(nxt)}"
         # the server's words as the log takes them: a CR or an ESC a
         # hostile next hop put in its reply must not forge or hide lines
-        return dict(queue_id=e.id, recipient=str(res.address), who=who,
+        return dict(queue_id=e.id, recipient=loggable(str(res.address), 1 << 20), who=who,
                     reply=loggable(res.reply.text(), REPLY_LOG_MAX), then=then)
 
     # --- notices ------------------------------------------------------------------------
@@ -710,7 +710,7 @@ class QueueRunner:
                 for r in failed:
                     log.warn("{queue_id}: a message from <> (a notice) could not be delivered "
                              "to {recipient}: {reply}; dropping it", queue_id=entry.id,
-                             recipient=str(r.address),
+                             recipient=loggable(str(r.address), 1 << 20),
                              reply=loggable(r.last_reply.text(), REPLY_LOG_MAX)
                              if r.last_reply is not None else "-")
             ok = True
@@ -719,7 +719,7 @@ class QueueRunner:
             if not ok and schedule.expired(now, entry.created, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
                           "the queue lifetime", queue_id=entry.id,
-                          sender=entry.envelope.sender_text)
+                          sender=loggable(entry.envelope.sender_text, 1 << 20))
                 ok = True
             if ok:
                 done = {r.address for r in failed}
@@ -780,9 +780,11 @@ class QueueRunner:
         except Exception:
             log.failure("{queue_id}: could not send the {action} notice to <{sender}>; "
                         "will try again", queue_id=entry.id, action=action,
-                        sender=entry.envelope.sender_text)
+                        sender=loggable(entry.envelope.sender_text, 1 << 20))
             return False
         log.info("{queue_id}: {action} notice for {recipients} to <{sender}>: {how}",
-                 queue_id=entry.id, action=action, sender=entry.envelope.sender_text,
-                 recipients=", ".join(str(r.address) for r in recs), how=how or "sent")
+                 queue_id=entry.id, action=action,
+                 sender=loggable(entry.envelope.sender_text, 1 << 20),
+                 recipients=loggable(", ".join(str(r.address) for r in recs), 1 << 20),
+                 how=how or "sent")
         return True
