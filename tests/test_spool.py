@@ -442,6 +442,49 @@ class RecoveryTests(SynchronousTestCase):
             time.sleep(0.01)
         self.assertEqual(os.listdir(d), [])
 
+    def test_a_spool_that_is_a_link_is_not_cleaned_through_it(self):
+        # twistd started as root recovers before it switches to --uid, in
+        # a state_dir that user owns: a link put in the spool's place must
+        # not have root remove every file of the folder it names
+        base = os.path.abspath(self.mktemp())
+        elsewhere = os.path.join(base, "etc")
+        os.makedirs(elsewhere)
+        for name in ("passwd", f"{os.getpid()}-1-aaaa"):
+            with open(os.path.join(elsewhere, name), "wb") as f:
+                f.write(b"precious")
+        state = os.path.join(base, "state")
+        os.makedirs(state)
+        os.symlink(elsewhere, os.path.join(state, "spool"))
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        s = open_spooler(self, os.path.join(state, "spool"), SyncerSpy())
+        self.assertEqual(sorted(os.listdir(elsewhere)), sorted(["passwd", f"{os.getpid()}-1-aaaa"]))
+        self.assertEqual(s.recover(), 0)
+        self.assertEqual(len(os.listdir(elsewhere)), 2)
+        self.assertTrue(any("is a symbolic link" in e["log_format"] for e in observer))
+
+    def test_a_lock_that_is_a_link_is_refused_and_not_followed(self):
+        # the same moment, the same owner: a spool.lock linking to a file
+        # root has not got (an empty /etc/nologin locks every other user
+        # out) is neither made nor opened; the start says why and stops
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        target = os.path.join(base, "nologin")
+        os.symlink(target, os.path.join(base, "spool.lock"))
+        for recover in (True, False):
+            with self.assertRaises(OSError) as cm:
+                open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=recover)
+            self.assertIn("not followed", str(cm.exception))
+            self.assertEqual(cm.exception.filename, os.path.join(base, "spool.lock"))
+            self.assertFalse(os.path.lexists(target))
+
+    def test_a_lock_that_is_no_regular_file_is_refused(self):
+        base = self.mktemp()
+        os.makedirs(base)
+        os.mkfifo(os.path.join(base, "spool.lock"))
+        with self.assertRaises(OSError) as cm:
+            open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=False)
+        self.assertIn("not a regular file", str(cm.exception))
+
     def test_recover_false_keeps_files(self):
         d = self.mktemp()
         os.makedirs(d)

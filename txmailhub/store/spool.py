@@ -47,9 +47,11 @@ goes.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import os
+import stat
 from collections import deque
 from typing import Any
 
@@ -243,7 +245,7 @@ class Spooler:
         else:
             # made now, by whoever builds the spooler (twistd started as root
             # gives what it made to the hub's user), locked by ``claim``
-            os.close(os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600))
+            os.close(_open_lock(self.spool_dir + ".lock"))
 
     def open(self) -> SpoolWriter:
         """A writer on a new spool file.  Raises ``LocalError`` after
@@ -367,7 +369,7 @@ class Spooler:
     def _try_lock(self) -> int | None:
         """A descriptor holding ``<spool_dir>.lock``, or None when another
         live spooler holds it."""
-        fd = os.open(self.spool_dir + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_lock(self.spool_dir + ".lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -404,23 +406,63 @@ class Spooler:
             log.warn("the spool {path} is in use by another running hub: no clean-up",
                      path=self.spool_dir)
             return 0
+        # Through the folder's descriptor, never through a link: twistd
+        # started as root runs this before it switches to --uid, and
+        # state_dir is that user's, who may have put a link to /etc in the
+        # spool's place (every file there would go, removed by root)
+        try:
+            folder = os.open(self.spool_dir,
+                             os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            log.warn("the spool {path} is a symbolic link: not followed, and what a crash "
+                     "left in it stays (make it a folder)", path=self.spool_dir)
+            return 0
         removed = 0
         ours = {path for path, _fd in self._ready}
-        for name in os.listdir(self.spool_dir):
-            path = os.path.join(self.spool_dir, name)
-            if path in ours:
-                continue
-            try:
-                os.unlink(path)
-                removed += 1
-            except IsADirectoryError:
-                log.warn("unexpected directory {path} in the spool", path=path)
-            except FileNotFoundError:
-                pass
+        try:
+            for name in os.listdir(folder):
+                path = self._dir_prefix + name
+                if path in ours:
+                    continue
+                try:
+                    os.unlink(name, dir_fd=folder)
+                    removed += 1
+                except IsADirectoryError:
+                    log.warn("unexpected directory {path} in the spool", path=path)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(folder)
         if removed:
             log.info("removed {count} unacknowledged spool files left by a crash",
                      count=removed)
         return removed
+
+
+def _open_lock(path: str) -> int:
+    """Open (or make) ``spool.lock`` for ``flock``; never through a link.
+
+    twistd started as root opens it before it switches to ``--uid``, in
+    ``state_dir``, which is that user's: a symbolic link put there would
+    have root make, or open for writing, any file it names (an empty
+    ``/etc/nologin`` locks every other user out).  ``O_NOFOLLOW`` refuses a
+    link, ``O_NONBLOCK`` keeps a FIFO from holding the start, and anything
+    but a regular file is refused (``OSError`` naming it: the start says
+    so and stops)."""
+    why = "not a regular file (a symbolic link?): not followed; remove it"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
+                     0o600)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):
+            raise OSError(e.errno, why, path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, why, path)
+    return fd
 
 
 def _drop(files: list[tuple[str, int]]) -> None:
