@@ -1080,3 +1080,62 @@ def test_an_earlier_stop_does_not_stop_the_syncer_under_a_later_one(tmp_path: Pa
     assert stops == [] and first.called and not second.called
     slow.stops[1].callback(None)
     assert stops == ["syncer"] and second.called
+
+
+def _hub_users_link(target: Path, link: Path) -> None:
+    """A symbolic link as the hub's user would make it (not root's)."""
+    os.symlink(target, link)
+    if os.geteuid() == 0:
+        os.lchown(link, 4242, 4343)
+
+
+def test_twistd_uid_stops_at_a_log_or_pid_file_the_hub_user_linked(tmp_path: Path, monkeypatch,
+                                                                    capsys) -> None:
+    # twistd opens --logfile and writes --pidfile as root, before it
+    # switches to --uid, in folders deployment.rst gives to that user: a
+    # link there would have root make any file, and the hub append its
+    # log (clients' text in it) to any file of root's
+    import pytest
+
+    from txmailhub import tap
+
+    monkeypatch.setattr(tap, "_dropping_to", lambda options: (4242, 4343))
+    victim = tmp_path / "bashrc"
+    victim.write_text("# root's\n")
+    logs, run = tmp_path / "log", tmp_path / "run"
+    logs.mkdir()
+    run.mkdir()
+    _hub_users_link(victim, logs / "mailhub.log")
+    _hub_users_link(tmp_path / "nologin", run / "mailhub.pid")  # not there: root would make it
+    options = _tap_options(tmp_path, "state", parent={
+        "uid": 4242, "gid": 4343, "logfile": str(logs / "mailhub.log"),
+        "pidfile": str(run / "mailhub.pid")})
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--logfile {logs / 'mailhub.log'} is a symbolic link" in err
+    assert f"--pidfile {run / 'mailhub.pid'} is a symbolic link" in err
+    assert not (tmp_path / "state").exists()  # nothing was built
+
+
+def test_run_file_problems_judge_links_and_names_only(tmp_path: Path) -> None:
+    from txmailhub.tap import run_file_problems
+
+    shadow = tmp_path / "shadow"
+    shadow.write_text("secret")
+    os.link(shadow, tmp_path / "mailhub.pid")  # a hard link to a root file
+    (tmp_path / "mailhub.log").write_text("")  # a plain log: fine
+    assert run_file_problems({"pidfile": str(tmp_path / "mailhub.pid"),
+                              "logfile": str(tmp_path / "mailhub.log")}) == [
+        f"mailhub: --pidfile {tmp_path / 'mailhub.pid'} is a file with 2 names (a hard "
+        "link): twistd, running as root, would open what it names before it switches to "
+        "--uid; remove it (and see who made it)"]
+    _hub_users_link(shadow, tmp_path / "linked.log")
+    # not opened by twistd: stdout, syslog, or no file at all yet
+    for parent in ({"logfile": "-"}, {"logfile": str(tmp_path / "linked.log"), "syslog": True},
+                   {"logfile": str(tmp_path / "new.log"), "pidfile": ""}):
+        assert run_file_problems(parent) == []
+    if os.geteuid() == 0:  # a link root made itself is root's choice
+        os.symlink(shadow, tmp_path / "roots.log")
+        assert run_file_problems({"logfile": str(tmp_path / "roots.log")}) == []

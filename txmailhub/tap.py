@@ -87,6 +87,12 @@ def makeService(options: Any) -> Any:
     owner = _dropping_to(options)
     if owner is None and os.geteuid() == 0:
         print(ROOT_WARNING, file=sys.stderr)
+    if owner is not None:
+        problems = run_file_problems(getattr(options, "parent", None) or {})
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            raise SystemExit(2)
     before = _state_entries(settings.hub.state_dir)
     from txmailhub.service import StateDirError
 
@@ -198,6 +204,46 @@ def _dropping_to(options: Any) -> tuple[int, int] | None:
 
         gid = pwd.getpwuid(uid).pw_gid
     return uid, gid
+
+
+def run_file_problems(parent: Any) -> list[str]:
+    """Why twistd, started as root with ``--uid``, must not open its
+    ``--logfile`` or write its ``--pidfile`` (one line each; none: it may).
+
+    twistd opens both as root, after ``makeService`` and before it
+    switches user, following links, and keeps writing the log through
+    what it opened.  deployment.rst gives their folders to the hub's
+    user (twistd removes the pid file and rotates the log as that user),
+    who could put a symbolic link there: root would then make any file
+    it names (the pid file: an empty-looking ``/etc/nologin``) and the hub
+    would append its log, clients' text included, to any file of
+    root's (a shell's start-up file runs a client's `backquotes`).  A
+    link (unless root's own), or a file with another name (a hard link
+    to a root file), stops the start.  Checked before twistd opens them:
+    a process of that user running meanwhile could still race it, so
+    nothing else should run as that user."""
+    problems: list[str] = []
+    names = [("--pidfile", parent.get("pidfile"))]
+    if not parent.get("syslog") and parent.get("logfile") != "-":
+        names.append(("--logfile", parent.get("logfile") or "twistd.log"))
+    for option, name in names:
+        if not name:
+            continue
+        path = os.path.abspath(name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # not there yet (twistd makes it), or not ours to judge
+        if stat.S_ISLNK(st.st_mode) and st.st_uid != 0:
+            why = "a symbolic link"
+        elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            why = f"a file with {st.st_nlink} names (a hard link)"
+        else:
+            continue
+        problems.append(
+            f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
+            "what it names before it switches to --uid; remove it (and see who made it)")
+    return problems
 
 
 def _state_entries(state_dir: str) -> set[str] | None:
