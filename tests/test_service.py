@@ -1139,3 +1139,45 @@ def test_run_file_problems_judge_links_and_names_only(tmp_path: Path) -> None:
     if os.geteuid() == 0:  # a link root made itself is root's choice
         os.symlink(shadow, tmp_path / "roots.log")
         assert run_file_problems({"logfile": str(tmp_path / "roots.log")}) == []
+
+
+def test_the_log_file_is_made_readable_by_its_owner_and_group_only(tmp_path: Path) -> None:
+    # twistd would make it with the umask's 0644: every sender, recipient
+    # and login name readable by every local user
+    import stat as stat_
+
+    from txmailhub.tap import LOG_FILE_MODE, make_log_file
+
+    log = tmp_path / "mailhub.log"
+    old = os.umask(0o022)
+    try:
+        assert make_log_file({"logfile": str(log)}, None) == str(log)
+    finally:
+        os.umask(old)
+    assert stat_.S_IMODE(log.stat().st_mode) == LOG_FILE_MODE == 0o640
+    # there already: the admin's mode stays, and nothing is written
+    log.chmod(0o644)
+    log.write_text("kept\n")
+    assert make_log_file({"logfile": str(log)}, None) is None
+    assert (stat_.S_IMODE(log.stat().st_mode), log.read_text()) == (0o644, "kept\n")
+    # a link is not followed
+    target = tmp_path / "elsewhere"
+    (tmp_path / "linked.log").symlink_to(target)
+    assert make_log_file({"logfile": str(tmp_path / "linked.log")}, None) is None
+    assert not target.exists()
+    # no file: syslog, stdout, or twistd -n without --logfile
+    for parent in ({"syslog": True, "logfile": str(tmp_path / "a")},
+                   {"logfile": "-"}, {"nodaemon": True, "logfile": None}):
+        assert make_log_file(parent, None) is None
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_log_file_made_for_uid_is_that_users(tmp_path: Path) -> None:
+    from txmailhub.tap import make_log_file
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file away needs root")
+    log = tmp_path / "mailhub.log"
+    make_log_file({"logfile": str(log)}, (65534, 65534))
+    st = log.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)

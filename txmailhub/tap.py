@@ -93,6 +93,7 @@ def makeService(options: Any) -> Any:
             for problem in problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2)
+    make_log_file(getattr(options, "parent", None) or {}, owner)
     before = _state_entries(settings.hub.state_dir)
     from txmailhub.service import StateDirError
 
@@ -244,6 +245,47 @@ def run_file_problems(parent: Any) -> list[str]:
             f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
             "what it names before it switches to --uid; remove it (and see who made it)")
     return problems
+
+
+#: the mode of a log file the hub makes: it names senders, recipients,
+#: client addresses and login names, which are no one else's business
+LOG_FILE_MODE = 0o640
+
+
+def make_log_file(parent: Any, owner: tuple[int, int] | None) -> str | None:
+    """Make twistd's ``--logfile`` before twistd does, readable by its
+    owner and group only; the path made, or ``None``.
+
+    twistd makes it with the process's umask (022 as a rule: a log that
+    every local user may read, holding every sender, recipient and login
+    name), and the daemon's own umask (077) only applies after the log is
+    open.  A file that is there already is left as it is (its mode is
+    the admin's choice), and so is a link: nothing is followed.  Made as
+    root for ``--uid``, it is given to that user, as twistd's rotated
+    files will be."""
+    if parent.get("syslog") or parent.get("logfile") == "-":
+        return None
+    name = parent.get("logfile")
+    if not name:
+        if parent.get("nodaemon"):
+            return None  # twistd -n logs to stdout
+        name = "twistd.log"
+    path = os.path.abspath(name)
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags, LOG_FILE_MODE)
+    except OSError:  # there already, or a folder twistd will complain of
+        return None
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, LOG_FILE_MODE)  # whatever the umask took away or not
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
 
 
 def _state_entries(state_dir: str) -> set[str] | None:
