@@ -452,7 +452,10 @@ def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path) -> None
     # made in between must belong to mailhub, or the hub cannot start
     from txmailhub import tap
 
-    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state").mkdir()
+    # the admin's: root's, and the user's through its group
+    os.chown(tmp_path / "state", 0, 4343)
+    os.chmod(tmp_path / "state", 0o770)
     (tmp_path / "state" / "old").write_text("")  # was there before: left alone
     options = _tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343})
     tap.makeService(options)
@@ -468,6 +471,55 @@ def test_twistd_uid_gets_what_root_made_in_the_state_dir(tmp_path: Path) -> None
     tap.makeService(_tap_options(tmp_path, "new", parent={"uid": 4242, "gid": 4343}))
     st = os.lstat(tmp_path / "new")
     assert (st.st_uid, st.st_gid) == (4242, 4343)
+
+
+def test_foreign_state_names_what_the_uid_user_could_not_use(tmp_path: Path) -> None:
+    # what a start as root without --uid leaves: the next start with --uid
+    # must say so and how to mend it, before it binds anything (here: any
+    # user, as the files are compared with another uid)
+    from txmailhub.tap import foreign_state
+
+    me = os.geteuid()
+    other = 4242 if me != 4242 else 4343
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    assert foreign_state(str(state), me, os.getegid()) is None
+    line = foreign_state(str(state), other, 4343)
+    assert line is not None
+    assert line.startswith(f"mailhub: cannot use {state}: {other} (--uid) may not write it "
+                           "(owner "), line
+    assert line.endswith(f"(chown -R {other}:4343 {state}; docs/deployment.rst)"), line
+    os.chmod(state, 0o777)  # the folder is usable, what the hub made in it is not
+    (state / "queue").mkdir()
+    line = foreign_state(str(state), other, 4343)
+    assert line is not None
+    assert line.startswith(f"mailhub: cannot use {state / 'queue'}: it belongs to "), line
+    assert f"not to {other} (--uid)" in line
+    # what the admin put there besides is not the hub's business
+    (state / "queue").rmdir()
+    (state / "backup.tar").write_text("")
+    assert foreign_state(str(state), other, 4343) is None
+    assert foreign_state(str(tmp_path / "missing"), other, 4343) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twistd --uid: needs root")
+def test_twistd_uid_on_a_state_dir_root_used_exits_2_before_the_start(
+        tmp_path: Path, capsys) -> None:
+    # was: the ports bound, the switch made, then a PermissionError
+    # traceback from the queue's lock in the log and exit 1
+    from txmailhub import tap
+
+    state = tmp_path / "state"
+    tap.makeService(_tap_options(tmp_path, "state"))  # as root: all of it root's
+    capsys.readouterr()
+    os.chown(state, 4242, 4343)  # the admin gave the folder, not its contents
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(_tap_options(tmp_path, "state", parent={"uid": 4242, "gid": 4343}))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mailhub: cannot use " in err and "it belongs to root, not to 4242 (--uid)" in err
+    assert f"chown -R 4242:4343 {state}" in err
+    assert os.lstat(state / "spool").st_uid == 0  # nothing given away by the refusal
 
 
 def _start_as_root_for_4242(tmp_path: Path, monkeypatch, meanwhile) -> Path:

@@ -93,6 +93,14 @@ def makeService(options: Any) -> Any:
             for problem in problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2)
+    if owner:
+        # root can use anything: a state folder an earlier start as root
+        # left behind would pass every test made now, and fail only after
+        # the switch, with the ports bound (a traceback, exit 1)
+        foreign = foreign_state(settings.hub.state_dir, *owner)
+        if foreign:
+            print(foreign, file=sys.stderr)
+            raise SystemExit(2)
     make_log_file(getattr(options, "parent", None) or {}, owner)
     before = _state_entries(settings.hub.state_dir)
     from txmailhub.service import StateDirError
@@ -286,6 +294,71 @@ def make_log_file(parent: Any, owner: tuple[int, int] | None) -> str | None:
     finally:
         os.close(fd)
     return path
+#: what the hub makes in ``state_dir`` itself, and writes ever after
+HUB_ENTRIES = ("mail", "queue", "relay", "spool", "spool.lock")
+
+
+def foreign_state(state_dir: str, uid: int, gid: int) -> str | None:
+    """The line to print when the user ``--uid``/``--gid`` name could not use
+    ``state_dir`` once twistd has switched to it, else ``None``.
+
+    Run as root, before the switch.  The usual cause is a first start as
+    root without ``--uid``: everything it made belongs to root.  The state
+    folder itself must let that user in and write (its owner, group or
+    mode may do that: an admin's ``install -d -o root -g mailhub -m 0770``
+    is fine); what the hub makes in it (``HUB_ENTRIES``) must belong to
+    that user, since the hub made it for itself.  Deeper entries are not
+    walked: a big mail store would delay every start."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(uid)
+        user, groups = entry.pw_name, set(os.getgrouplist(entry.pw_name, gid))
+    except KeyError:  # a bare number: no supplementary groups to count
+        user, groups = str(uid), set()
+    groups.add(gid)
+    try:
+        import grp
+
+        group = grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        group = str(gid)
+    advice = (f"state_dir ({state_dir}) and everything in it must belong to the user the "
+              f"hub runs as (chown -R {user}:{group} {state_dir}; docs/deployment.rst)")
+    try:
+        st = os.stat(state_dir)
+    except OSError:  # missing (made by root, then given away) or odd: MailHub says
+        return None
+    if st.st_uid == uid:
+        bits = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid in groups:
+        bits = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        bits = stat.S_IWOTH | stat.S_IXOTH
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & bits != bits:
+        return (f"mailhub: cannot use {state_dir}: {user} (--uid) may not write it "
+                f"(owner {_owner_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"{advice}")
+    for name in HUB_ENTRIES:
+        path = os.path.join(state_dir, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # not made yet: the hub makes it and gives it to the user
+        if st.st_uid != uid:
+            return (f"mailhub: cannot use {path}: it belongs to {_owner_name(st.st_uid)}, "
+                    f"not to {user} (--uid), the user the hub runs as (was it started as "
+                    f"root before?); {advice}")
+    return None
+
+
+def _owner_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _state_entries(state_dir: str) -> set[str] | None:
