@@ -414,6 +414,24 @@ def test_user_add_warns_when_an_alias_of_that_name_takes_the_mail(config: Path) 
         assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[2] == ""
 
 
+def test_user_del_warns_of_the_aliases_that_named_the_user(config: Path) -> None:
+    # "postmaster: joe", then joe leaves: the hub skips the target from
+    # then on, and the postmaster's mail reaches nobody; say so at the del
+    (config.parent / "aliases").write_text(
+        "postmaster: joe\nstaff: ann, joe@example.org\nbackup: \\joe\nother: ann\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in ("joe", "ann"):
+        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0
+    code, out, err = run(config, "user", "del", "joe")
+    assert (code, out) == (0, "deleted joe@example.org\n")
+    assert err == ("warning: the aliases file names joe@example.org as a target of "
+                   "backup@example.org, postmaster@example.org, staff@example.org: the hub "
+                   "now skips that target (mailhub alias set to change them)\n"), err
+    # no alias names it: nothing to say
+    code, out, err = run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    assert run(config, "user", "del", "bob") == (0, "deleted bob@example.org\n", "")
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

@@ -338,6 +338,28 @@ def _hidden_by_alias(settings: Settings, key: str) -> bool:
     return targets is not None and hides_user(key, targets)
 
 
+def _aliases_naming(settings: Settings, key: str) -> list[str]:
+    """The aliases, sorted, that send mail to the mailbox ``key``: once
+    that user is deleted the hub skips the target, and an alias such as
+    ``postmaster: joe`` quietly stops reaching anybody."""
+    if not settings.aliases.file:
+        return []
+    from txmailhub.router import parse_aliases
+
+    try:
+        with open(settings.aliases.file, encoding="utf-8") as f:
+            table, _ = parse_aliases(f.read(), settings.hub.primary_domain, settings.hub.domains)
+    except (OSError, UnicodeDecodeError):
+        return []  # check says what is wrong with the file
+    if key in table:
+        # an alias of that name takes over the expanded targets: they are
+        # not skipped; only the ``\name`` ones, the mailbox itself, are
+        return sorted(name for name, targets in table.items()
+                      if any(t.key == key and not expand for t, expand in targets))
+    return sorted(name for name, targets in table.items()
+                  if any(t.key == key for t, _expand in targets))
+
+
 def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO,
           err: TextIO | None = None) -> int:
     users = _users(settings)
@@ -375,7 +397,13 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
             print(f"{address.key}\t{held}\t{quota}", file=out)
         return code
     if cmd == "del":
-        print(f"deleted {users.delete(args.address)}", file=out)
+        deleted = users.delete(args.address)
+        print(f"deleted {deleted}", file=out)
+        naming = _aliases_naming(settings, deleted.key)
+        if naming:
+            print(f"warning: the aliases file names {deleted.key} as a target of "
+                  f"{', '.join(naming)}: the hub now skips that target (mailhub alias set "
+                  "to change them)", file=err or error_stream())
         return 0
     # an unknown user, one that exists already or an address that is no
     # local one: said before the password is typed (twice), not after
