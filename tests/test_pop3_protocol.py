@@ -449,6 +449,35 @@ def test_apop_login():
     assert t2.value() == R.AUTH_FAILED.to_bytes() and out == b""
 
 
+def test_apop_without_the_users_secret_is_logged_as_such(log_events, tmp_path):
+    # the client gets the usual refusal; the log names the cause, which a
+    # wrong password would not explain (the user was added without
+    # --allow-apop)
+    from twisted.logger import formatEvent
+
+    from txmailhub.auth import UsersChecker
+    from txmailhub.passwords import PasswordPolicy
+    from txmailhub.users import UsersDB
+
+    class AnyPassword(PasswordPolicy):
+        def weaknesses(self, password, address):
+            return []
+
+    db = UsersDB(str(tmp_path / "users"), "example.org", ("example.org",),
+                 password_policy=AnyPassword())
+    db.add("joe", "joepw")
+    env = Env(checker=UsersChecker(db))
+    proto, t = env.connect()
+    ts = re.search(rb"<[^>]+>", t.value()).group(0)
+    digest = hashlib.md5(ts + b"joepw").hexdigest().encode()
+    talk(proto, t, b"APOP joe " + digest + b"\r\n")
+    env.clock.advance(10)
+    assert t.value() == R.AUTH_FAILED.to_bytes()
+    lines = [formatEvent(e) for e in log_events if "POP3 login" in formatEvent(e)]
+    assert lines == ["POP3 login joe from 127.0.0.1 (APOP) refused: AUTH (the user has no "
+                     "APOP secret: it was added without mailhub user add --allow-apop)"]
+
+
 def test_apop_credentials_compare_in_constant_time_form():
     creds = APOPCredentials(b"joe", b"<1.2@h>", hashlib.md5(b"<1.2@h>s3").hexdigest().encode())
     assert creds.checkPassword(b"s3") and creds.checkPassword("s3")

@@ -753,6 +753,23 @@ def test_apop_takes_the_secret_as_set_or_prepared(db: UsersDB) -> None:
     assert failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
 
 
+def test_apop_for_a_user_without_the_secret_says_so(db: UsersDB) -> None:
+    # a failed login all the same, but of its own kind, so that the log can
+    # tell the admin to add the user with --allow-apop
+    from txmailhub.auth import NoAPOPSecret
+
+    db.add("bob", "bobpw")
+    checker = UsersChecker(db)
+    challenge = b"<1.2@mail.example.org>"
+    digest = hashlib.md5(challenge + b"bobpw").hexdigest().encode()
+    failure = result_of(checker.requestAvatarId(APOPCreds(b"bob", challenge, digest)))
+    assert failure.check(NoAPOPSecret)  # type: ignore[attr-defined]
+    assert failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
+    # a stranger is no user without a secret: the plain refusal
+    failure = result_of(checker.requestAvatarId(APOPCreds(b"nobody", challenge, digest)))
+    assert failure.check(UnauthorizedLogin) and not failure.check(NoAPOPSecret)  # type: ignore[attr-defined]
+
+
 def test_the_checker_logs_in_a_decomposed_password(db: UsersDB) -> None:
     db.add("alice", COMPOSED)
     checker = UsersChecker(db)

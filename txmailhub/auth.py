@@ -46,6 +46,12 @@ class LoginAbandoned(UnauthorizedLogin):
     about the password either way."""
 
 
+class NoAPOPSecret(UnauthorizedLogin):
+    """APOP for a user the file keeps no APOP secret for (added without
+    ``--allow-apop``): a failed login like any other for the client and the
+    lockout, but the log says why, or the admin hunts a wrong password."""
+
+
 class ClientCredentials(UsernamePassword):
     """A user name and password from a client connection that may go away
     while the check waits: ``wanted()`` says whether it is still there.
@@ -128,6 +134,10 @@ class UsersChecker:
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)
         if secret is None:
+            if not getattr(self.users, "missing", False) and self.users.get(address) is not None:
+                d: Deferred = Deferred()
+                d.errback(NoAPOPSecret("no APOP secret"))
+                return d
             return self._fail(looked_up=True)
         ok = any(credentials.checkPassword(form.encode("utf-8")) for form in _apop_forms(secret))
         return succeed(address.key) if ok else self._fail(looked_up=True)

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import AddressError, client_ip, client_key, parse_address
-from txmailhub.auth import ClientCredentials, LoginAbandoned, turn_key
+from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IMailbox
@@ -723,8 +723,12 @@ class POP3Protocol(Protocol):
             log.info("POP3 login {user} from {peer} ({mechanism}) not checked: the client "
                      "left first", user=self._user, peer=self._peer, mechanism=mechanism)
             return
+        detail = ""
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             why = LoginFailure.BAD_CREDENTIALS
+            if failure.check(NoAPOPSecret):  # the same reply: the log alone says it
+                detail = (" (the user has no APOP secret: it was added without "
+                          "mailhub user add --allow-apop)")
             if not _is_local_peer(self.transport.getPeer()):
                 self.factory.login_failures.failed(self._peer)  # counted at once
         elif failure.check(MailboxInUse):
@@ -739,8 +743,9 @@ class POP3Protocol(Protocol):
             log_failure(log, failure, "POP3 login error for {user}", user=self._user)
             why = LoginFailure.TEMPORARY
         log.info(
-            "POP3 login {user} from {peer} ({mechanism}) refused: {why}",
+            "POP3 login {user} from {peer} ({mechanism}) refused: {why}{detail}",
             user=self._user, peer=self._peer, mechanism=mechanism, why=why.value,
+            detail=detail,
         )
         if self._lost:
             return
