@@ -43,3 +43,38 @@ def test_relay_service_delivers_and_stops(tmp_path):
     assert rcpts == [b"b@remote.test"] and body == b"Subject: x\r\n\r\nbody\r\n"
     d = svc.stopService()
     assert d.called
+
+
+def test_the_start_logs_where_outbound_mail_goes(tmp_path):
+    # a smarthost set in the config, or a typo that left it out, is seen
+    # in the log at start, not only when the first message goes out
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for relay in ('port = 2525\n', 'smarthost = "smtp.provider.example:587"\n',
+                      'smarthost = "[192.0.2.25]:25"\nsmarthost_tls = "none"\n'
+                      'smarthost_auth_file = "auth"\n'):
+            (tmp_path / "auth").write_text("user:secret\n")
+            cfg = tmp_path / "hub.toml"
+            cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                           '[relay]\n' + relay)
+            settings = load_text(cfg.read_text(), str(cfg))
+            clock = Clock()
+            c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                           store=MemoryMailboxStore(), spooler=None, portal=None)
+            svc = RelayService(c, resolver=FakeResolver({}), endpoint=FakeNetwork(clock).endpoint,
+                               rng=random.Random(0))
+            svc.startService()
+            svc.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txmailhub.relay.service"]
+    assert lines == [
+        "relay: outbound mail goes to each domain's MX hosts, port 2525 (no [relay] smarthost)",
+        'relay: outbound mail goes to the smarthost smtp.provider.example:587 '
+        '(smarthost_tls = "verify")',
+        'relay: outbound mail goes to the smarthost [192.0.2.25]:25 (smarthost_tls = "none", '
+        'with AUTH from smarthost_auth_file)',
+    ]

@@ -21,12 +21,27 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from txmailhub.relay.attempt import DeliveryAgent, thread_runner
 from txmailhub.relay.mx import MXResolver, make_resolver
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.runner import QueueRunner
 from txmailhub.relay.tls_memory import TLSMemory, memory_path
+
+log = Logger()
+
+
+def route_description(relay: Any) -> str:
+    """Where outbound mail goes, in the words of the config (``[relay]``):
+    logged at start, so that whoever reads the log sees which of the two
+    routes the hub took without opening the config."""
+    if relay.smarthost:
+        auth = ", with AUTH from smarthost_auth_file" if relay.smarthost_auth_file else ""
+        return (f"relay: outbound mail goes to the smarthost {relay.smarthost} "
+                f"(smarthost_tls = \"{relay.smarthost_tls}\"{auth})")
+    return (f"relay: outbound mail goes to each domain's MX hosts, port {relay.port} "
+            "(no [relay] smarthost)")
 
 __all__ = ["RelayService"]
 
@@ -95,6 +110,7 @@ class RelayService(Service):
             if start is not None:
                 start()
         assert self.runner is not None
+        log.info("{route}", route=route_description(self.components.settings.relay))
         self.runner.start()
 
     def stopService(self) -> defer.Deferred | None:
