@@ -234,6 +234,45 @@ def test_a_link_to_the_file_stays_a_link(tmp_path: Path) -> None:
     assert link.is_symlink() and real.read_text() == "a: joe\nb: ann\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
+def test_a_link_in_a_folder_another_user_may_change_is_not_followed(tmp_path: Path) -> None:
+    # root's file, and the hub's folder (users.d) with a link to it: the
+    # hub's user put it there, root runs `mailhub alias add`
+    victim = tmp_path / "sudoers"
+    victim.write_text("root ALL=(ALL) ALL\n")
+    os.chmod(victim, 0o440)
+    before = os.stat(victim)
+    hubs = tmp_path / "users.d"
+    hubs.mkdir()
+    os.chown(hubs, 65534, 65534)
+    (hubs / "aliases").symlink_to(victim)
+    # and a link in root's folder that leads to that one
+    (tmp_path / "aliases").symlink_to(hubs / "aliases")
+    for link in (hubs / "aliases", tmp_path / "aliases"):
+        with pytest.raises(AliasesFileError, match=(
+                rf"^{hubs / 'aliases'} is a symbolic link in {hubs}, a folder of .*uid 65534.*'s: "
+                "not followed")):
+            aliases_at(link).add("b", ["ann"])
+    assert victim.read_text() == "root ALL=(ALL) ALL\n"
+    after = os.stat(victim)
+    assert (after.st_ino, after.st_mtime_ns, after.st_mode) == (
+        before.st_ino, before.st_mtime_ns, before.st_mode)
+    assert sorted(os.listdir(hubs)) == ["aliases"]  # no lock made there either
+    assert sorted(os.listdir(tmp_path)) == ["aliases", "sudoers", "users.d"]
+    # a folder others may write: the same, unless it is sticky and the link ours
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "aliases").symlink_to(victim)
+    with pytest.raises(AliasesFileError, match="a folder other users may write: not followed"):
+        aliases_at(shared / "aliases").add("b", ["ann"])
+    assert victim.read_text() == "root ALL=(ALL) ALL\n"
+    os.chmod(shared, 0o1777)  # /tmp's mode: nobody else can replace root's link
+    os.chmod(victim, 0o640)
+    aliases_at(shared / "aliases").add("b", ["ann"])
+    assert victim.read_text() == "root ALL=(ALL) ALL\nb: ann\n"
+
+
 def test_a_lock_that_is_a_link_is_not_followed(path: Path, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("root's\n")

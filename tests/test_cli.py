@@ -1000,6 +1000,24 @@ def test_alias_add_warns_as_check_does_and_refuses_what_check_reports(config: Pa
     assert (code, out) == (0, f"{config}: ok\n")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
+def test_alias_add_as_root_does_not_follow_a_link_the_hubs_user_may_change(
+        config: Path) -> None:
+    # the aliases file kept in the hub's folder, where its user swapped in
+    # a link to a file of root's
+    victim = config.parent / "root-only"
+    victim.write_text("# root's\n")
+    hubs = config.parent / "users.d"
+    hubs.mkdir()
+    os.chown(hubs, 65534, 65534)
+    (hubs / "aliases").symlink_to(victim)
+    config.write_text(config.read_text() + '[aliases]\nfile = "users.d/aliases"\n')
+    code, out, err = run(config, "alias", "add", "team", "x@remote.test")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"mailhub: {hubs / 'aliases'} is a symbolic link in {hubs}, "), err
+    assert victim.read_text() == "# root's\n"
+
+
 def test_alias_commands_without_an_aliases_file_name_the_key(config: Path) -> None:
     for argv in (["list"], ["show", "a"], ["add", "a", "b"], ["set", "a", "b"],
                  ["remove", "a"]):

@@ -27,15 +27,24 @@ Writers take an exclusive lock on ``<file>.lock`` next to the file, as
 at once apply one after the other.  They replace the file atomically and
 durably (``durable_write``: a temporary file, fsync, rename, fsync of the
 folder), and it keeps its owner and mode.  A symbolic link to the file
-stays a link: the file it points to is the one replaced.  The running
+stays a link: the file it points to is the one replaced -- but only a
+link in a folder that nobody but root and the user running the command
+can change.  Another user who can change the folder (the hub's, when
+the file is kept in users.d or the state folder) could point the link at
+any file of root's, and root's next ``mailhub alias add`` would rewrite
+that file, keeping its owner and mode: such a link is refused, as the
+users file's lock is (``users.open_lock``).  The running
 hub needs no signal, since it reads the file again when its stamp changes
 (``txmailhub.filestamp``).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import pwd
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,18 +97,32 @@ class AliasesFile:
     def __init__(self, path: str, primary_domain: str, domains: Iterable[str],
                  is_user: Callable[[Address], bool] | None = None) -> None:
         self.path = path
+        self._real = path  # the file a change replaces (``_followed``)
         self.primary_domain = canonical_domain(primary_domain)
         self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
         self.is_user = is_user
 
     # -- reading -------------------------------------------------------------
 
-    def _text(self) -> str:
+    def _text(self, path: str | None = None) -> str:
+        """The file's text; ``path``: the file a link led to
+        (``_followed``), read without following a link put there since."""
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
+            if path is None:
+                with open(self.path, "rb") as f:
+                    raw = f.read()
+            else:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+                with open(fd, "rb") as f:
+                    raw = f.read()
         except FileNotFoundError:
             return ""  # away for a moment: the first add makes it again
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise AliasesFileError(
+                f"{path} became a symbolic link during the change: not followed, "
+                "nothing changed") from None
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -288,24 +311,69 @@ class AliasesFile:
         from txmailhub.store.sync import give_to, owner_of
         from txmailhub.users import open_lock
 
-        real = os.path.realpath(self.path)
+        real = self._real = self._followed()
         fd = open_lock(real + ".lock", AliasesFileError)
         # as the file's owner, as the users lock: the hub's user may run
         # the next command
         give_to(fd, owner_of(real))
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            yield self._text()
+            yield self._text(real)
+
+    def _followed(self) -> str:
+        """The file a change reads and replaces: the configured path, or
+        the file its symbolic link (and the links it leads to) points to,
+        when each link is in a folder only root and this user can change
+        (``_untrusted_folder``); refused otherwise."""
+        path = os.path.abspath(self.path)
+        for _ in range(40):  # SYMLOOP_MAX
+            try:
+                target = os.readlink(path)
+            except OSError:
+                return path  # no link (or not there: the first add makes it)
+            why = _untrusted_folder(path)
+            if why:
+                raise AliasesFileError(
+                    f"{path} is a symbolic link in {os.path.dirname(path)}, {why}: not "
+                    "followed, since that user could point it at any file this command may "
+                    "write, to have it rewritten: set [aliases] file to the file itself, or "
+                    "keep the link in a folder only root can change")
+            path = os.path.join(os.path.dirname(path), target)
+        raise AliasesFileError(f"{self.path}: too many levels of symbolic links")
 
     def _write(self, text: str) -> None:
         from txmailhub.store.sync import durable_write, owner_of
 
-        real = os.path.realpath(self.path)
+        real = self._real
         # a file that is there keeps its owner and mode; one made again
         # (it was away) is readable by all, as /etc/aliases, and the folder
         # owner's
         durable_write(real, text.encode("utf-8"), mode=0o644, keep_mode=True,
                       new_owner=owner_of(os.path.dirname(real)))
+
+
+def _untrusted_folder(link: str) -> str | None:
+    """Why the folder of ``link`` may be changed by a user other than root
+    and the one running the command (who then decides where the link
+    leads), or None.  A sticky folder others may write (``/tmp``) is
+    safe for a link of root's or this user's: others cannot replace it."""
+    folder = os.path.dirname(link)
+    ours = {0, os.geteuid()}
+    st = os.stat(folder)
+    if st.st_uid not in ours:
+        return f"a folder of {_user_name(st.st_uid)}'s"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if st.st_mode & stat.S_ISVTX and os.lstat(link).st_uid in ours:
+            return None
+        return "a folder other users may write"
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _eol(lines: list[str]) -> str:
