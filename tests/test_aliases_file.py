@@ -234,6 +234,33 @@ def test_a_link_to_the_file_stays_a_link(tmp_path: Path) -> None:
     assert link.is_symlink() and real.read_text() == "a: joe\nb: ann\n"
 
 
+def test_the_lock_is_next_to_the_configured_path_not_the_links_target(
+        tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "conf").mkdir()
+    real = tmp_path / "etc" / "aliases"
+    real.write_text("a: joe\n")
+    link = tmp_path / "conf" / "aliases"
+    link.symlink_to(real)
+    aliases_at(link).add("b", ["ann"])
+    assert real.read_text() == "a: joe\nb: ann\n"
+    assert sorted(os.listdir(tmp_path / "conf")) == ["aliases", "aliases.lock"]
+    assert sorted(os.listdir(tmp_path / "etc")) == ["aliases"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
+def test_a_lock_made_before_the_file_is_the_folder_owners(tmp_path: Path) -> None:
+    # root's first `mailhub alias add` in the hub's folder: the hub's user
+    # can take the lock for the next command, as for users.lock
+    folder = tmp_path / "users.d"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    aliases_at(folder / "aliases").add("b", ["ann"])
+    for name in ("aliases", "aliases.lock"):
+        st = os.stat(folder / name)
+        assert (st.st_uid, st.st_gid) == (65534, 65534), name
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
 def test_a_link_in_a_folder_another_user_may_change_is_not_followed(tmp_path: Path) -> None:
     # root's file, and the hub's folder (users.d) with a link to it: the

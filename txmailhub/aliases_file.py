@@ -22,7 +22,8 @@ its continuation lines) rewritten as one line that keeps its name as it
 was written.  A removed alias loses all of its entries, including
 ignored duplicates, which would otherwise come into effect.
 
-Writers take an exclusive lock on ``<file>.lock`` next to the file, as
+Writers take an exclusive lock on ``<file>.lock`` next to the
+configured path (next to the link, if it is one), as
 ``mailhub user`` does with the users file's lock, so two commands run
 at once apply one after the other.  They replace the file atomically and
 durably (``durable_write``: a temporary file, fsync, rename, fsync of the
@@ -307,17 +308,23 @@ class AliasesFile:
     @contextmanager
     def _locked(self) -> Iterator[str]:
         """``<file>.lock`` held exclusively; yields the file's text as it
-        is once the lock is ours."""
+        is once the lock is ours.  The lock is next to the configured
+        path, a link's too, as the users file's is (``users.lock`` next to
+        ``[users] file``): where the documentation says, and in a folder
+        already judged safe (``_followed``) -- never in the folder of a
+        file a link leads to, which may be anyone's."""
         from txmailhub.store.sync import give_to, owner_of
         from txmailhub.users import open_lock
 
-        real = self._real = self._followed()
-        fd = open_lock(real + ".lock", AliasesFileError)
+        self._followed()  # a link that must not be followed: refused before any lock is made
+        path = os.path.abspath(self.path)
+        fd = open_lock(path + ".lock", AliasesFileError)
         # as the file's owner, as the users lock: the hub's user may run
-        # the next command
-        give_to(fd, owner_of(real))
+        # the next command; before there is a file, as its folder's
+        give_to(fd, owner_of(path) or owner_of(os.path.dirname(path)))
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            real = self._real = self._followed()  # as it is now the lock is ours
             yield self._text(real)
 
     def _followed(self) -> str:
