@@ -177,6 +177,21 @@ def test_an_alias_that_would_take_a_users_mail_is_refused(path: Path) -> None:
     aliases_at(path, users=None).add("ann", ["joe"])
 
 
+def test_set_refuses_an_alias_that_takes_a_users_mail_even_if_it_did_before(
+        path: Path) -> None:
+    # an alias named joe, typed by hand (or made before the user was)
+    aliases = aliases_at(path, "joe: ann\npostmaster: ann\n",
+                         users=USERS | {"postmaster@example.org"})
+    with pytest.raises(AliasesFileError, match=(
+            r"alias joe@example\.org has the name of a user.*; not changed")):
+        aliases.set("joe", ["ann", "x@remote.test"])
+    assert path.read_text() == "joe: ann\npostmaster: ann\n"
+    aliases.set("joe", ["\\joe", "ann"])  # the user keeps a copy: fine
+    aliases.set("postmaster", ["joe"])  # postmaster excepted, as for check and add
+    assert path.read_text() == "joe: \\joe, ann\npostmaster: joe\n"
+    aliases.remove("joe")
+
+
 def test_checks_new_warnings_are_returned_and_the_change_made(path: Path) -> None:
     aliases = aliases_at(path, "team: joe, helpers\nhelpers: ann\nold: ghost\n")
     change = aliases.add("new", ["joe", "nobody"])

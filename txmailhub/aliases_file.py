@@ -282,7 +282,9 @@ class AliasesFile:
 
     def _new_warnings(self, old: str, new: str, key: str) -> list[str]:
         """``check``'s warnings after the change that it did not give
-        before; refused if one is that ``key`` now hides a user."""
+        before; refused if one is that ``key`` hides a user -- also when
+        it did before the change (typed by hand, or made before the user
+        was): ``set`` must not make such an alias anew, as ``add`` may not."""
         if self.is_user is None:
             return []
         is_user = self.is_user
@@ -294,13 +296,12 @@ class AliasesFile:
         before = {w.text for w in warnings(old)}
         out = []
         for w in warnings(new):
-            if w.text in before:
-                continue
             if w.hides_user and w.alias == key:
                 raise AliasesFileError(
                     f"{w.text}; not changed (to send all of it elsewhere, remove the user "
                     "first: mailhub user del)")
-            out.append(w.text)
+            if w.text not in before:
+                out.append(w.text)
         return out
 
     # -- the write -------------------------------------------------------------
