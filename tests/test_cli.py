@@ -954,6 +954,29 @@ def test_alias_show_gives_what_delivery_does(config: Path) -> None:
         1, "", "mailhub: no such alias: alice@example.org\n")
 
 
+def test_alias_show_says_why_when_the_users_file_is_away_or_unreadable(config: Path) -> None:
+    (config.parent / "aliases").write_text("team: alice, x@remote.test\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    users = config.parent / "users"
+    refused = ("alias: team@example.org\ntargets: alice@example.org, x@remote.test\n"
+               "refused: 451 4.3.0 Local error in processing, try again later (what RCPT TO "
+               "gets)\n")
+    assert run(config, "alias", "show", "team") == (0, refused, (
+        f"warning: the users file {users} does not exist (mailhub user add makes it): the "
+        "hub cannot tell who is a user, so mail to a local address is refused with 451 (try "
+        "again later) until it is there\n"))
+    users.mkdir()  # a folder in its place: there, but not readable as a file
+    assert run(config, "alias", "show", "team") == (0, refused, (
+        f"warning: the users file {users} cannot be read (Is a directory): the hub cannot "
+        "tell who is a user, so mail to a local address is refused with 451 (try again "
+        "later) until it can\n"))
+    users.rmdir()
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    assert run(config, "alias", "show", "team") == (0, (
+        "alias: team@example.org\ntargets: alice@example.org, x@remote.test\n"
+        "mailboxes: alice@example.org\nforwards: x@remote.test\n"), "")
+
+
 def test_alias_add_set_and_remove(config: Path) -> None:
     aliases = with_aliases(config, "# kept\npostmaster: alice\n")
     assert run(config, "alias", "add", "staff", "alice", "bob,x@remote.test") == (

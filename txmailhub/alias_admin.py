@@ -93,7 +93,7 @@ def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                                                for t, e in table[key])), file=out)
         return 0
     if action == "show":
-        return _show(settings, args.name, out)
+        return _show(settings, args.name, out, err)
     aliases = _aliases(settings, _users(settings))
     if action == "remove":
         change = aliases.remove(args.name)
@@ -108,7 +108,7 @@ def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     return 0
 
 
-def _show(settings: Settings, name: str, out: TextIO) -> int:
+def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     from twisted.logger import globalLogPublisher
 
     from txmailhub.address import parse_address
@@ -132,7 +132,9 @@ def _show(settings: Settings, name: str, out: TextIO) -> int:
                 and "target" in event and str(event.get("log_format", "")).endswith("skipped")):
             skipped.append((event["alias"], event["target"]))
 
-    router = Router(domains, _users(settings), settings.aliases.file)
+    users = _users(settings)
+    away = _users_away(users)
+    router = Router(domains, users, settings.aliases.file)
     globalLogPublisher.addObserver(observe)
     try:
         mailboxes, remote = router.resolve(parse_address(key))
@@ -145,4 +147,23 @@ def _show(settings: Settings, name: str, out: TextIO) -> int:
         globalLogPublisher.removeObserver(observe)
     for alias, target in skipped:
         p(f"skipped: {target} (named by {alias}: no user or alias)")
+    if away:
+        print(f"warning: {away}", file=err)
     return 0
+
+
+def _users_away(users: UsersDB) -> str | None:
+    """Why the users file cannot say who is a user now (away, or
+    unreadable), and what the hub does meanwhile, as ``check`` says it;
+    ``None`` if it can.  Without it, ``show`` gives only the hub's 451."""
+    try:
+        users.addresses()
+    except OSError as e:
+        return (f"the users file {users.path} cannot be read ({e.strerror or e}): the hub "
+                "cannot tell who is a user, so mail to a local address is refused with 451 "
+                "(try again later) until it can")
+    if users.missing:
+        return (f"the users file {users.path} does not exist (mailhub user add makes it): "
+                "the hub cannot tell who is a user, so mail to a local address is refused "
+                "with 451 (try again later) until it is there")
+    return None
