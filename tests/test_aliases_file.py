@@ -204,6 +204,26 @@ def test_checks_new_warnings_are_returned_and_the_change_made(path: Path) -> Non
         "the hub skips it"]
 
 
+def test_a_byte_order_mark_first_is_kept_and_no_part_of_the_first_name(path: Path) -> None:
+    path.write_bytes(b"\xef\xbb\xbfa: joe\r\nb: ann\r\n")
+    aliases = aliases_at(path)
+    assert sorted(aliases.read()) == ["a@example.org", "b@example.org"]
+    # the first alias is found (set replaces it, add refuses it), and the
+    # mark stays where it was
+    with pytest.raises(AliasExists):
+        aliases.add("a", ["ann"])
+    assert not aliases.set("a", ["ann"]).created
+    assert path.read_bytes() == b"\xef\xbb\xbfa: ann\r\nb: ann\r\n"
+    aliases.add("c", ["joe"])
+    assert path.read_bytes() == b"\xef\xbb\xbfa: ann\r\nb: ann\r\nc: joe\r\n"
+    aliases.remove("a")  # the first line goes, the mark does not
+    assert path.read_bytes() == b"\xef\xbb\xbfb: ann\r\nc: joe\r\n"
+    # none is added to a file without one
+    path.write_text("a: joe\n")
+    aliases.set("a", ["ann"])
+    assert path.read_bytes() == b"a: ann\n"
+
+
 def test_a_file_that_is_not_utf8_is_not_touched(path: Path) -> None:
     path.write_bytes(b"a: jo\xe9\n")
     with pytest.raises(AliasesFileError, match="is not UTF-8 text"):

@@ -406,6 +406,14 @@ class BadLineTests(Base):
         self.assertEqual(problems, ["f:1: continuation line without an alias before it"])
         self.assertEqual(list(table), ["ok@example.org"])
 
+    def test_a_byte_order_mark_first_is_no_part_of_the_first_name(self):
+        # "UTF-8 with BOM", as some editors save: the first alias is "a",
+        # not "\ufeffa" (which no address matches)
+        table, problems = parse_aliases("\ufeffa: joe\nb: ann\n", "example.org")
+        self.assertEqual((sorted(table), problems), (["a@example.org", "b@example.org"], []))
+        table, problems = parse_aliases("\ufeff# note\na: joe\n", "example.org")
+        self.assertEqual((list(table), problems), (["a@example.org"], []))
+
 
 class AliasGraphProperties(SynchronousTestCase):
     """Any alias graph, loops and all: resolution ends, and yields exactly

@@ -237,6 +237,35 @@ def test_a_user_command_keeps_every_line_it_does_not_concern(db: UsersDB) -> Non
     assert db.get(Address("joe", "example.org")) is None
 
 
+def test_a_byte_order_mark_first_is_kept_and_no_part_of_the_first_address(
+        db: UsersDB) -> None:
+    db.add("joe", "joe-pw")
+    db.add("ann", "ann-pw")
+    # saved again by an editor that writes "UTF-8 with BOM", joe's line first
+    lines = Path(db.path).read_bytes().split(b"\n")
+    joe = next(line for line in lines if line.startswith(b"joe@"))
+    others = [line for line in lines if line and line != joe]
+    Path(db.path).write_bytes(b"\xef\xbb\xbf" + b"\n".join([joe, *others]) + b"\n")
+    reader = UsersDB(db.path, "example.org", ("example.org",), password_policy=AnyPassword())
+    joe_address = Address("joe", "example.org")
+    assert reader.contains(joe_address) and reader.problems == []
+    assert [a.key for a in reader.addresses()] == ["ann@example.org", "joe@example.org"]
+    assert reader.check_password(joe_address, "joe-pw")
+    # a change of joe's line keeps the mark before it; deleting joe too
+    db.set_password("joe", "new-pw")
+    text = Path(db.path).read_bytes()
+    assert text.startswith(b"\xef\xbb\xbfjoe@example.org scrypt$") and text.count(b"joe@") == 1
+    assert reader.check_password(joe_address, "new-pw")
+    db.delete("joe")
+    text = Path(db.path).read_bytes()
+    assert text.startswith(b"\xef\xbb\xbf") and b"joe@" not in text
+    assert text[3:] == b"\n".join(others) + b"\n"
+    # none is added to a file without one
+    Path(db.path).write_bytes(text[3:])
+    db.add("bob", "bob-pw")
+    assert not Path(db.path).read_bytes().startswith(b"\xef\xbb\xbf")
+
+
 @pytest.mark.parametrize(
     ("encoded", "why"),
     [

@@ -20,7 +20,8 @@ in their order and with their line ends.  A new alias is a new line at
 the end.  A replaced alias gets its lines in effect (the first line and
 its continuation lines) rewritten as one line that keeps its name as it
 was written.  A removed alias loses all of its entries, including
-ignored duplicates, which would otherwise come into effect.
+ignored duplicates, which would otherwise come into effect.  A
+byte-order mark at the start stays there, and none is added.
 
 Writers take an exclusive lock on ``<file>.lock`` next to the
 configured path (next to the link, if it is one), as
@@ -52,7 +53,14 @@ from dataclasses import dataclass, field
 
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
-from txmailhub.router import Aliases, AliasWarning, alias_loops, alias_warnings, parse_aliases
+from txmailhub.router import (
+    BOM,
+    Aliases,
+    AliasWarning,
+    alias_loops,
+    alias_warnings,
+    parse_aliases,
+)
 
 __all__ = ["AliasesFile", "Change", "target_text"]
 
@@ -99,6 +107,7 @@ class AliasesFile:
                  is_user: Callable[[Address], bool] | None = None) -> None:
         self.path = path
         self._real = path  # the file a change replaces (``_followed``)
+        self._bom = ""  # its byte-order mark, kept by a change
         self.primary_domain = canonical_domain(primary_domain)
         self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
         self.is_user = is_user
@@ -326,7 +335,11 @@ class AliasesFile:
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             real = self._real = self._followed()  # as it is now the lock is ours
-            yield self._text(real)
+            text = self._text(real)
+            # a byte-order mark first is none of the text (``parse_aliases``
+            # leaves it out too), and the file keeps it (``_write``)
+            self._bom = BOM if text.startswith(BOM) else ""
+            yield text.removeprefix(BOM)
 
     def _followed(self) -> str:
         """The file a change reads and replaces: the configured path, or
@@ -356,7 +369,7 @@ class AliasesFile:
         # a file that is there keeps its owner and mode; one made again
         # (it was away) is readable by all, as /etc/aliases, and the folder
         # owner's
-        durable_write(real, text.encode("utf-8"), mode=0o644, keep_mode=True,
+        durable_write(real, (self._bom + text).encode("utf-8"), mode=0o644, keep_mode=True,
                       new_owner=owner_of(os.path.dirname(real)))
 
 

@@ -84,6 +84,9 @@ __all__ = [
 
 log = Logger()
 
+# U+FEFF at the start of a file: the byte-order mark, no text of the file
+BOM = "\ufeff"
+
 # an alias name -> its targets; a target is (address, expand?)
 Aliases = dict[str, tuple[tuple[Address, bool], ...]]
 
@@ -107,6 +110,10 @@ def parse_aliases(
     local_domains = {canonical_domain(d) for d in domains} if domains is not None else None
     problems: list[str] = []
     entries: list[tuple[int, str]] = []  # (first line number, logical line)
+    # a byte-order mark some editors put first (Notepad's "UTF-8 with
+    # BOM"): no part of the first alias's name, which would otherwise hold
+    # an invisible character no address ever matches
+    text = text.removeprefix(BOM)
     for number, raw in enumerate(text.splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue

@@ -75,6 +75,7 @@ log = Logger(namespace="txmailhub.users")
 __all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "open_lock", "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_BOM = "\ufeff"  # a byte-order mark, which an editor may put first
 _MAXMEM = 64 * 1024 * 1024
 # N*r*p: 16x the cost of our own hashes (about a second of CPU here); a
 # users file cannot make one login check take minutes.
@@ -306,6 +307,9 @@ class UsersDB:
         problems: list[str] = []
         keys: list[str | None] = []
         first: dict[str, int] = {}
+        # a byte-order mark first (an editor's "UTF-8 with BOM") is no part
+        # of the first user's address; ``_write`` keeps it in the file
+        text = text.removeprefix(_BOM)
         for lineno, line in enumerate(text.split("\n"), 1):
             keys.append(None)
             line = line.strip()
@@ -433,7 +437,8 @@ class UsersDB:
         gets its line in effect rewritten; new users go at the end."""
         from txmailhub.store.sync import durable_write, owner_of
 
-        lines = raw.split(b"\n")
+        bom = _BOM.encode("utf-8") if raw.startswith(_BOM.encode("utf-8")) else b""
+        lines = raw[len(bom):].split(b"\n")
         crlf = lines[0].endswith(b"\r")  # a file written on Windows keeps its line ends
         out: list[bytes] = []
         for i, (line, key) in enumerate(zip(lines, keys, strict=True)):
@@ -457,7 +462,7 @@ class UsersDB:
         # root's first `mailhub user add` (the README's everyday command)
         # must not leave a file only root can read next to a hub running as
         # the folder's owner: a new file is the folder's owner's
-        durable_write(self.path, text, mode=0o600,
+        durable_write(self.path, bom + text, mode=0o600,
                       new_owner=owner_of(os.path.dirname(os.path.abspath(self.path))))
         self._file.forget()
 
