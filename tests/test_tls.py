@@ -143,12 +143,29 @@ def test_covers_reads_dns_names_and_wildcards(names, hostname, covered):
     assert tls.covers(_leaf("unrelated.example", dns=names), hostname) is covered
 
 
-def test_covers_reads_the_common_name_only_without_dns_names():
-    assert tls.covers(_leaf("mail.example.org"), "mail.example.org")
-    assert tls.covers(_leaf("mail.example.org", ips=["192.0.2.1"]), "mail.example.org")
-    # a DNS name in the subjectAltName: the common name no longer counts
+def test_covers_never_reads_the_common_name():
+    # RFC 9525 dropped RFC 6125's fallback to it, and current clients
+    # (Python's ssl, Go, browsers) refuse a certificate naming the host
+    # only there: without a subjectAltName, with addresses only, or with
+    # other DNS names alike
+    assert not tls.covers(_leaf("mail.example.org"), "mail.example.org")
+    assert not tls.covers(_leaf("mail.example.org", ips=["192.0.2.1"]), "mail.example.org")
     assert not tls.covers(_leaf("mail.example.org", dns=["mx.example.org"]),
                           "mail.example.org")
+    assert tls.covers(_leaf("mail.example.org", dns=["mail.example.org"]), "mail.example.org")
+
+
+def test_a_certificate_naming_the_host_only_in_its_common_name_is_a_warning(tmp_path):
+    # the pair of pair() is for mail.example.org, in its common name alone
+    cert, key = pair(tmp_path)
+    for hostname in ("mail.example.org", "MAIL.example.org."):
+        problems, warnings = tls.pair_findings(cert, key, hostname=hostname)
+        assert (problems, warnings) == ([], [
+            f"certificate {cert} names {hostname} ([hub] hostname) only in its common name, "
+            "which current clients do not look at (RFC 9525: only the subjectAltName's DNS "
+            "names count, and it has none): many clients that check the name (mail programs, "
+            "the sending servers that verify) refuse TLS; get one whose subjectAltName names "
+            f"{hostname}"])
 
 
 def test_covers_looks_for_an_address_literal_among_the_addresses():
@@ -160,15 +177,24 @@ def test_covers_looks_for_an_address_literal_among_the_addresses():
 
 
 def test_a_certificate_for_another_name_is_a_warning(tmp_path):
-    # the pair of pair() is for mail.example.org (its common name alone)
-    cert, key = pair(tmp_path)
-    assert tls.pair_findings(cert, key, hostname="mail.example.org") == ([], [])
-    assert tls.pair_findings(cert, key, hostname="MAIL.example.org.") == ([], [])
+    from conftest import make_certificate
+
+    cert, key = (str(p) for p in make_certificate(tmp_path / "san", "mail.example.org"))
+    assert tls.pair_findings(cert, key, hostname="mail.example.org")[1] == []
+    assert tls.pair_findings(cert, key, hostname="MAIL.example.org.")[1] == []
     problems, warnings = tls.pair_findings(cert, key, hostname="mx.example.org")
     assert problems == [] and len(warnings) == 1, warnings
     assert warnings[0].startswith(
         f"certificate {cert} is not valid for mx.example.org ([hub] hostname), only for "
-        "mail.example.org: clients that check the name")
+        "mail.example.org, 127.0.0.1: clients that check the name")
+    # the common name alone, and another one: said so
+    cert, key = pair(tmp_path / "cn")
+    problems, warnings = tls.pair_findings(cert, key, hostname="mx.example.org")
+    assert problems == [] and len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        f"certificate {cert} is not valid for mx.example.org ([hub] hostname), only for no "
+        "name clients look at (its common name mail.example.org is not one): clients that "
+        "check the name")
 
 
 def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):

@@ -152,11 +152,25 @@ def pair_findings(certificate: str, key: str,
         dns, addresses = _identities(leaf)
         names = dns + [str(a) for a in addresses]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        warnings.append(f"certificate {certificate} is not valid for {hostname} "
-                        f"({hostname_from}), only for {shown or 'no name at all'}: clients "
-                        f"that check the name (mail programs, the sending servers that "
-                        f"verify) refuse TLS; get one that names {hostname}, or set [hub] "
-                        "hostname to a name it is valid for")
+        refuse = ("clients that check the name (mail programs, the sending servers that "
+                  "verify) refuse TLS")
+        if not dns and _alt_names_readable(leaf) and _common_name_covers(leaf, hostname):
+            # RFC 9525 dropped the common name; so did Python, Go, the
+            # browsers, and mail programs built on them
+            warnings.append(f"certificate {certificate} names {hostname} ({hostname_from}) "
+                            "only in its common name, which current clients do not look at "
+                            "(RFC 9525: only the subjectAltName's DNS names count, and it has "
+                            "none): "
+                            f"many {refuse}; get one whose subjectAltName names {hostname}")
+        else:
+            if not shown:
+                common = ", ".join(_common_names(leaf)[:5]) if _alt_names_readable(leaf) else ""
+                shown = (f"no name clients look at (its common name {common} is not one)"
+                         if common else "no name at all")
+            warnings.append(f"certificate {certificate} is not valid for {hostname} "
+                            f"({hostname_from}), only for {shown}: "
+                            f"{refuse}; get one that names {hostname}, or set [hub] "
+                            "hostname to a name it is valid for")
     for cert, issuer in itertools.pairwise(chain):
         if cert.issuer != issuer.subject:
             warnings.append(f"certificate {certificate}: the certificates are not in order "
@@ -211,8 +225,10 @@ def _same(old: tuple[list[Any], Any], new: tuple[list[Any], Any]) -> bool:
 
 
 def _names(leaf: Any) -> list[str]:
-    """The DNS names and addresses a server certificate is for (the
-    common name only when it has no subjectAltName, as clients read it)."""
+    """The DNS names and addresses a server certificate is meant for, to
+    compare a renewal with the certificate it replaces: the common name
+    when it has no subjectAltName (clients do not look at it, RFC 9525:
+    ``covers``; here it only says what an old certificate was for)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -228,14 +244,18 @@ def _names(leaf: Any) -> list[str]:
 
 def covers(leaf: Any, hostname: str) -> bool:
     """Whether a client that checks the name would take certificate
-    ``leaf`` for ``hostname`` (RFC 6125 6.4, as RFC 9525 keeps it): its
-    subjectAltName DNS names, or its common name when it has none; a
-    wildcard ``*.example.com`` stands for exactly one label, the
-    left-most (``mail.example.com``, not ``example.com`` nor
-    ``a.mail.example.com``), and only with two labels or more after it.
-    An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is
-    looked for among the subjectAltName addresses.  A certificate whose
-    names cannot be read covers nothing."""
+    ``leaf`` for ``hostname`` (RFC 9525, which obsoletes RFC 6125):
+    its subjectAltName DNS names only.  The common name is not looked at:
+    RFC 9525 dropped the fallback to it that RFC 6125 6.4.4 still allowed,
+    and current clients (Python's ``ssl``, Go, the browsers, many mail
+    programs) refuse a certificate that names the host only there (some
+    sending servers still fall back to it: hence a warning that says
+    so, not just "not valid").  A wildcard ``*.example.com`` stands for
+    exactly one label, the left-most (``mail.example.com``, not
+    ``example.com`` nor ``a.mail.example.com``), and only with two labels
+    or more after it.  An address literal (``[192.0.2.1]``,
+    ``[IPv6:2001:db8::1]``) is looked for among the subjectAltName
+    addresses.  A certificate whose names cannot be read covers nothing."""
     import ipaddress
 
     host = hostname.strip().rstrip(".").lower()
@@ -252,26 +272,51 @@ def covers(leaf: Any, hostname: str) -> bool:
 
 def _identities(leaf: Any) -> tuple[list[str], list[Any]]:
     """(DNS names, addresses) a client that checks the name compares: the
-    subjectAltName's, the common name only when it holds no DNS name;
-    nothing when cryptography cannot parse them."""
+    subjectAltName's, never the common name (RFC 9525); nothing when
+    cryptography cannot parse them."""
     from cryptography import x509
-    from cryptography.x509.oid import NameOID
 
     try:
         try:
             san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
-            san = None
-        dns = [str(n) for n in san.get_values_for_type(x509.DNSName)] if san is not None else []
-        addresses = list(san.get_values_for_type(x509.IPAddress)) if san is not None else []
-        if not dns:
-            dns = [str(a.value)
-                   for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+            return [], []
+        dns = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        addresses = list(san.get_values_for_type(x509.IPAddress))
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         # neither is a ValueError: an extension there twice (OpenSSL loads
         # such a certificate), a name of a type cryptography does not know
         return [], []
     return dns, addresses
+
+
+def _alt_names_readable(leaf: Any) -> bool:
+    """Whether cryptography can read the certificate's extensions (when
+    it cannot, ``_identities`` finds no name, whatever they hold)."""
+    from cryptography import x509
+
+    try:
+        leaf.extensions  # noqa: B018 (parsed on first access)
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return False
+    return True
+
+
+def _common_names(leaf: Any) -> list[str]:
+    """The subject's common names: what clients before RFC 9525 fell
+    back to without a subjectAltName DNS name, which the warnings name."""
+    from cryptography.x509.oid import NameOID
+
+    try:
+        return [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except ValueError:
+        return []
+
+
+def _common_name_covers(leaf: Any, hostname: str) -> bool:
+    """Whether a common name of ``leaf`` is ``hostname`` (or a wildcard for it)."""
+    host = hostname.strip().rstrip(".").lower()
+    return any(_name_matches(name, host) for name in _common_names(leaf))
 
 
 def _name_matches(pattern: str, host: str) -> bool:
