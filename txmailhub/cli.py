@@ -161,12 +161,14 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
 
 
 def _users(settings: Settings) -> UsersDB:
+    from txmailhub.hub_access import hub_owner
     from txmailhub.passwords import PasswordPolicy
     from txmailhub.users import UsersDB
 
     policy = PasswordPolicy(min_length=settings.users.min_password_length)
+    # run as root: a users.d it makes is the hub's user's, as the file then is
     return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains,
-                   password_policy=policy)
+                   password_policy=policy, folder_owner=hub_owner(settings.hub.state_dir))
 
 
 def _password_warnings(users: UsersDB, address: Address, password: str, allow_weak: str | None,
@@ -261,6 +263,35 @@ def _state_dir_problems(settings: Settings) -> list[str]:
     return []
 
 
+def _hub_user_warnings(settings: Settings) -> list[str]:
+    """Run as root, ``check`` itself can read every file; the hub, running
+    as its own user, may not (a users file root made 0600, a key only
+    root reads): every local RCPT answered 451, every login refused, TLS
+    gone at the next reload.  That user is taken to be ``state_dir``'s
+    owner (deployment.rst; txmailhub.hub_access), and each file the hub
+    reads is judged by the mode bits along its path.  Nothing when not
+    root (the files were opened as this user above) or when ``state_dir``
+    is root's or not there yet (no other user to judge for)."""
+    from txmailhub.hub_access import hub_owner, name_of, unreadable_by
+
+    state_dir = os.path.abspath(settings.hub.state_dir)
+    owner = hub_owner(state_dir)
+    if owner is None:
+        return []
+    files = [("[users] file", settings.users.file), ("[aliases] file", settings.aliases.file)]
+    if settings.tls is not None:
+        files += [("[tls] certificate", settings.tls.certificate), ("[tls] key", settings.tls.key)]
+    files.append(("[relay] smarthost_auth_file", settings.relay.smarthost_auth_file))
+    user = name_of(owner[0])
+    out = []
+    for key, path in files:
+        why = unreadable_by(path, *owner) if path else None
+        if why:
+            out.append(f"{settings.path}: {key}: {path} cannot be read by {user}, the owner of "
+                       f"state_dir {state_dir} and so the user the hub runs as: {why}")
+    return out
+
+
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems: list[str] = []
     users = _users(settings)
@@ -289,6 +320,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems.extend(_state_dir_problems(settings))
     warnings = list(settings.warnings)
     warnings.extend(_old_maildir_folders(settings))
+    warnings.extend(_hub_user_warnings(settings))
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file

@@ -190,8 +190,13 @@ class UsersDB:
     """The users file, reloaded whenever it changes on disk."""
 
     def __init__(self, path: str, primary_domain: str, domains: tuple[str, ...] = (),
-                 password_policy: PasswordPolicy | None = None) -> None:
+                 password_policy: PasswordPolicy | None = None,
+                 folder_owner: tuple[int, int] | None = None) -> None:
         self.path = path
+        # who gets the folder(s) of ``path`` a write has to make (root's
+        # ``mailhub user add`` before users.d exists: the hub's user,
+        # txmailhub.hub_access); None: whoever writes
+        self.folder_owner = folder_owner
         # what add() and set_password() ask of a new password; nothing
         # already in the file is judged by it
         self.password_policy = password_policy or PasswordPolicy()
@@ -404,7 +409,9 @@ class UsersDB:
     @contextmanager
     def _locked(self) -> Iterator[dict[str, UserRecord]]:
         folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        from txmailhub.hub_access import make_folders
+
+        make_folders(folder, self.folder_owner)
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
         fd = open_lock(self.path + ".lock")

@@ -1,0 +1,200 @@
+"""Root's ``mailhub`` commands and the user the hub runs as (state_dir's
+owner): the folder ``user add`` makes for the users file, and what
+``check`` says about files that user could not read."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from txmailhub import hub_access
+from txmailhub.cli import main
+
+HUB_UID, HUB_GID = 4242, 4343  # no such user here: named "uid 4242"
+PW = "mellow-quartz-harbour\n"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder every user may enter, as /etc is: pytest's own (under
+    /tmp/pytest-of-USER, 0700) would be the first thing another user
+    could not pass."""
+    folder = Path(tempfile.mkdtemp())
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "mailhub.toml"
+    path.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'[users]\nfile = "{tmp_path / "etc" / "users.d" / "users"}"\n' + extra)
+    return path
+
+
+def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(config), *args], out=out, err=err, stdin=io.StringIO(stdin))
+    return code, out.getvalue(), err.getvalue()
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+@needs_root
+def test_user_add_as_root_gives_the_folders_it_makes_to_the_state_dirs_owner(
+        tmp_path: Path) -> None:
+    # the walkthrough: deployment.rst's state_dir made for mailhub, users.d
+    # not made; root's first `user add` made it root:root 0700 and the file
+    # root's 0600, and the hub, as mailhub, could read neither
+    config = _config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, HUB_UID, HUB_GID)
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    users_d = tmp_path / "etc" / "users.d"
+    for made in (users_d, users_d / "users", users_d / "users.lock"):
+        assert _owner(made) == (HUB_UID, HUB_GID), made
+    assert users_d.stat().st_mode & 0o777 == 0o700
+    # a folder above it that was missing is made as os.makedirs makes it,
+    # root's (it may hold other files: /etc/txmailhub), and so is one there
+    assert _owner(users_d.parent) == (0, 0)
+    assert users_d.parent.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    assert _owner(tmp_path) == (0, 0)
+    # the second command finds them there, and they stay the hub's
+    assert run(config, "user", "add", "ann", "--password-stdin", stdin=PW)[0] == 0
+    assert _owner(users_d / "users") == (HUB_UID, HUB_GID)
+
+
+@needs_root
+def test_user_add_as_root_leaves_a_folder_that_is_there_as_it_is(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, HUB_UID, HUB_GID)
+    users_d = tmp_path / "etc" / "users.d"
+    users_d.mkdir(parents=True)
+    os.chown(users_d, 5000, 5000)  # the admin's choice, kept
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    assert _owner(users_d) == (5000, 5000)
+    assert _owner(users_d / "users") == (5000, 5000)  # the folder's owner, as before
+
+
+def test_the_hub_owner_is_only_looked_for_by_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    assert hub_access.hub_owner(str(state)) is None  # no state_dir yet
+    state.mkdir()
+    monkeypatch.setattr(hub_access.os, "stat", lambda p: os.stat_result(
+        (0o40700, 0, 0, 1, HUB_UID, HUB_GID, 0, 0, 0, 0)))
+    monkeypatch.setattr(hub_access.os, "geteuid", lambda: 1000)
+    assert hub_access.hub_owner(str(state)) is None  # not root: its own files, as before
+    monkeypatch.setattr(hub_access.os, "geteuid", lambda: 0)
+    assert hub_access.hub_owner(str(state)) == (HUB_UID, HUB_GID)
+    monkeypatch.setattr(hub_access.os, "stat", lambda p: os.stat_result(
+        (0o40700, 0, 0, 1, 0, 0, 0, 0, 0, 0)))
+    assert hub_access.hub_owner(str(state)) is None  # root's: a hub that runs as root
+
+
+def test_make_folders_without_an_owner_is_makedirs(tmp_path: Path) -> None:
+    # what a user other than root gets, as before: os.makedirs(folder, 0o700)
+    hub_access.make_folders(str(tmp_path / "a" / "b"), None)
+    os.makedirs(tmp_path / "c" / "d", 0o700)
+    for one, other in ((tmp_path / "a", tmp_path / "c"), (tmp_path / "a" / "b",
+                                                           tmp_path / "c" / "d")):
+        assert one.stat().st_mode == other.stat().st_mode
+        assert _owner(one) == _owner(other)
+    hub_access.make_folders(str(tmp_path / "a" / "b"), None)  # there: fine
+    (tmp_path / "f").write_text("")
+    with pytest.raises(FileExistsError):
+        hub_access.make_folders(str(tmp_path / "f"), None)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_unreadable_by_judges_the_mode_bits_along_the_path(open_tmp: Path) -> None:
+    # by the numbers only: runs as any user
+    tmp_path = open_tmp
+    folder = tmp_path / "d"
+    folder.mkdir()
+    f = folder / "users"
+    f.write_text("")
+    os.chmod(tmp_path, 0o755)
+    me, mine = os.getuid(), os.getgid()
+    os.chmod(f, 0o600)
+    assert hub_access.unreadable_by(str(f), me, mine) is None  # the owner's bits
+    why = hub_access.unreadable_by(str(f), HUB_UID, HUB_GID)
+    assert why is not None and why.startswith(f"{f} is ") and why.endswith(" mode 0600"), why
+    os.chmod(f, 0o604)
+    assert hub_access.unreadable_by(str(f), HUB_UID, HUB_GID) is None  # the others' bits
+    # the group's bits, when the user is in the file's group, not the others'
+    assert hub_access.unreadable_by(str(f), HUB_UID, mine) is not None
+    os.chmod(f, 0o640)
+    assert hub_access.unreadable_by(str(f), HUB_UID, mine) is None
+    os.chmod(f, 0o644)
+    os.chmod(folder, 0o700)
+    why = hub_access.unreadable_by(str(f), HUB_UID, HUB_GID)
+    assert why is not None and why.startswith(f"the folder {folder} is "), why
+    assert why.endswith(" mode 0700")
+    assert hub_access.unreadable_by(str(folder / "none"), HUB_UID, HUB_GID) is None
+    os.chmod(folder, 0o755)
+
+
+@needs_root
+def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp: Path) -> None:
+    tmp_path = open_tmp
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    os.chmod(tmp_path, 0o755)
+    aliases, auth = etc / "aliases", etc / "auth"
+    aliases.write_text("")
+    auth.write_text("relay-user:relay-password\n")
+    os.chmod(aliases, 0o600)
+    os.chmod(auth, 0o640)  # root:root: the hub's user is not in the group
+    config = _config(tmp_path, f'[aliases]\nfile = "{aliases}"\n[relay]\n'
+                               f'smarthost = "smtp.example.net:587"\n'
+                               f'smarthost_auth_file = "{auth}"\n')
+    state = tmp_path / "state"
+    state.mkdir()
+    # root's users.d, as the old `user add` made it
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    assert _owner(etc / "users.d") == (0, 0)
+    assert run(config, "check") == (0, f"{config}: ok\n", "")  # state_dir root's: no one else
+    os.chown(state, HUB_UID, HUB_GID)
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err  # warnings: the hub still starts
+    lines = err.splitlines()
+    users = etc / "users.d" / "users"
+    assert lines == [
+        f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
+        f"state_dir {state} and so the user the hub runs as: the folder {etc / 'users.d'} is "
+        f"root:root mode 0700",
+        f"warning: {config}: [aliases] file: {aliases} cannot be read by uid 4242, the owner of "
+        f"state_dir {state} and so the user the hub runs as: {aliases} is root:root mode 0600",
+        f"warning: {config}: [relay] smarthost_auth_file: {auth} cannot be read by uid 4242, "
+        f"the owner of state_dir {state} and so the user the hub runs as: {auth} is root:root "
+        f"mode 0640",
+    ], err
+    # mended as the warnings say: quiet
+    for path in (etc / "users.d", users):
+        os.chown(path, HUB_UID, HUB_GID)
+    os.chmod(aliases, 0o644)
+    os.chown(auth, 0, HUB_GID)
+    assert run(config, "check") == (0, f"{config}: ok\n", "")

@@ -1,0 +1,136 @@
+"""What root's ``mailhub`` commands know of the user the hub runs as.
+
+The hub runs as its own user (``twistd --uid mailhub``, or systemd's
+``User=``), which the admin command is never told.  deployment.rst has
+``state_dir`` belong to that user, so a command run as root takes
+``state_dir``'s owner for it, when that is not root.  Two things follow:
+
+* the folder ``mailhub user`` makes for the users file (``users.d`` that
+  was not made beforehand) is given to that user, as the users file in it
+  then is (it goes to its folder's owner): made as root, 0700, the hub
+  could read neither, and every local RCPT would be answered 451 and
+  every login refused;
+* ``mailhub check`` run as root warns about a file the hub reads (the
+  users and aliases files, the TLS pair, the smarthost's password) that
+  user could not read, judged by the owner, group and mode bits of the
+  file and of each folder above it.
+
+Run as anyone else, none of this applies: what a user makes is its own,
+and ``check`` tests its own access.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+
+__all__ = ["hub_owner", "make_folders", "name_of", "unreadable_by"]
+
+
+def hub_owner(state_dir: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``state_dir`` when this process runs as root and
+    ``state_dir`` exists and belongs to another user: the user the hub
+    runs as.  ``None`` otherwise (not root; no ``state_dir`` yet; one
+    that is root's, for a hub that runs as root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(state_dir)
+    except OSError:
+        return None
+    if st.st_uid == 0 or not stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_uid, st.st_gid
+
+
+def make_folders(folder: str, owner: tuple[int, int] | None) -> None:
+    """``os.makedirs(folder, 0o700, exist_ok=True)``, with ``folder`` itself,
+    if this makes it, given to ``owner`` (``None``: left to whoever runs
+    this).  As with makedirs, the folders above it that it makes get the
+    default mode (0777 less the umask) and stay their maker's: they may
+    hold other files (``/etc/txmailhub``), which the hub's user must not
+    be handed.  A folder that is there already is not touched."""
+    folder = os.path.abspath(folder)
+    parent = os.path.dirname(folder)
+    if parent != folder and not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(folder):
+            raise  # a file in the way, as os.makedirs says
+        return  # there already (or made meanwhile by another command): as it is
+    if owner is not None:
+        # not followed: the folder just made, never what a link names
+        os.chown(folder, *owner, follow_symlinks=False)
+
+
+def name_of(uid: int) -> str:
+    """The user's name, for a message (``uid N`` when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _groups(uid: int, gid: int) -> set[int]:
+    """The groups a process of ``uid`` started with group ``gid`` is in:
+    ``gid``, the user's own group and its supplementary groups."""
+    groups = {gid}
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return groups
+    groups.add(entry.pw_gid)
+    try:
+        groups.update(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    except OSError:
+        pass
+    return groups
+
+
+def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: int) -> bool:
+    """Whether ``bits`` (read 4, write 2, search 1) are granted to ``uid``
+    by the mode, the way the kernel picks the one class that applies:
+    the owner's bits, else the group's, else the others'.  ACLs are not
+    looked at."""
+    if st.st_uid == uid:
+        granted = (st.st_mode >> 6) & 7
+    elif st.st_gid in groups:
+        granted = (st.st_mode >> 3) & 7
+    else:
+        granted = st.st_mode & 7
+    return granted & bits == bits
+
+
+def _owner_text(st: os.stat_result) -> str:
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{name_of(st.st_uid)}:{group} mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def unreadable_by(path: str, uid: int, gid: int) -> str | None:
+    """Why ``uid`` (in group ``gid``) could not read the file ``path``: the
+    folder above it that user may not enter, or the file's own mode, with
+    its owner and mode.  ``None`` when it could, and when ``path`` does not
+    exist (what reports a missing file is elsewhere)."""
+    real = os.path.realpath(path)
+    try:
+        os.stat(real)
+    except OSError:
+        return None
+    groups = _groups(uid, gid)
+    parts = real.split(os.sep)
+    for i in range(1, len(parts)):
+        folder = os.sep.join(parts[:i]) or os.sep
+        st = os.stat(folder)
+        if not _allowed(st, uid, groups, 1):
+            return f"the folder {folder} is {_owner_text(st)}"
+    st = os.stat(real)
+    if not _allowed(st, uid, groups, 4):
+        return f"{real} is {_owner_text(st)}"
+    return None
