@@ -1,0 +1,168 @@
+"""docs/deployment.rst's fail2ban filter against the lines the hub logs.
+
+SMTP and POP3 word a failed login differently, and the log lines are a
+contract (filters in use match them), so the docs give one pattern for
+each.  The lines here come from the code paths themselves (a failed SMTP
+AUTH and failed POP3 logins in the protocol tests' set-ups), formatted as
+twistd's ``--logfile`` writes them, and the documented ``failregex``
+lines must match them and take out the client's address -- the real one,
+whatever the client typed as its user name."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_pop3_protocol import REMOTE, Env, talk
+from test_smtp_protocol import Harness, take
+from twisted.logger import formatEventAsClassicLogText
+
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.rst"
+
+# a user name that tries to have fail2ban ban someone else
+FORGED = "x from 198.51.100.66 (USER) refused: AUTH"
+
+
+def documented_filter() -> tuple[str, list[str]]:
+    """The ``prefregex`` and the ``failregex`` lines of the filter shown in
+    deployment.rst."""
+    text = DEPLOYMENT.read_text()
+    lines = text[text.index("    [Definition]"):].splitlines()
+    prefregex = next(line for line in lines if line.strip().startswith("prefregex ="))
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("failregex ="))
+    regexes = [lines[start].split("=", 1)[1].strip()]
+    for line in lines[start + 1:]:
+        if not line.startswith(" " * 16) or not line.strip():
+            break  # the continuation lines are indented under the first
+        regexes.append(line.strip())
+    return prefregex.split("=", 1)[1].strip(), regexes
+
+
+def as_python(regex: str) -> re.Pattern[str]:
+    """fail2ban's ``<HOST>`` as a group that takes an IP address, and its
+    ``<F-CONTENT>`` as the group ``content``."""
+    regex = regex.replace("<HOST>", r"(?P<host>[0-9A-Fa-f.:]+)")
+    return re.compile(regex.replace("<F-CONTENT>", "(?P<content>").replace("</F-CONTENT>", ")"))
+
+
+def log_lines(events: list[dict[str, Any]], namespace: str) -> list[str]:
+    """The events as twistd's text log observer writes them (time stamp
+    first)."""
+    out = []
+    for event in events:
+        if event.get("log_namespace") != namespace:
+            continue
+        text = formatEventAsClassicLogText(event)
+        if text:
+            out.append(text.rstrip("\n"))
+    return out
+
+
+def as_fail2ban_sees(line: str) -> list[str]:
+    """``line`` as fail2ban matches it: from a log file, less the time
+    stamp it found at the start; from the journal (``backend = systemd``),
+    after the host name and the process's name and pid, time stamp kept."""
+    stamp, rest = line.split(" ", 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", stamp), stamp
+    return [" " + rest, f"mail.example.org twistd[4321]: {line}"]
+
+
+def hosts(lines: list[str]) -> list[str]:
+    """The address each line bans, as the documented filter finds it; the
+    same from the log file and from the journal."""
+    prefregex, failregexes = documented_filter()
+    found = []
+    for line in lines:
+        per_form = []
+        for seen in as_fail2ban_sees(line):
+            m = as_python(prefregex).search(seen)
+            hit = None
+            if m:
+                for regex in map(as_python, failregexes):
+                    hit = regex.search(m.group("content"))
+                    if hit:
+                        break
+            per_form.append(hit.group("host") if hit else None)
+        assert per_form[0] == per_form[1], (line, per_form)
+        if per_form[0]:
+            found.append(per_form[0])
+    return found
+
+
+def test_the_filter_has_one_regex_for_smtp_and_one_for_pop3() -> None:
+    _, regexes = documented_filter()
+    assert len(regexes) == 2 and all("<HOST>" in r for r in regexes), regexes
+
+
+@pytest.mark.parametrize("user", ["alice@example.org", FORGED])
+def test_the_filter_matches_a_failed_smtp_auth(log_events, user: str) -> None:
+    h = Harness()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
+    take(t)
+    creds = base64.b64encode(f"\0{user}\0wrong".encode()).decode()
+    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {creds}\r\n".encode())
+    h.clock.advance(60)
+    assert take(t)[-1].startswith("535 ")
+    lines = log_lines(log_events, "txmailhub.smtp")
+    failed = [line for line in lines if "authentication failed" in line]
+    assert [line.split(" ", 1)[1] for line in failed] == [
+        f"[txmailhub.smtp#info] authentication failed for {user} from 192.0.2.1"]
+    assert hosts(lines) == ["192.0.2.1"]  # and no other line of the session
+
+
+# (no FORGED name here: POP3 refuses a user name with a space in it, by
+# RFC 8265, before any login is tried or logged)
+@pytest.mark.parametrize(("user", "mechanism"), [("joe", "USER"), ("joe", "PLAIN")])
+def test_the_filter_matches_a_failed_pop3_login(log_events, user: str, mechanism: str) -> None:
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    if mechanism == "USER":
+        talk(proto, t, f"USER {user}\r\n".encode())
+        talk(proto, t, b"PASS wrong\r\n")
+    else:
+        creds = base64.b64encode(f"\0{user}\0wrong".encode())
+        talk(proto, t, b"AUTH PLAIN " + creds + b"\r\n")
+    env.clock.advance(60)
+    assert t.value().startswith(b"-ERR [AUTH]"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert [line.split(" ", 1)[1] for line in lines if "refused" in line] == [
+        f"[txmailhub.pop3#info] POP3 login {user} from 192.0.2.7 ({mechanism}) refused: AUTH"]
+    assert hosts(lines) == ["192.0.2.7"]
+
+
+def test_the_filter_matches_a_failed_apop_login_with_its_detail(log_events, tmp_path) -> None:
+    # the refusal of a user added without --allow-apop ends with a remark
+    from txmailhub.auth import UsersChecker
+    from txmailhub.passwords import PasswordPolicy
+    from txmailhub.users import UsersDB
+
+    class AnyPassword(PasswordPolicy):
+        def weaknesses(self, password, address):
+            return []
+
+    db = UsersDB(str(tmp_path / "users"), "example.org", ("example.org",),
+                 password_policy=AnyPassword())
+    db.add("joe", "joepw")
+    env = Env(checker=UsersChecker(db))
+    proto, t = env.connect(peer=REMOTE)
+    stamp = re.search(rb"<[^>]+>", t.value()).group(0)
+    talk(proto, t, b"APOP joe " + hashlib.md5(stamp + b"joepw").hexdigest().encode() + b"\r\n")
+    env.clock.advance(60)
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert any(line.endswith("(APOP) refused: AUTH (the user has no APOP secret: it was added "
+                             "without mailhub user add --allow-apop)") for line in lines), lines
+    assert hosts(lines) == ["192.0.2.7"]
+
+
+def test_the_filter_leaves_a_successful_login_alone(log_events) -> None:
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, b"USER joe\r\n")
+    talk(proto, t, b"PASS joepw\r\n")
+    assert t.value().startswith(b"+OK"), t.value()
+    assert hosts(log_lines(log_events, "txmailhub.pop3")) == []
