@@ -1075,3 +1075,58 @@ def test_a_name_whose_octets_are_not_utf8_is_a_usage_error(config: Path) -> None
     assert aliases.read_text() == "a: bob\n"
     assert run(config, "user", "add", "x\udcff", "--password-stdin", stdin=PW) == (2, "", why)
     assert run(config, "user", "list") == (0, "", "")
+
+
+def _subcommands(parser, path=()):
+    """``(words, parser, its line in the parent's list)`` for every
+    subcommand of ``parser``, however deep."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*path, name), sub, lines.get(name)
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_every_subcommand_says_what_it_does_in_its_help() -> None:
+    # `mailhub check --help` was a bare usage line; `user del --help` named
+    # an argument without saying what it takes
+    from txmailhub.cli import _parser
+
+    found = list(_subcommands(_parser()))
+    assert {" ".join(words) for words, _, _ in found} >= {
+        "check", "user add", "user del", "user passwd", "user list", "alias list",
+        "alias show", "alias add", "alias set", "alias remove", "queue list", "queue show",
+        "queue delete", "queue hold", "queue release", "queue flush", "sendmail"}
+    for words, sub, line in found:
+        assert line, words  # in the parent's list of commands
+        if words == ("sendmail",):
+            continue  # its own options (sendmail(8)'s), see docs/sendmail.rst
+        assert sub.description and sub.description.endswith("."), words
+        for action in sub._actions:
+            if not action.option_strings and action.help != "==SUPPRESS==" and \
+                    not action.__class__.__name__.startswith("_SubParsers"):
+                assert action.help, (words, action.dest)  # every argument says what it takes
+
+
+def _help(*words: str) -> str:
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        main([*words, "--help"], out=out, err=io.StringIO())
+    return " ".join(out.getvalue().split())
+
+
+def test_the_help_of_user_add_and_passwd_says_the_password_is_asked_on_the_terminal() -> None:
+    for command in ("add", "passwd"):
+        text = _help("user", command)
+        assert "asked for twice on the terminal, unless --password-stdin" in text, text
+    assert "never taken as an argument" in _help("user", "add")
+
+
+def test_the_help_of_queue_show_says_the_message_id_of_the_250_reply_is_taken() -> None:
+    # (as test_relay_admin's test_the_smtp_message_id_finds_its_queue_entries shows)
+    text = _help("queue", "show")
+    assert "the message id of the hub's 250 reply to DATA" in text, text
+    assert "Validate the configuration" in _help("check")

@@ -33,20 +33,27 @@ _TARGETS_HELP = ("a user, another alias, a remote address, or \\NAME (that mailb
 
 def add_alias_parser(subparsers: Any) -> None:
     """Add the ``alias`` command to the ``mailhub`` argument parser."""
-    a = subparsers.add_parser("alias", help="manage the aliases file ([aliases] file)")
+    a = subparsers.add_parser(
+        "alias", help="manage the aliases file ([aliases] file)",
+        description="List, show, add, change or remove the aliases of [aliases] file; the file "
+                    "is edited in place, under a lock, and the running hub needs no restart.")
     sub = a.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="every alias, one per line: the alias, a tab, its targets "
-                                "separated by ', '")
-    show = sub.add_parser("show", help="an alias's targets and the mailboxes and remote "
-                                       "addresses its mail finally goes to")
-    show.add_argument("name", metavar="NAME")
-    for action, text in (("add", "make a new alias (refused if the name is there)"),
-                         ("set", "give an alias exactly these targets (made if not there)")):
-        p = sub.add_parser(action, help=text)
-        p.add_argument("name", metavar="NAME")
+    name_help = "the alias: a bare name in the primary domain, or name@domain"
+
+    def action(name: str, text: str) -> Any:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+
+    action("list", "every alias, one per line: the alias, a tab, its targets separated by ', '")
+    show = action("show", "an alias's targets and the mailboxes and remote addresses its mail "
+                          "finally goes to")
+    show.add_argument("name", metavar="NAME", help=name_help)
+    for verb, text in (("add", "make a new alias (refused if the name is there)"),
+                       ("set", "give an alias exactly these targets (made if not there)")):
+        p = action(verb, text)
+        p.add_argument("name", metavar="NAME", help=name_help)
         p.add_argument("targets", metavar="TARGET", nargs="+", help=_TARGETS_HELP)
-    rm = sub.add_parser("remove", help="remove an alias (every line of it)")
-    rm.add_argument("name", metavar="NAME")
+    rm = action("remove", "remove an alias (every line of it)")
+    rm.add_argument("name", metavar="NAME", help=name_help)
 
 
 def _users(settings: Settings) -> UsersDB:

@@ -65,29 +65,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("check", help="validate the configuration; exit 2 listing every problem")
+    sub.add_parser(
+        "check", help="validate the configuration; exit 2 listing every problem",
+        description="Validate the configuration and the files it names (users and aliases "
+                    "files, TLS pair, smarthost password, state_dir) without starting the hub: "
+                    "'PATH: ok' and exit 0, or one line per problem and exit 2; warnings go "
+                    "to standard error either way.")
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(
-        dest="user_command", metavar="ACTION", parser_class=_Parser
-    )
+    user = sub.add_parser(
+        "user", help="manage users",
+        description="Add, delete or list the users of [users] file, or change a password; "
+                    "the running hub needs no restart.",
+    ).add_subparsers(dest="user_command", metavar="ACTION", parser_class=_Parser)
     user.required = True
-    add = user.add_parser("add", help="create a user")
-    add.add_argument("address", help="user@domain, or a bare name in the primary domain")
+    address_help = "user@domain, or a bare name in the primary domain"
+    prompt = "asked for twice on the terminal, unless --password-stdin"
+    add = user.add_parser(
+        "add", help=f"create a user (the password is {prompt})",
+        description=f"Create a user.  The password is {prompt}: it is never taken as an "
+                    "argument.")
+    add.add_argument("address", help=address_help)
     add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from the first line of standard input")
+                     help="read the password from the first line of standard input instead "
+                          "of asking on the terminal (for scripts)")
     add.add_argument("--allow-apop", action="store_true",
                      help="also keep the secret APOP needs (weaker: see docs)")
     add.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
     add.add_argument("password", nargs="?", help=argparse.SUPPRESS)  # refused: see main
-    d = user.add_parser("del", help="delete a user (the mailbox stays on disk)")
-    d.add_argument("address")
-    pw = user.add_parser("passwd", help="change a user's password")
-    pw.add_argument("address")
+    text = "delete a user (the mailbox stays on disk)"
+    d = user.add_parser("del", help=text, description=text[0].upper() + text[1:] + ".")
+    d.add_argument("address", help=address_help)
+    pw = user.add_parser(
+        "passwd", help=f"change a user's password ({prompt})",
+        description=f"Change a user's password.  The new one is {prompt}.")
+    pw.add_argument("address", help=address_help)
     pw.add_argument("--password-stdin", action="store_true",
-                    help="read the password from the first line of standard input")
+                    help="read the password from the first line of standard input instead "
+                         "of asking on the terminal (for scripts)")
     pw.add_argument("--allow-weak", action="store_true", help=_ALLOW_WEAK_HELP)
     pw.add_argument("password", nargs="?", help=argparse.SUPPRESS)  # refused: see main
-    ul = user.add_parser("list", help="list users, one address per line")
+    text = "list users, one address per line"
+    ul = user.add_parser("list", help=text, description=text[0].upper() + text[1:] + ".")
     ul.add_argument("--usage", action="store_true",
                     help="after each address, a tab, the octets its mailbox holds, a tab "
                          "and [hub] mailbox_quota (none: no quota)")

@@ -43,18 +43,34 @@ class _WallClock:
 
 def add_queue_parser(subparsers: Any) -> None:
     """Add the ``queue`` command to the ``mailhub`` argument parser."""
-    q = subparsers.add_parser("queue", help="inspect and manage the outbound queue")
+    q = subparsers.add_parser(
+        "queue", help="inspect and manage the outbound queue",
+        description="Inspect and manage the outbound queue (queue/ in state_dir); the "
+                    "commands work while the hub runs.")
     sub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="one line per queued message")
-    for name, text in (
-        ("show", "one queued message in full: envelope, recipients, last replies"),
-        ("delete", "drop a message from the queue (it is not bounced)"),
-        ("hold", "keep a message in the queue without trying to deliver it"),
-        ("release", "try a held message again (at once)"),
+
+    def action(name: str, text: str) -> Any:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+
+    action("list", "one line per queued message: its ID, the sender, the recipients still to "
+                   "do, the attempts, the next attempt and the last reply")
+    # the message id of the 250 after DATA is the envelope's message_id the
+    # queue keeps (delivery.py), which run_queue looks up (find_message)
+    one = "the queue entry's ID (queue list's first field), or the message id of the hub's " \
+          "250 reply to DATA ('ID Message accepted for delivery')"
+    for name, text, id_help in (
+        ("show", "one queued message in full: envelope, recipients, last replies",
+         one + ": every queue entry of that message"),
+        ("delete", "drop a message from the queue (it is not bounced)",
+         one + ", when the message is in one entry only"),
+        ("hold", "keep a message in the queue without trying to deliver it",
+         one + ", when the message is in one entry only"),
+        ("release", "try a held message again (at once)",
+         one + ", when the message is in one entry only"),
     ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("queue_id", metavar="ID")
-    sub.add_parser("flush", help="retry every message now (a running hub notices within 5 s)")
+        p = action(name, text)
+        p.add_argument("queue_id", metavar="ID", help=id_help)
+    action("flush", "retry every message now (a running hub notices within 5 s)")
 
 
 def _sender(entry: QueueEntry) -> str:
