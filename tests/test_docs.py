@@ -228,6 +228,34 @@ def test_the_tac_file_shown_is_the_one_shipped() -> None:
     assert _code_lines(shown) == _code_lines((ROOT / "etc" / "mailhub.tac").read_text())
 
 
+def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # daemonized without DaemonStartError, a start error left twistd's
+    # waiting parent waiting for good; the example had the two lines only
+    # as a comment to uncomment
+    import sys
+
+    from twisted.application.service import IService
+    from twisted.persisted import sob
+    from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+    from txmailhub.service import DaemonStartError, MailHub
+
+    monkeypatch.setattr(UnixApplicationRunner, "_waitForStart",
+                        UnixApplicationRunner._waitForStart)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[smtp]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    tac = tmp_path / "mailhub.tac"
+    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
+        "/etc/txmailhub/mailhub.toml", str(config)))
+    application = sob.loadValueFromFile(str(tac), "application")
+    [hub] = list(IService(application))
+    assert isinstance(hub, MailHub) and hub.start_error_type is DaemonStartError
+
+
 def test_the_quick_start_describes_the_demo_it_starts() -> None:
     """README's account of ``make run``: the config the Makefile starts,
     its domain, ports and state folder, and the user the demo makes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,7 @@ def test_daemonized_twistd_prints_a_start_error_as_text(tmp_path: Path, monkeypa
     # whatever the hub does to the class is undone after the test
     monkeypatch.setattr(UnixApplicationRunner, "_waitForStart",
                         UnixApplicationRunner._waitForStart)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     hub = tap.makeService(_tap_options(tmp_path, "state", parent={"nodaemon": False}))
     assert hub.start_error_type.__name__ == "DaemonStartError"
 
@@ -253,6 +255,30 @@ def test_daemonized_twistd_prints_a_start_error_as_text(tmp_path: Path, monkeypa
     assert (code, out) == (1, "mailhub: cannot start: ValueError: caf\\xe9 \\x1b[2J\n"
                               "mailhub: the whole message is in syslog\n")
     assert parent_reads(b"1 DaemonStartError: x", logfile="-")[1] == "mailhub: cannot start: x\n"
+
+
+def test_an_uncaught_daemon_start_error_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    # twistd -ny with a .tac that sets DaemonStartError (etc/mailhub.tac):
+    # twistd passes the exception on, and it reached the top as a traceback
+    from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+    from txmailhub.service import DaemonStartError, MailHub
+
+    monkeypatch.setattr(UnixApplicationRunner, "_waitForStart",
+                        UnixApplicationRunner._waitForStart)
+    others: list = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: others.append(a[1]))
+    MailHub.start_error_type.fset(MailHub.__new__(MailHub), DaemonStartError)
+    hook = sys.excepthook
+    MailHub.start_error_type.fset(MailHub.__new__(MailHub), DaemonStartError)
+    assert sys.excepthook is hook  # once, however many hubs
+    error = DaemonStartError("Address already in use: smtp on tcp:25")
+    sys.excepthook(DaemonStartError, error, None)
+    assert capsys.readouterr().err == (
+        "mailhub: cannot start: Address already in use: smtp on tcp:25\n")
+    other = ValueError("x")
+    sys.excepthook(ValueError, other, None)
+    assert others == [other] and capsys.readouterr().err == ""  # the hook before had it
 
 
 def test_twistd_exits_2_when_the_state_dir_check_fails_on_the_system(

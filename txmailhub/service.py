@@ -102,13 +102,40 @@ def print_start_errors_plainly() -> None:
     replaced from here, before the fork, by one that prints the same bytes
     as a line of text, control characters escaped (the same defence).  The
     pipe, its 100 bytes and the exit codes stay twistd's.  Called when
-    ``MailHub.start_error_type`` is set to ``DaemonStartError``."""
+    ``MailHub.start_error_type`` is set to ``DaemonStartError``, which
+    also has one that nobody catches end the process with a line
+    (``_report_uncaught_start_errors``)."""
+    _report_uncaught_start_errors()
     try:
         from twisted.scripts._twistd_unix import UnixApplicationRunner
     except ImportError:  # not POSIX: twistd does not daemonize
         return
     if callable(getattr(UnixApplicationRunner, "_waitForStart", None)):
         UnixApplicationRunner._waitForStart = _wait_for_start  # type: ignore[method-assign]
+
+
+def _report_uncaught_start_errors() -> None:
+    """Have a ``DaemonStartError`` nobody catches end the process with one
+    line, ``mailhub: cannot start: ...``, and exit status 1, not a
+    traceback.  That is what becomes of it in a twistd that did not
+    daemonize (``twistd -ny mailhub.tac``: the .tac cannot tell whether
+    twistd will fork, so etc/mailhub.tac sets ``DaemonStartError`` for
+    both), and in the daemonized child once it has told its parent: twistd
+    passes it on after removing its pid file.  The whole message was logged
+    before (``privilegedStartService``).  Any other exception goes to the
+    hook that was there before."""
+    previous = sys.excepthook
+    if getattr(previous, "reports_start_errors", False):
+        return  # installed already
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, DaemonStartError):
+            print(f"mailhub: cannot start: {value}", file=sys.stderr)
+            return
+        previous(kind, value, tb)
+
+    hook.reports_start_errors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _wait_for_start(runner: Any, read_pipe: int) -> int:
@@ -447,8 +474,9 @@ class MailHub(MultiService):
     def start_error_type(self) -> type[Exception] | None:
         """What a ``StartError`` in ``privilegedStartService`` becomes; set to
         ``DaemonStartError`` by ``twistd mailhub`` when it daemonizes (and by
-        a ``.tac`` run by ``twistd -y``), which also has twistd's waiting
-        parent print it as text (``print_start_errors_plainly``)."""
+        etc/mailhub.tac, which cannot tell whether twistd will), which also
+        has twistd's waiting parent print it as text, and one nobody catches
+        end the process with a line (``print_start_errors_plainly``)."""
         return self._start_error_type
 
     @start_error_type.setter

@@ -260,17 +260,14 @@ def test_tac_file_embeds_the_hub(make_hub) -> None:
     assert b"Traceback" not in out and b"Server Shut Down." in out
 
 
-def test_the_daemon_variant_of_the_tac_file_reports_a_start_error(make_hub) -> None:
-    # `twistd -y` with the two lines the example names: a port in use is
-    # printed by the waiting parent, which exits 1 (without them it waits
-    # for good)
+def test_the_tac_file_daemonized_reports_a_start_error(make_hub) -> None:
+    # `twistd -y` with the example as it is (it sets DaemonStartError): a
+    # port in use is printed by the waiting parent, which exits 1 (without
+    # that line it waits for good)
     hub = make_hub(start=False, fixed_ports=True)  # the port to block, known before
     tac = hub.folder / "mailhub.tac"
     example = (ROOT / "etc" / "mailhub.tac").read_text()
-    daemon_variant = example.replace("#   from txmailhub", "from txmailhub").replace(
-        "#   hub.start_error_type", "hub.start_error_type")
-    assert daemon_variant != example
-    tac.write_text(daemon_variant.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
     pidfile = hub.folder / "t.pid"
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", hub.smtp_port))
@@ -289,3 +286,24 @@ def test_the_daemon_variant_of_the_tac_file_reports_a_start_error(make_hub) -> N
     while pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pidfile.exists()
+
+
+def test_the_tac_file_in_the_foreground_reports_a_start_error_in_a_line(make_hub) -> None:
+    # the same .tac under `twistd -ny`: the DaemonStartError twistd passes
+    # on is one line, not a traceback; exit 1, and twistd's pid file is gone
+    hub = make_hub(start=False, fixed_ports=True)
+    tac = hub.folder / "mailhub.tac"
+    example = (ROOT / "etc" / "mailhub.tac").read_text()
+    tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    pidfile = hub.folder / "fg.pid"
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", hub.smtp_port))
+        blocker.listen(1)
+        result = subprocess.run(
+            [TWISTD, "-ny", str(tac), f"--pidfile={pidfile}", "--logfile=-"],
+            capture_output=True, text=True, timeout=60, cwd=hub.folder)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert (f"mailhub: cannot start: Address already in use: smtp on tcp:{hub.smtp_port}"
+            in out), out
+    assert "Traceback" not in out and not pidfile.exists()
