@@ -1215,7 +1215,10 @@ def test_run_file_problems_judge_links_and_names_only(tmp_path: Path) -> None:
                    {"logfile": str(tmp_path / "new.log"), "pidfile": ""}):
         assert run_file_problems(parent) == []
     if os.geteuid() == 0:  # a link root made itself is root's choice
-        os.symlink(shadow, tmp_path / "roots.log")
+        # (to a file with one name: shadow has two by now, and where a
+        # link leads is judged as the name itself is)
+        (tmp_path / "root-log").write_text("")
+        os.symlink(tmp_path / "root-log", tmp_path / "roots.log")
         assert run_file_problems({"logfile": str(tmp_path / "roots.log")}) == []
 
 
@@ -1259,3 +1262,47 @@ def test_the_log_file_made_for_uid_is_that_users(tmp_path: Path) -> None:
     make_log_file({"logfile": str(log)}, (65534, 65534))
     st = log.stat()
     assert (st.st_uid, st.st_gid) == (65534, 65534)
+def test_run_file_problems_follow_the_path_twistd_opens(tmp_path: Path, monkeypatch) -> None:
+    from txmailhub.tap import run_file_problems
+
+    # a folder on the way that the hub's user swapped for a link
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _hub_users_link(tmp_path / "etc", logs / "old")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "mailhub.log").write_text("root's\n")
+    [problem] = run_file_problems({"logfile": str(logs / "old" / "mailhub.log")})
+    assert f"reached through {logs / 'old'}, a symbolic link not made by root" in problem
+    # --nodaemon with no --logfile logs to stdout: no twistd.log is opened
+    # (a link one happens to be in the working folder stops nothing)
+    monkeypatch.chdir(logs)
+    _hub_users_link(tmp_path / "nowhere", logs / "twistd.log")
+    assert run_file_problems({"nodaemon": True, "logfile": None}) == []
+    assert len(run_file_problems({"logfile": None})) == 1  # a daemon's twistd.log
+
+
+def test_run_file_problems_follow_a_link_root_made_to_its_end(tmp_path: Path) -> None:
+    # /var/log/mailhub.log, root's link to the log in the hub's user's
+    # folder: a link that user put at the end of it was followed by root
+    import pytest
+
+    from txmailhub.tap import run_file_problems
+
+    if os.geteuid() != 0:
+        pytest.skip("needs a symbolic link made by root")
+    logs = tmp_path / "log-folder"
+    logs.mkdir()
+    shadow = tmp_path / "shadow"
+    shadow.write_text("secret")
+    os.symlink(logs / "mailhub.log", tmp_path / "mailhub.log")  # root's own
+    assert run_file_problems({"logfile": str(tmp_path / "mailhub.log")}) == []
+    _hub_users_link(shadow, logs / "mailhub.log")
+    [problem] = run_file_problems({"logfile": str(tmp_path / "mailhub.log")})
+    assert problem.startswith(f"mailhub: --logfile {tmp_path / 'mailhub.log'} is reached "
+                              f"through {logs / 'mailhub.log'}, a symbolic link not made "
+                              "by root:")
+    # and a hard link at the end of root's link
+    os.unlink(logs / "mailhub.log")
+    os.link(shadow, logs / "mailhub.log")
+    [problem] = run_file_problems({"logfile": str(tmp_path / "mailhub.log")})
+    assert "is a file with 2 names (a hard link)" in problem

@@ -227,27 +227,28 @@ def run_file_problems(parent: Any) -> list[str]:
     it names (the pid file: an empty-looking ``/etc/nologin``) and the hub
     would append its log, clients' text included, to any file of
     root's (a shell's start-up file runs a client's `backquotes`).  A
-    link (unless root's own), or a file with another name (a hard link
-    to a root file), stops the start.  Checked before twistd opens them:
-    a process of that user running meanwhile could still race it, so
-    nothing else should run as that user."""
+    link not made by root anywhere on the way -- the file itself, a
+    folder above it, or the end of a link root made (``/var/log/mailhub.log``
+    naming a file in the hub's own log folder) -- or a file with another
+    name (a hard link to a root file) stops the start.  The paths are the
+    ones twistd opens: the pid file is written inside ``--chroot``, and
+    ``--nodaemon`` with no ``--logfile`` logs to stdout.  Checked before
+    twistd opens them: a process of that user running meanwhile could
+    still race the check, so nothing else should run as that user."""
     problems: list[str] = []
+    # twistd makes --pidfile absolute when it reads its options; it opens
+    # both inside --chroot, if one is given
+    chroot = parent.get("chroot") or None
     names = [("--pidfile", parent.get("pidfile"))]
-    if not parent.get("syslog") and parent.get("logfile") != "-":
-        names.append(("--logfile", parent.get("logfile") or "twistd.log"))
+    logfile = parent.get("logfile")
+    if not parent.get("syslog") and logfile != "-" and (logfile or not parent.get("nodaemon")):
+        names.append(("--logfile", logfile or "twistd.log"))
     for option, name in names:
         if not name:
             continue
         path = os.path.abspath(name)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue  # not there yet (twistd makes it), or not ours to judge
-        if stat.S_ISLNK(st.st_mode) and st.st_uid != 0:
-            why = "a symbolic link"
-        elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            why = f"a file with {st.st_nlink} names (a hard link)"
-        else:
+        why = _opened_path_problem(path, chroot if option == "--pidfile" else None)
+        if why is None:
             continue
         problems.append(
             f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
@@ -294,6 +295,8 @@ def make_log_file(parent: Any, owner: tuple[int, int] | None) -> str | None:
     finally:
         os.close(fd)
     return path
+
+
 #: what the hub makes in ``state_dir`` itself, and writes ever after
 HUB_ENTRIES = ("mail", "queue", "relay", "spool", "spool.lock")
 
@@ -359,6 +362,48 @@ def _owner_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _opened_path_problem(path: str, root: str | None = None) -> str | None:
+    """Why opening ``path`` as root is unsafe, or ``None``: a symbolic link
+    not made by root on its way (each folder, the file, and whatever the
+    links root made lead to, resolved as the kernel would), or a final
+    file with more than one name.  ``root``: the ``--chroot`` folder the
+    path is read in (absolute link targets start there).  A name not there
+    yet ends the walk: twistd makes the file, or fails."""
+    top = os.path.abspath(root) if root is not None else "/"
+    parts = [p for p in path.split("/") if p]
+    given = top.rstrip("/") + os.path.normpath("/" + "/".join(parts))
+    at = ""  # the resolved path so far, inside ``top``
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            at = at.rpartition("/")[0]
+            continue
+        real = top.rstrip("/") + at + "/" + part
+        try:
+            st = os.lstat(real)
+        except OSError:
+            return None  # not there yet (twistd makes it), or not ours to judge
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid != 0:
+                return ("a symbolic link" if real == given else
+                        f"reached through {real}, a symbolic link not made by root")
+            links += 1
+            if links > 40:
+                return "a loop of symbolic links"
+            target = os.readlink(real)
+            if target.startswith("/"):
+                at = ""
+            parts[:0] = [p for p in target.split("/") if p]
+            continue
+        at += "/" + part
+        if not parts and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return f"a file with {st.st_nlink} names (a hard link)"
+    return None
 
 
 def _state_entries(state_dir: str) -> set[str] | None:
