@@ -1306,3 +1306,35 @@ def test_run_file_problems_follow_a_link_root_made_to_its_end(tmp_path: Path) ->
     os.link(shadow, logs / "mailhub.log")
     [problem] = run_file_problems({"logfile": str(tmp_path / "mailhub.log")})
     assert "is a file with 2 names (a hard link)" in problem
+
+
+def test_twistd_uid_stops_at_a_state_dir_the_hub_user_linked(tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    # a state_dir in a folder of the hub's user (its home, say) can be
+    # swapped by that user for a link: root's crash clean-up then removed
+    # every file in the spool/ of the folder it named, and root gave that
+    # folder mail/, queue/ and spool.lock
+    import pytest
+
+    from txmailhub import tap
+
+    monkeypatch.setattr(tap, "_dropping_to", lambda options: (4242, 4343))
+    victim = tmp_path / "roots"
+    (victim / "spool").mkdir(parents=True)
+    (victim / "spool" / "important.conf").write_text("root's\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    _hub_users_link(victim, home / "state")
+    options = _tap_options(tmp_path, str(home / "state"), parent={"uid": 4242, "gid": 4343})
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 2
+    assert (f"mailhub: state_dir {home / 'state'} is a symbolic link: twistd, running as "
+            "root, would clean up" in capsys.readouterr().err)
+    assert sorted(os.listdir(victim)) == ["spool"]
+    assert os.listdir(victim / "spool") == ["important.conf"]
+    # a link root made is root's choice (a state_dir on another disk)
+    if os.geteuid() == 0:
+        os.unlink(home / "state")
+        os.symlink(victim, home / "state")
+        assert tap.state_dir_problems(str(home / "state")) == []

@@ -88,7 +88,8 @@ def makeService(options: Any) -> Any:
     if owner is None and os.geteuid() == 0:
         print(ROOT_WARNING, file=sys.stderr)
     if owner is not None:
-        problems = run_file_problems(getattr(options, "parent", None) or {})
+        problems = (run_file_problems(getattr(options, "parent", None) or {})
+                    + state_dir_problems(settings.hub.state_dir))
         if problems:
             for problem in problems:
                 print(problem, file=sys.stderr)
@@ -362,6 +363,26 @@ def _owner_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+def state_dir_problems(state_dir: str) -> list[str]:
+    """Why twistd, started as root with ``--uid``, must not build the hub
+    in ``state_dir`` (one line; none: it may).
+
+    The spool's crash clean-up (it removes every file in ``spool/``), the
+    spool lock and the folders made at start (then given to ``--uid``) are
+    done as root, through ``state_dir``.  A state_dir whose parent folder
+    is that user's (``/home/mailhub/state``) can be swapped by that user
+    for a symbolic link to any folder: root then emptied that folder's
+    ``spool/`` and gave it ``mail/``, ``queue/`` and ``spool.lock``.  So a
+    link not made by root on the way stops the start, as for the pid and
+    log files; a link root made (``/var/lib/txmailhub`` naming a folder
+    on another disk) is root's choice."""
+    path = os.path.abspath(state_dir)
+    why = _opened_path_problem(path)
+    if why is None:
+        return []
+    return [f"mailhub: state_dir {path} is {why}: twistd, running as root, would clean up "
+            "and create files in what it names before it switches to --uid; make it a "
+            "folder (and see who made the link)"]
 
 
 def _opened_path_problem(path: str, root: str | None = None) -> str | None:
