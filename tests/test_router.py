@@ -749,6 +749,42 @@ class FreshFileTests(Base):
         mono[0] += RACY_SECONDS
         self.assertRefused(r.resolve, A("bob"), replies.UNKNOWN_USER)
 
+    def test_a_miss_is_judged_by_the_records_it_was_made_in(self):
+        # a password check's thread may read the users file between the
+        # router's lookup and its question whether the file is in doubt:
+        # the miss was made in a half-written text, the whole file read
+        # just after it is settled -- bob, who is in that file, got 550
+        from txmailhub.filestamp import FileStamp
+        from txmailhub.users import UsersDB, hash_password
+
+        path = os.path.join(self.dir, "users")
+        whole = f"alice {hash_password('pw')}\nbob {hash_password('pw')}\n"
+        with open(path, "w") as f:
+            f.write(whole[: whole.index("bob ") + 2])  # into bob's line
+        wall, mono = [os.stat(path).st_mtime + 0.5], [50.0]
+        self.users = UsersDB(path, "example.org", ("example.org", "example.net"))
+        self.users._file = FileStamp(lambda: wall[0], lambda: mono[0])
+        r = self.router()
+        users, lookups = self.users, []
+
+        def then_another_thread_reads(method):
+            def looked_up(address):
+                answer = method(address)
+                lookups.append(address)
+                if len(lookups) == 2:  # once the router has looked bob up:
+                    with open(path, "w") as f:  # the writer ends its line...
+                        f.write(whole)
+                    users.get(A("alice"))  # ...and a password check reads the file
+                return answer
+            return looked_up
+
+        # as the router asks (``lookup``; before, ``contains`` then ``changing``)
+        for name in ("lookup", "contains"):
+            if hasattr(users, name):
+                setattr(users, name, then_another_thread_reads(getattr(users, name)))
+        self.assertRefused(r.resolve, A("bob"), replies.MAILBOXES_CHANGING)
+        self.assertEqual(r.resolve(A("bob")), ((A("bob"),), ()))
+
     def test_an_aliases_file_that_changes_while_it_is_read_is_in_doubt(self):
         # last changed long ago, but rewritten in place just as the hub
         # reads it: the stamp taken before the read is an old one, the text

@@ -339,6 +339,10 @@ class Router:
         # within ``RACY_SECONDS`` of the read, or during it): an address
         # that is no alias in it may be one not written yet
         self._fresh = False
+        # whether a user lookup of the current expansion missed in users
+        # records that may be a torn file (``UsersDB.lookup``); ``None``
+        # for a users object that cannot say so with its answer
+        self._users_doubt: bool | None = None
         self._there = False
         self._error: str | None = None
         self._warned: set[tuple[str, str]] = set()
@@ -439,12 +443,21 @@ class Router:
         on the miss path only: a found recipient costs nothing more."""
         if self._fresh:
             return True
+        if self._users_doubt is not None:
+            return self._users_doubt
         changing = getattr(self.users, "changing", None)
         return changing is not None and bool(changing())
 
     def _is_user(self, address: Address) -> bool:
         try:
-            found = bool(self.users.contains(address))
+            lookup = getattr(self.users, "lookup", None)
+            if lookup is not None:
+                record, doubt = lookup(address)
+                found = record is not None
+                # the misses' own doubt, judged with the records missed in
+                self._users_doubt = bool(self._users_doubt) or doubt
+            else:
+                found = bool(self.users.contains(address))
         except Exception:
             # Not "no such user": a 550 would bounce the sender's mail for
             # good over a users file the hub cannot read for a moment
@@ -462,6 +475,7 @@ class Router:
         # client spelled it: RCPT TO:<Alice> and <alice> are one mailbox,
         # which must get one copy.
         address = _canonical(address)
+        self._users_doubt = None
         if address.key not in self.aliases and self._is_user(address):
             return (address,), ()  # a plain mailbox: what nearly every RCPT is
         if address.is_postmaster and address.key not in self.aliases and not self._is_user(

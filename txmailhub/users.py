@@ -208,6 +208,11 @@ class UsersDB:
         self._reading = threading.Lock()
         self._text: str | None = None
         self._records: dict[str, UserRecord] = {}
+        # the records and whether they are the file's whole
+        # (``FileStamp.settled``) as one value, for ``lookup``: a miss is
+        # judged by the records it was made in, not by what another
+        # thread (a password check's) read just after it
+        self._view: tuple[dict[str, UserRecord], bool] = ({}, False)
         self.problems: list[str] = []
         # The file is not there: a lookup cannot tell "no such user" from
         # "the file is away for a moment" (moved, being restored, a mount
@@ -272,9 +277,14 @@ class UsersDB:
         if changed:
             self._records, self.problems, _, _ = self._parse(text)
             self._text = text
+        # in doubt until judged: a lookup without the lock in between
+        # (the stamp below is trusted already) must not judge a miss in
+        # these records by the settling of the text read before them
+        self._view = (self._records, False)
         # only now: a stamp noted before the records are in place would
         # let another lookup take the old records for the new file
         self._file.read(st, began, after, whole=text.endswith("\n"))
+        self._view = (self._records, self._file.settled)
         if not changed:
             return
         if self.missing:
@@ -302,6 +312,7 @@ class UsersDB:
     def _forget(self) -> None:
         self._file.forget()
         self._text, self._records, self.problems = None, {}, []
+        self._view = ({}, False)
 
     def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str],
                                          list[str | None], dict[str, int]]:
@@ -364,6 +375,19 @@ class UsersDB:
         its user, and every lookup once the file is settled, costs nothing
         more.  (A file that is away is ``missing`` instead.)"""
         return not self.missing and not self._file.settled
+
+    def lookup(self, address: Address) -> tuple[UserRecord | None, bool]:
+        """``get``, and for a miss whether it is in doubt (``changing``) as
+        the records it was made in were judged.  The router asks this:
+        ``get`` then ``changing`` judge the miss by whatever was read last,
+        and a password check's thread may read the file between the two --
+        a miss in a half-written text, then judged by the whole one read
+        after it, was a 550 for a user the file has.  The same system
+        calls as ``get``."""
+        self._refresh()
+        records, settled = self._view
+        record = records.get(address.key)
+        return record, record is None and not settled and not self.missing
 
     def get(self, address: Address) -> UserRecord | None:
         return self._refresh().get(address.key)
