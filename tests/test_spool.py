@@ -485,6 +485,22 @@ class RecoveryTests(SynchronousTestCase):
             open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=False)
         self.assertIn("not a regular file", str(cm.exception))
 
+    def test_a_lock_that_is_a_hard_link_is_refused(self):
+        # twistd started as root opens spool.lock for writing and keeps
+        # the descriptor (it holds the lock) after it switches user: a
+        # hard link the hub's user made to a root file must not be it
+        base = self.mktemp()
+        os.makedirs(base)
+        victim = os.path.join(base, "shadow")
+        with open(victim, "w") as f:
+            f.write("root's\n")
+        os.link(victim, os.path.join(base, "spool.lock"))
+        with self.assertRaises(OSError) as cm:
+            open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=False)
+        self.assertIn("not a regular file with one name", str(cm.exception))
+        with open(victim) as f:
+            self.assertEqual(f.read(), "root's\n")
+
     def test_recover_false_keeps_files(self):
         d = self.mktemp()
         os.makedirs(d)

@@ -449,9 +449,11 @@ def _open_lock(path: str) -> int:
     have root make, or open for writing, any file it names (an empty
     ``/etc/nologin`` locks every other user out).  ``O_NOFOLLOW`` refuses a
     link, ``O_NONBLOCK`` keeps a FIFO from holding the start, and anything
-    but a regular file is refused (``OSError`` naming it: the start says
-    so and stops)."""
-    why = "not a regular file (a symbolic link?): not followed; remove it"
+    but a regular file with one name is refused (``OSError`` naming it:
+    the start says so and stops).  A hard link the hub's user made to a
+    root file would be opened for writing by root, and the descriptor,
+    which holds the lock, kept by the hub after it switched user."""
+    why = "not a regular file with one name (a link?): not followed; remove it"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
                      0o600)
@@ -459,7 +461,8 @@ def _open_lock(path: str) -> int:
         if e.errno in (errno.ELOOP, errno.ENXIO):
             raise OSError(e.errno, why, path) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
         raise OSError(errno.EINVAL, why, path)
     return fd
