@@ -378,7 +378,8 @@ def test_checker_runs_scrypt_through_the_thread_runner(db: UsersDB) -> None:
     assert result_of(checker.requestAvatarId(UsernamePassword(b"alice", b"pw"))) == (
         "alice@example.org"
     )
-    assert calls == ["check_password"]
+    # (with the doubt of the records it used: ``check_login``)
+    assert calls == ["check_login"]
 
 
 def held_checker(db: UsersDB) -> tuple[UsersChecker, list[Deferred]]:
@@ -1171,3 +1172,46 @@ def test_a_failed_login_against_a_file_caught_half_written_is_temporary(db: User
     wall[0] += RACY_SECONDS
     mono[0] += RACY_SECONDS
     assert all(f.check(UnauthorizedLogin) for f in failures())
+
+
+def test_a_failed_login_is_judged_by_the_records_it_was_checked_against(
+        db: UsersDB) -> None:
+    """The password check runs in the thread pool; the checker then asked
+    ``changing`` on the reactor thread, about whatever was read last.  A
+    check against a half-written file (bob's line not back: in doubt),
+    then a read of the finished file by another check's thread: the
+    failure was judged settled, an UnauthorizedLogin counted as a guess,
+    where a temporary failure is due."""
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+
+    from txmailhub.errors import UsersUnavailable
+    from txmailhub.filestamp import FileStamp
+
+    db.add("alice", "pw")
+    db.add("bob", "pw")
+    finished = Path(db.path).read_text()
+    with open(db.path, "r+") as f:  # rewritten in place, into bob's line
+        f.truncate(0)
+        f.write(finished[: finished.index("bob@") + 3])
+    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
+    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
+    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+
+    def then_another_thread_reads(f):
+        def checked(*args):
+            answer = f(*args)
+            with open(db.path, "w") as out:  # the writer ends the file...
+                out.write(finished)
+            reader.get(Address("alice", "example.org"))  # ...another check reads it
+            return answer
+        checked.__name__ = f.__name__
+        return checked
+
+    for name in ("check_login", "check_password"):
+        if hasattr(reader, name):
+            setattr(reader, name, then_another_thread_reads(getattr(reader, name)))
+    checker = UsersChecker(reader)
+    failure = result_of(checker.requestAvatarId(UsernamePassword(b"bob", b"pw")))
+    assert not failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
+    assert failure.check(UsersUnavailable)  # type: ignore[attr-defined]

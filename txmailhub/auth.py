@@ -126,7 +126,7 @@ class UsersChecker:
             except UnicodeDecodeError:
                 return self._fail()
             if self._run is None:
-                d = maybeDeferred(self.users.check_password, address, password)
+                d = maybeDeferred(self._check(), address, password)
             else:
                 d = self._checks.run(getattr(credentials, "client", ""),
                                      self._check_if_wanted, credentials, address, password)
@@ -148,9 +148,18 @@ class UsersChecker:
         if wanted is not None and not wanted():
             raise LoginAbandoned("the client left before its password was checked")
         assert self._run is not None
-        return self._run(self.users.check_password, address, password)
+        return self._run(self._check(), address, password)
 
-    def _refusal(self, looked_up: bool = False) -> Exception:
+    def _check(self) -> Callable[[Address, str], bool | tuple[bool, bool]]:
+        """The check to run (in the thread pool): one that gives the doubt
+        of the records it used with its answer when the users object can
+        (``UsersDB.check_login``), so that ``_result`` does not judge a
+        failure by what another thread read after it."""
+        check: Callable[[Address, str], bool | tuple[bool, bool]] = getattr(
+            self.users, "check_login", None) or self.users.check_password
+        return check
+
+    def _refusal(self, looked_up: bool = False, doubt: bool | None = None) -> Exception:
         """Why a login failed.  ``looked_up``: the user was looked up (a
         name that cannot be one is refused without asking the file).
 
@@ -160,14 +169,18 @@ class UsersChecker:
         for a file that is away -- and so is a wrong password then, or the
         answer would tell who is in the file and who is not.  It is not
         counted as a guess (the file changes only when its administrator
-        changes it, and the window is ``RACY_SECONDS``)."""
+        changes it, and the window is ``RACY_SECONDS``).  ``doubt``: that,
+        as judged with the records the check used (``UsersDB.check_login``);
+        ``None``: ask ``changing`` now."""
         if getattr(self.users, "missing", False):
             why = getattr(self.users, "unreadable", None)
             return UsersUnavailable(f"the users file {self.users.path} "
                                     + (f"cannot be read ({why.strerror or why})" if why
                                        else "does not exist"))
-        changing = getattr(self.users, "changing", None) if looked_up else None
-        if changing is not None and changing():
+        if doubt is None:
+            changing = getattr(self.users, "changing", None) if looked_up else None
+            doubt = changing is not None and bool(changing())
+        if doubt:
             return UsersUnavailable(f"the users file {self.users.path} changed a moment "
                                     "ago and may have been read half-written")
         return UnauthorizedLogin("authentication failed")
@@ -177,9 +190,10 @@ class UsersChecker:
         d.errback(self._refusal(looked_up))
         return d
 
-    def _result(self, ok: bool, address: Address) -> str:
+    def _result(self, answer: bool | tuple[bool, bool], address: Address) -> str:
+        ok, doubt = answer if isinstance(answer, tuple) else (answer, None)
         if not ok:
-            raise self._refusal(looked_up=True)
+            raise self._refusal(looked_up=True, doubt=doubt)
         return address.key
 
 

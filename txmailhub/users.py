@@ -384,10 +384,15 @@ class UsersDB:
         a miss in a half-written text, then judged by the whole one read
         after it, was a 550 for a user the file has.  The same system
         calls as ``get``."""
+        record, settled = self._judged(address)
+        return record, record is None and not settled and not self.missing
+
+    def _judged(self, address: Address) -> tuple[UserRecord | None, bool]:
+        """The record of ``address`` (or ``None``) and whether the records
+        it was looked up in are settled, taken together (``_view``)."""
         self._refresh()
         records, settled = self._view
-        record = records.get(address.key)
-        return record, record is None and not settled and not self.missing
+        return records.get(address.key), settled
 
     def get(self, address: Address) -> UserRecord | None:
         return self._refresh().get(address.key)
@@ -406,7 +411,16 @@ class UsersDB:
         return parse_address(name, self.primary_domain)
 
     def check_password(self, address: Address, password: str) -> bool:
-        """Whether ``password`` is right; slow on purpose (scrypt), even for unknown users.
+        """Whether ``password`` is right; slow on purpose (scrypt), even for
+        unknown users (``check_login``, without its doubt)."""
+        return self.check_login(address, password)[0]
+
+    def check_login(self, address: Address, password: str) -> tuple[bool, bool]:
+        """Whether ``password`` is right, and whether the records it was
+        checked against may be a file caught half-written (``changing``,
+        judged with them).  The login checker asks this from the thread
+        pool: ``changing`` asked afterwards, on the reactor thread, judges
+        whatever was read last, maybe by another check's thread.
 
         The prepared form first (what ``add`` and ``set_password`` hash);
         then, only when it differs from what was sent, the as-sent form,
@@ -415,14 +429,15 @@ class UsersDB:
         the time says nothing about who exists.
         """
         candidates = _login_forms(password)
-        record = self.get(address)
+        record, settled = self._judged(address)
+        doubt = not settled and not self.missing
         # a hash that can never match (logged when the file is read) would
         # be refused before any scrypt ran: as slow as an unknown user
         if record is None or hash_problem(record.password_hash):
             for candidate in candidates:
                 verify_password(candidate, _DUMMY_HASH)
-            return False
-        return any(verify_password(c, record.password_hash) for c in candidates)
+            return False, doubt
+        return any(verify_password(c, record.password_hash) for c in candidates), doubt
 
     def apop_secret(self, address: Address) -> str | None:
         record = self.get(address)
