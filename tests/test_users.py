@@ -1215,3 +1215,38 @@ def test_a_failed_login_is_judged_by_the_records_it_was_checked_against(
     failure = result_of(checker.requestAvatarId(UsernamePassword(b"bob", b"pw")))
     assert not failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
     assert failure.check(UsersUnavailable)  # type: ignore[attr-defined]
+def test_apop_for_a_line_caught_half_written_before_its_secret_is_temporary(
+        db: UsersDB) -> None:
+    """bob was added with --allow-apop; the file, rewritten in place, is
+    read when his line is back up to its hash but not its ``apop=``
+    field: he looks like a user without an APOP secret.  Within
+    RACY_SECONDS that is no proof, as a miss is not: UsersUnavailable (not
+    counted), not NoAPOPSecret (a counted failure).  RACY_SECONDS on, a
+    user without a secret is NoAPOPSecret, as ever."""
+    from twisted.python.failure import Failure
+
+    from txmailhub.auth import NoAPOPSecret
+    from txmailhub.errors import UsersUnavailable
+    from txmailhub.filestamp import RACY_SECONDS, FileStamp
+
+    db.add("alice", "pw")
+    db.add("bob", "bobpw", allow_apop=True)
+    whole = Path(db.path).read_text()
+    with open(db.path, "r+") as f:  # in place, cut just before " apop="
+        f.truncate(0)
+        f.write(whole[: whole.index(" apop=")])
+    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
+    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
+    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    assert reader.get(Address("bob", "example.org")) is not None  # his line, half of it
+    checker = UsersChecker(reader)
+    challenge = b"<1.2@mail.example.org>"
+    digest = hashlib.md5(challenge + b"bobpw").hexdigest().encode()
+    for name in (b"bob", b"alice"):  # cut short, and one with no secret at all
+        failure = result_of(checker.requestAvatarId(APOPCreds(name, challenge, digest)))
+        assert isinstance(failure, Failure)
+        assert failure.check(UsersUnavailable) and not failure.check(NoAPOPSecret), name
+    wall[0] += RACY_SECONDS
+    mono[0] += RACY_SECONDS
+    failure = result_of(checker.requestAvatarId(APOPCreds(b"alice", challenge, digest)))
+    assert failure.check(NoAPOPSecret)  # type: ignore[attr-defined]

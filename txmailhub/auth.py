@@ -49,7 +49,9 @@ class LoginAbandoned(UnauthorizedLogin):
 class NoAPOPSecret(UnauthorizedLogin):
     """APOP for a user the file keeps no APOP secret for (added without
     ``--allow-apop``): a failed login like any other for the client and the
-    lockout, but the log says why, or the admin hunts a wrong password."""
+    lockout, but the log says why, or the admin hunts a wrong password.
+    Not while the file may have been read half-written (``UsersDB.changing``):
+    the line may be cut before its secret, so that is a temporary failure."""
 
 
 class ClientCredentials(UsernamePassword):
@@ -134,11 +136,15 @@ class UsersChecker:
         # APOP: the credentials compare md5(challenge + secret) themselves.
         secret = self.users.apop_secret(address)
         if secret is None:
-            if not getattr(self.users, "missing", False) and self.users.get(address) is not None:
-                d: Deferred = Deferred()
-                d.errback(NoAPOPSecret("no APOP secret"))
-                return d
-            return self._fail(looked_up=True)
+            refusal = self._refusal(looked_up=True)
+            # a file read half-written (``changing``) may hold the user's
+            # line cut before its ``apop=`` field: temporary, as a miss is
+            # then, and the answer must not tell who is in the file
+            if not isinstance(refusal, UsersUnavailable) and self.users.get(address) is not None:
+                refusal = NoAPOPSecret("no APOP secret")
+            d: Deferred = Deferred()
+            d.errback(refusal)
+            return d
         ok = any(credentials.checkPassword(form.encode("utf-8")) for form in _apop_forms(secret))
         return succeed(address.key) if ok else self._fail(looked_up=True)
 
