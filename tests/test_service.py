@@ -528,6 +528,36 @@ def test_foreign_state_names_what_the_uid_user_could_not_use(tmp_path: Path) -> 
     assert foreign_state(str(tmp_path / "missing"), other, 4343) is None
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
+def test_foreign_state_judges_a_linked_folder_by_the_folder_it_leads_to(tmp_path: Path) -> None:
+    # root's link from state_dir/mail to a mail store on a disk of its own,
+    # given to the hub's user, is an admin's setup the hub runs with: it was
+    # refused for the link's owner (root), with a chown -R that changes
+    # nothing of it
+    from txmailhub.tap import foreign_state
+
+    state, disk = tmp_path / "state", tmp_path / "disk"
+    for folder in (state, disk / "mail", disk / "queue"):
+        folder.mkdir(parents=True, mode=0o700)
+        os.chown(folder, 4242, 4343)
+    (state / "mail").symlink_to(disk / "mail")  # root's links
+    (state / "queue").symlink_to(disk / "queue")
+    assert os.lstat(state / "mail").st_uid == 0
+    assert foreign_state(str(state), 4242, 4343) is None
+    os.chown(disk / "queue", 0, 0)  # what the link leads to still counts
+    line = foreign_state(str(state), 4242, 4343)
+    assert line is not None
+    assert line.startswith(f"mailhub: cannot use {state / 'queue'} (a link to "
+                           f"{disk / 'queue'}): it belongs to root"), line
+    os.chown(disk / "queue", 4242, 4343)
+    # spool.lock is never followed by the hub: a link there is judged itself
+    (disk / "lock").touch()
+    os.chown(disk / "lock", 4242, 4343)
+    (state / "spool.lock").symlink_to(disk / "lock")
+    line = foreign_state(str(state), 4242, 4343)
+    assert line is not None and f"cannot use {state / 'spool.lock'}: it belongs" in line
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="twistd --uid: needs root")
 def test_twistd_uid_on_a_state_dir_root_used_exits_2_before_the_start(
         tmp_path: Path, capsys) -> None:

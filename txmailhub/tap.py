@@ -300,6 +300,10 @@ def make_log_file(parent: Any, owner: tuple[int, int] | None) -> str | None:
 
 #: what the hub makes in ``state_dir`` itself, and writes ever after
 HUB_ENTRIES = ("mail", "queue", "relay", "spool", "spool.lock")
+#: those of them the hub uses through a symbolic link the admin made (the
+#: mail store on a disk of its own): judged by the folder the link leads
+#: to.  ``spool.lock`` is never followed (``store.spool``): judged itself.
+LINKABLE_ENTRIES = ("mail", "queue", "relay", "spool")
 
 
 def foreign_state(state_dir: str, uid: int, gid: int) -> str | None:
@@ -347,6 +351,11 @@ def foreign_state(state_dir: str, uid: int, gid: int) -> str | None:
         path = os.path.join(state_dir, name)
         try:
             st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode) and name in LINKABLE_ENTRIES:
+                # a link the admin made (root's, as a rule) to a folder on
+                # another disk: what counts is the folder it leads to
+                st = os.stat(path)
+                path = f"{path} (a link to {os.path.realpath(path)})"
         except OSError:
             continue  # not made yet: the hub makes it and gives it to the user
         if st.st_uid != uid:
