@@ -335,6 +335,39 @@ def test_a_link_in_a_folder_another_user_may_change_is_not_followed(tmp_path: Pa
     assert victim.read_text() == "root ALL=(ALL) ALL\nb: ann\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
+def test_a_folder_link_on_the_way_in_a_folder_another_user_may_change_is_not_followed(
+        tmp_path: Path) -> None:
+    # root's link to the hub's folder users.d/conf/aliases, whose conf the
+    # hub's user replaced with a link to a folder of root's: the link on
+    # the way was followed unjudged, and root's alias add rewrote root's
+    # file of that name there
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    victim = secret / "aliases"
+    victim.write_text("root: keep\n")
+    hubs = tmp_path / "users.d"
+    hubs.mkdir()
+    os.chown(hubs, 65534, 65534)
+    (hubs / "conf").symlink_to(secret)
+    os.lchown(hubs / "conf", 65534, 65534)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "aliases").symlink_to(hubs / "conf" / "aliases")
+    for configured in (etc / "aliases", hubs / "conf" / "aliases"):
+        with pytest.raises(AliasesFileError, match=(
+                rf"^{hubs / 'conf'} is a symbolic link in {hubs}, a folder of .*uid 65534.*'s: "
+                "not followed")):
+            aliases_at(configured).add("b", ["ann"])
+    assert victim.read_text() == "root: keep\n"
+    assert sorted(os.listdir(secret)) == ["aliases"]
+    # root's own link to a folder, in root's folder (/etc/txmailhub made a
+    # link to /srv/txmailhub): followed, as before
+    (tmp_path / "srv").symlink_to(secret)
+    aliases_at(tmp_path / "srv" / "aliases").add("b", ["ann"])
+    assert victim.read_text() == "root: keep\nb: ann\n"
+
+
 def test_a_lock_that_is_a_link_is_not_followed(path: Path, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("root's\n")

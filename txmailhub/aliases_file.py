@@ -342,25 +342,45 @@ class AliasesFile:
             yield text.removeprefix(BOM)
 
     def _followed(self) -> str:
-        """The file a change reads and replaces: the configured path, or
-        the file its symbolic link (and the links it leads to) points to,
-        when each link is in a folder only root and this user can change
-        (``_untrusted_folder``); refused otherwise."""
-        path = os.path.abspath(self.path)
-        for _ in range(40):  # SYMLOOP_MAX
+        """The file a change reads and replaces: the configured path with
+        every symbolic link on it resolved -- the file's own, those it
+        leads to, and those of the folders on the way -- when each link
+        is in a folder only root and this user can change
+        (``_untrusted_folder``); refused otherwise.  A link to a folder
+        counts as much as one to the file: a folder of the path that is a
+        link in the hub's folder would let the hub's user send the change
+        to a file of the same name in any folder of root's."""
+        pending = os.path.abspath(self.path).split("/")
+        resolved = "/"
+        links = 0
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                resolved = os.path.dirname(resolved)  # no link in it: resolved
+                continue
+            path = os.path.join(resolved, name)
             try:
                 target = os.readlink(path)
             except OSError:
-                return path  # no link (or not there: the first add makes it)
+                # no link (or not there: the first add makes the file)
+                resolved = path
+                continue
+            links += 1
+            if links > 40:  # SYMLOOP_MAX
+                raise AliasesFileError(f"{self.path}: too many levels of symbolic links")
             why = _untrusted_folder(path)
             if why:
                 raise AliasesFileError(
-                    f"{path} is a symbolic link in {os.path.dirname(path)}, {why}: not "
+                    f"{path} is a symbolic link in {resolved}, {why}: not "
                     "followed, since that user could point it at any file this command may "
                     "write, to have it rewritten: set [aliases] file to the file itself, or "
                     "keep the link in a folder only root can change")
-            path = os.path.join(os.path.dirname(path), target)
-        raise AliasesFileError(f"{self.path}: too many levels of symbolic links")
+            pending = target.split("/") + pending
+            if target.startswith("/"):
+                resolved = "/"
+        return resolved
 
     def _write(self, text: str) -> None:
         from txmailhub.store.sync import durable_write, owner_of
