@@ -1368,3 +1368,28 @@ def test_twistd_uid_stops_at_a_state_dir_the_hub_user_linked(tmp_path: Path, mon
         os.unlink(home / "state")
         os.symlink(victim, home / "state")
         assert tap.state_dir_problems(str(home / "state")) == []
+
+
+def test_twistd_mailhub_makes_a_relative_log_file_where_twistd_opens_it(
+        tmp_path: Path, monkeypatch) -> None:
+    # twistd opens --logfile (logger.start) before it changes to --rundir
+    # (setupEnvironment): a relative name is the start's folder's, and
+    # the file the hub makes ahead must be that one, not one in --rundir
+    import stat as stat_
+
+    from txmailhub import tap
+
+    start, rundir = tmp_path / "start", tmp_path / "run"
+    for folder in (start / "logs", rundir):
+        folder.mkdir(parents=True)
+    monkeypatch.chdir(start)
+    old = os.umask(0o022)
+    try:
+        tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent={
+            "logfile": "logs/mailhub.log", "rundir": str(rundir), "nodaemon": False,
+            "pidfile": ""}))
+    finally:
+        os.umask(old)
+    log = start / "logs" / "mailhub.log"
+    assert stat_.S_IMODE(log.stat().st_mode) == tap.LOG_FILE_MODE
+    assert os.listdir(rundir) == []
