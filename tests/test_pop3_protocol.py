@@ -478,6 +478,50 @@ def test_apop_without_the_users_secret_is_logged_as_such(log_events, tmp_path):
                      "APOP secret: it was added without mailhub user add --allow-apop)"]
 
 
+def test_the_greeting_offers_apop_only_while_a_user_has_an_apop_secret(tmp_path):
+    # Twisted's POP3Client.login() takes APOP whenever the greeting has a
+    # timestamp: with no APOP secret anywhere, none is given, and the
+    # greeting follows the users file as it changes
+    from txmailhub.auth import UsersChecker
+    from txmailhub.users import UsersDB
+
+    path = str(tmp_path / "users")
+    admin = UsersDB(path, "example.org")  # ``mailhub user ...``
+    admin.add("joe", "joepw", allow_weak=True)
+    hub_db = UsersDB(path, "example.org")  # the running hub's
+    env = Env(checker=UsersChecker(hub_db))
+    env.components.users = hub_db
+    env.store.add("joe@example.org", b"hi\n")
+
+    proto, t = env.connect()
+    assert t.value() == b"+OK POP3 server mail.example.org ready\r\n"
+    assert talk(proto, t, b"APOP joe " + b"0" * 32 + b"\r\n") == R.APOP_UNAVAILABLE.to_bytes()
+    env.clock.advance(10)
+    assert proto.engine.auth_failures == 0
+    assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n").endswith(R.logged_in(1, 4).to_bytes())
+    talk(proto, t, b"QUIT\r\n")
+
+    admin.add("ann", "annpw", allow_apop=True, allow_weak=True)
+    env.store.add("ann@example.org", b"hi\n")
+    proto, t = env.connect()
+    ts = re.search(rb"<[^>]+>", t.value()).group(0)
+    digest = hashlib.md5(ts + b"annpw").hexdigest().encode()
+    assert talk(proto, t, b"APOP ann " + digest + b"\r\n") == R.logged_in(1, 4).to_bytes()
+
+    admin.delete("ann")
+    proto, t = env.connect()
+    assert b"<" not in t.value()
+
+
+def test_the_greeting_offers_apop_without_a_users_database():
+    # an application's own checker (no UsersDB in the components): APOP
+    # stays offered, as its checker may take it
+    env = Env()
+    assert env.components.users is None
+    _proto, t = env.connect()
+    assert re.search(rb"ready <\d+\.\d+\.[0-9a-f]+@mail\.example\.org>\r\n$", t.value())
+
+
 def test_apop_credentials_compare_in_constant_time_form():
     creds = APOPCredentials(b"joe", b"<1.2@h>", hashlib.md5(b"<1.2@h>s3").hexdigest().encode())
     assert creds.checkPassword(b"s3") and creds.checkPassword("s3")

@@ -360,6 +360,53 @@ def test_apop_digest_is_lowercased():
     assert action.secret == b"abcdef0123456789" * 2 and action.mechanism == "APOP"
 
 
+def no_apop_engine(**kw) -> POP3Server:
+    kw.setdefault("plaintext_allowed", True)
+    return POP3Server(hostname="mail.example.org", timestamp="", **kw)
+
+
+def test_greeting_without_apop_has_no_timestamp():
+    # no user has an APOP secret: a greeting with a timestamp would make
+    # clients that take APOP whenever they see one (Twisted's login())
+    # fail every login
+    e = no_apop_engine()
+    assert e.greeting() == b"+OK POP3 server mail.example.org ready\r\n"
+    assert b"<" not in e.greeting()
+
+
+def test_apop_without_a_timestamp_is_refused_as_not_offered():
+    e = no_apop_engine()
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    # refused whatever its arguments, and no login is tried (nothing to
+    # check a digest against): no Authenticate, no failure counted
+    for line in (b"APOP joe " + b"0" * 32, b"APOP", b"apop joe xyz"):
+        assert sent(e, line) == R.APOP_UNAVAILABLE.to_bytes()
+    assert e.auth_failures == 0 and e.state is State.AUTHORIZATION
+    # APOP still ends the earlier USER's turn (RFC 1939 7), as it does
+    # where it is offered
+    assert sent(e, b"PASS joepw") == R.PASS_WITHOUT_USER.to_bytes()
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    assert run(e, b"PASS joepw") == Authenticate("USER", "joe", b"joepw", "")
+
+
+def test_the_plaintext_refusal_names_apop_only_where_it_is_offered():
+    assert sent(engine(plaintext_allowed=False), b"USER joe") == \
+        R.PLAINTEXT_DISALLOWED.to_bytes()
+    e = no_apop_engine(plaintext_allowed=False)
+    for line in (b"USER joe", b"AUTH PLAIN"):
+        reply = sent(e, line)
+        assert reply == R.PLAINTEXT_DISALLOWED_NO_APOP.to_bytes() and b"APOP" not in reply
+
+
+def test_capa_says_nothing_of_apop_either_way():
+    # RFC 2449 has no capability for APOP: the greeting's timestamp is how
+    # a client learns of it, so CAPA is the same with and without
+    for kw in ({}, {"tls_available": True}, {"plaintext_allowed": False}):
+        with_apop = sent(engine(**kw), b"CAPA")
+        assert sent(no_apop_engine(**kw), b"CAPA") == with_apop
+        assert b"APOP" not in with_apop
+
+
 # -- AUTH PLAIN (RFC 5034) -------------------------------------------------
 
 

@@ -96,6 +96,41 @@ def test_running_reader_sees_changes_without_restart(db: UsersDB) -> None:
     assert not reader.contains(Address("alice", "example.org"))
 
 
+def test_offers_apop_follows_the_file_and_is_worked_out_once_per_read(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked by every POP3 greeting: it follows the file as lookups do, and
+    the file's users are gone over when it is read, not per question."""
+    reader = UsersDB(db.path, "example.org")
+    assert not reader.offers_apop()  # no file yet
+    db.add("bob", "pw")
+    assert not reader.offers_apop()
+    db.add("alice", "pw", allow_apop=True)
+    assert reader.offers_apop()
+    parsed: list[str] = []
+    real = reader._parse
+
+    def counting(text: str):  # type: ignore[no-untyped-def]
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(reader, "_parse", counting)
+    # a settled file (read a while after it changed) is not read again
+    old = os.stat(db.path).st_mtime - 60
+    os.utime(db.path, (old, old))
+    assert reader.offers_apop()
+    parsed.clear()
+    for _ in range(100):
+        assert reader.offers_apop()
+    assert parsed == []
+    db.set_password("alice", "pw2")  # the secret follows the password
+    assert reader.offers_apop()
+    db.delete("alice")
+    assert not reader.offers_apop()
+    assert len(parsed) >= 1
+    os.unlink(db.path)
+    assert not reader.offers_apop()  # away: no users, no APOP
+
+
 def test_a_same_size_rewrite_in_one_clock_tick_is_seen(db: UsersDB) -> None:
     """``mailhub user passwd`` twice in a second, or an editor that writes
     in place: a new hash has the size of the old one, and on a file

@@ -213,6 +213,10 @@ class UsersDB:
         # judged by the records it was made in, not by what another
         # thread (a password check's) read just after it
         self._view: tuple[dict[str, UserRecord], bool] = ({}, False)
+        # whether any of ``_records`` has an APOP secret: worked out when
+        # the file is parsed, so the POP3 greeting of every connection
+        # (``offers_apop``) costs a lookup's stat, not a pass over the users
+        self._apop = False
         self.problems: list[str] = []
         # The file is not there: a lookup cannot tell "no such user" from
         # "the file is away for a moment" (moved, being restored, a mount
@@ -275,7 +279,9 @@ class UsersDB:
             return
         changed = text != self._text  # else read again while its stamp was not trusted
         if changed:
-            self._records, self.problems, _, _ = self._parse(text)
+            records, self.problems, _, _ = self._parse(text)
+            self._apop = any(r.apop_secret is not None for r in records.values())
+            self._records = records
             self._text = text
         # in doubt until judged: a lookup without the lock in between
         # (the stamp below is trusted already) must not judge a miss in
@@ -313,6 +319,7 @@ class UsersDB:
         self._file.forget()
         self._text, self._records, self.problems = None, {}, []
         self._view = ({}, False)
+        self._apop = False
 
     def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str],
                                          list[str | None], dict[str, int]]:
@@ -442,6 +449,17 @@ class UsersDB:
     def apop_secret(self, address: Address) -> str | None:
         record = self.get(address)
         return None if record is None else record.apop_secret
+
+    def offers_apop(self) -> bool:
+        """Whether any user of the file as it is now has an APOP secret
+        (was added with ``--allow-apop``).  The POP3 greeting carries an
+        APOP timestamp only then: a client such as Twisted's
+        ``POP3Client.login()`` takes APOP whenever the greeting has one,
+        and a user without a secret could never log in with it.  Follows
+        the file as lookups do (one ``stat`` when it has not changed); the
+        answer itself is worked out when the file is read."""
+        self._refresh()
+        return self._apop
 
     # -- writing -------------------------------------------------------------
 

@@ -129,7 +129,7 @@ from twisted.mail.pop3 import AdvancedPOP3Client
 def main(port, user, password):
     c = yield protocol.ClientCreator(reactor, AdvancedPOP3Client).connectTCP("127.0.0.1", port)
     c.MAX_LENGTH = 1 << 20  # the filler is one long line
-    # USER/PASS: login() would take APOP for the greeting's timestamp
+    # USER/PASS by hand: login() takes APOP where the greeting has a timestamp
     yield c.user(user.encode())
     yield c.password(password.encode())
     sizes = yield c.listSize()

@@ -313,7 +313,8 @@ class POP3Protocol(Protocol):
         tls_active = self.implicit_tls or ISSLTransport.providedBy(t)
         now = self.reactor.seconds()
         hostname = self.components.settings.hub.hostname
-        self.engine = self._new_engine(make_timestamp(hostname, now), tls_active, 0)
+        timestamp = make_timestamp(hostname, now) if self._offers_apop() else ""
+        self.engine = self._new_engine(timestamp, tls_active, 0)
         t.registerProducer(self, True)
         t.write(self.engine.greeting())
         self._last_activity = now
@@ -325,6 +326,16 @@ class POP3Protocol(Protocol):
         # dataReceived).  None on test transports.
         self._flush = socket_flusher(t)
         self._writer = ResponseWriter(t)
+
+    def _offers_apop(self) -> bool:
+        """Whether this connection's greeting carries an APOP timestamp:
+        only where the users file keeps an APOP secret for someone
+        (``UsersDB.offers_apop``).  A client that takes APOP whenever it
+        sees one (Twisted's ``POP3Client.login()``) could otherwise never
+        log in a user added without ``--allow-apop``.  Components without
+        a users database (an application's own checker) keep it offered."""
+        offers = getattr(self.components.users, "offers_apop", None)
+        return True if offers is None else bool(offers())
 
     def _new_engine(self, timestamp: str, tls_active: bool, failures: int) -> POP3Server:
         s = self.settings

@@ -69,6 +69,10 @@ PLAINTEXT_DISALLOWED = err(
     "Plaintext authentication is disallowed on insecure connections; use STLS or APOP",
     "AUTH",
 )
+# the same where the greeting offers no APOP (no user has an APOP secret)
+PLAINTEXT_DISALLOWED_NO_APOP = err(
+    "Plaintext authentication is disallowed on insecure connections; use STLS", "AUTH",
+)
 PASS_WITHOUT_USER = err("Send USER first")
 TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")
 TOO_MANY_COMMANDS = err("Too many commands without logging in, closing connection")
@@ -80,6 +84,7 @@ TOO_MANY_CONNECTIONS_FROM_YOU = err(
 MAILBOX_IN_USE = err("Mailbox is locked by another POP3 session", "IN-USE")
 MAILBOX_TEMP_FAILURE = err("Mailbox temporarily unavailable, try again later", "SYS/TEMP")
 MAILBOX_PERM_FAILURE = err("Mailbox cannot be opened", "SYS/PERM")
+# APOP where the greeting has no timestamp (RFC 1939 7: APOP is optional)
 APOP_UNAVAILABLE = err("APOP is not possible on this connection")
 
 STLS_BEGIN = ok("Begin TLS negotiation")
@@ -141,11 +146,13 @@ INTERNAL_ERROR = err("Internal error, try again later", "SYS/TEMP")
 
 
 def greeting(hostname: str, timestamp: str) -> POP3Reply:
-    reply = ok(GREETING_TEXT.format(hostname=hostname, timestamp=timestamp))
+    """The greeting; ``timestamp`` is the APOP challenge, or ``""`` where
+    APOP is not offered (the greeting then has no ``<...>`` at all)."""
+    reply = ok(GREETING_TEXT.format(hostname=hostname, timestamp=timestamp).rstrip())
     if len(reply.to_bytes()) > 512:
         # RFC 2449 4: 512 octets with the CRLF, the greeting too; a long
         # host name (up to 253) is in the APOP timestamp already
-        reply = ok(GREETING_SHORT_TEXT.format(timestamp=timestamp))
+        reply = ok(GREETING_SHORT_TEXT.format(timestamp=timestamp).rstrip())
     return reply
 
 

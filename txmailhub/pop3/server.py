@@ -171,7 +171,10 @@ class POP3Server:
     ``plaintext_allowed``: whether USER/PASS and AUTH PLAIN may be used
     (TLS active, a loopback client, or the configuration says so).
     ``tls_available``: STLS can be offered; ``tls_active``: it is on.
-    ``timestamp``: the greeting's APOP timestamp (kept across STLS).
+    ``timestamp``: the greeting's APOP timestamp (kept across STLS), or
+    ``""`` where APOP is not offered: the greeting has none, and APOP is
+    refused like a command the server does not have (RFC 1939 section 7
+    makes APOP optional).
     """
 
     def __init__(
@@ -349,25 +352,34 @@ class POP3Server:
         if not name or " " in name:
             return self._send(R.bad_syntax("USER name"))
         if not self.plaintext_allowed:
-            return self._send(R.PLAINTEXT_DISALLOWED)
+            return self._send(self._plaintext_refusal)
         prepared = prepare_username(name)
         if prepared is None:
             return self._send(R.BAD_USER_NAME)
         self._user = prepared
         return self._send(R.USER_ACCEPTED)
 
+    @property
+    def _plaintext_refusal(self) -> POP3Reply:
+        # the advice names APOP only where the greeting offers it
+        return R.PLAINTEXT_DISALLOWED if self.timestamp else R.PLAINTEXT_DISALLOWED_NO_APOP
+
     def _pass_cmd(self, arg: str) -> Action:
         # The password is the rest of the line: it may contain spaces.
         if self._user is None:
             return self._send(R.PASS_WITHOUT_USER)
         if not self.plaintext_allowed:
-            return self._send(R.PLAINTEXT_DISALLOWED)
+            return self._send(self._plaintext_refusal)
         if not arg:
             return self._send(R.bad_syntax("PASS password"))
         return self._login("USER", self._user, arg.encode("utf-8", "surrogateescape"))
 
     def _apop_cmd(self, arg: str) -> Action:
         self._user = None  # see _user_cmd
+        if not self.timestamp:
+            # no challenge was given, so no digest can be checked: not a
+            # failed login (nothing is counted), the command is not offered
+            return self._send(R.APOP_UNAVAILABLE)
         parts = arg.split()
         if len(parts) != 2:
             return self._send(R.bad_syntax("APOP name digest"))
@@ -392,7 +404,7 @@ class POP3Server:
         if not parts[0].isascii() or parts[0].upper() != "PLAIN":  # "PLA\u0131N" is not
             return self._send(R.AUTH_UNKNOWN_MECHANISM)
         if not self.plaintext_allowed:
-            return self._send(R.PLAINTEXT_DISALLOWED)
+            return self._send(self._plaintext_refusal)
         if len(parts) == 2:
             return self._sasl_response(parts[1].encode("ascii", "replace"))
         self._sasl = True
