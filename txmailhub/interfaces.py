@@ -18,6 +18,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "IDeliveryAgent",
+    "IDowngradedSizes",
     "IKeyedStore",
     "IMXResolver",
     "IMailbox",
@@ -120,6 +121,31 @@ class IMailbox(Interface):
     def close() -> None:
         """Release the exclusive lock.  Idempotent; also called on
         disconnect, so a dropped connection never leaves a stale lock."""
+
+
+class IDowngradedSizes(Interface):
+    """An ``IMailbox`` that remembers, from one session to the next, the
+    size of each message's copy downgraded for a client without UTF8
+    (RFC 6857), which ``LIST`` and ``STAT`` must report: working it out
+    means rewriting the UTF-8 header section (some 0.6 us an octet), at
+    every login of such a client otherwise.  Optional: the POP3 server
+    asks ``providedBy`` and measures every time without it.  Called on
+    the store's worker threads and the reactor thread: a save on a worker
+    may run while a ``LIST n`` remembers a size on the reactor thread."""
+
+    def downgraded_size(index: int, file) -> "int | None":  # noqa: UP037
+        """The size remembered for message ``index``, whose open file
+        (``open_message``) is ``file``, or ``None`` when not known, or
+        remembered for another file or version of it than ``file`` is."""
+
+    def remember_downgraded_size(index: int, file, size: int) -> None:
+        """Keep ``size`` for message ``index`` as ``file`` is now (kept in
+        memory until ``save_downgraded_sizes``)."""
+
+    def save_downgraded_sizes() -> None:
+        """Make what was remembered last beyond this session, if anything
+        (blocking: a durable write; best effort, never raises).  Nothing
+        once the mailbox is closed."""
 
 
 class IMailboxStore(Interface):

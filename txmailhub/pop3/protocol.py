@@ -33,7 +33,7 @@ from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
-from txmailhub.interfaces import IMailbox
+from txmailhub.interfaces import IDowngradedSizes, IMailbox
 from txmailhub.limits import ConnectionLimits, FailureWindow
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
@@ -149,17 +149,35 @@ def _client_size_of(mailbox: Any, index: int, stored: int) -> int:
     """What RETR sends of message ``index`` (``stored`` octets as stored)
     to a client without UTF8: the stored size, or the downgraded copy's.
     Reads the header section only; a message whose header section is
-    ASCII -- nearly all -- costs one short read."""
+    ASCII -- nearly all -- costs one short read.  One that is not is
+    downgraded to be measured (some 0.6 us an octet of header section)
+    unless the mailbox remembers its size from an earlier session
+    (``IDowngradedSizes``): then only the first login after it arrived
+    pays."""
     f = mailbox.open_message(index)
     try:
         first = f.read(SIZE_PROBE)
         end = header_end(first)
         if end is not None and first[:end].isascii():
             return stored  # the common case: nothing to downgrade
+        cache = mailbox if IDowngradedSizes.providedBy(mailbox) else None
+        if cache is not None:
+            known = cache.downgraded_size(index, f)
+            if known is not None:
+                return known
         start = POP3Protocol._downgrade_start(first, f, len(first) < SIZE_PROBE, True)
-        return stored if start is None else stored + start[2]
+        size = stored if start is None else stored + start[2]
+        if cache is not None:
+            cache.remember_downgraded_size(index, f, size)
+        return size
     finally:
         f.close()
+
+
+def _save_downgraded_sizes(mailbox: Any) -> None:
+    """What ``_client_size_of`` measured, kept for the next sessions."""
+    if IDowngradedSizes.providedBy(mailbox):
+        mailbox.save_downgraded_sizes()
 
 
 def _scan_on(f: Any, scan: HeaderScan, gone: Callable[[], bool]) -> None:
@@ -205,6 +223,9 @@ def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool]
             sizes.append(_client_size_of(mailbox, index, stored[index]))
         except Exception:  # left for the reactor thread to measure and log
             sizes.append(-1)
+    # each job keeps what it measured: a client that hangs up before the
+    # last one has the next login pay only for the rest
+    _save_downgraded_sizes(mailbox)
     return sizes
 
 
@@ -219,7 +240,8 @@ class POP3Protocol(Protocol):
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush", "_idle_call",
         "_last_activity", "_logout", "_lost", "_peer", "_pending_call", "_processing",
-        "_queued", "_reading", "_reading_input", "_refusing", "_sizes", "_stream", "_turn_call",
+        "_queued", "_reading", "_reading_input", "_refusing", "_save_call", "_sizes", "_stream",
+        "_turn_call",
         "_turn_spent", "_typed", "_unseen", "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
         "reactor", "settings", "transport",
@@ -263,6 +285,8 @@ class POP3Protocol(Protocol):
         # stored size or the downgraded copy's, RFC 6857), -1 where not
         # measured yet: one array, not an int object per message
         self._sizes = _NO_SIZES
+        # keeps the downgraded sizes ``_client_size`` measured (``_save_sizes``)
+        self._save_call: Any = None
         self._reading_input = False
         # a header section was downgraded in this reactor turn: no more
         # commands are answered before the next one (see _process)
@@ -367,11 +391,11 @@ class POP3Protocol(Protocol):
             self._refusing = False
             self.factory.limits.refusal_closed(self.transport)
         for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call,
-                     self._turn_call):
+                     self._turn_call, self._save_call):
             if call is not None and call.active():
                 call.cancel()
         self._idle_call = self._pending_call = self._close_call = self._closed_call = None
-        self._turn_call = None
+        self._turn_call = self._save_call = None
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -1021,7 +1045,28 @@ class POP3Protocol(Protocol):
                         index=index, user=self._user)
             size = stored
         self._sizes[index] = size
+        if size != stored and self._save_call is None:
+            # a downgraded size (measured or remembered): kept for the next
+            # sessions once this command's sizes are all in
+            self._save_call = self.reactor.callLater(0, self._save_sizes)
         return size
+
+    def _save_sizes(self) -> Deferred:
+        """The downgraded sizes ``_client_size`` measured, kept in the
+        mailbox (``IDowngradedSizes``): a durable write, on a worker thread
+        where there are some (nothing to do if all were known already).
+        Fires ``None`` once done; a failure is logged, not passed on."""
+        self._save_call = None
+        mailbox = self.mailbox
+        if mailbox is None:
+            return succeed(None)
+        call = self._worker_call()
+        d = maybeDeferred(_save_downgraded_sizes, mailbox) if call is None else call(
+            _save_downgraded_sizes, mailbox)
+        user = self._user
+        return d.addErrback(
+            lambda f: log_failure(log, f, "POP3 downgraded sizes of {user}'s messages not kept",
+                                  user=user))
 
     def _rewind(self, f: Any, index: int) -> Any:
         """``f`` back at the message's first octet: seeked, or opened anew
@@ -1139,10 +1184,17 @@ class POP3Protocol(Protocol):
         self._busy = True
         self._update_running = True
         self.factory.update_started(self)
-        if action.indices:
-            d = maybeDeferred(self.mailbox.delete, list(action.indices))
+        save = self._save_call
+        if save is not None and save.active():
+            # a QUIT pipelined after the LIST or STAT that measured them:
+            # kept before the mailbox is let go (nothing is once it is)
+            save.cancel()
+            d = self._save_sizes()
         else:
-            d = maybeDeferred(lambda: None)
+            d = succeed(None)
+        if action.indices:
+            indices = list(action.indices)
+            d.addCallback(lambda _: self.mailbox.delete(indices))
         d.addCallbacks(
             self._updated, self._update_failed, callbackArgs=(action,), errbackArgs=(action,)
         )

@@ -1,7 +1,8 @@
 """One Maildir as a POP3 session sees it: a locked snapshot.
 
 Owns ``scan`` (the snapshot of new/ and cur/ in delivery order),
-the size cache ``.txmailhub-sizes`` of plain-named messages, the clean-up
+the size cache ``.txmailhub-sizes`` (the sizes of plain-named messages,
+and the sizes of downgraded copies, RFC 6857, that POP3 measured), the clean-up
 of stale ``tmp/`` files, and ``MaildirMailbox`` (``IMailbox``: reading,
 the Seen flag, deletion).  The lock itself is taken by
 ``MaildirStore.open_mailbox``; the mailbox only releases it.  Never
@@ -23,7 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.interfaces import IMailbox
+from txmailhub.interfaces import IDowngradedSizes, IMailbox
 from txmailhub.store.format import (
     MAX_SIZE,
     CRLFCounter,
@@ -101,6 +102,8 @@ def scan(md: str) -> Snapshot:
             size, crlf = fields.get("S", -1), fields.get("W", -1)
             if 0 <= size <= MAX_SIZE and 0 <= crlf <= MAX_SIZE:
                 mtime = 0.0
+                if cache.entries:  # a downgraded size POP3 measured (no stat here)
+                    cache.keep(name)
             else:
                 path = os.path.join(folder, name)
                 try:
@@ -159,12 +162,19 @@ DELETE_CHUNK = 2000  # unlinks per worker job
 
 
 class _SizeCache:
-    """``.txmailhub-sizes``: ``{name before ":": [inode, mtime_ns, size, crlf]}``.
+    """``.txmailhub-sizes``: ``{name before ":": [inode, mtime_ns, size,
+    crlf]}``, plus a fifth field, the size of the copy downgraded for a
+    POP3 client without UTF8 (RFC 6857), once POP3 measured it.
 
     Keyed by the name without its flags (a flag rename keeps the entry),
     checked against inode, mtime and size (a replaced file is measured
-    again); entries of files that are gone are dropped on save.  Written
-    with ``durable_write`` when it changed; unreadable means empty."""
+    again, and its downgraded size with it: a new entry has none);
+    entries of files that are gone are dropped on save.  Names that carry
+    their sizes (``S=`` and ``W=``) have an entry only for a downgraded
+    size, checked against the file when it is asked for.  An entry of
+    four fields (a cache of an older version) is read: the downgraded
+    size is then not known yet.  Written with ``durable_write`` when it
+    changed; unreadable means empty."""
 
     def __init__(self, md: str) -> None:
         self.path = os.path.join(md, SIZES_NAME)
@@ -177,7 +187,7 @@ class _SizeCache:
             if isinstance(doc, dict) and doc.get("version") == 1:
                 self.entries = {
                     k: v for k, v in doc.get("sizes", {}).items()
-                    if isinstance(v, list) and len(v) == 4
+                    if isinstance(v, list) and len(v) in (4, 5)
                 }
         except FileNotFoundError:
             pass
@@ -186,29 +196,78 @@ class _SizeCache:
                      error=str(e))
             self.dirty = True
 
+    @staticmethod
+    def _valid(got: list[int] | None, st: os.stat_result) -> bool:
+        """Whether entry ``got`` is of the file ``st`` describes."""
+        # both sizes go into the snapshot's integer columns: 2.0 == 2, but
+        # a float there is a TypeError (and the mailbox unopenable)
+        return got is not None and got[0] == st.st_ino and got[1] == st.st_mtime_ns and (
+            got[2] == st.st_size and type(got[2]) is int
+            and type(got[3]) is int and 0 <= got[3] <= MAX_SIZE
+        )
+
     def sizes(self, name: str, path: str, st: os.stat_result) -> tuple[int, int]:
         key = name.split(":", 1)[0]  # the flags change, this does not
         self.used.add(key)
         got = self.entries.get(key)
-        # both sizes go into the snapshot's integer columns: 2.0 == 2, but
-        # a float there is a TypeError (and the mailbox unopenable)
-        if got is not None and got[0] == st.st_ino and got[1] == st.st_mtime_ns and (
-            got[2] == st.st_size and type(got[2]) is int
-            and type(got[3]) is int and 0 <= got[3] <= MAX_SIZE
-        ):
-            return got[2], got[3]
+        if self._valid(got, st):
+            return got[2], got[3]  # type: ignore[index]
         size, crlf = _crlf_size_of_file(path)
         self.entries[key] = [st.st_ino, st.st_mtime_ns, size, crlf]
         self.dirty = True
         return size, crlf
 
-    def save(self) -> None:
-        stale = set(self.entries) - self.used
+    def keep(self, name: str) -> None:
+        """The file ``name`` (one that carries its sizes) is still there:
+        its entry, if it has one, stays."""
+        key = name.split(":", 1)[0]
+        if key in self.entries:
+            self.used.add(key)
+
+    def downgraded(self, name: str, st: os.stat_result) -> int | None:
+        """The downgraded size kept for file ``name`` as ``st`` describes
+        it; ``None`` when not known (no entry, one of another file or
+        version, or one from before the field)."""
+        got = self.entries.get(name.split(":", 1)[0])
+        if not self._valid(got, st) or len(got) != 5:  # type: ignore[arg-type]
+            return None
+        size = got[4]  # type: ignore[index]
+        return size if type(size) is int and 0 <= size else None
+
+    def remember(self, name: str, st: os.stat_result, size: int) -> None:
+        """Keep ``size`` as the downgraded size of file ``name`` as ``st``
+        describes it.  A file with an entry that does not match ``st`` (a
+        plain-named file changed since it was measured) gets none: its
+        sizes are the next scan's to measure, and it forgets this one."""
+        key = name.split(":", 1)[0]
+        got = self.entries.get(key)
+        if self._valid(got, st):
+            entry = [*got[:4], size]  # type: ignore[index]
+        else:
+            fields = name_fields(name)
+            # only where the name gives the sizes, as ``scan`` trusts them
+            if fields.get("S") != st.st_size or not 0 <= fields.get("W", -1) <= MAX_SIZE:
+                return
+            entry = [st.st_ino, st.st_mtime_ns, st.st_size, fields["W"], size]
+        if entry != got:
+            self.entries[key] = entry
+            self.dirty = True
+
+    def save(self, prune: bool = True) -> None:
+        """Write the cache if it changed; ``prune``: drop the entries of
+        files ``sizes`` and ``keep`` were not told of (``scan`` lists them
+        all; a POP3 session that only adds downgraded sizes does not)."""
+        stale = set(self.entries) - self.used if prune else set()
         for key in stale:
             del self.entries[key]
         if not (self.dirty or stale):
             return
-        data = json.dumps({"version": 1, "sizes": self.entries}, sort_keys=True).encode()
+        # a POP3 session may remember a size on the reactor thread while
+        # this runs on a worker: written from a copy, and marked clean
+        # before it is taken, so such a size is written by the next save
+        self.dirty = False
+        entries = dict(self.entries)
+        data = json.dumps({"version": 1, "sizes": entries}, sort_keys=True).encode()
         try:
             durable_write(self.path, data)
         except OSError as e:  # a cache: the sizes are measured again next time
@@ -218,7 +277,7 @@ class _SizeCache:
 # --- one locked session ---------------------------------------------------------
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IDowngradedSizes)
 class MaildirMailbox:
     """A locked snapshot of one Maildir (see ``IMailbox``).
 
@@ -239,6 +298,9 @@ class MaildirMailbox:
         self._listing: tuple[list[str], list[str]] | None = None
         self._stamp: tuple[int, int] | None = None
         self._shared: dict[str, list[int]] | None = None
+        # the size cache, read when a downgraded size is first asked for
+        # (a client without UTF8, a message with UTF-8 header fields)
+        self._size_cache: _SizeCache | None = None
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -503,6 +565,29 @@ class MaildirMailbox:
             first = errors[0][1]
             d.addCallback(lambda _: defer.fail(first))
         return d
+
+    # -- IDowngradedSizes: kept in the size cache ``scan`` uses --------------
+
+    def _cache(self) -> _SizeCache:
+        if self._size_cache is None:
+            self._size_cache = _SizeCache(self.path)
+        return self._size_cache
+
+    def downgraded_size(self, index: int, file: Any) -> int | None:
+        return self._cache().downgraded(self._messages.name(index), os.fstat(file.fileno()))
+
+    def remember_downgraded_size(self, index: int, file: Any, size: int) -> None:
+        self._cache().remember(self._messages.name(index), os.fstat(file.fileno()), size)
+
+    def save_downgraded_sizes(self) -> None:
+        """Under the mailbox's lock only: ``scan`` writes the cache too, in
+        the next session to hold it.  (One that closes while this writes
+        lets the next scan start meanwhile; the file stays whole either
+        way -- ``durable_write`` -- and at worst a size is measured again.)"""
+        cache = self._size_cache
+        if cache is None or not cache.dirty or self.closed:
+            return
+        cache.save(prune=False)
 
     def close(self) -> None:
         fds, self._lock_fds = self._lock_fds, ()

@@ -44,7 +44,9 @@ A message another program dropped in with a plain name (no ``W=``) keeps
 its name (other programs may hold it); its CRLF size is computed once and
 cached in ``.txmailhub-sizes`` (JSON, keyed by the name without its
 flags and checked against inode, mtime and size, so a replaced file is
-measured again), written with ``durable_write``.  Renaming the file
+measured again), written with ``durable_write``.  The same cache keeps,
+for any message POP3 downgraded for a client without UTF8 (RFC 6857),
+the size of the downgraded copy, checked the same way.  Renaming the file
 instead would change a name other programs may hold; the cache is
 recomputable, so losing it costs one more read, never a wrong size.
 

@@ -1,0 +1,237 @@
+"""The sizes of downgraded copies (RFC 6857) that LIST and STAT report to a
+client without UTF8, kept in the Maildir's size cache: measuring one means
+rewriting the UTF-8 header section (some 0.6 us an octet), and only the
+first login after a message arrives may pay for it.  Real Maildirs, POP3
+sessions over StringTransport."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from test_pop3_reader_and_storage import connect, make_env
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from txmailhub.address import Address
+from txmailhub.downgrade import downgrade_header, header_end
+from txmailhub.interfaces import IDowngradedSizes
+from txmailhub.pop3 import protocol as pop3_protocol
+from txmailhub.store import mailbox as mailbox_module
+from txmailhub.store.format import crlf_size_of
+from txmailhub.store.mailbox import SIZES_NAME, MaildirMailbox
+
+INTL = "From: Jörg <jörg@example.net>\nSubject: Grüße {n}\n\nKörper\n".format
+ASCII = b"From: joe@example.org\nSubject: plain\n\nbody\n"
+JOE = Address("joe", "example.org")
+
+
+def downgraded_size(data: bytes) -> int:
+    end = header_end(data)
+    return crlf_size_of(downgrade_header(data[:end]) + data[end:])
+
+
+def drop(md: str, data: bytes, n: int, ours: bool) -> str:
+    """A message file: named as the hub names its own (sizes in the name,
+    no stat at a scan), or plainly, as another program may."""
+    name = f"17000000{n:02d}.M{n}P1Q{n}.h"
+    if ours:
+        name += f",S={len(data)},W={crlf_size_of(data)}"
+    path = os.path.join(md, "new", name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@pytest.fixture
+def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per header section the POP3 server downgrades."""
+    calls: list[int] = []
+
+    def counting(header: bytes) -> bytes:
+        calls.append(len(header))
+        return downgrade_header(header)
+
+    monkeypatch.setattr(pop3_protocol, "downgrade_header", counting)
+    return calls
+
+
+def stat_list(clock, components) -> tuple[bytes, bytes]:
+    """A login without UTF8: STAT's reply and LIST's, then QUIT."""
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    t.received.clear()
+    proto.dataReceived(b"STAT\r\n")
+    stat = bytes(t.received)
+    t.received.clear()
+    proto.dataReceived(b"LIST\r\n")
+    listing = bytes(t.received)
+    clock.advance(0)  # the sizes measured are kept after the command
+    proto.dataReceived(b"QUIT\r\n")
+    clock.advance(1)
+    proto.connectionLost(Failure(ConnectionDone()))
+    return stat, listing
+
+
+def env(tmp_path, monkeypatch, workers: bool):
+    clock, components, md = make_env(tmp_path)
+    if workers:  # measured at the login, in jobs on the worker threads
+        components.syncer = components.store.syncer
+        monkeypatch.setattr(pop3_protocol, "INLINE_SIZES", 0)
+    return clock, components, md
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+@pytest.mark.parametrize("ours", [True, False], ids=["sized-name", "plain-name"])
+def test_the_second_login_does_not_downgrade_again(tmp_path, monkeypatch, encoder_calls,
+                                                   workers, ours):
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    intl = [INTL(n=n).encode() for n in range(2)]
+    for n, data in enumerate([*intl, ASCII]):
+        drop(md, data, n, ours)
+    want = sum(downgraded_size(d) for d in intl) + crlf_size_of(ASCII)
+    first = stat_list(clock, components)
+    assert first[0] == f"+OK 3 {want}\r\n".encode()
+    assert len(encoder_calls) == 2  # the ASCII message is never downgraded
+    assert components.syncer is None or components.syncer.calls_run > 0
+    second = stat_list(clock, components)
+    assert second == first
+    assert len(encoder_calls) == 2  # nothing downgraded at the second login
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_a_changed_file_is_measured_again(tmp_path, monkeypatch, encoder_calls, workers):
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    ours = drop(md, INTL(n=1).encode(), 1, ours=True)
+    plain = drop(md, INTL(n=2).encode(), 2, ours=False)
+    stat_list(clock, components)
+    assert len(encoder_calls) == 2
+    # a plain-named file rewritten in place (a new size and mtime): the
+    # scan measures it again, and its downgraded size goes with the entry
+    new_plain = INTL(n="zwei, länger").encode()
+    with open(plain, "wb") as f:
+        f.write(new_plain)
+    st = os.stat(plain)
+    os.utime(plain, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    # one of the hub's names replaced by another file of the same size
+    # (a restore, say): a new inode
+    same_size = INTL(n=9).encode()
+    tmp = os.path.join(md, "tmp", "x")
+    with open(tmp, "wb") as f:
+        f.write(same_size)
+    os.rename(tmp, ours)
+    stat, _ = stat_list(clock, components)
+    assert len(encoder_calls) == 4
+    want = downgraded_size(same_size) + downgraded_size(new_plain)
+    assert stat == f"+OK 2 {want}\r\n".encode()
+    stat_list(clock, components)
+    assert len(encoder_calls) == 4
+
+
+def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, encoder_calls):
+    clock, components, md = env(tmp_path, monkeypatch, workers=False)
+    drop(md, INTL(n=1).encode(), 1, ours=True)
+    drop(md, INTL(n=2).encode(), 2, ours=False)
+    first = stat_list(clock, components)
+    cache_path = os.path.join(md, SIZES_NAME)
+    with open(cache_path, "rb") as f:
+        doc = json.load(f)
+    assert sorted(len(v) for v in doc["sizes"].values()) == [5, 5]
+    # as an older version wrote it: the plain file's sizes, four fields,
+    # and nothing for the file whose name gives its sizes
+    doc["sizes"] = {k: v[:4] for k, v in doc["sizes"].items() if ",S=" not in k}
+    with open(cache_path, "w") as f:
+        json.dump(doc, f)
+    measured: list[str] = []
+    real = mailbox_module._crlf_size_of_file
+
+    def counting(path: str) -> tuple[int, int]:
+        measured.append(path)
+        return real(path)
+
+    monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", counting)
+    assert stat_list(clock, components) == first
+    assert measured == []  # its plain sizes are taken as they are
+    assert len(encoder_calls) == 4  # the downgraded sizes were not known yet
+    with open(cache_path, "rb") as f:
+        assert sorted(len(v) for v in json.load(f)["sizes"].values()) == [5, 5]
+    assert stat_list(clock, components) == first
+    assert len(encoder_calls) == 4
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypatch,
+                                                              encoder_calls, workers):
+    clock, components, md = make_env(tmp_path)
+    if workers:
+        components.syncer = components.store.syncer
+    data = INTL(n=1).encode()
+    drop(md, data, 1, ours=True)
+    for _ in range(2):
+        proto, t = connect(components)
+        proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\nQUIT\r\n")
+        clock.advance(1)
+        assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+        assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+        proto.connectionLost(Failure(ConnectionDone()))
+    assert len(encoder_calls) == 1
+
+
+def test_entries_of_files_that_are_gone_are_dropped(tmp_path, monkeypatch, encoder_calls):
+    clock, components, md = env(tmp_path, monkeypatch, workers=False)
+    gone = drop(md, INTL(n=1).encode(), 1, ours=True)
+    kept = drop(md, INTL(n=2).encode(), 2, ours=True)
+    stat_list(clock, components)
+    os.unlink(gone)
+    stat_list(clock, components)  # the scan drops the entry of the file gone
+    with open(os.path.join(md, SIZES_NAME), "rb") as f:
+        assert list(json.load(f)["sizes"]) == [os.path.basename(kept)]
+    assert len(encoder_calls) == 2
+
+
+def test_a_client_with_utf8_neither_measures_nor_writes_the_cache(tmp_path, monkeypatch,
+                                                                  encoder_calls):
+    clock, components, md = env(tmp_path, monkeypatch, workers=False)
+    drop(md, INTL(n=1).encode(), 1, ours=True)
+    proto, t = connect(components)
+    proto.dataReceived(b"UTF8\r\nUSER joe\r\nPASS joepw\r\nSTAT\r\nLIST\r\nQUIT\r\n")
+    clock.advance(1)
+    assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert encoder_calls == []
+    assert not os.path.exists(os.path.join(md, SIZES_NAME))
+
+
+def test_the_maildir_mailbox_provides_the_interface():
+    assert IDowngradedSizes.implementedBy(MaildirMailbox)
+
+
+def test_a_size_remembered_while_a_save_writes_is_kept_by_the_next_save(tmp_path, monkeypatch):
+    # the save runs on a worker thread; a LIST n on the reactor thread may
+    # remember a size meanwhile: the save writes a copy, and the size
+    # remembered during it is written by the next one
+    _clock, components, md = make_env(tmp_path)
+    paths = [drop(md, INTL(n=n).encode(), n, ours=True) for n in range(2)]
+    box = components.store.open_mailbox(JOE).result
+    writes: list[dict] = []
+    real = mailbox_module.durable_write
+
+    def writing(path: str, data: bytes) -> None:
+        writes.append(json.loads(data)["sizes"])
+        if len(writes) == 1:
+            with open(paths[1], "rb") as f:
+                box.remember_downgraded_size(1, f, 222)  # "on the other thread"
+        real(path, data)
+
+    monkeypatch.setattr(mailbox_module, "durable_write", writing)
+    with open(paths[0], "rb") as f:
+        box.remember_downgraded_size(0, f, 111)
+    box.save_downgraded_sizes()
+    box.save_downgraded_sizes()
+    box.save_downgraded_sizes()  # nothing more to write
+    assert [sorted(v[4] for v in w.values()) for w in writes] == [[111], [111, 222]]
+    box.close()
+    box.save_downgraded_sizes()  # closed: the lock is let go, nothing is written
+    assert len(writes) == 2
