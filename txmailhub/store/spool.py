@@ -416,8 +416,10 @@ class Spooler:
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
-            log.warn("the spool {path} is a symbolic link: not followed, and what a crash "
-                     "left in it stays (make it a folder)", path=self.spool_dir)
+            # (O_DIRECTORY on a link says ENOTDIR, as on a plain file)
+            what = "a symbolic link" if os.path.islink(self.spool_dir) else "not a folder"
+            log.warn("the spool {path} is {what}: not followed, and what a crash "
+                     "left in it stays (make it a folder)", path=self.spool_dir, what=what)
             return 0
         removed = 0
         ours = {path for path, _fd in self._ready}
