@@ -1285,3 +1285,46 @@ def test_apop_for_a_line_caught_half_written_before_its_secret_is_temporary(
     mono[0] += RACY_SECONDS
     failure = result_of(checker.requestAvatarId(APOPCreds(b"alice", challenge, digest)))
     assert failure.check(NoAPOPSecret)  # type: ignore[attr-defined]
+
+
+def test_apop_without_a_secret_is_judged_by_the_records_it_was_looked_up_in(
+        db: UsersDB) -> None:
+    """bob was added with --allow-apop.  The APOP check reads the file
+    caught half-written (his line cut before its ``apop=``: no secret), and
+    before the refusal is worded a password check's thread reads the
+    finished file.  Judged by that later read (settled), the cut line was
+    taken for "no APOP secret": a counted failure for a user who has one.
+    The answer must go with the records it was read from: the temporary
+    UsersUnavailable, or the finished line's secret (here: the login)."""
+    from twisted.python.failure import Failure
+
+    from txmailhub.auth import NoAPOPSecret
+    from txmailhub.filestamp import FileStamp
+
+    db.add("bob", "bobpw", allow_apop=True)
+    whole = Path(db.path).read_text()
+    with open(db.path, "r+") as f:  # in place, cut just before " apop="
+        f.truncate(0)
+        f.write(whole[: whole.index(" apop=")])
+    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
+    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
+    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    real = reader._refresh
+    another_thread_read: list[bool] = []
+
+    def refresh(report: bool = True) -> dict:
+        records = real(report)
+        if not another_thread_read:
+            # the writer finishes, and a login's thread reads the whole file
+            another_thread_read.append(True)
+            Path(db.path).write_text(whole)
+            real(report)
+        return records
+
+    reader._refresh = refresh  # type: ignore[method-assign]
+    checker = UsersChecker(reader)
+    challenge = b"<1.2@mail.example.org>"
+    digest = hashlib.md5(challenge + b"bobpw").hexdigest().encode()
+    result = result_of(checker.requestAvatarId(APOPCreds(b"bob", challenge, digest)))
+    assert another_thread_read
+    assert not (isinstance(result, Failure) and result.check(NoAPOPSecret)), result

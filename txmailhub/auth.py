@@ -134,19 +134,33 @@ class UsersChecker:
                                      self._check_if_wanted, credentials, address, password)
             return d.addCallback(self._result, address)
         # APOP: the credentials compare md5(challenge + secret) themselves.
-        secret = self.users.apop_secret(address)
+        # The record and the doubt of the records it came from are taken
+        # together (``UsersDB.judged``): a password check's thread may read
+        # the file again in between, and a line caught cut before its
+        # ``apop=`` field, judged by that later, whole read, was taken for
+        # a user without a secret
+        judged = getattr(self.users, "judged", None)
+        doubt: bool | None = None
+        if judged is not None:
+            record, doubt = judged(address)
+            secret = None if record is None else record.apop_secret
+            found = record is not None
+        else:
+            secret = self.users.apop_secret(address)
         if secret is None:
-            refusal = self._refusal(looked_up=True)
+            refusal = self._refusal(looked_up=True, doubt=doubt)
             # a file read half-written (``changing``) may hold the user's
             # line cut before its ``apop=`` field: temporary, as a miss is
             # then, and the answer must not tell who is in the file
-            if not isinstance(refusal, UsersUnavailable) and self.users.get(address) is not None:
+            if judged is None:
+                found = self.users.get(address) is not None
+            if not isinstance(refusal, UsersUnavailable) and found:
                 refusal = NoAPOPSecret("no APOP secret")
             d: Deferred = Deferred()
             d.errback(refusal)
             return d
         ok = any(credentials.checkPassword(form.encode("utf-8")) for form in _apop_forms(secret))
-        return succeed(address.key) if ok else self._fail(looked_up=True)
+        return succeed(address.key) if ok else self._fail(looked_up=True, doubt=doubt)
 
     def _check_if_wanted(self, credentials: Any, address: Address, password: str) -> Deferred:
         """Run the check now that it has its turn, unless its client left."""
@@ -191,9 +205,9 @@ class UsersChecker:
                                     "ago and may have been read half-written")
         return UnauthorizedLogin("authentication failed")
 
-    def _fail(self, looked_up: bool = False) -> Deferred:
+    def _fail(self, looked_up: bool = False, doubt: bool | None = None) -> Deferred:
         d: Deferred = Deferred()
-        d.errback(self._refusal(looked_up))
+        d.errback(self._refusal(looked_up, doubt))
         return d
 
     def _result(self, answer: bool | tuple[bool, bool], address: Address) -> str:

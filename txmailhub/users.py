@@ -391,8 +391,18 @@ class UsersDB:
         a miss in a half-written text, then judged by the whole one read
         after it, was a 550 for a user the file has.  The same system
         calls as ``get``."""
+        record, doubt = self.judged(address)
+        return record, record is None and doubt
+
+    def judged(self, address: Address) -> tuple[UserRecord | None, bool]:
+        """The record of ``address`` (or ``None``), and whether the records
+        it was looked up in may be a file caught half-written (``changing``,
+        judged with them), whether it was found or not: a found line may
+        be cut short (an APOP login asks this, and a line without its
+        ``apop=`` field is no proof of a user without a secret then).  The
+        same system calls as ``get``."""
         record, settled = self._judged(address)
-        return record, record is None and not settled and not self.missing
+        return record, not settled and not self.missing
 
     def _judged(self, address: Address) -> tuple[UserRecord | None, bool]:
         """The record of ``address`` (or ``None``) and whether the records
