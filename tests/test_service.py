@@ -1311,6 +1311,22 @@ def test_run_file_problems_follow_the_path_twistd_opens(tmp_path: Path, monkeypa
     assert len(run_file_problems({"logfile": None})) == 1  # a daemon's twistd.log
 
 
+def test_run_file_problems_judge_twistd_log_under_debug(tmp_path: Path, monkeypatch) -> None:
+    """``twistd --debug`` (without ``-n``) runs in the foreground: twistd
+    sets ``nodaemon`` from ``debug`` after its logger was made, and before
+    ``makeService`` reads its options.  The logger still opens
+    ``./twistd.log`` (as root), so that file must be judged: with
+    ``nodaemon`` taken at its word, a link the hub's user put there had
+    root append the log to what it named (tried: a root file)."""
+    from txmailhub.tap import run_file_problems
+
+    monkeypatch.chdir(tmp_path)
+    _hub_users_link(tmp_path / "roots", tmp_path / "twistd.log")
+    # as makeService sees the options of `twistd --debug --uid ...`
+    [problem] = run_file_problems({"nodaemon": True, "debug": True, "logfile": None})
+    assert "--logfile" in problem and "twistd.log" in problem
+
+
 def test_run_file_problems_follow_a_link_root_made_to_its_end(tmp_path: Path) -> None:
     # /var/log/mailhub.log, root's link to the log in the hub's user's
     # folder: a link that user put at the end of it was followed by root

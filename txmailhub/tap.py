@@ -233,7 +233,9 @@ def run_file_problems(parent: Any) -> list[str]:
     naming a file in the hub's own log folder) -- or a file with another
     name (a hard link to a root file) stops the start.  The paths are the
     ones twistd opens: the pid file is written inside ``--chroot``, and
-    ``--nodaemon`` with no ``--logfile`` logs to stdout.  Checked before
+    ``--nodaemon`` with no ``--logfile`` logs to stdout (not ``--debug``,
+    which twistd turns into ``nodaemon`` after its logger chose
+    ``./twistd.log``: that is judged then).  Checked before
     twistd opens them: a process of that user running meanwhile could
     still race the check, so nothing else should run as that user."""
     problems: list[str] = []
@@ -242,7 +244,10 @@ def run_file_problems(parent: Any) -> list[str]:
     chroot = parent.get("chroot") or None
     names = [("--pidfile", parent.get("pidfile"))]
     logfile = parent.get("logfile")
-    if not parent.get("syslog") and logfile != "-" and (logfile or not parent.get("nodaemon")):
+    # twistd's logger took ``nodaemon`` before twistd set it from --debug:
+    # under --debug ./twistd.log may be opened in the foreground too
+    stdout = parent.get("nodaemon") and not parent.get("debug")
+    if not parent.get("syslog") and logfile != "-" and (logfile or not stdout):
         names.append(("--logfile", logfile or "twistd.log"))
     for option, name in names:
         if not name:
