@@ -157,6 +157,26 @@ def test_unreadable_by_judges_the_mode_bits_along_the_path(open_tmp: Path) -> No
     os.chmod(folder, 0o755)
 
 
+def test_unreadable_by_judges_the_folders_of_the_path_as_configured(open_tmp: Path) -> None:
+    """The configured path is what the hub opens: a symbolic link in a
+    folder the hub's user may not enter (a users file kept as a link in
+    root's 0700 folder) is as much in the way as the folders of the file
+    it leads to, which alone were looked at (``check`` said nothing, and
+    the hub could not read the file)."""
+    closed, opened = open_tmp / "closed", open_tmp / "open"
+    closed.mkdir()
+    opened.mkdir()
+    os.chmod(opened, 0o755)
+    (opened / "users").write_text("")
+    os.chmod(opened / "users", 0o644)
+    (closed / "users").symlink_to(opened / "users")
+    os.chmod(closed, 0o700)
+    assert hub_access.unreadable_by(str(opened / "users"), HUB_UID, HUB_GID) is None
+    why = hub_access.unreadable_by(str(closed / "users"), HUB_UID, HUB_GID)
+    assert why is not None and why.startswith(f"the folder {closed} is "), why
+    os.chmod(closed, 0o755)
+
+
 @needs_root
 def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp: Path) -> None:
     tmp_path = open_tmp

@@ -117,16 +117,25 @@ def unreadable_by(path: str, uid: int, gid: int) -> str | None:
     """Why ``uid`` (in group ``gid``) could not read the file ``path``: the
     folder above it that user may not enter, or the file's own mode, with
     its owner and mode.  ``None`` when it could, and when ``path`` does not
-    exist (what reports a missing file is elsewhere)."""
+    exist (what reports a missing file is elsewhere).  The folders of the
+    path as given are judged as well as those of the file it leads to:
+    the hub opens the given path, and a link in a folder it may not enter
+    (root's 0700) is as much in the way."""
+    path = os.path.abspath(path)
     real = os.path.realpath(path)
     try:
         os.stat(real)
     except OSError:
         return None
     groups = _groups(uid, gid)
-    parts = real.split(os.sep)
-    for i in range(1, len(parts)):
-        folder = os.sep.join(parts[:i]) or os.sep
+    folders: list[str] = []
+    for walked in (path, real):
+        parts = walked.split(os.sep)
+        for i in range(1, len(parts)):
+            folder = os.sep.join(parts[:i]) or os.sep
+            if folder not in folders:
+                folders.append(folder)
+    for folder in folders:
         st = os.stat(folder)
         if not _allowed(st, uid, groups, 1):
             return f"the folder {folder} is {_owner_text(st)}"
