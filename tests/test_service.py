@@ -1354,6 +1354,29 @@ def test_run_file_problems_follow_a_link_root_made_to_its_end(tmp_path: Path) ->
     assert "is a file with 2 names (a hard link)" in problem
 
 
+def test_run_file_problems_refuse_a_link_of_roots_with_another_name(tmp_path: Path) -> None:
+    """Root's own links are followed, but a symbolic link with a second
+    name is no proof root put it there: where fs.protected_hardlinks is
+    off, the hub's user can hard-link any link of root's (one that leads
+    to a file of root's) into its own log folder under the log's name."""
+    import pytest
+
+    from txmailhub.tap import run_file_problems
+
+    if os.geteuid() != 0:
+        pytest.skip("needs a symbolic link made by root")
+    roots = tmp_path / "etc"
+    roots.mkdir()
+    (roots / "shadow").write_text("secret")
+    os.symlink(roots / "shadow", roots / "current")  # a link of root's, elsewhere
+    logs = tmp_path / "log-folder"
+    logs.mkdir()
+    os.link(roots / "current", logs / "mailhub.log", follow_symlinks=False)
+    assert os.lstat(logs / "mailhub.log").st_uid == 0
+    [problem] = run_file_problems({"logfile": str(logs / "mailhub.log")})
+    assert "names" in problem and "hard link" in problem, problem
+
+
 def test_twistd_uid_stops_at_a_state_dir_the_hub_user_linked(tmp_path: Path, monkeypatch,
                                                              capsys) -> None:
     # a state_dir in a folder of the hub's user (its home, say) can be

@@ -427,6 +427,11 @@ def _opened_path_problem(path: str, root: str | None = None) -> str | None:
             if st.st_uid != 0:
                 return ("a symbolic link" if real == given else
                         f"reached through {real}, a symbolic link not made by root")
+            if st.st_nlink > 1:
+                # root's link with another name: where fs.protected_hardlinks
+                # is off, another user may have hard-linked it here
+                return (f"reached through {real}, a symbolic link with {st.st_nlink} "
+                        "names (a hard link)")
             links += 1
             if links > 40:
                 return "a loop of symbolic links"
