@@ -207,12 +207,20 @@ def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
     assert "AES128-SHA" not in ciphers and "AES256-GCM-SHA384" not in ciphers
 
 
+def serving(tmp_path):
+    """A ReloadingTLS serving a fresh pair from ``tmp_path / "live"`` on a
+    Clock of its own, before any look or load: the start of the renewal
+    tests, which then change the pair's files.  The factory, its clock,
+    and the pair's certificate and key files."""
+    clock = Clock()
+    cert, key = pair(tmp_path / "live")
+    return tls.ReloadingTLS(cert, key, clock), clock, cert, key
+
+
 def renewed(tmp_path):
     """A ReloadingTLS serving a pair, its clock, the first pair's serial,
     and the pair's files replaced by a renewal (as certbot's hook would)."""
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, key = serving(tmp_path)
     first = serial_served(factory)
     new_cert, new_key = pair(tmp_path / "renewed")
     os.replace(new_cert, cert)
@@ -240,9 +248,7 @@ def events():
 
 
 def test_a_new_pair_that_cannot_serve_keeps_the_old_one_and_says_so_once(tmp_path, events):
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, _ = serving(tmp_path)
     first = serial_served(factory)
     other_cert, _ = pair(tmp_path / "other")
     os.replace(other_cert, cert)  # the certificate renewed, its key not yet
@@ -269,9 +275,7 @@ def test_a_renewal_caught_between_its_two_files_is_a_warning(tmp_path, events):
     # certbot's deploy hook, a script: the certificate is in place, its key
     # a moment later.  A look in between used to log an error, and a
     # monitoring that pages on errors paged for a renewal that went fine.
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, key = serving(tmp_path)
     first = serial_served(factory)
     new_cert, new_key = pair(tmp_path / "renewed")
     os.replace(new_cert, cert)
@@ -293,9 +297,7 @@ def test_a_mismatch_that_persists_is_an_error_at_the_next_look(tmp_path, events)
     # the next look loads the files again although they did not change
     # and their stamp is settled: otherwise a pair that never matches
     # would be told only as a warning
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, _ = serving(tmp_path)
     first = serial_served(factory)
     other_cert, _ = pair(tmp_path / "other")
     os.replace(other_cert, cert)
@@ -323,9 +325,7 @@ def test_a_mismatch_that_persists_is_an_error_at_the_next_look(tmp_path, events)
 
 
 def test_a_half_written_file_is_a_warning_first_too(tmp_path, events):
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, _ = serving(tmp_path)
     Path(cert).write_bytes(Path(cert).read_bytes()[:100])  # a look mid-write
     clock.advance(tls.CHECK_INTERVAL)
     serial_served(factory)
@@ -335,9 +335,7 @@ def test_a_half_written_file_is_a_warning_first_too(tmp_path, events):
 
 def test_a_sighup_that_cannot_use_a_new_pair_is_an_error_at_once(tmp_path, events):
     # SIGHUP is sent once the files are written: nothing to wait for
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, _, cert, _ = serving(tmp_path)
     other_cert, _ = pair(tmp_path / "other")
     os.replace(other_cert, cert)
     assert not factory.reload()
@@ -349,9 +347,7 @@ def test_a_new_pair_openssl_refuses_keeps_the_old_one(tmp_path, events):
     # ("ee key too small"): every handshake would fail on it
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, _, cert, key = serving(tmp_path)
     first = serial_served(factory)
     weak = rsa.generate_private_key(65537, 1024)
     weak_cert = _cert("mail.example.org", weak, "mail.example.org", weak, NOW - DAY,
@@ -372,9 +368,7 @@ def test_sighup_that_keeps_the_old_pair_says_why(tmp_path, events):
     # left with "cannot be used" and nothing to fix.
     from twisted.logger import formatEvent
 
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, _ = serving(tmp_path)
     other_cert, _ = pair(tmp_path / "other")
     os.replace(other_cert, cert)
     clock.advance(tls.CHECK_INTERVAL)
@@ -540,9 +534,7 @@ def test_sessions_last_as_long_as_the_ticket_keys(tmp_path):
 def test_the_files_are_looked_at_once_per_interval(tmp_path):
     # two stat calls per CHECK_INTERVAL, not per connection: a change made
     # just after a look waits for the next one
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, key = serving(tmp_path)
     first = serial_served(factory)
     clock.advance(tls.CHECK_INTERVAL)
     assert serial_served(factory) == first  # looked: nothing new
@@ -588,9 +580,7 @@ def test_new_ticket_keys_after_a_sighup_keep_the_new_pair(tmp_path):
 
 def test_failure_says_why_only_while_the_pair_on_disk_cannot_serve(tmp_path):
     # the SIGHUP line reads it: None at the start and after a good reload
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, _, cert, key = serving(tmp_path)
     assert factory.failure is None
     other_cert, other_key = pair(tmp_path / "other")
     os.replace(other_cert, cert)  # the certificate renewed, its key not yet
@@ -608,9 +598,7 @@ def test_a_key_rewritten_in_place_after_its_certificate_in_one_tick_is_taken(
     # (a warning, the old pair serves on); the key then written within the
     # same clock tick, at the same size (a P-256 key's PEM always has
     # one), keeps its stamp -- the old pair must not serve on for good
-    clock = Clock()
-    cert, key = pair(tmp_path / "live")
-    factory = tls.ReloadingTLS(cert, key, clock)
+    factory, clock, cert, key = serving(tmp_path)
     first = serial_served(factory)
     new_cert, new_key = pair(tmp_path / "renewed")
     Path(cert).write_bytes(Path(new_cert).read_bytes())  # in place: the same inode
