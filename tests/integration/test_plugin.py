@@ -237,11 +237,29 @@ def test_second_hub_on_the_same_state_dir_exits_1(hub: Hub, make_hub) -> None:
         assert s.noop()[0] == 250
 
 
-def test_tac_file_embeds_the_hub(make_hub) -> None:
-    hub = make_hub(start=False)
+def example_tac(hub: Hub) -> Path:
+    """etc/mailhub.tac as shipped, written into the hub's folder with the
+    hub's own config file in place of /etc/txmailhub/mailhub.toml: the
+    .tac a user copies and runs with ``twistd -y``."""
     tac = hub.folder / "mailhub.tac"
     example = (ROOT / "etc" / "mailhub.tac").read_text()
     tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    return tac
+
+
+def twistd_with_smtp_port_taken(hub: Hub, *args: str) -> subprocess.CompletedProcess:
+    """``twistd *args`` run to its end while another socket listens on the
+    hub's SMTP port: a start that must fail with "Address already in use"."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", hub.smtp_port))
+        blocker.listen(1)
+        return subprocess.run([TWISTD, *args], capture_output=True, text=True, timeout=60,
+                              cwd=hub.folder)
+
+
+def test_tac_file_embeds_the_hub(make_hub) -> None:
+    hub = make_hub(start=False)
+    tac = example_tac(hub)
     with open(hub.log_path, "ab") as log:  # where wait_listening reads the ports
         proc = subprocess.Popen(
             [TWISTD, "-ny", str(tac), "--pidfile=", "--logfile=-"],
@@ -265,17 +283,10 @@ def test_the_tac_file_daemonized_reports_a_start_error(make_hub) -> None:
     # port in use is printed by the waiting parent, which exits 1 (without
     # that line it waits for good)
     hub = make_hub(start=False, fixed_ports=True)  # the port to block, known before
-    tac = hub.folder / "mailhub.tac"
-    example = (ROOT / "etc" / "mailhub.tac").read_text()
-    tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    tac = example_tac(hub)
     pidfile = hub.folder / "t.pid"
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", hub.smtp_port))
-        blocker.listen(1)
-        result = subprocess.run(
-            [TWISTD, "-y", str(tac), f"--pidfile={pidfile}",
-             f"--logfile={hub.folder / 't.log'}"],
-            capture_output=True, text=True, timeout=60, cwd=hub.folder)
+    result = twistd_with_smtp_port_taken(hub, "-y", str(tac), f"--pidfile={pidfile}",
+                                         f"--logfile={hub.folder / 't.log'}")
     assert result.returncode == 1
     assert (f"mailhub: cannot start: Address already in use: smtp on tcp:{hub.smtp_port}"
             in result.stderr), result.stdout + result.stderr
@@ -292,16 +303,10 @@ def test_the_tac_file_in_the_foreground_reports_a_start_error_in_a_line(make_hub
     # the same .tac under `twistd -ny`: the DaemonStartError twistd passes
     # on is one line, not a traceback; exit 1, and twistd's pid file is gone
     hub = make_hub(start=False, fixed_ports=True)
-    tac = hub.folder / "mailhub.tac"
-    example = (ROOT / "etc" / "mailhub.tac").read_text()
-    tac.write_text(example.replace("/etc/txmailhub/mailhub.toml", str(hub.config_path)))
+    tac = example_tac(hub)
     pidfile = hub.folder / "fg.pid"
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", hub.smtp_port))
-        blocker.listen(1)
-        result = subprocess.run(
-            [TWISTD, "-ny", str(tac), f"--pidfile={pidfile}", "--logfile=-"],
-            capture_output=True, text=True, timeout=60, cwd=hub.folder)
+    result = twistd_with_smtp_port_taken(hub, "-ny", str(tac), f"--pidfile={pidfile}",
+                                         "--logfile=-")
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert (f"mailhub: cannot start: Address already in use: smtp on tcp:{hub.smtp_port}"
