@@ -1070,24 +1070,33 @@ def test_a_lookup_without_the_lock_that_finds_no_records_finds_the_file_away(
     assert seen and all(seen)
 
 
-def _caught_half_written(db: UsersDB) -> tuple[UsersDB, list[float], list[float]]:
-    """alice and bob in the users file, then the file rewritten in place
-    (truncated, then written, as ``cat > users`` does) and read by a
-    running hub's reader when only alice's line is back: half a second
-    after the write, on the reader's own (fake) clocks."""
+def _read_cut_short(db: UsersDB, at: str, past: int = 0,
+                    ) -> tuple[UsersDB, list[float], list[float]]:
+    """db's users file rewritten in place (truncated, then written, as
+    ``cat > users`` does) and read by a running hub's reader when it is
+    back only as far as the first ``at`` (and ``past`` characters of it):
+    half a second after the write, on the reader's own (fake) clocks,
+    which the test moves on by adding to ``wall[0]`` and ``mono[0]``."""
     from txmailhub.filestamp import FileStamp
 
-    db.add("alice", "pw")
-    db.add("bob", "pw")
     whole = Path(db.path).read_text()
     with open(db.path, "r+") as f:  # the same inode: in place
         f.truncate(0)
-        # a writer's buffer seldom ends where a line does: in bob's line
-        f.write(whole[: whole.index("bob@") + 3])
+        f.write(whole[: whole.index(at) + past])
     reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
     wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
     reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
     return reader, wall, mono
+
+
+def _caught_half_written(db: UsersDB) -> tuple[UsersDB, list[float], list[float]]:
+    """alice and bob in the users file, then the file rewritten in place
+    and read by a running hub's reader when only alice's line is back
+    (``_read_cut_short``)."""
+    db.add("alice", "pw")
+    db.add("bob", "pw")
+    # a writer's buffer seldom ends where a line does: in bob's line
+    return _read_cut_short(db, "bob@", 3)
 
 
 def test_a_user_missing_from_a_file_caught_half_written_is_in_doubt_for_seconds(
@@ -1221,17 +1230,11 @@ def test_a_failed_login_is_judged_by_the_records_it_was_checked_against(
     from twisted.cred.error import UnauthorizedLogin
 
     from txmailhub.errors import UsersUnavailable
-    from txmailhub.filestamp import FileStamp
 
     db.add("alice", "pw")
     db.add("bob", "pw")
     finished = Path(db.path).read_text()
-    with open(db.path, "r+") as f:  # rewritten in place, into bob's line
-        f.truncate(0)
-        f.write(finished[: finished.index("bob@") + 3])
-    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
-    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
-    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    reader, _, _ = _read_cut_short(db, "bob@", 3)  # rewritten in place, into bob's line
 
     def then_another_thread_reads(f):
         def checked(*args):
@@ -1262,17 +1265,11 @@ def test_apop_for_a_line_caught_half_written_before_its_secret_is_temporary(
 
     from txmailhub.auth import NoAPOPSecret
     from txmailhub.errors import UsersUnavailable
-    from txmailhub.filestamp import RACY_SECONDS, FileStamp
+    from txmailhub.filestamp import RACY_SECONDS
 
     db.add("alice", "pw")
     db.add("bob", "bobpw", allow_apop=True)
-    whole = Path(db.path).read_text()
-    with open(db.path, "r+") as f:  # in place, cut just before " apop="
-        f.truncate(0)
-        f.write(whole[: whole.index(" apop=")])
-    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
-    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
-    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    reader, wall, mono = _read_cut_short(db, " apop=")  # cut just before " apop="
     assert reader.get(Address("bob", "example.org")) is not None  # his line, half of it
     checker = UsersChecker(reader)
     challenge = b"<1.2@mail.example.org>"
@@ -1299,16 +1296,10 @@ def test_apop_without_a_secret_is_judged_by_the_records_it_was_looked_up_in(
     from twisted.python.failure import Failure
 
     from txmailhub.auth import NoAPOPSecret
-    from txmailhub.filestamp import FileStamp
 
     db.add("bob", "bobpw", allow_apop=True)
     whole = Path(db.path).read_text()
-    with open(db.path, "r+") as f:  # in place, cut just before " apop="
-        f.truncate(0)
-        f.write(whole[: whole.index(" apop=")])
-    reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
-    wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
-    reader._file = FileStamp(lambda: wall[0], lambda: mono[0])
+    reader, _, _ = _read_cut_short(db, " apop=")  # cut just before " apop="
     real = reader._refresh
     another_thread_read: list[bool] = []
 
