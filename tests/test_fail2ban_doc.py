@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cred_fakes import checker_without_apop_secret
 from test_pop3_protocol import REMOTE, Env, talk
 from test_smtp_protocol import Harness, take
 from twisted.logger import formatEventAsClassicLogText
@@ -137,18 +138,7 @@ def test_the_filter_matches_a_failed_pop3_login(log_events, user: str, mechanism
 
 def test_the_filter_matches_a_failed_apop_login_with_its_detail(log_events, tmp_path) -> None:
     # the refusal of a user added without --allow-apop ends with a remark
-    from txmailhub.auth import UsersChecker
-    from txmailhub.passwords import PasswordPolicy
-    from txmailhub.users import UsersDB
-
-    class AnyPassword(PasswordPolicy):
-        def weaknesses(self, password, address):
-            return []
-
-    db = UsersDB(str(tmp_path / "users"), "example.org", ("example.org",),
-                 password_policy=AnyPassword())
-    db.add("joe", "joepw")
-    env = Env(checker=UsersChecker(db))
+    env = Env(checker=checker_without_apop_secret(tmp_path))
     proto, t = env.connect(peer=REMOTE)
     stamp = re.search(rb"<[^>]+>", t.value()).group(0)
     talk(proto, t, b"APOP joe " + hashlib.md5(stamp + b"joepw").hexdigest().encode() + b"\r\n")

@@ -7,7 +7,7 @@ import re
 from unittest import mock
 
 import pytest
-from cred_fakes import ClientRecordingChecker
+from cred_fakes import ClientRecordingChecker, checker_without_apop_secret
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tls_loopback import StartTLSSocket, TLSClient
@@ -455,18 +455,7 @@ def test_apop_without_the_users_secret_is_logged_as_such(log_events, tmp_path):
     # --allow-apop)
     from twisted.logger import formatEvent
 
-    from txmailhub.auth import UsersChecker
-    from txmailhub.passwords import PasswordPolicy
-    from txmailhub.users import UsersDB
-
-    class AnyPassword(PasswordPolicy):
-        def weaknesses(self, password, address):
-            return []
-
-    db = UsersDB(str(tmp_path / "users"), "example.org", ("example.org",),
-                 password_policy=AnyPassword())
-    db.add("joe", "joepw")
-    env = Env(checker=UsersChecker(db))
+    env = Env(checker=checker_without_apop_secret(tmp_path))
     proto, t = env.connect()
     ts = re.search(rb"<[^>]+>", t.value()).group(0)
     digest = hashlib.md5(ts + b"joepw").hexdigest().encode()
