@@ -1,11 +1,14 @@
 """Helpers for the POP3 integration tests: put messages into a hub's Maildir
-the way another program would, and read raw POP3 responses."""
+the way another program would, read raw POP3 responses, and run Twisted's
+own POP3 client."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,3 +76,33 @@ class RawPOP3:
 
     def close(self) -> None:
         self.sock.close()
+
+
+_TWISTED_CLIENT_HEAD = r"""
+import json, sys
+from twisted.internet import defer, protocol, reactor
+from twisted.mail.pop3 import AdvancedPOP3Client
+
+"""
+
+_TWISTED_CLIENT_RUN = r"""
+out = []
+d = main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+d.addErrback(lambda f: (out.append(1), print(f.getTraceback(), file=sys.stderr)))
+d.addBoth(lambda _: reactor.stop())
+reactor.run()
+sys.exit(1 if out else 0)
+"""
+
+
+def twisted_pop3_client(main: str, port: int, user: str, password: str, *,
+                        timeout: float) -> subprocess.CompletedProcess[str]:
+    """Twisted's ``AdvancedPOP3Client`` against the hub on 127.0.0.1:``port``,
+    in a Python process of its own (it needs a reactor).  ``main`` is the
+    source of ``@defer.inlineCallbacks def main(port, user, password)``,
+    which may use ``json``, ``sys``, ``defer``, ``protocol``, ``reactor``
+    and ``AdvancedPOP3Client``; what it prints is the result's stdout.  A
+    failure exits 1 with its traceback on stderr."""
+    script = _TWISTED_CLIENT_HEAD + main + _TWISTED_CLIENT_RUN
+    return subprocess.run([sys.executable, "-c", script, str(port), user, password],
+                          capture_output=True, text=True, timeout=timeout)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import poplib
 import smtplib
-import subprocess
-import sys
 import threading
 
 import pytest
-from pop3util import drop
+from pop3util import drop, twisted_pop3_client
 
 from txmailhub.pop3 import protocol
 
@@ -120,12 +118,8 @@ def test_sizes_at_the_inline_boundaries_with_poplib(boxes, name):
     assert utf8["uidl"] == plain["uidl"]
 
 
-TWISTED_CLIENT = r"""
-import json, sys
-from twisted.internet import defer, protocol, reactor
-from twisted.mail.pop3 import AdvancedPOP3Client
-
-@defer.inlineCallbacks
+# the client's main() for pop3util.twisted_pop3_client
+TWISTED_CLIENT = r"""@defer.inlineCallbacks
 def main(port, user, password):
     c = yield protocol.ClientCreator(reactor, AdvancedPOP3Client).connectTCP("127.0.0.1", port)
     c.MAX_LENGTH = 1 << 20  # the filler is one long line
@@ -140,22 +134,13 @@ def main(port, user, password):
     stat = yield c.stat()
     yield c.quit()
     print(json.dumps({"list": sizes, "sent": sent, "stat": list(stat)}))
-
-out = []
-d = main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
-d.addErrback(lambda f: (out.append(1), print(f.getTraceback(), file=sys.stderr)))
-d.addBoth(lambda _: reactor.stop())
-reactor.run()
-sys.exit(1 if out else 0)
 """
 
 
 @pytest.mark.parametrize("name", ["m65", "k64p1"])
 def test_sizes_with_twisted_pop3_client(boxes, name):
-    result = subprocess.run(
-        [sys.executable, "-c", TWISTED_CLIENT, str(boxes.pop3_port), f"{name}@example.org", PW],
-        capture_output=True, text=True, timeout=120,
-    )
+    result = twisted_pop3_client(TWISTED_CLIENT, boxes.pop3_port, f"{name}@example.org", PW,
+                                 timeout=120)
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     assert got["list"] == got["sent"]

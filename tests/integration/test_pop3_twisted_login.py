@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from conftest import Hub
+from pop3util import twisted_pop3_client
 
-TWISTED_LOGIN = r"""
-import json, sys
-from twisted.internet import defer, protocol, reactor
-from twisted.mail.pop3 import AdvancedPOP3Client
-
-@defer.inlineCallbacks
+# the client's main() for pop3util.twisted_pop3_client
+TWISTED_LOGIN = r"""@defer.inlineCallbacks
 def main(port, user, password):
     c = yield protocol.ClientCreator(reactor, AdvancedPOP3Client).connectTCP("127.0.0.1", port)
     c.allowInsecureLogin = True  # loopback, no TLS configured
@@ -28,21 +24,11 @@ def main(port, user, password):
     stat = yield c.stat()
     yield c.quit()
     print(json.dumps({"apop": c.serverChallenge is not None, "stat": list(stat)}))
-
-out = []
-d = main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
-d.addErrback(lambda f: (out.append(1), print(f.getTraceback(), file=sys.stderr)))
-d.addBoth(lambda _: reactor.stop())
-reactor.run()
-sys.exit(1 if out else 0)
 """
 
 
 def twisted_login(hub: Hub, user: str, password: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", TWISTED_LOGIN, str(hub.pop3_port), user, password],
-        capture_output=True, text=True, timeout=60,
-    )
+    return twisted_pop3_client(TWISTED_LOGIN, hub.pop3_port, user, password, timeout=60)
 
 
 def test_login_of_a_user_without_apop_where_no_one_has_apop(make_hub) -> None:
