@@ -419,3 +419,34 @@ def test_two_processes_changing_the_file_at_once_lose_nothing(path: Path) -> Non
     table = parse_aliases(path.read_text(), "example.org", DOMAINS)[0]
     assert sorted(table) == sorted(f"{p}{i}@example.org" for p in "xy" for i in range(15))
     assert path.read_text().startswith("# shared\n")
+
+
+def _within(seconds: float, call):
+    """``call()``'s result or exception, failing (not hanging) if it blocks."""
+    done: list = []
+
+    def run() -> None:
+        try:
+            done.append(("ok", call()))
+        except BaseException as e:  # handed to the test
+            done.append(("raised", e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert done, f"still blocked after {seconds}s"
+    return done[0]
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: a.add("b", ["joe"]), lambda a: a.set("b", ["joe"]), lambda a: a.remove("b"),
+    lambda a: a.read()])
+def test_a_fifo_in_place_of_the_file_is_refused_not_waited_on(path: Path, change) -> None:
+    # ``mailhub check`` refuses a FIFO at [aliases] file, but one may be put
+    # there after the config is read: opening it to read would wait for ever
+    os.mkfifo(path)
+    how, e = _within(20, lambda: change(aliases_at(path)))
+    assert how == "raised" and isinstance(e, AliasesFileError), e
+    assert str(e) == (f"{path}: [aliases] file is not a regular file (a named pipe, device or "
+                      "socket): not read, nothing changed; set [aliases] file to a regular file")
+    assert stat.S_ISFIFO(os.lstat(path).st_mode)

@@ -537,17 +537,16 @@ class MoreAliasTests(Base):
         wall, mono = [os.stat(self.path).st_mtime + 0.5], [50.0]
         r._file = FileStamp(lambda: wall[0], lambda: mono[0])
         opened = []
-        real_open = open
+        real_read = router_module.read_regular
 
-        def held_up_open(*args, **kwargs):
-            opened.append(args[0])
-            f = real_open(*args, **kwargs)
+        def held_up_read(path, **kwargs):
+            opened.append(path)
+            got = real_read(path, **kwargs)
             wall[0] += 10.0  # held up past RACY_SECONDS after the read began
             mono[0] += 10.0
-            return f
+            return got
 
-        router_module.open = held_up_open  # ahead of the builtin, for this module only
-        self.addCleanup(delattr, router_module, "open")
+        self.patch(router_module, "read_regular", held_up_read)
         for reads in (1, 2, 2):
             self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
             self.assertEqual(len(opened), reads)
@@ -789,20 +788,49 @@ class FreshFileTests(Base):
         # last changed long ago, but rewritten in place just as the hub
         # reads it: the stamp taken before the read is an old one, the text
         # half of the new file; the open file's stamp after the read says so
-        import builtins
+        from txmailhub import router as router_module
 
         self.users.in_doubt = False
         r = self.router("staff: joe\nlist: ann\n")
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
         os.utime(self.path, (1e9 + 5, 1e9 + 5))  # touched: read again, still old
-        real_open = builtins.open
+        real_read = router_module.read_regular
 
-        def writer_begins(*args, **kwargs):
-            if args[0] == self.path:
-                with real_open(self.path, "r+") as f:
+        def writer_begins(path, **kwargs):
+            if path == self.path:
+                with open(self.path, "r+") as f:
                     f.truncate(0)
                     f.write("staff: joe\n")
-            return real_open(*args, **kwargs)
+            return real_read(path, **kwargs)
 
-        self.patch(builtins, "open", writer_begins)
+        self.patch(router_module, "read_regular", writer_begins)
         self.assertRefused(r.resolve, A("list"), replies.MAILBOXES_CHANGING)
+
+
+class NotARegularFileTests(Base):
+    def test_a_fifo_in_place_of_the_file_is_not_waited_on_and_is_logged_once(self):
+        # a plain open() of a FIFO waits for a writer: the hub's reactor
+        # would hang at the next RCPT.  It is treated as a directory is
+        import threading
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        r = self.router("list: joe\n")
+        os.unlink(self.path)
+        os.mkfifo(self.path)
+        answers = []
+
+        def lookups():
+            for _ in range(3):
+                answers.append(r.resolve(A("list")))
+
+        t = threading.Thread(target=lookups, daemon=True)
+        t.start()
+        t.join(20)
+        self.assertFalse(t.is_alive(), "blocked opening the FIFO")
+        self.assertEqual(answers, [((A("joe"),), ())] * 3)
+        errors = [e["why"] for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(errors, [f"cannot read aliases file {self.path}: not a regular file "
+                                  "(a named pipe, device or socket)"])
+        os.unlink(self.path)
+        self.write("list: ann\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))

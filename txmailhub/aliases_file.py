@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
+from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.router import (
     BOM,
     Aliases,
@@ -118,15 +119,17 @@ class AliasesFile:
         """The file's text; ``path``: the file a link led to
         (``_followed``), read without following a link put there since."""
         try:
+            # never a plain open: one of a FIFO put there would wait for ever
             if path is None:
-                with open(self.path, "rb") as f:
-                    raw = f.read()
+                raw, _ = read_regular(self.path)
             else:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-                with open(fd, "rb") as f:
-                    raw = f.read()
+                raw, _ = read_regular(path, follow=False)
         except FileNotFoundError:
             return ""  # away for a moment: the first add makes it again
+        except NotRegularFile as e:
+            raise AliasesFileError(
+                f"{e.path}: [aliases] file is {e}: not read, nothing changed; "
+                "set [aliases] file to a regular file") from None
         except OSError as e:
             if e.errno != errno.ELOOP:
                 raise

@@ -69,6 +69,7 @@ from txmailhub.errors import Rejected
 from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.logsafe import loggable
+from txmailhub.regular_file import read_regular
 from txmailhub.smtp import replies
 
 __all__ = [
@@ -384,12 +385,12 @@ class Router:
         began = self._file.now()
         after: os.stat_result | None = None
         try:
-            with open(self.aliases_file, encoding="utf-8") as f:
-                text = f.read()
-                after = os.fstat(f.fileno())  # changed during the read: maybe half of it
+            # never a plain open: one of a FIFO put there would hang the hub
+            raw, after = read_regular(self.aliases_file)  # changed during the read: maybe half
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            # not looked at again until it changes (a directory, a mode
-            # the hub cannot read, a file written half-way in UTF-8)
+            # not looked at again until it changes (a directory, a FIFO, a
+            # mode the hub cannot read, a file written half-way in UTF-8)
             self._file.read(st, began, after)
             self._fresh = not self._file.settled
             self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")

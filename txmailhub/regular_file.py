@@ -1,0 +1,45 @@
+"""Reading a file that must be a regular one, without ever blocking.
+
+A plain ``open()`` of a FIFO (named pipe) put where a file is expected
+waits for a writer, for ever: a hub's reactor or a ``mailhub`` command
+would hang there.  ``O_NONBLOCK`` makes the open return at once, and
+``fstat`` of what was opened (not a ``stat`` of the name before, which a
+swap could outrun) tells a regular file from anything else."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+class NotRegularFile(OSError):
+    """What was opened is a FIFO, a device or a socket, not a file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("not a regular file (a named pipe, device or socket)")
+        self.path = path
+
+
+def read_regular(path: str, *, follow: bool = True) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file at ``path`` and its ``fstat`` once
+    read (the caller may compare it with a ``stat`` from before).  A
+    folder raises ``IsADirectoryError`` as ``open()`` does; anything else
+    that is no regular file ``NotRegularFile``; ``follow=False`` refuses
+    a symbolic link (``ELOOP``)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        raise NotRegularFile(path)
+    with open(fd, "rb") as f:
+        return f.read(), os.fstat(fd)
