@@ -61,6 +61,21 @@ def run(settings, *argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def test_show_names_a_smarthost_without_its_final_dot(setup):
+    # a record written before results dropped the dot (as notices do)
+    settings, queue, qid, _ = setup
+
+    def dotted(e):
+        return e.with_recipients({r.address: dataclasses.replace(
+            r, remote_mta="smtp.example.net.") for r in e.recipients})
+
+    queue.update(qid, dotted)
+    code, out, _ = run(settings, "show", qid)
+    assert code == 0
+    assert "remote=smtp.example.net\n" in out
+    assert "smtp.example.net." not in out
+
+
 def test_list(setup):
     settings, _, qid, _ = setup
     code, out, _ = run(settings, "list")

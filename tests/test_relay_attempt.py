@@ -513,6 +513,17 @@ def test_a_smarthost_name_in_brackets_is_that_name(tmp_path):
     assert net.connections == [("smart.example.net", 587)]
 
 
+def test_a_smarthost_with_a_final_dot_is_named_without_it(tmp_path):
+    # looked up as written, but the results (queue show's remote=, a
+    # notice's Remote-MTA) name the host, as the TLS check does
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net.:587"\n'
+                                'smarthost_tls = "none"')
+    net.servers[("smart.example.net.", 587)] = ScriptedSMTPServer
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert (r.kind, r.remote_mta) == ("delivered", "smart.example.net")
+    assert net.connections == [("smart.example.net.", 587)]
+
+
 @pytest.mark.parametrize("written, shown", [
     ("smart.example.net:2525", "smart.example.net:2525"),
     ("192.0.2.25:2525", "[192.0.2.25]:2525"),

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from txmailhub.cli_output import error_stream
 from txmailhub.logsafe import shown
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
-from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
+from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError, mta_name
 from txmailhub.relay.schedule import utc_text
 from txmailhub.smtp.reply import LocalReply
 
@@ -120,7 +120,7 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
         if r.last_attempt:
             parts.append(f"last-attempt={utc_text(r.last_attempt)}")
         if r.remote_mta:
-            parts.append(f"remote={r.remote_mta}")
+            parts.append(f"remote={mta_name(r.remote_mta)}")
         if r.notify:
             parts.append("notify=" + ",".join(r.notify))
         if r.notice:

@@ -58,7 +58,7 @@ from txmailhub.relay.body_producer import BodyProducer, BodyStopped
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
 from txmailhub.relay.queue import inline_io
-from txmailhub.relay.record import QueueEntry
+from txmailhub.relay.record import QueueEntry, mta_name
 from txmailhub.relay.tls_memory import TLSMemory, memory_path
 from txmailhub.smtp.client import (
     ClientSession,
@@ -454,8 +454,11 @@ def _remote_name(name: str, smarthost: bool) -> str:
     """The next hop as results name it (``remote_mta``: queue show's
     ``remote=``, a notice's ``Remote-MTA: dns; ...``): a smarthost written
     as an address as SMTP's address literal, as the MX path names the host
-    of ``bob@[192.0.2.9]`` -- not a bare number where a domain name goes."""
-    return address_literal(name) if smarthost and _is_ip(name) else name
+    of ``bob@[192.0.2.9]`` -- not a bare number where a domain name goes;
+    a name without a final dot (``mta_name``)."""
+    if smarthost and _is_ip(name):
+        return address_literal(name)
+    return mta_name(name) or name
 
 
 def _maybe_delivered(outcome: SessionOutcome) -> bool:

@@ -40,7 +40,7 @@ from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import Envelope
 from txmailhub.errors import Rejected
 from txmailhub.logsafe import shown
-from txmailhub.relay.record import QueueEntry, RecipientRecord
+from txmailhub.relay.record import QueueEntry, RecipientRecord, mta_name
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
@@ -274,7 +274,7 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
                   "listed below.", ""]
     for r in recipients:
         local = isinstance(r.last_reply, LocalReply)
-        remote_mta = _mta_name(r.remote_mta)
+        remote_mta = mta_name(r.remote_mta)
         where = (f"while talking to {remote_mta}: " if local else
                  f"host {remote_mta} said: ") if remote_mta else ""
         why = r.last_reply.text() if r.last_reply is not None else "no reason recorded"
@@ -302,17 +302,6 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
     return "\n".join(lines)
 
 
-def _mta_name(remote_mta: str | None) -> str | None:
-    """The next hop as a notice names it: without a final dot.  A
-    smarthost written ``smtp.example.net.`` (looked up as written) is
-    recorded so, but a host name in a notice (RFC 3464 2.3.5's "dns"
-    name, the human part) is the name, as the TLS check takes it too:
-    ``smtp.example.net``."""
-    if remote_mta and remote_mta.endswith("."):
-        return remote_mta[:-1]
-    return remote_mta
-
-
 def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
                  hostname: str, now: float, will_retry_until: float | None,
                  utf8: bool = False) -> Message:
@@ -337,7 +326,7 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
         if r.remote_mta:
-            b["Remote-MTA"] = f"dns; {_mta_name(r.remote_mta)}"
+            b["Remote-MTA"] = f"dns; {mta_name(r.remote_mta)}"
         if r.last_reply is not None and action not in (DELIVERED, EXPANDED):
             # the remote server's words, or this hub's own judgement
             local = not r.remote_mta or isinstance(r.last_reply, LocalReply)

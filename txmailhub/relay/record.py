@@ -114,6 +114,18 @@ def reply_from_json(data: Any) -> Reply | None:
     return kind(int(data["code"]), data.get("status"), tuple(str(x) for x in data["lines"]))
 
 
+def mta_name(remote_mta: str | None) -> str | None:
+    """The next hop as the hub names it (``remote_mta``: queue show's
+    ``remote=``, a notice's ``Remote-MTA: dns; ...``): without a final
+    dot.  A smarthost written ``smtp.example.net.`` is looked up as
+    written, but the host's name is ``smtp.example.net``, as the TLS
+    check takes it too.  Applied where results are made, and again where
+    they are shown, for records written before that."""
+    if remote_mta and remote_mta.endswith("."):
+        return remote_mta[:-1]
+    return remote_mta
+
+
 @dataclass(frozen=True, slots=True)
 class RecipientRecord:
     """One recipient of a queued message and how its delivery goes."""
