@@ -179,6 +179,27 @@ def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypa
     assert len(encoder_calls) == 1
 
 
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_sizes_measured_by_a_list_before_a_hangup_without_quit_are_kept(
+        tmp_path, monkeypatch, encoder_calls, workers):
+    # the connection is lost before the save after LIST runs: kept then,
+    # before the lock goes, and the lock let go (the next login gets in)
+    clock, components, md = make_env(tmp_path)
+    if workers:
+        components.syncer = components.store.syncer
+    data = INTL(n=1).encode()
+    drop(md, data, 1, ours=True)
+    for _ in range(2):
+        proto, t = connect(components)
+        proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
+        assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+        assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+        proto.connectionLost(Failure(ConnectionDone()))
+        assert proto.mailbox is None
+        clock.advance(1)
+    assert len(encoder_calls) == 1
+
+
 def test_entries_of_files_that_are_gone_are_dropped(tmp_path, monkeypatch, encoder_calls):
     clock, components, md = env(tmp_path, monkeypatch, workers=False)
     gone = drop(md, INTL(n=1).encode(), 1, ours=True)

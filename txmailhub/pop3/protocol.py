@@ -390,6 +390,8 @@ class POP3Protocol(Protocol):
         if self._refusing:
             self._refusing = False
             self.factory.limits.refusal_closed(self.transport)
+        save = self._save_call
+        pending_save = save is not None and save.active()
         for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call,
                      self._turn_call, self._save_call):
             if call is not None and call.active():
@@ -411,7 +413,16 @@ class POP3Protocol(Protocol):
                        else "left without QUIT")
                 log.info("POP3 {user} from {peer} {why}: nothing deleted",
                          user=self._user, peer=self._peer, why=why)
-            self._release()
+            if pending_save and self.mailbox is not None and not getattr(
+                    self.factory, "stopping", False):
+                # a client that hangs up right after LIST or STAT: the
+                # downgraded sizes they measured are kept as a QUIT keeps
+                # them, while the lock is still held (``save_downgraded_sizes``
+                # does nothing once the mailbox is closed), then let go.  Not
+                # while the hub stops: it does not wait for this job
+                self._save_sizes().addBoth(lambda _: self._release())
+            else:
+                self._release()
             self._settled()
 
     def cut_for_stop(self) -> None:
