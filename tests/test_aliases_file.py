@@ -121,9 +121,23 @@ def test_a_bad_name_or_target_is_refused_with_checks_own_words(
     with pytest.raises(BadAlias) as info:
         aliases_at(path, HAND_WRITTEN).add(name, targets)
     assert path.read_text() == HAND_WRITTEN
-    # what check says of the same line written by hand
+    # what check says of the same line written by hand, the line that
+    # is not in the file yet named as such (not by a number it lacks)
     path.write_text(HAND_WRITTEN + f"{name}: {', '.join(targets)}\n")
-    assert info.value.problems == check_aliases_file(str(path), "example.org", DOMAINS)
+    new_line = len(HAND_WRITTEN.splitlines()) + 1
+    assert info.value.problems == [
+        p.replace(f"{path}:{new_line}: ", f"{path} (new line): ")
+        for p in check_aliases_file(str(path), "example.org", DOMAINS)]
+    assert all(p.startswith(f"{path} (new line): ") for p in info.value.problems)
+
+
+def test_set_names_the_line_it_replaces_in_checks_words(path: Path) -> None:
+    with pytest.raises(BadAlias) as info:
+        aliases_at(path, HAND_WRITTEN).set("staff", ["|/usr/bin/procmail"])
+    assert path.read_text() == HAND_WRITTEN
+    assert info.value.problems[0] == (
+        f"{path}:4: target '|/usr/bin/procmail' of 'staff': delivery to programs is "
+        "not supported")
 
 
 @pytest.mark.parametrize(("name", "targets", "why"), [

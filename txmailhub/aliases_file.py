@@ -232,12 +232,12 @@ class AliasesFile:
                 first = lines[entry.lines[0]]
                 written_name = first.partition(":")[0].strip()
                 eol = first[len(first.rstrip("\r\n")):] or _eol(lines)
-                number = entry.lines[0] + 1
+                number: int | None = entry.lines[0] + 1
             else:
                 written_name, eol = name, _eol(lines)
                 if lines and not lines[-1].endswith(("\n", "\r")):
                     lines[-1] += eol
-                number = len(lines) + 1
+                number = None  # no line of the file yet
             line = f"{written_name}: {', '.join(targets)}"
             self._refuse_problems(line, number)
             if entry is not None:
@@ -274,13 +274,16 @@ class AliasesFile:
         if why:
             raise BadAlias(why)
 
-    def _refuse_problems(self, line: str, number: int) -> None:
-        """``check``'s problems with ``line`` as line ``number`` of the file."""
+    def _refuse_problems(self, line: str, number: int | None) -> None:
+        """``check``'s problems with ``line`` as line ``number`` of the file,
+        the line it replaces; ``None``: a line to be added, named ``(new
+        line)`` -- the number it would have after the change is one the
+        file shown does not have yet."""
         _, problems = parse_aliases(line, self.primary_domain, self.domains, self.path)
         prefix = f"{self.path}:1: "
+        where = f"{self.path} (new line):" if number is None else f"{self.path}:{number}:"
         if problems:
-            raise BadAlias([f"{self.path}:{number}: {p.removeprefix(prefix)}"
-                            for p in problems])
+            raise BadAlias([f"{where} {p.removeprefix(prefix)}" for p in problems])
 
     def _refuse_loops(self, old: str, new: str) -> None:
         before = {frozenset(loop.split(" -> ")) for loop in alias_loops(self._parse(old))}
