@@ -1292,6 +1292,28 @@ def test_the_log_file_made_for_uid_is_that_users(tmp_path: Path) -> None:
     make_log_file({"logfile": str(log)}, (65534, 65534))
     st = log.stat()
     assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_the_log_file_is_made_under_debug_too(tmp_path: Path, monkeypatch) -> None:
+    """``twistd --debug`` (no ``-n``, no ``--logfile``) logs to
+    ``./twistd.log``: twistd's logger read ``nodaemon`` before twistd set
+    it from ``debug``, and ``makeService`` sees it set.  The file twistd
+    opens is the one ``run_file_problems`` judges (``twistd_log_file``),
+    and made 0640 as any other log, not left to twistd and its umask."""
+    import stat as stat_
+
+    from txmailhub.tap import LOG_FILE_MODE, make_log_file
+
+    monkeypatch.chdir(tmp_path)
+    parent = {"nodaemon": True, "debug": True, "logfile": None}
+    old = os.umask(0o022)
+    try:
+        assert make_log_file(parent, None) == str(tmp_path / "twistd.log")
+    finally:
+        os.umask(old)
+    assert stat_.S_IMODE((tmp_path / "twistd.log").stat().st_mode) == LOG_FILE_MODE
+
+
 def test_run_file_problems_follow_the_path_twistd_opens(tmp_path: Path, monkeypatch) -> None:
     from txmailhub.tap import run_file_problems
 

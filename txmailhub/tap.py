@@ -242,13 +242,7 @@ def run_file_problems(parent: Any) -> list[str]:
     # twistd makes --pidfile absolute when it reads its options; it opens
     # both inside --chroot, if one is given
     chroot = parent.get("chroot") or None
-    names = [("--pidfile", parent.get("pidfile"))]
-    logfile = parent.get("logfile")
-    # twistd's logger took ``nodaemon`` before twistd set it from --debug:
-    # under --debug ./twistd.log may be opened in the foreground too
-    stdout = parent.get("nodaemon") and not parent.get("debug")
-    if not parent.get("syslog") and logfile != "-" and (logfile or not stdout):
-        names.append(("--logfile", logfile or "twistd.log"))
+    names = [("--pidfile", parent.get("pidfile")), ("--logfile", twistd_log_file(parent))]
     for option, name in names:
         if not name:
             continue
@@ -260,6 +254,28 @@ def run_file_problems(parent: Any) -> list[str]:
             f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
             "what it names before it switches to --uid; remove it (and see who made it)")
     return problems
+
+
+def twistd_log_file(parent: Any) -> str | None:
+    """The log file twistd's logger opens, as given (relative to the
+    folder twistd starts in), or ``None``: syslog, or standard output
+    (``--logfile -``, or ``--nodaemon`` with no ``--logfile``).
+
+    Not ``--debug`` without ``-n``: twistd sets ``nodaemon`` from it in
+    ``preApplication``, after its logger read ``nodaemon`` and before
+    ``makeService`` sees the options, so the logger still opens
+    ``./twistd.log``.  One rule for the check (``run_file_problems``) and
+    for the file the hub makes (``make_log_file``)."""
+    if parent.get("syslog"):
+        return None
+    logfile = parent.get("logfile")
+    if logfile == "-":
+        return None
+    if logfile:
+        return logfile
+    if parent.get("nodaemon") and not parent.get("debug"):
+        return None  # twistd -n logs to stdout
+    return "twistd.log"
 
 
 #: the mode of a log file the hub makes: it names senders, recipients,
@@ -278,13 +294,9 @@ def make_log_file(parent: Any, owner: tuple[int, int] | None) -> str | None:
     the admin's choice), and so is a link: nothing is followed.  Made as
     root for ``--uid``, it is given to that user, as twistd's rotated
     files will be."""
-    if parent.get("syslog") or parent.get("logfile") == "-":
+    name = twistd_log_file(parent)
+    if name is None:
         return None
-    name = parent.get("logfile")
-    if not name:
-        if parent.get("nodaemon"):
-            return None  # twistd -n logs to stdout
-        name = "twistd.log"
     path = os.path.abspath(name)
     flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
              | getattr(os, "O_CLOEXEC", 0))
