@@ -88,13 +88,14 @@ def makeService(options: Any) -> Any:
     if owner is None and os.geteuid() == 0:
         print(ROOT_WARNING, file=sys.stderr)
     if owner is not None:
+        # every refusal comes before anything is made (the log file, what
+        # state_dir holds), and a state_dir is followed only once judged
         problems = (run_file_problems(getattr(options, "parent", None) or {})
                     + state_dir_problems(settings.hub.state_dir))
         if problems:
             for problem in problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2)
-    if owner:
         # root can use anything: a state folder an earlier start as root
         # left behind would pass every test made now, and fail only after
         # the switch, with the ports bound (a traceback, exit 1)
@@ -389,6 +390,8 @@ def _owner_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
 def state_dir_problems(state_dir: str) -> list[str]:
     """Why twistd, started as root with ``--uid``, must not build the hub
     in ``state_dir`` (one line; none: it may).
