@@ -1253,6 +1253,8 @@ def test_a_failed_login_is_judged_by_the_records_it_was_checked_against(
     failure = result_of(checker.requestAvatarId(UsernamePassword(b"bob", b"pw")))
     assert not failure.check(UnauthorizedLogin)  # type: ignore[attr-defined]
     assert failure.check(UsersUnavailable)  # type: ignore[attr-defined]
+
+
 def test_apop_for_a_line_caught_half_written_before_its_secret_is_temporary(
         db: UsersDB) -> None:
     """bob was added with --allow-apop; the file, rewritten in place, is
