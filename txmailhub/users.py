@@ -400,16 +400,11 @@ class UsersDB:
         judged with them), whether it was found or not: a found line may
         be cut short (an APOP login asks this, and a line without its
         ``apop=`` field is no proof of a user without a secret then).  The
-        same system calls as ``get``."""
-        record, settled = self._judged(address)
-        return record, not settled and not self.missing
-
-    def _judged(self, address: Address) -> tuple[UserRecord | None, bool]:
-        """The record of ``address`` (or ``None``) and whether the records
-        it was looked up in are settled, taken together (``_view``)."""
+        same system calls as ``get``.  The one place a lookup is judged
+        (``lookup`` and ``check_login`` ask it)."""
         self._refresh()
-        records, settled = self._view
-        return records.get(address.key), settled
+        records, settled = self._view  # the records and their settling, together
+        return records.get(address.key), not settled and not self.missing
 
     def get(self, address: Address) -> UserRecord | None:
         return self._refresh().get(address.key)
@@ -446,8 +441,7 @@ class UsersDB:
         the time says nothing about who exists.
         """
         candidates = _login_forms(password)
-        record, settled = self._judged(address)
-        doubt = not settled and not self.missing
+        record, doubt = self.judged(address)
         # a hash that can never match (logged when the file is read) would
         # be refused before any scrypt ran: as slow as an unknown user
         if record is None or hash_problem(record.password_hash):
