@@ -70,14 +70,9 @@ def _aliases(settings: Settings, users: UsersDB | None = None) -> AliasesFile:
             f"{settings.path}: no aliases file: set [aliases] file (an empty file will do) "
             "to have aliases")
     is_user = None
-    if users is not None:
-        try:
-            users.addresses()
-        except OSError:
-            pass  # unreadable: who is a user cannot be told, as for check
-        else:
-            if not users.missing:
-                is_user = users.contains
+    # away or unreadable: who is a user cannot be told, as for check
+    if users is not None and _users_away(users) is None:
+        is_user = users.contains
     return AliasesFile(settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
                        is_user)
 
