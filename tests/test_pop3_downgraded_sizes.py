@@ -161,14 +161,22 @@ def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, encoder_call
     assert len(encoder_calls) == 4
 
 
-@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
-def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypatch,
-                                                              encoder_calls, workers):
+def _one_utf8_message(tmp_path, workers: bool):
+    """A mailbox holding one message with a UTF-8 header section, whose
+    size cache is saved inline or by the store's worker threads; the
+    clock, the components and the message."""
     clock, components, md = make_env(tmp_path)
     if workers:
         components.syncer = components.store.syncer
     data = INTL(n=1).encode()
     drop(md, data, 1, ours=True)
+    return clock, components, data
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypatch,
+                                                              encoder_calls, workers):
+    clock, components, data = _one_utf8_message(tmp_path, workers)
     for _ in range(2):
         proto, t = connect(components)
         proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\nQUIT\r\n")
@@ -184,11 +192,7 @@ def test_sizes_measured_by_a_list_before_a_hangup_without_quit_are_kept(
         tmp_path, monkeypatch, encoder_calls, workers):
     # the connection is lost before the save after LIST runs: kept then,
     # before the lock goes, and the lock let go (the next login gets in)
-    clock, components, md = make_env(tmp_path)
-    if workers:
-        components.syncer = components.store.syncer
-    data = INTL(n=1).encode()
-    drop(md, data, 1, ours=True)
+    clock, components, data = _one_utf8_message(tmp_path, workers)
     for _ in range(2):
         proto, t = connect(components)
         proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
