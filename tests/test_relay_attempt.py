@@ -470,6 +470,15 @@ def smarthost_with_login(tmp_path):
     return a, net
 
 
+def _sent_through_smarthost(tmp_path, written, listening):
+    """One message to bob sent through ``[relay] smarthost = written``
+    (no TLS) to a scripted server at ``listening`` (host, port): the
+    attempt's results and the fake network that saw the connections."""
+    a, net, _ = agent(tmp_path, f'smarthost = "{written}"\nsmarthost_tls = "none"')
+    net.servers[listening] = ScriptedSMTPServer
+    return run(net, a.attempt(entry(tmp_path, BOB))), net
+
+
 @pytest.mark.parametrize("written, address, shown", [
     # SMTP's literal (RFC 5321 4.1.3)
     ("[IPv6:2001:DB8::25]:2525", "2001:db8::25", "[IPv6:2001:db8::25]"),
@@ -490,9 +499,7 @@ def smarthost_with_login(tmp_path):
 def test_a_smarthost_given_as_an_address_literal_is_connected_to_that_address(
         tmp_path, written, address, shown):
     # "[IPv6:...]" was taken by the config and then looked up as a name
-    a, net, _ = agent(tmp_path, f'smarthost = "{written}"\nsmarthost_tls = "none"')
-    net.servers[(address, 2525)] = ScriptedSMTPServer
-    results = run(net, a.attempt(entry(tmp_path, BOB)))
+    results, net = _sent_through_smarthost(tmp_path, written, (address, 2525))
     assert [r.kind for r in results] == ["delivered"]
     assert net.connections == [(address, 2525)]
     # named as an address literal, as the MX path names bob@[192.0.2.9]'s
@@ -505,10 +512,8 @@ def test_a_smarthost_name_in_brackets_is_that_name(tmp_path):
     # "[smart.example.net]:587", as Postfix's relayhost is often written:
     # the relay always connected to the name (brackets stripped); 0aed1d8
     # made it a configuration problem that stopped the hub's start
-    a, net, _ = agent(tmp_path, 'smarthost = "[smart.example.net]:587"\n'
-                                'smarthost_tls = "none"')
-    net.servers[("smart.example.net", 587)] = ScriptedSMTPServer
-    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    [r], net = _sent_through_smarthost(tmp_path, "[smart.example.net]:587",
+                                       ("smart.example.net", 587))
     assert (r.kind, r.remote_mta) == ("delivered", "smart.example.net")
     assert net.connections == [("smart.example.net", 587)]
 
@@ -516,10 +521,8 @@ def test_a_smarthost_name_in_brackets_is_that_name(tmp_path):
 def test_a_smarthost_with_a_final_dot_is_named_without_it(tmp_path):
     # looked up as written, but the results (queue show's remote=, a
     # notice's Remote-MTA) name the host, as the TLS check does
-    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net.:587"\n'
-                                'smarthost_tls = "none"')
-    net.servers[("smart.example.net.", 587)] = ScriptedSMTPServer
-    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    [r], net = _sent_through_smarthost(tmp_path, "smart.example.net.:587",
+                                       ("smart.example.net.", 587))
     assert (r.kind, r.remote_mta) == ("delivered", "smart.example.net")
     assert net.connections == [("smart.example.net.", 587)]
 
