@@ -97,3 +97,20 @@ def test_a_client_whose_failures_expired_is_forgotten_before_a_live_one():
     assert set(window._failures) == {"192.0.2.1", "192.0.2.3"}
     window.failed("192.0.2.1")
     assert window.blocked("192.0.2.1")
+
+
+def test_gone_waiters_fire_once_the_sessions_named_are_gone() -> None:
+    from txmailhub.limits import GoneWaiters
+
+    w = GoneWaiters()
+    fired: list[str] = []
+    assert w.wait([]).called  # none to wait for: at once
+    w.wait(["a", "b"]).addCallback(lambda _: fired.append("ab"))
+    w.wait(["b"]).addCallback(lambda _: fired.append("b"))
+    w.gone("c")  # not waited for: nothing
+    w.gone("b")
+    assert fired == ["b"]
+    w.gone("a")
+    assert fired == ["b", "ab"]
+    w.gone("a")  # nothing left to fire
+    assert fired == ["b", "ab"]

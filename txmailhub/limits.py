@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Hashable, Iterable
 from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
 
 from txmailhub.address import client_key
 
-__all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow"]
+__all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow", "GoneWaiters"]
 
 #: refused connections (past the connection limits) that may wait for their
 #: polite close at a time, per protocol.  Under implicit TLS the refusal
@@ -93,6 +96,38 @@ class ConnectionLimits:
             self.per_client[key] = n
         else:
             self.per_client.pop(key, None)
+
+
+class GoneWaiters:
+    """Deferreds that fire once every one of a set of sessions is gone:
+    what a stop waits for (SMTP sessions that must be over, POP3 sessions
+    whose QUIT deletions must be done).  Each wait counts the sessions
+    named when it began; sessions that come later do not hold it."""
+
+    def __init__(self) -> None:
+        self._waits: list[tuple[set[Hashable], Deferred]] = []
+
+    def wait(self, sessions: Iterable[Hashable]) -> Deferred:
+        """Fires once all of ``sessions`` are ``gone`` (at once if none)."""
+        waiting = set(sessions)
+        if not waiting:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waits.append((waiting, d))
+        return d
+
+    def gone(self, session: Hashable) -> None:
+        if not self._waits:
+            return
+        done = []
+        for waiting, d in self._waits:
+            waiting.discard(session)
+            if not waiting:
+                done.append(d)
+        if done:
+            self._waits = [(w, d) for w, d in self._waits if w]
+            for d in done:
+                d.callback(None)
 
 
 class FailureWindow:

@@ -34,7 +34,7 @@ from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox
-from txmailhub.limits import ConnectionLimits, FailureWindow
+from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -1307,7 +1307,7 @@ class POP3Factory(Factory):
         # sessions in the UPDATE state until their deletions are done and
         # their connection is gone, and what waits for them (shut_down)
         self.updating: set[POP3Protocol] = set()
-        self._waiting: list[tuple[set[POP3Protocol], Deferred]] = []
+        self._waiting = GoneWaiters()
         # shared by every POP3 listener of these components
         self.limits: ConnectionLimits = components.shared("pop3_connections", ConnectionLimits)
         self.login_failures: FailureWindow = components.shared(
@@ -1341,11 +1341,7 @@ class POP3Factory(Factory):
         # and the refused connections still waiting for their polite close
         # (this factory's: the other listeners may keep running)
         self.limits.end_refusals(self)
-        if not waiting:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._waiting.append((waiting, d))
-        return d
+        return self._waiting.wait(waiting)
 
     def update_started(self, session: POP3Protocol) -> None:
         self.updating.add(session)
@@ -1353,15 +1349,7 @@ class POP3Factory(Factory):
     def update_over(self, session: POP3Protocol) -> None:
         """``session``'s deletions are done and its connection is gone."""
         self.updating.discard(session)
-        done = []
-        for waiting, d in self._waiting:
-            waiting.discard(session)
-            if not waiting:
-                done.append(d)
-        if done:
-            self._waiting = [(w, d) for w, d in self._waiting if w]
-            for d in done:
-                d.callback(None)
+        self._waiting.gone(session)
 
     def buildProtocol(self, addr: Any) -> POP3Protocol:
         p = POP3Protocol(self.components, implicit_tls=self.implicit_tls)

@@ -43,7 +43,7 @@ from txmailhub.auth import ClientCredentials, LoginAbandoned, turn_key
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser
-from txmailhub.limits import ConnectionLimits, FailureWindow
+from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
@@ -1146,34 +1146,20 @@ class _Limits(ConnectionLimits):
     def __init__(self) -> None:
         super().__init__()
         self.sessions: set[SMTPProtocol] = set()  # for the 421 at shutdown
-        # (sessions still open, Deferred to fire once they are gone)
-        self._gone: list[tuple[set[SMTPProtocol], defer.Deferred]] = []
+        # what waits for sessions open now to be gone
+        self._gone = GoneWaiters()
 
     def all_gone(self, sessions: Iterable[SMTPProtocol] | None = None) -> defer.Deferred:
         """Fires once every session open now (of ``sessions``, if given) is
         gone (at once if none is).  Sessions opened later do not count:
         after a quick restart the listeners take new ones while the last
         stop waits."""
-        waiting = set(self.sessions if sessions is None else sessions) & self.sessions
-        if not waiting:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._gone.append((waiting, d))
-        return d
+        return self._gone.wait(set(self.sessions if sessions is None else sessions)
+                               & self.sessions)
 
     def session_gone(self, session: SMTPProtocol) -> None:
         self.sessions.discard(session)
-        if not self._gone:
-            return
-        done = []
-        for waiting, d in self._gone:
-            waiting.discard(session)
-            if not waiting:
-                done.append(d)
-        if done:
-            self._gone = [(w, d) for w, d in self._gone if w]
-            for d in done:
-                d.callback(None)
+        self._gone.gone(session)
 
 
 class SMTPFactory(ServerFactory):
