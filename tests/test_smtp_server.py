@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from txmailhub.address import Address
 from txmailhub.envelope import DSNRequest, RecipientDSN
+from txmailhub.errors import Rejected
 from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.reply import Reply
@@ -1627,3 +1628,43 @@ def test_empty_bdat_chunks_without_end_count_as_junk():
     tx(d)
     assert d.codes("BDAT 2\r\nab" * 5 + "BDAT 0 LAST\r\n") == ["250"] * 6
     assert d.engine.junk == 0 and not d.engine.closed
+
+
+class _ChangingRouter(StaticRouter):
+    """A router whose users file is being rewritten: every ``new*``
+    address is not known to be unknown yet (``451 4.3.0``)."""
+
+    def resolve(self, address):
+        if address.local.startswith("new"):
+            raise Rejected(replies.MAILBOXES_CHANGING)
+        return super().resolve(address)
+
+
+def test_the_hubs_own_temporary_trouble_is_not_the_clients_error():
+    # a list server sending a dozen RCPTs while the users file is being
+    # rewritten gets a 451 for each new one and no 421: max_errors is
+    # against bad clients, not the hub's own trouble
+    d = Driver(router=_ChangingRouter({"alice": None}), max_errors=3)
+    d.send("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\n")
+    out = d.send("".join(f"RCPT TO:<new{i}@example.org>\r\n" for i in range(12)))
+    assert out == [replies.MAILBOXES_CHANGING.text()] * 12
+    assert d.engine.errors == 0 and not d.engine.closed
+    assert d.codes("RCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n") == ["250", "354", "250"]
+    # a message the hub could not store is its own trouble too
+    d.done_reply = replies.LOCAL_ERROR
+    for _ in range(4):
+        assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n") == [
+            "250", "250", "354", "451"]
+    assert d.engine.errors == 0 and not d.engine.closed
+    # the client's own mistakes still count
+    assert d.codes("FOO\r\nFOO\r\nFOO\r\n") == ["500", "500", "500", "421"]
+
+
+def test_a_client_that_keeps_asking_through_the_hubs_trouble_is_still_bounded():
+    # each such refusal is a command that moves no mail: past
+    # max_junk_commands they count as errors, so the session ends
+    d = Driver(router=_ChangingRouter({"alice": None}), max_errors=2, max_junk_commands=5)
+    d.send("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\n")
+    out = d.send("RCPT TO:<new@example.org>\r\n" * 10)
+    assert out == [replies.MAILBOXES_CHANGING.text()] * 7 + [closing(replies.TOO_MANY_ERRORS)]
+    assert d.engine.closed

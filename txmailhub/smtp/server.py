@@ -104,6 +104,16 @@ _MAIL_VERBS = frozenset({b"MAIL", b"SOML", b"SAML"})  # the longer MAIL line lim
 _NOT_COUNTED = frozenset({replies.TOO_MANY_RECIPIENTS, replies.STORAGE_FULL,
                           replies.MAILBOX_FULL, replies.MESSAGE_OVER_QUOTA,
                           replies.BDAT_DISCARDED})
+# The hub's own temporary trouble: a users or aliases file caught
+# half-written or away, a users database that failed, no outbound queue
+# yet, a message that could not be stored, an internal error.  A client
+# that meets them did nothing wrong (a list server sending a dozen RCPTs
+# while the users file is rewritten must not get the 421 of max_errors),
+# so they are not its errors; but each counts as a command that moves no
+# mail (max_junk_commands), so a session that keeps asking while the
+# trouble lasts is still bounded.
+_HUB_TROUBLE = frozenset({replies.LOCAL_ERROR, replies.MAILBOXES_CHANGING,
+                          replies.QUEUE_UNAVAILABLE})
 _NO_DSN = DSNRequest()
 # Commands that move no mail forward (ServerConfig.max_junk_commands).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
@@ -296,6 +306,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._out.append(reply.to_bytes() if wire is None else wire)
         if reply.code >= 400 and reply not in _NOT_COUNTED:
             if reply.code == 421:
+                return
+            if reply in _HUB_TROUBLE:
+                self._count_junk()
                 return
             self._count_error()
 
