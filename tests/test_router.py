@@ -103,6 +103,22 @@ class DomainAndUserTests(Base):
         self.assertEqual(r.resolve(A("postmaster@example.net")),
                          ((A("postmaster@example.net"),), ()))
 
+    def test_a_postmaster_that_is_no_user_is_looked_up_once(self):
+        # the users database is asked once per address, not once more for
+        # a postmaster it does not hold
+        r = self.router("staff: joe\n")
+        for addr, asked in ((A("postmaster"), A("postmaster")),
+                            (A("PostMaster@example.net"), A("postmaster@example.net"))):
+            del self.users.asked[:]
+            self.assertEqual(r.resolve(addr), ((A("postmaster"),), ()))
+            self.assertEqual(self.users.asked, [asked])
+        # an alias of the primary domain's postmaster still serves another
+        # domain's postmaster that is no user
+        r = self.router("postmaster: joe\n")
+        del self.users.asked[:]
+        self.assertEqual(r.resolve(A("postmaster@example.net")), ((A("joe"),), ()))
+        self.assertEqual(self.users.asked, [A("postmaster@example.net"), A("joe")])
+
 
 class BrokenUsers:
     """A users database that cannot be read (the users file made unreadable

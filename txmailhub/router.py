@@ -477,14 +477,16 @@ class Router:
         # which must get one copy.
         address = _canonical(address)
         self._users_doubt = None
-        if address.key not in self.aliases and self._is_user(address):
-            return (address,), ()  # a plain mailbox: what nearly every RCPT is
-        if address.is_postmaster and address.key not in self.aliases and not self._is_user(
-            address
-        ):
-            address = Address("postmaster", self.primary_domain)
-            if address.key not in self.aliases:
-                return (address,), ()
+        if address.key not in self.aliases:
+            # one users lookup: a postmaster that is no user is not asked
+            # about again (each lookup may be a file's stat, and logs a
+            # failure of its own)
+            if self._is_user(address):
+                return (address,), ()  # a plain mailbox: what nearly every RCPT is
+            if address.is_postmaster:
+                address = Address("postmaster", self.primary_domain)
+                if address.key not in self.aliases:
+                    return (address,), ()
 
         local: dict[str, Address] = {}
         remote: dict[str, Address] = {}
