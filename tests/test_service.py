@@ -79,6 +79,34 @@ def test_start_warns_of_a_certificate_not_valid_for_the_hostname(tmp_path: Path,
         hub.stopService()
 
 
+def test_a_renewal_for_another_name_than_the_hostname_is_warned_of_at_run_time(
+        tmp_path: Path, log_events) -> None:
+    # the start's check judges the certificate the hub starts with; the
+    # listeners' TLS judges a renewal it takes later against the same name
+    import os
+
+    from conftest import make_certificate
+    from twisted.logger import formatEvent
+
+    cert, key = make_certificate(tmp_path / "tls", "mail.example.org")
+    hub, _reactor = hub_of(tmp_path, ONE_SMTP_LISTENER
+                           + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    try:
+        hub.startService()
+        new_cert, new_key = make_certificate(tmp_path / "renewed", "mx.example.net")
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        assert hub.components.tls.reload()  # SIGHUP: taken all the same
+        warned = [formatEvent(e) for e in log_events if e["log_level"].name == "warn"]
+        assert [w for w in warned if "not valid for" in w] == [
+            f"TLS: certificate {cert} is not valid for mail.example.org ([hub] hostname), "
+            "only for mx.example.net, 127.0.0.1: clients that check the name (mail "
+            "programs, the sending servers that verify) refuse TLS; get one that names "
+            "mail.example.org, or set [hub] hostname to a name it is valid for"], warned
+    finally:
+        hub.stopService()
+
+
 def test_the_hub_routes_by_an_alias_mailhub_alias_add_made_without_a_restart(
         tmp_path: Path) -> None:
     # the running hub re-reads the aliases file when it changes

@@ -689,6 +689,38 @@ def test_a_renewal_for_another_name_is_taken_with_a_warning(tmp_path, events):
     assert warning["names"] == "mail.example.org"  # 127.0.0.1 is in both
 
 
+def test_a_renewal_not_valid_for_the_hubs_name_is_warned_of_once(tmp_path, events):
+    # the start and `mailhub check` judge the certificate against [hub]
+    # hostname; a renewal taken at run time is judged too, once: a
+    # SIGHUP that loads it again says nothing more
+    import conftest
+    from twisted.logger import formatEvent
+
+    clock = Clock()
+    cert, key = conftest.make_certificate(tmp_path / "live", "mail.example.org")
+    factory = tls.ReloadingTLS(str(cert), str(key), clock, hostname="mail.example.org")
+
+    def renew(folder, name):
+        new_cert, new_key = conftest.make_certificate(tmp_path / folder, name)
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)
+        return [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+
+    assert renew("same", "mail.example.org") == []
+    (line,) = renew("other", "other.example")
+    assert line.startswith(f"TLS: certificate {cert} is not valid for mail.example.org "
+                           "([hub] hostname), only for other.example, 127.0.0.1"), line
+    assert factory.reload()
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 1
+    # a certificate that never named the hub (the start warned of it): a
+    # renewal of it names nothing the old one did not, and is warned of
+    # all the same
+    assert len(renew("third", "other.example")) == 2
+    assert len(_loaded(events)) == 4
+
+
 def test_names_dropped_reads_wildcards_and_a_common_name_alone():
     key = ec.generate_private_key(ec.SECP256R1())
 

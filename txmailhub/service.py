@@ -190,7 +190,9 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         store=store,
         spooler=Spooler(settings.spool_dir, syncer, recover=False),  # claimed at start
         portal=build_portal(users, store, run_in_thread),
-        tls=(ReloadingTLS(settings.tls.certificate, settings.tls.key, reactor)
+        # the hub's name: a renewal for another name is warned of once
+        tls=(ReloadingTLS(settings.tls.certificate, settings.tls.key, reactor,
+                          hostname=settings.hub.hostname)
              if settings.tls else None),
         users=users,
         syncer=syncer,

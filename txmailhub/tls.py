@@ -37,6 +37,7 @@ __all__ = [
     "covers",
     "handshake_pending",
     "load_pair",
+    "name_warning",
     "pair_findings",
     "tls_details",
     "tls_failure",
@@ -145,32 +146,10 @@ def pair_findings(certificate: str, key: str,
         warnings.append(f"certificate {certificate} expires on "
                         f"{leaf.not_valid_after_utc:%Y-%m-%d}: renew it (the hub takes the "
                         "new files without a restart)")
-    if hostname is not None and not covers(leaf, hostname):
-        # a warning: mail from the servers that do not check the name (most
-        # do not) still comes in over TLS; those that do, and mail programs
-        # on submission and POP3, refuse it
-        dns, addresses = _identities(leaf)
-        names = dns + [str(a) for a in addresses]
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        refuse = ("clients that check the name (mail programs, the sending servers that "
-                  "verify) refuse TLS")
-        if not dns and _alt_names_readable(leaf) and _common_name_covers(leaf, hostname):
-            # RFC 9525 dropped the common name; so did Python, Go, the
-            # browsers, and mail programs built on them
-            warnings.append(f"certificate {certificate} names {hostname} ({hostname_from}) "
-                            "only in its common name, which current clients do not look at "
-                            "(RFC 9525: only the subjectAltName's DNS names count, and it has "
-                            "none): "
-                            f"many {refuse}; get one whose subjectAltName names {hostname}")
-        else:
-            if not shown:
-                common = ", ".join(_common_names(leaf)[:5]) if _alt_names_readable(leaf) else ""
-                shown = (f"no name clients look at (its common name {common} is not one)"
-                         if common else "no name at all")
-            warnings.append(f"certificate {certificate} is not valid for {hostname} "
-                            f"({hostname_from}), only for {shown}: "
-                            f"{refuse}; get one that names {hostname}, or set [hub] "
-                            "hostname to a name it is valid for")
+    if hostname is not None:
+        why = name_warning(leaf, certificate, hostname, hostname_from)
+        if why is not None:
+            warnings.append(why)
     for cert, issuer in itertools.pairwise(chain):
         if cert.issuer != issuer.subject:
             warnings.append(f"certificate {certificate}: the certificates are not in order "
@@ -183,6 +162,41 @@ def pair_findings(certificate: str, key: str,
                             "without the one that signed it: most clients cannot verify it "
                             "(use the full chain, e.g. certbot's fullchain.pem)")
     return [], warnings
+
+
+def name_warning(leaf: Any, certificate: str, hostname: str,
+                 hostname_from: str = "[hub] hostname") -> str | None:
+    """What to warn of when certificate ``leaf`` (from the file
+    ``certificate``) is not valid for ``hostname``, the hub's own name
+    (``hostname_from`` says where it came from); ``None`` when it is.
+    One wording for ``mailhub check``, the start and a renewal taken at
+    run time (``ReloadingTLS``)."""
+    if covers(leaf, hostname):
+        return None
+    # a warning: mail from the servers that do not check the name (most
+    # do not) still comes in over TLS; those that do, and mail programs
+    # on submission and POP3, refuse it
+    dns, addresses = _identities(leaf)
+    names = dns + [str(a) for a in addresses]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    refuse = ("clients that check the name (mail programs, the sending servers that "
+              "verify) refuse TLS")
+    if not dns and _alt_names_readable(leaf) and _common_name_covers(leaf, hostname):
+        # RFC 9525 dropped the common name; so did Python, Go, the
+        # browsers, and mail programs built on them
+        return (f"certificate {certificate} names {hostname} ({hostname_from}) "
+                "only in its common name, which current clients do not look at "
+                "(RFC 9525: only the subjectAltName's DNS names count, and it has "
+                "none): "
+                f"many {refuse}; get one whose subjectAltName names {hostname}")
+    if not shown:
+        common = ", ".join(_common_names(leaf)[:5]) if _alt_names_readable(leaf) else ""
+        shown = (f"no name clients look at (its common name {common} is not one)"
+                 if common else "no name at all")
+    return (f"certificate {certificate} is not valid for {hostname} "
+            f"({hostname_from}), only for {shown}: "
+            f"{refuse}; get one that names {hostname}, or set [hub] "
+            "hostname to a name it is valid for")
 
 
 def tls_options(certificate: str, key: str) -> Any:
@@ -373,12 +387,20 @@ class ReloadingTLS:
     next chance (``CHECK_INTERVAL`` later, as connections come), changed
     or not; only a pair still unusable then is logged as an error.  A
     ``reload()`` is asked for once the files are written: its failure is
-    an error at once."""
+    an error at once.
 
-    def __init__(self, certificate: str, key: str, clock: Any = None) -> None:
+    ``hostname``: the hub's own name.  A certificate taken at run time
+    that is not valid for it is warned of once (``name_warning``, as the
+    start and ``mailhub check`` do for the one the hub starts with)."""
+
+    def __init__(self, certificate: str, key: str, clock: Any = None, *,
+                 hostname: str | None = None,
+                 hostname_from: str = "[hub] hostname") -> None:
         self.certificate = certificate
         self.key = key
         self.clock = clock
+        self.hostname = hostname
+        self.hostname_from = hostname_from
         #: wall-clock seconds, which the files' mtimes are compared with
         self.wall: Callable[[], float] = time.time
         # the stamp before the read: a renewal during the start is looked
@@ -387,6 +409,9 @@ class ReloadingTLS:
         self._stamp: tuple[Any, ...] = _stamp(certificate, key)
         self._pair = load_pair(certificate, key)
         self._options = _options(*self._pair)
+        # the leaf last judged against ``hostname`` (DER): the start's
+        # check has judged this one; each new one is judged once
+        self._judged = _der(self._pair[0][0])
         self._first_seen = began[1]
         self._trusted = self._settled(self._stamp, began)
         self._looked = self._keyed = self._now()
@@ -426,6 +451,23 @@ class ReloadingTLS:
         if self.clock is not None:
             return self.clock.seconds()
         return time.monotonic()
+
+    def _judge(self, leaf: Any) -> str | None:
+        """What to warn of about ``leaf``, just taken, and the hub's name:
+        once per certificate (a SIGHUP that loads it again says nothing),
+        never for one the hub has no name to judge by.  Never stops the
+        certificate from being taken: a name may be wrong on purpose for
+        a while, and most sending servers do not check it."""
+        if self.hostname is None:
+            return None
+        der = _der(leaf)
+        if der == self._judged:
+            return None
+        self._judged = der
+        try:
+            return name_warning(leaf, self.certificate, self.hostname, self.hostname_from)
+        except Exception:  # a warning only: a certificate OpenSSL took is served
+            return None
 
     def getContext(self) -> Any:
         now = self._now()
@@ -487,6 +529,12 @@ class ReloadingTLS:
         self.failure = None
         log.info("TLS: certificate {path} loaded (expires {until:%Y-%m-%d})",
                  path=self.certificate, until=chain[0].not_valid_after_utc)
+        wrong_name = self._judge(chain[0])
+        if wrong_name is not None:
+            log.warn("TLS: {why}", why=wrong_name)
+            # the hub's name, said just now, is not said again below
+            host = self.hostname.strip().rstrip(".").lower() if self.hostname else ""
+            dropped = [n for n in dropped if not _name_matches(n, host)]
         if dropped:
             # taken all the same (a name may have been dropped on purpose),
             # but a renewal made for the wrong name is otherwise found out
@@ -495,6 +543,12 @@ class ReloadingTLS:
                      "one it replaces was valid for: clients that check the name refuse it",
                      path=self.certificate, names=", ".join(dropped))
         return True
+
+
+def _der(cert: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return bytes(cert.public_bytes(Encoding.DER))
 
 
 def tls_failure(reason: Any) -> str:
