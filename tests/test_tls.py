@@ -333,13 +333,51 @@ def test_a_half_written_file_is_a_warning_first_too(tmp_path, events):
     assert level == "warn" and "cannot be used yet" in line, line
 
 
-def test_a_sighup_that_cannot_use_a_new_pair_is_an_error_at_once(tmp_path, events):
-    # SIGHUP is sent once the files are written: nothing to wait for
-    factory, _, cert, _ = serving(tmp_path)
-    other_cert, _ = pair(tmp_path / "other")
-    os.replace(other_cert, cert)
+def test_a_sighup_during_a_renewal_between_its_two_files_is_a_warning(tmp_path, events):
+    # a SIGHUP may come while a renewal is between its two files (a stray
+    # kill -HUP, a log rotation's): a warning, as at a look, and the next
+    # look, CHECK_INTERVAL after the signal, takes the pair once whole;
+    # an error at once would page whoever watches errors for nothing
+    factory, clock, cert, key = serving(tmp_path)
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    os.replace(new_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL - 1)  # a look would be due 1 s from now
     assert not factory.reload()
-    assert [level for level, _ in _warnings_and_errors(events)] == ["error"]
+    ((level, line),) = _warnings_and_errors(events)
+    assert level == "warn" and "do not match yet" in line, line
+    os.replace(new_key, key)
+    clock.advance(1)
+    assert serial_served(factory) == first  # no look yet: the signal restarted the wait
+    clock.advance(tls.CHECK_INTERVAL - 1)
+    assert serial_served(factory) != first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    assert len(_loaded(events)) == 1
+
+
+def test_a_sighup_that_cannot_use_a_new_pair_is_an_error_once_it_persists(tmp_path, events):
+    # the pair still unusable at the next look, or at the next SIGHUP:
+    # then the error, once
+    for again in ("look", "sighup"):
+        del events[:]
+        factory, clock, cert, _ = serving(tmp_path / again)
+        first = serial_served(factory)
+        other_cert, _ = pair(tmp_path / again / "other")
+        os.replace(other_cert, cert)
+        assert not factory.reload()
+        assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+        if again == "look":
+            clock.advance(tls.CHECK_INTERVAL)
+            assert serial_served(factory) == first
+        else:
+            assert not factory.reload()
+        said = _warnings_and_errors(events)
+        assert [level for level, _ in said] == ["warn", "error"], again
+        assert "cannot use the new certificate and key, keeping the old ones" in said[1][1]
+        assert not factory.reload()
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)
+        assert len(_warnings_and_errors(events)) == 2  # said once
 
 
 def test_a_new_pair_openssl_refuses_keeps_the_old_one(tmp_path, events):

@@ -386,8 +386,9 @@ class ReloadingTLS:
     that cannot use a changed pair logs a warning and looks again at the
     next chance (``CHECK_INTERVAL`` later, as connections come), changed
     or not; only a pair still unusable then is logged as an error.  A
-    ``reload()`` is asked for once the files are written: its failure is
-    an error at once.
+    ``reload()`` (SIGHUP) follows the same rule: a signal may come while a
+    renewal is between its two files too (a stray ``kill -HUP``, a log
+    rotation's), and the next look is ``CHECK_INTERVAL`` after it.
 
     ``hostname``: the hub's own name.  A certificate taken at run time
     that is not valid for it is warned of once (``name_warning``, as the
@@ -485,7 +486,10 @@ class ReloadingTLS:
         return self._options.getContext()
 
     def reload(self) -> bool:
-        """Take the pair on disk now; whether it was taken."""
+        """Take the pair on disk now; whether it was taken.  The next look
+        is ``CHECK_INTERVAL`` from now: a renewal caught half-way gets that
+        long to write its second file."""
+        self._looked = self._now()
         return self._take(looked=False)
 
     def _take(self, looked: bool) -> bool:
@@ -503,7 +507,7 @@ class ReloadingTLS:
             options.getContext()
         except Exception as e:
             self.failure = str(e)
-            if looked and stamp != self._stamp and not self._doubted:
+            if stamp != self._stamp and not self._doubted:
                 # maybe a renewal caught between its two files: a warning,
                 # and the next look decides
                 self._doubted = True
