@@ -1668,3 +1668,27 @@ def test_a_client_that_keeps_asking_through_the_hubs_trouble_is_still_bounded():
     out = d.send("RCPT TO:<new@example.org>\r\n" * 10)
     assert out == [replies.MAILBOXES_CHANGING.text()] * 7 + [closing(replies.TOO_MANY_ERRORS)]
     assert d.engine.closed
+
+
+def test_underscores_in_the_ehlo_name_and_the_paths_domains_are_taken():
+    # Windows machines named with an underscore say "EHLO my_host.example";
+    # RFC 5321 4.1.4 has the server not refuse a message over what the
+    # name says, and a 501 for it would bounce such a client's mail.  The
+    # paths take underscores in domain labels too (they exist in DNS);
+    # docs/smtp.rst, "Commands" and "Addresses"
+    d = Driver(router=StaticRouter({"alice": None, "bob@my_host.example": None},
+                                   domains=("example.org", "my_host.example")),
+               queue=QueueSpy(), session=Session(client_host="192.0.2.9",
+                                                 relay_allowed=True))
+    out = d.send("EHLO my_host.example\r\n")
+    assert out[0] == "250-mx.example.org Hello my_host.example"
+    assert d.codes("MAIL FROM:<joe@my_host.example>\r\n"
+                   "RCPT TO:<bob@My_Host.example>\r\n"
+                   "RCPT TO:<carol@mx_1.elsewhere.test>\r\n") == ["250", "250", "250"]
+    assert d.codes("DATA\r\nx\r\n.\r\n") == ["354", "250"]
+    env = d.events[-1].envelope
+    assert env.helo == "my_host.example" and str(env.sender) == "joe@my_host.example"
+    assert [str(r) for r in env.recipients] == ["bob@my_host.example",
+                                                "carol@mx_1.elsewhere.test"]
+    assert d.send("HELO my_host.example\r\n") == [
+        "250 mx.example.org Hello my_host.example, pleased to meet you"]
