@@ -308,6 +308,35 @@ def test_rcpt_dsn_parameters():
         assert reply_of(parse_rcpt, "TO:<a@b.test> " + bad, P) == replies.PARAM_SYNTAX
 
 
+def test_notify_is_never_alone_or_a_list_without_empty_or_repeated_elements():
+    # RFC 3461 4.1: "NEVER" / 1#("SUCCESS" / "FAILURE" / "DELAY"), keywords
+    # in any case (ABNF strings are); an empty element, a repeated one,
+    # NEVER beside another, or a value missing is refused, never read as
+    # something the client may not have meant
+    assert parse_rcpt("TO:<a@b.test> NOTIFY=Never", P)[1].notify == ("NEVER",)
+    assert parse_rcpt("TO:<a@b.test> notify=delay,Success", P)[1].notify == (
+        "DELAY", "SUCCESS")
+    for bad in ("NOTIFY=SUCCESS,,FAILURE", "NOTIFY=,SUCCESS", "NOTIFY=SUCCESS,", "NOTIFY=,",
+                "NOTIFY", "NOTIFY=NEVER,NEVER", "NOTIFY=FAILURE,NEVER", "NOTIFY=success,SUCCESS",
+                "NOTIFY=SUCCESS NOTIFY=FAILURE", "NOTIFY=SUCCESS;FAILURE", "NOTIFY=ALWAYS"):
+        assert reply_of(parse_rcpt, "TO:<a@b.test> " + bad, P) == replies.PARAM_SYNTAX, bad
+    # a MAIL parameter on RCPT, and the other way round: not recognized there
+    for mail_only in ("RET=FULL", "ENVID=x"):
+        assert reply_of(parse_rcpt, "TO:<a@b.test> " + mail_only, P) == (
+            replies.PARAM_NOT_RECOGNIZED)
+    for rcpt_only in ("NOTIFY=NEVER", "ORCPT=rfc822;a@b.test"):
+        assert reply_of(parse_mail, "FROM:<a@b.test> " + rcpt_only, P) == (
+            replies.PARAM_NOT_RECOGNIZED)
+
+
+def test_ret_and_envid_without_a_value_or_twice_are_501():
+    assert parse_mail("FROM:<a@b.test> ret=Hdrs", P)[1].ret == "HDRS"
+    for bad in ("RET", "RET=", "RET=NEVER", "RET=FULL RET=FULL", "RET=FULL ret=HDRS",
+                "ENVID", "ENVID=", "ENVID=a ENVID=a", "AUTH", "AUTH=", "AUTH=<a@b.test>",
+                "AUTH=+3Ca@b.test+3E"):
+        assert reply_of(parse_mail, "FROM:<a@b.test> " + bad, P) == replies.PARAM_SYNTAX, bad
+
+
 @pytest.mark.parametrize("orcpt", [
     # RFC 3461 4.2: the decoded value is printable US-ASCII
     "rfc822;a+0D+0ABcc:+20x@y",  # a line break: a header of its own in the notice
