@@ -107,6 +107,42 @@ def test_a_renewal_for_another_name_than_the_hostname_is_warned_of_at_run_time(
         hub.stopService()
 
 
+def test_the_listeners_factories_leave_twisteds_factory_lines_out(tmp_path: Path,
+                                                                  log_events) -> None:
+    # "Starting factory <...SMTPFactory object at 0x...>" at every start and
+    # stop means nothing to a new user: the hub logs its own line, which
+    # names the role and the port; the factories (the implicit-TLS
+    # listeners' wrapper too) are not noisy
+    from conftest import make_certificate
+    from twisted.logger import formatEvent
+
+    cert, key = make_certificate(tmp_path / "tls", "mail.example.org")
+    hub, reactor = hub_of(tmp_path, (
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+        '[smtp]\nlisten = ["tcp:2525:interface=127.0.0.1"]\n'
+        '[submission]\nlisten = ["tcp:2587:interface=127.0.0.1"]\n'
+        'tls_listen = ["tcp:2465:interface=127.0.0.1"]\n'
+        '[pop3]\nlisten = ["tcp:2110:interface=127.0.0.1"]\n'
+        'tls_listen = ["tcp:2995:interface=127.0.0.1"]\n'))
+    try:
+        hub.startService()
+        factories = [factory for _port, factory, _backlog, _interface in reactor.tcpServers]
+        assert len(factories) == 5
+        for factory in factories:  # what a real port does when it starts and stops
+            factory.doStart()
+            factory.doStop()
+        said = [formatEvent(e) for e in log_events]
+        assert not [line for line in said if "factory" in line.lower()], said
+        # (a memory reactor's port says 0.0.0.0 whatever the interface)
+        listening = sorted(line.replace(" listening on 0.0.0.0", "") for line in said
+                           if " listening on " in line)
+        assert listening == ["pop3 (implicit TLS):2995", "pop3:2110", "smtp:2525",
+                             "submission (implicit TLS):2465", "submission:2587"], said
+    finally:
+        hub.stopService()
+
+
 def test_the_hub_routes_by_an_alias_mailhub_alias_add_made_without_a_restart(
         tmp_path: Path) -> None:
     # the running hub re-reads the aliases file when it changes
