@@ -1788,3 +1788,38 @@ def test_addresses_in_the_notice_failure_lines_are_escaped(hub, log_events):
                for line in lines)
     assert any("could not be delivered to y\\u2066far@other.test" in line for line in lines)
     assert not any("\u202e" in line or "\u2066" in line for line in lines)
+
+
+def test_a_clock_set_back_between_runs_does_not_stretch_a_retry_wait(hub):
+    # the clock is set back a day (an NTP correction, a VM restored from a
+    # snapshot) while the hub is down: the retry time in the record, a
+    # minute after its attempt by the old clock, is a day and a minute
+    # away by the new one.  No wait is ever longer than the step of the
+    # schedule that set it, so the entry is tried a minute later, not a day.
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    hub.runner.stop()
+    assert hub.queue.read(qid).next_attempt == hub.clock.seconds() + 60
+    hub.clock.rightNow -= 86400
+    with next_runner(hub) as agent2:
+        agent2.script = hub.agent.script
+        hub.clock.advance(59)
+        assert agent2.calls == []
+        hub.clock.advance(1)
+        assert agent2.calls == [(qid, "remote.test", [BOB])]
+        # the next wait is the schedule's second step, from the new clock
+        assert hub.queue.read(qid).next_attempt == hub.clock.seconds() + 300
+
+
+def test_a_clock_set_back_while_running_does_not_stretch_a_retry_wait(hub):
+    # set back while the hub runs: the wait is cut to its step at the
+    # runner's next look (a tick, or new mail arriving)
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    hub.clock.rightNow -= 86400
+    hub.runner.kick()
+    hub.clock.advance(60)
+    hub.runner.kick()
+    assert [c[0] for c in hub.agent.calls] == [qid, qid]

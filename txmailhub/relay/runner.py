@@ -111,6 +111,8 @@ class QueueRunner:
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
+        # queue id -> the longest its next attempt may be away (``_longest_wait``)
+        self._wait: dict[str, float] = {}
         self._loop: task.LoopingCall | None = None
         self._idle: list[defer.Deferred] = []
 
@@ -267,7 +269,20 @@ class QueueRunner:
             if not quiet and qid in self._held:
                 log.info("queue entry {queue_id} released (mailhub queue release)", queue_id=qid)
             self._held.discard(qid)
-            self.due[qid] = entry.next_attempt
+            wait = self._longest_wait(entry)
+            self._wait[qid] = wait
+            self.due[qid] = min(entry.next_attempt, self.clock.seconds() + wait)
+
+    def _longest_wait(self, entry: QueueEntry) -> float:
+        """The longest an entry can be meant to wait from now: the step of
+        the schedule its last failure set (or the minute of a pass that
+        only owed a notice).  A retry time further away than that was
+        written by a clock ahead of this one -- the clock was set back (an
+        NTP correction, a virtual machine restored from a snapshot) or the
+        queue came from another machine -- and waiting for it would hold
+        the entry back by the whole step of the clock, days perhaps."""
+        return max(float(schedule.delay_after(entry.attempts, self.relay.retry_schedule)),
+                   ERROR_RETRY)
 
     def _rescan(self) -> None:
         seen = set()
@@ -305,6 +320,12 @@ class QueueRunner:
         if not self.running:
             return
         now = self.clock.seconds()
+        for qid, when in self.due.items():
+            # a clock set back while the hub runs: no wait longer than its
+            # step (``_longest_wait``); inf is an entry being handled
+            wait = self._wait.get(qid)
+            if wait is not None and now + wait < when < float("inf"):
+                self.due[qid] = now + wait
         room = 2 * self.relay.max_concurrent_deliveries - len(self.active)
         for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
             if room <= 0 or when > now:
@@ -429,6 +450,7 @@ class QueueRunner:
 
     def _forget(self, qid: str) -> None:
         self.due.pop(qid, None)
+        self._wait.pop(qid, None)
         self._held.discard(qid)
         self._unrecorded.pop(qid, None)
         self._notified.pop(qid, None)
