@@ -491,6 +491,17 @@ class MailHub(MultiService):
     #: plugin; a ``.tac`` may set it too), removed when the start fails
     pid_file: str | None = None
 
+    #: called with the parent when the hub is added to one: ``twistd
+    #: mailhub`` sets it (``tap.makeService``) to give twistd's application
+    #: the hub's log file before twistd starts logging (``txmailhub.logfile``)
+    parent_hook: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        hook, self.parent_hook = self.parent_hook, None
+        if hook is not None:
+            hook(parent)
+
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()

@@ -129,7 +129,34 @@ def makeService(options: Any) -> Any:
             os.lchown(settings.hub.state_dir, *owner)
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
     HangupNotice(hub.components.tls).setServiceParent(hub)
+    if parent is not None:
+        hub.parent_hook = lambda application: use_reopening_log(application, parent)
     return hub
+
+
+def use_reopening_log(application: Any, parent: Any) -> None:
+    """Have twistd log through ``txmailhub.logfile.ReopeningLogFile``, so
+    that logrotate can rotate ``--logfile`` (``docs/deployment.rst``).
+
+    twistd takes an ``ILogObserver`` the application holds in place of
+    the one it would make for ``--logfile``; the application is made, and
+    the hub added to it, just before twistd starts logging.  Nothing
+    changes for standard output, syslog, ``--logger``, or an application
+    that has an observer already."""
+    from twisted.logger import ILogObserver
+
+    from txmailhub.logfile import install_sigusr1, observer_for
+
+    if not hasattr(application, "setComponent"):
+        return
+    if application.getComponent(ILogObserver, None) is not None:
+        return
+    found = observer_for(parent)
+    if found is None:
+        return
+    observer, log_file = found
+    application.setComponent(ILogObserver, observer)
+    install_sigusr1(log_file)
 
 
 class HangupNotice(Service):

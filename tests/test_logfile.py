@@ -1,0 +1,155 @@
+"""twistd's --logfile under logrotate: move and signal, create, copytruncate.
+
+Through twistd's own logger (``UnixAppLogger``) and application, as
+``twistd mailhub --logfile`` runs them, so each test also shows what
+twistd's own log file did before the hub gave it one of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from twisted.application.service import Application
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.scripts._twistd_unix import UnixAppLogger
+
+from tests.test_service import _tap_options
+
+log = Logger(namespace="txmailhub.test")
+
+
+@contextlib.contextmanager
+def twistd_logging(tmp_path: Path, logfile: Path) -> Iterator[Callable[[], None]]:
+    """``twistd --logfile LOGFILE mailhub``'s logging, started as twistd
+    starts it: the hub is made and added to the application first."""
+    from txmailhub import logfile as hub_logfile
+    from txmailhub import tap
+
+    before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    parent = {"logfile": str(logfile), "nodaemon": True, "syslog": False}
+    calls: list = []
+
+    class Reactor:
+        @staticmethod
+        def callFromThread(f, *a):
+            calls.append((f, a))
+
+    real_install = hub_logfile.install_sigusr1
+    hub_logfile.install_sigusr1 = lambda f, reactor=None: real_install(f, Reactor())
+    logger = UnixAppLogger(parent)
+    observer = None
+    try:
+        hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+        application = Application("mailhub")
+        hub.setServiceParent(application)
+        # the observer twistd's logger.start() picks: the application's, or
+        # its own for --logfile (start() itself would also take over
+        # standard output, which pytest holds)
+        observer = application.getComponent(ILogObserver, None) or logger._getLogObserver()
+        globalLogPublisher.addObserver(observer)
+
+        def rotate() -> None:
+            handler = signal.getsignal(signal.SIGUSR1)
+            assert callable(handler), "no SIGUSR1 handler: the log is never rotated"
+            handler(signal.SIGUSR1, None)
+            from twisted.internet import reactor
+
+            if not calls:  # twistd's own handler: the global reactor
+                queued, reactor.threadCallQueue[:] = list(reactor.threadCallQueue), []
+                for f, a, kw in queued:
+                    f(*a, **kw)
+            while calls:
+                f, a = calls.pop(0)
+                f(*a)
+
+        yield rotate
+    finally:
+        hub_logfile.install_sigusr1 = real_install
+        if observer is not None:
+            globalLogPublisher.removeObserver(observer)
+        signal.signal(signal.SIGUSR1, before)
+
+
+def _line(text: str) -> None:
+    log.info("{text}", text=text)
+
+
+def test_logrotate_without_create_then_sigusr1_opens_the_log_again(tmp_path: Path) -> None:
+    # logrotate moves mailhub.log away (``nocreate``), then ``postrotate
+    # kill -USR1``: twistd found no file to rotate and wrote into the moved
+    # file for ever, with no mailhub.log again
+    path = tmp_path / "mailhub.log"
+    with twistd_logging(tmp_path, path) as rotate:
+        _line("before the rotation")
+        path.rename(tmp_path / "mailhub.log.1")
+        _line("moved, not signalled yet")
+        rotate()
+        _line("after the rotation")
+    assert "after the rotation" in path.read_text()
+    old = (tmp_path / "mailhub.log.1").read_text()
+    assert "before the rotation" in old and "moved, not signalled yet" in old
+    assert "after the rotation" not in old
+    # made again with the mode the log had (0640, as the hub made it)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.glob("mailhub.log*")) == [
+        "mailhub.log", "mailhub.log.1"]
+
+
+def test_logrotate_with_create_then_sigusr1_writes_into_the_new_file(tmp_path: Path) -> None:
+    # ``create``: twistd renamed logrotate's new, empty file to .1 and
+    # shifted logrotate's own .1 to .2 -- one more empty file each time
+    path = tmp_path / "mailhub.log"
+    with twistd_logging(tmp_path, path) as rotate:
+        _line("before the rotation")
+        path.rename(tmp_path / "mailhub.log-20261130")
+        path.touch(mode=0o640)
+        rotate()
+        _line("after the rotation")
+    assert sorted(p.name for p in tmp_path.glob("mailhub.log*")) == [
+        "mailhub.log", "mailhub.log-20261130"]
+    assert "after the rotation" in path.read_text()
+    assert "before the rotation" in (tmp_path / "mailhub.log-20261130").read_text()
+
+
+def test_copytruncate_leaves_no_hole_of_nul_bytes(tmp_path: Path) -> None:
+    # twistd wrote at its old offset after the truncation: the file began
+    # with that many NUL bytes
+    path = tmp_path / "mailhub.log"
+    with twistd_logging(tmp_path, path):
+        for n in range(20):
+            _line(f"line {n} before the copy")
+        os.truncate(path, 0)
+        _line("after the truncation")
+    text = path.read_bytes()
+    assert b"\0" not in text
+    assert text.startswith(b"20") and b"after the truncation" in text
+
+
+def test_a_sigusr1_with_the_file_in_place_still_rotates_it(tmp_path: Path) -> None:
+    # the documented ``kill -USR1`` without logrotate: mailhub.log.1, as before
+    path = tmp_path / "mailhub.log"
+    with twistd_logging(tmp_path, path) as rotate:
+        _line("first")
+        rotate()
+        _line("second")
+    assert "first" in (tmp_path / "mailhub.log.1").read_text()
+    text = path.read_text()
+    assert "second" in text and "first" not in text
+
+
+@pytest.mark.parametrize("parent", [{"logfile": "-", "nodaemon": True},
+                                    {"syslog": True, "logfile": "x.log"},
+                                    {"logfile": "x.log", "logger": "some.module.observer"}])
+def test_no_log_file_of_the_hub_where_twistd_writes_none(tmp_path: Path, parent) -> None:
+    from txmailhub import tap
+
+    hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+    application = Application("mailhub")
+    hub.setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is None

@@ -1,0 +1,130 @@
+"""twistd's ``--logfile``, kept so that logrotate can rotate it.
+
+twistd's own ``LogFile`` renames ``mailhub.log`` to ``mailhub.log.1`` on
+``SIGUSR1`` and at 1 MB, and writes at the offset it last wrote at.
+logrotate's two ways of rotating a file both go wrong with it:
+
+* *move, then signal* (``postrotate kill -USR1``): logrotate has already
+  moved ``mailhub.log`` away.  Without ``create`` twistd finds no file to
+  rename and silently goes on writing into the moved file, forever; with
+  ``create`` it renames logrotate's new, empty file to ``mailhub.log.1``
+  (and shifts its own numbered files), one more empty file per rotation.
+* ``copytruncate``: after the truncation twistd writes at its old offset,
+  so the file starts with that many NUL bytes (a sparse file that grows
+  back to its old size, which ``grep`` takes for binary).
+
+``ReopeningLogFile`` is twistd's file with two changes: it is opened for
+appending (``O_APPEND``: after a truncation each write goes to the new
+end), and a rotation -- ``SIGUSR1`` or the 1 MB size -- first looks at the
+path: when it no longer names the file being written (moved away, or
+replaced by logrotate's ``create``), the file is opened again by its name
+(made with the mode the log had, when missing) instead of being renamed.
+A ``SIGUSR1`` with the file still in place rotates it as twistd did.
+
+``observer_for(parent)`` is the log observer for twistd's options (none
+for standard output, syslog or ``--logger``), which ``MailHub`` sets on
+the twistd application, and ``install_sigusr1`` the handler twistd would
+have installed for its own file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.python import threadable
+from twisted.python.logfile import LogFile
+
+__all__ = ["ReopeningLogFile", "install_sigusr1", "observer_for"]
+
+
+class ReopeningLogFile(LogFile):
+    """twistd's rotating log file, opened again when logrotate moved it."""
+
+    synchronized = ["rotate", "reopen"]  # ``write`` is LogFile's, locked already
+
+    def _openFile(self) -> None:
+        self.closed = False
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        mode = self.defaultMode if self.defaultMode is not None else 0o666
+        existed = os.path.exists(self.path)
+        fd = os.open(self.path, flags, mode)
+        self._file = os.fdopen(fd, "ab", 0)
+        if not existed and self.defaultMode is not None:
+            try:
+                os.fchmod(fd, self.defaultMode)  # whatever the umask took away
+            except OSError:
+                pass
+        self.size = os.fstat(fd).st_size
+
+    def moved(self) -> bool:
+        """Whether the path no longer names the file being written."""
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self._file.fileno())
+        return (there.st_ino, there.st_dev) != (mine.st_ino, mine.st_dev)
+
+    def shouldRotate(self) -> bool:
+        # the count of octets written is no longer the file's size once it
+        # was truncated (copytruncate): look before renaming a small file
+        if not (self.rotateLength and self.size >= self.rotateLength):
+            return False
+        self.size = os.fstat(self._file.fileno()).st_size
+        return self.size >= self.rotateLength
+
+    def rotate(self) -> None:
+        if self.moved():
+            self.reopen()
+            return
+        super().rotate()
+
+    def reopen(self) -> None:
+        """Write to the file the path names now (made when missing)."""
+        if not os.access(self.directory, os.W_OK):
+            return  # as twistd's rotate: keep writing where we are
+        old = self._file
+        try:
+            self._openFile()
+        except OSError:
+            self._file = old
+            return
+        old.close()
+
+
+# as twistd's LogFile: a worker thread may log while the reactor rotates
+threadable.synchronize(ReopeningLogFile)
+
+
+def observer_for(parent: Any) -> tuple[Any, ReopeningLogFile] | None:
+    """The observer writing twistd's ``--logfile`` through a
+    ``ReopeningLogFile``, with that file, or ``None`` where twistd does not
+    log to a file of its own (standard output, syslog) or was given
+    ``--logger``."""
+    from twisted.logger import textFileLogObserver
+
+    from txmailhub.tap import twistd_log_file
+
+    if parent is None or parent.get("logger"):
+        return None
+    name = twistd_log_file(parent)
+    if name is None:
+        return None
+    log_file = ReopeningLogFile.fromFullPath(name)
+    return textFileLogObserver(log_file), log_file
+
+
+def install_sigusr1(log_file: ReopeningLogFile, reactor: Any = None) -> None:
+    """``SIGUSR1`` rotates ``log_file`` (or opens it again, when moved),
+    as twistd's handler does for its own file: in the reactor thread."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+
+    def rotate(signum: int, frame: Any) -> None:
+        reactor.callFromThread(log_file.rotate)
+
+    signal.signal(signal.SIGUSR1, rotate)
