@@ -11,6 +11,7 @@ import os
 
 import pytest
 from test_pop3_reader_and_storage import connect, make_env
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
@@ -260,3 +261,93 @@ def test_a_size_remembered_while_a_save_writes_is_kept_by_the_next_save(tmp_path
     box.close()
     box.save_downgraded_sizes()  # closed: the lock is let go, nothing is written
     assert len(writes) == 2
+
+
+class _HeldJobs:
+    """Worker jobs (``syncer.call``) held until ``run``: a save still
+    waiting for its turn on a busy worker."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def call(self, f, *args):
+        d = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def run(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for d, f, args in jobs:
+            d.callback(f(*args))
+
+
+def _hang_up_after_list(components, clock, data):
+    """A session that LISTs and hangs up without QUIT before the save of
+    the downgraded size runs: the save left waiting for a worker."""
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
+    assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert components.syncer.jobs  # the save, not yet run
+
+
+def _cached_downgraded_sizes(components) -> list:
+    md = components.store.maildir_path(JOE)
+    with open(os.path.join(md, SIZES_NAME), "rb") as f:
+        return [v[4] for v in json.load(f)["sizes"].values() if len(v) == 5]
+
+
+@pytest.mark.parametrize("order", ["login-first", "save-first"])
+def test_a_client_that_reconnects_while_its_last_save_waits_gets_in(
+        tmp_path, encoder_calls, order):
+    # the session gone keeps the lock until the save is written (``scan``
+    # writes the cache too); a login meanwhile waits for it rather than
+    # being told IN-USE, then sees the size saved (measured only once)
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    proto, t = connect(components)
+    if order == "save-first":
+        components.syncer.run()
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"IN-USE" not in bytes(t.received)
+    if order == "login-first":
+        assert b"+OK Logged in" not in bytes(t.received)  # waiting for the lock
+        components.syncer.run()
+    assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    assert _cached_downgraded_sizes(components) == [downgraded_size(data)]
+    t.received.clear()
+    proto.dataReceived(b"LIST\r\nQUIT\r\n")
+    clock.advance(1)
+    components.syncer.run()
+    assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert len(encoder_calls) == 1
+
+
+def test_a_session_still_open_is_not_waited_for(tmp_path):
+    clock, components, _data = _one_utf8_message(tmp_path, workers=False)
+    first, _ = connect(components)
+    first.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    clock.advance(5)
+    assert b"-ERR [IN-USE]" in bytes(t.received), bytes(t.received)
+    first.connectionLost(Failure(ConnectionDone()))
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_of_two_logins_waiting_for_a_save_one_gets_in(tmp_path):
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    sessions = [connect(components) for _ in range(2)]
+    for proto, _t in sessions:
+        proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    components.syncer.run()
+    clock.advance(5)
+    answers = sorted(bytes(t.received).split(b"\r\n")[2][:13] for _p, t in sessions)
+    assert answers == [b"+OK Logged in", b"-ERR [IN-USE]"]
+    for proto, _t in sessions:
+        proto.connectionLost(Failure(ConnectionDone()))

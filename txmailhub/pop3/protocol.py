@@ -419,7 +419,12 @@ class POP3Protocol(Protocol):
                 # downgraded sizes they measured are kept as a QUIT keeps
                 # them, while the lock is still held (``save_downgraded_sizes``
                 # does nothing once the mailbox is closed), then let go.  Not
-                # while the hub stops: it does not wait for this job
+                # while the hub stops: it does not wait for this job.  A
+                # login of the same user meanwhile waits for the lock
+                # (``close_soon``) instead of being told IN-USE
+                soon = getattr(self.mailbox, "close_soon", None)
+                if soon is not None:
+                    soon()
                 self._save_sizes().addBoth(lambda _: self._release())
             else:
                 self._release()

@@ -589,10 +589,21 @@ class MaildirMailbox:
             return
         cache.save(prune=False)
 
+    def close_soon(self) -> None:
+        """The session is gone, and closes this once a last
+        ``save_downgraded_sizes`` is written (under the lock: ``scan``
+        writes the cache too).  A login of the same user meanwhile (a
+        client that reconnects at once) waits for ``close`` rather than
+        being told the mailbox is in use (``MaildirStore.open_mailbox``)."""
+        if not self.closed:
+            self.store.close_soon(self.path)
+
     def close(self) -> None:
         fds, self._lock_fds = self._lock_fds, ()
         for fd in fds:
             os.close(fd)  # closing the descriptor releases the flock
+        if fds:
+            self.store.closed(self.path)
 
     @property
     def closed(self) -> bool:

@@ -53,7 +53,9 @@ recomputable, so losing it costs one more read, never a wrong size.
 ``open_mailbox`` takes the lock on the reactor thread (``flock`` with
 ``LOCK_NB``: a second session in this process or another fails at once
 with ``MailboxInUse``, and the kernel drops the lock when the process
-dies, so it never goes stale), then lists the Maildir on the syncer's
+dies, so it never goes stale; only a session of this process that is
+gone and writes a last size cache entry, ``close_soon``, is waited for),
+then lists the Maildir on the syncer's
 worker threads.  Names within a domain are folded to lower case, like
 ``Address.key``; a local part that cannot be a folder name (``/``,
 ``.``, ``..``) fails that mailbox alone with ``LocalError``.
@@ -189,6 +191,9 @@ class MaildirStore:
         self._unsynced: dict[str, set[str]] = {}
         self._known: set[str] = set()
         self._paths: dict[Address, str] = {}  # maildir_path's memory
+        # Maildir -> the logins waiting for its lock, held by a session of
+        # this process that is gone but still saving (``close_soon``)
+        self._closing: dict[str, list[defer.Deferred]] = {}
         if not os.path.isdir(self.mail_dir):
             os.makedirs(self.mail_dir, mode=0o700, exist_ok=True)
             fsync_dir(os.path.dirname(self.mail_dir))
@@ -575,9 +580,43 @@ class MaildirStore:
             self._ensure(md)
             fds = _lock_mailbox(md)
         except BlockingIOError:
+            waiting = self._closing.get(md)
+            if waiting is None:
+                return defer.fail(MailboxInUse(f"{address} is in use by another session"))
+            # the holder is gone and lets go once its last save is written
+            # (a client reconnecting at once must not be told IN-USE): this
+            # login tries again then, once (another may get in first)
+            d: defer.Deferred = defer.Deferred()
+            waiting.append(d)
+            return d.addCallback(lambda _: self._open_now(address))
+        except Exception as e:
+            return defer.fail(e)
+        return self._snapshot_locked(md, fds)
+
+    def _open_now(self, address: Address) -> defer.Deferred:
+        """``open_mailbox`` without waiting for a session closing soon."""
+        try:
+            md = self.maildir_path(address)
+            fds = _lock_mailbox(md)
+        except BlockingIOError:
             return defer.fail(MailboxInUse(f"{address} is in use by another session"))
         except Exception as e:
             return defer.fail(e)
+        return self._snapshot_locked(md, fds)
+
+    def close_soon(self, md: str) -> None:
+        """The session holding ``md``'s lock is gone but keeps it until a
+        last small write is done (``MaildirMailbox.close_soon``): until
+        ``closed(md)``, a login that finds the lock held waits for it."""
+        self._closing.setdefault(md, [])
+
+    def closed(self, md: str) -> None:
+        """``md``'s lock was let go: the logins waiting for it try now."""
+        for d in self._closing.pop(md, ()):
+            d.callback(None)
+
+    def _snapshot_locked(self, md: str, fds: list[int]) -> defer.Deferred:
+        """The ``MaildirMailbox`` of ``md``, whose lock ``fds`` hold."""
         # listing (and, for plain-named messages, reading and caching) runs
         # on the syncer's worker threads when it has them: a big Maildir
         # must not stall the reactor
