@@ -325,6 +325,17 @@ def test_a_failed_login_command_forgets_the_earlier_user(failed):
     assert sent(e, b"PASS joepw") == R.PASS_WITHOUT_USER.to_bytes()
 
 
+def test_capa_between_user_and_pass_keeps_the_user():
+    # RFC 2449 5: CAPA has no restrictions (either state, any time), and
+    # a client may probe it after USER; only a login command (USER, APOP,
+    # AUTH) ends the earlier name's turn (RFC 1939 7), as in Dovecot,
+    # whose pop3-login keeps the USER name until PASS uses it
+    e = engine()
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    assert sent(e, b"CAPA").startswith(b"+OK")
+    assert run(e, b"PASS joepw") == Authenticate("USER", "joe", b"joepw", TS)
+
+
 @pytest.mark.parametrize(
     "why,reply",
     [

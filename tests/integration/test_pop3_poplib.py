@@ -373,3 +373,13 @@ def test_lang_and_utf8_over_the_wire(hub):
         raw.send(command + b"\r\n")
         assert raw.line() + b"\r\n" == reply.to_bytes(), command
     raw.close()
+
+
+def test_capa_between_user_and_pass_keeps_the_user(filled):
+    # RFC 2449 5: CAPA has no restrictions; the USER name waits for PASS
+    p = poplib.POP3("127.0.0.1", filled.pop3_port, timeout=10)
+    p.user(ALICE)
+    assert "USER" in p.capa()
+    assert p.pass_(ALICE_PW).startswith(b"+OK")
+    assert p.stat()[0] == 3
+    assert p.quit().startswith(b"+OK")
