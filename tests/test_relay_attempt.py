@@ -1890,3 +1890,54 @@ def test_the_session_line_names_recipients_escaped(tmp_path):
     assert [(r.address, r.kind) for r in results] == [(odd, "delivered")]
     [line] = [formatEvent(e) for e in events if "session with" in formatEvent(e)]
     assert line.endswith(": b\\u202eob@remote.test: 250") and "\u202e" not in line
+
+
+_NEED_TLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+
+
+@pytest.mark.parametrize("extensions", [("PIPELINING", "8BITMIME"), ("8BITMIME",)],
+                         ids=["pipelined", "lock-step"])
+def test_a_530_to_every_rcpt_tries_the_next_mx_as_a_530_to_mail_does(tmp_path, extensions):
+    # RFC 3207 4 and RFC 4954 6: a 530 may answer any command after EHLO,
+    # RCPT included, and says the session lacks TLS or a login: as for a
+    # 530 to MAIL the next MX host gets the recipients (not the next
+    # retry, which would start at the same host again, to the end of the
+    # queue lifetime).  A 5xx to RCPT next to it stays that recipient's
+    # final answer (RFC 5321 4.2.1), bounced, never sent to the next host.
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions, replies={
+        "RCPT bob@remote.test": _NEED_TLS,
+        "RCPT carol@remote.test": b"550 5.1.1 no such user\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    kinds = {r.address: (r.kind, r.remote_mta) for r in results}
+    assert kinds == {BOB: ("delivered", "mx2.remote.test"),
+                     CAROL: ("permanent", "mx1.remote.test")}
+    assert ("192.0.2.2", 25) in net.connections
+    taken = [m[1] for s in net.server_protocols for m in s.messages if m[1]]
+    assert taken == [[b"bob@remote.test"]]  # by mx2 alone
+
+
+def test_a_530_to_every_rcpt_everywhere_keeps_the_mail_queued(tmp_path):
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            replies={"RCPT bob@remote.test": _NEED_TLS})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient" and isinstance(r.reply, LocalReply)
+    assert r.reply.text() == ("454 4.7.0 Must issue a STARTTLS command first "
+                              "(the server said 530 5.7.0)")
+    assert ("192.0.2.2", 25) in net.connections
+
+
+def test_a_5xx_to_every_rcpt_bounces_without_trying_the_next_mx(tmp_path):
+    # RFC 5321 4.2.1: a 5yz to RCPT is that recipient's permanent answer;
+    # as Postfix does (its smtp client bounces a 5xx to RCPT and keeps
+    # only a 4xx one for a backup host), no other host is asked
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": b"550 5.1.1 no such user\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "permanent" and r.reply.text() == "550 5.1.1 no such user"
+    assert net.connections == [("2001:db8::1", 25)]

@@ -342,6 +342,9 @@ class ClientSession:
         self._accepted: list[Address] = []
         self._results: dict[Address, Reply] = {}
         self._mail_reply: Reply | None = None
+        # a RCPT answered 530 (as held_for_session restates it): with no
+        # recipient accepted, the session's failure (_no_recipient_taken)
+        self._rcpt_held: Reply | None = None
         # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
         # and the reply that refused it (then the MAIL went again without
         # it, once per session; the adapter logs it), and whether that MAIL
@@ -864,6 +867,7 @@ class ClientSession:
     def _on_rcpt(self, reply: Reply) -> list[Action]:
         if reply.code == 421:
             return self._fail_session(reply)  # as for MAIL (RFC 5321 3.8)
+        said_530 = reply.code == 530
         reply = held_for_session(reply)  # nor on the recipient
         address = self._sending[self._rcpt_index][0]
         self._rcpt_index += 1
@@ -878,14 +882,28 @@ class ClientSession:
                 self._accepted.append(address)
             else:
                 self._results[address] = reply
+                if said_530:
+                    self._rcpt_held = reply
         if self._pipelined:
             self.phase = Phase.DATA if self._rcpt_index == len(self._sending) else Phase.RCPT
             return []
         if self._rcpt_index < len(self._sending):
             return self._next_rcpt()
         if not self._accepted:
-            return self._fail_all(reply)
+            return self._no_recipient_taken(reply)
         return self._command(Phase.DATA, "DATA")
+
+    def _no_recipient_taken(self, reply: Reply) -> list[Action]:
+        """Every RCPT refused (``reply`` the last refusal, or DATA's).  When
+        one of them was a ``530`` (RFC 3207 4, RFC 4954 6: the session
+        lacks TLS or a login) the session fails with it, as after a 530
+        to MAIL: the recipients it refused go on to the next host, while
+        a 5xx to another RCPT stays that one's final answer (``refused``).
+        Otherwise each recipient has its own refusal as its result."""
+        held = self._rcpt_held
+        if held is None:
+            return self._fail_all(reply)
+        return self._fail_session(held)
 
     def _on_data(self, reply: Reply) -> list[Action]:
         mail = self._mail_reply
@@ -914,7 +932,7 @@ class ClientSession:
             # send (pipelined, MAIL or every RCPT refused): end it empty, and
             # ignore the reply to that
             if mail is None:
-                self._finish()
+                self._finish(session_error=self._rcpt_held)  # see _no_recipient_taken
             elif mail.is_transient:
                 self._finish(session_error=mail)
             else:
@@ -937,6 +955,8 @@ class ClientSession:
         # a 530 here as to MAIL or RCPT (RFC 4954 6 lets it answer DATA):
         # the session lacks TLS or a login, the recipients wait
         reply = held_for_session(reply)
+        if not self._accepted:  # pipelined: every RCPT refused
+            return self._no_recipient_taken(reply)
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
