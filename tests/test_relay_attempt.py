@@ -1941,3 +1941,33 @@ def test_a_5xx_to_every_rcpt_bounces_without_trying_the_next_mx(tmp_path):
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "permanent" and r.reply.text() == "550 5.1.1 no such user"
     assert net.connections == [("2001:db8::1", 25)]
+
+
+def test_an_address_that_drops_packets_does_not_hold_the_next_one(tmp_path):
+    # RFC 8305 5: mx1's IPv6 address never answers (a connect that would
+    # end with the 30-second timeout); its IPv4 address is started 250 ms
+    # later and takes the message, and the hanging attempt is cancelled
+    from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY
+
+    a, net, clock = agent(tmp_path)
+    net.servers[("192.0.2.1", 25)] = ScriptedSMTPServer
+    hanging: list[defer.Deferred] = []
+    cancelled: list[bool] = []
+    fake = a.endpoint
+
+    def endpoint(host, port):
+        if host != "2001:db8::1":
+            return fake(host, port)
+        d = defer.Deferred(lambda _: cancelled.append(True))
+        hanging.append(d)
+        return SimpleNamespace(connect=lambda factory: d)
+
+    a.endpoint = endpoint
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    assert len(hanging) == 1 and net.connections == []
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    [r] = run(net, d)
+    assert r.kind == "delivered" and r.remote_mta == "mx1.remote.test"
+    assert net.connections == [("192.0.2.1", 25)]
+    assert cancelled == [True]  # the hanging attempt given up
+    assert clock.seconds() < 1

@@ -14,6 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from txmailhub.relay.attempt import CONNECT_TIMEOUT, default_endpoint
+from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY
 from txmailhub.relay.hostname import MAX_ADDRESSES, lookup_name
 
 ALABEL = b"xn--fa-hia.example"  # faß.example in IDNA2008; IDNA2003 says fass.example
@@ -185,26 +186,27 @@ def test_a_name_that_does_not_resolve_says_so(monkeypatch):
 
 def test_the_smarthost_addresses_stop_at_the_attempt_time_budget(tmp_path, monkeypatch):
     # hosts_time_budget: an attempt starts no further address once it has
-    # spent the budget.  The smarthost's addresses are tried inside one
-    # connection (NameEndpoint), and each that never answers takes the
-    # 30-second connect timeout: with a budget of a minute the third and
-    # fourth address wait for the next retry, as an MX host's would.
+    # spent the budget.  The smarthost's addresses are raced inside one
+    # connection (NameEndpoint), one started every 250 ms while none
+    # answers (RFC 8305 5): with a budget of one second the fifth and the
+    # later ones wait for the next retry, as an MX host's would.
     from tests.test_relay_attempt import BOB, entry, settings
     from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
 
-    gai = FakeGAI({b"smart.example": [f"192.0.2.{i}" for i in range(1, 5)]})
+    gai = FakeGAI({b"smart.example": [f"192.0.2.{i}" for i in range(1, 11)]})
     monkeypatch.setattr(socket, "getaddrinfo", gai)
     reactor = MemoryReactorClock()
-    s = settings(tmp_path, 'smarthost = "smart.example:25"\nhosts_time_budget = "1m"')
+    s = settings(tmp_path, 'smarthost = "smart.example:25"\nhosts_time_budget = "1s"')
     a = DeliveryAgent(s, None, reactor, tls_options=lambda host, verify: None)
     d = a.deliver(entry(tmp_path, BOB), SMARTHOST, [BOB])
+    reactor.advance(0)  # the lookup, in the reactor's thread pool in a real hub
+    for _ in range(20):
+        reactor.advance(CONNECTION_ATTEMPT_DELAY)
+    assert [c[0] for c in reactor.tcpClients] == [f"192.0.2.{i}" for i in range(1, 5)]
+    reactor.advance(CONNECT_TIMEOUT)
     for i in range(4):
-        if i == len(reactor.tcpClients):
-            break
-        reactor.advance(CONNECT_TIMEOUT)
         reactor.tcpClients[i][2].clientConnectionFailed(
             reactor.connectors[i], Failure(TCPTimedOutError()))
-    assert [c[0] for c in reactor.tcpClients] == ["192.0.2.1", "192.0.2.2"]
     [r] = d.result
     assert r.kind == "transient" and r.reply.status == "4.4.1"
 
@@ -212,15 +214,61 @@ def test_the_smarthost_addresses_stop_at_the_attempt_time_budget(tmp_path, monke
 def test_an_address_begun_within_the_budget_is_not_cut_and_the_error_says_why():
     reactor = MemoryReactorClock()
     resolve, _ = _resolver([(socket.AF_INET, f"192.0.2.{i}") for i in range(1, 4)])
-    d = default_endpoint(reactor, resolve, budget=50)("smart.example", 25).connect(
+    d = default_endpoint(reactor, resolve, budget=0.4)("smart.example", 25).connect(
         Factory.forProtocol(Protocol))
-    for i in range(2):  # at 0 s and at 30 s: both within the 50 s
-        reactor.advance(CONNECT_TIMEOUT)
+    reactor.advance(CONNECTION_ATTEMPT_DELAY)  # the second starts at 0.25 s
+    reactor.advance(CONNECTION_ATTEMPT_DELAY)  # the third not at 0.5 s: over 0.4 s
+    assert len(reactor.tcpClients) == 2
+    reactor.advance(CONNECT_TIMEOUT)  # both begun within the budget: not cut
+    assert not d.called
+    for i in range(2):
         reactor.tcpClients[i][2].clientConnectionFailed(
             reactor.connectors[i], Failure(TCPTimedOutError()))
     failure = []
     d.addErrback(failure.append)
     [f] = failure
     assert len(reactor.tcpClients) == 2
-    assert "within 50 seconds" in f.getErrorMessage()
+    assert "within 0.4 seconds" in f.getErrorMessage()
     assert "192.0.2.2" in f.getErrorMessage() and "1 not tried" in f.getErrorMessage()
+
+
+def _connect(reactor, addresses, proto=None):
+    resolve, _ = _resolver(addresses)
+    return default_endpoint(reactor, resolve)("smart.example", 25).connect(
+        Factory.forProtocol(lambda: proto or Protocol()))
+
+
+def test_an_address_that_drops_packets_does_not_hold_the_next_for_the_timeout():
+    # RFC 8305 5: the IPv6 address black-holes; the IPv4 one is started
+    # 250 ms later, not after the 30-second connect timeout, and the first
+    # connection made is used, the other attempt cancelled
+    reactor = MemoryReactorClock()
+    proto = Protocol()
+    d = _connect(reactor, [(socket.AF_INET6, "2001:db8::7"), (socket.AF_INET, "192.0.2.7")],
+                 proto)
+    assert [c[0] for c in reactor.tcpClients] == ["2001:db8::7"]
+    reactor.advance(CONNECTION_ATTEMPT_DELAY)
+    assert [c[0] for c in reactor.tcpClients] == ["2001:db8::7", "192.0.2.7"]
+    host, port, factory, _timeout, _ = reactor.tcpClients[1]
+    factory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(StringTransport())
+    assert d.result is proto
+    assert reactor.connectors[0].stoppedConnecting  # the IPv6 attempt given up
+
+
+def test_the_families_alternate_and_a_late_answer_still_wins():
+    # RFC 8305 4: IPv6, IPv4, IPv6, ... whatever order the resolver gave;
+    # an earlier attempt that connects after a later one started still wins
+    reactor = MemoryReactorClock()
+    proto = Protocol()
+    d = _connect(reactor, [(socket.AF_INET6, "2001:db8::1"), (socket.AF_INET6, "2001:db8::2"),
+                           (socket.AF_INET, "192.0.2.1"), (socket.AF_INET, "192.0.2.2")], proto)
+    for _ in range(3):
+        reactor.advance(CONNECTION_ATTEMPT_DELAY)
+    assert [c[0] for c in reactor.tcpClients] == [
+        "2001:db8::1", "192.0.2.1", "2001:db8::2", "192.0.2.2"]
+    host, port, factory, _timeout, _ = reactor.tcpClients[0]
+    factory.buildProtocol(IPv6Address("TCP", host, port)).makeConnection(StringTransport())
+    assert d.result is proto
+    assert [c.stoppedConnecting for c in reactor.connectors] == [False, True, True, True]
+    reactor.advance(CONNECT_TIMEOUT)
+    assert len(reactor.tcpClients) == 4  # nothing more started

@@ -34,6 +34,7 @@ import os
 import secrets
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer, ssl
@@ -46,6 +47,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, written_domain
@@ -55,6 +57,7 @@ from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
+from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
 from txmailhub.relay.queue import inline_io
@@ -746,72 +749,88 @@ class DeliveryAgent:
         tried = 0
         started = self.clock.seconds()
         out_of_time = False
+        budget = self.relay.hosts_time_budget
+
+        def within_budget() -> bool:
+            return self.clock.seconds() - started < budget
+
         for mxhost in hosts:
             if tried >= MAX_ADDRESSES_PER_ATTEMPT or not recipients:
                 break
-            for address in mxhost.addresses:
-                if tried >= MAX_ADDRESSES_PER_ATTEMPT:
-                    break
-                budget = self.relay.hosts_time_budget
-                if tried and self.clock.seconds() - started >= budget:
-                    log.info("{queue_id}: {destination}: {budget} seconds spent on its hosts; "
-                             "the others wait for the next retry", queue_id=entry.id,
-                             destination=destination, budget=budget)
-                    out_of_time = True
-                    break
-                tried += 1
-                if epoch != self._epoch or not self._may_go_on(entry.id):
-                    return settled + _given_up(recipients)
-                outcome = yield self._session(entry, recipients, mxhost, address, port_n,
-                                              smarthost, stage, credentials=credentials)
-                if (outcome is not None and outcome.session_error is not None
-                        and outcome.phase == Phase.TLS.value
-                        and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
-                    # opportunistic TLS that cannot be negotiated must not stop
-                    # the mail (RFC 3207 4.1 lets the client go on in clear)
-                    log.warn("TLS with {host} failed; trying again without TLS",
-                             host=where(mxhost.name, address), address=address)
-                    outcome = yield self._session(entry, recipients, mxhost, address, port_n,
-                                                  smarthost, stage, plain=True,
-                                                  credentials=credentials)
-                if outcome is None:  # could not connect: next address
-                    shown = where(mxhost.name, address)
+            if tried and not within_budget():
+                out_of_time = True
+                break
+            if epoch != self._epoch or not self._may_go_on(entry.id):
+                return settled + _given_up(recipients)
+            # the host's addresses raced with staggered starts (RFC 8305):
+            # one that drops packets does not hold the next for the
+            # connect timeout; each started counts as one tried
+            addresses = interleave(mxhost.addresses, family_of)[
+                :MAX_ADDRESSES_PER_ATTEMPT - tried]
+            tries = _Tries()
+            outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
+                                          smarthost, stage, credentials=credentials,
+                                          tries=tries, may_start=within_budget)
+            tried += len(tries.started)
+            address = tries.connected
+            if (outcome is not None and outcome.session_error is not None
+                    and outcome.phase == Phase.TLS.value
+                    and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
+                # opportunistic TLS that cannot be negotiated must not stop
+                # the mail (RFC 3207 4.1 lets the client go on in clear)
+                log.warn("TLS with {host} failed; trying again without TLS",
+                         host=where(mxhost.name, address), address=address)
+                outcome = yield self._session(entry, recipients, mxhost, [address], port_n,
+                                              smarthost, stage, plain=True,
+                                              credentials=credentials)
+            if outcome is None:  # could not connect: the next host
+                if tries.started:
+                    shown = where(mxhost.name, tries.started[-1])
                     last = LocalReply.of(451, "4.4.1", f"connection to {shown}:{port_n} failed")
                     last_host = None
-                    continue
-                if outcome.session_error is not None:
-                    last, last_host = outcome.session_error, _remote_name(mxhost.name,
-                                                                          smarthost)
-                    # 521/556 (RFC 7504): the host accepts no mail at all
-                    about_host = (outcome.phase in _HOST_PHASES
-                                  and last.code not in (521, 556))
-                    if _maybe_delivered(outcome):
-                        # the final "." went out and no reply came: the host
-                        # may have the message (RFC 5321 6.1), so no other
-                        # host gets a copy now; the retry comes later
-                        if not smarthost:
-                            self.mx.health.failed(mxhost.name)
-                        log.info("{queue_id}: {host}: {reply}; the message may have been "
-                                 "delivered, no other host is tried before the next retry",
-                                 queue_id=entry.id, host=where(mxhost.name, address),
-                                 address=address, reply=loggable(last.text(), REPLY_LOG_MAX))
-                        # a refusal at RCPT is the server's answer for its
-                        # recipient: only those it took are in doubt
-                        known = {r.address: r for r in outcome.refused}
-                        return settled + [
-                            DeliveryResult(a, known[a].kind, known[a].reply, last_host)
-                            if a in known else DeliveryResult(a, "transient", last, last_host)
-                            for a in recipients]
-                    recipients = self._settle(entry, outcome, recipients, last_host, settled)
-                    break
+                if tries.unstarted:
+                    out_of_time = True
+                    break  # a host not fully tried is not one that failed
+                if epoch != self._epoch or not self._may_go_on(entry.id):
+                    return settled + _given_up(recipients)
                 if not smarthost:
-                    self.mx.health.succeeded(mxhost.name)
-                return settled + self._results(entry, outcome,
-                                               _remote_name(mxhost.name, smarthost))
-            if out_of_time:
-                break  # a host not (fully) tried is not one that failed
+                    self.mx.health.failed(mxhost.name)
+                continue
+            if outcome.session_error is not None:
+                last, last_host = outcome.session_error, _remote_name(mxhost.name,
+                                                                      smarthost)
+                # 521/556 (RFC 7504): the host accepts no mail at all
+                about_host = (outcome.phase in _HOST_PHASES
+                              and last.code not in (521, 556))
+                if _maybe_delivered(outcome):
+                    # the final "." went out and no reply came: the host
+                    # may have the message (RFC 5321 6.1), so no other
+                    # host gets a copy now; the retry comes later
+                    if not smarthost:
+                        self.mx.health.failed(mxhost.name)
+                    log.info("{queue_id}: {host}: {reply}; the message may have been "
+                             "delivered, no other host is tried before the next retry",
+                             queue_id=entry.id, host=where(mxhost.name, address),
+                             address=address, reply=loggable(last.text(), REPLY_LOG_MAX))
+                    # a refusal at RCPT is the server's answer for its
+                    # recipient: only those it took are in doubt
+                    known = {r.address: r for r in outcome.refused}
+                    return settled + [
+                        DeliveryResult(a, known[a].kind, known[a].reply, last_host)
+                        if a in known else DeliveryResult(a, "transient", last, last_host)
+                        for a in recipients]
+                recipients = self._settle(entry, outcome, recipients, last_host, settled)
+                if not smarthost:
+                    self.mx.health.failed(mxhost.name)
+                continue
             if not smarthost:
-                self.mx.health.failed(mxhost.name)
+                self.mx.health.succeeded(mxhost.name)
+            return settled + self._results(entry, outcome,
+                                           _remote_name(mxhost.name, smarthost))
+        if out_of_time:
+            log.info("{queue_id}: {destination}: {budget} seconds spent on its hosts; "
+                     "the others wait for the next retry", queue_id=entry.id,
+                     destination=destination, budget=budget)
         if not recipients:  # each refused for good by a session that then failed
             return settled
         # A 5xx greeting (or EHLO and HELO both refused) says the host will
@@ -887,8 +906,16 @@ class DeliveryAgent:
 
     @defer.inlineCallbacks
     def _session(self, entry: QueueEntry, recipients: list[Address], mxhost: MXHost,
-                 address: str, port: int, smarthost: bool, stage: _Stage,
-                 plain: bool = False, credentials: tuple[str, str] | None = None) -> Any:
+                 addresses: Sequence[str], port: int, smarthost: bool, stage: _Stage,
+                 plain: bool = False, credentials: tuple[str, str] | None = None,
+                 tries: _Tries | None = None,
+                 may_start: Callable[[], bool] = lambda: True) -> Any:
+        """One SMTP session with ``mxhost`` at the first of ``addresses``
+        to take the connection (``eyeballs.race``; ``may_start``: whether
+        another address may still be started), its outcome; ``None`` when
+        none did.  ``tries`` learns which addresses were started and which
+        connected."""
+        tries = tries if tries is not None else _Tries()
         policy, creator = self._tls_for(mxhost.name, smarthost)
         if plain:
             policy = "none"
@@ -917,25 +944,38 @@ class DeliveryAgent:
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,
                                    self.run_blocking)
-        endpoint = self.endpoint(address, port)
-        if implicit:
-            endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False), endpoint)
         factory = Factory.forProtocol(lambda: proto)
         factory.noisy = False  # no "Starting factory" / "Stopping factory" per session
+
+        def connect(address: str) -> defer.Deferred:
+            tries.started.append(address)
+            endpoint = self.endpoint(address, port)
+            if implicit:
+                endpoint = wrapClientTLS(creator or self.tls_options(mxhost.name, False),
+                                         endpoint)
+            return endpoint.connect(factory)
+
         if self.stopped or not self._may_go_on(entry.id):
             return None
-        connecting = endpoint.connect(factory)
+        connecting = race(self.clock, [partial(connect, a) for a in addresses],
+                          may_start=may_start)
         self._connecting[connecting] = entry.id
         try:
-            yield connecting
+            won, _ = yield connecting
         except Exception as e:
+            lost = e.failures if isinstance(e, RaceLost) else [(len(tries.started) - 1,
+                                                                Failure(e))]
+            tries.unstarted = e.unstarted if isinstance(e, RaceLost) else 0
             if not self.stopped and self._may_go_on(entry.id):
-                log.info("{queue_id}: cannot connect to {host}:{port}: {why}",
-                         queue_id=entry.id, host=where(mxhost.name, address), address=address,
-                         port=port, why=e)
+                for n, why in lost:
+                    address = tries.started[n]
+                    log.info("{queue_id}: cannot connect to {host}:{port}: {why}",
+                             queue_id=entry.id, host=where(mxhost.name, address),
+                             address=address, port=port, why=why.value)
             return None
         finally:
             self._connecting.pop(connecting, None)
+        address = tries.connected = tries.started[won]
         if not stage.connected:
             stage.connected = True
             self._past_connect[entry.id] = self._past_connect.get(entry.id, 0) + 1
@@ -1017,6 +1057,19 @@ class DeliveryAgent:
         elif host in self.tls_seen:
             log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
                      host=host)
+
+
+class _Tries:
+    """What one ``_session`` connected to: the addresses it started, the
+    one that took the connection, and how many the time budget left
+    unstarted."""
+
+    __slots__ = ("connected", "started", "unstarted")
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.connected: str | None = None
+        self.unstarted = 0
 
 
 class _Stage:

@@ -10,26 +10,32 @@ domain, perhaps someone else's.  So the name is converted here, once, as
 the hub converts every domain (``txmailhub.address.ascii_domain``:
 IDNA2008 after the UTS 46 mapping), and ``getaddrinfo`` gets those ASCII
 octets (bytes: Python converts nothing), off the reactor thread.  The
-addresses are then tried in the order ``getaddrinfo`` gave them, one at a
-time, each with the connect timeout, until one accepts the connection --
-or, like an MX host's addresses, until the attempt's time budget
-(``[relay] hosts_time_budget``) is spent: no further address is started
-then.  A name with no IDNA2008 form is not looked up at all.
+addresses are then tried in the order ``getaddrinfo`` gave them, the
+families alternating, each started 250 ms after the one before it unless
+that one connected, or at once when it failed (RFC 8305, ``eyeballs``):
+an address that drops packets no longer holds the next one for the
+whole connect timeout.  The first connection made is used.  No address
+is started once the attempt's time budget (``[relay]
+hosts_time_budget``) is spent.  A name with no IDNA2008 form is not
+looked up at all.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import ascii_domain
+from txmailhub.relay.eyeballs import RaceLost, interleave, race
 
 __all__ = ["MAX_ADDRESSES", "NameEndpoint", "Resolver", "ascii_name", "lookup_name"]
 
@@ -72,8 +78,9 @@ def lookup_name(name: str, port: int) -> list[tuple[int, str]]:
 @implementer(IStreamClientEndpoint)
 class NameEndpoint:
     """Connects to ``name``:``port``: ``resolve(name, port)`` (a Deferred
-    of ``lookup_name``'s pairs) and then TCP to each address in turn with
-    ``timeout``.  No address after the first is started once ``budget``
+    of ``lookup_name``'s pairs) and then TCP to its addresses with
+    ``timeout``, with staggered starts (``eyeballs.race``).  No address
+    after the first is started once ``budget``
     seconds (``None``: no limit) have passed since ``connect`` -- the
     agent's ``hosts_time_budget``, which the addresses of one name would
     otherwise escape (ten that never answer take five minutes).
@@ -90,7 +97,7 @@ class NameEndpoint:
 
     def connect(self, factory: Any) -> defer.Deferred:
         began = self._reactor.seconds()
-        under_way: list[defer.Deferred] = []  # the lookup, then one connection
+        under_way: list[defer.Deferred] = []  # the lookup, then the race
         cancelled: list[bool] = []
 
         def cancel(_: defer.Deferred) -> None:
@@ -108,39 +115,34 @@ class NameEndpoint:
             if not addresses:
                 result.errback(DNSLookupError(f"{self._name} has no address"))
                 return
-            attempt(addresses[:MAX_ADDRESSES], [])
-
-        def attempt(addresses: list[tuple[int, str]], failed: list[str]) -> None:
-            tried = len(failed)
-            if tried == len(addresses):
-                result.errback(ConnectError(string=f"no address of {self._name} took the "
-                                            "connection (" + "; ".join(failed) + ")"))
-                return
-            budget = self._budget
-            if tried and budget is not None and self._reactor.seconds() - began >= budget:
-                left = len(addresses) - tried
-                result.errback(ConnectError(string=(
-                    f"no address of {self._name} took the connection within {budget:g} "
-                    f"seconds (" + "; ".join(failed) + f"); {left} not tried before the "
-                    "next retry")))
-                return
-            family, address = addresses[tried]
-            kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
-            endpoint = kind(self._reactor, address, self._port, timeout=self._timeout)
-            d = endpoint.connect(factory)
+            chosen = interleave(addresses, lambda pair: pair[0])[:MAX_ADDRESSES]
+            d = race(self._reactor, [partial(self._connect_one, pair, factory)
+                                     for pair in chosen], may_start=within_budget)
             under_way[:] = [d]
+            d.addCallbacks(lambda won: None if result.called else result.callback(won[1]),
+                           lost, errbackArgs=(chosen,))
 
-            def connected(protocol: Any) -> None:
-                if not result.called:
-                    result.callback(protocol)
+        def within_budget() -> bool:
+            budget = self._budget
+            return budget is None or self._reactor.seconds() - began < budget
 
-            def refused(f: Any) -> None:
-                if result.called or cancelled:
-                    return
-                failed.append(f"{address}: {f.getErrorMessage()}")
-                attempt(addresses, failed)
-
-            d.addCallbacks(connected, refused)
+        def lost(f: Failure, chosen: list[tuple[int, str]]) -> None:
+            if result.called or cancelled:
+                return
+            if not f.check(RaceLost):
+                result.errback(f)
+                return
+            failed = "; ".join(f"{chosen[n][1]}: {why.getErrorMessage()}"
+                               for n, why in f.value.failures)
+            left = f.value.unstarted
+            if left:
+                result.errback(ConnectError(string=(
+                    f"no address of {self._name} took the connection within "
+                    f"{self._budget:g} seconds ({failed}); {left} not tried before the "
+                    "next retry")))
+            else:
+                result.errback(ConnectError(string=f"no address of {self._name} took the "
+                                            f"connection ({failed})"))
 
         def not_resolved(f: Any) -> None:
             if not (result.called or cancelled):
@@ -150,3 +152,8 @@ class NameEndpoint:
         under_way[:] = [lookup]
         lookup.addCallbacks(resolved, not_resolved)
         return result
+
+    def _connect_one(self, pair: tuple[int, str], factory: Any) -> defer.Deferred:
+        family, address = pair
+        kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
+        return kind(self._reactor, address, self._port, timeout=self._timeout).connect(factory)

@@ -1,0 +1,85 @@
+"""Staggered connection attempts (RFC 8305 4 and 5) over a Clock and
+Deferreds the tests fire."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY, RaceLost, interleave, race
+
+
+class Attempts:
+    """``n`` attempts whose Deferreds the test fires; ``started`` in order."""
+
+    def __init__(self, n: int) -> None:
+        self.started: list[int] = []
+        self.deferreds: dict[int, defer.Deferred] = {}
+        self.cancelled: list[int] = []
+        self.calls = [self._make(i) for i in range(n)]
+
+    def _make(self, i: int):
+        def start() -> defer.Deferred:
+            self.started.append(i)
+            d = defer.Deferred(lambda _: self.cancelled.append(i))
+            self.deferreds[i] = d
+            return d
+        return start
+
+
+def test_interleave_alternates_families_from_the_first_ones():
+    six = [(socket.AF_INET6, "a"), (socket.AF_INET6, "b")]
+    four = [(socket.AF_INET, "c"), (socket.AF_INET, "d"), (socket.AF_INET, "e")]
+    got = interleave(six + four, lambda p: p[0])
+    assert [p[1] for p in got] == ["a", "c", "b", "d", "e"]
+    assert [p[1] for p in interleave(four + six, lambda p: p[0])] == ["c", "a", "d", "b", "e"]
+    assert interleave([], lambda p: p) == []
+
+
+def test_the_next_starts_after_the_delay_or_at_once_on_a_failure():
+    clock, a = Clock(), Attempts(4)
+    d = race(clock, a.calls)
+    assert a.started == [0]
+    clock.advance(CONNECTION_ATTEMPT_DELAY - 0.01)
+    assert a.started == [0]
+    clock.advance(0.01)
+    assert a.started == [0, 1]
+    a.deferreds[1].errback(ConnectionError("refused"))
+    assert a.started == [0, 1, 2]  # at once, not after the delay
+    a.deferreds[0].callback("zero")
+    assert d.result == (0, "zero")
+    assert a.cancelled == [2]
+    clock.advance(10)
+    assert a.started == [0, 1, 2]
+
+
+def test_all_failed_names_each_and_may_start_stops_the_rest():
+    clock, a = Clock(), Attempts(3)
+    allowed = [True]
+    d = race(clock, a.calls, may_start=lambda: allowed[0])
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    allowed[0] = False
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert a.started == [0, 1]
+    a.deferreds[1].errback(ConnectionError("one"))
+    assert not d.called  # the first is still under way
+    a.deferreds[0].errback(ConnectionError("zero"))
+    failure = []
+    d.addErrback(failure.append)
+    [f] = failure
+    assert f.check(RaceLost)
+    assert [n for n, _ in f.value.failures] == [1, 0] and f.value.unstarted == 1
+
+
+def test_cancelling_cancels_every_attempt_and_starts_no_more():
+    clock, a = Clock(), Attempts(3)
+    d = race(clock, a.calls)
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    d.cancel()
+    d.addErrback(lambda f: f.trap(defer.CancelledError))
+    assert sorted(a.cancelled) == [0, 1]
+    clock.advance(10)
+    assert a.started == [0, 1]
+    assert not clock.getDelayedCalls()
