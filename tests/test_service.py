@@ -107,6 +107,40 @@ def test_a_renewal_for_another_name_than_the_hostname_is_warned_of_at_run_time(
         hub.stopService()
 
 
+def test_a_renewal_judged_against_the_machines_name_says_so(
+        tmp_path: Path, log_events, monkeypatch) -> None:
+    # without [hub] hostname the hub's name is the machine's: the warning
+    # of a renewal taken at run time says so, as the start's does, rather
+    # than blame a [hub] hostname the config does not have
+    import os
+    import socket
+
+    from conftest import make_certificate
+    from twisted.logger import formatEvent
+
+    monkeypatch.setattr(socket, "getfqdn", lambda *a: "mail.example.org")
+    cert, key = make_certificate(tmp_path / "tls", "mail.example.org")
+    hub, _reactor = hub_of(tmp_path, ONE_SMTP_LISTENER.replace(
+        'hostname = "mail.example.org"\n', "")
+        + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    assert hub.settings.hub.hostname == "mail.example.org"
+    try:
+        hub.startService()
+        new_cert, new_key = make_certificate(tmp_path / "renewed", "mx.example.net")
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        assert hub.components.tls.reload()
+        warned = [formatEvent(e) for e in log_events if e["log_level"].name == "warn"]
+        assert [w for w in warned if "not valid for" in w] == [
+            f"TLS: certificate {cert} is not valid for mail.example.org ([hub] hostname "
+            "is not set: the machine's name), only for mx.example.net, 127.0.0.1: "
+            "clients that check the name (mail programs, the sending servers that "
+            "verify) refuse TLS; get one that names mail.example.org, or set [hub] "
+            "hostname to a name it is valid for"], warned
+    finally:
+        hub.stopService()
+
+
 def test_the_listeners_factories_leave_twisteds_factory_lines_out(tmp_path: Path,
                                                                   log_events) -> None:
     # "Starting factory <...SMTPFactory object at 0x...>" at every start and

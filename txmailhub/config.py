@@ -216,6 +216,10 @@ class Settings:
     pop3: POP3Settings = field(default_factory=POP3Settings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     warnings: tuple[str, ...] = ()
+    # where ``hub.hostname`` came from, in the words of the warnings that
+    # judge a certificate by it (the start's and a renewal's alike): the
+    # machine's name when [hub] hostname is not set
+    hostname_from: str = "[hub] hostname"
 
     @property
     def mail_dir(self) -> str:
@@ -1396,6 +1400,7 @@ def load_text(text: str, path: str) -> Settings:
         pop3=pop3,
         relay=relay,
         warnings=tuple(warnings),
+        hostname_from=own_name_from,
     )
 
 

@@ -190,9 +190,11 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         store=store,
         spooler=Spooler(settings.spool_dir, syncer, recover=False),  # claimed at start
         portal=build_portal(users, store, run_in_thread),
-        # the hub's name: a renewal for another name is warned of once
+        # the hub's name: a renewal for another name is warned of once, in
+        # the start's words (the machine's name when [hub] hostname is unset)
         tls=(ReloadingTLS(settings.tls.certificate, settings.tls.key, reactor,
-                          hostname=settings.hub.hostname)
+                          hostname=settings.hub.hostname,
+                          hostname_from=getattr(settings, "hostname_from", "[hub] hostname"))
              if settings.tls else None),
         users=users,
         syncer=syncer,
