@@ -759,6 +759,27 @@ def test_a_renewal_not_valid_for_the_hubs_name_is_warned_of_once(tmp_path, event
     assert len(_loaded(events)) == 4
 
 
+def test_a_dropped_wildcard_that_covered_the_hubs_name_is_still_named(tmp_path, events):
+    # the hub's own name, warned of by the name check, is not said twice;
+    # but a wildcard that covered it covers the hub's other names too
+    # (pop.example.org, smtp.example.org): its loss is still said
+    import conftest
+    from twisted.logger import formatEvent
+
+    cert, key = conftest.make_certificate(tmp_path / "live", "*.example.org")
+    factory = tls.ReloadingTLS(str(cert), str(key), Clock(), hostname="mail.example.org")
+    new_cert, new_key = conftest.make_certificate(tmp_path / "other", "other.example")
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    assert factory.reload()
+    warned = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert len(warned) == 2, warned
+    assert "is not valid for mail.example.org ([hub] hostname)" in warned[0], warned
+    assert warned[1] == (f"TLS: the new certificate {cert} is not valid for *.example.org, "
+                         "which the one it replaces was valid for: clients that check the "
+                         "name refuse it"), warned
+
+
 def test_names_dropped_reads_wildcards_and_a_common_name_alone():
     key = ec.generate_private_key(ec.SECP256R1())
 

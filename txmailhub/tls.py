@@ -536,9 +536,11 @@ class ReloadingTLS:
         wrong_name = self._judge(chain[0])
         if wrong_name is not None:
             log.warn("TLS: {why}", why=wrong_name)
-            # the hub's name, said just now, is not said again below
+            # the hub's name, said just now, is not said again below; a
+            # wildcard that covered it is (it stood for the hub's other
+            # names too: pop.example.org, smtp.example.org)
             host = self.hostname.strip().rstrip(".").lower() if self.hostname else ""
-            dropped = [n for n in dropped if not _name_matches(n, host)]
+            dropped = [n for n in dropped if n.strip().rstrip(".").lower() != host]
         if dropped:
             # taken all the same (a name may have been dropped on purpose),
             # but a renewal made for the wrong name is otherwise found out
