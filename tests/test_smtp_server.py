@@ -1670,6 +1670,28 @@ def test_a_client_that_keeps_asking_through_the_hubs_trouble_is_still_bounded():
     assert d.engine.closed
 
 
+class _BrokenRouter(StaticRouter):
+    """A router with a fault a client's RCPT sets off."""
+
+    def resolve(self, address):
+        if address.local == "boom":
+            raise ValueError("a bug in the hub")
+        return super().resolve(address)
+
+
+def test_an_engine_fault_a_client_sets_off_is_still_counted_as_its_error():
+    # the hub's own temporary trouble moves only max_junk_commands, but a
+    # fault of the code (an exception, logged with its traceback) is kept
+    # to max_errors: a client repeating the command that sets it off is
+    # closed after a few tracebacks, not after max_junk_commands of them
+    d = Driver(router=_BrokenRouter({"alice": None}), max_errors=3, max_junk_commands=100)
+    d.send("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\n")
+    out = d.send("RCPT TO:<boom@example.org>\r\n" * 3)
+    assert out == [replies.LOCAL_ERROR.text()] * 2 + [
+        replies.LOCAL_ERROR.text(), closing(replies.TOO_MANY_ERRORS)]
+    assert d.engine.errors == 3 and d.engine.closed
+
+
 def test_underscores_in_the_ehlo_name_and_the_paths_domains_are_taken():
     # Windows machines named with an underscore say "EHLO my_host.example";
     # RFC 5321 4.1.4 has the server not refuse a message over what the

@@ -464,7 +464,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self.reply(e.reply)
         except Exception:
             log.failure("SMTP engine error in state {state}", state=self.state.name)
+            # A fault of the code that the client's command set off: the
+            # 451 is the hub's trouble (counted as junk by ``reply``), but a
+            # client repeating the command would leave a traceback each
+            # time, so it is counted as its error as well (max_errors).
             self.reply(replies.LOCAL_ERROR)
+            self._count_error()
 
     def _log_refusal(self, verb: str, arg: str, reply: Reply) -> None:
         """A refused sender, recipient or lookup leaves a line (the client
