@@ -351,3 +351,34 @@ def test_of_two_logins_waiting_for_a_save_one_gets_in(tmp_path):
     assert answers == [b"+OK Logged in", b"-ERR [IN-USE]"]
     for proto, _t in sessions:
         proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_login_waits_for_a_stuck_save_a_bounded_time_then_is_in_use(tmp_path):
+    # a save that never ends (a disk whose fsync hangs) must not hold a
+    # reconnecting client forever: after ``GONE_SAVE_WAIT`` it is refused as
+    # before the wait existed, and a login after that is refused at once
+    from txmailhub.store import maildir
+
+    wait = getattr(maildir, "GONE_SAVE_WAIT", 5)
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    clock.advance(wait - 0.5)
+    assert b"IN-USE" not in bytes(t.received)  # still waiting
+    clock.advance(1)
+    assert b"-ERR [IN-USE]" in bytes(t.received), bytes(t.received)
+    late, t2 = connect(components)
+    late.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"-ERR [IN-USE]" in bytes(t2.received), bytes(t2.received)
+    # the save, done at last, lets the lock go: the next login gets in
+    components.syncer.run()
+    again, t3 = connect(components)
+    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t3.received), bytes(t3.received)
+    for p in (proto, late, again):
+        p.connectionLost(Failure(ConnectionDone()))
+    components.syncer.run()
+    assert not [c for c in clock.getDelayedCalls() if c.active()
+                and c.func.__qualname__.startswith("MaildirStore")]

@@ -421,10 +421,11 @@ class POP3Protocol(Protocol):
                 # does nothing once the mailbox is closed), then let go.  Not
                 # while the hub stops: it does not wait for this job.  A
                 # login of the same user meanwhile waits for the lock
-                # (``close_soon``) instead of being told IN-USE
+                # (``close_soon``, a few seconds at most) instead of being
+                # told IN-USE
                 soon = getattr(self.mailbox, "close_soon", None)
                 if soon is not None:
-                    soon()
+                    soon(self.reactor.callLater)
                 self._save_sizes().addBoth(lambda _: self._release())
             else:
                 self._release()

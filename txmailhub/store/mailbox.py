@@ -17,7 +17,7 @@ import json
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -589,14 +589,16 @@ class MaildirMailbox:
             return
         cache.save(prune=False)
 
-    def close_soon(self) -> None:
+    def close_soon(self, call_later: Callable[..., Any]) -> None:
         """The session is gone, and closes this once a last
         ``save_downgraded_sizes`` is written (under the lock: ``scan``
         writes the cache too).  A login of the same user meanwhile (a
         client that reconnects at once) waits for ``close`` rather than
-        being told the mailbox is in use (``MaildirStore.open_mailbox``)."""
+        being told the mailbox is in use (``MaildirStore.open_mailbox``),
+        for ``GONE_SAVE_WAIT`` seconds at most (``call_later``: the
+        reactor's ``callLater``)."""
         if not self.closed:
-            self.store.close_soon(self.path)
+            self.store.close_soon(self.path, call_later)
 
     def close(self) -> None:
         fds, self._lock_fds = self._lock_fds, ()

@@ -115,6 +115,13 @@ __all__ = [
 log = Logger()
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+#: Seconds a login waits for the lock of a gone session of this process
+#: that writes a last size cache entry (``close_soon``) before it is
+#: refused as in use after all: that write is one small file, but a disk
+#: whose fsync hangs must not hold a reconnecting client (nor pile up
+#: waiting logins) for as long as it hangs.
+GONE_SAVE_WAIT = 5.0
 # A Maildir's new/ from its path (maildir_path's, which never ends with a
 # separator), without a posixpath.join per message
 _NEW = os.sep + "new"
@@ -194,6 +201,7 @@ class MaildirStore:
         # Maildir -> the logins waiting for its lock, held by a session of
         # this process that is gone but still saving (``close_soon``)
         self._closing: dict[str, list[defer.Deferred]] = {}
+        self._closing_timers: dict[str, Any] = {}  # -> GONE_SAVE_WAIT's call
         if not os.path.isdir(self.mail_dir):
             os.makedirs(self.mail_dir, mode=0o700, exist_ok=True)
             fsync_dir(os.path.dirname(self.mail_dir))
@@ -585,10 +593,17 @@ class MaildirStore:
                 return defer.fail(MailboxInUse(f"{address} is in use by another session"))
             # the holder is gone and lets go once its last save is written
             # (a client reconnecting at once must not be told IN-USE): this
-            # login tries again then, once (another may get in first)
+            # login tries again then, once (another may get in first); or
+            # is refused after GONE_SAVE_WAIT (a save that hangs)
             d: defer.Deferred = defer.Deferred()
             waiting.append(d)
-            return d.addCallback(lambda _: self._open_now(address))
+
+            def retry(let_go: bool) -> defer.Deferred:
+                if not let_go:
+                    return defer.fail(MailboxInUse(f"{address} is in use by another session"))
+                return self._open_now(address)
+
+            return d.addCallback(retry)
         except Exception as e:
             return defer.fail(e)
         return self._snapshot_locked(md, fds)
@@ -604,16 +619,30 @@ class MaildirStore:
             return defer.fail(e)
         return self._snapshot_locked(md, fds)
 
-    def close_soon(self, md: str) -> None:
+    def close_soon(self, md: str, call_later: Callable[..., Any] | None = None) -> None:
         """The session holding ``md``'s lock is gone but keeps it until a
         last small write is done (``MaildirMailbox.close_soon``): until
-        ``closed(md)``, a login that finds the lock held waits for it."""
-        self._closing.setdefault(md, [])
+        ``closed(md)``, or for ``GONE_SAVE_WAIT`` seconds (``call_later``,
+        the reactor's), a login that finds the lock held waits for it.
+        Without ``call_later`` nothing waits (the wait must be bounded)."""
+        if call_later is None or md in self._closing:
+            return
+        self._closing[md] = []
+        self._closing_timers[md] = call_later(GONE_SAVE_WAIT, self._closing_over, md, False)
 
     def closed(self, md: str) -> None:
         """``md``'s lock was let go: the logins waiting for it try now."""
+        self._closing_over(md, True)
+
+    def _closing_over(self, md: str, let_go: bool) -> None:
+        """No more waiting for ``md``'s lock: it was let go (the waiting
+        logins try it), or ``GONE_SAVE_WAIT`` passed (they are refused,
+        and so is any login until it is let go, at once, as before)."""
+        timer = self._closing_timers.pop(md, None)
+        if let_go and timer is not None and timer.active():
+            timer.cancel()
         for d in self._closing.pop(md, ()):
-            d.callback(None)
+            d.callback(let_go)
 
     def _snapshot_locked(self, md: str, fds: list[int]) -> defer.Deferred:
         """The ``MaildirMailbox`` of ``md``, whose lock ``fds`` hold."""
