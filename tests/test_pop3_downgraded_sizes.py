@@ -382,3 +382,48 @@ def test_a_login_waits_for_a_stuck_save_a_bounded_time_then_is_in_use(tmp_path):
     components.syncer.run()
     assert not [c for c in clock.getDelayedCalls() if c.active()
                 and c.func.__qualname__.startswith("MaildirStore")]
+
+
+def test_a_waiting_login_whose_client_left_does_not_take_the_lock_from_one_still_there(
+        tmp_path):
+    # a client that gave up waiting (hung up) and reconnected: its first
+    # login must not take the lock when the save is done and leave its
+    # second told IN-USE; the login gone is dropped
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    components.store.syncer = components.syncer  # a Maildir listed by a worker
+    gave_up, _ = connect(components)
+    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up.connectionLost(Failure(ConnectionDone()))
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    components.syncer.run()  # the save: the lock goes
+    components.syncer.run()  # the listing of the Maildir for the login
+    assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    proto.connectionLost(Failure(ConnectionDone()))
+    components.syncer.run()
+
+
+def test_the_stop_is_not_held_by_a_login_waiting_for_a_gone_sessions_save(tmp_path):
+    from test_pop3_reader_and_storage import Transport
+
+    from txmailhub.pop3.protocol import POP3Factory
+
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    factory = POP3Factory(components)
+    proto = factory.buildProtocol(None)
+    t = Transport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    stopped = factory.shut_down()
+    assert t.disconnecting or t.disconnected
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert stopped.called
+    components.syncer.run()  # the save done: the login gone does not take the lock
+    again, t2 = connect(components)
+    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
+    again.connectionLost(Failure(ConnectionDone()))

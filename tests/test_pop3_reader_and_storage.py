@@ -32,7 +32,8 @@ class Realm:
 
     def requestAvatar(self, avatar_id, mind, *interfaces):
         local, _, domain = avatar_id.decode().rpartition("@")
-        d = self.store.open_mailbox(Address(local, domain))
+        d = self.store.open_mailbox(Address(local, domain),
+                                    wanted=mind if callable(mind) else None)
         return d.addCallback(lambda box: (IMailbox, box, box.close))
 
 

@@ -1321,3 +1321,18 @@ def test_apop_without_a_secret_is_judged_by_the_records_it_was_looked_up_in(
     result = result_of(checker.requestAvatarId(APOPCreds(b"bob", challenge, digest)))
     assert another_thread_read
     assert not (isinstance(result, Failure) and result.check(NoAPOPSecret)), result
+
+
+def test_a_store_without_wanted_is_opened_for_a_pop3_login(db: UsersDB) -> None:
+    # the POP3 session passes whether its client is still there as the
+    # mind; a store whose open_mailbox takes the address alone (written
+    # before ``wanted`` existed) is still called as it was
+    db.add("alice", "pw")
+    settle(db)
+    store = FakeStore()
+    portal = build_portal(db, store)
+    iface, _box, logout = result_of(  # type: ignore[misc]
+        portal.login(UsernamePassword(b"alice", b"pw"), lambda: True, IMailbox)
+    )
+    assert iface is IMailbox and store.opened == [Address("alice", "example.org")]
+    logout()

@@ -8,6 +8,7 @@ service, and neither knows anything about the wire protocols.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -246,9 +247,26 @@ class MailRealm:
             if iface is ISMTPUser:
                 return (ISMTPUser, SMTPUser(address), lambda: None)
             if iface is IMailbox:
-                d = self.store.open_mailbox(address)
+                # ``mind``: whether the client still wants the login (the
+                # POP3 session's), for a store that may wait for the lock
+                # and takes it; any other store is called as it always was
+                if callable(mind) and _takes_wanted(self.store):
+                    d = self.store.open_mailbox(address, wanted=mind)
+                else:
+                    d = self.store.open_mailbox(address)
                 return d.addCallback(lambda box: (IMailbox, box, box.close))
         raise LocalError(f"no avatar for {interfaces!r}")
+
+
+def _takes_wanted(store: Any) -> bool:
+    """Whether ``store.open_mailbox`` takes ``wanted`` (``IMailboxStore``
+    added it as optional: a store written before only takes the address)."""
+    try:
+        parameters = inspect.signature(store.open_mailbox).parameters
+    except (TypeError, ValueError):
+        return False
+    return "wanted" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def build_portal(users: UsersDB, store: Any, run_in_thread: RunInThread | None = None) -> Portal:

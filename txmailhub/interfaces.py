@@ -160,8 +160,10 @@ class IMailboxStore(Interface):
         decides what happens to the failed ones (queue for retry, bounce).
         """
 
-    def open_mailbox(address) -> "Deferred":  # noqa: F821, UP037
+    def open_mailbox(address, wanted=None) -> "Deferred":  # noqa: F821, UP037
         """Lock ``address``'s Maildir and fire with an ``IMailbox``.
+        ``wanted`` (optional): a callable, whether the login's client is
+        still there, for a store that may make the login wait.
 
         Errbacks with ``txmailhub.errors.MailboxInUse`` when another session
         (in this process or another) holds it."""

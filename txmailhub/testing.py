@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -287,7 +287,8 @@ class MemoryMailboxStore:
             outcome[address] = err
         return self._holder.result(outcome)
 
-    def open_mailbox(self, address: Address) -> defer.Deferred:
+    def open_mailbox(self, address: Address,
+                     wanted: Callable[[], bool] | None = None) -> defer.Deferred:
         key = _key(address)
         if key in self._locked:
             return defer.fail(MailboxInUse(f"{key} is in use by another session"))

@@ -668,7 +668,9 @@ class POP3Protocol(Protocol):
         else:
             creds = ClientCredentials(username, action.secret, lambda: not self._lost,
                                       turn_key(client_key(self._peer), local, self))
-        d = maybeDeferred(self.components.portal.login, creds, None, IMailbox)
+        # the mind: whether the client is still there (a login that waits
+        # for the lock of a gone session must not take it once it left)
+        d = maybeDeferred(self.components.portal.login, creds, self._wanted, IMailbox)
         d.addCallbacks(
             self._logged_in, self._login_failed,
             callbackArgs=(action.mechanism,), errbackArgs=(action.mechanism,),
@@ -743,6 +745,9 @@ class POP3Protocol(Protocol):
 
     def _gone(self) -> bool:
         return self._lost
+
+    def _wanted(self) -> bool:
+        return not self._lost
 
     def _measured(self, part: array, call: Callable[..., Deferred], messages: Any,
                   stored: Sequence[int], start: int) -> None:

@@ -200,7 +200,8 @@ class MaildirStore:
         self._paths: dict[Address, str] = {}  # maildir_path's memory
         # Maildir -> the logins waiting for its lock, held by a session of
         # this process that is gone but still saving (``close_soon``)
-        self._closing: dict[str, list[defer.Deferred]] = {}
+        # (each with whether its client is still there: ``wanted``)
+        self._closing: dict[str, list[tuple[defer.Deferred, Callable[[], bool] | None]]] = {}
         self._closing_timers: dict[str, Any] = {}  # -> GONE_SAVE_WAIT's call
         if not os.path.isdir(self.mail_dir):
             os.makedirs(self.mail_dir, mode=0o700, exist_ok=True)
@@ -582,7 +583,12 @@ class MaildirStore:
 
     # -- POP3 access -----------------------------------------------------------
 
-    def open_mailbox(self, address: Address) -> defer.Deferred:
+    def open_mailbox(self, address: Address,
+                     wanted: Callable[[], bool] | None = None) -> defer.Deferred:
+        """Lock ``address``'s Maildir and fire with its ``MaildirMailbox``.
+        ``wanted``: whether the login's client is still there, asked while
+        it waits for a gone session's lock (``close_soon``): one that left
+        must not take the lock ahead of one still waiting."""
         try:
             md = self.maildir_path(address)
             self._ensure(md)
@@ -596,7 +602,12 @@ class MaildirStore:
             # login tries again then, once (another may get in first); or
             # is refused after GONE_SAVE_WAIT (a save that hangs)
             d: defer.Deferred = defer.Deferred()
-            waiting.append(d)
+            # the logins whose clients left meanwhile are dropped now: a
+            # client that reconnects again and again piles up no waiters
+            for gone in [w for w in waiting if w[1] is not None and not w[1]()]:
+                waiting.remove(gone)
+                gone[0].callback(False)
+            waiting.append((d, wanted))
 
             def retry(let_go: bool) -> defer.Deferred:
                 if not let_go:
@@ -641,8 +652,9 @@ class MaildirStore:
         timer = self._closing_timers.pop(md, None)
         if let_go and timer is not None and timer.active():
             timer.cancel()
-        for d in self._closing.pop(md, ()):
-            d.callback(let_go)
+        for d, wanted in self._closing.pop(md, ()):
+            # a login whose client left is refused, not given the lock
+            d.callback(let_go and (wanted is None or wanted()))
 
     def _snapshot_locked(self, md: str, fds: list[int]) -> defer.Deferred:
         """The ``MaildirMailbox`` of ``md``, whose lock ``fds`` hold."""
