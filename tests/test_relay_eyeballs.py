@@ -83,3 +83,26 @@ def test_cancelling_cancels_every_attempt_and_starts_no_more():
     clock.advance(10)
     assert a.started == [0, 1]
     assert not clock.getDelayedCalls()
+
+
+def test_an_attempt_that_raises_counts_as_failed_and_the_race_still_ends():
+    # an endpoint that raises instead of returning a failed Deferred (a
+    # bad TLS context, say) started after a failure or by the timer: the
+    # race must still end (the delivery slot is not held for ever) and
+    # go on with the addresses after it
+    clock, a = Clock(), Attempts(3)
+
+    def boom() -> defer.Deferred:
+        raise RuntimeError("no endpoint")
+
+    calls = [a.calls[0], boom, a.calls[2]]
+    d = race(clock, calls)
+    a.deferreds[0].errback(ConnectionError("zero"))
+    assert a.started == [0, 2]  # the raising one failed at once, the next started
+    a.deferreds[2].errback(ConnectionError("two"))
+    failure = []
+    d.addErrback(failure.append)
+    [f] = failure
+    assert [n for n, _ in f.value.failures] == [0, 1, 2]
+    assert f.value.failures[1][1].check(RuntimeError)
+    assert not clock.getDelayedCalls()

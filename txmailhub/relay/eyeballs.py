@@ -67,7 +67,8 @@ def race(clock: Any, attempts: Sequence[Callable[[], defer.Deferred]], *,
          may_start: Callable[[], bool] = lambda: True) -> defer.Deferred:
     """Start ``attempts[0]()``, and each next one ``delay`` seconds after
     the last start while none has connected, or at once when one fails.
-    ``may_start()`` is asked before each start after the first.  Fires
+    ``may_start()`` is asked before each start after the first.  An
+    attempt that raises counts as one that failed.  Fires
     ``(index, result)`` of the first to succeed, the
     others cancelled; errbacks with ``RaceLost`` when all started failed
     and none more may start.  Cancelling it cancels what is under way."""
@@ -98,7 +99,10 @@ def race(clock: Any, attempts: Sequence[Callable[[], defer.Deferred]], *,
         n = started[0]
         if n < len(attempts) and (n == 0 or may_start()):
             started[0] += 1
-            d = attempts[n]()
+            # one that raises (rather than failing its Deferred) is an
+            # attempt that failed: raised from a timer or from another's
+            # failure it would leave the race never ending
+            d = defer.maybeDeferred(attempts[n])
             pending[n] = d
             d.addCallbacks(won, lost, callbackArgs=(n,), errbackArgs=(n,))
             if started[0] < len(attempts) and not result.called and n in pending:
