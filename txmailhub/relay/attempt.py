@@ -528,8 +528,9 @@ def default_endpoint(reactor: Any, resolve: Resolver | None = None,
     """``endpoint(host, port)``: TCP to an address; to a name (the
     smarthost), a ``NameEndpoint`` that looks up its IDNA2008 A-labels
     with ``resolve`` (default: ``getaddrinfo`` in the reactor's thread
-    pool) and tries each address in turn, starting none after ``budget``
-    seconds (the agent's ``hosts_time_budget``)."""
+    pool) and races its addresses with staggered starts (RFC 8305,
+    ``relay.eyeballs``), starting none after ``budget`` seconds (the
+    agent's ``hosts_time_budget``)."""
     run = thread_runner(reactor)
 
     def in_thread(name: str, port: int) -> defer.Deferred:
