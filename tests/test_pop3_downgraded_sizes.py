@@ -324,6 +324,9 @@ def test_a_client_that_reconnects_while_its_last_save_waits_gets_in(
     assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     assert len(encoder_calls) == 1
+    # the bound on the wait (GONE_SAVE_WAIT) was called off with the save
+    assert not [c for c in clock.getDelayedCalls()
+                if getattr(c.func, "__qualname__", "").startswith("MaildirStore")]
 
 
 def test_a_session_still_open_is_not_waited_for(tmp_path):
