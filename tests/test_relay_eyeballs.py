@@ -106,3 +106,26 @@ def test_an_attempt_that_raises_counts_as_failed_and_the_race_still_ends():
     assert [n for n, _ in f.value.failures] == [0, 1, 2]
     assert f.value.failures[1][1].check(RuntimeError)
     assert not clock.getDelayedCalls()
+
+
+def test_no_timer_outlives_a_win_or_the_last_failure():
+    # the stagger timer armed for the third start is called off when the
+    # first connects, and when every attempt started has failed with
+    # may_start saying no more (a reactor's delayed calls hold nothing of
+    # a race that is over)
+    clock, a = Clock(), Attempts(3)
+    d = race(clock, a.calls)
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert clock.getDelayedCalls()  # the third's start, armed
+    a.deferreds[0].callback("zero")
+    assert d.result == (0, "zero") and not clock.getDelayedCalls()
+
+    clock, a = Clock(), Attempts(3)
+    allowed = [True]
+    d = race(clock, a.calls, may_start=lambda: allowed[0])
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    allowed[0] = False
+    a.deferreds[0].errback(ConnectionError("zero"))
+    a.deferreds[1].errback(ConnectionError("one"))
+    d.addErrback(lambda f: f.trap(RaceLost))
+    assert d.called and not clock.getDelayedCalls()
