@@ -58,6 +58,33 @@ def test_a_file_without_a_final_line_end_or_with_crlf_keeps_its_line_ends(path: 
     path.write_bytes(b"# dos\r\na: joe\r\n")
     aliases_at(path).add("b", ["ann"])
     assert path.read_bytes() == b"# dos\r\na: joe\r\nb: ann\r\n"
+    # a last line ended by a lone CR is ended already: nothing is added to it
+    path.write_bytes(b"a: joe\r")
+    aliases_at(path).add("b", ["ann"])
+    assert path.read_bytes() == b"a: joe\rb: ann\n"
+
+
+def test_set_drops_tab_continuation_lines_and_keeps_the_lines_own_end(path: Path) -> None:
+    # a continuation line may start with a tab as with a space (router's
+    # format); the replaced line keeps the end it had, not the file's first
+    path.write_bytes(b"# dos\r\nstaff: joe,\n\tx@elsewhere.test\nb: ann\r\n")
+    aliases_at(path).set("staff", ["ann"])
+    assert path.read_bytes() == b"# dos\r\nstaff: ann\nb: ann\r\n"
+
+
+def test_set_replaces_the_entry_in_effect_not_an_earlier_line_the_hub_cannot_use(
+        path: Path) -> None:
+    aliases = aliases_at(path, "staff: |/usr/bin/procmail\nstaff: joe\n")
+    assert not aliases.set("staff", ["ann"]).created
+    assert path.read_text() == "staff: |/usr/bin/procmail\nstaff: ann\n"
+
+
+def test_a_line_without_a_colon_is_no_alias_of_that_name(path: Path) -> None:
+    # "staff" alone is a line the hub cannot read (check names it), not
+    # an alias staff that add would refuse or set replace
+    change = aliases_at(path, "staff\nb: ann\n").add("staff", ["joe"])
+    assert change.created
+    assert path.read_text() == "staff\nb: ann\nstaff: joe\n"
 
 
 def test_set_rewrites_the_alias_lines_only_and_keeps_the_name_as_written(path: Path) -> None:
@@ -141,6 +168,7 @@ def test_set_names_the_line_it_replaces_in_checks_words(path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "targets", "why"), [
+    ("", ["joe"], "the alias name is empty"),
     ("#x", ["joe"], "a line that starts with # is a comment"),
     ("a:b", ["joe"], "ends a name at its first ':'"),
     ("a", ["joe\nevil: x@remote.test"], "a line break cannot be part"),
@@ -187,8 +215,18 @@ def test_an_alias_that_would_take_a_users_mail_is_refused(path: Path) -> None:
     with pytest.raises(AliasesFileError):
         aliases.set("joe", ["ann"])
     aliases.add("postmaster", ["ann"])  # check does not warn of it either
-    # without a users file nothing can be told of users, as for check
-    aliases_at(path, users=None).add("ann", ["joe"])
+    # without a users file nothing can be told of users, as for check:
+    # no refusal and no warning of a target that is no user
+    change = aliases_at(path, users=None).add("ann", ["joe", "nobody"])
+    assert (change.created, change.warnings) == (True, [])
+
+
+def test_an_old_alias_that_hides_a_user_blocks_no_change_to_another(path: Path) -> None:
+    # joe: typed by hand; check warned of it before, so a change to
+    # another alias neither is refused for it nor repeats it
+    change = aliases_at(path, "joe: ann\n").add("team", ["ann"])
+    assert (change.created, change.warnings) == (True, [])
+    assert path.read_text() == "joe: ann\nteam: ann\n"
 
 
 def test_set_refuses_an_alias_that_takes_a_users_mail_even_if_it_did_before(
@@ -258,6 +296,15 @@ def test_the_file_is_replaced_atomically_keeping_its_mode(path: Path) -> None:
     assert st.st_ino != before  # a new file renamed over the old one, not a rewrite in place
     assert stat.S_IMODE(st.st_mode) == 0o640
     assert sorted(os.listdir(path.parent)) == ["aliases", "aliases.lock"]
+    # one made anew is readable by all, as /etc/aliases (under the usual
+    # umask: the umask still applies to a new file, as durable_write says)
+    path.unlink()
+    old_umask = os.umask(0o022)
+    try:
+        aliases.add("team", ["joe"])
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
 
 
 def test_a_failed_write_leaves_the_file_as_it_was(path: Path, monkeypatch) -> None:
@@ -281,6 +328,11 @@ def test_a_link_to_the_file_stays_a_link(tmp_path: Path) -> None:
     link.symlink_to(real)
     aliases_at(link).add("b", ["ann"])
     assert link.is_symlink() and real.read_text() == "a: joe\nb: ann\n"
+    # a relative link that goes up a folder leads where the system's does
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "aliases").symlink_to("../etc-aliases")
+    aliases_at(tmp_path / "conf" / "aliases").add("c", ["joe"])
+    assert real.read_text() == "a: joe\nb: ann\nc: joe\n"
 
 
 def test_the_lock_is_next_to_the_configured_path_not_the_links_target(
@@ -343,7 +395,17 @@ def test_a_link_in_a_folder_another_user_may_change_is_not_followed(tmp_path: Pa
     with pytest.raises(AliasesFileError, match="a folder other users may write: not followed"):
         aliases_at(shared / "aliases").add("b", ["ann"])
     assert victim.read_text() == "root ALL=(ALL) ALL\n"
+    # root's folder that a group may write: the group's users could too
+    os.chmod(shared, 0o775)
+    with pytest.raises(AliasesFileError, match="a folder other users may write: not followed"):
+        aliases_at(shared / "aliases").add("b", ["ann"])
     os.chmod(shared, 0o1777)  # /tmp's mode: nobody else can replace root's link
+    # ... but a link there of another user's is that user's to point anywhere
+    os.lchown(shared / "aliases", 65534, 65534)
+    with pytest.raises(AliasesFileError, match="a folder other users may write: not followed"):
+        aliases_at(shared / "aliases").add("b", ["ann"])
+    assert victim.read_text() == "root ALL=(ALL) ALL\n"
+    os.lchown(shared / "aliases", 0, 0)
     os.chmod(victim, 0o640)
     aliases_at(shared / "aliases").add("b", ["ann"])
     assert victim.read_text() == "root ALL=(ALL) ALL\nb: ann\n"

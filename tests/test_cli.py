@@ -936,6 +936,16 @@ def test_alias_list_gives_each_alias_and_its_targets_sorted(config: Path) -> Non
         "staff@example.org\talice@example.org, \\bob@example.org, Far@remote.test\n"), "")
 
 
+def test_alias_list_names_a_local_target_by_its_key_whatever_its_domain_spelling(
+        config: Path) -> None:
+    # a local domain written as its A-labels is still local: the target is
+    # shown as the hub names that mailbox; a remote one stays as written
+    config.write_text(config.read_text().replace('"example.net"', '"b\u00fccher.example"'))
+    with_aliases(config, "team: J\u00f6rg@xn--bcher-kva.example, x@xn--bcher-kva.test\n")
+    assert run(config, "alias", "list") == (
+        0, "team@example.org\tj\u00f6rg@b\u00fccher.example, x@xn--bcher-kva.test\n", "")
+
+
 def test_alias_show_gives_what_delivery_does(config: Path) -> None:
     with_aliases(config, "team: alice, helpers, x@remote.test, ghost\n"
                          "helpers: \\bob, team, alice\n")
