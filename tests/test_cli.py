@@ -946,6 +946,39 @@ def test_alias_list_names_a_local_target_by_its_key_whatever_its_domain_spelling
         0, "team@example.org\tj\u00f6rg@b\u00fccher.example, x@xn--bcher-kva.test\n", "")
 
 
+def test_alias_list_escapes_what_would_reorder_or_control_the_terminal(config: Path) -> None:
+    # a bidi override is valid in an SMTPUTF8 local part, and would turn
+    # the rest of the line around on screen: shown as ``queue list`` shows it
+    with_aliases(config, "team: x\u202ey@remote.test\n")
+    assert run(config, "alias", "list") == (
+        0, "team@example.org\tx\\x{202E}y@remote.test\n", "")
+
+
+def test_alias_show_gives_a_dash_for_no_mailbox_or_no_forward(config: Path) -> None:
+    with_aliases(config, "local: alice\nfar: x@remote.test\n")
+    assert run(config, "alias", "show", "local")[1].splitlines()[2:] == [
+        "mailboxes: alice@example.org", "forwards: -"]
+    assert run(config, "alias", "show", "far")[1].splitlines()[2:] == [
+        "mailboxes: -", "forwards: x@remote.test"]
+
+
+def test_alias_add_without_a_users_file_warns_of_no_target(config: Path) -> None:
+    # who is a user cannot be told: as check, no "no local user" per target
+    (config.parent / "aliases").write_text("")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    assert run(config, "alias", "add", "team", "alice", "bob") == (
+        0, "added team@example.org\n", "")
+
+
+def test_alias_add_takes_a_utf8_target_typed_under_the_c_locale(config: Path) -> None:
+    # Python keeps the octets of "jos\u00e9" as surrogates under LC_ALL=C;
+    # the name already was taken as UTF-8, the targets too
+    aliases = with_aliases(config)
+    assert run(config, "alias", "add", "team", "jos\udcc3\udca9@remote.test")[:2] == (
+        0, "added team@example.org\n")
+    assert aliases.read_text() == "team: jos\u00e9@remote.test\n"
+
+
 def test_alias_show_gives_what_delivery_does(config: Path) -> None:
     with_aliases(config, "team: alice, helpers, x@remote.test, ghost\n"
                          "helpers: \\bob, team, alice\n")
