@@ -824,6 +824,26 @@ class FreshFileTests(Base):
 
 
 class NotARegularFileTests(Base):
+    def test_a_folder_in_place_of_the_file_is_said_to_be_one(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        r = self.router("list: joe\n")
+        os.unlink(self.path)
+        os.mkdir(self.path)
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        errors = [e["why"] for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(errors, [f"cannot read aliases file {self.path}: [Errno 21] Is a "
+                                  f"directory: '{self.path}'"])
+
+    def test_a_link_to_the_file_is_followed(self):
+        # [aliases] file may be a link (docs/configuration.rst): the hub reads
+        # the file it leads to
+        real = os.path.abspath(os.path.join(self.dir, "real"))
+        with open(real, "w") as f:
+            f.write("list: ann\n")
+        os.symlink(real, self.path)
+        r = Router(DOMAINS, self.users, self.path)
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+
     def test_a_fifo_in_place_of_the_file_is_not_waited_on_and_is_logged_once(self):
         # a plain open() of a FIFO waits for a writer: the hub's reactor
         # would hang at the next RCPT.  It is treated as a directory is

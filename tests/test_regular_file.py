@@ -1,0 +1,44 @@
+"""Reading a file that must be a regular one (txmailhub.regular_file):
+what the aliases file's readers rely on."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from txmailhub.regular_file import NotRegularFile, read_regular
+
+
+def test_a_link_is_followed_unless_told_not_to(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.write_bytes(b"a: joe\n")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert read_regular(str(link))[0] == b"a: joe\n"
+    # a change reads the file a link led to with follow=False: a link put
+    # there since is not followed
+    with pytest.raises(OSError) as info:
+        read_regular(str(link), follow=False)
+    assert info.value.errno == errno.ELOOP
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_what_is_no_regular_file_is_refused_and_left_closed(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = _open_descriptors()
+    for _ in range(5):
+        with pytest.raises(NotRegularFile):
+            read_regular(str(fifo))
+        # a folder is refused as open() refuses it, not as a FIFO is
+        with pytest.raises(IsADirectoryError):
+            read_regular(str(tmp_path))
+    # a hub that meets them at every change of the file must not run out
+    assert _open_descriptors() == before
