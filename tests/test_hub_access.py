@@ -107,6 +107,9 @@ def test_the_hub_owner_is_only_looked_for_by_root(
     monkeypatch.setattr(hub_access.os, "stat", lambda p: os.stat_result(
         (0o40700, 0, 0, 1, 0, 0, 0, 0, 0, 0)))
     assert hub_access.hub_owner(str(state)) is None  # root's: a hub that runs as root
+    monkeypatch.setattr(hub_access.os, "stat", lambda p: os.stat_result(
+        (0o100600, 0, 0, 1, HUB_UID, HUB_GID, 0, 0, 0, 0)))
+    assert hub_access.hub_owner(str(state)) is None  # a file there: no state_dir, no owner
 
 
 def test_make_folders_without_an_owner_is_makedirs(tmp_path: Path) -> None:
@@ -154,7 +157,60 @@ def test_unreadable_by_judges_the_mode_bits_along_the_path(open_tmp: Path) -> No
     assert why is not None and why.startswith(f"the folder {folder} is "), why
     assert why.endswith(" mode 0700")
     assert hub_access.unreadable_by(str(folder / "none"), HUB_UID, HUB_GID) is None
+    # a folder is passed with its search bit alone (0711): no read bit needed
+    os.chmod(folder, 0o711)
+    assert hub_access.unreadable_by(str(f), HUB_UID, HUB_GID) is None
     os.chmod(folder, 0o755)
+
+
+def _a_supplementary_member() -> tuple[int, int, int] | None:
+    """``(uid, primary gid, gid)`` of a user of this system that is in
+    group gid only as a supplementary member (as mailhub in ssl-cert)."""
+    import grp
+    import pwd
+
+    for g in grp.getgrall():
+        for name in g.gr_mem:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            if entry.pw_gid != g.gr_gid:
+                return entry.pw_uid, entry.pw_gid, g.gr_gid
+    return None
+
+
+@needs_root
+def test_unreadable_by_counts_the_users_own_and_supplementary_groups(open_tmp: Path) -> None:
+    # the hub started with another group (a state_dir of group staff) still
+    # has its own group and those /etc/group lists it in, as the kernel
+    # gives them at login: a key of root:ssl-cert 0640 is readable by a
+    # mailhub user in ssl-cert
+    import pwd
+
+    f = open_tmp / "key"
+    f.write_text("")
+    os.chmod(f, 0o640)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(f, 0, nobody.pw_gid)
+    assert hub_access.unreadable_by(str(f), nobody.pw_uid, HUB_GID) is None
+    member = _a_supplementary_member()
+    if member is None:
+        pytest.skip("no user of this system has a supplementary group")
+    uid, _, group = member
+    os.chown(f, 0, group)
+    assert hub_access.unreadable_by(str(f), uid, HUB_GID) is None
+    assert hub_access.unreadable_by(str(f), HUB_UID, HUB_GID) is not None
+
+
+@needs_root
+def test_unreadable_by_names_an_owner_and_group_without_names_by_number(
+        open_tmp: Path) -> None:
+    f = open_tmp / "users"
+    f.write_text("")
+    os.chmod(f, 0o600)
+    os.chown(f, HUB_UID, HUB_GID)
+    assert hub_access.unreadable_by(str(f), 5000, 5000) == f"{f} is uid 4242:4343 mode 0600"
 
 
 def test_unreadable_by_judges_the_folders_of_the_path_as_configured(open_tmp: Path) -> None:
@@ -173,6 +229,19 @@ def test_unreadable_by_judges_the_folders_of_the_path_as_configured(open_tmp: Pa
     os.chmod(closed, 0o700)
     assert hub_access.unreadable_by(str(opened / "users"), HUB_UID, HUB_GID) is None
     why = hub_access.unreadable_by(str(closed / "users"), HUB_UID, HUB_GID)
+    assert why is not None and why.startswith(f"the folder {closed} is "), why
+    os.chmod(closed, 0o755)
+    # and the other way round: a link in an open folder to a file in a
+    # closed one, or to a file the user may not read, which is named
+    (closed / "users").unlink()
+    (closed / "real").write_text("")
+    os.chmod(closed / "real", 0o600)
+    (opened / "link").symlink_to(closed / "real")
+    why = hub_access.unreadable_by(str(opened / "link"), HUB_UID, HUB_GID)
+    assert why is not None and why.startswith(f"{closed / 'real'} is "), why
+    os.chmod(closed / "real", 0o644)
+    os.chmod(closed, 0o700)
+    why = hub_access.unreadable_by(str(opened / "link"), HUB_UID, HUB_GID)
     assert why is not None and why.startswith(f"the folder {closed} is "), why
     os.chmod(closed, 0o755)
 
