@@ -123,3 +123,35 @@ def test_a_fresh_text_that_ends_as_a_finished_file_does_is_settled() -> None:
     assert not stamp.settled
     stamp.read(st, after=_st(99.9, size=4), whole=True)
     assert not stamp.settled
+
+
+def test_the_doubt_lasts_the_two_seconds_the_docs_give() -> None:
+    """docs/configuration.rst: "for two seconds after a change it reads the
+    file at every lookup" -- FAT's two-second clock, not one, not three."""
+    now = [100.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    st = _st(100.0)
+    stamp.read(st)
+    now[0] = 101.9
+    stamp.read(st)
+    assert stamp.stale(st) and not stamp.settled
+    now[0] = 102.0
+    stamp.read(st)
+    assert not stamp.stale(st) and stamp.settled
+
+
+def test_a_change_that_kept_inode_size_and_mtime_is_seen_by_its_ctime() -> None:
+    # rewritten in place with a hash of the same length, then its mtime
+    # put back (``touch -r``, ``rsync -t --inplace``): only ctime moved,
+    # which no one can set back
+    now = [1000.0]
+    stamp = FileStamp(lambda: now[0], lambda: now[0])
+    st = _st(10.0)
+    stamp.read(st)
+    assert not stamp.stale(st)
+    fields = list(st)
+    fields[9] = 999  # st_ctime (int)
+    ctime_moved = os.stat_result((*fields, 10.0, 10.0, 999.0, int(10e9), int(10e9),
+                                  int(999e9)))
+    assert ctime_moved.st_mtime_ns == st.st_mtime_ns and ctime_moved.st_size == st.st_size
+    assert stamp.stale(ctime_moved)
