@@ -451,6 +451,12 @@ def test_a_lock_that_is_a_link_is_not_followed(path: Path, tmp_path: Path) -> No
     with pytest.raises(AliasesFileError, match="not a regular file with one name"):
         aliases_at(path, "a: joe\n").add("b", ["ann"])
     assert path.read_text() == "a: joe\n"
+    # nor a hard link to it (the same file by another name)
+    (tmp_path / "aliases.lock").unlink()
+    os.link(victim, tmp_path / "aliases.lock")
+    with pytest.raises(AliasesFileError, match="not a regular file with one name"):
+        aliases_at(path).add("b", ["ann"])
+    assert path.read_text() == "a: joe\n" and victim.read_text() == "root's\n"
 
 
 def test_a_change_waits_for_the_lock_and_reads_the_file_as_left(path: Path) -> None:

@@ -127,6 +127,8 @@ def test_offers_apop_follows_the_file_and_is_worked_out_once_per_read(
     db.delete("alice")
     assert not reader.offers_apop()
     assert len(parsed) >= 1
+    db.add("carol", "pw", allow_apop=True)
+    assert reader.offers_apop()
     os.unlink(db.path)
     assert not reader.offers_apop()  # away: no users, no APOP
 
@@ -291,6 +293,12 @@ def test_a_byte_order_mark_first_is_kept_and_no_part_of_the_first_address(
     text = Path(db.path).read_bytes()
     assert text.startswith(b"\xef\xbb\xbfjoe@example.org scrypt$") and text.count(b"joe@") == 1
     assert reader.check_password(joe_address, "new-pw")
+    # a change elsewhere leaves joe's line, and the one mark, as they were
+    db.add("carl", "carl-pw")
+    text = Path(db.path).read_bytes()
+    assert text.startswith(b"\xef\xbb\xbfjoe@example.org scrypt$")
+    assert text.count(b"\xef\xbb\xbf") == 1
+    db.delete("carl")
     db.delete("joe")
     text = Path(db.path).read_bytes()
     assert text.startswith(b"\xef\xbb\xbf") and b"joe@" not in text
@@ -940,6 +948,18 @@ def test_the_lock_is_never_a_link_that_root_would_hand_to_the_folders_owner(
     assert not (folder / "users").exists() or (folder / "users").read_bytes() == b""
 
 
+def test_a_fifo_for_a_lock_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # opened without a reader, a FIFO fails with ENXIO (O_NONBLOCK): said
+    # as for a link, not a traceback
+    folder = tmp_path / "users.d"
+    folder.mkdir()
+    os.mkfifo(folder / "users.lock")
+    db = UsersDB(str(folder / "users"), "example.org")
+    with pytest.raises(UsersFileError, match=r"users\.lock is not a regular file"):
+        db.add("joe", "pw", allow_weak=True)
+    assert not (folder / "users").exists()
+
+
 def test_the_precheck_of_the_first_user_logs_no_missing_file(
         db: UsersDB, log_events: list[dict]) -> None:
     # `mailhub user add` checks the address before the password prompt;
@@ -1114,6 +1134,30 @@ def test_a_user_missing_from_a_file_caught_half_written_is_in_doubt_for_seconds(
     mono[0] += RACY_SECONDS
     assert not reader.contains(bob) and not reader.changing()
     assert reader.contains(alice)
+
+
+def test_only_a_miss_in_a_file_caught_half_written_is_in_doubt(db: UsersDB) -> None:
+    """``lookup`` (the router's question): a user found is found, whatever
+    the file's state; only a miss is in doubt.  ``judged`` (the login
+    checker's) gives the doubt of the records for a found user too."""
+    reader, _, _ = _caught_half_written(db)
+    alice, bob = Address("alice", "example.org"), Address("bob", "example.org")
+    record, doubt = reader.lookup(alice)
+    assert record is not None and not doubt
+    assert reader.lookup(bob) == (None, True)
+    assert reader.judged(alice)[1]
+
+
+def test_a_users_file_that_is_away_is_missing_not_changing(db: UsersDB) -> None:
+    """Away (or unreadable): ``missing`` says it (the router's 451 4.3.0,
+    logins unavailable); no lookup is "in doubt" of a half-written file
+    that is not there."""
+    reader = UsersDB(db.path, "example.org")
+    nobody = Address("nobody", "example.org")
+    assert reader.lookup(nobody) == (None, False)
+    assert reader.judged(nobody) == (None, False)
+    assert reader.check_login(nobody, "pw") == (False, False)
+    assert reader.missing and not reader.changing()
 
 
 def test_a_file_just_written_whole_is_settled_at_once(db: UsersDB) -> None:
