@@ -138,6 +138,7 @@ def _leaf(cn: str, dns=(), ips=()):
     (["m*.example.org"], "mail.example.org", False),  # no part of a label
     (["mail.*.org"], "mail.example.org", False),
     (["*.*.org"], "mail.example.org", False),
+    (["*xexample.org"], "a.example.org", False),  # a * without its dot is no wildcard
 ])
 def test_covers_reads_dns_names_and_wildcards(names, hostname, covered):
     assert tls.covers(_leaf("unrelated.example", dns=names), hostname) is covered
@@ -174,6 +175,7 @@ def test_covers_looks_for_an_address_literal_among_the_addresses():
     assert tls.covers(leaf, "[192.0.2.1]") and tls.covers(leaf, "[IPv6:2001:db8::1]")
     assert not tls.covers(leaf, "[192.0.2.2]")
     assert not tls.covers(_leaf("192.0.2.1"), "[192.0.2.1]")  # never a common name
+    assert not tls.covers(leaf, "[mail.example.org]")  # no address: covers nothing
 
 
 def test_a_certificate_for_another_name_is_a_warning(tmp_path):
@@ -195,6 +197,50 @@ def test_a_certificate_for_another_name_is_a_warning(tmp_path):
         f"certificate {cert} is not valid for mx.example.org ([hub] hostname), only for no "
         "name clients look at (its common name mail.example.org is not one): clients that "
         "check the name")
+
+
+def _self_signed(folder: Path, cn: str, dns: list[str]) -> tuple[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + 60 * DAY)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_a_warning_names_five_names_of_the_certificate_at_most(tmp_path):
+    names = [f"mx{i}.example.org" for i in range(1, 7)]
+    cert, key = _self_signed(tmp_path / "six", "mx1.example.org", names)
+    warnings = tls.pair_findings(cert, key, hostname="mail.example.org")[1]
+    assert warnings[0].startswith(
+        f"certificate {cert} is not valid for mail.example.org ([hub] hostname), only for "
+        "mx1.example.org, mx2.example.org, mx3.example.org, mx4.example.org, "
+        "mx5.example.org and 1 more: "), warnings
+    cert, key = _self_signed(tmp_path / "five", "mx1.example.org", names[:5])
+    warnings = tls.pair_findings(cert, key, hostname="mail.example.org")[1]
+    assert warnings[0].startswith(
+        f"certificate {cert} is not valid for mail.example.org ([hub] hostname), only for "
+        "mx1.example.org, mx2.example.org, mx3.example.org, mx4.example.org, "
+        "mx5.example.org: "), warnings
+
+
+def test_a_common_name_beside_other_alt_names_is_no_common_name_only_case(tmp_path):
+    # the host in the common name, other DNS names in the subjectAltName:
+    # the certificate is for those names, not "only in its common name"
+    cert, key = _self_signed(tmp_path, "mail.example.org", ["mx.example.org"])
+    warnings = tls.pair_findings(cert, key, hostname="mail.example.org")[1]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"certificate {cert} is not valid for mail.example.org ([hub] hostname), only for "
+        "mx.example.org: "), warnings
 
 
 def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
@@ -322,6 +368,35 @@ def test_a_mismatch_that_persists_is_an_error_at_the_next_look(tmp_path, events)
     clock.advance(tls.CHECK_INTERVAL)
     serial_served(factory)
     assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "error", "warn"]
+
+
+def test_a_pair_changed_again_but_still_unusable_at_the_next_look_is_an_error(
+        tmp_path, events):
+    # the next look decides, "changed or not": a second change that is no
+    # better is not one more warning
+    factory, clock, cert, _ = serving(tmp_path)
+    first = serial_served(factory)
+    for name in ("other", "third"):
+        other_cert, _ = pair(tmp_path / name)
+        os.replace(other_cert, cert)
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "error"]
+
+
+def test_after_a_renewal_taken_at_the_second_look_the_next_is_warned_of_first(
+        tmp_path, events):
+    factory, clock, cert, key = serving(tmp_path)
+    for name in ("renewed", "renewed-again"):
+        new_cert, new_key = pair(tmp_path / name)
+        os.replace(new_cert, cert)
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)  # a look between the two files
+        os.replace(new_key, key)
+        clock.advance(tls.CHECK_INTERVAL)
+        serial_served(factory)
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "warn"]
+    assert len(_loaded(events)) == 2
 
 
 def test_a_half_written_file_is_a_warning_first_too(tmp_path, events):
