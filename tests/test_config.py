@@ -968,6 +968,8 @@ def test_load_keeps_the_config_path_absolute(tmp_path: Path, monkeypatch) -> Non
     ("10.1.2:25", ("10.1.0.2", 25)),
     ("2130706433:25", ("127.0.0.1", 25)),
     ("0x7f.0.0.1:25", ("127.0.0.1", 25)),
+    ("0X7F.0.0.1:25", ("127.0.0.1", 25)),  # inet_aton takes 0X as 0x
+    ("255.1:25", ("255.0.0.1", 25)),  # a first number of 255 is still an octet
     ("[127.1]:25", ("127.0.0.1", 25)),
     ("0x7f.1:25", ("127.0.0.1", 25)),
     ("1.0xbeef:25", ("1.0.190.239", 25)),
@@ -1064,6 +1066,8 @@ def test_a_host_name_of_hex_looking_labels_is_a_name() -> None:
     ("010.0.0.1.:25", "010.0.0.1 is ambiguous"),
     ("0x7f.1.:25", "write 127.0.0.1"),
     ("0xcafe.12:25", "0xcafe.12 is no address, and no name in DNS is all numbers"),
+    ("1.2.3.256:25", "1.2.3.256 is no address, and no name in DNS is all numbers"),
+    ("08.0.0.1:25", "08.0.0.1 is ambiguous: the resolver reads no address in it"),
     # a reading in 0.0.0.0/8, "this host on this network" (RFC 1122
     # 3.2.1.3): no host to connect to, and a number that small is a port
     # or a typo -- 12345 was connected to as 0.0.48.57
@@ -1078,6 +1082,24 @@ def test_split_smarthost_refuses_numbers_that_are_no_address(written: str, why: 
 
     with pytest.raises(ValueError, match=re.escape(why)):
         split_smarthost(written)
+
+
+@pytest.mark.parametrize("written", ["[a:b]:25", "[]:25"])
+def test_brackets_around_no_address_and_no_name_say_only_that(written: str) -> None:
+    from txmailhub.config import split_smarthost
+
+    with pytest.raises(ValueError) as caught:
+        split_smarthost(written)
+    host = written.rpartition(":")[0]
+    assert str(caught.value) == (f"{written!r}: {host} is no IP address ([192.0.2.1], [::1] "
+                                 "or [IPv6:2001:db8::1])")
+
+
+def test_a_smarthost_port_in_other_digits_than_ascii_is_a_problem() -> None:
+    # str.isdigit() and int() take fullwidth digits; the relay's port is
+    # what the file says in ASCII, or a problem
+    [problem] = problems(MINIMAL + '[relay]\nsmarthost = "smtp.example.net:\uff12\uff15"\n')
+    assert problem.endswith('use "host:port" (for example "smtp.example.net:587")'), problem
 
 
 @pytest.mark.parametrize("written", ["fe80::1%eth0:25", "fe80::1%eth0", "fe80::1%25"])
