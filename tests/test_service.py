@@ -626,6 +626,25 @@ def test_foreign_state_names_what_the_uid_user_could_not_use(tmp_path: Path) -> 
     assert foreign_state(str(tmp_path / "missing"), other, 4343) is None
 
 
+def test_foreign_state_asks_for_write_and_search_both_in_the_class_that_applies(
+        tmp_path: Path) -> None:
+    # the kernel's one class: the owner's bits for the owner, else the
+    # group's, else the others'; a folder needs w and x to make files in
+    from txmailhub.tap import foreign_state
+
+    me, mine = os.geteuid(), os.getegid()
+    other = 4242 if me != 4242 else 4343
+    state = tmp_path / "state"
+    state.mkdir()
+    for mode in (0o600, 0o500):  # the owner without search, without write
+        os.chmod(state, mode)
+        assert "may not write it" in (foreign_state(str(state), me, mine) or ""), oct(mode)
+    os.chmod(state, 0o760)  # the group's members: write without search
+    assert "may not write it" in (foreign_state(str(state), other, mine) or "")
+    os.chmod(state, 0o770)
+    assert foreign_state(str(state), other, mine) is None
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
 def test_foreign_state_judges_a_linked_folder_by_the_folder_it_leads_to(tmp_path: Path) -> None:
     # root's link from state_dir/mail to a mail store on a disk of its own,
@@ -1472,6 +1491,38 @@ def test_run_file_problems_follow_a_link_root_made_to_its_end(tmp_path: Path) ->
     os.link(shadow, logs / "mailhub.log")
     [problem] = run_file_problems({"logfile": str(tmp_path / "mailhub.log")})
     assert "is a file with 2 names (a hard link)" in problem
+
+
+def test_run_file_problems_judge_the_pid_file_inside_chroot_and_the_log_outside(
+        tmp_path: Path) -> None:
+    # twistd writes --pidfile after its chroot(2), and opens --logfile
+    # before it: each is judged where it is opened
+    from txmailhub.tap import run_file_problems
+
+    jail = tmp_path / "jail"
+    (jail / "run").mkdir(parents=True)
+    _hub_users_link(tmp_path / "victim", jail / "run" / "mailhub.pid")
+    [problem] = run_file_problems({"chroot": str(jail), "pidfile": "/run/mailhub.pid"})
+    assert problem.startswith("mailhub: --pidfile /run/mailhub.pid is a symbolic link: "), problem
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _hub_users_link(tmp_path / "victim", logs / "mailhub.log")
+    [problem] = run_file_problems({"chroot": str(jail), "logfile": str(logs / "mailhub.log")})
+    assert problem.startswith(f"mailhub: --logfile {logs / 'mailhub.log'} is a symbolic link"), (
+        problem)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of root's needs root")
+def test_run_file_problems_follow_a_relative_link_of_roots_up_a_folder(tmp_path: Path) -> None:
+    from txmailhub.tap import run_file_problems
+
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "run").mkdir()
+    _hub_users_link(tmp_path / "victim", tmp_path / "hub" / "mailhub.pid")
+    os.symlink("../hub/mailhub.pid", tmp_path / "run" / "mailhub.pid")  # root's own
+    [problem] = run_file_problems({"pidfile": str(tmp_path / "run" / "mailhub.pid")})
+    assert f"reached through {tmp_path / 'hub' / 'mailhub.pid'}, a symbolic link not made by " \
+        "root" in problem, problem
 
 
 def test_run_file_problems_refuse_a_link_of_roots_with_another_name(tmp_path: Path) -> None:
