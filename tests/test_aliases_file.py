@@ -532,3 +532,17 @@ def test_a_fifo_in_place_of_the_file_is_refused_not_waited_on(path: Path, change
     assert str(e) == (f"{path}: [aliases] file is not a regular file (a named pipe, device or "
                       "socket): not read, nothing changed; set [aliases] file to a regular file")
     assert stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+def test_a_file_made_again_is_readable_by_all_whatever_the_umask(path: Path) -> None:
+    # an aliases file away for a moment is made again by the first add;
+    # the hub, another user, must read it: 0644 as /etc/aliases, not what
+    # root's umask 077 would leave (0600, and the next start fails)
+    aliases = aliases_at(path)
+    old = os.umask(0o077)
+    try:
+        aliases.add("sales", ["alice"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert "sales" in path.read_text()

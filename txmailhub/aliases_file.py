@@ -393,8 +393,8 @@ class AliasesFile:
 
         real = self._real
         # a file that is there keeps its owner and mode; one made again
-        # (it was away) is readable by all, as /etc/aliases, and the folder
-        # owner's
+        # (it was away) is readable by all, as /etc/aliases, whatever the
+        # umask, and the folder owner's
         durable_write(real, (self._bom + text).encode("utf-8"), mode=0o644, keep_mode=True,
                       new_owner=owner_of(os.path.dirname(real)))
 

@@ -260,7 +260,8 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
     ``new_owner`` (``None``: whoever writes it).  With ``keep_mode`` it
     keeps its permission bits too, exactly, whatever the umask of the
     writer (root's 077 must not make a 0644 aliases file one the hub's
-    user can no longer read); a new one gets ``mode``.
+    user can no longer read), and a new one gets ``mode`` exactly, for
+    the same reason; without it a new one gets ``mode`` less the umask.
 
     The one shape for small records: write a temporary file next to it,
     flush, fsync, rename over ``path``, fsync the directory.  A crash at
@@ -276,6 +277,8 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
     owner = owner_of(path) or new_owner
     old_mode = _mode_of(path) if keep_mode else None
+    if keep_mode and old_mode is None:
+        old_mode = mode  # none to keep: the mode asked for, not the umask's
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         # held until the rename: the sign that this temporary file is
