@@ -1111,3 +1111,20 @@ def test_a_bare_ipv6_address_with_a_zone_is_refused_for_its_zone(written: str) -
     with pytest.raises(ValueError) as caught:
         split_smarthost(written)
     assert str(caught.value) == f"{written!r}: an address with a zone names a local interface"
+
+
+def test_local_submission_takes_the_retry_schedule_for_mailq(tmp_path: Path) -> None:
+    from txmailhub.config import RelaySettings, load_local_submission
+
+    # mailq (sendmail -bp) prints queue list's next attempt, which a clock
+    # set back brings within the entry's schedule step: the schedule is
+    # [relay]'s.  A bad one is the hub's and `mailhub check`'s to report:
+    # it never stops sendmail handing a message to the hub
+    cfg = tmp_path / "mailhub.toml"
+    base = '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+    cfg.write_text(base)
+    assert load_local_submission(str(cfg)).retry_schedule == RelaySettings().retry_schedule
+    cfg.write_text(base + '[relay]\nretry_schedule = ["2m", "1h"]\n')
+    assert load_local_submission(str(cfg)).retry_schedule == (120, 3600)
+    cfg.write_text(base + '[relay]\nretry_schedule = ["soon"]\nsome_typo = 1\n')
+    assert load_local_submission(str(cfg)).retry_schedule == RelaySettings().retry_schedule

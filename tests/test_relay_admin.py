@@ -25,7 +25,11 @@ GREYLISTED = Reply.of(451, "4.7.1", "Greylisted, try again in 5 minutes")
 
 
 @pytest.fixture
-def setup(tmp_path):
+def setup(tmp_path, monkeypatch):
+    # the commands read the wall clock: the queue's clock, here
+    from txmailhub.relay import admin
+
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(lambda: 1_800_000_000.0))
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                    'state_dir = "var"\n')
@@ -323,3 +327,23 @@ def test_release_is_counted_for_the_running_hub(setup):
     entry = queue.read(qid)
     assert entry.releases == 1 and entry.next_attempt <= 1_800_000_000
     assert queue.take_flag(CHANGED)
+
+
+def test_list_and_show_give_the_attempt_a_clock_set_back_brings_forward(setup, monkeypatch):
+    # the record's retry time was written by a clock a day ahead of this
+    # one (set back since, or the queue restored on another machine): the
+    # hub tries the entry after its schedule step from now, not a day and
+    # a minute later (docs/relay.rst, "Retry schedule"), and ``queue list``
+    # shows the time the hub keeps
+    settings, _, qid, _ = setup
+    from txmailhub.relay import admin
+
+    monkeypatch.setattr(admin._WallClock, "seconds",
+                        staticmethod(lambda: 1_800_000_000.0 - 86400))
+    code, out, _ = run(settings, "list")
+    assert code == 0
+    assert out.split()[5] == "2027-01-14T08:01:00Z"
+    assert "\nnext attempt: 2027-01-14T08:01:00Z\n" in run(settings, "show", qid)[1]
+    # a retry time within the step is shown as it is
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(lambda: 1_800_000_030.0))
+    assert run(settings, "list")[1].split()[5] == "2027-01-15T08:01:00Z"

@@ -70,3 +70,17 @@ def test_describe_delay(secs, text):
 def test_utc_text_is_iso_8601_on_a_24_hour_clock():
     assert schedule.utc_text(0) == "1970-01-01T00:00:00Z"
     assert schedule.utc_text(13 * 3600 + 62) == "1970-01-01T13:01:02Z"
+
+
+@pytest.mark.parametrize("failures, written, expected", [
+    # the step the failure set, from a clock a day ahead: that step from now
+    (1, 86400 + 60, 60), (2, 86400 + 300, 300),
+    # past the schedule's end the last step repeats
+    (7, 86400 + 14400, 14400), (40, 86400 + 14400, 14400),
+    # no failure yet (a new entry, a pass that only owed a notice): a minute
+    (0, 86400, 60),
+    # within the step (the give-up age, a delay notice's time): as written
+    (7, 100, 100), (3, 900, 900), (3, 0, 0), (3, -5000, -5000),
+])
+def test_due_by_never_later_than_the_step_from_now(failures, written, expected):
+    assert schedule.due_by(1000.0 + written, failures, 1000.0) == 1000.0 + expected

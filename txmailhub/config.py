@@ -18,7 +18,7 @@ import socket
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from txmailhub.address import (
@@ -1417,6 +1417,9 @@ class LocalSubmission:
     listen: tuple[str, ...]
     max_message_size: int
     state_dir: str = "var"  # (absolute when read from a file)
+    #: ``[relay] retry_schedule``, for ``sendmail -bp``'s next attempts
+    #: (``relay.schedule.due_by``); the default when missing or bad
+    retry_schedule: tuple[int, ...] = RelaySettings.retry_schedule
 
     @property
     def primary_domain(self) -> str:
@@ -1431,6 +1434,7 @@ class LocalSubmission:
 def load_local_submission(path: str) -> LocalSubmission:
     """Read only ``[hub]`` and ``[smtp]`` of the config, with the same
     checks as ``load``; raise ``ConfigError`` listing their problems.
+    ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times).
 
     Why not ``load``: the sendmail command runs as any local user (a web
     server, a cron job), who may not read the TLS key or the smarthost
@@ -1465,6 +1469,15 @@ def load_local_submission(path: str) -> LocalSubmission:
     )
     if problems:
         raise ConfigError(problems)
+    relay = doc.get("relay")
+    if isinstance(relay, dict) and "retry_schedule" in relay:
+        # only for mailq's times: a bad value is the hub's and `mailhub
+        # check`'s to report, and must not stop a message being handed over
+        try:
+            settings = replace(
+                settings, retry_schedule=_schedule(relay["retry_schedule"]))
+        except (TypeError, ValueError):
+            pass
     return settings
 
 

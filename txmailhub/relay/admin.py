@@ -11,7 +11,8 @@ delete).  It must not deliver anything.
 ``queue list`` prints one line per message, whitespace-separated: the
 bare queue id, the sender (``<>`` for the null sender), the recipients
 still to be delivered as plain addresses, the number of attempts, the
-next attempt (UTC, ISO 8601, or ``held``), and the last error: the
+next attempt (UTC, ISO 8601, or ``held``; as the hub keeps it,
+``schedule.due_by``), and the last error: the
 remote's reply verbatim, code included (``-`` when there is none).
 Control characters (an ESC, which starts a terminal escape sequence; a
 reply within RFC 5321's grammar has none but tabs) are shown as
@@ -29,7 +30,7 @@ from txmailhub.cli_output import error_stream
 from txmailhub.logsafe import shown
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError, mta_name
-from txmailhub.relay.schedule import utc_text
+from txmailhub.relay.schedule import due_by, utc_text
 from txmailhub.smtp.reply import LocalReply
 
 __all__ = ["add_queue_parser", "run_queue"]
@@ -77,18 +78,35 @@ def _sender(entry: QueueEntry) -> str:
     return entry.envelope.sender_text or "<>"
 
 
-def _line(entry: QueueEntry) -> str:
+def _retry_schedule(settings: Any) -> Any:
+    """The retry schedule: the hub's config (``mailhub queue``), or what
+    ``sendmail -bp`` (``mailq``) read of it (``LocalSubmission``)."""
+    relay = getattr(settings, "relay", None)
+    return relay.retry_schedule if relay is not None else settings.retry_schedule
+
+
+def _next(entry: QueueEntry, schedule: Any) -> str:
+    """The next attempt as the hub keeps it: a retry time further away
+    than the entry's schedule step (written by a clock ahead of this one:
+    set back since, or another machine's) is that step from now
+    (``docs/relay.rst``, "Retry schedule")."""
+    if entry.held:
+        return "held"
+    return utc_text(due_by(entry.next_attempt, entry.attempts, _WallClock.seconds(), schedule))
+
+
+def _line(entry: QueueEntry, schedule: Any) -> str:
     todo = [str(r.address) for r in entry.recipients if r.state != DELIVERED and not r.done]
     if not todo:
         todo = [str(r.address) for r in entry.recipients]
-    nxt = "held" if entry.held else utc_text(entry.next_attempt)
+    nxt = _next(entry, schedule)
     last = entry.last_reply
     fields = [entry.id, _sender(entry), *todo, str(entry.attempts), nxt,
               last.text() if last is not None else "-"]
     return shown(" ".join(fields))
 
 
-def _show(entry: QueueEntry, out: TextIO) -> None:
+def _show(entry: QueueEntry, out: TextIO, schedule: Any) -> None:
     env = entry.envelope
     # every line through shown(): a reply's controls (an ESC) must not
     # reach the terminal as they are
@@ -112,7 +130,7 @@ def _show(entry: QueueEntry, out: TextIO) -> None:
     if env.dsn.ret or env.dsn.envid:
         p(f"dsn: ret={env.dsn.ret or '-'} envid={env.dsn.envid or '-'}")
     p(f"attempts: {entry.attempts}")
-    p(f"next attempt: {'held' if entry.held else utc_text(entry.next_attempt)}")
+    p(f"next attempt: {_next(entry, schedule)}")
     p(f"held: {'yes' if entry.held else 'no'}")
     p("recipients:")
     for r in entry.recipients:
@@ -177,7 +195,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
                 print(f"{qid} (unreadable: {e})", file=out)
                 continue
             if entry is not None:
-                print(_line(entry), file=out)
+                print(_line(entry, _retry_schedule(settings)), file=out)
         return 0
     if action == "flush":
         queue.request_flush()
@@ -200,7 +218,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
                         print(file=out)
                     entry = queue.read(one)
                     if entry is not None:
-                        _show(entry, out)
+                        _show(entry, out, _retry_schedule(settings))
                 return 0
             qid = found[0]
     if action == "show":
@@ -211,7 +229,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
             return 1
         if entry is None:
             return _unknown(qid, err)
-        _show(entry, out)
+        _show(entry, out, _retry_schedule(settings))
         return 0
     if action == "delete":
         if not queue.delete(qid):

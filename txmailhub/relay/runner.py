@@ -281,8 +281,7 @@ class QueueRunner:
         NTP correction, a virtual machine restored from a snapshot) or the
         queue came from another machine -- and waiting for it would hold
         the entry back by the whole step of the clock, days perhaps."""
-        return max(float(schedule.delay_after(entry.attempts, self.relay.retry_schedule)),
-                   ERROR_RETRY)
+        return schedule.longest_wait(entry.attempts, self.relay.retry_schedule, ERROR_RETRY)
 
     def _rescan(self) -> None:
         seen = set()

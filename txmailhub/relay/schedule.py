@@ -20,7 +20,9 @@ __all__ = [
     "DEFAULT_SCHEDULE",
     "delay_after",
     "describe_delay",
+    "due_by",
     "expired",
+    "longest_wait",
     "next_attempt",
     "utc_text",
     "warn_delayed",
@@ -58,6 +60,31 @@ def next_attempt(
     if now < deadline < when:
         return deadline
     return when
+
+
+#: the least ``longest_wait``: a pass that only owed a notice (no attempt
+#: counted) comes back after a minute, and must not be made to spin
+LEAST_WAIT = 60.0
+
+
+def longest_wait(failures: int, schedule: Sequence[int] = DEFAULT_SCHEDULE,
+                 least: float = LEAST_WAIT) -> float:
+    """The longest an entry with ``failures`` failed attempts can be meant
+    to wait from now: the step its last failure set, or ``least``.
+
+    A retry time further away than that was written by a clock ahead of
+    the one reading it: the clock was set back (an NTP correction, a
+    virtual machine restored from a snapshot) or the queue came from
+    another machine."""
+    return max(float(delay_after(failures, schedule)), least)
+
+
+def due_by(next_attempt: float, failures: int, now: float,
+           schedule: Sequence[int] = DEFAULT_SCHEDULE, least: float = LEAST_WAIT) -> float:
+    """When an entry whose record says ``next_attempt`` is really tried:
+    never later than ``longest_wait`` from ``now``.  One rule for the
+    runner and for what ``mailhub queue list`` shows."""
+    return min(next_attempt, now + longest_wait(failures, schedule, least))
 
 
 def expired(now: float, created: float, lifetime: int) -> bool:
