@@ -25,14 +25,16 @@ log = Logger(namespace="txmailhub.test")
 
 
 @contextlib.contextmanager
-def twistd_logging(tmp_path: Path, logfile: Path) -> Iterator[Callable[[], None]]:
+def twistd_logging(tmp_path: Path, logfile: Path,
+                   **more: object) -> Iterator[Callable[[], None]]:
     """``twistd --logfile LOGFILE mailhub``'s logging, started as twistd
-    starts it: the hub is made and added to the application first."""
+    starts it: the hub is made and added to the application first
+    (``more``: other options of twistd's, ``uid=...``)."""
     from txmailhub import logfile as hub_logfile
     from txmailhub import tap
 
     before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    parent = {"logfile": str(logfile), "nodaemon": True, "syslog": False}
+    parent = {"logfile": str(logfile), "nodaemon": True, "syslog": False, **more}
     calls: list = []
 
     class Reactor:
@@ -153,3 +155,26 @@ def test_no_log_file_of_the_hub_where_twistd_writes_none(tmp_path: Path, parent)
     application = Application("mailhub")
     hub.setServiceParent(application)
     assert application.getComponent(ILogObserver, None) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twistd switches user only when started as root")
+def test_no_size_rotation_as_root_before_the_switch_to_uid(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    # twistd logs its start-up lines (and what makeService and the ports
+    # logged) as root, before it switches to --uid.  A log left at 1 MB by
+    # the last run was rotated then: root made the new mailhub.log by name
+    # in mailhub's folder, following a link planted there, and the hub,
+    # once mailhub, could never rotate that root-owned file again
+    path = tmp_path / "mailhub.log"
+    path.write_bytes(b"x" * 1_000_000)
+    os.chown(path, 4242, 4343)
+    path.chmod(0o640)
+    with twistd_logging(tmp_path, path, uid=4242, gid=4343):
+        _line("starting up, as root")
+        assert not (tmp_path / "mailhub.log.1").exists()
+        assert path.stat().st_uid == 4242
+        monkeypatch.setattr(os, "geteuid", lambda: 4242)  # twistd switched
+        _line("running, as mailhub")
+        assert (tmp_path / "mailhub.log.1").exists()
+    assert "starting up, as root" in (tmp_path / "mailhub.log.1").read_text()
+    assert "running, as mailhub" in path.read_text()

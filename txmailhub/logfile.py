@@ -44,6 +44,17 @@ class ReopeningLogFile(LogFile):
 
     synchronized = ["rotate", "reopen"]  # ``write`` is LogFile's, locked already
 
+    #: the user twistd switches to (``--uid``, started as root): until
+    #: then nothing is rotated or made.  twistd logs its start-up lines as
+    #: root, and a rotation then (a log the last run left at 1 MB) would
+    #: have root make ``mailhub.log`` by name in a folder of that user's,
+    #: following any link put there (``tap.run_file_problems``), and leave
+    #: a file of root's the hub could never rotate again
+    switch_to: int | None = None
+
+    def _as_root_before_switch(self) -> bool:
+        return self.switch_to is not None and os.geteuid() == 0
+
     def _openFile(self) -> None:
         self.closed = False
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -72,10 +83,14 @@ class ReopeningLogFile(LogFile):
         # was truncated (copytruncate): look before renaming a small file
         if not (self.rotateLength and self.size >= self.rotateLength):
             return False
+        if self._as_root_before_switch():
+            return False  # at the first line written as ``--uid``
         self.size = os.fstat(self._file.fileno()).st_size
         return self.size >= self.rotateLength
 
     def rotate(self) -> None:
+        if self._as_root_before_switch():
+            return
         if self.moved():
             self.reopen()
             return
@@ -98,11 +113,13 @@ class ReopeningLogFile(LogFile):
 threadable.synchronize(ReopeningLogFile)
 
 
-def observer_for(parent: Any) -> tuple[Any, ReopeningLogFile] | None:
+def observer_for(parent: Any, switch_to: int | None = None
+                 ) -> tuple[Any, ReopeningLogFile] | None:
     """The observer writing twistd's ``--logfile`` through a
     ``ReopeningLogFile``, with that file, or ``None`` where twistd does not
     log to a file of its own (standard output, syslog) or was given
-    ``--logger``."""
+    ``--logger``.  ``switch_to``: the uid twistd, running as root, will
+    switch to (``ReopeningLogFile.switch_to``)."""
     from twisted.logger import textFileLogObserver
 
     from txmailhub.tap import twistd_log_file
@@ -113,6 +130,7 @@ def observer_for(parent: Any) -> tuple[Any, ReopeningLogFile] | None:
     if name is None:
         return None
     log_file = ReopeningLogFile.fromFullPath(name)
+    log_file.switch_to = switch_to
     return textFileLogObserver(log_file), log_file
 
 

@@ -130,11 +130,12 @@ def makeService(options: Any) -> Any:
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
     HangupNotice(hub.components.tls).setServiceParent(hub)
     if parent is not None:
-        hub.parent_hook = lambda application: use_reopening_log(application, parent)
+        hub.parent_hook = lambda application: use_reopening_log(
+            application, parent, owner[0] if owner else None)
     return hub
 
 
-def use_reopening_log(application: Any, parent: Any) -> None:
+def use_reopening_log(application: Any, parent: Any, switch_to: int | None = None) -> None:
     """Have twistd log through ``txmailhub.logfile.ReopeningLogFile``, so
     that logrotate can rotate ``--logfile`` (``docs/deployment.rst``).
 
@@ -142,7 +143,9 @@ def use_reopening_log(application: Any, parent: Any) -> None:
     the one it would make for ``--logfile``; the application is made, and
     the hub added to it, just before twistd starts logging.  Nothing
     changes for standard output, syslog, ``--logger``, or an application
-    that has an observer already."""
+    that has an observer already.  ``switch_to``: the ``--uid`` twistd,
+    running as root, switches to after logging its first lines: the file
+    is neither rotated nor made before (``ReopeningLogFile.switch_to``)."""
     from twisted.logger import ILogObserver
 
     from txmailhub.logfile import install_sigusr1, observer_for
@@ -151,7 +154,7 @@ def use_reopening_log(application: Any, parent: Any) -> None:
         return
     if application.getComponent(ILogObserver, None) is not None:
         return
-    found = observer_for(parent)
+    found = observer_for(parent, switch_to)
     if found is None:
         return
     observer, log_file = found
