@@ -178,3 +178,30 @@ def test_no_size_rotation_as_root_before_the_switch_to_uid(tmp_path: Path,
         assert (tmp_path / "mailhub.log.1").exists()
     assert "starting up, as root" in (tmp_path / "mailhub.log.1").read_text()
     assert "running, as mailhub" in path.read_text()
+
+
+def _logrotate_stanza() -> str:
+    text = (Path(__file__).parent.parent / "docs" / "deployment.rst").read_text()
+    start = text.index("    /var/log/txmailhub/mailhub.log {")
+    return text[start:text.index("\n    }\n", start)]
+
+
+def test_the_documented_logrotate_names_are_not_the_hubs_numbered_files(tmp_path: Path) -> None:
+    # the hub still rotates at 1 MB (and on a SIGUSR1 with the file in
+    # place) to mailhub.log.1, .2, ...  logrotate's default names are the
+    # same: its mailhub.log.1 (kept uncompressed by delaycompress) became
+    # the hub's .2, which logrotate never compressed or deleted, beside its
+    # own .2.gz.  docs/deployment.rst's stanza names its files by date.
+    stanza = _logrotate_stanza()
+    assert "\n        dateext\n" in stanza, stanza
+    path = tmp_path / "mailhub.log"
+    with twistd_logging(tmp_path, path) as rotate:
+        _line("first")
+        path.rename(tmp_path / "mailhub.log-20261130")  # logrotate, dateext
+        rotate()
+        _line("second")
+        rotate()  # the hub's own rotation, the file in place
+        _line("third")
+    assert sorted(p.name for p in tmp_path.glob("mailhub.log*")) == [
+        "mailhub.log", "mailhub.log-20261130", "mailhub.log.1"]
+    assert "first" in (tmp_path / "mailhub.log-20261130").read_text()
