@@ -74,3 +74,54 @@ def test_a_live_copy_of_state_dir_starts_elsewhere(tmp_path: Path) -> None:
     finally:
         restored.stopService()
         running.stopService()
+
+
+def _backup_section() -> str:
+    text = (Path(__file__).parent.parent / "docs" / "deployment.rst").read_text()
+    start = text.index("Backup and restore\n---")
+    return " ".join(text[start:].split("\n\n\n")[0].split())
+
+
+def _copy_folder(src: Path, dst: Path, delete: bool = False) -> None:
+    """One pass of ``rsync -a`` (``--delete``) over a folder of files."""
+    dst.mkdir(exist_ok=True)
+    if delete:
+        for p in dst.iterdir():
+            if not (src / p.name).exists():
+                p.unlink()
+    for p in sorted(src.iterdir()):
+        shutil.copy2(p, dst / p.name)
+
+
+def test_a_message_moving_during_a_live_copy_can_be_in_neither_place(tmp_path: Path) -> None:
+    # rsync copies a Maildir's cur/ before its new/: a message a POP3
+    # client reads meanwhile (moved from new/ to cur/, with its S flag)
+    # is in neither folder of the copy.  The page said such a message is
+    # never lost, and that a second rsync gives a copy with none of this:
+    # without --delete, the second pass keeps new/'s old name too
+    md, copy = tmp_path / "joe", tmp_path / "copy"
+    for sub in ("cur", "new"):
+        (md / sub).mkdir(parents=True)
+    copy.mkdir()
+    name = "1796029301.M1P1Q1R1.mail.example.org,S=20,W=23"
+    (md / "new" / name).write_bytes(b"Subject: hi\n\nhello\n")
+    _copy_folder(md / "cur", copy / "cur")
+    (md / "new" / name).rename(md / "cur" / f"{name}:2,S")  # a RETR (mark_seen)
+    _copy_folder(md / "new", copy / "new")
+    assert [*(copy / "cur").iterdir(), *(copy / "new").iterdir()] == []
+    # one copied before the move and again after: twice, unless the
+    # second pass deletes what is no longer there
+    (md / "cur" / f"{name}:2,S").rename(md / "new" / name)
+    for delete, found in ((False, 2), (True, 1)):
+        again = tmp_path / f"again-{delete}"
+        again.mkdir()
+        for sub in ("cur", "new"):
+            _copy_folder(md / sub, again / sub)
+        (md / "new" / name).rename(md / "cur" / f"{name}:2,S")
+        for sub in ("cur", "new"):
+            _copy_folder(md / sub, again / sub, delete=delete)
+        assert len([*(again / "cur").iterdir(), *(again / "new").iterdir()]) == found
+        (md / "cur" / f"{name}:2,S").rename(md / "new" / name)
+    doc = _backup_section()
+    assert "never lost" not in doc
+    assert "or in neither" in doc and "rsync -a --delete" in doc
