@@ -41,6 +41,13 @@ def test_a_live_copy_of_state_dir_starts_elsewhere(tmp_path: Path) -> None:
         qid = queue.enqueue(Envelope(sender=Address("joe", "example.org"),
                                      recipients=(Address("bob", "remote.test"),)),
                             SpooledMessage(str(message), 20, 23)).result
+        # a second one, whose message the copy will miss (deleted, the
+        # entry done, between the copy's reading of its record and of it)
+        gone = queue.enqueue(Envelope(sender=Address("joe", "example.org"),
+                                      recipients=(Address("carol", "remote.test"),)),
+                             SpooledMessage(str(message), 20, 23)).result
+        # a record being rewritten (its temporary file)
+        (state / "queue" / f".{qid}.json.tmp").write_bytes(b'{"half": ')
         md = state / "mail" / "example.org" / "joe"
         for sub in ("new", "cur", "tmp"):
             (md / sub).mkdir(parents=True, exist_ok=True)
@@ -53,6 +60,7 @@ def test_a_live_copy_of_state_dir_starts_elsewhere(tmp_path: Path) -> None:
         # cp -a while it runs, to a machine where the folder has another name
         new = _settings(tmp_path / "new")
         shutil.copytree(state, new.hub.state_dir, symlinks=True)
+        (Path(new.hub.state_dir) / "queue" / f"{gone}.msg").unlink()
     except BaseException:
         running.stopService()
         raise
@@ -63,8 +71,11 @@ def test_a_live_copy_of_state_dir_starts_elsewhere(tmp_path: Path) -> None:
         new_state = Path(new.hub.state_dir)
         # the message being received was never answered 250: dropped
         assert list((new_state / "spool").iterdir()) == []
-        # the queue is there, its message read from the new folder
+        # the queue is there, its message read from the new folder; the
+        # temporary file is gone, the record without its message set aside
         assert restored.components.queue.ids() == [qid]
+        assert not (new_state / "queue" / f".{qid}.json.tmp").exists()
+        assert (new_state / "queue" / "corrupt" / f"{gone}.json").exists()
         entry = restored.components.queue.read(qid)
         assert entry.message_path.startswith(str(new_state))
         assert Path(entry.message_path).read_bytes() == message.read_bytes()
