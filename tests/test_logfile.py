@@ -205,3 +205,27 @@ def test_the_documented_logrotate_names_are_not_the_hubs_numbered_files(tmp_path
     assert sorted(p.name for p in tmp_path.glob("mailhub.log*")) == [
         "mailhub.log", "mailhub.log-20261130", "mailhub.log.1"]
     assert "first" in (tmp_path / "mailhub.log-20261130").read_text()
+
+
+def test_logrotates_create_is_taken_in_a_folder_the_hub_may_not_write(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    # a log in a folder of root's (/var/log itself), with logrotate's
+    # ``create 0640 mailhub mailhub``: opening the new file needs no right
+    # on the folder, but the hub gave up before trying, and wrote into
+    # the moved file (compressed and deleted in time) for good
+    from txmailhub import logfile as hub_logfile
+
+    path = tmp_path / "mailhub.log"
+    real_access = os.access
+    with twistd_logging(tmp_path, path) as rotate:
+        _line("before the rotation")
+        path.rename(tmp_path / "mailhub.log.1")
+        path.touch(mode=0o640)
+        monkeypatch.setattr(hub_logfile.os, "access", lambda p, mode, **kw: (
+            False if os.path.abspath(p) == str(tmp_path) and mode & os.W_OK
+            else real_access(p, mode, **kw)))
+        rotate()
+        _line("after the rotation")
+        monkeypatch.undo()
+    assert "after the rotation" in path.read_text()
+    assert "after the rotation" not in (tmp_path / "mailhub.log.1").read_text()

@@ -97,9 +97,12 @@ class ReopeningLogFile(LogFile):
         super().rotate()
 
     def reopen(self) -> None:
-        """Write to the file the path names now (made when missing)."""
-        if not os.access(self.directory, os.W_OK):
-            return  # as twistd's rotate: keep writing where we are
+        """Write to the file the path names now (made when missing).
+
+        No right on the folder is asked first, as twistd's ``rotate``
+        asks for its renames: logrotate's ``create`` may have made the
+        file in a folder the hub may not write.  A file that cannot be
+        opened or made leaves the hub writing where it was."""
         old = self._file
         try:
             self._openFile()
