@@ -1692,6 +1692,19 @@ def test_an_engine_fault_a_client_sets_off_is_still_counted_as_its_error():
     assert d.engine.errors == 3 and d.engine.closed
 
 
+def test_an_engine_fault_past_max_junk_commands_is_one_error_not_two():
+    # past max_junk_commands the fault's 451 4.3.0 is one junk command too
+    # many, which is an error already: the fault is that same error, as a
+    # refused NOOP past the limit is one error, not two
+    d = Driver(router=_BrokenRouter({"alice": None}), max_errors=4, max_junk_commands=0)
+    d.send("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\n")
+    assert d.send("RCPT TO:<boom@example.org>\r\n") == [replies.LOCAL_ERROR.text()]
+    assert d.engine.errors == 1 and not d.engine.closed
+    out = d.send("RCPT TO:<boom@example.org>\r\n" * 3)
+    assert out == [replies.LOCAL_ERROR.text()] * 3 + [closing(replies.TOO_MANY_ERRORS)]
+    assert d.engine.errors == 4 and d.engine.closed
+
+
 def test_underscores_in_the_ehlo_name_and_the_paths_domains_are_taken():
     # Windows machines named with an underscore say "EHLO my_host.example";
     # RFC 5321 4.1.4 has the server not refuse a message over what the

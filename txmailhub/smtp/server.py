@@ -467,9 +467,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
             # A fault of the code that the client's command set off: the
             # 451 is the hub's trouble (counted as junk by ``reply``), but a
             # client repeating the command would leave a traceback each
-            # time, so it is counted as its error as well (max_errors).
+            # time, so it is counted as its error as well (max_errors):
+            # once, so not again when the junk count past
+            # max_junk_commands made it an error already
+            errors = self.errors
             self.reply(replies.LOCAL_ERROR)
-            self._count_error()
+            if self.errors == errors:
+                self._count_error()
 
     def _log_refusal(self, verb: str, arg: str, reply: Reply) -> None:
         """A refused sender, recipient or lookup leaves a line (the client
