@@ -269,18 +269,19 @@ class QueueRunner:
             if not quiet and qid in self._held:
                 log.info("queue entry {queue_id} released (mailhub queue release)", queue_id=qid)
             self._held.discard(qid)
-            wait = self._longest_wait(entry)
-            self._wait[qid] = wait
-            self.due[qid] = min(entry.next_attempt, self.clock.seconds() + wait)
+            # a retry time written by a clock ahead of this one (set back
+            # since, or another machine's) would hold the entry back by the
+            # whole step of the clock, days perhaps: the rule ``mailhub
+            # queue list`` shows the next attempt by (``schedule.due_by``)
+            self._wait[qid] = self._longest_wait(entry)
+            self.due[qid] = schedule.due_by(entry.next_attempt, entry.attempts,
+                                            self.clock.seconds(), self.relay.retry_schedule,
+                                            ERROR_RETRY)
 
     def _longest_wait(self, entry: QueueEntry) -> float:
-        """The longest an entry can be meant to wait from now: the step of
-        the schedule its last failure set (or the minute of a pass that
-        only owed a notice).  A retry time further away than that was
-        written by a clock ahead of this one -- the clock was set back (an
-        NTP correction, a virtual machine restored from a snapshot) or the
-        queue came from another machine -- and waiting for it would hold
-        the entry back by the whole step of the clock, days perhaps."""
+        """The longest ``entry`` can be meant to wait from now
+        (``schedule.longest_wait``; at least the minute of a pass that
+        only owed a notice), which ``kick`` holds it to as well."""
         return schedule.longest_wait(entry.attempts, self.relay.retry_schedule, ERROR_RETRY)
 
     def _rescan(self) -> None:
