@@ -666,7 +666,7 @@ class POP3Protocol(Protocol):
         if action.mechanism == "APOP":
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:
-            creds = ClientCredentials(username, action.secret, lambda: not self._lost,
+            creds = ClientCredentials(username, action.secret, self._wanted,
                                       turn_key(client_key(self._peer), local, self))
         # the mind: whether the client is still there (a login that waits
         # for the lock of a gone session must not take it once it left)
@@ -747,6 +747,9 @@ class POP3Protocol(Protocol):
         return self._lost
 
     def _wanted(self) -> bool:
+        """Whether the client is still there: asked by a login before it
+        checks the password (``ClientCredentials``) and while it waits for
+        a gone session's lock (the mind, ``MaildirStore.open_mailbox``)."""
         return not self._lost
 
     def _measured(self, part: array, call: Callable[..., Deferred], messages: Any,
