@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-__all__ = ["CONNECTION_ATTEMPT_DELAY", "RaceLost", "interleave", "race"]
+__all__ = ["CONNECTION_ATTEMPT_DELAY", "RaceLost", "family_of", "interleave", "race"]
 
 # RFC 8305 5: "A simple implementation can have a fixed delay for how long
 # to wait before starting the next connection attempt ... the recommended

@@ -53,7 +53,10 @@ __all__ = ["QueueRunner"]
 log = Logger(namespace="txmailhub.relay.runner")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
-ERROR_RETRY = 60.0  # an entry whose handling crashed is retried after this
+# an entry whose handling crashed, or that only owed a notice, is retried
+# after this: schedule.LEAST_WAIT, the least wait `mailhub queue list`
+# reckons with too (one number, so the two never disagree)
+ERROR_RETRY = schedule.LEAST_WAIT
 SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
 
 
