@@ -473,6 +473,36 @@ class DeliveryTests(Base):
         self.assertEqual(self.successResultOf(d), {JOE: None})
         self.assertEqual(self.names(sub="tmp"), [])
 
+    def test_a_copy_being_written_survives_a_login_after_a_forward_clock_jump(self):
+        # The clock jumps 40 hours forward while a copy waits in tmp/ for
+        # its sync: a POP3 login's clean-up (36 hours) must not take it.
+        store = self.store_without_links()
+        self.deliver([JOE])
+        self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
+        syncer = CallRecorder()
+        store.syncer = syncer
+        syncer.hold = True
+        d = store.deliver(self.spool(), [JOE])
+        syncer.run_jobs()
+        [copy] = self.names(sub="tmp")
+        stale = os.path.join(self.md(), "tmp", "left-by-a-crash")
+        open(stale, "wb").close()
+        for name in (copy, "left-by-a-crash"):
+            os.utime(os.path.join(self.md(), "tmp", name), (self.clock.now,) * 2)
+        self.clock.now += 40 * 3600
+        self.open().close()
+        self.assertEqual(self.names(sub="tmp"), [copy])  # the crash's leftover went
+        syncer.release()
+        syncer.release()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(self.names(sub="tmp"), [])
+        self.assertEqual(len(self.names()), 3)
+        # done: a leftover under that name would be cleaned again
+        open(os.path.join(self.md(), "tmp", copy), "wb").close()
+        os.utime(os.path.join(self.md(), "tmp", copy), (self.clock.now - 40 * 3600,) * 2)
+        self.open().close()
+        self.assertEqual(self.names(sub="tmp"), [])
+
     def test_a_copy_that_fails_fails_that_mailbox_alone(self):
         bob = Address("bob", "example.org")
         self.deliver([JOE, ANN, bob])

@@ -4,7 +4,8 @@ Owns ``scan`` (the snapshot of new/ and cur/ in delivery order),
 the size cache ``.txmailhub-sizes`` (the sizes of plain-named messages,
 and the sizes of downgraded copies, RFC 6857, that POP3 measured), the clean-up
 of stale ``tmp/`` files, and ``MaildirMailbox`` (``IMailbox``: reading,
-the Seen flag, deletion).  The lock itself is taken by
+the Seen flag, deletion).  The ``tmp/`` clean-up never removes a file a
+delivery of this process is still writing (``writing_tmp``).  The lock itself is taken by
 ``MaildirStore.open_mailbox``; the mailbox only releases it.  Never
 delivers mail.
 """
@@ -16,8 +17,9 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -35,7 +37,16 @@ from txmailhub.store.format import (
 )
 from txmailhub.store.sync import durable_write, rename_noreplace
 
-__all__ = ["LOCK_NAME", "SIZES_NAME", "STALE_TMP_SECONDS", "MaildirMailbox", "clean_tmp", "scan"]
+__all__ = [
+    "LOCK_NAME",
+    "SIZES_NAME",
+    "STALE_TMP_SECONDS",
+    "MaildirMailbox",
+    "clean_tmp",
+    "done_writing_tmp",
+    "scan",
+    "writing_tmp",
+]
 
 log = Logger()
 
@@ -56,7 +67,40 @@ def _crlf_size_of_file(path: str) -> tuple[int, int]:
     return counter.size, counter.crlf_size
 
 
+# the tmp/ paths deliveries of this process are writing (or have written
+# and not yet renamed into new/), counted (two retries under one key may
+# overlap): clean_tmp runs on worker threads
+_writing: Counter[str] = Counter()
+_writing_lock = threading.Lock()
+
+
+def writing_tmp(paths: Iterable[str]) -> None:
+    """Mark ``paths`` (in some Maildir's ``tmp/``) as being written by a
+    delivery of this process, before the files are made: ``clean_tmp``
+    leaves them alone until ``done_writing_tmp``."""
+    with _writing_lock:
+        _writing.update(paths)
+
+
+def done_writing_tmp(paths: Iterable[str]) -> None:
+    """The delivery that marked ``paths`` is over (renamed, removed, failed)."""
+    paths = list(paths)
+    with _writing_lock:
+        _writing.subtract(paths)
+        for path in paths:
+            if _writing[path] <= 0:
+                del _writing[path]
+
+
 def clean_tmp(md: str, now: float) -> None:
+    """Remove the files of ``md``'s ``tmp/`` not changed for
+    ``STALE_TMP_SECONDS`` (the leftovers of a crashed delivery).
+
+    The age is the clock's word only: after the clock jumped forward by
+    more than that, a file a delivery is writing right now looks as old,
+    and removing it would fail that delivery at its rename.  A file a
+    delivery of this process marked (``writing_tmp``) is therefore never
+    removed here; other programs' files keep the Maildir convention."""
     tmp = os.path.join(md, "tmp")
     try:
         names = os.listdir(tmp)
@@ -66,7 +110,11 @@ def clean_tmp(md: str, now: float) -> None:
         path = os.path.join(tmp, name)
         try:
             if now - os.stat(path).st_mtime > STALE_TMP_SECONDS:
-                os.unlink(path)
+                with _writing_lock:
+                    if path in _writing:
+                        continue
+                    # under the lock: a delivery cannot mark it in between
+                    os.unlink(path)
         except OSError:
             pass
 

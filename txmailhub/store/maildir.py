@@ -94,7 +94,15 @@ from txmailhub.store.format import (
     escape_host,
     uid_for_name,
 )
-from txmailhub.store.mailbox import LOCK_NAME, SIZES_NAME, MaildirMailbox, clean_tmp, scan
+from txmailhub.store.mailbox import (
+    LOCK_NAME,
+    SIZES_NAME,
+    MaildirMailbox,
+    clean_tmp,
+    done_writing_tmp,
+    scan,
+    writing_tmp,
+)
 from txmailhub.store.sync import all_done, fsync_dir
 
 __all__ = [
@@ -485,6 +493,11 @@ class MaildirStore:
         refuses the job: that is every such mailbox's error, and no
         ``tmp/`` file is made."""
         jobs = [(source, tmp, replace) for _, _, tmp in wanted]
+        # a POP3 login's tmp/ clean-up must not take these files away while
+        # they are written, synced and renamed: after a forward clock jump
+        # they look old (``clean_tmp``)
+        paths = [tmp for _, _, tmp in wanted]
+        writing_tmp(paths)
         call = getattr(self.syncer, "call", None)
         if call is None:
             d = defer.maybeDeferred(_copy_each, jobs)
@@ -516,7 +529,8 @@ class MaildirStore:
                           error=failure.getErrorMessage())
                 results[address] = failure.value
 
-        return d.addCallbacks(copied, not_copied)
+        d.addCallbacks(copied, not_copied)
+        return d.addBoth(_passing, done_writing_tmp, paths)
 
     def _publish_copies(self, copies: list[tuple[Address, str, str, int, tuple[str, ...]]],
                         results: dict) -> defer.Deferred:
@@ -876,6 +890,11 @@ def _snapshot(md: str, now: float) -> Snapshot:
 
 def _give(_: Any, results: dict) -> dict:
     return results
+
+
+def _passing(result: Any, f: Any, *args: Any) -> Any:
+    f(*args)
+    return result
 
 
 def _close_fd_passing(result: Any, fd: int) -> Any:
