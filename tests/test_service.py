@@ -1400,6 +1400,22 @@ def test_the_log_file_is_made_readable_by_its_owner_and_group_only(tmp_path: Pat
     assert not (tmp_path / "a").exists()
 
 
+def test_no_log_file_is_made_or_judged_for_a_logger(tmp_path: Path, monkeypatch) -> None:
+    # twistd --logger X: twistd's logger uses X alone and opens no file,
+    # whatever --logfile says (twisted.application.app.AppLogger.start)
+    from txmailhub.tap import make_log_file, run_file_problems
+
+    _hub_users_link(tmp_path / "elsewhere", tmp_path / "linked.log")
+    for name in ("new.log", "linked.log"):
+        parent = {"logger": lambda: print, "logfile": str(tmp_path / name)}
+        assert make_log_file(parent, None) is None
+        assert run_file_problems(parent) == []
+    monkeypatch.chdir(tmp_path)
+    parent = {"logger": lambda: print, "logfile": None, "nodaemon": False}  # ./twistd.log else
+    assert make_log_file(parent, None) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linked.log"]
+
+
 def test_the_log_file_made_for_uid_is_that_users(tmp_path: Path) -> None:
     from txmailhub.tap import make_log_file
 

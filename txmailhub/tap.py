@@ -289,15 +289,16 @@ def run_file_problems(parent: Any) -> list[str]:
 
 def twistd_log_file(parent: Any) -> str | None:
     """The log file twistd's logger opens, as given (relative to the
-    folder twistd starts in), or ``None``: syslog, or standard output
-    (``--logfile -``, or ``--nodaemon`` with no ``--logfile``).
+    folder twistd starts in), or ``None``: ``--logger`` (twistd then opens
+    no log of its own, whatever ``--logfile`` says), syslog, or standard
+    output (``--logfile -``, or ``--nodaemon`` with no ``--logfile``).
 
     Not ``--debug`` without ``-n``: twistd sets ``nodaemon`` from it in
     ``preApplication``, after its logger read ``nodaemon`` and before
     ``makeService`` sees the options, so the logger still opens
     ``./twistd.log``.  One rule for the check (``run_file_problems``) and
     for the file the hub makes (``make_log_file``)."""
-    if parent.get("syslog"):
+    if parent.get("logger") or parent.get("syslog"):
         return None
     logfile = parent.get("logfile")
     if logfile == "-":
