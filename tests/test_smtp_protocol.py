@@ -1835,6 +1835,8 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == [replies.AUTH_TEMPORARY.text()]
         assert self.flushLoggedErrors() == []
         assert "192.0.2.50" not in h.factory.login_failures._failures  # no guess used up
+        # but a failed attempt of the session, and an error, as docs/smtp.rst says
+        assert (p.engine.auth_failures, p.engine.errors) == (1, 1)
         # a wrong password is counted (so the line above can fail)
         h.components.portal = Portal(h.realm, [InMemoryUsernamePasswordDatabaseDontUse(
             **{"alice@example.org": b"secret"})])

@@ -1132,6 +1132,17 @@ def test_starttls_discards_pipelined_plaintext():
     assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
 
 
+def test_starttls_to_a_hub_that_never_offered_it_is_the_clients_error():
+    # 454 TLS not available is given only where EHLO did not offer
+    # STARTTLS (no [tls]; a certificate that cannot be taken at run time
+    # leaves the old one serving): the client's mistake, so max_errors,
+    # not the hub's trouble (_HUB_TROUBLE)
+    d = Driver(tls_available=False)
+    assert not any("STARTTLS" in line for line in d.send("EHLO c\r\n"))
+    assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
+    assert (d.engine.errors, d.engine.junk) == (1, 0)
+
+
 # --- AUTH -----------------------------------------------------------------------------------
 
 
