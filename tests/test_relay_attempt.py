@@ -1971,3 +1971,56 @@ def test_an_address_that_drops_packets_does_not_hold_the_next_one(tmp_path):
     assert net.connections == [("192.0.2.1", 25)]
     assert cancelled == [True]  # the hanging attempt given up
     assert clock.seconds() < 1
+
+
+_GREYLISTED = b"451 4.7.1 Greylisted, try again later\r\n"
+
+
+@pytest.mark.parametrize("extensions", [("PIPELINING", "8BITMIME"), ("8BITMIME",)],
+                         ids=["pipelined", "lock-step"])
+def test_a_4xx_to_every_rcpt_tries_the_next_mx_in_the_same_attempt(tmp_path, extensions):
+    # MAIL taken, every RCPT refused and some only for now: the host took
+    # no message, so the next MX host gets those recipients now, not at the
+    # next retry (which starts at the same host again).  RFC 5321 5.1:
+    # the addresses are tried "until a delivery attempt succeeds"; Postfix
+    # keeps a soft RCPT refusal for a backup host.  A 5xx next to it is
+    # that recipient's final answer, never sent to the next host.
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions, replies={
+        "RCPT bob@remote.test": _GREYLISTED,
+        "RCPT carol@remote.test": b"550 5.1.1 no such user\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    kinds = {r.address: (r.kind, r.remote_mta) for r in results}
+    assert kinds == {BOB: ("delivered", "mx2.remote.test"),
+                     CAROL: ("permanent", "mx1.remote.test")}
+    taken = [m[1] for s in net.server_protocols for m in s.messages if m[1]]
+    assert taken == [[b"bob@remote.test"]]  # by mx2 alone
+
+
+def test_a_4xx_to_every_rcpt_everywhere_keeps_each_recipients_own_words(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": _GREYLISTED,
+                 "RCPT carol@remote.test": b"452 4.2.2 mailbox full\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": b"450 4.2.0 try later\r\n",
+                 "RCPT carol@remote.test": b"452 4.2.2 mailbox full here too\r\n"})
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert [(r.address, r.kind, r.reply.text(), r.remote_mta) for r in results] == [
+        (BOB, "transient", "450 4.2.0 try later", "mx2.remote.test"),
+        (CAROL, "transient", "452 4.2.2 mailbox full here too", "mx2.remote.test")]
+    assert ("192.0.2.2", 25) in net.connections
+
+
+def test_a_4xx_to_some_rcpts_waits_for_the_next_retry(tmp_path):
+    # the host took the message for the others: the refused ones wait
+    # for the next retry (sending them elsewhere now is not done yet)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": _GREYLISTED})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert [(r.address, r.kind, r.remote_mta) for r in results] == [
+        (BOB, "transient", "mx1.remote.test"), (CAROL, "delivered", "mx1.remote.test")]
+    assert ("192.0.2.2", 25) not in net.connections

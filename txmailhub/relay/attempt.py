@@ -479,6 +479,14 @@ def _too_many_recipients(reply: Reply) -> bool:
 # Refusals in these phases are about the host, not the message.
 _HOST_PHASES = (Phase.GREETING.value, Phase.EHLO.value, Phase.HELO.value)
 
+def _refused_for_now(outcome: SessionOutcome) -> bool:
+    """Whether the server took MAIL, refused every RCPT and at least one
+    of them only for now (4yz): no message went, and those recipients may
+    go to the next MX host in the same attempt."""
+    return outcome.no_recipient_taken and any(
+        r.kind == "transient" for r in outcome.recipients)
+
+
 def return_path_octets(path: str) -> int:
     """How many octets of the message's CRLF form ``skip_trace_return_path``
     leaves out of ``path`` (0 when it has no Return-Path line, or is gone)."""
@@ -747,6 +755,11 @@ class DeliveryAgent:
         last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
+        # each recipient's own 4yz to RCPT from the last host that answered,
+        # when that host refused every RCPT (``_refused_for_now``): their
+        # result if no host takes them (a host not reached after it says
+        # nothing of them; a later session's error replaces it)
+        own: dict[Address, DeliveryResult] = {}
         tried = 0
         started = self.clock.seconds()
         out_of_time = False
@@ -800,6 +813,7 @@ class DeliveryAgent:
             if outcome.session_error is not None:
                 last, last_host = outcome.session_error, _remote_name(mxhost.name,
                                                                       smarthost)
+                own = {}
                 # 521/556 (RFC 7504): the host accepts no mail at all
                 about_host = (outcome.phase in _HOST_PHASES
                               and last.code not in (521, 556))
@@ -826,8 +840,26 @@ class DeliveryAgent:
                 continue
             if not smarthost:
                 self.mx.health.succeeded(mxhost.name)
-            return settled + self._results(entry, outcome,
-                                           _remote_name(mxhost.name, smarthost))
+            host = _remote_name(mxhost.name, smarthost)
+            if _refused_for_now(outcome):
+                # every RCPT refused, some only for now (a 4yz: greylisting,
+                # a full disk, a lookup that failed): that host took no
+                # message, so the next MX host gets those recipients now,
+                # as after a 4xx to MAIL -- not the next retry, which starts
+                # at the same host again.  RFC 5321 5.1 has the client try
+                # the addresses "until a delivery attempt succeeds"; Postfix
+                # keeps a recipient with a soft RCPT error for a backup host
+                # (smtp_rcpt_fail).  A 5yz stays that recipient's answer.
+                own = {}
+                for r in self._results(entry, outcome, host):
+                    if r.kind == "transient":
+                        own[r.address] = r
+                    else:
+                        settled.append(r)
+                recipients = [a for a in recipients if a in own]
+                last, last_host, about_host = own[recipients[0]].reply, host, False
+                continue
+            return settled + self._results(entry, outcome, host)
         if out_of_time:
             log.info("{queue_id}: {destination}: {budget} seconds spent on its hosts; "
                      "the others wait for the next retry", queue_id=entry.id,
@@ -842,6 +874,10 @@ class DeliveryAgent:
         # unasked: they may take the message at the next retry.
         kind = ("permanent" if last.is_permanent and not about_host and not out_of_time
                 else "transient")
+        if own and all(a in own for a in recipients):
+            # the last host that answered refused them for now, each in its
+            # own words (logged with its session): those are their results
+            return settled + [own[a] for a in recipients]
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=loggable(last.text(), REPLY_LOG_MAX))
         return settled + [DeliveryResult(a, kind, last, last_host) for a in recipients]

@@ -261,6 +261,9 @@ class SessionOutcome:
     dsn_supported: bool = False
     extensions: dict[str, str] = field(default_factory=dict)
     phase: str = ""  # the step the session was in when its fate was sealed
+    #: MAIL was taken and every RCPT refused: no message went (the relay
+    #: then tries the next MX host for recipients refused only for now)
+    no_recipient_taken: bool = False
 
 
 def _synthetic(code: int, status: str, text: str) -> Reply:
@@ -345,6 +348,8 @@ class ClientSession:
         # a RCPT answered 530 (as held_for_session restates it): with no
         # recipient accepted, the session's failure (_no_recipient_taken)
         self._rcpt_held: Reply | None = None
+        # every RCPT refused (SessionOutcome.no_recipient_taken)
+        self._none_taken = False
         # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
         # and the reply that refused it (then the MAIL went again without
         # it, once per session; the adapter logs it), and whether that MAIL
@@ -496,6 +501,7 @@ class ClientSession:
             dsn_supported="DSN" in self.extensions,
             extensions=dict(self.extensions),
             phase=self.phase.value,
+            no_recipient_taken=self._none_taken,
         )
 
     def _quit(self) -> list[Action]:
@@ -900,6 +906,7 @@ class ClientSession:
         to MAIL: the recipients it refused go on to the next host, while
         a 5xx to another RCPT stays that one's final answer (``refused``).
         Otherwise each recipient has its own refusal as its result."""
+        self._none_taken = True
         held = self._rcpt_held
         if held is None:
             return self._fail_all(reply)
@@ -932,6 +939,7 @@ class ClientSession:
             # send (pipelined, MAIL or every RCPT refused): end it empty, and
             # ignore the reply to that
             if mail is None:
+                self._none_taken = True
                 self._finish(session_error=self._rcpt_held)  # see _no_recipient_taken
             elif mail.is_transient:
                 self._finish(session_error=mail)
