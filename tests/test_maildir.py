@@ -1635,6 +1635,50 @@ class ProcessTests(SynchronousTestCase):
             child.stdin.close()
         box.close()
 
+    def test_a_forked_child_can_mark_tmp_files_while_a_parents_thread_held_the_lock(self):
+        # A worker thread of the parent is in clean_tmp (the marks' lock
+        # held) when an embedding forks: the child has no such thread, so
+        # the lock it inherited must not stay taken -- its first copy into
+        # a tmp/ (writing_tmp, on its reactor thread) would hang for good.
+        # The parent's marks stay in the child: those files are the
+        # parent's, still being written.
+        parents = os.path.join(self.mktemp(), "tmp", "the-parents-copy")
+        mailbox_module.writing_tmp([parents])
+        self.addCleanup(mailbox_module.done_writing_tmp, [parents])
+        held, let_go = threading.Event(), threading.Event()
+
+        def cleaning() -> None:
+            with mailbox_module._writing_lock:
+                held.set()
+                let_go.wait(30)
+
+        worker = threading.Thread(target=cleaning)
+        worker.start()
+        try:
+            held.wait(30)
+            pid = os.fork()
+            if pid == 0:  # the child: a verdict in the exit status, nothing else
+                code = 3
+                try:
+                    mine = os.path.join(os.path.dirname(parents), "the-childs-copy")
+                    marking = threading.Thread(target=mailbox_module.writing_tmp,
+                                               args=([mine],), daemon=True)
+                    marking.start()
+                    marking.join(5)
+                    if marking.is_alive():
+                        code = 1  # waits for a lock nobody holds any more
+                    elif parents not in mailbox_module._writing:
+                        code = 2
+                    else:
+                        code = 0
+                finally:
+                    os._exit(code)
+        finally:
+            let_go.set()
+            worker.join()
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+
     def test_sigkill_under_load_leaves_only_complete_messages(self):
         state = self.mktemp()
         child = self.run_child(CRASHER, state)

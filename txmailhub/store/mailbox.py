@@ -74,6 +74,21 @@ _writing: Counter[str] = Counter()
 _writing_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork``'s hook: a worker thread of the parent may
+    have held ``_writing_lock`` (``clean_tmp``) at the fork, and in the
+    child no thread is left to let it go -- the child's first copy into
+    a ``tmp/`` would wait for it forever.  The marks stay: the parent,
+    another process now, may still be writing those files, and the
+    child must not take them either."""
+    global _writing_lock
+    _writing_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def writing_tmp(paths: Iterable[str]) -> None:
     """Mark ``paths`` (in some Maildir's ``tmp/``) as being written by a
     delivery of this process, before the files are made: ``clean_tmp``
