@@ -2024,3 +2024,65 @@ def test_a_4xx_to_some_rcpts_waits_for_the_next_retry(tmp_path):
     assert [(r.address, r.kind, r.remote_mta) for r in results] == [
         (BOB, "transient", "mx1.remote.test"), (CAROL, "delivered", "mx1.remote.test")]
     assert ("192.0.2.2", 25) not in net.connections
+
+
+def _recording(seen, name, **kw):
+    def make():
+        server = ScriptedSMTPServer(**kw)
+        seen.setdefault(name, []).append(server)
+        return server
+    return make
+
+
+def _rcpts_to(seen, name):
+    return [c for s in seen.get(name, []) for c in s.commands if c.startswith(b"RCPT")]
+
+
+def test_a_4xx_then_a_5xx_from_the_next_mx_bounces_with_the_5xx(tmp_path):
+    # mx1 greylists bob; mx2 refuses him for good: that is his answer (the
+    # notice quotes the 5xx, from mx2), and each host was asked once
+    a, net, _ = agent(tmp_path)
+    seen = {}
+    net.servers[("2001:db8::1", 25)] = _recording(seen, "mx1", replies={
+        "RCPT bob@remote.test": _GREYLISTED})
+    net.servers[("192.0.2.2", 25)] = _recording(seen, "mx2", replies={
+        "RCPT bob@remote.test": b"550 5.1.1 no such user here\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.reply.text(), r.remote_mta) == (
+        "permanent", "550 5.1.1 no such user here", "mx2.remote.test")
+    assert _rcpts_to(seen, "mx1") == [b"RCPT TO:<bob@remote.test>"]
+    assert _rcpts_to(seen, "mx2") == [b"RCPT TO:<bob@remote.test>"]
+
+
+def test_a_4xx_to_every_rcpt_then_no_host_reached_keeps_the_refusal(tmp_path):
+    # mx2 does not answer at all: it says nothing of bob, whose result is
+    # mx1's own refusal (docs/relay.rst: a host not reached after it does
+    # not replace it)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": _GREYLISTED})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.reply.text(), r.remote_mta) == (
+        "transient", "451 4.7.1 Greylisted, try again later", "mx1.remote.test")
+
+
+def test_a_530_and_a_4xx_then_a_4xx_and_a_5xx_on_the_next_mx(tmp_path):
+    # mx1: 530 to bob, 451 to carol (the session fails as after a 530 to
+    # MAIL: both go on); mx2: 451 to bob, 550 to carol -- carol bounces
+    # with mx2's 5xx, bob waits with mx2's 4xx; each RCPT once per host
+    a, net, _ = agent(tmp_path)
+    seen = {}
+    net.servers[("2001:db8::1", 25)] = _recording(seen, "mx1", replies={
+        "RCPT bob@remote.test": b"530 5.7.0 Must issue a STARTTLS command first\r\n",
+        "RCPT carol@remote.test": b"451 4.3.0 try later\r\n"})
+    net.servers[("192.0.2.2", 25)] = _recording(seen, "mx2", replies={
+        "RCPT bob@remote.test": _GREYLISTED,
+        "RCPT carol@remote.test": b"550 5.1.1 no such user\r\n"})
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    got = {r.address: (r.kind, r.reply.text(), r.remote_mta) for r in results}
+    assert got == {
+        BOB: ("transient", "451 4.7.1 Greylisted, try again later", "mx2.remote.test"),
+        CAROL: ("permanent", "550 5.1.1 no such user", "mx2.remote.test")}
+    for name in ("mx1", "mx2"):
+        assert sorted(_rcpts_to(seen, name)) == [b"RCPT TO:<bob@remote.test>",
+                                                 b"RCPT TO:<carol@remote.test>"]
