@@ -353,6 +353,10 @@ def test_daemonized_twistd_prints_a_start_error_as_text(tmp_path: Path, monkeypa
     assert (code, out) == (1, "mailhub: cannot start: ValueError: caf\\xe9 \\x1b[2J\n"
                               "mailhub: the whole message is in syslog\n")
     assert parent_reads(b"1 DaemonStartError: x", logfile="-")[1] == "mailhub: cannot start: x\n"
+    # --logger: twistd writes no --logfile (nor ./twistd.log) and no syslog
+    for given in ({"logfile": "d.log"}, {"logfile": None}, {"syslog": True}):
+        assert parent_reads(b"1 DaemonStartError: x", logger=lambda: print, **given)[1] == (
+            "mailhub: cannot start: x\nmailhub: the whole message is in the log of --logger\n")
 
 
 def test_an_uncaught_daemon_start_error_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:

@@ -153,7 +153,11 @@ def _wait_for_start(runner: Any, read_pipe: int) -> int:
     if text.startswith(ours):
         text = text[len(ours):]
     config = getattr(runner, "config", None) or {}
-    where = ("syslog" if config.get("syslog") else
+    # --logger takes precedence over --syslog and --logfile: twistd's
+    # logger then writes to that observer alone (AppLogger.start), and
+    # the file --logfile names is never written (tap.twistd_log_file)
+    where = ("the log of --logger" if config.get("logger") else
+             "syslog" if config.get("syslog") else
              None if config.get("logfile") == "-" else  # daemonized: nowhere
              config.get("logfile") or "twistd.log")
     message = f"mailhub: cannot start: {text or 'the daemon ended without a word'}\n"
