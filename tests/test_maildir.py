@@ -462,7 +462,10 @@ class DeliveryTests(Base):
         self.assertIn(("dir", os.path.join(self.md(ANN), "new")), syncer.calls)
         self.spooler.discard(msg)
 
-    def test_a_copy_off_the_reactor_is_not_visible_before_its_data_is_durable(self):
+    def a_copy_held_before_its_sync(self):
+        """A copy (no hard links) of a message to JOE, written into tmp/
+        and held there before its data sync: the recording syncer and the
+        delivery's Deferred."""
         store = self.store_without_links()
         self.deliver([JOE])
         self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
@@ -471,6 +474,10 @@ class DeliveryTests(Base):
         syncer.hold = True
         d = store.deliver(self.spool(), [JOE])
         syncer.run_jobs()
+        return syncer, d
+
+    def test_a_copy_off_the_reactor_is_not_visible_before_its_data_is_durable(self):
+        syncer, d = self.a_copy_held_before_its_sync()
         self.assertEqual(len(self.names(sub="tmp")), 1)  # copied, in tmp/ alone
         self.assertEqual(len(self.names()), 2)
         ((kind, _fd),) = syncer.calls
@@ -486,14 +493,7 @@ class DeliveryTests(Base):
     def test_a_copy_being_written_survives_a_login_after_a_forward_clock_jump(self):
         # The clock jumps 40 hours forward while a copy waits in tmp/ for
         # its sync: a POP3 login's clean-up (36 hours) must not take it.
-        store = self.store_without_links()
-        self.deliver([JOE])
-        self.successResultOf(store.deliver(self.spool(), [JOE]))  # store's first visit
-        syncer = CallRecorder()
-        store.syncer = syncer
-        syncer.hold = True
-        d = store.deliver(self.spool(), [JOE])
-        syncer.run_jobs()
+        syncer, d = self.a_copy_held_before_its_sync()
         [copy] = self.names(sub="tmp")
         stale = os.path.join(self.md(), "tmp", "left-by-a-crash")
         open(stale, "wb").close()
