@@ -2069,3 +2069,44 @@ def test_a_530_and_a_4xx_then_a_4xx_and_a_5xx_on_the_next_mx(tmp_path):
     for name in ("mx1", "mx2"):
         assert sorted(_rcpts_to(seen, name)) == [b"RCPT TO:<bob@remote.test>",
                                                  b"RCPT TO:<carol@remote.test>"]
+
+
+@pytest.mark.parametrize("refused, timed_out", [
+    # the first IPv6 address refuses at once; the IPv4 one, started then,
+    # and the second IPv6 one are black-holed: their timeouts must not
+    # hide the refusal
+    ("2001:db8::7", ["192.0.2.7", "2001:db8::8"]),
+    # the first IPv6 address is black-holed, the IPv4 one refuses 250 ms
+    # later, the second IPv6 one then started times out too
+    ("192.0.2.7", ["2001:db8::7", "2001:db8::8"]),
+])
+def test_a_host_whose_addresses_all_fail_is_named_by_the_one_that_answered(
+        tmp_path, refused, timed_out):
+    from twisted.internet.error import ConnectionRefusedError, TimeoutError
+
+    from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY
+
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "dual.test": {"MX": [(10, "mx.dual.test")]},
+            "mx.dual.test": {"AAAA": ["2001:db8::7", "2001:db8::8"], "A": ["192.0.2.7"]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    hanging: dict[str, defer.Deferred] = {}
+
+    def endpoint(host, port):
+        if host == refused:
+            return SimpleNamespace(connect=lambda f: defer.fail(ConnectionRefusedError(host)))
+        d = hanging[host] = defer.Deferred()
+        return SimpleNamespace(connect=lambda f: d)
+
+    a.endpoint = endpoint
+    who = Address("x", "dual.test")
+    d = a.deliver(entry(tmp_path, who), "dual.test", [who])
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert sorted(hanging) == sorted(timed_out)
+    for host in timed_out:  # the 30-second connect timeouts, in the order started
+        hanging[host].errback(TimeoutError())
+    [r] = run(net, d)
+    assert r.kind == "transient"
+    assert r.reply.text() == f"451 4.4.1 connection to mx.dual.test[{refused}]:25 failed"

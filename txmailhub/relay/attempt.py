@@ -43,6 +43,8 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.error import TCPTimedOutError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -799,7 +801,7 @@ class DeliveryAgent:
                                               credentials=credentials)
             if outcome is None:  # could not connect: the next host
                 if tries.started:
-                    shown = where(mxhost.name, tries.started[-1])
+                    shown = where(mxhost.name, tries.telling())
                     last = LocalReply.of(451, "4.4.1", f"connection to {shown}:{port_n} failed")
                     last_host = None
                 if tries.unstarted:
@@ -1003,6 +1005,8 @@ class DeliveryAgent:
             lost = e.failures if isinstance(e, RaceLost) else [(len(tries.started) - 1,
                                                                 Failure(e))]
             tries.unstarted = e.unstarted if isinstance(e, RaceLost) else 0
+            tries.failures = {tries.started[n]: why for n, why in lost
+                              if 0 <= n < len(tries.started)}
             if not self.stopped and self._may_go_on(entry.id):
                 for n, why in lost:
                     address = tries.started[n]
@@ -1098,15 +1102,29 @@ class DeliveryAgent:
 
 class _Tries:
     """What one ``_session`` connected to: the addresses it started, the
-    one that took the connection, and how many the time budget left
-    unstarted."""
+    one that took the connection, how many the time budget left
+    unstarted, and why each started one failed when none connected."""
 
-    __slots__ = ("connected", "started", "unstarted")
+    __slots__ = ("connected", "failures", "started", "unstarted")
 
     def __init__(self) -> None:
         self.started: list[str] = []
         self.connected: str | None = None
         self.unstarted = 0
+        self.failures: dict[str, Failure] = {}
+
+    def telling(self) -> str:
+        """The started address the error of a host none of whose addresses
+        connected names: the first started that got an answer (refused,
+        unreachable) rather than a connect timeout, else the first started.
+        Not the last started: with staggered starts that is not the last
+        to fail, and a black-holed address's timeout would hide another's
+        refusal, which says more about what is wrong."""
+        for address in self.started:
+            why = self.failures.get(address)
+            if why is not None and not why.check(ConnectTimeoutError, TCPTimedOutError):
+                return address
+        return self.started[0]
 
 
 class _Stage:
