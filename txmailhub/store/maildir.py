@@ -603,12 +603,20 @@ class MaildirStore:
         ``wanted``: whether the login's client is still there, asked while
         it waits for a gone session's lock (``close_soon``): one that left
         must not take the lock ahead of one still waiting."""
+        return self._open(address, wanted, may_wait=True)
+
+    def _open(self, address: Address, wanted: Callable[[], bool] | None,
+              may_wait: bool) -> defer.Deferred:
+        """``open_mailbox``; ``may_wait``: whether a lock held by a session
+        closing soon is waited for (false for the one try again after that
+        wait, so a login waits once at most)."""
         try:
             md = self.maildir_path(address)
+            # a no-op on the try again: the first try made md known
             self._ensure(md)
             fds = _lock_mailbox(md)
         except BlockingIOError:
-            waiting = self._closing.get(md)
+            waiting = self._closing.get(md) if may_wait else None
             if waiting is None:
                 return defer.fail(MailboxInUse(f"{address} is in use by another session"))
             # the holder is gone and lets go once its last save is written
@@ -626,20 +634,9 @@ class MaildirStore:
             def retry(let_go: bool) -> defer.Deferred:
                 if not let_go:
                     return defer.fail(MailboxInUse(f"{address} is in use by another session"))
-                return self._open_now(address)
+                return self._open(address, wanted, may_wait=False)
 
             return d.addCallback(retry)
-        except Exception as e:
-            return defer.fail(e)
-        return self._snapshot_locked(md, fds)
-
-    def _open_now(self, address: Address) -> defer.Deferred:
-        """``open_mailbox`` without waiting for a session closing soon."""
-        try:
-            md = self.maildir_path(address)
-            fds = _lock_mailbox(md)
-        except BlockingIOError:
-            return defer.fail(MailboxInUse(f"{address} is in use by another session"))
         except Exception as e:
             return defer.fail(e)
         return self._snapshot_locked(md, fds)
