@@ -441,8 +441,8 @@ def test_a_sighup_that_cannot_use_a_new_pair_is_an_error_once_it_persists(tmp_pa
         os.replace(other_cert, cert)
         assert not factory.reload()
         assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+        clock.advance(tls.CHECK_INTERVAL)
         if again == "look":
-            clock.advance(tls.CHECK_INTERVAL)
             assert serial_served(factory) == first
         else:
             assert not factory.reload()
@@ -453,6 +453,56 @@ def test_a_sighup_that_cannot_use_a_new_pair_is_an_error_once_it_persists(tmp_pa
         clock.advance(tls.CHECK_INTERVAL)
         serial_served(factory)
         assert len(_warnings_and_errors(events)) == 2  # said once
+
+
+def test_a_sighup_soon_after_a_looks_warning_is_no_error(tmp_path, events):
+    # a look warned of a renewal between its two files; a SIGHUP a few
+    # seconds later (a log rotation's) comes while the renewal may still
+    # be writing the second file: what decides is how long the pair has
+    # been unusable, not how many times it was looked at
+    factory, clock, cert, key = serving(tmp_path)
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    os.replace(new_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    clock.advance(3)
+    assert not factory.reload()
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    # the renewal completes: taken at the next look, said as info, and
+    # nothing worse than the one warning was logged
+    os.replace(new_key, key)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) != first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    (loaded,) = _loaded(events)
+    assert loaded["log_level"].name == "info"
+
+
+def test_a_mismatch_is_an_error_once_it_has_lasted_check_interval(tmp_path, events):
+    # SIGHUPs before CHECK_INTERVAL has passed since the warning log
+    # nothing more; the first one (or look) after it logs the error, once
+    factory, clock, cert, _ = serving(tmp_path)
+    first = serial_served(factory)
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first  # the warning, at 10 s
+    for step in (1, tls.CHECK_INTERVAL - 2):  # SIGHUPs at 11 s and 19 s
+        clock.advance(step)
+        assert not factory.reload()
+        assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    clock.advance(1)  # 20 s: the mismatch has lasted CHECK_INTERVAL
+    assert not factory.reload()
+    said = _warnings_and_errors(events)
+    assert [level for level, _ in said] == ["warn", "error"]
+    assert "cannot use the new certificate and key, keeping the old ones" in said[1][1]
+    for _ in range(2):  # said once
+        clock.advance(tls.CHECK_INTERVAL)
+        assert not factory.reload()
+        assert serial_served(factory) == first
+    assert len(_warnings_and_errors(events)) == 2
 
 
 def test_a_new_pair_openssl_refuses_keeps_the_old_one(tmp_path, events):

@@ -388,7 +388,10 @@ class ReloadingTLS:
     or not; only a pair still unusable then is logged as an error.  A
     ``reload()`` (SIGHUP) follows the same rule: a signal may come while a
     renewal is between its two files too (a stray ``kill -HUP``, a log
-    rotation's), and the next look is ``CHECK_INTERVAL`` after it.
+    rotation's), and the next look is ``CHECK_INTERVAL`` after it.  What
+    makes the error is time, not the number of tries: the pair must have
+    been unusable for ``CHECK_INTERVAL`` since the warning, so a SIGHUP
+    a few seconds after a look's warning logs nothing more.
 
     ``hostname``: the hub's own name.  A certificate taken at run time
     that is not valid for it is warned of once (``name_warning``, as the
@@ -418,10 +421,11 @@ class ReloadingTLS:
         self._looked = self._keyed = self._now()
         #: why the last ``reload()`` kept the old pair (for the SIGHUP line)
         self.failure: str | None = None
-        # the last look could not use a changed pair and only warned: the
-        # next one loads the files again and, if it fails too, says so as
-        # an error
-        self._doubted = False
+        # when (``_now()``) a look or reload could not use a changed pair
+        # and only warned, or None: the next ones load the files again and,
+        # if they still fail CHECK_INTERVAL after the warning, say so as an
+        # error (a renewal between its two files gets that long)
+        self._doubted_since: float | None = None
 
     def _began(self) -> tuple[float, float]:
         """(wall clock, monotonic) before the files are read: a look held
@@ -475,7 +479,7 @@ class ReloadingTLS:
         if now - self._looked >= CHECK_INTERVAL:
             self._looked = now
             if (_stamp(self.certificate, self.key) != self._stamp or not self._trusted
-                    or self._doubted):
+                    or self._doubted_since is not None):
                 self._take(looked=True)
         if now - self._keyed >= TICKET_KEY_LIFETIME:
             # the same pair in a new context: OpenSSL draws new ticket
@@ -507,10 +511,10 @@ class ReloadingTLS:
             options.getContext()
         except Exception as e:
             self.failure = str(e)
-            if stamp != self._stamp and not self._doubted:
+            if self._doubted_since is None and stamp != self._stamp:
                 # maybe a renewal caught between its two files: a warning,
-                # and the next look decides
-                self._doubted = True
+                # and a look or SIGHUP CHECK_INTERVAL later decides
+                self._doubted_since = self._now()
                 log.warn("TLS: the new certificate and key {state} yet, keeping the old "
                          "ones; a renewal may be writing them one after the other: they are "
                          "looked at again at the first TLS connection {seconds:g} seconds "
@@ -518,13 +522,14 @@ class ReloadingTLS:
                          "{why}", why=str(e), seconds=CHECK_INTERVAL,
                          state=("do not match" if isinstance(e, TLSKeyMismatch)
                                 else "cannot be used"))
-            elif stamp != self._stamp or self._doubted:
-                self._doubted = False
+            elif (self._doubted_since is not None
+                  and self._now() - self._doubted_since >= CHECK_INTERVAL):
+                self._doubted_since = None
                 log.error("TLS: cannot use the new certificate and key, keeping the old "
                           "ones: {why}", why=str(e))
             self._note(stamp, began)  # said once; a later change is looked at again
             return False
-        self._doubted = False
+        self._doubted_since = None
         self._note(stamp, began)
         dropped = _names_dropped(self._pair[0][0], chain[0])
         self._pair = chain, private_key
