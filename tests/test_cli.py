@@ -890,6 +890,12 @@ def test_user_add_and_passwd_refuse_the_address_before_asking_for_a_password(
     code = main(["--config", str(config), *argv, "--password-stdin"], out=out, err=err,
                 stdin=stdin)
     assert code == expected[0] and stdin.tell() == 0
+    # and with no terminal and no --password-stdin (cron, a pipe): the
+    # same code and line, not "no terminal to ask for the password" (2),
+    # which would send the admin after a password nobody needs to give
+    err = io.StringIO()
+    code = main(["--config", str(config), *argv], out=out, err=err, stdin=io.StringIO(PW))
+    assert (code, err.getvalue()) == expected
 
 
 def test_user_passwd_still_works_once_the_address_is_checked(config: Path) -> None:
