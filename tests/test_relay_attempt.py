@@ -262,7 +262,8 @@ def test_all_down_is_transient(tmp_path):
     a, net, _ = agent(tmp_path)
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "transient" and r.reply.status == "4.4.1"
-    assert r.reply.text().endswith("connection to mx2.remote.test[192.0.2.2]:25 failed")
+    assert r.reply.text().endswith(
+        "connection to mx2.remote.test[192.0.2.2]:25 failed: connection refused")
     # the hub's own account, not a server's words (queue show "hub:", and
     # a bounce's X-txmailhub diagnostic)
     assert isinstance(r.reply, LocalReply)
@@ -281,7 +282,7 @@ def test_an_address_literal_is_named_once(tmp_path, log_events, literal, shown):
     assert a.destination(who) == shown  # as the log names the destination
     [r] = run(net, a.deliver(entry(tmp_path, who), a.destination(who), [who]))
     assert r.kind == "transient"
-    assert r.reply.text().endswith(f" connection to {shown}:25 failed")
+    assert r.reply.text().endswith(f" connection to {shown}:25 failed: connection refused")
     # in the log too: not "[192.0.2.9][192.0.2.9]"
     lines = [formatEvent(e) for e in log_events if "cannot connect" in (e.get("log_format") or "")]
     assert lines and all(f" cannot connect to {shown}:25: " in line for line in lines), lines
@@ -540,7 +541,7 @@ def test_a_smarthost_that_takes_no_connection_is_named_once(tmp_path, log_events
     a, net, _ = agent(tmp_path, f'smarthost = "{written}"\nsmarthost_tls = "none"')
     [r] = run(net, a.attempt(entry(tmp_path, BOB)))
     assert r.kind == "transient"
-    assert r.reply.text() == f"451 4.4.1 connection to {shown} failed"
+    assert r.reply.text() == f"451 4.4.1 connection to {shown} failed: connection refused"
     lines = [formatEvent(e) for e in log_events if "cannot connect" in (e.get("log_format") or "")]
     assert lines and all(f" cannot connect to {shown}: " in line for line in lines), lines
 
@@ -2109,4 +2110,45 @@ def test_a_host_whose_addresses_all_fail_is_named_by_the_one_that_answered(
         hanging[host].errback(TimeoutError())
     [r] = run(net, d)
     assert r.kind == "transient"
-    assert r.reply.text() == f"451 4.4.1 connection to mx.dual.test[{refused}]:25 failed"
+    assert r.reply.text() == (f"451 4.4.1 connection to mx.dual.test[{refused}]:25 failed: "
+                              "connection refused")
+
+
+def _unconnected(tmp_path, error):
+    """The result of a delivery to remote.test whose every address fails
+    to connect with ``error``."""
+    a, net, _ = agent(tmp_path)
+    a.endpoint = lambda host, port: SimpleNamespace(connect=lambda f: defer.fail(error))
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    return r
+
+
+def _connect_errors():
+    from twisted.internet import error
+
+    return [
+        (error.ConnectionRefusedError("192.0.2.2"), "connection refused"),
+        (error.TimeoutError(), "timed out"),
+        (error.TCPTimedOutError(110, "Connection timed out"), "timed out"),
+        (error.NoRouteError(101, "Network is unreachable"), "no route to host"),
+        # EHOSTUNREACH: Twisted has no class of its own for it
+        (error.ConnectError(113, "No route to host"), "no route to host"),
+        (error.DNSLookupError("mx2.remote.test: Name or service not known"),
+         "name lookup failed"),
+        # an unknown one: its class's description, not its message or repr
+        (error.ConnectError(string="/var/secret/path <object at 0x7f>"),
+         "an error occurred while connecting"),
+        (ValueError("/var/secret/path"), "inappropriate argument value (of correct type)"),
+    ]
+
+
+@pytest.mark.parametrize("error, words", _connect_errors())
+def test_the_kept_error_of_a_host_that_took_no_connection_says_why(tmp_path, error, words):
+    # queue show, mailq and the notices said which address failed, not
+    # why (the log alone did): the reason follows, in a few plain words,
+    # the start of the text as before
+    r = _unconnected(tmp_path, error)
+    assert r.kind == "transient" and isinstance(r.reply, LocalReply)
+    assert r.reply.text() == (
+        f"451 4.4.1 connection to mx2.remote.test[192.0.2.2]:25 failed: {words}")
+    assert "secret" not in r.reply.text() and "0x" not in r.reply.text()

@@ -209,6 +209,30 @@ def test_the_smarthost_addresses_stop_at_the_attempt_time_budget(tmp_path, monke
             reactor.connectors[i], Failure(TCPTimedOutError()))
     [r] = d.result
     assert r.kind == "transient" and r.reply.status == "4.4.1"
+    assert r.reply.text() == "451 4.4.1 connection to smart.example:25 failed: timed out"
+
+
+def test_a_smarthost_none_of_whose_addresses_connected_says_why(tmp_path, monkeypatch):
+    # the kept error names the reason of the first address started that
+    # got an answer, not the black-holed one's timeout before it
+    from tests.test_relay_attempt import BOB, entry, settings
+    from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
+
+    gai = FakeGAI({b"smart.example": ["2001:db8::7", "192.0.2.7"]})
+    monkeypatch.setattr(socket, "getaddrinfo", gai)
+    reactor = MemoryReactorClock()
+    s = settings(tmp_path, 'smarthost = "smart.example:25"\nsmarthost_tls = "none"')
+    a = DeliveryAgent(s, None, reactor, tls_options=lambda host, verify: None)
+    d = a.deliver(entry(tmp_path, BOB), SMARTHOST, [BOB])
+    reactor.advance(0)
+    reactor.advance(CONNECTION_ATTEMPT_DELAY)
+    assert [c[0] for c in reactor.tcpClients] == ["2001:db8::7", "192.0.2.7"]
+    reactor.tcpClients[1][2].clientConnectionFailed(
+        reactor.connectors[1], Failure(ConnectionRefusedError()))
+    reactor.tcpClients[0][2].clientConnectionFailed(
+        reactor.connectors[0], Failure(TCPTimedOutError()))
+    [r] = d.result
+    assert r.reply.text() == "451 4.4.1 connection to smart.example:25 failed: connection refused"
 
 
 def test_an_address_begun_within_the_budget_is_not_cut_and_the_error_says_why():

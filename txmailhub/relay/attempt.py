@@ -43,8 +43,6 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.error import TCPTimedOutError
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -59,6 +57,7 @@ from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
+from txmailhub.relay.connect_reason import is_timeout, reason
 from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
@@ -801,8 +800,15 @@ class DeliveryAgent:
                                               credentials=credentials)
             if outcome is None:  # could not connect: the next host
                 if tries.started:
-                    shown = where(mxhost.name, tries.telling())
-                    last = LocalReply.of(451, "4.4.1", f"connection to {shown}:{port_n} failed")
+                    telling = tries.telling()
+                    shown = where(mxhost.name, telling)
+                    # the address and why, in a few stable words (the
+                    # log has each address's whole error): the text's
+                    # start stays "connection to X:port failed"
+                    why = tries.failures.get(telling)
+                    said = f": {reason(why)}" if why is not None else ""
+                    last = LocalReply.of(451, "4.4.1",
+                                         f"connection to {shown}:{port_n} failed{said}")
                     last_host = None
                 if tries.unstarted:
                     out_of_time = True
@@ -1122,7 +1128,7 @@ class _Tries:
         refusal, which says more about what is wrong."""
         for address in self.started:
             why = self.failures.get(address)
-            if why is not None and not why.check(ConnectTimeoutError, TCPTimedOutError):
+            if why is not None and not is_timeout(why.value):
                 return address
         return self.started[0]
 

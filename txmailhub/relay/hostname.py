@@ -35,15 +35,35 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import ascii_domain
+from txmailhub.relay.connect_reason import is_timeout
 from txmailhub.relay.eyeballs import RaceLost, interleave, race
 
-__all__ = ["MAX_ADDRESSES", "NameEndpoint", "Resolver", "ascii_name", "lookup_name"]
+__all__ = ["MAX_ADDRESSES", "NameEndpoint", "NoAddressConnected", "Resolver", "ascii_name",
+           "lookup_name"]
 
 # Addresses of one name tried per connection, at most (each may take the
 # connect timeout); as many as an attempt tries for a domain's MX hosts.
 MAX_ADDRESSES = 10
 
 Resolver = Callable[[str, int], "defer.Deferred[list[tuple[int, str]]]"]
+
+
+class NoAddressConnected(ConnectError):
+    """No address of a name took the connection: ``failures`` are the
+    errors of those started, in the order they were started."""
+
+    def __init__(self, string: str, failures: list[Failure]) -> None:
+        super().__init__(string=string)
+        self.failures = failures
+
+    def telling(self) -> BaseException | None:
+        """The error that says most of why: the first started that got an
+        answer (refused, unreachable) rather than a connect timeout, else
+        the first started (as the agent names an MX host's address)."""
+        for why in self.failures:
+            if not is_timeout(why.value):
+                return why.value
+        return self.failures[0].value if self.failures else None
 
 
 def ascii_name(name: str) -> str:
@@ -135,14 +155,15 @@ class NameEndpoint:
             failed = "; ".join(f"{chosen[n][1]}: {why.getErrorMessage()}"
                                for n, why in f.value.failures)
             left = f.value.unstarted
+            started = [why for _, why in sorted(f.value.failures, key=lambda nf: nf[0])]
             if left:
-                result.errback(ConnectError(string=(
+                result.errback(NoAddressConnected((
                     f"no address of {self._name} took the connection within "
                     f"{self._budget:g} seconds ({failed}); {left} not tried before the "
-                    "next retry")))
+                    "next retry"), started))
             else:
-                result.errback(ConnectError(string=f"no address of {self._name} took the "
-                                            f"connection ({failed})"))
+                result.errback(NoAddressConnected(f"no address of {self._name} took the "
+                                                  f"connection ({failed})", started))
 
         def not_resolved(f: Any) -> None:
             if not (result.called or cancelled):
