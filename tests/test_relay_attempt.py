@@ -2152,3 +2152,59 @@ def test_the_kept_error_of_a_host_that_took_no_connection_says_why(tmp_path, err
     assert r.reply.text() == (
         f"451 4.4.1 connection to mx2.remote.test[192.0.2.2]:25 failed: {words}")
     assert "secret" not in r.reply.text() and "0x" not in r.reply.text()
+
+
+@pytest.mark.parametrize("extensions", [("PIPELINING", "8BITMIME"), ("8BITMIME",)],
+                         ids=["pipelined", "lock-step"])
+@pytest.mark.parametrize("refusal", [b"451 4.3.0 Temporary local problem\r\n", _NEED_TLS],
+                         ids=["4xx", "530"])
+def test_a_4xx_to_data_tries_the_next_mx_in_the_same_attempt(tmp_path, extensions, refusal):
+    # the host took bob at RCPT, then refused DATA only for now (a 530
+    # there is the hub's 454): no message text went, so the host holds
+    # no copy (RFC 5321 4.1.1.4: no data without a 354) and the next MX
+    # host gets the recipients now, as after a 4xx to MAIL or to every
+    # RCPT -- carol too, whom it refused for now at RCPT
+    a, net, _ = agent(tmp_path)
+    seen = {}
+    net.servers[("2001:db8::1", 25)] = _recording(seen, "mx1", extensions=extensions, replies={
+        "RCPT carol@remote.test": _GREYLISTED, "DATA": refusal})
+    net.servers[("192.0.2.2", 25)] = _recording(seen, "mx2")
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert sorted((str(r.address), r.kind, r.remote_mta) for r in results) == [
+        ("bob@remote.test", "delivered", "mx2.remote.test"),
+        ("carol@remote.test", "delivered", "mx2.remote.test")]
+    assert [m for s in seen["mx1"] for m in s.messages] == []
+    assert len([m for s in seen["mx2"] for m in s.messages]) == 1
+
+
+def test_a_4xx_to_data_everywhere_keeps_the_last_hosts_words(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"DATA": b"451 4.3.0 mx1 busy\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(
+        replies={"DATA": b"452 4.3.1 mx2 out of space\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.reply.text(), r.remote_mta) == (
+        "transient", "452 4.3.1 mx2 out of space", "mx2.remote.test")
+
+
+def test_a_5xx_to_data_does_not_try_the_next_mx(tmp_path):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"DATA": b"554 5.7.1 not from you\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.reply.code, r.remote_mta) == ("permanent", 554, "mx1.remote.test")
+    assert ("192.0.2.2", 25) not in net.connections
+
+
+def test_a_4xx_after_the_data_waits_for_the_next_retry(tmp_path):
+    # the message text went: the next MX host is not tried in the same
+    # attempt (docs/relay.rst says why), the recipients wait as before
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"END": b"451 4.3.0 content scan failed, try later\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.reply.code, r.remote_mta) == ("transient", 451, "mx1.remote.test")
+    assert ("192.0.2.2", 25) not in net.connections

@@ -481,10 +481,12 @@ def _too_many_recipients(reply: Reply) -> bool:
 _HOST_PHASES = (Phase.GREETING.value, Phase.EHLO.value, Phase.HELO.value)
 
 def _refused_for_now(outcome: SessionOutcome) -> bool:
-    """Whether the server took MAIL, refused every RCPT and at least one
-    of them only for now (4yz): no message went, and those recipients may
-    go to the next MX host in the same attempt."""
-    return outcome.no_recipient_taken and any(
+    """Whether the server took MAIL and then refused every RCPT, or DATA
+    only for now, and at least one recipient only for now (4yz): no
+    message went, and those recipients may go to the next MX host in the
+    same attempt.  Not a refusal after the message text (the final "."):
+    that waits for the next retry (docs/relay.rst)."""
+    return (outcome.no_recipient_taken or outcome.data_refused_for_now) and any(
         r.kind == "transient" for r in outcome.recipients)
 
 
@@ -851,7 +853,10 @@ class DeliveryAgent:
             host = _remote_name(mxhost.name, smarthost)
             if _refused_for_now(outcome):
                 # every RCPT refused, some only for now (a 4yz: greylisting,
-                # a full disk, a lookup that failed): that host took no
+                # a full disk, a lookup that failed), or DATA refused for
+                # now before any message text went (RFC 5321 4.1.1.4: no
+                # data without a 354; Postfix's smtp_mesg_fail keeps the
+                # recipients for a backup host too): that host took no
                 # message, so the next MX host gets those recipients now,
                 # as after a 4xx to MAIL -- not the next retry, which starts
                 # at the same host again.  RFC 5321 5.1 has the client try

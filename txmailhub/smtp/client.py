@@ -264,6 +264,10 @@ class SessionOutcome:
     #: MAIL was taken and every RCPT refused: no message went (the relay
     #: then tries the next MX host for recipients refused only for now)
     no_recipient_taken: bool = False
+    #: recipients were taken and DATA refused only for now (a 4yz, or a
+    #: 530 as its 454): no message text went (RFC 5321 4.1.1.4), so the
+    #: relay tries the next MX host for them, as after a 4xx to MAIL
+    data_refused_for_now: bool = False
 
 
 def _synthetic(code: int, status: str, text: str) -> Reply:
@@ -350,6 +354,9 @@ class ClientSession:
         self._rcpt_held: Reply | None = None
         # every RCPT refused (SessionOutcome.no_recipient_taken)
         self._none_taken = False
+        # DATA refused for now after some RCPT taken
+        # (SessionOutcome.data_refused_for_now)
+        self._data_refused_for_now = False
         # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
         # and the reply that refused it (then the MAIL went again without
         # it, once per session; the adapter logs it), and whether that MAIL
@@ -502,6 +509,7 @@ class ClientSession:
             extensions=dict(self.extensions),
             phase=self.phase.value,
             no_recipient_taken=self._none_taken,
+            data_refused_for_now=self._data_refused_for_now,
         )
 
     def _quit(self) -> list[Action]:
@@ -965,6 +973,7 @@ class ClientSession:
         reply = held_for_session(reply)
         if not self._accepted:  # pipelined: every RCPT refused
             return self._no_recipient_taken(reply)
+        self._data_refused_for_now = reply.is_transient
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
