@@ -1038,3 +1038,30 @@ def test_a_certificate_whose_names_cannot_be_read_is_a_warning_not_a_traceback(t
     problems, warnings = tls.pair_findings(cert, key, hostname="mail.example.org")
     assert problems == []
     assert [w for w in warnings if "only for no name at all" in w], warnings
+
+
+def test_a_slow_read_at_the_warning_does_not_put_the_error_off(tmp_path, events, monkeypatch):
+    # the time since the warning counts from when its look began, the
+    # time the next look is timed from: a read of the files that took a
+    # while (a slow disk) must not make that next look, CHECK_INTERVAL
+    # later, too early to log the error, which would then wait for one
+    # more look
+    factory, clock, cert, _ = serving(tmp_path)
+    first = serial_served(factory)
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)
+    real_load = tls.load_pair
+    slow = [0.5]
+
+    def load_pair(certificate, key):
+        if slow:
+            clock.advance(slow.pop())
+        return real_load(certificate, key)
+
+    monkeypatch.setattr(tls, "load_pair", load_pair)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first  # the warning, its read 0.5 s long
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+    clock.advance(tls.CHECK_INTERVAL - 0.5)  # the next look: CHECK_INTERVAL after the last
+    assert serial_served(factory) == first
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "error"]

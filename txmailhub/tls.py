@@ -513,8 +513,11 @@ class ReloadingTLS:
             self.failure = str(e)
             if self._doubted_since is None and stamp != self._stamp:
                 # maybe a renewal caught between its two files: a warning,
-                # and a look or SIGHUP CHECK_INTERVAL later decides
-                self._doubted_since = self._now()
+                # and a look or SIGHUP CHECK_INTERVAL later decides.  From
+                # when this look or reload began (``_looked``, which the
+                # next look is timed from), not from after the read: a
+                # slow read must not make that look too early to decide
+                self._doubted_since = self._looked
                 log.warn("TLS: the new certificate and key {state} yet, keeping the old "
                          "ones; a renewal may be writing them one after the other: they are "
                          "looked at again at the first TLS connection {seconds:g} seconds "
@@ -523,7 +526,7 @@ class ReloadingTLS:
                          state=("do not match" if isinstance(e, TLSKeyMismatch)
                                 else "cannot be used"))
             elif (self._doubted_since is not None
-                  and self._now() - self._doubted_since >= CHECK_INTERVAL):
+                  and self._looked - self._doubted_since >= CHECK_INTERVAL):
                 self._doubted_since = None
                 log.error("TLS: cannot use the new certificate and key, keeping the old "
                           "ones: {why}", why=str(e))
