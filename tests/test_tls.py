@@ -317,16 +317,25 @@ def _warnings_and_errors(events) -> list[tuple[str, str]]:
             if e["log_level"].name in ("warn", "error")]
 
 
-def test_a_renewal_caught_between_its_two_files_is_a_warning(tmp_path, events):
-    # certbot's deploy hook, a script: the certificate is in place, its key
-    # a moment later.  A look in between used to log an error, and a
-    # monitoring that pages on errors paged for a renewal that went fine.
+def _renewal_caught_between_its_two_files(tmp_path):
+    """A hub serving a pair whose certificate was renewed and whose key
+    is not yet: looked at once (the warning), the old pair serving on.
+    The factory, its clock, the key's path, the new key waiting to be put
+    there, and the old pair's serial."""
     factory, clock, cert, key = serving(tmp_path)
     first = serial_served(factory)
     new_cert, new_key = pair(tmp_path / "renewed")
     os.replace(new_cert, cert)
     clock.advance(tls.CHECK_INTERVAL)
     assert serial_served(factory) == first  # the old pair serves on
+    return factory, clock, key, new_key, first
+
+
+def test_a_renewal_caught_between_its_two_files_is_a_warning(tmp_path, events):
+    # certbot's deploy hook, a script: the certificate is in place, its key
+    # a moment later.  A look in between used to log an error, and a
+    # monitoring that pages on errors paged for a renewal that went fine.
+    factory, clock, key, new_key, first = _renewal_caught_between_its_two_files(tmp_path)
     ((level, line),) = _warnings_and_errors(events)
     assert level == "warn", line
     assert "do not match yet, keeping the old ones" in line
@@ -460,12 +469,7 @@ def test_a_sighup_soon_after_a_looks_warning_is_no_error(tmp_path, events):
     # seconds later (a log rotation's) comes while the renewal may still
     # be writing the second file: what decides is how long the pair has
     # been unusable, not how many times it was looked at
-    factory, clock, cert, key = serving(tmp_path)
-    first = serial_served(factory)
-    new_cert, new_key = pair(tmp_path / "renewed")
-    os.replace(new_cert, cert)
-    clock.advance(tls.CHECK_INTERVAL)
-    assert serial_served(factory) == first
+    factory, clock, key, new_key, first = _renewal_caught_between_its_two_files(tmp_path)
     assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
     clock.advance(3)
     assert not factory.reload()
