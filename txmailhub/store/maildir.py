@@ -546,7 +546,7 @@ class MaildirStore:
         for address, md, tmp, fd, dirs in copies:
             mine = [next(ds) for _ in range(len(dirs) + 1)]
             d = all_done(mine)  # the fd's own request over too: then it may close
-            d.addBoth(_close_fd_passing, fd)
+            d.addBoth(_passing, os.close, fd)
             d.addCallback(self._publish_copy, md, tmp, dirs)
             pending.append(self._record(d, results, address, tmp))
         return all_done(pending)
@@ -890,12 +890,9 @@ def _give(_: Any, results: dict) -> dict:
 
 
 def _passing(result: Any, f: Any, *args: Any) -> Any:
+    """``f(*args)``, then ``result`` on: a clean-up in a Deferred's chain
+    (``addBoth``) that leaves its result or failure as it was."""
     f(*args)
-    return result
-
-
-def _close_fd_passing(result: Any, fd: int) -> Any:
-    os.close(fd)
     return result
 
 
