@@ -57,7 +57,7 @@ from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
-from txmailhub.relay.connect_reason import is_timeout, reason
+from txmailhub.relay.connect_reason import most_telling, reason
 from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
@@ -1126,16 +1126,10 @@ class _Tries:
 
     def telling(self) -> str:
         """The started address the error of a host none of whose addresses
-        connected names: the first started that got an answer (refused,
-        unreachable) rather than a connect timeout, else the first started.
-        Not the last started: with staggered starts that is not the last
-        to fail, and a black-holed address's timeout would hide another's
-        refusal, which says more about what is wrong."""
-        for address in self.started:
-            why = self.failures.get(address)
-            if why is not None and not is_timeout(why.value):
-                return address
-        return self.started[0]
+        connected names (``connect_reason.most_telling``)."""
+        errors = [why.value if (why := self.failures.get(a)) is not None else None
+                  for a in self.started]
+        return self.started[most_telling(errors)]
 
 
 class _Stage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Sequence
 
 from twisted.internet.error import (
     ConnectError,
@@ -25,7 +26,7 @@ from twisted.internet.error import (
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.python.failure import Failure
 
-__all__ = ["is_timeout", "reason"]
+__all__ = ["is_timeout", "most_telling", "reason"]
 
 REFUSED = "connection refused"
 TIMED_OUT = "timed out"
@@ -53,6 +54,20 @@ def is_timeout(error: BaseException) -> bool:
     """Whether ``error`` is a connect timeout: no answer at all, which
     says less about a host than a refusal."""
     return isinstance(error, (ConnectTimeoutError, TCPTimedOutError))
+
+
+def most_telling(errors: Sequence[BaseException | None]) -> int:
+    """Which of ``errors`` (one per address, in the order they were
+    started; ``None``: none known) says most of why no address connected:
+    the first that got an answer (refused, unreachable) rather than a
+    connect timeout, else the first.  Not the last started: with staggered
+    starts that is not the last to fail, and a black-holed address's
+    timeout would hide another's refusal.  The agent (an MX host's
+    addresses) and ``NameEndpoint`` (a smarthost's) name the same one."""
+    for n, error in enumerate(errors):
+        if error is not None and not is_timeout(error):
+            return n
+    return 0
 
 
 def reason(error: BaseException | Failure) -> str:

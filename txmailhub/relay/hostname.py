@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import ascii_domain
-from txmailhub.relay.connect_reason import is_timeout
+from txmailhub.relay.connect_reason import most_telling
 from txmailhub.relay.eyeballs import RaceLost, interleave, race
 
 __all__ = ["MAX_ADDRESSES", "NameEndpoint", "NoAddressConnected", "Resolver", "ascii_name",
@@ -57,13 +57,10 @@ class NoAddressConnected(ConnectError):
         self.failures = failures
 
     def telling(self) -> BaseException | None:
-        """The error that says most of why: the first started that got an
-        answer (refused, unreachable) rather than a connect timeout, else
-        the first started (as the agent names an MX host's address)."""
-        for why in self.failures:
-            if not is_timeout(why.value):
-                return why.value
-        return self.failures[0].value if self.failures else None
+        """The error that says most of why (``connect_reason.most_telling``)."""
+        if not self.failures:
+            return None
+        return self.failures[most_telling([why.value for why in self.failures])].value
 
 
 def ascii_name(name: str) -> str:
