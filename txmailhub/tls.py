@@ -231,10 +231,7 @@ def _options(chain: list[Any], private_key: Any) -> Any:
 def _same(old: tuple[list[Any], Any], new: tuple[list[Any], Any]) -> bool:
     """Whether two (chain, key) pairs are the same certificates and key
     (the key belongs to the leaf: its public half says which it is)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return ([c.public_bytes(Encoding.DER) for c in old[0]]
-            == [c.public_bytes(Encoding.DER) for c in new[0]]
+    return ([_der(c) for c in old[0]] == [_der(c) for c in new[0]]
             and _public(old[1].public_key()) == _public(new[1].public_key()))
 
 
@@ -272,7 +269,7 @@ def covers(leaf: Any, hostname: str) -> bool:
     addresses.  A certificate whose names cannot be read covers nothing."""
     import ipaddress
 
-    host = hostname.strip().rstrip(".").lower()
+    host = _name_key(hostname)
     dns, addresses = _identities(leaf)
     if host.startswith("[") and host.endswith("]"):
         literal = host[1:-1]
@@ -329,12 +326,12 @@ def _common_names(leaf: Any) -> list[str]:
 
 def _common_name_covers(leaf: Any, hostname: str) -> bool:
     """Whether a common name of ``leaf`` is ``hostname`` (or a wildcard for it)."""
-    host = hostname.strip().rstrip(".").lower()
+    host = _name_key(hostname)
     return any(_name_matches(name, host) for name in _common_names(leaf))
 
 
 def _name_matches(pattern: str, host: str) -> bool:
-    pattern = pattern.strip().rstrip(".").lower()
+    pattern = _name_key(pattern)
     if not pattern.startswith("*."):
         return pattern == host
     rest = pattern[2:]
@@ -547,8 +544,8 @@ class ReloadingTLS:
             # the hub's name, said just now, is not said again below; a
             # wildcard that covered it is (it stood for the hub's other
             # names too: pop.example.org, smtp.example.org)
-            host = self.hostname.strip().rstrip(".").lower() if self.hostname else ""
-            dropped = [n for n in dropped if n.strip().rstrip(".").lower() != host]
+            host = _name_key(self.hostname) if self.hostname else ""
+            dropped = [n for n in dropped if _name_key(n) != host]
         if dropped:
             # taken all the same (a name may have been dropped on purpose),
             # but a renewal made for the wrong name is otherwise found out
@@ -557,6 +554,12 @@ class ReloadingTLS:
                      "one it replaces was valid for: clients that check the name refuse it",
                      path=self.certificate, names=", ".join(dropped))
         return True
+
+
+def _name_key(name: str) -> str:
+    """A host name as names are compared: no spaces around it, no final
+    dot, lower case (RFC 4343)."""
+    return name.strip().rstrip(".").lower()
 
 
 def _der(cert: Any) -> bytes:
