@@ -822,6 +822,14 @@ def test_a_bad_mailbox_quota_is_one_clear_line(value: str, why: str) -> None:
     assert found[0].startswith("/etc/mh/mailhub.toml: [hub] mailbox_quota: " + why), found
 
 
+def test_log_files_kept_is_ten_unless_set_and_a_bad_one_is_one_clear_line() -> None:
+    assert load_text(MINIMAL, "/c").hub.log_files_kept == 10
+    assert load_text(MINIMAL + "log_files_kept = 0\n", "/c").hub.log_files_kept == 0
+    assert load_text(MINIMAL + "log_files_kept = 30\n", "/c").hub.log_files_kept == 30
+    found = problems(MINIMAL + "log_files_kept = -1\n")
+    assert found == ["/etc/mh/mailhub.toml: [hub] log_files_kept: must be 0 or more, got -1"]
+
+
 # -- bounds and value lists the docs state (docs/configuration.rst) -------------
 
 

@@ -25,11 +25,12 @@ log = Logger(namespace="txmailhub.test")
 
 
 @contextlib.contextmanager
-def twistd_logging(tmp_path: Path, logfile: Path,
+def twistd_logging(tmp_path: Path, logfile: Path, hub_lines: str = "",
                    **more: object) -> Iterator[Callable[[], None]]:
     """``twistd --logfile LOGFILE mailhub``'s logging, started as twistd
     starts it: the hub is made and added to the application first
-    (``more``: other options of twistd's, ``uid=...``)."""
+    (``more``: other options of twistd's, ``uid=...``; ``hub_lines``: more
+    of the config's ``[hub]`` section)."""
     from txmailhub import logfile as hub_logfile
     from txmailhub import tap
 
@@ -47,7 +48,8 @@ def twistd_logging(tmp_path: Path, logfile: Path,
     logger = UnixAppLogger(parent)
     observer = None
     try:
-        hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+        hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent,
+                                           hub_lines=hub_lines))
         application = Application("mailhub")
         hub.setServiceParent(application)
         # the observer twistd's logger.start() picks: the application's, or
@@ -143,6 +145,30 @@ def test_a_sigusr1_with_the_file_in_place_still_rotates_it(tmp_path: Path) -> No
     assert "first" in (tmp_path / "mailhub.log.1").read_text()
     text = path.read_text()
     assert "second" in text and "first" not in text
+
+
+@pytest.mark.parametrize(("hub_lines", "kept"), [("", 10), ("log_files_kept = 3\n", 3),
+                                                ("log_files_kept = 0\n", 12)])
+def test_the_hubs_own_rotations_keep_log_files_kept_numbered_files(tmp_path: Path,
+                                                                   hub_lines: str,
+                                                                   kept: int) -> None:
+    # twistd makes mailhub.log.1, .2, ... at 1 MB and on SIGUSR1 and never
+    # deletes one: a hub nobody rotates for fills its disk 1 MB at a time.
+    # [hub] log_files_kept (10 unless set; 0: all) bounds them, the oldest
+    # going first; logrotate's dated names are not the hub's and stay
+    path = tmp_path / "mailhub.log"
+    (tmp_path / "mailhub.log-20261130").write_text("logrotate's\n")
+    with twistd_logging(tmp_path, path, hub_lines=hub_lines) as rotate:
+        for n in range(12):
+            _line(f"line {n}")
+            rotate()
+        _line("now")
+    numbered = sorted(int(p.name.rsplit(".", 1)[1]) for p in tmp_path.glob("mailhub.log.*"))
+    assert numbered == list(range(1, kept + 1))
+    assert "line 11" in (tmp_path / "mailhub.log.1").read_text()
+    assert f"line {12 - kept}" in (tmp_path / f"mailhub.log.{kept}").read_text()
+    assert "now" in path.read_text()
+    assert (tmp_path / "mailhub.log-20261130").read_text() == "logrotate's\n"
 
 
 @pytest.mark.parametrize("parent", [{"logfile": "-", "nodaemon": True},

@@ -280,12 +280,13 @@ def test_the_state_folder_is_private_whatever_the_umask(tmp_path: Path) -> None:
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
 
 
-def _tap_options(tmp_path: Path, state_dir: str, parent: dict | None = None):
+def _tap_options(tmp_path: Path, state_dir: str, parent: dict | None = None,
+                 hub_lines: str = ""):
     from txmailhub.tap import Options
 
     config = tmp_path / "hub.toml"
     config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      f'state_dir = "{state_dir}"\n[smtp]\nlisten = []\n[submission]\n'
+                      f'state_dir = "{state_dir}"\n{hub_lines}[smtp]\nlisten = []\n[submission]\n'
                       'listen = []\n[pop3]\nlisten = []\n')
     options = Options()
     options.parseOptions(["--config", str(config)])

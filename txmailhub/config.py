@@ -115,6 +115,11 @@ class HubSettings:
     # octets a local mailbox may hold before RCPT to it gets 452 4.2.2
     # (a soft quota, checked at RCPT only); 0: no quota
     mailbox_quota: int = 0
+    # twistd's own numbered log files (``--logfile``: ``mailhub.log.1``,
+    # ``.2``, ... made at 1 MB and on SIGUSR1) kept; older ones are
+    # deleted.  0: all kept, as twistd keeps them (without an outside
+    # rotator the log then fills the disk by 1 MB at a time)
+    log_files_kept: int = 10
 
     @property
     def primary_domain(self) -> str:
@@ -1122,7 +1127,8 @@ def load_text(text: str, path: str) -> Settings:
                 f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
             )
 
-    t = r.table(doc, "hub", {"hostname", "state_dir", "domains", "mailbox_quota"})
+    t = r.table(doc, "hub", {"hostname", "state_dir", "domains", "mailbox_quota",
+                             "log_files_kept"})
     if "domains" not in t:
         r.problem("hub", "domains", "required: the local domains, the primary one first")
     hostname = r.get(t, "hub", "hostname", None, _hostname)
@@ -1131,6 +1137,7 @@ def load_text(text: str, path: str) -> Settings:
         state_dir=r.resolve(r.get(t, "hub", "state_dir", "var", _nonempty_string)),
         domains=r.get(t, "hub", "domains", ("localhost",), _domains),
         mailbox_quota=r.get(t, "hub", "mailbox_quota", 0, _non_negative_int),
+        log_files_kept=r.get(t, "hub", "log_files_kept", 10, _non_negative_int),
     )
 
     # the name a certificate must be valid for (None: a bad one, a problem

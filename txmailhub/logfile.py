@@ -116,13 +116,16 @@ class ReopeningLogFile(LogFile):
 threadable.synchronize(ReopeningLogFile)
 
 
-def observer_for(parent: Any, switch_to: int | None = None
+def observer_for(parent: Any, switch_to: int | None = None, files_kept: int = 0
                  ) -> tuple[Any, ReopeningLogFile] | None:
     """The observer writing twistd's ``--logfile`` through a
     ``ReopeningLogFile``, with that file, or ``None`` where twistd does not
     log to a file of its own (standard output, syslog) or was given
     ``--logger``.  ``switch_to``: the uid twistd, running as root, will
-    switch to (``ReopeningLogFile.switch_to``)."""
+    switch to (``ReopeningLogFile.switch_to``).  ``files_kept``: how many
+    numbered files (``mailhub.log.1`` ...) a rotation keeps, the older
+    ones deleted (twistd keeps every one: a log that fills the disk in
+    1 MB steps on a hub nobody rotates for); 0 keeps them all."""
     from twisted.logger import textFileLogObserver
 
     from txmailhub.tap import twistd_log_file
@@ -134,6 +137,7 @@ def observer_for(parent: Any, switch_to: int | None = None
         return None
     log_file = ReopeningLogFile.fromFullPath(name)
     log_file.switch_to = switch_to
+    log_file.maxRotatedFiles = files_kept or None
     return textFileLogObserver(log_file), log_file
 
 

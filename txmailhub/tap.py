@@ -131,11 +131,13 @@ def makeService(options: Any) -> Any:
     HangupNotice(hub.components.tls).setServiceParent(hub)
     if parent is not None:
         hub.parent_hook = lambda application: use_reopening_log(
-            application, parent, owner[0] if owner else None)
+            application, parent, owner[0] if owner else None,
+            settings.hub.log_files_kept)
     return hub
 
 
-def use_reopening_log(application: Any, parent: Any, switch_to: int | None = None) -> None:
+def use_reopening_log(application: Any, parent: Any, switch_to: int | None = None,
+                      files_kept: int = 0) -> None:
     """Have twistd log through ``txmailhub.logfile.ReopeningLogFile``, so
     that logrotate can rotate ``--logfile`` (``docs/deployment.rst``).
 
@@ -145,7 +147,8 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
     changes for standard output, syslog, ``--logger``, or an application
     that has an observer already.  ``switch_to``: the ``--uid`` twistd,
     running as root, switches to after logging its first lines: the file
-    is neither rotated nor made before (``ReopeningLogFile.switch_to``)."""
+    is neither rotated nor made before (``ReopeningLogFile.switch_to``).
+    ``files_kept``: ``[hub] log_files_kept`` (0: every numbered file kept)."""
     from twisted.logger import ILogObserver
 
     from txmailhub.logfile import install_sigusr1, observer_for
@@ -154,7 +157,7 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
         return
     if application.getComponent(ILogObserver, None) is not None:
         return
-    found = observer_for(parent, switch_to)
+    found = observer_for(parent, switch_to, files_kept)
     if found is None:
         return
     observer, log_file = found
