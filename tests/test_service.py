@@ -295,6 +295,25 @@ def _tap_options(tmp_path: Path, state_dir: str, parent: dict | None = None,
     return options
 
 
+def test_twistd_chroot_is_refused_before_anything_is_made(tmp_path: Path, capsys) -> None:
+    # twistd chroots after makeService: the state folder, the users file
+    # and the TLS files were read by one path outside and opened by the
+    # same path inside the jail (a traceback for spool.lock, ports bound)
+    import pytest
+
+    from txmailhub.tap import makeService
+
+    options = _tap_options(tmp_path, str(tmp_path / "state"),
+                           parent={"chroot": str(tmp_path / "jail"), "nodaemon": True})
+    with pytest.raises(SystemExit) as info:
+        makeService(options)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mailhub: twistd --chroot is not supported"), err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "state").exists()
+
+
 def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     # a one-line reason and exit 2, as for a bad config: not a traceback
     import pytest

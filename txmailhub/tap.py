@@ -71,9 +71,24 @@ class Options(usage.Options):
             raise SystemExit(2)
 
 
+CHROOT_REFUSAL = (
+    "mailhub: twistd --chroot is not supported: the hub opens its state_dir, "
+    "users and aliases files and TLS files by the paths the config gives, "
+    "before and after twistd's chroot, so they would name different files; "
+    "confine the hub with its service manager instead (docs/deployment.rst: "
+    "ProtectSystem=strict, ReadWritePaths=)")
+
+
 def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
+    if (getattr(options, "parent", None) or {}).get("chroot"):
+        # twistd chroots after makeService: the checks below and the
+        # start would look at one tree and the running hub at another
+        # (a traceback once the ports are bound, for a spool.lock the
+        # jail has no folder for)
+        print(CHROOT_REFUSAL, file=sys.stderr)
+        raise SystemExit(2)
     limit = raise_fd_limit()
     tune_gc()
     settings = options["settings"]
