@@ -24,6 +24,7 @@ PINNED = {
     "DATA_START": (354, None),  # RFC 2034: no enhanced code on 354
     "TLS_READY": (220, "2.0.0"),  # RFC 3207 4
     "AUTH_SUCCEEDED": (235, "2.7.0"),  # RFC 4954 6
+    "EXPN_DISABLED": (252, "2.0.0"),  # RFC 5321 7.3: 252 when switched off
     "CANNOT_VRFY": (252, "2.0.0"),  # RFC 5321 3.5.3; X.1.5 would claim it valid
     "CANNOT_EXPN": (252, "2.0.0"),  # RFC 5321 3.5.3; nothing was expanded
     "VRFY_NEEDS_SMTPUTF8": (252, "2.6.8"),  # RFC 6531 3.7.4.2
@@ -69,7 +70,6 @@ PINNED = {
     "TURN_REFUSED": (502, "5.5.1"),
     "SEND_REFUSED": (502, "5.5.1"),
     "STARTTLS_ARGUMENT": (501, "5.5.4"),  # RFC 3207 4
-    "EXPN_DISABLED": (502, "5.5.1"),
     "EXPN_NEEDS_SMTPUTF8": (550, "5.6.8"),  # RFC 6531 3.7.4.2
     "TLS_ALREADY": (503, "5.5.1"),
     "BAD_SEQUENCE": (503, "5.5.1"),

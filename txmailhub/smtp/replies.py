@@ -34,6 +34,12 @@ CANNOT_EXPN = Reply.of(
     252, "2.0.0", "Cannot EXPN an address of another domain, but will accept message"
     " and attempt delivery"
 )
+# EXPN switched off ([smtp] expn = false): RFC 5321 7.3 has a site that
+# disables VRFY or EXPN answer 252, "rather than a code that could be
+# confused with successful or unsuccessful verification" (2.0.0, as above)
+EXPN_DISABLED = Reply.of(
+    252, "2.0.0", "Cannot EXPN here, but will accept message and attempt delivery"
+)
 # RFC 6531 3.7.4.2: the answer would need UTF-8 and the client did not
 # add SMTPUTF8 to its VRFY/EXPN (X.6.8, the code RFC 6531 registers).
 VRFY_NEEDS_SMTPUTF8 = Reply.of(
@@ -112,7 +118,6 @@ COMMAND_NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Command not implemented")
 TURN_REFUSED = Reply.of(502, "5.5.1", "TURN is not supported")
 SEND_REFUSED = Reply.of(502, "5.5.1", "SEND is not supported (no terminal delivery); use MAIL")
 STARTTLS_ARGUMENT = Reply.of(501, "5.5.4", "STARTTLS takes no argument")
-EXPN_DISABLED = Reply.of(502, "5.5.1", "EXPN is disabled")
 TLS_ALREADY = Reply.of(503, "5.5.1", "TLS already active")
 BAD_SEQUENCE = Reply.of(503, "5.5.1", "Bad sequence of commands")
 HELO_REQUIRED = Reply.of(503, "5.5.1", "Send HELO or EHLO first")
