@@ -143,10 +143,25 @@ def test_helo_and_ehlo():
                "CHUNKING", "DSN", "STARTTLS"):
         assert kw in keywords
     assert "AUTH PLAIN LOGIN" not in keywords  # not over plain text from afar
-    assert keywords[-2:] == ["EXPN", "HELP"]  # EXPN is served, so it is said
+    assert keywords[-4:] == ["EXPN", "SAML", "SOML", "HELP"]  # served, so said
     assert d.send("HELO\r\n") == [replies.HELO_SYNTAX.to_bytes().decode().strip()]
     d = Driver(expn=False)
     assert "EXPN" not in [line[4:] for line in d.send("EHLO c.test\r\n")]
+
+
+def test_soml_and_saml_are_named_in_the_ehlo_reply_as_they_are_served():
+    # RFC 5321 F.6: a server MAY implement SEND, SAML and SOML; "if they
+    # are implemented ... the command names MUST be published in the
+    # response to the EHLO command" (and 4.1.1.1: the EHLO reply names
+    # every command beyond the minimum of 4.5.1).  SOML and SAML are
+    # served as MAIL; SEND and TURN, refused with 502, are not named
+    # (4.2.4).
+    d = Driver()
+    keywords = [line[4:] for line in d.send("EHLO c.test\r\n")[1:]]
+    assert "SOML" in keywords and "SAML" in keywords
+    assert "SEND" not in keywords and "TURN" not in keywords
+    assert d.codes("SOML FROM:<s@x.test>\r\nRSET\r\nSAML FROM:<s@x.test>\r\n") == [
+        "250", "250", "250"]
 
 
 def test_a_refused_helo_or_ehlo_has_no_enhanced_status_code():

@@ -535,7 +535,9 @@ class SMTPServer(MessageTransfer, AuthPhase):
             words.append("AUTH PLAIN LOGIN")
         if c.expn:  # a registered EHLO keyword (RFC 1869): said when served
             words.append("EXPN")
-        words.append("HELP")
+        # RFC 5321 F.6: SOML and SAML, served (as MAIL), "MUST be published
+        # in the response to the EHLO command"; SEND and TURN (502) are not
+        words += ("SAML", "SOML", "HELP")
         return words
 
     def _mail(self, arg: str) -> None:
