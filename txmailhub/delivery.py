@@ -23,7 +23,7 @@ recipients that did succeed.  Only when there is no queue (no relay
 configured) does a failed mailbox stay a 451; ``summarize`` then answers
 451 for the whole message, because a 250 would leave that recipient's copy
 with nobody responsible for it (a duplicate for the others is the lesser
-harm, RFC 5321 6.3).
+harm, RFC 5321 6.1).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class QueueRunner:
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
         # delivering those copies again.  In memory only: after a crash the
-        # copies go again, a duplicate rather than a loss (RFC 5321 6.3).
+        # copies go again, a duplicate rather than a loss (RFC 5321 6.1).
         self._unrecorded: dict[str, list[DeliveryResult]] = {}
         # The same for notices: sent, but the record saying so could not be
         # written.  (action, recipient) pairs per queue id.

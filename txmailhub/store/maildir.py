@@ -313,7 +313,7 @@ class MaildirStore:
         its record leaves one copy, not two, after the restart.  A copy the
         user has already deleted cannot be told from one never made: that
         window (delivered, read and deleted before the runner recorded it)
-        stays a duplicate, as RFC 5321 6.3 prefers to a loss.
+        stays a duplicate, as RFC 5321 6.1 prefers to a loss.
 
         Whether a Maildir has the copy is looked up on the syncer's worker
         threads (``syncer.call``; as in ``open``, on the caller's thread
