@@ -954,6 +954,17 @@ def test_help_lists_what_is_served_not_what_is_refused():
     assert "EXPN" in text and "BDAT" in text and "TURN" not in text and "SEND" not in text
 
 
+def test_help_names_the_software_and_its_version():
+    # RFC 5321 7.5: implementations "SHOULD minimally provide for making
+    # type and version information available in some way to other network
+    # hosts"; the greeting names the type only, HELP (which 7.5 names as
+    # the other place) gives the version too.
+    import txmailhub
+    d = Driver()
+    assert "txmailhub" in d.banner.decode()
+    assert any(f"txmailhub {txmailhub.__version__}" in line for line in d.send("HELP\r\n"))
+
+
 def test_rset_noop_help_quit():
     d = Driver()
     tx(d)

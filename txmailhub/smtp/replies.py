@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 from functools import lru_cache
 
+from txmailhub import __version__
 from txmailhub.logsafe import loggable
 from txmailhub.smtp.reply import Reply
 
@@ -248,12 +249,15 @@ def expn_found(addresses: list[str]) -> Reply:
 
 
 def help_text(commands: list[str]) -> Reply:
+    """The 214 to HELP.  It names the software and its version: RFC 5321
+    7.5 asks that they be available "in some way to other network hosts",
+    and names HELP as a place for them (the greeting gives the name only)."""
     return Reply.of(
         214,
         "2.0.0",
         "Commands supported:",
         " ".join(commands),
-        "See RFC 5321; report problems to postmaster",
+        f"txmailhub {__version__}; see RFC 5321; report problems to postmaster",
     )
 
 
