@@ -1,0 +1,140 @@
+"""mpop (GnuTLS), a strict POP3 client, retrieves from the hub: STLS and
+implicit TLS, UIDL-based "keep" mode across runs, and delete mode.
+
+mpop checks what the server says against what it sends: the size LIST
+announced against the octets RETR brought, UIDL values (1-70 printable
+characters, one per message), the TLS certificate against its trust
+file.  Its own Maildir delivery writes each message as it came, less the
+dot-stuffing, plus a Received field of its own in front.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from interop import ALICE, ALICE_PW, SENDER, corpus, hub_log_is_clean, send_smtplib, strip_trace
+
+MPOP = shutil.which("mpop")
+pytestmark = pytest.mark.skipif(MPOP is None, reason="mpop is not installed")
+
+
+def write_config(hub, folder: Path) -> Path:
+    cert = hub.folder / "tls" / "cert.pem"
+    out = folder / "out"
+    for sub in ("new", "cur", "tmp"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    rc = folder / "mpoprc"
+    rc.write_text(
+        "defaults\n"
+        "host 127.0.0.1\n"
+        f"user {ALICE}\npassword {ALICE_PW}\n"
+        f"tls_trust_file {cert}\n"
+        "timeout 20\n"
+        f"delivery maildir {out}\n"
+        f"uidls_file {folder / 'uidls'}\n"
+        # received_header off: the file is then exactly what RETR sent
+        "received_header off\n"
+        "\n"
+        f"account stls\nport {hub.pop3_port}\ntls on\ntls_starttls on\n\n"
+        f"account pop3s\nport {hub.pop3s_port}\ntls on\ntls_starttls off\n\n"
+        "account keep : stls\nkeep on\n\n"
+        "account plain\n"
+        f"port {hub.pop3_port}\ntls off\nauth user\n\n"
+    )
+    rc.chmod(0o600)  # mpop refuses a config with a password others can read
+    return rc
+
+
+def mpop(rc: Path, account: str) -> tuple[int, str]:
+    r = subprocess.run([MPOP, "-C", str(rc), "--debug", account], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    return r.returncode, r.stdout.decode(errors="replace")
+
+
+def delivered(folder: Path) -> list[bytes]:
+    """What mpop wrote, LF line ends as its Maildir delivery stores them,
+    back in CRLF form."""
+    new = folder / "out" / "new"
+    return [p.read_bytes().replace(b"\n", b"\r\n") for p in sorted(new.iterdir())]
+
+
+def clear(folder: Path) -> None:
+    for p in (folder / "out" / "new").iterdir():
+        p.unlink()
+
+
+@pytest.mark.parametrize("account", ["stls", "pop3s"])
+def test_mpop_retrieves_and_deletes_over_tls(make_hub, tmp_path: Path, account: str):
+    hub = make_hub(tls=True)
+    sent = corpus(account)
+    send_smtplib(hub.smtp_port, sent, [ALICE])
+    rc = write_config(hub, tmp_path)
+    code, out = mpop(rc, account)
+    assert code == 0, out[-3000:]
+    if account == "stls":
+        assert "STLS" in out and "+OK" in out, out[:3000]
+    assert "TLS session parameters:" in out, out[:3000]
+    for line in ("--> AUTH PLAIN", "--> UIDL", "--> LIST", "--> RETR 5", "--> DELE 5",
+                 "<-- +OK Bye (0 messages left)"):
+        assert line in out, (line, out[:3000])
+    got = sorted(strip_trace(m) for m in delivered(tmp_path))
+    assert got == sorted(sent.values())
+    assert hub.message_files(ALICE) == []  # mpop deletes what it fetched by default
+    code, out = mpop(rc, account)
+    assert code == 0, out[-2000:]
+    assert "no messages" in out and "--> RETR" not in out, out[-2000:]
+    hub_log_is_clean(hub.log_text())
+
+
+def test_mpop_keep_mode_fetches_each_message_once(make_hub, tmp_path: Path):
+    """``keep on``: mpop leaves the messages on the server and remembers
+    their UIDLs; a second run fetches only the message that came since."""
+    hub = make_hub(tls=True)
+    first = corpus("keep1", big=False)
+    send_smtplib(hub.smtp_port, first, [ALICE])
+    rc = write_config(hub, tmp_path)
+    code, out = mpop(rc, "keep")
+    assert code == 0, out[-3000:]
+    assert sorted(strip_trace(m) for m in delivered(tmp_path)) == sorted(first.values())
+    assert len(hub.message_files(ALICE)) == len(first)  # kept
+    assert "--> UIDL" in out and "DELE" not in out, out[-3000:]
+    uidls = (tmp_path / "uidls").read_text()
+    clear(tmp_path)
+
+    later = {"late": corpus("keep2", big=False)["dots"]}
+    send_smtplib(hub.smtp_port, later, [ALICE])
+    code, out = mpop(rc, "keep")
+    assert code == 0, out[-3000:]
+    assert [strip_trace(m) for m in delivered(tmp_path)] == [later["late"]]
+    assert out.count("--> RETR") == 1, out[-3000:]
+    assert len(hub.message_files(ALICE)) == len(first) + 1
+    assert (tmp_path / "uidls").read_text() != uidls
+    clear(tmp_path)
+
+    # and a run with nothing new fetches nothing
+    code, out = mpop(rc, "keep")
+    assert code == 0, out[-3000:]
+    assert delivered(tmp_path) == [] and "--> RETR" not in out, out[-3000:]
+    # then the same account without keep deletes all of them
+    code, out = mpop(rc, "stls")
+    assert code == 0, out[-3000:]
+    assert hub.message_files(ALICE) == []
+    hub_log_is_clean(hub.log_text())
+
+
+def test_mpop_user_pass_without_tls_on_loopback(make_hub, tmp_path: Path):
+    """USER/PASS without TLS is allowed from loopback (docs/pop3.rst):
+    mpop, told to use it, logs in and fetches."""
+    hub = make_hub(tls=True)
+    sent = {"ascii": corpus("plain", big=False)["ascii"]}
+    send_smtplib(hub.smtp_port, sent, [ALICE])
+    rc = write_config(hub, tmp_path)
+    code, out = mpop(rc, "plain")
+    assert code == 0, out[-3000:]
+    assert [strip_trace(m) for m in delivered(tmp_path)] == [sent["ascii"]]
+    assert "--> USER " in out and "--> STLS" not in out, out[:3000]
+    assert SENDER in delivered(tmp_path)[0].decode()
+    hub_log_is_clean(hub.log_text())
