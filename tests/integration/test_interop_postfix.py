@@ -1,0 +1,247 @@
+"""Postfix, as a real MTA, sends through the hub's MX listener.
+
+A private Postfix instance per test: its own config, queue and data
+folders under a temporary folder, no listener at all (mail goes in with
+its ``sendmail -C``), every message relayed to ``[127.0.0.1]:<the hub's
+SMTP port>``, no DNS.  It needs root (``postfix start`` runs its master
+as root, its daemons as the ``postfix`` user) and leaves the system's
+own Postfix, if any, alone (a queue of its own, ``/etc/postfix``
+untouched).  The instance is stopped at the end of the test, and its
+master killed by its pid if it does not stop.
+
+Checked: what the hub's mailboxes get is what was submitted, after the
+trace fields (Postfix's own Received field among them); 8-bit and a
+1 MiB message go as they are; an unknown recipient among good ones is
+refused at RCPT, the others get the message, and Postfix bounces the
+unknown one back to the sender (a user of the hub); STARTTLS when
+Postfix is told to encrypt; and the queue is empty at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from interop import ALICE, ALICE_PW, BOB, BOB_PW, SENDER, corpus, fetch_poplib, hub_log_is_clean
+from interop import assert_same as assert_same_messages
+
+POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if os.access("/usr/sbin/postfix", os.X_OK)
+                                      else None)
+SENDMAIL_BIN = "/usr/sbin/sendmail"
+CAROL_PW = "carol-secret"
+
+pytestmark = [
+    pytest.mark.skipif(POSTFIX is None, reason="postfix is not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance needs root"),
+]
+
+_MASTER_CF = """\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+class Postfix:
+    """One private Postfix instance relaying everything to ``port``."""
+
+    def __init__(self, root: Path, port: int, settings: dict[str, str]) -> None:
+        self.root = root
+        self.etc = root / "etc"
+        self.spool = root / "spool"
+        self.log = root / "maillog"
+        for sub in ("etc", "spool", "data"):
+            (root / sub).mkdir()
+        shutil.chown(root / "data", "postfix", "postfix")
+        main = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.spool),
+            "data_directory": str(root / "data"),
+            "maillog_file": str(self.log),
+            "maillog_file_prefixes": str(root),
+            "myhostname": "postfix.test",
+            "mydomain": "postfix.test",
+            "myorigin": "postfix.test",
+            "mydestination": "",
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "relayhost": f"[127.0.0.1]:{port}",
+            "smtp_dns_support_level": "disabled",
+            "alias_maps": "",
+            "alias_database": "",
+            "biff": "no",
+            "smtp_tls_security_level": "none",
+            # a bounce or a retry comes at once, not after minutes
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "message_size_limit": str(8 << 20),
+            **settings,
+        }
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
+        (self.etc / "master.cf").write_text(_MASTER_CF)
+
+    def postfix(self, *args: str) -> None:
+        assert POSTFIX is not None
+        r = subprocess.run([POSTFIX, "-c", str(self.etc), *args], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, (args, r.stdout, r.stderr, self.log_text())
+
+    def start(self) -> None:
+        self.postfix("start")
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.spool / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        subprocess.run([POSTFIX, "-c", str(self.etc), "stop"], capture_output=True, timeout=60)
+        if pid is None:
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+    def sendmail(self, data: bytes, sender: str, *recipients: str) -> None:
+        r = subprocess.run([SENDMAIL_BIN, "-C", str(self.etc), "-i", "-f", sender, "--",
+                            *recipients], input=data, capture_output=True, timeout=60)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+
+    def queue(self) -> str:
+        r = subprocess.run(["postqueue", "-c", str(self.etc), "-p"], capture_output=True,
+                           text=True, timeout=60)
+        return r.stdout + r.stderr
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def make_postfix() -> Iterator:
+    roots: list[tuple[Path, Postfix]] = []
+
+    def factory(port: int, **settings: str) -> Postfix:
+        # the postfix user must reach the queue: not under pytest's 0700 folder
+        root = Path(tempfile.mkdtemp(prefix="txmailhub-postfix-"))
+        root.chmod(0o755)
+        pf = Postfix(root, port, settings)
+        roots.append((root, pf))
+        pf.start()
+        return pf
+
+    yield factory
+    for root, pf in roots:
+        try:
+            pf.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for(hub, counts: dict[str, int], pf: Postfix, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        have = {a: len(hub.message_files(a)) for a in counts}
+        if have == counts and "Mail queue is empty" in pf.queue():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError((have, counts, pf.queue(), pf.log_text()[-4000:]))
+        time.sleep(0.1)
+
+
+def test_postfix_relays_to_the_hub_and_bounces_the_unknown(make_hub, make_postfix):
+    hub = make_hub()
+    pf = make_postfix(hub.smtp_port)
+    sent = corpus("postfix")
+    for data in sent.values():
+        pf.sendmail(data, SENDER, ALICE, "nobody@example.org", BOB, "ghost@example.org")
+    # every message to alice and bob; to carol, a bounce for each, naming
+    # the two unknown recipients with the hub's 550
+    wait_for(hub, {ALICE: len(sent), BOB: len(sent), SENDER: len(sent)}, pf)
+    for user, pw in ((ALICE, ALICE_PW), (BOB, BOB_PW)):
+        got = fetch_poplib(hub.pop3_port, user, pw)
+        assert_same_messages(sent, "postfix", got)
+        for m in got:
+            assert b"\r\nReceived: by postfix.test (Postfix, from userid 0)" in m, m[:600]
+            assert b" with ESMTP id " in m or b" with ESMTP\r\n" in m, m[:600]
+    bounces = fetch_poplib(hub.pop3_port, SENDER, CAROL_PW)
+    for b in bounces:
+        assert b.startswith(b"Return-Path: <>\r\n"), b[:300]
+        assert b"Undelivered Mail Returned to Sender" in b, b[:2000]
+        assert b"<nobody@example.org>" in b and b"<ghost@example.org>" in b, b[:3000]
+        assert b"550 5.1.1" in b, b[:3000]
+        finals = sorted(line for line in b.split(b"\r\n") if line.startswith(b"Final-Recipient:"))
+        assert finals == [b"Final-Recipient: rfc822; ghost@example.org",
+                          b"Final-Recipient: rfc822; nobody@example.org"], finals
+    log = pf.log_text()
+    assert "status=bounced" in log and "status=sent" in log, log[-3000:]
+    assert "TLS connection established" not in log
+    hub_log_is_clean(hub.log_text())
+
+
+def test_postfix_over_starttls(make_hub, make_postfix):
+    hub = make_hub(tls=True)
+    pf = make_postfix(hub.smtp_port, smtp_tls_security_level="encrypt",
+                      smtp_tls_loglevel="1")
+    sent = corpus("postfix-tls", big=False)
+    for data in sent.values():
+        pf.sendmail(data, SENDER, ALICE)
+    wait_for(hub, {ALICE: len(sent)}, pf)
+    got = fetch_poplib(hub.pop3_port, ALICE, ALICE_PW)
+    assert_same_messages(sent, "postfix-tls", got)
+    for m in got:
+        assert b" with ESMTPS (TLSv1.3 " in m, m[:600]
+    log = pf.log_text()
+    assert "TLS connection established to 127.0.0.1" in log, log[-3000:]
+    hub_log_is_clean(hub.log_text())
+
+
+def test_postfix_sends_smtputf8(make_hub, make_postfix):
+    """A UTF-8 sender and header fields: Postfix (which detects them in
+    what its sendmail got) sends MAIL FROM with SMTPUTF8, and the hub
+    keeps the message as it came (read back in UTF8 mode)."""
+    hub = make_hub()
+    pf = make_postfix(hub.smtp_port)
+    data = ("From: Jörg <jörg@example.net>\r\nTo: alice@example.org\r\n"
+            "Date: Sun, 29 Nov 2026 12:00:00 +0000\r\n"
+            "Message-ID: <smtputf8.postfix@client.test>\r\n"
+            "Subject: interop smtputf8 postfix\r\n\r\nGrüße aus Köln\r\n").encode()
+    pf.sendmail(data, "jörg@example.net", ALICE)
+    wait_for(hub, {ALICE: 1}, pf)
+    [got] = fetch_poplib(hub.pop3_port, ALICE, ALICE_PW, utf8=True)
+    assert_same_messages({"smtputf8": data}, "postfix", [got])
+    assert got.startswith("Return-Path: <jörg@example.net>\r\n".encode()), got[:300]
+    assert b" with UTF8SMTP" in got, got[:600]
+    hub_log_is_clean(hub.log_text())
