@@ -154,6 +154,7 @@ def test_dovecot_reads_what_the_hub_delivered(hub):
     # and some flags of its own: F (flagged), R (answered), T (deleted)
     dove.doveadm("flags", "add", "\\Flagged", "uid", "1:3")
     dove.doveadm("flags", "add", "\\Answered", "uid", "2")
+    dove.doveadm("flags", "add", "$Label1", "uid", "3")  # a keyword: letter "a"
     dove.doveadm("flags", "remove", "\\Seen", "uid", "4")
 
     # the hub sees the same messages: sizes, UIDLs, bodies byte for byte
@@ -163,14 +164,16 @@ def test_dovecot_reads_what_the_hub_delivered(hub):
     for uid, (_, body) in after.items():
         assert body == dove_bodies[uid], uid
     # the hub's RETR added S where Dovecot took it away, and kept the rest
+    # (in ASCII order, as the Maildir rules and Dovecot want them)
     flags = {base_name(p.name): p.name.partition(":2,")[2] for p in hub.message_files(ALICE)}
     first = [by_guid[n] for n in (1, 2, 3, 4)]
-    assert [flags[u] for u in first] == ["FS", "FRS", "FS", "S"], flags
+    assert [flags[u] for u in first] == ["FS", "FRS", "FSa", "S"], flags
 
     # Dovecot again: no error, the same UIDs and flags as the files say
     again = dovecot_view(dove)
     assert {u: m["uid"] for u, m in again.items()} == {u: m["uid"] for u, m in seen.items()}
     assert "\\Answered" in again[first[1]]["flags"]
+    assert "$Label1" in again[first[2]]["flags"].split(), again[first[2]]
     # the hub deletes two: Dovecot sees them gone
     hub_pop3(hub, dele=(1, 2))
     assert sorted(dovecot_view(dove)) == sorted(set(names) - set(first[:2]))
