@@ -29,8 +29,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from interop import ALICE, ALICE_PW, BOB, BOB_PW, SENDER, corpus, fetch_poplib, hub_log_is_clean
+from interop import (
+    ALICE,
+    ALICE_PW,
+    BOB,
+    BOB_PW,
+    SENDER,
+    corpus,
+    fetch_poplib,
+    hub_log_is_clean,
+)
 from interop import assert_same as assert_same_messages
+from pop3util import drop
 
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if os.access("/usr/sbin/postfix", os.X_OK)
                                       else None)
@@ -244,4 +254,28 @@ def test_postfix_sends_smtputf8(make_hub, make_postfix):
     assert_same_messages({"smtputf8": data}, "postfix", [got])
     assert got.startswith("Return-Path: <jörg@example.net>\r\n".encode()), got[:300]
     assert b" with UTF8SMTP" in got, got[:600]
+    hub_log_is_clean(hub.log_text())
+
+
+def test_postfix_retries_a_full_mailbox_and_delivers_once(make_hub, make_postfix):
+    """A recipient whose mailbox is at its quota is refused with 452 at
+    RCPT (docs/smtp.rst): Postfix delivers to the other recipient, keeps
+    the message for the full one, and once the user made room, delivers
+    it there -- once, and not a second time to the other."""
+    hub = make_hub(sections={"hub": {"mailbox_quota": 65536},
+                             "smtp": {"max_message_size": 65536}})
+    # alice over her quota: a message another program dropped in
+    drop(hub.maildir(ALICE), b"Subject: filler\n\n" + (b"x" * 70 + b"\n") * 1000)
+    pf = make_postfix(hub.smtp_port)
+    sent = {"ascii": corpus("quota", big=False)["ascii"]}
+    pf.sendmail(sent["ascii"], SENDER, ALICE, BOB)
+    deadline = time.monotonic() + 20
+    while "452 4.2.2" not in pf.log_text() or not hub.message_files(BOB):
+        assert time.monotonic() < deadline, (pf.queue(), pf.log_text()[-3000:])
+        time.sleep(0.1)
+    assert "status=deferred" in pf.log_text() and len(hub.message_files(ALICE)) == 1
+    fetch_poplib(hub.pop3_port, ALICE, ALICE_PW, delete=True)  # alice makes room
+    wait_for(hub, {ALICE: 1, BOB: 1}, pf)
+    for user, pw in ((ALICE, ALICE_PW), (BOB, BOB_PW)):
+        assert_same_messages(sent, "quota", fetch_poplib(hub.pop3_port, user, pw))
     hub_log_is_clean(hub.log_text())
