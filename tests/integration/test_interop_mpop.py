@@ -43,6 +43,7 @@ def write_config(hub, folder: Path) -> Path:
         "account keep : stls\nkeep on\n\n"
         "account plain\n"
         f"port {hub.pop3_port}\ntls off\nauth user\n\n"
+        "account apop : plain\nauth apop\n\n"
     )
     rc.chmod(0o600)  # mpop refuses a config with a password others can read
     return rc
@@ -125,16 +126,18 @@ def test_mpop_keep_mode_fetches_each_message_once(make_hub, tmp_path: Path):
     hub_log_is_clean(hub.log_text())
 
 
-def test_mpop_user_pass_without_tls_on_loopback(make_hub, tmp_path: Path):
-    """USER/PASS without TLS is allowed from loopback (docs/pop3.rst):
-    mpop, told to use it, logs in and fetches."""
+@pytest.mark.parametrize("account,command", [("plain", "USER"), ("apop", "APOP")])
+def test_mpop_without_tls_on_loopback(make_hub, tmp_path: Path, account: str, command: str):
+    """USER/PASS without TLS is allowed from loopback (docs/pop3.rst), and
+    APOP for a user added with it: mpop, told to use them, logs in and
+    fetches."""
     hub = make_hub(tls=True)
     sent = {"ascii": corpus("plain", big=False)["ascii"]}
     send_smtplib(hub.smtp_port, sent, [ALICE])
     rc = write_config(hub, tmp_path)
-    code, out = mpop(rc, "plain")
+    code, out = mpop(rc, account)
     assert code == 0, out[-3000:]
     assert [strip_trace(m) for m in delivered(tmp_path)] == [sent["ascii"]]
-    assert "--> USER " in out and "--> STLS" not in out, out[:3000]
+    assert f"--> {command} " in out and "--> STLS" not in out, out[:3000]
     assert SENDER in delivered(tmp_path)[0].decode()
     hub_log_is_clean(hub.log_text())
