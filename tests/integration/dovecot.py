@@ -26,9 +26,20 @@ POP3_BINARY = next(
     (p for p in ("/usr/lib/dovecot/pop3", "/usr/libexec/dovecot/pop3") if os.access(p, os.X_OK)),
     None,
 )
+
+
+def _nobody() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+
+
 MISSING = (
     "doveadm is not installed" if DOVEADM is None
     else "Dovecot's pop3 binary is not installed" if POP3_BINARY is None
+    else "Dovecot refuses root, and there is no user nobody to run it as"
+    if os.geteuid() == 0 and _nobody() is None
     else None
 )
 
@@ -53,7 +64,8 @@ class Dovecot:
         for sub in ("run", "state", "home"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            nobody = pwd.getpwnam("nobody")
+            nobody = _nobody()
+            assert nobody is not None
             self.owner: tuple[int, int] | None = (nobody.pw_uid, nobody.pw_gid)
             user, group = "nobody", grp.getgrgid(nobody.pw_gid).gr_name
             for up in (folder, *maildir.parents):

@@ -44,11 +44,28 @@ from pop3util import drop
 
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if os.access("/usr/sbin/postfix", os.X_OK)
                                       else None)
-SENDMAIL_BIN = "/usr/sbin/sendmail"
 CAROL_PW = "carol-secret"
 
+
+def _postconf(name: str) -> str | None:
+    """A parameter's default from Postfix itself (where its sendmail and
+    postqueue are: not necessarily on PATH)."""
+    postconf = os.path.join(os.path.dirname(POSTFIX or ""), "postconf")
+    try:
+        r = subprocess.run([postconf, "-d", "-h", name], capture_output=True, text=True,
+                           timeout=30)
+    except OSError:
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+SENDMAIL_BIN = _postconf("sendmail_path") if POSTFIX else None
+POSTQUEUE = (os.path.join(_postconf("command_directory") or "/usr/sbin", "postqueue")
+             if POSTFIX else None)
+
 pytestmark = [
-    pytest.mark.skipif(POSTFIX is None, reason="postfix is not installed"),
+    pytest.mark.skipif(POSTFIX is None or SENDMAIL_BIN is None,
+                       reason="postfix (and its sendmail) is not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance needs root"),
 ]
 
@@ -151,7 +168,7 @@ class Postfix:
         assert r.returncode == 0, (r.stdout, r.stderr)
 
     def queue(self) -> str:
-        r = subprocess.run(["postqueue", "-c", str(self.etc), "-p"], capture_output=True,
+        r = subprocess.run([POSTQUEUE, "-c", str(self.etc), "-p"], capture_output=True,
                            text=True, timeout=60)
         return r.stdout + r.stderr
 
