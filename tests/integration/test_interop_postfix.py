@@ -239,19 +239,30 @@ def test_postfix_relays_to_the_hub_and_bounces_the_unknown(make_hub, make_postfi
 
 
 def test_postfix_over_starttls(make_hub, make_postfix):
+    """STARTTLS, as ``smtp_tls_security_level = encrypt`` demands.  And a
+    line longer than the 998 octets the hub takes (it refuses such a
+    message with 500 5.5.2, docs/smtp.rst): Postfix breaks it before
+    sending (``smtp_line_length_limit``), so it arrives."""
     hub = make_hub(tls=True)
     pf = make_postfix(hub.smtp_port, smtp_tls_security_level="encrypt",
                       smtp_tls_loglevel="1")
     sent = corpus("postfix-tls", big=False)
     for data in sent.values():
         pf.sendmail(data, SENDER, ALICE)
-    wait_for(hub, {ALICE: len(sent)}, pf)
+    too_long = (b"Subject: interop too-long postfix-tls\r\n\r\n" + b"y" * 2500 + b"\r\nend\r\n")
+    pf.sendmail(too_long, SENDER, ALICE)
+    wait_for(hub, {ALICE: len(sent) + 1}, pf)
     got = fetch_poplib(hub.pop3_port, ALICE, ALICE_PW)
+    [broken] = [m for m in got if b"too-long" in m]
+    assert b"\r\n\r\n" + b"y" * 998 + b"\r\n " in broken, broken[-3000:]
+    assert broken.replace(b"\r\n ", b"").endswith(b"y" * 2500 + b"\r\nend\r\n")
+    got.remove(broken)
     assert_same_messages(sent, "postfix-tls", got)
-    for m in got:
+    for m in [*got, broken]:
         assert b" with ESMTPS (TLSv1.3 " in m, m[:600]
     log = pf.log_text()
     assert "TLS connection established to 127.0.0.1" in log, log[-3000:]
+    assert "breaking line > 998 bytes" in log, log[-3000:]
     hub_log_is_clean(hub.log_text())
 
 
