@@ -91,6 +91,9 @@ def makeService(options: Any) -> Any:
         raise SystemExit(2)
     limit = raise_fd_limit()
     tune_gc()
+    from txmailhub.allocator import tune_malloc
+
+    tune_malloc()
     settings = options["settings"]
     short = fd_limit_warning(settings, limit)
     if short:
