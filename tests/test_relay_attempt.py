@@ -2208,3 +2208,28 @@ def test_a_4xx_after_the_data_waits_for_the_next_retry(tmp_path):
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert (r.kind, r.reply.code, r.remote_mta) == ("transient", 451, "mx1.remote.test")
     assert ("192.0.2.2", 25) not in net.connections
+
+
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_a_message_deleted_from_the_queue_during_its_attempt_is_not_sent_nor_a_fault(
+        tmp_path, log_events, eight_bit):
+    # `mailhub queue delete` while the hub delivers the entry (relay.rst
+    # allows it): its file is gone by the time DATA is due.  A soak doing
+    # just that logged a critical "SMTP client session failed" with a
+    # FileNotFoundError traceback; the 8-bit case (converted for a server
+    # without 8BITMIME) one "converting ... failed" the same way
+    a, net, _ = agent(tmp_path)
+    extensions = ("PIPELINING",) if eight_bit else ("PIPELINING", "8BITMIME")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=extensions)
+    body = "Subject: x\n\nGrüße\n".encode() if eight_bit else b"Subject: x\n\nhi\n"
+    e = entry(tmp_path, BOB, body=body)
+    d = a.deliver(e, "remote.test", [BOB])
+    os.unlink(e.message_path)
+    results = run(net, d)
+    assert [(r.kind, r.reply.code) for r in results] == [("transient", 451)]
+    assert "deleted during the attempt" in results[0].reply.text()
+    assert net.server_protocols[0].messages == []  # no final "."
+    assert net.connections == [("2001:db8::1", 25)]  # and no other host tried for it
+    assert [ev for ev in log_events if ev.get("log_failure") is not None] == []
+    assert any("gone when its data was due" in formatEvent(ev) for ev in log_events)
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".7bit")] == []

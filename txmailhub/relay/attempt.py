@@ -314,6 +314,10 @@ class SMTPClientProtocol(Protocol):
 
         def failed(f: Any) -> None:
             _unlink(self.converted_path)
+            if f.check(FileNotFoundError) and not os.path.exists(self.message_path):
+                if not (self._closing or self.done.called):
+                    self._message_gone(self.message_path)
+                return
             if f.check(mime7bit.Unconvertible):
                 log.info("cannot send {path} in 7 bits: {why}", path=self.message_path,
                          why=f.getErrorMessage())
@@ -335,8 +339,26 @@ class SMTPClientProtocol(Protocol):
         d.addCallbacks(converted, failed)
         d.addErrback(lambda f: log.failure("sending the converted message failed", f))
 
+    def _message_gone(self, path: str) -> None:
+        """The message file is gone by the time its data is due: ``mailhub
+        queue delete`` removed the entry while this attempt was under way
+        (it may: ``relay.rst``, "Managing the queue").  No fault of the
+        hub -- a soak that deleted entries while they were delivered got
+        a critical "SMTP client session failed" and a traceback for it --
+        so one line says so, and the transaction is dropped without the
+        final "." (the next hop discards it), as for any message data
+        that cannot be produced."""
+        log.info("{path} is gone when its data was due (deleted from the queue during "
+                 "the attempt): not sent", path=path)
+        self._run(self.session.body_failed(LocalReply(451, "4.3.0", (
+            "the message is no longer in the queue (deleted during the attempt)",))))
+
     def _stream(self, path: str, converted: bool) -> None:
-        self._file = open(path, "rb")  # closed when the transfer ends
+        try:
+            self._file = open(path, "rb")  # closed when the transfer ends
+        except FileNotFoundError:
+            self._message_gone(path)
+            return
         skip_trace_return_path(self._file)
         # the data-block timeout runs per chunk the transport takes; the
         # wait for the reply to the final "." starts once it took that
