@@ -314,6 +314,28 @@ def test_twistd_chroot_is_refused_before_anything_is_made(tmp_path: Path, capsys
     assert not (tmp_path / "state").exists()
 
 
+def test_an_empty_twistd_chroot_is_refused_too(tmp_path: Path, capsys) -> None:
+    # ``--chroot=`` (``--chroot "$JAIL"`` with $JAIL unset) leaves twistd's
+    # option an empty string, not None: twistd still calls os.chroot("")
+    # after makeService (a FileNotFoundError traceback), so the hub refuses
+    # it as it refuses any --chroot
+    import pytest
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    from txmailhub.tap import makeService
+
+    parsed = ServerOptions()
+    parsed.parseOptions(["--chroot=", "--nodaemon"])
+    assert parsed["chroot"] == ""
+    options = _tap_options(tmp_path, str(tmp_path / "state"),
+                           parent={"chroot": parsed["chroot"], "nodaemon": True})
+    with pytest.raises(SystemExit) as info:
+        makeService(options)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("mailhub: twistd --chroot is not supported")
+    assert not (tmp_path / "state").exists()
+
+
 def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     # a one-line reason and exit 2, as for a bad config: not a traceback
     import pytest

@@ -82,11 +82,12 @@ CHROOT_REFUSAL = (
 def makeService(options: Any) -> Any:
     from txmailhub.service import MailHub
 
-    if (getattr(options, "parent", None) or {}).get("chroot"):
+    if (getattr(options, "parent", None) or {}).get("chroot") is not None:
         # twistd chroots after makeService: the checks below and the
         # start would look at one tree and the running hub at another
         # (a traceback once the ports are bound, for a spool.lock the
-        # jail has no folder for)
+        # jail has no folder for).  ``--chroot=`` too: twistd then calls
+        # os.chroot("") (a traceback of its own)
         print(CHROOT_REFUSAL, file=sys.stderr)
         raise SystemExit(2)
     limit = raise_fd_limit()
