@@ -1555,25 +1555,6 @@ def test_run_file_problems_follow_a_link_root_made_to_its_end(tmp_path: Path) ->
     assert "is a file with 2 names (a hard link)" in problem
 
 
-def test_run_file_problems_judge_the_pid_file_inside_chroot_and_the_log_outside(
-        tmp_path: Path) -> None:
-    # twistd writes --pidfile after its chroot(2), and opens --logfile
-    # before it: each is judged where it is opened
-    from txmailhub.tap import run_file_problems
-
-    jail = tmp_path / "jail"
-    (jail / "run").mkdir(parents=True)
-    _hub_users_link(tmp_path / "victim", jail / "run" / "mailhub.pid")
-    [problem] = run_file_problems({"chroot": str(jail), "pidfile": "/run/mailhub.pid"})
-    assert problem.startswith("mailhub: --pidfile /run/mailhub.pid is a symbolic link: "), problem
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    _hub_users_link(tmp_path / "victim", logs / "mailhub.log")
-    [problem] = run_file_problems({"chroot": str(jail), "logfile": str(logs / "mailhub.log")})
-    assert problem.startswith(f"mailhub: --logfile {logs / 'mailhub.log'} is a symbolic link"), (
-        problem)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="a link of root's needs root")
 def test_run_file_problems_follow_a_relative_link_of_roots_up_a_folder(tmp_path: Path) -> None:
     from txmailhub.tap import run_file_problems

@@ -285,22 +285,21 @@ def run_file_problems(parent: Any) -> list[str]:
     folder above it, or the end of a link root made (``/var/log/mailhub.log``
     naming a file in the hub's own log folder) -- or a file with another
     name (a hard link to a root file) stops the start.  The paths are the
-    ones twistd opens: the pid file is written inside ``--chroot``, and
-    ``--nodaemon`` with no ``--logfile`` logs to stdout (not ``--debug``,
+    ones twistd opens (``--chroot``, under which twistd would write the
+    pid file inside the jail, is refused before this is asked, in
+    ``makeService``): ``--nodaemon`` with no ``--logfile`` logs to stdout (not ``--debug``,
     which twistd turns into ``nodaemon`` after its logger chose
     ``./twistd.log``: that is judged then).  Checked before
     twistd opens them: a process of that user running meanwhile could
     still race the check, so nothing else should run as that user."""
     problems: list[str] = []
-    # twistd makes --pidfile absolute when it reads its options; it opens
-    # both inside --chroot, if one is given
-    chroot = parent.get("chroot") or None
+    # twistd makes --pidfile absolute when it reads its options
     names = [("--pidfile", parent.get("pidfile")), ("--logfile", twistd_log_file(parent))]
     for option, name in names:
         if not name:
             continue
         path = os.path.abspath(name)
-        why = _opened_path_problem(path, chroot if option == "--pidfile" else None)
+        why = _opened_path_problem(path)
         if why is None:
             continue
         problems.append(
@@ -467,17 +466,15 @@ def state_dir_problems(state_dir: str) -> list[str]:
             "folder (and see who made the link)"]
 
 
-def _opened_path_problem(path: str, root: str | None = None) -> str | None:
+def _opened_path_problem(path: str) -> str | None:
     """Why opening ``path`` as root is unsafe, or ``None``: a symbolic link
     not made by root on its way (each folder, the file, and whatever the
     links root made lead to, resolved as the kernel would), or a final
-    file with more than one name.  ``root``: the ``--chroot`` folder the
-    path is read in (absolute link targets start there).  A name not there
-    yet ends the walk: twistd makes the file, or fails."""
-    top = os.path.abspath(root) if root is not None else "/"
+    file with more than one name.  A name not there yet ends the walk:
+    twistd makes the file, or fails."""
     parts = [p for p in path.split("/") if p]
-    given = top.rstrip("/") + os.path.normpath("/" + "/".join(parts))
-    at = ""  # the resolved path so far, inside ``top``
+    given = os.path.normpath("/" + "/".join(parts))
+    at = ""  # the resolved path so far
     links = 0
     while parts:
         part = parts.pop(0)
@@ -486,7 +483,7 @@ def _opened_path_problem(path: str, root: str | None = None) -> str | None:
         if part == "..":
             at = at.rpartition("/")[0]
             continue
-        real = top.rstrip("/") + at + "/" + part
+        real = at + "/" + part
         try:
             st = os.lstat(real)
         except OSError:
