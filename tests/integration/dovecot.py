@@ -68,6 +68,9 @@ class Dovecot:
             assert nobody is not None
             self.owner: tuple[int, int] | None = (nobody.pw_uid, nobody.pw_gid)
             user, group = "nobody", grp.getgrgid(nobody.pw_gid).gr_name
+            # the walk below opens every folder up to one of ``folder``'s
+            # parents: a Maildir in another tree would open system folders
+            assert maildir.is_relative_to(folder.parent), (maildir, folder)
             for up in (folder, *maildir.parents):
                 if up in folder.parents:
                     break
