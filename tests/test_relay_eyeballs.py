@@ -8,7 +8,13 @@ import socket
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY, RaceLost, interleave, race
+from txmailhub.relay.eyeballs import (
+    CONNECTION_ATTEMPT_DELAY,
+    RaceLost,
+    family_of,
+    interleave,
+    race,
+)
 
 
 class Attempts:
@@ -80,6 +86,7 @@ def test_cancelling_cancels_every_attempt_and_starts_no_more():
     d.cancel()
     d.addErrback(lambda f: f.trap(defer.CancelledError))
     assert sorted(a.cancelled) == [0, 1]
+    assert not clock.getDelayedCalls()  # the third's start is called off at once
     clock.advance(10)
     assert a.started == [0, 1]
     assert not clock.getDelayedCalls()
@@ -129,3 +136,49 @@ def test_no_timer_outlives_a_win_or_the_last_failure():
     a.deferreds[1].errback(ConnectionError("one"))
     d.addErrback(lambda f: f.trap(RaceLost))
     assert d.called and not clock.getDelayedCalls()
+
+
+def test_family_of_tells_ipv6_from_ipv4_by_the_colon():
+    # the agent interleaves an MX host's addresses by it: all AF_INET
+    # would leave a host's IPv4 address after all of its IPv6 ones
+    assert family_of("2001:db8::1") == socket.AF_INET6
+    assert family_of("::ffff:192.0.2.1") == socket.AF_INET6  # still an IPv6 socket
+    assert family_of("192.0.2.1") == socket.AF_INET
+
+
+def test_the_default_delay_is_rfc_8305s_250_milliseconds():
+    assert CONNECTION_ATTEMPT_DELAY == 0.25
+    clock, a = Clock(), Attempts(2)
+    race(clock, a.calls)
+    clock.advance(0.2499)
+    assert a.started == [0]
+    clock.advance(0.0001)
+    assert a.started == [0, 1]
+
+
+def test_may_start_is_not_asked_for_the_first_attempt():
+    # a race always tries one address: a budget already spent is the
+    # caller's to check before racing, not a race of none
+    clock, a = Clock(), Attempts(2)
+    asked = []
+
+    def may_start() -> bool:
+        asked.append(len(a.started))
+        return False
+
+    d = race(clock, a.calls, may_start=may_start)
+    assert a.started == [0] and asked == []
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert a.started == [0] and asked == [1]
+    a.deferreds[0].errback(ConnectionError("zero"))
+    d.addErrback(lambda f: f.trap(RaceLost))
+    assert d.called
+
+
+def test_no_timer_is_armed_after_the_last_start():
+    # nothing is left to start: no wake-up that would only find that out
+    clock, a = Clock(), Attempts(2)
+    race(clock, a.calls)
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert a.started == [0, 1]
+    assert not clock.getDelayedCalls()
