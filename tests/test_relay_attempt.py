@@ -2233,3 +2233,76 @@ def test_a_message_deleted_from_the_queue_during_its_attempt_is_not_sent_nor_a_f
     assert [ev for ev in log_events if ev.get("log_failure") is not None] == []
     assert any("gone when its data was due" in formatEvent(ev) for ev in log_events)
     assert [n for n in os.listdir(tmp_path) if n.endswith(".7bit")] == []
+
+
+def test_a_later_hosts_error_replaces_a_4xx_to_every_rcpt(tmp_path):
+    # mx1 greylists bob; mx2 then greets with a 421: the last host that
+    # answered is mx2, whose words are bob's result, not mx1's
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": _GREYLISTED})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(
+        greeting=b"421 4.3.2 mx2 shutting down\r\n")
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.reply.text(), r.remote_mta) == (
+        "transient", "421 4.3.2 mx2 shutting down", "mx2.remote.test")
+
+
+def test_a_4xx_to_every_rcpt_twice_gives_each_recipient_one_result(tmp_path):
+    # mx1 greylists both; mx2 greylists bob and refuses carol for good:
+    # carol's one result is mx2's 5xx, bob's mx2's 4xx -- mx1's 4xx for
+    # carol is not also kept
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": _GREYLISTED, "RCPT carol@remote.test": _GREYLISTED})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(
+        replies={"RCPT bob@remote.test": b"450 4.2.0 try later\r\n",
+                 "RCPT carol@remote.test": b"550 5.1.1 no such user\r\n"})
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert sorted((str(r.address), r.kind, r.reply.text(), r.remote_mta) for r in results) == [
+        ("bob@remote.test", "transient", "450 4.2.0 try later", "mx2.remote.test"),
+        ("carol@remote.test", "permanent", "550 5.1.1 no such user", "mx2.remote.test")]
+
+
+@pytest.mark.parametrize("refusal", [_NEED_TLS, _GREYLISTED], ids=["530", "4xx"])
+def test_every_rcpt_refused_then_a_5xx_to_the_pipelined_data(tmp_path, refusal):
+    # a real server answers the DATA of a pipelined batch whose every
+    # RCPT it refused with a 5xx ("554 5.5.1 no valid recipients"), not
+    # the fake's 354: bob still goes on to the next MX host
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT bob@remote.test": refusal, "DATA": b"554 5.5.1 no valid recipients\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert (r.kind, r.remote_mta) == ("delivered", "mx2.remote.test")
+
+
+@pytest.mark.parametrize("data", [b"554 5.5.1 no valid recipients\r\n", b"354 go ahead\r\n"],
+                         ids=["5xx", "354"])
+def test_a_530_to_every_rcpt_counts_the_host_failed_as_a_530_to_mail_does(tmp_path, data):
+    # the session lacks TLS or a login (RFC 3207 4): the host's fault,
+    # not the recipients' -- mx1 is tried after the others next time
+    for replies in ({"MAIL": _NEED_TLS},
+                    {"RCPT bob@remote.test": _NEED_TLS, "DATA": data}):
+        a, net, _ = agent(tmp_path)
+        net.servers[("2001:db8::1", 25)] = lambda replies=replies: ScriptedSMTPServer(
+            replies=replies)
+        net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+        [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+        assert (r.kind, r.remote_mta) == ("delivered", "mx2.remote.test")
+        assert a.mx.health.is_failed("mx1.remote.test"), replies
+
+
+def test_a_5xx_to_data_after_a_4xx_to_another_rcpt_waits_for_the_next_retry(tmp_path):
+    # mx1 took bob, greylisted carol, then refused DATA for good: bob's
+    # answer is the 5xx; carol waits for the next retry, as a 4xx to some
+    # RCPTs of a host that took others does -- no other host is asked now
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT carol@remote.test": _GREYLISTED, "DATA": b"554 5.7.1 not from you\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    assert sorted((str(r.address), r.kind, r.reply.code, r.remote_mta) for r in results) == [
+        ("bob@remote.test", "permanent", 554, "mx1.remote.test"),
+        ("carol@remote.test", "transient", 451, "mx1.remote.test")]
+    assert ("192.0.2.2", 25) not in net.connections
