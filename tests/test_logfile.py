@@ -255,3 +255,170 @@ def test_logrotates_create_is_taken_in_a_folder_the_hub_may_not_write(tmp_path: 
         monkeypatch.undo()
     assert "after the rotation" in path.read_text()
     assert "after the rotation" not in (tmp_path / "mailhub.log.1").read_text()
+
+
+def _log_file(path: Path, **kw: object):
+    from txmailhub.logfile import ReopeningLogFile
+
+    return ReopeningLogFile(path.name, str(path.parent), **kw)
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    before = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def test_a_log_made_again_has_its_mode_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "mailhub.log"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    f = _log_file(path)
+    path.rename(tmp_path / "mailhub.log.1")  # logrotate, nocreate
+    with _umask(0o077):
+        f.rotate()
+    f.write("x\n")
+    f.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_logrotates_create_keeps_the_mode_it_gave(tmp_path: Path) -> None:
+    # ``create 0600 ...``: the file is logrotate's, as made, not the old mode
+    path = tmp_path / "mailhub.log"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    f = _log_file(path)
+    path.rename(tmp_path / "mailhub.log-20261130")
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    f.rotate()
+    f.write("x\n")
+    f.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_empty_log_replaced_by_an_empty_one_is_seen_as_moved(tmp_path: Path) -> None:
+    # ``ifempty``: both files are empty, and alike in all but their inode
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    path.rename(tmp_path / "mailhub.log-20261130")
+    path.touch()
+    f.rotate()
+    f.write("after\n")
+    f.close()
+    assert path.read_text() == "after\n"
+    assert not (tmp_path / "mailhub.log.1").exists()
+
+
+def test_the_file_left_is_closed_after_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    old = f._file
+    path.rename(tmp_path / "mailhub.log.1")
+    f.rotate()
+    assert old.closed and not f._file.closed
+    f.close()
+
+
+def test_a_path_that_cannot_be_opened_leaves_the_log_where_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    path.rename(tmp_path / "mailhub.log.1")
+    path.mkdir()  # not a file the hub can open
+    f.rotate()
+    f.write("still here\n")
+    f.close()
+    assert (tmp_path / "mailhub.log.1").read_text() == "still here\n"
+
+
+def test_the_size_rotation_is_at_rotate_length_and_counts_a_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    f.write("y")  # 10 written: rotated first
+    assert (tmp_path / "mailhub.log.1").read_text() == "x" * 10
+    assert path.read_text() == "y"
+    f.write("z" * 9)
+    os.truncate(path, 0)  # copytruncate: the count says 10, the file holds 0
+    f.write("after")
+    f.close()
+    assert path.read_text() == "after"
+    assert not (tmp_path / "mailhub.log.2").exists()
+
+
+def test_neither_a_sigusr1_nor_the_size_rotates_as_root_before_the_switch(
+        tmp_path: Path, monkeypatch) -> None:
+    # twistd still root, --uid to come: a SIGUSR1 in that window does
+    # nothing either (the same root-made file as a size rotation's)
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    f.switch_to = 4242
+    f.rotateLength = 5
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    f.write("12345")
+    f.write("6")
+    f.rotate()
+    path.rename(tmp_path / "moved.log")
+    f.rotate()
+    assert not path.exists() and not (tmp_path / "mailhub.log.1").exists()
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    f.rotate()  # switched: the moved file is left, the path made again
+    f.write("7")
+    f.close()
+    assert path.read_text() == "7"
+
+
+def test_sigusr1_rotates_in_the_reactor_thread_not_in_the_handler(tmp_path: Path) -> None:
+    # the handler may interrupt a write of the reactor thread's in the
+    # middle: it only asks the reactor to rotate
+    from txmailhub.logfile import install_sigusr1
+
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    queued: list = []
+    reactor = type("R", (), {"callFromThread": staticmethod(lambda g, *a: queued.append(g))})
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        install_sigusr1(f, reactor)
+        signal.getsignal(signal.SIGUSR1)(signal.SIGUSR1, None)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert not (tmp_path / "mailhub.log.1").exists()
+    assert queued == [f.rotate]
+    f.close()
+
+
+def test_an_application_with_an_observer_of_its_own_keeps_it(tmp_path: Path) -> None:
+    from txmailhub import tap
+
+    parent = {"logfile": str(tmp_path / "mailhub.log"), "nodaemon": True}
+    hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+    application = Application("mailhub")
+    mine = print
+    application.setComponent(ILogObserver, mine)
+    hub.setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is mine
+
+
+def test_a_parent_that_is_no_application_is_left_alone_once(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    # a .tac may add the hub to a MultiService: no components, no error;
+    # and the hook runs for the first parent only
+    from twisted.application.service import MultiService
+
+    from txmailhub import tap
+
+    parent = {"logfile": str(tmp_path / "mailhub.log"), "nodaemon": True}
+    hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+    calls: list = []
+    real = tap.use_reopening_log
+    monkeypatch.setattr(tap, "use_reopening_log", lambda *a: (calls.append(a), real(*a)))
+    outer = MultiService()
+    hub.setServiceParent(outer)
+    hub.disownServiceParent()
+    hub.setServiceParent(Application("mailhub"))
+    assert len(calls) == 1
