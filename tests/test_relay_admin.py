@@ -347,3 +347,18 @@ def test_list_and_show_give_the_attempt_a_clock_set_back_brings_forward(setup, m
     # a retry time within the step is shown as it is
     monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(lambda: 1_800_000_030.0))
     assert run(settings, "list")[1].split()[5] == "2027-01-15T08:01:00Z"
+
+
+def test_list_bounds_a_clock_set_back_by_the_configured_schedule(setup, monkeypatch):
+    # [relay] retry_schedule's first step is 2 minutes: the entry is shown
+    # due 2 minutes from now, as the hub keeps it, not the default's minute
+    settings, _, _, cfg = setup
+    from txmailhub.relay import admin
+
+    cfg.write_text(cfg.read_text() + '[relay]\nretry_schedule = ["2m", "10m"]\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    monkeypatch.setattr(admin._WallClock, "seconds",
+                        staticmethod(lambda: 1_800_000_000.0 - 86400))
+    code, out, _ = run(settings, "list")
+    assert code == 0
+    assert out.split()[5] == "2027-01-14T08:02:00Z"

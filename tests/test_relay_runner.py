@@ -1820,6 +1820,31 @@ def test_a_clock_set_back_while_running_does_not_stretch_a_retry_wait(hub):
     qid = enqueue(hub, BOB)
     hub.clock.rightNow -= 86400
     hub.runner.kick()
-    hub.clock.advance(60)
+    assert [c[0] for c in hub.agent.calls] == [qid]  # its step from now, not at once
+    hub.clock.advance(59)
+    hub.runner.kick()
+    assert [c[0] for c in hub.agent.calls] == [qid]
+    hub.clock.advance(1)
     hub.runner.kick()
     assert [c[0] for c in hub.agent.calls] == [qid, qid]
+
+
+def test_a_clock_set_back_is_bounded_by_the_configured_schedule(tmp_path):
+    # [relay] retry_schedule's first step (2 minutes), not the default's
+    # minute, is the longest the entry can be meant to wait
+    hub = make_hub(tmp_path, 'retry_schedule = ["2m", "10m"]\nqueue_lifetime = "1d"\n')
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.runner.start()
+    try:
+        qid = enqueue(hub, BOB)
+        assert hub.queue.read(qid).next_attempt == hub.clock.seconds() + 120
+        hub.runner.stop()
+        hub.clock.rightNow -= 86400
+        with next_runner(hub) as agent2:
+            agent2.script = hub.agent.script
+            hub.clock.advance(119)
+            assert agent2.calls == []
+            hub.clock.advance(1)
+            assert agent2.calls == [(qid, "remote.test", [BOB])]
+    finally:
+        hub.runner.stop()

@@ -84,3 +84,15 @@ def test_utc_text_is_iso_8601_on_a_24_hour_clock():
 ])
 def test_due_by_never_later_than_the_step_from_now(failures, written, expected):
     assert schedule.due_by(1000.0 + written, failures, 1000.0) == 1000.0 + expected
+
+
+def test_due_by_bounds_by_the_given_schedule_and_least_wait():
+    # the runner and ``queue list`` pass the configured schedule; its
+    # step, not the default's, bounds a retry time from a clock ahead
+    now = 1_000_000.0
+    far = now + 86400
+    assert schedule.due_by(far, 1, now, (120, 600)) == now + 120
+    assert schedule.due_by(far, 2, now, (120, 600)) == now + 600
+    # a step shorter than ``least`` is held to it
+    assert schedule.due_by(far, 1, now, (10,), least=300) == now + 300
+    assert schedule.due_by(now + 5, 1, now, (10,), least=300) == now + 5

@@ -922,3 +922,39 @@ def test_bp_with_standard_output_closed_is_74_not_a_traceback(
     err = io.StringIO()
     assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err) == EX_IOERR
     assert err.getvalue() == "mailq: standard output is closed: nowhere to list the queue\n"
+
+
+def test_bp_bounds_a_clock_set_back_by_the_configured_schedule(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    # mailq reads [relay] retry_schedule too: an entry whose retry time a
+    # clock a day ahead wrote is due its first step (2 minutes) from now,
+    # as the hub keeps it, not the default schedule's minute
+    import dataclasses
+
+    from twisted.internet.task import Clock
+
+    from txmailhub.address import Address
+    from txmailhub.config import load
+    from txmailhub.envelope import Envelope, SpooledMessage
+    from txmailhub.relay import admin
+    from txmailhub.relay.queue import OutboundQueue
+    from txmailhub.relay.schedule import utc_text
+
+    now = 1_800_000_000.0
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(lambda: now))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n'
+                      '[smtp]\nlisten = ["tcp:2525"]\n'
+                      '[relay]\nretry_schedule = ["2m", "10m"]\n')
+    clock = Clock()
+    clock.advance(now)
+    queue = OutboundQueue(load(str(config)).queue_dir, clock)
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=Address("alice", "example.org"),
+                                 recipients=(Address("bob", "remote.test"),)),
+                        SpooledMessage(str(spool), 17, 20)).result
+    queue.update(qid, lambda e: dataclasses.replace(e, attempts=1, next_attempt=now + 86400))
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, out) == 0
+    assert utc_text(now + 120) in out.getvalue(), out.getvalue()
