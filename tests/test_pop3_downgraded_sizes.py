@@ -430,3 +430,83 @@ def test_the_stop_is_not_held_by_a_login_waiting_for_a_gone_sessions_save(tmp_pa
     again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
     assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
     again.connectionLost(Failure(ConnectionDone()))
+
+
+def test_the_first_of_two_waiting_logins_gets_in_and_neither_is_refused_before(tmp_path):
+    # both clients are still there: neither is told IN-USE while the save
+    # writes; the first to wait tries first
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    sessions = [connect(components) for _ in range(2)]
+    for proto, _t in sessions:
+        proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert not any(b"IN-USE" in bytes(t.received) for _p, t in sessions)
+    components.syncer.run()
+    answers = [bytes(t.received).split(b"\r\n")[2][:13] for _p, t in sessions]
+    assert answers == [b"+OK Logged in", b"-ERR [IN-USE]"]
+    for proto, _t in sessions:
+        proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_waiting_login_whose_client_left_alone_leaves_the_lock_free(tmp_path):
+    # no other login came meanwhile: the save done, the lock is not taken
+    # for a client that is gone, and the next login gets in at once
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    gave_up, _ = connect(components)
+    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up.connectionLost(Failure(ConnectionDone()))
+    components.syncer.run()
+    again, t = connect(components)
+    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    again.connectionLost(Failure(ConnectionDone()))
+
+
+def test_no_last_save_nor_wait_for_it_while_the_hub_stops(tmp_path):
+    # the stop does not wait for that job: the lock goes at once
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
+    assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    proto.factory.stopping = True
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert not components.syncer.jobs
+    assert not [c for c in clock.getDelayedCalls()
+                if c.func.__qualname__.startswith("MaildirStore")]
+
+
+def test_the_store_wait_for_a_closing_session_without_wanted_and_after_close(tmp_path):
+    # ``open_mailbox`` with no ``wanted`` (an embedding's caller) waits and
+    # gets the mailbox; a mailbox already closed makes nothing wait
+    clock, components, _data = _one_utf8_message(tmp_path, workers=False)
+    store = components.store
+    [first] = _results(store.open_mailbox(JOE))
+    first.close_soon(clock.callLater)
+    waiting = store.open_mailbox(JOE)
+    assert not waiting.called
+    first.close()
+    [second] = _results(waiting)
+    assert isinstance(second, MaildirMailbox) and not second.closed
+    second.close()
+    second.close_soon(clock.callLater)  # closed already: no wait set up
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+def _results(d) -> list:
+    out: list = []
+    d.addBoth(out.append)
+    return out
+
+
+def test_the_bound_on_the_wait_is_the_documented_five_seconds():
+    from pathlib import Path
+
+    from txmailhub.store import maildir
+
+    text = " ".join((Path(__file__).parent.parent / "docs" / "pop3.rst").read_text().split())
+    assert maildir.GONE_SAVE_WAIT == 5.0
+    assert "for 5 seconds at most" in text
