@@ -2214,3 +2214,49 @@ class FindWhileDeletingTests(Base):
         self.assertEqual(os.listdir(os.path.join(self.md(), "cur")), [])
         self.assertEqual(len(os.listdir(os.path.join(self.md(), "new"))), 1)  # "ours"
         box.close()
+
+
+def _old_tmp_file(tmp_path, name="1.leftover") -> tuple[str, str, float]:
+    """A Maildir whose tmp/ holds one file: (md, its path, its mtime)."""
+    md = tmp_path / "md"
+    (md / "tmp").mkdir(parents=True)
+    path = md / "tmp" / name
+    path.write_bytes(b"x")
+    os.utime(path, (1_700_000_000, 1_700_000_000))  # whole seconds: exact sums
+    return str(md), str(path), os.stat(path).st_mtime
+
+
+def test_a_tmp_mark_taken_twice_holds_until_both_are_done(tmp_path):
+    # two tries under one keyed name may overlap: the first done must not
+    # let the clean-up take the file the second is still writing
+    md, path, mtime = _old_tmp_file(tmp_path)
+    later = mtime + mailbox_module.STALE_TMP_SECONDS + 10
+    mailbox_module.writing_tmp([path])
+    mailbox_module.writing_tmp([path])
+    try:
+        mailbox_module.done_writing_tmp([path])
+        mailbox_module.clean_tmp(md, later)
+        assert os.path.exists(path)
+    finally:
+        mailbox_module.done_writing_tmp([path])
+    assert path not in mailbox_module._writing
+    mailbox_module.clean_tmp(md, later)
+    assert not os.path.exists(path)
+
+
+def test_done_writing_tmp_takes_any_iterable(tmp_path):
+    # a generator is read once: every mark it names still goes
+    md, path, mtime = _old_tmp_file(tmp_path)
+    mailbox_module.writing_tmp(p for p in [path])
+    mailbox_module.done_writing_tmp(p for p in [path])
+    assert path not in mailbox_module._writing
+    mailbox_module.clean_tmp(md, mtime + mailbox_module.STALE_TMP_SECONDS + 10)
+    assert not os.path.exists(path)
+
+
+def test_a_tmp_file_is_stale_only_after_stale_tmp_seconds(tmp_path):
+    md, path, mtime = _old_tmp_file(tmp_path)
+    mailbox_module.clean_tmp(md, mtime + mailbox_module.STALE_TMP_SECONDS)
+    assert os.path.exists(path)
+    mailbox_module.clean_tmp(md, mtime + mailbox_module.STALE_TMP_SECONDS + 1)
+    assert not os.path.exists(path)
