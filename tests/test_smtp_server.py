@@ -327,6 +327,16 @@ def test_remote_without_queue_is_temporary():
     assert d.send("RCPT TO:<fwd>\r\n") == [replies.QUEUE_UNAVAILABLE.text()]
 
 
+def test_no_queue_yet_is_the_hubs_trouble_not_the_clients_error():
+    # as for a users file half-written (_HUB_TROUBLE): a list server's
+    # dozen RCPTs to remote addresses get no 421 of max_errors
+    d = Driver(session=Session(relay_allowed=True), max_errors=3)
+    d.send("EHLO c\r\nMAIL FROM:<s@x.test>\r\n")
+    out = d.send("".join(f"RCPT TO:<x{i}@remote.test>\r\n" for i in range(12)))
+    assert out == [replies.QUEUE_UNAVAILABLE.text()] * 12
+    assert d.engine.errors == 0 and not d.engine.closed
+
+
 def test_alias_expansion_dedups_final_recipients():
     d = Driver()
     tx(d)
