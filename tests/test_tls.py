@@ -1069,3 +1069,87 @@ def test_a_slow_read_at_the_warning_does_not_put_the_error_off(tmp_path, events,
     clock.advance(tls.CHECK_INTERVAL - 0.5)  # the next look: CHECK_INTERVAL after the last
     assert serial_served(factory) == first
     assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "error"]
+
+
+def test_the_common_name_only_warning_says_where_the_name_came_from():
+    # the machine's name, when [hub] hostname is unset: the start's words
+    why = tls.name_warning(_leaf("mail.example.org"), "c.pem", "mail.example.org",
+                           "the machine's name")
+    assert why is not None and why.startswith(
+        "certificate c.pem names mail.example.org (the machine's name) only in its common "
+        "name"), why
+
+
+def test_names_are_compared_without_spaces_around_them():
+    assert tls.covers(_leaf("x", dns=["mail.example.org"]), " mail.example.org ")
+
+
+def test_the_hubs_own_name_is_not_said_twice_whatever_its_case(tmp_path, events):
+    # the old certificate named the hub in capitals: the name check's
+    # warning says the hub's name, and the dropped names' warning has no
+    # other name to say
+    from twisted.logger import formatEvent
+
+    cert, key = _self_signed(tmp_path / "live", "MAIL.example.org", ["MAIL.example.org"])
+    factory = tls.ReloadingTLS(cert, key, Clock(), hostname="mail.example.org")
+    new_cert, new_key = _self_signed(tmp_path / "other", "other.example", ["other.example"])
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    assert factory.reload()
+    warned = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert len(warned) == 1 and "is not valid for mail.example.org" in warned[0], warned
+
+
+def test_files_put_back_after_a_warning_clear_the_failure(tmp_path, events):
+    # a renewal caught half-way, then undone (the old files put back):
+    # the pair on disk serves again, so nothing is left to say why not
+    factory, clock, cert, _key = serving(tmp_path)
+    old = Path(cert).read_bytes()
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)
+    assert factory.failure is not None
+    Path(cert + ".new").write_bytes(old)
+    os.replace(cert + ".new", cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    serial_served(factory)
+    assert factory.failure is None
+    clock.advance(2 * tls.CHECK_INTERVAL)
+    serial_served(factory)
+    assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
+
+
+def _peer_chain(factory) -> list[str]:
+    server = SSL.Connection(factory.getContext(), None)
+    server.set_accept_state()
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    for _ in range(20):
+        for this, other in ((client, server), (server, client)):
+            try:
+                this.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(this.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+    return [c.subject.rfc4514_string()
+            for c in client.get_peer_cert_chain(as_cryptography=True)]
+
+
+def test_a_chain_completed_with_the_same_leaf_is_served_at_the_next_look(tmp_path):
+    # the warning said "use the full chain": the operator puts
+    # fullchain.pem in place, same leaf, the intermediate added
+    clock = Clock()
+    cert, key = pair(tmp_path / "full")
+    full = Path(cert).read_bytes()
+    end = b"-----END CERTIFICATE-----\n"
+    Path(cert).write_bytes(full[:full.index(end) + len(end)])  # the leaf alone
+    factory = tls.ReloadingTLS(cert, key, clock)
+    assert _peer_chain(factory) == ["CN=mail.example.org"]
+    Path(cert + ".new").write_bytes(full)
+    os.replace(cert + ".new", cert)
+    clock.advance(tls.CHECK_INTERVAL)
+    assert _peer_chain(factory) == ["CN=mail.example.org", "CN=Test Intermediate"]
