@@ -2306,3 +2306,136 @@ def test_a_5xx_to_data_after_a_4xx_to_another_rcpt_waits_for_the_next_retry(tmp_
         ("bob@remote.test", "permanent", 554, "mx1.remote.test"),
         ("carol@remote.test", "transient", 451, "mx1.remote.test")]
     assert ("192.0.2.2", 25) not in net.connections
+
+
+def _hanging_endpoints(a):
+    """Every connect of ``a`` hangs until the test fires it: the
+    addresses in the order started, and their Deferreds."""
+    started: list[str] = []
+    hanging: dict[str, defer.Deferred] = {}
+
+    def endpoint(host, port):
+        def connect(factory):
+            started.append(host)
+            d = hanging[host] = defer.Deferred()
+            return d
+        return SimpleNamespace(connect=connect)
+
+    a.endpoint = endpoint
+    return started, hanging
+
+
+def test_an_mx_hosts_addresses_are_started_with_the_families_alternating(tmp_path):
+    # RFC 8305 4: IPv6, IPv4, IPv6 -- not both IPv6 addresses first
+    from twisted.internet.error import ConnectionRefusedError
+
+    from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY
+
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "dual.test": {"MX": [(10, "mx.dual.test")]},
+            "mx.dual.test": {"AAAA": ["2001:db8::7", "2001:db8::8"], "A": ["192.0.2.7"]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    started, hanging = _hanging_endpoints(a)
+    who = Address("x", "dual.test")
+    d = a.deliver(entry(tmp_path, who), "dual.test", [who])
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert started == ["2001:db8::7", "192.0.2.7", "2001:db8::8"]
+    for host in started:
+        hanging[host].errback(ConnectionRefusedError(host))
+    [r] = run(net, d)
+    assert r.kind == "transient"
+
+
+def test_no_more_than_ten_addresses_over_the_hosts_of_one_attempt(tmp_path):
+    # six addresses on each of two hosts: the second host gets the four
+    # the first left of the ten (MAX_ADDRESSES_PER_ATTEMPT)
+    from twisted.internet.error import ConnectionRefusedError
+
+    from txmailhub.relay.attempt import MAX_ADDRESSES_PER_ATTEMPT
+
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "many.test": {"MX": [(10, "mx1.many.test"), (20, "mx2.many.test")]},
+            "mx1.many.test": {"A": [f"192.0.2.{i}" for i in range(10, 16)]},
+            "mx2.many.test": {"A": [f"192.0.2.{i}" for i in range(20, 26)]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    tried: list[str] = []
+
+    def endpoint(host, port):
+        tried.append(host)
+        return SimpleNamespace(connect=lambda f: defer.fail(ConnectionRefusedError(host)))
+
+    a.endpoint = endpoint
+    who = Address("x", "many.test")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "many.test", [who]))
+    assert r.kind == "transient"
+    assert len(tried) == MAX_ADDRESSES_PER_ATTEMPT == 10
+    assert tried[6:] == [f"192.0.2.{i}" for i in range(20, 24)]
+
+
+def test_the_time_budget_stops_the_staggered_starts_within_a_host(tmp_path):
+    # mx1 takes the budget but for 0.3 s; of mx2's three addresses two
+    # start in that time, the third waits for the next retry -- and mx2,
+    # not fully tried, is not counted as failed
+    from twisted.internet.error import ConnectionRefusedError
+
+    from txmailhub.relay.attempt import HOSTS_TIME_BUDGET
+    from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY
+
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "slow.test": {"MX": [(10, "mx1.slow.test"), (20, "mx2.slow.test")]},
+            "mx1.slow.test": {"A": ["192.0.2.50"]},
+            "mx2.slow.test": {"A": ["192.0.2.51", "192.0.2.52", "192.0.2.53"]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    started, hanging = _hanging_endpoints(a)
+    who = Address("x", "slow.test")
+    d = a.deliver(entry(tmp_path, who), "slow.test", [who])
+    assert started == ["192.0.2.50"]
+    clock.advance(HOSTS_TIME_BUDGET - 0.3)
+    hanging["192.0.2.50"].errback(ConnectionRefusedError("192.0.2.50"))
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    clock.advance(CONNECTION_ATTEMPT_DELAY)
+    assert started == ["192.0.2.50", "192.0.2.51", "192.0.2.52"]
+    for host in started[1:]:
+        hanging[host].errback(ConnectionRefusedError(host))
+    [r] = run(net, d)
+    assert r.kind == "transient"
+    assert a.mx.health.is_failed("mx1.slow.test")
+    assert not a.mx.health.is_failed("mx2.slow.test")
+
+
+def test_the_address_that_connected_is_the_winner_not_the_last_started(tmp_path):
+    # mx1's IPv6 address answers only after its IPv4 one was started (and
+    # hangs): the session is with the IPv6 address, so the clear-text try
+    # after a failed opportunistic STARTTLS goes there again too
+    from txmailhub.relay.eyeballs import CONNECTION_ATTEMPT_DELAY
+
+    a, net, clock = agent(tmp_path, tls_ok=False)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "STARTTLS"), tls_creator=FakeTLS("server"))
+    late: list[defer.Deferred] = []
+    fake = a.endpoint
+
+    def endpoint(host, port):
+        if host == "192.0.2.1":  # black-holed
+            return SimpleNamespace(connect=lambda f: defer.Deferred())
+        if late:  # the try in clear: at once
+            return fake(host, port)
+
+        def connect(factory):
+            d = defer.Deferred()
+            late.append(d)
+            d.addCallback(lambda _: fake(host, port).connect(factory))
+            return d
+        return SimpleNamespace(connect=connect)
+
+    a.endpoint = endpoint
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    clock.advance(CONNECTION_ATTEMPT_DELAY)  # the IPv4 address started, hanging
+    late[0].callback(None)
+    [r] = run(net, d)
+    assert r.kind == "delivered"
+    assert net.connections == [("2001:db8::1", 25), ("2001:db8::1", 25)]

@@ -296,3 +296,24 @@ def test_the_families_alternate_and_a_late_answer_still_wins():
     assert [c.stoppedConnecting for c in reactor.connectors] == [False, True, True, True]
     reactor.advance(CONNECT_TIMEOUT)
     assert len(reactor.tcpClients) == 4  # nothing more started
+
+
+def test_the_reason_is_that_of_the_first_address_started_that_answered():
+    # the second address is refused first, the first then finds no route:
+    # as for an MX host, the first started that got an answer is named
+    # (NoAddressConnected keeps the failures in the order started)
+    from twisted.internet.error import NoRouteError
+
+    from txmailhub.relay.connect_reason import reason
+
+    reactor = MemoryReactorClock()
+    d = _connect(reactor, [(socket.AF_INET, "192.0.2.7"), (socket.AF_INET, "192.0.2.8")])
+    reactor.advance(CONNECTION_ATTEMPT_DELAY)
+    reactor.tcpClients[1][2].clientConnectionFailed(
+        reactor.connectors[1], Failure(ConnectionRefusedError()))
+    reactor.tcpClients[0][2].clientConnectionFailed(
+        reactor.connectors[0], Failure(NoRouteError()))
+    failure = []
+    d.addErrback(failure.append)
+    [f] = failure
+    assert reason(f.value) == "no route to host"
