@@ -21,8 +21,9 @@ measured at 40 -> 47 ms of CPU per check here, once per login.
 Only for the hub run by twistd, like the open-files limit and the
 collector's thresholds (``txmailhub.tap``): an application that embeds
 ``MailHub`` owns its allocator.  An administrator who tuned malloc through
-the environment (``MALLOC_MMAP_THRESHOLD_``, or ``glibc.malloc`` tunables
-in ``GLIBC_TUNABLES``) keeps that.
+the environment (a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``, or one
+of the ``MALLOC_*`` variables glibc takes for them, ``MALLOC_ENVIRONMENT``)
+keeps that.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MMAP_THRESHOLD", "tune_malloc"]
+__all__ = ["MALLOC_ENVIRONMENT", "MMAP_THRESHOLD", "tune_malloc"]
 
 #: blocks this large or larger are mapped, and unmapped when freed: under
 #: the 16 MiB of a password check, well over the buffers of a session
@@ -57,8 +58,18 @@ def _glibc() -> Any:
         return None
 
 
+#: the environment variables glibc reads as its ``glibc.malloc`` tunables
+#: (``MALLOC_TRIM_THRESHOLD_`` alone, say, fixes the mmap threshold too, at
+#: glibc's 128 KiB: raising it to ``MMAP_THRESHOLD`` would undo that)
+MALLOC_ENVIRONMENT = ("MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST", "MALLOC_CHECK_",
+                      "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_PERTURB_",
+                      "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
+
+
 def _tuned_by_environment(environ: Mapping[str, str]) -> bool:
-    return ("MALLOC_MMAP_THRESHOLD_" in environ
+    """Whether the administrator tuned malloc: any ``glibc.malloc`` tunable,
+    under its own name in ``GLIBC_TUNABLES`` or its older one."""
+    return (any(name in environ for name in MALLOC_ENVIRONMENT)
             or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""))
 
 
