@@ -80,15 +80,25 @@ def send(port: int) -> None:
             assert s.sendmail(sender, [ALICE], data, mail_options=options) == {}
 
 
-def hub_pop3(hub, *, retr: bool = False, dele: tuple[int, ...] = (),
-             exact: bool = True) -> dict[str, tuple[int, bytes]]:
-    """The hub's POP3 view (UTF8 mode): UIDL -> (LIST size, RETR or b"").
-    ``exact``: every RETR must send as many octets as LIST said."""
+def _alice_logged_in(hub) -> poplib.POP3:
+    """A POP3 session of the hub's, in UTF8 mode, logged in as ALICE."""
     p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=20)
     try:
         p.utf8()
         p.user(ALICE)
         p.pass_(ALICE_PW)
+    except BaseException:
+        p.close()
+        raise
+    return p
+
+
+def hub_pop3(hub, *, retr: bool = False, dele: tuple[int, ...] = (),
+             exact: bool = True) -> dict[str, tuple[int, bytes]]:
+    """The hub's POP3 view (UTF8 mode): UIDL -> (LIST size, RETR or b"").
+    ``exact``: every RETR must send as many octets as LIST said."""
+    p = _alice_logged_in(hub)
+    try:
         sizes = {int(n): int(s) for n, s in (x.split() for x in p.list()[1])}
         uids = {int(n): u.decode() for n, u in (x.split() for x in p.uidl()[1])}
         out = {}
@@ -229,11 +239,8 @@ def test_dovecot_moves_files_during_a_hub_session(hub):
     the session goes on."""
     send(hub.smtp_port)
     dove = Dovecot(hub.dovecot_folder, hub.maildir(ALICE).resolve())
-    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=20)
+    p = _alice_logged_in(hub)
     try:
-        p.utf8()
-        p.user(ALICE)
-        p.pass_(ALICE_PW)
         sizes = {int(n): int(s) for n, s in (x.split() for x in p.list()[1])}
         assert all(f.parent.name == "new" for f in hub.message_files(ALICE))
         dove.doveadm("flags", "add", "\\Flagged", "all")
