@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from zope.interface import directlyProvides, implementer
 
 from txmailhub.address import Address
@@ -982,6 +983,36 @@ def test_storage_errors_never_reach_the_wire():
     proto.mailbox.open_message = broken
     assert talk(proto, t, b"TOP 2 0\r\n") == R.MESSAGE_READ_FAILED.to_bytes()
     assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
+
+
+def test_a_message_another_program_removed_is_gone_not_a_storage_error():
+    # a Maildir shared with an IMAP server or a user's mutt: the message's
+    # file, looked for under every name, is gone.  [SYS/TEMP] told the
+    # client to try again, and the hub logged an error, for an ordinary
+    # event; the session goes on as after any -ERR
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b" * CHUNK_SIZE)
+    proto, t = login(env)
+    events: list[dict] = []
+
+    def gone(index, *args):
+        raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto.mailbox.read_message = gone
+        assert talk(proto, t, b"RETR 1\r\n") == R.MESSAGE_GONE.to_bytes()
+        del proto.mailbox.read_message
+        proto.mailbox.open_message = gone
+        assert talk(proto, t, b"TOP 2 0\r\n") == R.MESSAGE_GONE.to_bytes()
+        assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
+    finally:
+        globalLogPublisher.removeObserver(events)
+    assert R.MESSAGE_GONE.to_bytes() == b"-ERR Message was removed by another program\r\n"
+    mine = [e for e in events if "removed by another program" in e.get("log_format", "")]
+    assert len(mine) == 2 and all(e["log_level"] == LogLevel.info for e in mine)
+    assert not [e for e in events if e["log_level"] >= LogLevel.warn]
 
 
 def test_a_large_message_is_streamed_and_a_small_one_read_whole():

@@ -42,6 +42,7 @@ PINNED = {
     "INVALID_LINE_COUNT": (False, None),
     "TOP_FOLLOWS": (True, None),
     "MESSAGE_READ_FAILED": (False, "SYS/TEMP"),
+    "MESSAGE_GONE": (False, None),  # removed by another program: no retry brings it back
     "BYE": (True, None),
     "UPDATE_FAILED": (False, "SYS/TEMP"),  # RFC 1939 6: "some deleted messages not removed"
     "UPDATE_FAILED_PERM": (False, "SYS/PERM"),  # the same, for the administrator to fix

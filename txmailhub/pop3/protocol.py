@@ -976,12 +976,21 @@ class POP3Protocol(Protocol):
         self._send_message(action, f, first, complete, head)
 
     def _read_failed(self, action: Transmit, f: Any, failure: Failure | None = None) -> None:
-        # a message gone behind our back (another reader) is an OSError:
-        # one line, like every storage error; anything else a traceback
-        log_failure(log, failure or Failure(), "POP3 cannot read message {index} of {user}",
-                    index=action.index, user=self._user)
+        failure = failure or Failure()
         if f is not None:
             f.close()
+        if failure.check(FileNotFoundError):
+            # looked for under every name (the store follows renames into
+            # cur/ and flag changes): another program removed it.  A
+            # shared Maildir's normal event, not a storage fault
+            log.info("POP3 message {index} of {user} was removed by another program",
+                     index=action.index, user=self._user)
+            self._write(R.MESSAGE_GONE.to_bytes())
+            return
+        # any other OSError: one line, like every storage error; anything
+        # else a traceback
+        log_failure(log, failure, "POP3 cannot read message {index} of {user}",
+                    index=action.index, user=self._user)
         self._write(R.MESSAGE_READ_FAILED.to_bytes())
 
     def _send_message(self, action: Transmit, f: Any, first: bytes, complete: bool,

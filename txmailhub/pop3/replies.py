@@ -114,6 +114,10 @@ INVALID_LINE_COUNT = err("Invalid number of lines")
 DELETED_TEXT = "Message {number} deleted"
 TOP_FOLLOWS = ok("Top of message follows")
 MESSAGE_READ_FAILED = err("Message cannot be read", "SYS/TEMP")
+# the file is gone from new/ and cur/ under every name: another program
+# (Dovecot's IMAP on the same Maildir, a user's mutt) removed it during
+# the session.  Not [SYS/TEMP]: asking again will not bring it back
+MESSAGE_GONE = err("Message was removed by another program")
 # RFC 6856 2 and 5: an internationalized message is never sent to a client
 # that has not issued UTF8 (which is valid only before login)
 UTF8_REQUIRED = err(
