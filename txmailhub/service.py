@@ -24,6 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from txmailhub.accept_guard import guard_port
 from txmailhub.auth import build_portal
 from txmailhub.components import Components
 from txmailhub.config import Settings
@@ -226,6 +227,7 @@ class ListenerService(Service):
         self.tls = tls
         self.listening = listening
         self.port: Any = None
+        self.guard: Any = None  # txmailhub.accept_guard: no spinning out of descriptors
         self._listed: tuple[str, int] | None = None  # what this listener put in listening
         self.setName(f"{role} {description}")
 
@@ -262,6 +264,7 @@ class ListenerService(Service):
             )
         self.port = result
         host = result.getHost()
+        self.guard = guard_port(result, self.reactor, f"{self.role} on {_describe(host)}")
         if self.listening is not None and hasattr(host, "port"):
             self._listed = (host.host, host.port)
             self.listening.append(self._listed)
@@ -273,6 +276,9 @@ class ListenerService(Service):
         restart added one more, and a port 0 listener's old port stayed
         "ours" to the relay's loop check)."""
         port, self.port = self.port, None
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
         listed, self._listed = self._listed, None
         if listed is not None and self.listening is not None and listed in self.listening:
             self.listening.remove(listed)
