@@ -422,3 +422,66 @@ def test_a_parent_that_is_no_application_is_left_alone_once(tmp_path: Path,
     hub.disownServiceParent()
     hub.setServiceParent(Application("mailhub"))
     assert len(calls) == 1
+
+
+def _out_of_descriptors(f: object, failing: dict[str, bool]) -> None:
+    """``f`` opens its file through ``_openFile``: make that fail with
+    EMFILE (a hub at its open-files limit) while ``failing["on"]``."""
+    import errno
+
+    real = f._openFile  # type: ignore[attr-defined]
+
+    def open_file() -> None:
+        if failing["on"]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        real()
+
+    f._openFile = open_file  # type: ignore[attr-defined]
+
+
+def test_a_size_rotation_out_of_descriptors_keeps_the_log(tmp_path: Path) -> None:
+    # At its open-files limit the hub rotated at 1 MB: twistd's rotation
+    # closed mailhub.log, renamed it mailhub.log.1, could not open a new
+    # one, and every later line was lost (each write raised on the closed
+    # file) until a restart.  Now it goes on writing where it was, with
+    # the numbered files as they were, and rotates once it can.
+    path = tmp_path / "mailhub.log"
+    (tmp_path / "mailhub.log.1").write_text("older\n")
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    f.write("y")  # rotation due, and impossible
+    f.write("z" * 70_000)  # past the hold-off: tried again, still impossible
+    assert path.read_text() == "x" * 10 + "y" + "z" * 70_000
+    assert (tmp_path / "mailhub.log.1").read_text() == "older\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log", "mailhub.log.1"]
+    failing["on"] = False
+    f.write("w" * 70_000)  # descriptors back: rotated before this write
+    f.close()
+    assert path.read_text() == "w" * 70_000
+    assert (tmp_path / "mailhub.log.1").read_text().startswith("x" * 10 + "y")
+    assert (tmp_path / "mailhub.log.2").read_text() == "older\n"
+
+
+def test_a_failed_rotation_is_not_tried_again_at_every_line(tmp_path: Path) -> None:
+    # each try renames every numbered file there and back: a hub out of
+    # descriptors and logging a lot would do that for each line
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    tries = []
+    real = f._openFile
+
+    def counted() -> None:
+        tries.append(1)
+        real()
+
+    f._openFile = counted
+    f.rotateLength = 10
+    for _ in range(1000):
+        f.write("a line of the log\n")
+    f.close()
+    assert 1 <= len(tries) <= 2

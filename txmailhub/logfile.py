@@ -19,7 +19,12 @@ end), and a rotation -- ``SIGUSR1`` or the 1 MB size -- first looks at the
 path: when it no longer names the file being written (moved away, or
 replaced by logrotate's ``create``), the file is opened again by its name
 (made with the mode the log had, when missing) instead of being renamed.
-A ``SIGUSR1`` with the file still in place rotates it as twistd did.
+A ``SIGUSR1`` with the file still in place rotates it as twistd did,
+except that the file being written stays open until the new one is:
+twistd closed it first, and a hub at its open-files limit (``EMFILE``)
+then had no log at all, every later line lost until a restart.  A
+rotation that cannot open the new file puts the names back as they were,
+goes on writing where it was, and is tried again 64 KiB of log later.
 
 ``observer_for(parent)`` is the log observer for twistd's options (none
 for standard output, syslog or ``--logger``), which ``MailHub`` sets on
@@ -51,6 +56,11 @@ class ReopeningLogFile(LogFile):
     #: following any link put there (``tap.run_file_problems``), and leave
     #: a file of root's the hub could never rotate again
     switch_to: int | None = None
+
+    #: how much more log a failed rotation waits for before the next try:
+    #: each try renames every numbered file, there and back
+    retry_after = 65536
+    _next_try = 0  # the size before which no rotation is tried again
 
     def _as_root_before_switch(self) -> bool:
         return self.switch_to is not None and os.geteuid() == 0
@@ -86,7 +96,7 @@ class ReopeningLogFile(LogFile):
         if self._as_root_before_switch():
             return False  # at the first line written as ``--uid``
         self.size = os.fstat(self._file.fileno()).st_size
-        return self.size >= self.rotateLength
+        return self.size >= max(self.rotateLength, self._next_try)
 
     def rotate(self) -> None:
         if self._as_root_before_switch():
@@ -94,7 +104,37 @@ class ReopeningLogFile(LogFile):
         if self.moved():
             self.reopen()
             return
-        super().rotate()
+        if not (os.access(self.directory, os.W_OK) and os.access(self.path, os.W_OK)):
+            return  # as twistd's rotate: not ours to rename
+        old = self._file
+        shifted = self._shift_numbered()
+        os.rename(self.path, f"{self.path}.1")
+        try:
+            self._openFile()
+        except OSError:
+            # no descriptor (or no room): the names back, the old file on
+            os.rename(f"{self.path}.1", self.path)
+            for i in sorted(shifted):
+                os.rename(f"{self.path}.{i + 1}", f"{self.path}.{i}")
+            self._file = old
+            self.closed = False
+            self.size = os.fstat(old.fileno()).st_size
+            self._next_try = self.size + self.retry_after
+            return
+        self._next_try = 0
+        old.close()
+
+    def _shift_numbered(self) -> list[int]:
+        """``mailhub.log.N`` to ``.N+1``, the oldest first; those past
+        ``maxRotatedFiles`` are deleted.  Returns the ``N`` shifted."""
+        shifted = []
+        for i in sorted(self.listLogs(), reverse=True):
+            if self.maxRotatedFiles is not None and i >= self.maxRotatedFiles:
+                os.remove(f"{self.path}.{i}")
+            else:
+                os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                shifted.append(i)
+        return shifted
 
     def reopen(self) -> None:
         """Write to the file the path names now (made when missing).
