@@ -485,3 +485,32 @@ def test_a_failed_rotation_is_not_tried_again_at_every_line(tmp_path: Path) -> N
         f.write("a line of the log\n")
     f.close()
     assert 1 <= len(tries) <= 2
+
+
+def test_a_rotation_that_cannot_list_the_folder_overwrites_no_numbered_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # twistd lists mailhub.log.N with glob, which takes a folder it cannot
+    # open (EMFILE) for an empty one: the rotation then renamed mailhub.log
+    # over mailhub.log.1 (seen live: .2, .5, .8 missing after a shortage)
+    import errno
+
+    path = tmp_path / "mailhub.log"
+    (tmp_path / "mailhub.log.1").write_text("older\n")
+    f = _log_file(path)
+    f.rotateLength = 10
+    f.write("x" * 10)
+
+    def no_descriptor(*args: object, **kw: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "scandir", no_descriptor)
+        m.setattr(os, "listdir", no_descriptor)
+        f.write("y")  # rotation due; the folder cannot be listed
+    assert (tmp_path / "mailhub.log.1").read_text() == "older\n"
+    f.write("z" * 70_000)  # 64 KiB later
+    f.write("w")  # rotated now: the folder can be read again
+    f.close()
+    assert (tmp_path / "mailhub.log.2").read_text() == "older\n"
+    assert (tmp_path / "mailhub.log.1").read_text().startswith("x" * 10 + "y")
+    assert path.read_text() == "w"

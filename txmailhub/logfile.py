@@ -107,7 +107,12 @@ class ReopeningLogFile(LogFile):
         if not (os.access(self.directory, os.W_OK) and os.access(self.path, os.W_OK)):
             return  # as twistd's rotate: not ours to rename
         old = self._file
-        shifted = self._shift_numbered()
+        try:
+            numbered = self.listLogs()
+        except OSError:  # the folder cannot be read now: no name is safe
+            self._hold_off()
+            return
+        shifted = self._shift_numbered(numbered)
         os.rename(self.path, f"{self.path}.1")
         try:
             self._openFile()
@@ -118,17 +123,33 @@ class ReopeningLogFile(LogFile):
                 os.rename(f"{self.path}.{i + 1}", f"{self.path}.{i}")
             self._file = old
             self.closed = False
-            self.size = os.fstat(old.fileno()).st_size
-            self._next_try = self.size + self.retry_after
+            self._hold_off()
             return
         self._next_try = 0
         old.close()
 
-    def _shift_numbered(self) -> list[int]:
+    def _hold_off(self) -> None:
+        self.size = os.fstat(self._file.fileno()).st_size
+        self._next_try = self.size + self.retry_after
+
+    def listLogs(self) -> list[int]:
+        """The ``N`` of the numbered files (``mailhub.log.N``).  Raises
+        ``OSError`` when the folder cannot be read: twistd's ``glob`` took
+        that (``EMFILE`` at the open-files limit) for a folder without
+        any, and its rotation then renamed the log over ``mailhub.log.1``."""
+        prefix = f"{os.path.basename(self.path)}."
+        found = []
+        for name in os.listdir(self.directory):
+            number = name[len(prefix):]
+            if name.startswith(prefix) and number.isdigit() and int(number) > 0:
+                found.append(int(number))
+        return sorted(found)
+
+    def _shift_numbered(self, numbered: list[int]) -> list[int]:
         """``mailhub.log.N`` to ``.N+1``, the oldest first; those past
         ``maxRotatedFiles`` are deleted.  Returns the ``N`` shifted."""
         shifted = []
-        for i in sorted(self.listLogs(), reverse=True):
+        for i in sorted(numbered, reverse=True):
             if self.maxRotatedFiles is not None and i >= self.maxRotatedFiles:
                 os.remove(f"{self.path}.{i}")
             else:
