@@ -192,3 +192,25 @@ def test_a_fake_port_is_left_alone() -> None:
     reactor = MemoryReactorClock()
     port = reactor.listenTCP(0, None)
     assert guard_port(port, reactor) is None
+
+
+def test_a_reserve_that_cannot_be_opened_pauses_and_leaves_the_port_open() -> None:
+    """Twisted's ``reserve()`` swallows EMFILE only: ENFILE (the system's
+    file table full) between the probe and the reopening is raised, and
+    an exception out of ``doRead`` makes the reactor close the listening
+    port for good.  The guard takes it for no room and pauses."""
+
+    class FullTable(Reservation):
+        def reserve(self) -> None:
+            self.reserves += 1
+            raise OSError(errno.ENFILE, "Too many open files in system")
+
+    port, clock = FakePort(), Clock()
+    reservation = FullTable(held=False)
+    guard = AcceptGuard(port, clock, reservation=reservation).install()
+    port.doRead()  # must not raise
+    assert reservation.reserves == 1
+    assert not port.reading and port.reads == 0
+    clock.advance(guard.pause)
+    assert port.reading
+    port.sock.close()

@@ -94,13 +94,27 @@ class AcceptGuard:
             if not self._room():
                 self._pause()
                 return None
-            if self.reservation is not None:
-                self.reservation.reserve()
+            if self.reservation is not None and not self._reserve():
+                self._pause()
+                return None
         if self.pauses:
             log.info("{name}: accepting connections again (paused {count} time(s) "
                      "for lack of file descriptors)", name=self.name, count=self.pauses)
             self.pauses = 0
         return self._read()
+
+    def _reserve(self) -> bool:
+        """Take Twisted's reserve back; False if it cannot be opened.
+        Its ``reserve()`` logs EMFILE but raises any other error (ENFILE:
+        the system's file table full since the probe), and an exception
+        out of ``doRead`` makes the reactor close the listening port."""
+        try:
+            self.reservation.reserve()
+        except OSError as e:
+            if e.errno in _NO_DESCRIPTORS:
+                return False
+            raise
+        return True
 
     def _room(self) -> bool:
         try:
