@@ -2078,6 +2078,37 @@ class FindTests(Base):
         self.assertTrue(infos.seen(i))
         box.close()
 
+    def test_a_message_renamed_again_between_its_lookup_and_its_open_is_read(self):
+        # Another reader flags it once more after ``_find`` found it and
+        # before the open: FileNotFoundError there would be answered as a
+        # message removed by another program (pop3 MESSAGE_GONE); it is
+        # only renamed, and one more lookup finds it.
+        (name,) = self.fill(1)
+        box = self.open()
+        infos = box.list_messages()
+        [i] = [j for j in range(len(infos)) if infos[j].path.endswith(name)]
+        first = os.path.join(self.md(), "cur", name + ":2,F")
+        second = os.path.join(self.md(), "cur", name + ":2,FR")
+        os.rename(os.path.join(self.md(), "new", name), first)
+        real_find = box._find
+        renames = []
+
+        def find(index):
+            path = real_find(index)
+            if not renames:
+                os.rename(first, second)
+                renames.append(second)
+            return path
+
+        self.patch(box, "_find", find)
+        self.assertEqual(box.open_message(i).read(), b"x\n")
+        self.assertEqual(infos[i].path, second)
+        os.rename(second, first)
+        renames.clear()
+        self.assertEqual(box.read_message(i, 100), b"x\n")
+        self.assertEqual(infos[i].path, second)
+        box.close()
+
     def test_a_path_another_message_took_in_the_session_is_never_taken(self):
         # Two foreign files share a unique part: A (new/1.same) and B
         # (cur/1.same:2,F).  The paths of the snapshot's messages that the

@@ -515,23 +515,31 @@ class MaildirMailbox:
         brought up to date after it, so the change makes no new listing."""
         return self._stamp is not None and self._stamps() == self._stamp
 
+    def _open_fd(self, index: int) -> int:
+        """A descriptor of message ``index``, read-only: the recorded path,
+        else where ``_find`` finds it, else where a second lookup does (a
+        reader that renamed it again between the lookup and the open).
+        FileNotFoundError only when it is gone (POP3 answers that as
+        removed by another program, not as a read to try again)."""
+        try:
+            return os.open(self._messages.path(index), _READ_FLAGS)
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(self._find(index), _READ_FLAGS)
+        except FileNotFoundError:
+            return os.open(self._find(index), _READ_FLAGS)
+
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
         so a small message costs open, fstat, read and close.  The recorded
         path is tried first; only if it is gone is the message looked for."""
-        try:
-            fd = os.open(self._messages.path(index), _READ_FLAGS)
-        except FileNotFoundError:
-            fd = os.open(self._find(index), _READ_FLAGS)
-        return open(fd, "rb", buffering=0)
+        return open(self._open_fd(index), "rb", buffering=0)
 
     def read_message(self, index: int, limit: int) -> bytes | None:
         """The stored bytes if shorter than ``limit``: open, one read(2),
         close (no file object, no fstat)."""
-        try:
-            fd = os.open(self._messages.path(index), _READ_FLAGS)
-        except FileNotFoundError:
-            fd = os.open(self._find(index), _READ_FLAGS)
+        fd = self._open_fd(index)
         try:
             data = os.read(fd, limit)
         finally:
