@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from interop import ALICE, ALICE_PW, SENDER, corpus, hub_log_is_clean, send_smtplib, strip_trace
+from pop3util import drop
 
 MPOP = shutil.which("mpop")
 pytestmark = pytest.mark.skipif(MPOP is None, reason="mpop is not installed")
@@ -141,3 +142,38 @@ def test_mpop_without_tls_on_loopback(make_hub, tmp_path: Path, account: str, co
     assert f"--> {command} " in out and "--> STLS" not in out, out[:3000]
     assert SENDER in delivered(tmp_path)[0].decode()
     hub_log_is_clean(hub.log_text())
+
+
+def test_mpop_after_a_message_another_program_removed(make_hub, tmp_path: Path):
+    """The delivery of the first message removes the second one's file
+    (another program on the Maildir, between mpop's LIST and its RETR):
+    the hub answers '-ERR Message was removed by another program'.
+    ``pipelining off``: mpop would otherwise send RETR 2 before the first
+    delivery runs."""
+    hub = make_hub(tls=False)
+    md = hub.maildir(ALICE)
+    paths = [drop(md, b"Subject: gone %d\n\nbody %d\n" % (i, i)) for i in range(3)]
+    stem = paths[1].name.partition(",")[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = tmp_path / "mpoprc"
+    rc.write_text(
+        "account plain\nhost 127.0.0.1\n"
+        f"port {hub.pop3_port}\ntls off\nauth user\n"
+        f"user {ALICE}\npassword {ALICE_PW}\ntimeout 20\npipelining off\n"
+        f"uidls_file {tmp_path / 'uidls'}\n"
+        f"delivery mda \"/bin/sh -c 'cat > {out}/msg.$$; "
+        f"rm -f {md}/new/{stem}* {md}/cur/{stem}*'\"\n"
+    )
+    rc.chmod(0o600)
+    code, text = mpop(rc, "plain")
+    # mpop ends that run at the failed RETR (a protocol error, nothing
+    # deleted) ...
+    assert code != 0 and "-ERR Message was removed by another program" in text, text
+    assert [p.read_bytes().endswith(b"body 0\n") for p in out.iterdir()] == [True]
+    # ... and gets the rest at the next one, the first message not twice
+    code, text = mpop(rc, "plain")
+    assert code == 0, text
+    got = sorted(p.read_bytes().rpartition(b"\n\n")[2] for p in out.iterdir())
+    assert got == [b"body 0\n", b"body 2\n"], got
+    assert hub.message_files(ALICE) == []

@@ -111,3 +111,37 @@ def test_fetchmail_gets_utf8_header_fields_downgraded(hub, tmp_path):
     assert "Jörg Müller" in str(parsed["From"])
     assert any(g.endswith(plain) for g in got)
     assert hub.message_files(ALICE) == []
+
+
+def test_fetchmail_goes_on_past_a_message_another_program_removed(hub, tmp_path):
+    # The mda of the first message removes the second one's file (another
+    # program on the Maildir, between fetchmail's LIST and its RETR): the
+    # hub answers '-ERR Message was removed by another program' and
+    # fetchmail goes on to the third, which it gets.
+    md = hub.maildir(ALICE)
+    paths = [drop(md, b"Subject: gone %d\n\nbody %d\n" % (i, i)) for i in range(3)]
+    stem = paths[1].name.partition(",")[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    home = tmp_path / "fetchmail-home"
+    home.mkdir()
+    rc = home / "fetchmailrc"
+    rc.write_text(
+        f'poll 127.0.0.1 with proto POP3 port {hub.pop3_port} timeout 20\n'
+        f'  user "{ALICE}" there with password "{ALICE_PW}" is "nobody" here\n'
+        f"  sslproto ''\n"
+        f'  mda "/bin/sh -c \'cat > {out}/msg.$$; rm -f {md}/new/{stem}* {md}/cur/{stem}*\'"\n'
+    )
+    rc.chmod(0o600)
+    env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
+    result = subprocess.run(
+        [FETCHMAIL, "-f", str(rc), "--idfile", str(home / "ids"), "--pidfile",
+         str(home / "pid"), "--nosyslog", "--nosoftbounce", "-v"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    got = sorted(p.read_bytes() for p in out.iterdir())
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "couldn't fetch headers, message alice@example.org@127.0.0.1:2" in result.stdout
+    assert any(g.endswith(b"body 0\n") for g in got)
+    assert any(g.endswith(b"body 2\n") for g in got), result.stderr + result.stdout
+    assert "removed by another program" in hub.log_text()
