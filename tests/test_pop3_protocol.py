@@ -2445,3 +2445,25 @@ def test_many_clients_coming_and_going_leave_nothing_behind():
     assert limits.connections == 0 and limits.per_client == {}
     assert all(f.sessions == set() for f in factories)
     assert [c for c in env.clock.getDelayedCalls() if c.active()] == []
+
+
+def test_a_message_another_program_removed_before_list_logs_no_error():
+    # the size a client without UTF8 is sent is measured from the file
+    # (header section): the message gone since the login is no storage
+    # fault at LIST either; RETR will say it is gone
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b\n")
+    proto, t = login(env)
+    events: list[dict] = []
+
+    def gone(index, *args):
+        raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto.mailbox.open_message = gone
+        assert talk(proto, t, b"LIST\r\n") == b"+OK 2 messages (6 octets)\r\n1 3\r\n2 3\r\n.\r\n"
+    finally:
+        globalLogPublisher.removeObserver(events)
+    assert not [e for e in events if e["log_level"] >= LogLevel.warn]

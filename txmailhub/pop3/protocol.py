@@ -1073,6 +1073,10 @@ class POP3Protocol(Protocol):
         stored = self.engine.sizes[index]  # type: ignore[union-attr]
         try:
             size = _client_size_of(self.mailbox, index, stored)
+        except FileNotFoundError:
+            # removed by another program since the login: no storage
+            # fault, and RETR says so (MESSAGE_GONE, an info line)
+            size = stored
         except Exception:
             # RETR will say what is wrong with the message; LIST goes on
             log_failure(log, Failure(), "POP3 cannot read message {index} of {user}",
