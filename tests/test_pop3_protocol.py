@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface import directlyProvides, implementer
 
 from txmailhub.address import Address
@@ -2467,3 +2467,31 @@ def test_a_message_another_program_removed_before_list_logs_no_error():
     finally:
         globalLogPublisher.removeObserver(events)
     assert not [e for e in events if e["log_level"] >= LogLevel.warn]
+
+
+def test_the_log_names_a_message_by_the_number_the_client_gave():
+    # "RETR 2" fails: the operator reading the log looks for message 2 in
+    # the client's log, not for the hub's index 1
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b\n")
+    proto, t = login(env)
+    events: list[dict] = []
+
+    def gone(index, *args):
+        raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
+
+    def broken(index, *args):
+        raise PermissionError(13, "Permission denied", "/var/mail/joe/cur/x")
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto.mailbox.read_message = gone
+        assert talk(proto, t, b"RETR 2\r\n") == R.MESSAGE_GONE.to_bytes()
+        proto.mailbox.read_message = broken
+        assert talk(proto, t, b"RETR 2\r\n") == R.MESSAGE_READ_FAILED.to_bytes()
+    finally:
+        globalLogPublisher.removeObserver(events)
+    said = [formatEvent(e) for e in events if "message" in e.get("log_format", "")]
+    assert len(said) == 2
+    assert all("message 2 of joe@example.org" in line for line in said), said

@@ -983,14 +983,14 @@ class POP3Protocol(Protocol):
             # looked for under every name (the store follows renames into
             # cur/ and flag changes): another program removed it.  A
             # shared Maildir's normal event, not a storage fault
-            log.info("POP3 message {index} of {user} was removed by another program",
-                     index=action.index, user=self._user)
+            log.info("POP3 message {number} of {user} was removed by another program",
+                     number=action.index + 1, user=self._user)
             self._write(R.MESSAGE_GONE.to_bytes())
             return
         # any other OSError: one line, like every storage error; anything
         # else a traceback
-        log_failure(log, failure, "POP3 cannot read message {index} of {user}",
-                    index=action.index, user=self._user)
+        log_failure(log, failure, "POP3 cannot read message {number} of {user}",
+                    number=action.index + 1, user=self._user)
         self._write(R.MESSAGE_READ_FAILED.to_bytes())
 
     def _send_message(self, action: Transmit, f: Any, first: bytes, complete: bool,
@@ -1079,8 +1079,8 @@ class POP3Protocol(Protocol):
             size = stored
         except Exception:
             # RETR will say what is wrong with the message; LIST goes on
-            log_failure(log, Failure(), "POP3 cannot read message {index} of {user}",
-                        index=index, user=self._user)
+            log_failure(log, Failure(), "POP3 cannot read message {number} of {user}",
+                        number=index + 1, user=self._user)
             size = stored
         self._sizes[index] = size
         if size != stored and self._save_call is None:
