@@ -19,10 +19,16 @@ waits.
 reserve, nothing changes (no extra system call per connection).  Without
 it, the guard first checks that a descriptor can be had (``dup`` of the
 listening socket, closed at once): if it can, the reserve is taken back
-and the port accepts as usual; if it cannot (``EMFILE``, ``ENFILE``), the
-port stops reading for ``pause`` seconds, leaving the clients in the
+and the port accepts as usual; if it cannot (``EMFILE``), or the reserve
+cannot be opened again (``EMFILE``, or ``ENFILE``: the system's file
+table full, which ``dup`` does not meet, as it makes no new open file),
+the port stops reading for ``pause`` seconds, leaving the clients in the
 kernel's backlog, and one warning says so (one more line when accepting
-works again).  Connections already open are not affected."""
+works again).  Connections already open are not affected.
+
+Not covered: ``ENFILE`` while the port has its reserve.  Twisted's port
+then logs "Could not accept new connection (ENFILE)" and returns with
+the socket readable, as before this guard."""
 
 from __future__ import annotations
 
