@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from unittest import mock
 
 import pytest
@@ -985,6 +987,22 @@ def test_storage_errors_never_reach_the_wire():
     assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
 
 
+def _gone(index, *args):
+    """A mailbox's read of a message another program removed (the store
+    looked for it under every name)."""
+    raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
+
+
+@contextlib.contextmanager
+def _log_events() -> Iterator[list[dict]]:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 def test_a_message_another_program_removed_is_gone_not_a_storage_error():
     # a Maildir shared with an IMAP server or a user's mutt: the message's
     # file, looked for under every name, is gone.  [SYS/TEMP] told the
@@ -994,21 +1012,13 @@ def test_a_message_another_program_removed_is_gone_not_a_storage_error():
     env.store.add("joe@example.org", b"a\n")
     env.store.add("joe@example.org", b"b" * CHUNK_SIZE)
     proto, t = login(env)
-    events: list[dict] = []
-
-    def gone(index, *args):
-        raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
-
-    globalLogPublisher.addObserver(events.append)
-    try:
-        proto.mailbox.read_message = gone
+    with _log_events() as events:
+        proto.mailbox.read_message = _gone
         assert talk(proto, t, b"RETR 1\r\n") == R.MESSAGE_GONE.to_bytes()
         del proto.mailbox.read_message
-        proto.mailbox.open_message = gone
+        proto.mailbox.open_message = _gone
         assert talk(proto, t, b"TOP 2 0\r\n") == R.MESSAGE_GONE.to_bytes()
         assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
-    finally:
-        globalLogPublisher.removeObserver(events)
     assert R.MESSAGE_GONE.to_bytes() == b"-ERR Message was removed by another program\r\n"
     mine = [e for e in events if "removed by another program" in e.get("log_format", "")]
     assert len(mine) == 2 and all(e["log_level"] == LogLevel.info for e in mine)
@@ -2455,17 +2465,9 @@ def test_a_message_another_program_removed_before_list_logs_no_error():
     env.store.add("joe@example.org", b"a\n")
     env.store.add("joe@example.org", b"b\n")
     proto, t = login(env)
-    events: list[dict] = []
-
-    def gone(index, *args):
-        raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
-
-    globalLogPublisher.addObserver(events.append)
-    try:
-        proto.mailbox.open_message = gone
+    with _log_events() as events:
+        proto.mailbox.open_message = _gone
         assert talk(proto, t, b"LIST\r\n") == b"+OK 2 messages (6 octets)\r\n1 3\r\n2 3\r\n.\r\n"
-    finally:
-        globalLogPublisher.removeObserver(events)
     assert not [e for e in events if e["log_level"] >= LogLevel.warn]
 
 
@@ -2476,22 +2478,15 @@ def test_the_log_names_a_message_by_the_number_the_client_gave():
     env.store.add("joe@example.org", b"a\n")
     env.store.add("joe@example.org", b"b\n")
     proto, t = login(env)
-    events: list[dict] = []
-
-    def gone(index, *args):
-        raise FileNotFoundError(2, "No such file or directory", "/var/mail/joe/cur/x")
 
     def broken(index, *args):
         raise PermissionError(13, "Permission denied", "/var/mail/joe/cur/x")
 
-    globalLogPublisher.addObserver(events.append)
-    try:
-        proto.mailbox.read_message = gone
+    with _log_events() as events:
+        proto.mailbox.read_message = _gone
         assert talk(proto, t, b"RETR 2\r\n") == R.MESSAGE_GONE.to_bytes()
         proto.mailbox.read_message = broken
         assert talk(proto, t, b"RETR 2\r\n") == R.MESSAGE_READ_FAILED.to_bytes()
-    finally:
-        globalLogPublisher.removeObserver(events)
     said = [formatEvent(e) for e in events if "message" in e.get("log_format", "")]
     assert len(said) == 2
     assert all("message 2 of joe@example.org" in line for line in said), said
