@@ -291,6 +291,15 @@ def _hang_up_after_list(components, clock, data):
     assert components.syncer.jobs  # the save, not yet run
 
 
+def _save_held_after_a_gone_session(tmp_path):
+    """One UTF-8 message, a session that LISTed it and hung up, and the
+    save of its downgraded size held (``_HeldJobs``: run by the test)."""
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    _hang_up_after_list(components, clock, data)
+    return clock, components, data
+
+
 def _cached_downgraded_sizes(components) -> list:
     md = components.store.maildir_path(JOE)
     with open(os.path.join(md, SIZES_NAME), "rb") as f:
@@ -303,9 +312,7 @@ def test_a_client_that_reconnects_while_its_last_save_waits_gets_in(
     # the session gone keeps the lock until the save is written (``scan``
     # writes the cache too); a login meanwhile waits for it rather than
     # being told IN-USE, then sees the size saved (measured only once)
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
+    clock, components, data = _save_held_after_a_gone_session(tmp_path)
     proto, t = connect(components)
     if order == "save-first":
         components.syncer.run()
@@ -341,21 +348,6 @@ def test_a_session_still_open_is_not_waited_for(tmp_path):
     proto.connectionLost(Failure(ConnectionDone()))
 
 
-def test_of_two_logins_waiting_for_a_save_one_gets_in(tmp_path):
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
-    sessions = [connect(components) for _ in range(2)]
-    for proto, _t in sessions:
-        proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
-    components.syncer.run()
-    clock.advance(5)
-    answers = sorted(bytes(t.received).split(b"\r\n")[2][:13] for _p, t in sessions)
-    assert answers == [b"+OK Logged in", b"-ERR [IN-USE]"]
-    for proto, _t in sessions:
-        proto.connectionLost(Failure(ConnectionDone()))
-
-
 def test_a_login_waits_for_a_stuck_save_a_bounded_time_then_is_in_use(tmp_path):
     # a save that never ends (a disk whose fsync hangs) must not hold a
     # reconnecting client forever: after ``GONE_SAVE_WAIT`` it is refused as
@@ -363,9 +355,7 @@ def test_a_login_waits_for_a_stuck_save_a_bounded_time_then_is_in_use(tmp_path):
     from txmailhub.store import maildir
 
     wait = getattr(maildir, "GONE_SAVE_WAIT", 5)
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
+    clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     proto, t = connect(components)
     proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
     clock.advance(wait - 0.5)
@@ -392,9 +382,7 @@ def test_a_waiting_login_whose_client_left_does_not_take_the_lock_from_one_still
     # a client that gave up waiting (hung up) and reconnected: its first
     # login must not take the lock when the save is done and leave its
     # second told IN-USE; the login gone is dropped
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
+    _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     components.store.syncer = components.syncer  # a Maildir listed by a worker
     gave_up, _ = connect(components)
     gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
@@ -413,9 +401,7 @@ def test_the_stop_is_not_held_by_a_login_waiting_for_a_gone_sessions_save(tmp_pa
 
     from txmailhub.pop3.protocol import POP3Factory
 
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
+    _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     factory = POP3Factory(components)
     proto = factory.buildProtocol(None)
     t = Transport()
@@ -435,9 +421,7 @@ def test_the_stop_is_not_held_by_a_login_waiting_for_a_gone_sessions_save(tmp_pa
 def test_the_first_of_two_waiting_logins_gets_in_and_neither_is_refused_before(tmp_path):
     # both clients are still there: neither is told IN-USE while the save
     # writes; the first to wait tries first
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
+    clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     sessions = [connect(components) for _ in range(2)]
     for proto, _t in sessions:
         proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
@@ -445,6 +429,8 @@ def test_the_first_of_two_waiting_logins_gets_in_and_neither_is_refused_before(t
     components.syncer.run()
     answers = [bytes(t.received).split(b"\r\n")[2][:13] for _p, t in sessions]
     assert answers == [b"+OK Logged in", b"-ERR [IN-USE]"]
+    clock.advance(5)  # nothing more for either once the wait is over
+    assert [bytes(t.received).split(b"\r\n")[2][:13] for _p, t in sessions] == answers
     for proto, _t in sessions:
         proto.connectionLost(Failure(ConnectionDone()))
 
@@ -452,9 +438,7 @@ def test_the_first_of_two_waiting_logins_gets_in_and_neither_is_refused_before(t
 def test_a_waiting_login_whose_client_left_alone_leaves_the_lock_free(tmp_path):
     # no other login came meanwhile: the save done, the lock is not taken
     # for a client that is gone, and the next login gets in at once
-    clock, components, data = _one_utf8_message(tmp_path, workers=False)
-    components.syncer = _HeldJobs()
-    _hang_up_after_list(components, clock, data)
+    _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     gave_up, _ = connect(components)
     gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
     gave_up.connectionLost(Failure(ConnectionDone()))
