@@ -11,9 +11,11 @@ import errno
 import os
 import socket
 
+import pytest
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent
+from twisted.logger import LogLevel, formatEvent
 
 from txmailhub.accept_guard import AcceptGuard, guard_port
 
@@ -214,3 +216,181 @@ def test_a_reserve_that_cannot_be_opened_pauses_and_leaves_the_port_open() -> No
     clock.advance(guard.pause)
     assert port.reading
     port.sock.close()
+
+
+class FailingAccept:
+    """A listening socket whose ``accept`` fails with ``error`` the next
+    ``times`` calls (then it is the real one's); everything else is the
+    real socket's."""
+
+    def __init__(self, sock: socket.socket, error: int, times: int) -> None:
+        self.sock = sock
+        self.error = error
+        self.times = times
+        self.accepts = 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        self.accepts += 1
+        if self.times:
+            self.times -= 1
+            raise OSError(self.error, os.strerror(self.error))
+        return self.sock.accept()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+class Counting(Protocol):
+    built: list[Counting] = []
+
+    def connectionMade(self) -> None:
+        self.built.append(self)
+
+
+def run_real_reactor(reactor: RealPortReactor, port, rounds: int) -> int:
+    """A level-triggered reactor with a readable listening socket: call
+    ``doRead`` while the port is among the readers (``rounds`` stands
+    for "as fast as it can")."""
+    calls = 0
+    for _ in range(rounds):
+        if port not in reactor.getReaders():
+            break
+        port.doRead()
+        calls += 1
+    return calls
+
+
+@pytest.mark.parametrize("error", [errno.ENFILE, errno.ENOMEM, errno.ENOBUFS])
+def test_accept_out_of_resources_with_the_reserve_held_pauses(error, log_events) -> None:
+    """With its reserve held, Twisted's port meets ENFILE (the system's
+    file table full), ENOMEM or ENOBUFS from ``accept``, logs "Could not
+    accept new connection" and returns with the client still in the
+    backlog: the reactor would call it again at once.  The guard sees the
+    failed ``accept`` and pauses the port; accepting resumes after it."""
+    reactor = RealPortReactor()
+    Counting.built = []
+    port = reactor.listenTCP(0, Factory.forProtocol(Counting), interface="127.0.0.1")
+    failing = FailingAccept(port.socket, error, times=10**6)
+    port.socket = failing
+    reservation = Reservation(True)
+    guard = AcceptGuard(port, reactor, reservation=reservation, dup=no_descriptors,
+                        name="smtp on 127.0.0.1").install()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        # one accept, then the reactor no longer calls the port
+        assert run_real_reactor(reactor, port, 1000) == 1
+        assert failing.accepts == 1 and guard.pauses == 1
+        assert port not in reactor.getReaders() and port.socket is failing
+        # a pause later: one more try, paused again, one warning in all
+        reactor.advance(guard.pause)
+        assert run_real_reactor(reactor, port, 1000) == 1
+        assert failing.accepts == 2 and guard.pauses == 2
+        warnings = [formatEvent(e) for e in log_events
+                    if e.get("log_namespace") == "txmailhub.accept_guard"]
+        assert len(warnings) == 1, warnings
+        assert errno.errorcode[error] in warnings[0]
+        assert "new connections wait in the backlog" in warnings[0]
+        # the shortage ends: the waiting client is accepted
+        failing.times = 0
+        reactor.advance(guard.pause)
+        run_real_reactor(reactor, port, 3)
+        assert len(Counting.built) == 1 and guard.pauses == 0
+        assert reservation.reserves == 0  # the reserve was never lost
+    finally:
+        client.close()
+        for protocol in Counting.built:
+            protocol.transport.socket.close()
+        guard.stop()
+        port.socket = failing.sock
+        port.stopListening()
+        reactor.advance(0)
+
+
+def test_a_port_whose_accept_fails_otherwise_is_not_paused() -> None:
+    # ECONNABORTED is one client gone before its accept, not a shortage
+    reactor = RealPortReactor()
+    port = reactor.listenTCP(0, Factory.forProtocol(Counting), interface="127.0.0.1")
+    failing = FailingAccept(port.socket, errno.ECONNABORTED, times=1)
+    port.socket = failing
+    guard = AcceptGuard(port, reactor, reservation=Reservation(True)).install()
+    try:
+        port.doRead()
+        assert port in reactor.getReaders() and guard.pauses == 0
+    finally:
+        port.socket = failing.sock
+        port.stopListening()
+        reactor.advance(0)
+
+
+def _no_traceback(events: list[dict]) -> None:
+    bad = [formatEvent(e) for e in events
+           if "log_failure" in e or e.get("log_level") == LogLevel.critical]
+    assert not bad, bad
+
+
+def test_a_reserve_lost_to_emfile_on_reopening_is_no_critical_traceback(log_events) -> None:
+    """Twisted's ``reserve()`` logs EMFILE as a CRITICAL failure with its
+    traceback and returns.  The guard, which reopens the reserve itself
+    after its probe, keeps that out of the log and pauses instead (it
+    used to go on to ``accept`` with no reserve)."""
+    from twisted.internet import tcp
+
+    def full() -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    reservation = tcp._FileDescriptorReservation(full)
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=reservation, name="pop3").install()
+        port.doRead()
+        assert port.reads == 0 and not port.reading and guard.pauses == 1
+        _no_traceback(log_events)
+        warnings = [formatEvent(e) for e in log_events]
+        assert len(warnings) == 1 and "pop3: out of file descriptors" in warnings[0]
+    finally:
+        port.sock.close()
+
+
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_twisteds_recovery_that_cannot_reopen_its_reserve_logs_no_traceback(
+        error, log_events, monkeypatch) -> None:
+    """Twisted's own recovery (EMFILE with the reserve held: close it,
+    accept and close the waiting client, open it again) logs a CRITICAL
+    traceback when the reopening fails ("Could not reserve" for EMFILE,
+    "Could not re-reserve" for ENFILE).  Through the guard it does not;
+    the next read finds the reserve gone and pauses."""
+    from twisted.internet import tcp
+
+    opened = []
+
+    def devnull() -> object:
+        if opened:
+            raise OSError(error, os.strerror(error))
+        opened.append(open(os.devnull))
+        return opened[-1]
+
+    reservation = tcp._FileDescriptorReservation(devnull)
+    monkeypatch.setattr(tcp, "_reservedFD", reservation)
+    reactor = RealPortReactor()
+    Counting.built = []
+    port = reactor.listenTCP(0, Factory.forProtocol(Counting), interface="127.0.0.1")
+    assert reservation.available()
+    failing = FailingAccept(port.socket, errno.EMFILE, times=1)
+    port.socket = failing
+    guard = AcceptGuard(port, reactor, reservation=reservation, dup=no_descriptors,
+                        name="smtp").install()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        port.doRead()  # EMFILE: the reserve closed, the client cut, reopening fails
+        assert not reservation.available() and Counting.built == []
+        assert client.recv(1) == b""
+        _no_traceback(log_events)
+        port.doRead()  # no reserve, no room: paused
+        assert port not in reactor.getReaders() and guard.pauses == 1
+        _no_traceback(log_events)
+    finally:
+        client.close()
+        guard.stop()
+        port.socket = failing.sock
+        port.stopListening()
+        reactor.advance(0)
