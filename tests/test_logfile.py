@@ -514,3 +514,88 @@ def test_a_rotation_that_cannot_list_the_folder_overwrites_no_numbered_file(
     assert (tmp_path / "mailhub.log.2").read_text() == "older\n"
     assert (tmp_path / "mailhub.log.1").read_text().startswith("x" * 10 + "y")
     assert path.read_text() == "w"
+
+
+def _cannot_list(monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    def refused(*args: object, **kw: object) -> None:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "scandir", refused)
+    monkeypatch.setattr(os, "listdir", refused)
+
+
+@pytest.mark.parametrize("kept", [None, 2])
+def test_a_folder_the_hub_may_not_list_is_rotated_by_trying_the_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: int | None) -> None:
+    # a write-only folder (mode 0300): names can be looked up, not listed.
+    # The rotation used to be put off 64 KiB at a time, for ever: the log
+    # grew past its limit without end
+    import errno
+
+    path = tmp_path / "mailhub.log"
+    (tmp_path / "mailhub.log.1").write_text("one\n")
+    (tmp_path / "mailhub.log.2").write_text("two\n")
+    f = _log_file(path, maxRotatedFiles=kept)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    with monkeypatch.context() as m:
+        _cannot_list(m, errno.EACCES)
+        f.write("y")  # rotated first, then written
+        f.write("after\n")
+    f.close()
+    assert path.read_text() == "yafter\n"
+    assert (tmp_path / "mailhub.log.1").read_text() == "x" * 10
+    assert (tmp_path / "mailhub.log.2").read_text() == "one\n"
+    if kept is None:
+        assert (tmp_path / "mailhub.log.3").read_text() == "two\n"
+    else:
+        assert not (tmp_path / "mailhub.log.3").exists()
+
+
+def test_names_tried_stop_at_the_first_missing_one_and_overwrite_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # .3 missing: .1 and .2 move up, .4 (out of sight) is left as it is
+    import errno
+
+    path = tmp_path / "mailhub.log"
+    for n, text in ((1, "one\n"), (2, "two\n"), (4, "four\n")):
+        (tmp_path / f"mailhub.log.{n}").write_text(text)
+    f = _log_file(path)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    with monkeypatch.context() as m:
+        _cannot_list(m, errno.EACCES)
+        f.write("y")
+    f.close()
+    texts = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert texts == {"mailhub.log": "y", "mailhub.log.1": "x" * 10,
+                     "mailhub.log.2": "one\n", "mailhub.log.3": "two\n",
+                     "mailhub.log.4": "four\n"}
+
+
+def test_a_write_only_log_folder_is_rotated(tmp_path: Path) -> None:
+    # the real permission: root lists any folder, so this runs as another
+    # user, or as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    # (setpriv --bounding-set -dac_override,-dac_read_search)
+    folder = tmp_path / "log"
+    folder.mkdir(mode=0o300)
+    try:
+        os.listdir(folder)
+    except PermissionError:
+        folder.chmod(0o700)
+    else:
+        pytest.skip("this user lists a write-only folder (root)")
+    path = folder / "mailhub.log"
+    (folder / "mailhub.log.1").write_text("one\n")
+    f = _log_file(path)
+    f.rotateLength = 10
+    folder.chmod(0o300)
+    try:
+        f.write("x" * 10)
+        f.write("after\n")
+        f.close()
+    finally:
+        folder.chmod(0o700)
+    assert (folder / "mailhub.log.2").read_text() == "one\n"
+    assert (folder / "mailhub.log.1").read_text() == "x" * 10
+    assert path.read_text() == "after\n"

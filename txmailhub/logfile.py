@@ -24,7 +24,10 @@ except that the file being written stays open until the new one is:
 twistd closed it first, and a hub at its open-files limit (``EMFILE``)
 then had no log at all, every later line lost until a restart.  A
 rotation that cannot open the new file puts the names back as they were,
-goes on writing where it was, and is tried again 64 KiB of log later.
+goes on writing where it was, and is tried again 64 KiB of log later;
+so is one that cannot list the log's folder for lack of descriptors.  A
+folder the hub may write but not list (mode 0300) is rotated all the
+same: the numbered files are found by trying their names.
 
 ``observer_for(parent)`` is the log observer for twistd's options (none
 for standard output, syslog or ``--logger``), which ``MailHub`` sets on
@@ -34,6 +37,7 @@ have installed for its own file.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from typing import Any
@@ -108,7 +112,7 @@ class ReopeningLogFile(LogFile):
             return  # as twistd's rotate: not ours to rename
         old = self._file
         try:
-            numbered = self.listLogs()
+            numbered = self._numbered()
         except OSError:  # the folder cannot be read now: no name is safe
             self._hold_off()
             return
@@ -144,6 +148,27 @@ class ReopeningLogFile(LogFile):
             if name.startswith(prefix) and number.isdigit() and int(number) > 0:
                 found.append(int(number))
         return sorted(found)
+
+    def _numbered(self) -> list[int]:
+        """``listLogs()``; in a folder the hub may write but not list (a
+        write-only one, mode 0300, or a listing refused otherwise), the
+        numbered files found by their names, ``.1`` upwards to the first
+        missing one: the rotation then moves those up, and renames
+        nothing over a file it did not see.  Out of descriptors or memory
+        (``EMFILE``, ``ENFILE``, ``ENOMEM``), the error is raised: the
+        rotation is put off, as the new file could not be opened either."""
+        try:
+            return self.listLogs()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+        found: list[int] = []
+        while True:
+            try:
+                os.lstat(f"{self.path}.{len(found) + 1}")
+            except FileNotFoundError:
+                return found
+            found.append(len(found) + 1)
 
     def _shift_numbered(self, numbered: list[int]) -> list[int]:
         """``mailhub.log.N`` to ``.N+1``, the oldest first; those past
