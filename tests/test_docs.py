@@ -256,6 +256,27 @@ def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
     assert isinstance(hub, MailHub) and hub.start_error_type is DaemonStartError
 
 
+def test_the_tac_example_tunes_malloc_as_twistd_mailhub_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # without it, a hub run from the example kept the 16 MiB of each
+    # password check in glibc's arenas (txmailhub.allocator)
+    from twisted.persisted import sob
+
+    from txmailhub import allocator
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda *a, **kw: calls.append(a) or True)
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[smtp]\nlisten = []\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    tac = tmp_path / "mailhub.tac"
+    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
+        "/etc/txmailhub/mailhub.toml", str(config)))
+    sob.loadValueFromFile(str(tac), "application")
+    assert calls == [()]
+
+
 def test_the_quick_start_describes_the_demo_it_starts() -> None:
     """README's account of ``make run``: the config the Makefile starts,
     its domain, ports and state folder, and the user the demo makes."""
