@@ -1549,6 +1549,38 @@ def test_a_refusal_just_before_the_time_budget_runs_out_bounces_nothing(tmp_path
     assert r.kind == "transient"
 
 
+def test_a_4xx_to_every_rcpt_just_before_the_time_budget_runs_out_is_the_result(tmp_path):
+    # the greylisting host is the last one asked: the budget is spent, the
+    # next host never tried, and the recipient's result is that host's own
+    # 4yz (not the budget's 4.4.2, nor a verdict from its reply's class)
+    a, net, clock = agent(tmp_path)
+    use_mx_hosts(a, clock, "slow.test", 4, first_address=110)
+
+    class SlowGreylister(ScriptedSMTPServer):
+        """Greylists, each answer just inside its timeout."""
+
+        def __init__(self):
+            super().__init__(replies={"RCPT x@slow.test": _GREYLISTED})
+
+        def connectionMade(self):
+            clock.callLater(299, ScriptedSMTPServer.connectionMade, self)
+
+        def dataReceived(self, data):
+            clock.callLater(299, ScriptedSMTPServer.dataReceived, self, data)
+
+    net.servers[("192.0.2.110", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    net.servers[("192.0.2.111", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    net.servers[("192.0.2.112", 25)] = SlowGreylister
+    net.servers[("192.0.2.113", 25)] = ScriptedSMTPServer
+    who = Address("x", "slow.test")
+    d = a.deliver(entry(tmp_path, who), "slow.test", [who])
+    advance_until_done(net, clock, d, step=1)
+    [r] = run(net, d)
+    assert ("192.0.2.113", 25) not in net.connections  # the budget was spent
+    assert (r.kind, r.reply.text(), r.remote_mta) == (
+        "transient", "451 4.7.1 Greylisted, try again later", "mx2.slow.test")
+
+
 def test_a_refusal_at_rcpt_stands_when_the_final_dot_gets_no_reply(tmp_path):
     # The server's 550 to one RCPT is its answer for that recipient, the
     # same whatever happens after the data: only the recipients it took

@@ -892,7 +892,8 @@ class DeliveryAgent:
                     else:
                         settled.append(r)
                 recipients = [a for a in recipients if a in own]
-                last, last_host, about_host = own[recipients[0]].reply, host, False
+                # no ``last`` from here: while ``own`` holds the recipients
+                # (until a later session's error) it is their result
                 continue
             return settled + self._results(entry, outcome, host)
         if out_of_time:
