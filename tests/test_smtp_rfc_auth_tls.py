@@ -1,0 +1,381 @@
+"""RFC 4954 (AUTH), RFC 4616 (SASL PLAIN), RFC 3207 (STARTTLS), RFC 6409
+(submission) and RFC 8314 (implicit TLS) clause by clause: the server-side
+requirements the other engine tests did not show on their own.  Each test
+names its clause; docs/smtp.rst ("Conformance: AUTH, TLS and submission")
+lists them with the choices the RFCs leave open."""
+
+from __future__ import annotations
+
+import pytest
+from test_smtp_server import ALICE, Driver, b64, loopback, tx
+
+from txmailhub.smtp import replies
+from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.server import AuthRequest, MessageComplete, Session, State
+from txmailhub.testing import QueueSpy
+
+PLAIN_OK = b64("\0alice\0secret")
+PLAIN_BAD = b64("\0alice\0wrong")
+
+
+def authed(**config) -> Driver:
+    d = Driver(session=loopback(), **config)
+    assert d.codes(f"EHLO c.test\r\nAUTH PLAIN {PLAIN_OK}\r\n") == ["250", "235"]
+    return d
+
+
+def submission(tls: bool = False) -> Driver:
+    return Driver(session=Session(client_host="192.0.2.9", submission=True, tls=tls),
+                  queue=QueueSpy())
+
+
+# --- RFC 4954 4: the AUTH command -----------------------------------------------------
+
+
+def test_an_initial_response_of_one_equals_sign_is_an_empty_response():
+    # 4: the initial response "=" is "present, but contains no data": PLAIN
+    # gets an empty message (no NULs: a failed login), not a 334 prompt
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send("AUTH PLAIN =\r\n") == [replies.AUTH_FAILED.text()]
+    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert request.malformed
+    # LOGIN: an empty user name, then the password prompt
+    assert d.send("AUTH LOGIN =\r\n") == ["334 UGFzc3dvcmQ6"]
+
+
+@pytest.mark.parametrize("response", ["=AAA", "AAA=BBB", "QUJD!", "QUJ", "QQ==QQ==", "QU JD"])
+def test_a_response_that_is_no_base64_is_501_5_5_2(response):
+    # 4: "MUST reject (and not ignore) any character not explicitly allowed
+    # by the BASE64 alphabet, and MUST reject any sequence ... that contains
+    # the pad character ('=') anywhere other than the end"; 501 and 5.5.2
+    d = Driver(session=loopback())
+    assert d.codes("EHLO c.test\r\nAUTH PLAIN\r\n") == ["250", "334"]
+    assert d.send(response + "\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.engine.state is State.READY
+    assert not any(isinstance(ev, AuthRequest) for ev in d.events)
+
+
+def test_trailing_white_space_on_the_auth_command_line_is_tolerated():
+    # the AUTH line is a command: RFC 5321 4.1.1 "SMTP receivers SHOULD
+    # tolerate trailing white space before the terminating <CRLF>"
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"AUTH PLAIN {PLAIN_OK} \t\r\n") == [replies.AUTH_SUCCEEDED.text()]
+
+
+def test_a_cancelled_exchange_is_501_and_the_session_goes_on():
+    # 4: "*" -- the server "MUST reject the AUTH command by sending a 501";
+    # the client MAY then try again (4: "present different credentials by
+    # issuing another AUTH")
+    d = Driver(session=loopback())
+    assert d.codes("EHLO c.test\r\nAUTH LOGIN\r\n") == ["250", "334"]
+    assert d.send("*\r\n") == [replies.AUTH_CANCELLED.text()]
+    assert d.codes(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["235"]
+
+
+def test_another_auth_after_a_failed_one_is_allowed():
+    # 4: "If an AUTH command fails, the client MAY ... present different
+    # credentials by issuing another AUTH"
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.codes(f"AUTH PLAIN {PLAIN_BAD}\r\nAUTH PLAIN {PLAIN_OK}\r\n") == ["535", "235"]
+    assert d.session.authenticated_as == ALICE
+
+
+def test_auth_after_a_successful_auth_is_503_in_any_form():
+    # 4: "a server MUST reject any further AUTH commands with a 503 reply",
+    # an unknown mechanism or a bare AUTH too: no exchange starts
+    d = authed()
+    for line in ("AUTH PLAIN", "AUTH LOGIN", "AUTH CRAM-MD5", f"AUTH PLAIN {PLAIN_OK}"):
+        assert d.send(line + "\r\n") == [replies.AUTH_ALREADY.text()], line
+    assert d.engine.state is State.READY
+
+
+@pytest.mark.parametrize("after", ["MAIL FROM:<s@x.test>", "RCPT TO:<bob>"])
+def test_auth_in_a_transaction_is_503_and_keeps_the_transaction(after):
+    # 4: "An AUTH command issued during a mail transaction MUST be rejected
+    # with a 503 reply"; the transaction goes on (nothing else was wrong)
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\n")
+    if after.startswith("RCPT"):
+        d.send(after + "\r\n")
+    assert d.send(f"AUTH PLAIN {PLAIN_OK}\r\n") == [replies.AUTH_IN_TRANSACTION.text()]
+    assert d.session.authenticated_as is None
+    assert d.codes("RCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n") == ["250", "354", "250"]
+
+
+def test_a_continuation_line_of_12288_octets_is_read():
+    # 4: servers "MUST be able to handle the maximum encoded size of ...
+    # responses generated by their supported authentication mechanisms ...
+    # (... 12288 octets is considered to be a sufficient line length
+    # limit)"; over the buffer: "500 ... 5.5.6"
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\nAUTH PLAIN\r\n")
+    password = "x" * (12286 // 4 * 3 - len("\0alice\0"))
+    line = b64("\0alice\0" + password)
+    assert len(line) + 2 <= 12288
+    assert d.send(line + "\r\n") == [replies.AUTH_FAILED.text()]
+    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert request.password == password
+    d.send("AUTH PLAIN\r\n")
+    assert d.send("A" * 12288 + "\r\n") == [replies.AUTH_LINE_TOO_LONG.text()]
+
+
+def test_an_empty_prompt_is_334_and_a_space():
+    # 4: "a server challenge that contains no data is defined as a 334 reply
+    # with no text part ... the complete response line is "334 "" and the
+    # challenges carry nothing but base64 (LOGIN's two prompts)
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send("AUTH PLAIN\r\n") == ["334 "]
+    d.send("*\r\n")
+    assert d.send("AUTH LOGIN\r\n") == ["334 " + b64("Username:")]
+    assert d.send(b64("alice") + "\r\n") == ["334 " + b64("Password:")]
+
+
+def test_a_pipelined_plain_auth_with_an_initial_response_is_answered_in_order():
+    # 4: AUTH may be followed by pipelined commands when it carries an
+    # initial response of a mechanism that completes in one round trip
+    # (PLAIN); the commands after it are taken under the new login
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True, submission=True),
+               queue=QueueSpy())
+    out = d.codes(f"EHLO c.test\r\nAUTH PLAIN {PLAIN_OK}\r\nMAIL FROM:<alice>\r\n"
+                  "RCPT TO:<x@remote.test>\r\n")
+    assert out == ["250", "235", "250", "250"]
+
+
+# --- RFC 4616: SASL PLAIN ---------------------------------------------------------------
+
+
+def test_plain_takes_255_octets_in_each_part():
+    # 2: "Servers MUST be capable of accepting authzid, authcid, and passwd
+    # productions up to and including 255 octets"
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    name = "a" * 243 + "@example.org"
+    password = "p\u00e9" * 85  # 255 octets of UTF-8
+    assert len(name.encode()) == 255 and len(password.encode()) == 255
+    # (too long for the AUTH command line: RFC 4954 4 has the client send it
+    # after the empty prompt then)
+    assert d.send(f"AUTH PLAIN\r\n{b64(name + chr(0) + name + chr(0) + password)}\r\n")[0] == (
+        "334 ")
+    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert (request.username, request.password, request.malformed) == (name, password, False)
+
+
+@pytest.mark.parametrize("message", ["alice\0secret", "\0alice\0secret\0", "\0alice\0se\0cret",
+                                     "bob\0alice\0secret"])
+def test_plain_messages_that_are_not_one_authzid_authcid_passwd_fail(message):
+    # 2: message = [authzid] UTF8NUL authcid UTF8NUL passwd; "the NUL ...
+    # character MUST NOT appear in authzid, authcid, or passwd"; the server
+    # verifies "that the authentication credentials permit the client to act
+    # as the ... authorization identity" (here: only as itself)
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"AUTH PLAIN {b64(message)}\r\n") == [replies.AUTH_FAILED.text()]
+    assert d.session.authenticated_as is None
+
+
+# --- RFC 4954 5: AUTH= on MAIL --------------------------------------------------------
+
+
+def test_auth_parameter_is_accepted_without_a_login_and_means_unknown():
+    # 5: servers "MUST support the AUTH parameter to the MAIL FROM command
+    # even when the client has not authenticated itself"; then it "MUST
+    # behave as if the AUTH=<> parameter was supplied"
+    d = Driver(session=Session(client_host="192.0.2.9", relay_allowed=True), queue=QueueSpy())
+    assert d.codes("EHLO c.test\r\nMAIL FROM:<e=mc2@example.com> AUTH=e+3Dmc2@example.com\r\n"
+                   "RCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n") == ["250", "250", "250", "354", "250"]
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.envelope.submitter is None
+
+
+def test_auth_empty_from_a_logged_in_client_is_kept():
+    # 5: AUTH=<>: "The server MUST NOT treat the message as having been
+    # originally submitted by the authenticated identity"
+    d = authed()
+    assert d.codes("MAIL FROM:<alice> AUTH=<>\r\nRCPT TO:<bob>\r\nDATA\r\nx\r\n.\r\n") == [
+        "250", "250", "354", "250"]
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.envelope.submitter is None and done.envelope.authenticated_as
+
+
+# --- RFC 4954 6: the status codes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("reply, code, status", [
+    (replies.AUTH_SUCCEEDED, 235, "2.7.0"),
+    (replies.AUTH_TEMPORARY, 454, "4.7.0"),
+    (replies.AUTH_FAILED, 535, "5.7.8"),
+    (replies.AUTH_LINE_TOO_LONG, 500, "5.5.6"),
+    (replies.AUTH_REQUIRED, 530, "5.7.0"),
+    (replies.AUTH_TLS_REQUIRED, 538, "5.7.11"),
+    (replies.AUTH_MECHANISM_UNKNOWN, 504, "5.5.4"),
+    (replies.AUTH_INVALID_BASE64, 501, "5.5.2"),
+])
+def test_the_auth_replies_carry_the_codes_section_6_suggests(reply: Reply, code, status):
+    # 6: "Servers that return enhanced status codes ... SHOULD use the
+    # enhanced codes suggested here"; 4: 504 with 5.5.4, 501 with 5.5.2
+    assert (reply.code, reply.status) == (code, status)
+
+
+@pytest.mark.parametrize("command, code", [
+    ("EHLO c.test", "250"), ("HELO c.test", "250"), ("NOOP", "250"), ("RSET", "250"),
+    ("AUTH LOGIN", "334"), ("MAIL FROM:<a@example.org>", "530"),
+    ("MAIL FROM:<>", "530"), ("QUIT", "221"),
+])
+def test_530_answers_mail_on_submission_and_not_the_commands_6_exempts(command, code):
+    # 6: 530 "SHOULD be returned by any command other than AUTH, EHLO, HELO,
+    # NOOP, RSET, or QUIT when server policy requires authentication";
+    # RFC 6409 4.3 "MUST, by default, issue an error response to the MAIL
+    # command if the session has not been authenticated" (530)
+    d = submission(tls=True)
+    if not command.startswith(("EHLO", "HELO")):
+        d.send("EHLO c.test\r\n")
+    assert d.codes(command + "\r\n") == [code]
+
+
+def test_a_client_is_not_cut_off_before_three_failed_logins_by_default():
+    # 9: servers that drop the connection after failed attempts "SHOULD NOT
+    # drop the connection until at least 3 attempts to authenticate have
+    # failed" (max_auth_failures defaults to 3)
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    for _ in range(2):
+        assert d.send(f"AUTH PLAIN {PLAIN_BAD}\r\n") == [replies.AUTH_FAILED.text()]
+        assert not d.engine.closed
+    assert d.send(f"AUTH PLAIN {PLAIN_BAD}\r\n")[-1].startswith("421 ")
+    assert d.engine.closed
+
+
+def test_auth_is_not_advertised_where_it_would_be_refused_538():
+    # 6: "Modern implementations SHOULD NOT advertise mechanisms that are
+    # not permitted due to lack of encryption"; 538 only answers a client
+    # that tries anyway
+    d = Driver()
+    assert not any("AUTH" in line for line in d.send("EHLO c.test\r\n"))
+    assert d.send(f"AUTH PLAIN {PLAIN_OK}\r\n") == [replies.AUTH_TLS_REQUIRED.text()]
+    assert d.session.authenticated_as is None
+
+
+# --- RFC 3207: STARTTLS -----------------------------------------------------------------
+
+
+def test_starttls_with_a_parameter_is_501():
+    # 4: "501 Syntax error (no parameters allowed)"; nothing starts
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    assert d.send("STARTTLS now\r\n") == [replies.STARTTLS_ARGUMENT.text()]
+    assert not d.session.tls and d.engine.state is State.READY
+
+
+def test_starttls_forgets_a_login_and_the_ehlo_name():
+    # 4.2: "The server MUST discard any knowledge obtained from the client,
+    # such as the argument to the EHLO command, which was not obtained from
+    # the TLS negotiation itself" -- the login given before it too
+    d = authed()
+    assert d.codes("EHLO c.test\r\nSTARTTLS\r\n") == ["250", "220"]
+    s = d.session
+    assert (s.tls, s.helo, s.esmtp, s.authenticated_as) == (True, "", False, None)
+    assert d.engine.state is State.INIT
+    lines = d.send("EHLO other.test\r\n")
+    assert "250-AUTH PLAIN LOGIN" in lines  # offered again: nobody is logged in
+    assert d.codes("MAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\nx\r\n.\r\n") == [
+        "250", "250", "354", "250"]
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.envelope.helo == "other.test" and done.envelope.authenticated_as is None
+
+
+def test_starttls_in_a_transaction_drops_it():
+    # 4.2: the protocol "is reset to the initial state": a MAIL and RCPT
+    # given in clear text are gone after the handshake
+    d = Driver()
+    tx(d)
+    assert d.codes("STARTTLS\r\n") == ["220"]
+    assert d.codes("EHLO c.test\r\nRCPT TO:<alice>\r\n") == ["250", "503"]
+
+
+def test_no_starttls_is_offered_or_taken_under_tls():
+    # 4.2: "A server MUST NOT return the STARTTLS extension in response to
+    # an EHLO command received after a TLS handshake has completed"
+    d = Driver()
+    d.send("EHLO c.test\r\nSTARTTLS\r\n")
+    assert not any("STARTTLS" in line for line in d.send("EHLO c.test\r\n"))
+    assert d.send("STARTTLS\r\n") == [replies.TLS_ALREADY.text()]
+
+
+def test_commands_pipelined_behind_starttls_are_discarded():
+    # 4.2 / CVE-2011-0411 (command injection): what came in clear text
+    # after STARTTLS, in the same read, is never obeyed after the handshake
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    out = d.send("STARTTLS\r\nEHLO evil.test\r\nMAIL FROM:<evil@x.test>\r\n"
+                 "RCPT TO:<alice>\r\nDATA\r\nevil\r\n.\r\n")
+    assert out == [replies.TLS_READY.text()]
+    assert d.engine.state is State.INIT and not d.engine.has_input
+    assert d.session.helo == ""
+
+
+def test_a_public_mx_takes_local_mail_without_tls():
+    # 4: "A publicly-referenced SMTP server MUST NOT require use of the
+    # STARTTLS extension in order to deliver mail locally"
+    d = Driver()
+    assert d.codes("EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                   "x\r\n.\r\n") == ["250", "250", "250", "354", "250"]
+    assert not d.session.tls
+
+
+def test_454_when_tls_is_not_available():
+    # 4: "454 TLS not available due to temporary reason"; not offered then
+    d = Driver(tls_available=False)
+    assert not any("STARTTLS" in line for line in d.send("EHLO c.test\r\n"))
+    assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
+    assert (replies.TLS_NOT_AVAILABLE.code, replies.TLS_READY.code) == (454, 220)
+
+
+# --- RFC 6409: submission ----------------------------------------------------------------
+
+
+def test_a_null_return_path_is_taken_on_submission():
+    # 3.2: "a null return path, that is, MAIL FROM:<>, is permitted and MUST
+    # NOT, in itself, be cause for rejecting a message"
+    d = submission(tls=True)
+    d.send(f"EHLO c.test\r\nAUTH PLAIN {PLAIN_OK}\r\n")
+    assert d.codes("MAIL FROM:<>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\nx\r\n.\r\n") == [
+        "250", "250", "354", "250"]
+
+
+def test_the_submission_ehlo_offers_what_section_7_asks():
+    # 7: AUTH MUST be supported; PIPELINING, ENHANCEDSTATUSCODES, DSN and
+    # 8BITMIME SHOULD; ETRN and ATRN MUST NOT (and no 521 reply is ever
+    # sent: the 521 reply code is MUST NOT too)
+    d = submission(tls=True)
+    keywords = {line[4:].split()[0] for line in d.send("EHLO c.test\r\n")[1:]}
+    assert {"AUTH", "PIPELINING", "ENHANCEDSTATUSCODES", "DSN", "8BITMIME"} <= keywords
+    assert not keywords & {"ETRN", "ATRN", "STARTTLS"}
+    assert not [k for k, v in vars(replies).items() if isinstance(v, Reply) and v.code == 521]
+
+
+def test_an_unqualified_domain_is_554_on_submission():
+    # 4.1 and 4.2: "The MSA MUST ensure that all domains in the SMTP envelope
+    # are fully qualified"; "Reply code 554 is to be used"
+    d = submission(tls=True)
+    d.send(f"EHLO c.test\r\nAUTH PLAIN {PLAIN_OK}\r\n")
+    assert d.codes("MAIL FROM:<alice@mailhost>\r\n") == ["554"]
+    assert d.codes("MAIL FROM:<alice>\r\nRCPT TO:<x@sales>\r\n") == ["250", "554"]
+
+
+# --- RFC 8314: implicit TLS -------------------------------------------------------------
+
+
+def test_an_implicit_tls_session_offers_auth_at_once_and_no_starttls():
+    # 3.3: on the "submissions" port "a TLS handshake begins immediately";
+    # the session is encrypted from its first command, so AUTH is offered to
+    # any client and STARTTLS is neither offered nor taken (RFC 3207 4.2)
+    d = submission(tls=True)
+    lines = d.send("EHLO c.test\r\n")
+    assert "250-AUTH PLAIN LOGIN" in lines
+    assert not any("STARTTLS" in line for line in lines)
+    assert d.send("STARTTLS\r\n") == [replies.TLS_ALREADY.text()]
+    assert d.codes(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["235"]
