@@ -44,11 +44,15 @@ def test_an_initial_response_of_one_equals_sign_is_an_empty_response():
     assert d.send("AUTH LOGIN =\r\n") == ["334 UGFzc3dvcmQ6"]
 
 
-@pytest.mark.parametrize("response", ["=AAA", "AAA=BBB", "QUJD!", "QUJ", "QQ==QQ==", "QU JD"])
+@pytest.mark.parametrize("response", ["=AAA", "AAA=BBB", "QUJD!", "QUJ", "QQ==QQ==", "QU JD",
+                                      " " + PLAIN_OK, PLAIN_OK + " ", PLAIN_OK + "\t"])
 def test_a_response_that_is_no_base64_is_501_5_5_2(response):
     # 4: "MUST reject (and not ignore) any character not explicitly allowed
     # by the BASE64 alphabet, and MUST reject any sequence ... that contains
-    # the pad character ('=') anywhere other than the end"; 501 and 5.5.2
+    # the pad character ('=') anywhere other than the end"; 501 and 5.5.2.
+    # White space around a continuation line is such a character too: the
+    # line is no command (RFC 5321 4.1.1's tolerance of trailing white space
+    # is for the AUTH command line itself).
     d = Driver(session=loopback())
     assert d.codes("EHLO c.test\r\nAUTH PLAIN\r\n") == ["250", "334"]
     assert d.send(response + "\r\n") == [replies.AUTH_INVALID_BASE64.text()]

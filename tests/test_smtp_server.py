@@ -1321,16 +1321,21 @@ def test_the_auth_mechanism_name_is_not_case_sensitive(mechanism):
         replies.AUTH_SUCCEEDED.text()]
 
 
-def test_a_sasl_response_with_white_space_around_it_is_taken():
-    # a client that pads its base64 line (or its "*") with spaces still
-    # means the same response
+def test_a_sasl_response_with_white_space_around_it_is_no_base64():
+    # RFC 4954 4: "MUST reject (and not ignore) any character not explicitly
+    # allowed by the BASE64 alphabet": a padded continuation line is 501
+    # 5.5.2 (so is a padded "*": either way the exchange ends with a 501);
+    # trailing white space on the AUTH command line is a command's (RFC
+    # 5321 4.1.1) and is taken
     d = Driver(session=loopback())
     d.send("EHLO c\r\nAUTH PLAIN\r\n")
     assert d.send(f"  {b64(chr(0) + 'alice' + chr(0) + 'secret')} \r\n") == [
-        replies.AUTH_SUCCEEDED.text()]
+        replies.AUTH_INVALID_BASE64.text()]
     d = Driver(session=loopback())
     d.send("EHLO c\r\nAUTH LOGIN\r\n")
-    assert d.send("* \r\n") == [replies.AUTH_CANCELLED.text()]
+    assert d.send("* \r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')} \r\n") == [
+        replies.AUTH_SUCCEEDED.text()]
 
 
 def test_an_empty_login_password_is_the_equals_sign():

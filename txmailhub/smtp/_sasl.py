@@ -42,12 +42,18 @@ class SASLExchange:
         self._username: str | None = None
 
     def start(self, initial: str) -> Reply | Credentials:
+        """``initial`` is the AUTH command's argument after the mechanism,
+        white space around it taken off: a command line's (RFC 5321
+        4.1.1), where a continuation line keeps every octet."""
         if not initial:
             return replies.AUTH_CONTINUE if self.mechanism == "PLAIN" else replies.AUTH_USERNAME
         return self.respond(initial.encode("ascii", "replace"))
 
     def respond(self, line: bytes) -> Reply | Credentials:
-        line = line.strip()
+        # RFC 4954 4: "MUST reject (and not ignore) any character not
+        # explicitly allowed by the BASE64 alphabet" -- white space around
+        # the response too (b64decode's validate refuses it, and a pad
+        # anywhere but at the end)
         if line == b"*":
             return replies.AUTH_CANCELLED
         try:
