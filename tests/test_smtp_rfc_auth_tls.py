@@ -6,6 +6,8 @@ lists them with the choices the RFCs leave open."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from test_smtp_server import ALICE, Driver, b64, loopback, tx
 
@@ -147,6 +149,27 @@ def test_a_pipelined_plain_auth_with_an_initial_response_is_answered_in_order():
     out = d.codes(f"EHLO c.test\r\nAUTH PLAIN {PLAIN_OK}\r\nMAIL FROM:<alice>\r\n"
                   "RCPT TO:<x@remote.test>\r\n")
     assert out == ["250", "235", "250", "250"]
+
+
+def test_non_utf8_credentials_fail_the_login_and_are_no_base64_error():
+    # RFC 4616 2: the PLAIN message is UTF-8; RFC 4954 4: a response that
+    # decodes is no "501 5.5.2" (which says the server "cannot [BASE64]
+    # decode" it), and an authorization identity whose preparation fails
+    # "MUST fail the authentication": 535, counted as a failed login
+    d = Driver(session=loopback(), max_auth_failures=5)
+    d.send("EHLO c.test\r\n")
+    latin1 = "\0j\xf6rg\0secret".encode("latin-1")
+    wire = base64.b64encode(latin1).decode()
+    assert d.send(f"AUTH PLAIN {wire}\r\n") == [replies.AUTH_FAILED.text()]
+    assert d.engine.auth_failures == 1
+    # LOGIN: the name, then the password, fail as one login
+    assert d.codes("AUTH LOGIN\r\n") == ["334"]
+    assert d.send(base64.b64encode("j\xf6rg".encode("latin-1")).decode() + "\r\n") == [
+        "334 " + b64("Password:")]
+    assert d.send(b64("secret") + "\r\n") == [replies.AUTH_FAILED.text()]
+    assert d.engine.auth_failures == 2
+    requests = [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert [r.malformed for r in requests] == [True, True]
 
 
 # --- RFC 4616: SASL PLAIN ---------------------------------------------------------------

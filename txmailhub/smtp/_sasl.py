@@ -39,7 +39,7 @@ class SASLExchange:
     def __init__(self, mechanism: str, primary_domain: str) -> None:
         self.mechanism = mechanism
         self.primary_domain = primary_domain
-        self._username: str | None = None
+        self._username: bytes | None = None  # LOGIN's, as it came
 
     def start(self, initial: str) -> Reply | Credentials:
         """``initial`` is the AUTH command's argument after the mechanism,
@@ -58,14 +58,22 @@ class SASLExchange:
             return replies.AUTH_CANCELLED
         try:
             data = b"" if line == b"=" else base64.b64decode(line, validate=True)
-            text = data.decode("utf-8")
         except (binascii.Error, ValueError):
             return replies.AUTH_INVALID_BASE64
         if self.mechanism == "LOGIN":
             if self._username is None:
-                self._username = text
+                self._username = data
                 return replies.AUTH_PASSWORD
-            return Credentials(self._qualify(self._username), text)
+            name, password = _utf8(self._username), _utf8(data)
+            if name is None or password is None:
+                return Credentials("", "", malformed=True)
+            return Credentials(self._qualify(name), password)
+        # RFC 4616 2: the message is UTF-8; one that is not fails the login
+        # (RFC 4954 4: a failed preparation "MUST fail the authentication"),
+        # and is no base64 error: it decoded
+        text = _utf8(data)
+        if text is None:
+            return Credentials("", "", malformed=True)
         parts = text.split("\0")
         # authzid NUL authcid NUL passwd; acting for someone else is not
         # allowed, but an authzid naming the same user in another spelling
@@ -83,3 +91,11 @@ class SASLExchange:
             return str(parse_address(username, self.primary_domain))
         except AddressError:
             return username
+
+
+def _utf8(data: bytes) -> str | None:
+    """``data`` as UTF-8, or ``None`` when it is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
