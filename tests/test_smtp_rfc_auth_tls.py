@@ -9,9 +9,15 @@ from __future__ import annotations
 import base64
 
 import pytest
+from conftest import make_certificate
+from test_smtp_protocol import Harness
 from test_smtp_server import ALICE, Driver, b64, loopback, tx
+from tls_loopback import StartTLSSocket, TLSClient
+from twisted.internet.address import IPv4Address
 
+from txmailhub.service import tls_options
 from txmailhub.smtp import replies
+from txmailhub.smtp.protocol import SMTPFactory
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import AuthRequest, MessageComplete, Session, State
 from txmailhub.testing import QueueSpy
@@ -406,3 +412,59 @@ def test_an_implicit_tls_session_offers_auth_at_once_and_no_starttls():
     assert not any("STARTTLS" in line for line in lines)
     assert d.send("STARTTLS\r\n") == [replies.TLS_ALREADY.text()]
     assert d.codes(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["235"]
+
+
+# --- RFC 3207 4.2 through the Twisted adapter (CVE-2011-0411) ---------------------------
+
+
+def _starttls_session(tmp_path, hold: bool = False):
+    h = Harness(hold=hold, idle_timeout=300)
+    cert = make_certificate(tmp_path / "tls")
+    h.components.tls = tls_options(str(cert[0]), str(cert[1]))
+    p = SMTPFactory(h.components).buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+    sock = StartTLSSocket(h.clock, p)
+    p.makeConnection(sock)
+    sock.startReading()
+    return h, p, sock, cert
+
+
+def _handshake_and_check_nothing_was_injected(h, sock, cert) -> list[bytes]:
+    sock.sent.clear()
+    client = TLSClient(None, h.clock, cert, socket=sock)
+    client.send(b"EHLO c.test\r\n")
+    assert client.receive().startswith(b"250-mx.example.org Hello c.test")
+    # an injected MAIL would make this RCPT a recipient, and the MAIL a 503
+    client.send(b"RCPT TO:<alice>\r\nMAIL FROM:<s@x.test>\r\n")
+    assert client.receive() == (replies.MAIL_NEEDED.to_bytes() + b"250 2.1.0 <s@x.test>... "
+                                b"Sender OK\r\n")
+    stored = h.store.messages(ALICE)
+    assert all(isinstance(m, bytes) and b"evil" not in m for m in stored)
+    return stored
+
+
+def test_plaintext_behind_starttls_in_one_read_is_never_obeyed(tmp_path):
+    # RFC 3207 4.2: the server "MUST discard any knowledge obtained from the
+    # client ... which was not obtained from the TLS negotiation itself";
+    # commands sent in clear text behind STARTTLS (one TCP segment, an
+    # attacker's injection) are dropped with it, not read after the handshake
+    h, p, sock, cert = _starttls_session(tmp_path)
+    p.dataReceived(b"EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<alice>\r\n"
+                   b"DATA\r\nevil\r\n.\r\n")
+    sock.drain()
+    assert bytes(sock.sent).endswith(b"\r\n" + replies.TLS_READY.to_bytes())
+    assert bytes(sock.sent).count(b"\r\n250 ") == 1  # the EHLO's last line, nothing else
+    assert _handshake_and_check_nothing_was_injected(h, sock, cert) == []
+
+
+def test_plaintext_behind_a_starttls_waiting_for_a_store_is_never_obeyed(tmp_path):
+    # the same when STARTTLS waits behind a message being made durable, and
+    # more clear text arrives in another read before it is answered
+    h, p, sock, cert = _starttls_session(tmp_path, hold=True)
+    p.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                   b"x\r\n.\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
+    p.dataReceived(b"RCPT TO:<alice>\r\nDATA\r\nevil\r\n.\r\n")
+    h.spooler.release()
+    sock.drain()
+    wire = bytes(sock.sent)
+    assert wire.endswith(b"Message accepted for delivery\r\n" + replies.TLS_READY.to_bytes())
+    assert len(_handshake_and_check_nothing_was_injected(h, sock, cert)) == 1
