@@ -1383,7 +1383,7 @@ def test_submission_requires_auth():
 
 
 def test_submission_takes_fully_qualified_domains_only():
-    # RFC 6409 6.2: the MSA makes sure every envelope domain is fully
+    # RFC 6409 4.2: the MSA makes sure every envelope domain is fully
     # qualified, refusing with 554; a bare name is qualified by us, an
     # address literal names a host, and our own domains are ours
     d = Driver(session=Session(client_host="127.0.0.1", loopback=True, submission=True),

@@ -159,7 +159,7 @@ AUTH_TLS_REQUIRED = Reply.of(538, "5.7.11", "Encryption required for requested a
 AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
 UNKNOWN_USER = Reply.of(550, "5.1.1", "No such user here")
 RELAY_DENIED = Reply.of(550, "5.7.1", "Relaying denied")
-# RFC 6409 6.2: an MSA refuses a domain that is not fully qualified with 554
+# RFC 6409 4.1, 4.2: an MSA refuses a domain that is not fully qualified with 554
 SENDER_NOT_QUALIFIED = Reply.of(554, "5.1.8", "Sender domain is not fully qualified")
 RECIPIENT_NOT_QUALIFIED = Reply.of(554, "5.1.2", "Recipient domain is not fully qualified")
 SIZE_EXCEEDS_LIMIT = Reply.of(552, "5.3.4", "Message size exceeds fixed maximum message size")

@@ -622,7 +622,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def _unqualified(self, address: Address) -> bool:
         """A domain of one label that is not ours (``bob@intranet``): an MSA
         must make sure every envelope domain is fully qualified (RFC 6409
-        6.2).  A bare local part was qualified with the primary domain by
+        4.2).  A bare local part was qualified with the primary domain by
         the parser, and an address literal is a host already."""
         domain = address.domain
         return ("." not in domain and not domain.startswith("[")
