@@ -10,13 +10,15 @@ import base64
 
 import pytest
 from conftest import make_certificate
-from test_smtp_protocol import Harness
+from test_smtp_protocol import Harness, take
 from test_smtp_server import ALICE, Driver, b64, loopback, tx
 from tls_loopback import StartTLSSocket, TLSClient
 from twisted.internet.address import IPv4Address
 
+from txmailhub.address import Address
 from txmailhub.service import tls_options
 from txmailhub.smtp import replies
+from txmailhub.smtp.msa import FIELD_LIMIT, HeaderDomains
 from txmailhub.smtp.protocol import SMTPFactory
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import AuthRequest, MessageComplete, Session, State
@@ -468,3 +470,97 @@ def test_plaintext_behind_a_starttls_waiting_for_a_store_is_never_obeyed(tmp_pat
     wire = bytes(sock.sent)
     assert wire.endswith(b"Message accepted for delivery\r\n" + replies.TLS_READY.to_bytes())
     assert len(_handshake_and_check_nothing_was_injected(h, sock, cert)) == 1
+
+
+# --- RFC 6409 4.2: the domains in the address header fields of a submission -------------
+
+
+def _domains(header: bytes, cut: int | None = None) -> str | None:
+    check = HeaderDomains(lambda domain: domain == "example.org")
+    lines = header.splitlines(keepends=True)
+    pieces = [header] if cut is None else [b"".join(lines[:cut]), b"".join(lines[cut:])]
+    found = None
+    for piece in pieces:
+        found = check.feed(piece) or found
+    return check.finish() or found
+
+
+@pytest.mark.parametrize("header", [
+    b"From: Alice <alice@example.net>\nTo: bob@example.com, \"x@y\" <c@d.example>\n\nbody\n",
+    b"To: (bob@intranet) bob@example.com\n\n",  # a comment is no address
+    b"Cc: \"a (b@c\" <d@e.example>\n\n",  # nor is a quoted string, parentheses and all
+    b"To: \"john doe\"@example.com\n\n",
+    b"To: bob@[192.0.2.1], alice@example.org, local@example\n .org\n\n",  # folded (obsolete)
+    b"To: undisclosed-recipients:;\nBcc:\n\n",
+    b"To: =?utf-8?q?x@y?= <bob@example.com>\n\n",  # an encoded word is no address
+    b"Subject: mail for bob@intranet\nMessage-ID: <1@intranet>\n\n",  # not address fields
+    b"To: bob@example.com\n\nCc: bob@intranet\n",  # the body
+    b"To: bob@example.com\nno field, the body begins\nCc: bob@intranet\n",
+    b"To: bob@example.org.\n\n",
+    b"Hi, no header section at all: bob@intranet\n",
+    # a field that cannot be read with certainty is left as it came
+    b"To: \"unbalanced <bob@intranet>\n\n",
+    b"To: a@b.example c@intranet\n\n",  # no comma: which address is which?
+    b"To: bob@intranet\n".replace(b"bob", b"x" * FIELD_LIMIT) + b"\n",
+    b"To: " + b"bob@example.com,\n " * (FIELD_LIMIT // 17) + b"bob@intranet\n\n",
+])
+def test_fully_qualified_or_no_address_field_domains_pass(header):
+    assert _domains(header) is None
+    for cut in range(1, header.count(b"\n")):
+        assert _domains(header, cut) is None
+
+
+@pytest.mark.parametrize("header, domain", [
+    (b"From: root@localhost\n\n", "localhost"),
+    (b"To: Bob <bob@intranet>\n\n", "intranet"),
+    (b"To: a@example.com,\n b@intranet\nSubject: x\n\n", "intranet"),  # a continuation line
+    (b"Resent-Cc: x@sales\n\n", "sales"),
+    (b"reply-to : x@sales.\n\n", "sales."),  # any case, white space before the colon
+    (b"Sender: x@sales", "sales"),  # the data ended in the header section
+    (b"To: <@relay:bob@example.com>\n\n", "relay"),  # an obsolete route's domain too
+])
+def test_an_address_field_domain_of_one_label_is_found(header, domain):
+    assert _domains(header) == domain
+    for cut in range(1, header.count(b"\n")):
+        assert _domains(header, cut) == domain
+
+
+def _submit(h, data: bytes, host: str = "127.0.0.1") -> list[str]:
+    p, t = h.connect(host)
+    login = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"
+    p.dataReceived(b"EHLO c\r\n" + (login if host == "127.0.0.1" else b"")
+                   + b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n" + data
+                   + b".\r\n")
+    return take(t)
+
+
+def test_a_submission_with_an_unqualified_address_field_domain_is_554():
+    # RFC 6409 4.2: an MSA that "examines or alters the message text in any
+    # way, except to add trace header fields ... MUST ensure that all
+    # domains in address header fields are fully qualified" -- the hub adds
+    # Date and Message-ID (8.2, 8.3), so it refuses (554, as 4.1 and 5.1
+    # have it: the end of the data, a suitable enhanced code)
+    h = Harness()
+    out = _submit(h, b"From: root@localhost\r\nTo: bob@example.org\r\n\r\nhi\r\n")
+    assert out[-1] == replies.HEADER_DOMAIN_NOT_QUALIFIED.text()
+    assert h.store.messages(Address("bob", "example.org")) == []
+
+
+def test_a_qualified_submission_and_mail_on_the_mx_pass():
+    h = Harness()
+    out = _submit(h, b"From: Alice <alice@example.org>\r\nTo: \"b@c\" <bob>\r\n\r\nhi\r\n")
+    assert out[-1].startswith("250 2.0.0 ")
+    # the MX listener is no MSA: it passes what other servers send as it came
+    out = _submit(h, b"From: root@localhost\r\n\r\nhi\r\n", host="192.0.2.1")
+    assert out[-1].startswith("250 2.0.0 ")
+
+
+def test_a_submission_that_ends_on_such_a_field_is_554_and_the_session_goes_on():
+    # the field is whole only once the data has ended (no empty line, no
+    # body): the refusal comes then; the next message is taken
+    h = Harness()
+    out = _submit(h, b"To: bob@example.org\r\nCc: x@sales\r\n")
+    assert out[-1] == replies.HEADER_DOMAIN_NOT_QUALIFIED.text()
+    assert h.store.messages(Address("bob", "example.org")) == []
+    out = _submit(h, b"To: bob@example.org\r\nCc: x@sales.example\r\n")
+    assert out[-1].startswith("250 2.0.0 ")

@@ -16,7 +16,8 @@ a comma between addresses, where a line too long has nowhere else to
 be folded).  The same reading gives
 the envelope its recipients (``addr_specs``: each mailbox's addr-spec,
 which the hub's path grammar then judges), in one pass over a field of
-any size.  When the field cannot
+any size; the submission service reads the domains of a submitted
+message's address fields with it too (``txmailhub.smtp.msa``).  When the field cannot
 be read with certainty (a bare CR, an unbalanced quote, a phrase with
 no address, octets that are not UTF-8), it is left exactly as it came:
 a field the command does not understand is the writer's to answer for,

@@ -28,15 +28,22 @@ was written: readers parse dates leniently (RFC 5322 4.3 names zones
 outside the grammar that are in use), so a strict check would replace
 dates readers understand, and a second Date is not allowed (RFC 5322
 3.6: at most one).
+
+Because the hub changes the messages it submits, RFC 6409 4.2 has it make
+sure the domains in their address header fields are fully qualified:
+``HeaderDomains`` finds one that is not, on the same pieces, and the
+adapter refuses that message.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs
 from txmailhub.smtp.received import FIELD_START, HEADER_END
 
-__all__ = ["HOLD_LIMIT", "MissingFields"]
+__all__ = ["FIELD_LIMIT", "HOLD_LIMIT", "HeaderDomains", "MissingFields"]
 
 # The longest Message-ID field held back while its continuation lines may
 # still come (a real one is under a hundred octets); a longer one is no
@@ -158,3 +165,94 @@ class MissingFields:
         if not self.seen_id:
             out += f"Message-ID: {self._message_id}\n".encode("ascii")
         return out
+
+
+# The longest address field that is checked (a real one is a few hundred
+# octets); a longer one is passed as it came: cut, it could end inside a
+# domain, and held whole it would cost the memory of a header of any size
+FIELD_LIMIT = 65536
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+class HeaderDomains:
+    """Finds a domain that is not fully qualified in the address fields of
+    a submitted message's header section (RFC 6409 4.2).
+
+    An MSA that "examines or alters the message text in any way, except to
+    add trace header fields ... MUST ensure that all domains in address
+    header fields are fully qualified": the hub adds Date and Message-ID
+    (``MissingFields``), so it refuses such a message (554 at the end of
+    the data, 4.1 and 5.1), as it refuses one in the envelope -- it does not
+    qualify it, which RFC 6409 8 warns against.  A domain counts as fully
+    qualified when it has a dot, is an address literal, or is one of the
+    hub's own (``is_local``), the envelope's rule.
+
+    Fed the same pieces as ``MissingFields`` (stored form, LF line ends,
+    whole lines per piece); keeps only the address field being read, up
+    to ``FIELD_LIMIT`` octets.  ``feed`` and ``finish`` return the
+    first such domain found so far, or ``None``."""
+
+    __slots__ = ("_field", "_is_local", "done", "unqualified")
+
+    def __init__(self, is_local: Callable[[str], bool]) -> None:
+        self._is_local = is_local
+        self._field: bytearray | None = None  # the address field being read
+        self.done = False
+        self.unqualified: str | None = None
+
+    def feed(self, data: bytes) -> str | None:
+        if self.done or not data:
+            return self.unqualified
+        found = HEADER_END.search(data)
+        ended = found is not None and found.start() < len(data)
+        if found is not None and ended:
+            data = data[: found.start()]
+        for line in data.split(b"\n"):
+            if not line:
+                continue  # the end of the piece
+            if line[:1] in (b" ", b"\t"):
+                field = self._field
+                if field is not None:
+                    field += b"\n" + line
+                    if len(field) > FIELD_LIMIT:
+                        self._field = None  # not checked, see FIELD_LIMIT
+                continue
+            self._check()
+            name = _FIELD_NAME.match(line)
+            if (name is not None and name.group(1).lower() in ADDRESS_FIELDS
+                    and len(line) <= FIELD_LIMIT):
+                self._field = bytearray(line[name.end() :])
+        if ended:
+            self.finish()
+        return self.unqualified
+
+    def finish(self) -> str | None:
+        """The data ended (in the header section, or after it)."""
+        if not self.done:
+            self._check()
+            self.done = True
+        return self.unqualified
+
+    def _check(self) -> None:
+        field, self._field = self._field, None
+        if field is None or self.unqualified is not None:
+            return
+        try:
+            # unfolded (RFC 5322 2.2.3), read as sendmail reads a local
+            # submission's fields: comments, quoted strings, groups,
+            # display names (encoded words too) are no addresses
+            specs = addr_specs(bytes(field).replace(b"\n", b"").decode("utf-8"))
+        except (UnicodeDecodeError, Unreadable):
+            return  # no address list the hub can read with certainty: as it came
+        for spec in specs:
+            route, _, mailbox = spec.rpartition(":") if spec.startswith("@") else ("", "", spec)
+            domains = [d.strip().lstrip("@") for d in route.split(",") if d.strip()]
+            if "@" in mailbox:  # a bare name has no domain to qualify
+                domains.append(mailbox.rpartition("@")[2])
+            for domain in domains:
+                bare = domain.rstrip(".")
+                if bare.startswith("[") or "." in bare or self._is_local(bare):
+                    continue
+                self.unqualified = domain
+                return

@@ -47,7 +47,7 @@ from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
-from txmailhub.smtp.msa import MissingFields
+from txmailhub.smtp.msa import HeaderDomains, MissingFields
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.received import (
     MAX_HOPS,
@@ -151,6 +151,7 @@ class SMTPProtocol(Protocol):
         "_close_timer",
         "_counted",
         "_data_start",
+        "_domains",
         "_draining",
         "_driving",
         "_eof",
@@ -219,6 +220,8 @@ class SMTPProtocol(Protocol):
         self._hops: Any = None  # a HopCounter per message (RFC 5321 6.3)
         self._return_paths: Any = None  # a ReturnPathFilter per message (RFC 5321 4.4)
         self._msa: MissingFields | None = None  # Date, Message-ID (RFC 6409 8)
+        # with it, the address fields' domains (RFC 6409 4.2)
+        self._domains: HeaderDomains | None = None
         self._timer: Any = None
         self._last_activity = 0.0
         self._message_started = 0.0  # when the last StartMessage came
@@ -804,6 +807,10 @@ class SMTPProtocol(Protocol):
         self._hops = HopCounter()
         self._return_paths = ReturnPathFilter() if self._final_or_first(env) else None
         self._msa = self._missing_fields()
+        # the hub changes what it is the MSA for: RFC 6409 4.2 then has it
+        # make sure the address fields' domains are fully qualified
+        self._domains = (None if self._msa is None
+                         else HeaderDomains(self.components.router.is_local_domain))
         self.engine.message_started(self._sink)
 
     def _missing_fields(self) -> MissingFields | None:
@@ -839,6 +846,10 @@ class SMTPProtocol(Protocol):
         hops = self._hops
         if not hops.done and hops.feed(data) >= MAX_HOPS:
             self.engine.fail_message(replies.TOO_MANY_HOPS)  # nothing more is stored
+            return
+        domains = self._domains
+        if domains is not None and not domains.done and domains.feed(data) is not None:
+            self.engine.fail_message(replies.HEADER_DOMAIN_NOT_QUALIFIED)
             return
         return_paths = self._return_paths
         if return_paths is not None and not return_paths.done:
@@ -913,6 +924,12 @@ class SMTPProtocol(Protocol):
             # the header section (or there was none)
             tail = b"" if self._msa is None else self._msa.finish()
             self._msa = None
+            domains, self._domains = self._domains, None
+            if domains is not None and domains.finish() is not None:
+                # the data ended in the header section, on such a field
+                writer.abort()
+                self._message_done(replies.HEADER_DOMAIN_NOT_QUALIFIED, event, message_id)
+                return
             if self._head:  # no data at all (an empty BDAT LAST)
                 head, self._head = self._head, b""
                 writer.write(head + tail)
@@ -943,6 +960,7 @@ class SMTPProtocol(Protocol):
     def _message_aborted(self, event: MessageAborted) -> None:
         self._head = b""
         self._msa = None
+        self._domains = None
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

@@ -162,6 +162,12 @@ RELAY_DENIED = Reply.of(550, "5.7.1", "Relaying denied")
 # RFC 6409 4.1, 4.2: an MSA refuses a domain that is not fully qualified with 554
 SENDER_NOT_QUALIFIED = Reply.of(554, "5.1.8", "Sender domain is not fully qualified")
 RECIPIENT_NOT_QUALIFIED = Reply.of(554, "5.1.2", "Recipient domain is not fully qualified")
+# RFC 6409 4.2 and 5.1: the MSA that changes a message makes sure the
+# domains of its address header fields are fully qualified (554 after the
+# data); X.6.0, the content is what is wrong
+HEADER_DOMAIN_NOT_QUALIFIED = Reply.of(
+    554, "5.6.0", "A domain in an address header field is not fully qualified"
+)
 SIZE_EXCEEDS_LIMIT = Reply.of(552, "5.3.4", "Message size exceeds fixed maximum message size")
 MESSAGE_TOO_BIG = SIZE_EXCEEDS_LIMIT
 MESSAGE_LINE_TOO_LONG = Reply.of(
