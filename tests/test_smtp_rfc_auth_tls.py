@@ -564,3 +564,18 @@ def test_a_submission_that_ends_on_such_a_field_is_554_and_the_session_goes_on()
     assert h.store.messages(Address("bob", "example.org")) == []
     out = _submit(h, b"To: bob@example.org\r\nCc: x@sales.example\r\n")
     assert out[-1].startswith("250 2.0.0 ")
+
+
+def test_a_bdat_submission_with_such_a_field_fails_its_chunk():
+    # the same check on BDAT: the chunk it is found in gets the 554, the
+    # chunks after it are discarded (RFC 3030 2), and the session goes on
+    h = Harness()
+    p, t = h.connect("127.0.0.1")
+    first, last = b"From: root@localhost\r\nTo: bob@example.org\r\n", b"\r\nhi\r\n"
+    p.dataReceived(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"
+                   b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\n"
+                   + b"BDAT %d\r\n" % len(first) + first
+                   + b"BDAT %d LAST\r\n" % len(last) + last + b"NOOP\r\n")
+    assert take(t)[-3:] == [replies.HEADER_DOMAIN_NOT_QUALIFIED.text(),
+                            replies.BDAT_DISCARDED.text(), replies.OK.text()]
+    assert h.store.messages(Address("bob", "example.org")) == []
