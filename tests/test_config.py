@@ -435,6 +435,19 @@ def test_warnings_below_rfc_minimums() -> None:
     assert [w.split(":")[1] for w in s.warnings] == [" [smtp] idle_timeout", " [pop3] idle_timeout"]
 
 
+def test_a_session_cut_off_before_three_failed_logins_is_warned_of() -> None:
+    # RFC 4954 9: a server that drops the connection after failed logins
+    # "SHOULD NOT drop the connection until at least 3 attempts to
+    # authenticate have failed"
+    s = load_text(MINIMAL + "[smtp]\nmax_auth_failures = 2\n", "/c")
+    assert list(s.warnings) == [
+        "/c: [smtp] max_auth_failures: 2 closes a session before the 3 failed logins "
+        "RFC 4954 9 asks a server to allow"
+    ]
+    assert s.smtp.max_auth_failures == 2  # taken all the same
+    assert load_text(MINIMAL + "[smtp]\nmax_auth_failures = 3\n", "/c").warnings == ()
+
+
 def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     path = tmp_path / "etc" / "m.toml"

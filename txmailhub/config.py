@@ -1269,6 +1269,11 @@ def load_text(text: str, path: str) -> Settings:
             f"[smtp] max_message_size ({smtp.max_message_size}): a message the hub takes "
             "can be one no mailbox may hold (the quota is in octets: 1 GiB is 1073741824)"
         )
+    if smtp.max_auth_failures < 3:
+        warnings.append(
+            f"{path}: [smtp] max_auth_failures: {smtp.max_auth_failures} closes a session "
+            "before the 3 failed logins RFC 4954 9 asks a server to allow"
+        )
     if "max_recipients" in t and smtp.max_recipients < 100:
         warnings.append(
             f"{path}: [smtp] max_recipients: {smtp.max_recipients} is below the 100 "
