@@ -394,3 +394,114 @@ def test_twisteds_recovery_that_cannot_reopen_its_reserve_logs_no_traceback(
         port.socket = failing.sock
         port.stopListening()
         reactor.advance(0)
+
+
+def test_the_hub_uses_twisteds_reserve_so_a_usual_accept_costs_no_probe() -> None:
+    # without Twisted's reserve every read would be probed (a dup and a
+    # close per accepting round); the Twisted the hub runs on has one
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Factory
+
+    from txmailhub.accept_guard import twisted_reservation
+
+    assert twisted_reservation() is tcp._reservedFD
+    reactor = RealPortReactor()
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    try:
+        guard = guard_port(port, reactor)
+        assert guard is not None and guard.reservation is tcp._reservedFD
+    finally:
+        port.stopListening()
+        reactor.advance(0)
+
+
+def test_without_a_reserve_every_read_is_probed_and_no_descriptor_is_kept() -> None:
+    # a Twisted without the reserve: each read checks for room first; the
+    # probe's descriptor is closed again (a hub that leaked one per accept
+    # round would run out of descriptors by accepting)
+    port, clock = FakePort(), Clock()
+    probes: list[int] = []
+
+    def dup(fd: int) -> int:
+        probes.append(fd)
+        return os.dup(fd)
+
+    try:
+        AcceptGuard(port, clock, reservation=None, dup=dup).install()
+        before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        for _ in range(50):
+            port.doRead()
+        assert port.reads == 50 and len(probes) == 50
+        if before is not None:
+            assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        port.sock.close()
+
+
+def test_without_a_reserve_and_out_of_descriptors_the_port_pauses() -> None:
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=None, dup=no_descriptors).install()
+        port.doRead()
+        assert not port.reading and port.reads == 0 and guard.pauses == 1
+    finally:
+        port.sock.close()
+
+
+def test_a_read_already_polled_when_the_port_paused_is_ignored() -> None:
+    # the reactor may still hand over a readiness it collected before the
+    # pause: no accept, and no second retry scheduled
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=Reservation(False),
+                            dup=no_descriptors).install()
+        port.doRead()
+        port.doRead()
+        assert port.reads == 0 and guard.pauses == 1
+        assert len(clock.getDelayedCalls()) == 1
+    finally:
+        port.sock.close()
+
+
+def test_stopping_the_guard_cancels_its_retry_at_once() -> None:
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=Reservation(False),
+                            dup=no_descriptors).install()
+        port.doRead()
+        guard.stop()
+        assert not clock.getDelayedCalls()
+    finally:
+        port.sock.close()
+
+
+def test_a_port_closed_during_a_pause_is_not_read_again() -> None:
+    # closed by the reactor (not by the listener's stop, which cancels
+    # the retry): the retry finds it closed and leaves it
+    port, clock = FakePort(), Clock()
+    try:
+        AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors).install()
+        port.doRead()
+        port.connected = False
+        clock.advance(5)
+        assert not port.reading
+    finally:
+        port.sock.close()
+
+
+def test_a_listener_stopped_during_a_pause_leaves_no_retry_behind() -> None:
+    from twisted.internet.protocol import Factory
+
+    from txmailhub.service import ListenerService
+
+    reactor = RealPortReactor()
+    service = ListenerService(reactor, "smtp", "tcp:0:interface=127.0.0.1", Factory())
+    service.startService()
+    guard = service.guard
+    guard.reservation = Reservation(False)
+    guard._dup = no_descriptors
+    service.port.doRead()
+    assert guard.pauses == 1
+    service.stopService()
+    reactor.advance(0)  # the port's own close
+    assert not reactor.getDelayedCalls()
