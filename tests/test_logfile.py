@@ -599,3 +599,127 @@ def test_a_write_only_log_folder_is_rotated(tmp_path: Path) -> None:
     assert (folder / "mailhub.log.2").read_text() == "one\n"
     assert (folder / "mailhub.log.1").read_text() == "x" * 10
     assert path.read_text() == "after\n"
+
+
+def test_a_failed_rotation_puts_every_numbered_file_back_under_its_name(tmp_path: Path) -> None:
+    # the numbered files are shifted up before the new log is opened: when
+    # it cannot be, each goes back to its own number (put back the
+    # other way round, .2 would overwrite .1's content, and so on)
+    path = tmp_path / "mailhub.log"
+    for n in (1, 2, 3):
+        (tmp_path / f"mailhub.log.{n}").write_text(f"older {n}\n")
+    f = _log_file(path)
+    _out_of_descriptors(f, {"on": True})
+    f.rotateLength = 10
+    f.write("x" * 10)
+    f.write("y")  # rotation due, and impossible
+    f.close()
+    assert path.read_text() == "x" * 10 + "y"
+    for n in (1, 2, 3):
+        assert (tmp_path / f"mailhub.log.{n}").read_text() == f"older {n}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mailhub.log", "mailhub.log.1", "mailhub.log.2", "mailhub.log.3"]
+
+
+def test_after_a_failed_rotation_succeeds_the_next_one_is_at_rotate_length(
+        tmp_path: Path) -> None:
+    # the hold-off of a failed try is for that shortage only: the new log
+    # rotates at the usual size, not 64 KiB later
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    f.write("y")  # fails
+    failing["on"] = False
+    f.write("z" * 70_000)
+    f.write("w")  # rotated before this write
+    assert (tmp_path / "mailhub.log.1").read_text().endswith("z" * 70_000)
+    f.write("v" * 9)
+    f.write("u")  # 10 written in the new log: rotated again
+    f.close()
+    assert (tmp_path / "mailhub.log.2").exists()
+    assert path.read_text() == "u"
+
+
+def test_a_rotation_closes_the_file_it_leaves(tmp_path: Path) -> None:
+    # one descriptor per rotation kept open would run the hub out of them
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    left = f._file
+    f.write("y")
+    assert (tmp_path / "mailhub.log.1").exists()
+    assert left.closed and not f._file.closed
+    f.close()
+
+
+def test_a_large_rotate_length_is_not_tried_again_at_every_line_either(
+        tmp_path: Path) -> None:
+    # the hold-off counts from the size the try was made at: with twistd's
+    # 1 MB (larger than the 64 KiB), each line after it would try again
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    _out_of_descriptors(f, {"on": True})
+    tries = []
+    real = f._openFile
+
+    def counted() -> None:
+        tries.append(1)
+        real()
+
+    f._openFile = counted
+    f.rotateLength = 100_000
+    for _ in range(2000):
+        f.write("a line of the log, some 100 octets long " + "." * 59 + "\n")
+    f.close()
+    assert 1 <= len(tries) <= 3
+
+
+def test_files_that_are_not_the_hubs_numbered_ones_are_left_alone(tmp_path: Path) -> None:
+    # mailhub.log.0 (not a name the hub makes) and a compressed
+    # mailhub.log.2.gz are neither renamed nor deleted, and a rotation
+    # still happens
+    path = tmp_path / "mailhub.log"
+    (tmp_path / "mailhub.log.0").write_text("zero\n")
+    (tmp_path / "mailhub.log.2.gz").write_text("gz\n")
+    (tmp_path / "mailhub.log.1").write_text("older\n")
+    f = _log_file(path)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    f.write("y")
+    f.close()
+    assert (tmp_path / "mailhub.log.0").read_text() == "zero\n"
+    assert (tmp_path / "mailhub.log.2.gz").read_text() == "gz\n"
+    assert (tmp_path / "mailhub.log.1").read_text() == "x" * 10
+    assert (tmp_path / "mailhub.log.2").read_text() == "older\n"
+    assert path.read_text() == "y"
+
+
+@pytest.mark.parametrize("not_writable", ["folder", "file"])
+def test_a_log_the_hub_may_not_rename_is_not_rotated_and_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, not_writable: str) -> None:
+    # as twistd's own rotation: a folder or a file the hub may not write
+    # is not its to rename (os.access answers as the kernel would for a
+    # hub that is not root; the tests may run as root)
+    path = tmp_path / "mailhub.log"
+    (tmp_path / "mailhub.log.1").write_text("older\n")
+    f = _log_file(path)
+    f.rotateLength = 10
+    denied = str(tmp_path) if not_writable == "folder" else str(path)
+    real_access = os.access
+
+    def access(p: object, mode: int, **kw: object) -> bool:
+        if os.path.abspath(str(p)) == denied and mode & os.W_OK:
+            return False
+        return real_access(p, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    f.write("x" * 10)
+    f.write("y")
+    f.close()
+    assert path.read_text() == "x" * 10 + "y"
+    assert (tmp_path / "mailhub.log.1").read_text() == "older\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log", "mailhub.log.1"]
