@@ -2263,7 +2263,9 @@ def test_a_message_deleted_from_the_queue_during_its_attempt_is_not_sent_nor_a_f
     assert net.server_protocols[0].messages == []  # no final "."
     assert net.connections == [("2001:db8::1", 25)]  # and no other host tried for it
     assert [ev for ev in log_events if ev.get("log_failure") is not None] == []
-    assert any("gone when its data was due" in formatEvent(ev) for ev in log_events)
+    # the line names the queue's file, the one `mailhub queue` knows
+    assert any(formatEvent(ev).startswith(f"{e.message_path} is gone when its data was due")
+               for ev in log_events)
     assert [n for n in os.listdir(tmp_path) if n.endswith(".7bit")] == []
 
 
@@ -2471,3 +2473,75 @@ def test_the_address_that_connected_is_the_winner_not_the_last_started(tmp_path)
     [r] = run(net, d)
     assert r.kind == "delivered"
     assert net.connections == [("2001:db8::1", 25), ("2001:db8::1", 25)]
+
+
+@pytest.mark.parametrize("ended_by", ["timeout", "hangup"])
+def test_a_message_deleted_while_an_attempt_that_ended_converts_it_adds_nothing(
+        tmp_path, log_events, ended_by):
+    # the 7-bit conversion ends after the attempt did (the data-block
+    # timer, or the server hung up): the message deleted meanwhile is no
+    # news for a session that is over -- no second result, no "gone"
+    # line, no failure
+    clock = Clock()
+    runner = HeldRunner()
+    a, net = _agent_with(tmp_path, clock=clock, run_blocking=runner)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n".encode()
+    e = entry(tmp_path, BOB, body=body)
+    d = a.deliver(e, "remote.test", [BOB])
+    net.run()
+    assert runner.calls
+    if ended_by == "timeout":
+        clock.advance(3600)
+    else:
+        net.server_protocols[0].transport.loseConnection()
+    net.run()
+    [results] = [run(net, d)]
+    before = [(r.kind, r.reply.text()) for r in results]
+    assert [r.kind for r in results] == ["transient"]
+    os.unlink(e.message_path)
+    runner.release()
+    net.run()
+    assert [(r.kind, r.reply.text()) for r in results] == before
+    assert not any("gone when its data was due" in formatEvent(ev) for ev in log_events)
+    assert [ev for ev in log_events if ev.get("log_failure") is not None] == []
+
+
+def test_a_missing_file_that_is_not_the_message_is_a_local_error_not_a_deletion(
+        tmp_path, log_events):
+    # the conversion meets FileNotFoundError with the message still queued
+    # (its 7-bit copy's folder gone, say): the hub's own trouble, logged
+    # as such and retried, not reported as a `mailhub queue delete`
+    from txmailhub.relay import mime7bit
+
+    def run_blocking(f, *args):
+        if f is mime7bit.convert_file:
+            return defer.fail(FileNotFoundError(2, "No such file or directory", args[1]))
+        return defer.maybeDeferred(f, *args)
+
+    a, net = _agent_with(tmp_path, run_blocking=run_blocking)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    body = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n".encode()
+    [r] = run(net, a.deliver(entry(tmp_path, BOB, body=body), "remote.test", [BOB]))
+    assert r.kind == "transient" and r.reply.code == 451
+    assert "deleted during the attempt" not in r.reply.text()
+    assert not any("gone when its data was due" in formatEvent(ev) for ev in log_events)
+    assert [ev for ev in log_events if ev.get("log_failure") is not None]
+
+
+def test_a_message_that_cannot_be_read_for_another_reason_is_not_called_deleted(
+        tmp_path, log_events):
+    # only a file that is gone is a deletion from the queue; any other
+    # error opening it (here: a folder in its place) is a fault the log
+    # shows with its traceback
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "8BITMIME"))
+    e = entry(tmp_path, BOB)
+    d = a.deliver(e, "remote.test", [BOB])
+    os.unlink(e.message_path)
+    os.mkdir(e.message_path)
+    results = run(net, d)
+    assert all("deleted during the attempt" not in r.reply.text() for r in results)
+    assert not any("gone when its data was due" in formatEvent(ev) for ev in log_events)
+    assert [ev for ev in log_events if ev.get("log_failure") is not None]
