@@ -2490,3 +2490,44 @@ def test_the_log_names_a_message_by_the_number_the_client_gave():
     said = [formatEvent(e) for e in events if "message" in e.get("log_format", "")]
     assert len(said) == 2
     assert all("message 2 of joe@example.org" in line for line in said), said
+
+
+def test_list_logs_an_unreadable_message_by_the_number_the_client_sees():
+    # LIST measures the sizes a client without UTF8 is sent: a message it
+    # cannot read (not one that is gone) is logged by its LIST number
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b\n")
+    proto, t = login(env)
+    real_open = proto.mailbox.open_message
+
+    def broken(index, *args):
+        if index == 1:
+            raise PermissionError(13, "Permission denied", "/var/mail/joe/cur/x")
+        return real_open(index, *args)
+
+    with _log_events() as events:
+        proto.mailbox.open_message = broken
+        assert talk(proto, t, b"LIST\r\n") == b"+OK 2 messages (6 octets)\r\n1 3\r\n2 3\r\n.\r\n"
+    said = [formatEvent(e) for e in events if "cannot read message" in e.get("log_format", "")]
+    assert len(said) == 1 and "message 2 of joe@example.org" in said[0], said
+
+
+def test_a_message_gone_before_list_is_looked_for_once_per_session():
+    # the size of each message is measured once a session: a message
+    # another program removed is not looked for again at each LIST
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    env.store.add("joe@example.org", b"b\n")
+    proto, t = login(env)
+    calls = []
+
+    def gone(index, *args):
+        calls.append(index)
+        _gone(index, *args)
+
+    proto.mailbox.open_message = gone
+    for _ in range(3):
+        assert talk(proto, t, b"LIST\r\n") == (
+            b"+OK 2 messages (6 octets)\r\n1 3\r\n2 3\r\n.\r\n")
+    assert sorted(calls) == [0, 1]
