@@ -124,7 +124,9 @@ def test_when_descriptors_come_back_the_reserve_is_taken_and_accepting_resumes(
         assert port.reading
         port.doRead()
         assert port.reads == 1 and reservation.reserves == 1 and guard.pauses == 0
-        assert any("accepting connections again" in formatEvent(e) for e in log_events)
+        [again] = [formatEvent(e) for e in log_events
+                   if "accepting connections again" in formatEvent(e)]
+        assert "paused 1 time(s) for lack of file descriptors" in again
     finally:
         port.sock.close()
 
@@ -184,6 +186,8 @@ def test_the_hubs_listeners_are_guarded() -> None:
     try:
         assert isinstance(service.guard, AcceptGuard)
         assert port.doRead == service.guard.do_read
+        # its log lines name the listener as the hub's other lines do
+        assert service.guard.name == f"smtp on 127.0.0.1:{port.getHost().port}"
     finally:
         service.stopService()
         reactor.advance(0)
@@ -505,3 +509,19 @@ def test_a_listener_stopped_during_a_pause_leaves_no_retry_behind() -> None:
     service.stopService()
     reactor.advance(0)  # the port's own close
     assert not reactor.getDelayedCalls()
+
+
+def test_the_warning_says_how_long_the_port_waits(log_events) -> None:
+    port, clock = FakePort(), Clock()
+    try:
+        AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors,
+                    pause=2.5, name="pop3 on 127.0.0.1:110").install()
+        port.doRead()
+        [warning] = [formatEvent(e) for e in log_events if "file descriptors" in formatEvent(e)]
+        assert "retried every 2.5 s" in warning
+        clock.advance(2.4)
+        assert not port.reading
+        clock.advance(0.1)
+        assert port.reading
+    finally:
+        port.sock.close()
