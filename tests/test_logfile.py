@@ -723,3 +723,58 @@ def test_a_log_the_hub_may_not_rename_is_not_rotated_and_goes_on(
     assert path.read_text() == "x" * 10 + "y"
     assert (tmp_path / "mailhub.log.1").read_text() == "older\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log", "mailhub.log.1"]
+
+
+def test_a_moved_log_that_cannot_be_opened_again_is_not_tried_at_every_line(
+        tmp_path: Path) -> None:
+    # logrotate moved the log and the hub is out of descriptors: at the
+    # 1 MB size the rotation is an open by name, which fails; like a
+    # rotation that renames, it is tried again 64 KiB of log later, not
+    # at every line (a stat and an open for each)
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    tries = []
+    real = f._openFile
+
+    def counted() -> None:
+        tries.append(1)
+        real()
+
+    f._openFile = counted
+    f.rotateLength = 10
+    f.write("x" * 10)
+    os.rename(path, tmp_path / "mailhub.log-20261130")
+    for _ in range(1000):
+        f.write("a line of the log\n")
+    assert 1 <= len(tries) <= 2
+    failing["on"] = False
+    f.write("z" * 70_000)
+    f.write("now")  # past the hold-off: opened by its name again
+    f.close()
+    assert path.read_text() == "now"
+    assert (tmp_path / "mailhub.log-20261130").read_text().endswith("z" * 70_000)
+
+
+def test_a_log_opened_again_after_a_failed_rotation_rotates_at_the_usual_size(
+        tmp_path: Path) -> None:
+    # the hold-off of a failed rotation belongs to the file it was made
+    # for: once logrotate moved that file and the hub opened the new one,
+    # the new one rotates at rotateLength (not at the old file's size
+    # plus 64 KiB: after a long shortage, a log many times the 1 MB)
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    f.rotateLength = 10
+    f.write("x" * 10)
+    f.write("y" * 100)  # rotation due, and impossible: held off
+    failing["on"] = False
+    os.rename(path, tmp_path / "mailhub.log-20261130")
+    f.rotate()  # logrotate's SIGUSR1: the log opened again by its name
+    f.write("w" * 10)
+    f.write("v")  # 10 written in the new log: rotated
+    f.close()
+    assert (tmp_path / "mailhub.log.1").read_text() == "w" * 10
+    assert path.read_text() == "v"

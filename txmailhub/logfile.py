@@ -25,9 +25,10 @@ twistd closed it first, and a hub at its open-files limit (``EMFILE``)
 then had no log at all, every later line lost until a restart.  A
 rotation that cannot open the new file puts the names back as they were,
 goes on writing where it was, and is tried again 64 KiB of log later;
-so is one that cannot list the log's folder for lack of descriptors.  A
-folder the hub may write but not list (mode 0300) is rotated all the
-same: the numbered files are found by trying their names.
+so is one that cannot list the log's folder for lack of descriptors, and
+one that cannot open a moved log again by its name.  A folder the hub
+may write but not list (mode 0300) is rotated all the same: the numbered
+files are found by trying their names.
 
 ``observer_for(parent)`` is the log observer for twistd's options (none
 for standard output, syslog or ``--logger``), which ``MailHub`` sets on
@@ -188,13 +189,20 @@ class ReopeningLogFile(LogFile):
         No right on the folder is asked first, as twistd's ``rotate``
         asks for its renames: logrotate's ``create`` may have made the
         file in a folder the hub may not write.  A file that cannot be
-        opened or made leaves the hub writing where it was."""
+        opened or made leaves the hub writing where it was, and the size
+        rotation holds off for 64 KiB of log, as after a rename that could
+        not open its new file (out of descriptors, each line would try
+        again).  The new file starts the size count afresh: a hold-off
+        left from the file before would let it grow past ``rotateLength``
+        by as much as that file had."""
         old = self._file
         try:
             self._openFile()
         except OSError:
             self._file = old
+            self._hold_off()
             return
+        self._next_try = 0
         old.close()
 
 
