@@ -126,7 +126,7 @@ def test_when_descriptors_come_back_the_reserve_is_taken_and_accepting_resumes(
         assert port.reads == 1 and reservation.reserves == 1 and guard.pauses == 0
         [again] = [formatEvent(e) for e in log_events
                    if "accepting connections again" in formatEvent(e)]
-        assert "paused 1 time(s) for lack of file descriptors" in again
+        assert "paused 1 time(s), out of file descriptors (EMFILE)" in again
     finally:
         port.sock.close()
 
