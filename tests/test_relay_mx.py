@@ -684,3 +684,20 @@ def test_cname_chains_cost_a_bounded_number_of_queries_per_domain():
         alias[(f"h{i}.al.test-1", "A")] = [a(f"h{i}.al.test-1".encode(), f"192.0.2.{i + 1}")]
     hosts = result(raw(alias).resolve("al.test"))
     assert sorted(h.addresses for h in hosts) == sorted((f"192.0.2.{i + 1}",) for i in range(20))
+
+
+@pytest.mark.parametrize("preference", [0, 10])
+def test_a_null_mx_is_never_passed_over_for_the_domains_own_address(preference):
+    # RFC 7505 4.1: a domain whose only MX is "." takes no mail; the client
+    # must not fall back to its A/AAAA records (the implicit MX of RFC 5321
+    # 5.1, used only when there is no MX at all), so they are not even
+    # looked up.  A "." at another preference than 0 (section 3's form) is
+    # taken the same way: "." is no host name, and the domain published no
+    # other MX.
+    fake = FakeResolver({"nomail.test": {"MX": [(preference, "")], "A": ["192.0.2.40"],
+                                         "AAAA": ["2001:db8::40"]}})
+    mx = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1),
+                    is_local_address=lambda a: False)
+    e = error_of(mx.resolve("nomail.test"), NullMX)
+    assert e.permanent
+    assert fake.queries == [("nomail.test", "MX")]
