@@ -492,6 +492,18 @@ def test_auth_response_may_exceed_the_command_limit_but_not_forever():
     assert sent(e, b"NOOP").startswith(b"-ERR NOOP is not valid")  # not a SASL line
 
 
+def test_an_initial_response_is_held_to_the_command_line_limit_but_a_continuation_is_not():
+    # RFC 5034 4: a client MUST NOT send an initial response that would make
+    # the AUTH command longer than RFC 2449's 255 octets; it sends the
+    # response after the "+ " challenge instead, which may be longer
+    e = engine()
+    response = plain("", "joe", "p" * 200)
+    assert len(b"AUTH PLAIN " + response) + 2 > 255
+    assert sent(e, b"AUTH PLAIN " + response) == R.LINE_TOO_LONG.to_bytes()
+    assert sent(e, b"AUTH PLAIN") == b"+ \r\n"  # the session goes on
+    assert run(e, response) == Authenticate("PLAIN", "joe", b"p" * 200, TS)
+
+
 # -- CAPA and STLS ---------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import re
 
 import pytest
 from test_smtp_client import ALICE, BOB, EHLO_BASIC, sent, session
+from test_smtp_protocol import Harness, take
 from test_smtp_server import Driver
 
 from txmailhub.smtp import replies
@@ -67,8 +68,9 @@ def test_a_message_over_its_declared_size_but_within_the_maximum_is_taken():
 
 
 def test_a_message_over_the_maximum_without_size_is_552_at_its_end():
-    # 6.3: the server that gets more than its fixed maximum in the data
-    # answers 552 (RFC 5321 4.5.3.1.10 "552 Too much mail data")
+    # 4: "Any attempt by a client to transfer a message which is larger
+    # than this fixed upper limit will fail"; at the end of the data that
+    # is RFC 5321 4.5.3.1.10's "552 Too much mail data"
     d = Driver(max_message_size=100)
     d.send("EHLO c.test\r\n")
     d.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
@@ -80,8 +82,9 @@ def test_a_message_over_the_maximum_without_size_is_552_at_its_end():
 
 
 def test_no_size_parameter_to_a_server_that_does_not_offer_size():
-    # 5: the extended MAIL is used only "when supported by the server";
-    # SIZE= to a server without the keyword could be refused 555
+    # 4: the extension is supported when the EHLO reply "includes the EHLO
+    # keyword value SIZE"; the extended MAIL is for such a server only
+    # (SIZE= to another could be refused 555)
     s = session()
     s.receive(b"220 hi\r\n")
     assert sent(s.receive(b"250-mx.remote.test\r\n250 8BITMIME\r\n")) == (
@@ -101,9 +104,9 @@ def test_a_size_keyword_without_a_positive_number_sets_no_limit(keyword):
 
 
 def test_a_message_over_the_servers_size_is_not_sent_and_bounces_5_3_4():
-    # 5: a client SHOULD NOT send a message larger than the server's
-    # fixed maximum; the refusal is permanent (552, X.3.4), said without
-    # a MAIL
+    # 4: a message "larger than this limit will be rejected with a
+    # permanent failure (552) reply code": the client says so itself,
+    # without a MAIL or the data (X.3.4, RFC 3463 3.4)
     s = session(size=1001)
     s.receive(b"220 hi\r\n")
     assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
@@ -259,7 +262,7 @@ def _catalog() -> dict[str, Reply]:
 
 
 def test_every_final_reply_of_the_catalog_has_a_code_of_its_class():
-    # RFC 2034 3: the status code prefaces the text of the 2xx, 4xx and 5xx
+    # RFC 2034 4: the status code prefaces the text of the 2xx, 4xx and 5xx
     # replies (not the 354 or the 334s, nor any reply to HELO/EHLO); RFC
     # 3463 2: its class is 2 (success), 4 (persistent transient) or 5
     # (permanent) as the reply code's first digit
@@ -276,9 +279,10 @@ def test_every_final_reply_of_the_catalog_has_a_code_of_its_class():
 
 
 def test_no_enhanced_code_in_the_greeting_or_the_replies_to_helo_and_ehlo():
-    # RFC 2034 3: the exceptions, the initial greeting and "any response to
-    # HELO or EHLO" (the client does not know yet that the server has the
-    # extension)
+    # RFC 2034 4: "the text part of all 2xx, 4xx, and 5xx SMTP responses
+    # other than the initial greeting and any response to HELO or EHLO are
+    # prefaced with a status code" (the client does not know yet that the
+    # server has the extension)
     d = Driver()
     assert d.banner.startswith(b"220 mx.example.org ")
     for line in d.send("HELO c.test\r\nEHLO\r\nEHLO c.test\r\n"):
@@ -313,3 +317,19 @@ def test_shutting_down_is_421_4_3_2():
     # RFC 3463 3.4: X.3.2 "system not accepting network messages"
     reply = replies.shutting_down("mx.example.org")
     assert (reply.code, reply.status) == (421, "4.3.2")
+
+
+def test_the_trace_field_names_the_smtputf8_transaction_and_the_session_protocol():
+    # RFC 6531 3.7.3: an SMTPUTF8 transaction is stamped "with UTF8SMTP"
+    # (UTF8SMTPS, A, SA as RFC 3848's); after HELO the session was plain
+    # SMTP, and a client that sent SMTPUTF8 anyway is stamped "with SMTP"
+    # (docs/smtp.rst, "Choices the extension RFCs leave open")
+    for hello, stamp in (("EHLO", b"with UTF8SMTP\n"), ("HELO", b"with SMTP\n")):
+        h = Harness()
+        p, t = h.connect()
+        take(t)
+        p.dataReceived(f"{hello} c.test\r\nMAIL FROM:<j\u00f6e@x.test> SMTPUTF8\r\n"
+                       "RCPT TO:<alice>\r\nDATA\r\nSubject: \u00fc\r\n\r\nx\r\n.\r\n".encode())
+        assert take(t)[-1].startswith("250 2.0.0 ")
+        (stored,) = h.store.messages(ALICE)
+        assert stamp in stored
