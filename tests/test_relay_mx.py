@@ -688,7 +688,7 @@ def test_cname_chains_cost_a_bounded_number_of_queries_per_domain():
 
 @pytest.mark.parametrize("preference", [0, 10])
 def test_a_null_mx_is_never_passed_over_for_the_domains_own_address(preference):
-    # RFC 7505 4.1: a domain whose only MX is "." takes no mail; the client
+    # RFC 7505 (3, 4): a domain whose only MX is "." takes no mail; a client
     # must not fall back to its A/AAAA records (the implicit MX of RFC 5321
     # 5.1, used only when there is no MX at all), so they are not even
     # looked up.  A "." at another preference than 0 (section 3's form) is
