@@ -262,10 +262,11 @@ def _catalog() -> dict[str, Reply]:
 
 
 def test_every_final_reply_of_the_catalog_has_a_code_of_its_class():
-    # RFC 2034 4: the status code prefaces the text of the 2xx, 4xx and 5xx
-    # replies (not the 354 or the 334s, nor any reply to HELO/EHLO); RFC
-    # 3463 2: its class is 2 (success), 4 (persistent transient) or 5
-    # (permanent) as the reply code's first digit
+    # RFC 2034 4: the codes "must appear in all 2xx, 4xx, and 5xx response
+    # lines" ("3xx responses are NOT included": the 354, the 334s; nor any
+    # reply to HELO/EHLO), and "must agree with the primary response
+    # code, that is, a 2xx response must incorporate a 2.X.X code" (RFC
+    # 3463 2: 2 success, 4 persistent transient, 5 permanent)
     no_code = {"DATA_START", "AUTH_CONTINUE", "AUTH_USERNAME", "AUTH_PASSWORD",
                "HELO_SYNTAX"}
     for name, reply in _catalog().items():
@@ -279,10 +280,11 @@ def test_every_final_reply_of_the_catalog_has_a_code_of_its_class():
 
 
 def test_no_enhanced_code_in_the_greeting_or_the_replies_to_helo_and_ehlo():
-    # RFC 2034 4: "the text part of all 2xx, 4xx, and 5xx SMTP responses
-    # other than the initial greeting and any response to HELO or EHLO are
-    # prefaced with a status code" (the client does not know yet that the
-    # server has the extension)
+    # RFC 2034 3 (4): "the text part of all 2xx, 4xx, and 5xx SMTP
+    # responses other than the initial greeting and any response to HELO
+    # or EHLO are prefaced with a status code" (section 4 again: "These
+    # codes must appear in all ... other than initial greeting and any
+    # response to HELO or EHLO")
     d = Driver()
     assert d.banner.startswith(b"220 mx.example.org ")
     for line in d.send("HELO c.test\r\nEHLO\r\nEHLO c.test\r\n"):
@@ -333,3 +335,25 @@ def test_the_trace_field_names_the_smtputf8_transaction_and_the_session_protocol
         assert take(t)[-1].startswith("250 2.0.0 ")
         (stored,) = h.store.messages(ALICE)
         assert stamp in stored
+
+
+def test_every_line_of_a_multiline_reply_carries_the_code():
+    # RFC 2034 4: "When responses are continued across multiple lines the
+    # same status code must appear at the beginning of the text in each
+    # line of the response"
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    for command, code in (("HELP", "214 2.0.0"), ("EXPN list", "250 2.1.5")):
+        lines = d.send(command + "\r\n")
+        assert len(lines) > 1
+        assert all(line[:3] + " " + line[4:9] == code for line in lines), lines
+
+
+def test_a_client_that_said_helo_gets_the_codes_too():
+    # RFC 2034 4: "Servers supporting this extension must attach enhanced
+    # status codes to their responses regardless of whether or not EHLO is
+    # employed by the client" (5: there is no negotiation)
+    d = Driver()
+    d.send("HELO c.test\r\n")
+    assert d.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<nobody>\r\nNOOP\r\n") == [
+        "250 2.1.0 <a@x.test>... Sender OK", replies.UNKNOWN_USER.text(), replies.OK.text()]
