@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_smtp_client import ALICE, BOB, EHLO_BASIC, sent, session
+from test_smtp_client import ALICE, BOB, CAROL, EHLO_BASIC, sent, session
 from test_smtp_protocol import Harness, take
 from test_smtp_server import Driver
 
 from txmailhub.smtp import replies
 from txmailhub.smtp.client import SendBody
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.server import MessageComplete
 
 
@@ -112,6 +112,31 @@ def test_a_message_over_the_servers_size_is_not_sent_and_bounces_5_3_4():
     assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
     (r,) = s.outcome.recipients
     assert r.kind == "permanent" and (r.reply.code, r.reply.status) == (552, "5.3.4")
+
+
+@pytest.mark.parametrize("refusal", [b"552 5.3.4 message too big for this system",
+                                     b"552 5.2.3 message too big for this mailbox"])
+def test_a_552_size_refusal_at_rcpt_is_not_requeued(refusal):
+    # 6.4: "If a 552 code is returned, the client may not requeue the
+    # message for later delivery to the same recipient".  RFC 5321
+    # 4.5.3.1.10 has a 552 to RCPT read as 452 only "in this case", the old
+    # "too many recipients"; X.3.4 and X.2.3 say the refusal is of the
+    # message's size (RFC 3463 3.4, 3.3: useful only as permanent errors)
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(refusal + b"\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 ok\r\n")
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "delivered"
+    assert results[CAROL].kind == "permanent"
+    assert results[CAROL].reply == Reply.of(552, refusal[4:9].decode(),
+                                            refusal[10:].decode())  # the server's own words
+    assert not isinstance(results[CAROL].reply, LocalReply)
 
 
 # --- RFC 2920, PIPELINING: the server ----------------------------------------------

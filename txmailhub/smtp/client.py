@@ -270,6 +270,17 @@ class SessionOutcome:
     data_refused_for_now: bool = False
 
 
+def _size_refusal(reply: Reply) -> bool:
+    """Whether a ``552`` to RCPT refuses the message's size for that
+    recipient, by its enhanced code: X.3.4 (too big for the system) or
+    X.2.3 (over the mailbox's length limit), which RFC 3463 has as
+    permanent only.  RFC 1870 6.4 then says the client "may not requeue
+    the message for later delivery to the same recipient"; RFC 5321
+    4.5.3.1.10's temporary reading of a 552 is for the old "too many
+    recipients" alone, and stays for a 552 without such a code."""
+    return reply.status is not None and reply.status[1:] in (".3.4", ".2.3")
+
+
 def _synthetic(code: int, status: str, text: str) -> Reply:
     return LocalReply(code, status, (text,))
 
@@ -885,11 +896,11 @@ class ClientSession:
         reply = held_for_session(reply)  # nor on the recipient
         address = self._sending[self._rcpt_index][0]
         self._rcpt_index += 1
-        if reply.code == 552:
+        if reply.code == 552 and not _size_refusal(reply):
             # RFC 5321 4.5.3.1.10: 552 to RCPT is an old "too many
             # recipients"; clients SHOULD take it as temporary (452) -- the
             # hub's reading, the server's 552 quoted (as for a 530 above)
-            reply = _restated(reply, 452, "4.5.3" if reply.status in (None, "5.5.3", "5.3.4")
+            reply = _restated(reply, 452, "4.5.3" if reply.status in (None, "5.5.3")
                               else "4" + (reply.status or ".0.0")[1:])
         if self._mail_reply is None:
             if reply.is_positive:

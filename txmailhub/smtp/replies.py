@@ -88,7 +88,8 @@ MAILBOX_FULL = Reply.of(452, "4.2.2", "Mailbox full, try again later")
 # per-mailbox message length limit, "useful only as a permanent error").
 # 550, not 552: some clients take any 552 at RCPT as a 452 (RFC 5321
 # 4.5.3.1.10 asks that for its old "too many recipients" meaning;
-# txmailhub.smtp.client does it for every 552)
+# txmailhub.smtp.client does it for every 552 but one whose X.3.4 or
+# X.2.3 refuses the size, RFC 1870 6.4)
 MESSAGE_OVER_QUOTA = Reply.of(550, "5.2.3", "Message too big for this mailbox")
 QUEUE_UNAVAILABLE = Reply.of(
     451, "4.3.0", "Relaying is not available yet on this server, try again later"
