@@ -67,6 +67,21 @@ def test_a_message_over_its_declared_size_but_within_the_maximum_is_taken():
     assert d.codes("x" * 200 + "\r\n.\r\n") == ["250"]
 
 
+def test_the_declared_size_never_ends_the_data():
+    # 6: "Servers MUST NOT use the SIZE parameter to determine end of
+    # content in the DATA command": only the final dot ends it, before or
+    # after the declared size
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    assert d.codes("MAIL FROM:<a@x.test> SIZE=5000\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                   "short\r\n.\r\n") == ["250", "250", "354", "250"]
+    assert d.codes("MAIL FROM:<a@x.test> SIZE=3\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                   "abcdefgh\r\nQUIT\r\n") == ["250", "250", "354"]  # QUIT is data
+    assert d.codes(".\r\n") == ["250"]
+    assert len([e for e in d.events if isinstance(e, MessageComplete)]) == 2
+    assert b"QUIT" in b"".join(d.body)
+
+
 def test_a_message_over_the_maximum_without_size_is_552_at_its_end():
     # 4: "Any attempt by a client to transfer a message which is larger
     # than this fixed upper limit will fail"; at the end of the data that
@@ -112,6 +127,26 @@ def test_a_message_over_the_servers_size_is_not_sent_and_bounces_5_3_4():
     assert sent(s.receive(EHLO_BASIC)) == b"QUIT\r\n"
     (r,) = s.outcome.recipients
     assert r.kind == "permanent" and (r.reply.code, r.reply.status) == (552, "5.3.4")
+
+
+@pytest.mark.parametrize("refusal,kind", [
+    (b"452 4.3.1 insufficient system storage", "transient"),
+    (b"552 5.3.4 message size exceeds fixed maximum message size", "permanent"),
+])
+def test_the_reply_to_the_extended_mail_decides_retry_or_bounce(refusal, kind):
+    # 6.2 (1): after "452 insufficient system storage" the client sends
+    # RSET or QUIT and repeats the attempt later; (2): after 552 it
+    # declares the message undeliverable and notifies the sender
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_BASIC)).endswith(b" SIZE=100\r\n")
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    out = s.outcome
+    if kind == "transient":
+        assert out.session_error.code == 452  # the whole message waits
+    else:
+        assert [r.kind for r in out.recipients] == ["permanent", "permanent"]
+        assert {r.reply.code for r in out.recipients} == {552}
 
 
 @pytest.mark.parametrize("refusal", [b"552 5.3.4 message too big for this system",
