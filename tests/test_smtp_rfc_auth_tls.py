@@ -498,6 +498,9 @@ def _domains(header: bytes, cut: int | None = None) -> str | None:
     b"To: bob@example.com\nno field, the body begins\nCc: bob@intranet\n",
     b"To: bob@example.org.\n\n",
     b"Hi, no header section at all: bob@intranet\n",
+    # a continuation line first is no header section either: the hub puts
+    # its own before it, and what follows is the body
+    b" continued, with no field before it\nTo: bob@intranet\n\nbody\n",
     # a field that cannot be read with certainty is left as it came
     b"To: \"unbalanced <bob@intranet>\n\n",
     b"To: a@b.example c@intranet\n\n",  # no comma: which address is which?
@@ -564,6 +567,18 @@ def test_a_submission_that_ends_on_such_a_field_is_554_and_the_session_goes_on()
     assert h.store.messages(Address("bob", "example.org")) == []
     out = _submit(h, b"To: bob@example.org\r\nCc: x@sales.example\r\n")
     assert out[-1].startswith("250 2.0.0 ")
+
+
+def test_a_submission_that_starts_with_a_continuation_line_is_all_body_and_taken():
+    # the header section the hub stores is its own (Date, Message-ID and
+    # the empty line): the client's "To: root@localhost" is body text there
+    h = Harness()
+    out = _submit(h, b" no field first\r\nTo: root@localhost\r\n\r\nhi\r\n")
+    assert out[-1].startswith("250 2.0.0 ")
+    [stored] = h.store.messages(Address("bob", "example.org"))
+    head, _, body = stored.replace(b"\r\n", b"\n").partition(b"\n\n")
+    assert b"root@localhost" not in head
+    assert body.startswith(b" no field first\nTo: root@localhost\n")
 
 
 def test_a_bdat_submission_with_such_a_field_fails_its_chunk():

@@ -193,17 +193,26 @@ class HeaderDomains:
     to ``FIELD_LIMIT`` octets.  ``feed`` and ``finish`` return the
     first such domain found so far, or ``None``."""
 
-    __slots__ = ("_field", "_is_local", "done", "unqualified")
+    __slots__ = ("_field", "_first", "_is_local", "done", "unqualified")
 
     def __init__(self, is_local: Callable[[str], bool]) -> None:
         self._is_local = is_local
         self._field: bytearray | None = None  # the address field being read
+        self._first = True
         self.done = False
         self.unqualified: str | None = None
 
     def feed(self, data: bytes) -> str | None:
         if self.done or not data:
             return self.unqualified
+        first, self._first = self._first, False
+        if first and not FIELD_START.match(data):
+            # no header section (text, or a continuation line with no
+            # field before it): the hub stores it all as the body, behind
+            # a header section of its own (``header_separator``,
+            # ``MissingFields``), so a "From:" further down is body text
+            self.done = True
+            return None
         found = HEADER_END.search(data)
         ended = found is not None and found.start() < len(data)
         if found is not None and ended:
