@@ -541,3 +541,30 @@ def test_the_warning_says_how_long_the_port_waits(log_events) -> None:
         assert port.reading
     finally:
         port.sock.close()
+
+
+def test_a_reserve_that_cannot_be_reopened_for_lack_of_memory_pauses(log_events) -> None:
+    """open(2) of the reserve may fail with ENOMEM (no memory for the open
+    file); Twisted's ``reserve()`` raises it, as it raises ENFILE.  Out of
+    the guard's ``doRead`` the reactor would close the listening port for
+    good: the guard pauses, as for the other shortages, with no
+    traceback in the log."""
+    from twisted.internet import tcp
+
+    def no_memory() -> object:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    reservation = tcp._FileDescriptorReservation(no_memory)
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=reservation, name="submission").install()
+        port.doRead()  # must not raise
+        assert port.reads == 0 and not port.reading and guard.pauses == 1
+        _no_traceback(log_events)
+        warnings = [formatEvent(e) for e in log_events]
+        assert len(warnings) == 1 and "ENOMEM" in warnings[0], warnings
+        assert "_log" not in vars(reservation)  # Twisted's own logger again
+        clock.advance(guard.pause)
+        assert port.reading
+    finally:
+        port.sock.close()

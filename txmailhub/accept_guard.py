@@ -22,7 +22,7 @@ of the listening socket, closed at once): if it can, the reserve is taken
 back and the port accepts as usual; if it cannot (``EMFILE``), or the
 reserve cannot be opened again (``EMFILE``, or ``ENFILE``: the system's
 file table full, which ``dup`` does not meet, as it makes no new open
-file), the port stops reading for ``pause`` seconds, leaving the clients
+file; or ``ENOMEM``), the port stops reading for ``pause`` seconds, leaving the clients
 in the kernel's backlog, and one warning says so (one more line when
 accepting works again).  Connections already open are not affected.
 
@@ -192,12 +192,13 @@ class AcceptGuard:
         """Take Twisted's reserve back: 0, or the error that kept it shut.
         Its ``reserve()`` logs EMFILE (and leaves the reserve closed) but
         raises any other error (ENFILE: the system's file table full
-        since the probe), and an exception out of ``doRead`` makes the
-        reactor close the listening port."""
+        since the probe; ENOMEM: no memory for the open file), and an
+        exception out of ``doRead`` makes the reactor close the listening
+        port: those shortages pause it instead."""
         try:
             self.reservation.reserve()
         except OSError as e:
-            if e.errno in _NO_DESCRIPTORS:
+            if e.errno in _RESERVE_SHORTAGES:
                 return e.errno
             raise
         return 0 if self.reservation.available() else errno.EMFILE
