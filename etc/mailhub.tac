@@ -9,9 +9,10 @@ from txmailhub.service import DaemonStartError, MailHub
 # What `twistd mailhub` does at its start: with glibc, have malloc unmap
 # the 16 MiB block of each password check when it is freed (otherwise
 # glibc keeps it in the malloc arena of the thread that ran the check: a
-# hub at 56 MiB of RSS held 338 MiB after a burst of logins).  It leaves a malloc tuned through the environment (GLIBC_TUNABLES,
-# MALLOC_*) as it is, and does nothing with another C library.  Drop it
-# where another part of the application owns the allocator.
+# hub at 56 MiB of RSS held 338 MiB after a burst of logins).  It leaves
+# a malloc tuned through the environment (GLIBC_TUNABLES, MALLOC_*) as it
+# is, and does nothing with another C library.  Drop it where another
+# part of the application owns the allocator.
 tune_malloc()
 
 application = Application("mailhub")
