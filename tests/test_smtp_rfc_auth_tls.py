@@ -401,6 +401,22 @@ def test_an_unqualified_domain_is_554_on_submission():
     assert d.codes("MAIL FROM:<alice>\r\nRCPT TO:<x@sales>\r\n") == ["250", "554"]
 
 
+def test_a_login_on_the_mx_listener_gets_the_envelope_check_too():
+    # the hub is the MSA of a client that logged in on the MX listener (its
+    # messages get Date, Message-ID and the address-field check): 4.2's
+    # envelope MUST holds there as well -- a "From: alice@laptop" was 554
+    # while "MAIL FROM:<alice@laptop>" went through
+    d = Driver(session=loopback(), queue=QueueSpy())
+    d.send(f"EHLO c.test\r\nAUTH PLAIN {PLAIN_OK}\r\n")
+    assert d.send("MAIL FROM:<alice@laptop>\r\n") == [replies.SENDER_NOT_QUALIFIED.text()]
+    assert d.codes("MAIL FROM:<alice>\r\nRCPT TO:<x@sales>\r\nRCPT TO:<x@sales.example>\r\n"
+                   ) == ["250", "554", "250"]
+    # without a login the MX listener is no MSA: a relay question
+    d = Driver(session=loopback(), queue=QueueSpy())
+    assert d.codes("EHLO c.test\r\nMAIL FROM:<s@laptop>\r\nRCPT TO:<x@sales>\r\n") == [
+        "250", "250", "550"]
+
+
 # --- RFC 8314: implicit TLS -------------------------------------------------------------
 
 

@@ -544,7 +544,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if self.session.submission and self.session.authenticated_as is None:
             raise Rejected(replies.AUTH_REQUIRED)
         sender, params = parse_mail(arg, self.config.primary_domain)
-        if self.session.submission and sender is not None and self._unqualified(sender):
+        if self._submitting() and sender is not None and self._unqualified(sender):
             raise Rejected(replies.SENDER_NOT_QUALIFIED)
         if params.size is not None:
             if params.size > self.config.max_message_size:
@@ -568,7 +568,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _rcpt(self, arg: str) -> None:
         rcpt, params = parse_rcpt(arg, self.config.primary_domain, self._mail_params.smtputf8)
-        if self.session.submission and self._unqualified(rcpt):
+        if self._submitting() and self._unqualified(rcpt):
             raise Rejected(replies.RECIPIENT_NOT_QUALIFIED)
         if self._chunks is not None:
             # The message (its trace header included) is already being
@@ -618,6 +618,14 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 self._recipient_dsn.append((addr, dsn))
         self._to(State.RCPT)
         self.reply(replies.recipient_ok(str(rcpt)))
+
+    def _submitting(self) -> bool:
+        """Whether the hub is this client's MSA: on a submission listener,
+        and for a client that logged in on the MX listener, whose messages
+        get the Date and Message-ID they lack and the address-field check
+        too (the adapter's ``_missing_fields``).  RFC 6409 4.2 then wants
+        every envelope domain fully qualified, unconditionally."""
+        return self.session.submission or self.session.authenticated_as is not None
 
     def _unqualified(self, address: Address) -> bool:
         """A domain of one label that is not ours (``bob@intranet``): an MSA
