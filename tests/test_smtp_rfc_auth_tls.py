@@ -561,8 +561,20 @@ def test_a_submission_with_an_unqualified_address_field_domain_is_554():
     # have it: the end of the data, a suitable enhanced code)
     h = Harness()
     out = _submit(h, b"From: root@localhost\r\nTo: bob@example.org\r\n\r\nhi\r\n")
-    assert out[-1] == replies.HEADER_DOMAIN_NOT_QUALIFIED.text()
+    # the reply names the domain: the user has to know what to correct
+    assert out[-1] == ("554 5.6.0 A domain in an address header field is not fully "
+                       "qualified: localhost")
     assert h.store.messages(Address("bob", "example.org")) == []
+
+
+def test_the_554_names_a_domain_that_could_not_be_shown_escaped_and_cut():
+    # the domain is the client's text: what goes back in the reply is
+    # printable ASCII, and the line stays within RFC 5321's 512 octets
+    h = Harness()
+    out = _submit(h, "From: a@b\u00fccher\r\n\r\nhi\r\n".encode())
+    assert out[-1].startswith("554 5.6.0 ") and out[-1].isascii() and "cher" in out[-1]
+    out = _submit(h, b"From: a@" + b"z" * 600 + b"\r\n\r\nhi\r\n")
+    assert out[-1].startswith("554 5.6.0 ") and len(out[-1]) < 510
 
 
 def test_a_qualified_submission_and_mail_on_the_mx_pass():
@@ -579,7 +591,7 @@ def test_a_submission_that_ends_on_such_a_field_is_554_and_the_session_goes_on()
     # body): the refusal comes then; the next message is taken
     h = Harness()
     out = _submit(h, b"To: bob@example.org\r\nCc: x@sales\r\n")
-    assert out[-1] == replies.HEADER_DOMAIN_NOT_QUALIFIED.text()
+    assert out[-1] == replies.header_domain_not_qualified("sales").text()
     assert h.store.messages(Address("bob", "example.org")) == []
     out = _submit(h, b"To: bob@example.org\r\nCc: x@sales.example\r\n")
     assert out[-1].startswith("250 2.0.0 ")
@@ -607,6 +619,6 @@ def test_a_bdat_submission_with_such_a_field_fails_its_chunk():
                    b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\n"
                    + b"BDAT %d\r\n" % len(first) + first
                    + b"BDAT %d LAST\r\n" % len(last) + last + b"NOOP\r\n")
-    assert take(t)[-3:] == [replies.HEADER_DOMAIN_NOT_QUALIFIED.text(),
+    assert take(t)[-3:] == [replies.header_domain_not_qualified("localhost").text(),
                             replies.BDAT_DISCARDED.text(), replies.OK.text()]
     assert h.store.messages(Address("bob", "example.org")) == []

@@ -848,9 +848,11 @@ class SMTPProtocol(Protocol):
             self.engine.fail_message(replies.TOO_MANY_HOPS)  # nothing more is stored
             return
         domains = self._domains
-        if domains is not None and not domains.done and domains.feed(data) is not None:
-            self.engine.fail_message(replies.HEADER_DOMAIN_NOT_QUALIFIED)
-            return
+        if domains is not None and not domains.done:
+            unqualified = domains.feed(data)
+            if unqualified is not None:
+                self.engine.fail_message(replies.header_domain_not_qualified(unqualified))
+                return
         return_paths = self._return_paths
         if return_paths is not None and not return_paths.done:
             data = return_paths.feed(data)
@@ -925,10 +927,12 @@ class SMTPProtocol(Protocol):
             tail = b"" if self._msa is None else self._msa.finish()
             self._msa = None
             domains, self._domains = self._domains, None
-            if domains is not None and domains.finish() is not None:
+            unqualified = None if domains is None else domains.finish()
+            if unqualified is not None:
                 # the data ended in the header section, on such a field
                 writer.abort()
-                self._message_done(replies.HEADER_DOMAIN_NOT_QUALIFIED, event, message_id)
+                self._message_done(replies.header_domain_not_qualified(unqualified), event,
+                                   message_id)
                 return
             if self._head:  # no data at all (an empty BDAT LAST)
                 head, self._head = self._head, b""

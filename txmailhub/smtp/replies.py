@@ -235,6 +235,14 @@ def recipient_ok(recipient: str) -> Reply:
     return Reply.of(250, "2.1.5", f"<{recipient}>... Recipient OK")
 
 
+def header_domain_not_qualified(domain: str) -> Reply:
+    """``HEADER_DOMAIN_NOT_QUALIFIED`` naming the domain: the user whose
+    client refused to send needs to know which address to correct, and
+    the message's text is not in front of them (escaped and cut as a
+    HELO name is, ``_echo``)."""
+    return Reply.of(554, "5.6.0", f"{HEADER_DOMAIN_NOT_QUALIFIED.lines[0]}: {_echo(domain)}")
+
+
 def accepted(queue_id: str) -> Reply:
     return Reply.of(250, "2.0.0", f"{queue_id} Message accepted for delivery")
 
