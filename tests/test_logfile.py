@@ -778,3 +778,51 @@ def test_a_log_opened_again_after_a_failed_rotation_rotates_at_the_usual_size(
     f.close()
     assert (tmp_path / "mailhub.log.1").read_text() == "w" * 10
     assert path.read_text() == "v"
+
+
+def test_a_moved_log_that_could_not_be_opened_again_is_tried_64_kib_later_under_1_mb(
+        tmp_path: Path) -> None:
+    # logrotate moved a log smaller than twistd's 1 MB and sent SIGUSR1
+    # while the hub was out of descriptors: the open by name failed.  It is
+    # tried again 64 KiB of log later, as docs/deployment.rst says -- not
+    # only once the moved file reaches 1 MB: until then every line went
+    # to the moved file (deleted by a logrotate that compresses it at
+    # once; with the documented missingok, never rotated again as no
+    # mailhub.log was there), and mailhub.log stayed missing
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    f.rotateLength = 1_000_000
+    f.write("x" * 1000)
+    os.rename(path, tmp_path / "mailhub.log-20261130")
+    f.rotate()  # logrotate's SIGUSR1: the open fails
+    failing["on"] = False
+    f.write("z" * 70_000)
+    f.write("now")  # past the hold-off: opened by its name again
+    f.close()
+    assert path.read_text() == "now"
+    assert (tmp_path / "mailhub.log-20261130").read_text() == "x" * 1000 + "z" * 70_000
+
+
+def test_a_rotation_asked_for_by_sigusr1_that_failed_is_tried_64_kib_later_under_1_mb(
+        tmp_path: Path) -> None:
+    # the same for a SIGUSR1 with the file in place (the hub's own
+    # rotation): out of descriptors, the names are put back, and the
+    # rotation is tried again 64 KiB of log later, not at 1 MB
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    f.rotateLength = 1_000_000
+    f.write("x" * 1000)
+    f.rotate()  # SIGUSR1: the new file cannot be opened
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log"]
+    failing["on"] = False
+    f.write("z" * 70_000)
+    f.write("now")  # past the hold-off: rotated before this write
+    f.write("y" * 1000)  # and not again: the new log is far from 1 MB
+    f.close()
+    assert (tmp_path / "mailhub.log.1").read_text() == "x" * 1000 + "z" * 70_000
+    assert path.read_text() == "now" + "y" * 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log", "mailhub.log.1"]

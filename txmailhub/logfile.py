@@ -94,14 +94,20 @@ class ReopeningLogFile(LogFile):
         return (there.st_ino, there.st_dev) != (mine.st_ino, mine.st_dev)
 
     def shouldRotate(self) -> bool:
-        # the count of octets written is no longer the file's size once it
-        # was truncated (copytruncate): look before renaming a small file
-        if not (self.rotateLength and self.size >= self.rotateLength):
+        # A failed rotation is due again at ``_next_try``, also below
+        # ``rotateLength``: a SIGUSR1 that could not open a moved log again
+        # left the hub writing into the moved file (which logrotate may
+        # compress and delete) until that file reached 1 MB.  Otherwise at
+        # ``rotateLength``.  The count of octets written is no longer the
+        # file's size once it was truncated (copytruncate): look before
+        # renaming a small file
+        due = self._next_try or self.rotateLength
+        if not (due and self.size >= due):
             return False
         if self._as_root_before_switch():
             return False  # at the first line written as ``--uid``
         self.size = os.fstat(self._file.fileno()).st_size
-        return self.size >= max(self.rotateLength, self._next_try)
+        return self.size >= due
 
     def rotate(self) -> None:
         if self._as_root_before_switch():
@@ -189,10 +195,10 @@ class ReopeningLogFile(LogFile):
         No right on the folder is asked first, as twistd's ``rotate``
         asks for its renames: logrotate's ``create`` may have made the
         file in a folder the hub may not write.  A file that cannot be
-        opened or made leaves the hub writing where it was, and the size
-        rotation holds off for 64 KiB of log, as after a rename that could
-        not open its new file (out of descriptors, each line would try
-        again).  The new file starts the size count afresh: a hold-off
+        opened or made leaves the hub writing where it was, and is tried
+        again 64 KiB of log later, whatever the file's size, as after a
+        rename that could not open its new file (out of descriptors, each
+        line would try again).  The new file starts the size count afresh: a hold-off
         left from the file before would let it grow past ``rotateLength``
         by as much as that file had."""
         old = self._file
