@@ -568,3 +568,31 @@ def test_a_reserve_that_cannot_be_reopened_for_lack_of_memory_pauses(log_events)
         assert port.reading
     finally:
         port.sock.close()
+
+
+def test_the_recovery_line_counts_every_pause_of_the_shortage(log_events) -> None:
+    # one warning when the shortage starts, and the line that ends it
+    # says how many retries found no room (not "1" whatever happened)
+    port, clock = FakePort(), Clock()
+    table = {"full": True}
+
+    def dup(fd: int) -> int:
+        if table["full"]:
+            no_descriptors(fd)
+        return os.dup(fd)
+
+    try:
+        AcceptGuard(port, clock, reservation=None, dup=dup).install()
+        port.doRead()
+        for _ in range(2):
+            clock.advance(1.0)
+            port.doRead()  # still no room: paused again
+        table["full"] = False
+        clock.advance(1.0)
+        port.doRead()
+        lines = [formatEvent(e) for e in log_events]
+        assert len([x for x in lines if "new connections wait" in x]) == 1
+        [again] = [x for x in lines if "accepting connections again" in x]
+        assert "paused 3 time(s)" in again
+    finally:
+        port.sock.close()
