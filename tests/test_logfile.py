@@ -8,6 +8,7 @@ twistd's own log file did before the hub gave it one of its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import stat
@@ -826,3 +827,40 @@ def test_a_rotation_asked_for_by_sigusr1_that_failed_is_tried_64_kib_later_under
     assert (tmp_path / "mailhub.log.1").read_text() == "x" * 1000 + "z" * 70_000
     assert path.read_text() == "now" + "y" * 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log", "mailhub.log.1"]
+
+
+@pytest.mark.parametrize("refused", ["mailhub.log.1", "mailhub.log"])
+def test_a_rename_the_system_refuses_loses_no_line_and_is_tried_64_kib_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str) -> None:
+    # a numbered file (or the log) the system will not rename although the
+    # folder may be written -- append-only (chattr +a), another user's in a
+    # sticky folder: EPERM.  The rotation raised out of ``write``, so the
+    # line was lost, and so was every later one, each trying again
+    path = tmp_path / "mailhub.log"
+    for n in (1, 2):
+        (tmp_path / f"mailhub.log.{n}").write_text(f"older {n}\n")
+    f = _log_file(path)
+    f.rotateLength = 10
+    real_rename = os.rename
+    tries = []
+
+    def rename(src: object, dst: object, *args: object, **kw: object) -> None:
+        if os.path.basename(str(src)) == refused:
+            tries.append(src)
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+        real_rename(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "rename", rename)
+    f.write("x" * 10)
+    for i in range(1000):
+        f.write(f"line {i}\n")
+    assert len(tries) == 1  # held off: not tried again at each line
+    monkeypatch.undo()
+    f.write("z" * 70_000)
+    f.write("now")  # past the hold-off: the rename works now
+    f.close()
+    old = (tmp_path / "mailhub.log.1").read_text()
+    assert old.startswith("x" * 10 + "line 0\n") and "line 999\n" in old
+    assert path.read_text() == "now"
+    assert (tmp_path / "mailhub.log.2").read_text() == "older 1\n"
+    assert (tmp_path / "mailhub.log.3").read_text() == "older 2\n"

@@ -25,7 +25,8 @@ twistd closed it first, and a hub at its open-files limit (``EMFILE``)
 then had no log at all, every later line lost until a restart.  A
 rotation that cannot open the new file puts the names back as they were,
 goes on writing where it was, and is tried again 64 KiB of log later;
-so is one that cannot list the log's folder for lack of descriptors, and
+so is one that cannot list the log's folder for lack of descriptors, one
+whose rename the system refuses (``EPERM``: an append-only file), and
 one that cannot open a moved log again by its name.  A folder the hub
 may write but not list (mode 0300) is rotated all the same: the numbered
 files are found by trying their names.
@@ -123,21 +124,43 @@ class ReopeningLogFile(LogFile):
         except OSError:  # the folder cannot be read now: no name is safe
             self._hold_off()
             return
-        shifted = self._shift_numbered(numbered)
-        os.rename(self.path, f"{self.path}.1")
+        shifted: list[int] = []
+        try:
+            # a rename the system refuses although the folder may be
+            # written (EPERM: a file made append-only, another user's in a
+            # sticky folder) raised out of ``write``: that line was lost,
+            # and each later one, every one trying again
+            self._shift_numbered(numbered, shifted)
+            os.rename(self.path, f"{self.path}.1")
+        except OSError:
+            self._put_back(shifted, log_moved=False)
+            self._hold_off()
+            return
         try:
             self._openFile()
         except OSError:
             # no descriptor (or no room): the names back, the old file on
-            os.rename(f"{self.path}.1", self.path)
-            for i in sorted(shifted):
-                os.rename(f"{self.path}.{i + 1}", f"{self.path}.{i}")
+            self._put_back(shifted, log_moved=True)
             self._file = old
             self.closed = False
             self._hold_off()
             return
         self._next_try = 0
         old.close()
+
+    def _put_back(self, shifted: list[int], log_moved: bool) -> None:
+        """Undo a rotation's renames: the log (``log_moved``) and the
+        numbered files ``shifted``, each to its own name again (the lowest
+        first: ``.2`` goes back once ``.1`` is free).  A rename that fails
+        here too leaves that name as it is: the log is written all the
+        same."""
+        renames = [(f"{self.path}.1", self.path)] if log_moved else []
+        renames += [(f"{self.path}.{i + 1}", f"{self.path}.{i}") for i in sorted(shifted)]
+        for src, dst in renames:
+            try:
+                os.rename(src, dst)
+            except OSError:
+                pass
 
     def _hold_off(self) -> None:
         self.size = os.fstat(self._file.fileno()).st_size
@@ -177,17 +200,17 @@ class ReopeningLogFile(LogFile):
                 return found
             found.append(len(found) + 1)
 
-    def _shift_numbered(self, numbered: list[int]) -> list[int]:
+    def _shift_numbered(self, numbered: list[int], shifted: list[int]) -> None:
         """``mailhub.log.N`` to ``.N+1``, the oldest first; those past
-        ``maxRotatedFiles`` are deleted.  Returns the ``N`` shifted."""
-        shifted = []
+        ``maxRotatedFiles`` are deleted.  Each ``N`` shifted is added to
+        ``shifted`` as it is, so that a rename failing half-way leaves the
+        caller the list of those to put back."""
         for i in sorted(numbered, reverse=True):
             if self.maxRotatedFiles is not None and i >= self.maxRotatedFiles:
                 os.remove(f"{self.path}.{i}")
             else:
                 os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
                 shifted.append(i)
-        return shifted
 
     def reopen(self) -> None:
         """Write to the file the path names now (made when missing).
