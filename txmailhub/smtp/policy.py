@@ -123,7 +123,7 @@ class RecipientPolicy:
                      size: int | None) -> None:
         """Refuse RCPT ``address`` with ``452 4.2.2`` when every one of its
         ``final`` recipients is a local mailbox that holds ``quota`` octets
-        or more, or would with the ``size`` MAIL announced; with ``552
+        or more, or would with the ``size`` MAIL announced; with ``550
         5.2.3`` when that size is over the quota itself.
 
         A soft quota, as a quota service at RCPT gives: a message accepted
