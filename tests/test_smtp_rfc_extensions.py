@@ -85,7 +85,7 @@ def test_the_declared_size_never_ends_the_data():
 def test_a_message_over_the_maximum_without_size_is_552_at_its_end():
     # 4: "Any attempt by a client to transfer a message which is larger
     # than this fixed upper limit will fail"; at the end of the data that
-    # is RFC 5321 4.5.3.1.10's "552 Too much mail data"
+    # is RFC 5321 4.5.3.1.9's "552 Too much mail data"
     d = Driver(max_message_size=100)
     d.send("EHLO c.test\r\n")
     d.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
