@@ -174,6 +174,36 @@ def test_a_552_size_refusal_at_rcpt_is_not_requeued(refusal):
     assert not isinstance(results[CAROL].reply, LocalReply)
 
 
+@pytest.mark.parametrize("refusal,kind,status", [
+    # the code read without ENHANCEDSTATUSCODES advertised: a server that
+    # writes one says what it means all the same
+    (b"552 5.3.4 message too big\r\n", "permanent", "5.3.4"),
+    # every line of a multi-line reply with the code (RFC 2034 4)
+    (b"552-5.3.4 message too big\r\n552 5.3.4 for this system\r\n", "permanent", "5.3.4"),
+    # no code: nothing says it is the size -- RFC 5321 4.5.3.1.10's
+    # temporary "too many recipients", a new transaction
+    (b"552 message too big\r\n", "transient", "4.5.3"),
+    # another code's 552 keeps the temporary reading, in its own class
+    (b"552 5.2.2 mailbox full\r\n", "transient", "4.2.2"),
+])
+def test_a_552_to_rcpt_is_judged_by_its_code_alone(refusal, kind, status):
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-mx.remote.test\r\n250 SIZE 1000\r\n")  # no ENHANCEDSTATUSCODES
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(refusal)
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 ok\r\n")
+    results = {r.address: r for r in s.outcome.recipients}
+    assert results[BOB].kind == "delivered"
+    assert results[CAROL].kind == kind and results[CAROL].reply.status == status
+    if kind == "permanent":
+        assert results[CAROL].reply.code == 552
+        assert not any("5.3.4" in line for line in results[CAROL].reply.lines)
+
+
 # --- RFC 2920, PIPELINING: the server ----------------------------------------------
 
 
