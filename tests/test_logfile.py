@@ -864,3 +864,34 @@ def test_a_rename_the_system_refuses_loses_no_line_and_is_tried_64_kib_later(
     assert path.read_text() == "now"
     assert (tmp_path / "mailhub.log.2").read_text() == "older 1\n"
     assert (tmp_path / "mailhub.log.3").read_text() == "older 2\n"
+
+
+def test_a_log_the_hub_may_not_rename_is_not_looked_at_again_at_every_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a log in a folder of root's (/var/log, logrotate's ``create``) past
+    # the rotate length: each line asked the folder and the file again
+    # (a stat, two access calls, an fstat) for as long as the hub ran; it
+    # is looked at again 64 KiB of log later, as after a failed rotation
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    f.rotateLength = 10
+    asked = []
+    real_access = os.access
+
+    def access(p: object, mode: int, **kw: object) -> bool:
+        asked.append(p)
+        if os.path.abspath(str(p)) == str(tmp_path) and mode & os.W_OK:
+            return False
+        return real_access(p, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    f.write("x" * 10)
+    for i in range(1000):
+        f.write(f"line {i}\n")
+    assert len(asked) <= 2
+    monkeypatch.undo()
+    f.write("z" * 70_000)
+    f.write("now")  # the folder may be written again: rotated
+    f.close()
+    assert path.read_text() == "now"
+    assert (tmp_path / "mailhub.log.1").read_text().endswith("z" * 70_000)

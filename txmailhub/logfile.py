@@ -27,7 +27,9 @@ rotation that cannot open the new file puts the names back as they were,
 goes on writing where it was, and is tried again 64 KiB of log later;
 so is one that cannot list the log's folder for lack of descriptors, one
 whose rename the system refuses (``EPERM``: an append-only file), and
-one that cannot open a moved log again by its name.  A folder the hub
+one that cannot open a moved log again by its name; a log the hub may
+not rename (its folder or the file not writable, as twistd asks) is
+looked at again 64 KiB of log later too, not at every line.  A folder the hub
 may write but not list (mode 0300) is rotated all the same: the numbered
 files are found by trying their names.
 
@@ -117,7 +119,10 @@ class ReopeningLogFile(LogFile):
             self.reopen()
             return
         if not (os.access(self.directory, os.W_OK) and os.access(self.path, os.W_OK)):
-            return  # as twistd's rotate: not ours to rename
+            # as twistd's rotate: not ours to rename; looked at again 64 KiB
+            # of log later, not at every line (a log in a folder of root's)
+            self._hold_off()
+            return
         old = self._file
         try:
             numbered = self._numbered()
