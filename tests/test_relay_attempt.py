@@ -2551,3 +2551,43 @@ def test_a_message_that_cannot_be_read_for_another_reason_is_not_called_deleted(
     assert all("deleted during the attempt" not in r.reply.text() for r in results)
     assert not any("gone when its data was due" in formatEvent(ev) for ev in log_events)
     assert [ev for ev in log_events if ev.get("log_failure") is not None]
+
+
+def test_a_552_size_refusal_at_rcpt_is_not_split_off_nor_tried_elsewhere(tmp_path):
+    # RFC 1870 6.4: a 552 whose X.3.4 says the message is too big for that
+    # recipient is its final answer -- it does not go with the "too many
+    # recipients" (452 4.5.3) into the next transaction, nor to the next
+    # MX host with a recipient refused only for now
+    dave = Address("dave", "remote.test")
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT carol@remote.test": b"552 5.3.4 message too big for this recipient\r\n",
+        "RCPT dave@remote.test": b"452 4.5.3 too many recipients\r\n"})
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL, dave), "remote.test",
+                                 [BOB, CAROL, dave]))
+    by = {r.address: r for r in results}
+    assert by[BOB].kind == "delivered"
+    assert by[CAROL].kind == "permanent" and by[CAROL].remote_mta == "mx1.remote.test"
+    assert by[CAROL].reply == Reply.of(552, "5.3.4", "message too big for this recipient")
+    rcpts = [[c for c in p.commands if c.startswith(b"RCPT")] for p in net.server_protocols]
+    assert rcpts[0] == [b"RCPT TO:<bob@remote.test>", b"RCPT TO:<carol@remote.test>",
+                        b"RCPT TO:<dave@remote.test>"]
+    assert all(b"RCPT TO:<carol@remote.test>" not in r for r in rcpts[1:])
+    assert len(rcpts) > 1  # dave was tried again, without carol
+
+
+def test_a_552_size_refusal_stays_when_every_rcpt_was_refused(tmp_path):
+    # every RCPT refused, one only for now: that one goes to the next MX
+    # host, the one refused for its size does not
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        "RCPT bob@remote.test": b"552 5.2.3 over this mailbox's limit\r\n",
+        "RCPT carol@remote.test": b"452 4.2.2 mailbox full\r\n"})
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    results = run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL]))
+    by = {r.address: r for r in results}
+    assert by[BOB].kind == "permanent" and by[BOB].reply.status == "5.2.3"
+    assert by[CAROL].kind == "delivered" and by[CAROL].remote_mta == "mx2.remote.test"
+    [_, second] = net.server_protocols
+    assert [c for c in second.commands if c.startswith(b"RCPT")] == [
+        b"RCPT TO:<carol@remote.test>"]
