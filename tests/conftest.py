@@ -148,6 +148,24 @@ def _pop3_size_jobs_on_a_still_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol, "_now", lambda: 0.0)
 
 
+def stalled_turn(clock: Any, seconds: float) -> None:
+    """The reactor thread was stuck for ``seconds`` (a ``write`` on a frozen
+    filesystem, a stopped process); then the timed-call half of its next
+    turn runs: the calls due by now, but not those they make -- as in
+    Twisted's ``runUntilCurrent``, those wait for the next turn, after its
+    reads.  (``Clock.advance`` runs them at once, reads or not.)  What the
+    client sent during the stall is for the test to deliver next, as the
+    turn's reads would."""
+    clock.rightNow += seconds
+    due = sorted((c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()),
+                 key=lambda c: c.getTime())
+    for call in due:
+        if call.active():
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
     socks = []

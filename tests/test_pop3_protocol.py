@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from unittest import mock
 
 import pytest
+from conftest import stalled_turn
 from cred_fakes import ClientRecordingChecker, checker_without_apop_secret
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1101,6 +1102,25 @@ def test_idle_timeout_autologout_without_update():
     assert t.value() == b"" and t.disconnecting
     proto.connectionLost(None)
     assert env.store.messages("joe@example.org") == [b"a\n"]
+
+
+def test_a_stall_of_the_hub_is_not_the_clients_idle_time():
+    # the reactor thread was stuck (a read from a hung disk) past the
+    # timeout while the client's LIST waited in the socket: the timer runs
+    # before that read and must not log the client out for it
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    t.clear()
+    stalled_turn(env.clock, 900)
+    assert t.value() == b"" and not t.disconnecting
+    assert talk(proto, t, b"LIST\r\n").startswith(b"+OK")  # the turn's reads
+    env.clock.advance(0)
+    assert not t.disconnecting
+    # idle for real: logged out, a turn later
+    stalled_turn(env.clock, 600)
+    env.clock.advance(0)
+    assert t.disconnecting
 
 
 def test_autologout_that_cannot_complete_is_cut():

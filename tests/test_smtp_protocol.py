@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from conftest import make_certificate
+from conftest import make_certificate, stalled_turn
 from cred_fakes import ClientRecordingChecker
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -1133,6 +1133,25 @@ class ProtocolTests(SynchronousTestCase):
         # one line in the log for it, not a second "closing the session"
         assert [formatEvent(e) for e in self.events if "192.0.2.1" in formatEvent(e)] == [
             "idle timeout for 192.0.2.1"]
+
+    def test_a_stall_of_the_hub_is_not_the_clients_idle_time(self):
+        # The reactor thread was stuck (a write to a frozen filesystem) for
+        # longer than the idle timeout; the client's RCPT came meanwhile and
+        # waits in the socket.  The timer runs before that read: it must
+        # not answer the RCPT with a 421 for idleness.
+        h = Harness(idle_timeout=10)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        take(t)
+        stalled_turn(h.clock, 30)
+        assert take(t) == [] and not t.disconnecting
+        p.dataReceived(b"RCPT TO:<alice>\r\n")  # the turn's reads
+        h.clock.advance(0)  # the next turn
+        assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
+        # a client idle for real is still cut, a turn later
+        stalled_turn(h.clock, 10)
+        h.clock.advance(0)
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
     def test_idle_means_no_complete_command_not_no_byte(self):
         # a byte every few minutes of a line that never ends (or ends after

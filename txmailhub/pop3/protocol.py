@@ -1277,7 +1277,12 @@ class POP3Protocol(Protocol):
         from our answer, not what is left of it from its command."""
         self._last_activity = self.reactor.seconds()
 
-    def _idle_check(self) -> None:
+    def _idle_check(self, second_look: bool = False) -> None:
+        """The autologout timer.  It logs out on a second look one reactor
+        turn later: a timer runs before the reads of its turn, so after a
+        stall of the reactor thread (a ``read`` from a hung disk, a
+        stopped process) what the client sent meanwhile is still unread,
+        and its idle time is really ours."""
         timeout = self.settings.idle_timeout
         idle = self.reactor.seconds() - self._last_activity
         # Not while the hub keeps the client waiting (a password check, a
@@ -1287,6 +1292,11 @@ class POP3Protocol(Protocol):
         if idle < timeout or waiting_for_us:
             wait = timeout - idle if idle < timeout else timeout
             self._idle_call = self.reactor.callLater(wait, self._idle_check)
+            return
+        if not second_look:
+            # Twisted runs a call made now in its next turn, after that
+            # turn's reads: input waiting in the socket is seen first
+            self._idle_call = self.reactor.callLater(0, self._idle_check, True)
             return
         self._idle_call = None
         log.info("POP3 autologout of {peer} after {idle:.0f}s", peer=self._peer, idle=idle)

@@ -709,7 +709,13 @@ class SMTPProtocol(Protocol):
     def _arm_timer(self, delay: float) -> None:
         self._timer = self.reactor.callLater(delay, self._check_idle)
 
-    def _check_idle(self) -> None:
+    def _check_idle(self, second_look: bool = False) -> None:
+        """The idle timer, and the data rate's look between reads.  A
+        verdict against the client waits for a second look one reactor turn
+        later: a timer runs before the reads of its turn, so after a stall
+        of the reactor thread (a ``write`` on a frozen filesystem, a
+        stopped process) whatever the client sent meanwhile is still
+        unread, and its idle time is really ours."""
         self._timer = None
         limit = self.factory.settings.smtp.idle_timeout
         if self.engine.closed:
@@ -717,11 +723,18 @@ class SMTPProtocol(Protocol):
         now = self.reactor.seconds()
         idle = now - self._last_activity
         engine = self.engine
-        if self._data_too_slow(now, after_read=False):
-            self._drive()
-            return
-        if engine.waiting or idle < limit:
+        behind = self._behind(now, after_read=False)
+        if not behind and (engine.waiting or idle < limit):
             self._arm_timer(limit if engine.waiting else limit - idle)
+            return
+        if not second_look:
+            # Twisted runs a call made now in its next turn, after that
+            # turn's reads: input waiting in the socket is seen first
+            self._timer = self.reactor.callLater(0, self._check_idle, True)
+            return
+        if behind:
+            self._too_slow()
+            self._drive()
             return
         if handshake_pending(self.transport):
             # a 421 would wait for a handshake the client stalls in, and
@@ -735,15 +748,6 @@ class SMTPProtocol(Protocol):
         self._withheld = b""  # as in shut_down
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
-
-    def _data_too_slow(self, now: float, after_read: bool) -> bool:
-        """Close the session (``DATA_TOO_SLOW``) when the message under way
-        is behind ``MIN_DATA_RATE`` (``_behind``); whether it did.  For the
-        idle timer's look, where no reply of the client's is unsent."""
-        if not self._behind(now, after_read):
-            return False
-        self._too_slow()
-        return True
 
     def _behind(self, now: float, after_read: bool) -> bool:
         """Whether the message under way is behind ``MIN_DATA_RATE``.  Its
