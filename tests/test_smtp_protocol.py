@@ -1206,6 +1206,20 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.store.messages(ALICE)
         assert h.spooler.writers[0].state == "aborted"
 
+    def test_a_stall_of_the_hub_is_not_message_data_too_slow(self):
+        # the rest of the message (its final dot included) came while the
+        # reactor thread was stuck past the data rate's allowance: the
+        # rate's look without a read waits for that read, which ends the
+        # message, and it is taken
+        h, p, t = self.in_a_message(b"DATA\r\n")
+        p.dataReceived(b"Subject: x\r\n\r\n")
+        stalled_turn(h.clock, 400)  # 300 + 15 / 500 s allowed
+        assert take(t) == [] and not t.disconnecting
+        p.dataReceived(b"body\r\n.\r\n")  # the turn's reads
+        h.clock.advance(0)
+        assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
+        assert len(h.store.messages(ALICE)) == 1
+
     def test_a_wait_between_bdat_chunks_is_never_cut_as_too_slow(self):
         # Between one chunk's 250 and the next BDAT the session awaits a
         # command (RFC 5321 4.5.3.2.7): only the idle timeout may end that
