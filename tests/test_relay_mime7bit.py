@@ -612,3 +612,17 @@ def test_an_8bit_comment_in_a_mime_field_keeps_its_parameters(field):
     else:
         assert msg.get_content_disposition() == "attachment"
         assert msg.get_filename() == "a.txt"
+
+
+@pytest.mark.parametrize("split", [1, 3, 8192])
+def test_a_line_longer_than_an_encoding_block_is_cut_at_a_soft_break(split):
+    # RFC 2045 6.7 rule 5: "=" ends the encoded line it breaks; the block
+    # after it starts a line of its own (not "=" then the next octets,
+    # which would decode as =XX and make a line over 76 characters)
+    from txmailhub.relay.transfer_encoding import QP_BLOCK
+
+    text = "\u00e9".encode() + b"a" * (QP_BLOCK + split) + b"xyz" * 30 + b"\n"
+    out = convert(b"Content-Type: text/plain; charset=utf-8\n\n" + text)
+    assert_7bit(out)
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+    assert parse(out).get_payload(decode=True) == text

@@ -118,6 +118,11 @@ class QuotedPrintable(Copy):
             encoded = b"\n".join(_wrap(line) if len(line) > 76 else line for line in lines)
             if last is not None:
                 encoded += (b"\n" if lines else b"") + _wrap(last + b"=")
+                if not final:
+                    # a soft break is "=" at the end of a line (RFC 2045 6.7
+                    # rule 5): the line goes on in the next block, on a line
+                    # of its own
+                    encoded += b"\n"
         self.out.write(encoded)
 
     def close(self, soft_end: bool = False) -> None:
