@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import os
 import random
@@ -626,3 +627,38 @@ def test_a_line_longer_than_an_encoding_block_is_cut_at_a_soft_break(split):
     assert_7bit(out)
     assert max(len(line) for line in out.split(b"\n")) <= 76
     assert parse(out).get_payload(decode=True) == text
+
+
+@pytest.mark.parametrize("width", range(60, 140))
+def test_a_soft_line_break_never_makes_a_boundary_delimiter(width):
+    # RFC 2046 5.1.1: the boundary must not appear in an encapsulated part.
+    # Re-encoding a long 8-bit line cuts it at soft breaks; the piece after
+    # a break may be "--b1" (then "=2D" stands for its first hyphen)
+    text = ("\u00e9" + "x" * width + "--b1\n" + "y" * width + "--b1--\n").encode()
+    src = (b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n"
+           b"--b1\nContent-Type: text/plain; charset=utf-8\n\n" + text + b"--b1--\n")
+    out = convert(src)
+    assert_7bit(out)
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+    lines = out.split(b"\n")
+    assert lines.count(b"--b1") == 1 and lines.count(b"--b1--") == 1
+    [part] = parse(out).iter_parts()
+    assert part.get_content().encode() == text[:-1]  # its last LF is the delimiter's
+
+
+def test_a_soft_line_break_between_blocks_never_makes_a_boundary_delimiter():
+    # a line longer than a whole encoding block: the piece after the
+    # block's soft break is a continuation too
+    from txmailhub.relay.transfer_encoding import QP_BLOCK, QuotedPrintable
+
+    for pad in range(0, 4):
+        out = io.BytesIO()
+        sink = QuotedPrintable(out)
+        sink.write(b"\xe9" + b"a" * (QP_BLOCK - 1 - pad))
+        sink.write(b"--b1\n")
+        sink.close()
+        lines = out.getvalue().split(b"\n")
+        assert b"--b1" not in lines
+        assert max(len(line) for line in lines) <= 76
+        assert binascii.a2b_qp(out.getvalue()) == (
+            b"\xe9" + b"a" * (QP_BLOCK - 1 - pad) + b"--b1\n")

@@ -94,6 +94,7 @@ class QuotedPrintable(Copy):
     def __init__(self, out: BinaryIO) -> None:
         super().__init__(out)
         self.buf = bytearray()
+        self.continued = False  # the last line written ended with a soft break
 
     def write(self, data: bytes) -> None:
         self.buf += data
@@ -113,16 +114,24 @@ class QuotedPrintable(Copy):
         encoded = binascii.b2a_qp(raw, istext=True)
         soft = (soft_end or not final) and not raw.endswith(b"\n")
         lines = encoded.split(b"\n")
-        if soft or any(len(line) > 76 for line in lines):
-            last = lines.pop() if soft else None
-            encoded = b"\n".join(_wrap(line) if len(line) > 76 else line for line in lines)
-            if last is not None:
-                encoded += (b"\n" if lines else b"") + _wrap(last + b"=")
-                if not final:
-                    # a soft break is "=" at the end of a line (RFC 2045 6.7
-                    # rule 5): the line goes on in the next block, on a line
-                    # of its own
-                    encoded += b"\n"
+        if soft:
+            lines[-1] += b"="
+        out = []
+        for i, line in enumerate(lines):
+            if self.continued and line.startswith(b"--"):
+                # the piece after a soft break is no line of the text: it
+                # must not read as a boundary delimiter (RFC 2046 5.1.1)
+                line = b"=2D" + line[1:]
+            if len(line) > 76 or (soft and i == len(lines) - 1):
+                line = _wrap(line)
+            out.append(line)
+            # a line ending in "=" ends in a soft break ("=" itself is =3D)
+            self.continued = line.endswith(b"=")
+        encoded = b"\n".join(out)
+        if soft and not final:
+            # a soft break is "=" at the end of a line (RFC 2045 6.7 rule 5):
+            # the line goes on in the next block, on a line of its own
+            encoded += b"\n"
         self.out.write(encoded)
 
     def close(self, soft_end: bool = False) -> None:
@@ -145,6 +154,8 @@ def _wrap(line: bytes) -> bytes:
         if len(current) + len(t) > 75:
             out.append(current + b"=")
             current = b""
+        if not current and out and t == b"-":
+            t = b"=2D"  # a line after a soft break never starts "--" (RFC 2046 5.1.1)
         current += t
     out.append(current + (b"=" if soft else b""))
     return b"\n".join(out)
