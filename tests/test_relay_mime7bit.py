@@ -662,3 +662,39 @@ def test_a_soft_line_break_between_blocks_never_makes_a_boundary_delimiter():
         assert max(len(line) for line in lines) <= 76
         assert binascii.a2b_qp(out.getvalue()) == (
             b"\xe9" + b"a" * (QP_BLOCK - 1 - pad) + b"--b1\n")
+
+
+@pytest.mark.parametrize("ctype", [
+    "multipart/mixed",  # no boundary: its parts cannot be found
+    "multipart/mixed; boundary=" + "b" * 201,  # a boundary over the converter's limit
+    "message/partial; id=x; number=1",  # RFC 2046 5.2.2.1: 7bit only
+    "message/external-body; access-type=x",  # RFC 2046 5.2.3.1: 7bit only
+])
+def test_a_composite_part_with_8bit_octets_it_cannot_follow_is_never_base64(ctype):
+    # RFC 2045 6.4: a multipart or message entity is never encoded in
+    # base64 or quoted-printable; with 8-bit octets the converter cannot
+    # follow into, the message has no 7-bit form
+    src = (f"MIME-Version: 1.0\nContent-Type: {ctype}\nContent-Transfer-Encoding: 8bit\n\n"
+           "Grüße\n").encode()
+    with pytest.raises(Unconvertible):
+        convert(src)
+
+
+def test_a_composite_part_nested_too_deep_with_8bit_octets_is_unconvertible():
+    from txmailhub.relay.mime7bit import MAX_DEPTH
+
+    src = b"MIME-Version: 1.0\n"
+    for depth in range(MAX_DEPTH + 1):
+        src += f"Content-Type: multipart/mixed; boundary=b{depth}\n\n--b{depth}\n".encode()
+    src += "Content-Type: text/plain\n\nGrüße\n".encode()
+    with pytest.raises(Unconvertible):
+        convert(src)
+
+
+@pytest.mark.parametrize("ctype", ["multipart/mixed", "message/partial; id=x; number=1"])
+def test_a_composite_part_without_8bit_octets_is_copied_as_it_is(ctype):
+    # only the 8-bit content makes it unconvertible: a 7-bit one goes as it is
+    src = f"Subject: Grüße\nContent-Type: {ctype}\n\nhello\n".encode()
+    out = convert(src)
+    assert_7bit(out)
+    assert out.endswith(f"Content-Type: {ctype}\n\nhello\n".encode())

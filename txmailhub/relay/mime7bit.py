@@ -27,6 +27,11 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   them written as ``=XX``, a base64 body has them dropped: both decode
   exactly as before);
 * a multipart or message/rfc822 declared 8bit/binary is relabelled 7bit;
+  one that is not followed (a multipart without a usable boundary, or
+  nested deeper than ``MAX_DEPTH``) and a message/partial or
+  message/external-body are never base64 or quoted-printable (RFC 2045
+  6.4, RFC 2046 5.2): with 8-bit octets or over-long lines inside they
+  make the conversion fail with ``Unconvertible``;
 * 8-bit octets in a preamble or epilogue (text no reader shows) become
   ``?``;
 * header fields with 8-bit octets go through
@@ -62,6 +67,8 @@ FIELD_LIMIT = 65536  # one header field, continuation lines included
 MAX_DEPTH = 50
 _MAX_BOUNDARY = 200
 _NEEDS_CONVERSION = ("7bit", "8bit", "binary", "")
+# types that are never base64 or quoted-printable (RFC 2045 6.4, RFC 2046 5.2)
+_COMPOSITE = ("multipart/", "message/rfc822", "message/partial", "message/external-body")
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
@@ -230,6 +237,13 @@ class _Converter:
         if stop is None:
             if headers.cte in _NEEDS_CONVERSION:
                 eight_bit, long_lines, has_cr, utf8 = self._survey(body_start)
+                if (eight_bit or long_lines) and ctype.startswith(_COMPOSITE):
+                    # not followed (no boundary, nested too deep) or 7bit by
+                    # definition: RFC 2045 6.4 allows such an entity no
+                    # base64 or quoted-printable, RFC 2046 5.2.2.1, 5.2.3.1
+                    # no 8bit
+                    raise Unconvertible(f"a {ctype} part has 8-bit octets or over-long "
+                                        "lines and no 7-bit form")
                 if eight_bit or long_lines:
                     if ctype.startswith("text/") and not has_cr:
                         mode = "qp"
