@@ -1241,3 +1241,23 @@ def test_send_dsn_spools_a_notice_of_any_size_whole(tmp_path):
     env = bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False)
     assert bounce.send_dsn(components, env, data).result == "delivered to the mailbox"
     assert store.messages(ALICE) == [b"Return-Path: <>\n" + data]
+
+
+@pytest.mark.parametrize("width", range(40, 120))
+@pytest.mark.parametrize("tail", ["  ", "   end", "     "])
+def test_diagnostic_code_unfolds_to_the_reply_and_has_no_blank_line(tmp_path, width, tail):
+    # RFC 5322 2.2.3: a fold is a line break put before a blank, and
+    # unfolding (removing the breaks) gives the field back; 3.2.2: no line
+    # of a folded field is all blanks.  A run of blanks at a fold point
+    # lost its blanks, or made a line of one blank.
+    entry = make_entry(tmp_path)
+    reply = Reply(550, "5.1.1", ("y" * width + " " + "z" * 30 + tail,))
+    data, _ = build(entry, [failed(entry, reply=reply)])
+    start = data.index(b"\nDiagnostic-Code: ") + 1
+    field = [data[start:].split(b"\n")[0]]
+    for line in data[start:].split(b"\n")[1:]:
+        if line[:1] not in (b" ", b"\t"):
+            break
+        field.append(line)
+    assert all(line.strip(b" \t") for line in field)
+    assert b"".join(field) == b"Diagnostic-Code: smtp; " + reply.text().encode()

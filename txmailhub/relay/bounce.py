@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 from email import policy as email_policy
@@ -242,17 +243,26 @@ def _diagnostic(kind: str, text: str) -> str:
 
 
 def _fold(value: str, used: int) -> str:
+    """``value`` folded to lines of about 76 characters (``used`` of the
+    first taken by the field name): a line break only before the last
+    blank of a run that a word follows, so that unfolding gives ``value``
+    back blank for blank (RFC 5322 2.2.3) and no line is all blanks
+    (3.2.2), whatever runs of blanks the remote server's reply has."""
     lines: list[str] = []
     line = ""
-    for word in value.split(" "):
-        room = 76 - (used if not lines else 1)
-        if line and len(line) + 1 + len(word) > room:
-            lines.append(line)
-            line = word
+    for piece in _PIECES.findall(value):  # a word with the blanks before it
+        room = 76 - (used if not lines else 0)
+        if line and piece[:1] == " " and piece.strip(" ") and len(line) + len(piece) > room:
+            blanks = len(piece) - len(piece.lstrip(" "))
+            lines.append(line + piece[: blanks - 1])
+            line = piece[blanks - 1 :]
         else:
-            line = f"{line} {word}" if line else word
+            line += piece
     lines.append(line)
-    return "\n ".join(lines)
+    return "\n".join(lines)
+
+
+_PIECES = re.compile(r" *[^ ]+| +")
 
 
 def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
