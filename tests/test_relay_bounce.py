@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from email import message_from_bytes, message_from_string, policy
 
 import pytest
@@ -1261,3 +1262,21 @@ def test_diagnostic_code_unfolds_to_the_reply_and_has_no_blank_line(tmp_path, wi
         field.append(line)
     assert all(line.strip(b" \t") for line in field)
     assert b"".join(field) == b"Diagnostic-Code: smtp; " + reply.text().encode()
+
+
+def test_a_hostname_with_a_final_dot_gives_a_message_id_of_rfc_5322(tmp_path):
+    # [hub] hostname = "mail.example.org." is allowed (the root's dot); the
+    # notice's msg-id has a dot-atom-text on the right of its "@" (RFC 5322
+    # 3.6.4: no final dot), and Reporting-MTA names the host as Remote-MTA
+    # does (RFC 3464 2.2.2), as the MSA's Message-ID does
+    entry = make_entry(tmp_path)
+    data = bounce.build_dsn(entry, [failed(entry)], bounce.FAILED,
+                            hostname="mail.example.org.", primary_domain="example.org",
+                            now=1_700_000_200.0)
+    msg = message_from_bytes(data, policy=policy.default)
+    atom = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+    dot_atom = rf"{atom}(?:\.{atom})*"
+    assert re.fullmatch(rf"<{dot_atom}@{dot_atom}>", str(msg["Message-ID"]))
+    assert str(msg["Message-ID"]).endswith("@mail.example.org>")
+    status = list(msg.iter_parts())[1]
+    assert status.get_payload()[0]["Reporting-MTA"] == "dns; mail.example.org"

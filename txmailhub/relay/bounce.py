@@ -412,6 +412,10 @@ def build_dsn(
     """The DSN as message bytes (LF line endings, the stored form)."""
     if entry.envelope.sender is None:
         raise ValueError("never send a DSN about a message from the null sender")
+    # the host's name without the root's dot ("mail.example.org." is a
+    # valid [hub] hostname): the msg-id's right side is a dot-atom-text
+    # (RFC 5322 3.6.4), and Reporting-MTA names it as Remote-MTA names a host
+    hostname = mta_name(hostname) or hostname
     utf8 = is_global(entry)
     # RFC 6522 3: report-type names the subtype of the second part
     report = MIMEMultipart("report", policy=_POLICY,
