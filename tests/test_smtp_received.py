@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import abnf_smtp as G
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -315,3 +316,19 @@ def test_a_long_helo_is_mapped_whole_before_it_is_judged():
     field = received(hostname="mx", helo="mail" + "\u00ad" * 251 + ".example.org",
                      client_ip="192.0.2.7", protocol="UTF8SMTP", message_id="I", when=0)
     assert field.startswith(b"Received: from mail.example.org ([192.0.2.7])\n"), field
+
+
+@pytest.mark.parametrize("hostname, by", [
+    ("mx.example.org.", b"\tby mx.example.org (txmailhub) with ESMTP\n"),
+    ("[192.0.2.1]", b"\tby [192.0.2.1] ([192.0.2.1]) (txmailhub) with ESMTP\n"),
+    ("[IPv6:2001:db8::1]",
+     b"\tby [IPv6:2001:db8::1] ([IPv6:2001:db8::1]) (txmailhub) with ESMTP\n"),
+])
+def test_the_by_clause_is_rfc_5321_grammar_for_every_hub_hostname(hostname, by):
+    # [hub] hostname may end in the root's dot or be an address literal.
+    # RFC 5321 4.4 By-domain is an Extended-Domain: a Domain (no final dot,
+    # 4.1.2), or an address literal only with "(" TCP-info ")" after it
+    field = received(hostname=hostname, helo="client.test", client_ip="192.0.2.7",
+                     protocol="ESMTP", message_id="ABC1", when=0)
+    assert by in field
+    G.received_field(field)

@@ -172,6 +172,18 @@ def _valid_helo(name: str) -> bool:
     return len(name) <= 255 and _HELO_DOMAIN.fullmatch(name) is not None
 
 
+@functools.lru_cache(maxsize=16)
+def _by(hostname: str) -> str:
+    """The hub's own name as RFC 5321 4.4's By-domain (an Extended-Domain):
+    a Domain has no root's dot (4.1.2), and an address literal (a valid
+    ``[hub] hostname`` too) stands there only with TCP-info after it --
+    the hub's address, which is that literal."""
+    if hostname.startswith("["):
+        literal = _safe(hostname)
+        return f"{literal} ({literal})"
+    return _safe(hostname.rstrip(".") or hostname)
+
+
 @functools.lru_cache(maxsize=1024)
 def _safe(text: str, limit: int = 255) -> str:
     # cached: the host name, the client's address and its HELO name repeat
@@ -206,7 +218,7 @@ def received(
     ``recipient`` is named in the ``for`` clause (the server gives it only
     for a single-recipient transaction, so lists are not disclosed)."""
     lines = [_from(helo, client_ip)]
-    by = f"\tby {_safe(hostname)} (txmailhub) with {protocol}"
+    by = f"\tby {_by(hostname)} (txmailhub) with {protocol}"
     if tls is not None:
         by += f" ({_safe(tls[0], 40)} cipher {_safe(tls[1], 80)})"
     lines.append(by)
