@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import pytest
@@ -958,3 +959,51 @@ def test_bp_bounds_a_clock_set_back_by_the_configured_schedule(tmp_path: Path,
     out, err = io.StringIO(), io.StringIO()
     assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, out) == 0
     assert utc_text(now + 120) in out.getvalue(), out.getvalue()
+
+
+def _from_field(p: Prepared) -> bytes:
+    """The added From field, its continuation lines included (CRLF kept)."""
+    head = untraced(p).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    return re.search(rb"^From:.*\r\n(?:[ \t].*\r\n)*", head, re.M).group()
+
+
+@pytest.mark.parametrize("name", [
+    "Jürgen Müller-Lüdenscheidt von und zu Großbürgerhausen",
+    "Ü" * 400,
+    "Joe " * 60 + "Bloggs",
+    "x" * 1200,
+    "Doe, " + "Jane " * 50,
+])
+def test_a_long_full_name_gives_a_from_field_of_short_lines_and_short_words(name) -> None:
+    # RFC 2047 2: an encoded word is at most 75 characters, a line with
+    # one at most 76; RFC 5322 2.1.1: a line at most 998 (78 SHOULD), and
+    # a field folds at its blanks (2.2.3).  One encoded word of the whole
+    # name made a 1096-octet line of a 400-letter name, which the hub
+    # refuses; the reader gets the name back all the same
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), full_name=name))
+    text = _from_field(p)
+    assert text.isascii()
+    lines = text[:-2].split(b"\r\n")
+    assert all(len(line) <= 76 for line in lines), [len(line) for line in lines]
+    assert all(line.strip() for line in lines)
+    assert all(len(w) <= 75 for w in re.findall(rb"=\?[^?]*\?[bBqQ]\?[^?]*\?=", text))
+    assert hub_verdict(untraced(p)) is None
+    # decoded as RFC 2047 6.2 says (the blanks between two encoded words
+    # go; the stdlib's header registry keeps them)
+    value = text.decode("ascii").replace("\r\n", "")[len("From: "):]
+    shown, _, address = value.rpartition(" ")
+    assert address == "<joe@example.org>"
+    decoded = str(make_header(decode_header(shown)))
+    assert decoded in (name.strip(), f'"{name.strip()}"')
+
+
+def test_a_long_full_name_beside_a_utf8_address_is_folded_at_its_blanks() -> None:
+    # RFC 6532: the name goes as UTF-8 in a quoted string; folded at its
+    # blanks (RFC 5322 3.2.4 allows FWS inside a quoted string)
+    name = "Jürgen " * 60 + "Müller"
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n",
+             Options(recipients=("bob",), sender="jürgen@example.org", full_name=name))
+    text = _from_field(p)
+    lines = text[:-2].split(b"\r\n")
+    assert len(lines) > 1 and all(len(line) <= 78 for line in lines)
+    assert text.replace(b"\r\n", b"") == f'From: "{name}" <jürgen@example.org>'.encode()

@@ -39,6 +39,7 @@ from typing import BinaryIO, TextIO
 from txmailhub.address import Address, AddressError, ascii_form, parse_address
 from txmailhub.cli_output import error_stream, utf8_output
 from txmailhub.config import LocalSubmission, empty_config_path, load_local_submission
+from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, RemoteProtocolError
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, read_message
@@ -341,13 +342,47 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
     # its undecodable octets become U+FFFD rather than a traceback
     name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if mailbox.isascii():
-        return email.utils.formataddr((name, mailbox), charset="utf-8").encode("ascii")
+        value = email.utils.formataddr((name, mailbox), charset="utf-8")
+        if len("From: ") + len(value) <= _FROM_LINE:
+            return value.encode("ascii")
+        # too long for one line: formataddr makes one encoded word of the
+        # whole name, of any length (RFC 2047 2: at most 75 characters);
+        # words of at most 75, or a plain name, folded at its blanks
+        if not name.isascii() or max(map(len, name.split(" "))) > _FROM_LINE - 10:
+            value = f"{encoded_words(name, _FIRST_WORD)} <{mailbox}>"
+        return _folded(value).encode("ascii")
     if not name:
         return mailbox.encode("utf-8")
     # a quoted-string (RFC 5322 3.2.4, UTF-8 in it by RFC 6532 3.2):
     # email.headerregistry.Address refuses every non-ASCII local part
     quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{quoted}" <{mailbox}>'.encode()
+    return _folded(f'"{quoted}" <{mailbox}>').encode()
+
+
+# RFC 2047 2: a line with an encoded word is at most 76 characters (RFC
+# 5322 2.1.1's 78 for the others)
+_FROM_LINE = 76
+# the encoded text of the first word, on the line "From: " starts
+_FIRST_WORD = _FROM_LINE - len("From: ") - len("=?utf-8?q??=")
+
+
+def _folded(value: str) -> str:
+    """A From field's ``value`` folded at its blanks (the name's runs of
+    blanks are single ones already: no line is all blanks) to lines of at
+    most ``_FROM_LINE`` octets where its words allow; RFC 5322 3.2.4
+    allows the fold inside a quoted string too."""
+    lines: list[str] = []
+    line = ""
+    for word in value.split(" "):
+        room = _FROM_LINE - (len("From: ") if not lines else 1)
+        # octets: a name beside a UTF-8 address is UTF-8 (RFC 6532 3.4)
+        if line and len(line.encode()) + 1 + len(word.encode()) > room:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\r\n ".join(lines)
 
 
 def _required(own: str | None, login_name: str, null_sender: bool = False) -> str:
