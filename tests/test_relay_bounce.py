@@ -1280,3 +1280,58 @@ def test_a_hostname_with_a_final_dot_gives_a_message_id_of_rfc_5322(tmp_path):
     assert str(msg["Message-ID"]).endswith("@mail.example.org>")
     status = list(msg.iter_parts())[1]
     assert status.get_payload()[0]["Reporting-MTA"] == "dns; mail.example.org"
+
+
+# --- RFC 5322 3.3, 3.6, 3.6.4, RFC 2046 5.1.1, RFC 3464 2.1-2.3 on every notice ---
+
+_DATE_TIME = re.compile(  # RFC 5322 3.3 as generated: day-of-week, +hhmm
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{1,2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_MSG_ID = re.compile(rf"<{_ATEXT}(\.{_ATEXT})*@{_ATEXT}(\.{_ATEXT})*>")
+_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")  # RFC 3464 2.3.4, RFC 3463
+
+
+@pytest.mark.parametrize("action", [bounce.FAILED, bounce.DELAYED, bounce.DELIVERED,
+                                    bounce.RELAYED, bounce.EXPANDED])
+@pytest.mark.parametrize("ret", [None, "FULL"])
+def test_every_notice_has_the_fields_and_parts_the_rfcs_require(tmp_path, action, ret):
+    entry = make_entry(tmp_path, ret=ret, envid="E1", notify=("SUCCESS", "FAILURE", "DELAY"))
+    reply = {bounce.FAILED: USER_UNKNOWN, bounce.DELAYED: TRY_LATER}.get(
+        action, Reply.of(250, "2.0.0", "ok"))
+    recs = [failed(entry, who=w, reply=reply) for w in (BOB, CAROL)]
+    data, msg = build(entry, recs, action, will_retry_until=1_700_432_000.0)
+    head = data.split(b"\n\n", 1)[0].decode()
+    names = [line.split(":", 1)[0].lower() for line in head.split("\n") if line[:1] != " "]
+    # RFC 5322 3.6: exactly one Date and From; at most one of the others
+    for name in ("date", "from", "to", "message-id", "subject", "mime-version"):
+        assert names.count(name) == 1, name
+    assert _DATE_TIME.fullmatch(str(msg["Date"]))
+    assert _MSG_ID.fullmatch(str(msg["Message-ID"]))  # RFC 5322 3.6.4, no blanks
+    # RFC 5322 2.1.1: no line over 998; 78 but for Diagnostic-Code's words
+    assert all(len(line) <= 78 for line in data.split(b"\n"))
+    # RFC 2046 5.1.1: the boundary is no line of any part
+    boundary = msg.get_boundary().encode()
+    lines = data.split(b"\n")
+    assert lines.count(b"--" + boundary) == 3 and lines.count(b"--" + boundary + b"--") == 1
+    assert sum(boundary in line for line in lines) == 5  # the 4 delimiters and Content-Type
+    # RFC 3464 2.1, RFC 6522: three parts, the second the status
+    human, status, returned = msg.iter_parts()
+    assert human.get_content_type() == "text/plain"
+    assert status.get_content_type() == "message/delivery-status"
+    assert returned.get_content_type() == (
+        "message/rfc822" if ret and action == bounce.FAILED else "text/rfc822-headers")
+    per_message, *per_recipient = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mail.example.org"  # 2.2.2 MUST
+    assert per_message["Original-Envelope-Id"] == "E1"  # 2.2.1 MUST when ENVID was given
+    assert _DATE_TIME.fullmatch(per_message["Arrival-Date"])  # 2.2.5
+    assert len(per_recipient) == 2
+    for block in per_recipient:
+        assert block["Final-Recipient"].startswith("rfc822; ")  # 2.3.2 MUST
+        assert block["Action"] == action  # 2.3.3 MUST
+        assert _STATUS.fullmatch(block["Status"])  # 2.3.4 MUST
+        assert block["Status"][0] == {bounce.FAILED: "5", bounce.DELAYED: "4"}.get(action, "2")
+        assert _DATE_TIME.fullmatch(block["Last-Attempt-Date"])  # 2.3.7
+        # 2.3.9: Will-Retry-Until only in a delay notice
+        assert (block["Will-Retry-Until"] is not None) == (action == bounce.DELAYED)

@@ -366,6 +366,16 @@ class _Generator(BytesGenerator):
 
     _handle_message_global_delivery_status = BytesGenerator._handle_message_delivery_status
 
+    def _write_headers(self, msg: Message) -> None:
+        # the multipart/report's Content-Type, its boundary set only now,
+        # is some 110 characters on one line: folded between its
+        # parameters (RFC 5322 2.1.1: lines SHOULD be at most 78; the
+        # values hold no "; ")
+        value = msg.get("Content-Type")
+        if value is not None and len("Content-Type: ") + len(value) > 78 and "\n" not in value:
+            msg.replace_header("Content-Type", value.replace("; ", ";\n "))
+        super()._write_headers(msg)
+
     def _handle_message_global_headers(self, msg: Message) -> None:
         # a header section, written as text/rfc822-headers is: its octets
         # (the stdlib would take a message/* payload for a message, or
