@@ -7,6 +7,7 @@ import binascii
 import io
 import os
 import random
+import re
 import tracemalloc
 from email import policy
 from email.header import decode_header, make_header
@@ -698,3 +699,27 @@ def test_a_composite_part_without_8bit_octets_is_copied_as_it_is(ctype):
     out = convert(src)
     assert_7bit(out)
     assert out.endswith(f"Content-Type: {ctype}\n\nhello\n".encode())
+
+
+@pytest.mark.parametrize(("field", "addresses"), [
+    ("To: J\u00fcrgen<j@x.org>", ["j@x.org"]),
+    ("To: J\u00fcrgen <j@x.org>,J\u00f6rg <k@x.org>", ["j@x.org", "k@x.org"]),
+    ('To: "J\u00fcrgen"<j@x.org>', ["j@x.org"]),
+    ('To: a@b.c,"J\u00fcrgen" <j@x.org>', ["a@b.c", "j@x.org"]),
+    ('To: x"\u00fc"y <j@x.org>', ["j@x.org"]),
+    ("To: J\u00fcrgen M.<j@x.org>", ["j@x.org"]),
+    ("To: Team J\u00fcrgen:a@b.c,J\u00f6rg<k@x.org>;", ["a@b.c", "k@x.org"]),
+])
+def test_an_encoded_word_in_an_address_field_is_a_word_of_a_phrase_only(field, addresses):
+    # RFC 2047 5(3): an encoded word replaces a word of a phrase, and is
+    # separated from any adjacent word or special by white space; never
+    # any part of an addr-spec.  A phrase written against its "<" (or an
+    # address against the next one's name) became one encoded word with
+    # the address inside it: the copy named nobody, or fewer mailboxes
+    out = _encoded(field)
+    found = [a.addr_spec for a in parse(out + b"\n")["To"].addresses]
+    assert found == addresses, out
+    text = out.decode().replace("\n ", " ")
+    for m in re.finditer(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", text):
+        assert text[m.start() - 1] in " (" and text[m.end()] in " )", text
+        assert "@" not in _decoded_words(m.group().encode())

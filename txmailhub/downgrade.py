@@ -42,8 +42,8 @@ from email.errors import HeaderParseError
 from txmailhub.address import ascii_domain
 from txmailhub.rfc5322 import comment_end
 
-__all__ = ["Undowngradable", "downgrade_header", "encoded_words", "header_end", "needs_downgrade",
-           "parameter_field", "unstructured_field"]
+__all__ = ["Undowngradable", "address_field", "downgrade_header", "encoded_words", "header_end",
+           "needs_downgrade", "parameter_field", "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -142,7 +142,7 @@ def _field(text: str) -> str:
     # unfolded (RFC 5322 2.2.3: the line breaks go, the blanks stay)
     value = value.replace("\r\n", "\n").replace("\n", "")
     if key in ADDRESS_FIELDS:
-        return _fold(name, _address_list(value.strip()))
+        return address_field(name, value)
     if key in ENCAPSULATED_FIELDS:
         return unstructured_field(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
     if key in _PARAMETER_FIELDS:
@@ -278,7 +278,7 @@ def _scan(text: str, i: int, stops: str) -> int:
     return n
 
 
-def _address_list(text: str) -> str:
+def _address_list(text: str, strict: bool = False) -> str:
     """An address list (RFC 5322 3.4, groups included) in ASCII."""
     out: list[str] = []
     i, n = 0, len(text)
@@ -286,7 +286,7 @@ def _address_list(text: str) -> str:
         j = _scan(text, i, ",:")
         if j < n and text[j] == ":":  # a group: display-name ":" [members] ";"
             end = _scan(text, j + 1, ";")
-            out.append(_group(text[i:j], text[j + 1:end]))
+            out.append(_group(text[i:j], text[j + 1:end], strict))
             k = _scan(text, end + 1, ",")
             rest = text[end + 1:k].strip()  # a comment after the ";"
             if rest:
@@ -295,18 +295,29 @@ def _address_list(text: str) -> str:
             continue
         item = text[i:j].strip()
         if item:
-            ascii_form, original = _mailbox(item)
+            ascii_form, original = _mailbox(item, strict)
             out.append(ascii_form if ascii_form is not None
                        else f"{encoded_words(original)} :;")  # RFC 6857 3.2.1
         i = j + 1
     return ", ".join(out)
 
 
-def _group(name: str, members: str) -> str:
+def address_field(name: str, value: str, strict: bool = False) -> str:
+    """An address field (``value`` unfolded, UTF-8) in ASCII, folded to
+    lines of at most 76: non-ASCII display names and comments as encoded
+    words, each a word of its own (RFC 2047 5(3)), the addresses as they
+    are -- a domain as its A-labels, a non-ASCII local part as RFC 6857
+    3.2.1's group; with ``strict`` (a copy for another server, where an
+    address must stay the address it was) ``Undowngradable`` for any
+    non-ASCII address instead."""
+    return _fold(name, _address_list(value.strip(), strict))
+
+
+def _group(name: str, members: str, strict: bool = False) -> str:
     kept: list[str] = []
     moved: list[str] = []
     for item in _split(members, ","):
-        ascii_form, original = _mailbox(item)
+        ascii_form, original = _mailbox(item, strict)
         if ascii_form is None:
             moved.append(original)  # no group in a group: into the name
         else:
@@ -330,15 +341,16 @@ def _split(text: str, sep: str) -> list[str]:
     return items
 
 
-def _mailbox(item: str) -> tuple[str | None, str]:
+def _mailbox(item: str, strict: bool = False) -> tuple[str | None, str]:
     """(the ASCII form of one mailbox or ``None`` when its local part is
-    not ASCII, the mailbox as written)."""
+    not ASCII, the mailbox as written).  ``strict``: a non-ASCII address
+    raises ``Undowngradable``."""
     lt = _scan(item, 0, "<")
     if lt < len(item):
         gt = item.find(">", lt)
         gt = len(item) if gt < 0 else gt
         display, addr, after = item[:lt], item[lt + 1:gt], item[gt + 1:]
-        addr = _ascii_addr(addr.strip())
+        addr = _ascii_addr(addr.strip(), strict)
         if addr is None:
             return None, item
         phrase = _phrase(display.strip())
@@ -347,18 +359,20 @@ def _mailbox(item: str) -> tuple[str | None, str]:
     # an addr-spec, perhaps with comments around it
     parts = _comment_split(item)
     spec = "".join(p for p in parts if not p.startswith("(")).strip()
-    addr = _ascii_addr(spec)
+    addr = _ascii_addr(spec, strict)
     if addr is None:
         return None, item
     comments = " ".join(_comments(p) for p in parts if p.startswith("("))
     return (f"{addr} {comments}" if comments else addr), item
 
 
-def _ascii_addr(addr: str) -> str | None:
+def _ascii_addr(addr: str, strict: bool = False) -> str | None:
     """``addr`` in ASCII: as it is, or its domain as A-labels; ``None``
     when its local part is not ASCII (or the domain has no A-labels)."""
     if addr.isascii():
         return addr
+    if strict:
+        raise Undowngradable(f"the address {addr!r} is not ASCII")
     local, at, domain = addr.rpartition("@")
     if not at or not local.isascii():
         return None

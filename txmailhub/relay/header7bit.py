@@ -31,10 +31,14 @@ MIME bodies, files, SMTP or the queue.
 
 from __future__ import annotations
 
-from email import policy as email_policy
 from email.errors import HeaderParseError
 
-from txmailhub.downgrade import encoded_words, parameter_field, unstructured_field
+from txmailhub.downgrade import (
+    Undowngradable,
+    address_field,
+    parameter_field,
+    unstructured_field,
+)
 
 __all__ = ["Unconvertible", "encode_field"]
 
@@ -56,8 +60,6 @@ _STRUCTURED_FIELDS = frozenset(
         "List-Subscribe", "List-Owner", "List-Archive",
     )
 )
-# 76: lines with encoded words stay within RFC 2047's 76, the words within 75
-_POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=76)
 
 
 class Unconvertible(ValueError):
@@ -99,28 +101,26 @@ def encode_field(raw: bytes) -> bytes:
         text, charset = _text(value)
         if charset != "utf-8":
             raise Unconvertible(f"the {name} field is not valid UTF-8")
+        if key in _ADDRESS_FIELDS:
+            # POP3's downgrade of an address field: a display name whole
+            # as encoded words, each a word of its own, a comment's inside
+            # with its parentheses kept (RFC 2047 5(2), 5(3)), the
+            # addresses as they are.  (The stdlib's refolding drops a
+            # comment's parentheses, and its parser fails on some
+            # obsolete phrases; encoding the runs between quoted strings
+            # made "Jörg<j@x.org>" one encoded word, its address inside.)
+            try:
+                return (address_field(name, text, strict=True) + "\n").encode("ascii")
+            except Undowngradable:
+                raise Unconvertible(
+                    f"the {name} field has a non-ASCII address (needs SMTPUTF8)") from None
         try:
-            header = _POLICY.header_factory(name, text)
-            if key in _ADDRESS_FIELDS:
-                for address in header.addresses:
-                    if not address.addr_spec.isascii():
-                        raise Unconvertible(
-                            f"the {name} field has a non-ASCII address (needs SMTPUTF8)")
-            if key in _PARAMETER_FIELDS:
-                folded = parameter_field(name, text)
-                if folded is None:
-                    raise Unconvertible(f"the {name} field cannot be re-encoded")
-                out = (folded + "\n").encode("ascii")
-            else:
-                # token by token: the stdlib's refolding drops the
-                # parentheses of a comment it encodes (RFC 2047 5(2) keeps
-                # them), which turns the comment into part of an address
-                out = _encode_address_field(name, text)
+            folded = parameter_field(name, text)
         except (HeaderParseError, UnicodeEncodeError, IndexError, ValueError) as e:
-            if isinstance(e, Unconvertible):
-                raise
             raise Unconvertible(f"the {name} field cannot be re-encoded: {e}") from None
-        return out
+        if folded is None:
+            raise Unconvertible(f"the {name} field cannot be re-encoded")
+        return (folded + "\n").encode("ascii")
     if key in _STRUCTURED_FIELDS:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
     value = _unfold_text(value_b)
@@ -150,56 +150,3 @@ def _unknown_8bit_words(value: bytes) -> str:
         piece += token
     words.append(piece)
     return "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)
-
-
-def _encode_address_field(name: str, text: str) -> bytes:
-    """An address field with its non-ASCII quoted strings, comments and
-    phrase atoms as encoded words, every other character as it is."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            j, buf = i + 1, []
-            while j < n and text[j] != '"':
-                if text[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(text[j])
-                j += 1
-            token = text[i:j + 1]
-            out.append(token if token.isascii() else encoded_words("".join(buf)))
-            i = j + 1
-        elif c == "(":
-            depth, j = 0, i
-            while j < n:
-                if text[j] == "\\":
-                    j += 2
-                    continue
-                depth += {"(": 1, ")": -1}.get(text[j], 0)
-                if depth == 0:
-                    break
-                j += 1
-            token = text[i:j + 1]
-            out.append(token if token.isascii() else "(" + encoded_words(text[i + 1:j]) + ")")
-            i = j + 1
-        else:
-            j = i
-            while j < n and text[j] not in '"(':
-                j += 1
-            run = text[i:j]
-            if not run.isascii():
-                # non-ASCII atoms of a phrase (the addresses were checked)
-                run = " ".join(w if w.isascii() else encoded_words(w) for w in run.split(" "))
-            out.append(run)
-            i = j
-    value = "".join(out)
-    # fold at blanks outside the encoded words' own folds
-    lines: list[str] = []
-    line = f"{name}:"
-    for piece in value.replace("\n ", " ").split(" "):
-        if len(line) + 1 + len(piece) > 76 and line.strip():
-            lines.append(line)
-            line = ""
-        line = f"{line} {piece}"
-    lines.append(line)
-    return ("\n".join(lines) + "\n").encode("ascii")
