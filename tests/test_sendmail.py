@@ -1007,3 +1007,24 @@ def test_a_long_full_name_beside_a_utf8_address_is_folded_at_its_blanks() -> Non
     lines = text[:-2].split(b"\r\n")
     assert len(lines) > 1 and all(len(line) <= 78 for line in lines)
     assert text.replace(b"\r\n", b"") == f'From: "{name}" <jürgen@example.org>'.encode()
+
+
+@pytest.mark.parametrize("hostname", ["mail.example.org", "mail.example.org.", "[192.0.2.1]"])
+def test_the_added_date_and_message_id_are_rfc_5322_syntax(hostname) -> None:
+    # RFC 5322 3.3: date-time with a numeric zone (+hhmm / -hhmm); 3.6.4:
+    # "<" id-left "@" id-right ">" without blanks, id-right a dot-atom-text
+    # (no root's dot) or a literal
+    settings = LocalSubmission(path="/x.toml", hostname=hostname, domains=("example.org",),
+                               listen=("tcp:25",), max_message_size=10_000)
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",)), settings)
+    (date,) = field(sent(p), b"Date")
+    assert re.fullmatch(rb"Date: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+                        rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+                        rb"[0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}", date), date
+    (msgid,) = field(sent(p), b"Message-ID")
+    atom = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+    right = rb"\[[!-Z^-~]*\]" if hostname.startswith("[") else atom + rb"(?:\." + atom + rb")*"
+    assert re.fullmatch(rb"Message-ID: <" + atom + rb"(?:\." + atom + rb")*@" + right + rb">",
+                        msgid), msgid
+    assert re.match(rb"Received: by " + re.escape(hostname.rstrip(".").encode()) + rb" \(",
+                    sent(p))
