@@ -723,3 +723,17 @@ def test_an_encoded_word_in_an_address_field_is_a_word_of_a_phrase_only(field, a
     for m in re.finditer(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", text):
         assert text[m.start() - 1] in " (" and text[m.end()] in " )", text
         assert "@" not in _decoded_words(m.group().encode())
+
+
+@pytest.mark.parametrize("name", ["Mail-Followup-To", "Mail-Reply-To", "Errors-To",
+                                  "Return-Receipt-To", "Apparently-To"])
+def test_an_extension_address_field_keeps_its_addresses_outside_encoded_words(name):
+    # fields in use whose body is an address list: a display name with
+    # 8-bit text becomes words of a phrase, the addresses stay readable
+    # (RFC 2047 5(3): no encoded word holds any part of an addr-spec)
+    out = _encoded(f"{name}: J\u00fcrgen <j@x.org>, k@x.org")
+    assert out.startswith(name.encode() + b": =?utf-8?q?J=C3=BCrgen?= <j@x.org>, k@x.org"), out
+    # a UTF-8 mailbox there has no 7-bit address form: the field is text,
+    # as before, rather than a message that bounces for an extension field
+    out = _encoded(f"{name}: j\u00fcrgen@x.org")
+    assert _decoded_words(out.split(b":", 1)[1].strip()) == "j\u00fcrgen@x.org"

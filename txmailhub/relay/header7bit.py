@@ -19,6 +19,9 @@ field).  What is done, by kind of field:
   Content-ID, DKIM/ARC signatures, ...): there is no safe 7-bit form
   (an encoded word there changes the meaning or breaks a signature):
   ``Unconvertible``;
+* extension fields whose body is an address list (Mail-Followup-To,
+  Mail-Reply-To, Errors-To, Return-Receipt-To, Apparently-To): as the
+  address fields when all their addresses are ASCII, else as text;
 * every other field (Subject, Comments, Content-Description, Keywords,
   X-... and other extension fields, unstructured per RFC 5322 3.6.8):
   the whole text becomes RFC 2047 encoded words.
@@ -49,6 +52,12 @@ _ADDRESS_FIELDS = frozenset(
         "Disposition-Notification-To",
     )
 )
+# extension fields in use whose body is an address list: their display
+# names are encoded as phrases when every address is ASCII, so no encoded
+# word holds an address (RFC 2047 5(3)); otherwise they are text, as any
+# extension field may be (5(1))
+_LIST_FIELDS = frozenset(("mail-followup-to", "mail-reply-to", "errors-to",
+                          "return-receipt-to", "apparently-to"))
 _PARAMETER_FIELDS = frozenset(("content-type", "content-disposition"))
 _STRUCTURED_FIELDS = frozenset(
     name.lower() for name in (
@@ -125,6 +134,12 @@ def encode_field(raw: bytes) -> bytes:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
     value = _unfold_text(value_b)
     text, charset = _text(value)
+    if charset == "utf-8" and key in _LIST_FIELDS:
+        try:
+            return (address_field(name, _unfold(value_b).decode("utf-8"), strict=True)
+                    + "\n").encode("ascii")
+        except Undowngradable:
+            pass  # a UTF-8 mailbox: the field as text, below
     if charset == "utf-8":
         # the encoder POP3's downgrade uses: every character comes back
         # when decoded (email.header.Header turns NEL, U+2028, FF... into
