@@ -737,3 +737,25 @@ def test_an_extension_address_field_keeps_its_addresses_outside_encoded_words(na
     # as before, rather than a message that bounces for an extension field
     out = _encoded(f"{name}: j\u00fcrgen@x.org")
     assert _decoded_words(out.split(b":", 1)[1].strip()) == "j\u00fcrgen@x.org"
+
+
+@pytest.mark.parametrize("line", [
+    b"\xe9" * 400,  # 400 octets, 1200 characters as =XX: over 998
+    b"caf\xe9 " * 30 + b"=3d=e9 end=",  # lower-case hex and a soft break kept
+    b"x" * 60 + b"\xe9--b1 " + b"\xe9" * 40,  # no continuation reads as "--b1"
+])
+def test_a_quoted_printable_line_with_raw_8bit_octets_is_cut_again_at_76(line):
+    # RFC 2045 6.7 rule 5: each raw octet written as =XX makes the line
+    # three times longer; it is cut again with soft breaks (the decoded
+    # content unchanged), lines without raw octets are left as they came
+    src = (b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n--b1\n"
+           b"Content-Type: text/plain; charset=latin1\n"
+           b"Content-Transfer-Encoding: quoted-printable\n\n"
+           b"kept as it is: " + b"y" * 70 + b"\n" + line + b"\nlast\n--b1--\n")
+    out = convert(src)
+    assert_7bit(out)
+    assert max(len(x) for x in out.split(b"\n")) <= 85  # the untouched 85-character line
+    assert b"\nkept as it is: " + b"y" * 70 + b"\n" in out
+    assert out.split(b"\n").count(b"--b1") == 1
+    (before,), (after,) = parse(src).iter_parts(), parse(out).iter_parts()
+    assert after.get_payload(decode=True) == before.get_payload(decode=True)

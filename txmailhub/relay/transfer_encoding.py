@@ -23,7 +23,9 @@ __all__ = ["B64_BLOCK", "HIGH", "QP_BLOCK", "SINKS", "Base64", "Base64Fix", "Cop
 HIGH = re.compile(rb"[\x80-\xff]")
 B64_BLOCK = 57 * 1024  # raw octets per base64 write: whole 76-character lines
 QP_BLOCK = 65536
-_QP_TOKEN = re.compile(rb"=[0-9A-F]{2}|.", re.S)
+_QP_TOKEN = re.compile(rb"=[0-9A-Fa-f]{2}|.", re.S)
+# an "=" that is no =XX and no soft break (a line's last character)
+_STRAY_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\Z)")
 
 
 class Copy:
@@ -40,12 +42,55 @@ class Copy:
         """The body is complete (``soft_end``: see ``QuotedPrintable``)."""
 
 
+def _hex(match: re.Match[bytes]) -> bytes:
+    return b"=%02X" % match[0][0]
+
+
 class QPFix(Copy):
-    """A quoted-printable body with stray raw 8-bit octets: write them as =XX."""
+    """A quoted-printable body with stray raw 8-bit octets: write them as
+    =XX.  A line that had them is cut again where that made it longer than
+    76 characters (RFC 2045 6.7 rule 5: each octet became three
+    characters), with soft breaks, and a stray "=" in it written =3D (what
+    RFC 2045 6.7 asks a decoder to make of it); the other lines are copied
+    as they came.  One line is held at a time, up to ``QP_BLOCK`` octets:
+    the rest of a longer one (no valid quoted-printable) goes through with
+    only its 8-bit octets written as =XX."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__(out)
+        self.line = bytearray()
+        self.through = False  # the line is over QP_BLOCK: written as it comes
 
     def write(self, data: bytes) -> None:
-        if data:
-            self.out.write(HIGH.sub(lambda m: b"=%02X" % m[0][0], data))
+        while data:
+            nl = data.find(b"\n")
+            piece = data if nl < 0 else data[:nl]
+            if self.through:
+                self.out.write(HIGH.sub(_hex, piece))
+            else:
+                self.line += piece
+                if len(self.line) > QP_BLOCK:
+                    self.out.write(HIGH.sub(_hex, self.line))
+                    self.line.clear()
+                    self.through = True
+            if nl < 0:
+                return
+            self._line()
+            self.out.write(b"\n")
+            data = data[nl + 1:]
+
+    def _line(self) -> None:
+        line = bytes(self.line)
+        self.line.clear()
+        if self.through or not HIGH.search(line):
+            self.through = False
+            self.out.write(line)
+            return
+        fixed = _STRAY_EQUALS.sub(b"=3D", HIGH.sub(_hex, line))
+        self.out.write(_wrap(fixed) if len(fixed) > 76 else fixed)
+
+    def close(self, soft_end: bool = False) -> None:
+        self._line()
 
 
 class Base64Fix(Copy):
