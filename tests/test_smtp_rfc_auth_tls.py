@@ -577,6 +577,15 @@ def test_the_554_names_a_domain_that_could_not_be_shown_escaped_and_cut():
     assert out[-1].startswith("554 5.6.0 ") and len(out[-1]) < 510
 
 
+def test_the_554_for_an_address_with_nothing_after_its_at_says_so():
+    # "a@" has an empty domain: a reply ending in ": " names nothing the
+    # user could look for in the message
+    h = Harness()
+    out = _submit(h, b"From: Alice <alice@>\r\n\r\nhi\r\n")
+    assert out[-1] == ("554 5.6.0 A domain in an address header field is not fully "
+                       "qualified: an address ends in \"@\"")
+
+
 def test_a_qualified_submission_and_mail_on_the_mx_pass():
     h = Harness()
     out = _submit(h, b"From: Alice <alice@example.org>\r\nTo: \"b@c\" <bob>\r\n\r\nhi\r\n")

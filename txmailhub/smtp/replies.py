@@ -239,8 +239,10 @@ def header_domain_not_qualified(domain: str) -> Reply:
     """``HEADER_DOMAIN_NOT_QUALIFIED`` naming the domain: the user whose
     client refused to send needs to know which address to correct, and
     the message's text is not in front of them (escaped and cut as a
-    HELO name is, ``_echo``)."""
-    return Reply.of(554, "5.6.0", f"{HEADER_DOMAIN_NOT_QUALIFIED.lines[0]}: {_echo(domain)}")
+    HELO name is, ``_echo``).  An empty domain (``a@``) would name
+    nothing: the reply says what the user can look for instead."""
+    named = _echo(domain) if domain else 'an address ends in "@"'
+    return Reply.of(554, "5.6.0", f"{HEADER_DOMAIN_NOT_QUALIFIED.lines[0]}: {named}")
 
 
 def accepted(queue_id: str) -> Reply:
