@@ -1220,6 +1220,34 @@ class ProtocolTests(SynchronousTestCase):
         assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
         assert len(h.store.messages(ALICE)) == 1
 
+    def test_a_write_of_message_data_that_stalls_the_hub_is_not_the_clients_time(self):
+        # fsfreeze: the spool write of this very read hung for longer than
+        # the data rate allows the whole message; that time is the hub's,
+        # not the client's, and the message is taken when its end comes
+        h, p, t = self.in_a_message(b"DATA\r\n")
+        writer_class = type(h.spooler.open())
+        write = writer_class.write
+
+        def frozen(writer, data):
+            h.clock.rightNow += 400  # 300 + 15 / 500 s allowed; no timer runs
+            return write(writer, data)
+
+        self.patch(writer_class, "write", frozen)
+        p.dataReceived(b"Subject: x\r\n\r\n")
+        self.patch(writer_class, "write", write)
+        assert take(t) == [] and not t.disconnecting
+        stalled_turn(h.clock, 0)  # the next turn's timers, then its reads
+        p.dataReceived(b"body\r\n.\r\n")
+        h.clock.advance(0)
+        assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
+        assert len(h.store.messages(ALICE)) == 1
+        # the client's own time still counts: slow for real, it is cut
+        p.dataReceived(b"MAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nSubject: y\r\n")
+        take(t)
+        h.clock.advance(301)
+        p.dataReceived(b"\r\n")
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+
     def test_a_wait_between_bdat_chunks_is_never_cut_as_too_slow(self):
         # Between one chunk's 250 and the next BDAT the session awaits a
         # command (RFC 5321 4.5.3.2.7): only the idle timeout may end that

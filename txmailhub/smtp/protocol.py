@@ -514,6 +514,7 @@ class SMTPProtocol(Protocol):
             self._withheld = b""
             engine.timeout(replies.shutting_down(self.factory.config.hostname))
         self._driving = True
+        started = self.reactor.seconds()  # the hub's own time from here: see _behind
         try:
             while (event := engine.next_event()) is not None:
                 handlers[type(event)](self, event)
@@ -535,7 +536,7 @@ class SMTPProtocol(Protocol):
         # a LAST chunk at its end has ended the message by then, and is
         # taken.
         behind = (self._timed_reader is not None or engine.message_reader is not None) \
-            and self._behind(self.reactor.seconds(), after_read or bool(withheld))
+            and self._behind(self.reactor.seconds(), after_read or bool(withheld), started)
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
         if behind:
             if not held or len(withheld) + len(out) > WITHHELD_LIMIT:
@@ -749,7 +750,7 @@ class SMTPProtocol(Protocol):
         self.engine.timeout(replies.closing(replies.TIMEOUT, self.factory.config.hostname))
         self._drive()
 
-    def _behind(self, now: float, after_read: bool) -> bool:
+    def _behind(self, now: float, after_read: bool, hub_since: float | None = None) -> bool:
         """Whether the message under way is behind ``MIN_DATA_RATE``.  Its
         time runs from its StartMessage (DATA, or the first BDAT: the
         answer it waited for counts, as it always did) -- a chunk read only
@@ -757,12 +758,18 @@ class SMTPProtocol(Protocol):
         Off with the idle timeout (``idle_timeout`` 0: no grace to allow).
         Any look judges while message data is being read; between two BDAT
         chunks only one ``after_read`` (the client's wait is over): that
-        wait is the idle timeout's alone."""
+        wait is the idle timeout's alone.  ``hub_since``: when ``_drive``
+        began processing the read; the time from then is the hub's, not
+        the client's, and the message's time is moved on by it -- a spool
+        write that hangs on a frozen filesystem (``fsfreeze``) for longer
+        than the allowance cut the very message it was writing."""
         engine = self.engine
         reader = engine.message_reader
         if reader is not self._timed_reader:  # another message, or none
             self._timed_reader = reader
             self._data_start = self._message_started if self._writer is not None else now
+        if hub_since is not None and reader is not None:
+            self._data_start += max(0.0, now - max(hub_since, self._data_start))
         grace = self.factory.settings.smtp.idle_timeout
         if reader is None or engine.waiting or engine.closed or grace <= 0 or (
                 not after_read and not engine.in_message):
