@@ -1153,6 +1153,33 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(0)
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
+    def test_a_command_that_stalls_the_hub_starts_the_idle_time_at_its_answer(self):
+        # DATA's spool file is created on a hung disk: the 354 goes out
+        # after the stall, and the client, which was waiting for it, is
+        # given its idle time from then -- not cut with a 421 the same
+        # turn, before its message data could come
+        h = Harness(idle_timeout=10)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n")
+        take(t)
+        open_file = h.spooler.open
+
+        def hung():
+            h.clock.rightNow += 30  # no timer runs meanwhile
+            return open_file()
+
+        self.patch(h.spooler, "open", hung)
+        p.dataReceived(b"DATA\r\n")
+        assert [r[:3] for r in take(t)] == ["354"]
+        stalled_turn(h.clock, 0)  # the next turn: its timers, its reads
+        h.clock.advance(0)  # and the turn after
+        assert take(t) == [] and not t.disconnecting
+        p.dataReceived(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        assert [r[:3] for r in take(t)] == ["250"]
+        # idle for real: cut
+        h.clock.advance(10)
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
+
     def test_idle_means_no_complete_command_not_no_byte(self):
         # a byte every few minutes of a line that never ends (or ends after
         # hours) must not hold the connection: the timer counts commands

@@ -527,6 +527,12 @@ class SMTPProtocol(Protocol):
             return
         finally:
             self._driving = False
+        ended = self.reactor.seconds()
+        # The time the hub spent on this is not the client's idle time
+        # either: a spool file created on a hung disk held the 354 for
+        # longer than the timeout, and the timer, overdue by then, cut the
+        # client the next turn, before it could send its data.
+        self._last_activity += ended - started
         held = engine.replies_held  # read before data_to_send, which clears it
         withheld = self._withheld
         # MIN_DATA_RATE judges the read before any of its replies is sent:
@@ -536,7 +542,7 @@ class SMTPProtocol(Protocol):
         # a LAST chunk at its end has ended the message by then, and is
         # taken.
         behind = (self._timed_reader is not None or engine.message_reader is not None) \
-            and self._behind(self.reactor.seconds(), after_read or bool(withheld), started)
+            and self._behind(ended, after_read or bool(withheld), started)
         out = engine.data_to_send()  # _flush, inlined: this runs for every read
         if behind:
             if not held or len(withheld) + len(out) > WITHHELD_LIMIT:
