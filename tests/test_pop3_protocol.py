@@ -1123,6 +1123,16 @@ def test_a_stall_of_the_hub_is_not_the_clients_idle_time():
     assert t.disconnecting
 
 
+def test_a_connection_lost_between_the_autologouts_two_looks_leaves_no_call():
+    env = Env(idle_timeout=600)
+    proto, _t = login(env)
+    stalled_turn(env.clock, 900)
+    look = proto._idle_call
+    assert look is not None and look.getTime() == env.clock.seconds()
+    proto.connectionLost(None)
+    assert not look.active() and proto._idle_call is None
+
+
 def test_autologout_that_cannot_complete_is_cut():
     # e.g. after STLS the client never does the handshake: Twisted holds the
     # -ERR (and the close) until it is done

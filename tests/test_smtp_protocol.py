@@ -1153,6 +1153,20 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(0)
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
+    def test_a_connection_lost_between_the_idle_timers_two_looks_leaves_no_call(self):
+        # the second look is the timer while it is pending: connectionLost
+        # cancels it, and nothing is judged (or written) for a gone client
+        h = Harness(idle_timeout=10)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\n")
+        take(t)
+        stalled_turn(h.clock, 30)
+        assert [c.getTime() for c in h.clock.getDelayedCalls()] == [h.clock.seconds()]
+        p.connectionLost(Failure(error.ConnectionDone()))
+        assert h.clock.getDelayedCalls() == []
+        h.clock.advance(0)
+        assert take(t) == []
+
     def test_a_command_that_stalls_the_hub_starts_the_idle_time_at_its_answer(self):
         # DATA's spool file is created on a hung disk: the 354 goes out
         # after the stall, and the client, which was waiting for it, is
