@@ -26,7 +26,7 @@ log = Logger(namespace="txmailhub.test")
 
 
 @contextlib.contextmanager
-def twistd_logging(tmp_path: Path, logfile: Path, hub_lines: str = "",
+def twistd_logging(tmp_path: Path, logfile: Path | str | None, hub_lines: str = "",
                    **more: object) -> Iterator[Callable[[], None]]:
     """``twistd --logfile LOGFILE mailhub``'s logging, started as twistd
     starts it: the hub is made and added to the application first
@@ -36,7 +36,8 @@ def twistd_logging(tmp_path: Path, logfile: Path, hub_lines: str = "",
     from txmailhub import tap
 
     before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    parent = {"logfile": str(logfile), "nodaemon": True, "syslog": False, **more}
+    parent = {"logfile": None if logfile is None else str(logfile), "nodaemon": True,
+              "syslog": False, **more}
     calls: list = []
 
     class Reactor:
@@ -895,3 +896,25 @@ def test_a_log_the_hub_may_not_rename_is_not_looked_at_again_at_every_line(
     f.close()
     assert path.read_text() == "now"
     assert (tmp_path / "mailhub.log.1").read_text().endswith("z" * 70_000)
+
+
+@pytest.mark.parametrize("logfile, more", [("-", {}), (None, {}),
+                                           (None, {"syslog": True})])
+def test_a_sigusr1_with_no_log_file_to_rotate_is_answered_not_fatal(
+        tmp_path: Path, logfile: str | None, more: dict) -> None:
+    # the systemd unit logs to standard output (``--logfile=-``), as does
+    # ``twistd -n`` without --logfile; twistd installs no SIGUSR1 handler
+    # then, so the signal's default action ended the hub on the spot -- no
+    # graceful stop, not a line in the log -- where a logrotate postrotate
+    # or ``systemctl kill -s USR1`` only asked for a rotation
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with twistd_logging(tmp_path, logfile, **more) as rotate:
+            rotate()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e.get("log_format", "") for e in events
+            if e.get("log_namespace") == "txmailhub.logfile"]
+    assert any("SIGUSR1" in s and "nothing to rotate" in s for s in said), said
+    assert not list(tmp_path.glob("*.log*")), "no log file of the hub's own"

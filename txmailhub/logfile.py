@@ -36,7 +36,11 @@ files are found by trying their names.
 ``observer_for(parent)`` is the log observer for twistd's options (none
 for standard output, syslog or ``--logger``), which ``MailHub`` sets on
 the twistd application, and ``install_sigusr1`` the handler twistd would
-have installed for its own file.
+have installed for its own file.  Where there is no file of the hub's to
+rotate (standard output -- the systemd unit's ``--logfile=-`` -- syslog,
+``--logger``), ``install_sigusr1_notice`` answers the signal with a line:
+twistd installs no handler then, and the default action would end the
+hub at once, without its graceful stop or a word in the log.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from typing import Any
 from twisted.python import threadable
 from twisted.python.logfile import LogFile
 
-__all__ = ["ReopeningLogFile", "install_sigusr1", "observer_for"]
+__all__ = ["ReopeningLogFile", "install_sigusr1", "install_sigusr1_notice", "observer_for"]
 
 
 class ReopeningLogFile(LogFile):
@@ -281,3 +285,28 @@ def install_sigusr1(log_file: ReopeningLogFile, reactor: Any = None) -> None:
         reactor.callFromThread(log_file.rotate)
 
     signal.signal(signal.SIGUSR1, rotate)
+
+
+def install_sigusr1_notice(where: str, reactor: Any = None) -> None:
+    """Answer ``SIGUSR1`` with a log line when the hub logs to ``where``
+    (standard output, syslog, ``--logger``'s observer) and so has no file
+    to rotate.  A logrotate ``postrotate`` or ``systemctl kill -s USR1``
+    left over from a setup with ``--logfile`` would otherwise end the hub
+    (the signal's default action: no graceful stop, no line saying why).
+    A handler already in place (an application's own) is left alone."""
+    if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+        return
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from twisted.logger import Logger
+
+    log = Logger(namespace="txmailhub.logfile")
+
+    def notice(signum: int, frame: Any) -> None:
+        reactor.callFromThread(
+            log.info, "SIGUSR1 ignored: the hub logs to {where}, there is nothing to rotate",
+            where=where)
+
+    signal.signal(signal.SIGUSR1, notice)

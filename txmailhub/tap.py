@@ -158,7 +158,9 @@ def makeService(options: Any) -> Any:
 def use_reopening_log(application: Any, parent: Any, switch_to: int | None = None,
                       files_kept: int = 0) -> None:
     """Have twistd log through ``txmailhub.logfile.ReopeningLogFile``, so
-    that logrotate can rotate ``--logfile`` (``docs/deployment.rst``).
+    that logrotate can rotate ``--logfile`` (``docs/deployment.rst``);
+    without a log file of its own, ``SIGUSR1`` is answered with a line
+    instead of ending the hub.
 
     twistd takes an ``ILogObserver`` the application holds in place of
     the one it would make for ``--logfile``; the application is made, and
@@ -170,7 +172,7 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
     ``files_kept``: ``[hub] log_files_kept`` (0: every numbered file kept)."""
     from twisted.logger import ILogObserver
 
-    from txmailhub.logfile import install_sigusr1, observer_for
+    from txmailhub.logfile import install_sigusr1, install_sigusr1_notice, observer_for
 
     if not hasattr(application, "setComponent"):
         return
@@ -178,6 +180,9 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
         return
     found = observer_for(parent, switch_to, files_kept)
     if found is None:
+        install_sigusr1_notice(
+            "--logger's observer" if parent.get("logger") else
+            "syslog" if parent.get("syslog") else "standard output")
         return
     observer, log_file = found
     application.setComponent(ILogObserver, observer)
