@@ -1181,3 +1181,22 @@ def test_the_help_of_queue_show_says_the_message_id_of_the_250_reply_is_taken() 
     text = _help("queue", "show")
     assert "the message id of the hub's 250 reply to DATA" in text, text
     assert "Validate the configuration" in _help("check")
+
+
+@pytest.mark.parametrize("args, names", [
+    ((), "check, user, alias, queue, sendmail"),
+    (("user",), "add, del, passwd, list"),
+    (("alias",), "list, show, add, set, remove"),
+    (("queue",), "list, show, delete, hold, release, flush"),
+])
+def test_a_missing_command_names_the_ones_there_are(
+        config: Path, args: tuple[str, ...], names: str) -> None:
+    # ``mailhub queue`` alone said "the following arguments are required:
+    # ACTION" and no more: the usage line above it names no action either,
+    # so a new user had to go to --help to learn what to type
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(config), *args], out=out, err=err)
+    assert info.value.code == 2 and out.getvalue() == ""
+    last = err.getvalue().splitlines()[-1]
+    assert last.endswith(f"(one of: {names})"), err.getvalue()

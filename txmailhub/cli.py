@@ -49,8 +49,18 @@ DEFAULT_CONFIG = default_config_path()
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default exits 2 too; keep one line
         self.print_usage(error_stream())
-        print(f"{self.prog}: {message}", file=error_stream())
+        print(f"{self.prog}: {message}{self._choices_for(message)}", file=error_stream())
         raise SystemExit(2)
+
+    def _choices_for(self, message: str) -> str:
+        """`` (one of: ...)`` when ``message`` is argparse's "required:
+        COMMAND" (or ``ACTION``) for a missing subcommand: the usage line
+        names only the metavar, so the error would not say what to type."""
+        for action in self._actions:
+            if (isinstance(action, argparse._SubParsersAction) and action.metavar
+                    and message.endswith(f"required: {action.metavar}")):
+                return f" (one of: {', '.join(action.choices)})"
+        return ""
 
 
 _ALLOW_WEAK_HELP = ("accept a password the policy refuses (too short, too common, the user's "
