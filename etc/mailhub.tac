@@ -5,6 +5,7 @@ from twisted.application.service import Application
 from txmailhub.allocator import tune_malloc
 from txmailhub.config import load
 from txmailhub.service import DaemonStartError, MailHub
+from txmailhub.tap import HangupNotice
 
 # What `twistd mailhub` does at its start: with glibc, have malloc unmap
 # the 16 MiB block of each password check when it is freed (otherwise
@@ -23,4 +24,9 @@ hub = MailHub(load("/etc/txmailhub/mailhub.toml"))
 # foreground (`-ny`) it is one line and exit status 1, and twistd removes
 # its pid file.  Keep it in any .tac.
 hub.start_error_type = DaemonStartError
+# SIGHUP reads the TLS certificate and key again and logs a line, as under
+# `twistd mailhub` (docs/deployment.rst); a SIGUSR1 with no log file of
+# twistd's to rotate (`-ny`: standard output) gets a line too.  Without
+# it, either signal ends the hub at once.
+HangupNotice(hub.components.tls).setServiceParent(hub)
 hub.setServiceParent(application)

@@ -256,6 +256,36 @@ def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
     assert isinstance(hub, MailHub) and hub.start_error_type is DaemonStartError
 
 
+def test_the_tac_example_answers_sighup_as_twistd_mailhub_does(tmp_path: Path) -> None:
+    # deployment.rst's SIGHUP (the TLS pair read again, a line in the log)
+    # is twistd mailhub's; a hub run from the example had no handler, and
+    # the signal ended it on the spot, as SIGUSR1 did under ``twistd -ny``
+    import signal
+
+    from twisted.application.service import IService
+    from twisted.persisted import sob
+
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[smtp]\nlisten = []\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    tac = tmp_path / "mailhub.tac"
+    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
+        "/etc/txmailhub/mailhub.toml", str(config)))
+    application = sob.loadValueFromFile(str(tac), "application")
+    [hub] = list(IService(application))
+    notice = hub.getServiceNamed("hangup-notice")
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        notice.privilegedStartService()
+        assert callable(signal.getsignal(signal.SIGHUP))
+        assert callable(signal.getsignal(signal.SIGUSR1))
+        notice.stopService()
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def test_the_tac_example_tunes_malloc_as_twistd_mailhub_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # without it, a hub run from the example kept the 16 MiB of each

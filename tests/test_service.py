@@ -1646,3 +1646,47 @@ def test_twistd_mailhub_makes_a_relative_log_file_where_twistd_opens_it(
     log = start / "logs" / "mailhub.log"
     assert stat_.S_IMODE(log.stat().st_mode) == tap.LOG_FILE_MODE
     assert os.listdir(rundir) == []
+
+
+def test_the_sighup_notice_also_answers_a_sigusr1_nobody_handles() -> None:
+    # under ``twistd -ny mailhub.tac`` (twistd's own log on standard
+    # output) nothing handled SIGUSR1 and the signal ended the hub; a
+    # handler in place by then -- twistd's, rotating its --logfile, or the
+    # hub's own -- is left alone
+    import signal
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    from txmailhub.tap import HangupNotice
+
+    def mine(signum, frame):
+        pass
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        notice = HangupNotice()
+        notice.privilegedStartService()
+        handler = signal.getsignal(signal.SIGUSR1)
+        assert callable(handler), "SIGUSR1 would end the hub"
+        handler(signal.SIGUSR1, None)
+        queued, reactor.threadCallQueue[:] = list(reactor.threadCallQueue), []
+        for f, a, kw in queued:
+            f(*a, **kw)
+        assert any("SIGUSR1 ignored" in e.get("log_format", "") for e in events)
+        notice.stopService()
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+        signal.signal(signal.SIGUSR1, mine)
+        notice = HangupNotice()
+        notice.privilegedStartService()
+        assert signal.getsignal(signal.SIGUSR1) is mine
+        notice.stopService()
+        assert signal.getsignal(signal.SIGUSR1) is mine
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        for s, h in before.items():
+            signal.signal(s, h)

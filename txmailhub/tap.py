@@ -194,7 +194,12 @@ class HangupNotice(Service):
     handler: the default action), without the graceful stop and without a
     line in the log.  Under ``twistd mailhub`` it is answered with one line
     instead: the users and aliases files are re-read by themselves, and
-    the config file needs a restart."""
+    the config file needs a restart.
+
+    A ``SIGUSR1`` no one handles by then (twistd installs its rotation
+    handler before the services start, for a log file of its own only:
+    under ``twistd -ny mailhub.tac`` there is none) is answered with a line
+    too, rather than ending the hub."""
 
     name = "hangup-notice"
 
@@ -211,12 +216,18 @@ class HangupNotice(Service):
             self._install()
 
     _before: Any = None
+    _usr1_installed: Any = None  # the SIGUSR1 notice this service put in place
 
     def _install(self) -> None:
         from twisted.internet import reactor
 
+        from txmailhub.logfile import install_sigusr1_notice
+
         self._reactor = reactor
         self._before = signal.signal(signal.SIGHUP, self._hangup)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            install_sigusr1_notice("standard output, syslog or --logger's observer", reactor)
+            self._usr1_installed = signal.getsignal(signal.SIGUSR1)
 
     def __init__(self, tls: Any = None) -> None:
         super().__init__()
@@ -245,6 +256,10 @@ class HangupNotice(Service):
         if self._before is not None:
             signal.signal(signal.SIGHUP, self._before)
             self._before = None
+        if self._usr1_installed is not None:
+            if signal.getsignal(signal.SIGUSR1) is self._usr1_installed:
+                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+            self._usr1_installed = None
 
 
 ROOT_WARNING = (
