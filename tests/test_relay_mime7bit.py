@@ -759,3 +759,32 @@ def test_a_quoted_printable_line_with_raw_8bit_octets_is_cut_again_at_76(line):
     assert out.split(b"\n").count(b"--b1") == 1
     (before,), (after,) = parse(src).iter_parts(), parse(out).iter_parts()
     assert after.get_payload(decode=True) == before.get_payload(decode=True)
+
+
+def _rfc2045_decode(encoded: bytes) -> bytes:
+    # RFC 2045 6.7: a decoder deletes the trailing white space of each line
+    # (transport padding) before it reads soft breaks and =XX
+    return binascii.a2b_qp(re.sub(rb"[ \t]+(\r?)$", rb"\1", encoded, flags=re.M))
+
+
+@pytest.mark.parametrize("prefix", [b"caf\xe9 ", b"x" * 71 + b"\xe9", b"\xe9" * 30,
+                                    b"y" * 75 + b"x" * 71 + b"\xe9"])
+@pytest.mark.parametrize("ending", [b"= ", b"=\t \t", b"=\r", b"= \r", b"  \r"])
+def test_a_quoted_printable_line_ending_in_padding_or_cr_keeps_its_soft_break(prefix, ending):
+    # a soft break may carry transport padding ("=" then blanks, RFC 2045
+    # 6.7 rule 5) or a CR before the stored line end: writing the "=" as
+    # =3D turned the soft break into a literal "=" and a line break, and a
+    # re-cut line could put the "=" and its CR on two lines ("==" then a
+    # lone CR: the soft break lost)
+    from txmailhub.relay.transfer_encoding import QPFix
+
+    src = prefix + ending + b"\nnext\n"
+    out = io.BytesIO()
+    sink = QPFix(out)
+    sink.write(src)
+    sink.close()
+    fixed = out.getvalue()
+    assert fixed.isascii()
+    assert max(len(line) for line in fixed.split(b"\n")) <= 76
+    assert _rfc2045_decode(fixed) == _rfc2045_decode(src)
+    assert binascii.a2b_qp(fixed) == binascii.a2b_qp(src)

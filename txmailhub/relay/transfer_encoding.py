@@ -24,8 +24,9 @@ HIGH = re.compile(rb"[\x80-\xff]")
 B64_BLOCK = 57 * 1024  # raw octets per base64 write: whole 76-character lines
 QP_BLOCK = 65536
 _QP_TOKEN = re.compile(rb"=[0-9A-Fa-f]{2}|.", re.S)
-# an "=" that is no =XX and no soft break (a line's last character)
-_STRAY_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\Z)")
+# an "=" that is no =XX and no soft break (a line's last character but
+# transport padding and a CR, RFC 2045 6.7 rule 5)
+_STRAY_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\Z)")
 
 
 class Copy:
@@ -189,10 +190,8 @@ def _wrap(line: bytes) -> bytes:
     """An encoded line re-cut into lines of at most 76 characters with soft
     breaks (binascii leaves a line at 78 when it encodes a trailing blank;
     a block ending inside a line needs a soft break of its own)."""
-    tokens = _QP_TOKEN.findall(line)
-    soft = bool(tokens) and tokens[-1] == b"="  # a bare "=" is only ever a soft break
-    if soft:
-        tokens.pop()
+    tail = _tail(line)
+    tokens = _QP_TOKEN.findall(line, 0, len(line) - len(tail))
     out = []
     current = b""
     for t in tokens:
@@ -202,8 +201,24 @@ def _wrap(line: bytes) -> bytes:
         if not current and out and t == b"-":
             t = b"=2D"  # a line after a soft break never starts "--" (RFC 2046 5.1.1)
         current += t
-    out.append(current + (b"=" if soft else b""))
+    if current and len(current) + len(tail) > 76:
+        out.append(current + b"=")
+        current = b""
+    out.append(current + tail)
     return b"\n".join(out)
+
+
+def _tail(line: bytes) -> bytes:
+    """What ends an encoded line and stays with its last piece: a soft
+    break ("=", a bare one is never anything else), the blanks a decoder
+    deletes (RFC 2045 6.7: transport padding, after a soft break too) and
+    a CR before the line end.  Cut apart, "=" and its padding or CR would
+    be a literal "=" and a line break."""
+    end = len(line) - 1 if line.endswith(b"\r") else len(line)
+    start = len(line[:end].rstrip(b" \t"))
+    if line[start - 1:start] == b"=":
+        start -= 1
+    return line[start:]
 
 
 SINKS: dict[str, type[Copy]] = {
