@@ -1335,3 +1335,25 @@ def test_every_notice_has_the_fields_and_parts_the_rfcs_require(tmp_path, action
         assert _DATE_TIME.fullmatch(block["Last-Attempt-Date"])  # 2.3.7
         # 2.3.9: Will-Retry-Until only in a delay notice
         assert (block["Will-Retry-Until"] is not None) == (action == bounce.DELAYED)
+
+
+@pytest.mark.parametrize("width", range(40, 76))  # a longer word is a longer line
+@pytest.mark.parametrize("run", [" " * 2, " " * 3])
+def test_diagnostic_code_keeps_a_run_of_blanks_at_a_fold_and_a_trailing_blank(tmp_path, width,
+                                                                               run):
+    # the stdlib's compat32 refolding drops one blank that ends a line of
+    # a field it rewrites: a run of two blanks where the field was folded
+    # came back as one, and a reply's own trailing blank went missing
+    entry = make_entry(tmp_path)
+    reply = Reply(550, "5.1.1", ("y" * width + run + "z" * 70 + run + "w" * 50 + " ",))
+    data, _ = build(entry, [failed(entry, reply=reply)])
+    start = data.index(b"\nDiagnostic-Code: ") + 1
+    field = [data[start:].split(b"\n")[0]]
+    for line in data[start:].split(b"\n")[1:]:
+        if line[:1] not in (b" ", b"\t"):
+            break
+        field.append(line)
+    assert len(field) > 1
+    assert all(line.strip(b" \t") for line in field)
+    assert max(len(line) for line in field) <= 78
+    assert b"".join(field) == b"Diagnostic-Code: smtp; " + reply.text().encode()

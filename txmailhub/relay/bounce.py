@@ -244,18 +244,20 @@ def _diagnostic(kind: str, text: str) -> str:
 
 def _fold(value: str, used: int) -> str:
     """``value`` folded to lines of about 76 characters (``used`` of the
-    first taken by the field name): a line break only before the last
-    blank of a run that a word follows, so that unfolding gives ``value``
-    back blank for blank (RFC 5322 2.2.3) and no line is all blanks
-    (3.2.2), whatever runs of blanks the remote server's reply has."""
+    first taken by the field name): a line break only before a run of
+    blanks that a word follows, the whole run on the next line, so that
+    unfolding gives ``value`` back blank for blank (RFC 5322 2.2.3), no
+    line is all blanks (3.2.2) and none ends in a blank a transport or a
+    refolding could drop, whatever runs of blanks the remote server's
+    reply has.  (``_Generator`` writes the field as folded here: the
+    stdlib's refolding drops a line's last blank.)"""
     lines: list[str] = []
     line = ""
     for piece in _PIECES.findall(value):  # a word with the blanks before it
         room = 76 - (used if not lines else 0)
         if line and piece[:1] == " " and piece.strip(" ") and len(line) + len(piece) > room:
-            blanks = len(piece) - len(piece.lstrip(" "))
-            lines.append(line + piece[: blanks - 1])
-            line = piece[blanks - 1 :]
+            lines.append(line)
+            line = piece
         else:
             line += piece
     lines.append(line)
@@ -374,7 +376,16 @@ class _Generator(BytesGenerator):
         value = msg.get("Content-Type")
         if value is not None and len("Content-Type: ") + len(value) > 78 and "\n" not in value:
             msg.replace_header("Content-Type", value.replace("; ", ";\n "))
-        super()._write_headers(msg)
+        for name, text in msg.raw_items():
+            if name == "Diagnostic-Code":
+                # folded by ``_fold`` already: compat32 would fold it again
+                # and drop the blank that ends a line, the reply's own
+                # trailing one included
+                self._fp.write(f"{name}: {text}{self._NL}".encode("utf-8", "surrogateescape"))
+            else:
+                self._fp.write(self.policy.fold_binary(name, text))
+        # a blank line always separates the fields from the body
+        self.write(self._NL)
 
     def _handle_message_global_headers(self, msg: Message) -> None:
         # a header section, written as text/rfc822-headers is: its octets
