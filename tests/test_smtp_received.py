@@ -323,6 +323,9 @@ def test_a_long_helo_is_mapped_whole_before_it_is_judged():
     ("[192.0.2.1]", b"\tby [192.0.2.1] ([192.0.2.1]) (txmailhub) with ESMTP\n"),
     ("[IPv6:2001:db8::1]",
      b"\tby [IPv6:2001:db8::1] ([IPv6:2001:db8::1]) (txmailhub) with ESMTP\n"),
+    # the configuration takes a literal with a final dot too (it judges the
+    # name without it): the literal is written without it
+    ("[192.0.2.1].", b"\tby [192.0.2.1] ([192.0.2.1]) (txmailhub) with ESMTP\n"),
 ])
 def test_the_by_clause_is_rfc_5321_grammar_for_every_hub_hostname(hostname, by):
     # [hub] hostname may end in the root's dot or be an address literal.

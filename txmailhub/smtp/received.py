@@ -177,11 +177,13 @@ def _by(hostname: str) -> str:
     """The hub's own name as RFC 5321 4.4's By-domain (an Extended-Domain):
     a Domain has no root's dot (4.1.2), and an address literal (a valid
     ``[hub] hostname`` too) stands there only with TCP-info after it --
-    the hub's address, which is that literal."""
-    if hostname.startswith("["):
-        literal = _safe(hostname)
+    the hub's address, which is that literal.  (The configuration judges
+    the name without a final dot, so a literal may come with one too.)"""
+    name = hostname.rstrip(".") or hostname
+    if name.startswith("["):
+        literal = _safe(name)
         return f"{literal} ({literal})"
-    return _safe(hostname.rstrip(".") or hostname)
+    return _safe(name)
 
 
 @functools.lru_cache(maxsize=1024)
