@@ -788,3 +788,51 @@ def test_a_quoted_printable_line_ending_in_padding_or_cr_keeps_its_soft_break(pr
     assert max(len(line) for line in fixed.split(b"\n")) <= 76
     assert _rfc2045_decode(fixed) == _rfc2045_decode(src)
     assert binascii.a2b_qp(fixed) == binascii.a2b_qp(src)
+
+
+def _wrap_by_tokens(line: bytes) -> bytes:
+    # the re-cut as RFC 2045 6.7 states it, token by token (=XX or one
+    # character), 75 characters and "=" a line, a continuation never
+    # starting "-", the soft break, padding or CR ending the line kept last
+    from txmailhub.relay.transfer_encoding import _tail
+
+    tail = _tail(line)
+    tokens = re.findall(rb"=[0-9A-Fa-f]{2}|.", line[:len(line) - len(tail)], re.S)
+    out: list[bytes] = []
+    current = b""
+    for t in tokens:
+        if len(current) + len(t) > 75:
+            out.append(current + b"=")
+            current = b""
+        if not current and out and t == b"-":
+            t = b"=2D"
+        current += t
+    if current and len(current) + len(tail) > 76:
+        out.append(current + b"=")
+        current = b""
+    out.append(current + tail)
+    return b"\n".join(out)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([b"a", b"-", b"=", b"=3D", b"=e9", b"=4", b"==", b" ", b"\t",
+                                 b"\r", b"=2D-"]), max_size=200),
+       st.sampled_from([b"", b"=", b"= ", b"=\r", b"  \r", b"\r"]))
+def test_the_quoted_printable_re_cut_is_the_token_by_token_one(pieces, ending):
+    # the re-cut goes by slices (it runs over every 8-bit line of a relayed
+    # message); it must cut where the token-by-token reading does
+    from txmailhub.relay.transfer_encoding import _wrap
+
+    line = b"".join(pieces) + ending
+    assert _wrap(line) == _wrap_by_tokens(line)
+
+
+@pytest.mark.parametrize("offset", range(68, 80))
+@pytest.mark.parametrize("token", [b"=3D", b"=e9", b"==", b"=4=", b"-", b"=2D-"])
+def test_the_quoted_printable_re_cut_is_the_token_by_token_one_at_each_cut(offset, token):
+    from txmailhub.relay.transfer_encoding import _wrap
+
+    for line in (b"a" * offset + token + b"b" * 80 + token + b"c" * 80,
+                 b"-" * offset + token * 40 + b"=",
+                 b"a" * 75 + b"-" * offset + token + b"d" * 70 + b"= \r"):
+        assert _wrap(line) == _wrap_by_tokens(line)

@@ -23,7 +23,7 @@ __all__ = ["B64_BLOCK", "HIGH", "QP_BLOCK", "SINKS", "Base64", "Base64Fix", "Cop
 HIGH = re.compile(rb"[\x80-\xff]")
 B64_BLOCK = 57 * 1024  # raw octets per base64 write: whole 76-character lines
 QP_BLOCK = 65536
-_QP_TOKEN = re.compile(rb"=[0-9A-Fa-f]{2}|.", re.S)
+_HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
 # an "=" that is no =XX and no soft break (a line's last character but
 # transport padding and a CR, RFC 2045 6.7 rule 5)
 _STRAY_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\Z)")
@@ -189,18 +189,28 @@ class QuotedPrintable(Copy):
 def _wrap(line: bytes) -> bytes:
     """An encoded line re-cut into lines of at most 76 characters with soft
     breaks (binascii leaves a line at 78 when it encodes a trailing blank;
-    a block ending inside a line needs a soft break of its own)."""
+    a block ending inside a line needs a soft break of its own).  Cut by
+    slices, never between the characters of an =XX ("=" always starts
+    one): this runs over every line of 8-bit text a relayed message has."""
     tail = _tail(line)
-    tokens = _QP_TOKEN.findall(line, 0, len(line) - len(tail))
+    end = len(line) - len(tail)
     out = []
-    current = b""
-    for t in tokens:
-        if len(current) + len(t) > 75:
-            out.append(current + b"=")
-            current = b""
-        if not current and out and t == b"-":
-            t = b"=2D"  # a line after a soft break never starts "--" (RFC 2046 5.1.1)
-        current += t
+    i = 0
+    while True:
+        # a line after a soft break never starts "--" (RFC 2046 5.1.1)
+        head = b"=2D" if out and line[i:i + 1] == b"-" else b""
+        i += bool(head)
+        room = 75 - len(head)
+        if end - i <= room:
+            current = head + line[i:end]
+            break
+        cut = i + room  # at most 75 characters, never inside an =XX
+        if line[cut - 1:cut] == b"=" and _HEX2.match(line, cut, end):
+            cut -= 1
+        elif line[cut - 2:cut - 1] == b"=" and _HEX2.match(line, cut - 1, end):
+            cut -= 2
+        out.append(head + line[i:cut] + b"=")
+        i = cut
     if current and len(current) + len(tail) > 76:
         out.append(current + b"=")
         current = b""
