@@ -1690,3 +1690,37 @@ def test_the_sighup_notice_also_answers_a_sigusr1_nobody_handles() -> None:
         globalLogPublisher.removeObserver(events.append)
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_the_signal_notices_stay_until_the_rest_of_the_hub_has_stopped(
+        tmp_path: Path) -> None:
+    # the notice was the first part told to stop, and put SIGHUP and SIGUSR1
+    # back to their default action at once, while the rest of the hub was
+    # still stopping (sessions finishing a message, the relay recording an
+    # attempt): a reload reflex or a logrotate postrotate in that window
+    # ended the hub before its graceful stop was over
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    signals = (signal.SIGHUP, signal.SIGUSR1)
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+    try:
+        hub, slow, _stops = _hub_with_a_part_slow_to_stop(tmp_path)
+        HangupNotice().setServiceParent(hub)
+        for restart in (False, True):
+            hub.startService()
+            assert all(callable(signal.getsignal(s)) for s in signals)
+            d = hub.stopService()
+            assert all(callable(signal.getsignal(s)) for s in signals), "ended by a signal"
+            if restart:  # started again before the last stop was over
+                hub.startService()
+                slow.stops[-1].callback(None)
+                assert all(callable(signal.getsignal(s)) for s in signals)
+                d = hub.stopService()
+            slow.stops[-1].callback(None)
+            assert d.called
+            assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

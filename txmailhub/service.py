@@ -447,12 +447,18 @@ class MailHub(MultiService):
         """``MultiService.stopService``, but the storage (the syncer) stops
         only after every other part: all are told at once, in reverse
         order of their start, and a session finishing its message or the
-        relay recording an attempt still has the syncer it needs."""
+        relay recording an attempt still has the syncer it needs.  Any
+        other part with a ``stop_after`` (``tap.HangupNotice``: its signal
+        handlers) finishes its stop only once all of those, storage too, have."""
         Service.stopService(self)
+        late = [child for child in reversed(list(self))
+                if child is not self._storage and hasattr(child, "stop_after")]
         others = [maybeDeferred(child.stopService) for child in reversed(list(self))
-                  if child is not self._storage]
+                  if child is not self._storage and child not in late]
         storage = self._storage.stop_after(DeferredList(others, consumeErrors=False))
-        return DeferredList([*others, storage])
+        after = [child.stop_after(DeferredList([*others, storage], consumeErrors=False))
+                 for child in late]
+        return DeferredList([*others, *after, storage])
 
     def startService(self) -> None:
         try:

@@ -253,6 +253,24 @@ class HangupNotice(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self._restore()
+
+    def stop_after(self, others: Any) -> Any:
+        """Stop, but keep answering the signals until ``others`` (the
+        Deferred of the hub's other parts stopping) fires: put back at
+        once, the default action of a SIGHUP or SIGUSR1 arriving while
+        sessions finish their message would end the hub in the middle of
+        its graceful stop.  A hub started again by then keeps them."""
+        Service.stopService(self)
+
+        def restore(result: Any) -> Any:
+            if not self.running:
+                self._restore()
+            return result
+
+        return others.addBoth(restore)
+
+    def _restore(self) -> None:
         if self._before is not None:
             signal.signal(signal.SIGHUP, self._before)
             self._before = None
