@@ -48,7 +48,7 @@ def twistd_logging(tmp_path: Path, logfile: Path | str | None, hub_lines: str = 
     real_install = hub_logfile.install_sigusr1
     hub_logfile.install_sigusr1 = lambda f, reactor=None: real_install(f, Reactor())
     logger = UnixAppLogger(parent)
-    observer = None
+    observer = notice = None
     try:
         hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent,
                                            hub_lines=hub_lines))
@@ -57,8 +57,15 @@ def twistd_logging(tmp_path: Path, logfile: Path | str | None, hub_lines: str = 
         # the observer twistd's logger.start() picks: the application's, or
         # its own for --logfile (start() itself would also take over
         # standard output, which pytest holds)
-        observer = application.getComponent(ILogObserver, None) or logger._getLogObserver()
+        observer = (logger._observerFactory or application.getComponent(ILogObserver, None)
+                    or logger._getLogObserver)
+        if observer is logger._observerFactory or observer is logger._getLogObserver:
+            observer = observer()
         globalLogPublisher.addObserver(observer)
+        # then the services' privileged start, where the hub's signal
+        # handlers go in
+        notice = hub.getServiceNamed("hangup-notice")
+        notice.privilegedStartService()
 
         def rotate() -> None:
             handler = signal.getsignal(signal.SIGUSR1)
@@ -76,6 +83,8 @@ def twistd_logging(tmp_path: Path, logfile: Path | str | None, hub_lines: str = 
 
         yield rotate
     finally:
+        if notice is not None:
+            notice.stopService()
         hub_logfile.install_sigusr1 = real_install
         if observer is not None:
             globalLogPublisher.removeObserver(observer)
@@ -918,3 +927,20 @@ def test_a_sigusr1_with_no_log_file_to_rotate_is_answered_not_fatal(
             if e.get("log_namespace") == "txmailhub.logfile"]
     assert any("SIGUSR1" in s and "nothing to rotate" in s for s in said), said
     assert not list(tmp_path.glob("*.log*")), "no log file of the hub's own"
+
+
+def test_a_sigusr1_handler_of_the_logger_option_is_kept(tmp_path: Path) -> None:
+    # twistd calls --logger's factory after the application is made, and a
+    # factory that installs a SIGUSR1 handler as twistd does for its own
+    # file (only where there is none yet) found the hub's "nothing to
+    # rotate" notice in place: its log was never rotated again
+    rotations: list = []
+
+    def factory() -> Callable[[dict], None]:
+        if not signal.getsignal(signal.SIGUSR1):
+            signal.signal(signal.SIGUSR1, lambda signum, frame: rotations.append(signum))
+        return lambda event: None
+
+    with twistd_logging(tmp_path, None, logger=factory) as rotate:
+        rotate()
+    assert rotations == [signal.SIGUSR1]

@@ -147,7 +147,11 @@ def makeService(options: Any) -> Any:
         if before is None:  # made just now, by root
             os.lchown(settings.hub.state_dir, *owner)
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
-    HangupNotice(hub.components.tls).setServiceParent(hub)
+    notice = HangupNotice(hub.components.tls)
+    if parent is not None and twistd_log_file(parent) is None:
+        notice.usr1_where = ("--logger's observer" if parent.get("logger") else
+                             "syslog" if parent.get("syslog") else "standard output")
+    notice.setServiceParent(hub)
     if parent is not None:
         hub.parent_hook = lambda application: use_reopening_log(
             application, parent, owner[0] if owner else None,
@@ -158,9 +162,11 @@ def makeService(options: Any) -> Any:
 def use_reopening_log(application: Any, parent: Any, switch_to: int | None = None,
                       files_kept: int = 0) -> None:
     """Have twistd log through ``txmailhub.logfile.ReopeningLogFile``, so
-    that logrotate can rotate ``--logfile`` (``docs/deployment.rst``);
-    without a log file of its own, ``SIGUSR1`` is answered with a line
-    instead of ending the hub.
+    that logrotate can rotate ``--logfile`` (``docs/deployment.rst``).
+    Without a log file of its own, ``HangupNotice`` answers ``SIGUSR1``
+    with a line, once the services start: not here, where twistd has yet
+    to start its logger (a ``--logger`` factory that installs its own
+    handler where there is none would find the notice in place).
 
     twistd takes an ``ILogObserver`` the application holds in place of
     the one it would make for ``--logfile``; the application is made, and
@@ -172,7 +178,7 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
     ``files_kept``: ``[hub] log_files_kept`` (0: every numbered file kept)."""
     from twisted.logger import ILogObserver
 
-    from txmailhub.logfile import install_sigusr1, install_sigusr1_notice, observer_for
+    from txmailhub.logfile import install_sigusr1, observer_for
 
     if not hasattr(application, "setComponent"):
         return
@@ -180,9 +186,6 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
         return
     found = observer_for(parent, switch_to, files_kept)
     if found is None:
-        install_sigusr1_notice(
-            "--logger's observer" if parent.get("logger") else
-            "syslog" if parent.get("syslog") else "standard output")
         return
     observer, log_file = found
     application.setComponent(ILogObserver, observer)
@@ -217,6 +220,8 @@ class HangupNotice(Service):
 
     _before: Any = None
     _usr1_installed: Any = None  # the SIGUSR1 notice this service put in place
+    #: where the log goes, for the SIGUSR1 line (``makeService`` knows)
+    usr1_where = "standard output, syslog or --logger's observer"
 
     def _install(self) -> None:
         from twisted.internet import reactor
@@ -226,7 +231,7 @@ class HangupNotice(Service):
         self._reactor = reactor
         self._before = signal.signal(signal.SIGHUP, self._hangup)
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            install_sigusr1_notice("standard output, syslog or --logger's observer", reactor)
+            install_sigusr1_notice(self.usr1_where, reactor)
             self._usr1_installed = signal.getsignal(signal.SIGUSR1)
 
     def __init__(self, tls: Any = None) -> None:
