@@ -1695,6 +1695,34 @@ def test_the_sighup_notice_also_answers_a_sigusr1_nobody_handles() -> None:
             signal.signal(s, h)
 
 
+def test_a_sighup_handler_installed_after_the_notice_is_kept_at_its_stop() -> None:
+    # the notice puts back the SIGHUP handler it found only while its own
+    # is in place: one an application installed since is the application's
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    def mine(signum, frame):
+        pass
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        notice = HangupNotice()
+        notice.privilegedStartService()
+        assert signal.getsignal(signal.SIGHUP) == notice._hangup
+        signal.signal(signal.SIGHUP, mine)
+        notice.stopService()
+        assert signal.getsignal(signal.SIGHUP) is mine
+        notice = HangupNotice()
+        notice.privilegedStartService()
+        notice.stopService()  # its own still there: the one it found goes back
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def test_the_signal_notices_stay_until_the_rest_of_the_hub_has_stopped(
         tmp_path: Path) -> None:
     # the notice was the first part told to stop, and put SIGHUP and SIGUSR1

@@ -277,7 +277,9 @@ class HangupNotice(Service):
 
     def _restore(self) -> None:
         if self._before is not None:
-            signal.signal(signal.SIGHUP, self._before)
+            # a handler installed after ours (an application's) is its own
+            if signal.getsignal(signal.SIGHUP) == self._hangup:
+                signal.signal(signal.SIGHUP, self._before)
             self._before = None
         if self._usr1_installed is not None:
             if signal.getsignal(signal.SIGUSR1) is self._usr1_installed:
