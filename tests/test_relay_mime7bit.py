@@ -836,3 +836,77 @@ def test_the_quoted_printable_re_cut_is_the_token_by_token_one_at_each_cut(offse
                  b"-" * offset + token * 40 + b"=",
                  b"a" * 75 + b"-" * offset + token + b"d" * 70 + b"= \r"):
         assert _wrap(line) == _wrap_by_tokens(line)
+
+
+# RFC 2231 forms of the boundary "=_b 1": the parts must be found, and the
+# copy keeps the Content-Type field as it came (the boundary is the
+# message's own)
+_RFC2231_BOUNDARIES = [
+    "boundary*=utf-8''%3D_b%201",
+    "boundary*=''%3D_b%201",
+    'boundary*0="=_b"; boundary*1=" 1"',
+    'boundary*1=" 1"; boundary*0="=_b"',  # sections in any order
+    "boundary*0*=us-ascii'en'%3D_b; boundary*1=\" 1\"",
+    "boundary*0*=utf-8''%3D_b;\n boundary*1*=%201",  # folded, both extended
+    'boundary*0="=_b" (first half;\n\t "quoted") ; (second)\n boundary*1 = " 1" (end)',
+    "BOUNDARY*2=1; Boundary*0=\"=_b\"; boundary*1*=%20",
+    'boundary="=_b 1"; boundary*0="=_b"; boundary*1=" 1"',  # forms that agree
+]
+
+
+def _rfc2231_message(params: str, boundary: str = "=_b 1") -> tuple[bytes, bytes]:
+    field = f"Content-Type: multipart/mixed; {params}\n".encode()
+    body = (f"\n--{boundary}\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n"
+            f"--{boundary}\nContent-Type: application/octet-stream\n\n").encode()
+    body += b"\xff\x00\xfe\n--" + boundary.encode() + b"--\n"
+    return field, b"MIME-Version: 1.0\n" + field + body
+
+
+@pytest.mark.parametrize("params", _RFC2231_BOUNDARIES)
+def test_a_boundary_in_rfc2231_form_is_followed(params):
+    field, src = _rfc2231_message(params)
+    out = convert(src)
+    assert_7bit(out)
+    assert field in out  # the message's own field, as it came
+    # read back with the same boundary written plainly
+    plain = b'Content-Type: multipart/mixed; boundary="=_b 1"\n'
+    before, after = parse(src.replace(field, plain)), parse(out.replace(field, plain))
+    assert len(after.get_payload()) == 2
+    assert after.get_payload()[0]["Content-Transfer-Encoding"] == "quoted-printable"
+    assert after.get_payload()[1]["Content-Transfer-Encoding"] == "base64"
+    _compare(before, after)
+
+
+@pytest.mark.parametrize("params", [
+    'boundary*0="=_b"; boundary*2=" 1"',  # a section missing
+    'boundary*0="=_b"; boundary*0=" 1"',  # a section twice
+    'boundary*00="=_b 1"',  # a leading zero
+    "boundary*=utf-8''%3D_b%2",  # a "%" without two hex digits
+    "boundary*=utf-8''%3D_b%2x1",
+    "boundary*=%3D_b%201",  # no charset'language'
+    "boundary*=utf-8''%3D_b%C3%A9",  # not ASCII (RFC 2046 5.1.1)
+    "boundary*=utf-8''%3D_b%0A1",  # a line break
+    'boundary="=_b 1"; boundary*0="=_b"',  # a plain and a "*0" form that disagree
+    "boundary*=''%3D_b%201; boundary*0=\"=_b\"",
+])
+def test_a_boundary_in_a_broken_rfc2231_form_is_not_followed(params):
+    _, src = _rfc2231_message(params)
+    with pytest.raises(Unconvertible):
+        convert(src)
+
+
+def test_a_comment_after_an_unquoted_boundary_is_no_part_of_it():
+    # RFC 2045 5.1: a comment may follow a token value; "b=x(c)" without
+    # white space before the "(" keeps its old reading, "x(c)"
+    field, src = _rfc2231_message("boundary=b1 (a comment)", "b1")
+    out = convert(src)
+    assert_7bit(out)
+    assert field in out
+    assert b"Gr=C3=BC=C3=9Fe" in out  # the text part was found and encoded
+
+
+def test_a_charset_in_rfc2231_form_is_not_added_again():
+    src = "Content-Type: text/plain; charset*=utf-8''utf-8\n\nGrüße\n".encode()
+    out = convert(src)
+    assert b"charset*=utf-8''utf-8" in out
+    assert b"charset=" not in out

@@ -28,7 +28,9 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   longer; a base64 body has them dropped: both decode exactly as before);
 * a multipart or message/rfc822 declared 8bit/binary is relabelled 7bit;
   one that is not followed (a multipart without a usable boundary, or
-  nested deeper than ``MAX_DEPTH``) and a message/partial or
+  nested deeper than ``MAX_DEPTH``; a boundary given in RFC 2231 form,
+  sections and extended values, is usable when it joins into one
+  printable ASCII value, see ``_combine``) and a message/partial or
   message/external-body are never base64 or quoted-printable (RFC 2045
   6.4, RFC 2046 5.2): with 8-bit octets or over-long lines inside they
   make the conversion fail with ``Unconvertible``;
@@ -51,6 +53,7 @@ queue's stored form.  It must not know about SMTP or the queue.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -121,16 +124,172 @@ def _matches(line: bytes, boundary: bytes) -> bool:
     return not rest.rstrip(b"\r\n").strip(b" \t") and b"\n" not in rest.rstrip(b"\r\n")
 
 
+_SECTION = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_PRINTABLE = re.compile(r"[ -~]*")
+
+
+def _skip_comment(text: str, i: int) -> int:
+    """``text[i]`` is "(": the index after the comment (nested, with
+    quoted pairs, RFC 5322 3.2.2); the end when it is not closed."""
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return len(text)
+
+
+def _skip_cfws(text: str, i: int) -> int:
+    while i < len(text):
+        if text[i] in " \t":
+            i += 1
+        elif text[i] == "(":
+            i = _skip_comment(text, i)
+        else:
+            break
+    return i
+
+
+def _skip_to_semicolon(text: str, i: int) -> int:
+    """The index of the next ";" outside comments (or the end)."""
+    while i < len(text) and text[i] != ";":
+        i = _skip_comment(text, i) if text[i] == "(" else i + 1
+    return i
+
+
+def _param_list(rest: str) -> list[tuple[str, str]]:
+    """The ``name=value`` pairs after a Content-Type's first ";", in order,
+    names in lower case, quoted strings unquoted.  Tolerant like a reader
+    must be: comments are skipped where white space may stand (before a
+    name, around "=", after a value, and inside an unquoted value after
+    white space: "b=x (c)" is "x", "b=x(c)" stays "x(c)"), an unquoted
+    value runs to the next ";" (blanks inside kept), anything after a
+    quoted string up to the next ";" is ignored, and a piece without "="
+    is skipped."""
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(rest)
+    while i < n:
+        i = _skip_cfws(rest, i)
+        if i < n and rest[i] == ";":
+            i += 1
+            continue
+        start = i
+        while i < n and rest[i] not in " \t=;(":
+            i += 1
+        name = rest[start:i].lower()
+        i = _skip_cfws(rest, i)
+        if not name or i >= n or rest[i] != "=":
+            i = _skip_to_semicolon(rest, i)
+            continue
+        i = _skip_cfws(rest, i + 1)
+        value: list[str] = []
+        if i < n and rest[i] == '"':
+            i += 1
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n:
+                    i += 1
+                value.append(rest[i])
+                i += 1
+            i = _skip_to_semicolon(rest, i + 1)
+            pairs.append((name, "".join(value)))
+            continue
+        while i < n and rest[i] != ";":
+            if rest[i] == "(" and (not value or value[-1] in " \t"):
+                i = _skip_comment(rest, i)
+                continue
+            value.append(rest[i])
+            i += 1
+        pairs.append((name, "".join(value).strip(" \t")))
+    return pairs
+
+
+def _extended(value: str, first: bool) -> bytes | None:
+    """The octets of an RFC 2231 extended value (section 4): the first
+    section starts with charset'language', every one is percent-encoded.
+    None when it is malformed (no two quotes, a "%" not followed by two
+    hex digits, a raw octet above 127)."""
+    if first:
+        parts = value.split("'", 2)
+        if len(parts) != 3:
+            return None
+        value = parts[2]
+    if not value.isascii() or _BAD_ESCAPE.search(value):
+        return None
+    return urllib.parse.unquote_to_bytes(value)
+
+
+def _combine(plain: str | None, single: list[str],
+             sections: dict[int, list[tuple[str, bool]]]) -> str:
+    """One parameter's value from its plain form, its ``name*`` form and
+    its ``name*0``, ``name*1``... sections (RFC 2231 3, 4), joined in the
+    sections' order whatever their order in the field.  An RFC 2231 value
+    must come out printable ASCII; a section missing, given twice or with
+    a leading zero, a malformed extended value, a form given twice, or
+    forms that disagree (RFC 2231 3 forbids a plain and a "*0" form side
+    by side) leave no usable value: "".  A plain form alone keeps the
+    tolerant reading it always had."""
+    candidates: list[str | None] = [] if plain is None else [plain]
+    if single:
+        value = _extended(single[0], True) if len(single) == 1 else None
+        candidates.append(None if value is None else value.decode("latin-1"))
+    if sections:
+        octets: bytes | None = b""
+        if sorted(sections) != list(range(len(sections))):
+            octets = None
+        for number in range(len(sections)):
+            if octets is None or len(sections.get(number, ())) != 1:
+                octets = None
+                break
+            text, extended = sections[number][0]
+            piece = _extended(text, number == 0) if extended else (
+                text.encode("ascii") if text.isascii() else None)
+            octets = None if piece is None else octets + piece
+        candidates.append(None if octets is None else octets.decode("latin-1"))
+    if plain is None:  # RFC 2231 forms only: they must be printable ASCII
+        candidates = [c if c is not None and _PRINTABLE.fullmatch(c) else None
+                      for c in candidates]
+    if None in candidates or len(set(candidates)) != 1:
+        return ""
+    return candidates[0] or ""
+
+
 def _params(value: bytes) -> tuple[str, dict[str, str]]:
-    """Content-Type value -> (type, parameters); tolerant, no RFC 2231."""
+    """Content-Type value -> (type, parameters), RFC 2231 forms (sections,
+    extended values) joined under the parameter's name; see ``_param_list``
+    and ``_combine`` for what is tolerated.  The first of two plain forms
+    of a name wins."""
     text = value.decode("ascii", "replace")
     head, _, rest = text.partition(";")
-    params: dict[str, str] = {}
-    for m in re.finditer(r'\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*;?', rest):
-        v = m.group(2).strip()
-        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
-            v = re.sub(r"\\(.)", r"\1", v[1:-1])
-        params.setdefault(m.group(1).lower(), v)
+    plain: dict[str, str] = {}
+    single: dict[str, list[str]] = {}
+    sections: dict[str, dict[int, list[tuple[str, bool]]]] = {}
+    bad: set[str] = set()
+    for name, v in _param_list(rest):
+        m = _SECTION.fullmatch(name)
+        if m is None:
+            plain.setdefault(name, v)
+            continue
+        base, number, star = m.groups()
+        if number is None:
+            single.setdefault(base, []).append(v)
+        elif number != str(int(number)):  # RFC 2231 3: no leading zeros
+            bad.add(base)
+        else:
+            sections.setdefault(base, {}).setdefault(int(number), []).append(
+                (v, star is not None))
+    params = dict(plain)
+    for base in set(single) | set(sections) | bad:
+        params[base] = "" if base in bad else _combine(
+            plain.get(base), single.get(base, []), sections.get(base, {}))
     return re.sub(r"\s+", "", head).lower(), params
 
 
