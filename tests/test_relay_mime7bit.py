@@ -910,3 +910,16 @@ def test_a_charset_in_rfc2231_form_is_not_added_again():
     out = convert(src)
     assert b"charset*=utf-8''utf-8" in out
     assert b"charset=" not in out
+
+
+@pytest.mark.parametrize("boundary", ["a  b", "a\tb", "a b "])
+def test_blanks_inside_a_quoted_boundary_are_kept(boundary):
+    # RFC 2046 5.1.1 allows blanks in a boundary; unfolding the field takes
+    # out its line breaks only (RFC 5322 2.2.3): a run of blanks squeezed
+    # into one made a boundary no line matched, and the parts' 8-bit text
+    # became "?" as if it were a preamble
+    field, src = _rfc2231_message(f'boundary=\n "{boundary}"', boundary)
+    out = convert(src)
+    assert_7bit(out)
+    assert field in out
+    assert b"Gr=C3=BC=C3=9Fe" in out

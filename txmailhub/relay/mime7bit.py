@@ -364,7 +364,9 @@ class _Converter:
             field = line
             keep = line.partition(b":")[0].strip().lower() in (
                 b"content-type", b"content-transfer-encoding")
-        ctype, params = _params(b" ".join(ctype_raw.split()))
+        # unfolded by taking the line breaks out, nothing more (RFC 5322
+        # 2.2.3): blanks inside a quoted boundary are part of it
+        ctype, params = _params(ctype_raw.replace(b"\r\n", b"").replace(b"\n", b""))
         if "/" not in ctype:
             ctype = ""
         cte = cte_raw.decode("ascii", "replace").strip().strip('"').lower()
