@@ -923,3 +923,13 @@ def test_blanks_inside_a_quoted_boundary_are_kept(boundary):
     assert_7bit(out)
     assert field in out
     assert b"Gr=C3=BC=C3=9Fe" in out
+
+
+def test_a_boundary_with_8bit_octets_is_not_followed():
+    # RFC 2046 5.1.1: a boundary is ASCII; its delimiter lines have no 7-bit
+    # form.  It was followed as "Gr??": the field became boundary*=utf-8''
+    # Gr%C3%BC, the delimiters "--Gr??", and the parts' text "?" (a
+    # preamble's): a copy with no parts left
+    _, src = _rfc2231_message('boundary="Grü"', "Grü")
+    with pytest.raises(Unconvertible):
+        convert(src)

@@ -378,7 +378,10 @@ class _Converter:
         headers, stop = self._scan_headers()
         body_start = self.src.tell()
         ctype = headers.ctype or default_type
-        boundary = headers.params.get("boundary", "").encode("ascii", "replace")
+        # a boundary is ASCII (RFC 2046 5.1.1): one with 8-bit octets has no
+        # 7-bit delimiter lines, it is not followed
+        boundary = headers.params.get("boundary", "")
+        boundary = boundary.encode("ascii") if boundary.isascii() else b""
         relabel = "7bit" if headers.cte in ("8bit", "binary") else None
         if (ctype.startswith("multipart/") and boundary and len(boundary) <= _MAX_BOUNDARY
                 and depth < MAX_DEPTH):
