@@ -881,6 +881,7 @@ def test_a_boundary_in_rfc2231_form_is_followed(params):
     'boundary*0="=_b"; boundary*2=" 1"',  # a section missing
     'boundary*0="=_b"; boundary*0=" 1"',  # a section twice
     'boundary*00="=_b 1"',  # a leading zero
+    "boundary*" + "1" * 5000 + '="=_b 1"',  # a number int() refuses to read
     "boundary*=utf-8''%3D_b%2",  # a "%" without two hex digits
     "boundary*=utf-8''%3D_b%2x1",
     "boundary*=%3D_b%201",  # no charset'language'

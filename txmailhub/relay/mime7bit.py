@@ -281,7 +281,9 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
         base, number, star = m.groups()
         if number is None:
             single.setdefault(base, []).append(v)
-        elif number != str(int(number)):  # RFC 2231 3: no leading zeros
+        elif len(number) > 9 or number != str(int(number)):
+            # RFC 2231 3: no leading zeros; a field of at most FIELD_LIMIT
+            # octets has fewer sections (and int() refuses 4300 digits)
             bad.add(base)
         else:
             sections.setdefault(base, {}).setdefault(int(number), []).append(
