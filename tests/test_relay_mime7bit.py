@@ -934,3 +934,46 @@ def test_a_boundary_with_8bit_octets_is_not_followed():
     _, src = _rfc2231_message('boundary="Grü"', "Grü")
     with pytest.raises(Unconvertible):
         convert(src)
+
+
+_BCHARS = "0123456789abcXYZ'()+_,-./:=? "  # RFC 2046 5.1.1
+_TOKEN_SAFE = re.compile(r"[0-9A-Za-z'+_.-]+")
+
+
+@st.composite
+def _rfc2231_field(draw):
+    """A boundary and a parameter list giving it in RFC 2231 sections
+    (quoted, token or extended each, in any order, folded or not)."""
+    inner = draw(st.text(_BCHARS, max_size=20))
+    boundary = "b" + inner.rstrip(" ") + "z"
+    cuts = sorted(draw(st.sets(st.integers(1, len(boundary) - 1), max_size=5)))
+    pieces = [boundary[a:b] for a, b in zip([0, *cuts], [*cuts, len(boundary)])]
+    params = []
+    for number, piece in enumerate(pieces):
+        forms = ["quoted", "extended"] + (["token"] if _TOKEN_SAFE.fullmatch(piece) else [])
+        form = draw(st.sampled_from(forms))
+        if form == "quoted":
+            params.append(f'boundary*{number}="{piece}"')
+        elif form == "token":
+            params.append(f"boundary*{number}={piece}")
+        else:
+            encoded = "".join(c if c.isalnum() else f"%{ord(c):02X}" for c in piece)
+            prefix = "utf-8''" if number == 0 else ""
+            params.append(f"boundary*{number}*={prefix}{encoded}")
+    params = draw(st.permutations(params))
+    seps = [draw(st.sampled_from(["; ", ";\n ", ";\n\t", " (c);\n "])) for _ in params]
+    return boundary, "".join(sep + p for sep, p in zip(seps, params))[1:].lstrip(" ")
+
+
+@settings(max_examples=100, deadline=None)
+@given(_rfc2231_field())
+def test_a_boundary_in_any_rfc2231_sections_is_followed(case):
+    boundary, params = case
+    field, src = _rfc2231_message(params, boundary)
+    out = convert(src)
+    assert_7bit(out)
+    assert field in out
+    plain = f'Content-Type: multipart/mixed; boundary="{boundary}"\n'.encode()
+    before, after = parse(src.replace(field, plain)), parse(out.replace(field, plain))
+    assert len(after.get_payload()) == 2
+    _compare(before, after)
