@@ -977,3 +977,16 @@ def test_a_boundary_in_any_rfc2231_sections_is_followed(case):
     before, after = parse(src.replace(field, plain)), parse(out.replace(field, plain))
     assert len(after.get_payload()) == 2
     _compare(before, after)
+
+
+def test_a_comment_in_the_content_type_is_no_part_of_the_type():
+    # RFC 2045 5.1: "multipart/digest (a; b)" is multipart/digest, its
+    # parts message/rfc822 by default; the ";" in the comment ends nothing
+    src = ("MIME-Version: 1.0\nContent-Type: multipart/digest (a; b); boundary=d\n\n"
+           "--d\n\nSubject: Grüße\n\nGrüße\n--d--\n").encode()
+    out = convert(src)
+    assert_7bit(out)
+    # the part is a message: its header encoded as a header, its body as a body
+    assert (b"--d\n\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nContent-Type: text/plain; "
+            b"charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+            b"Gr=C3=BC=C3=9Fe\n--d--\n") in out

@@ -268,7 +268,15 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     and ``_combine`` for what is tolerated.  The first of two plain forms
     of a name wins."""
     text = value.decode("ascii", "replace")
-    head, _, rest = text.partition(";")
+    cut = _skip_to_semicolon(text, 0)  # a ";" in a comment ends nothing
+    rest = text[cut + 1:]
+    head, i = "", 0
+    while i < cut:  # the type without its comments: "multipart/digest (x)"
+        if text[i] == "(":
+            i = _skip_comment(text, i)
+        else:
+            head += text[i]
+            i += 1
     plain: dict[str, str] = {}
     single: dict[str, list[str]] = {}
     sections: dict[str, dict[int, list[tuple[str, bool]]]] = {}
