@@ -12,11 +12,13 @@ import tracemalloc
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from txmailhub.relay import mime7bit
 from txmailhub.relay.mime7bit import Unconvertible, convert_file, has_8bit, to_7bit
 from txmailhub.smtp._data import to_crlf
 
@@ -990,3 +992,49 @@ def test_a_comment_in_the_content_type_is_no_part_of_the_type():
     assert (b"--d\n\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nContent-Type: text/plain; "
             b"charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
             b"Gr=C3=BC=C3=9Fe\n--d--\n") in out
+
+
+@pytest.mark.parametrize("params", [
+    "title=(draft; boundary=b1",  # a "(" after "=" that no ")" closes
+    'name="x" (unclosed; boundary=b1',  # after a quoted string
+    "title=x (draft; boundary=b1",  # inside an unquoted value
+    "(unclosed; boundary=b1",  # before a name
+])
+def test_a_parenthesis_never_closed_is_no_comment(params):
+    # a "(" no ")" closes was read as a comment running to the field's
+    # end, the boundary after it lost: the multipart was not followed and
+    # its 8-bit octets made the message unconvertible (read before
+    # comments were, and by the stdlib's compat32 parser, it is "b1")
+    field, src = _rfc2231_message(params, "b1")
+    out = convert(src)
+    assert_7bit(out)
+    assert field in out
+    assert b"Gr=C3=BC=C3=9Fe" in out
+
+
+def test_a_parenthesis_never_closed_in_the_type_ends_nothing():
+    src = ("MIME-Version: 1.0\nContent-Type: multipart/mixed (a; boundary=b1\n\n"
+           "--b1\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n--b1--\n").encode()
+    out = convert(src)
+    assert_7bit(out)
+    assert b"Content-Type: multipart/mixed (a; boundary=b1\n" in out
+    assert b"Gr=C3=BC=C3=9Fe" in out
+
+
+def test_parentheses_never_closed_are_read_in_one_pass():
+    # every "(" scanned to the end afresh would be quadratic in a 64 KiB
+    # field; after one unclosed "(" no other is taken for a comment
+    text = "; b=x " + "( " * 20000 + "; boundary=b1"
+    scanned = []
+    original = mime7bit._Comments.end
+
+    def end(self, i):
+        if i < self.open_from:  # a scan, not the answer already known
+            scanned.append(i)
+        return original(self, i)
+
+    with mock.patch.object(mime7bit._Comments, "end", end):
+        ctype, params = mime7bit._params(("multipart/mixed" + text).encode())
+    assert params["boundary"] == "b1"
+    assert ctype == "multipart/mixed"
+    assert len(scanned) == 1  # the params' first "(", none of the others

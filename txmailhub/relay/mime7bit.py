@@ -129,41 +129,56 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PRINTABLE = re.compile(r"[ -~]*")
 
 
-def _skip_comment(text: str, i: int) -> int:
-    """``text[i]`` is "(": the index after the comment (nested, with
-    quoted pairs, RFC 5322 3.2.2); the end when it is not closed."""
-    depth = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return len(text)
+class _Comments:
+    """Comments (RFC 5322 3.2.2) in one Content-Type value.  A "(" whose
+    comment is never closed is an ordinary character, and so is every
+    later one: a field like ``title=(draft; boundary=b`` keeps the
+    boundary it had before comments were read (one scan to the end at
+    most, never one per "(")."""
 
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.open_from = len(text) + 1  # where an unclosed comment starts
 
-def _skip_cfws(text: str, i: int) -> int:
-    while i < len(text):
-        if text[i] in " \t":
+    def end(self, i: int) -> int:
+        """``text[i]`` is "(": the index after the comment (nested, with
+        quoted pairs), or -1 when it is no comment (never closed)."""
+        if i >= self.open_from:
+            return -1
+        text, start, depth = self.text, i, 0
+        while i < len(text):
+            c = text[i]
+            if c == "\\":
+                i += 2
+                continue
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
             i += 1
-        elif text[i] == "(":
-            i = _skip_comment(text, i)
-        else:
-            break
-    return i
+        self.open_from = start
+        return -1
 
+    def skip_cfws(self, i: int) -> int:
+        text = self.text
+        while i < len(text):
+            if text[i] in " \t":
+                i += 1
+            elif text[i] == "(" and (j := self.end(i)) >= 0:
+                i = j
+            else:
+                break
+        return i
 
-def _skip_to_semicolon(text: str, i: int) -> int:
-    """The index of the next ";" outside comments (or the end)."""
-    while i < len(text) and text[i] != ";":
-        i = _skip_comment(text, i) if text[i] == "(" else i + 1
-    return i
+    def to_semicolon(self, i: int) -> int:
+        """The index of the next ";" outside comments (or the end)."""
+        text = self.text
+        while i < len(text) and text[i] != ";":
+            j = self.end(i) if text[i] == "(" else -1
+            i = j if j >= 0 else i + 1
+        return i
 
 
 def _param_list(rest: str) -> list[tuple[str, str]]:
@@ -176,9 +191,10 @@ def _param_list(rest: str) -> list[tuple[str, str]]:
     quoted string up to the next ";" is ignored, and a piece without "="
     is skipped."""
     pairs: list[tuple[str, str]] = []
+    comments = _Comments(rest)
     i, n = 0, len(rest)
     while i < n:
-        i = _skip_cfws(rest, i)
+        i = comments.skip_cfws(i)
         if i < n and rest[i] == ";":
             i += 1
             continue
@@ -186,11 +202,11 @@ def _param_list(rest: str) -> list[tuple[str, str]]:
         while i < n and rest[i] not in " \t=;(":
             i += 1
         name = rest[start:i].lower()
-        i = _skip_cfws(rest, i)
+        i = comments.skip_cfws(i)
         if not name or i >= n or rest[i] != "=":
-            i = _skip_to_semicolon(rest, i)
+            i = comments.to_semicolon(i)
             continue
-        i = _skip_cfws(rest, i + 1)
+        i = comments.skip_cfws(i + 1)
         value: list[str] = []
         if i < n and rest[i] == '"':
             i += 1
@@ -199,13 +215,15 @@ def _param_list(rest: str) -> list[tuple[str, str]]:
                     i += 1
                 value.append(rest[i])
                 i += 1
-            i = _skip_to_semicolon(rest, i + 1)
+            i = comments.to_semicolon(i + 1)
             pairs.append((name, "".join(value)))
             continue
         while i < n and rest[i] != ";":
             if rest[i] == "(" and (not value or value[-1] in " \t"):
-                i = _skip_comment(rest, i)
-                continue
+                j = comments.end(i)
+                if j >= 0:
+                    i = j
+                    continue
             value.append(rest[i])
             i += 1
         pairs.append((name, "".join(value).strip(" \t")))
@@ -268,12 +286,14 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     and ``_combine`` for what is tolerated.  The first of two plain forms
     of a name wins."""
     text = value.decode("ascii", "replace")
-    cut = _skip_to_semicolon(text, 0)  # a ";" in a comment ends nothing
+    comments = _Comments(text)
+    cut = comments.to_semicolon(0)  # a ";" in a comment ends nothing
     rest = text[cut + 1:]
     head, i = "", 0
     while i < cut:  # the type without its comments: "multipart/digest (x)"
-        if text[i] == "(":
-            i = _skip_comment(text, i)
+        j = comments.end(i) if text[i] == "(" else -1
+        if j >= 0:
+            i = j
         else:
             head += text[i]
             i += 1
