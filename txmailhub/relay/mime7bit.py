@@ -60,6 +60,7 @@ from typing import BinaryIO
 from txmailhub.relay.header7bit import Unconvertible, encode_field
 from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import SINKS
+from txmailhub.rfc5322 import comment_end
 
 __all__ = ["FIELD_LIMIT", "LINE_LIMIT", "Unconvertible", "convert_file", "has_8bit",
            "to_7bit"]
@@ -145,21 +146,10 @@ class _Comments:
         quoted pairs), or -1 when it is no comment (never closed)."""
         if i >= self.open_from:
             return -1
-        text, start, depth = self.text, i, 0
-        while i < len(text):
-            c = text[i]
-            if c == "\\":
-                i += 2
-                continue
-            if c == "(":
-                depth += 1
-            elif c == ")":
-                depth -= 1
-                if depth == 0:
-                    return i + 1
-            i += 1
-        self.open_from = start
-        return -1
+        end = comment_end(self.text, i)
+        if end < 0:
+            self.open_from = i
+        return end
 
     def skip_cfws(self, i: int) -> int:
         text = self.text
