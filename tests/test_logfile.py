@@ -14,6 +14,7 @@ import signal
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.application.service import Application
@@ -450,6 +451,15 @@ def _out_of_descriptors(f: object, failing: dict[str, bool]) -> None:
     f._openFile = open_file  # type: ignore[attr-defined]
 
 
+def _failing_log(path: Path) -> tuple[Any, dict[str, bool]]:
+    """A log file at ``path`` whose opens fail with EMFILE while the
+    returned ``failing["on"]`` (True at first)."""
+    f = _log_file(path)
+    failing = {"on": True}
+    _out_of_descriptors(f, failing)
+    return f, failing
+
+
 def test_a_size_rotation_out_of_descriptors_keeps_the_log(tmp_path: Path) -> None:
     # At its open-files limit the hub rotated at 1 MB: twistd's rotation
     # closed mailhub.log, renamed it mailhub.log.1, could not open a new
@@ -458,9 +468,7 @@ def test_a_size_rotation_out_of_descriptors_keeps_the_log(tmp_path: Path) -> Non
     # the numbered files as they were, and rotates once it can.
     path = tmp_path / "mailhub.log"
     (tmp_path / "mailhub.log.1").write_text("older\n")
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, failing = _failing_log(path)
     f.rotateLength = 10
     f.write("x" * 10)
     f.write("y")  # rotation due, and impossible
@@ -480,9 +488,7 @@ def test_a_failed_rotation_is_not_tried_again_at_every_line(tmp_path: Path) -> N
     # each try renames every numbered file there and back: a hub out of
     # descriptors and logging a lot would do that for each line
     path = tmp_path / "mailhub.log"
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, _ = _failing_log(path)
     tries = []
     real = f._openFile
 
@@ -637,9 +643,7 @@ def test_after_a_failed_rotation_succeeds_the_next_one_is_at_rotate_length(
     # the hold-off of a failed try is for that shortage only: the new log
     # rotates at the usual size, not 64 KiB later
     path = tmp_path / "mailhub.log"
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, failing = _failing_log(path)
     f.rotateLength = 10
     f.write("x" * 10)
     f.write("y")  # fails
@@ -743,9 +747,7 @@ def test_a_moved_log_that_cannot_be_opened_again_is_not_tried_at_every_line(
     # rotation that renames, it is tried again 64 KiB of log later, not
     # at every line (a stat and an open for each)
     path = tmp_path / "mailhub.log"
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, failing = _failing_log(path)
     tries = []
     real = f._openFile
 
@@ -775,9 +777,7 @@ def test_a_log_opened_again_after_a_failed_rotation_rotates_at_the_usual_size(
     # the new one rotates at rotateLength (not at the old file's size
     # plus 64 KiB: after a long shortage, a log many times the 1 MB)
     path = tmp_path / "mailhub.log"
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, failing = _failing_log(path)
     f.rotateLength = 10
     f.write("x" * 10)
     f.write("y" * 100)  # rotation due, and impossible: held off
@@ -801,9 +801,7 @@ def test_a_moved_log_that_could_not_be_opened_again_is_tried_64_kib_later_under_
     # once; with the documented missingok, never rotated again as no
     # mailhub.log was there), and mailhub.log stayed missing
     path = tmp_path / "mailhub.log"
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, failing = _failing_log(path)
     f.rotateLength = 1_000_000
     f.write("x" * 1000)
     os.rename(path, tmp_path / "mailhub.log-20261130")
@@ -822,9 +820,7 @@ def test_a_rotation_asked_for_by_sigusr1_that_failed_is_tried_64_kib_later_under
     # rotation): out of descriptors, the names are put back, and the
     # rotation is tried again 64 KiB of log later, not at 1 MB
     path = tmp_path / "mailhub.log"
-    f = _log_file(path)
-    failing = {"on": True}
-    _out_of_descriptors(f, failing)
+    f, failing = _failing_log(path)
     f.rotateLength = 1_000_000
     f.write("x" * 1000)
     f.rotate()  # SIGUSR1: the new file cannot be opened
