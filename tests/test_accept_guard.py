@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 from twisted.internet.protocol import Factory, Protocol
@@ -18,6 +19,16 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
 
 from txmailhub.accept_guard import AcceptGuard, guard_port
+
+
+@pytest.fixture
+def port() -> Iterator[FakePort]:
+    """A ``FakePort`` whose socket is closed after the test."""
+    made = FakePort()
+    try:
+        yield made
+    finally:
+        made.sock.close()
 
 
 class FakePort:
@@ -79,29 +90,24 @@ def run_reactor(port: FakePort, clock: Clock, seconds: float) -> int:
     return calls
 
 
-def test_a_port_without_its_reserve_and_out_of_descriptors_pauses(log_events) -> None:
-    port, clock = FakePort(), Clock()
-    try:
-        guard = AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors,
-                            name="smtp on 127.0.0.1:25").install()
-        calls = run_reactor(port, clock, 10)
-        # one call per pause, ~1 s each: not thousands a second
-        assert calls <= 11 and port.reads == 0
-        assert guard.pauses >= 9
-        warnings = [formatEvent(e) for e in log_events if "file descriptors" in formatEvent(e)]
-        assert len(warnings) == 1, warnings
-        assert "smtp on 127.0.0.1:25: out of file descriptors" in warnings[0]
-    finally:
-        port.sock.close()
+def test_a_port_without_its_reserve_and_out_of_descriptors_pauses(
+        port: FakePort, log_events) -> None:
+    clock = Clock()
+    guard = AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors,
+                        name="smtp on 127.0.0.1:25").install()
+    calls = run_reactor(port, clock, 10)
+    # one call per pause, ~1 s each: not thousands a second
+    assert calls <= 11 and port.reads == 0
+    assert guard.pauses >= 9
+    warnings = [formatEvent(e) for e in log_events if "file descriptors" in formatEvent(e)]
+    assert len(warnings) == 1, warnings
+    assert "smtp on 127.0.0.1:25: out of file descriptors" in warnings[0]
 
 
-def test_the_unguarded_port_is_what_spins() -> None:
+def test_the_unguarded_port_is_what_spins(port: FakePort) -> None:
     # the same run without the guard: the reason for it
-    port, clock = FakePort(), Clock()
-    try:
-        assert run_reactor(port, clock, 1) == 10_000
-    finally:
-        port.sock.close()
+    clock = Clock()
+    assert run_reactor(port, clock, 1) == 10_000
 
 
 def test_when_descriptors_come_back_the_reserve_is_taken_and_accepting_resumes(
@@ -145,18 +151,15 @@ def test_a_port_that_has_its_reserve_is_not_probed() -> None:
         port.sock.close()
 
 
-def test_a_closed_port_is_not_resumed() -> None:
-    port, clock = FakePort(), Clock()
-    try:
-        guard = AcceptGuard(port, clock, reservation=Reservation(False),
-                            dup=no_descriptors).install()
-        port.doRead()
-        guard.stop()
-        port.connected = False
-        clock.advance(5)
-        assert not port.reading and not clock.getDelayedCalls()
-    finally:
-        port.sock.close()
+def test_a_closed_port_is_not_resumed(port: FakePort) -> None:
+    clock = Clock()
+    guard = AcceptGuard(port, clock, reservation=Reservation(False),
+                        dup=no_descriptors).install()
+    port.doRead()
+    guard.stop()
+    port.connected = False
+    clock.advance(5)
+    assert not port.reading and not clock.getDelayedCalls()
 
 
 class RealPortReactor(MemoryReactorClock):
@@ -458,55 +461,43 @@ def test_without_a_reserve_every_read_is_probed_and_no_descriptor_is_kept() -> N
         port.sock.close()
 
 
-def test_without_a_reserve_and_out_of_descriptors_the_port_pauses() -> None:
-    port, clock = FakePort(), Clock()
-    try:
-        guard = AcceptGuard(port, clock, reservation=None, dup=no_descriptors).install()
-        port.doRead()
-        assert not port.reading and port.reads == 0 and guard.pauses == 1
-    finally:
-        port.sock.close()
+def test_without_a_reserve_and_out_of_descriptors_the_port_pauses(port: FakePort) -> None:
+    clock = Clock()
+    guard = AcceptGuard(port, clock, reservation=None, dup=no_descriptors).install()
+    port.doRead()
+    assert not port.reading and port.reads == 0 and guard.pauses == 1
 
 
-def test_a_read_already_polled_when_the_port_paused_is_ignored() -> None:
+def test_a_read_already_polled_when_the_port_paused_is_ignored(port: FakePort) -> None:
     # the reactor may still hand over a readiness it collected before the
     # pause: no accept, and no second retry scheduled
-    port, clock = FakePort(), Clock()
-    try:
-        guard = AcceptGuard(port, clock, reservation=Reservation(False),
-                            dup=no_descriptors).install()
-        port.doRead()
-        port.doRead()
-        assert port.reads == 0 and guard.pauses == 1
-        assert len(clock.getDelayedCalls()) == 1
-    finally:
-        port.sock.close()
+    clock = Clock()
+    guard = AcceptGuard(port, clock, reservation=Reservation(False),
+                        dup=no_descriptors).install()
+    port.doRead()
+    port.doRead()
+    assert port.reads == 0 and guard.pauses == 1
+    assert len(clock.getDelayedCalls()) == 1
 
 
-def test_stopping_the_guard_cancels_its_retry_at_once() -> None:
-    port, clock = FakePort(), Clock()
-    try:
-        guard = AcceptGuard(port, clock, reservation=Reservation(False),
-                            dup=no_descriptors).install()
-        port.doRead()
-        guard.stop()
-        assert not clock.getDelayedCalls()
-    finally:
-        port.sock.close()
+def test_stopping_the_guard_cancels_its_retry_at_once(port: FakePort) -> None:
+    clock = Clock()
+    guard = AcceptGuard(port, clock, reservation=Reservation(False),
+                        dup=no_descriptors).install()
+    port.doRead()
+    guard.stop()
+    assert not clock.getDelayedCalls()
 
 
-def test_a_port_closed_during_a_pause_is_not_read_again() -> None:
+def test_a_port_closed_during_a_pause_is_not_read_again(port: FakePort) -> None:
     # closed by the reactor (not by the listener's stop, which cancels
     # the retry): the retry finds it closed and leaves it
-    port, clock = FakePort(), Clock()
-    try:
-        AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors).install()
-        port.doRead()
-        port.connected = False
-        clock.advance(5)
-        assert not port.reading
-    finally:
-        port.sock.close()
+    clock = Clock()
+    AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors).install()
+    port.doRead()
+    port.connected = False
+    clock.advance(5)
+    assert not port.reading
 
 
 def test_a_listener_stopped_during_a_pause_leaves_no_retry_behind() -> None:
@@ -527,20 +518,17 @@ def test_a_listener_stopped_during_a_pause_leaves_no_retry_behind() -> None:
     assert not reactor.getDelayedCalls()
 
 
-def test_the_warning_says_how_long_the_port_waits(log_events) -> None:
-    port, clock = FakePort(), Clock()
-    try:
-        AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors,
-                    pause=2.5, name="pop3 on 127.0.0.1:110").install()
-        port.doRead()
-        [warning] = [formatEvent(e) for e in log_events if "file descriptors" in formatEvent(e)]
-        assert "retried every 2.5 s" in warning
-        clock.advance(2.4)
-        assert not port.reading
-        clock.advance(0.1)
-        assert port.reading
-    finally:
-        port.sock.close()
+def test_the_warning_says_how_long_the_port_waits(port: FakePort, log_events) -> None:
+    clock = Clock()
+    AcceptGuard(port, clock, reservation=Reservation(False), dup=no_descriptors,
+                pause=2.5, name="pop3 on 127.0.0.1:110").install()
+    port.doRead()
+    [warning] = [formatEvent(e) for e in log_events if "file descriptors" in formatEvent(e)]
+    assert "retried every 2.5 s" in warning
+    clock.advance(2.4)
+    assert not port.reading
+    clock.advance(0.1)
+    assert port.reading
 
 
 def test_a_reserve_that_cannot_be_reopened_for_lack_of_memory_pauses(log_events) -> None:
