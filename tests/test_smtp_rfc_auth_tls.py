@@ -537,6 +537,10 @@ def test_fully_qualified_or_no_address_field_domains_pass(header):
     (b"reply-to : x@sales.\n\n", "sales."),  # any case, white space before the colon
     (b"Sender: x@sales", "sales"),  # the data ended in the header section
     (b"To: <@relay:bob@example.com>\n\n", "relay"),  # an obsolete route's domain too
+    (b"To: a@example.com,\n\tb@intranet\n\n", "intranet"),  # a continuation with a tab
+    # the first one found is named, not a later one
+    (b"From: a@sales\nTo: b@intranet\n\n", "sales"),
+    (b"To: a@sales, b@intranet\n\n", "sales"),
 ])
 def test_an_address_field_domain_of_one_label_is_found(header, domain):
     assert _domains(header) == domain
