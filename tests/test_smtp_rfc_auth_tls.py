@@ -548,6 +548,14 @@ def test_an_address_field_domain_of_one_label_is_found(header, domain):
         assert _domains(header, cut) == domain
 
 
+def test_an_ipv6_literal_and_a_local_domain_of_one_label_are_qualified():
+    # RFC 6409 4.2 wants hosts named fully: an address literal is a host
+    # (an IPv6 one has no dot), and so is one of the hub's own domains
+    check = HeaderDomains(lambda domain: domain == "mailhub")
+    assert check.feed(b"To: bob@[IPv6:2001:db8::1], root@mailhub\n\n") is None
+    assert check.finish() is None
+
+
 def _submit(h, data: bytes, host: str = "127.0.0.1") -> list[str]:
     p, t = h.connect(host)
     login = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"
