@@ -614,6 +614,8 @@ def test_a_submission_that_ends_on_such_a_field_is_554_and_the_session_goes_on()
     out = _submit(h, b"To: bob@example.org\r\nCc: x@sales\r\n")
     assert out[-1] == replies.header_domain_not_qualified("sales").text()
     assert h.store.messages(Address("bob", "example.org")) == []
+    # its spool file is given up, not left behind in the spool
+    assert [w.state for w in h.spooler.writers] == ["aborted"]
     out = _submit(h, b"To: bob@example.org\r\nCc: x@sales.example\r\n")
     assert out[-1].startswith("250 2.0.0 ")
 
