@@ -1038,3 +1038,14 @@ def test_parentheses_never_closed_are_read_in_one_pass():
     assert params["boundary"] == "b1"
     assert ctype == "multipart/mixed"
     assert len(scanned) == 1  # the params' first "(", none of the others
+    # and the reader of comments is asked once: no "(" after it is scanned
+    calls = []
+    real = mime7bit.comment_end
+
+    def comment_end(text, i):
+        calls.append(i)
+        return real(text, i)
+
+    with mock.patch.object(mime7bit, "comment_end", comment_end):
+        assert mime7bit._params(("multipart/mixed" + text).encode())[1]["boundary"] == "b1"
+    assert len(calls) == 1
