@@ -1247,6 +1247,22 @@ class ProtocolTests(SynchronousTestCase):
         assert not h.store.messages(ALICE)
         assert h.spooler.writers[0].state == "aborted"
 
+    def test_message_data_that_falls_behind_between_reads_is_cut_by_the_timer(self):
+        # the timer judges the data rate too, not only the idle time: a
+        # client whose last read was recent (idle well under the timeout)
+        # but whose message fell behind MIN_DATA_RATE since is cut when
+        # the timer looks, not left until it sends again or goes idle
+        h, p, t = self.in_a_message(b"DATA\r\n")
+        h.clock.advance(250)
+        p.dataReceived(b"x" * 99_998 + b"\r\n")  # 100,000 octets: 500 s allowed
+        h.clock.advance(50)  # the timer at 300 s: idle 50 s, re-armed for 550 s
+        h.clock.advance(100)
+        p.dataReceived(b"y")  # at 400 s: within 500.002 s
+        assert take(t) == [] and not t.disconnecting
+        h.clock.advance(150)  # 550 s: idle 150 s, but behind the rate
+        h.clock.advance(0)  # the second look
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+
     def test_a_stall_of_the_hub_is_not_message_data_too_slow(self):
         # the rest of the message (its final dot included) came while the
         # reactor thread was stuck past the data rate's allowance: the
