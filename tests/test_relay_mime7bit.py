@@ -1049,3 +1049,20 @@ def test_parentheses_never_closed_are_read_in_one_pass():
     with mock.patch.object(mime7bit, "comment_end", comment_end):
         assert mime7bit._params(("multipart/mixed" + text).encode())[1]["boundary"] == "b1"
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("value, params", [
+    # a ";" inside a comment after a quoted value starts no parameter
+    (b'text/plain; charset="utf-8" (x; format=flowed)', {"charset": "utf-8"}),
+    # a comment may stand between a name and its "=" (RFC 2045 5.1, CFWS)
+    (b"multipart/mixed; boundary(c)=b1", {"boundary": "b1"}),
+    (b'multipart/mixed; boundary="a\\"b"', {"boundary": 'a"b'}),  # a quoted pair
+    (b"text/plain; name=x(c)", {"name": "x(c)"}),  # no blank before "(": part of it
+    # RFC 2231 forms that leave no usable boundary: an extended value with
+    # one quote, the same form twice, a section with an 8-bit octet
+    (b"multipart/mixed; boundary*=utf-8'b1", {"boundary": ""}),
+    (b"multipart/mixed; boundary*=''b1; boundary*=''b2", {"boundary": ""}),
+    (b'multipart/mixed; boundary*0="a\xfc"; boundary*1="b"', {"boundary": ""}),
+])
+def test_content_type_parameters_as_the_7bit_copy_reads_them(value, params):
+    assert mime7bit._params(value)[1] == params
