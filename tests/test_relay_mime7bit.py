@@ -1063,6 +1063,15 @@ def test_parentheses_never_closed_are_read_in_one_pass():
     (b"multipart/mixed; boundary*=utf-8'b1", {"boundary": ""}),
     (b"multipart/mixed; boundary*=''b1; boundary*=''b2", {"boundary": ""}),
     (b'multipart/mixed; boundary*0="a\xfc"; boundary*1="b"', {"boundary": ""}),
+    # a section number with a leading zero spoils a plain form beside it
+    (b"multipart/mixed; boundary=b1; boundary*01=b2", {"boundary": ""}),
+    (b"multipart/mixed; boundary=b1; boundary=b2", {"boundary": "b1"}),  # the first
 ])
 def test_content_type_parameters_as_the_7bit_copy_reads_them(value, params):
     assert mime7bit._params(value)[1] == params
+
+
+def test_a_content_type_with_blanks_around_its_slash_is_the_type():
+    # "multipart / mixed": white space between the tokens (RFC 2045 5.1)
+    assert mime7bit._params(b"Multipart / Mixed (x); boundary=b1") == (
+        "multipart/mixed", {"boundary": "b1"})
