@@ -792,6 +792,20 @@ def test_a_quoted_printable_line_ending_in_padding_or_cr_keeps_its_soft_break(pr
     assert binascii.a2b_qp(fixed) == binascii.a2b_qp(src)
 
 
+def test_a_stray_equals_sign_on_a_line_the_7bit_copy_fixes_is_written_3d():
+    # "=" before a raw octet would become "==E9", which decoders such as
+    # binascii read as "=E9" (the octet lost); RFC 2045 6.7 has a stray
+    # "=" taken literally, so the copy writes it =3D
+    from txmailhub.relay.transfer_encoding import QPFix
+
+    out = io.BytesIO()
+    sink = QPFix(out)
+    sink.write(b"a=\xe9 b=zz\n")
+    sink.close()
+    assert out.getvalue() == b"a=3D=E9 b=3Dzz\n"
+    assert binascii.a2b_qp(out.getvalue()) == b"a=\xe9 b=zz\n"
+
+
 def _wrap_by_tokens(line: bytes) -> bytes:
     # the re-cut as RFC 2045 6.7 states it, token by token (=XX or one
     # character), 75 characters and "=" a line, a continuation never
