@@ -1277,6 +1277,31 @@ class ProtocolTests(SynchronousTestCase):
         assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
         assert len(h.store.messages(ALICE)) == 1
 
+    def test_a_stall_before_a_message_starts_gives_its_data_no_extra_time(self):
+        # the hub's stall on the first message of a pipelined read (a
+        # frozen spool write) is moved off the second message's time only
+        # from that message's start: before it, the message did not exist
+        h, p, t = self.in_a_message(b"DATA\r\n")
+        writer_class = type(h.spooler.open())
+        write = writer_class.write
+
+        def frozen(writer, data):
+            h.clock.rightNow += 400
+            return write(writer, data)
+
+        self.patch(writer_class, "write", frozen)
+        p.dataReceived(b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        self.patch(writer_class, "write", write)
+        said = take(t)
+        assert said[-1].startswith("354") and not t.disconnecting, said
+        for _ in range(3):
+            h.clock.advance(100)
+            p.dataReceived(b"y\r\n")
+        assert take(t) == [] and not t.disconnecting  # 300 s, 300 + 9 / 500 allowed
+        h.clock.advance(100)
+        p.dataReceived(b"y\r\n")  # 400 s for 12 octets: behind
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+
     def test_a_write_of_message_data_that_stalls_the_hub_is_not_the_clients_time(self):
         # fsfreeze: the spool write of this very read hung for longer than
         # the data rate allows the whole message; that time is the hub's,
