@@ -584,3 +584,45 @@ def test_the_recovery_line_counts_every_pause_of_the_shortage(log_events) -> Non
         assert "paused 3 time(s)" in again
     finally:
         port.sock.close()
+
+
+def test_a_reserve_that_fails_to_reopen_otherwise_is_not_taken_for_a_shortage() -> None:
+    # EACCES is no lack of descriptors or memory: pausing would hide it
+    # behind a misleading warning, retried for ever; it goes to the reactor
+    from twisted.internet import tcp
+
+    def refused() -> object:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    reservation = tcp._FileDescriptorReservation(refused)
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=reservation).install()
+        with pytest.raises(OSError) as raised:
+            port.doRead()
+        assert raised.value.errno == errno.EACCES and guard.pauses == 0
+        assert "_log" not in vars(reservation)
+    finally:
+        port.sock.close()
+
+
+def test_the_reserves_other_failures_still_reach_its_log(log_events) -> None:
+    # the guard quiets the reserve's failures it handles (a shortage), not
+    # the others: those go on to Twisted's logger, traceback and all
+    from twisted.internet import tcp
+    from twisted.python.failure import Failure
+
+    reservation = tcp._FileDescriptorReservation(lambda: None)
+    port, clock = FakePort(), Clock()
+    try:
+        guard = AcceptGuard(port, clock, reservation=reservation).install()
+        for error in (errno.ENFILE, errno.EACCES):
+            with guard._quiet:
+                try:
+                    raise OSError(error, os.strerror(error))
+                except OSError:
+                    reservation._log.failure("Could not reserve", Failure())
+        failures = [e["log_failure"].value.errno for e in log_events if "log_failure" in e]
+        assert failures == [errno.EACCES]
+    finally:
+        port.sock.close()
