@@ -1152,6 +1152,7 @@ def test_idle_timeout_aborts_a_reader_that_stopped_reading():
     assert proto._stream is not None
     env.clock.advance(601)
     assert t.disconnecting
+    assert t.disconnected  # aborted: a polite close waits for the unread buffer
 
 
 def test_idle_timeout_aborts_when_responses_pile_up_unread():
@@ -1162,6 +1163,7 @@ def test_idle_timeout_aborts_when_responses_pile_up_unread():
     assert proto._write_paused and proto._stream is None
     env.clock.advance(601)
     assert t.disconnecting
+    assert t.disconnected  # aborted: a polite close waits for the unread buffer
 
 
 def test_idle_timeout_zero_disables_autologout():
