@@ -451,10 +451,14 @@ def _out_of_descriptors(f: object, failing: dict[str, bool]) -> None:
     f._openFile = open_file  # type: ignore[attr-defined]
 
 
-def _failing_log(path: Path) -> tuple[Any, dict[str, bool]]:
+def _failing_log(path: Path, rotate_length: int | None = None
+                 ) -> tuple[Any, dict[str, bool]]:
     """A log file at ``path`` whose opens fail with EMFILE while the
-    returned ``failing["on"]`` (True at first)."""
+    returned ``failing["on"]`` (True at first); rotated at
+    ``rotate_length`` octets when given (twistd's 1 MB otherwise)."""
     f = _log_file(path)
+    if rotate_length is not None:
+        f.rotateLength = rotate_length
     failing = {"on": True}
     _out_of_descriptors(f, failing)
     return f, failing
@@ -468,8 +472,7 @@ def test_a_size_rotation_out_of_descriptors_keeps_the_log(tmp_path: Path) -> Non
     # the numbered files as they were, and rotates once it can.
     path = tmp_path / "mailhub.log"
     (tmp_path / "mailhub.log.1").write_text("older\n")
-    f, failing = _failing_log(path)
-    f.rotateLength = 10
+    f, failing = _failing_log(path, rotate_length=10)
     f.write("x" * 10)
     f.write("y")  # rotation due, and impossible
     f.write("z" * 70_000)  # past the hold-off: tried again, still impossible
@@ -643,8 +646,7 @@ def test_after_a_failed_rotation_succeeds_the_next_one_is_at_rotate_length(
     # the hold-off of a failed try is for that shortage only: the new log
     # rotates at the usual size, not 64 KiB later
     path = tmp_path / "mailhub.log"
-    f, failing = _failing_log(path)
-    f.rotateLength = 10
+    f, failing = _failing_log(path, rotate_length=10)
     f.write("x" * 10)
     f.write("y")  # fails
     failing["on"] = False
@@ -777,8 +779,7 @@ def test_a_log_opened_again_after_a_failed_rotation_rotates_at_the_usual_size(
     # the new one rotates at rotateLength (not at the old file's size
     # plus 64 KiB: after a long shortage, a log many times the 1 MB)
     path = tmp_path / "mailhub.log"
-    f, failing = _failing_log(path)
-    f.rotateLength = 10
+    f, failing = _failing_log(path, rotate_length=10)
     f.write("x" * 10)
     f.write("y" * 100)  # rotation due, and impossible: held off
     failing["on"] = False
@@ -801,8 +802,7 @@ def test_a_moved_log_that_could_not_be_opened_again_is_tried_64_kib_later_under_
     # once; with the documented missingok, never rotated again as no
     # mailhub.log was there), and mailhub.log stayed missing
     path = tmp_path / "mailhub.log"
-    f, failing = _failing_log(path)
-    f.rotateLength = 1_000_000
+    f, failing = _failing_log(path, rotate_length=1_000_000)
     f.write("x" * 1000)
     os.rename(path, tmp_path / "mailhub.log-20261130")
     f.rotate()  # logrotate's SIGUSR1: the open fails
@@ -820,8 +820,7 @@ def test_a_rotation_asked_for_by_sigusr1_that_failed_is_tried_64_kib_later_under
     # rotation): out of descriptors, the names are put back, and the
     # rotation is tried again 64 KiB of log later, not at 1 MB
     path = tmp_path / "mailhub.log"
-    f, failing = _failing_log(path)
-    f.rotateLength = 1_000_000
+    f, failing = _failing_log(path, rotate_length=1_000_000)
     f.write("x" * 1000)
     f.rotate()  # SIGUSR1: the new file cannot be opened
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mailhub.log"]
