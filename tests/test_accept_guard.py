@@ -75,6 +75,19 @@ def no_descriptors(fd: int) -> int:
     raise OSError(errno.EMFILE, "Too many open files")
 
 
+class TableDup:
+    """``os.dup`` of a process whose descriptor table is full while
+    ``full``, and has room once it is set False."""
+
+    def __init__(self) -> None:
+        self.full = True
+
+    def __call__(self, fd: int) -> int:
+        if self.full:
+            no_descriptors(fd)
+        return os.dup(fd)
+
+
 def run_reactor(port: FakePort, clock: Clock, seconds: float) -> int:
     """What a level-triggered reactor does with a readable listening
     socket for ``seconds``: call ``doRead`` while the port reads (a
@@ -114,18 +127,12 @@ def test_when_descriptors_come_back_the_reserve_is_taken_and_accepting_resumes(
         log_events) -> None:
     port, clock = FakePort(), Clock()
     reservation = Reservation(False)
-    table = {"full": True}
-
-    def dup(fd: int) -> int:
-        if table["full"]:
-            no_descriptors(fd)
-        return os.dup(fd)
-
+    dup = TableDup()
     try:
         guard = AcceptGuard(port, clock, reservation=reservation, dup=dup).install()
         port.doRead()
         assert not port.reading and port.reads == 0
-        table["full"] = False
+        dup.full = False
         clock.advance(1.0)
         assert port.reading
         port.doRead()
@@ -562,20 +569,14 @@ def test_the_recovery_line_counts_every_pause_of_the_shortage(log_events) -> Non
     # one warning when the shortage starts, and the line that ends it
     # says how many retries found no room (not "1" whatever happened)
     port, clock = FakePort(), Clock()
-    table = {"full": True}
-
-    def dup(fd: int) -> int:
-        if table["full"]:
-            no_descriptors(fd)
-        return os.dup(fd)
-
+    dup = TableDup()
     try:
         AcceptGuard(port, clock, reservation=None, dup=dup).install()
         port.doRead()
         for _ in range(2):
             clock.advance(1.0)
             port.doRead()  # still no room: paused again
-        table["full"] = False
+        dup.full = False
         clock.advance(1.0)
         port.doRead()
         lines = [formatEvent(e) for e in log_events]
