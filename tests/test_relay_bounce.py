@@ -1244,6 +1244,19 @@ def test_send_dsn_spools_a_notice_of_any_size_whole(tmp_path):
     assert store.messages(ALICE) == [b"Return-Path: <>\n" + data]
 
 
+
+def _folded_lines(data: bytes, name: bytes) -> list[bytes]:
+    """The lines of the field ``name`` in ``data`` (its first line and
+    its continuation lines, LF line ends)."""
+    start = data.index(b"\n" + name + b": ") + 1
+    lines = data[start:].split(b"\n")
+    field = [lines[0]]
+    for line in lines[1:]:
+        if line[:1] not in (b" ", b"\t"):
+            break
+        field.append(line)
+    return field
+
 @pytest.mark.parametrize("width", range(40, 120))
 @pytest.mark.parametrize("tail", ["  ", "   end", "     "])
 def test_diagnostic_code_unfolds_to_the_reply_and_has_no_blank_line(tmp_path, width, tail):
@@ -1254,12 +1267,7 @@ def test_diagnostic_code_unfolds_to_the_reply_and_has_no_blank_line(tmp_path, wi
     entry = make_entry(tmp_path)
     reply = Reply(550, "5.1.1", ("y" * width + " " + "z" * 30 + tail,))
     data, _ = build(entry, [failed(entry, reply=reply)])
-    start = data.index(b"\nDiagnostic-Code: ") + 1
-    field = [data[start:].split(b"\n")[0]]
-    for line in data[start:].split(b"\n")[1:]:
-        if line[:1] not in (b" ", b"\t"):
-            break
-        field.append(line)
+    field = _folded_lines(data, b"Diagnostic-Code")
     assert all(line.strip(b" \t") for line in field)
     assert b"".join(field) == b"Diagnostic-Code: smtp; " + reply.text().encode()
 
@@ -1347,12 +1355,7 @@ def test_diagnostic_code_keeps_a_run_of_blanks_at_a_fold_and_a_trailing_blank(tm
     entry = make_entry(tmp_path)
     reply = Reply(550, "5.1.1", ("y" * width + run + "z" * 70 + run + "w" * 50 + " ",))
     data, _ = build(entry, [failed(entry, reply=reply)])
-    start = data.index(b"\nDiagnostic-Code: ") + 1
-    field = [data[start:].split(b"\n")[0]]
-    for line in data[start:].split(b"\n")[1:]:
-        if line[:1] not in (b" ", b"\t"):
-            break
-        field.append(line)
+    field = _folded_lines(data, b"Diagnostic-Code")
     assert len(field) > 1
     assert all(line.strip(b" \t") for line in field)
     assert max(len(line) for line in field) <= 78
