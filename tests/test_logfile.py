@@ -464,6 +464,19 @@ def _failing_log(path: Path, rotate_length: int | None = None
     return f, failing
 
 
+def _counted_opens(f: Any) -> list[int]:
+    """A list that gets an item each time ``f`` tries to open its file."""
+    tries: list[int] = []
+    real = f._openFile
+
+    def counted() -> None:
+        tries.append(1)
+        real()
+
+    f._openFile = counted
+    return tries
+
+
 def test_a_size_rotation_out_of_descriptors_keeps_the_log(tmp_path: Path) -> None:
     # At its open-files limit the hub rotated at 1 MB: twistd's rotation
     # closed mailhub.log, renamed it mailhub.log.1, could not open a new
@@ -491,16 +504,8 @@ def test_a_failed_rotation_is_not_tried_again_at_every_line(tmp_path: Path) -> N
     # each try renames every numbered file there and back: a hub out of
     # descriptors and logging a lot would do that for each line
     path = tmp_path / "mailhub.log"
-    f, _ = _failing_log(path)
-    tries = []
-    real = f._openFile
-
-    def counted() -> None:
-        tries.append(1)
-        real()
-
-    f._openFile = counted
-    f.rotateLength = 10
+    f, _ = _failing_log(path, rotate_length=10)
+    tries = _counted_opens(f)
     for _ in range(1000):
         f.write("a line of the log\n")
     f.close()
@@ -749,16 +754,8 @@ def test_a_moved_log_that_cannot_be_opened_again_is_not_tried_at_every_line(
     # rotation that renames, it is tried again 64 KiB of log later, not
     # at every line (a stat and an open for each)
     path = tmp_path / "mailhub.log"
-    f, failing = _failing_log(path)
-    tries = []
-    real = f._openFile
-
-    def counted() -> None:
-        tries.append(1)
-        real()
-
-    f._openFile = counted
-    f.rotateLength = 10
+    f, failing = _failing_log(path, rotate_length=10)
+    tries = _counted_opens(f)
     f.write("x" * 10)
     os.rename(path, tmp_path / "mailhub.log-20261130")
     for _ in range(1000):

@@ -1244,7 +1244,6 @@ def test_send_dsn_spools_a_notice_of_any_size_whole(tmp_path):
     assert store.messages(ALICE) == [b"Return-Path: <>\n" + data]
 
 
-
 def _folded_lines(data: bytes, name: bytes) -> list[bytes]:
     """The lines of the field ``name`` in ``data`` (its first line and
     its continuation lines, LF line ends)."""
