@@ -15,6 +15,7 @@ import threading
 import tracemalloc
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -1172,6 +1173,37 @@ class MailboxTests(Base):
         self.assertEqual(os.listdir(os.path.join(self.md(), "cur")),
                          [os.path.basename(info.path)])
         self.assertEqual(box.open_message(0).read(), b"one\n")
+        box.close()
+
+    def test_update_flags_and_deletes_in_one_worker_job_and_logs_what_it_cannot_flag(self):
+        # The POP3 UPDATE state's changes (IMailboxUpdate): the renames of
+        # the messages RETR sent and the unlinks, one job on the syncer's
+        # workers for a few messages (none on the caller's thread), then
+        # the folders that lost one fsynced.  A message that cannot be
+        # flagged (gone) is a warning, logged on the caller's thread.
+        from txmailhub.interfaces import IMailboxUpdate
+
+        for body in (b"one\n", b"two\n", b"three\n"):
+            self.deliver([JOE], body)
+        box = self.open()
+        self.assertTrue(verifyObject(IMailboxUpdate, box))
+        paths = [box.list_messages()[i].path for i in range(3)]
+        os.unlink(paths[2])  # removed by another program
+        before = self.syncer.calls_run
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            self.successResultOf(box.update([0, 2, 0], [1]))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.assertEqual(self.syncer.calls_run, before + 1)
+        self.assertEqual(os.listdir(os.path.join(self.md(), "new")), [])
+        self.assertEqual(os.listdir(os.path.join(self.md(), "cur")),
+                         [os.path.basename(paths[0]) + ":2,S"])
+        self.assertIn(("dir", os.path.join(self.md(), "new")), self.syncer.calls)
+        warned = [formatEvent(e) for e in events if "seen" in formatEvent(e)]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("cannot mark message 2 of", warned[0])
         box.close()
 
     def test_delete_of_a_file_renamed_by_another_reader(self):

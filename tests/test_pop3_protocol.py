@@ -223,14 +223,18 @@ def test_a_session_keeps_its_state_in_slots():
 def test_small_retr_is_one_write_and_marks_seen_top_does_not():
     env = Env()
     env.store.add("joe@example.org", b"Subject: a\n\n.dot\nline2\n")
+    env.store.add("joe@example.org", b"Subject: b\n\nx\n")
     proto, t = login(env)
+    box = proto.mailbox
     assert talk(proto, t, b"TOP 1 1\r\n") == (
         R.TOP_FOLLOWS.to_bytes() + b"Subject: a\r\n\r\n..dot\r\n.\r\n"
     )
-    assert not proto.mailbox.list_messages()[0].seen
     assert talk(proto, t, b"RETR 1\r\n").endswith(b"..dot\r\nline2\r\n.\r\n")
     assert len(t.writes) == 1
-    assert proto.mailbox.list_messages()[0].seen
+    # flagged at the session's end (the UPDATE state), not at the RETR
+    assert not box.list_messages()[0].seen
+    talk(proto, t, b"TOP 2 0\r\nQUIT\r\n")
+    assert [m.seen for m in box.list_messages()] == [True, False]
 
 
 # -- pipelining ------------------------------------------------------------
@@ -360,7 +364,10 @@ def test_large_retr_streams_with_backpressure():
     size = crlf_size_of(msg)
     expected = f"+OK {size} octets\r\n".encode() + encode_whole(msg) + b"+OK\r\n"
     assert bytes(received) == expected
-    assert proto.mailbox.list_messages()[0].seen
+    box = proto.mailbox
+    assert not box.list_messages()[0].seen  # flagged at the session's end
+    proto.dataReceived(b"QUIT\r\n")
+    assert box.list_messages()[0].seen
 
 
 def test_large_top_stops_reading_early():
@@ -1373,24 +1380,35 @@ def test_twisted_pop3_client_in_memory():
     assert env.store.messages("joe@example.org") == [b"Subject: one\n\n.hello\n"]
 
 
-def test_seen_flag_is_set_after_the_flush_and_before_release():
+def test_seen_flags_are_set_in_the_update_state_before_the_deletions_and_the_answer():
+    # An IMailbox without IMailboxUpdate: mark_seen for each message RETR
+    # sent, at QUIT (not at the RETR: on the reactor thread, a rename per
+    # RETR held the hub while the disk hung), then delete, then the +OK.
+    # A message both retrieved and deleted is not flagged.
     env = Env()
-    env.store.add("joe@example.org", b"one\n")
-    env.store.add("joe@example.org", b"two\n")
+    for body in (b"one\n", b"two\n", b"three\n"):
+        env.store.add("joe@example.org", body)
     proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
     t = FlushingTransport(LOOPBACK)
     proto.makeConnection(t)
     proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
     events = t.events
     events.clear()
-    real_mark = proto.mailbox.mark_seen
-    proto.mailbox.mark_seen = lambda i: (events.append(("seen", i)), real_mark(i))
-    proto.dataReceived(b"RETR 1\r\n")
-    assert events == [("flush", None), ("seen", 0)]
+    box = proto.mailbox
+    real_mark, real_delete = box.mark_seen, box.delete
+    box.mark_seen = lambda i: (events.append(("seen", i)), real_mark(i))
+    box.delete = lambda indices: (events.append(("delete", indices)), real_delete(indices))[1]
+    real_write = t.write
+    t.write = lambda data: (events.append(("write", data)), real_write(data))
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nRETR 1\r\n")
+    assert [e for e in events if e[0] != "write"] == [("flush", None)]  # nothing flagged yet
     events.clear()
-    proto.dataReceived(b"RETR 2\r\nQUIT\r\n")  # marked before the UPDATE state ends
-    assert events[0] == ("seen", 1)
-    assert env.store.messages("joe@example.org") == [b"one\n", b"two\n"]
+    proto.dataReceived(b"RETR 3\r\nDELE 2\r\nQUIT\r\n")
+    kinds = [e if e[0] != "write" else ("write", e[1].split(b" ")[0]) for e in events]
+    assert kinds[-5:] == [("write", b"+OK"), ("seen", 0), ("seen", 2), ("delete", [1]),
+                          ("write", b"+OK")]
+    assert env.store.messages("joe@example.org") == [b"one\n", b"three\n"]
+    assert [m.seen for m in box.list_messages()] == [True, False, True]  # 2: deleted
 
 
 @settings(max_examples=200, deadline=None)
@@ -1840,7 +1858,9 @@ def test_a_message_with_utf8_headers_goes_downgraded_without_utf8(log_events):
     assert talk(proto, t, b"RETR 2\r\n").endswith("b\u00f6dy\r\n.\r\n".encode())
     assert talk(proto, t, b"RETR 3\r\n").endswith(b"Subject: gr\xfc\xdfe\r\n\r\nlatin-1\r\n.\r\n")
     assert talk(proto, t, b"UTF8\r\n") == R.wrong_state("UTF8", "TRANSACTION").to_bytes()
-    assert [m.seen for m in proto.mailbox.list_messages()] == [True, True, True]
+    box = proto.mailbox
+    talk(proto, t, b"QUIT\r\n")
+    assert [m.seen for m in box.list_messages()] == [True, True, True]
     assert any("downgraded" in str(e.get("log_format")) and e["number"] == 1
                for e in log_events)
 

@@ -8,6 +8,7 @@ import os
 from test_pop3_protocol import make_settings
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -170,3 +171,133 @@ def test_quit_whose_deletions_are_not_durable_answers_err_and_claims_nothing(
     assert formatEvent(failed) == (
         "POP3 UPDATE failed for joe@example.org from 127.0.0.1: 2 messages to delete, "
         "not all removed durably: [Errno 5] Input/output error")
+
+
+# -- the UPDATE state's changes, off the reactor thread ------------------------
+
+
+class HeldJobs(SyncerSpy):
+    """A ``SyncerSpy`` whose ``call`` jobs wait in ``jobs`` until the test
+    runs them (``run``): a worker thread that has not got to them yet, or
+    a disk that does not answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.jobs = []
+        self.holding = False  # set once the logins' scans are done
+
+    def call(self, f, *args):
+        if not self.holding:
+            return super().call(f, *args)
+        d = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run(self):
+        while self.jobs:
+            f, args, d = self.jobs.pop(0)
+            try:
+                result = f(*args)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(result)
+
+
+def held_env(tmp_path, names):
+    clock, components, md = make_env(tmp_path)
+    components.store.syncer = syncer = HeldJobs()
+    for i, name in enumerate(names):
+        with open(os.path.join(md, "new", name), "wb") as f:
+            f.write(b"Subject: %d\n\nhello\n" % i)
+    return clock, components, md, syncer
+
+
+def listing(md):
+    return {sub: sorted(os.listdir(os.path.join(md, sub))) for sub in ("new", "cur")}
+
+
+def login(components):
+    syncer = components.store.syncer
+    syncer.holding = False
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t.received)
+    t.received.clear()
+    syncer.holding = True
+    return proto, t
+
+
+NAMES = ["1600000001.M1P1Q1.x", "1600000002.M1P1Q2.x", "1600000003.M1P1Q3.x"]
+
+
+def test_retr_renames_nothing_and_quit_answers_once_the_job_made_the_changes(tmp_path):
+    """RETR only records that the message was read: its move to cur/
+    with S is made at QUIT, with the deletions, in one job on the store's
+    worker threads (a rename on the reactor thread held every session of
+    the hub while the disk hung), and the +OK comes once that job is done
+    (RFC 1939 6).  Until then the mailbox stays locked: a second login is
+    told it is in use, and never sees a half-made UPDATE."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES)
+    before = listing(md)
+    proto, t = login(components)
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nRETR 3\r\nDELE 2\r\n")
+    assert bytes(t.received).endswith(b"+OK Message 2 deleted\r\n")
+    assert listing(md) == before and syncer.jobs == []  # nothing renamed at RETR
+    # another reader (Dovecot) flags message 3 meanwhile: its flags are kept
+    os.rename(os.path.join(md, "new", NAMES[2]), os.path.join(md, "cur", NAMES[2] + ":2,F"))
+    t.received.clear()
+    proto.dataReceived(b"QUIT\r\n")
+    assert bytes(t.received) == b""  # no answer before the changes
+    assert len(syncer.jobs) == 1  # renames and unlinks: one job
+    assert os.path.exists(os.path.join(md, "new", NAMES[0]))
+    other, t2 = connect(components)
+    other.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"-ERR [IN-USE]" in bytes(t2.received)
+    syncer.run()
+    assert bytes(t.received) == b"+OK Bye (2 messages left)\r\n" and t.disconnecting
+    assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S", NAMES[2] + ":2,FS"]}
+    assert ("dir", os.path.join(md, "new")) in syncer.calls  # the deletion made durable
+    again, t3 = login(components)  # free again
+    again.dataReceived(b"UIDL\r\n")
+    # the UIDLs of the messages left are those they had (the unique part)
+    assert bytes(t3.received).split(b"\r\n")[1:3] == [b"1 1600000001.M1P1Q1.x",
+                                                       b"2 1600000003.M1P1Q3.x"]
+
+
+def test_a_dropped_session_deletes_nothing_and_flags_what_it_retrieved_after_it(tmp_path):
+    """A connection that ends without QUIT deletes nothing (RFC 1939 6);
+    the messages it retrieved are flagged seen as at a QUIT (so does
+    Dovecot at a session's end), in a job on the worker threads, the lock
+    held until it is done.  A login of the same user meanwhile waits for
+    it rather than being told the mailbox is in use."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:2])
+    before = listing(md)
+    proto, _ = login(components)
+    proto.dataReceived(b"RETR 1\r\nDELE 2\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert listing(md) == before and len(syncer.jobs) == 1
+    other, t2 = connect(components)
+    other.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" not in bytes(t2.received)
+    assert b"IN-USE" not in bytes(t2.received)  # it waits
+    syncer.run()
+    assert listing(md) == {"new": [NAMES[1]], "cur": [NAMES[0] + ":2,S"]}
+    assert b"+OK Logged in" in bytes(t2.received)
+
+
+def test_the_stop_waits_for_an_update_that_only_flags_messages(tmp_path):
+    """The hub's stop waits for the UPDATE jobs under way, the ones that
+    only flag messages too: nothing is half made when it fires."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    proto, t = login(components)
+    proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    stopped = proto.factory.shut_down()
+    assert not stopped.called
+    assert listing(md) == {"new": [NAMES[0]], "cur": []}
+    assert b"+OK Bye" not in bytes(t.received)
+    syncer.run()
+    assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert stopped.called
+    assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S"]}

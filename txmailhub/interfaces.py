@@ -23,6 +23,7 @@ __all__ = [
     "IMXResolver",
     "IMailbox",
     "IMailboxStore",
+    "IMailboxUpdate",
     "IOutboundQueue",
     "IRecipientRouter",
     "ISMTPUser",
@@ -112,7 +113,10 @@ class IMailbox(Interface):
 
     def mark_seen(index: int) -> None:
         """Move message ``index`` from new/ to cur/ with the S flag.
-        Synchronous; never fails loudly (a vanished file is ignored)."""
+        Synchronous; never fails loudly (a vanished file is ignored).
+        The POP3 server calls it for the messages RETR sent when the
+        session ends (QUIT, or a dropped connection), not at each RETR;
+        not at all where the mailbox provides ``IMailboxUpdate``."""
 
     def delete(indices: list[int]) -> "Deferred":  # noqa: F821, UP037
         """Remove these messages (the POP3 UPDATE state) and fire with
@@ -121,6 +125,21 @@ class IMailbox(Interface):
     def close() -> None:
         """Release the exclusive lock.  Idempotent; also called on
         disconnect, so a dropped connection never leaves a stale lock."""
+
+
+class IMailboxUpdate(Interface):
+    """An ``IMailbox`` that makes the POP3 UPDATE state's changes off the
+    reactor thread.  Optional: the POP3 server asks ``providedBy``, and
+    without it calls ``mark_seen`` for each message and then ``delete``
+    (a rename and an unlink on the reactor thread hold every session of
+    the hub while the disk does not answer)."""
+
+    def update(seen: list[int], deleted: list[int]) -> "Deferred":  # noqa: F821, UP037
+        """Flag the messages ``seen`` as ``mark_seen`` does and remove those
+        ``deleted`` as ``delete`` does, without blocking the caller's
+        thread.  Fires ``None`` once the removals are durable; errbacks
+        with the first error of a removal (a message that cannot be
+        flagged is logged, never an error)."""
 
 
 class IDowngradedSizes(Interface):

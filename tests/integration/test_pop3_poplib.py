@@ -64,6 +64,23 @@ def retrieved(p: poplib.POP3, n: int) -> bytes:
     return b"".join(x + b"\r\n" for x in lines)
 
 
+def test_retr_flags_the_message_seen_at_quit_not_before(filled):
+    """A retrieved message stays in new/ for the rest of the session and
+    moves to cur/ with S in the UPDATE state, on a worker thread, before
+    the +OK to QUIT (docs/pop3.rst "Seen flag")."""
+    p = pop(filled)
+    retrieved(p, 1)
+    p.noop()  # the RETR is answered, and the session goes on
+    files = filled.message_files(ALICE)
+    assert len(files) == 3 and all(f.parent.name == "new" for f in files)
+    assert p.quit().startswith(b"+OK")
+    # the answer came after the rename: no waiting here
+    files = filled.message_files(ALICE)
+    assert sorted(f.parent.name for f in files) == ["cur", "new", "new"]
+    [seen] = [f for f in files if f.parent.name == "cur"]
+    assert seen.name.endswith(":2,S") and seen.read_bytes() == MSG1
+
+
 def test_user_pass_stat_list_retr_sizes_are_exact(filled):
     p = pop(filled)
     count, total = p.stat()

@@ -33,7 +33,7 @@ from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, UsersUnavailable
-from txmailhub.interfaces import IDowngradedSizes, IMailbox
+from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
@@ -240,7 +240,7 @@ class POP3Protocol(Protocol):
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush", "_idle_call",
         "_last_activity", "_logout", "_lost", "_peer", "_pending_call", "_processing",
-        "_queued", "_reading", "_reading_input", "_refusing", "_save_call", "_sizes", "_stream",
+        "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
         "_turn_call",
         "_turn_spent", "_typed", "_unseen", "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
@@ -280,14 +280,16 @@ class POP3Protocol(Protocol):
         self._flush: Any = None
         self._writer: ResponseWriter | None = None
         self._queued = False  # bytes left in the transport's buffer this turn
-        self._unseen: list[int] = []  # retrieved, not yet marked seen
+        # a 1 for each message RETR sent: flagged seen (Maildir: new/ ->
+        # cur/ with S) at the session's end, off the reactor thread where
+        # the mailbox can (``_end_changes``); one octet a message at most
+        self._unseen = bytearray()
         # what RETR sends of each message to a client without UTF8 (the
         # stored size or the downgraded copy's, RFC 6857), -1 where not
         # measured yet: one array, not an int object per message
         self._sizes = _NO_SIZES
         # keeps the downgraded sizes ``_client_size`` measured (``_save_sizes``)
         self._save_call: Any = None
-        self._reading_input = False
         # a header section was downgraded in this reactor turn: no more
         # commands are answered before the next one (see _process)
         self._turn_spent = False
@@ -407,26 +409,37 @@ class POP3Protocol(Protocol):
             self.engine.forget()
         self._sizes = _NO_SIZES
         if not self._update_running:
-            # A dropped connection deletes nothing: just release the lock.
+            # A dropped connection deletes nothing (RFC 1939 6), but the
+            # messages RETR sent are flagged seen as at a QUIT, as Dovecot
+            # does (its session's end commits the flags, QUIT or not)
+            stopping = getattr(self.factory, "stopping", False)
+            seen = self._take_unseen(())
             if self.mailbox is not None:
-                why = ("closed as the hub stops" if getattr(self.factory, "stopping", False)
-                       else "left without QUIT")
+                why = "closed as the hub stops" if stopping else "left without QUIT"
                 log.info("POP3 {user} from {peer} {why}: nothing deleted",
                          user=self._user, peer=self._peer, why=why)
-            if pending_save and self.mailbox is not None and not getattr(
-                    self.factory, "stopping", False):
+            save = pending_save and not stopping
+            if self.mailbox is not None and (save or seen):
                 # a client that hangs up right after LIST or STAT: the
                 # downgraded sizes they measured are kept as a QUIT keeps
-                # them, while the lock is still held (``save_downgraded_sizes``
-                # does nothing once the mailbox is closed), then let go.  Not
-                # while the hub stops: it does not wait for this job.  A
-                # login of the same user meanwhile waits for the lock
-                # (``close_soon``, a few seconds at most) instead of being
-                # told IN-USE
+                # them, and the messages it retrieved flagged, while the
+                # lock is still held (``save_downgraded_sizes`` does
+                # nothing once the mailbox is closed), then let go.  The
+                # sizes not while the hub stops: it does not wait for this
+                # job (the flags it does: the store's syncer finishes its
+                # jobs before it stops).  A login of the same user
+                # meanwhile waits for the lock (``close_soon``, a few
+                # seconds at most) instead of being told IN-USE
                 soon = getattr(self.mailbox, "close_soon", None)
                 if soon is not None:
                     soon(self.reactor.callLater)
-                self._save_sizes().addBoth(lambda _: self._release())
+                d = self._save_sizes() if save else succeed(None)
+                if seen:
+                    user = self._user
+                    d.addCallback(lambda _: self._end_changes(seen, [])).addErrback(
+                        lambda f: log_failure(log, f, "POP3 messages of {user} not flagged seen",
+                                              user=user))
+                d.addBoth(lambda _: self._release())
             else:
                 self._release()
             self._settled()
@@ -457,8 +470,7 @@ class POP3Protocol(Protocol):
             self.factory.update_over(self)
 
     def _release(self) -> None:
-        if self._unseen:
-            self._mark_seen()
+        self._unseen = bytearray()  # flagged by now, or never (a failed login, a bug)
         mailbox, logout = self.mailbox, self._logout
         self.mailbox = self._logout = None
         if logout is not None:
@@ -503,12 +515,8 @@ class POP3Protocol(Protocol):
         engine.receive_data(data)
         if engine.has_line:
             self._last_activity = self.reactor.seconds()
-        self._reading_input = True
         self._queued = False
-        try:
-            self._process()
-        finally:
-            self._reading_input = False
+        self._process()
         if self._queued and self._flush is not None and not (
             self._write_paused or self._closing
         ):
@@ -517,16 +525,39 @@ class POP3Protocol(Protocol):
             # reactor's next turn: one loop iteration per lock-step command.
             self._queued = False
             self._flush()
-        if self._unseen:
-            self._mark_seen()
 
-    def _mark_seen(self) -> None:
-        """Flag the messages RETR sent (Maildir: new/ -> cur/ with S)."""
-        mailbox, indices = self.mailbox, self._unseen
-        self._unseen = []
-        if mailbox is not None:
-            for index in indices:
+    def _retrieved(self, index: int) -> None:
+        """RETR sent message ``index``: it is flagged seen when the session
+        ends (``_end_changes``), not now.  A rename per RETR on the reactor
+        thread held every session of the hub while the disk hung; on a
+        worker thread, a DELE answered meanwhile raced it."""
+        unseen = self._unseen
+        if index >= len(unseen):
+            unseen.extend(bytes(index + 1 - len(unseen)))
+        unseen[index] = 1
+
+    def _take_unseen(self, deleted: Sequence[int]) -> list[int]:
+        """The messages to flag seen at the session's end (none of those
+        ``deleted``), forgotten here."""
+        unseen, self._unseen = self._unseen, bytearray()
+        gone = set(deleted)
+        return [i for i, retrieved in enumerate(unseen) if retrieved and i not in gone]
+
+    def _end_changes(self, seen: list[int], deleted: list[int]) -> Deferred:
+        """The session's changes to the mailbox: ``seen`` flagged, ``deleted``
+        removed.  One job off the reactor thread where the mailbox makes
+        them so (``IMailboxUpdate``), else ``mark_seen`` each and then
+        ``delete``, as an ``IMailbox`` can."""
+        mailbox = self.mailbox
+        if IMailboxUpdate.providedBy(mailbox):
+            return mailbox.update(seen, deleted)
+
+        def one_by_one() -> Any:
+            for index in seen:
                 mailbox.mark_seen(index)
+            return mailbox.delete(deleted) if deleted else None
+
+        return maybeDeferred(one_by_one)
 
     def _process(self) -> None:
         """Handle buffered commands, in order, until one must wait."""
@@ -570,8 +601,6 @@ class POP3Protocol(Protocol):
             self._last_activity = self.reactor.seconds()
         if self._busy or self._write_paused or self._turn_call is not None or not self._reading:
             self._flow()  # otherwise reading on is what _flow would choose
-        if self._unseen and not self._reading_input:
-            self._mark_seen()
 
     def _next_turn(self) -> None:
         self._turn_call = None
@@ -848,7 +877,7 @@ class POP3Protocol(Protocol):
                         head = self._downgraded_head(action, delta)
                     self._write(encode_whole(first, head))
                     if action.mark_seen:
-                        self._unseen.append(action.index)  # see dataReceived
+                        self._retrieved(action.index)
                     return
             if first is None:
                 f = self.mailbox.open_message(action.index)
@@ -1005,9 +1034,7 @@ class POP3Protocol(Protocol):
                 enc = MessageEncoder(action.body_lines)
                 self._write(head + enc.encode(first) + enc.finish())
             if action.mark_seen:
-                # After the response is on its way (see dataReceived): the
-                # rename then overlaps with the client reading the message.
-                self._unseen.append(action.index)
+                self._retrieved(action.index)
             return
         self._busy = True
         enc = MessageEncoder(action.body_lines)
@@ -1149,7 +1176,7 @@ class POP3Protocol(Protocol):
             stream.close()
             write(stream.encoder.finish())
             if stream.action.mark_seen:
-                self.mailbox.mark_seen(stream.action.index)
+                self._retrieved(stream.action.index)
             self._busy = False
             self._process()
             return
@@ -1217,8 +1244,7 @@ class POP3Protocol(Protocol):
             self._flow()
 
     def _update(self, action: Update) -> None:
-        if self._unseen:
-            self._mark_seen()
+        seen = self._take_unseen(action.indices)
         self._busy = True
         self._update_running = True
         self.factory.update_started(self)
@@ -1230,9 +1256,12 @@ class POP3Protocol(Protocol):
             d = self._save_sizes()
         else:
             d = succeed(None)
-        if action.indices:
+        if seen or action.indices:
+            # RFC 1939 6: the +OK once the changes are made (``_updated``);
+            # the mailbox stays locked until then, and the hub's stop waits
+            # for them (``POP3Factory.shut_down``)
             indices = list(action.indices)
-            d.addCallback(lambda _: self.mailbox.delete(indices))
+            d.addCallback(lambda _: self._end_changes(seen, indices))
         d.addCallbacks(
             self._updated, self._update_failed, callbackArgs=(action,), errbackArgs=(action,)
         )

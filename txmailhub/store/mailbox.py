@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.interfaces import IDowngradedSizes, IMailbox
+from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate
 from txmailhub.store.format import (
     MAX_SIZE,
     CRLFCounter,
@@ -218,10 +218,12 @@ def _stem(name: str) -> str:
     return name.split(":", 1)[0]
 
 
-# A POP3 UPDATE that deletes more messages than this unlinks them off the
-# reactor thread (the syncer's workers); fewer cost less than the hand-off.
+# ``delete`` of more messages than this unlinks them off the reactor thread
+# (the syncer's workers); fewer cost less than the hand-off.  (The POP3
+# UPDATE state uses ``update``, always off the reactor thread: one unlink
+# on a hung disk held every session of the hub.)
 INLINE_DELETES = 64
-DELETE_CHUNK = 2000  # unlinks per worker job
+DELETE_CHUNK = 2000  # unlinks, or renames and unlinks (``update``), per worker job
 
 
 class _SizeCache:
@@ -340,7 +342,7 @@ class _SizeCache:
 # --- one locked session ---------------------------------------------------------
 
 
-@implementer(IMailbox, IDowngradedSizes)
+@implementer(IMailbox, IDowngradedSizes, IMailboxUpdate)
 class MaildirMailbox:
     """A locked snapshot of one Maildir (see ``IMailbox``).
 
@@ -547,6 +549,14 @@ class MaildirMailbox:
         return data if len(data) < limit else None
 
     def mark_seen(self, index: int) -> None:
+        error = self._flag_seen(index)
+        if error is not None:
+            log.warn("cannot mark message {index} of {maildir} seen: {error}",
+                     index=index, maildir=self.path, error=error)
+
+    def _flag_seen(self, index: int) -> str | None:
+        """``mark_seen`` without its log line (it may run on a worker
+        thread): what went wrong, or ``None``."""
         try:
             snapshot = self._messages
             if snapshot.seen_in_cur(index):
@@ -578,14 +588,57 @@ class MaildirMailbox:
                 # and work out the flags from its present name.
                 if self._find(index) == path:
                     raise
-                self.mark_seen(index)
-                return
+                return self._flag_seen(index)
             self._moved(index, target, True)
             if current:
                 self._stamp = self._stamps()
         except (OSError, IndexError) as e:
-            log.warn("cannot mark message {index} of {maildir} seen: {error}",
-                     index=index, maildir=self.path, error=str(e))
+            return str(e)
+        return None
+
+    def update(self, seen: list[int], deleted: list[int]) -> defer.Deferred:
+        """The POP3 UPDATE state's disk changes (``IMailboxUpdate``): the
+        messages ``seen`` moved to cur/ with the S flag (``mark_seen``),
+        those ``deleted`` unlinked, then the folders that lost one
+        fsynced.  All on the syncer's worker threads, ``DELETE_CHUNK``
+        changes to a job: a rename or an unlink on the reactor thread held
+        every session of the hub while a hung disk held it.  Fires ``None``,
+        or errbacks with the first error of a deletion (as ``delete``); a
+        message that cannot be flagged is logged and fails nothing."""
+        changes = [(False, i) for i in dict.fromkeys(seen)]
+        changes += [(True, i) for i in dict.fromkeys(deleted)]
+        dirs: set[str] = set()
+        errors: list[tuple[int, Exception]] = []
+        unflagged: list[tuple[int, str]] = []
+        call = getattr(self.store.syncer, "call", None)
+        run = call if call is not None else defer.maybeDeferred
+        d: defer.Deferred = defer.succeed(None)
+        for start in range(0, len(changes), DELETE_CHUNK):
+            chunk = changes[start : start + DELETE_CHUNK]
+            d.addCallback(lambda _, chunk=chunk: run(self._change, chunk, dirs, errors,
+                                                     unflagged))
+
+        def settle(_: Any) -> defer.Deferred:
+            for index, error in unflagged:
+                log.warn("cannot mark message {index} of {maildir} seen: {error}",
+                         index=index, maildir=self.path, error=error)
+            return self._sync_deleted(dirs, errors)
+
+        return d.addCallback(settle)
+
+    def _change(self, changes: list[tuple[bool, int]], dirs: set[str],
+                errors: list[tuple[int, Exception]], unflagged: list[tuple[int, str]]) -> None:
+        """One worker job of ``update``: ``(delete, index)`` pairs; what
+        failed goes to ``errors`` and ``unflagged``, logged on the
+        reactor thread."""
+        doomed = [index for delete, index in changes if delete]
+        for delete, index in changes:
+            if not delete:
+                error = self._flag_seen(index)
+                if error is not None:
+                    unflagged.append((index, error))
+        if doomed:
+            self._unlink(doomed, dirs, errors)
 
     def delete(self, indices: list[int]) -> defer.Deferred:
         """Unlink the messages, then fsync the folders.  Fires ``None``;
