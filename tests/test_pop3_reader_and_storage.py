@@ -301,3 +301,24 @@ def test_the_stop_waits_for_an_update_that_only_flags_messages(tmp_path):
     proto.connectionLost(Failure(ConnectionDone()))
     assert stopped.called
     assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S"]}
+
+
+def test_the_stop_waits_for_the_flags_of_the_sessions_it_cuts(tmp_path):
+    """A session the hub's stop cuts deletes nothing; the messages it
+    retrieved are flagged after the cut, on the worker threads, and the
+    stop waits for that (and for sessions dropped just before it)."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    proto, t = login(components)
+    proto.dataReceived(b"RETR 1\r\n")
+    idle = proto.factory.buildProtocol(LOOPBACK)  # retrieved nothing: not waited for
+    idle.makeConnection(Transport())
+    stopped = proto.factory.shut_down()
+    assert t.disconnected and not stopped.called
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert len(syncer.jobs) == 1 and not stopped.called
+    assert listing(md) == {"new": [NAMES[0]], "cur": []}
+    syncer.run()
+    assert stopped.called
+    assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S"]}
+    assert proto.mailbox is None  # the lock is let go
+

@@ -425,9 +425,9 @@ class POP3Protocol(Protocol):
                 # them, and the messages it retrieved flagged, while the
                 # lock is still held (``save_downgraded_sizes`` does
                 # nothing once the mailbox is closed), then let go.  The
-                # sizes not while the hub stops: it does not wait for this
-                # job (the flags it does: the store's syncer finishes its
-                # jobs before it stops).  A login of the same user
+                # sizes not while the hub stops, which does not wait for
+                # them; the flags it waits for, as for a QUIT's changes
+                # (``POP3Factory.shut_down``).  A login of the same user
                 # meanwhile waits for the lock (``close_soon``, a few
                 # seconds at most) instead of being told IN-USE
                 soon = getattr(self.mailbox, "close_soon", None)
@@ -436,13 +436,29 @@ class POP3Protocol(Protocol):
                 d = self._save_sizes() if save else succeed(None)
                 if seen:
                     user = self._user
+                    self._update_running = True
+                    self.factory.update_started(self)
                     d.addCallback(lambda _: self._end_changes(seen, [])).addErrback(
                         lambda f: log_failure(log, f, "POP3 messages of {user} not flagged seen",
                                               user=user))
-                d.addBoth(lambda _: self._release())
+                    d.addBoth(self._flagged_after_drop)
+                else:
+                    d.addBoth(lambda _: self._release())
             else:
                 self._release()
             self._settled()
+
+    def _flagged_after_drop(self, _: Any) -> None:
+        """The flags of a dropped session are made: the lock goes, and a
+        stop that waited for them goes on."""
+        self._update_running = False
+        self._release()
+        self._settled()
+
+    def retrieved_any(self) -> bool:
+        """Whether messages were retrieved that are to be flagged seen when
+        this session ends (a stop waits for that, ``POP3Factory.shut_down``)."""
+        return any(self._unseen)
 
     def cut_for_stop(self) -> None:
         """The hub stops: drop the connection at once (a polite close would
@@ -1396,11 +1412,14 @@ class POP3Factory(Factory):
         ``STOP_CLOSE_GRACE``.  The Deferred returned fires once those
         sessions are over, deletions and connection (at once if there are
         none): the hub's stop used to fire, and give the state directory
-        up, while their unlinks still ran."""
+        up, while their unlinks still ran.  The sessions it cuts that had
+        retrieved messages are waited for too: those are flagged seen
+        once the connection is gone (``connectionLost``), on a worker
+        thread, the same changes as at a QUIT."""
         self.stopping = True
-        waiting = set(self.updating)
+        waiting = set(self.updating) | {s for s in self.sessions if s.retrieved_any()}
         for session in list(self.sessions):
-            if session in waiting:
+            if session in self.updating:
                 session.hurry_close()
             else:
                 session.cut_for_stop()
