@@ -55,6 +55,12 @@ class Components:
       sessions' jobs on the store's worker threads (sizes measured at a
       login, long header sections downgraded) to
       ``txmailhub.pop3.protocol.WORKER_JOBS`` at once for the whole hub.
+    * ``stalls``: the ``IStallRecord`` (``txmailhub.stalls.ReactorStalls``)
+      of how long the reactor thread could not run, for the whole hub;
+      ``MailHub`` starts and stops its heartbeat.  Made by the first
+      ``SMTPFactory`` when absent: one that is never started, which
+      credits no stall to a message's data rate (its own ``_drive`` time
+      still is).
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
@@ -76,6 +82,7 @@ class Components:
     mailbox_usage: Any = None
     quota_warnings: Any = None
     pop3_worker_jobs: Any = None
+    stalls: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)
 
     def shared(self, name: str, make: Callable[[], Any]) -> Any:

@@ -30,6 +30,7 @@ __all__ = [
     "ISpoolWriter",
     "ISpooler",
     "ISpoolingStore",
+    "IStallRecord",
 ]
 
 
@@ -294,6 +295,18 @@ class IDeliveryAgent(Interface):
 
     def resume() -> None:
         """Deliver again (the queue runner starts)."""
+
+
+class IStallRecord(Interface):
+    """How long the reactor thread could not run, for the whole hub: time
+    in which no client was read, which a verdict on a client's pace (SMTP's
+    minimum data rate) must not count against it."""
+
+    def held(at: float) -> float:
+        """Seconds the reactor thread has been held up to ``at`` (a
+        ``reactor.seconds()`` reading of the current reactor turn), a stall
+        still under way included; synchronous and cheap.  Only differences
+        of two readings mean anything: the stall time between them."""
 
 
 class ISMTPUser(Interface):

@@ -28,6 +28,7 @@ from txmailhub.accept_guard import guard_port
 from txmailhub.auth import build_portal
 from txmailhub.components import Components
 from txmailhub.config import Settings
+from txmailhub.stalls import ReactorStalls
 from txmailhub.tls import ReloadingTLS, tls_options
 from txmailhub.users import UsersDB
 
@@ -203,6 +204,7 @@ def build_components(settings: Settings, reactor: Any) -> Components:
              if settings.tls else None),
         users=users,
         syncer=syncer,
+        stalls=ReactorStalls(reactor),  # its heartbeat runs while the hub does
     )
     return components
 
@@ -412,6 +414,8 @@ class MailHub(MultiService):
             raise StateDirError.from_os_error(e, settings.hub.state_dir) from None
         self._storage = _StorageService(c.syncer, c.spooler, settings.hub.state_dir)
         self._storage.setServiceParent(self)
+        # the heartbeat of the stall record, started before any listener
+        c.stalls.setServiceParent(self)
         relay.setServiceParent(self)
         c.queue = relay.queue
 
