@@ -1755,3 +1755,56 @@ def test_the_signal_notices_stay_until_the_rest_of_the_hub_has_stopped(
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_the_hub_runs_the_stall_records_heartbeat_while_it_runs(tmp_path: Path) -> None:
+    # docs/deployment.rst, "A slow or hung disk": the hub's record of its
+    # reactor's stalls beats while the hub runs, and leaves no timed call
+    # behind on the reactor of an application that carries on after a stop
+    hub, reactor = one_listener_hub(tmp_path)
+
+    def beats() -> int:
+        return sum(getattr(c.func, "__self__", None) is hub.components.stalls
+                   for c in reactor.getDelayedCalls())
+
+    assert beats() == 0
+    for _ in range(2):  # and again after a restart
+        hub.startService()
+        assert beats() == 1
+        reactor.pump([1] * 5)
+        assert beats() == 1
+        assert hub.stopService().called
+        assert beats() == 0
+
+
+def test_a_message_arriving_through_a_stall_of_the_hub_is_not_cut(tmp_path: Path) -> None:
+    # the hub's SMTP sessions read the record its heartbeat keeps: a stall
+    # longer than the data rate allows (a POP3 rename, another session's
+    # spool write on a hung disk) does not cut a message that arrives
+    # through it
+    from conftest import stalled_turn
+
+    from txmailhub.testing import MemorySpooler
+
+    hub, reactor = one_listener_hub(tmp_path)
+    # the message data in memory: the real spool's syncer threads want a
+    # real reactor
+    hub.components.spooler = MemorySpooler()
+    hub.startService()
+    try:
+        [(_port, factory, _backlog, _interface)] = reactor.tcpServers
+        assert factory.stalls is hub.components.stalls
+        p, t = _connect(factory, "127.0.0.1")
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<joe@example.net>\r\nDATA\r\n")
+        assert t.value().split(b"\r\n")[-2].startswith(b"354"), t.value()
+        t.clear()
+        reactor.pump([1] * 100)
+        p.dataReceived(b"Subject: x\r\n\r\n")
+        stalled_turn(reactor, 400)  # idle_timeout 5m: 300 + 15 / 500 s allowed
+        p.dataReceived(b"body\r\n")  # the turn's reads
+        reactor.advance(0)
+        assert t.value() == b"" and not t.disconnecting
+    finally:
+        hub.stopService()
+    p.connectionLost(None)
+    assert reactor.getDelayedCalls() == []

@@ -91,7 +91,8 @@ def settings(**smtp) -> Settings:
 
 
 class Harness:
-    def __init__(self, *, hold=False, queue=None, submission=False, fail=None, **smtp):
+    def __init__(self, *, hold=False, queue=None, submission=False, fail=None,
+                 heartbeat=False, **smtp):
         self.clock = MemoryReactorClock()
         self.spooler = MemorySpooler(hold=hold)
         self.store = MemoryMailboxStore(spooler=self.spooler, fail=fail)
@@ -103,6 +104,8 @@ class Harness:
             spooler=self.spooler, portal=Portal(self.realm, [checker]), queue=queue,
         )
         self.factory = SMTPFactory(self.components, submission=submission)
+        if heartbeat:  # the stall record's, as MailHub starts it
+            self.factory.stalls.startService()
 
     def connect(self, host="192.0.2.1"):
         proto = self.factory.buildProtocol(IPv4Address("TCP", host, 4321))
@@ -1276,6 +1279,129 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(0)
         assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
         assert len(h.store.messages(ALICE)) == 1
+
+    def test_a_stall_another_session_caused_is_not_message_data_too_slow(self):
+        # docs/deployment.rst, "A slow or hung disk": another session's call
+        # (a POP3 rename on a hung disk) held the reactor thread for longer
+        # than this message's data rate allows; its client could not be
+        # read meanwhile.  The heartbeat of the hub's stall record ran 400 s
+        # late: that time is the hub's, the read after it is not cut
+        h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
+        h.clock.pump([1] * 100)  # the heartbeat on time
+        p.dataReceived(b"Subject: x\r\n\r\n")
+        stalled_turn(h.clock, 400)  # its timers (the heartbeat, the idle timer)...
+        p.dataReceived(b"body\r\n")  # ...and its reads: 500 s, 300 + 20 / 500 allowed
+        h.clock.advance(0)  # the idle timer's second look
+        assert take(t) == [] and not t.disconnecting
+        h.clock.pump([1] * 150)
+        p.dataReceived(b"more\r\n.\r\n")
+        assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
+        assert len(h.store.messages(ALICE)) == 1
+
+    def test_a_stall_earlier_in_the_same_turn_is_not_message_data_too_slow(self):
+        # the blocked call came earlier in the very turn whose reads bring
+        # this message's data: no timer has run since, but the heartbeat is
+        # overdue, which says the thread has been held since it was due
+        h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
+        h.clock.pump([1] * 100)
+        p.dataReceived(b"Subject: x\r\n\r\n")
+        h.clock.rightNow += 400  # another session's read of the same turn, on a hung disk
+        p.dataReceived(b"body\r\n")
+        assert take(t) == [] and not t.disconnecting
+        stalled_turn(h.clock, 0)  # the next turn's timers: the heartbeat counts it now
+        h.clock.advance(0)
+        p.dataReceived(b".\r\n")
+        assert [r[:3] for r in take(t)] == ["250"] and not t.disconnecting
+
+    def test_a_client_slow_for_real_is_cut_with_the_heartbeat_on_time(self):
+        # the stall record changes nothing for a client that is slow: the
+        # reactor ran all along (the heartbeat on time), and the message is
+        # cut when the clock alone says so
+        h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
+        h.clock.pump([1] * 200)
+        p.dataReceived(b"a\r\n")
+        h.clock.pump([1] * 100)
+        assert take(t) == [] and not t.disconnecting  # at 300 s: 300 + 3 / 500 s allowed
+        h.clock.pump([1] * 50)
+        p.dataReceived(b"a\r\n")
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
+        assert said == ["message data from 192.0.2.1 too slow (6 octets in 350 s): "
+                        "connection closed"], said
+        assert h.factory.stalls.held(h.clock.seconds()) == 0
+
+    def test_a_client_slow_after_a_stall_elsewhere_is_cut_once_past_it(self):
+        # the stall comes off, the client's own time still counts: 300 s of
+        # its own after a 400 s stall, and the message is cut; the log
+        # gives the client's time
+        h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
+        h.clock.pump([1] * 100)
+        p.dataReceived(b"a\r\n")
+        stalled_turn(h.clock, 400)
+        p.dataReceived(b"a\r\n")
+        h.clock.advance(0)
+        h.clock.pump([1] * 198)
+        p.dataReceived(b"a\r\n")
+        assert take(t) == [] and not t.disconnecting  # 299 s of its own (+ the beat's 1 s)
+        h.clock.pump([1] * 3)
+        p.dataReceived(b"a\r\n")
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+        said = [formatEvent(e) for e in self.events if "too slow" in formatEvent(e)]
+        assert said == ["message data from 192.0.2.1 too slow (12 octets in 302 s): "
+                        "connection closed"], said
+
+    def test_a_stall_of_the_sessions_own_write_is_not_counted_twice(self):
+        # the hub's time on this session's own read is moved off its message
+        # at once (_drive's clock reads); the heartbeat, late for the same
+        # stall, must not give it that time a second time
+        h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
+        writer_class = type(h.spooler.open())
+        write = writer_class.write
+
+        def frozen(writer, data):
+            h.clock.rightNow += 400  # no timer runs
+            return write(writer, data)
+
+        self.patch(writer_class, "write", frozen)
+        p.dataReceived(b"Subject: x\r\n\r\n")
+        self.patch(writer_class, "write", write)
+        stalled_turn(h.clock, 0)  # the heartbeat, 399 s late
+        h.clock.advance(0)
+        assert take(t) == [] and not t.disconnecting
+        assert h.factory.stalls.held(h.clock.seconds()) == 399
+        h.clock.pump([1] * 150)
+        p.dataReceived(b"a\r\n")
+        h.clock.pump([1] * 150)
+        p.dataReceived(b"a\r\n")  # 300 s of its own: 300 + 20 / 500 allowed
+        assert take(t) == [] and not t.disconnecting
+        h.clock.pump([1])
+        p.dataReceived(b"a\r\n")  # 301 s: cut (not at 700 s)
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+
+    def test_a_stall_before_a_message_starts_gives_it_nothing_with_the_heartbeat(self):
+        # as below, with the stall record running: the first message's
+        # frozen write made the heartbeat overdue before the second message
+        # started in the same read; only the time from that start is its
+        h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
+        writer_class = type(h.spooler.open())
+        write = writer_class.write
+
+        def frozen(writer, data):
+            h.clock.rightNow += 400
+            return write(writer, data)
+
+        self.patch(writer_class, "write", frozen)
+        p.dataReceived(b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        self.patch(writer_class, "write", write)
+        said = take(t)
+        assert said[-1].startswith("354") and not t.disconnecting, said
+        for _ in range(3):
+            h.clock.pump([1] * 100)
+            p.dataReceived(b"y\r\n")
+        assert take(t) == [] and not t.disconnecting  # 300 s, 300 + 9 / 500 allowed
+        h.clock.pump([1] * 100)
+        p.dataReceived(b"y\r\n")  # 400 s for 12 octets: behind
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
 
     def test_a_stall_before_a_message_starts_gives_its_data_no_extra_time(self):
         # the hub's stall on the first message of a pipelined read (a

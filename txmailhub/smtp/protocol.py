@@ -42,7 +42,7 @@ from txmailhub.address import Address, ascii_domain, ascii_form, client_ip, clie
 from txmailhub.auth import ClientCredentials, LoginAbandoned, turn_key
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
-from txmailhub.interfaces import ISMTPUser
+from txmailhub.interfaces import ISMTPUser, IStallRecord
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
@@ -71,6 +71,7 @@ from txmailhub.smtp.server import (
     StartMessage,
     StartTLS,
 )
+from txmailhub.stalls import ReactorStalls
 from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["SMTPFactory", "SMTPProtocol"]
@@ -158,10 +159,12 @@ class SMTPProtocol(Protocol):
         "_finish_only",
         "_gone",
         "_head",
+        "_held_at_start",
         "_hops",
         "_hub_stopping",
         "_last_activity",
         "_logout",
+        "_message_held",
         "_message_id",
         "_message_started",
         "_msa",
@@ -225,6 +228,11 @@ class SMTPProtocol(Protocol):
         self._timer: Any = None
         self._last_activity = 0.0
         self._message_started = 0.0  # when the last StartMessage came
+        # the hub's stall record (IStallRecord) read then, and for the
+        # message being timed: stalls of the reactor thread since are not
+        # the client's time
+        self._message_held = 0.0
+        self._held_at_start = 0.0
         # MIN_DATA_RATE: the engine's message reader being timed, and when
         # its time began
         self._timed_reader: Any = None
@@ -768,25 +776,49 @@ class SMTPProtocol(Protocol):
         began processing the read; the time from then is the hub's, not
         the client's, and the message's time is moved on by it -- a spool
         write that hangs on a frozen filesystem (``fsfreeze``) for longer
-        than the allowance cut the very message it was writing."""
+        than the allowance cut the very message it was writing.  Nor is a
+        stall of the reactor thread that anything else caused (another
+        session's rename or spool write on a hung disk, the process
+        stopped): the hub's stall record (``txmailhub.stalls``) has it,
+        and what it counted since the message's start comes off."""
         engine = self.engine
         reader = engine.message_reader
         if reader is not self._timed_reader:  # another message, or none
             self._timed_reader = reader
-            self._data_start = self._message_started if self._writer is not None else now
+            if self._writer is not None:
+                self._data_start = self._message_started
+                self._held_at_start = self._message_held
+            else:
+                self._data_start = now
+                self._held_at_start = self.factory.stalls.held(now)
         if hub_since is not None and reader is not None:
-            self._data_start += max(0.0, now - max(hub_since, self._data_start))
+            since = max(hub_since, self._data_start)
+            if now > since:
+                self._data_start += now - since
+                # the stall record counts this same time (now if its
+                # heartbeat is overdue, else once it runs late): once only
+                stalls = self.factory.stalls
+                self._held_at_start += stalls.held(now) - stalls.held(since)
         grace = self.factory.settings.smtp.idle_timeout
         if reader is None or engine.waiting or engine.closed or grace <= 0 or (
                 not after_read and not engine.in_message):
             return False
-        return now - self._data_start > grace + reader.size / MIN_DATA_RATE
+        allowed = grace + reader.size / MIN_DATA_RATE
+        # the verdict reads the stall record only when the clock alone says behind
+        return now - self._data_start > allowed and self._counted_time(now) > allowed
+
+    def _counted_time(self, now: float) -> float:
+        """The message's time so far that is the client's: from its start,
+        without the hub's time on its reads (``_behind``) and the reactor
+        stalls the stall record counted meanwhile."""
+        held = self.factory.stalls.held(now) - self._held_at_start
+        return now - self._data_start - held
 
     def _too_slow(self) -> None:
         """Log and close for ``MIN_DATA_RATE`` (``_behind`` said so): ``421``,
         and nothing held back for the data rate goes out before it."""
         self._withheld = b""
-        seconds = self.reactor.seconds() - self._data_start
+        seconds = self._counted_time(self.reactor.seconds())
         log.info("message data from {client} too slow ({octets} octets in {seconds:.0f}"
                  " s): connection closed", client=self.client_name,
                  octets=self.engine.message_reader.size, seconds=seconds)
@@ -795,7 +827,8 @@ class SMTPProtocol(Protocol):
     # --- requests and notices -----------------------------------------------------------
 
     def _start_message(self, event: StartMessage) -> None:
-        self._message_started = self.reactor.seconds()
+        self._message_started = started = self.reactor.seconds()
+        self._message_held = self.factory.stalls.held(started)
         env = event.envelope
         if self._writer is not None:
             # The engine ends every message it starts; should one ever slip
@@ -1240,6 +1273,10 @@ class SMTPFactory(ServerFactory):
         self.limits: _Limits = components.shared("smtp_connections", _Limits)
         self.login_failures: FailureWindow = components.shared(
             "login_failures", lambda: FailureWindow(components.reactor))
+        # how long the reactor thread could not run (MIN_DATA_RATE does not
+        # count it); one the hub never started when built without MailHub
+        self.stalls: IStallRecord = components.shared(
+            "stalls", lambda: ReactorStalls(components.reactor))
         self._hosts: dict[str, tuple[bool, bool]] = {}
         self._id_prefix = f"{os.getpid():X}"
 
