@@ -104,6 +104,36 @@ def test_no_queue_yet(tmp_path):
     assert not (tmp_path / "var").exists()  # nothing created by looking
 
 
+class _Terminal(io.StringIO):
+    """Standard output as a person's terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_an_empty_queue_says_so_to_a_terminal_and_nothing_to_a_script(setup, tmp_path):
+    # a terminal got no line at all, which reads as a command that hung or
+    # failed; a pipe or a file still gets none (`queue list | wc -l` is 0)
+    settings, queue, qid, _ = setup
+    queue.delete(qid)
+    empty = load_text('[hub]\ndomains = ["example.org"]\nstate_dir = "none"\n',
+                      str(tmp_path / "other.toml"))
+    for s in (settings, empty):  # emptied, and never made
+        assert run(s, "list") == (0, "", "")
+        p = argparse.ArgumentParser()
+        add_queue_parser(p.add_subparsers(dest="command"))
+        out, err = _Terminal(), io.StringIO()
+        assert run_queue(s, p.parse_args(["queue", "list"]), out, err) == 0
+        assert (out.getvalue(), err.getvalue()) == ("the queue is empty\n", "")
+    assert not (tmp_path / "none").exists()
+    # a queue with a message in it: its line, and no such words
+    queue.enqueue(Envelope(sender=Address("alice", "example.org"), recipients=(BOB,)),
+                  SpooledMessage(str(tmp_path / "spool"), 17, 20))
+    out = _Terminal()
+    assert run_queue(settings, p.parse_args(["queue", "list"]), out, io.StringIO()) == 0
+    assert len(out.getvalue().splitlines()) == 1 and "empty" not in out.getvalue()
+
+
 def test_show(setup):
     settings, _, qid, _ = setup
     code, out, _ = run(settings, "show", qid)

@@ -716,7 +716,8 @@ def test_bp_lists_the_queue_as_mailhub_queue_list_does(tmp_path: Path) -> None:
                       '[smtp]\nlisten = ["tcp:2525"]\n')
     out, err = io.StringIO(), io.StringIO()
     assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, out) == 0
-    assert out.getvalue() == err.getvalue() == ""  # no queue yet: nothing, as queue list
+    # no queue yet: the line Postfix's mailq prints, which its scripts look for
+    assert (out.getvalue(), err.getvalue()) == ("Mail queue is empty\n", "")
     clock = Clock()
     # the wall clock, as the hub's: a retry time written by a clock far
     # ahead is listed as the schedule's step from the moment of listing
@@ -738,6 +739,12 @@ def test_bp_lists_the_queue_as_mailhub_queue_list_does(tmp_path: Path) -> None:
     out = io.StringIO()
     assert cli.main(["--config", str(config), "sendmail", "-bp"], out=out) == 0
     assert out.getvalue() == listed.getvalue()
+    # emptied again: the same line as before anything was queued
+    for qid in queue.ids():
+        queue.delete(qid)
+    out = io.StringIO()
+    assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, out) == 0
+    assert (out.getvalue(), err.getvalue()) == ("Mail queue is empty\n", "")
 
 
 def test_bp_into_a_reader_that_went_away_is_quiet(
@@ -782,7 +789,7 @@ def test_bp_on_a_queue_this_user_cannot_read_is_77(
     def denied(*args: object) -> int:
         raise PermissionError(13, "Permission denied", str(tmp_path / "state" / "queue"))
 
-    monkeypatch.setattr("txmailhub.relay.admin.run_queue", denied)
+    monkeypatch.setattr("txmailhub.relay.admin.list_queue", denied)
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n')
     err = io.StringIO()

@@ -17,6 +17,15 @@ remote's reply verbatim, code included (``-`` when there is none).
 Control characters (an ESC, which starts a terminal escape sequence; a
 reply within RFC 5321's grammar has none but tabs) are shown as
 ``\\x{HEX}`` in ``list`` and ``show``.
+
+An empty queue is no line at all to a pipe or a file, so that a script
+that counts lines (``mailhub queue list | wc -l``) or mails what a cron
+job prints gets nothing, as it always did; to a terminal, where a person
+reads it and nothing at all looks like a command that hung or failed,
+``list`` says ``the queue is empty`` (``EMPTY_NOTE``).  ``mailq`` (the
+sendmail command's ``-bp``, ``list_queue``) always prints ``Mail queue
+is empty`` then, the line Postfix's and sendmail's ``mailq`` print and
+the scripts written for them look for.
 """
 
 from __future__ import annotations
@@ -33,7 +42,10 @@ from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError, mta_name
 from txmailhub.relay.schedule import due_by, utc_text
 from txmailhub.smtp.reply import LocalReply
 
-__all__ = ["add_queue_parser", "run_queue"]
+__all__ = ["EMPTY_NOTE", "add_queue_parser", "list_queue", "run_queue"]
+
+#: what ``queue list`` writes for an empty queue, to a terminal only
+EMPTY_NOTE = "the queue is empty"
 
 
 class _WallClock:
@@ -181,21 +193,15 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
     queue = OutboundQueue(settings.queue_dir, _WallClock(), create=False)
     action = args.queue_command
     if not queue.exists:  # nothing was ever queued: do not create state here
+        if action == "flush" or (action == "list" and _terminal(out)):
+            print(EMPTY_NOTE, file=out)
         if action in ("list", "flush"):
-            if action == "flush":
-                print("the queue is empty", file=out)
             return 0
         return _unknown(args.queue_id, err)
     _act_as_queue_owner(settings.queue_dir)
     if action == "list":
-        for qid in queue.ids():
-            try:
-                entry = queue.read(qid)
-            except RecordError as e:
-                print(f"{qid} (unreadable: {e})", file=out)
-                continue
-            if entry is not None:
-                print(_line(entry, _retry_schedule(settings)), file=out)
+        if _list(queue, settings, out) == 0 and _terminal(out):
+            print(EMPTY_NOTE, file=out)
         return 0
     if action == "flush":
         queue.request_flush()
@@ -249,6 +255,40 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
         return 0
     print(f"mailhub: unknown queue action {action!r}", file=err)
     return 2
+
+
+def list_queue(settings: Any, out: TextIO) -> int:
+    """Write ``queue list``'s lines to ``out`` and return how many there
+    were (0: the queue is empty), for ``mailq``, which says so in words of
+    its own.  Nothing is created when nothing was ever queued."""
+    queue = OutboundQueue(settings.queue_dir, _WallClock(), create=False)
+    if not queue.exists:
+        return 0
+    _act_as_queue_owner(settings.queue_dir)
+    return _list(queue, settings, out)
+
+
+def _list(queue: OutboundQueue, settings: Any, out: TextIO) -> int:
+    written = 0
+    for qid in queue.ids():
+        try:
+            entry = queue.read(qid)
+        except RecordError as e:
+            print(f"{qid} (unreadable: {e})", file=out)
+            written += 1
+            continue
+        if entry is not None:  # None: delivered or deleted since ids()
+            print(_line(entry, _retry_schedule(settings)), file=out)
+            written += 1
+    return written
+
+
+def _terminal(stream: TextIO) -> bool:
+    """Whether a person reads ``stream`` (see the module docstring)."""
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):  # closed, or no file behind it
+        return False
 
 
 def _unknown(qid: str, err: TextIO) -> int:
