@@ -683,6 +683,11 @@ def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path
     assert code == 2 and out == "" and "the label 'xn--zz' is no A-label" in err, err
 
 
+# what a refusal of a weak password ends with: the way to take it anyway
+WAY_OUT = ('refused as [users] password_policy = "enforce" says: choose another, or give '
+           "--allow-weak to take it anyway (for tests and automation)")
+
+
 def enforce(config: Path, extra: str = "") -> None:
     """``[users] password_policy = "enforce"`` (and ``extra`` keys)."""
     config.write_text(config.read_text() + f'[users]\npassword_policy = "enforce"\n{extra}')
@@ -715,8 +720,10 @@ def test_user_add_refuses_a_weak_password_with_exit_2_and_the_reason(config: Pat
         ("example.org", "the password is the domain name"),
         ("", "the password is empty"),
     ]:
+        # a weak one names the way out too; an empty one has none
+        tail = f"; {WAY_OUT}" if password else ""
         assert run(config, "user", "add", "alice", "--password-stdin",
-                   stdin=password + "\n") == (2, "", f"mailhub: {why}\n"), password
+                   stdin=password + "\n") == (2, "", f"mailhub: {why}{tail}\n"), password
     assert not (config.parent / "users").exists()  # nothing was written
     assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW) == (
         0, "added alice@example.org\n", "")
@@ -730,7 +737,7 @@ def test_user_passwd_refuses_a_weak_password_and_keeps_the_old_one(config: Path)
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     before = (config.parent / "users").read_bytes()
     assert run(config, "user", "passwd", "alice", "--password-stdin", stdin="qwerty123\n") == (
-        2, "", "mailhub: the password is one of the most commonly used passwords\n")
+        2, "", f"mailhub: the password is one of the most commonly used passwords; {WAY_OUT}\n")
     assert (config.parent / "users").read_bytes() == before
     db = UsersDB(str(config.parent / "users"), "example.org")
     assert db.check_password(Address("alice", "example.org"), PW.strip())
@@ -762,7 +769,7 @@ def test_allow_weak_takes_the_password_with_a_warning(config: Path) -> None:
 def test_min_password_length_comes_from_the_config(config: Path) -> None:
     enforce(config, "min_password_length = 16\n")
     assert run(config, "user", "add", "alice", "--password-stdin", stdin="plum-orbit-lamp\n") == (
-        2, "", "mailhub: the password is too short: 15 characters, at least 16\n")
+        2, "", f"mailhub: the password is too short: 15 characters, at least 16; {WAY_OUT}\n")
     assert run(config, "user", "add", "alice", "--password-stdin",
                stdin="plum-orbit-lamps\n")[0] == 0
     config.write_text(config.read_text().replace("= 16", "= 4"))
@@ -779,7 +786,7 @@ def test_the_length_a_user_add_counts_is_nfc_code_points(config: Path) -> None:
     decomposed = unicodedata.normalize("NFD", "cr\u00e8mebr\u00fbl\u00e9e")
     enforce(config, "min_password_length = 12\n")
     assert run(config, "user", "add", "alice", "--password-stdin", stdin=decomposed + "\n") == (
-        2, "", "mailhub: the password is too short: 11 characters, at least 12\n")
+        2, "", f"mailhub: the password is too short: 11 characters, at least 12; {WAY_OUT}\n")
 
 
 def test_a_password_pop3_pass_cannot_carry_is_taken_with_a_warning(config: Path) -> None:
@@ -808,7 +815,7 @@ def test_user_add_stores_the_prepared_password_and_judges_names_as_words(config:
     assert run(config, "user", "add", "art", "--password-stdin",
                stdin="party-start-heart-9\n") == (0, "added art@example.org\n", "")
     assert run(config, "user", "passwd", "art", "--password-stdin", stdin="art2024art\n") == (
-        2, "", "mailhub: the password contains the user's name (art)\n")
+        2, "", f"mailhub: the password contains the user's name (art); {WAY_OUT}\n")
     # a control character can never be prepared, whatever the policy
     assert run(config, "user", "passwd", "art", "--password-stdin", "--allow-weak",
                stdin="tab\there-vbmk-42\n") == (

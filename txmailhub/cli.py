@@ -34,6 +34,7 @@ from txmailhub.errors import (
     NoSuchUser,
     UserExists,
     UsersFileError,
+    WeakPassword,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class _Parser(argparse.ArgumentParser):
         return ""
 
 
+#: what follows the reasons a weak password is refused for (``user add``, ``user passwd``)
+_WEAK_WAY_OUT = ('refused as [users] password_policy = "enforce" says: choose another, or '
+                "give --allow-weak to take it anyway (for tests and automation)")
 _ALLOW_WEAK_HELP = ("accept a password the policy refuses (too short, too common, the user's "
                     "name or domain), with a warning: for tests and automation")
 
@@ -554,6 +558,11 @@ def main(
         # quietly, as the standard tools do, instead of a message about it.
         _discard_output(out)
         return 1
+    except WeakPassword as e:
+        # the reasons, then the way out: without it the refusal read as if
+        # no such password could ever be set (it can, for tests and the like)
+        print(f"mailhub: {e}; {_WEAK_WAY_OUT}", file=err)
+        return 2
     except UsersFileError as e:
         print(f"mailhub: {e}", file=err)
         return 1 if isinstance(e, UserExists | NoSuchUser) else 2
