@@ -538,14 +538,17 @@ def test_fully_qualified_or_no_address_field_domains_pass(header):
     (b"Sender: x@sales", "sales"),  # the data ended in the header section
     (b"To: <@relay:bob@example.com>\n\n", "relay"),  # an obsolete route's domain too
     (b"To: a@example.com,\n\tb@intranet\n\n", "intranet"),  # a continuation with a tab
-    # the first one found is named, not a later one
-    (b"From: a@sales\nTo: b@intranet\n\n", "sales"),
-    (b"To: a@sales, b@intranet\n\n", "sales"),
+    # every one is named, in the order found, each once (in any case)
+    (b"From: a@sales\nTo: b@intranet\n\n", ("sales", "intranet")),
+    (b"To: a@sales, b@intranet\n\n", ("sales", "intranet")),
+    (b"From: a@sales\nTo: b@ok.example,\n c@Sales, d@intranet\nCc: e@sales\n\n",
+     ("sales", "intranet")),
 ])
 def test_an_address_field_domain_of_one_label_is_found(header, domain):
-    assert _domains(header) == domain
+    named = (domain,) if isinstance(domain, str) else domain
+    assert _domains(header) == named
     for cut in range(1, header.count(b"\n")):
-        assert _domains(header, cut) == domain
+        assert _domains(header, cut) == named
 
 
 def test_an_ipv6_literal_and_a_local_domain_of_one_label_are_qualified():
@@ -587,6 +590,39 @@ def test_the_554_names_a_domain_that_could_not_be_shown_escaped_and_cut():
     assert out[-1].startswith("554 5.6.0 ") and out[-1].isascii() and "cher" in out[-1]
     out = _submit(h, b"From: a@" + b"z" * 600 + b"\r\n\r\nhi\r\n")
     assert out[-1].startswith("554 5.6.0 ") and len(out[-1]) < 510
+
+
+def test_the_554_names_every_unqualified_domain_within_one_reply_line():
+    # it named the first only: the user corrected it, sent again, and was
+    # refused for the next one
+    h = Harness()
+    out = _submit(h, b"From: root@localhost\r\nTo: bob@example.org, a@sales,\r\n"
+                     b" b@intranet\r\nCc: c@sales\r\n\r\nhi\r\n")
+    assert out[-1] == ("554 5.6.0 Domains in address header fields are not fully qualified: "
+                       "localhost, sales, intranet")
+    # as many as fit in RFC 5321's 512 octets (4.5.3.1.5), then "..."
+    many = b"To: " + b",\r\n ".join(b"u@%s%03d" % (b"h" * 60, i) for i in range(40))
+    out = _submit(h, many + b"\r\n\r\nhi\r\n")
+    assert out[-1].startswith("554 5.6.0 Domains in address header fields are not fully "
+                              "qualified: " + "h" * 60 + "000, ")
+    assert out[-1].endswith(", ...") and len(out[-1]) + 2 <= 512 and len(out[-1]) > 400
+    assert h.store.messages(Address("bob", "example.org")) == []
+    for count in range(1, 12):  # every length of list up to past the line: never over
+        names = [f"{'x' * 150}{i}" for i in range(count)]
+        line = replies.header_domain_not_qualified(*names).to_bytes()
+        assert len(line) <= 512 and line.endswith(b"\r\n")
+        shown = line.decode().rstrip("\r\n").split(": ", 1)[1].split(", ")
+        assert shown == names or (shown[:-1] == names[: len(shown) - 1] and shown[-1] == "...")
+
+
+def test_the_search_for_unqualified_domains_stops_when_no_more_could_be_named():
+    # a header section of thousands of such addresses: the check keeps no
+    # more names than one reply can show, and refuses without its end
+    check = HeaderDomains(lambda domain: False)
+    piece = b"".join(b"To: u@host%05d\n" % i for i in range(2000))
+    found = check.feed(piece)
+    assert found is not None and check.done
+    assert 512 // len("host00000, ") <= len(found) <= 512 // len("host00000, ") + 1
 
 
 def test_the_554_for_an_address_with_nothing_after_its_at_says_so():
@@ -633,15 +669,20 @@ def test_a_submission_that_starts_with_a_continuation_line_is_all_body_and_taken
 
 
 def test_a_bdat_submission_with_such_a_field_fails_its_chunk():
-    # the same check on BDAT: the chunk it is found in gets the 554, the
-    # chunks after it are discarded (RFC 3030 2), and the session goes on
+    # the same check on BDAT: the chunk the header section ends in gets the
+    # 554 naming every such domain (a field of a later chunk may name
+    # another), the chunks after it are discarded (RFC 3030 2), and the
+    # session goes on
     h = Harness()
     p, t = h.connect("127.0.0.1")
-    first, last = b"From: root@localhost\r\nTo: bob@example.org\r\n", b"\r\nhi\r\n"
+    first, second = b"From: root@localhost\r\nTo: bob@example.org\r\n", b"Cc: x@sales\r\n\r\n"
+    last = b"hi\r\n"
     p.dataReceived(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"
                    b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\n"
                    + b"BDAT %d\r\n" % len(first) + first
+                   + b"BDAT %d\r\n" % len(second) + second
                    + b"BDAT %d LAST\r\n" % len(last) + last + b"NOOP\r\n")
-    assert take(t)[-3:] == [replies.header_domain_not_qualified("localhost").text(),
+    assert take(t)[-4:] == [replies.bdat_chunk(len(first)).text(),
+                            replies.header_domain_not_qualified("localhost", "sales").text(),
                             replies.BDAT_DISCARDED.text(), replies.OK.text()]
     assert h.store.messages(Address("bob", "example.org")) == []

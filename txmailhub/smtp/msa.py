@@ -31,8 +31,8 @@ dates readers understand, and a second Date is not allowed (RFC 5322
 
 Because the hub changes the messages it submits, RFC 6409 4.2 has it make
 sure the domains in their address header fields are fully qualified:
-``HeaderDomains`` finds one that is not, on the same pieces, and the
-adapter refuses that message.
+``HeaderDomains`` finds those that are not, on the same pieces, and the
+adapter refuses that message, naming them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs
 from txmailhub.smtp.received import FIELD_START, HEADER_END
 
-__all__ = ["FIELD_LIMIT", "HOLD_LIMIT", "HeaderDomains", "MissingFields"]
+__all__ = ["FIELD_LIMIT", "HOLD_LIMIT", "NAMED_LIMIT", "HeaderDomains", "MissingFields"]
 
 # The longest Message-ID field held back while its continuation lines may
 # still come (a real one is under a hundred octets); a longer one is no
@@ -172,12 +172,16 @@ class MissingFields:
 # domain, and held whole it would cost the memory of a header of any size
 FIELD_LIMIT = 65536
 
+# The octets of unqualified domains collected for one refusal: past a
+# reply line's 512 (RFC 5321 4.5.3.1.5) no more could be shown
+NAMED_LIMIT = 512
+
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
 
 class HeaderDomains:
-    """Finds a domain that is not fully qualified in the address fields of
-    a submitted message's header section (RFC 6409 4.2).
+    """Finds the domains that are not fully qualified in the address fields
+    of a submitted message's header section (RFC 6409 4.2).
 
     An MSA that "examines or alters the message text in any way, except to
     add trace header fields ... MUST ensure that all domains in address
@@ -188,23 +192,35 @@ class HeaderDomains:
     qualified when it has a dot, is an address literal, or is one of the
     hub's own (``is_local``), the envelope's rule.
 
+    Every such domain is collected, once each in the order found, to the
+    end of the header section: the refusal names them all, so that the
+    user corrects the message once, not once per try.  Bounded: names past
+    ``NAMED_LIMIT`` octets could not be shown in one reply line anyway
+    (RFC 5321 4.5.3.1.5), so the search stops there.
+
     Fed the same pieces as ``MissingFields`` (stored form, LF line ends,
     whole lines per piece); keeps only the address field being read, up
-    to ``FIELD_LIMIT`` octets.  ``feed`` and ``finish`` return the
-    first such domain found so far, or ``None``."""
+    to ``FIELD_LIMIT`` octets.  ``feed`` and ``finish`` return the domains
+    found once the header section has ended (or the bound was reached),
+    else ``None``: ``None`` too when there were none."""
 
-    __slots__ = ("_field", "_first", "_is_local", "done", "unqualified")
+    __slots__ = ("_field", "_first", "_is_local", "_named", "_seen", "done", "unqualified")
 
     def __init__(self, is_local: Callable[[str], bool]) -> None:
         self._is_local = is_local
         self._field: bytearray | None = None  # the address field being read
         self._first = True
+        self._seen: set[str] = set()  # the domains found, case-folded
+        self._named = 0  # their octets, with a separator each
         self.done = False
-        self.unqualified: str | None = None
+        self.unqualified: list[str] = []
 
-    def feed(self, data: bytes) -> str | None:
+    def _result(self) -> tuple[str, ...] | None:
+        return tuple(self.unqualified) if self.done and self.unqualified else None
+
+    def feed(self, data: bytes) -> tuple[str, ...] | None:
         if self.done or not data:
-            return self.unqualified
+            return self._result()
         first, self._first = self._first, False
         if first and not FIELD_START.match(data):
             # no header section (text, or a continuation line with no
@@ -228,24 +244,26 @@ class HeaderDomains:
                         self._field = None  # not checked, see FIELD_LIMIT
                 continue
             self._check()
+            if self.done:  # as many names as one reply can show
+                return self._result()
             name = _FIELD_NAME.match(line)
             if (name is not None and name.group(1).lower() in ADDRESS_FIELDS
                     and len(line) <= FIELD_LIMIT):
                 self._field = bytearray(line[name.end() :])
         if ended:
             self.finish()
-        return self.unqualified
+        return self._result()
 
-    def finish(self) -> str | None:
+    def finish(self) -> tuple[str, ...] | None:
         """The data ended (in the header section, or after it)."""
         if not self.done:
             self._check()
             self.done = True
-        return self.unqualified
+        return self._result()
 
     def _check(self) -> None:
         field, self._field = self._field, None
-        if field is None or self.unqualified is not None:
+        if field is None:
             return
         try:
             # unfolded (RFC 5322 2.2.3), read as sendmail reads a local
@@ -263,5 +281,12 @@ class HeaderDomains:
                 bare = domain.rstrip(".")
                 if bare.startswith("[") or "." in bare or self._is_local(bare):
                     continue
-                self.unqualified = domain
-                return
+                key = domain.lower()
+                if key in self._seen:
+                    continue
+                self._seen.add(key)
+                self.unqualified.append(domain)
+                self._named += len(domain.encode("utf-8")) + 2
+                if self._named > NAMED_LIMIT:
+                    self.done = True
+                    return

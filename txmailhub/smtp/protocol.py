@@ -901,7 +901,7 @@ class SMTPProtocol(Protocol):
         if domains is not None and not domains.done:
             unqualified = domains.feed(data)
             if unqualified is not None:
-                self.engine.fail_message(replies.header_domain_not_qualified(unqualified))
+                self.engine.fail_message(replies.header_domain_not_qualified(*unqualified))
                 return
         return_paths = self._return_paths
         if return_paths is not None and not return_paths.done:
@@ -981,7 +981,7 @@ class SMTPProtocol(Protocol):
             if unqualified is not None:
                 # the data ended in the header section, on such a field
                 writer.abort()
-                self._message_done(replies.header_domain_not_qualified(unqualified), event,
+                self._message_done(replies.header_domain_not_qualified(*unqualified), event,
                                    message_id)
                 return
             if self._head:  # no data at all (an empty BDAT LAST)

@@ -216,6 +216,8 @@ def _echo(name: str) -> str:
 
 
 _ECHO_MAX = 200  # octets; with a 255-octet hostname the line is under 512
+#: RFC 5321 4.5.3.1.5: a reply line, its code and CRLF included
+_LINE_MAX = 512
 
 
 def hello(hostname: str, client: str) -> Reply:
@@ -235,14 +237,28 @@ def recipient_ok(recipient: str) -> Reply:
     return Reply.of(250, "2.1.5", f"<{recipient}>... Recipient OK")
 
 
-def header_domain_not_qualified(domain: str) -> Reply:
-    """``HEADER_DOMAIN_NOT_QUALIFIED`` naming the domain: the user whose
-    client refused to send needs to know which address to correct, and
-    the message's text is not in front of them (escaped and cut as a
-    HELO name is, ``_echo``).  An empty domain (``a@``) would name
-    nothing: the reply says what the user can look for instead."""
-    named = _echo(domain) if domain else 'an address ends in "@"'
-    return Reply.of(554, "5.6.0", f"{HEADER_DOMAIN_NOT_QUALIFIED.lines[0]}: {named}")
+def header_domain_not_qualified(*domains: str) -> Reply:
+    """``HEADER_DOMAIN_NOT_QUALIFIED`` naming the domains: the user whose
+    client refused to send needs to know which addresses to correct, all
+    of them at once, and the message's text is not in front of them (each
+    escaped and cut as a HELO name is, ``_echo``).  An empty domain
+    (``a@``) would name nothing: the reply says what the user can look for
+    instead.  The names end in ``...`` where the next would take the line
+    past RFC 5321's 512 octets (4.5.3.1.5)."""
+    named = [_echo(d) if d else 'an address ends in "@"' for d in domains]
+    text = (HEADER_DOMAIN_NOT_QUALIFIED.lines[0] if len(named) < 2
+            else "Domains in address header fields are not fully qualified")
+    # "554 5.6.0 " and CRLF around the text
+    room = _LINE_MAX - len("554 5.6.0 ") - len(text) - len(": ") - 2
+    shown: list[str] = []
+    for i, name in enumerate(named):
+        last = i == len(named) - 1
+        used = sum(len(n) + 2 for n in shown)  # each with its ", "
+        if used + len(name) + (0 if last else len(", ...")) > room:
+            shown.append("...")
+            break
+        shown.append(name)
+    return Reply.of(554, "5.6.0", f"{text}: {', '.join(shown)}")
 
 
 def accepted(queue_id: str) -> Reply:
