@@ -1785,3 +1785,63 @@ def test_underscores_in_the_ehlo_name_and_the_paths_domains_are_taken():
                                                 "carol@mx_1.elsewhere.test"]
     assert d.send("HELO my_host.example\r\n") == [
         "250 mx.example.org Hello my_host.example, pleased to meet you"]
+
+
+# --- RFC 5321 4.5.3.1.5: no reply line over 512 octets, echoes included ------------------
+
+# the longest domain the hub takes (253 octets: four labels, the config's
+# limit) and the longest local part a 256-octet path holds with nothing else
+LONGEST_DOMAIN = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+LONGEST_LOCAL = "l" * 256
+# a primary domain of U-labels: 520 octets as UTF-8, 253 as A-labels
+UTF8_DOMAIN = ".".join(["\u4e2d" * 57] * 3) + ".test"
+
+
+def _octets(line: str) -> int:
+    return len(line.encode("utf-8")) + len("\r\n")
+
+
+@pytest.mark.parametrize("domain", [LONGEST_DOMAIN, UTF8_DOMAIN])
+def test_the_250_to_mail_and_rcpt_of_a_bare_name_stays_within_512_octets(domain):
+    # a bare local part is qualified with the primary domain: a 256-octet
+    # one echoed with a 253-octet domain made a 540-octet line
+    local = LONGEST_LOCAL
+    router = StaticRouter({local: None, "bob": None}, domains=(domain,))
+    d = Driver(router=router, primary_domain=domain)
+    out = d.send(f"EHLO c.test\r\nMAIL FROM:<{local}> SMTPUTF8\r\nRCPT TO:<{local}>\r\n"
+                 f"RCPT TO:<bob>\r\n")
+    sender, rcpt, bob = out[-3:]
+    for line, start in ((sender, "250 2.1.0 <"), (rcpt, "250 2.1.5 <"), (bob, "250 2.1.5 <")):
+        assert line.startswith(start) and _octets(line) <= 512, (len(line), line[:40])
+    # the start of the address and the domain the hub added, the middle cut out
+    assert sender.endswith(">... Sender OK") and rcpt.endswith(">... Recipient OK")
+    if domain == LONGEST_DOMAIN:
+        assert sender.startswith("250 2.1.0 <" + "l" * 200)
+        assert sender.endswith("...@" + domain + ">... Sender OK")
+        assert rcpt.endswith("...@" + domain + ">... Recipient OK")
+        assert bob == f"250 2.1.5 <bob@{domain}>... Recipient OK"  # fits: whole
+    else:
+        assert "..." in bob and bob.startswith("250 2.1.5 <bob@")
+        assert bob.encode("utf-8").decode("utf-8") == bob  # no character cut in two
+    assert d.engine.state is State.RCPT
+
+
+@pytest.mark.parametrize(("make", "uncut"), [
+    (replies.sender_ok, "250 2.1.0 <{}>... Sender OK"),
+    (replies.recipient_ok, "250 2.1.5 <{}>... Recipient OK"),
+    (replies.vrfy_found, "250 2.1.5 <{}>"),
+    (lambda a: replies.expn_found(["a@b", a]), "250 2.1.5 <{}>"),
+    (lambda a: replies.vrfy_ambiguous([a, "a@b"]), "553-5.1.4 <{}>"),
+])
+def test_an_address_echo_is_whole_when_it_fits_and_cut_to_fit_when_not(make, uncut):
+    for n in range(1, 520, 7):
+        for domain in ("example.org", LONGEST_DOMAIN, UTF8_DOMAIN, "\u00fc" * 100):
+            address = "x" * n + "@" + domain
+            wire = make(address).to_bytes()
+            assert all(len(line) + 2 <= 512 for line in wire.split(b"\r\n")[:-1]), (n, domain)
+            fits = _octets(uncut.format(address)) <= 512
+            assert (address.encode() in wire) == fits, (n, domain)
+            if not fits:  # the start and, when there is room for it, the domain
+                assert b"<" + address.encode()[:60] in wire and b"..." in wire
+                whole_domain = len(domain.encode()) < 300  # not the 520 octets of U-labels
+                assert (f"...@{domain}>".encode() in wire) == whole_domain, (n, domain)

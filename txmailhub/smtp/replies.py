@@ -229,12 +229,57 @@ def ehlo(hostname: str, client: str, keywords: list[str]) -> Reply:
     return Reply.of(250, None, f"{hostname} Hello {_echo(client)}", *keywords)
 
 
+def _echo_address(address: str, room: int) -> str:
+    """``address`` as a reply line echoes it in ``room`` octets (what the
+    line leaves of RFC 5321's 512, CRLF included, 4.5.3.1.5): whole when
+    it fits, else with its middle cut out as ``...``.  A path is at most
+    256 octets, but a bare local part is qualified with the primary domain
+    (up to 253 octets, more as UTF-8 U-labels): 256 + 1 + 253 octets made
+    a 540-octet ``250`` line.  What is kept is the start of the address and
+    its ``@domain`` -- the part the hub added when it qualified a bare
+    name -- or, for a domain too long for that, as much of its end as
+    leaves ``_HEAD_MIN`` octets for the start; the echo is a courtesy, the code and status say what
+    happened.  Octets, not characters, and never a UTF-8 character cut in
+    two."""
+    if len(address) <= room // 4:  # nearly every address: no encoding
+        return address
+    data = address.encode("utf-8")
+    if len(data) <= room:
+        return address
+    room -= len("...")
+    at = address.rfind("@")
+    tail = address[at:].encode("utf-8") if at > 0 else b""
+    if len(tail) > room - _HEAD_MIN:
+        tail = tail[len(tail) - (room - _HEAD_MIN):]
+    head = data[: room - len(tail)]
+    # "ignore": a character cut at either end is left out, not mangled
+    return head.decode("utf-8", "ignore") + "..." + tail.decode("utf-8", "ignore")
+
+
+# the octets of an address's start a cut echo keeps at least (a local
+# part's longest, RFC 5321 4.5.3.1.1)
+_HEAD_MIN = 64
+
+
+def _room(line: str) -> int:
+    """What ``line`` (its text around an echoed address, code and status
+    included) leaves of a 512-octet reply line for the address."""
+    return _LINE_MAX - len(line.encode("utf-8")) - len("\r\n")
+
+
+_SENDER_ROOM = _room("250 2.1.0 <>... Sender OK")
+_RECIPIENT_ROOM = _room("250 2.1.5 <>... Recipient OK")
+# a line of its own in a VRFY or EXPN reply ("250-" or "553-5.1.4 " alike)
+_LISTED_ROOM = _room("250 2.1.5 <>")
+
+
 def sender_ok(sender: str) -> Reply:
-    return Reply.of(250, "2.1.0", f"<{sender}>... Sender OK")
+    return Reply.of(250, "2.1.0", f"<{_echo_address(sender, _SENDER_ROOM)}>... Sender OK")
 
 
 def recipient_ok(recipient: str) -> Reply:
-    return Reply.of(250, "2.1.5", f"<{recipient}>... Recipient OK")
+    return Reply.of(250, "2.1.5",
+                    f"<{_echo_address(recipient, _RECIPIENT_ROOM)}>... Recipient OK")
 
 
 def header_domain_not_qualified(*domains: str) -> Reply:
@@ -269,16 +314,23 @@ def bdat_chunk(size: int) -> Reply:
     return Reply.of(250, "2.0.0", f"{size} octets received")
 
 
+def _bracketed(address: str) -> str:
+    """``<address>`` on a line of its own in a VRFY or EXPN reply, within
+    512 octets (``_echo_address``)."""
+    return f"<{_echo_address(address, _LISTED_ROOM)}>"
+
+
 def vrfy_found(address: str) -> Reply:
-    return Reply.of(250, "2.1.5", f"<{address}>")
+    return Reply.of(250, "2.1.5", _bracketed(address))
 
 
 def vrfy_ambiguous(addresses: list[str]) -> Reply:
-    return Reply.of(553, "5.1.4", "Ambiguous; possibilities are", *(f"<{a}>" for a in addresses))
+    return Reply.of(553, "5.1.4", "Ambiguous; possibilities are",
+                    *(_bracketed(a) for a in addresses))
 
 
 def expn_found(addresses: list[str]) -> Reply:
-    return Reply.of(250, "2.1.5", *(f"<{a}>" for a in addresses))
+    return Reply.of(250, "2.1.5", *(_bracketed(a) for a in addresses))
 
 
 def help_text(commands: list[str]) -> Reply:
