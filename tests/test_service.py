@@ -1808,3 +1808,16 @@ def test_a_message_arriving_through_a_stall_of_the_hub_is_not_cut(tmp_path: Path
         hub.stopService()
     p.connectionLost(None)
     assert reactor.getDelayedCalls() == []
+
+
+def test_the_hubs_relay_sessions_get_the_stall_record(tmp_path: Path) -> None:
+    # docs/relay.rst, "Timeouts": the outbound sessions' timers give a
+    # stall of the hub back to the next hop; the record is the hub's own,
+    # the one whose heartbeat it runs
+    hub, _reactor = one_listener_hub(tmp_path)
+    hub.startService()
+    try:
+        relay = hub.getServiceNamed("relay")
+        assert relay.agent.stalls is hub.components.stalls is not None
+    finally:
+        hub.stopService()

@@ -52,7 +52,7 @@ from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, written_domain
 from txmailhub.config import RelaySettings, split_smarthost
-from txmailhub.interfaces import IDeliveryAgent
+from txmailhub.interfaces import IDeliveryAgent, IStallRecord
 from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
@@ -154,12 +154,26 @@ def _credentials_problem(error: Exception) -> str:
 
 
 class SMTPClientProtocol(Protocol):
-    """Moves bytes between a transport and a ``ClientSession``."""
+    """Moves bytes between a transport and a ``ClientSession``.
+
+    Its timers -- the RFC 5321 4.5.3.2 wait for each reply, the data
+    block's, ``MIN_DATA_RATE`` -- measure the server by the clock, and a
+    timer runs before the reads of its reactor turn: after a stall of the
+    hub's reactor thread (a call blocked on a hung disk, ``fsfreeze``, the
+    process stopped) whatever the server sent meanwhile, or the room its
+    socket made, is still unnoticed, and a command written just before
+    the stall has not even left.  So a verdict against the server is
+    given only on a second look one reactor turn later (after those
+    reads), and the time ``stalls`` (the hub's ``IStallRecord``; ``None``:
+    none is credited) counted while a timer ran is given back to the
+    server before that."""
 
     def __init__(self, session: ClientSession, clock: Any, message_path: str,
                  tls_creator: Any, converted_path: str,
-                 run_blocking: Callable[..., defer.Deferred] = inline_io) -> None:
+                 run_blocking: Callable[..., defer.Deferred] = inline_io,
+                 stalls: IStallRecord | None = None) -> None:
         self.session = session
+        self.stalls = stalls
         self.run_blocking = run_blocking
         self.clock = clock
         self.message_path = message_path
@@ -167,6 +181,12 @@ class SMTPClientProtocol(Protocol):
         self.converted_path = converted_path
         self.done: defer.Deferred[SessionOutcome] = defer.Deferred()
         self._timer: Any = None
+        # when the reply timer is due, and the stall record read when it
+        # was set (or last moved on by a stall); the record read when the
+        # message data began
+        self._timer_due = 0.0
+        self._timer_held = 0.0
+        self._body_held = 0.0
         self._file: Any = None
         self._producer: BodyProducer | None = None  # the message data on its way
         self._rate_timer: Any = None  # when the data would be behind MIN_DATA_RATE
@@ -178,9 +198,16 @@ class SMTPClientProtocol(Protocol):
 
     # --- timers ---------------------------------------------------------------
 
+    def _held(self, now: float) -> float:
+        """The stall record's reading at ``now`` (0 without a record)."""
+        return 0.0 if self.stalls is None else self.stalls.held(now)
+
     def _arm(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        now = self.clock.seconds()
+        self._timer_held = self._held(now)
+        self._timer_due = now + self.session.timeout
         self._timer = self.clock.callLater(self.session.timeout, self._timed_out)
 
     def _disarm(self) -> None:
@@ -196,8 +223,27 @@ class SMTPClientProtocol(Protocol):
         if self.transport is not None:
             self._abort()
 
-    def _timed_out(self) -> None:
+    def _timed_out(self, second_look: bool = False) -> None:
+        """The current step's timeout.  The time the stall record counted
+        since the timer was set is the hub's: the timer is due that much
+        later (a command written just before a stall left only after it).
+        Then a second look one turn later: a reply (or a drained socket,
+        for the data block) that came during a stall is read in the turn
+        between, and any of it cancels this timer."""
         self._timer = None
+        now = self.clock.seconds()
+        held = self._held(now)
+        if held > self._timer_held:
+            self._timer_due += held - self._timer_held
+            self._timer_held = held
+            if self._timer_due > now:
+                self._timer = self.clock.callLater(self._timer_due - now, self._timed_out)
+                return
+        if not second_look:
+            # Twisted runs a call made now in its next turn, after that
+            # turn's reads
+            self._timer = self.clock.callLater(0, self._timed_out, True)
+            return
         log.warn("timeout waiting for the server ({phase})", phase=self.session.phase.value)
         self.session.timed_out()
         self._abort()
@@ -367,6 +413,7 @@ class SMTPClientProtocol(Protocol):
                                 progress=self._progress)
         self._producer = producer
         self._body_started = self.clock.seconds()
+        self._body_held = self._held(self._body_started)
 
         def over() -> None:
             self._producer = None
@@ -411,27 +458,48 @@ class SMTPClientProtocol(Protocol):
         if producer is None:
             return
         self._stop_rate_timer()
-        deadline = self._body_started + MIN_DATA_RATE_GRACE + producer.taken / MIN_DATA_RATE
+        now = self.clock.seconds()
         # judged on a later turn: the call that says the "." was taken
         # ends the transfer first, and cancels this
-        self._rate_timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()),
-                                                self._too_slow)
+        self._rate_timer = self.clock.callLater(
+            max(0.0, self._rate_deadline(producer, now) - now), self._too_slow)
+
+    def _rate_deadline(self, producer: BodyProducer, now: float) -> float:
+        """When the next hop is behind ``MIN_DATA_RATE`` with what it took
+        so far: the grace and the time for those octets from the data's
+        start, and the stalls of the hub's reactor thread the stall record
+        counted since (no data went out then, whatever the next hop)."""
+        return (self._body_started + MIN_DATA_RATE_GRACE + producer.taken / MIN_DATA_RATE
+                + self._held(now) - self._body_held)
 
     def _stop_rate_timer(self) -> None:
         if self._rate_timer is not None and self._rate_timer.active():
             self._rate_timer.cancel()
         self._rate_timer = None
 
-    def _too_slow(self) -> None:
+    def _too_slow(self, second_look: bool = False) -> None:
         """The next hop took the message data slower than ``MIN_DATA_RATE``
         on average: the session ends, a temporary failure said in words,
         and the connection is dropped before the "." was taken (the server
-        discards the transaction)."""
+        discards the transaction).  Not while a stall of the hub moved the
+        deadline on (``_rate_deadline``), and only on a second look one
+        turn later: the transport's call for more data, when the socket
+        drained during a stall, comes in the turn between and cancels
+        this."""
         self._rate_timer = None
         producer = self._producer
         if producer is None or self._closing:
             return
-        seconds = self.clock.seconds() - self._body_started
+        now = self.clock.seconds()
+        deadline = self._rate_deadline(producer, now)
+        if now < deadline:
+            self._rate_timer = self.clock.callLater(deadline - now, self._too_slow)
+            return
+        if not second_look:
+            self._rate_timer = self.clock.callLater(0, self._too_slow, True)
+            return
+        # the next hop's time: without the hub's stalls
+        seconds = now - self._body_started - (self._held(now) - self._body_held)
         log.warn("the server took the message data too slowly ({octets} octets in {seconds:.0f}"
                  " s, under {rate} octets a second after the first {grace} s): connection "
                  "closed", octets=producer.taken, seconds=seconds, rate=MIN_DATA_RATE,
@@ -613,7 +681,10 @@ class DeliveryAgent:
     ``TLSMemory`` of hosts seen offering STARTTLS (default: the one in
     ``state_dir/relay/``, loaded now); ``auth_param_memory`` the
     ``AuthParamMemory`` of next hops that refuse ``AUTH=`` on MAIL
-    (default: a new one on ``clock``)."""
+    (default: a new one on ``clock``); ``stalls`` the hub's
+    ``IStallRecord``, whose count of the reactor thread's stalls each
+    session's timers give back to the server (``SMTPClientProtocol``;
+    ``None``: no stall is credited)."""
 
     def __init__(self, settings: Any, mx: Any, clock: Any,
                  endpoint: Callable[[str, int], Any] | None = None,
@@ -621,8 +692,10 @@ class DeliveryAgent:
                  tls_options: Callable[[str, bool], Any] | None = None,
                  run_blocking: Callable[..., defer.Deferred] | None = None,
                  tls_memory: TLSMemory | None = None,
-                 auth_param_memory: AuthParamMemory | None = None) -> None:
+                 auth_param_memory: AuthParamMemory | None = None,
+                 stalls: IStallRecord | None = None) -> None:
         self.settings = settings
+        self.stalls = stalls
         self.relay = settings.relay
         self.mx = mx
         self.clock = clock
@@ -1016,7 +1089,7 @@ class DeliveryAgent:
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,
-                                   self.run_blocking)
+                                   self.run_blocking, self.stalls)
         factory = Factory.forProtocol(lambda: proto)
         factory.noisy = False  # no "Starting factory" / "Stopping factory" per session
 

@@ -96,9 +96,13 @@ class RelayService(Service):
                              port=s.relay.port, rng=self._rng)
         tls_memory = TLSMemory(memory_path(s.hub.state_dir), c.reactor, self._io)
         tls_memory.load()
+        # the hub's record of its reactor's stalls (components.stalls, which
+        # MailHub starts): the sessions' timers do not charge them to the
+        # next hop.  Components without one: none is credited.
         self.agent = DeliveryAgent(s, self.mx, c.reactor, endpoint=self._endpoint,
                                    trust_root=self._trust_root, tls_options=self._tls_options,
-                                   run_blocking=self._io, tls_memory=tls_memory)
+                                   run_blocking=self._io, tls_memory=tls_memory,
+                                   stalls=getattr(c, "stalls", None))
         self.runner = QueueRunner(self.queue, self.agent, c, c.reactor)
 
     def startService(self) -> None:
