@@ -38,11 +38,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet import defer, ssl
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -58,6 +54,7 @@ from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
 from txmailhub.relay.connect_reason import most_telling, reason
+from txmailhub.relay.connect_timer import TimedTCPEndpoint
 from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
@@ -625,13 +622,16 @@ def thread_runner(reactor: Any) -> Callable[..., defer.Deferred]:
 
 
 def default_endpoint(reactor: Any, resolve: Resolver | None = None,
-                     budget: float | None = None) -> Callable[[str, int], Any]:
+                     budget: float | None = None,
+                     stalls: IStallRecord | None = None) -> Callable[[str, int], Any]:
     """``endpoint(host, port)``: TCP to an address; to a name (the
     smarthost), a ``NameEndpoint`` that looks up its IDNA2008 A-labels
     with ``resolve`` (default: ``getaddrinfo`` in the reactor's thread
     pool) and races its addresses with staggered starts (RFC 8305,
     ``relay.eyeballs``), starting none after ``budget`` seconds (the
-    agent's ``hosts_time_budget``)."""
+    agent's ``hosts_time_budget``).  Each TCP connection has
+    ``CONNECT_TIMEOUT`` seconds, without the stalls of the hub's reactor
+    thread ``stalls`` counted (``relay.connect_timer``)."""
     run = thread_runner(reactor)
 
     def in_thread(name: str, port: int) -> defer.Deferred:
@@ -640,13 +640,9 @@ def default_endpoint(reactor: Any, resolve: Resolver | None = None,
     lookup: Resolver = resolve or in_thread
 
     def make(host: str, port: int) -> Any:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return NameEndpoint(reactor, host, port, CONNECT_TIMEOUT, lookup, budget)
-        if ip.version == 6:
-            return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-        return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        if not _is_ip(host):
+            return NameEndpoint(reactor, host, port, CONNECT_TIMEOUT, lookup, budget, stalls)
+        return TimedTCPEndpoint(reactor, host, port, CONNECT_TIMEOUT, stalls)
 
     return make
 
@@ -702,7 +698,8 @@ class DeliveryAgent:
         # the smarthost's addresses are tried within one connection: they
         # keep to the attempt's time budget there
         self.endpoint = endpoint or default_endpoint(clock,
-                                                     budget=self.relay.hosts_time_budget)
+                                                     budget=self.relay.hosts_time_budget,
+                                                     stalls=stalls)
         # Sessions in flight, for abort_all; stopped: no new connection.
         self._sessions: set[SMTPClientProtocol] = set()
         self._connecting: dict[defer.Deferred, str] = {}  # -> its queue id

@@ -28,14 +28,15 @@ from functools import partial
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import ascii_domain
+from txmailhub.interfaces import IStallRecord
 from txmailhub.relay.connect_reason import most_telling
+from txmailhub.relay.connect_timer import TimedTCPEndpoint
 from txmailhub.relay.eyeballs import RaceLost, interleave, race
 
 __all__ = ["MAX_ADDRESSES", "NameEndpoint", "NoAddressConnected", "Resolver", "ascii_name",
@@ -101,10 +102,14 @@ class NameEndpoint:
     seconds (``None``: no limit) have passed since ``connect`` -- the
     agent's ``hosts_time_budget``, which the addresses of one name would
     otherwise escape (ten that never answer take five minutes).
-    Cancelling the connect cancels what is under way."""
+    Cancelling the connect cancels what is under way.  ``stalls``: the
+    hub's ``IStallRecord``, whose stalls the connect timeout gives back
+    (``connect_timer``)."""
 
     def __init__(self, reactor: Any, name: str, port: int, timeout: float,
-                 resolve: Resolver, budget: float | None = None) -> None:
+                 resolve: Resolver, budget: float | None = None,
+                 stalls: IStallRecord | None = None) -> None:
+        self._stalls = stalls
         self._reactor = reactor
         self._name = name
         self._port = port
@@ -172,6 +177,6 @@ class NameEndpoint:
         return result
 
     def _connect_one(self, pair: tuple[int, str], factory: Any) -> defer.Deferred:
-        family, address = pair
-        kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
-        return kind(self._reactor, address, self._port, timeout=self._timeout).connect(factory)
+        _family, address = pair
+        return TimedTCPEndpoint(self._reactor, address, self._port, self._timeout,
+                                self._stalls).connect(factory)
