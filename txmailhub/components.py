@@ -60,7 +60,9 @@ class Components:
       ``MailHub`` starts and stops its heartbeat.  Made by the first
       ``SMTPFactory`` when absent: one that is never started, which
       credits no stall to a message's data rate (its own ``_drive`` time
-      still is).
+      still is).  The relay (``RelayService``, at its start) gives it to
+      its sessions' timers and connect timeouts: a stall is not a next
+      hop's time either.
     * ``listening``: ``(host, port)`` pairs this hub listens on, filled in
       by the service as listeners bind (the relay uses it to spot an MX
       that points back at us: a mail loop).
