@@ -322,3 +322,26 @@ def test_the_stop_waits_for_the_flags_of_the_sessions_it_cuts(tmp_path):
     assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S"]}
     assert proto.mailbox is None  # the lock is let go
 
+
+
+def test_rset_unmarks_the_seen_flags_of_the_messages_retrieved_before_it(tmp_path):
+    """RSET takes back what the session would change at its end: the
+    deletion marks (RFC 1939 5) and the seen flags of the messages RETR
+    sent before it, as Dovecot's RSET drops its pending seen changes.  A
+    RETR after it flags its message as ever, at QUIT or at a drop."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES)
+    proto, t = login(components)
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nRSET\r\nRETR 2\r\nQUIT\r\n")
+    syncer.run()
+    assert bytes(t.received).endswith(b"+OK Bye (3 messages left)\r\n")
+    assert listing(md) == {"new": [NAMES[0], NAMES[2]], "cur": [NAMES[1] + ":2,S"]}
+    # a dropped session: the same; and one that retrieved nothing since
+    # its RSET is not waited for by a stop
+    again, _ = login(components)
+    again.dataReceived(b"RETR 1\r\nRSET\r\n")
+    assert not again.retrieved_any()
+    again.dataReceived(b"RETR 3\r\n")
+    assert again.retrieved_any()
+    again.connectionLost(Failure(ConnectionDone()))
+    syncer.run()
+    assert listing(md) == {"new": [NAMES[0]], "cur": [NAMES[1] + ":2,S", NAMES[2] + ":2,S"]}

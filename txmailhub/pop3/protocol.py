@@ -241,8 +241,8 @@ class POP3Protocol(Protocol):
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush", "_idle_call",
         "_last_activity", "_logout", "_lost", "_peer", "_pending_call", "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
-        "_turn_call",
-        "_turn_spent", "_typed", "_unseen", "_update_running", "_user", "_write_paused",
+        "_turn_call", "_turn_spent", "_typed", "_unseen", "_unseen_resets",
+        "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
         "reactor", "settings", "transport",
     )
@@ -284,6 +284,7 @@ class POP3Protocol(Protocol):
         # cur/ with S) at the session's end, off the reactor thread where
         # the mailbox can (``_end_changes``); one octet a message at most
         self._unseen = bytearray()
+        self._unseen_resets = 0  # the engine's ``resets`` when ``_unseen`` was kept
         # what RETR sends of each message to a client without UTF8 (the
         # stored size or the downgraded copy's, RFC 6857), -1 where not
         # measured yet: one array, not an int object per message
@@ -458,7 +459,7 @@ class POP3Protocol(Protocol):
     def retrieved_any(self) -> bool:
         """Whether messages were retrieved that are to be flagged seen when
         this session ends (a stop waits for that, ``POP3Factory.shut_down``)."""
-        return any(self._unseen)
+        return any(self._pending())
 
     def cut_for_stop(self) -> None:
         """The hub stops: drop the connection at once (a polite close would
@@ -547,15 +548,25 @@ class POP3Protocol(Protocol):
         ends (``_end_changes``), not now.  A rename per RETR on the reactor
         thread held every session of the hub while the disk hung; on a
         worker thread, a DELE answered meanwhile raced it."""
-        unseen = self._unseen
+        unseen = self._pending()
         if index >= len(unseen):
             unseen.extend(bytes(index + 1 - len(unseen)))
         unseen[index] = 1
 
+    def _pending(self) -> bytearray:
+        """``_unseen``, emptied first if an RSET came since it was kept:
+        RSET takes back the session's changes, the seen flags of the
+        messages retrieved before it too (as Dovecot's RSET does)."""
+        engine = self.engine
+        if engine is not None and engine.resets != self._unseen_resets:
+            self._unseen_resets = engine.resets
+            self._unseen = bytearray()
+        return self._unseen
+
     def _take_unseen(self, deleted: Sequence[int]) -> list[int]:
         """The messages to flag seen at the session's end (none of those
         ``deleted``), forgotten here."""
-        unseen, self._unseen = self._unseen, bytearray()
+        unseen, self._unseen = self._pending(), bytearray()
         gone = set(deleted)
         return [i for i, retrieved in enumerate(unseen) if retrieved and i not in gone]
 

@@ -214,6 +214,10 @@ class POP3Server:
         self._sizes: Sequence[int] = ()
         self._size_of: Callable[[int], int] | None = None
         self._deleted: set[int] = set()
+        # RSET commands handled: the adapter forgets the seen flags it was
+        # to set at the session's end for the messages RETR sent before
+        # one, as the deletion marks go (Dovecot's RSET does the same)
+        self.resets = 0
         self._dispatch = _HANDLERS_IN[self.state]
 
     # -- input -------------------------------------------------------------
@@ -590,6 +594,7 @@ class POP3Server:
         if arg.strip():
             return self._send(R.bad_syntax("RSET"))
         self._deleted.clear()
+        self.resets += 1
         return self._send(R.reset(*self._totals()))
 
     # -- helpers -----------------------------------------------------------
