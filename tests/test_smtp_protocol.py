@@ -1378,6 +1378,40 @@ class ProtocolTests(SynchronousTestCase):
         p.dataReceived(b"a\r\n")  # 301 s: cut (not at 700 s)
         assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
 
+    def test_a_stall_in_the_read_that_starts_a_message_is_not_counted_twice(self):
+        # DATA and the first lines of the message in one read, whose spool
+        # write froze for 400 s: the message's time starts at its
+        # StartMessage, with the stall record as read then; the drive's
+        # hub time moves it on, and the record's count of that same stall
+        # comes off once (read at the first look it would be taken twice,
+        # and a later stall elsewhere would not come off: cut at 149 s)
+        h, p, t = self.in_a_message(b"", heartbeat=True)
+        h.clock.pump([1] * 10)
+        writer_class = type(h.spooler.open())
+        write = writer_class.write
+
+        def frozen(writer, data):
+            h.clock.rightNow += 400  # no timer runs
+            return write(writer, data)
+
+        self.patch(writer_class, "write", frozen)
+        p.dataReceived(b"DATA\r\nSubject: x\r\n\r\n")
+        self.patch(writer_class, "write", write)
+        assert [r[:3] for r in take(t)] == ["354"] and not t.disconnecting
+        stalled_turn(h.clock, 0)  # the heartbeat, late by the stall
+        h.clock.advance(0)
+        assert h.factory.stalls.held(h.clock.seconds()) > 390
+        h.clock.pump([1] * 100)
+        stalled_turn(h.clock, 400)  # another session's stall...
+        p.dataReceived(b"a\r\n")  # ...and its reads
+        h.clock.advance(0)
+        h.clock.pump([1] * 49)
+        p.dataReceived(b"a\r\n")  # 149 s of its own: 300 + 21 / 500 allowed
+        assert take(t) == [] and not t.disconnecting
+        h.clock.pump([1] * 152)
+        p.dataReceived(b"a\r\n")  # 301 s: cut
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)] and t.disconnecting
+
     def test_a_stall_before_a_message_starts_gives_it_nothing_with_the_heartbeat(self):
         # as below, with the stall record running: the first message's
         # frozen write made the heartbeat overdue before the second message
