@@ -89,3 +89,53 @@ def test_stopping_leaves_no_timed_call_and_a_restart_beats_again() -> None:
     assert stalls.held(clock.seconds()) == 10
     stalls.stopService()
     assert clock.getDelayedCalls() == []
+
+
+def test_a_clock_set_back_credits_nothing_and_one_set_forward_its_step() -> None:
+    # reactor time is the wall clock.  Set back, it makes no reading
+    # negative or smaller than the total, and the beat waits (as every
+    # timed call of the reactor) until the clock is at its due time again:
+    # on time then, nothing counted.  Set forward (an NTP step), the step
+    # is counted as a stall: the clock readings a message is timed by
+    # moved on as much, so what the data rate counts is unchanged
+    clock = Clock()
+    stalls = started(clock)
+    clock.pump([HEARTBEAT] * 10)
+    clock.rightNow -= 3600
+    assert stalls.held(clock.seconds()) == 0
+    clock.pump([HEARTBEAT] * 100)
+    assert stalls.held(clock.seconds()) == 0
+    clock.pump([HEARTBEAT] * 3600)
+    assert stalls.held(clock.seconds()) == 0
+    before = clock.seconds() - stalls.held(clock.seconds())
+    clock.rightNow += 3600
+    clock.advance(0)
+    after = clock.seconds() - stalls.held(clock.seconds())
+    assert stalls.held(clock.seconds()) == 3600 - HEARTBEAT
+    assert 0 <= after - before <= HEARTBEAT + TOLERANCE
+
+
+def test_the_time_left_after_stalls_goes_back_by_the_tolerance_at_most() -> None:
+    # ``at - held(at)`` (the time the reactor thread could run) grows with
+    # ``at``, a stall under way or not, across beats -- but for one step
+    # back of up to ``TOLERANCE`` where a beat becomes overdue (lateness
+    # under it is jitter, over it the whole lateness is a stall): a
+    # message's counted time (SMTP's ``_counted_time``) never shrinks by
+    # more while the clock runs on
+    clock = Clock()
+    stalls = started(clock)
+    last = clock.seconds() - stalls.held(clock.seconds())
+    worst = 0.0
+    for step in [0.1, 0.5, 1.0, 1.2, 1.3, 5.0, 0.0, 30.0, 0.25, 1.26, 100.0] * 20:
+        # readings within a turn (no timed call runs)...
+        for k in range(1, 101):
+            at = clock.seconds() + step * k / 100
+            now = at - stalls.held(at)
+            worst = max(worst, last - now)
+            last = now
+        clock.rightNow += step  # ...then the turn's timed calls
+        clock.advance(0)
+        now = clock.seconds() - stalls.held(clock.seconds())
+        worst = max(worst, last - now)
+        last = now
+    assert 0 < worst <= TOLERANCE + 1e-9
