@@ -345,3 +345,40 @@ def test_rset_unmarks_the_seen_flags_of_the_messages_retrieved_before_it(tmp_pat
     again.connectionLost(Failure(ConnectionDone()))
     syncer.run()
     assert listing(md) == {"new": [NAMES[0]], "cur": [NAMES[1] + ":2,S", NAMES[2] + ":2,S"]}
+
+
+def test_the_session_ends_changes_of_a_large_mailbox_cost_little_memory_on_the_reactor(tmp_path):
+    """What QUIT builds on the reactor thread for the UPDATE job of a
+    large mailbox (every message retrieved, half of them deleted): the
+    indices and their chunks, not an object per change (a tuple a change
+    and a set of the deletions were some 110 octets a message, 110 MB
+    for a million: more than the session's snapshot)."""
+    import tracemalloc
+
+    from txmailhub.store.mailbox import DELETE_CHUNK
+
+    _clock, components, _md, syncer = held_env(tmp_path, NAMES[:1])
+    proto, _ = login(components)
+    n = 200_000
+    deleted = tuple(range(0, n, 2))
+    proto._unseen = bytearray(b"\x01") * n
+    made = []  # the worker jobs' changes (the messages are not there)
+    proto.mailbox._change = lambda seen, deleted, *_: made.append((seen, deleted))
+    tracemalloc.start()
+    try:
+        seen = proto._take_unseen(deleted)
+        d = proto.mailbox.update(seen, list(deleted))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == list(range(1, n, 2))
+    done = []
+    d.addBoth(done.append)
+    assert len(syncer.jobs) == 1 and done == []  # the caller's part only
+    assert peak < 80 * n, peak / n  # 112 octets a message before
+    # the jobs, DELETE_CHUNK changes each: every rename, then every unlink
+    syncer.run()
+    assert len(done) == 1
+    assert {len(a) + len(b) for a, b in made} == {DELETE_CHUNK}
+    assert [i for a, _ in made for i in a] == seen
+    assert [i for _, b in made for i in b] == list(deleted)

