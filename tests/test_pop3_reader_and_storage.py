@@ -382,3 +382,56 @@ def test_the_session_ends_changes_of_a_large_mailbox_cost_little_memory_on_the_r
     assert {len(a) + len(b) for a, b in made} == {DELETE_CHUNK}
     assert [i for a, _ in made for i in a] == seen
     assert [i for _, b in made for i in b] == list(deleted)
+
+
+def test_the_stop_waits_for_the_flags_of_a_session_dropped_before_it(tmp_path):
+    """A client that hung up just before the stop has its retrieved
+    messages flagged in a job that may still run when the stop begins:
+    the stop waits for it (the state directory is given up after it)."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    proto, _ = login(components)
+    proto.dataReceived(b"RETR 1\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert len(syncer.jobs) == 1
+    stopped = proto.factory.shut_down()
+    assert not stopped.called
+    syncer.run()
+    assert stopped.called
+    assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S"]}
+
+
+def test_quit_whose_unlink_fails_half_way_answers_err_and_keeps_the_flags_made(
+        tmp_path, monkeypatch):
+    """One job renames and unlinks; an unlink that fails (EIO) does not
+    stop the others, and QUIT answers -ERR as RFC 1939 6 has it ("some
+    deleted messages not removed"), the flags made kept, the failure
+    logged, the lock released."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    _clock, components, md, syncer = held_env(tmp_path, NAMES)
+    proto, t = login(components)
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nDELE 2\r\nDELE 3\r\n")
+    t.received.clear()
+    unlink = os.unlink
+
+    def failing(path, *args, **kwargs):
+        if path.endswith(NAMES[2]):
+            raise OSError(5, "Input/output error")
+        return unlink(path, *args, **kwargs)
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto.dataReceived(b"QUIT\r\n")
+        monkeypatch.setattr(os, "unlink", failing)
+        syncer.run()
+        monkeypatch.setattr(os, "unlink", unlink)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert bytes(t.received) == b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n"
+    assert t.disconnecting
+    assert listing(md) == {"new": [NAMES[2]], "cur": [NAMES[0] + ":2,S"]}
+    said = [formatEvent(e) for e in events]
+    assert any(line.startswith("cannot delete message 2 of ") for line in said), said
+    assert any(line.startswith("POP3 UPDATE failed for joe@example.org") for line in said), said
+    login(components)  # the lock is free
