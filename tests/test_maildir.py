@@ -89,6 +89,16 @@ class CallRecorder(SyncerSpy):
                 d.errback(value)
 
 
+class _Timer:
+    """A ``callLater`` call that never fires by itself (``close_soon``)."""
+
+    def active(self):
+        return True
+
+    def cancel(self):
+        pass
+
+
 class Base(SynchronousTestCase):
     def setUp(self):
         self.state = os.path.abspath(self.mktemp())
@@ -1055,6 +1065,130 @@ class MailboxTests(Base):
         self.failureResultOf(self.store.open_mailbox(JOE), OSError)
         patched.restore()
         self.open().close()  # not locked by the failed attempt
+
+    def held_store(self):
+        """A store whose worker jobs wait for the test (``CallRecorder``)."""
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org", syncer,
+                             clock=self.clock)
+        return store, syncer
+
+    def test_a_login_makes_the_folders_and_the_lock_file_on_a_worker_thread(self):
+        # a hung disk blocks a mkdir or a create: on the reactor thread
+        # that held every session of the hub, so a login does neither
+        # there -- nothing is made before its job runs, on another thread
+        store, syncer = self.held_store()
+        md = store.maildir_path(JOE)
+        threads = []
+        lock_mailbox = maildir_module._lock_mailbox
+
+        def recording(path):
+            threads.append(threading.current_thread())
+            return lock_mailbox(path)
+
+        self.patch(maildir_module, "_lock_mailbox", recording)
+        d = store.open_mailbox(JOE)
+        self.assertNoResult(d)
+        self.assertFalse(os.path.exists(os.path.dirname(md)))
+        self.assertEqual(threads, [])
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        box = self.successResultOf(d)
+        self.assertEqual([t.name for t in threads], ["test-worker"])
+        for sub in ("tmp", "new", "cur"):
+            self.assertTrue(os.path.isdir(os.path.join(md, sub)))
+        self.assertTrue(os.path.exists(os.path.join(md, ".txmailhub.lock")))
+        # the folders made are still made durable by the first delivery
+        self.assertIn(os.path.dirname(md), store._ensure(md))
+        box.close()
+
+    def test_a_second_login_waits_for_the_first_ones_job_then_is_in_use(self):
+        # the logins of one Maildir take their turns at its lock, in the
+        # order they came: the first wins, as when the lock was taken at once
+        store, syncer = self.held_store()
+        first = store.open_mailbox(JOE)
+        second = store.open_mailbox(Address("JOE", "example.org"))
+        other = store.open_mailbox(ANN)  # another Maildir: no turn to wait for
+        self.assertEqual(len(syncer.jobs), 2)
+        syncer.run_jobs()
+        box = self.successResultOf(first)
+        self.successResultOf(other).close()
+        self.assertNoResult(second)  # its job is asked for only now
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        self.failureResultOf(second, MailboxInUse)
+        self.assertEqual(store._turns, {})
+        box.close()
+
+    def test_a_login_whose_job_finds_the_lock_of_a_gone_session_waits_for_it(self):
+        # close_soon: a session that is gone but saves holds the lock; the
+        # login's job finds it held, and the login waits, then tries again
+        store, syncer = self.held_store()
+        opening = store.open_mailbox(JOE)
+        syncer.run_jobs()
+        box = self.successResultOf(opening)
+        calls = []
+        box.close_soon(lambda *args: calls.append(args) or _Timer())
+        again = store.open_mailbox(JOE)
+        syncer.run_jobs()
+        self.assertNoResult(again)
+        self.assertEqual(syncer.jobs, [])
+        box.close()
+        syncer.run_jobs()  # the try again, on a worker too
+        self.successResultOf(again).close()
+
+    def test_a_release_while_the_job_found_the_lock_held_tries_again(self):
+        # the job ran while a session of this process held the lock, which
+        # let go before its result came back: not in use any more
+        store, syncer = self.held_store()
+        opening = store.open_mailbox(JOE)
+        syncer.run_jobs()
+        box = self.successResultOf(opening)
+        again = store.open_mailbox(JOE)
+        f, args, d = syncer.jobs.pop()
+        try:
+            f(*args)
+        except BlockingIOError as e:
+            box.close()  # on the reactor thread, before the result is in
+            d.errback(e)
+        self.assertNoResult(again)
+        syncer.run_jobs()
+        self.successResultOf(again).close()
+
+    def test_a_failed_login_job_holds_no_descriptor(self):
+        # the scan fails after the lock was taken: the job closes what it took
+        store, syncer = self.held_store()
+        self.open().close()  # the folders exist
+
+        def broken(md):
+            raise OSError(errno.EIO, "I/O error")
+
+        before = len(os.listdir("/proc/self/fd"))
+        patched = self.patch(maildir_module, "scan", broken)
+        d = store.open_mailbox(JOE)
+        syncer.run_jobs()
+        self.failureResultOf(d, OSError)
+        patched.restore()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        opening = store.open_mailbox(JOE)
+        syncer.run_jobs()
+        self.successResultOf(opening).close()
+
+    def test_a_maildir_that_cannot_be_made_fails_in_the_job(self):
+        store, syncer = self.held_store()
+        made = []
+
+        def denied(path, mode=0o777):
+            made.append(threading.current_thread().name)
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+
+        self.patch(maildir_module.os, "mkdir", denied)
+        d = store.open_mailbox(ANN)
+        self.assertEqual(made, [])
+        syncer.run_jobs()
+        self.failureResultOf(d, PermissionError)
+        self.assertEqual(made, ["test-worker"])
+        self.assertEqual(store._turns, {})
 
     def test_uidl_is_stable_across_sessions_and_flags(self):
         self.deliver([JOE], b"one\n")

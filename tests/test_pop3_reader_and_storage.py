@@ -3,8 +3,12 @@ slowly, a message another reader removed (cases found by fuzzing)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import shutil
 
+import pytest
 from test_pop3_protocol import make_settings
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
@@ -18,8 +22,10 @@ from zope.interface import implementer
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.interfaces import IMailbox
+from txmailhub.pop3 import replies as R
 from txmailhub.pop3.protocol import POP3Factory
 from txmailhub.store.maildir import MaildirStore
+from txmailhub.store.sync import Syncer
 from txmailhub.testing import SyncerSpy
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -195,13 +201,17 @@ class HeldJobs(SyncerSpy):
 
     def run(self):
         while self.jobs:
-            f, args, d = self.jobs.pop(0)
-            try:
-                result = f(*args)
-            except Exception:
-                d.errback()
-            else:
-                d.callback(result)
+            self.run_one(0)
+
+    def run_one(self, index=-1):
+        """Run one job (the last asked for by default), and only that one."""
+        f, args, d = self.jobs.pop(index)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
 
 
 def held_env(tmp_path, names):
@@ -253,6 +263,8 @@ def test_retr_renames_nothing_and_quit_answers_once_the_job_made_the_changes(tmp
     assert os.path.exists(os.path.join(md, "new", NAMES[0]))
     other, t2 = connect(components)
     other.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert len(syncer.jobs) == 2  # the login's lock, on a worker too
+    syncer.run_one()
     assert b"-ERR [IN-USE]" in bytes(t2.received)
     syncer.run()
     assert bytes(t.received) == b"+OK Bye (2 messages left)\r\n" and t.disconnecting
@@ -435,3 +447,157 @@ def test_quit_whose_unlink_fails_half_way_answers_err_and_keeps_the_flags_made(
     assert any(line.startswith("cannot delete message 2 of ") for line in said), said
     assert any(line.startswith("POP3 UPDATE failed for joe@example.org") for line in said), said
     login(components)  # the lock is free
+
+
+# -- the login's disk work, off the reactor thread -------------------------------
+
+
+LOCK = ".txmailhub.lock"
+
+
+def descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def lock_is_free(md):
+    fd = os.open(os.path.join(md, LOCK), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_login_opens_and_locks_the_lock_file_only_in_a_worker_job(tmp_path):
+    """The lock file's open (and creation) is no call on the reactor thread
+    (docs/deployment.rst, "A slow or hung disk"): the +OK waits for the
+    login's job, and until it runs no lock file is made."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    syncer.holding = True
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert bytes(t.received).endswith(b"+OK Send your password\r\n")
+    assert not os.path.exists(os.path.join(md, LOCK))
+    assert len(syncer.jobs) == 1
+    syncer.run()
+    assert bytes(t.received).endswith(R.logged_in(1, 21).to_bytes())
+    assert not lock_is_free(md)
+    proto.dataReceived(b"QUIT\r\n")
+    syncer.run()
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert lock_is_free(md)
+
+
+def test_a_first_login_makes_the_maildir_in_its_job(tmp_path):
+    """A Maildir no delivery made yet is made by the login's job (mkdir
+    blocks on a hung disk too); the others' sessions go on meanwhile."""
+    _clock, components, md, syncer = held_env(tmp_path, [])
+    shutil.rmtree(os.path.dirname(md))
+    syncer.holding = True
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert not os.path.exists(os.path.dirname(md))
+    syncer.run()
+    assert b"+OK Logged in" in bytes(t.received)
+    assert sorted(os.listdir(md)) == [LOCK, "cur", "new", "tmp"]
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_client_that_hangs_up_during_the_login_job_leaves_no_lock_held(tmp_path):
+    """The client leaves while its login's job runs: what the job took
+    (the lock's descriptors) is let go when it is over, nothing leaks,
+    and the next login gets the mailbox."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    before = descriptors()
+    syncer.holding = True
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert not os.path.exists(os.path.join(md, LOCK))  # nothing taken yet
+    proto.connectionLost(Failure(ConnectionDone()))
+    syncer.run()
+    assert b"+OK Logged in" not in bytes(t.received)
+    assert proto.mailbox is None
+    assert lock_is_free(md)
+    assert descriptors() == before
+    again, _ = login(components)
+    again.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_second_login_during_the_first_ones_job_is_told_in_use(tmp_path):
+    """Two logins of one user while the first one's job has not run: they
+    take their turns at the lock in the order they came; the first gets
+    the mailbox, the second [IN-USE] (RFC 2449 8.1.1), as when the lock
+    was taken on the reactor thread."""
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    syncer.holding = True
+    first, t1 = connect(components)
+    first.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    second, t2 = connect(components)
+    second.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"IN-USE" not in bytes(t2.received)  # not before the lock was tried
+    assert len(syncer.jobs) == 1  # the second's waits for the first's
+    syncer.run()
+    assert b"+OK Logged in" in bytes(t1.received)
+    assert bytes(t2.received).endswith(R.MAILBOX_IN_USE.to_bytes())
+    first.connectionLost(Failure(ConnectionDone()))
+    second.connectionLost(Failure(ConnectionDone()))
+    assert lock_is_free(md)
+
+
+@pytest.mark.parametrize("error, reply", [
+    (PermissionError(errno.EACCES, "Permission denied"), R.MAILBOX_PERM_FAILURE),
+    (OSError(errno.ENOSPC, "No space left on device"), R.MAILBOX_TEMP_FAILURE),
+])
+def test_a_maildir_that_cannot_be_made_is_answered_after_the_job(
+        tmp_path, monkeypatch, error, reply):
+    """The folders are made in the login's job; one that cannot be made is
+    [SYS/PERM] (an administrator must act) or [SYS/TEMP] (RFC 3206 4), as
+    before, once the job is over."""
+    _clock, components, md, syncer = held_env(tmp_path, [])
+    shutil.rmtree(md)
+    syncer.holding = True
+
+    def failing(path, mode=0o777):
+        raise error
+
+    monkeypatch.setattr(os, "mkdir", failing)
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"-ERR" not in bytes(t.received)  # the reply waits for the job
+    syncer.run()
+    assert bytes(t.received).endswith(reply.to_bytes())
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_the_stop_waits_for_a_login_job_and_the_lock_is_let_go(tmp_path):
+    """The hub stops while a login's job runs: the session is cut, the
+    syncer's stop waits for the job, and once it is over the lock it took
+    is let go (the stop fires after that)."""
+    clock, components, md, _ = held_env(tmp_path, NAMES[:1])
+    jobs = []
+
+    def held(f):
+        d = defer.Deferred()
+        jobs.append((f, d))
+        return d
+
+    syncer = Syncer(clock, method="fsync", run_in_thread=held)
+    syncer.start()
+    components.store.syncer = syncer
+    before = descriptors()
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert len(jobs) == 1 and not os.path.exists(os.path.join(md, LOCK))
+    cut = proto.factory.shut_down()
+    assert t.aborted
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert cut.called  # nothing of the login's to wait for in the listener
+    stopped = syncer.stop()
+    assert not stopped.called
+    f, d = jobs.pop()
+    d.callback(f())
+    assert stopped.called
+    assert proto.mailbox is None and lock_is_free(md)
+    assert descriptors() == before

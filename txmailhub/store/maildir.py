@@ -50,13 +50,16 @@ the size of the downgraded copy, checked the same way.  Renaming the file
 instead would change a name other programs may hold; the cache is
 recomputable, so losing it costs one more read, never a wrong size.
 
-``open_mailbox`` takes the lock on the reactor thread (``flock`` with
-``LOCK_NB``: a second session in this process or another fails at once
-with ``MailboxInUse``, and the kernel drops the lock when the process
-dies, so it never goes stale; only a session of this process that is
-gone and writes a last size cache entry, ``close_soon``, is waited for),
-then lists the Maildir on the syncer's
-worker threads.  Names within a domain are folded to lower case, like
+``open_mailbox`` makes the Maildir's folders (the first time), opens
+the lock file, takes the lock (``flock`` with ``LOCK_NB``: a second
+session in this process or another fails at once with
+``MailboxInUse``, and the kernel drops the lock when the process dies,
+so it never goes stale; only a session of this process that is gone
+and writes a last size cache entry, ``close_soon``, is waited for) and
+lists the Maildir in one job on the syncer's worker threads
+(``_open_locked``): a mkdir or an open on a hung disk must not hold
+the reactor thread.  The logins of one Maildir take their turns, one
+job at a time, in the order they came.  Names within a domain are folded to lower case, like
 ``Address.key``; a local part that cannot be a folder name (``/``,
 ``.``, ``..``) fails that mailbox alone with ``LocalError``.
 
@@ -79,6 +82,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, canonical_local
@@ -211,6 +215,12 @@ class MaildirStore:
         # (each with whether its client is still there: ``wanted``)
         self._closing: dict[str, list[tuple[defer.Deferred, Callable[[], bool] | None]]] = {}
         self._closing_timers: dict[str, Any] = {}  # -> GONE_SAVE_WAIT's call
+        # Maildir -> the logins waiting for their turn at its lock while
+        # another login's job runs on a worker thread (``_open``)
+        self._turns: dict[str, list[tuple[Any, ...]]] = {}
+        # Maildir -> how often a session of this process let go of its lock
+        # (``closed``) while logins took their turns (kept for those only)
+        self._releases: dict[str, int] = {}
         if not os.path.isdir(self.mail_dir):
             os.makedirs(self.mail_dir, mode=0o700, exist_ok=True)
             fsync_dir(os.path.dirname(self.mail_dir))
@@ -609,37 +619,104 @@ class MaildirStore:
               may_wait: bool) -> defer.Deferred:
         """``open_mailbox``; ``may_wait``: whether a lock held by a session
         closing soon is waited for (false for the one try again after that
-        wait, so a login waits once at most)."""
+        wait, so a login waits once at most).
+
+        What touches the disk -- the folders made the first time (as
+        ``_ensure``), the lock file opened or made and locked, the listing
+        -- is one job on the syncer's worker threads (``_open_locked``):
+        on the reactor thread a hung disk held every session of the hub
+        at one login.  The logins of one Maildir take their turns
+        (``_turns``), one job at a time in the order they came, so the
+        first still wins the lock and a second is told it is in use (or
+        waits for a gone session, ``close_soon``) as when the lock was
+        taken here."""
         try:
             md = self.maildir_path(address)
-            # a no-op on the try again: the first try made md known
-            self._ensure(md)
-            fds = _lock_mailbox(md)
-        except BlockingIOError:
-            waiting = self._closing.get(md) if may_wait else None
-            if waiting is None:
-                return defer.fail(MailboxInUse(f"{address} is in use by another session"))
-            # the holder is gone and lets go once its last save is written
-            # (a client reconnecting at once must not be told IN-USE): this
-            # login tries again then, once (another may get in first); or
-            # is refused after GONE_SAVE_WAIT (a save that hangs)
-            d: defer.Deferred = defer.Deferred()
-            # the logins whose clients left meanwhile are dropped now: a
-            # client that reconnects again and again piles up no waiters
-            for gone in [w for w in waiting if w[1] is not None and not w[1]()]:
-                waiting.remove(gone)
-                gone[0].callback(False)
-            waiting.append((d, wanted))
-
-            def retry(let_go: bool) -> defer.Deferred:
-                if not let_go:
-                    return defer.fail(MailboxInUse(f"{address} is in use by another session"))
-                return self._open(address, wanted, may_wait=False)
-
-            return d.addCallback(retry)
         except Exception as e:
             return defer.fail(e)
-        return self._snapshot_locked(md, fds)
+        d: defer.Deferred = defer.Deferred()
+        queue = self._turns.get(md)
+        if queue is None:
+            self._turns[md] = []
+            self._take_turn(md, address, wanted, may_wait, d)
+        else:
+            queue.append((address, wanted, may_wait, d))
+        return d
+
+    def _take_turn(self, md: str, address: Address, wanted: Callable[[], bool] | None,
+                   may_wait: bool, d: defer.Deferred) -> None:
+        """Run one login's job for ``md``; the next login's once it is over."""
+        make = md not in self._known
+        if make:
+            # recorded before the folders are made, as ``_ensure`` does: a
+            # failing mkdir leaves them recorded for the next delivery
+            domain_dir = os.path.dirname(md)
+            self._unsynced.setdefault(md, set()).update(
+                (os.path.dirname(domain_dir), domain_dir, md))
+        releases = self._releases.get(md, 0)
+        call = getattr(self.syncer, "call", None)  # none: on this thread, as before
+        run = call if call is not None else defer.maybeDeferred
+        try:
+            job = run(_open_locked, md, make, self._clock())
+        except Exception as e:
+            job = defer.fail(e)
+
+        def over(result: Any) -> Any:
+            released = self._releases.get(md, 0) != releases
+            self._next_turn(md)
+            if isinstance(result, Failure):
+                if result.check(BlockingIOError):
+                    if released:
+                        # a session of this process let go while the job
+                        # found the lock held: try again, as a login on the
+                        # reactor thread after that release would have
+                        return self._open(address, wanted, may_wait)
+                    return self._in_use(md, address, wanted, may_wait)
+                return result
+            if make:
+                self._known.add(md)
+            fds, snapshot = result
+            try:
+                return MaildirMailbox(self, md, tuple(fds), snapshot)
+            except BaseException:
+                for held in fds:
+                    os.close(held)
+                raise
+
+        job.addBoth(over).chainDeferred(d)
+
+    def _next_turn(self, md: str) -> None:
+        queue = self._turns.get(md)
+        if not queue:
+            self._turns.pop(md, None)
+            self._releases.pop(md, None)
+            return
+        self._take_turn(md, *queue.pop(0))
+
+    def _in_use(self, md: str, address: Address, wanted: Callable[[], bool] | None,
+                may_wait: bool) -> defer.Deferred:
+        """The lock of ``md`` is held: ``MailboxInUse``, or -- held by a
+        session of this process that is gone and lets go once its last
+        save is written (a client reconnecting at once must not be told
+        IN-USE) -- a try again then, once (another may get in first); or
+        the refusal after GONE_SAVE_WAIT (a save that hangs)."""
+        waiting = self._closing.get(md) if may_wait else None
+        if waiting is None:
+            return defer.fail(MailboxInUse(f"{address} is in use by another session"))
+        d: defer.Deferred = defer.Deferred()
+        # the logins whose clients left meanwhile are dropped now: a
+        # client that reconnects again and again piles up no waiters
+        for gone in [w for w in waiting if w[1] is not None and not w[1]()]:
+            waiting.remove(gone)
+            gone[0].callback(False)
+        waiting.append((d, wanted))
+
+        def retry(let_go: bool) -> defer.Deferred:
+            if not let_go:
+                return defer.fail(MailboxInUse(f"{address} is in use by another session"))
+            return self._open(address, wanted, may_wait=False)
+
+        return d.addCallback(retry)
 
     def close_soon(self, md: str, call_later: Callable[..., Any] | None = None) -> None:
         """The session holding ``md``'s lock is gone but keeps it until a
@@ -654,6 +731,8 @@ class MaildirStore:
 
     def closed(self, md: str) -> None:
         """``md``'s lock was let go: the logins waiting for it try now."""
+        if md in self._turns:  # a login job that found it held tries again
+            self._releases[md] = self._releases.get(md, 0) + 1
         self._closing_over(md, True)
 
     def _closing_over(self, md: str, let_go: bool) -> None:
@@ -666,28 +745,6 @@ class MaildirStore:
         for d, wanted in self._closing.pop(md, ()):
             # a login whose client left is refused, not given the lock
             d.callback(let_go and (wanted is None or wanted()))
-
-    def _snapshot_locked(self, md: str, fds: list[int]) -> defer.Deferred:
-        """The ``MaildirMailbox`` of ``md``, whose lock ``fds`` hold."""
-        # listing (and, for plain-named messages, reading and caching) runs
-        # on the syncer's worker threads when it has them: a big Maildir
-        # must not stall the reactor
-        call = getattr(self.syncer, "call", None)
-        now = self._clock()
-        if call is not None:
-            d = call(_snapshot, md, now)
-        else:
-            d = defer.maybeDeferred(_snapshot, md, now)
-
-        def opened(snapshot: Snapshot) -> MaildirMailbox:
-            return MaildirMailbox(self, md, tuple(fds), snapshot)
-
-        def failed(f: Any) -> Any:
-            for held in fds:
-                os.close(held)
-            return f
-
-        return d.addCallbacks(opened, failed)
 
 
 def _lock_mailbox(md: str) -> list[int]:
@@ -880,9 +937,36 @@ def _made_before(md: str, name: str) -> str | None:
     return None
 
 
-def _snapshot(md: str, now: float) -> Snapshot:
-    clean_tmp(md, now)
-    return scan(md)
+def _make_maildir(md: str) -> None:
+    """Make ``md``, its domain folder and its tmp/new/cur where missing
+    (the folders of ``MaildirStore._ensure``; the lock file is made by
+    ``_open_lock``).  ``mkdir`` makes no folder through a symbolic link."""
+    for path in (os.path.dirname(md), md, *(os.path.join(md, sub)
+                                           for sub in ("tmp", "new", "cur"))):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+
+
+def _open_locked(md: str, make: bool, now: float) -> tuple[list[int], Snapshot]:
+    """A POP3 login's disk work, one job on the syncer's worker threads
+    (``MaildirStore._open``): the folders made (``make``: the first time
+    this process meets ``md``), the lock taken (``_lock_mailbox``:
+    ``BlockingIOError`` when it is held), the stale ``tmp/`` files
+    removed and the snapshot listed.  The descriptors that hold the lock
+    go back with the snapshot; when anything after the lock fails they
+    are closed here, so a failed job holds nothing."""
+    if make:
+        _make_maildir(md)
+    fds = _lock_mailbox(md)
+    try:
+        clean_tmp(md, now)
+        return fds, scan(md)
+    except BaseException:
+        for held in fds:
+            os.close(held)
+        raise
 
 
 def _give(_: Any, results: dict) -> dict:
