@@ -1120,6 +1120,25 @@ class MailboxTests(Base):
         self.assertEqual(store._turns, {})
         box.close()
 
+    def test_a_login_whose_client_left_before_its_turn_runs_no_job(self):
+        # a client that reconnects again and again while the first job
+        # hangs leaves no turn and no job behind each time it gives up
+        store, syncer = self.held_store()
+        first = store.open_mailbox(JOE)
+        here = {"second": True, "third": True}
+        second = store.open_mailbox(JOE, wanted=lambda: here["second"])
+        here["second"] = False
+        third = store.open_mailbox(JOE, wanted=lambda: here["third"])
+        self.failureResultOf(second, MailboxInUse)  # dropped as the third came
+        self.assertEqual(len(store._turns[self.md()]), 1)
+        here["third"] = False
+        syncer.run_jobs()
+        box = self.successResultOf(first)
+        self.failureResultOf(third, MailboxInUse)
+        self.assertEqual(syncer.jobs, [])  # none for the gone third
+        self.assertEqual(store._turns, {})
+        box.close()
+
     def test_a_login_whose_job_finds_the_lock_of_a_gone_session_waits_for_it(self):
         # close_soon: a session that is gone but saves holds the lock; the
         # login's job finds it held, and the login waits, then tries again

@@ -640,6 +640,10 @@ class MaildirStore:
             self._turns[md] = []
             self._take_turn(md, address, wanted, may_wait, d)
         else:
+            # the logins whose clients left meanwhile are dropped now: a
+            # client that reconnects again and again while a job hangs
+            # piles up no turns (nor jobs to run after it)
+            _drop_gone(queue)
             queue.append((address, wanted, may_wait, d))
         return d
 
@@ -687,6 +691,8 @@ class MaildirStore:
 
     def _next_turn(self, md: str) -> None:
         queue = self._turns.get(md)
+        if queue:
+            _drop_gone(queue)  # no job for a client that left
         if not queue:
             self._turns.pop(md, None)
             self._releases.pop(md, None)
@@ -745,6 +751,16 @@ class MaildirStore:
         for d, wanted in self._closing.pop(md, ()):
             # a login whose client left is refused, not given the lock
             d.callback(let_go and (wanted is None or wanted()))
+
+
+def _drop_gone(queue: list[tuple[Any, ...]]) -> None:
+    """Refuse (``MailboxInUse``, as a gone waiter of ``close_soon`` is)
+    the logins of ``queue`` (``MaildirStore._turns``) whose clients are
+    no longer there (their ``wanted``), and take them out of it."""
+    gone = [turn for turn in queue if turn[1] is not None and not turn[1]()]
+    for turn in gone:
+        queue.remove(turn)
+        turn[3].errback(MailboxInUse(f"{turn[0]} was left before its turn at the lock"))
 
 
 def _lock_mailbox(md: str) -> list[int]:
