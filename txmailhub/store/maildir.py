@@ -59,9 +59,10 @@ and writes a last size cache entry, ``close_soon``, is waited for) and
 lists the Maildir in one job on the syncer's worker threads
 (``_open_locked``): a mkdir or an open on a hung disk must not hold
 the reactor thread.  The logins of one Maildir take their turns, one
-job at a time, in the order they came.  Names within a domain are folded to lower case, like
-``Address.key``; a local part that cannot be a folder name (``/``,
-``.``, ``..``) fails that mailbox alone with ``LocalError``.
+job at a time, in the order they came.  Names within a domain are
+folded to lower case, like ``Address.key``; a local part that cannot be
+a folder name (``/``, ``.``, ``..``) fails that mailbox alone with
+``LocalError``.
 
 Stored messages keep LF line endings, as mutt and other Maildir readers
 expect.
@@ -760,7 +761,8 @@ def _drop_gone(queue: list[tuple[Any, ...]]) -> None:
     gone = [turn for turn in queue if turn[1] is not None and not turn[1]()]
     for turn in gone:
         queue.remove(turn)
-        turn[3].errback(MailboxInUse(f"{turn[0]} was left before its turn at the lock"))
+        turn[3].errback(MailboxInUse(f"the client of {turn[0]} left before its turn "
+                                     "at the lock"))
 
 
 def _lock_mailbox(md: str) -> list[int]:
@@ -956,7 +958,7 @@ def _made_before(md: str, name: str) -> str | None:
 def _make_maildir(md: str) -> None:
     """Make ``md``, its domain folder and its tmp/new/cur where missing
     (the folders of ``MaildirStore._ensure``; the lock file is made by
-    ``_open_lock``).  ``mkdir`` makes no folder through a symbolic link."""
+    ``_open_lock``)."""
     for path in (os.path.dirname(md), md, *(os.path.join(md, sub)
                                            for sub in ("tmp", "new", "cur"))):
         try:
