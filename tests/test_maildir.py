@@ -1052,6 +1052,28 @@ class MailboxTests(Base):
         self.assertTrue(os.path.exists(os.path.join(self.md(), ".txmailhub.lock")))
         self.assertEqual(len(self.names()), 1)
 
+    def test_a_symlinked_lock_file_is_never_followed(self):
+        # whoever can write into a Maildir must not make the hub create (or
+        # lock) a file elsewhere through a link named .txmailhub.lock: a
+        # login is refused as needing an administrator ([SYS/PERM]) and
+        # delivery, which makes the lock file with the Maildir, leaves it
+        self.deliver([JOE])
+        lock = os.path.join(self.md(), ".txmailhub.lock")
+        os.unlink(lock)
+        target = os.path.join(self.state, "elsewhere")
+        os.symlink(target, lock)
+        f = self.failureResultOf(self.store.open_mailbox(JOE), PermissionError)
+        self.assertIn("symbolic link", str(f.value))
+        self.assertFalse(os.path.exists(target))
+        # a store meeting the Maildir anew (a restarted hub) delivers there
+        # without making the link's target either
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer)
+        msg = self.spool()
+        self.successResultOf(store.deliver(msg, [JOE]))
+        self.spooler.discard(msg)
+        self.assertFalse(os.path.exists(target))
+        self.assertTrue(os.path.islink(lock))
+
     def test_snapshot_runs_on_the_worker_threads_and_a_failure_releases_the_lock(self):
         self.deliver([JOE])
         before = self.syncer.calls_run

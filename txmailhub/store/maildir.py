@@ -128,6 +128,7 @@ __all__ = [
 log = Logger()
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a lock file that is a link is not followed
 
 #: Seconds a login waits for the lock of a gone session of this process
 #: that writes a last size cache entry (``close_soon``) before it is
@@ -268,7 +269,8 @@ class MaildirStore:
                     pass
             try:  # the POP3 lock, made now while there is room (_open_lock)
                 os.close(os.open(os.path.join(md, LOCK_NAME),
-                                 os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o600))
+                                 os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW,
+                                 0o600))
             except OSError:
                 pass  # made at the first login instead
             self._known.add(md)
@@ -816,18 +818,33 @@ def _open_lock(path: str) -> int:
     deletions would make room.  (Delivery makes the lock file with the
     Maildir, so that is only a Maildir another program made.)"""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _linked_lock(path) from None
         if e.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES):
             raise
         try:
-            return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            return os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
         except FileNotFoundError:
             pass
+        except OSError as again:
+            if again.errno == errno.ELOOP:
+                raise _linked_lock(path) from None
+            raise
         try:
             return os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
         except OSError:
             raise e from None
+
+
+def _linked_lock(path: str) -> PermissionError:
+    """The error for a lock file that is a symbolic link.  Never followed:
+    whoever can write into a Maildir could otherwise have the hub make, or
+    lock, a file of its choosing elsewhere.  An administrator removes it
+    (a ``PermissionError``: POP3 answers ``[SYS/PERM]``)."""
+    return PermissionError(errno.ELOOP, "the POP3 lock file is a symbolic link, not "
+                           "followed: remove it", path)
 
 
 def _link_impossible(error: Exception | None) -> bool:
