@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from conftest import stalled_turn
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -223,3 +224,77 @@ def test_the_relay_uses_the_components_stall_record(tmp_path):
             assert svc.agent.stalls is stalls
         finally:
             svc.stopService()
+
+
+# --- under TLS: the room the socket made comes through a timed call -----------------
+
+
+class _TLSLikeTransport(StringTransport):
+    """As Twisted's TLS layer: a pull producer is driven by a cooperator's
+    ticks, timed calls, not from the reads.  When the socket under it
+    drains (``drained``, in a turn's I/O), the producer is asked for more
+    in a timed call that I/O made for at once -- run in the next turn."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def drained(self):
+        self.clock.callLater(0, self.producer.resumeProducing)
+
+
+def _tls_like_client(tmp_path, body):
+    """``_client``'s session at DATA, without a stall record, on a
+    ``_TLSLikeTransport``."""
+    (tmp_path / "m").write_bytes(body)
+    clock = Clock()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)],
+                            size=len(body), tls="none")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), None,
+                               str(tmp_path / "c"))
+    transport = _TLSLikeTransport(clock)
+    proto.makeConnection(transport)
+    for reply in REPLIES:
+        proto.dataReceived(reply)
+    return clock, proto, transport
+
+
+def _drained_during_the_stall(clock, transport, tls_like):
+    """The turn after a stall: its I/O a moment after its timed calls finds
+    the socket drained; a plain transport asks for more then and there, a
+    TLS one in a timed call; then the next turn's timed calls."""
+    clock.rightNow += 0.001
+    if tls_like:
+        transport.drained()
+    else:
+        transport.producer.resumeProducing()
+    stalled_turn(clock, 0.001)  # the next turn's timed calls
+
+
+@pytest.mark.parametrize("tls_like", [False, True])
+def test_a_data_block_taken_during_a_stall_is_not_timed_out_under_tls_either(tmp_path,
+                                                                            tls_like):
+    # no record: only the second look keeps the data block's 3 minutes
+    # from cutting a next hop whose socket drained while the hub was held
+    clock, proto, transport = _tls_like_client(tmp_path, b"x" * 100_000)
+    transport.producer.resumeProducing()  # t=0, the first chunk
+    stalled_turn(clock, 200)  # past the data block's 3 minutes
+    _drained_during_the_stall(clock, transport, tls_like)
+    assert not transport.disconnecting
+    clock.advance(0)
+    assert not transport.disconnecting and proto.session.phase is Phase.BODY
+
+
+@pytest.mark.parametrize("tls_like", [False, True])
+def test_a_data_rate_kept_but_for_a_stall_is_not_cut_under_tls_either(tmp_path, tls_like):
+    # no record: 16 KiB every 50 s, then at t=350 (due at 300 + 7 * 16 =
+    # 412) the hub is held 100 s; the socket drained meanwhile, and the
+    # 16 s the next chunk is worth would have come in time
+    clock, proto, transport = _tls_like_client(tmp_path, b"x" * 200_000)
+    transport.producer.resumeProducing()  # t=0
+    _take_blocks(clock, transport, 50, 7)  # t=350
+    stalled_turn(clock, 65)  # t=415: past 412, the data block not due (530)
+    _drained_during_the_stall(clock, transport, tls_like)
+    assert not transport.disconnecting
+    clock.advance(0)
+    assert not transport.disconnecting and proto.session.phase is Phase.BODY

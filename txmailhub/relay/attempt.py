@@ -104,6 +104,15 @@ HOSTS_TIME_BUDGET = RelaySettings.hosts_time_budget
 MIN_DATA_RATE = 1024
 MIN_DATA_RATE_GRACE = 300
 
+# A timeout or a data rate that is due is judged this many turns of the
+# reactor later (the "second look", SMTPClientProtocol): in the first, its
+# reads take a reply that came during a stall of the hub, and the room the
+# next hop's socket made; under TLS that room reaches the message data only
+# in a timed call those reads make for at once (Twisted's TLS layer drives
+# a pull producer with a cooperator's ticks): it runs in the next turn,
+# after the look made before those reads, before the one that look makes.
+VERDICT_TURNS = 2
+
 
 @dataclass(frozen=True)
 class DeliveryResult:
@@ -160,10 +169,12 @@ class SMTPClientProtocol(Protocol):
     process stopped) whatever the server sent meanwhile, or the room its
     socket made, is still unnoticed, and a command written just before
     the stall has not even left.  So a verdict against the server is
-    given only on a second look one reactor turn later (after those
-    reads), and the time ``stalls`` (the hub's ``IStallRecord``; ``None``:
-    none is credited) counted while a timer ran is given back to the
-    server before that."""
+    given only on a second look ``VERDICT_TURNS`` reactor turns later
+    (after those reads, and after the timed calls they made for at once:
+    under TLS the room the socket made reaches the message data only
+    through one), and the time ``stalls`` (the hub's ``IStallRecord``;
+    ``None``: none is credited) counted while a timer ran is given back
+    to the server before that."""
 
     def __init__(self, session: ClientSession, clock: Any, message_path: str,
                  tls_creator: Any, converted_path: str,
@@ -220,13 +231,14 @@ class SMTPClientProtocol(Protocol):
         if self.transport is not None:
             self._abort()
 
-    def _timed_out(self, second_look: bool = False) -> None:
+    def _timed_out(self, look: int = 0) -> None:
         """The current step's timeout.  The time the stall record counted
         since the timer was set is the hub's: the timer is due that much
         later (a command written just before a stall left only after it).
-        Then a second look one turn later: a reply (or a drained socket,
-        for the data block) that came during a stall is read in the turn
-        between, and any of it cancels this timer."""
+        Then a second look ``VERDICT_TURNS`` turns later (``look`` counts
+        them): a reply (or a drained socket, for the data block) that
+        came during a stall is seen in the turns between, and any of it
+        cancels this timer."""
         self._timer = None
         now = self.clock.seconds()
         held = self._held(now)
@@ -236,10 +248,10 @@ class SMTPClientProtocol(Protocol):
             if self._timer_due > now:
                 self._timer = self.clock.callLater(self._timer_due - now, self._timed_out)
                 return
-        if not second_look:
+        if look < VERDICT_TURNS:
             # Twisted runs a call made now in its next turn, after that
             # turn's reads
-            self._timer = self.clock.callLater(0, self._timed_out, True)
+            self._timer = self.clock.callLater(0, self._timed_out, look + 1)
             return
         log.warn("timeout waiting for the server ({phase})", phase=self.session.phase.value)
         self.session.timed_out()
@@ -474,15 +486,15 @@ class SMTPClientProtocol(Protocol):
             self._rate_timer.cancel()
         self._rate_timer = None
 
-    def _too_slow(self, second_look: bool = False) -> None:
+    def _too_slow(self, look: int = 0) -> None:
         """The next hop took the message data slower than ``MIN_DATA_RATE``
         on average: the session ends, a temporary failure said in words,
         and the connection is dropped before the "." was taken (the server
         discards the transaction).  Not while a stall of the hub moved the
-        deadline on (``_rate_deadline``), and only on a second look one
-        turn later: the transport's call for more data, when the socket
-        drained during a stall, comes in the turn between and cancels
-        this."""
+        deadline on (``_rate_deadline``), and only on a second look
+        ``VERDICT_TURNS`` turns later: the transport's call for more data,
+        when the socket drained during a stall, comes in the turns between
+        and cancels this."""
         self._rate_timer = None
         producer = self._producer
         if producer is None or self._closing:
@@ -492,8 +504,8 @@ class SMTPClientProtocol(Protocol):
         if now < deadline:
             self._rate_timer = self.clock.callLater(deadline - now, self._too_slow)
             return
-        if not second_look:
-            self._rate_timer = self.clock.callLater(0, self._too_slow, True)
+        if look < VERDICT_TURNS:
+            self._rate_timer = self.clock.callLater(0, self._too_slow, look + 1)
             return
         # the next hop's time: without the hub's stalls
         seconds = now - self._body_started - (self._held(now) - self._body_held)
