@@ -83,6 +83,25 @@ def test_a_smarthost_connection_made_during_a_stall_is_used():
     assert d.result is proto
 
 
+def test_a_smarthost_address_held_up_by_a_stall_gets_the_stall_back():
+    # the record reaches the connects NameEndpoint races (not only the
+    # second look): after the stall the address still has its time
+    reactor = TimingReactor()
+    record = _record(reactor)
+
+    def resolve(name, port):
+        return defer.succeed([(socket.AF_INET, "192.0.2.7")])
+
+    d = default_endpoint(reactor, resolve, stalls=record)("smart.example", 25).connect(
+        Factory.forProtocol(Protocol))
+    stalled_turn(reactor, 60)
+    reactor.advance(0)
+    reactor.pump([1] * 28)
+    assert not d.called
+    _made(reactor)
+    assert d.called and not isinstance(d.result, Failure)
+
+
 def test_a_connect_held_up_by_a_stall_gets_the_stall_back():
     # a stall right after the connect began: its SYN left only after it; it
     # has its 30 seconds after the stall, less what the record missed of it
@@ -140,5 +159,11 @@ def test_the_agent_connects_with_its_stall_record(tmp_path):
     proto = Protocol()
     d = a.endpoint("192.0.2.1", 25).connect(Factory.forProtocol(lambda: proto))
     stalled_turn(reactor, 60)
+    # the stall is given back (without the record the second look, one
+    # turn on, would fail it): the connection made after it is used
+    reactor.advance(0)
+    reactor.pump([1] * 28)
+    assert not d.called
     _made(reactor)
     assert d.result is proto
+
