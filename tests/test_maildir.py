@@ -1196,6 +1196,27 @@ class MailboxTests(Base):
         syncer.run_jobs()
         self.successResultOf(again).close()
 
+    def test_a_release_during_the_job_of_a_client_that_left_runs_no_other_job(self):
+        # the client of the login hung up while its job found the lock
+        # held, and the holder let go meanwhile: no try again for it (a
+        # job, and the lock taken for nobody), it is refused as a gone
+        # client's turn is
+        store, syncer = self.held_store()
+        opening = store.open_mailbox(JOE)
+        syncer.run_jobs()
+        box = self.successResultOf(opening)
+        here = [True]
+        again = store.open_mailbox(JOE, wanted=lambda: here[0])
+        f, args, d = syncer.jobs.pop()
+        with self.assertRaises(BlockingIOError) as raised:
+            f(*args)
+        box.close()
+        here[0] = False
+        d.errback(raised.exception)
+        self.failureResultOf(again, MailboxInUse)
+        self.assertEqual(syncer.jobs, [])
+        self.assertEqual(store._turns, {})
+
     def test_a_failed_login_job_holds_no_descriptor(self):
         # the scan fails after the lock was taken: the job closes what it took
         store, syncer = self.held_store()

@@ -673,11 +673,15 @@ class MaildirStore:
             self._next_turn(md)
             if isinstance(result, Failure):
                 if result.check(BlockingIOError):
-                    if released:
+                    if released and (wanted is None or wanted()):
                         # a session of this process let go while the job
                         # found the lock held: try again, as a login on the
-                        # reactor thread after that release would have
+                        # reactor thread after that release would have --
+                        # not for a client that left meanwhile (a job, and
+                        # the lock taken, for nobody)
                         return self._open(address, wanted, may_wait)
+                    if released:
+                        return defer.fail(_left(address))
                     return self._in_use(md, address, wanted, may_wait)
                 return result
             if make:
@@ -763,8 +767,13 @@ def _drop_gone(queue: list[tuple[Any, ...]]) -> None:
     gone = [turn for turn in queue if turn[1] is not None and not turn[1]()]
     for turn in gone:
         queue.remove(turn)
-        turn[3].errback(MailboxInUse(f"the client of {turn[0]} left before its turn "
-                                     "at the lock"))
+        turn[3].errback(_left(turn[0]))
+
+
+def _left(address: Address) -> MailboxInUse:
+    """The refusal of a login whose client left before its turn at the
+    lock (or before its try again): nobody reads it, the log does."""
+    return MailboxInUse(f"the client of {address} left before its turn at the lock")
 
 
 def _lock_mailbox(md: str) -> list[int]:
