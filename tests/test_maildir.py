@@ -1161,6 +1161,30 @@ class MailboxTests(Base):
         self.assertEqual(store._turns, {})
         box.close()
 
+    def test_a_login_asked_for_by_a_refused_gone_login_loses_no_mailbox(self):
+        # the refusal of a gone client's turn runs its callbacks at once;
+        # one that asks for the mailbox again (an embedding's) must find
+        # the turns in order: before, the second gone turn was taken out
+        # twice, a ValueError took the place of the first login's mailbox
+        # and its lock's descriptors were never closed
+        store, syncer = self.held_store()
+        first = store.open_mailbox(JOE)
+        here = {"a": True, "b": True}
+        a = store.open_mailbox(JOE, wanted=lambda: here["a"])
+        b = store.open_mailbox(JOE, wanted=lambda: here["b"])
+        asked = []
+        a.addErrback(lambda f: asked.append(store.open_mailbox(JOE)))
+        here["a"] = here["b"] = False
+        syncer.run_jobs()
+        box = self.successResultOf(first)
+        self.failureResultOf(b, MailboxInUse)
+        self.assertEqual(len(asked), 1)
+        syncer.run_jobs()
+        self.failureResultOf(asked[0], MailboxInUse)  # the first holds it
+        box.close()
+        self.assertEqual(store._turns, {})
+        self.open().close()
+
     def test_a_login_whose_job_finds_the_lock_of_a_gone_session_waits_for_it(self):
         # close_soon: a session that is gone but saves holds the lock; the
         # login's job finds it held, and the login waits, then tries again

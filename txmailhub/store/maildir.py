@@ -765,8 +765,13 @@ def _drop_gone(queue: list[tuple[Any, ...]]) -> None:
     the logins of ``queue`` (``MaildirStore._turns``) whose clients are
     no longer there (their ``wanted``), and take them out of it."""
     gone = [turn for turn in queue if turn[1] is not None and not turn[1]()]
+    if not gone:
+        return
+    # all taken out before any is refused: a refusal's callbacks run now,
+    # and one that asks for the mailbox again comes back here
+    out = {id(turn) for turn in gone}
+    queue[:] = [turn for turn in queue if id(turn) not in out]
     for turn in gone:
-        queue.remove(turn)
         turn[3].errback(_left(turn[0]))
 
 
