@@ -1074,6 +1074,45 @@ class MailboxTests(Base):
         self.assertFalse(os.path.exists(target))
         self.assertTrue(os.path.islink(lock))
 
+    def test_a_lock_file_that_is_a_fifo_holds_up_nothing(self):
+        # a named pipe in place of .txmailhub.lock (whoever can write into
+        # a Maildir can make one): an open for writing alone, or for
+        # reading alone, waits for the other end, for ever -- delivery's
+        # on the reactor thread (every session of the hub), a login's on
+        # a worker (that user's turns).  Here such an open fails the test
+        # instead of waiting, as the kernel would have it wait.
+        self.deliver([JOE])
+        lock = os.path.join(self.md(), ".txmailhub.lock")
+        os.unlink(lock)
+        os.mkfifo(lock, 0o600)
+        real_open = os.open
+        waited = []
+
+        def fifo_open(path, flags, *args, **kwargs):
+            if (os.fspath(path) == lock and not flags & os.O_NONBLOCK
+                    and flags & os.O_ACCMODE != os.O_RDWR):
+                waited.append(flags)
+                raise AssertionError("this open would wait for the pipe's other end")
+            return real_open(path, flags, *args, **kwargs)
+
+        self.patch(maildir_module.os, "open", fifo_open)
+        # a store meeting the Maildir anew (a restarted hub) delivers
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer)
+        msg = self.spool()
+        self.assertEqual(self.successResultOf(store.deliver(msg, [JOE])), {JOE: None})
+        self.spooler.discard(msg)
+        self.assertEqual(waited, [])
+        # a login on a disk where the lock cannot be opened for writing
+        # (read-only, full) opens it for reading
+        def read_only(path, flags, *args, **kwargs):
+            if os.fspath(path) == lock and flags & os.O_ACCMODE == os.O_RDWR:
+                raise OSError(errno.EROFS, "Read-only file system", path)
+            return fifo_open(path, flags, *args, **kwargs)
+
+        self.patch(maildir_module.os, "open", read_only)
+        self.open().close()
+        self.assertEqual(waited, [])
+
     def test_snapshot_runs_on_the_worker_threads_and_a_failure_releases_the_lock(self):
         self.deliver([JOE])
         before = self.syncer.calls_run

@@ -129,6 +129,12 @@ log = Logger()
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a lock file that is a link is not followed
+# The lock file is opened without waiting: a named pipe in its place
+# (whoever can write into the Maildir can make one) would hold an open
+# for writing alone, or reading alone, until its other end is opened --
+# for ever, and delivery's on the reactor thread.  Harmless for a file.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_LOCK_MAKE = os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK
 
 #: Seconds a login waits for the lock of a gone session of this process
 #: that writes a last size cache entry (``close_soon``) before it is
@@ -268,9 +274,7 @@ class MaildirStore:
                 except FileExistsError:
                     pass
             try:  # the POP3 lock, made now while there is room (_open_lock)
-                os.close(os.open(os.path.join(md, LOCK_NAME),
-                                 os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW,
-                                 0o600))
+                os.close(os.open(os.path.join(md, LOCK_NAME), _LOCK_MAKE, 0o600))
             except OSError:
                 pass  # made at the first login instead
             self._known.add(md)
@@ -832,14 +836,15 @@ def _open_lock(path: str) -> int:
     deletions would make room.  (Delivery makes the lock file with the
     Maildir, so that is only a Maildir another program made.)"""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK,
+                       0o600)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _linked_lock(path) from None
         if e.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES):
             raise
         try:
-            return os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+            return os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK)
         except FileNotFoundError:
             pass
         except OSError as again:
