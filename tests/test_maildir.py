@@ -1163,6 +1163,31 @@ class MailboxTests(Base):
         self.assertIn(os.path.dirname(md), store._ensure(md))
         box.close()
 
+    def test_the_folders_are_made_at_the_first_login_only(self):
+        # the mkdirs are for a Maildir this process has not met: a login
+        # after the first one (or after a delivery) makes none
+        store, syncer = self.held_store()
+        made = []
+        real_mkdir = os.mkdir
+
+        def mkdir(path, mode=0o777):
+            made.append(path)
+            return real_mkdir(path, mode)
+
+        self.patch(maildir_module.os, "mkdir", mkdir)
+        for _ in range(2):
+            d = store.open_mailbox(JOE)
+            syncer.run_jobs()
+            self.successResultOf(d).close()
+        self.assertEqual(len(made), 5)  # domain, Maildir, tmp, new, cur
+        msg = self.spool()
+        self.assertEqual(self.successResultOf(store.deliver(msg, [ANN])), {ANN: None})
+        self.spooler.discard(msg)
+        d = store.open_mailbox(ANN)
+        syncer.run_jobs()
+        self.successResultOf(d).close()
+        self.assertEqual(len(made), 10)
+
     def test_a_second_login_waits_for_the_first_ones_job_then_is_in_use(self):
         # the logins of one Maildir take their turns at its lock, in the
         # order they came: the first wins, as when the lock was taken at once
