@@ -1038,6 +1038,37 @@ def test_abort_all_cuts_the_sessions_in_flight_and_connects_no_more(tmp_path):
     assert r.kind == "delivered"
 
 
+def test_a_session_cut_by_the_stop_marks_no_host_failed(tmp_path):
+    # The stop's cut is the hub's doing: the host is not marked failed
+    # (the next start would try the other MX first), and the result says
+    # the hub stopped, not a timeout or a lost connection.
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    a.abort_all()
+    [r] = run(net, d)
+    assert r.kind == "transient" and "the hub stopped" in r.reply.text()
+    assert not a.mx.health.is_failed("mx1.remote.test")
+
+
+def test_the_stop_cancels_the_session_timers_and_says_why_it_cut(tmp_path):
+    # A transport says the connection is lost a turn or more after the
+    # abort (Twisted's TCP does it in a timed call): a reply timer due in
+    # between must not make the stop's cut a timeout of the server.
+    clock, proto, transport = _client_on_a_clock(tmp_path)
+    proto.dataReceived(b"220 hi\r\n")  # EHLO written, its timer running
+    proto.abort()
+    assert transport.disconnecting or getattr(transport, "disconnected", False)
+    assert not clock.getDelayedCalls()
+    clock.advance(3600)  # whatever was due runs now
+    for _ in range(5):
+        clock.advance(0)
+    proto.connectionLost(None)
+    text = proto.done.result.session_error.text()
+    assert "the hub stopped" in text and "timeout" not in text
+
+
 def _client_on_a_clock(tmp_path, sender=None):
     """An SMTPClientProtocol over a StringTransport, timed by a Clock."""
     from twisted.internet.task import Clock

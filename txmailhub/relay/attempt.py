@@ -113,6 +113,13 @@ MIN_DATA_RATE_GRACE = 300
 # after the look made before those reads, before the one that look makes.
 VERDICT_TURNS = 2
 
+# How a session the hub's stop cut ends (``SMTPClientProtocol.abort``), and
+# what a delivery the stop gave up says (``_given_up``): the hub's doing,
+# not the next hop's -- no timeout, no host marked failed, and the message
+# stays queued for the next start.
+STOP_CUT = LocalReply.of(451, "4.3.0", "the hub stopped during the attempt: the message "
+                         "stays queued, retried at the next start")
+
 
 @dataclass(frozen=True)
 class DeliveryResult:
@@ -203,6 +210,7 @@ class SMTPClientProtocol(Protocol):
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
         self._received = False  # any byte from the server (under implicit TLS: after the handshake)
         self._lost = False  # connectionLost has run
+        self._stopping = False  # the hub's stop cut the session (``abort``)
 
     # --- timers ---------------------------------------------------------------
 
@@ -227,7 +235,18 @@ class SMTPClientProtocol(Protocol):
         """Cut the connection now (the hub is stopping): without its final
         "." the server throws the transaction away.  A session already
         closing (its results known, a TLS close waiting for the server) is
-        cut too."""
+        cut too.
+
+        The session's timers are cancelled first and the session ends now,
+        for what it is (``STOP_CUT``): the transport says the connection is
+        lost a turn or more later, and a reply timer (or its second look,
+        or the data rate's) firing in between would record the stop as the
+        server's timeout -- a wrong reason, and a host marked failed."""
+        self._stopping = True
+        self._disarm()
+        self._stop_rate_timer()
+        if self.session.outcome is None:
+            self.session.cut(STOP_CUT)
         if self.transport is not None:
             self._abort()
 
@@ -240,6 +259,8 @@ class SMTPClientProtocol(Protocol):
         came during a stall is seen in the turns between, and any of it
         cancels this timer."""
         self._timer = None
+        if self._stopping:  # the hub's stop cut the session (``abort``)
+            return
         now = self.clock.seconds()
         held = self._held(now)
         if held > self._timer_held:
@@ -497,7 +518,7 @@ class SMTPClientProtocol(Protocol):
         and cancels this."""
         self._rate_timer = None
         producer = self._producer
-        if producer is None or self._closing:
+        if producer is None or self._closing or self._stopping:
             return
         now = self.clock.seconds()
         deadline = self._rate_deadline(producer, now)
@@ -894,6 +915,10 @@ class DeliveryAgent:
                                           tries=tries, may_start=within_budget)
             tried += len(tries.started)
             address = tries.connected
+            if epoch != self._epoch:
+                # the hub's stop cut the session (``abort_all``): not the
+                # host's failure, and nothing of it is recorded
+                return settled + _given_up(recipients)
             if (outcome is not None and outcome.session_error is not None
                     and outcome.phase == Phase.TLS.value
                     and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
@@ -904,6 +929,8 @@ class DeliveryAgent:
                 outcome = yield self._session(entry, recipients, mxhost, [address], port_n,
                                               smarthost, stage, plain=True,
                                               credentials=credentials)
+                if epoch != self._epoch:  # cut by the hub's stop, as above
+                    return settled + _given_up(recipients)
             if outcome is None:  # could not connect: the next host
                 if tries.started:
                     telling = tries.telling()
@@ -1249,7 +1276,6 @@ class _Stage:
 def _given_up(recipients: Sequence[Address]) -> list[DeliveryResult]:
     """The results of a delivery the hub's stop gave up (never recorded:
     the runner drops them; transient all the same)."""
-    reply = LocalReply.of(451, "4.3.0", "the hub stopped during the attempt")
-    return [DeliveryResult(a, "transient", reply) for a in recipients]
+    return [DeliveryResult(a, "transient", STOP_CUT) for a in recipients]
 
 
