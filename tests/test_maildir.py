@@ -446,6 +446,10 @@ class DeliveryTests(Base):
         before = self.names(ANN)
         msg = self.spool()
         d = store.deliver(msg, [JOE, ANN, bob])
+        # this store meets the Maildirs for the first time: a job of its
+        # own looks at their folders first
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
         self.assertEqual(threads, [])  # nothing copied on the caller's thread
         for who in (ANN, bob):
             self.assertEqual(self.names(who, "tmp"), [])
@@ -548,12 +552,14 @@ class DeliveryTests(Base):
             os.link(src, dst)
 
         store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer, link=link)
+        # the store has met both Maildirs (a first meeting is a job too)
+        self.successResultOf(store.deliver(self.spool(), [JOE, ANN]))
         self.syncer.call = lambda f, *args: defer.fail(LocalError("the syncer is stopped"))
         out = self.successResultOf(store.deliver(self.spool(), [JOE, ANN]))
         self.assertIsNone(out[JOE])
         self.assertIsInstance(out[ANN], LocalError)
-        self.assertEqual(len(self.names(JOE)), 2)
-        self.assertEqual(len(self.names(ANN)), 1)
+        self.assertEqual(len(self.names(JOE)), 3)
+        self.assertEqual(len(self.names(ANN)), 2)
         self.assertEqual(self.names(ANN, "tmp"), [])  # no copy was even begun
 
     def test_a_copy_whose_syncer_stops_before_its_fsync_leaves_nothing(self):
@@ -744,7 +750,9 @@ class DeliverSpooledTests(Base):
         discarded = []
         d = self.store.deliver_spooled(w, [JOE, ANN, JOE], discarded.append)
         self.assertNoResult(d)
-        self.assertEqual(self.names(JOE), [])  # nothing visible before the data is durable
+        # nothing visible before the data is durable; not even the new
+        # Maildirs' folders: they are made in the publication's job
+        self.assertFalse(os.path.exists(self.md(JOE)))
         self.syncer.release()
         message, results, gone = self.successResultOf(d)
         self.assertEqual(results, {JOE: None, ANN: None})
@@ -890,6 +898,143 @@ class DeliverSpooledTests(Base):
         self.failureResultOf(d, OSError)
         self.assertFalse(os.path.exists(w.path))
         self.assertFalse(os.path.isdir(os.path.join(self.md(), "new")) and self.names(JOE))
+
+
+class _InlinePublisher(CallRecorder):
+    """A ``CallRecorder`` that runs ``sync_then``'s publication on the
+    caller's thread, as the real ``Syncer`` does with the kernel's AIO."""
+
+    publishes_inline = True
+
+
+class NewMaildirTests(Base):
+    """A Maildir met for the first time: its folders and POP3 lock file
+    are made off the reactor thread (on a hung disk a mkdir there held
+    every session of the hub), in delivery's worker job."""
+
+    def mkdir_spy(self):
+        """The threads each Maildir folder is made on (``os.mkdir``)."""
+        threads = []
+        real = os.mkdir
+
+        def mkdir(path, mode=0o777):
+            threads.append(threading.current_thread())
+            return real(path, mode)
+
+        self.patch(maildir_module.os, "mkdir", mkdir)
+        return threads
+
+    def test_deliver_makes_a_new_maildir_in_a_worker_job_and_a_known_one_costs_none(self):
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        threads = self.mkdir_spy()
+        msg = self.spool()
+        d = store.deliver(msg, [JOE])
+        self.assertNoResult(d)
+        self.assertFalse(os.path.exists(self.md()))  # nothing made on this thread
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(len(threads), 5)  # domain, Maildir, tmp, new, cur
+        self.assertEqual({t.name for t in threads}, {"test-worker"})
+        self.assertTrue(os.path.isfile(os.path.join(self.md(), maildir_module.LOCK_NAME)))
+        # every entry on the way to the new Maildir made durable, as before
+        synced = {t for kind, t in syncer.calls if kind == "dir"}
+        self.assertLessEqual({store.mail_dir, os.path.dirname(self.md()), self.md(),
+                              os.path.join(self.md(), "new")}, synced)
+        self.spooler.discard(msg)
+        # a Maildir already met: no job at all (the common case)
+        syncer.calls.clear()
+        msg = self.spool()
+        self.assertEqual(self.successResultOf(store.deliver(msg, [JOE])), {JOE: None})
+        self.assertEqual(syncer.jobs, [])
+        self.assertEqual(len(threads), 5)
+        self.assertEqual(syncer.calls, [("dir", os.path.join(self.md(), "new"))])
+        self.assertEqual(len(self.names()), 2)
+
+    def test_a_maildir_that_cannot_be_made_fails_that_mailbox_alone(self):
+        bad = Address("ann", "bad.test")
+        os.makedirs(os.path.join(self.state, "mail"), exist_ok=True)
+        with open(os.path.join(self.state, "mail", "bad.test"), "w"):
+            pass  # a file where the domain's folder should be
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        msg = self.spool()
+        d = store.deliver(msg, [bad, JOE])
+        syncer.run_jobs()
+        out = self.successResultOf(d)
+        self.assertIsNone(out[JOE])
+        self.assertIsInstance(out[bad], NotADirectoryError)
+        self.assertEqual(len(self.names()), 1)
+        # and through deliver_spooled, in the publication's job
+        w = self.spooler.open()
+        w.write(BODY)
+        _, results, _ = self.successResultOf(store.deliver_spooled(w, [bad, ANN], None))
+        self.assertIsInstance(results[bad], NotADirectoryError)
+        self.assertIsNone(results[ANN])
+        self.assertEqual(len(self.names(ANN)), 1)
+
+    def test_deliver_keyed_makes_a_new_maildir_in_its_lookup_job(self):
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        threads = self.mkdir_spy()
+        msg = self.spool()
+        d = store.deliver_keyed(msg, [JOE], (1_700_000_000.5, "k1"))
+        self.assertFalse(os.path.exists(self.md()))
+        self.assertEqual(len(syncer.jobs), 1)  # the same single job as before
+        syncer.run_jobs()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual({t.name for t in threads}, {"test-worker"})
+        self.assertEqual(len(self.names()), 1)
+
+    def test_deliver_spooled_makes_a_new_maildir_in_the_publication_job(self):
+        # the worker-thread path: no job of its own, first time or not
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer)
+        made_in_run = []
+        real_run = maildir_module._Publication.run
+
+        def run(publication):
+            made_in_run.append(os.path.exists(self.md()))
+            return real_run(publication)
+
+        self.patch(maildir_module._Publication, "run", run)
+        jobs = []
+        call = self.syncer.call
+        self.syncer.call = lambda f, *args: (jobs.append(f), call(f, *args))[1]
+        for _ in range(2):
+            w = self.spooler.open()
+            w.write(BODY)
+            _, results, _ = self.successResultOf(store.deliver_spooled(w, [JOE], None))
+            self.assertEqual(results, {JOE: None})
+        self.assertEqual(made_in_run, [False, True])  # not there before the job ran
+        # no job of the store's own (the spooler's spare files aside)
+        self.assertEqual([f for f in jobs if f.__module__ == maildir_module.__name__], [])
+        self.assertTrue(os.path.isfile(os.path.join(self.md(), maildir_module.LOCK_NAME)))
+
+    def test_with_aio_a_new_maildir_is_one_job_before_the_publication(self):
+        # the publication runs on the reactor thread: the folders of a
+        # Maildir met for the first time get a job of their own, once
+        syncer = _InlinePublisher()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        threads = self.mkdir_spy()
+        w = self.spooler.open()
+        w.write(BODY)
+        self.syncer.calls.clear()
+        d = store.deliver_spooled(w, [JOE], None)
+        self.assertFalse(os.path.exists(self.md()))
+        self.assertEqual(self.syncer.calls, [])  # the data waits for the folders
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        _, results, _ = self.successResultOf(d)
+        self.assertEqual(results, {JOE: None})
+        self.assertEqual({t.name for t in threads}, {"test-worker"})
+        self.assertIn(("dir", self.md()), self.syncer.calls)  # made durable, as before
+        w = self.spooler.open()
+        w.write(BODY)
+        _, results, _ = self.successResultOf(store.deliver_spooled(w, [JOE], None))
+        self.assertEqual(results, {JOE: None})
+        self.assertEqual(syncer.jobs, [])  # a known Maildir: no job
+        self.assertEqual(len(self.names()), 2)
 
 
 class UIDTests(SynchronousTestCase):
@@ -1181,7 +1326,9 @@ class MailboxTests(Base):
             self.successResultOf(d).close()
         self.assertEqual(len(made), 5)  # domain, Maildir, tmp, new, cur
         msg = self.spool()
-        self.assertEqual(self.successResultOf(store.deliver(msg, [ANN])), {ANN: None})
+        d = store.deliver(msg, [ANN])
+        syncer.run_jobs()  # the folders of a new Maildir, off the reactor thread
+        self.assertEqual(self.successResultOf(d), {ANN: None})
         self.spooler.discard(msg)
         d = store.open_mailbox(ANN)
         syncer.run_jobs()

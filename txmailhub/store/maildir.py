@@ -14,8 +14,12 @@ the spool file's fsync, the copies into ``new/`` and the fsync of the
 ``new/`` directories, one after the other, through ``Syncer.sync_then``
 (``_Publication``): kernel AIO requests, or one job on the syncer's
 worker thread; one mailbox gets the spool file by ``rename(2)``,
-several get hard links.  A copy the filesystem cannot link (or whose
-Maildir vanished) goes through ``deliver`` afterwards.
+several get hard links.  A Maildir this process meets for the first
+time has its folders and POP3 lock file made in that job, before the
+links (with AIO, where the publication runs on the reactor thread, in a
+``syncer.call`` job of their own before it: ``_make_unknown``).  A copy
+the filesystem cannot link (or whose Maildir vanished) goes through
+``deliver`` afterwards.
 
 Delivery (``MaildirStore.deliver``): the spool file is already fsynced,
 so each copy is a hard link straight into ``new/`` -- a complete file
@@ -25,7 +29,10 @@ directories (and any directory just created) are made durable through the
 possible (another filesystem, link limit) the message is copied into
 ``tmp/`` on the syncer's worker threads (``syncer.call``: a copy reads
 and writes the whole message), fsynced, renamed into ``new/`` and
-``new/`` fsynced (``_copy_off``).  Each mailbox has its own outcome; a
+``new/`` fsynced (``_copy_off``).  The folders of a Maildir met for the
+first time are made before, in one ``syncer.call`` job
+(``_make_unknown``; for ``deliver_keyed``, in its lookup job).  Each
+mailbox has its own outcome; a
 copy whose directory could not be made durable is removed again (best
 effort), so a retry does not duplicate it.
 ``deliver_keyed`` (the queue runner's local retries) first looks for the
@@ -250,35 +257,79 @@ class MaildirStore:
         return md
 
     def _ensure(self, md: str) -> tuple[str, ...]:
-        """Create ``md`` and its tmp/new/cur as needed; returns the
-        directories whose entries must still be made durable."""
+        """Create ``md`` and its tmp/new/cur as needed, on this thread;
+        returns the directories whose entries must still be made durable.
+        Delivery makes the folders of a Maildir it has not met on the
+        worker threads (``_make_unknown``, ``_Publication.run``): this
+        is for the rare ones left (a Maildir removed under a delivery,
+        ``_link_into``; a syncer without ``call``)."""
         if md not in self._known:
-            # The first time this process meets a Maildir, every entry on the
-            # way to it is synced once, whoever made it: a mkdir that failed
-            # half-way, a POP3 login that created the folders, a run that
-            # crashed before its fsync -- none may leave an acknowledged
-            # message in a folder whose name is not durable.  (Recorded
-            # before the mkdirs, so a failing one leaves them recorded.)
-            domain_dir = os.path.dirname(md)
-            self._unsynced.setdefault(md, set()).update(
-                (os.path.dirname(domain_dir), domain_dir, md)
-            )
-            for path in (domain_dir, md):
-                try:
-                    os.mkdir(path, 0o700)
-                except FileExistsError:
-                    pass
-            for sub in ("tmp", "new", "cur"):
-                try:
-                    os.mkdir(os.path.join(md, sub), 0o700)
-                except FileExistsError:
-                    pass
-            try:  # the POP3 lock, made now while there is room (_open_lock)
-                os.close(os.open(os.path.join(md, LOCK_NAME), _LOCK_MAKE, 0o600))
-            except OSError:
-                pass  # made at the first login instead
+            self._note_new(md)
+            _make_maildir(md)
+            _make_lock(md)
             self._known.add(md)
+        return self._unsynced_of(md)
+
+    def _note_new(self, md: str) -> None:
+        """The first time this process meets a Maildir, every entry on the
+        way to it is synced once, whoever made it: a mkdir that failed
+        half-way, a POP3 login that created the folders, a run that
+        crashed before its fsync -- none may leave an acknowledged message
+        in a folder whose name is not durable.  (Recorded before the
+        mkdirs, so a failing one leaves them recorded.)"""
+        domain_dir = os.path.dirname(md)
+        self._unsynced.setdefault(md, set()).update(
+            (os.path.dirname(domain_dir), domain_dir, md))
+
+    def _unsynced_of(self, md: str) -> tuple[str, ...]:
         return tuple(sorted(self._unsynced.get(md, ())))
+
+    def _folders(self, mailboxes: list[Address]) -> dict[Address, str]:
+        """Each mailbox's Maildir; one that cannot be a folder is left out
+        (``_deliver`` reports it, for that mailbox alone)."""
+        folders: dict[Address, str] = {}
+        for address in dict.fromkeys(mailboxes):
+            try:
+                folders[address] = self.maildir_path(address)
+            except Exception:
+                continue
+        return folders
+
+    def _make_unknown(self, mds: Any) -> defer.Deferred | None:
+        """Make the folders (and POP3 lock file) of the Maildirs of
+        ``mds`` this process has not met yet, in one job on the syncer's
+        worker threads (on this thread when it has no ``call``): a mkdir
+        on a hung disk must not hold every session of the hub.  None when
+        every one is known -- the common case, which costs no job.  Fires
+        with ``{Maildir: error}`` for those that could not be made (each
+        that delivery's own failure); never errbacks."""
+        fresh = [md for md in dict.fromkeys(mds) if md not in self._known]
+        if not fresh:
+            return None
+        for md in fresh:
+            self._note_new(md)
+        call = getattr(self.syncer, "call", None)
+        if call is None:
+            d = defer.maybeDeferred(_make_maildirs, fresh)
+        else:
+            d = call(_make_maildirs, fresh)
+
+        def made(outcomes: list[Exception | None]) -> dict[str, Exception]:
+            return self._made(fresh, outcomes)
+
+        def not_made(failure: Any) -> dict[str, Exception]:  # the syncer is stopped
+            return dict.fromkeys(fresh, failure.value)
+
+        return d.addCallbacks(made, not_made)
+
+    def _made(self, fresh: list[str], outcomes: list[Exception | None]) -> dict[str, Exception]:
+        broken: dict[str, Exception] = {}
+        for md, error in zip(fresh, outcomes):
+            if error is None:
+                self._known.add(md)
+            else:
+                broken[md] = error
+        return broken
 
     def _synced(self, md: str, dirs: tuple[str, ...]) -> None:
         left = self._unsynced.get(md)
@@ -319,7 +370,14 @@ class MaildirStore:
     # -- delivery ------------------------------------------------------------
 
     def deliver(self, message: SpooledMessage, mailboxes: list[Address]) -> defer.Deferred:
-        return self._deliver(message, mailboxes, None)
+        """See ``IMailboxStore``.  A Maildir met for the first time has its
+        folders made first, in one job on the worker threads
+        (``_make_unknown``); one already known costs no job."""
+        d = self._make_unknown(self._folders(mailboxes).values())
+        if d is None:
+            return self._deliver(message, mailboxes, None)
+        return d.addCallback(lambda broken: self._deliver(message, mailboxes, None,
+                                                          broken=broken))
 
     def deliver_keyed(self, message: SpooledMessage, mailboxes: list[Address],
                       key: tuple[float, str]) -> defer.Deferred:
@@ -339,34 +397,40 @@ class MaildirStore:
         is listed, and a mailbox kept for years holds tens of thousands of
         names -- listed on the reactor thread, every session would wait."""
         name = self.keyed_name(message, key)
-        folders: dict[Address, str] = {}
-        for address in dict.fromkeys(mailboxes):
-            try:
-                folders[address] = self.maildir_path(address)
-            except Exception:  # _deliver reports it, for this mailbox alone
-                continue
+        folders = self._folders(mailboxes)
         if not folders:
             return self._deliver(message, mailboxes, key, {})
+        # the folders of a Maildir met for the first time are made in the
+        # same job, before the look (``_make_unknown``)
+        fresh = [md for md in dict.fromkeys(folders.values()) if md not in self._known]
+        for md in fresh:
+            self._note_new(md)
 
-        def looked(found: list[str | Exception | None]) -> defer.Deferred:
-            return self._deliver(message, mailboxes, key, dict(zip(folders, found)))
+        def looked(out: tuple[list[Exception | None], list[str | Exception | None]]
+                   ) -> defer.Deferred:
+            made, found = out
+            return self._deliver(message, mailboxes, key, dict(zip(folders, found)),
+                                 broken=self._made(fresh, made))
 
         def not_looked(failure: Any) -> defer.Deferred:  # the syncer is stopped
             return self._deliver(message, mailboxes, key, dict.fromkeys(folders, failure.value))
 
         call = getattr(self.syncer, "call", None)  # as open(): a syncer may have none
         if call is None:
-            d = defer.maybeDeferred(_made_each, list(folders.values()), name)
+            d = defer.maybeDeferred(_make_then_look, fresh, list(folders.values()), name)
         else:
-            d = call(_made_each, list(folders.values()), name)
+            d = call(_make_then_look, fresh, list(folders.values()), name)
         return d.addCallbacks(looked, not_looked)
 
     def _deliver(self, message: SpooledMessage, mailboxes: list[Address],
                  key: tuple[float, str] | None,
-                 made: dict[Address, str | Exception | None] | None = None) -> defer.Deferred:
+                 made: dict[Address, str | Exception | None] | None = None,
+                 broken: dict[str, Exception] | None = None) -> defer.Deferred:
         """Deliver, under the name ``key`` makes when it is given; ``made``
         then says, for each mailbox, where a copy under that name already
-        is (``_made_before``, or the error that lookup met)."""
+        is (``_made_before``, or the error that lookup met).  ``broken``:
+        the Maildirs whose folders could not be made (``_make_unknown``),
+        each that mailbox's failure alone."""
         results: dict[Address, Exception | None] = {}
         linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
         to_copy: list[tuple[Address, str, str]] = []  # (address, md, its tmp/ path)
@@ -376,7 +440,9 @@ class MaildirStore:
                 md = self.maildir_path(address)
                 name = self.unique_name(message) if key is None else self.keyed_name(message, key)
                 new = os.path.join(md, "new", name)
-                self._ensure(md)
+                if broken and md in broken:
+                    raise broken[md]
+                self._ensure(md)  # known by now: no mkdir (see _make_unknown)
                 if key is not None:
                     there = (made or {}).get(address)
                     if isinstance(there, Exception):
@@ -442,13 +508,18 @@ class MaildirStore:
         there, or because the Maildir vanished, goes through ``deliver``
         afterwards (copy, or re-create the folders), like any delivery."""
         results: dict[Address, Exception | None] = {}
+        broken: dict[str, Exception] = {}
 
         def make(message: SpooledMessage) -> _Publication:
             publication = _Publication(message, self._link, self._rename, discard)
             for address in dict.fromkeys(mailboxes):
                 try:
                     md = self.maildir_path(address)
-                    dirs = self._ensure(md)
+                    if md in broken:
+                        raise broken[md]
+                    fresh = md not in self._known
+                    if fresh:  # made by run(), on the worker thread
+                        self._note_new(md)
                     # (md comes from maildir_path: no trailing separator)
                     new = f"{md}{_NEW}{os.sep}{self.unique_name(message)}"
                 except Exception as e:
@@ -456,22 +527,41 @@ class MaildirStore:
                               error=str(e))
                     results[address] = e
                     continue
-                publication.add(address, md, new, dirs)
+                publication.add(address, md, new, self._unsynced_of(md), fresh)
             if results:  # the caller needs the spool file for those
                 publication.discard = None
             return publication
 
-        d = writer.finish_then(make)
+        d: defer.Deferred | None = None
+        if getattr(self.syncer, "publishes_inline", False):
+            # With the kernel's AIO the publication runs on the reactor
+            # thread: a Maildir met for the first time gets its folders in
+            # a job of its own first (one more job, that time only).
+            d = self._make_unknown(self._folders(mailboxes).values())
+        if d is None:
+            d = writer.finish_then(make)
+        else:
+            def made(more: dict[str, Exception]) -> defer.Deferred:
+                broken.update(more)
+                return defer.maybeDeferred(writer.finish_then, make)
+
+            d.addCallback(made)
         d.addCallback(self._spooled, results)
         return d
 
     def _spooled(self, out: tuple[SpooledMessage, _Publication], results: dict) -> Any:
         message, publication = out
+        self._known.update(publication.made)
         for md, dirs in publication.synced:
             self._synced(md, dirs)
         retry = []
         for address, error in publication.results.items():
             if _link_impossible(error):
+                if isinstance(error, FileNotFoundError):
+                    # the Maildir vanished (or was never made): deliver
+                    # makes it again, on the worker threads
+                    with contextlib.suppress(Exception):
+                        self._known.discard(self.maildir_path(address))
                 retry.append(address)
             else:
                 if error is not None:
@@ -501,9 +591,10 @@ class MaildirStore:
         a copy reads and writes the whole message -- tens of MiB at the
         size limit, on another filesystem that may be slow -- and on the
         reactor thread every other session would wait for it.  The links
-        and mkdirs before it stay on the reactor thread: a few metadata
-        calls, and a hand-off to a thread for each of them would cost
-        every delivery what only these copies need.  All mailboxes in one
+        before it stay on the reactor thread: a few metadata calls, and
+        a hand-off to a thread for each of them would cost every delivery
+        what only these copies need (the mkdirs of a new Maildir, once,
+        are a job: ``_make_unknown``).  All mailboxes in one
         job, each with its own outcome (``_copy_each``).  ``replace``: a
         keyed name, the same on every attempt, whose leftover in ``tmp/``
         is removed first (see ``_copy_each``).  A syncer that is stopped
@@ -879,7 +970,8 @@ class _Publication:
     reactor thread when the syncer uses the kernel's AIO, otherwise on a
     sync worker thread in the same batch.
 
-    ``run`` puts the file into each ``new/`` and names the directories to
+    ``run`` makes the folders of a Maildir met for the first time (``add``'s
+    ``make``), puts the file into each ``new/`` and names the directories to
     sync: hard links, or -- one mailbox, and the spool file may go -- a
     ``rename(2)`` of the spool file itself, one system call instead of a
     link and an unlink (each system call on a worker thread costs a GIL
@@ -898,21 +990,36 @@ class _Publication:
         self._link = link
         self._rename = rename
         self._moved = False
-        self._copies: list[tuple[Address, str, str, tuple[str, ...]]] = []
-        self._linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
+        self._copies: list[tuple[Address, str, str, tuple[str, ...], bool]] = []
+        self._linked: list[tuple[Address, str, str, tuple[str, ...], bool]] = []
         self.results: dict[Address, Exception | None] = {}
         self.synced: list[tuple[str, tuple[str, ...]]] = []
+        self.made: list[str] = []  # the Maildirs whose folders run() made
         self.discarded = False
 
-    def add(self, address: Address, md: str, new: str, dirs: tuple[str, ...]) -> None:
-        self._copies.append((address, md, new, dirs))
+    def add(self, address: Address, md: str, new: str, dirs: tuple[str, ...],
+            make: bool = False) -> None:
+        """A copy at ``new`` in Maildir ``md``; ``dirs``: those whose entries
+        are still not durable; ``make``: its folders (and POP3 lock file)
+        are made first, by ``run`` -- on the worker thread, where a mkdir
+        on a hung disk holds no session."""
+        self._copies.append((address, md, new, dirs, make))
 
     def run(self) -> list[str]:
         source = self.message.path
         move = self.discard is not None and len(self._copies) == 1
         dirs: list[str] = []
+        making: dict[str, Exception | None] = {}
         for copy in self._copies:
-            address, md, new, created = copy
+            address, md, new, created, make = copy
+            if make:
+                if md not in making:
+                    making[md] = _make_maildirs([md])[0]
+                    if making[md] is None:
+                        self.made.append(md)
+                if making[md] is not None:
+                    self.results[address] = making[md]
+                    continue
             try:
                 (self._rename if move else self._link)(source, new)
             except OSError as e:
@@ -925,7 +1032,7 @@ class _Publication:
         return dirs
 
     def settle(self, failed: dict[str, OSError]) -> _Publication:
-        for address, md, new, created in self._linked:
+        for address, md, new, created, _ in self._linked:
             error = failed.get(md + _NEW)
             for path in created:
                 error = error or failed.get(path)
@@ -991,9 +1098,41 @@ def _made_before(md: str, name: str) -> str | None:
     return None
 
 
+def _make_maildirs(mds: list[str]) -> list[Exception | None]:
+    """Make each Maildir of ``mds`` (``_make_maildir``) and its POP3 lock
+    file (``_make_lock``), each with its own outcome: delivery's job for
+    the Maildirs it meets for the first time (``_make_unknown``, or
+    ``_Publication.run``)."""
+    out: list[Exception | None] = []
+    for md in mds:
+        try:
+            _make_maildir(md)
+            _make_lock(md)
+            out.append(None)
+        except Exception as e:
+            out.append(e)
+    return out
+
+
+def _make_then_look(fresh: list[str], mds: list[str], name: str
+                    ) -> tuple[list[Exception | None], list[str | Exception | None]]:
+    """``deliver_keyed``'s one job: the Maildirs met for the first time
+    made (``_make_maildirs``), then each looked in (``_made_each``)."""
+    return _make_maildirs(fresh), _made_each(mds, name)
+
+
+def _make_lock(md: str) -> None:
+    """Make the POP3 lock file of a new Maildir now, while there is room
+    (``_open_lock``); a failure leaves it to the first login."""
+    try:
+        os.close(os.open(os.path.join(md, LOCK_NAME), _LOCK_MAKE, 0o600))
+    except OSError:
+        pass
+
+
 def _make_maildir(md: str) -> None:
-    """Make ``md``, its domain folder and its tmp/new/cur where missing
-    (the folders of ``MaildirStore._ensure``; the lock file is made by
+    """Make ``md``, its domain folder and its tmp/new/cur where missing,
+    in that order (the lock file is made by ``_make_lock`` or
     ``_open_lock``)."""
     for path in (os.path.dirname(md), md, *(os.path.join(md, sub)
                                            for sub in ("tmp", "new", "cur"))):

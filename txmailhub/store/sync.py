@@ -606,6 +606,17 @@ class Syncer:
         self.requests = 0
         self.syscalls = 0
 
+    @property
+    def publishes_inline(self) -> bool:
+        """Whether ``sync_then``'s publication runs on the caller's (the
+        reactor's) thread: with the kernel's AIO, or before ``start()``
+        where it is wanted.  A store then does its own slow calls before
+        the publication (a Maildir's folders made the first time) in a
+        ``call()`` job of their own, not in ``run()``."""
+        if self.aio is not None:
+            return not self.aio.broken
+        return self._want_aio
+
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
