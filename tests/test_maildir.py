@@ -987,6 +987,20 @@ class NewMaildirTests(Base):
         self.assertEqual({t.name for t in threads}, {"test-worker"})
         self.assertEqual(len(self.names()), 1)
 
+    def test_deliver_keyed_with_a_stopped_syncer_makes_no_folder_here(self):
+        # the hub stops: the lookup job is refused, and that mailbox's
+        # delivery fails with it -- without making the new Maildir's
+        # folders on the caller's (the reactor's) thread instead
+        syncer = CallRecorder()
+        syncer.call = lambda f, *args: defer.fail(LocalError("the syncer is stopped"))
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        threads = self.mkdir_spy()
+        out = self.successResultOf(store.deliver_keyed(self.spool(), [JOE],
+                                                       (1_700_000_000.5, "k1")))
+        self.assertIsInstance(out[JOE], LocalError)
+        self.assertEqual(threads, [])
+        self.assertFalse(os.path.exists(self.md()))
+
     def test_deliver_spooled_makes_a_new_maildir_in_the_publication_job(self):
         # the worker-thread path: no job of its own, first time or not
         store = MaildirStore(os.path.join(self.state, "mail"), "h", self.syncer)

@@ -413,7 +413,10 @@ class MaildirStore:
                                  broken=self._made(fresh, made))
 
         def not_looked(failure: Any) -> defer.Deferred:  # the syncer is stopped
-            return self._deliver(message, mailboxes, key, dict.fromkeys(folders, failure.value))
+            # the new Maildirs were not made either: ``broken``, or
+            # ``_ensure`` would make them here, on the reactor thread
+            return self._deliver(message, mailboxes, key, dict.fromkeys(folders, failure.value),
+                                 broken=dict.fromkeys(fresh, failure.value))
 
         call = getattr(self.syncer, "call", None)  # as open(): a syncer may have none
         if call is None:
