@@ -1052,6 +1052,26 @@ def test_a_session_cut_by_the_stop_marks_no_host_failed(tmp_path):
     assert not a.mx.health.is_failed("mx1.remote.test")
 
 
+def test_a_session_cut_by_the_stop_logs_no_tls_downgrade(tmp_path):
+    # cut before the EHLO reply, the session never saw what the host
+    # offers: a host that offered STARTTLS before is no downgrade
+    a, net, _ = agent(tmp_path)
+    a.tls_seen.add("mx1.remote.test")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+        net.run()
+        a.abort_all()
+        [r] = run(net, d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "transient" and "the hub stopped" in r.reply.text()
+    assert not any("downgrade" in (e.get("log_format") or "") for e in events)
+    assert "mx1.remote.test" in a.tls_seen
+
+
 def test_the_stop_cancels_the_session_timers_and_says_why_it_cut(tmp_path):
     # A transport says the connection is lost a turn or more after the
     # abort (Twisted's TCP does it in a timed call): a reply timer due in

@@ -250,6 +250,12 @@ class SMTPClientProtocol(Protocol):
         if self.transport is not None:
             self._abort()
 
+    @property
+    def cut_by_stop(self) -> bool:
+        """Whether the hub's stop cut this session (``abort``): its outcome
+        says nothing of the server."""
+        return self._stopping
+
     def _timed_out(self, look: int = 0) -> None:
         """The current step's timeout.  The time the stall record counted
         since the timer was set is the hub's: the timer is due that much
@@ -1169,6 +1175,10 @@ class DeliveryAgent:
         finally:
             self._sessions.discard(proto)
         self._note_auth_param(entry, session, mxhost.name, address, port)
+        if proto.cut_by_stop:
+            # the hub's stop cut it, maybe before the EHLO reply: what the
+            # host offers is not known, so no "TLS downgrade" is logged
+            return outcome
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome
