@@ -987,6 +987,39 @@ class NewMaildirTests(Base):
         self.assertEqual({t.name for t in threads}, {"test-worker"})
         self.assertEqual(len(self.names()), 1)
 
+    def test_messages_at_once_to_a_new_maildir_share_one_job(self):
+        # several sessions with mail for the same new user: one job makes
+        # its folders and all wait for it (on a hung disk one worker
+        # thread is held, not one per message), each told its outcome
+        syncer = _InlinePublisher()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        ds = []
+        for _ in range(3):
+            w = self.spooler.open()
+            w.write(BODY)
+            ds.append(store.deliver_spooled(w, [JOE], None))
+        ds.append(store.deliver(self.spool(), [JOE, ANN]))
+        self.assertEqual(len(syncer.jobs), 2)  # JOE's, then ANN's alone
+        syncer.run_jobs()
+        self.assertEqual(syncer.jobs, [])
+        for d in ds[:3]:
+            self.assertEqual(self.successResultOf(d)[1], {JOE: None})
+        self.assertEqual(self.successResultOf(ds[3]), {JOE: None, ANN: None})
+        self.assertEqual(len(self.names()), 4)
+        # a job that fails tells every message waiting for it
+        bad = Address("ann", "bad.test")
+        with open(os.path.join(self.state, "mail", "bad.test"), "w"):
+            pass
+        ds = [store.deliver(self.spool(), [bad]) for _ in range(2)]
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        for d in ds:
+            self.assertIsInstance(self.successResultOf(d)[bad], NotADirectoryError)
+        ds = [store.deliver(self.spool(), [bad])]  # not remembered: tried again
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        self.assertIsInstance(self.successResultOf(ds[0])[bad], NotADirectoryError)
+
     def test_deliver_keyed_with_a_stopped_syncer_makes_no_folder_here(self):
         # the hub stops: the lookup job is refused, and that mailbox's
         # delivery fails with it -- without making the new Maildir's

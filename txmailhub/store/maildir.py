@@ -224,6 +224,9 @@ class MaildirStore:
         # not yet known to be durable; a delivery syncs them, then forgets.
         self._unsynced: dict[str, set[str]] = {}
         self._known: set[str] = set()
+        # the Maildirs whose folders a ``_make_unknown`` job is making, and
+        # the deliveries waiting for it (each told the outcome)
+        self._making: dict[str, list[defer.Deferred]] = {}
         self._paths: dict[Address, str] = {}  # maildir_path's memory
         # Maildir -> the logins waiting for its lock, held by a session of
         # this process that is gone but still saving (``close_soon``)
@@ -302,25 +305,50 @@ class MaildirStore:
         on a hung disk must not hold every session of the hub.  None when
         every one is known -- the common case, which costs no job.  Fires
         with ``{Maildir: error}`` for those that could not be made (each
-        that delivery's own failure); never errbacks."""
+        that delivery's own failure); never errbacks.
+
+        A Maildir whose job is already under way (another message for the
+        same new user) waits for that job's outcome instead of a job of
+        its own: on a hung disk, one worker thread held per new Maildir,
+        not one per message."""
         fresh = [md for md in dict.fromkeys(mds) if md not in self._known]
         if not fresh:
             return None
+        new: list[str] = []
+        waits: list[defer.Deferred] = []
         for md in fresh:
-            self._note_new(md)
-        call = getattr(self.syncer, "call", None)
-        if call is None:
-            d = defer.maybeDeferred(_make_maildirs, fresh)
-        else:
-            d = call(_make_maildirs, fresh)
+            waiters = self._making.get(md)
+            if waiters is None:
+                self._note_new(md)
+                new.append(md)
+                waiters = self._making[md] = []
+            waits.append(defer.Deferred())
+            waiters.append(waits[-1])
+        if new:
+            call = getattr(self.syncer, "call", None)
+            if call is None:
+                d = defer.maybeDeferred(_make_maildirs, new)
+            else:
+                d = call(_make_maildirs, new)
 
-        def made(outcomes: list[Exception | None]) -> dict[str, Exception]:
-            return self._made(fresh, outcomes)
+            def made(outcomes: list[Exception | None]) -> dict[str, Exception]:
+                return self._made(new, outcomes)
 
-        def not_made(failure: Any) -> dict[str, Exception]:  # the syncer is stopped
-            return dict.fromkeys(fresh, failure.value)
+            def not_made(failure: Any) -> dict[str, Exception]:  # the syncer is stopped
+                return dict.fromkeys(new, failure.value)
 
-        return d.addCallbacks(made, not_made)
+            def tell(broken: dict[str, Exception]) -> None:
+                for md in new:
+                    for waiter in self._making.pop(md, []):
+                        waiter.callback(broken.get(md))
+
+            d.addCallbacks(made, not_made).addCallback(tell)
+            d.addErrback(lambda f: log.failure("making Maildir folders failed", f))
+
+        def gathered(errors: list[Exception | None]) -> dict[str, Exception]:
+            return {md: e for md, e in zip(fresh, errors) if e is not None}
+
+        return defer.gatherResults(waits).addCallback(gathered)
 
     def _made(self, fresh: list[str], outcomes: list[Exception | None]) -> dict[str, Exception]:
         broken: dict[str, Exception] = {}
