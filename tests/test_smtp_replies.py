@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
@@ -154,3 +156,85 @@ def test_a_closing_421_names_the_server_first():
     bye = replies.closing(replies.TIMEOUT, "mx.test")
     assert bye.to_bytes() == b"421 4.4.2 mx.test Idle timeout, closing connection\r\n"
     assert replies.closing(replies.TIMEOUT, "mx.test") == bye
+
+
+# --- an echoed address cut to fit a 512-octet reply line (RFC 5321 4.5.3.1.5) ---------------
+
+_ECHOES = [
+    (replies.sender_ok, "250 2.1.0 <{}>... Sender OK"),
+    (replies.recipient_ok, "250 2.1.5 <{}>... Recipient OK"),
+    (replies.vrfy_found, "250 2.1.5 <{}>"),
+    (lambda a: replies.expn_found(["a@b", a]), "250 2.1.5 <{}>"),
+    (lambda a: replies.vrfy_ambiguous(["a@b", a]), "553 5.1.4 <{}>"),
+]
+
+
+@pytest.mark.parametrize(("make", "template"), _ECHOES)
+def test_an_address_that_just_fits_is_echoed_whole_and_one_octet_more_is_cut_to_512(
+        make, template):
+    # the room each reply leaves is exact: a line of exactly 512 octets
+    # (CRLF included) keeps the whole address, one octet more is cut, and
+    # the cut line uses the whole room (an ASCII address: no character to
+    # leave out), keeping the start and the @domain
+    domain = "@" + "d" * 60 + ".example"
+    fits = 512 - len(template.format("").encode()) - 2
+    for extra, whole in ((0, True), (1, False)):
+        address = "s" * (fits + extra - len(domain)) + domain
+        lines = make(address).to_bytes().split(b"\r\n")[:-1]
+        line = next(x for x in lines if x.startswith(template[:4].encode())
+                    and b"a@b" not in x)
+        assert len(line) + 2 == 512, (extra, len(line))
+        assert (address.encode() in line) == whole
+        if not whole:
+            assert b"<" + b"s" * (fits - 3 - len(domain)) + b"..." + domain.encode() + b">" in line
+
+
+def _longest_prefix(text: str, octets: int) -> str:
+    """The longest start of ``text`` of whole characters in ``octets``."""
+    n = 0
+    while n < len(text) and len(text[: n + 1].encode()) <= octets:
+        n += 1
+    return text[:n]
+
+
+def _longest_suffix(text: str, octets: int) -> str:
+    n = 0
+    while n < len(text) and len(text[len(text) - n - 1:].encode()) <= octets:
+        n += 1
+    return text[len(text) - n:]
+
+
+_CHARS = st.characters(codec="utf-8", exclude_characters="\ufffd")
+
+
+def _text(alphabet: st.SearchStrategy[str], most: int, least: int = 0) -> st.SearchStrategy[str]:
+    """Text of any length up to ``most``, long ones as likely as short."""
+    return st.integers(least, most).flatmap(lambda n: st.text(alphabet, min_size=n, max_size=n))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_text(st.sampled_from("xy\u00fc\u4e2d@"), 400, 1), _text(_CHARS, 300, 1)),
+       st.one_of(st.none(), _text(st.sampled_from("d.\u00fc\u4e2d\U0001f600"), 500),
+                 _text(st.characters(codec="utf-8", exclude_characters="@\ufffd"), 300)),
+       st.integers(min_value=70, max_value=600))
+def test_an_echoed_address_fits_its_room_whole_characters_start_and_domain_kept(
+        local, domain, room):
+    # for any address and room: within the room in octets, valid UTF-8 (no
+    # character cut in two, none replaced), the address itself when it
+    # fits; else as much of its start as fits, "...", and its @domain when
+    # that leaves 64 octets for the start (the end of it when not)
+    address = local if domain is None else f"{local}@{domain}"
+    echo = replies._echo_address(address, room)
+    data = echo.encode("utf-8")  # no lone surrogate from a cut character
+    assert len(data) <= room and "\ufffd" not in echo
+    if len(address.encode()) <= room:
+        assert echo == address
+        return
+    budget = room - len("...")
+    at = address.rfind("@")
+    tail = address[at:] if at > 0 else ""
+    tail_octets = min(len(tail.encode()), budget - 64)
+    kept = tail if len(tail.encode()) <= budget - 64 else _longest_suffix(tail, tail_octets)
+    assert echo == _longest_prefix(address, budget - tail_octets) + "..." + kept
+    if domain is not None and len(domain.encode()) + 1 <= budget - 64:
+        assert echo.endswith("...@" + domain)
