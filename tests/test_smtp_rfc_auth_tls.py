@@ -10,6 +10,8 @@ import base64
 
 import pytest
 from conftest import make_certificate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_smtp_protocol import Harness, take
 from test_smtp_server import ALICE, Driver, b64, loopback, tx
 from tls_loopback import StartTLSSocket, TLSClient
@@ -623,6 +625,55 @@ def test_the_search_for_unqualified_domains_stops_when_no_more_could_be_named():
     found = check.feed(piece)
     assert found is not None and check.done
     assert 512 // len("host00000, ") <= len(found) <= 512 // len("host00000, ") + 1
+    # the same in one field of many addresses: it stops in the field too
+    check = HeaderDomains(lambda domain: False)
+    found = check.feed(b"To: " + b",\n ".join(b"u@host%05d" % i for i in range(2000)) + b"\n\n")
+    assert found is not None and check.done
+    assert 512 // len("host00000, ") <= len(found) <= 512 // len("host00000, ") + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 200), min_size=1, max_size=14))
+def test_the_554_shows_as_many_domains_as_one_line_holds_and_dots_for_the_rest(lengths):
+    # each name whole, in order, as many as fit in 512 octets with CRLF;
+    # "..." where the next would not fit (with its own ", ..." when more
+    # follow); every name when all fit
+    names = [f"{'n' * (size - 1)}{chr(97 + i % 26)}" for i, size in enumerate(lengths)]
+    line = replies.header_domain_not_qualified(*names).to_bytes()
+    assert len(line) <= 512 and line.endswith(b"\r\n")
+    text, _, listed = line.decode().rstrip("\r\n").partition(": ")
+    shown = listed.split(", ")
+
+    def octets(show: list[str]) -> int:
+        return len(f"{text}: {', '.join(show)}".encode()) + len("\r\n")  # text: "554 5.6.0 ..."
+
+    assert text.endswith("Domains in address header fields are not fully qualified"
+                         if len(names) > 1 else "not fully qualified")
+    if octets(names) <= 512:
+        assert shown == names
+        return
+    k = len(shown) - 1
+    assert shown[-1] == "..." and shown[:k] == names[:k]
+    more = names[: k + 1] + ([] if k + 1 == len(names) else ["..."])
+    assert octets(more) > 512, (k, lengths)  # the next one would not have fit
+
+
+def test_a_header_section_the_data_ends_in_has_every_such_domain_named():
+    # no empty line, no body: the domains are found at the end of the data
+    h = Harness()
+    out = _submit(h, b"From: a@sales\r\nTo: b@intranet\r\n")
+    assert out[-1] == ("554 5.6.0 Domains in address header fields are not fully qualified: "
+                       "sales, intranet")
+
+
+def test_a_bdat_0_before_the_header_section_does_not_skip_the_check():
+    h = Harness()
+    p, t = h.connect("127.0.0.1")
+    data = b"From: a@sales\r\nTo: b@intranet\r\n\r\nhi\r\n"
+    p.dataReceived(b"EHLO c\r\nAUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"
+                   b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\n"
+                   b"BDAT 0\r\n" + b"BDAT %d LAST\r\n" % len(data) + data)
+    assert take(t)[-1] == replies.header_domain_not_qualified("sales", "intranet").text()
 
 
 def test_the_554_for_an_address_with_nothing_after_its_at_says_so():
