@@ -99,7 +99,7 @@ def test_no_queue_yet(tmp_path):
     cfg.write_text('[hub]\ndomains = ["example.org"]\n')
     settings = load_text(cfg.read_text(), str(cfg))
     assert run(settings, "list")[:2] == (0, "")
-    assert run(settings, "flush")[0] == 0
+    assert run(settings, "flush") == (0, "the queue is empty\n", "")
     assert run(settings, "show", "ABCDEF123456")[0] == 1
     assert not (tmp_path / "var").exists()  # nothing created by looking
 
@@ -392,3 +392,56 @@ def test_list_bounds_a_clock_set_back_by_the_configured_schedule(setup, monkeypa
     code, out, _ = run(settings, "list")
     assert code == 0
     assert out.split()[5] == "2027-01-14T08:02:00Z"
+
+
+def _mailq(cfg) -> tuple[int, str, str]:
+    from txmailhub.sendmail import run as sendmail
+
+    out, err = io.StringIO(), io.StringIO()
+    code = sendmail(["-bp"], str(cfg), "mailq", io.BytesIO(b""), err, out)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_mailq_counts_an_unreadable_record_as_an_entry_not_an_empty_queue(setup):
+    # the record's line, and no "Mail queue is empty" under it: a script
+    # that looks for that line would take the queue for empty
+    _settings, queue, qid, cfg = setup
+    with open(queue.record_path(qid), "w") as f:
+        f.write("{not json")
+    code, out, err = _mailq(cfg)
+    assert (code, err) == (0, "") and out.startswith(f"{qid} (unreadable: ")
+    assert len(out.splitlines()) == 1 and "empty" not in out
+
+
+def test_a_record_gone_while_listed_is_no_line_and_may_leave_the_queue_empty(setup, monkeypatch):
+    # delivered or deleted between reading the names and the record: no
+    # line for it, and with nothing else the queue reads as empty
+    settings, _queue, _qid, cfg = setup
+    monkeypatch.setattr(OutboundQueue, "read", lambda self, qid: None)
+    assert _mailq(cfg) == (0, "Mail queue is empty\n", "")
+    assert run(settings, "list") == (0, "", "")
+
+
+def test_queue_list_of_an_empty_queue_to_a_closed_stdout_is_quiet(setup):
+    # no terminal behind it (``mailhub queue list >&-``): nothing to say,
+    # and no traceback for asking whether there is one
+    settings, queue, qid, _ = setup
+    queue.delete(qid)
+    p = argparse.ArgumentParser()
+    add_queue_parser(p.add_subparsers(dest="command"))
+    out = io.StringIO()
+    out.close()
+    assert run_queue(settings, p.parse_args(["queue", "list"]), out, io.StringIO()) == 0
+
+
+def test_mailq_run_by_root_reads_the_queue_as_its_owner(setup, monkeypatch):
+    from txmailhub.relay import admin
+
+    calls = []
+    monkeypatch.setattr(admin.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
+    monkeypatch.setattr(admin.os, "setgroups", lambda g: calls.append(("setgroups", g)))
+    monkeypatch.setattr(admin.os, "setgid", lambda g: calls.append(("setgid", g)))
+    monkeypatch.setattr(admin.os, "setuid", lambda u: calls.append(("setuid", u)))
+    assert _mailq(setup[3])[0] == 0
+    assert calls == [("setgroups", []), ("setgid", 4343), ("setuid", 4242)]
