@@ -658,6 +658,24 @@ def test_the_554_shows_as_many_domains_as_one_line_holds_and_dots_for_the_rest(l
     assert octets(more) > 512, (k, lengths)  # the next one would not have fit
 
 
+def test_a_domain_too_long_to_show_whole_does_not_end_the_search():
+    # the reply shows a name of any length in 200 octets ("..." at its
+    # end): the search counted the whole of it toward the 512 octets one
+    # line holds and stopped, and the reply named one domain of two, with
+    # no "..." to say there were more
+    h = Harness()
+    out = _submit(h, b"From: a@" + b"z" * 600 + b"\r\nTo: b@sales\r\n\r\nhi\r\n")
+    assert out[-1] == ("554 5.6.0 Domains in address header fields are not fully qualified: "
+                       + "z" * 197 + "..., sales")
+    out = _submit(h, b"From: a@" + b"z" * 300 + b"\r\nTo: b@" + b"y" * 300
+                  + b", c@sales\r\n\r\nhi\r\n")
+    assert out[-1].endswith("y" * 197 + "..., sales") and len(out[-1]) + 2 <= 512
+    # the search still stops: a header section of thousands of them
+    check = HeaderDomains(lambda domain: False)
+    found = check.feed(b"".join(b"To: u@%s%05d\n" % (b"h" * 300, i) for i in range(2000)))
+    assert found is not None and check.done and len(found) <= 512 // (200 + 2) + 1
+
+
 def test_a_header_section_the_data_ends_in_has_every_such_domain_named():
     # no empty line, no body: the domains are found at the end of the data
     h = Harness()

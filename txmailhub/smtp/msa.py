@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs
 from txmailhub.smtp.received import FIELD_START, HEADER_END
+from txmailhub.smtp.replies import _ECHO_MAX
 
 __all__ = ["FIELD_LIMIT", "HOLD_LIMIT", "NAMED_LIMIT", "HeaderDomains", "MissingFields"]
 
@@ -175,6 +176,11 @@ FIELD_LIMIT = 65536
 # The octets of unqualified domains collected for one refusal: past a
 # reply line's 512 (RFC 5321 4.5.3.1.5) no more could be shown
 NAMED_LIMIT = 512
+# A name counts for at most what the reply shows of it (``replies._echo``
+# cuts it to 200 octets): counted whole, one long name ended the search
+# while the line still had room, and the reply named fewer than it could
+# with no "..." to say so
+_SHOWN_MAX = _ECHO_MAX
 
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
@@ -286,7 +292,7 @@ class HeaderDomains:
                     continue
                 self._seen.add(key)
                 self.unqualified.append(domain)
-                self._named += len(domain.encode("utf-8")) + 2
+                self._named += min(len(domain.encode("utf-8")), _SHOWN_MAX) + 2
                 if self._named > NAMED_LIMIT:
                     self.done = True
                     return
