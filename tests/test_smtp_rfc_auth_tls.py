@@ -10,7 +10,7 @@ import base64
 
 import pytest
 from conftest import make_certificate
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_smtp_protocol import Harness, take
 from test_smtp_server import ALICE, Driver, b64, loopback, tx
@@ -634,6 +634,11 @@ def test_the_search_for_unqualified_domains_stops_when_no_more_could_be_named():
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(1, 200), min_size=1, max_size=14))
+# at the line's end: 512 octets whole, 513 cut; a short last name that fits
+# where a ", ..." would not (it was cut when the whole list fitted)
+@example([200, 200, 38])
+@example([200, 200, 39])
+@example([200, 200, 34, 1])
 def test_the_554_shows_as_many_domains_as_one_line_holds_and_dots_for_the_rest(lengths):
     # each name whole, in order, as many as fit in 512 octets with CRLF;
     # "..." where the next would not fit (with its own ", ..." when more

@@ -296,10 +296,12 @@ def header_domain_not_qualified(*domains: str) -> Reply:
     # "554 5.6.0 " and CRLF around the text
     room = _LINE_MAX - len("554 5.6.0 ") - len(text) - len(": ") - 2
     shown: list[str] = []
-    for i, name in enumerate(named):
-        last = i == len(named) - 1
+    # all of them when they fit: a short last name can fit where the
+    # ", ..." kept free for the names after the one before it would not
+    fits = len(", ".join(named)) <= room
+    for name in named:
         used = sum(len(n) + 2 for n in shown)  # each with its ", "
-        if used + len(name) + (0 if last else len(", ...")) > room:
+        if used + len(name) + (0 if fits else len(", ...")) > room:
             shown.append("...")
             break
         shown.append(name)
