@@ -639,6 +639,7 @@ def test_the_search_for_unqualified_domains_stops_when_no_more_could_be_named():
 @example([200, 200, 38])
 @example([200, 200, 39])
 @example([200, 200, 34, 1])
+@example([200, 200, 20, 10, 1, 1, 1])  # fits only counting ", " as one octet
 def test_the_554_shows_as_many_domains_as_one_line_holds_and_dots_for_the_rest(lengths):
     # each name whole, in order, as many as fit in 512 octets with CRLF;
     # "..." where the next would not fit (with its own ", ..." when more
