@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.smtp import replies
@@ -217,6 +217,10 @@ def _text(alphabet: st.SearchStrategy[str], most: int, least: int = 0) -> st.Sea
        st.one_of(st.none(), _text(st.sampled_from("d.\u00fc\u4e2d\U0001f600"), 500),
                  _text(st.characters(codec="utf-8", exclude_characters="@\ufffd"), 300)),
        st.integers(min_value=70, max_value=600))
+@example("x@" * 250, "d" * 20, 483)  # an "@" in a (quoted) local part
+@example("x", "d" * 600, 483)  # a domain too long: its end, and 64 octets of start
+@example("\u4e2d" * 200, "example.org", 484)  # a character cut at the start's end
+@example("l" * 256, "\u00fc" * 300, 483)  # ... and at the domain's start
 def test_an_echoed_address_fits_its_room_whole_characters_start_and_domain_kept(
         local, domain, room):
     # for any address and room: within the room in octets, valid UTF-8 (no
