@@ -1072,6 +1072,27 @@ def test_a_session_cut_by_the_stop_logs_no_tls_downgrade(tmp_path):
     assert "mx1.remote.test" in a.tls_seen
 
 
+def test_a_session_cut_by_the_stop_after_the_ehlo_reply_still_logs_a_downgrade(tmp_path):
+    # the EHLO reply came without STARTTLS from a host that offered it
+    # before, and the session went on in clear: the stop cutting it later
+    # (here at DATA) does not make that downgrade unknown
+    a, net, _ = agent(tmp_path)
+    a.tls_seen.add("mx1.remote.test")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={"DATA": b""})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+        net.run()
+        assert not d.called
+        a.abort_all()
+        [r] = run(net, d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "transient" and "the hub stopped" in r.reply.text()
+    assert any("downgrade" in (e.get("log_format") or "") for e in events)
+
+
 def test_the_stop_cancels_the_session_timers_and_says_why_it_cut(tmp_path):
     # A transport says the connection is lost a turn or more after the
     # abort (Twisted's TCP does it in a timed call): a reply timer due in
