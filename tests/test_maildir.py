@@ -1020,6 +1020,56 @@ class NewMaildirTests(Base):
         syncer.run_jobs()
         self.assertIsInstance(self.successResultOf(ds[0])[bad], NotADirectoryError)
 
+    def test_a_folder_job_left_in_the_parent_holds_up_no_delivery_in_a_forked_child(self):
+        # a fork while a new Maildir's folder job runs: the job (and its
+        # result) is the parent's, never delivered in the child -- a
+        # message there for the same user makes a job of its own rather
+        # than wait for that one for ever
+        syncer = _InlinePublisher()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        parent = store.deliver(self.spool(), [JOE])
+        self.assertEqual(len(syncer.jobs), 1)
+        maildir_module._after_fork_in_child()  # the hook, as in the child
+        syncer.jobs.clear()  # the parent's threads did not come along
+        d = store.deliver(self.spool(), [JOE])
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertNoResult(parent)  # never fired in the child
+
+    def test_a_login_job_left_in_the_parent_holds_up_no_login_in_a_forked_child(self):
+        # the same for a POP3 login's turn at the lock: the job under way
+        # at the fork is the parent's, and a login in the child takes a
+        # turn of its own instead of queueing behind it for ever
+        syncer = CallRecorder()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        parent = store.open_mailbox(JOE)
+        self.assertEqual(len(syncer.jobs), 1)
+        maildir_module._after_fork_in_child()
+        syncer.jobs.clear()
+        d = store.open_mailbox(JOE)
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        self.successResultOf(d).close()
+        self.assertNoResult(parent)
+
+    def test_a_folder_job_that_cannot_be_asked_for_fails_that_copy_and_leaves_nothing(self):
+        # a syncer whose call() raises (a broken embedding's, or a thread
+        # that cannot start): that mailbox's delivery fails, and the next
+        # message for it asks again instead of waiting on a job never made
+        syncer = _InlinePublisher()
+        store = MaildirStore(os.path.join(self.state, "mail"), "h", syncer)
+        real = syncer.call
+        syncer.call = lambda f, *args: (_ for _ in ()).throw(RuntimeError("no thread"))
+        out = self.successResultOf(store.deliver(self.spool(), [JOE]))
+        self.assertIsInstance(out[JOE], RuntimeError)
+        syncer.call = real
+        d = store.deliver(self.spool(), [JOE])
+        self.assertEqual(len(syncer.jobs), 1)
+        syncer.run_jobs()
+        self.assertEqual(self.successResultOf(d), {JOE: None})
+        self.assertEqual(store._making, {})
+
     def test_deliver_keyed_with_a_stopped_syncer_makes_no_folder_here(self):
         # the hub stops: the lookup job is refused, and that mailbox's
         # delivery fails with it -- without making the new Maildir's

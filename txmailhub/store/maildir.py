@@ -172,6 +172,7 @@ _STORES: weakref.WeakSet[MaildirStore] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for store in list(_STORES):
         store._new_process()
+        store._forked()
 
 
 if hasattr(os, "register_at_fork"):
@@ -326,10 +327,16 @@ class MaildirStore:
             waiters.append(waits[-1])
         if new:
             call = getattr(self.syncer, "call", None)
-            if call is None:
-                d = defer.maybeDeferred(_make_maildirs, new)
-            else:
-                d = call(_make_maildirs, new)
+            try:
+                if call is None:
+                    d = defer.maybeDeferred(_make_maildirs, new)
+                else:
+                    d = call(_make_maildirs, new)
+            except Exception:
+                # a job that could not even be asked for fails these copies
+                # as a refused one does: raised here, it left its Maildirs
+                # in ``_making`` and every later message for them waiting
+                d = defer.fail()
 
             def made(outcomes: list[Exception | None]) -> dict[str, Exception]:
                 return self._made(new, outcomes)
@@ -374,6 +381,18 @@ class MaildirStore:
         rename of one copy into ``new/`` replaces the other's."""
         self._process = f"P{os.getpid()}"
         self._tag = f"R{os.urandom(4).hex()}.{self._host}"
+
+    def _forked(self) -> None:
+        """In the child of a fork: the folder jobs (``_making``) and POP3
+        login jobs (``_turns``) under way are the parent's -- its threads
+        did not come along, and their results are delivered there only
+        (``txmailhub.store.sync``, "After fork").  Their waiters are the
+        parent's too and are not fired here; forgetting them lets the
+        child's messages and logins for those Maildirs run jobs of their
+        own instead of waiting for ever."""
+        self._making = {}
+        self._turns = {}
+        self._releases = {}
 
     def unique_name(self, message: SpooledMessage) -> str:
         now = self._clock()
