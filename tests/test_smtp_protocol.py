@@ -1219,6 +1219,21 @@ class ProtocolTests(SynchronousTestCase):
         take(t)
         return h, p, t
 
+    def frozen_spool_write(self, h, p, data, *, stall):
+        """Feed ``data`` to ``p`` while every spool write hangs for
+        ``stall`` seconds of ``h``'s clock with no timer run (a frozen
+        disk): the hub's own time, which must not count against the client."""
+        writer_class = type(h.spooler.open())
+        write = writer_class.write
+
+        def frozen(writer, chunk):
+            h.clock.rightNow += stall
+            return write(writer, chunk)
+
+        self.patch(writer_class, "write", frozen)
+        p.dataReceived(data)
+        self.patch(writer_class, "write", write)
+
     def test_message_data_counts_as_activity(self):
         # inside DATA any octet counts, newline or not (a message arriving
         # slowly, each read ending inside a line, is still a client at work)
@@ -1355,16 +1370,7 @@ class ProtocolTests(SynchronousTestCase):
         # at once (_drive's clock reads); the heartbeat, late for the same
         # stall, must not give it that time a second time
         h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
-        writer_class = type(h.spooler.open())
-        write = writer_class.write
-
-        def frozen(writer, data):
-            h.clock.rightNow += 400  # no timer runs
-            return write(writer, data)
-
-        self.patch(writer_class, "write", frozen)
-        p.dataReceived(b"Subject: x\r\n\r\n")
-        self.patch(writer_class, "write", write)
+        self.frozen_spool_write(h, p, b"Subject: x\r\n\r\n", stall=400)
         stalled_turn(h.clock, 0)  # the heartbeat, 399 s late
         h.clock.advance(0)
         assert take(t) == [] and not t.disconnecting
@@ -1387,16 +1393,7 @@ class ProtocolTests(SynchronousTestCase):
         # and a later stall elsewhere would not come off: cut at 149 s)
         h, p, t = self.in_a_message(b"", heartbeat=True)
         h.clock.pump([1] * 10)
-        writer_class = type(h.spooler.open())
-        write = writer_class.write
-
-        def frozen(writer, data):
-            h.clock.rightNow += 400  # no timer runs
-            return write(writer, data)
-
-        self.patch(writer_class, "write", frozen)
-        p.dataReceived(b"DATA\r\nSubject: x\r\n\r\n")
-        self.patch(writer_class, "write", write)
+        self.frozen_spool_write(h, p, b"DATA\r\nSubject: x\r\n\r\n", stall=400)
         assert [r[:3] for r in take(t)] == ["354"] and not t.disconnecting
         stalled_turn(h.clock, 0)  # the heartbeat, late by the stall
         h.clock.advance(0)
@@ -1417,16 +1414,8 @@ class ProtocolTests(SynchronousTestCase):
         # frozen write made the heartbeat overdue before the second message
         # started in the same read; only the time from that start is its
         h, p, t = self.in_a_message(b"DATA\r\n", heartbeat=True)
-        writer_class = type(h.spooler.open())
-        write = writer_class.write
-
-        def frozen(writer, data):
-            h.clock.rightNow += 400
-            return write(writer, data)
-
-        self.patch(writer_class, "write", frozen)
-        p.dataReceived(b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        self.patch(writer_class, "write", write)
+        self.frozen_spool_write(
+            h, p, b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n", stall=400)
         said = take(t)
         assert said[-1].startswith("354") and not t.disconnecting, said
         for _ in range(3):
@@ -1442,16 +1431,8 @@ class ProtocolTests(SynchronousTestCase):
         # frozen spool write) is moved off the second message's time only
         # from that message's start: before it, the message did not exist
         h, p, t = self.in_a_message(b"DATA\r\n")
-        writer_class = type(h.spooler.open())
-        write = writer_class.write
-
-        def frozen(writer, data):
-            h.clock.rightNow += 400
-            return write(writer, data)
-
-        self.patch(writer_class, "write", frozen)
-        p.dataReceived(b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        self.patch(writer_class, "write", write)
+        self.frozen_spool_write(
+            h, p, b"x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n", stall=400)
         said = take(t)
         assert said[-1].startswith("354") and not t.disconnecting, said
         for _ in range(3):
@@ -1467,16 +1448,8 @@ class ProtocolTests(SynchronousTestCase):
         # the data rate allows the whole message; that time is the hub's,
         # not the client's, and the message is taken when its end comes
         h, p, t = self.in_a_message(b"DATA\r\n")
-        writer_class = type(h.spooler.open())
-        write = writer_class.write
-
-        def frozen(writer, data):
-            h.clock.rightNow += 400  # 300 + 15 / 500 s allowed; no timer runs
-            return write(writer, data)
-
-        self.patch(writer_class, "write", frozen)
-        p.dataReceived(b"Subject: x\r\n\r\n")
-        self.patch(writer_class, "write", write)
+        # 300 + 15 / 500 s allowed
+        self.frozen_spool_write(h, p, b"Subject: x\r\n\r\n", stall=400)
         assert take(t) == [] and not t.disconnecting
         stalled_turn(h.clock, 0)  # the next turn's timers, then its reads
         p.dataReceived(b"body\r\n.\r\n")
