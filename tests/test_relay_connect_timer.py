@@ -51,6 +51,27 @@ def _made(reactor, n=0):
     factory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(StringTransport())
 
 
+def _smarthost_connect(reactor, addresses, factory):
+    """Connect ``factory`` to the smarthost "smart.example", whose name
+    resolves to ``addresses``, with a running stall record: the relay
+    races its addresses, each with the connect timeout."""
+    record = _record(reactor)
+
+    def resolve(name, port):
+        return defer.succeed([(socket.AF_INET, address) for address in addresses])
+
+    return default_endpoint(reactor, resolve, stalls=record)("smart.example", 25).connect(
+        factory)
+
+
+def _failure(d):
+    """The one failure ``d`` has already fired with."""
+    failure = []
+    d.addErrback(failure.append)
+    [f] = failure
+    return f
+
+
 @pytest.mark.parametrize("running", [True, False])
 def test_a_connection_made_during_a_stall_of_the_hub_is_used(running):
     # connecting, the hub's thread is held past the connect timeout; the
@@ -70,14 +91,8 @@ def test_a_connection_made_during_a_stall_of_the_hub_is_used(running):
 def test_a_smarthost_connection_made_during_a_stall_is_used():
     # the smarthost by name: its addresses are raced, each with the timeout
     reactor = TimingReactor()
-    record = _record(reactor)
-
-    def resolve(name, port):
-        return defer.succeed([(socket.AF_INET, "192.0.2.7"), (socket.AF_INET, "192.0.2.8")])
-
     proto = Protocol()
-    d = default_endpoint(reactor, resolve, stalls=record)("smart.example", 25).connect(
-        Factory.forProtocol(lambda: proto))
+    d = _smarthost_connect(reactor, ["192.0.2.7", "192.0.2.8"], Factory.forProtocol(lambda: proto))
     stalled_turn(reactor, 60)
     _made(reactor)
     assert d.result is proto
@@ -87,13 +102,7 @@ def test_a_smarthost_address_held_up_by_a_stall_gets_the_stall_back():
     # the record reaches the connects NameEndpoint races (not only the
     # second look): after the stall the address still has its time
     reactor = TimingReactor()
-    record = _record(reactor)
-
-    def resolve(name, port):
-        return defer.succeed([(socket.AF_INET, "192.0.2.7")])
-
-    d = default_endpoint(reactor, resolve, stalls=record)("smart.example", 25).connect(
-        Factory.forProtocol(Protocol))
+    d = _smarthost_connect(reactor, ["192.0.2.7"], Factory.forProtocol(Protocol))
     stalled_turn(reactor, 60)
     reactor.advance(0)
     reactor.pump([1] * 28)
@@ -115,9 +124,7 @@ def test_a_connect_held_up_by_a_stall_gets_the_stall_back():
     reactor.pump([1] * 28)
     assert not d.called
     reactor.pump([1])
-    failure = []
-    d.addErrback(failure.append)
-    [f] = failure
+    f = _failure(d)
     assert f.check(ConnectTimeoutError) and reason(f) == "timed out"
 
 
@@ -129,9 +136,7 @@ def test_a_connect_that_never_comes_still_times_out_and_is_given_up():
     reactor.pump([1] * (CONNECT_TIMEOUT - 1))
     assert not d.called
     reactor.pump([1])
-    failure = []
-    d.addErrback(failure.append)
-    [f] = failure
+    f = _failure(d)
     assert f.check(ConnectTimeoutError) and reason(f) == "timed out"
     assert reactor.connectors[0].stoppedConnecting  # the socket is let go
     assert reactor.getDelayedCalls() == [c for c in reactor.getDelayedCalls()
