@@ -165,13 +165,7 @@ class FrozenStateDirTests(unittest.TestCase):
         self.assertEqual(len(os.listdir(box / "new")), 1)
 
         # a client with its whole message written to the spool, all but the "."
-        waiting = smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT)
-        self.addCleanup(waiting.close)
-        waiting.ehlo()
-        self.assertEqual(waiting.mail("x@example.com")[0], 250)
-        self.assertEqual(waiting.rcpt(ALICE)[0], 250)
-        waiting.putcmd("data")
-        self.assertEqual(waiting.getreply()[0], 354)
+        waiting = self._client_in_data(hub)
         data = b"Subject: two\r\n\r\n" + b"second\r\n" * 50
         waiting.send(data)
         # frozen before the hub wrote it, the write would hold the hub
@@ -216,13 +210,7 @@ class FrozenStateDirTests(unittest.TestCase):
         box = state / "mail" / "example.org" / "alice"
         with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT) as s:
             s.sendmail("x@example.com", [ALICE], b"Subject: one\r\n\r\nfirst\r\n")
-        waiting = smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT)
-        self.addCleanup(waiting.close)
-        waiting.ehlo()
-        self.assertEqual(waiting.mail("x@example.com")[0], 250)
-        self.assertEqual(waiting.rcpt(ALICE)[0], 250)
-        waiting.putcmd("data")
-        self.assertEqual(waiting.getreply()[0], 354)
+        waiting = self._client_in_data(hub)
         other = smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT)
         self.addCleanup(other.close)
         self.assertEqual(other.ehlo()[0], 250)
@@ -239,6 +227,18 @@ class FrozenStateDirTests(unittest.TestCase):
         self.assertEqual(waiting.quit()[0], 221)
         self.assertEqual(other.quit()[0], 221)
         self._assert_stored_once(hub, box, b"third")
+
+    def _client_in_data(self, hub: Any) -> smtplib.SMTP:
+        """A client whose message to alice had its ``354``: what it sends
+        next is the message's data (closed when the test ends)."""
+        client = smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT)
+        self.addCleanup(client.close)
+        client.ehlo()
+        self.assertEqual(client.mail("x@example.com")[0], 250)
+        self.assertEqual(client.rcpt(ALICE)[0], 250)
+        client.putcmd("data")
+        self.assertEqual(client.getreply()[0], 354)
+        return client
 
     def _wait_until_spooled(self, spool: Path, size: int) -> None:
         """Until a spool file holds ``size`` octets (the hub makes empty
