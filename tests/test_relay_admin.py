@@ -56,6 +56,22 @@ def setup(tmp_path, monkeypatch):
     return settings, queue, qid, cfg
 
 
+@pytest.fixture
+def root_by_a_hubs_queue(monkeypatch) -> list[tuple[str, object]]:
+    """Run as root, the queue owned by uid 4242 and gid 4343 (a hub run
+    as its own user): the identity changes the command makes, recorded
+    in order instead of made, so the test can say which it takes on."""
+    from txmailhub.relay import admin
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(admin.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
+    monkeypatch.setattr(admin.os, "setgroups", lambda g: calls.append(("setgroups", g)))
+    monkeypatch.setattr(admin.os, "setgid", lambda g: calls.append(("setgid", g)))
+    monkeypatch.setattr(admin.os, "setuid", lambda u: calls.append(("setuid", u)))
+    return calls
+
+
 def run(settings, *argv):
     p = argparse.ArgumentParser()
     add_queue_parser(p.add_subparsers(dest="command"))
@@ -274,18 +290,11 @@ def test_through_the_mailhub_command(setup):
     assert proc.returncode == 1
 
 
-def test_root_acts_as_the_user_that_owns_the_queue(setup, monkeypatch):
+def test_root_acts_as_the_user_that_owns_the_queue(setup, root_by_a_hubs_queue):
     # `mailhub queue hold ID` run as root next to a hub that runs as
     # `mailhub`: the rewritten record must stay readable by the hub
-    from txmailhub.relay import admin
-
     settings, _queue, qid, _ = setup
-    calls = []
-    monkeypatch.setattr(admin.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
-    monkeypatch.setattr(admin.os, "setgroups", lambda g: calls.append(("setgroups", g)))
-    monkeypatch.setattr(admin.os, "setgid", lambda g: calls.append(("setgid", g)))
-    monkeypatch.setattr(admin.os, "setuid", lambda u: calls.append(("setuid", u)))
+    calls = root_by_a_hubs_queue
     assert run(settings, "hold", qid)[0] == 0
     assert calls == [("setgroups", []), ("setgid", 4343), ("setuid", 4242)]
 
@@ -434,14 +443,7 @@ def test_queue_list_of_an_empty_queue_to_a_closed_stdout_is_quiet(setup):
     assert run_queue(settings, p.parse_args(["queue", "list"]), out, io.StringIO()) == 0
 
 
-def test_mailq_run_by_root_reads_the_queue_as_its_owner(setup, monkeypatch):
-    from txmailhub.relay import admin
-
-    calls = []
-    monkeypatch.setattr(admin.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(admin, "_queue_owner", lambda path: (4242, 4343))
-    monkeypatch.setattr(admin.os, "setgroups", lambda g: calls.append(("setgroups", g)))
-    monkeypatch.setattr(admin.os, "setgid", lambda g: calls.append(("setgid", g)))
-    monkeypatch.setattr(admin.os, "setuid", lambda u: calls.append(("setuid", u)))
+def test_mailq_run_by_root_reads_the_queue_as_its_owner(setup, root_by_a_hubs_queue):
+    calls = root_by_a_hubs_queue
     assert _mailq(setup[3])[0] == 0
     assert calls == [("setgroups", []), ("setgid", 4343), ("setuid", 4242)]
