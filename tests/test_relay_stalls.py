@@ -18,7 +18,7 @@ import pytest
 from conftest import stalled_turn
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from tests.relay_fakes import FakeNetwork, FakeResolver
 from tests.test_relay_attempt import BOB, ZONE, entry, settings
@@ -153,39 +153,31 @@ def test_a_stall_of_the_hub_is_not_counted_against_the_data_rate(tmp_path):
     assert transport.producer is None and proto.session.phase is Phase.DATA_END
 
 
-def test_a_slow_next_hop_is_still_cut_with_the_record_running(tmp_path):
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        clock, proto, transport = _client(tmp_path, body=b"x" * 200_000)
-        transport.producer.resumeProducing()
-        _take_blocks(clock, transport, 100, 3)  # t=300: 300 + 48 s allowed
-        clock.pump([1] * 47)
-        assert not transport.disconnecting
-        clock.pump([1])
-        assert _timed_out(proto, transport)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+def test_a_slow_next_hop_is_still_cut_with_the_record_running(tmp_path, log_events):
+    events = log_events
+    clock, proto, transport = _client(tmp_path, body=b"x" * 200_000)
+    transport.producer.resumeProducing()
+    _take_blocks(clock, transport, 100, 3)  # t=300: 300 + 48 s allowed
+    clock.pump([1] * 47)
+    assert not transport.disconnecting
+    clock.pump([1])
+    assert _timed_out(proto, transport)
     assert proto.done.result.session_error.status == "4.4.2"
     assert any("took the message data too slowly (49152 octets in 348 s" in formatEvent(e)
                for e in events)
 
 
-def test_the_time_of_a_stall_is_not_in_the_too_slow_verdict(tmp_path):
+def test_the_time_of_a_stall_is_not_in_the_too_slow_verdict(tmp_path, log_events):
     # a slow next hop cut after a stall: the seconds it is told of are
     # its own, without the hub's stall
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        clock, proto, transport = _client(tmp_path, body=b"x" * 200_000)
-        transport.producer.resumeProducing()
-        _take_blocks(clock, transport, 100, 1)  # t=100
-        stalled_turn(clock, 50)  # t=150, 49 s of it counted (the beat due at 101)
-        clock.advance(0)
-        _take_blocks(clock, transport, 100, 10)
-        assert _timed_out(proto, transport)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    events = log_events
+    clock, proto, transport = _client(tmp_path, body=b"x" * 200_000)
+    transport.producer.resumeProducing()
+    _take_blocks(clock, transport, 100, 1)  # t=100
+    stalled_turn(clock, 50)  # t=150, 49 s of it counted (the beat due at 101)
+    clock.advance(0)
+    _take_blocks(clock, transport, 100, 10)
+    assert _timed_out(proto, transport)
     [line] = [formatEvent(e) for e in events if "too slowly" in formatEvent(e)]
     # at t=350 it had taken 3 blocks, which it may take until 300 + 48 s of
     # its own: t=397 with the stall; told as 348 s, the stall aside
