@@ -1376,6 +1376,18 @@ class MailboxTests(Base):
                              clock=self.clock)
         return store, syncer
 
+    def login_that_can_leave(self, store):
+        """A login of JOE (its ``Deferred``) and what its client's hanging
+        up is: until then it is ``wanted``, after it the login's turn is a
+        gone client's, which must take no job and hold no lock."""
+        here = [True]
+        d = store.open_mailbox(JOE, wanted=lambda: here[0])
+
+        def leave():
+            here[0] = False
+
+        return d, leave
+
     def test_a_login_makes_the_folders_and_the_lock_file_on_a_worker_thread(self):
         # a hung disk blocks a mkdir or a create: on the reactor thread
         # that held every session of the hub, so a login does neither
@@ -1455,13 +1467,12 @@ class MailboxTests(Base):
         # hangs leaves no turn and no job behind each time it gives up
         store, syncer = self.held_store()
         first = store.open_mailbox(JOE)
-        here = {"second": True, "third": True}
-        second = store.open_mailbox(JOE, wanted=lambda: here["second"])
-        here["second"] = False
-        third = store.open_mailbox(JOE, wanted=lambda: here["third"])
+        second, second_leaves = self.login_that_can_leave(store)
+        second_leaves()
+        third, third_leaves = self.login_that_can_leave(store)
         self.failureResultOf(second, MailboxInUse)  # dropped as the third came
         self.assertEqual(len(store._turns[self.md()]), 1)
-        here["third"] = False
+        third_leaves()
         syncer.run_jobs()
         box = self.successResultOf(first)
         self.failureResultOf(third, MailboxInUse)
@@ -1477,12 +1488,12 @@ class MailboxTests(Base):
         # and its lock's descriptors were never closed
         store, syncer = self.held_store()
         first = store.open_mailbox(JOE)
-        here = {"a": True, "b": True}
-        a = store.open_mailbox(JOE, wanted=lambda: here["a"])
-        b = store.open_mailbox(JOE, wanted=lambda: here["b"])
+        a, a_leaves = self.login_that_can_leave(store)
+        b, b_leaves = self.login_that_can_leave(store)
         asked = []
         a.addErrback(lambda f: asked.append(store.open_mailbox(JOE)))
-        here["a"] = here["b"] = False
+        a_leaves()
+        b_leaves()
         syncer.run_jobs()
         box = self.successResultOf(first)
         self.failureResultOf(b, MailboxInUse)
@@ -1537,13 +1548,12 @@ class MailboxTests(Base):
         opening = store.open_mailbox(JOE)
         syncer.run_jobs()
         box = self.successResultOf(opening)
-        here = [True]
-        again = store.open_mailbox(JOE, wanted=lambda: here[0])
+        again, again_leaves = self.login_that_can_leave(store)
         f, args, d = syncer.jobs.pop()
         with self.assertRaises(BlockingIOError) as raised:
             f(*args)
         box.close()
-        here[0] = False
+        again_leaves()
         d.errback(raised.exception)
         self.failureResultOf(again, MailboxInUse)
         self.assertEqual(syncer.jobs, [])
