@@ -1093,6 +1093,79 @@ def test_a_session_cut_by_the_stop_after_the_ehlo_reply_still_logs_a_downgrade(t
     assert any("downgrade" in (e.get("log_format") or "") for e in events)
 
 
+class _LeavesAtEhlo(ScriptedSMTPServer):
+    """Greets, then closes the connection at EHLO without a reply."""
+
+    def _command(self, line):
+        if line.upper().startswith(b"EHLO"):
+            self.transport.loseConnection()
+        else:
+            super()._command(line)
+
+
+def _downgrade_logged(tmp_path, server, advance=0.0):
+    """Deliver to mx1.remote.test, which offered STARTTLS before, through
+    ``server``: whether a "TLS downgrade" was logged, and the result."""
+    a, net, clock = agent(tmp_path)
+    a.tls_seen.add("mx1.remote.test")
+    net.servers[("2001:db8::1", 25)] = server
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+        net.run()
+        for _ in range(10):  # past any reply timeout, a step at a time
+            if d.called or not advance:
+                break
+            clock.advance(advance)
+            net.run()
+        [r] = run(net, d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = any("downgrade" in (e.get("log_format") or "") for e in events)
+    assert "mx1.remote.test" in a.tls_seen  # the memory forgets nobody for it
+    return logged, r
+
+
+def test_a_421_greeting_logs_no_tls_downgrade(tmp_path):
+    # the host said no more than "421": no EHLO reply, nothing known of
+    # what it offers
+    logged, r = _downgrade_logged(tmp_path, lambda: ScriptedSMTPServer(
+        greeting=b"421 4.3.2 too busy\r\n"))
+    assert r.kind == "transient"
+    assert not logged
+
+
+def test_a_connection_lost_before_the_ehlo_reply_logs_no_tls_downgrade(tmp_path):
+    logged, r = _downgrade_logged(tmp_path, _LeavesAtEhlo)
+    assert r.kind == "transient"
+    assert not logged
+
+
+def test_a_timeout_waiting_for_the_ehlo_reply_logs_no_tls_downgrade(tmp_path):
+    logged, r = _downgrade_logged(
+        tmp_path, lambda: ScriptedSMTPServer(replies={"EHLO": b""}), advance=60.0)
+    assert r.kind == "transient"  # mx2's refused connection, after mx1's timeout
+    assert not logged
+
+
+def test_an_ehlo_reply_without_starttls_from_a_host_that_offered_it_logs_a_downgrade(
+        tmp_path):
+    logged, r = _downgrade_logged(tmp_path, ScriptedSMTPServer)
+    assert r.kind == "delivered"
+    assert logged
+
+
+def test_an_ehlo_refused_then_helo_from_a_host_that_offered_starttls_logs_a_downgrade(
+        tmp_path):
+    # a 502 to EHLO is a reply that says the host has no extensions: the
+    # message goes in clear after HELO
+    logged, r = _downgrade_logged(tmp_path, lambda: ScriptedSMTPServer(
+        replies={"EHLO": b"502 5.5.1 no EHLO here\r\n"}))
+    assert r.kind == "delivered"
+    assert logged
+
+
 def test_the_stop_cancels_the_session_timers_and_says_why_it_cut(tmp_path):
     # A transport says the connection is lost a turn or more after the
     # abort (Twisted's TCP does it in a timed call): a reply timer due in

@@ -193,6 +193,24 @@ def test_starttls_then_ehlo_again():
     assert s.outcome.tls and s.outcome.tls_offered
 
 
+@pytest.mark.parametrize("replies, read", [
+    ([b"421 4.3.2 busy\r\n"], False),              # greeting refused
+    ([b"220 hi\r\n"], False),                      # lost before EHLO's reply
+    ([b"220 hi\r\n", b"421 4.3.2 closing\r\n"], False),  # no extensions said
+    ([b"220 hi\r\n", b"250 hi\r\n"], True),       # extensions: none
+    ([b"220 hi\r\n", b"502 5.5.1 no\r\n", b"250 hi\r\n"], True),  # HELO: none
+])
+def test_the_outcome_says_whether_the_ehlo_reply_was_read(replies, read):
+    # the relay judges a TLS downgrade only from a session that learnt
+    # what the host offers
+    s = session(tls="opportunistic")
+    for reply in replies:
+        s.receive(reply)
+    outcome = s.outcome or s.connection_lost()
+    assert outcome.hello_read is read
+    assert not outcome.tls_offered
+
+
 def test_starttls_refused_opportunistic_continues_in_clear():
     s = session(tls="opportunistic")
     s.receive(b"220 hi\r\n")

@@ -605,11 +605,6 @@ def _too_many_recipients(reply: Reply) -> bool:
 
 # Refusals in these phases are about the host, not the message.
 _HOST_PHASES = (Phase.GREETING.value, Phase.EHLO.value, Phase.HELO.value)
-# The steps of a session that has not yet read the server's EHLO reply
-# (so does not know whether it offers STARTTLS): a session the hub's stop
-# cuts in one of them says nothing of the host's TLS (``_session``)
-_BEFORE_HELLO_REPLY = (Phase.GREETING.value, Phase.EHLO.value)
-
 
 def _refused_for_now(outcome: SessionOutcome) -> bool:
     """Whether the server took MAIL and then refused every RCPT, or DATA
@@ -1180,12 +1175,14 @@ class DeliveryAgent:
         finally:
             self._sessions.discard(proto)
         self._note_auth_param(entry, session, mxhost.name, address, port)
-        if proto.cut_by_stop and outcome.phase in _BEFORE_HELLO_REPLY:
-            # the hub's stop cut it before the EHLO reply: what the host
-            # offers is not known, so no "TLS downgrade" is logged.  Cut
-            # later, the reply was read: a host that offered STARTTLS
-            # before and not now is a downgrade all the same (the session
-            # went on in clear), and one that offered it is remembered
+        if not outcome.hello_read:
+            # ended before the EHLO reply said what the host offers (a 421
+            # greeting, a connection lost or timed out, the hub's stop, a
+            # 4yz to EHLO): no evidence either way, so no "TLS downgrade"
+            # is logged.  Once that reply was read, a host that offered
+            # STARTTLS before and not now is a downgrade however the
+            # session ends (it went on in clear), and one that offered it
+            # is remembered
             return outcome
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults

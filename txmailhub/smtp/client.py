@@ -258,6 +258,13 @@ class SessionOutcome:
     refused: tuple[RecipientOutcome, ...] = ()
     tls: bool = False
     tls_offered: bool = False
+    #: the server's reply to EHLO was read and said what it offers: its
+    #: extensions, or a refusal that made the session fall back to HELO
+    #: (no extensions, so no STARTTLS).  A session ended before that (a
+    #: 421 or other greeting, a connection lost or timed out, the hub's
+    #: stop) or by a 4yz or other refusal to EHLO learnt nothing of the
+    #: host's TLS: the relay judges no "TLS downgrade" from it
+    hello_read: bool = False
     dsn_supported: bool = False
     extensions: dict[str, str] = field(default_factory=dict)
     phase: str = ""  # the step the session was in when its fate was sealed
@@ -351,6 +358,7 @@ class ClientSession:
         self.phase = Phase.GREETING
         self.extensions: dict[str, str] = {}
         self.tls_offered = False
+        self.hello_read = False  # SessionOutcome.hello_read
         self.outcome: SessionOutcome | None = None
         self._parser = ReplyParser()
         self._expect: deque[Phase] = deque([Phase.GREETING])
@@ -516,6 +524,7 @@ class ClientSession:
             refused=refused,
             tls=self.tls_active,
             tls_offered=self.tls_offered,
+            hello_read=self.hello_read,
             dsn_supported="DSN" in self.extensions,
             extensions=dict(self.extensions),
             phase=self.phase.value,
@@ -590,8 +599,10 @@ class ClientSession:
                 self.extensions[word.upper()] = params.strip()
             if "STARTTLS" in self.extensions:
                 self.tls_offered = True
+            self.hello_read = True
             return self._after_hello()
         if reply.is_permanent and reply.code in (500, 501, 502, 504, 550):
+            self.hello_read = True  # no ESMTP, so no STARTTLS offered
             return self._command(Phase.HELO, f"HELO {self.helo}")
         return self._fail_session(reply)
 
