@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txmailhub.address import Address
-from txmailhub.errors import LocalError, MailboxInUse
+from txmailhub.errors import LocalError, MailboxInUse, MailboxTurnAbandoned
 from txmailhub.interfaces import IMailbox, IMailboxStore, ISpoolingStore
 from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store import maildir as maildir_module
@@ -1458,7 +1458,8 @@ class MailboxTests(Base):
         self.assertNoResult(second)  # its job is asked for only now
         self.assertEqual(len(syncer.jobs), 1)
         syncer.run_jobs()
-        self.failureResultOf(second, MailboxInUse)
+        f = self.failureResultOf(second, MailboxInUse)
+        self.assertNotIsInstance(f.value, MailboxTurnAbandoned)  # its client is there
         self.assertEqual(store._turns, {})
         box.close()
 
@@ -1470,12 +1471,15 @@ class MailboxTests(Base):
         second, second_leaves = self.login_that_can_leave(store)
         second_leaves()
         third, third_leaves = self.login_that_can_leave(store)
-        self.failureResultOf(second, MailboxInUse)  # dropped as the third came
+        # dropped as the third came: refused as a client that left (the
+        # log says so), a MailboxInUse still to a caller that knows no more
+        self.failureResultOf(second, MailboxTurnAbandoned)
         self.assertEqual(len(store._turns[self.md()]), 1)
         third_leaves()
         syncer.run_jobs()
         box = self.successResultOf(first)
-        self.failureResultOf(third, MailboxInUse)
+        self.failureResultOf(third, MailboxTurnAbandoned)
+        self.assertIsInstance(MailboxTurnAbandoned("x"), MailboxInUse)
         self.assertEqual(syncer.jobs, [])  # none for the gone third
         self.assertEqual(store._turns, {})
         box.close()

@@ -449,6 +449,22 @@ def test_a_waiting_login_whose_client_left_alone_leaves_the_lock_free(tmp_path):
     again.connectionLost(Failure(ConnectionDone()))
 
 
+def test_a_waiting_login_whose_client_left_is_logged_as_gone_not_in_use(tmp_path, log_events):
+    # it waited for a gone session's save, not for its turn at a lock
+    # someone else holds: the log says the client left, not IN-USE
+    from twisted.logger import formatEvent
+
+    _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
+    gave_up, t = connect(components)
+    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up.connectionLost(Failure(ConnectionDone()))
+    components.syncer.run()
+    assert b"IN-USE" not in bytes(t.received)
+    lines = [formatEvent(e) for e in log_events if "POP3 login" in formatEvent(e)]
+    assert any("left before its turn" in line for line in lines), lines
+    assert not any("IN-USE" in line for line in lines), lines
+
+
 def test_no_last_save_nor_wait_for_it_while_the_hub_stops(tmp_path):
     # the stop does not wait for that job: the lock goes at once
     clock, components, data = _one_utf8_message(tmp_path, workers=False)

@@ -546,6 +546,37 @@ def test_a_second_login_during_the_first_ones_job_is_told_in_use(tmp_path):
     assert lock_is_free(md)
 
 
+def test_a_login_whose_client_left_before_its_turn_is_logged_so_not_in_use(
+        tmp_path, log_events):
+    """The second of two logins of one user hangs up while its turn at the
+    lock waits for the first one's job: nobody refused it, and no reply
+    goes to it -- the log says its client left, not [IN-USE]; the login of
+    a client still there in its place is told IN-USE as before."""
+    from twisted.logger import formatEvent
+
+    _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
+    syncer.holding = True
+    first, t1 = connect(components)
+    first.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gone, t2 = connect(components)
+    gone.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    stays, t3 = connect(components)
+    stays.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gone.connectionLost(Failure(ConnectionDone()))
+    syncer.run()
+    assert b"+OK Logged in" in bytes(t1.received)
+    assert b"IN-USE" not in bytes(t2.received)
+    assert bytes(t3.received).endswith(R.MAILBOX_IN_USE.to_bytes())
+    lines = [formatEvent(e) for e in log_events if "POP3 login" in formatEvent(e)]
+    left = [line for line in lines if "left before its turn" in line]
+    refused = [line for line in lines if "refused: IN-USE" in line]
+    assert len(left) == 1 and "not answered" in left[0], lines
+    assert len(refused) == 1, lines  # the client still there alone
+    for p in (first, stays):
+        p.connectionLost(Failure(ConnectionDone()))
+    assert lock_is_free(md)
+
+
 @pytest.mark.parametrize("error, reply", [
     (PermissionError(errno.EACCES, "Permission denied"), R.MAILBOX_PERM_FAILURE),
     (OSError(errno.ENOSPC, "No space left on device"), R.MAILBOX_TEMP_FAILURE),

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "LocalError",
     "MailboxInUse",
+    "MailboxTurnAbandoned",
     "NoSuchAlias",
     "NoSuchUser",
     "RemoteProtocolError",
@@ -58,6 +59,13 @@ class UsersUnavailable(Exception):
 
 class MailboxInUse(Exception):
     """Another session holds the mailbox (POP3 exclusive access, RFC 1939 s8)."""
+
+
+class MailboxTurnAbandoned(MailboxInUse):
+    """The login's client left while the login waited for its turn at the
+    mailbox's lock: it was not given the lock.  A ``MailboxInUse`` (what a
+    caller that knows no better treats it as), but nobody holding the
+    mailbox refused anyone: the log says the client left."""
 
 
 class ConfigError(Exception):

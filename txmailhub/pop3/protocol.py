@@ -33,7 +33,7 @@ from zope.interface import implementer
 from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
-from txmailhub.errors import MailboxInUse, UsersUnavailable
+from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
@@ -847,6 +847,14 @@ class POP3Protocol(Protocol):
             # not a guess: the password was never checked, nothing answers
             log.info("POP3 login {user} from {peer} ({mechanism}) not checked: the client "
                      "left first", user=self._user, peer=self._peer, mechanism=mechanism)
+            return
+        if failure.check(MailboxTurnAbandoned) and self._lost:
+            # nobody refused it: its client hung up while the login waited
+            # for its turn at the mailbox's lock, and no reply goes to a
+            # client gone (one still there is told IN-USE, below)
+            log.info("POP3 login {user} from {peer} ({mechanism}) not answered: the client "
+                     "left before its turn at the mailbox", user=self._user, peer=self._peer,
+                     mechanism=mechanism)
             return
         detail = ""
         if failure.check(UnauthorizedLogin, UnhandledCredentials):

@@ -95,7 +95,7 @@ from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, canonical_local
 from txmailhub.envelope import SpooledMessage
-from txmailhub.errors import LocalError, MailboxInUse
+from txmailhub.errors import LocalError, MailboxInUse, MailboxTurnAbandoned
 from txmailhub.interfaces import IKeyedStore, IMailboxStore, ISpoolingStore
 from txmailhub.store.format import (
     CRLFCounter,
@@ -871,6 +871,8 @@ class MaildirStore:
 
         def retry(let_go: bool) -> defer.Deferred:
             if not let_go:
+                if wanted is not None and not wanted():
+                    return defer.fail(_left(address))  # no wait over for anyone
                 return defer.fail(MailboxInUse(f"{address} is in use by another session"))
             return self._open(address, wanted, may_wait=False)
 
@@ -906,7 +908,7 @@ class MaildirStore:
 
 
 def _drop_gone(queue: list[tuple[Any, ...]]) -> None:
-    """Refuse (``MailboxInUse``, as a gone waiter of ``close_soon`` is)
+    """Refuse (``MailboxTurnAbandoned``, as a gone waiter of ``close_soon`` is)
     the logins of ``queue`` (``MaildirStore._turns``) whose clients are
     no longer there (their ``wanted``), and take them out of it."""
     gone = [turn for turn in queue if turn[1] is not None and not turn[1]()]
@@ -920,10 +922,11 @@ def _drop_gone(queue: list[tuple[Any, ...]]) -> None:
         turn[3].errback(_left(turn[0]))
 
 
-def _left(address: Address) -> MailboxInUse:
+def _left(address: Address) -> MailboxTurnAbandoned:
     """The refusal of a login whose client left before its turn at the
-    lock (or before its try again): nobody reads it, the log does."""
-    return MailboxInUse(f"the client of {address} left before its turn at the lock")
+    lock (or before its try again): nobody reads it, the log does -- as
+    the client's leaving, not as a mailbox in use."""
+    return MailboxTurnAbandoned(f"the client of {address} left before its turn at the lock")
 
 
 def _lock_mailbox(md: str) -> list[int]:
