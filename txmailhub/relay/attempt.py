@@ -250,12 +250,6 @@ class SMTPClientProtocol(Protocol):
         if self.transport is not None:
             self._abort()
 
-    @property
-    def cut_by_stop(self) -> bool:
-        """Whether the hub's stop cut this session (``abort``): its outcome
-        says nothing of the server."""
-        return self._stopping
-
     def _timed_out(self, look: int = 0) -> None:
         """The current step's timeout.  The time the stall record counted
         since the timer was set is the hub's: the timer is due that much
