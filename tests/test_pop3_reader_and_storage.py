@@ -95,6 +95,14 @@ def connect(components, limit=None):
     return proto, t
 
 
+def logging_in(components):
+    """A POP3 session that has sent joe's USER and PASS (its login job
+    may still wait for the store's worker)."""
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    return proto, t
+
+
 def test_pipelined_commands_answered_to_a_reading_client_are_not_autologged_out(tmp_path):
     """RFC 1939 3 / RFC 2449 6.6 (PIPELINING): a client that sends its
     commands at once and then keeps reading the answers is not inactive.
@@ -133,8 +141,7 @@ def test_message_removed_by_another_client_is_one_log_line_not_a_traceback(tmp_p
     path = os.path.join(md, "new", "1600000001.M1P1Q1.fuzz")
     with open(path, "wb") as f:
         f.write(b"Subject: x\n\nhello\n")
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     os.unlink(path)  # behind the session's back
     t.received.clear()
     proto.dataReceived(b"RETR 1\r\n")
@@ -230,8 +237,7 @@ def listing(md):
 def login(components):
     syncer = components.store.syncer
     syncer.holding = False
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     assert b"+OK Logged in" in bytes(t.received)
     t.received.clear()
     syncer.holding = True
@@ -261,8 +267,7 @@ def test_retr_renames_nothing_and_quit_answers_once_the_job_made_the_changes(tmp
     assert bytes(t.received) == b""  # no answer before the changes
     assert len(syncer.jobs) == 1  # renames and unlinks: one job
     assert os.path.exists(os.path.join(md, "new", NAMES[0]))
-    other, t2 = connect(components)
-    other.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    _other, t2 = logging_in(components)
     assert len(syncer.jobs) == 2  # the login's lock, on a worker too
     syncer.run_one()
     assert b"-ERR [IN-USE]" in bytes(t2.received)
@@ -289,8 +294,7 @@ def test_a_dropped_session_deletes_nothing_and_flags_what_it_retrieved_after_it(
     proto.dataReceived(b"RETR 1\r\nDELE 2\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     assert listing(md) == before and len(syncer.jobs) == 1
-    other, t2 = connect(components)
-    other.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    _other, t2 = logging_in(components)
     assert b"+OK Logged in" not in bytes(t2.received)
     assert b"IN-USE" not in bytes(t2.received)  # it waits
     syncer.run()
@@ -476,8 +480,7 @@ def test_a_login_opens_and_locks_the_lock_file_only_in_a_worker_job(tmp_path):
     login's job, and until it runs no lock file is made."""
     _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
     syncer.holding = True
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     assert bytes(t.received).endswith(b"+OK Send your password\r\n")
     assert not os.path.exists(os.path.join(md, LOCK))
     assert len(syncer.jobs) == 1
@@ -496,8 +499,7 @@ def test_a_first_login_makes_the_maildir_in_its_job(tmp_path):
     _clock, components, md, syncer = held_env(tmp_path, [])
     shutil.rmtree(os.path.dirname(md))
     syncer.holding = True
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     assert not os.path.exists(os.path.dirname(md))
     syncer.run()
     assert b"+OK Logged in" in bytes(t.received)
@@ -512,8 +514,7 @@ def test_a_client_that_hangs_up_during_the_login_job_leaves_no_lock_held(tmp_pat
     _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
     before = descriptors()
     syncer.holding = True
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     assert not os.path.exists(os.path.join(md, LOCK))  # nothing taken yet
     proto.connectionLost(Failure(ConnectionDone()))
     syncer.run()
@@ -532,10 +533,8 @@ def test_a_second_login_during_the_first_ones_job_is_told_in_use(tmp_path):
     was taken on the reactor thread."""
     _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
     syncer.holding = True
-    first, t1 = connect(components)
-    first.dataReceived(b"USER joe\r\nPASS joepw\r\n")
-    second, t2 = connect(components)
-    second.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    first, t1 = logging_in(components)
+    second, t2 = logging_in(components)
     assert b"IN-USE" not in bytes(t2.received)  # not before the lock was tried
     assert len(syncer.jobs) == 1  # the second's waits for the first's
     syncer.run()
@@ -556,12 +555,9 @@ def test_a_login_whose_client_left_before_its_turn_is_logged_so_not_in_use(
 
     _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
     syncer.holding = True
-    first, t1 = connect(components)
-    first.dataReceived(b"USER joe\r\nPASS joepw\r\n")
-    gone, t2 = connect(components)
-    gone.dataReceived(b"USER joe\r\nPASS joepw\r\n")
-    stays, t3 = connect(components)
-    stays.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    first, t1 = logging_in(components)
+    gone, t2 = logging_in(components)
+    stays, t3 = logging_in(components)
     gone.connectionLost(Failure(ConnectionDone()))
     syncer.run()
     assert b"+OK Logged in" in bytes(t1.received)
@@ -594,8 +590,7 @@ def test_a_maildir_that_cannot_be_made_is_answered_after_the_job(
         raise error
 
     monkeypatch.setattr(os, "mkdir", failing)
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     assert b"-ERR" not in bytes(t.received)  # the reply waits for the job
     syncer.run()
     assert bytes(t.received).endswith(reply.to_bytes())
@@ -618,8 +613,7 @@ def test_the_stop_waits_for_a_login_job_and_the_lock_is_let_go(tmp_path):
     syncer.start()
     components.store.syncer = syncer
     before = descriptors()
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = logging_in(components)
     assert len(jobs) == 1 and not os.path.exists(os.path.join(md, LOCK))
     cut = proto.factory.shut_down()
     assert t.aborted
