@@ -9,6 +9,7 @@ import io
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,6 +229,24 @@ def test_the_tac_file_shown_is_the_one_shipped() -> None:
     assert _code_lines(shown) == _code_lines((ROOT / "etc" / "mailhub.tac").read_text())
 
 
+def _example_tac_hub(tmp_path: Path, smtp_listen: str) -> Any:
+    """The hub etc/mailhub.tac builds, loaded as twistd -y loads it, from a
+    small config whose SMTP listener list is ``[smtp_listen]``."""
+    from twisted.application.service import IService
+    from twisted.persisted import sob
+
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      f'state_dir = "state"\n[smtp]\nlisten = [{smtp_listen}]\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    tac = tmp_path / "mailhub.tac"
+    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
+        "/etc/txmailhub/mailhub.toml", str(config)))
+    application = sob.loadValueFromFile(str(tac), "application")
+    [hub] = list(IService(application))
+    return hub
+
+
 def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # daemonized without DaemonStartError, a start error left twistd's
@@ -235,8 +254,6 @@ def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
     # as a comment to uncomment
     import sys
 
-    from twisted.application.service import IService
-    from twisted.persisted import sob
     from twisted.scripts._twistd_unix import UnixApplicationRunner
 
     from txmailhub.service import DaemonStartError, MailHub
@@ -244,15 +261,7 @@ def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
     monkeypatch.setattr(UnixApplicationRunner, "_waitForStart",
                         UnixApplicationRunner._waitForStart)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      'state_dir = "state"\n[smtp]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
-                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    tac = tmp_path / "mailhub.tac"
-    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
-        "/etc/txmailhub/mailhub.toml", str(config)))
-    application = sob.loadValueFromFile(str(tac), "application")
-    [hub] = list(IService(application))
+    hub = _example_tac_hub(tmp_path, '"tcp:0:interface=127.0.0.1"')
     assert isinstance(hub, MailHub) and hub.start_error_type is DaemonStartError
 
 
@@ -262,18 +271,8 @@ def test_the_tac_example_answers_sighup_as_twistd_mailhub_does(tmp_path: Path) -
     # the signal ended it on the spot, as SIGUSR1 did under ``twistd -ny``
     import signal
 
-    from twisted.application.service import IService
-    from twisted.persisted import sob
 
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      'state_dir = "state"\n[smtp]\nlisten = []\n'
-                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    tac = tmp_path / "mailhub.tac"
-    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
-        "/etc/txmailhub/mailhub.toml", str(config)))
-    application = sob.loadValueFromFile(str(tac), "application")
-    [hub] = list(IService(application))
+    hub = _example_tac_hub(tmp_path, "")
     notice = hub.getServiceNamed("hangup-notice")
     before = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGUSR1)}
     try:
