@@ -182,8 +182,8 @@ def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypa
         proto, t = connect(components)
         proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\nQUIT\r\n")
         clock.advance(1)
-        assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
-        assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+        assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+        assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
         proto.connectionLost(Failure(ConnectionDone()))
     assert len(encoder_calls) == 1
 
@@ -198,7 +198,7 @@ def test_sizes_measured_by_a_list_before_a_hangup_without_quit_are_kept(
         proto, t = connect(components)
         proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
         assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
-        assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+        assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
         proto.connectionLost(Failure(ConnectionDone()))
         assert proto.mailbox is None
         clock.advance(1)
@@ -224,7 +224,7 @@ def test_a_client_with_utf8_neither_measures_nor_writes_the_cache(tmp_path, monk
     proto, t = connect(components)
     proto.dataReceived(b"UTF8\r\nUSER joe\r\nPASS joepw\r\nSTAT\r\nLIST\r\nQUIT\r\n")
     clock.advance(1)
-    assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+    assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     assert encoder_calls == []
     assert not os.path.exists(os.path.join(md, SIZES_NAME))
@@ -286,7 +286,7 @@ def _hang_up_after_list(components, clock, data):
     the downgraded size runs: the save left waiting for a worker."""
     proto, t = connect(components)
     proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
-    assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
     proto.connectionLost(Failure(ConnectionDone()))
     assert components.syncer.jobs  # the save, not yet run
 
@@ -327,8 +327,8 @@ def test_a_client_that_reconnects_while_its_last_save_waits_gets_in(
     proto.dataReceived(b"LIST\r\nQUIT\r\n")
     clock.advance(1)
     components.syncer.run()
-    assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
-    assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+    assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     assert len(encoder_calls) == 1
     # the bound on the wait (GONE_SAVE_WAIT) was called off with the save
@@ -471,7 +471,7 @@ def test_no_last_save_nor_wait_for_it_while_the_hub_stops(tmp_path):
     components.syncer = _HeldJobs()
     proto, t = connect(components)
     proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
-    assert f"+OK 1 messages ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
     proto.factory.stopping = True
     proto.connectionLost(Failure(ConnectionDone()))
     assert not components.syncer.jobs

@@ -313,7 +313,7 @@ def test_the_stop_waits_for_an_update_that_only_flags_messages(tmp_path):
     assert listing(md) == {"new": [NAMES[0]], "cur": []}
     assert b"+OK Bye" not in bytes(t.received)
     syncer.run()
-    assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+    assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     assert stopped.called
     assert listing(md) == {"new": [], "cur": [NAMES[0] + ":2,S"]}

@@ -74,3 +74,17 @@ def test_status_and_response_code(name):
     head = (b"+OK" if reply.positive else b"-ERR") + (
         f" [{reply.code}]".encode() if reply.code else b"")
     assert reply.to_bytes().startswith(head) and reply.to_bytes().endswith(b"\r\n")
+
+
+@pytest.mark.parametrize("count, text", [(0, "0 messages"), (1, "1 message"), (2, "2 messages")])
+def test_counted_replies_say_message_for_one(count, text):
+    """The login, LIST, RSET and QUIT replies count messages in words a
+    person reads: "1 message", never "1 messages"."""
+    lines = [
+        replies.logged_in(count, 412), replies.scan_listing(count, 412),
+        replies.reset(count, 412), replies.bye_updated(count),
+    ]
+    for reply in lines:
+        words = reply.text.replace("(", " ").replace(")", " ").split()
+        number = words.index(str(count))
+        assert " ".join(words[number:number + 2]) == text, reply.text

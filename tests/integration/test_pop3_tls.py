@@ -36,7 +36,7 @@ def test_stls_then_login_and_retr(tls_hub):
     assert lines == [b"Subject: secure", b"", b".hidden dot", b"body"]
     p.quit()
     # the login line says the session was secured, and how
-    assert f"POP3 login {ALICE} from 127.0.0.1 (USER, TLSv1.3): 1 messages" in (
+    assert f"POP3 login {ALICE} from 127.0.0.1 (USER, TLSv1.3): 1 message" in (
         tls_hub.log_text())
 
 
@@ -50,7 +50,7 @@ def test_implicit_tls(tls_hub):
     _, lines, _ = p.top(1, 0)
     assert lines == [b"Subject: secure", b""]
     p.quit()
-    assert f"POP3 login {ALICE} from 127.0.0.1 (USER, TLSv1.3): 1 messages" in (
+    assert f"POP3 login {ALICE} from 127.0.0.1 (USER, TLSv1.3): 1 message" in (
         tls_hub.log_text())
 
 

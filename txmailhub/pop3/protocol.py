@@ -763,8 +763,9 @@ class POP3Protocol(Protocol):
         details = tls_details(self.transport) if secure else None
         how = f"{mechanism}, {details[0] if details else 'TLS'}" if secure else mechanism
         log.info(
-            "POP3 login {user} from {peer} ({mechanism}): {count} messages",
+            "POP3 login {user} from {peer} ({mechanism}): {listed}",
             user=self._user, peer=self._peer, mechanism=how, count=len(messages), tls=secure,
+            listed=R.messages(len(messages)),
         )
         self._sizes = _NO_SIZES
         # RFC 6856 allows UTF8 only before the login: from here on it is
@@ -1315,7 +1316,7 @@ class POP3Protocol(Protocol):
         count = len(action.indices)
         log.info("POP3 logout {user} from {peer}: {deleted} deleted", user=self._user,
                  peer=self._peer, count=count,
-                 deleted="1 message" if count == 1 else f"{count} messages")
+                 deleted=R.messages(count))
         self._end_update(True)
 
     def _update_failed(self, failure: Failure, action: Update) -> None:

@@ -58,7 +58,7 @@ def err(text: str, code: str | None = None) -> POP3Reply:
 GREETING_TEXT = "POP3 server {hostname} ready {timestamp}"
 GREETING_SHORT_TEXT = "POP3 server ready {timestamp}"
 USER_ACCEPTED = ok("Send your password")
-LOGGED_IN_TEXT = "Logged in, {count} messages ({octets} octets)"
+LOGGED_IN_TEXT = "Logged in, {count} ({octets} octets)"
 AUTH_FAILED = err("Authentication failed", "AUTH")
 AUTH_CANCELLED = err("Authentication cancelled")
 AUTH_BAD_BASE64 = err("Invalid base64 data in the SASL response")
@@ -105,7 +105,7 @@ LANG_UNKNOWN = err("Unknown language; available: en")
 # -- TRANSACTION -----------------------------------------------------------
 
 NOOP = ok("")
-SCAN_LISTING_TEXT = "{count} messages ({octets} octets)"
+SCAN_LISTING_TEXT = "{count} ({octets} octets)"
 UIDL_FOLLOWS = ok("Unique-ID listing follows")
 NO_SUCH_MESSAGE = err("No such message")
 MESSAGE_DELETED = err("Message is deleted")
@@ -127,7 +127,7 @@ UTF8_REQUIRED = err(
 # -- UPDATE and the end of the session ------------------------------------
 
 BYE = ok("Bye")
-BYE_UPDATED_TEXT = "Bye ({count} messages left)"
+BYE_UPDATED_TEXT = "Bye ({count} left)"
 # RFC 1939 6: "-ERR some deleted messages not removed".  RFC 3206 4: [SYS/PERM]
 # when the store refuses for good (no permission): every later QUIT would
 # fail alike until an administrator acts; anything else may pass (a disk
@@ -161,7 +161,7 @@ def greeting(hostname: str, timestamp: str) -> POP3Reply:
 
 
 def logged_in(count: int, octets: int) -> POP3Reply:
-    return ok(LOGGED_IN_TEXT.format(count=count, octets=octets))
+    return ok(LOGGED_IN_TEXT.format(count=messages(count), octets=octets))
 
 
 def stat(count: int, octets: int) -> POP3Reply:
@@ -170,7 +170,7 @@ def stat(count: int, octets: int) -> POP3Reply:
 
 
 def scan_listing(count: int, octets: int) -> POP3Reply:
-    return ok(SCAN_LISTING_TEXT.format(count=count, octets=octets))
+    return ok(SCAN_LISTING_TEXT.format(count=messages(count), octets=octets))
 
 
 def scan_line(number: int, octets: int) -> POP3Reply:
@@ -199,16 +199,22 @@ def language_selected(tag: str, name: str) -> POP3Reply:
     return ok(f"{tag} Language is now {name}")
 
 
+def messages(count: int) -> str:
+    """"1 message", "2 messages": the replies are read by people too (a
+    client's log, a session typed by hand)."""
+    return "1 message" if count == 1 else f"{count} messages"
+
+
 def deleted(number: int) -> POP3Reply:
     return ok(DELETED_TEXT.format(number=number))
 
 
 def reset(count: int, octets: int) -> POP3Reply:
-    return ok(f"Maildrop has {count} messages ({octets} octets)")
+    return ok(f"Maildrop has {messages(count)} ({octets} octets)")
 
 
 def bye_updated(count: int) -> POP3Reply:
-    return ok(BYE_UPDATED_TEXT.format(count=count))
+    return ok(BYE_UPDATED_TEXT.format(count=messages(count)))
 
 
 def wrong_state(command: str, state: str) -> POP3Reply:
