@@ -545,6 +545,8 @@ def test_fully_qualified_or_no_address_field_domains_pass(header):
     (b"To: a@sales, b@intranet\n\n", ("sales", "intranet")),
     (b"From: a@sales\nTo: b@ok.example,\n c@Sales, d@intranet\nCc: e@sales\n\n",
      ("sales", "intranet")),
+    # the same domain with its final dot is not named again
+    (b"From: a@sales\nTo: b@sales., c@SALES.\n\n", "sales"),
 ])
 def test_an_address_field_domain_of_one_label_is_found(header, domain):
     named = (domain,) if isinstance(domain, str) else domain

@@ -287,7 +287,7 @@ class HeaderDomains:
                 bare = domain.rstrip(".")
                 if bare.startswith("[") or "." in bare or self._is_local(bare):
                     continue
-                key = domain.lower()
+                key = bare.lower()  # "sales" and "sales." are one domain to name
                 if key in self._seen:
                     continue
                 self._seen.add(key)
