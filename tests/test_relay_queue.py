@@ -454,6 +454,26 @@ def test_update_of_deleted_entry_does_not_resurrect(tmp_path, spool):
     assert q.take_flag(CHANGED) is False
 
 
+def test_an_absent_flag_is_looked_for_without_an_unlink(tmp_path, spool, monkeypatch):
+    # the runner asks every tick on the reactor thread; an unlink, even of
+    # a missing name, waits for write access that a frozen disk never gives
+    q = make_queue(tmp_path)
+    unlinked = []
+    real_unlink = os.unlink
+
+    def unlink(path, *a, **k):
+        unlinked.append(os.path.basename(path))
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert q.take_flag(FLUSH) is False
+    assert q.take_flag(CHANGED) is False
+    assert unlinked == []
+    q.request_flush()
+    assert q.take_flag(FLUSH) is True
+    assert unlinked == [FLUSH]
+
+
 def test_hold_release_and_flush_flags(tmp_path, spool):
     clock = Clock()
     q = make_queue(tmp_path, clock=clock)

@@ -390,9 +390,19 @@ class OutboundQueue:
         self._touch(CHANGED)
 
     def take_flag(self, name: str) -> bool:
-        """Whether the control file ``name`` was there (it is removed)."""
+        """Whether the control file ``name`` was there (it is removed).
+
+        Looked for before the unlink: the queue runner asks every few
+        seconds, on the reactor thread, and an ``unlink`` -- even of a
+        name that is not there -- waits for write access to the
+        filesystem, which a frozen or hung disk never gives: every session
+        of the hub stalled at the next tick.  A look is a read, answered
+        from the cache, and the flag is almost always absent."""
+        path = os.path.join(self.directory, name)
+        if not os.path.lexists(path):
+            return False
         try:
-            os.unlink(os.path.join(self.directory, name))
+            os.unlink(path)
         except FileNotFoundError:
             return False
         return True
