@@ -44,6 +44,45 @@ class ManualThreads:
         return len(jobs)
 
 
+class ManualWorkers:
+    """A ``run_in_thread`` that is a pool of ``size`` workers, as
+    ``_Workers`` is: the jobs are taken first come first, ``size`` at a
+    time, and each runs only when the test says so (``finish``) -- a
+    worker whose job hangs until then, as on a disk that does not answer.
+    ``jobs`` holds them in the order they came: the first ``size`` are on
+    a worker, the others wait for one."""
+
+    def __init__(self, size):
+        self.size = size
+        self.jobs = []
+
+    def __call__(self, f):
+        d = defer.Deferred()
+        self.jobs.append((f, d))
+        return d
+
+    @property
+    def waiting(self):
+        """How many jobs wait for a worker (none is free)."""
+        return max(0, len(self.jobs) - self.size)
+
+    def finish(self, index=0):
+        """Run the job on worker ``index`` (the one that came first by
+        default) and hand its result back."""
+        assert index < self.size, "that job waits for a worker: it cannot run"
+        f, d = self.jobs.pop(index)
+        try:
+            result = f()
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def finish_all(self):
+        while self.jobs:
+            self.finish()
+
+
 class SyscallSpy:
     """Replaces the syscalls sync.py makes and records them in order."""
 
@@ -401,6 +440,111 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(Syncer(None).method, "fsync")
         self.assertEqual(Syncer(None, method="auto").method, "fsync")
 
+
+
+class LaneTests(SynchronousTestCase):
+    """``Syncer.lane``: a kind of job that may hang (the POP3 sessions')
+    holds at most ``lane_jobs`` workers; the others of it wait their turn,
+    in order, and the rest of the store's work still gets a worker."""
+
+    def setUp(self):
+        self.workers = ManualWorkers(4)
+        self.syncer = Syncer(None, method="fsync", threads=4, run_in_thread=self.workers)
+
+    def test_the_cap_is_all_workers_but_one_and_never_below_one(self):
+        self.assertEqual(self.syncer.lane_jobs, 3)
+        self.assertEqual(Syncer(None, threads=1).lane_jobs, 1)
+        self.assertEqual(Syncer(None, threads=2).lane_jobs, 1)
+        self.assertEqual(Syncer(None, threads=4, lane_jobs=2).lane_jobs, 2)
+        self.assertEqual(Syncer(None, threads=4, lane_jobs=0).lane_jobs, 1)
+        self.assertIs(self.syncer.lane("pop3"), self.syncer.lane("pop3"))  # one per name
+
+    def test_jobs_over_the_cap_wait_and_a_plain_call_still_gets_a_worker(self):
+        lane, ran = self.syncer.lane("pop3"), []
+        ds = [lane.call(ran.append, n) for n in range(5)]
+        self.assertEqual(len(self.workers.jobs), 3)  # 3 on the workers, one left free
+        self.assertEqual(lane.waiting, 2)
+        smtp = self.syncer.call(lambda: "spool file")
+        self.assertEqual(self.workers.waiting, 0)  # on the worker left free
+        self.workers.finish(3)
+        self.assertEqual(self.successResultOf(smtp), "spool file")
+        self.assertEqual(ran, [])  # the lane's jobs still hang
+        self.workers.finish()  # one of them is over: the next one comes in
+        self.assertEqual(ran, [0])
+        self.assertEqual((len(self.workers.jobs), lane.waiting), (3, 1))
+        self.workers.finish_all()
+        self.assertEqual(ran, [0, 1, 2, 3, 4])  # in the order they came
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual((lane.running, lane.waiting, self.syncer._calls), (0, 0, 0))
+
+    def test_a_job_asked_for_by_a_callback_waits_behind_those_already_waiting(self):
+        lane = Syncer(None, method="fsync", threads=2, run_in_thread=self.workers).lane("x")
+        ran = []
+        first = lane.call(ran.append, "first")
+        lane.call(ran.append, "second")
+        first.addCallback(lambda _: lane.call(ran.append, "third"))
+        self.workers.finish_all()
+        self.assertEqual(ran, ["first", "second", "third"])
+
+    def test_stop_waits_for_the_jobs_waiting_in_the_lane_and_their_follow_ups(self):
+        spy = SyscallSpy(self)
+        lane = self.syncer.lane("pop3")
+        for n in range(4):
+            lane.call(lambda n=n: f"/dir{n}").addCallback(self.syncer.sync_dir)
+        self.assertEqual(lane.waiting, 1)
+        stopped = self.syncer.stop()
+        while self.workers.jobs:  # the jobs, the one that waited, their fsyncs
+            self.assertNoResult(stopped)
+            self.workers.finish()
+        self.successResultOf(stopped)
+        self.assertEqual(sorted(c[1] for c in spy.calls), [f"/dir{n}" for n in range(4)])
+        self.failureResultOf(lane.call(print), LocalError)  # stopped: refused
+
+    def test_a_waiting_job_whose_caller_left_never_runs(self):
+        lane, ran, there = self.syncer.lane("pop3"), [], {n: True for n in range(6)}
+        ds = [lane.call(ran.append, n, wanted=lambda n=n: there[n]) for n in range(6)]
+        there[3] = False  # left while its job waits
+        self.failureResultOf(lane.call(ran.append, 9, wanted=lambda: False), sync.CallAbandoned)
+        self.failureResultOf(ds[3], sync.CallAbandoned)  # dropped when another came
+        self.assertEqual(lane.waiting, 2)
+        there[4] = False  # left while its job waits: dropped at its turn
+        stopped = self.syncer.stop()
+        self.workers.finish_all()
+        self.failureResultOf(ds[4], sync.CallAbandoned)
+        self.assertEqual(ran, [0, 1, 2, 5])
+        self.successResultOf(stopped)  # nothing left for it to wait for
+
+    def test_a_forked_child_forgets_the_lane(self):
+        # the jobs under way and those waiting at the fork are the parent's
+        lane, ran = self.syncer.lane("pop3"), []
+        parents = [lane.call(ran.append, n) for n in range(5)]
+        self.syncer._forked()
+        self.successResultOf(self.syncer.stop())  # nothing of the parent's waited for
+        self.syncer.start()
+        self.assertEqual((lane.running, lane.waiting), (0, 0))
+        self.workers.finish()  # the parent's job, finishing in the child
+        self.assertEqual(len(self.workers.jobs), 2)  # starts none of the parent's waiting
+        mine = [lane.call(ran.append, n) for n in (10, 11, 12, 13)]
+        self.assertEqual((lane.running, lane.waiting), (3, 1))  # the child's own cap
+        self.workers.finish_all()
+        self.assertEqual(ran, [0, 1, 2, 10, 11, 12, 13])
+        for d in mine:
+            self.successResultOf(d)
+        for d in parents[3:]:
+            self.assertNoResult(d)  # never run, never fired here
+        self.assertEqual(self.syncer._calls, 0)
+
+    def test_lane_call_on_a_syncer_without_lanes(self):
+        class Plain:
+            def call(self, f, *args):
+                return defer.succeed(f(*args))
+
+        call = sync.lane_call(Plain(), "pop3")
+        self.assertEqual(self.successResultOf(call(lambda a: a + 1, 1)), 2)
+        self.failureResultOf(call(print, wanted=lambda: False), sync.CallAbandoned)
+        self.assertIsNone(sync.lane_call(object(), "pop3"))
+        self.assertEqual(sync.lane_call(self.syncer, "pop3").__self__, self.syncer.lane("pop3"))
 
 
 class ThreadCallRecorder:

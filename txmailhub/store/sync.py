@@ -116,6 +116,24 @@ tear-down: its Deferred still fires once everything is done, and the
 syncer stays started.  Tests inject ``run_in_thread`` (``f -> Deferred``)
 and need no threads at all.
 
+Lanes (``Syncer.lane(name)``): a share of the worker threads for jobs
+that may wait on the disk for long, each started only while fewer than
+``lane_jobs`` of that lane's are on the workers (by default all the
+threads but one, never fewer than one); the others wait in the lane, in
+the order they came, and each is started on the reactor thread when one
+of the lane's jobs is over.  The POP3 sessions' jobs (``POP3_LANE``: a
+login's lock and listing, a session end's renames and deletions, sizes
+measured, header sections downgraded) go through one: on a hung disk
+four logins whose jobs hung held all four workers, and every spool file
+made ahead, new Maildir's folders and copy -- on the thread path every
+fsync batch too -- waited behind them, so POP3 clients reconnecting
+every few minutes held up the hub's mail delivery until the disk came
+back.  A job waiting in a lane counts for ``stop()`` as one under way;
+one whose caller no longer wants it (``wanted``: a login whose client
+left) is never run (``CallAbandoned``), so it takes neither a worker
+nor what the job would have taken (a mailbox's lock).  SMTP's jobs
+(``call()``) pay nothing for it.
+
 After ``fork``: only the forking thread lives on in the child, and the
 AIO context is the parent's alone (``txmailhub.store.aio``, "After
 fork").  A hook (``os.register_at_fork``) lets every ``Syncer`` of the
@@ -125,7 +143,8 @@ is destroyed or read -- and the child's first request starts threads and
 a ring of its own.  What was requested before the fork is the parent's:
 its Deferreds fire in the parent only (never the child's copies: their
 callbacks would answer, from the child, on connections the two processes
-share), and the child's ``stop()`` does not wait for it.
+share), and the child's ``stop()`` does not wait for it.  The jobs
+waiting in a lane are the parent's too: the child forgets them.
 """
 
 from __future__ import annotations
@@ -143,6 +162,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -154,12 +174,16 @@ from txmailhub.errors import LocalError
 from txmailhub.store.aio import AioSyncs, open_ring
 
 __all__ = [
+    "POP3_LANE",
+    "CallAbandoned",
+    "Lane",
     "Syncer",
     "all_done",
     "durable_write",
     "fsync_dir",
     "fsync_path",
     "give_to",
+    "lane_call",
     "owner_of",
     "remove_stale_temporaries",
     "rename_noreplace",
@@ -171,6 +195,12 @@ log = Logger()
 
 RunInThread = Callable[..., defer.Deferred]
 Target = str | int
+
+POP3_LANE = "pop3"
+"""The lane (``Syncer.lane``) of the POP3 sessions' jobs: a login's lock
+and listing, a session end's renames and deletions, sizes measured and
+header sections downgraded.  Named here so that the store and the POP3
+protocol share one."""
 
 _libc: Any = None
 
@@ -554,6 +584,136 @@ class _Request:
         self.deferred: defer.Deferred = defer.Deferred()
 
 
+class CallAbandoned(Exception):
+    """A job that waited in a ``Lane`` was never run: its caller no longer
+    wanted it (``wanted``: a login whose client left)."""
+
+
+class Lane:
+    """A share of a ``Syncer``'s worker threads (module docstring, "Lanes").
+
+    At most ``cap`` of the lane's jobs are on the workers at once; the
+    others wait here, in the order they came, and each is started on the
+    reactor thread when one of the lane's jobs is over.  Why: jobs that
+    may hang on the disk (a login's lock on a hung disk) must not take
+    every worker, or the store's delivery work waits behind them.  Made
+    by ``Syncer.lane``; nothing of it is on the hot path of ``call()``.
+    """
+
+    def __init__(self, syncer: Syncer, cap: int) -> None:
+        self.syncer = syncer
+        self.cap = cap
+        self.running = 0  # jobs handed to the workers and not yet over
+        self._waiting: deque[tuple[Callable[..., Any], tuple, Any, defer.Deferred]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """How many jobs wait for their turn."""
+        return len(self._waiting)
+
+    def call(self, f: Callable[..., Any], *args: Any,
+             wanted: Callable[[], bool] | None = None) -> defer.Deferred:
+        """``Syncer.call`` in this lane's turn; fires with ``f(*args)``.
+
+        ``stop()`` waits for a job waiting here as for one under way (and
+        for what its callbacks request).  ``wanted``: asked before the job
+        starts (and whenever another job comes to wait); once it says no,
+        the job is never run and errbacks with ``CallAbandoned`` -- a
+        login whose client left while its job waited takes no lock, and no
+        worker, for nobody."""
+        syncer = self.syncer
+        if syncer._stopped:
+            return defer.fail(LocalError("the syncer is stopped"))
+        syncer._calls += 1  # from now on: stop() waits for it, waiting or not
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((f, args, wanted, d))
+        # the jobs whose callers left meanwhile go now: a client that
+        # reconnects again and again while the lane is full piles up none
+        self._drop_unwanted()
+        self._fill()
+        return d
+
+    def _drop_unwanted(self) -> None:
+        gone = [job for job in self._waiting if job[2] is not None and not job[2]()]
+        if not gone:
+            return
+        # all taken out before any is refused: a refusal's callbacks run
+        # now, and one that asks for another job comes back here
+        out = {id(job) for job in gone}
+        self._waiting = deque(job for job in self._waiting if id(job) not in out)
+        for job in gone:
+            self._abandon(job[3])
+
+    def _fill(self) -> None:
+        """Start the waiting jobs, first come first, while there is room."""
+        while self.running < self.cap and self._waiting:
+            f, args, wanted, d = self._waiting.popleft()
+            if wanted is not None and not wanted():
+                self._abandon(d)
+                continue
+            syncer = self.syncer
+            self.running += 1
+            try:
+                inner = syncer._run(_bind_args(f, args))
+            except Exception:  # a bug: fail this job, never keep stop() waiting
+                inner = defer.fail(Failure())
+            inner.chainDeferred(d)
+            inner.addBoth(self._settled, syncer._generation)
+
+    def _abandon(self, d: defer.Deferred) -> None:
+        syncer = self.syncer
+        generation = syncer._generation
+        d.errback(CallAbandoned("its caller no longer wants it"))
+        if generation != syncer._generation:  # a callback forked: the parent's
+            return
+        syncer._calls -= 1
+        syncer._maybe_idle()
+
+    def _settled(self, _: Any, generation: int) -> None:
+        syncer = self.syncer
+        if generation != syncer._generation:  # the parent's job, in a forked child
+            return
+        self.running -= 1
+        # the next one starts before this one counts as over: stop()
+        # never sees the lane idle while a job waits in it
+        self._fill()
+        if generation != syncer._generation:
+            return
+        syncer._calls -= 1
+        syncer._maybe_idle()
+
+    def _forked(self) -> None:
+        """In a forked child: the jobs under way and waiting are the parent's."""
+        self.running = 0
+        self._waiting = deque()
+
+
+def lane_call(syncer: Any, name: str) -> Callable[..., defer.Deferred] | None:
+    """``syncer.lane(name).call``, for code that may be given another
+    syncer: one without lanes (an application's own, a test's fake) has
+    its ``call`` used, with the same ``wanted`` (asked once, at once);
+    one without ``call``: ``None`` (the caller then does the work on its
+    own thread, as before)."""
+    lane = getattr(syncer, "lane", None)
+    if lane is not None:
+        return lane(name).call
+    call = getattr(syncer, "call", None)
+    if call is None:
+        return None
+
+    def plain(f: Callable[..., Any], *args: Any,
+              wanted: Callable[[], bool] | None = None) -> defer.Deferred:
+        if wanted is not None and not wanted():
+            return defer.fail(CallAbandoned("its caller no longer wants it"))
+        return call(f, *args)
+
+    return plain
+
+
+def _bind_args(f: Callable[..., Any], args: tuple) -> Callable[[], Any]:
+    return lambda: f(*args)
+
+
 class Syncer:
     """Off-reactor fsyncs: kernel AIO requests or batched thread jobs (see
     the module docstring).
@@ -564,7 +724,9 @@ class Syncer:
     ``AioSyncs`` in use, if any, once started); ``threads`` caps the worker
     pool (a batch is one thread job; the others serve ``call()`` and
     ``max_batches`` > 1); ``max_batches`` is how many batches may be syncing at
-    once (1: classic group commit).  ``run_in_thread(f) -> Deferred``
+    once (1: classic group commit).  ``lane_jobs`` is how many jobs of
+    one ``lane()`` may be on the workers at once (``None``: all the
+    threads but one, at least one).  ``run_in_thread(f) -> Deferred``
     replaces the worker threads (tests, or an application that wants its
     own threads).
     """
@@ -577,6 +739,7 @@ class Syncer:
         threads: int = 4,
         max_batches: int = 1,
         run_in_thread: RunInThread | None = None,
+        lane_jobs: int | None = None,
     ) -> None:
         if method not in ("auto", "aio", "fsync", "syncfs"):
             raise LocalError(f"unknown sync method {method!r}")
@@ -591,6 +754,10 @@ class Syncer:
         self._calls = 0  # call() jobs not yet over
         self.threads = max(threads, max_batches)
         self.max_batches = max_batches
+        # all the threads but one by default: a lane's jobs that hang
+        # leave a worker for the rest (module docstring, "Lanes")
+        self.lane_jobs = max(1, self.threads - 1 if lane_jobs is None else lane_jobs)
+        self._lanes: dict[str, Lane] = {}
         self._run_injected = run_in_thread
         self._pool: _Workers | None = None
         self._pending: list[_Request] = []
@@ -675,6 +842,8 @@ class Syncer:
         self._in_flight = 0
         self._pending = []
         self._idle_waiters = []
+        for lane in self._lanes.values():
+            lane._forked()
 
     def _busy(self) -> bool:
         """Anything requested and not yet over, on either path."""
@@ -747,6 +916,15 @@ class Syncer:
         inner.chainDeferred(outer)
         inner.addBoth(self._call_settled, self._generation)
         return outer
+
+    def lane(self, name: str) -> Lane:
+        """The ``Lane`` called ``name`` (made the first time): its jobs are
+        ``call()`` jobs of which at most ``lane_jobs`` are on the workers
+        at once, the others waiting their turn (module docstring, "Lanes")."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = Lane(self, self.lane_jobs)
+        return lane
 
     def _call_settled(self, _: Any, generation: int) -> None:
         if generation != self._generation:  # the parent's job, in a forked child
