@@ -626,3 +626,157 @@ def test_the_stop_waits_for_a_login_job_and_the_lock_is_let_go(tmp_path):
     assert stopped.called
     assert proto.mailbox is None and lock_is_free(md)
     assert descriptors() == before
+
+
+# -- the POP3 sessions' jobs leave a worker for delivery -----------------------
+
+USERS = ["ann", "bob", "cat", "dan"]
+
+
+def lane_env(tmp_path, messages=1):
+    """Four users with one message each, a real ``Syncer`` whose four
+    workers are ``ManualWorkers`` (each job hangs until the test finishes
+    it, as on a disk that does not answer), shared by the store and the
+    POP3 sessions as in the hub."""
+    from test_sync import ManualWorkers
+
+    clock = MemoryReactorClock()
+    clock.advance(1_700_000_000)
+    workers = ManualWorkers(4)
+    syncer = Syncer(clock, method="fsync", threads=4, run_in_thread=workers)
+    syncer.start()
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", syncer,
+                         clock=clock.seconds)
+    mds = {}
+    for name in USERS:
+        mds[name] = md = store.maildir_path(Address(name, "example.org"))
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(md, sub))
+        for n in range(1, messages + 1 if name == "ann" else 2):
+            with open(os.path.join(md, "new", f"16000000{n:02d}.M1P1Q1.{name}"), "wb") as f:
+                f.write(b"Subject: hi\n\nhello\n")
+    db = InMemoryUsernamePasswordDatabaseDontUse(**{f"{n}@example.org": b"pw" for n in USERS})
+    components = Components(settings=make_settings(), reactor=clock, router=None, store=store,
+                            spooler=None, portal=Portal(Realm(store), [db]), tls=None,
+                            syncer=syncer)
+    return components, syncer, workers, mds
+
+
+def logins(components, names=USERS):
+    """A session for each of ``names`` that has sent USER and PASS."""
+    sessions = {}
+    for name in names:
+        proto, t = connect(components)
+        proto.dataReceived(b"USER %s\r\nPASS pw\r\n" % name.encode())
+        sessions[name] = (proto, t)
+    return sessions
+
+
+def smtp_side_job(syncer):
+    """A job of the SMTP side on the workers (a spool file made ahead, a
+    copy into a Maildir): its result, once it has run."""
+    done = []
+    syncer.call(lambda: "made ahead").addCallback(done.append)
+    return done
+
+
+def test_pop3_logins_whose_jobs_hang_leave_a_worker_for_delivery(tmp_path):
+    """docs/deployment.rst, "A slow or hung disk": four logins whose lock
+    jobs hang held all four workers, and the SMTP side's jobs (spool files
+    made ahead, new Maildirs' folders, copies) waited behind them until
+    the disk came back.  Now the POP3 sessions' jobs hold three workers at
+    most; the fourth login waits for one of those and runs once it is
+    over, and the SMTP side's job runs meanwhile."""
+    components, syncer, workers, _mds = lane_env(tmp_path)
+    sessions = logins(components)
+    assert len(workers.jobs) == 3  # ann's, bob's and cat's hang; dan's waits in the lane
+    made = smtp_side_job(syncer)
+    assert workers.waiting == 0  # it has a worker of its own
+    workers.finish(3)
+    assert made == ["made ahead"]
+    assert all(b"+OK Logged in" not in bytes(t.received) for _, t in sessions.values())
+    workers.finish(0)  # ann's job is over: dan's takes its worker
+    assert b"+OK Logged in" in bytes(sessions["ann"][1].received)
+    assert len(workers.jobs) == 3 and workers.waiting == 0
+    workers.finish_all()
+    assert all(b"+OK Logged in" in bytes(t.received) for _, t in sessions.values())
+    for proto, _ in sessions.values():
+        proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_session_ends_take_their_turn_with_the_logins(tmp_path):
+    """A session's end (its Seen renames and deletions) is a POP3 job too:
+    three that hang leave the fourth worker to the SMTP side, and the
+    stop waits for a fourth that waited its turn, which then runs."""
+    components, syncer, workers, mds = lane_env(tmp_path)
+    sessions = {}
+    for name in USERS:
+        sessions.update(logins(components, [name]))
+        workers.finish()
+    for proto, t in sessions.values():
+        assert b"+OK Logged in" in bytes(t.received)
+        t.received.clear()
+        proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    assert len(workers.jobs) == 3  # dan's session end waits in the lane
+    made = smtp_side_job(syncer)
+    workers.finish(3)
+    assert made == ["made ahead"]
+    stopped = syncer.stop()
+    workers.finish()
+    assert len(workers.jobs) == 3  # dan's now: the stop did not refuse it
+    workers.finish_all()
+    for name, (proto, t) in sessions.items():
+        assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+        assert os.listdir(os.path.join(mds[name], "cur")) == [f"1600000001.M1P1Q1.{name}:2,S"]
+        proto.connectionLost(Failure(ConnectionDone()))
+    assert stopped.called
+
+
+def test_a_login_whose_client_left_while_it_waited_for_a_worker_takes_nothing(
+        tmp_path, log_events):
+    """The client leaves while its login's job waits its turn in the lane:
+    the job is never run -- no worker, no lock file made, no lock taken for
+    nobody -- and the log says the client left; the stop waits for nothing
+    of it."""
+    from twisted.logger import formatEvent
+
+    components, syncer, workers, mds = lane_env(tmp_path)
+    before = descriptors()
+    sessions = logins(components)
+    dan, _ = sessions["dan"]
+    dan.connectionLost(Failure(ConnectionDone()))
+    workers.finish(0)  # ann's is over: dan's turn, but dan left
+    assert len(workers.jobs) == 2  # bob's and cat's still hang; nothing of dan's
+    assert not os.path.exists(os.path.join(mds["dan"], LOCK))
+    stopped = syncer.stop()
+    for name in ("ann", "bob", "cat"):
+        sessions[name][0].connectionLost(Failure(ConnectionDone()))
+    workers.finish_all()
+    assert stopped.called
+    assert not os.path.exists(os.path.join(mds["dan"], LOCK))
+    assert all(lock_is_free(mds[name]) for name in ("ann", "bob", "cat"))
+    assert descriptors() == before
+    lines = [formatEvent(e) for e in log_events if "POP3 login dan" in formatEvent(e)]
+    assert len(lines) == 1 and "left before its turn" in lines[0], lines
+
+
+def test_a_login_s_size_measuring_takes_its_turn_with_the_logins(tmp_path):
+    """The sizes a login measures for a client without UTF8 (a mailbox of
+    more than ``INLINE_SIZES`` messages) are a POP3 job too: with it and
+    two logins' jobs hanging, a third login waits, and the SMTP side's
+    job still gets a worker."""
+    from txmailhub.pop3.protocol import INLINE_SIZES
+
+    components, syncer, workers, _mds = lane_env(tmp_path, messages=INLINE_SIZES + 1)
+    sessions = logins(components, ["ann"])
+    workers.finish()  # ann's lock and listing; her sizes are measured next
+    assert len(workers.jobs) == 1 and b"+OK Logged in" not in bytes(sessions["ann"][1].received)
+    sessions.update(logins(components, ["bob", "cat", "dan"]))
+    assert len(workers.jobs) == 3  # dan's login waits in the lane
+    made = smtp_side_job(syncer)
+    workers.finish(3)
+    assert made == ["made ahead"]
+    workers.finish_all()
+    assert all(b"+OK Logged in" in bytes(t.received) for _, t in sessions.values())
+    for proto, _ in sessions.values():
+        proto.connectionLost(Failure(ConnectionDone()))

@@ -54,6 +54,7 @@ from txmailhub.pop3.server import (
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.store.format import columns, crlf_size_of
+from txmailhub.store.sync import POP3_LANE, lane_call
 from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
@@ -784,9 +785,11 @@ class POP3Protocol(Protocol):
 
     def _worker_call(self) -> Callable[..., Deferred] | None:
         """The syncer's ``call`` (a job on the store's worker threads), in
-        turn with the other POP3 sessions' jobs (``WORKER_JOBS`` at once);
-        ``None`` without worker threads (the job is then done here)."""
-        call = getattr(self.components.syncer, "call", None)
+        turn with the other POP3 sessions' jobs (``WORKER_JOBS`` at once,
+        in the POP3 sessions' lane with the logins and session ends:
+        ``txmailhub.store.sync``, "Lanes"); ``None`` without worker
+        threads (the job is then done here)."""
+        call = lane_call(self.components.syncer, POP3_LANE)
         if call is None:
             return None
         jobs = self.components.shared("pop3_worker_jobs",

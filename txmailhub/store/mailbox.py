@@ -35,7 +35,7 @@ from txmailhub.store.format import (
     order_key,
     uid_for_name,
 )
-from txmailhub.store.sync import durable_write, rename_noreplace
+from txmailhub.store.sync import POP3_LANE, durable_write, lane_call, rename_noreplace
 
 __all__ = [
     "LOCK_NAME",
@@ -613,7 +613,9 @@ class MaildirMailbox:
         dirs: set[str] = set()
         errors: list[tuple[int, Exception]] = []
         unflagged: list[tuple[int, str]] = []
-        call = getattr(self.store.syncer, "call", None)
+        # in the POP3 sessions' lane (txmailhub.store.sync, "Lanes"); no
+        # ``wanted``: a session gone still has what it retrieved flagged
+        call = lane_call(self.store.syncer, POP3_LANE)
         run = call if call is not None else defer.maybeDeferred
         d: defer.Deferred = defer.succeed(None)
         for start in range(0, len(flag) + len(doomed), DELETE_CHUNK):
@@ -653,7 +655,9 @@ class MaildirMailbox:
         unique = list(dict.fromkeys(indices))
         dirs: set[str] = set()
         errors: list[tuple[int, Exception]] = []
-        run = self.store.syncer.call if len(unique) > INLINE_DELETES else defer.maybeDeferred
+        run = defer.maybeDeferred
+        if len(unique) > INLINE_DELETES:
+            run = lane_call(self.store.syncer, POP3_LANE) or self.store.syncer.call
         d: defer.Deferred = defer.succeed(None)
         for start in range(0, len(unique), DELETE_CHUNK):
             chunk = unique[start : start + DELETE_CHUNK]

@@ -66,7 +66,10 @@ so it never goes stale; only a session of this process that is gone
 and writes a last size cache entry, ``close_soon``, is waited for) and
 lists the Maildir in one job on the syncer's worker threads
 (``_open_locked``): a mkdir or an open on a hung disk must not hold
-the reactor thread.  The logins of one Maildir take their turns, one
+the reactor thread.  That job, like the session end's (``MaildirMailbox.update``),
+goes through the POP3 sessions' lane (``txmailhub.store.sync``,
+"Lanes"): logins that hang leave a worker for delivery, and one whose
+client left while it waited there is never run.  The logins of one Maildir take their turns, one
 job at a time, in the order they came.  Names within a domain are
 folded to lower case, like ``Address.key``; a local part that cannot be
 a folder name (``/``, ``.``, ``..``) fails that mailbox alone with
@@ -116,7 +119,7 @@ from txmailhub.store.mailbox import (
     scan,
     writing_tmp,
 )
-from txmailhub.store.sync import all_done, fsync_dir
+from txmailhub.store.sync import POP3_LANE, CallAbandoned, all_done, fsync_dir, lane_call
 
 __all__ = [
     "LOCK_NAME",
@@ -807,10 +810,15 @@ class MaildirStore:
             self._unsynced.setdefault(md, set()).update(
                 (os.path.dirname(domain_dir), domain_dir, md))
         releases = self._releases.get(md, 0)
-        call = getattr(self.syncer, "call", None)  # none: on this thread, as before
-        run = call if call is not None else defer.maybeDeferred
+        # in the POP3 sessions' lane: logins whose jobs hang on the disk
+        # leave a worker for delivery (txmailhub.store.sync, "Lanes"); a
+        # login whose client leaves while its job waits there never runs
+        call = lane_call(self.syncer, POP3_LANE)  # none: on this thread, as before
         try:
-            job = run(_open_locked, md, make, self._clock())
+            if call is None:
+                job = defer.maybeDeferred(_open_locked, md, make, self._clock())
+            else:
+                job = call(_open_locked, md, make, self._clock(), wanted=wanted)
         except Exception as e:
             job = defer.fail(e)
 
@@ -818,6 +826,8 @@ class MaildirStore:
             released = self._releases.get(md, 0) != releases
             self._next_turn(md)
             if isinstance(result, Failure):
+                if result.check(CallAbandoned):  # its client left: no lock taken
+                    return defer.fail(_left(address))
                 if result.check(BlockingIOError):
                     if released and (wanted is None or wanted()):
                         # a session of this process let go while the job
