@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import poplib
+import smtplib
 import sys
 import time
 from pathlib import Path
@@ -34,11 +35,15 @@ if spec:
     from txmailhub.store import maildir
     original = maildir._lock_mailbox
 
+    hung_dirs = set(spec.get("maildirs") or [spec["maildir"]])
+
     def hung(md):
-        # the lock of spec["maildir"] hangs until the test makes spec["go"]
-        # (60 s at most: a test that failed must not leave a hub stuck)
-        if md == spec["maildir"] and not os.path.exists(spec["go"]):
-            open(spec["entered"], "a").close()
+        # the lock of spec["maildir"] (or of each of spec["maildirs"]) hangs
+        # until the test makes spec["go"] (60 s at most: a test that failed
+        # must not leave a hub stuck); "entered" gets a line for each
+        if md in hung_dirs and not os.path.exists(spec["go"]):
+            with open(spec["entered"], "a") as f:
+                f.write(md + "\\n")
             deadline = time.monotonic() + 60
             while not os.path.exists(spec["go"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -115,3 +120,65 @@ def test_a_login_whose_lock_hangs_holds_up_no_other_session(hung):
     log = hung.log_text()
     assert "txmailhub stopped" in log and "Traceback" not in log
     assert os.path.exists(hung.maildir(ALICE) / ".txmailhub.lock")
+
+
+HANGING = [f"user{n}@example.org" for n in range(4)]
+ERIN = "erin@example.org"
+
+
+@pytest.fixture
+def hung_four(make_hub, tmp_path, monkeypatch):
+    """A hub whose four users' Maildir locks hang (HANGING), and ERIN,
+    whose Maildir the hub has not made yet."""
+    launcher = tmp_path / "twistd-hung"
+    launcher.write_text(_LAUNCHER.format(python=sys.executable, env=ENV))
+    launcher.chmod(0o755)
+    monkeypatch.setattr(conftest, "TWISTD", str(launcher))
+    hub = make_hub(users={a: "pw-" + a for a in [*HANGING, ERIN]}, start=False)
+    for address in HANGING:
+        drop(hub.maildir(address), b"Subject: one\n\nfirst\n")
+    spec = {"maildirs": [str(hub.maildir(a)) for a in HANGING],
+            "entered": str(tmp_path / "entered"), "go": str(tmp_path / "go")}
+    monkeypatch.setenv(ENV, json.dumps(spec))
+    hub.start()
+    hub.entered, hub.go = Path(spec["entered"]), Path(spec["go"])
+    yield hub
+    hub.go.touch()
+
+
+def test_four_pop3_logins_that_hang_leave_a_worker_for_delivery(hung_four):
+    """docs/deployment.rst "A slow or hung disk": four POP3 logins whose
+    jobs hang took all four of the hub's worker threads, and a message for
+    a user whose Maildir had to be made (a job on those threads) got no
+    250 until the disk answered.  Now the POP3 jobs hold three at most:
+    the message is stored meanwhile, and the fourth login gets its +OK
+    once the disk answers."""
+    hub = hung_four
+    clients = []
+    for address in HANGING:
+        client = RawPOP3(hub.pop3_port, timeout=30)
+        assert client.line().startswith(b"+OK")
+        client.send(f"USER {address}\r\nPASS pw-{address}\r\n".encode())
+        assert client.line().startswith(b"+OK")  # USER
+        clients.append(client)
+    deadline = time.monotonic() + 30
+    while not hub.entered.exists() or len(hub.entered.read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline, "three logins never reached the lock"
+        time.sleep(0.01)
+    # time for the fourth login's PASS to reach the store: before, its job
+    # took the last worker then (a fourth line in "entered"); a shorter
+    # wait can only let the old hub pass, never fail the new one
+    time.sleep(1.0)
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=20) as smtp:
+        smtp.sendmail("someone@example.net", [ERIN], b"Subject: hi\r\n\r\nhello\r\n")
+    assert len(hub.entered.read_text().splitlines()) == 3  # the fourth waits its turn
+    assert len(os.listdir(hub.maildir(ERIN) / "new")) == 1  # stored during the hang
+    hub.go.touch()  # the disk answers
+    for client in clients:
+        assert client.line().startswith(b"+OK"), "a login not answered after the hang"
+        client.send(b"QUIT\r\n")
+        assert client.line().startswith(b"+OK")
+        client.close()
+    hub.stop()
+    log = hub.log_text()
+    assert "txmailhub stopped" in log and "Traceback" not in log
