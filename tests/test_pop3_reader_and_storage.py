@@ -726,7 +726,7 @@ def test_session_ends_take_their_turn_with_the_logins(tmp_path):
     assert len(workers.jobs) == 3  # dan's now: the stop did not refuse it
     workers.finish_all()
     for name, (proto, t) in sessions.items():
-        assert bytes(t.received).endswith(b"+OK Bye (1 messages left)\r\n")
+        assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
         assert os.listdir(os.path.join(mds[name], "cur")) == [f"1600000001.M1P1Q1.{name}:2,S"]
         proto.connectionLost(Failure(ConnectionDone()))
     assert stopped.called
