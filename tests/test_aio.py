@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 
 import pytest
 from twisted.internet import defer
@@ -451,181 +450,6 @@ class AioSyncsTests(SynchronousTestCase):
         self.successResultOf(d)
 
 
-class HeldJobs:
-    """A worker pool whose jobs run only when the test says so."""
-
-    def __init__(self):
-        self.jobs = []  # (function, Deferred), in order
-        self.refuse = None  # a Failure to give the next job instead of running it
-
-    def __call__(self, f):
-        if self.refuse is not None:
-            failure, self.refuse = self.refuse, None
-            return defer.fail(failure)
-        d = defer.Deferred()
-        self.jobs.append((f, d))
-        return d
-
-    def run(self):
-        f, d = self.jobs.pop(0)
-        try:
-            result = f()
-        except BaseException:
-            d.errback()
-        else:
-            d.callback(result)
-
-
-class ThreadPublication(Publication):
-    """A ``Publication`` that also says whether its ``settle`` is free of
-    system calls (``settles_inline``)."""
-
-    def __init__(self, calls, inline=True, **kw):
-        super().__init__(calls, **kw)
-        self.inline = inline
-
-    def settles_inline(self, failed):
-        return self.inline and not failed
-
-
-class AioPublicationsOffThreadTests(SynchronousTestCase):
-    """With ``run_off`` a publication's renames and links run on a worker
-    thread: on a hung disk a rename waits for the journal, and on the
-    reactor thread that held every session of the hub."""
-
-    def setUp(self):
-        self.reactor = FakeReactor()
-        self.ring = FakeRing()
-        self.jobs = HeldJobs()
-        self.aio = AioSyncs(self.reactor, self.ring, run_off=self.jobs)
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
-
-    def ask(self, target, then=None):
-        d = defer.Deferred()
-        self.aio.request(target, then, d)
-        return d
-
-    def test_run_waits_for_a_worker_and_the_directory_sync_for_run(self):
-        calls = []
-        d = self.ask(5, ThreadPublication(calls, dirs=[self.dir]))
-        self.ring.complete()
-        self.aio.reap()
-        # the file is durable; its publication is a job, not run here
-        self.assertEqual(calls, [])
-        self.assertEqual(len(self.jobs.jobs), 1)
-        self.assertEqual(self.ring.in_flight(), [])  # no directory sync before the rename
-        self.assertFalse(self.aio.idle())
-        self.jobs.run()
-        self.assertEqual(calls, ["run"])
-        self.assertEqual(len(self.ring.in_flight()), 1)  # now new/'s sync
-        self.ring.complete()
-        self.aio.reap()
-        # settle touches no disk: on this thread, no second job
-        self.assertEqual(self.jobs.jobs, [])
-        self.assertEqual(self.successResultOf(d), "settled")
-        self.assertTrue(self.aio.idle())
-
-    def test_the_publications_one_reap_completes_share_one_job(self):
-        calls = []
-        ds = [self.ask(fd, ThreadPublication(calls)) for fd in (5, 6, 7)]
-        self.ring.complete(0)
-        self.ring.complete(0)
-        self.aio.reap()
-        self.assertEqual(len(self.jobs.jobs), 1)
-        self.ring.complete(0)
-        self.aio.reap()
-        self.assertEqual(len(self.jobs.jobs), 2)
-        self.jobs.run()
-        self.assertEqual(calls, ["run", "run", ("settle", {}), ("settle", {})])
-        self.successResultOf(ds[0])
-        self.successResultOf(ds[1])
-        self.assertNoResult(ds[2])
-        self.jobs.run()
-        self.successResultOf(ds[2])
-
-    def test_each_publication_of_a_job_has_its_own_outcome(self):
-        calls = []
-        bad = self.ask(5, ThreadPublication(calls, run_error=ValueError("run")))
-        good = self.ask(6, ThreadPublication(calls))
-        self.ring.complete(0)
-        self.ring.complete(0)
-        self.aio.reap()
-        self.jobs.run()
-        self.failureResultOf(bad, ValueError)
-        self.assertEqual(self.successResultOf(good), "settled")
-
-    def test_a_settle_that_needs_the_disk_is_a_job_too(self):
-        calls = []
-        gone = os.path.join(self.dir, "gone")
-        d = self.ask(5, ThreadPublication(calls, dirs=[gone]))  # its sync fails
-        self.ring.complete()
-        self.aio.reap()
-        self.jobs.run()  # run(); the missing folder fails at once
-        self.assertEqual(calls, ["run"])
-        self.assertEqual(len(self.jobs.jobs), 1)  # settle takes a copy back: a job
-        self.assertNoResult(d)
-        self.jobs.run()
-        self.assertEqual(self.successResultOf(d), "settled")
-        self.assertIn(gone, calls[-1][1])
-
-    def test_a_publication_that_cannot_say_settles_off_the_thread(self):
-        calls = []
-        d = self.ask(5, Publication(calls))  # no settles_inline
-        self.ring.complete()
-        self.aio.reap()
-        self.jobs.run()
-        self.assertEqual(calls, ["run"])
-        self.jobs.run()
-        self.assertEqual(self.successResultOf(d), "settled")
-
-    def test_a_settle_error_from_the_worker_reaches_the_caller(self):
-        calls = []
-        d = self.ask(5, ThreadPublication(calls, inline=False, settle_error=KeyError("s")))
-        self.ring.complete()
-        self.aio.reap()
-        self.jobs.run()
-        self.jobs.run()
-        self.failureResultOf(d, KeyError)
-        self.assertTrue(self.aio.idle())
-
-    def test_a_job_that_cannot_run_fails_each_publication(self):
-        from twisted.python.failure import Failure
-
-        calls = []
-        ds = [self.ask(fd, ThreadPublication(calls)) for fd in (5, 6)]
-        self.jobs.refuse = Failure(RuntimeError("can't start new thread"))
-        self.ring.complete(0)
-        self.ring.complete(0)
-        self.aio.reap()
-        for d in ds:
-            self.failureResultOf(d, RuntimeError)
-        self.assertEqual(calls, [])
-        self.assertTrue(self.aio.idle())
-
-    def test_a_sync_done_here_hands_its_publication_over_at_once(self):
-        # after EINVAL the fsync runs on this thread, outside reap(): its
-        # publication is a job straight away, not left for a reap to come
-        calls = []
-        self.ring.refuse = OSError(errno.EINVAL, "no AIO fsync")
-        fd = os.open(self.dir, os.O_RDONLY)
-        self.addCleanup(os.close, fd)
-        d = self.ask(fd, ThreadPublication(calls))
-        self.assertEqual(len(self.jobs.jobs), 1)
-        self.jobs.run()
-        self.assertEqual(self.successResultOf(d), "settled")
-
-    def test_a_forked_child_forgets_the_jobs_under_way(self):
-        calls = []
-        d = self.ask(5, ThreadPublication(calls))
-        self.ring.complete()
-        self.aio.reap()
-        self.aio.abandon()
-        self.assertTrue(self.aio.idle())
-        self.jobs.run()  # the parent's thread result, seen in the child: ignored
-        self.assertNoResult(d)
-
-
 class SyncerWithAioTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = FakeReactor()
@@ -646,24 +470,6 @@ class SyncerWithAioTests(SynchronousTestCase):
         self.assertTrue(self.ring.closed)
         self.assertEqual(self.reactor.readers, [])
         self.failureResultOf(s.sync_file(5), LocalError)
-
-    def test_publications_run_on_the_syncers_threads_and_stop_waits_for_them(self):
-        jobs = HeldJobs()
-        s = Syncer(self.reactor, method="aio", run_in_thread=jobs)
-        s.start()
-        self.assertIs(s.aio.ring, self.ring)
-        self.assertFalse(s.publishes_inline)  # a store makes new folders in run()
-        calls = []
-        d = s.sync_then(5, ThreadPublication(calls))
-        stopped = s.stop()
-        self.ring.complete()
-        s.aio.reap()
-        self.assertEqual(calls, [])
-        self.assertEqual(len(jobs.jobs), 1)
-        self.assertNoResult(stopped)
-        jobs.run()
-        self.assertEqual(self.successResultOf(d), "settled")
-        self.successResultOf(stopped)
 
     def test_a_follow_up_request_made_on_a_result_keeps_stop_waiting(self):
         s = Syncer(self.reactor)
@@ -902,11 +708,8 @@ class RealKernelTests(TestCase):
         fd = os.open(src, os.O_WRONLY | os.O_CREAT, 0o600)
         os.write(fd, b"x\n")
 
-        threads = []
-
         class Move:
             def run(self):
-                threads.append(threading.current_thread())
                 os.rename(src, dst)
                 return [os.path.join(base, "new")]
 
@@ -920,9 +723,6 @@ class RealKernelTests(TestCase):
             os.close(fd)
         self.assertEqual(failed, {})
         self.assertTrue(os.path.exists(dst))
-        # the rename ran on a worker: a hung disk holds it there, not the reactor
-        self.assertEqual(len(threads), 1)
-        self.assertIsNot(threads[0], threading.main_thread())
         self.assertGreaterEqual(s.aio.requests, 4)
         with self.assertRaises(FileNotFoundError):
             yield s.sync_file(os.path.join(base, "missing"))

@@ -900,38 +900,6 @@ class DeliverSpooledTests(Base):
         self.assertFalse(os.path.isdir(os.path.join(self.md(), "new")) and self.names(JOE))
 
 
-class PublicationSettlesInlineTests(Base):
-    """``_Publication.settles_inline``: with the kernel's AIO the syncer
-    runs ``settle`` on the reactor thread only when it makes no system
-    call -- a file that had to be taken back or a spool file to unlink
-    there would hold every session on a hung disk."""
-
-    def publication(self, mailboxes):
-        msg = self.spool()
-        pub = maildir_module._Publication(msg, os.link, os.rename, self.spooler.discard)
-        for address in mailboxes:
-            md = self.store.maildir_path(address)
-            maildir_module._make_maildirs([md])
-            pub.add(address, md, os.path.join(md, "new", f"m-{address.local}"), ())
-        return msg, pub
-
-    def test_one_mailbox_renamed_and_synced_settles_inline(self):
-        msg, pub = self.publication([JOE])
-        dirs = pub.run()
-        self.assertTrue(pub.settles_inline({}))
-        self.assertFalse(pub.settles_inline({dirs[0]: OSError(errno.EIO, "EIO")}))
-        self.assertFalse(os.path.exists(msg.path))  # moved: nothing left to discard
-
-    def test_links_leave_a_spool_file_to_unlink_so_settle_is_a_job(self):
-        msg, pub = self.publication([JOE, Address("ann", "example.org")])
-        pub.run()
-        self.assertTrue(os.path.exists(msg.path))
-        self.assertFalse(pub.settles_inline({}))
-        pub.settle({})
-        self.assertTrue(pub.discarded)
-        self.assertFalse(os.path.exists(msg.path))
-
-
 class _InlinePublisher(CallRecorder):
     """A ``CallRecorder`` that runs ``sync_then``'s publication on the
     caller's thread, as the real ``Syncer`` does with the kernel's AIO."""

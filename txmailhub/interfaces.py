@@ -78,9 +78,8 @@ class ISpoolWriter(Interface):
         ``SpooledMessage`` and returns an object with ``run()`` (makes the
         new names, returns the directories to sync) and ``settle(failed)``
         (gets ``{directory: OSError}``, returns the result); both run
-        once the data is durable, in a real spool on the syncer's worker
-        threads (with the kernel's AIO too; ``settle`` on the reactor
-        thread when it says it touches no disk: ``settles_inline``).
+        once the data is durable: in a real spool on the syncer's worker
+        thread, or on the reactor thread when it uses the kernel's AIO.
         Fires with ``(message, result)``.  See ``Syncer.sync_then``."""
 
     def abort() -> None:

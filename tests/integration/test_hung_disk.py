@@ -19,9 +19,10 @@ work and thaws it (``fsfreeze -u``).  What it shows:
   thaw as well, and a command another client sent meanwhile is answered
   (not cut as idle).
 
-* after that ``.``, still frozen, other sessions are answered too: the
-  message's rename into ``new/`` waits on a worker thread, with the
-  kernel's AIO as with fsync threads.
+Whether other sessions are answered *after* that ``.`` depends on the
+sync method (with the kernel's AIO the rename runs on the main thread
+and holds every session until the thaw; see the docs), so it is not
+asserted.
 
 Safety: the filesystem frozen is only ever the one this test mounted
 (checked by its loop device's backing file), the thaw and the unmount
@@ -190,19 +191,6 @@ class FrozenStateDirTests(unittest.TestCase):
         answered, reply = _in_thread(waiting.send, b".\r\n", waiting.getreply)
         self.assertFalse(answered.wait(1.0), f"answered while frozen: {reply}")
         self.assertEqual(len(os.listdir(box / "new")), 1)  # a read: frozen or not
-        # the message's rename into new/ waits on a worker thread, not on
-        # the main one: the hub still answers everybody else
-        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT) as s:
-            self.assertEqual(s.ehlo()[0], 250)
-            self.assertEqual(s.mail("z@example.com")[0], 250)
-            self.assertEqual(s.rcpt(ALICE)[0], 250)
-            self.assertEqual(s.rset()[0], 250)
-        pop = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=CLIENT_TIMEOUT)
-        pop.user(ALICE)
-        self.assertTrue(pop.pass_(ALICE_PW).startswith(b"+OK"))
-        self.assertEqual(pop.stat()[0], 1)
-        self.assertTrue(pop.quit().startswith(b"+OK"))
-        self.assertFalse(answered.is_set(), f"answered while frozen: {reply}")
         self._thaw()
 
         # thawed: the 250, the message once in new/, nothing left behind

@@ -30,24 +30,10 @@ but cheaper than Python threads).
 
 Durability is the same as ``os.fsync``'s: the kernel calls the same
 ``vfs_fsync`` on the same open file, and the result (0 or ``-errno``)
-is what fsync(2) would have returned.
-
-Publications
-------------
-The renames and links of a ``sync_then`` publication (a message's name
-in ``new/``) come between the file's fsync and the directory's.  They
-are quick metadata operations -- until the disk hangs: then ext4 holds
-a rename until its journal moves (``fsfreeze``, a stuck device), and on
-the reactor thread that held every session of the hub, not just the
-messages in flight.  So they run on the ``Syncer``'s worker threads
-(``run_off``): the publications whose fsyncs one ``reap`` completes go
-to a thread as one job (a journal commit completes many fsyncs
-together, so a hand-off is shared by the messages of a batch), and a
-publication's ``settle`` too, unless it says that it touches no disk
-(``settles_inline``: one mailbox, its file renamed, every folder
-synced -- the common case costs one hand-off per batch, not two).
-Without ``run_off`` (tests that order every step) they run on the
-reactor thread, as before.
+is what fsync(2) would have returned.  Renames and links of a
+``sync_then`` publication run on the reactor thread between the file's
+fsync and the directory's (they are quick metadata operations; the
+fsyncs are what waits for the disk).
 
 A directory's syncs are grouped (any path's, in fact): one in flight per
 path, and the requests made while it runs wait for the next (a sync
@@ -311,17 +297,9 @@ class AioSyncs:
     the parent's is completed there, ever.
     """
 
-    def __init__(self, reactor: Any, ring: Any,
-                 run_off: Callable[[Callable[[], Any]], defer.Deferred] | None = None) -> None:
+    def __init__(self, reactor: Any, ring: Any) -> None:
         self.reactor = reactor
         self.ring = ring
-        #: runs a function on a worker thread (a Deferred of its result):
-        #: the publications' renames and links go there (module docstring,
-        #: "Publications"); None runs them on the reactor thread
-        self.run_off = run_off
-        self._off_waiting: list[tuple[Callable[[], Any], Callable[[bool, Any], None]]] = []
-        self._off_running = 0  # worker jobs not yet back
-        self._reaping = False
         self.broken = False
         self.abandoned = False
         self._ops: dict[int, Callable[[int], None]] = {}
@@ -334,8 +312,7 @@ class AioSyncs:
         self.requests = 0  # fsyncs asked of the kernel, for tests and benchmarks
 
     def idle(self) -> bool:
-        return not (self._ops or self._backlog or self._dirs or self._off_waiting
-                    or self._off_running)
+        return not self._ops and not self._backlog and not self._dirs
 
     def close(self) -> None:
         if self.abandoned:  # the reader stays, on purpose (abandon())
@@ -359,8 +336,6 @@ class AioSyncs:
         self._ops = {}
         self._backlog = []
         self._dirs = {}
-        self._off_waiting = []
-        self._off_running = 0
         self.ring.abandon()
 
     # -- requests ------------------------------------------------------------
@@ -409,44 +384,15 @@ class AioSyncs:
     # -- inside ----------------------------------------------------------------
 
     def _publish(self, publication: Any, d: defer.Deferred) -> None:
-        if self.run_off is None:
-            try:
-                dirs = publication.run()
-            except Exception:
-                d.errback(Failure())
-                return
-            self._published(publication, d, dirs)
-            return
-
-        def ran(ok: bool, result: Any) -> None:
-            if ok:
-                self._published(publication, d, result)
-            else:
-                d.errback(result)
-
-        self._off(publication.run, ran)
-
-    def _published(self, publication: Any, d: defer.Deferred, names: Any) -> None:
-        """``run()`` is over: sync the directories it names, then settle."""
         try:
-            dirs = list(dict.fromkeys(names))
+            dirs = list(dict.fromkeys(publication.run()))
         except Exception:
             d.errback(Failure())
             return
         failed: dict[str, Exception] = {}
         left = [len(dirs)]
 
-        def settled(ok: bool, result: Any) -> None:
-            if ok:
-                d.callback(result)
-            else:
-                d.errback(result)
-
         def settle() -> None:
-            inline = getattr(publication, "settles_inline", None)
-            if self.run_off is not None and (inline is None or not inline(failed)):
-                self._off(lambda: publication.settle(failed), settled)
-                return
             try:
                 result = publication.settle(failed)
             except Exception:
@@ -467,41 +413,6 @@ class AioSyncs:
                     settle()
 
             self._dir(path, one)
-
-    def _off(self, f: Callable[[], Any], then: Callable[[bool, Any], None]) -> None:
-        """``f()`` on a worker thread; ``then(ok, result or Failure)`` back
-        on the reactor thread.  What comes while ``reap`` hands out
-        completions waits for its end: the fsyncs one journal commit
-        completed together become one job, one hand-off to a thread."""
-        if self.abandoned:
-            return
-        self._off_waiting.append((f, then))
-        if not self._reaping:
-            self._off_flush()
-
-    def _off_flush(self) -> None:
-        batch, self._off_waiting = self._off_waiting, []
-        if not batch or self.abandoned:
-            return
-        self._off_running += 1
-        try:
-            job = self.run_off(_bind_each([f for f, _ in batch]))  # type: ignore[misc]
-        except Exception:  # a bug in the runner: never a request left waiting
-            job = defer.fail(Failure())
-
-        def back(outcomes: Any) -> None:
-            self._off_running -= 1
-            if isinstance(outcomes, Failure):  # the job never ran (no thread)
-                outcomes = [(False, outcomes)] * len(batch)
-            for (_, then), (ok, result) in zip(batch, outcomes):
-                if self.abandoned:  # a callback forked: the rest is the parent's
-                    return
-                try:
-                    then(ok, result)
-                except Exception:
-                    log.failure("a publication's continuation failed")
-
-        job.addBoth(back)
 
     def _dir(self, path: str, done: Callable[[Exception | None], None]) -> None:
         if self.abandoned:  # the rest of a request of the parent's (a callback forked)
@@ -616,21 +527,12 @@ class AioSyncs:
                         "threads from now on")
             self.broken = True
             done = [(key, -errno.EIO) for key in list(self._ops)]
-        self._reaping = True
-        try:
-            for key, res in done:
-                if self.abandoned:  # a callback forked: the rest is the parent's
-                    return
-                on_done = self._ops.pop(key, None)
-                if on_done is not None:
-                    _complete(on_done, res)
-        finally:
-            self._reaping = False
-        if self._off_waiting:
-            try:
-                self._off_flush()
-            except Exception:  # never raise out of reap
-                log.failure("cannot hand publications to a worker thread")
+        for key, res in done:
+            if self.abandoned:  # a callback forked: the rest is the parent's
+                return
+            on_done = self._ops.pop(key, None)
+            if on_done is not None:
+                _complete(on_done, res)
         while self._backlog and not self.abandoned:
             if self.broken:
                 fd, on_done = self._backlog.pop(0)
@@ -658,21 +560,6 @@ class AioSyncs:
                 continue
             del self._backlog[0]
             self._ops[self._key] = on_done
-
-
-def _bind_each(fs: list[Callable[[], Any]]) -> Callable[[], list[tuple[bool, Any]]]:
-    """One worker job for several calls, each with its own outcome."""
-
-    def run() -> list[tuple[bool, Any]]:
-        out: list[tuple[bool, Any]] = []
-        for f in fs:
-            try:
-                out.append((True, f()))
-            except Exception:
-                out.append((False, Failure()))
-        return out
-
-    return run
 
 
 def _complete(on_done: Callable[[int], None], res: int) -> None:

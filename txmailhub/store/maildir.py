@@ -16,9 +16,8 @@ the spool file's fsync, the copies into ``new/`` and the fsync of the
 worker thread; one mailbox gets the spool file by ``rename(2)``,
 several get hard links.  A Maildir this process meets for the first
 time has its folders and POP3 lock file made in that job, before the
-links (with a syncer whose publication runs on the reactor thread,
-``publishes_inline``, in a ``syncer.call`` job of their own before it:
-``_make_unknown``).  A copy
+links (with AIO, where the publication runs on the reactor thread, in a
+``syncer.call`` job of their own before it: ``_make_unknown``).  A copy
 the filesystem cannot link (or whose Maildir vanished) goes through
 ``deliver`` afterwards.
 
@@ -1030,9 +1029,9 @@ def _link_impossible(error: Exception | None) -> bool:
 
 class _Publication:
     """The copies of one spooled message in its mailboxes, made right after
-    the message's data became durable (``Syncer.sync_then``): on a sync
-    worker thread (in the same batch, or with the kernel's AIO in one job
-    for the messages whose fsyncs completed together).
+    the message's data became durable (``Syncer.sync_then``): on the
+    reactor thread when the syncer uses the kernel's AIO, otherwise on a
+    sync worker thread in the same batch.
 
     ``run`` makes the folders of a Maildir met for the first time (``add``'s
     ``make``), puts the file into each ``new/`` and names the directories to
@@ -1094,12 +1093,6 @@ class _Publication:
             dirs.extend(created)
             dirs.append(md + _NEW)
         return dirs
-
-    def settles_inline(self, failed: dict[str, OSError]) -> bool:
-        """Whether ``settle(failed)`` makes no system call: every folder
-        synced and the spool file renamed away (nothing to take back or
-        discard).  The syncer then skips the worker thread for it."""
-        return not failed and self._moved
 
     def settle(self, failed: dict[str, OSError]) -> _Publication:
         for address, md, new, created, _ in self._linked:

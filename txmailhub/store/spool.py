@@ -126,7 +126,7 @@ class SpoolWriter:
         ``make_publication(message)`` is called at once, on the caller's
         thread, with the ``SpooledMessage``; what it returns goes to
         ``Syncer.sync_then``, which runs it once the data is durable (on a
-        worker thread, with the kernel's AIO too).
+        worker thread, or on the reactor thread with the kernel's AIO).
         Fires with ``(message, settle() result)``; the spool file is the
         caller's afterwards, as with ``finish()``."""
         return self._finish(make_publication)

@@ -776,15 +776,13 @@ class Syncer:
     @property
     def publishes_inline(self) -> bool:
         """Whether ``sync_then``'s publication runs on the caller's (the
-        reactor's) thread.  Never here since publications went to the
-        worker threads with the kernel's AIO too (``AioSyncs.run_off``);
-        an ``AioSyncs`` built without ``run_off`` (tests), or another
-        syncer, may.  A store then does its own slow calls before the
-        publication (a Maildir's folders made the first time) in a
+        reactor's) thread: with the kernel's AIO, or before ``start()``
+        where it is wanted.  A store then does its own slow calls before
+        the publication (a Maildir's folders made the first time) in a
         ``call()`` job of their own, not in ``run()``."""
         if self.aio is not None:
-            return not self.aio.broken and self.aio.run_off is None
-        return False
+            return not self.aio.broken
+        return self._want_aio
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -802,7 +800,7 @@ class Syncer:
                 self._want_aio = False
                 log.info("no Linux native AIO here: fsync in worker threads")
             else:
-                self.aio = AioSyncs(self.reactor, ring, run_off=self._run)
+                self.aio = AioSyncs(self.reactor, ring)
 
     def stop(self) -> defer.Deferred:
         """Finish everything requested so far, then stop the workers.
@@ -879,10 +877,8 @@ class Syncer:
     def sync_then(self, target: Target, publication: Any) -> defer.Deferred:
         """Make ``target`` durable, then publish it, all in one batch.
 
-        ``publication`` has two methods, both run on a worker thread
-        (with AIO too, see ``AioSyncs``: there ``settle`` runs on the
-        reactor thread when the publication's optional
-        ``settles_inline(failed)`` says it makes no system call):
+        ``publication`` has two methods, both run on the worker thread
+        (on the reactor thread with AIO):
         ``run()``, once ``target``'s fsync has succeeded, makes the new
         names (links, renames) and returns the directories whose entries
         must become durable; ``settle(failed)``, after those directories
