@@ -10,7 +10,8 @@ work and thaws it (``fsfreeze -u``).  What it shows:
 * frozen, with a message's data already written to its spool file and
   the client about to send the final ``.``: a new SMTP session is
   answered (greeting, ``EHLO``, ``MAIL``, ``RCPT``, ``NOOP``), and so is a
-  POP3 login of a user whose Maildir exists (``STAT``, ``LIST``);
+  POP3 login of a user whose Maildir exists (``STAT``, ``LIST``), after
+  a tick of the queue runner as before it;
 * the ``.`` then gets no ``250`` while the filesystem is frozen (the
   message's name in ``new/`` is a rename, a write the freeze holds);
 * after the thaw it gets its ``250``, the message is in ``new/`` once,
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from txmailhub.relay.runner import POLL_INTERVAL
 
 ALICE, ALICE_PW = "alice@example.org", "alice-secret"
 #: seconds after the freeze at which the watchdog thaws, whatever happens
@@ -172,6 +175,10 @@ class FrozenStateDirTests(unittest.TestCase):
         self._wait_until_spooled(state / "spool", len(data))
 
         self._freeze()
+        # past a tick of the queue runner (each second): its look for the
+        # control files left by `mailhub queue` was an unlink, which a
+        # frozen filesystem holds -- and with it every session of the hub
+        threading.Event().wait(POLL_INTERVAL * 1.5)
 
         # frozen: other sessions are answered
         with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=CLIENT_TIMEOUT) as s:
