@@ -117,6 +117,8 @@ class ScriptedSMTPServer(Protocol):
             self.transport.write(out.encode())
         elif verb == "HELO":
             self.transport.write(b"250 fake.remote\r\n")
+        elif verb == "STARTTLS" and "STARTTLS" in self.replies:
+            self.transport.write(self.replies["STARTTLS"])  # a refusal: go on in clear
         elif verb == "STARTTLS":
             self.transport.write(b"220 2.0.0 go ahead\r\n")
             self.transport.startTLS(self.tls_creator)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
@@ -442,6 +442,27 @@ def test_starttls_opportunistic_and_downgrade_logged(tmp_path):
         globalLogPublisher.removeObserver(events.append)
     assert r.kind == "delivered"
     assert any("downgrade" in e.get("log_format", "") for e in events)
+
+
+def test_a_host_that_refuses_starttls_is_sent_to_in_clear_with_a_warning(tmp_path):
+    # RFC 3207 4.1: after a 454 the client decides; opportunistic TLS goes
+    # on in clear, and the admin reads why the mail left without TLS
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "STARTTLS"), tls_creator=FakeTLS("server"),
+        replies={"STARTTLS": b"454 4.7.0 TLS not available due to temporary reason\r\n"})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "delivered"
+    assert not net.server_protocols[0].tls and len(net.server_protocols[0].messages) == 1
+    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warned) == 1, warned
+    assert "mx1.remote.test" in warned[0] and "refused it (454 4.7.0 TLS not available" in (
+        warned[0]) and "without TLS" in warned[0]
 
 
 def test_downgrade_refused_when_configured(tmp_path):

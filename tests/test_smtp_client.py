@@ -216,6 +216,20 @@ def test_starttls_refused_opportunistic_continues_in_clear():
     s.receive(b"220 hi\r\n")
     s.receive(EHLO_FULL)
     assert sent(s.receive(b"454 4.7.0 TLS not available\r\n")).startswith(b"MAIL FROM:")
+    for reply in (b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"354 go\r\n"):
+        s.receive(reply)
+    s.receive(b"250 2.0.0 queued\r\n")
+    # the refusal is in the outcome, for the relay's log line
+    assert s.outcome.tls_refused.text() == "454 4.7.0 TLS not available"
+    assert not s.outcome.tls and s.outcome.tls_offered
+
+
+def test_a_session_with_tls_has_no_tls_refusal():
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    s.receive(b"220 go ahead\r\n")
+    assert (s.outcome or s.connection_lost()).tls_refused is None
 
 
 def test_tls_required_but_not_offered():

@@ -1178,6 +1178,13 @@ class DeliveryAgent:
             # session ends (it went on in clear), and one that offered it
             # is remembered
             return outcome
+        if outcome.tls_refused is not None:
+            # in clear although the host offered TLS: an admin wants to know
+            # (a host whose TLS is broken for good says so at every message)
+            log.warn("{queue_id}: {host} offered STARTTLS and refused it ({reply}); the "
+                     "session went on without TLS, as opportunistic TLS allows",
+                     queue_id=entry.id, host=where(mxhost.name, address),
+                     address=address, reply=loggable(outcome.tls_refused.text(), REPLY_LOG_MAX))
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome

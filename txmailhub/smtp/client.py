@@ -265,6 +265,10 @@ class SessionOutcome:
     #: stop) or by a 4yz or other refusal to EHLO learnt nothing of the
     #: host's TLS: the relay judges no "TLS downgrade" from it
     hello_read: bool = False
+    #: the server offered STARTTLS and refused it (RFC 3207 4: a 454 when
+    #: it cannot start TLS for now), and under the ``"opportunistic"``
+    #: policy the session went on in clear: its reply, for the log
+    tls_refused: Reply | None = None
     dsn_supported: bool = False
     extensions: dict[str, str] = field(default_factory=dict)
     phase: str = ""  # the step the session was in when its fate was sealed
@@ -359,6 +363,7 @@ class ClientSession:
         self.extensions: dict[str, str] = {}
         self.tls_offered = False
         self.hello_read = False  # SessionOutcome.hello_read
+        self.tls_refused: Reply | None = None  # SessionOutcome.tls_refused
         self.outcome: SessionOutcome | None = None
         self._parser = ReplyParser()
         self._expect: deque[Phase] = deque([Phase.GREETING])
@@ -525,6 +530,7 @@ class ClientSession:
             tls=self.tls_active,
             tls_offered=self.tls_offered,
             hello_read=self.hello_read,
+            tls_refused=self.tls_refused,
             dsn_supported="DSN" in self.extensions,
             extensions=dict(self.extensions),
             phase=self.phase.value,
@@ -671,6 +677,9 @@ class ClientSession:
             return [StartTLS()]
         if self.tls_policy == "require":
             return self._fail_session(reply)
+        # RFC 3207 4.1 leaves going on to the client; opportunistic TLS
+        # does, and says so (SessionOutcome.tls_refused)
+        self.tls_refused = reply
         return self._after_hello()
 
     def _start_auth(self) -> list[Action]:
