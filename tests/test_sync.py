@@ -535,6 +535,41 @@ class LaneTests(SynchronousTestCase):
             self.assertNoResult(d)  # never run, never fired here
         self.assertEqual(self.syncer._calls, 0)
 
+    def test_a_fork_in_a_refusal_s_callback_leaves_the_other_refusals_to_the_parent(self):
+        # two waiting logins whose clients left are dropped together; the
+        # first one's errback forks (inlineCallbacks code): the second is
+        # the parent's, never refused in the child, and the child's stop()
+        # does not count it (it waited for -1 jobs, for ever)
+        lane, there = self.syncer.lane("pop3"), {"a": True, "b": True}
+        for _ in range(3):
+            lane.call(lambda: None)
+        first = lane.call(lambda: None, wanted=lambda: there["a"])
+        second = lane.call(lambda: None, wanted=lambda: there["b"])
+        first.addErrback(lambda _: self.syncer._forked())
+        there["a"] = there["b"] = False
+        lane.call(lambda: None)  # drops both, at once
+        self.assertNoResult(second)
+        self.assertEqual(self.syncer._calls, 0)
+        self.successResultOf(self.syncer.stop())
+
+    def test_a_fork_in_the_callback_of_a_job_that_ran_at_once_leaves_its_end_to_the_parent(self):
+        # a run_in_thread that runs a job inline (an application's own):
+        # the job that waited in the lane fires while the lane starts it,
+        # and its caller forks then -- its end is the parent's, not counted
+        # in the child (whose stop() then waited for -1 jobs, for ever)
+        workers = ManualWorkers(2)
+        s = Syncer(None, method="fsync", threads=2, run_in_thread=workers)
+        lane = s.lane("pop3")
+        lane.call(lambda: "first")
+        second = lane.call(lambda: "second")
+        self.assertEqual(lane.waiting, 1)
+        second.addCallback(lambda _: s._forked())
+        inline = defer.maybeDeferred
+        s._run_injected = inline  # from now on every job runs at once
+        workers.finish()  # the first is over: the second starts, runs and forks
+        self.assertEqual((lane.running, lane.waiting, s._calls), (0, 0, 0))
+        self.successResultOf(s.stop())
+
     def test_lane_call_on_a_syncer_without_lanes(self):
         class Plain:
             def call(self, f, *args):

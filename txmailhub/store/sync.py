@@ -641,7 +641,10 @@ class Lane:
         # now, and one that asks for another job comes back here
         out = {id(job) for job in gone}
         self._waiting = deque(job for job in self._waiting if id(job) not in out)
+        generation = self.syncer._generation
         for job in gone:
+            if generation != self.syncer._generation:  # a refusal's callback forked:
+                return  # the rest are the parent's (never refused in the child)
             self._abandon(job[3])
 
     def _fill(self) -> None:
@@ -652,13 +655,17 @@ class Lane:
                 self._abandon(d)
                 continue
             syncer = self.syncer
+            # taken before the job starts: one that is over at once fires
+            # its caller's callbacks below, and one that forks makes the
+            # rest the parent's (``_settled`` must then count nothing)
+            generation = syncer._generation
             self.running += 1
             try:
                 inner = syncer._run(_bind_args(f, args))
             except Exception:  # a bug: fail this job, never keep stop() waiting
                 inner = defer.fail(Failure())
             inner.chainDeferred(d)
-            inner.addBoth(self._settled, syncer._generation)
+            inner.addBoth(self._settled, generation)
 
     def _abandon(self, d: defer.Deferred) -> None:
         syncer = self.syncer
