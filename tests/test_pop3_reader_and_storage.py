@@ -780,3 +780,32 @@ def test_a_login_s_size_measuring_takes_its_turn_with_the_logins(tmp_path):
     assert all(b"+OK Logged in" in bytes(t.received) for _, t in sessions.values())
     for proto, _ in sessions.values():
         proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_three_session_ends_that_hang_hold_up_a_login_of_another_user(tmp_path):
+    """docs/deployment.rst, "A slow or hung disk": three POP3 jobs that
+    hang -- here three session ends whose renames wait for the disk --
+    hold up the login of a fourth user whose mailbox needs no disk the
+    others wait for; the SMTP side's job still gets its worker, and the
+    login runs once one of the three is over."""
+    components, syncer, workers, _mds = lane_env(tmp_path)
+    sessions = {}
+    for name in USERS[:3]:
+        sessions.update(logins(components, [name]))
+        workers.finish()
+    for proto, t in sessions.values():
+        assert b"+OK Logged in" in bytes(t.received)
+        proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    assert len(workers.jobs) == 3  # the three session ends hang
+    dan, t = logins(components, ["dan"])["dan"]
+    assert syncer.lane("pop3").waiting == 1 and len(workers.jobs) == 3
+    made = smtp_side_job(syncer)
+    workers.finish(3)
+    assert made == ["made ahead"]
+    assert b"+OK Logged in" not in bytes(t.received)
+    workers.finish()  # a session end is over: dan's login takes its worker
+    assert syncer.lane("pop3").waiting == 0 and len(workers.jobs) == 3
+    workers.finish_all()
+    assert b"+OK Logged in" in bytes(t.received)
+    for proto, _ in [*sessions.values(), (dan, t)]:
+        proto.connectionLost(Failure(ConnectionDone()))
