@@ -1212,9 +1212,11 @@ def test_a_failed_start_removes_the_pid_file_twistd_wrote(tmp_path: Path, whose:
     assert pid_file.exists() == (whose != "ours")
 
 
-def test_twistd_mailhub_tells_the_hub_its_pid_file(tmp_path: Path) -> None:
+def test_twistd_mailhub_tells_the_hub_its_pid_file(tmp_path: Path, monkeypatch) -> None:
     from txmailhub import tap
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()  # a pid file twistd can write
     parent = {"nodaemon": True, "pidfile": "run/twistd.pid"}
     hub = tap.makeService(_tap_options(tmp_path, "state", parent=parent))
     assert hub.pid_file == "run/twistd.pid"  # as twistd names it (relative to --rundir)
@@ -1388,6 +1390,75 @@ def test_twistd_uid_stops_at_a_log_or_pid_file_the_hub_user_linked(tmp_path: Pat
     assert f"--logfile {logs / 'mailhub.log'} is a symbolic link" in err
     assert f"--pidfile {run / 'mailhub.pid'} is a symbolic link" in err
     assert not (tmp_path / "state").exists()  # nothing was built
+
+
+def _refusals(err: str) -> list[str]:
+    """The lines of ``err`` but the warnings (run as root without --uid:
+    the one that says so)."""
+    return [line for line in err.splitlines() if not line.startswith("warning: ")]
+
+
+def test_a_pid_or_log_file_in_a_missing_folder_stops_the_start_in_a_line(
+        tmp_path: Path, capsys) -> None:
+    # twistd opens both after makeService: /run/txmailhub not made yet (or
+    # emptied by a reboot) was a traceback, exit 1, the log's from the
+    # hub's own observer, after the state folder had been built
+    from txmailhub import tap
+
+    run, logs = tmp_path / "run" / "txmailhub", tmp_path / "log" / "txmailhub"
+    options = _tap_options(tmp_path, "state", parent={
+        "nodaemon": False, "pidfile": str(run / "mailhub.pid"),
+        "logfile": str(logs / "mailhub.log")})
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 2
+    assert _refusals(capsys.readouterr().err) == [
+        f"mailhub: --pidfile {run / 'mailhub.pid'} cannot be written: its folder {run} "
+        "does not exist",
+        f"mailhub: --logfile {logs / 'mailhub.log'} cannot be written: its folder {logs} "
+        "does not exist"]
+    assert not (tmp_path / "state").exists()  # nothing was built
+
+
+def test_twistds_default_files_in_a_folder_the_user_may_not_write(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    # ``twistd mailhub`` run as the hub's user in a folder of root's: its
+    # ./twistd.pid and ./twistd.log cannot be made; the line says how to
+    # give them elsewhere
+    from txmailhub import tap
+
+    monkeypatch.chdir(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(tap.os, "access", lambda path, mode: (
+        False if os.fspath(path) == str(tmp_path) else real_access(path, mode)))
+    options = _tap_options(tmp_path, "state", parent={
+        "nodaemon": False, "pidfile": str(tmp_path / "twistd.pid"), "logfile": None})
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 2
+    user = tap._owner_name(os.geteuid())
+    assert _refusals(capsys.readouterr().err) == [
+        f"mailhub: --pidfile {tmp_path / 'twistd.pid'} cannot be written: {user} may not "
+        f"make files in its folder {tmp_path} (twistd's default pid file, in the folder it "
+        "starts in: give --pidfile PATH, or --pidfile= for none)",
+        f"mailhub: --logfile {tmp_path / 'twistd.log'} cannot be written: {user} may not "
+        f"make files in its folder {tmp_path} (twistd's default log file, in the folder it "
+        "starts in: give --logfile PATH, or run in the foreground (-n) to log to standard "
+        "output)"]
+
+
+def test_run_file_access_problems_pass_what_twistd_can_write(tmp_path: Path) -> None:
+    from txmailhub.tap import run_file_access_problems
+
+    (tmp_path / "old.log").write_text("")
+    for parent in ({"pidfile": str(tmp_path / "new.pid"), "logfile": str(tmp_path / "old.log")},
+                   {"pidfile": "", "nodaemon": True},  # no pid file, log to stdout
+                   {"logfile": "-", "pidfile": ""},
+                   {"syslog": True, "logfile": str(tmp_path / "none" / "x.log")}):
+        assert run_file_access_problems(parent) == []
+    (tmp_path / "folder.log").mkdir()
+    assert run_file_access_problems({"logfile": str(tmp_path / "folder.log")}) == [
+        f"mailhub: --logfile {tmp_path / 'folder.log'} cannot be written: it is a folder"]
 
 
 def test_run_file_problems_judge_links_and_names_only(tmp_path: Path) -> None:

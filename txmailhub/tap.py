@@ -122,6 +122,13 @@ def makeService(options: Any) -> Any:
         if foreign:
             print(foreign, file=sys.stderr)
             raise SystemExit(2)
+    # not without twistd's options (makeService called by an application)
+    unwritable = run_file_access_problems(getattr(options, "parent", None) or {
+        "pidfile": None, "logfile": "-"})
+    if unwritable:
+        for problem in unwritable:
+            print(problem, file=sys.stderr)
+        raise SystemExit(2)
     make_log_file(getattr(options, "parent", None) or {}, owner)
     before = _state_entries(settings.hub.state_dir)
     from txmailhub.service import StateDirError
@@ -351,6 +358,56 @@ def run_file_problems(parent: Any) -> list[str]:
             f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
             "what it names before it switches to --uid; remove it (and see who made it)")
     return problems
+
+
+def run_file_access_problems(parent: Any) -> list[str]:
+    """Why twistd could not write its ``--pidfile`` or open its log file
+    (one line each; none: it can, as far as the folders' modes tell).
+
+    twistd opens both after ``makeService``: a folder that is not there
+    (``/run/txmailhub`` before ``install -d``, or after a reboot emptied
+    ``/run``) or one the user may not write (``twistd mailhub`` started
+    as the hub's user in a folder of root's, leaving ``./twistd.pid`` and
+    ``./twistd.log`` as they are by default) used to end the start with
+    a Python traceback, exit status 1, the log file's from the hub's own
+    log observer.  Judged with ``access(2)``, as the user twistd runs as
+    now (root, before a switch to ``--uid``, writes them as root)."""
+    problems: list[str] = []
+    defaults = {
+        "--pidfile": "twistd's default pid file, in the folder it starts in: give "
+                     "--pidfile PATH, or --pidfile= for none",
+        "--logfile": "twistd's default log file, in the folder it starts in: give "
+                     "--logfile PATH, or run in the foreground (-n) to log to standard output",
+    }
+    names = [("--pidfile", parent.get("pidfile"), parent.get("pidfile") == os.path.abspath(
+                  "twistd.pid")),
+             ("--logfile", twistd_log_file(parent), not parent.get("logfile"))]
+    for option, name, default in names:
+        if not name:
+            continue
+        path = os.path.abspath(name)
+        why = _cannot_write(path)
+        if why is None:
+            continue
+        hint = f" ({defaults[option]})" if default else ""
+        problems.append(f"mailhub: {option} {path} cannot be written: {why}{hint}")
+    return problems
+
+
+def _cannot_write(path: str) -> str | None:
+    """Why the user this process runs as could not open ``path`` for
+    writing, making it if need be, or ``None``."""
+    user = _owner_name(os.geteuid())
+    if os.path.isdir(path):
+        return "it is a folder"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else f"{user} may not write it"
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        return f"its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{user} may not make files in its folder {folder}"
+    return None
 
 
 def twistd_log_file(parent: Any) -> str | None:

@@ -113,6 +113,26 @@ def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_pid_and_log_files_in_a_missing_folder_exit_2_with_a_line_each(make_hub) -> None:
+    # "Without systemd" before its ``install -d /run/txmailhub
+    # /var/log/txmailhub`` (or after a reboot emptied /run): a traceback
+    # from the hub's log observer, exit 1
+    hub = make_hub(start=False)
+    run, logs = hub.folder / "run", hub.folder / "log"
+    result = subprocess.run(
+        [TWISTD, f"--pidfile={run / 'mailhub.pid'}", f"--logfile={logs / 'mailhub.log'}",
+         "mailhub", "--config", str(hub.config_path)],
+        capture_output=True, text=True, timeout=60, cwd=hub.folder)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert lines == [
+        f"mailhub: --pidfile {run / 'mailhub.pid'} cannot be written: its folder {run} "
+        "does not exist",
+        f"mailhub: --logfile {logs / 'mailhub.log'} cannot be written: its folder {logs} "
+        "does not exist"]
+
+
 @pytest.mark.parametrize("env", [None, ""])
 def test_without_config_it_reads_the_mailhub_commands_default(tmp_path: Path, monkeypatch,
                                                              env: str | None) -> None:
