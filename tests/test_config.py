@@ -406,6 +406,26 @@ def test_tls_file_the_hub_cannot_read_is_named(tmp_path: Path, monkeypatch) -> N
     assert found[0].startswith(f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by ")
     assert "Permission denied" in found[0] and "chmod 640" in found[0]
     assert "cannot be used together" not in found[0]
+    # the group of the user who ran check (the hub's user, run as it), not
+    # a "mailhub" group a hub user of another name does not have
+    import grp
+
+    group = grp.getgrgid(os.getegid()).gr_name
+    assert f"(for a key: chgrp {group} {key} && chmod 640 {key})" in found[0]
+    if os.geteuid() != 0:
+        return
+    # run by another user (root, or one with no business there): the group
+    # of state_dir's owner, the user the hub runs as
+    import pwd
+
+    state = tmp_path / "state"
+    state.mkdir()
+    hub_user = pwd.getpwnam("nobody")
+    os.chown(state, hub_user.pw_uid, hub_user.pw_gid)
+    found = problems(MINIMAL + f'state_dir = "{state}"\n'
+                     f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    group = grp.getgrgid(hub_user.pw_gid).gr_name
+    assert f"(for a key: chgrp {group} {key} && chmod 640 {key})" in found[0], found
 
 
 def test_warnings_below_rfc_minimums() -> None:

@@ -1193,7 +1193,7 @@ def load_text(text: str, path: str) -> Settings:
             if name in t and not os.path.isfile(p):
                 r.problem("tls", name, _not_a_file(p))
             elif name in t:
-                why = _unreadable(p)
+                why = _unreadable(p, hub.state_dir)
                 if why:
                     readable = False
                     r.problem("tls", name, why)
@@ -1493,18 +1493,34 @@ def load_local_submission(path: str) -> LocalSubmission:
     return settings
 
 
-def _unreadable(path: str) -> str | None:
+def _unreadable(path: str, state_dir: str | None = None) -> str | None:
     """Why this process cannot read ``path`` (``None`` when it can): the
-    hub reads the TLS files as the user it runs as, not as root."""
+    hub reads the TLS files as the user it runs as, not as root.  The
+    ``chgrp`` of the hint names the group of ``state_dir``'s owner (the
+    user the hub runs as, as ``check`` run as root takes it), else this
+    process's own: a hub user not named as in deployment.rst has no
+    ``mailhub`` group, and ``chgrp`` would fail."""
     try:
         with open(path, "rb"):
             return None
     except OSError as e:
+        import grp
         import pwd
 
         try:
             user = pwd.getpwuid(os.geteuid()).pw_name
         except KeyError:
             user = f"uid {os.geteuid()}"
+        gid = os.getegid()
+        try:
+            owner = os.stat(state_dir).st_uid if state_dir else 0
+            if owner != 0:
+                gid = pwd.getpwuid(owner).pw_gid
+        except (OSError, KeyError):
+            pass
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
         return (f"{path} cannot be read by {user}: {e.strerror}; the user the hub runs as "
-                f"needs read access (for a key: chgrp mailhub {path} && chmod 640 {path})")
+                f"needs read access (for a key: chgrp {group} {path} && chmod 640 {path})")
