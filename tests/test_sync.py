@@ -515,6 +515,34 @@ class LaneTests(SynchronousTestCase):
         self.assertEqual(ran, [0, 1, 2, 5])
         self.successResultOf(stopped)  # nothing left for it to wait for
 
+    def test_a_job_cancelled_while_it_waits_never_runs_and_the_lane_goes_on(self):
+        lane, ran = self.syncer.lane("pop3"), []
+        ds = [lane.call(ran.append, n) for n in range(5)]
+        ds[3].cancel()  # its caller gave up on it while it waited
+        self.failureResultOf(ds[3], defer.CancelledError)
+        stopped = self.syncer.stop()
+        self.workers.finish_all()
+        self.assertEqual(ran, [0, 1, 2, 4])
+        self.successResultOf(stopped)
+        self.assertEqual((lane.running, lane.waiting, self.syncer._calls), (0, 0, 0))
+
+    def test_a_wanted_check_that_raises_runs_the_job_and_the_lane_goes_on(self):
+        lane, ran = self.syncer.lane("pop3"), []
+
+        def broken():
+            raise RuntimeError("a bug in the caller's check")
+
+        ds = [lane.call(ran.append, n) for n in range(3)]
+        odd = lane.call(ran.append, "odd", wanted=broken)
+        later = lane.call(ran.append, "later")  # asks every waiting job's check
+        stopped = self.syncer.stop()
+        self.workers.finish_all()
+        self.assertEqual(ran, [0, 1, 2, "odd", "later"])
+        for d in [*ds, odd, later]:
+            self.successResultOf(d)
+        self.successResultOf(stopped)
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))  # said, at each look
+
     def test_a_forked_child_forgets_the_lane(self):
         # the jobs under way and those waiting at the fork are the parent's
         lane, ran = self.syncer.lane("pop3"), []

@@ -634,7 +634,7 @@ class Lane:
         return d
 
     def _drop_unwanted(self) -> None:
-        gone = [job for job in self._waiting if job[2] is not None and not job[2]()]
+        gone = [job for job in self._waiting if not _still_wanted(job[2], job[3])]
         if not gone:
             return
         # all taken out before any is refused: a refusal's callbacks run
@@ -651,7 +651,7 @@ class Lane:
         """Start the waiting jobs, first come first, while there is room."""
         while self.running < self.cap and self._waiting:
             f, args, wanted, d = self._waiting.popleft()
-            if wanted is not None and not wanted():
+            if not _still_wanted(wanted, d):
                 self._abandon(d)
                 continue
             syncer = self.syncer
@@ -670,7 +670,8 @@ class Lane:
     def _abandon(self, d: defer.Deferred) -> None:
         syncer = self.syncer
         generation = syncer._generation
-        d.errback(CallAbandoned("its caller no longer wants it"))
+        if not d.called:  # (a caller's cancel() answered it already)
+            d.errback(CallAbandoned("its caller no longer wants it"))
         if generation != syncer._generation:  # a callback forked: the parent's
             return
         syncer._calls -= 1
@@ -693,6 +694,23 @@ class Lane:
         """In a forked child: the jobs under way and waiting are the parent's."""
         self.running = 0
         self._waiting = deque()
+
+
+def _still_wanted(wanted: Callable[[], bool] | None, d: defer.Deferred) -> bool:
+    """Whether a job waiting in a lane is to run: not once its Deferred
+    was cancelled by the caller, nor once ``wanted`` says no.  A
+    ``wanted`` that raises (a bug of the caller's) is logged and counts
+    as a yes: the lane goes on for the other jobs, and ``stop()`` is not
+    left waiting for a job that can neither run nor be dropped."""
+    if d.called:
+        return False
+    if wanted is None:
+        return True
+    try:
+        return bool(wanted())
+    except Exception:
+        log.failure("a lane job's wanted() check failed: the job runs")
+        return True
 
 
 def lane_call(syncer: Any, name: str) -> Callable[..., defer.Deferred] | None:
