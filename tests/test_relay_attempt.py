@@ -840,6 +840,26 @@ def test_smarthost_tls_failure(tmp_path):
     assert not net.server_protocols[0].messages
 
 
+def test_an_opportunistic_smarthost_whose_handshake_fails_never_gets_the_password_in_clear(
+        tmp_path):
+    # relay.rst: under "opportunistic" the password of smarthost_auth_file
+    # only goes over TLS.  The plain retry after a failed handshake (RFC
+    # 3207 4.1) ran with the policy "none", under which the session sends
+    # it: AUTH PLAIN in the clear to whoever broke the handshake
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:587"\n'
+                                'smarthost_tls = "opportunistic"\n'
+                                f'smarthost_auth_file = "{auth}"', tls_ok=False)
+    net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server", False))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient" and "TLS negotiation failed" in r.reply.text()
+    assert not any(c.startswith(b"AUTH") for p in net.server_protocols for c in p.commands)
+    assert not any(p.messages for p in net.server_protocols)
+    assert len(net.server_protocols) == 1  # no plain retry: it could only end in a 454
+
+
 def test_smarthost_none_sends_in_clear(tmp_path):
     a, net, _ = agent(tmp_path, 'smarthost = "10.0.0.1:25"\nsmarthost_tls = "none"')
     net.servers[("10.0.0.1", 25)] = lambda: ScriptedSMTPServer(extensions=("STARTTLS",))

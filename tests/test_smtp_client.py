@@ -1350,7 +1350,7 @@ def test_552_to_rcpt_is_taken_as_temporary(refusal):
 
 
 def test_the_smarthost_password_never_goes_in_the_clear_unless_tls_is_none():
-    # a stripped STARTTLS (or the plain retry after a failed handshake)
+    # a stripped STARTTLS
     s = session(credentials=("user", "pw"), tls="opportunistic")
     s.receive(b"220 hi\r\n")
     actions = s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")

@@ -921,9 +921,13 @@ class DeliveryAgent:
                 return settled + _given_up(recipients)
             if (outcome is not None and outcome.session_error is not None
                     and outcome.phase == Phase.TLS.value
-                    and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"):
+                    and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"
+                    and credentials is None):
                 # opportunistic TLS that cannot be negotiated must not stop
-                # the mail (RFC 3207 4.1 lets the client go on in clear)
+                # the mail (RFC 3207 4.1 lets the client go on in clear).
+                # Not with a smarthost password: the retry's policy "none"
+                # would send it in the clear, which only smarthost_tls =
+                # "none" allows; the handshake's failure keeps the mail queued
                 log.warn("TLS with {host} failed; trying again without TLS",
                          host=where(mxhost.name, address), address=address)
                 outcome = yield self._session(entry, recipients, mxhost, [address], port_n,

@@ -663,8 +663,9 @@ class ClientSession:
         if self.credentials is not None:
             if not self.tls_active and self.tls_policy != "none":
                 # never a password in the clear unless "none" says so: a
-                # stripped STARTTLS, or the plain retry after a failed
-                # handshake, must not hand it to whoever listens
+                # stripped or refused STARTTLS must not hand it to whoever
+                # listens (the relay makes no plain retry after a failed
+                # handshake with a password: that retry's policy is "none")
                 return self._fail_session(_synthetic(
                     454, "4.7.0", "the smarthost password is only sent over TLS, and this "
                     "session has none"))
