@@ -465,6 +465,30 @@ def test_a_host_that_refuses_starttls_is_sent_to_in_clear_with_a_warning(tmp_pat
         warned[0]) and "without TLS" in warned[0]
 
 
+def test_a_refused_starttls_that_keeps_the_mail_queued_is_not_warned_as_sent_in_clear(
+        tmp_path):
+    # an opportunistic smarthost with a password: after the 454 nothing
+    # goes in clear (the mail stays queued, 454 4.7.0), so no warning says
+    # the session "went on without TLS"
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:587"\n'
+                                'smarthost_tls = "opportunistic"\n'
+                                f'smarthost_auth_file = "{auth}"')
+    net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"),
+        replies={"STARTTLS": b"454 4.7.0 TLS not available\r\n"})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "transient" and r.reply.status == "4.7.0"
+    assert not net.server_protocols[0].messages
+    assert not any("went on without TLS" in formatEvent(e) for e in events)
+
+
 def test_downgrade_refused_when_configured(tmp_path):
     a, net, _ = agent(tmp_path, "require_tls_after_seen = true")
     a.tls_seen.add("mx1.remote.test")

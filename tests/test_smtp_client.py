@@ -224,6 +224,31 @@ def test_starttls_refused_opportunistic_continues_in_clear():
     assert not s.outcome.tls and s.outcome.tls_offered
 
 
+def test_a_421_to_starttls_ends_the_session_with_it():
+    # RFC 5321 3.8: a 421 to any command is the server closing the channel,
+    # as for MAIL and RCPT; it is not a refusal to go on from in clear (the
+    # MAIL went to a closing server, the 421 was lost, and the relay warned
+    # that the session "went on without TLS")
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert sent(s.receive(b"421 4.3.2 shutting down\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "421 4.3.2 shutting down"
+    assert s.outcome.tls_refused is None
+
+
+def test_a_refused_starttls_that_stops_the_session_is_no_tls_refusal():
+    # the smarthost password only goes over TLS: after the refusal nothing
+    # went in clear, so the outcome has no refusal for the relay to log as
+    # a session that "went on without TLS"
+    s = session(credentials=("user", "pw"), tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n")
+    assert sent(s.receive(b"454 4.7.0 TLS not available\r\n")) == b"QUIT\r\n"
+    assert "only sent over TLS" in s.outcome.session_error.text()
+    assert s.outcome.tls_refused is None
+
+
 def test_a_session_with_tls_has_no_tls_refusal():
     s = session(tls="opportunistic")
     s.receive(b"220 hi\r\n")

@@ -676,12 +676,18 @@ class ClientSession:
         if reply.code == 220:
             self.phase = Phase.TLS
             return [StartTLS()]
-        if self.tls_policy == "require":
+        if reply.code == 421 or self.tls_policy == "require":
+            # a 421 is the server closing the channel (RFC 5321 3.8), as
+            # for MAIL: no refusal to go on from, and its words are the
+            # session's outcome
             return self._fail_session(reply)
         # RFC 3207 4.1 leaves going on to the client; opportunistic TLS
-        # does, and says so (SessionOutcome.tls_refused)
-        self.tls_refused = reply
-        return self._after_hello()
+        # does, and says so (SessionOutcome.tls_refused) -- unless nothing
+        # goes on: a smarthost password kept from the clear ends it here
+        actions = self._after_hello()
+        if self.outcome is None:
+            self.tls_refused = reply
+        return actions
 
     def _start_auth(self) -> list[Action]:
         mechanisms = self.extensions.get("AUTH", "").upper().split()
