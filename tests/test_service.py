@@ -1461,6 +1461,77 @@ def test_run_file_access_problems_pass_what_twistd_can_write(tmp_path: Path) -> 
         f"mailhub: --logfile {tmp_path / 'folder.log'} cannot be written: it is a folder"]
 
 
+def test_a_pid_file_in_a_folder_the_user_may_not_reach_is_not_called_missing(
+        tmp_path: Path) -> None:
+    # /var/log/private (root's, 0700) is there: a hub user who may not go
+    # through it was told "its folder ... does not exist", and found it there
+    import pwd
+
+    from txmailhub.tap import run_file_access_problems
+
+    closed = tmp_path / "closed"
+    (closed / "run").mkdir(parents=True)
+    pid_file = closed / "run" / "mailhub.pid"
+    parent = {"pidfile": str(pid_file), "logfile": "-", "nodaemon": True}
+    if os.geteuid() != 0:
+        closed.chmod(0)
+        try:
+            found = run_file_access_problems(parent)
+        finally:
+            closed.chmod(0o755)
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    else:  # judged by another user, in a child that is that user for good
+        closed.chmod(0o700)
+        nobody = pwd.getpwnam("nobody")
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's)
+            try:
+                os.close(read)
+                os.setgroups([])
+                os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+                os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+                os.write(write, "\n".join(run_file_access_problems(parent)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as said:
+            found = said.read().decode().splitlines()
+        os.waitpid(child, 0)
+        user = "nobody"
+    assert found == [f"mailhub: --pidfile {pid_file} cannot be written: {user} may not reach "
+                     "it (a folder on its way is closed to that user)"]
+
+
+def test_a_pid_file_on_a_read_only_file_system_says_so(tmp_path: Path, monkeypatch) -> None:
+    # ProtectSystem=strict without the folder in ReadWritePaths=: access(2)
+    # says no (EROFS) even to root, who was told it "may not make files" in
+    # a folder it owns
+    from txmailhub import tap
+
+    real_access, real_statvfs = os.access, os.statvfs
+
+    def access(path, mode, **kw):
+        return False if mode & os.W_OK and str(path).startswith(str(tmp_path)) else (
+            real_access(path, mode, **kw))
+
+    def statvfs(path):
+        found = real_statvfs(path)
+        if not str(path).startswith(str(tmp_path)):
+            return found
+        return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, *found[9:]))
+
+    monkeypatch.setattr(tap.os, "access", access)
+    monkeypatch.setattr(tap.os, "statvfs", statvfs)
+    (tmp_path / "old.log").write_text("")
+    assert tap.run_file_access_problems({
+        "pidfile": str(tmp_path / "mailhub.pid"), "logfile": str(tmp_path / "old.log")}) == [
+        f"mailhub: --pidfile {tmp_path / 'mailhub.pid'} cannot be written: its folder "
+        f"{tmp_path} is on a read-only file system",
+        f"mailhub: --logfile {tmp_path / 'old.log'} cannot be written: it is on a read-only "
+        "file system"]
+
+
 def test_run_file_problems_judge_links_and_names_only(tmp_path: Path) -> None:
     from txmailhub.tap import run_file_problems
 

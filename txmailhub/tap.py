@@ -396,18 +396,52 @@ def run_file_access_problems(parent: Any) -> list[str]:
 
 def _cannot_write(path: str) -> str | None:
     """Why the user this process runs as could not open ``path`` for
-    writing, making it if need be, or ``None``."""
+    writing, making it if need be, or ``None``.
+
+    A folder on the way that this user may not go through is not one
+    that "does not exist" (``os.path.isdir`` says ``False`` for both), and
+    a read-only file system (systemd's ``ProtectSystem=strict`` without
+    the folder in ``ReadWritePaths=``) refuses root too: each is named as
+    what it is, or the admin looks for the wrong cause."""
     user = _owner_name(os.geteuid())
-    if os.path.isdir(path):
-        return "it is a folder"
-    if os.path.exists(path):
-        return None if os.access(path, os.W_OK) else f"{user} may not write it"
     folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except PermissionError:
+        return f"{user} may not reach it (a folder on its way is closed to that user)"
+    except OSError as e:  # ENOTDIR: a file where a folder should be; ELOOP
+        return e.strerror or str(e)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            return "it is a folder"
+        if os.access(path, os.W_OK):
+            return None
+        if _read_only(path):
+            return "it is on a read-only file system"
+        return f"{user} may not write it"
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
         return f"its folder {folder} does not exist"
+    except OSError as e:
+        return f"its folder {folder}: {e.strerror or e}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"its folder {folder} is not a folder"
     if not os.access(folder, os.W_OK | os.X_OK):
+        if _read_only(folder):
+            return f"its folder {folder} is on a read-only file system"
         return f"{user} may not make files in its folder {folder}"
     return None
+
+
+def _read_only(path: str) -> bool:
+    """Whether ``path`` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def twistd_log_file(parent: Any) -> str | None:
