@@ -1532,6 +1532,19 @@ def test_a_pid_file_on_a_read_only_file_system_says_so(tmp_path: Path, monkeypat
         "file system"]
 
 
+def test_makeservice_without_twistds_options_makes_no_log_file(
+        tmp_path: Path, monkeypatch) -> None:
+    # an application calling makeService itself (no ``parent``) has no
+    # twistd log: ./twistd.log was made in the folder it ran in
+    from txmailhub import tap
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    tap.makeService(_tap_options(tmp_path, str(tmp_path / "state")))
+    assert os.listdir(work) == []
+
+
 def test_run_file_problems_judge_links_and_names_only(tmp_path: Path) -> None:
     from txmailhub.tap import run_file_problems
 

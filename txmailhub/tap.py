@@ -122,14 +122,16 @@ def makeService(options: Any) -> Any:
         if foreign:
             print(foreign, file=sys.stderr)
             raise SystemExit(2)
-    # not without twistd's options (makeService called by an application)
-    unwritable = run_file_access_problems(getattr(options, "parent", None) or {
-        "pidfile": None, "logfile": "-"})
+    # without twistd's options (makeService called by an application)
+    # there is no pid file or log file of twistd's to judge or make: an
+    # empty dict would be twistd's daemon defaults, ./twistd.log made
+    run_files = getattr(options, "parent", None) or {"pidfile": None, "logfile": "-"}
+    unwritable = run_file_access_problems(run_files)
     if unwritable:
         for problem in unwritable:
             print(problem, file=sys.stderr)
         raise SystemExit(2)
-    make_log_file(getattr(options, "parent", None) or {}, owner)
+    make_log_file(run_files, owner)
     before = _state_entries(settings.hub.state_dir)
     from txmailhub.service import StateDirError
 
