@@ -428,6 +428,46 @@ def test_tls_file_the_hub_cannot_read_is_named(tmp_path: Path, monkeypatch) -> N
     assert f"(for a key: chgrp {group} {key} && chmod 640 {key})" in found[0], found
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives state_dir to other users")
+@pytest.mark.parametrize("owner, group, named", [
+    # twistd --uid nobody --gid daemon: the hub's folder and process have
+    # group daemon, and nobody's own group may not be among the hub's
+    ("nobody", "daemon", "daemon"),
+    # deployment.rst's "install -d -o root -g mailhub -m 0770" shape
+    ("root", "daemon", "daemon"),
+    # a hub user with no name (a numeric uid, systemd's DynamicUser=)
+    (54321, 54322, "54322"),
+    # a folder chowned to the user alone keeps root's group: the user's own
+    ("nobody", "root", "nogroup"),
+])
+def test_an_unreadable_keys_hint_names_the_group_of_the_hubs_state_dir(
+        tmp_path: Path, monkeypatch, owner, group, named) -> None:
+    # check run by someone else than the hub's user: the chgrp names the
+    # group the hub has, which its state folder shows; the owner's login
+    # group (or the group of whoever ran check) is not always one of it
+    import builtins
+    import grp
+    import pwd
+
+    cert, key = make_certificate(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    uid = owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid
+    gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+    os.chown(state, uid, gid)
+    real_open = builtins.open
+
+    def guarded(path, *args, **kwargs):
+        if str(path) == str(key):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    found = problems(MINIMAL + f'state_dir = "{state}"\n'
+                     f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    assert f"(for a key: chgrp {named} {key} && chmod 640 {key})" in found[0], found
+
+
 def test_warnings_below_rfc_minimums() -> None:
     s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
     assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)

@@ -1496,8 +1496,9 @@ def load_local_submission(path: str) -> LocalSubmission:
 def _unreadable(path: str, state_dir: str | None = None) -> str | None:
     """Why this process cannot read ``path`` (``None`` when it can): the
     hub reads the TLS files as the user it runs as, not as root.  The
-    ``chgrp`` of the hint names the group of ``state_dir``'s owner (the
-    user the hub runs as, as ``check`` run as root takes it), else this
+    ``chgrp`` of the hint names the group of ``state_dir`` (the group the
+    hub runs with, as twistd's ``--gid`` or the admin's ``install -d -g``
+    gave it), or its owner's login group when that is root's, else this
     process's own: a hub user not named as in deployment.rst has no
     ``mailhub`` group, and ``chgrp`` would fail."""
     try:
@@ -1513,11 +1514,19 @@ def _unreadable(path: str, state_dir: str | None = None) -> str | None:
             user = f"uid {os.geteuid()}"
         gid = os.getegid()
         try:
-            owner = os.stat(state_dir).st_uid if state_dir else 0
-            if owner != 0:
-                gid = pwd.getpwuid(owner).pw_gid
-        except (OSError, KeyError):
-            pass
+            st = os.stat(state_dir) if state_dir else None
+        except OSError:  # not made yet: the hub makes it at its first start
+            st = None
+        if st is not None and st.st_gid != 0:
+            # the group the hub's folder was given: twistd's --gid (the
+            # owner's login group need not be among the hub's groups then),
+            # install -d -g, or that of a uid with no name (DynamicUser=)
+            gid = st.st_gid
+        elif st is not None and st.st_uid != 0:
+            try:  # chowned to the user alone, root's group kept
+                gid = pwd.getpwuid(st.st_uid).pw_gid
+            except KeyError:
+                pass
         try:
             group = grp.getgrgid(gid).gr_name
         except KeyError:
