@@ -1137,3 +1137,51 @@ def test_a_chain_completed_with_the_same_leaf_is_served_at_the_next_look(tmp_pat
     os.replace(cert + ".new", cert)
     clock.advance(tls.CHECK_INTERVAL)
     assert _peer_chain(factory) == ["CN=mail.example.org", "CN=Test Intermediate"]
+
+
+# --- the version floor: RFC 8314 4.1 as RFC 8997 raised it (TLS 1.2 or later)
+
+
+def _handshake_error(factory, version: ssl.TLSVersion) -> str | None:
+    """What the server side says of a handshake from a stdlib client that
+    speaks only ``version`` (its own security level lowered, so that the
+    refusal, if any, is the server's); None when it succeeds."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    context.minimum_version = context.maximum_version = version
+    server = SSL.Connection(factory.getContext(), None)
+    server.set_accept_state()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="mail.example.org")
+    try:
+        _pump(server, client, incoming, outgoing)
+    except SSL.Error as e:
+        return str(e)
+    except ssl.SSLError as e:
+        return f"client: {e}"
+    return None if client.version() == server.get_protocol_version_name() else "no handshake"
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_tls_before_1_2_is_refused_for_its_version(tmp_path, version):
+    # RFC 8997 (updating RFC 8314 4.1): TLS 1.0 and 1.1 are not offered.
+    # The server must refuse the version itself ("unsupported protocol"),
+    # not merely find no cipher in common: a floor lowered by mistake
+    # would still fail on the AEAD-only list, and this test would pass
+    factory = tls.ReloadingTLS(*pair(tmp_path), Clock())
+    why = _handshake_error(factory, version)
+    assert why is not None and "unsupported protocol" in why, why
+    # and the version floor alone: with every cipher and OpenSSL's lowest
+    # security level (which by itself refuses these versions in OpenSSL 3)
+    floor_alone = tls.ReloadingTLS(*pair(tmp_path / "all"), Clock())
+    floor_alone.getContext().set_cipher_list(b"ALL:@SECLEVEL=0")
+    why = _handshake_error(floor_alone, version)
+    assert why is not None and "unsupported protocol" in why, why
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_1_2_and_1_3_are_taken(tmp_path, version):
+    assert _handshake_error(tls.ReloadingTLS(*pair(tmp_path), Clock()), version) is None
