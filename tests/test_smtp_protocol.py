@@ -2005,6 +2005,23 @@ class ProtocolTests(SynchronousTestCase):
         [line] = [e["summary"] for e in self.events if e.get("code") == 250 and "summary" in e]
         assert " via 127.0.0.1 (helo c) as alice@example.org: 250 " in line
 
+    def test_a_login_line_names_the_mechanism_and_whether_tls_protected_it(self):
+        # RFC 8314 asks providers to move their users off cleartext: the
+        # log must tell which logins still come without TLS (POP3's line
+        # says so too).  Here the sessions are plain and implicit TLS
+        # whose transport cannot say which version (a StringTransport)
+        for implicit, expected in ((False, "(PLAIN)"), (True, "(PLAIN, TLS)")):
+            h = Harness()
+            h.factory.implicit_tls = implicit
+            p, t = h.connect("127.0.0.1")
+            p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}"
+                           "\r\n".encode())
+            assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+            lines = [formatEvent(e) for e in self.events if "authenticated as" in e.get(
+                "log_format", "")]
+            assert lines[-1] == f"127.0.0.1 authenticated as alice@example.org {expected}", lines
+            p.connectionLost(None)
+
     def test_auth_failures_delayed_growing_then_disconnect(self):
         h = Harness(max_auth_failures=3, auth_failure_delay=2.0)
         p, t = h.connect("127.0.0.1")

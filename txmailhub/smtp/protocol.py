@@ -1067,9 +1067,10 @@ class SMTPProtocol(Protocol):
                                   turn_key(client_key(self.host), self.engine.session.loopback,
                                            self))
         d = defer.maybeDeferred(portal.login, creds, None, ISMTPUser)
-        d.addCallbacks(self._auth_ok, self._auth_failed, errbackArgs=(event,))
+        d.addCallbacks(self._auth_ok, self._auth_failed, callbackArgs=(event,),
+                       errbackArgs=(event,))
 
-    def _auth_ok(self, result: Any) -> None:
+    def _auth_ok(self, result: Any, event: AuthRequest) -> None:
         _, avatar, logout = result
         if self._gone:
             # the client hung up while its password was checked: nobody
@@ -1083,7 +1084,15 @@ class SMTPProtocol(Protocol):
         address = avatar.address
         if not isinstance(address, Address):
             address = Address(*str(address).rsplit("@", 1))
-        log.info("{client} authenticated as {user}", client=self.client_name, user=str(address))
+        # the mechanism, and over TLS its version, as POP3's login line: a
+        # provider moving its users off cleartext (RFC 8314) finds in the
+        # log who still logs in without TLS
+        how = event.mechanism
+        if self.engine.session.tls:
+            how += f", {self._tls_version() or 'TLS'}"
+        log.info("{client} authenticated as {user} ({how})", client=self.client_name,
+                 user=str(address), how=how, mechanism=event.mechanism,
+                 tls=self.engine.session.tls)
         self.engine.auth_succeeded(address)
         self._drive()
 
