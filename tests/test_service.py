@@ -1976,3 +1976,69 @@ def test_the_hubs_relay_sessions_get_the_stall_record(tmp_path: Path) -> None:
         assert relay.agent.stalls is hub.components.stalls is not None
     finally:
         hub.stopService()
+
+
+def test_a_store_and_router_of_ones_own_are_used_by_every_part_of_the_hub(
+        tmp_path: Path) -> None:
+    # docs/embedding.rst: an application replaces hub.components.store or
+    # .router before the start.  The SMTP listener's recipient policy kept
+    # the router the hub was built with (RCPT was judged by the users file,
+    # delivery by the new router), and the portal's realm kept the Maildir
+    # store: SMTP delivered to the new store, POP3 read the old one.
+    from txmailhub.interfaces import IMailbox
+    from txmailhub.testing import MemoryMailboxStore, StaticRouter
+
+    hub, reactor = hub_of(tmp_path, ONE_SMTP_LISTENER.replace(
+        '[pop3]\nlisten = []', '[pop3]\nlisten = ["tcp:110:interface=127.0.0.1"]'))
+    store = MemoryMailboxStore()
+    router = StaticRouter({"joe": None, "sales": ["joe"]}, domains=["example.org"])
+    hub.components.store = store
+    hub.components.router = router
+    hub.startService()
+    try:
+        smtp = next(f for (port, f, _b, _i) in reactor.tcpServers if port == 25)
+        protocol, transport = _connect(smtp, "192.0.2.7")
+        protocol.dataReceived(b"EHLO client.example\r\nMAIL FROM:<a@remote.test>\r\n"
+                              b"RCPT TO:<sales@example.org>\r\n")
+        assert transport.value().splitlines()[-1].startswith(b"250 ")
+        assert [a.local for a in router.resolved] == ["sales"]
+
+        realm = hub.components.portal.realm
+        avatars: list = []
+        realm.requestAvatar("joe@example.org", None, IMailbox).addCallback(avatars.append)
+        [(_iface, _box, logout)] = avatars
+        assert store.is_locked("joe@example.org")
+        logout()
+        protocol.connectionLost(None)
+    finally:
+        hub.stopService()
+
+
+def test_the_quota_does_not_measure_maildirs_a_store_of_ones_own_does_not_use(
+        tmp_path: Path) -> None:
+    # [hub] mailbox_quota measures the Maildirs of the hub's own store; the
+    # policy kept measuring them after the application gave the hub a store
+    # of its own, and refused RCPT for mail that store would have taken
+    from txmailhub.testing import MemoryMailboxStore
+
+    hub, reactor = hub_of(tmp_path, ONE_SMTP_LISTENER.replace(
+        '[hub]\n', '[hub]\nmailbox_quota = 1000\n'))
+    full = tmp_path / "var" / "mail" / "example.org" / "joe"
+    for sub in ("tmp", "new", "cur"):
+        (full / sub).mkdir(parents=True)
+    (full / "new" / "1.old").write_bytes(b"x" * 5000)
+    (tmp_path / "users").write_text("")
+    from txmailhub.testing import StaticRouter
+
+    hub.components.store = MemoryMailboxStore()
+    hub.components.router = StaticRouter({"joe": None}, domains=["example.org"])
+    hub.startService()
+    try:
+        smtp = next(f for (port, f, _b, _i) in reactor.tcpServers if port == 25)
+        protocol, transport = _connect(smtp, "192.0.2.7")
+        protocol.dataReceived(b"EHLO client.example\r\nMAIL FROM:<a@remote.test>\r\n"
+                              b"RCPT TO:<joe@example.org>\r\n")
+        assert transport.value().splitlines()[-1].startswith(b"250 ")
+        protocol.connectionLost(None)
+    finally:
+        hub.stopService()

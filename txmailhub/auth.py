@@ -233,8 +233,24 @@ class SMTPUser:
 class MailRealm:
     """Avatar ids (``user@domain``) -> ``ISMTPUser`` or a locked ``IMailbox``."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
+    def __init__(self, store: Any = None, *, components: Any = None) -> None:
+        # with ``components`` (the hub's), the store they hold at each login:
+        # an application may give the hub a store of its own before the
+        # start (docs/embedding.rst), and SMTP delivers to that one
+        self._store = store
+        self.components = components
+
+    @property
+    def store(self) -> Any:
+        """The ``IMailboxStore`` a login's mailbox is opened in."""
+        if self.components is not None:
+            return self.components.store
+        return self._store
+
+    @store.setter
+    def store(self, store: Any) -> None:
+        self._store = store
+        self.components = None
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         local, _, domain = _text(avatarId).rpartition("@")
@@ -269,5 +285,8 @@ def _takes_wanted(store: Any) -> bool:
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def build_portal(users: UsersDB, store: Any, run_in_thread: RunInThread | None = None) -> Portal:
-    return Portal(MailRealm(store), [UsersChecker(users, run_in_thread)])
+def build_portal(users: UsersDB, store: Any, run_in_thread: RunInThread | None = None,
+                 *, components: Any = None) -> Portal:
+    """A portal over the users file whose realm opens mailboxes in ``store``,
+    or, given ``components``, in the store those hold at each login."""
+    return Portal(MailRealm(store, components=components), [UsersChecker(users, run_in_thread)])

@@ -195,7 +195,7 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         router=Router(settings.hub.domains, users, settings.aliases.file),
         store=store,
         spooler=Spooler(settings.spool_dir, syncer, recover=False),  # claimed at start
-        portal=build_portal(users, store, run_in_thread),
+        portal=None,  # below: its realm follows components.store
         # the hub's name: a renewal for another name is warned of once, in
         # the start's words (the machine's name when [hub] hostname is unset)
         tls=(ReloadingTLS(settings.tls.certificate, settings.tls.key, reactor,
@@ -206,6 +206,10 @@ def build_components(settings: Settings, reactor: Any) -> Components:
         syncer=syncer,
         stalls=ReactorStalls(reactor),  # its heartbeat runs while the hub does
     )
+    # the realm opens mailboxes in whatever store the components hold at a
+    # login: a store of the application's own, given before the start, is
+    # the one POP3 reads as well as the one SMTP delivers to
+    components.portal = build_portal(users, store, run_in_thread, components=components)
     return components
 
 

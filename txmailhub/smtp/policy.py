@@ -61,7 +61,6 @@ class RecipientPolicy:
 
     def __init__(self, components: Any) -> None:
         self.components = components
-        self.router = components.router
         self.primary_domain = components.settings.hub.primary_domain
         # an embedder's own spooler may predate room(): then nothing is refused
         self._room = getattr(getattr(components, "spooler", None), "room", None)
@@ -71,7 +70,6 @@ class RecipientPolicy:
         maildir_path = getattr(getattr(components, "store", None), "maildir_path", None)
         self.check_quota = None
         if self.quota and maildir_path is not None:
-            self._maildir_path = maildir_path
             # one meter for every listener of the hub (MX, submission):
             # its bound on remembered folders is the hub's, and a folder
             # that changed is listed once, not once per listener
@@ -88,6 +86,24 @@ class RecipientPolicy:
             self.unmeasured = unmeasured() if shared is None else shared("quota_warnings",
                                                                          unmeasured)
             self.check_quota = self._check_quota
+
+    @property
+    def router(self) -> Any:
+        """The components' router at each decision, not the one they held
+        when the listener was built: an application that embeds the hub may
+        give it a router of its own before the start (docs/embedding.rst),
+        and delivery and the relay already ask ``components.router``."""
+        if self._router is not None:
+            return self._router
+        return self.components.router
+
+    @router.setter
+    def router(self, router: Any) -> None:
+        # this listener's own router, whatever the components hold (kept
+        # for code that set the attribute when it was a plain one)
+        self._router = router
+
+    _router: Any = None
 
     def check_room(self, size: int) -> None:
         """Refuse a message announced at ``size`` octets (``MAIL ... SIZE=``)
@@ -135,13 +151,19 @@ class RecipientPolicy:
         postmaster is never refused (RFC 5321 4.5.1)."""
         if address.is_postmaster or not final:
             return
+        # the store of the components now: one the application gave the hub
+        # before its start names no Maildirs, and is not measured (the
+        # Maildirs of the store it replaced may hold anything)
+        maildir_path = getattr(self.components.store, "maildir_path", None)
+        if maildir_path is None:
+            return
         quota = self.quota
         is_local = self.router.is_local_domain
         for mailbox in final:
             if mailbox.is_postmaster or not is_local(mailbox.domain):
                 return
             try:
-                used = self.usage.usage(self._maildir_path(mailbox))
+                used = self.usage.usage(maildir_path(mailbox))
             except (OSError, LocalError, UnicodeError) as e:
                 # the quota is soft: a mailbox that cannot be measured
                 # gets its mail (delivery says what is wrong, if anything)
