@@ -1103,6 +1103,22 @@ def test_abort_all_cuts_the_sessions_in_flight_and_connects_no_more(tmp_path):
     assert r.kind == "delivered"
 
 
+def test_abort_all_fires_once_the_sessions_it_cut_are_gone(tmp_path):
+    # abortConnection closes the socket a reactor turn later, when the
+    # transport reports the connection lost: the hub's stop fired before
+    # that, with the relay's socket and Twisted's timer for it still on the
+    # reactor (docs/embedding.rst: nothing of the hub left once it fires)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    gone = a.abort_all()
+    assert not gone.called  # the transport has not said the connection is lost
+    [r] = run(net, d)
+    assert r.kind == "transient" and gone.called
+    assert a.abort_all().called  # nothing in flight: at once
+
+
 def test_a_session_cut_by_the_stop_marks_no_host_failed(tmp_path):
     # The stop's cut is the hub's doing: the host is not marked failed
     # (the next start would try the other MX first), and the result says

@@ -639,6 +639,34 @@ def test_stop_gives_up_after_grace(hub):
     assert hub.queue.read(qid) == before
 
 
+def test_a_stop_that_gives_up_fires_once_the_cut_sessions_are_gone(hub):
+    # the agent's cut connections close a turn later (abortConnection): the
+    # stop, and with it the hub's, waits for that, and at most CUT_GRACE
+    from txmailhub.relay.runner import CUT_GRACE
+
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: defer.Deferred()
+    enqueue(hub, BOB)
+    hub.clock.advance(1)
+    gone: defer.Deferred = defer.Deferred()
+    hub.agent.abort_all = lambda: gone
+    stopped = hub.runner.stop()
+    hub.clock.advance(10)
+    assert not stopped.called
+    gone.callback(None)
+    assert stopped.called
+    assert not hub.clock.getDelayedCalls()
+    # a transport that never says its connection is lost holds no stop for good
+    hub.runner.start()
+    hub.clock.advance(1)
+    hub.agent.abort_all = lambda: defer.Deferred()
+    stopped = hub.runner.stop()
+    hub.clock.advance(10)
+    assert not stopped.called
+    hub.clock.advance(CUT_GRACE)
+    assert stopped.called
+
+
 def test_unsendable_bounce_given_up_after_lifetime(hub):
     hub.runner.start()
     hub.dsn.fail = True

@@ -278,9 +278,12 @@ class IDeliveryAgent(Interface):
         remote reply, permanent failure with the remote reply).  Never
         errbacks for a remote failure: that is a result, not an error."""
 
-    def abort_all() -> None:
+    def abort_all() -> "Deferred | None":  # noqa: F821, UP037
         """The hub stops and gives up what is in flight: make no new
-        connection and cut the sessions open now, until ``resume``."""
+        connection and cut the sessions open now, until ``resume``.
+        Returns a Deferred that fires once the connections cut are closed
+        (the hub's stop waits for it, up to ``relay.runner.CUT_GRACE``), or
+        ``None`` when nothing is left to wait for."""
 
     def connected(queue_id) -> bool:
         """Whether a delivery of the queue entry ``queue_id`` in flight got

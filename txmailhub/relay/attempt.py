@@ -210,6 +210,7 @@ class SMTPClientProtocol(Protocol):
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
         self._received = False  # any byte from the server (under implicit TLS: after the handshake)
         self._lost = False  # connectionLost has run
+        self._lost_waiters: list[defer.Deferred] = []  # when_lost
         self._stopping = False  # the hub's stop cut the session (``abort``)
 
     # --- timers ---------------------------------------------------------------
@@ -249,6 +250,17 @@ class SMTPClientProtocol(Protocol):
             self.session.cut(STOP_CUT)
         if self.transport is not None:
             self._abort()
+
+    def when_lost(self) -> defer.Deferred:
+        """Fires once the transport has said the connection is lost (at
+        once if it has): after ``abort``, a reactor turn or more later,
+        when its socket is closed."""
+        d: defer.Deferred = defer.Deferred()
+        if self._lost:
+            d.callback(None)
+        else:
+            self._lost_waiters.append(d)
+        return d
 
     def _timed_out(self, look: int = 0) -> None:
         """The current step's timeout.  The time the stall record counted
@@ -338,6 +350,9 @@ class SMTPClientProtocol(Protocol):
             outcome = dataclasses.replace(outcome, phase=Phase.TLS.value)
         if not self.done.called:
             self.done.callback(outcome)
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # --- actions ---------------------------------------------------------------------
 
@@ -1193,16 +1208,21 @@ class DeliveryAgent:
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome
 
-    def abort_all(self) -> None:
+    def abort_all(self) -> defer.Deferred:
         """The hub stops and its grace period is over: connect no more (a
         DNS answer still on its way finds the agent stopped) and cut every
-        session in flight.  Until ``resume``."""
+        session in flight.  Until ``resume``.  Fires once the connections
+        cut are closed (the transport reports an aborted one lost a
+        reactor turn later)."""
         self.stopped = True
         self._epoch += 1
         for connecting in list(self._connecting):
             connecting.cancel()
+        lost = []
         for proto in list(self._sessions):
+            lost.append(proto.when_lost())
             proto.abort()
+        return defer.DeferredList(lost, consumeErrors=True)
 
     def connected(self, queue_id: str) -> bool:
         """Whether a delivery of ``queue_id`` in flight got past connecting.

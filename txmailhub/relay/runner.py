@@ -58,6 +58,10 @@ POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
 # reckons with too (one number, so the two never disagree)
 ERROR_RETRY = schedule.LEAST_WAIT
 SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
+# then at most this long for the connections it cut to be closed (a transport
+# reports an aborted connection lost a reactor turn later; this bounds a
+# transport that never does)
+CUT_GRACE = 2.0
 
 
 def _owes_notice(entry: QueueEntry) -> bool:
@@ -216,20 +220,32 @@ class QueueRunner:
         if self._give_up_timer is not None and self._give_up_timer.active():
             self._give_up_timer.cancel()
         self._give_up_timer = None
-        self._give_up()
+        gone = self._give_up()
         idle, self._idle = self._idle, []
-        for d in idle:
-            if not d.called:
-                d.callback(None)
 
-    def _give_up(self) -> None:
+        def fire(_: Any = None) -> None:
+            for d in idle:
+                if not d.called:
+                    d.callback(None)
+
+        if isinstance(gone, defer.Deferred) and not gone.called:
+            # the stop is over once the cut connections are closed: until
+            # then their sockets and Twisted's call that reports them lost
+            # are still on the reactor (docs/embedding.rst: nothing of the
+            # hub is left once its stop has fired)
+            gone.addTimeout(CUT_GRACE, self.clock).addBoth(fire)
+        else:
+            fire()
+
+    def _give_up(self) -> Any:
         """The attempts in flight record nothing from now on, and their
-        connections are cut."""
+        connections are cut; returns what the agent's ``abort_all`` does
+        (a Deferred of the cut connections' close, or None)."""
         self._generation += 1
         self._dropped.clear()  # the generation covers them now
         log.info("stopping with {count} delivery attempt(s) in flight: given up, "
                  "retried at the next start", count=len(self.active))
-        self.agent.abort_all()
+        return self.agent.abort_all()
 
     # --- events ----------------------------------------------------------------
 
