@@ -386,3 +386,18 @@ def test_the_embedding_delivery_example_stores_what_smtp_would(tmp_path: Path) -
     [stored] = store.messages("joe@example.org")
     assert stored.startswith(b"Return-Path: <reports@example.org>\n"), stored
     assert stored.endswith(b"\nSubject: report\n\nAll good.\n")
+
+
+def test_the_embedding_testing_example_runs_as_shown() -> None:
+    """embedding.rst's "Testing against the hub" example, run verbatim: a
+    downstream project copies it into its tests.  The section had only
+    prose, with the factory's name cut across a line by the inline literal."""
+    text = (ROOT / "docs" / "embedding.rst").read_text()
+    section = text.split("Testing against the hub\n", 1)[1].split("\nLogging\n", 1)[0]
+    block = section.split("read back over\nPOP3::\n", 1)[1].split("\n\nPOP3 takes", 1)[0]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    assert "SMTPFactory(c)" in code and "POP3Factory(c)" in code
+    scope: dict = {}
+    exec(compile(code, "docs/embedding.rst", "exec"), scope)
+    [stored] = scope["store"].messages("joe@example.org")  # no DELE: kept
+    assert stored.startswith(b"Return-Path: <ann@example.net>\n")
