@@ -2042,3 +2042,14 @@ def test_the_quota_does_not_measure_maildirs_a_store_of_ones_own_does_not_use(
         protocol.connectionLost(None)
     finally:
         hub.stopService()
+
+
+def test_a_listeners_port_is_found_by_its_service_name(tmp_path: Path) -> None:
+    # docs/embedding.rst: an application reads a port-0 listener's port
+    # through the listener service named after its role and endpoint
+    hub, _reactor = hub_of(tmp_path, ONE_SMTP_LISTENER.replace("tcp:25:", "tcp:0:"))
+    hub.startService()
+    listener = hub.getServiceNamed("smtp tcp:0:interface=127.0.0.1")
+    assert isinstance(listener.port.getHost().port, int)
+    hub.stopService()
+    assert listener.port is None
