@@ -1876,3 +1876,10 @@ def test_a_clock_set_back_is_bounded_by_the_configured_schedule(tmp_path):
             assert agent2.calls == [(qid, "remote.test", [BOB])]
     finally:
         hub.runner.stop()
+
+
+def test_a_start_of_a_running_runner_makes_no_second_loop(hub):
+    hub.runner.start()
+    hub.runner.start()
+    hub.runner.stop()
+    assert hub.clock.getDelayedCalls() == []

@@ -2053,3 +2053,32 @@ def test_a_listeners_port_is_found_by_its_service_name(tmp_path: Path) -> None:
     assert isinstance(listener.port.getHost().port, int)
     hub.stopService()
     assert listener.port is None
+
+
+def test_a_start_of_a_running_hub_leaves_no_second_queue_runner(tmp_path: Path) -> None:
+    # startService on a hub that runs (an application that starts the hub
+    # and then adds it to a running parent, which starts it again): the
+    # queue runner made a second LoopingCall and lost the first, which
+    # went on ticking after the stop -- delivering from a queue whose
+    # state directory the stop had given up to the next hub
+    from twisted.logger import formatEvent
+
+    settings = quiet_settings(tmp_path)
+    reactor = MemoryReactorClock()
+    hub = MailHub(settings, reactor=reactor)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.startService()
+        listening = list(hub.components.listening)
+        hub.startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert hub.components.listening == listening
+    # nothing started a second time: one start line, one queue runner line
+    lines = [formatEvent(e) for e in events]
+    assert sum(line.startswith("txmailhub started") for line in lines) == 1
+    assert sum(line.startswith("queue runner started") for line in lines) == 1
+    stopped = hub.stopService()
+    assert stopped.called
+    assert reactor.getDelayedCalls() == []

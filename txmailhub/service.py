@@ -469,6 +469,11 @@ class MailHub(MultiService):
         return DeferredList([*others, *after, storage])
 
     def startService(self) -> None:
+        if self.running:
+            # started already (an application that starts the hub, then adds
+            # it to a parent that runs, which starts it again): each part
+            # would start twice, the queue runner's timer with it
+            return
         try:
             super().startService()
         except StartError:

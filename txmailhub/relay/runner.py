@@ -126,6 +126,10 @@ class QueueRunner:
     # --- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
+        if self.running and self._loop is not None and self._loop.running:
+            # running already: a second loop would tick on after the stop,
+            # which stops only the last one made
+            return
         self.running = True
         if self._give_up_timer is not None and self._give_up_timer.active():
             # started again within a stop's grace: what the last run left in
