@@ -2082,3 +2082,33 @@ def test_a_start_of_a_running_hub_leaves_no_second_queue_runner(tmp_path: Path) 
     stopped = hub.stopService()
     assert stopped.called
     assert reactor.getDelayedCalls() == []
+
+
+def test_a_running_hub_added_to_a_running_parent_binds_nothing_again(tmp_path: Path) -> None:
+    # MultiService.addService on a running parent calls the new child's
+    # privilegedStartService and startService: a hub that ran already bound
+    # each listener a second time (port 0: a second port, left listening
+    # after the stop; a fixed port: "address in use", and the running hub
+    # rolled itself back)
+    from twisted.application.service import MultiService
+
+    hub, reactor = hub_of(tmp_path, ONE_SMTP_LISTENER)
+    hub.startService()
+    listening = list(hub.components.listening)
+    top = MultiService()
+    top.startService()
+    hub.setServiceParent(top)
+    assert hub.running
+    assert len(reactor.tcpServers) == 1
+    assert hub.components.listening == listening
+
+
+def test_a_listener_that_listens_binds_no_second_port() -> None:
+    from twisted.internet.protocol import Factory
+
+    reactor = MemoryReactorClock()
+    service = ListenerService(reactor, "smtp", "tcp:2525:interface=127.0.0.1", Factory())
+    service.privilegedStartService()
+    service.startService()
+    service.privilegedStartService()  # a parent that starts it again
+    assert len(reactor.tcpServers) == 1

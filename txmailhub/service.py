@@ -239,7 +239,11 @@ class ListenerService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._bind()
+        if self.port is None:
+            # listening already: a running hub added to a running parent
+            # gets this call again (a second bind took a second port 0, or
+            # failed "in use" on its own fixed port and rolled the hub back)
+            self._bind()
 
     def startService(self) -> None:
         super().startService()
