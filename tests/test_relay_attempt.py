@@ -1119,6 +1119,20 @@ def test_abort_all_fires_once_the_sessions_it_cut_are_gone(tmp_path):
     assert a.abort_all().called  # nothing in flight: at once
 
 
+def test_a_connection_lost_after_the_stop_stopped_waiting_is_no_error(tmp_path):
+    # the runner waits CUT_GRACE at most (``addTimeout`` cancels the wait):
+    # the session's connectionLost that comes later must not fire it again
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    gone = a.abort_all()
+    gone.cancel()
+    gone.addErrback(lambda f: None)
+    [r] = run(net, d)
+    assert r.kind == "transient"
+
+
 def test_a_session_cut_by_the_stop_marks_no_host_failed(tmp_path):
     # The stop's cut is the hub's doing: the host is not marked failed
     # (the next start would try the other MX first), and the result says
