@@ -855,6 +855,21 @@ def test_opportunistic_smarthost_remembers_tls_like_an_mx_host(tmp_path):
     assert not net.server_protocols[-1].messages
 
 
+def test_a_verify_smarthost_that_refuses_starttls_for_good_keeps_the_mail_queued(tmp_path):
+    # relay.rst: under "verify" a failure keeps the mail queued.  A 5yz to
+    # STARTTLS (a smarthost that has no TLS after all, or no TLS for now
+    # worded as a 554) refuses the hub's TLS policy, not this message: it
+    # bounced the mail at once
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"')
+    net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS",), tls_creator=FakeTLS("server"),
+        replies={"STARTTLS": b"554 5.7.0 TLS not available\r\n"})
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient", r
+    assert r.reply.text() == "454 4.7.0 TLS not available (the server said 554 5.7.0)"
+    assert not net.server_protocols[0].messages
+
+
 def test_smarthost_tls_failure(tmp_path):
     a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"', tls_ok=False)
     net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(

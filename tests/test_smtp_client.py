@@ -273,6 +273,27 @@ def test_tls_required_and_refused():
     assert s.outcome.session_error.code == 454
 
 
+@pytest.mark.parametrize("refusal, said", [
+    (b"554 5.7.0 TLS not available\r\n", "554 5.7.0"),
+    (b"502 5.5.1 command not implemented\r\n", "502 5.5.1"),
+    (b"250 ok\r\n", "250"),  # a 2yz that is no 220 starts no TLS (RFC 3207 4)
+])
+def test_tls_required_and_refused_for_good_keeps_the_mail_queued(refusal, said):
+    # TLS required by the hub's policy ([relay] smarthost_tls = "verify",
+    # require_tls_after_seen): a 5yz to STARTTLS refuses TLS, not this
+    # message, and the mail stays queued as when STARTTLS is not offered
+    # (the server's 5yz as the session's error bounced every message)
+    s = session(tls="require")
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert sent(s.receive(refusal)) == b"QUIT\r\n"
+    err = s.outcome.session_error
+    assert isinstance(err, LocalReply) and err.is_transient, err
+    assert (err.code, err.status) == (454, "4.7.0")
+    assert err.text().endswith(f"(the server said {said})"), err.text()
+    assert s.outcome.tls_refused is None
+
+
 def test_tls_none_never_starts_tls():
     s = session(tls="none")
     s.receive(b"220 hi\r\n")

@@ -676,10 +676,17 @@ class ClientSession:
         if reply.code == 220:
             self.phase = Phase.TLS
             return [StartTLS()]
-        if reply.code == 421 or self.tls_policy == "require":
-            # a 421 is the server closing the channel (RFC 5321 3.8), as
-            # for MAIL: no refusal to go on from, and its words are the
-            # session's outcome
+        if reply.code == 421:
+            # the server closing the channel (RFC 5321 3.8), as for MAIL:
+            # no refusal to go on from, and its words are the session's outcome
+            return self._fail_session(reply)
+        if self.tls_policy == "require":
+            if not reply.is_transient:
+                # a 5yz (or a 2yz that is no 220: no TLS starts, RFC 3207
+                # 4) refuses the TLS the hub's policy requires, not this
+                # message: kept queued, as when STARTTLS is not offered,
+                # never bounced for the server's code
+                reply = _restated(reply, 454, "4.7.0")
             return self._fail_session(reply)
         # RFC 3207 4.1 leaves going on to the client; opportunistic TLS
         # does, and says so (SessionOutcome.tls_refused) -- unless nothing
