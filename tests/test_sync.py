@@ -609,6 +609,21 @@ class LaneTests(SynchronousTestCase):
         self.assertIsNone(sync.lane_call(object(), "pop3"))
         self.assertEqual(sync.lane_call(self.syncer, "pop3").__self__, self.syncer.lane("pop3"))
 
+    def test_lane_call_without_lanes_runs_the_job_of_a_wanted_check_that_raises(self):
+        # as a lane does: the check's bug is logged and the job runs; it
+        # raised out of a call whose caller takes a Deferred (a login on an
+        # application's own syncer failed instead)
+        class Plain:
+            def call(self, f, *args):
+                return defer.succeed(f(*args))
+
+        def broken():
+            raise RuntimeError("a bug in the caller's check")
+
+        call = sync.lane_call(Plain(), "pop3")
+        self.assertEqual(self.successResultOf(call(lambda a: a + 1, 1, wanted=broken)), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
 
 class ThreadCallRecorder:
     """A reactor that keeps what worker threads hand it (callFromThread)."""

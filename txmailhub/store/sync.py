@@ -702,8 +702,12 @@ def _still_wanted(wanted: Callable[[], bool] | None, d: defer.Deferred) -> bool:
     ``wanted`` that raises (a bug of the caller's) is logged and counts
     as a yes: the lane goes on for the other jobs, and ``stop()`` is not
     left waiting for a job that can neither run nor be dropped."""
-    if d.called:
-        return False
+    return not d.called and _wants(wanted)
+
+
+def _wants(wanted: Callable[[], bool] | None) -> bool:
+    """``wanted()``, ``True`` when there is none or when it raises (logged;
+    see ``_still_wanted``)."""
     if wanted is None:
         return True
     try:
@@ -728,7 +732,7 @@ def lane_call(syncer: Any, name: str) -> Callable[..., defer.Deferred] | None:
 
     def plain(f: Callable[..., Any], *args: Any,
               wanted: Callable[[], bool] | None = None) -> defer.Deferred:
-        if wanted is not None and not wanted():
+        if not _wants(wanted):  # a check that raises runs the job, as in a lane
             return defer.fail(CallAbandoned("its caller no longer wants it"))
         return call(f, *args)
 
