@@ -247,6 +247,11 @@ def test_a_refused_starttls_that_stops_the_session_is_no_tls_refusal():
     assert sent(s.receive(b"454 4.7.0 TLS not available\r\n")) == b"QUIT\r\n"
     assert "only sent over TLS" in s.outcome.session_error.text()
     assert s.outcome.tls_refused is None
+    # the refusal is then in no warning: the session's error keeps its
+    # words, or "this session has none" reads as a smarthost without
+    # STARTTLS, and the admin looks for the wrong cause
+    assert s.outcome.session_error.text().endswith(
+        "(it refused STARTTLS: 454 4.7.0 TLS not available)"), s.outcome.session_error.text()
 
 
 def test_a_session_with_tls_has_no_tls_refusal():

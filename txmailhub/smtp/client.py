@@ -368,6 +368,9 @@ class ClientSession:
         self._parser = ReplyParser()
         self._expect: deque[Phase] = deque([Phase.GREETING])
         self._tried_tls = False
+        # the server's refusal of our STARTTLS, whether or not the session
+        # goes on in clear after it (``tls_refused``: only when it does)
+        self._starttls_refusal: Reply | None = None
         self._pipelined = False
         self._rcpt_index = 0
         self._accepted: list[Address] = []
@@ -666,9 +669,14 @@ class ClientSession:
                 # stripped or refused STARTTLS must not hand it to whoever
                 # listens (the relay makes no plain retry after a failed
                 # handshake with a password: that retry's policy is "none")
+                # a refused STARTTLS is said here: no warning says it then
+                # (``_on_starttls``), and "has none" alone reads as a
+                # smarthost that offers no STARTTLS
+                refused = self._starttls_refusal
+                why = f" (it refused STARTTLS: {refused.text()})" if refused is not None else ""
                 return self._fail_session(_synthetic(
                     454, "4.7.0", "the smarthost password is only sent over TLS, and this "
-                    "session has none"))
+                    "session has none" + why))
             return self._start_auth()
         return self._start_mail()
 
@@ -691,6 +699,7 @@ class ClientSession:
         # RFC 3207 4.1 leaves going on to the client; opportunistic TLS
         # does, and says so (SessionOutcome.tls_refused) -- unless nothing
         # goes on: a smarthost password kept from the clear ends it here
+        self._starttls_refusal = reply
         actions = self._after_hello()
         if self.outcome is None:
             self.tls_refused = reply
