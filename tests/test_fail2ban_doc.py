@@ -156,3 +156,18 @@ def test_the_filter_leaves_a_successful_login_alone(log_events) -> None:
     talk(proto, t, b"PASS joepw\r\n")
     assert t.value().startswith(b"+OK"), t.value()
     assert hosts(log_lines(log_events, "txmailhub.pop3")) == []
+
+
+def test_the_filter_leaves_a_successful_smtp_login_alone(log_events) -> None:
+    # the login line names the mechanism and the TLS version in brackets
+    # after the user: no failregex may take it for a failure
+    h = Harness()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
+    take(t)
+    creds = base64.b64encode(b"\0alice\0secret").decode()
+    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {creds}\r\n".encode())
+    assert take(t)[-1].startswith("235 ")
+    lines = log_lines(log_events, "txmailhub.smtp")
+    assert any("authenticated as alice@example.org (PLAIN, TLS)" in line for line in lines), lines
+    assert hosts(lines) == []
