@@ -489,6 +489,28 @@ def test_a_refused_starttls_that_keeps_the_mail_queued_is_not_warned_as_sent_in_
     assert not any("went on without TLS" in formatEvent(e) for e in events)
 
 
+@pytest.mark.parametrize("why", ["handshake", "refusal"])
+def test_a_host_whose_tls_never_worked_is_not_required_to_use_it(tmp_path, why):
+    # require_tls_after_seen refuses a host that stops offering TLS
+    # (configuration.rst).  A host that offers STARTTLS and then fails the
+    # handshake (a server with TLS 1.0 only, below the hub's floor) or
+    # refuses it was remembered as offering it: its plain retry (RFC 3207
+    # 4.1) was skipped as "required" from that very session on, and every
+    # message to it stayed queued until it bounced
+    a, net, _ = agent(tmp_path, "require_tls_after_seen = true", tls_ok=why != "handshake")
+    replies = {"STARTTLS": b"454 4.7.0 TLS not available\r\n"} if why == "refusal" else {}
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS",), tls_creator=FakeTLS("server", why != "handshake"),
+        replies=replies)
+    for _ in range(2):  # the first message, and the next one
+        [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+        assert r.kind == "delivered", r
+    assert "mx1.remote.test" not in a.tls_seen
+    # each message went in clear (after a handshake that failed, by the retry)
+    assert all(not p.messages or not p.tls for p in net.server_protocols)
+    assert sum(len(p.messages) for p in net.server_protocols) == 2
+
+
 def test_downgrade_refused_when_configured(tmp_path):
     a, net, _ = agent(tmp_path, "require_tls_after_seen = true")
     a.tls_seen.add("mx1.remote.test")

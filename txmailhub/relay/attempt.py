@@ -1276,8 +1276,19 @@ class DeliveryAgent:
                      **fields)
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
-        if outcome.tls_offered or outcome.tls:
+        """Remember a host this session did TLS with; log a downgrade for
+        a remembered one that no longer offers STARTTLS.  Only TLS that
+        was negotiated counts: a host that offers STARTTLS and refuses it
+        or fails the handshake (TLS 1.0 only, below the hub's floor) was
+        remembered too, and ``require_tls_after_seen`` then refused every
+        session with it, its plain retry (RFC 3207 4.1) included, until the
+        mail bounced -- a host whose TLS never worked is no downgrade."""
+        # (a handshake that failed ends in phase TLS with ``tls`` already
+        # set: the session counts as encrypted from the StartTLS action on)
+        if outcome.tls and outcome.phase != Phase.TLS.value:
             self.tls_seen.offered(host)
+        elif outcome.tls_offered:
+            pass  # offered and not negotiated: neither remembered nor a downgrade
         elif host in self.tls_seen:
             log.warn("TLS downgrade: {host} offered STARTTLS before but not in this session",
                      host=host)
