@@ -4,7 +4,8 @@ Owns ``TLSMemory``: the set of MX host names that offered TLS in some
 session, each with the time it was last seen doing so.  The delivery
 agent (``txmailhub.relay.attempt``) asks ``seen(host)`` to treat a later
 session without STARTTLS as a downgrade, and calls ``offered(host)``
-after every session that offered it.
+after every session that offered it and completed the handshake (a host
+whose TLS never worked is no downgrade: ``DeliveryAgent._note_tls``).
 
 On disk it is one small JSON file, ``state_dir/relay/tls-seen.json``
 (``{"version": 1, "hosts": {"mx.example.net": 1795000000.0, ...}}``),
