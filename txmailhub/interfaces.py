@@ -24,6 +24,7 @@ __all__ = [
     "IMailbox",
     "IMailboxStore",
     "IMailboxUpdate",
+    "INoWaitRead",
     "IOutboundQueue",
     "IRecipientRouter",
     "ISMTPUser",
@@ -166,6 +167,23 @@ class IDowngradedSizes(Interface):
         """Make what was remembered last beyond this session, if anything
         (blocking: a durable write; best effort, never raises).  Nothing
         once the mailbox is closed."""
+
+
+class INoWaitRead(Interface):
+    """An ``IMailbox`` whose reads can be tried without waiting for the
+    disk (``txmailhub.store.nowait``): each either reads what the plain
+    one would, from the kernel's cache, or raises ``BlockingIOError`` at
+    once, having read nothing -- the POP3 server then does the plain read
+    on the store's worker threads.  Optional: without it (a mailbox in
+    memory, an application's own) the POP3 server reads as before, on
+    the reactor thread.  Called on the reactor thread only."""
+
+    def read_message_nowait(index: int, limit: int) -> "bytes | None":  # noqa: UP037
+        """``read_message(index, limit)``, or ``BlockingIOError``."""
+
+    def read_nowait(file, size: int) -> bytes:
+        """``file.read(size)`` of a file ``open_message`` gave, or
+        ``BlockingIOError`` (``file`` is then where it was)."""
 
 
 class IMailboxStore(Interface):

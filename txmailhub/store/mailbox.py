@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate
+from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.store.format import (
     MAX_SIZE,
     CRLFCounter,
@@ -35,6 +35,7 @@ from txmailhub.store.format import (
     order_key,
     uid_for_name,
 )
+from txmailhub.store.nowait import pread_nowait, read_nowait
 from txmailhub.store.sync import POP3_LANE, durable_write, lane_call, rename_noreplace
 
 __all__ = [
@@ -342,7 +343,7 @@ class _SizeCache:
 # --- one locked session ---------------------------------------------------------
 
 
-@implementer(IMailbox, IDowngradedSizes, IMailboxUpdate)
+@implementer(IMailbox, IDowngradedSizes, IMailboxUpdate, INoWaitRead)
 class MaildirMailbox:
     """A locked snapshot of one Maildir (see ``IMailbox``).
 
@@ -547,6 +548,20 @@ class MaildirMailbox:
         finally:
             os.close(fd)
         return data if len(data) < limit else None
+
+    def read_message_nowait(self, index: int, limit: int) -> bytes | None:
+        """``read_message``, or ``BlockingIOError`` if the kernel does not
+        hold the message (``INoWaitRead``): open, one ``preadv2``, close."""
+        fd = self._open_fd(index)
+        try:
+            data = pread_nowait(fd, limit, 0)
+        finally:
+            os.close(fd)
+        return data if len(data) < limit else None
+
+    def read_nowait(self, file: Any, size: int) -> bytes:
+        """``file.read(size)``, or ``BlockingIOError`` (``INoWaitRead``)."""
+        return read_nowait(file, size)
 
     def mark_seen(self, index: int) -> None:
         error = self._flag_seen(index)

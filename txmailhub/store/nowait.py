@@ -1,0 +1,139 @@
+"""Reads that do not wait for the disk: ``preadv2(..., RWF_NOWAIT)``.
+
+Owns the two reads the POP3 sessions try on the reactor thread before
+they hand a read to the store's worker threads -- ``pread_nowait`` (a
+descriptor, at an offset) and ``read_nowait`` (a file object, where it
+stands) -- and the decision, made once a process, whether the kernel
+offers them.  Must not decide where the read goes instead: that is the
+caller's (``txmailhub.pop3.protocol``).
+
+Why: a read of data the kernel has not cached waits for the device, and
+on a hung one (a stuck NFS, SAN or device-mapper device) a read on the
+reactor thread held every session of the hub.  A hand-off to a worker
+thread for every read costs more CPU than a whole small ``RETR`` (tens
+to a hundred and more microseconds against some 50), and nearly every
+read is of mail the kernel holds (mail is mostly read soon after it
+came).  With ``RWF_NOWAIT`` (Linux 4.14, and a filesystem that supports
+it: ext4, XFS, btrfs, tmpfs of recent kernels) a read of cached data
+costs what a plain one does, and one that would wait fails at once with
+``EAGAIN`` (``BlockingIOError``) and reads nothing: only that one goes
+to a worker.  Where the flag is missing or refused (``EOPNOTSUPP``,
+``EINVAL``: another kernel or filesystem) the reads here are plain
+reads, as before, from the first refusal on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from twisted.logger import Logger
+
+__all__ = ["nowait_available", "pread_nowait", "read_nowait"]
+
+log = Logger(namespace="txmailhub.store")
+
+_FLAG: int | None = getattr(os, "RWF_NOWAIT", None)
+_REFUSED = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+# None until a read tells: True once one worked, False once refused (or
+# no flag at all): then every read here is a plain one
+_works: bool | None = None if _FLAG is not None and hasattr(os, "preadv") else False
+
+
+def nowait_available() -> bool:
+    """Whether reads here may raise ``BlockingIOError`` (not known to be
+    refused): callers that have nowhere to send a read that would wait
+    need not try."""
+    return _works is not False
+
+
+def _refused(error: OSError) -> None:
+    global _works
+    _works = False
+    log.info("reads without waiting for the disk (RWF_NOWAIT) not available here ({error}): "
+             "POP3 reads of mail the kernel has not cached wait on the main thread",
+             error=os.strerror(error.errno) if error.errno else str(error))
+
+
+def _set(value: bool | None) -> None:
+    """For tests: pretend the kernel refused the flag (``False``), or
+    forget what was learnt (``None``)."""
+    global _works
+    _works = value if _FLAG is not None else False
+
+
+def pread_nowait(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` octets of ``fd`` from ``offset`` (fewer only at the
+    end of the file, as ``os.pread`` gives a regular file), read only if
+    the kernel holds them all: ``BlockingIOError`` otherwise, nothing
+    read.  A plain ``os.pread`` where the flag is not available."""
+    if _works is False:
+        return os.pread(fd, size, offset)
+    buf = bytearray(size)
+    try:
+        n = os.preadv(fd, [buf], offset, _FLAG)  # type: ignore[arg-type]
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno not in _REFUSED:
+            raise
+        _refused(e)
+        return os.pread(fd, size, offset)
+    if _works is None:
+        _learnt()
+    if n == size:
+        return bytes(buf)
+    if not n:
+        return b""
+    # A short read is the end of the file, or the end of what the kernel
+    # holds: the rest is asked for (0 at the end; BlockingIOError if not
+    # cached, and then none of it counts as read)
+    del buf[n:]
+    return bytes(buf) + pread_nowait(fd, size - n, offset + n)
+
+
+def _learnt() -> None:
+    global _works
+    if _works is None:
+        _works = True
+
+
+def read_nowait(f: Any, size: int) -> bytes:
+    """``f.read(size)`` of an unbuffered file over a regular file (what
+    ``MaildirMailbox.open_message`` gives), read only if the kernel holds
+    it all: ``BlockingIOError`` otherwise, and the file is where it was
+    (a worker's ``f.read(size)`` then reads the same octets).  A plain
+    ``f.read`` where the flag is not available."""
+    if _works is False:
+        return f.read(size)
+    return _read_here(f.fileno(), size)
+
+
+def _read_here(fd: int, size: int) -> bytes:
+    """``pread_nowait`` from the file's position, which it moves (offset
+    -1: one system call, as a plain read)."""
+    buf = bytearray(size)
+    try:
+        n = os.preadv(fd, [buf], -1, _FLAG)  # type: ignore[arg-type]
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno not in _REFUSED:
+            raise
+        _refused(e)
+        return os.read(fd, size)
+    if _works is None:
+        _learnt()
+    if n == size:
+        return bytes(buf)
+    if not n:
+        return b""
+    try:
+        rest = _read_here(fd, size - n)
+    except BlockingIOError:
+        os.lseek(fd, -n, os.SEEK_CUR)  # back to where the read began
+        raise
+    del buf[n:]
+    return bytes(buf) + rest
