@@ -34,7 +34,7 @@ from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
 from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
 from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
-from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate
+from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
@@ -192,6 +192,32 @@ def _scan_on(f: Any, scan: HeaderScan, gone: Callable[[], bool]) -> None:
         scan.feed(more)
 
 
+def _read_whole_on(mailbox: Any, index: int, gone: Callable[[], bool]) -> bytes | None:
+    """``read_message`` of a small message the kernel has not cached, as a
+    worker job (``POP3Protocol._transmit``); nothing once ``gone()``."""
+    if gone():
+        return None
+    return mailbox.read_message(index, CHUNK_SIZE)
+
+
+def _read_on(f: Any, gone: Callable[[], bool]) -> bytes:
+    """A chunk of ``f`` the kernel has not cached, as a worker job."""
+    if gone():
+        return b""
+    return f.read(CHUNK_SIZE)
+
+
+def _chunk_on(f: Any, encoder: MessageEncoder,
+              gone: Callable[[], bool]) -> tuple[bool, bytes]:
+    """The next chunk of a message streaming (``POP3Protocol._pump``),
+    read and encoded on a worker thread since the kernel had not cached
+    it: ``(False, b"")`` at the end of the file (or once ``gone()``)."""
+    if gone():
+        return False, b""
+    data = f.read(CHUNK_SIZE)
+    return (True, encoder.encode(data)) if data else (False, b"")
+
+
 def _downgrade_on(first: bytes, f: Any, complete: bool,
                   gone: Callable[[], bool]) -> tuple[bytes, bool, int] | None:
     """``POP3Protocol._downgrade_start`` as a worker job; nothing once
@@ -240,8 +266,9 @@ class POP3Protocol(Protocol):
     # access in every command of the session gets slower.  Tests check a
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
-        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_flush", "_idle_call",
-        "_last_activity", "_logout", "_lost", "_peer", "_pending_call", "_processing",
+        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits", "_flush",
+        "_idle_call", "_last_activity", "_logout", "_lost", "_nowait", "_peer", "_pending_call",
+        "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
         "_turn_call", "_turn_spent", "_typed", "_unseen", "_unseen_resets",
         "_update_running", "_user", "_write_paused",
@@ -264,6 +291,10 @@ class POP3Protocol(Protocol):
         self._user = ""
         self._typed = ""  # the user name as the client gave it
         self._busy = False  # a login, delay, stream or update is running
+        # the mailbox, where its reads can be tried without waiting for the
+        # disk (``INoWaitRead``) and a worker can do those that would wait
+        self._nowait: Any = None
+        self._disk_waits = 0  # reads handed to a worker: not cached (logged at the end)
         self._processing = False
         self._write_paused = False
         self._reading = True
@@ -403,9 +434,11 @@ class POP3Protocol(Protocol):
                 call.cancel()
         self._idle_call = self._pending_call = self._close_call = self._closed_call = None
         self._turn_call = self._save_call = None
-        if self._stream is not None:
-            self._stream.close()
+        stream = self._stream
+        if stream is not None:
             self._stream = None
+            if not stream.reading:  # else closed when the worker is done with it
+                stream.close()
         # What the session holds per message goes now (the engine's
         # snapshot and its size function, which is ours: a cycle)
         if self.engine is not None:
@@ -419,8 +452,9 @@ class POP3Protocol(Protocol):
             seen = self._take_unseen(())
             if self.mailbox is not None:
                 why = "closed as the hub stops" if stopping else "left without QUIT"
-                log.info("POP3 {user} from {peer} {why}: nothing deleted",
-                         user=self._user, peer=self._peer, why=why)
+                log.info("POP3 {user} from {peer} {why}: nothing deleted{waits}",
+                         user=self._user, peer=self._peer, why=why, waits=self._waits(),
+                         disk_waits=self._disk_waits)
             save = pending_save and not stopping
             if self.mailbox is not None and (save or seen):
                 # a client that hangs up right after LIST or STAT: the
@@ -491,7 +525,7 @@ class POP3Protocol(Protocol):
     def _release(self) -> None:
         self._unseen = bytearray()  # flagged by now, or never (a failed login, a bug)
         mailbox, logout = self.mailbox, self._logout
-        self.mailbox = self._logout = None
+        self.mailbox = self._logout = self._nowait = None
         if logout is not None:
             try:
                 logout()
@@ -769,6 +803,12 @@ class POP3Protocol(Protocol):
             listed=R.messages(len(messages)),
         )
         self._sizes = _NO_SIZES
+        # reads of mail the kernel has not cached go to a worker thread
+        # (``_off_thread``) where the mailbox can tell them (``INoWaitRead``;
+        # where the kernel cannot, its reads are plain ones)
+        self._nowait = mailbox if (
+            INoWaitRead.providedBy(mailbox)
+            and lane_call(self.components.syncer, POP3_LANE) is not None) else None
         # RFC 6856 allows UTF8 only before the login: from here on it is
         # known which size RETR will send, the stored one or the downgraded
         if self.engine.utf8:
@@ -909,27 +949,107 @@ class POP3Protocol(Protocol):
     # -- RETR / TOP --------------------------------------------------------
 
     def _transmit(self, action: Transmit) -> None:
-        f = first = None
+        if action.size < CHUNK_SIZE:  # stored octets <= CRLF octets
+            nowait = self._nowait
+            try:
+                if nowait is None:
+                    first = self.mailbox.read_message(action.index, CHUNK_SIZE)
+                else:
+                    # the stored file is no longer than its CRLF form: a
+                    # buffer that long is enough, not a whole chunk's
+                    first = nowait.read_message_nowait(action.index, action.size + 1)
+            except BlockingIOError:
+                # not cached: the read waits for the disk on a worker thread
+                self._off_thread(_read_whole_on, (self.mailbox, action.index, self._gone),
+                                 self._whole_back, action)
+                return
+            except Exception:
+                self._read_failed(action, None)
+                return
+            if first is not None:
+                self._small(action, first)
+                return
+        self._open(action)
+
+    def _small(self, action: Transmit, first: bytes) -> None:
+        """Send message ``action.index``, read whole (``first``)."""
+        if action.body_lines is not None:  # TOP
+            self._with_first(action, None, first)
+            return
         head = action.head
         try:
-            if action.size < CHUNK_SIZE:  # stored octets <= CRLF octets
-                first = self.mailbox.read_message(action.index, CHUNK_SIZE)
-                if first is not None and action.body_lines is None:  # a small RETR
-                    if not action.utf8 and _needs_utf8(first):
-                        self._turn_spent = True
-                        start = self._downgrade_start(first, None, True)
-                        if start is None:
-                            self._refuse_utf8(action)
-                            return
-                        first, _, delta = start
-                        head = self._downgraded_head(action, delta)
-                    self._write(encode_whole(first, head))
-                    if action.mark_seen:
-                        self._retrieved(action.index)
+            if not action.utf8 and _needs_utf8(first):
+                self._turn_spent = True
+                start = self._downgrade_start(first, None, True)
+                if start is None:
+                    self._refuse_utf8(action)
                     return
-            if first is None:
-                f = self.mailbox.open_message(action.index)
-                first = f.read(CHUNK_SIZE)
+                first, _, delta = start
+                head = self._downgraded_head(action, delta)
+        except Exception:
+            self._read_failed(action, None)
+            return
+        self._write(encode_whole(first, head))
+        if action.mark_seen:
+            self._retrieved(action.index)
+
+    def _open(self, action: Transmit) -> None:
+        """Open the message and read its first chunk."""
+        f = None
+        try:
+            f = self.mailbox.open_message(action.index)
+            first = self._read(f)
+        except BlockingIOError:
+            if f is None:  # pragma: no cover - an open does not say EAGAIN
+                self._read_failed(action, None)
+                return
+            self._off_thread(_read_on, (f, self._gone), self._first_back, action, f)
+            return
+        except Exception:
+            self._read_failed(action, f)
+            return
+        self._with_first(action, f, first)
+
+    def _read(self, f: Any) -> bytes:
+        """A chunk of ``f``: ``BlockingIOError`` if the kernel has not
+        cached it and a worker thread can read it instead."""
+        nowait = self._nowait
+        return f.read(CHUNK_SIZE) if nowait is None else nowait.read_nowait(f, CHUNK_SIZE)
+
+    def _off_thread(self, job: Callable[..., Any], args: tuple,
+                    back: Callable[..., None], *back_args: Any) -> None:
+        """A read the kernel could not answer from its cache, done on the
+        store's worker threads (in the POP3 sessions' lane, not in turn
+        with the ``WORKER_JOBS`` downgrades: a read is no CPU work), then
+        ``back(result, *back_args)`` on the reactor thread.  Commands wait
+        meanwhile (``_busy``), and the client is not idle (``_idle_check``)."""
+        call = lane_call(self.components.syncer, POP3_LANE)
+        assert call is not None  # ``_nowait`` is set only where there are workers
+        self._busy = True
+        self._disk_waits += 1
+        call(job, *args).addBoth(back, *back_args).addErrback(self._internal_error)
+
+    def _whole_back(self, result: Any, action: Transmit) -> None:
+        """A small message read on a worker thread (``_transmit``)."""
+        if not self._back_from_worker(result, action, None):
+            return
+        if result is None:  # longer than it was listed as: streamed
+            self._open(action)
+        else:
+            self._small(action, result)
+        self._process()
+
+    def _first_back(self, result: Any, action: Transmit, f: Any) -> None:
+        """A message's first chunk read on a worker thread (``_open``)."""
+        if self._back_from_worker(result, action, f):
+            self._with_first(action, f, result)
+            self._process()
+
+    def _with_first(self, action: Transmit, f: Any, first: bytes) -> None:
+        """Send the message whose first chunk is ``first``, read from ``f``
+        (``None``: ``first`` is the whole message)."""
+        head = action.head
+        try:
             complete = len(first) < CHUNK_SIZE
             if not action.utf8:
                 scan = HeaderScan()
@@ -942,19 +1062,25 @@ class POP3Protocol(Protocol):
                     # the reactor
                     scanned = len(first)
                     more = first
-                    while not scan.done and scanned <= DOWNGRADE_HEADER_LIMIT:
-                        more = f.read(CHUNK_SIZE)
-                        if not more:
-                            break
-                        scanned += len(more)
-                        scan.feed(more)
-                    if not scan.done and more:
+                    uncached = False
+                    try:
+                        while not scan.done and scanned <= DOWNGRADE_HEADER_LIMIT:
+                            more = self._read(f)
+                            if not more:
+                                break
+                            scanned += len(more)
+                            scan.feed(more)
+                    except BlockingIOError:
+                        uncached = True  # the rest on a worker thread
+                    if not scan.done and (more or uncached):
                         # Still not known: UTF-8 further on must be refused
                         # too (RFC 6856 5), so the rest of the header
                         # section is read on a worker thread where there is one
                         call = self._worker_call()
                         if call is not None:
                             self._busy = True
+                            if uncached:
+                                self._disk_waits += 1
                             call(_scan_on, f, scan, lambda: self._lost).addBoth(
                                 self._scanned_on, action, f, scan,
                             ).addErrback(self._internal_error)
@@ -1006,7 +1132,8 @@ class POP3Protocol(Protocol):
         caller goes on with ``result``."""
         self._busy = False
         if self._lost:
-            f.close()
+            if f is not None:
+                f.close()
             return False
         self._answered_after_wait()
         if isinstance(result, Failure):
@@ -1042,7 +1169,24 @@ class POP3Protocol(Protocol):
         downgraded or refused."""
         try:
             f = self._rewind(f, action.index)
-            first = f.read(CHUNK_SIZE)
+            first = self._read(f)
+        except BlockingIOError:
+            # evicted since the scan: the first chunk again on a worker
+            self._off_thread(_read_on, (f, self._gone), self._rescanned_back, action, f, scan)
+            return
+        except Exception:
+            self._read_failed(action, f)
+            return
+        self._send_judged(action, f, first, scan)
+
+    def _rescanned_back(self, result: Any, action: Transmit, f: Any, scan: HeaderScan) -> None:
+        """The first chunk read again on a worker thread (``_send_scanned``)."""
+        if self._back_from_worker(result, action, f):
+            self._send_judged(action, f, result, scan)
+            self._process()
+
+    def _send_judged(self, action: Transmit, f: Any, first: bytes, scan: HeaderScan) -> None:
+        try:
             judged = self._judged(action, f, first, len(first) < CHUNK_SIZE, scan)
             if judged is None:
                 return
@@ -1206,28 +1350,69 @@ class POP3Protocol(Protocol):
         """Send chunks of the current message until the transport pushes back."""
         stream = self._stream
         write = self.transport.write
+        if stream is not None and stream.reading:
+            return  # its next chunk is being read on a worker thread
+        nowait = self._nowait
         while stream is not None and not self._write_paused:
             try:
-                data = b"" if stream.encoder.done else stream.file.read(CHUNK_SIZE)
+                if stream.encoder.done:
+                    data = b""
+                elif nowait is None:
+                    data = stream.file.read(CHUNK_SIZE)
+                else:
+                    data = nowait.read_nowait(stream.file, CHUNK_SIZE)
+            except BlockingIOError:
+                # not cached: read and encoded on a worker thread, then on
+                # from ``_chunk_back``; the file stays open until then
+                stream.reading = True
+                self._off_thread(_chunk_on, (stream.file, stream.encoder, self._gone),
+                                 self._chunk_back, stream)
+                return
             except OSError:
-                log.failure("POP3 read error streaming a message of {user}", user=self._user)
-                self._stream = None
-                stream.close()
-                self._busy = False
-                self.transport.abortConnection()
+                self._stream_failed(stream, None)
                 return
             self._last_activity = self.reactor.seconds()
             if data:
                 write(stream.encoder.encode(data))
                 continue
-            self._stream = None
-            stream.close()
-            write(stream.encoder.finish())
-            if stream.action.mark_seen:
-                self._retrieved(stream.action.index)
-            self._busy = False
-            self._process()
+            self._streamed(stream)
             return
+
+    def _streamed(self, stream: _Stream) -> None:
+        """The whole message is sent: its end, and the next command."""
+        self._stream = None
+        stream.close()
+        self.transport.write(stream.encoder.finish())
+        if stream.action.mark_seen:
+            self._retrieved(stream.action.index)
+        self._busy = False
+        self._process()
+
+    def _stream_failed(self, stream: _Stream, failure: Failure | None) -> None:
+        """A read failed in the middle of a message: the client cannot be
+        told (its +OK and part of the message are sent), so it is cut."""
+        log.failure("POP3 read error streaming a message of {user}", failure, user=self._user)
+        self._stream = None
+        stream.close()
+        self._busy = False
+        self.transport.abortConnection()
+
+    def _chunk_back(self, result: Any, stream: _Stream) -> None:
+        """A chunk read (and encoded) on a worker thread (``_pump``)."""
+        stream.reading = False
+        if self._lost or self._stream is not stream:
+            stream.close()  # the client left meanwhile: nothing written
+            return
+        self._answered_after_wait()
+        if isinstance(result, Failure):
+            self._stream_failed(stream, result)
+            return
+        more, data = result
+        if not more:
+            self._streamed(stream)
+            return
+        self.transport.write(data)
+        self._pump()
 
     # -- producer: the transport tells us when its buffer is full ------------
 
@@ -1270,9 +1455,11 @@ class POP3Protocol(Protocol):
             self._process()
 
     def stopProducing(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        stream = self._stream
+        if stream is not None:
             self._stream = None
+            if not stream.reading:  # else closed when the worker is done with it
+                stream.close()
 
     # -- STLS and UPDATE ---------------------------------------------------
 
@@ -1290,6 +1477,15 @@ class POP3Protocol(Protocol):
             # paused, and will never resume us: we are not paused any more.
             self._write_paused = False
             self._flow()
+
+    def _waits(self) -> str:
+        """For the session's last log line: how many of its reads were not
+        answered from the kernel's cache and went to a worker thread
+        (``_off_thread``), if any; a line per read would cost every RETR."""
+        n = self._disk_waits
+        if not n:
+            return ""
+        return f" ({n} read{'s' if n > 1 else ''} of uncached mail on a worker thread)"
 
     def _update(self, action: Update) -> None:
         seen = self._take_unseen(action.indices)
@@ -1317,9 +1513,9 @@ class POP3Protocol(Protocol):
 
     def _updated(self, _: Any, action: Update) -> None:
         count = len(action.indices)
-        log.info("POP3 logout {user} from {peer}: {deleted} deleted", user=self._user,
-                 peer=self._peer, count=count,
-                 deleted=R.messages(count))
+        log.info("POP3 logout {user} from {peer}: {deleted} deleted{waits}", user=self._user,
+                 peer=self._peer, count=count, deleted=R.messages(count), waits=self._waits(),
+                 disk_waits=self._disk_waits)
         self._end_update(True)
 
     def _update_failed(self, failure: Failure, action: Update) -> None:
@@ -1365,7 +1561,9 @@ class POP3Protocol(Protocol):
         # Not while the hub keeps the client waiting (a password check, a
         # failed login's delay, the UPDATE): the client is waiting for us,
         # and the idle time starts again with our answer.
-        waiting_for_us = self._update_running or (self._busy and self._stream is None)
+        stream = self._stream
+        waiting_for_us = self._update_running or (self._busy and (
+            stream is None or stream.reading))
         if idle < timeout or waiting_for_us:
             wait = timeout - idle if idle < timeout else timeout
             self._idle_call = self.reactor.callLater(wait, self._idle_check)
@@ -1393,12 +1591,13 @@ class POP3Protocol(Protocol):
 class _Stream:
     """The message file being sent and its encoder."""
 
-    __slots__ = ("action", "encoder", "file")
+    __slots__ = ("action", "encoder", "file", "reading")
 
     def __init__(self, file: Any, encoder: MessageEncoder, action: Transmit) -> None:
         self.file = file
         self.encoder = encoder
         self.action = action
+        self.reading = False  # a worker thread reads its next chunk (``_pump``)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,445 @@
+"""RETR and TOP of mail the kernel has not cached: the read goes to the
+store's worker threads, everything else stays as it was.
+
+The mailbox is a real Maildir behind ``Uncached``, an ``INoWaitRead``
+whose reads tried without waiting say EAGAIN (``BlockingIOError``) for
+the tries a test picks, as ``preadv2(RWF_NOWAIT)`` does for data not in
+the page cache; the worker threads are ``HeldJobs``, whose jobs run when
+the test says.  The bytes a client gets are compared with those of the
+same commands in a session where every read was cached.  The reads
+themselves (``txmailhub.store.nowait``) are tested on real files at the
+end."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from test_pop3_reader_and_storage import HeldJobs, Realm, connect, make_env
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.error import ConnectionDone
+from twisted.logger import formatEvent
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
+from txmailhub.pop3 import replies as R
+from txmailhub.pop3.protocol import CHUNK_SIZE
+from txmailhub.store import nowait
+
+ALWAYS = "always"
+
+
+@implementer(IMailbox, IMailboxUpdate, IDowngradedSizes, INoWaitRead)
+class Uncached:
+    """A ``MaildirMailbox`` whose tries without waiting numbered in
+    ``uncached`` (0 the first of the session; ``ALWAYS``: every one) say
+    the data is not cached, having read nothing.  ``plain_error``: what
+    the plain reads (the worker's) raise instead of reading."""
+
+    def __init__(self, box, uncached):
+        self._box = box
+        self.uncached = uncached
+        self.tries = 0
+        self.plain_error = None
+
+    def __getattr__(self, name):
+        return getattr(self._box, name)
+
+    def _try(self):
+        n, self.tries = self.tries, self.tries + 1
+        if self.uncached == ALWAYS or n in self.uncached:
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+
+    def read_message_nowait(self, index, limit):
+        self._try()
+        return self._box.read_message_nowait(index, limit)
+
+    def read_nowait(self, file, size):
+        self._try()
+        return self._box.read_nowait(file, size)
+
+    def read_message(self, index, limit):
+        if self.plain_error is not None:
+            raise self.plain_error
+        return self._box.read_message(index, limit)
+
+
+class UncachedRealm(Realm):
+    def __init__(self, store, uncached):
+        super().__init__(store)
+        self.uncached = uncached
+        self.boxes = []
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        def wrap(result):
+            iface, box, logout = result
+            self.boxes.append(Uncached(box, self.uncached))
+            return iface, self.boxes[-1], logout
+        return super().requestAvatar(avatar_id, mind, *interfaces).addCallback(wrap)
+
+
+def env(tmp_path, messages, uncached=(), **pop3):
+    """joe's Maildir with ``messages`` (stored bytes), his sessions' reads
+    uncached as ``uncached`` says, and held worker jobs."""
+    clock, components, md = make_env(tmp_path, **pop3)
+    components.store.syncer = components.syncer = syncer = HeldJobs()
+    for i, data in enumerate(messages):
+        with open(os.path.join(md, "new", f"16000000{i:02d}.M1P1Q{i}.x"), "wb") as f:
+            f.write(data)
+    realm = UncachedRealm(components.store, uncached)
+    db = InMemoryUsernamePasswordDatabaseDontUse(**{"joe@example.org": b"joepw"})
+    components.portal = Portal(realm, [db])
+    return clock, components, md, syncer, realm
+
+
+_open_sessions = []
+
+
+@pytest.fixture(autouse=True)
+def _end_sessions():
+    """Each test's sessions are dropped at its end (their locks let go)."""
+    yield
+    while _open_sessions:
+        proto, syncer = _open_sessions.pop()
+        if not proto._lost:
+            proto.connectionLost(Failure(ConnectionDone()))
+        syncer.holding = False
+        syncer.run()
+
+
+def session(components, syncer, utf8=False):
+    """A logged-in session (its login job run at once), output cleared."""
+    syncer.holding = False
+    proto, t = connect(components)
+    _open_sessions.append((proto, syncer))
+    proto.dataReceived(b"UTF8\r\n" if utf8 else b"")
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t.received)
+    t.received.clear()
+    syncer.holding = True
+    return proto, t
+
+
+def cached_answer(tmp_path, messages, commands, utf8=False):
+    """What a session whose every read is cached answers to ``commands``."""
+    _clock, components, _md, syncer, _realm = env(tmp_path / "cached", messages)
+    proto, t = session(components, syncer, utf8)
+    proto.dataReceived(commands)
+    assert syncer.jobs == []
+    return bytes(t.received)
+
+
+def run_all(syncer, limit=100):
+    """Run the held jobs, and the ones they lead to, one at a time."""
+    for _ in range(limit):
+        if not syncer.jobs:
+            return
+        syncer.run_one(0)
+    raise AssertionError("jobs keep coming")
+
+
+SMALL = b"Subject: small\n\n.leading dot\nhello\n"
+# over a chunk: streamed, with dot-stuffing across chunk boundaries
+BIG = b"Subject: big\n\n" + b"".join(b".%06d line\n" % i for i in range(20_000))
+assert len(BIG) > 3 * CHUNK_SIZE
+
+
+def test_small_retr_not_cached_is_answered_after_the_worker_read_it(tmp_path):
+    """The reply waits for the job; the bytes are those of a cached RETR."""
+    expected = cached_answer(tmp_path, [SMALL], b"RETR 1\r\n")
+    _clock, components, _md, syncer, realm = env(tmp_path, [SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert bytes(t.received) == b""  # nothing before the read
+    assert len(syncer.jobs) == 1
+    syncer.run_one()
+    assert bytes(t.received) == expected
+    assert expected.startswith(b"+OK") and b"\r\n..leading dot\r\n" in expected
+    assert realm.boxes[0].tries == 1
+
+
+def test_a_streamed_retr_whose_chunks_are_not_cached_sends_the_same_bytes(tmp_path):
+    """The first chunk and a later one uncached: each waits for its job
+    (read and encoded on the worker), the rest goes on from the reactor
+    thread, and the client gets exactly what a cached RETR sends."""
+    expected = cached_answer(tmp_path, [BIG], b"RETR 1\r\n")
+    _clock, components, _md, syncer, _realm = env(tmp_path, [BIG], uncached={0, 2, 3})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert bytes(t.received) == b"" and len(syncer.jobs) == 1
+    syncer.run_one()  # the first chunk: +OK, that chunk and the next one sent
+    sent = len(t.received)
+    assert 0 < sent < len(expected) and len(syncer.jobs) == 1
+    syncer.run_one()  # the third
+    assert sent < len(t.received) < len(expected) and len(syncer.jobs) == 1
+    run_all(syncer)
+    assert bytes(t.received) == expected
+    assert expected.endswith(b"\r\n.\r\n") and b"\r\n..019999 line\r\n" in expected
+
+
+def test_top_not_cached_counts_its_lines_as_before(tmp_path):
+    expected = cached_answer(tmp_path, [SMALL, BIG], b"TOP 1 1\r\nTOP 2 7000\r\n")
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, BIG], uncached=ALWAYS)
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"TOP 1 1\r\nTOP 2 7000\r\n")
+    assert bytes(t.received) == b""
+    run_all(syncer)
+    assert bytes(t.received) == expected
+    assert expected.count(b"\r\n.\r\n") == 2
+
+
+def test_pipelined_commands_wait_for_the_read_and_are_answered_in_order(tmp_path):
+    commands = b"RETR 1\r\nNOOP\r\nRETR 2\r\nSTAT\r\nRETR 1\r\n"
+    expected = cached_answer(tmp_path, [SMALL, BIG], commands)
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, BIG], uncached={0, 1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(commands)
+    assert bytes(t.received) == b""  # not even the NOOP's +OK
+    syncer.run_one()
+    # RETR 1 sent, NOOP answered, RETR 2 waits for its first chunk
+    assert bytes(t.received) == expected[:len(t.received)]
+    assert bytes(t.received).count(b"+OK") == 2 and len(syncer.jobs) == 1
+    run_all(syncer)
+    assert bytes(t.received) == expected
+
+
+def test_a_client_without_utf8_gets_the_downgraded_copy_after_the_read(tmp_path):
+    """RFC 6857: the header section is downgraded on the reactor thread
+    once the worker read the message, as for a cached one."""
+    data = "Subject: caf\u00e9\nFrom: J\u00f6 <joe@example.org>\n\nbody\n".encode()
+    expected = cached_answer(tmp_path, [data, BIG], b"RETR 1\r\nLIST 1\r\n")
+    assert b"=?utf-8?" in expected.lower()
+    _clock, components, _md, syncer, _realm = env(tmp_path, [data, BIG], uncached=ALWAYS)
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nLIST 1\r\n")
+    run_all(syncer)
+    assert bytes(t.received) == expected
+
+
+def test_a_message_removed_before_the_worker_read_it_is_message_gone(tmp_path):
+    _clock, components, md, syncer, _realm = env(tmp_path, [SMALL, SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    for name in os.listdir(os.path.join(md, "new")):
+        if ".M1P1Q0." in name:
+            os.unlink(os.path.join(md, "new", name))  # another program
+    syncer.run_one()
+    assert bytes(t.received) == R.MESSAGE_GONE.to_bytes() + b"+OK\r\n"
+
+
+def test_a_read_that_fails_on_the_worker_is_the_read_failed_err(tmp_path, log_events):
+    _clock, components, _md, syncer, realm = env(tmp_path, [SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    realm.boxes[0].plain_error = OSError(errno.EIO, "Input/output error")
+    proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    syncer.run_one()
+    assert bytes(t.received) == R.MESSAGE_READ_FAILED.to_bytes() + b"+OK\r\n"
+    lines = [formatEvent(e) for e in log_events]
+    assert "POP3 cannot read message 1 of joe@example.org: [Errno 5] Input/output error" in lines
+
+
+def open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_client_that_leaves_while_a_chunk_is_read_gets_nothing_more(tmp_path):
+    """The file stays open for the worker that reads it, and is closed
+    when the job is back; nothing is written after the hang-up."""
+    _clock, components, _md, syncer, _realm = env(tmp_path, [BIG], uncached={1})
+    before = open_descriptors()
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert len(syncer.jobs) == 1 and not t.disconnecting
+    sent = len(t.received)
+    stream = proto._stream
+    proto.stopProducing()  # what the transport does as it goes
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert not stream.file.closed  # the worker may be reading it
+    run_all(syncer)  # the chunk's job, then the session end's
+    assert stream.file.closed
+    assert len(t.received) == sent
+    assert open_descriptors() == before
+
+
+def test_a_client_that_leaves_while_a_small_message_is_read_gets_nothing(tmp_path):
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL], uncached={0})
+    before = open_descriptors()
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    assert bytes(t.received) == b""
+    assert open_descriptors() == before
+
+
+def test_a_resume_while_a_chunk_is_read_reads_nothing_twice(tmp_path):
+    """Flow control: the transport resumes its producer while the worker
+    reads the next chunk; nothing else is read, and the bytes are right."""
+    expected = cached_answer(tmp_path, [BIG], b"RETR 1\r\n")
+    _clock, components, _md, syncer, realm = env(tmp_path, [BIG], uncached={1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    proto.pauseProducing()
+    proto.resumeProducing()
+    assert len(syncer.jobs) == 1 and realm.boxes[0].tries == 2
+    proto.pauseProducing()  # the client stops reading meanwhile
+    syncer.run_one()
+    tries = realm.boxes[0].tries
+    assert tries == 2  # paused: the chunk is sent, no more read
+    proto.resumeProducing()
+    run_all(syncer)
+    assert bytes(t.received) == expected
+
+
+def test_the_idle_timer_does_not_cut_a_client_waiting_for_its_data(tmp_path):
+    """A client waiting for a chunk from a slow disk is not idle (RFC 1939
+    3 counts the client's inactivity): no autologout while the job runs,
+    and the whole timeout after the data came."""
+    clock, components, _md, syncer, _realm = env(tmp_path, [BIG], uncached={1}, idle_timeout=600)
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert len(syncer.jobs) == 1
+    for _ in range(5):
+        clock.advance(600)
+    assert not t.disconnecting and not proto._lost
+    run_all(syncer)
+    clock.advance(599)
+    assert not t.disconnecting
+    assert bytes(t.received).endswith(b"\r\n.\r\n")
+
+
+def test_the_session_end_says_how_many_reads_were_not_cached(tmp_path, log_events):
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, BIG], uncached={0, 1, 3})
+    proto, _t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nQUIT\r\n")
+    run_all(syncer)
+    lines = [formatEvent(e) for e in log_events if "POP3 logout" in formatEvent(e)]
+    assert lines == ["POP3 logout joe@example.org from 127.0.0.1: 0 messages deleted "
+                     "(3 reads of uncached mail on a worker thread)"]
+
+
+def test_cached_reads_take_no_job(tmp_path):
+    """The common case: mail the kernel holds is read on the reactor
+    thread, with no hand-off to a worker."""
+    _clock, components, _md, syncer, realm = env(tmp_path, [SMALL, BIG])
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nTOP 2 3\r\n")
+    assert syncer.jobs == [] and realm.boxes[0].tries > 3
+    assert bytes(t.received).count(b"\r\n.\r\n") == 3
+
+
+# -- the reads themselves, on real files ---------------------------------------
+
+
+@pytest.fixture
+def learnt_afresh():
+    nowait._set(None)
+    yield
+    nowait._set(None)
+
+
+needs_flag = pytest.mark.skipif(getattr(os, "RWF_NOWAIT", None) is None,
+                                reason="no RWF_NOWAIT here")
+
+
+@needs_flag
+def test_reads_of_cached_files_are_plain_reads(tmp_path, learnt_afresh):
+    path = tmp_path / "m"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert nowait.pread_nowait(fd, 1000, 5) == data[5:1005]
+        assert nowait.pread_nowait(fd, len(data) + 1, 0) == data
+        assert nowait.pread_nowait(fd, 10, len(data)) == b""
+    finally:
+        os.close(fd)
+    with open(path, "rb", buffering=0) as f:
+        assert nowait.read_nowait(f, CHUNK_SIZE) == data[:CHUNK_SIZE]
+        assert f.tell() == CHUNK_SIZE
+        assert nowait.read_nowait(f, len(data)) == data[CHUNK_SIZE:]
+        assert nowait.read_nowait(f, 10) == b""
+
+
+@needs_flag
+def test_a_read_partly_cached_reads_nothing(tmp_path, learnt_afresh, monkeypatch):
+    """The kernel gives what it holds (a short read) and says EAGAIN for
+    the rest: the file is left where it was, so a worker's plain read
+    gets the same octets."""
+    path = tmp_path / "m"
+    path.write_bytes(b"x" * 10_000)
+    real = os.preadv
+    calls = []
+
+    def short_then_eagain(fd, buffers, offset, flags=0):
+        calls.append(offset)
+        if len(calls) == 1:
+            return real(fd, [memoryview(buffers[0])[:100]], offset, flags)
+        raise BlockingIOError(errno.EAGAIN, "not cached")
+
+    monkeypatch.setattr(os, "preadv", short_then_eagain)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(7)
+        with pytest.raises(BlockingIOError):
+            nowait.read_nowait(f, 1000)
+        assert f.tell() == 7
+    calls.clear()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            nowait.pread_nowait(fd, 1000, 0)
+        assert calls == [0, 100]
+    finally:
+        os.close(fd)
+
+
+def test_a_kernel_that_refuses_the_flag_gets_plain_reads_from_then_on(
+        tmp_path, learnt_afresh, monkeypatch, log_events):
+    path = tmp_path / "m"
+    path.write_bytes(b"y" * 5000)
+    refused = []
+
+    def refuse(fd, buffers, offset, flags=0):
+        refused.append(offset)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "preadv", refuse)
+    monkeypatch.setattr(nowait, "_FLAG", 8)
+    with open(path, "rb", buffering=0) as f:
+        assert nowait.read_nowait(f, 4000) == b"y" * 4000
+        assert nowait.read_nowait(f, 4000) == b"y" * 1000
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert nowait.pread_nowait(fd, 10, 0) == b"y" * 10
+    finally:
+        os.close(fd)
+    assert len(refused) == 1  # decided once
+    assert not nowait.nowait_available()
+    assert len([e for e in log_events if "RWF_NOWAIT" in formatEvent(e)]) == 1
+
+
+@needs_flag
+def test_a_page_cache_drop_is_seen_as_not_cached(tmp_path, learnt_afresh):
+    """On a filesystem that honours POSIX_FADV_DONTNEED (ext4, XFS) and
+    RWF_NOWAIT: the read says EAGAIN, and a plain read after it gets the
+    data.  (The kernel starts reading the data in as it says EAGAIN: a
+    worker's read that comes a little later may find it cached.)"""
+    path = tmp_path / "m"
+    path.write_bytes(b"z" * 100_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            nowait.pread_nowait(fd, 1000, 0)
+        except BlockingIOError:
+            pass
+        else:
+            pytest.skip("the page cache was not dropped, or RWF_NOWAIT is refused here")
+        assert nowait.nowait_available()
+        assert os.pread(fd, 1000, 0) == b"z" * 1000
+    finally:
+        os.close(fd)
