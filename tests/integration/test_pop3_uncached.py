@@ -1,0 +1,116 @@
+"""RETR and TOP of mail the kernel has not cached, against a running hub
+(``twistd mailhub``) with poplib.
+
+The messages' pages are dropped from the page cache
+(``POSIX_FADV_DONTNEED`` after an ``fsync``) before the client asks for
+them: the hub's read without waiting (``RWF_NOWAIT``) says EAGAIN, the
+read goes to a worker thread, and the client must still get the exact
+messages.  That the worker path was taken is seen in the session's last
+log line, which counts those reads.  Skipped where the kernel or the
+filesystem of the test's folder does not drop the pages or does not
+support ``RWF_NOWAIT`` (checked with a probe read first).
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+import re
+import time
+from pathlib import Path
+
+import pytest
+from pop3util import drop
+
+ALICE, ALICE_PW = "alice@example.org", "alice-secret"
+
+SMALL = b"From: a@example.net\nSubject: small\n\n" + b"a line\n.dotted\n" * 40
+BIG = b"From: b@example.net\nSubject: big\n\n" + b"".join(
+    b".%06d some text\n" % i for i in range(40_000))  # ~720 KB: streamed
+
+
+def uncache(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache, or skip the test."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        pytest.skip("no RWF_NOWAIT here")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(1)], 0, flag)
+        except BlockingIOError:
+            pass  # dropped
+        except OSError as e:
+            pytest.skip(f"RWF_NOWAIT not supported on this filesystem: {e}")
+        else:
+            pytest.skip("the page cache was not dropped here")
+        # the probe started reading the file in: let that finish, and
+        # drop the pages once more (clean, unmapped: they go)
+        while os.read(fd, 1 << 20):
+            pass
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def lines_of(data: bytes) -> list[bytes]:
+    return data.rstrip(b"\n").split(b"\n")
+
+
+LOGOUT = re.compile(r"POP3 logout alice@example\.org from 127\.0\.0\.1: 0 messages "
+                    r"deleted(?: \((\d+) reads? of uncached mail on a worker thread\))?\n")
+
+
+def worker_reads(hub, sessions: int) -> int:
+    """How many reads the ``sessions``-th session of the run handed to a
+    worker thread, from its logout line (once it is logged)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = LOGOUT.findall(hub.log_text())
+        if len(found) >= sessions or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(found) == sessions, hub.log_text()[-2000:]
+    return int(found[-1] or 0)
+
+
+def one_session(hub, command):
+    """Log in, ``command(client)``, QUIT; what ``command`` returned."""
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
+    try:
+        # UTF8 (RFC 6856): for a client without it the login (or the
+        # first LIST or STAT) reads the start of every message to learn
+        # the size of its downgraded copy, and so caches it; no LIST or
+        # STAT either, which would read nothing but are left out alike
+        assert p.utf8().startswith(b"+OK")
+        p.user(ALICE)
+        p.pass_(ALICE_PW)
+        result = command(p)
+        assert p.quit().startswith(b"+OK")
+    finally:
+        p.close()
+    return result
+
+
+def test_retr_and_top_of_uncached_mail_send_the_exact_messages(hub):
+    box = hub.maildir(ALICE)
+    small, big = drop(box, SMALL), drop(box, BIG)
+
+    uncache(small)
+    resp, lines, _ = one_session(hub, lambda p: p.retr(1))
+    assert resp == b"+OK %d octets" % (len(SMALL) + SMALL.count(b"\n"))
+    assert lines == lines_of(SMALL)
+    assert worker_reads(hub, 1) == 1
+
+    uncache(big)
+    _resp, lines, _ = one_session(hub, lambda p: p.retr(2))
+    assert lines == lines_of(BIG)
+    assert worker_reads(hub, 2) >= 1
+
+    uncache(next(box.glob(f"*/{big.name}*")))  # in cur/ since the RETR
+    _resp, lines, _ = one_session(hub, lambda p: p.top(2, 5))
+    assert lines == lines_of(BIG)[:2 + 1 + 5]  # the header section, blank line, 5 lines
+    assert worker_reads(hub, 3) >= 1
+    assert "Traceback" not in hub.log_text()
