@@ -5,7 +5,8 @@ response in one write where it fits), flow control (the protocol is the
 streaming producer registered on its transport for the whole session, so
 a reader that stops reading stops RETR streaming *and* the handling of
 pipelined commands), the login through ``components.portal``, streaming
-messages from disk, STLS, the auth-failure delay and the idle timeout on
+messages from disk (reads of mail the kernel has not cached on the
+store's worker threads, ``_off_thread``), STLS, the auth-failure delay and the idle timeout on
 the injected ``components.reactor``.  The protocol rules live in
 ``txmailhub.pop3.server`` and the encoding of messages in
 ``txmailhub.pop3.stream``; this module must not decide what a command
