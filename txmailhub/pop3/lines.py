@@ -71,6 +71,15 @@ class LineReader:
             nl -= 1
         return block[pos:nl]
 
+    def peek(self) -> bytes | None:
+        """The next line as ``pop`` will give it, without taking it (its
+        line end left on: callers look at its first word only)."""
+        block = self._blocks[0]
+        if block is None:
+            return None
+        pos = self._pos
+        return block[pos:block.index(b"\n", pos)]
+
     @property
     def has_line(self) -> bool:
         return bool(self._blocks)

@@ -135,6 +135,7 @@ CAPABILITIES = capabilities(stls=True)
 
 _A = State.AUTHORIZATION
 _T = State.TRANSACTION
+_SIZE_VERBS = frozenset((b"STAT", b"LIST", b"RSET"))  # report sizes (``next_needs_sizes``)
 VALID_IN: dict[str, frozenset[State]] = {
     "USER": frozenset({_A}),
     "PASS": frozenset({_A}),
@@ -276,6 +277,19 @@ class POP3Server:
         if verb not in VALID_IN:
             return self._send(R.UNKNOWN_COMMAND)
         return self._send(R.wrong_state(verb, self.state.value))
+
+    def next_needs_sizes(self) -> bool:
+        """Whether the next buffered line is a command that reports sizes
+        through the login's ``size_of`` (``STAT``, ``LIST``, ``RSET``):
+        an adapter whose ``size_of`` may read the disk can measure them
+        first, where it can wait.  The line is not taken."""
+        reader = self._reader
+        if (self._size_of is None or self.state is not State.TRANSACTION
+                or self._sasl or self.finished or not reader.has_line):
+            return False
+        line = reader.peek()
+        words = line[:5].split() if line else None
+        return bool(words) and words[0].upper() in _SIZE_VERBS  # type: ignore[index]
 
     # -- results of the adapter's I/O --------------------------------------
 
