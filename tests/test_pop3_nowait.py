@@ -465,3 +465,69 @@ def test_a_long_header_section_not_cached_is_scanned_on_the_worker(tmp_path, sub
     run_all(syncer)
     assert bytes(t.received) == expected
     assert proto._disk_waits >= 3
+
+
+# -- LIST and STAT sizes for a client without UTF8 (a small mailbox) -----------
+
+INTL = "Subject: caf\u00e9\nFrom: J\u00f6 <joe@example.org>\n\nbody\n".encode()
+
+
+def test_list_sizes_not_cached_are_measured_on_the_worker(tmp_path):
+    """A client without UTF8 gets the downgraded copy's size (RFC 6857),
+    which means reading each message's header section: where the kernel
+    has not cached one, the sizes are measured on a worker thread and
+    LIST (and what was pipelined after it) waits for them."""
+    commands = b"LIST\r\nNOOP\r\nSTAT\r\nLIST 2\r\n"
+    expected = cached_answer(tmp_path, [SMALL, INTL, SMALL], commands)
+    assert expected.split(b"\r\n")[2] != b"2 %d" % (len(INTL) + INTL.count(b"\n"))
+    _clock, components, _md, syncer, realm = env(tmp_path, [SMALL, INTL, SMALL], uncached={1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(commands)
+    assert bytes(t.received) == b"" and len(syncer.jobs) == 1
+    syncer.run_one()
+    assert bytes(t.received) == expected
+    assert realm.boxes[0].tries == 2  # the first message's read, the second's EAGAIN
+    assert syncer.jobs == []
+
+
+def test_sizes_are_not_measured_for_commands_that_do_not_report_them(tmp_path):
+    _clock, components, _md, syncer, realm = env(tmp_path, [SMALL, INTL], uncached=ALWAYS)
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"UIDL\r\nNOOP\r\n")
+    assert syncer.jobs == [] and realm.boxes[0].tries == 0
+    assert bytes(t.received).endswith(b"\r\n.\r\n+OK\r\n")
+
+
+def test_a_client_that_leaves_while_its_sizes_are_measured_gets_nothing(tmp_path):
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, INTL], uncached={0})
+    before = open_descriptors()
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"STAT\r\nQUIT\r\n")
+    assert len(syncer.jobs) == 1
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    assert bytes(t.received) == b""
+    assert open_descriptors() == before
+
+
+def test_the_engine_says_which_command_reports_sizes():
+    from txmailhub.pop3.server import POP3Server
+
+    engine = POP3Server(hostname="h", timestamp="", plaintext_allowed=True,
+                        tls_available=False, tls_active=False, max_auth_failures=3,
+                        auth_failure_delay=0, auth_failures=0, primary_domain="example.org")
+    engine.greeting()
+    engine.receive_data(b"LIST\r\n")
+    assert not engine.next_needs_sizes()  # not logged in
+    engine.next_action()
+    engine.receive_data(b"USER joe\r\nPASS pw\r\n")
+    engine.next_action()
+    engine.next_action()
+    engine.login_succeeded([], lambda index: 0)
+    for line, wanted in [(b"stat", True), (b"LIST 1", True), (b"rset", True),
+                         (b"LISTX", False), (b"UIDL", False), (b"RETR 1", False),
+                         (b"      ", False), (b"", False)]:
+        engine.receive_data(line + b"\r\n")
+        assert engine.next_needs_sizes() is wanted, line
+        assert engine.has_line  # peeked, not taken
+        engine.next_action()

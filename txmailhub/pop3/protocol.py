@@ -148,7 +148,7 @@ def _needs_utf8(whole: bytes) -> bool:
     return scan.needs_utf8
 
 
-def _client_size_of(mailbox: Any, index: int, stored: int) -> int:
+def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None) -> int:
     """What RETR sends of message ``index`` (``stored`` octets as stored)
     to a client without UTF8: the stored size, or the downgraded copy's.
     Reads the header section only; a message whose header section is
@@ -156,10 +156,11 @@ def _client_size_of(mailbox: Any, index: int, stored: int) -> int:
     downgraded to be measured (some 0.6 us an octet of header section)
     unless the mailbox remembers its size from an earlier session
     (``IDowngradedSizes``): then only the first login after it arrived
-    pays."""
+    pays.  ``nowait``: the mailbox as ``INoWaitRead``, for a first read
+    that raises ``BlockingIOError`` rather than wait for the disk."""
     f = mailbox.open_message(index)
     try:
-        first = f.read(SIZE_PROBE)
+        first = f.read(SIZE_PROBE) if nowait is None else nowait.read_nowait(f, SIZE_PROBE)
         end = header_end(first)
         if end is not None and first[:end].isascii():
             return stored  # the common case: nothing to downgrade
@@ -271,7 +272,7 @@ class POP3Protocol(Protocol):
         "_idle_call", "_last_activity", "_logout", "_lost", "_nowait", "_peer", "_pending_call",
         "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
-        "_turn_call", "_turn_spent", "_typed", "_unseen", "_unseen_resets",
+        "_turn_call", "_turn_spent", "_typed", "_unmeasured", "_unseen", "_unseen_resets",
         "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
         "reactor", "settings", "transport",
@@ -296,6 +297,9 @@ class POP3Protocol(Protocol):
         # disk (``INoWaitRead``) and a worker can do those that would wait
         self._nowait: Any = None
         self._disk_waits = 0  # reads handed to a worker: not cached (logged at the end)
+        # sizes left to measure when a command first needs them, which
+        # ``_measure_unmeasured`` does first where reads can say EAGAIN
+        self._unmeasured = False
         self._processing = False
         self._write_paused = False
         self._reading = True
@@ -649,6 +653,9 @@ class POP3Protocol(Protocol):
                     if self.engine.has_line:  # type: ignore[union-attr]
                         self._turn_call = self.reactor.callLater(0, self._next_turn)
                     break
+                if self._unmeasured and self.engine.next_needs_sizes() and (  # type: ignore[union-attr]
+                        not self._measure_unmeasured()):
+                    break  # on a worker thread; _process again when it is back
                 action = next_action()
                 if action is None:
                     break
@@ -820,6 +827,7 @@ class POP3Protocol(Protocol):
         stored = columns(messages)[1]
         if call is None or (len(messages) <= INLINE_SIZES and sum(stored) <= INLINE_OCTETS):
             # measured when LIST, STAT or RSET first need a size
+            self._unmeasured = self._nowait is not None and len(messages) > 0
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
         self._measure(call, messages, stored, 0)
@@ -1281,7 +1289,7 @@ class POP3Protocol(Protocol):
                  peer=self._peer, number=action.index + 1)
         return R.retr_line(size) if action.body_lines is None else action.head
 
-    def _client_size(self, index: int) -> int:
+    def _client_size(self, index: int, nowait: Any = None) -> int:
         """What RETR sends of message ``index`` to this client, which has
         not issued UTF8: the stored size, or the downgraded copy's.  Read
         once per session and message (the header section only), when
@@ -1292,7 +1300,9 @@ class POP3Protocol(Protocol):
             return size
         stored = self.engine.sizes[index]  # type: ignore[union-attr]
         try:
-            size = _client_size_of(self.mailbox, index, stored)
+            size = _client_size_of(self.mailbox, index, stored, nowait)
+        except BlockingIOError:  # not cached (``nowait``): measured on a worker instead
+            raise
         except FileNotFoundError:
             # removed by another program since the login: no storage
             # fault, and RETR says so (MESSAGE_GONE, an info line)
@@ -1308,6 +1318,61 @@ class POP3Protocol(Protocol):
             # sessions once this command's sizes are all in
             self._save_call = self.reactor.callLater(0, self._save_sizes)
         return size
+
+    def _measure_unmeasured(self) -> bool:
+        """Before a command that reports sizes (``next_needs_sizes``), for
+        a small mailbox whose sizes are measured when first needed: all
+        that are not known yet, from the kernel's cache on this thread;
+        ``False`` if one is not cached -- then it and the rest are measured
+        on a worker thread (``_measure_rest``) and the command waits.  A
+        header read from a disk that hangs held every session of the hub."""
+        sizes = self._sizes
+        nowait = self._nowait
+        for index in range(len(sizes)):
+            if sizes[index] < 0:
+                try:
+                    self._client_size(index, nowait)
+                except BlockingIOError:
+                    self._measure_rest(index)
+                    return False
+        self._unmeasured = False
+        return True
+
+    def _measure_rest(self, start: int) -> None:
+        call = self._worker_call()
+        assert call is not None  # ``_unmeasured`` is set only where there are workers
+        self._busy = True
+        self._disk_waits += 1
+        call(_measure_sizes, self.mailbox, self.engine.sizes,  # type: ignore[union-attr]
+             self._gone, start).addCallbacks(
+            self._rest_measured, self._rest_failed, callbackArgs=(start,),
+        ).addErrback(self._internal_error)
+
+    def _rest_measured(self, part: array, start: int) -> None:
+        """Sizes from ``start`` on measured on a worker thread (as many as
+        ``SIZE_JOB_SECONDS`` allowed: the next command that needs them
+        goes on from there)."""
+        self._busy = False
+        if self._lost:
+            return
+        self._answered_after_wait()
+        sizes = self._sizes
+        for index, size in enumerate(part, start):
+            if sizes[index] < 0:
+                # one that could not be read: its stored size, as
+                # ``_client_size`` gives it (RETR says what is wrong)
+                sizes[index] = size if size >= 0 else self.engine.sizes[index]  # type: ignore[union-attr]
+        self._process()
+
+    def _rest_failed(self, failure: Failure) -> None:
+        """The job failed (a bug, a stopped syncer): the sizes are measured
+        on this thread when needed, as without workers."""
+        self._busy = False
+        log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
+                    user=self._user)
+        self._unmeasured = False
+        if not self._lost:
+            self._process()
 
     def _save_sizes(self) -> Deferred:
         """The downgraded sizes ``_client_size`` measured, kept in the
