@@ -114,3 +114,35 @@ def test_retr_and_top_of_uncached_mail_send_the_exact_messages(hub):
     assert lines == lines_of(BIG)[:2 + 1 + 5]  # the header section, blank line, 5 lines
     assert worker_reads(hub, 3) >= 1
     assert "Traceback" not in hub.log_text()
+
+
+BOB, BOB_PW = "bob@example.org", "bob-secret"
+INTL = "From: b@example.net\nSubject: caf\u00e9 \u00e0 J\u00f6rg\n\nhello\n".encode()
+
+
+def test_list_of_uncached_mail_for_a_client_without_utf8(hub):
+    """A small mailbox, a client without UTF8: LIST reports the size of
+    each message as RETR will send it (downgraded, RFC 6857), which means
+    reading its header section; not cached, that read is a worker's."""
+    box = hub.maildir(BOB)
+    paths = [drop(box, SMALL), drop(box, INTL)]
+    for path in paths:
+        uncache(path)
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
+    try:
+        p.user(BOB)
+        p.pass_(BOB_PW)
+        _resp, listing, _ = p.list()
+        _resp, lines, _ = p.retr(2)
+        assert p.quit().startswith(b"+OK")
+    finally:
+        p.close()
+    sent = sum(len(line) + 2 for line in lines)
+    assert listing == [b"1 %d" % (len(SMALL) + SMALL.count(b"\n")), b"2 %d" % sent]
+    assert sent != len(INTL) + INTL.count(b"\n")  # downgraded
+    deadline = time.monotonic() + 10
+    pattern = re.compile(r"POP3 logout bob@example\.org from 127\.0\.0\.1: 0 messages deleted"
+                         r"(?: \((\d+) reads? of uncached mail on a worker thread\))?\n")
+    while not (found := pattern.search(hub.log_text())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert found and int(found.group(1) or 0) >= 1, hub.log_text()[-2000:]
