@@ -531,3 +531,38 @@ def test_the_engine_says_which_command_reports_sizes():
         assert engine.next_needs_sizes() is wanted, line
         assert engine.has_line  # peeked, not taken
         engine.next_action()
+
+
+def test_a_syncer_that_runs_jobs_at_once_streams_and_lists_all_the_same(tmp_path):
+    """An application's syncer (or ``SyncerSpy``) may run a job at once,
+    on the reactor thread: the session goes on from there -- every chunk
+    of a long message not cached, without a frame of the stack each (and
+    below, the commands after a LIST whose sizes were not cached)."""
+    huge = b"Subject: huge\n\n" + b"".join(b".%07d\n" % i for i in range(300_000))
+    commands = b"RETR 1\r\nLIST\r\nNOOP\r\nRETR 2\r\nNOOP\r\n"
+    expected = cached_answer(tmp_path, [huge, INTL], commands)
+    _clock, components, _md, syncer, _realm = env(tmp_path, [huge, INTL], uncached=ALWAYS)
+    proto, t = session(components, syncer)
+    syncer.holding = False  # each job runs as it is asked for
+    depth = []
+    real = proto._chunk_back
+
+    def spy(result, stream):
+        import inspect
+        depth.append(len(inspect.stack(0)))
+        return real(result, stream)
+
+    proto._chunk_back = spy
+    proto.dataReceived(commands)
+    assert bytes(t.received) == expected
+    assert len(depth) > 40 and max(depth) - min(depth) <= 2
+
+
+def test_a_syncer_that_runs_jobs_at_once_answers_after_a_list_not_cached(tmp_path):
+    commands = b"LIST\r\nNOOP\r\nRETR 2\r\nNOOP\r\n"
+    expected = cached_answer(tmp_path, [SMALL, INTL], commands)
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, INTL], uncached={0})
+    proto, t = session(components, syncer)
+    syncer.holding = False  # each job runs as it is asked for
+    proto.dataReceived(commands)
+    assert bytes(t.received) == expected

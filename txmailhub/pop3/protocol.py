@@ -1334,7 +1334,8 @@ class POP3Protocol(Protocol):
                     self._client_size(index, nowait)
                 except BlockingIOError:
                     self._measure_rest(index)
-                    return False
+                    # done at once (a syncer without threads): go on
+                    return not self._busy
         self._unmeasured = False
         return True
 
@@ -1415,11 +1416,18 @@ class POP3Protocol(Protocol):
     def _pump(self) -> None:
         """Send chunks of the current message until the transport pushes back."""
         stream = self._stream
-        write = self.transport.write
-        if stream is not None and stream.reading:
+        if stream is None or stream.reading:
             return  # its next chunk is being read on a worker thread
+        stream.pumping = True
+        try:
+            self._pump_on(stream)
+        finally:
+            stream.pumping = False
+
+    def _pump_on(self, stream: _Stream) -> None:
+        write = self.transport.write
         nowait = self._nowait
-        while stream is not None and not self._write_paused:
+        while not self._write_paused:
             try:
                 if stream.encoder.done:
                     data = b""
@@ -1433,7 +1441,9 @@ class POP3Protocol(Protocol):
                 stream.reading = True
                 self._off_thread(_chunk_on, (stream.file, stream.encoder, self._gone),
                                  self._chunk_back, stream)
-                return
+                if stream.reading or self._stream is not stream:
+                    return  # back later (the usual case), or over
+                continue  # done at once (a syncer without threads): read on here
             except OSError:
                 self._stream_failed(stream, None)
                 return
@@ -1478,7 +1488,8 @@ class POP3Protocol(Protocol):
             self._streamed(stream)
             return
         self.transport.write(data)
-        self._pump()
+        if not stream.pumping:  # else ``_pump_on`` reads on
+            self._pump()
 
     # -- producer: the transport tells us when its buffer is full ------------
 
@@ -1657,13 +1668,14 @@ class POP3Protocol(Protocol):
 class _Stream:
     """The message file being sent and its encoder."""
 
-    __slots__ = ("action", "encoder", "file", "reading")
+    __slots__ = ("action", "encoder", "file", "pumping", "reading")
 
     def __init__(self, file: Any, encoder: MessageEncoder, action: Transmit) -> None:
         self.file = file
         self.encoder = encoder
         self.action = action
         self.reading = False  # a worker thread reads its next chunk (``_pump``)
+        self.pumping = False  # ``_pump`` runs (a job done at once must not call it again)
 
     def close(self) -> None:
         try:
