@@ -64,7 +64,9 @@ def test_parse(text: str, expected: Address) -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [("", "empty address"), ("a b@x", "whitespace"), ("@x", "empty local part"),
-     ("a@", "empty domain"), ("a@b@c", "more than one @"), ("a\x00@x", "control")],
+     ("a@", "empty domain"), ("a@b@c", "more than one @"), ("a\x00@x", "control"),
+     # the control characters the message names: ESC, DEL, a C1 control
+     ("a\x1b[2J@x", "control"), ("a\x7f@x", "control"), ("a@x\x9b", "control")],
 )
 def test_parse_errors(text: str, why: str) -> None:
     with pytest.raises(AddressError, match=why):

@@ -345,6 +345,12 @@ def ascii_form(address: Address) -> str | None:
     return f"{address.local}@{domain}"
 
 
+# C0 controls, DEL and the C1 controls: no address holds one (RFC 5321's
+# atext and RFC 6531's UTF8-non-ascii leave them out), and one written to
+# a log or a terminal (ESC) can rewrite what the reader sees
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def parse_address(text: str, primary_domain: str | None = None) -> Address:
     """Turn ``user@domain`` (or a bare ``user``) into an ``Address``.
 
@@ -356,7 +362,7 @@ def parse_address(text: str, primary_domain: str | None = None) -> Address:
     text = text.strip()
     if not text:
         raise AddressError("empty address")
-    if any(c.isspace() for c in text) or "\x00" in text:
+    if any(c.isspace() for c in text) or _CONTROL.search(text):
         raise AddressError(f"address {text!r} contains whitespace or control characters")
     local, at, domain = text.rpartition("@")
     if not at:
