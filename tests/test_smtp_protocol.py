@@ -2022,6 +2022,26 @@ class ProtocolTests(SynchronousTestCase):
             assert lines[-1] == f"127.0.0.1 authenticated as alice@example.org {expected}", lines
             p.connectionLost(None)
 
+    def test_a_realms_user_name_with_control_characters_is_logged_escaped(self):
+        # an application's realm may name a user as it likes: its ESC must
+        # not reach a log read on a terminal
+        h = Harness()
+        h.realm.requestAvatar = lambda avatar_id, mind, *i: (
+            ISMTPUser, User(Address("a\x1b[2Jlice", "example.org")), lambda: None)
+        p, t = h.connect("127.0.0.1")
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode())
+        assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+        p.dataReceived(b"MAIL FROM:<x@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+                       b"hi\r\n.\r\n")
+        assert take(t)[-1].startswith("250 2.0.0")
+        lines = [formatEvent(e) for e in self.events]
+        logged = [line for line in lines if "lice@example.org" in line]
+        assert len(logged) == 2, lines  # the login and the message's line
+        assert all("\x1b" not in line and "a\\x1b[2Jlice@example.org" in line
+                   for line in logged), logged
+        p.connectionLost(None)
+
     def test_auth_failures_delayed_growing_then_disconnect(self):
         h = Harness(max_auth_failures=3, auth_failure_delay=2.0)
         p, t = h.connect("127.0.0.1")

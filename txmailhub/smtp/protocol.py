@@ -1038,7 +1038,7 @@ class SMTPProtocol(Protocol):
             "{summary}",
             summary=f"message {message_id or '-'} from <{sender}> to {recipients} "
             f"({size} octets) via {self.client_name}{said}"
-            f"{' as ' + env.authenticated_as if env.authenticated_as else ''}: {text}",
+            f"{' as ' + loggable(env.authenticated_as) if env.authenticated_as else ''}: {text}",
             id=message_id,
             sender=sender,
             recipients=recipients,
@@ -1090,8 +1090,10 @@ class SMTPProtocol(Protocol):
         how = event.mechanism
         if self.engine.session.tls:
             how += f", {self._tls_version() or 'TLS'}"
+        # the realm's name for the user, escaped as all text the hub did not
+        # write itself (an application's realm may name users freely)
         log.info("{client} authenticated as {user} ({how})", client=self.client_name,
-                 user=str(address), how=how, mechanism=event.mechanism,
+                 user=loggable(str(address)), how=how, mechanism=event.mechanism,
                  tls=self.engine.session.tls)
         self.engine.auth_succeeded(address)
         self._drive()
