@@ -397,15 +397,19 @@ def test_a_read_partly_cached_reads_nothing(tmp_path, learnt_afresh, monkeypatch
         os.close(fd)
 
 
+@pytest.mark.parametrize("code, everywhere", [
+    (errno.EOPNOTSUPP, False),  # the filesystem of the file (tmpfs, NFS)
+    (errno.ENOSYS, True),  # the kernel: no filesystem is tried again
+])
 def test_a_kernel_that_refuses_the_flag_gets_plain_reads_from_then_on(
-        tmp_path, learnt_afresh, monkeypatch, log_events):
+        tmp_path, learnt_afresh, monkeypatch, log_events, code, everywhere):
     path = tmp_path / "m"
     path.write_bytes(b"y" * 5000)
     refused = []
 
     def refuse(fd, buffers, offset, flags=0):
         refused.append(offset)
-        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "preadv", refuse)
     monkeypatch.setattr(nowait, "_FLAG", 8)
@@ -418,7 +422,7 @@ def test_a_kernel_that_refuses_the_flag_gets_plain_reads_from_then_on(
     finally:
         os.close(fd)
     assert len(refused) == 1  # decided once
-    assert not nowait.nowait_available()
+    assert nowait.nowait_available() is not everywhere
     assert len([e for e in log_events if "RWF_NOWAIT" in formatEvent(e)]) == 1
 
 
@@ -566,3 +570,54 @@ def test_a_syncer_that_runs_jobs_at_once_answers_after_a_list_not_cached(tmp_pat
     syncer.holding = False  # each job runs as it is asked for
     proto.dataReceived(commands)
     assert bytes(t.received) == expected
+
+
+class _Stat:
+    def __init__(self, st_dev):
+        self.st_dev = st_dev
+
+
+def test_a_filesystem_that_refuses_the_flag_leaves_it_on_for_the_others(
+        tmp_path, learnt_afresh, monkeypatch, log_events):
+    """The flag is refused by a filesystem, not by the kernel alone: tmpfs
+    refuses it where ext4 takes it (Linux 6.x), and a Maildir may be on
+    another mount than the rest.  A refusal on one makes that one's reads
+    plain ones (logged once for it); reads on the others still say EAGAIN
+    rather than wait.  A refusal once turned the flag off for the whole
+    process, every Maildir's reads back on the main thread."""
+    refusing, other = tmp_path / "on-tmpfs", tmp_path / "on-ext4"
+    refusing.write_bytes(b"r" * 5000)
+    other.write_bytes(b"o" * 5000)
+    fd_r, fd_o = os.open(refusing, os.O_RDONLY), os.open(other, os.O_RDONLY)
+    devices = {fd_r: 7, fd_o: 8}
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: _Stat(devices[fd]) if fd in devices
+                        else real_fstat(fd))
+    tried = []
+
+    def preadv(fd, buffers, offset, flags=0):
+        tried.append(fd)
+        if fd == fd_r:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        raise BlockingIOError(errno.EAGAIN, "not cached")
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(nowait, "_FLAG", 8)
+    nowait._set(None)
+    try:
+        assert nowait.pread_nowait(fd_r, 10, 0) == b"r" * 10  # refused: a plain read
+        with pytest.raises(BlockingIOError):
+            nowait.pread_nowait(fd_o, 10, 0)
+        assert nowait.pread_nowait(fd_r, 10, 0) == b"r" * 10
+        with open(other, "rb", buffering=0) as f:
+            devices[f.fileno()] = 8
+            with pytest.raises(BlockingIOError):
+                nowait.read_nowait(f, 10)
+            assert f.tell() == 0
+    finally:
+        os.close(fd_r)
+        os.close(fd_o)
+    assert tried.count(fd_r) == 1  # the refusing one is not asked again
+    assert nowait.nowait_available()
+    refusals = [formatEvent(e) for e in log_events if "RWF_NOWAIT" in formatEvent(e)]
+    assert len(refusals) == 1 and "device 0:7" in refusals[0], refusals

@@ -14,12 +14,17 @@ thread for every read costs more CPU than a whole small ``RETR`` (tens
 to a hundred and more microseconds against some 50), and nearly every
 read is of mail the kernel holds (mail is mostly read soon after it
 came).  With ``RWF_NOWAIT`` (Linux 4.14, and a filesystem that supports
-it: ext4, XFS, btrfs, tmpfs of recent kernels) a read of cached data
+it: ext4, XFS, btrfs) a read of cached data
 costs what a plain one does, and one that would wait fails at once with
 ``EAGAIN`` (``BlockingIOError``) and reads nothing: only that one goes
-to a worker.  Where the flag is missing or refused (``EOPNOTSUPP``,
-``EINVAL``: another kernel or filesystem) the reads here are plain
-reads, as before, from the first refusal on.
+to a worker.  Where the flag is missing (``ENOSYS``, or no
+``os.RWF_NOWAIT``) every read here is a plain one, as before.  Where a
+filesystem refuses it (``EOPNOTSUPP``, ``EINVAL``: tmpfs does on Linux
+6.18, where ext4 takes it) the reads of that filesystem are plain
+ones from its first refusal on, and the others' are still tried without
+waiting: the decision is made once a filesystem (its device number),
+not once a process -- a refusal by one mount (a Maildir on tmpfs, or on
+another disk) turned the flag off for every Maildir of the hub.
 """
 
 from __future__ import annotations
@@ -37,31 +42,60 @@ log = Logger(namespace="txmailhub.store")
 _FLAG: int | None = getattr(os, "RWF_NOWAIT", None)
 _REFUSED = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
-# None until a read tells: True once one worked, False once refused (or
-# no flag at all): then every read here is a plain one
+# None until a read tells: True once one worked, False once the kernel
+# refused (``ENOSYS``) or there is no flag at all: then every read here
+# is a plain one
 _works: bool | None = None if _FLAG is not None and hasattr(os, "preadv") else False
+
+# the devices (``st_dev``) of the filesystems that refused the flag: their
+# reads are plain ones.  Only the reactor thread changes it.
+_refused_devices: set[int] = set()
 
 
 def nowait_available() -> bool:
     """Whether reads here may raise ``BlockingIOError`` (not known to be
-    refused): callers that have nowhere to send a read that would wait
-    need not try."""
+    refused by the kernel; a filesystem may still refuse it): callers
+    that have nowhere to send a read that would wait need not try."""
     return _works is not False
 
 
-def _refused(error: OSError) -> None:
+def _plain(fd: int) -> bool:
+    """Whether reads of ``fd`` are plain ones: the flag is not available,
+    or ``fd``'s filesystem refused it.  An ``fstat`` only once a
+    filesystem refused it (none where all take it)."""
+    if _works is False:
+        return True
+    return bool(_refused_devices) and os.fstat(fd).st_dev in _refused_devices
+
+
+def _refused(error: OSError, fd: int) -> None:
+    """The flag refused for ``fd``: by its filesystem, or (``ENOSYS``) by
+    the kernel.  Logged once a filesystem."""
     global _works
-    _works = False
-    log.info("reads without waiting for the disk (RWF_NOWAIT) not available here ({error}): "
-             "POP3 reads of mail the kernel has not cached wait on the main thread",
-             error=os.strerror(error.errno) if error.errno else str(error))
+    dev = None
+    if error.errno != errno.ENOSYS:
+        try:
+            dev = os.fstat(fd).st_dev
+        except OSError:
+            pass  # which filesystem cannot be told: none is tried again
+    if dev is None:
+        _works = False
+        where = "for any filesystem"
+    else:
+        _refused_devices.add(dev)
+        where = f"for the filesystem of device {os.major(dev)}:{os.minor(dev)}"
+    log.info("reads without waiting for the disk (RWF_NOWAIT) not available here ({error}) "
+             "{where}: POP3 reads of its mail the kernel has not cached wait on the main "
+             "thread", error=os.strerror(error.errno) if error.errno else str(error),
+             where=where)
 
 
 def _set(value: bool | None) -> None:
     """For tests: pretend the kernel refused the flag (``False``), or
-    forget what was learnt (``None``)."""
+    forget what was learnt (``None``), the filesystems' refusals too."""
     global _works
     _works = value if _FLAG is not None else False
+    _refused_devices.clear()
 
 
 def pread_nowait(fd: int, size: int, offset: int) -> bytes:
@@ -69,7 +103,7 @@ def pread_nowait(fd: int, size: int, offset: int) -> bytes:
     end of the file, as ``os.pread`` gives a regular file), read only if
     the kernel holds them all: ``BlockingIOError`` otherwise, nothing
     read.  A plain ``os.pread`` where the flag is not available."""
-    if _works is False:
+    if _plain(fd):
         return os.pread(fd, size, offset)
     buf = bytearray(size)
     try:
@@ -79,7 +113,7 @@ def pread_nowait(fd: int, size: int, offset: int) -> bytes:
     except OSError as e:
         if e.errno not in _REFUSED:
             raise
-        _refused(e)
+        _refused(e, fd)
         return os.pread(fd, size, offset)
     if _works is None:
         _learnt()
@@ -106,9 +140,10 @@ def read_nowait(f: Any, size: int) -> bytes:
     it all: ``BlockingIOError`` otherwise, and the file is where it was
     (a worker's ``f.read(size)`` then reads the same octets).  A plain
     ``f.read`` where the flag is not available."""
-    if _works is False:
+    fd = f.fileno()
+    if _plain(fd):
         return f.read(size)
-    return _read_here(f.fileno(), size)
+    return _read_here(fd, size)
 
 
 def _read_here(fd: int, size: int) -> bytes:
@@ -122,7 +157,7 @@ def _read_here(fd: int, size: int) -> bytes:
     except OSError as e:
         if e.errno not in _REFUSED:
             raise
-        _refused(e)
+        _refused(e, fd)
         return os.read(fd, size)
     if _works is None:
         _learnt()
