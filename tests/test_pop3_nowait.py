@@ -621,3 +621,42 @@ def test_a_filesystem_that_refuses_the_flag_leaves_it_on_for_the_others(
     assert nowait.nowait_available()
     refusals = [formatEvent(e) for e in log_events if "RWF_NOWAIT" in formatEvent(e)]
     assert len(refusals) == 1 and "device 0:7" in refusals[0], refusals
+
+
+def test_lists_waiting_for_the_disk_hold_up_no_other_users_login(tmp_path):
+    """Two clients without UTF8 whose LIST waits for header sections not
+    cached (a hung disk: their jobs never come back) take none of the
+    ``WORKER_JOBS`` that measuring sizes and downgrading share: a third
+    user's login to a large mailbox, measured at the login on a worker,
+    still gets its +OK.  Those reads had taken both, and every such login
+    and downgrade of the hub waited for the disk."""
+    from test_pop3_reader_and_storage import connect
+
+    from txmailhub.address import Address
+    from txmailhub.pop3.protocol import INLINE_SIZES
+
+    many = [SMALL] * (INLINE_SIZES + 1)
+    _clock, components, _md, syncer, _realm = env(tmp_path, many, uncached={0})
+    db = next(iter(components.portal.checkers.values()))
+    hung = []
+    for name in ("ann", "bob"):
+        db.addUser(f"{name}@example.org".encode(), b"pw")
+        md = components.store.maildir_path(Address(name, "example.org"))
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(md, sub), exist_ok=True)
+        for i, data in enumerate([SMALL, INTL]):
+            with open(os.path.join(md, "new", f"17000000{i:02d}.M1P1Q{i}.x"), "wb") as f:
+                f.write(data)
+        syncer.holding = False
+        proto, t = connect(components)
+        _open_sessions.append((proto, syncer))
+        proto.dataReceived(b"USER %s\r\nPASS pw\r\n" % name.encode())
+        assert b"+OK Logged in" in bytes(t.received)
+        syncer.holding = True
+        t.received.clear()
+        proto.dataReceived(b"LIST\r\n")
+        assert bytes(t.received) == b""  # its sizes' job hangs
+        hung.append(proto)
+    assert len(syncer.jobs) == 2
+    proto, t = session(components, syncer)  # joe's +OK: his sizes measured at the login
+    assert proto._sizes[INLINE_SIZES] >= 0

@@ -1340,7 +1340,13 @@ class POP3Protocol(Protocol):
         return True
 
     def _measure_rest(self, start: int) -> None:
-        call = self._worker_call()
+        """Sizes from ``start`` on measured on a worker thread, in the POP3
+        sessions' lane but not in turn with the ``WORKER_JOBS`` (as
+        ``_off_thread``): a job that waits for the disk, and a small one
+        (``INLINE_SIZES`` messages, ``INLINE_OCTETS`` in all).  Two such
+        LISTs on a hung disk held both ``WORKER_JOBS``, and every other
+        session's downgrade and large mailbox's login waited for the disk."""
+        call = lane_call(self.components.syncer, POP3_LANE)
         assert call is not None  # ``_unmeasured`` is set only where there are workers
         self._busy = True
         self._disk_waits += 1
