@@ -660,3 +660,44 @@ def test_lists_waiting_for_the_disk_hold_up_no_other_users_login(tmp_path):
     assert len(syncer.jobs) == 2
     proto, t = session(components, syncer)  # joe's +OK: his sizes measured at the login
     assert proto._sizes[INLINE_SIZES] >= 0
+
+
+@needs_flag
+def test_a_tmpfs_file_read_first_leaves_the_flag_on_for_a_disk(tmp_path, learnt_afresh):
+    """The same on real filesystems, where they are at hand: a file on
+    tmpfs (``/dev/shm``, which refuses the flag on Linux 6.18), then one
+    on the disk of the test's folder whose pages were dropped."""
+    import tempfile
+
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no tmpfs beside the test's folder")
+    path = tmp_path / "m"
+    path.write_bytes(b"z" * 100_000)
+    with tempfile.TemporaryFile(dir=shm) as t, open(path, "rb", buffering=0) as d:
+        t.write(b"t" * 100)
+        t.flush()
+        try:
+            os.preadv(t.fileno(), [bytearray(1)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            pytest.skip("tmpfs says EAGAIN here")
+        except OSError:
+            pass  # refused, as expected
+        else:
+            pytest.skip("tmpfs takes the flag here")
+        disk = d.fileno()
+        os.fsync(disk)
+        os.posix_fadvise(disk, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(disk, [bytearray(1)], 50_000, os.RWF_NOWAIT)
+        except BlockingIOError:
+            pass
+        except OSError:
+            pytest.skip("the test's folder refuses the flag too")
+        else:
+            pytest.skip("the page cache was not dropped")
+        os.posix_fadvise(disk, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert nowait.pread_nowait(t.fileno(), 100, 0) == b"t" * 100  # a plain read
+        with pytest.raises(BlockingIOError):
+            nowait.read_nowait(d, 1000)
+        assert d.tell() == 0
