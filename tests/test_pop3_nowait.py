@@ -701,3 +701,44 @@ def test_a_tmpfs_file_read_first_leaves_the_flag_on_for_a_disk(tmp_path, learnt_
         with pytest.raises(BlockingIOError):
             nowait.read_nowait(d, 1000)
         assert d.tell() == 0
+
+
+# -- sizes at the edges: the bytes of a session whose reads were not cached
+# are those of one whose reads were
+
+_EXACT = b"Subject: x\n\n" + b"a" * (CHUNK_SIZE - 13) + b"\n"  # one chunk, to the octet
+_EDGES = [
+    b"",  # 0 octets
+    _EXACT,
+    _EXACT + b"b",  # a chunk and one octet
+    b"Subject: y\n\n" + b"\n" * (CHUNK_SIZE - 100),  # under a chunk stored, over it with CRLF
+    b"Subject: only a header section",
+    INTL,
+    BIG,
+]
+
+
+def _answers(tmp_path, messages, commands, utf8, uncached):
+    """All a session answers to ``commands``, its jobs run and the next
+    turns of the reactor let come (one downgrade a turn)."""
+    clock, components, _md, syncer, _realm = env(tmp_path, messages, uncached=uncached)
+    proto, t = session(components, syncer, utf8)
+    proto.dataReceived(commands)
+    for _ in range(20):
+        run_all(syncer)
+        clock.advance(0)
+    return bytes(t.received), proto._disk_waits
+
+
+@pytest.mark.parametrize("utf8", [False, True])
+@pytest.mark.parametrize("uncached", [ALWAYS, {1, 3}])
+@pytest.mark.parametrize("command", [b"RETR %d", b"TOP %d 0", b"TOP %d 99999999999"])
+def test_messages_at_the_edges_not_cached_send_the_same_bytes(tmp_path, utf8, uncached, command):
+    assert len(_EXACT) == CHUNK_SIZE
+    commands = b"".join(command % (i + 1) + b"\r\n" for i in range(len(_EDGES)))
+    commands += b"LIST\r\nQUIT\r\n"
+    expected, waits = _answers(tmp_path / "cached", _EDGES, commands, utf8, ())
+    assert expected.endswith(b"\r\n.\r\n+OK Bye (7 messages left)\r\n") and not waits
+    got, waits = _answers(tmp_path, _EDGES, commands, utf8, uncached)
+    assert got == expected
+    assert waits > 0
