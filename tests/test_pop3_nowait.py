@@ -742,3 +742,23 @@ def test_messages_at_the_edges_not_cached_send_the_same_bytes(tmp_path, utf8, un
     got, waits = _answers(tmp_path, _EDGES, commands, utf8, uncached)
     assert got == expected
     assert waits > 0
+
+
+def test_a_long_utf8_header_section_list_measures_reads_on_without_waiting(tmp_path):
+    """A client without UTF8, a small mailbox, a message whose UTF-8
+    header section is longer than the 8 KiB read first: measuring the
+    size of its downgraded copy reads on, and that read too says EAGAIN
+    where the kernel has not cached it -- the size is then measured on a
+    worker and LIST waits for it.  That read was a plain one on the
+    reactor thread, which held every session while the disk hung."""
+    data = "Subject: caf\u00e9\n".encode() + LONG_HEADER[:20_000] + b"\nbody\n"
+    commands = b"LIST\r\nNOOP\r\n"
+    expected = cached_answer(tmp_path, [SMALL, data], commands)
+    _clock, components, _md, syncer, realm = env(tmp_path, [SMALL, data], uncached={2})
+    proto, t = session(components, syncer)
+    proto.dataReceived(commands)
+    assert realm.boxes[0].tries == 3  # SMALL's 8 KiB, data's, and the rest of data's
+    assert bytes(t.received) == b"" and len(syncer.jobs) == 1
+    syncer.run_one()
+    assert bytes(t.received) == expected
+    assert proto._disk_waits == 1

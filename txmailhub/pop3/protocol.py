@@ -156,8 +156,9 @@ def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None) -
     downgraded to be measured (some 0.6 us an octet of header section)
     unless the mailbox remembers its size from an earlier session
     (``IDowngradedSizes``): then only the first login after it arrived
-    pays.  ``nowait``: the mailbox as ``INoWaitRead``, for a first read
-    that raises ``BlockingIOError`` rather than wait for the disk."""
+    pays.  ``nowait``: the mailbox as ``INoWaitRead``, for reads that
+    raise ``BlockingIOError`` rather than wait for the disk (the first
+    8 KiB, and the rest of a longer UTF-8 header section)."""
     f = mailbox.open_message(index)
     try:
         first = f.read(SIZE_PROBE) if nowait is None else nowait.read_nowait(f, SIZE_PROBE)
@@ -169,13 +170,32 @@ def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None) -
             known = cache.downgraded_size(index, f)
             if known is not None:
                 return known
-        start = POP3Protocol._downgrade_start(first, f, len(first) < SIZE_PROBE, True)
+        start = POP3Protocol._downgrade_start(
+            first, f if nowait is None else _NoWaitReads(nowait, f), len(first) < SIZE_PROBE, True)
         size = stored if start is None else stored + start[2]
         if cache is not None:
             cache.remember_downgraded_size(index, f, size)
         return size
     finally:
         f.close()
+
+
+class _NoWaitReads:
+    """A message file whose ``read`` is the mailbox's ``read_nowait``
+    (``INoWaitRead``): ``BlockingIOError`` where the kernel has not cached
+    the data, for ``_downgrade_start`` reading on past the first 8 KiB of
+    a long UTF-8 header section when ``LIST`` measures its size on the
+    reactor thread (``_measure_unmeasured``): a plain read there held
+    every session while the disk hung."""
+
+    __slots__ = ("_file", "_nowait")
+
+    def __init__(self, nowait: Any, file: Any) -> None:
+        self._nowait = nowait
+        self._file = file
+
+    def read(self, size: int) -> bytes:
+        return self._nowait.read_nowait(self._file, size)
 
 
 def _save_downgraded_sizes(mailbox: Any) -> None:
