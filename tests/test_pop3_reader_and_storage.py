@@ -704,6 +704,42 @@ def test_pop3_logins_whose_jobs_hang_leave_a_worker_for_delivery(tmp_path):
         proto.connectionLost(Failure(ConnectionDone()))
 
 
+def test_an_uncached_read_whose_client_left_while_it_waited_is_dropped(tmp_path, monkeypatch):
+    """A RETR whose read waits its turn in the lane (three reads ahead of
+    it hang on the disk) and whose client then leaves: the lane drops the
+    job at its next look, as it drops a gone login's, rather than keeping
+    it -- and the session with it -- until the disk comes back."""
+    from txmailhub.store.mailbox import MaildirMailbox
+    from txmailhub.store.sync import POP3_LANE
+
+    components, syncer, workers, _mds = lane_env(tmp_path)
+    sessions = {}
+    for name in USERS:
+        sessions.update(logins(components, [name]))
+        workers.finish()
+
+    def not_cached(self, index, limit):
+        raise BlockingIOError(errno.EAGAIN, "not in the page cache")
+
+    monkeypatch.setattr(MaildirMailbox, "read_message_nowait", not_cached)
+    for proto, t in sessions.values():
+        t.received.clear()
+        proto.dataReceived(b"RETR 1\r\n")
+    lane = syncer.lane(POP3_LANE)
+    assert len(workers.jobs) == 3 and lane.waiting == 1  # dan's read waits its turn
+    dan, _ = sessions["dan"]
+    dan.connectionLost(Failure(ConnectionDone()))
+    lane.call(lambda: None)  # the next POP3 job: the lane looks again
+    assert lane.waiting == 1  # that one; dan's is gone
+    workers.finish_all()
+    for name in ("ann", "bob", "cat"):
+        proto, t = sessions[name]
+        assert bytes(t.received).startswith(b"+OK") and b"hello" in bytes(t.received)
+        proto.connectionLost(Failure(ConnectionDone()))
+    workers.finish_all()  # the session ends: their locks let go
+    assert bytes(sessions["dan"][1].received) == b""
+
+
 def test_session_ends_take_their_turn_with_the_logins(tmp_path):
     """A session's end (its Seen renames and deletions) is a POP3 job too:
     three that hang leave the fourth worker to the SMTP side, and the

@@ -55,7 +55,7 @@ from txmailhub.pop3.server import (
 from txmailhub.pop3.stream import MessageEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.store.format import columns, crlf_size_of
-from txmailhub.store.sync import POP3_LANE, lane_call
+from txmailhub.store.sync import POP3_LANE, CallAbandoned, lane_call
 from txmailhub.tls import handshake_pending, tls_details, tls_failure
 
 __all__ = ["CHUNK_SIZE", "APOPCredentials", "POP3Factory", "POP3Protocol"]
@@ -1056,7 +1056,10 @@ class POP3Protocol(Protocol):
         assert call is not None  # ``_nowait`` is set only where there are workers
         self._busy = True
         self._disk_waits += 1
-        call(job, *args).addBoth(back, *back_args).addErrback(self._internal_error)
+        # a client gone while the read waits for its turn: never run (on a
+        # hung disk it would hold its file, and a worker, for nobody)
+        call(job, *args, wanted=self._wanted).addBoth(back, *back_args).addErrback(
+            self._internal_error)
 
     def _whole_back(self, result: Any, action: Transmit) -> None:
         """A small message read on a worker thread (``_transmit``)."""
@@ -1371,7 +1374,7 @@ class POP3Protocol(Protocol):
         self._busy = True
         self._disk_waits += 1
         call(_measure_sizes, self.mailbox, self.engine.sizes,  # type: ignore[union-attr]
-             self._gone, start).addCallbacks(
+             self._gone, start, wanted=self._wanted).addCallbacks(
             self._rest_measured, self._rest_failed, callbackArgs=(start,),
         ).addErrback(self._internal_error)
 
@@ -1393,8 +1396,11 @@ class POP3Protocol(Protocol):
 
     def _rest_failed(self, failure: Failure) -> None:
         """The job failed (a bug, a stopped syncer): the sizes are measured
-        on this thread when needed, as without workers."""
+        on this thread when needed, as without workers.  Not run because
+        the client left while it waited (``CallAbandoned``): nothing to say."""
         self._busy = False
+        if self._lost and failure.check(CallAbandoned):
+            return
         log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
                     user=self._user)
         self._unmeasured = False
