@@ -278,6 +278,27 @@ def test_the_delay_warning_goes_out_when_it_is_due(hub):
     assert sent_at is not None and 4 * 3600 <= sent_at <= 4 * 3600 + 60
 
 
+@pytest.mark.parametrize("notify,sender", [(("NEVER",), ALICE), (("FAILURE",), ALICE),
+                                           (None, None)])
+def test_no_extra_attempt_for_a_delay_warning_nobody_gets(hub, notify, sender):
+    # The attempt moved to the warning's moment exists to send the notice
+    # if it fails; when no recipient wants one (NOTIFY without DELAY, or a
+    # notice itself, from <>), the entry keeps to its retry schedule.
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    start = hub.clock.seconds()
+    enqueue(hub, BOB, sender=sender, notify=notify)
+    tried = []
+    while hub.clock.seconds() - start < 9 * 3600:
+        n = len(hub.agent.calls)
+        hub.clock.advance(60)
+        if len(hub.agent.calls) > n:
+            tried.append(int(hub.clock.seconds() - start) // 60)
+    # 1m 5m 15m 30m 1h 2h 4h: minutes 1, 6, 21, 51, 111, 231, 471; no try at 240
+    assert tried == [1, 6, 21, 51, 111, 231, 471]
+    assert hub.dsn.sent == []
+
+
 def test_flush_and_hold_release(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]

@@ -681,10 +681,13 @@ class QueueRunner:
             nxt = max(nxt, now + ERROR_RETRY)
         warn_at = e.created + self.relay.delay_warning
         if (e.pending and not e.delay_warned and self.relay.delay_warning > 0
-                and now < warn_at < nxt):
+                and now < warn_at < nxt
+                and any(bounce.wants_notice(e, r, bounce.DELAYED) for r in e.pending)):
             # the "delayed" notice is due before the next retry: come back
             # then (one more attempt, and the notice if it still fails),
-            # not up to a whole step of the schedule late
+            # not up to a whole step of the schedule late.  Only when
+            # someone is to get it: NOTIFY without DELAY, or a notice from
+            # <>, keeps the entry to its schedule
             nxt = warn_at
         if released:
             nxt = min(nxt, now)
