@@ -1053,6 +1053,30 @@ def test_a_hold_after_a_release_during_an_attempt_wins(hub):
     assert hub.queue.read(qid).held and len(hub.agent.calls) == 1
 
 
+def test_a_hold_during_an_attempt_that_ends_past_the_lifetime_keeps_the_message(hub):
+    # `mailhub queue hold` keeps a message.  An attempt under way when it
+    # was held, failing for now once the queue lifetime is over (a server
+    # that stalled to its timeout), must not bounce and drop it: a held
+    # entry is given up on only after its release, as one held before.
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, True)
+    hub.clock.advance(86400 + 1)  # the session outlives the lifetime
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    entry = hub.queue.read(qid)
+    assert entry is not None and entry.held
+    assert [rec.state for rec in entry.recipients] == ["pending"]
+    assert not [d for _, d in hub.dsn.sent if b"Action: failed" in d]
+    hub.queue.set_held(qid, False)  # released: tried once more, then bounced
+    hub.clock.advance(1)
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert hub.queue.ids() == []
+    assert len([d for _, d in hub.dsn.sent if b"Action: failed" in d]) == 1
+
+
 def test_a_release_during_an_attempt_that_delivers_everything_leaves_nothing(hub):
     hub.runner.start()
     pending = hub.agent.hold()

@@ -667,7 +667,10 @@ class QueueRunner:
         ``released``: ``mailhub queue release`` was run while these results
         were being made; the admin asked for an attempt now, and the
         schedule's next retry must not overrule that."""
-        expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
+        # an entry held while this attempt ran (``mailhub queue hold``) is
+        # kept, as one held before it: its lifetime is reckoned at its
+        # release, by the attempt that follows, never by this one
+        expired = schedule.expired(now, e.created, self.relay.queue_lifetime) and not e.held
         updates = self._apply(e, results, now, expired)
         if expired:  # a recipient not attempted now (say, a crash) still expires
             for rec in e.recipients:
