@@ -392,6 +392,26 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual(os.listdir(d), [])
         s.close()
 
+    def test_the_log_tells_files_made_ahead_from_messages_cut_short(self):
+        # After a kill -9 the spool holds its empty files made ahead
+        # (``precreate``): no message was in them, and the log must not
+        # count them as unacknowledged messages, which alarms for nothing.
+        d = self.mktemp()
+        os.makedirs(d)
+        for name in ("1-1-aaaa", "1-2-aaaa", "1-3-aaaa"):
+            open(os.path.join(d, name), "wb").close()
+        with open(os.path.join(d, "1-4-aaaa"), "wb") as f:
+            f.write(b"partial")
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        s = open_spooler(self, d, SyncerSpy(), precreate=0)
+        from twisted.logger import formatEvent
+        lines = [formatEvent(e) for e in observer]
+        self.assertEqual(os.listdir(d), [])
+        self.assertIn("removed 1 unacknowledged spool files left by a crash", lines)
+        self.assertIn("removed 3 empty spool files made ahead (no message was in them)",
+                      lines)
+        s.close()
+
     def test_a_running_hubs_spool_is_left_alone(self):
         d = self.mktemp()
         os.makedirs(d)

@@ -421,7 +421,7 @@ class Spooler:
             log.warn("the spool {path} is {what}: not followed, and what a crash "
                      "left in it stays (make it a folder)", path=self.spool_dir, what=what)
             return 0
-        removed = 0
+        removed = empty = 0
         ours = {path for path, _fd in self._ready}
         try:
             for name in os.listdir(folder):
@@ -429,17 +429,26 @@ class Spooler:
                 if path in ours:
                     continue
                 try:
+                    st = os.stat(name, dir_fd=folder, follow_symlinks=False)
                     os.unlink(name, dir_fd=folder)
                     removed += 1
+                    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                        empty += 1  # made ahead (``precreate``), never written
                 except IsADirectoryError:
                     log.warn("unexpected directory {path} in the spool", path=path)
                 except FileNotFoundError:
                     pass
         finally:
             os.close(folder)
-        if removed:
+        # the files made ahead are empty: a kill -9 leaves up to
+        # ``precreate`` of them, and counting them as messages cut short
+        # would alarm the admin for nothing
+        if removed - empty:
             log.info("removed {count} unacknowledged spool files left by a crash",
-                     count=removed)
+                     count=removed - empty)
+        if empty:
+            log.info("removed {count} empty spool files made ahead (no message was in them)",
+                     count=empty)
         return removed
 
 
