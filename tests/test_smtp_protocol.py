@@ -292,6 +292,23 @@ class ProtocolTests(SynchronousTestCase):
                 assert last == replies.TOO_MANY_HOPS.text()
                 assert not h.store.messages(ALICE) and h.spooler.aborted
 
+    def test_received_lines_after_an_indented_first_line_are_body_and_no_loop(self):
+        # data that starts with a continuation line has no header section:
+        # the hub stores it all as the body, behind its own fields and an
+        # empty line (header_separator), so the Received lines below it are
+        # body text, as for data that starts with plain text
+        for first in (b" indented first line\r\n", b"plain first line\r\n"):
+            h = Harness()
+            p, t = h.connect()
+            take(t)
+            trace = b"Received: from hop by x; date\r\n" * 100
+            p.dataReceived(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                           + first + trace + b".\r\n")
+            assert take(t)[-1].startswith("250 2.0.0 "), first
+            stored = h.store.messages(ALICE)[0]
+            assert stored.count(b"\nReceived: from hop by x") == 100
+            assert b"\n\n" + first.strip(b"\r\n") + b"\nReceived: from hop" in stored
+
     def test_for_names_the_recipient_only_when_there_is_one(self):
         # docs/smtp.rst: list members are not disclosed to each other
         for rcpts, named in ((b"RCPT TO:<alice>\r\n", True),

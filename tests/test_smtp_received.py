@@ -200,6 +200,21 @@ def test_hop_counter_counts_received_fields_of_the_header_section_only():
     assert c.feed(b"Received: more body\n") == 1
 
 
+def test_hop_counter_sees_no_header_section_in_data_that_starts_indented():
+    """A first line that is a continuation line (or text) starts no header
+    section: the hub stores such data as the body (``header_separator``,
+    ``ReturnPathFilter``, ``MissingFields``), so none of it is a hop."""
+    from txmailhub.smtp.received import HopCounter
+
+    for first in (b" indented\n", b"\tindented\n", b"text\n"):
+        c = HopCounter()
+        assert c.feed(first + b"Received: a\n") == 0 and c.done, first
+        assert c.feed(b"Received: b\n") == 0
+    c = HopCounter()  # the continuation line of a field is no such start
+    assert c.feed(b"Received: a\n") == 1
+    assert c.feed(b" folded\nReceived: b\n") == 2
+
+
 def _filtered(pieces: list[bytes]) -> bytes:
     from txmailhub.smtp.received import ReturnPathFilter
 

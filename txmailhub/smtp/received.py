@@ -52,18 +52,25 @@ _HELO_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 class HopCounter:
     """Counts the ``Received:`` fields of a message's header section as its
     data streams by (stored form, whole lines per piece): the loop check of
-    RFC 5321 6.3.  Stops looking at the first empty line."""
+    RFC 5321 6.3.  Stops looking at the first empty line.  Data that does
+    not start with a header field (text, or a continuation line with no
+    field before it) has no header section: the hub stores it all as the
+    body (``header_separator``), so it counts no hop, as
+    ``ReturnPathFilter`` and the submission checks read it."""
 
-    __slots__ = ("done", "hops")
+    __slots__ = ("_first", "done", "hops")
 
     def __init__(self) -> None:
         self.hops = 0
         self.done = False
+        self._first = True
 
     def feed(self, data: bytes) -> int:
-        if self.done:
+        if self.done or not data:
             return self.hops
-        if data[:1] == b"\n":  # the empty line that ends the header section
+        first, self._first = self._first, False
+        if data[:1] == b"\n" or (first and not FIELD_START.match(data)):
+            # the empty line that ends the header section, or none at all
             self.done = True
             return self.hops
         found = HEADER_END.search(data)
