@@ -25,6 +25,7 @@ exploration (the default keeps the suite quick).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Expect:
     retr: bool = False
     stat: bool = False
     live: tuple[int, ...] = ()  # STAT: the numbers not deleted
+    challenge: bool = False  # AUTH PLAIN without an initial response: "+ "
 
 
 @dataclass
@@ -282,6 +284,42 @@ class POP3Model(RuleBasedStateMachine):
         """USER and PASS of the mailbox's owner (most sessions get that far)."""
         self.user(b"joe")
         self.password(True)
+
+    @precondition(_open)
+    @rule(how=st.sampled_from(["initial", "challenge", "empty", "cancel", "not base64",
+                               "not plain", "as himself", "as another"]),
+          good=st.booleans())
+    def auth(self, how: str, good: bool) -> None:
+        """AUTH PLAIN (RFC 5034), with or without the initial response."""
+        password = b"joepw" if good else b"nope"
+        message = {"as himself": b"joe@example.org\0joe\0" + password,
+                   "as another": b"ann\0joe\0" + password,
+                   "not plain": b"joe\0" + password}.get(how, b"\0joe\0" + password)
+        response = {"cancel": b"*", "not base64": b"am9l!", "empty": b"="}.get(
+            how, base64.b64encode(message))
+        if self.logged_in:
+            self.send(b"AUTH PLAIN " + response + b"\r\n", self.out_of_state("AUTH"))
+            return
+        self.user_given = False  # docs/pop3.rst: an AUTH forgets the USER name
+        self._named = None
+        if how in ("challenge", "cancel", "not base64", "empty"):
+            self.send(b"AUTH PLAIN\r\n", Expect("AUTH", True, challenge=True))
+            line = response + b"\r\n"
+        else:
+            line = b"AUTH PLAIN " + response + b"\r\n"
+        if how in ("cancel", "not base64", "empty", "not plain"):
+            self.send(line, Expect(f"AUTH {how}", False))
+        elif good and how != "as another":
+            live = self.model.live()
+            count, octets = len(live), sum(m.size for _, m in live)
+            self.send(line, Expect("AUTH", True, check=lambda s, c=count, o=octets:
+                                   self._login_line(s, c, o)))
+            self.logged_in = True
+        else:
+            self.send(line, Expect("AUTH (refused)", False))
+            self.auth_failures += 1
+            if self.auth_failures >= MAX_FAILURES:
+                self.closed = True
 
     @precondition(_open)
     @rule()
@@ -540,6 +578,8 @@ class POP3Model(RuleBasedStateMachine):
             end = out.index(b"\r\n")
             status, out = out[:end], out[end + 2:]
             assert end + 2 <= 512, status
+            if e.challenge and status == b"+ ":
+                continue
             m = _STATUS.match(status)
             assert m is not None, (e.what, status)
             ok = m.group(1) == b"+OK"
