@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from test_pop3_protocol import Env, reference
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
@@ -138,6 +138,7 @@ class POP3Model(RuleBasedStateMachine):
         globalLogPublisher.addObserver(self._observe)
         self.model = Model()
         self.proto = self.t = None
+        self.lost = False
         self.pending: list[bytes] = []
         self.out = bytearray()
         self._chunk: int | None = None
@@ -164,7 +165,7 @@ class POP3Model(RuleBasedStateMachine):
             if self._chunk is not None:
                 pop3_protocol.CHUNK_SIZE = self._chunk
             globalLogPublisher.removeObserver(self._observe)
-            if self.proto is not None:
+            if self.proto is not None and not self.lost:
                 self.proto.connectionLost(Failure(ConnectionDone()))
 
     def _start(self) -> None:
@@ -176,6 +177,7 @@ class POP3Model(RuleBasedStateMachine):
         self.user_given = self.logged_in = self.closed = self.quit_with_update = False
         self._named = None
         self.auth_failures = self.lines_before_login = 0
+        self.lost = False
         self.model.utf8 = False
         self.listed: dict[int, int] = {}  # message number: the size this session said
 
@@ -183,7 +185,8 @@ class POP3Model(RuleBasedStateMachine):
     @rule(log_in=st.booleans())
     def reconnect(self, log_in: bool) -> None:
         """A new session on the same mailbox: it sees what the last one left."""
-        self.proto.connectionLost(Failure(ConnectionDone()))
+        if not self.lost:
+            self.proto.connectionLost(Failure(ConnectionDone()))
         self.model.messages = [m for m in self.model.messages
                                if not (m.deleted and self.quit_with_update)]
         for m in self.model.messages:
@@ -512,6 +515,19 @@ class POP3Model(RuleBasedStateMachine):
         if self.logged_in and not self.closed:
             self.quit_with_update = True
         self.closed = True
+
+    @precondition(lambda self: not self.closed and not self.pending)
+    @rule(reason=st.sampled_from([ConnectionDone, ConnectionLost]))
+    def hang_up(self, reason: type[Exception]) -> None:
+        """The client goes without QUIT: RFC 1939 6, no UPDATE state, so
+        nothing is deleted, and the mailbox is free for the next session."""
+        self.proto.connectionLost(Failure(reason()))
+        self.lost = self.closed = True
+        self.quit_with_update = False
+        self._drain()
+        assert self.out == b"", bytes(self.out)  # nothing is written to a gone client
+        assert self.env.store.messages(BOX) == [m.data for m in self.model.messages]
+        assert not self.env.store.is_locked(BOX)
 
     # --- sending and checking ---------------------------------------------------
 
