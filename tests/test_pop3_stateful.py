@@ -69,6 +69,7 @@ class Expect:
     stat: bool = False
     live: tuple[int, ...] = ()  # STAT: the numbers not deleted
     challenge: bool = False  # AUTH PLAIN without an initial response: "+ "
+    top: int | None = None  # TOP n lines: the lines
 
 
 @dataclass
@@ -180,6 +181,8 @@ class POP3Model(RuleBasedStateMachine):
         self.lost = False
         self.model.utf8 = False
         self.listed: dict[int, int] = {}  # message number: the size this session said
+        # message number: {TOP's line count (None: RETR): the lines sent}
+        self.seen_text: dict[int, dict[int | None, list[bytes]]] = {}
 
     @precondition(lambda self: self.closed and not self.pending)
     @rule(log_in=st.booleans())
@@ -446,7 +449,8 @@ class POP3Model(RuleBasedStateMachine):
         lines = lines[: blank + 1 + int(count)]
         known = self.model.known(m)
         self.send(line, Expect("TOP", True if known else None,
-                               lines=lines if known else None, multi=True))
+                               lines=lines if known else None, multi=True, number=int(n),
+                               top=int(count)))
 
     @precondition(_open)
     @rule(n=_NUMBERS)
@@ -650,6 +654,8 @@ class POP3Model(RuleBasedStateMachine):
             assert int(m.group(2)) == sum(sizes.values()), (status, body)
             for n, size in sizes.items():
                 assert listed.setdefault(n, size) == size, (n, size, listed)
+        elif e.top is not None:
+            self._same_text(e.number, unstuff(body), e.top)
         elif e.number is not None and not e.retr:  # LIST n
             size = int(status.split()[2])
             assert listed.setdefault(e.number, size) == size, (e.number, size, listed)
@@ -658,10 +664,24 @@ class POP3Model(RuleBasedStateMachine):
             sent = sum(len(x) + 2 for x in unstuff(body))
             assert size == sent, (status, sent)
             assert listed.setdefault(e.number, size) == size, (e.number, size, listed)
+            self._same_text(e.number, unstuff(body), None)
         elif e.stat:
             octets = int(status.split()[2])
             if e.live and all(n in listed for n in e.live):
                 assert octets == sum(listed[n] for n in e.live), (status, listed, e.live)
+
+    def _same_text(self, number: int, lines: list[bytes], top: int | None) -> None:
+        """TOP sends the header section RETR sends, the empty line and
+        ``top`` lines of the body (RFC 1939 7), downgraded or not."""
+        seen = self.seen_text.setdefault(number, {})
+        seen[top] = lines
+        whole = seen.get(None)
+        if whole is None:
+            return
+        blank = whole.index(b"") if b"" in whole else len(whole)
+        for n, part in seen.items():
+            if n is not None:
+                assert part == whole[: blank + 1 + n], (number, n, part, whole)
 
     @invariant()
     def nothing_failed(self) -> None:
