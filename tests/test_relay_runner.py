@@ -1077,6 +1077,34 @@ def test_a_hold_during_an_attempt_that_ends_past_the_lifetime_keeps_the_message(
     assert len([d for _, d in hub.dsn.sent if b"Action: failed" in d]) == 1
 
 
+@pytest.mark.parametrize("hold_first", [True, False])
+def test_a_release_during_an_attempt_that_ends_past_the_lifetime_brings_one_more(
+        hub, hold_first):
+    # A release is the admin asking for an attempt now, and the hub logs
+    # "tried again at once": an attempt under way when it came (held then
+    # released during it, or only released) that fails for now after the
+    # queue lifetime must not bounce the message without that attempt.
+    # The same as a release after the attempt: one more, then the DSN.
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    if hold_first:
+        hub.queue.set_held(qid, True)
+    hub.clock.advance(86400 + 1)  # the session outlives the lifetime
+    hub.queue.set_held(qid, False)  # `mailhub queue release`, still during it
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert len(hub.agent.calls) == 2  # the attempt the release asked for
+    assert [rec.state for rec in hub.queue.read(qid).recipients] == ["pending"]
+    assert not [d for _, d in hub.dsn.sent if b"Action: failed" in d]
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert hub.queue.ids() == []  # that release is spent: bounced, once
+    assert len([d for _, d in hub.dsn.sent if b"Action: failed" in d]) == 1
+    hub.clock.advance(3600)
+    assert len(hub.agent.calls) == 2
+
+
 def test_a_release_during_an_attempt_that_delivers_everything_leaves_nothing(hub):
     hub.runner.start()
     pending = hub.agent.hold()

@@ -669,8 +669,11 @@ class QueueRunner:
         schedule's next retry must not overrule that."""
         # an entry held while this attempt ran (``mailhub queue hold``) is
         # kept, as one held before it: its lifetime is reckoned at its
-        # release, by the attempt that follows, never by this one
-        expired = schedule.expired(now, e.created, self.relay.queue_lifetime) and not e.held
+        # release, by the attempt that follows, never by this one.  One
+        # released while it ran (held before or not) has the attempt that
+        # release asked for still to come: that one reckons it
+        expired = (schedule.expired(now, e.created, self.relay.queue_lifetime)
+                   and not e.held and not released)
         updates = self._apply(e, results, now, expired)
         if expired:  # a recipient not attempted now (say, a crash) still expires
             for rec in e.recipients:
