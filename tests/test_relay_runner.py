@@ -1077,6 +1077,28 @@ def test_a_hold_during_an_attempt_that_ends_past_the_lifetime_keeps_the_message(
     assert len([d for _, d in hub.dsn.sent if b"Action: failed" in d]) == 1
 
 
+def test_no_delay_notice_promising_retries_until_a_time_gone_by(hub):
+    # An attempt held while it ran keeps its recipients pending past the
+    # queue lifetime.  The "delayed" notice then due would tell the
+    # sender "it will be retried until" a moment already past (and
+    # Will-Retry-Until says so too): the lifetime is over, what comes
+    # next is the final outcome, as for a message held before its warning.
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, True)
+    hub.clock.advance(86400 + 1)  # the session outlives lifetime and warning
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert hub.queue.read(qid).held
+    assert not [d for _, d in hub.dsn.sent if b"Action: delayed" in d]
+    hub.queue.set_held(qid, False)
+    hub.clock.advance(1)
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert [b"Action: failed" in d for _, d in hub.dsn.sent] == [True]
+
+
 @pytest.mark.parametrize("hold_first", [True, False])
 def test_a_release_during_an_attempt_that_ends_past_the_lifetime_brings_one_more(
         hub, hold_first):

@@ -795,8 +795,14 @@ class QueueRunner:
                                        for r in e.recipients if r.address in names})))
                 if entry is None:
                     return None
-        if entry.pending and schedule.warn_delayed(now, entry.created, self.relay.delay_warning,
-                                                   entry.delay_warned):
+        # not once the queue lifetime is over (recipients kept pending past
+        # it by a hold or a release during the attempt): the notice would
+        # promise retries until a time gone by, and what comes next is the
+        # final outcome, told then
+        if (entry.pending
+                and schedule.warn_delayed(now, entry.created, self.relay.delay_warning,
+                                          entry.delay_warned)
+                and not schedule.expired(now, entry.created, self.relay.queue_lifetime)):
             wanted = [r for r in entry.pending if bounce.wants_notice(entry, r, bounce.DELAYED)]
             ok = True
             if wanted:
