@@ -1209,3 +1209,36 @@ def test_local_submission_takes_the_retry_schedule_for_mailq(tmp_path: Path) -> 
     assert load_local_submission(str(cfg)).retry_schedule == (120, 3600)
     cfg.write_text(base + '[relay]\nretry_schedule = ["soon"]\nsome_typo = 1\n')
     assert load_local_submission(str(cfg)).retry_schedule == RelaySettings().retry_schedule
+
+
+@pytest.mark.parametrize("section", ["smtp", "pop3"])
+@pytest.mark.parametrize("value", ["inf", "nan", "1e308", "3601"])
+def test_auth_failure_delay_must_be_finite_and_bounded(section: str, value: str) -> None:
+    # TOML has inf and nan: a failed login waited for ever for its answer
+    # (the client got no 535 / -ERR), and a huge delay times the failure
+    # count is inf too
+    found = problems(MINIMAL + f"[{section}]\nauth_failure_delay = {value}\n")
+    assert len(found) == 1
+    assert found[0].startswith(f"/etc/mh/mailhub.toml: [{section}] auth_failure_delay: ")
+    assert "at most 3600" in found[0]
+
+
+def test_auth_failure_delay_of_an_hour_is_taken() -> None:
+    assert load_text(MINIMAL + "[smtp]\nauth_failure_delay = 3600\n",
+                     "/etc/mh/mailhub.toml").smtp.auth_failure_delay == 3600.0
+
+
+@pytest.mark.parametrize("value", ["99999999999d", 9223372036854775807, "36501d"])
+def test_durations_over_a_hundred_years_are_refused(value: object) -> None:
+    # a queue_lifetime past the year 9999 made every "delayed" notice
+    # fail (its Will-Retry-Until date cannot be written), and no timer
+    # needs more than a century
+    with pytest.raises(ValueError, match="at most 36500d"):
+        parse_duration(value)  # type: ignore[arg-type]
+    toml = f'"{value}"' if isinstance(value, str) else str(value)
+    found = problems(MINIMAL + f"[relay]\nqueue_lifetime = {toml}\n")
+    assert len(found) == 1 and "[relay] queue_lifetime: " in found[0]
+
+
+def test_a_duration_of_a_hundred_years_is_taken() -> None:
+    assert parse_duration("36500d") == 36500 * 86400

@@ -86,6 +86,14 @@ def empty_config_path(option: str) -> str:
 _DURATION = re.compile(r"[ \t]*([0-9]+)[ \t]*([smhd]?)[ \t]*\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 SERVER_ENDPOINT_TYPES = ("tcp", "tcp6", "unix")
+#: the longest duration any key takes (100 years): no timer needs more, and
+#: a ``queue_lifetime`` past the year 9999 made every "delayed" notice fail
+#: (its Will-Retry-Until date cannot be written)
+MAX_DURATION = 36500 * 86400
+#: the longest ``auth_failure_delay``, in seconds: a client waits minutes,
+#: not hours, for a reply (RFC 5321 4.5.3.2), and a delay that grows to
+#: infinity (TOML's ``inf``, or a huge one times the failures) never answers
+MAX_AUTH_FAILURE_DELAY = 3600.0
 
 
 def parse_duration(value: str | int) -> int:
@@ -95,7 +103,7 @@ def parse_duration(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return value
+        return _bounded_duration(value, value)
     if not isinstance(value, str):
         raise ValueError("expected a duration like \"30s\", \"5m\", \"4h\" or \"5d\"")
     m = _DURATION.match(value)
@@ -104,7 +112,15 @@ def parse_duration(value: str | int) -> int:
             f"unknown duration {value!r}: use a number with s, m, h or d "
             '("30s", "5m", "4h", "5d")'
         )
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    return _bounded_duration(int(m.group(1)) * _UNITS[m.group(2)], value)
+
+
+def _bounded_duration(seconds: int, value: str | int) -> int:
+    """``seconds`` unless over ``MAX_DURATION``: a typo (or a "forever")
+    is said at once, not found when a notice cannot be dated."""
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is too long: a duration is at most 36500d (100 years)")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -333,6 +349,16 @@ def _non_negative_number(v: Any) -> float:
     if v < 0:
         raise ValueError(f"must not be negative, got {v}")
     return float(v)
+
+
+def _auth_failure_delay(v: Any) -> float:
+    """Seconds before a failed login's answer: finite and at most
+    ``MAX_AUTH_FAILURE_DELAY`` (``inf`` and ``nan`` are TOML floats; with
+    either the answer never came)."""
+    n = _non_negative_number(v)
+    if not n <= MAX_AUTH_FAILURE_DELAY:  # nan compares false
+        raise ValueError(f"must be at most {MAX_AUTH_FAILURE_DELAY:.0f} seconds, got {v}")
+    return n
 
 
 def _port(v: Any) -> int:
@@ -1236,7 +1262,7 @@ def load_text(text: str, path: str) -> Settings:
                                 _positive_int),
         max_auth_failures=r.get(t, "smtp", "max_auth_failures", d.max_auth_failures, _positive_int),
         auth_failure_delay=r.get(
-            t, "smtp", "auth_failure_delay", d.auth_failure_delay, _non_negative_number
+            t, "smtp", "auth_failure_delay", d.auth_failure_delay, _auth_failure_delay
         ),
         vrfy=r.get(t, "smtp", "vrfy", d.vrfy, _bool),
         expn=r.get(t, "smtp", "expn", d.expn, _bool),
@@ -1309,7 +1335,7 @@ def load_text(text: str, path: str) -> Settings:
             t, "pop3", "max_auth_failures", d3.max_auth_failures, _positive_int
         ),
         auth_failure_delay=r.get(
-            t, "pop3", "auth_failure_delay", d3.auth_failure_delay, _non_negative_number
+            t, "pop3", "auth_failure_delay", d3.auth_failure_delay, _auth_failure_delay
         ),
         max_connections=r.get(t, "pop3", "max_connections", d3.max_connections, _positive_int),
         max_connections_per_client=r.get(
