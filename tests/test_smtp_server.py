@@ -975,6 +975,23 @@ def test_help_names_the_software_and_its_version():
     assert any(f"txmailhub {txmailhub.__version__}" in line for line in d.send("HELP\r\n"))
 
 
+def test_help_is_one_fixed_list_whatever_the_argument_and_the_session():
+    # docs/smtp.rst: HELP gives a fixed list "whatever the argument" (RFC
+    # 5321 4.1.1.8 makes help on one command optional), and names EXPN,
+    # STARTTLS and AUTH even where the configuration or the session refuses
+    # them: the list says what the software knows, the EHLO reply what this
+    # session may use.
+    plain = Driver().send("HELP\r\n")
+    for arg in ("MAIL", "help", "TURN", "NOSUCHCOMMAND", "x y z"):
+        assert Driver().send(f"HELP {arg}\r\n") == plain
+    refusing = Driver(expn=False, tls_available=False, auth_available=False,
+                      session=Session(client_host="192.0.2.9", tls=True, authenticated_as=ALICE))
+    refusing.send("EHLO c.test\r\n")
+    assert refusing.send("HELP\r\n") == plain
+    (names,) = [line for line in plain if "VRFY" in line]
+    assert {"EXPN", "STARTTLS", "AUTH"} <= set(names.split())
+
+
 def test_rset_noop_help_quit():
     d = Driver()
     tx(d)
