@@ -413,6 +413,24 @@ def test_chunk_reader_adds_final_line_end():
     assert b"".join(out) == b"abc\n"
 
 
+def test_the_final_line_end_the_hub_adds_is_not_counted_in_the_size():
+    # docs/smtp.rst, BDAT: "A last line without CRLF is completed with one,
+    # which the size does not count (RFC 1870's size is the octets the
+    # client sent)": a message of exactly max_message_size octets is taken
+    # and logged with that size, one octet more is still refused.
+    for limit, refused in ((6, None), (5, replies.MESSAGE_TOO_BIG)):
+        out: list[bytes] = []
+        r = ChunkReader(out.append, limit)
+        r.start(2, last=False)
+        assert r.feed(b"x\r") == b""
+        r.start(4, last=True)
+        assert r.feed(b"\nabc") == b""
+        assert r.finish() == refused
+        assert r.size == 6
+        if refused is None:
+            assert b"".join(out) == b"x\nabc\n"
+
+
 def test_chunk_reader_limits():
     r = ChunkReader(None, 10)
     r.start(20, last=True)
