@@ -230,6 +230,25 @@ def test_data_after_a_failed_last_rcpt_is_judged_on_every_rcpt():
         replies.DATA_NO_RECIPIENTS.text()]
 
 
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_the_max_errors_th_refusal_ends_the_session_pipelined_or_not(pipelined):
+    # docs/smtp.rst: the max_errors-th refused command gets its own reply,
+    # then 421 4.7.0, and nothing sent behind it is answered (a batch is
+    # no way round the limit, nor does it cost the client the reply to
+    # the command that reached it)
+    d = Driver(max_errors=4)
+    d.send("EHLO c.test\r\n")
+    bad = "RCPT TO:<x@y.test>\r\n"
+    if pipelined:
+        out = d.send(bad * 6 + "NOOP\r\n")
+    else:
+        out = [line for _ in range(4) for line in d.send(bad)]
+        assert d.send("NOOP\r\n") == []
+    bye = replies.closing(replies.TOO_MANY_ERRORS, "mx.example.org").text()
+    assert out == [replies.MAIL_NEEDED.text()] * 4 + [bye]
+    assert d.engine.closed
+
+
 def test_replies_are_in_order_and_say_what_they_answer():
     # 3.2 (10): "SHOULD issue response text that indicates, either
     # implicitly or explicitly, what command the response matches"
