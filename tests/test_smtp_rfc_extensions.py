@@ -317,6 +317,20 @@ def test_every_octet_of_8bit_data_is_kept():
     assert done.envelope.body_8bit
 
 
+@pytest.mark.parametrize("body", ["", " BODY=7BIT", " body=7bit"])
+def test_8bit_data_without_body_8bitmime_is_taken_and_kept(body):
+    # RFC 5321 2.4 lets a server clear the high bit of such data or refuse
+    # it; docs/smtp.rst ("8BITMIME"): the hub does neither, after HELO or
+    # EHLO, whatever BODY= said.
+    for greeting in ("EHLO c.test", "HELO c.test"):
+        d = Driver()
+        d.send(f"{greeting}\r\nMAIL FROM:<a@x.test>{body}\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        data = "Subject: caf\u00e9\r\n\r\n".encode() + bytes(range(128, 256)) + b"\r\n"
+        d.engine.receive_data(data + b".\r\n")
+        assert d.pump() == [replies.accepted("ID1").text()]
+        assert b"".join(d.body).endswith(data.replace(b"\r\n", b"\n"))
+
+
 @pytest.mark.parametrize("ehlo,convert", [
     (b"250-mx\r\n250-SIZE 1000\r\n250 8BITMIME\r\n", False),
     (b"250-mx\r\n250 SIZE 1000\r\n", True),
