@@ -432,6 +432,28 @@ def test_user_del_warns_of_the_aliases_that_named_the_user(config: Path) -> None
     assert run(config, "user", "del", "bob") == (0, "deleted bob@example.org\n", "")
 
 
+def test_a_user_with_an_escape_in_its_name_from_before_is_listed_and_deleted_escaped(
+        config: Path) -> None:
+    # a users file line from before ESC was refused: `check` says what to
+    # do, `user list` and `user del` reach it, and no ESC reaches the
+    # terminal (it could rewrite what the admin sees)
+    assert run(config, "user", "add", "bob", "--password-stdin", stdin=PW)[0] == 0
+    users = config.parent / "users"
+    line = users.read_text().splitlines()[-1]
+    users.write_text(users.read_text() + "\x1b[2Jeve" + line[3:] + "\n")
+    code, _, err = run(config, "check")
+    assert code == 2 and "\\x{1B}[2jeve@example.org cannot log in" in err, err
+    assert "mailhub user del" in err and "\x1b" not in err
+    code, out, err = run(config, "user", "list")
+    assert (code, out) == (0, "\\x{1B}[2jeve@example.org\nbob@example.org\n"), (out, err)
+    code, out, err = run(config, "user", "passwd", "\x1b[2Jeve", "--password-stdin", stdin=PW)
+    assert (code, out) == (0, "changed the password of \\x{1B}[2Jeve@example.org\n"), err
+    code, out, err = run(config, "user", "del", "\x1b[2Jeve")
+    assert (code, out, err) == (0, "deleted \\x{1B}[2Jeve@example.org\n", "")
+    assert run(config, "user", "list")[1] == "bob@example.org\n"
+    assert run(config, "check")[0] == 0
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

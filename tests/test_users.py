@@ -619,6 +619,29 @@ def test_users_added_before_the_checks_can_still_be_deleted(db: UsersDB) -> None
         db.add(long, "pw")
 
 
+def test_users_with_a_control_character_added_before_the_checks_can_still_be_deleted(
+        db: UsersDB) -> None:
+    # `user add` refused ESC, DEL and the C1 controls (isprintable) long
+    # before parse_address did: a line written earlier (or by hand) is
+    # still that user's, whose mailbox exists -- `user del` and `user
+    # passwd` must reach it, and the problem names it, escaped
+    for name in ("a\x1bb", "del\x7fete", "c\x9bd"):
+        Path(db.path).write_text(f"bob@example.org {hash_password('pw')}\n"
+                                 f"{name}@example.org {hash_password('pw')}\n")
+        assert {a.key for a in db.addresses()} == {"bob@example.org", f"{name}@example.org"}
+        problem, = db.problems
+        assert "cannot log in" in problem and "user del" in problem
+        assert not any(c in problem for c in "\x1b\x7f\x9b"), problem
+        with pytest.raises(UnauthorizedLogin):  # logins refuse such a name
+            UsersChecker(db).requestAvatarId(
+                UsernamePassword(name.encode(), b"pw")).result.raiseException()
+        db.set_password(name, "new")
+        assert db.delete(name) == Address(name, "example.org")
+        assert [a.key for a in db.addresses()] == ["bob@example.org"] and not db.problems
+        with pytest.raises(UsersFileError, match="control character"):
+            db.add(name, "pw")
+
+
 def test_a_hash_over_the_work_limit_is_refused_before_scrypt_runs() -> None:
     import base64
 

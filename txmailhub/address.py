@@ -351,18 +351,26 @@ def ascii_form(address: Address) -> str | None:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def parse_address(text: str, primary_domain: str | None = None) -> Address:
+def parse_address(text: str, primary_domain: str | None = None, *,
+                  controls: bool = False) -> Address:
     """Turn ``user@domain`` (or a bare ``user``) into an ``Address``.
 
     A bare local part means ``user@<primary_domain>``, as the external
     contract says for RCPT, POP3 logins, the aliases file and the CLI.
     A trailing dot on the domain is dropped (``example.org.`` is the
     same domain in DNS).  Raises ``AddressError`` with a reason.
+
+    ``controls``: ESC, DEL and the C1 controls are taken (NUL and white
+    space never are).  Only for a name already written down before they
+    were refused -- a users file line, and the CLI naming that user to
+    delete it -- which must stay reachable by the commands that remove
+    it; such a name is shown escaped (``logsafe.shown``), never raw.
     """
     text = text.strip()
     if not text:
         raise AddressError("empty address")
-    if any(c.isspace() for c in text) or _CONTROL.search(text):
+    if (any(c.isspace() for c in text) or "\x00" in text
+            or (not controls and _CONTROL.search(text))):
         raise AddressError(f"address {text!r} contains whitespace or control characters")
     local, at, domain = text.rpartition("@")
     if not at:

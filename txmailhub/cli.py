@@ -36,6 +36,7 @@ from txmailhub.errors import (
     UsersFileError,
     WeakPassword,
 )
+from txmailhub.logsafe import shown
 
 if TYPE_CHECKING:
     from txmailhub.address import Address
@@ -432,10 +433,12 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
         args.address = typed_text(args.address)
     if cmd == "list":
         # as the hub knows them (Maildir, logins, logs): lower case, an IDN
-        # in its one form, however the line was typed into the file
+        # in its one form, however the line was typed into the file; a
+        # control character in a name written before they were refused
+        # (ESC) is shown escaped: it could rewrite what the terminal shows
         if not args.usage:
             for address in users.addresses():
-                print(address.key, file=out)
+                print(shown(address.key), file=out)
             return 0
         from txmailhub.store.maildir import maildir_path
         from txmailhub.store.quota import MailboxUsage
@@ -456,13 +459,13 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
                 held, code = "unknown", 1
                 why = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror
                        else e)
-                print(f"mailhub: cannot measure the mailbox of {address.key}: {why}",
+                print(f"mailhub: cannot measure the mailbox of {shown(address.key)}: {why}",
                       file=err or error_stream())
-            print(f"{address.key}\t{held}\t{quota}", file=out)
+            print(f"{shown(address.key)}\t{held}\t{quota}", file=out)
         return code
     if cmd == "del":
         deleted = users.delete(args.address)
-        print(f"deleted {deleted}", file=out)
+        print(f"deleted {shown(str(deleted))}", file=out)
         naming = _aliases_naming(settings, deleted.key)
         if naming:
             print(f"warning: the aliases file names {deleted.key} as a target of "
@@ -491,7 +494,7 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
                   file=err)
     else:
         address = users.set_password(args.address, password, allow_weak=bool(allow_weak))
-        print(f"changed the password of {address}", file=out)
+        print(f"changed the password of {shown(str(address))}", file=out)
         _password_warnings(users, address, password, allow_weak, err)
     return 0
 

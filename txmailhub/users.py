@@ -67,6 +67,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
 from txmailhub.filestamp import FileStamp
+from txmailhub.logsafe import shown
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
 
@@ -342,7 +343,10 @@ class UsersDB:
             try:
                 if len(fields) not in (2, 3):
                     raise ValueError("expected '<address> <hash> [apop=<secret>]'")
-                address = parse_address(fields[0], self.primary_domain)
+                # a name with ESC, DEL or a C1 control: written before
+                # they were refused (``_new_address``), or by hand; still
+                # this user's line, for `user del` to find (named below)
+                address = parse_address(fields[0], self.primary_domain, controls=True)
                 # the line is this user's, even if the rest of it is bad:
                 # `user del` removes it with the others
                 keys[-1] = address.key
@@ -358,15 +362,21 @@ class UsersDB:
             if address.key in first:
                 # one entry per user: a second line (typed by hand, say) must
                 # not silently replace the password in effect
-                problems.append(f"{self.path}:{lineno}: {address.key} is already on line "
+                problems.append(f"{self.path}:{lineno}: {shown(address.key)} is already on line "
                                 f"{first[address.key]}: this line is ignored")
                 continue
             first[address.key] = lineno
             records[address.key] = UserRecord(address, fields[1], apop)
             # The mailbox still exists (mail keeps arriving); only logins fail.
             why = hash_problem(fields[1])
+            if not why and not address.key.isprintable():
+                # every login refuses such a name (``qualify``), as SMTP
+                # and POP3 refuse it on the wire
+                why = ("the address has a control character, which logins refuse "
+                       "(`mailhub user del` removes the line)")
             if why:
-                problems.append(f"{self.path}:{lineno}: {address.key} cannot log in: {why}")
+                problems.append(f"{self.path}:{lineno}: {shown(address.key)} cannot log in: "
+                                f"{why}")
         return records, problems, keys, {k: n - 1 for k, n in first.items()}
 
     def changing(self) -> bool:
@@ -535,8 +545,11 @@ class UsersDB:
         self._file.forget()
 
     def _local(self, name: str) -> Address:
+        # ESC, DEL, C1 controls taken: a user of such a name written before
+        # they were refused can still be deleted or get a new password;
+        # ``_new_address`` refuses them for new users
         try:
-            address = self.qualify(name)
+            address = parse_address(name, self.primary_domain, controls=True)
         except AddressError as e:
             raise UsersFileError(str(e)) from None
         if canonical_domain(address.domain) not in self.domains:
