@@ -125,6 +125,27 @@ def test_remove_takes_every_line_of_the_alias_and_nothing_else(path: Path) -> No
         aliases_at(path).remove("staff")
 
 
+def test_an_alias_whose_name_has_a_control_character_can_still_be_removed(path: Path) -> None:
+    # a line written before ESC, DEL and the C1 controls were refused in
+    # names: check names it as a bad alias, and `alias remove` takes it
+    # away (there is no other way but an editor); it cannot be set again
+    for name in ("post\x7fmaster", "a\x1bb", "c\x9bd@example.net"):
+        aliases = aliases_at(path, f"{name}: joe\nstaff: ann\n")
+        for put in (aliases.add, aliases.set):
+            with pytest.raises(BadAlias, match="control characters"):
+                put(name, ["ann"])
+        change = aliases.remove(name)
+        assert change.alias == parse_address_key(name)
+        assert path.read_text() == "staff: ann\n"
+        with pytest.raises(NoSuchAlias):
+            aliases.remove(name)
+
+
+def parse_address_key(name: str) -> str:
+    local, _, domain = name.rpartition("@") if "@" in name else (name, "", "example.org")
+    return f"{local.lower()}@{domain}"
+
+
 def test_add_refuses_a_name_that_is_there(path: Path) -> None:
     with pytest.raises(AliasExists) as info:
         aliases_at(path, HAND_WRITTEN).add("sales@EXAMPLE.net", ["joe"])

@@ -454,6 +454,17 @@ def test_a_user_with_an_escape_in_its_name_from_before_is_listed_and_deleted_esc
     assert run(config, "check")[0] == 0
 
 
+def test_an_alias_with_an_escape_in_its_name_from_before_is_removed_escaped(
+        config: Path) -> None:
+    (config.parent / "aliases").write_text("\x1b[2Jpost: joe\nstaff: joe\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    code, _, err = run(config, "check")
+    assert code == 2 and "bad alias name" in err and "\x1b" not in err, err
+    code, out, err = run(config, "alias", "remove", "\x1b[2Jpost")
+    assert (code, out) == (0, "removed \\x{1B}[2jpost@example.org\n"), (out, err)
+    assert (config.parent / "aliases").read_text() == "staff: joe\n"
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

@@ -99,7 +99,7 @@ def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     aliases = _aliases(settings, _users(settings))
     if action == "remove":
         change = aliases.remove(args.name)
-        print(f"removed {change.alias}", file=out)
+        print(f"removed {shown(change.alias)}", file=out)
     else:
         targets = [t for arg in args.targets for t in arg.split(",")]
         put = aliases.add if action == "add" else aliases.set

@@ -151,10 +151,12 @@ class AliasesFile:
         names them)."""
         return self._parse(self._text())
 
-    def key(self, name: str) -> str:
-        """The key of the alias ``name`` (a bare name is in the primary domain)."""
+    def key(self, name: str, *, controls: bool = False) -> str:
+        """The key of the alias ``name`` (a bare name is in the primary domain).
+        ``controls``: a name with ESC, DEL or a C1 control is taken, to find
+        a line written before they were refused (``remove``)."""
         try:
-            return parse_address(name.strip(), self.primary_domain).key
+            return parse_address(name.strip(), self.primary_domain, controls=controls).key
         except AddressError as e:
             raise BadAlias([f"bad alias name: {e}"]) from None
 
@@ -171,19 +173,22 @@ class AliasesFile:
                 if entries:
                     entries[-1].lines.append(i)
                 continue  # a continuation of nothing: no alias's line
-            entries.append(_Entry(self._name_key(raw), [i], False))
+            entries.append(_Entry(self._name_key(raw, controls=True), [i], False))
         for entry in entries:
             text = "".join(lines[i] for i in entry.lines)
             table, _ = parse_aliases(text, self.primary_domain, self.domains)
             entry.usable = bool(table)
         return entries
 
-    def _name_key(self, line: str) -> str | None:
+    def _name_key(self, line: str, *, controls: bool = False) -> str | None:
+        """The key of the alias ``line`` names; ``controls``: as ``key``
+        (a line of the file is still that alias's, for ``remove`` to take
+        away; a name to write is judged strictly)."""
         name, colon, _ = line.partition(":")
         if not colon:
             return None
         try:
-            return parse_address(name.strip(), self.primary_domain).key
+            return parse_address(name.strip(), self.primary_domain, controls=controls).key
         except AddressError:
             return None
 
@@ -198,8 +203,10 @@ class AliasesFile:
         return self._put(name, targets, replace=True)
 
     def remove(self, name: str) -> Change:
-        """Remove every entry of the alias ``name`` (``NoSuchAlias`` if none)."""
-        key = self.key(name)
+        """Remove every entry of the alias ``name`` (``NoSuchAlias`` if none),
+        one with ESC, DEL or a C1 control in its name too: a line written
+        before they were refused, which ``check`` names as a bad alias."""
+        key = self.key(name, controls=True)
         with self._locked() as text:
             lines = text.splitlines(keepends=True)
             gone = {i for e in self._entries(lines) if e.key == key for i in e.lines}
