@@ -253,6 +253,25 @@ def test_only_forward_secret_aead_ciphers_on_tls_1_2(tmp_path):
     assert "AES128-SHA" not in ciphers and "AES256-GCM-SHA384" not in ciphers
 
 
+def test_no_client_certificate_is_asked_for(tmp_path):
+    # docs/pop3.rst, RFC 8314 3.1: on the implicit-TLS ports the session
+    # starts in the AUTHORIZATION state and a login is USER/PASS, APOP or
+    # AUTH; a CertificateRequest would make some clients prompt for a
+    # certificate or give up.  The listeners' contexts, first and after a
+    # renewal, verify no peer.
+    assert tls.tls_options(*pair(tmp_path / "first")).getContext().get_verify_mode() \
+        == SSL.VERIFY_NONE
+    factory, _clock, cert, key = serving(tmp_path)
+    assert factory.getContext().get_verify_mode() == SSL.VERIFY_NONE
+    first = serial_served(factory)
+    new_cert, new_key = pair(tmp_path / "renewed")
+    shutil.copyfile(new_cert, cert)
+    shutil.copyfile(new_key, key)
+    factory.reload()
+    assert serial_served(factory) != first  # the renewal is served
+    assert factory.getContext().get_verify_mode() == SSL.VERIFY_NONE
+
+
 def serving(tmp_path):
     """A ReloadingTLS serving a fresh pair from ``tmp_path / "live"`` on a
     Clock of its own, before any look or load: the start of the renewal
