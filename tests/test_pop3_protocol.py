@@ -1491,6 +1491,47 @@ def test_failed_logins_are_counted_per_client_across_connections():
     assert talk(proto, t, b"PASS joepw\r\n").startswith(b"+OK Logged in")
 
 
+def test_failed_logins_over_pop3_and_smtp_auth_are_counted_together():
+    # docs/pop3.rst: "10 logins in 10 minutes, over POP3 and SMTP AUTH
+    # together" (the same passwords): a guesser that spreads its guesses
+    # over both protocols is stopped at the tenth all the same, on both
+    import base64
+
+    from txmailhub.smtp import replies as smtp_replies
+    from txmailhub.smtp.protocol import SMTPFactory
+
+    env = Env(allow_plaintext_auth=True)
+    smtp = SMTPFactory(env.components)
+
+    def smtp_auth(password: str) -> bytes:
+        proto = smtp.buildProtocol(REMOTE)
+        t = StringTransport(peerAddress=REMOTE)
+        proto.makeConnection(t)
+        proto.engine.session.tls = True  # AUTH off loopback needs TLS
+        proto.dataReceived(b"EHLO c\r\n")
+        t.clear()
+        plain = base64.b64encode(f"\0joe\0{password}".encode()).decode()
+        proto.dataReceived(f"AUTH PLAIN {plain}\r\n".encode())
+        out = t.value()
+        proto.connectionLost(None)
+        return out
+
+    def pop3_login(password: bytes) -> bytes:
+        proto, t = env.connect(REMOTE)
+        talk(proto, t, b"USER joe\r\n")
+        out = talk(proto, t, b"PASS " + password + b"\r\n")
+        proto.connectionLost(None)
+        return out
+
+    for _ in range(5):
+        assert pop3_login(b"guess") == b""  # the -ERR waits for its delay
+        assert smtp_auth("guess") == b""  # and so does the 535
+    assert pop3_login(b"joepw") == R.LOGIN_THROTTLED.to_bytes()
+    assert smtp_auth("joepw") == smtp_replies.AUTH_THROTTLED.to_bytes()
+    env.clock.advance(601)  # the window passes (this realm serves POP3 only)
+    assert pop3_login(b"joepw").startswith(b"+OK Logged in")
+
+
 def test_a_disk_error_at_login_is_one_log_line_and_a_temporary_failure():
     # a read-only store or no inodes left: the operator's to fix, no traceback
     import errno
