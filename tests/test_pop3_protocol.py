@@ -1986,6 +1986,26 @@ def test_a_utf8_client_and_uidl_and_retr_read_no_message_for_sizes():
         talk(proto, t, b"QUIT\r\n")
 
 
+def test_uidl_is_the_same_for_a_client_with_utf8_and_one_without():
+    # docs/pop3.rst, "Sizes": a client's UIDL of a message with UTF-8
+    # header fields is the same whether it gets the message downgraded or
+    # as stored (a client that turns UTF8 on, or a second client, must not
+    # fetch everything again), and a downgraded RETR does not change it
+    env = Env()
+    env.store.add("joe@example.org", INTL)
+    env.store.add("joe@example.org", b"Subject: ascii\n\nb\n")
+    seen = {}
+    for utf8 in (True, False):
+        proto, t = login_utf8(env, utf8=utf8)
+        before = talk(proto, t, b"UIDL\r\n")
+        assert talk(proto, t, b"RETR 1\r\n").startswith(b"+OK")
+        assert talk(proto, t, b"UIDL\r\n") == before
+        seen[utf8] = before
+        talk(proto, t, b"RSET\r\nQUIT\r\n")
+    assert seen[True] == seen[False]
+    assert seen[True].startswith(b"+OK") and seen[True].count(b"\r\n") == 4  # two lines
+
+
 def test_a_message_with_no_downgraded_form_is_still_refused(log_events):
     env = Env()
     broken = "Subject: x\nGr\u00fc\u00dfe ohne Feldnamen\n\nbody\n".encode()
