@@ -52,6 +52,8 @@ def test_a_full_mailbox_is_refused_at_rcpt_and_dele_makes_room(make_hub) -> None
     p.pass_("alice-secret")
     for n in (1, 2):
         p.dele(n)
+    # docs/pop3.rst: DELE alone frees nothing (the session may still RSET)
+    assert send(hub, [ALICE])[ALICE][0] == 452
     p.quit()
     assert hub.messages(ALICE) == []
     assert send(hub, [ALICE]) == {}
