@@ -1472,6 +1472,21 @@ def test_connection_limits_in_all_and_per_client():
     assert tn.value().startswith(b"+OK")
 
 
+def test_the_plain_and_implicit_tls_listeners_share_max_connections():
+    # docs/pop3.rst: max_connections is "in all (every POP3 listener
+    # together)": a factory per listener, one count
+    env = Env(tls=object(), max_connections=2)
+    tls_proto, tls_t = env.connect(implicit_tls=True)
+    assert tls_t.value().startswith(b"+OK")
+    _plain, pt = env.connect()
+    assert pt.value().startswith(b"+OK")
+    _p, refused = env.connect()
+    assert refused.value() == R.TOO_MANY_CONNECTIONS.to_bytes()
+    tls_proto.connectionLost(None)  # the TLS session's slot serves a plain one
+    _q, again = env.connect()
+    assert again.value().startswith(b"+OK")
+
+
 def test_failed_logins_are_counted_per_client_across_connections():
     # hanging up before the delayed -ERR, or reconnecting, does not reset it
     env = Env(allow_plaintext_auth=True)
