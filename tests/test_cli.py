@@ -53,8 +53,14 @@ def test_user_list_usage_goes_on_past_a_mailbox_it_cannot_measure(
     # "a/b" is a valid local part that cannot name a Maildir folder (was a
     # traceback), and a Maildir this user may not read (was the end of the
     # listing at that mailbox): each is said on stderr, the rest is listed
-    for name in ("a/b", "alice", "bob", "carol"):
+    for name in ("alice", "bob", "carol"):
         run(config, "user", "add", name, "--password-stdin", stdin=PW)
+    # written by hand (``user add`` refuses it): a line of alice's, renamed
+    users_file = config.parent / "users"
+    alice = next(line for line in users_file.read_text().splitlines()
+                 if line.startswith("alice@"))
+    with users_file.open("a") as f:
+        f.write(alice.replace("alice@", "a/b@", 1) + "\n")
     import txmailhub.store.quota as quota
 
     real = quota.os.stat
@@ -73,6 +79,17 @@ def test_user_list_usage_goes_on_past_a_mailbox_it_cannot_measure(
     assert lines[0].startswith("mailhub: cannot measure the mailbox of a/b@example.org: ")
     assert lines[1].startswith("mailhub: cannot measure the mailbox of bob@example.org: ")
     assert "Permission denied" in lines[1]
+
+
+def test_user_add_refuses_a_name_no_maildir_folder_can_have(config: Path) -> None:
+    # "a/b" was added (exit 0): its mail then waited in the queue for the
+    # queue lifetime (451 "cannot name a Maildir folder") and every POP3
+    # login was refused for now -- an address that can never be a user
+    for name in ("a/b", ".", "..", "x/y@example.net"):
+        code, out, err = run(config, "user", "add", name, "--password-stdin", stdin=PW)
+        assert (code, out) == (2, ""), name
+        assert len(err.splitlines()) == 1 and "Maildir" in err, err
+    assert run(config, "user", "list") == (0, "", "")
 
 
 def test_check_ok(config: Path) -> None:

@@ -594,6 +594,12 @@ class UsersDB:
         address = self._local(name)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
+        key_local = address.key.rpartition("@")[0]
+        if "/" in key_local or key_local in (".", ".."):
+            # its Maildir could never be made: mail to it would wait in the
+            # queue for its lifetime, every login would fail "for now"
+            raise UsersFileError(f"{address} cannot be a user: its local part cannot name a "
+                                 "Maildir folder (no '/', not '.' or '..')")
         if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
             raise UsersFileError(f"the local part of {address} is over 64 octets")
         if not address.local.isprintable():
