@@ -92,6 +92,24 @@ def test_user_add_refuses_a_name_no_maildir_folder_can_have(config: Path) -> Non
     assert run(config, "user", "list") == (0, "", "")
 
 
+def test_user_add_takes_a_quoted_name_as_smtp_names_it(config: Path) -> None:
+    # '"joe"' was kept quoted in the users file while RCPT TO:<"joe"@...>
+    # means joe (RFC 5321 4.1.2), as does a POP3 login "joe": the user
+    # could log in as '"joe"' only and never got mail (550 no such user)
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import UsersDB
+
+    assert run(config, "user", "add", '"joe"', "--password-stdin", stdin=PW) == (
+        0, "added joe@example.org\n", "")
+    users = UsersDB(str(config.parent / "users"), "example.org",
+                    ["example.org", "example.net"])
+    assert users.contains(parse_mailbox('"joe"@example.org', "example.org"))
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 1
+    # one that stays quoted in SMTP stays quoted here too: the same key
+    assert run(config, "user", "add", '"a@b"@example.org', "--password-stdin", stdin=PW)[0] == 0
+    assert users.contains(parse_mailbox('"a@b"@example.org', "example.org"))
+
+
 def test_check_ok(config: Path) -> None:
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     assert run(config, "check") == (0, f"{config}: ok\n", "")

@@ -592,6 +592,13 @@ class UsersDB:
 
     def _new_address(self, name: str) -> Address:
         address = self._local(name)
+        local = address.local
+        if len(local) > 1 and local[0] == local[-1] == '"':
+            # as RCPT names it: '"joe"' is joe, whom mail and logins reach
+            # (kept quoted, the user got no mail: RCPT looked up joe)
+            from txmailhub.smtp._parse import unquote_local
+
+            address = Address(unquote_local(local), address.domain)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
         key_local = address.key.rpartition("@")[0]

@@ -54,6 +54,7 @@ __all__ = [
     "parse_mail",
     "parse_mailbox",
     "parse_rcpt",
+    "unquote_local",
 ]
 
 # RFC 5321 4.5.3.1.3 allows 256 octets with the angle brackets; we take 256
@@ -127,8 +128,10 @@ def ascii_upper(word: str) -> str:
 # --- mailboxes and paths ----------------------------------------------------
 
 
-def _unquote_local(quoted: str) -> str:
-    """``"a\\"b"`` -> the canonical local part (unquoted when possible)."""
+def unquote_local(quoted: str) -> str:
+    """``"a\\"b"`` -> the canonical local part (unquoted when possible):
+    the one form RCPT, the users file and ``mailhub user`` key a quoted
+    local part by (``"joe"`` is ``joe``, RFC 5321 4.1.2)."""
     content = _QUOTED_PAIR.sub(r"\1", quoted[1:-1])
     if content and _DOT_STRING.match(content):
         return content
@@ -190,7 +193,7 @@ def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address
         # before a UTF-8 character is no pair
         if any(not " " <= m.group(1) <= "~" for m in _QUOTED_PAIR.finditer(quoted[1:-1])):
             raise _fail(replies.SYNTAX_ADDRESS)
-        local = _unquote_local(quoted)
+        local = unquote_local(quoted)
         if rest == "":
             domain = primary_domain
         elif rest[0] == "@" and len(rest) > 1:
