@@ -1120,6 +1120,17 @@ def test_alias_add_set_and_remove(config: Path) -> None:
     assert aliases.read_text() == "# kept\npostmaster: alice\nteam: staff\n"
 
 
+def test_alias_add_refuses_a_quoted_name_smtp_takes_unquoted(config: Path) -> None:
+    # '"zz"' was added, and "alias show" named its mailboxes, but RCPT
+    # TO:<"zz"@...> means zz (RFC 5321 4.1.2): every message got 550
+    aliases = with_aliases(config, "")
+    for args in (['"zz"', "alice"], ['"zz"@example.org', "alice"], ["zz", '"alice"']):
+        code, out, err = run(config, "alias", "add", *args)
+        assert (code, out) == (2, ""), args
+        assert "without the quotes" in err and len(err.splitlines()) == 1, err
+    assert aliases.read_text() == ""
+
+
 def test_alias_add_warns_as_check_does_and_refuses_what_check_reports(config: Path) -> None:
     aliases = with_aliases(config, "a: alice\n")
     code, out, err = run(config, "alias", "add", "b", "nobody")

@@ -278,6 +278,12 @@ class AliasesFile:
                 why.append(f"{text!r}: a line break cannot be part of a name or target")
         why.extend(f"target {t!r}: the file separates targets with ','"
                    for t in targets if "," in t)
+        for what, text in (("alias name", name), *(("target", t) for t in targets)):
+            plain = _unquoted(text.lstrip("\\").strip("<>"))
+            if plain is not None:
+                why.append(f"{what} {text!r}: to SMTP a quoted {plain} is {plain}, but the "
+                           "file keeps the quotes, so no address would match it: write it "
+                           "without the quotes")
         if why:
             raise BadAlias(why)
 
@@ -438,3 +444,19 @@ def _eol(lines: list[str]) -> str:
         if line.endswith("\n"):
             return "\n"
     return "\n"
+
+
+def _unquoted(address: str) -> str | None:
+    """The local part of ``address`` without its quotes when RCPT drops
+    them (``"zz"`` is ``zz``, RFC 5321 4.1.2), else None: the file keys
+    it as written, so an alias or target written quoted is never matched."""
+    if "@" in address and not address.endswith('"'):  # (a bare '"a@b"' is all local part)
+        local = address[:address.rindex("@")]
+    else:
+        local = address
+    if len(local) < 2 or not local[0] == local[-1] == '"':
+        return None
+    from txmailhub.smtp._parse import unquote_local
+
+    plain = unquote_local(local)
+    return None if plain.startswith('"') else plain
