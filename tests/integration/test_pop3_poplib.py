@@ -400,3 +400,24 @@ def test_capa_between_user_and_pass_keeps_the_user(filled):
     assert p.pass_(ALICE_PW).startswith(b"+OK")
     assert p.stat()[0] == 3
     assert p.quit().startswith(b"+OK")
+
+
+def test_users_added_and_deleted_while_the_hub_runs(filled):
+    """``mailhub user`` needs no restart (README): a user added while the
+    hub runs logs in at once; one deleted keeps a session already open up
+    to its QUIT, deletions included, and the next login is refused."""
+    done = filled.mailhub("user", "add", "carol", "--password-stdin", input="carol-secret-9\n")
+    assert done.returncode == 0, done.stderr
+    carol = pop(filled, "carol@example.org", "carol-secret-9")
+    assert carol.stat() == (0, 0)
+    carol.quit()
+
+    p = pop(filled)
+    done = filled.mailhub("user", "del", ALICE)
+    assert done.returncode == 0, done.stderr
+    assert p.stat()[0] == 3
+    assert p.dele(1).startswith(b"+OK")
+    assert p.quit().startswith(b"+OK")
+    assert len(filled.message_files(ALICE)) == 2  # the Maildir stays, less the deleted one
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        pop(filled)
