@@ -1131,6 +1131,19 @@ def test_alias_add_refuses_a_quoted_name_smtp_takes_unquoted(config: Path) -> No
     assert aliases.read_text() == ""
 
 
+def test_alias_add_refuses_a_name_no_rcpt_can_carry(config: Path) -> None:
+    # a name of 300 letters was added, but RCPT takes a path of at most
+    # 256 octets (RFC 5321 4.5.3.1.3): every message to it got 501
+    aliases = with_aliases(config, "")
+    long_name = "l" * (256 - len("@example.org") + 1)
+    code, out, err = run(config, "alias", "add", long_name, "alice")
+    assert (code, out) == (2, "")
+    assert "256" in err and len(err.splitlines()) == 1, err
+    assert aliases.read_text() == ""
+    fits = long_name[:-1]  # the longest path RCPT takes
+    assert run(config, "alias", "add", fits, "alice")[:2] == (0, f"added {fits}@example.org\n")
+
+
 def test_alias_add_warns_as_check_does_and_refuses_what_check_reports(config: Path) -> None:
     aliases = with_aliases(config, "a: alice\n")
     code, out, err = run(config, "alias", "add", "b", "nobody")

@@ -278,6 +278,7 @@ class AliasesFile:
                 why.append(f"{text!r}: a line break cannot be part of a name or target")
         why.extend(f"target {t!r}: the file separates targets with ','"
                    for t in targets if "," in t)
+        why.extend(_beyond_rcpt(name, self.primary_domain))
         for what, text in (("alias name", name), *(("target", t) for t in targets)):
             plain = _unquoted(text.lstrip("\\").strip("<>"))
             if plain is not None:
@@ -460,3 +461,24 @@ def _unquoted(address: str) -> str | None:
 
     plain = unquote_local(local)
     return None if plain.startswith('"') else plain
+
+
+def _beyond_rcpt(name: str, primary_domain: str) -> list[str]:
+    """Why no ``RCPT`` can name the alias ``name``: its path is over the
+    256 octets the SMTP server takes (RFC 5321 4.5.3.1.3) in each spelling
+    of its domain, so every message to it would get 501.  A name that is
+    no address is left to ``check``'s own words."""
+    from txmailhub.address import ascii_domain
+    from txmailhub.smtp._parse import MAX_PATH
+
+    try:
+        address = parse_address(name, primary_domain)
+    except AddressError:
+        return []
+    local = len(address.local.encode("utf-8"))
+    shortest = local + 1 + min(len(address.domain.encode("utf-8")),
+                               len(ascii_domain(address.domain)))
+    if shortest <= MAX_PATH:
+        return []
+    return [f"alias name {name!r}: {address} is {shortest} octets, and RCPT TO takes a path "
+            f"of at most {MAX_PATH}: no message could reach it"]
