@@ -164,7 +164,7 @@ def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
-def _read_password(from_stdin: bool, stdin: TextIO) -> str:
+def _read_password(from_stdin: bool, stdin: TextIO, err: TextIO) -> str:
     if from_stdin:
         buffer = getattr(stdin, "buffer", None)
         if buffer is not None:
@@ -186,7 +186,8 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     try:
         first = getpass.getpass("Password: ")
         again = getpass.getpass("Again: ")
-    except EOFError:  # Ctrl-D at the prompt
+    except EOFError:  # Ctrl-D at the prompt, which left the cursor after it
+        print(file=err)  # as for Ctrl-C (main): the refusal on a line of its own
         raise UsersFileError("no password given") from None
     if first != again:
         raise UsersFileError("the passwords differ")
@@ -475,8 +476,8 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     # an unknown user, one that exists already or an address that is no
     # local one: said before the password is typed (twice), not after
     users.precheck(args.address, new=cmd == "add")
-    password = _read_password(args.password_stdin, stdin)
     err = err or error_stream()
+    password = _read_password(args.password_stdin, stdin, err)
     # what lets a weak password through, for the warning: nothing under
     # password_policy = "enforce" without the flag
     allow_weak = ("--allow-weak" if args.allow_weak else
