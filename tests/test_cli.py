@@ -232,6 +232,26 @@ def test_usage_errors_exit_2(config: Path) -> None:
         assert info.value.code == 2
 
 
+def test_a_name_that_starts_with_a_dash_is_shown_the_way_to_give_it(config: Path) -> None:
+    # '-dash' is a valid local part, but argparse takes `user del -dash`
+    # for an unknown option and said only "required: address"
+    def usage_error(*argv: str) -> str:
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as info:
+            main(["--config", str(config), *argv], out=io.StringIO(), err=err)
+        assert info.value.code == 2
+        return err.getvalue().splitlines()[-1]
+
+    assert usage_error("user", "del", "-dash") == (
+        "mailhub user del: the following arguments are required: address "
+        "(-dash is no option: give a name that starts with '-' after --)")
+    assert usage_error("alias", "show", "-x").endswith("after --)")
+    # a mistyped option is no name: no such hint
+    assert usage_error("user", "list", "--usagex") == "mailhub: unrecognized arguments: --usagex"
+    assert run(config, "user", "add", "--password-stdin", "--", "-dash", stdin=PW) == (
+        0, "added -dash@example.org\n", "")
+
+
 def test_bad_config_exits_2(tmp_path: Path) -> None:
     code, _, err = run(tmp_path / "missing.toml", "user", "list")
     assert code == 2 and "cannot read the config file" in err

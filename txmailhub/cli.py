@@ -49,10 +49,32 @@ DEFAULT_CONFIG = default_config_path()
 
 
 class _Parser(argparse.ArgumentParser):
+    _words: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        # kept for error(): each subcommand's parser sees its own words
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # argparse's default exits 2 too; keep one line
         self.print_usage(error_stream())
-        print(f"{self.prog}: {message}{self._choices_for(message)}", file=error_stream())
+        hint = self._choices_for(message) or self._dash_hint(message)
+        print(f"{self.prog}: {message}{hint}", file=error_stream())
         raise SystemExit(2)
+
+    def _dash_hint(self, message: str) -> str:
+        """How to give a name that starts with ``-`` (``-dash`` is a valid
+        local part): argparse takes it for an unknown option, and its
+        error ("required: address") did not say where the name went."""
+        if "arguments are required" not in message:
+            return ""  # a mistyped option (--usagex) is no name
+        known = {o for action in self._actions for o in action.option_strings}
+        for word in self._words:
+            if word == "--":
+                return ""
+            if word.startswith("-") and len(word) > 1 and word.split("=")[0] not in known:
+                return f" ({word} is no option: give a name that starts with '-' after --)"
+        return ""
 
     def _choices_for(self, message: str) -> str:
         """`` (one of: ...)`` when ``message`` is argparse's "required:
