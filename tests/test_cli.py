@@ -252,6 +252,16 @@ def test_a_name_that_starts_with_a_dash_is_shown_the_way_to_give_it(config: Path
         0, "added -dash@example.org\n", "")
 
 
+def test_user_passwd_and_del_name_the_user_as_stored_as_add_and_list_do(config: Path) -> None:
+    # they echoed the name as typed ("deleted JOE@example.org", a
+    # decomposed accent as typed) while add and list give the stored key
+    assert run(config, "user", "add", "Joe", "--password-stdin", stdin=PW)[1] == (
+        "added joe@example.org\n")
+    assert run(config, "user", "passwd", "JOE@Example.ORG", "--password-stdin", stdin=PW) == (
+        0, "changed the password of joe@example.org\n", "")
+    assert run(config, "user", "del", "JOE") == (0, "deleted joe@example.org\n", "")
+
+
 def test_bad_config_exits_2(tmp_path: Path) -> None:
     code, _, err = run(tmp_path / "missing.toml", "user", "list")
     assert code == 2 and "cannot read the config file" in err

@@ -488,7 +488,7 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
         return code
     if cmd == "del":
         deleted = users.delete(args.address)
-        print(f"deleted {shown(str(deleted))}", file=out)
+        print(f"deleted {shown(deleted.key)}", file=out)  # as add and list name it
         naming = _aliases_naming(settings, deleted.key)
         if naming:
             print(f"warning: the aliases file names {deleted.key} as a target of "
@@ -517,7 +517,7 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
                   file=err)
     else:
         address = users.set_password(args.address, password, allow_weak=bool(allow_weak))
-        print(f"changed the password of {shown(str(address))}", file=out)
+        print(f"changed the password of {shown(address.key)}", file=out)
         _password_warnings(users, address, password, allow_weak, err)
     return 0
 
