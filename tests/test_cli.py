@@ -121,6 +121,24 @@ def test_check_warns_of_a_users_file_that_does_not_exist(config: Path) -> None:
     assert "warning: the users file" in err and "does not exist yet" in err
 
 
+def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
+    # lines written by hand or by an older `user add`: "a/b" (no Maildir
+    # folder can have its name) and '"q"' (RCPT looks up q) get no mail
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    users_file = config.parent / "users"
+    alice = users_file.read_text().splitlines()[-1]
+    with users_file.open("a") as f:
+        for name in ("a/b", '"q"', '"a@b"'):
+            f.write(alice.replace("alice@", f"{name}@", 1) + "\n")
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"warning: {config}: [users] file: {users_file}: user "
+                               '"q"@example.org: RCPT TO names it q@example.org')
+    assert "user a/b@example.org: its local part cannot name a Maildir folder" in lines[1]
+
+
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

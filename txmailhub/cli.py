@@ -377,6 +377,14 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     warnings = list(settings.warnings)
     warnings.extend(_old_maildir_folders(settings))
     warnings.extend(_hub_user_warnings(settings))
+    if users_read and not users.missing:
+        from txmailhub.users import mail_never_reaches
+
+        for address in users.addresses():
+            why = mail_never_reaches(address)
+            if why:
+                warnings.append(f"{settings.path}: [users] file: {settings.users.file}: "
+                                f"user {address.key}: {why}")
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file

@@ -73,7 +73,8 @@ from txmailhub.precis import PreparationError, prepare_password
 
 log = Logger(namespace="txmailhub.users")
 
-__all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "open_lock", "verify_password"]
+__all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "mail_never_reaches",
+           "open_lock", "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
@@ -186,6 +187,27 @@ def open_lock(path: str, error: type[Exception] = UsersFileError) -> int:
         raise error(f"{path} {why}")
     return fd
 
+
+
+def mail_never_reaches(address: Address) -> str | None:
+    """Why no mail can ever reach the user ``address``, or None: a local
+    part no Maildir folder can have (``a/b``: its mail would wait in the
+    queue for its lifetime, every login fail "for now"), or one written
+    quoted where RCPT drops the quotes (``"joe"`` is joe to SMTP, RFC 5321
+    4.1.2, and the file's ``"joe"`` is never looked up).  ``user add``
+    refuses the first and unquotes the second; ``check`` warns of both
+    in the file (lines written by hand, or before those checks)."""
+    local = address.key.rpartition("@")[0]
+    if "/" in local or local in (".", ".."):
+        return "its local part cannot name a Maildir folder (no '/', not '.' or '..')"
+    if len(local) > 1 and local[0] == local[-1] == '"':
+        from txmailhub.smtp._parse import unquote_local
+
+        plain = unquote_local(address.local)
+        if not plain.startswith('"'):
+            return (f"RCPT TO names it {plain}@{address.domain} (the quotes dropped), "
+                    "which is looked up without them: it gets no mail")
+    return None
 
 class UsersDB:
     """The users file, reloaded whenever it changes on disk."""
@@ -601,12 +623,9 @@ class UsersDB:
             address = Address(unquote_local(local), address.domain)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
-        key_local = address.key.rpartition("@")[0]
-        if "/" in key_local or key_local in (".", ".."):
-            # its Maildir could never be made: mail to it would wait in the
-            # queue for its lifetime, every login would fail "for now"
-            raise UsersFileError(f"{address} cannot be a user: its local part cannot name a "
-                                 "Maildir folder (no '/', not '.' or '..')")
+        why = mail_never_reaches(address)
+        if why:
+            raise UsersFileError(f"{address} cannot be a user: {why}")
         if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
             raise UsersFileError(f"the local part of {address} is over 64 octets")
         if not address.local.isprintable():
