@@ -139,6 +139,17 @@ def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
     assert "user a/b@example.org: its local part cannot name a Maildir folder" in lines[1]
 
 
+def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path) -> None:
+    # a hand-written '"zz": alice' line: RCPT TO:<"zz"@...> is zz, no alias
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    aliases = with_aliases(config, '"zz": alice\n')
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    assert err == (f'warning: {aliases}: alias "zz"@example.org: RCPT TO names it '
+                   "zz@example.org (the quotes dropped), which is looked up without them: "
+                   "no mail reaches it\n")
+
+
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

@@ -303,6 +303,16 @@ def alias_warnings(
                 f"{path}: alias {alias} has the name of a user: the alias comes first, "
                 f"so that user's mailbox gets none of its mail (add \\{alias} to its "
                 "targets to keep a copy there)"))
+        name = parse_address(alias)
+        if len(name.local) > 1 and name.local[0] == name.local[-1] == '"':
+            from txmailhub.smtp._parse import unquote_local
+
+            plain = unquote_local(name.local)
+            if not plain.startswith('"'):
+                out.append(AliasWarning(
+                    alias, False,
+                    f"{path}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
+                    "quotes dropped), which is looked up without them: no mail reaches it"))
         for target, _expand in targets:
             key = target.key
             if (canonical_domain(target.domain) in local and key not in table and key != postmaster
