@@ -541,9 +541,9 @@ def test_a_user_with_an_escape_in_its_name_from_before_is_listed_and_deleted_esc
     code, out, err = run(config, "user", "list")
     assert (code, out) == (0, "\\x{1B}[2jeve@example.org\nbob@example.org\n"), (out, err)
     code, out, err = run(config, "user", "passwd", "\x1b[2Jeve", "--password-stdin", stdin=PW)
-    assert (code, out) == (0, "changed the password of \\x{1B}[2Jeve@example.org\n"), err
+    assert (code, out) == (0, "changed the password of \\x{1B}[2jeve@example.org\n"), err
     code, out, err = run(config, "user", "del", "\x1b[2Jeve")
-    assert (code, out, err) == (0, "deleted \\x{1B}[2Jeve@example.org\n", "")
+    assert (code, out, err) == (0, "deleted \\x{1B}[2jeve@example.org\n", "")
     assert run(config, "user", "list")[1] == "bob@example.org\n"
     assert run(config, "check")[0] == 0
 
