@@ -559,6 +559,22 @@ def test_an_alias_with_an_escape_in_its_name_from_before_is_removed_escaped(
     assert (config.parent / "aliases").read_text() == "staff: joe\n"
 
 
+def test_an_unknown_name_with_an_escape_is_refused_escaped(config: Path) -> None:
+    # `user del`, `user passwd` and `alias remove` take a name with ESC (to
+    # reach a line written before it was refused): one that is not in the
+    # file is "no such user/alias", and its ESC must not reach the terminal
+    # either (it was printed raw: a terminal escape sequence of the typist's)
+    assert run(config, "user", "add", "bob", "--password-stdin", stdin=PW)[0] == 0
+    (config.parent / "aliases").write_text("staff: bob\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for args, stdin in ((("user", "del", "\x1b]0;x\x07eve"), ""),
+                        (("user", "passwd", "\x1b]0;x\x07eve", "--password-stdin"), PW),
+                        (("alias", "remove", "\x1b]0;x\x07eve"), "")):
+        code, out, err = run(config, *args, stdin=stdin)
+        assert code == 1 and out == "" and "no such" in err, (args, out, err)
+        assert "\x1b" not in err and "\x07" not in err and "\\x{1B}]0;x\\x{7}eve" in err, err
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

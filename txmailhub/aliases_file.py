@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
+from txmailhub.logsafe import shown
 from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.router import (
     BOM,
@@ -211,7 +212,8 @@ class AliasesFile:
             lines = text.splitlines(keepends=True)
             gone = {i for e in self._entries(lines) if e.key == key for i in e.lines}
             if not gone:
-                raise NoSuchAlias(f"no such alias: {key}")
+                # the name may hold ESC (``controls``): never raw to the terminal
+                raise NoSuchAlias(f"no such alias: {shown(key)}")
             new = "".join(line for i, line in enumerate(lines) if i not in gone)
             warnings = self._new_warnings(text, new, key)
             self._write(new)

@@ -569,7 +569,8 @@ class UsersDB:
     def _local(self, name: str) -> Address:
         # ESC, DEL, C1 controls taken: a user of such a name written before
         # they were refused can still be deleted or get a new password;
-        # ``_new_address`` refuses them for new users
+        # ``_new_address`` refuses them for new users.  A message naming
+        # the address ("no such user") shows it escaped: it goes to a terminal
         try:
             address = parse_address(name, self.primary_domain, controls=True)
         except AddressError as e:
@@ -645,14 +646,14 @@ class UsersDB:
         if new and exists:
             raise UserExists(f"{address} already exists")
         if not new and not exists and self.unreadable is None:
-            raise NoSuchUser(f"no such user: {address}")
+            raise NoSuchUser(f"no such user: {shown(str(address))}")
         return address
 
     def delete(self, name: str) -> Address:
         address = self._local(name)
         with self._locked() as records:
             if records.pop(address.key, None) is None:
-                raise NoSuchUser(f"no such user: {address}")
+                raise NoSuchUser(f"no such user: {shown(str(address))}")
         return address
 
     def set_password(self, name: str, password: str, *, allow_weak: bool = False) -> Address:
@@ -663,7 +664,7 @@ class UsersDB:
         with self._locked() as records:
             old = records.get(address.key)
             if old is None:
-                raise NoSuchUser(f"no such user: {address}")
+                raise NoSuchUser(f"no such user: {shown(str(address))}")
             records[address.key] = UserRecord(
                 address, hash_password(prepared),
                 password if old.apop_secret is not None else None,
