@@ -1240,5 +1240,20 @@ def test_durations_over_a_hundred_years_are_refused(value: object) -> None:
     assert len(found) == 1 and "[relay] queue_lifetime: " in found[0]
 
 
+@pytest.mark.parametrize("value", ["9" * 5000 + "s", " " + "1" * 4301 + " d", "0" * 5000 + "5m"])
+def test_a_duration_of_thousands_of_digits_is_said_too_long(value: str) -> None:
+    # Python refuses to read an integer of over 4300 digits (the problem
+    # line told the admin to call sys.set_int_max_str_digits()); leading
+    # zeros are no length: "000...05m" is 5 minutes
+    if value.startswith("0"):
+        assert parse_duration(value) == 300
+        return
+    with pytest.raises(ValueError, match="at most 36500d"):
+        parse_duration(value)
+    found = problems(MINIMAL + f'[relay]\nretry_schedule = ["1m", "{value}"]\n')
+    assert len(found) == 1 and "[relay] retry_schedule: " in found[0], found
+    assert "sys." not in found[0] and "is too long" in found[0]
+
+
 def test_a_duration_of_a_hundred_years_is_taken() -> None:
     assert parse_duration("36500d") == 36500 * 86400

@@ -112,7 +112,13 @@ def parse_duration(value: str | int) -> int:
             f"unknown duration {value!r}: use a number with s, m, h or d "
             '("30s", "5m", "4h", "5d")'
         )
-    return _bounded_duration(int(m.group(1)) * _UNITS[m.group(2)], value)
+    digits = m.group(1).lstrip("0") or "0"
+    if len(digits) > 12:
+        # over MAX_DURATION in any unit, and Python reads no integer of
+        # over 4300 digits (its error named sys.set_int_max_str_digits)
+        shown = value if len(value) <= 40 else value[:20] + "..." + value[-8:]
+        raise ValueError(f"{shown!r} is too long: a duration is at most 36500d (100 years)")
+    return _bounded_duration(int(digits) * _UNITS[m.group(2)], value)
 
 
 def _bounded_duration(seconds: int, value: str | int) -> int:
