@@ -642,6 +642,19 @@ def test_users_with_a_control_character_added_before_the_checks_can_still_be_del
             db.add(name, "pw")
 
 
+@pytest.mark.parametrize("name", ["mehr\u200cdad", "eve\u202e", "bob\ue000"])
+def test_a_name_logins_take_is_not_said_to_be_refused(db: UsersDB, name: str) -> None:
+    # ``isprintable`` is false for more than the controls logins refuse:
+    # a zero-width non-joiner (part of many a Persian name), a format or
+    # private-use character.  A hand-written line with one logs in and
+    # gets mail; check must not call it "cannot log in" and exit 2
+    Path(db.path).write_text(f"{name}@example.org {hash_password('pw')}\n")
+    assert [a.key for a in db.addresses()] == [f"{name}@example.org"]
+    assert UsersChecker(db).requestAvatarId(
+        UsernamePassword(name.encode(), b"pw")).result == f"{name}@example.org"
+    assert db.problems == []
+
+
 def test_a_hash_over_the_work_limit_is_refused_before_scrypt_runs() -> None:
     import base64
 

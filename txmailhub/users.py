@@ -391,15 +391,26 @@ class UsersDB:
             records[address.key] = UserRecord(address, fields[1], apop)
             # The mailbox still exists (mail keeps arriving); only logins fail.
             why = hash_problem(fields[1])
-            if not why and not address.key.isprintable():
+            if not why and self._login_refuses(fields[0]):
                 # every login refuses such a name (``qualify``), as SMTP
-                # and POP3 refuse it on the wire
+                # and POP3 refuse it on the wire; not every name that is
+                # not ``isprintable``: a zero-width non-joiner (in many a
+                # Persian name) or a format character logs in and gets mail
                 why = ("the address has a control character, which logins refuse "
                        "(`mailhub user del` removes the line)")
             if why:
                 problems.append(f"{self.path}:{lineno}: {shown(address.key)} cannot log in: "
                                 f"{why}")
         return records, problems, keys, {k: n - 1 for k, n in first.items()}
+
+    def _login_refuses(self, name: str) -> bool:
+        """Whether a login (``qualify``) refuses ``name``, which the file's
+        reading (``controls``) took: it holds ESC, DEL or a C1 control."""
+        try:
+            self.qualify(name)
+        except AddressError:
+            return True
+        return False
 
     def changing(self) -> bool:
         """Whether the records last read may be those of a file caught
