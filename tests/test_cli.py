@@ -575,6 +575,17 @@ def test_an_unknown_name_with_an_escape_is_refused_escaped(config: Path) -> None
         assert "\x1b" not in err and "\x07" not in err and "\\x{1B}]0;x\\x{7}eve" in err, err
 
 
+def test_a_domain_with_an_escape_is_refused_escaped(config: Path) -> None:
+    # the users commands read a name with ESC leniently (to reach an old
+    # line); one in the domain is no local domain, said without the ESC
+    for args, stdin in ((("user", "add", "eve@\x1b]0;x\x07", "--password-stdin"), PW),
+                        (("user", "del", "eve@\x1b]0;x\x07"), ""),
+                        (("user", "passwd", "eve@\x1b]0;x\x07", "--password-stdin"), PW)):
+        code, out, err = run(config, *args, stdin=stdin)
+        assert code == 2 and out == "" and "not in a local domain" in err, (args, out, err)
+        assert "\x1b" not in err and "\x07" not in err and "eve@\\x{1B}]0;x\\x{7}" in err, err
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

@@ -588,7 +588,7 @@ class UsersDB:
             raise UsersFileError(str(e)) from None
         if canonical_domain(address.domain) not in self.domains:
             raise UsersFileError(
-                f"{address} is not in a local domain ({', '.join(self.domains)})"
+                f"{shown(str(address))} is not in a local domain ({', '.join(self.domains)})"
             )
         return address
 
