@@ -110,6 +110,31 @@ def test_user_add_takes_a_quoted_name_as_smtp_names_it(config: Path) -> None:
     assert users.contains(parse_mailbox('"a@b"@example.org', "example.org"))
 
 
+def test_user_list_usage_shows_why_a_mailbox_of_a_name_with_an_escape_is_unmeasured(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # such a user (a line from before ESC was refused) is listed escaped,
+    # and so is its Maildir's path in the reason a measure failed
+    assert run(config, "user", "add", "bob", "--password-stdin", stdin=PW)[0] == 0
+    users = config.parent / "users"
+    line = users.read_text().splitlines()[-1]
+    users.write_text(users.read_text() + "\x1b[2Jeve" + line[3:] + "\n"
+                     + "a/\x1bb" + line[3:] + "\n")
+    import txmailhub.store.quota as quota
+
+    real = quota.os.stat
+
+    def stat(path, *args, **kwargs):
+        if "eve/" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(quota.os, "stat", stat)
+    code, out, err = run(config, "user", "list", "--usage")
+    assert code == 1 and "\x1b" not in out + err, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 2 and "Permission denied" in err and "\\x{1B}[2jeve/" in err, err
+
+
 def test_check_ok(config: Path) -> None:
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     assert run(config, "check") == (0, f"{config}: ok\n", "")

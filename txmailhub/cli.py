@@ -490,7 +490,9 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
                 held, code = "unknown", 1
                 why = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror
                        else e)
-                print(f"mailhub: cannot measure the mailbox of {shown(address.key)}: {why}",
+                # the path names the user: escaped as the name is
+                print(f"mailhub: cannot measure the mailbox of {shown(address.key)}: "
+                      f"{shown(str(why))}",
                       file=err or error_stream())
             print(f"{shown(address.key)}\t{held}\t{quota}", file=out)
         return code
