@@ -611,6 +611,19 @@ def test_a_domain_with_an_escape_is_refused_escaped(config: Path) -> None:
         assert "\x1b" not in err and "\x07" not in err and "eve@\\x{1B}]0;x\\x{7}" in err, err
 
 
+def test_check_shows_a_bidi_override_in_an_alias_target_escaped(config: Path) -> None:
+    # alias list and alias show escape U+202E (it reorders what follows it
+    # on screen); check's warning about the same target printed it raw
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    (config.parent / "aliases").write_text("staff: joe, ann\u202e\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    listed = run(config, "alias", "list")[1]
+    assert listed == "staff@example.org\tjoe@example.org, ann\\x{202E}@example.org\n"
+    code, _, err = run(config, "check")
+    assert code == 0 and "ann\\x{202E}@example.org, which is no local user" in err, err
+    assert "\u202e" not in err
+
+
 def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Path) -> None:
     folder = config.parent / "users"
     folder.mkdir()  # [users] file names a folder

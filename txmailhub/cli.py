@@ -402,8 +402,11 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             warnings.extend(alias_target_warnings(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
                 users.contains))
+    # names from the users and aliases files (an alias target with a bidi
+    # override, a user with ESC) reach these lines: escaped as ``user
+    # list`` and ``alias list`` show them, never raw to the terminal
     for warning in warnings:
-        print(f"warning: {warning}", file=err)
+        print(f"warning: {_shown_lines(warning)}", file=err)
     if users.missing and users_read:  # (an unreadable file is a problem above)
         # not fatal (aliases may send everything elsewhere), but until it
         # exists every local mailbox is answered 451, and nobody can log in
@@ -412,10 +415,16 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
               file=err)
     if problems:
         for problem in problems:
-            print(problem, file=err)
+            print(_shown_lines(problem), file=err)
         return 2
     print(f"{settings.path}: ok", file=out)
     return 0
+
+
+def _shown_lines(text: str) -> str:
+    """``text`` with ``shown``'s escapes, line by line: a message of more
+    than one line keeps its line breaks."""
+    return "\n".join(shown(line) for line in text.split("\n"))
 
 
 def _hidden_by_alias(settings: Settings, key: str) -> bool:
