@@ -105,18 +105,10 @@ def pread_nowait(fd: int, size: int, offset: int) -> bytes:
     read.  A plain ``os.pread`` where the flag is not available."""
     if _plain(fd):
         return os.pread(fd, size, offset)
-    buf = bytearray(size)
-    try:
-        n = os.preadv(fd, [buf], offset, _FLAG)  # type: ignore[arg-type]
-    except BlockingIOError:
-        raise
-    except OSError as e:
-        if e.errno not in _REFUSED:
-            raise
-        _refused(e, fd)
+    got = _preadv_nowait(fd, size, offset)
+    if got is None:  # refused here: from now on plain reads on this filesystem
         return os.pread(fd, size, offset)
-    if _works is None:
-        _learnt()
+    buf, n = got
     if n == size:
         return bytes(buf)
     if not n:
@@ -126,6 +118,26 @@ def pread_nowait(fd: int, size: int, offset: int) -> bytes:
     # cached, and then none of it counts as read)
     del buf[n:]
     return bytes(buf) + pread_nowait(fd, size - n, offset + n)
+
+
+def _preadv_nowait(fd: int, size: int, offset: int) -> tuple[bytearray, int] | None:
+    """One ``preadv2(RWF_NOWAIT)`` of ``size`` octets at ``offset`` (-1:
+    the file's position, which it moves): the buffer and how many octets
+    it holds; ``BlockingIOError`` when the kernel would wait; ``None``
+    when the flag is refused for ``fd`` (noted: the caller reads plainly)."""
+    buf = bytearray(size)
+    try:
+        n = os.preadv(fd, [buf], offset, _FLAG)  # type: ignore[arg-type]
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno not in _REFUSED:
+            raise
+        _refused(e, fd)
+        return None
+    if _works is None:
+        _learnt()
+    return buf, n
 
 
 def _learnt() -> None:
@@ -149,18 +161,10 @@ def read_nowait(f: Any, size: int) -> bytes:
 def _read_here(fd: int, size: int) -> bytes:
     """``pread_nowait`` from the file's position, which it moves (offset
     -1: one system call, as a plain read)."""
-    buf = bytearray(size)
-    try:
-        n = os.preadv(fd, [buf], -1, _FLAG)  # type: ignore[arg-type]
-    except BlockingIOError:
-        raise
-    except OSError as e:
-        if e.errno not in _REFUSED:
-            raise
-        _refused(e, fd)
+    got = _preadv_nowait(fd, size, -1)
+    if got is None:  # refused here: from now on plain reads on this filesystem
         return os.read(fd, size)
-    if _works is None:
-        _learnt()
+    buf, n = got
     if n == size:
         return bytes(buf)
     if not n:
