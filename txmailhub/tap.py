@@ -347,12 +347,7 @@ def run_file_problems(parent: Any) -> list[str]:
     twistd opens them: a process of that user running meanwhile could
     still race the check, so nothing else should run as that user."""
     problems: list[str] = []
-    # twistd makes --pidfile absolute when it reads its options
-    names = [("--pidfile", parent.get("pidfile")), ("--logfile", twistd_log_file(parent))]
-    for option, name in names:
-        if not name:
-            continue
-        path = os.path.abspath(name)
+    for option, path, _ in _run_files(parent):
         why = _opened_path_problem(path)
         if why is None:
             continue
@@ -360,6 +355,18 @@ def run_file_problems(parent: Any) -> list[str]:
             f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
             "what it names before it switches to --uid; remove it (and see who made it)")
     return problems
+
+
+def _run_files(parent: Any) -> list[tuple[str, str, bool]]:
+    """The files twistd opens as it starts, from its options: ``(option,
+    absolute path, whether it is twistd's default)`` for the pid file and
+    the log file each that is set (twistd makes --pidfile absolute when
+    it reads its options; the log file is ``twistd_log_file``'s)."""
+    names = [("--pidfile", parent.get("pidfile"),
+              parent.get("pidfile") == os.path.abspath("twistd.pid")),
+             ("--logfile", twistd_log_file(parent), not parent.get("logfile"))]
+    return [(option, os.path.abspath(name), default)
+            for option, name, default in names if name]
 
 
 def run_file_access_problems(parent: Any) -> list[str]:
@@ -381,13 +388,7 @@ def run_file_access_problems(parent: Any) -> list[str]:
         "--logfile": "twistd's default log file, in the folder it starts in: give "
                      "--logfile PATH, or run in the foreground (-n) to log to standard output",
     }
-    names = [("--pidfile", parent.get("pidfile"), parent.get("pidfile") == os.path.abspath(
-                  "twistd.pid")),
-             ("--logfile", twistd_log_file(parent), not parent.get("logfile"))]
-    for option, name, default in names:
-        if not name:
-            continue
-        path = os.path.abspath(name)
+    for option, path, default in _run_files(parent):
         why = _cannot_write(path)
         if why is None:
             continue
