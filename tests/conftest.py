@@ -166,6 +166,23 @@ def stalled_turn(clock: Any, seconds: float) -> None:
             call.func(*call.args, **call.kw)
 
 
+def drawn_reads(data: Any, wire: bytes) -> list[bytes]:
+    """``wire`` cut into the reads a client's TCP could make of it, drawn
+    from hypothesis's ``data``: whole, one octet each (a short wire), or
+    cut at up to six random places.  The stateful SMTP and POP3 models
+    send their queued commands this way, so both explore the same cuts."""
+    from hypothesis import strategies as st
+
+    mode = data.draw(st.sampled_from(["whole", "random", "bytes"]), label="reads")
+    if mode == "whole":
+        return [wire]
+    if mode == "bytes" and len(wire) < 400:
+        return [wire[i : i + 1] for i in range(len(wire))]
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)),
+                                         max_size=6), label="cuts")))
+    return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
     socks = []

@@ -30,6 +30,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from conftest import drawn_reads
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -542,15 +543,7 @@ class POP3Model(RuleBasedStateMachine):
         self.pending.clear()
         if not wire:
             return
-        mode = data.draw(st.sampled_from(["whole", "random", "bytes"]), label="reads")
-        if mode == "whole":
-            reads = [wire]
-        elif mode == "bytes" and len(wire) < 400:
-            reads = [wire[i : i + 1] for i in range(len(wire))]
-        else:
-            cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)),
-                                                 max_size=6), label="cuts")))
-            reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        reads = drawn_reads(data, wire)
         # a client that reads the responses at once, or only later
         drains = [data.draw(st.booleans(), label="reads responses") for _ in reads]
         self._feed(reads, drains)

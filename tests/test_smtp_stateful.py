@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from conftest import drawn_reads
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -560,15 +561,7 @@ class SMTPModel(RuleBasedStateMachine):
         self.pending.clear()
         if not wire:
             return
-        mode = data.draw(st.sampled_from(["whole", "random", "bytes"]), label="reads")
-        if mode == "whole":
-            reads = [wire]
-        elif mode == "bytes" and len(wire) < 400:
-            reads = [wire[i : i + 1] for i in range(len(wire))]
-        else:
-            cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)),
-                                                 max_size=6), label="cuts")))
-            reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        reads = drawn_reads(data, wire)
         # storage that answers later: the adapter pauses and must still
         # answer the pipelined commands in order (RFC 2920)
         holder = self.h.spooler._holder
