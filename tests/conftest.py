@@ -555,3 +555,20 @@ def log_events() -> Iterator[list[dict[str, Any]]]:
         yield events
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture
+def logged_failures() -> Iterator[list[dict[str, Any]]]:
+    """The events logged while the test runs that carry a failure or are
+    errors: a hub that answers well but logs a traceback has a fault."""
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)

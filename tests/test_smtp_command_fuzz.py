@@ -13,12 +13,10 @@ of the same class where it has one, at most 512 octets a line (RFC 5321
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_smtp_protocol import Harness
 from test_smtp_stateful import _ENHANCED, SMTPModel
-from twisted.logger import globalLogPublisher
 
 VERBS = [b"MAIL FROM:", b"RCPT TO:", b"mail from:", b"RCPT TO: ", b"MAIL FROM: ", b"VRFY ",
          b"EXPN ", b"HELO ", b"EHLO ", b"AUTH ", b"NOOP ", b"HELP ", b"RSET "]
@@ -52,19 +50,6 @@ SETUPS = [b"", b"EHLO c\r\n", b"HELO c\r\n", b"EHLO c\r\nMAIL FROM:<s@x.test>\r\
           b"EHLO c\r\nMAIL FROM:<> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<alice>\r\n"]
 
 
-@pytest.fixture
-def failures():
-    seen: list[dict] = []
-
-    def observe(event: dict) -> None:
-        if event.get("log_failure") is not None or event.get("isError"):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
-
-
 def replies_to(h: Harness, host: str, setup: bytes, lines: list[bytes]):
     p, t = h.connect(host)
     p.dataReceived(setup)
@@ -87,7 +72,7 @@ def replies_to(h: Harness, host: str, setup: bytes, lines: list[bytes]):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(setup=st.sampled_from(SETUPS), lines=st.lists(command(), min_size=1, max_size=6),
        submission=st.booleans())
-def test_every_command_line_gets_one_well_formed_reply(failures, setup, lines, submission):
+def test_every_command_line_gets_one_well_formed_reply(logged_failures, setup, lines, submission):
     h = Harness(submission=submission, max_errors=1000, max_junk_commands=1000)
     host = "127.0.0.1" if submission else "192.0.2.1"
     for line, replies, closed in replies_to(h, host, setup, lines):
@@ -99,4 +84,4 @@ def test_every_command_line_gets_one_well_formed_reply(failures, setup, lines, s
                 assert m is not None, (line, code, texts)
                 assert int(m.group(1)) == code // 100, (line, code, texts)
         assert not closed or code in (221, 421), (line, code)
-    assert not failures, failures
+    assert not logged_failures, logged_failures

@@ -16,13 +16,11 @@ import base64
 import itertools
 import re
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_pop3_protocol import Env
 from test_smtp_protocol import Harness
 from twisted.internet.error import ConnectionDone
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from txmailhub.address import Address
@@ -183,27 +181,14 @@ def pop3_run(data: bytes, how) -> tuple[bytes, bool, list[bytes]]:
     return out, closed, env.store.messages("joe@example.org")
 
 
-@pytest.fixture
-def failures():
-    seen: list[dict] = []
-
-    def observe(event: dict) -> None:
-        if event.get("log_failure") is not None or event.get("isError"):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
-
-
 _FIXTURE = HealthCheck.function_scoped_fixture  # the list is only appended to
 
 
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, _FIXTURE])
 @given(stream(SMTP_PIECES, smtp_transaction()), splits(), splits(), st.booleans(), st.booleans())
-def test_smtp_replies_and_mail_do_not_depend_on_the_reads(failures, data, one, other, submission,
-                                                          slow):
+def test_smtp_replies_and_mail_do_not_depend_on_the_reads(logged_failures, data, one, other,
+                                                          submission, slow):
     a = smtp_run(data, one, submission, slow)
     b = smtp_run(data, other, submission, slow)
     assert a[1] == b[1], (data, a[0], b[0])
@@ -211,16 +196,16 @@ def test_smtp_replies_and_mail_do_not_depend_on_the_reads(failures, data, one, o
     assert a[2] == b[2], data
     if a[1]:  # the session's last words: 221 or 421 (RFC 5321 3.8)
         assert a[0].rsplit(b"\r\n", 2)[-2][:4] in (b"221 ", b"421 "), a[0][-200:]
-    assert not failures, failures
+    assert not logged_failures, logged_failures
 
 
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, _FIXTURE])
 @given(stream(POP3_PIECES, pop3_session()), splits(), splits())
-def test_pop3_responses_and_deletions_do_not_depend_on_the_reads(failures, data, one, other):
+def test_pop3_responses_and_deletions_do_not_depend_on_the_reads(logged_failures, data, one, other):
     a = pop3_run(data, one)
     b = pop3_run(data, other)
     assert a[1] == b[1], (data, a[0], b[0])
     assert a[0] == b[0], data
     assert a[2] == b[2], data
-    assert not failures, failures
+    assert not logged_failures, logged_failures
