@@ -1120,13 +1120,21 @@ def test_an_unconvertible_message_drops_the_connection_at_once(tmp_path):
     assert not clock.getDelayedCalls()  # no close timer left waiting
 
 
-def test_abort_all_cuts_the_sessions_in_flight_and_connects_no_more(tmp_path):
-    # The hub stops and its grace is over: nothing of the attempt may go on
-    # after the queue's lock is released.
+def session_in_flight(tmp_path):
+    """An ``agent`` whose delivery to remote.test is connected to an MX
+    that never answers: a session for the stop to cut.  Returns the agent,
+    the network and the delivery's Deferred (not fired)."""
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
     d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
     net.run()
+    return a, net, d
+
+
+def test_abort_all_cuts_the_sessions_in_flight_and_connects_no_more(tmp_path):
+    # The hub stops and its grace is over: nothing of the attempt may go on
+    # after the queue's lock is released.
+    a, net, d = session_in_flight(tmp_path)
     assert not d.called and len(net.pumps) == 1
     a.abort_all()
     [r] = run(net, d)
@@ -1145,10 +1153,7 @@ def test_abort_all_fires_once_the_sessions_it_cut_are_gone(tmp_path):
     # transport reports the connection lost: the hub's stop fired before
     # that, with the relay's socket and Twisted's timer for it still on the
     # reactor (docs/embedding.rst: nothing of the hub left once it fires)
-    a, net, _ = agent(tmp_path)
-    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
-    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
-    net.run()
+    a, net, d = session_in_flight(tmp_path)
     gone = a.abort_all()
     assert not gone.called  # the transport has not said the connection is lost
     [r] = run(net, d)
@@ -1159,10 +1164,7 @@ def test_abort_all_fires_once_the_sessions_it_cut_are_gone(tmp_path):
 def test_a_connection_lost_after_the_stop_stopped_waiting_is_no_error(tmp_path):
     # the runner waits CUT_GRACE at most (``addTimeout`` cancels the wait):
     # the session's connectionLost that comes later must not fire it again
-    a, net, _ = agent(tmp_path)
-    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
-    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
-    net.run()
+    a, net, d = session_in_flight(tmp_path)
     gone = a.abort_all()
     gone.cancel()
     gone.addErrback(lambda f: None)
@@ -1174,10 +1176,7 @@ def test_a_session_cut_by_the_stop_marks_no_host_failed(tmp_path):
     # The stop's cut is the hub's doing: the host is not marked failed
     # (the next start would try the other MX first), and the result says
     # the hub stopped, not a timeout or a lost connection.
-    a, net, _ = agent(tmp_path)
-    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(silent=True)
-    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
-    net.run()
+    a, net, d = session_in_flight(tmp_path)
     a.abort_all()
     [r] = run(net, d)
     assert r.kind == "transient" and "the hub stopped" in r.reply.text()
