@@ -1128,6 +1128,17 @@ def _connect(factory, host: str):
     return protocol, transport
 
 
+def _rcpt_on_port_25(reactor, rcpt: bytes):
+    """A client of 192.0.2.7 on the started hub's SMTP listener of port 25
+    that has sent EHLO, MAIL FROM:<a@remote.test> and RCPT TO:<``rcpt``>;
+    the replies are for the test to read."""
+    smtp = next(f for (port, f, _b, _i) in reactor.tcpServers if port == 25)
+    protocol, transport = _connect(smtp, "192.0.2.7")
+    protocol.dataReceived(b"EHLO client.example\r\nMAIL FROM:<a@remote.test>\r\n"
+                          b"RCPT TO:<" + rcpt + b">\r\n")
+    return protocol, transport
+
+
 def test_stopping_the_hub_cuts_the_connections_it_refused(tmp_path: Path) -> None:
     # Past max_connections a connection gets its 421 (SMTP) or -ERR (POP3)
     # and a polite close, and holds no slot: no session's end closes it.
@@ -1996,10 +2007,7 @@ def test_a_store_and_router_of_ones_own_are_used_by_every_part_of_the_hub(
     hub.components.router = router
     hub.startService()
     try:
-        smtp = next(f for (port, f, _b, _i) in reactor.tcpServers if port == 25)
-        protocol, transport = _connect(smtp, "192.0.2.7")
-        protocol.dataReceived(b"EHLO client.example\r\nMAIL FROM:<a@remote.test>\r\n"
-                              b"RCPT TO:<sales@example.org>\r\n")
+        protocol, transport = _rcpt_on_port_25(reactor, b"sales@example.org")
         assert transport.value().splitlines()[-1].startswith(b"250 ")
         assert [a.local for a in router.resolved] == ["sales"]
 
@@ -2034,10 +2042,7 @@ def test_the_quota_does_not_measure_maildirs_a_store_of_ones_own_does_not_use(
     hub.components.router = StaticRouter({"joe": None}, domains=["example.org"])
     hub.startService()
     try:
-        smtp = next(f for (port, f, _b, _i) in reactor.tcpServers if port == 25)
-        protocol, transport = _connect(smtp, "192.0.2.7")
-        protocol.dataReceived(b"EHLO client.example\r\nMAIL FROM:<a@remote.test>\r\n"
-                              b"RCPT TO:<joe@example.org>\r\n")
+        protocol, transport = _rcpt_on_port_25(reactor, b"joe@example.org")
         assert transport.value().splitlines()[-1].startswith(b"250 ")
         protocol.connectionLost(None)
     finally:
