@@ -48,6 +48,21 @@ def test_user_list_usage_gives_what_each_mailbox_holds_and_the_quota(config: Pat
     assert run(config, "user", "list")[1] == "alice@example.org\nbob@example.net\n"
 
 
+def deny_stat(monkeypatch: pytest.MonkeyPatch, marker: str) -> None:
+    """``os.stat`` (which the quota measure calls) of any path with
+    ``marker`` in it fails with EACCES: a Maildir this user may not read."""
+    import txmailhub.store.quota as quota
+
+    real = quota.os.stat
+
+    def stat(path, *args, **kwargs):
+        if marker in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(quota.os, "stat", stat)
+
+
 def test_user_list_usage_goes_on_past_a_mailbox_it_cannot_measure(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # "a/b" is a valid local part that cannot name a Maildir folder (was a
@@ -61,16 +76,7 @@ def test_user_list_usage_goes_on_past_a_mailbox_it_cannot_measure(
                  if line.startswith("alice@"))
     with users_file.open("a") as f:
         f.write(alice.replace("alice@", "a/b@", 1) + "\n")
-    import txmailhub.store.quota as quota
-
-    real = quota.os.stat
-
-    def stat(path, *args, **kwargs):
-        if "/bob/" in str(path):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(quota.os, "stat", stat)
+    deny_stat(monkeypatch, "/bob/")
     code, out, err = run(config, "user", "list", "--usage")
     assert (code, out) == (1, "a/b@example.org\tunknown\tnone\nalice@example.org\t0\tnone\n"
                               "bob@example.org\tunknown\tnone\ncarol@example.org\t0\tnone\n")
@@ -119,16 +125,7 @@ def test_user_list_usage_shows_why_a_mailbox_of_a_name_with_an_escape_is_unmeasu
     line = users.read_text().splitlines()[-1]
     users.write_text(users.read_text() + "\x1b[2Jeve" + line[3:] + "\n"
                      + "a/\x1bb" + line[3:] + "\n")
-    import txmailhub.store.quota as quota
-
-    real = quota.os.stat
-
-    def stat(path, *args, **kwargs):
-        if "eve/" in str(path):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(quota.os, "stat", stat)
+    deny_stat(monkeypatch, "eve/")
     code, out, err = run(config, "user", "list", "--usage")
     assert code == 1 and "\x1b" not in out + err, (out, err)
     lines = err.splitlines()
