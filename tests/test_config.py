@@ -387,20 +387,26 @@ def test_tls_files_must_exist_and_match(tmp_path: Path) -> None:
     assert any(f"certificate {garbage} holds no PEM certificate" in p for p in found), found
 
 
-def test_tls_file_the_hub_cannot_read_is_named(tmp_path: Path, monkeypatch) -> None:
-    # the hub's user (not root) must read the key: say so, not "cannot be
-    # used together: [('system library', '', ''), ('BIO routines', ...)]"
+def deny_open(monkeypatch, denied: Path) -> None:
+    """``open`` of ``denied`` fails with EACCES (a key the hub's user may
+    not read; the test may run as root, who reads every file)."""
     import builtins
 
-    cert, key = make_certificate(tmp_path)
     real_open = builtins.open
 
     def guarded(path, *args, **kwargs):
-        if str(path) == str(key):
+        if str(path) == str(denied):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded)
+
+
+def test_tls_file_the_hub_cannot_read_is_named(tmp_path: Path, monkeypatch) -> None:
+    # the hub's user (not root) must read the key: say so, not "cannot be
+    # used together: [('system library', '', ''), ('BIO routines', ...)]"
+    cert, key = make_certificate(tmp_path)
+    deny_open(monkeypatch, key)
     found = problems(MINIMAL + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
     assert len(found) == 1, found
     assert found[0].startswith(f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by ")
@@ -445,7 +451,6 @@ def test_an_unreadable_keys_hint_names_the_group_of_the_hubs_state_dir(
     # check run by someone else than the hub's user: the chgrp names the
     # group the hub has, which its state folder shows; the owner's login
     # group (or the group of whoever ran check) is not always one of it
-    import builtins
     import grp
     import pwd
 
@@ -455,14 +460,7 @@ def test_an_unreadable_keys_hint_names_the_group_of_the_hubs_state_dir(
     uid = owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid
     gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
     os.chown(state, uid, gid)
-    real_open = builtins.open
-
-    def guarded(path, *args, **kwargs):
-        if str(path) == str(key):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", guarded)
+    deny_open(monkeypatch, key)
     found = problems(MINIMAL + f'state_dir = "{state}"\n'
                      f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
     assert f"(for a key: chgrp {named} {key} && chmod 640 {key})" in found[0], found
