@@ -156,6 +156,16 @@ def submitted(h: Harness, data: str) -> bytes:
     return stored
 
 
+def logged_in(h: Harness):
+    """A loopback client of ``h`` that has sent EHLO and logged in as alice
+    (AUTH PLAIN), the login's reply checked and taken."""
+    p, t = h.connect("127.0.0.1")
+    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                   .encode())
+    assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+    return p, t
+
+
 def quit_behind_unread_replies():
     """A session over an in-memory socket whose client sent 500 EHLOs and a
     QUIT without reading: the 221 waits behind the replies."""
@@ -2002,10 +2012,7 @@ class ProtocolTests(SynchronousTestCase):
     def test_auth_success_then_relay(self):
         q = QueueSpy()
         h = Harness(queue=q)
-        p, t = h.connect("127.0.0.1")
-        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
-                       .encode())
-        assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+        p, t = logged_in(h)
         p.dataReceived(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\n"
                        b"hi\r\n.\r\nQUIT\r\n")
         lines = take(t)
@@ -2030,10 +2037,7 @@ class ProtocolTests(SynchronousTestCase):
         for implicit, expected in ((False, "(PLAIN)"), (True, "(PLAIN, TLS)")):
             h = Harness()
             h.factory.implicit_tls = implicit
-            p, t = h.connect("127.0.0.1")
-            p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}"
-                           "\r\n".encode())
-            assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+            p, _t = logged_in(h)
             lines = [formatEvent(e) for e in self.events if "authenticated as" in e.get(
                 "log_format", "")]
             assert lines[-1] == f"127.0.0.1 authenticated as alice@example.org {expected}", lines
@@ -2045,10 +2049,7 @@ class ProtocolTests(SynchronousTestCase):
         h = Harness()
         h.realm.requestAvatar = lambda avatar_id, mind, *i: (
             ISMTPUser, User(Address("a\x1b[2Jlice", "example.org")), lambda: None)
-        p, t = h.connect("127.0.0.1")
-        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
-                       .encode())
-        assert take(t)[-1] == replies.AUTH_SUCCEEDED.text()
+        p, t = logged_in(h)
         p.dataReceived(b"MAIL FROM:<x@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
                        b"hi\r\n.\r\n")
         assert take(t)[-1].startswith("250 2.0.0")
