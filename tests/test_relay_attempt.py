@@ -470,11 +470,7 @@ def test_a_refused_starttls_that_keeps_the_mail_queued_is_not_warned_as_sent_in_
     # an opportunistic smarthost with a password: after the 454 nothing
     # goes in clear (the mail stays queued, 454 4.7.0), so no warning says
     # the session "went on without TLS"
-    auth = tmp_path / "auth"
-    auth.write_text("relayuser:s3cret\n")
-    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:587"\n'
-                                'smarthost_tls = "opportunistic"\n'
-                                f'smarthost_auth_file = "{auth}"')
+    a, net = agent_with_smarthost_login(tmp_path, 'smarthost_tls = "opportunistic"')
     net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
         extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"),
         replies={"STARTTLS": b"454 4.7.0 TLS not available\r\n"})
@@ -525,14 +521,22 @@ def test_downgrade_refused_when_configured(tmp_path):
         "it offered STARTTLS before), but the server did not offer STARTTLS")
 
 
+def agent_with_smarthost_login(tmp_path, relay="", tls_ok=True):
+    """An ``agent`` relaying through smart.example.net:587 with a login
+    from ``smarthost_auth_file`` (``relay``: more [relay] lines); the agent
+    and its network, where no server listens yet."""
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    a, net, _ = agent(tmp_path, f'smarthost = "smart.example.net:587"\n'
+                                f'smarthost_auth_file = "{auth}"\n' + relay, tls_ok=tls_ok)
+    return a, net
+
+
 def smarthost_with_login(tmp_path):
     """An agent relaying through smart.example.net:587 (STARTTLS, AUTH
     PLAIN) with a login from ``smarthost_auth_file``; the agent and its
     network."""
-    auth = tmp_path / "auth"
-    auth.write_text("relayuser:s3cret\n")
-    a, net, _ = agent(tmp_path, f'smarthost = "smart.example.net:587"\n'
-                                f'smarthost_auth_file = "{auth}"')
+    a, net = agent_with_smarthost_login(tmp_path)
     net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
         extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"))
     return a, net
@@ -907,11 +911,8 @@ def test_an_opportunistic_smarthost_whose_handshake_fails_never_gets_the_passwor
     # only goes over TLS.  The plain retry after a failed handshake (RFC
     # 3207 4.1) ran with the policy "none", under which the session sends
     # it: AUTH PLAIN in the clear to whoever broke the handshake
-    auth = tmp_path / "auth"
-    auth.write_text("relayuser:s3cret\n")
-    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:587"\n'
-                                'smarthost_tls = "opportunistic"\n'
-                                f'smarthost_auth_file = "{auth}"', tls_ok=False)
+    a, net = agent_with_smarthost_login(tmp_path, 'smarthost_tls = "opportunistic"',
+                                        tls_ok=False)
     net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
         extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server", False))
     [r] = run(net, a.attempt(entry(tmp_path, BOB)))
