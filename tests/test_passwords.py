@@ -212,8 +212,9 @@ def test_a_password_of_white_space_alone_is_refused() -> None:
 
 
 def test_one_character_is_short_but_not_repeated() -> None:
-    assert POLICY.weaknesses("q", ALICE) == ["is too short: 1 characters, at least 8"]
+    assert POLICY.weaknesses("q", ALICE) == ["is too short: 1 character, at least 8"]
     assert "is one character repeated" in POLICY.weaknesses("qq", ALICE)
+    assert POLICY.weaknesses("qq", ALICE)[0] == "is too short: 2 characters, at least 8"
 
 
 def test_the_list_holds_no_comment_and_no_empty_entry() -> None:

@@ -176,7 +176,8 @@ class PasswordPolicy:
         found: list[str] = []
         length = password_length(password)
         if length < self.min_length:
-            found.append(f"is too short: {length} characters, at least {self.min_length}")
+            found.append(f"is too short: {length} character{'' if length == 1 else 's'}, "
+                         f"at least {self.min_length}")
         folded = _fold(password)
         key = folded.strip()
         if key in common_passwords():
