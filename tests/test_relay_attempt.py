@@ -444,29 +444,24 @@ def test_starttls_opportunistic_and_downgrade_logged(tmp_path):
     assert any("downgrade" in e.get("log_format", "") for e in events)
 
 
-def test_a_host_that_refuses_starttls_is_sent_to_in_clear_with_a_warning(tmp_path):
+def test_a_host_that_refuses_starttls_is_sent_to_in_clear_with_a_warning(tmp_path, log_events):
     # RFC 3207 4.1: after a 454 the client decides; opportunistic TLS goes
     # on in clear, and the admin reads why the mail left without TLS
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
         extensions=("PIPELINING", "STARTTLS"), tls_creator=FakeTLS("server"),
         replies={"STARTTLS": b"454 4.7.0 TLS not available due to temporary reason\r\n"})
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "delivered"
     assert not net.server_protocols[0].tls and len(net.server_protocols[0].messages) == 1
-    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    warned = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.warn]
     assert len(warned) == 1, warned
     assert "mx1.remote.test" in warned[0] and "refused it (454 4.7.0 TLS not available" in (
         warned[0]) and "without TLS" in warned[0]
 
 
 def test_a_refused_starttls_that_keeps_the_mail_queued_is_not_warned_as_sent_in_clear(
-        tmp_path):
+        tmp_path, log_events):
     # an opportunistic smarthost with a password: after the 454 nothing
     # goes in clear (the mail stays queued, 454 4.7.0), so no warning says
     # the session "went on without TLS"
@@ -474,15 +469,10 @@ def test_a_refused_starttls_that_keeps_the_mail_queued_is_not_warned_as_sent_in_
     net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
         extensions=("STARTTLS", "AUTH PLAIN"), tls_creator=FakeTLS("server"),
         replies={"STARTTLS": b"454 4.7.0 TLS not available\r\n"})
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        [r] = run(net, a.attempt(entry(tmp_path, BOB)))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
     assert r.kind == "transient" and r.reply.status == "4.7.0"
     assert not net.server_protocols[0].messages
-    assert not any("went on without TLS" in formatEvent(e) for e in events)
+    assert not any("went on without TLS" in formatEvent(e) for e in log_events)
 
 
 @pytest.mark.parametrize("why", ["handshake", "refusal"])
