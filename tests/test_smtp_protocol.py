@@ -271,7 +271,7 @@ class ProtocolTests(SynchronousTestCase):
         # an alias leads to a mailbox with a UTF-8 local part: the for clause
         # of a message without SMTPUTF8 must not carry it raw (no ASCII form)
         h = Harness()
-        h.components.router = h.factory.policy.router = StaticRouter(
+        h.components.router = StaticRouter(
             {"alice": None, "j\u00f6rg": None, "team": ["j\u00f6rg"]})
         for mail, traced in ((b"MAIL FROM:<s@x.test>", False),
                              (b"MAIL FROM:<s@x.test> SMTPUTF8", True)):

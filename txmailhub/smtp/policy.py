@@ -93,17 +93,7 @@ class RecipientPolicy:
         when the listener was built: an application that embeds the hub may
         give it a router of its own before the start (docs/embedding.rst),
         and delivery and the relay already ask ``components.router``."""
-        if self._router is not None:
-            return self._router
         return self.components.router
-
-    @router.setter
-    def router(self, router: Any) -> None:
-        # this listener's own router, whatever the components hold (kept
-        # for code that set the attribute when it was a plain one)
-        self._router = router
-
-    _router: Any = None
 
     def check_room(self, size: int) -> None:
         """Refuse a message announced at ``size`` octets (``MAIL ... SIZE=``)
