@@ -1127,6 +1127,53 @@ def test_a_release_during_an_attempt_that_ends_past_the_lifetime_brings_one_more
     assert len(hub.agent.calls) == 2
 
 
+@pytest.mark.parametrize("hold_first", [True, False])
+def test_releases_during_every_attempt_past_the_lifetime_do_not_keep_it_for_ever(
+        hub, hold_first):
+    # A release during an attempt that ends past the queue lifetime brings
+    # one more attempt (above).  That attempt began after the lifetime: a
+    # release during it, and during each one after, must not bring yet
+    # another -- the message was kept queued (and retried at once) for as
+    # long as the releases kept landing during attempts.  It bounces when
+    # that attempt ends, with the failure notice.
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    if hold_first:
+        hub.queue.set_held(qid, True)
+    hub.clock.advance(86400 + 1)  # the first session outlives the lifetime
+    for _ in range(5):
+        if not pending:
+            break
+        hub.queue.set_held(qid, False)  # `mailhub queue release`, during it
+        hub.clock.advance(1)
+        x, r = pending.pop()
+        x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert len(hub.agent.calls) == 2  # the first, and the one its release asked for
+    assert hub.queue.ids() == []
+    [failure] = [d for _, d in hub.dsn.sent if b"Action: failed" in d]
+    assert b"451 4.7.1 greylisted" in failure
+
+
+def test_a_release_during_a_last_attempt_is_not_logged_as_tried_again(hub, log_events):
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.clock.advance(86400 + 1)
+    hub.queue.set_held(qid, False)  # honoured: one more attempt
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    hub.queue.set_held(qid, False)  # during that one: the message bounces
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert hub.queue.ids() == []
+    said = [formatEvent(e) for e in log_events if "tried again" in formatEvent(e)]
+    assert said == [f"queue entry {qid} released (mailhub queue release) during its "
+                    "delivery attempt: tried again at once"]  # the first release only
+
+
 def test_a_release_during_an_attempt_that_delivers_everything_leaves_nothing(hub):
     hub.runner.start()
     pending = hub.agent.hold()

@@ -109,9 +109,10 @@ class QueueRunner:
         # written.  (action, recipient) pairs per queue id.
         self._notified: dict[str, set[tuple[str, Address]]] = {}
         # The release count (``QueueEntry.releases``) an attempt started
-        # with, kept with its unrecorded results: the release that arrived
-        # during that attempt is still honoured when they are recorded.
-        self._release_seen: dict[str, int] = {}
+        # with, and when it started, kept with its unrecorded results: the
+        # release that arrived during that attempt is still honoured when
+        # they are recorded (if that attempt began within the lifetime).
+        self._release_seen: dict[str, tuple[int, float]] = {}
         # Entries that ``mailhub queue`` changed while they were being
         # handled (a rescan skips them then): read again once they are not.
         self._changed_while_active: set[str] = set()
@@ -419,7 +420,7 @@ class QueueRunner:
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
         # a release counted after this (`mailhub queue release` during the
         # attempt) is honoured when the outcome is recorded
-        releases = self._release_seen.pop(qid, entry.releases)
+        releases, started = self._release_seen.pop(qid, (entry.releases, self.clock.seconds()))
         generation = self._generation
         if entry.pending and not results:
             self._attempting.add(qid)
@@ -439,17 +440,26 @@ class QueueRunner:
         found = []
         lines: list[dict] = []
 
+        def honoured(e: QueueEntry) -> bool:
+            """Whether a release made during this attempt brings another
+            one at once: not when this attempt itself began after the
+            queue lifetime (it was the last one that release, or an
+            earlier one, could ask for: every release landing during an
+            attempt would otherwise keep an expired message for ever)."""
+            return (e.releases != releases
+                    and not schedule.expired(started, e.created, self.relay.queue_lifetime))
+
         def record(e: QueueEntry) -> QueueEntry | None:
             found.append(e)
             del lines[:]  # the lines of the version that is written
-            return self._record(e, results, now, lines, released=e.releases != releases)
+            return self._record(e, results, now, lines, released=honoured(e))
 
         try:
             entry = yield self._write(qid, record)
         except Exception:
             if results:
                 self._unrecorded[qid] = results
-                self._release_seen[qid] = releases
+                self._release_seen[qid] = (releases, started)
             raise
         if not found:  # the record went while the attempt ran
             log.info("queue entry {queue_id} deleted (mailhub queue delete): "
@@ -458,7 +468,7 @@ class QueueRunner:
             return
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
-        if entry is not None and found[-1].releases != releases and not entry.held:
+        if entry is not None and honoured(found[-1]) and not entry.held:
             log.info("queue entry {queue_id} released (mailhub queue release) during its "
                      "delivery attempt: tried again at once", queue_id=qid)
         if generation != self._generation:
