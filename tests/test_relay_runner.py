@@ -1185,6 +1185,26 @@ def test_a_release_during_an_attempt_that_delivers_everything_leaves_nothing(hub
     assert len(hub.agent.calls) == 1
 
 
+def test_the_result_line_of_an_entry_held_during_its_attempt_says_held(hub, log_events):
+    # held while the attempt ran: no retry time comes until its release, so
+    # the line must not name one (queue list says "held" there too)
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    hub.queue.set_held(qid, True)
+    hub.clock.advance(1)
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    lines = [formatEvent(e) for e in log_events if formatEvent(e).startswith(f"{qid} to ")]
+    assert lines == [f"{qid} to {BOB}: {LATER.text()}; held: no next attempt until its "
+                     "release (mailhub queue release)"]
+    assert hub.queue.read(qid).held
+    hub.clock.advance(3600)
+    assert len(hub.agent.calls) == 1
+
+
 def test_a_release_during_an_attempt_is_logged(hub):
     from twisted.logger import formatEvent, globalLogPublisher
 

@@ -712,7 +712,7 @@ class QueueRunner:
                 rec = updates.get(res.address)
                 if rec is None:
                     continue  # not pending any more: its line was logged then
-                lines.append(self._line(e, res, rec, nxt))
+                lines.append(self._line(e, res, rec, nxt, held=e.held))
         return dataclasses.replace(e, attempts=attempts, next_attempt=nxt)
 
     @staticmethod
@@ -746,15 +746,21 @@ class QueueRunner:
 
     @staticmethod
     def _line(e: QueueEntry, res: DeliveryResult, rec: RecipientRecord,
-              nxt: float | None) -> dict:
+              nxt: float | None, held: bool = False) -> dict:
         """The log fields of one recorded result: the server's words (a
         remote queue id on success), or the hub's own account (marked, as
-        in `queue show`), and what next (``nxt``: a pending one's retry)."""
+        in `queue show`), and what next (``nxt``: a pending one's retry).
+        ``held``: the entry was held (``mailhub queue hold``) while this
+        attempt ran; it has no next attempt until its release, and the
+        line says so rather than name a retry time that will not come
+        (``queue list`` says ``held`` there too)."""
         who = "hub: " if isinstance(res.reply, LocalReply) else ""
         if rec.state == DELIVERED:
             then = ""
         elif rec.state == FAILED:
             then = "; failed" if res.kind == "permanent" else "; failed: too long queued"
+        elif held:
+            then = "; held: no next attempt until its release (mailhub queue release)"
         else:
             then = "" if nxt is None else f"; next attempt {schedule.utc_text(nxt)}"
         # the server's words as the log takes them: a CR or an ESC a
