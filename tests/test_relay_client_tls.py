@@ -154,7 +154,7 @@ def test_sni_is_twisteds():
     (SSL.TLS1_3_VERSION, "TLSv1.3"), (SSL.TLS1_2_VERSION, "TLSv1.2"), (SSL.TLS1_1_VERSION, None),
 ])
 def test_the_protocol_versions_are_twisteds(highest, negotiated):
-    # optionsForClientTLS's context: TLS 1.2 at least
+    # TLS 1.2 at least (the relay's own floor: see the tests at the end)
     shake = Handshake("localhost", [_leaf(dns=["localhost"])], highest=highest)
     if negotiated is None:
         assert not shake.done and shake.protocol.reason is None
@@ -299,3 +299,88 @@ def test_every_smarthost_spelling_is_checked_by_its_name_and_never_sent_an_addre
     shake = Handshake(host, [_leaf(**names)])
     assert shake.done and shake.protocol.reason is None
     assert shake.sni == [sni]
+
+
+# --- the version floor of the relay's client (RFC 8996: no TLS 1.0 or 1.1) -----
+
+
+def _client_handshake(creator, server_versions: tuple[int, int]) -> str | None:
+    """A handshake of ``creator``'s client with a server that speaks only
+    ``server_versions`` (lowest, highest), both sides at OpenSSL's lowest
+    security level with every cipher: only a version floor can refuse it.
+    None when it succeeds, else the client's error."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(server_versions[0])
+    context.set_max_proto_version(server_versions[1])
+    context.set_cipher_list(b"ALL:@SECLEVEL=0")
+    context.use_certificate(_leaf(dns=["localhost"]))
+    context.use_privatekey(LEAF_KEY)
+    server = SSL.Connection(context, None)
+    server.set_accept_state()
+    client = creator.clientConnectionForTLS(_Protocol())
+    client.set_connect_state()
+    for _ in range(10):
+        for side, other in ((client, server), (server, client)):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as e:
+                if side is client:
+                    return str(e)
+            try:
+                other.bio_write(side.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+        try:
+            if client.get_peer_finished() is not None:
+                return None
+        except SSL.Error:
+            pass
+    return "no handshake"
+
+
+def _creators(monkeypatch):
+    """The relay's two client contexts, made as if Twisted's default
+    floor were TLS 1.0 (as it was before Twisted 22.8) and at OpenSSL's
+    lowest security level: OpenSSL 3's default level refuses TLS 1.0 and
+    1.1 by itself, and so does Twisted's default today; neither is what
+    must refuse them, but the floor the relay sets."""
+    from txmailhub.relay.attempt import DeliveryAgent
+
+    monkeypatch.setattr(ssl.CertificateOptions, "_defaultMinimumTLSVersion",
+                        ssl.TLSVersion.TLSv1_0)
+    made = ssl.CertificateOptions._makeContext
+
+    def lowered(self, *args, **kw):
+        context = made(self, *args, **kw)
+        context.set_cipher_list(b"ALL:@SECLEVEL=0")
+        return context
+
+    monkeypatch.setattr(ssl.CertificateOptions, "_makeContext", lowered)
+    # what the relay's delivery agent uses, for a smarthost under "verify"
+    # and for opportunistic TLS (an MX host)
+    agent = SimpleNamespace(trust_root=TRUST)
+    return {kind: DeliveryAgent._default_tls_options(agent, "localhost", kind == "verify")
+            for kind in ("verify", "opportunistic")}
+
+
+@pytest.mark.parametrize("kind", ["verify", "opportunistic"])
+@pytest.mark.parametrize("version", [SSL.TLS1_VERSION, SSL.TLS1_1_VERSION],
+                         ids=["TLSv1.0", "TLSv1.1"])
+def test_the_relay_never_speaks_tls_before_1_2(monkeypatch, kind, version):
+    # RFC 8996: TLS 1.0 and 1.1 MUST NOT be used.  The floor is the
+    # relay's own, not Twisted's default nor OpenSSL's security level
+    why = _client_handshake(_creators(monkeypatch)[kind], (version, version))
+    # the client offers 1.2 at least, and the server says it has none of it
+    assert why is not None and "alert protocol version" in why, why
+
+
+@pytest.mark.parametrize("kind", ["verify", "opportunistic"])
+def test_the_relay_speaks_tls_1_2_and_1_3(monkeypatch, kind):
+    # the same handshake, the server allowed TLS 1.2: the refusal above is
+    # the version's
+    creators = _creators(monkeypatch)
+    assert _client_handshake(creators[kind], (SSL.TLS1_VERSION, SSL.TLS1_2_VERSION)) is None
+    creators = _creators(monkeypatch)
+    assert _client_handshake(creators[kind], (SSL.TLS1_3_VERSION, 0)) is None

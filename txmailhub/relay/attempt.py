@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
@@ -718,10 +718,11 @@ class DeliveryAgent:
     connection creator (default: ``optionsForClientTLS`` with
     service_identity checks when ``verify``, a certificate naming no host
     refused too (``relay.client_tls``), else a non-verifying
-    ``CertificateOptions``); ``run_blocking(f, *args) -> Deferred`` runs
-    blocking file work -- the 7-bit conversion, the TLS memory's writes --
-    (default: the reactor's thread pool when ``clock`` provides
-    ``IReactorThreads``, else at once); ``tls_memory`` is the
+    ``CertificateOptions``; TLS 1.2 at least either way);
+    ``run_blocking(f, *args) -> Deferred`` runs blocking file work -- the
+    7-bit conversion, the TLS memory's writes -- (default: the reactor's
+    thread pool when ``clock`` provides ``IReactorThreads``, else at
+    once); ``tls_memory`` is the
     ``TLSMemory`` of hosts seen offering STARTTLS (default: the one in
     ``state_dir/relay/``, loaded now); ``auth_param_memory`` the
     ``AuthParamMemory`` of next hops that refuse ``AUTH=`` on MAIL
@@ -771,13 +772,14 @@ class DeliveryAgent:
         self.auth_param_refusers = auth_param_memory
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
+        # TLS 1.2 at least either way (RFC 8996), pinned in relay/client_tls.py
+        from txmailhub.relay.client_tls import opportunistic_client_tls, verified_client_tls
+
         if verify:
             # optionsForClientTLS, but a certificate naming no host is refused
             # too (Twisted's own check only logs it: relay/client_tls.py)
-            from txmailhub.relay.client_tls import verified_client_tls
-
             return verified_client_tls(host, self.trust_root)
-        return ssl.CertificateOptions()
+        return opportunistic_client_tls()
 
     # --- IDeliveryAgent -----------------------------------------------------------
 

@@ -10,11 +10,19 @@ matched: under ``smarthost_tls = "verify"`` such a certificate from a
 trusted CA passed for any smarthost.
 
 ``verified_client_tls`` keeps everything ``optionsForClientTLS`` sets up
-(trust, SNI, protocol versions) and replaces only that callback with one
+(trust, SNI, ciphers) and replaces only that callback with one
 that ends the handshake on either error, the error being the reason the
 connection was lost (``txmailhub.tls.tls_failure`` words it).  Any other
 error of the name check (service_identity's ``ValueError`` on a URI name
 with a port, say) ends it too, as a ``CertificateError`` that says so.
+
+Both of the relay's client contexts -- this one and the unverified one of
+opportunistic TLS (``opportunistic_client_tls``) -- have TLS 1.2 as their
+floor, set here (``CLIENT_TLS_FLOOR``) rather than left to Twisted's
+default: RFC 8996 says TLS 1.0 and 1.1 MUST NOT be used, as the hub's
+servers already refuse them (``txmailhub.tls``).  A next hop that speaks
+nothing newer then fails the handshake, and the relay does what it does
+for any failed handshake (docs/relay.rst, "TLS policy").
 """
 
 from __future__ import annotations
@@ -33,7 +41,16 @@ from zope.interface import implementer
 
 from txmailhub.address import ascii_domain
 
-__all__ = ["verified_client_tls"]
+__all__ = ["CLIENT_TLS_FLOOR", "opportunistic_client_tls", "verified_client_tls"]
+
+#: the oldest TLS version the relay speaks to a next hop (RFC 8996)
+CLIENT_TLS_FLOOR = ssl.TLSVersion.TLSv1_2
+
+
+def opportunistic_client_tls() -> ssl.CertificateOptions:
+    """The relay's TLS client for an MX host (and a smarthost under
+    ``"opportunistic"``): no certificate check, TLS 1.2 at least."""
+    return ssl.CertificateOptions(raiseMinimumTo=CLIENT_TLS_FLOOR)
 
 
 def verified_client_tls(host: str, trust_root: Any = None) -> IOpenSSLClientConnectionCreator:
@@ -52,7 +69,9 @@ def verified_client_tls(host: str, trust_root: Any = None) -> IOpenSSLClientConn
         name = host
     else:
         name = ascii_domain(host[:-1] if host.endswith(".") else host)
-    return _NamesChecked(ssl.optionsForClientTLS(name, trustRoot=trust_root), name)
+    options = ssl.optionsForClientTLS(
+        name, trustRoot=trust_root, extraCertificateOptions={"raiseMinimumTo": CLIENT_TLS_FLOOR})
+    return _NamesChecked(options, name)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
