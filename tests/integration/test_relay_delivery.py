@@ -231,3 +231,57 @@ def test_a_server_that_closes_in_the_middle_of_the_data_gets_a_retry(make_hub, d
     assert "Traceback" not in log and "critical" not in log
     (line,) = queue_lines(hub)
     assert "bob@simple.test" in line  # queued for the retry
+
+
+def _tls_1_0_only(remote: CaptureSMTP) -> None:
+    """Make ``remote``'s STARTTLS speak TLS 1.0 and nothing newer (at
+    OpenSSL's lowest security level, which TLS 1.0 needs in OpenSSL 3)."""
+    import ssl
+    import warnings
+
+    remote.tls_context.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1 is, that is the point
+        remote.tls_context.minimum_version = ssl.TLSVersion.TLSv1
+        remote.tls_context.maximum_version = ssl.TLSVersion.TLSv1
+
+
+def test_an_mx_that_speaks_only_tls_1_0_gets_the_mail_in_clear(make_hub, dns_server, tmp_path):
+    # RFC 8996: no TLS 1.0.  Opportunistic TLS to an MX host whose STARTTLS
+    # speaks nothing newer fails the handshake, and the host is tried again
+    # at once without TLS, with the warning (docs/relay.rst, "TLS policy")
+    from conftest import make_certificate
+
+    remote = CaptureSMTP(tls=tuple(map(str, make_certificate(tmp_path / "mx-tls"))))
+    try:
+        _tls_1_0_only(remote)
+        hub = make_hub(sections={"relay": {"nameservers": [f"127.0.0.1:{dns_server.port}"],
+                                           "port": remote.port}})
+        send(hub, ["bob@remote.test"])
+        [(_, rcpts, _)] = remote.wait()
+        assert rcpts == ["bob@remote.test"]
+        assert remote.tls_sessions == 0 and remote.sessions == 2
+        wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+        assert ("TLS with mx2.remote.test[127.0.0.1] failed; trying again without TLS"
+                in hub.log_text())
+    finally:
+        remote.stop()
+
+
+def test_a_verified_smarthost_that_speaks_only_tls_1_0_keeps_the_mail_queued(make_hub,
+                                                                             tmp_path):
+    from conftest import make_certificate
+
+    remote = CaptureSMTP(tls=tuple(map(str, make_certificate(tmp_path / "sh-tls"))))
+    try:
+        _tls_1_0_only(remote)
+        hub = make_hub(sections={"relay": {"smarthost": f"127.0.0.1:{remote.port}",
+                                           "smarthost_tls": "verify"}})
+        send(hub, ["bob@remote.test"])
+        [line] = wait_for(lambda: [x for x in queue_lines(hub) if " 421 " in x],
+                          what="the 421 in queue list")
+        assert " 421 4.4.2 TLS negotiation failed" in line, line
+        assert remote.messages == [] and remote.tls_sessions == 0
+        assert "trying again without TLS" not in hub.log_text()
+    finally:
+        remote.stop()

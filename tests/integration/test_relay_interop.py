@@ -17,6 +17,7 @@ import ssl
 from email import policy
 from pathlib import Path
 
+import pytest
 from conftest import make_certificate
 from relay_peers import AioServer, SinkServer, TwistedServer, aio_authenticator
 from twisted.internet import defer, task
@@ -342,6 +343,36 @@ class RelayInteropTests(TestCase):
         results = yield self.deliver(server.port, PLAIN, relay='smarthost_tls = "opportunistic"')
         self.assertEqual(outcome(results), {"bob@remote.test": (
             "transient", "454 4.7.0 Must issue a STARTTLS command first (the server said 530)")})
+
+    def tls_1_0_only(self) -> ssl.SSLContext:
+        """A server context that speaks TLS 1.0 and nothing newer (at
+        OpenSSL's lowest security level, which TLS 1.0 needs in OpenSSL 3)."""
+        cert, key = self.certificate()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        context.set_ciphers("ALL:@SECLEVEL=0")
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+        return context
+
+    @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+    @defer.inlineCallbacks
+    def test_a_smarthost_that_speaks_only_tls_1_0(self):
+        # RFC 8996: the relay does not go down to TLS 1.0.  Under "verify"
+        # the mail stays queued with the handshake's words; under
+        # "opportunistic" (no password) the host is tried again in clear,
+        # as an MX host is (docs/relay.rst, "TLS policy")
+        server = self.aio(tls_context=self.tls_1_0_only())
+        results = yield self.deliver(server.port, PLAIN, relay='smarthost_tls = "verify"')
+        [(kind, reply)] = outcome(results).values()
+        # (this server hangs up without an alert: OpenSSL's words, when a
+        # server sends one, are "tlsv1 alert protocol version")
+        self.assertEqual(kind, "transient")
+        self.assertTrue(reply.startswith("421 4.4.2 TLS negotiation failed"), reply)
+        self.assertTrue(reply.endswith("during TLS handshake"), reply)
+        self.assertEqual(server.messages, [])
+        results = yield self.deliver(server.port, PLAIN, relay='smarthost_tls = "opportunistic"')
+        self.assertEqual(outcome(results)["bob@remote.test"][0], "delivered")
+        self.assertEqual(len(server.messages), 1)
 
     def credentials(self, line: str) -> Path:
         path = self.tmp / "relay-auth"
