@@ -253,9 +253,10 @@ def test_a_530_kept_to_the_end_is_the_hubs_account_in_the_notice(tmp_path):
     assert block["Diagnostic-Code"] == (
         "X-txmailhub; 454 4.7.0 Authentication required (the server said 530 5.7.0)")
     text = " ".join(human.get_content().split())
-    assert ("while talking to mx2.remote.test: 454 4.7.0 Authentication required (the "
-            "server said 530 5.7.0) (gave up: the message stayed in the queue too long)"
-            ) in text
+    assert ("this hub's own account (not mx2.remote.test's reply): 454 4.7.0 Authentication "
+            "required (the server said 530 5.7.0) (gave up: the message stayed in the queue "
+            "too long)") in text
+    assert "Remote-MTA" not in block
 
 
 def test_all_down_is_transient(tmp_path):

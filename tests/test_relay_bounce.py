@@ -394,11 +394,60 @@ def test_the_hubs_own_judgement_is_not_quoted_as_the_remote_servers(tmp_path):
     mine = LocalReply(552, "5.3.4", ("message too big for the remote server",))
     _data, msg = build(entry, [failed(entry, reply=mine)])
     human, status, _ = list(msg.iter_parts())
-    assert "while talking to mx1.remote.test: 552 5.3.4" in human.get_content()
-    assert "said" not in human.get_content()
+    text = " ".join(human.get_content().split())
+    assert ("<bob@remote.test>: this hub's own account (not mx1.remote.test's reply): "
+            "552 5.3.4 message too big") in text
+    assert "said" not in text and "while talking to" not in text
     block = status.get_payload()[1]
     assert block["Diagnostic-Code"].startswith("X-txmailhub; 552 5.3.4")
-    assert block["Remote-MTA"] == "dns; mx1.remote.test"
+    # RFC 3464 2.3.5: the Remote-MTA is the MTA that reported the status;
+    # this one is the hub's, no host reported it
+    assert "Remote-MTA" not in block
+
+
+@pytest.mark.parametrize("action", [bounce.FAILED, bounce.DELAYED])
+def test_the_hubs_own_454_is_not_given_as_a_reply_of_the_host(tmp_path, action):
+    # A smarthost that offers no STARTTLS while a password is configured:
+    # the hub keeps the mail queued with a 454 of its own, which the host
+    # never sent.  Neither notice may read as that host's reply: no
+    # "while talking to <host>" (the words RFC 3464 2.3.5 gives the
+    # Remote-MTA), no Remote-MTA beside the hub's own Diagnostic-Code
+    from txmailhub.smtp.reply import LocalReply
+
+    entry = make_entry(tmp_path, notify=("FAILURE", "DELAY"))
+    mine = LocalReply(454, "4.7.0", ("the smarthost password is only sent over TLS, and this "
+                                     "session has none",))
+    rec = failed(entry, reply=mine, mta="smtp.example.net")
+    _data, msg = build(entry, [rec], action=action, will_retry_until=1_700_086_400.0)
+    human, status, _ = list(msg.iter_parts())
+    text = " ".join(human.get_content().split())
+    assert "while talking to" not in text and "said" not in text
+    assert ("<bob@remote.test>: this hub's own account (not smtp.example.net's reply): 454 "
+            "4.7.0 the smarthost password is only sent over TLS") in text
+    block = status.get_payload()[1]
+    assert "Remote-MTA" not in block
+    assert block["Diagnostic-Code"].startswith("X-txmailhub; 454 4.7.0 the smarthost password")
+    # the host's own reply keeps both, as before
+    _data, msg = build(entry, [failed(entry, reply=Reply.of(454, "4.7.0", "TLS not available"),
+                                      mta="smtp.example.net")],
+                       action=action, will_retry_until=1_700_086_400.0)
+    human, status, _ = list(msg.iter_parts())
+    assert "host smtp.example.net said: 454 4.7.0 TLS not available" in human.get_content()
+    block = status.get_payload()[1]
+    assert block["Remote-MTA"] == "dns; smtp.example.net"
+    assert block["Diagnostic-Code"] == "smtp; 454 4.7.0 TLS not available"
+
+
+def test_the_hubs_own_account_without_a_host_says_so(tmp_path):
+    from txmailhub.smtp.reply import LocalReply
+
+    entry = make_entry(tmp_path)
+    mine = LocalReply(550, "5.1.2", ("remote.test has no mail exchanger (null MX)",))
+    _data, msg = build(entry, [failed(entry, reply=mine, mta=None)])
+    human, status, _ = list(msg.iter_parts())
+    assert ("<bob@remote.test>: this hub's own account: 550 5.1.2 remote.test has no mail"
+            in " ".join(human.get_content().split()))
+    assert "Remote-MTA" not in status.get_payload()[1]
 
 
 def test_a_notice_to_a_local_sender_is_routed_like_any_local_mail(tmp_path):
