@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import os
 import re
 import subprocess
 import sys
@@ -447,3 +448,71 @@ def test_mailq_run_by_root_reads_the_queue_as_its_owner(setup, root_by_a_hubs_qu
     calls = root_by_a_hubs_queue
     assert _mailq(setup[3])[0] == 0
     assert calls == [("setgroups", []), ("setgid", 4343), ("setuid", 4242)]
+
+
+# --- an attempt under way: the hub's marker, as another process sees it ----------
+
+
+def test_list_and_show_say_an_attempt_is_under_way(setup):
+    # a running hub delivering the message (here: this process, holding
+    # the marker's lock as the runner does) -- queue list and show say so
+    settings, queue, qid, _ = setup
+    marked = queue.mark_attempt(qid, 1_800_000_010.0)
+    try:
+        [line] = run(settings, "list")[1].splitlines()
+        assert line.split()[5] == "delivering"
+        out = run(settings, "show", qid)[1]
+        assert "\nnext attempt: delivering\n" in out
+        assert "\ndelivering: since 2027-01-15T08:00:10Z\n" in out
+        queue.set_held(qid, True)  # held while it runs: the attempt goes on
+        assert run(settings, "list")[1].split()[5] == "held,delivering"
+    finally:
+        queue.unmark_attempt(qid, marked)
+    queue.set_held(qid, False)
+    queue.update(qid, lambda e: dataclasses.replace(e, next_attempt=1_800_000_060.0))
+    assert run(settings, "list")[1].split()[5] == "2027-01-15T08:01:00Z"
+    assert "\ndelivering: no\n" in run(settings, "show", qid)[1]
+    assert not [n for n in os.listdir(settings.queue_dir) if "attempt" in n]
+
+
+def test_a_marker_nobody_holds_is_no_attempt(setup):
+    # a hub stopped or killed during the attempt leaves its marker; without
+    # its lock (the kernel drops it with the process) it says nothing
+    settings, queue, qid, _ = setup
+    fd = queue.mark_attempt(qid, 1_800_000_010.0).result
+    os.close(fd)  # the process that held it is gone
+    assert os.path.exists(queue.attempt_path(qid))
+    assert run(settings, "list")[1].split()[5] == "2027-01-15T08:01:00Z"
+    assert "\ndelivering: no\n" in run(settings, "show", qid)[1]
+    queue.recover()  # the next start removes it
+    assert not os.path.exists(queue.attempt_path(qid))
+
+
+def test_a_killed_hubs_marker_is_no_attempt_for_the_mailhub_command(setup):
+    # the real thing across processes: one that marks the attempt and is
+    # killed (SIGKILL), then `mailhub queue list` in another
+    settings, queue, qid, cfg = setup
+    code = ("import os, signal, sys\n"
+            "from twisted.internet.task import Clock\n"
+            "from txmailhub.relay.queue import OutboundQueue\n"
+            f"q = OutboundQueue({settings.queue_dir!r}, Clock())\n"
+            f"q.mark_attempt({qid!r}, 1800000010.0)\n"
+            "print('marked', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    marker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert marker.stdout.readline() == "marked\n"
+        proc = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(cfg),
+                               "queue", "list"], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.split()[5] == "delivering", proc.stdout + proc.stderr
+    finally:
+        marker.stdin.close()  # it reads the end, and kills itself
+        assert marker.wait(timeout=60) == -9
+    proc = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(cfg), "queue",
+                           "list"], capture_output=True, text=True, timeout=60)
+    # (a time: the wall clock's, in that process)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", proc.stdout.split()[5]), (
+        proc.stdout + proc.stderr)
+    assert os.path.exists(queue.attempt_path(qid))  # left behind, and stale

@@ -2045,3 +2045,41 @@ def test_a_start_of_a_running_runner_makes_no_second_loop(hub):
     hub.runner.start()
     hub.runner.stop()
     assert hub.clock.getDelayedCalls() == []
+
+
+def test_an_attempt_under_way_is_marked_for_mailhub_queue(hub):
+    # `mailhub queue list` runs in another process: it learns that the hub
+    # is delivering an entry from the marker the runner holds meanwhile
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    began = hub.clock.seconds()
+    assert hub.queue.attempt_since(qid) == began
+    hub.clock.advance(30)
+    assert hub.queue.attempt_since(qid) == began  # all the attempt long
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert hub.queue.attempt_since(qid) is None
+    assert not [n for n in os.listdir(hub.settings.queue_dir) if "attempt" in n]
+    hub.clock.advance(60)  # the retry: marked again, from its own start
+    assert hub.queue.attempt_since(qid) == hub.clock.seconds()
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert hub.queue.ids() == [] and hub.queue.attempt_since(qid) is None
+    assert not [n for n in os.listdir(hub.settings.queue_dir) if "attempt" in n]
+
+
+def test_an_attempt_that_cannot_be_marked_goes_on(hub, monkeypatch):
+    # no descriptor or a full disk for the marker: the delivery does not care
+    def refuse(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    hub.runner.start()
+    real_open = os.open
+    monkeypatch.setattr("txmailhub.relay.queue.os.open",
+                        lambda path, *a, **kw: refuse()
+                        if "attempt" in os.path.basename(path)
+                        else real_open(path, *a, **kw))
+    qid = enqueue(hub, BOB)
+    assert len(hub.agent.calls) == 1 and hub.queue.ids() == []
+    assert hub.queue.attempt_since(qid) is None

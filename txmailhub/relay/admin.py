@@ -12,7 +12,10 @@ delete).  It must not deliver anything.
 bare queue id, the sender (``<>`` for the null sender), the recipients
 still to be delivered as plain addresses, the number of attempts, the
 next attempt (UTC, ISO 8601, or ``held``; as the hub keeps it,
-``schedule.due_by``), and the last error: the
+``schedule.due_by``; ``delivering`` -- ``held,delivering`` if held
+meanwhile -- while a running hub is delivering it, by the lock it holds
+on ``.<id>.attempt``: a marker a killed hub left is not taken for an
+attempt), and the last error: the
 remote's reply verbatim, code included (``-`` when there is none).
 Control characters (an ESC, which starts a terminal escape sequence; a
 reply within RFC 5321's grammar has none but tabs) are shown as
@@ -97,28 +100,40 @@ def _retry_schedule(settings: Any) -> Any:
     return relay.retry_schedule if relay is not None else settings.retry_schedule
 
 
-def _next(entry: QueueEntry, schedule: Any) -> str:
+def _next(entry: QueueEntry, schedule: Any, since: float | None = None) -> str:
     """The next attempt as the hub keeps it: a retry time further away
     than the entry's schedule step (written by a clock ahead of this one:
     set back since, or another machine's) is that step from now
-    (``docs/relay.rst``, "Retry schedule")."""
+    (``docs/relay.rst``, "Retry schedule").  ``since``: a running hub is
+    delivering it now (``OutboundQueue.attempt_since``): ``delivering``,
+    the record's retry time being the one that attempt will replace --
+    ``held,delivering`` when it was held during that attempt."""
+    if since is not None:
+        return "held,delivering" if entry.held else "delivering"
     if entry.held:
         return "held"
     return utc_text(due_by(entry.next_attempt, entry.attempts, _WallClock.seconds(), schedule))
 
 
-def _line(entry: QueueEntry, schedule: Any) -> str:
+def _delivering(since: float | None) -> str:
+    """``queue show``'s ``delivering:`` line's value."""
+    if since is None:
+        return "no"
+    return f"since {utc_text(since)}" if since > 0 else "yes"
+
+
+def _line(entry: QueueEntry, schedule: Any, since: float | None = None) -> str:
     todo = [str(r.address) for r in entry.recipients if r.state != DELIVERED and not r.done]
     if not todo:
         todo = [str(r.address) for r in entry.recipients]
-    nxt = _next(entry, schedule)
+    nxt = _next(entry, schedule, since)
     last = entry.last_reply
     fields = [entry.id, _sender(entry), *todo, str(entry.attempts), nxt,
               last.text() if last is not None else "-"]
     return shown(" ".join(fields))
 
 
-def _show(entry: QueueEntry, out: TextIO, schedule: Any) -> None:
+def _show(entry: QueueEntry, out: TextIO, schedule: Any, since: float | None = None) -> None:
     env = entry.envelope
     # every line through shown(): a reply's controls (an ESC) must not
     # reach the terminal as they are
@@ -142,8 +157,9 @@ def _show(entry: QueueEntry, out: TextIO, schedule: Any) -> None:
     if env.dsn.ret or env.dsn.envid:
         p(f"dsn: ret={env.dsn.ret or '-'} envid={env.dsn.envid or '-'}")
     p(f"attempts: {entry.attempts}")
-    p(f"next attempt: {_next(entry, schedule)}")
+    p(f"next attempt: {_next(entry, schedule, since)}")
     p(f"held: {'yes' if entry.held else 'no'}")
+    p(f"delivering: {_delivering(since)}")
     p("recipients:")
     for r in entry.recipients:
         parts = [f"  {r.address}", r.state, f"attempts={r.attempts}"]
@@ -224,7 +240,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
                         print(file=out)
                     entry = queue.read(one)
                     if entry is not None:
-                        _show(entry, out, _retry_schedule(settings))
+                        _show(entry, out, _retry_schedule(settings), queue.attempt_since(one))
                 return 0
             qid = found[0]
     if action == "show":
@@ -235,7 +251,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
             return 1
         if entry is None:
             return _unknown(qid, err)
-        _show(entry, out, _retry_schedule(settings))
+        _show(entry, out, _retry_schedule(settings), queue.attempt_since(qid))
         return 0
     if action == "delete":
         if not queue.delete(qid):
@@ -278,7 +294,7 @@ def _list(queue: OutboundQueue, settings: Any, out: TextIO) -> int:
             written += 1
             continue
         if entry is not None:  # None: delivered or deleted since ids()
-            print(_line(entry, _retry_schedule(settings)), file=out)
+            print(_line(entry, _retry_schedule(settings), queue.attempt_since(qid)), file=out)
             written += 1
     return written
 

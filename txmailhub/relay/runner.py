@@ -424,12 +424,18 @@ class QueueRunner:
         generation = self._generation
         if entry.pending and not results:
             self._attempting.add(qid)
+            # `mailhub queue list` (another process) says "delivering" while
+            # this marker is held (queue.py: a killed hub's is stale)
+            marked = self.queue.mark_attempt(qid, started)
             try:
                 results = yield self._attempt(entry, generation)
             finally:
                 self._attempting.discard(qid)
                 self._kept.pop(qid, None)
                 self._open.pop(qid, None)
+                self.queue.unmark_attempt(qid, marked).addErrback(
+                    lambda f: log_failure(log, f, "{queue_id}: the attempt marker cannot be "
+                                          "removed", queue_id=qid))
         if generation != self._generation or qid in self._dropped:
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
