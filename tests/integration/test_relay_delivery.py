@@ -285,3 +285,37 @@ def test_a_verified_smarthost_that_speaks_only_tls_1_0_keeps_the_mail_queued(mak
         assert "trying again without TLS" not in hub.log_text()
     finally:
         remote.stop()
+
+
+def test_queue_list_says_delivering_during_a_long_attempt(relay_hub, remote):
+    # `mailhub queue list` and `queue show` in their own process, while the
+    # hub waits on the next hop's reply to RCPT; and after a kill -9 of the
+    # hub in the middle of it, the marker it left says nothing
+    import signal
+    import threading
+
+    gate = threading.Event()
+
+    def slow(addr):
+        gate.wait(60)
+        return b"250 2.1.5 ok\r\n"
+
+    remote.rcpt_reply = slow
+    hub = relay_hub()
+    try:
+        send(hub, ["bob@remote.test"])
+        [line] = wait_for(lambda: [x for x in queue_lines(hub) if x.split()[4] == "delivering"],
+                          what="delivering in queue list")
+        qid = line.split()[0]
+        show = hub.mailhub("queue", "show", qid).stdout
+        assert "\nnext attempt: delivering\n" in show and "\ndelivering: since " in show
+        assert hub.stop(signal.SIGKILL) is not None  # killed during the attempt
+        assert [p for p in (hub.state_dir / "queue").iterdir() if p.name.endswith(".attempt")]
+        [line] = queue_lines(hub)
+        assert line.split()[4] != "delivering", line
+        assert "\ndelivering: no\n" in hub.mailhub("queue", "show", qid).stdout
+    finally:
+        gate.set()
+    hub.start()  # the next start removes the stale marker and delivers
+    wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+    assert not [p for p in (hub.state_dir / "queue").iterdir() if "attempt" in p.name]
