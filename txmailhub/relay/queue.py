@@ -19,12 +19,9 @@ changed and written), ``.flush`` (retry everything now) and ``.changed``
 (hold, release or delete: reload).  The runner polls for both.
 
 While the hub delivers an entry, ``.<id>.attempt`` says so to ``mailhub
-queue`` (``mark_attempt``, ``attempt_since``): the hub's pid and when the
-attempt began, in a file the hub keeps open and ``flock``-ed for as long
-as the attempt runs.  A marker nobody holds locked is stale -- the
-kernel drops the lock when the hub's process ends, ``kill -9`` included
--- and is never read as an attempt under way; the next start removes it.
-It is advisory (no fsync) and no part of an entry's commit.
+queue`` (``mark_attempt``, ``attempt_since``; ``txmailhub.relay.inflight``
+owns that file): a marker the hub holds locked for as long as the attempt
+runs, stale once it is not, and removed at the next start.
 
 This module never delivers, resolves or sends notices: that is the
 runner's job (it only records, with ``enqueue(delivered=...)``, a success
@@ -37,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -53,13 +49,13 @@ from txmailhub.address import Address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
 from txmailhub.logsafe import loggable
-from txmailhub.relay import bounce
+from txmailhub.relay import bounce, inflight
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
 from txmailhub.smtp.reply import Reply
 from txmailhub.store.sync import fsync_dir
 
-__all__ = ["ATTEMPT", "FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
+__all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
 
 log = Logger(namespace="txmailhub.relay.queue")
 
@@ -71,9 +67,6 @@ LOCK = ".lock"
 FLUSH = ".flush"
 CHANGED = ".changed"
 CORRUPT = "corrupt"
-#: the suffix of ``.<id>.attempt``, an attempt under way (see above)
-ATTEMPT = ".attempt"
-_ATTEMPT_TMP = ".attempt-tmp"  # ``.<id>.<hex>.attempt-tmp``, before its rename
 
 
 def valid_queue_id(text: str) -> bool:
@@ -215,7 +208,7 @@ class OutboundQueue:
         return os.path.join(self.directory, "." + queue_id + ".json.tmp")
 
     def attempt_path(self, queue_id: str) -> str:
-        return os.path.join(self.directory, "." + queue_id + ATTEMPT)
+        return inflight.marker_path(self.directory, queue_id)
 
     # --- IOutboundQueue ----------------------------------------------------
 
@@ -322,7 +315,7 @@ class OutboundQueue:
                 path = os.path.join(self.directory, name)
                 if name.endswith((".json.tmp", ".7bit")):  # temporary files
                     self.fs.unlink(path)
-                elif name.startswith(".") and name.endswith((ATTEMPT, _ATTEMPT_TMP)):
+                elif inflight.is_marker(name):
                     # an attempt marker a stopped or killed hub left: no
                     # attempt of this hub has begun yet (and none was
                     # read as one: nobody holds its lock)
@@ -411,55 +404,16 @@ class OutboundQueue:
         ``unmark_attempt`` (``None`` when it could not be made: a full
         disk, no descriptor -- the delivery goes on unmarked).  Through
         ``io``: making a file waits for the disk, never on the reactor."""
-        return self._io(self._mark_now, queue_id, since)
+        return self._io(inflight.mark, self.directory, queue_id, since)
 
     def unmark_attempt(self, queue_id: str, marked: defer.Deferred) -> defer.Deferred:
         """End what ``mark_attempt`` began (``marked`` is its Deferred):
         the marker is removed, and its lock released."""
         def unmark(fd: int | None) -> Any:
-            return None if fd is None else self._io(self._unmark_now, queue_id, fd)
+            return None if fd is None else self._io(inflight.unmark, self.directory,
+                                                     queue_id, fd)
 
         return marked.addCallback(unmark)
-
-    def _mark_now(self, queue_id: str, since: float) -> int | None:
-        # Made whole and locked under a name of its own, then renamed: a
-        # reader never finds the marker unlocked or empty while the
-        # attempt runs, and one left by an earlier attempt is replaced.
-        tmp = os.path.join(self.directory,
-                           f".{queue_id}.{secrets.token_hex(4)}{_ATTEMPT_TMP}")
-        fd = -1
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, json.dumps({"pid": os.getpid(), "since": since}).encode("ascii"))
-            os.rename(tmp, self.attempt_path(queue_id))
-        except OSError as e:
-            log.debug("{queue_id}: no attempt marker ({why})", queue_id=queue_id, why=str(e))
-            if fd >= 0:
-                os.close(fd)
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-            return None
-        return fd
-
-    def _unmark_now(self, queue_id: str, fd: int) -> None:
-        try:
-            path = self.attempt_path(queue_id)
-            try:
-                mine, there = os.fstat(fd), os.stat(path)
-                # only our own: a start since (recover) may have removed it,
-                # and a later attempt of the entry put its own in its place
-                if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-        except OSError as e:
-            log.debug("{queue_id}: attempt marker not removed ({why})", queue_id=queue_id,
-                      why=str(e))
-        finally:
-            os.close(fd)  # and with it the lock: stale from now on, whatever is left
 
     def attempt_since(self, queue_id: str) -> float | None:
         """When the attempt under way of ``queue_id`` began (UTC seconds),
@@ -467,25 +421,7 @@ class OutboundQueue:
         (left by a hub that stopped or was killed meanwhile)."""
         if not valid_queue_id(queue_id):
             return None
-        try:
-            fd = os.open(self.attempt_path(queue_id),
-                         os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass  # held: the hub is delivering it
-            else:
-                return None  # nobody holds it: stale (the lock goes with the close)
-            try:
-                since = json.loads(os.read(fd, 4096).decode("ascii"))["since"]
-            except (OSError, ValueError, KeyError, TypeError):
-                return 0.0  # under way, since when not readable (a marker being written)
-            return float(since) if isinstance(since, (int, float)) else 0.0
-        finally:
-            os.close(fd)
+        return inflight.since(self.directory, queue_id)
 
     def request_flush(self) -> None:
         self._touch(FLUSH)
