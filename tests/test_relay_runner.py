@@ -1155,6 +1155,29 @@ def test_releases_during_every_attempt_past_the_lifetime_do_not_keep_it_for_ever
     assert b"451 4.7.1 greylisted" in failure
 
 
+def test_a_release_during_the_schedules_last_attempt_brings_no_other(hub):
+    # The schedule's last attempt is made when the queue lifetime runs out
+    # (docs/relay.rst, "Retry schedule"): it began with the lifetime over,
+    # and a release during it brings no other -- the message bounces as it
+    # ends, as after the attempt a release brought
+    later = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]  # noqa: E731
+    hub.runner.start()
+    hub.agent.script = later
+    qid = enqueue(hub, BOB)
+    deadline = hub.queue.read(qid).created + 86400
+    while hub.queue.read(qid).next_attempt < deadline:
+        hub.clock.advance(hub.queue.read(qid).next_attempt - hub.clock.seconds() + 1)
+    assert hub.queue.read(qid).next_attempt == deadline
+    pending = hub.agent.hold()
+    hub.clock.advance(deadline - hub.clock.seconds() + 1)
+    assert len(pending) == 1  # the last attempt, under way
+    hub.queue.set_held(qid, False)  # `mailhub queue release`, during it
+    x, r = pending.pop()
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+    assert pending == [] and hub.queue.ids() == []
+    assert len([d for _, d in hub.dsn.sent if b"Action: failed" in d]) == 1
+
+
 def test_a_release_during_a_last_attempt_is_not_logged_as_tried_again(hub, log_events):
     from twisted.logger import formatEvent
 
