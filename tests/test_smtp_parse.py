@@ -68,6 +68,44 @@ def test_seed_rcpt_bare_local_part():
     assert params == RcptParams()
 
 
+@pytest.mark.parametrize("arg", ["FROM: SIZE=100", "FROM:SIZE=100", "FROM: size=100",
+                                 "FROM: BODY=8BITMIME", "FROM: SIZE=100 BODY=8BITMIME",
+                                 "FROM: RET=HDRS", "FROM: ENVID=x", "FROM: AUTH=+3C+3E",
+                                 "FROM: SMTPUTF8=x", "FROM: SIZE=", "FROM: NOTIFY=NEVER"])
+def test_a_known_parameter_where_the_sender_belongs_is_a_missing_path(arg):
+    # The two leniencies (no brackets, a bare local part) meeting: the
+    # client meant <> or left the path out; SIZE=100@<primary domain>
+    # would get the message's bounces.  501 X.1.7 (the sender's), and the
+    # reply says how to write a null sender.
+    reply = reply_of(parse_mail, arg, P)
+    assert reply == replies.PATH_MISSING
+    assert (reply.code, reply.status) == (501, "5.1.7") and "MAIL FROM:<>" in reply.text()
+
+
+@pytest.mark.parametrize("arg", ["TO: NOTIFY=NEVER", "TO:NOTIFY=SUCCESS,FAILURE",
+                                 "TO: notify=never ORCPT=rfc822;a@b.test", "TO: SIZE=1"])
+def test_a_known_parameter_where_the_recipient_belongs_is_a_missing_path(arg):
+    reply = reply_of(parse_rcpt, arg, P)
+    assert reply == replies.RECIPIENT_PATH_MISSING
+    assert (reply.code, reply.status) == (501, "5.1.3")
+
+
+def test_a_bare_name_that_is_no_known_parameter_stays_a_local_part():
+    # the seed's leniency is kept: only KEYWORD= with a known keyword and no
+    # "@" is taken for a parameter
+    assert parse_mail("FROM: bill", P)[0] == Address("bill", P)
+    assert parse_mail("FROM: a=b", P)[0] == Address("a=b", P)
+    assert parse_mail("FROM: SMTPUTF8", P)[0] == Address("SMTPUTF8", P)  # no "=": a name
+    assert parse_mail("FROM: sizes=1", P)[0] == Address("sizes=1", P)
+    assert parse_mail("FROM: size=1@example.net", P)[0] == Address("size=1", "example.net")
+    assert parse_mail("FROM:<size=1> SIZE=5", P) == (Address("size=1", P), MailParams(size=5))
+    assert parse_mail("FROM: <> SIZE=100", P) == (None, MailParams(size=100))
+    assert parse_rcpt("TO: hollindg NOTIFY=NEVER", P) == (
+        Address("hollindg", P), RcptParams(notify=("NEVER",)))
+    assert parse_rcpt("TO: notify=x@example.net", P)[0] == Address("notify=x", "example.net")
+    assert parse_rcpt("TO: a=b", P)[0] == Address("a=b", P)
+
+
 def test_postmaster_any_case():
     rcpt, _ = parse_rcpt("TO:<PostMaster>", P)
     assert rcpt.is_postmaster and rcpt.domain == P

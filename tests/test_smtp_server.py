@@ -234,6 +234,26 @@ def test_seed_typical_exchange():
 # --- MAIL, RCPT ---------------------------------------------------------------------
 
 
+def test_a_parameter_where_the_path_belongs_is_refused_and_the_seed_forms_still_work():
+    # MAIL FROM: SIZE=100 is no sender SIZE=100@example.org (whose bounces
+    # a local mailbox would get): the path is missing.  The transaction is
+    # not started, and the client can correct itself at once.
+    d = Driver()
+    d.send("HELO z3.cs.rpi.edu\r\n")
+    assert d.send("MAIL FROM: SIZE=100\r\n") == [replies.PATH_MISSING.text()]
+    assert d.engine.state is State.READY
+    assert d.send("MAIL FROM: bill@microsoft.com\r\n") == [
+        "250 2.1.0 <bill@microsoft.com>... Sender OK"]
+    assert d.send("RCPT TO: NOTIFY=NEVER\r\n") == [replies.RECIPIENT_PATH_MISSING.text()]
+    assert d.send("RCPT TO: hollindg\r\n") == [
+        "250 2.1.5 <hollindg@example.org>... Recipient OK"]
+    assert d.codes("DATA\r\nHi\r\n.\r\n") == ["354", "250"]
+    done = next(e for e in d.events if isinstance(e, MessageComplete))
+    assert done.envelope.sender == Address("bill", "microsoft.com")
+    assert done.envelope.recipients == (Address("hollindg", "example.org"),)
+    assert d.engine.errors == 2  # each refusal is the client's error (max_errors)
+
+
 def test_mail_requires_helo():
     d = Driver()
     assert d.send("MAIL FROM:<a@b.test>\r\n") == [replies.HELO_REQUIRED.text()]

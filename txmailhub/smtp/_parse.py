@@ -16,6 +16,8 @@ Accepted path forms:
   brackets, optionally after a space: ``MAIL FROM: bill@microsoft.com``);
 * a bare local part ``hollindg`` means ``hollindg@<primary domain>``;
 * ``<>`` (MAIL only): the null reverse-path, returned as ``None``;
+  an unbracketed ESMTP parameter the server knows where the path belongs
+  (``MAIL FROM: SIZE=100``) is ``501``, never the local part ``SIZE=100``;
 * source routes ``<@a,@b:user@c>``: the route is ignored (RFC 5321 4.1.1.3
   and appendix C), the mailbox ``user@c`` is what counts;
 * quoted local parts ``"john doe"@example.org``: quotes are removed when
@@ -90,6 +92,12 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _ESMTP_VALUE_UTF8 = re.compile(rf"(?:[\x21-\x3c\x3e-\x7e]|{_U8})+\Z")
 _NOTIFY_WORDS = frozenset(("SUCCESS", "FAILURE", "DELAY"))
+# The ESMTP parameter keywords the server knows (MAIL's and RCPT's): a
+# lone unbracketed ``SIZE=100`` where a path belongs is one of them, not
+# a bare local part (``_parameter_for_path``)
+_KNOWN_KEYWORDS = frozenset(("SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID",
+                             "NOTIFY", "ORCPT"))
+_KEYWORD_AS_PATH = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)=")
 # Parameters are separated by SP (RFC 5321 4.1.2), tabs taken too; not by
 # what str.split() also takes (VT, FF, FS..US, Unicode blanks)
 _BLANKS = re.compile(r"[ \t]+")
@@ -253,7 +261,24 @@ def _split_path(arg: str) -> tuple[str, str]:
     path, _, rest = arg.partition(" ")
     if not path or path.endswith(">"):
         raise _fail(replies.SYNTAX_ADDRESS)
+    if _parameter_for_path(path):
+        raise _fail(replies.PATH_MISSING)
     return path, " " + rest if rest else ""
+
+
+def _parameter_for_path(path: str) -> bool:
+    """Whether an unbracketed ``path`` is an ESMTP parameter the server
+    knows (``SIZE=100``, ``NOTIFY=NEVER``) standing where the path belongs.
+
+    Two leniencies meet there: no angle brackets, and a bare local part
+    that means the primary domain.  ``MAIL FROM: SIZE=100`` is a client
+    that meant the null path (or left it out), not the sender
+    ``SIZE=100@<primary domain>``; taken so, its bounces would go to a
+    local mailbox of that name.  Only ``KEYWORD=`` with a known keyword
+    and no ``@``: a bare ``bill`` or ``a=b`` stays a local part, and an
+    address with a domain (``size=1@example.org``) is what it says."""
+    m = _KEYWORD_AS_PATH.match(path)
+    return m is not None and "@" not in path and ascii_upper(m.group(1)) in _KNOWN_KEYWORDS
 
 
 def _strip_route(path: str, utf8: bool) -> str:
@@ -504,6 +529,8 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
     except RemoteProtocolError as e:
         if e.reply is replies.SYNTAX_ADDRESS:
             raise _fail(replies.SYNTAX_RECIPIENT) from None
+        if e.reply is replies.PATH_MISSING:  # the recipient's: X.1.3
+            raise _fail(replies.RECIPIENT_PATH_MISSING) from None
         raise
     if utf8 and not path.isascii() and len(utf8_addr_encode(str(address))) > MAX_DSN_ADDRESS:
         raise _fail(replies.PATH_TOO_LONG)  # no report could name it

@@ -110,6 +110,15 @@ HELO_SYNTAX = Reply.of(501, None, "Syntax: HELO or EHLO and a domain name")
 # RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad destination's
 SYNTAX_ADDRESS = Reply.of(501, "5.1.7", "Bad address syntax")
 SYNTAX_RECIPIENT = Reply.of(501, "5.1.3", "Bad recipient address syntax")
+# an ESMTP parameter where the path belongs, without brackets
+# (``MAIL FROM: SIZE=100``): the client left the path out; not read as a
+# bare local part (smtp/_parse.py)
+PATH_MISSING = Reply.of(
+    501, "5.1.7", "Sender address missing before the parameters; a null sender is MAIL FROM:<>"
+)
+RECIPIENT_PATH_MISSING = Reply.of(
+    501, "5.1.3", "Recipient address missing before the parameters; use RCPT TO:<address>"
+)
 # RFC 5321 4.5.3.1.10's "501 Path too long": a UTF-8 recipient whose
 # escaped form no delivery report line could hold (smtp/_parse.py)
 PATH_TOO_LONG = Reply.of(501, "5.1.3", "Path too long")
