@@ -2136,8 +2136,27 @@ class ProtocolTests(SynchronousTestCase):
         for _ in range(12):
             p.dataReceived(f"AUTH PLAIN {b64('no separators')}\r\n".encode())
             h.clock.advance(0)
-        assert take(t)[-1] == replies.AUTH_FAILED.text()
+        assert take(t)[-1] == replies.AUTH_MALFORMED.text()
         assert h.factory.login_failures._failures == {}
+
+    def test_an_empty_auth_response_is_answered_at_once_and_is_no_guess(self):
+        # an empty line as the response to the PLAIN or LOGIN prompt is
+        # 501 5.5.2 at once: no password was tried, so no failure delay,
+        # no failed login on the connection (max_auth_failures) or in the
+        # window shared by the client's connections; it is an error of
+        # the client's (max_errors) as any 501
+        h = Harness(auth_failure_delay=30.0, max_auth_failures=2, max_errors=100)
+        p, t = h.connect("192.0.2.61")
+        p.engine.session.tls = True  # AUTH off loopback needs TLS
+        p.dataReceived(b"EHLO c\r\n")
+        take(t)
+        for _ in range(3):
+            for mechanism in ("PLAIN", "LOGIN"):
+                p.dataReceived(f"AUTH {mechanism}\r\n\r\n".encode())
+                assert take(t)[-1] == replies.AUTH_MALFORMED.text()  # no clock advance
+        assert (p.engine.auth_failures, p.engine.errors) == (0, 6)
+        assert h.factory.login_failures._failures == {}
+        assert not p.engine.closed
 
     def test_auth_backend_error_is_454_and_pipelined_commands_wait(self):
         h = Harness(auth_failure_delay=1.0)

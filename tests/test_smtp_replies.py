@@ -64,6 +64,7 @@ PINNED = {
     "HELO_SYNTAX": (501, None),  # RFC 2034 3: no enhanced code on any HELO/EHLO reply
     "SYNTAX_ADDRESS": (501, "5.1.7"),  # RFC 3463 X.1.7: the sender's
     "SYNTAX_RECIPIENT": (501, "5.1.3"),  # X.1.3: a destination's
+    "AUTH_MALFORMED": (501, "5.5.2"),  # RFC 4954 4, as a response not base64
     "PATH_MISSING": (501, "5.1.7"),  # MAIL FROM: SIZE=100: the sender's
     "RECIPIENT_PATH_MISSING": (501, "5.1.3"),  # RCPT TO: NOTIFY=NEVER
     "PATH_TOO_LONG": (501, "5.1.3"),  # RFC 5321 4.5.3.1.10

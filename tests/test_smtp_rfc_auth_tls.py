@@ -45,15 +45,55 @@ def submission(tls: bool = False) -> Driver:
 
 
 def test_an_initial_response_of_one_equals_sign_is_an_empty_response():
-    # 4: the initial response "=" is "present, but contains no data": PLAIN
-    # gets an empty message (no NULs: a failed login), not a 334 prompt
+    # 4: the initial response "=" is "present, but contains no data", not
+    # a 334 prompt: an empty PLAIN message (RFC 4616 2 has two NULs and a
+    # user and a password), an empty LOGIN user name.  Neither is a message
+    # of its mechanism: 501 5.5.2 at once, as a response that cannot be
+    # decoded (no password was tried: no delay, no failed login)
     d = Driver(session=loopback())
     d.send("EHLO c.test\r\n")
-    assert d.send("AUTH PLAIN =\r\n") == [replies.AUTH_FAILED.text()]
-    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
-    assert request.malformed
-    # LOGIN: an empty user name, then the password prompt
-    assert d.send("AUTH LOGIN =\r\n") == ["334 UGFzc3dvcmQ6"]
+    assert d.send("AUTH PLAIN =\r\n") == [replies.AUTH_MALFORMED.text()]
+    assert d.send("AUTH LOGIN =\r\n") == [replies.AUTH_MALFORMED.text()]
+    assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert (d.engine.auth_failures, d.engine.errors) == (0, 2)
+    assert d.engine.state is State.READY
+
+
+@pytest.mark.parametrize("mechanism, before", [
+    ("PLAIN", []), ("LOGIN", []), ("LOGIN", [b64("alice")])])
+def test_an_empty_line_as_a_response_is_501_5_5_2_at_once(mechanism, before):
+    # An empty continuation line is the base64 of nothing: no step of PLAIN
+    # or LOGIN takes nothing (PLAIN's message, LOGIN's user name and
+    # password), so the exchange ends with the 501 5.5.2 of a response
+    # that cannot be read -- not a 535 after the failure delay, counted as
+    # a wrong password (none was tried).  It counts as an error of the
+    # client's (max_errors), as a response that is no base64 does.
+    d = Driver(session=loopback())
+    d.send(f"EHLO c.test\r\nAUTH {mechanism}\r\n")
+    for line in before:  # LOGIN's user name: the empty line is the password
+        assert d.codes(line + "\r\n") == ["334"]
+    assert d.send("\r\n") == [replies.AUTH_MALFORMED.text()]
+    assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert (d.engine.auth_failures, d.engine.errors) == (0, 1)
+    # the session goes on: a good login after it
+    assert d.codes(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["235"]
+
+
+@pytest.mark.parametrize("message", ["alice\0secret", "\0alice\0", "\0\0secret",
+                                     "a\0alice\0secret\0", "alice"])
+def test_a_plain_message_that_is_none_is_501_5_5_2(message):
+    # RFC 4616 2: message = [authzid] NUL authcid NUL passwd, authcid and
+    # passwd 1*SAFE.  Anything else cannot be read as a login (POP3 answers
+    # it "Malformed PLAIN response" the same way); a message that is one
+    # but fails (another user's authzid, octets that are not UTF-8) stays
+    # a failed login, 535
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"AUTH PLAIN {b64(message)}\r\n") == [replies.AUTH_MALFORMED.text()]
+    assert d.engine.auth_failures == 0
+    assert d.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\n") == [
+        replies.AUTH_FAILED.text()]
+    assert d.engine.auth_failures == 1
 
 
 @pytest.mark.parametrize("response", ["=AAA", "AAA=BBB", "QUJD!", "QUJ", "QQ==QQ==", "QU JD",
@@ -201,17 +241,27 @@ def test_plain_takes_255_octets_in_each_part():
     assert (request.username, request.password, request.malformed) == (name, password, False)
 
 
-@pytest.mark.parametrize("message", ["alice\0secret", "\0alice\0secret\0", "\0alice\0se\0cret",
-                                     "bob\0alice\0secret"])
-def test_plain_messages_that_are_not_one_authzid_authcid_passwd_fail(message):
+@pytest.mark.parametrize("message", ["alice\0secret", "\0alice\0secret\0", "\0alice\0se\0cret"])
+def test_plain_messages_that_are_not_one_authzid_authcid_passwd_are_501(message):
     # 2: message = [authzid] UTF8NUL authcid UTF8NUL passwd; "the NUL ...
-    # character MUST NOT appear in authzid, authcid, or passwd"; the server
-    # verifies "that the authentication credentials permit the client to act
-    # as the ... authorization identity" (here: only as itself)
+    # character MUST NOT appear in authzid, authcid, or passwd": a message
+    # with other than two NULs is none, and cannot be read as a login
     d = Driver(session=loopback())
     d.send("EHLO c.test\r\n")
-    assert d.send(f"AUTH PLAIN {b64(message)}\r\n") == [replies.AUTH_FAILED.text()]
+    assert d.send(f"AUTH PLAIN {b64(message)}\r\n") == [replies.AUTH_MALFORMED.text()]
     assert d.session.authenticated_as is None
+
+
+def test_a_plain_message_acting_for_another_user_fails():
+    # 2: the server verifies "that the authentication credentials permit the
+    # client to act as the ... authorization identity" (here: only as
+    # itself): a failed login, 535
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"AUTH PLAIN {b64('bob' + chr(0) + 'alice' + chr(0) + 'secret')}\r\n") == [
+        replies.AUTH_FAILED.text()]
+    assert d.session.authenticated_as is None
+    assert d.engine.auth_failures == 1
 
 
 # --- RFC 4954 5: AUTH= on MAIL --------------------------------------------------------

@@ -1309,7 +1309,8 @@ def test_a_failed_auth_that_is_also_the_last_error_closes_cleanly():
     d.send("EHLO c\r\n")
     d.send("FOO\r\n" * 9)
     d.send("AUTH PLAIN\r\n")
-    assert d.send("RSET\r\n") == [replies.AUTH_FAILED.text(), closing(replies.TOO_MANY_ERRORS)]
+    assert d.send(b64("\0alice\0wrong") + "\r\n") == [
+        replies.AUTH_FAILED.text(), closing(replies.TOO_MANY_ERRORS)]
     assert d.engine.closed
 
 
@@ -1376,13 +1377,12 @@ def test_a_sasl_response_with_white_space_around_it_is_no_base64():
 
 
 def test_an_empty_login_password_is_the_equals_sign():
-    # RFC 4954 4: "=" is a response of zero length; the check gets "", not "="
+    # RFC 4954 4: "=" is a response of zero length, as an empty line is: no
+    # password at all, malformed (501 5.5.2), and never a check of "="
     d = Driver(session=loopback())
     d.send(f"EHLO c\r\nAUTH LOGIN\r\n{b64('alice')}\r\n")
-    assert d.send("=\r\n") == [replies.AUTH_FAILED.text()]
-    (request,) = [ev for ev in d.events if isinstance(ev, AuthRequest)]
-    assert (request.username, request.password, request.malformed) == (
-        "alice@example.org", "", False)
+    assert d.send("=\r\n") == [replies.AUTH_MALFORMED.text()]
+    assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
 
 
 def test_a_login_name_that_is_no_address_is_checked_as_typed():

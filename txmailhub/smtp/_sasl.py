@@ -2,9 +2,11 @@
 
 Owns decoding the client's base64 responses and the prompts between them
 (RFC 4954 section 4: ``334`` challenges, ``*`` cancels, ``=`` is an empty
-initial response).  It only produces the username and password to check;
-whether they are right is twisted.cred's business (through the adapter),
-and when AUTH is allowed at all is the server engine's.
+initial response; an empty response, and a PLAIN message that is none,
+ends the exchange with ``501 5.5.2`` before any password check).  It
+only produces the username and password to check; whether they are
+right is twisted.cred's business (through the adapter), and when AUTH is
+allowed at all is the server engine's.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ class SASLExchange:
             data = b"" if line == b"=" else base64.b64decode(line, validate=True)
         except (binascii.Error, ValueError):
             return replies.AUTH_INVALID_BASE64
+        if not data:
+            # An empty response (an empty line, or "="): no step of PLAIN
+            # or LOGIN has nothing as a valid answer, so it is malformed,
+            # not a password tried (see AUTH_MALFORMED)
+            return replies.AUTH_MALFORMED
         if self.mechanism == "LOGIN":
             if self._username is None:
                 self._username = data
@@ -75,11 +82,13 @@ class SASLExchange:
         if text is None:
             return Credentials("", "", malformed=True)
         parts = text.split("\0")
-        # authzid NUL authcid NUL passwd; acting for someone else is not
-        # allowed, but an authzid naming the same user in another spelling
-        # (a bare name, other case) is no such request (RFC 4616 2).
-        if len(parts) != 3:
-            return Credentials("", "", malformed=True)
+        # authzid NUL authcid NUL passwd, the last two never empty (RFC 4616
+        # 2's 1*SAFE): anything else is no PLAIN message at all (as POP3
+        # answers it); acting for someone else is not allowed, but an
+        # authzid naming the same user in another spelling (a bare name,
+        # other case) is no such request (RFC 4616 2).
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            return replies.AUTH_MALFORMED
         user = self._qualify(parts[1])
         if parts[0] and login_key(self._qualify(parts[0])) != login_key(user):
             return Credentials("", "", malformed=True)
