@@ -51,6 +51,9 @@ def test_parse_command_nul_and_utf8():
     assert reply_of(parse_command, b"NO\x00OP") == replies.NUL_IN_COMMAND
     assert reply_of(parse_command, b"NOOP \xff\xfe") == replies.INVALID_UTF8
     assert replies.NUL_IN_COMMAND.code == 500 and replies.INVALID_UTF8.code == 501
+    # RFC 5321 2.3.8: the line's CRLF is gone; any CR left is bare
+    for line in (b"NOOP\r", b"NO\rOP", b"\r", b"MAIL FROM:<a@b>\r"):
+        assert reply_of(parse_command, line) == replies.BARE_CR_IN_COMMAND
 
 
 # --- the seed's lenient forms --------------------------------------------------

@@ -59,6 +59,7 @@ PINNED = {
     "LINE_TOO_LONG": (500, "5.5.2"),  # RFC 5321 4.5.3.1.4
     "AUTH_LINE_TOO_LONG": (500, "5.5.6"),  # RFC 4954 4
     "NUL_IN_COMMAND": (500, "5.5.2"),
+    "BARE_CR_IN_COMMAND": (500, "5.5.2"),  # RFC 5321 2.3.8, as NUL
     "ERROR_PROCESSING": (500, "5.5.2"),
     "SYNTAX_ARGUMENT": (501, "5.5.4"),
     "HELO_SYNTAX": (501, None),  # RFC 2034 3: no enhanced code on any HELO/EHLO reply

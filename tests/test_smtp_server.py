@@ -1141,6 +1141,49 @@ def test_unknown_command_nul_and_utf8():
     assert d.send(b"HELO \xff\r\n") == [replies.INVALID_UTF8.text()]
 
 
+@pytest.mark.parametrize("line", [
+    "NOOP\r", "HELO z3.cs.rpi.edu\r", "EHLO c\r", "MAIL FROM:<a@b.test>\r",
+    "MAIL FROM: bill@microsoft.com\r", "MAIL FROM:<a@b.test>\r SIZE=5", "RSET\r",
+    "QUIT\r", "VRFY alice\r", "NO\rOP", "\r", "AUTH PLAIN " + b64("\0alice\0secret") + "\r"])
+def test_a_bare_cr_in_a_command_line_is_500_5_5_2(line):
+    # RFC 5321 2.3.8: only CRLF ends a line, and a CR that does not begin
+    # one is bare.  NOOP\r\r\n (a client that converts its line ends
+    # twice) was read as the verb "NOOP\r" (500 5.5.1 unrecognized), as a
+    # MAIL argument ending in CR (501), or taken with the CR dropped (HELO,
+    # EHLO and BDAT split it off as a blank, AUTH stripped it): one clear
+    # answer now, as for a NUL, and as message data refuses a bare CR.
+    # Nothing of the command is done.
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send(line + "\r\n") == [replies.BARE_CR_IN_COMMAND.text()]
+    assert d.engine.state is State.READY and d.session.helo == "c"
+    assert d.session.authenticated_as is None and d.engine.errors == 1
+    assert d.codes("MAIL FROM: bill@microsoft.com\r\nRCPT TO: hollindg\r\nDATA\r\n"
+                   "Hi\r\n.\r\nNOOP\nQUIT\r\n") == ["250", "250", "354", "250", "250", "221"]
+
+
+@pytest.mark.parametrize("bad", [b"\r", b"\x00", b" \xff", b"\rLAST", b" LAST\r"])
+@pytest.mark.parametrize("in_transaction", [True, False])
+def test_a_bdat_line_refused_before_its_verb_is_read_still_has_its_chunk_read(
+        bad, in_transaction):
+    # A BDAT line with a NUL, a bare CR or octets that are not UTF-8 is
+    # refused before its verb is read; its chunk comes all the same, and
+    # was read as commands (its "QUIT" closed the session).  As for any
+    # BDAT line that cannot be taken (BDAT 6 LASTX), the chunk is read to
+    # its end first and the refusal answers it; in a transaction the
+    # transaction ends, as for any failed chunk.
+    d = Driver()
+    d.send("EHLO c\r\n")
+    if in_transaction:
+        assert d.codes("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\nBDAT 2\r\nab") == [
+            "250", "250", "250"]
+    out = d.send(b"BDAT 6" + bad + b"\r\nQUIT\r\n")
+    assert len(out) == 1 and out[0][:9] in ("500 5.5.2", "501 5.5.2")
+    assert not d.engine.closed and d.engine.state is State.READY
+    assert not [e for e in d.events if isinstance(e, MessageComplete)]
+    assert d.codes("NOOP\r\n") == ["250"]
+
+
 def test_command_line_limit_and_unending_line():
     d = Driver()
     tx(d)

@@ -114,10 +114,14 @@ def parse_command(line: bytes) -> tuple[str, str]:
     """Split one command line (without CRLF) into ``(VERB, argument)``.
 
     The verb is upper-cased; the argument keeps its case, without the
-    surrounding blanks.  NUL -> 500 5.5.2; invalid UTF-8 -> 501 5.5.2.
+    surrounding blanks.  NUL -> 500 5.5.2; a CR (the line's CRLF is gone:
+    any CR left is bare, RFC 5321 2.3.8) -> 500 5.5.2; invalid UTF-8 ->
+    501 5.5.2.
     """
     if 0 in line:  # NUL (an int: see _data.py on `in`)
         raise _fail(replies.NUL_IN_COMMAND)
+    if 13 in line:  # CR
+        raise _fail(replies.BARE_CR_IN_COMMAND)
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:

@@ -11,6 +11,7 @@ relies on for the session state, replies and events.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,10 @@ from txmailhub.smtp.events import MessageAborted, MessageComplete, StartMessage
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["MessageTransfer"]
+
+# The size of a BDAT line refused before its verb is read: the digits
+# after the verb (a CR, as a bare CR's line has it, counts as a blank)
+_BDAT_SIZE = re.compile(rb"[ \t]*BDAT[ \t\r]+([0-9]+)", re.IGNORECASE)
 
 
 class MessageTransfer(EnginePart):
@@ -174,14 +179,33 @@ class MessageTransfer(EnginePart):
         size = self._readable_size(arg)
         if size is None:
             raise RemoteProtocolError(replies.BDAT_BAD_SIZE)
+        self._refuse_chunk(size, replies.BDAT_BAD_SIZE)
+
+    def _refuse_chunk(self, size: int, refusal: Reply) -> None:
+        """Read the ``size`` octets of a BDAT line refused for itself, then
+        answer ``refusal``; inside a transaction that ends it."""
         if self.state is State.RCPT:
             if self._chunks is not None:
-                self._events.append(MessageAborted(self._envelope(), replies.BDAT_BAD_SIZE,
+                self._events.append(MessageAborted(self._envelope(), refusal,
                                                    self._chunks.size))
             self._reset_transaction()
             self._to(State.READY)
             self._bdat_failed = True
-        self._discard(size, False, replies.BDAT_BAD_SIZE)
+        self._discard(size, False, refusal)
+
+    def _unreadable_line(self, line: bytes, refusal: Reply) -> None:
+        """A command line refused before its verb is read (a NUL, a bare
+        CR, octets that are not UTF-8): ``refusal``.  A BDAT line's chunk
+        follows whatever we answer, so when the line names a size (the
+        digits after ``BDAT``, whatever follows them) the chunk
+        is read to its end first and refused then, as ``_bad_bdat`` does:
+        the chunk's octets never run as commands."""
+        bdat = _BDAT_SIZE.match(line)
+        if bdat is not None:
+            self._refuse_chunk(int(bdat.group(1)), refusal)  # the line limit bounds the digits
+            return
+        self._bdat_failed = False  # another command: the failed chunks are over
+        self.reply(refusal)
 
     def _discard(self, size: int, last: bool, refusal: Reply) -> None:
         """Read a chunk of ``size`` octets to its end and answer ``refusal``."""

@@ -103,6 +103,13 @@ UNKNOWN_COMMAND = Reply.of(500, "5.5.1", "Command unrecognized")
 LINE_TOO_LONG = Reply.of(500, "5.5.2", "Line too long")
 AUTH_LINE_TOO_LONG = Reply.of(500, "5.5.6", "Authentication exchange line is too long")
 NUL_IN_COMMAND = Reply.of(500, "5.5.2", "NUL character in command")
+# RFC 5321 2.3.8: a line ends with CRLF and "MUST NOT recognize ... any
+# other character or character sequence as a line terminator"; a CR left
+# in a command line (``NOOP\r\r\n``: a client that converts line ends
+# twice) is refused, as message data refuses one (MESSAGE_BARE_CR_LF)
+BARE_CR_IN_COMMAND = Reply.of(
+    500, "5.5.2", "Bare CR in command (RFC 5321 2.3.8): end each line with CRLF"
+)
 ERROR_PROCESSING = Reply.of(500, "5.5.2", "Syntax error")
 SYNTAX_ARGUMENT = Reply.of(501, "5.5.4", "Syntax error in parameters or arguments")
 # RFC 2034 3: no enhanced code on "any response to HELO or EHLO"

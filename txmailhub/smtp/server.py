@@ -442,6 +442,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
             return
         try:
             verb, arg = parse_command(line)
+        except RemoteProtocolError as e:
+            self._unreadable_line(line, e.reply)
+            return
+        try:
             if self._bdat_failed and verb != "BDAT":
                 self._bdat_failed = False  # the chunks pipelined after it are over
             handler = _DISPATCH.get(verb)
