@@ -288,6 +288,8 @@ class Hub:
     doc: dict[str, dict[str, Any]]
     ports: dict[str, int]
     users: dict[str, str]
+    #: the command that runs twistd (its arguments follow); ``None``: twistd
+    launcher: list[str] | None = None
     proc: subprocess.Popen | None = None
     log_path: Path = field(init=False)
     #: where the current run's lines start in ``log_path`` (it is appended to)
@@ -350,7 +352,8 @@ class Hub:
         log = open(self.log_path, "ab")
         self.log_offset = log.tell()
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config",
+            [*(self.launcher or [TWISTD]), "-n", "--pidfile=", "--logfile=-", "mailhub",
+             "--config",
              str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
         )
@@ -474,7 +477,8 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     are ``tcp:0`` and ``hub.ports`` is filled in at each start (a restart
     gets new ports), unless ``fixed_ports``: then they are picked free here
     and known before the start (but another process may take one before
-    the hub binds it)."""
+    the hub binds it).  ``launcher`` runs twistd another way (a command
+    whose arguments are twistd's)."""
     hubs: list[Hub] = []
     counter = iter(range(1000))
 
@@ -484,6 +488,7 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         sections: dict[str, dict[str, Any]] | None = None,
         start: bool = True,
         fixed_ports: bool = False,
+        launcher: list[str] | None = None,
     ) -> Hub:
         folder = tmp_path / f"hub{next(counter)}"
         folder.mkdir()
@@ -500,7 +505,7 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         config = folder / "mailhub.toml"
         write_toml(config, doc)
         users = DEFAULT_USERS if users is None else users
-        hub = Hub(folder, config, doc, ports, dict(users))
+        hub = Hub(folder, config, doc, ports, dict(users), launcher)
         _add_users(config, users)
         hubs.append(hub)
         if start:
