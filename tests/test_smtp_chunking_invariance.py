@@ -61,12 +61,15 @@ def cuts(data: bytes, points: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(marks) if b > a]
 
 
-_SPOOL_ID = re.compile(rb"\b[0-9A-F]{10}\b")
+# the hub's message id: the clock's seconds, the pid, five digits (seven
+# or more: a pid under 0x1000 makes it shorter than ten)
+_SPOOL_ID = re.compile(rb"\b[0-9A-F]{7,}\b")
 _RANDOM = re.compile(rb"\.[0-9a-f]{12}@")
 
 
 def same(data: bytes) -> bytes:
-    return _RANDOM.sub(b".<random>@", _SPOOL_ID.sub(b"<id>", data))
+    # the random part first: one of digits only would pass for an id
+    return _SPOOL_ID.sub(b"<id>", _RANDOM.sub(b".<random>@", data))
 
 
 def run(wire: list[bytes], submission: bool) -> tuple[bytes, list[bytes]]:

@@ -59,7 +59,9 @@ POP3_PIECES = [
 ]
 
 # a spool id counts up across sessions
-_SPOOL_ID = re.compile(rb"\b[0-9A-F]{10}\b")
+# the hub's message id: the clock's seconds, the pid, five digits (seven
+# or more: a pid under 0x1000 makes it shorter than ten)
+_SPOOL_ID = re.compile(rb"\b[0-9A-F]{7,}\b")
 
 
 # and the random part of a Message-ID the hub adds to a submitted message
@@ -67,7 +69,8 @@ _MESSAGE_ID = re.compile(rb"\.[0-9a-f]{12}@")
 
 
 def unnumbered(data: bytes) -> bytes:
-    return _MESSAGE_ID.sub(b".<random>@", _SPOOL_ID.sub(b"<id>", data))
+    # the random part first: one of digits only would pass for an id
+    return _SPOOL_ID.sub(b"<id>", _MESSAGE_ID.sub(b".<random>@", data))
 
 
 def stream(pieces: list[bytes], *steps):
