@@ -932,6 +932,20 @@ def test_bp_with_standard_output_closed_is_74_not_a_traceback(
     assert err.getvalue() == "mailq: standard output is closed: nowhere to list the queue\n"
 
 
+def test_a_message_with_standard_input_closed_is_74_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``sendmail joe <&-`` (a cron job's or daemon's closed descriptor):
+    # sys.stdin is None, and reading it was an AttributeError, exit 1
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n'
+                      '[smtp]\nlisten = ["tcp:2525"]\n')
+    monkeypatch.setattr("sys.stdin", None)
+    err = io.StringIO()
+    assert run(["joe"], str(config), "sendmail", err=err) == EX_IOERR
+    assert err.getvalue() == ("sendmail: standard input is closed: there is no message to "
+                              "read; the message was NOT sent\n")
+
+
 def test_bp_bounds_a_clock_set_back_by_the_configured_schedule(tmp_path: Path,
                                                                monkeypatch) -> None:
     # mailq reads [relay] retry_schedule too: an entry whose retry time a

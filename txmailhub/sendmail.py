@@ -554,9 +554,15 @@ def run(
         print(f"{prog}: {settings.path}: [smtp] listen names no listener this command can "
               f"reach (a unix: socket or a fixed TCP port); {not_sent}", file=err)
         return EX_CONFIG
+    source = stdin or _buffer(sys.stdin)
+    if source is None:
+        # ``<&-``: a closed descriptor is None in sys; nothing to send (an
+        # empty message would reach the recipients as if it were one)
+        print(f"{prog}: standard input is closed: there is no message to read; {not_sent}",
+              file=err)
+        return EX_IOERR
     try:
-        read = read_message(stdin or sys.stdin.buffer, options.ignore_dots,
-                            settings.max_message_size)
+        read = read_message(source, options.ignore_dots, settings.max_message_size)
     except MessageTooBig as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return EX_DATAERR
