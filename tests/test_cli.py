@@ -32,6 +32,28 @@ def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.parametrize(("args", "why"), [
+    (("user", "add", "joe", "--password-stdin"),
+     "standard input is closed: no password to read (--password-stdin reads its first line)"),
+    (("user", "add", "joe"), "no terminal to ask for the password: use --password-stdin"),
+    (("user", "passwd", "joe", "--password-stdin"),
+     "standard input is closed: no password to read (--password-stdin reads its first line)"),
+])
+def test_a_password_with_standard_input_closed_is_refused_not_a_traceback(
+        config: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], why: str) -> None:
+    # ``mailhub user add joe --password-stdin <&-``: sys.stdin is None, and
+    # reading the password was an AttributeError
+    if args[1] == "passwd":
+        assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    users = config.parent / "users"
+    before = users.read_bytes() if users.exists() else None
+    monkeypatch.setattr("sys.stdin", None)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--config", str(config), *args], out=out, err=err) == 2
+    assert err.getvalue() == f"mailhub: {why}\n"
+    assert (users.read_bytes() if users.exists() else None) == before
+
+
 def test_user_list_usage_gives_what_each_mailbox_holds_and_the_quota(config: Path) -> None:
     for name in ("alice", "bob@example.net"):
         run(config, "user", "add", name, "--password-stdin", stdin=PW)

@@ -186,7 +186,14 @@ def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
-def _read_password(from_stdin: bool, stdin: TextIO, err: TextIO) -> str:
+def _read_password(from_stdin: bool, stdin: TextIO | None, err: TextIO) -> str:
+    if stdin is None:
+        # started with it closed (``<&-``): sys.stdin is None; say so rather
+        # than fail on reading it (no terminal, either, to ask at)
+        if from_stdin:
+            raise UsersFileError("standard input is closed: no password to read "
+                                 "(--password-stdin reads its first line)")
+        raise UsersFileError("no terminal to ask for the password: use --password-stdin")
     if from_stdin:
         buffer = getattr(stdin, "buffer", None)
         if buffer is not None:
@@ -465,7 +472,7 @@ def _aliases_naming(settings: Settings, key: str) -> list[str]:
                   if any(t.key == key for t, _expand in targets))
 
 
-def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO,
+def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO | None,
           err: TextIO | None = None) -> int:
     users = _users(settings)
     cmd = args.user_command
@@ -625,7 +632,7 @@ def main(
 
 
 def _command(
-    settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
+    settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO | None
 ) -> int:
     if args.command == "check":
         return _check(settings, out, err)
