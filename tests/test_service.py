@@ -860,6 +860,49 @@ def test_twistd_as_root_without_uid_warns(tmp_path: Path, capsys) -> None:
     assert tap.ROOT_WARNING in capsys.readouterr().err
 
 
+def test_a_log_or_pid_folder_the_uid_user_may_not_write_is_a_warning(tmp_path: Path) -> None:
+    # twistd opens both as root and then runs as --uid: the log in a
+    # folder of root's (/var/log) was never rotated (SIGUSR1, 1 MB,
+    # log_files_kept), nor opened again after logrotate moved it -- the
+    # hub wrote on into the moved file -- and the pid file stayed after
+    # the stop; nothing said so.  Judged by the mode bits, as for ``check``
+    from txmailhub.tap import run_folder_warnings
+
+    me, mine = os.geteuid(), os.getegid()
+    closed, own = tmp_path / "closed", tmp_path / "own"
+    closed.mkdir(mode=0o755)
+    os.chmod(closed, 0o555)  # not writable by its owner: like root's 0755 for the hub
+    own.mkdir(mode=0o700)
+    parent = {"logfile": str(closed / "mailhub.log"), "pidfile": str(closed / "mailhub.pid")}
+    try:
+        lines = run_folder_warnings(parent, me, mine)
+    finally:
+        os.chmod(closed, 0o755)
+    assert len(lines) == 2, lines
+    pid_line, log_line = lines  # in the order twistd writes them
+    assert log_line.startswith(f"warning: --logfile {closed / 'mailhub.log'}: "), log_line
+    assert f"the folder {closed} is " in log_line and "mode 0555" in log_line
+    assert "cannot rotate it" in log_line and "logrotate" in log_line
+    assert pid_line.startswith(f"warning: --pidfile {closed / 'mailhub.pid'}: "), pid_line
+    assert "cannot remove it" in pid_line
+    # the hub user's own folder: nothing to say; nor without files of twistd's
+    assert run_folder_warnings({"logfile": str(own / "mailhub.log"),
+                                "pidfile": str(own / "mailhub.pid")}, me, mine) == []
+    assert run_folder_warnings({"logfile": "-", "pidfile": ""}, me, mine) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twistd --uid: needs root")
+def test_twistd_uid_warns_of_a_log_folder_of_roots_and_starts(tmp_path: Path, capsys) -> None:
+    from txmailhub import tap
+
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o755)  # root's, as /var/log
+    tap.makeService(_tap_options(tmp_path, "state", parent={
+        "uid": 4242, "gid": 4343, "logfile": str(logs / "mailhub.log"), "pidfile": None}))
+    err = capsys.readouterr().err
+    assert f"warning: --logfile {logs / 'mailhub.log'}: " in err, err
+
+
 def test_the_sighup_notice_gives_the_old_handler_back_at_stop() -> None:
     # an application that stops the hub and goes on gets its own SIGHUP
     # handling back, not a notice about a hub that is gone

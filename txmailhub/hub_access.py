@@ -26,7 +26,7 @@ import os
 import pwd
 import stat
 
-__all__ = ["hub_owner", "make_folders", "name_of", "unreadable_by"]
+__all__ = ["hub_owner", "make_folders", "name_of", "unreadable_by", "unwritable_folder_by"]
 
 
 def hub_owner(state_dir: str) -> tuple[int, int] | None:
@@ -142,4 +142,35 @@ def unreadable_by(path: str, uid: int, gid: int) -> str | None:
     st = os.stat(real)
     if not _allowed(st, uid, groups, 4):
         return f"{real} is {_owner_text(st)}"
+    return None
+
+
+def unwritable_folder_by(path: str, uid: int, gid: int) -> str | None:
+    """Why ``uid`` (in group ``gid``) could not make, rename or remove
+    files in the folder of ``path``: a folder on the way that user may not
+    enter, or the folder's own mode, with its owner and mode.  ``None``
+    when it could, and when the folder does not exist (what reports that
+    is elsewhere).  For what twistd writes as root and then looks after
+    as ``--uid``: its log, which it rotates, and its pid file, which it
+    removes at the stop."""
+    folder = os.path.dirname(os.path.abspath(path))
+    real = os.path.realpath(folder)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    groups = _groups(uid, gid)
+    above: list[str] = []
+    for walked in (folder, real):
+        parts = walked.split(os.sep)
+        for i in range(1, len(parts)):
+            step = os.sep.join(parts[:i]) or os.sep
+            if step not in above:
+                above.append(step)
+    for step in above:
+        step_st = os.stat(step)
+        if not _allowed(step_st, uid, groups, 1):
+            return f"the folder {step} is {_owner_text(step_st)}"
+    if not _allowed(st, uid, groups, 3):
+        return f"the folder {real} is {_owner_text(st)}"
     return None

@@ -122,6 +122,8 @@ def makeService(options: Any) -> Any:
         if foreign:
             print(foreign, file=sys.stderr)
             raise SystemExit(2)
+        for warning in run_folder_warnings(options.parent, *owner):
+            print(warning, file=sys.stderr)
     # without twistd's options (makeService called by an application)
     # there is no pid file or log file of twistd's to judge or make: an
     # empty dict would be twistd's daemon defaults, ./twistd.log made
@@ -355,6 +357,39 @@ def run_file_problems(parent: Any) -> list[str]:
             f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
             "what it names before it switches to --uid; remove it (and see who made it)")
     return problems
+
+
+def run_folder_warnings(parent: Any, uid: int, gid: int) -> list[str]:
+    """A ``warning:`` line for each of twistd's ``--logfile`` and
+    ``--pidfile`` whose folder the ``--uid`` user may not write (judged by
+    the mode bits, as ``check`` judges what the hub reads).
+
+    twistd makes both as root, so the start works; but once it runs as
+    that user it rotates the log and removes the pid file as that user.
+    A log in a folder of root's (``--logfile /var/log/mailhub.log``) was
+    then never rotated (``SIGUSR1``, 1 MB, ``[hub] log_files_kept``), and
+    after logrotate moved it the hub could not make ``mailhub.log`` again
+    and wrote on into the moved file, which logrotate later compresses
+    and deletes -- all without a word.  Not a refusal: a hub that ran so
+    before an upgrade still starts, and says what to mend."""
+    from txmailhub.hub_access import name_of, unwritable_folder_by
+
+    user = name_of(uid)
+    consequences = {
+        "--logfile": "the hub cannot rotate it there (SIGUSR1, 1 MB, [hub] log_files_kept) "
+                     "nor make it again once logrotate has moved it (it writes on into the "
+                     "moved file), so the log grows without end",
+        "--pidfile": "twistd cannot remove it at the stop (\"No permission to delete pid "
+                     "file\"), and a stale pid file is left",
+    }
+    lines = []
+    for option, path, _ in _run_files(parent):
+        why = unwritable_folder_by(path, uid, gid)
+        if why is not None:
+            lines.append(f"warning: {option} {path}: {user} (--uid) may not make or rename "
+                         f"files in its folder ({why}): {consequences[option]}; give the "
+                         f"folder to {user} (docs/deployment.rst, \"Without systemd\")")
+    return lines
 
 
 def _run_files(parent: Any) -> list[tuple[str, str, bool]]:
