@@ -642,6 +642,27 @@ def test_stop_waits_for_attempts_in_flight(hub):
     assert hub.queue.ids() == []
 
 
+def test_a_stop_counts_the_attempts_in_flight_apart_from_those_waiting_for_a_slot(
+        hub, log_events):
+    # the runner takes up to twice max_concurrent_deliveries entries at a
+    # time: a stop said "100 delivery attempt(s) in flight" with the
+    # default limit of 50 in all and 10 to one domain, 10 of them running
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    hub.agent.hold()
+    for _ in range(3):
+        enqueue(hub, BOB)  # one domain, max_per_destination = 1
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 1
+    hub.runner.stop(grace=0)
+    lines = [formatEvent(e) for e in log_events
+             if e.get("log_format", "").startswith("stopping")]
+    assert lines == ["stopping with 1 delivery attempt(s) in flight and 2 more waiting for "
+                     "a free slot (max_per_destination, max_concurrent_deliveries): given "
+                     "up, retried at the next start"]
+
+
 def test_stop_gives_up_after_grace(hub):
     hub.runner.start()
     in_flight: defer.Deferred = defer.Deferred()

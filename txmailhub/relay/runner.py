@@ -246,10 +246,18 @@ class QueueRunner:
         """The attempts in flight record nothing from now on, and their
         connections are cut; returns what the agent's ``abort_all`` does
         (a Deferred of the cut connections' close, or None)."""
+        # the entries taken (up to twice max_concurrent_deliveries) are
+        # not all under way: those queued on a semaphore wait for a slot,
+        # and a count of them all read as if the limits were not kept
+        waiting = len(self._global.waiting) + sum(
+            len(sem.waiting) for sem in self._semaphores.values())
+        running = self._global.limit - self._global.tokens
         self._generation += 1
         self._dropped.clear()  # the generation covers them now
-        log.info("stopping with {count} delivery attempt(s) in flight: given up, "
-                 "retried at the next start", count=len(self.active))
+        log.info("stopping with {count} delivery attempt(s) in flight{waiting}: given up, "
+                 "retried at the next start", count=running,
+                 waiting=f" and {waiting} more waiting for a free slot (max_per_destination, "
+                         "max_concurrent_deliveries)" if waiting else "")
         return self.agent.abort_all()
 
     # --- events ----------------------------------------------------------------
