@@ -563,15 +563,18 @@ def test_an_open_files_limit_below_the_connection_limits_is_warned_of() -> None:
     # lines for each): twistd mailhub says so at start
     from txmailhub.tap import fd_limit_warning
 
-    s = load_text(MINIMAL, "/x.toml")  # 500 + 200 + 50 + 64
-    assert fd_limit_warning(s, 814) is None and fd_limit_warning(s, -1) is None
-    why = fd_limit_warning(s, 813)
-    assert why is not None and why.startswith("the open-files limit is 813, below the 814 ")
+    # 500 + 200 + 50 sessions and 100 attempt markers (up to twice as many
+    # messages in flight as deliveries, each holding its marker) + 64
+    s = load_text(MINIMAL, "/x.toml")
+    assert fd_limit_warning(s, 914) is None and fd_limit_warning(s, -1) is None
+    why = fd_limit_warning(s, 913)
+    assert why is not None and why.startswith("the open-files limit is 913, below the 914 ")
     assert "[smtp] max_connections 500 + [pop3] max_connections 200" in why
+    assert "3 x [relay] max_concurrent_deliveries 50" in why
     assert "LimitNOFILE=" in why
     small = load_text(MINIMAL + "[smtp]\nmax_connections = 10\n[pop3]\nmax_connections = 5\n"
                       "[relay]\nmax_concurrent_deliveries = 2\n", "/x.toml")
-    assert fd_limit_warning(small, 81) is None and fd_limit_warning(small, 80) is not None
+    assert fd_limit_warning(small, 85) is None and fd_limit_warning(small, 84) is not None
 
 
 def test_two_listeners_on_one_address_are_a_problem() -> None:

@@ -838,6 +838,35 @@ def test_at_most_twice_max_concurrent_deliveries_entries_are_in_flight(tmp_path)
         hub.runner.stop()
 
 
+def test_the_attempt_markers_held_are_what_the_open_files_warning_counts(tmp_path):
+    # every entry in flight holds its attempt marker open (for its lock),
+    # those still waiting for a delivery slot too: twice
+    # max_concurrent_deliveries descriptors besides the sessions, which
+    # the open-files warning of `twistd mailhub` must reckon with
+    from txmailhub.tap import FD_MARGIN, fd_limit_warning
+
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\nmax_per_destination = 5\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    try:
+        for i in range(8):
+            enqueue(hub, Address("x", f"d{i}.test"))
+        markers = [n for n in os.listdir(hub.settings.queue_dir) if n.endswith(".attempt")]
+        assert len(markers) == 4 == 2 * hub.settings.relay.max_concurrent_deliveries
+        if before is not None:
+            assert len(os.listdir("/proc/self/fd")) == before + 4  # one each, held
+        s = hub.settings
+        sessions = s.smtp.max_connections + s.pop3.max_connections + 2
+        assert fd_limit_warning(s, sessions + len(markers) + FD_MARGIN) is None
+        assert fd_limit_warning(s, sessions + len(markers) + FD_MARGIN - 1) is not None
+        while pending:
+            x, r = pending.pop(0)
+            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    finally:
+        hub.runner.stop()
+
+
 def test_a_recipient_the_store_says_nothing_about_is_not_delivered(hub, monkeypatch):
     monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: defer.succeed({}))
     hub.runner.start()

@@ -738,18 +738,25 @@ def fd_limit_warning(settings: Any, soft: int) -> str | None:
     """What to say when the open-files limit ``soft`` is below what the
     connection limits may take: past it, Twisted cuts new clients without
     a word instead of our 421 (and logs a few lines for each)."""
+    from txmailhub.relay.runner import ENTRIES_PER_SLOT
+
     if soft < 0:
         return None
+    # the relay: a session per delivery slot, and the attempt marker each
+    # message in flight holds open (up to ENTRIES_PER_SLOT per slot)
+    per_slot = 1 + ENTRIES_PER_SLOT
+    relay = settings.relay.max_concurrent_deliveries
     need = (settings.smtp.max_connections + settings.pop3.max_connections
-            + settings.relay.max_concurrent_deliveries + FD_MARGIN)
+            + per_slot * relay + FD_MARGIN)
     if soft >= need:
         return None
     return (f"the open-files limit is {soft}, below the {need} the connection limits may "
             f"take ([smtp] max_connections {settings.smtp.max_connections} + [pop3] "
-            f"max_connections {settings.pop3.max_connections} + [relay] "
-            f"max_concurrent_deliveries {settings.relay.max_concurrent_deliveries} + "
-            f"{FD_MARGIN}): beyond it clients are cut without a 421; raise the limit "
-            "(LimitNOFILE= in a systemd unit, ulimit -n) or lower those settings")
+            f"max_connections {settings.pop3.max_connections} + {per_slot} x [relay] "
+            f"max_concurrent_deliveries {relay} (a session each, and the attempt markers of "
+            f"the messages in flight) + {FD_MARGIN}): beyond it clients are cut without a "
+            "421; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower those "
+            "settings")
 
 
 #: the first generation's threshold under ``twistd mailhub`` (CPython's

@@ -62,6 +62,11 @@ SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in fli
 # reports an aborted connection lost a reactor turn later; this bounds a
 # transport that never does)
 CUT_GRACE = 2.0
+# entries handled at once per delivery slot ([relay] max_concurrent_deliveries):
+# the ones beyond the slots wait for one, their records read.  Each holds
+# its attempt marker open meanwhile (queue.py): ``twistd mailhub``'s
+# open-files warning counts them (``tap.fd_limit_warning``)
+ENTRIES_PER_SLOT = 2
 
 
 def _owes_notice(entry: QueueEntry) -> bool:
@@ -358,7 +363,7 @@ class QueueRunner:
             wait = self._wait.get(qid)
             if wait is not None and now + wait < when < float("inf"):
                 self.due[qid] = now + wait
-        room = 2 * self.relay.max_concurrent_deliveries - len(self.active)
+        room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self.active)
         for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
             if room <= 0 or when > now:
                 break
