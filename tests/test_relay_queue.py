@@ -869,3 +869,51 @@ def test_failed_lists_the_recipients_not_told_yet_and_last_reply_is_the_newest()
         dave: dataclasses.replace(entry.recipient(dave), last_reply=old, last_attempt=5.0),
     })
     assert entry.last_reply is new
+
+
+def test_an_attempts_end_never_takes_the_next_attempts_marker(tmp_path, monkeypatch):
+    # The hub does its marker work in a thread pool.  The end of one
+    # attempt (its marker removed: a look at the name, then the unlink)
+    # and the start of the entry's next one (a new marker renamed to the
+    # same name: a release during the attempt starts it at once) must not
+    # run at once in two threads: the unlink took the new marker, and
+    # `queue list` did not say "delivering" for the whole new attempt.
+    from txmailhub.relay import inflight
+
+    jobs: list = []
+
+    def io(f, *args):  # a thread pool whose jobs the test runs
+        d = defer.Deferred()
+        jobs.append((f, args, d))
+        return d
+
+    def run_one():
+        f, args, d = jobs.pop(0)
+        d.callback(f(*args))
+
+    queue = OutboundQueue(str(tmp_path / "queue"), Clock(), io=io)
+    qid = "0123456789ABCDEF"
+    first = queue.mark_attempt(qid, 1.0)
+    run_one()
+    queue.unmark_attempt(qid, first)  # the first attempt ends...
+    second = queue.mark_attempt(qid, 2.0)  # ...and the next one begins
+    real_stat = os.stat
+
+    def stat(path, *args, **kw):
+        # the other thread: whatever marker work is ready runs now, between
+        # this look at the marker's name and what follows it
+        result = real_stat(path, *args, **kw)
+        if str(path).endswith(inflight.SUFFIX) and jobs:
+            run_one()
+        return result
+
+    with monkeypatch.context() as m:
+        m.setattr(inflight.os, "stat", stat)
+        while jobs:
+            run_one()
+    assert queue.attempt_since(qid) == 2.0
+    queue.unmark_attempt(qid, second)
+    while jobs:
+        run_one()
+    assert queue.attempt_since(qid) is None
+    assert [n for n in os.listdir(queue.directory) if inflight.is_marker(n)] == []

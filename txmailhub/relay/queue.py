@@ -179,6 +179,9 @@ class OutboundQueue:
         self._io = io
         self.fs = fs or FileSystem(syncer, io)
         self._listeners: list[Callable[[str | None], None]] = []
+        # the attempt marker work of each queue id, one job at a time (see
+        # ``_marker_work``)
+        self._marker_locks: dict[str, defer.DeferredLock] = {}
         if create and not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
             # acknowledged mail will live in it: its own name must be durable
@@ -404,16 +407,35 @@ class OutboundQueue:
         ``unmark_attempt`` (``None`` when it could not be made: a full
         disk, no descriptor -- the delivery goes on unmarked).  Through
         ``io``: making a file waits for the disk, never on the reactor."""
-        return self._io(inflight.mark, self.directory, queue_id, since)
+        return self._marker_work(queue_id, inflight.mark, self.directory, queue_id, since)
 
     def unmark_attempt(self, queue_id: str, marked: defer.Deferred) -> defer.Deferred:
         """End what ``mark_attempt`` began (``marked`` is its Deferred):
         the marker is removed, and its lock released."""
         def unmark(fd: int | None) -> Any:
-            return None if fd is None else self._io(inflight.unmark, self.directory,
-                                                     queue_id, fd)
+            return None if fd is None else self._marker_work(
+                queue_id, inflight.unmark, self.directory, queue_id, fd)
 
         return marked.addCallback(unmark)
+
+    def _marker_work(self, queue_id: str, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """``io(fn, *args)`` once the marker work of ``queue_id`` begun
+        before it is done.  ``io`` may run jobs at once in several threads:
+        the end of one attempt (a look at the marker's name, then its
+        unlink) and the start of the entry's next (a new marker renamed to
+        that name, at once after a release during the attempt) would
+        otherwise interleave, and the unlink take the new marker."""
+        lock = self._marker_locks.get(queue_id)
+        if lock is None:
+            lock = self._marker_locks[queue_id] = defer.DeferredLock()
+
+        def tidy(result: Any) -> Any:
+            if (not lock.locked and not lock.waiting
+                    and self._marker_locks.get(queue_id) is lock):
+                del self._marker_locks[queue_id]
+            return result
+
+        return lock.run(self._io, fn, *args).addBoth(tidy)
 
     def attempt_since(self, queue_id: str) -> float | None:
         """When the attempt under way of ``queue_id`` began (UTC seconds),
