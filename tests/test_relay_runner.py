@@ -2156,3 +2156,59 @@ def test_an_attempt_that_cannot_be_marked_goes_on(hub, monkeypatch):
     qid = enqueue(hub, BOB)
     assert len(hub.agent.calls) == 1 and hub.queue.ids() == []
     assert hub.queue.attempt_since(qid) is None
+
+
+def _open_descriptors() -> int | None:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+
+
+@pytest.mark.parametrize("how", ["delivered", "transient", "permanent", "exception", "deleted",
+                                 "held", "released", "stopped"])
+def test_every_end_of_an_attempt_removes_its_marker_and_closes_it(hub, how):
+    # whatever ends the attempt, the marker goes and its descriptor (which
+    # holds the lock) is closed: nothing says "delivering" afterwards, and
+    # a long-running hub does not run out of descriptors
+    hub.runner.start()
+    pending = hub.agent.hold()
+    before = _open_descriptors()
+    qid = enqueue(hub, BOB)
+    assert hub.queue.attempt_since(qid) is not None
+    if how == "deleted":
+        hub.queue.delete(qid)  # `mailhub queue delete`, during the attempt
+    elif how in ("held", "released"):
+        hub.queue.set_held(qid, True)
+        if how == "released":
+            hub.queue.set_held(qid, False)
+    elif how == "stopped":
+        stopped = hub.runner.stop(grace=5)
+        hub.clock.advance(6)  # given up: its connections are cut, and it ends
+    x, r = pending.pop()
+    if how == "exception":
+        x.errback(RuntimeError("the agent failed"))
+    else:
+        kind = how if how in ("delivered", "permanent") else "transient"
+        reply = {"delivered": OK, "permanent": NO}.get(how, LATER)
+        x.callback([DeliveryResult(a, kind, reply, "mx") for a in r])
+    if how == "released":  # the release's own attempt, at once: marked in turn
+        assert hub.queue.attempt_since(qid) == hub.clock.seconds()
+        x, r = pending.pop()
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    if how == "stopped":
+        assert stopped.called
+    assert pending == [] and hub.queue.attempt_since(qid) is None
+    assert not [n for n in os.listdir(hub.settings.queue_dir) if "attempt" in n]
+    if before is not None:
+        assert _open_descriptors() == before
+
+
+def test_a_hundred_attempts_leave_no_descriptor_open(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    before = _open_descriptors()
+    for _ in range(100):
+        hub.queue.set_held(qid, False)  # a release: the next attempt at once
+        hub.clock.advance(1)
+    assert len(hub.agent.calls) == 101 and hub.queue.attempt_since(qid) is None
+    if before is not None:
+        assert _open_descriptors() <= before
