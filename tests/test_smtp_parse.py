@@ -86,11 +86,24 @@ def test_a_known_parameter_where_the_sender_belongs_is_a_missing_path(arg):
 
 
 @pytest.mark.parametrize("arg", ["TO: NOTIFY=NEVER", "TO:NOTIFY=SUCCESS,FAILURE",
-                                 "TO: notify=never ORCPT=rfc822;a@b.test", "TO: SIZE=1"])
+                                 "TO: notify=never ORCPT=rfc822;a@b.test",
+                                 "TO: ORCPT=rfc822;a+40b.test", "TO: notify=delay,success"])
 def test_a_known_parameter_where_the_recipient_belongs_is_a_missing_path(arg):
     reply = reply_of(parse_rcpt, arg, P)
     assert reply == replies.RECIPIENT_PATH_MISSING
     assert (reply.code, reply.status) == (501, "5.1.3")
+
+
+@pytest.mark.parametrize("name", ["size=big", "SIZE=1", "body=8bitmime", "notify=ops",
+                                  "notify=", "orcpt=x", "auth=joe", "envid=x"])
+def test_a_bare_recipient_that_is_no_rcpt_parameter_stays_a_local_part(name):
+    # RFC 5321 4.1.2: a local part may hold "=".  RCPT's parameters are
+    # NOTIFY and ORCPT; a word that is no well-formed one of them (MAIL's
+    # SIZE, a NOTIFY that is no list of its words) cannot be one the
+    # client left where the path belongs: it is the bare local part the
+    # seed's "RCPT TO: hollindg" is, and a mailbox of that name gets its
+    # mail (router's business: 550 when there is none)
+    assert parse_rcpt(f"TO: {name}", P) == (Address(name, P), RcptParams())
 
 
 def test_a_bare_name_that_is_no_known_parameter_stays_a_local_part():

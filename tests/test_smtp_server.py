@@ -254,6 +254,21 @@ def test_a_parameter_where_the_path_belongs_is_refused_and_the_seed_forms_still_
     assert d.engine.errors == 2  # each refusal is the client's error (max_errors)
 
 
+
+@pytest.mark.parametrize("name", ["size=big", "notify=ops", "body=x", "orcpt=list"])
+def test_a_local_mailbox_named_like_a_parameter_gets_mail_in_the_seed_form(name):
+    # RFC 5321 4.1.2: a local part may hold "=".  "RCPT TO: notify=ops" is
+    # no RCPT parameter (NOTIFY takes NEVER or SUCCESS, FAILURE, DELAY): it
+    # is the bare local part of "RCPT TO: hollindg", and the mailbox of
+    # that name gets the mail, as it did before unbracketed parameters
+    # were refused (501 5.1.3 then)
+    d = Driver(router=StaticRouter({"alice": None, name: None}, domains=("example.org",)))
+    d.send("HELO z3.cs.rpi.edu\r\nMAIL FROM: bill@microsoft.com\r\n")
+    assert d.send(f"RCPT TO: {name}\r\n") == [
+        f"250 2.1.5 <{name}@example.org>... Recipient OK"]
+    assert d.send("RCPT TO: NOTIFY=NEVER\r\n") == [replies.RECIPIENT_PATH_MISSING.text()]
+
+
 def test_mail_requires_helo():
     d = Driver()
     assert d.send("MAIL FROM:<a@b.test>\r\n") == [replies.HELO_REQUIRED.text()]

@@ -17,7 +17,9 @@ Accepted path forms:
 * a bare local part ``hollindg`` means ``hollindg@<primary domain>``;
 * ``<>`` (MAIL only): the null reverse-path, returned as ``None``;
   an unbracketed ESMTP parameter the server knows where the path belongs
-  (``MAIL FROM: SIZE=100``) is ``501``, never the local part ``SIZE=100``;
+  (``MAIL FROM: SIZE=100``, ``RCPT TO: NOTIFY=NEVER``) is ``501``, never
+  the local part ``SIZE=100``; where a recipient belongs only a
+  well-formed RCPT parameter is (``RCPT TO: size=big`` is a mailbox);
 * source routes ``<@a,@b:user@c>``: the route is ignored (RFC 5321 4.1.1.3
   and appendix C), the mailbox ``user@c`` is what counts;
 * quoted local parts ``"john doe"@example.org``: quotes are removed when
@@ -93,10 +95,13 @@ _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _ESMTP_VALUE_UTF8 = re.compile(rf"(?:[\x21-\x3c\x3e-\x7e]|{_U8})+\Z")
 _NOTIFY_WORDS = frozenset(("SUCCESS", "FAILURE", "DELAY"))
 # The ESMTP parameter keywords the server knows (MAIL's and RCPT's): a
-# lone unbracketed ``SIZE=100`` where a path belongs is one of them, not
+# lone unbracketed ``SIZE=100`` where a sender belongs is one of them, not
 # a bare local part (``_parameter_for_path``)
 _KNOWN_KEYWORDS = frozenset(("SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID",
                              "NOTIFY", "ORCPT"))
+# RCPT's own (RFC 3461 4): where a recipient belongs, only a well-formed
+# one of them is taken for a parameter (``_rcpt_parameter_for_path``)
+_RCPT_KEYWORDS = frozenset(("NOTIFY", "ORCPT"))
 _KEYWORD_AS_PATH = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)=")
 # Parameters are separated by SP (RFC 5321 4.1.2), tabs taken too; not by
 # what str.split() also takes (VT, FF, FS..US, Unicode blanks)
@@ -231,8 +236,9 @@ def _too_long(path: str) -> bool:
     return len(path) > MAX_PATH or (not path.isascii() and len(path.encode()) > MAX_PATH)
 
 
-def _split_path(arg: str) -> tuple[str, str]:
-    """Split ``<path> params`` (or the lenient ``path params``)."""
+def _split_path(arg: str, rcpt: bool = False) -> tuple[str, str]:
+    """Split ``<path> params`` (or the lenient ``path params``); ``rcpt``:
+    the path is a recipient's (``_rcpt_parameter_for_path``)."""
     arg = arg.lstrip(" \t")
     if arg.startswith("<"):
         if '"' not in arg:
@@ -265,7 +271,7 @@ def _split_path(arg: str) -> tuple[str, str]:
     path, _, rest = arg.partition(" ")
     if not path or path.endswith(">"):
         raise _fail(replies.SYNTAX_ADDRESS)
-    if _parameter_for_path(path):
+    if _rcpt_parameter_for_path(path) if rcpt else _parameter_for_path(path):
         raise _fail(replies.PATH_MISSING)
     return path, " " + rest if rest else ""
 
@@ -283,6 +289,26 @@ def _parameter_for_path(path: str) -> bool:
     address with a domain (``size=1@example.org``) is what it says."""
     m = _KEYWORD_AS_PATH.match(path)
     return m is not None and "@" not in path and ascii_upper(m.group(1)) in _KNOWN_KEYWORDS
+
+
+def _rcpt_parameter_for_path(path: str) -> bool:
+    """Whether an unbracketed recipient ``path`` is a RCPT parameter
+    (``NOTIFY=NEVER``, ``ORCPT=rfc822;a+40b``) standing where the path
+    belongs.
+
+    Narrower than a sender's: a word here that is no well-formed RCPT
+    parameter (``size=big``, ``notify=ops``) cannot be one a client meant,
+    and is the bare local part the seed's ``RCPT TO: hollindg`` is.  A
+    local part may hold ``=`` (RFC 5321 4.1.2), and a mailbox of that
+    name gets its mail; refusing it would turn its mail away."""
+    m = _KEYWORD_AS_PATH.match(path)
+    if m is None or "@" in path or ascii_upper(m.group(1)) not in _RCPT_KEYWORDS:
+        return False
+    try:
+        _rcpt_params(_split_params(path, utf8=True))
+    except RemoteProtocolError:
+        return False
+    return True
 
 
 def _strip_route(path: str, utf8: bool) -> str:
@@ -525,7 +551,7 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
     MAIL answers, is the sender's)."""
     rest = _expect_prefix(arg, "TO:")
     try:
-        path, tail = _split_path(rest)
+        path, tail = _split_path(rest, rcpt=True)
         if not path or _too_long(path):
             raise _fail(replies.SYNTAX_RECIPIENT)
         params = _rcpt_params(_split_params(tail, utf8)) if tail.strip(" \t") else _NO_RCPT_PARAMS
