@@ -1199,6 +1199,50 @@ def test_a_bdat_line_refused_before_its_verb_is_read_still_has_its_chunk_read(
     assert d.codes("NOOP\r\n") == ["250"]
 
 
+@pytest.mark.parametrize("pieces, reply", [
+    ([b"NOOP\r", b"\n"], "250 2.0.0 OK"),  # the CRLF cut by the network: a line
+    ([b"NOOP\r", b"\r\n"], replies.BARE_CR_IN_COMMAND.text()),  # however the reads fall
+    ([b"NOOP\r", b"\r", b"\n"], replies.BARE_CR_IN_COMMAND.text()),
+    ([b"NOOP\r\r", b"\n"], replies.BARE_CR_IN_COMMAND.text()),
+])
+def test_a_bare_cr_is_the_same_whatever_the_reads(pieces, reply):
+    d = Driver()
+    d.send("EHLO c\r\n")
+    got = []
+    for piece in pieces:
+        got += d.send(piece)
+    assert got == [reply]
+
+
+def test_a_bdat_line_refused_before_its_verb_is_read_drains_in_bounded_memory():
+    # a size past max_message_size is read to its end all the same, without
+    # keeping what it reads; BDAT 0 with a bare CR is answered at once
+    d = Driver(max_message_size=1000)
+    d.send("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n")
+    assert d.send(b"BDAT 200000 LAST\r\r\n") == []
+    for _ in range(19):
+        assert d.send(b"QUIT\r\nab\r\n" * 1000) == []  # 10,000 octets of the chunk
+        assert d.engine.buffered == 0
+    assert d.send(b"QUIT\r\nab\r\n" * 1000 + b"NOOP\r\n") == [
+        replies.BARE_CR_IN_COMMAND.text(), "250 2.0.0 OK"]
+    assert d.send(b"BDAT 0 LAST\r\r\n") == [replies.BARE_CR_IN_COMMAND.text()]
+    assert not [e for e in d.events if isinstance(e, MessageComplete | StartMessage)]
+    assert d.engine.state is State.READY and d.engine.errors == 2
+
+
+@pytest.mark.parametrize("exchange", ["AUTH PLAIN\r\n\r\n", "AUTH PLAIN =\r\n",
+                                      f"AUTH LOGIN {b64('alice')}\r\n=\r\n"])
+def test_empty_auth_responses_in_a_loop_meet_max_errors(exchange):
+    # no failed login is counted for them (no password was tried), but
+    # each is the client's error: a loop of them ends at max_errors
+    d = Driver(session=loopback(), max_errors=5)
+    d.send("EHLO c\r\n")
+    for _ in range(4):
+        assert d.send(exchange)[-1] == replies.AUTH_MALFORMED.text()
+    assert d.send(exchange)[-1] == closing(replies.TOO_MANY_ERRORS)
+    assert d.engine.closed and d.engine.auth_failures == 0
+
+
 def test_command_line_limit_and_unending_line():
     d = Driver()
     tx(d)
