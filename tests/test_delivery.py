@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -194,6 +195,17 @@ class AcceptMessageTests(SynchronousTestCase):
         self.assertEqual(res, {R: replies.LOCAL_ERROR})
         self.assertEqual(c.spooler.discarded, [MSG])
         self.assertEqual(self.flushLoggedErrors(), [])  # an OSError: one line, no traceback
+
+    def test_a_failure_for_one_recipient_is_logged_in_the_singular(self):
+        # "enqueue failed for 1 recipients" read as a slip
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.successResultOf(accept_message(C(queue=Queue(fail=True)), env(R), MSG))
+        self.successResultOf(accept_message(C(store=Store(explode=True)), env(A), MSG))
+        self.successResultOf(accept_message(C(store=Store(explode=True)), env(A, B), MSG))
+        lines = [formatEvent(e) for e in observer if "failed for" in e.get("log_format", "")]
+        self.assertEqual(lines, ["enqueue failed for 1 recipient: queue disk full",
+                                 "mailbox store failed for 1 recipient: disk on fire",
+                                 "mailbox store failed for 2 recipients: disk on fire"])
 
     def test_store_result_missing_a_mailbox_counts_as_failure(self):
         class Partial(Store):

@@ -862,3 +862,16 @@ class NotARegularFileTests(Base):
         os.unlink(self.path)
         self.write("list: ann\n")
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+
+
+class LoadedLineTests(Base):
+    def test_one_alias_is_counted_in_the_singular(self):
+        # "loaded 1 aliases" read as a slip; "alias" stays the word to grep
+        from twisted.logger import formatEvent
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.router("postmaster: joe\n").resolve(Address("postmaster", "example.org"))
+        self.router("postmaster: joe\nabuse: joe\n").resolve(Address("abuse", "example.org"))
+        lines = [formatEvent(e) for e in observer if "loaded" in e.get("log_format", "")]
+        self.assertEqual(lines, [f"loaded 1 alias from {self.path}",
+                                 f"loaded 2 aliases from {self.path}"])

@@ -304,6 +304,27 @@ class PrecreateTests(SynchronousTestCase):
         spool_module._drop(made_ahead)  # not handed to the spooler: ours to close
         self.assertEqual(len(made_ahead), 2)
 
+    def test_a_partial_refill_of_one_file_is_logged_in_the_singular(self):
+        from twisted.logger import formatEvent
+
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        real = spooler._create
+        made = []
+
+        def flaky():
+            if made:
+                raise OSError(24, "Too many open files")
+            made.append(1)
+            return real()
+
+        self.patch(spooler, "_create", flaky)
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        made_ahead = spooler._create_many(4)
+        spool_module._drop(made_ahead)  # not handed to the spooler: ours to close
+        self.assertEqual([formatEvent(e) for e in observer
+                          if "ahead" in e.get("log_format", "")],
+                         ["could create only 1 spool file ahead: [Errno 24] Too many open files"])
+
     def test_no_call_no_precreation(self):
         class Plain:
             def sync_file(self, target):
@@ -407,9 +428,27 @@ class RecoveryTests(SynchronousTestCase):
         from twisted.logger import formatEvent
         lines = [formatEvent(e) for e in observer]
         self.assertEqual(os.listdir(d), [])
-        self.assertIn("removed 1 unacknowledged spool files left by a crash", lines)
+        self.assertIn("removed 1 unacknowledged spool file left by a crash", lines)
         self.assertIn("removed 3 empty spool files made ahead (no message was in them)",
                       lines)
+        s.close()
+
+    def test_the_log_counts_one_spool_file_in_the_singular(self):
+        # "removed 1 empty spool files" read as a slip; the singular keeps
+        # the words to grep for ("spool file") in both forms
+        from twisted.logger import formatEvent
+
+        d = self.mktemp()
+        os.makedirs(d)
+        open(os.path.join(d, "1-1-aaaa"), "wb").close()
+        for name in ("1-2-aaaa", "1-3-aaaa"):
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(b"partial")
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        s = open_spooler(self, d, SyncerSpy(), precreate=0)
+        lines = [formatEvent(e) for e in observer]
+        self.assertIn("removed 2 unacknowledged spool files left by a crash", lines)
+        self.assertIn("removed 1 empty spool file made ahead (no message was in them)", lines)
         s.close()
 
     def test_a_running_hubs_spool_is_left_alone(self):

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
 from txmailhub.interfaces import ISpoolingStore
-from txmailhub.logsafe import log_failure, loggable
+from txmailhub.logsafe import log_failure, loggable, plural
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 
@@ -185,7 +185,8 @@ class _Delivery:
             d = defer.fail(e)
 
         def store_failed(f: Any) -> Any:
-            log_failure(log, f, "mailbox store failed for {count} recipients", count=len(local))
+            log_failure(log, f, "mailbox store failed for {count} {recipients}", count=len(local),
+                        recipients=plural(len(local), "recipient", "recipients"))
             return self._enqueue(local, replies.LOCAL_ERROR)
 
         d.addCallbacks(self._local_outcome, store_failed, callbackArgs=(local,))
@@ -270,7 +271,8 @@ class _Delivery:
                 self.results[rcpt] = QUEUED
 
         def failed(f: Any) -> None:
-            log_failure(log, f, "enqueue failed for {count} recipients", count=len(rcpts))
+            log_failure(log, f, "enqueue failed for {count} {recipients}", count=len(rcpts),
+                        recipients=plural(len(rcpts), "recipient", "recipients"))
             reply = replies.local_failure(f.value)  # 452 4.3.1 for a full disk
             for rcpt in rcpts:
                 self.results[rcpt] = reply

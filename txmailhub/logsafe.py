@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "shown"]
+__all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "plural", "shown"]
 
 
 #: ``loggable``'s limit for a remote server's reply (the relay's log
@@ -69,6 +69,14 @@ def shown(text: str) -> str:
     within RFC 5321's grammar (printable ASCII and tabs, UTF-8 after
     SMTPUTF8) is shown verbatim, as ``queue list`` promises."""
     return _CONTROLS.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
+
+
+def plural(count: int, one: str, many: str) -> str:
+    """``one`` for a count of 1, else ``many``: a log line's noun after its
+    count ("removed 1 empty spool file"), a field of its own beside
+    ``count`` so that the event keeps the number.  Both forms are given
+    whole (alias, aliases), and the line stays greppable by the singular."""
+    return one if count == 1 else many
 
 
 def _escape(c: str, ascii_only: bool) -> str:

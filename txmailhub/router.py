@@ -68,7 +68,7 @@ from txmailhub.address import (
 from txmailhub.errors import Rejected
 from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
-from txmailhub.logsafe import loggable
+from txmailhub.logsafe import loggable, plural
 from txmailhub.regular_file import read_regular
 from txmailhub.smtp import replies
 
@@ -420,7 +420,8 @@ class Router:
         self.aliases = table
         self.aliases_away = False
         self._warned.clear()
-        log.info("loaded {count} aliases from {path}", count=len(table), path=self.aliases_file)
+        log.info("loaded {count} {aliases} from {path}", count=len(table),
+                 aliases=plural(len(table), "alias", "aliases"), path=self.aliases_file)
 
     def _cannot_read(self, why: str) -> None:
         """Log ``why`` once (not per RCPT while it lasts); the previous

@@ -62,6 +62,7 @@ from zope.interface import implementer
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError
 from txmailhub.interfaces import ISpooler, ISpoolWriter
+from txmailhub.logsafe import plural
 from txmailhub.store.format import CRLFCounter
 
 __all__ = ["SpoolWriter", "Spooler"]
@@ -292,8 +293,8 @@ class Spooler:
         except OSError as e:
             if not made:
                 raise
-            log.warn("could create only {count} spool files ahead: {error}",
-                     count=len(made), error=str(e))
+            log.warn("could create only {count} spool {files} ahead: {error}",
+                     count=len(made), files=plural(len(made), "file", "files"), error=str(e))
         return made
 
     def _refill(self) -> None:
@@ -444,11 +445,11 @@ class Spooler:
         # ``precreate`` of them, and counting them as messages cut short
         # would alarm the admin for nothing
         if removed - empty:
-            log.info("removed {count} unacknowledged spool files left by a crash",
-                     count=removed - empty)
+            log.info("removed {count} unacknowledged spool {files} left by a crash",
+                     count=removed - empty, files=plural(removed - empty, "file", "files"))
         if empty:
-            log.info("removed {count} empty spool files made ahead (no message was in them)",
-                     count=empty)
+            log.info("removed {count} empty spool {files} made ahead (no message was in them)",
+                     count=empty, files=plural(empty, "file", "files"))
         return removed
 
 
