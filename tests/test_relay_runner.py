@@ -663,6 +663,55 @@ def test_a_stop_counts_the_attempts_in_flight_apart_from_those_waiting_for_a_slo
                      "up, retried at the next start"]
 
 
+def _stop_lines(log_events):
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in log_events
+            if e.get("log_format", "").startswith("stopping")]
+
+
+def test_a_stop_counts_an_entry_with_two_deliveries_running_once(hub, log_events):
+    # the line counts delivery attempts (queue entries), as the stop's first
+    # line does: one entry to two domains is not two attempts given up
+    hub.runner.start()
+    hub.agent.hold()
+    enqueue(hub, BOB, CAROL)
+    assert len(hub.agent.calls) == 2
+    hub.runner.stop(grace=10)
+    hub.clock.advance(10)
+    assert _stop_lines(log_events) == [
+        "stopping: waiting up to 10 s for 1 delivery attempt(s) in flight",
+        "stopping with 1 delivery attempt(s) in flight: given up, retried at the next start"]
+
+
+def test_a_stop_counts_an_entry_whose_local_delivery_runs(tmp_path, log_events):
+    # a local delivery takes no slot of the relay's: the entry is in
+    # flight all the same (it said "0 delivery attempt(s) in flight")
+    hub = make_hub(tmp_path)
+    hub.components.store = MemoryMailboxStore(hold=True)
+    hub.runner.start()
+    enqueue(hub, LOCAL)
+    assert hub.components.store._holder.held == 1
+    hub.runner.stop(grace=0)
+    assert _stop_lines(log_events) == [
+        "stopping with 1 delivery attempt(s) in flight: given up, retried at the next start"]
+
+
+def test_a_stop_counts_an_entry_with_one_delivery_running_and_one_waiting_as_in_flight(
+        hub, log_events):
+    hub.runner.start()
+    hub.agent.hold()
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, BOB, CAROL)  # BOB waits for first's slot, CAROL runs
+    assert [c[:2] for c in hub.agent.calls] == [(first, "remote.test"), (second, "other.test")]
+    third = enqueue(hub, BOB)  # waits for a slot, and nothing else
+    assert third not in {c[0] for c in hub.agent.calls}
+    hub.runner.stop(grace=0)
+    assert _stop_lines(log_events) == [
+        "stopping with 2 delivery attempt(s) in flight and 1 more waiting for a free slot "
+        "(max_per_destination, max_concurrent_deliveries): given up, retried at the next start"]
+
+
 def test_stop_gives_up_after_grace(hub):
     hub.runner.start()
     in_flight: defer.Deferred = defer.Deferred()

@@ -102,6 +102,10 @@ class QueueRunner:
         self._kept: dict[str, int] = {}
         self._open: dict[str, int] = {}
         self._dropped: set[str] = set()
+        # of an entry's destinations, how many wait for a slot (its
+        # semaphore, max_per_destination, or max_concurrent_deliveries'):
+        # an entry all of whose open destinations wait is not under way yet
+        self._slot_waits: dict[str, int] = {}
         # One record update at a time per entry: a destination's results
         # and the entry's final record must not overtake each other.
         self._record_locks: dict[str, defer.DeferredLock] = {}
@@ -206,6 +210,12 @@ class QueueRunner:
         self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
         return d
 
+    def _waits_for_a_slot(self, qid: str) -> bool:
+        """Whether every destination of ``qid`` not yet done waits for a
+        slot: nothing of it is under way (no local delivery either)."""
+        waits = self._slot_waits.get(qid, 0)
+        return qid in self._attempting and waits > 0 and waits == self._open.get(qid)
+
     def _must_finish(self, qid: str) -> bool:
         """Whether giving ``qid`` up now could lose or repeat something.
 
@@ -252,11 +262,13 @@ class QueueRunner:
         connections are cut; returns what the agent's ``abort_all`` does
         (a Deferred of the cut connections' close, or None)."""
         # the entries taken (up to twice max_concurrent_deliveries) are
-        # not all under way: those queued on a semaphore wait for a slot,
-        # and a count of them all read as if the limits were not kept
-        waiting = len(self._global.waiting) + sum(
-            len(sem.waiting) for sem in self._semaphores.values())
-        running = self._global.limit - self._global.tokens
+        # not all under way: those whose every open destination waits for a
+        # slot are counted apart (a count of them all read as if the limits
+        # were not kept).  Entries, as the stop's other lines count them:
+        # one to two domains is one attempt, and one delivering locally
+        # (no slot of the relay's) or recording is in flight too
+        waiting = sum(1 for qid in self.active if self._waits_for_a_slot(qid))
+        running = len(self.active) - waiting
         self._generation += 1
         self._dropped.clear()  # the generation covers them now
         log.info("stopping with {count} delivery attempt(s) in flight{waiting}: given up, "
@@ -569,6 +581,11 @@ class QueueRunner:
                 self.relay.max_per_destination)
 
         def deliver() -> defer.Deferred:
+            left = self._slot_waits.get(entry.id, 0) - 1  # a slot is had
+            if left > 0:
+                self._slot_waits[entry.id] = left
+            else:
+                self._slot_waits.pop(entry.id, None)
             if generation != self._generation or entry.id in self._dropped:
                 return defer.succeed([])  # waited for a slot past a stop
             return self.agent.deliver(entry, dest, rcpts).addCallback(delivered)
@@ -584,6 +601,7 @@ class QueueRunner:
         def run() -> defer.Deferred:
             return self._global.run(deliver)
 
+        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
         d = sem.run(run)
 
         def tidy(result: Any) -> Any:
