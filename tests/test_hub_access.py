@@ -287,3 +287,63 @@ def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp:
     os.chmod(aliases, 0o644)
     os.chown(auth, 0, HUB_GID)
     assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
+def _set_acl(path: Path, *entries: tuple[int, int, int]) -> None:
+    """An access ACL, as ``setfacl`` writes it: USER_OBJ, USER..., GROUP_OBJ,
+    GROUP..., MASK, OTHER, in that order (the kernel checks it)."""
+    import struct
+
+    raw = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    try:
+        os.setxattr(path, "system.posix_acl_access", raw)
+    except (AttributeError, OSError) as e:  # no ACLs here
+        pytest.skip(f"no POSIX ACLs on this filesystem: {e}")
+
+
+_ANY = 0xFFFFFFFF  # the id of the entries that have none
+
+
+def test_a_folder_whose_acl_lets_the_user_write_is_not_a_warning(open_tmp: Path) -> None:
+    # ``setfacl -m u:mailhub:rwx /var/log/txmailhub`` on a folder of
+    # root's: its mode reads 0775 root:root, and the warning said the hub
+    # may not write there (it may: the kernel goes by the ACL)
+    logs = open_tmp / "logs"
+    logs.mkdir()
+    os.chmod(logs, 0o755)
+    log = str(logs / "mailhub.log")
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is not None
+    _set_acl(logs, (0x01, 7, _ANY), (0x02, 7, HUB_UID), (0x04, 5, _ANY), (0x10, 7, _ANY),
+             (0x20, 5, _ANY))
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is None
+    # the mask limits a named user's entry: r-x for all but the owner
+    _set_acl(logs, (0x01, 7, _ANY), (0x02, 7, HUB_UID), (0x04, 5, _ANY), (0x10, 5, _ANY),
+             (0x20, 5, _ANY))
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is not None
+    # a named group's entry, and a named user's that grants less than the
+    # others' bits (the user's entry decides, not the others')
+    _set_acl(logs, (0x01, 7, _ANY), (0x04, 5, _ANY), (0x08, 7, HUB_GID), (0x10, 7, _ANY),
+             (0x20, 5, _ANY))
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is None
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID + 1) is not None
+    _set_acl(logs, (0x01, 7, _ANY), (0x02, 0, HUB_UID), (0x04, 5, _ANY), (0x10, 7, _ANY),
+             (0x20, 7, _ANY))
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is not None
+    assert hub_access.unwritable_folder_by(log, HUB_UID + 1, HUB_GID) is None
+    # with a mask of 0 (the mode's group bits clear) Linux goes by the
+    # mode alone: the others' rwx, whatever the named user's entry says
+    _set_acl(logs, (0x01, 7, _ANY), (0x02, 0, HUB_UID), (0x04, 0, _ANY), (0x10, 0, _ANY),
+             (0x20, 7, _ANY))
+    assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is None
+
+
+def test_a_file_an_acl_lets_the_user_read_is_readable(open_tmp: Path) -> None:
+    # ``check``: a key of root:root 0600 with ``setfacl -m u:mailhub:r``
+    key = open_tmp / "key.pem"
+    key.write_text("")
+    os.chmod(key, 0o600)
+    assert hub_access.unreadable_by(str(key), HUB_UID, HUB_GID) is not None
+    _set_acl(key, (0x01, 6, _ANY), (0x02, 4, HUB_UID), (0x04, 0, _ANY), (0x10, 4, _ANY),
+             (0x20, 0, _ANY))
+    assert hub_access.unreadable_by(str(key), HUB_UID, HUB_GID) is None
+    assert hub_access.unreadable_by(str(key), HUB_UID + 1, HUB_GID) is not None

@@ -891,6 +891,56 @@ def test_a_log_or_pid_folder_the_uid_user_may_not_write_is_a_warning(tmp_path: P
     assert run_folder_warnings({"logfile": "-", "pidfile": ""}, me, mine) == []
 
 
+def test_the_run_folder_warning_escapes_what_it_names(tmp_path: Path) -> None:
+    # one line per warning: a line end (or a terminal's escape) in a path
+    # must not start a line of its own on the admin's terminal
+    from txmailhub.tap import run_folder_warnings
+
+    closed = tmp_path / "log\nwarning: all is well\x1b[2J"
+    closed.mkdir(mode=0o755)
+    os.chmod(closed, 0o555)
+    try:
+        lines = run_folder_warnings({"logfile": str(closed / "mailhub.log"), "pidfile": None},
+                                    os.geteuid(), os.getegid())
+    finally:
+        os.chmod(closed, 0o755)
+    assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0], lines
+    assert "log\\x{A}warning: all is well\\x{1B}[2J/mailhub.log" in lines[0], lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a user with a group of its own: needs root")
+def test_the_run_folder_warning_judges_the_gid_twistd_switches_to(tmp_path: Path) -> None:
+    # twistd --uid nobody --gid 4343 runs with 4343 and the groups
+    # /etc/group lists nobody in (initgroups), not nobody's own group: a
+    # log folder of nobody's group, group-writable, is not the hub's to write
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    import shutil
+    import tempfile
+
+    from txmailhub.tap import run_folder_warnings
+
+    top = Path(tempfile.mkdtemp())  # one every user may enter (pytest's is 0700)
+    try:
+        os.chmod(top, 0o755)
+        logs = top / "log"
+        logs.mkdir()
+        os.chown(logs, 0, nobody.pw_gid)
+        os.chmod(logs, 0o775)
+        parent = {"logfile": str(logs / "mailhub.log"), "pidfile": None}
+        assert run_folder_warnings(parent, nobody.pw_uid, nobody.pw_gid) == []
+        other = 4343 if nobody.pw_gid != 4343 else 4344
+        assert nobody.pw_gid not in os.getgrouplist("nobody", other)
+        [line] = run_folder_warnings(parent, nobody.pw_uid, other)
+        assert f"the folder {logs} is " in line, line
+    finally:
+        shutil.rmtree(top)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="twistd --uid: needs root")
 def test_twistd_uid_warns_of_a_log_folder_of_roots_and_starts(tmp_path: Path, capsys) -> None:
     from txmailhub import tap

@@ -13,7 +13,7 @@ The hub runs as its own user (``twistd --uid mailhub``, or systemd's
 * ``mailhub check`` run as root warns about a file the hub reads (the
   users and aliases files, the TLS pair, the smarthost's password) that
   user could not read, judged by the owner, group and mode bits of the
-  file and of each folder above it.
+  file and of each folder above it, and by their POSIX ACLs.
 
 Run as anyone else, none of this applies: what a user makes is its own,
 and ``check`` tests its own access.
@@ -25,6 +25,7 @@ import grp
 import os
 import pwd
 import stat
+import struct
 
 __all__ = ["hub_owner", "make_folders", "name_of", "unreadable_by", "unwritable_folder_by"]
 
@@ -75,27 +76,73 @@ def name_of(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _groups(uid: int, gid: int) -> set[int]:
+def _groups(uid: int, gid: int, own_group: bool = True) -> set[int]:
     """The groups a process of ``uid`` started with group ``gid`` is in:
-    ``gid``, the user's own group and its supplementary groups."""
+    ``gid`` and the groups /etc/group lists the user in, as
+    ``initgroups(3)`` gives them; with ``own_group`` the user's own group
+    too (``check``, which only guesses ``gid`` from ``state_dir``'s group).
+    twistd's ``--uid``/``--gid`` switch is ``initgroups(name, gid)``: a
+    ``--gid`` other than the user's own leaves that one out."""
     groups = {gid}
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
         return groups
-    groups.add(entry.pw_gid)
+    if own_group:
+        groups.add(entry.pw_gid)
     try:
-        groups.update(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        groups.update(os.getgrouplist(entry.pw_name, entry.pw_gid if own_group else gid))
     except OSError:
         pass
     return groups
 
 
-def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: int) -> bool:
+# POSIX.1e access ACL as Linux keeps it (acl(5); the system.posix_acl_access
+# extended attribute): a version, then (tag, permissions, id) entries
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+
+
+def _acl(path: str) -> list[tuple[int, int, int]] | None:
+    """The access ACL of ``path`` as ``(tag, permissions, id)`` entries;
+    ``None`` when it has none beyond its mode (or the system keeps none)."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:
+        return None
+    try:
+        raw = getxattr(path, _ACL_XATTR)
+    except OSError:  # none (ENODATA), or a filesystem without ACLs
+        return None
+    if len(raw) < 4 or (len(raw) - 4) % 8 or struct.unpack_from("<I", raw)[0] != _ACL_VERSION:
+        return None
+    return [struct.unpack_from("<HHI", raw, i) for i in range(4, len(raw), 8)]
+
+
+def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: int,
+             path: str | None = None) -> bool:
     """Whether ``bits`` (read 4, write 2, search 1) are granted to ``uid``
-    by the mode, the way the kernel picks the one class that applies:
-    the owner's bits, else the group's, else the others'.  ACLs are not
-    looked at."""
+    as the kernel decides: by the access ACL of ``path`` when it has one
+    (acl(5): the named user's entry, or any matching group's, under the
+    mask), else by the mode, the one class that applies: the owner's
+    bits, else the group's, else the others'.  A folder whose ACL grants
+    the hub's user write (``setfacl -m u:mailhub:rwx``) is writable by
+    it, whatever its owner and group bits say."""
+    acl = _acl(path) if path is not None else None
+    # Linux reads the ACL only when the mode's group bits (its mask) are
+    # not all clear: with a mask of 0 the mode decides alone
+    if acl is not None and st.st_uid != uid and st.st_mode & 0o070:
+        mask = next((perm for tag, perm, _ in acl if tag == _ACL_MASK), 7)
+        for tag, perm, who in acl:
+            if tag == _ACL_USER and who == uid:
+                return perm & mask & bits == bits
+        matched = [perm for tag, perm, who in acl
+                   if (tag == _ACL_GROUP_OBJ and st.st_gid in groups)
+                   or (tag == _ACL_GROUP and who in groups)]
+        if matched:
+            return any(perm & mask & bits == bits for perm in matched)
+        return st.st_mode & bits == bits  # the others' entry is the mode's
     if st.st_uid == uid:
         granted = (st.st_mode >> 6) & 7
     elif st.st_gid in groups:
@@ -137,10 +184,10 @@ def unreadable_by(path: str, uid: int, gid: int) -> str | None:
                 folders.append(folder)
     for folder in folders:
         st = os.stat(folder)
-        if not _allowed(st, uid, groups, 1):
+        if not _allowed(st, uid, groups, 1, folder):
             return f"the folder {folder} is {_owner_text(st)}"
     st = os.stat(real)
-    if not _allowed(st, uid, groups, 4):
+    if not _allowed(st, uid, groups, 4, real):
         return f"{real} is {_owner_text(st)}"
     return None
 
@@ -159,7 +206,7 @@ def unwritable_folder_by(path: str, uid: int, gid: int) -> str | None:
         st = os.stat(real)
     except OSError:
         return None
-    groups = _groups(uid, gid)
+    groups = _groups(uid, gid, own_group=False)  # as twistd's switch leaves them
     above: list[str] = []
     for walked in (folder, real):
         parts = walked.split(os.sep)
@@ -169,8 +216,8 @@ def unwritable_folder_by(path: str, uid: int, gid: int) -> str | None:
                 above.append(step)
     for step in above:
         step_st = os.stat(step)
-        if not _allowed(step_st, uid, groups, 1):
+        if not _allowed(step_st, uid, groups, 1, step):
             return f"the folder {step} is {_owner_text(step_st)}"
-    if not _allowed(st, uid, groups, 3):
+    if not _allowed(st, uid, groups, 3, real):
         return f"the folder {real} is {_owner_text(st)}"
     return None

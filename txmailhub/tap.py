@@ -373,6 +373,7 @@ def run_folder_warnings(parent: Any, uid: int, gid: int) -> list[str]:
     and deletes -- all without a word.  Not a refusal: a hub that ran so
     before an upgrade still starts, and says what to mend."""
     from txmailhub.hub_access import name_of, unwritable_folder_by
+    from txmailhub.logsafe import shown
 
     user = name_of(uid)
     consequences = {
@@ -386,9 +387,11 @@ def run_folder_warnings(parent: Any, uid: int, gid: int) -> list[str]:
     for option, path, _ in _run_files(parent):
         why = unwritable_folder_by(path, uid, gid)
         if why is not None:
-            lines.append(f"warning: {option} {path}: {user} (--uid) may not make or rename "
-                         f"files in its folder ({why}): {consequences[option]}; give the "
-                         f"folder to {user} (docs/deployment.rst, \"Without systemd\")")
+            # one line, whatever the path holds (a line end, a terminal's ESC)
+            lines.append(shown(
+                f"warning: {option} {path}: {user} (--uid) may not make or rename "
+                f"files in its folder ({why}): {consequences[option]}; give the "
+                f"folder to {user} (docs/deployment.rst, \"Without systemd\")"))
     return lines
 
 
