@@ -226,6 +226,34 @@ def test_a_closed_stdout_ends_the_session() -> None:
     assert s.run((220, b"hi")) == 74 and hub.closed
 
 
+class _Unreadable(io.RawIOBase):
+    """A standard input that fails to read after ``good`` octets, as one
+    opened for writing does (``sendmail -bs 0>file``: EBADF), or a
+    terminal that hung up (EIO)."""
+
+    def __init__(self, good: bytes, error: OSError) -> None:
+        self.good, self.error = io.BytesIO(good), error
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        line = self.good.readline(size)
+        if not line:
+            raise self.error
+        return line
+
+
+@pytest.mark.parametrize("where", ["commands", "data"])
+def test_a_standard_input_that_cannot_be_read_is_74_not_a_traceback(where: str) -> None:
+    good = b"EHLO alpine\r\n" if where == "commands" else PIPELINED[:-3]
+    hub = ScriptedHub()
+    status, _, s = session(_Unreadable(good, OSError(9, "Bad file descriptor")), hub)
+    assert status == 74 and hub.closed and hub.messages == 0
+    assert s.why is not None and "cannot read standard input: Bad file descriptor" in s.why
+    assert where == "commands" or "NOT sent" in s.why
+
+
 @pytest.mark.parametrize(("closed", "named"), [("stdout", "output"), ("stdin", "input")])
 def test_a_descriptor_closed_from_the_start_is_exit_74(
         closed: str, named: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

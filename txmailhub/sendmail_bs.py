@@ -164,6 +164,20 @@ class Session:
         except (OSError, ValueError) as e:  # EPIPE; a closed file
             raise _ClientGone(str(e)) from None
 
+    def _read(self, size: int) -> bytes:
+        """A line of the client's, of at most ``size`` octets.  A standard
+        input that cannot be read (opened for writing only: EBADF; a
+        terminal that hung up: EIO) ends the session as a closed standard
+        output does, exit 74: it was a traceback, exit 1, with the hub's
+        connection left to the process's end."""
+        try:
+            return self.stdin.readline(size)
+        except (OSError, ValueError) as e:
+            self.why = (f"cannot read standard input: {getattr(e, 'strerror', None) or e}; "
+                        "the session ends (a message whose final dot was not read was "
+                        "NOT sent)")
+            raise _ClientGone(self.why) from None
+
     def _reply(self, code: int, text: bytes) -> None:
         self._write(format_reply(code, text))
 
@@ -196,7 +210,7 @@ class Session:
 
     def _commands(self) -> int:
         while True:
-            line = self.stdin.readline(COMMAND_LINE)
+            line = self._read(COMMAND_LINE)
             if not line:
                 self._quit_hub()
                 return EX_OK
@@ -226,7 +240,7 @@ class Session:
                     return status
 
     def _skip_line(self) -> None:
-        while (piece := self.stdin.readline(COMMAND_LINE)) and not piece.endswith(b"\n"):
+        while (piece := self._read(COMMAND_LINE)) and not piece.endswith(b"\n"):
             pass
 
     def _quit_hub(self) -> None:
@@ -258,7 +272,7 @@ class Session:
         at_line_start = True
         held_cr = b""
         while True:
-            piece = self.stdin.readline(DATA_PIECE)
+            piece = self._read(DATA_PIECE)
             if not piece:  # the client went away mid-message: the hub must keep nothing
                 self.why = "standard input ended inside a message's data; it was NOT sent"
                 self.hub.close()
