@@ -797,6 +797,25 @@ def test_bp_on_a_queue_this_user_cannot_read_is_77(
     assert "cannot read the queue" in err.getvalue() and "NOT sent" not in err.getvalue()
 
 
+@pytest.mark.parametrize("good", [b"", b"Subject: x\n\nthe first line\n"])
+def test_a_standard_input_that_cannot_be_read_is_74_not_75(tmp_path: Path, good: bytes) -> None:
+    # ``sendmail joe 0>file`` (opened for writing only: EBADF), a terminal
+    # that hung up (EIO): as for ``<&-``, trying again later cannot help
+    class Unreadable(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:
+            line = super().readline(size)
+            if not line:
+                raise OSError(9, "Bad file descriptor")
+            return line
+
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", Unreadable(good), err) == EX_IOERR
+    assert err.getvalue() == ("sendmail: cannot read standard input: Bad file descriptor; "
+                              "the message was NOT sent\n")
+
+
 def test_no_room_for_the_spool_is_75_before_connecting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile

@@ -42,7 +42,7 @@ from txmailhub.config import LocalSubmission, empty_config_path, load_local_subm
 from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, RemoteProtocolError
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
-from txmailhub.sendmail_input import MessageTooBig, StdinMessage, read_message
+from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
 from txmailhub.sendmail_smtp import (
     EX_CONFIG,
     EX_DATAERR,
@@ -566,7 +566,10 @@ def run(
     except MessageTooBig as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return EX_DATAERR
-    except OSError as e:  # stdin unreadable, or no room for the spool
+    except StdinUnreadable as e:  # as for ``<&-``: no retry gets past it
+        print(f"{prog}: cannot read standard input: {e}; {not_sent}", file=err)
+        return EX_IOERR
+    except OSError as e:  # no room for the spool
         print(f"{prog}: cannot read and spool the message: {e.strerror or e}"
               f"{f' ({e.filename})' if e.filename else ''}; {not_sent}", file=err)
         return EX_TEMPFAIL

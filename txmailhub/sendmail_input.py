@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["READ_SIZE", "SPOOL_IN_MEMORY", "MessageTooBig", "StdinMessage", "read_message"]
+__all__ = ["READ_SIZE", "SPOOL_IN_MEMORY", "MessageTooBig", "StdinMessage", "StdinUnreadable",
+           "read_message"]
 
 #: octets asked of stdin at a time (a line longer than this comes in pieces)
 READ_SIZE = 65536
@@ -37,6 +38,17 @@ _LINE_TEXT = 998  # octets of a line before its CRLF (RFC 5321 4.5.3.1.6)
 
 class MessageTooBig(Exception):
     """Standard input held more than the hub would take (exit 65)."""
+
+
+class StdinUnreadable(Exception):
+    """Reading standard input failed (exit 74, as for one closed): one
+    opened for writing only (EBADF), a terminal that hung up (EIO).  Apart
+    from the spool's ``OSError`` (no room: exit 75, try again later), which
+    a retry may get past and this never does."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
 
 
 @dataclass
@@ -63,7 +75,10 @@ def _stdin_lines(stream: BinaryIO, ignore_dots: bool) -> Iterator[tuple[bytes, b
     carry = b""  # a CR that ended one read: the next one may start with its LF
     at_start = True
     while True:
-        piece = stream.readline(READ_SIZE)
+        try:
+            piece = stream.readline(READ_SIZE)
+        except OSError as e:
+            raise StdinUnreadable(e) from e
         data, carry = carry + piece, b""
         if not data:
             if not at_start:
