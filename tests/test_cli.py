@@ -54,6 +54,28 @@ def test_a_password_with_standard_input_closed_is_refused_not_a_traceback(
     assert (users.read_bytes() if users.exists() else None) == before
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_password_stdin_that_cannot_be_read_is_refused_as_a_closed_one(
+        config: Path, binary: bool) -> None:
+    # ``user add joe --password-stdin 0>file`` (opened for writing only):
+    # "mailhub: Bad file descriptor", exit 1, said nothing of where
+    class Unreadable(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:
+            raise OSError(9, "Bad file descriptor")
+
+    class Text(io.StringIO):
+        def readline(self, size: int | None = -1) -> str:
+            raise OSError(9, "Bad file descriptor")
+
+    stdin = io.TextIOWrapper(Unreadable()) if binary else Text()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--config", str(config), "user", "add", "joe", "--password-stdin"],
+                out=out, err=err, stdin=stdin) == 2
+    assert err.getvalue() == ("mailhub: cannot read standard input: Bad file descriptor: "
+                              "no password to read (--password-stdin reads its first line)\n")
+    assert not (config.parent / "users").exists()
+
+
 def test_user_list_usage_gives_what_each_mailbox_holds_and_the_quota(config: Path) -> None:
     for name in ("alice", "bob@example.net"):
         run(config, "user", "add", name, "--password-stdin", stdin=PW)

@@ -186,6 +186,26 @@ def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
+def _password_line(stdin: TextIO) -> str:
+    """The first line of ``stdin``, its line end removed: the password of
+    ``--password-stdin``."""
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is not None:
+        # its octets, as UTF-8 whatever the locale (as the commands
+        # write, txmailhub.cli_output): the locale's codec would have
+        # refused a UTF-8 password (ASCII) or kept it as surrogates (C)
+        try:
+            return buffer.readline().decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise UsersFileError("the password is not UTF-8 text") from None
+    password = stdin.readline().rstrip("\r\n")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 (kept as surrogates)
+        raise UsersFileError("the password is not UTF-8 text") from None
+    return password
+
+
 def _read_password(from_stdin: bool, stdin: TextIO | None, err: TextIO) -> str:
     if stdin is None:
         # started with it closed (``<&-``): sys.stdin is None; say so rather
@@ -195,21 +215,11 @@ def _read_password(from_stdin: bool, stdin: TextIO | None, err: TextIO) -> str:
                                  "(--password-stdin reads its first line)")
         raise UsersFileError("no terminal to ask for the password: use --password-stdin")
     if from_stdin:
-        buffer = getattr(stdin, "buffer", None)
-        if buffer is not None:
-            # its octets, as UTF-8 whatever the locale (as the commands
-            # write, txmailhub.cli_output): the locale's codec would have
-            # refused a UTF-8 password (ASCII) or kept it as surrogates (C)
-            try:
-                return buffer.readline().decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise UsersFileError("the password is not UTF-8 text") from None
-        password = stdin.readline().rstrip("\r\n")
         try:
-            password.encode("utf-8")
-        except UnicodeEncodeError:  # bytes that were not UTF-8 (kept as surrogates)
-            raise UsersFileError("the password is not UTF-8 text") from None
-        return password
+            return _password_line(stdin)
+        except OSError as e:  # opened for writing only (``0>file``): as one closed
+            raise UsersFileError(f"cannot read standard input: {e.strerror or e}: no password "
+                                 "to read (--password-stdin reads its first line)") from None
     if not stdin.isatty():
         raise UsersFileError("no terminal to ask for the password: use --password-stdin")
     try:
