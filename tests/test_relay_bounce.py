@@ -400,9 +400,10 @@ def test_the_hubs_own_judgement_is_not_quoted_as_the_remote_servers(tmp_path):
     assert "said" not in text and "while talking to" not in text
     block = status.get_payload()[1]
     assert block["Diagnostic-Code"].startswith("X-txmailhub; 552 5.3.4")
-    # RFC 3464 2.3.5: the Remote-MTA is the MTA that reported the status;
-    # this one is the hub's, no host reported it
-    assert "Remote-MTA" not in block
+    # RFC 3464 2.3.5: Remote-MTA keeps the "while talking to" of older
+    # notices: the host the attempt reached, whose words these are not (the
+    # Diagnostic-Code's type says so)
+    assert block["Remote-MTA"] == "dns; mx1.remote.test"
 
 
 @pytest.mark.parametrize("action", [bounce.FAILED, bounce.DELAYED])
@@ -410,8 +411,9 @@ def test_the_hubs_own_454_is_not_given_as_a_reply_of_the_host(tmp_path, action):
     # A smarthost that offers no STARTTLS while a password is configured:
     # the hub keeps the mail queued with a 454 of its own, which the host
     # never sent.  Neither notice may read as that host's reply: no
-    # "while talking to <host>" (the words RFC 3464 2.3.5 gives the
-    # Remote-MTA), no Remote-MTA beside the hub's own Diagnostic-Code
+    # "while talking to <host>:" before it; the Remote-MTA names the host
+    # the attempt reached (RFC 3464 2.3.5), the Diagnostic-Code's type says
+    # whose words these are
     from txmailhub.smtp.reply import LocalReply
 
     entry = make_entry(tmp_path, notify=("FAILURE", "DELAY"))
@@ -425,7 +427,7 @@ def test_the_hubs_own_454_is_not_given_as_a_reply_of_the_host(tmp_path, action):
     assert ("<bob@remote.test>: this hub's own account (not smtp.example.net's reply): 454 "
             "4.7.0 the smarthost password is only sent over TLS") in text
     block = status.get_payload()[1]
-    assert "Remote-MTA" not in block
+    assert block["Remote-MTA"] == "dns; smtp.example.net"
     assert block["Diagnostic-Code"].startswith("X-txmailhub; 454 4.7.0 the smarthost password")
     # the host's own reply keeps both, as before
     _data, msg = build(entry, [failed(entry, reply=Reply.of(454, "4.7.0", "TLS not available"),

@@ -6,8 +6,8 @@ is never bounced; ``build_dsn`` writes the multipart/report with the
 stdlib ``email`` package (a human-readable part, a message/delivery-status
 part naming each recipient with its Action, Status, Remote-MTA and the
 remote's exact reply as Diagnostic-Code -- or, for a status this hub made
-itself, its own account as an ``X-txmailhub`` Diagnostic-Code and no
-Remote-MTA --, then the original headers -- or
+itself, its own account as an ``X-txmailhub`` Diagnostic-Code --, then
+the original headers -- or
 the whole message when RET=FULL and it is small enough).  A notice about
 a message sent with SMTPUTF8 is RFC 6533's internationalized one: a
 message/global-delivery-status part with UTF-8 addresses and ENVID as
@@ -290,9 +290,8 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         local = isinstance(r.last_reply, LocalReply)
         remote_mta = mta_name(r.remote_mta)
         # The hub's own account (a timeout, a check it made, its 454 for a
-        # TLS or login it could not have) says so: "while talking to" --
-        # what Remote-MTA stands for in RFC 3464 2.3.5 -- read as the
-        # host's reply, which it never sent
+        # TLS or login it could not have) says so: "while talking to HOST:"
+        # read as the host's reply, which it never sent
         if local:
             where = (f"this hub's own account (not {remote_mta}'s reply): " if remote_mta
                      else "this hub's own account: ")
@@ -346,12 +345,12 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
                 b["Original-Recipient"] = _raw(original)
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
-        # RFC 3464 2.3.5: the Remote-MTA is the MTA that reported the
-        # delivery status.  A status this hub made itself (its own account:
-        # a LocalReply) was reported by no remote MTA, and the field would
-        # pair the host with a reply it never sent; the human-readable part
-        # names the host
-        if r.remote_mta and not isinstance(r.last_reply, LocalReply):
+        # RFC 3464 2.3.5: Remote-MTA keeps the "while talking to" of older
+        # notices -- the host the attempt reached, whoever's words the
+        # Diagnostic-Code holds (its type tells: ``smtp`` for the host's
+        # reply, ``X-txmailhub`` for this hub's own account) -- and MUST NOT
+        # be there when no remote MTA took part (a null MX, no host reached)
+        if r.remote_mta:
             b["Remote-MTA"] = f"dns; {mta_name(r.remote_mta)}"
         if r.last_reply is not None and action not in (DELIVERED, EXPANDED):
             # the remote server's words, or this hub's own judgement
