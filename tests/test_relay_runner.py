@@ -2208,7 +2208,19 @@ def test_an_attempt_that_cannot_be_marked_goes_on(hub, monkeypatch):
 
 
 def _open_descriptors() -> int | None:
-    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    """Descriptors this process holds on attempt markers (``.<id>.attempt``,
+    unlinked or not): counting all of them made the test depend on what
+    other tests' leftovers the collector happened to close meanwhile."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own)
+            continue
+        held += ".attempt" in os.path.basename(target.removesuffix(" (deleted)"))
+    return held
 
 
 @pytest.mark.parametrize("how", ["delivered", "transient", "permanent", "exception", "deleted",
@@ -2222,6 +2234,8 @@ def test_every_end_of_an_attempt_removes_its_marker_and_closes_it(hub, how):
     before = _open_descriptors()
     qid = enqueue(hub, BOB)
     assert hub.queue.attempt_since(qid) is not None
+    if before is not None:
+        assert _open_descriptors() == before + 1  # the marker, held open for its lock
     if how == "deleted":
         hub.queue.delete(qid)  # `mailhub queue delete`, during the attempt
     elif how in ("held", "released"):
