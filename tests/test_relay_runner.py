@@ -2207,19 +2207,22 @@ def test_an_attempt_that_cannot_be_marked_goes_on(hub, monkeypatch):
     assert hub.queue.attempt_since(qid) is None
 
 
-def _open_descriptors() -> int | None:
-    """Descriptors this process holds on attempt markers (``.<id>.attempt``,
-    unlinked or not): counting all of them made the test depend on what
-    other tests' leftovers the collector happened to close meanwhile."""
+def _open_descriptors(queue_dir: str) -> int | None:
+    """Descriptors this process holds on the attempt markers of
+    ``queue_dir`` (unlinked or not, made or being made): counting all of
+    the process's made the test depend on what other tests' leftovers
+    (their hubs' markers among them) the collector happened to close
+    meanwhile."""
     if not os.path.isdir("/proc/self/fd"):
         return None
     held = 0
+    prefix = os.path.join(os.path.realpath(queue_dir), "")
     for fd in os.listdir("/proc/self/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
         except OSError:  # closed since the listing (the listing's own)
             continue
-        held += ".attempt" in os.path.basename(target.removesuffix(" (deleted)"))
+        held += target.startswith(prefix) and ".attempt" in os.path.basename(target)
     return held
 
 
@@ -2231,11 +2234,12 @@ def test_every_end_of_an_attempt_removes_its_marker_and_closes_it(hub, how):
     # a long-running hub does not run out of descriptors
     hub.runner.start()
     pending = hub.agent.hold()
-    before = _open_descriptors()
+    before = _open_descriptors(hub.settings.queue_dir)
     qid = enqueue(hub, BOB)
     assert hub.queue.attempt_since(qid) is not None
     if before is not None:
-        assert _open_descriptors() == before + 1  # the marker, held open for its lock
+        # the marker, held open for its lock
+        assert _open_descriptors(hub.settings.queue_dir) == before + 1
     if how == "deleted":
         hub.queue.delete(qid)  # `mailhub queue delete`, during the attempt
     elif how in ("held", "released"):
@@ -2261,17 +2265,17 @@ def test_every_end_of_an_attempt_removes_its_marker_and_closes_it(hub, how):
     assert pending == [] and hub.queue.attempt_since(qid) is None
     assert not [n for n in os.listdir(hub.settings.queue_dir) if "attempt" in n]
     if before is not None:
-        assert _open_descriptors() == before
+        assert _open_descriptors(hub.settings.queue_dir) == before
 
 
 def test_a_hundred_attempts_leave_no_descriptor_open(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
     qid = enqueue(hub, BOB)
-    before = _open_descriptors()
+    before = _open_descriptors(hub.settings.queue_dir)
     for _ in range(100):
         hub.queue.set_held(qid, False)  # a release: the next attempt at once
         hub.clock.advance(1)
     assert len(hub.agent.calls) == 101 and hub.queue.attempt_since(qid) is None
     if before is not None:
-        assert _open_descriptors() <= before
+        assert _open_descriptors(hub.settings.queue_dir) <= before
