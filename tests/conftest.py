@@ -58,7 +58,8 @@ APOP_USERS = ("alice@example.org",)
 #: descriptors a test module may leave open: one-time allocations of the
 #: process land in whichever module comes first (the global reactor's epoll
 #: and waker pipe, Twisted's reserved descriptor for EMFILE: 4 in all); one
-#: ``Spooler`` left open is 17 (its lock and 16 files made ahead).
+#: ``Spooler`` left open is up to 17 (its lock and, on a slow disk or with
+#: ``ahead_after=0``, 16 files made ahead).
 FD_LEAK_LIMIT = 10
 #: and however they add up, never near select()'s FD_SETSIZE of 1024
 FD_CEILING = 512

@@ -11,7 +11,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -239,7 +239,7 @@ class PrecreateTests(SynchronousTestCase):
         spooler.discard(msg)
 
     def test_open_takes_files_made_ahead(self):
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
         w1 = spooler.open()  # none ready: made inline, then a refill of 4
         self.assertEqual(self.syncer.calls_run, 1)
         self.assertEqual(len(os.listdir(self.dir)), 5)
@@ -263,7 +263,7 @@ class PrecreateTests(SynchronousTestCase):
         # another hub may own it next: a late open() (an embedding
         # application keeping the components, a callback firing after the
         # stop) used to make a spool file in it anyway
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
         self.store_one_line(spooler, spooler.open())
         spooler.close()
         self.assertEqual(os.listdir(self.dir), [])
@@ -277,7 +277,7 @@ class PrecreateTests(SynchronousTestCase):
         self.store_one_line(spooler, spooler.open())
 
     def test_refill_failure_falls_back_to_inline_creation(self):
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
 
         def broken(count):
             raise OSError(28, "No space left on device")
@@ -289,7 +289,7 @@ class PrecreateTests(SynchronousTestCase):
         w.abort()
 
     def test_partial_refill_keeps_what_was_made(self):
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
         real = spooler._create
         made = []
 
@@ -307,7 +307,7 @@ class PrecreateTests(SynchronousTestCase):
     def test_a_partial_refill_of_one_file_is_logged_in_the_singular(self):
         from twisted.logger import formatEvent
 
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
         real = spooler._create
         made = []
 
@@ -343,7 +343,7 @@ class PrecreateTests(SynchronousTestCase):
         # more than that.
         import shutil
 
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
         spooler.open().abort()
         self.assertEqual(len(spooler._ready), 4)
         shutil.rmtree(self.dir)
@@ -377,7 +377,8 @@ class PrecreateTests(SynchronousTestCase):
     def test_claiming_keeps_the_files_made_ahead(self):
         # recover=False, claimed later (the hub's service): files made
         # ahead before the claim are this spooler's, not a crash's leftovers
-        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, recover=False)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0,
+                               recover=False)
         spooler.open().abort()  # makes 4 ahead
         ready = [p for p, _ in spooler._ready]
         self.assertEqual(len(ready), 4)
@@ -390,7 +391,7 @@ class PrecreateTests(SynchronousTestCase):
         spooler.close()
 
     def test_a_crash_leaves_ready_files_to_recovery(self):
-        spooler = Spooler(self.dir, self.syncer, precreate=4)
+        spooler = Spooler(self.dir, self.syncer, precreate=4, ahead_after=0)
         spooler.open().abort()
         self.assertEqual(len(os.listdir(self.dir)), 4)
         for _, fd in spooler._ready:
@@ -398,6 +399,75 @@ class PrecreateTests(SynchronousTestCase):
         os.close(spooler._lock_fd)  # the crash: the kernel drops the lock
         open_spooler(self, self.dir, self.syncer)
         self.assertEqual(os.listdir(self.dir), [])
+
+
+class MadeAheadWhenSlowTests(SynchronousTestCase):
+    """By default a spool file is created on the reactor thread (cheaper:
+    no GIL hand-over with a worker per file); a creation that takes longer
+    than ``ahead_after`` -- a busy or stuck journal -- turns making files
+    ahead on the worker threads on, for ``AHEAD_FOR`` seconds after the
+    last creation that slow."""
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        self.syncer = SyncerSpy()
+        self.now = 1000.0
+        self.create_takes = 0.0001  # seconds each creation takes, by our clock
+        self.patch(spool_module, "_clock", lambda: self.now)
+        self.spooler = open_spooler(self, self.dir, self.syncer, precreate=4)
+        real = self.spooler._create
+
+        def create():
+            self.now += self.create_takes
+            return real()
+
+        self.patch(self.spooler, "_create", create)
+
+    def open_and_abort(self):
+        w = self.spooler.open()
+        w.abort()
+        return w
+
+    def test_fast_creation_makes_nothing_ahead(self):
+        for _ in range(10):
+            self.open_and_abort()
+        self.assertEqual(self.syncer.calls_run, 0)
+        self.assertEqual(len(self.spooler._ready), 0)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_a_slow_creation_turns_making_ahead_on_then_it_lapses(self):
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.open_and_abort()
+        self.assertEqual(self.syncer.calls_run, 0)
+        self.create_takes = 0.05  # 50 ms: the journal is busy
+        self.open_and_abort()
+        self.assertEqual(self.syncer.calls_run, 1)  # made ahead on a worker
+        self.assertEqual(len(self.spooler._ready), 4)
+        self.assertEqual(
+            [formatEvent(e) for e in observer if "ahead" in e.get("log_format", "")],
+            ["creating a spool file took 50.0 ms (a busy or slow disk): making them ahead "
+             "on worker threads for the next 10 minutes"])
+        # the workers' creations are as slow: the time is renewed, the ready
+        # files are taken and made again, and the log says it once
+        for _ in range(6):
+            self.open_and_abort()
+        self.assertEqual(self.syncer.calls_run, 4)  # at 2 left each second open
+        self.assertEqual(len([e for e in observer if "ahead" in e.get("log_format", "")]), 1)
+        # the disk is well again: once AHEAD_FOR has passed since the last
+        # slow creation, the files left ready are used up and no more made
+        self.create_takes = 0.0001
+        self.now += spool_module.AHEAD_FOR
+        calls = self.syncer.calls_run
+        for _ in range(8):
+            self.open_and_abort()
+        self.assertEqual(self.syncer.calls_run, calls)
+        self.assertEqual(len(self.spooler._ready), 0)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_ahead_after_zero_makes_ahead_always(self):
+        spooler = open_spooler(self, self.dir + "-2", SyncerSpy(), precreate=4, ahead_after=0)
+        spooler.open().abort()
+        self.assertEqual(len(spooler._ready), 4)
 
 
 class RecoveryTests(SynchronousTestCase):

@@ -291,8 +291,9 @@ def settled(hub: conftest.Hub, baseline: dict[str, Any], timeout: float) -> dict
 
 
 def not_spool(fds: list[str]) -> Counter:
-    # the spooler keeps a few empty files open, made ahead for the next
-    # messages (configuration.rst): how many depends on the last burst;
+    # on a slow disk the spooler keeps a few empty files open, made ahead
+    # for the next messages (configuration.rst): how many depends on the
+    # last burst;
     # one open but deleted is no such file
     return Counter(t for t in fds if "/spool/" not in t or t.endswith("(deleted)"))
 

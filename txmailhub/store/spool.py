@@ -52,6 +52,7 @@ import fcntl
 import itertools
 import os
 import stat
+import time
 from collections import deque
 from typing import Any
 
@@ -71,6 +72,13 @@ log = Logger()
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+#: A spool file whose creation on the reactor thread took longer than this
+#: (seconds) turns making files ahead on (``Spooler``'s ``ahead_after``).
+SLOW_CREATE = 0.002
+#: ... for this long after the last creation that slow (seconds).
+AHEAD_FOR = 600.0
+_clock = time.monotonic  # the tests' seam
 
 
 @implementer(ISpoolWriter)
@@ -205,12 +213,23 @@ class SpoolWriter:
 class Spooler:
     """``ISpooler`` over ``spool_dir``; ``syncer`` is a ``sync.Syncer``.
 
-    Creating an inode is the dearest step of spooling (50-250 us of a
-    journalled filesystem's time, more while a sync runs), so the spooler
-    keeps up to ``precreate`` empty spool files ready, created on the
-    syncer's worker threads (``syncer.call``), and ``open()`` takes one;
-    it creates a file itself only when none is ready (or the syncer has
-    no ``call``).  Unused ready files are deleted by ``close()`` or, after
+    ``open()`` creates its file on the calling (reactor) thread, about
+    10-20 us of kernel time on a healthy journalled filesystem.  On a
+    disk whose journal is busy or stuck a creation can take milliseconds
+    or block, and every session waits for it; so a creation slower than
+    ``ahead_after`` seconds (``SLOW_CREATE``, 2 ms) turns making files
+    ahead on for ``AHEAD_FOR`` seconds (renewed by every creation that
+    slow, here or on the workers): the spooler then keeps up to
+    ``precreate`` empty spool files ready, created on the syncer's worker
+    threads (``syncer.call``), and ``open()`` takes one.  ``ahead_after=0``
+    makes them ahead always, as every hub did up to 2026-11-30; it was
+    measured then to cost more than it saves on a healthy disk: each
+    creation on a worker hands the GIL to and fro with the reactor thread
+    (about 3 futex calls per message), and creating inline stored
+    1,033-1,211 msg/s at 0.69-0.84 ms of CPU per message against
+    1,022-1,055 at 0.84-0.86 (4 alternated pairs, 1 KiB, 10 sessions,
+    3,000 messages, 3 reps; docs/performance.md, twenty-third session).
+    Unused ready files are deleted by ``close()`` or, after
     a crash, by recovery like any other leftover.  Measured with
     ``bench/smtp.py`` (txmailhub alone, 1 KiB, 10 sessions, 2,000
     messages, runs alternated, other processes using 0.2-1.3 of the 2
@@ -219,19 +238,22 @@ class Spooler:
     with the syncer's own worker threads (method syncfs then; 3,000
     messages, 5 interleaved runs, medians): ``precreate=16`` 0.957 ms
     CPU/msg, 1,049 msg/s; ``precreate=0`` 0.960 ms, 1,012 msg/s -- the
-    same; it is kept because it keeps inode creation (slow while the
-    journal is busy) off the reactor thread.  ``recover=False`` skips
-    the crash clean-up (tests, tools that only read).
+    same then, while the fsyncs themselves ran on worker threads.
+    ``recover=False`` skips the crash clean-up (tests, tools that only
+    read).
     """
 
     def __init__(
-        self, spool_dir: str, syncer: Any, *, recover: bool = True, precreate: int = 16
+        self, spool_dir: str, syncer: Any, *, recover: bool = True, precreate: int = 16,
+        ahead_after: float = SLOW_CREATE,
     ) -> None:
         self.spool_dir = os.path.abspath(spool_dir)
         # os.path.join(spool_dir, name) for our names, without a call per file
         self._dir_prefix = os.path.join(self.spool_dir, "")
         self.syncer = syncer
         self.precreate = precreate
+        self.ahead_after = ahead_after
+        self._ahead_until = float("-inf")  # making files ahead until then (_clock)
         self._counter = itertools.count(1)
         self._prefix = f"{os.getpid()}-"
         self._tag = os.urandom(4).hex()
@@ -256,9 +278,28 @@ class Spooler:
         fires after the stop) must not make files in it."""
         if self._closed:
             raise LocalError(f"the spool {self.spool_dir} is closed: the hub has stopped")
-        path, fd = self._ready.popleft() if self._ready else self._create()
+        if self._ready:
+            path, fd = self._ready.popleft()
+        elif self.ahead_after > 0:
+            started = _clock()
+            path, fd = self._create()
+            self._timed(_clock() - started, 1)
+        else:
+            path, fd = self._create()
         self._refill()
         return SpoolWriter(self, path, fd)
+
+    def _timed(self, took: float, count: int) -> None:
+        """``count`` spool files took ``took`` seconds to create: slower
+        than ``ahead_after`` each, make files ahead for ``AHEAD_FOR``."""
+        if self.ahead_after <= 0 or took <= self.ahead_after * count:
+            return
+        now = _clock()
+        if now >= self._ahead_until:
+            log.info("creating a spool file took {ms:.1f} ms (a busy or slow disk): making "
+                     "them ahead on worker threads for the next {minutes:g} minutes",
+                     ms=took / count * 1000, minutes=AHEAD_FOR / 60)
+        self._ahead_until = now + AHEAD_FOR
 
     def _create(self) -> tuple[str, int]:
         # pid, counter and a tag drawn once per spooler: unique without a
@@ -297,18 +338,27 @@ class Spooler:
                      count=len(made), files=plural(len(made), "file", "files"), error=str(e))
         return made
 
+    def _make_ahead(self, count: int) -> tuple[list[tuple[str, int]], float]:
+        """Runs on a worker thread: ``_create_many`` and how long it took."""
+        started = _clock()
+        made = self._create_many(count)
+        return made, _clock() - started
+
     def _refill(self) -> None:
         call = getattr(self.syncer, "call", None)
         if (
             call is None or self._refilling or self._closed
             or len(self._ready) > self.precreate // 2
+            or (self.ahead_after > 0 and _clock() >= self._ahead_until)
         ):
             return
         self._refilling = True
         generation = self._generation
-        d = call(self._create_many, self.precreate - len(self._ready))
+        d = call(self._make_ahead, self.precreate - len(self._ready))
 
-        def done(made: list[tuple[str, int]]) -> None:
+        def done(result: tuple[list[tuple[str, int]], float]) -> None:
+            made, took = result
+            self._timed(took, max(len(made), 1))
             self._refilling = False
             if self._closed:
                 _drop(made)
