@@ -464,6 +464,61 @@ class MadeAheadWhenSlowTests(SynchronousTestCase):
         self.assertEqual(len(self.spooler._ready), 0)
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_a_worker_slowed_only_by_the_interpreter_lock_lets_it_lapse(self):
+        # A worker takes the interpreter's lock back after each creation,
+        # from a reactor thread that may hold it for the switch interval:
+        # with the main thread busy that was 3-5.5 ms a file on tmpfs
+        # (0.015 ms idle).  Counted as the disk's, it renewed making files
+        # ahead on a busy hub for as long as it stayed busy.
+        gil_wait = sys.getswitchinterval()
+        self.assertGreater(gil_wait, spool_module.SLOW_CREATE)
+        real_many = self.spooler._create_many
+
+        def on_worker(count):
+            inline, self.create_takes = self.create_takes, 0.0001 + gil_wait
+            try:
+                return real_many(count)
+            finally:
+                self.create_takes = inline
+
+        self.patch(self.spooler, "_create_many", on_worker)
+        self.create_takes = 0.05
+        self.open_and_abort()  # a slow disk: making ahead is on
+        self.create_takes = 0.0001
+        self.now += spool_module.AHEAD_FOR - 1
+        for _ in range(4):  # ready files taken, made again on the worker
+            self.open_and_abort()
+        self.assertGreater(self.syncer.calls_run, 1)
+        self.now += 2  # AHEAD_FOR after the slow creation, the disk fast since
+        calls = self.syncer.calls_run
+        for _ in range(8):
+            self.open_and_abort()
+        self.assertEqual(self.syncer.calls_run, calls)
+        self.assertEqual(len(self.spooler._ready), 0)
+
+    def test_a_worker_slower_than_the_lock_explains_renews_it(self):
+        real_many = self.spooler._create_many
+
+        def on_worker(count):
+            inline, self.create_takes = self.create_takes, 0.05
+            try:
+                return real_many(count)
+            finally:
+                self.create_takes = inline
+
+        self.patch(self.spooler, "_create_many", on_worker)
+        self.create_takes = 0.05
+        self.open_and_abort()
+        self.create_takes = 0.0001
+        self.now += spool_module.AHEAD_FOR - 1
+        for _ in range(4):
+            self.open_and_abort()
+        self.now += 2
+        calls = self.syncer.calls_run
+        for _ in range(8):
+            self.open_and_abort()
+        self.assertGreater(self.syncer.calls_run, calls)  # still on: the disk is slow
+
     def test_ahead_after_zero_makes_ahead_always(self):
         spooler = open_spooler(self, self.dir + "-2", SyncerSpy(), precreate=4, ahead_after=0)
         spooler.open().abort()
