@@ -706,3 +706,38 @@ def test_commands_and_ehlo_keywords_are_read_case_blind() -> None:
                                        b"502 5.5.1 BDAT is not offered here: use DATA"]
     assert codes(out) == [b"220", b"250", b"502", b"250", b"250", b"354", b"250", b"221"]
     assert hub.closed and not hub.pending
+
+
+def test_a_non_blocking_stdin_is_a_client_that_pauses_not_one_gone() -> None:
+    # O_NONBLOCK is the pipe's (a parent may have set it): a read before
+    # the client wrote on was empty and ended the session with a QUIT to
+    # the hub, the message unsent.  The client here writes its DATA once
+    # the session has read the pipe empty.
+    import fcntl
+    import termios
+    import threading
+    import time
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def client() -> None:
+        os.write(w, b"EHLO alpine\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\r\n")
+        waited = 0
+        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":
+            time.sleep(0.01)
+            waited += 1
+        time.sleep(0.05)  # the session is past the data by now
+        os.write(w, b"DATA\r\n" + MESSAGE + b".\r\nQUIT\r\n")
+        os.close(w)
+
+    writer = threading.Thread(target=client)
+    writer.start()
+    hub = ScriptedHub()
+    try:
+        with os.fdopen(r, "rb") as stream:
+            status, out, _ = session(stream, hub)
+    finally:
+        writer.join()
+    assert status == 0 and hub.messages == 1
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]

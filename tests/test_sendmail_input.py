@@ -175,3 +175,40 @@ def test_pieces_of_any_size_read_the_same(raw: bytes) -> None:
     trickled = read_message(io.BufferedReader(_Generated(iter([raw[i:i + 1] for i in range(
         len(raw))])), 1), False, 10**7)
     assert trickled.fields == whole.fields and trickled.body.read() == whole.body.read()
+
+
+def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause() -> None:
+    # O_NONBLOCK is the pipe's, and a parent process may have set it: a
+    # read with the writer not yet done returned nothing, or a line cut
+    # short, taken for the end of the input -- the message was sent cut
+    # there.  The writer here waits until the reader has emptied the pipe.
+    import fcntl
+    import os
+    import termios
+    import threading
+    import time
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def write() -> None:
+        os.write(w, b"Subject: slow\n\nfirst line, then a pa")
+        waited = 0
+        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":
+            time.sleep(0.01)
+            waited += 1
+        time.sleep(0.05)  # the reader is past the data by now
+        os.write(w, b"use\nlast line\n")
+        os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        with os.fdopen(r, "rb") as stream:
+            message = read_message(stream, ignore_dots=True, limit=1 << 20)
+    finally:
+        writer.join()
+    body = message.body.read()
+    message.close()
+    assert message.fields == [(b"subject", b"Subject: slow\r\n")]
+    assert body == b"first line, then a pause\r\nlast line\r\n"

@@ -33,6 +33,7 @@ import smtplib
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
+from txmailhub.sendmail_input import waiting
 from txmailhub.sendmail_smtp import EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
 
 __all__ = ["COMMAND_LINE", "DATA_PIECE", "HIDDEN_EXTENSIONS", "Hub", "Session",
@@ -130,7 +131,9 @@ class Session:
 
     def __init__(self, stdin: BinaryIO, stdout: BinaryIO, hub: Hub,
                  trace: Callable[[], bytes], hostname: str) -> None:
-        self.stdin = stdin
+        # a standard input left non-blocking by a parent read as ended
+        # at the client's first pause (``sendmail_input.waiting``)
+        self.stdin = waiting(stdin)
         self.stdout = stdout
         self.hub = hub
         self.trace = trace

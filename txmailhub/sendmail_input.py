@@ -20,14 +20,17 @@ the size limit is refused without the hub ever seeing a byte.
 
 from __future__ import annotations
 
+import io
 import itertools
+import os
+import select
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 __all__ = ["READ_SIZE", "SPOOL_IN_MEMORY", "MessageTooBig", "StdinMessage", "StdinUnreadable",
-           "read_message"]
+           "read_message", "waiting"]
 
 #: octets asked of stdin at a time (a line longer than this comes in pieces)
 READ_SIZE = 65536
@@ -64,6 +67,50 @@ class StdinMessage:
 
     def close(self) -> None:
         self.body.close()
+
+
+class _WaitingReader(io.RawIOBase):
+    """Reads descriptor ``fd`` as a blocking one would, whatever its
+    O_NONBLOCK: a read that would block waits until there is data."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while True:
+            try:
+                return os.readv(self._fd, [buffer])
+            except BlockingIOError:
+                select.select([self._fd], [], [])
+
+    def close(self) -> None:  # the descriptor is the caller's (stdin)
+        self._fd = -1
+        super().close()
+
+
+def waiting(stream: BinaryIO) -> BinaryIO:
+    """``stream``, or, when its descriptor is non-blocking, a reader of
+    that descriptor that waits for data.  A standard input left
+    O_NONBLOCK (a pipe a parent process set so: the flag is the whole
+    pipe's, not the process's) reads as empty whenever the writer is
+    slower than the reader: ``readline`` returned a line cut short, or
+    nothing, which read as the end of the input, and the message was
+    sent cut there without a word.  Called before anything is read
+    from ``stream``: what its buffer held would be skipped."""
+    try:
+        fd = stream.fileno()
+        if os.get_blocking(fd):
+            return stream
+    except (OSError, ValueError, AttributeError):  # no descriptor (BytesIO), closed
+        return stream
+    return io.BufferedReader(_WaitingReader(fd), READ_SIZE)  # type: ignore[return-value]
 
 
 def _stdin_lines(stream: BinaryIO, ignore_dots: bool) -> Iterator[tuple[bytes, bool]]:
@@ -235,7 +282,7 @@ def read_message(stream: BinaryIO, ignore_dots: bool, limit: int) -> StdinMessag
     section early (``Subject: a\\rb``: "b" is no field) and move the fields
     after it -- a Bcc among them -- into the body, or start a field of its
     own (``Subject: x\\rBcc: y``)."""
-    lines = _stdin_lines(stream, ignore_dots)
+    lines = _stdin_lines(waiting(stream), ignore_dots)
     piece = next(lines, None)
     if piece is not None and piece[0].startswith(b"From "):
         while not piece[1]:  # the rest of the mbox line
