@@ -390,6 +390,37 @@ class PrecreateTests(SynchronousTestCase):
         self.store_one_line(spooler, w)
         spooler.close()
 
+    def test_a_refill_that_ends_after_a_stop_and_a_new_claim_is_dropped(self):
+        # The worker made its files, then the hub stopped (close) and
+        # started again (claim: recovery removes them, none being ready)
+        # before the refill's result came: they went to the ready files,
+        # each unlinked -- a 451 for every message given one.
+        from twisted.internet import defer
+
+        later = []
+
+        class LateWorker(SyncerSpy):
+            def call(self, f, *args):
+                self.calls_run += 1
+                d = defer.Deferred()
+                later.append((d, f(*args)))  # the work done, its result not yet back
+                return d
+
+        spooler = open_spooler(self, self.dir, LateWorker(), precreate=4, ahead_after=0,
+                               recover=False)
+        self.assertTrue(spooler.claim())
+        spooler.open().abort()  # the refill runs
+        self.assertEqual(len(later), 1)
+        spooler.close()
+        self.assertTrue(spooler.claim())  # recovery removes the worker's 4
+        d, result = later.pop()
+        d.callback(result)
+        for path, _ in spooler._ready:
+            self.assertTrue(os.path.exists(path), path)
+        w = spooler.open()
+        self.assertTrue(os.path.exists(w.path))
+        w.abort()
+
     def test_a_crash_leaves_ready_files_to_recovery(self):
         spooler = Spooler(self.dir, self.syncer, precreate=4, ahead_after=0)
         spooler.open().abort()

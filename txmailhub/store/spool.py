@@ -264,6 +264,7 @@ class Spooler:
         self._generation = 0  # bumped when the spool folder had to be made again
         self._refilling = False
         self._closed = False
+        self._closings = 0  # bumped by close(): a refill begun before is not for after
         self._lock_fd: int | None = None
         os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
         if recover:
@@ -359,6 +360,7 @@ class Spooler:
             return
         self._refilling = True
         generation = self._generation
+        closings = self._closings
         d = call(self._make_ahead, self.precreate - len(self._ready))
 
         def done(result: tuple[list[tuple[str, int]], float]) -> None:
@@ -371,7 +373,10 @@ class Spooler:
             # making files ahead on for good.
             self._timed(took, max(len(made), 1), sys.getswitchinterval())
             self._refilling = False
-            if self._closed:
+            if self._closed or self._closings != closings:
+                # stopped meanwhile; and if claimed again since, recovery
+                # has removed these (none was ready then): each would be
+                # an unlinked file, a 451 for the message given it
                 _drop(made)
                 return
             if self._generation != generation:
@@ -393,6 +398,7 @@ class Spooler:
         """Delete the spool files made ahead and give the lock up (the hub
         has stopped); ``open()`` refuses from now on, until ``claim()``."""
         self._closed = True
+        self._closings += 1
         ready, self._ready = list(self._ready), deque()
         _drop(ready)
         fd, self._lock_fd = self._lock_fd, None
