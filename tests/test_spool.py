@@ -485,7 +485,7 @@ class MadeAheadWhenSlowTests(SynchronousTestCase):
         self.assertEqual(self.syncer.calls_run, 4)  # at 2 left each second open
         self.assertEqual(len([e for e in observer if "ahead" in e.get("log_format", "")]), 1)
         # the disk is well again: once AHEAD_FOR has passed since the last
-        # slow creation, the files left ready are used up and no more made
+        # slow creation, the files left ready are removed and no more made
         self.create_takes = 0.0001
         self.now += spool_module.AHEAD_FOR
         calls = self.syncer.calls_run
@@ -549,6 +549,27 @@ class MadeAheadWhenSlowTests(SynchronousTestCase):
         for _ in range(8):
             self.open_and_abort()
         self.assertGreater(self.syncer.calls_run, calls)  # still on: the disk is slow
+
+    def test_files_left_ready_after_it_lapses_are_not_given_out_of_a_removed_folder(self):
+        # smtp.rst: a spool folder removed while the hub runs costs at most
+        # the messages given the files then ready down to half ``precreate``
+        # (8), as a refill then notices.  Once making ahead had lapsed no
+        # refill came: every file left ready (up to 16) went to a message,
+        # each unlinked with its folder -- a 451 for each.
+        import shutil
+
+        self.create_takes = 0.05
+        self.open_and_abort()
+        self.assertEqual(len(self.spooler._ready), 4)
+        self.create_takes = 0.0001
+        self.now += spool_module.AHEAD_FOR + 1  # the disk fast since: it lapses
+        shutil.rmtree(self.dir)
+        lost = 0
+        for _ in range(4):
+            w = self.spooler.open()
+            lost += not os.path.exists(w.path)
+            w.abort()
+        self.assertLessEqual(lost, self.spooler.precreate // 2)
 
     def test_ahead_after_zero_makes_ahead_always(self):
         spooler = open_spooler(self, self.dir + "-2", SyncerSpy(), precreate=4, ahead_after=0)

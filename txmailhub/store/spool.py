@@ -282,6 +282,14 @@ class Spooler:
         fires after the stop) must not make files in it."""
         if self._closed:
             raise LocalError(f"the spool {self.spool_dir} is closed: the hub has stopped")
+        if self._ready and self.ahead_after > 0 and not self._refilling \
+                and _clock() >= self._ahead_until:
+            # making ahead has lapsed: no refill comes any more to notice a
+            # spool folder removed meanwhile, and every file left ready (up
+            # to ``precreate``) would be an unlinked one, a 451 each; nor is
+            # the disk slow now.  Given up, as ``close`` does
+            left, self._ready = list(self._ready), deque()
+            _drop(left)
         if self._ready:
             path, fd = self._ready.popleft()
         elif self.ahead_after > 0:
