@@ -2859,3 +2859,22 @@ def test_a_552_size_refusal_stays_when_every_rcpt_was_refused(tmp_path):
     [_, second] = net.server_protocols
     assert [c for c in second.commands if c.startswith(b"RCPT")] == [
         b"RCPT TO:<carol@remote.test>"]
+
+
+@pytest.mark.parametrize("case", ["refused", "null mx", "no such domain", "greeting 421"])
+def test_the_host_a_notice_names_as_remote_mta_is_one_the_attempt_reached(tmp_path, case):
+    # A notice's Remote-MTA is the result's remote_mta (bounce.py): a host
+    # that took part (a session opened: its words, or this hub's account
+    # of the session), none when no host did -- every address refused, a
+    # null MX, a domain that does not exist (RFC 3464 2.3.5).
+    a, net, _ = agent(tmp_path)
+    domain = {"null mx": "null.test", "no such domain": "nowhere.test"}.get(case, "remote.test")
+    who = Address("bob", domain)
+    if case == "greeting 421":
+        for address in ("2001:db8::1", "192.0.2.1", "192.0.2.2"):
+            net.servers[(address, 25)] = lambda: ScriptedSMTPServer(
+                greeting=b"421 4.3.2 busy, try later\r\n")
+    [r] = run(net, a.deliver(entry(tmp_path, who), domain, [who]))
+    assert r.kind in ("transient", "permanent")
+    expected = "mx2.remote.test" if case == "greeting 421" else None
+    assert r.remote_mta == expected
