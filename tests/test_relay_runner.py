@@ -784,8 +784,32 @@ def test_the_start_line_counts_held_entries_too(hub):
         hub.runner.start()
     finally:
         globalLogPublisher.removeObserver(events.append)
-    assert "queue runner started with 1 queued message(s), 1 held" in [
+    assert "queue runner started with 1 queued message, 1 held" in [
         formatEvent(e) for e in events]
+
+
+@pytest.mark.parametrize("count, line", [
+    (0, "queue runner started with 0 queued messages"),
+    (2, "queue runner started with 2 queued messages"),
+])
+def test_the_start_line_counts_in_words_a_log_reader_expects(hub, count, line):
+    # "1 queued message", "0 queued messages": the plural's "(s)" read as
+    # a placeholder the hub forgot to fill in, beside its other counts
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    for _ in range(count):
+        enqueue(hub, BOB)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    started = [formatEvent(e) for e in events
+               if formatEvent(e).startswith("queue runner started")]
+    assert started == [line]
+    assert [e["count"] for e in events if "count" in e
+            and formatEvent(e).startswith("queue runner started")] == [count]
 
 
 def test_a_start_within_a_stops_grace_gives_the_old_attempts_up_and_runs(hub):

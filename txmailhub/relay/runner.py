@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
 from txmailhub.interfaces import IKeyedStore
-from txmailhub.logsafe import REPLY_LOG_MAX, log_failure, loggable
+from txmailhub.logsafe import REPLY_LOG_MAX, log_failure, loggable, plural
 from txmailhub.relay import bounce, schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
@@ -162,12 +162,17 @@ class QueueRunner:
             self._flush()
         self.queue.take_flag(CHANGED)
         self.queue.listen(self._event)
+        # Counted before the first tick: that tick attempts what is due at
+        # once, and an attempt that ends within it (a local delivery, a
+        # refusal) took its entry out of the count, so that a start with
+        # queued mail could say "0 queued messages".
+        count = len(self.due) + len(self._held)
+        log.info("queue runner started with {count} queued {messages}{held}",
+                 count=count, messages=plural(count, "message", "messages"),
+                 held=f", {len(self._held)} held" if self._held else "")
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=True)
-        log.info("queue runner started with {count} queued message(s){held}",
-                 count=len(self.due) + len(self._held),
-                 held=f", {len(self._held)} held" if self._held else "")
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
