@@ -130,6 +130,26 @@ def test_enqueue_writes_message_and_record(tmp_path, spool):
     assert (entry.size, entry.crlf_size) == (spool.size, spool.crlf_size)
 
 
+@pytest.mark.parametrize("rcpts, words", [
+    (("bob@remote.test",), "for 1 recipient"),
+    (("bob@remote.test", "carol@remote.test"), "for 2 recipients"),
+])
+def test_the_queued_line_names_its_recipients_in_words(tmp_path, spool, rcpts, words):
+    # "for 1 recipient(s)" on every message queued, beside the hub's other
+    # counts, which take the singular for 1
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    q = make_queue(tmp_path)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        qid = q.enqueue(envelope(*rcpts), spool).result
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if formatEvent(e).startswith("queued ")]
+    assert lines == [f"queued {qid}: from <alice@example.org> {words}"]
+
+
 def test_record_roundtrip_keeps_everything(tmp_path, spool):
     q = make_queue(tmp_path)
     qid = q.enqueue(envelope("bob@remote.test", sender=None), spool).result

@@ -48,7 +48,7 @@ from zope.interface import implementer
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
-from txmailhub.logsafe import loggable
+from txmailhub.logsafe import loggable, plural
 from txmailhub.relay import bounce, inflight
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
@@ -236,7 +236,8 @@ class OutboundQueue:
             sender = loggable(envelope.sender_text, 1 << 20)
             what = (f"the {notice} notice to <{sender}> for "
                     + loggable(", ".join(map(str, delivered)), 1 << 20) if delivered else
-                    f"from <{sender}> for {len(entry.recipients)} recipient(s)")
+                    f"from <{sender}> for {len(entry.recipients)} "
+                    + plural(len(entry.recipients), "recipient", "recipients"))
             log.info("queued {queue_id}{message}: {what}", queue_id=queue_id, what=what,
                      sender=envelope.sender_text, message_id=envelope.message_id,
                      message=f" (message {envelope.message_id})" if envelope.message_id else "")
