@@ -1224,6 +1224,37 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(10)
         assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
 
+    def test_lines_held_unanswered_do_not_hold_off_the_idle_timeout(self):
+        # A client that never reads its replies has its commands held, not
+        # processed, so max_errors and max_junk_commands never see them; a
+        # line every few minutes must not count as activity then, or
+        # INPUT_LIMIT octets of them (16,384 bare LFs) would hold the slot
+        # for 16,384 idle periods.  It counts once it is answered.
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        take(t)
+        p.pauseProducing()  # what Twisted does when its buffer is full
+        for _ in range(3):
+            h.clock.advance(200)
+            p.dataReceived(b"\n")
+        # the LFs were never processed (no 500 for them): only the 421
+        assert p.engine.closed and take(t) == [closing(replies.TIMEOUT)]
+
+    def test_lines_held_count_as_activity_once_the_client_reads(self):
+        h = Harness(idle_timeout=300)
+        p, t = h.connect()
+        take(t)
+        p.pauseProducing()
+        h.clock.advance(250)
+        p.dataReceived(b"NOOP\r\n")
+        h.clock.advance(40)
+        p.resumeProducing()  # the client reads: the NOOP is answered now
+        assert take(t) == [replies.OK.text()]
+        h.clock.advance(299)
+        assert not t.disconnecting
+        h.clock.advance(2)
+        assert take(t) == [closing(replies.TIMEOUT)] and t.disconnecting
+
     def test_idle_means_no_complete_command_not_no_byte(self):
         # a byte every few minutes of a line that never ends (or ends after
         # hours) must not hold the connection: the timer counts commands

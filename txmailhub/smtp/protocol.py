@@ -309,8 +309,14 @@ class SMTPProtocol(Protocol):
         engine = self.engine
         # Idle means no command (RFC 5321 4.5.3.2), not no byte: a client
         # dribbling a line that never ends must not hold its slot.  Inside
-        # a message every octet counts.
-        if 0x0A in data or engine.in_message:  # LF (an int: see smtp/_data.py)
+        # a message every octet counts.  A line held while the client does
+        # not read our replies counts once it is answered (resumeProducing):
+        # held, it meets neither max_errors nor max_junk_commands, and a LF
+        # every few minutes would hold the slot for INPUT_LIMIT idle periods.
+        # (Not while a BDAT message is open: the data rate judges each read
+        # then, held or not.)
+        if engine.in_message or (0x0A in data and (  # LF (an int: see smtp/_data.py)
+                not self._write_paused or engine.message_reader is not None)):
             self._last_activity = self.reactor.seconds()
         engine.receive_data(data)
         if self._write_paused:
@@ -653,6 +659,10 @@ class SMTPProtocol(Protocol):
             return
         self._flow()
         if self.engine is not None and not self.engine.closed:
+            if self.engine.has_line:
+                # the lines held meanwhile are answered now: the client's
+                # activity (dataReceived did not count them)
+                self._last_activity = self.reactor.seconds()
             # what was held meanwhile: the rest of the client's reads, if any
             # (the client reading our replies alone is no input)
             self._drive(after_read=self.engine.has_input)

@@ -224,6 +224,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return bool(self._buf)
 
     @property
+    def has_line(self) -> bool:
+        """Whether the input waiting holds a line end: a command the client
+        finished (or message data), for the idle timeout once it is
+        answered."""
+        return b"\n" in self._buf
+
+    @property
     def buffered(self) -> int:
         """How many received octets wait to be processed."""
         return len(self._buf)
