@@ -1173,6 +1173,22 @@ def test_idle_timeout_aborts_when_responses_pile_up_unread():
     assert t.disconnected  # aborted: a polite close waits for the unread buffer
 
 
+def test_lines_held_unanswered_do_not_hold_off_the_autologout():
+    # A client that does not read has its commands held, unanswered; a
+    # line now and then must not reset the autologout (a 2-octet line
+    # each 599 s would hold the mailbox's lock for 8,192 autologouts).
+    # It counts when it is answered, as any pipelined command.
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"x" * 1000 + b"\n")
+    proto, t = login(env, limit=500)
+    talk(proto, t, b"RETR 1\r\nRETR 1\r\n")
+    assert proto._write_paused
+    for _ in range(3):
+        env.clock.advance(400)
+        proto.dataReceived(b"NOOP\r\n")
+    assert t.disconnecting and t.disconnected
+
+
 def test_idle_timeout_zero_disables_autologout():
     env = Env(idle_timeout=0)
     _proto, t = env.connect()

@@ -591,7 +591,10 @@ class POP3Protocol(Protocol):
         engine = self.engine
         assert engine is not None
         engine.receive_data(data)
-        if engine.has_line:
+        if engine.has_line and not self._write_paused:
+            # (a line held unanswered while the client does not read counts
+            # when it is answered, in _process: a line every few minutes
+            # must not keep the autologout away)
             self._last_activity = self.reactor.seconds()
         self._queued = False
         self._process()
