@@ -374,6 +374,35 @@ class PrecreateTests(SynchronousTestCase):
         w.abort()
         spooler.close()
 
+    def test_files_a_refill_made_before_the_folder_went_are_not_kept_ready(self):
+        # The folder removed while a worker makes its batch (on a slow
+        # disk, 16 creations take a while): the creation that finds it gone
+        # makes it again, and the files made before it went with the old
+        # one.  They were kept ready with the rest of the batch: each given
+        # to a message as an unlinked file, a 451.
+        import shutil
+
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=4, ahead_after=0)
+        real = spooler._create
+        made = []
+
+        def create():
+            if len(made) == 3:  # one made inline, two by the worker: the folder goes
+                shutil.rmtree(self.dir)
+            made.append(real())
+            return made[-1]
+
+        self.patch(spooler, "_create", create)
+        spooler.open().abort()  # made inline, then a refill of 4 on the worker
+        self.assertEqual(self.syncer.calls_run, 1)
+        ready = [path for path, _ in spooler._ready]
+        self.assertEqual([p for p in ready if not os.path.exists(p)], [])
+        # their descriptors are closed, not leaked
+        held = [os.readlink(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{n}")]
+        self.assertEqual([p for p in held if p.startswith(os.path.abspath(self.dir))
+                          and p.endswith("(deleted)")], [])
+
     def test_claiming_keeps_the_files_made_ahead(self):
         # recover=False, claimed later (the hub's service): files made
         # ahead before the claim are this spooler's, not a crash's leftovers

@@ -344,7 +344,14 @@ class Spooler:
         made: list[tuple[str, int]] = []
         try:
             for _ in range(count):
+                generation = self._generation
                 made.append(self._create())
+                if self._generation != generation:
+                    # the folder was gone and is made again: the files made
+                    # before went with it (unlinked: a 451 for each message
+                    # given one), only the last one is in the new folder
+                    _drop(made[:-1])
+                    del made[:-1]
         except OSError as e:
             if not made:
                 raise
