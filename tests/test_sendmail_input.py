@@ -212,3 +212,46 @@ def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause() -> Non
     message.close()
     assert message.fields == [(b"subject", b"Subject: slow\r\n")]
     assert body == b"first line, then a pause\r\nlast line\r\n"
+
+
+def test_an_input_made_non_blocking_after_the_start_is_still_waited_on() -> None:
+    # O_NONBLOCK is the open pipe's, not the process's: a parent that
+    # shares it (its own standard input, handed down) may set it once the
+    # command runs (Node.js does once it opens its stdin, a pipe).
+    # Only an input non-blocking at the first read was waited on: here the
+    # message was sent cut at the writer's pause.
+    import fcntl
+    import os
+    import termios
+    import threading
+    import time
+
+    r, w = os.pipe()
+    stdin_empty = b"\0\0\0\0"
+
+    def drained() -> None:
+        waited = 0
+        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, stdin_empty) != stdin_empty:
+            time.sleep(0.01)
+            waited += 1
+        time.sleep(0.05)  # the reader is past the data by now
+
+    def write() -> None:
+        os.write(w, b"Subject: slow\n\nfirst line,")
+        drained()
+        os.set_blocking(r, False)  # the parent, meanwhile
+        os.write(w, b" then a pa")  # to the read under way, which blocks
+        drained()
+        os.write(w, b"use\nlast line\n")
+        os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        with os.fdopen(r, "rb") as stream:
+            message = read_message(stream, ignore_dots=True, limit=1 << 20)
+    finally:
+        writer.join()
+    body = message.body.read()
+    message.close()
+    assert body == b"first line, then a pause\r\nlast line\r\n"

@@ -96,18 +96,21 @@ class _WaitingReader(io.RawIOBase):
 
 
 def waiting(stream: BinaryIO) -> BinaryIO:
-    """``stream``, or, when its descriptor is non-blocking, a reader of
-    that descriptor that waits for data.  A standard input left
+    """A reader of ``stream``'s descriptor that waits for data, or
+    ``stream`` itself when it has none.  A standard input left
     O_NONBLOCK (a pipe a parent process set so: the flag is the whole
     pipe's, not the process's) reads as empty whenever the writer is
     slower than the reader: ``readline`` returned a line cut short, or
     nothing, which read as the end of the input, and the message was
-    sent cut there without a word.  Called before anything is read
-    from ``stream``: what its buffer held would be skipped."""
+    sent cut there without a word.  Taken whether or not the flag is set
+    now: a parent sharing the pipe (its own stdin, handed down) may set
+    it while the command reads (Node.js does once it opens its stdin,
+    a pipe).  On a blocking descriptor its reads are the same system
+    calls.  Called before anything is read from ``stream``: what its
+    buffer held would be skipped."""
     try:
         fd = stream.fileno()
-        if os.get_blocking(fd):
-            return stream
+        os.get_blocking(fd)  # a descriptor that is open
     except (OSError, ValueError, AttributeError):  # no descriptor (BytesIO), closed
         return stream
     return io.BufferedReader(_WaitingReader(fd), READ_SIZE)  # type: ignore[return-value]
