@@ -439,6 +439,15 @@ class PrecreateTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(w.path))
         w.abort()
 
+    def test_precreate_zero_hands_no_empty_job_to_the_workers(self):
+        # nothing to make ahead: each message's open() still sent a job
+        # making 0 files to a worker thread (a GIL hand-over per message,
+        # and behind a slow disk's fsyncs)
+        spooler = open_spooler(self, self.dir, self.syncer, precreate=0, ahead_after=0)
+        for _ in range(3):
+            spooler.open().abort()
+        self.assertEqual(self.syncer.calls_run, 0)
+
     def test_claiming_keeps_the_files_made_ahead(self):
         # recover=False, claimed later (the hub's service): files made
         # ahead before the claim are this spooler's, not a crash's leftovers

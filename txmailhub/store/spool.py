@@ -368,7 +368,7 @@ class Spooler:
     def _refill(self) -> None:
         call = getattr(self.syncer, "call", None)
         if (
-            call is None or self._refilling or self._closed
+            call is None or self._refilling or self._closed or self.precreate <= 0
             or len(self._ready) > self.precreate // 2
             or (self.ahead_after > 0 and _clock() >= self._ahead_until)
         ):
