@@ -135,6 +135,29 @@ def test_recipients_over_the_servers_limit_go_in_a_new_transaction(tmp_path):
     assert [len(rc) for _, rc, _ in got] == [2, 2, 1]  # three transactions
 
 
+def test_the_new_transaction_line_counts_its_recipients_in_words(tmp_path, log_events):
+    # "1 recipient(s) of remote.test in a new transaction": the hub's
+    # other counts take the singular for 1; the event keeps its count
+    a, net, _ = agent(tmp_path)
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
+    more = Reply.of(452, "4.5.3", "too many")
+    rounds = [[DeliveryResult(rcpts[0], "delivered", OK_REPLY, "mx"),
+               *(DeliveryResult(r, "transient", more, "mx") for r in rcpts[1:])],
+              [DeliveryResult(rcpts[1], "delivered", OK_REPLY, "mx"),
+               DeliveryResult(rcpts[2], "transient", more, "mx")],
+              [DeliveryResult(rcpts[2], "delivered", OK_REPLY, "mx")]]
+    a._deliver = lambda *_: defer.succeed(rounds.pop(0))
+    e = entry(tmp_path, *rcpts)
+    run(net, a.deliver(e, "remote.test", rcpts))
+    events = [x for x in log_events if "new transaction" in x.get("log_format", "")]
+    assert [formatEvent(x) for x in events] == [
+        f"{e.id}: 2 recipients of remote.test in a new transaction "
+        "(the server took fewer per message)",
+        f"{e.id}: 1 recipient of remote.test in a new transaction "
+        "(the server took fewer per message)"]
+    assert [x["count"] for x in events] == [2, 1]
+
+
 def test_a_crash_in_a_later_transaction_leaves_the_first_ones_results(tmp_path):
     # recipients delivered in the first transaction must not be reported
     # as failed (and sent again) because a later round broke
@@ -1865,6 +1888,24 @@ def test_a_refusal_at_rcpt_stands_when_the_final_dot_gets_no_reply(tmp_path):
     assert results[BOB].kind == "transient" and "end of data" in results[BOB].reply.text()
     assert results[CAROL].kind == "permanent" and results[CAROL].reply.code == 550
     assert results[CAROL].remote_mta == "mx1.remote.test"
+
+
+@pytest.mark.parametrize("refused, words", [
+    ((CAROL,), "1 recipient refused"),
+    ((CAROL, Address("dave", "remote.test")), "2 recipients refused")])
+def test_the_refused_at_rcpt_line_counts_in_words(tmp_path, log_events, refused, words):
+    # "1 recipient(s) refused at RCPT": the hub's other counts take the
+    # singular for 1; "refused at RCPT" is the part to grep for
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={
+        f"RCPT {BOB}": b"421 4.7.0 too many connections, closing\r\n",
+        **{f"RCPT {r}": b"550 5.1.1 no such user\r\n" for r in refused}})
+    e = entry(tmp_path, *refused, BOB)
+    run(net, a.deliver(e, "remote.test", [*refused, BOB]))
+    lines = [formatEvent(x) for x in log_events
+             if "refused at RCPT" in x.get("log_format", "")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"{e.id}: mx1.remote.test: {words} at RCPT before the session failed: ")
 
 
 @pytest.mark.parametrize("pipelining", [True, False])

@@ -658,7 +658,7 @@ def test_a_stop_counts_the_attempts_in_flight_apart_from_those_waiting_for_a_slo
     hub.runner.stop(grace=0)
     lines = [formatEvent(e) for e in log_events
              if e.get("log_format", "").startswith("stopping")]
-    assert lines == ["stopping with 1 delivery attempt(s) in flight and 2 more waiting for "
+    assert lines == ["stopping with 1 delivery attempt in flight and 2 more waiting for "
                      "a free slot (max_per_destination, max_concurrent_deliveries): given "
                      "up, retried at the next start"]
 
@@ -680,8 +680,8 @@ def test_a_stop_counts_an_entry_with_two_deliveries_running_once(hub, log_events
     hub.runner.stop(grace=10)
     hub.clock.advance(10)
     assert _stop_lines(log_events) == [
-        "stopping: waiting up to 10 s for 1 delivery attempt(s) in flight",
-        "stopping with 1 delivery attempt(s) in flight: given up, retried at the next start"]
+        "stopping: waiting up to 10 s for 1 delivery attempt in flight",
+        "stopping with 1 delivery attempt in flight: given up, retried at the next start"]
 
 
 def test_a_stop_counts_an_entry_whose_local_delivery_runs(tmp_path, log_events):
@@ -694,7 +694,7 @@ def test_a_stop_counts_an_entry_whose_local_delivery_runs(tmp_path, log_events):
     assert hub.components.store._holder.held == 1
     hub.runner.stop(grace=0)
     assert _stop_lines(log_events) == [
-        "stopping with 1 delivery attempt(s) in flight: given up, retried at the next start"]
+        "stopping with 1 delivery attempt in flight: given up, retried at the next start"]
 
 
 def test_a_stop_counts_an_entry_with_one_delivery_running_and_one_waiting_as_in_flight(
@@ -708,7 +708,7 @@ def test_a_stop_counts_an_entry_with_one_delivery_running_and_one_waiting_as_in_
     assert third not in {c[0] for c in hub.agent.calls}
     hub.runner.stop(grace=0)
     assert _stop_lines(log_events) == [
-        "stopping with 2 delivery attempt(s) in flight and 1 more waiting for a free slot "
+        "stopping with 2 delivery attempts in flight and 1 more waiting for a free slot "
         "(max_per_destination, max_concurrent_deliveries): given up, retried at the next start"]
 
 
@@ -1554,6 +1554,25 @@ def test_an_entry_with_a_session_and_a_dns_lookup_is_given_up_once_the_session_i
     hub.net.run()
     assert hub.net.connections == [("192.0.2.1", 25)]  # other.test: never connected
     assert hub.queue.ids() == [qid]
+
+
+def test_the_line_of_attempts_given_up_later_takes_the_singular_for_one(
+        tmp_path, monkeypatch, log_events):
+    # "1 more delivery attempt(s) given up": the stop's other lines and the
+    # hub's other counts take the singular for 1, and so does this one
+    hub = relay_hub(tmp_path, "other.test")
+    copied: defer.Deferred = defer.Deferred()
+    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    hub.runner.start()
+    enqueue(hub, BOB, CAROL)
+    enqueue(hub, LOCAL)
+    stopped = hub.runner.stop()
+    hub.net.run()  # remote.test's session recorded: other.test only looks up DNS
+    assert [x for x in _stop_lines(log_events) if "more" in x] == [
+        "stopping: 1 more delivery attempt given up (what they had to record is recorded; "
+        "the rest only looks up DNS or connects), retried at the next start"]
+    copied.callback({LOCAL: None})
+    assert stopped.called
 
 
 def test_an_entry_with_a_session_and_a_dns_lookup_records_the_session_then_gives_up(tmp_path):

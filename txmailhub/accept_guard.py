@@ -57,6 +57,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from txmailhub.logsafe import plural
+
 __all__ = ["AcceptGuard", "guard_port", "twisted_reservation"]
 
 log = Logger()
@@ -183,8 +185,9 @@ class AcceptGuard:
         if watched is not None and watched.failed in _SHORTAGES:
             self._pause(watched.failed)
         elif self.pauses:
-            log.info("{name}: accepting connections again (paused {count} time(s), "
-                     "{reason})", name=self.name, count=self.pauses, reason=self._reason)
+            log.info("{name}: accepting connections again (paused {count} {times}, "
+                     "{reason})", name=self.name, count=self.pauses, reason=self._reason,
+                     times=plural(self.pauses, "time", "times"))
             self.pauses = 0
         return result
 

@@ -49,7 +49,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, canonical_domain, written_domain
 from txmailhub.config import RelaySettings, split_smarthost
 from txmailhub.interfaces import IDeliveryAgent, IStallRecord
-from txmailhub.logsafe import REPLY_LOG_MAX, loggable
+from txmailhub.logsafe import REPLY_LOG_MAX, loggable, plural
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
@@ -841,9 +841,10 @@ class DeliveryAgent:
             more = [r.address for r in results if _too_many_recipients(r.reply)]
             if not more or len(more) == len(recipients):
                 break
-            log.info("{queue_id}: {count} recipient(s) of {destination} in a new transaction "
+            log.info("{queue_id}: {count} {recipients} of {destination} in a new transaction "
                      "(the server took fewer per message)", queue_id=entry.id,
-                     count=len(more), destination=destination)
+                     count=len(more), destination=destination,
+                     recipients=plural(len(more), "recipient", "recipients"))
             recipients = more
             try:
                 again = yield self._deliver(entry, destination, more, stage)
@@ -1067,8 +1068,9 @@ class DeliveryAgent:
             r = final.get(a)
             if r is not None:
                 settled.append(DeliveryResult(a, r.kind, r.reply, host))
-        log.info("{queue_id}: {host}: {count} recipient(s) refused at RCPT before the session "
+        log.info("{queue_id}: {host}: {count} {recipients} refused at RCPT before the session "
                  "failed: {codes}", queue_id=entry.id, host=host, count=len(final),
+                 recipients=plural(len(final), "recipient", "recipients"),
                  codes=", ".join(f"{a}: {r.reply.code}" for a, r in final.items()))
         return [a for a in recipients if a not in final]
 

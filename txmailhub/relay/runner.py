@@ -208,8 +208,9 @@ class QueueRunner:
         dropped = self.active - keep
         self._dropped |= dropped
         self.agent.quiesce(keep)
-        log.info("stopping: waiting up to {grace:g} s for {count} delivery attempt(s) in "
+        log.info("stopping: waiting up to {grace:g} s for {count} delivery {attempts} in "
                  "flight{dropped}", grace=grace, count=len(keep),
+                 attempts=plural(len(keep), "attempt", "attempts"),
                  dropped=f" ({len(dropped)} only looking up DNS or connecting: given up, "
                          "retried at the next start)" if dropped else "")
         self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
@@ -276,8 +277,9 @@ class QueueRunner:
         running = len(self.active) - waiting
         self._generation += 1
         self._dropped.clear()  # the generation covers them now
-        log.info("stopping with {count} delivery attempt(s) in flight{waiting}: given up, "
+        log.info("stopping with {count} delivery {attempts} in flight{waiting}: given up, "
                  "retried at the next start", count=running,
+                 attempts=plural(running, "attempt", "attempts"),
                  waiting=f" and {waiting} more waiting for a free slot (max_per_destination, "
                          "max_concurrent_deliveries)" if waiting else "")
         return self.agent.abort_all()
@@ -431,9 +433,10 @@ class QueueRunner:
         if loose:
             self._dropped |= loose
             self.agent.quiesce({q for q in self.active if q not in self._dropped})
-            log.info("stopping: {count} more delivery attempt(s) given up (what they had to "
+            log.info("stopping: {count} more delivery {attempts} given up (what they had to "
                      "record is recorded; the rest only looks up DNS or connects), retried at "
-                     "the next start", count=len(loose))
+                     "the next start", count=len(loose),
+                     attempts=plural(len(loose), "attempt", "attempts"))
 
     # --- one entry -------------------------------------------------------------------
 
