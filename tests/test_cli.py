@@ -905,6 +905,51 @@ def test_a_password_from_stdin_keeps_its_spaces(config: Path) -> None:
     assert db.apop_secret(Address("amy", "example.org")) == " quiet harbour "
 
 
+@pytest.mark.parametrize("action", ["add", "passwd"])
+def test_a_non_blocking_password_stdin_is_waited_on_not_read_cut(
+        config: Path, action: str) -> None:
+    # O_NONBLOCK is the pipe's, and a parent process may have set it: the
+    # read with the writer not yet done returned what had come ("quiet
+    # har", or nothing), and that was the password set.  The writer here
+    # waits until the reader has emptied the pipe, as sendmail's test does.
+    import fcntl
+    import termios
+    import threading
+    import time
+
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    if action == "passwd":
+        assert run(config, "user", "add", "amy", "--password-stdin",
+                   stdin="old harbour\n")[0] == 0
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def write() -> None:
+        os.write(w, b"quiet har")
+        waited = 0
+        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":
+            time.sleep(0.01)
+            waited += 1
+        time.sleep(0.05)  # the reader is past the data by now
+        os.write(w, b"bour\n")
+        os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with io.TextIOWrapper(os.fdopen(r, "rb")) as stdin:
+            code = main(["--config", str(config), "user", action, "amy", "--password-stdin"],
+                        out=out, err=err, stdin=stdin)
+    finally:
+        writer.join()
+    assert (code, err.getvalue()) == (0, "")
+    db = UsersDB(str(config.parent / "users"), "example.org")
+    assert db.check_password(Address("amy", "example.org"), "quiet harbour")
+
+
 def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path) -> None:
     # one rule for [hub] domains and SMTP paths (txmailhub.address.domain_problem):
     # an ASCII label IDNA2008 would not convert ("ab--cd") beside a U-label

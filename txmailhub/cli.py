@@ -189,13 +189,18 @@ def _sendmail_split(argv: list[str]) -> tuple[list[str], list[str]] | None:
 def _password_line(stdin: TextIO) -> str:
     """The first line of ``stdin``, its line end removed: the password of
     ``--password-stdin``."""
+    from txmailhub.sendmail_input import waiting
+
     buffer = getattr(stdin, "buffer", None)
     if buffer is not None:
         # its octets, as UTF-8 whatever the locale (as the commands
         # write, txmailhub.cli_output): the locale's codec would have
-        # refused a UTF-8 password (ASCII) or kept it as surrogates (C)
+        # refused a UTF-8 password (ASCII) or kept it as surrogates (C).
+        # A standard input a parent left O_NONBLOCK is waited on, as
+        # sendmail's is: read as it was, a writer slower than this read
+        # gave a password cut short, or an empty one, and it was set so
         try:
-            return buffer.readline().decode("utf-8").rstrip("\r\n")
+            return waiting(buffer).readline().decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise UsersFileError("the password is not UTF-8 text") from None
     password = stdin.readline().rstrip("\r\n")
