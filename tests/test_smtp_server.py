@@ -1230,6 +1230,34 @@ def test_a_bdat_line_refused_before_its_verb_is_read_drains_in_bounded_memory():
     assert d.engine.state is State.READY and d.engine.errors == 2
 
 
+@pytest.mark.parametrize("tail", [b"\r", b" LAST\r", b"\x00", b"", b" LAST", b" LASTX"])
+@pytest.mark.parametrize("in_transaction", [True, False])
+def test_a_bdat_size_of_more_digits_than_any_chunk_is_drained_not_an_exception(
+        tail, in_transaction):
+    # an embedder's max_line lets a size of 5000 digits in: int() of more
+    # than Python's 4300 digits raised ValueError, out of the engine for a
+    # line refused before its verb is read (a bare CR, a NUL), and as a
+    # 451 with a traceback for a BDAT line otherwise.  No chunk of 10**20
+    # octets is real: the size is refused as a line we cannot take, its
+    # chunk drained as one over max_message_size is (never commands)
+    d = Driver(max_line=10000, max_mail_line=10000, max_rcpt_line=10000)
+    d.send("EHLO c\r\n")
+    if in_transaction:
+        assert d.codes("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    assert d.send(b"BDAT " + b"9" * 5000 + tail + b"\r\nNOOP\r\nQUIT\r\n") == []
+    assert d.send(b"RSET\r\n" * 1000) == []  # still the chunk
+    assert not d.engine.closed and d.engine.buffered == 0
+    assert not [e for e in d.events if isinstance(e, MessageComplete | StartMessage)]
+
+
+def test_a_bdat_size_with_leading_zeros_is_its_number():
+    # 1*DIGIT (RFC 3030): zeros before the size do not make it bigger
+    d = Driver(max_line=10000)
+    d.send("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n")
+    assert d.codes(b"BDAT " + b"0" * 5000 + b"2 LAST\r\nhi") == ["250"]
+    assert b"".join(d.body) == b"hi\n"  # the sink gets it as a file holds it
+
+
 @pytest.mark.parametrize("exchange", ["AUTH PLAIN\r\n\r\n", "AUTH PLAIN =\r\n",
                                       f"AUTH LOGIN {b64('alice')}\r\n=\r\n"])
 def test_empty_auth_responses_in_a_loop_meet_max_errors(exchange):

@@ -31,6 +31,27 @@ __all__ = ["MessageTransfer"]
 # after the verb (a CR, as a bare CR's line has it, counts as a blank)
 _BDAT_SIZE = re.compile(rb"[ \t]*BDAT[ \t\r]+([0-9]+)", re.IGNORECASE)
 
+#: the most digits a BDAT chunk size may have past its leading zeros: no
+#: real chunk comes near 10**20 octets.  The line limit alone does not
+#: bound the digits (an embedder may raise ``max_line``), and ``int()``
+#: of more than Python's 4300 digits raises ValueError
+MAX_SIZE_DIGITS = 20
+
+#: what a longer size is read as: more octets than a client can send in
+#: a session, so that its chunk is drained, as any chunk refused for its
+#: size is, and never read as commands
+UNREAL_SIZE = 10 ** MAX_SIZE_DIGITS
+
+
+def chunk_size(digits: str) -> int:
+    """The chunk size ``digits`` (ASCII digits) names, or ``UNREAL_SIZE``
+    for one of more than ``MAX_SIZE_DIGITS`` digits past its leading
+    zeros (those count towards ``int()``'s limit too)."""
+    significant = digits.lstrip("0")
+    if len(significant) > MAX_SIZE_DIGITS:
+        return UNREAL_SIZE
+    return int(significant or "0")
+
 
 class MessageTransfer(EnginePart):
     """DATA and BDAT for ``SMTPServer`` (a mixin: it uses the engine's
@@ -150,14 +171,19 @@ class MessageTransfer(EnginePart):
     def _bdat_args(arg: str) -> tuple[int | None, bool]:
         # RFC 3030: chunk-size = 1*DIGIT, however many.  A size we refused
         # for its length would leave the chunk to be read as commands; one
-        # too big for max_message_size is drained and refused instead.  (The
-        # command line limit bounds the digits: int() stays cheap.)
+        # too big for max_message_size is drained and refused instead.  One
+        # of more digits than any real chunk has is refused as a line we
+        # cannot take (``_bad_bdat``: its chunk drained, then BDAT_BAD_SIZE),
+        # without int() of all its digits (``chunk_size``).
         parts = arg.split()
         if not parts or len(parts) > 2 or not parts[0].isascii() or not parts[0].isdigit():
             return None, False
         if len(parts) == 2 and ascii_upper(parts[1]) != "LAST":
             return None, False
-        return int(parts[0]), len(parts) == 2
+        size = chunk_size(parts[0])
+        if size >= UNREAL_SIZE:
+            return None, False
+        return size, len(parts) == 2
 
     @staticmethod
     def _readable_size(arg: str) -> int | None:
@@ -166,7 +192,7 @@ class MessageTransfer(EnginePart):
         octets whatever we answer."""
         words = arg.split()
         if words and words[0].isascii() and words[0].isdigit():
-            return int(words[0])
+            return chunk_size(words[0])
         return None
 
     def _bad_bdat(self, arg: str) -> None:
@@ -202,7 +228,10 @@ class MessageTransfer(EnginePart):
         the chunk's octets never run as commands."""
         bdat = _BDAT_SIZE.match(line)
         if bdat is not None:
-            self._refuse_chunk(int(bdat.group(1)), refusal)  # the line limit bounds the digits
+            # outside the engine's guard of a command (``_line``): int() of
+            # a digit run past Python's limit raised ValueError out of
+            # ``receive_data``; ``chunk_size`` bounds it
+            self._refuse_chunk(chunk_size(bdat.group(1).decode("ascii")), refusal)
             return
         self._bdat_failed = False  # another command: the failed chunks are over
         self.reply(refusal)
