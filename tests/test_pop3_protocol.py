@@ -1448,10 +1448,14 @@ def test_a_refused_login_under_any_name_is_logged_on_one_safe_line():
         # names that are no UTF-8 or hold controls are refused at USER
         # (RFC 6856 2.2, SASLprep); what passes may still be unprintable
         # (an unassigned code point) or look like an escape
-        for name in (b"\xff\xfe", b"bob\x1b[2J", b"eve\rforged"):
+        for name in (b"\xff\xfe", b"bob\x1b[2J"):
             proto, t = env.connect()
             assert talk(proto, t, b"USER " + name + b"\r\n") == R.BAD_USER_NAME.to_bytes()
             proto.connectionLost(None)
+        # a CR never gets as far as USER: only CRLF ends a line (RFC 1939 3)
+        proto, t = env.connect()
+        assert talk(proto, t, b"USER eve\rforged\r\n") == R.BARE_CR_IN_COMMAND.to_bytes()
+        proto.connectionLost(None)
         for name in ("bob\u0378".encode(), b"eve\\x0dforged"):
             proto, t = env.connect()
             talk(proto, t, b"USER " + name + b"\r\nPASS x\r\n")

@@ -143,6 +143,12 @@ LINE_TOO_LONG = err("Line too long (at most 255 octets)")
 SASL_LINE_TOO_LONG = err("Line too long (at most 4096 octets)")
 BAD_SYNTAX_TEXT = "Syntax: {usage}"
 BAD_ENCODING = err("Command is not valid ASCII")
+# RFC 1939 3: a command ends with CRLF, and its keyword and arguments are
+# printable.  A CR anywhere else (``STAT\r\r\n``: line ends converted
+# twice) was read into the command: a verb unknown, an argument's CR
+# dropped (USER, DELE 1) or kept in a password (a failed login counted).
+# Refused, as SMTP refuses one (docs/smtp.rst)
+BARE_CR_IN_COMMAND = err("Bare CR in command: end each line with CRLF")
 INTERNAL_ERROR = err("Internal error, try again later", "SYS/TEMP")
 
 
