@@ -45,6 +45,11 @@ def test_parse_command():
     assert parse_command(b"") == ("", "")
     assert parse_command(b"\tnoop\t") == ("NOOP", "")  # blanks: spaces and tabs
     assert parse_command(b"rcpt \tTO:<a@b>\t ") == ("RCPT", "TO:<a@b>")
+    # a tab ends the verb as a space does: "BDAT\t3 LAST" was the unknown
+    # verb "BDAT\t3", and its chunk then ran as commands
+    assert parse_command(b"BDAT\t3 LAST") == ("BDAT", "3 LAST")
+    assert parse_command(b"mail\tFROM:<a@b>") == ("MAIL", "FROM:<a@b>")
+    assert parse_command(b"ehlo\t \tc") == ("EHLO", "c")
 
 
 def test_parse_command_nul_and_utf8():

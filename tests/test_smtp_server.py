@@ -802,6 +802,18 @@ def test_a_bdat_size_of_many_digits_is_a_size_never_commands():
     assert not d.engine.closed  # still draining the chunk
 
 
+def test_a_tab_after_the_verb_is_a_blank_so_a_bdat_chunk_is_never_commands():
+    # RFC 5321 4.1.1 names SP; tabs are blanks around the verb and between
+    # parameters, and now after the verb too.  "BDAT\t6 LAST" was "500
+    # Command unrecognized", and its chunk ("QUIT" here) then ran
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.codes("MAIL\tFROM:<a@b.test>\r\nRCPT\tTO:<alice>\r\n") == ["250", "250"]
+    assert d.send("BDAT\t6 LAST\r\nQUIT\r\n") == [replies.accepted("ID1").text()]
+    assert b"".join(d.body).endswith(b"QUIT\n") and not d.engine.closed
+    assert d.codes("NOOP\tx\r\n") == ["250"]
+
+
 def test_chunks_pipelined_after_a_failed_bdat_are_discarded_not_counted_as_errors():
     # RFC 3030 2: after a failed BDAT the server "MUST be prepared to accept
     # and discard additional BDAT chunks already in the pipeline"; a client

@@ -84,6 +84,7 @@ _U8 = r"[^\x00-\x9f\u2028\u2029]"
 _DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
 _DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|{_U8})+(?:\.(?:[{_ATEXT}]|{_U8})+)*\Z")
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
+_BLANK = re.compile(r"[ \t]")
 _QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
 # RFC 3461 4.4's "printable (graphic and white space)" characters, as for
 # ORCPT (4.2); UTF-8 only in an SMTPUTF8 transaction (checked after)
@@ -122,6 +123,11 @@ def parse_command(line: bytes) -> tuple[str, str]:
     surrounding blanks.  NUL -> 500 5.5.2; a CR (the line's CRLF is gone:
     any CR left is bare, RFC 5321 2.3.8) -> 500 5.5.2; invalid UTF-8 ->
     501 5.5.2.
+
+    The verb ends at the first blank, a tab as a space (RFC 5321 4.1.1
+    names SP; tabs are blanks everywhere else on the line, around it and
+    between parameters).  Split at SP alone, ``BDAT\\t3 LAST`` was an
+    unrecognized command and its chunk then ran as commands.
     """
     if 0 in line:  # NUL (an int: see _data.py on `in`)
         raise _fail(replies.NUL_IN_COMMAND)
@@ -131,8 +137,19 @@ def parse_command(line: bytes) -> tuple[str, str]:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail(replies.INVALID_UTF8) from None
-    verb, _, arg = text.strip(" \t").partition(" ")
+    verb, arg = _split_verb(text.strip(" \t"))
     return ascii_upper(verb), arg.strip(" \t")
+
+
+def _split_verb(text: str) -> tuple[str, str]:
+    """``text`` (blanks stripped) cut at its first blank, SP or HTAB."""
+    if "\t" not in text:  # the common case, at C speed
+        verb, _, arg = text.partition(" ")
+        return verb, arg
+    blank = _BLANK.search(text)
+    if blank is None:
+        return text, ""
+    return text[:blank.start()], text[blank.end():]
 
 
 def ascii_upper(word: str) -> str:
