@@ -327,10 +327,13 @@ def test_refusals_are_logged_with_client_and_sender():
         secret = b64("\0alice@example.org\0hunter2")
         assert d.codes(f"RSET\r\nAUTH PLAIN {secret}\r\n") == ["250", "538"]
         assert d.codes(f"AUTH plain {secret}\r\n") == ["538"]
+        # a tab is a blank before the initial response too: the same 538,
+        # and the same line naming the mechanism only
+        assert d.codes(f"AUTH plain\t{secret}\r\n") == ["538"]
         # an unknown mechanism is 504 with or without TLS (RFC 4954 6: 538
         # is for a mechanism that needs encryption); unlogged, so a
         # password sent where the mechanism goes is never written either
-        assert d.codes(f"AUTH plain\t{secret}\r\nAUTH {secret}\r\n") == ["504", "504"]
+        assert d.codes(f"AUTH plain{secret}\r\nAUTH {secret}\r\n") == ["504", "504"]
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txmailhub.smtp.server"]
@@ -339,6 +342,7 @@ def test_refusals_are_logged_with_client_and_sender():
         + replies.UNKNOWN_USER.text(),
         "refused RCPT TO:<x@remote.test> NOTIFY=NEVER from 192.0.2.9 (sender <s@x.test>): "
         + replies.RELAY_DENIED.text(),
+        "refused AUTH PLAIN from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
         "refused AUTH PLAIN from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
         "refused AUTH PLAIN from 192.0.2.9: " + replies.AUTH_TLS_REQUIRED.text(),
     ]
@@ -812,6 +816,15 @@ def test_a_tab_after_the_verb_is_a_blank_so_a_bdat_chunk_is_never_commands():
     assert d.send("BDAT\t6 LAST\r\nQUIT\r\n") == [replies.accepted("ID1").text()]
     assert b"".join(d.body).endswith(b"QUIT\n") and not d.engine.closed
     assert d.codes("NOOP\tx\r\n") == ["250"]
+
+
+@pytest.mark.parametrize("blanks", ["\t", " \t", "\t "])
+def test_a_tab_before_an_auth_initial_response_is_a_blank(blanks):
+    # "AUTH PLAIN<TAB>response" named the mechanism "PLAIN<TAB>response":
+    # 504 unrecognized, though a tab is a blank everywhere else on the line
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.codes(f"AUTH\tPLAIN{blanks}" + b64("\0alice\0secret") + "\r\n") == ["235"]
 
 
 def test_chunks_pipelined_after_a_failed_bdat_are_discarded_not_counted_as_errors():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from txmailhub.address import Address
 from txmailhub.errors import Rejected, RemoteProtocolError
 from txmailhub.smtp import replies
-from txmailhub.smtp._parse import MailParams, ascii_upper, parse_mailbox
+from txmailhub.smtp._parse import MailParams, ascii_upper, first_word, parse_mailbox
 from txmailhub.smtp._part import EnginePart
 from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
 from txmailhub.smtp._states import State
@@ -85,7 +85,7 @@ class AuthPhase(EnginePart):
             raise RemoteProtocolError(replies.AUTH_ALREADY)
         if not self.config.auth_available:
             raise RemoteProtocolError(replies.AUTH_NOT_AVAILABLE)
-        mech, _, initial = arg.partition(" ")
+        mech, initial = first_word(arg)  # a tab is a blank here too (parse_command)
         mech = ascii_upper(mech)
         if not mech:  # "AUTH" alone: a syntax error, not an unknown mechanism
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)

@@ -54,6 +54,7 @@ __all__ = [
     "ascii_upper",
     "decode_envid",
     "decode_orcpt",
+    "first_word",
     "parse_command",
     "parse_mail",
     "parse_mailbox",
@@ -137,12 +138,13 @@ def parse_command(line: bytes) -> tuple[str, str]:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail(replies.INVALID_UTF8) from None
-    verb, arg = _split_verb(text.strip(" \t"))
+    verb, arg = first_word(text.strip(" \t"))
     return ascii_upper(verb), arg.strip(" \t")
 
 
-def _split_verb(text: str) -> tuple[str, str]:
-    """``text`` (blanks stripped) cut at its first blank, SP or HTAB."""
+def first_word(text: str) -> tuple[str, str]:
+    """``text`` (blanks stripped) cut at its first blank, SP or HTAB: a
+    verb and its argument, or AUTH's mechanism and initial response."""
     if "\t" not in text:  # the common case, at C speed
         verb, _, arg = text.partition(" ")
         return verb, arg
