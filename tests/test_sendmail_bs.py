@@ -148,6 +148,21 @@ def test_a_verb_after_blanks_is_read_as_the_hub_reads_it() -> None:
     assert not any(b"BDAT" in c for c in hub.commands)
 
 
+def test_a_tab_after_the_verb_ends_it_as_the_hub_reads_it() -> None:
+    # the hub ends a verb at a tab as at a space: "BDAT<TAB>10 LAST" went
+    # to it as an unknown verb here, and the hub then waited for a chunk;
+    # "EHLO<TAB>alpine"'s reply was passed on unfiltered (CHUNKING, STARTTLS)
+    hub = ScriptedHub()
+    stdin = (b"EHLO\talpine\r\nBDAT\t10 LAST\r\nSTARTTLS\t\r\nMAIL\tFROM:<joe@example.org>\r\n"
+             b"RCPT TO:<bob@example.org>\r\nDATA\t\r\n" + MESSAGE + b".\r\nQUIT\r\n")
+    status, out, _ = session(stdin, hub)
+    assert status == 0 and hub.messages == 1
+    assert codes(out) == [b"220", b"250", b"502", b"502", b"250", b"250", b"354", b"250",
+                          b"221"]
+    assert b"CHUNKING" not in out and b"250-STARTTLS" not in out
+    assert not any(b"BDAT" in c or b"STARTTLS" in c for c in hub.commands)
+
+
 def test_a_quit_the_hub_refuses_does_not_end_the_session() -> None:
     # the hub answers "QUIT now" 501 (QUIT takes no parameter) and stays:
     # the session goes on until the hub's 221

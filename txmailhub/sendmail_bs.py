@@ -29,6 +29,7 @@ nothing) and the command exits 65.
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
@@ -50,6 +51,8 @@ DATA_PIECE = 65536
 #: EHLO keywords the command takes out of the hub's reply (see the module)
 HIDDEN_EXTENSIONS = frozenset({b"CHUNKING", b"BINARYMIME", b"STARTTLS"})
 #: commands answered here, never passed on
+_BLANK = re.compile(rb"[ \t]")
+
 _REFUSED_HERE = {b"BDAT": b"502 5.5.1 BDAT is not offered here: use DATA",
                  b"STARTTLS": b"502 5.5.1 STARTTLS is not offered on standard input"}
 
@@ -97,10 +100,11 @@ def unavailable(hostname: str, why: str) -> bytes:
 def command_verb(command: bytes) -> bytes:
     """The verb of a command line (without its line end), upper-cased, as
     the hub reads it (``smtp._parse.parse_command``): blanks and tabs
-    before it are skipped, and a space ends it.  Read any other way, a
-    ``" DATA"`` the hub takes would not be seen here as the start of the
-    data, nor a ``" EHLO"``'s reply filtered or a ``"\\tBDAT"`` refused."""
-    return command.strip(b" \t").split(b" ", 1)[0].upper()
+    before it are skipped, and a space or a tab ends it.  Read any other
+    way, a ``" DATA"`` the hub takes would not be seen here as the start
+    of the data, nor a ``" EHLO"``'s reply filtered or a ``"\\tBDAT"``
+    refused (nor ``"BDAT\\t10"``: the hub would wait for its chunk)."""
+    return _BLANK.split(command.strip(b" \t"), 1)[0].upper()
 
 
 def _ehlo_as_offered(text: bytes, added: int = 0) -> bytes:
