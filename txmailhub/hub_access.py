@@ -175,8 +175,21 @@ def unreadable_by(path: str, uid: int, gid: int) -> str | None:
     except OSError:
         return None
     groups = _groups(uid, gid)
+    closed = _closed_folder_on_the_way(uid, groups, path, real)
+    if closed is not None:
+        return closed
+    st = os.stat(real)
+    if not _allowed(st, uid, groups, 4, real):
+        return f"{real} is {_owner_text(st)}"
+    return None
+
+
+def _closed_folder_on_the_way(uid: int, groups: set[int], *paths: str) -> str | None:
+    """The first folder above any of ``paths`` (each as written and as
+    resolved: a link's target is walked too) that ``uid`` may not enter,
+    said with its owner and mode; ``None`` when every one lets it through."""
     folders: list[str] = []
-    for walked in (path, real):
+    for walked in paths:
         parts = walked.split(os.sep)
         for i in range(1, len(parts)):
             folder = os.sep.join(parts[:i]) or os.sep
@@ -186,9 +199,6 @@ def unreadable_by(path: str, uid: int, gid: int) -> str | None:
         st = os.stat(folder)
         if not _allowed(st, uid, groups, 1, folder):
             return f"the folder {folder} is {_owner_text(st)}"
-    st = os.stat(real)
-    if not _allowed(st, uid, groups, 4, real):
-        return f"{real} is {_owner_text(st)}"
     return None
 
 
@@ -207,17 +217,9 @@ def unwritable_folder_by(path: str, uid: int, gid: int) -> str | None:
     except OSError:
         return None
     groups = _groups(uid, gid, own_group=False)  # as twistd's switch leaves them
-    above: list[str] = []
-    for walked in (folder, real):
-        parts = walked.split(os.sep)
-        for i in range(1, len(parts)):
-            step = os.sep.join(parts[:i]) or os.sep
-            if step not in above:
-                above.append(step)
-    for step in above:
-        step_st = os.stat(step)
-        if not _allowed(step_st, uid, groups, 1, step):
-            return f"the folder {step} is {_owner_text(step_st)}"
+    closed = _closed_folder_on_the_way(uid, groups, folder, real)
+    if closed is not None:
+        return closed
     if not _allowed(st, uid, groups, 3, real):
         return f"the folder {real} is {_owner_text(st)}"
     return None
