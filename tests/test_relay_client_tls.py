@@ -70,6 +70,39 @@ class _Protocol:
         self.reason = reason
 
 
+def _finished(client) -> bool:
+    """Whether ``client``'s handshake is over."""
+    try:
+        return client.get_peer_finished() is not None
+    except SSL.Error:
+        return False
+
+
+def _pump(client, server) -> tuple:
+    """Handshake ``client`` with ``server`` over their memory BIOs, ten
+    rounds at most: (the client's error, the server's last one), the
+    client's ending it, a server's not (its alert still goes to the
+    client); (None, None) when it ended well."""
+    server_error = None
+    for _ in range(10):
+        for side, other in ((client, server), (server, client)):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as e:
+                if side is client:
+                    return e, server_error
+                server_error = e
+            try:
+                other.bio_write(side.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+        if _finished(client):
+            break
+    return None, server_error
+
+
 class Handshake:
     """A server presenting ``chain`` (leaf first) and the relay's client for
     ``host``, handshaking over memory BIOs until one side gives up."""
@@ -92,33 +125,13 @@ class Handshake:
         self.creator = verified_client_tls(host, trust)
         client = self.client = self.creator.clientConnectionForTLS(self.protocol)
         client.set_connect_state()
-        self.error = self.server_error = None
-        for _ in range(10):
-            for side, other in ((client, server), (server, client)):
-                try:
-                    side.do_handshake()
-                except SSL.WantReadError:
-                    pass
-                except SSL.Error as e:
-                    if side is client:
-                        self.error = e
-                        return
-                    self.server_error = e  # its alert still goes to the client
-                try:
-                    other.bio_write(side.bio_read(1 << 16))
-                except SSL.WantReadError:
-                    pass
-            if self.done:
-                return
-        if self.server_error is None:
+        self.error, self.server_error = _pump(client, server)
+        if not self.done and self.error is None and self.server_error is None:
             raise AssertionError("the handshake neither ended nor failed")
 
     @property
     def done(self) -> bool:
-        try:
-            return self.client.get_peer_finished() is not None and self.error is None
-        except SSL.Error:
-            return False
+        return _finished(self.client) and self.error is None
 
     @property
     def refusal(self) -> str:
@@ -319,25 +332,10 @@ def _client_handshake(creator, server_versions: tuple[int, int]) -> str | None:
     server.set_accept_state()
     client = creator.clientConnectionForTLS(_Protocol())
     client.set_connect_state()
-    for _ in range(10):
-        for side, other in ((client, server), (server, client)):
-            try:
-                side.do_handshake()
-            except SSL.WantReadError:
-                pass
-            except SSL.Error as e:
-                if side is client:
-                    return str(e)
-            try:
-                other.bio_write(side.bio_read(1 << 16))
-            except SSL.WantReadError:
-                pass
-        try:
-            if client.get_peer_finished() is not None:
-                return None
-        except SSL.Error:
-            pass
-    return "no handshake"
+    error, _ = _pump(client, server)
+    if error is not None:
+        return str(error)
+    return None if _finished(client) else "no handshake"
 
 
 def _creators(monkeypatch):
