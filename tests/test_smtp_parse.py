@@ -76,6 +76,18 @@ def test_seed_rcpt_bare_local_part():
     assert params == RcptParams()
 
 
+def test_a_tab_ends_an_unbracketed_path_as_a_space_does():
+    # tabs are blanks between a bracketed path and its parameters, and
+    # after the verb: the seed's lenient form read "bill@microsoft.com\tSIZE=1"
+    # as one address (501 5.1.7) where a space before SIZE=1 was taken
+    sender, params = parse_mail("FROM: bill@microsoft.com\tSIZE=1", P)
+    assert (sender, params.size) == (Address("bill", "microsoft.com"), 1)
+    rcpt, params = parse_rcpt("TO: hollindg\tNOTIFY=NEVER", P)
+    assert (rcpt, params.notify) == (Address("hollindg", P), ("NEVER",))
+    assert reply_of(parse_mail, "FROM: bill@microsoft.com\x0bSIZE=1", P) == (
+        replies.SYNTAX_ADDRESS)  # a VT is no blank (RFC 5321 4.1.2)
+
+
 @pytest.mark.parametrize("arg", ["FROM: SIZE=100", "FROM:SIZE=100", "FROM: size=100",
                                  "FROM: BODY=8BITMIME", "FROM: SIZE=100 BODY=8BITMIME",
                                  "FROM: RET=HDRS", "FROM: ENVID=x", "FROM: AUTH=+3C+3E",

@@ -1016,6 +1016,11 @@ def test_vrfy_and_expn_show_utf8_only_to_a_client_that_asks_with_smtputf8():
     assert d.codes("EXPN list SMTPUTF8\r\n") == d.codes("EXPN list\r\n") == ["250"]
     assert d.codes("VRFY nobody SMTPUTF8\r\n") == ["550"]
     assert d.codes("VRFY bob SMTPUTF8=1\r\n") == ["501"]  # takes no value
+    # a tab before SMTPUTF8 is a blank, as it is after the verb: it was
+    # taken as part of the name looked up, a 501
+    assert d.send("VRFY jörg\tSMTPUTF8\r\n") == ["250 2.1.5 <jörg@example.org>"]
+    assert d.send("VRFY bob \t SMTPUTF8\r\n") == ["250 2.1.5 <bob@example.org>"]
+    assert d.codes("EXPN\tintl\tSMTPUTF8\r\n") == ["250"]
 
 
 def test_help_lists_what_is_served_not_what_is_refused():

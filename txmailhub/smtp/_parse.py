@@ -287,7 +287,7 @@ def _split_path(arg: str, rcpt: bool = False) -> tuple[str, str]:
                 return arg[1:i], tail
             i += 1
         raise _fail(replies.SYNTAX_ADDRESS)
-    path, _, rest = arg.partition(" ")
+    path, rest = first_word(arg)  # a tab ends it too, as after a '>'
     if not path or path.endswith(">"):
         raise _fail(replies.SYNTAX_ADDRESS)
     if _rcpt_parameter_for_path(path) if rcpt else _parameter_for_path(path):

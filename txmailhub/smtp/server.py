@@ -686,11 +686,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
     def _lookup(self, arg: str, expand: bool) -> None:
         text = arg.strip()
         # RFC 6531 3.7.4.2: "VRFY String [SP SMTPUTF8]" -- the client takes
-        # UTF-8 in this one reply
-        head, space, last = text.rpartition(" ")
-        utf8 = bool(space) and ascii_upper(last) == "SMTPUTF8"
+        # UTF-8 in this one reply; a tab before it is a blank, as after
+        # the verb
+        cut = max(text.rfind(" "), text.rfind("\t"))
+        utf8 = cut >= 0 and ascii_upper(text[cut + 1 :]) == "SMTPUTF8"
         if utf8:
-            text = head.rstrip()
+            text = text[:cut].rstrip()
         if text.endswith(">") and "<" in text:  # "<a@b>" or "Full Name <a@b>"
             text = text[text.rindex("<") + 1 : -1]
         try:
