@@ -50,9 +50,9 @@ COMMAND_LINE = 12288
 DATA_PIECE = 65536
 #: EHLO keywords the command takes out of the hub's reply (see the module)
 HIDDEN_EXTENSIONS = frozenset({b"CHUNKING", b"BINARYMIME", b"STARTTLS"})
-#: commands answered here, never passed on
+#: what ends a command's verb, as the hub reads it (``command_verb``)
 _BLANK = re.compile(rb"[ \t]")
-
+#: commands answered here, never passed on
 _REFUSED_HERE = {b"BDAT": b"502 5.5.1 BDAT is not offered here: use DATA",
                  b"STARTTLS": b"502 5.5.1 STARTTLS is not offered on standard input"}
 
