@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from txmailhub.errors import RemoteProtocolError
 from txmailhub.sendmail import parse_args
 from txmailhub.sendmail_bs import Session, format_reply
 from txmailhub.smtp._data import DotReader
@@ -72,7 +73,11 @@ class ScriptedHub:
         assert not self.pending, "a command sent before the last reply was read"
         command = data[:-2]
         self.commands.append(command)
-        verb = parse_command(command)[0].encode()  # as the real hub reads it
+        try:
+            verb = parse_command(command)[0].encode()  # as the real hub reads it
+        except RemoteProtocolError as e:  # a NUL, a bare CR: the hub's 500
+            self.pending.append((e.reply.code, e.reply.text().encode()[4:]))
+            return
         if verb == b"DATA":
             self.reader = DotReader(self._store, 10**10)
             self.first = b""
@@ -161,6 +166,26 @@ def test_a_tab_after_the_verb_ends_it_as_the_hub_reads_it() -> None:
                           b"221"]
     assert b"CHUNKING" not in out and b"250-STARTTLS" not in out
     assert not any(b"BDAT" in c or b"STARTTLS" in c for c in hub.commands)
+
+
+def test_a_cr_after_bdat_ends_the_verb_as_the_hub_reads_a_chunk_size_after_it() -> None:
+    # the hub refuses a line with a bare CR, but reads a chunk after one
+    # that names a size all the same ("BDAT\r10 LAST": its 10 octets are
+    # drained first, smtp._transfer's _unreadable_line), so that the chunk
+    # never runs as commands.  Passed on from here, the hub waited for
+    # octets this command never sends, and the session hung until the
+    # hub's idle timeout
+    from tests.test_smtp_server import Driver
+
+    hub_engine = Driver()
+    hub_engine.send("EHLO c\r\n")
+    assert hub_engine.send("BDAT\r10 LAST\r\n") == []  # waiting for the chunk
+    hub = ScriptedHub()
+    stdin = (b"EHLO alpine\r\nBDAT\r10 LAST\r\n \tbdat\r0\r\nNOOP\r\nQUIT\r\n")
+    status, out, _ = session(stdin, hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"250", b"502", b"502", b"250", b"221"]
+    assert not any(b"BDAT" in c.upper() for c in hub.commands)
 
 
 def test_a_quit_the_hub_refuses_does_not_end_the_session() -> None:

@@ -50,8 +50,10 @@ COMMAND_LINE = 12288
 DATA_PIECE = 65536
 #: EHLO keywords the command takes out of the hub's reply (see the module)
 HIDDEN_EXTENSIONS = frozenset({b"CHUNKING", b"BINARYMIME", b"STARTTLS"})
-#: what ends a command's verb, as the hub reads it (``command_verb``)
-_BLANK = re.compile(rb"[ \t]")
+#: what ends a command's verb, as the hub reads it (``command_verb``): a
+#: space or a tab, and a CR, after which the hub still reads a BDAT size
+#: (``smtp._transfer``: a bare CR's line refused, its chunk drained)
+_BLANK = re.compile(rb"[ \t\r]")
 #: commands answered here, never passed on
 _REFUSED_HERE = {b"BDAT": b"502 5.5.1 BDAT is not offered here: use DATA",
                  b"STARTTLS": b"502 5.5.1 STARTTLS is not offered on standard input"}
@@ -103,7 +105,9 @@ def command_verb(command: bytes) -> bytes:
     before it are skipped, and a space or a tab ends it.  Read any other
     way, a ``" DATA"`` the hub takes would not be seen here as the start
     of the data, nor a ``" EHLO"``'s reply filtered or a ``"\\tBDAT"``
-    refused (nor ``"BDAT\\t10"``: the hub would wait for its chunk)."""
+    refused (nor ``"BDAT\\t10"``: the hub would wait for its chunk; nor
+    ``"BDAT\\r10"``, a line the hub refuses for its bare CR after it has
+    read the chunk it names)."""
     return _BLANK.split(command.strip(b" \t"), 1)[0].upper()
 
 
