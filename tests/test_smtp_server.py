@@ -1280,6 +1280,23 @@ def test_a_bdat_size_of_more_digits_than_any_chunk_is_drained_not_an_exception(
     assert not [e for e in d.events if isinstance(e, MessageComplete | StartMessage)]
 
 
+def test_a_bdat_size_of_20_digits_is_a_number_and_one_of_21_is_unreal():
+    # the bound is on the digits past the leading zeros: 20 of them are
+    # still a size (over max_message_size: refused once drained), 21 are
+    # the size no chunk has
+    from txmailhub.smtp._transfer import MAX_SIZE_DIGITS, UNREAL_SIZE, chunk_size
+
+    assert MAX_SIZE_DIGITS == 20
+    assert chunk_size("9" * 20) == 10**20 - 1 < UNREAL_SIZE
+    assert chunk_size("0" * 5000 + "9" * 20) == 10**20 - 1
+    assert chunk_size("1" + "0" * 20) == chunk_size("9" * 5000) == UNREAL_SIZE
+    assert chunk_size("0" * 21) == chunk_size("0") == 0
+    d = Driver()
+    d.send("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n")
+    assert d.send("BDAT " + "9" * 20 + " LAST\r\nQUIT\r\n") == []  # its chunk
+    assert not d.engine.closed
+
+
 def test_a_bdat_size_with_leading_zeros_is_its_number():
     # 1*DIGIT (RFC 3030): zeros before the size do not make it bigger
     d = Driver(max_line=10000)
