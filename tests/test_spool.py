@@ -439,6 +439,44 @@ class PrecreateTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(w.path))
         w.abort()
 
+    def test_a_batch_made_before_the_folder_went_is_not_kept_when_it_comes_back_late(self):
+        # The worker made its batch in the folder; the folder was removed
+        # before the batch came back to the reactor thread, and a message's
+        # open() made the folder again meanwhile.  The batch's own check
+        # saw nothing (no creation of its failed) and it was kept ready:
+        # every file unlinked, a 451 for each message given one.
+        import shutil
+
+        from twisted.internet import defer
+
+        held = []
+
+        class BusyWorkers(SyncerSpy):
+            def call(self, f, *args):
+                self.calls_run += 1
+                d = defer.Deferred()
+                held.append((d, f, args))
+                return d
+
+        spooler = open_spooler(self, self.dir, BusyWorkers(), precreate=4, ahead_after=0)
+        spooler.open().abort()
+        d, f, args = held.pop()
+        result = f(*args)  # the batch made, in the folder, not yet back
+        shutil.rmtree(self.dir)
+        w = spooler.open()  # finds the folder gone and makes it again
+        self.assertTrue(os.path.exists(w.path))
+        w.abort()
+        d.callback(result)
+        ready = [path for path, _ in spooler._ready]
+        self.assertEqual([p for p in ready if not os.path.exists(p)], [])
+        lost = 0
+        for _ in range(4):
+            w = spooler.open()
+            lost += not os.path.exists(w.path)
+            w.abort()
+        self.assertEqual(lost, 0)
+        spooler.close()
+
     def test_precreate_zero_hands_no_empty_job_to_the_workers(self):
         # nothing to make ahead: each message's open() still sent a job
         # making 0 files to a worker thread (a GIL hand-over per message,

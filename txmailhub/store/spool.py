@@ -400,6 +400,14 @@ class Spooler:
                 # never be published (a 451 each).  Noticed here, on the
                 # worker's ENOENT, rather than by a system call per message.
                 lost, self._ready = list(self._ready), deque()
+                # Of the batch, only the files still linked: the folder may
+                # have gone (and been made again by an open() here) after
+                # the worker made some or all of them, its own check seeing
+                # nothing.  A descriptor's link count says it, one fstat
+                # each, and only on this rare path.
+                kept = [(path, fd) for path, fd in made if _linked(fd)]
+                lost += [item for item in made if item not in kept]
+                made = kept
                 _drop(lost)
             self._ready.extend(made)
 
@@ -560,6 +568,15 @@ def _open_lock(path: str) -> int:
         os.close(fd)
         raise OSError(errno.EINVAL, why, path)
     return fd
+
+
+def _linked(fd: int) -> bool:
+    """Whether the file open on ``fd`` still has a name (a folder removed
+    under it leaves it unlinked: data written there is never published)."""
+    try:
+        return os.fstat(fd).st_nlink > 0
+    except OSError:
+        return False
 
 
 def _drop(files: list[tuple[str, int]]) -> None:
