@@ -188,6 +188,22 @@ def test_a_cr_after_bdat_ends_the_verb_as_the_hub_reads_a_chunk_size_after_it() 
     assert not any(b"BDAT" in c.upper() for c in hub.commands)
 
 
+def test_a_bare_cr_before_the_line_end_goes_to_the_hub_as_it_reads_it() -> None:
+    # only the line end (CRLF or LF) is taken off: "NOOP\r\r\n" (line ends
+    # converted twice) lost every CR here and was a 250 through -bs where
+    # the hub, spoken to directly, answers it 500 (a bare CR)
+    from tests.test_smtp_server import Driver
+
+    hub_engine = Driver()
+    hub_engine.send("EHLO c\r\n")
+    assert hub_engine.codes("NOOP\r\r\n") == ["500"]
+    hub = ScriptedHub()
+    status, out, _ = session(b"EHLO alpine\r\nNOOP\r\r\nNOOP\nQUIT\r\n", hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"250", b"500", b"250", b"221"]
+    assert hub.commands[1:3] == [b"NOOP\r", b"NOOP"]
+
+
 def test_a_quit_the_hub_refuses_does_not_end_the_session() -> None:
     # the hub answers "QUIT now" 501 (QUIT takes no parameter) and stays:
     # the session goes on until the hub's 221

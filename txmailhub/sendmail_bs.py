@@ -232,7 +232,10 @@ class Session:
                 self._skip_line()
                 self._reply(500, b"5.5.2 Line too long")
                 continue
-            command = line.rstrip(b"\r\n")
+            # its line end only, CRLF or LF: a CR before it is the hub's
+            # to refuse, as it does spoken to directly (it was taken off
+            # here, and "NOOP\r\r\n" was a 250)
+            command = line[:-2] if line.endswith(b"\r\n") else line[:-1]
             verb = command_verb(command)
             if verb in _REFUSED_HERE:
                 self._write(_REFUSED_HERE[verb] + b"\r\n")
