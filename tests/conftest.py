@@ -184,6 +184,23 @@ def drawn_reads(data: Any, wire: bytes) -> list[bytes]:
     return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
 
 
+def read_empty(fd: int) -> None:
+    """Return once the reader of the pipe ``fd`` has taken every octet
+    written to it (its ``FIONREAD`` count is 0; five seconds at most),
+    and a little after: for a writer thread that must pause *after* the
+    reader has read up to the pause -- a reader that took the pause for
+    the end of its input is what the tests that use it catch."""
+    import fcntl
+    import termios
+
+    empty = b"\0\0\0\0"
+    for _ in range(500):
+        if fcntl.ioctl(fd, termios.FIONREAD, empty) == empty:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)  # the reader is past the data by now
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
     socks = []

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mailhub
+from conftest import mailhub, read_empty
 
 from txmailhub.cli import main
 
@@ -912,10 +912,7 @@ def test_a_non_blocking_password_stdin_is_waited_on_not_read_cut(
     # read with the writer not yet done returned what had come ("quiet
     # har", or nothing), and that was the password set.  The writer here
     # waits until the reader has emptied the pipe, as sendmail's test does.
-    import fcntl
-    import termios
     import threading
-    import time
 
     from txmailhub.address import Address
     from txmailhub.users import UsersDB
@@ -928,11 +925,7 @@ def test_a_non_blocking_password_stdin_is_waited_on_not_read_cut(
 
     def write() -> None:
         os.write(w, b"quiet har")
-        waited = 0
-        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":
-            time.sleep(0.01)
-            waited += 1
-        time.sleep(0.05)  # the reader is past the data by now
+        read_empty(r)
         os.write(w, b"bour\n")
         os.close(w)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import read_empty
 
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.sendmail import parse_args
@@ -769,21 +770,14 @@ def test_a_non_blocking_stdin_is_a_client_that_pauses_not_one_gone() -> None:
     # the client wrote on was empty and ended the session with a QUIT to
     # the hub, the message unsent.  The client here writes its DATA once
     # the session has read the pipe empty.
-    import fcntl
-    import termios
     import threading
-    import time
 
     r, w = os.pipe()
     os.set_blocking(r, False)
 
     def client() -> None:
         os.write(w, b"EHLO alpine\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\r\n")
-        waited = 0
-        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":
-            time.sleep(0.01)
-            waited += 1
-        time.sleep(0.05)  # the session is past the data by now
+        read_empty(r)
         os.write(w, b"DATA\r\n" + MESSAGE + b".\r\nQUIT\r\n")
         os.close(w)
 

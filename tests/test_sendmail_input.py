@@ -9,6 +9,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+from conftest import read_empty
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -182,22 +183,15 @@ def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause() -> Non
     # read with the writer not yet done returned nothing, or a line cut
     # short, taken for the end of the input -- the message was sent cut
     # there.  The writer here waits until the reader has emptied the pipe.
-    import fcntl
     import os
-    import termios
     import threading
-    import time
 
     r, w = os.pipe()
     os.set_blocking(r, False)
 
     def write() -> None:
         os.write(w, b"Subject: slow\n\nfirst line, then a pa")
-        waited = 0
-        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":
-            time.sleep(0.01)
-            waited += 1
-        time.sleep(0.05)  # the reader is past the data by now
+        read_empty(r)
         os.write(w, b"use\nlast line\n")
         os.close(w)
 
@@ -220,28 +214,16 @@ def test_an_input_made_non_blocking_after_the_start_is_still_waited_on() -> None
     # command runs (Node.js does once it opens its stdin, a pipe).
     # Only an input non-blocking at the first read was waited on: here the
     # message was sent cut at the writer's pause.
-    import fcntl
     import os
-    import termios
     import threading
-    import time
 
     r, w = os.pipe()
-    stdin_empty = b"\0\0\0\0"
-
-    def drained() -> None:
-        waited = 0
-        while waited < 500 and fcntl.ioctl(r, termios.FIONREAD, stdin_empty) != stdin_empty:
-            time.sleep(0.01)
-            waited += 1
-        time.sleep(0.05)  # the reader is past the data by now
-
     def write() -> None:
         os.write(w, b"Subject: slow\n\nfirst line,")
-        drained()
+        read_empty(r)
         os.set_blocking(r, False)  # the parent, meanwhile
         os.write(w, b" then a pa")  # to the read under way, which blocks
-        drained()
+        read_empty(r)
         os.write(w, b"use\nlast line\n")
         os.close(w)
 
