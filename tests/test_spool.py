@@ -223,6 +223,24 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual(msg.crlf_size, len(data) + 1 + 2)
 
 
+class HeldWorkers(SyncerSpy):
+    """Worker threads that are busy (behind a slow disk's fsyncs): each job
+    waits in ``jobs`` as ``(deferred, f, args)`` until the test runs it and
+    fires its Deferred."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list = []
+
+    def call(self, f, *args):
+        from twisted.internet import defer
+
+        self.calls_run += 1
+        d = defer.Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+
 class PrecreateTests(SynchronousTestCase):
     """Inodes made ahead on the worker threads, so open() does not stall."""
 
@@ -410,18 +428,9 @@ class PrecreateTests(SynchronousTestCase):
         # before it ran.  At most those, and the folder is made again.
         import shutil
 
-        from twisted.internet import defer
-
-        held = []
-
-        class BusyWorkers(SyncerSpy):
-            def call(self, f, *args):
-                self.calls_run += 1
-                d = defer.Deferred()
-                held.append((d, f, args))
-                return d
-
-        spooler = open_spooler(self, self.dir, BusyWorkers(), precreate=4, ahead_after=0)
+        workers = HeldWorkers()
+        held = workers.jobs
+        spooler = open_spooler(self, self.dir, workers, precreate=4, ahead_after=0)
         spooler.open().abort()
         d, f, args = held.pop()
         d.callback(f(*args))
@@ -447,18 +456,9 @@ class PrecreateTests(SynchronousTestCase):
         # every file unlinked, a 451 for each message given one.
         import shutil
 
-        from twisted.internet import defer
-
-        held = []
-
-        class BusyWorkers(SyncerSpy):
-            def call(self, f, *args):
-                self.calls_run += 1
-                d = defer.Deferred()
-                held.append((d, f, args))
-                return d
-
-        spooler = open_spooler(self, self.dir, BusyWorkers(), precreate=4, ahead_after=0)
+        workers = HeldWorkers()
+        held = workers.jobs
+        spooler = open_spooler(self, self.dir, workers, precreate=4, ahead_after=0)
         spooler.open().abort()
         d, f, args = held.pop()
         result = f(*args)  # the batch made, in the folder, not yet back
@@ -507,25 +507,16 @@ class PrecreateTests(SynchronousTestCase):
         # started again (claim: recovery removes them, none being ready)
         # before the refill's result came: they went to the ready files,
         # each unlinked -- a 451 for every message given one.
-        from twisted.internet import defer
-
-        later = []
-
-        class LateWorker(SyncerSpy):
-            def call(self, f, *args):
-                self.calls_run += 1
-                d = defer.Deferred()
-                later.append((d, f(*args)))  # the work done, its result not yet back
-                return d
-
-        spooler = open_spooler(self, self.dir, LateWorker(), precreate=4, ahead_after=0,
+        workers = HeldWorkers()
+        spooler = open_spooler(self, self.dir, workers, precreate=4, ahead_after=0,
                                recover=False)
         self.assertTrue(spooler.claim())
         spooler.open().abort()  # the refill runs
-        self.assertEqual(len(later), 1)
+        self.assertEqual(len(workers.jobs), 1)
+        d, f, args = workers.jobs.pop()
+        result = f(*args)  # the work done, its result not yet back
         spooler.close()
         self.assertTrue(spooler.claim())  # recovery removes the worker's 4
-        d, result = later.pop()
         d.callback(result)
         for path, _ in spooler._ready:
             self.assertTrue(os.path.exists(path), path)
