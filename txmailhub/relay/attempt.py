@@ -57,7 +57,14 @@ from txmailhub.relay.connect_reason import most_telling, reason
 from txmailhub.relay.connect_timer import TimedTCPEndpoint
 from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
-from txmailhub.relay.mx import DNSError, MailLoop, MXHost, NoSuchDomain, NullMX
+from txmailhub.relay.mx import (
+    DNSError,
+    MailLoop,
+    MXHost,
+    NoSuchDomain,
+    NullMX,
+    RememberedDNSError,
+)
 from txmailhub.relay.queue import inline_io
 from txmailhub.relay.record import QueueEntry, mta_name
 from txmailhub.relay.tls_memory import TLSMemory, memory_path
@@ -888,8 +895,13 @@ class DeliveryAgent:
             except DNSError as e:
                 reply = _dns_reply(e)
                 kind = "permanent" if e.permanent else "transient"
-                log.info("{queue_id}: {destination}: {reason}", queue_id=entry.id,
-                         destination=destination, reason=e.reason)
+                # a failure remembered (mx.DNS_FAILURE_MEMORY) is this
+                # attempt's result as a fresh one would be; the log says
+                # no query was made for it
+                said = (f" (the lookup {e.age:.0f} s ago; not asked again yet)"
+                        if isinstance(e, RememberedDNSError) else "")
+                log.info("{queue_id}: {destination}: {reason}{remembered}", queue_id=entry.id,
+                         destination=destination, reason=e.reason, remembered=said)
                 return [DeliveryResult(a, kind, reply) for a in recipients]
         if epoch != self._epoch or not self._may_go_on(entry.id):
             # a DNS answer that came after a stop (and a start), or during

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.names import dns, resolve
 from twisted.names import error as dns_error
@@ -41,6 +41,7 @@ __all__ = [
     "NoSuchDomain",
     "NullMX",
     "PermanentDNSError",
+    "RememberedDNSError",
     "TemporaryDNSError",
     "make_resolver",
     "parse_literal",
@@ -49,6 +50,16 @@ __all__ = [
 log = Logger(namespace="txmailhub.relay.mx")
 
 FAILED_HOST_MEMORY = 600  # seconds a failed host stays at the back of the line
+# Seconds a domain's temporary DNS failure (a timeout, SERVFAIL, ...) is
+# remembered: the resolutions asked for meanwhile fail with it at once,
+# without a query (RFC 5321 4.5.4.1: not every message retries a
+# destination that just failed).  A domain whose servers never answer
+# made one lookup of a minute per queued entry, ``max_per_destination``
+# at a time, while mail for other domains waited.  The relay passes its
+# shortest retry step (``RelayService``), capped at DNS_FAILURE_MEMORY_MAX,
+# so an entry's own next retry asks the DNS again.
+DNS_FAILURE_MEMORY = 60.0
+DNS_FAILURE_MEMORY_MAX = 300.0
 FAILED_HOSTS_KEPT = 10000  # failed hosts remembered at most
 # Once there is somewhere to go, how long the other address lookups may
 # still take: a name server that never answers (a backup MX's, or one that
@@ -107,6 +118,15 @@ class MailLoop(PermanentDNSError):
 
 class TemporaryDNSError(DNSError):
     """SERVFAIL, a timeout, a refused query: try again later."""
+
+
+class RememberedDNSError(TemporaryDNSError):
+    """A domain's temporary DNS failure, remembered: the same ``reason``
+    as the lookup that failed ``age`` seconds ago, given without a query."""
+
+    def __init__(self, domain: str, reason: str, age: float) -> None:
+        super().__init__(domain, reason)
+        self.age = age
 
 
 class CNAMEError(TemporaryDNSError):
@@ -394,6 +414,10 @@ class HostHealth:
         return True
 
 
+def _raise(error: Exception) -> None:
+    raise error
+
+
 def _default_is_local(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     if ip.is_loopback or ip.is_unspecified:
@@ -423,6 +447,7 @@ class MXResolver:
         rng: random.Random | None = None,
         health: HostHealth | None = None,
         is_local_address: Callable[[str], bool] = _default_is_local,
+        dns_failure_memory: float = DNS_FAILURE_MEMORY,
     ) -> None:
         self.resolver = resolver
         self.clock = clock
@@ -432,6 +457,15 @@ class MXResolver:
         self.rng = rng or random.Random()
         self.health = health or HostHealth(clock)
         self.is_local_address = is_local_address
+        # ``dns_failure_memory``: see DNS_FAILURE_MEMORY (0: none kept)
+        self.dns_failure_memory = dns_failure_memory
+        # domain -> (when its temporary failure was learnt, until when it
+        # is remembered, its reason); at most FAILED_HOSTS_KEPT, oldest
+        # first (domains are partly chosen by strangers, as hosts are)
+        self._dns_failed: dict[str, tuple[float, float, str]] = {}
+        # domain -> the resolution of it under way, shared by every
+        # delivery that asks meanwhile: one lookup, not one per entry
+        self._resolving: dict[str, list[defer.Deferred]] = {}
 
     # --- IMXResolver -----------------------------------------------------------
 
@@ -462,11 +496,68 @@ class MXResolver:
             # (RFC 5321 4.5.3.1.2 allows 255); an alias target, or a message
             # queued by an older version, can name any of them.
             return defer.fail(NoSuchDomain(domain, f"not a domain name DNS can hold: {why}"))
+        key = domain.lower()
+        remembered = self._remembered(key)
+        if remembered is not None:
+            learnt, reason = remembered
+            error = RememberedDNSError(domain, reason, self.clock.seconds() - learnt)
+            # in a later turn of the reactor, as an answer would come: a
+            # pass over a thousand entries for the domain, each failing at
+            # once, would start the next one from within the last (its slot
+            # freed, the runner's kick) until Python's recursion limit
+            return task.deferLater(self.clock, 0, _raise, error)
+        mine: defer.Deferred = defer.Deferred()
+        waiting = self._resolving.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        waiting = self._resolving[key] = [mine]
         spare = [MAX_CNAME_QUERIES]  # for every lookup of this resolution
         d = _chase(self.resolver.lookupMailExchange, domain, dns.MX, self.clock, spare)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain, spare),
                        errbackArgs=(domain,))
-        return d
+        d.addBoth(self._resolved, key, waiting)
+        return mine
+
+    def _resolved(self, result: Any, key: str, waiting: list[defer.Deferred]) -> None:
+        """Hand a shared resolution's outcome to each delivery that waits
+        for it (a list of its own: one may reorder it), and remember a
+        temporary failure."""
+        if self._resolving.get(key) is waiting:
+            del self._resolving[key]
+        if isinstance(result, Failure) and result.check(TemporaryDNSError):
+            self._remember(key, result.value.reason)
+        for d in waiting:
+            if d.called:  # cancelled by its delivery
+                continue
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(list(result))
+
+    def _remember(self, key: str, reason: str) -> None:
+        if self.dns_failure_memory <= 0:
+            return
+        failed = self._dns_failed
+        failed.pop(key, None)  # the newest failure goes last
+        now = self.clock.seconds()
+        while failed and (len(failed) >= FAILED_HOSTS_KEPT
+                          or next(iter(failed.values()))[1] <= now):
+            del failed[next(iter(failed))]
+        failed[key] = (now, now + self.dns_failure_memory, reason)
+
+    def _remembered(self, key: str) -> tuple[float, str] | None:
+        """When ``key``'s remembered temporary failure was learnt, and its
+        reason; None when there is none, or its time is over."""
+        kept = self._dns_failed.get(key)
+        if kept is None:
+            return None
+        learnt, until, reason = kept
+        if self.clock.seconds() >= until or self.clock.seconds() < learnt:
+            # over (or a clock set back past it: not for longer than meant)
+            del self._dns_failed[key]
+            return None
+        return learnt, reason
 
     # --- loops -----------------------------------------------------------------
 

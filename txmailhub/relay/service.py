@@ -24,7 +24,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txmailhub.relay.attempt import DeliveryAgent, thread_runner
-from txmailhub.relay.mx import MXResolver, make_resolver
+from txmailhub.relay.mx import (
+    DNS_FAILURE_MEMORY,
+    DNS_FAILURE_MEMORY_MAX,
+    MXResolver,
+    make_resolver,
+)
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.runner import QueueRunner
 from txmailhub.relay.tls_memory import TLSMemory, memory_path
@@ -92,8 +97,13 @@ class RelayService(Service):
         if resolver is None:
             # ours: stopped and started with the relay (one given is its owner's)
             resolver = self._dns = make_resolver(s.relay.nameservers, reactor=c.reactor)
+        # a domain's temporary DNS failure is remembered until the shortest
+        # retry step is over (at most a few minutes): an entry's own retry
+        # asks again, the other entries for it meanwhile do not
+        memory = min(min(s.relay.retry_schedule, default=DNS_FAILURE_MEMORY),
+                     DNS_FAILURE_MEMORY_MAX)
         self.mx = MXResolver(resolver, c.reactor, s.hub.hostname, listening=c.listening,
-                             port=s.relay.port, rng=self._rng)
+                             port=s.relay.port, rng=self._rng, dns_failure_memory=memory)
         tls_memory = TLSMemory(memory_path(s.hub.state_dir), c.reactor, self._io)
         tls_memory.load()
         # the hub's record of its reactor's stalls (components.stalls, which

@@ -1,0 +1,243 @@
+"""A destination whose DNS does not answer must not hold the queue.
+
+RFC 5321 4.5.4.1: the client SHOULD avoid retrying a destination that
+recently failed for every message.  A domain whose name servers time out
+(a minute each) with many queued entries made one lookup per entry,
+``max_per_destination`` at a time, while mail for other domains waited
+behind it for the entries' room; ``MXResolver`` now remembers such a
+failure for a short while, and lookups of a domain already under way
+are shared."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.names import dns
+from twisted.names import error as dns_error
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import load_text
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.relay.attempt import DeliveryAgent
+from txmailhub.relay.mx import MXResolver, TemporaryDNSError
+from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.runner import QueueRunner
+from txmailhub.relay.tls_memory import TLSMemory
+from txmailhub.testing import MemoryMailboxStore, StaticRouter
+
+ALICE = Address("alice", "example.org")
+TIMEOUT = 60.0  # twisted.names' whole timeout for a server that never answers
+
+
+class SilentResolver:
+    """``dead.test``'s name servers never answer: each query fails with a
+    timeout after TIMEOUT seconds of ``clock``; ``live.test`` has an
+    address at once."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.queries: list[tuple[str, str, float]] = []
+
+    def _lookup(self, name, kind):
+        self.queries.append((name, kind, self.clock.seconds()))
+        if name == "live.test":
+            if kind != "A":
+                return defer.succeed(([], [], []))
+            rr = dns.RRHeader(name.encode(), dns.A, dns.IN, 60, dns.Record_A("192.0.2.7"))
+            return defer.succeed(([rr], [], []))
+        d = defer.Deferred()
+        self.clock.callLater(TIMEOUT, d.errback, dns_error.DNSQueryTimeoutError(name))
+        return d
+
+    def lookupMailExchange(self, name, timeout=None):
+        return self._lookup(name, "MX")
+
+    def lookupAddress(self, name, timeout=None):
+        return self._lookup(name, "A")
+
+    def lookupIPV6Address(self, name, timeout=None):
+        return self._lookup(name, "AAAA")
+
+    def count(self, name, kind="MX"):
+        return sum(1 for n, k, _ in self.queries if n == name and k == kind)
+
+
+class RefusingEndpoint:
+    """Records each connection asked for and refuses it (no network)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.connects: list[tuple[str, float]] = []
+
+    def __call__(self, host, port):
+        outer = self
+
+        class E:
+            def connect(self, factory):
+                outer.connects.append((host, outer.clock.seconds()))
+                return defer.fail(ConnectionRefusedError(host))
+
+        return E()
+
+
+def make(tmp_path, dead=100):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   '[relay]\nmax_concurrent_deliveries = 10\nmax_per_destination = 10\n'
+                   'queue_lifetime = "1d"\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = MemoryReactorClock()
+    clock.advance(1_700_000_000)
+    components = Components(settings=settings, reactor=clock,
+                            router=StaticRouter({"alice": None}), store=MemoryMailboxStore(),
+                            spooler=None, portal=None)
+    queue = OutboundQueue(settings.queue_dir, clock)
+    components.queue = queue
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org", rng=random.Random(0))
+    endpoint = RefusingEndpoint(clock)
+
+    def now(f, *args):
+        return defer.maybeDeferred(f, *args)
+
+    agent = DeliveryAgent(settings, mx, clock, endpoint=endpoint,
+                          tls_options=lambda h, v: None, run_blocking=now,
+                          tls_memory=TLSMemory(str(tmp_path / "tls.json"), clock, now))
+    runner = QueueRunner(queue, agent, components, clock, send_dsn=lambda *a: defer.succeed(None))
+    ids = []
+    for i in range(dead + 1):
+        rcpt = Address(f"u{i}", "live.test" if i == dead else "dead.test")
+        path = tmp_path / f"spool-{i}"
+        path.write_bytes(b"Subject: hi\n\nhello\n")
+        ids.append(queue.enqueue(Envelope(sender=ALICE, recipients=(rcpt,)),
+                                 SpooledMessage(str(path), 20, 23)).result)
+        clock.advance(0.001)  # the live domain's entry is the newest
+    return clock, runner, resolver, endpoint, queue, ids
+
+
+def first_pass(clock, runner, resolver, endpoint, limit=3600):
+    """Run until the live domain's entry has had its attempt (a connection
+    asked for); returns the seconds that took."""
+    start = clock.seconds()
+    runner.start()
+    while not endpoint.connects and clock.seconds() - start < limit:
+        clock.advance(1)
+    return clock.seconds() - start
+
+
+def test_other_domains_wait_for_at_most_one_timeout(tmp_path):
+    clock, runner, resolver, endpoint, _queue, _ids = make(tmp_path)
+    try:
+        took = first_pass(clock, runner, resolver, endpoint)
+        assert endpoint.connects, "the live domain's entry was never attempted"
+        # a few ticks past the one lookup's timeout, not one timeout per
+        # max_per_destination entries (ten of them before: 600 s)
+        assert took <= TIMEOUT + 5
+        assert resolver.count("dead.test") == 1
+    finally:
+        runner.stop()
+
+
+def test_a_pass_over_the_dead_domain_makes_one_lookup(tmp_path):
+    # 400 entries: answered at once, one after the other, from within the
+    # one before, they ran into Python's recursion limit
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=400)
+    try:
+        first_pass(clock, runner, resolver, endpoint)
+        # every dead entry has been attempted once: deferred with the
+        # lookup's own temporary reason, counted as an attempt
+        for _ in range(10):
+            clock.advance(1)
+        for qid in ids[:-1]:
+            e = queue.read(qid)
+            assert e.attempts == 1, qid
+            rec = e.recipients[0]
+            assert rec.last_reply.code == 451 and rec.last_reply.status == "4.4.3"
+            assert "DNS timeout" in rec.last_reply.text()
+        assert resolver.count("dead.test") == 1
+    finally:
+        runner.stop()
+
+
+def test_the_memory_is_short_each_retry_asks_again(tmp_path):
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=3)
+    try:
+        first_pass(clock, runner, resolver, endpoint)
+        assert resolver.count("dead.test") == 1
+        # the first retry (one minute later) finds the memory gone: one
+        # fresh lookup for all three entries
+        for _ in range(200):
+            clock.advance(1)
+        assert resolver.count("dead.test") == 2
+        for qid in ids[:-1]:
+            assert queue.read(qid).attempts == 2
+    finally:
+        runner.stop()
+
+
+def test_resolver_remembers_a_temporary_failure_for_a_while():
+    clock = MemoryReactorClock()
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org", dns_failure_memory=60)
+    errors = []
+    mx.resolve("dead.test").addErrback(errors.append)
+    clock.advance(TIMEOUT)
+    mx.resolve("DEAD.test.").addErrback(errors.append)  # no query
+    assert len(errors) == 1  # not from within the call: a turn of the reactor later
+    clock.advance(0)
+    assert len(errors) == 2 and resolver.count("dead.test") == 1
+    assert all(f.check(TemporaryDNSError) for f in errors)
+    assert errors[1].value.reason == errors[0].value.reason
+    clock.advance(60)
+    mx.resolve("dead.test").addErrback(errors.append)
+    assert resolver.count("dead.test") == 2
+
+
+@pytest.mark.parametrize("memory", [0])
+def test_no_memory_when_turned_off(memory):
+    clock = MemoryReactorClock()
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org", dns_failure_memory=memory)
+    mx.resolve("dead.test").addErrback(lambda f: None)
+    clock.advance(TIMEOUT)
+    mx.resolve("dead.test").addErrback(lambda f: None)
+    assert resolver.count("dead.test") == 2
+
+
+
+
+def test_lookups_under_way_are_shared():
+    clock = MemoryReactorClock()
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org")
+    errors = []
+    for _ in range(5):
+        mx.resolve("dead.test").addErrback(errors.append)
+    assert resolver.count("dead.test") == 1
+    clock.advance(TIMEOUT)
+    assert len(errors) == 5 and all(f.check(TemporaryDNSError) for f in errors)
+    got = []
+    for _ in range(2):
+        mx.resolve("live.test").addCallback(got.append)
+    assert len(got) == 2 and got[0] == got[1] and got[0] is not got[1]
+    # answered at once, so not shared: each its own lookup
+    assert resolver.count("live.test") == 2
+
+
+def test_a_cancelled_wait_leaves_the_others_theirs():
+    clock = MemoryReactorClock()
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org")
+    first = mx.resolve("dead.test")
+    second = mx.resolve("dead.test")
+    first.addErrback(lambda f: None)
+    first.cancel()
+    errors = []
+    second.addErrback(errors.append)
+    clock.advance(TIMEOUT)
+    assert len(errors) == 1 and errors[0].check(TemporaryDNSError)
