@@ -241,3 +241,18 @@ def test_a_cancelled_wait_leaves_the_others_theirs():
     second.addErrback(errors.append)
     clock.advance(TIMEOUT)
     assert len(errors) == 1 and errors[0].check(TemporaryDNSError)
+
+
+def test_forget_drops_the_memory_and_what_lookups_from_before_learn():
+    clock = MemoryReactorClock()
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org")
+    mx.resolve("dead.test").addErrback(lambda f: None)
+    clock.advance(TIMEOUT)
+    mx.forget()  # the relay started again
+    mx.resolve("dead.test").addErrback(lambda f: None)
+    assert resolver.count("dead.test") == 2
+    mx.forget()  # while that lookup is under way (a stop gives it up)
+    clock.advance(TIMEOUT)
+    mx.resolve("dead.test").addErrback(lambda f: None)
+    assert resolver.count("dead.test") == 3

@@ -78,3 +78,31 @@ def test_the_start_logs_where_outbound_mail_goes(tmp_path):
         'relay: outbound mail goes to the smarthost [192.0.2.25]:25 (smarthost_tls = "none", '
         'with AUTH from smarthost_auth_file)',
     ]
+
+
+def test_the_dns_failure_memory_is_the_shortest_retry_step_and_a_restart_forgets(tmp_path):
+    from twisted.names import error as dns_error
+
+    for schedule, memory in (("[30, 600]", 30), ("[900, 600, 3600]", 300), (None, 60)):
+        cfg = tmp_path / "hub.toml"
+        relay = f"retry_schedule = {schedule}\n" if schedule else ""
+        cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                       '[relay]\n' + relay)
+        settings = load_text(cfg.read_text(), str(cfg))
+        clock = Clock()
+        c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                       store=MemoryMailboxStore(), spooler=None, portal=None)
+        resolver = FakeResolver({"dead.test": dns_error.DNSServerError("dead.test")})
+        svc = RelayService(c, resolver=resolver, endpoint=FakeNetwork(clock).endpoint,
+                           rng=random.Random(0))
+        svc.startService()
+        assert svc.mx.dns_failure_memory == memory
+        svc.mx.resolve("dead.test").addErrback(lambda f: None)
+        svc.mx.resolve("dead.test").addErrback(lambda f: None)
+        assert resolver.queries.count(("dead.test", "MX")) == 1  # remembered
+        svc.stopService()
+        svc.startService()  # a restart asks again
+        svc.mx.resolve("dead.test").addErrback(lambda f: None)
+        assert resolver.queries.count(("dead.test", "MX")) == 2
+        svc.stopService()
+        clock.advance(1)

@@ -466,6 +466,7 @@ class MXResolver:
         # domain -> the resolution of it under way, shared by every
         # delivery that asks meanwhile: one lookup, not one per entry
         self._resolving: dict[str, list[defer.Deferred]] = {}
+        self._epoch = 0  # bumped by ``forget``: what a lookup from before learns is not kept
 
     # --- IMXResolver -----------------------------------------------------------
 
@@ -516,16 +517,26 @@ class MXResolver:
         d = _chase(self.resolver.lookupMailExchange, domain, dns.MX, self.clock, spare)
         d.addCallbacks(self._got_mx, self._mx_failed, callbackArgs=(domain, spare),
                        errbackArgs=(domain,))
-        d.addBoth(self._resolved, key, waiting)
+        d.addBoth(self._resolved, key, waiting, self._epoch)
         return mine
 
-    def _resolved(self, result: Any, key: str, waiting: list[defer.Deferred]) -> None:
+    def forget(self) -> None:
+        """Forget the domains' remembered failures, and share no lookup
+        begun before (the relay's start after a stop: the lookups the stop
+        gave up fail as if the DNS had, which must not be remembered)."""
+        self._epoch += 1
+        self._dns_failed.clear()
+        self._resolving.clear()
+
+    def _resolved(self, result: Any, key: str, waiting: list[defer.Deferred],
+                  epoch: int) -> None:
         """Hand a shared resolution's outcome to each delivery that waits
         for it (a list of its own: one may reorder it), and remember a
         temporary failure."""
         if self._resolving.get(key) is waiting:
             del self._resolving[key]
-        if isinstance(result, Failure) and result.check(TemporaryDNSError):
+        if (isinstance(result, Failure) and result.check(TemporaryDNSError)
+                and epoch == self._epoch):
             self._remember(key, result.value.reason)
         for d in waiting:
             if d.called:  # cancelled by its delivery

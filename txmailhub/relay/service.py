@@ -120,6 +120,8 @@ class RelayService(Service):
         if self.runner is None:
             self._build()
         else:  # a restart: the resolver stopped with the last run
+            assert self.mx is not None
+            self.mx.forget()  # its lookups given up are no DNS failures
             start = getattr(self._dns, "start", None)
             if start is not None:
                 start()
