@@ -14,7 +14,7 @@ import random
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, TCPTimedOutError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names import error as dns_error
@@ -32,6 +32,10 @@ from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
 ALICE = Address("alice", "example.org")
 TIMEOUT = 60.0  # twisted.names' whole timeout for a server that never answers
+# down.test's one host drops every packet: a connection fails after
+# CONNECT_TIMEOUT; live.test's refuses at once
+ADDRESSES = {"live.test": "192.0.2.7", "down.test": "192.0.2.66"}
+CONNECT_TIMEOUT = 30.0
 
 
 class SilentResolver:
@@ -45,10 +49,11 @@ class SilentResolver:
 
     def _lookup(self, name, kind):
         self.queries.append((name, kind, self.clock.seconds()))
-        if name == "live.test":
+        if name in ADDRESSES:
             if kind != "A":
                 return defer.succeed(([], [], []))
-            rr = dns.RRHeader(name.encode(), dns.A, dns.IN, 60, dns.Record_A("192.0.2.7"))
+            rr = dns.RRHeader(name.encode(), dns.A, dns.IN, 60,
+                              dns.Record_A(ADDRESSES[name]))
             return defer.succeed(([rr], [], []))
         d = defer.Deferred()
         self.clock.callLater(TIMEOUT, d.errback, dns_error.DNSQueryTimeoutError(name))
@@ -80,12 +85,16 @@ class RefusingEndpoint:
         class E:
             def connect(self, factory):
                 outer.connects.append((host, outer.clock.seconds()))
+                if host == ADDRESSES["down.test"]:
+                    d = defer.Deferred()
+                    outer.clock.callLater(CONNECT_TIMEOUT, d.errback, TCPTimedOutError())
+                    return d
                 return defer.fail(ConnectionRefusedError(host))
 
         return E()
 
 
-def make(tmp_path, dead=100):
+def make(tmp_path, dead=100, domain="dead.test"):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                    '[relay]\nmax_concurrent_deliveries = 10\nmax_per_destination = 10\n'
@@ -111,7 +120,7 @@ def make(tmp_path, dead=100):
     runner = QueueRunner(queue, agent, components, clock, send_dsn=lambda *a: defer.succeed(None))
     ids = []
     for i in range(dead + 1):
-        rcpt = Address(f"u{i}", "live.test" if i == dead else "dead.test")
+        rcpt = Address(f"u{i}", "live.test" if i == dead else domain)
         path = tmp_path / f"spool-{i}"
         path.write_bytes(b"Subject: hi\n\nhello\n")
         ids.append(queue.enqueue(Envelope(sender=ALICE, recipients=(rcpt,)),
@@ -125,7 +134,9 @@ def first_pass(clock, runner, resolver, endpoint, limit=3600):
     asked for); returns the seconds that took."""
     start = clock.seconds()
     runner.start()
-    while not endpoint.connects and clock.seconds() - start < limit:
+    live = ADDRESSES["live.test"]
+    while (all(h != live for h, _ in endpoint.connects)
+           and clock.seconds() - start < limit):
         clock.advance(1)
     return clock.seconds() - start
 
@@ -134,7 +145,8 @@ def test_other_domains_wait_for_at_most_one_timeout(tmp_path):
     clock, runner, resolver, endpoint, _queue, _ids = make(tmp_path)
     try:
         took = first_pass(clock, runner, resolver, endpoint)
-        assert endpoint.connects, "the live domain's entry was never attempted"
+        assert any(h == ADDRESSES["live.test"] for h, _ in endpoint.connects), \
+            "the live domain's entry was never attempted"
         # a few ticks past the one lookup's timeout, not one timeout per
         # max_per_destination entries (ten of them before: 600 s)
         assert took <= TIMEOUT + 5
@@ -256,3 +268,44 @@ def test_forget_drops_the_memory_and_what_lookups_from_before_learn():
     clock.advance(TIMEOUT)
     mx.resolve("dead.test").addErrback(lambda f: None)
     assert resolver.count("dead.test") == 3
+
+
+def test_a_domain_none_of_whose_hosts_answers_is_tried_once_a_pass(tmp_path):
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=400, domain="down.test")
+    down = ADDRESSES["down.test"]
+    try:
+        took = first_pass(clock, runner, resolver, endpoint)
+        # one connection's timeout, not one per max_per_destination entries
+        # (40 of them before: 1,200 s)
+        assert took <= CONNECT_TIMEOUT + 5
+        for _ in range(10):
+            clock.advance(1)
+        # the ten that connected at once (max_per_destination), then none:
+        # each other entry deferred with the same reply, an attempt
+        assert sum(1 for h, _ in endpoint.connects if h == down) == 10
+        for qid in ids[:-1]:
+            e = queue.read(qid)
+            assert e.attempts == 1, qid
+            reply = e.recipients[0].last_reply
+            assert reply.code == 451 and reply.status == "4.4.1"
+            assert f"connection to down.test[{down}]:25 failed" in reply.text()
+        # the first retry, a minute on, connects again
+        for _ in range(200):
+            clock.advance(1)
+        assert sum(1 for h, _ in endpoint.connects if h == down) > 10
+    finally:
+        runner.stop()
+
+
+def test_a_start_tries_an_unreachable_destination_again(tmp_path):
+    clock, runner, resolver, endpoint, _queue, _ids = make(tmp_path, dead=3, domain="down.test")
+    down = ADDRESSES["down.test"]
+    try:
+        first_pass(clock, runner, resolver, endpoint)
+        clock.advance(CONNECT_TIMEOUT)
+        assert "down.test" in runner.agent._unreachable
+        runner.agent.resume()  # what a start of the runner calls
+        assert "down.test" not in runner.agent._unreachable
+        assert sum(1 for h, _ in endpoint.connects if h == down) == 3
+    finally:
+        runner.stop()

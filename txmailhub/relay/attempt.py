@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
@@ -58,6 +58,8 @@ from txmailhub.relay.connect_timer import TimedTCPEndpoint
 from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import (
+    DNS_FAILURE_MEMORY_MAX,
+    FAILED_HOSTS_KEPT,
     DNSError,
     MailLoop,
     MXHost,
@@ -777,6 +779,16 @@ class DeliveryAgent:
         if auth_param_memory is None:  # (an empty one is falsy: no "or" here)
             auth_param_memory = AuthParamMemory(clock)
         self.auth_param_refusers = auth_param_memory
+        # Destinations none of whose hosts could be connected to, each with
+        # when that was learnt, until when it is remembered and the reply
+        # it gave: the deliveries to it meanwhile are deferred with that
+        # reply, without a lookup or a connection (RFC 5321 4.5.4.1: a
+        # list of hosts the client cannot reach, not a retry per message).
+        # As long as the shortest retry step (five minutes at most), as the
+        # resolver's memory of DNS failures; emptied by ``resume``.
+        self.unreachable_memory = min(min(self.relay.retry_schedule, default=0),
+                                      DNS_FAILURE_MEMORY_MAX)
+        self._unreachable: dict[str, tuple[float, float, Reply]] = {}
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         # TLS 1.2 at least either way (RFC 8996), pinned in relay/client_tls.py
@@ -871,6 +883,20 @@ class DeliveryAgent:
         epoch = self._epoch
         smarthost = destination == SMARTHOST
         credentials = None
+        kept = self._unreachable.get(destination)
+        if kept is not None:
+            learnt, until, reply = kept
+            now = self.clock.seconds()
+            if learnt <= now < until:
+                # in a later turn of the reactor, as a refusal would come: a
+                # thousand entries deferred from within each other would
+                # reach Python's recursion limit
+                yield task.deferLater(self.clock, 0, lambda: None)
+                log.info("{queue_id}: {destination} not reached: {reply} (tried {age:.0f} s "
+                         "ago; not tried again yet)", queue_id=entry.id, destination=destination,
+                         reply=loggable(reply.text(), REPLY_LOG_MAX), age=now - learnt)
+                return [DeliveryResult(a, "transient", reply) for a in recipients]
+            del self._unreachable[destination]
         if smarthost:
             host, port_n = split_smarthost(self.relay.smarthost)
             hosts = [MXHost(host, 0, (host,))]
@@ -919,6 +945,7 @@ class DeliveryAgent:
         # nothing of them; a later session's error replaces it)
         own: dict[Address, DeliveryResult] = {}
         tried = 0
+        sessions = 0  # the hosts that answered at all
         started = self.clock.seconds()
         out_of_time = False
         budget = self.relay.hosts_time_budget
@@ -926,8 +953,10 @@ class DeliveryAgent:
         def within_budget() -> bool:
             return self.clock.seconds() - started < budget
 
+        every_host = True  # no host left unasked by MAX_ADDRESSES_PER_ATTEMPT
         for mxhost in hosts:
             if tried >= MAX_ADDRESSES_PER_ATTEMPT or not recipients:
+                every_host = False
                 break
             if tried and not within_budget():
                 out_of_time = True
@@ -965,6 +994,8 @@ class DeliveryAgent:
                                               credentials=credentials)
                 if epoch != self._epoch:  # cut by the hub's stop, as above
                     return settled + _given_up(recipients)
+            if outcome is not None:
+                sessions += 1
             if outcome is None:  # could not connect: the next host
                 if tries.started:
                     telling = tries.telling()
@@ -1059,6 +1090,18 @@ class DeliveryAgent:
             return settled + [own[a] for a in recipients]
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=loggable(last.text(), REPLY_LOG_MAX))
+        if (not sessions and tried and every_host and not out_of_time and not settled
+                and self.unreachable_memory > 0 and epoch == self._epoch):
+            # every host tried, none connected: remembered (the newest last;
+            # a destination is one of the recipients' domains, chosen by
+            # strangers: FAILED_HOSTS_KEPT at most, the oldest forgotten)
+            now = self.clock.seconds()
+            self._unreachable.pop(destination, None)
+            while self._unreachable and (
+                    len(self._unreachable) >= FAILED_HOSTS_KEPT
+                    or next(iter(self._unreachable.values()))[1] <= now):
+                del self._unreachable[next(iter(self._unreachable))]
+            self._unreachable[destination] = (now, now + self.unreachable_memory, last)
         return settled + [DeliveryResult(a, kind, last, last_host) for a in recipients]
 
     def _settle(self, entry: QueueEntry, outcome: SessionOutcome, recipients: list[Address],
@@ -1267,6 +1310,7 @@ class DeliveryAgent:
     def resume(self) -> None:
         self.stopped = False
         self._may_connect = None
+        self._unreachable.clear()  # a start tries every destination afresh
 
     def _note_auth_param(self, entry: QueueEntry, session: ClientSession, name: str,
                          address: str, port: int) -> None:
