@@ -309,3 +309,36 @@ def test_a_start_tries_an_unreachable_destination_again(tmp_path):
         assert sum(1 for h, _ in endpoint.connects if h == down) == 3
     finally:
         runner.stop()
+
+
+def test_a_flush_asks_the_dns_again(tmp_path):
+    # ``queue flush`` is an administrator asking for an attempt now (the
+    # name servers mended, say): not a deferral by what was remembered
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=3)
+    try:
+        first_pass(clock, runner, resolver, endpoint)
+        clock.advance(TIMEOUT + 1)  # the one lookup failed, each entry deferred by it
+        assert resolver.count("dead.test") == 1
+        assert all(queue.read(qid).attempts == 1 for qid in ids[:-1])
+        queue.request_flush()
+        for _ in range(5):  # well inside the memory's minute
+            clock.advance(1)
+        assert resolver.count("dead.test") == 2
+    finally:
+        runner.stop()
+
+
+def test_a_flush_connects_to_an_unreachable_destination_again(tmp_path):
+    clock, runner, resolver, endpoint, queue, _ids = make(tmp_path, dead=3, domain="down.test")
+    down = ADDRESSES["down.test"]
+    try:
+        first_pass(clock, runner, resolver, endpoint)
+        clock.advance(CONNECT_TIMEOUT)
+        assert "down.test" in runner.agent._unreachable
+        before = sum(1 for h, _ in endpoint.connects if h == down)
+        queue.request_flush()
+        for _ in range(5):
+            clock.advance(1)
+        assert sum(1 for h, _ in endpoint.connects if h == down) > before
+    finally:
+        runner.stop()

@@ -1312,6 +1312,16 @@ class DeliveryAgent:
         self._may_connect = None
         self._unreachable.clear()  # a start tries every destination afresh
 
+    def forget_failures(self) -> None:
+        """Forget the destinations remembered as unreachable and the
+        domains' remembered DNS failures: ``queue flush`` asks for a real
+        attempt of every entry now, not a deferral by what an attempt
+        before it learnt."""
+        self._unreachable.clear()
+        forget = getattr(self.mx, "forget_failures", None)  # a test's fake may have none
+        if forget is not None:
+            forget()
+
     def _note_auth_param(self, entry: QueueEntry, session: ClientSession, name: str,
                          address: str, port: int) -> None:
         """Log a refusal of ``AUTH=`` and remember the host that made it.

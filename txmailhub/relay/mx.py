@@ -528,6 +528,12 @@ class MXResolver:
         self._dns_failed.clear()
         self._resolving.clear()
 
+    def forget_failures(self) -> None:
+        """Forget the domains' remembered failures, keeping the lookups
+        under way shared (``queue flush``: an administrator asks for an
+        attempt now, perhaps with the name servers mended)."""
+        self._dns_failed.clear()
+
     def _resolved(self, result: Any, key: str, waiting: list[defer.Deferred],
                   epoch: int) -> None:
         """Hand a shared resolution's outcome to each delivery that waits

@@ -368,6 +368,10 @@ class QueueRunner:
 
     def _flush(self) -> None:
         now = self.clock.seconds()
+        # an attempt now, not a deferral by a failure remembered before it
+        forget = getattr(self.agent, "forget_failures", None)
+        if forget is not None:
+            forget()
         for qid in self.due:
             self.due[qid] = min(self.due[qid], now)
 
