@@ -342,3 +342,35 @@ def test_a_flush_connects_to_an_unreachable_destination_again(tmp_path):
         assert sum(1 for h, _ in endpoint.connects if h == down) > before
     finally:
         runner.stop()
+
+
+class ManyAddressesResolver(SilentResolver):
+    """``many.test`` has no MX and one name with twelve addresses, each of
+    which refuses: more than one attempt tries (MAX_ADDRESSES_PER_ATTEMPT)."""
+
+    def _lookup(self, name, kind):
+        if name != "many.test":
+            return super()._lookup(name, kind)
+        self.queries.append((name, kind, self.clock.seconds()))
+        if kind != "A":
+            return defer.succeed(([], [], []))
+        rrs = [dns.RRHeader(name.encode(), dns.A, dns.IN, 60, dns.Record_A(f"192.0.2.{100 + i}"))
+               for i in range(12)]
+        return defer.succeed((rrs, [], []))
+
+
+def test_addresses_left_untried_are_no_unreachable_destination(tmp_path):
+    # the ten addresses run out before the host's last two were tried: not
+    # a destination none of whose hosts could be reached (docs/relay.rst)
+    clock, runner, _resolver, endpoint, _queue, _ids = make(tmp_path, dead=1,
+                                                            domain="many.test")
+    runner.agent.mx.resolver = ManyAddressesResolver(clock)
+    try:
+        first_pass(clock, runner, runner.agent.mx.resolver, endpoint)
+        for _ in range(5):
+            clock.advance(1)
+        tried = {h for h, _ in endpoint.connects if h.startswith("192.0.2.1")}
+        assert len(tried) == 10
+        assert "many.test" not in runner.agent._unreachable
+    finally:
+        runner.stop()

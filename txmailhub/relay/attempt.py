@@ -953,7 +953,7 @@ class DeliveryAgent:
         def within_budget() -> bool:
             return self.clock.seconds() - started < budget
 
-        every_host = True  # no host left unasked by MAX_ADDRESSES_PER_ATTEMPT
+        every_host = True  # no host or address left unasked by MAX_ADDRESSES_PER_ATTEMPT
         for mxhost in hosts:
             if tried >= MAX_ADDRESSES_PER_ATTEMPT or not recipients:
                 every_host = False
@@ -966,8 +966,10 @@ class DeliveryAgent:
             # the host's addresses raced with staggered starts (RFC 8305):
             # one that drops packets does not hold the next for the
             # connect timeout; each started counts as one tried
-            addresses = interleave(mxhost.addresses, family_of)[
-                :MAX_ADDRESSES_PER_ATTEMPT - tried]
+            ordered = interleave(mxhost.addresses, family_of)
+            addresses = ordered[:MAX_ADDRESSES_PER_ATTEMPT - tried]
+            if len(addresses) < len(ordered):
+                every_host = False  # addresses of it left for the next retry
             tries = _Tries()
             outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
                                           smarthost, stage, credentials=credentials,
