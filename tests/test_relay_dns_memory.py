@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from relay_fakes import FakeResolver
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError, TCPTimedOutError
 from twisted.internet.testing import MemoryReactorClock
@@ -38,14 +39,15 @@ ADDRESSES = {"live.test": "192.0.2.7", "down.test": "192.0.2.66"}
 CONNECT_TIMEOUT = 30.0
 
 
-class SilentResolver:
+class SilentResolver(FakeResolver):
     """``dead.test``'s name servers never answer: each query fails with a
     timeout after TIMEOUT seconds of ``clock``; ``live.test`` has an
     address at once."""
 
     def __init__(self, clock):
+        super().__init__({})
         self.clock = clock
-        self.queries: list[tuple[str, str, float]] = []
+        self.queries: list[tuple[str, str, float]] = []  # with when it was asked
 
     def _lookup(self, name, kind):
         self.queries.append((name, kind, self.clock.seconds()))
@@ -58,15 +60,6 @@ class SilentResolver:
         d = defer.Deferred()
         self.clock.callLater(TIMEOUT, d.errback, dns_error.DNSQueryTimeoutError(name))
         return d
-
-    def lookupMailExchange(self, name, timeout=None):
-        return self._lookup(name, "MX")
-
-    def lookupAddress(self, name, timeout=None):
-        return self._lookup(name, "A")
-
-    def lookupIPV6Address(self, name, timeout=None):
-        return self._lookup(name, "AAAA")
 
     def count(self, name, kind="MX"):
         return sum(1 for n, k, _ in self.queries if n == name and k == kind)
