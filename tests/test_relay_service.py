@@ -45,6 +45,21 @@ def test_relay_service_delivers_and_stops(tmp_path):
     assert d.called
 
 
+def _relay_service(tmp_path, relay: str, resolver) -> tuple[RelayService, Clock]:
+    """A relay service of a hub whose config's ``[relay]`` section is
+    ``relay``, on a test clock, asking ``resolver``, not started."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   '[relay]\n' + relay)
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                   store=MemoryMailboxStore(), spooler=None, portal=None)
+    svc = RelayService(c, resolver=resolver, endpoint=FakeNetwork(clock).endpoint,
+                       rng=random.Random(0))
+    return svc, clock
+
+
 def test_the_start_logs_where_outbound_mail_goes(tmp_path):
     # a smarthost set in the config, or a typo that left it out, is seen
     # in the log at start, not only when the first message goes out
@@ -57,15 +72,7 @@ def test_the_start_logs_where_outbound_mail_goes(tmp_path):
                       'smarthost = "[192.0.2.25]:25"\nsmarthost_tls = "none"\n'
                       'smarthost_auth_file = "auth"\n'):
             (tmp_path / "auth").write_text("user:secret\n")
-            cfg = tmp_path / "hub.toml"
-            cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                           '[relay]\n' + relay)
-            settings = load_text(cfg.read_text(), str(cfg))
-            clock = Clock()
-            c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
-                           store=MemoryMailboxStore(), spooler=None, portal=None)
-            svc = RelayService(c, resolver=FakeResolver({}), endpoint=FakeNetwork(clock).endpoint,
-                               rng=random.Random(0))
+            svc, _clock = _relay_service(tmp_path, relay, FakeResolver({}))
             svc.startService()
             svc.stopService()
     finally:
@@ -84,17 +91,9 @@ def test_the_dns_failure_memory_is_the_shortest_retry_step_and_a_restart_forgets
     from twisted.names import error as dns_error
 
     for schedule, memory in (("[30, 600]", 30), ("[900, 600, 3600]", 300), (None, 60)):
-        cfg = tmp_path / "hub.toml"
         relay = f"retry_schedule = {schedule}\n" if schedule else ""
-        cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                       '[relay]\n' + relay)
-        settings = load_text(cfg.read_text(), str(cfg))
-        clock = Clock()
-        c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
-                       store=MemoryMailboxStore(), spooler=None, portal=None)
         resolver = FakeResolver({"dead.test": dns_error.DNSServerError("dead.test")})
-        svc = RelayService(c, resolver=resolver, endpoint=FakeNetwork(clock).endpoint,
-                           rng=random.Random(0))
+        svc, clock = _relay_service(tmp_path, relay, resolver)
         svc.startService()
         assert svc.mx.dns_failure_memory == memory
         svc.mx.resolve("dead.test").addErrback(lambda f: None)
