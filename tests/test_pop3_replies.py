@@ -51,6 +51,7 @@ PINNED = {
     "SASL_LINE_TOO_LONG": (False, None),
     "BAD_ENCODING": (False, None),
     "BARE_CR_IN_COMMAND": (False, None),
+    "NUL_IN_COMMAND": (False, None),
     "INTERNAL_ERROR": (False, "SYS/TEMP"),
     "UTF8_ENABLED": (True, None),
     "UTF8_REQUIRED": (False, "UTF8"),  # RFC 6856 5: the message needs UTF-8 mode

@@ -251,6 +251,29 @@ def test_a_bare_cr_is_the_same_whatever_the_reads():
     assert got == [R.BARE_CR_IN_COMMAND.to_bytes(), b"+OK\r\n"]
 
 
+@pytest.mark.parametrize("line", [b"USER joe\0", b"PASS joepw\0", b"PASS joe\0pw",
+                                  b"NO\0OP", b"\0", b"CAPA\0", b"AUTH PLAIN\0",
+                                  b"PASS joe\0pw\r"])
+def test_a_nul_in_a_command_line_is_refused_before_login(line):
+    # RFC 1939 3: keywords and arguments are printable ASCII.  PASS joe\0pw
+    # tried the NUL as part of the password: a failed login, counted
+    e = engine()
+    assert sent(e, b"USER joe") == R.USER_ACCEPTED.to_bytes()
+    assert sent(e, line) == R.NUL_IN_COMMAND.to_bytes()
+    assert e.state is State.AUTHORIZATION and e.auth_failures == 0
+    # nothing of the command was done: the name stands for the next PASS
+    assert run(e, b"PASS joepw") == Authenticate("USER", "joe", b"joepw", TS)
+
+
+@pytest.mark.parametrize("line", [b"STAT\0", b"LIST 1\0", b"DELE 1\0", b"DELE \0001",
+                                  b"TOP 1 0\0", b"QUIT\0"])
+def test_a_nul_in_a_command_line_is_refused_after_login(line):
+    e = logged_in()
+    assert sent(e, line) == R.NUL_IN_COMMAND.to_bytes()
+    assert e.state is State.TRANSACTION and not e.finished
+    assert sent(e, b"STAT") == b"+OK 3 439\r\n"  # nothing deleted
+
+
 # -- the state table -------------------------------------------------------
 
 

@@ -149,6 +149,10 @@ BAD_ENCODING = err("Command is not valid ASCII")
 # dropped (USER, DELE 1) or kept in a password (a failed login counted).
 # Refused, as SMTP refuses one (docs/smtp.rst)
 BARE_CR_IN_COMMAND = err("Bare CR in command: end each line with CRLF")
+# A NUL is no printable ASCII either (RFC 1939 3): it was read into the
+# command like a bare CR (a verb unknown, a NUL kept in a password: a
+# failed login counted).  Refused, as SMTP refuses one (500 5.5.2)
+NUL_IN_COMMAND = err("NUL character in command")
 INTERNAL_ERROR = err("Internal error, try again later", "SYS/TEMP")
 
 

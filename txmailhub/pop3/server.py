@@ -264,6 +264,8 @@ class POP3Server:
             return self._sasl_response(line)
         if len(line) + 2 > COMMAND_LINE_LIMIT:
             return Send(R.LINE_TOO_LONG.to_bytes())
+        if b"\0" in line:  # RFC 1939 3: printable ASCII, as SMTP refuses it
+            return self._send(R.NUL_IN_COMMAND)
         if b"\r" in line:  # only CRLF ends a line (the reader took off its CR)
             return self._send(R.BARE_CR_IN_COMMAND)
         text = line.decode("utf-8", "surrogateescape")
