@@ -337,6 +337,31 @@ def test_a_folder_whose_acl_lets_the_user_write_is_not_a_warning(open_tmp: Path)
     assert hub_access.unwritable_folder_by(log, HUB_UID, HUB_GID) is None
 
 
+def test_a_sticky_folder_the_user_does_not_own_is_a_warning(open_tmp: Path) -> None:
+    # --pidfile /tmp/mailhub.pid: /tmp (1777) lets every user make files,
+    # but the pid file twistd writes there is root's, and in a sticky
+    # folder only its owner or the folder's may remove it: the hub's user
+    # could not at the stop, and the warning said nothing
+    run = open_tmp / "run"
+    run.mkdir()
+    os.chmod(run, 0o1777)
+    pid = str(run / "mailhub.pid")
+    why = hub_access.unwritable_folder_by(pid, HUB_UID, HUB_GID)
+    assert why is not None and f"the folder {run} is " in why and "mode 1777" in why, why
+    assert "sticky" in why, why
+    # the same folder without the sticky bit lets anyone remove the file
+    os.chmod(run, 0o777)
+    assert hub_access.unwritable_folder_by(pid, HUB_UID, HUB_GID) is None
+    # a sticky folder the user owns: it may remove any file in it
+    os.chmod(run, 0o1777)
+    owner = os.stat(run).st_uid
+    assert hub_access.unwritable_folder_by(pid, owner, HUB_GID) is None
+    if os.geteuid() == 0:
+        os.chown(run, HUB_UID, HUB_GID)
+        os.chmod(run, 0o1755)
+        assert hub_access.unwritable_folder_by(pid, HUB_UID, HUB_GID) is None
+
+
 def test_a_file_an_acl_lets_the_user_read_is_readable(open_tmp: Path) -> None:
     # ``check``: a key of root:root 0600 with ``setfacl -m u:mailhub:r``
     key = open_tmp / "key.pem"

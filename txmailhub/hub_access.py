@@ -209,7 +209,10 @@ def unwritable_folder_by(path: str, uid: int, gid: int) -> str | None:
     when it could, and when the folder does not exist (what reports that
     is elsewhere).  For what twistd writes as root and then looks after
     as ``--uid``: its log, which it rotates, and its pid file, which it
-    removes at the stop."""
+    removes at the stop.  Those files are root's, so a sticky folder
+    (``/tmp``, mode 1777) is no place for them unless ``uid`` owns it:
+    there only a file's owner or the folder's may remove or rename it
+    (the kernel's restricted deletion), whatever the write bits grant."""
     folder = os.path.dirname(os.path.abspath(path))
     real = os.path.realpath(folder)
     try:
@@ -222,4 +225,7 @@ def unwritable_folder_by(path: str, uid: int, gid: int) -> str | None:
         return closed
     if not _allowed(st, uid, groups, 3, real):
         return f"the folder {real} is {_owner_text(st)}"
+    if st.st_mode & stat.S_ISVTX and uid not in (0, st.st_uid):
+        return (f"the folder {real} is {_owner_text(st)}, sticky: only a file's owner "
+                f"or the folder's may remove or rename it, and twistd makes it as root")
     return None

@@ -389,7 +389,7 @@ def run_folder_warnings(parent: Any, uid: int, gid: int) -> list[str]:
         if why is not None:
             # one line, whatever the path holds (a line end, a terminal's ESC)
             lines.append(shown(
-                f"warning: {option} {path}: {user} (--uid) may not make or rename "
+                f"warning: {option} {path}: {user} (--uid) may not make, rename or remove "
                 f"files in its folder ({why}): {consequences[option]}; give the "
                 f"folder to {user} (docs/deployment.rst, \"Without systemd\")"))
     return lines
