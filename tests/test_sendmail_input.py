@@ -5,6 +5,8 @@ kept inside its field, and the pieces a long line comes in."""
 from __future__ import annotations
 
 import io
+import os
+import threading
 import tracemalloc
 from collections.abc import Iterator
 
@@ -178,23 +180,9 @@ def test_pieces_of_any_size_read_the_same(raw: bytes) -> None:
     assert trickled.fields == whole.fields and trickled.body.read() == whole.body.read()
 
 
-def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause() -> None:
-    # O_NONBLOCK is the pipe's, and a parent process may have set it: a
-    # read with the writer not yet done returned nothing, or a line cut
-    # short, taken for the end of the input -- the message was sent cut
-    # there.  The writer here waits until the reader has emptied the pipe.
-    import os
-    import threading
-
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-
-    def write() -> None:
-        os.write(w, b"Subject: slow\n\nfirst line, then a pa")
-        read_empty(r)
-        os.write(w, b"use\nlast line\n")
-        os.close(w)
-
+def _read_while_written(r: int, write) -> tuple:
+    """The message read from the pipe ``r`` while a thread runs ``write``
+    (which writes it, with its pauses, and closes the pipe), and its body."""
     writer = threading.Thread(target=write)
     writer.start()
     try:
@@ -204,6 +192,24 @@ def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause() -> Non
         writer.join()
     body = message.body.read()
     message.close()
+    return message, body
+
+
+def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause() -> None:
+    # O_NONBLOCK is the pipe's, and a parent process may have set it: a
+    # read with the writer not yet done returned nothing, or a line cut
+    # short, taken for the end of the input -- the message was sent cut
+    # there.  The writer here waits until the reader has emptied the pipe.
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def write() -> None:
+        os.write(w, b"Subject: slow\n\nfirst line, then a pa")
+        read_empty(r)
+        os.write(w, b"use\nlast line\n")
+        os.close(w)
+
+    message, body = _read_while_written(r, write)
     assert message.fields == [(b"subject", b"Subject: slow\r\n")]
     assert body == b"first line, then a pause\r\nlast line\r\n"
 
@@ -214,10 +220,8 @@ def test_an_input_made_non_blocking_after_the_start_is_still_waited_on() -> None
     # command runs (Node.js does once it opens its stdin, a pipe).
     # Only an input non-blocking at the first read was waited on: here the
     # message was sent cut at the writer's pause.
-    import os
-    import threading
-
     r, w = os.pipe()
+
     def write() -> None:
         os.write(w, b"Subject: slow\n\nfirst line,")
         read_empty(r)
@@ -227,13 +231,5 @@ def test_an_input_made_non_blocking_after_the_start_is_still_waited_on() -> None
         os.write(w, b"use\nlast line\n")
         os.close(w)
 
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
-        with os.fdopen(r, "rb") as stream:
-            message = read_message(stream, ignore_dots=True, limit=1 << 20)
-    finally:
-        writer.join()
-    body = message.body.read()
-    message.close()
+    _, body = _read_while_written(r, write)
     assert body == b"first line, then a pause\r\nlast line\r\n"
