@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from txmailhub.config import SYSTEM_CONFIG, default_config_path, empty_config_path, load
 from txmailhub.errors import ConfigError
+from txmailhub.logsafe import shown
 
 __all__ = ["Options", "makeService"]
 
@@ -36,6 +37,16 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        # twistd's own options are parsed by now (``self.parent``), and
+        # twistd acts on them only after this: its pid file check comes
+        # before ``makeService``, its user switch after the ports are bound
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            refusals = uid_problems(parent) + pid_file_problems(parent.get("pidfile"))
+            if refusals:
+                for refusal in refusals:
+                    print(refusal, file=sys.stderr)
+                raise SystemExit(2)
         given = self["config"] is not None
         if self["config"] == "":
             # --config= (``--config "$CONF"`` with $CONF unset): not the
@@ -69,6 +80,139 @@ class Options(usage.Options):
             for problem in problems:
                 print(problem, file=sys.stderr)
             raise SystemExit(2)
+
+
+def uid_problems(parent: Any) -> list[str]:
+    """Why twistd could not switch to ``--uid`` (one line; none: it can).
+
+    twistd makes ``--uid`` a number, and a number with no entry in the
+    user database (``getent passwd N`` finds none) passes its option
+    parsing; but its switch looks the user's name up for ``initgroups``,
+    and, without ``--gid``, the user's group: a ``KeyError`` traceback,
+    exit 1, after the ports are bound.  ``--gid`` does not help (only the
+    group lookup is skipped), so the user must exist.  A uid that is the
+    process's own is not switched to, with a ``--gid``: that start works."""
+    import pwd
+
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None:
+        return []
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        if uid == os.getuid() and gid is not None:
+            return []
+        return [f"mailhub: --uid {uid} has no entry in the user database (getent passwd "
+                f"{uid} finds none): twistd looks the user's name up to set its groups as "
+                "it switches, and would end in a traceback once the ports are bound, "
+                "--gid or not; create the user (useradd --system --uid "
+                f"{uid} mailhub) and give --uid its name (docs/deployment.rst)"]
+    return []
+
+
+def pid_file_problems(pidfile: str | None) -> list[str]:
+    """Why twistd's pid file check (``checkPID``, run before
+    ``makeService``) would end in a traceback on ``pidfile`` (one line;
+    none: it would not).
+
+    twistd reads a pid file that is there, and removes it when its
+    process is gone; it writes it later, following a link.  A folder
+    there (``IsADirectoryError``), a file this user may not read, a stale
+    one in a folder this user may not write or on a read-only file
+    system (``PermissionError``, ``OSError``), and a symbolic link to a
+    name that does not exist (``FileNotFoundError`` when twistd writes
+    through it, or a file made wherever the link points) each ended the
+    start in twistd's own traceback."""
+    if not pidfile:
+        return []
+    path = os.path.abspath(pidfile)
+    why = _pid_file_problem(path)
+    if why is None:
+        return []
+    return [shown(f"mailhub: --pidfile {path} {why}")]
+
+
+def _pid_file_problem(path: str) -> str | None:
+    try:
+        lst = os.lstat(path)
+    except OSError:
+        return None  # not there: twistd makes it (run_file_access_problems)
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return (f"is a symbolic link to {os.readlink(path)}, which does not exist: "
+                    "twistd would make the pid file through it, or fail; remove the link, "
+                    "or give --pidfile the path itself")
+        except OSError as e:
+            return f"cannot be followed ({e.strerror or e}); remove it"
+    if os.path.isdir(path):
+        return "is a folder: give --pidfile the path of a file in it"
+    user = _owner_name(os.geteuid())
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64)
+    except PermissionError:
+        return f"cannot be read by {user}: twistd reads it to see if the hub runs already"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    try:
+        pid = int(text)
+        os.kill(pid, 0)
+    except (ValueError, OverflowError):
+        return None  # twistd says "contains non-numeric value" itself
+    except ProcessLookupError:
+        why = _cannot_remove(path, lst)
+        if why is not None:
+            return (f"is left from a hub that has stopped (no process {pid}), and twistd, "
+                    f"which removes such a file, cannot: {why}; remove it (rm {path})")
+    except OSError:
+        return None  # a process there (EPERM): twistd says "Another twistd server"
+    return None
+
+
+def _cannot_remove(path: str, st: os.stat_result) -> str | None:
+    """Why this process could not remove ``path`` (``st``: its lstat), or ``None``."""
+    folder = os.path.dirname(path)
+    user = _owner_name(os.geteuid())
+    if _read_only(folder):
+        return f"its folder {folder} is on a read-only file system"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{user} may not remove files in its folder {folder}"
+    try:
+        fst = os.stat(folder)
+    except OSError:
+        return None
+    if (fst.st_mode & stat.S_ISVTX and os.geteuid() not in (0, st.st_uid, fst.st_uid)):
+        return (f"its folder {folder} is sticky and the file is "
+                f"{_owner_name(st.st_uid)}'s, not {user}'s")
+    if _inode_flags(path) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        return "it is immutable or append-only (chattr -ia)"
+    return None
+
+
+#: Linux's inode flags (``chattr``): such a file cannot be removed, by root either
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def _inode_flags(path: str) -> int:
+    """The ``chattr`` flags of ``path`` (0 where they cannot be read)."""
+    try:
+        import fcntl
+        import struct
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+                     | getattr(os, "O_CLOEXEC", 0))
+    except (ImportError, OSError):
+        return 0
+    try:
+        raw = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8)
+        return int(struct.unpack("l", raw)[0])
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 CHROOT_REFUSAL = (

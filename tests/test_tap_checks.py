@@ -1,0 +1,157 @@
+"""``twistd mailhub``'s checks of twistd's own options, made while the
+options are parsed: twistd acts on ``--pidfile`` before ``makeService``
+and on ``--uid`` after the ports are bound, each time with a traceback of
+its own when they cannot work."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+#: a uid with no entry in the user database (as in the other --uid tests)
+NO_SUCH_UID = 4242424
+
+
+def _config(tmp_path: Path) -> Path:
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      f'state_dir = "{tmp_path / "state"}"\n[smtp]\nlisten = []\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    return config
+
+
+def _parse(tmp_path: Path, *twistd_args: str) -> None:
+    """twistd's own option parsing of ``twistd ARGS mailhub --config ...``."""
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    ServerOptions().parseOptions([*twistd_args, "mailhub", "--config",
+                                  str(_config(tmp_path))])
+
+
+def _refused(tmp_path: Path, capsys, *twistd_args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        _parse(tmp_path, *twistd_args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def _no_entry(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not _no_entry(NO_SUCH_UID), reason="the uid has a passwd entry here")
+@pytest.mark.parametrize("gid", [[], ["--gid", str(NO_SUCH_UID)]])
+def test_a_uid_without_a_passwd_entry_is_refused_while_parsing(tmp_path: Path, capsys,
+                                                              gid: list[str]) -> None:
+    # twistd looks the name up for initgroups when it switches (with or
+    # without --gid), after the ports are bound: a KeyError traceback
+    err = _refused(tmp_path, capsys, "-n", "--pidfile=", "--uid", str(NO_SUCH_UID), *gid)
+    assert err.startswith(f"mailhub: --uid {NO_SUCH_UID} has no entry in the user database"), err
+    assert "create the user" in err
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_uid_with_a_passwd_entry_passes(tmp_path: Path, capsys) -> None:
+    nobody = pwd.getpwnam("nobody").pw_uid
+    _parse(tmp_path, "-n", "--pidfile=", "--uid", str(nobody))
+    assert "--uid" not in capsys.readouterr().err
+
+
+def test_a_pid_file_that_is_a_folder_is_refused(tmp_path: Path, capsys) -> None:
+    # twistd's checkPID opened it: IsADirectoryError, before makeService
+    (tmp_path / "run").mkdir()
+    err = _refused(tmp_path, capsys, "-n", "--pidfile", str(tmp_path / "run"))
+    assert err == (f"mailhub: --pidfile {tmp_path / 'run'} is a folder: give --pidfile the "
+                   "path of a file in it\n")
+
+
+def test_a_dangling_link_as_pid_file_is_refused(tmp_path: Path, capsys) -> None:
+    # twistd wrote through it: FileNotFoundError (the folder missing), or
+    # a file made wherever the link points
+    link = tmp_path / "twistd.pid"
+    link.symlink_to(tmp_path / "gone" / "x.pid")
+    err = _refused(tmp_path, capsys, "-n", "--pidfile", str(link))
+    assert err.startswith(f"mailhub: --pidfile {link} is a symbolic link to "
+                          f"{tmp_path / 'gone' / 'x.pid'}, which does not exist"), err
+    link.unlink()
+    link.symlink_to(tmp_path / "x.pid")
+    _refused(tmp_path, capsys, "-n", "--pidfile", str(link))
+    assert not (tmp_path / "x.pid").exists()
+
+
+def test_a_live_or_fresh_pid_file_is_left_to_twistd(tmp_path: Path, capsys) -> None:
+    pid_file = tmp_path / "twistd.pid"
+    _parse(tmp_path, "-n", "--pidfile", str(pid_file))  # none yet
+    pid_file.write_text(f"{os.getpid()}\n")  # running: twistd says so itself
+    _parse(tmp_path, "-n", "--pidfile", str(pid_file))
+    pid_file.write_text("junk")  # twistd: "contains non-numeric value"
+    _parse(tmp_path, "-n", "--pidfile", str(pid_file))
+    assert "--pidfile" not in capsys.readouterr().err
+
+
+def _gone_pid() -> int:
+    """A pid no process has now: a child that has been reaped."""
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    return child
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the check as nobody: needs root")
+def test_a_stale_pid_file_the_user_cannot_remove_is_refused(tmp_path: Path) -> None:
+    # twistd -n started as the hub's user, the pid file left by a run that
+    # was killed, in a folder that user may not write: checkPID's
+    # os.remove was a PermissionError traceback
+    import shutil
+    import tempfile
+
+    from txmailhub import tap
+
+    nobody = pwd.getpwnam("nobody")
+    # not under tmp_path: pytest's folder for root is closed to nobody
+    run = Path(tempfile.mkdtemp(prefix="txmailhub-run-"))
+    try:
+        os.chmod(run, 0o755)  # root's
+        pid_file = run / "twistd.pid"
+        pid_file.write_text(f"{_gone_pid()}\n")
+        os.chown(pid_file, nobody.pw_uid, nobody.pw_gid)
+        assert tap.pid_file_problems(str(pid_file)) == []  # root may remove it
+        said = _as_nobody(lambda: "\n".join(tap.pid_file_problems(str(pid_file))))
+    finally:
+        shutil.rmtree(run)
+    assert said.startswith(f"mailhub: --pidfile {pid_file} is left from a hub that has "
+                           "stopped (no process "), said
+    assert f"nobody may not remove files in its folder {run}; remove it" in said, said
+
+
+def _as_nobody(check) -> str:
+    """What ``check()`` returns in a child process running as nobody."""
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write, check().encode())
+        except BaseException as e:
+            os.write(write, f"raised {e!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode()
+    os.waitpid(child, 0)
+    return said
