@@ -340,10 +340,12 @@ def test_a_path_that_cannot_be_opened_leaves_the_log_where_it_was(tmp_path: Path
     f = _log_file(path)
     path.rename(tmp_path / "mailhub.log.1")
     path.mkdir()  # not a file the hub can open
+    _said(f)
     f.rotate()
     f.write("still here\n")
     f.close()
-    assert (tmp_path / "mailhub.log.1").read_text() == "still here\n"
+    # the line saying why comes first (it is said once)
+    assert _without_notices((tmp_path / "mailhub.log.1").read_text()) == "still here\n"
 
 
 def test_the_size_rotation_is_at_rotate_length_and_counts_a_truncation(tmp_path: Path) -> None:
@@ -808,7 +810,9 @@ def test_a_moved_log_that_could_not_be_opened_again_is_tried_64_kib_later_under_
     f.write("now")  # past the hold-off: opened by its name again
     f.close()
     assert path.read_text() == "now"
-    assert (tmp_path / "mailhub.log-20261130").read_text() == "x" * 1000 + "z" * 70_000
+    moved = (tmp_path / "mailhub.log-20261130").read_text()
+    assert _without_notices(moved) == "x" * 1000 + "z" * 70_000
+    assert "(the hub is out of file descriptors)" in moved
 
 
 def test_a_rotation_asked_for_by_sigusr1_that_failed_is_tried_64_kib_later_under_1_mb(
@@ -936,3 +940,76 @@ def test_a_sigusr1_handler_of_the_logger_option_is_kept(tmp_path: Path) -> None:
     with twistd_logging(tmp_path, None, logger=factory) as rotate:
         rotate()
     assert rotations == [signal.SIGUSR1]
+
+
+def _without_notices(text: str) -> str:
+    """``text`` of a log without the lines saying a moved log could not
+    be opened again."""
+    import re
+
+    return re.sub(r"\d{4}-\d\d-\d\dT[^\n]* \[txmailhub\.logfile#error\] cannot open [^\n]*\n",
+                  "", text)
+
+
+def _said(f: Any) -> Any:
+    """Where ``f`` says why it cannot open its moved log again, besides
+    the moved file itself (twistd's standard error, in the hub)."""
+    import io
+
+    f.stderr = io.StringIO()
+    return f.stderr
+
+
+@pytest.mark.parametrize("cause", ["folder", "folder removed", "no space"])
+def test_a_moved_log_that_cannot_be_made_again_says_why_once_and_is_retried_at_sigusr1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str) -> None:
+    # logrotate moved the log (no copytruncate) and the hub could not make
+    # mailhub.log again for another reason than its folder's owner: it
+    # wrote on into the moved file without a word, and logrotate later
+    # compressed and deleted that file
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / "mailhub.log"
+    f = _log_file(path)
+    stderr = _said(f)
+    f.write("before\n")
+    moved = tmp_path / "mailhub.log-20261201"
+    os.rename(path, moved)
+    real_open = os.open
+    if cause == "folder":
+        path.mkdir()  # a name that is now a folder
+        why = f"{path} is now a folder"
+    elif cause == "folder removed":
+        logs.rmdir()
+        why = f"its folder {logs} no longer exists"
+    else:
+        def full(name: Any, flags: int, *a: Any, **kw: Any) -> int:
+            if str(name) == str(path) and flags & os.O_CREAT:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(name, flags, *a, **kw)
+
+        monkeypatch.setattr(os, "open", full)
+        why = "no space left on the device"
+    f.rotate()  # logrotate's SIGUSR1
+    f.write("still here\n")
+    f.rotate()  # another one, the cause still there: not said again
+    expected = (f"cannot open the log file {path} again after it was moved away ({why}): "
+                "the log goes on in the moved file; tried again at the next SIGUSR1 and "
+                "every 64 KiB of log")
+    assert stderr.getvalue() == f"mailhub: {expected}\n"
+    text = moved.read_text()
+    assert text.count(expected) == 1, text
+    assert text.startswith("before\n") and text.endswith("still here\n"), text
+    assert "[txmailhub.logfile#error] " + expected in text
+    # the cause mended: the next SIGUSR1 makes mailhub.log again
+    if cause == "folder":
+        path.rmdir()
+    elif cause == "folder removed":
+        logs.mkdir()
+    else:
+        monkeypatch.setattr(os, "open", real_open)
+    f.rotate()
+    f.write("after\n")
+    f.close()
+    assert path.read_text() == "after\n"
+    assert stderr.getvalue().count("cannot open") == 1

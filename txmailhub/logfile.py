@@ -48,6 +48,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
+import time
 from typing import Any
 
 from twisted.python import threadable
@@ -236,12 +238,72 @@ class ReopeningLogFile(LogFile):
         old = self._file
         try:
             self._openFile()
-        except OSError:
+        except OSError as e:
             self._file = old
+            self._cannot_reopen(e)
             self._hold_off()
             return
         self._next_try = 0
+        self._reopen_said = False
         old.close()
+
+    #: whether the reopen failure under way was said already: once per
+    #: failure, until a reopen works again (64 KiB later, a SIGUSR1)
+    _reopen_said = False
+    #: where the failure is said besides the moved log: twistd's standard
+    #: error as the hub was started (``sys.stderr`` is twistd's log by now)
+    stderr: Any = None
+
+    def _cannot_reopen(self, error: OSError) -> None:
+        """Say once why the moved log cannot be opened again by its name,
+        on the moved file the hub goes on writing and on standard error.
+
+        Silent, the hub wrote on into the moved file, which logrotate
+        compresses and deletes, and nothing told the admin why
+        ``mailhub.log`` never came back: its folder removed, a folder now
+        at its name, the disk full."""
+        if self._reopen_said:
+            return
+        self._reopen_said = True
+        from twisted.logger import LogLevel, formatEventAsClassicLogText
+
+        from txmailhub.logsafe import shown
+
+        text = shown(f"cannot open the log file {self.path} again after it was moved "
+                     f"away ({_reopen_reason(error, self.path, self.directory)}): the log "
+                     "goes on in the moved file; tried again at the next SIGUSR1 and every "
+                     f"{self.retry_after // 1024} KiB of log")
+        line = formatEventAsClassicLogText({
+            "log_format": "{text}", "text": text, "log_time": time.time(),
+            "log_namespace": "txmailhub.logfile", "log_level": LogLevel.error}) or ""
+        try:
+            self._file.write(line.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass  # the moved file cannot take it either (ENOSPC): stderr still may
+        err = self.stderr if self.stderr is not None else sys.__stderr__
+        if err is not None:
+            try:
+                err.write(f"mailhub: {text}\n")
+                err.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _reopen_reason(error: OSError, path: str, folder: str) -> str:
+    """``error`` of an open of the log by its name, as the admin would put it."""
+    if error.errno == errno.ENOENT and not os.path.isdir(folder):
+        return f"its folder {folder} no longer exists"
+    if error.errno == errno.EISDIR or os.path.isdir(path):
+        return f"{path} is now a folder"
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if error.errno == errno.EDQUOT:
+        return "the disk quota is used up"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"the hub may not make files in its folder {folder}"
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return "the hub is out of file descriptors"
+    return error.strerror or str(error)
 
 
 # as twistd's LogFile: a worker thread may log while the reactor rotates
