@@ -48,6 +48,8 @@ def test_a_password_with_standard_input_closed_is_refused_not_a_traceback(
     users = config.parent / "users"
     before = users.read_bytes() if users.exists() else None
     monkeypatch.setattr("sys.stdin", None)
+    # and no controlling terminal either, wherever the tests run
+    monkeypatch.setattr("txmailhub.cli.TERMINAL", str(config.parent / "no-tty"))
     out, err = io.StringIO(), io.StringIO()
     assert main(["--config", str(config), *args], out=out, err=err) == 2
     assert err.getvalue() == f"mailhub: {why}\n"
@@ -1504,3 +1506,67 @@ def test_a_missing_command_names_the_ones_there_are(
     assert info.value.code == 2 and out.getvalue() == ""
     last = err.getvalue().splitlines()[-1]
     assert last.endswith(f"(one of: {names})"), err.getvalue()
+
+
+def test_user_add_with_stdin_closed_and_no_terminal_says_so(config: Path) -> None:
+    # ``mailhub user add joe <&-`` from cron or a service: no controlling
+    # terminal (a session of its own) and no standard input
+    proc = subprocess.run(
+        [sys.executable, "-m", "txmailhub", "--config", str(config), "user", "add", "joe"],
+        preexec_fn=lambda: os.close(0), start_new_session=True, capture_output=True,
+        text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (
+        2, "mailhub: no terminal to ask for the password: use --password-stdin\n")
+    assert not (config.parent / "users").exists()
+
+
+def _talk(master: int, answers: list[tuple[str, str]]) -> str:
+    """Read what the child writes on the terminal ``master``, answering
+    each ``(prompt, answer)`` in turn as its prompt comes, until the child
+    closes the terminal."""
+    import select
+
+    seen = b""
+    looked = 0  # where the next prompt is looked for
+    left = list(answers)
+    for _ in range(1000):  # a bound on the reads, not on time
+        ready, _w, _x = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:  # EIO: the child has closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        while left and left[0][0].encode() in seen[looked:]:
+            prompt, answer = left.pop(0)
+            looked = seen.index(prompt.encode(), looked) + len(prompt)
+            os.write(master, answer.encode())
+    return seen.decode("utf-8", "replace")
+
+
+def test_user_add_with_stdin_closed_asks_on_the_controlling_terminal(config: Path) -> None:
+    # ``mailhub user add joe <&-`` typed at a terminal: getpass asks on
+    # /dev/tty, but the command said "no terminal to ask for the password"
+    import pty
+
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child becomes the command
+        try:
+            os.close(0)  # <&-: the terminal is the controlling one only
+            os.execv(sys.executable, [sys.executable, "-m", "txmailhub", "--config",
+                                      str(config), "user", "add", "joe"])
+        finally:
+            os._exit(127)
+    try:
+        said = _talk(master, [("Password: ", PW), ("Again: ", PW)])
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    assert "Password: " in said and "Again: " in said, said
+    assert "no terminal" not in said
+    assert "added joe@example.org" in said
+    assert "\njoe@example.org scrypt$" in (config.parent / "users").read_text()

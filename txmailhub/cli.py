@@ -211,21 +211,37 @@ def _password_line(stdin: TextIO) -> str:
     return password
 
 
+#: the process's controlling terminal, where ``getpass`` asks first
+TERMINAL = "/dev/tty"
+
+
+def _has_terminal() -> bool:
+    """Whether the process has a controlling terminal ``getpass`` can ask
+    at (it opens ``TERMINAL`` before it looks at standard input).  Opened
+    with ``O_NOCTTY`` and closed at once: only asked, nothing taken."""
+    try:
+        fd = os.open(TERMINAL, os.O_RDWR | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # ENXIO: no controlling terminal (cron, a service, setsid)
+        return False
+    os.close(fd)
+    return True
+
+
 def _read_password(from_stdin: bool, stdin: TextIO | None, err: TextIO) -> str:
-    if stdin is None:
+    if stdin is None and from_stdin:
         # started with it closed (``<&-``): sys.stdin is None; say so rather
-        # than fail on reading it (no terminal, either, to ask at)
-        if from_stdin:
-            raise UsersFileError("standard input is closed: no password to read "
-                                 "(--password-stdin reads its first line)")
-        raise UsersFileError("no terminal to ask for the password: use --password-stdin")
+        # than fail on reading it
+        raise UsersFileError("standard input is closed: no password to read "
+                             "(--password-stdin reads its first line)")
     if from_stdin:
         try:
             return _password_line(stdin)
         except OSError as e:  # opened for writing only (``0>file``): as one closed
             raise UsersFileError(f"cannot read standard input: {e.strerror or e}: no password "
                                  "to read (--password-stdin reads its first line)") from None
-    if not stdin.isatty():
+    # standard input closed (``<&-``) or not a terminal (a pipe, a file):
+    # the controlling terminal, when there is one, is where getpass asks
+    if not (stdin is not None and stdin.isatty()) and not _has_terminal():
         raise UsersFileError("no terminal to ask for the password: use --password-stdin")
     try:
         first = getpass.getpass("Password: ")
