@@ -1570,3 +1570,22 @@ def test_user_add_with_stdin_closed_asks_on_the_controlling_terminal(config: Pat
     assert "no terminal" not in said
     assert "added joe@example.org" in said
     assert "\njoe@example.org scrypt$" in (config.parent / "users").read_text()
+
+
+def test_names_a_command_refuses_are_escaped_as_the_users_file_lines_are(
+        config: Path) -> None:
+    # one form of escape for what a person reads: the users file's lines
+    # said jo\x{1B}e, the refusal of a name Python's repr 'x\x1bz'
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    (config.parent / "aliases").write_text("")
+    code, _out, err = run(config, "alias", "add", "x\x1bz", "joe")
+    assert code == 2
+    assert "address 'x\\x{1B}z' contains whitespace or control characters" in err, err
+    assert "\x1b" not in err and "\\x1b" not in err
+    # and a config problem, as check and every command print it
+    config.write_text(HUB + 'domains = ["example.org", "b\\u001bd.org"]\n')
+    for args in (("check",), ("user", "list")):
+        code, _out, err = run(config, *args)
+        assert code == 2
+        assert "[hub] domains: 'b\\x{1B}d.org' is not a domain name" in err, (args, err)
+        assert "\x1b" not in err and "\\x1b" not in err

@@ -146,3 +146,23 @@ def test_shown_escapes_line_separators_and_bidi_overrides():
     assert shown(text) == ("550 a\\x{2028}b\\x{2029}c \\x{202E}d\\x{202C} "
                            "\\x{2066}e\\x{2069} \u200ef\u200f")
     assert len(shown(text).splitlines()) == 1
+
+
+def test_quoted_escapes_what_does_not_print_as_shown_does() -> None:
+    # one form for a person: a refused name was Python's repr ('\x1b'),
+    # a users file line shown's \x{1B}
+    from txmailhub.logsafe import quoted, shown
+
+    assert quoted("joe") == "'joe'"
+    assert quoted("jo\x1be") == "'jo\\x{1B}e'" == f"'{shown('jo' + chr(0x1B) + 'e')}'"
+    assert quoted("a\u200bb\tc\nd") == "'a\\x{200B}b\\x{9}c\\x{A}d'"
+    assert quoted("café") == "'café'"
+    assert quoted("a\u202eb") == "'a\\x{202E}b'"
+    assert quoted(5) == "5"
+    assert quoted(["x\x1b"]) == "['x\\x1b']"  # not a name: its repr, still one line
+
+
+def test_shown_lines_keeps_the_line_breaks_and_escapes_the_rest() -> None:
+    from txmailhub.logsafe import shown_lines
+
+    assert shown_lines("a\x1b\nb\rc") == "a\\x{1B}\nb\\x{D}c"

@@ -683,7 +683,7 @@ def test_an_unusable_login_without_f_exits_67_before_connecting(
     err = io.StringIO()
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
     said = err.getvalue()
-    assert "'joe\\tsmith'" in said and "-f ADDRESS" in said and "NOT sent" in said
+    assert "'joe\\x{9}smith'" in said and "-f ADDRESS" in said and "NOT sent" in said
     assert "Connection refused" not in said
 
 

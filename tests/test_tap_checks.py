@@ -155,3 +155,24 @@ def _as_nobody(check) -> str:
         said = f.read().decode()
     os.waitpid(child, 0)
     return said
+
+
+def test_the_start_shows_a_config_path_or_value_escaped(tmp_path: Path, capsys) -> None:
+    # twistd mailhub printed the config's problems as they were: an ESC in
+    # a path or a value reached the terminal raw (mailhub check escapes it)
+    from txmailhub.tap import Options
+
+    options = Options()
+    with pytest.raises(SystemExit):
+        options.parseOptions(["--config", str(tmp_path / "no\x1b[31mred.toml")])
+    err = capsys.readouterr().err
+    assert err == (f"{tmp_path}/no\\x{{1B}}[31mred.toml: cannot read the config file: "
+                   "No such file or directory\n"), err
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\n'
+                      'domains = ["example.org", "b\\u001bd.org"]\n')
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["--config", str(config)])
+    err = capsys.readouterr().err
+    assert "[hub] domains: 'b\\x{1B}d.org' is not a domain name" in err, err
+    assert "\x1b" not in err

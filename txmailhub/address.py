@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import idna
 
+from txmailhub.logsafe import quoted
+
 __all__ = [
     "Address",
     "AddressError",
@@ -146,23 +148,23 @@ def domain_problem(name: str, max_length: int = MAX_DOMAIN) -> str | None:
             return "is not a domain name: it has an empty label (two dots in a row)"
         if label.isascii():
             if len(label) > 63:
-                return (f"is not a domain name: the label {label[:20]!r}... is over 63 "
+                return (f"is not a domain name: the label {quoted(label[:20])}... is over 63 "
                         "characters")
             if not _LDH_LABEL_RE.match(label):
                 if label == name:
                     return ("is not a domain name (letters, digits, underscores and inner "
                             "hyphens only)")
-                return (f"is not a domain name: the label {label!r} is not letters, digits, "
+                return (f"is not a domain name: the label {quoted(label)} is not letters, digits, "
                         "underscores and inner hyphens only")
             if label[:4].lower() == "xn--":
                 if not _a_label(label):
                     return (f"is not a valid internationalized domain name: the label "
-                            f"{label!r} is no A-label (not the Punycode of a U-label "
+                            f"{quoted(label)} is no A-label (not the Punycode of a U-label "
                             "IDNA2008 takes, as IDNA2008 writes it: RFC 5891 5.3)")
                 idn = True
         else:
             if not _UTF8_LABEL.match(label) or _u_label(label) is None:
-                return (f"is not a valid internationalized domain name: the label {label!r} "
+                return (f"is not a valid internationalized domain name: the label {quoted(label)} "
                         "is no U-label IDNA2008 takes, or its A-label is over 63 characters "
                         "(RFC 5891)")
             idn = True
@@ -325,7 +327,7 @@ def dns_name_problem(domain: str) -> str | None:
             return (f"a label of {len(label)} octets, over the 63 of a label in DNS "
                     "(RFC 1035 2.3.4)")
         if not all(c.isalnum() or c in "-_" for c in label):
-            return (f"the label {label!r}: letters, digits, hyphens and underscores only "
+            return (f"the label {quoted(label)}: letters, digits, hyphens and underscores only "
                     "(RFC 1035 2.3.4)")
     return None
 
@@ -371,19 +373,19 @@ def parse_address(text: str, primary_domain: str | None = None, *,
         raise AddressError("empty address")
     if (any(c.isspace() for c in text) or "\x00" in text
             or (not controls and _CONTROL.search(text))):
-        raise AddressError(f"address {text!r} contains whitespace or control characters")
+        raise AddressError(f"address {quoted(text)} contains whitespace or control characters")
     local, at, domain = text.rpartition("@")
     if not at:
         if primary_domain is None:
-            raise AddressError(f"address {text!r} has no domain")
+            raise AddressError(f"address {quoted(text)} has no domain")
         local, domain = text, primary_domain
     if not local:
-        raise AddressError(f"address {text!r} has an empty local part")
+        raise AddressError(f"address {quoted(text)} has an empty local part")
     domain = domain.rstrip(".")
     if not domain:
-        raise AddressError(f"address {text!r} has an empty domain")
+        raise AddressError(f"address {quoted(text)} has an empty domain")
     if "@" in local and not (local.startswith('"') and local.endswith('"')):
-        raise AddressError(f"address {text!r} has more than one @")
+        raise AddressError(f"address {quoted(text)} has more than one @")
     return Address(local, domain.lower())
 
 
@@ -427,7 +429,7 @@ def ipv4_literal(text: str) -> ipaddress.IPv4Address:
     ``user@[192.0.002.1]`` into a 501."""
     parts = text.split(".")
     if len(parts) != 4 or not all(_SNUM.fullmatch(p) and int(p) <= 255 for p in parts):
-        raise ValueError(f"not an IPv4 literal: {text!r}")
+        raise ValueError(f"not an IPv4 literal: {quoted(text)}")
     return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
 
 
@@ -441,7 +443,7 @@ def ipv6_literal(text: str) -> ipaddress.IPv6Address:
     the grammar's IPv6-comp and IPv6v4-comp, where ``ipaddress`` lets
     ``1:2:3:4:5:6:7::`` stand for 7."""
     if not _IPV6_TEXT.fullmatch(text):
-        raise ValueError(f"not an IPv6 literal: {text!r}")
+        raise ValueError(f"not an IPv6 literal: {quoted(text)}")
     head, colon, tail = text.rpartition(":")
     if colon and "." in tail:  # IPv6v4-full or -comp: the tail is Snums too
         ip = ipaddress.IPv6Address(f"{head}:{ipv4_literal(tail)}")
@@ -452,7 +454,7 @@ def ipv6_literal(text: str) -> ipaddress.IPv6Address:
         v4 = "." in parts[-1]
         groups = [p for p in (parts[:-1] if v4 else parts) if p]
         if len(groups) > (4 if v4 else 6):
-            raise ValueError(f"more groups than RFC 5321 4.1.3 allows beside '::': {text!r}")
+            raise ValueError(f"more groups than RFC 5321 4.1.3 allows beside '::': {quoted(text)}")
     return ip
 
 
@@ -462,7 +464,7 @@ def address_literal(name: str) -> str:
     anything else.  Addresses, HELO names and configured domains all take
     their literals through here."""
     if not (name.startswith("[") and name.endswith("]")):
-        raise ValueError(f"not an address literal: {name!r}")
+        raise ValueError(f"not an address literal: {quoted(name)}")
     literal = name[1:-1]
     if literal[:5].lower() == "ipv6:":
         return f"[IPv6:{ipv6_literal(literal[5:]).compressed}]"

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
-from txmailhub.logsafe import shown
+from txmailhub.logsafe import quoted, shown
 from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.router import (
     BOM,
@@ -270,21 +270,21 @@ class AliasesFile:
         if not name:
             why.append("the alias name is empty")
         elif name.startswith("#"):
-            why.append(f"alias name {name!r}: a line that starts with # is a comment")
+            why.append(f"alias name {quoted(name)}: a line that starts with # is a comment")
         elif ":" in name:
-            why.append(f"alias name {name!r}: the file ends a name at its first ':'")
+            why.append(f"alias name {quoted(name)}: the file ends a name at its first ':'")
         if not targets:
             why.append("no target given")
         for text in (name, *targets):
             if len(f"x{text}x".splitlines()) > 1:
-                why.append(f"{text!r}: a line break cannot be part of a name or target")
-        why.extend(f"target {t!r}: the file separates targets with ','"
+                why.append(f"{quoted(text)}: a line break cannot be part of a name or target")
+        why.extend(f"target {quoted(t)}: the file separates targets with ','"
                    for t in targets if "," in t)
         why.extend(_beyond_rcpt(name, self.primary_domain))
         for what, text in (("alias name", name), *(("target", t) for t in targets)):
             plain = _unquoted(text.lstrip("\\").strip("<>"))
             if plain is not None:
-                why.append(f"{what} {text!r}: to SMTP a quoted {plain} is {plain}, but the "
+                why.append(f"{what} {quoted(text)}: to SMTP a quoted {plain} is {plain}, but the "
                            "file keeps the quotes, so no address would match it: write it "
                            "without the quotes")
         if why:
@@ -482,5 +482,5 @@ def _beyond_rcpt(name: str, primary_domain: str) -> list[str]:
                                len(ascii_domain(address.domain)))
     if shortest <= MAX_PATH:
         return []
-    return [f"alias name {name!r}: {address} is {shortest} octets, and RCPT TO takes a path "
+    return [f"alias name {quoted(name)}: {address} is {shortest} octets, and RCPT TO takes a path "
             f"of at most {MAX_PATH}: no message could reach it"]

@@ -36,7 +36,7 @@ from txmailhub.errors import (
     UsersFileError,
     WeakPassword,
 )
-from txmailhub.logsafe import shown
+from txmailhub.logsafe import shown, shown_lines
 
 if TYPE_CHECKING:
     from txmailhub.address import Address
@@ -459,10 +459,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _shown_lines(text: str) -> str:
-    """``text`` with ``shown``'s escapes, line by line: a message of more
-    than one line keeps its line breaks."""
-    return "\n".join(shown(line) for line in text.split("\n"))
+_shown_lines = shown_lines
 
 
 def _hidden_by_alias(settings: Settings, key: str) -> bool:
@@ -624,10 +621,11 @@ def main(
     try:
         settings = load(args.config)
     except ConfigError as e:
+        # as ``check`` prints them: what the config holds, escaped
         for warning in e.warnings:
-            print(f"warning: {warning}", file=err)
+            print(f"warning: {_shown_lines(warning)}", file=err)
         for problem in e.problems:
-            print(problem, file=err)
+            print(_shown_lines(problem), file=err)
         return 2
     try:
         code = _command(settings, args, out, err, stdin)
@@ -644,21 +642,21 @@ def main(
     except WeakPassword as e:
         # the reasons, then the way out: without it the refusal read as if
         # no such password could ever be set (it can, for tests and the like)
-        print(f"mailhub: {e}; {_WEAK_WAY_OUT}", file=err)
+        print(shown(f"mailhub: {e}; {_WEAK_WAY_OUT}"), file=err)
         return 2
     except UsersFileError as e:
-        print(f"mailhub: {e}", file=err)
+        print(shown(f"mailhub: {e}"), file=err)
         return 1 if isinstance(e, UserExists | NoSuchUser) else 2
     except AliasesFileError as e:
-        for line in str(e).splitlines():
-            print(f"mailhub: {line}", file=err)
+        for line in str(e).split("\n"):
+            print(shown(f"mailhub: {line}"), file=err)
         return 2 if isinstance(e, BadAlias) else 1
     except ArgumentNotUTF8 as e:
         print(f"mailhub: {e}", file=err)
         return 2
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        print(f"mailhub: {where}{e.strerror or e}", file=err)
+        print(shown(f"mailhub: {where}{e.strerror or e}"), file=err)
         return 1
 
 

@@ -31,6 +31,7 @@ from txmailhub.address import (
 )
 from txmailhub.errors import ConfigError
 from txmailhub.listen_spec import ListenSpec, parse_listen
+from txmailhub.logsafe import quoted
 from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
 
 __all__ = [
@@ -109,7 +110,7 @@ def parse_duration(value: str | int) -> int:
     m = _DURATION.match(value)
     if not m:
         raise ValueError(
-            f"unknown duration {value!r}: use a number with s, m, h or d "
+            f"unknown duration {quoted(value)}: use a number with s, m, h or d "
             '("30s", "5m", "4h", "5d")'
         )
     digits = m.group(1).lstrip("0") or "0"
@@ -117,7 +118,7 @@ def parse_duration(value: str | int) -> int:
         # over MAX_DURATION in any unit, and Python reads no integer of
         # over 4300 digits (its error named sys.set_int_max_str_digits)
         shown = value if len(value) <= 40 else value[:20] + "..." + value[-8:]
-        raise ValueError(f"{shown!r} is too long: a duration is at most 36500d (100 years)")
+        raise ValueError(f"{quoted(shown)} is too long: a duration is at most 36500d (100 years)")
     return _bounded_duration(int(digits) * _UNITS[m.group(2)], value)
 
 
@@ -125,7 +126,7 @@ def _bounded_duration(seconds: int, value: str | int) -> int:
     """``seconds`` unless over ``MAX_DURATION``: a typo (or a "forever")
     is said at once, not found when a notice cannot be dated."""
     if seconds > MAX_DURATION:
-        raise ValueError(f"{value!r} is too long: a duration is at most 36500d (100 years)")
+        raise ValueError(f"{quoted(value)} is too long: a duration is at most 36500d (100 years)")
     return seconds
 
 
@@ -379,7 +380,7 @@ def _string_list(v: Any) -> tuple[str, ...]:
         raise TypeError(f"expected a list of strings, got {_tname(v)}")
     for item in v:
         if not isinstance(item, str):
-            raise TypeError(f"expected a list of strings, found {_tname(item)} {item!r}")
+            raise TypeError(f"expected a list of strings, found {_tname(item)} {quoted(item)}")
     return tuple(v)
 
 
@@ -398,7 +399,7 @@ def _duration(v: Any) -> int:
 def _positive_duration(v: Any) -> int:
     n = parse_duration(v)
     if n <= 0:
-        raise ValueError(f"must be greater than 0, got {v!r}")
+        raise ValueError(f"must be greater than 0, got {quoted(v)}")
     return n
 
 
@@ -450,7 +451,7 @@ def check_endpoint(description: str) -> None:
     kind = description.split(":", 1)[0].lower()
     if kind not in SERVER_ENDPOINT_TYPES:
         raise ValueError(
-            f"endpoint {description!r}: use tcp:PORT, tcp6:PORT or unix:PATH "
+            f"endpoint {quoted(description)}: use tcp:PORT, tcp6:PORT or unix:PATH "
             "(TLS listeners go in tls_listen)"
         )
     try:
@@ -461,10 +462,10 @@ def check_endpoint(description: str) -> None:
             hint = (" (the colons of an IPv6 address are escaped in an endpoint: "
                     "tcp6:25:interface=\\:\\:1)")
         why = _endpoint_error(kind, e, hint)
-        raise ValueError(f"endpoint {description!r} is not valid: {why}{hint}") from None
+        raise ValueError(f"endpoint {quoted(description)} is not valid: {why}{hint}") from None
     port = endpoint.port
     if endpoint.path is None and isinstance(port, int) and not 0 <= port <= 65535:
-        raise ValueError(f"endpoint {description!r}: port {port} is not in 0-65535")
+        raise ValueError(f"endpoint {quoted(description)}: port {port} is not in 0-65535")
 
 
 _ENDPOINT_OPTIONS = {
@@ -481,10 +482,10 @@ def _endpoint_error(kind: str, e: Exception, hint: str) -> str:
     m = re.search(r"invalid literal for int\(\) with base (\d+): '(.*)'$", text)
     if m:
         octal = " an octal" if m.group(1) == "8" else " a"
-        return f"{m.group(2)!r} is not{octal} number"
+        return f"{quoted(m.group(2))} is not{octal} number"
     m = re.search(r"unexpected keyword argument '(.*)'$", text)
     if m:
-        return f"unknown option {m.group(1)!r} ({kind} takes {_ENDPOINT_OPTIONS[kind]})"
+        return f"unknown option {quoted(m.group(1))} ({kind} takes {_ENDPOINT_OPTIONS[kind]})"
     if "missing 1 required positional argument: 'port'" in text:
         return f"no port ({kind}:PORT)"
     m = re.search(r"got multiple values for argument '(.*)'$", text)
@@ -516,15 +517,15 @@ def endpoint_readiness(description: str) -> str | None:
             try:
                 socket.gethostbyname(interface)
             except (OSError, UnicodeError):
-                return (f"endpoint {description!r}: the interface {interface!r} is neither an "
-                        "IP address nor a name that resolves")
+                return (f"endpoint {quoted(description)}: the interface {quoted(interface)} "
+                        "is neither an IP address nor a name that resolves")
     path = getattr(endpoint, "_address", None)
     if isinstance(path, str):
         if not path:
-            return f"endpoint {description!r}: the socket path is empty"
+            return f"endpoint {quoted(description)}: the socket path is empty"
         folder = os.path.dirname(path)
         if os.path.isabs(path) and not os.path.isdir(folder):
-            return f"endpoint {description!r}: the folder {folder} does not exist"
+            return f"endpoint {quoted(description)}: the folder {folder} does not exist"
     return None
 
 
@@ -599,11 +600,11 @@ def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
             continue
         for other, where in seen:
             if _same_address(address, other):
-                problems.append(f"[{section}] {key}: {description!r} is the same address "
+                problems.append(f"[{section}] {key}: {quoted(description)} is the same address "
                                 f"as {where}: only one of them could listen")
                 break
         else:
-            seen.append((address, f"{description!r} in [{section}] {key}"))
+            seen.append((address, f"{quoted(description)} in [{section}] {key}"))
     return problems
 
 
@@ -683,7 +684,7 @@ def _network(item: str) -> None:
     try:
         ipaddress.ip_network(item, strict=False)
     except ValueError:
-        raise ValueError(f"{item!r} is not a network (use CIDR like 192.0.2.0/24)") from None
+        raise ValueError(f"{quoted(item)} is not a network (use CIDR like 192.0.2.0/24)") from None
 
 
 def _networks(v: Any) -> tuple[str, ...]:
@@ -721,7 +722,7 @@ def _hostname_problem(name: str) -> str | None:
         if not label:
             return "is not a domain name: it has an empty label (two dots in a row)"
         if len(label) > 63:
-            return f"is not a domain name: the label {label[:20]!r}... is over 63 characters"
+            return f"is not a domain name: the label {quoted(label[:20])}... is over 63 characters"
         # letters of any script, their combining marks (Devanagari, Thai,
         # Tamil vowel signs), digits and inner hyphens
         if label[0] == "-" or label[-1] == "-" or not all(
@@ -729,7 +730,7 @@ def _hostname_problem(name: str) -> str | None:
                 for c in label):
             if label == name:  # the value is quoted before this already
                 return "is not a domain name (letters, digits and inner hyphens only)"
-            return (f"is not a domain name: the label {label!r} is not letters, digits and "
+            return (f"is not a domain name: the label {quoted(label)} is not letters, digits and "
                     "inner hyphens only")
     return domain_problem(name, _MAX_DNS_NAME)
 
@@ -750,14 +751,14 @@ def _domains(v: Any) -> tuple[str, ...]:
         else:
             why = domain_problem(d, _MAX_DNS_NAME)
         if why:
-            reasons.append(f"{d!r} {why}")
+            reasons.append(f"{quoted(d)} {why}")
             continue
         # one spelling per domain: an A-label and its U-label (or a
         # decomposed one) are the same domain, and the same Maildir folder
         canonical = canonical_domain(d)
         if canonical in out:
             same = "" if canonical == d else f" (as {canonical})"
-            reasons.append(f"{d!r} is listed twice{same}")
+            reasons.append(f"{quoted(d)} is listed twice{same}")
         else:
             out.append(canonical)
     if reasons:
@@ -774,11 +775,11 @@ def _hostname(v: Any) -> str:
     s = _nonempty_string(v).strip()
     why = _hostname_problem(s.rstrip("."))
     if why:
-        raise ValueError(f"{s!r} {why}")
+        raise ValueError(f"{quoted(s)} {why}")
     if not s.isascii():
         a_label = ascii_domain(s.rstrip("."))
-        raise ValueError(f"{s!r}: write the name in its ASCII (A-label) form, {a_label!r}: "
-                         "it goes into greetings, EHLO and Received fields")
+        raise ValueError(f"{quoted(s)}: write the name in its ASCII (A-label) form, "
+                         f"{quoted(a_label)}: it goes into greetings, EHLO and Received fields")
     return s
 
 
@@ -788,7 +789,7 @@ def _hostport(v: Any) -> str:
         return ""
     host, sep, port = s.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ValueError(f"{s!r}: use \"host:port\" (for example \"smtp.example.net:587\")")
+        raise ValueError(f"{quoted(s)}: use \"host:port\" (for example \"smtp.example.net:587\")")
     return s
 
 
@@ -814,7 +815,7 @@ def split_smarthost(value: str) -> tuple[str, int]:
     one goes after brackets (see ``_bare_ipv6_problem``)."""
     why = _bare_ipv6_problem(value)
     if why is not None:
-        raise ValueError(f"{value!r}: {why}")
+        raise ValueError(f"{quoted(value)}: {why}")
     host, _, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
@@ -829,10 +830,10 @@ def split_smarthost(value: str) -> tuple[str, int]:
             # as 192.0.2.1, an IPv4 address no form of the literal holds
             ip = ipaddress.IPv6Address(inner) if tagged else ipaddress.ip_address(inner)
         except ValueError:
-            no_ip = (f"{value!r}: {host} is no IP address ([192.0.2.1], [::1] or "
+            no_ip = (f"{quoted(value)}: {host} is no IP address ([192.0.2.1], [::1] or "
                      "[IPv6:2001:db8::1])")
             if tagged and _is_ipv4(inner):
-                raise ValueError(f"{value!r}: {host} is no IPv6 address, the only kind an "
+                raise ValueError(f"{quoted(value)}: {host} is no IPv6 address, the only kind an "
                                  f"\"IPv6:\" literal holds (RFC 5321 4.1.3); write "
                                  f"[{inner}]") from None
             if tagged or not inner or "%" in inner or ":" in inner:
@@ -899,7 +900,7 @@ def smarthost_warning(value: str) -> str | None:
     if split is None:
         return None
     host, port = split
-    return (f"{value!r} is read as [{host}]:{port}, address {host} and port {port}, but "
+    return (f"{quoted(value)} is read as [{host}]:{port}, address {host} and port {port}, but "
             f"all of it is an IPv6 address too; write [{host}]:{port} to say so (a bare "
             "IPv6 address followed by a port may be read either way)")
 
@@ -932,14 +933,14 @@ def _split_bare(value: str, host: str, port: int) -> tuple[str, int]:
         pass
     else:
         if "%" in host:
-            raise ValueError(f"{value!r}: an address with a zone names a local interface")
+            raise ValueError(f"{quoted(value)}: an address with a zone names a local interface")
         return _connected_address(ip), port
     numeric = _numeric_ipv4(value, host)
     if numeric is not None:
         return numeric, port
     why = _smarthost_name_problem(host)
     if why is not None:
-        raise ValueError(f"{value!r}: {why}")
+        raise ValueError(f"{quoted(value)}: {why}")
     return host, port
 
 
@@ -1023,18 +1024,18 @@ def _numeric_ipv4(value: str, host: str) -> str | None:
         return None
     if host.endswith("."):
         bare = _numeric_ipv4(value, host[:-1])  # (its own doubts said first)
-        raise ValueError(f"{value!r}: {host} is an address with a final dot, which the "
+        raise ValueError(f"{quoted(value)}: {host} is an address with a final dot, which the "
                          f"resolver looks up as a name and never finds; write {bare}")
     if resolver is not None and resolver == decimal:
         return _routable(value, host, resolver)
     if decimal is not None:
         read = f"it as {resolver}" if resolver else "no address in it"
-        raise ValueError(f"{value!r}: {host} is ambiguous: the resolver reads {read} "
+        raise ValueError(f"{quoted(value)}: {host} is ambiguous: the resolver reads {read} "
                          "(a number with a leading zero is octal to it); write the "
                          "address without leading zeros")
     if resolver is not None:  # hex alone: no other reading
         return _routable(value, host, resolver)
-    raise ValueError(f"{value!r}: {host} is no address, and no name in DNS is all numbers")
+    raise ValueError(f"{quoted(value)}: {host} is no address, and no name in DNS is all numbers")
 
 
 # RFC 1122 3.2.1.3, RFC 6890 2.2.2: "this host on this network", a source
@@ -1051,7 +1052,7 @@ def _routable(value: str, host: str, address: str) -> str:
     as ``0.0.0.0`` written in full is: Linux connects to this host there,
     and a configuration that worked so goes on working."""
     if address != "0.0.0.0" and ipaddress.IPv4Address(address) in _THIS_NETWORK:
-        raise ValueError(f"{value!r}: {host} is read by the resolver as {address}, in "
+        raise ValueError(f"{quoted(value)}: {host} is read by the resolver as {address}, in "
                          "0.0.0.0/8, which names no host to connect to (RFC 1122 "
                          "3.2.1.3); write the address in full")
     return address
@@ -1082,12 +1083,13 @@ def split_nameserver(item: str) -> tuple[str, int]:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"{item!r}: a nameserver is an IP address, optionally :port") from None
+        raise ValueError(
+            f"{quoted(item)}: a nameserver is an IP address, optionally :port") from None
     if "%" in host:
         # the answer comes back without the zone: it could never be matched
-        raise ValueError(f"{item!r}: a nameserver with an IPv6 zone (%...) is not supported")
+        raise ValueError(f"{quoted(item)}: a nameserver with an IPv6 zone (%...) is not supported")
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ValueError(f"{item!r}: bad port")
+        raise ValueError(f"{quoted(item)}: bad port")
     if address.version == 6:
         # the form the kernel reports an answer's source in (a v4-mapped
         # address in dotted form: "::ffff:127.0.0.1")
@@ -1102,14 +1104,14 @@ def _nameservers(v: Any) -> tuple[str, ...]:
 def _password_policy(v: Any) -> str:
     s = _string(v)
     if s not in ("warn", "enforce"):
-        raise ValueError(f"{s!r}: use \"warn\" or \"enforce\"")
+        raise ValueError(f"{quoted(s)}: use \"warn\" or \"enforce\"")
     return s
 
 
 def _tls_mode(v: Any) -> str:
     s = _string(v)
     if s not in ("verify", "opportunistic", "none"):
-        raise ValueError(f"{s!r}: use \"verify\", \"opportunistic\" or \"none\"")
+        raise ValueError(f"{quoted(s)}: use \"verify\", \"opportunistic\" or \"none\"")
     return s
 
 
@@ -1184,7 +1186,7 @@ def load_text(text: str, path: str) -> Settings:
         where = ("[hub] hostname" if "hostname" in t
                  else "[hub] hostname is not set, and the machine's name")
         warnings.append(
-            f"{path}: {where} {hub.hostname!r} is no fully qualified domain name: the hub "
+            f"{path}: {where} {quoted(hub.hostname)} is no fully qualified domain name: the hub "
             "greets with it, says it in EHLO to other servers and writes it into every "
             "Received field, and many servers refuse a client that calls itself so "
             "(RFC 5321 4.1.1.1, 2.3.5); set [hub] hostname to the name clients reach "

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "plural", "shown"]
+__all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "plural", "quoted", "shown",
+           "shown_lines"]
 
 
 #: ``loggable``'s limit for a remote server's reply (the relay's log
@@ -69,6 +70,29 @@ def shown(text: str) -> str:
     within RFC 5321's grammar (printable ASCII and tabs, UTF-8 after
     SMTPUTF8) is shown verbatim, as ``queue list`` promises."""
     return _CONTROLS.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
+
+
+def shown_lines(text: str) -> str:
+    """``text`` with ``shown``'s escapes, line by line: a message of more
+    than one line (a config problem with its hint) keeps its line breaks,
+    and whatever a line holds stays on it."""
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
+def quoted(value: object) -> str:
+    """A name or value read from a file or an argument, in quotes, for a
+    message that refuses or names it (``address 'x\\x{1B}y' contains ...``).
+
+    The one form of escape the hub shows a person, ``shown``'s
+    ``\\x{HEX}``, for every character that would not print (Python's
+    ``repr`` wrote ``'\\x1b'`` there, a users file line ``\\x{1B}``, and
+    ``str.isprintable`` counts a zero-width space or a soft hyphen among
+    the invisible ones).  Anything else is its ``repr``, escaped alike."""
+    if not isinstance(value, str):
+        return shown(repr(value))
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() else f"\\x{{{ord(c):X}}}" for c in value)
+    return f"'{shown(value)}'"
 
 
 def plural(count: int, one: str, many: str) -> str:

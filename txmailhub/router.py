@@ -68,7 +68,7 @@ from txmailhub.address import (
 from txmailhub.errors import Rejected
 from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
-from txmailhub.logsafe import loggable, plural
+from txmailhub.logsafe import loggable, plural, quoted
 from txmailhub.regular_file import read_regular
 from txmailhub.smtp import replies
 
@@ -137,7 +137,7 @@ def parse_aliases(
         name_text, colon, targets_text = line.partition(":")
         name_text = name_text.strip()
         if not colon:
-            problem(f"expected 'name: target, ...', got {line!r}")
+            problem(f"expected 'name: target, ...', got {quoted(line)}")
             continue
         try:
             name = parse_address(name_text, primary_domain)
@@ -146,10 +146,10 @@ def parse_aliases(
             continue
         key = name.key
         if local_domains is not None and canonical_domain(name.domain) not in local_domains:
-            problem(f"alias {name_text!r} is for {name.domain}, which is not a local domain")
+            problem(f"alias {quoted(name_text)} is for {name.domain}, which is not a local domain")
             continue
         if key in where:
-            problem(f"alias {name_text!r} is already defined on line {where[key]}: "
+            problem(f"alias {quoted(name_text)} is already defined on line {where[key]}: "
                     "this one is ignored")
             continue
         targets: list[tuple[Address, bool]] = []
@@ -159,7 +159,7 @@ def parse_aliases(
                 continue
             why = _unsupported(item)
             if why:
-                problem(f"target {item!r} of {name_text!r}: {why}")
+                problem(f"target {quoted(item)} of {quoted(name_text)}: {why}")
                 continue
             expand = not item.startswith("\\")
             text_addr = item.lstrip("\\")
@@ -168,7 +168,7 @@ def parse_aliases(
             try:
                 target = parse_address(text_addr, primary_domain)
             except AddressError as e:
-                problem(f"bad target {item!r} of {name_text!r}: {e}")
+                problem(f"bad target {quoted(item)} of {quoted(name_text)}: {e}")
                 continue
             targets.append((target, expand))
             if target.domain.startswith("["):
@@ -177,8 +177,8 @@ def parse_aliases(
             if why:
                 # kept: the relay bounces it (5.1.2) without asking DNS,
                 # as a message already queued for it is
-                problem(f"target {item!r} of {name_text!r}: {target.domain} can never be a "
-                        f"name in DNS ({why}): mail to it bounces")
+                problem(f"target {quoted(item)} of {quoted(name_text)}: {target.domain} can "
+                        f"never be a name in DNS ({why}): mail to it bounces")
                 continue
             why = domain_problem(target.domain)
             if why:
@@ -186,10 +186,10 @@ def parse_aliases(
                 # in a path (a fake "xn--" label, a label IDNA2008 refuses):
                 # RCPT TO would get 501, so the file should not name it
                 # either.  Kept, as above: the relay looks it up as it is.
-                problem(f"target {item!r} of {name_text!r}: {target.domain} {why}: the hub's "
-                        "SMTP server refuses such an address (501)")
+                problem(f"target {quoted(item)} of {quoted(name_text)}: {target.domain} {why}: "
+                        "the hub's SMTP server refuses such an address (501)")
         if not targets:
-            problem(f"alias {name_text!r} has no usable target")
+            problem(f"alias {quoted(name_text)} has no usable target")
             continue
         table[key] = tuple(dict.fromkeys(targets))
         where[key] = number

@@ -41,6 +41,7 @@ from txmailhub.cli_output import error_stream, utf8_output
 from txmailhub.config import LocalSubmission, empty_config_path, load_local_submission
 from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, RemoteProtocolError
+from txmailhub.logsafe import quoted
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
 from txmailhub.sendmail_smtp import (
@@ -216,7 +217,8 @@ def _addresses(values: Iterable[str], primary_domain: str, sender: bool = False)
         except Unreadable as e:
             # the text cannot be read whole: sending to what could be read
             # would leave out a recipient without a word, and exit 0
-            raise AddressError(f"cannot read the addresses in {value.strip()!r}: {e}") from None
+            raise AddressError(
+                f"cannot read the addresses in {quoted(value.strip())}: {e}") from None
         found.extend(_envelope_form(spec, primary_domain, sender) for spec in specs)
     return found
 
@@ -244,7 +246,7 @@ def _envelope_form(text: str, primary_domain: str, sender: bool = False) -> str:
     except UnicodeEncodeError:
         # bytes that were not UTF-8 (a Latin-1 To field, an argument in
         # another locale), kept as surrogates: no SMTP command can carry them
-        raise AddressError(f"{text!r} is not UTF-8 text") from None
+        raise AddressError(f"{quoted(text)} is not UTF-8 text") from None
     # what is sent -- a bare name with its domain, an IDN domain as
     # A-labels -- is read again: the hub judges the path it is sent (its
     # length), not the one typed
@@ -266,7 +268,7 @@ def _hub_reads(path: str, primary_domain: str, sender: bool) -> Address:
         else:
             address = parse_rcpt(f"TO:<{path}>", primary_domain, utf8=True)[0]
     except RemoteProtocolError:
-        raise AddressError(f"{path!r} is no address the hub takes (RFC 5321 4.1.2: a "
+        raise AddressError(f"{quoted(path)} is no address the hub takes (RFC 5321 4.1.2: a "
                            "Dot-string or a quoted string, no control character in either, "
                            f"@ a domain; at most {MAX_PATH} octets)") from None
     if address is None:  # (addr_specs gives no empty one)
@@ -394,11 +396,11 @@ def _required(own: str | None, login_name: str, null_sender: bool = False) -> st
     the message's own From avoids, not ``-f``."""
     if own is None:
         if null_sender:
-            raise LoginNotAddress(f"the login name {login_name!r} can be no mail address "
+            raise LoginNotAddress(f"the login name {quoted(login_name)} can be no mail address "
                                   "local part, not even quoted, and would be the address of "
                                   "the From field added to a message with a null sender: "
                                   "give the message a From field")
-        raise LoginNotAddress(f"the login name {login_name!r} can be no mail address "
+        raise LoginNotAddress(f"the login name {quoted(login_name)} can be no mail address "
                               "local part, not even quoted, and would be the sender's "
                               "address: give the sender with -f ADDRESS")
     return own
@@ -455,7 +457,7 @@ def prepare(
     else:
         found = _addresses([options.sender], settings.primary_domain, sender=True)
         if len(found) != 1:
-            raise AddressError(f"-f {options.sender!r} is not one address")
+            raise AddressError(f"-f {quoted(options.sender)} is not one address")
         sender = found[0]
     fields = read.fields
     names = {name for name, _ in fields}

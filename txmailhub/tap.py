@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from txmailhub.config import SYSTEM_CONFIG, default_config_path, empty_config_path, load
 from txmailhub.errors import ConfigError
-from txmailhub.logsafe import shown
+from txmailhub.logsafe import shown, shown_lines
 
 __all__ = ["Options", "makeService"]
 
@@ -45,13 +45,13 @@ class Options(usage.Options):
             refusals = uid_problems(parent) + pid_file_problems(parent.get("pidfile"))
             if refusals:
                 for refusal in refusals:
-                    print(refusal, file=sys.stderr)
+                    _say(refusal)
                 raise SystemExit(2)
         given = self["config"] is not None
         if self["config"] == "":
             # --config= (``--config "$CONF"`` with $CONF unset): not the
             # default file; one line and exit 2, as for a bad config
-            print(f"mailhub: {empty_config_path('--config')}", file=sys.stderr)
+            _say(f"mailhub: {empty_config_path('--config')}")
             raise SystemExit(2)
         if not given:
             # the ``mailhub`` command's own default, by its own rule: the
@@ -61,12 +61,12 @@ class Options(usage.Options):
             self["settings"] = load(self["config"])
         except ConfigError as e:
             for warning in e.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
+                _say(f"warning: {warning}")
             if not given:  # say why that file: the command line named none
-                print(f"mailhub: no --config PATH given: reading {self['config']} "
-                      f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})", file=sys.stderr)
+                _say(f"mailhub: no --config PATH given: reading {self['config']} "
+                      f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})")
             for problem in e.problems:
-                print(problem, file=sys.stderr)
+                _say(problem)
             raise SystemExit(2) from None
         from txmailhub.cli import smarthost_auth_problems
 
@@ -75,11 +75,18 @@ class Options(usage.Options):
         # turn every outbound message into a retry, found only in the log
         problems = smarthost_auth_problems(self["settings"], warnings)
         for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+            _say(f"warning: {warning}")
         if problems:
             for problem in problems:
-                print(problem, file=sys.stderr)
+                _say(problem)
             raise SystemExit(2)
+
+
+def _say(text: str) -> None:
+    """A line of the start on standard error, whatever it quotes (a path,
+    a name or a line from the config or the users file) shown with the
+    escapes ``mailhub check`` uses: ``\\x{1B}`` for an ESC, never raw."""
+    print(shown_lines(text), file=sys.stderr)
 
 
 def uid_problems(parent: Any) -> list[str]:
@@ -232,7 +239,7 @@ def makeService(options: Any) -> Any:
         # (a traceback once the ports are bound, for a spool.lock the
         # jail has no folder for).  ``--chroot=`` too: twistd then calls
         # os.chroot("") (a traceback of its own)
-        print(CHROOT_REFUSAL, file=sys.stderr)
+        _say(CHROOT_REFUSAL)
         raise SystemExit(2)
     limit = raise_fd_limit()
     tune_gc()
@@ -242,14 +249,14 @@ def makeService(options: Any) -> Any:
     settings = options["settings"]
     short = fd_limit_warning(settings, limit)
     if short:
-        print(f"warning: {short}", file=sys.stderr)
+        _say(f"warning: {short}")
     # Imported now, while twistd still runs as the user that started it:
     # after --uid the standard library may be out of reach (installed under
     # /root, say), and the relay's first IDN lookup would fail.
     import encodings.idna  # noqa: F401
     owner = _dropping_to(options)
     if owner is None and os.geteuid() == 0:
-        print(ROOT_WARNING, file=sys.stderr)
+        _say(ROOT_WARNING)
     if owner is not None:
         # every refusal comes before anything is made (the log file, what
         # state_dir holds), and a state_dir is followed only once judged
@@ -257,17 +264,17 @@ def makeService(options: Any) -> Any:
                     + state_dir_problems(settings.hub.state_dir))
         if problems:
             for problem in problems:
-                print(problem, file=sys.stderr)
+                _say(problem)
             raise SystemExit(2)
         # root can use anything: a state folder an earlier start as root
         # left behind would pass every test made now, and fail only after
         # the switch, with the ports bound (a traceback, exit 1)
         foreign = foreign_state(settings.hub.state_dir, *owner)
         if foreign:
-            print(foreign, file=sys.stderr)
+            _say(foreign)
             raise SystemExit(2)
         for warning in run_folder_warnings(options.parent, *owner):
-            print(warning, file=sys.stderr)
+            _say(warning)
     # without twistd's options (makeService called by an application)
     # there is no pid file or log file of twistd's to judge or make: an
     # empty dict would be twistd's daemon defaults, ./twistd.log made
@@ -275,7 +282,7 @@ def makeService(options: Any) -> Any:
     unwritable = run_file_access_problems(run_files)
     if unwritable:
         for problem in unwritable:
-            print(problem, file=sys.stderr)
+            _say(problem)
         raise SystemExit(2)
     make_log_file(run_files, owner)
     before = _state_entries(settings.hub.state_dir)
@@ -285,10 +292,10 @@ def makeService(options: Any) -> Any:
         hub = MailHub(settings)
         hub.check_state_dir()  # now, before twistd forks (see DaemonStartError)
     except OSError as e:
-        print(StateDirError.from_os_error(e, settings.hub.state_dir).message, file=sys.stderr)
+        _say(StateDirError.from_os_error(e, settings.hub.state_dir).message)
         raise SystemExit(2) from None
     except StateDirError as e:  # a bad config's exit code: the admin fixes a path
-        print(e.message, file=sys.stderr)
+        _say(e.message)
         raise SystemExit(2) from None
     parent = getattr(options, "parent", None)
     if parent is not None and not parent.get("nodaemon", True):
@@ -517,7 +524,6 @@ def run_folder_warnings(parent: Any, uid: int, gid: int) -> list[str]:
     and deletes -- all without a word.  Not a refusal: a hub that ran so
     before an upgrade still starts, and says what to mend."""
     from txmailhub.hub_access import name_of, unwritable_folder_by
-    from txmailhub.logsafe import shown
 
     user = name_of(uid)
     consequences = {

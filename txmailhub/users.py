@@ -67,7 +67,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
 from txmailhub.filestamp import FileStamp
-from txmailhub.logsafe import shown
+from txmailhub.logsafe import quoted, shown
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
 
@@ -376,7 +376,7 @@ class UsersDB:
                 if len(fields) == 3:
                     if not fields[2].startswith("apop="):
                         raise ValueError(f"expected '<address> <hash> [apop=<secret>]', "
-                                         f"not a third field {fields[2][:20]!r}")
+                                         f"not a third field {quoted(fields[2][:20])}")
                     apop = base64.b64decode(fields[2][5:], validate=True).decode("utf-8")
             except (ValueError, AddressError) as e:
                 problems.append(f"{self.path}:{lineno}: {e}")

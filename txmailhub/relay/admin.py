@@ -39,7 +39,7 @@ import time
 from typing import Any, TextIO
 
 from txmailhub.cli_output import error_stream
-from txmailhub.logsafe import shown
+from txmailhub.logsafe import quoted, shown
 from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError, mta_name
 from txmailhub.relay.schedule import due_by, utc_text
@@ -269,7 +269,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
             return _unknown(qid, err)
         print(f"{'held' if action == 'hold' else 'released'} {qid}", file=out)
         return 0
-    print(f"mailhub: unknown queue action {action!r}", file=err)
+    print(f"mailhub: unknown queue action {quoted(action)}", file=err)
     return 2
 
 

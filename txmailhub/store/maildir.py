@@ -100,6 +100,7 @@ from txmailhub.address import Address, canonical_domain, canonical_local
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import LocalError, MailboxInUse, MailboxTurnAbandoned
 from txmailhub.interfaces import IKeyedStore, IMailboxStore, ISpoolingStore
+from txmailhub.logsafe import quoted
 from txmailhub.store.format import (
     CRLFCounter,
     CRLFEncoder,
@@ -162,7 +163,7 @@ _LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.E
 
 def _path_component(text: str, what: str) -> str:
     if not text or text in (".", "..") or "/" in text or "\x00" in text:
-        raise LocalError(f"{what} {text!r} cannot name a Maildir folder")
+        raise LocalError(f"{what} {quoted(text)} cannot name a Maildir folder")
     return text
 
 
