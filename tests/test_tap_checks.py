@@ -176,3 +176,21 @@ def test_the_start_shows_a_config_path_or_value_escaped(tmp_path: Path, capsys) 
     err = capsys.readouterr().err
     assert "[hub] domains: 'b\\x{1B}d.org' is not a domain name" in err, err
     assert "\x1b" not in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _no_entry(NO_SUCH_UID),
+                    reason="the switch is judged as root, for a uid without an entry")
+def test_make_service_given_such_a_uid_by_an_application_says_so_too(tmp_path: Path,
+                                                                     capsys) -> None:
+    # an application's own options (no twistd parsing): a KeyError traceback
+    from txmailhub.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--config", str(_config(tmp_path))])
+    options.parent = {"uid": NO_SUCH_UID, "gid": None, "nodaemon": True, "pidfile": None,
+                      "logfile": "-"}
+    with pytest.raises(SystemExit) as info:
+        makeService(options)
+    assert info.value.code == 2
+    assert f"mailhub: --uid {NO_SUCH_UID} has no entry" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -472,7 +472,14 @@ def _dropping_to(options: Any) -> tuple[int, int] | None:
     if gid is None:
         import pwd
 
-        gid = pwd.getpwuid(uid).pw_gid
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            # twistd's options refuse it first; an application calling
+            # makeService with options of its own gets the same line
+            for problem in uid_problems(parent):
+                _say(problem)
+            raise SystemExit(2) from None
     return uid, gid
 
 
