@@ -194,3 +194,23 @@ def test_make_service_given_such_a_uid_by_an_application_says_so_too(tmp_path: P
     assert info.value.code == 2
     assert f"mailhub: --uid {NO_SUCH_UID} has no entry" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("flag", ["+i", "+a"])
+def test_a_stale_pid_file_made_immutable_or_append_only_is_refused(tmp_path: Path, capsys,
+                                                                    flag: str) -> None:
+    # root cannot remove it either: checkPID's os.remove was an EPERM traceback
+    import shutil
+    import subprocess
+
+    pid_file = tmp_path / "twistd.pid"
+    pid_file.write_text(f"{_gone_pid()}\n")
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, flag, str(pid_file)],
+                                        capture_output=True).returncode != 0:
+        pytest.skip("chattr cannot set the flag here")
+    try:
+        err = _refused(tmp_path, capsys, "-n", "--pidfile", str(pid_file))
+    finally:
+        subprocess.run([chattr, "-ia", str(pid_file)], check=True)
+    assert "twistd, which removes such a file, cannot: it is immutable or append-only" in err

@@ -214,8 +214,9 @@ def _inode_flags(path: str) -> int:
     except (ImportError, OSError):
         return 0
     try:
+        # the kernel writes an int there, whatever the request's size says
         raw = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8)
-        return int(struct.unpack("l", raw)[0])
+        return int(struct.unpack_from("i", raw)[0])
     except OSError:
         return 0
     finally:
