@@ -14,6 +14,14 @@ from conftest import mailhub, read_empty
 from txmailhub.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _no_controlling_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands run in this process find no terminal to ask a password
+    at, wherever the tests run (from a terminal, getpass would ask there);
+    the tests of the terminal run the command in a process of its own."""
+    monkeypatch.setattr("txmailhub.cli.TERMINAL", str(tmp_path / "no-tty"))
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "mailhub.toml"
@@ -47,9 +55,7 @@ def test_a_password_with_standard_input_closed_is_refused_not_a_traceback(
         assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
     users = config.parent / "users"
     before = users.read_bytes() if users.exists() else None
-    monkeypatch.setattr("sys.stdin", None)
-    # and no controlling terminal either, wherever the tests run
-    monkeypatch.setattr("txmailhub.cli.TERMINAL", str(config.parent / "no-tty"))
+    monkeypatch.setattr("sys.stdin", None)  # (and no terminal: _no_controlling_terminal)
     out, err = io.StringIO(), io.StringIO()
     assert main(["--config", str(config), *args], out=out, err=err) == 2
     assert err.getvalue() == f"mailhub: {why}\n"
