@@ -166,3 +166,16 @@ def test_shown_lines_keeps_the_line_breaks_and_escapes_the_rest() -> None:
     from txmailhub.logsafe import shown_lines
 
     assert shown_lines("a\x1b\nb\rc") == "a\\x{1B}\nb\\x{D}c"
+
+
+def test_quoted_keeps_two_names_apart_that_differ_by_a_backslash_or_a_quote() -> None:
+    # a name with an ESC and one with the four characters \x{1B} printed
+    # alike ('a\x{1B}b'), and one with a quote in it read as two names;
+    # Python's repr, used before, told them apart
+    from txmailhub.logsafe import quoted
+
+    names = ["a\x1bb", "a\\x{1B}b", "a\\b", "a\\\\b", "it's", "it\\'s", "a' 'b", "a", "a'"]
+    assert len({quoted(n) for n in names}) == len(names), [quoted(n) for n in names]
+    assert quoted("a\\x{1B}b") == "'a\\\\x{1B}b'"  # the backslash doubled, as repr did
+    assert quoted("it's") == "'it\\'s'"
+    assert quoted("a\x1bb") == "'a\\x{1B}b'"  # unchanged

@@ -87,9 +87,13 @@ def quoted(value: object) -> str:
     ``\\x{HEX}``, for every character that would not print (Python's
     ``repr`` wrote ``'\\x1b'`` there, a users file line ``\\x{1B}``, and
     ``str.isprintable`` counts a zero-width space or a soft hyphen among
-    the invisible ones).  Anything else is its ``repr``, escaped alike."""
+    the invisible ones).  A backslash is doubled and a quote escaped, as
+    ``repr`` did: else a name holding the four characters ``\\x{1B}``
+    printed as one holding an ESC, and ``it's`` read as a name ended
+    early.  Anything else is its ``repr``, escaped alike."""
     if not isinstance(value, str):
         return shown(repr(value))
+    value = value.replace("\\", "\\\\").replace("'", "\\'")
     if not value.isprintable():
         value = "".join(c if c.isprintable() else f"\\x{{{ord(c):X}}}" for c in value)
     return f"'{shown(value)}'"
