@@ -1013,3 +1013,28 @@ def test_a_moved_log_that_cannot_be_made_again_says_why_once_and_is_retried_at_s
     f.close()
     assert path.read_text() == "after\n"
     assert stderr.getvalue().count("cannot open") == 1
+
+
+def test_a_moved_log_made_again_by_logrotate_but_not_writable_is_said_as_such(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # logrotate's ``create 0640 root adm`` made mailhub.log again, a file
+    # the hub's user may not write: the notice said the hub "may not make
+    # files in its folder", which sent the admin to the folder's mode
+    path = tmp_path / "mailhub.log"
+    f = _log_file(path)
+    stderr = _said(f)
+    os.rename(path, tmp_path / "mailhub.log-20261201")
+    path.write_text("")  # logrotate's create
+    real_open = os.open
+
+    def refused(name: Any, flags: int, *a: Any, **kw: Any) -> int:
+        if str(name) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(name, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", refused)
+    f.rotate()
+    f.close()
+    said = stderr.getvalue()
+    assert f"({path} is there, but the hub may not write it:" in said, said
+    assert "may not make files" not in said

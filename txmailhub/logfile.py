@@ -300,6 +300,9 @@ def _reopen_reason(error: OSError, path: str, folder: str) -> str:
     if error.errno == errno.EDQUOT:
         return "the disk quota is used up"
     if error.errno in (errno.EACCES, errno.EPERM):
+        if os.path.lexists(path):  # logrotate's ``create`` with another owner or mode
+            return (f"{path} is there, but the hub may not write it: its owner or mode "
+                    "(logrotate's create)")
         return f"the hub may not make files in its folder {folder}"
     if error.errno in (errno.EMFILE, errno.ENFILE):
         return "the hub is out of file descriptors"
