@@ -1038,3 +1038,41 @@ def test_a_moved_log_made_again_by_logrotate_but_not_writable_is_said_as_such(
     said = stderr.getvalue()
     assert f"({path} is there, but the hub may not write it:" in said, said
     assert "may not make files" not in said
+
+
+@pytest.mark.parametrize("cause", ["a file at the folder's name", "a folder not searchable"])
+def test_a_log_path_that_cannot_even_be_looked_at_loses_no_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str) -> None:
+    # the log's folder moved away and a file left at its name (ENOTDIR),
+    # or the folder made one the hub may not go through (EACCES): the
+    # look at the path raised out of ``rotate``, and so out of ``write``
+    # at the size rotation: that line lost, and every later one
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / "mailhub.log"
+    f = _log_file(path, rotateLength=100)
+    stderr = _said(f)
+    f.write("before\n")
+    moved = tmp_path / "logs.old"
+    os.rename(logs, moved)
+    if cause == "a file at the folder's name":
+        logs.write_text("")
+    else:
+        logs.mkdir()
+        real_stat = os.stat
+
+        def refused(name: Any, *a: Any, **kw: Any) -> os.stat_result:
+            if str(name).startswith(str(logs) + os.sep):
+                raise PermissionError(errno.EACCES, "Permission denied", str(name))
+            return real_stat(name, *a, **kw)
+
+        monkeypatch.setattr(os, "stat", refused)
+        monkeypatch.setattr(os, "open", lambda name, *a, **kw: (_ for _ in ()).throw(
+            PermissionError(errno.EACCES, "Permission denied", str(name))))
+    f.rotate()  # logrotate's SIGUSR1
+    f.write("x" * 200 + "\n")  # past rotateLength: a rotation at this write
+    f.write("still here\n")
+    f.close()
+    text = _without_notices((moved / "mailhub.log").read_text())
+    assert text == "before\n" + "x" * 200 + "\nstill here\n", text
+    assert stderr.getvalue().count("cannot open the log file") == 1, stderr.getvalue()

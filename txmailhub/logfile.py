@@ -94,10 +94,15 @@ class ReopeningLogFile(LogFile):
         self.size = os.fstat(fd).st_size
 
     def moved(self) -> bool:
-        """Whether the path no longer names the file being written."""
+        """Whether the path no longer names the file being written.  A
+        path that cannot be looked at (a file now at its folder's name,
+        ``ENOTDIR``; a folder the hub may not go through, ``EACCES``)
+        names it no longer either: raised, the error came out of
+        ``write`` at the size rotation, and that line and every later
+        one were lost."""
         try:
             there = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:
             return True
         mine = os.fstat(self._file.fileno())
         return (there.st_ino, there.st_dev) != (mine.st_ino, mine.st_dev)
