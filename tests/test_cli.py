@@ -1595,3 +1595,35 @@ def test_names_a_command_refuses_are_escaped_as_the_users_file_lines_are(
         assert code == 2
         assert "[hub] domains: 'b\\x{1B}d.org' is not a domain name" in err, (args, err)
         assert "\x1b" not in err and "\\x1b" not in err
+
+
+def test_user_add_at_a_terminal_with_a_pipe_on_stdin_asks_there_and_leaves_the_pipe(
+        config: Path) -> None:
+    # ``echo secret | mailhub user add joe`` typed at a terminal, without
+    # --password-stdin: the password is the one typed at the terminal,
+    # never the pipe's line taken silently
+    import pty
+
+    from txmailhub.users import verify_password
+
+    typed, piped = "typed-quartz-harbour-9", "piped-mellow-lantern-4"
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child becomes the command
+        try:
+            read, write = os.pipe()
+            os.write(write, f"{piped}\n".encode())
+            os.close(write)
+            os.dup2(read, 0)
+            os.execv(sys.executable, [sys.executable, "-m", "txmailhub", "--config",
+                                      str(config), "user", "add", "joe"])
+        finally:
+            os._exit(127)
+    try:
+        said = _talk(master, [("Password: ", typed + "\n"), ("Again: ", typed + "\n")])
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    line = (config.parent / "users").read_text().split("\njoe@example.org ")[1]
+    encoded = line.split()[0]
+    assert verify_password(typed, encoded) and not verify_password(piped, encoded)
