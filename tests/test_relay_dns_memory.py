@@ -87,11 +87,11 @@ class RefusingEndpoint:
         return E()
 
 
-def make(tmp_path, dead=100, domain="dead.test"):
+def make(tmp_path, dead=100, domain="dead.test", concurrent=10):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                   '[relay]\nmax_concurrent_deliveries = 10\nmax_per_destination = 10\n'
-                   'queue_lifetime = "1d"\n')
+                   f'[relay]\nmax_concurrent_deliveries = {concurrent}\n'
+                   'max_per_destination = 10\nqueue_lifetime = "1d"\n')
     settings = load_text(cfg.read_text(), str(cfg))
     clock = MemoryReactorClock()
     clock.advance(1_700_000_000)
@@ -148,15 +148,66 @@ def test_other_domains_wait_for_at_most_one_timeout(tmp_path):
         runner.stop()
 
 
+def test_other_domains_do_not_wait_for_the_dead_domains_lookup(tmp_path):
+    # while the dead domain's one lookup runs, the runner takes one of its
+    # entries, not the room's worth of them (twice max_concurrent_
+    # deliveries, each waiting for that lookup): the live domain's entry,
+    # the newest, went only once the lookup had failed, a minute later
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path)
+    try:
+        took = first_pass(clock, runner, resolver, endpoint)
+        assert took < TIMEOUT
+        assert resolver.count("dead.test") == 1
+        assert sum(1 for qid in runner.active if qid != ids[-1]) <= 1
+        for _ in range(int(TIMEOUT) + 10):
+            clock.advance(1)
+        # then each dead entry has its attempt, deferred by that lookup
+        assert resolver.count("dead.test") == 1
+        assert all(queue.read(qid).attempts == 1 for qid in ids[:-1])
+    finally:
+        runner.stop()
+
+
+def test_a_delivery_waits_for_its_domains_lookup_without_a_slot(tmp_path, monkeypatch):
+    # an entry to the dead domain and another is taken (the other domain
+    # has room): its delivery to the dead domain waits for the lookup under
+    # way without holding a slot, so its other delivery has one.  With two
+    # slots, one the lookup's, the second went to the dead domain's
+    # delivery too, and the other domain waited for the lookup's minute
+    monkeypatch.setitem(ADDRESSES, "other.test", "192.0.2.8")
+    clock, runner, resolver, endpoint, queue, _ids = make(tmp_path, dead=1, concurrent=2)
+    path = tmp_path / "spool-both"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    both = queue.enqueue(Envelope(sender=ALICE, recipients=(
+        Address("v", "dead.test"), Address("w", "other.test"))),
+        SpooledMessage(str(path), 20, 23)).result
+    try:
+        start = clock.seconds()
+        runner.start()
+        for _ in range(5):
+            clock.advance(1)
+        other = [t for h, t in endpoint.connects if h == ADDRESSES["other.test"]]
+        assert len(other) == 1 and other[0] < start + 5  # not a minute later
+        assert resolver.count("dead.test") == 1
+        for _ in range(int(TIMEOUT)):
+            clock.advance(1)
+        assert resolver.count("dead.test") == 1  # the waiting one was told the answer
+        assert queue.read(both).attempts == 1
+    finally:
+        runner.stop()
+
+
 def test_a_pass_over_the_dead_domain_makes_one_lookup(tmp_path):
     # 400 entries: answered at once, one after the other, from within the
     # one before, they ran into Python's recursion limit
     clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=400)
     try:
+        start = clock.seconds()
         first_pass(clock, runner, resolver, endpoint)
-        # every dead entry has been attempted once: deferred with the
-        # lookup's own temporary reason, counted as an attempt
-        for _ in range(10):
+        # every dead entry has been attempted once, once the one lookup
+        # has failed: deferred with the lookup's own temporary reason,
+        # counted as an attempt
+        while clock.seconds() < start + TIMEOUT + 10:
             clock.advance(1)
         for qid in ids[:-1]:
             e = queue.read(qid)
@@ -232,6 +283,23 @@ def test_lookups_under_way_are_shared():
     assert len(got) == 2 and got[0] == got[1] and got[0] is not got[1]
     # answered at once, so not shared: each its own lookup
     assert resolver.count("live.test") == 2
+
+
+def test_the_end_of_a_lookup_under_way_can_be_waited_for():
+    # what the runner asks before it takes a slot for a delivery: whether
+    # a lookup of its domain is under way, and when that one ends
+    clock = MemoryReactorClock()
+    resolver = SilentResolver(clock)
+    mx = MXResolver(resolver, clock, "mail.example.org")
+    assert mx.lookup_in_flight("dead.test") is None
+    mx.resolve("dead.test").addErrback(lambda f: None)
+    over = []
+    mx.lookup_in_flight("DEAD.test.").addCallback(over.append)  # however it is spelt
+    assert mx.lookup_in_flight("[192.0.2.1]") is None
+    assert resolver.count("dead.test") == 1 and over == []
+    clock.advance(TIMEOUT)
+    assert over == [None]  # a failure too ends it, without an error of its own
+    assert mx.lookup_in_flight("dead.test") is None  # remembered now, not looked up
 
 
 def test_a_cancelled_wait_leaves_the_others_theirs():

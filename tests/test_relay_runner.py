@@ -543,6 +543,63 @@ def test_per_destination_limit(hub):
     assert hub.queue.ids() == []
 
 
+def test_no_more_entries_for_one_destination_are_taken_than_it_can_use(hub):
+    # max_per_destination = 1: the other remote.test entries would only
+    # wait for its slot, holding the room (twice max_concurrent_deliveries
+    # entries) that other domains' entries need
+    hub.runner.start()
+    pending = hub.agent.hold()
+    bobs = [enqueue(hub, BOB) for _ in range(3)]
+    carol = enqueue(hub, CAROL)
+    assert hub.runner.active == {bobs[0], carol}
+    while pending:
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert [c[0] for c in hub.agent.calls] == [bobs[0], carol, bobs[1], bobs[2]]
+    assert hub.queue.ids() == []
+
+
+def test_one_entry_for_a_destination_whose_lookup_is_under_way(tmp_path):
+    # its lookup's answer is not in yet: the other entries would only wait
+    # for it; taken once it is in (the failure remembered, or cached)
+    hub = make_hub(tmp_path, "max_per_destination = 5\n")
+    in_flight: dict[str, list[defer.Deferred]] = {}  # the lookups' waiters
+
+    def lookup_in_flight(dest):
+        if dest not in in_flight:
+            return None
+        waiter: defer.Deferred = defer.Deferred()
+        in_flight[dest].append(waiter)
+        return waiter
+
+    hub.agent.lookup_in_flight = lookup_in_flight
+    first: defer.Deferred = defer.Deferred()
+    asked = []
+
+    def script(e, d, r):
+        asked.append(e.id)
+        if d == "remote.test" and len(asked) == 1:
+            in_flight["remote.test"] = []  # the first delivery looks it up
+            return first.addCallback(lambda _: [DeliveryResult(a, "transient", LATER)
+                                                for a in r])
+        return [DeliveryResult(a, "transient", LATER) for a in r]
+
+    hub.agent.script = script
+    bobs = [enqueue(hub, BOB) for _ in range(3)]
+    hub.clock.advance(1)
+    carol = enqueue(hub, CAROL)
+    hub.runner.start()
+    try:
+        assert carol in asked and len([q for q in asked if q in bobs]) == 1
+        assert sum(q in hub.runner.active for q in bobs) == 1
+        for waiter in in_flight.pop("remote.test"):  # the answer is in
+            waiter.callback(None)
+        assert sorted(q for q in asked if q in bobs) == sorted(bobs)  # at once
+        first.callback(None)
+    finally:
+        hub.runner.stop()
+
+
 def test_global_limit_on_deliveries_in_flight(tmp_path):
     # [relay] max_concurrent_deliveries caps all destinations together
     cfg = tmp_path / "hub.toml"
@@ -643,22 +700,23 @@ def test_stop_waits_for_attempts_in_flight(hub):
 
 
 def test_a_stop_counts_the_attempts_in_flight_apart_from_those_waiting_for_a_slot(
-        hub, log_events):
+        tmp_path, log_events):
     # the runner takes up to twice max_concurrent_deliveries entries at a
     # time: a stop said "100 delivery attempt(s) in flight" with the
-    # default limit of 50 in all and 10 to one domain, 10 of them running
+    # default limit of 50 in all, 50 of them running
     from twisted.logger import formatEvent
 
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 1\n")
     hub.runner.start()
     hub.agent.hold()
-    for _ in range(3):
-        enqueue(hub, BOB)  # one domain, max_per_destination = 1
+    for domain in ("a.test", "b.test", "c.test"):
+        enqueue(hub, Address("x", domain))
     hub.clock.advance(1)
-    assert len(hub.agent.calls) == 1
+    assert len(hub.agent.calls) == 1 and len(hub.runner.active) == 2
     hub.runner.stop(grace=0)
     lines = [formatEvent(e) for e in log_events
              if e.get("log_format", "").startswith("stopping")]
-    assert lines == ["stopping with 1 delivery attempt in flight and 2 more waiting for "
+    assert lines == ["stopping with 1 delivery attempt in flight and 1 more waiting for "
                      "a free slot (max_per_destination, max_concurrent_deliveries): given "
                      "up, retried at the next start"]
 
@@ -704,12 +762,11 @@ def test_a_stop_counts_an_entry_with_one_delivery_running_and_one_waiting_as_in_
     first = enqueue(hub, BOB)
     second = enqueue(hub, BOB, CAROL)  # BOB waits for first's slot, CAROL runs
     assert [c[:2] for c in hub.agent.calls] == [(first, "remote.test"), (second, "other.test")]
-    third = enqueue(hub, BOB)  # waits for a slot, and nothing else
-    assert third not in {c[0] for c in hub.agent.calls}
+    third = enqueue(hub, BOB)  # not even taken: remote.test has no slot for it
+    assert third not in {c[0] for c in hub.agent.calls} and third not in hub.runner.active
     hub.runner.stop(grace=0)
     assert _stop_lines(log_events) == [
-        "stopping with 2 delivery attempts in flight and 1 more waiting for a free slot "
-        "(max_per_destination, max_concurrent_deliveries): given up, retried at the next start"]
+        "stopping with 2 delivery attempts in flight: given up, retried at the next start"]
 
 
 def test_stop_gives_up_after_grace(hub):

@@ -821,6 +821,17 @@ class DeliveryAgent:
             return SMARTHOST
         return written_domain(canonical_domain(address.domain))
 
+    def lookup_in_flight(self, destination: str) -> defer.Deferred | None:
+        """A Deferred that fires once the MX lookup of ``destination``
+        under way ends (``MXResolver.lookup_in_flight``), or ``None`` when
+        none is (the smarthost is never looked up so).  The runner takes
+        no more than one entry for a destination whose answer is not in
+        yet: the others would only wait for it, each holding a slot."""
+        if destination == SMARTHOST:
+            return None
+        look = getattr(self.mx, "lookup_in_flight", None)  # a test's fake may have none
+        return None if look is None else look(destination)
+
     def deliver(self, entry: QueueEntry, destination: str,
                 recipients: Sequence[Address]) -> defer.Deferred:
         """Deliver ``recipients`` (all for ``destination``): one SMTP

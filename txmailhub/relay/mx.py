@@ -520,6 +520,30 @@ class MXResolver:
         d.addBoth(self._resolved, key, waiting, self._epoch)
         return mine
 
+    def lookup_in_flight(self, domain: str) -> defer.Deferred | None:
+        """A Deferred that fires (with ``None``, whatever the answer) once
+        the resolution of ``domain`` under way ends, or ``None`` when none
+        is under way (an address literal never has one).
+
+        For the queue runner: a delivery to a domain whose answer is not in
+        yet would only join the shared lookup, holding a delivery slot for
+        as long as that lookup takes (a name server that never answers: a
+        minute).  It waits for the answer without a slot instead, then
+        finds it remembered (a temporary failure) or cached."""
+        domain = written_domain(domain.rstrip("."))
+        try:
+            if parse_literal(domain) is not None:
+                return None
+        except DNSError:
+            return None
+        waiting = self._resolving.get(ascii_domain(domain).lower())
+        if waiting is None:
+            return None
+        told: defer.Deferred = defer.Deferred()
+        told.addBoth(lambda _: None)  # the outcome is the deliveries' to handle
+        waiting.append(told)
+        return told
+
     def forget(self) -> None:
         """Forget the domains' remembered failures, and share no lookup
         begun before (the relay's start after a stop: the lookups the stop

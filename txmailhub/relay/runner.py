@@ -106,6 +106,19 @@ class QueueRunner:
         # semaphore, max_per_destination, or max_concurrent_deliveries'):
         # an entry all of whose open destinations wait is not under way yet
         self._slot_waits: dict[str, int] = {}
+        # Where each entry known goes: its pending recipients' remote
+        # destinations, and whether it has local ones (``_index``); and, of
+        # the entries taken, the destinations not done yet.  ``kick`` takes
+        # no more entries for a destination than it can use at once
+        # (``_room_for``): the ones beyond would hold the room other
+        # destinations' entries need, waiting for a slot they cannot have.
+        self._destinations: dict[str, tuple[frozenset[str], bool]] = {}
+        self._open_dests: dict[str, set[str]] = {}
+        # destinations whose MX lookup under way ``kick`` waits for (one
+        # look at its end each: ``_lookup_over``)
+        self._watching: set[str] = set()
+        self._kicking = False  # a kick is under way (``kick``)
+        self._kick_again = False
         # One record update at a time per entry: a destination's results
         # and the entry's final record must not overtake each other.
         self._record_locks: dict[str, defer.DeferredLock] = {}
@@ -330,9 +343,23 @@ class QueueRunner:
             # whole step of the clock, days perhaps: the rule ``mailhub
             # queue list`` shows the next attempt by (``schedule.due_by``)
             self._wait[qid] = self._longest_wait(entry)
+            self._destinations[qid] = self._where(entry)
             self.due[qid] = schedule.due_by(entry.next_attempt, entry.attempts,
                                             self.clock.seconds(), self.relay.retry_schedule,
                                             ERROR_RETRY)
+
+    def _where(self, entry: QueueEntry) -> tuple[frozenset[str], bool]:
+        """``entry``'s pending recipients' remote destinations, and whether
+        some of them are local (as ``_attempt`` groups them)."""
+        router = self.components.router
+        dests = set()
+        local = False
+        for r in entry.pending:
+            if router.is_local_domain(r.address.domain):
+                local = True
+            else:
+                dests.add(self.agent.destination(r.address))
+        return frozenset(dests), local
 
     def _longest_wait(self, entry: QueueEntry) -> float:
         """The longest ``entry`` can be meant to wait from now
@@ -379,6 +406,22 @@ class QueueRunner:
         """Start every due entry there is room for."""
         if not self.running:
             return
+        if self._kicking:
+            # from within a pass (an attempt that ended at once, a lookup's
+            # end): the pass counts what it has taken, and looks again after
+            self._kick_again = True
+            return
+        self._kicking = True
+        try:
+            self._kick_again = True
+            while self._kick_again and self.running:
+                self._kick_again = False
+                self._pass()
+        finally:
+            self._kicking = False
+
+    def _pass(self) -> None:
+        """``kick``'s one look at the due entries."""
         now = self.clock.seconds()
         for qid, when in self.due.items():
             # a clock set back while the hub runs: no wait longer than its
@@ -387,16 +430,62 @@ class QueueRunner:
             if wait is not None and now + wait < when < float("inf"):
                 self.due[qid] = now + wait
         room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self.active)
+        if room <= 0:
+            return
+        busy: dict[str, int] = {}  # destination -> entries taken with it open
+        for dests in self._open_dests.values():
+            for dest in dests:
+                busy[dest] = busy.get(dest, 0) + 1
         for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
             if room <= 0 or when > now:
                 break
-            if qid in self.active:
+            if qid in self.active or self.due.get(qid, float("inf")) > now:
+                # taken, or handled already in this pass (an attempt that
+                # ended at once): its due time here is from before that
+                continue
+            dests, local = self._destinations.get(qid, (frozenset(), True))
+            if not local and dests and all(
+                    busy.get(dest, 0) >= self._room_for(dest) for dest in dests):
+                # every destination of it as busy as it can be: it would
+                # only wait, holding room another destination's entry can
+                # use (its turn comes when one of them is done)
                 continue
             room -= 1
+            for dest in dests:
+                busy[dest] = busy.get(dest, 0) + 1
+            self._open_dests[qid] = set(dests)
             self.active.add(qid)
             d = defer.maybeDeferred(self._process, qid)
             d.addErrback(self._crashed, qid)
             d.addBoth(self._finished, qid)
+
+    def _room_for(self, dest: str) -> int:
+        """How many entries for ``dest`` can be under way at once: one
+        while its MX lookup is under way (the others would wait for that
+        lookup's answer, in the shared lookup or for its slot; a domain
+        whose name servers never answer made them wait a minute, holding
+        the room other domains' mail needed), else
+        ``max_per_destination``.  Asked again for each entry: the one
+        taken just before may have begun that lookup."""
+        if dest in self._watching:
+            return 1
+        over = self._lookup_in_flight(dest)
+        if over is None:
+            return self.relay.max_per_destination
+        self._watching.add(dest)
+        over.addCallback(self._lookup_over, dest)
+        return 1
+
+    def _lookup_in_flight(self, dest: str) -> defer.Deferred | None:
+        look = getattr(self.agent, "lookup_in_flight", None)  # a test's fake may have none
+        return None if look is None else look(dest)
+
+    def _lookup_over(self, _: Any, dest: str) -> None:
+        """A lookup ``kick`` held entries back for is over: they go now
+        (the answer is cached, or its failure remembered)."""
+        self._watching.discard(dest)
+        if self.running:
+            self.kick()
 
     def _crashed(self, failure: Any, qid: str) -> None:
         # an OSError (its record cannot be written: a full disk) is one line
@@ -407,6 +496,7 @@ class QueueRunner:
 
     def _finished(self, _: Any, qid: str) -> None:
         self.active.discard(qid)
+        self._open_dests.pop(qid, None)
         self._dropped.discard(qid)
         if qid in self._changed_while_active:
             self._changed_while_active.discard(qid)
@@ -526,6 +616,7 @@ class QueueRunner:
 
     def _forget(self, qid: str) -> None:
         self.due.pop(qid, None)
+        self._destinations.pop(qid, None)
         self._wait.pop(qid, None)
         self._held.discard(qid)
         self._unrecorded.pop(qid, None)
@@ -572,6 +663,7 @@ class QueueRunner:
             else:
                 groups.setdefault(self.agent.destination(r.address), []).append(r.address)
         self._open[entry.id] = len(groups) + (1 if local else 0)  # (before any is done)
+        self._open_dests[entry.id] = set(groups)  # as they are now
         ds = [self._limited(dest, entry, rcpts, generation) for dest, rcpts in groups.items()]
         if local:
             ds.append(self._deliver_local(entry, local, generation))
@@ -587,11 +679,6 @@ class QueueRunner:
 
     def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
                  generation: int) -> defer.Deferred:
-        sem = self._semaphores.get(dest)
-        if sem is None:
-            sem = self._semaphores[dest] = defer.DeferredSemaphore(
-                self.relay.max_per_destination)
-
         def deliver() -> defer.Deferred:
             left = self._slot_waits.get(entry.id, 0) - 1  # a slot is had
             if left > 0:
@@ -613,15 +700,35 @@ class QueueRunner:
         def run() -> defer.Deferred:
             return self._global.run(deliver)
 
-        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
-        d = sem.run(run)
+        def take(_: Any = None) -> defer.Deferred:
+            # the destination's semaphore as it is now: one made before a
+            # wait may have been dropped since (``tidy``)
+            sem = self._semaphores.get(dest)
+            if sem is None:
+                sem = self._semaphores[dest] = defer.DeferredSemaphore(
+                    self.relay.max_per_destination)
+            return sem.run(run).addBoth(tidy, sem)
 
-        def tidy(result: Any) -> Any:
-            if sem.tokens == sem.limit and not sem.waiting:
+        def tidy(result: Any, sem: defer.DeferredSemaphore) -> Any:
+            if (sem.tokens == sem.limit and not sem.waiting
+                    and self._semaphores.get(dest) is sem):
                 self._semaphores.pop(dest, None)
+            dests = self._open_dests.get(entry.id)
+            if dests is not None:
+                dests.discard(dest)
             return result
 
-        return d.addBoth(tidy)
+        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
+        # Another delivery's MX lookup of ``dest`` is under way: its answer
+        # is waited for without a slot (one holding a slot would only join
+        # that lookup: a minute for a domain whose name servers never
+        # answer, while other domains' mail waits for the slot).  Then the
+        # answer is cached, or its failure remembered: this delivery's own
+        # lookup is quick.
+        over = self._lookup_in_flight(dest)
+        if over is None:
+            return take()
+        return over.addCallback(take)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int) -> defer.Deferred:
