@@ -969,10 +969,12 @@ def test_at_most_twice_max_concurrent_deliveries_entries_are_in_flight(tmp_path)
 
 
 def test_the_attempt_markers_held_are_what_the_open_files_warning_counts(tmp_path):
-    # every entry in flight holds its attempt marker open (for its lock),
-    # those still waiting for a delivery slot too: twice
-    # max_concurrent_deliveries descriptors besides the sessions, which
-    # the open-files warning of `twistd mailhub` must reckon with
+    # every entry being delivered holds its attempt marker open (for its
+    # lock); one only waiting for a delivery slot holds none.  At most
+    # twice max_concurrent_deliveries descriptors besides the sessions (an
+    # entry one of whose destinations is done while another waits for a
+    # slot keeps its marker), which the open-files warning of `twistd
+    # mailhub` must reckon with
     from txmailhub.tap import FD_MARGIN, fd_limit_warning
 
     hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\nmax_per_destination = 5\n")
@@ -983,13 +985,15 @@ def test_the_attempt_markers_held_are_what_the_open_files_warning_counts(tmp_pat
         for i in range(8):
             enqueue(hub, Address("x", f"d{i}.test"))
         markers = [n for n in os.listdir(hub.settings.queue_dir) if n.endswith(".attempt")]
-        assert len(markers) == 4 == 2 * hub.settings.relay.max_concurrent_deliveries
+        assert len(hub.runner.active) == 4
+        assert len(markers) == 2 == hub.settings.relay.max_concurrent_deliveries
         if before is not None:
-            assert len(os.listdir("/proc/self/fd")) == before + 4  # one each, held
+            assert len(os.listdir("/proc/self/fd")) == before + 2  # one each, held
         s = hub.settings
         sessions = s.smtp.max_connections + s.pop3.max_connections + 2
-        assert fd_limit_warning(s, sessions + len(markers) + FD_MARGIN) is None
-        assert fd_limit_warning(s, sessions + len(markers) + FD_MARGIN - 1) is not None
+        most = 2 * s.relay.max_concurrent_deliveries
+        assert fd_limit_warning(s, sessions + most + FD_MARGIN) is None
+        assert fd_limit_warning(s, sessions + most + FD_MARGIN - 1) is not None
         while pending:
             x, r = pending.pop(0)
             x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
@@ -2289,6 +2293,33 @@ def test_an_attempt_under_way_is_marked_for_mailhub_queue(hub):
     x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
     assert hub.queue.ids() == [] and hub.queue.attempt_since(qid) is None
     assert not [n for n in os.listdir(hub.settings.queue_dir) if "attempt" in n]
+
+
+def test_an_entry_waiting_for_a_slot_is_not_marked_as_being_delivered(tmp_path):
+    # the runner takes twice max_concurrent_deliveries entries: the ones
+    # beyond the slots wait for one, and `mailhub queue list` said
+    # "delivering" for them all the same (a marker from when they were taken)
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 1\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        first = enqueue(hub, BOB)
+        second = enqueue(hub, CAROL)
+        assert hub.runner.active == {first, second} and len(hub.agent.calls) == 1
+        assert hub.queue.attempt_since(first) == hub.clock.seconds()
+        assert hub.queue.attempt_since(second) is None  # only waiting
+        assert not os.path.exists(hub.queue.attempt_path(second))
+        hub.clock.advance(30)
+        x, r = pending.pop()
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        # its slot is had: delivering, since then
+        assert hub.queue.attempt_since(second) == hub.clock.seconds()
+        assert hub.queue.attempt_since(first) is None
+        x, r = pending.pop()
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert hub.queue.attempt_since(second) is None and hub.queue.ids() == []
+    finally:
+        hub.runner.stop()
 
 
 def test_an_attempt_that_cannot_be_marked_goes_on(hub, monkeypatch):

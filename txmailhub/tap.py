@@ -904,7 +904,8 @@ def fd_limit_warning(settings: Any, soft: int) -> str | None:
     if soft < 0:
         return None
     # the relay: a session per delivery slot, and the attempt marker each
-    # message in flight holds open (up to ENTRIES_PER_SLOT per slot)
+    # message being delivered holds open (up to ENTRIES_PER_SLOT per slot:
+    # one whose other destination waits for a slot keeps its marker)
     per_slot = 1 + ENTRIES_PER_SLOT
     relay = settings.relay.max_concurrent_deliveries
     need = (settings.smtp.max_connections + settings.pop3.max_connections

@@ -63,9 +63,11 @@ SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in fli
 # transport that never does)
 CUT_GRACE = 2.0
 # entries handled at once per delivery slot ([relay] max_concurrent_deliveries):
-# the ones beyond the slots wait for one, their records read.  Each holds
-# its attempt marker open meanwhile (queue.py): ``twistd mailhub``'s
-# open-files warning counts them (``tap.fd_limit_warning``)
+# the ones beyond the slots wait for one, their records read.  Each whose
+# delivery has begun holds its attempt marker open (queue.py; one that
+# only waits for a slot does not, but one whose other destination waits
+# keeps it): ``twistd mailhub``'s open-files warning counts them all
+# (``tap.fd_limit_warning``)
 ENTRIES_PER_SLOT = 2
 
 
@@ -119,6 +121,10 @@ class QueueRunner:
         self._watching: set[str] = set()
         self._kicking = False  # a kick is under way (``kick``)
         self._kick_again = False
+        # the attempt marker of each entry whose attempt has begun
+        # (``_mark``): made when its first delivery starts, not while it
+        # only waits for a slot
+        self._marks: dict[str, defer.Deferred] = {}
         # One record update at a time per entry: a destination's results
         # and the entry's final record must not overtake each other.
         self._record_locks: dict[str, defer.DeferredLock] = {}
@@ -551,18 +557,17 @@ class QueueRunner:
         generation = self._generation
         if entry.pending and not results:
             self._attempting.add(qid)
-            # `mailhub queue list` (another process) says "delivering" while
-            # this marker is held (queue.py: a killed hub's is stale)
-            marked = self.queue.mark_attempt(qid, started)
             try:
                 results = yield self._attempt(entry, generation)
             finally:
                 self._attempting.discard(qid)
                 self._kept.pop(qid, None)
                 self._open.pop(qid, None)
-                self.queue.unmark_attempt(qid, marked).addErrback(
-                    lambda f: log_failure(log, f, "{queue_id}: the attempt marker cannot be "
-                                          "removed", queue_id=qid))
+                marked = self._marks.pop(qid, None)
+                if marked is not None:
+                    self.queue.unmark_attempt(qid, marked).addErrback(
+                        lambda f: log_failure(log, f, "{queue_id}: the attempt marker cannot "
+                                              "be removed", queue_id=qid))
         if generation != self._generation or qid in self._dropped:
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
@@ -643,6 +648,14 @@ class QueueRunner:
 
         return lock.run(update).addBoth(tidy)
 
+    def _mark(self, qid: str) -> None:
+        """The first delivery of ``qid``'s attempt begins: `mailhub queue
+        list` (another process) says "delivering" from now on, while this
+        marker is held (queue.py: a killed hub's is stale).  Not before:
+        an entry that only waits for a slot is not being delivered."""
+        if qid in self._attempting and qid not in self._marks:
+            self._marks[qid] = self.queue.mark_attempt(qid, self.clock.seconds())
+
     def _keep(self, qid: str) -> None:
         self._kept[qid] = self._kept.get(qid, 0) + 1
 
@@ -687,6 +700,7 @@ class QueueRunner:
                 self._slot_waits.pop(entry.id, None)
             if generation != self._generation or entry.id in self._dropped:
                 return defer.succeed([])  # waited for a slot past a stop
+            self._mark(entry.id)
             return self.agent.deliver(entry, dest, rcpts).addCallback(delivered)
 
         def delivered(results: list[DeliveryResult]) -> Any:
@@ -733,6 +747,7 @@ class QueueRunner:
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int) -> defer.Deferred:
         self._keep(entry.id)  # a copy made must be recorded: a stop waits for it
+        self._mark(entry.id)  # no slot to wait for: delivering at once
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
         store = self.components.store
         if IKeyedStore.providedBy(store):
