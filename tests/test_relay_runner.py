@@ -769,6 +769,31 @@ def test_a_stop_counts_an_entry_with_one_delivery_running_and_one_waiting_as_in_
         "stopping with 2 delivery attempts in flight: given up, retried at the next start"]
 
 
+@pytest.mark.parametrize("session", ["hangs", "ends"])
+def test_a_stops_last_line_counts_no_attempt_an_earlier_line_gave_up(hub, log_events, session):
+    # the first line gives up the entry that only looks up DNS; the last
+    # one counted it again ("stopping with 2 delivery attempts in flight",
+    # or, once the session had ended, "with 1"): 3 or 2 given up for 2
+    hub.runner.start()
+    pending = hub.agent.hold()
+    enqueue(hub, BOB)  # in its session: the stop waits for it
+    looking = enqueue(hub, CAROL)
+    hub.agent.resolving.add(looking)  # only looking up DNS: given up at once
+    stopped = hub.runner.stop(grace=10)
+    first = ("stopping: waiting up to 10 s for 1 delivery attempt in flight (1 only looking "
+             "up DNS or connecting: given up, retried at the next start)")
+    if session == "hangs":
+        hub.clock.advance(10)
+        assert _stop_lines(log_events) == [
+            first,
+            "stopping with 1 delivery attempt in flight: given up, retried at the next start"]
+    else:
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert _stop_lines(log_events) == [first]  # nothing left it has not told
+    assert stopped.called
+
+
 def test_stop_gives_up_after_grace(hub):
     hub.runner.start()
     in_flight: defer.Deferred = defer.Deferred()

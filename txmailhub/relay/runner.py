@@ -291,16 +291,21 @@ class QueueRunner:
         # slot are counted apart (a count of them all read as if the limits
         # were not kept).  Entries, as the stop's other lines count them:
         # one to two domains is one attempt, and one delivering locally
-        # (no slot of the relay's) or recording is in flight too
-        waiting = sum(1 for qid in self.active if self._waits_for_a_slot(qid))
-        running = len(self.active) - waiting
+        # (no slot of the relay's) or recording is in flight too.  Not
+        # those an earlier line of this stop gave up (``_dropped``): a
+        # reader adding the lines up counted them twice
+        left = [qid for qid in self.active if qid not in self._dropped]
+        waiting = sum(1 for qid in left if self._waits_for_a_slot(qid))
+        running = len(left) - waiting
         self._generation += 1
         self._dropped.clear()  # the generation covers them now
-        log.info("stopping with {count} delivery {attempts} in flight{waiting}: given up, "
-                 "retried at the next start", count=running,
-                 attempts=plural(running, "attempt", "attempts"),
-                 waiting=f" and {waiting} more waiting for a free slot (max_per_destination, "
-                         "max_concurrent_deliveries)" if waiting else "")
+        if left or not self.active:
+            log.info("stopping with {count} delivery {attempts} in flight{waiting}: given "
+                     "up, retried at the next start", count=running,
+                     attempts=plural(running, "attempt", "attempts"),
+                     waiting=f" and {waiting} more waiting for a free slot "
+                             "(max_per_destination, max_concurrent_deliveries)"
+                             if waiting else "")
         return self.agent.abort_all()
 
     # --- events ----------------------------------------------------------------
