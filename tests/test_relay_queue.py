@@ -937,3 +937,50 @@ def test_an_attempts_end_never_takes_the_next_attempts_marker(tmp_path, monkeypa
         run_one()
     assert queue.attempt_since(qid) is None
     assert [n for n in os.listdir(queue.directory) if inflight.is_marker(n)] == []
+
+
+# A hub that, mid-attempt, forks a child which lives on (an embedding
+# application's worker, forked without an exec), and then ends.
+_FORKING_HUB = """
+import os, select, sys
+from txmailhub.relay import inflight
+directory, release = sys.argv[1], int(sys.argv[2])
+fd = inflight.mark(directory, "Q1", 5.0)
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)  # not the test's pipes: their end is the hub's
+    os.dup2(null, 2)
+    select.select([release], [], [], 60)  # lives until the test lets it go
+    os._exit(0)
+# the child has let go of the marker, not of the hub's lock on it
+print(pid, inflight.since(directory, "Q1"), flush=True)
+os._exit(0)  # ends mid-attempt: the kernel drops the hub's lock
+"""
+
+
+def test_a_child_forked_during_an_attempt_does_not_keep_its_marker_locked(tmp_path):
+    # a flock belongs to the open file, which a fork shares: the marker
+    # read "delivering" for as long as the child lived, the hub gone
+    import subprocess
+    import sys
+
+    import txmailhub
+    from txmailhub.relay import inflight
+
+    env = dict(os.environ)
+    top = os.path.dirname(os.path.dirname(os.path.abspath(txmailhub.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (top, env.get("PYTHONPATH")) if p)
+    release, let_go = os.pipe()
+    try:
+        hub = subprocess.run([sys.executable, "-c", _FORKING_HUB, str(tmp_path), str(release)],
+                             pass_fds=(release,), capture_output=True, text=True, env=env,
+                             timeout=60, check=True)
+        child, said = hub.stdout.split()
+        assert said == "5.0"  # the hub's attempt, while the hub ran
+        os.kill(int(child), 0)  # the child lives on
+        assert os.path.exists(inflight.marker_path(str(tmp_path), "Q1"))  # left, as by a kill
+        assert inflight.since(str(tmp_path), "Q1") is None
+    finally:
+        os.close(let_go)
+        os.close(release)

@@ -17,6 +17,14 @@ Markers are advisory: not fsynced, no part of an entry's commit, and a
 marker that cannot be made (a full disk, no descriptor left) only leaves
 the attempt unannounced.  Every function here blocks on the disk: the
 runner calls them through the queue's ``io``, never on the reactor.
+
+A ``flock`` belongs to the open file, not to the process: a child an
+embedding application forks (without an exec, which ``O_CLOEXEC``
+covers) shares it, and the marker read "delivering" for as long as that
+child lived -- after the attempt, after the hub's own end.  The
+descriptors held are closed in every such child (``os.register_at_fork``):
+the parent's lock is untouched (only an unlock, not a close, would drop
+it for both).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 
 from twisted.logger import Logger
 
@@ -35,6 +44,44 @@ log = Logger(namespace="txmailhub.relay.queue")
 #: ``.<id>.attempt``: an attempt under way
 SUFFIX = ".attempt"
 _TMP_SUFFIX = ".attempt-tmp"  # ``.<id>.<hex>.attempt-tmp``, before its rename
+
+# The markers' descriptors this process holds (made or being made), for a
+# forked child to close.  The lock keeps a fork out of the moments in
+# which a descriptor is open and not yet listed, or unlisted and not yet
+# closed (the child would keep the first, or close another file that
+# reused the second's number); the functions here run in the queue's
+# threads, a fork may come from any thread.
+_held: set[int] = set()
+_held_lock = threading.Lock()
+
+
+def _close_in_child() -> None:
+    """In a forked child: close the markers' descriptors the parent holds
+    (their locks stay the parent's), then let the child make its own."""
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+    _held_lock.release()
+
+
+os.register_at_fork(before=_held_lock.acquire, after_in_parent=_held_lock.release,
+                    after_in_child=_close_in_child)
+
+
+def _open_held(path: str, flags: int) -> int:
+    with _held_lock:
+        fd = os.open(path, flags, 0o600)
+        _held.add(fd)
+    return fd
+
+
+def _close_held(fd: int) -> None:
+    with _held_lock:
+        _held.discard(fd)
+        os.close(fd)
 
 
 def marker_path(directory: str, queue_id: str) -> str:
@@ -57,14 +104,14 @@ def mark(directory: str, queue_id: str, when: float) -> int | None:
     tmp = os.path.join(directory, f".{queue_id}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
     fd = -1
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = _open_held(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, json.dumps({"pid": os.getpid(), "since": when}).encode("ascii"))
         os.rename(tmp, marker_path(directory, queue_id))
     except OSError as e:
         log.debug("{queue_id}: no attempt marker ({why})", queue_id=queue_id, why=str(e))
         if fd >= 0:
-            os.close(fd)
+            _close_held(fd)
             try:
                 os.unlink(tmp)
             except OSError:
@@ -88,7 +135,7 @@ def unmark(directory: str, queue_id: str, fd: int) -> None:
         log.debug("{queue_id}: attempt marker not removed ({why})", queue_id=queue_id,
                   why=str(e))
     finally:
-        os.close(fd)  # and with it the lock: stale from now on, whatever is left
+        _close_held(fd)  # and with it the lock: stale from now on, whatever is left
 
 
 def since(directory: str, queue_id: str) -> float | None:
