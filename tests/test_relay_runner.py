@@ -600,6 +600,24 @@ def test_one_entry_for_a_destination_whose_lookup_is_under_way(tmp_path):
         hub.runner.stop()
 
 
+def test_a_pass_asks_about_a_full_destination_once(hub):
+    # a queue of many entries for one busy destination is passed over at
+    # every kick: not with a question to the agent about each of them
+    asked = []
+    hub.agent.lookup_in_flight = lambda dest: asked.append(dest)
+    pending = hub.agent.hold()
+    for _ in range(50):
+        enqueue(hub, BOB)
+    hub.runner.start()
+    assert len(hub.runner.active) == 1  # max_per_destination = 1
+    del asked[:]
+    hub.runner.kick()
+    assert asked == ["remote.test"]
+    hub.runner.stop(grace=0)
+    for x, r in pending:  # its attempt ends: its marker is closed
+        x.callback([DeliveryResult(a, "transient", LATER) for a in r])
+
+
 def test_global_limit_on_deliveries_in_flight(tmp_path):
     # [relay] max_concurrent_deliveries caps all destinations together
     cfg = tmp_path / "hub.toml"

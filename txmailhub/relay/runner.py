@@ -447,6 +447,19 @@ class QueueRunner:
         for dests in self._open_dests.values():
             for dest in dests:
                 busy[dest] = busy.get(dest, 0) + 1
+        # destinations found as busy as they can be: they stay so for the
+        # rest of this pass (a queue of many entries for one of them is
+        # passed over without asking about each)
+        full: set[str] = set()
+
+        def no_room(dest: str) -> bool:
+            if dest in full:
+                return True
+            if busy.get(dest, 0) < self._room_for(dest):
+                return False
+            full.add(dest)
+            return True
+
         for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
             if room <= 0 or when > now:
                 break
@@ -455,8 +468,7 @@ class QueueRunner:
                 # ended at once): its due time here is from before that
                 continue
             dests, local = self._destinations.get(qid, (frozenset(), True))
-            if not local and dests and all(
-                    busy.get(dest, 0) >= self._room_for(dest) for dest in dests):
+            if not local and dests and all(no_room(dest) for dest in dests):
                 # every destination of it as busy as it can be: it would
                 # only wait, holding room another destination's entry can
                 # use (its turn comes when one of them is done)
