@@ -319,3 +319,44 @@ def test_queue_list_says_delivering_during_a_long_attempt(relay_hub, remote):
     hub.start()  # the next start removes the stale marker and delivers
     wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
     assert not [p for p in (hub.state_dir / "queue").iterdir() if "attempt" in p.name]
+
+
+class PartlySilentDNS(DNSServer):
+    """The zone's answers, except for ``dead.test``'s names: those queries
+    are read and never answered (a domain whose name servers are gone)."""
+
+    def _answer(self, data: bytes) -> bytes:
+        from twisted.names import dns
+
+        query = dns.Message()
+        query.fromStr(data)
+        name = query.queries[0].name.name.decode().lower().rstrip(".")
+        if name == "dead.test" or name.endswith(".dead.test"):
+            self.queries.append((name, query.queries[0].type))
+            raise LookupError("never answered")  # _serve sends nothing then
+        return super()._answer(data)
+
+
+def test_mail_for_a_domain_whose_dns_never_answers_does_not_hold_other_mail(make_hub, remote):
+    # the dead domain's entries came first and filled the runner's room
+    # (twice max_concurrent_deliveries) and its slots, all waiting for its
+    # one lookup: the other domain's mail went when that lookup had timed
+    # out, about a minute later, its entries having had their attempts
+    server = PartlySilentDNS({"remote.test": {"MX": [(10, "mx2.remote.test")]},
+                              "mx2.remote.test": {"A": ["127.0.0.1"]}})
+    try:
+        hub = make_hub(sections={"relay": {
+            "nameservers": [f"127.0.0.1:{server.port}"], "port": remote.port,
+            "max_concurrent_deliveries": 2, "max_per_destination": 2}})
+        for i in range(6):
+            send(hub, [f"u{i}@dead.test"])
+        wait_for(lambda: any(name == "dead.test" for name, _ in server.queries),
+                 what="the dead domain's lookup")
+        send(hub, ["bob@remote.test"])
+        wait_for(lambda: remote.messages, what="the other domain's mail")
+        # meanwhile the dead domain's lookup has not ended: none of its
+        # entries has had an attempt yet (the attempts field of queue list)
+        dead = [line.split() for line in queue_lines(hub) if "@dead.test" in line]
+        assert len(dead) == 6 and all(fields[3] == "0" for fields in dead), dead
+    finally:
+        server.stop()
