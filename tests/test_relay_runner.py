@@ -441,6 +441,25 @@ def test_exception_in_one_entry_does_not_stall_others(hub):
     assert len(hub.agent.calls) == 3  # retried after a minute
 
 
+def test_a_router_that_fails_for_one_entry_does_not_stop_the_start(hub, monkeypatch):
+    # the runner tells where each entry goes when it reads it (to take no
+    # more entries for a destination than it can use): a router failing
+    # there must not end the start, nor keep the other entries back
+    bad = enqueue(hub, BOB)
+    good = enqueue(hub, CAROL)
+    real = hub.components.router.is_local_domain
+
+    def failing(domain):
+        if domain == "remote.test":
+            raise RuntimeError("the router failed")
+        return real(domain)
+
+    monkeypatch.setattr(hub.components.router, "is_local_domain", failing)
+    hub.runner.start()
+    assert good not in hub.queue.ids()  # delivered
+    assert hub.queue.ids() == [bad]  # its attempt failed as the router did: retried later
+
+
 def hold_record_writes(hub, monkeypatch) -> list:
     """Every queue record update waits in the returned list until the
     test calls it (then it is written, and its Deferred fires)."""

@@ -361,15 +361,21 @@ class QueueRunner:
 
     def _where(self, entry: QueueEntry) -> tuple[frozenset[str], bool]:
         """``entry``'s pending recipients' remote destinations, and whether
-        some of them are local (as ``_attempt`` groups them)."""
+        some of them are local (as ``_attempt`` groups them).  One that
+        cannot be told (the router failing) is taken as local: ``kick``
+        takes the entry as it did, and its attempt meets that error where
+        the entry's other errors are handled."""
         router = self.components.router
         dests = set()
         local = False
         for r in entry.pending:
-            if router.is_local_domain(r.address.domain):
+            try:
+                if router.is_local_domain(r.address.domain):
+                    local = True
+                else:
+                    dests.add(self.agent.destination(r.address))
+            except Exception:
                 local = True
-            else:
-                dests.add(self.agent.destination(r.address))
         return frozenset(dests), local
 
     def _longest_wait(self, entry: QueueEntry) -> float:
