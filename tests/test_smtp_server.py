@@ -2059,3 +2059,110 @@ def test_an_address_echo_is_whole_when_it_fits_and_cut_to_fit_when_not(make, unc
                 assert b"<" + address.encode()[:60] in wire and b"..." in wire
                 whole_domain = len(domain.encode()) < 300  # not the 520 octets of U-labels
                 assert (f"...@{domain}>".encode() in wire) == whole_domain, (n, domain)
+
+
+# --- the blanks of a command line are SP and HTAB --------------------------
+#
+# RFC 5321's grammar separates with SP (HTAB taken too, as a blank); what
+# else str.split() and str.strip() take for white space -- VT, FF, FS..US,
+# NEL, NBSP, the Unicode spaces -- is part of a word, never a separator.
+ODD_BLANKS = ("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000")
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_a_helo_name_is_not_cut_at_a_blank_other_than_space_or_tab(blank):
+    d = Driver()
+    assert d.codes(f"EHLO a{blank}b.example\r\n") == ["250"]
+    assert d.session.helo == f"a{blank}b.example"  # was "a"
+    assert d.codes(f"HELO c{blank}d\tmore\r\n") == ["250"]
+    assert d.session.helo == f"c{blank}d"
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_bdat_with_another_blank_before_last_is_refused_and_its_chunk_read(blank):
+    # "BDAT 3<VT>LAST" is no LAST chunk (str.split() made it one): refused,
+    # and the 3 octets the client sends are read, not run as commands
+    d = Driver()
+    tx(d)
+    assert d.send(f"BDAT 3{blank}LAST\r\nabcNOOP\r\n") == [replies.BDAT_BAD_SIZE.text(),
+                                                          replies.OK.text()]
+    assert not any(isinstance(e, MessageComplete) for e in d.events)
+    # a size after such a blank is read too (the line is still refused)
+    tx(d)
+    assert d.send(f"BDAT {blank}3\r\nxyzNOOP\r\n") == [replies.BDAT_BAD_SIZE.text(),
+                                                      replies.OK.text()]
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_bdat_joined_to_its_size_by_another_blank_has_its_chunk_read(blank):
+    # "BDAT<FF>3" is no verb the engine has (500), but a client that splits
+    # at any white space sends its 3 octets: read and refused, never run as
+    # commands; inside a transaction it ends it, as any refused chunk does
+    d = Driver()
+    tx(d)
+    assert d.send(f"BDAT{blank}3 LAST\r\nRSENOOP\r\n") == [replies.UNKNOWN_COMMAND.text(),
+                                                           replies.OK.text()]
+    assert d.engine.state is State.READY
+    assert d.send(f"bdat{blank}{blank}2\r\nQ\nNOOP\r\n") == [replies.UNKNOWN_COMMAND.text(),
+                                                            replies.OK.text()]
+    # no size there: an unknown command like any other
+    assert d.send(f"BDAT{blank}x\r\nBDATX 3\r\nNOOP\r\n") == [
+        replies.UNKNOWN_COMMAND.text(), replies.UNKNOWN_COMMAND.text(), replies.OK.text()]
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_vrfy_does_not_drop_another_blank_around_the_name(blank):
+    d = Driver()
+    d.codes("EHLO c\r\n")
+    assert d.codes(f"VRFY alice{blank}\r\n") == ["501"]  # was alice's 250
+    assert d.codes(f"VRFY {blank}alice\r\n") == ["501"]
+    assert d.codes(f"VRFY alice{blank}SMTPUTF8\r\n") == ["501"]
+    assert d.codes("VRFY \talice\t\r\n") == ["250"]  # a tab is a blank
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_auth_does_not_drop_another_blank_before_the_initial_response(blank):
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    d.codes("EHLO c\r\n")
+    token = b64("\0alice@example.org\0secret")
+    assert d.send(f"AUTH PLAIN {blank}{token}\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.send(f"AUTH PLAIN {token}{blank}\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert not any(isinstance(e, AuthRequest) for e in d.events)
+    assert d.codes(f"AUTH PLAIN\t {token}\r\n") == ["235"]
+
+
+_WORD = st.text(st.characters(blacklist_characters=" \t\r\n\0", codec="utf-8",
+                              blacklist_categories=("Cs",)), min_size=1, max_size=6)
+_SEP = st.text(st.sampled_from(" \t"), min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(name=_WORD, odd=st.sampled_from(ODD_BLANKS), rest=st.lists(_WORD, max_size=2),
+       seps=st.lists(_SEP, min_size=4, max_size=4))
+def test_property_helo_takes_the_first_word_between_spaces_and_tabs(name, odd, rest, seps):
+    # whatever the words hold, the name is what lies between the first
+    # SP/HTAB run after the verb and the next one
+    name = name + odd + name
+    line = "EHLO" + seps[0] + name + "".join(s + w for s, w in zip(seps[1:], rest)) + seps[3]
+    d = Driver()
+    assert d.codes(line + "\r\n") == ["250"]
+    assert d.session.helo == name
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(size=st.integers(0, 40), odd=st.sampled_from(ODD_BLANKS), joined=st.booleans(),
+       last=st.booleans(), in_tx=st.booleans())
+def test_property_a_bdat_chunk_never_runs_as_commands(size, odd, joined, last, in_tx):
+    # a BDAT line with any other blank where SP belongs is refused, and
+    # the chunk it names is read: what follows it is the next command
+    d = Driver()
+    if in_tx:
+        tx(d)
+    else:
+        d.codes("EHLO c\r\n")
+    line = (f"BDAT{odd}{size}" if joined else f"BDAT {size}") + (f"{odd}LAST" if last else odd)
+    chunk = "NOOP\r\n" * (size // 6) + "x" * (size % 6)
+    out = d.send(line + "\r\n" + chunk + "RSET\r\n")
+    assert len(out) == 2 and out[0][0] == "5", out
+    assert out[1] == replies.RESET.text()
+    assert not any(isinstance(e, MessageComplete) for e in d.events)

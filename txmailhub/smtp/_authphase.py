@@ -97,7 +97,11 @@ class AuthPhase(EnginePart):
             raise Rejected(replies.AUTH_TLS_REQUIRED)
         self._to(State.AUTH)
         self._sasl = SASLExchange(mech, self.config.primary_domain)
-        self._sasl_step(self._sasl.start(initial.strip()))
+        # the blanks after the mechanism are SP and HTAB (parse_command took
+        # those at the end off): a VT or a Unicode blank before the base64
+        # is no blank str.strip() may drop, and refused as the
+        # continuation line's would be (RFC 4954 4)
+        self._sasl_step(self._sasl.start(initial.strip(" \t")))
 
     def _sasl_step(self, result: Reply | Credentials) -> None:
         if isinstance(result, Reply):

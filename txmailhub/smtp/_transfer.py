@@ -30,6 +30,14 @@ __all__ = ["MessageTransfer"]
 # The size of a BDAT line refused before its verb is read: the digits
 # after the verb (a CR, as a bare CR's line has it, counts as a blank)
 _BDAT_SIZE = re.compile(rb"[ \t]*BDAT[ \t\r]+([0-9]+)", re.IGNORECASE)
+# The blanks of a BDAT line are SP and HTAB (RFC 3030 2: "BDAT" SP
+# chunk-size [ SP end-marker]); a line the engine refuses is still read
+# for the size a client that splits at any white space (str.split(), C's
+# isspace) sends: a VT, FF, FS..US or a Unicode blank where a blank
+# belongs (``BDAT 3<VT>LAST``, ``BDAT<FF>3``).  Only to drain that chunk.
+_LOOSE_BLANKS = r"[\s\x00-\x1f]"
+_LOOSE_SIZE = re.compile(rf"{_LOOSE_BLANKS}*([0-9]+)(?:{_LOOSE_BLANKS}|\Z)")
+_LOOSE_BDAT = re.compile(rf"[Bb][Dd][Aa][Tt]{_LOOSE_BLANKS}+([0-9]+)(?:{_LOOSE_BLANKS}|\Z)")
 
 #: the most digits a BDAT chunk size may have past its leading zeros: no
 #: real chunk comes near 10**20 octets.  The line limit alone does not
@@ -175,7 +183,9 @@ class MessageTransfer(EnginePart):
         # of more digits than any real chunk has is refused as a line we
         # cannot take (``_bad_bdat``: its chunk drained, then BDAT_BAD_SIZE),
         # without int() of all its digits (``chunk_size``).
-        parts = arg.split()
+        # split at SP and HTAB only: "BDAT 3<VT>LAST" is no LAST chunk
+        parts = arg.replace("\t", " ").split(" ")
+        parts = [p for p in parts if p] if "" in parts else parts
         if not parts or len(parts) > 2 or not parts[0].isascii() or not parts[0].isdigit():
             return None, False
         if len(parts) == 2 and ascii_upper(parts[1]) != "LAST":
@@ -188,12 +198,12 @@ class MessageTransfer(EnginePart):
     @staticmethod
     def _readable_size(arg: str) -> int | None:
         """The size of a BDAT line that ``_bdat_args`` refused, when it can
-        be read all the same (``BDAT 6 LASTX``): the client sends that many
-        octets whatever we answer."""
-        words = arg.split()
-        if words and words[0].isascii() and words[0].isdigit():
-            return chunk_size(words[0])
-        return None
+        be read all the same (``BDAT 6 LASTX``, ``BDAT 3<VT>LAST``): the
+        ASCII digits the argument starts with, any white space before and
+        after them (not ``6x``: no number a client sends).  The client
+        sends that many octets whatever we answer."""
+        m = _LOOSE_SIZE.match(arg)
+        return None if m is None else chunk_size(m.group(1))
 
     def _bad_bdat(self, arg: str) -> None:
         """A BDAT line we cannot take: ``501``.  When its size can be read,
@@ -235,6 +245,17 @@ class MessageTransfer(EnginePart):
             return
         self._bdat_failed = False  # another command: the failed chunks are over
         self.reply(refusal)
+
+    def _unknown_command(self, verb: str, arg: str) -> None:
+        """A verb the engine does not have: ``500``.  When it is BDAT and a
+        size joined by a blank that is no SP or HTAB (``BDAT<FF>3``), a
+        client that splits at any white space sends that chunk: it is read
+        to its end and refused then, never run as commands."""
+        bdat = _LOOSE_BDAT.match(f"{verb} {arg}") if verb[:4].upper() == "BDAT" else None
+        if bdat is None:
+            self.reply(replies.UNKNOWN_COMMAND)
+            return
+        self._refuse_chunk(chunk_size(bdat.group(1)), replies.UNKNOWN_COMMAND)
 
     def _discard(self, size: int, last: bool, refusal: Reply) -> None:
         """Read a chunk of ``size`` octets to its end and answer ``refusal``."""

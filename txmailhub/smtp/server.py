@@ -44,6 +44,7 @@ from txmailhub.smtp._parse import (
     NO_PARAMS,
     MailParams,
     ascii_upper,
+    first_word,
     parse_command,
     parse_mail,
     parse_rcpt,
@@ -457,7 +458,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 self._bdat_failed = False  # the chunks pipelined after it are over
             handler = _DISPATCH.get(verb)
             if handler is None:
-                self.reply(replies.UNKNOWN_COMMAND)
+                self._unknown_command(verb, arg)
                 return
             if self.state not in _ALLOWED[verb]:
                 self._out_of_sequence(verb, arg)
@@ -491,8 +492,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
         got a reply; whoever asks why mail did not arrive reads the log)."""
         if verb == "AUTH":
             # the mechanism, when it is one; never an initial response
-            words = arg.split(None, 1)
-            arg = words[0].upper() if words and words[0].upper() in MECHANISMS else ""
+            # (cut where the engine cuts it: at SP or HTAB, not at any
+            # blank str.split() knows)
+            mech = ascii_upper(first_word(arg)[0])
+            arg = mech if mech in MECHANISMS else ""
         sender = ""
         if verb == "RCPT" and self._sender is not None:
             sender = f" (sender <{self._sender}>)"
@@ -684,16 +687,24 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._lookup(arg, expand=True)
 
     def _lookup(self, arg: str, expand: bool) -> None:
-        text = arg.strip()
+        # the blanks are SP and HTAB (parse_command took those around the
+        # argument off): a VT, FF or a Unicode blank is part of the name,
+        # which parse_address then refuses, not a separator str.strip()
+        # would drop ("VRFY alice<VT>" was alice's 250)
+        text = arg.strip(" \t")
         # RFC 6531 3.7.4.2: "VRFY String [SP SMTPUTF8]" -- the client takes
         # UTF-8 in this one reply; a tab before it is a blank, as after
         # the verb
         cut = max(text.rfind(" "), text.rfind("\t"))
         utf8 = cut >= 0 and ascii_upper(text[cut + 1 :]) == "SMTPUTF8"
         if utf8:
-            text = text[:cut].rstrip()
+            text = text[:cut].rstrip(" \t")
         if text.endswith(">") and "<" in text:  # "<a@b>" or "Full Name <a@b>"
             text = text[text.rindex("<") + 1 : -1]
+        if text[:1].isspace() or text[-1:].isspace():
+            # parse_address forgives white space around a name (the CLI's,
+            # a file's); a command line's other blanks are no separators
+            raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         try:
             address = parse_address(text, self.config.primary_domain)
         except AddressError:
@@ -733,13 +744,18 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._request(StartTLS())
 
 def _helo_name(arg: str) -> str:
-    """The first word of HELO/EHLO's argument; 501 when there is none (an
-    argument of Unicode blanks only: parse_command strips space and tab),
-    without an enhanced code (RFC 2034 3)."""
-    words = arg.split(maxsplit=1)
-    if not words:
+    """The first word of HELO/EHLO's argument, cut at SP or HTAB as the
+    verb is (RFC 5321 4.1.1: ``"EHLO" SP ( Domain / address-literal )``);
+    501 when there is none, without an enhanced code (RFC 2034 3); a
+    "name" of other white space only (``EHLO <NBSP>``) is none either.
+
+    Not cut at every blank ``str.split()`` knows: a name with a VT, FF or
+    a Unicode blank in it is recorded whole (the Received field writes a
+    name that is no domain in a comment, escaped), not cut there."""
+    name = first_word(arg)[0]
+    if not name or name.isspace():
         raise RemoteProtocolError(replies.HELO_SYNTAX)
-    return words[0]
+    return name
 
 
 # Explicit dispatch: verb -> handler (STYLE practice 5).
