@@ -189,6 +189,25 @@ def test_a_cr_after_bdat_ends_the_verb_as_the_hub_reads_a_chunk_size_after_it() 
     assert not any(b"BDAT" in c.upper() for c in hub.commands)
 
 
+@pytest.mark.parametrize("blank", [b"\x0b", b"\x0c", b"\x1f", b"\xc2\xa0", b"\xe3\x80\x80"])
+def test_bdat_joined_to_its_size_by_another_blank_is_refused_here(blank: bytes) -> None:
+    # the hub answers "BDAT<FF>3" 500 (no verb of its), but reads the 3
+    # octets after it first, as a client that splits at any white space
+    # sends them: passed on from here, the hub waited for octets this
+    # command never sends, and the session hung until its idle timeout
+    from tests.test_smtp_server import Driver
+
+    hub_engine = Driver()
+    hub_engine.send("EHLO c\r\n")
+    assert hub_engine.send(b"BDAT" + blank + b"3 LAST\r\n") == []  # waiting for the chunk
+    hub = ScriptedHub()
+    stdin = b"EHLO alpine\r\nBDAT" + blank + b"3 LAST\r\nbdat" + blank + b"0\r\nNOOP\r\nQUIT\r\n"
+    status, out, _ = session(stdin, hub)
+    assert status == 0
+    assert codes(out) == [b"220", b"250", b"502", b"502", b"250", b"221"]
+    assert not any(b"BDAT" in c.upper() for c in hub.commands)
+
+
 def test_a_bare_cr_before_the_line_end_goes_to_the_hub_as_it_reads_it() -> None:
     # only the line end (CRLF or LF) is taken off: "NOOP\r\r\n" (line ends
     # converted twice) lost every CR here and was a 250 through -bs where

@@ -54,6 +54,10 @@ HIDDEN_EXTENSIONS = frozenset({b"CHUNKING", b"BINARYMIME", b"STARTTLS"})
 #: space or a tab, and a CR, after which the hub still reads a BDAT size
 #: (``smtp._transfer``: a bare CR's line refused, its chunk drained)
 _BLANK = re.compile(rb"[ \t\r]")
+#: a BDAT joined to what follows by another blank (a VT, FF, a control, a
+#: Unicode space): no verb of the hub's, but it reads the size after it and
+#: drains that chunk (``smtp._transfer``, ``_unknown_command``)
+_LOOSE_BDAT = re.compile(r"[Bb][Dd][Aa][Tt][\s\x00-\x1f]")
 #: commands answered here, never passed on
 _REFUSED_HERE = {b"BDAT": b"502 5.5.1 BDAT is not offered here: use DATA",
                  b"STARTTLS": b"502 5.5.1 STARTTLS is not offered on standard input"}
@@ -107,8 +111,13 @@ def command_verb(command: bytes) -> bytes:
     of the data, nor a ``" EHLO"``'s reply filtered or a ``"\\tBDAT"``
     refused (nor ``"BDAT\\t10"``: the hub would wait for its chunk; nor
     ``"BDAT\\r10"``, a line the hub refuses for its bare CR after it has
-    read the chunk it names)."""
-    return _BLANK.split(command.strip(b" \t"), 1)[0].upper()
+    read the chunk it names).  A ``"BDAT<FF>3"`` is BDAT here: the hub
+    reads its chunk too, and would wait for octets never sent."""
+    verb = _BLANK.split(command.strip(b" \t"), 1)[0].upper()
+    if len(verb) > 4 and verb[:4] == b"BDAT" and _LOOSE_BDAT.match(
+            verb.decode("utf-8", "replace")):
+        return b"BDAT"
+    return verb
 
 
 def _ehlo_as_offered(text: bytes, added: int = 0) -> bytes:
