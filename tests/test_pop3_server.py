@@ -1039,3 +1039,74 @@ def test_apop_and_auth_plain_names_are_nfc():
     run(e, b"AUTH PLAIN")  # the authzid compares in NFC too
     action = run(e, plain("j\u00f6rg", "jo\u0308rg", "pw"))
     assert isinstance(action, Authenticate) and action.username == "j\u00f6rg"
+
+
+# -- the blanks of a command line are SP (and HTAB) -----------------------
+#
+# RFC 1939 3: keywords and arguments are "separated by a single SPACE
+# character" (runs of them and tabs are taken); what else str.split() and
+# str.strip() take for white space is part of a word, never a separator.
+ODD_BLANKS = ("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000")
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_message_arguments_are_not_split_at_another_blank(blank):
+    e = logged_in()
+    b = blank.encode()
+    for verb in (b"LIST", b"UIDL", b"DELE", b"RETR"):
+        assert sent(e, verb + b" 1" + b) == R.INVALID_NUMBER.to_bytes(), verb
+        assert sent(e, verb + b" " + b + b"1") == R.INVALID_NUMBER.to_bytes(), verb
+    assert sent(e, b"TOP 1" + b + b"0") == R.bad_syntax("TOP message lines").to_bytes()
+    assert sent(e, b"DELE 1" + b + b"2") == R.INVALID_NUMBER.to_bytes()
+    assert e.deleted == frozenset()
+    # spaces and tabs are blanks
+    assert isinstance(run(e, b"TOP\x201\t\t0\t"), Transmit)
+    assert sent(e, b"LIST \t2 ") == R.scan_line(2, 20).to_bytes()
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_commands_without_arguments_take_no_other_blank(blank):
+    e = logged_in()
+    b = blank.encode()
+    for verb in (b"STAT", b"NOOP", b"RSET"):
+        assert sent(e, verb + b" " + b) == R.bad_syntax(verb.decode()).to_bytes(), verb
+        assert sent(e, verb + b" \t") != R.bad_syntax(verb.decode()).to_bytes(), verb
+    e = engine(tls_available=True)
+    assert sent(e, b"UTF8 " + b) == R.bad_syntax("UTF8").to_bytes()
+    assert sent(e, b"STLS " + b) == R.bad_syntax("STLS").to_bytes()
+    assert isinstance(run(e, b"STLS \t"), StartTLS)
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_a_login_name_is_not_cut_or_trimmed_at_another_blank(blank):
+    b = blank.encode()
+    e = engine()
+    # USER: the name as given, which a user name may not hold
+    assert sent(e, b"USER joe" + b) == R.BAD_USER_NAME.to_bytes()
+    assert sent(e, b"USER " + b + b"joe") == R.BAD_USER_NAME.to_bytes()
+    assert sent(e, b"USER jo\te") == R.bad_syntax("USER name").to_bytes()
+    # APOP: no name and digest split at it
+    digest = b"c4c9334bac560ecc979e58001b3e22fb"
+    assert sent(e, b"APOP joe" + b + digest) == R.bad_syntax("APOP name digest").to_bytes()
+    assert isinstance(run(e, b"APOP joe\t" + digest), Authenticate)
+
+
+@pytest.mark.parametrize("blank", ODD_BLANKS)
+def test_auth_plain_initial_response_is_not_split_at_another_blank(blank):
+    e = engine()
+    assert sent(e, b"AUTH PLAIN" + blank.encode() + plain("", "joe", "pw")) == (
+        R.AUTH_UNKNOWN_MECHANISM.to_bytes())
+    assert e.auth_failures == 0
+
+
+def test_the_size_hint_reads_the_verb_as_the_engine_does():
+    # next_needs_sizes must not take "STAT<VT>" for STAT: the engine does not
+    e = engine()
+    run(e, b"USER joe")
+    run(e, b"PASS joepw")
+    e.login_succeeded(MESSAGES, lambda i: 1)  # a login whose sizes may read the disk
+    e.receive_data(b"STAT\x0b\r\n")
+    assert not e.next_needs_sizes()
+    e.next_action()
+    e.receive_data(b"STAT\r\n")
+    assert e.next_needs_sizes()

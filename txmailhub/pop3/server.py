@@ -158,6 +158,24 @@ VALID_IN: dict[str, frozenset[State]] = {
 """Which command is valid in which state (the dispatch table's other half)."""
 
 
+def _words(arg: str) -> list[str]:
+    """A command's arguments, split at SP (RFC 1939 3: "separated by a
+    single SPACE character"; runs of them and HTAB taken too, leniently).
+
+    Not at every blank ``str.split()`` knows: a VT, FF, FS..US, NEL or a
+    Unicode space is part of the word it stands in (``DELE 1<VT>2`` is no
+    two numbers, ``APOP alice<NBSP>digest`` no name and digest)."""
+    if "\t" in arg:
+        arg = arg.replace("\t", " ")
+    return [w for w in arg.split(" ") if w]
+
+
+def _blank(arg: str) -> bool:
+    """Whether ``arg`` is empty or SP/HTAB only: a command that takes no
+    argument was given none (``STAT<NBSP>`` was given one)."""
+    return not arg.strip(" \t")
+
+
 def _digits(text: str) -> int | None:
     """A non-negative number in ASCII digits, as many as the 255-octet line
     holds (RFC 1939 sets no limit: ``TOP 1 1234567890`` is valid)."""
@@ -292,8 +310,12 @@ class POP3Server:
                 or self._sasl or self.finished or not reader.has_line):
             return False
         line = reader.peek()
-        words = line[:5].split() if line else None
-        return bool(words) and words[0].upper() in _SIZE_VERBS  # type: ignore[index]
+        if not line:
+            return False
+        # the verb as next_action cuts it: at SP only (a VT is no blank),
+        # the CR of the CRLF that peek leaves on taken off
+        verb = line[:5].partition(b" ")[0]
+        return (verb[:-1] if verb.endswith(b"\r") else verb).upper() in _SIZE_VERBS
 
     # -- results of the adapter's I/O --------------------------------------
 
@@ -370,8 +392,8 @@ class POP3Server:
         # USER, APOP or AUTH that comes between, failed or not, ends the
         # earlier name's turn
         self._user = None
-        name = arg.strip()
-        if not name or " " in name:
+        name = arg.strip(" \t")
+        if not name or " " in name or "\t" in name:
             return self._send(R.bad_syntax("USER name"))
         if not self.plaintext_allowed:
             return self._send(self._plaintext_refusal)
@@ -402,7 +424,7 @@ class POP3Server:
             # no challenge was given, so no digest can be checked: not a
             # failed login (nothing is counted), the command is not offered
             return self._send(R.APOP_UNAVAILABLE)
-        parts = arg.split()
+        parts = _words(arg)
         if len(parts) != 2:
             return self._send(R.bad_syntax("APOP name digest"))
         name, digest = parts
@@ -417,7 +439,7 @@ class POP3Server:
 
     def _auth_cmd(self, arg: str) -> Action:
         self._user = None  # see _user_cmd
-        parts = arg.split()
+        parts = _words(arg)
         if not parts:
             mechanisms = ["PLAIN"] if self.plaintext_allowed else []
             return Send(multiline(R.AUTH_MECHANISMS, mechanisms))
@@ -476,7 +498,7 @@ class POP3Server:
         return Authenticate(mechanism, username, secret, self.timestamp)
 
     def _stls_cmd(self, arg: str) -> Action:
-        if arg.strip():
+        if not _blank(arg):
             return self._send(R.bad_syntax("STLS"))
         if self.tls_active:
             return self._send(R.STLS_ALREADY_ACTIVE)
@@ -496,7 +518,7 @@ class POP3Server:
     def _utf8_cmd(self, arg: str) -> Action:
         # RFC 6856 2: no argument, AUTHORIZATION state only (VALID_IN);
         # from here on messages go out with their UTF-8 header fields
-        if arg.strip():
+        if not _blank(arg):
             return self._send(R.bad_syntax("UTF8"))
         self.utf8 = True
         return self._send(R.UTF8_ENABLED)
@@ -504,7 +526,7 @@ class POP3Server:
     def _lang_cmd(self, arg: str) -> Action:
         # RFC 6856 3.1: no argument lists the languages, one per line as
         # "tag description"; a language range selects one, "*" the default
-        args = arg.split()
+        args = _words(arg)
         if not args:
             lines = [f"{tag} {name}" for tag, name in LANGUAGES.items()]
             return Send(multiline(R.LANG_FOLLOWS, lines))
@@ -526,17 +548,17 @@ class POP3Server:
     # -- TRANSACTION -------------------------------------------------------
 
     def _noop_cmd(self, arg: str) -> Action:
-        if arg.strip():
+        if not _blank(arg):
             return self._send(R.bad_syntax("NOOP"))
         return self._send(R.NOOP)
 
     def _stat_cmd(self, arg: str) -> Action:
-        if arg.strip():
+        if not _blank(arg):
             return self._send(R.bad_syntax("STAT"))
         return self._send(R.stat(*self._totals()))
 
     def _list_cmd(self, arg: str) -> Action:
-        args = arg.split()
+        args = _words(arg)
         if len(args) > 1:
             return self._send(R.bad_syntax("LIST [message]"))
         if args:
@@ -553,7 +575,7 @@ class POP3Server:
         return Send(multiline(R.scan_listing(*self._totals()), lines))
 
     def _uidl_cmd(self, arg: str) -> Action:
-        args = arg.split()
+        args = _words(arg)
         if len(args) > 1:
             return self._send(R.bad_syntax("UIDL [message]"))
         if args:
@@ -576,7 +598,7 @@ class POP3Server:
             if 0 <= index < len(sizes) and index not in self._deleted:
                 size = sizes[index]
                 return Transmit(index, size, R.retr_line(size), None, True, self.utf8)
-        args = arg.split()
+        args = _words(arg)
         if len(args) != 1:
             return self._send(R.bad_syntax("RETR message"))
         index = self._message(args[0])
@@ -586,7 +608,7 @@ class POP3Server:
         return Transmit(index, size, R.retr_line(size), None, True, self.utf8)
 
     def _top_cmd(self, arg: str) -> Action:
-        args = arg.split()
+        args = _words(arg)
         if len(args) != 2:
             return self._send(R.bad_syntax("TOP message lines"))
         index = self._message(args[0])
@@ -599,7 +621,7 @@ class POP3Server:
         return Transmit(index, size, R.TOP_FOLLOWS.to_bytes(), count, False, self.utf8)
 
     def _dele_cmd(self, arg: str) -> Action:
-        args = arg.split()
+        args = _words(arg)
         if len(args) != 1:
             return self._send(R.bad_syntax("DELE message"))
         index = self._message(args[0])
@@ -609,7 +631,7 @@ class POP3Server:
         return self._send(R.deleted(index + 1))
 
     def _rset_cmd(self, arg: str) -> Action:
-        if arg.strip():
+        if not _blank(arg):
             return self._send(R.bad_syntax("RSET"))
         self._deleted.clear()
         self.resets += 1
