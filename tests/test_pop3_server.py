@@ -1110,3 +1110,26 @@ def test_the_size_hint_reads_the_verb_as_the_engine_does():
     e.next_action()
     e.receive_data(b"STAT\r\n")
     assert e.next_needs_sizes()
+
+
+@pytest.mark.parametrize("response", [b" {}", b"{} ", b"\t{}", b"{}\t", b"\x0b{}", b"{}\x0c",
+                                      b"{}\r", b"\r{}", b"{}\x00", b"{}\xc2\xa0"])
+def test_an_auth_continuation_line_is_base64_and_nothing_else(response):
+    # RFC 5034 4 (as RFC 4954 4 for SMTP): a character outside the base64
+    # alphabet is refused, not ignored -- a blank around it or a bare CR
+    # before the CRLF too (SMTP's AUTH answers such a line 501)
+    e = engine()
+    assert run(e, b"AUTH PLAIN") == Send(b"+ \r\n")
+    line = response.replace(b"{}", plain("", "joe", "pw"))
+    assert sent(e, line) == R.AUTH_BAD_BASE64.to_bytes()
+    assert e.auth_failures == 0
+    # the initial response as well: an odd blank after it is part of it
+    if line.endswith((b"\x0b", b"\x0c")):
+        assert sent(e, b"AUTH PLAIN " + line) == R.AUTH_BAD_BASE64.to_bytes()
+    # "*" cancels, exactly as it is
+    assert run(e, b"AUTH PLAIN") == Send(b"+ \r\n")
+    assert sent(e, b"*") == R.AUTH_CANCELLED.to_bytes()
+    assert run(e, b"AUTH PLAIN") == Send(b"+ \r\n")
+    assert sent(e, b" *") == R.AUTH_BAD_BASE64.to_bytes()
+    assert run(e, b"AUTH PLAIN") == Send(b"+ \r\n")
+    assert run(e, plain("", "joe", "pw")) == Authenticate("PLAIN", "joe", b"pw", TS)

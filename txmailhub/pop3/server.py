@@ -455,7 +455,11 @@ class POP3Server:
         return Send(b"+ \r\n")
 
     def _sasl_response(self, line: bytes) -> Action:
-        line = line.strip()
+        # RFC 5034 4: the response is a line of base64, "*" to cancel; it
+        # is taken as it came, as SMTP's AUTH takes its continuation line
+        # (RFC 4954 4: "reject (and not ignore)" any other character): a
+        # blank around it or a bare CR before its CRLF is no base64, not
+        # something to strip
         if line == b"*":
             return self._send(R.AUTH_CANCELLED)
         if line == b"=":
