@@ -53,6 +53,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert s.pop3.tls_listen == ()
     assert (s.pop3.max_auth_failures, s.pop3.auth_failure_delay) == (3, 1.0)
     assert (s.pop3.max_connections, s.pop3.max_connections_per_client) == (200, 20)
+    assert s.pop3.max_errors == 10
     assert s.relay.port == 25
     assert s.relay.nameservers == ()
     assert s.relay.smarthost == ""
@@ -111,6 +112,7 @@ idle_timeout = "1h"
 allow_plaintext_auth = true
 max_auth_failures = 9
 auth_failure_delay = 2
+max_errors = 25
 [relay]
 port = 2526
 nameservers = ["127.0.0.1:5353", "::1", "[::1]:53"]
@@ -148,6 +150,7 @@ require_tls_after_seen = true
     assert s.pop3.idle_timeout == 3600
     assert s.pop3.allow_plaintext_auth is True
     assert (s.pop3.max_auth_failures, s.pop3.auth_failure_delay) == (9, 2.0)
+    assert s.pop3.max_errors == 25
     assert s.relay.port == 2526
     assert s.relay.nameservers == ("127.0.0.1:5353", "::1", "[::1]:53")
     assert s.relay.smarthost == "smtp.example.net:587"

@@ -737,6 +737,26 @@ def test_a_client_that_never_logs_in_is_closed_and_logged(log_events):
     assert line == "POP3 session with 127.0.0.1 closed: too many commands without logging in"
 
 
+def test_a_client_that_only_sends_garbage_after_login_is_closed_and_logged(log_events):
+    # [pop3] max_errors: the autologout alone bounded such a session (each
+    # refused command restarting it); now the max_errors-th -ERR closes it,
+    # without the UPDATE state: the DELE before is not carried out
+    from twisted.logger import formatEvent
+
+    env = Env(max_errors=3)
+    env.store.add("joe@example.org", b"Subject: a\n\nx\n")
+    proto, t = login(env)
+    out = talk(proto, t, b"DELE 1\r\nFOO\r\nNOOP\r\nRETR 7\r\nLIST x\r\nNOOP\r\nQUIT\r\n")
+    assert out == (R.deleted(1).to_bytes() + R.UNKNOWN_COMMAND.to_bytes() + R.NOOP.to_bytes()
+                   + R.NO_SUCH_MESSAGE.to_bytes() + R.TOO_MANY_ERRORS.to_bytes())
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1  # nothing deleted
+    [line] = [formatEvent(e) for e in log_events
+              if "too many errors" in (e.get("log_format") or "")]
+    assert line == "POP3 session of joe@example.org from 127.0.0.1 closed: too many errors"
+
+
 def test_a_long_batch_is_answered_a_turn_at_a_time():
     # thousands of pipelined commands (one 64 KiB read of CAPA is 10,000)
     # must not keep other sessions waiting: COMMANDS_PER_TURN a turn

@@ -23,6 +23,7 @@ PINNED = {
     "PASS_WITHOUT_USER": (False, None),
     "TOO_MANY_AUTH_FAILURES": (False, "AUTH"),
     "TOO_MANY_COMMANDS": (False, None),  # not [AUTH]: no credentials were judged
+    "TOO_MANY_ERRORS": (False, None),
     "LOGIN_THROTTLED": (False, "SYS/TEMP"),  # RFC 3206 4: try again later
     "TOO_MANY_CONNECTIONS": (False, "SYS/TEMP"),
     "TOO_MANY_CONNECTIONS_FROM_YOU": (False, "SYS/TEMP"),

@@ -955,7 +955,7 @@ def test_stls_forgets_utf8_mode():
 
 
 def test_lang_lists_english_and_selects_it_by_rfc_4647_lookup():
-    for e in (engine(), logged_in()):  # both states
+    for e in (engine(), logged_in(max_errors=100)):  # both states
         assert sent(e, b"LANG") == R.LANG_FOLLOWS.to_bytes() + b"en English\r\n.\r\n"
         for arg in (b"en", b"EN", b"en-GB", b"en-US-x-private", b"*"):
             assert sent(e, b"LANG " + arg) == R.language_selected("en", "English").to_bytes()
@@ -1051,7 +1051,7 @@ ODD_BLANKS = ("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000"
 
 @pytest.mark.parametrize("blank", ODD_BLANKS)
 def test_message_arguments_are_not_split_at_another_blank(blank):
-    e = logged_in()
+    e = logged_in(max_errors=100)
     b = blank.encode()
     for verb in (b"LIST", b"UIDL", b"DELE", b"RETR"):
         assert sent(e, verb + b" 1" + b) == R.INVALID_NUMBER.to_bytes(), verb
@@ -1133,3 +1133,42 @@ def test_an_auth_continuation_line_is_base64_and_nothing_else(response):
     assert sent(e, b" *") == R.AUTH_BAD_BASE64.to_bytes()
     assert run(e, b"AUTH PLAIN") == Send(b"+ \r\n")
     assert run(e, plain("", "joe", "pw")) == Authenticate("PLAIN", "joe", b"pw", TS)
+
+
+# -- a bound on refused commands after login (max_errors) -----------------
+
+
+def test_refused_commands_after_login_close_the_session_at_max_errors():
+    # before login every line counts (PRE_LOGIN_LINES); after it the
+    # commands refused with -ERR do, or a client sending only garbage was
+    # held by the autologout alone (each refusal restarting it)
+    e = logged_in(max_errors=4)
+    assert sent(e, b"DELE 1") == R.deleted(1).to_bytes()
+    for line in (b"XYZZY", b"STLS", b"RETR 9"):
+        assert sent(e, line).startswith(b"-ERR")
+        assert sent(e, b"NOOP") == R.NOOP.to_bytes()  # good ones do not count
+    assert e.errors == 3
+    action = run(e, b"LIST x")
+    assert action == Send(R.TOO_MANY_ERRORS.to_bytes(), close=True)
+    assert e.finished and e.next_action() is None
+    assert e.state is State.TRANSACTION  # no UPDATE: nothing is deleted
+
+
+def test_refusals_before_login_are_bounded_by_the_line_count_not_max_errors():
+    e = engine(max_errors=2)
+    for _ in range(5):
+        assert sent(e, b"STAT") == R.wrong_state("STAT", "AUTHORIZATION").to_bytes()
+    e = logged_in_after(e)
+    assert e.errors == 0
+    assert sent(e, b"USER joe") == R.wrong_state("USER", "TRANSACTION").to_bytes()
+    assert run(e, b"USER joe") == Send(R.TOO_MANY_ERRORS.to_bytes(), close=True)
+
+
+def test_the_default_bound_is_ten_as_for_smtp():
+    from txmailhub.pop3.server import MAX_ERRORS
+
+    assert MAX_ERRORS == 10
+    e = logged_in()
+    for _ in range(MAX_ERRORS - 1):
+        assert sent(e, b"FOO") == R.UNKNOWN_COMMAND.to_bytes()
+    assert run(e, b"FOO") == Send(R.TOO_MANY_ERRORS.to_bytes(), close=True)

@@ -43,6 +43,7 @@ from txmailhub.pop3 import protocol as pop3_protocol
 
 EXAMPLES = int(os.environ.get("POP3_STATEFUL_EXAMPLES", "300"))
 MAX_FAILURES = 3  # the engine's default max_auth_failures
+MAX_ERRORS = 10  # [pop3] max_errors's default: -ERRs after login before the close
 BOX = "joe@example.org"
 
 _STATUS = re.compile(rb"^(\+OK|-ERR)(?: .*)?$", re.S)
@@ -152,6 +153,7 @@ class POP3Model(RuleBasedStateMachine):
         self.closed = False
         self.quit_with_update = False
         self.lines_before_login = 0
+        self.errors = 0  # commands refused after login (max_errors)
 
     def _observe(self, event: dict) -> None:
         if event.get("log_failure") is not None or event.get("isError"):
@@ -178,7 +180,7 @@ class POP3Model(RuleBasedStateMachine):
         self.t.clear()
         self.user_given = self.logged_in = self.closed = self.quit_with_update = False
         self._named = None
-        self.auth_failures = self.lines_before_login = 0
+        self.auth_failures = self.lines_before_login = self.errors = 0
         self.lost = False
         self.model.utf8 = False
         self.listed: dict[int, int] = {}  # message number: the size this session said
@@ -229,6 +231,14 @@ class POP3Model(RuleBasedStateMachine):
                 # the engine's PRE_LOGIN_LINES: one -ERR and the close
                 expect = Expect("too many commands", False)
                 self.expect.append(expect)
+                self.closed = True
+                return
+        elif expect.ok is False:
+            # refused after login: the max_errors-th is answered with the
+            # close instead (None: the adapter's own -ERR, not counted)
+            self.errors += 1
+            if self.errors >= MAX_ERRORS:
+                self.expect.append(Expect("too many errors", False))
                 self.closed = True
                 return
         self.expect.append(expect)

@@ -212,6 +212,8 @@ class POP3Settings:
     auth_failure_delay: float = 1.0
     max_connections: int = 200
     max_connections_per_client: int = 20
+    # commands refused with -ERR after login before the session closes
+    max_errors: int = 10
 
 
 @dataclass(frozen=True)
@@ -1330,6 +1332,7 @@ def load_text(text: str, path: str) -> Settings:
         {
             "listen", "tls_listen", "idle_timeout", "allow_plaintext_auth", "max_auth_failures",
             "auth_failure_delay", "max_connections", "max_connections_per_client",
+            "max_errors",
         },
     )
     pop3 = POP3Settings(
@@ -1349,6 +1352,7 @@ def load_text(text: str, path: str) -> Settings:
         max_connections_per_client=r.get(
             t, "pop3", "max_connections_per_client", d3.max_connections_per_client, _positive_int
         ),
+        max_errors=r.get(t, "pop3", "max_errors", d3.max_errors, _positive_int),
     )
     if pop3.tls_listen and tls is None:
         r.problem("pop3", "tls_listen", "needs a [tls] section with certificate and key")

@@ -129,6 +129,7 @@ session it ended (see ``_check_closed``)."""
 log = Logger(namespace="txmailhub.pop3")
 _NO_SIZES = array("q")  # no session, or a client with UTF8: no size measured
 _TOO_MANY_COMMANDS = R.TOO_MANY_COMMANDS.to_bytes()
+_TOO_MANY_ERRORS = R.TOO_MANY_ERRORS.to_bytes()
 
 
 def _is_local_peer(peer: Any) -> bool:
@@ -436,6 +437,7 @@ class POP3Protocol(Protocol):
             auth_failure_delay=s.auth_failure_delay,
             auth_failures=failures,
             primary_domain=self.components.settings.hub.primary_domain,
+            max_errors=s.max_errors,
         )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -763,6 +765,10 @@ class POP3Protocol(Protocol):
             if action.data == _TOO_MANY_COMMANDS:
                 log.info("POP3 session with {peer} closed: too many commands without "
                          "logging in", peer=self._peer)
+            elif action.data == _TOO_MANY_ERRORS:
+                # [pop3] max_errors: nothing deleted (no UPDATE state)
+                log.info("POP3 session of {user} from {peer} closed: too many errors",
+                         user=self._user, peer=self._peer)
             self._close()
 
     def _delayed(self, action: Send) -> None:

@@ -76,6 +76,7 @@ PLAINTEXT_DISALLOWED_NO_APOP = err(
 PASS_WITHOUT_USER = err("Send USER first")
 TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")
 TOO_MANY_COMMANDS = err("Too many commands without logging in, closing connection")
+TOO_MANY_ERRORS = err("Too many errors, closing connection")
 LOGIN_THROTTLED = err("Too many failed logins from your address, try again later", "SYS/TEMP")
 TOO_MANY_CONNECTIONS = err("Too many connections, try again later", "SYS/TEMP")
 TOO_MANY_CONNECTIONS_FROM_YOU = err(

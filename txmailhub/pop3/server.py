@@ -65,6 +65,13 @@ a real client needs few (CAPA, STLS, CAPA again, USER and PASS, a retry or
 two); without one, a client that sends CAPA just inside the autologout
 holds a connection slot for ever without logging in."""
 
+MAX_ERRORS = 10
+"""Default bound on the commands refused with ``-ERR`` after login
+(``[pop3] max_errors``, as ``[smtp] max_errors``).  Before login every
+line counts (``PRE_LOGIN_LINES``); after it a client may send any number
+of commands, but one that only sends garbage was bounded by the
+autologout alone, which each refused command restarts."""
+
 IMPLEMENTATION = "txmailhub"
 
 
@@ -208,6 +215,7 @@ class POP3Server:
         auth_failure_delay: float = 1.0,
         auth_failures: int = 0,
         primary_domain: str = "",
+        max_errors: int = MAX_ERRORS,
     ) -> None:
         self.hostname = hostname
         self.primary_domain = primary_domain.lower()
@@ -218,6 +226,8 @@ class POP3Server:
         self.max_auth_failures = max_auth_failures
         self.auth_failure_delay = auth_failure_delay
         self.auth_failures = auth_failures
+        self.max_errors = max_errors
+        self.errors = 0  # commands refused with -ERR in the TRANSACTION state
         self.state = State.AUTHORIZATION
         self.finished = False  # QUIT seen or STLS begun: no further commands
         self._reader = LineReader(SASL_LINE_LIMIT)
@@ -262,7 +272,23 @@ class POP3Server:
         return self._reader.has_line
 
     def next_action(self) -> Action | None:
-        """Handle the next complete line; ``None`` when none is buffered."""
+        """Handle the next complete line; ``None`` when none is buffered.
+
+        After login each command refused with ``-ERR`` (unknown, out of
+        state, bad syntax, a bad message number...) counts; the
+        ``max_errors``-th is answered with ``TOO_MANY_ERRORS`` instead
+        and the session closes, without UPDATE (nothing is deleted), as
+        ``PRE_LOGIN_LINES`` bounds the lines before login."""
+        action = self._next_action()
+        if (type(action) is Send and self.state is State.TRANSACTION
+                and action.data[:4] == b"-ERR" and not action.close):
+            self.errors += 1
+            if self.errors >= self.max_errors:
+                self.finished = True
+                return Send(R.TOO_MANY_ERRORS.to_bytes(), close=True)
+        return action
+
+    def _next_action(self) -> Action | None:
         if self._waiting is not None:
             raise LocalError(f"next_action while waiting for the {self._waiting} result")
         reader = self._reader
