@@ -94,9 +94,64 @@ def hosts(lines: list[str]) -> list[str]:
     return found
 
 
-def test_the_filter_has_one_regex_for_smtp_and_one_for_pop3() -> None:
+def test_the_filter_has_one_regex_for_smtp_and_one_for_pop3_and_one_for_both() -> None:
     _, regexes = documented_filter()
-    assert len(regexes) == 2 and all("<HOST>" in r for r in regexes), regexes
+    assert len(regexes) == 3 and all("<HOST>" in r for r in regexes), regexes
+
+
+MALFORMED_SMTP = [
+    ("AUTH PLAIN !!!\r\n", "PLAIN"),  # not base64: 501
+    ("AUTH PLAIN =\r\n", "PLAIN"),  # empty: 501
+    ("AUTH PLAIN\r\n" + base64.b64encode(b"no nuls").decode() + "\r\n", "PLAIN"),  # no message
+    ("AUTH LOGIN\r\n \r\n", "LOGIN"),  # a blank is no base64
+    ("AUTH PLAIN " + base64.b64encode(b"\0\xff\0pw").decode() + "\r\n", "PLAIN"),  # not UTF-8
+    ("AUTH PLAIN\r\n" + "A" * 13000 + "\r\n", "PLAIN"),  # a line too long
+]
+
+
+@pytest.mark.parametrize(("commands", "mechanism"), MALFORMED_SMTP)
+def test_the_filter_matches_a_malformed_smtp_auth_response(log_events, commands: str,
+                                                           mechanism: str) -> None:
+    # a client that sends only garbage AUTH responses left no line (501,
+    # before any password check): it does now, naming no user
+    h = Harness()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
+    take(t)
+    p.dataReceived(f"EHLO c\r\n{commands}".encode())
+    h.clock.advance(60)
+    assert take(t)[-1][:1] == "5"
+    lines = log_lines(log_events, "txmailhub.smtp")
+    assert [line.split(" ", 1)[1] for line in lines if "authentication" in line] == [
+        "[txmailhub.smtp#info] malformed authentication response from 192.0.2.1 "
+        f"({mechanism})"]
+    assert hosts(lines) == ["192.0.2.1"]
+
+
+def test_a_cancelled_smtp_auth_is_no_failure(log_events) -> None:
+    h = Harness()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True
+    take(t)
+    p.dataReceived(b"EHLO c\r\nAUTH PLAIN\r\n*\r\n")
+    assert take(t)[-1].startswith("501 ")
+    assert hosts(log_lines(log_events, "txmailhub.smtp")) == []
+
+
+@pytest.mark.parametrize("commands", [
+    b"AUTH PLAIN !!!\r\n", b"AUTH PLAIN\r\n \r\n", b"AUTH PLAIN =\r\n",
+    b"AUTH PLAIN\r\n" + base64.b64encode(b"joe\0pw") + b"\r\n",
+    b"AUTH PLAIN\r\n" + b"A" * 5000 + b"\r\n"])
+def test_the_filter_matches_a_malformed_pop3_auth_response(log_events, commands: bytes) -> None:
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, commands)
+    env.clock.advance(60)
+    assert t.value().split(b"\r\n")[-2].startswith(b"-ERR"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert [line.split(" ", 1)[1] for line in lines if "authentication" in line] == [
+        "[txmailhub.pop3#info] malformed authentication response from 192.0.2.7 (PLAIN)"]
+    assert hosts(lines) == ["192.0.2.7"]
 
 
 @pytest.mark.parametrize("user", ["alice@example.org", FORGED])

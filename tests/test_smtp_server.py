@@ -17,6 +17,7 @@ from txmailhub.smtp import replies
 from txmailhub.smtp.policy import RecipientPolicy
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import (
+    AuthMalformed,
     AuthRequest,
     Close,
     MessageAborted,
@@ -2166,3 +2167,15 @@ def test_property_a_bdat_chunk_never_runs_as_commands(size, odd, joined, last, i
     assert len(out) == 2 and out[0][0] == "5", out
     assert out[1] == replies.RESET.text()
     assert not any(isinstance(e, MessageComplete) for e in d.events)
+
+
+def test_an_auth_exchange_ended_by_a_malformed_response_is_a_notice():
+    # the adapter logs it (docs/deployment.rst, fail2ban): no user was given
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True), max_auth_line=100)
+    d.codes("EHLO c\r\n")
+    assert d.codes("AUTH PLAIN !!\r\nAUTH LOGIN\r\n=\r\nAUTH PLAIN\r\n*\r\n") == [
+        "501", "334", "501", "334", "501"]
+    assert d.codes("AUTH PLAIN\r\n" + "A" * 200 + "\r\n") == ["334", "500"]
+    notices = [e for e in d.events if isinstance(e, AuthMalformed)]
+    assert notices == [AuthMalformed("PLAIN"), AuthMalformed("LOGIN"), AuthMalformed("PLAIN")]
+    assert not any(isinstance(e, AuthRequest) for e in d.events)  # no password checked

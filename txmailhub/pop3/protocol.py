@@ -130,6 +130,11 @@ log = Logger(namespace="txmailhub.pop3")
 _NO_SIZES = array("q")  # no session, or a client with UTF8: no size measured
 _TOO_MANY_COMMANDS = R.TOO_MANY_COMMANDS.to_bytes()
 _TOO_MANY_ERRORS = R.TOO_MANY_ERRORS.to_bytes()
+# AUTH PLAIN responses that are no SASL response, refused before any login
+# is tried: logged for log watchers (docs/deployment.rst, fail2ban), as SMTP
+# logs its own
+_MALFORMED_AUTH = frozenset((R.AUTH_BAD_BASE64.to_bytes(), R.AUTH_BAD_PLAIN.to_bytes(),
+                             R.SASL_LINE_TOO_LONG.to_bytes()))
 
 
 def _is_local_peer(peer: Any) -> bool:
@@ -756,6 +761,10 @@ class POP3Protocol(Protocol):
             self._queued = True
 
     def _send(self, action: Send) -> None:
+        if action.data[:1] == b"-" and action.data in _MALFORMED_AUTH:
+            # no user name was given (AUTH PLAIN is the only mechanism)
+            log.info("malformed authentication response from {peer} ({mechanism})",
+                     peer=self._peer, mechanism="PLAIN")
         if action.delay > 0:
             self._busy = True
             self._pending_call = self.reactor.callLater(action.delay, self._delayed, action)

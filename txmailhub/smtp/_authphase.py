@@ -16,7 +16,7 @@ from txmailhub.smtp._parse import MailParams, ascii_upper, first_word, parse_mai
 from txmailhub.smtp._part import EnginePart
 from txmailhub.smtp._sasl import MECHANISMS, Credentials, SASLExchange
 from txmailhub.smtp._states import State
-from txmailhub.smtp.events import AuthRequest
+from txmailhub.smtp.events import AuthMalformed, AuthRequest
 from txmailhub.smtp.reply import Reply
 
 __all__ = ["AuthPhase"]
@@ -108,6 +108,9 @@ class AuthPhase(EnginePart):
             if result.code == 334:
                 self.reply(result)
                 return
+            if result is not replies.AUTH_CANCELLED:  # the client's choice, no garbage
+                assert self._sasl is not None
+                self._events.append(AuthMalformed(self._sasl.mechanism))
             self._sasl = None
             self._to(State.READY if self.session.helo else State.INIT)
             self.reply(result)

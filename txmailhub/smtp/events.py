@@ -18,6 +18,7 @@ from txmailhub.envelope import Envelope
 from txmailhub.smtp.reply import Reply
 
 __all__ = [
+    "AuthMalformed",
     "AuthRequest",
     "Close",
     "MessageAborted",
@@ -103,6 +104,17 @@ class AuthRequest:
     username: str
     password: str = field(repr=False)
     malformed: bool = False  # not a valid SASL response: fail it without asking
+
+
+@dataclass(frozen=True, slots=True)
+class AuthMalformed:
+    """A notice: an AUTH exchange of ``mechanism`` ended, refused before
+    any password check, on a response that is no SASL response (not
+    base64, empty, no PLAIN message, a line too long).  No user name was
+    given that could be logged, but a client that only sends such
+    responses must still leave a line a log watcher can act on."""
+
+    mechanism: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ from txmailhub.smtp.received import (
 )
 from txmailhub.smtp.reply import Reply
 from txmailhub.smtp.server import (
+    AuthMalformed,
     AuthRequest,
     Close,
     MessageAborted,
@@ -1108,6 +1109,13 @@ class SMTPProtocol(Protocol):
         self.engine.auth_succeeded(address)
         self._drive()
 
+    def _auth_malformed(self, event: AuthMalformed | AuthRequest) -> None:
+        """An AUTH response that is no SASL response (docs/deployment.rst,
+        fail2ban): a line of its own, with no user name, as none was
+        given (an empty one made "authentication failed for  from")."""
+        log.info("malformed authentication response from {client} ({mechanism})",
+                 client=self.client_name, mechanism=event.mechanism)
+
     def _auth_failed(self, failure: Any, event: AuthRequest) -> None:
         reply = replies.AUTH_FAILED
         if failure is not None and failure.check(LoginAbandoned):
@@ -1122,6 +1130,8 @@ class SMTPProtocol(Protocol):
             log.failure("authentication error for {user}", failure,
                         user=loggable(event.username))
             reply = replies.AUTH_TEMPORARY
+        elif event.malformed:
+            self._auth_malformed(event)
         else:
             log.info("authentication failed for {user} from {client}",
                      user=loggable(event.username), client=self.client_name)
@@ -1223,6 +1233,7 @@ SMTPProtocol._handlers = {
     MessageComplete: SMTPProtocol._message_complete,
     MessageAborted: SMTPProtocol._message_aborted,
     AuthRequest: SMTPProtocol._auth_request,
+    AuthMalformed: SMTPProtocol._auth_malformed,
     StartTLS: SMTPProtocol._start_tls,
     Close: SMTPProtocol._close,
 }

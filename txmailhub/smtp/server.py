@@ -54,6 +54,7 @@ from txmailhub.smtp._states import TRANSITIONS as _TRANSITIONS
 from txmailhub.smtp._states import S, State
 from txmailhub.smtp._transfer import MessageTransfer
 from txmailhub.smtp.events import (
+    AuthMalformed,
     AuthRequest,
     Close,
     MessageAborted,
@@ -66,6 +67,7 @@ from txmailhub.smtp.events import (
 from txmailhub.smtp.reply import Reply
 
 __all__ = [
+    "AuthMalformed",
     "AuthRequest",
     "Close",
     "MessageAborted",
@@ -433,6 +435,8 @@ class SMTPServer(MessageTransfer, AuthPhase):
 
     def _line_too_long(self) -> None:
         if self.state is State.AUTH:
+            assert self._sasl is not None
+            self._events.append(AuthMalformed(self._sasl.mechanism))
             self._sasl = None
             self._to(State.READY if self.session.helo else State.INIT)
             self.reply(replies.AUTH_LINE_TOO_LONG)
