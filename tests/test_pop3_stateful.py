@@ -17,6 +17,11 @@ that follow.  After each batch the machine checks that
   deleted messages vanish, RSET restores them);
 * QUIT removes exactly the messages marked deleted, and nothing is removed
   by a session that ends otherwise;
+* STLS (``[tls]`` configured; the handshake is the transport's, faked
+  here) starts TLS once, right after its ``+OK`` went out in clear text,
+  and the session under it starts afresh (no USER given, UTF8 off, the
+  count of lines before login from zero, failed logins kept), refusing a
+  second STLS;
 * nothing is logged as a failure.
 
 ``POP3_STATEFUL_EXAMPLES`` raises the number of examples for a longer
@@ -40,10 +45,13 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from txmailhub.pop3 import protocol as pop3_protocol
+from txmailhub.pop3 import replies as R
 
 EXAMPLES = int(os.environ.get("POP3_STATEFUL_EXAMPLES", "300"))
 MAX_FAILURES = 3  # the engine's default max_auth_failures
 MAX_ERRORS = 10  # [pop3] max_errors's default: -ERRs after login before the close
+TLS_CONTEXT = object()  # Components.tls: the test transport's startTLS only records it
+STLS_BEGIN = R.STLS_BEGIN.to_bytes()
 BOX = "joe@example.org"
 
 _STATUS = re.compile(rb"^(\+OK|-ERR)(?: .*)?$", re.S)
@@ -136,7 +144,7 @@ def unstuff(lines: list[bytes]) -> list[bytes]:
 class POP3Model(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.env = Env(auth_failure_delay=1.0)
+        self.env = Env(auth_failure_delay=1.0, tls=TLS_CONTEXT)
         self.failures: list[dict] = []
         globalLogPublisher.addObserver(self._observe)
         self.model = Model()
@@ -154,6 +162,9 @@ class POP3Model(RuleBasedStateMachine):
         self.quit_with_update = False
         self.lines_before_login = 0
         self.errors = 0  # commands refused after login (max_errors)
+        self.tls = False  # STLS answered +OK in this session
+        self.tls_starts = 0  # ... and so how often the transport started TLS
+        self.started: list[bytes] = []  # the output so far at each startTLS
 
     def _observe(self, event: dict) -> None:
         if event.get("log_failure") is not None or event.get("isError"):
@@ -174,6 +185,17 @@ class POP3Model(RuleBasedStateMachine):
 
     def _start(self) -> None:
         self.proto, self.t = self.env.connect(limit=self.limit)
+        start_tls = self.t.startTLS
+
+        def record(context) -> None:
+            # what had been written by then: the +OK must be its end
+            self.started.append(bytes(self.out) + self.t.value())
+            start_tls(context)
+
+        self.t.startTLS = record
+        self.tls = False
+        self.tls_starts = 0
+        self.started = []
         self._drain()
         greeting, self.out = bytes(self.out), bytearray()
         assert greeting.startswith(b"+OK ") and greeting.endswith(b"\r\n"), greeting
@@ -511,17 +533,32 @@ class POP3Model(RuleBasedStateMachine):
     @precondition(_open)
     @rule(line=st.sampled_from([
         b"FOO", b"", b" ", b"\x00", b"STAT\x00", b"RETR\t1", b"\xff\xfe", b"\xc5\xbftat",
-        b"TOP 1", b"APOP joe 0123", b"AUTH XYZ", b"STLS", b"LANG xx", b"retr", b"dele",
+        b"TOP 1", b"APOP joe 0123", b"AUTH XYZ", b"LANG xx", b"retr", b"dele",
         b"A" * 300, b"LIST " + b"1" * 260,
     ]), bare=st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
     def garbage(self, line: bytes, bare: bytes) -> None:
-        if line == b"STLS" and self.logged_in:
-            pass
         # none of these is a valid command in either state
         if line in (b"APOP joe 0123", b"AUTH XYZ"):
             self.user_given = False
             self._named = None
         self.send(line + bare, Expect(f"garbage {line[:20]!r}", False))
+
+    @precondition(_open)
+    @rule(arg=st.sampled_from([b"", b"", b" x", b" \t", b" \x0b"]), data=st.data())
+    def stls(self, arg: bytes, data: st.DataObject) -> None:
+        """RFC 2595 4: +OK, then TLS, and the session starts afresh.  Sent
+        last in its batch and flushed at once: what a client pipelines
+        behind it is discarded, which the reads drawn would leave to chance."""
+        good = not self.logged_in and not arg.strip(b" \t") and not self.tls
+        self.send(b"STLS" + arg + b"\r\n", Expect("STLS", good))
+        if good and not self.closed:
+            self.tls = True
+            self.tls_starts += 1
+            self.user_given = False
+            self._named = None
+            self.lines_before_login = 0
+            self.model.utf8 = False
+        self.flush(data)
 
     @precondition(_open)
     @rule(arg=st.sampled_from([b"", b"", b" now"]))
@@ -632,6 +669,8 @@ class POP3Model(RuleBasedStateMachine):
                 self._consistent(e, status, None)
         assert out == b"", f"responses beyond the commands: {out!r}"
         self.expect.clear()
+        assert len(self.started) == self.tls_starts, (self.started, self.tls_starts)
+        assert all(s.endswith(STLS_BEGIN) for s in self.started), self.started
         assert self.t.disconnecting == self.closed, (self.t.disconnecting, self.closed)
         if self.closed:
             have = self.env.store.messages(BOX)

@@ -1,14 +1,17 @@
 """Command lines built from odd pieces, one reply each.
 
 The stateful model (test_smtp_stateful.py) sends a few chosen parameters;
-here each MAIL, RCPT, VRFY, EXPN, AUTH and HELO line is put together from
+here each MAIL, RCPT, VRFY, EXPN, AUTH, HELO and STARTTLS line is put together from
 pieces of the grammar and of near misses (RFC 5321 4.1.2 esmtp-param,
 RFC 3461 DSN parameters, RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8,
 RFC 4954 AUTH=, repeated or empty parameters, NUL, 8-bit octets, bare CR,
 quoted local parts, source routes).  Whatever the line, the session must
 give exactly one well-formed reply to it -- three digits, an enhanced code
 of the same class where it has one, at most 512 octets a line (RFC 5321
-4.5.3.1.5) -- close only after 221 or 421, and log no failure.
+4.5.3.1.5) -- close only after 221 or 421, and log no failure.  The hub
+has ``[tls]``: a STARTTLS that is answered 220 starts TLS on the transport
+(faked: ``TLSStartingTransport``) right after that reply, once, and the
+session goes on under it from the start (HELO first, no second STARTTLS).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_smtp_protocol import Harness
-from test_smtp_stateful import _ENHANCED, SMTPModel
+from test_smtp_stateful import _ENHANCED, TLS_CONTEXT, TLS_READY, SMTPModel, TLSStartingTransport
 
 VERBS = [b"MAIL FROM:", b"RCPT TO:", b"mail from:", b"RCPT TO: ", b"MAIL FROM: ", b"VRFY ",
-         b"EXPN ", b"HELO ", b"EHLO ", b"AUTH ", b"NOOP ", b"HELP ", b"RSET "]
+         b"EXPN ", b"HELO ", b"EHLO ", b"AUTH ", b"NOOP ", b"HELP ", b"RSET ", b"STARTTLS",
+         b"STARTTLS ", b"starttls\t"]
 PATHS = [b"<s@x.test>", b"<>", b"<alice>", b"<alice@example.org>", b"<bob@EXAMPLE.org>",
          b"<@a.test,@b.test:s@x.test>", b'<"a b"@x.test>', b'<"a\\"b"@x.test>',
          b"<j\xc3\xb6e@x.test>",
@@ -47,24 +51,37 @@ def command(draw) -> bytes:
 
 
 SETUPS = [b"", b"EHLO c\r\n", b"HELO c\r\n", b"EHLO c\r\nMAIL FROM:<s@x.test>\r\n",
-          b"EHLO c\r\nMAIL FROM:<> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<alice>\r\n"]
+          b"EHLO c\r\nMAIL FROM:<> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<alice>\r\n",
+          b"EHLO c\r\nSTARTTLS\r\n", b"EHLO c\r\nSTARTTLS\r\nEHLO c\r\n"]
 
 
 def replies_to(h: Harness, host: str, setup: bytes, lines: list[bytes]):
-    p, t = h.connect(host)
-    p.dataReceived(setup)
-    h.clock.advance(0)
+    p, t = h.connect(host, transport=TLSStartingTransport)
+    for setup_line in setup.splitlines(keepends=True):  # one read each: STARTTLS drops the rest
+        p.dataReceived(setup_line)
+        h.clock.advance(0)
     t.clear()
     got = []
     for line in lines:
         if t.disconnecting:
             break
+        tls, starts = p.engine.session.tls, len(t.tls_starts)
         p.dataReceived(line)
         for _ in range(20):
             h.clock.advance(1)
         out = t.value()
         t.clear()
-        got.append((line, SMTPModel.parse(out), t.disconnecting))
+        replies = SMTPModel.parse(out)
+        got.append((line, replies, t.disconnecting))
+        # TLS starts after a 220 to STARTTLS, and only then, right after it
+        started = len(t.tls_starts) - starts
+        if replies and replies[0][0] == 220:
+            assert started == 1 and t.tls_starts[-1].endswith(TLS_READY), (line, out)
+            assert not tls and p.engine.session.tls, line
+            assert p.engine.state.name == "INIT" and p.engine.session.authenticated_as is None
+        else:
+            assert started == 0, (line, out)
+            assert p.engine.session.tls == tls or t.disconnecting, line
     return got
 
 
@@ -73,7 +90,7 @@ def replies_to(h: Harness, host: str, setup: bytes, lines: list[bytes]):
 @given(setup=st.sampled_from(SETUPS), lines=st.lists(command(), min_size=1, max_size=6),
        submission=st.booleans())
 def test_every_command_line_gets_one_well_formed_reply(logged_failures, setup, lines, submission):
-    h = Harness(submission=submission, max_errors=1000, max_junk_commands=1000)
+    h = Harness(submission=submission, max_errors=1000, max_junk_commands=1000, tls=TLS_CONTEXT)
     host = "127.0.0.1" if submission else "192.0.2.1"
     for line, replies, closed in replies_to(h, host, setup, lines):
         assert len(replies) == 1, (line, replies)

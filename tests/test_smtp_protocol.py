@@ -92,7 +92,7 @@ def settings(**smtp) -> Settings:
 
 class Harness:
     def __init__(self, *, hold=False, queue=None, submission=False, fail=None,
-                 heartbeat=False, **smtp):
+                 heartbeat=False, tls=None, **smtp):
         self.clock = MemoryReactorClock()
         self.spooler = MemorySpooler(hold=hold)
         self.store = MemoryMailboxStore(spooler=self.spooler, fail=fail)
@@ -101,15 +101,15 @@ class Harness:
         self.components = Components(
             settings=settings(**smtp), reactor=self.clock,
             router=StaticRouter({"alice": None, "bob": None}), store=self.store,
-            spooler=self.spooler, portal=Portal(self.realm, [checker]), queue=queue,
+            spooler=self.spooler, portal=Portal(self.realm, [checker]), queue=queue, tls=tls,
         )
         self.factory = SMTPFactory(self.components, submission=submission)
         if heartbeat:  # the stall record's, as MailHub starts it
             self.factory.stalls.startService()
 
-    def connect(self, host="192.0.2.1"):
+    def connect(self, host="192.0.2.1", transport=StringTransport):
         proto = self.factory.buildProtocol(IPv4Address("TCP", host, 4321))
-        t = StringTransport(peerAddress=IPv4Address("TCP", host, 4321))
+        t = transport(peerAddress=IPv4Address("TCP", host, 4321))
         proto.makeConnection(t)
         return proto, t
 

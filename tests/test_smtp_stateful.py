@@ -16,6 +16,11 @@ each batch the machine checks that
   was answered 250; nothing else is stored;
 * ``max_errors`` and ``max_junk_commands`` close the session with 421 after
   the documented number of replies;
+* STARTTLS (``[tls]`` configured; the handshake is the transport's, faked
+  here: ``TLSStartingTransport``) starts TLS once, after its 220 went out
+  in clear text and with nothing the client sent behind it obeyed, and
+  leaves a session that wants EHLO again, has no login and no transaction,
+  and refuses a second STARTTLS;
 * nothing is logged as a failure.
 
 ``SMTP_STATEFUL_EXAMPLES`` raises the number of examples for a longer
@@ -34,9 +39,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from test_smtp_protocol import Harness
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from txmailhub.address import Address
+from txmailhub.smtp import replies as smtp_replies
 from txmailhub.testing import QueueSpy
 
 EXAMPLES = int(os.environ.get("SMTP_STATEFUL_EXAMPLES", "150"))
@@ -60,6 +67,27 @@ _HIGH = st.binary(min_size=1, max_size=4).map(
 _LINEGEN = st.one_of(_TEXT, _TEXT, _TEXT, _DOTTED, _HIGH)
 _DEFECT = st.sampled_from(["none", "none", "none", "bare_lf", "bare_cr", "long", "big",
                            "998", "dot998", "size_exact", "size_plus1", "crlf_split"])
+
+
+#: ``Components.tls`` for a hub with ``[tls]``: the fake transport below
+#: never reads it
+TLS_CONTEXT = object()
+TLS_READY = smtp_replies.TLS_READY.to_bytes()
+
+
+class TLSStartingTransport(StringTransport):
+    """A ``StringTransport`` whose ``startTLS`` stands for a handshake that
+    succeeds at once: what the client sends afterwards arrives as it would
+    decrypted.  It records what had been written when TLS started (the
+    220 must be the last of it, sent in clear text)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls_starts: list[bytes] = []  # the output so far at each startTLS
+
+    def startTLS(self, context) -> None:
+        assert context is TLS_CONTEXT
+        self.tls_starts.append(self.value())
 
 
 @dataclass
@@ -118,10 +146,11 @@ class SMTPModel(RuleBasedStateMachine):
         super().__init__()
         self.h = Harness(submission=self.SUBMISSION, queue=QueueSpy(),
                          max_recipients=MAX_RECIPIENTS, max_junk_commands=MAX_JUNK,
-                         max_errors=MAX_ERRORS, max_message_size=MAX_SIZE, auth_failure_delay=0.0)
+                         max_errors=MAX_ERRORS, max_message_size=MAX_SIZE, auth_failure_delay=0.0,
+                         tls=TLS_CONTEXT)
         self.failures: list[dict] = []
         globalLogPublisher.addObserver(self._observe)
-        self.p, self.t = self.h.connect(self.HOST)
+        self.p, self.t = self.h.connect(self.HOST, transport=TLSStartingTransport)
         greeting = self.t.value()
         assert greeting.startswith(b"220 mx.example.org "), greeting
         self.t.clear()
@@ -138,6 +167,8 @@ class SMTPModel(RuleBasedStateMachine):
         self.errors = 0
         self.junk = 0
         self.auth_failures = 0
+        self.tls = False  # STARTTLS answered 220
+        self.tls_starts = 0  # how many times the transport must have started TLS
         self.stored: dict[str, list[bytes]] = {}
         # what is sent but not yet checked
         self.pending: list[bytes] = []
@@ -457,7 +488,28 @@ class SMTPModel(RuleBasedStateMachine):
         self.answer(verb, code, junk=True)
 
     @precondition(ready)
-    @rule(line=st.sampled_from([b"FOO", b"", b"MAIL", b"DATA x", b"STARTTLS", b"TURN",
+    @rule(arg=st.sampled_from(["", "", " now", "\t", " \x0b"]), data=st.data())
+    def starttls(self, arg: str, data: st.DataObject) -> None:
+        """RFC 3207: 220, then TLS; the session starts again (EHLO, no
+        login, no transaction).  Sent last in its batch and flushed at
+        once: what a client pipelines behind it in the same read is thrown
+        away (RFC 3207 4.2), which the reads drawn would leave to chance."""
+        self.send(f"STARTTLS{arg}\r\n".encode())
+        self.bdat_failed = False
+        if arg.strip(" \t"):
+            self.answer("STARTTLS x", 501)
+        elif self.tls:
+            self.answer("STARTTLS again", 503)
+        else:
+            self.answer("STARTTLS", 220)
+            self.tls = True
+            self.tls_starts += 1
+            self.reset()
+            self.greeted = self.authed = False
+        self.flush(data)
+
+    @precondition(ready)
+    @rule(line=st.sampled_from([b"FOO", b"", b"MAIL", b"DATA x", b"TURN",
                                 b"\x00NOOP", b"NOOP\x00", b"\xff\xfe", b"  ", b"X" * 600]))
     def garbage(self, line: bytes) -> None:
         self.send(line + b"\r\n")
@@ -481,8 +533,6 @@ class SMTPModel(RuleBasedStateMachine):
             # the sequence is judged before the argument
             self.answer("DATA x", 503 if not self.greeted or not self.in_mail
                         else 554 if not self.rcpts else 501)
-        elif line == b"STARTTLS":
-            self.answer("STARTTLS", 454)
         else:
             self.answer("TURN", 502)
 
@@ -605,6 +655,12 @@ class SMTPModel(RuleBasedStateMachine):
                     assert m is not None, (e.what, code, lines)
                     assert int(m.group(1)) == code // 100, (e.what, code, lines)
         self.expect.clear()
+        # TLS started as often as STARTTLS was answered 220, each time
+        # right after that 220 (nothing written behind it in clear text)
+        starts = self.t.tls_starts
+        assert len(starts) == self.tls_starts, (starts, self.tls_starts)
+        assert all(s.endswith(TLS_READY) for s in starts), starts
+        assert self.p.engine is None or self.p.engine.session.tls == self.tls
         if self.closed:
             assert self.t.disconnecting, "the model closed, the session did not"
         else:
