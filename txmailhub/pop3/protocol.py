@@ -740,6 +740,13 @@ class POP3Protocol(Protocol):
 
     def _perform(self, action: Any) -> None:
         if type(action) is Send:
+            if action.delay > 0:
+                # a failed login the engine judged without asking the
+                # portal: an AUTH PLAIN message that asks to act as another
+                # user (the only one).  No name is logged (whose would it
+                # be?), as SMTP logs the same message
+                log.info("malformed authentication response from {peer} ({mechanism})",
+                         peer=self._peer, mechanism="PLAIN")
             self._send(action)
         elif type(action) is Transmit:
             self._transmit(action)
