@@ -1172,3 +1172,27 @@ def test_the_default_bound_is_ten_as_for_smtp():
     for _ in range(MAX_ERRORS - 1):
         assert sent(e, b"FOO") == R.UNKNOWN_COMMAND.to_bytes()
     assert run(e, b"FOO") == Send(R.TOO_MANY_ERRORS.to_bytes(), close=True)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(numbers=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+       seps=st.lists(st.text(st.sampled_from(" \t"), min_size=1, max_size=3), min_size=4,
+                     max_size=4),
+       odd=st.sampled_from(ODD_BLANKS), spoil=st.booleans())
+def test_property_arguments_are_the_words_between_spaces_and_tabs(numbers, seps, odd, spoil):
+    # DELE's arguments are what SP/HTAB runs separate, and nothing else:
+    # one number marks that message; two are a syntax error; a number with
+    # another blank next to it is no number, and marks nothing
+    words = [str(n) for n in numbers]
+    if spoil:
+        words[0] += odd
+    line = "DELE" + " " + "".join(s + w for s, w in zip(seps, words)) + seps[-1]
+    e = logged_in(max_errors=100)
+    reply = sent(e, line.encode())
+    if len(words) > 1:
+        assert reply == R.bad_syntax("DELE message").to_bytes()
+    elif spoil:
+        assert reply == R.INVALID_NUMBER.to_bytes()
+    else:
+        assert reply == R.deleted(numbers[0]).to_bytes()
+    assert e.deleted == (frozenset() if spoil or len(words) > 1 else {numbers[0] - 1})
