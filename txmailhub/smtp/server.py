@@ -15,7 +15,9 @@ configuration in ``events``.  Bytes go in with ``receive_data``; replies come ou
   ``MessageComplete`` (``message_done(reply)``), ``AuthRequest``
   (``auth_succeeded(address)`` / ``auth_failed(reply)``) and ``StartTLS``
   (``tls_started()``);
-* notices: ``MessageAborted`` (throw the spool file away) and ``Close``.
+* notices: ``MessageAborted`` (throw the spool file away),
+  ``AuthMalformed`` (an AUTH exchange ended on a response that is no SASL
+  response: log it) and ``Close``.
 
 Recipient policy (routing, relay rules, the mailbox quota) is a
 synchronous object passed in (see ``txmailhub.smtp.policy``).  This module imports nothing from
