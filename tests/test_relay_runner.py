@@ -2471,3 +2471,62 @@ def test_a_hundred_attempts_leave_no_descriptor_open(hub):
     assert len(hub.agent.calls) == 101 and hub.queue.attempt_since(qid) is None
     if before is not None:
         assert _open_descriptors(hub.settings.queue_dir) <= before
+
+
+def test_a_failure_notice_that_cannot_be_made_at_expiry_is_tried_for_a_lifetime(
+        hub, log_events):
+    # a message that expires bounces at its last attempt, after the queue
+    # lifetime by definition: a notice the spool or the queue refused then
+    # (a full disk for a minute) was given up at that first try, and the
+    # sender never heard the message was not delivered.  It is tried again
+    # for a lifetime from the failure, as a notice queued would be
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.dsn.fail = True
+    qid = enqueue(hub, BOB)
+    for _ in range(7):
+        hub.clock.advance(4 * 3600)  # past the 1d lifetime: the last attempt bounced
+    [rec] = hub.queue.read(qid).recipients
+    assert rec.state == "failed" and rec.failed_at is not None
+    failed_at = rec.failed_at
+    tries = len(hub.dsn.tried)
+    assert tries >= 1
+    hub.clock.advance(4 * 3600)  # the schedule's step
+    assert hub.queue.ids() == [qid]  # kept, the notice still owed
+    assert len(hub.dsn.tried) == tries + 1  # and tried again
+    hub.dsn.fail = False
+    hub.clock.advance(4 * 3600)
+    [(env, data)] = hub.dsn.sent
+    assert env.sender is None and env.recipients == (ALICE,)
+    assert b"Action: failed" in data
+    assert hub.queue.ids() == []
+    # one the spool never takes is given up a lifetime after the failure,
+    # not later, and the line says since when
+    hub.dsn.fail = True
+    qid = enqueue(hub, BOB)
+    for _ in range(7):
+        hub.clock.advance(4 * 3600)
+    failed_at = hub.queue.read(qid).recipients[0].failed_at
+    while hub.clock.seconds() < failed_at + 86400 - 3600:
+        hub.clock.advance(3600)
+    assert hub.queue.ids() == [qid]  # tried at the schedule's steps until then
+    hub.clock.advance(3600)
+    assert hub.queue.ids() == []
+    lines = [formatEvent(e) for e in log_events]
+    assert (f"{qid}: giving up on the failure notice to <{ALICE}> after the queue lifetime: "
+            f"it could not be made since the failure at {schedule.utc_text(failed_at)}"
+            in lines)
+
+
+def test_the_failure_time_round_trips_and_an_old_record_reads_without_it():
+    from txmailhub.relay.record import FAILED, PENDING, RecipientRecord
+
+    rec = RecipientRecord(address=BOB, state=FAILED, failed_at=1_700_000_123.5)
+    assert RecipientRecord.from_json(rec.to_json()) == rec
+    old = RecipientRecord(address=BOB, state=PENDING)
+    assert "failed_at" not in old.to_json()
+    assert RecipientRecord.from_json(old.to_json()).failed_at is None
+    with pytest.raises(ValueError):
+        RecipientRecord.from_json({**rec.to_json(), "failed_at": "soon"})

@@ -98,6 +98,15 @@ def _optional_text(value: Any) -> str | None:
     return value
 
 
+def _optional_time(value: Any) -> float | None:
+    """A time that may be missing (``None``) but is a number when present."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"expected a time in queue record, got {value!r}")
+    return float(value)
+
+
 def reply_to_json(reply: Reply | None) -> dict[str, Any] | None:
     if reply is None:
         return None
@@ -143,6 +152,11 @@ class RecipientRecord:
     orcpt_raw: str | None = None
     # an RFC 3461 success notice still owed: "delivered" or "relayed"
     notice: str | None = None
+    # when it failed for good (a permanent reply, or the queue lifetime
+    # over): a failure notice that cannot be made yet is tried again for
+    # a queue lifetime from then (runner.py).  Absent from records written
+    # before it was kept: ``last_attempt`` stands in
+    failed_at: float | None = None
 
     @property
     def done(self) -> bool:
@@ -160,6 +174,9 @@ class RecipientRecord:
             "orcpt": self.orcpt,
             "orcpt_raw": self.orcpt_raw,
             "notice": self.notice,
+            # only once failed: a record written without it reads the same
+            # in the versions before
+            **({"failed_at": self.failed_at} if self.failed_at is not None else {}),
         }
 
     @classmethod
@@ -178,6 +195,7 @@ class RecipientRecord:
             orcpt=data.get("orcpt"),
             orcpt_raw=_optional_text(data.get("orcpt_raw")),
             notice=data.get("notice"),
+            failed_at=_optional_time(data.get("failed_at")),
         )
 
 

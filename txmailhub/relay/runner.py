@@ -76,6 +76,14 @@ def _owes_notice(entry: QueueEntry) -> bool:
     return bool(entry.failed) or any(r.notice for r in entry.recipients)
 
 
+def _failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:
+    """When ``rcpt`` failed for good: its record says so, or (written
+    before it did) its last attempt, or the message's arrival."""
+    if rcpt.failed_at is not None:
+        return rcpt.failed_at
+    return rcpt.last_attempt if rcpt.last_attempt is not None else entry.created
+
+
 class QueueRunner:
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
@@ -882,7 +890,8 @@ class QueueRunner:
         if expired:  # a recipient not attempted now (say, a crash) still expires
             for rec in e.recipients:
                 if rec.state == PENDING and rec.address not in updates:
-                    updates[rec.address] = dataclasses.replace(rec, state=FAILED)
+                    updates[rec.address] = dataclasses.replace(rec, state=FAILED,
+                                                               failed_at=now)
         e = e.with_recipients(updates)
         attempts = e.attempts + (1 if results else 0)
         nxt = schedule.next_attempt(now, attempts, e.created, self.relay.queue_lifetime,
@@ -934,7 +943,7 @@ class QueueRunner:
                         notice = bounce.RELAYED
                 rec = dataclasses.replace(rec, state=DELIVERED, notice=notice)
             elif res.kind == "permanent" or expired:
-                rec = dataclasses.replace(rec, state=FAILED)
+                rec = dataclasses.replace(rec, state=FAILED, failed_at=now)
             updates[res.address] = rec
         return updates
 
@@ -980,10 +989,17 @@ class QueueRunner:
             ok = True
             if wanted:
                 ok = yield self._send_once(entry, wanted, bounce.FAILED, now)
-            if not ok and schedule.expired(now, entry.created, self.relay.queue_lifetime):
+            # a notice that cannot be made yet (the spool or the queue
+            # refused it) is tried again, for as long as one queued would
+            # be: a queue lifetime from the failure, not from the message's
+            # arrival (a message that expired would get one try)
+            since = max(_failed_at(entry, r) for r in failed)
+            if not ok and schedule.expired(now, since, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
-                          "the queue lifetime", queue_id=entry.id,
-                          sender=loggable(entry.envelope.sender_text, 1 << 20))
+                          "the queue lifetime: it could not be made since the failure at "
+                          "{since}", queue_id=entry.id,
+                          sender=loggable(entry.envelope.sender_text, 1 << 20),
+                          since=schedule.utc_text(since))
                 ok = True
             if ok:
                 done = {r.address for r in failed}
