@@ -278,12 +278,14 @@ def test_tls_required_and_refused():
     assert s.outcome.session_error.code == 454
 
 
-@pytest.mark.parametrize("refusal, said", [
-    (b"554 5.7.0 TLS not available\r\n", "554 5.7.0"),
-    (b"502 5.5.1 command not implemented\r\n", "502 5.5.1"),
-    (b"250 ok\r\n", "250"),  # a 2yz that is no 220 starts no TLS (RFC 3207 4)
+@pytest.mark.parametrize("refusal, said, then", [
+    (b"554 5.7.0 TLS not available\r\n", "554 5.7.0", b"QUIT\r\n"),
+    (b"502 5.5.1 command not implemented\r\n", "502 5.5.1", b"QUIT\r\n"),
+    # a 2yz that is no 220 starts no TLS (RFC 3207 4), and leaves the
+    # server's state unknown: the connection is dropped, no QUIT
+    (b"250 ok\r\n", "250", b""),
 ])
-def test_tls_required_and_refused_for_good_keeps_the_mail_queued(refusal, said):
+def test_tls_required_and_refused_for_good_keeps_the_mail_queued(refusal, said, then):
     # TLS required by the hub's policy ([relay] smarthost_tls = "verify",
     # require_tls_after_seen): a 5yz to STARTTLS refuses TLS, not this
     # message, and the mail stays queued as when STARTTLS is not offered
@@ -291,12 +293,50 @@ def test_tls_required_and_refused_for_good_keeps_the_mail_queued(refusal, said):
     s = session(tls="require")
     s.receive(b"220 hi\r\n")
     s.receive(EHLO_FULL)
-    assert sent(s.receive(refusal)) == b"QUIT\r\n"
+    assert sent(s.receive(refusal)) == then
     err = s.outcome.session_error
     assert isinstance(err, LocalReply) and err.is_transient, err
     assert (err.code, err.status) == (454, "4.7.0")
     assert err.text().endswith(f"(the server said {said})"), err.text()
     assert s.outcome.tls_refused is None
+
+
+@pytest.mark.parametrize("reply", [b"250 2.0.0 go ahead\r\n", b"250 ok\r\n", b"221 bye\r\n"])
+@pytest.mark.parametrize("tls", ["opportunistic", "require"])
+def test_a_2yz_to_starttls_that_is_no_220_ends_the_connection_without_a_word(reply, tls):
+    # RFC 3207 4: 220 alone starts TLS; after another 2yz the server may
+    # wait for a handshake or for a command in clear.  Under opportunistic
+    # TLS the session went on in clear (EHLO... MAIL... the message) as
+    # after a 454; now nothing more goes on this connection, QUIT included
+    s = session(tls=tls)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_FULL)) == b"STARTTLS\r\n"
+    actions = s.receive(reply)
+    assert actions == [Close(abort=True)] and sent(actions) == b""
+    assert s.phase is Phase.DONE
+    err = s.outcome.session_error
+    assert isinstance(err, LocalReply) and err.is_transient, err
+    assert s.outcome.tls_refused is None and not s.outcome.tls
+    assert s.outcome.recipients == () and s.outcome.refused == ()
+    if tls == "opportunistic":
+        # a TLS start that failed: the relay's plain retry on a new connection
+        assert s.outcome.phase == Phase.TLS.value
+        assert (err.code, err.status) == (421, "4.5.0")
+        assert reply.decode().strip() in err.text() and "not 220" in err.text()
+    else:
+        assert (err.code, err.status) == (454, "4.7.0")
+    assert s.receive(b"250 more\r\n") == []  # nothing after it counts
+
+
+def test_a_refusal_to_starttls_still_goes_on_in_clear_when_opportunistic():
+    # a 454 or a 5yz is a proper refusal (RFC 3207 4): the server is still
+    # reading commands in clear, and opportunistic TLS goes on
+    for refusal in (b"454 4.7.0 TLS not available\r\n", b"502 5.5.1 not implemented\r\n"):
+        s = session(tls="opportunistic")
+        s.receive(b"220 hi\r\n")
+        s.receive(EHLO_FULL)
+        assert sent(s.receive(refusal)).startswith(b"MAIL FROM:")
+        assert s.outcome is None
 
 
 def test_tls_none_never_starts_tls():

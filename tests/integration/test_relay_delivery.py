@@ -268,6 +268,95 @@ def test_an_mx_that_speaks_only_tls_1_0_gets_the_mail_in_clear(make_hub, dns_ser
         remote.stop()
 
 
+def _reader(f):
+    """``f.readline``, that reads a connection reset (the hub's abort) as its end."""
+    def readline():
+        try:
+            return f.readline()
+        except ConnectionError:
+            return b""
+    return readline
+
+
+def test_a_250_to_starttls_ends_that_connection_and_the_host_gets_the_mail_in_clear(make_hub):
+    # RFC 3207 4: only 220 starts TLS.  A host that answers STARTTLS with
+    # "250" may wait for a handshake or for a command: opportunistic TLS
+    # went on in clear on that connection (MAIL, RCPT, the message) as
+    # after a 454.  Now that connection ends there, without QUIT, and the
+    # host is tried again at once on a new one without TLS, as after a
+    # failed handshake.  A smarthost: no DNS (the name servers are a
+    # loopback port nothing answers on)
+    import socket
+    import threading
+
+    unused = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    unused.bind(("127.0.0.1", 0))
+    dns_port = unused.getsockname()[1]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2)
+    listener.settimeout(30)
+    sessions: list[list[bytes]] = []  # the lines each connection brought
+
+    def serve():
+        try:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                conn.settimeout(30)
+                lines: list[bytes] = []
+                sessions.append(lines)
+                f = conn.makefile("rb")
+                conn.sendall(b"220 mx ESMTP\r\n")
+                for line in iter(_reader(f), b""):
+                    lines.append(line.rstrip(b"\r\n"))
+                    word = line.split(b" ")[0].strip().upper()
+                    if word == b"EHLO":
+                        conn.sendall(b"250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n")
+                    elif word == b"STARTTLS":
+                        conn.sendall(b"250 2.0.0 go ahead\r\n")
+                    elif word == b"DATA":
+                        conn.sendall(b"354 go\r\n")
+                        for body in iter(f.readline, b""):
+                            if body == b".\r\n":
+                                break
+                        conn.sendall(b"250 2.0.0 queued as X1\r\n")
+                    elif word == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+                conn.close()
+        except OSError:
+            pass  # a test that failed earlier: no second connection
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        hub = make_hub(sections={"relay": {
+            "nameservers": [f"127.0.0.1:{dns_port}"],
+            "smarthost": f"127.0.0.1:{listener.getsockname()[1]}",
+            "smarthost_tls": "opportunistic"}})
+        send(hub, ["bob@remote.test"])
+        try:
+            wait_for(lambda: queue_lines(hub) == [], what="an empty queue")
+        except AssertionError:
+            print(hub.log_text())
+            raise
+        thread.join(20)
+    finally:
+        unused.close()
+    assert len(sessions) == 2, sessions  # the plain retry made a connection of its own
+    first, second = sessions
+    assert first[-1] == b"STARTTLS", first  # nothing more on that connection
+    assert b"STARTTLS" not in second and b"DATA" in second, second
+    log = hub.log_text()
+    assert ("TLS with [127.0.0.1] failed; trying again without TLS (421 4.5.0 the server "
+            "answered STARTTLS with 250 2.0.0 go ahead, not 220" in log), log
+    assert "went on without TLS" not in log and "Traceback" not in log
+
+
 def test_a_verified_smarthost_that_speaks_only_tls_1_0_keeps_the_mail_queued(make_hub,
                                                                              tmp_path):
     from conftest import make_certificate

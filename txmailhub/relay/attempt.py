@@ -1000,8 +1000,9 @@ class DeliveryAgent:
                 # Not with a smarthost password: the retry's policy "none"
                 # would send it in the clear, which only smarthost_tls =
                 # "none" allows; the handshake's failure keeps the mail queued
-                log.warn("TLS with {host} failed; trying again without TLS",
-                         host=where(mxhost.name, address), address=address)
+                log.warn("TLS with {host} failed; trying again without TLS ({reply})",
+                         host=where(mxhost.name, address), address=address,
+                         reply=loggable(outcome.session_error.text(), REPLY_LOG_MAX))
                 outcome = yield self._session(entry, recipients, mxhost, [address], port_n,
                                               smarthost, stage, plain=True,
                                               credentials=credentials)

@@ -688,6 +688,8 @@ class ClientSession:
             # the server closing the channel (RFC 5321 3.8), as for MAIL:
             # no refusal to go on from, and its words are the session's outcome
             return self._fail_session(reply)
+        if reply.is_positive:
+            return self._starttls_not_220(reply)
         if self.tls_policy == "require":
             if not reply.is_transient:
                 # a 5yz (or a 2yz that is no 220: no TLS starts, RFC 3207
@@ -704,6 +706,34 @@ class ClientSession:
         if self.outcome is None:
             self.tls_refused = reply
         return actions
+
+    def _starttls_not_220(self, reply: Reply) -> list[Action]:
+        """A 2yz to STARTTLS that is no ``220``: RFC 3207 4 has 220 as the
+        only "ready to start TLS" and 454/501 as refusals; after anything
+        else the server's state is unknown (it may be waiting for our
+        TLS handshake, or for the next command in clear).  Nothing more
+        goes on this connection -- not even QUIT, which a server in TLS
+        would read as a broken handshake -- and it is dropped (RFC 3207
+        4: a client that cannot start the handshake "SHOULD abort the
+        connection").  Under ``"require"`` the mail stays queued, as after
+        any refusal of the TLS the policy requires.  Under
+        ``"opportunistic"`` the session counts as a TLS start that
+        failed (phase ``TLS``): the relay tries the host again at once on
+        a new connection without TLS, whose state is known, as after a
+        failed handshake (RFC 3207 4.1) -- never in clear on this one, as
+        before, and never with a smarthost password (kept queued)."""
+        if self.tls_policy == "require":
+            error = _kept_queued(reply)
+        else:
+            self.phase = Phase.TLS
+            error = _synthetic(421, "4.5.0", f"the server answered STARTTLS with "
+                               f"{reply.text()}, not 220: what it expects next is unknown, "
+                               "and the connection was dropped")
+        if self.outcome is None:
+            self._finish(session_error=error)
+        self._expect.clear()
+        self.phase = Phase.DONE
+        return [Close(abort=True)]
 
     def _start_auth(self) -> list[Action]:
         mechanisms = self.extensions.get("AUTH", "").upper().split()
