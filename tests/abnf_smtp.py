@@ -396,6 +396,9 @@ _DATE_TIME = re.compile(
 _ATOM_RE = re.compile(_ATOM)
 _DOMAIN_RE = re.compile(rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*")
 _LITERAL_RE = re.compile(r"\[[^\[\]\\\s]*\]")
+# RFC 8314 4.3: tls-cipher-standard ("TLS_" and the registry's name) or
+# tls-cipher-openssl (alphanumeric words joined by "-")
+_TLS_CIPHER = re.compile(r"TLS_[A-Za-z0-9_]+|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+")
 
 
 class _Stamp:
@@ -541,6 +544,9 @@ class _Stamp:
             if end < 0 or not path(self.s[self.i:end + 1], self.utf8):
                 self.fail("for")
             self.i = end + 1
+        if self.clause("tls"):  # RFC 8314 4.3, an Additional-Registered-Clause
+            if self.match(_TLS_CIPHER) is None or self.s[self.i:self.i + 1] not in " \t(;":
+                self.fail("tls-cipher")
         self.cfws()
         if self.s[self.i:self.i + 1] != ";":
             self.fail("';'")

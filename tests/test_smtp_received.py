@@ -34,8 +34,47 @@ def test_received_field():
         b"Received: from client.test ([192.0.2.7])\n"
         b"\tby mx.example.org (txmailhub) with ESMTPS (TLSv1.3 cipher TLS_AES_256_GCM_SHA384)\n"
         b"\tid ABC1\n"
-        b"\tfor <alice@example.org>; Thu, 01 Jan 1970 00:00:00 +0000\n"
+        b"\tfor <alice@example.org>\n"
+        b"\ttls TLS_AES_256_GCM_SHA384; Thu, 01 Jan 1970 00:00:00 +0000\n"
     )
+    G.received_field(field)
+
+
+@pytest.mark.parametrize("tls, clause", [
+    # TLS 1.3: OpenSSL names its suites as the IANA registry does
+    (("TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256"), "tls TLS_CHACHA20_POLY1305_SHA256"),
+    # TLS 1.2: OpenSSL's own name, RFC 8314 4.3's tls-cipher-openssl
+    (("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384"), "tls ECDHE-RSA-AES256-GCM-SHA384"),
+    (("TLSv1.2", "AES128-SHA"), "tls AES128-SHA"),
+    # outside that clause's grammar: in the comment only
+    (("TLSv1.2", "ECDHE RSA"), None),
+    (("TLSv1.2", "-AES"), None),
+    (("TLSv1.2", "AES"), None),
+    (("TLSv1.3", "TLS_" + "A" * 80), None),
+])
+@pytest.mark.parametrize("recipient", [None, Address("alice", "example.org")])
+def test_the_cipher_suite_is_in_rfc_8314_tls_clause(tls, clause, recipient):
+    # RFC 8314 4.3: a Received field of mail that came over TLS records the
+    # cipher suite in a "tls" clause (an Additional-Registered-Clause, RFC
+    # 5321 4.4: after "id" and "for").  It was only in the comment after
+    # "with", which the grammar leaves to the reader to make sense of
+    field = received(hostname="mx.example.org", helo="client.test", client_ip="192.0.2.7",
+                     protocol="ESMTPSA", message_id="ABC1", when=0, tls=tls,
+                     recipient=recipient)
+    lines = field.decode().split("\n")
+    assert lines[1].endswith(f"with ESMTPSA ({tls[0]} cipher {tls[1].replace(' ', '?')[:80]})")
+    last = lines[-2]
+    if clause is None:
+        assert "\ttls " not in field.decode()
+    else:
+        assert last.startswith(f"\t{clause}; ")
+        assert field.decode().count(clause) == 1
+    assert last.endswith("; Thu, 01 Jan 1970 00:00:00 +0000")
+    G.received_field(field)
+    # no "tls" clause without TLS
+    plain = received(hostname="mx.example.org", helo="client.test", client_ip="192.0.2.7",
+                     protocol="ESMTP", message_id="ABC1", when=0, recipient=recipient)
+    assert b"tls" not in plain.lower()
 
 
 def test_an_ipv6_literal_recipient_is_written_with_its_tag():

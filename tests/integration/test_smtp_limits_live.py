@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import abnf_smtp as G
 import pytest
 from interop import tls_context
 
@@ -240,14 +241,28 @@ def test_the_received_with_word_for_each_way_of_sending(make_hub):
     # implicit TLS (RFC 8314) is TLS as STARTTLS is: ESMTPSA, UTF8SMTPSA
     _send(hub, "smtps", "ehlo", False, True, False, hub.smtps_port, implicit=True)
     _send(hub, "utf8smtps", "ehlo", False, True, True, hub.smtps_port, implicit=True)
+    # the submission port with STARTTLS (RFC 6409, RFC 8314 3.3)
+    _send(hub, "submission", "ehlo", True, True, False, hub.submission_port)
     expected = {way: (w[4], w[1]) for way, w in WAYS.items()}
     expected["smtps"] = ("ESMTPSA", True)
     expected["utf8smtps"] = ("UTF8SMTPSA", True)
+    expected["submission"] = ("ESMTPSA", True)
     got = {}
     for message in hub.messages(ALICE):
         way = re.search(rb"\nSubject: way (\S+)\n", message).group(1).decode()
-        m = _WITH.search(message.split(b"\n\n", 1)[0] + b"\n")
+        head = message.split(b"\n\n", 1)[0] + b"\n"
+        m = _WITH.search(head)
         assert m, message[:400]
         got[way] = (m.group(1).decode(), m.group(2) is not None)
+        # RFC 8314 4.3: over TLS the cipher suite is in the "tls" clause
+        # too, the one the comment names; the field is RFC 5321 4.4 grammar
+        field = re.search(rb"Received: .*?; [^\n]+\n", head, re.DOTALL).group()
+        G.received_field(field, utf8=b"UTF8SMTP" in m.group(1))
+        clause = re.search(rb"\n\ttls (\S+); ", field)
+        if m.group(2) is None:
+            assert clause is None, field
+        else:
+            assert clause is not None, field
+            assert m.group(2).endswith(b" cipher " + clause.group(1) + b")"), field
     assert got == expected
     assert "Traceback" not in hub.log_text()

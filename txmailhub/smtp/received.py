@@ -25,6 +25,11 @@ from txmailhub.address import client_ip as _ip_address
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
            "received", "return_path", "rfc5322_date"]
 
+# RFC 8314 4.3's tls-cipher: a name from the IANA TLS Cipher Suite
+# registry ("TLS_AES_256_GCM_SHA384", what OpenSSL calls TLS 1.3's suites
+# too) or OpenSSL's name for it ("ECDHE-RSA-AES256-GCM-SHA384", TLS 1.2's)
+_TLS_CIPHER = re.compile(r"TLS_[A-Za-z0-9_]+|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+")
+
 # RFC 5321 6.3: a message that has passed this many MTAs is in a loop
 # ("a large rejection threshold, normally at least 100 Received entries").
 MAX_HOPS = 100
@@ -223,9 +228,14 @@ def received(
 ) -> bytes:
     """One ``Received:`` field, folded, LF-terminated.
 
-    ``tls`` is ``(version, cipher)`` when the session was encrypted;
-    ``recipient`` is named in the ``for`` clause (the server gives it only
-    for a single-recipient transaction, so lists are not disclosed)."""
+    ``tls`` is ``(version, cipher)`` when the session was encrypted: both
+    in a comment after ``with``, as before, and the cipher suite again in
+    RFC 8314 4.3's ``tls`` clause, an Additional-Registered-Clause of RFC
+    5321 4.4, so after ``id`` and ``for`` -- the place a reader of the
+    grammar looks for it (a name outside that clause's grammar is left to
+    the comment); ``recipient`` is named in the ``for`` clause (the server
+    gives it only for a single-recipient transaction, so lists are not
+    disclosed)."""
     lines = [_from(helo, client_ip)]
     by = f"\tby {_by(hostname)} (txmailhub) with {protocol}"
     if tls is not None:
@@ -234,6 +244,8 @@ def received(
     tail = f"\tid {message_id}"
     if recipient is not None:
         tail += f"\n\tfor <{recipient}>"
+    if tls is not None and len(tls[1]) <= 80 and _TLS_CIPHER.fullmatch(tls[1]):
+        tail += f"\n\ttls {tls[1]}"
     date = _date(when)
     lines.append(f"{tail}; {date}")
     return ("\n".join(lines) + "\n").encode("utf-8", "replace")
