@@ -396,9 +396,9 @@ _DATE_TIME = re.compile(
 _ATOM_RE = re.compile(_ATOM)
 _DOMAIN_RE = re.compile(rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*")
 _LITERAL_RE = re.compile(r"\[[^\[\]\\\s]*\]")
-# RFC 8314 4.3: tls-cipher-standard ("TLS_" and the registry's name) or
-# tls-cipher-openssl (alphanumeric words joined by "-")
-_TLS_CIPHER = re.compile(r"TLS_[A-Za-z0-9_]+|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+")
+# RFC 8314 4.3: the cipher suite's name in the IANA registry ("TLS_" and
+# letters, digits, "_")
+_TLS_CIPHER = re.compile(r"TLS_[A-Za-z0-9_]+")
 
 
 class _Stamp:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import abnf_smtp as G
 import pytest
@@ -10,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from txmailhub.address import Address
-from txmailhub.smtp.received import header_separator, protocol_name, received, return_path
+from txmailhub.smtp.received import (
+    header_separator,
+    protocol_name,
+    received,
+    return_path,
+    tls_cipher_clause_name,
+)
 
 
 def test_protocol_names_rfc3848():
@@ -43,9 +51,13 @@ def test_received_field():
 @pytest.mark.parametrize("tls, clause", [
     # TLS 1.3: OpenSSL names its suites as the IANA registry does
     (("TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256"), "tls TLS_CHACHA20_POLY1305_SHA256"),
-    # TLS 1.2: OpenSSL's own name, RFC 8314 4.3's tls-cipher-openssl
-    (("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384"), "tls ECDHE-RSA-AES256-GCM-SHA384"),
-    (("TLSv1.2", "AES128-SHA"), "tls AES128-SHA"),
+    # TLS 1.2: OpenSSL's own name, written as the registry's (RFC 8314 4.3
+    # takes the registry's name; "ECDHE-RSA-..." is no tls-cipher)
+    (("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384"), "tls TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+    (("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+     "tls TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+    # an OpenSSL name the hub does not map: in the comment only
+    (("TLSv1.2", "AES128-SHA"), None),
     # outside that clause's grammar: in the comment only
     (("TLSv1.2", "ECDHE RSA"), None),
     (("TLSv1.2", "-AES"), None),
@@ -389,3 +401,22 @@ def test_the_by_clause_is_rfc_5321_grammar_for_every_hub_hostname(hostname, by):
                      protocol="ESMTP", message_id="ABC1", when=0)
     assert by in field
     G.received_field(field)
+
+
+def test_every_tls_1_2_suite_the_servers_accept_has_its_registry_name():
+    # the tls clause's names for TLS 1.2 come from a table: it must cover
+    # every suite txmailhub.tls.CIPHERS lets a client pick, with the name
+    # OpenSSL itself gives as the standard one
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl program to ask for the standard names")
+    from txmailhub.tls import CIPHERS
+    listed = subprocess.run([openssl, "ciphers", "-tls1_2", "-stdname", CIPHERS],
+                            capture_output=True, text=True, check=True).stdout
+    pairs = [line.split()[:3] for line in listed.splitlines() if "TLSv1.2" in line]
+    assert pairs, listed
+    for standard, dash, own in pairs:
+        assert dash == "-", listed
+        if "PSK" in own:
+            continue  # the hub's servers take no pre-shared keys
+        assert tls_cipher_clause_name(own) == standard, own

@@ -21,6 +21,7 @@ import poplib
 import re
 import smtplib
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from pathlib import Path
 import abnf_smtp as G
 import pytest
 from interop import tls_context
+
+from txmailhub.smtp.received import tls_cipher_clause_name
 
 OFFNET = [sys.executable, str(Path(__file__).with_name("offnet_twistd.py"))]
 ALICE, ALICE_PW = "alice@example.org", "alice-secret"
@@ -214,16 +217,19 @@ _WITH = re.compile(rb"\n\tby mail\.example\.org \(txmailhub\) with (\S+)( \(TLSv
 
 
 def _send(hub, way: str, hello: str, tls: bool, auth: bool, utf8: bool, port: int,
-          implicit: bool = False) -> None:
+          implicit: bool = False, tls12: bool = False) -> None:
     cls = smtplib.SMTP_SSL if implicit else smtplib.SMTP
-    kw = {"context": tls_context(hub.folder / "tls" / "cert.pem")} if implicit else {}
+    context = tls_context(hub.folder / "tls" / "cert.pem")
+    if tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    kw = {"context": context} if implicit else {}
     with cls("127.0.0.1", port, timeout=10, **kw) as s:
         if hello == "helo":
             assert s.helo("client.test")[0] == 250
         else:
             s.ehlo("client.test")
             if tls:
-                s.starttls(context=tls_context(hub.folder / "tls" / "cert.pem"))
+                s.starttls(context=context)
                 s.ehlo("client.test")
             if auth:
                 assert s.docmd("AUTH", plain(ALICE, ALICE_PW))[0] == 235
@@ -243,7 +249,10 @@ def test_the_received_with_word_for_each_way_of_sending(make_hub):
     _send(hub, "utf8smtps", "ehlo", False, True, True, hub.smtps_port, implicit=True)
     # the submission port with STARTTLS (RFC 6409, RFC 8314 3.3)
     _send(hub, "submission", "ehlo", True, True, False, hub.submission_port)
+    # a client that stops at TLS 1.2: OpenSSL names its suite its own way
+    _send(hub, "tls12", "ehlo", True, False, False, hub.smtp_port, tls12=True)
     expected = {way: (w[4], w[1]) for way, w in WAYS.items()}
+    expected["tls12"] = ("ESMTPS", True)
     expected["smtps"] = ("ESMTPSA", True)
     expected["utf8smtps"] = ("UTF8SMTPSA", True)
     expected["submission"] = ("ESMTPSA", True)
@@ -263,6 +272,10 @@ def test_the_received_with_word_for_each_way_of_sending(make_hub):
             assert clause is None, field
         else:
             assert clause is not None, field
-            assert m.group(2).endswith(b" cipher " + clause.group(1) + b")"), field
+            cipher = m.group(2).rsplit(b" cipher ", 1)[1][:-1].decode()
+            assert clause.group(1).decode() == tls_cipher_clause_name(cipher), field
+            if way == "tls12":  # the registry's name, not OpenSSL's ECDHE-...
+                assert b"TLSv1.2 cipher ECDHE-" in m.group(2), field
+                assert clause.group(1).startswith(b"TLS_ECDHE_"), field
     assert got == expected
     assert "Traceback" not in hub.log_text()

@@ -23,12 +23,34 @@ from txmailhub.address import Address, address_literal, ascii_domain
 from txmailhub.address import client_ip as _ip_address
 
 __all__ = ["MAX_HOPS", "HopCounter", "ReturnPathFilter", "header_separator", "protocol_name",
-           "received", "return_path", "rfc5322_date"]
+           "received", "return_path", "rfc5322_date", "tls_cipher_clause_name"]
 
-# RFC 8314 4.3's tls-cipher: a name from the IANA TLS Cipher Suite
-# registry ("TLS_AES_256_GCM_SHA384", what OpenSSL calls TLS 1.3's suites
-# too) or OpenSSL's name for it ("ECDHE-RSA-AES256-GCM-SHA384", TLS 1.2's)
-_TLS_CIPHER = re.compile(r"TLS_[A-Za-z0-9_]+|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+")
+# RFC 8314 4.3's tls-cipher is the cipher suite's name in the IANA TLS
+# Cipher Suites registry ("TLS_" and letters, digits, "_").  OpenSSL gives
+# that name for TLS 1.3's suites; for TLS 1.2 it gives its own
+# ("ECDHE-RSA-AES256-GCM-SHA384"), so the suites the hub's servers accept
+# (``txmailhub.tls.CIPHERS``) are mapped to the registry's names here -- a
+# name neither form covers stays in the comment only.  ``openssl ciphers
+# -stdname`` is the check (tests/test_smtp_received.py).
+_TLS_CIPHER = re.compile(r"TLS_[A-Za-z0-9_]+")
+_IANA_NAMES = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-RSA-CHACHA20-POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+}
+
+
+def tls_cipher_clause_name(cipher: str) -> str | None:
+    """The registry's name of ``cipher`` (OpenSSL's name for it), for RFC
+    8314 4.3's ``tls`` clause, or None when it has none we know."""
+    name = _IANA_NAMES.get(cipher, cipher)
+    if len(name) <= 80 and _TLS_CIPHER.fullmatch(name):
+        return name
+    return None
+
 
 # RFC 5321 6.3: a message that has passed this many MTAs is in a loop
 # ("a large rejection threshold, normally at least 100 Received entries").
@@ -232,8 +254,8 @@ def received(
     in a comment after ``with``, as before, and the cipher suite again in
     RFC 8314 4.3's ``tls`` clause, an Additional-Registered-Clause of RFC
     5321 4.4, so after ``id`` and ``for`` -- the place a reader of the
-    grammar looks for it (a name outside that clause's grammar is left to
-    the comment); ``recipient`` is named in the ``for`` clause (the server
+    grammar looks for it, by the registry's name (a suite without one we
+    know is left to the comment); ``recipient`` is named in the ``for`` clause (the server
     gives it only for a single-recipient transaction, so lists are not
     disclosed)."""
     lines = [_from(helo, client_ip)]
@@ -244,8 +266,9 @@ def received(
     tail = f"\tid {message_id}"
     if recipient is not None:
         tail += f"\n\tfor <{recipient}>"
-    if tls is not None and len(tls[1]) <= 80 and _TLS_CIPHER.fullmatch(tls[1]):
-        tail += f"\n\ttls {tls[1]}"
+    clause = None if tls is None else tls_cipher_clause_name(tls[1])
+    if clause is not None:
+        tail += f"\n\ttls {clause}"
     date = _date(when)
     lines.append(f"{tail}; {date}")
     return ("\n".join(lines) + "\n").encode("utf-8", "replace")
