@@ -227,3 +227,19 @@ def test_the_filter_leaves_a_successful_smtp_login_alone(log_events) -> None:
     lines = log_lines(log_events, "txmailhub.smtp")
     assert any("authenticated as alice@example.org (PLAIN, TLS)" in line for line in lines), lines
     assert hosts(lines) == []
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.0])
+def test_a_pop3_plain_message_acting_as_another_user_is_logged_without_a_delay(
+        log_events, delay: float) -> None:
+    # [pop3] auth_failure_delay = 0 is a valid setting: the line was keyed
+    # on the answer's delay, and with none the failed login left no line
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=delay)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, b"AUTH PLAIN " + base64.b64encode(b"ann\0joe\0joepw") + b"\r\n")
+    env.clock.advance(60)
+    assert t.value().startswith(b"-ERR [AUTH]"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert [line.split(" ", 1)[1] for line in lines if "authentication" in line] == [
+        "[txmailhub.pop3#info] malformed authentication response from 192.0.2.7 (PLAIN)"]
+    assert hosts(lines) == ["192.0.2.7"]

@@ -15,11 +15,17 @@ __all__ = ["Action", "Authenticate", "Send", "StartTLS", "Transmit", "Update"]
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Write ``data`` (after ``delay`` seconds); then close if ``close``."""
+    """Write ``data`` (after ``delay`` seconds); then close if ``close``.
+
+    ``malformed_auth``: the answer to an AUTH response the engine refused
+    itself, with no login tried (a PLAIN message that asks to act as
+    another user): the adapter logs it for log watchers, whatever the
+    delay (``[pop3] auth_failure_delay`` may be 0)."""
 
     data: bytes
     close: bool = False
     delay: float = 0.0
+    malformed_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -510,7 +510,8 @@ class POP3Server:
         if authz and self.identity(authz) != self.identity(username):
             # Acting as another user is not supported: a failed login.
             self._waiting = "login"
-            return self.login_failed(LoginFailure.BAD_CREDENTIALS)
+            failed = self.login_failed(LoginFailure.BAD_CREDENTIALS)
+            return Send(failed.data, failed.close, failed.delay, malformed_auth=True)
         return self._login("PLAIN", username, password)
 
     def identity(self, name: str) -> str:
