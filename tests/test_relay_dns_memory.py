@@ -87,7 +87,7 @@ class RefusingEndpoint:
         return E()
 
 
-def make(tmp_path, dead=100, domain="dead.test", concurrent=10):
+def make(tmp_path, dead=100, domain="dead.test", concurrent=10, before=()):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                    f'[relay]\nmax_concurrent_deliveries = {concurrent}\n'
@@ -112,6 +112,12 @@ def make(tmp_path, dead=100, domain="dead.test", concurrent=10):
                           tls_memory=TLSMemory(str(tmp_path / "tls.json"), clock, now))
     runner = QueueRunner(queue, agent, components, clock, send_dsn=lambda *a: defer.succeed(None))
     ids = []
+    for i, d in enumerate(before):  # older than the others (not in ids)
+        path = tmp_path / f"spool-before-{i}"
+        path.write_bytes(b"Subject: hi\n\nhello\n")
+        queue.enqueue(Envelope(sender=ALICE, recipients=(Address(f"b{i}", d),)),
+                      SpooledMessage(str(path), 20, 23))
+        clock.advance(0.001)
     for i in range(dead + 1):
         rcpt = Address(f"u{i}", "live.test" if i == dead else domain)
         path = tmp_path / f"spool-{i}"
@@ -433,5 +439,27 @@ def test_addresses_left_untried_are_no_unreachable_destination(tmp_path):
         tried = {h for h, _ in endpoint.connects if h.startswith("192.0.2.1")}
         assert len(tried) == 10
         assert "many.test" not in runner.agent._unreachable
+    finally:
+        runner.stop()
+
+
+def test_a_delivery_given_a_slot_while_its_domains_lookup_runs_waits_without_it(tmp_path):
+    # the dead domain's two entries were taken while the slots were busy
+    # (no lookup of it under way then): the first to have a slot began the
+    # lookup, and the second, given the next slot, joined it holding that
+    # slot for the lookup's minute, while the live domain's entry waited
+    # (down.test's connections take CONNECT_TIMEOUT to fail: they fill the slots)
+    clock, runner, resolver, endpoint, queue, ids = make(
+        tmp_path, dead=2, concurrent=2, before=("down.test", "down.test"))
+    try:
+        took = first_pass(clock, runner, resolver, endpoint)
+        assert took < CONNECT_TIMEOUT + 5  # not the lookup's minute after the sessions
+        assert resolver.count("dead.test") == 1
+        # the lookup fails; the second dead entry then has a slot (once
+        # down.test's retries, due as the lookup ends, are done with theirs)
+        for _ in range(int(TIMEOUT + CONNECT_TIMEOUT) + 5):
+            clock.advance(1)
+        assert resolver.count("dead.test") == 1  # the one that waited was told the answer
+        assert [queue.read(qid).attempts for qid in ids[:-1]] == [1, 1]
     finally:
         runner.stop()

@@ -71,6 +71,15 @@ CUT_GRACE = 2.0
 ENTRIES_PER_SLOT = 2
 
 
+class _LookupUnderWay:
+    """What a delivery given its slots returns when an MX lookup of its
+    destination is under way: the slots go back, and it waits for ``over``
+    (the lookup's end) without them."""
+
+    def __init__(self, over: defer.Deferred) -> None:
+        self.over = over
+
+
 def _owes_notice(entry: QueueEntry) -> bool:
     """Whether ``entry`` still owes its sender a failure or success notice."""
     return bool(entry.failed) or any(r.notice for r in entry.recipients)
@@ -723,14 +732,41 @@ class QueueRunner:
 
     def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
                  generation: int) -> defer.Deferred:
-        def deliver() -> defer.Deferred:
+        # Another delivery's MX lookup of ``dest`` is under way: its answer
+        # is waited for without a slot (one holding a slot would only join
+        # that lookup: a minute for a domain whose name servers never
+        # answer, while other domains' mail waits for the slot).  Then the
+        # answer is cached, or its failure remembered: this delivery's own
+        # lookup is quick.  Asked before the slots are waited for, and
+        # again once they are had (a lookup may have begun meanwhile: the
+        # entry was taken while the slots were busy); waited for once at
+        # most, so that lookups whose outcome is not kept (a permanent
+        # failure) are not made one after the other, one per delivery.
+        waited = [False]
+
+        def lookup_under_way() -> defer.Deferred | None:
+            if waited[0]:
+                return None
+            over = self._lookup_in_flight(dest)
+            if over is not None:
+                waited[0] = True
+            return over
+
+        def had() -> None:
             left = self._slot_waits.get(entry.id, 0) - 1  # a slot is had
             if left > 0:
                 self._slot_waits[entry.id] = left
             else:
                 self._slot_waits.pop(entry.id, None)
+
+        def deliver() -> Any:
             if generation != self._generation or entry.id in self._dropped:
+                had()
                 return defer.succeed([])  # waited for a slot past a stop
+            over = lookup_under_way()
+            if over is not None:
+                return _LookupUnderWay(over)  # the slots go back: ``again``
+            had()
             self._mark(entry.id)
             return self.agent.deliver(entry, dest, rcpts).addCallback(delivered)
 
@@ -752,28 +788,29 @@ class QueueRunner:
             if sem is None:
                 sem = self._semaphores[dest] = defer.DeferredSemaphore(
                     self.relay.max_per_destination)
-            return sem.run(run).addBoth(tidy, sem)
+            return sem.run(run).addBoth(tidy, sem).addCallback(again)
 
         def tidy(result: Any, sem: defer.DeferredSemaphore) -> Any:
             if (sem.tokens == sem.limit and not sem.waiting
                     and self._semaphores.get(dest) is sem):
                 self._semaphores.pop(dest, None)
+            return result
+
+        def again(result: Any) -> Any:
+            if isinstance(result, _LookupUnderWay):
+                return result.over.addCallback(take)
+            return result
+
+        def done(result: Any) -> Any:
             dests = self._open_dests.get(entry.id)
             if dests is not None:
                 dests.discard(dest)
             return result
 
         self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
-        # Another delivery's MX lookup of ``dest`` is under way: its answer
-        # is waited for without a slot (one holding a slot would only join
-        # that lookup: a minute for a domain whose name servers never
-        # answer, while other domains' mail waits for the slot).  Then the
-        # answer is cached, or its failure remembered: this delivery's own
-        # lookup is quick.
-        over = self._lookup_in_flight(dest)
-        if over is None:
-            return take()
-        return over.addCallback(take)
+        over = lookup_under_way()
+        d = take() if over is None else over.addCallback(take)
+        return d.addBoth(done)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int) -> defer.Deferred:
