@@ -463,3 +463,29 @@ def test_a_delivery_given_a_slot_while_its_domains_lookup_runs_waits_without_it(
         assert [queue.read(qid).attempts for qid in ids[:-1]] == [1, 1]
     finally:
         runner.stop()
+
+
+def test_a_start_after_a_stop_mid_lookup_does_not_wait_for_the_old_lookup(
+        tmp_path, monkeypatch):
+    # an embedding application stops the relay while a domain's lookup
+    # runs on a resolver of its own (the relay does not stop it), and
+    # starts it again: the new run asks afresh (MXResolver.forget), and its
+    # entries for the domain must not wait for the old lookup's end, nor
+    # count the entry the stop gave up as one being delivered
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=3)
+    try:
+        runner.start()
+        clock.advance(1)
+        assert resolver.count("dead.test") == 1
+        runner.stop(grace=0)
+        monkeypatch.setitem(ADDRESSES, "dead.test", "192.0.2.9")  # answering now
+        runner.agent.mx.forget()  # as RelayService.startService does
+        runner.start()
+        for _ in range(5):
+            clock.advance(1)
+        # the entries the old run had not taken went at once (the one it
+        # gave up goes once its lookup is over)
+        assert "192.0.2.9" in [h for h, _ in endpoint.connects]
+        assert [queue.read(qid).attempts for qid in ids[:-1]] == [0, 1, 1]
+    finally:
+        runner.stop()

@@ -183,6 +183,9 @@ class QueueRunner:
             # (and the stop that waited for them is over: its Deferred fires)
             self._give_up_now()
         self._give_up_timer = None
+        # the lookups watched by the last run (``_room_for``) may be ones
+        # this run shares no more (``MXResolver.forget``): watched anew
+        self._watching.clear()
         self.agent.resume()
         now = self.clock.seconds()
         for entry in self.queue.recover():
@@ -316,6 +319,11 @@ class QueueRunner:
         running = len(left) - waiting
         self._generation += 1
         self._dropped.clear()  # the generation covers them now
+        # what they still wait for (another's MX lookup, a slot) delivers
+        # nothing now: a start before they are over must not count them as
+        # deliveries of their destinations (``_pass``)
+        for qid in self.active:
+            self._open_dests.pop(qid, None)
         if left or not self.active:
             log.info("stopping with {count} delivery {attempts} in flight{waiting}: given "
                      "up, retried at the next start", count=running,
