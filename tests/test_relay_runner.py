@@ -2530,3 +2530,23 @@ def test_the_failure_time_round_trips_and_an_old_record_reads_without_it():
     assert RecipientRecord.from_json(old.to_json()).failed_at is None
     with pytest.raises(ValueError):
         RecipientRecord.from_json({**rec.to_json(), "failed_at": "soon"})
+
+
+def test_a_destination_done_while_its_entry_runs_on_frees_its_room_at_once(hub):
+    # max_per_destination = 1: the first entry's delivery to remote.test
+    # ends while its other destination runs on; the second entry for
+    # remote.test, passed over while it ran, is taken then, not at the
+    # next tick of the clock (it waited for that slot itself before)
+    hub.runner.start()
+    pending = hub.agent.hold()
+    first = enqueue(hub, BOB, CAROL)
+    second = enqueue(hub, BOB)
+    assert hub.runner.active == {first}
+    x, r = next((x, r) for x, r in pending if r == [BOB])
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert second in hub.runner.active
+    assert [c[0] for c in hub.agent.calls] == [first, first, second]
+    for x, r in pending:
+        if not x.called:
+            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    assert hub.queue.ids() == []

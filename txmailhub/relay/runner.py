@@ -811,8 +811,14 @@ class QueueRunner:
 
         def done(result: Any) -> Any:
             dests = self._open_dests.get(entry.id)
-            if dests is not None:
+            if dests is not None and dest in dests:
                 dests.discard(dest)
+                if self._open.get(entry.id, 0) > 1 and self.running:
+                    # the entry runs on (another destination, a local
+                    # delivery): ``dest``'s entries passed over for it go
+                    # now, not at the next tick (the last one's end is
+                    # ``_finished``'s, which looks then)
+                    self.kick()
             return result
 
         self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
