@@ -2550,3 +2550,44 @@ def test_a_destination_done_while_its_entry_runs_on_frees_its_room_at_once(hub):
         if not x.called:
             x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
     assert hub.queue.ids() == []
+
+
+def test_a_lookup_whose_end_comes_as_an_error_still_lets_the_entries_go(tmp_path):
+    # the agent's lookup_in_flight fires once the lookup ends; one that
+    # fires with an error (an agent of an embedding application, a bug)
+    # left the destination watched for ever: one entry at a time to it
+    # from then on, each taken only at the runner's next tick
+    hub = make_hub(tmp_path, "max_per_destination = 5\n")
+    in_flight: dict[str, list[defer.Deferred]] = {}
+
+    def lookup_in_flight(dest):
+        if dest not in in_flight:
+            return None
+        waiter: defer.Deferred = defer.Deferred()
+        in_flight[dest].append(waiter)
+        return waiter
+
+    hub.agent.lookup_in_flight = lookup_in_flight
+    pending = hub.agent.hold()
+    hold = hub.agent.script
+
+    def script(e, d, r):
+        if len(hub.agent.calls) == 1:
+            in_flight["remote.test"] = []  # the first delivery looks it up
+        return hold(e, d, r)
+
+    hub.agent.script = script
+    bobs = [enqueue(hub, BOB) for _ in range(3)]
+    hub.runner.start()
+    try:
+        assert len(hub.agent.calls) == 1
+        for waiter in in_flight.pop("remote.test"):  # the lookup ends, oddly
+            waiter.errback(RuntimeError("the lookup's end, as an error"))
+        assert sorted(c[0] for c in hub.agent.calls) == sorted(bobs)  # at once
+        assert hub.runner._watching == set()
+        while pending:
+            x, r = pending.pop(0)
+            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert hub.queue.ids() == []
+    finally:
+        hub.runner.stop()

@@ -527,7 +527,9 @@ class QueueRunner:
         if over is None:
             return self.relay.max_per_destination
         self._watching.add(dest)
-        over.addCallback(self._lookup_over, dest)
+        # its end, whatever it comes as: an error must not leave ``dest``
+        # watched for ever (one entry at a time to it, each at a tick)
+        over.addBoth(self._lookup_over, dest)
         return 1
 
     def _lookup_in_flight(self, dest: str) -> defer.Deferred | None:
@@ -806,7 +808,7 @@ class QueueRunner:
 
         def again(result: Any) -> Any:
             if isinstance(result, _LookupUnderWay):
-                return result.over.addCallback(take)
+                return result.over.addBoth(take)  # ended, however
             return result
 
         def done(result: Any) -> Any:
@@ -823,7 +825,7 @@ class QueueRunner:
 
         self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
         over = lookup_under_way()
-        d = take() if over is None else over.addCallback(take)
+        d = take() if over is None else over.addBoth(take)  # ended, however
         return d.addBoth(done)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
