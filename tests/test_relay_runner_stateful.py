@@ -1,0 +1,316 @@
+"""The queue runner's bookkeeping, driven by Hypothesis.
+
+A model agent stands in for the delivery agent: a delivery to a domain
+whose answer is not known starts its MX lookup, or joins the one under
+way; once the lookup has answered, the delivery holds a session until the
+test answers it.  The machine enqueues entries for one to three of
+three remote domains (and the local one), ends lookups (answered or
+failed, the failure remembered as ``MXResolver`` does), answers sessions
+(delivered or deferred), lets the clock run (the end of a lookup told
+to those who wait for it as an error, at times), and stops and starts the
+runner (the old lookups running on, as on a resolver the relay does not
+stop).  After each step it checks that
+
+* no more deliveries run than ``max_concurrent_deliveries`` in all and
+  ``max_per_destination`` to a domain, and no more entries are taken
+  than twice ``max_concurrent_deliveries``;
+* no delivery is begun while another's lookup of its domain is under
+  way (it would hold a slot for that lookup's whole time);
+* an attempt marker is held only by an entry whose attempt runs;
+
+* the runner has taken every entry it can: a look at the queue now
+  takes none (one it would take waited for the runner's next tick, or
+  for ever: a lost wake-up);
+
+and, once everything under way is answered with the clock standing
+still, that no entry due now is left waiting, and that after the queue
+is drained every count the runner keeps is back to nothing.
+
+``RELAY_STATEFUL_EXAMPLES`` raises the number of examples.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import load_text
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.runner import ENTRIES_PER_SLOT, QueueRunner
+from txmailhub.smtp.reply import Reply
+from txmailhub.testing import MemoryMailboxStore, StaticRouter
+
+EXAMPLES = int(os.environ.get("RELAY_STATEFUL_EXAMPLES", "150"))
+GLOBAL = 2
+PER_DESTINATION = 2
+DOMAINS = ("a.test", "b.test", "c.test")
+ALICE = Address("alice", "example.org")
+OK = Reply.of(250, "2.0.0", "ok")
+LATER = Reply.of(451, "4.4.3", "later")
+
+
+class ModelAgent:
+    """Deliveries that look their domain up (one shared lookup a domain),
+    then hold a session; the test ends lookups and answers sessions."""
+
+    def __init__(self) -> None:
+        self.lookups: dict[str, list] = {}  # domain -> what waits for its lookup's end
+        self.old_lookups: list[list] = []  # lookups of a run before a restart
+        self.known: set[str] = set()  # answered: a delivery goes to its session at once
+        self.failed: set[str] = set()  # a failure remembered: deferred at once
+        self.sessions: list[tuple[defer.Deferred, str, str, list[Address]]] = []
+        self.running: dict[str, int] = {}  # domain -> deliveries in flight
+        self.per_entry: dict[str, int] = {}
+        self.joined = 0  # deliveries begun while their domain's lookup was under way
+
+    def destination(self, address: Address) -> str:
+        return address.domain
+
+    def lookup_in_flight(self, dest: str) -> defer.Deferred | None:
+        if dest not in self.lookups:
+            return None
+        d: defer.Deferred = defer.Deferred()
+        self.lookups[dest].append(("watch", d))
+        return d
+
+    def deliver(self, entry, dest, rcpts) -> defer.Deferred:
+        self.running[dest] = self.running.get(dest, 0) + 1
+        self.per_entry[entry.id] = self.per_entry.get(entry.id, 0) + 1
+        d: defer.Deferred = defer.Deferred()
+
+        def over(result):
+            self.running[dest] -= 1
+            if not self.running[dest]:
+                del self.running[dest]
+            self.per_entry[entry.id] -= 1
+            if not self.per_entry[entry.id]:
+                del self.per_entry[entry.id]
+            return result
+
+        d.addBoth(over)
+        if dest in self.failed:
+            d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
+        elif dest in self.known:
+            self.sessions.append((d, entry.id, dest, list(rcpts)))
+        else:
+            if dest in self.lookups:
+                self.joined += 1
+            self.lookups.setdefault(dest, []).append(("deliver", (d, entry.id, dest,
+                                                                  list(rcpts))))
+        return d
+
+    def end_lookup(self, dest: str, answered: bool, oddly: bool = False) -> None:
+        waiting = self.lookups.pop(dest)
+        if answered:
+            self.known.add(dest)
+        else:
+            self.failed.add(dest)
+        self._fire(waiting, answered, oddly)
+
+    def _fire(self, waiting: list, answered: bool, oddly: bool = False) -> None:
+        for kind, what in waiting:
+            if kind == "watch":
+                # ``oddly``: the end told as an error (an agent's own way)
+                if oddly:
+                    what.errback(RuntimeError("the lookup is over"))
+                else:
+                    what.callback(None)
+            elif answered:
+                self.sessions.append(what)
+            else:
+                d, _qid, _dest, rcpts = what
+                d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
+
+    def connected(self, queue_id: str) -> bool:
+        return bool(self.per_entry.get(queue_id))
+
+    def quiesce(self, keep) -> None:
+        pass
+
+    def abort_all(self) -> None:
+        # the sessions are cut: given up, nothing of them recorded
+        sessions, self.sessions = self.sessions, []
+        for d, _qid, _dest, rcpts in sessions:
+            d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
+
+    def resume(self) -> None:
+        pass
+
+    def forget(self) -> None:
+        """The relay's start after a stop (``MXResolver.forget``): the
+        lookups under way are shared no more, and run on."""
+        self.old_lookups.extend(self.lookups.values())
+        self.lookups.clear()
+        self.failed.clear()
+
+
+class RunnerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.mkdtemp(prefix="runner-stateful-")
+        cfg = os.path.join(self.tmp, "hub.toml")
+        text = ('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                f'[relay]\nmax_concurrent_deliveries = {GLOBAL}\n'
+                f'max_per_destination = {PER_DESTINATION}\nqueue_lifetime = "5d"\n')
+        with open(cfg, "w") as f:
+            f.write(text)
+        self.settings = load_text(text, cfg)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemoryMailboxStore()
+        components = Components(settings=self.settings, reactor=self.clock,
+                                router=StaticRouter({"joe": None, "alice": None}),
+                                store=self.store, spooler=None, portal=None)
+        self.queue = OutboundQueue(self.settings.queue_dir, self.clock)
+        components.queue = self.queue
+        self.agent = ModelAgent()
+        self.runner = QueueRunner(self.queue, self.agent, components, self.clock,
+                                  send_dsn=lambda *a: defer.succeed(None))
+        self.runner.start()
+        self.spools = 0
+
+    def teardown(self) -> None:
+        try:
+            self.runner.stop(grace=0)
+            self.agent.abort_all()
+            for waiting in [*self.agent.lookups.values(), *self.agent.old_lookups]:
+                self.agent._fire(waiting, False)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- steps -------------------------------------------------------------------------
+
+    @rule(domains=st.lists(st.sampled_from((*DOMAINS, "example.org")), min_size=1,
+                           max_size=3, unique=True))
+    def enqueue(self, domains: list[str]) -> None:
+        self.spools += 1
+        path = os.path.join(self.tmp, f"spool-{self.spools}")
+        with open(path, "wb") as f:
+            f.write(b"Subject: hi\n\nhello\n")
+        rcpts = tuple(Address("joe" if d == "example.org" else "u", d) for d in domains)
+        d = self.queue.enqueue(Envelope(sender=ALICE, recipients=rcpts),
+                               SpooledMessage(path, 20, 23))
+        assert d.called  # the queue writes at once here (no io given)
+
+    @rule(which=st.integers(0, 10), answered=st.booleans(), oddly=st.booleans())
+    def end_a_lookup(self, which: int, answered: bool, oddly: bool) -> None:
+        if self.agent.lookups:
+            dests = sorted(self.agent.lookups)
+            self.agent.end_lookup(dests[which % len(dests)], answered, oddly)
+
+    @rule(which=st.integers(0, 10), delivered=st.booleans())
+    def answer_a_session(self, which: int, delivered: bool) -> None:
+        if self.agent.sessions:
+            d, _qid, _dest, rcpts = self.agent.sessions.pop(which % len(self.agent.sessions))
+            d.callback([DeliveryResult(a, "delivered", OK, "mx") if delivered
+                        else DeliveryResult(a, "transient", LATER) for a in rcpts])
+
+    @rule(which=st.integers(0, 10))
+    def end_an_old_lookup(self, which: int) -> None:
+        if self.agent.old_lookups:
+            self.agent._fire(self.agent.old_lookups.pop(which % len(self.agent.old_lookups)),
+                             False)
+
+    @rule(seconds=st.sampled_from([1, 60, 3600]))
+    def time_passes(self, seconds: int) -> None:
+        # (a remembered failure is kept: one forgotten while a delivery
+        # that waited for its lookup waits for a slot may be looked up
+        # again by another, and that delivery joins the new lookup -- the
+        # runner waits for one lookup at most, so that outcomes not kept
+        # do not make the lookups one after the other)
+        self.clock.advance(seconds)
+
+    @rule()
+    def restart(self) -> None:
+        self.runner.stop(grace=0)
+        self.agent.forget()
+        self.runner.start()
+
+    @rule()
+    def settle(self) -> None:
+        """Everything under way is answered, the clock standing still: no
+        entry due now may be left waiting while there is room."""
+        self._answer_everything(delivered=True)
+        now = self.clock.seconds()
+        r = self.runner
+        if len(r.active) < ENTRIES_PER_SLOT * GLOBAL:
+            left = [q for q, when in r.due.items() if when <= now and q not in r.active]
+            assert not left, f"due now, not taken: {left}"
+
+    @rule()
+    def drain(self) -> None:
+        for _ in range(50):
+            self._answer_everything(delivered=True)
+            if not self.queue.ids():
+                break
+            self.agent.failed.clear()
+            self.clock.advance(6 * 3600)
+        assert self.queue.ids() == []
+        r = self.runner
+        assert r.active == set() and r.due == {}
+        for name in ("_attempting", "_kept", "_open", "_slot_waits", "_open_dests",
+                     "_marks", "_semaphores", "_record_locks", "_destinations"):
+            assert not getattr(r, name), (name, getattr(r, name))
+        assert r._global.tokens == GLOBAL and not r._global.waiting
+        assert not [n for n in os.listdir(self.settings.queue_dir) if "attempt" in n]
+
+    def _answer_everything(self, delivered: bool) -> None:
+        a = self.agent
+        for _ in range(1000):
+            if a.old_lookups:
+                a._fire(a.old_lookups.pop(0), False)
+            elif a.lookups:
+                a.end_lookup(sorted(a.lookups)[0], True)
+            elif a.sessions:
+                d, _qid, _dest, rcpts = a.sessions.pop(0)
+                d.callback([DeliveryResult(x, "delivered", OK, "mx") for x in rcpts])
+            else:
+                return
+        raise AssertionError("deliveries without end")
+
+    # --- invariants --------------------------------------------------------------------
+
+    @invariant()
+    def limits_kept(self) -> None:
+        a = self.agent
+        assert sum(a.running.values()) <= GLOBAL, a.running
+        assert all(n <= PER_DESTINATION for n in a.running.values()), a.running
+        assert len(self.runner.active) <= ENTRIES_PER_SLOT * GLOBAL
+
+    @invariant()
+    def no_delivery_joins_a_lookup_under_way(self) -> None:
+        assert self.agent.joined == 0
+
+    @invariant()
+    def no_wake_up_lost(self) -> None:
+        # the runner has taken every entry it can: a look now takes none
+        # (one it would take waited for the next tick, or for ever)
+        r = self.runner
+        if not r.running:
+            return
+        before = set(r.active)
+        r.kick()
+        assert set(r.active) <= before, f"taken only by a look: {set(r.active) - before}"
+
+    @invariant()
+    def markers_only_for_attempts(self) -> None:
+        r = self.runner
+        assert set(r._marks) <= r._attempting
+        assert r._attempting <= r.active
+
+
+RunnerMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestRunnerModel = RunnerMachine.TestCase
