@@ -6,10 +6,11 @@ way; once the lookup has answered, the delivery holds a session until the
 test answers it.  The machine enqueues entries for one to three of
 three remote domains (and the local one), ends lookups (answered or
 failed, the failure remembered as ``MXResolver`` does), answers sessions
-(delivered or deferred), lets the clock run (the end of a lookup told
-to those who wait for it as an error, at times), and stops and starts the
-runner (the old lookups running on, as on a resolver the relay does not
-stop).  After each step it checks that
+(delivered or deferred), holds, releases and deletes entries and
+flushes the queue as ``mailhub queue`` does, lets the clock run (the
+end of a lookup told to those who wait for it as an error, at times), and stops and starts the
+runner, at once or with a stop's grace (the old lookups running on, as
+on a resolver the relay does not stop).  After each step it checks that
 
 * no more deliveries run than ``max_concurrent_deliveries`` in all and
   ``max_per_destination`` to a domain, and no more entries are taken
@@ -222,6 +223,24 @@ class RunnerMachine(RuleBasedStateMachine):
             self.agent._fire(self.agent.old_lookups.pop(which % len(self.agent.old_lookups)),
                              False)
 
+    @rule(which=st.integers(0, 50), what=st.sampled_from(["hold", "release", "delete"]))
+    def mailhub_queue(self, which: int, what: str) -> None:
+        """``mailhub queue hold``, ``release`` or ``delete`` of an entry,
+        taken or not: the runner sees it at its next tick."""
+        ids = sorted(self.queue.ids())
+        if not ids:
+            return
+        qid = ids[which % len(ids)]
+        if what == "delete":
+            self.queue.delete(qid)
+        else:
+            self.queue.set_held(qid, what == "hold")
+        self.queue.note_change()
+
+    @rule()
+    def flush(self) -> None:
+        self.queue.request_flush()
+
     @rule(seconds=st.sampled_from([1, 60, 3600]))
     def time_passes(self, seconds: int) -> None:
         # (a remembered failure is kept: one forgotten while a delivery
@@ -238,21 +257,40 @@ class RunnerMachine(RuleBasedStateMachine):
         self.runner.start()
 
     @rule()
+    def stop(self) -> None:
+        """A stop that waits up to 10 s for what must be finished (time,
+        answers, or a start within it end the wait)."""
+        if self.runner.running:
+            self.runner.stop(grace=10)
+
+    @rule()
+    def start(self) -> None:
+        if not self.runner.running:
+            self.agent.forget()
+            self.runner.start()
+
+    @rule()
     def settle(self) -> None:
         """Everything under way is answered, the clock standing still: no
         entry due now may be left waiting while there is room."""
         self._answer_everything(delivered=True)
         now = self.clock.seconds()
         r = self.runner
-        if len(r.active) < ENTRIES_PER_SLOT * GLOBAL:
+        if r.running and len(r.active) < ENTRIES_PER_SLOT * GLOBAL:
             left = [q for q, when in r.due.items() if when <= now and q not in r.active]
             assert not left, f"due now, not taken: {left}"
 
     @rule()
     def drain(self) -> None:
+        self.start()
+        for qid in self.queue.ids():
+            self.queue.set_held(qid, False)
+        self.queue.note_change()
         for _ in range(50):
             self._answer_everything(delivered=True)
-            if not self.queue.ids():
+            self.clock.advance(1)  # a tick: the runner sees what mailhub queue did
+            self._answer_everything(delivered=True)
+            if not self.queue.ids() and not self.runner.due:
                 break
             self.agent.failed.clear()
             self.clock.advance(6 * 3600)
