@@ -4,13 +4,14 @@ A model agent stands in for the delivery agent: a delivery to a domain
 whose answer is not known starts its MX lookup, or joins the one under
 way; once the lookup has answered, the delivery holds a session until the
 test answers it.  The machine enqueues entries for one to three of
-three remote domains (and the local one), ends lookups (answered or
-failed, the failure remembered as ``MXResolver`` does), answers sessions
-(delivered or deferred), holds, releases and deletes entries and
-flushes the queue as ``mailhub queue`` does, lets the clock run (the
-end of a lookup told to those who wait for it as an error, at times), and stops and starts the
-runner, at once or with a stop's grace (the old lookups running on, as
-on a resolver the relay does not stop).  After each step it checks that
+three remote domains (and the local one); ends lookups (answered or
+failed, the failure remembered as ``MXResolver`` does; the end told to
+those who wait for it as an error, at times); answers sessions
+(delivered, deferred, refused for good, or an error out of the agent);
+holds, releases and deletes entries and flushes the queue as ``mailhub
+queue`` does; lets the clock run; and stops and starts the runner, at
+once or with a stop's grace (the old lookups running on, as on a
+resolver the relay does not stop).  After each step it checks that
 
 * no more deliveries run than ``max_concurrent_deliveries`` in all and
   ``max_per_destination`` to a domain, and no more entries are taken
@@ -59,6 +60,7 @@ DOMAINS = ("a.test", "b.test", "c.test")
 ALICE = Address("alice", "example.org")
 OK = Reply.of(250, "2.0.0", "ok")
 LATER = Reply.of(451, "4.4.3", "later")
+NO = Reply.of(550, "5.1.1", "no such user")
 
 
 class ModelAgent:
@@ -210,12 +212,18 @@ class RunnerMachine(RuleBasedStateMachine):
             dests = sorted(self.agent.lookups)
             self.agent.end_lookup(dests[which % len(dests)], answered, oddly)
 
-    @rule(which=st.integers(0, 10), delivered=st.booleans())
-    def answer_a_session(self, which: int, delivered: bool) -> None:
+    @rule(which=st.integers(0, 10),
+          how=st.sampled_from(["delivered", "transient", "permanent", "crash"]))
+    def answer_a_session(self, which: int, how: str) -> None:
+        """A session's outcome: delivered, deferred, refused for good (a
+        notice to the sender), or an error out of the agent (a bug)."""
         if self.agent.sessions:
             d, _qid, _dest, rcpts = self.agent.sessions.pop(which % len(self.agent.sessions))
-            d.callback([DeliveryResult(a, "delivered", OK, "mx") if delivered
-                        else DeliveryResult(a, "transient", LATER) for a in rcpts])
+            if how == "crash":
+                d.errback(RuntimeError("the agent failed"))
+                return
+            reply = {"delivered": OK, "transient": LATER, "permanent": NO}[how]
+            d.callback([DeliveryResult(a, how, reply, "mx") for a in rcpts])
 
     @rule(which=st.integers(0, 10))
     def end_an_old_lookup(self, which: int) -> None:
