@@ -2591,3 +2591,27 @@ def test_a_lookup_whose_end_comes_as_an_error_still_lets_the_entries_go(tmp_path
         assert hub.queue.ids() == []
     finally:
         hub.runner.stop()
+
+
+def test_an_entry_that_only_records_known_results_is_no_delivery_of_its_destination(
+        hub, monkeypatch):
+    # max_per_destination = 1.  The results of an attempt whose record
+    # could not be written are entered at the next try, without a
+    # delivery: that try held remote.test's room all the same, and the
+    # other remote.test entry waited for its record to be written (a slow
+    # or full disk) with no delivery to the domain under way
+    hub.runner.start()
+    broken = records_cannot_be_written(hub, monkeypatch)
+    first = enqueue(hub, BOB)
+    assert first in hub.runner._unrecorded
+    broken[0] = False
+    monkeypatch.undo()
+    held = hold_record_writes(hub, monkeypatch)
+    hub.clock.advance(60)  # its next try: the known result is being recorded
+    assert first in hub.runner.active and held
+    second = enqueue(hub, BOB)
+    assert second in hub.runner.active
+    assert [c[0] for c in hub.agent.calls] == [first, second]
+    while held:
+        held.pop(0)()
+    assert hub.queue.ids() == []

@@ -605,6 +605,11 @@ class QueueRunner:
         # attempt) is honoured when the outcome is recorded
         releases, started = self._release_seen.pop(qid, (entry.releases, self.clock.seconds()))
         generation = self._generation
+        if not (entry.pending and not results) and self._open_dests.pop(qid, None):
+            # no delivery this time (results known already, to be recorded;
+            # only notices owed): its destinations' room, counted when it
+            # was taken, is for their other entries
+            self.kick()
         if entry.pending and not results:
             self._attempting.add(qid)
             try:
