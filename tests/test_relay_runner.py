@@ -2615,3 +2615,38 @@ def test_an_entry_that_only_records_known_results_is_no_delivery_of_its_destinat
     while held:
         held.pop(0)()
     assert hub.queue.ids() == []
+
+
+@pytest.mark.parametrize("refusal, said", [
+    (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
+    ("DSNRefused", "451 4.3.0 local delivery failed: the queue is full"),
+])
+def test_a_notice_that_cannot_be_made_is_one_line_per_try_not_a_traceback(
+        hub, log_events, refusal, said):
+    # a full disk keeps the failure notice from being made at every retry
+    # of the notice (the schedule's steps for a queue lifetime: some thirty
+    # over five days); each try logged the whole traceback of an expected
+    # condition.  One error line per try says why, as the other writes do
+    from twisted.logger import LogLevel, formatEvent
+
+    from txmailhub.relay.bounce import DSNRefused
+
+    error = DSNRefused(said) if refusal == "DSNRefused" else refusal
+    tries = []
+
+    def refuse(components, envelope, data):
+        tries.append(hub.clock.seconds())
+        return defer.fail(error)
+
+    hub.runner.send_dsn = refuse
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    hub.clock.advance(4 * 3600)
+    assert len(tries) >= 2 and hub.queue.ids() == [qid]
+    mine = [e for e in log_events if "notice" in e.get("log_format", "")
+            and e.get("queue_id") == qid and e["log_level"] >= LogLevel.warn]
+    assert len(mine) == len(tries)
+    assert all("log_failure" not in e and e["log_level"] == LogLevel.error for e in mine)
+    assert formatEvent(mine[0]) == (f"{qid}: could not send the failed notice to <{ALICE}> "
+                                    f"({said}); will try again")

@@ -1121,6 +1121,15 @@ class QueueRunner:
                 will_retry_until=entry.created + self.relay.queue_lifetime)
             env = bounce.dsn_envelope(entry, s.hub.hostname, has_8bit=not data.isascii())
             how = yield self.send_dsn(self.components, env, data)
+        except (bounce.DSNRefused, OSError) as e:
+            # expected, and the operator's to fix (a full disk, a quota,
+            # the users file away): one line per try, which the schedule
+            # repeats for a queue lifetime, not a traceback each time
+            log.error("{queue_id}: could not send the {action} notice to <{sender}> "
+                      "({error}); will try again", queue_id=entry.id, action=action,
+                      sender=loggable(entry.envelope.sender_text, 1 << 20),
+                      error=loggable(str(e), REPLY_LOG_MAX))
+            return False
         except Exception:
             log.failure("{queue_id}: could not send the {action} notice to <{sender}>; "
                         "will try again", queue_id=entry.id, action=action,
