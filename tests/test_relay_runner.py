@@ -2650,3 +2650,65 @@ def test_a_notice_that_cannot_be_made_is_one_line_per_try_not_a_traceback(
     assert all("log_failure" not in e and e["log_level"] == LogLevel.error for e in mine)
     assert formatEvent(mine[0]) == (f"{qid}: could not send the failed notice to <{ALICE}> "
                                     f"({said}); will try again")
+
+
+def test_a_notice_kept_across_restarts_is_given_up_a_lifetime_after_the_failure(hub):
+    # the failure time is on disk: a hub restarted (twice) while the notice
+    # keeps failing gives it up a queue lifetime after the failure, not a
+    # lifetime after each start
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.dsn.fail = True
+    qid = enqueue(hub, BOB)
+    hub.clock.advance(6 * 3600)
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    hub.clock.advance(4 * 3600)
+    [rec] = hub.queue.read(qid).recipients
+    failed_at = rec.failed_at
+    assert rec.state == "failed" and failed_at == rec.last_attempt
+    assert failed_at > hub.queue.read(qid).created + 6 * 3600
+    hub.runner.stop()
+    for _ in range(2):
+        hub.clock.advance(10 * 3600)
+        with next_runner(hub):
+            hub.clock.advance(3600)
+        assert hub.queue.ids() == [qid]
+        assert hub.queue.read(qid).recipients[0].failed_at == failed_at
+    with next_runner(hub):  # 22 h after the failure: until 24 h, tried
+        while hub.clock.seconds() < failed_at + 86400 - 60:
+            hub.clock.advance(60)
+        assert hub.queue.ids() == [qid]
+        hub.clock.advance(4 * 3600)
+        assert hub.queue.ids() == []
+    assert hub.dsn.sent == []
+
+
+@pytest.mark.parametrize("last_attempt", [True, False])
+def test_a_failed_recipient_recorded_without_its_failure_time(hub, last_attempt):
+    # a record the version before wrote (no failed_at): its last attempt
+    # stands in for the failure, or (none recorded) the message's arrival
+    from txmailhub.relay.record import FAILED, QueueEntry
+
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    created = hub.queue.read(qid).created
+    hub.clock.advance(12 * 3600)
+    when = hub.clock.seconds() if last_attempt else None
+
+    def old(e):
+        [r] = e.recipients
+        return e.with_recipients({BOB: dataclasses.replace(
+            r, state=FAILED, last_attempt=when, failed_at=None)})
+
+    hub.queue.update_now(qid, old)
+    raw = open(hub.queue.record_path(qid), "rb").read()
+    assert b"failed_at" not in raw
+    assert QueueEntry.from_json(raw).recipients[0].failed_at is None
+    since = when if last_attempt else created
+    with next_runner(hub):
+        while hub.clock.seconds() < since + 86400 - 60:
+            hub.clock.advance(60)
+        assert hub.queue.ids() == [qid]
+        hub.clock.advance(4 * 3600)
+        assert hub.queue.ids() == []
