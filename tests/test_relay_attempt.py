@@ -1013,6 +1013,41 @@ def test_broken_opportunistic_tls_falls_back_to_clear(tmp_path):
     assert b"STARTTLS" not in second.commands and len(second.messages) == 1
 
 
+@pytest.mark.parametrize("why", ["handshake", "250"])
+def test_hosts_that_answered_and_then_refused_the_plain_retry_are_no_unreachable_domain(
+        tmp_path, why):
+    # each MX host answered, offered STARTTLS, and then failed the
+    # handshake or said 250 to STARTTLS (no TLS: the connection dropped);
+    # the plain retry's connection was refused.  The domain was remembered
+    # as one whose hosts cannot be reached at all (relay.rst: "a host that
+    # answered, even to refuse, is not"), its next messages deferred
+    # without a connection, and the reply kept did not say why the last
+    # connection failed (the first session's, which had connected)
+    a, net, _ = agent(tmp_path, tls_ok=why != "handshake")
+    replies = {"STARTTLS": b"250 2.0.0 go ahead\r\n"} if why == "250" else {}
+
+    def once(address):
+        def make():
+            del net.servers[(address, 25)]  # the next connection is refused
+            return ScriptedSMTPServer(extensions=("PIPELINING", "STARTTLS"),
+                                      tls_creator=FakeTLS("server", why != "handshake"),
+                                      replies=replies)
+        return make
+
+    for address in ("2001:db8::1", "192.0.2.2"):
+        net.servers[(address, 25)] = once(address)
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient"
+    assert r.reply.text() == ("451 4.4.1 connection to mx2.remote.test[192.0.2.2]:25 failed: "
+                              "connection refused")
+    assert net.connections == [("2001:db8::1", 25)] * 2 + [("192.0.2.2", 25)] * 2
+    # the next message to the domain is tried, not deferred unasked (a
+    # deferral waits for the clock: "delivery did not finish")
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+
+
 def test_a_leading_return_path_is_not_relayed(tmp_path):
     """Local copies keep the Return-Path of their final delivery; the copy
     sent onwards must not carry one (RFC 5321 4.4)."""

@@ -987,6 +987,10 @@ class DeliveryAgent:
                                           tries=tries, may_start=within_budget)
             tried += len(tries.started)
             address = tries.connected
+            # the host answered (a session, however it ended): its domain is
+            # no unreachable one, even if a plain retry below cannot connect
+            if outcome is not None:
+                sessions += 1
             if epoch != self._epoch:
                 # the hub's stop cut the session (``abort_all``): not the
                 # host's failure, and nothing of it is recorded
@@ -1003,13 +1007,16 @@ class DeliveryAgent:
                 log.warn("TLS with {host} failed; trying again without TLS ({reply})",
                          host=where(mxhost.name, address), address=address,
                          reply=loggable(outcome.session_error.text(), REPLY_LOG_MAX))
+                retry = _Tries()
                 outcome = yield self._session(entry, recipients, mxhost, [address], port_n,
                                               smarthost, stage, plain=True,
-                                              credentials=credentials)
+                                              credentials=credentials, tries=retry)
                 if epoch != self._epoch:  # cut by the hub's stop, as above
                     return settled + _given_up(recipients)
-            if outcome is not None:
-                sessions += 1
+                if outcome is None:
+                    # the retry's connection failed: its error is the one
+                    # to tell (the first session's connection had none)
+                    tries = retry
             if outcome is None:  # could not connect: the next host
                 if tries.started:
                     telling = tries.telling()
