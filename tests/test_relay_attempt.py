@@ -910,6 +910,23 @@ def test_a_verify_smarthost_that_refuses_starttls_for_good_keeps_the_mail_queued
     assert not net.server_protocols[0].messages
 
 
+def test_a_verify_smarthost_that_says_250_to_starttls_keeps_the_mail_queued_saying_why(
+        tmp_path):
+    # no plain retry (TLS is required), and queue show's reason names the
+    # setting and what the server said, not "454 4.7.0 go ahead"
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"')
+    net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS",), tls_creator=FakeTLS("server"),
+        replies={"STARTTLS": b"250 2.0.0 go ahead\r\n"})
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient" and len(net.server_protocols) == 1
+    assert net.server_protocols[0].commands[-1] == b"STARTTLS"
+    assert r.reply.text() == (
+        '454 4.7.0 TLS is required for this destination ([relay] smarthost_tls = "verify"), '
+        'but the server answered STARTTLS with "go ahead", not 220, and the connection was '
+        "dropped (the server said 250 2.0.0)")
+
+
 def test_smarthost_tls_failure(tmp_path):
     a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"', tls_ok=False)
     net.servers[("smart.example.net", 25)] = lambda: ScriptedSMTPServer(

@@ -328,6 +328,21 @@ def test_a_2yz_to_starttls_that_is_no_220_ends_the_connection_without_a_word(rep
     assert s.receive(b"250 more\r\n") == []  # nothing after it counts
 
 
+def test_a_2yz_to_starttls_under_required_tls_says_so_in_the_reply_kept():
+    # the mail stays queued with the reason queue show gives: the server's
+    # words alone made "454 4.7.0 go ahead (the server said 250 2.0.0)"
+    s = session(tls="require")
+    s.tls_required_by = '[relay] smarthost_tls = "verify"'
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    s.receive(b"250-2.0.0 go\r\n250 2.0.0 ahead\r\n")
+    err = s.outcome.session_error
+    assert err.text() == (
+        '454 4.7.0 TLS is required for this destination ([relay] smarthost_tls = "verify"), '
+        'but the server answered STARTTLS with "go / ahead", not 220, and the connection was '
+        "dropped (the server said 250 2.0.0)")
+
+
 def test_a_refusal_to_starttls_still_goes_on_in_clear_when_opportunistic():
     # a 454 or a 5yz is a proper refusal (RFC 3207 4): the server is still
     # reading commands in clear, and opportunistic TLS goes on

@@ -692,10 +692,10 @@ class ClientSession:
             return self._starttls_not_220(reply)
         if self.tls_policy == "require":
             if not reply.is_transient:
-                # a 5yz (or a 2yz that is no 220: no TLS starts, RFC 3207
-                # 4) refuses the TLS the hub's policy requires, not this
-                # message: kept queued, as when STARTTLS is not offered,
-                # never bounced for the server's code
+                # a 5yz refuses the TLS the hub's policy requires, not
+                # this message: kept queued, as when STARTTLS is not
+                # offered, never bounced for the server's code (a 2yz that
+                # is no 220 is ``_starttls_not_220``'s)
                 reply = _restated(reply, 454, "4.7.0")
             return self._fail_session(reply)
         # RFC 3207 4.1 leaves going on to the client; opportunistic TLS
@@ -723,7 +723,15 @@ class ClientSession:
         failed handshake (RFC 3207 4.1) -- never in clear on this one, as
         before, and never with a smarthost password (kept queued)."""
         if self.tls_policy == "require":
-            error = _kept_queued(reply)
+            # said as the refusals of required TLS are (``_after_hello``):
+            # the server's words alone ("454 4.7.0 go ahead") read as a
+            # contradiction in ``queue show``
+            by = f" ({self.tls_required_by})" if self.tls_required_by else ""
+            said = f"{reply.code} {reply.status}" if reply.status else str(reply.code)
+            error = _synthetic(454, "4.7.0", f"TLS is required for this destination{by}, "
+                               f"but the server answered STARTTLS with \"{' / '.join(reply.lines)}"
+                               f"\", not 220, and the connection was dropped (the server said "
+                               f"{said})")
         else:
             self.phase = Phase.TLS
             error = _synthetic(421, "4.5.0", f"the server answered STARTTLS with "
