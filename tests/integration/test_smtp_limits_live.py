@@ -251,8 +251,14 @@ def test_the_received_with_word_for_each_way_of_sending(make_hub):
     _send(hub, "submission", "ehlo", True, True, False, hub.submission_port)
     # a client that stops at TLS 1.2: OpenSSL names its suite its own way
     _send(hub, "tls12", "ehlo", True, False, False, hub.smtp_port, tls12=True)
+    # and so on the submission port (STARTTLS) and with implicit TLS
+    _send(hub, "tls12sub", "ehlo", True, True, False, hub.submission_port, tls12=True)
+    _send(hub, "tls12smtps", "ehlo", False, True, False, hub.smtps_port, implicit=True,
+          tls12=True)
     expected = {way: (w[4], w[1]) for way, w in WAYS.items()}
     expected["tls12"] = ("ESMTPS", True)
+    expected["tls12sub"] = ("ESMTPSA", True)
+    expected["tls12smtps"] = ("ESMTPSA", True)
     expected["smtps"] = ("ESMTPSA", True)
     expected["utf8smtps"] = ("UTF8SMTPSA", True)
     expected["submission"] = ("ESMTPSA", True)
@@ -274,7 +280,7 @@ def test_the_received_with_word_for_each_way_of_sending(make_hub):
             assert clause is not None, field
             cipher = m.group(2).rsplit(b" cipher ", 1)[1][:-1].decode()
             assert clause.group(1).decode() == tls_cipher_clause_name(cipher), field
-            if way == "tls12":  # the registry's name, not OpenSSL's ECDHE-...
+            if way.startswith("tls12"):  # the registry's name, not OpenSSL's ECDHE-...
                 assert b"TLSv1.2 cipher ECDHE-" in m.group(2), field
                 assert clause.group(1).startswith(b"TLS_ECDHE_"), field
     assert got == expected
