@@ -2712,3 +2712,47 @@ def test_a_failed_recipient_recorded_without_its_failure_time(hub, last_attempt)
         assert hub.queue.ids() == [qid]
         hub.clock.advance(4 * 3600)
         assert hub.queue.ids() == []
+
+
+def test_a_notice_that_cannot_be_made_is_tried_at_the_schedules_steps(hub, monkeypatch):
+    # a message refused for good at its first attempt owes its failure
+    # notice from then on; one the spool refuses (a full disk) was tried
+    # again every minute for the whole queue lifetime (1,440 tries a day:
+    # a pass that only owed a notice did not move the schedule on, and the
+    # entry stayed at the step of its one attempt).  It goes by the
+    # schedule's steps, as a delivery does
+    hub.runner.start()
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    start = hub.clock.seconds()
+    for _ in range(24 * 60 - 2):
+        hub.clock.advance(60)
+    assert hub.queue.ids() == [qid]
+    minutes = [round((t - start) / 60) for t in hub.dsn.tried]
+    assert minutes == [0, 1, 6, 21, 51, 111, 231, 471, 711, 951, 1191, 1431]
+    # no delivery attempt among them (queue list's count), and queue list's
+    # next attempt is the runner's, not a minute from now
+    entry = hub.queue.read(qid)
+    assert entry.attempts == 1 and entry.notice_tries == 11
+    from txmailhub.relay import admin
+
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
+    shown = admin._next(entry, hub.settings.relay.retry_schedule)
+    assert shown == schedule.utc_text(entry.next_attempt)
+    # (the last try comes at the message's deadline, a lifetime after it
+    # came and failed: two minutes away, more than the minute of old)
+    assert entry.next_attempt == entry.created + 86400 == hub.clock.seconds() + 120
+    hub.clock.advance(120)  # a queue lifetime (1d) after the failure: given up
+    assert hub.queue.ids() == []
+
+
+def test_the_notice_tries_round_trip_and_an_old_record_reads_as_none():
+    from txmailhub.relay.record import QueueEntry
+
+    e = QueueEntry.new("Q1", Envelope(sender=ALICE, recipients=(BOB,)), 1_700_000_000.0)
+    assert b"notice_tries" not in e.to_json()
+    assert QueueEntry.from_json(e.to_json()).notice_tries == 0
+    e = dataclasses.replace(e, attempts=2, notice_tries=3)
+    assert QueueEntry.from_json(e.to_json()).notice_tries == 3
+    assert QueueEntry.from_json(e.to_json()).steps == 5

@@ -90,7 +90,9 @@ def test_a_queue_record_of_an_older_version_is_read_whole() -> None:
     assert entry.envelope.dsn.envid_raw is None
     assert entry.envelope.submitter is None
     assert entry.releases == 0
+    assert entry.notice_tries == 0 and entry.steps == 2
     (rcpt,) = entry.recipients
+    assert rcpt.failed_at is None
     assert rcpt.address == Address("erin", "remote.test")
     assert rcpt.notify == ("SUCCESS", "FAILURE")
     assert (rcpt.orcpt, rcpt.orcpt_raw) == ("rfc822;erin@remote.test", None)

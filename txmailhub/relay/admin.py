@@ -112,7 +112,7 @@ def _next(entry: QueueEntry, schedule: Any, since: float | None = None) -> str:
         return "held,delivering" if entry.held else "delivering"
     if entry.held:
         return "held"
-    return utc_text(due_by(entry.next_attempt, entry.attempts, _WallClock.seconds(), schedule))
+    return utc_text(due_by(entry.next_attempt, entry.steps, _WallClock.seconds(), schedule))
 
 
 def _delivering(since: float | None) -> str:

@@ -224,6 +224,17 @@ class QueueEntry:
     # records the outcome means an admin released the entry meanwhile, and
     # that request must outlive the retry time the attempt would set.
     releases: int = 0
+    # Passes that only owed a notice (none could be made: a full disk).
+    # They are no delivery attempts (``attempts``), but move the schedule
+    # on as attempts do: ``steps``.  Absent from records written before
+    # it was kept (0)
+    notice_tries: int = 0
+
+    @property
+    def steps(self) -> int:
+        """The retry schedule's position: the delivery attempts and the
+        passes that only tried a notice (``schedule.delay_after``)."""
+        return self.attempts + self.notice_tries
 
     @property
     def pending(self) -> tuple[RecipientRecord, ...]:
@@ -290,6 +301,9 @@ class QueueEntry:
             "crlf_size": self.crlf_size,
             "eight_bit": self.eight_bit,
             "releases": self.releases,
+            # only once a notice was tried alone: a record without it reads
+            # the same in the versions before
+            **({"notice_tries": self.notice_tries} if self.notice_tries else {}),
             "envelope": {
                 "sender": None if env.sender is None else str(env.sender),
                 "helo": env.helo,
@@ -353,6 +367,7 @@ class QueueEntry:
                 crlf_size=int(data.get("crlf_size", 0)),
                 eight_bit=bool(data.get("eight_bit", False)),
                 releases=int(data.get("releases", 0)),
+                notice_tries=int(data.get("notice_tries", 0)),
             )
         except RecordError:
             raise

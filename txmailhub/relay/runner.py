@@ -380,7 +380,7 @@ class QueueRunner:
             # queue list`` shows the next attempt by (``schedule.due_by``)
             self._wait[qid] = self._longest_wait(entry)
             self._destinations[qid] = self._where(entry)
-            self.due[qid] = schedule.due_by(entry.next_attempt, entry.attempts,
+            self.due[qid] = schedule.due_by(entry.next_attempt, entry.steps,
                                             self.clock.seconds(), self.relay.retry_schedule,
                                             ERROR_RETRY)
 
@@ -407,7 +407,7 @@ class QueueRunner:
         """The longest ``entry`` can be meant to wait from now
         (``schedule.longest_wait``; at least the minute of a pass that
         only owed a notice), which ``kick`` holds it to as well."""
-        return schedule.longest_wait(entry.attempts, self.relay.retry_schedule, ERROR_RETRY)
+        return schedule.longest_wait(entry.steps, self.relay.retry_schedule, ERROR_RETRY)
 
     def _rescan(self) -> None:
         seen = set()
@@ -952,8 +952,13 @@ class QueueRunner:
                                                                failed_at=now)
         e = e.with_recipients(updates)
         attempts = e.attempts + (1 if results else 0)
-        nxt = schedule.next_attempt(now, attempts, e.created, self.relay.queue_lifetime,
-                                    self.relay.retry_schedule)
+        # a pass that only owed a notice is no attempt, but moves the
+        # schedule on as one does: a notice the spool or the queue refuses
+        # is tried again at the schedule's steps, not every minute for a
+        # queue lifetime at the step of the message's last attempt
+        notice_tries = e.notice_tries + (0 if results else 1)
+        nxt = schedule.next_attempt(now, attempts + notice_tries, e.created,
+                                    self.relay.queue_lifetime, self.relay.retry_schedule)
         if not results:  # only notices were owed: never spin on this entry
             nxt = max(nxt, now + ERROR_RETRY)
         warn_at = e.created + self.relay.delay_warning
@@ -974,7 +979,8 @@ class QueueRunner:
                 if rec is None:
                     continue  # not pending any more: its line was logged then
                 lines.append(self._line(e, res, rec, nxt, held=e.held))
-        return dataclasses.replace(e, attempts=attempts, next_attempt=nxt)
+        return dataclasses.replace(e, attempts=attempts, notice_tries=notice_tries,
+                                   next_attempt=nxt)
 
     @staticmethod
     def _apply(e: QueueEntry, results: list[DeliveryResult], now: float,
