@@ -2756,3 +2756,31 @@ def test_the_notice_tries_round_trip_and_an_old_record_reads_as_none():
     e = dataclasses.replace(e, attempts=2, notice_tries=3)
     assert QueueEntry.from_json(e.to_json()).notice_tries == 3
     assert QueueEntry.from_json(e.to_json()).steps == 5
+
+
+def test_a_success_notice_that_cannot_be_made_is_given_up_a_lifetime_after_delivery(
+        hub, log_events):
+    # NOTIFY=SUCCESS to a next hop without DSN owes a "relayed" notice; one
+    # the spool never takes kept the delivered message in the queue for
+    # ever (tried at every step, days past its queue lifetime).  It is
+    # given up as a failure notice is: a queue lifetime after the delivery
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "delivered", OK, "mx") for a in r]
+    qid = enqueue(hub, BOB, notify=("SUCCESS",))
+    delivered = hub.queue.read(qid).recipients[0].last_attempt
+    while hub.clock.seconds() < delivered + 86400 - 60:
+        hub.clock.advance(60)
+    assert hub.queue.ids() == [qid]  # tried until then
+    tries = len(hub.dsn.tried)
+    assert tries > 5
+    for _ in range(4 * 60):
+        hub.clock.advance(60)
+    assert hub.queue.ids() == []
+    assert hub.dsn.sent == [] and len(hub.dsn.tried) == tries + 1
+    lines = [formatEvent(e) for e in log_events]
+    assert (f"{qid}: giving up on the relayed notice to <{ALICE}> after the queue lifetime: "
+            f"it could not be made since the delivery at {schedule.utc_text(delivered)}"
+            in lines)

@@ -1078,6 +1078,18 @@ class QueueRunner:
                 notices.setdefault(r.notice, []).append(r)
         for action, recs in notices.items():
             ok = yield self._send_once(entry, recs, action, now)
+            # a success notice that cannot be made is given up as a failure
+            # notice is, a queue lifetime after the delivery: it kept the
+            # delivered message in the queue for ever
+            delivered = max(r.last_attempt if r.last_attempt is not None else entry.created
+                            for r in recs)
+            if not ok and schedule.expired(now, delivered, self.relay.queue_lifetime):
+                log.error("{queue_id}: giving up on the {action} notice to <{sender}> after "
+                          "the queue lifetime: it could not be made since the delivery at "
+                          "{since}", queue_id=entry.id, action=action,
+                          sender=loggable(entry.envelope.sender_text, 1 << 20),
+                          since=schedule.utc_text(delivered))
+                ok = True
             if ok:
                 names = {r.address for r in recs}
                 entry = yield self.queue.update(entry.id, lambda e, names=names: (
