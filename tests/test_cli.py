@@ -1314,6 +1314,24 @@ def test_alias_show_says_why_when_the_users_file_is_away_or_unreadable(config: P
         "mailboxes: alice@example.org\nforwards: x@remote.test\n"), "")
 
 
+def test_alias_show_of_the_postmaster_gives_what_rcpt_does_while_the_users_file_is_away(
+        config: Path) -> None:
+    # RFC 5321 4.5.1: RCPT TO:<postmaster> is never refused.  With the users
+    # file away the hub answers it 250 and stores the mail in the primary
+    # domain's postmaster Maildir; show said "refused: 451 ... (what RCPT TO
+    # gets)", the router's answer without the SMTP policy's rule on top
+    (config.parent / "aliases").write_text("postmaster: alice\npostmaster@example.net: bob\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in ("postmaster", "postmaster@example.net"):
+        code, out, err = run(config, "alias", "show", name)
+        assert code == 0 and "refused:" not in out, out
+        assert out.splitlines()[2:] == ["mailboxes: postmaster@example.org", "forwards: -"]
+        assert err.startswith("warning: the users file ")
+    # any other alias still gets the 451 RCPT gives it
+    (config.parent / "aliases").write_text("team: alice\n")
+    assert "refused: 451 4.3.0" in run(config, "alias", "show", "team")[1]
+
+
 def test_alias_add_set_and_remove(config: Path) -> None:
     aliases = with_aliases(config, "# kept\npostmaster: alice\n")
     assert run(config, "alias", "add", "staff", "alice", "bob,x@remote.test") == (

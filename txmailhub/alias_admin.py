@@ -116,6 +116,7 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     from txmailhub.address import parse_address
     from txmailhub.aliases_file import target_text
     from txmailhub.router import Router
+    from txmailhub.smtp.policy import local_rcpt
 
     aliases = _aliases(settings)
     key = aliases.key(name)
@@ -139,7 +140,8 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     router = Router(domains, users, settings.aliases.file)
     globalLogPublisher.addObserver(observe)
     try:
-        mailboxes, remote = router.resolve(parse_address(key))
+        # as the SMTP server asks: a postmaster is never refused
+        mailboxes, remote = local_rcpt(router, parse_address(key), settings.hub.primary_domain)
     except Rejected as e:
         p(f"refused: {e.reply.text()} (what RCPT TO gets)")
     else:

@@ -45,7 +45,7 @@ from txmailhub.logsafe import RepeatLimit
 from txmailhub.smtp import replies
 from txmailhub.store.quota import MailboxUsage
 
-__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy"]
+__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy", "local_rcpt"]
 
 log = Logger()
 
@@ -54,6 +54,23 @@ log = Logger()
 #: fills the log), for at most ``_UNMEASURED_KEEP`` mailboxes remembered
 UNMEASURED_WARNING_SECONDS = 300.0
 _UNMEASURED_KEEP = 1000
+
+
+def local_rcpt(router: Any, address: Address, primary_domain: str,
+               ) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+    """The mailboxes and remote addresses RCPT ``address``, in a local
+    domain, goes to: the router's expansion, with RFC 5321 4.5.1 on top --
+    a postmaster the router refuses (its alias's users file away, say, a
+    451) is the primary domain's postmaster Maildir.  One function for the
+    SMTP server and ``mailhub alias show``, which says what RCPT gets;
+    raises ``Rejected`` for any other refusal."""
+    try:
+        local, remote = router.resolve(address)
+    except Rejected:
+        if address.is_postmaster:
+            return (Address("postmaster", primary_domain),), ()
+        raise
+    return tuple(local), tuple(remote)
 
 
 class RecipientPolicy:
@@ -110,15 +127,10 @@ class RecipientPolicy:
         """The final recipients for RCPT ``address``; raises ``Rejected``."""
         router = self.router
         if router.is_local_domain(address.domain):
-            try:
-                local, remote = router.resolve(address)
-            except Rejected:
-                if address.is_postmaster:
-                    return (Address("postmaster", self.primary_domain),)
-                raise
+            local, remote = local_rcpt(router, address, self.primary_domain)
             if remote and self.components.queue is None:
                 raise Rejected(replies.QUEUE_UNAVAILABLE)
-            return tuple(local) + tuple(remote)
+            return local + remote
         if session.authenticated_as is None and not session.relay_allowed:
             raise Rejected(replies.RELAY_DENIED)
         if self.components.queue is None:
