@@ -401,3 +401,25 @@ def test_the_embedding_testing_example_runs_as_shown() -> None:
     exec(compile(code, "docs/embedding.rst", "exec"), scope)
     [stored] = scope["store"].messages("joe@example.org")  # no DELE: kept
     assert stored.startswith(b"Return-Path: <ann@example.net>\n")
+
+
+def test_the_unix_listener_of_sendmail_rst_says_how_its_folder_is_made() -> None:
+    """sendmail.rst's ``unix:`` listener example: ``check`` refuses it while
+    its folder is missing (in the words the page quotes), and the page says
+    how each set-up of deployment.rst makes that folder -- the systemd unit
+    has no ``/run/txmailhub`` of its own, and its ``ProtectSystem=strict``
+    leaves ``/run`` read-only, so ``RuntimeDirectory=`` must name it."""
+    import tomllib
+
+    text = " ".join((ROOT / "docs" / "sendmail.rst").read_text().split())
+    m = re.search(r"``(listen = \[[^`]*\"unix:[^`]*\])``", text)
+    assert m, "sendmail.rst shows no unix: listener"
+    [unix] = [e for e in tomllib.loads(m.group(1))["listen"] if e.startswith("unix:")]
+    folder = Path(unix.split(":", 1)[1]).parent
+    if not folder.is_dir():
+        why = config.endpoint_readiness(unix)
+        assert why and why.endswith(f"the folder {folder} does not exist")
+        assert f"``the folder {folder} does not exist``" in text
+    assert folder.parent == Path("/run") and f"``RuntimeDirectory={folder.name}``" in text
+    deployment = (ROOT / "docs" / "deployment.rst").read_text()
+    assert re.search(rf"^ *install -d .*\s{re.escape(str(folder))}\s", deployment, re.M)
