@@ -823,6 +823,46 @@ def test_check_says_when_this_user_could_not_use_the_state_dir(
     assert code == 2 and "something that is not a folder is in the way of" in err, err
 
 
+def test_a_users_folder_this_user_cannot_make_is_said_with_the_way_to_make_it(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # README's steps, then `sudo -u mailhub mailhub user add joe` before
+    # deployment.rst's `install -d ... users.d`: the command said only
+    # "mailhub: /etc/txmailhub/users.d: Permission denied", and check that
+    # "mailhub user add makes it"; os.access and os.mkdir stand in for a
+    # user without the right to write the folder above (root has it)
+    import grp
+    import pwd
+
+    config.write_text(config.read_text() + '[users]\nfile = "users.d/users"\n')
+    folder = config.parent / "users.d"
+    (config.parent / "var").mkdir()  # state_dir made, as deployment.rst makes it
+    real_access, real_mkdir = os.access, os.mkdir
+
+    def mkdir(path: object, *args: object, **kwargs: object) -> None:
+        if str(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access",
+                        lambda p, mode: str(p) != str(config.parent) and real_access(p, mode))
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    make = (f"as root, make it for the user the hub runs as: install -d -o "
+            f"{pwd.getpwuid(os.geteuid()).pw_name} -g {grp.getgrgid(os.getegid()).gr_name} "
+            f"-m 0700 {folder} (docs/deployment.rst)")
+    code, out, err = run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+    assert (code, out) == (1, "")
+    assert err == (f"mailhub: cannot make {folder}, the folder of the users file "
+                   f"{folder / 'users'}: Permission denied; {make}\n")
+    code, out, err = run(config, "check")
+    assert code == 0 and (
+        f"warning: the users file {folder / 'users'} does not exist yet, and this user cannot "
+        f"make its folder (mailhub user add would fail): {make}; until then local mail is "
+        "refused with 451\n") in err, err
+    monkeypatch.setattr(os, "access", real_access)  # a folder it can make: as before
+    assert ("warning: the users file " + str(folder / "users") + " does not exist yet "
+            "(mailhub user add makes it)") in run(config, "check")[2]
+
+
 def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: Path) -> None:
     # the start makes every missing folder on the way (os.makedirs)
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)

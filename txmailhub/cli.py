@@ -448,9 +448,14 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     if users.missing and users_read:  # (an unreadable file is a problem above)
         # not fatal (aliases may send everything elsewhere), but until it
         # exists every local mailbox is answered 451, and nobody can log in
-        print(f"warning: the users file {settings.users.file} does not exist yet "
-              "(mailhub user add makes it); until then local mail is refused with 451",
-              file=err)
+        from txmailhub.users import cannot_make_folder, make_folder_advice
+
+        folder = cannot_make_folder(settings.users.file)
+        how = (" (mailhub user add makes it)" if folder is None else
+               ", and this user cannot make its folder (mailhub user add would fail): "
+               + make_folder_advice(folder))
+        print(f"warning: the users file {settings.users.file} does not exist yet{how}; "
+              "until then local mail is refused with 451", file=err)
     if problems:
         for problem in problems:
             print(_shown_lines(problem), file=err)

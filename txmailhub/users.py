@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import errno
 import fcntl
+import grp
 import hashlib
 import hmac
 import os
@@ -73,8 +74,8 @@ from txmailhub.precis import PreparationError, prepare_password
 
 log = Logger(namespace="txmailhub.users")
 
-__all__ = ["UserRecord", "UsersDB", "hash_password", "hash_problem", "mail_never_reaches",
-           "open_lock", "verify_password"]
+__all__ = ["UserRecord", "UsersDB", "cannot_make_folder", "hash_password", "hash_problem",
+           "mail_never_reaches", "make_folder_advice", "open_lock", "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
@@ -208,6 +209,37 @@ def mail_never_reaches(address: Address) -> str | None:
             return (f"RCPT TO names it {plain}@{address.domain} (the quotes dropped), "
                     "which is looked up without them: it gets no mail")
     return None
+
+
+def make_folder_advice(folder: str) -> str:
+    """How to make the users file's ``folder`` that this user may not make
+    (the folder above is root's, ``/etc/txmailhub``): deployment.rst's
+    ``install -d`` line, for this user, whom deployment.rst has run the
+    ``mailhub user`` commands as the hub's user."""
+    from txmailhub.hub_access import name_of
+
+    try:
+        group = grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        group = str(os.getegid())
+    user = name_of(os.geteuid()).removeprefix("uid ")
+    return (f"as root, make it for the user the hub runs as: install -d -o {user} -g {group} "
+            f"-m 0700 {folder} (docs/deployment.rst)")
+
+
+def cannot_make_folder(path: str) -> str | None:
+    """The folder of ``path`` when it does not exist and this user could
+    not make it (the nearest folder above that exists is not writable for
+    it), else ``None``: ``check`` says so rather than "mailhub user add
+    makes it"."""
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if parent == folder or not os.path.isdir(parent):
+        return None
+    return None if os.access(parent, os.W_OK | os.X_OK) else folder
+
 
 class UsersDB:
     """The users file, reloaded whenever it changes on disk."""
@@ -515,7 +547,14 @@ class UsersDB:
         folder = os.path.dirname(os.path.abspath(self.path))
         from txmailhub.hub_access import make_folders
 
-        make_folders(folder, self.folder_owner)
+        try:
+            make_folders(folder, self.folder_owner)
+        except PermissionError as e:
+            # "users.d: Permission denied" alone left the admin to guess
+            # that deployment.rst's `install -d` line was the step missed
+            raise PermissionError(e.errno, (
+                f"cannot make {folder}, the folder of the users file {self.path}: "
+                f"{e.strerror}; {make_folder_advice(folder)}")) from e
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
         fd = open_lock(self.path + ".lock")
