@@ -350,7 +350,15 @@ class AliasesFile:
 
         self._followed()  # a link that must not be followed: refused before any lock is made
         path = os.path.abspath(self.path)
-        fd = open_lock(path + ".lock", AliasesFileError)
+        try:
+            fd = open_lock(path + ".lock", AliasesFileError)
+        except PermissionError as e:
+            # the folder is root's in deployment.rst, and the admin ran the
+            # command as the hub's user, as for `mailhub user`: say who may
+            raise PermissionError(e.errno, (
+                f"cannot open {path}.lock, the lock of the aliases file: {e.strerror}; run "
+                f"the alias commands as a user who may write {os.path.dirname(path)} (root, "
+                "where the file is root's as in docs/deployment.rst)")) from e
         # as the file's owner, as the users lock: the hub's user may run
         # the next command; before there is a file, as its folder's
         give_to(fd, owner_of(path) or owner_of(os.path.dirname(path)))
