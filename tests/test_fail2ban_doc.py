@@ -22,6 +22,8 @@ from test_pop3_protocol import REMOTE, Env, talk
 from test_smtp_protocol import Harness, take
 from twisted.logger import formatEventAsClassicLogText
 
+from txmailhub.logsafe import loggable
+
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.rst"
 
 # a user name that tries to have fail2ban ban someone else
@@ -172,8 +174,8 @@ def test_the_filter_matches_a_failed_smtp_auth(log_events, user: str) -> None:
     assert hosts(lines) == ["192.0.2.1"]  # and no other line of the session
 
 
-# (no FORGED name here: POP3 refuses a user name with a space in it, by
-# RFC 8265, before any login is tried or logged)
+# (no FORGED name for USER: POP3 refuses a user name with a space in it,
+# by RFC 8265, before a password is given; AUTH PLAIN's is below)
 @pytest.mark.parametrize(("user", "mechanism"), [("joe", "USER"), ("joe", "PLAIN")])
 def test_the_filter_matches_a_failed_pop3_login(log_events, user: str, mechanism: str) -> None:
     env = Env(allow_plaintext_auth=True)
@@ -242,4 +244,31 @@ def test_a_pop3_plain_message_acting_as_another_user_is_logged_without_a_delay(
     lines = log_lines(log_events, "txmailhub.pop3")
     assert [line.split(" ", 1)[1] for line in lines if "authentication" in line] == [
         "[txmailhub.pop3#info] malformed authentication response from 192.0.2.7 (PLAIN)"]
+    assert hosts(lines) == ["192.0.2.7"]
+
+
+@pytest.mark.parametrize("user", ["a b", FORGED, "joe\x7f"])
+def test_the_filter_matches_a_pop3_plain_login_of_a_name_no_user_can_have(
+        log_events, user: str) -> None:
+    # SMTP logs this PLAIN message as a failed login of that name; POP3
+    # refused the name with no line at all (and counted nothing), so the
+    # filter saw one protocol's guesses and not the other's.  The name is
+    # the client's text, the address the real one at the end
+    message = base64.b64encode(f"\0{user}\0wrong".encode())
+    h = Harness()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True
+    take(t)
+    p.dataReceived(b"EHLO c\r\nAUTH PLAIN " + message + b"\r\n")
+    h.clock.advance(60)
+    assert take(t)[-1].startswith("535 ")
+    assert hosts(log_lines(log_events, "txmailhub.smtp")) == ["192.0.2.1"]
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, b"AUTH PLAIN " + message + b"\r\n")
+    env.clock.advance(60)
+    assert t.value().startswith(b"-ERR [AUTH]"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert [line.split(" ", 1)[1] for line in lines if "refused" in line] == [
+        f"[txmailhub.pop3#info] POP3 login {loggable(user)} from 192.0.2.7 (PLAIN) refused: AUTH"]
     assert hosts(lines) == ["192.0.2.7"]

@@ -416,6 +416,44 @@ def test_bad_password_delay_grows_then_closes():
     assert t.disconnecting
 
 
+def test_an_auth_plain_name_no_user_can_have_fails_as_a_wrong_password(log_events):
+    # SMTP AUTH fails the same PLAIN message as a login (535 after the
+    # delay, counted for the address, 'authentication failed for a b
+    # from ...'); POP3 answered -ERR at once, counted nothing and logged
+    # nothing, so a client could try such names without end, unseen
+    import base64
+
+    env = Env(allow_plaintext_auth=True, max_auth_failures=2, auth_failure_delay=3.0,
+              checker=ClientRecordingChecker({"joe@example.org": b"joepw"}))
+    proto, t = env.connect(peer=REMOTE)
+    message = b"AUTH PLAIN " + base64.b64encode(b"\0a b\0wrong") + b"\r\n"
+    assert talk(proto, t, message) == b""  # delayed, as a wrong password is
+    env.clock.advance(3)
+    assert t.value() == R.BAD_USER_NAME.to_bytes()  # the answer still says why
+    assert proto.engine.auth_failures == 1
+    assert list(proto.factory.login_failures._failures) == ["192.0.2.7"]
+    assert env.checker.clients == []  # no password was checked
+    assert [formatEvent(e) for e in log_events if "refused" in formatEvent(e)] == [
+        "POP3 login a b from 192.0.2.7 (PLAIN) refused: AUTH"]
+    talk(proto, t, message)  # the second of max_auth_failures = 2 ends the session
+    env.clock.advance(6)
+    assert t.value() == R.TOO_MANY_AUTH_FAILURES.to_bytes() and t.disconnecting
+
+
+def test_an_auth_plain_name_no_user_can_have_from_a_blocked_address_is_throttled():
+    # as any login from an address with too many failures: refused before
+    # anything is judged, and not counted again
+    import base64
+
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    for _ in range(10):
+        proto.factory.login_failures.failed("192.0.2.7")
+    out = talk(proto, t, b"AUTH PLAIN " + base64.b64encode(b"\0a b\0wrong") + b"\r\n")
+    assert out == R.LOGIN_THROTTLED.to_bytes()
+    assert proto.engine.auth_failures == 0
+
+
 def test_a_user_missing_from_a_users_file_caught_half_written_is_sys_temp(tmp_path):
     # the users file rewritten in place and read before bob's line is back:
     # his login is "try again later" ([SYS/TEMP], RFC 3206 4; the CAPA

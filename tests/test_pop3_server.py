@@ -1002,7 +1002,13 @@ def test_user_names_saslprep_prohibits_are_refused(name):
     run(e, b"AUTH PLAIN")
     raw = b"\0" + name + b"\0pw"
     if name != b"\xff\xfe":  # (not UTF-8 at all: a malformed PLAIN response)
-        assert sent(e, base64.b64encode(raw)) == R.BAD_USER_NAME.to_bytes()
+        # a password came with it: a failed login (RFC 4954 4), judged
+        # without the portal, counted and delayed, that still says why
+        action = run(e, base64.b64encode(raw))
+        assert action == Authenticate("PLAIN", name.decode(), b"pw", TS, unusable_name=True)
+        failed = e.login_failed(LoginFailure.BAD_CREDENTIALS)
+        assert failed.data == R.BAD_USER_NAME.to_bytes() and failed.delay > 0
+        assert e.auth_failures == 1
 
 
 def test_right_to_left_names_whole_are_accepted():

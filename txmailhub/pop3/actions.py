@@ -34,12 +34,20 @@ class Authenticate:
 
     For USER and PLAIN ``secret`` is the password; for APOP it is the
     client's hex digest of ``timestamp + secret`` (ASCII).  ``username``
-    is as the client typed it."""
+    is as the client typed it.
+
+    ``unusable_name``: the name is one no user can have (RFC 6856 2.2:
+    SASLprep refuses it), so the adapter fails the login without asking
+    the portal -- logged, counted and delayed as any failed login, as SMTP
+    AUTH fails the same PLAIN message (RFC 4954 4: a failed preparation
+    "MUST fail the authentication"); the log watchers of
+    docs/deployment.rst see it as one."""
 
     mechanism: str
     username: str
     secret: bytes
     timestamp: str
+    unusable_name: bool = False
 
 
 class Transmit(NamedTuple):

@@ -817,6 +817,13 @@ class POP3Protocol(Protocol):
             self._busy = False
             self._finish_login(self.engine.login_failed(LoginFailure.THROTTLED))
             return
+        if action.unusable_name:
+            # no user has this name: the portal is not asked, and the login
+            # fails as a wrong password does (logged, counted, delayed), as
+            # SMTP AUTH's login of the same name fails and is logged
+            self._login_failed(Failure(UnauthorizedLogin("a name no user can have")),
+                               action.mechanism)
+            return
         if action.mechanism == "APOP":
             creds: Any = APOPCredentials(username, action.timestamp.encode(), action.secret)
         else:

@@ -234,6 +234,9 @@ class POP3Server:
         self._waiting: str | None = None  # "login" or "update" while I/O runs
         self._user: str | None = None
         self._sasl = False  # an AUTH PLAIN response is awaited
+        # the login awaited is of a name no user can have (Authenticate's
+        # unusable_name): its failure is answered BAD_USER_NAME
+        self._unusable_name = False
         self._before_login = 0  # lines read in the AUTHORIZATION state
         self.utf8 = False  # UTF8 issued (RFC 6856): UTF-8 headers may be sent
         self._messages: Sequence[Any] = ()
@@ -357,6 +360,7 @@ class POP3Server:
         reply to the login itself counts the stored sizes: RFC 1939 asks
         nothing of its text, and a login then reads no message."""
         self._expect("login")
+        self._unusable_name = False
         self._transition(Event.AUTHENTICATED)
         self._uids, self._sizes = columns(messages)
         # a Snapshot does not change under us (its columns are fixed)
@@ -371,6 +375,7 @@ class POP3Server:
         """The login did not give a mailbox; grows the delay on bad credentials."""
         self._expect("login")
         self._user = None
+        unusable, self._unusable_name = self._unusable_name, False
         if why is LoginFailure.IN_USE:
             return self._send(R.MAILBOX_IN_USE)
         if why is LoginFailure.TEMPORARY:
@@ -384,7 +389,10 @@ class POP3Server:
         if self.auth_failures >= self.max_auth_failures:
             self.finished = True
             return Send(R.TOO_MANY_AUTH_FAILURES.to_bytes(), close=True, delay=delay)
-        return Send(R.AUTH_FAILED.to_bytes(), delay=delay)
+        # a name no user can have is told so (RFC 6856 2.2), as USER and
+        # APOP tell it at once: no guess at a password learns anything
+        reply = R.BAD_USER_NAME if unusable else R.AUTH_FAILED
+        return Send(reply.to_bytes(), delay=delay)
 
     def update_finished(self, ok: bool, permanent: bool = False) -> Send:
         """The deletions of the UPDATE state are done (``ok``) or failed.
@@ -504,15 +512,23 @@ class POP3Server:
         except UnicodeDecodeError:
             return self._send(R.AUTH_BAD_PLAIN)
         prepared = prepare_username(username)  # RFC 4616 5: SASLprep'd
-        if prepared is None or (authz and prepare_username(authz) is None):
-            return self._send(R.BAD_USER_NAME)
-        username = prepared
-        if authz and self.identity(authz) != self.identity(username):
+        if authz and (self.identity(prepare_username(authz) or authz)
+                      != self.identity(prepared or username)):
             # Acting as another user is not supported: a failed login.
+            # (An authzid no user can have names nobody the client is.)
             self._waiting = "login"
             failed = self.login_failed(LoginFailure.BAD_CREDENTIALS)
             return Send(failed.data, failed.close, failed.delay, malformed_auth=True)
-        return self._login("PLAIN", username, password)
+        if prepared is None:
+            # A name no user can have: the login fails (RFC 4954 4, "MUST
+            # fail the authentication"), counted, delayed and logged as any
+            # failed login, as SMTP AUTH fails the same message; the answer
+            # still says why (``login_failed``)
+            self._waiting = "login"
+            self._unusable_name = True
+            return Authenticate("PLAIN", username, password, self.timestamp,
+                                unusable_name=True)
+        return self._login("PLAIN", prepared, password)
 
     def identity(self, name: str) -> str:
         """A user name as the users file keys it: a bare name is at the
