@@ -551,6 +551,25 @@ def test_an_initial_response_is_held_to_the_command_line_limit_but_a_continuatio
     assert run(e, response) == Authenticate("PLAIN", "joe", b"p" * 200, TS)
 
 
+def test_an_initial_response_past_the_command_line_limit_is_marked_as_a_malformed_one():
+    # RFC 5034 4: the AUTH command stays within RFC 2449's 255 octets, so
+    # the line is refused as any long one; it is an AUTH exchange that
+    # ended on no SASL response, and the adapter logs it as one
+    # (malformed_auth), as it logs a continuation line that is too long
+    response = plain("", "joe", "p" * 200)
+    for line in (b"AUTH PLAIN " + response, b"auth plain\t" + response,
+                 b"AUTH PLAIN " + b"A" * 4000):
+        assert run(engine(), line) == Send(R.LINE_TOO_LONG.to_bytes(), malformed_auth=True)
+    # any other long line is only too long: no AUTH PLAIN, none possible
+    # (no plaintext logins, another state), or dropped unread past 4096
+    for e, line in ((engine(), b"NOOP " + response), (engine(), b"AUTH X " + response),
+                    (engine(), b"AUTH PLAIN " + response + b" x"),
+                    (engine(plaintext_allowed=False), b"AUTH PLAIN " + response),
+                    (logged_in(), b"AUTH PLAIN " + response),
+                    (engine(), b"AUTH PLAIN " + b"A" * 5000)):
+        assert run(e, line) == Send(R.LINE_TOO_LONG.to_bytes()), line[:20]
+
+
 # -- CAPA and STLS ---------------------------------------------------------
 
 

@@ -19,8 +19,9 @@ class Send:
 
     ``malformed_auth``: the answer to an AUTH response the engine refused
     itself, with no login tried (a PLAIN message that asks to act as
-    another user): the adapter logs it for log watchers, whatever the
-    delay (``[pop3] auth_failure_delay`` may be 0)."""
+    another user, an initial response that made the AUTH command line
+    longer than RFC 5034 4 allows): the adapter logs it for log
+    watchers, whatever the delay (``[pop3] auth_failure_delay`` may be 0)."""
 
     data: bytes
     close: bool = False

@@ -741,11 +741,13 @@ class POP3Protocol(Protocol):
     def _perform(self, action: Any) -> None:
         if type(action) is Send:
             if action.malformed_auth:
-                # a failed login the engine judged without asking the
-                # portal: an AUTH PLAIN message that asks to act as another
-                # user.  No name is logged (whose would it be?), as SMTP
-                # logs the same message.  Not keyed on the answer's delay:
-                # with [pop3] auth_failure_delay = 0 there is none
+                # an AUTH response the engine refused without asking the
+                # portal: a PLAIN message that asks to act as another user
+                # (a failed login), or an initial response that made the
+                # command line too long.  No name is logged (whose would it
+                # be?), as SMTP logs the same message.  Not keyed on the
+                # answer's delay: with [pop3] auth_failure_delay = 0 there
+                # is none
                 log.info("malformed authentication response from {peer} ({mechanism})",
                          peer=self._peer, mechanism="PLAIN")
             self._send(action)

@@ -310,7 +310,7 @@ class POP3Server:
             self._sasl = False
             return self._sasl_response(line)
         if len(line) + 2 > COMMAND_LINE_LIMIT:
-            return Send(R.LINE_TOO_LONG.to_bytes())
+            return Send(R.LINE_TOO_LONG.to_bytes(), malformed_auth=self._overlong_auth(line))
         if b"\0" in line:  # RFC 1939 3: printable ASCII, as SMTP refuses it
             return self._send(R.NUL_IN_COMMAND)
         if b"\r" in line:  # only CRLF ends a line (the reader took off its CR)
@@ -529,6 +529,26 @@ class POP3Server:
             return Authenticate("PLAIN", username, password, self.timestamp,
                                 unusable_name=True)
         return self._login("PLAIN", prepared, password)
+
+    def _overlong_auth(self, line: bytes) -> bool:
+        """Whether ``line``, a command line over RFC 2449's 255 octets, is
+        an ``AUTH PLAIN`` whose initial response made it so.
+
+        RFC 5034 4 keeps the AUTH command within that limit: a client
+        whose initial response would not fit "MUST NOT" send it, and sends
+        it after the ``+`` challenge instead, where a line may be longer.
+        So the line is refused as any long command line, and it is an AUTH
+        exchange that ended on no SASL response: logged as SMTP's and
+        POP3's other malformed responses are (docs/deployment.rst,
+        fail2ban) wherever AUTH PLAIN would have taken it."""
+        if self.state is not State.AUTHORIZATION or not self.plaintext_allowed:
+            return False
+        verb, _, arg = line.partition(b" ")
+        if verb.upper() != b"AUTH":
+            return False
+        words = arg.replace(b"\t", b" ").split(b" ")
+        words = [w for w in words if w]
+        return len(words) == 2 and words[0].upper() == b"PLAIN"
 
     def identity(self, name: str) -> str:
         """A user name as the users file keys it: a bare name is at the
