@@ -108,6 +108,7 @@ MALFORMED_SMTP = [
     ("AUTH LOGIN\r\n \r\n", "LOGIN"),  # a blank is no base64
     ("AUTH PLAIN " + base64.b64encode(b"\0\xff\0pw").decode() + "\r\n", "PLAIN"),  # not UTF-8
     ("AUTH PLAIN\r\n" + "A" * 13000 + "\r\n", "PLAIN"),  # a line too long
+    ("AUTH PLAIN " + "A" * 600 + "\r\n", "PLAIN"),  # an initial response past 512 octets
 ]
 
 

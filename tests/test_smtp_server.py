@@ -2179,3 +2179,34 @@ def test_an_auth_exchange_ended_by_a_malformed_response_is_a_notice():
     notices = [e for e in d.events if isinstance(e, AuthMalformed)]
     assert notices == [AuthMalformed("PLAIN"), AuthMalformed("LOGIN"), AuthMalformed("PLAIN")]
     assert not any(isinstance(e, AuthRequest) for e in d.events)  # no password checked
+
+
+def test_an_auth_line_its_initial_response_made_too_long_is_a_malformed_notice():
+    # RFC 4954 4: the AUTH command keeps to the command line limit, and a
+    # client whose initial response does not fit sends it after the 334.
+    # Such a line is refused as any long one (500) and, where AUTH would
+    # have taken it, is an exchange that ended on no SASL response: the
+    # adapter logs it (docs/deployment.rst, fail2ban), as POP3 logs its own.
+    # It left no line at all
+    long_response = "A" * 600
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    d.codes("EHLO c\r\n")
+    assert d.codes(f"AUTH PLAIN {long_response}\r\nauth\tlogin {long_response}\r\n"
+                   f"AUTH PLAIN {'A' * 20000}\r\n") == ["500", "500", "500"]
+    assert [e for e in d.events if isinstance(e, AuthMalformed)] == [
+        AuthMalformed("PLAIN"), AuthMalformed("LOGIN"), AuthMalformed("PLAIN")]
+    # any other long line is only too long: no AUTH, an unknown mechanism,
+    # AUTH not offered (no TLS off loopback, before EHLO, in a transaction)
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True))
+    d.codes("EHLO c\r\n")
+    assert d.codes(f"NOOP {long_response}\r\nAUTH X {long_response}\r\n"
+                   "MAIL FROM:<alice@example.org>\r\n"
+                   f"AUTH PLAIN {long_response}\r\n") == ["500", "500", "250", "500"]
+    for driver in (Driver(), Driver(session=Session(client_host="127.0.0.1", loopback=True))):
+        if driver.session.loopback:  # before EHLO
+            assert driver.codes(f"AUTH PLAIN {long_response}\r\n") == ["500"]
+        else:
+            driver.codes("EHLO c\r\n")
+            assert driver.codes(f"AUTH PLAIN {long_response}\r\n") == ["500"]
+        assert not any(isinstance(e, AuthMalformed) for e in driver.events)
+    assert not any(isinstance(e, AuthMalformed) for e in d.events)

@@ -103,6 +103,26 @@ class AuthPhase(EnginePart):
         # continuation line's would be (RFC 4954 4)
         self._sasl_step(self._sasl.start(initial.strip(" \t")))
 
+    def _overlong_auth(self, head: bytes) -> str | None:
+        """The mechanism of an AUTH command line, begun by ``head``, that
+        its initial response made longer than a command line may be;
+        ``None`` for any other line.
+
+        RFC 4954 4 keeps AUTH within the command line limit: a client whose
+        initial response would not fit "MUST NOT" send it, and sends it
+        after the ``334`` instead, where a line may be longer.  The line is
+        refused as any long one; where AUTH with that mechanism would have
+        been taken, it is an exchange that ended on no SASL response, logged
+        as the others are (``AuthMalformed``), as POP3 logs its own."""
+        if self.state is not State.READY or not self._auth_offered():
+            return None
+        if head[:4].upper() != b"AUTH" or head[4:5] not in (b" ", b"\t"):
+            return None
+        words = head[5:].replace(b"\t", b" ").split(b" ")
+        words = [w for w in words if w]
+        mechanism = words[0].upper().decode("ascii", "replace") if words else ""
+        return mechanism if mechanism in MECHANISMS and len(words) > 1 else None
+
     def _sasl_step(self, result: Reply | Credentials) -> None:
         if isinstance(result, Reply):
             if result.code == 334:

@@ -110,7 +110,8 @@ class AuthRequest:
 class AuthMalformed:
     """A notice: an AUTH exchange of ``mechanism`` ended, refused before
     any password check, on a response that is no SASL response (not
-    base64, empty, no PLAIN message, a line too long).  No user name was
+    base64, empty, no PLAIN message, a line too long, an AUTH command line
+    its initial response made too long).  No user name was
     given that could be logged, but a client that only sends such
     responses must still leave a line a log watcher can act on."""
 

@@ -418,7 +418,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
             end = buf.find(b"\n", limit)
             self._buf = b"" if end < 0 else buf[end + 1 :]
             if not self._discarding:
-                self._line_too_long()
+                self._line_too_long(buf[:limit])
             self._discarding = end < 0
             return _SKIPPED
         self._buf = buf[end + 1 :]
@@ -429,13 +429,14 @@ class SMTPServer(MessageTransfer, AuthPhase):
             verb = buf[:4].upper()
             if end >= (c.max_mail_line if verb in _MAIL_VERBS
                        else c.max_rcpt_line if verb == b"RCPT" else c.max_line):
-                self._line_too_long()
+                self._line_too_long(buf[:end])
                 return _SKIPPED
         if end and buf[end - 1] == 13:
             return buf[: end - 1]
         return buf[:end]
 
-    def _line_too_long(self) -> None:
+    def _line_too_long(self, head: bytes) -> None:
+        """Refuse the line ``head`` begins (as much of it as was read)."""
         if self.state is State.AUTH:
             assert self._sasl is not None
             self._events.append(AuthMalformed(self._sasl.mechanism))
@@ -443,10 +444,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self._to(State.READY if self.session.helo else State.INIT)
             self.reply(replies.AUTH_LINE_TOO_LONG)
             return
+        mechanism = self._overlong_auth(head)  # before a transaction's end: none in one
         if self.state in (State.MAIL, State.RCPT):
             self._abort_message()
             self._reset_transaction()
             self._to(State.READY)
+        if mechanism is not None:
+            self._events.append(AuthMalformed(mechanism))
         self.reply(replies.LINE_TOO_LONG)
 
     def _line(self, line: bytes) -> None:
