@@ -274,3 +274,16 @@ def test_the_filter_matches_a_pop3_plain_login_of_a_name_no_user_can_have(
     assert [line.split(" ", 1)[1] for line in lines if "refused" in line] == [
         f"[txmailhub.pop3#info] POP3 login {loggable(user)} from 192.0.2.7 (PLAIN) refused: AUTH"]
     assert hosts(lines) == ["192.0.2.7"]
+
+
+def test_the_filter_matches_an_apop_login_of_a_name_no_user_can_have(log_events) -> None:
+    # a digest came with it, as AUTH PLAIN's password: a failed login,
+    # logged as one (it was refused with no line)
+    env = Env()
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, b"APOP joe\x7f " + b"0" * 32 + b"\r\n")
+    env.clock.advance(60)
+    assert t.value().startswith(b"-ERR [AUTH]"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert any(line.endswith("(APOP) refused: AUTH") for line in lines), lines
+    assert hosts(lines) == ["192.0.2.7"]

@@ -440,6 +440,23 @@ def test_an_auth_plain_name_no_user_can_have_fails_as_a_wrong_password(log_event
     assert t.value() == R.TOO_MANY_AUTH_FAILURES.to_bytes() and t.disconnecting
 
 
+@pytest.mark.parametrize("name", [b"bob\x01", b"\xff\xfe", "bob\u202e".encode()])
+def test_an_apop_name_no_user_can_have_fails_as_a_wrong_digest(log_events, name):
+    # the digest is APOP's password: as AUTH PLAIN's, such a login was
+    # refused at once, uncounted and unlogged
+    env = Env(auth_failure_delay=3.0)
+    proto, t = env.connect(peer=REMOTE)
+    assert talk(proto, t, b"APOP " + name + b" " + b"0" * 32 + b"\r\n") == b""
+    env.clock.advance(3)
+    assert t.value() == R.BAD_USER_NAME.to_bytes()
+    assert proto.engine.auth_failures == 1
+    assert list(proto.factory.login_failures._failures) == ["192.0.2.7"]
+    [line] = [formatEvent(e) for e in log_events if "refused" in formatEvent(e)]
+    assert line.startswith("POP3 login ") and line.endswith(
+        " from 192.0.2.7 (APOP) refused: AUTH"), line
+    assert "\x01" not in line and "\u202e" not in line  # escaped, as every name logged
+
+
 def test_an_auth_plain_name_no_user_can_have_from_a_blocked_address_is_throttled():
     # as any login from an address with too many failures: refused before
     # anything is judged, and not counted again

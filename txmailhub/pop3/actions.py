@@ -41,8 +41,8 @@ class Authenticate:
     SASLprep refuses it), so the adapter fails the login without asking
     the portal -- logged, counted and delayed as any failed login, as SMTP
     AUTH fails the same PLAIN message (RFC 4954 4: a failed preparation
-    "MUST fail the authentication"); the log watchers of
-    docs/deployment.rst see it as one."""
+    "MUST fail the authentication"), and an APOP digest is a password
+    as much; the log watchers of docs/deployment.rst see it as one."""
 
     mechanism: str
     username: str

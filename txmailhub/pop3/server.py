@@ -467,9 +467,13 @@ class POP3Server:
             return self._send(R.bad_syntax("APOP name digest (32 hex digits)"))
         prepared = prepare_username(name)  # RFC 6856 2.2: APOP's name too
         if prepared is None:
-            return self._send(R.BAD_USER_NAME)
-        name = prepared
-        return self._login("APOP", name, digest.encode("ascii"))
+            # a digest came with it: a failed login, as AUTH PLAIN's
+            # (``Authenticate.unusable_name``)
+            self._waiting = "login"
+            self._unusable_name = True
+            return Authenticate("APOP", name, digest.encode("ascii"), self.timestamp,
+                                unusable_name=True)
+        return self._login("APOP", prepared, digest.encode("ascii"))
 
     def _auth_cmd(self, arg: str) -> Action:
         self._user = None  # see _user_cmd
