@@ -863,6 +863,91 @@ def test_a_users_folder_this_user_cannot_make_is_said_with_the_way_to_make_it(
             "(mailhub user add makes it)") in run(config, "check")[2]
 
 
+def _users_folder_refused(config: Path, monkeypatch: pytest.MonkeyPatch,
+                          base: Path) -> Path:
+    """``[users] file`` in ``base/users.d``, a folder this user may not
+    make (os.access and os.mkdir stand in for it, as above)."""
+    config.write_text(config.read_text() + f'[users]\nfile = "{base}/users.d/users"\n')
+    base.mkdir(parents=True, exist_ok=True)
+    folder = base / "users.d"
+    real_access, real_mkdir = os.access, os.mkdir
+
+    def mkdir(path: object, *args: object, **kwargs: object) -> None:
+        if str(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) != str(base) and real_access(p, mode))
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return folder
+
+
+def _install_line(text: str) -> list[str]:
+    """The words of the ``install -d`` line in ``text``, as a shell splits them."""
+    import shlex
+
+    start = text.index("install -d")
+    return shlex.split(text[start:text.rindex(" (docs/deployment.rst)")])
+
+
+@pytest.mark.parametrize("name", ["etc dir", "etc;touch pwned", "$(touch pwned)", "it's"])
+def test_the_install_line_for_a_users_folder_is_quoted_for_the_shell(
+        config: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # the line is there to be pasted into a root shell: a folder with a
+    # space made two folders, and one with `;` or `$(...)` ran a command
+    folder = _users_folder_refused(config, monkeypatch, config.parent / name)
+    (config.parent / "var").mkdir()
+    code, _, err = run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+    assert code == 1 and _install_line(err)[-1] == str(folder), err
+    code, _, err = run(config, "check")
+    assert _install_line(err)[-1] == str(folder), err
+
+
+def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # deployment.rst's users.d is the hub's user's (the owner of state_dir),
+    # not the user who ran the command: another admin's `mailhub user add`
+    # was told `install -d -o admin ...`, a users.d the hub could not read
+    import grp
+    import pwd
+
+    folder = _users_folder_refused(config, monkeypatch, config.parent / "etc")
+    state = config.parent / "var"
+    state.mkdir()
+    if os.geteuid() == 0:
+        os.chown(state, 4343, 4343)  # a hub user with no name: its numbers
+    st = state.stat()
+
+    def name(table: object, number: int) -> str:
+        try:
+            return table.getpwuid(number).pw_name if table is pwd else (  # type: ignore
+                table.getgrgid(number).gr_name)  # type: ignore[attr-defined]
+        except KeyError:
+            return str(number)
+
+    want = ["install", "-d", "-o", name(pwd, st.st_uid), "-g", name(grp, st.st_gid),
+            "-m", "0700", str(folder)]
+    real_euid, real_egid = os.geteuid, os.getegid
+    for euid in {0, st.st_uid + 4242} - {st.st_uid}:  # root, and another user
+        monkeypatch.setattr(os, "geteuid", lambda euid=euid: euid)
+        monkeypatch.setattr(os, "getegid", lambda euid=euid: euid)
+        if euid == 0:
+            # root's own mkdir refused (an NFS root_squash): the same line
+            code, _, err = run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+            assert code == 1 and _install_line(err) == want, err
+            continue
+        code, _, err = run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+        assert code == 1 and _install_line(err) == want, err
+        assert _install_line(run(config, "check")[2]) == want
+    # no state_dir yet: this user, as before
+    monkeypatch.setattr(os, "geteuid", real_euid)
+    monkeypatch.setattr(os, "getegid", real_egid)
+    state.rmdir()
+    me = [name(pwd, os.geteuid()), name(grp, os.getegid())]
+    line = _install_line(run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[2])
+    assert [line[3], line[5]] == me
+
+
 def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: Path) -> None:
     # the start makes every missing folder on the way (os.makedirs)
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)

@@ -255,14 +255,16 @@ def _read_password(from_stdin: bool, stdin: TextIO | None, err: TextIO) -> str:
 
 
 def _users(settings: Settings) -> UsersDB:
-    from txmailhub.hub_access import hub_owner
+    from txmailhub.hub_access import hub_owner, state_dir_owner
     from txmailhub.passwords import PasswordPolicy
     from txmailhub.users import UsersDB
 
     policy = PasswordPolicy(min_length=settings.users.min_password_length)
     # run as root: a users.d it makes is the hub's user's, as the file then is
+    # (and one it may not make is said with that user's install -d line)
     return UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains,
-                   password_policy=policy, folder_owner=hub_owner(settings.hub.state_dir))
+                   password_policy=policy, folder_owner=hub_owner(settings.hub.state_dir),
+                   hub_user=state_dir_owner(settings.hub.state_dir))
 
 
 def _password_warnings(users: UsersDB, address: Address, password: str, allow_weak: str | None,
@@ -448,12 +450,13 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     if users.missing and users_read:  # (an unreadable file is a problem above)
         # not fatal (aliases may send everything elsewhere), but until it
         # exists every local mailbox is answered 451, and nobody can log in
+        from txmailhub.hub_access import state_dir_owner
         from txmailhub.users import cannot_make_folder, make_folder_advice
 
         folder = cannot_make_folder(settings.users.file)
         how = (" (mailhub user add makes it)" if folder is None else
                ", and this user cannot make its folder (mailhub user add would fail): "
-               + make_folder_advice(folder))
+               + make_folder_advice(folder, state_dir_owner(settings.hub.state_dir)))
         print(f"warning: the users file {settings.users.file} does not exist yet{how}; "
               "until then local mail is refused with 451", file=err)
     if problems:

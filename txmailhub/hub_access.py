@@ -27,7 +27,8 @@ import pwd
 import stat
 import struct
 
-__all__ = ["hub_owner", "make_folders", "name_of", "unreadable_by", "unwritable_folder_by"]
+__all__ = ["hub_owner", "make_folders", "name_of", "state_dir_owner", "unreadable_by",
+           "unwritable_folder_by"]
 
 
 def hub_owner(state_dir: str) -> tuple[int, int] | None:
@@ -44,6 +45,20 @@ def hub_owner(state_dir: str) -> tuple[int, int] | None:
     if st.st_uid == 0 or not stat.S_ISDIR(st.st_mode):
         return None
     return st.st_uid, st.st_gid
+
+
+def state_dir_owner(state_dir: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``state_dir``, the user the hub runs as
+    (deployment.rst's ``install -d -o mailhub ... /var/lib/txmailhub``;
+    root's for a hub that runs as root), whoever runs this; ``None`` when
+    it is not a folder that exists yet.  Unlike ``hub_owner``, which says
+    whom root must hand what it makes, this names that user to any
+    caller: a line telling an admin how to make a folder for the hub."""
+    try:
+        st = os.stat(state_dir)
+    except OSError:
+        return None
+    return (st.st_uid, st.st_gid) if stat.S_ISDIR(st.st_mode) else None
 
 
 def make_folders(folder: str, owner: tuple[int, int] | None) -> None:

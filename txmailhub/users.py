@@ -57,6 +57,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import shlex
 import stat
 import threading
 from collections.abc import Iterator
@@ -211,20 +212,28 @@ def mail_never_reaches(address: Address) -> str | None:
     return None
 
 
-def make_folder_advice(folder: str) -> str:
+def make_folder_advice(folder: str, hub_user: tuple[int, int] | None = None) -> str:
     """How to make the users file's ``folder`` that this user may not make
     (the folder above is root's, ``/etc/txmailhub``): deployment.rst's
-    ``install -d`` line, for this user, whom deployment.rst has run the
-    ``mailhub user`` commands as the hub's user."""
+    ``install -d`` line, for ``hub_user`` -- ``(uid, gid)`` of the user the
+    hub runs as, the owner of ``state_dir`` (``hub_access.state_dir_owner``)
+    -- or, without one, for this user, whom deployment.rst has run the
+    ``mailhub user`` commands as the hub's user.  Not this user whenever
+    the hub's is known: another admin's (or root's) name there would make
+    a users.d the hub cannot read.  Every word is quoted for a shell, as
+    the line is there to be pasted into root's: a folder with a space, a
+    ``;`` or a ``$(...)`` in its name is one argument, never a command."""
     from txmailhub.hub_access import name_of
 
+    uid, gid = hub_user if hub_user is not None else (os.geteuid(), os.getegid())
     try:
-        group = grp.getgrgid(os.getegid()).gr_name
+        group = grp.getgrgid(gid).gr_name
     except KeyError:
-        group = str(os.getegid())
-    user = name_of(os.geteuid()).removeprefix("uid ")
-    return (f"as root, make it for the user the hub runs as: install -d -o {user} -g {group} "
-            f"-m 0700 {folder} (docs/deployment.rst)")
+        group = str(gid)
+    user = name_of(uid).removeprefix("uid ")
+    words = ["install", "-d", "-o", user, "-g", group, "-m", "0700", folder]
+    return ("as root, make it for the user the hub runs as: "
+            + " ".join(shlex.quote(w) for w in words) + " (docs/deployment.rst)")
 
 
 def cannot_make_folder(path: str) -> str | None:
@@ -246,8 +255,12 @@ class UsersDB:
 
     def __init__(self, path: str, primary_domain: str, domains: tuple[str, ...] = (),
                  password_policy: PasswordPolicy | None = None,
-                 folder_owner: tuple[int, int] | None = None) -> None:
+                 folder_owner: tuple[int, int] | None = None,
+                 hub_user: tuple[int, int] | None = None) -> None:
         self.path = path
+        # the user the hub runs as, for the ``install -d`` line of a folder
+        # this user may not make (``make_folder_advice``); None: this user
+        self.hub_user = hub_user
         # who gets the folder(s) of ``path`` a write has to make (root's
         # ``mailhub user add`` before users.d exists: the hub's user,
         # txmailhub.hub_access); None: whoever writes
@@ -554,7 +567,7 @@ class UsersDB:
             # that deployment.rst's `install -d` line was the step missed
             raise PermissionError(e.errno, (
                 f"cannot make {folder}, the folder of the users file {self.path}: "
-                f"{e.strerror}; {make_folder_advice(folder)}")) from e
+                f"{e.strerror}; {make_folder_advice(folder, self.hub_user)}")) from e
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
         fd = open_lock(self.path + ".lock")
