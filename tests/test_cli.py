@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -1480,6 +1481,76 @@ def test_an_aliases_lock_this_user_may_not_make_says_who_may_change_the_file(
                    f"denied; run the alias commands as a user who may write {config.parent} "
                    "(root, where the file is root's as in docs/deployment.rst)\n")
     assert aliases.read_text() == before
+
+
+_SHOW_CASES = """\
+postmaster: alice
+postmaster@example.net: bob, x@remote.test
+abuse@example.net: postmaster
+team: alice, bob, y@remote.test
+fwd: z@remote.test
+ghost: nobody
+mixed: nobody, alice
+list: team, fwd
+loop1: loop2
+loop2: loop1, alice
+self: \\alice
+"""
+
+
+@pytest.mark.parametrize("users", ["there", "away", "unreadable"])
+@pytest.mark.parametrize("postmaster",
+                         ["alice", "nobody", "x@remote.test", "nobody, w@remote.test"])
+def test_alias_show_agrees_with_rcpt_for_every_alias(
+        config: Path, users: str, postmaster: str) -> None:
+    # `alias show` says what RCPT TO gets: the SMTP policy's answer for the
+    # same address, by the hub's own router, for lists, forwards, loops,
+    # postmasters in the primary and a secondary domain, whatever the users
+    # file's state (each alias, and the address of each alias)
+    from types import SimpleNamespace
+
+    from txmailhub.address import parse_address
+    from txmailhub.config import load
+    from txmailhub.errors import Rejected
+    from txmailhub.router import Router
+    from txmailhub.smtp.policy import RecipientPolicy
+    from txmailhub.smtp.server import Session
+    from txmailhub.users import UsersDB
+
+    aliases = with_aliases(config, _SHOW_CASES.replace("postmaster: alice",
+                                                       f"postmaster: {postmaster}"))
+    users_file = config.parent / "users"
+    if users == "away":
+        users_file.unlink()
+    elif users == "unreadable":
+        users_file.unlink()
+        users_file.mkdir()  # no file a read can take, as root too
+    past = time.time() - 3600  # no file read a moment after its change (451 4.3.0)
+    for path in (aliases, users_file):
+        if path.exists():
+            os.utime(path, (past, past))
+    settings = load(str(config))
+    hub = settings.hub
+    policy = RecipientPolicy(SimpleNamespace(
+        router=Router(hub.domains, UsersDB(settings.users.file, hub.primary_domain, hub.domains),
+                      settings.aliases.file),
+        queue=object(), settings=settings))
+    names = [line.split(":")[0] for line in _SHOW_CASES.splitlines()]
+    for name in names:
+        code, out, _ = run(config, "alias", "show", name)
+        assert code == 0, out
+        shown_lines = dict(line.split(": ", 1) for line in out.splitlines()[2:]
+                           if not line.startswith("skipped:"))
+        try:
+            got = policy.check_recipient(parse_address(out.splitlines()[0].split(": ", 1)[1]),
+                                         Session(client_host="192.0.2.9"))
+        except Rejected as e:
+            assert shown_lines == {"refused": f"{e.reply.text()} (what RCPT TO gets)"}, (name, out)
+            continue
+        said = [a for key in ("mailboxes", "forwards")
+                for a in shown_lines[key].split(", ") if a != "-"]
+        assert sorted(said) == sorted(a.key if a.domain in hub.domains else str(a)
+                                      for a in got), (name, out, got)
 
 
 def test_alias_add_set_and_remove(config: Path) -> None:
