@@ -471,6 +471,59 @@ def test_an_auth_plain_name_no_user_can_have_from_a_blocked_address_is_throttled
     assert proto.engine.auth_failures == 0
 
 
+def test_a_name_no_user_can_have_from_loopback_is_not_counted_for_the_address():
+    # loopback is exempt from the address's failures (docs/pop3.rst), these
+    # failed logins too: a local client that keeps sending one (a webmail
+    # with a bad setting) never locks out the next, right login
+    import base64
+
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=1.0)
+    for _ in range(12):
+        for message in (b"AUTH PLAIN " + base64.b64encode(b"\0a b\0pw") + b"\r\n",
+                        b"APOP jo\x01e " + b"0" * 32 + b"\r\n"):
+            proto, t = env.connect()
+            talk(proto, t, message)
+            env.clock.advance(5)
+            assert t.value() == R.BAD_USER_NAME.to_bytes()
+    assert dict(proto.factory.login_failures._failures) == {}
+    proto, t = env.connect()
+    out = talk(proto, t, b"AUTH PLAIN " + base64.b64encode(b"\0joe\0joepw") + b"\r\n")
+    assert out.startswith(b"+OK")
+
+
+def test_one_mistyped_name_does_not_keep_the_right_login_out():
+    # a name no user can have typed once, from another address: one failure,
+    # as a wrong password; the right login that follows, in the same
+    # session, gets the mailbox
+    import base64
+
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=1.0)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, b"AUTH PLAIN " + base64.b64encode(b"\0jo e\0joepw") + b"\r\n")
+    env.clock.advance(1)
+    assert t.value() == R.BAD_USER_NAME.to_bytes()
+    talk(proto, t, b"AUTH PLAIN " + base64.b64encode(b"\0joe\0joepw") + b"\r\n")
+    env.clock.advance(2)
+    assert t.value().startswith(b"+OK")
+
+
+def test_apop_of_an_unknown_name_and_a_wrong_digest_look_alike():
+    # no user enumeration: a name that is no user and a user's wrong
+    # digest get the same answer after the same delay; a name no user can
+    # have says so, after that delay too (its form alone tells it)
+    replies = {}
+    for name in (b"nobody", b"joe", b"jo\x01e"):
+        env = Env(auth_failure_delay=2.0)
+        proto, t = env.connect(peer=REMOTE)
+        assert talk(proto, t, b"APOP " + name + b" " + b"0" * 32 + b"\r\n") == b""
+        env.clock.advance(1.999)
+        assert t.value() == b""
+        env.clock.advance(0.001)
+        replies[name] = t.value()
+    assert replies[b"nobody"] == replies[b"joe"] == R.AUTH_FAILED.to_bytes()
+    assert replies[b"jo\x01e"] == R.BAD_USER_NAME.to_bytes()
+
+
 def test_a_user_missing_from_a_users_file_caught_half_written_is_sys_temp(tmp_path):
     # the users file rewritten in place and read before bob's line is back:
     # his login is "try again later" ([SYS/TEMP], RFC 3206 4; the CAPA
