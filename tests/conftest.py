@@ -201,6 +201,39 @@ def read_empty(fd: int) -> None:
     time.sleep(0.05)  # the reader is past the data by now
 
 
+def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
+    """``call()`` in a forked child that runs as ``uid``:``gid`` (no
+    supplementary groups), its value (or exception) pickled back: a test
+    run as root sees what another user's command says, with the kernel's
+    own refusals (root is refused nothing).  Root only."""
+    import pickle
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                result: tuple[bool, Any] = (True, call())
+            except BaseException as e:
+                result = (False, e)
+            with os.fdopen(write, "wb") as f:
+                pickle.dump(result, f)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise value
+    return value
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
     socks = []

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import mailhub, read_empty
+from conftest import as_user, mailhub, read_empty
 
 from txmailhub.cli import main
 
@@ -902,6 +905,62 @@ def test_the_install_line_for_a_users_folder_is_quoted_for_the_shell(
     assert code == 1 and _install_line(err)[-1] == str(folder), err
     code, _, err = run(config, "check")
     assert _install_line(err)[-1] == str(folder), err
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder every user may enter (pytest's own, 0700, is root's alone),
+    for commands run as another user (``as_user``)."""
+    folder = Path(tempfile.mkdtemp())
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs check as other users")
+def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_user_add(
+        open_tmp: Path) -> None:
+    # users.d made beforehand, but not writable by whoever runs check:
+    # check said "mailhub user add makes it", and user add then failed
+    # on users.lock ("Permission denied")
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    state, folder = open_tmp / "var", open_tmp / "users.d"
+    state.mkdir()
+    folder.mkdir(mode=0o755)
+    users = folder / "users"
+    # 1. a users.d root made by hand, the hub's user (nobody) running
+    # check: the chown that gives it to the hub's user
+    os.chown(state, NOBODY, NOBODY)
+    code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, "check"))
+    assert "mailhub user add makes it" not in err, err
+    assert (f"warning: the users file {users} does not exist yet, and this user (nobody) "
+            f"may not write its folder {folder} (root:root mode 0755), so mailhub user add "
+            "would fail, and the hub's user (nobody, the owner of state_dir) does not own "
+            f"it: as root, give it to that user (chown nobody:nogroup {folder}), then run "
+            "the mailhub user commands as root or as that user (docs/deployment.rst); "
+            "until then local mail is refused with 451\n") in err, err
+    code, _, err = as_user(NOBODY, NOBODY, lambda: run(
+        config, "user", "add", "joe", "--password-stdin", stdin=PW))
+    assert code == 1 and "Permission denied" in err, err  # (what check now foretells)
+    # 2. users.d the hub's user's (uid 4343), another user running check
+    os.chown(state, 4343, 4343)
+    os.chown(folder, 4343, 4343)
+    code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, "check"))
+    assert (f"warning: the users file {users} does not exist yet, and this user (nobody) "
+            f"may not write its folder {folder} (uid 4343:4343 mode 0755), so mailhub user "
+            "add would fail: run the mailhub user commands as root or as uid 4343, the "
+            "folder's owner (docs/deployment.rst); until then") in err, err
+    # 3. its owner, or root: as before
+    for uid in (4343, 0):
+        code, _, err = as_user(uid, uid, lambda: run(config, "check"))
+        assert "(mailhub user add makes it)" in err, err
 
 
 def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(

@@ -451,12 +451,20 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         # not fatal (aliases may send everything elsewhere), but until it
         # exists every local mailbox is answered 451, and nobody can log in
         from txmailhub.hub_access import state_dir_owner
-        from txmailhub.users import cannot_make_folder, make_folder_advice
+        from txmailhub.users import cannot_make_folder, make_folder_advice, unwritable_folder_advice
 
+        hub_user = state_dir_owner(settings.hub.state_dir)
         folder = cannot_make_folder(settings.users.file)
-        how = (" (mailhub user add makes it)" if folder is None else
-               ", and this user cannot make its folder (mailhub user add would fail): "
-               + make_folder_advice(folder, state_dir_owner(settings.hub.state_dir)))
+        # a users.d that is there but not this user's to write: user add
+        # fails on users.lock, so "mailhub user add makes it" is not true
+        unwritable = unwritable_folder_advice(settings.users.file, hub_user)
+        if folder is not None:
+            how = (", and this user cannot make its folder (mailhub user add would fail): "
+                   + make_folder_advice(folder, hub_user))
+        elif unwritable is not None:
+            how = f", and {unwritable}"
+        else:
+            how = " (mailhub user add makes it)"
         print(f"warning: the users file {settings.users.file} does not exist yet{how}; "
               "until then local mail is refused with 451", file=err)
     if problems:

@@ -76,7 +76,8 @@ from txmailhub.precis import PreparationError, prepare_password
 log = Logger(namespace="txmailhub.users")
 
 __all__ = ["UserRecord", "UsersDB", "cannot_make_folder", "hash_password", "hash_problem",
-           "mail_never_reaches", "make_folder_advice", "open_lock", "verify_password"]
+           "mail_never_reaches", "make_folder_advice", "open_lock", "unwritable_folder_advice",
+           "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
@@ -248,6 +249,48 @@ def cannot_make_folder(path: str) -> str | None:
     if parent == folder or not os.path.isdir(parent):
         return None
     return None if os.access(parent, os.W_OK | os.X_OK) else folder
+
+
+def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None) -> str | None:
+    """What is true and what to do when the folder of ``path`` exists but
+    this user may not make files in it (``users.d`` given to the hub's user
+    0700, and ``check`` run by another admin; or a ``users.d`` made by hand
+    as root): ``mailhub user add`` would fail on ``users.lock``, which
+    "mailhub user add makes it" did not say.  ``None`` when the folder is
+    not there (``cannot_make_folder``'s case) or this user may write it.
+    ``hub_user``: ``(uid, gid)`` of the user the hub runs as
+    (``hub_access.state_dir_owner``); a folder that is not that user's is
+    said with the ``chown`` that gives it to it, as deployment.rst has it."""
+    from txmailhub.hub_access import name_of
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or os.access(folder, os.W_OK | os.X_OK):
+        return None
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    me = name_of(os.geteuid())
+    owner = name_of(st.st_uid)
+    said = (f"this user ({me}) may not write its folder {folder} "
+            f"({owner}:{group} mode {stat.S_IMODE(st.st_mode):04o}), so mailhub user add "
+            "would fail")
+    if hub_user is None or hub_user[0] == st.st_uid:
+        runner = "root" if st.st_uid == 0 else f"root or as {owner}, the folder's owner"
+        return f"{said}: run the mailhub user commands as {runner} (docs/deployment.rst)"
+    try:
+        hub_group = grp.getgrgid(hub_user[1]).gr_name
+    except KeyError:
+        hub_group = str(hub_user[1])
+    hub_name = name_of(hub_user[0]).removeprefix("uid ")
+    chown = " ".join(shlex.quote(w) for w in ("chown", f"{hub_name}:{hub_group}", folder))
+    return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
+            f"does not own it: as root, give it to that user ({chown}), then run the "
+            "mailhub user commands as root or as that user (docs/deployment.rst)")
 
 
 class UsersDB:
