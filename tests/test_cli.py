@@ -1612,6 +1612,50 @@ def test_alias_show_agrees_with_rcpt_for_every_alias(
                                       for a in got), (name, out, got)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the alias commands as another user")
+def test_an_aliases_lock_of_another_user_is_said_with_its_owner_and_mode(
+        open_tmp: Path) -> None:
+    # a folder this user may write, but the lock root's first alias command
+    # left there (root's, 0600): the line said to run the commands "as a
+    # user who may write" the folder, which this user was
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n')
+    aliases = with_aliases(config, "team: alice\n")
+    lock = Path(f"{aliases}.lock")
+    assert run(config, "alias", "add", "staff", "alice")[0] == 0  # as root: the lock made
+    assert (lock.stat().st_uid, oct(lock.stat().st_mode & 0o777)) == (0, "0o600")
+    os.chmod(open_tmp, 0o777)  # nobody may write the folder
+    before = aliases.read_text()
+
+    def add_as_nobody() -> str:
+        code, out, err = as_user(NOBODY, NOBODY, lambda: run(config, "alias", "add", "sales",
+                                                             "bob"))
+        assert (code, out) == (1, ""), err
+        assert aliases.read_text() == before
+        return err
+
+    head = (f"mailhub: cannot open {lock}, the lock of the aliases file: Permission denied; "
+            f"{lock} is there already, ")
+    assert add_as_nobody() == (
+        f"{head}root:root mode 0600, which this user (nobody) may not open for writing: run "
+        "the alias commands as root\n")
+    # the file nobody's, the lock left root's: the chown the commands do
+    os.chown(aliases, NOBODY, NOBODY)
+    before = aliases.read_text()
+    assert add_as_nobody() == (
+        f"{head}root:root mode 0600, which this user (nobody) may not open for writing: run "
+        "the alias commands as root, or, as root, give it to the aliases file's owner, as "
+        f"the commands do: chown nobody {lock}\n")
+    # nobody's own lock without its write: the chmod
+    os.chown(lock, NOBODY, NOBODY)
+    os.chmod(lock, 0o400)
+    assert add_as_nobody() == (
+        f"{head}nobody:nogroup mode 0400, which this user (nobody) may not open for writing: "
+        f"give it its owner's write again: chmod 600 {lock}\n")
+    os.chmod(lock, 0o600)
+    assert as_user(NOBODY, NOBODY, lambda: run(config, "alias", "add", "sales", "bob"))[0] == 0
+
+
 def test_alias_add_set_and_remove(config: Path) -> None:
     aliases = with_aliases(config, "# kept\npostmaster: alice\n")
     assert run(config, "alias", "add", "staff", "alice", "bob,x@remote.test") == (
