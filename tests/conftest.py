@@ -201,6 +201,20 @@ def read_empty(fd: int) -> None:
     time.sleep(0.05)  # the reader is past the data by now
 
 
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder every user may enter (pytest's own, 0700, is root's alone),
+    for commands run as another user (``as_user``)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
 def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
     """``call()`` in a forked child that runs as ``uid``:``gid`` (no
     supplementary groups), its value (or exception) pickled back: a test

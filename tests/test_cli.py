@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -907,19 +904,7 @@ def test_the_install_line_for_a_users_folder_is_quoted_for_the_shell(
     assert _install_line(err)[-1] == str(folder), err
 
 
-@pytest.fixture
-def open_tmp() -> Iterator[Path]:
-    """A folder every user may enter (pytest's own, 0700, is root's alone),
-    for commands run as another user (``as_user``)."""
-    folder = Path(tempfile.mkdtemp())
-    os.chmod(folder, 0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder)
-
-
-NOBODY = 65534
+NOBODY = 65534  # nobody:nogroup
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs check as other users")

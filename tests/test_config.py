@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import make_certificate
+from conftest import as_user, make_certificate
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -467,6 +467,63 @@ def test_an_unreadable_keys_hint_names_the_group_of_the_hubs_state_dir(
     found = problems(MINIMAL + f'state_dir = "{state}"\n'
                      f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
     assert f"(for a key: chgrp {named} {key} && chmod 640 {key})" in found[0], found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads the config as other users")
+def test_a_key_unreadable_by_a_user_neither_root_nor_the_hubs_says_whom_to_run_as(
+        open_tmp: Path) -> None:
+    # `mailhub queue list` (any command: each loads the config) run by an
+    # admin of their own: "[tls] key ... cannot be read by admin ... chgrp
+    # <state_dir's group> key.pem", which lets the hub read it, not admin
+    cert, key = make_certificate(open_tmp)
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o600)  # root's: the hub's user may not read it either
+    state = open_tmp / "state"
+    state.mkdir()
+    os.chown(state, 4343, 4343)  # the hub's user, a uid with no name
+    text = MINIMAL + f'state_dir = "{state}"\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    found = as_user(65534, 65534, lambda: problems(text))
+    assert found == [
+        f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by nobody: Permission denied; "
+        f"nobody is neither root nor the user the hub runs as (uid 4343, the owner of "
+        f"state_dir {state}): run the mailhub commands as root or as uid 4343 "
+        "(docs/deployment.rst)"], found
+    # the hub's user: the chgrp that lets it read the key, as before
+    found = as_user(4343, 4343, lambda: problems(text))
+    assert len(found) == 1 and found[0].endswith(
+        f"cannot be read by uid 4343: Permission denied; the user the hub runs as needs read "
+        f"access (for a key: chgrp 4343 {key} && chmod 640 {key})"), found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives folders to other users")
+def test_an_unreadable_keys_hint_leaves_out_a_group_a_setgid_folder_handed_down(
+        tmp_path: Path, monkeypatch) -> None:
+    # /var/lib g+s to daemon: `install -d -o nobody /var/lib/hub` (or the
+    # hub's own first start) gives the folder group daemon, which nobody
+    # is not in; "chgrp daemon key.pem" let the hub read nothing
+    import grp
+    import pwd
+
+    cert, key = make_certificate(tmp_path)
+    daemon = grp.getgrnam("daemon").gr_gid
+    nobody = pwd.getpwnam("nobody")
+    assert daemon not in os.getgrouplist("nobody", nobody.pw_gid)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    os.chown(lib, 0, daemon)
+    os.chmod(lib, 0o2755)
+    state = lib / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, -1)
+    assert state.stat().st_gid == daemon  # handed down
+    deny_open(monkeypatch, key)
+    text = MINIMAL + f'state_dir = "{state}"\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    own = grp.getgrgid(nobody.pw_gid).gr_name
+    assert f"(for a key: chgrp {own} {key} && chmod 640 {key})" in problems(text)[0]
+    # the same group given on purpose (twistd --gid daemon: no setgid
+    # folder above to have handed it down): that group, as before
+    os.chmod(lib, 0o755)
+    assert f"(for a key: chgrp daemon {key} && chmod 640 {key})" in problems(text)[0]
 
 
 def test_warnings_below_rfc_minimums() -> None:

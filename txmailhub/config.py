@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import socket
+import stat
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -1533,12 +1534,15 @@ def load_local_submission(path: str) -> LocalSubmission:
 
 def _unreadable(path: str, state_dir: str | None = None) -> str | None:
     """Why this process cannot read ``path`` (``None`` when it can): the
-    hub reads the TLS files as the user it runs as, not as root.  The
-    ``chgrp`` of the hint names the group of ``state_dir`` (the group the
-    hub runs with, as twistd's ``--gid`` or the admin's ``install -d -g``
-    gave it), or its owner's login group when that is root's, else this
-    process's own: a hub user not named as in deployment.rst has no
-    ``mailhub`` group, and ``chgrp`` would fail."""
+    hub reads the TLS files as the user it runs as, not as root.
+
+    Run by a user who is neither root nor the hub's (``state_dir``'s
+    owner), what this user can read says nothing of the hub: every
+    ``mailhub`` command loads the config, and the ``chgrp`` that lets the
+    hub read a key does nothing for that user.  Said so, with the users
+    deployment.rst runs the commands as.  Otherwise (the hub's user, or no
+    ``state_dir`` yet to tell) the ``chgrp`` of the hint names the group
+    the hub's user has (``_hub_group``)."""
     try:
         with open(path, "rb"):
             return None
@@ -1550,24 +1554,56 @@ def _unreadable(path: str, state_dir: str | None = None) -> str | None:
             user = pwd.getpwuid(os.geteuid()).pw_name
         except KeyError:
             user = f"uid {os.geteuid()}"
-        gid = os.getegid()
         try:
             st = os.stat(state_dir) if state_dir else None
         except OSError:  # not made yet: the hub makes it at its first start
             st = None
-        if st is not None and st.st_gid != 0:
-            # the group the hub's folder was given: twistd's --gid (the
-            # owner's login group need not be among the hub's groups then),
-            # install -d -g, or that of a uid with no name (DynamicUser=)
-            gid = st.st_gid
-        elif st is not None and st.st_uid != 0:
-            try:  # chowned to the user alone, root's group kept
-                gid = pwd.getpwuid(st.st_uid).pw_gid
+        if st is not None and os.geteuid() not in (0, st.st_uid):
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
             except KeyError:
-                pass
+                owner = f"uid {st.st_uid}"
+            return (f"{path} cannot be read by {user}: {e.strerror}; {user} is neither root nor "
+                    f"the user the hub runs as ({owner}, the owner of state_dir {state_dir}): "
+                    f"run the mailhub commands as root or as {owner} (docs/deployment.rst)")
+        gid = _hub_group(state_dir, st) if state_dir and st is not None else os.getegid()
         try:
             group = grp.getgrgid(gid).gr_name
         except KeyError:
             group = str(gid)
         return (f"{path} cannot be read by {user}: {e.strerror}; the user the hub runs as "
                 f"needs read access (for a key: chgrp {group} {path} && chmod 640 {path})")
+
+
+def _hub_group(state_dir: str, st: os.stat_result) -> int:
+    """The group the hub's user (the owner of the ``state_dir`` whose stat
+    is ``st``) has, for a ``chgrp`` that lets it read a key: ``state_dir``'s
+    group -- twistd's ``--gid`` (the owner's login group need not be among
+    the hub's groups then), ``install -d -g``, or that of a uid with no
+    name (DynamicUser=) -- unless that group is only the one a setgid
+    folder above handed down (``/var/lib`` g+s to ``staff``: a new folder
+    takes its parent's group, not its maker's) and the owner is not in it:
+    then the owner's login group.  A folder chowned to the user alone
+    (root's group kept) gives the owner's login group too."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(st.st_uid) if st.st_uid != 0 else None
+    except KeyError:
+        entry = None
+    if st.st_gid != 0:
+        if entry is None or st.st_gid == entry.pw_gid:
+            return st.st_gid
+        try:
+            member = st.st_gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+        except OSError:
+            member = False
+        try:  # a group the folder above hands every new folder in it
+            above = os.stat(os.path.dirname(os.path.abspath(state_dir)))
+            handed_down = bool(above.st_mode & stat.S_ISGID) and above.st_gid == st.st_gid
+        except OSError:
+            handed_down = False
+        if member or not handed_down:
+            return st.st_gid
+        return entry.pw_gid
+    return entry.pw_gid if entry is not None else os.getegid()
