@@ -219,7 +219,9 @@ def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
     """``call()`` in a forked child that runs as ``uid``:``gid`` (no
     supplementary groups), its value (or exception) pickled back: a test
     run as root sees what another user's command says, with the kernel's
-    own refusals (root is refused nothing).  Root only."""
+    own refusals (root is refused nothing).  Root only.  Run ``call`` once
+    as root first: a module it imports lazily may be in a folder that user
+    may not read (an interpreter under /root)."""
     import pickle
 
     read, write = os.pipe()
@@ -233,6 +235,10 @@ def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
             try:
                 result: tuple[bool, Any] = (True, call())
             except BaseException as e:
+                import traceback
+
+                e.add_note("in the child, as uid " + str(uid) + ":\n"
+                           + "".join(traceback.format_exception(e)))
                 result = (False, e)
             with os.fdopen(write, "wb") as f:
                 pickle.dump(result, f)

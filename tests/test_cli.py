@@ -923,6 +923,7 @@ def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_
     # 1. a users.d root made by hand, the hub's user (nobody) running
     # check: the chown that gives it to the hub's user
     os.chown(state, NOBODY, NOBODY)
+    run(config, "check")  # as root first: what it imports, imported (as_user)
     code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, "check"))
     assert "mailhub user add makes it" not in err, err
     assert (f"warning: the users file {users} does not exist yet, and this user (nobody) "
@@ -942,7 +943,14 @@ def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_
             f"may not write its folder {folder} (uid 4343:4343 mode 0755), so mailhub user "
             "add would fail: run the mailhub user commands as root or as uid 4343, the "
             "folder's owner (docs/deployment.rst); until then") in err, err
-    # 3. its owner, or root: as before
+    # 3. the owner's own folder without its write: the chmod
+    os.chmod(folder, 0o555)
+    code, _, err = as_user(4343, 4343, lambda: run(config, "check"))
+    assert (f"this user (uid 4343) may not write its folder {folder} (uid 4343:4343 mode "
+            f"0555), so mailhub user add would fail: give it its owner's write again: "
+            f"chmod u+wx {folder}; until then") in err, err
+    os.chmod(folder, 0o755)
+    # 4. its owner, or root: as before
     for uid in (4343, 0):
         code, _, err = as_user(uid, uid, lambda: run(config, "check"))
         assert "(mailhub user add makes it)" in err, err

@@ -482,6 +482,7 @@ def test_a_key_unreadable_by_a_user_neither_root_nor_the_hubs_says_whom_to_run_a
     state.mkdir()
     os.chown(state, 4343, 4343)  # the hub's user, a uid with no name
     text = MINIMAL + f'state_dir = "{state}"\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    load_text(text, "/etc/mh/mailhub.toml")  # as root first (as_user)
     found = as_user(65534, 65534, lambda: problems(text))
     assert found == [
         f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by nobody: Permission denied; "

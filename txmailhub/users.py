@@ -279,6 +279,8 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
     said = (f"this user ({me}) may not write its folder {folder} "
             f"({owner}:{group} mode {stat.S_IMODE(st.st_mode):04o}), so mailhub user add "
             "would fail")
+    if st.st_uid == os.geteuid():  # its own folder, without its write
+        return f"{said}: give it its owner's write again: chmod u+wx {shlex.quote(folder)}"
     if hub_user is None or hub_user[0] == st.st_uid:
         runner = "root" if st.st_uid == 0 else f"root or as {owner}, the folder's owner"
         return f"{said}: run the mailhub user commands as {runner} (docs/deployment.rst)"
