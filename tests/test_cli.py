@@ -926,29 +926,33 @@ def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_
     run(config, "check")  # as root first: what it imports, imported (as_user)
     code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, "check"))
     assert "mailhub user add makes it" not in err, err
-    assert (f"warning: the users file {users} does not exist yet, and this user (nobody) "
-            f"may not write its folder {folder} (root:root mode 0755), so mailhub user add "
-            "would fail, and the hub's user (nobody, the owner of state_dir) does not own "
-            f"it: as root, give it to that user (chown nobody:nogroup {folder}), then run "
-            "the mailhub user commands as root or as that user (docs/deployment.rst); "
-            "until then local mail is refused with 451\n") in err, err
+    said = (f"this user (nobody) may not write its folder {folder} (root:root mode 0755), so "
+            "the mailhub user commands cannot make the users file or its lock there, and the "
+            "hub's user (nobody, the owner of state_dir) does not own it: as root, give it to "
+            f"that user (chown nobody:nogroup {folder}), then run the mailhub user commands as "
+            "root or as that user (docs/deployment.rst)")
+    assert (f"warning: the users file {users} does not exist yet, and {said}; until then "
+            "local mail is refused with 451\n") in err, err
     code, _, err = as_user(NOBODY, NOBODY, lambda: run(
         config, "user", "add", "joe", "--password-stdin", stdin=PW))
-    assert code == 1 and "Permission denied" in err, err  # (what check now foretells)
+    # and user add says it in the same words
+    assert (code, err) == (1, f"mailhub: cannot open {users}.lock, the lock of the users "
+                              f"file: Permission denied; {said}\n")
     # 2. users.d the hub's user's (uid 4343), another user running check
     os.chown(state, 4343, 4343)
     os.chown(folder, 4343, 4343)
     code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, "check"))
     assert (f"warning: the users file {users} does not exist yet, and this user (nobody) "
-            f"may not write its folder {folder} (uid 4343:4343 mode 0755), so mailhub user "
-            "add would fail: run the mailhub user commands as root or as uid 4343, the "
-            "folder's owner (docs/deployment.rst); until then") in err, err
+            f"may not write its folder {folder} (uid 4343:4343 mode 0755), so the mailhub "
+            "user commands cannot make the users file or its lock there: run the mailhub "
+            "user commands as root or as uid 4343, the folder's owner (docs/deployment.rst); "
+            "until then") in err, err
     # 3. the owner's own folder without its write: the chmod
     os.chmod(folder, 0o555)
     code, _, err = as_user(4343, 4343, lambda: run(config, "check"))
     assert (f"this user (uid 4343) may not write its folder {folder} (uid 4343:4343 mode "
-            f"0555), so mailhub user add would fail: give it its owner's write again: "
-            f"chmod u+wx {folder}; until then") in err, err
+            f"0555), so the mailhub user commands cannot make the users file or its lock "
+            f"there: give it its owner's write again: chmod u+wx {folder}; until then") in err, err
     os.chmod(folder, 0o755)
     # 4. its owner, or root: as before
     for uid in (4343, 0):

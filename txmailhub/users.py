@@ -277,8 +277,8 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
     me = name_of(os.geteuid())
     owner = name_of(st.st_uid)
     said = (f"this user ({me}) may not write its folder {folder} "
-            f"({owner}:{group} mode {stat.S_IMODE(st.st_mode):04o}), so mailhub user add "
-            "would fail")
+            f"({owner}:{group} mode {stat.S_IMODE(st.st_mode):04o}), so the mailhub user "
+            "commands cannot make the users file or its lock there")
     if st.st_uid == os.geteuid():  # its own folder, without its write
         return f"{said}: give it its owner's write again: chmod u+wx {shlex.quote(folder)}"
     if hub_user is None or hub_user[0] == st.st_uid:
@@ -615,7 +615,17 @@ class UsersDB:
                 f"{e.strerror}; {make_folder_advice(folder, self.hub_user)}")) from e
         # 0600 whatever the umask: whoever can open the lock can block every
         # ``mailhub user`` command by holding it
-        fd = open_lock(self.path + ".lock")
+        try:
+            fd = open_lock(self.path + ".lock")
+        except PermissionError as e:
+            # a users.d that is there but not this user's to write: said as
+            # ``check`` says it, not "users.lock: Permission denied" alone
+            why = unwritable_folder_advice(self.path, self.hub_user)
+            if why is None:
+                raise
+            raise PermissionError(e.errno, (
+                f"cannot open {self.path}.lock, the lock of the users file: {e.strerror}; "
+                f"{why}")) from e
         # as the users file's owner, or root's first `mailhub user` command
         # leaves a lock (0600) the hub's user can no longer open; before
         # there is a file, as its folder's (deployment.rst's users.d)
