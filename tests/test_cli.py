@@ -960,6 +960,39 @@ def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_
         assert "(mailhub user add makes it)" in err, err
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
+def test_a_users_lock_of_another_user_is_said_with_its_owner_and_mode(open_tmp: Path) -> None:
+    # a users.d this user may write, but the lock root's first user command
+    # left there (root's, 0600): "users.lock: Permission denied" alone
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    folder = open_tmp / "users.d"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    users = folder / "users"
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW)[0] == 0
+    os.chmod(users, 0o644)
+    lock = Path(f"{users}.lock")
+    assert (lock.stat().st_uid, oct(lock.stat().st_mode & 0o777)) == (0, "0o600")
+    before = users.read_bytes()
+
+    def add_as_nobody() -> str:
+        code, out, err = as_user(NOBODY, NOBODY, lambda: run(
+            config, "user", "add", "joe", "--password-stdin", stdin=PW))
+        assert (code, out) == (1, ""), err
+        assert users.read_bytes() == before
+        return err
+
+    head = (f"mailhub: cannot open {lock}, the lock of the users file: Permission denied; "
+            f"{lock} is there already, root:root mode 0600, which this user (nobody) may not "
+            "open for writing: run the mailhub user commands as root")
+    assert add_as_nobody() == head + "\n"
+    os.chown(users, 4343, 4343)  # the file the hub's, the lock left root's
+    assert add_as_nobody() == (f"{head}, or, as root, give it to the users file's owner, as "
+                               f"the commands do: chown 4343 {lock}\n")
+
+
 def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # deployment.rst's users.d is the hub's user's (the owner of state_dir),

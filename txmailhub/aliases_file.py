@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import grp
 import os
 import pwd
-import shlex
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -97,47 +95,6 @@ def target_text(target: Address, expand: bool, local_domains: Iterable[str]) -> 
     decides what case means); ``\\`` before one that is not expanded."""
     local = canonical_domain(target.domain) in set(local_domains)
     return ("" if expand else "\\") + (target.key if local else str(target))
-
-
-def _lock_refused_advice(path: str) -> str:
-    """What to do when this user may not open ``path``'s lock.  A lock that
-    is there already is refused for its owner and mode, whoever may write
-    the folder (the commands give it to the aliases file's owner, 0600): a
-    lock of root's refuses an admin who may write the folder, to whom
-    "run them as a user who may write the folder" said nothing.  Without
-    one it is the folder (root's in deployment.rst, and the admin ran the
-    command as the hub's user, as for ``mailhub user``)."""
-    from txmailhub.hub_access import name_of
-
-    lock = path + ".lock"
-    try:
-        st = os.lstat(lock)
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
-        return (f"run the alias commands as a user who may write {os.path.dirname(path)} "
-                "(root, where the file is root's as in docs/deployment.rst)")
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    said = (f"{lock} is there already, {name_of(st.st_uid)}:{group} mode "
-            f"{stat.S_IMODE(st.st_mode):04o}, which this user ({name_of(os.geteuid())}) may "
-            "not open for writing")
-    if st.st_uid == os.geteuid():
-        return f"{said}: give it its owner's write again: chmod 600 {shlex.quote(lock)}"
-    said += (": run the alias commands as root" if st.st_uid == 0 else
-             f": run the alias commands as root or as {name_of(st.st_uid)}, its owner")
-    try:
-        file_owner: int | None = os.stat(path).st_uid
-    except OSError:
-        file_owner = None
-    if file_owner is not None and file_owner != st.st_uid:
-        # a lock left by another owner: the commands give it to the file's
-        owner = name_of(file_owner).removeprefix("uid ")
-        said += (", or, as root, give it to the aliases file's owner, as the commands do: "
-                 + " ".join(shlex.quote(w) for w in ("chown", owner, lock)))
-    return said
 
 
 class AliasesFile:
@@ -389,7 +346,7 @@ class AliasesFile:
         already judged safe (``_followed``) -- never in the folder of a
         file a link leads to, which may be anyone's."""
         from txmailhub.store.sync import give_to, owner_of
-        from txmailhub.users import open_lock
+        from txmailhub.users import lock_refused_advice, open_lock
 
         self._followed()  # a link that must not be followed: refused before any lock is made
         path = os.path.abspath(self.path)
@@ -398,7 +355,12 @@ class AliasesFile:
         except PermissionError as e:
             raise PermissionError(e.errno, (
                 f"cannot open {path}.lock, the lock of the aliases file: {e.strerror}; "
-                + _lock_refused_advice(path))) from e
+                + (lock_refused_advice(path, "the alias commands", "the aliases file")
+                   # no lock yet: the folder is root's in deployment.rst, and the
+                   # admin ran the command as the hub's user, as for `mailhub user`
+                   or f"run the alias commands as a user who may write "
+                   f"{os.path.dirname(path)} (root, where the file is root's as in "
+                   "docs/deployment.rst)"))) from e
         # as the file's owner, as the users lock: the hub's user may run
         # the next command; before there is a file, as its folder's
         give_to(fd, owner_of(path) or owner_of(os.path.dirname(path)))

@@ -76,8 +76,8 @@ from txmailhub.precis import PreparationError, prepare_password
 log = Logger(namespace="txmailhub.users")
 
 __all__ = ["UserRecord", "UsersDB", "cannot_make_folder", "hash_password", "hash_problem",
-           "mail_never_reaches", "make_folder_advice", "open_lock", "unwritable_folder_advice",
-           "verify_password"]
+           "lock_refused_advice", "mail_never_reaches", "make_folder_advice", "open_lock",
+           "unwritable_folder_advice", "verify_password"]
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
@@ -190,6 +190,50 @@ def open_lock(path: str, error: type[Exception] = UsersFileError) -> int:
         raise error(f"{path} {why}")
     return fd
 
+
+
+def lock_refused_advice(path: str, commands: str, what: str) -> str | None:
+    """What to do when this user may not open ``path``'s lock (the users
+    file's or, ``commands`` and ``what`` naming them, the aliases file's)
+    that is there already: it is refused for its owner and mode, whoever may
+    write the folder (the commands give it, 0600, to the file's owner, or
+    before there is a file to the folder's).  A lock of root's refuses an
+    admin who may write the folder, to whom "run them as a user who may
+    write the folder" said nothing.  ``None`` when there is no such lock
+    (the folder is what refused)."""
+    from txmailhub.hub_access import name_of
+
+    lock = path + ".lock"
+    try:
+        st = os.lstat(lock)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    said = (f"{lock} is there already, {name_of(st.st_uid)}:{group} mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, which this user ({name_of(os.geteuid())}) may "
+            "not open for writing")
+    if st.st_uid == os.geteuid():
+        return f"{said}: give it its owner's write again: chmod 600 {shlex.quote(lock)}"
+    said += (f": run {commands} as root" if st.st_uid == 0 else
+             f": run {commands} as root or as {name_of(st.st_uid)}, its owner")
+    owner = None
+    for given_to in (path, os.path.dirname(path)):  # as the commands give it
+        try:
+            owner = os.stat(given_to).st_uid
+            break
+        except OSError:
+            continue
+    if owner is not None and owner != st.st_uid:
+        # a lock left by another owner: the commands give it to the file's
+        name = name_of(owner).removeprefix("uid ")
+        said += (f", or, as root, give it to {what}'s owner, as the commands do: "
+                 + " ".join(shlex.quote(w) for w in ("chown", name, lock)))
+    return said
 
 
 def mail_never_reaches(address: Address) -> str | None:
@@ -620,7 +664,9 @@ class UsersDB:
         except PermissionError as e:
             # a users.d that is there but not this user's to write: said as
             # ``check`` says it, not "users.lock: Permission denied" alone
-            why = unwritable_folder_advice(self.path, self.hub_user)
+            why = (unwritable_folder_advice(self.path, self.hub_user)
+                   or lock_refused_advice(os.path.abspath(self.path),
+                                          "the mailhub user commands", "the users file"))
             if why is None:
                 raise
             raise PermissionError(e.errno, (
