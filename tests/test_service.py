@@ -2210,3 +2210,36 @@ def test_a_listener_that_listens_binds_no_second_port() -> None:
     service.startService()
     service.privilegedStartService()  # a parent that starts it again
     assert len(reactor.tcpServers) == 1
+
+
+def test_a_hub_asks_the_resolver_the_application_gives_and_never_stops_it(
+        tmp_path: Path) -> None:
+    # embedding.rst promises that "a relay given a resolver of the
+    # application's own does not stop it", but MailHub built its relay
+    # with none: an application had no way to give one (MailHub(...,
+    # resolver=...) was a TypeError), and every hub asked [relay]
+    # nameservers or the system resolver
+    from tests.relay_fakes import FakeResolver
+
+    class Owned(FakeResolver):
+        stops = starts = 0
+
+        def stop(self) -> None:
+            self.stops += 1
+
+        def start(self) -> None:
+            self.starts += 1
+
+    resolver = Owned({"remote.test": {"MX": [(10, "mx.remote.test")]},
+                      "mx.remote.test": {"A": ["192.0.2.9"]}})
+    reactor = MemoryReactorClock()
+    hub = MailHub(quiet_settings(tmp_path), reactor=reactor, resolver=resolver)
+    hub.startService()
+    [host] = hub.getServiceNamed("relay").mx.resolve("remote.test").result
+    assert (host.name, host.addresses) == ("mx.remote.test", ("192.0.2.9",))
+    assert ("remote.test", "MX") in resolver.queries
+    assert hub.stopService().called
+    hub.startService()  # a restart, in the same process
+    assert hub.stopService().called
+    assert (resolver.stops, resolver.starts) == (0, 0)  # the application's to run
+    assert reactor.getDelayedCalls() == []

@@ -403,9 +403,14 @@ class MailHub(MultiService):
     """The whole hub as one service, embeddable in any Twisted application.
 
     ``MailHub(settings)`` uses the global reactor; pass ``reactor=`` to
-    inject another (tests, or an application with its own)."""
+    inject another (tests, or an application with its own).  ``resolver``
+    (a twisted.names ``IResolver``) is the DNS the relay asks instead of
+    the one ``[relay] nameservers`` would give it: an application that
+    runs a resolver of its own (a cache, a split view) shares it.  It
+    stays the application's: the hub neither starts nor stops it."""
 
-    def __init__(self, settings: Settings, reactor: Any = None) -> None:
+    def __init__(self, settings: Settings, reactor: Any = None, *,
+                 resolver: Any = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -417,7 +422,7 @@ class MailHub(MultiService):
 
         try:
             self.components = c = build_components(settings, reactor)
-            relay = RelayService(c)  # makes the queue folder
+            relay = RelayService(c, resolver=resolver)  # makes the queue folder
         except OSError as e:  # the state directory: one line, not a traceback
             raise StateDirError.from_os_error(e, settings.hub.state_dir) from None
         self._storage = _StorageService(c.syncer, c.spooler, settings.hub.state_dir)
