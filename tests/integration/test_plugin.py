@@ -298,6 +298,50 @@ def test_tac_file_embeds_the_hub(make_hub) -> None:
     assert b"Traceback" not in out and b"Server Shut Down." in out
 
 
+def test_the_plain_script_example_serves_and_stops_on_sigterm(make_hub) -> None:
+    # embedding.rst's "Inside your own application", run as a script copies
+    # it: the example only built the hierarchy, so the script listened on
+    # nothing, and with a start of its own but no shutdown trigger SIGTERM
+    # stopped the reactor under a running hub (no 421, no "stopped" line)
+    text = (ROOT / "docs" / "embedding.rst").read_text()
+    section = text.split("Inside your own application\n", 1)[1]
+    # the first two literal blocks: the hierarchy, then the script's lines
+    code = "\n".join(line[4:] for block in section.split("::\n\n")[1:3]
+                     for line in _indented(block))
+    assert "top.startService()" in code and '"before", "shutdown", top.stopService' in code
+    hub = make_hub(start=False)
+    script = hub.folder / "app.py"
+    script.write_text(
+        # the application's own observer: where wait_listening reads the ports
+        "import sys\nfrom twisted.logger import globalLogBeginner, textFileLogObserver\n"
+        "globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])\n"
+        + code.replace('load("mailhub.toml")', f"load({str(hub.config_path)!r})"))
+    with open(hub.log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=hub.folder)
+    hub.proc = proc
+    hub.wait_listening()
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        assert s.ehlo("client.example")[0] == 250
+        proc.send_signal(signal.SIGTERM)
+        assert s.noop()[0] == 421  # the session is told, as under twistd
+    proc.wait(timeout=20)
+    hub.proc = None
+    out = hub.log_path.read_bytes()
+    assert proc.returncode == 0, out
+    assert b"Traceback" not in out and b"txmailhub stopped" in out, out
+
+
+def _indented(block: str) -> list[str]:
+    """The lines of a literal block: the indented ones from its start."""
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    return lines
+
+
 def test_the_tac_file_daemonized_reports_a_start_error(make_hub) -> None:
     # `twistd -y` with the example as it is (it sets DaemonStartError): a
     # port in use is printed by the waiting parent, which exits 1 (without
