@@ -423,3 +423,41 @@ def test_the_unix_listener_of_sendmail_rst_says_how_its_folder_is_made() -> None
     assert folder.parent == Path("/run") and f"``RuntimeDirectory={folder.name}``" in text
     deployment = (ROOT / "docs" / "deployment.rst").read_text()
     assert re.search(rf"^ *install -d .*\s{re.escape(str(folder))}\s", deployment, re.M)
+
+
+def test_the_testing_doubles_said_to_hold_their_answers_do() -> None:
+    # embedding.rst said "each double" could hold its answers until
+    # release() or fail: StaticRouter, one of the four it names, has neither
+    # (an IRecipientRouter answers at once)
+    import inspect
+
+    from twisted.internet.defer import Deferred
+
+    from txmailhub import testing
+    from txmailhub.address import parse_address
+    from txmailhub.envelope import Envelope, SpooledMessage
+
+    text = " ".join((ROOT / "docs" / "embedding.rst").read_text().split())
+    sentence = text.split("can also *hold* them", 1)[0].rsplit(". ", 1)[1]
+    named = re.findall(r"``(\w+)``", sentence)
+    assert named, sentence
+    assert "StaticRouter" not in named
+    message = SpooledMessage("memory-spool/1", 1, 2)
+    for name in named:
+        double = getattr(testing, name)
+        assert "hold" in inspect.signature(double).parameters, name
+        held = double(hold=True)
+        if name == "MemorySpooler":
+            answer = held.open().finish()
+        elif name == "QueueSpy":
+            answer = held.enqueue(Envelope(sender=None, recipients=()), message)
+        else:
+            held.add("joe@example.org", b"x")
+            box = held.open_mailbox(parse_address("joe@example.org")).result
+            answer = box.delete([0])
+        got: list = []
+        assert isinstance(answer, Deferred), name
+        answer.addBoth(got.append)
+        assert got == [], name
+        held.release()
+        assert len(got) == 1, name
