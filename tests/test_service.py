@@ -2243,3 +2243,53 @@ def test_a_hub_asks_the_resolver_the_application_gives_and_never_stops_it(
     assert hub.stopService().called
     assert (resolver.stops, resolver.starts) == (0, 0)  # the application's to run
     assert reactor.getDelayedCalls() == []
+
+
+def test_two_hubs_signal_notices_each_answer_and_the_last_one_gives_the_signals_back() -> None:
+    # two hubs in one process, each with its notice (etc/mailhub.tac's line
+    # twice): SIGHUP reached the second one only (the first hub's TLS files
+    # were never read again); the first one's stop put SIGUSR1 back to its
+    # default action under the second, still running hub (a logrotate
+    # postrotate then ended it); and the second's stop put back the first's
+    # handler, of a hub that was gone
+    import signal
+
+    from twisted.internet import reactor
+
+    from txmailhub.tap import HangupNotice
+
+    signals = (signal.SIGHUP, signal.SIGUSR1)
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+
+    def answers(*notices: HangupNotice) -> list[bool]:
+        """Whether each notice answers a SIGHUP now (a call it queues for
+        the reactor), the queue left as it was."""
+        waiting = len(reactor.threadCallQueue)  # another test's calls stay as they are
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)
+        queued = [f for f, _a, _kw in reactor.threadCallQueue[waiting:]]
+        del reactor.threadCallQueue[waiting:]
+        return [n._answer in queued for n in notices]
+
+    try:
+        first, second = HangupNotice(), HangupNotice()
+        first.privilegedStartService()
+        second.privilegedStartService()
+        assert answers(first, second) == [True, True]
+        first.stopService()
+        assert callable(signal.getsignal(signal.SIGUSR1)), "SIGUSR1 would end the second hub"
+        assert answers(first, second) == [False, True]
+        first.startService()  # started again, while a link of the second's handler
+        assert answers(first, second) == [True, True]
+        first.stopService()
+        second.stopService()
+        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL, signal.SIG_DFL]
+        # stopped the other way round, too
+        first.privilegedStartService()
+        second.privilegedStartService()
+        second.stopService()
+        assert answers(first, second) == [True, False]
+        first.stopService()
+        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL, signal.SIG_DFL]
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

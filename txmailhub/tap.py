@@ -365,7 +365,11 @@ class HangupNotice(Service):
     A ``SIGUSR1`` no one handles by then (twistd installs its rotation
     handler before the services start, for a log file of its own only:
     under ``twistd -ny mailhub.tac`` there is none) is answered with a line
-    too, rather than ending the hub."""
+    too, rather than ending the hub.
+
+    Two hubs in one process may each have one: the handler in place passes
+    SIGHUP on to the notice installed before it, and a stopped notice's
+    SIGUSR1 line stays while another's runs."""
 
     name = "hangup-notice"
 
@@ -383,6 +387,11 @@ class HangupNotice(Service):
 
     _before: Any = None
     _usr1_installed: Any = None  # the SIGUSR1 notice this service put in place
+    #: the SIGHUP handler found at the install, kept after the stop while
+    #: a notice installed since (another hub's) still passes signals on to it
+    _previous: Any = None
+    #: the notices answering now: two hubs in one process each have one
+    _answering: list[HangupNotice] = []
     #: where the log goes, for the SIGUSR1 line (``makeService`` knows)
     usr1_where = "standard output, syslog or --logger's observer"
 
@@ -392,7 +401,14 @@ class HangupNotice(Service):
         from txmailhub.logfile import install_sigusr1_notice
 
         self._reactor = reactor
-        self._before = signal.signal(signal.SIGHUP, self._hangup)
+        if self not in HangupNotice._answering:
+            HangupNotice._answering.append(self)
+        if self in _notices(signal.getsignal(signal.SIGHUP)):
+            # still a link of the handler in place (a notice installed since
+            # passes the signal on to ours): installed again, it would loop
+            self._before = self._previous
+        else:
+            self._before = self._previous = signal.signal(signal.SIGHUP, self._hangup)
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             install_sigusr1_notice(self.usr1_where, reactor)
             self._usr1_installed = signal.getsignal(signal.SIGUSR1)
@@ -402,8 +418,14 @@ class HangupNotice(Service):
         self.tls = tls  # the listeners' ReloadingTLS, taken again on SIGHUP
 
     def _hangup(self, signum: int, frame: Any) -> None:
-        # in a signal handler: the work is done by the reactor
-        self._reactor.callFromThread(self._answer)
+        # in a signal handler: the work is done by the reactor.  A notice
+        # installed before this one (another hub's in this process) answers
+        # too: each hub reads its own TLS files again
+        if self in HangupNotice._answering:
+            self._reactor.callFromThread(self._answer)
+        previous = self._previous
+        if _notices(previous):
+            previous(signum, frame)
 
     def _answer(self) -> None:
         if self.tls is not None:
@@ -439,15 +461,45 @@ class HangupNotice(Service):
         return others.addBoth(restore)
 
     def _restore(self) -> None:
+        if self in HangupNotice._answering:
+            HangupNotice._answering.remove(self)
         if self._before is not None:
-            # a handler installed after ours (an application's) is its own
+            # a handler installed after ours (an application's) is its own;
+            # one of another notice passes the signal on to ours, which no
+            # longer answers.  The one put back is the first handler down
+            # the chain that is not a stopped notice's.
             if signal.getsignal(signal.SIGHUP) == self._hangup:
-                signal.signal(signal.SIGHUP, self._before)
+                signal.signal(signal.SIGHUP, _live(self._previous))
             self._before = None
         if self._usr1_installed is not None:
             if signal.getsignal(signal.SIGUSR1) is self._usr1_installed:
-                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+                if HangupNotice._answering:
+                    # another hub's notice still runs: the line stays, its to remove
+                    HangupNotice._answering[-1]._usr1_installed = self._usr1_installed
+                else:
+                    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
             self._usr1_installed = None
+
+
+def _notices(handler: Any) -> list[HangupNotice]:
+    """The notices whose ``_hangup`` ``handler`` is or passes SIGHUP on to."""
+    found: list[HangupNotice] = []
+    notice = getattr(handler, "__self__", None)
+    while isinstance(notice, HangupNotice) and notice not in found:
+        found.append(notice)
+        notice = getattr(notice._previous, "__self__", None)
+    return found
+
+
+def _live(handler: Any) -> Any:
+    """``handler``, or past the stopped notices it passes SIGHUP on to, the
+    first handler that still does something (another notice, the one
+    found before them all)."""
+    for notice in _notices(handler):
+        if notice in HangupNotice._answering:
+            return notice._hangup
+        handler = notice._previous
+    return handler
 
 
 ROOT_WARNING = (
