@@ -993,6 +993,66 @@ def test_a_users_lock_of_another_user_is_said_with_its_owner_and_mode(open_tmp: 
                                f"the commands do: chown 4343 {lock}\n")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs check as another user")
+def test_a_users_folder_holding_other_files_is_never_offered_to_the_hubs_user(
+        open_tmp: Path) -> None:
+    # [users] file straight in the configuration's folder (root's, with
+    # mailhub.toml in it) or in /: check run as the hub's user offered
+    # "chown nobody:nogroup <that folder>", which hands the hub its own
+    # configuration (deployment.rst: it must not be able to change it), or /
+    etc, state = open_tmp / "etc", open_tmp / "var"
+    etc.mkdir(mode=0o755)
+    state.mkdir()
+    os.chown(state, NOBODY, NOBODY)
+    config = etc / "mailhub.toml"
+    for users in (etc / "users", Path("/no-such-users-file-of-txmailhub")):
+        assert not users.exists()
+        config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                          f'[users]\nfile = "{users}"\n')
+        run(config, "check")  # as root first (as_user)
+        err = as_user(NOBODY, NOBODY, lambda: run(config, "check"))[2]
+        assert "chown" not in err, err
+        assert (f"this user (nobody) may not write its folder {users.parent} (root:root mode "
+                "0755)") in err, err
+        assert ("holds other files than the users file, so it is not to be given to the "
+                "hub's user") in err, err
+        # what it offers instead makes a folder of the users file's own
+        words = _install_line(err)
+        assert words[:-1] == ["install", "-d", "-o", "nobody", "-g", "nogroup", "-m", "0700"]
+        assert words[-1] == str(users.parent / "users.d"), err
+    assert (etc.stat().st_uid, os.stat("/").st_uid) == (0, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
+@pytest.mark.parametrize("name", ["users d", "users;touch pwned", "$(touch pwned)", "it's"])
+def test_the_chown_for_a_users_folder_pasted_into_a_shell_lets_user_add_work(
+        open_tmp: Path, name: str) -> None:
+    # the line is for root's shell: pasted as it is, it must give the
+    # folder (and only it) to the hub's user, and user add then works
+    import json
+    import shlex
+
+    state, folder = open_tmp / "var", open_tmp / name
+    state.mkdir()
+    os.chown(state, NOBODY, NOBODY)
+    folder.mkdir(mode=0o755)
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                      f'[users]\nfile = {json.dumps(str(folder / "users"))}\n')
+    add = ("user", "add", "joe", "--password-stdin")
+    warm = open_tmp / "warm.toml"  # a user add that works, as root first (as_user)
+    warm.write_text(HUB + 'domains = ["example.org"]\n[users]\nfile = "warm/users"\n')
+    assert run(warm, *add, stdin=PW)[0] == 0
+    code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))
+    assert code == 1, err
+    line = err[err.index("(chown ") + 1:err.index("), then run")]
+    assert shlex.split(line) == ["chown", "nobody:nogroup", str(folder)], line
+    subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert not (open_tmp / "pwned").exists()
+    assert as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))[0] == 0
+    assert (folder / "users").stat().st_uid == NOBODY
+
+
 def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # deployment.rst's users.d is the hub's user's (the owner of state_dir),

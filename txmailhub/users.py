@@ -334,9 +334,37 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
         hub_group = str(hub_user[1])
     hub_name = name_of(hub_user[0]).removeprefix("uid ")
     chown = " ".join(shlex.quote(w) for w in ("chown", f"{hub_name}:{hub_group}", folder))
+    only_users = _only_users_files(folder, os.path.basename(path))
+    if only_users is None:  # root's 0700: what else is in it is not known here
+        return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
+                f"does not own it, and this user cannot list it: as root, if it holds "
+                f"nothing but the users file, give it to that user ({chown}), then run the "
+                "mailhub user commands as root or as that user (docs/deployment.rst)")
+    if not only_users:
+        # /etc/txmailhub with mailhub.toml in it, /, /var/lib: given to the
+        # hub's user, it could change its own configuration or anyone's files
+        return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
+                f"does not own it; {folder} holds other files than the users file, so it is "
+                "not to be given to the hub's user: keep the users file in a folder of its "
+                "own and set [users] file to a file in it -- "
+                + make_folder_advice(os.path.join(folder, "users.d"), hub_user))
     return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
             f"does not own it: as root, give it to that user ({chown}), then run the "
             "mailhub user commands as root or as that user (docs/deployment.rst)")
+
+
+def _only_users_files(folder: str, name: str) -> bool | None:
+    """Whether ``folder`` holds nothing but the users file ``name``, its
+    lock and the temporary files of its writes (``durable_write``'s
+    ``.name.*.tmp``): only such a folder may be offered to the hub's user
+    whole.  ``None`` when this user cannot list it: what it holds is not
+    known here."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    return all(n in (name, name + ".lock")
+               or (n.startswith(f".{name}.") and n.endswith(".tmp")) for n in names)
 
 
 class UsersDB:
