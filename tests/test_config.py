@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -494,6 +495,55 @@ def test_a_key_unreadable_by_a_user_neither_root_nor_the_hubs_says_whom_to_run_a
     assert len(found) == 1 and found[0].endswith(
         f"cannot be read by uid 4343: Permission denied; the user the hub runs as needs read "
         f"access (for a key: chgrp 4343 {key} && chmod 640 {key})"), found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads the config as the hub's user")
+@pytest.mark.parametrize("name", ["tls dir", "tls;touch pwned", "$(touch pwned)", "it's"])
+def test_the_chgrp_for_an_unreadable_key_pasted_into_a_shell_lets_the_hub_read_it(
+        open_tmp: Path, name: str) -> None:
+    # the line is for root's shell: a key in a folder with a space made
+    # chgrp and chmod act on two paths, and `;` or `$(...)` ran a command
+    import json
+    import shlex
+
+    folder = open_tmp / name
+    folder.mkdir(mode=0o755)
+    cert, key = make_certificate(folder)
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o600)  # root's: the hub's user may not read it
+    state = open_tmp / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    text = (MINIMAL + f'state_dir = "{state}"\n[tls]\ncertificate = {json.dumps(str(cert))}\n'
+            f'key = {json.dumps(str(key))}\n')
+    load_text(text, "/etc/mh/mailhub.toml")  # as root first (as_user)
+    found = as_user(65534, 65534, lambda: problems(text))
+    assert len(found) == 1, found
+    line = found[0][found[0].index("(for a key: ") + len("(for a key: "):-1]
+    assert shlex.split(line) == ["chgrp", "nogroup", str(key), "&&", "chmod", "640",
+                                 str(key)], line
+    subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert not (open_tmp / "pwned").exists()
+    assert as_user(65534, 65534, lambda: load_text(text, "/etc/mh/mailhub.toml")) is not None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads the config as another user")
+def test_a_key_unreadable_by_an_admin_of_a_hub_run_as_root_names_root_once(
+        open_tmp: Path) -> None:
+    # state_dir root's: the hub runs as root, and "run the mailhub commands
+    # as root or as root" named it twice
+    cert, key = make_certificate(open_tmp)
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o600)
+    state = open_tmp / "state"
+    state.mkdir()
+    text = MINIMAL + f'state_dir = "{state}"\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    load_text(text, "/etc/mh/mailhub.toml")  # as root first (as_user)
+    found = as_user(65534, 65534, lambda: problems(text))
+    assert found == [
+        f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by nobody: Permission denied; "
+        f"nobody is not root, the user the hub runs as (the owner of state_dir {state}): "
+        "run the mailhub commands as root (docs/deployment.rst)"], found
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives folders to other users")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import socket
 import stat
 import tomllib
@@ -1563,6 +1564,10 @@ def _unreadable(path: str, state_dir: str | None = None) -> str | None:
                 owner = pwd.getpwuid(st.st_uid).pw_name
             except KeyError:
                 owner = f"uid {st.st_uid}"
+            if st.st_uid == 0:  # a hub run as root: "as root or as root" said it twice
+                return (f"{path} cannot be read by {user}: {e.strerror}; {user} is not root, "
+                        f"the user the hub runs as (the owner of state_dir {state_dir}): run "
+                        "the mailhub commands as root (docs/deployment.rst)")
             return (f"{path} cannot be read by {user}: {e.strerror}; {user} is neither root nor "
                     f"the user the hub runs as ({owner}, the owner of state_dir {state_dir}): "
                     f"run the mailhub commands as root or as {owner} (docs/deployment.rst)")
@@ -1571,8 +1576,11 @@ def _unreadable(path: str, state_dir: str | None = None) -> str | None:
             group = grp.getgrgid(gid).gr_name
         except KeyError:
             group = str(gid)
+        # pasted into root's shell: a path with a space, `;` or `$(...)` is one word
+        pasted = shlex.quote(path)
         return (f"{path} cannot be read by {user}: {e.strerror}; the user the hub runs as "
-                f"needs read access (for a key: chgrp {group} {path} && chmod 640 {path})")
+                f"needs read access (for a key: chgrp {shlex.quote(group)} {pasted} && "
+                f"chmod 640 {pasted})")
 
 
 def _hub_group(state_dir: str, st: os.stat_result) -> int:
