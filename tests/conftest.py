@@ -221,33 +221,57 @@ def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
     run as root sees what another user's command says, with the kernel's
     own refusals (root is refused nothing).  Root only.  Run ``call`` once
     as root first: a module it imports lazily may be in a folder that user
-    may not read (an interpreter under /root)."""
+    may not read (an interpreter under /root).
+
+    Whatever the child did is told: an exception (or value) pickle cannot
+    carry comes back as a ``RuntimeError`` with its text and traceback, a
+    failure to become that user as its own exception, and a child that
+    died before answering (a signal) with its wait status.  A parent
+    interrupted while it waits (pytest-timeout, ^C) kills and reaps the
+    child, which would otherwise outlive the test."""
     import pickle
+    import signal
+    import traceback
 
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never back into pytest
-        os.close(read)
         try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            os.close(read)
             try:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
                 result: tuple[bool, Any] = (True, call())
             except BaseException as e:
-                import traceback
-
                 e.add_note("in the child, as uid " + str(uid) + ":\n"
                            + "".join(traceback.format_exception(e)))
                 result = (False, e)
+            try:
+                data = pickle.dumps(result)
+            except BaseException as e:  # a lock, a socket, a local class...
+                told = ("".join(traceback.format_exception(result[1])) if not result[0]
+                        else repr(result[1]))
+                data = pickle.dumps((False, RuntimeError(
+                    f"in the child, as uid {uid}: what it {'returned' if result[0] else 'raised'}"
+                    f" cannot be pickled ({e!r}):\n{told}")))
             with os.fdopen(write, "wb") as f:
-                pickle.dump(result, f)
+                f.write(data)
         finally:
             os._exit(0)
     os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
+    try:
+        with os.fdopen(read, "rb") as f:
+            data = f.read()
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")
+        raise RuntimeError(f"the child run as uid {uid} ended without an answer ({how})")
     ok, value = pickle.loads(data)
     if not ok:
         raise value
