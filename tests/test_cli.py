@@ -990,7 +990,7 @@ def test_a_users_lock_of_another_user_is_said_with_its_owner_and_mode(open_tmp: 
     assert add_as_nobody() == head + "\n"
     os.chown(users, 4343, 4343)  # the file the hub's, the lock left root's
     assert add_as_nobody() == (f"{head}, or, as root, give it to the users file's owner, as "
-                               f"the commands do: chown 4343 {lock}\n")
+                               f"the commands do: chown -h 4343 {lock}\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs check as another user")
@@ -1051,6 +1051,49 @@ def test_the_chown_for_a_users_folder_pasted_into_a_shell_lets_user_add_work(
     assert not (open_tmp / "pwned").exists()
     assert as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))[0] == 0
     assert (folder / "users").stat().st_uid == NOBODY
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
+def test_the_chown_offered_for_a_users_lock_never_hands_over_what_it_leads_to(
+        open_tmp: Path) -> None:
+    # the lock is in a folder its users may write: swapped for a symbolic
+    # link between the message and root's paste, "chown 4343 users.lock"
+    # gave the link's target away; a lock with a second name (a hard link
+    # to a file of root's) was offered to the chown as it was
+    import shlex
+
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    folder = open_tmp / "users.d"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    users = folder / "users"
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW)[0] == 0
+    os.chmod(users, 0o644)
+    os.chown(users, 4343, 4343)
+    lock = Path(f"{users}.lock")
+    victim = open_tmp / "victim"
+    victim.write_text("root's\n")
+    os.chmod(victim, 0o600)
+
+    def add_as_nobody() -> str:
+        return as_user(NOBODY, NOBODY, lambda: run(
+            config, "user", "add", "joe", "--password-stdin", stdin=PW))[2]
+
+    err = add_as_nobody()
+    line = err[err.index("as the commands do: ") + len("as the commands do: "):].rstrip("\n")
+    assert shlex.split(line)[0] == "chown", line
+    lock.unlink()
+    lock.symlink_to(victim)  # by whoever may write users.d
+    subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert victim.stat().st_uid == 0
+    # a second name for a file of root's: said, and no chown offered
+    lock.unlink()
+    os.link(victim, lock)
+    err = add_as_nobody()
+    assert "chown" not in err, err
+    assert f"{lock} is not a regular file with one name" in err, err
 
 
 def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(
@@ -1735,7 +1778,7 @@ def test_an_aliases_lock_of_another_user_is_said_with_its_owner_and_mode(
     assert add_as_nobody() == (
         f"{head}root:root mode 0600, which this user (nobody) may not open for writing: run "
         "the alias commands as root, or, as root, give it to the aliases file's owner, as "
-        f"the commands do: chown nobody {lock}\n")
+        f"the commands do: chown -h nobody {lock}\n")
     # nobody's own lock without its write: the chmod
     os.chown(lock, NOBODY, NOBODY)
     os.chmod(lock, 0o400)

@@ -210,6 +210,10 @@ def lock_refused_advice(path: str, commands: str, what: str) -> str | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
+    if st.st_nlink != 1:
+        # a second name of someone's file (a hard link put there by whoever
+        # may write the folder): root's chown would hand that file over
+        return f"{lock} is not a regular file with one name (a link?): remove it"
     try:
         group = grp.getgrgid(st.st_gid).gr_name
     except KeyError:
@@ -229,10 +233,12 @@ def lock_refused_advice(path: str, commands: str, what: str) -> str | None:
         except OSError:
             continue
     if owner is not None and owner != st.st_uid:
-        # a lock left by another owner: the commands give it to the file's
+        # a lock left by another owner: the commands give it to the file's.
+        # -h: the folder's users may swap the lock for a symbolic link
+        # before root pastes this, and chown would follow it
         name = name_of(owner).removeprefix("uid ")
         said += (f", or, as root, give it to {what}'s owner, as the commands do: "
-                 + " ".join(shlex.quote(w) for w in ("chown", name, lock)))
+                 + " ".join(shlex.quote(w) for w in ("chown", "-h", name, lock)))
     return said
 
 
