@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -1024,18 +1025,22 @@ def test_a_users_folder_holding_other_files_is_never_offered_to_the_hubs_user(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
-@pytest.mark.parametrize("name", ["users d", "users;touch pwned", "$(touch pwned)", "it's"])
+@pytest.mark.parametrize(("name", "mode"), [
+    ("users d", 0o755), ("users;touch pwned", 0o755), ("$(touch pwned)", 0o755),
+    ("it's", 0o755), ("users d", 0o555)])
 def test_the_chown_for_a_users_folder_pasted_into_a_shell_lets_user_add_work(
-        open_tmp: Path, name: str) -> None:
+        open_tmp: Path, name: str, mode: int) -> None:
     # the line is for root's shell: pasted as it is, it must give the
-    # folder (and only it) to the hub's user, and user add then works
+    # folder (and only it) to the hub's user, and user add then works (a
+    # folder made 0555 stayed one its new owner could not write)
     import json
     import shlex
 
     state, folder = open_tmp / "var", open_tmp / name
     state.mkdir()
     os.chown(state, NOBODY, NOBODY)
-    folder.mkdir(mode=0o755)
+    folder.mkdir()
+    os.chmod(folder, mode)
     config = open_tmp / "mailhub.toml"
     config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
                       f'[users]\nfile = {json.dumps(str(folder / "users"))}\n')
@@ -1046,8 +1051,9 @@ def test_the_chown_for_a_users_folder_pasted_into_a_shell_lets_user_add_work(
     code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))
     assert code == 1, err
     line = err[err.index("(chown ") + 1:err.index("), then run")]
-    assert shlex.split(line) == ["chown", "nobody:nogroup", str(folder)], line
+    assert shlex.split(line)[:3] == ["chown", "nobody:nogroup", str(folder)], line
     subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == mode & 0o077  # others' as they were
     assert not (open_tmp / "pwned").exists()
     assert as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))[0] == 0
     assert (folder / "users").stat().st_uid == NOBODY

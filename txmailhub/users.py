@@ -340,6 +340,8 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
         hub_group = str(hub_user[1])
     hub_name = name_of(hub_user[0]).removeprefix("uid ")
     chown = " ".join(shlex.quote(w) for w in ("chown", f"{hub_name}:{hub_group}", folder))
+    if st.st_mode & 0o700 != 0o700:  # made 0555: its new owner could not write it either
+        chown += f" && chmod u+rwx {shlex.quote(folder)}"
     only_users = _only_users_files(folder, os.path.basename(path))
     if only_users is None:  # root's 0700: what else is in it is not known here
         return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
