@@ -1102,6 +1102,33 @@ def test_the_chown_offered_for_a_users_lock_never_hands_over_what_it_leads_to(
     assert f"{lock} is not a regular file with one name" in err, err
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives state_dir to another user")
+def test_check_as_root_says_a_users_folder_not_the_hubs_makes_a_file_the_hub_cannot_read(
+        open_tmp: Path) -> None:
+    # root's check said "mailhub user add makes it" of a users.d root made
+    # by hand (0700), and root's user add then made a users file of root's
+    # there, 0600, which the hub (state_dir's owner) could not read
+    import shlex
+
+    state, folder = open_tmp / "var", open_tmp / "users.d"
+    state.mkdir()
+    os.chown(state, NOBODY, NOBODY)
+    folder.mkdir(mode=0o700)
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    err = run(config, "check")[2]
+    assert "mailhub user add makes it" not in err, err
+    assert (f"root's mailhub user add would make it in {folder} (root:root mode 0700) for "
+            "that folder's owner, mode 0600, which the hub's user could not read") in err, err
+    line = err[err.index("(chown ") + 1:err.index("), then run")]
+    assert shlex.split(line) == ["chown", "nobody:nogroup", str(folder)], line
+    subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    assert (folder / "users").stat().st_uid == NOBODY
+    assert run(config, "check")[2] == "", "the hub's user reads it"
+
+
 def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # deployment.rst's users.d is the hub's user's (the owner of state_dir),

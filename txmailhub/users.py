@@ -310,7 +310,10 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
     not there (``cannot_make_folder``'s case) or this user may write it.
     ``hub_user``: ``(uid, gid)`` of the user the hub runs as
     (``hub_access.state_dir_owner``); a folder that is not that user's is
-    said with the ``chown`` that gives it to it, as deployment.rst has it."""
+    said with the ``chown`` that gives it to it, as deployment.rst has it.
+    Run as root, who may write any folder, a folder that is not the hub's
+    user's is said too: root's ``user add`` would make there a users file
+    of that folder's owner, 0600, that the hub could not read."""
     from txmailhub.hub_access import name_of
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -318,7 +321,7 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
         st = os.stat(folder)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode) or os.access(folder, os.W_OK | os.X_OK):
+    if not stat.S_ISDIR(st.st_mode):
         return None
     try:
         group = grp.getgrgid(st.st_gid).gr_name
@@ -326,6 +329,16 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
         group = str(st.st_gid)
     me = name_of(os.geteuid())
     owner = name_of(st.st_uid)
+    if os.access(folder, os.W_OK | os.X_OK):
+        if os.geteuid() != 0 or hub_user is None or hub_user[0] in (0, st.st_uid):
+            return None
+        # root may write it, but the file its user add makes there is
+        # given to the folder's owner, 0600: a users.d root made by hand
+        # would hold a users file the hub cannot read
+        said = (f"root's mailhub user add would make it in {folder} ({owner}:{group} mode "
+                f"{stat.S_IMODE(st.st_mode):04o}) for that folder's owner, mode 0600, which "
+                "the hub's user could not read")
+        return _give_to_hub_advice(said, folder, path, st, hub_user)
     said = (f"this user ({me}) may not write its folder {folder} "
             f"({owner}:{group} mode {stat.S_IMODE(st.st_mode):04o}), so the mailhub user "
             "commands cannot make the users file or its lock there")
@@ -334,6 +347,16 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
     if hub_user is None or hub_user[0] == st.st_uid:
         runner = "root" if st.st_uid == 0 else f"root or as {owner}, the folder's owner"
         return f"{said}: run the mailhub user commands as {runner} (docs/deployment.rst)"
+    return _give_to_hub_advice(said, folder, path, st, hub_user)
+
+
+def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
+                        hub_user: tuple[int, int]) -> str:
+    """``said``, and how to give ``folder`` (whose stat is ``st``) to the
+    hub's user -- only when it holds nothing but the users file ``path``:
+    a folder with other files in it is never offered to that user."""
+    from txmailhub.hub_access import name_of
+
     try:
         hub_group = grp.getgrgid(hub_user[1]).gr_name
     except KeyError:
