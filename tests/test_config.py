@@ -498,7 +498,8 @@ def test_a_key_unreadable_by_a_user_neither_root_nor_the_hubs_says_whom_to_run_a
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loads the config as the hub's user")
-@pytest.mark.parametrize("name", ["tls dir", "tls;touch pwned", "$(touch pwned)", "it's"])
+@pytest.mark.parametrize("name", ["tls dir", "tls;touch pwned", "$(touch pwned)", "it's",
+                                  "tls\ndir"])
 def test_the_chgrp_for_an_unreadable_key_pasted_into_a_shell_lets_the_hub_read_it(
         open_tmp: Path, name: str) -> None:
     # the line is for root's shell: a key in a folder with a space made
