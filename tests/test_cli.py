@@ -1129,6 +1129,39 @@ def test_check_as_root_says_a_users_folder_not_the_hubs_makes_a_file_the_hub_can
     assert run(config, "check")[2] == "", "the hub's user reads it"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
+@pytest.mark.parametrize("linked", [False, True])
+def test_the_chown_for_a_users_folder_with_roots_users_file_in_it_gives_that_file_too(
+        open_tmp: Path, linked: bool) -> None:
+    # a hub once run as root (state_dir root's) and then given a user of
+    # its own: users.d, the users file and its lock are all root's.  The
+    # chown of the folder alone left the lock and file root's, 0600, and
+    # user add as the hub's user still failed; and chown -R of a users.d
+    # that is a symbolic link changes the link alone: the folder it leads
+    # to is named
+    import shlex
+
+    state, folder = open_tmp / "var", open_tmp / ("real" if linked else "users.d")
+    state.mkdir()
+    folder.mkdir(mode=0o755)
+    if linked:
+        (open_tmp / "users.d").symlink_to(folder)
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    add = ("user", "add", "joe", "--password-stdin")
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW)[0] == 0
+    assert (folder / "users").stat().st_uid == 0
+    os.chown(state, NOBODY, NOBODY)
+    code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))
+    assert code == 1, err
+    line = err[err.index("(chown ") + 1:err.index("), then run")]
+    assert shlex.split(line) == ["chown", "-R", "nobody:nogroup", str(folder)], line
+    subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))[0] == 0
+    assert run(config, "check")[2] == "", "the hub's user reads it"
+
+
 def test_the_install_line_for_a_users_folder_names_the_hub_user_whoever_runs_it(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # deployment.rst's users.d is the hub's user's (the owner of state_dir),

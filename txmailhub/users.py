@@ -362,10 +362,17 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
     except KeyError:
         hub_group = str(hub_user[1])
     hub_name = name_of(hub_user[0]).removeprefix("uid ")
-    chown = " ".join(shlex.quote(w) for w in ("chown", f"{hub_name}:{hub_group}", folder))
-    if st.st_mode & 0o700 != 0o700:  # made 0555: its new owner could not write it either
-        chown += f" && chmod u+rwx {shlex.quote(folder)}"
     only_users = _only_users_files(folder, os.path.basename(path))
+    # -R when the users file or its lock is there (root's, 0600, from a hub
+    # once run as root): the folder alone left them to root, and user add
+    # still failed.  Each is a plain file with one name (_only_users_files),
+    # and chown -R follows no symbolic link, the folder named either: the
+    # folder a link leads to is named
+    words = ["chown", "-R"] if only_users and os.listdir(folder) else ["chown"]
+    real = os.path.realpath(folder)
+    chown = " ".join(shlex.quote(w) for w in (*words, f"{hub_name}:{hub_group}", real))
+    if st.st_mode & 0o700 != 0o700:  # made 0555: its new owner could not write it either
+        chown += f" && chmod u+rwx {shlex.quote(real)}"
     if only_users is None:  # root's 0700: what else is in it is not known here
         return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
                 f"does not own it, and this user cannot list it: as root, if it holds "
@@ -387,15 +394,25 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
 def _only_users_files(folder: str, name: str) -> bool | None:
     """Whether ``folder`` holds nothing but the users file ``name``, its
     lock and the temporary files of its writes (``durable_write``'s
-    ``.name.*.tmp``): only such a folder may be offered to the hub's user
-    whole.  ``None`` when this user cannot list it: what it holds is not
-    known here."""
+    ``.name.*.tmp``), each a plain file with one name (a link there could
+    hand root's ``chown -R`` another file): only such a folder may be
+    offered to the hub's user whole.  ``None`` when this user cannot list
+    it: what it holds is not known here."""
     try:
         names = os.listdir(folder)
     except OSError:
         return None
-    return all(n in (name, name + ".lock")
-               or (n.startswith(f".{name}.") and n.endswith(".tmp")) for n in names)
+    for n in names:
+        if not (n in (name, name + ".lock")
+                or (n.startswith(f".{name}.") and n.endswith(".tmp"))):
+            return False
+        try:
+            st = os.lstat(os.path.join(folder, n))
+        except OSError:
+            continue  # gone meanwhile (a temporary file renamed)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+    return True
 
 
 class UsersDB:
