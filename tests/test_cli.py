@@ -1130,6 +1130,32 @@ def test_check_as_root_says_a_users_folder_not_the_hubs_makes_a_file_the_hub_can
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
+def test_the_chown_for_a_users_folder_its_user_cannot_list_gives_what_is_in_it_too(
+        open_tmp: Path) -> None:
+    # root's 0700 users.d with root's users file in it: what it holds is
+    # not known to the hub's user, and the chown of the folder alone left
+    # the file and its lock root's
+    import shlex
+
+    state, folder = open_tmp / "var", open_tmp / "users.d"
+    state.mkdir()
+    folder.mkdir(mode=0o700)
+    config = open_tmp / "mailhub.toml"
+    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    add = ("user", "add", "joe", "--password-stdin")
+    assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW)[0] == 0
+    os.chown(state, NOBODY, NOBODY)
+    code, _, err = as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))
+    assert code == 1, err
+    assert "this user cannot list it: as root, if it holds nothing but the users file" in err
+    line = err[err.index("(chown ") + 1:err.index("), then run")]
+    assert shlex.split(line) == ["chown", "-R", "nobody:nogroup", str(folder)], line
+    subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
+    assert as_user(NOBODY, NOBODY, lambda: run(config, *add, stdin=PW))[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs user add as another user")
 @pytest.mark.parametrize("linked", [False, True])
 def test_the_chown_for_a_users_folder_with_roots_users_file_in_it_gives_that_file_too(
         open_tmp: Path, linked: bool) -> None:

@@ -368,7 +368,9 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
     # still failed.  Each is a plain file with one name (_only_users_files),
     # and chown -R follows no symbolic link, the folder named either: the
     # folder a link leads to is named
-    words = ["chown", "-R"] if only_users and os.listdir(folder) else ["chown"]
+    # (one this user cannot list may hold them: -R, for root to check first)
+    words = ["chown", "-R"] if only_users is None or (only_users and os.listdir(folder)) \
+        else ["chown"]
     real = os.path.realpath(folder)
     chown = " ".join(shlex.quote(w) for w in (*words, f"{hub_name}:{hub_group}", real))
     if st.st_mode & 0o700 != 0o700:  # made 0555: its new owner could not write it either
