@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +16,6 @@ from txmailhub.cli import main
 HUB_UID, HUB_GID = 4242, 4343  # no such user here: named "uid 4242"
 PW = "mellow-quartz-harbour\n"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs root")
-
-
-@pytest.fixture
-def open_tmp() -> Iterator[Path]:
-    """A folder every user may enter, as /etc is: pytest's own (under
-    /tmp/pytest-of-USER, 0700) would be the first thing another user
-    could not pass."""
-    folder = Path(tempfile.mkdtemp())
-    os.chmod(folder, 0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder)
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
