@@ -2016,6 +2016,37 @@ def test_the_signal_notices_stay_until_the_rest_of_the_hub_has_stopped(
             signal.signal(s, h)
 
 
+def test_an_earlier_stop_does_not_give_the_signals_back_under_a_later_one(
+        tmp_path: Path) -> None:
+    # stopped, started again and stopped again before the first stop was
+    # over (as for the syncer, just above): the first stop's parts done,
+    # the notice put the signals back while the second stop's sessions
+    # were still finishing, and a SIGHUP or SIGUSR1 then ended the hub in
+    # the middle of that graceful stop.  Only the last stop gives them back.
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    signals = (signal.SIGHUP, signal.SIGUSR1)
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+    try:
+        hub, slow, _stops = _hub_with_a_part_slow_to_stop(tmp_path)
+        HangupNotice().setServiceParent(hub)
+        hub.startService()
+        first = hub.stopService()
+        hub.startService()
+        second = hub.stopService()
+        slow.stops[0].callback(None)  # the first stop's parts are done
+        assert first.called and not second.called
+        assert all(callable(signal.getsignal(s)) for s in signals), "ended by a signal"
+        slow.stops[1].callback(None)
+        assert second.called
+        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def test_the_hub_runs_the_stall_records_heartbeat_while_it_runs(tmp_path: Path) -> None:
     # docs/deployment.rst, "A slow or hung disk": the hub's record of its
     # reactor's stalls beats while the hub runs, and leaves no timed call

@@ -387,6 +387,7 @@ class HangupNotice(Service):
 
     _before: Any = None
     _usr1_installed: Any = None  # the SIGUSR1 notice this service put in place
+    _stops = 0  # stop_after calls: only the last one's ``others`` put the signals back
     #: the SIGHUP handler found at the install, kept after the stop while
     #: a notice installed since (another hub's) still passes signals on to it
     _previous: Any = None
@@ -450,11 +451,16 @@ class HangupNotice(Service):
         Deferred of the hub's other parts stopping) fires: put back at
         once, the default action of a SIGHUP or SIGUSR1 arriving while
         sessions finish their message would end the hub in the middle of
-        its graceful stop.  A hub started again by then keeps them."""
+        its graceful stop.  A hub started again by then keeps them; so
+        does one stopped again since: only the last stop's ``others``
+        give them back (an earlier stop's parts may be done while those
+        of the hub started since are still stopping)."""
         Service.stopService(self)
+        self._stops += 1
+        mine = self._stops
 
         def restore(result: Any) -> Any:
-            if not self.running:
+            if not self.running and mine == self._stops:
                 self._restore()
             return result
 
