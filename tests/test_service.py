@@ -2324,3 +2324,39 @@ def test_two_hubs_signal_notices_each_answer_and_the_last_one_gives_the_signals_
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_a_notice_that_could_not_install_its_handlers_is_not_counted_as_answering() -> None:
+    # signal.signal works in the main thread only: a notice started from
+    # another thread (a reactor run in a thread of its own) failed with a
+    # ValueError, but was listed as answering all the same, and another
+    # hub's stop then handed it the SIGUSR1 line, which stayed for good
+    import signal
+    import threading
+
+    from txmailhub.tap import HangupNotice
+
+    signals = (signal.SIGHUP, signal.SIGUSR1)
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+    failed: list[BaseException] = []
+    elsewhere = HangupNotice()
+
+    def start() -> None:
+        try:
+            elsewhere.privilegedStartService()
+        except ValueError as e:
+            failed.append(e)
+
+    try:
+        thread = threading.Thread(target=start)
+        thread.start()
+        thread.join()
+        assert len(failed) == 1
+        notice = HangupNotice()
+        notice.privilegedStartService()
+        notice.stopService()
+        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
+    finally:
+        HangupNotice._answering[:] = [n for n in HangupNotice._answering if n is not elsewhere]
+        for s, h in before.items():
+            signal.signal(s, h)

@@ -402,14 +402,16 @@ class HangupNotice(Service):
         from txmailhub.logfile import install_sigusr1_notice
 
         self._reactor = reactor
-        if self not in HangupNotice._answering:
-            HangupNotice._answering.append(self)
         if self in _notices(signal.getsignal(signal.SIGHUP)):
             # still a link of the handler in place (a notice installed since
             # passes the signal on to ours): installed again, it would loop
             self._before = self._previous
         else:
+            # a ValueError outside the main thread: then not counted as
+            # answering either (another hub's stop would hand it SIGUSR1)
             self._before = self._previous = signal.signal(signal.SIGHUP, self._hangup)
+        if self not in HangupNotice._answering:
+            HangupNotice._answering.append(self)
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             install_sigusr1_notice(self.usr1_where, reactor)
             self._usr1_installed = signal.getsignal(signal.SIGUSR1)
