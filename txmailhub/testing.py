@@ -14,9 +14,11 @@ Owns in-memory implementations of the component interfaces:
   run on it without threads or fsyncs).
 
 Each passes ``zope.interface.verify.verifyObject`` (tests/test_testing.py
-checks it).  Every double can be told to *hold* its Deferreds, so a test
-can check that nothing is answered before the storage said "durable",
-and to fail, so a test can check what happens then.  Nothing here touches
+checks it).  Every double whose answers are Deferreds (all but
+``StaticRouter``: an ``IRecipientRouter`` answers at once) can be told to
+*hold* them, so a test can check that nothing is answered before the
+storage said "durable", and to fail, so a test can check what happens
+then.  Nothing here touches
 the disk, except ``MemoryMailboxStore.deliver`` reading a real spool file
 when it is not given a ``MemorySpooler``.
 """
