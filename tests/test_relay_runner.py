@@ -2784,3 +2784,29 @@ def test_a_success_notice_that_cannot_be_made_is_given_up_a_lifetime_after_deliv
     assert (f"{qid}: giving up on the relayed notice to <{ALICE}> after the queue lifetime: "
             f"it could not be made since the delivery at {schedule.utc_text(delivered)}"
             in lines)
+
+
+def test_an_entry_that_only_records_known_results_is_taken_while_its_destination_is_busy(
+        hub, monkeypatch):
+    # max_per_destination = 1.  An entry whose last record could not be
+    # written only enters the results it has at its next try, without a
+    # delivery: it needs none of its destination's room.  It was passed
+    # over while another remote.test delivery ran, its results (a
+    # delivery made) left unrecorded until that delivery ended -- a
+    # session of minutes, and a crash meanwhile sent the message again
+    hub.runner.start()
+    broken = records_cannot_be_written(hub, monkeypatch)
+    first = enqueue(hub, BOB)
+    assert first in hub.runner._unrecorded
+    broken[0] = False
+    monkeypatch.undo()
+    sessions = hub.agent.hold()
+    second = enqueue(hub, BOB)
+    assert second in hub.runner.active and len(sessions) == 1
+    hub.clock.advance(60)  # the first's next try
+    assert hub.queue.read(first) is None  # recorded: delivered, done
+    assert [c[0] for c in hub.agent.calls] == [first, second]  # no second copy
+    assert hub.runner._open_dests == {second: {"remote.test"}}
+    d, rcpts = sessions.pop()
+    d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    assert hub.queue.ids() == []

@@ -499,6 +499,11 @@ class QueueRunner:
                 # ended at once): its due time here is from before that
                 continue
             dests, local = self._destinations.get(qid, (frozenset(), True))
+            if qid in self._unrecorded:
+                # its try only enters the results it has (``_process``): no
+                # delivery, so none of its destinations' room is needed,
+                # and its results must not wait for another's session
+                dests = frozenset()
             if not local and dests and all(no_room(dest) for dest in dests):
                 # every destination of it as busy as it can be: it would
                 # only wait, holding room another destination's entry can
