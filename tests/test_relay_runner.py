@@ -2810,3 +2810,34 @@ def test_an_entry_that_only_records_known_results_is_taken_while_its_destination
     d, rcpts = sessions.pop()
     d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
     assert hub.queue.ids() == []
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_an_entry_deleted_while_its_notice_is_tried_is_logged_deleted_and_forgotten(
+        hub, log_events, made):
+    # `mailhub queue delete` of an entry that only owes a notice, while
+    # that notice is being made: the hub's log said nothing of the delete
+    # (a notice refused), or that the entry was done (one made), and the
+    # runner kept it as due until its next try
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    assert hub.queue.ids() == [qid] and len(hub.dsn.tried) == 1
+    notices = []
+    hub.runner.send_dsn = lambda *a: notices.append(defer.Deferred()) or notices[-1]
+    hub.clock.advance(60)  # the notice's next try: being made
+    assert qid in hub.runner.active and len(notices) == 1
+    assert hub.queue.delete(qid)
+    hub.clock.advance(1)  # the runner's tick sees the change
+    if made:
+        notices[0].callback(None)
+    else:
+        notices[0].errback(OSError(28, "No space left on device"))
+    assert qid not in hub.runner.active and qid not in hub.runner.due
+    lines = [formatEvent(e) for e in log_events]
+    assert [x for x in lines if qid in x and ("deleted" in x or "done" in x)] == [
+        f"queue entry {qid} deleted (mailhub queue delete): no more attempts"
+        + ("; a notice made meanwhile is sent" if made else ", no notice")]

@@ -71,6 +71,10 @@ CUT_GRACE = 2.0
 ENTRIES_PER_SLOT = 2
 
 
+#: ``_noted``'s answer when the record went while a notice was being made
+_DELETED: Any = object()
+
+
 class _LookupUnderWay:
     """What a delivery given its slots returns when an MX lookup of its
     destination is under way: the slots go back, and it waits for ``over``
@@ -421,12 +425,23 @@ class QueueRunner:
                 continue
             self._reindex(qid)
         for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
-            if qid not in seen and qid not in self.active:
-                log.info("queue entry {queue_id} deleted (mailhub queue delete): "
-                         "no delivery, no notice", queue_id=qid)
-                self._forget(qid)
+            if qid in seen:
+                continue
+            if qid in self.active:
+                # deleted while being handled: looked at once that is over
+                # (what it writes last finds no record, or it wrote all it
+                # had before the delete: ``_finished``)
+                self._changed_while_active.add(qid)
+                continue
+            log.info("queue entry {queue_id} deleted (mailhub queue delete): "
+                     "no delivery, no notice", queue_id=qid)
+            self._forget(qid)
 
-    def _reindex(self, qid: str) -> None:
+    def _reindex(self, qid: str, gone: str | None = None) -> None:
+        """Read ``qid`` again and know its next attempt.  ``gone``: what
+        the log says when its record went meanwhile (``mailhub queue
+        delete`` while it was being handled, its last write before that),
+        and it is forgotten (it stayed due until its next try)."""
         try:
             entry = self.queue.read(qid)
         except Exception:
@@ -434,6 +449,10 @@ class QueueRunner:
             return
         if entry is not None:
             self._index(entry)
+        elif gone is not None:
+            log.info("queue entry {queue_id} deleted (mailhub queue delete): {what}",
+                     queue_id=qid, what=gone)
+            self._forget(qid)
 
     def _flush(self) -> None:
         now = self.clock.seconds()
@@ -562,7 +581,7 @@ class QueueRunner:
         if qid in self._changed_while_active:
             self._changed_while_active.discard(qid)
             if self.running and (qid in self.due or qid in self._held):
-                self._reindex(qid)
+                self._reindex(qid, gone="no more attempts, no notice")
         if not self.active:
             if self._give_up_timer is not None and self._give_up_timer.active():
                 self._give_up_timer.cancel()
@@ -673,6 +692,11 @@ class QueueRunner:
             return  # given up while the record was written: no notice from here
         if entry is not None:
             entry = yield self._notify(entry, now)
+        if entry is _DELETED:
+            log.info("queue entry {queue_id} deleted (mailhub queue delete): no more "
+                     "attempts; a notice made meanwhile is sent", queue_id=qid)
+            self._forget(qid)
+            return
         if entry is None:
             self._forget(qid)
             log.info("{queue_id} done: removed from the queue", queue_id=qid)
@@ -1072,11 +1096,11 @@ class QueueRunner:
                 ok = True
             if ok:
                 done = {r.address for r in failed}
-                entry = yield self.queue.update(entry.id, lambda e: e.with_recipients({
+                entry = yield self._noted(entry.id, lambda e: e.with_recipients({
                     r.address: dataclasses.replace(r, state=BOUNCED)
                     for r in e.recipients if r.address in done and r.state == FAILED}))
-                if entry is None:
-                    return None
+                if entry is None or entry is _DELETED:
+                    return entry
         notices: dict[str, list[RecipientRecord]] = {}
         for r in entry.recipients:
             if r.notice:
@@ -1097,11 +1121,11 @@ class QueueRunner:
                 ok = True
             if ok:
                 names = {r.address for r in recs}
-                entry = yield self.queue.update(entry.id, lambda e, names=names: (
+                entry = yield self._noted(entry.id, lambda e, names=names: (
                     e.with_recipients({r.address: dataclasses.replace(r, notice=None)
                                        for r in e.recipients if r.address in names})))
-                if entry is None:
-                    return None
+                if entry is None or entry is _DELETED:
+                    return entry
         # not once the queue lifetime is over (recipients kept pending past
         # it by a hold or a release during the attempt): the notice would
         # promise retries until a time gone by, and what comes next is the
@@ -1115,9 +1139,23 @@ class QueueRunner:
             if wanted:
                 ok = yield self._send_once(entry, wanted, bounce.DELAYED, now)
             if ok:
-                entry = yield self.queue.update(
+                entry = yield self._noted(
                     entry.id, lambda e: dataclasses.replace(e, delay_warned=True))
         return entry
+
+    def _noted(self, qid: str, change: Callable[[QueueEntry], QueueEntry]) -> defer.Deferred:
+        """``queue.update(qid, change)`` for a notice made: fires with the
+        new entry, ``None`` when that finished it (removed), or
+        ``_DELETED`` when its record had gone meanwhile (``mailhub queue
+        delete`` while the notice was being made): the log says which."""
+        found: list[bool] = []
+
+        def noted(e: QueueEntry) -> QueueEntry:
+            found.append(True)
+            return change(e)
+
+        return self.queue.update(qid, noted).addCallback(
+            lambda e: _DELETED if e is None and not found else e)
 
     @defer.inlineCallbacks
     def _send_once(self, entry: QueueEntry, recs: list[RecipientRecord], action: str,
