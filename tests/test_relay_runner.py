@@ -16,7 +16,7 @@ from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import load_text
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
-from txmailhub.relay import schedule
+from txmailhub.relay import admin, schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.runner import QueueRunner
@@ -2841,3 +2841,43 @@ def test_an_entry_deleted_while_its_notice_is_tried_is_logged_deleted_and_forgot
     assert [x for x in lines if qid in x and ("deleted" in x or "done" in x)] == [
         f"queue entry {qid} deleted (mailhub queue delete): no more attempts"
         + ("; a notice made meanwhile is sent" if made else ", no notice")]
+
+
+@pytest.mark.parametrize("kind", ["permanent", "delivered"])
+def test_a_notice_that_cannot_be_made_is_given_up_when_its_lifetime_is_over(
+        hub, monkeypatch, kind):
+    # a notice the spool refuses is tried for a queue lifetime (1d here)
+    # from the failure or the delivery, at the schedule's steps; its last
+    # try is at that moment, as a message's last attempt is at its
+    # deadline.  The message's deadline (a lifetime from its arrival,
+    # earlier) took that place, and the notice was given up at the try
+    # after: a whole step (4h) late, the message kept in the queue so long
+    hub.runner.start()
+    hub.dsn.fail = True
+    outcome = {"permanent": NO, "delivered": OK}[kind]
+    tries = []
+
+    def script(e, d, r):
+        tries.append(1)
+        if len(tries) < 3:
+            return [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+        return [DeliveryResult(a, kind, outcome, "mx") for a in r]
+
+    hub.agent.script = script
+    qid = enqueue(hub, BOB, notify=("SUCCESS", "FAILURE"))
+    hub.clock.advance(60)
+    hub.clock.advance(300)  # the third attempt: failed, or delivered
+    assert len(tries) == 3
+    since = hub.queue.read(qid).recipients[0].last_attempt
+    assert since == hub.queue.read(qid).created + 360
+    while hub.clock.seconds() < since + 86400 - 60:
+        hub.clock.advance(60)
+    entry = hub.queue.read(qid)
+    assert entry is not None
+    # queue list says when the last try comes: at the end of the lifetime
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
+    assert admin._next(entry, hub.settings.relay.retry_schedule) == schedule.utc_text(
+        since + 86400)
+    hub.clock.advance(60)
+    assert hub.queue.ids() == []
+    assert hub.dsn.tried[-1] == since + 86400

@@ -97,6 +97,36 @@ def _failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:
     return rcpt.last_attempt if rcpt.last_attempt is not None else entry.created
 
 
+def _failure_since(entry: QueueEntry) -> float:
+    """Since when the failure notice of ``entry`` (which has failed
+    recipients) is owed: its latest failure, the notice being about all."""
+    return max(_failed_at(entry, r) for r in entry.failed)
+
+
+def _delivered_at(entry: QueueEntry, recs: list[RecipientRecord]) -> float:
+    """Since when the success notice about ``recs`` is owed: the latest
+    of their deliveries."""
+    return max(r.last_attempt if r.last_attempt is not None else entry.created for r in recs)
+
+
+def _success_notices(entry: QueueEntry) -> dict[str, list[RecipientRecord]]:
+    """The success notices ``entry`` owes: the recipients of each action."""
+    notices: dict[str, list[RecipientRecord]] = {}
+    for r in entry.recipients:
+        if r.notice:
+            notices.setdefault(r.notice, []).append(r)
+    return notices
+
+
+def _notice_ends(entry: QueueEntry, lifetime: float) -> list[float]:
+    """When each notice ``entry`` owes is given up if it cannot be made:
+    a queue lifetime after the failure or the delivery it is about."""
+    ends = [_failure_since(entry) + lifetime] if entry.failed else []
+    ends += [_delivered_at(entry, recs) + lifetime
+             for recs in _success_notices(entry).values()]
+    return ends
+
+
 class QueueRunner:
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
@@ -986,8 +1016,19 @@ class QueueRunner:
         # is tried again at the schedule's steps, not every minute for a
         # queue lifetime at the step of the message's last attempt
         notice_tries = e.notice_tries + (0 if results else 1)
-        nxt = schedule.next_attempt(now, attempts + notice_tries, e.created,
-                                    self.relay.queue_lifetime, self.relay.retry_schedule)
+        lifetime = self.relay.queue_lifetime
+        if e.pending:
+            nxt = schedule.next_attempt(now, attempts + notice_tries, e.created, lifetime,
+                                        self.relay.retry_schedule)
+        else:  # only notices are owed: the message's deadline is no concern
+            nxt = now + schedule.delay_after(attempts + notice_tries,
+                                             self.relay.retry_schedule)
+        for end in _notice_ends(e, lifetime):
+            # a notice that cannot be made has its last try when its
+            # lifetime is over, as a message has its last attempt at its
+            # deadline: not given up a whole step of the schedule late
+            if now < end < nxt:
+                nxt = end
         if not results:  # only notices were owed: never spin on this entry
             nxt = max(nxt, now + ERROR_RETRY)
         warn_at = e.created + self.relay.delay_warning
@@ -1086,7 +1127,7 @@ class QueueRunner:
             # refused it) is tried again, for as long as one queued would
             # be: a queue lifetime from the failure, not from the message's
             # arrival (a message that expired would get one try)
-            since = max(_failed_at(entry, r) for r in failed)
+            since = _failure_since(entry)
             if not ok and schedule.expired(now, since, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
                           "the queue lifetime: it could not be made since the failure at "
@@ -1101,17 +1142,12 @@ class QueueRunner:
                     for r in e.recipients if r.address in done and r.state == FAILED}))
                 if entry is None or entry is _DELETED:
                     return entry
-        notices: dict[str, list[RecipientRecord]] = {}
-        for r in entry.recipients:
-            if r.notice:
-                notices.setdefault(r.notice, []).append(r)
-        for action, recs in notices.items():
+        for action, recs in _success_notices(entry).items():
             ok = yield self._send_once(entry, recs, action, now)
             # a success notice that cannot be made is given up as a failure
             # notice is, a queue lifetime after the delivery: it kept the
             # delivered message in the queue for ever
-            delivered = max(r.last_attempt if r.last_attempt is not None else entry.created
-                            for r in recs)
+            delivered = _delivered_at(entry, recs)
             if not ok and schedule.expired(now, delivered, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the {action} notice to <{sender}> after "
                           "the queue lifetime: it could not be made since the delivery at "
