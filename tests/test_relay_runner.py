@@ -2881,3 +2881,35 @@ def test_a_notice_that_cannot_be_made_is_given_up_when_its_lifetime_is_over(
     hub.clock.advance(60)
     assert hub.queue.ids() == []
     assert hub.dsn.tried[-1] == since + 86400
+
+
+def test_an_error_out_of_one_destinations_delivery_waits_for_the_others(hub):
+    # an entry for two domains whose delivery to one fails with an error
+    # out of the agent (a bug) while the other's session runs: the entry
+    # was handled as crashed at once, that session running on outside the
+    # runner's count (the entry taken again a minute later, the message
+    # sent to the other domain a second time while the first session still
+    # ran, its outcome never recorded, a count of it kept for ever)
+    hub.runner.start()
+    sessions = []
+
+    def script(e, d, r):
+        if d == "remote.test":
+            raise RuntimeError("the agent failed")
+        x = defer.Deferred()
+        sessions.append((x, r))
+        return x
+
+    hub.agent.script = script
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(sessions) == 1
+    assert qid in hub.runner.active  # the other session still runs
+    hub.clock.advance(120)
+    assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test"]
+    x, rcpts = sessions.pop()
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    assert qid not in hub.runner.active and not hub.runner._kept
+    hub.agent.script = FakeAgent().script
+    hub.clock.advance(60)  # retried after a minute: to remote.test only
+    assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test", "remote.test"]
+    assert hub.queue.ids() == []

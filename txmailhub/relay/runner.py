@@ -75,6 +75,18 @@ ENTRIES_PER_SLOT = 2
 _DELETED: Any = object()
 
 
+class _AttemptFailed(Exception):
+    """A delivery of an attempt failed with an error out of the agent (a
+    bug): raised once the attempt's other deliveries are over too, with
+    what they gave (``results``), so that none runs on unknown to the
+    runner and what they delivered is not sent again."""
+
+    def __init__(self, failure: Failure, results: list[DeliveryResult]) -> None:
+        super().__init__(failure.getErrorMessage())
+        self.failure = failure
+        self.results = results
+
+
 class _LookupUnderWay:
     """What a delivery given its slots returns when an MX lookup of its
     destination is under way: the slots go back, and it waits for ``over``
@@ -668,6 +680,11 @@ class QueueRunner:
             self._attempting.add(qid)
             try:
                 results = yield self._attempt(entry, generation)
+            except _AttemptFailed as e:
+                # the other destinations' outcomes are written; the entry is
+                # retried as one whose handling failed (``_crashed``)
+                yield self._record_known(qid, e.results, generation)
+                e.failure.raiseException()
             finally:
                 self._attempting.discard(qid)
                 self._kept.pop(qid, None)
@@ -801,8 +818,51 @@ class QueueRunner:
                 self._look_again()
             return result
 
-        d = defer.gatherResults([d.addBoth(closed) for d in ds], consumeErrors=True)
-        return d.addCallback(lambda lists: [r for rs in lists for r in rs])
+        def gathered(outcomes: list[tuple[bool, Any]]) -> list[DeliveryResult]:
+            results = [r for ok, rs in outcomes if ok for r in rs]
+            for ok, failure in outcomes:
+                if not ok:
+                    raise _AttemptFailed(failure, results)
+            return results
+
+        # every delivery waited for, an error too: one that ran on after
+        # the entry was handled as failed was retried beside it (a second
+        # copy), its outcome never recorded
+        d = defer.DeferredList([d.addBoth(closed) for d in ds], consumeErrors=True)
+        return d.addCallback(gathered)
+
+    @defer.inlineCallbacks
+    def _record_known(self, qid: str, results: list[DeliveryResult],
+                      generation: int) -> Any:
+        """Write the delivered and permanently failed recipients of an
+        attempt one of whose deliveries failed with an error, as a
+        destination's own update does (``_record_partial``); what cannot
+        be written is entered at the next try instead."""
+        final = [r for r in results if r.kind in ("delivered", "permanent")]
+        if not final or generation != self._generation or qid in self._dropped:
+            return
+        now = self.clock.seconds()
+        lines: list[dict] = []
+
+        def change(e: QueueEntry) -> QueueEntry:
+            del lines[:]
+            expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
+            updates = self._apply(e, final, now, expired)
+            for res in final:
+                rec = updates.get(res.address)
+                if rec is not None:
+                    lines.append(self._line(e, res, rec, None))
+            return e.with_recipients(updates)
+
+        try:
+            yield self._write(qid, change)
+        except Exception:
+            log_failure(log, Failure(), "{queue_id}: the results of its other destinations "
+                        "cannot be recorded yet; recorded at the next try", queue_id=qid)
+            self._unrecorded[qid] = final
+            return
+        for fields in lines:
+            log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
 
     def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
                  generation: int) -> defer.Deferred:
