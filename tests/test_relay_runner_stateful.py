@@ -9,9 +9,11 @@ failed, the failure remembered as ``MXResolver`` does; the end told to
 those who wait for it as an error, at times); answers sessions
 (delivered, deferred, refused for good, or an error out of the agent);
 holds, releases and deletes entries and flushes the queue as ``mailhub
-queue`` does; lets the clock run; and stops and starts the runner, at
-once or with a stop's grace (the old lookups running on, as on a
-resolver the relay does not stop).  After each step it checks that
+queue`` does; lets the clock run; has the spool refuse the notices (a
+full disk: failure and success notices, some entries asking for the
+latter) for a while; and stops and starts the runner, at once or with a
+stop's grace (the old lookups running on, as on a resolver the relay
+does not stop).  After each step it checks that
 
 * no more deliveries run than ``max_concurrent_deliveries`` in all and
   ``max_per_destination`` to a domain, and no more entries are taken
@@ -19,6 +21,9 @@ resolver the relay does not stop).  After each step it checks that
 * no delivery is begun while another's lookup of its domain is under
   way (it would hold a slot for that lookup's whole time);
 * an attempt marker is held only by an entry whose attempt runs;
+* no entry waits longer than ``mailhub queue list`` says it does (a
+  minute more after an error while it was handled), once the runner has
+  seen what ``mailhub queue`` did;
 
 * the runner has taken every entry it can: a look at the queue now
   takes none (one it would take waited for the runner's next tick, or
@@ -36,6 +41,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -46,10 +52,11 @@ from twisted.internet.task import Clock
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import load_text
-from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
+from txmailhub.relay import admin, bounce
 from txmailhub.relay.attempt import DeliveryResult
-from txmailhub.relay.queue import OutboundQueue
-from txmailhub.relay.runner import ENTRIES_PER_SLOT, QueueRunner
+from txmailhub.relay.queue import CHANGED, OutboundQueue
+from txmailhub.relay.runner import ENTRIES_PER_SLOT, ERROR_RETRY, QueueRunner
 from txmailhub.smtp.reply import Reply
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
@@ -178,10 +185,18 @@ class RunnerMachine(RuleBasedStateMachine):
         self.queue = OutboundQueue(self.settings.queue_dir, self.clock)
         components.queue = self.queue
         self.agent = ModelAgent()
+        self.refusing = False  # the spool refuses the notices (a full disk)
+        self.notices = 0
         self.runner = QueueRunner(self.queue, self.agent, components, self.clock,
-                                  send_dsn=lambda *a: defer.succeed(None))
+                                  send_dsn=self._send_dsn)
         self.runner.start()
         self.spools = 0
+
+    def _send_dsn(self, components, envelope, data) -> defer.Deferred:
+        if self.refusing:
+            return defer.fail(bounce.DSNRefused("the spool is full"))
+        self.notices += 1
+        return defer.succeed(None)
 
     def teardown(self) -> None:
         try:
@@ -195,14 +210,18 @@ class RunnerMachine(RuleBasedStateMachine):
     # --- steps -------------------------------------------------------------------------
 
     @rule(domains=st.lists(st.sampled_from((*DOMAINS, "example.org")), min_size=1,
-                           max_size=3, unique=True))
-    def enqueue(self, domains: list[str]) -> None:
+                           max_size=3, unique=True),
+          success=st.booleans())
+    def enqueue(self, domains: list[str], success: bool = False) -> None:
         self.spools += 1
         path = os.path.join(self.tmp, f"spool-{self.spools}")
         with open(path, "wb") as f:
             f.write(b"Subject: hi\n\nhello\n")
         rcpts = tuple(Address("joe" if d == "example.org" else "u", d) for d in domains)
-        d = self.queue.enqueue(Envelope(sender=ALICE, recipients=rcpts),
+        # NOTIFY=SUCCESS,FAILURE: a success notice owed once delivered
+        dsn = tuple((r, RecipientDSN(notify=("SUCCESS", "FAILURE"))) for r in rcpts)
+        d = self.queue.enqueue(Envelope(sender=ALICE, recipients=rcpts,
+                                        recipient_dsn=dsn if success else ()),
                                SpooledMessage(path, 20, 23))
         assert d.called  # the queue writes at once here (no io given)
 
@@ -244,6 +263,10 @@ class RunnerMachine(RuleBasedStateMachine):
         else:
             self.queue.set_held(qid, what == "hold")
         self.queue.note_change()
+
+    @rule(refusing=st.booleans())
+    def the_spool_refuses_notices(self, refusing: bool) -> None:
+        self.refusing = refusing
 
     @rule()
     def flush(self) -> None:
@@ -290,6 +313,7 @@ class RunnerMachine(RuleBasedStateMachine):
 
     @rule()
     def drain(self) -> None:
+        self.refusing = False
         self.start()
         for qid in self.queue.ids():
             self.queue.set_held(qid, False)
@@ -306,7 +330,9 @@ class RunnerMachine(RuleBasedStateMachine):
         r = self.runner
         assert r.active == set() and r.due == {}
         for name in ("_attempting", "_kept", "_open", "_slot_waits", "_open_dests",
-                     "_marks", "_semaphores", "_record_locks", "_destinations"):
+                     "_marks", "_semaphores", "_record_locks", "_destinations",
+                     "_unrecorded", "_notified", "_release_seen", "_held", "_wait",
+                     "_changed_while_active", "_watching"):
             assert not getattr(r, name), (name, getattr(r, name))
         assert r._global.tokens == GLOBAL and not r._global.waiting
         assert not [n for n in os.listdir(self.settings.queue_dir) if "attempt" in n]
@@ -348,6 +374,32 @@ class RunnerMachine(RuleBasedStateMachine):
         before = set(r.active)
         r.kick()
         assert set(r.active) <= before, f"taken only by a look: {set(r.active) - before}"
+
+    @invariant()
+    def queue_list_tells_the_wait(self) -> None:
+        # what ``mailhub queue list`` shows as the next attempt is the
+        # latest the runner tries an entry: earlier after a flush, a
+        # release or a start, a minute later after an error
+        r = self.runner
+        if not r.running or os.path.lexists(os.path.join(self.settings.queue_dir, CHANGED)):
+            return  # not seen yet: the runner's next tick reads it
+        now = self.clock.seconds()
+        for qid, when in r.due.items():
+            if qid in r.active:
+                continue
+            entry = self.queue.read(qid)
+            if entry is None or entry.held:
+                continue
+            wall = admin._WallClock.__dict__["seconds"]
+            admin._WallClock.seconds = staticmethod(self.clock.seconds)  # type: ignore
+            try:
+                text = admin._next(entry, self.settings.relay.retry_schedule)
+            finally:
+                admin._WallClock.seconds = wall  # type: ignore[method-assign]
+            shown = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=UTC).timestamp()
+            # (shown to the second)
+            assert when <= max(shown + 1, now + ERROR_RETRY), (qid, when - now, shown - now)
 
     @invariant()
     def markers_only_for_attempts(self) -> None:
