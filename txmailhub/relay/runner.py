@@ -841,21 +841,9 @@ class QueueRunner:
         final = [r for r in results if r.kind in ("delivered", "permanent")]
         if not final or generation != self._generation or qid in self._dropped:
             return
-        now = self.clock.seconds()
         lines: list[dict] = []
-
-        def change(e: QueueEntry) -> QueueEntry:
-            del lines[:]
-            expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
-            updates = self._apply(e, final, now, expired)
-            for res in final:
-                rec = updates.get(res.address)
-                if rec is not None:
-                    lines.append(self._line(e, res, rec, None))
-            return e.with_recipients(updates)
-
         try:
-            yield self._write(qid, change)
+            yield self._write(qid, self._states_change(final, self.clock.seconds(), lines))
         except Exception:
             log_failure(log, Failure(), "{queue_id}: the results of its other destinations "
                         "cannot be recorded yet; recorded at the next try", queue_id=qid)
@@ -1008,18 +996,8 @@ class QueueRunner:
         if (not final or self._open.get(qid, 0) <= 1
                 or generation != self._generation or qid in self._dropped):
             return defer.succeed(results)
-        now = self.clock.seconds()
         lines: list[dict] = []
-
-        def change(e: QueueEntry) -> QueueEntry:
-            del lines[:]  # the lines of the version that is written
-            expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
-            updates = self._apply(e, final, now, expired)
-            for res in final:
-                rec = updates.get(res.address)
-                if rec is not None:
-                    lines.append(self._line(e, res, rec, None))
-            return e.with_recipients(updates)
+        change = self._states_change(final, self.clock.seconds(), lines)
 
         def live() -> bool:
             return generation == self._generation and qid not in self._dropped
@@ -1047,6 +1025,24 @@ class QueueRunner:
         return d.addCallback(done)
 
     # --- recording ---------------------------------------------------------------------
+
+    def _states_change(self, final: list[DeliveryResult], now: float,
+                       lines: list[dict]) -> Callable[[QueueEntry], QueueEntry]:
+        """The record change that writes the recipients of ``final``
+        (delivered or failed for good) alone, before the entry's own
+        record; ``lines`` gets their log lines, of the version written."""
+
+        def change(e: QueueEntry) -> QueueEntry:
+            del lines[:]
+            expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
+            updates = self._apply(e, final, now, expired)
+            for res in final:
+                rec = updates.get(res.address)
+                if rec is not None:
+                    lines.append(self._line(e, res, rec, None))
+            return e.with_recipients(updates)
+
+        return change
 
     def _record(self, e: QueueEntry, results: list[DeliveryResult], now: float,
                 lines: list[dict] | None = None, released: bool = False) -> QueueEntry:
