@@ -2913,3 +2913,41 @@ def test_an_error_out_of_one_destinations_delivery_waits_for_the_others(hub):
     hub.clock.advance(60)  # retried after a minute: to remote.test only
     assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test", "remote.test"]
     assert hub.queue.ids() == []
+
+
+def test_a_notice_that_cannot_be_made_does_not_move_the_pending_recipients_attempts(tmp_path):
+    # one recipient refused for good at the first attempt, its failure
+    # notice refused by the spool; another still deferred.  The notice is
+    # tried with each attempt of the other, whose attempts keep to the
+    # schedule as they do when the notice is made at once
+    def run(refused: bool) -> tuple[list[int], list[int]]:
+        (tmp_path / str(refused)).mkdir()
+        hub = make_hub(tmp_path / str(refused))
+        try:
+            hub.runner.start()
+            hub.dsn.fail = refused
+            carol = []
+
+            def script(e, d, r):
+                if d == "other.test":
+                    carol.append(hub.clock.seconds())
+                return [DeliveryResult(a, "permanent", NO, "mx") if a == BOB
+                        else DeliveryResult(a, "transient", LATER, "mx") for a in r]
+
+            hub.agent.script = script
+            enqueue(hub, BOB, CAROL)
+            start = hub.clock.seconds()
+            for _ in range(26 * 60):
+                hub.clock.advance(60)
+            return ([round((t - start) / 60) for t in carol],
+                    [round((t - start) / 60) for t in hub.dsn.tried])
+        finally:
+            hub.runner.stop()
+
+    refused, tried = run(True)
+    made, _ = run(False)
+    assert refused == made
+    assert refused[:8] == [0, 1, 6, 21, 51, 111, 231, 240]  # (240: the delayed notice's)
+    # the failure notice is tried with each of them (and the delayed one
+    # at 240), no more often
+    assert [t for t in tried if t < 240] == refused[:7]
