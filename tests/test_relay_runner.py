@@ -2951,3 +2951,34 @@ def test_a_notice_that_cannot_be_made_does_not_move_the_pending_recipients_attem
     # the failure notice is tried with each of them (and the delayed one
     # at 240), no more often
     assert [t for t in tried if t < 240] == refused[:7]
+
+
+def test_mailhub_queue_on_an_entry_that_only_owes_a_notice(hub, monkeypatch):
+    # hold keeps its notice from being tried, release and flush try it at
+    # the runner's next tick, and queue list gives the try after as the
+    # next attempt (each try moving the schedule on)
+    hub.runner.start()
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    for _ in range(60):
+        hub.clock.advance(60)  # tries at 0, 1, 6, 21, 51 minutes
+    assert len(hub.dsn.tried) == 5
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
+
+    def shown():
+        return admin._next(hub.queue.read(qid), hub.settings.relay.retry_schedule)
+
+    assert shown() == schedule.utc_text(hub.dsn.tried[-1] + 3600)
+    hub.queue.set_held(qid, True)
+    hub.clock.advance(4 * 3600)
+    assert len(hub.dsn.tried) == 5 and shown() == "held"
+    hub.queue.set_held(qid, False)  # mailhub queue release
+    hub.clock.advance(1)
+    assert len(hub.dsn.tried) == 6
+    assert shown() == schedule.utc_text(hub.clock.seconds() + 7200)
+    hub.queue.request_flush()  # mailhub queue flush
+    hub.clock.advance(1)
+    assert len(hub.dsn.tried) == 7
+    assert shown() == schedule.utc_text(hub.clock.seconds() + 14400)
+    assert hub.queue.read(qid).attempts == 1  # one delivery attempt: the notices are none
