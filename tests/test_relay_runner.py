@@ -2693,7 +2693,7 @@ def test_a_failed_recipient_recorded_without_its_failure_time(hub, last_attempt)
     hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
     qid = enqueue(hub, BOB)
     created = hub.queue.read(qid).created
-    hub.clock.advance(12 * 3600)
+    hub.clock.advance(11 * 3600 + 600)  # (no multiple of the last step)
     when = hub.clock.seconds() if last_attempt else None
 
     def old(e):
@@ -2710,8 +2710,11 @@ def test_a_failed_recipient_recorded_without_its_failure_time(hub, last_attempt)
         while hub.clock.seconds() < since + 86400 - 60:
             hub.clock.advance(60)
         assert hub.queue.ids() == [qid]
-        hub.clock.advance(4 * 3600)
+        # its last try when that lifetime is over, after the start's at once
+        # and the schedule's from the record's attempts on (no notice_tries)
+        hub.clock.advance(60)
         assert hub.queue.ids() == []
+        assert hub.dsn.tried[-1] == since + 86400
 
 
 def test_a_notice_that_cannot_be_made_is_tried_at_the_schedules_steps(hub, monkeypatch):
