@@ -2985,3 +2985,27 @@ def test_mailhub_queue_on_an_entry_that_only_owes_a_notice(hub, monkeypatch):
     assert len(hub.dsn.tried) == 7
     assert shown() == schedule.utc_text(hub.clock.seconds() + 14400)
     assert hub.queue.read(qid).attempts == 1  # one delivery attempt: the notices are none
+
+
+def test_a_start_forgets_the_entries_gone_while_stopped(hub, log_events):
+    # entries deleted (or delivered by another hub, which may take the
+    # queue once this one stopped) between a stop and the next start of
+    # the same runner: the start counted them as queued, a held one for as
+    # long as the hub ran, and the others were due until their next try
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    waiting = enqueue(hub, BOB)
+    held = enqueue(hub, CAROL)
+    hub.queue.set_held(held, True)
+    hub.clock.advance(1)  # the runner sees the hold
+    assert held in hub.runner._held and waiting in hub.runner.due
+    hub.runner.stop()
+    assert hub.queue.delete(waiting) and hub.queue.delete(held)
+    kept = enqueue(hub, BOB)
+    hub.runner.start()
+    lines = [formatEvent(e) for e in log_events]
+    assert [x for x in lines if x.startswith("queue runner started")][-1] == (
+        "queue runner started with 1 queued message")
+    assert set(hub.runner.due) == {kept} and hub.runner._held == set()

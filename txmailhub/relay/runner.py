@@ -234,7 +234,15 @@ class QueueRunner:
         self._watching.clear()
         self.agent.resume()
         now = self.clock.seconds()
-        for entry in self.queue.recover():
+        entries = self.queue.recover()
+        # what the last run knew of entries gone since (deleted, or taken
+        # and delivered by another hub once this one stopped): not queued
+        # any more, whatever that run still had in memory
+        found = {entry.id for entry in entries}
+        for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
+            if qid not in found and qid not in self.active:
+                self._forget(qid)
+        for entry in entries:
             self._index(entry, quiet=True)
             if entry.id in self.due and not entry.pending and _owes_notice(entry):
                 # The last run recorded the final outcome and died before
