@@ -3009,3 +3009,29 @@ def test_a_start_forgets_the_entries_gone_while_stopped(hub, log_events):
     assert [x for x in lines if x.startswith("queue runner started")][-1] == (
         "queue runner started with 1 queued message")
     assert set(hub.runner.due) == {kept} and hub.runner._held == set()
+
+
+def test_an_entry_of_the_last_run_removed_while_stopped_is_forgotten_at_its_end(
+        hub, log_events):
+    # the last run's attempt, given up by a stop, still ran at the start
+    # (a session the stop's abort has not ended yet); its entry was deleted
+    # meanwhile.  At its end it stayed due, waiting for room at
+    # remote.test behind another entry, until taken and found gone
+    from twisted.logger import formatEvent
+
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    gone = enqueue(hub, BOB)
+    hub.runner.stop(grace=0)
+    assert gone in hub.runner.active
+    assert hub.queue.delete(gone)
+    hub.runner.start()
+    other = enqueue(hub, BOB)  # taken: waits for the slot the old session holds
+    assert other in hub.runner.active and len(sessions) == 1
+    x, rcpts = sessions.pop(0)
+    x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
+    assert len(sessions) == 1  # the other's session, remote.test as busy as it may be
+    assert gone not in hub.runner.active and gone not in hub.runner.due
+    lines = [formatEvent(e) for e in log_events]
+    assert (f"queue entry {gone} deleted (mailhub queue delete): no more attempts, no notice"
+            in lines)

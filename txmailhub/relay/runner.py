@@ -240,7 +240,11 @@ class QueueRunner:
         # any more, whatever that run still had in memory
         found = {entry.id for entry in entries}
         for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
-            if qid not in found and qid not in self.active:
+            if qid in found:
+                continue
+            if qid in self.active:  # the last run's, given up: looked at at its end
+                self._changed_while_active.add(qid)
+            else:
                 self._forget(qid)
         for entry in entries:
             self._index(entry, quiet=True)
