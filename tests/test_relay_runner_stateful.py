@@ -22,8 +22,9 @@ does not stop).  After each step it checks that
   way (it would hold a slot for that lookup's whole time);
 * an attempt marker is held only by an entry whose attempt runs;
 * no entry waits longer than ``mailhub queue list`` says it does (a
-  minute more after an error while it was handled), once the runner has
-  seen what ``mailhub queue`` did;
+  minute more after an error while it was handled), and none the queue
+  no longer has is due or held, once the runner has seen what ``mailhub
+  queue`` did;
 
 * the runner has taken every entry it can: a look at the queue now
   takes none (one it would take waited for the runner's next tick, or
@@ -400,6 +401,16 @@ class RunnerMachine(RuleBasedStateMachine):
                 tzinfo=UTC).timestamp()
             # (shown to the second)
             assert when <= max(shown + 1, now + ERROR_RETRY), (qid, when - now, shown - now)
+
+    @invariant()
+    def nothing_gone_is_kept(self) -> None:
+        # an entry the queue no longer has (delivered, deleted) is neither
+        # due nor held, once the runner has seen the change
+        r = self.runner
+        if not r.running or os.path.lexists(os.path.join(self.settings.queue_dir, CHANGED)):
+            return
+        there = set(self.queue.ids())
+        assert {*r.due, *r._held} - there <= r.active, ({*r.due, *r._held} - there)
 
     @invariant()
     def markers_only_for_attempts(self) -> None:
