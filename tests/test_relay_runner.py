@@ -3035,3 +3035,59 @@ def test_an_entry_of_the_last_run_removed_while_stopped_is_forgotten_at_its_end(
     lines = [formatEvent(e) for e in log_events]
     assert (f"queue entry {gone} deleted (mailhub queue delete): no more attempts, no notice"
             in lines)
+
+
+def test_a_destination_done_frees_its_slot_while_its_results_are_written(hub, monkeypatch):
+    # max_per_destination = 1.  An entry for two domains: its session to
+    # remote.test is over while the other still runs, and those results
+    # are written at once (a slow disk: the write waits).  The slot and
+    # the room of remote.test are another entry's meanwhile: they were
+    # held until the write was done, and that entry was not even taken
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    first = enqueue(hub, BOB, CAROL)
+    assert len(sessions) == 2
+    held = hold_record_writes(hub, monkeypatch)
+    x, rcpts = next(s for s in sessions if s[1] == [BOB])
+    sessions.remove((x, rcpts))
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    assert len(held) == 1  # remote.test's results being written
+    second = enqueue(hub, BOB)
+    assert second in hub.runner.active
+    assert [c[:2] for c in hub.agent.calls][-1] == (second, "remote.test")
+    while held or sessions:
+        while held:
+            held.pop(0)()
+        while sessions:
+            x, rcpts = sessions.pop(0)
+            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    assert hub.queue.ids() == [] and first not in hub.runner.active
+    assert hub.store.messages(BOB) == [] and len(hub.agent.calls) == 3
+
+
+def test_a_session_over_during_a_stop_is_recorded_though_its_slot_goes_at_once(tmp_path):
+    # a stop waits for an entry whose session to remote.test runs; its
+    # delivery to other.test only connects.  The session ends delivered:
+    # its slot goes to an entry the stop gave up (it waited for a slot),
+    # which ends at once -- and the stop, looking again then, must still
+    # wait for the answer just had to be written, not give that entry up
+    # with it (the recipient would get the message again at the next start)
+    hub = make_hub(tmp_path, relay='max_concurrent_deliveries = 2\n'
+                                   'max_per_destination = 1\nqueue_lifetime = "1d"\n')
+    try:
+        hub.runner.start()
+        sessions = hub.agent.hold()
+        first = enqueue(hub, BOB, CAROL)
+        waiting = enqueue(hub, Address("dave", "third.test"))
+        assert len(sessions) == 2 and waiting in hub.runner.active  # for a slot
+        stopped = hub.runner.stop(grace=10)
+        assert first not in hub.runner._dropped and waiting in hub.runner._dropped
+        hub.agent.resolving.add(first)  # what runs of it now only connects
+        x, rcpts = next(s for s in sessions if s[1] == [BOB])
+        sessions.remove((x, rcpts))
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+        hub.clock.advance(10)  # the grace over: the rest is given up
+        assert stopped.called
+        assert hub.queue.read(first).recipient(BOB).state == "delivered"
+    finally:
+        hub.runner.stop(grace=0)

@@ -902,15 +902,24 @@ class QueueRunner:
                 return _LookupUnderWay(over)  # the slots go back: ``again``
             had()
             self._mark(entry.id)
-            return self.agent.deliver(entry, dest, rcpts).addCallback(delivered)
+            # the slots are held for the session only: what it gave is
+            # recorded once they are given back (``delivered``)
+            return self.agent.deliver(entry, dest, rcpts).addCallback(answered)
+
+        kept = [False]
+
+        def answered(results: list[DeliveryResult]) -> list[DeliveryResult]:
+            if any(r.remote_mta is not None or r.kind == "delivered" for r in results):
+                # a remote host answered: to be recorded, whatever the other
+                # destinations of this entry still do.  Counted before the
+                # slots go back: one given to an entry a stop gave up ends
+                # at once, and the stop looks again then (``_look_again``)
+                kept[0] = True
+                self._keep(entry.id)
+            return results
 
         def delivered(results: list[DeliveryResult]) -> Any:
-            answered = any(r.remote_mta is not None or r.kind == "delivered" for r in results)
-            if answered:
-                # a remote host answered: to be recorded, whatever the other
-                # destinations of this entry still do
-                self._keep(entry.id)
-            return self._record_partial(entry, dest, results, generation, answered)
+            return self._record_partial(entry, dest, results, generation, kept[0])
 
         def run() -> defer.Deferred:
             return self._global.run(deliver)
@@ -950,7 +959,9 @@ class QueueRunner:
         self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
         over = lookup_under_way()
         d = take() if over is None else over.addBoth(take)  # ended, however
-        return d.addBoth(done)
+        # ``dest`` is done, its room and slots another entry's, while its
+        # results are written (a slow disk held them for the write)
+        return d.addBoth(done).addCallback(delivered)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int) -> defer.Deferred:
