@@ -21,6 +21,8 @@ does not stop).  After each step it checks that
 * no delivery is begun while another's lookup of its domain is under
   way (it would hold a slot for that lookup's whole time);
 * an attempt marker is held only by an entry whose attempt runs;
+* a session's answer (delivered, refused for good) had while its entry
+  was not given up is in the record once it is answered;
 * no entry waits longer than ``mailhub queue list`` says it does (a
   minute more after an error while it was handled), and none the queue
   no longer has is due or held, once the runner has seen what ``mailhub
@@ -144,7 +146,9 @@ class ModelAgent:
                 d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
 
     def connected(self, queue_id: str) -> bool:
-        return bool(self.per_entry.get(queue_id))
+        # past connecting: in a session (one waiting for its lookup only
+        # looks up DNS, and a stop gives it up as such)
+        return any(qid == queue_id for _d, qid, _dest, _rcpts in self.sessions)
 
     def quiesce(self, keep) -> None:
         pass
@@ -238,12 +242,21 @@ class RunnerMachine(RuleBasedStateMachine):
         """A session's outcome: delivered, deferred, refused for good (a
         notice to the sender), or an error out of the agent (a bug)."""
         if self.agent.sessions:
-            d, _qid, _dest, rcpts = self.agent.sessions.pop(which % len(self.agent.sessions))
+            d, qid, _dest, rcpts = self.agent.sessions.pop(which % len(self.agent.sessions))
             if how == "crash":
                 d.errback(RuntimeError("the agent failed"))
                 return
+            r = self.runner
+            live = r._generation, qid not in r._dropped
             reply = {"delivered": OK, "transient": LATER, "permanent": NO}[how]
             d.callback([DeliveryResult(a, how, reply, "mx") for a in rcpts])
+            entry = self.queue.read(qid)
+            if how != "transient" and live == (r._generation, True) and entry is not None:
+                # an answer had before its entry was given up is recorded,
+                # and none of it given up meanwhile (a second copy at the
+                # next start)
+                assert all(entry.recipient(a).state != "pending" for a in rcpts), (
+                    qid, [entry.recipient(a) for a in rcpts])
 
     @rule(which=st.integers(0, 10))
     def end_an_old_lookup(self, which: int) -> None:
