@@ -246,17 +246,22 @@ class RunnerMachine(RuleBasedStateMachine):
             if how == "crash":
                 d.errback(RuntimeError("the agent failed"))
                 return
-            r = self.runner
-            live = r._generation, qid not in r._dropped
+            live = self._live(qid)
             reply = {"delivered": OK, "transient": LATER, "permanent": NO}[how]
             d.callback([DeliveryResult(a, how, reply, "mx") for a in rcpts])
             entry = self.queue.read(qid)
-            if how != "transient" and live == (r._generation, True) and entry is not None:
-                # an answer had before its entry was given up is recorded,
-                # and none of it given up meanwhile (a second copy at the
+            if how != "transient" and live and entry is not None:
+                # an answer had before its entry was given up is recorded:
+                # the answer must not get it given up (a second copy at the
                 # next start)
                 assert all(entry.recipient(a).state != "pending" for a in rcpts), (
                     qid, [entry.recipient(a) for a in rcpts])
+
+    def _live(self, qid: str) -> bool:
+        """Whether ``qid``'s attempt runs, not given up by a stop (a session
+        in the agent is always this run's: a stop's end cuts them all)."""
+        r = self.runner
+        return qid in r._attempting and qid not in r._dropped
 
     @rule(which=st.integers(0, 10))
     def end_an_old_lookup(self, which: int) -> None:
