@@ -350,7 +350,9 @@ def test_twistd_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert f"mailhub: cannot use {tmp_path}/afile/state" in err
     # a file in the way is no matter of ownership: the advice says so
-    assert "something that is not a folder is in the way of state_dir" in err
+    # and names the file in the way, not the folder it keeps from being made
+    assert (f"{tmp_path}/afile is not a folder and is in the way of state_dir "
+            f"({tmp_path}/afile/state)") in err, err
     assert "chown" not in err and "Traceback" not in err
 
 
@@ -586,9 +588,11 @@ def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
     (tmp_path / "afile").mkdir()
     (tmp_path / "afile" / "state").mkdir()
     (tmp_path / "afile" / "state" / "queue").write_text("")
-    with pytest.raises(StateDirError):
+    with pytest.raises(StateDirError) as info:
         MailHub(settings, reactor=MemoryReactorClock())
     state = str(tmp_path / "afile" / "state")
+    assert f"; {state}/queue is not a folder and is in the way of state_dir" in (
+        info.value.message), info.value.message
     denied = StateDirError.from_os_error(
         PermissionError(errno.EACCES, "Permission denied", state), state)
     assert denied.message.endswith("must belong to the user the hub runs as "

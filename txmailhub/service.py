@@ -74,11 +74,29 @@ class StateDirError(StartError):
             advice = (f"state_dir ({state_dir}) and everything in it must belong to the user "
                       "the hub runs as (chown -R that user)")
         elif error.errno in (errno.ENOTDIR, errno.EEXIST):
-            advice = (f"something that is not a folder is in the way of state_dir "
+            blocker = _not_a_folder_on_the_way(os.fsdecode(where))
+            advice = (f"{blocker} is not a folder and is in the way of state_dir "
                       f"({state_dir}): move it, or name another [hub] state_dir")
         else:
             advice = f"check [hub] state_dir ({state_dir})"
         return cls(f"mailhub: cannot use {where}: {error.strerror or error}; {advice}")
+
+
+def _not_a_folder_on_the_way(path: str) -> str:
+    """The path that is there but is not a folder on the way to ``path``.
+
+    The ``OSError`` of ``os.makedirs`` names the folder it was making
+    (``afile/state``), not the file in its way (``afile``): the admin has to
+    be told which one to move.  The deepest path on the way that exists is
+    that file; ``path`` itself when nothing is found (it went meanwhile)."""
+    probe = os.path.abspath(path)
+    while True:
+        if os.path.lexists(probe):
+            return probe if not os.path.isdir(probe) else os.path.abspath(path)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return os.path.abspath(path)
+        probe = parent
 
 
 class DaemonStartError(Exception):
