@@ -242,6 +242,54 @@ def test_start_and_stop_are_logged_with_the_config_warnings(tmp_path: Path) -> N
                           "txmailhub stopped: spool closed, queued mail stays queued"]
 
 
+def test_a_hub_that_never_ran_stops_without_saying_it_stopped(tmp_path: Path) -> None:
+    # "txmailhub stopping" and "stopped" for a hub never started, or whose
+    # start failed (and rolled itself back), told of a stop that never was
+    from twisted.logger import formatEvent
+
+    from txmailhub.service import StartError
+
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+        '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n'
+    )
+    settings = load_text(config.read_text(), str(config))
+    first = MailHub(settings, reactor=MemoryReactorClock())
+    second = MailHub(settings, reactor=MemoryReactorClock())
+    events: list[dict] = []
+
+    def said() -> list[str]:
+        lines = [formatEvent(e) for e in events
+                 if e.get("log_namespace") == "txmailhub.service"]
+        del events[:]
+        return lines
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        never = MailHub(settings, reactor=MemoryReactorClock())
+        never.stopService()
+        assert said() == []
+        first.startService()
+        said()
+        with pytest.raises(StartError):  # the state directory is the first one's
+            second.privilegedStartService()
+            second.startService()
+        said()
+        second.stopService()
+        assert said() == []
+        # the hub that ran still says both, and its state directory is free after
+        first.stopService()
+        assert said() == ["txmailhub stopping",
+                          "txmailhub stopped: spool closed, queued mail stays queued"]
+        second.startService()
+        assert said()[-1].startswith("txmailhub started: ")
+        second.stopService()
+        assert said()[-1].startswith("txmailhub stopped: ")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 def test_stopping_the_hub_says_421_to_open_smtp_sessions(tmp_path: Path) -> None:
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport

@@ -506,6 +506,7 @@ class MailHub(MultiService):
         except StartError:
             self._roll_back()
             raise
+        self._has_run = True
         users = self.components.users
         if users is not None:
             # Bad lines do not stop the hub (the rest of the file works), but
@@ -529,6 +530,10 @@ class MailHub(MultiService):
 
     _start_error_type: type[Exception] | None = None
     _stops = 0  # stopService calls: only the last one's end gives the state directory up
+    # started, and not undone by a failed start since: a stop of a hub that
+    # never ran (or whose start failed and rolled back) logs no "stopping"
+    # and "stopped" for a hub nobody saw start (it still stops every part)
+    _has_run = False
 
     @property
     def start_error_type(self) -> type[Exception] | None:
@@ -588,6 +593,7 @@ class MailHub(MultiService):
             except Exception:
                 log.failure("undoing the failed start of {service}", service=service)
         self.running = 0
+        self._has_run = False
         self._storage.release()
 
     def _remove_pid_file(self) -> None:
@@ -616,7 +622,9 @@ class MailHub(MultiService):
         self._storage.check()
 
     def stopService(self) -> Any:
-        log.info("txmailhub stopping")
+        announce = self._has_run  # nothing to say of a hub that never ran
+        if announce:
+            log.info("txmailhub stopping")
         self._stops += 1
         stop = self._stops
         d = self._stop_children()
@@ -630,7 +638,8 @@ class MailHub(MultiService):
             # only now, with every part stopped (relay attempts in flight
             # included), may another hub have the state directory
             self._storage.release()
-            log.info("txmailhub stopped: spool closed, queued mail stays queued")
+            if announce:
+                log.info("txmailhub stopped: spool closed, queued mail stays queued")
             return result
 
         return d.addBoth(stopped)
