@@ -701,3 +701,32 @@ def test_a_null_mx_is_never_passed_over_for_the_domains_own_address(preference):
     e = error_of(mx.resolve("nomail.test"), NullMX)
     assert e.permanent
     assert fake.queries == [("nomail.test", "MX")]
+
+
+def test_the_host_names_addresses_are_looked_up_once_at_start_not_per_mx_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a hub listening on 0.0.0.0:25 asked getaddrinfo(gethostname()) -- a
+    # blocking lookup, maybe a DNS query -- on the reactor thread for every
+    # address of every MX host of every delivery, to tell whether it was its own
+    import socket
+
+    from txmailhub.relay import mx
+
+    asked: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.25", 0))]
+
+    monkeypatch.setattr(mx.socket, "gethostname", lambda: "box.hub.test")
+    monkeypatch.setattr(mx.socket, "getaddrinfo", getaddrinfo)
+    zone = {"other.test": {"MX": [(10, "mx.other.test")]},
+            "mx.other.test": {"A": ["192.0.2.7", "192.0.2.8"]},
+            "me.test": {"MX": [(10, "mx.me.test")]}, "mx.me.test": {"A": ["192.0.2.25"]}}
+    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
+                   listening=[("0.0.0.0", 25)], port=25, rng=random.Random(1))
+    assert asked == ["box.hub.test"]  # at start
+    for _ in range(3):
+        assert [h.name for h in result(r.resolve("other.test"))] == ["mx.other.test"]
+        error_of(r.resolve("me.test"), MailLoop)  # still known as this machine
+    assert asked == ["box.hub.test"]

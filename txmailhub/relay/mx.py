@@ -418,15 +418,30 @@ def _raise(error: Exception) -> None:
     raise error
 
 
-def _default_is_local(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if ip.is_loopback or ip.is_unspecified:
-        return True
+def own_addresses() -> frozenset[str]:
+    """The addresses this machine's host name resolves to.
+
+    A blocking lookup (``getaddrinfo`` of ``gethostname()``, which may ask
+    a DNS server): made once, when an ``MXResolver`` is built at the hub's
+    start, never on the reactor thread for each MX host a delivery checks
+    (a slow or unanswering server stalled every session of the hub)."""
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None)
-    except OSError:
-        return False
-    return any(info[4][0].split("%")[0] == str(ip) for info in infos)
+    except (OSError, UnicodeError):
+        return frozenset()
+    return frozenset(str(info[4][0]).split("%")[0] for info in infos)
+
+
+class _LocalAddresses:
+    """``is_local_address`` over the addresses found at start
+    (``own_addresses``): loopback and unspecified addresses are always local."""
+
+    def __init__(self, addresses: frozenset[str]) -> None:
+        self.addresses = addresses
+
+    def __call__(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip.is_loopback or ip.is_unspecified or str(ip) in self.addresses
 
 
 @implementer(IMXResolver)
@@ -446,7 +461,7 @@ class MXResolver:
         port: int = 25,
         rng: random.Random | None = None,
         health: HostHealth | None = None,
-        is_local_address: Callable[[str], bool] = _default_is_local,
+        is_local_address: Callable[[str], bool] | None = None,
         dns_failure_memory: float = DNS_FAILURE_MEMORY,
     ) -> None:
         self.resolver = resolver
@@ -456,7 +471,9 @@ class MXResolver:
         self.port = port
         self.rng = rng or random.Random()
         self.health = health or HostHealth(clock)
-        self.is_local_address = is_local_address
+        # the host name's addresses, looked up here, at start (own_addresses)
+        self.is_local_address = (is_local_address if is_local_address is not None
+                                 else _LocalAddresses(own_addresses()))
         # ``dns_failure_memory``: see DNS_FAILURE_MEMORY (0: none kept)
         self.dns_failure_memory = dns_failure_memory
         # domain -> (when its temporary failure was learnt, until when it
