@@ -1811,13 +1811,49 @@ def test_autologout_of_a_reader_that_stopped_reading_is_an_abort():
     assert not env.store.is_locked("joe@example.org")
 
 
-def test_the_hub_stopping_aborts_its_pop3_sessions():
-    # at once: a polite close would wait for a client that does not read,
-    # holding the mailbox lock
+def test_the_hub_stopping_says_err_to_an_idle_pop3_session_and_closes_it_politely():
+    # it was cut with a reset (abortConnection): clients reported a network
+    # failure.  Now -ERR [SYS/TEMP] (RESP-CODES is in CAPA), then a FIN;
+    # nothing deleted, and the stop waits for the connection to be gone
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    assert b"RESP-CODES" in talk(proto, t, b"CAPA\r\n")
+    talk(proto, t, b"DELE 1\r\n")
+    t.clear()
+    stopped = proto.factory.shut_down()
+    assert t.value() == b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n"
+    assert t.disconnecting and not t.disconnected  # loseConnection, not an abort
+    # what the client sends meanwhile is read and dropped: a QUIT too
+    assert talk(proto, t, b"QUIT\r\n") == b""
+    assert not stopped.called and env.store.is_locked("joe@example.org")
+    proto.connectionLost(None)
+    assert stopped.called
+    assert env.store.messages("joe@example.org") == [b"a\n"]
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_the_hub_stopping_cuts_a_pop3_close_the_client_does_not_take():
     env = Env()
     proto, t = login(env)
+    stopped = proto.factory.shut_down()
+    assert t.disconnecting and not t.disconnected
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t.disconnected and not stopped.called
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_the_hub_stopping_aborts_a_pop3_session_in_the_middle_of_a_message():
+    # no line can go in the middle of a multi-line answer, and a polite
+    # close would wait for a client that does not read, holding the lock
+    env = Env()
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    t.clear()
     proto.factory.shut_down()
-    assert t.disconnected
+    assert t.disconnected and b"-ERR" not in t.value()
 
 
 def _hold_deletions(proto):
@@ -1848,7 +1884,8 @@ def test_the_hub_stopping_waits_for_the_deletions_of_a_quit_under_way():
     assert talk(proto, t, b"QUIT\r\n") == b""
     stopped = factory.shut_down()
     assert isinstance(stopped, defer.Deferred)
-    assert t2.disconnected  # the other session is cut as before
+    assert t2.disconnecting  # the other session is told -ERR and closed
+    assert t2.value().endswith(R.SHUTTING_DOWN.to_bytes())
     assert not t.disconnecting  # this one is left to its deletions
     other.connectionLost(None)
     assert not stopped.called
@@ -1943,9 +1980,10 @@ def test_a_quit_after_the_stop_cut_its_session_deletes_nothing():
     env.store.add("joe@example.org", b"a\n")
     proto, t = login(env)
     talk(proto, t, b"DELE 1\r\n")
-    assert proto.factory.shut_down().called
+    stopped = proto.factory.shut_down()
     assert talk(proto, t, b"QUIT\r\n") == b""
     proto.connectionLost(None)
+    assert stopped.called
     assert env.store.messages("joe@example.org") == [b"a\n"]
     assert not env.store.is_locked("joe@example.org")
 

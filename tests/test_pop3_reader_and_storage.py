@@ -326,10 +326,14 @@ def test_the_stop_waits_for_the_flags_of_the_sessions_it_cuts(tmp_path):
     _clock, components, md, syncer = held_env(tmp_path, NAMES[:1])
     proto, t = login(components)
     proto.dataReceived(b"RETR 1\r\n")
-    idle = proto.factory.buildProtocol(LOOPBACK)  # retrieved nothing: not waited for
+    idle = proto.factory.buildProtocol(LOOPBACK)  # retrieved nothing: waited for its close
     idle.makeConnection(Transport())
     stopped = proto.factory.shut_down()
-    assert t.disconnected and not stopped.called
+    # told -ERR and closed politely (the message was sent whole)
+    assert t.value().endswith(b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n")
+    assert t.disconnecting and not stopped.called
+    idle.connectionLost(Failure(ConnectionDone()))
+    assert not stopped.called
     proto.connectionLost(Failure(ConnectionDone()))
     assert len(syncer.jobs) == 1 and not stopped.called
     assert listing(md) == {"new": [NAMES[0]], "cur": []}

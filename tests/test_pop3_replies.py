@@ -25,6 +25,7 @@ PINNED = {
     "TOO_MANY_COMMANDS": (False, None),  # not [AUTH]: no credentials were judged
     "TOO_MANY_ERRORS": (False, None),
     "LOGIN_THROTTLED": (False, "SYS/TEMP"),  # RFC 3206 4: try again later
+    "SHUTTING_DOWN": (False, "SYS/TEMP"),  # the hub stops: try again later
     "TOO_MANY_CONNECTIONS": (False, "SYS/TEMP"),
     "TOO_MANY_CONNECTIONS_FROM_YOU": (False, "SYS/TEMP"),
     "MAILBOX_IN_USE": (False, "IN-USE"),  # RFC 2449 8.1.1

@@ -1313,9 +1313,11 @@ def test_stopping_the_hub_cuts_the_connections_it_refused(tmp_path: Path) -> Non
             protocol.connectionLost(None)
     assert all(transport.disconnected for _protocol, transport in refused)
     assert smtp.limits.refusals_waiting == pop3.limits.refusals_waiting == 0
-    # the SMTP session's 421 closes politely (StringTransport never reports
-    # the close); nothing of the refused ones is left on the reactor
+    # the SMTP session's 421 and the POP3 session's -ERR close politely
+    # (StringTransport never reports the close); nothing of the refused
+    # ones is left on the reactor
     admitted[0][0].connectionLost(None)
+    admitted[1][0].connectionLost(None)
     assert reactor.getDelayedCalls() == []
 
 
@@ -1436,7 +1438,8 @@ def test_stopping_one_listener_leaves_the_other_listeners_sessions_alone(tmp_pat
     smtp_stop = hub.getServiceNamed("smtp tcp:25:interface=127.0.0.1").stopService()
     hub.getServiceNamed("pop3 tcp:110:interface=127.0.0.1").stopService()
     assert stopped_smtp[1].value().startswith(b"421 ") and stopped_smtp[1].disconnecting
-    assert stopped_pop3[1].disconnected
+    assert stopped_pop3[1].value().startswith(b"-ERR [SYS/TEMP] ")
+    assert stopped_pop3[1].disconnecting
     for _protocol, transport in (other_smtp, submission, other_pop3):
         assert transport.value() == b"" and not transport.disconnecting
     assert not refused[1].disconnected  # its polite close goes on

@@ -421,3 +421,21 @@ def test_users_added_and_deleted_while_the_hub_runs(filled):
     assert len(filled.message_files(ALICE)) == 2  # the Maildir stays, less the deleted one
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
         pop(filled)
+
+
+def test_a_session_open_when_the_hub_stops_gets_err_and_a_clean_close(filled) -> None:
+    # the stop cut POP3 sessions with a reset (ConnectionResetError in the
+    # client, as for a network failure) where SMTP sessions got their 421:
+    # now -ERR [SYS/TEMP] and a FIN, and nothing is deleted
+    import signal
+
+    p = pop(filled)
+    assert p.stat()[0] == 3
+    p.dele(1)  # marked only: the stop is no QUIT
+    try:
+        assert filled.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+        assert p.file.readline() == b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n"
+        assert p.file.readline() == b""  # a clean end of file, no reset
+    finally:
+        p.sock.close()
+    assert len(filled.message_files(ALICE)) == 3

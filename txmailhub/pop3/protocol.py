@@ -529,14 +529,31 @@ class POP3Protocol(Protocol):
         this session ends (a stop waits for that, ``POP3Factory.shut_down``)."""
         return any(self._pending())
 
-    def cut_for_stop(self) -> None:
-        """The hub stops: drop the connection at once (a polite close would
-        wait for a client that does not read, or for its TLS close_notify,
-        holding the mailbox lock), and handle no command of it from here
-        on: a QUIT still pipelined must not start deletions the stop does
-        not wait for."""
-        self._closing = True
-        self.transport.abortConnection()
+    def cut_for_stop(self) -> bool:
+        """The hub stops: end the session without its UPDATE state, and
+        handle no command of it from here on (a QUIT still pipelined must
+        not start deletions the stop does not wait for).
+
+        A session waiting for its client's next command is told
+        ``-ERR [SYS/TEMP] Server shutting down`` and closed politely (a
+        FIN): it was cut with a reset, which clients report as a network
+        failure.  The close is cut after ``STOP_CLOSE_GRACE`` if the client
+        does not take it; True is returned, and the stop waits for it.
+        A session in the middle of something -- a message being sent, a
+        client that does not read its answers, a login being checked or
+        its failure's delay, a TLS handshake -- is cut at once as before
+        (no line can be put in the middle of a multi-line answer, and the
+        answer under way would follow the -ERR): False."""
+        if self._closing:
+            return False
+        if (self._busy or self._stream is not None or self._write_paused
+                or self._update_running or handshake_pending(self.transport)):
+            self._closing = True
+            self.transport.abortConnection()
+            return False
+        self._write(R.SHUTTING_DOWN.to_bytes())
+        self._close()
+        return True
 
     def hurry_close(self) -> None:
         """The hub stops while this session's close after its QUIT runs:
@@ -1778,9 +1795,12 @@ class POP3Factory(Factory):
         self.stopping = False  # listening again (a restart)
 
     def shut_down(self) -> Deferred:
-        """The listener is stopping (the hub is): end the open sessions, as
-        a dropped connection, without the UPDATE state (RFC 1939 6: nothing
-        is deleted), so that their mailbox locks go with them.
+        """The listener is stopping (the hub is): end the open sessions
+        without the UPDATE state (RFC 1939 6: nothing is deleted), so that
+        their mailbox locks go with them: an idle one with ``-ERR
+        [SYS/TEMP]`` and a polite close, the stop waiting for it (at most
+        ``STOP_CLOSE_GRACE``), one busy with a command cut
+        (``cut_for_stop``).
 
         A session whose QUIT is in the UPDATE state already is left to
         finish its deletions (they run on a worker thread): its client
@@ -1797,8 +1817,10 @@ class POP3Factory(Factory):
         for session in list(self.sessions):
             if session in self.updating:
                 session.hurry_close()
+            elif session.cut_for_stop():
+                waiting.add(session)  # told -ERR, closing: its lock goes with it
             else:
-                session.cut_for_stop()
+                session.hurry_close()  # a polite close under way already
         # and the refused connections still waiting for their polite close
         # (this factory's: the other listeners may keep running)
         self.limits.end_refusals(self)

@@ -77,6 +77,9 @@ PASS_WITHOUT_USER = err("Send USER first")
 TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")
 TOO_MANY_COMMANDS = err("Too many commands without logging in, closing connection")
 TOO_MANY_ERRORS = err("Too many errors, closing connection")
+# the hub stops (RESP-CODES is always offered): the last line of a session
+# it closes, as Dovecot's "-ERR [SYS/TEMP] Server shutting down."
+SHUTTING_DOWN = err("Server shutting down, try again later", "SYS/TEMP")
 LOGIN_THROTTLED = err("Too many failed logins from your address, try again later", "SYS/TEMP")
 TOO_MANY_CONNECTIONS = err("Too many connections, try again later", "SYS/TEMP")
 TOO_MANY_CONNECTIONS_FROM_YOU = err(
