@@ -451,6 +451,8 @@ def test_the_testing_doubles_said_to_hold_their_answers_do() -> None:
             answer = held.open().finish()
         elif name == "QueueSpy":
             answer = held.enqueue(Envelope(sender=None, recipients=()), message)
+        elif name == "StaticResolver":
+            answer = held.lookupMailExchange("example.org")
         else:
             held.add("joe@example.org", b"x")
             box = held.open_mailbox(parse_address("joe@example.org")).result

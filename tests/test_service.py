@@ -2305,9 +2305,9 @@ def test_a_hub_asks_the_resolver_the_application_gives_and_never_stops_it(
     # with none: an application had no way to give one (MailHub(...,
     # resolver=...) was a TypeError), and every hub asked [relay]
     # nameservers or the system resolver
-    from tests.relay_fakes import FakeResolver
+    from txmailhub.testing import StaticResolver
 
-    class Owned(FakeResolver):
+    class Owned(StaticResolver):  # the public double, as an application would use it
         stops = starts = 0
 
         def stop(self) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IResolver
+from twisted.names import dns
+from twisted.names import error as dns_error
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -21,6 +25,7 @@ from txmailhub.testing import (
     MemoryMailboxStore,
     MemorySpooler,
     QueueSpy,
+    StaticResolver,
     StaticRouter,
     SyncerSpy,
 )
@@ -40,6 +45,51 @@ class VerifyTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IMailbox, box))
         self.assertTrue(verifyObject(IRecipientRouter, StaticRouter({"joe": None})))
         self.assertTrue(verifyObject(IOutboundQueue, QueueSpy()))
+        self.assertTrue(verifyObject(IResolver, StaticResolver({})))
+
+
+class StaticResolverTests(SynchronousTestCase):
+    ZONE = {"Example.NET.": {"MX": [(10, "mx.example.net")]},
+            "mx.example.net": {"A": ["192.0.2.25"], "AAAA": ["2001:db8::25"]}}
+
+    def test_answers_mx_a_and_aaaa_from_its_dict(self):
+        r = StaticResolver(self.ZONE)
+        answers, authority, additional = self.successResultOf(
+            r.lookupMailExchange("example.net"))
+        self.assertEqual([(a.type, a.payload.preference, str(a.payload.name)) for a in answers],
+                         [(dns.MX, 10, "mx.example.net")])
+        self.assertEqual((authority, additional), ([], []))
+        [a] = self.successResultOf(r.lookupAddress("MX.example.net."))[0]
+        self.assertEqual(a.payload.dottedQuad(), "192.0.2.25")
+        [aaaa] = self.successResultOf(r.lookupIPV6Address("mx.example.net"))[0]
+        self.assertEqual(aaaa.type, dns.AAAA)
+        # a name without the type: no records; a name not there: NXDOMAIN
+        self.assertEqual(self.successResultOf(r.lookupAddress("example.net"))[0], [])
+        self.failureResultOf(r.lookupMailExchange("nowhere.test"), dns_error.DNSNameError)
+        self.assertEqual(r.queries[:3], [("example.net", "MX"), ("MX.example.net.", "A"),
+                                         ("mx.example.net", "AAAA")])
+
+    def test_an_exception_is_the_answer_and_hold_waits_for_release(self):
+        r = StaticResolver({"down.test": dns_error.DNSServerError("SERVFAIL"),
+                            "half.test": {"MX": defer.TimeoutError()}}, hold=True)
+        mx = r.lookupMailExchange("down.test")
+        half = r.lookupMailExchange("half.test")
+        self.assertNoResult(mx)
+        self.assertNoResult(half)
+        r.release()
+        self.failureResultOf(mx, dns_error.DNSServerError)
+        self.failureResultOf(half, defer.TimeoutError)
+
+    def test_the_relay_resolves_through_it(self):
+        from twisted.internet.task import Clock
+
+        from txmailhub.relay.mx import MXResolver
+
+        mx = MXResolver(StaticResolver(self.ZONE), Clock(), "mail.example.org",
+                        is_local_address=lambda a: False)
+        [host] = self.successResultOf(mx.resolve("example.net"))
+        self.assertEqual((host.name, set(host.addresses)),
+                         ("mx.example.net", {"192.0.2.25", "2001:db8::25"}))
 
 
 class SpoolAndStoreTests(SynchronousTestCase):

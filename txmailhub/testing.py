@@ -9,13 +9,17 @@ Owns in-memory implementations of the component interfaces:
   ``close()``.
 * ``StaticRouter`` (``IRecipientRouter``) from a dict.
 * ``QueueSpy`` (``IOutboundQueue``) recording what was enqueued.
+* ``StaticResolver`` (twisted.names ``IResolver``): MX, A and AAAA
+  answers from a dict, for ``MailHub(settings, resolver=...)`` and the
+  relay's ``MXResolver``.
 * ``SyncerSpy``: stands in for ``txmailhub.store.sync.Syncer`` and records
   what was to be made durable, in order (the real spool and Maildir store
   run on it without threads or fsyncs).
 
 Each passes ``zope.interface.verify.verifyObject`` (tests/test_testing.py
 checks it).  Every double whose answers are Deferreds (all but
-``StaticRouter``: an ``IRecipientRouter`` answers at once) can be told to
+``StaticRouter``: an ``IRecipientRouter`` answers at once; the resolver's
+too) can be told to
 *hold* them, so a test can check that nothing is answered before the
 storage said "durable", and to fail, so a test can check what happens
 then.  Nothing here touches
@@ -32,6 +36,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IResolver
+from twisted.names import dns
+from twisted.names import error as dns_error
+from twisted.names.common import ResolverBase
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, parse_address
@@ -55,6 +63,7 @@ __all__ = [
     "MemorySpooler",
     "MemorySpoolWriter",
     "QueueSpy",
+    "StaticResolver",
     "StaticRouter",
     "SyncerSpy",
 ]
@@ -396,6 +405,81 @@ class QueueSpy:
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def release(self) -> None:
+        self._holder.release()
+
+
+# --- DNS resolver ---------------------------------------------------------------
+
+
+_RECORD_TYPES = {"MX": dns.MX, "A": dns.A, "AAAA": dns.AAAA}
+
+
+@implementer(IResolver)
+class StaticResolver(ResolverBase):
+    """A twisted.names ``IResolver`` answering from a dict, so that a test
+    of the relay (``MailHub(settings, resolver=...)``) asks no real DNS.
+
+    ``records`` maps a name to its records by type (none: every name is
+    NXDOMAIN)::
+
+        StaticResolver({"example.net": {"MX": [(10, "mx.example.net")]},
+                        "mx.example.net": {"A": ["192.0.2.25"], "AAAA": ["2001:db8::25"]}})
+
+    * A name not in ``records`` is NXDOMAIN (``DNSNameError``); a name
+      without the type asked has no such records (an empty answer).
+      Names are matched without case and without a final dot.
+    * An exception instance in place of a name's records, or of one
+      type's list, is what those lookups errback with (a
+      ``twisted.names.error.DNSServerError`` is a SERVFAIL, a
+      ``twisted.internet.defer.TimeoutError`` a server that does not answer).
+    * ``hold=True``: answers wait for ``release()`` (a lookup in flight
+      while the hub stops, or delivery order); ``queries`` lists
+      ``(name, type)`` as asked, ``"MX"``, ``"A"``, ``"AAAA"`` or the type's number.
+    * ``ttl``: the TTL of every answer.
+    """
+
+    def __init__(self, records: Mapping[str, Any] | None = None, hold: bool = False,
+                 ttl: int = 60) -> None:
+        super().__init__()
+        self.records: Mapping[str, Any] = {} if records is None else records
+        self.ttl = ttl
+        self.queries: list[tuple[str, str | int]] = []
+        self._holder = _Holder(hold)
+
+    def _entry(self, name: str) -> Any:
+        wanted = name.rstrip(".").lower()
+        for key, value in self.records.items():
+            if key.rstrip(".").lower() == wanted:
+                return value
+        return None
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred:
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+        kinds = [k for k, v in _RECORD_TYPES.items() if v == type]
+        self.queries.append((text, kinds[0] if kinds else type))
+        entry = self._entry(text)
+        if entry is None:
+            return self._holder.result(dns_error.DNSNameError(text))
+        if isinstance(entry, Exception):
+            return self._holder.result(entry)
+        if type == dns.ALL_RECORDS:
+            kinds = list(_RECORD_TYPES)
+        answers = []
+        for kind in kinds:
+            values = entry.get(kind, ())
+            if isinstance(values, Exception):
+                return self._holder.result(values)
+            for value in values:
+                if kind == "MX":
+                    payload: Any = dns.Record_MX(value[0], value[1].encode("ascii"), ttl=self.ttl)
+                elif kind == "A":
+                    payload = dns.Record_A(value, ttl=self.ttl)
+                else:
+                    payload = dns.Record_AAAA(value, ttl=self.ttl)
+                answers.append(dns.RRHeader(name, _RECORD_TYPES[kind], cls, self.ttl, payload))
+        return self._holder.result((answers, [], []))
 
     def release(self) -> None:
         self._holder.release()
