@@ -578,11 +578,11 @@ def test_no_more_entries_for_one_destination_are_taken_than_it_can_use(hub):
     assert hub.queue.ids() == []
 
 
-def test_one_entry_for_a_destination_whose_lookup_is_under_way(tmp_path):
-    # its lookup's answer is not in yet: the other entries would only wait
-    # for it; taken once it is in (the failure remembered, or cached)
-    hub = make_hub(tmp_path, "max_per_destination = 5\n")
-    in_flight: dict[str, list[defer.Deferred]] = {}  # the lookups' waiters
+def _watch_lookups(hub) -> dict[str, list[defer.Deferred]]:
+    """Gives ``hub.agent`` a ``lookup_in_flight`` that says a lookup is under
+    way for each destination the returned dict has, and keeps each waiter
+    the runner asks for there, for the test to fire."""
+    in_flight: dict[str, list[defer.Deferred]] = {}
 
     def lookup_in_flight(dest):
         if dest not in in_flight:
@@ -592,6 +592,14 @@ def test_one_entry_for_a_destination_whose_lookup_is_under_way(tmp_path):
         return waiter
 
     hub.agent.lookup_in_flight = lookup_in_flight
+    return in_flight
+
+
+def test_one_entry_for_a_destination_whose_lookup_is_under_way(tmp_path):
+    # its lookup's answer is not in yet: the other entries would only wait
+    # for it; taken once it is in (the failure remembered, or cached)
+    hub = make_hub(tmp_path, "max_per_destination = 5\n")
+    in_flight = _watch_lookups(hub)  # the lookups' waiters, by destination
     first: defer.Deferred = defer.Deferred()
     asked = []
 
@@ -2558,16 +2566,7 @@ def test_a_lookup_whose_end_comes_as_an_error_still_lets_the_entries_go(tmp_path
     # left the destination watched for ever: one entry at a time to it
     # from then on, each taken only at the runner's next tick
     hub = make_hub(tmp_path, "max_per_destination = 5\n")
-    in_flight: dict[str, list[defer.Deferred]] = {}
-
-    def lookup_in_flight(dest):
-        if dest not in in_flight:
-            return None
-        waiter: defer.Deferred = defer.Deferred()
-        in_flight[dest].append(waiter)
-        return waiter
-
-    hub.agent.lookup_in_flight = lookup_in_flight
+    in_flight = _watch_lookups(hub)
     pending = hub.agent.hold()
     hold = hub.agent.script
 
