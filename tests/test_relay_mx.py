@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 from twisted.internet import defer
@@ -703,30 +704,78 @@ def test_a_null_mx_is_never_passed_over_for_the_domains_own_address(preference):
     assert fake.queries == [("nomail.test", "MX")]
 
 
-def test_the_host_names_addresses_are_looked_up_once_at_start_not_per_mx_host(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # a hub listening on 0.0.0.0:25 asked getaddrinfo(gethostname()) -- a
-    # blocking lookup, maybe a DNS query -- on the reactor thread for every
-    # address of every MX host of every delivery, to tell whether it was its own
+def _fake_host(monkeypatch: pytest.MonkeyPatch, asked: list[str]) -> None:
     import socket
 
     from txmailhub.relay import mx
 
-    asked: list[str] = []
-
     def getaddrinfo(host, port, *args, **kwargs):
         asked.append(host)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.25", 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.25", 0)),
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::25%eth0", 0, 0, 2))]
 
     monkeypatch.setattr(mx.socket, "gethostname", lambda: "box.hub.test")
     monkeypatch.setattr(mx.socket, "getaddrinfo", getaddrinfo)
-    zone = {"other.test": {"MX": [(10, "mx.other.test")]},
-            "mx.other.test": {"A": ["192.0.2.7", "192.0.2.8"]},
-            "me.test": {"MX": [(10, "mx.me.test")]}, "mx.me.test": {"A": ["192.0.2.25"]}}
-    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test",
+
+
+_SELF_ZONE = {"other.test": {"MX": [(10, "mx.other.test")]},
+              "mx.other.test": {"A": ["192.0.2.7", "192.0.2.8"]},
+              "me.test": {"MX": [(10, "mx.me.test")]}, "mx.me.test": {"A": ["192.0.2.25"]},
+              "me6.test": {"MX": [(10, "mx.me6.test")]},
+              "mx.me6.test": {"AAAA": ["2001:db8::25"]}}
+
+
+def test_the_host_names_addresses_are_looked_up_once_in_a_thread_not_per_mx_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a hub listening on 0.0.0.0:25 asked getaddrinfo(gethostname()) -- a
+    # blocking lookup, maybe a DNS query -- on the reactor thread for every
+    # address of every MX host of every delivery, then (once) when the
+    # MXResolver was built, still on the reactor thread, holding up the start
+    asked: list[str] = []
+    _fake_host(monkeypatch, asked)
+    r = MXResolver(FakeResolver(_SELF_ZONE), Clock(), "mail.hub.test",
                    listening=[("0.0.0.0", 25)], port=25, rng=random.Random(1))
-    assert asked == ["box.hub.test"]  # at start
+    assert asked == []  # not on the thread that builds it
+    runs: list[defer.Deferred] = []
+    calls: list[Any] = []
+
+    def in_thread(f, *args):
+        calls.append(f)
+        runs.append(defer.Deferred())
+        return runs[-1]
+
+    r.learn_own_addresses(in_thread)
+    assert len(calls) == 1 and asked == []  # handed to the thread
+    # meanwhile: only loopback and unspecified addresses are known as ours
+    assert [h.name for h in result(r.resolve("me.test"))] == ["mx.me.test"]
+    assert len(calls) == 1  # one lookup, not one per MX host
+    runs[0].callback(calls[0]())
+    assert asked == ["box.hub.test"]
     for _ in range(3):
         assert [h.name for h in result(r.resolve("other.test"))] == ["mx.other.test"]
-        error_of(r.resolve("me.test"), MailLoop)  # still known as this machine
+        error_of(r.resolve("me.test"), MailLoop)  # known as this machine
+        error_of(r.resolve("me6.test"), MailLoop)  # IPv6, without its zone index
+    assert asked == ["box.hub.test"] and len(calls) == 1
+
+
+def test_the_host_names_addresses_are_not_looked_up_without_a_wildcard_listener(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    _fake_host(monkeypatch, asked)
+    r = MXResolver(FakeResolver(_SELF_ZONE), Clock(), "mail.hub.test",
+                   listening=[("127.0.0.1", 25)], port=25, rng=random.Random(1))
+    r.learn_own_addresses(lambda f, *a: defer.maybeDeferred(f, *a))
+    assert [h.name for h in result(r.resolve("me.test"))] == ["mx.me.test"]
+    assert asked == []  # nothing needed it: no lookup, no DNS query
+    r.listening.append(("::", 25))  # a wildcard listener added later
+    error_of(r.resolve("me.test"), MailLoop)
     assert asked == ["box.hub.test"]
+
+
+def test_a_failed_own_address_lookup_leaves_loopback_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    r = MXResolver(FakeResolver(_SELF_ZONE), Clock(), "mail.hub.test",
+                   listening=[("0.0.0.0", 25)], port=25, rng=random.Random(1))
+    r.learn_own_addresses(lambda f, *a: defer.fail(RuntimeError("no threads")))
+    assert [h.name for h in result(r.resolve("me.test"))] == ["mx.me.test"]
+    assert r.is_local_address("127.0.0.2") and r.is_local_address("::1")

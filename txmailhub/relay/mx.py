@@ -422,9 +422,10 @@ def own_addresses() -> frozenset[str]:
     """The addresses this machine's host name resolves to.
 
     A blocking lookup (``getaddrinfo`` of ``gethostname()``, which may ask
-    a DNS server): made once, when an ``MXResolver`` is built at the hub's
-    start, never on the reactor thread for each MX host a delivery checks
-    (a slow or unanswering server stalled every session of the hub)."""
+    a DNS server): run in a thread (``MXResolver.learn_own_addresses``),
+    never on the reactor thread, neither at start (a slow or unanswering
+    server held up the hub's start) nor for each MX host a delivery checks
+    (it stalled every session of the hub)."""
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None)
     except (OSError, UnicodeError):
@@ -433,15 +434,47 @@ def own_addresses() -> frozenset[str]:
 
 
 class _LocalAddresses:
-    """``is_local_address`` over the addresses found at start
-    (``own_addresses``): loopback and unspecified addresses are always local."""
+    """``is_local_address`` over the host name's addresses (``own_addresses``):
+    loopback and unspecified addresses are always local.  The lookup is
+    made only when an answer needs it (a wildcard listener on the relay
+    port), once, in a thread (``run_blocking``); until it is done, or when
+    it failed, only loopback and unspecified addresses are known."""
 
-    def __init__(self, addresses: frozenset[str]) -> None:
+    def __init__(self, addresses: frozenset[str] = frozenset(),
+                 lookup: Callable[[], frozenset[str]] = own_addresses) -> None:
         self.addresses = addresses
+        self.lookup = lookup
+        self.run_blocking: Callable[..., defer.Deferred] | None = None
+        self.pending: defer.Deferred | None = None
+        self.asked = False
+
+    def learn(self, run_blocking: Callable[..., defer.Deferred] | None = None) -> None:
+        """Start the lookup (again: a restart learns a new address)."""
+        if run_blocking is not None:
+            self.run_blocking = run_blocking
+        if self.run_blocking is None or self.pending is not None:
+            return
+        self.asked = True
+        d = self.pending = self.run_blocking(self.lookup)
+
+        def got(addresses: frozenset[str]) -> None:
+            self.addresses = frozenset(addresses)
+
+        def done(result: Any) -> None:
+            self.pending = None
+            if isinstance(result, Failure):
+                log.failure("looking up the host name's own addresses", result)
+
+        d.addCallback(got)
+        d.addBoth(done)
 
     def __call__(self, address: str) -> bool:
         ip = ipaddress.ip_address(address)
-        return ip.is_loopback or ip.is_unspecified or str(ip) in self.addresses
+        if ip.is_loopback or ip.is_unspecified:
+            return True
+        if not self.asked:
+            self.learn()
+        return str(ip) in self.addresses
 
 
 @implementer(IMXResolver)
@@ -471,9 +504,10 @@ class MXResolver:
         self.port = port
         self.rng = rng or random.Random()
         self.health = health or HostHealth(clock)
-        # the host name's addresses, looked up here, at start (own_addresses)
+        # the host name's addresses: looked up in a thread when needed
+        # (learn_own_addresses), never here on the reactor thread
         self.is_local_address = (is_local_address if is_local_address is not None
-                                 else _LocalAddresses(own_addresses()))
+                                 else _LocalAddresses())
         # ``dns_failure_memory``: see DNS_FAILURE_MEMORY (0: none kept)
         self.dns_failure_memory = dns_failure_memory
         # domain -> (when its temporary failure was learnt, until when it
@@ -618,6 +652,22 @@ class MXResolver:
         return learnt, reason
 
     # --- loops -----------------------------------------------------------------
+
+    def learn_own_addresses(self, run_blocking: Callable[..., defer.Deferred]) -> None:
+        """Look up the host name's own addresses with ``run_blocking`` (a
+        thread), now if the hub listens on a wildcard address on the relay
+        port, else when such a listener first needs them.  Without the
+        default ``is_local_address``: nothing (the embedder's own answers)."""
+        local = self.is_local_address
+        if not isinstance(local, _LocalAddresses):
+            return
+        local.run_blocking = run_blocking
+        if any(port == self.port and (client_ip(host or "0.0.0.0") or
+                                      ipaddress.ip_address("127.0.0.1")).is_unspecified
+               for host, port in list(self.listening)):
+            local.learn()
+        else:
+            local.asked = False  # asked for when first needed
 
     def is_self(self, host: MXHost) -> bool:
         """Whether ``host`` is this hub (its name, or an address:port we listen on)."""

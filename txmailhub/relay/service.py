@@ -125,7 +125,10 @@ class RelayService(Service):
             start = getattr(self._dns, "start", None)
             if start is not None:
                 start()
-        assert self.runner is not None
+        assert self.runner is not None and self.mx is not None
+        # the host name's addresses (mail loops through a wildcard
+        # listener), in a thread: a slow DNS server does not hold up the start
+        self.mx.learn_own_addresses(self._io)
         log.info("{route}", route=route_description(self.components.settings.relay))
         self.runner.start()
 
