@@ -2845,3 +2845,23 @@ def test_a_message_gone_before_list_is_looked_for_once_per_session():
         assert talk(proto, t, b"LIST\r\n") == (
             b"+OK 2 messages (6 octets)\r\n1 3\r\n2 3\r\n.\r\n")
     assert sorted(calls) == [0, 1]
+
+
+def test_the_hub_stopping_waits_for_a_session_already_closing_with_its_mailbox_locked():
+    # an autologout in the TRANSACTION state closes politely (a FIN, up to
+    # CLOSE_GRACE) with the mailbox still locked; the stop cut such a
+    # session before, and then only shortened its close without waiting
+    # for it: the stop was over with the lock still held
+    env = Env(idle_timeout=600)
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env)
+    env.clock.advance(601)
+    assert t.disconnecting and not t.disconnected
+    assert env.store.is_locked("joe@example.org")
+    stopped = proto.factory.shut_down()
+    assert not stopped.called  # the lock is still held
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t.disconnected  # cut after the stop's grace, not CLOSE_GRACE
+    proto.connectionLost(None)
+    assert stopped.called
+    assert not env.store.is_locked("joe@example.org")

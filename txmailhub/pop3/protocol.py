@@ -1800,7 +1800,8 @@ class POP3Factory(Factory):
         their mailbox locks go with them: an idle one with ``-ERR
         [SYS/TEMP]`` and a polite close, the stop waiting for it (at most
         ``STOP_CLOSE_GRACE``), one busy with a command cut
-        (``cut_for_stop``).
+        (``cut_for_stop``), one closing already (an autologout) with its
+        close shortened and waited for: it may hold a mailbox lock.
 
         A session whose QUIT is in the UPDATE state already is left to
         finish its deletions (they run on a worker thread): its client
@@ -1820,7 +1821,11 @@ class POP3Factory(Factory):
             elif session.cut_for_stop():
                 waiting.add(session)  # told -ERR, closing: its lock goes with it
             else:
-                session.hurry_close()  # a polite close under way already
+                # a polite close under way already (an autologout, an
+                # error): shortened, and waited for, as it may hold a
+                # mailbox lock (the abort of a busy one: at once)
+                session.hurry_close()
+                waiting.add(session)
         # and the refused connections still waiting for their polite close
         # (this factory's: the other listeners may keep running)
         self.limits.end_refusals(self)
