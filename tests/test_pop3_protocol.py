@@ -2865,3 +2865,23 @@ def test_the_hub_stopping_waits_for_a_session_already_closing_with_its_mailbox_l
     proto.connectionLost(None)
     assert stopped.called
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_login_answered_after_the_hub_stop_cut_its_session_writes_nothing():
+    # the stop aborts a session whose login is being checked; the check's
+    # late answer wrote "+OK Logged in" after the cut and locked the
+    # mailbox, and the stop did not wait for that session to be gone
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    proto, t = env.connect()
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    t.clear()
+    stopped = proto.factory.shut_down()
+    assert t.disconnected and t.value() == b""
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    assert t.value() == b""
+    assert not env.store.is_locked("joe@example.org")
+    assert not stopped.called  # until the cut connection is gone
+    proto.connectionLost(None)
+    assert stopped.called

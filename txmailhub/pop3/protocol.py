@@ -859,7 +859,8 @@ class POP3Protocol(Protocol):
 
     def _logged_in(self, result: tuple, mechanism: str) -> None:
         _iface, mailbox, logout = result
-        if self._lost:
+        if self._lost or self._closing:
+            # gone, or cut by the hub's stop meanwhile: no answer after that
             self.mailbox, self._logout = mailbox, logout
             self._release()
             return
@@ -962,7 +963,7 @@ class POP3Protocol(Protocol):
         self._sizes_measured(messages)
 
     def _sizes_measured(self, messages: Any) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             self._release()
             return
         self._finish_login(self.engine.login_succeeded(messages, self._client_size))
@@ -1005,7 +1006,7 @@ class POP3Protocol(Protocol):
             user=self._user, peer=self._peer, mechanism=mechanism, why=why.value,
             detail=detail,
         )
-        if self._lost:
+        if self._lost or self._closing:
             return
         self._finish_login(self.engine.login_failed(why))
 
