@@ -105,3 +105,39 @@ def test_the_dns_failure_memory_is_the_shortest_retry_step_and_a_restart_forgets
         assert resolver.queries.count(("dead.test", "MX")) == 2
         svc.stopService()
         clock.advance(1)
+
+
+def test_the_host_names_addresses_are_looked_up_through_io_at_start_not_inline(
+        tmp_path, monkeypatch):
+    # a hub on a wildcard address: getaddrinfo(gethostname()) ran on the
+    # reactor thread while the relay was built (a slow DNS server held the
+    # start up); now it is handed to ``io`` (a thread) when the relay starts
+    from twisted.internet import defer
+
+    from txmailhub.relay import mx
+
+    asked: list[str] = []
+    monkeypatch.setattr(mx.socket, "gethostname", lambda: "box.hub.test")
+    monkeypatch.setattr(mx.socket, "getaddrinfo",
+                        lambda host, *a, **k: asked.append(host) or [])
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                   store=MemoryMailboxStore(), spooler=None, portal=None)
+    c.listening.append(("0.0.0.0", settings.relay.port))
+    held: list = []
+
+    def io(f, *args):
+        held.append((f, args))
+        return defer.Deferred()
+
+    svc = RelayService(c, resolver=FakeResolver({}), endpoint=FakeNetwork(clock).endpoint,
+                       io=io, rng=random.Random(0))
+    svc.startService()
+    try:
+        assert asked == []  # not inline
+        assert any(f is mx.own_addresses for f, _ in held)
+    finally:
+        svc.stopService()
