@@ -3090,3 +3090,59 @@ def test_a_session_over_during_a_stop_is_recorded_though_its_slot_goes_at_once(t
         assert hub.queue.read(first).recipient(BOB).state == "delivered"
     finally:
         hub.runner.stop(grace=0)
+
+
+def test_results_waiting_to_be_written_at_a_stops_end_are_not_sent_again(hub, monkeypatch):
+    # both sessions of an entry for two domains end delivered while a
+    # slow disk holds the first one's write; the second one's write waits
+    # behind it when the stop's grace ends.  The stop gives the entry up:
+    # what it delivered but could not write is entered at this runner's
+    # next try (as a record that cannot be written is), not sent again by
+    # the runner started anew in this process
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    first = enqueue(hub, BOB, CAROL)
+    assert len(sessions) == 2
+    held = hold_record_writes(hub, monkeypatch)
+    while sessions:
+        x, rcpts = sessions.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    assert len(held) == 1  # the first write; the other waits for it
+    stopped = hub.runner.stop(grace=10)
+    hub.clock.advance(10)  # the grace over: the entry is given up
+    assert stopped.called
+    monkeypatch.undo()
+    while held:
+        held.pop(0)()
+    calls = len(hub.agent.calls)
+    hub.runner.start()
+    hub.clock.advance(60)
+    assert len(hub.agent.calls) == calls  # no copy sent again
+    assert hub.queue.ids() == [] or not hub.queue.read(first).pending
+
+
+def test_a_given_up_write_that_lands_late_does_not_delay_the_rest(hub, monkeypatch):
+    # remote.test's session ends delivered and a slow disk holds its
+    # write; the stop's grace ends (the entry given up) and other.test's
+    # session is cut.  The write lands after all: the runner started anew
+    # sends remote.test nothing and tries other.test at once, not at the
+    # schedule's next step after a try that only entered bob again
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    first = enqueue(hub, BOB, CAROL)
+    held = hold_record_writes(hub, monkeypatch)
+    x, rcpts = next(s for s in sessions if s[1] == [BOB])
+    sessions.remove((x, rcpts))
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    stopped = hub.runner.stop(grace=10)
+    hub.clock.advance(10)
+    assert stopped.called
+    y, cut = sessions.pop(0)
+    y.callback([DeliveryResult(a, "transient", LATER, None) for a in cut])
+    monkeypatch.undo()
+    while held:
+        held.pop(0)()
+    assert hub.queue.read(first).recipient(BOB).state == "delivered"
+    hub.runner.start()
+    assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test", "other.test"]
+    assert hub.queue.read(first).attempts == 0

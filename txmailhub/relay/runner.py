@@ -96,6 +96,14 @@ class _LookupUnderWay:
         self.over = over
 
 
+def _pending_in(entry: QueueEntry, address: Address) -> bool:
+    """Whether ``address`` is a recipient ``entry`` has still to deliver."""
+    try:
+        return entry.recipient(address).state == PENDING
+    except KeyError:
+        return False
+
+
 def _owes_notice(entry: QueueEntry) -> bool:
     """Whether ``entry`` still owes its sender a failure or success notice."""
     return bool(entry.failed) or any(r.notice for r in entry.recipients)
@@ -679,6 +687,11 @@ class QueueRunner:
             return
         self.due[qid] = float("inf")  # not due again until recorded below
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
+        if (results and entry.pending
+                and not any(_pending_in(entry, r.address) for r in results)):
+            # written after all (a write a stop gave up that landed): no
+            # try of their own, the entry's pending recipients are attempted
+            results = []
         # a release counted after this (`mailhub queue release` during the
         # attempt) is honoured when the outcome is recorded
         releases, started = self._release_seen.pop(qid, (entry.releases, self.clock.seconds()))
@@ -695,6 +708,8 @@ class QueueRunner:
             except _AttemptFailed as e:
                 # the other destinations' outcomes are written; the entry is
                 # retried as one whose handling failed (``_crashed``)
+                if generation != self._generation or qid in self._dropped:
+                    self._keep_given_up(qid, e.results)
                 yield self._record_known(qid, e.results, generation)
                 e.failure.raiseException()
             finally:
@@ -709,6 +724,7 @@ class QueueRunner:
         if generation != self._generation or qid in self._dropped:
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
+            self._keep_given_up(qid, results)
             if self.running:
                 self.due[qid] = self.clock.seconds()
             return
@@ -761,6 +777,21 @@ class QueueRunner:
             log.info("{queue_id} done: removed from the queue", queue_id=qid)
         else:
             self._index(entry)
+
+    def _keep_given_up(self, qid: str, results: list[DeliveryResult]) -> None:
+        """A stop gave ``qid``'s attempt up: of what it had, the recipients
+        delivered or failed for good are entered at this runner's next try
+        of it, as a record that cannot be written is (``_unrecorded``).  A
+        destination's own write may not have been made (it waited behind
+        another's on a slow disk, or failed): sending those copies again
+        at a start of this runner would be a duplicate with no crash.  One
+        written already stays as it is (``_apply``); a cut session's
+        results (temporary) are no outcome and are not kept."""
+        final = [r for r in results if r.kind in ("delivered", "permanent")]
+        if final:
+            known = {r.address for r in final}
+            self._unrecorded[qid] = [r for r in self._unrecorded.get(qid, [])
+                                     if r.address not in known] + final
 
     def _forget(self, qid: str) -> None:
         self.due.pop(qid, None)
