@@ -3146,3 +3146,29 @@ def test_a_given_up_write_that_lands_late_does_not_delay_the_rest(hub, monkeypat
     hub.runner.start()
     assert [c[1] for c in hub.agent.calls] == ["remote.test", "other.test", "other.test"]
     assert hub.queue.read(first).attempts == 0
+
+
+def test_a_failed_write_given_up_by_a_stop_is_not_sent_again(hub, monkeypatch):
+    # remote.test's session ends delivered and its write fails (no
+    # descriptor); the stop waits for other.test's session, and its grace
+    # ends first.  Bob's copy, known but unwritten, is entered at the next
+    # start of this runner, not sent again
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    first = enqueue(hub, BOB, CAROL)
+    broken = records_cannot_be_written(hub, monkeypatch)
+    x, rcpts = next(s for s in sessions if s[1] == [BOB])
+    sessions.remove((x, rcpts))
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    broken[0] = False
+    stopped = hub.runner.stop(grace=10)
+    hub.clock.advance(10)
+    assert stopped.called
+    y, cut = sessions.pop(0)
+    y.callback([DeliveryResult(a, "transient", LATER, None) for a in cut])
+    assert hub.queue.read(first).recipient(BOB).state == "pending"
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "delivered", OK, "mx") for a in r]
+    hub.runner.start()
+    hub.clock.advance(24 * 3600)
+    assert [c[1] for c in hub.agent.calls].count("remote.test") == 1
+    assert hub.queue.ids() == []
