@@ -490,6 +490,18 @@ def records_cannot_be_written(hub, monkeypatch) -> list[bool]:
     return broken
 
 
+def enqueue_unrecorded(hub, monkeypatch, *rcpts) -> str:
+    """A message enqueued and tried while its record cannot be written: its
+    results wait in the runner's memory for the next try (the writes work
+    again, and ``monkeypatch``'s other changes are undone)."""
+    broken = records_cannot_be_written(hub, monkeypatch)
+    qid = enqueue(hub, *rcpts)
+    assert qid in hub.runner._unrecorded
+    broken[0] = False
+    monkeypatch.undo()
+    return qid
+
+
 def test_a_delivery_whose_record_cannot_be_written_is_not_made_twice(hub, monkeypatch):
     # No descriptor or inode left for the record: the copy is delivered, the
     # update fails.  The next try enters the known result instead of
@@ -2600,11 +2612,7 @@ def test_an_entry_that_only_records_known_results_is_no_delivery_of_its_destinat
     # other remote.test entry waited for its record to be written (a slow
     # or full disk) with no delivery to the domain under way
     hub.runner.start()
-    broken = records_cannot_be_written(hub, monkeypatch)
-    first = enqueue(hub, BOB)
-    assert first in hub.runner._unrecorded
-    broken[0] = False
-    monkeypatch.undo()
+    first = enqueue_unrecorded(hub, monkeypatch, BOB)
     held = hold_record_writes(hub, monkeypatch)
     hub.clock.advance(60)  # its next try: the known result is being recorded
     assert first in hub.runner.active and held
@@ -2797,11 +2805,7 @@ def test_an_entry_that_only_records_known_results_is_taken_while_its_destination
     # delivery made) left unrecorded until that delivery ended -- a
     # session of minutes, and a crash meanwhile sent the message again
     hub.runner.start()
-    broken = records_cannot_be_written(hub, monkeypatch)
-    first = enqueue(hub, BOB)
-    assert first in hub.runner._unrecorded
-    broken[0] = False
-    monkeypatch.undo()
+    first = enqueue_unrecorded(hub, monkeypatch, BOB)
     sessions = hub.agent.hold()
     second = enqueue(hub, BOB)
     assert second in hub.runner.active and len(sessions) == 1
