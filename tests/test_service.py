@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -2037,8 +2038,24 @@ def test_a_sighup_handler_installed_after_the_notice_is_kept_at_its_stop() -> No
             signal.signal(s, h)
 
 
+@pytest.fixture
+def hub_signals() -> Iterator[tuple[int, int]]:
+    """SIGHUP and SIGUSR1 at their default action for the test, and the
+    process's own handlers back after it: a signal notice's test must not
+    leave one of its handlers to the rest of the run."""
+    import signal
+
+    signals = (signal.SIGHUP, signal.SIGUSR1)
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+    try:
+        yield signals
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def test_the_signal_notices_stay_until_the_rest_of_the_hub_has_stopped(
-        tmp_path: Path) -> None:
+        tmp_path: Path, hub_signals) -> None:
     # the notice was the first part told to stop, and put SIGHUP and SIGUSR1
     # back to their default action at once, while the rest of the hub was
     # still stopping (sessions finishing a message, the relay recording an
@@ -2048,31 +2065,26 @@ def test_the_signal_notices_stay_until_the_rest_of_the_hub_has_stopped(
 
     from txmailhub.tap import HangupNotice
 
-    signals = (signal.SIGHUP, signal.SIGUSR1)
-    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
-    try:
-        hub, slow, _stops = _hub_with_a_part_slow_to_stop(tmp_path)
-        HangupNotice().setServiceParent(hub)
-        for restart in (False, True):
+    signals = hub_signals
+    hub, slow, _stops = _hub_with_a_part_slow_to_stop(tmp_path)
+    HangupNotice().setServiceParent(hub)
+    for restart in (False, True):
+        hub.startService()
+        assert all(callable(signal.getsignal(s)) for s in signals)
+        d = hub.stopService()
+        assert all(callable(signal.getsignal(s)) for s in signals), "ended by a signal"
+        if restart:  # started again before the last stop was over
             hub.startService()
+            slow.stops[-1].callback(None)
             assert all(callable(signal.getsignal(s)) for s in signals)
             d = hub.stopService()
-            assert all(callable(signal.getsignal(s)) for s in signals), "ended by a signal"
-            if restart:  # started again before the last stop was over
-                hub.startService()
-                slow.stops[-1].callback(None)
-                assert all(callable(signal.getsignal(s)) for s in signals)
-                d = hub.stopService()
-            slow.stops[-1].callback(None)
-            assert d.called
-            assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
-    finally:
-        for s, h in before.items():
-            signal.signal(s, h)
+        slow.stops[-1].callback(None)
+        assert d.called
+        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
 
 
 def test_an_earlier_stop_does_not_give_the_signals_back_under_a_later_one(
-        tmp_path: Path) -> None:
+        tmp_path: Path, hub_signals) -> None:
     # stopped, started again and stopped again before the first stop was
     # over (as for the syncer, just above): the first stop's parts done,
     # the notice put the signals back while the second stop's sessions
@@ -2082,24 +2094,19 @@ def test_an_earlier_stop_does_not_give_the_signals_back_under_a_later_one(
 
     from txmailhub.tap import HangupNotice
 
-    signals = (signal.SIGHUP, signal.SIGUSR1)
-    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
-    try:
-        hub, slow, _stops = _hub_with_a_part_slow_to_stop(tmp_path)
-        HangupNotice().setServiceParent(hub)
-        hub.startService()
-        first = hub.stopService()
-        hub.startService()
-        second = hub.stopService()
-        slow.stops[0].callback(None)  # the first stop's parts are done
-        assert first.called and not second.called
-        assert all(callable(signal.getsignal(s)) for s in signals), "ended by a signal"
-        slow.stops[1].callback(None)
-        assert second.called
-        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
-    finally:
-        for s, h in before.items():
-            signal.signal(s, h)
+    signals = hub_signals
+    hub, slow, _stops = _hub_with_a_part_slow_to_stop(tmp_path)
+    HangupNotice().setServiceParent(hub)
+    hub.startService()
+    first = hub.stopService()
+    hub.startService()
+    second = hub.stopService()
+    slow.stops[0].callback(None)  # the first stop's parts are done
+    assert first.called and not second.called
+    assert all(callable(signal.getsignal(s)) for s in signals), "ended by a signal"
+    slow.stops[1].callback(None)
+    assert second.called
+    assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
 
 
 def test_the_hub_runs_the_stall_records_heartbeat_while_it_runs(tmp_path: Path) -> None:
@@ -2331,7 +2338,8 @@ def test_a_hub_asks_the_resolver_the_application_gives_and_never_stops_it(
     assert reactor.getDelayedCalls() == []
 
 
-def test_two_hubs_signal_notices_each_answer_and_the_last_one_gives_the_signals_back() -> None:
+def test_two_hubs_signal_notices_each_answer_and_the_last_one_gives_the_signals_back(
+        hub_signals) -> None:
     # two hubs in one process, each with its notice (etc/mailhub.tac's line
     # twice): SIGHUP reached the second one only (the first hub's TLS files
     # were never read again); the first one's stop put SIGUSR1 back to its
@@ -2344,8 +2352,7 @@ def test_two_hubs_signal_notices_each_answer_and_the_last_one_gives_the_signals_
 
     from txmailhub.tap import HangupNotice
 
-    signals = (signal.SIGHUP, signal.SIGUSR1)
-    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+    signals = hub_signals
 
     def answers(*notices: HangupNotice) -> list[bool]:
         """Whether each notice answers a SIGHUP now (a call it queues for
@@ -2356,32 +2363,29 @@ def test_two_hubs_signal_notices_each_answer_and_the_last_one_gives_the_signals_
         del reactor.threadCallQueue[waiting:]
         return [n._answer in queued for n in notices]
 
-    try:
-        first, second = HangupNotice(), HangupNotice()
-        first.privilegedStartService()
-        second.privilegedStartService()
-        assert answers(first, second) == [True, True]
-        first.stopService()
-        assert callable(signal.getsignal(signal.SIGUSR1)), "SIGUSR1 would end the second hub"
-        assert answers(first, second) == [False, True]
-        first.startService()  # started again, while a link of the second's handler
-        assert answers(first, second) == [True, True]
-        first.stopService()
-        second.stopService()
-        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL, signal.SIG_DFL]
-        # stopped the other way round, too
-        first.privilegedStartService()
-        second.privilegedStartService()
-        second.stopService()
-        assert answers(first, second) == [True, False]
-        first.stopService()
-        assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL, signal.SIG_DFL]
-    finally:
-        for s, h in before.items():
-            signal.signal(s, h)
+    first, second = HangupNotice(), HangupNotice()
+    first.privilegedStartService()
+    second.privilegedStartService()
+    assert answers(first, second) == [True, True]
+    first.stopService()
+    assert callable(signal.getsignal(signal.SIGUSR1)), "SIGUSR1 would end the second hub"
+    assert answers(first, second) == [False, True]
+    first.startService()  # started again, while a link of the second's handler
+    assert answers(first, second) == [True, True]
+    first.stopService()
+    second.stopService()
+    assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL, signal.SIG_DFL]
+    # stopped the other way round, too
+    first.privilegedStartService()
+    second.privilegedStartService()
+    second.stopService()
+    assert answers(first, second) == [True, False]
+    first.stopService()
+    assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL, signal.SIG_DFL]
 
 
-def test_a_notice_that_could_not_install_its_handlers_is_not_counted_as_answering() -> None:
+def test_a_notice_that_could_not_install_its_handlers_is_not_counted_as_answering(
+        hub_signals) -> None:
     # signal.signal works in the main thread only: a notice started from
     # another thread (a reactor run in a thread of its own) failed with a
     # ValueError, but was listed as answering all the same, and another
@@ -2391,8 +2395,7 @@ def test_a_notice_that_could_not_install_its_handlers_is_not_counted_as_answerin
 
     from txmailhub.tap import HangupNotice
 
-    signals = (signal.SIGHUP, signal.SIGUSR1)
-    before = {s: signal.signal(s, signal.SIG_DFL) for s in signals}
+    signals = hub_signals
     failed: list[BaseException] = []
     elsewhere = HangupNotice()
 
@@ -2413,5 +2416,3 @@ def test_a_notice_that_could_not_install_its_handlers_is_not_counted_as_answerin
         assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
     finally:
         HangupNotice._answering[:] = [n for n in HangupNotice._answering if n is not elsewhere]
-        for s, h in before.items():
-            signal.signal(s, h)
