@@ -490,6 +490,14 @@ def records_cannot_be_written(hub, monkeypatch) -> list[bool]:
     return broken
 
 
+def answer_delivered(sessions: list, rcpt) -> None:
+    """The held session of ``hub.agent.hold()``'s list that has ``rcpt``
+    alone answers "delivered", and leaves the list."""
+    x, rcpts = next(s for s in sessions if s[1] == [rcpt])
+    sessions.remove((x, rcpts))
+    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+
+
 def enqueue_unrecorded(hub, monkeypatch, *rcpts) -> str:
     """A message enqueued and tried while its record cannot be written: its
     results wait in the runner's memory for the next try (the writes work
@@ -3051,9 +3059,7 @@ def test_a_destination_done_frees_its_slot_while_its_results_are_written(hub, mo
     first = enqueue(hub, BOB, CAROL)
     assert len(sessions) == 2
     held = hold_record_writes(hub, monkeypatch)
-    x, rcpts = next(s for s in sessions if s[1] == [BOB])
-    sessions.remove((x, rcpts))
-    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    answer_delivered(sessions, BOB)
     assert len(held) == 1  # remote.test's results being written
     second = enqueue(hub, BOB)
     assert second in hub.runner.active
@@ -3086,9 +3092,7 @@ def test_a_session_over_during_a_stop_is_recorded_though_its_slot_goes_at_once(t
         stopped = hub.runner.stop(grace=10)
         assert first not in hub.runner._dropped and waiting in hub.runner._dropped
         hub.agent.resolving.add(first)  # what runs of it now only connects
-        x, rcpts = next(s for s in sessions if s[1] == [BOB])
-        sessions.remove((x, rcpts))
-        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+        answer_delivered(sessions, BOB)
         hub.clock.advance(10)  # the grace over: the rest is given up
         assert stopped.called
         assert hub.queue.read(first).recipient(BOB).state == "delivered"
@@ -3135,9 +3139,7 @@ def test_a_given_up_write_that_lands_late_does_not_delay_the_rest(hub, monkeypat
     sessions = hub.agent.hold()
     first = enqueue(hub, BOB, CAROL)
     held = hold_record_writes(hub, monkeypatch)
-    x, rcpts = next(s for s in sessions if s[1] == [BOB])
-    sessions.remove((x, rcpts))
-    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    answer_delivered(sessions, BOB)
     stopped = hub.runner.stop(grace=10)
     hub.clock.advance(10)
     assert stopped.called
@@ -3161,9 +3163,7 @@ def test_a_failed_write_given_up_by_a_stop_is_not_sent_again(hub, monkeypatch):
     sessions = hub.agent.hold()
     first = enqueue(hub, BOB, CAROL)
     broken = records_cannot_be_written(hub, monkeypatch)
-    x, rcpts = next(s for s in sessions if s[1] == [BOB])
-    sessions.remove((x, rcpts))
-    x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    answer_delivered(sessions, BOB)
     broken[0] = False
     stopped = hub.runner.stop(grace=10)
     hub.clock.advance(10)
