@@ -18,7 +18,8 @@ exception while handling one entry is logged and that entry rescheduled;
 it never stalls the others.
 
 It must not touch the queue's files itself (``queue.py`` does) nor speak
-SMTP (``attempt.py`` does).
+SMTP (``attempt.py`` does).  What a result changes in a record, and when
+the next attempt is, are pure functions of ``recording.py``.
 """
 
 from __future__ import annotations
@@ -35,16 +36,22 @@ from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
 from txmailhub.interfaces import IKeyedStore
 from txmailhub.logsafe import REPLY_LOG_MAX, log_failure, loggable, plural
-from txmailhub.relay import bounce, schedule
+from txmailhub.relay import bounce, recording, schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
 from txmailhub.relay.record import (
     BOUNCED,
-    DELIVERED,
     FAILED,
-    PENDING,
     QueueEntry,
     RecipientRecord,
+)
+from txmailhub.relay.recording import (
+    ERROR_RETRY,
+    delivered_at,
+    failure_since,
+    owes_notice,
+    pending_in,
+    success_notices,
 )
 from txmailhub.smtp.reply import LocalReply, Reply
 
@@ -53,10 +60,9 @@ __all__ = ["QueueRunner"]
 log = Logger(namespace="txmailhub.relay.runner")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
-# an entry whose handling crashed, or that only owed a notice, is retried
-# after this: schedule.LEAST_WAIT, the least wait `mailhub queue list`
-# reckons with too (one number, so the two never disagree)
-ERROR_RETRY = schedule.LEAST_WAIT
+# ERROR_RETRY (imported above, so still importable from here): how soon an
+# entry whose handling crashed, or that only owed a notice, is retried; it
+# is defined in recording.py, with the rule that sets the next attempt
 SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
 # then at most this long for the connections it cut to be closed (a transport
 # reports an aborted connection lost a reactor turn later; this bounds a
@@ -94,57 +100,6 @@ class _LookupUnderWay:
 
     def __init__(self, over: defer.Deferred) -> None:
         self.over = over
-
-
-def _pending_in(entry: QueueEntry, address: Address) -> bool:
-    """Whether ``address`` is a recipient ``entry`` has still to deliver."""
-    try:
-        return entry.recipient(address).state == PENDING
-    except KeyError:
-        return False
-
-
-def _owes_notice(entry: QueueEntry) -> bool:
-    """Whether ``entry`` still owes its sender a failure or success notice."""
-    return bool(entry.failed) or any(r.notice for r in entry.recipients)
-
-
-def _failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:
-    """When ``rcpt`` failed for good: its record says so, or (written
-    before it did) its last attempt, or the message's arrival."""
-    if rcpt.failed_at is not None:
-        return rcpt.failed_at
-    return rcpt.last_attempt if rcpt.last_attempt is not None else entry.created
-
-
-def _failure_since(entry: QueueEntry) -> float:
-    """Since when the failure notice of ``entry`` (which has failed
-    recipients) is owed: its latest failure, the notice being about all."""
-    return max(_failed_at(entry, r) for r in entry.failed)
-
-
-def _delivered_at(entry: QueueEntry, recs: list[RecipientRecord]) -> float:
-    """Since when the success notice about ``recs`` is owed: the latest
-    of their deliveries."""
-    return max(r.last_attempt if r.last_attempt is not None else entry.created for r in recs)
-
-
-def _success_notices(entry: QueueEntry) -> dict[str, list[RecipientRecord]]:
-    """The success notices ``entry`` owes: the recipients of each action."""
-    notices: dict[str, list[RecipientRecord]] = {}
-    for r in entry.recipients:
-        if r.notice:
-            notices.setdefault(r.notice, []).append(r)
-    return notices
-
-
-def _notice_ends(entry: QueueEntry, lifetime: float) -> list[float]:
-    """When each notice ``entry`` owes is given up if it cannot be made:
-    a queue lifetime after the failure or the delivery it is about."""
-    ends = [_failure_since(entry) + lifetime] if entry.failed else []
-    ends += [_delivered_at(entry, recs) + lifetime
-             for recs in _success_notices(entry).values()]
-    return ends
 
 
 class QueueRunner:
@@ -256,7 +211,7 @@ class QueueRunner:
                 self._forget(qid)
         for entry in entries:
             self._index(entry, quiet=True)
-            if entry.id in self.due and not entry.pending and _owes_notice(entry):
+            if entry.id in self.due and not entry.pending and owes_notice(entry):
                 # The last run recorded the final outcome and died before
                 # sending the notice it owed: that was due then, not at the
                 # retry time the record carries (hours away late in the
@@ -688,7 +643,7 @@ class QueueRunner:
         self.due[qid] = float("inf")  # not due again until recorded below
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
         if (results and entry.pending
-                and not any(_pending_in(entry, r.address) for r in results)):
+                and not any(pending_in(entry, r.address) for r in results)):
             # written after all (a write a stop gave up that landed): no
             # try of their own, the entry's pending recipients are attempted
             results = []
@@ -785,7 +740,7 @@ class QueueRunner:
         destination's own write may not have been made (it waited behind
         another's on a slow disk, or failed): sending those copies again
         at a start of this runner would be a duplicate with no crash.  One
-        written already stays as it is (``_apply``); a cut session's
+        written already stays as it is (``recording.apply_results``); a cut session's
         results (temporary) are no outcome and are not kept."""
         final = [r for r in results if r.kind in ("delivered", "permanent")]
         if final:
@@ -1079,141 +1034,17 @@ class QueueRunner:
         return d.addCallback(done)
 
     # --- recording ---------------------------------------------------------------------
+    # (the record changes themselves are ``recording.py``'s pure functions)
 
     def _states_change(self, final: list[DeliveryResult], now: float,
                        lines: list[dict]) -> Callable[[QueueEntry], QueueEntry]:
-        """The record change that writes the recipients of ``final``
-        (delivered or failed for good) alone, before the entry's own
-        record; ``lines`` gets their log lines, of the version written."""
-
-        def change(e: QueueEntry) -> QueueEntry:
-            del lines[:]
-            expired = schedule.expired(now, e.created, self.relay.queue_lifetime)
-            updates = self._apply(e, final, now, expired)
-            for res in final:
-                rec = updates.get(res.address)
-                if rec is not None:
-                    lines.append(self._line(e, res, rec, None))
-            return e.with_recipients(updates)
-
-        return change
+        """``recording.states_change`` with this runner's ``[relay]`` settings."""
+        return recording.states_change(final, now, lines, self.relay)
 
     def _record(self, e: QueueEntry, results: list[DeliveryResult], now: float,
                 lines: list[dict] | None = None, released: bool = False) -> QueueEntry:
-        """``e`` with ``results`` in it; ``lines`` gets the log line of each
-        result, to be logged once the record is written (a record that
-        cannot be written keeps its results for the next try: logged then).
-        ``released``: ``mailhub queue release`` was run while these results
-        were being made; the admin asked for an attempt now, and the
-        schedule's next retry must not overrule that."""
-        # an entry held while this attempt ran (``mailhub queue hold``) is
-        # kept, as one held before it: its lifetime is reckoned at its
-        # release, by the attempt that follows, never by this one.  One
-        # released while it ran (held before or not) has the attempt that
-        # release asked for still to come: that one reckons it
-        expired = (schedule.expired(now, e.created, self.relay.queue_lifetime)
-                   and not e.held and not released)
-        updates = self._apply(e, results, now, expired)
-        if expired:  # a recipient not attempted now (say, a crash) still expires
-            for rec in e.recipients:
-                if rec.state == PENDING and rec.address not in updates:
-                    updates[rec.address] = dataclasses.replace(rec, state=FAILED,
-                                                               failed_at=now)
-        e = e.with_recipients(updates)
-        attempts = e.attempts + (1 if results else 0)
-        # a pass that only owed a notice is no attempt, but moves the
-        # schedule on as one does: a notice the spool or the queue refuses
-        # is tried again at the schedule's steps, not every minute for a
-        # queue lifetime at the step of the message's last attempt
-        notice_tries = e.notice_tries + (0 if results else 1)
-        lifetime = self.relay.queue_lifetime
-        if e.pending:
-            nxt = schedule.next_attempt(now, attempts + notice_tries, e.created, lifetime,
-                                        self.relay.retry_schedule)
-        else:  # only notices are owed: the message's deadline is no concern
-            nxt = now + schedule.delay_after(attempts + notice_tries,
-                                             self.relay.retry_schedule)
-        for end in _notice_ends(e, lifetime):
-            # a notice that cannot be made has its last try when its
-            # lifetime is over, as a message has its last attempt at its
-            # deadline: not given up a whole step of the schedule late
-            if now < end < nxt:
-                nxt = end
-        if not results:  # only notices were owed: never spin on this entry
-            nxt = max(nxt, now + ERROR_RETRY)
-        warn_at = e.created + self.relay.delay_warning
-        if (e.pending and not e.delay_warned and self.relay.delay_warning > 0
-                and now < warn_at < nxt
-                and any(bounce.wants_notice(e, r, bounce.DELAYED) for r in e.pending)):
-            # the "delayed" notice is due before the next retry: come back
-            # then (one more attempt, and the notice if it still fails),
-            # not up to a whole step of the schedule late.  Only when
-            # someone is to get it: NOTIFY without DELAY, or a notice from
-            # <>, keeps the entry to its schedule
-            nxt = warn_at
-        if released:
-            nxt = min(nxt, now)
-        if lines is not None:
-            for res in results:
-                rec = updates.get(res.address)
-                if rec is None:
-                    continue  # not pending any more: its line was logged then
-                lines.append(self._line(e, res, rec, nxt, held=e.held))
-        return dataclasses.replace(e, attempts=attempts, notice_tries=notice_tries,
-                                   next_attempt=nxt)
-
-    @staticmethod
-    def _apply(e: QueueEntry, results: list[DeliveryResult], now: float,
-               expired: bool) -> dict[Address, RecipientRecord]:
-        """The new records of the recipients ``results`` are about that are
-        still pending in ``e`` (one recorded already, by a destination's
-        own update or a record written before, stays as it is)."""
-        updates: dict[Address, RecipientRecord] = {}
-        for res in results:
-            try:
-                rec = e.recipient(res.address)
-            except KeyError:
-                continue
-            if rec.state != PENDING:
-                continue
-            rec = dataclasses.replace(rec, attempts=rec.attempts + 1, last_attempt=now,
-                                      last_reply=res.reply, remote_mta=res.remote_mta)
-            if res.kind == "delivered":
-                notice = None
-                if bounce.wants_notice(e, rec, bounce.DELIVERED):
-                    if res.remote_mta is None:
-                        notice = bounce.DELIVERED
-                    elif not res.dsn_passed:
-                        notice = bounce.RELAYED
-                rec = dataclasses.replace(rec, state=DELIVERED, notice=notice)
-            elif res.kind == "permanent" or expired:
-                rec = dataclasses.replace(rec, state=FAILED, failed_at=now)
-            updates[res.address] = rec
-        return updates
-
-    @staticmethod
-    def _line(e: QueueEntry, res: DeliveryResult, rec: RecipientRecord,
-              nxt: float | None, held: bool = False) -> dict:
-        """The log fields of one recorded result: the server's words (a
-        remote queue id on success), or the hub's own account (marked, as
-        in `queue show`), and what next (``nxt``: a pending one's retry).
-        ``held``: the entry was held (``mailhub queue hold``) while this
-        attempt ran; it has no next attempt until its release, and the
-        line says so rather than name a retry time that will not come
-        (``queue list`` says ``held`` there too)."""
-        who = "hub: " if isinstance(res.reply, LocalReply) else ""
-        if rec.state == DELIVERED:
-            then = ""
-        elif rec.state == FAILED:
-            then = "; failed" if res.kind == "permanent" else "; failed: too long queued"
-        elif held:
-            then = "; held: no next attempt until its release (mailhub queue release)"
-        else:
-            then = "" if nxt is None else f"; next attempt {schedule.utc_text(nxt)}"
-        # the server's words as the log takes them: a CR or an ESC a
-        # hostile next hop put in its reply must not forge or hide lines
-        return dict(queue_id=e.id, recipient=loggable(str(res.address), 1 << 20), who=who,
-                    reply=loggable(res.reply.text(), REPLY_LOG_MAX), then=then)
+        """``recording.record_results`` with this runner's ``[relay]`` settings."""
+        return recording.record_results(e, results, now, self.relay, lines, released)
 
     # --- notices ------------------------------------------------------------------------
 
@@ -1237,7 +1068,7 @@ class QueueRunner:
             # refused it) is tried again, for as long as one queued would
             # be: a queue lifetime from the failure, not from the message's
             # arrival (a message that expired would get one try)
-            since = _failure_since(entry)
+            since = failure_since(entry)
             if not ok and schedule.expired(now, since, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
                           "the queue lifetime: it could not be made since the failure at "
@@ -1252,12 +1083,12 @@ class QueueRunner:
                     for r in e.recipients if r.address in done and r.state == FAILED}))
                 if entry is None or entry is _DELETED:
                     return entry
-        for action, recs in _success_notices(entry).items():
+        for action, recs in success_notices(entry).items():
             ok = yield self._send_once(entry, recs, action, now)
             # a success notice that cannot be made is given up as a failure
             # notice is, a queue lifetime after the delivery: it kept the
             # delivered message in the queue for ever
-            delivered = _delivered_at(entry, recs)
+            delivered = delivered_at(entry, recs)
             if not ok and schedule.expired(now, delivered, self.relay.queue_lifetime):
                 log.error("{queue_id}: giving up on the {action} notice to <{sender}> after "
                           "the queue lifetime: it could not be made since the delivery at "
