@@ -19,12 +19,12 @@ it never stalls the others.
 
 It must not touch the queue's files itself (``queue.py`` does) nor speak
 SMTP (``attempt.py`` does).  What a result changes in a record, and when
-the next attempt is, are pure functions of ``recording.py``.
+the next attempt is, are pure functions of ``recording.py``; the notices
+are made and sent by ``notices.py`` (``NoticeSender``, a base class).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -35,23 +35,16 @@ from twisted.python.failure import Failure
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
 from txmailhub.interfaces import IKeyedStore
-from txmailhub.logsafe import REPLY_LOG_MAX, log_failure, loggable, plural
+from txmailhub.logsafe import log_failure, plural
 from txmailhub.relay import bounce, recording, schedule
 from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.notices import _DELETED, NoticeSender
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
-from txmailhub.relay.record import (
-    BOUNCED,
-    FAILED,
-    QueueEntry,
-    RecipientRecord,
-)
+from txmailhub.relay.record import QueueEntry
 from txmailhub.relay.recording import (
     ERROR_RETRY,
-    delivered_at,
-    failure_since,
     owes_notice,
     pending_in,
-    success_notices,
 )
 from txmailhub.smtp.reply import LocalReply, Reply
 
@@ -77,10 +70,6 @@ CUT_GRACE = 2.0
 ENTRIES_PER_SLOT = 2
 
 
-#: ``_noted``'s answer when the record went while a notice was being made
-_DELETED: Any = object()
-
-
 class _AttemptFailed(Exception):
     """A delivery of an attempt failed with an error out of the agent (a
     bug): raised once the attempt's other deliveries are over too, with
@@ -102,7 +91,7 @@ class _LookupUnderWay:
         self.over = over
 
 
-class QueueRunner:
+class QueueRunner(NoticeSender):
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
     def __init__(self, queue: OutboundQueue, agent: Any, components: Any, clock: Any,
@@ -1045,137 +1034,3 @@ class QueueRunner:
                 lines: list[dict] | None = None, released: bool = False) -> QueueEntry:
         """``recording.record_results`` with this runner's ``[relay]`` settings."""
         return recording.record_results(e, results, now, self.relay, lines, released)
-
-    # --- notices ------------------------------------------------------------------------
-
-    @defer.inlineCallbacks
-    def _notify(self, entry: QueueEntry, now: float) -> Any:
-        failed = list(entry.failed)
-        if failed:
-            wanted = [r for r in failed if bounce.wants_notice(entry, r, bounce.FAILED)]
-            if entry.envelope.sender is None:
-                # mail from <> (a notice itself) never gets a notice back
-                for r in failed:
-                    log.warn("{queue_id}: a message from <> (a notice) could not be delivered "
-                             "to {recipient}: {reply}; dropping it", queue_id=entry.id,
-                             recipient=loggable(str(r.address), 1 << 20),
-                             reply=loggable(r.last_reply.text(), REPLY_LOG_MAX)
-                             if r.last_reply is not None else "-")
-            ok = True
-            if wanted:
-                ok = yield self._send_once(entry, wanted, bounce.FAILED, now)
-            # a notice that cannot be made yet (the spool or the queue
-            # refused it) is tried again, for as long as one queued would
-            # be: a queue lifetime from the failure, not from the message's
-            # arrival (a message that expired would get one try)
-            since = failure_since(entry)
-            if not ok and schedule.expired(now, since, self.relay.queue_lifetime):
-                log.error("{queue_id}: giving up on the failure notice to <{sender}> after "
-                          "the queue lifetime: it could not be made since the failure at "
-                          "{since}", queue_id=entry.id,
-                          sender=loggable(entry.envelope.sender_text, 1 << 20),
-                          since=schedule.utc_text(since))
-                ok = True
-            if ok:
-                done = {r.address for r in failed}
-                entry = yield self._noted(entry.id, lambda e: e.with_recipients({
-                    r.address: dataclasses.replace(r, state=BOUNCED)
-                    for r in e.recipients if r.address in done and r.state == FAILED}))
-                if entry is None or entry is _DELETED:
-                    return entry
-        for action, recs in success_notices(entry).items():
-            ok = yield self._send_once(entry, recs, action, now)
-            # a success notice that cannot be made is given up as a failure
-            # notice is, a queue lifetime after the delivery: it kept the
-            # delivered message in the queue for ever
-            delivered = delivered_at(entry, recs)
-            if not ok and schedule.expired(now, delivered, self.relay.queue_lifetime):
-                log.error("{queue_id}: giving up on the {action} notice to <{sender}> after "
-                          "the queue lifetime: it could not be made since the delivery at "
-                          "{since}", queue_id=entry.id, action=action,
-                          sender=loggable(entry.envelope.sender_text, 1 << 20),
-                          since=schedule.utc_text(delivered))
-                ok = True
-            if ok:
-                names = {r.address for r in recs}
-                entry = yield self._noted(entry.id, lambda e, names=names: (
-                    e.with_recipients({r.address: dataclasses.replace(r, notice=None)
-                                       for r in e.recipients if r.address in names})))
-                if entry is None or entry is _DELETED:
-                    return entry
-        # not once the queue lifetime is over (recipients kept pending past
-        # it by a hold or a release during the attempt): the notice would
-        # promise retries until a time gone by, and what comes next is the
-        # final outcome, told then
-        if (entry.pending
-                and schedule.warn_delayed(now, entry.created, self.relay.delay_warning,
-                                          entry.delay_warned)
-                and not schedule.expired(now, entry.created, self.relay.queue_lifetime)):
-            wanted = [r for r in entry.pending if bounce.wants_notice(entry, r, bounce.DELAYED)]
-            ok = True
-            if wanted:
-                ok = yield self._send_once(entry, wanted, bounce.DELAYED, now)
-            if ok:
-                entry = yield self._noted(
-                    entry.id, lambda e: dataclasses.replace(e, delay_warned=True))
-        return entry
-
-    def _noted(self, qid: str, change: Callable[[QueueEntry], QueueEntry]) -> defer.Deferred:
-        """``queue.update(qid, change)`` for a notice made: fires with the
-        new entry, ``None`` when that finished it (removed), or
-        ``_DELETED`` when its record had gone meanwhile (``mailhub queue
-        delete`` while the notice was being made): the log says which."""
-        found: list[bool] = []
-
-        def noted(e: QueueEntry) -> QueueEntry:
-            found.append(True)
-            return change(e)
-
-        return self.queue.update(qid, noted).addCallback(
-            lambda e: _DELETED if e is None and not found else e)
-
-    @defer.inlineCallbacks
-    def _send_once(self, entry: QueueEntry, recs: list[RecipientRecord], action: str,
-                   now: float) -> Any:
-        """``_send``, for the recipients not already told (a notice sent
-        whose record could not be written is not sent again)."""
-        told = self._notified.setdefault(entry.id, set())
-        todo = [r for r in recs if (action, r.address) not in told]
-        if todo:
-            ok = yield self._send(entry, todo, action, now)
-            if not ok:
-                return False
-            told.update((action, r.address) for r in todo)
-        return True
-
-    @defer.inlineCallbacks
-    def _send(self, entry: QueueEntry, recs: list[RecipientRecord], action: str,
-              now: float) -> Any:
-        s = self.settings
-        try:
-            data = bounce.build_dsn(
-                entry, recs, action, hostname=s.hub.hostname,
-                primary_domain=s.hub.primary_domain, now=now,
-                will_retry_until=entry.created + self.relay.queue_lifetime)
-            env = bounce.dsn_envelope(entry, s.hub.hostname, has_8bit=not data.isascii())
-            how = yield self.send_dsn(self.components, env, data)
-        except (bounce.DSNRefused, OSError) as e:
-            # expected, and the operator's to fix (a full disk, a quota,
-            # the users file away): one line per try, which the schedule
-            # repeats for a queue lifetime, not a traceback each time
-            log.error("{queue_id}: could not send the {action} notice to <{sender}> "
-                      "({error}); will try again", queue_id=entry.id, action=action,
-                      sender=loggable(entry.envelope.sender_text, 1 << 20),
-                      error=loggable(str(e), REPLY_LOG_MAX))
-            return False
-        except Exception:
-            log.failure("{queue_id}: could not send the {action} notice to <{sender}>; "
-                        "will try again", queue_id=entry.id, action=action,
-                        sender=loggable(entry.envelope.sender_text, 1 << 20))
-            return False
-        log.info("{queue_id}: {action} notice for {recipients} to <{sender}>: {how}",
-                 queue_id=entry.id, action=action,
-                 sender=loggable(entry.envelope.sender_text, 1 << 20),
-                 recipients=loggable(", ".join(str(r.address) for r in recs), 1 << 20),
-                 how=how or "sent")
-        return True
