@@ -1,0 +1,156 @@
+"""Admission: which due queue entries the runner takes now, and how many.
+
+The queue runner (``runner.py``) keeps the due times and handles each
+entry it takes; deciding which ones it takes at a look (``kick``) is a
+rule of its own, kept here: entries in order of their due time, no more
+than ``ENTRIES_PER_SLOT`` per delivery slot in all, and for each remote
+destination no more than it can use at once (``max_per_destination``,
+or one while its MX lookup is under way), so that entries that could
+only wait do not hold the room other destinations' mail needs.
+
+``Admission`` is a part of ``QueueRunner`` (its base class) and works on
+the runner's state (its due times, the entries under way and their
+open destinations); nothing here delivers or writes a record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+__all__ = ["ENTRIES_PER_SLOT", "Admission"]
+
+# entries handled at once per delivery slot ([relay] max_concurrent_deliveries):
+# the ones beyond the slots wait for one, their records read.  Each whose
+# delivery has begun holds its attempt marker open (queue.py; one that
+# only waits for a slot does not, but one whose other destination waits
+# keeps it): ``twistd mailhub``'s open-files warning counts them all
+# (``tap.fd_limit_warning``)
+ENTRIES_PER_SLOT = 2
+
+
+class Admission:
+    """Takes the due entries there is room for (``kick``); a base class
+    of ``QueueRunner``, whose state it works on and whose ``_process``,
+    ``_crashed`` and ``_finished`` handle each entry taken."""
+
+    # of the runner (``QueueRunner.__init__`` says what each is)
+    running: bool
+    agent: Any
+    clock: Any
+    relay: Any
+    due: dict[str, float]
+    active: set[str]
+    _kicking: bool
+    _kick_again: bool
+    _wait: dict[str, float]
+    _destinations: dict[str, tuple[frozenset[str], bool]]
+    _open_dests: dict[str, set[str]]
+    _unrecorded: dict[str, Any]
+    _watching: set[str]
+
+    def kick(self) -> None:
+        """Start every due entry there is room for."""
+        if not self.running:
+            return
+        if self._kicking:
+            # from within a pass (an attempt that ended at once, a lookup's
+            # end): the pass counts what it has taken, and looks again after
+            self._kick_again = True
+            return
+        self._kicking = True
+        try:
+            self._kick_again = True
+            while self._kick_again and self.running:
+                self._kick_again = False
+                self._pass()
+        finally:
+            self._kicking = False
+
+    def _pass(self) -> None:
+        """``kick``'s one look at the due entries."""
+        now = self.clock.seconds()
+        for qid, when in self.due.items():
+            # a clock set back while the hub runs: no wait longer than its
+            # step (``_longest_wait``); inf is an entry being handled
+            wait = self._wait.get(qid)
+            if wait is not None and now + wait < when < float("inf"):
+                self.due[qid] = now + wait
+        room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self.active)
+        if room <= 0:
+            return
+        busy: dict[str, int] = {}  # destination -> entries taken with it open
+        for dests in self._open_dests.values():
+            for dest in dests:
+                busy[dest] = busy.get(dest, 0) + 1
+        # destinations found as busy as they can be: they stay so for the
+        # rest of this pass (a queue of many entries for one of them is
+        # passed over without asking about each)
+        full: set[str] = set()
+
+        def no_room(dest: str) -> bool:
+            if dest in full:
+                return True
+            if busy.get(dest, 0) < self._room_for(dest):
+                return False
+            full.add(dest)
+            return True
+
+        for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
+            if room <= 0 or when > now:
+                break
+            if qid in self.active or self.due.get(qid, float("inf")) > now:
+                # taken, or handled already in this pass (an attempt that
+                # ended at once): its due time here is from before that
+                continue
+            dests, local = self._destinations.get(qid, (frozenset(), True))
+            if qid in self._unrecorded:
+                # its try only enters the results it has (``_process``): no
+                # delivery, so none of its destinations' room is needed,
+                # and its results must not wait for another's session
+                dests = frozenset()
+            if not local and dests and all(no_room(dest) for dest in dests):
+                # every destination of it as busy as it can be: it would
+                # only wait, holding room another destination's entry can
+                # use (its turn comes when one of them is done)
+                continue
+            room -= 1
+            for dest in dests:
+                busy[dest] = busy.get(dest, 0) + 1
+            self._open_dests[qid] = set(dests)
+            self.active.add(qid)
+            d = defer.maybeDeferred(self._process, qid)
+            d.addErrback(self._crashed, qid)
+            d.addBoth(self._finished, qid)
+
+    def _room_for(self, dest: str) -> int:
+        """How many entries for ``dest`` can be under way at once: one
+        while its MX lookup is under way (the others would wait for that
+        lookup's answer, in the shared lookup or for its slot; a domain
+        whose name servers never answer made them wait a minute, holding
+        the room other domains' mail needed), else
+        ``max_per_destination``.  Asked again for each entry: the one
+        taken just before may have begun that lookup."""
+        if dest in self._watching:
+            return 1
+        over = self._lookup_in_flight(dest)
+        if over is None:
+            return self.relay.max_per_destination
+        self._watching.add(dest)
+        # its end, whatever it comes as: an error must not leave ``dest``
+        # watched for ever (one entry at a time to it, each at a tick)
+        over.addBoth(self._lookup_over, dest)
+        return 1
+
+    def _lookup_in_flight(self, dest: str) -> defer.Deferred | None:
+        look = getattr(self.agent, "lookup_in_flight", None)  # a test's fake may have none
+        return None if look is None else look(dest)
+
+    def _lookup_over(self, _: Any, dest: str) -> None:
+        """A lookup ``kick`` held entries back for is over: they go now
+        (the answer is cached, or its failure remembered)."""
+        self._watching.discard(dest)
+        if self.running:
+            self.kick()
+
