@@ -21,7 +21,8 @@ It must not touch the queue's files itself (``queue.py`` does) nor speak
 SMTP (``attempt.py`` does).  What a result changes in a record, and when
 the next attempt is, are pure functions of ``recording.py``; the notices
 are made and sent by ``notices.py`` (``NoticeSender``, a base class), and
-which due entries are taken at a look by ``admission.py`` (``Admission``).
+which due entries are taken at a look by ``admission.py`` (``Admission``);
+a remote delivery's wait for its slots is ``slots.py``'s (``Slots``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from txmailhub.relay.recording import (
     owes_notice,
     pending_in,
 )
+from txmailhub.relay.slots import Slots
 from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = ["QueueRunner"]
@@ -78,16 +80,7 @@ class _AttemptFailed(Exception):
         self.results = results
 
 
-class _LookupUnderWay:
-    """What a delivery given its slots returns when an MX lookup of its
-    destination is under way: the slots go back, and it waits for ``over``
-    (the lookup's end) without them."""
-
-    def __init__(self, over: defer.Deferred) -> None:
-        self.over = over
-
-
-class QueueRunner(Admission, NoticeSender):
+class QueueRunner(Admission, Slots, NoticeSender):
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
     def __init__(self, queue: OutboundQueue, agent: Any, components: Any, clock: Any,
@@ -260,12 +253,6 @@ class QueueRunner(Admission, NoticeSender):
                          "retried at the next start)" if dropped else "")
         self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
         return d
-
-    def _waits_for_a_slot(self, qid: str) -> bool:
-        """Whether every destination of ``qid`` not yet done waits for a
-        slot: nothing of it is under way (no local delivery either)."""
-        waits = self._slot_waits.get(qid, 0)
-        return qid in self._attempting and waits > 0 and waits == self._open.get(qid)
 
     def _must_finish(self, qid: str) -> bool:
         """Whether giving ``qid`` up now could lose or repeat something.
@@ -730,105 +717,6 @@ class QueueRunner(Admission, NoticeSender):
             return
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
-
-    def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
-                 generation: int) -> defer.Deferred:
-        # Another delivery's MX lookup of ``dest`` is under way: its answer
-        # is waited for without a slot (one holding a slot would only join
-        # that lookup: a minute for a domain whose name servers never
-        # answer, while other domains' mail waits for the slot).  Then the
-        # answer is cached, or its failure remembered: this delivery's own
-        # lookup is quick.  Asked before the slots are waited for, and
-        # again once they are had (a lookup may have begun meanwhile: the
-        # entry was taken while the slots were busy); waited for once at
-        # most, so that lookups whose outcome is not kept (a permanent
-        # failure) are not made one after the other, one per delivery.
-        waited = [False]
-
-        def lookup_under_way() -> defer.Deferred | None:
-            if waited[0]:
-                return None
-            over = self._lookup_in_flight(dest)
-            if over is not None:
-                waited[0] = True
-            return over
-
-        def had() -> None:
-            left = self._slot_waits.get(entry.id, 0) - 1  # a slot is had
-            if left > 0:
-                self._slot_waits[entry.id] = left
-            else:
-                self._slot_waits.pop(entry.id, None)
-
-        def deliver() -> Any:
-            if generation != self._generation or entry.id in self._dropped:
-                had()
-                return defer.succeed([])  # waited for a slot past a stop
-            over = lookup_under_way()
-            if over is not None:
-                return _LookupUnderWay(over)  # the slots go back: ``again``
-            had()
-            self._mark(entry.id)
-            # the slots are held for the session only: what it gave is
-            # recorded once they are given back (``delivered``)
-            return self.agent.deliver(entry, dest, rcpts).addCallback(answered)
-
-        kept = [False]
-
-        def answered(results: list[DeliveryResult]) -> list[DeliveryResult]:
-            if any(r.remote_mta is not None or r.kind == "delivered" for r in results):
-                # a remote host answered: to be recorded, whatever the other
-                # destinations of this entry still do.  Counted before the
-                # slots go back: one given to an entry a stop gave up ends
-                # at once, and the stop looks again then (``_look_again``)
-                kept[0] = True
-                self._keep(entry.id)
-            return results
-
-        def delivered(results: list[DeliveryResult]) -> Any:
-            return self._record_partial(entry, dest, results, generation, kept[0])
-
-        def run() -> defer.Deferred:
-            return self._global.run(deliver)
-
-        def take(_: Any = None) -> defer.Deferred:
-            # the destination's semaphore as it is now: one made before a
-            # wait may have been dropped since (``tidy``)
-            sem = self._semaphores.get(dest)
-            if sem is None:
-                sem = self._semaphores[dest] = defer.DeferredSemaphore(
-                    self.relay.max_per_destination)
-            return sem.run(run).addBoth(tidy, sem).addCallback(again)
-
-        def tidy(result: Any, sem: defer.DeferredSemaphore) -> Any:
-            if (sem.tokens == sem.limit and not sem.waiting
-                    and self._semaphores.get(dest) is sem):
-                self._semaphores.pop(dest, None)
-            return result
-
-        def again(result: Any) -> Any:
-            if isinstance(result, _LookupUnderWay):
-                return result.over.addBoth(take)  # ended, however
-            return result
-
-        def done(result: Any) -> Any:
-            dests = self._open_dests.get(entry.id)
-            if dests is not None and dest in dests:
-                dests.discard(dest)
-                if self._open.get(entry.id, 0) > 1 and self.running:
-                    # the entry runs on (another destination, a local
-                    # delivery): ``dest``'s entries passed over for it go
-                    # now, not at the next tick (the last one's end is
-                    # ``_finished``'s, which looks then)
-                    self.kick()
-            return result
-
-        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
-        over = lookup_under_way()
-        d = take() if over is None else over.addBoth(take)  # ended, however
-        # ``dest`` is done, its room and slots another entry's, while its
-        # results are written (a slow disk held them for the write)
-        return d.addBoth(done).addCallback(delivered)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int) -> defer.Deferred:
