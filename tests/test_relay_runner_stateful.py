@@ -86,6 +86,9 @@ class ModelAgent:
         self.running: dict[str, int] = {}  # domain -> deliveries in flight
         self.per_entry: dict[str, int] = {}
         self.joined = 0  # deliveries begun while their domain's lookup was under way
+        # cut by a stop (``abort_all``) until the next start (``resume``): a
+        # lookup that ends now opens no session, as in DeliveryAgent
+        self.stopped = False
 
     def destination(self, address: Address) -> str:
         return address.domain
@@ -139,7 +142,7 @@ class ModelAgent:
                     what.errback(RuntimeError("the lookup is over"))
                 else:
                     what.callback(None)
-            elif answered:
+            elif answered and not self.stopped:
                 self.sessions.append(what)
             else:
                 d, _qid, _dest, rcpts = what
@@ -155,12 +158,13 @@ class ModelAgent:
 
     def abort_all(self) -> None:
         # the sessions are cut: given up, nothing of them recorded
+        self.stopped = True
         sessions, self.sessions = self.sessions, []
         for d, _qid, _dest, rcpts in sessions:
             d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
 
     def resume(self) -> None:
-        pass
+        self.stopped = False
 
     def forget(self) -> None:
         """The relay's start after a stop (``MXResolver.forget``): the
@@ -441,3 +445,20 @@ RunnerMachine.TestCase.settings = settings(
     max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestRunnerModel = RunnerMachine.TestCase
+
+
+def test_a_lookup_that_ends_after_a_stop_gave_its_entry_up_opens_no_session() -> None:
+    # the model keeps to DeliveryAgent.abort_all: an entry only looking up
+    # DNS is given up at once by a stop, and its answer coming after that
+    # connects no more.  A model that opened a session then had the machine
+    # above take the runner's ignoring of that (given-up) session's answer
+    # for a lost delivery
+    m = RunnerMachine()
+    try:
+        m.enqueue(domains=["a.test"], success=False)
+        m.stop()
+        m.end_a_lookup(which=0, answered=True, oddly=False)
+        assert m.agent.sessions == []
+        m.answer_a_session(which=0, how="delivered")
+    finally:
+        m.teardown()
