@@ -154,7 +154,8 @@ class RecipientRecord:
     notice: str | None = None
     # when it failed for good (a permanent reply, or the queue lifetime
     # over): a failure notice that cannot be made yet is tried again for
-    # a queue lifetime from then (runner.py).  Absent from records written
+    # a queue lifetime from then (notices.py; recording.py reckons when
+    # that is).  Absent from records written
     # before it was kept: ``last_attempt`` stands in
     failed_at: float | None = None
 
