@@ -908,15 +908,23 @@ def test_the_install_line_for_a_users_folder_is_quoted_for_the_shell(
 NOBODY = 65534  # nobody:nogroup
 
 
+def _users_d_config(folder: Path) -> Path:
+    """A configuration in ``folder`` whose users file is
+    ``users.d/users`` and whose state is ``var``, neither made yet: the
+    set-up of the tests of who may make and write them."""
+    config = folder / "mailhub.toml"
+    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
+                      '[users]\nfile = "users.d/users"\n')
+    return config
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs check as other users")
 def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_user_add(
         open_tmp: Path) -> None:
     # users.d made beforehand, but not writable by whoever runs check:
     # check said "mailhub user add makes it", and user add then failed
     # on users.lock ("Permission denied")
-    config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
-                      '[users]\nfile = "users.d/users"\n')
+    config = _users_d_config(open_tmp)
     state, folder = open_tmp / "var", open_tmp / "users.d"
     state.mkdir()
     folder.mkdir(mode=0o755)
@@ -965,9 +973,7 @@ def test_check_says_a_users_folder_there_but_not_this_users_to_write_would_fail_
 def test_a_users_lock_of_another_user_is_said_with_its_owner_and_mode(open_tmp: Path) -> None:
     # a users.d this user may write, but the lock root's first user command
     # left there (root's, 0600): "users.lock: Permission denied" alone
-    config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
-                      '[users]\nfile = "users.d/users"\n')
+    config = _users_d_config(open_tmp)
     folder = open_tmp / "users.d"
     folder.mkdir()
     os.chmod(folder, 0o777)
@@ -1068,9 +1074,7 @@ def test_the_chown_offered_for_a_users_lock_never_hands_over_what_it_leads_to(
     # to a file of root's) was offered to the chown as it was
     import shlex
 
-    config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
-                      '[users]\nfile = "users.d/users"\n')
+    config = _users_d_config(open_tmp)
     folder = open_tmp / "users.d"
     folder.mkdir()
     os.chmod(folder, 0o777)
