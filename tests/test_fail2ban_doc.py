@@ -146,6 +146,7 @@ def test_a_cancelled_smtp_auth_is_no_failure(log_events) -> None:
     b"AUTH PLAIN\r\n" + base64.b64encode(b"joe\0pw") + b"\r\n",
     b"AUTH PLAIN\r\n" + b"A" * 5000 + b"\r\n",
     b"AUTH PLAIN " + b"A" * 300 + b"\r\n",  # an initial response past 255 octets
+    b"AUTH PLAIN " + b"A" * 5000 + b"\r\n",  # past 4096 too: dropped unread, no line
     b"AUTH PLAIN " + base64.b64encode(b"ann\0joe\0joepw") + b"\r\n"])  # as another user
 def test_the_filter_matches_a_malformed_pop3_auth_response(log_events, commands: bytes) -> None:
     env = Env(allow_plaintext_auth=True)
@@ -153,6 +154,21 @@ def test_the_filter_matches_a_malformed_pop3_auth_response(log_events, commands:
     talk(proto, t, commands)
     env.clock.advance(60)
     assert t.value().split(b"\r\n")[-2].startswith(b"-ERR"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert [line.split(" ", 1)[1] for line in lines if "authentication" in line] == [
+        "[txmailhub.pop3#info] malformed authentication response from 192.0.2.7 (PLAIN)"]
+    assert hosts(lines) == ["192.0.2.7"]
+
+
+def test_the_filter_matches_a_pop3_auth_line_past_4096_octets_read_in_pieces(log_events) -> None:
+    # dropped as it arrives, the line left no line in the log (SMTP logs
+    # one at any length); the same line as SMTP's, once
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    line = b"AUTH PLAIN " + b"A" * 20000 + b"\r\n"
+    for i in range(0, len(line), 1000):
+        proto.dataReceived(line[i:i + 1000])
+    assert t.value().split(b"\r\n")[-2] == b"-ERR Line too long (at most 255 octets)"
     lines = log_lines(log_events, "txmailhub.pop3")
     assert [line.split(" ", 1)[1] for line in lines if "authentication" in line] == [
         "[txmailhub.pop3#info] malformed authentication response from 192.0.2.7 (PLAIN)"]

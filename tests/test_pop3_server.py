@@ -558,16 +558,56 @@ def test_an_initial_response_past_the_command_line_limit_is_marked_as_a_malforme
     # (malformed_auth), as it logs a continuation line that is too long
     response = plain("", "joe", "p" * 200)
     for line in (b"AUTH PLAIN " + response, b"auth plain\t" + response,
-                 b"AUTH PLAIN " + b"A" * 4000):
+                 b"AUTH PLAIN " + b"A" * 4000,
+                 # dropped unread past 4096, but its head is kept (SMTP
+                 # logs one at any length; this one left no line at all)
+                 b"AUTH PLAIN " + b"A" * 5000, b"AUTH PLAIN " + b"A" * 100_000):
         assert run(engine(), line) == Send(R.LINE_TOO_LONG.to_bytes(), malformed_auth=True)
     # any other long line is only too long: no AUTH PLAIN, none possible
-    # (no plaintext logins, another state), or dropped unread past 4096
+    # (no plaintext logins, another state)
     for e, line in ((engine(), b"NOOP " + response), (engine(), b"AUTH X " + response),
                     (engine(), b"AUTH PLAIN " + response + b" x"),
                     (engine(plaintext_allowed=False), b"AUTH PLAIN " + response),
                     (logged_in(), b"AUTH PLAIN " + response),
-                    (engine(), b"AUTH PLAIN " + b"A" * 5000)):
+                    (engine(), b"NOOP " + b"A" * 5000),
+                    (engine(), b"AUTH PLAIN" + b" " * 5000),
+                    (engine(plaintext_allowed=False), b"AUTH PLAIN " + b"A" * 5000),
+                    (logged_in(), b"AUTH PLAIN " + b"A" * 5000)):
         assert run(e, line) == Send(R.LINE_TOO_LONG.to_bytes()), line[:20]
+
+
+def test_an_auth_line_dropped_unread_is_marked_however_it_arrives():
+    # a line past 4096 octets is dropped as it arrives, in any number of
+    # reads: the mark comes from its first octets, kept on their own
+    line = b"AUTH PLAIN " + b"A" * 9000 + b"\r\n"
+    for size in (1, 7, 100, 4096, len(line)):
+        e = engine()
+        for i in range(0, len(line), size):
+            e.receive_data(line[i:i + size])
+        assert e.next_action() == Send(R.LINE_TOO_LONG.to_bytes(), malformed_auth=True), size
+        e.receive_data(b"NOOP" + b"B" * 5000 + b"\r\n")  # the next one is its own
+        assert e.next_action() == Send(R.LINE_TOO_LONG.to_bytes()), size
+
+
+def test_line_reader_keeps_the_head_of_a_line_it_drops():
+    # the first HEAD octets, never its line end, whether the line came in
+    # one read (one block) or in many (dropped as it arrived)
+    from txmailhub.pop3.lines import HEAD
+
+    for feeds in ([b"X" * 20 + b"\r\nOK\r\n"], [b"X" * 12, b"X" * 8, b"\r\nOK\r\n"]):
+        reader = LineReader(10)
+        for data in feeds:
+            reader.feed(data)
+        assert reader.pop() is None
+        # (as much as arrived before it reached the limit, up to HEAD)
+        head = reader.dropped_head
+        assert head == b"X" * len(head) and 10 <= len(head) <= 20
+        assert reader.pop() == b"OK"
+    reader = LineReader(4096)
+    reader.feed(b"AUTH PLAIN " + b"A" * 5000)
+    reader.feed(b"\r\n")
+    assert reader.pop() is None
+    assert reader.dropped_head == (b"AUTH PLAIN " + b"A" * 5000)[:HEAD]
 
 
 # -- CAPA and STLS ---------------------------------------------------------

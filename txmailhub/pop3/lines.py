@@ -3,7 +3,10 @@
 ``LineReader`` gives complete lines (CRLF or bare LF stripped).  A line
 reaching ``limit`` octets is never kept: its bytes are dropped as they
 arrive and ``None`` is given in its place, so the engine can answer it
-with an error and carry on.  Sans-IO; the engine owns one.
+with an error and carry on.  Its first ``HEAD`` octets are kept
+(``dropped_head``), so the engine can still tell what the line was (an
+``AUTH PLAIN`` with an initial response is logged for log watchers at
+any length, as SMTP logs one).  Sans-IO; the engine owns one.
 
 Received lines are kept as the blocks of bytes they arrived in and cut
 one at a time as the engine asks for them: a read of pipelined commands
@@ -15,19 +18,37 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["LineReader"]
+__all__ = ["HEAD", "LineReader"]
+
+HEAD = 255
+"""Octets kept of a line that was too long (``LineReader.dropped_head``):
+RFC 2449's whole command line, enough for any verb and its first words."""
+
+
+class _Dropped:
+    """Where a line too long to keep was: its first ``HEAD`` octets."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
 
 
 class LineReader:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         # Blocks of whole lines (each block ends with LF), oldest first, or
-        # None where a line too long to keep was dropped.
-        self._blocks: deque[bytes | None] = deque()
+        # a _Dropped where a line too long to keep was dropped.
+        self._blocks: deque[bytes | _Dropped] = deque()
         self._pos = 0  # where the next line starts in _blocks[0]
         self._held = 0  # octets of _blocks not handed out yet
         self._partial = b""
         self._discarding = False
+        self._dropping = b""
+        self._dropping = b""  # the head of the line being dropped
+        #: the first ``HEAD`` octets of the line the last ``pop`` gave as
+        #: ``None`` (too long), its line end never included
+        self.dropped_head = b""
 
     def feed(self, data: bytes) -> None:
         if self._discarding:
@@ -36,7 +57,8 @@ class LineReader:
                 return
             data = data[nl + 1 :]
             self._discarding = False
-            self._blocks.append(None)
+            self._blocks.append(_Dropped(self._dropping))
+            self._dropping = b""
         buf = self._partial + data if self._partial else data
         end = buf.rfind(b"\n") + 1
         if end:
@@ -47,15 +69,18 @@ class LineReader:
         else:
             self._partial = buf
         if len(self._partial) >= self.limit:
+            self._dropping = self._partial[:HEAD]
             self._partial = b""
             self._discarding = True
 
     def pop(self) -> bytes | None:
-        """The next line, or ``None`` for one that was too long."""
+        """The next line, or ``None`` for one that was too long (its first
+        octets are then ``dropped_head``)."""
         blocks = self._blocks
         block = blocks[0]
-        if block is None:
+        if type(block) is _Dropped:
             blocks.popleft()
+            self.dropped_head = block.head
             return None
         pos = self._pos
         nl = block.index(b"\n", pos)
@@ -66,6 +91,8 @@ class LineReader:
             self._pos = nl + 1
         self._held -= nl + 1 - pos
         if nl - pos >= self.limit:  # what precedes the LF, a CR included
+            end = nl - 1 if block[nl - 1] == 0x0D else nl
+            self.dropped_head = block[pos:min(end, pos + HEAD)]
             return None
         if nl > pos and block[nl - 1] == 0x0D:  # CR
             nl -= 1
@@ -75,7 +102,7 @@ class LineReader:
         """The next line as ``pop`` will give it, without taking it (its
         line end left on: callers look at its first word only)."""
         block = self._blocks[0]
-        if block is None:
+        if type(block) is _Dropped:
             return None
         pos = self._pos
         return block[pos:block.index(b"\n", pos)]
@@ -95,3 +122,4 @@ class LineReader:
         self._held = 0
         self._partial = b""
         self._discarding = False
+        self._dropping = b""

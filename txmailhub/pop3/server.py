@@ -305,7 +305,12 @@ class POP3Server:
                 return Send(R.TOO_MANY_COMMANDS.to_bytes(), close=True)
         if line is None:  # longer than any line we keep
             was_sasl, self._sasl = self._sasl, False
-            return Send((R.SASL_LINE_TOO_LONG if was_sasl else R.LINE_TOO_LONG).to_bytes())
+            if was_sasl:
+                return Send(R.SASL_LINE_TOO_LONG.to_bytes())
+            # only its first octets were kept: an AUTH PLAIN with an
+            # initial response is marked at any length, as SMTP's is
+            return Send(R.LINE_TOO_LONG.to_bytes(),
+                        malformed_auth=self._overlong_auth(reader.dropped_head, whole=False))
         if self._sasl:
             self._sasl = False
             return self._sasl_response(line)
@@ -534,9 +539,12 @@ class POP3Server:
                                 unusable_name=True)
         return self._login("PLAIN", prepared, password)
 
-    def _overlong_auth(self, line: bytes) -> bool:
+    def _overlong_auth(self, line: bytes, whole: bool = True) -> bool:
         """Whether ``line``, a command line over RFC 2449's 255 octets, is
-        an ``AUTH PLAIN`` whose initial response made it so.
+        an ``AUTH PLAIN`` whose initial response made it so.  ``whole``
+        is false where ``line`` is only the head of a line too long to
+        keep (``LineReader.dropped_head``): a word after the mechanism is
+        then enough, as the rest of the line was never read.
 
         RFC 5034 4 keeps the AUTH command within that limit: a client
         whose initial response would not fit "MUST NOT" send it, and sends
@@ -552,7 +560,9 @@ class POP3Server:
             return False
         words = arg.replace(b"\t", b" ").split(b" ")
         words = [w for w in words if w]
-        return len(words) == 2 and words[0].upper() == b"PLAIN"
+        if len(words) < 2 or words[0].upper() != b"PLAIN":
+            return False
+        return len(words) == 2 or not whole
 
     def identity(self, name: str) -> str:
         """A user name as the users file keys it: a bare name is at the
