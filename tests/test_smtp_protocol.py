@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 from conftest import make_certificate, stalled_turn
 from cred_fakes import ClientRecordingChecker
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
@@ -2151,9 +2152,11 @@ class ProtocolTests(SynchronousTestCase):
         p, t = attempt("secret")
         assert take(t)[0].startswith("235")
 
-    def test_the_login_failure_window_counts_only_guesses_from_off_the_machine(self):
+    def test_the_login_failure_window_counts_only_failures_from_off_the_machine(self):
         # docs/smtp.rst: loopback is exempt; a response that is not SASL at
-        # all is no password guess (it fails without a check)
+        # all fails without a check, and is a failed login of the address
+        # all the same (it was not counted: a client could send garbage
+        # between its guesses without end), once each, up to the limit
         h = Harness(auth_failure_delay=0.0, max_auth_failures=100, max_errors=100)
         p, t = h.connect("127.0.0.1")
         p.dataReceived(b"EHLO c\r\n")
@@ -2168,14 +2171,23 @@ class ProtocolTests(SynchronousTestCase):
             p.dataReceived(f"AUTH PLAIN {b64('no separators')}\r\n".encode())
             h.clock.advance(0)
         assert take(t)[-1] == replies.AUTH_MALFORMED.text()
-        assert h.factory.login_failures._failures == {}
+        assert list(h.factory.login_failures._failures) == ["192.0.2.60"]
+        assert len(h.factory.login_failures._failures["192.0.2.60"]) == 10
+        assert (p.engine.auth_failures, p.engine.errors) == (0, 12)  # the session's: as before
+        # the next login of that address, in a new connection, is refused
+        # unchecked as after ten wrong passwords
+        p, t = h.connect("192.0.2.60")
+        p.engine.session.tls = True
+        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode())
+        assert take(t)[-1] == replies.AUTH_THROTTLED.text()
 
-    def test_an_empty_auth_response_is_answered_at_once_and_is_no_guess(self):
+    def test_an_empty_auth_response_is_answered_at_once_and_is_no_failed_attempt(self):
         # an empty line as the response to the PLAIN or LOGIN prompt is
-        # 501 5.5.2 at once: no password was tried, so no failure delay,
-        # no failed login on the connection (max_auth_failures) or in the
-        # window shared by the client's connections; it is an error of
-        # the client's (max_errors) as any 501
+        # 501 5.5.2 at once: no password was tried, so no failure delay
+        # and no failed login on the connection (max_auth_failures); it is
+        # an error of the client's (max_errors) as any 501, and a failed
+        # login of the address (the window shared by its connections)
         h = Harness(auth_failure_delay=30.0, max_auth_failures=2, max_errors=100)
         p, t = h.connect("192.0.2.61")
         p.engine.session.tls = True  # AUTH off loopback needs TLS
@@ -2186,7 +2198,7 @@ class ProtocolTests(SynchronousTestCase):
                 p.dataReceived(f"AUTH {mechanism}\r\n\r\n".encode())
                 assert take(t)[-1] == replies.AUTH_MALFORMED.text()  # no clock advance
         assert (p.engine.auth_failures, p.engine.errors) == (0, 6)
-        assert h.factory.login_failures._failures == {}
+        assert len(h.factory.login_failures._failures["192.0.2.61"]) == 6
         assert not p.engine.closed
 
     def test_auth_backend_error_is_454_and_pipelined_commands_wait(self):
@@ -2725,3 +2737,76 @@ def test_the_shutdown_waits_only_for_the_sessions_open_at_that_time():
     old.connectionLost(None)
     assert gone.called
     new.connectionLost(None)
+
+
+# each kind of AUTH response that is no SASL response, as the engine ends
+# the exchange on it: at once (501, 500: the engine's own answer) or as a
+# failed login of the session (535 after the delay: not UTF-8, acting as
+# another user)
+MALFORMED_AUTH = [
+    (b"AUTH PLAIN !!!\r\n", replies.AUTH_INVALID_BASE64),
+    (b"AUTH PLAIN\r\n\r\n", replies.AUTH_MALFORMED),
+    (b"AUTH LOGIN\r\n" + base64.b64encode(b"alice") + b"\r\n=\r\n", replies.AUTH_MALFORMED),
+    (b"AUTH PLAIN " + base64.b64encode(b"no nuls") + b"\r\n", replies.AUTH_MALFORMED),
+    (b"AUTH PLAIN\r\n" + b"A" * 13000 + b"\r\n", replies.AUTH_LINE_TOO_LONG),
+    (b"AUTH PLAIN " + b"A" * 600 + b"\r\n", replies.LINE_TOO_LONG),
+    (b"AUTH PLAIN " + b"A" * 20000 + b"\r\n", replies.LINE_TOO_LONG),
+    (b"AUTH PLAIN " + base64.b64encode(b"\0\xff\0pw") + b"\r\n", replies.AUTH_FAILED),
+    (b"AUTH PLAIN " + base64.b64encode(b"bob\0alice\0secret") + b"\r\n", replies.AUTH_FAILED),
+]
+
+
+def _auth_session(h: Harness, host: str = "192.0.2.70"):
+    p, t = h.connect(host)
+    p.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
+    p.dataReceived(b"EHLO c\r\n")
+    take(t)
+    return p, t
+
+
+@pytest.mark.parametrize(("commands", "reply"), MALFORMED_AUTH)
+def test_a_malformed_auth_response_is_one_failed_login_of_the_address(commands, reply):
+    # logged for fail2ban, but the window of the address's failed logins
+    # (SMTP and POP3 together) did not count it: a client could send
+    # garbage between its guesses, or only garbage, without end.  Once
+    # each, as any failed login, the session's own counts as before
+    h = Harness(auth_failure_delay=1.0, max_auth_failures=100, max_errors=100)
+    p, t = _auth_session(h)
+    p.dataReceived(commands)
+    h.clock.advance(1)
+    assert take(t)[-1] == reply.text()
+    assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
+    failed = reply is replies.AUTH_FAILED  # a failed attempt of the session too, as before
+    assert (p.engine.auth_failures, p.engine.errors) == (int(failed), 1)
+
+
+@pytest.mark.parametrize(("commands", "reply"), MALFORMED_AUTH)
+def test_a_malformed_auth_response_from_loopback_is_not_counted(commands, reply):
+    h = Harness(auth_failure_delay=1.0)
+    p, t = h.connect("127.0.0.1")
+    p.dataReceived(b"EHLO c\r\n" + commands)
+    h.clock.advance(1)
+    assert take(t)[-1] == reply.text()
+    assert h.factory.login_failures._failures == {}
+
+
+@pytest.mark.parametrize(("commands", "reply"), MALFORMED_AUTH)
+def test_a_malformed_auth_response_of_a_blocked_address_is_not_counted_again(
+        log_events, commands, reply):
+    # as a login refused for too many failures is not; one the engine has
+    # not answered itself (a failed login of the session) is refused as
+    # such a login, at once and unchecked (it had its delay and a 535)
+    h = Harness(auth_failure_delay=30.0, max_auth_failures=100, max_errors=100)
+    for _ in range(10):
+        h.factory.login_failures.failed("192.0.2.70")
+    before = list(h.factory.login_failures._failures["192.0.2.70"])
+    h.clock.advance(1)
+    p, t = _auth_session(h)
+    p.dataReceived(commands)
+    expected = replies.AUTH_THROTTLED if reply is replies.AUTH_FAILED else reply
+    assert take(t)[-1] == expected.text()  # no clock advance
+    assert list(h.factory.login_failures._failures["192.0.2.70"]) == before
+    refused = [formatEvent(e) for e in log_events if "too many failures" in formatEvent(e)]
+    assert refused == ([] if reply is not replies.AUTH_FAILED else [
+        "authentication refused for a malformed response from 192.0.2.70 (PLAIN): "
+        "too many failures"])

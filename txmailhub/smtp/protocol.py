@@ -1064,14 +1064,21 @@ class SMTPProtocol(Protocol):
 
     def _auth_request(self, event: AuthRequest) -> None:
         portal = self.components.portal
-        if event.malformed or portal is None:
-            self._auth_failed(None, event)
-            return
         if not self.engine.session.loopback and self.factory.login_failures.blocked(self.host):
-            log.info("authentication refused for {user} from {client}: too many failures",
-                     user=loggable(event.username), client=self.client_name)
+            # a malformed response too (a failed login of the address, so
+            # refused as any login then), with no name: it gave none
+            if event.malformed:
+                log.info("authentication refused for a malformed response from {client} "
+                         "({mechanism}): too many failures", client=self.client_name,
+                         mechanism=event.mechanism)
+            else:
+                log.info("authentication refused for {user} from {client}: too many failures",
+                         user=loggable(event.username), client=self.client_name)
             self.engine.auth_failed(replies.AUTH_THROTTLED)  # no password check at all
             self._drive()
+            return
+        if event.malformed or portal is None:
+            self._auth_failed(None, event)
             return
         creds = ClientCredentials(event.username.encode("utf-8"),
                                   event.password.encode("utf-8"), lambda: not self._gone,
@@ -1112,9 +1119,21 @@ class SMTPProtocol(Protocol):
     def _auth_malformed(self, event: AuthMalformed | AuthRequest) -> None:
         """An AUTH response that is no SASL response (docs/deployment.rst,
         fail2ban): a line of its own, with no user name, as none was
-        given (an empty one made "authentication failed for  from")."""
+        given (an empty one made "authentication failed for  from").
+
+        It is a failed login of the client's address too (the window
+        shared by its SMTP and POP3 connections, ``FailureWindow``): a
+        client that sends garbage between its guesses, or garbage only, is
+        held to the same limit as one that guesses.  Counted here once per
+        response (the session's own counts, ``max_errors`` and
+        ``max_auth_failures``, are the engine's, as before); not for
+        loopback, and not while the window already refuses the address, as
+        a login refused then is not counted either."""
         log.info("malformed authentication response from {client} ({mechanism})",
                  client=self.client_name, mechanism=event.mechanism)
+        failures = self.factory.login_failures
+        if not self.engine.session.loopback and not failures.blocked(self.host):
+            failures.failed(self.host)
 
     def _auth_failed(self, failure: Any, event: AuthRequest) -> None:
         reply = replies.AUTH_FAILED
