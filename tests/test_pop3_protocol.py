@@ -2885,3 +2885,82 @@ def test_a_login_answered_after_the_hub_stop_cut_its_session_writes_nothing():
     assert not stopped.called  # until the cut connection is gone
     proto.connectionLost(None)
     assert stopped.called
+
+
+# each kind of AUTH PLAIN response that is no SASL response, and how the
+# engine ends the exchange on it: at once, or as a failed login of the
+# session (acting as another user, after the delay)
+def _b64(data: bytes) -> bytes:
+    import base64
+
+    return base64.b64encode(data)
+
+
+MALFORMED_AUTH = [
+    (b"AUTH PLAIN !!!\r\n", R.AUTH_BAD_BASE64),
+    (b"AUTH PLAIN\r\n \r\n", R.AUTH_BAD_BASE64),
+    (b"AUTH PLAIN =\r\n", R.AUTH_BAD_PLAIN),
+    (b"AUTH PLAIN\r\n" + _b64(b"joe\0pw") + b"\r\n", R.AUTH_BAD_PLAIN),
+    (b"AUTH PLAIN\r\n" + b"A" * 5000 + b"\r\n", R.SASL_LINE_TOO_LONG),
+    (b"AUTH PLAIN " + b"A" * 300 + b"\r\n", R.LINE_TOO_LONG),
+    (b"AUTH PLAIN " + b"A" * 5000 + b"\r\n", R.LINE_TOO_LONG),
+    (b"AUTH PLAIN " + _b64(b"ann\0joe\0joepw") + b"\r\n", R.AUTH_FAILED),
+]
+
+
+@pytest.mark.parametrize(("commands", "reply"), MALFORMED_AUTH)
+def test_a_malformed_auth_response_is_one_failed_login_of_the_address(commands, reply):
+    # logged for fail2ban, but the window of the address's failed logins
+    # (POP3 and SMTP AUTH together) did not count it, the PLAIN message
+    # acting as another user included (a failed login of the session):
+    # a client could send garbage between its guesses without end
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=1.0)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, commands)
+    env.clock.advance(1)
+    assert t.value().split(b"\r\n")[-2] + b"\r\n" == reply.to_bytes()
+    assert len(proto.factory.login_failures._failures["192.0.2.7"]) == 1
+    failed = reply is R.AUTH_FAILED  # a failed login of the session too, as before
+    assert proto.engine.auth_failures == int(failed)
+
+
+def test_ten_malformed_auth_responses_keep_the_address_out_as_ten_wrong_passwords():
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=0.0)
+    for _ in range(5):
+        proto, t = env.connect(peer=REMOTE)
+        talk(proto, t, b"AUTH PLAIN !!!\r\nAUTH PLAIN " + b"A" * 5000 + b"\r\n")
+    proto, t = env.connect(peer=REMOTE)
+    out = talk(proto, t, b"AUTH PLAIN " + _b64(b"\0joe\0joepw") + b"\r\n")
+    assert out == R.LOGIN_THROTTLED.to_bytes()
+
+
+@pytest.mark.parametrize(("commands", "reply"), MALFORMED_AUTH)
+def test_a_malformed_auth_response_from_loopback_is_not_counted(commands, reply):
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=1.0)
+    proto, t = env.connect()
+    talk(proto, t, commands)
+    env.clock.advance(1)
+    assert t.value().split(b"\r\n")[-2] + b"\r\n" == reply.to_bytes()
+    assert proto.factory.login_failures._failures == {}
+
+
+@pytest.mark.parametrize(("commands", "reply"), MALFORMED_AUTH)
+def test_a_malformed_auth_response_of_a_blocked_address_is_not_counted_again(
+        log_events, commands, reply):
+    # as a login refused for too many failures is not; the PLAIN message
+    # acting as another user (a failed login) is refused as such a login,
+    # at once, and is no failure of the session (it had its delay and
+    # -ERR [AUTH])
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=30.0)
+    proto, t = env.connect(peer=REMOTE)
+    for _ in range(10):
+        proto.factory.login_failures.failed("192.0.2.7")
+    before = list(proto.factory.login_failures._failures["192.0.2.7"])
+    env.clock.advance(1)
+    talk(proto, t, commands)  # no clock advance
+    expected = R.LOGIN_THROTTLED if reply is R.AUTH_FAILED else reply
+    assert t.value().split(b"\r\n")[-2] + b"\r\n" == expected.to_bytes()
+    assert list(proto.factory.login_failures._failures["192.0.2.7"]) == before
+    assert proto.engine.auth_failures == 0
+    malformed = [e for e in log_events if "malformed" in formatEvent(e)]
+    assert len(malformed) == (0 if reply is R.AUTH_FAILED else 1)

@@ -18,10 +18,9 @@ class Send:
     """Write ``data`` (after ``delay`` seconds); then close if ``close``.
 
     ``malformed_auth``: the answer to an AUTH response the engine refused
-    itself, with no login tried (a PLAIN message that asks to act as
-    another user, an initial response that made the AUTH command line
-    longer than RFC 5034 4 allows): the adapter logs it for log
-    watchers, whatever the delay (``[pop3] auth_failure_delay`` may be 0)."""
+    itself, with no login tried (an initial response that made the AUTH
+    command line longer than RFC 5034 4 allows): the adapter logs it for
+    log watchers and counts it as a failed login of the address."""
 
     data: bytes
     close: bool = False
@@ -42,13 +41,21 @@ class Authenticate:
     the portal -- logged, counted and delayed as any failed login, as SMTP
     AUTH fails the same PLAIN message (RFC 4954 4: a failed preparation
     "MUST fail the authentication"), and an APOP digest is a password
-    as much; the log watchers of docs/deployment.rst see it as one."""
+    as much; the log watchers of docs/deployment.rst see it as one.
+
+    ``malformed``: a PLAIN message that asks to act as another user, which
+    is not supported: the adapter fails the login without asking the
+    portal (``login_failed``: counted and delayed as any failed login),
+    logging it as a malformed response (no name: it gave none that is
+    its own) -- or refuses it as any login where the address has too many
+    failures."""
 
     mechanism: str
     username: str
     secret: bytes
     timestamp: str
     unusable_name: bool = False
+    malformed: bool = False
 
 
 class Transmit(NamedTuple):

@@ -758,15 +758,8 @@ class POP3Protocol(Protocol):
     def _perform(self, action: Any) -> None:
         if type(action) is Send:
             if action.malformed_auth:
-                # an AUTH response the engine refused without asking the
-                # portal: a PLAIN message that asks to act as another user
-                # (a failed login), or an initial response that made the
-                # command line too long.  No name is logged (whose would it
-                # be?), as SMTP logs the same message.  Not keyed on the
-                # answer's delay: with [pop3] auth_failure_delay = 0 there
-                # is none
-                log.info("malformed authentication response from {peer} ({mechanism})",
-                         peer=self._peer, mechanism="PLAIN")
+                # an initial response that made the command line too long
+                self._malformed_auth()
             self._send(action)
         elif type(action) is Transmit:
             self._transmit(action)
@@ -789,9 +782,7 @@ class POP3Protocol(Protocol):
 
     def _send(self, action: Send) -> None:
         if action.data[:1] == b"-" and action.data in _MALFORMED_AUTH:
-            # no user name was given (AUTH PLAIN is the only mechanism)
-            log.info("malformed authentication response from {peer} ({mechanism})",
-                     peer=self._peer, mechanism="PLAIN")
+            self._malformed_auth()
         if action.delay > 0:
             self._busy = True
             self._pending_call = self.reactor.callLater(action.delay, self._delayed, action)
@@ -806,6 +797,24 @@ class POP3Protocol(Protocol):
                 log.info("POP3 session of {user} from {peer} closed: too many errors",
                          user=self._user, peer=self._peer)
             self._close()
+
+    def _malformed_auth(self) -> None:
+        """An AUTH response that is no SASL response, or one the engine
+        refused as such (docs/deployment.rst, fail2ban).  No name is logged
+        (whose would it be?), as SMTP logs the same message (AUTH PLAIN is
+        the only mechanism).  Logged when the answer is made, not when it
+        goes out: with ``[pop3] auth_failure_delay = 0`` there is no delay.
+
+        It is a failed login of the client's address too (``FailureWindow``,
+        shared with SMTP AUTH), counted here once per response (the
+        session's own counts are the engine's, as before): not for
+        loopback, and not while the window already refuses the address, as
+        a login refused then is not counted either."""
+        log.info("malformed authentication response from {peer} ({mechanism})",
+                 peer=self._peer, mechanism="PLAIN")
+        failures = self.factory.login_failures
+        if not _is_local_peer(self.transport.getPeer()) and not failures.blocked(self._peer):
+            failures.failed(self._peer)
 
     def _delayed(self, action: Send) -> None:
         self._pending_call = None
@@ -835,6 +844,12 @@ class POP3Protocol(Protocol):
                      user=self._user, peer=self._peer)
             self._busy = False
             self._finish_login(self.engine.login_failed(LoginFailure.THROTTLED))
+            return
+        if action.malformed:
+            # acting as another user: a failed login, nothing to check
+            self._malformed_auth()
+            self._busy = False
+            self._finish_login(self.engine.login_failed(LoginFailure.BAD_CREDENTIALS))
             return
         if action.unusable_name:
             # no user has this name: the portal is not asked, and the login

@@ -523,11 +523,13 @@ class POP3Server:
         prepared = prepare_username(username)  # RFC 4616 5: SASLprep'd
         if authz and (self.identity(prepare_username(authz) or authz)
                       != self.identity(prepared or username)):
-            # Acting as another user is not supported: a failed login.
-            # (An authzid no user can have names nobody the client is.)
+            # Acting as another user is not supported: a failed login,
+            # which the adapter fails without asking the portal
+            # (``Authenticate.malformed``), after its look at the address's
+            # failures.  (An authzid no user can have names nobody the
+            # client is.)
             self._waiting = "login"
-            failed = self.login_failed(LoginFailure.BAD_CREDENTIALS)
-            return Send(failed.data, failed.close, failed.delay, malformed_auth=True)
+            return Authenticate("PLAIN", username, password, self.timestamp, malformed=True)
         if prepared is None:
             # A name no user can have: the login fails (RFC 4954 4, "MUST
             # fail the authentication"), counted, delayed and logged as any
