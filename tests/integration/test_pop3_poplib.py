@@ -439,3 +439,22 @@ def test_a_session_open_when_the_hub_stops_gets_err_and_a_clean_close(filled) ->
     finally:
         p.sock.close()
     assert len(filled.message_files(ALICE)) == 3
+
+
+def test_an_auth_line_past_4096_octets_is_logged_as_smtp_logs_one(hub):
+    # an AUTH PLAIN line whose initial response made it longer than the
+    # 4096 octets the hub keeps of a line was dropped unread with no log
+    # line at all (a shorter one was logged, and SMTP logs one at any
+    # length): the fail2ban filter of docs/deployment.rst saw nothing
+    p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+    for size in (300, 5000, 70000):
+        with pytest.raises(poplib.error_proto, match=r"-ERR Line too long"):
+            p._shortcmd("AUTH PLAIN " + "A" * size)
+    p.user(ALICE)  # the session goes on
+    assert p.pass_(ALICE_PW).startswith(b"+OK")
+    p.quit()
+    line = "malformed authentication response from 127.0.0.1 (PLAIN)"
+    deadline = time.monotonic() + 10
+    while hub.log_text().count(line) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.log_text().count(line) == 3, hub.log_text()
