@@ -1711,3 +1711,55 @@ def test_reply_lines_of_one_read_cost_linear_time():
         return best
 
     assert cost(100_000) / cost(25_000) < 8
+
+
+# RFC 5321 4.1.1.1: an EHLO keyword line is the keyword, then its
+# parameters after SP.  A VT, FF, FS..US, NEL or a Unicode space is no
+# separator (str.strip() and str.split() took each for one): "DSN<VT>" or
+# "<NBSP>8BITMIME" is no DSN or 8BITMIME, and MAIL must not name its
+# parameters (a server without the extension refuses them, 555, and the
+# message bounces); a non-ASCII word is no keyword ("\u017f", long s,
+# upper-cases to S)
+@pytest.mark.parametrize("blank", ["\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003", "\u3000"])
+def test_an_ehlo_keyword_with_another_blank_is_no_keyword(blank):
+    for line in (f"DSN{blank}", f"{blank}DSN", f"8BITMIME{blank}", f"{blank}8BITMIME",
+                 f"PIPELINING{blank}"):
+        s = session(dsn=DSNRequest(ret="HDRS"), eight_bit=True)
+        s.receive(b"220 hi\r\n")
+        ehlo = f"250-mx.remote.test\r\n250 {line}\r\n".encode()
+        first = sent(s.receive(ehlo)).split(b"\r\n")
+        assert first[0] == b"MAIL FROM:<alice@example.org>", (line, first)
+        assert len(first) == 2, line  # no PIPELINING: MAIL alone
+        assert s.extensions == {}, line
+
+
+def test_an_ehlo_keyword_line_takes_sp_and_htab_around_and_between():
+    # the blanks a lenient reading takes (trailing SP is common; HTAB as
+    # the server side takes it), and only those
+    s = session(dsn=DSNRequest(ret="HDRS"), eight_bit=True)
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(b"250-mx.remote.test\r\n250-DSN \r\n250-SIZE\t1000\r\n"
+                           b"250 8bitmime\r\n")).split(b"\r\n")
+    assert first[0] == b"MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME RET=HDRS"
+    assert s.extensions == {"DSN": "", "SIZE": "1000", "8BITMIME": ""}
+
+
+def test_a_non_ascii_ehlo_keyword_is_no_keyword():
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive("250-mx.remote.test\r\n250 \u017fTARTTLS\r\n".encode())).startswith(
+        b"MAIL FROM:")  # not STARTTLS: "\u017f" (long s) upper-cases to S
+    assert not s.tls_offered
+
+
+@pytest.mark.parametrize(("mechanisms", "chosen"), [
+    ("CRAM-MD5\x0bLOGIN", b"AUTH PLAIN "),  # one mechanism, no LOGIN
+    ("LOGIN\xa0PLAIN", b"AUTH PLAIN "),
+    ("CRAM-MD5\tLOGIN", b"AUTH LOGIN\r\n"),  # HTAB as SP
+    ("PLA\u0131N LOGIN", b"AUTH LOGIN\r\n"),  # dotless i: no PLAIN
+])
+def test_auth_mechanisms_are_separated_by_sp_only(mechanisms, chosen):
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    line = sent(s.receive(f"250-smarthost\r\n250 AUTH {mechanisms}\r\n".encode()))
+    assert line.startswith(chosen), (mechanisms, line)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -290,6 +291,40 @@ def _size_refusal(reply: Reply) -> bool:
     4.5.3.1.10's temporary reading of a 552 is for the old "too many
     recipients" alone, and stays for a 552 without such a code."""
     return reply.status is not None and reply.status[1:] in (".3.4", ".2.3")
+
+
+
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+"""RFC 5321 4.1.1.1's ehlo-keyword: ASCII letters, digits and hyphens."""
+
+
+def _blank_split(text: str) -> list[str]:
+    """``text``'s words, at SP (RFC 5321 4.1.1.1: an EHLO line's keyword
+    and parameters are "separated by SP"), and HTAB leniently, as the
+    server side reads a command line.  Not at every blank ``str.split()``
+    knows: a VT, FF, FS..US, NEL or a Unicode space is part of its word."""
+    return [w for w in text.replace("\t", " ").split(" ") if w]
+
+
+def _extensions(lines: Sequence[str]) -> dict[str, str]:
+    """The keywords of an EHLO reply (its lines after the first), each
+    with its parameters as one string.  A line whose first word is no
+    ehlo-keyword is no extension: "DSN<VT>" or "<NBSP>8BITMIME" (taken for
+    DSN and 8BITMIME, they made MAIL carry parameters a server without
+    them refuses with 555, and the message bounced), or "\u017fTARTTLS"
+    (long s: ``str.upper()`` made it STARTTLS).  ``AUTH=LOGIN PLAIN``,
+    an old form some servers still send, is AUTH."""
+    extensions: dict[str, str] = {}
+    for line in lines:
+        words = _blank_split(line)
+        if not words:
+            continue
+        word, params = words[0], " ".join(words[1:])
+        if word[:5].upper() == "AUTH=":
+            word, params = "AUTH", f"{word[5:]} {params}".strip()
+        if _KEYWORD.match(word):
+            extensions[word.upper()] = params
+    return extensions
 
 
 def _synthetic(code: int, status: str, text: str) -> Reply:
@@ -600,12 +635,7 @@ class ClientSession:
 
     def _on_ehlo(self, reply: Reply) -> list[Action]:
         if reply.is_positive:
-            self.extensions = {}
-            for line in reply.lines[1:]:
-                word, _, params = line.strip().partition(" ")
-                if "=" in word and word.upper().startswith("AUTH="):
-                    word, params = "AUTH", word[5:] + " " + params
-                self.extensions[word.upper()] = params.strip()
+            self.extensions = _extensions(reply.lines[1:])
             if "STARTTLS" in self.extensions:
                 self.tls_offered = True
             self.hello_read = True
@@ -744,7 +774,8 @@ class ClientSession:
         return [Close(abort=True)]
 
     def _start_auth(self) -> list[Action]:
-        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        mechanisms = [m.upper() for m in _blank_split(self.extensions.get("AUTH", ""))
+                      if m.isascii()]
         if "AUTH" not in self.extensions:
             return self._fail_session(_synthetic(
                 450, "4.7.0", "the server does not offer AUTH, and credentials are configured"))
