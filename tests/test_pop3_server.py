@@ -1271,3 +1271,18 @@ def test_property_arguments_are_the_words_between_spaces_and_tabs(numbers, seps,
     else:
         assert reply == R.deleted(numbers[0]).to_bytes()
     assert e.deleted == (frozenset() if spoil or len(words) > 1 else {numbers[0] - 1})
+
+
+def test_line_reader_counts_the_heads_kept_of_dropped_lines_as_held():
+    # each over-long line that waits keeps up to HEAD octets: buffered
+    # counts them, so the adapter's input limit stops reading a client
+    # that sends over-long lines without end while its session is busy
+    from txmailhub.pop3.lines import HEAD
+
+    reader = LineReader(4096)
+    for _ in range(100):
+        reader.feed(b"AUTH PLAIN " + b"A" * 5000)
+        reader.feed(b"\r\n")
+    assert reader.buffered == 100 * HEAD
+    assert reader.pop() is None
+    assert reader.buffered == 99 * HEAD

@@ -58,6 +58,7 @@ class LineReader:
             data = data[nl + 1 :]
             self._discarding = False
             self._blocks.append(_Dropped(self._dropping))
+            self._held += len(self._dropping)  # what it keeps counts: see buffered
             self._dropping = b""
         buf = self._partial + data if self._partial else data
         end = buf.rfind(b"\n") + 1
@@ -80,6 +81,7 @@ class LineReader:
         block = blocks[0]
         if type(block) is _Dropped:
             blocks.popleft()
+            self._held -= len(block.head)
             self.dropped_head = block.head
             return None
         pos = self._pos
@@ -113,7 +115,10 @@ class LineReader:
 
     @property
     def buffered(self) -> int:
-        """Octets held, line ends included."""
+        """Octets held, line ends included, and the heads kept of the lines
+        dropped that wait for their turn: a client that sends line after
+        over-long line while its session is busy (a login's delay) is
+        held to the adapter's input limit by them too."""
         return self._held + len(self._partial)
 
     def clear(self) -> None:
