@@ -1844,16 +1844,110 @@ def test_the_hub_stopping_cuts_a_pop3_close_the_client_does_not_take():
     assert stopped.called
 
 
-def test_the_hub_stopping_aborts_a_pop3_session_in_the_middle_of_a_message():
-    # no line can go in the middle of a multi-line answer, and a polite
-    # close would wait for a client that does not read, holding the lock
+def _read_all(proto, t) -> bytes:
+    """What a client reading everything gets, the transport draining each
+    time it pauses the session (as a socket whose peer reads)."""
+    received = bytearray()
+    for _ in range(1000):  # bounded: a session that never ends its answer fails
+        if not (proto._write_paused or proto._stream is not None) or t.disconnected:
+            break
+        received += t.value()
+        t.clear()
+        proto.resumeProducing()
+    return bytes(received + t.value())
+
+
+def test_the_hub_stopping_lets_a_message_being_sent_finish_then_says_err():
+    # a session in the middle of a RETR was cut with a reset: the client
+    # lost the message it was reading (and fetched it whole again next
+    # time).  Now the answer is finished, then -ERR [SYS/TEMP] and a FIN;
+    # the DELE and QUIT pipelined behind it are never handled
+    env = Env()
+    msg = b"".join(b".line %d of the message\n" % i for i in range(20000))
+    env.store.add("joe@example.org", msg)
+    proto, t = login(env, limit=CHUNK_SIZE)
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    assert proto._stream is not None and proto._write_paused
+    stopped = proto.factory.shut_down()
+    assert not t.disconnecting and not stopped.called
+    assert talk_more(proto, t, b"QUIT\r\n") == b""  # read and dropped meanwhile
+    received = _read_all(proto, t)
+    size = crlf_size_of(msg)
+    assert received == (f"+OK {size} octets\r\n".encode() + encode_whole(msg)
+                        + R.SHUTTING_DOWN.to_bytes())
+    assert t.disconnecting and not t.disconnected  # a FIN, not a reset
+    assert not stopped.called and env.store.is_locked("joe@example.org")
+    proto.connectionLost(None)
+    assert stopped.called
+    assert env.store.messages("joe@example.org") == [msg]  # no UPDATE state
+    assert not env.store.is_locked("joe@example.org")
+
+
+def talk_more(proto, t, data: bytes) -> bytes:
+    """``data`` from the client; what it made the session write (the
+    transport's buffer kept)."""
+    before = len(t.value())
+    proto.dataReceived(data)
+    return t.value()[before:]
+
+
+def test_the_hub_stopping_lets_a_long_list_be_read_then_says_err():
+    # LIST of a large mailbox is one write the client has not read yet
+    # (the session paused): it was dropped with the reset
+    env = Env()
+    for i in range(3000):
+        env.store.add("joe@example.org", b"m%d\n" % i)
+    proto, t = login(env, limit=CHUNK_SIZE // 4)
+    t.clear()
+    proto.dataReceived(b"LIST\r\nUIDL\r\nQUIT\r\n")
+    assert proto._write_paused
+    listed = t.value()
+    assert listed.startswith(b"+OK 3000 messages") and listed.endswith(b"\r\n.\r\n")
+    stopped = proto.factory.shut_down()
+    assert not t.disconnecting
+    t.limit = None
+    assert _read_all(proto, t) == listed + R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.disconnected
+    proto.connectionLost(None)
+    assert stopped.called and len(env.store.messages("joe@example.org")) == 3000
+
+
+def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace():
+    # a client that does not read: the lock must not outlive the stop
     env = Env()
     env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
     proto, t = login(env, limit=CHUNK_SIZE)
     talk(proto, t, b"RETR 1\r\n")
     t.clear()
-    proto.factory.shut_down()
-    assert t.disconnected and b"-ERR" not in t.value()
+    stopped = proto.factory.shut_down()
+    env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE - 0.5)
+    assert not t.disconnected and not stopped.called
+    env.clock.advance(0.5)
+    assert t.disconnected and b"-ERR" not in t.value()  # cut, as without the grace
+    assert not stopped.called
+    proto.connectionLost(None)
+    assert stopped.called and not env.store.is_locked("joe@example.org")
+    assert env.clock.getDelayedCalls() == []
+
+
+def test_the_hub_stopping_gives_a_finished_answer_its_close_grace_only():
+    # the answer over, the polite close is cut STOP_CLOSE_GRACE later
+    # (a client that read the message but does not close)
+    env = Env()
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    stopped = proto.factory.shut_down()
+    env.clock.advance(1)
+    assert _read_all(proto, t).endswith(b"\r\n.\r\n" + R.SHUTTING_DOWN.to_bytes())
+    [cut] = [c for c in env.clock.getDelayedCalls() if c.func.__name__ == "_cut"]
+    assert cut.getTime() - env.clock.seconds() == pop3_protocol.STOP_CLOSE_GRACE
+    assert not [c for c in env.clock.getDelayedCalls() if c.func.__name__ == "_drain_cut"]
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t.disconnected
+    proto.connectionLost(None)
+    assert stopped.called
 
 
 def _hold_deletions(proto):

@@ -316,8 +316,9 @@ class ListenerService(Service):
         """Stop listening and end the connections (``shut_down``); the
         Deferred fires once the port is closed and, for SMTP, the sessions
         are gone (their ``421`` and close take at most a couple of seconds,
-        or what a message being stored takes), for POP3 the sessions whose
-        QUIT was deleting messages (the deletions and the close)."""
+        or what a message being stored takes), for POP3 the sessions too (an
+        answer under way finished, ``STOP_ANSWER_GRACE`` at most, the close,
+        and the deletions of a QUIT under way)."""
         super().stopService()
         d = self.unbind()
         shut_down = getattr(self.factory, "shut_down", None)

@@ -458,3 +458,56 @@ def test_an_auth_line_past_4096_octets_is_logged_as_smtp_logs_one(hub):
     while hub.log_text().count(line) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hub.log_text().count(line) == 3, hub.log_text()
+
+
+class _SmallWindowPOP3(poplib.POP3):
+    """poplib with a small receive buffer, so a large answer the client has
+    not read yet waits in the hub, not in the kernel's buffers."""
+
+    def _create_socket(self, timeout):
+        import socket
+
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        s.settimeout(timeout)
+        s.connect((self.host, self.port))
+        return s
+
+
+def test_a_message_being_sent_when_the_hub_stops_is_finished_then_err(hub) -> None:
+    # the stop cut a session in the middle of a RETR with a reset: the
+    # client lost the message (ConnectionResetError).  Now it gets the
+    # whole message, then -ERR [SYS/TEMP] and a clean end of file; the
+    # message stays (no QUIT)
+    import signal
+
+    big = b"Subject: big\n\n" + b"".join(b"line %07d of a long message\n" % i
+                                          for i in range(280_000))  # 8 MiB
+    drop(hub.maildir(ALICE), big)
+    p = _SmallWindowPOP3("127.0.0.1", hub.pop3_port, timeout=10)
+    try:
+        p.user(ALICE)
+        p.pass_(ALICE_PW)
+        p._putcmd("RETR 1")
+        assert p.file.readline().startswith(b"+OK ")
+        first = p.file.readline()  # the hub is streaming the rest
+        hub.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "Received SIGTERM" not in hub.log_text():
+            assert time.monotonic() < deadline, hub.log_text()
+            time.sleep(0.02)
+        body = [first]
+        while True:
+            line = p.file.readline()
+            assert line, "the connection ended in the middle of the message"
+            if line == b".\r\n":
+                break
+            body.append(line[1:] if line.startswith(b"..") else line)
+        assert b"".join(body) == crlf(big)
+        assert p.file.readline() == R.SHUTTING_DOWN.to_bytes()
+        assert p.file.readline() == b""  # a clean end of file, no reset
+    finally:
+        p.sock.close()
+    assert hub.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert hub.messages(ALICE) == [big]
+    assert "cut as the hub stops" not in hub.log_text()

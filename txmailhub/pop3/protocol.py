@@ -122,6 +122,13 @@ CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 STOP_CLOSE_GRACE = 2.0
 """The same while the hub stops: the close after the answer to a QUIT
 whose deletions the stop waited for (the stop waits for it too)."""
+STOP_ANSWER_GRACE = 5.0
+"""Seconds an answer under way when the hub stops (a message being sent,
+a long ``LIST`` or ``UIDL`` the client is still reading) may take to
+finish before its session is cut: the session is then told ``-ERR
+[SYS/TEMP]`` and closed (``STOP_CLOSE_GRACE`` more at most).  The stop
+waits for it; a reset in the middle of a RETR made the client fetch the
+whole message again at the next session."""
 CLOSED_CHECK = 1.0
 """Seconds between looks, while the client does not read us, for a TLS
 session it ended (see ``_check_closed``)."""
@@ -294,7 +301,8 @@ class POP3Protocol(Protocol):
     # access in every command of the session gets slower.  Tests check a
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
-        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits", "_flush",
+        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits",
+        "_drain_call", "_draining", "_flush",
         "_idle_call", "_last_activity", "_logout", "_lost", "_nowait", "_peer", "_pending_call",
         "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
@@ -331,6 +339,11 @@ class POP3Protocol(Protocol):
         self._reading = True
         self._closing = False
         self._lost = False
+        # the hub stops: the answer under way is finished, no command is
+        # handled after it (``cut_for_stop``), and this cuts it if it takes
+        # longer than STOP_ANSWER_GRACE
+        self._draining = False
+        self._drain_call: Any = None
         self._stream: _Stream | None = None
         self._pending_call: Any = None
         self._turn_call: Any = None  # answers the rest of a long batch
@@ -461,11 +474,11 @@ class POP3Protocol(Protocol):
         save = self._save_call
         pending_save = save is not None and save.active()
         for call in (self._idle_call, self._pending_call, self._close_call, self._closed_call,
-                     self._turn_call, self._save_call):
+                     self._turn_call, self._save_call, self._drain_call):
             if call is not None and call.active():
                 call.cancel()
         self._idle_call = self._pending_call = self._close_call = self._closed_call = None
-        self._turn_call = self._save_call = None
+        self._turn_call = self._save_call = self._drain_call = None
         stream = self._stream
         if stream is not None:
             self._stream = None
@@ -537,23 +550,59 @@ class POP3Protocol(Protocol):
         A session waiting for its client's next command is told
         ``-ERR [SYS/TEMP] Server shutting down`` and closed politely (a
         FIN): it was cut with a reset, which clients report as a network
-        failure.  The close is cut after ``STOP_CLOSE_GRACE`` if the client
-        does not take it; True is returned, and the stop waits for it.
-        A session in the middle of something -- a message being sent, a
-        client that does not read its answers, a login being checked or
-        its failure's delay, a TLS handshake -- is cut at once as before
-        (no line can be put in the middle of a multi-line answer, and the
-        answer under way would follow the -ERR): False."""
-        if self._closing:
+        failure.  One in the middle of an answer after its login -- a
+        message being sent or read from the disk, a long ``LIST`` the
+        client has not read yet -- gets that answer whole first (no line
+        can go in the middle of a multi-line answer), then the same line
+        and close; it is cut if the answer takes longer than
+        ``STOP_ANSWER_GRACE`` (a client that does not read).  The close is
+        cut after ``STOP_CLOSE_GRACE`` if the client does not take it.
+        True is returned for these: the stop waits for them.  A login
+        being checked or its failure's delay, a TLS handshake, are cut at
+        once as before: False."""
+        if self._closing or self._draining:
             return False
-        if (self._busy or self._stream is not None or self._write_paused
-                or self._update_running or handshake_pending(self.transport)):
+        if self._update_running or handshake_pending(self.transport) or (
+                self._busy and (self.engine is None or self.engine.state is not State.TRANSACTION)):
             self._closing = True
             self.transport.abortConnection()
             return False
+        if self._busy or self._stream is not None or self._write_paused:
+            self._draining = True
+            self._drain_call = self.reactor.callLater(STOP_ANSWER_GRACE, self._drain_cut)
+            # reading on (what arrives is dropped): a client that hangs up
+            # is seen at once, and its mailbox lock goes
+            self._reading = set_reading(self.transport, self._reading, True)
+            return True
+        self._stop_line()
+        return True
+
+    def _stop_line(self) -> None:
+        """The hub stops and nothing is under way: its line, and the close."""
+        self._draining = False
+        call, self._drain_call = self._drain_call, None
+        if call is not None and call.active():
+            call.cancel()
         self._write(R.SHUTTING_DOWN.to_bytes())
         self._close()
-        return True
+
+    def _drained(self) -> None:
+        """``_process`` while the hub stops: the line and close once the
+        answer under way is all written (``cut_for_stop``)."""
+        if not (self._closing or self._busy or self._stream is not None
+                or self._write_paused):
+            self._stop_line()
+
+    def _drain_cut(self) -> None:
+        """The answer under way at the hub's stop did not finish in
+        ``STOP_ANSWER_GRACE``: cut, as before the grace."""
+        self._drain_call = None
+        if self._closing:
+            return
+        log.info("POP3: {peer} cut as the hub stops: its answer was not over after {grace:.0f}s",
+                 peer=self._peer, grace=STOP_ANSWER_GRACE)
+        self._closing = True
+        self.transport.abortConnection()
 
     def hurry_close(self) -> None:
         """The hub stops while this session's close after its QUIT runs:
@@ -610,7 +659,7 @@ class POP3Protocol(Protocol):
     # -- input -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._draining:
             return
         engine = self.engine
         assert engine is not None
@@ -685,6 +734,9 @@ class POP3Protocol(Protocol):
     def _process(self) -> None:
         """Handle buffered commands, in order, until one must wait."""
         if self._processing:
+            return
+        if self._draining:  # the hub stops: no command after the answer under way
+            self._drained()
             return
         self._processing = True
         try:
@@ -1815,8 +1867,9 @@ class POP3Factory(Factory):
         without the UPDATE state (RFC 1939 6: nothing is deleted), so that
         their mailbox locks go with them: an idle one with ``-ERR
         [SYS/TEMP]`` and a polite close, the stop waiting for it (at most
-        ``STOP_CLOSE_GRACE``), one busy with a command cut
-        (``cut_for_stop``), one closing already (an autologout) with its
+        ``STOP_CLOSE_GRACE``), one in the middle of an answer the same once
+        the answer is over (cut after ``STOP_ANSWER_GRACE``), one whose
+        login is being checked cut (``cut_for_stop``), one closing already (an autologout) with its
         close shortened and waited for: it may hold a mailbox lock.
 
         A session whose QUIT is in the UPDATE state already is left to
