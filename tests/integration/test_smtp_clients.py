@@ -542,3 +542,34 @@ def test_a_returning_tls_client_resumes_its_session(make_hub):
                 session = s.session
                 s.sendall(bye)
                 assert s.recv(1000).startswith((b"221 ", b"+OK"))
+
+
+def test_a_message_half_sent_when_the_hub_stops_gets_421_and_is_not_kept(hub) -> None:
+    # RFC 5321 3.8: a session in the middle of DATA at the hub's stop is
+    # told 421 and closed; nothing of the half-received message is stored
+    # (the client was not told 250, so nothing it sent is lost)
+    import signal
+
+    s = smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10)
+    try:
+        s.ehlo("client.example")
+        assert s.mail("sender@example.net")[0] == 250
+        assert s.rcpt("alice@example.org")[0] == 250
+        s.putcmd("data")
+        assert s.getreply()[0] == 354
+        s.send(b"Subject: half\r\n\r\n" + b"a line of the body\r\n" * 5000)
+        hub.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "Received SIGTERM" not in hub.log_text():
+            assert time.monotonic() < deadline, hub.log_text()
+            time.sleep(0.02)
+        code, text = s.getreply()
+        assert (code, text) == (421, b"4.3.2 mail.example.org Service shutting down")
+        assert s.sock.recv(1) == b""  # closed, no reset
+    finally:
+        s.close()
+    assert hub.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert hub.messages("alice@example.org") == []
+    box = hub.maildir("alice@example.org") / "tmp"
+    assert not box.is_dir() or list(box.iterdir()) == []
+    assert "in the middle of message" in hub.log_text()
