@@ -181,6 +181,25 @@ def test_a_streamed_retr_whose_chunks_are_not_cached_sends_the_same_bytes(tmp_pa
     assert expected.endswith(b"\r\n.\r\n") and b"\r\n..019999 line\r\n" in expected
 
 
+def test_a_retr_read_on_the_worker_when_the_hub_stops_is_sent_then_err(tmp_path):
+    """The stop comes while RETR's read waits for the disk: the message
+    goes out once read, then the stop's -ERR and a FIN; the QUIT
+    pipelined behind it is not handled (nothing deleted)."""
+    expected = cached_answer(tmp_path, [SMALL], b"RETR 1\r\n")
+    _clock, components, md, syncer, _realm = env(tmp_path, [SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    stopped = proto.factory.shut_down()
+    assert bytes(t.received) == b"" and not t.disconnecting
+    syncer.run_one()
+    assert bytes(t.received) == expected + R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.aborted
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)  # the seen flag, at the session's end
+    assert stopped.called
+    assert len(os.listdir(os.path.join(md, "cur"))) == 1  # retrieved, not deleted
+
+
 def test_top_not_cached_counts_its_lines_as_before(tmp_path):
     expected = cached_answer(tmp_path, [SMALL, BIG], b"TOP 1 1\r\nTOP 2 7000\r\n")
     _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, BIG], uncached=ALWAYS)
