@@ -670,6 +670,26 @@ class ProtocolTests(SynchronousTestCase):
         portal.release()
         self._answered_at_once_then_gone(h, p, t, gone)
 
+    def test_a_client_not_reading_its_replies_at_shutdown_gets_them_then_421(self):
+        # replies written before the stop stay ahead of the 421 (the close
+        # waits for the client to read them, STOP_CLOSE_GRACE at most);
+        # the commands held while it did not read are not answered
+        h = Harness(max_junk_commands=10**6)
+        p, t = h.connect()
+        p.dataReceived(b"EHLO c\r\n")
+        p.pauseProducing()  # Twisted's buffer is full
+        p.dataReceived(b"NOOP\r\n" * 10 + b"MAIL FROM:<>\r\n")
+        gone = h.factory.shut_down()
+        lines = take(t)
+        assert lines[0].startswith("220 ")
+        assert lines[-2] == "250 HELP" and lines[-1] == replies.shutting_down(
+            "mx.example.org").text()
+        assert t.disconnecting and not t.disconnected and not gone.called
+        h.clock.advance(STOP_CLOSE_GRACE)  # a client that never reads
+        assert t.disconnected
+        p.connectionLost(None)
+        assert self.successResultOf(gone) is None
+
     def test_commands_wait_while_the_client_does_not_read(self):
         h = Harness(max_junk_commands=10**6)
         p, t = h.connect()
