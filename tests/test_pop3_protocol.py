@@ -1913,7 +1913,7 @@ def test_the_hub_stopping_lets_a_long_list_be_read_then_says_err():
     assert stopped.called and len(env.store.messages("joe@example.org")) == 3000
 
 
-def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace():
+def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace(log_events):
     # a client that does not read: the lock must not outlive the stop
     env = Env()
     env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
@@ -1925,6 +1925,8 @@ def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace():
     assert not t.disconnected and not stopped.called
     env.clock.advance(0.5)
     assert t.disconnected and b"-ERR" not in t.value()  # cut, as without the grace
+    assert "POP3: 127.0.0.1 cut as the hub stops: its answer was not over after 5s" in [
+        formatEvent(e) for e in log_events]
     assert not stopped.called
     proto.connectionLost(None)
     assert stopped.called and not env.store.is_locked("joe@example.org")
