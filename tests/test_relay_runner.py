@@ -3176,3 +3176,51 @@ def test_a_failed_write_given_up_by_a_stop_is_not_sent_again(hub, monkeypatch):
     hub.clock.advance(24 * 3600)
     assert [c[1] for c in hub.agent.calls].count("remote.test") == 1
     assert hub.queue.ids() == []
+
+
+def _running_counts(runner) -> dict:
+    """The runner's counts of entries under way, by table: all empty when
+    nothing runs."""
+    return {name: getattr(runner, name) for name in (
+        "active", "_attempting", "_kept", "_open", "_slot_waits", "_open_dests", "_marks",
+        "_dropped", "_semaphores", "_record_locks") if getattr(runner, name)}
+
+
+@pytest.mark.parametrize("second", [True, False])
+def test_an_agent_raising_while_an_attempt_starts_leaves_no_count(hub, second):
+    # the agent raises out of a delivery's start (its lookup_in_flight
+    # asked for other.test): raised through the runner while the attempt
+    # was started, it left a slot wait counted for ever, and the delivery
+    # started before it (remote.test) ran on unknown to the runner -- its
+    # outcome never recorded (BOB sent again at the retry) and its answer
+    # counted as something a stop must wait for, at every later attempt
+    sessions = hub.agent.hold()
+    armed = [True]
+
+    def lookup_in_flight(dest):
+        # (asked when the entry is taken too: then it answers)
+        if dest == "other.test" and armed[0] and hub.runner._attempting:
+            armed[0] = False
+            raise RuntimeError("the agent failed")
+        return None
+
+    hub.agent.lookup_in_flight = lookup_in_flight
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL) if second else enqueue(hub, CAROL)
+    if second:
+        assert len(sessions) == 1
+        answer_delivered(sessions, BOB)
+    assert _running_counts(hub.runner) == {}  # as if it had never started
+    assert hub.runner._global.tokens == hub.runner._global.limit
+    entry = hub.queue.read(qid)
+    assert [r.state for r in entry.recipients] == (["delivered", "pending"] if second
+                                                   else ["pending"])
+    # a later delivery is not held back
+    other = enqueue(hub, BOB)
+    answer_delivered(sessions, BOB)
+    assert other not in hub.queue.ids()
+    hub.clock.advance(60)  # the retry: CAROL only
+    assert hub.agent.calls[-1] == (qid, "other.test", [CAROL])
+    assert [c[2] for c in hub.agent.calls].count([BOB]) == 2 if second else 1
+    hub.agent.resolving.add(qid)  # only looking up DNS: a stop gives it up at once
+    assert hub.runner.stop().called

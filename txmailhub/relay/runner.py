@@ -674,9 +674,15 @@ class QueueRunner(Admission, Slots, NoticeSender):
                 groups.setdefault(self.agent.destination(r.address), []).append(r.address)
         self._open[entry.id] = len(groups) + (1 if local else 0)  # (before any is done)
         self._open_dests[entry.id] = set(groups)  # as they are now
-        ds = [self._limited(dest, entry, rcpts, generation) for dest, rcpts in groups.items()]
+        # each started as a Deferred of its own: an error out of the agent
+        # or the store while one is started (raised, not a failed
+        # Deferred) fails that delivery alone, and the ones started before
+        # it are waited for and recorded, not left running unknown to the
+        # runner (their answers counted for ever, the copies sent again)
+        ds = [defer.maybeDeferred(self._limited, dest, entry, rcpts, generation)
+              for dest, rcpts in groups.items()]
         if local:
-            ds.append(self._deliver_local(entry, local, generation))
+            ds.append(defer.maybeDeferred(self._deliver_local, entry, local, generation))
 
         def closed(result: Any) -> Any:
             if entry.id in self._open:
@@ -720,10 +726,10 @@ class QueueRunner(Admission, Slots, NoticeSender):
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int) -> defer.Deferred:
-        self._keep(entry.id)  # a copy made must be recorded: a stop waits for it
-        self._mark(entry.id)  # no slot to wait for: delivering at once
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
         store = self.components.store
+        self._keep(entry.id)  # a copy made must be recorded: a stop waits for it
+        self._mark(entry.id)  # no slot to wait for: delivering at once
         if IKeyedStore.providedBy(store):
             # The outcome is recorded only after the copy is made: after a
             # crash in between, the key lets the store see the copy is there

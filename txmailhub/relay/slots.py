@@ -94,7 +94,11 @@ class Slots:
             if generation != self._generation or entry.id in self._dropped:
                 had()
                 return defer.succeed([])  # waited for a slot past a stop
-            over = lookup_under_way()
+            try:
+                over = lookup_under_way()
+            except BaseException:
+                had()  # an error out of the agent: this delivery's, waited for no more
+                raise
             if over is not None:
                 return _LookupUnderWay(over)  # the slots go back: ``again``
             had()
@@ -153,8 +157,10 @@ class Slots:
                     self.kick()
             return result
 
-        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
+        # asked before the wait is counted: an error out of the agent here
+        # fails this delivery (``_attempt``) and must leave no wait counted
         over = lookup_under_way()
+        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
         d = take() if over is None else over.addBoth(take)  # ended, however
         # ``dest`` is done, its room and slots another entry's, while its
         # results are written (a slow disk held them for the write)
