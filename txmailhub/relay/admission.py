@@ -19,6 +19,8 @@ from typing import Any
 
 from twisted.internet import defer
 
+from txmailhub.relay.running import _Running
+
 __all__ = ["ENTRIES_PER_SLOT", "Admission"]
 
 # entries handled at once per delivery slot ([relay] max_concurrent_deliveries):
@@ -41,12 +43,11 @@ class Admission:
     clock: Any
     relay: Any
     due: dict[str, float]
-    active: set[str]
+    _entries: dict[str, _Running]
     _kicking: bool
     _kick_again: bool
     _wait: dict[str, float]
     _destinations: dict[str, tuple[frozenset[str], bool]]
-    _open_dests: dict[str, set[str]]
     _unrecorded: dict[str, Any]
     _watching: set[str]
 
@@ -77,12 +78,12 @@ class Admission:
             wait = self._wait.get(qid)
             if wait is not None and now + wait < when < float("inf"):
                 self.due[qid] = now + wait
-        room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self.active)
+        room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self._entries)
         if room <= 0:
             return
         busy: dict[str, int] = {}  # destination -> entries taken with it open
-        for dests in self._open_dests.values():
-            for dest in dests:
+        for running in self._entries.values():
+            for dest in running.open_dests or ():
                 busy[dest] = busy.get(dest, 0) + 1
         # destinations found as busy as they can be: they stay so for the
         # rest of this pass (a queue of many entries for one of them is
@@ -100,7 +101,7 @@ class Admission:
         for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
             if room <= 0 or when > now:
                 break
-            if qid in self.active or self.due.get(qid, float("inf")) > now:
+            if qid in self._entries or self.due.get(qid, float("inf")) > now:
                 # taken, or handled already in this pass (an attempt that
                 # ended at once): its due time here is from before that
                 continue
@@ -118,8 +119,7 @@ class Admission:
             room -= 1
             for dest in dests:
                 busy[dest] = busy.get(dest, 0) + 1
-            self._open_dests[qid] = set(dests)
-            self.active.add(qid)
+            self._take(qid, set(dests))
             d = defer.maybeDeferred(self._process, qid)
             d.addErrback(self._crashed, qid)
             d.addBoth(self._finished, qid)

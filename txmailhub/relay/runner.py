@@ -50,6 +50,7 @@ from txmailhub.relay.recording import (
     owes_notice,
     pending_in,
 )
+from txmailhub.relay.running import RunningEntries, _Attempt, _Running
 from txmailhub.relay.slots import Slots
 from txmailhub.smtp.reply import LocalReply, Reply
 
@@ -80,7 +81,7 @@ class _AttemptFailed(Exception):
         self.results = results
 
 
-class QueueRunner(Admission, Slots, NoticeSender):
+class QueueRunner(Admission, Slots, NoticeSender, RunningEntries):
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
     def __init__(self, queue: OutboundQueue, agent: Any, components: Any, clock: Any,
@@ -94,44 +95,26 @@ class QueueRunner(Admission, Slots, NoticeSender):
         self.send_dsn = send_dsn or bounce.send_dsn
         self.due: dict[str, float] = {}  # queue id -> next attempt (held: absent)
         self._held: set[str] = set()  # held entries (to log a hold or a release once)
-        self.active: set[str] = set()
+        # The entries under way (``active``), one ``running._Running`` each:
+        # their destinations not done yet, whether a stop gave them up,
+        # and, while their deliveries run, what a stop must wait for
+        # (``_must_finish``: ``running._Attempt``).  Made when an entry is
+        # taken (``kick``), dropped when it is done (``_finished``).
+        self._entries: dict[str, _Running] = {}
         self._generation = 0  # bumped when a stop gives up the attempts in flight
         self._give_up_timer: Any = None
-        # What a stop must wait for (``_must_finish``): the entries whose
-        # deliveries are under way (``_attempting``), and of those the ones
-        # that still have something to record (``_kept``, a count per entry:
-        # a local delivery begun, a remote host's answer not yet recorded, a
-        # destination's results being written); of those, how many
-        # destinations are not done yet (``_open``); the entries a stop gave
-        # up at once while it waits for others (``_dropped``).
-        self._attempting: set[str] = set()
-        self._kept: dict[str, int] = {}
-        self._open: dict[str, int] = {}
-        self._dropped: set[str] = set()
-        # of an entry's destinations, how many wait for a slot (its
-        # semaphore, max_per_destination, or max_concurrent_deliveries'):
-        # an entry all of whose open destinations wait is not under way yet
-        self._slot_waits: dict[str, int] = {}
         # Where each entry known goes: its pending recipients' remote
-        # destinations, and whether it has local ones (``_index``); and, of
-        # the entries taken, the destinations not done yet.  ``kick`` takes
-        # no more entries for a destination than it can use at once
-        # (``_room_for``): the ones beyond would hold the room other
-        # destinations' entries need, waiting for a slot they cannot have.
+        # destinations, and whether it has local ones (``_index``).
+        # ``kick`` takes no more entries for a destination than it can use
+        # at once (``_room_for``): the ones beyond would hold the room
+        # other destinations' entries need, waiting for a slot they cannot
+        # have.
         self._destinations: dict[str, tuple[frozenset[str], bool]] = {}
-        self._open_dests: dict[str, set[str]] = {}
         # destinations whose MX lookup under way ``kick`` waits for (one
         # look at its end each: ``_lookup_over``)
         self._watching: set[str] = set()
         self._kicking = False  # a kick is under way (``kick``)
         self._kick_again = False
-        # the attempt marker of each entry whose attempt has begun
-        # (``_mark``): made when its first delivery starts, not while it
-        # only waits for a slot
-        self._marks: dict[str, defer.Deferred] = {}
-        # One record update at a time per entry: a destination's results
-        # and the entry's final record must not overtake each other.
-        self._record_locks: dict[str, defer.DeferredLock] = {}
         # Results of attempts whose record could not be written (no
         # descriptor, no inode): entered at the next try instead of
         # delivering those copies again.  In memory only: after a crash the
@@ -145,9 +128,6 @@ class QueueRunner(Admission, Slots, NoticeSender):
         # release that arrived during that attempt is still honoured when
         # they are recorded (if that attempt began within the lifetime).
         self._release_seen: dict[str, tuple[int, float]] = {}
-        # Entries that ``mailhub queue`` changed while they were being
-        # handled (a rescan skips them then): read again once they are not.
-        self._changed_while_active: set[str] = set()
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -183,8 +163,8 @@ class QueueRunner(Admission, Slots, NoticeSender):
         for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
             if qid in found:
                 continue
-            if qid in self.active:  # the last run's, given up: looked at at its end
-                self._changed_while_active.add(qid)
+            if qid in self._entries:  # the last run's, given up: looked at at its end
+                self._entries[qid].changed = True
             else:
                 self._forget(qid)
         for entry in entries:
@@ -244,7 +224,8 @@ class QueueRunner(Admission, Slots, NoticeSender):
             self._give_up_now()
             return d
         dropped = self.active - keep
-        self._dropped |= dropped
+        for qid in dropped:
+            self._entries[qid].dropped = True
         self.agent.quiesce(keep)
         log.info("stopping: waiting up to {grace:g} s for {count} delivery {attempts} in "
                  "flight{dropped}", grace=grace, count=len(keep),
@@ -266,12 +247,13 @@ class QueueRunner(Admission, Slots, NoticeSender):
         is left -- deliveries waiting for a slot, looking up DNS,
         connecting, beside destinations whose results are recorded already
         -- loses nothing."""
-        if qid in self._dropped:
+        running = self._entries.get(qid)
+        if running is not None and running.dropped:
             return False
-        if qid not in self._attempting:
+        att = None if running is None else running.attempt
+        if att is None:
             return True
-        return (qid in self._kept or self.agent.connected(qid)
-                or not self._open.get(qid))
+        return att.kept > 0 or self.agent.connected(qid) or not att.open
 
     def _give_up_now(self) -> None:
         """End a stop's wait: give up what is in flight, fire its Deferreds."""
@@ -307,16 +289,16 @@ class QueueRunner(Admission, Slots, NoticeSender):
         # (no slot of the relay's) or recording is in flight too.  Not
         # those an earlier line of this stop gave up (``_dropped``): a
         # reader adding the lines up counted them twice
-        left = [qid for qid in self.active if qid not in self._dropped]
+        left = [qid for qid, r in self._entries.items() if not r.dropped]
         waiting = sum(1 for qid in left if self._waits_for_a_slot(qid))
         running = len(left) - waiting
         self._generation += 1
-        self._dropped.clear()  # the generation covers them now
-        # what they still wait for (another's MX lookup, a slot) delivers
-        # nothing now: a start before they are over must not count them as
-        # deliveries of their destinations (``_pass``)
-        for qid in self.active:
-            self._open_dests.pop(qid, None)
+        for r in self._entries.values():
+            r.dropped = False  # the generation covers them now
+            # what they still wait for (another's MX lookup, a slot)
+            # delivers nothing now: a start before they are over must not
+            # count them as deliveries of their destinations (``_pass``)
+            r.open_dests = None
         if left or not self.active:
             log.info("stopping with {count} delivery {attempts} in flight{waiting}: given "
                      "up, retried at the next start", count=running,
@@ -406,21 +388,21 @@ class QueueRunner(Admission, Slots, NoticeSender):
         seen = set()
         for qid in self.queue.ids():
             seen.add(qid)
-            if qid in self.active:
+            if qid in self._entries:
                 # what its handling writes last may predate this change (a
                 # hold, or a release after the attempt was recorded): look
                 # again when it is done
-                self._changed_while_active.add(qid)
+                self._entries[qid].changed = True
                 continue
             self._reindex(qid)
         for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
             if qid in seen:
                 continue
-            if qid in self.active:
+            if qid in self._entries:
                 # deleted while being handled: looked at once that is over
                 # (what it writes last finds no record, or it wrote all it
                 # had before the delete: ``_finished``)
-                self._changed_while_active.add(qid)
+                self._entries[qid].changed = True
                 continue
             log.info("queue entry {queue_id} deleted (mailhub queue delete): "
                      "no delivery, no notice", queue_id=qid)
@@ -460,11 +442,8 @@ class QueueRunner(Admission, Slots, NoticeSender):
             self.due[qid] = self.clock.seconds() + ERROR_RETRY
 
     def _finished(self, _: Any, qid: str) -> None:
-        self.active.discard(qid)
-        self._open_dests.pop(qid, None)
-        self._dropped.discard(qid)
-        if qid in self._changed_while_active:
-            self._changed_while_active.discard(qid)
+        running = self._drop(qid)
+        if running is not None and running.changed:
             if self.running and (qid in self.due or qid in self._held):
                 self._reindex(qid, gone="no more attempts, no notice")
         if not self.active:
@@ -488,10 +467,12 @@ class QueueRunner(Admission, Slots, NoticeSender):
         if not any(self._must_finish(q) for q in self.active):
             self._give_up_now()
             return
-        loose = {q for q in self.active if q not in self._dropped and not self._must_finish(q)}
+        loose = {q for q, r in self._entries.items()
+                 if not r.dropped and not self._must_finish(q)}
         if loose:
-            self._dropped |= loose
-            self.agent.quiesce({q for q in self.active if q not in self._dropped})
+            for q in loose:
+                self._entries[q].dropped = True
+            self.agent.quiesce({q for q, r in self._entries.items() if not r.dropped})
             log.info("stopping: {count} more delivery {attempts} given up (what they had to "
                      "record is recorded; the rest only looks up DNS or connects), retried at "
                      "the next start", count=len(loose),
@@ -519,32 +500,29 @@ class QueueRunner(Admission, Slots, NoticeSender):
         # attempt) is honoured when the outcome is recorded
         releases, started = self._release_seen.pop(qid, (entry.releases, self.clock.seconds()))
         generation = self._generation
-        if not (entry.pending and not results) and self._open_dests.pop(qid, None):
+        if not (entry.pending and not results) and self._room_back(qid):
             # no delivery this time (results known already, to be recorded;
             # only notices owed): its destinations' room, counted when it
             # was taken, is for their other entries
             self.kick()
         if entry.pending and not results:
-            self._attempting.add(qid)
+            att = self._start_attempt(qid)
             try:
-                results = yield self._attempt(entry, generation)
+                results = yield self._attempt(entry, generation, att)
             except _AttemptFailed as e:
                 # the other destinations' outcomes are written; the entry is
                 # retried as one whose handling failed (``_crashed``)
-                if generation != self._generation or qid in self._dropped:
+                if generation != self._generation or self._is_dropped(qid):
                     self._keep_given_up(qid, e.results)
                 yield self._record_known(qid, e.results, generation)
                 e.failure.raiseException()
             finally:
-                self._attempting.discard(qid)
-                self._kept.pop(qid, None)
-                self._open.pop(qid, None)
-                marked = self._marks.pop(qid, None)
+                marked = self._end_attempt(qid, att)
                 if marked is not None:
                     self.queue.unmark_attempt(qid, marked).addErrback(
                         lambda f: log_failure(log, f, "{queue_id}: the attempt marker cannot "
                                               "be removed", queue_id=qid))
-        if generation != self._generation or qid in self._dropped:
+        if generation != self._generation or self._is_dropped(qid):
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
             self._keep_given_up(qid, results)
@@ -629,41 +607,43 @@ class QueueRunner(Admission, Slots, NoticeSender):
                guard: Callable[[], bool] | None = None) -> defer.Deferred:
         """``queue.update(qid, change)`` once the updates of ``qid`` before
         it are written (none at all when ``guard()`` is false by then)."""
-        lock = self._record_locks.get(qid)
-        if lock is None:
-            lock = self._record_locks[qid] = defer.DeferredLock()
+        # the entry's own lock while it is under way (all its writes are);
+        # one of its own otherwise
+        running = self._entries.get(qid)
+        lock = running.lock if running is not None else defer.DeferredLock()
 
         def update() -> defer.Deferred:
             if guard is not None and not guard():
                 return defer.succeed(None)
             return self.queue.update(qid, change)
 
-        def tidy(result: Any) -> Any:
-            if not lock.locked and not lock.waiting and self._record_locks.get(qid) is lock:
-                del self._record_locks[qid]
-            return result
+        return lock.run(update)
 
-        return lock.run(update).addBoth(tidy)
+    def _mark(self, qid: str, att: _Attempt) -> None:
+        """The first delivery of ``qid``'s attempt ``att`` begins: `mailhub
+        queue list` (another process) says "delivering" from now on, while
+        this marker is held (queue.py: a killed hub's is stale).  Not
+        before: an entry that only waits for a slot is not being
+        delivered."""
+        if att.live and att.mark is None:
+            att.mark = self.queue.mark_attempt(qid, self.clock.seconds())
 
-    def _mark(self, qid: str) -> None:
-        """The first delivery of ``qid``'s attempt begins: `mailhub queue
-        list` (another process) says "delivering" from now on, while this
-        marker is held (queue.py: a killed hub's is stale).  Not before:
-        an entry that only waits for a slot is not being delivered."""
-        if qid in self._attempting and qid not in self._marks:
-            self._marks[qid] = self.queue.mark_attempt(qid, self.clock.seconds())
+    def _keep(self, att: _Attempt) -> None:
+        att.kept += 1
 
-    def _keep(self, qid: str) -> None:
-        self._kept[qid] = self._kept.get(qid, 0) + 1
+    def _unkeep(self, att: _Attempt) -> None:
+        att.kept = max(att.kept - 1, 0)
 
-    def _unkeep(self, qid: str) -> None:
-        left = self._kept.get(qid, 0) - 1
-        if left > 0:
-            self._kept[qid] = left
-        else:
-            self._kept.pop(qid, None)
+    def _room_back(self, qid: str) -> bool:
+        """``qid``'s destinations, counted as open when it was taken, are
+        for their other entries now: whether it had any."""
+        running = self._entries.get(qid)
+        if running is None:
+            return False
+        dests, running.open_dests = running.open_dests, None
+        return bool(dests)
 
-    def _attempt(self, entry: QueueEntry, generation: int) -> defer.Deferred:
+    def _attempt(self, entry: QueueEntry, generation: int, att: _Attempt) -> defer.Deferred:
         router = self.components.router
         local: list[Address] = []
         groups: dict[str, list[Address]] = {}
@@ -672,21 +652,21 @@ class QueueRunner(Admission, Slots, NoticeSender):
                 local.append(r.address)
             else:
                 groups.setdefault(self.agent.destination(r.address), []).append(r.address)
-        self._open[entry.id] = len(groups) + (1 if local else 0)  # (before any is done)
-        self._open_dests[entry.id] = set(groups)  # as they are now
+        att.open = len(groups) + (1 if local else 0)  # (before any is done)
+        self._entries[entry.id].open_dests = set(groups)  # as they are now
         # each started as a Deferred of its own: an error out of the agent
         # or the store while one is started (raised, not a failed
         # Deferred) fails that delivery alone, and the ones started before
         # it are waited for and recorded, not left running unknown to the
         # runner (their answers counted for ever, the copies sent again)
-        ds = [defer.maybeDeferred(self._limited, dest, entry, rcpts, generation)
+        ds = [defer.maybeDeferred(self._limited, dest, entry, rcpts, generation, att)
               for dest, rcpts in groups.items()]
         if local:
-            ds.append(defer.maybeDeferred(self._deliver_local, entry, local, generation))
+            ds.append(defer.maybeDeferred(self._deliver_local, entry, local, generation, att))
 
         def closed(result: Any) -> Any:
-            if entry.id in self._open:
-                self._open[entry.id] -= 1
+            if att.live:
+                att.open -= 1
                 self._look_again()
             return result
 
@@ -711,7 +691,7 @@ class QueueRunner(Admission, Slots, NoticeSender):
         destination's own update does (``_record_partial``); what cannot
         be written is entered at the next try instead."""
         final = [r for r in results if r.kind in ("delivered", "permanent")]
-        if not final or generation != self._generation or qid in self._dropped:
+        if not final or generation != self._generation or self._is_dropped(qid):
             return
         lines: list[dict] = []
         try:
@@ -725,11 +705,11 @@ class QueueRunner(Admission, Slots, NoticeSender):
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
-                       generation: int) -> defer.Deferred:
+                       generation: int, att: _Attempt) -> defer.Deferred:
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
         store = self.components.store
-        self._keep(entry.id)  # a copy made must be recorded: a stop waits for it
-        self._mark(entry.id)  # no slot to wait for: delivering at once
+        self._keep(att)  # a copy made must be recorded: a stop waits for it
+        self._mark(entry.id, att)  # no slot to wait for: delivering at once
         if IKeyedStore.providedBy(store):
             # The outcome is recorded only after the copy is made: after a
             # crash in between, the key lets the store see the copy is there
@@ -758,10 +738,10 @@ class QueueRunner(Admission, Slots, NoticeSender):
 
         d.addCallbacks(done, failed)
         return d.addCallback(lambda results: self._record_partial(
-            entry, "local mailboxes", results, generation, True))
+            entry, "local mailboxes", results, generation, att, True))
 
     def _record_partial(self, entry: QueueEntry, dest: str, results: list[DeliveryResult],
-                        generation: int, kept: bool) -> defer.Deferred:
+                        generation: int, att: _Attempt, kept: bool) -> defer.Deferred:
         """Write ``dest``'s delivered and permanently failed recipients
         now, while other destinations of ``entry`` still run: a stop that
         gives those up, or a crash, must not leave a delivered recipient
@@ -772,27 +752,27 @@ class QueueRunner(Admission, Slots, NoticeSender):
         which skips what is recorded already.  The last destination to
         finish writes nothing here: the final record follows at once.
         Fires with ``results`` whatever happens: a write that fails leaves
-        them to the final record.  ``kept``: ``dest`` holds one of the
-        entry's ``_kept`` counts, given back once nothing of it is left to
-        record."""
+        them to the final record.  ``kept``: ``dest`` holds one of its
+        attempt ``att``'s ``kept`` counts, given back once nothing of it is
+        left to record."""
         qid = entry.id
         final = [r for r in results if r.kind in ("delivered", "permanent")]
-        if (not final or self._open.get(qid, 0) <= 1
-                or generation != self._generation or qid in self._dropped):
+        if (not final or not att.live or att.open <= 1
+                or generation != self._generation or self._is_dropped(qid)):
             return defer.succeed(results)
         lines: list[dict] = []
         change = self._states_change(final, self.clock.seconds(), lines)
 
         def live() -> bool:
-            return generation == self._generation and qid not in self._dropped
+            return generation == self._generation and not self._is_dropped(qid)
 
-        self._keep(qid)  # a stop waits for the write
+        self._keep(att)  # a stop waits for the write
 
         def written(_: Any) -> None:
             for fields in lines:
                 log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
             if kept and len(final) == len(results):
-                self._unkeep(qid)  # all of it recorded: no longer waited for
+                self._unkeep(att)  # all of it recorded: no longer waited for
 
         def failed(f: Failure) -> None:
             log_failure(log, f, "{queue_id}: the results for {destination} cannot be "
@@ -803,7 +783,7 @@ class QueueRunner(Admission, Slots, NoticeSender):
         d.addCallbacks(written, failed)
 
         def done(_: Any) -> list[DeliveryResult]:
-            self._unkeep(qid)
+            self._unkeep(att)
             return results
 
         return d.addCallback(done)

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from txmailhub.address import Address
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.record import QueueEntry
+from txmailhub.relay.running import _Attempt, _Running
 
 __all__ = ["Slots"]
 
@@ -40,29 +41,27 @@ class Slots:
     entry only waits for them (``_waits_for_a_slot``); a base class of
     ``QueueRunner``, whose state it works on, and whose ``_mark``,
     ``_keep``, ``_record_partial``, ``_lookup_in_flight`` and ``kick``
-    it calls."""
+    it calls.  What it counts of an attempt (its slot waits, what a stop
+    must wait for) is that attempt's (``running._Attempt``)."""
 
     # of the runner (``QueueRunner.__init__`` says what each is)
     running: bool
     agent: Any
     relay: Any
     _generation: int
-    _dropped: set[str]
-    _open: dict[str, int]
-    _open_dests: dict[str, set[str]]
-    _slot_waits: dict[str, int]
+    _entries: dict[str, _Running]
     _semaphores: dict[str, defer.DeferredSemaphore]
     _global: defer.DeferredSemaphore
-    _attempting: set[str]
 
     def _waits_for_a_slot(self, qid: str) -> bool:
         """Whether every destination of ``qid`` not yet done waits for a
         slot: nothing of it is under way (no local delivery either)."""
-        waits = self._slot_waits.get(qid, 0)
-        return qid in self._attempting and waits > 0 and waits == self._open.get(qid)
+        running = self._entries.get(qid)
+        att = None if running is None else running.attempt
+        return att is not None and att.slot_waits > 0 and att.slot_waits == att.open
 
     def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
-                 generation: int) -> defer.Deferred:
+                 generation: int, att: _Attempt) -> defer.Deferred:
         # Another delivery's MX lookup of ``dest`` is under way: its answer
         # is waited for without a slot (one holding a slot would only join
         # that lookup: a minute for a domain whose name servers never
@@ -84,14 +83,10 @@ class Slots:
             return over
 
         def had() -> None:
-            left = self._slot_waits.get(entry.id, 0) - 1  # a slot is had
-            if left > 0:
-                self._slot_waits[entry.id] = left
-            else:
-                self._slot_waits.pop(entry.id, None)
+            att.slot_waits = max(att.slot_waits - 1, 0)  # a slot is had
 
         def deliver() -> Any:
-            if generation != self._generation or entry.id in self._dropped:
+            if generation != self._generation or self._is_dropped(entry.id):
                 had()
                 return defer.succeed([])  # waited for a slot past a stop
             try:
@@ -102,7 +97,7 @@ class Slots:
             if over is not None:
                 return _LookupUnderWay(over)  # the slots go back: ``again``
             had()
-            self._mark(entry.id)
+            self._mark(entry.id, att)
             # the slots are held for the session only: what it gave is
             # recorded once they are given back (``delivered``)
             return self.agent.deliver(entry, dest, rcpts).addCallback(answered)
@@ -116,11 +111,11 @@ class Slots:
                 # slots go back: one given to an entry a stop gave up ends
                 # at once, and the stop looks again then (``_look_again``)
                 kept[0] = True
-                self._keep(entry.id)
+                self._keep(att)
             return results
 
         def delivered(results: list[DeliveryResult]) -> Any:
-            return self._record_partial(entry, dest, results, generation, kept[0])
+            return self._record_partial(entry, dest, results, generation, att, kept[0])
 
         def run() -> defer.Deferred:
             return self._global.run(deliver)
@@ -146,10 +141,11 @@ class Slots:
             return result
 
         def done(result: Any) -> Any:
-            dests = self._open_dests.get(entry.id)
+            running = self._entries.get(entry.id)
+            dests = None if running is None else running.open_dests
             if dests is not None and dest in dests:
                 dests.discard(dest)
-                if self._open.get(entry.id, 0) > 1 and self.running:
+                if att.live and att.open > 1 and self.running:
                     # the entry runs on (another destination, a local
                     # delivery): ``dest``'s entries passed over for it go
                     # now, not at the next tick (the last one's end is
@@ -160,7 +156,7 @@ class Slots:
         # asked before the wait is counted: an error out of the agent here
         # fails this delivery (``_attempt``) and must leave no wait counted
         over = lookup_under_way()
-        self._slot_waits[entry.id] = self._slot_waits.get(entry.id, 0) + 1
+        att.slot_waits += 1
         d = take() if over is None else over.addBoth(take)  # ended, however
         # ``dest`` is done, its room and slots another entry's, while its
         # results are written (a slow disk held them for the write)
