@@ -22,7 +22,10 @@ SMTP (``attempt.py`` does).  What a result changes in a record, and when
 the next attempt is, are pure functions of ``recording.py``; the notices
 are made and sent by ``notices.py`` (``NoticeSender``, a base class), and
 which due entries are taken at a look by ``admission.py`` (``Admission``);
-a remote delivery's wait for its slots is ``slots.py``'s (``Slots``).
+a remote delivery's wait for its slots is ``slots.py``'s (``Slots``); a
+stop, and what it waits for or gives up, ``stopping.py``'s (``Stopping``);
+and what is kept of each entry under way is one object of ``running.py``'s
+(``RunningEntries``), made when it is taken and dropped when it is done.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ from txmailhub.relay.recording import (
 )
 from txmailhub.relay.running import RunningEntries, _Attempt, _Running
 from txmailhub.relay.slots import Slots
+from txmailhub.relay.stopping import CUT_GRACE as CUT_GRACE  # interfaces.py names it here
+from txmailhub.relay.stopping import SHUTDOWN_GRACE as SHUTDOWN_GRACE
+from txmailhub.relay.stopping import Stopping
 from txmailhub.smtp.reply import LocalReply, Reply
 
 __all__ = ["QueueRunner"]
@@ -62,11 +68,9 @@ POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
 # ERROR_RETRY (imported above, so still importable from here): how soon an
 # entry whose handling crashed, or that only owed a notice, is retried; it
 # is defined in recording.py, with the rule that sets the next attempt
-SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
-# then at most this long for the connections it cut to be closed (a transport
-# reports an aborted connection lost a reactor turn later; this bounds a
-# transport that never does)
-CUT_GRACE = 2.0
+# SHUTDOWN_GRACE and CUT_GRACE (imported above, so still importable from
+# here): how long a stop waits for the attempts in flight, then for the
+# connections it cut; defined in stopping.py, with the stop
 
 
 class _AttemptFailed(Exception):
@@ -81,7 +85,7 @@ class _AttemptFailed(Exception):
         self.results = results
 
 
-class QueueRunner(Admission, Slots, NoticeSender, RunningEntries):
+class QueueRunner(Admission, Slots, NoticeSender, Stopping, RunningEntries):
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
     def __init__(self, queue: OutboundQueue, agent: Any, components: Any, clock: Any,
@@ -191,122 +195,6 @@ class QueueRunner(Admission, Slots, NoticeSender, RunningEntries):
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=True)
-
-    def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
-        """Stop picking entries; wait a little for attempts in flight.
-
-        Only what must be finished is waited for (``_must_finish``): a
-        session, a local delivery, an outcome being recorded, a notice.
-        An entry whose deliveries only look up DNS or connect loses nothing
-        when given up: it is given up at once, and its deliveries connect
-        no more.  Whatever still runs after ``grace`` (``SHUTDOWN_GRACE``)
-        is given up too: its connections are cut, it records nothing (the
-        queue stays as last recorded, for the next start: the hub's lock
-        is released once this Deferred fires, and another hub may take the
-        queue at once), and no new connection is made."""
-        self.running = False
-        # a start listens again (recover() then reads every entry anew)
-        self.queue.unlisten(self._event)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if not self.active:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._idle.append(d)
-        timer = self._give_up_timer
-        if grace > 0 and timer is not None and timer.active():
-            # a second stop: the wait ends when the shorter grace does
-            if timer.getTime() > self.clock.seconds() + grace:
-                timer.reset(grace)
-            return d
-        keep = {qid for qid in self.active if self._must_finish(qid)}
-        if grace <= 0 or not keep:
-            self._give_up_now()
-            return d
-        dropped = self.active - keep
-        for qid in dropped:
-            self._entries[qid].dropped = True
-        self.agent.quiesce(keep)
-        log.info("stopping: waiting up to {grace:g} s for {count} delivery {attempts} in "
-                 "flight{dropped}", grace=grace, count=len(keep),
-                 attempts=plural(len(keep), "attempt", "attempts"),
-                 dropped=f" ({len(dropped)} only looking up DNS or connecting: given up, "
-                         "retried at the next start)" if dropped else "")
-        self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
-        return d
-
-    def _must_finish(self, qid: str) -> bool:
-        """Whether giving ``qid`` up now could lose or repeat something.
-
-        Outside its deliveries an entry records an outcome or sends a
-        notice: giving it up would forget a delivery made (a second one at
-        the next start).  During them, a local delivery begun, a remote
-        host's answer not yet recorded (or being recorded), or a delivery
-        past connecting (the agent knows) must be finished too, and so must
-        an entry whose destinations are all done (its record follows).  What
-        is left -- deliveries waiting for a slot, looking up DNS,
-        connecting, beside destinations whose results are recorded already
-        -- loses nothing."""
-        running = self._entries.get(qid)
-        if running is not None and running.dropped:
-            return False
-        att = None if running is None else running.attempt
-        if att is None:
-            return True
-        return att.kept > 0 or self.agent.connected(qid) or not att.open
-
-    def _give_up_now(self) -> None:
-        """End a stop's wait: give up what is in flight, fire its Deferreds."""
-        if self._give_up_timer is not None and self._give_up_timer.active():
-            self._give_up_timer.cancel()
-        self._give_up_timer = None
-        gone = self._give_up()
-        idle, self._idle = self._idle, []
-
-        def fire(_: Any = None) -> None:
-            for d in idle:
-                if not d.called:
-                    d.callback(None)
-
-        if isinstance(gone, defer.Deferred) and not gone.called:
-            # the stop is over once the cut connections are closed: until
-            # then their sockets and Twisted's call that reports them lost
-            # are still on the reactor (docs/embedding.rst: nothing of the
-            # hub is left once its stop has fired)
-            gone.addTimeout(CUT_GRACE, self.clock).addBoth(fire)
-        else:
-            fire()
-
-    def _give_up(self) -> Any:
-        """The attempts in flight record nothing from now on, and their
-        connections are cut; returns what the agent's ``abort_all`` does
-        (a Deferred of the cut connections' close, or None)."""
-        # the entries taken (up to twice max_concurrent_deliveries) are
-        # not all under way: those whose every open destination waits for a
-        # slot are counted apart (a count of them all read as if the limits
-        # were not kept).  Entries, as the stop's other lines count them:
-        # one to two domains is one attempt, and one delivering locally
-        # (no slot of the relay's) or recording is in flight too.  Not
-        # those an earlier line of this stop gave up (``_dropped``): a
-        # reader adding the lines up counted them twice
-        left = [qid for qid, r in self._entries.items() if not r.dropped]
-        waiting = sum(1 for qid in left if self._waits_for_a_slot(qid))
-        running = len(left) - waiting
-        self._generation += 1
-        for r in self._entries.values():
-            r.dropped = False  # the generation covers them now
-            # what they still wait for (another's MX lookup, a slot)
-            # delivers nothing now: a start before they are over must not
-            # count them as deliveries of their destinations (``_pass``)
-            r.open_dests = None
-        if left or not self.active:
-            log.info("stopping with {count} delivery {attempts} in flight{waiting}: given "
-                     "up, retried at the next start", count=running,
-                     attempts=plural(running, "attempt", "attempts"),
-                     waiting=f" and {waiting} more waiting for a free slot "
-                             "(max_per_destination, max_concurrent_deliveries)"
-                             if waiting else "")
-        return self.agent.abort_all()
 
     # --- events ----------------------------------------------------------------
 
@@ -446,37 +334,9 @@ class QueueRunner(Admission, Slots, NoticeSender, RunningEntries):
         if running is not None and running.changed:
             if self.running and (qid in self.due or qid in self._held):
                 self._reindex(qid, gone="no more attempts, no notice")
-        if not self.active:
-            if self._give_up_timer is not None and self._give_up_timer.active():
-                self._give_up_timer.cancel()
-            idle, self._idle = self._idle, []
-            for d in idle:
-                if not d.called:
-                    d.callback(None)
-        else:
-            self._look_again()
+        self._one_over()
         if self.running:
             self.kick()
-
-    def _look_again(self) -> None:
-        """While a stop waits: give up the entries that need no more
-        waiting for (what they had to record is recorded; the rest only
-        looks up DNS or connects), or everything when none is left."""
-        if not self._idle or self.running:
-            return
-        if not any(self._must_finish(q) for q in self.active):
-            self._give_up_now()
-            return
-        loose = {q for q, r in self._entries.items()
-                 if not r.dropped and not self._must_finish(q)}
-        if loose:
-            for q in loose:
-                self._entries[q].dropped = True
-            self.agent.quiesce({q for q, r in self._entries.items() if not r.dropped})
-            log.info("stopping: {count} more delivery {attempts} given up (what they had to "
-                     "record is recorded; the rest only looks up DNS or connects), retried at "
-                     "the next start", count=len(loose),
-                     attempts=plural(len(loose), "attempt", "attempts"))
 
     # --- one entry -------------------------------------------------------------------
 

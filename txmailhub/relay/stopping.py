@@ -1,0 +1,209 @@
+"""Stopping: the queue runner's stop, and what it waits for or gives up.
+
+A stop (``QueueRunner.stop``) picks no more entries and waits a little
+for the attempts in flight: only for what must be finished (a session, a
+local delivery, an outcome being recorded, a notice); an entry whose
+deliveries only look up DNS or connect, or wait for a slot, is given up
+at once, and so is one whose last answer is recorded while the stop waits
+(``_look_again``).  What is left when its grace is over is given up
+(``_give_up_now``): its connections are cut, it records nothing, and the
+stop is over once they are closed.  Kept apart from the runner's
+scheduling (``runner.py``) and admission (``admission.py``) because it is
+a step of its own with its own rules: a second stop, a start within a
+stop's grace, the log lines counting what is given up.
+
+``Stopping`` is a part of ``QueueRunner`` (its base class) and works on
+the runner's state (``running.py``'s objects of the entries under way);
+its log lines keep the runner's namespace, ``txmailhub.relay.runner``,
+as before this module was split off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from txmailhub.logsafe import plural
+from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.running import _Running
+
+__all__ = ["CUT_GRACE", "SHUTDOWN_GRACE", "Stopping"]
+
+# the runner's namespace: these lines were the runner's, and a filter on it
+# (an operator's, a test's) must still see them
+log = Logger(namespace="txmailhub.relay.runner")
+
+SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
+# then at most this long for the connections it cut to be closed (a transport
+# reports an aborted connection lost a reactor turn later; this bounds a
+# transport that never does)
+CUT_GRACE = 2.0
+
+
+class Stopping:
+    """The stop (``stop``), and its looks at what it still waits for
+    (``_look_again``, ``_one_over``); a base class of ``QueueRunner``,
+    whose state it works on and whose ``_event`` and
+    ``_waits_for_a_slot`` it uses."""
+
+    # of the runner (``QueueRunner.__init__`` says what each is)
+    running: bool
+    queue: OutboundQueue
+    agent: Any
+    clock: Any
+    _entries: dict[str, _Running]
+    _generation: int
+    _give_up_timer: Any
+    _loop: task.LoopingCall | None
+    _idle: list[defer.Deferred]
+
+    def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
+        """Stop picking entries; wait a little for attempts in flight.
+
+        Only what must be finished is waited for (``_must_finish``): a
+        session, a local delivery, an outcome being recorded, a notice.
+        An entry whose deliveries only look up DNS or connect loses nothing
+        when given up: it is given up at once, and its deliveries connect
+        no more.  Whatever still runs after ``grace`` (``SHUTDOWN_GRACE``)
+        is given up too: its connections are cut, it records nothing (the
+        queue stays as last recorded, for the next start: the hub's lock
+        is released once this Deferred fires, and another hub may take the
+        queue at once), and no new connection is made."""
+        self.running = False
+        # a start listens again (recover() then reads every entry anew)
+        self.queue.unlisten(self._event)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if not self.active:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        timer = self._give_up_timer
+        if grace > 0 and timer is not None and timer.active():
+            # a second stop: the wait ends when the shorter grace does
+            if timer.getTime() > self.clock.seconds() + grace:
+                timer.reset(grace)
+            return d
+        keep = {qid for qid in self.active if self._must_finish(qid)}
+        if grace <= 0 or not keep:
+            self._give_up_now()
+            return d
+        dropped = self.active - keep
+        for qid in dropped:
+            self._entries[qid].dropped = True
+        self.agent.quiesce(keep)
+        log.info("stopping: waiting up to {grace:g} s for {count} delivery {attempts} in "
+                 "flight{dropped}", grace=grace, count=len(keep),
+                 attempts=plural(len(keep), "attempt", "attempts"),
+                 dropped=f" ({len(dropped)} only looking up DNS or connecting: given up, "
+                         "retried at the next start)" if dropped else "")
+        self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
+        return d
+
+    def _must_finish(self, qid: str) -> bool:
+        """Whether giving ``qid`` up now could lose or repeat something.
+
+        Outside its deliveries an entry records an outcome or sends a
+        notice: giving it up would forget a delivery made (a second one at
+        the next start).  During them, a local delivery begun, a remote
+        host's answer not yet recorded (or being recorded), or a delivery
+        past connecting (the agent knows) must be finished too, and so must
+        an entry whose destinations are all done (its record follows).  What
+        is left -- deliveries waiting for a slot, looking up DNS,
+        connecting, beside destinations whose results are recorded already
+        -- loses nothing."""
+        running = self._entries.get(qid)
+        if running is not None and running.dropped:
+            return False
+        att = None if running is None else running.attempt
+        if att is None:
+            return True
+        return att.kept > 0 or self.agent.connected(qid) or not att.open
+
+    def _give_up_now(self) -> None:
+        """End a stop's wait: give up what is in flight, fire its Deferreds."""
+        if self._give_up_timer is not None and self._give_up_timer.active():
+            self._give_up_timer.cancel()
+        self._give_up_timer = None
+        gone = self._give_up()
+        idle, self._idle = self._idle, []
+
+        def fire(_: Any = None) -> None:
+            for d in idle:
+                if not d.called:
+                    d.callback(None)
+
+        if isinstance(gone, defer.Deferred) and not gone.called:
+            # the stop is over once the cut connections are closed: until
+            # then their sockets and Twisted's call that reports them lost
+            # are still on the reactor (docs/embedding.rst: nothing of the
+            # hub is left once its stop has fired)
+            gone.addTimeout(CUT_GRACE, self.clock).addBoth(fire)
+        else:
+            fire()
+
+    def _give_up(self) -> Any:
+        """The attempts in flight record nothing from now on, and their
+        connections are cut; returns what the agent's ``abort_all`` does
+        (a Deferred of the cut connections' close, or None)."""
+        # the entries taken (up to twice max_concurrent_deliveries) are
+        # not all under way: those whose every open destination waits for a
+        # slot are counted apart (a count of them all read as if the limits
+        # were not kept).  Entries, as the stop's other lines count them:
+        # one to two domains is one attempt, and one delivering locally
+        # (no slot of the relay's) or recording is in flight too.  Not
+        # those an earlier line of this stop gave up (``_dropped``): a
+        # reader adding the lines up counted them twice
+        left = [qid for qid, r in self._entries.items() if not r.dropped]
+        waiting = sum(1 for qid in left if self._waits_for_a_slot(qid))
+        running = len(left) - waiting
+        self._generation += 1
+        for r in self._entries.values():
+            r.dropped = False  # the generation covers them now
+            # what they still wait for (another's MX lookup, a slot)
+            # delivers nothing now: a start before they are over must not
+            # count them as deliveries of their destinations (``_pass``)
+            r.open_dests = None
+        if left or not self.active:
+            log.info("stopping with {count} delivery {attempts} in flight{waiting}: given "
+                     "up, retried at the next start", count=running,
+                     attempts=plural(running, "attempt", "attempts"),
+                     waiting=f" and {waiting} more waiting for a free slot "
+                             "(max_per_destination, max_concurrent_deliveries)"
+                             if waiting else "")
+        return self.agent.abort_all()
+
+    def _look_again(self) -> None:
+        """While a stop waits: give up the entries that need no more
+        waiting for (what they had to record is recorded; the rest only
+        looks up DNS or connects), or everything when none is left."""
+        if not self._idle or self.running:
+            return
+        if not any(self._must_finish(q) for q in self.active):
+            self._give_up_now()
+            return
+        loose = {q for q, r in self._entries.items()
+                 if not r.dropped and not self._must_finish(q)}
+        if loose:
+            for q in loose:
+                self._entries[q].dropped = True
+            self.agent.quiesce({q for q, r in self._entries.items() if not r.dropped})
+            log.info("stopping: {count} more delivery {attempts} given up (what they had to "
+                     "record is recorded; the rest only looks up DNS or connects), retried at "
+                     "the next start", count=len(loose),
+                     attempts=plural(len(loose), "attempt", "attempts"))
+
+    def _one_over(self) -> None:
+        """An entry's handling is over (``_finished``): a stop that waited
+        for the last one is over, else it looks again at the others."""
+        if not self._entries:
+            if self._give_up_timer is not None and self._give_up_timer.active():
+                self._give_up_timer.cancel()
+            idle, self._idle = self._idle, []
+            for d in idle:
+                if not d.called:
+                    d.callback(None)
+        else:
+            self._look_again()
