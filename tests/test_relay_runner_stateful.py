@@ -11,9 +11,10 @@ those who wait for it as an error, at times); answers sessions
 holds, releases and deletes entries and flushes the queue as ``mailhub
 queue`` does; lets the clock run; has the spool refuse the notices (a
 full disk: failure and success notices, some entries asking for the
-latter) for a while; and stops and starts the runner, at once or with a
-stop's grace (the old lookups running on, as on a resolver the relay
-does not stop).  After each step it checks that
+latter) for a while; sets the clock back (an NTP step), the runner's
+timers with it, as Twisted's reactor does; and stops and starts the
+runner, at once or with a stop's grace (the old lookups running on, as on
+a resolver the relay does not stop).  After each step it checks that
 
 * no more deliveries run than ``max_concurrent_deliveries`` in all and
   ``max_per_destination`` to a domain, and no more entries are taken
@@ -26,11 +27,12 @@ does not stop).  After each step it checks that
 * no entry waits longer than ``mailhub queue list`` says it does (a
   minute more after an error while it was handled), and none the queue
   no longer has is due or held, once the runner has seen what ``mailhub
-  queue`` did;
+  queue`` did (and, with a clock set back, once it has looked);
 
 * the runner has taken every entry it can: a look at the queue now
   takes none (one it would take waited for the runner's next tick, or
-  for ever: a lost wake-up);
+  for ever: a lost wake-up) -- but while its look every second waits
+  out a clock set back, as docs/relay.rst says it does;
 
 and, once everything under way is answered with the clock standing
 still, that no entry due now is left waiting, and that after the queue
@@ -59,7 +61,7 @@ from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
 from txmailhub.relay import admin, bounce
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.queue import CHANGED, OutboundQueue
-from txmailhub.relay.runner import ENTRIES_PER_SLOT, ERROR_RETRY, QueueRunner
+from txmailhub.relay.runner import ENTRIES_PER_SLOT, ERROR_RETRY, POLL_INTERVAL, QueueRunner
 from txmailhub.smtp.reply import Reply
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
@@ -304,6 +306,24 @@ class RunnerMachine(RuleBasedStateMachine):
         # do not make the lookups one after the other)
         self.clock.advance(seconds)
 
+    @rule(seconds=st.sampled_from([1, 60, 3600, 86400]))
+    def the_clock_is_set_back(self, seconds: int) -> None:
+        """The system clock is set back (an NTP step, a virtual machine
+        restored from a snapshot).  The runner reads the time from its
+        reactor (``clock.seconds()``), and so do its timers: a reactor's
+        timed calls are kept at the times they are due, so that they come
+        that much later, as Twisted's do on a real clock set back (the
+        runner's look every second too: ``_stalled``)."""
+        self.clock.rightNow -= seconds
+
+    def _stalled(self) -> bool:
+        """Whether the runner's look every second waits out a clock set
+        back (docs/relay.rst, "Retry schedule": only new mail, an answer
+        or a restart gets the queue looked at until it comes)."""
+        loop = self.runner._loop
+        call = None if loop is None or not loop.running else loop.call
+        return call is not None and call.getTime() > self.clock.seconds() + POLL_INTERVAL
+
     @rule()
     def restart(self) -> None:
         self.runner.stop(grace=0)
@@ -330,7 +350,7 @@ class RunnerMachine(RuleBasedStateMachine):
         self._answer_everything(delivered=True)
         now = self.clock.seconds()
         r = self.runner
-        if r.running and len(r.active) < ENTRIES_PER_SLOT * GLOBAL:
+        if r.running and not self._stalled() and len(r.active) < ENTRIES_PER_SLOT * GLOBAL:
             left = [q for q, when in r.due.items() if when <= now and q not in r.active]
             assert not left, f"due now, not taken: {left}"
 
@@ -392,8 +412,8 @@ class RunnerMachine(RuleBasedStateMachine):
         # the runner has taken every entry it can: a look now takes none
         # (one it would take waited for the next tick, or for ever)
         r = self.runner
-        if not r.running:
-            return
+        if not r.running or self._stalled():
+            return  # (a look that waits out a clock set back: documented)
         before = set(r.active)
         r.kick()
         assert set(r.active) <= before, f"taken only by a look: {set(r.active) - before}"
@@ -406,6 +426,11 @@ class RunnerMachine(RuleBasedStateMachine):
         r = self.runner
         if not r.running or os.path.lexists(os.path.join(self.settings.queue_dir, CHANGED)):
             return  # not seen yet: the runner's next tick reads it
+        if self._stalled():
+            # its look every second waits out a clock set back: what it
+            # keeps is as ``queue list`` says once it looks (new mail, an
+            # answer), as this look does
+            r.kick()
         now = self.clock.seconds()
         for qid, when in r.due.items():
             if qid in r.active:
