@@ -19,13 +19,16 @@ it never stalls the others.
 
 It must not touch the queue's files itself (``queue.py`` does) nor speak
 SMTP (``attempt.py`` does).  What a result changes in a record, and when
-the next attempt is, are pure functions of ``recording.py``; the notices
-are made and sent by ``notices.py`` (``NoticeSender``, a base class), and
-which due entries are taken at a look by ``admission.py`` (``Admission``);
-a remote delivery's wait for its slots is ``slots.py``'s (``Slots``); a
-stop, and what it waits for or gives up, ``stopping.py``'s (``Stopping``);
-and what is kept of each entry under way is one object of ``running.py``'s
-(``RunningEntries``), made when it is taken and dropped when it is done.
+the next attempt is, are pure functions of ``recording.py``.  Its other
+parts are base classes of ``QueueRunner``, each in a module of its own:
+the notices are made and sent by ``notices.py`` (``NoticeSender``); which
+due entries are taken at a look is ``admission.py``'s (``Admission``); a
+remote delivery's wait for its slots, ``slots.py``'s (``Slots``); a stop,
+and what it waits for or gives up, ``stopping.py``'s (``Stopping``); what
+it learns of its queue (each entry's next attempt, ``mailhub queue``'s
+changes), ``events.py``'s (``QueueEvents``); and what is kept of each
+entry under way is one object of ``running.py``'s (``RunningEntries``),
+made when it is taken and dropped when it is done.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from txmailhub.relay import bounce, recording, schedule
 from txmailhub.relay.admission import ENTRIES_PER_SLOT as ENTRIES_PER_SLOT  # tap's import
 from txmailhub.relay.admission import Admission
 from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.events import QueueEvents
 from txmailhub.relay.notices import _DELETED, NoticeSender
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
 from txmailhub.relay.record import QueueEntry
@@ -85,7 +89,7 @@ class _AttemptFailed(Exception):
         self.results = results
 
 
-class QueueRunner(Admission, Slots, NoticeSender, Stopping, RunningEntries):
+class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, RunningEntries):
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
     def __init__(self, queue: OutboundQueue, agent: Any, components: Any, clock: Any,
@@ -196,131 +200,7 @@ class QueueRunner(Admission, Slots, NoticeSender, Stopping, RunningEntries):
         self._loop.clock = self.clock
         self._loop.start(POLL_INTERVAL, now=True)
 
-    # --- events ----------------------------------------------------------------
-
-    def _event(self, queue_id: str | None) -> None:
-        if queue_id is not None:
-            entry = self.queue.read(queue_id)
-            if entry is not None:
-                self._index(entry)
-        self.kick()
-
-    def _tick(self) -> None:
-        try:
-            if self.queue.take_flag(FLUSH):
-                log.info("queue flush requested")
-                self._rescan()
-                self._flush()
-            elif self.queue.take_flag(CHANGED):
-                self._rescan()
-        except Exception:
-            # a control file that cannot be taken (EIO, a read-only remount)
-            # is one line, and must not stop the due entries being started
-            log_failure(log, Failure(), "queue runner tick failed")
-        try:
-            self.kick()
-        except Exception:
-            log.failure("queue runner tick failed")
-
-    def _index(self, entry: QueueEntry, quiet: bool = False) -> None:
-        """Know ``entry``'s next attempt.  Only ``mailhub queue`` (another
-        process) holds and releases entries: each change found is logged
-        here, the hub's log being where an operator looks (``quiet``: the
-        entries found at start)."""
-        qid = entry.id
-        if entry.held:
-            if not quiet and qid not in self._held:
-                log.info("queue entry {queue_id} held (mailhub queue hold)", queue_id=qid)
-            self.due.pop(qid, None)
-            self._held.add(qid)
-        else:
-            if not quiet and qid in self._held:
-                log.info("queue entry {queue_id} released (mailhub queue release)", queue_id=qid)
-            self._held.discard(qid)
-            # a retry time written by a clock ahead of this one (set back
-            # since, or another machine's) would hold the entry back by the
-            # whole step of the clock, days perhaps: the rule ``mailhub
-            # queue list`` shows the next attempt by (``schedule.due_by``)
-            self._wait[qid] = self._longest_wait(entry)
-            self._destinations[qid] = self._where(entry)
-            self.due[qid] = schedule.due_by(entry.next_attempt, entry.steps,
-                                            self.clock.seconds(), self.relay.retry_schedule,
-                                            ERROR_RETRY)
-
-    def _where(self, entry: QueueEntry) -> tuple[frozenset[str], bool]:
-        """``entry``'s pending recipients' remote destinations, and whether
-        some of them are local (as ``_attempt`` groups them).  One that
-        cannot be told (the router failing) is taken as local: ``kick``
-        takes the entry as it did, and its attempt meets that error where
-        the entry's other errors are handled."""
-        router = self.components.router
-        dests = set()
-        local = False
-        for r in entry.pending:
-            try:
-                if router.is_local_domain(r.address.domain):
-                    local = True
-                else:
-                    dests.add(self.agent.destination(r.address))
-            except Exception:
-                local = True
-        return frozenset(dests), local
-
-    def _longest_wait(self, entry: QueueEntry) -> float:
-        """The longest ``entry`` can be meant to wait from now
-        (``schedule.longest_wait``; at least the minute of a pass that
-        only owed a notice), which ``kick`` holds it to as well."""
-        return schedule.longest_wait(entry.steps, self.relay.retry_schedule, ERROR_RETRY)
-
-    def _rescan(self) -> None:
-        seen = set()
-        for qid in self.queue.ids():
-            seen.add(qid)
-            if qid in self._entries:
-                # what its handling writes last may predate this change (a
-                # hold, or a release after the attempt was recorded): look
-                # again when it is done
-                self._entries[qid].changed = True
-                continue
-            self._reindex(qid)
-        for qid in {*self.due, *self._held, *self._unrecorded, *self._notified}:
-            if qid in seen:
-                continue
-            if qid in self._entries:
-                # deleted while being handled: looked at once that is over
-                # (what it writes last finds no record, or it wrote all it
-                # had before the delete: ``_finished``)
-                self._entries[qid].changed = True
-                continue
-            log.info("queue entry {queue_id} deleted (mailhub queue delete): "
-                     "no delivery, no notice", queue_id=qid)
-            self._forget(qid)
-
-    def _reindex(self, qid: str, gone: str | None = None) -> None:
-        """Read ``qid`` again and know its next attempt.  ``gone``: what
-        the log says when its record went meanwhile (``mailhub queue
-        delete`` while it was being handled, its last write before that),
-        and it is forgotten (it stayed due until its next try)."""
-        try:
-            entry = self.queue.read(qid)
-        except Exception:
-            log.failure("cannot read queue entry {queue_id}", queue_id=qid)
-            return
-        if entry is not None:
-            self._index(entry)
-        elif gone is not None:
-            log.info("queue entry {queue_id} deleted (mailhub queue delete): {what}",
-                     queue_id=qid, what=gone)
-            self._forget(qid)
-
-    def _flush(self) -> None:
-        now = self.clock.seconds()
-        # an attempt now, not a deferral by a failure remembered before it
-        forget = getattr(self.agent, "forget_failures", None)
-        if forget is not None:
-            forget()
-        for qid in self.due:
-            self.due[qid] = min(self.due[qid], now)
+    # --- one entry's end ----------------------------------------------------------
 
     def _crashed(self, failure: Any, qid: str) -> None:
         # an OSError (its record cannot be written: a full disk) is one line
