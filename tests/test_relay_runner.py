@@ -3224,3 +3224,34 @@ def test_an_agent_raising_while_an_attempt_starts_leaves_no_count(hub, second):
     assert [c[2] for c in hub.agent.calls].count([BOB]) == 2 if second else 1
     hub.agent.resolving.add(qid)  # only looking up DNS: a stop gives it up at once
     assert hub.runner.stop().called
+
+
+def test_an_agent_raising_in_a_look_a_delivery_ends_with_loses_no_answer(hub):
+    # a destination done while its entry runs on looks at the due entries
+    # (its entries passed over go now): the agent raising there (its
+    # lookup_in_flight asked about another entry's destination) came out
+    # of that delivery as its error -- CAROL's delivery was taken for a
+    # failure (sent again at the retry) and the entry handled as crashed
+    sessions = hub.agent.hold()
+    armed = [False]
+
+    def lookup_in_flight(dest):
+        if armed[0] and dest == "remote.test":
+            armed[0] = False
+            raise RuntimeError("the agent failed")
+        return None
+
+    hub.agent.lookup_in_flight = lookup_in_flight
+    hub.runner.start()
+    first = enqueue(hub, BOB, CAROL)
+    second = enqueue(hub, BOB)  # waits: max_per_destination = 1
+    armed[0] = True
+    answer_delivered(sessions, CAROL)
+    assert not armed[0]  # (the agent raised)
+    assert hub.queue.read(first).recipient(CAROL).state == "delivered"
+    answer_delivered(sessions, BOB)
+    assert first not in hub.queue.ids()
+    answer_delivered(sessions, BOB)  # the second entry's turn
+    assert hub.queue.ids() == [] and second not in hub.runner.active
+    assert [c[2] for c in hub.agent.calls] == [[BOB], [CAROL], [BOB]]
+    assert _running_counts(hub.runner) == {}

@@ -18,10 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from txmailhub.relay.running import _Running
 
 __all__ = ["ENTRIES_PER_SLOT", "Admission"]
+
+# the runner's namespace: a filter on it (an operator's, a test's) sees
+# the runner's lines whichever of its parts logs them
+log = Logger(namespace="txmailhub.relay.runner")
 
 # entries handled at once per delivery slot ([relay] max_concurrent_deliveries):
 # the ones beyond the slots wait for one, their records read.  Each whose
@@ -52,7 +57,14 @@ class Admission:
     _watching: set[str]
 
     def kick(self) -> None:
-        """Start every due entry there is room for."""
+        """Start every due entry there is room for.
+
+        Never raises: it is called where something else ends (a
+        delivery, an entry's handling, a lookup), and an error out of a
+        look (the agent failing when asked about a destination) must not
+        become that one's -- a delivery made taken for a failed one, sent
+        again.  It is logged, and the runner's next look (a second
+        later) tries again."""
         if not self.running:
             return
         if self._kicking:
@@ -66,6 +78,8 @@ class Admission:
             while self._kick_again and self.running:
                 self._kick_again = False
                 self._pass()
+        except Exception:
+            log.failure("queue runner: a look at the due entries failed")
         finally:
             self._kicking = False
 
