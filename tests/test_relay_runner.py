@@ -3255,3 +3255,28 @@ def test_an_agent_raising_in_a_look_a_delivery_ends_with_loses_no_answer(hub):
     assert hub.queue.ids() == [] and second not in hub.runner.active
     assert [c[2] for c in hub.agent.calls] == [[BOB], [CAROL], [BOB]]
     assert _running_counts(hub.runner) == {}
+
+
+def test_a_router_raising_while_an_attempt_starts_leaves_no_count(hub, monkeypatch):
+    # the router asked about each recipient as the attempt groups them:
+    # one raising for the second recipient fails the attempt before any
+    # delivery starts, and nothing of it may stay counted (the entry is
+    # retried a minute later, a stop does not wait for it)
+    real = hub.components.router.is_local_domain
+    failing = [False]
+
+    def is_local_domain(domain):
+        if failing[0] and domain == "other.test":
+            raise RuntimeError("the router failed")
+        return real(domain)
+
+    monkeypatch.setattr(hub.components.router, "is_local_domain", is_local_domain)
+    hub.runner.start()
+    failing[0] = True
+    qid = enqueue(hub, BOB, CAROL)
+    assert hub.agent.calls == [] and hub.queue.ids() == [qid]
+    assert _running_counts(hub.runner) == {}
+    failing[0] = False
+    hub.clock.advance(60)
+    assert hub.queue.ids() == [] and _running_counts(hub.runner) == {}
+    assert [c[2] for c in hub.agent.calls] == [[BOB], [CAROL]]
