@@ -154,7 +154,7 @@ class Stopping:
         # were not kept).  Entries, as the stop's other lines count them:
         # one to two domains is one attempt, and one delivering locally
         # (no slot of the relay's) or recording is in flight too.  Not
-        # those an earlier line of this stop gave up (``_dropped``): a
+        # those an earlier line of this stop gave up (``dropped``): a
         # reader adding the lines up counted them twice
         left = [qid for qid, r in self._entries.items() if not r.dropped]
         waiting = sum(1 for qid in left if self._waits_for_a_slot(qid))
