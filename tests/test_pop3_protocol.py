@@ -3060,3 +3060,25 @@ def test_a_malformed_auth_response_of_a_blocked_address_is_not_counted_again(
     assert proto.engine.auth_failures == 0
     malformed = [e for e in log_events if "malformed" in formatEvent(e)]
     assert len(malformed) == (0 if reply is R.AUTH_FAILED else 1)
+
+
+def test_over_long_lines_sent_while_the_client_does_not_read_stop_the_reading():
+    # each one the line reader drops still keeps its first octets (to tell
+    # an AUTH PLAIN by): those count toward INPUT_LIMIT, or a client that
+    # reads nothing could send such lines without end and the heads, some
+    # 300 octets of memory for each, would pile up unanswered
+    env = Env()
+    env.store.add("joe@example.org", b"x" * 50000 + b"\n")
+    proto, t = login(env)
+    t.limit = 1000
+    proto.dataReceived(b"RETR 1\r\n")
+    assert proto._write_paused
+    line = b"NOOP " + b"A" * 5000 + b"\r\n"
+    sent = 0
+    while t.producerState == "producing" and sent < 1000:
+        for i in range(0, len(line), 1000):  # as a socket gives it: in pieces
+            proto.dataReceived(line[i:i + 1000])
+        sent += 1
+    assert t.producerState == "paused"
+    assert sent <= INPUT_LIMIT // 255 + 1
+    assert proto.engine.buffered < INPUT_LIMIT + len(line)
