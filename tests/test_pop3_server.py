@@ -580,6 +580,17 @@ def test_an_initial_response_past_the_command_line_limit_is_marked_as_a_malforme
         assert run(e, line) == Send(R.LINE_TOO_LONG.to_bytes()), line[:20]
 
 
+def test_an_auth_line_with_more_words_is_not_marked_at_any_length():
+    # "AUTH PLAIN x y" is a syntax error, no initial response, whatever
+    # its length: a head of a line dropped unread that shows a third word
+    # shows a line that has one, and marks it no more than the same line
+    # of 300 octets is marked (it was: logged as a malformed response, and
+    # a failed login of the address)
+    for tail in (b"A" * 300, b"A" * 5000, b"A" * 100_000):
+        for line in (b"AUTH PLAIN x " + tail, b"AUTH PLAIN " + b"A" * 100 + b" " + tail):
+            assert run(engine(), line) == Send(R.LINE_TOO_LONG.to_bytes()), (line[:20], len(tail))
+
+
 def test_an_auth_line_dropped_unread_is_marked_however_it_arrives():
     # a line past 4096 octets is dropped as it arrives, in any number of
     # reads: the mark comes from its first octets, kept on their own

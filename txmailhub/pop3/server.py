@@ -310,7 +310,7 @@ class POP3Server:
             # only its first octets were kept: an AUTH PLAIN with an
             # initial response is marked at any length, as SMTP's is
             return Send(R.LINE_TOO_LONG.to_bytes(),
-                        malformed_auth=self._overlong_auth(reader.dropped_head, whole=False))
+                        malformed_auth=self._overlong_auth(reader.dropped_head))
         if self._sasl:
             self._sasl = False
             return self._sasl_response(line)
@@ -541,12 +541,14 @@ class POP3Server:
                                 unusable_name=True)
         return self._login("PLAIN", prepared, password)
 
-    def _overlong_auth(self, line: bytes, whole: bool = True) -> bool:
+    def _overlong_auth(self, line: bytes) -> bool:
         """Whether ``line``, a command line over RFC 2449's 255 octets, is
-        an ``AUTH PLAIN`` whose initial response made it so.  ``whole``
-        is false where ``line`` is only the head of a line too long to
-        keep (``LineReader.dropped_head``): a word after the mechanism is
-        then enough, as the rest of the line was never read.
+        an ``AUTH PLAIN`` whose initial response made it so.  ``line`` may
+        be only the head of a line too long to keep
+        (``LineReader.dropped_head``), judged the same way: a word after
+        the initial response in it is one of the line too, which is then
+        a syntax error, not marked at any length (as at 300 octets); the
+        initial response itself may go on past the head.
 
         RFC 5034 4 keeps the AUTH command within that limit: a client
         whose initial response would not fit "MUST NOT" send it, and sends
@@ -562,9 +564,7 @@ class POP3Server:
             return False
         words = arg.replace(b"\t", b" ").split(b" ")
         words = [w for w in words if w]
-        if len(words) < 2 or words[0].upper() != b"PLAIN":
-            return False
-        return len(words) == 2 or not whole
+        return len(words) == 2 and words[0].upper() == b"PLAIN"
 
     def identity(self, name: str) -> str:
         """A user name as the users file keys it: a bare name is at the
