@@ -44,7 +44,6 @@ class LineReader:
         self._held = 0  # octets of _blocks not handed out yet
         self._partial = b""
         self._discarding = False
-        self._dropping = b""
         self._dropping = b""  # the head of the line being dropped
         #: the first ``HEAD`` octets of the line the last ``pop`` gave as
         #: ``None`` (too long), its line end never included
