@@ -146,7 +146,7 @@ def test_a_cancelled_smtp_auth_is_no_failure(log_events) -> None:
     b"AUTH PLAIN\r\n" + base64.b64encode(b"joe\0pw") + b"\r\n",
     b"AUTH PLAIN\r\n" + b"A" * 5000 + b"\r\n",
     b"AUTH PLAIN " + b"A" * 300 + b"\r\n",  # an initial response past 255 octets
-    b"AUTH PLAIN " + b"A" * 5000 + b"\r\n",  # past 4096 too: dropped unread, no line
+    b"AUTH PLAIN " + b"A" * 5000 + b"\r\n",  # past 4096: dropped unread (it left no line)
     b"AUTH PLAIN " + base64.b64encode(b"ann\0joe\0joepw") + b"\r\n"])  # as another user
 def test_the_filter_matches_a_malformed_pop3_auth_response(log_events, commands: bytes) -> None:
     env = Env(allow_plaintext_auth=True)
