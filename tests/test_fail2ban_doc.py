@@ -303,3 +303,40 @@ def test_the_filter_matches_an_apop_login_of_a_name_no_user_can_have(log_events)
     lines = log_lines(log_events, "txmailhub.pop3")
     assert any(line.endswith("(APOP) refused: AUTH") for line in lines), lines
     assert hosts(lines) == ["192.0.2.7"]
+
+
+# the hub's own refusal of an address past its failed logins is no wrong
+# password (deployment.rst: leave it out), whatever name the client gave,
+# the malformed SMTP response refused so included: fail2ban bans on the
+# failures themselves, not on the hub's answer to them
+@pytest.mark.parametrize("response", [
+    base64.b64encode(b"\0alice\0wrong"), base64.b64encode(f"\0{FORGED}\0wrong".encode()),
+    base64.b64encode(b"bob\0alice\0secret")])  # acting as another user: malformed
+def test_the_filter_does_not_match_an_smtp_login_refused_for_too_many_failures(
+        log_events, response: bytes) -> None:
+    h = Harness()
+    for _ in range(10):
+        h.factory.login_failures.failed("192.0.2.1")
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True
+    take(t)
+    p.dataReceived(b"EHLO c\r\nAUTH PLAIN " + response + b"\r\n")
+    assert take(t)[-1].startswith("454 ")
+    lines = log_lines(log_events, "txmailhub.smtp")
+    assert [line for line in lines if "too many failures" in line]
+    assert hosts(lines) == []
+
+
+@pytest.mark.parametrize("response", [
+    base64.b64encode(b"\0joe\0wrong"), base64.b64encode(f"\0{FORGED}\0wrong".encode()),
+    base64.b64encode(b"ann\0joe\0joepw")])  # acting as another user: malformed
+def test_the_filter_does_not_match_a_pop3_login_refused_for_too_many_failures(
+        log_events, response: bytes) -> None:
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    for _ in range(10):
+        proto.factory.login_failures.failed("192.0.2.7")
+    assert talk(proto, t, b"AUTH PLAIN " + response + b"\r\n").startswith(b"-ERR [SYS/TEMP]")
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert [line for line in lines if "too many failures" in line]
+    assert hosts(lines) == []
