@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.application.service import Service
@@ -2416,3 +2417,228 @@ def test_a_notice_that_could_not_install_its_handlers_is_not_counted_as_answerin
         assert [signal.getsignal(s) for s in signals] == [signal.SIG_DFL] * 2
     finally:
         HangupNotice._answering[:] = [n for n in HangupNotice._answering if n is not elsewhere]
+
+
+def _sighup_now(*, raised: bool = False) -> list[Any]:
+    """The calls a SIGHUP queues for the reactor now, taken off its queue
+    (another test's calls stay as they are): the handler in place called
+    as Python calls it, or with ``raised`` the signal itself raised in
+    this process (main thread; ``signal.raise_signal`` runs the handler
+    before it returns, where ``os.kill`` leaves it to a later bytecode)."""
+    import signal
+
+    from twisted.internet import reactor
+
+    waiting = len(reactor.threadCallQueue)
+    if raised:
+        signal.raise_signal(signal.SIGHUP)
+    else:
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)
+    queued = reactor.threadCallQueue[waiting:]
+    del reactor.threadCallQueue[waiting:]
+    return queued
+
+
+def _answered(queued: list[Any], *notices: Any) -> list[bool]:
+    """Whether each notice queued its answer (re-reading its TLS files)."""
+    called = [f for f, _a, _kw in queued]
+    return [n._answer in called for n in notices]
+
+
+def test_the_sighup_notice_passes_sighup_on_to_the_applications_own_handler(
+        hub_signals) -> None:
+    # an application that embeds the hub and handles SIGHUP itself (its
+    # own reload) lost that reload for as long as the hub ran: the notice
+    # passed the signal on to other hubs' notices only
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    calls: list[tuple[int, Any]] = []
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append((signum, frame))
+
+    signal.signal(signal.SIGHUP, mine)
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    notice.startService()
+    assert signal.getsignal(signal.SIGHUP) == notice._hangup
+    assert _answered(_sighup_now(), notice) == [True]
+    assert calls == [(signal.SIGHUP, None)], "the application's own reload was lost"
+    assert _answered(_sighup_now(raised=True), notice) == [True]
+    assert len(calls) == 2 and calls[1][0] == signal.SIGHUP
+    assert calls[1][1] is not None  # the frame the signal interrupted, as Python passes it
+    notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+
+
+@pytest.mark.parametrize("found", ["SIG_DFL", "SIG_IGN"])
+def test_the_sighup_notice_passes_on_no_default_action_nor_an_ignored_signal(
+        hub_signals, found: str) -> None:
+    # no Python handler before the notice's: there is nothing to call (the
+    # default action would end the process), and the one found is put back
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    before = getattr(signal, found)
+    signal.signal(signal.SIGHUP, before)
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    assert _answered(_sighup_now(), notice) == [True]
+    assert _answered(_sighup_now(raised=True), notice) == [True]  # the process goes on
+    notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+def test_two_hubs_notices_call_the_applications_sighup_handler_once_per_signal(
+        hub_signals) -> None:
+    # the handler the first notice found is the application's: each
+    # SIGHUP reaches both hubs and the application's handler once (not
+    # once per hub), whichever hub stops or starts again, and the last
+    # stop puts it back.  An application's SIGUSR1 handler is left alone
+    # all along (the notices answer SIGUSR1 only where no one does).
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    calls: list[int] = []
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+
+    def rotate(signum: int, frame: Any) -> None:
+        pass
+
+    def once(*notices: HangupNotice, raised: bool = False) -> list[bool]:
+        del calls[:]
+        answered = _answered(_sighup_now(raised=raised), *notices)
+        assert calls == [signal.SIGHUP], f"the application's handler called {len(calls)} times"
+        assert signal.getsignal(signal.SIGUSR1) is rotate
+        return answered
+
+    signal.signal(signal.SIGHUP, mine)
+    signal.signal(signal.SIGUSR1, rotate)
+    first, second = HangupNotice(), HangupNotice()
+    first.privilegedStartService()
+    second.privilegedStartService()
+    assert once(first, second) == [True, True]
+    assert once(first, second, raised=True) == [True, True]
+    first.stopService()
+    assert once(first, second) == [False, True]
+    first.startService()  # started again, while a link of the second's handler
+    assert once(first, second) == [True, True]
+    first.stopService()
+    second.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+    # stopped the other way round, and the second started again after
+    first.privilegedStartService()
+    second.privilegedStartService()
+    second.stopService()
+    assert once(first, second) == [True, False]
+    second.startService()
+    assert once(first, second) == [True, True]
+    second.stopService()
+    first.stopService()
+    assert [signal.getsignal(s) for s in hub_signals] == [mine, rotate]
+
+
+def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a_restart(
+        hub_signals) -> None:
+    # an application installs its SIGHUP handler after the hub started,
+    # and passes the signal on to the one it found (the notice's); the hub
+    # stops (the application's handler stays: it is the application's)
+    # and starts again, and its notice now passes the signal on to that
+    # handler, which passes it back: each must still run once per signal
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    calls: list[int] = []
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    found = signal.getsignal(signal.SIGHUP)
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        if callable(found):
+            found(signum, frame)
+
+    signal.signal(signal.SIGHUP, mine)
+    assert _answered(_sighup_now(), notice) == [True] and calls == [signal.SIGHUP]
+    notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+    notice.startService()
+    assert signal.getsignal(signal.SIGHUP) == notice._hangup
+    del calls[:]
+    queued = _sighup_now()
+    assert _answered(queued, notice) == [True] and calls == [signal.SIGHUP]
+    assert len(queued) == 1, "the hub answered one signal twice"
+    notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+
+
+def test_an_applications_sighup_handler_that_fails_is_logged_and_the_hub_still_answers(
+        hub_signals, log_events) -> None:
+    # the application's handler raising: the hub still reads its TLS files
+    # again, and the error is logged with its traceback, not lost in a
+    # signal handler nor raised into whatever the signal interrupted
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    class Broken(Exception):
+        pass
+
+    def mine(signum: int, frame: Any) -> None:
+        raise Broken("the application's reload failed")
+
+    signal.signal(signal.SIGHUP, mine)
+    first, second = HangupNotice(), HangupNotice()
+    first.privilegedStartService()
+    second.privilegedStartService()
+    try:
+        queued = _sighup_now(raised=True)
+        assert _answered(queued, first, second) == [True, True]
+        for f, a, kw in queued:
+            f(*a, **kw)
+        [failed] = [e for e in log_events if e.get("log_failure") is not None]
+        assert failed["log_failure"].check(Broken)
+        assert "the application's reload failed" in failed["log_failure"].getTraceback()
+        assert "in mine" in failed["log_failure"].getTraceback()
+        assert "SIGHUP" in failed["log_format"]
+    finally:
+        second.stopService()
+        first.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+
+
+def test_an_applications_sighup_handler_may_still_end_the_process(hub_signals) -> None:
+    # SystemExit (an application that ends on SIGHUP) is not logged away
+    # as an error: it goes on, and the next SIGHUP is answered as before
+    import signal
+
+    from twisted.internet import reactor
+
+    from txmailhub.tap import HangupNotice
+
+    ends = [True]
+
+    def mine(signum: int, frame: Any) -> None:
+        if ends.pop():
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGHUP, mine)
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    waiting = len(reactor.threadCallQueue)
+    try:
+        with pytest.raises(SystemExit):
+            _sighup_now()
+        assert _answered(reactor.threadCallQueue[waiting:], notice) == [True]
+        del reactor.threadCallQueue[waiting:]  # the answer queued before it ended
+        ends.append(False)
+        assert _answered(_sighup_now(), notice) == [True] and ends == []
+    finally:
+        notice.stopService()

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from txmailhub.config import SYSTEM_CONFIG, default_config_path, empty_config_path, load
 from txmailhub.errors import ConfigError
@@ -369,7 +370,12 @@ class HangupNotice(Service):
 
     Two hubs in one process may each have one: the handler in place passes
     SIGHUP on to the notice installed before it, and a stopped notice's
-    SIGUSR1 line stays while another's runs."""
+    SIGUSR1 line stays while another's runs.  A Python handler found in
+    place that is no notice's (an application's own reload) is called
+    too, once per signal, after the hub's answer is queued: an application
+    that embeds the hub keeps its SIGHUP handling (an exception from it is
+    logged, with its traceback).  The default action is never called: it
+    would end the process."""
 
     name = "hangup-notice"
 
@@ -393,6 +399,10 @@ class HangupNotice(Service):
     _previous: Any = None
     #: the notices answering now: two hubs in one process each have one
     _answering: list[HangupNotice] = []
+    #: in ``_hangup`` now: a handler it calls that passes the signal back
+    #: (an application's, installed after a notice, that calls the one it
+    #: found) must not have it answered, and passed on, a second time
+    _passing = False
     #: where the log goes, for the SIGUSR1 line (``makeService`` knows)
     usr1_where = "standard output, syslog or --logger's observer"
 
@@ -423,12 +433,36 @@ class HangupNotice(Service):
     def _hangup(self, signum: int, frame: Any) -> None:
         # in a signal handler: the work is done by the reactor.  A notice
         # installed before this one (another hub's in this process) answers
-        # too: each hub reads its own TLS files again
-        if self in HangupNotice._answering:
-            self._reactor.callFromThread(self._answer)
-        previous = self._previous
-        if _notices(previous):
-            previous(signum, frame)
+        # too: each hub reads its own TLS files again; at the end of that
+        # chain, the application's handler found by the first notice
+        if self._passing:
+            return  # passed back to us by the handler we called: done already
+        self._passing = True
+        try:
+            if self in HangupNotice._answering:
+                self._reactor.callFromThread(self._answer)
+            previous = self._previous
+            if _notices(previous):
+                previous(signum, frame)
+            elif callable(previous):  # not SIG_DFL, SIG_IGN nor None
+                self._pass_on(previous, signum, frame)
+        finally:
+            self._passing = False
+
+    def _pass_on(self, handler: Any, signum: int, frame: Any) -> None:
+        """Call the application's SIGHUP handler found at the install.  Its
+        exception is logged (by the reactor, as the answer is: not from
+        the signal handler) and goes no further: raised here, it would
+        surface in whatever code the signal interrupted -- the reactor's
+        loop, a session's write.  ``SystemExit`` and ``KeyboardInterrupt``
+        (an application that ends the process on SIGHUP) go on."""
+        try:
+            handler(signum, frame)
+        except Exception:
+            self._reactor.callFromThread(
+                log.failure, "SIGHUP: the application's own handler {handler} failed; the "
+                "hub's answer to the signal is not affected", Failure(),
+                handler=getattr(handler, "__qualname__", None) or repr(handler))
 
     def _answer(self) -> None:
         if self.tls is not None:
