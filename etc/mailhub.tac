@@ -27,6 +27,7 @@ hub.start_error_type = DaemonStartError
 # SIGHUP reads the TLS certificate and key again and logs a line, as under
 # `twistd mailhub` (docs/deployment.rst); a SIGUSR1 with no log file of
 # twistd's to rotate (`-ny`: standard output) gets a line too.  Without
-# it, either signal ends the hub at once.
+# it, either signal ends the hub at once.  A SIGHUP handler of your own,
+# installed before, is still called (docs/embedding.rst).
 HangupNotice(hub.components.tls).setServiceParent(hub)
 hub.setServiceParent(application)
