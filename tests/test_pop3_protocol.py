@@ -1952,6 +1952,26 @@ def test_the_hub_stopping_gives_a_finished_answer_its_close_grace_only():
     assert stopped.called
 
 
+def test_a_session_the_stop_ends_keeps_its_close_grace_when_the_listener_restarts(log_events):
+    # the listener listening again (a quick restart of an embedded hub)
+    # before an answer under way at the stop was over: its close, made
+    # then, waited CLOSE_GRACE (30 s) instead of STOP_CLOSE_GRACE, and the
+    # old stop with it, and its end was logged as a client that left
+    env = Env()
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    stopped = proto.factory.shut_down()
+    proto.factory.startFactory()  # listening again
+    assert _read_all(proto, t).endswith(b"\r\n.\r\n" + R.SHUTTING_DOWN.to_bytes())
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t.disconnected
+    proto.connectionLost(None)
+    assert stopped.called and not env.store.is_locked("joe@example.org")
+    assert "POP3 joe@example.org from 127.0.0.1 closed as the hub stops: nothing deleted" in [
+        formatEvent(e) for e in log_events]
+
+
 def _hold_deletions(proto):
     """Make ``proto``'s mailbox delete only when the returned Deferred is
     fired (the unlinks running on a worker thread meanwhile)."""

@@ -302,7 +302,7 @@ class POP3Protocol(Protocol):
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits",
-        "_drain_call", "_draining", "_flush",
+        "_drain_call", "_draining", "_flush", "_hub_stopped",
         "_idle_call", "_last_activity", "_logout", "_lost", "_nowait", "_peer", "_pending_call",
         "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
@@ -344,6 +344,10 @@ class POP3Protocol(Protocol):
         # longer than STOP_ANSWER_GRACE
         self._draining = False
         self._drain_call: Any = None
+        # ended by the hub's stop (``cut_for_stop``): its close is cut after
+        # STOP_CLOSE_GRACE and its end logged as the stop's, also when the
+        # listener listens again meanwhile (``POP3Factory.startFactory``)
+        self._hub_stopped = False
         self._stream: _Stream | None = None
         self._pending_call: Any = None
         self._turn_call: Any = None  # answers the rest of a long batch
@@ -493,7 +497,7 @@ class POP3Protocol(Protocol):
             # A dropped connection deletes nothing (RFC 1939 6), but the
             # messages RETR sent are flagged seen as at a QUIT, as Dovecot
             # does (its session's end commits the flags, QUIT or not)
-            stopping = getattr(self.factory, "stopping", False)
+            stopping = self._hub_stopped or getattr(self.factory, "stopping", False)
             seen = self._take_unseen(())
             if self.mailbox is not None:
                 why = "closed as the hub stops" if stopping else "left without QUIT"
@@ -562,6 +566,7 @@ class POP3Protocol(Protocol):
         once as before: False."""
         if self._closing or self._draining:
             return False
+        self._hub_stopped = True
         if self._update_running or handshake_pending(self.transport) or (
                 self._busy and (self.engine is None or self.engine.state is not State.TRANSACTION)):
             self._closing = True
@@ -647,8 +652,10 @@ class POP3Protocol(Protocol):
         t.loseConnection()
         # A polite close waits for the peer to read the last reply, and under
         # TLS for a handshake it may never finish (after STLS); cut it then.
-        # Sooner while the hub stops, which waits for it.
-        grace = STOP_CLOSE_GRACE if getattr(self.factory, "stopping", False) else CLOSE_GRACE
+        # Sooner while the hub stops, which waits for it (a session it ended
+        # keeps that grace if the listener listens again before its close).
+        grace = STOP_CLOSE_GRACE if self._hub_stopped or getattr(
+            self.factory, "stopping", False) else CLOSE_GRACE
         self._close_call = self.reactor.callLater(grace, self._cut)
 
     def _cut(self) -> None:
