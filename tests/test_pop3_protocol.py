@@ -1972,6 +1972,55 @@ def test_a_session_the_stop_ends_keeps_its_close_grace_when_the_listener_restart
         formatEvent(e) for e in log_events]
 
 
+def test_a_session_finishing_its_answer_at_the_stop_reads_on_past_its_input_limit():
+    # a client not reading its answers has its commands held, and reading
+    # stops at INPUT_LIMIT of them.  The stop reads on (what comes is
+    # dropped) so that a client that hangs up, or ends its TLS session, is
+    # seen at once and its mailbox lock goes; but the next pause of the
+    # answer still under way stopped reading again, until the grace's cut
+    env = Env()
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    proto.dataReceived(b"NOOP\r\n" * (INPUT_LIMIT // 6 + 1))
+    assert t.producerState == "paused"
+    stopped = proto.factory.shut_down()
+    assert t.producerState == "producing"
+    t.clear()
+    proto.resumeProducing()  # the client read some: the next chunks fill the buffer again
+    assert proto._write_paused and proto._stream is not None
+    assert t.producerState == "producing"
+    proto.dataReceived(b"NOOP\r\n" * 1000)  # dropped, not held
+    assert proto.engine.buffered < INPUT_LIMIT + 6
+    proto.connectionLost(None)  # the client hung up
+    assert stopped.called and not env.store.is_locked("joe@example.org")
+
+
+def test_a_tls_client_ending_its_session_while_its_answer_is_finished_at_the_stop(tls_files):
+    # the same over POP3S: the close_notify of a client that stops reading
+    # and ends its TLS session was not read until the grace's cut (5 s of
+    # its mailbox lock); now the TLS layer sees it, and the session goes
+    # at the next look (CLOSED_CHECK)
+    env, client = pop3s_logged_in(tls_files, (b"y" * 76 + b"\n") * 20000)
+    client.send(b"RETR 1\r\n" + b"NOOP\r\n" * (INPUT_LIMIT // 6 + 1))
+    env.clock.advance(0)
+    sock = client.socket
+    assert sock.producerPaused and not sock.reading()
+    stopped = client.server.wrappedProtocol.factory.shut_down()
+    for _ in range(3):  # the client reads some, not all, of the message
+        sock.room = 100_000
+        sock.flush()
+        env.clock.advance(0)
+    sock.room = 0
+    sock.sent.clear()
+    assert sock.producerPaused and sock.reading()
+    client.close_notify()
+    env.clock.advance(pop3_protocol.CLOSED_CHECK)
+    assert sock.lost is not None and stopped.called
+    assert not env.store.is_locked("joe@example.org")
+    assert env.clock.getDelayedCalls() == []
+
+
 def _hold_deletions(proto):
     """Make ``proto``'s mailbox delete only when the returned Deferred is
     fired (the unlinks running on a worker thread meanwhile)."""

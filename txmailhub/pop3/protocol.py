@@ -809,9 +809,10 @@ class POP3Protocol(Protocol):
         held = self._busy or self._write_paused
         # Not at all while the rest of a long batch waits for its turn (a
         # moment): a close read meanwhile would drop the batch's tail, QUIT
-        # and its UPDATE included.
-        want = self._turn_call is None and not (
-            held and self.engine.buffered >= INPUT_LIMIT)  # type: ignore[union-attr]
+        # and its UPDATE included.  Past INPUT_LIMIT not while the hub
+        # stops (``cut_for_stop``): what arrives then is dropped, not held.
+        want = self._turn_call is None and (self._draining or not (
+            held and self.engine.buffered >= INPUT_LIMIT))  # type: ignore[union-attr]
         self._reading = set_reading(self.transport, self._reading, want)
 
     def _perform(self, action: Any) -> None:
