@@ -2021,6 +2021,45 @@ def test_a_tls_client_ending_its_session_while_its_answer_is_finished_at_the_sto
     assert env.clock.getDelayedCalls() == []
 
 
+def test_a_quick_restart_of_a_pop3_listener_ends_its_stop(log_events):
+    # stopService then startService in one go (an embedded hub restarted):
+    # the new port starts before the old one is closed, so Twisted calls
+    # no startFactory, and the factory stayed "stopping" for the whole new
+    # run: a client that left was logged as closed by the hub's stop (and
+    # its measured sizes not kept).  A session the stop had left to its
+    # deletions keeps the stop's close grace all the same.
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    factory = POP3Factory(env.components)
+    factory.doStart()  # listening
+
+    def connect():
+        proto = factory.buildProtocol(LOOPBACK)
+        t = Transport(LOOPBACK)
+        proto.makeConnection(t)
+        return proto, t
+
+    old, t_old = connect()
+    talk(old, t_old, b"USER joe\r\nPASS joepw\r\nDELE 1\r\n")
+    held = _hold_deletions(old)
+    talk(old, t_old, b"QUIT\r\n")
+    stopped = factory.shut_down()
+    factory.doStart()  # listening again, the old port not closed yet
+    factory.doStop()  # the old port closed
+    assert not factory.stopping
+    held.callback(None)
+    assert t_old.value() == R.bye_updated(0).to_bytes()
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t_old.disconnected
+    old.connectionLost(None)
+    assert stopped.called
+    new, t_new = connect()
+    talk(new, t_new, b"USER ann\r\nPASS annpw\r\n")
+    new.connectionLost(None)
+    assert "POP3 ann@example.org from 127.0.0.1 left without QUIT: nothing deleted" in [
+        formatEvent(e) for e in log_events]
+
+
 def _hold_deletions(proto):
     """Make ``proto``'s mailbox delete only when the returned Deferred is
     fired (the unlinks running on a worker thread meanwhile)."""

@@ -612,7 +612,10 @@ class POP3Protocol(Protocol):
     def hurry_close(self) -> None:
         """The hub stops while this session's close after its QUIT runs:
         cut it after ``STOP_CLOSE_GRACE`` rather than the 30 s of a close
-        during the run (the stop waits for it)."""
+        during the run (the stop waits for it), and so for its close still
+        to come (the answer to its QUIT), if the listener listens again
+        meanwhile."""
+        self._hub_stopped = True
         call = self._close_call
         if call is not None and call.active() and (
                 call.getTime() - self.reactor.seconds() > STOP_CLOSE_GRACE):
@@ -1869,6 +1872,17 @@ class POP3Factory(Factory):
 
     def startFactory(self) -> None:
         self.stopping = False  # listening again (a restart)
+
+    def doStart(self) -> None:
+        """A port starts listening with this factory: the stop is over,
+        also where Twisted calls no ``startFactory`` -- a quick restart
+        (``stopService`` then ``startService`` at once) opens the new port
+        before the old one is closed.  ``stopping`` stayed set for the
+        whole new run then: clients that left were logged as closed by the
+        hub's stop.  The sessions that stop ended keep its close grace
+        (``POP3Protocol._hub_stopped``)."""
+        self.stopping = False
+        super().doStart()
 
     def shut_down(self) -> Deferred:
         """The listener is stopping (the hub is): end the open sessions
