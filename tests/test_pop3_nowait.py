@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.pop3 import replies as R
-from txmailhub.pop3.protocol import CHUNK_SIZE
+from txmailhub.pop3.protocol import CHUNK_SIZE, STOP_ANSWER_GRACE
 from txmailhub.store import nowait
 
 ALWAYS = "always"
@@ -198,6 +198,33 @@ def test_a_retr_read_on_the_worker_when_the_hub_stops_is_sent_then_err(tmp_path)
     run_all(syncer)  # the seen flag, at the session's end
     assert stopped.called
     assert len(os.listdir(os.path.join(md, "cur"))) == 1  # retrieved, not deleted
+
+
+@pytest.mark.parametrize("messages, uncached", [([SMALL], {0}), ([BIG], {1})])
+def test_a_read_back_from_the_worker_after_the_stop_cut_its_session_writes_nothing(
+        tmp_path, messages, uncached):
+    """The stop's grace is over while RETR's read (the whole message, or a
+    chunk of a streamed one) waits for the disk: the session is cut.  A
+    read back before the cut connection is gone (its ``connectionLost``
+    comes a reactor turn later, and the workers' results are taken first)
+    wrote the message to the aborted transport, and a streamed one's
+    next chunks were read for it until its buffer was full; the file is
+    closed and nothing written now."""
+    clock, components, _md, syncer, realm = env(tmp_path, messages, uncached=uncached)
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert len(syncer.jobs) == 1
+    sent = len(t.received)
+    stopped = proto.factory.shut_down()
+    clock.advance(STOP_ANSWER_GRACE)
+    assert t.aborted and not stopped.called
+    tries = realm.boxes[0].tries
+    syncer.run_one()
+    assert len(t.received) == sent and realm.boxes[0].tries == tries
+    assert not syncer.jobs
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    assert stopped.called
 
 
 def test_top_not_cached_counts_its_lines_as_before(tmp_path):

@@ -1290,11 +1290,14 @@ class POP3Protocol(Protocol):
 
     def _back_from_worker(self, result: Any, action: Transmit, f: Any) -> bool:
         """What every worker job on a message file does first when it is
-        back: the session reads commands again; a client gone meanwhile
-        has the file closed, a failed read its ``-ERR``.  Whether the
-        caller goes on with ``result``."""
+        back: the session reads commands again; a client gone meanwhile,
+        or a session cut or closing (the hub's stop cut it after its grace:
+        its ``connectionLost`` comes a reactor turn later, and the workers'
+        results are taken first), has the file closed and nothing written,
+        a failed read its ``-ERR``.  Whether the caller goes on with
+        ``result``."""
         self._busy = False
-        if self._lost:
+        if self._lost or self._closing:
             if f is not None:
                 f.close()
             return False
@@ -1639,8 +1642,10 @@ class POP3Protocol(Protocol):
     def _chunk_back(self, result: Any, stream: _Stream) -> None:
         """A chunk read (and encoded) on a worker thread (``_pump``)."""
         stream.reading = False
-        if self._lost or self._stream is not stream:
-            stream.close()  # the client left meanwhile: nothing written
+        if self._lost or self._closing or self._stream is not stream:
+            # the client left meanwhile, or the session was cut (the hub's
+            # stop): nothing written, no more read
+            stream.close()
             return
         self._answered_after_wait()
         if isinstance(result, Failure):
