@@ -2642,3 +2642,137 @@ def test_an_applications_sighup_handler_may_still_end_the_process(hub_signals) -
         assert _answered(_sighup_now(), notice) == [True] and ends == []
     finally:
         notice.stopService()
+
+
+def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a_second_stop(
+        hub_signals) -> None:
+    # the application's handler, installed after the hub started, passes
+    # the signal on to the notice; the hub stops, starts again (its notice
+    # then passes the signal on to that handler) and stops again, putting
+    # the handler back: the notice still passed the signal on to it, so
+    # each SIGHUP ran it twice, once from the kernel, once from the notice
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    calls: list[int] = []
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    found = signal.getsignal(signal.SIGHUP)
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        if callable(found):
+            found(signum, frame)
+
+    signal.signal(signal.SIGHUP, mine)
+    for _restart in range(2):
+        notice.stopService()
+        notice.startService()
+        del calls[:]
+        assert _answered(_sighup_now(), notice) == [True] and calls == [signal.SIGHUP]
+    notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+    del calls[:]
+    assert _sighup_now() == [] and calls == [signal.SIGHUP], (
+        f"the application's handler ran {len(calls)} times for one SIGHUP")
+    notice.startService()
+    del calls[:]
+    assert _answered(_sighup_now(raised=True), notice) == [True] and calls == [signal.SIGHUP]
+    notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+
+
+def test_the_handler_found_before_the_hub_still_runs_after_a_restart_under_one_that_chains(
+        hub_signals) -> None:
+    # the application's reload was in place before the hub started (the
+    # notice passes SIGHUP on to it); then a handler that passes the signal
+    # on to the one it found (the notice's) went in over it.  The hub
+    # stopped and started again: its notice found that handler, passed the
+    # signal on to it, and when it came back, stopped there: the reload
+    # found first never ran again
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    reloads: list[int] = []
+    chained: list[int] = []
+
+    def reload(signum: int, frame: Any) -> None:
+        reloads.append(signum)
+
+    signal.signal(signal.SIGHUP, reload)
+    first, second = HangupNotice(), HangupNotice()
+    first.privilegedStartService()
+    found = signal.getsignal(signal.SIGHUP)
+
+    def chaining(signum: int, frame: Any) -> None:
+        chained.append(signum)
+        found(signum, frame)
+
+    signal.signal(signal.SIGHUP, chaining)
+
+    def once(*, raised: bool = False) -> list[bool]:
+        del reloads[:], chained[:]
+        answered = _answered(_sighup_now(raised=raised), first, second)
+        assert (reloads, chained) == ([signal.SIGHUP], [signal.SIGHUP]), (
+            f"the reload ran {len(reloads)} times, the chaining handler {len(chained)}")
+        return answered
+
+    assert once() == [True, False]
+    first.stopService()
+    assert once() == [False, False]
+    first.startService()
+    assert once() == [True, False]
+    assert once(raised=True) == [True, False]
+    second.privilegedStartService()  # a second hub, over the first's notice
+    assert once() == [True, True]
+    first.stopService()
+    assert once() == [False, True]
+    first.startService()  # over the second's notice, this time
+    assert once() == [True, True]
+    second.stopService()
+    assert once() == [True, False]
+    first.stopService()
+    assert signal.getsignal(signal.SIGHUP) is chaining
+    assert once() == [False, False]
+    second.startService()
+    assert once() == [False, True]
+    second.stopService()
+    assert signal.getsignal(signal.SIGHUP) is chaining
+    assert once() == [False, False]
+
+
+def test_a_chaining_handler_put_back_past_a_stopped_hubs_notice_is_called_once(
+        hub_signals) -> None:
+    # as above with two hubs: the second hub's notice, stopped last, puts
+    # back the application's handler past the first's (stopped already),
+    # which had passed the signal on to that handler since its restart
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    calls: list[int] = []
+    first, second = HangupNotice(), HangupNotice()
+    first.privilegedStartService()
+    found = signal.getsignal(signal.SIGHUP)
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        found(signum, frame)
+
+    signal.signal(signal.SIGHUP, mine)
+    first.stopService()
+    first.startService()
+    second.privilegedStartService()
+    first.stopService()
+    second.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+    for restart in (False, True):
+        if restart:
+            first.startService()
+        del calls[:]
+        assert _answered(_sighup_now(), first, second) == [restart, False]
+        assert calls == [signal.SIGHUP], f"the application's handler ran {len(calls)} times"
+    first.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine

@@ -375,7 +375,11 @@ class HangupNotice(Service):
     too, once per signal, after the hub's answer is queued: an application
     that embeds the hub keeps its SIGHUP handling (an exception from it is
     logged, with its traceback).  The default action is never called: it
-    would end the process."""
+    would end the process.  A notice started again under a handler that
+    passes the signal on to it (an application's, installed over it) calls
+    that handler, and when the signal comes back, the one found before it;
+    stopped, the notice puts that handler back and passes the signal it
+    has from it on to the one found before: each still runs once."""
 
     name = "hangup-notice"
 
@@ -399,10 +403,11 @@ class HangupNotice(Service):
     _previous: Any = None
     #: the notices answering now: two hubs in one process each have one
     _answering: list[HangupNotice] = []
-    #: in ``_hangup`` now: a handler it calls that passes the signal back
-    #: (an application's, installed after a notice, that calls the one it
-    #: found) must not have it answered, and passed on, a second time
-    _passing = False
+    #: how many calls of ``_hangup`` run now: a handler it calls that passes
+    #: the signal back (an application's, installed after a notice, that
+    #: calls the one it found) must not have it answered a second time, and
+    #: it is passed on to the handler found at the install before
+    _passing = 0
     #: where the log goes, for the SIGUSR1 line (``makeService`` knows)
     usr1_where = "standard output, syslog or --logger's observer"
 
@@ -419,7 +424,9 @@ class HangupNotice(Service):
         else:
             # a ValueError outside the main thread: then not counted as
             # answering either (another hub's stop would hand it SIGUSR1)
-            self._before = self._previous = signal.signal(signal.SIGHUP, self._hangup)
+            found = signal.signal(signal.SIGHUP, self._hangup)
+            self._found.append(found)
+            self._before = self._previous = found
         if self not in HangupNotice._answering:
             HangupNotice._answering.append(self)
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
@@ -429,25 +436,36 @@ class HangupNotice(Service):
     def __init__(self, tls: Any = None) -> None:
         super().__init__()
         self.tls = tls  # the listeners' ReloadingTLS, taken again on SIGHUP
+        #: the SIGHUP handlers found at the installs whose handler may still
+        #: be called, oldest first (the last is ``_previous``): a handler found
+        #: at a later install, installed over this notice by an application
+        #: that passes the signal back to it, is followed by the one before
+        self._found: list[Any] = []
 
     def _hangup(self, signum: int, frame: Any) -> None:
         # in a signal handler: the work is done by the reactor.  A notice
         # installed before this one (another hub's in this process) answers
         # too: each hub reads its own TLS files again; at the end of that
         # chain, the application's handler found by the first notice
-        if self._passing:
-            return  # passed back to us by the handler we called: done already
-        self._passing = True
+        # -- or, passed back to us by the handler we called, the one found
+        # at the install before it (answered once: it is the same signal)
+        back = self._passing
+        self._passing += 1
         try:
-            if self in HangupNotice._answering:
-                self._reactor.callFromThread(self._answer)
-            previous = self._previous
+            if back == 0:
+                if self in HangupNotice._answering:
+                    self._reactor.callFromThread(self._answer)
+                previous = self._previous
+            elif back < len(self._found):
+                previous = self._found[-1 - back]
+            else:
+                return  # passed back past the first handler found: done already
             if _notices(previous):
                 previous(signum, frame)
             elif callable(previous):  # not SIG_DFL, SIG_IGN nor None
                 self._pass_on(previous, signum, frame)
         finally:
-            self._passing = False
+            self._passing -= 1
 
     def _pass_on(self, handler: Any, signum: int, frame: Any) -> None:
         """Call the application's SIGHUP handler found at the install.  Its
@@ -511,7 +529,14 @@ class HangupNotice(Service):
             # longer answers.  The one put back is the first handler down
             # the chain that is not a stopped notice's.
             if signal.getsignal(signal.SIGHUP) == self._hangup:
+                skipped = []
+                for notice in _notices(self._previous):
+                    if notice in HangupNotice._answering or notice is self:
+                        break
+                    skipped.append(notice)
                 signal.signal(signal.SIGHUP, _live(self._previous))
+                for notice in (self, *skipped):
+                    notice._taken_out()
             self._before = None
         if self._usr1_installed is not None:
             if signal.getsignal(signal.SIGUSR1) is self._usr1_installed:
@@ -521,6 +546,17 @@ class HangupNotice(Service):
                 else:
                     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
             self._usr1_installed = None
+
+
+    def _taken_out(self) -> None:
+        # the handler this notice found is put back in place, and called
+        # first again: one found before it (an application's that calls
+        # the notice's), passing the signal on to here, has it go on to the
+        # handler found at the install before -- not back to itself
+        if self._found:
+            self._found.pop()
+        if self._found:
+            self._previous = self._found[-1]
 
 
 def _notices(handler: Any) -> list[HangupNotice]:
