@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from txmailhub.tap import HangupNotice
+from txmailhub.signals import HangupNotice
 
 
 class NoticeChain(RuleBasedStateMachine):

@@ -1029,6 +1029,23 @@ def test_the_sighup_notice_gives_the_old_handler_back_at_stop() -> None:
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_the_signal_notices_lines_keep_the_namespace_of_txmailhub_tap() -> None:
+    # HangupNotice lives in txmailhub.signals; its lines keep the namespace
+    # they had in txmailhub.tap, which a log filter may match on
+    from txmailhub import tap
+    from txmailhub.signals import HangupNotice
+
+    assert tap.HangupNotice is HangupNotice  # the import applications use
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        HangupNotice()._answer()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (event,) = [e for e in events if "SIGHUP" in e.get("log_format", "")]
+    assert event["log_namespace"] == "txmailhub.tap"
+
+
 def quiet_settings(tmp_path: Path):
     """Settings of a hub with no listener at all, its state under ``tmp_path``."""
     config = tmp_path / "hub.toml"

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from txmailhub import tls
-from txmailhub.tap import HangupNotice
+from txmailhub.signals import HangupNotice
 
 NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)

@@ -484,7 +484,7 @@ class MailHub(MultiService):
         only after every other part: all are told at once, in reverse
         order of their start, and a session finishing its message or the
         relay recording an attempt still has the syncer it needs.  Any
-        other part with a ``stop_after`` (``tap.HangupNotice``: its signal
+        other part with a ``stop_after`` (``signals.HangupNotice``: its signal
         handlers) finishes its stop only once all of those, storage too, have."""
         Service.stopService(self)
         late = [child for child in reversed(list(self))
