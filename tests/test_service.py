@@ -1685,7 +1685,7 @@ def test_a_pid_file_on_a_read_only_file_system_says_so(tmp_path: Path, monkeypat
     # ProtectSystem=strict without the folder in ReadWritePaths=: access(2)
     # says no (EROFS) even to root, who was told it "may not make files" in
     # a folder it owns
-    from txmailhub import tap
+    from txmailhub import run_files
 
     real_access, real_statvfs = os.access, os.statvfs
 
@@ -1699,10 +1699,10 @@ def test_a_pid_file_on_a_read_only_file_system_says_so(tmp_path: Path, monkeypat
             return found
         return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, *found[9:]))
 
-    monkeypatch.setattr(tap.os, "access", access)
-    monkeypatch.setattr(tap.os, "statvfs", statvfs)
+    monkeypatch.setattr(run_files.os, "access", access)
+    monkeypatch.setattr(run_files.os, "statvfs", statvfs)
     (tmp_path / "old.log").write_text("")
-    assert tap.run_file_access_problems({
+    assert run_files.run_file_access_problems({
         "pidfile": str(tmp_path / "mailhub.pid"), "logfile": str(tmp_path / "old.log")}) == [
         f"mailhub: --pidfile {tmp_path / 'mailhub.pid'} cannot be written: its folder "
         f"{tmp_path} is on a read-only file system",

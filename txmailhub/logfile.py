@@ -67,7 +67,7 @@ class ReopeningLogFile(LogFile):
     #: then nothing is rotated or made.  twistd logs its start-up lines as
     #: root, and a rotation then (a log the last run left at 1 MB) would
     #: have root make ``mailhub.log`` by name in a folder of that user's,
-    #: following any link put there (``tap.run_file_problems``), and leave
+    #: following any link put there (``run_files.run_file_problems``), and leave
     #: a file of root's the hub could never rotate again
     switch_to: int | None = None
 
@@ -330,7 +330,7 @@ def observer_for(parent: Any, switch_to: int | None = None, files_kept: int = 0
     1 MB steps on a hub nobody rotates for); 0 keeps them all."""
     from twisted.logger import textFileLogObserver
 
-    from txmailhub.tap import twistd_log_file
+    from txmailhub.run_files import twistd_log_file
 
     if parent is None or parent.get("logger"):
         return None

@@ -175,7 +175,7 @@ def _wait_for_start(runner: Any, read_pipe: int) -> int:
     config = getattr(runner, "config", None) or {}
     # --logger takes precedence over --syslog and --logfile: twistd's
     # logger then writes to that observer alone (AppLogger.start), and
-    # the file --logfile names is never written (tap.twistd_log_file)
+    # the file --logfile names is never written (run_files.twistd_log_file)
     where = ("the log of --logger" if config.get("logger") else
              "syslog" if config.get("syslog") else
              None if config.get("logfile") == "-" else  # daemonized: nowhere

@@ -3,6 +3,12 @@
 A bad config (or one that cannot be read: ``--config PATH``, else the
 ``mailhub`` command's default) never produces a traceback: the problems
 are printed, one line each, and twistd exits 2 before anything starts.
+
+Owns the start under twistd: the options, the checks of ``--uid`` and of
+``state_dir`` for a start as root, the process's limits, and the hub put
+together.  The checks of twistd's pid and log files are
+``txmailhub.run_files``'s, the signal notice ``txmailhub.signals``'s
+(``HangupNotice`` is imported from here by applications, and stays so).
 """
 
 from __future__ import annotations
@@ -16,7 +22,18 @@ from twisted.python import usage
 
 from txmailhub.config import SYSTEM_CONFIG, default_config_path, empty_config_path, load
 from txmailhub.errors import ConfigError
-from txmailhub.logsafe import shown, shown_lines
+from txmailhub.logsafe import shown_lines
+from txmailhub.run_files import LOG_FILE_MODE as LOG_FILE_MODE  # where tests import it from
+from txmailhub.run_files import (
+    _opened_path_problem,
+    _owner_name,
+    make_log_file,
+    pid_file_problems,
+    run_file_access_problems,
+    run_file_problems,
+    run_folder_warnings,
+    twistd_log_file,
+)
 from txmailhub.signals import HangupNotice
 
 # HangupNotice: where applications (etc/mailhub.tac, docs/embedding.rst)
@@ -113,112 +130,6 @@ def uid_problems(parent: Any) -> list[str]:
                 "--gid or not; create the user (useradd --system --uid "
                 f"{uid} mailhub) and give --uid its name (docs/deployment.rst)"]
     return []
-
-
-def pid_file_problems(pidfile: str | None) -> list[str]:
-    """Why twistd's pid file check (``checkPID``, run before
-    ``makeService``) would end in a traceback on ``pidfile`` (one line;
-    none: it would not).
-
-    twistd reads a pid file that is there, and removes it when its
-    process is gone; it writes it later, following a link.  A folder
-    there (``IsADirectoryError``), a file this user may not read, a stale
-    one in a folder this user may not write or on a read-only file
-    system (``PermissionError``, ``OSError``), and a symbolic link to a
-    name that does not exist (``FileNotFoundError`` when twistd writes
-    through it, or a file made wherever the link points) each ended the
-    start in twistd's own traceback."""
-    if not pidfile:
-        return []
-    path = os.path.abspath(pidfile)
-    why = _pid_file_problem(path)
-    if why is None:
-        return []
-    return [shown(f"mailhub: --pidfile {path} {why}")]
-
-
-def _pid_file_problem(path: str) -> str | None:
-    try:
-        lst = os.lstat(path)
-    except OSError:
-        return None  # not there: twistd makes it (run_file_access_problems)
-    if stat.S_ISLNK(lst.st_mode):
-        try:
-            os.stat(path)
-        except FileNotFoundError:
-            return (f"is a symbolic link to {os.readlink(path)}, which does not exist: "
-                    "twistd would make the pid file through it, or fail; remove the link, "
-                    "or give --pidfile the path itself")
-        except OSError as e:
-            return f"cannot be followed ({e.strerror or e}); remove it"
-    if os.path.isdir(path):
-        return "is a folder: give --pidfile the path of a file in it"
-    user = _owner_name(os.geteuid())
-    try:
-        with open(path, "rb") as f:
-            text = f.read(64)
-    except PermissionError:
-        return f"cannot be read by {user}: twistd reads it to see if the hub runs already"
-    except OSError as e:
-        return f"cannot be read: {e.strerror or e}"
-    try:
-        pid = int(text)
-        os.kill(pid, 0)
-    except (ValueError, OverflowError):
-        return None  # twistd says "contains non-numeric value" itself
-    except ProcessLookupError:
-        why = _cannot_remove(path, lst)
-        if why is not None:
-            return (f"is left from a hub that has stopped (no process {pid}), and twistd, "
-                    f"which removes such a file, cannot: {why}; remove it (rm {path})")
-    except OSError:
-        return None  # a process there (EPERM): twistd says "Another twistd server"
-    return None
-
-
-def _cannot_remove(path: str, st: os.stat_result) -> str | None:
-    """Why this process could not remove ``path`` (``st``: its lstat), or ``None``."""
-    folder = os.path.dirname(path)
-    user = _owner_name(os.geteuid())
-    if _read_only(folder):
-        return f"its folder {folder} is on a read-only file system"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{user} may not remove files in its folder {folder}"
-    try:
-        fst = os.stat(folder)
-    except OSError:
-        return None
-    if (fst.st_mode & stat.S_ISVTX and os.geteuid() not in (0, st.st_uid, fst.st_uid)):
-        return (f"its folder {folder} is sticky and the file is "
-                f"{_owner_name(st.st_uid)}'s, not {user}'s")
-    if _inode_flags(path) & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
-        return "it is immutable or append-only (chattr -ia)"
-    return None
-
-
-#: Linux's inode flags (``chattr``): such a file cannot be removed, by root either
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
-
-
-def _inode_flags(path: str) -> int:
-    """The ``chattr`` flags of ``path`` (0 where they cannot be read)."""
-    try:
-        import fcntl
-        import struct
-
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
-                     | getattr(os, "O_CLOEXEC", 0))
-    except (ImportError, OSError):
-        return 0
-    try:
-        # the kernel writes an int there, whatever the request's size says
-        raw = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8)
-        return int(struct.unpack_from("i", raw)[0])
-    except OSError:
-        return 0
-    finally:
-        os.close(fd)
 
 
 CHROOT_REFUSAL = (
@@ -387,225 +298,6 @@ def _dropping_to(options: Any) -> tuple[int, int] | None:
     return uid, gid
 
 
-def run_file_problems(parent: Any) -> list[str]:
-    """Why twistd, started as root with ``--uid``, must not open its
-    ``--logfile`` or write its ``--pidfile`` (one line each; none: it may).
-
-    twistd opens both as root, after ``makeService`` and before it
-    switches user, following links, and keeps writing the log through
-    what it opened.  deployment.rst gives their folders to the hub's
-    user (twistd removes the pid file and rotates the log as that user),
-    who could put a symbolic link there: root would then make any file
-    it names (the pid file: an empty-looking ``/etc/nologin``) and the hub
-    would append its log, clients' text included, to any file of
-    root's (a shell's start-up file runs a client's `backquotes`).  A
-    link not made by root anywhere on the way -- the file itself, a
-    folder above it, or the end of a link root made (``/var/log/mailhub.log``
-    naming a file in the hub's own log folder) -- or a file with another
-    name (a hard link to a root file) stops the start.  The paths are the
-    ones twistd opens (``--chroot``, under which twistd would write the
-    pid file inside the jail, is refused before this is asked, in
-    ``makeService``): ``--nodaemon`` with no ``--logfile`` logs to stdout (not ``--debug``,
-    which twistd turns into ``nodaemon`` after its logger chose
-    ``./twistd.log``: that is judged then).  Checked before
-    twistd opens them: a process of that user running meanwhile could
-    still race the check, so nothing else should run as that user."""
-    problems: list[str] = []
-    for option, path, _ in _run_files(parent):
-        why = _opened_path_problem(path)
-        if why is None:
-            continue
-        problems.append(
-            f"mailhub: {option} {path} is {why}: twistd, running as root, would open "
-            "what it names before it switches to --uid; remove it (and see who made it)")
-    return problems
-
-
-def run_folder_warnings(parent: Any, uid: int, gid: int) -> list[str]:
-    """A ``warning:`` line for each of twistd's ``--logfile`` and
-    ``--pidfile`` whose folder the ``--uid`` user may not write (judged by
-    the mode bits, as ``check`` judges what the hub reads).
-
-    twistd makes both as root, so the start works; but once it runs as
-    that user it rotates the log and removes the pid file as that user.
-    A log in a folder of root's (``--logfile /var/log/mailhub.log``) was
-    then never rotated (``SIGUSR1``, 1 MB, ``[hub] log_files_kept``), and
-    after logrotate moved it the hub could not make ``mailhub.log`` again
-    and wrote on into the moved file, which logrotate later compresses
-    and deletes -- all without a word.  Not a refusal: a hub that ran so
-    before an upgrade still starts, and says what to mend."""
-    from txmailhub.hub_access import name_of, unwritable_folder_by
-
-    user = name_of(uid)
-    consequences = {
-        "--logfile": "the hub cannot rotate it there (SIGUSR1, 1 MB, [hub] log_files_kept) "
-                     "nor make it again once logrotate has moved it (it writes on into the "
-                     "moved file), so the log grows without end",
-        "--pidfile": "twistd cannot remove it at the stop (\"No permission to delete pid "
-                     "file\"), and a stale pid file is left",
-    }
-    lines = []
-    for option, path, _ in _run_files(parent):
-        why = unwritable_folder_by(path, uid, gid)
-        if why is not None:
-            # one line, whatever the path holds (a line end, a terminal's ESC)
-            lines.append(shown(
-                f"warning: {option} {path}: {user} (--uid) may not make, rename or remove "
-                f"files in its folder ({why}): {consequences[option]}; give the "
-                f"folder to {user} (docs/deployment.rst, \"Without systemd\")"))
-    return lines
-
-
-def _run_files(parent: Any) -> list[tuple[str, str, bool]]:
-    """The files twistd opens as it starts, from its options: ``(option,
-    absolute path, whether it is twistd's default)`` for the pid file and
-    the log file each that is set (twistd makes --pidfile absolute when
-    it reads its options; the log file is ``twistd_log_file``'s)."""
-    names = [("--pidfile", parent.get("pidfile"),
-              parent.get("pidfile") == os.path.abspath("twistd.pid")),
-             ("--logfile", twistd_log_file(parent), not parent.get("logfile"))]
-    return [(option, os.path.abspath(name), default)
-            for option, name, default in names if name]
-
-
-def run_file_access_problems(parent: Any) -> list[str]:
-    """Why twistd could not write its ``--pidfile`` or open its log file
-    (one line each; none: it can, as far as the folders' modes tell).
-
-    twistd opens both after ``makeService``: a folder that is not there
-    (``/run/txmailhub`` before ``install -d``, or after a reboot emptied
-    ``/run``) or one the user may not write (``twistd mailhub`` started
-    as the hub's user in a folder of root's, leaving ``./twistd.pid`` and
-    ``./twistd.log`` as they are by default) used to end the start with
-    a Python traceback, exit status 1, the log file's from the hub's own
-    log observer.  Judged with ``access(2)``, as the user twistd runs as
-    now (root, before a switch to ``--uid``, writes them as root)."""
-    problems: list[str] = []
-    defaults = {
-        "--pidfile": "twistd's default pid file, in the folder it starts in: give "
-                     "--pidfile PATH, or --pidfile= for none",
-        "--logfile": "twistd's default log file, in the folder it starts in: give "
-                     "--logfile PATH, or run in the foreground (-n) to log to standard output",
-    }
-    for option, path, default in _run_files(parent):
-        why = _cannot_write(path)
-        if why is None:
-            continue
-        hint = f" ({defaults[option]})" if default else ""
-        problems.append(f"mailhub: {option} {path} cannot be written: {why}{hint}")
-    return problems
-
-
-def _cannot_write(path: str) -> str | None:
-    """Why the user this process runs as could not open ``path`` for
-    writing, making it if need be, or ``None``.
-
-    A folder on the way that this user may not go through is not one
-    that "does not exist" (``os.path.isdir`` says ``False`` for both), and
-    a read-only file system (systemd's ``ProtectSystem=strict`` without
-    the folder in ``ReadWritePaths=``) refuses root too: each is named as
-    what it is, or the admin looks for the wrong cause."""
-    user = _owner_name(os.geteuid())
-    folder = os.path.dirname(path)
-    try:
-        st: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    except PermissionError:
-        return f"{user} may not reach it (a folder on its way is closed to that user)"
-    except OSError as e:  # ENOTDIR: a file where a folder should be; ELOOP
-        return e.strerror or str(e)
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            return "it is a folder"
-        if os.access(path, os.W_OK):
-            return None
-        if _read_only(path):
-            return "it is on a read-only file system"
-        return f"{user} may not write it"
-    try:
-        st = os.stat(folder)
-    except FileNotFoundError:
-        return f"its folder {folder} does not exist"
-    except OSError as e:
-        return f"its folder {folder}: {e.strerror or e}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"its folder {folder} is not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        if _read_only(folder):
-            return f"its folder {folder} is on a read-only file system"
-        return f"{user} may not make files in its folder {folder}"
-    return None
-
-
-def _read_only(path: str) -> bool:
-    """Whether ``path`` is on a file system mounted read-only."""
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
-
-
-def twistd_log_file(parent: Any) -> str | None:
-    """The log file twistd's logger opens, as given (relative to the
-    folder twistd starts in), or ``None``: ``--logger`` (twistd then opens
-    no log of its own, whatever ``--logfile`` says), syslog, or standard
-    output (``--logfile -``, or ``--nodaemon`` with no ``--logfile``).
-
-    Not ``--debug`` without ``-n``: twistd sets ``nodaemon`` from it in
-    ``preApplication``, after its logger read ``nodaemon`` and before
-    ``makeService`` sees the options, so the logger still opens
-    ``./twistd.log``.  One rule for the check (``run_file_problems``) and
-    for the file the hub makes (``make_log_file``)."""
-    if parent.get("logger") or parent.get("syslog"):
-        return None
-    logfile = parent.get("logfile")
-    if logfile == "-":
-        return None
-    if logfile:
-        return logfile
-    if parent.get("nodaemon") and not parent.get("debug"):
-        return None  # twistd -n logs to stdout
-    return "twistd.log"
-
-
-#: the mode of a log file the hub makes: it names senders, recipients,
-#: client addresses and login names, which are no one else's business
-LOG_FILE_MODE = 0o640
-
-
-def make_log_file(parent: Any, owner: tuple[int, int] | None) -> str | None:
-    """Make twistd's ``--logfile`` before twistd does, readable by its
-    owner and group only; the path made, or ``None``.
-
-    twistd makes it with the process's umask (022 as a rule: a log that
-    every local user may read, holding every sender, recipient and login
-    name), and the daemon's own umask (077) only applies after the log is
-    open.  A file that is there already is left as it is (its mode is
-    the admin's choice), and so is a link: nothing is followed.  Made as
-    root for ``--uid``, it is given to that user, as twistd's rotated
-    files will be."""
-    name = twistd_log_file(parent)
-    if name is None:
-        return None
-    path = os.path.abspath(name)
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-             | getattr(os, "O_CLOEXEC", 0))
-    try:
-        fd = os.open(path, flags, LOG_FILE_MODE)
-    except OSError:  # there already, or a folder twistd will complain of
-        return None
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, LOG_FILE_MODE)  # whatever the umask took away or not
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return path
-
-
 #: what the hub makes in ``state_dir`` itself, and writes ever after
 HUB_ENTRIES = ("mail", "queue", "relay", "spool", "spool.lock")
 #: those of them the hub uses through a symbolic link the admin made (the
@@ -673,15 +365,6 @@ def foreign_state(state_dir: str, uid: int, gid: int) -> str | None:
     return None
 
 
-def _owner_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def state_dir_problems(state_dir: str) -> list[str]:
     """Why twistd, started as root with ``--uid``, must not build the hub
     in ``state_dir`` (one line; none: it may).
@@ -702,51 +385,6 @@ def state_dir_problems(state_dir: str) -> list[str]:
     return [f"mailhub: state_dir {path} is {why}: twistd, running as root, would clean up "
             "and create files in what it names before it switches to --uid; make it a "
             "folder (and see who made the link)"]
-
-
-def _opened_path_problem(path: str) -> str | None:
-    """Why opening ``path`` as root is unsafe, or ``None``: a symbolic link
-    not made by root on its way (each folder, the file, and whatever the
-    links root made lead to, resolved as the kernel would), or a final
-    file with more than one name.  A name not there yet ends the walk:
-    twistd makes the file, or fails."""
-    parts = [p for p in path.split("/") if p]
-    given = os.path.normpath("/" + "/".join(parts))
-    at = ""  # the resolved path so far
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            at = at.rpartition("/")[0]
-            continue
-        real = at + "/" + part
-        try:
-            st = os.lstat(real)
-        except OSError:
-            return None  # not there yet (twistd makes it), or not ours to judge
-        if stat.S_ISLNK(st.st_mode):
-            if st.st_uid != 0:
-                return ("a symbolic link" if real == given else
-                        f"reached through {real}, a symbolic link not made by root")
-            if st.st_nlink > 1:
-                # root's link with another name: where fs.protected_hardlinks
-                # is off, another user may have hard-linked it here
-                return (f"reached through {real}, a symbolic link with {st.st_nlink} "
-                        "names (a hard link)")
-            links += 1
-            if links > 40:
-                return "a loop of symbolic links"
-            target = os.readlink(real)
-            if target.startswith("/"):
-                at = ""
-            parts[:0] = [p for p in target.split("/") if p]
-            continue
-        at += "/" + part
-        if not parts and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            return f"a file with {st.st_nlink} names (a hard link)"
-    return None
 
 
 def _state_entries(state_dir: str) -> set[str] | None:
