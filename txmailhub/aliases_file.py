@@ -35,7 +35,7 @@ can change.  Another user who can change the folder (the hub's, when
 the file is kept in users.d or the state folder) could point the link at
 any file of root's, and root's next ``mailhub alias add`` would rewrite
 that file, keeping its owner and mode: such a link is refused, as the
-users file's lock is (``users.open_lock``).  The running
+users file's lock is (``users_folder.open_lock``).  The running
 hub needs no signal, since it reads the file again when its stamp changes
 (``txmailhub.filestamp``).
 """
@@ -346,7 +346,7 @@ class AliasesFile:
         already judged safe (``_followed``) -- never in the folder of a
         file a link leads to, which may be anyone's."""
         from txmailhub.store.sync import give_to, owner_of
-        from txmailhub.users import lock_refused_advice, open_lock
+        from txmailhub.users_folder import lock_refused_advice, open_lock
 
         self._followed()  # a link that must not be followed: refused before any lock is made
         path = os.path.abspath(self.path)

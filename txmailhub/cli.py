@@ -451,7 +451,11 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         # not fatal (aliases may send everything elsewhere), but until it
         # exists every local mailbox is answered 451, and nobody can log in
         from txmailhub.hub_access import state_dir_owner
-        from txmailhub.users import cannot_make_folder, make_folder_advice, unwritable_folder_advice
+        from txmailhub.users_folder import (
+            cannot_make_folder,
+            make_folder_advice,
+            unwritable_folder_advice,
+        )
 
         hub_user = state_dir_owner(settings.hub.state_dir)
         folder = cannot_make_folder(settings.users.file)
