@@ -36,7 +36,7 @@ def test_the_threshold_is_set_below_a_password_checks_block() -> None:
     assert libc.calls == [(-3, MMAP_THRESHOLD)]  # M_MMAP_THRESHOLD
     # a check's block (128 * r * N octets, users.py) is above it; a
     # session's buffers (64 KiB reads and writes) are far below
-    from txmailhub.users import _SCRYPT_N, _SCRYPT_R
+    from txmailhub.password_hash import _SCRYPT_N, _SCRYPT_R
 
     assert 64 * 1024 < MMAP_THRESHOLD < 128 * _SCRYPT_R * _SCRYPT_N
 
@@ -109,7 +109,7 @@ BURST = """
 import hashlib, sys
 from concurrent.futures import ThreadPoolExecutor
 from txmailhub.allocator import tune_malloc
-from txmailhub.users import _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _MAXMEM
+from txmailhub.password_hash import _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _MAXMEM
 
 def rss():
     with open("/proc/self/status") as f:

@@ -1,18 +1,19 @@
 """The users file: who has a mailbox here, and how they prove it.
 
-Owns the file format, password hashing and the read-modify-write cycle of
+Owns the file format, the login check and the read-modify-write cycle of
 ``mailhub user ...``.  It never holds a plaintext password longer than a
-call, and it never logs one.  The lock's opening and the advice about the
-file's folder are ``txmailhub.users_folder``'s (re-exported here).
+call, and it never logs one.  The hashes are ``txmailhub.password_hash``'s,
+the lock's opening and the advice about the file's folder
+``txmailhub.users_folder``'s (both re-exported here).
 
 Format: one user per line, ``<address> <hash> [apop=<base64 secret>]``.
 
-Hashing: scrypt from the standard library (``hashlib.scrypt``; N=2^14,
-r=8, p=1, 16-byte salt, 32-byte key).  We chose it over argon2id because
-it is memory-hard, standardised (RFC 7914), and needs no compiled
-dependency: a small site installs txmailhub with nothing but Python.  The
-parameters are stored per hash, so they can be raised later without
-invalidating existing users.
+Hashing (``txmailhub.password_hash``): scrypt from the standard library
+(``hashlib.scrypt``; N=2^14, r=8, p=1, 16-byte salt, 32-byte key).  We
+chose it over argon2id because it is memory-hard, standardised (RFC
+7914), and needs no compiled dependency: a small site installs txmailhub
+with nothing but Python.  The parameters are stored per hash, so they can
+be raised later without invalidating existing users.
 
 Preparation: a new password is hashed in its PRECIS OpaqueString form
 (``txmailhub.precis``, RFC 8265): spaces mapped, NFC, no control
@@ -52,10 +53,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
-import hmac
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +65,7 @@ from txmailhub.address import Address, AddressError, canonical_domain, parse_add
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
 from txmailhub.filestamp import FileStamp
 from txmailhub.logsafe import quoted, shown
+from txmailhub.password_hash import _DUMMY_HASH, hash_password, hash_problem, verify_password
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
 from txmailhub.users_folder import (
@@ -83,59 +82,7 @@ __all__ = ["UserRecord", "UsersDB", "cannot_make_folder", "hash_password", "hash
            "lock_refused_advice", "mail_never_reaches", "make_folder_advice", "open_lock",
            "unwritable_folder_advice", "verify_password"]
 
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
-_MAXMEM = 64 * 1024 * 1024
-# N*r*p: 16x the cost of our own hashes (about a second of CPU here); a
-# users file cannot make one login check take minutes.
-_MAX_WORK = 16 * _SCRYPT_N * _SCRYPT_R * _SCRYPT_P
-
-
-def hash_password(password: str) -> str:
-    """``scrypt$N$r$p$salt$key`` (base64 fields) for ``password``."""
-    salt = secrets.token_bytes(16)
-    key = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
-        maxmem=_MAXMEM, dklen=32,
-    )
-    b64 = base64.b64encode
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(key).decode()}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Check ``password`` against a stored hash in constant time."""
-    try:
-        scheme, n, r, p, salt, key = encoded.split("$")
-        if scheme != "scrypt" or int(n) * int(r) * int(p) > _MAX_WORK:
-            return False
-        want = base64.b64decode(key)
-        got = hashlib.scrypt(
-            password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r),
-            p=int(p), maxmem=_MAXMEM, dklen=len(want),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got, want)
-
-
-def hash_problem(encoded: str) -> str | None:
-    """Why ``encoded`` can never match a password, or None if it can."""
-    fields = encoded.split("$")
-    if len(fields) != 6 or fields[0] != "scrypt":
-        return "the password hash is not of the form scrypt$N$r$p$salt$key"
-    try:
-        n, r, p = (int(x) for x in fields[1:4])
-        base64.b64decode(fields[4], validate=True)  # the salt
-        key = base64.b64decode(fields[5], validate=True)
-    except ValueError:
-        return "the password hash has a field that is not a number or not base64"
-    if n < 2 or n & (n - 1) or r < 1 or p < 1 or not key:
-        return "the password hash has impossible scrypt parameters"
-    if 128 * r * (n + p + 2) > _MAXMEM:
-        return "the password hash needs more memory than the hub allows scrypt"
-    if n * r * p > _MAX_WORK:
-        return "the password hash needs more work than the hub allows scrypt"
-    return None
 
 
 def _login_forms(password: str) -> list[str]:
@@ -148,11 +95,6 @@ def _login_forms(password: str) -> list[str]:
     except PreparationError:
         return [password]
     return [prepared] if prepared == password else [prepared, password]
-
-
-# A hash of a random password, verified against when the user is unknown so
-# that "no such user" and "wrong password" take the same time.
-_DUMMY_HASH = hash_password(secrets.token_hex(16))
 
 
 @dataclass(frozen=True)
