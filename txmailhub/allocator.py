@@ -19,7 +19,7 @@ system call and its page faults): some 4,000 faults per password check,
 measured at 40 -> 47 ms of CPU per check here, once per login.
 
 Only for the hub run by twistd, like the open-files limit and the
-collector's thresholds (``txmailhub.tap``): an application that embeds
+collector's thresholds (``txmailhub.process_limits``): an application that embeds
 ``MailHub`` owns its allocator.  An administrator who tuned malloc through
 the environment (a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``, or one
 of the ``MALLOC_*`` variables glibc takes for them, ``MALLOC_ENVIRONMENT``)

@@ -33,7 +33,7 @@ log = Logger(namespace="txmailhub.relay.runner")
 # delivery has begun holds its attempt marker open (queue.py; one that
 # only waits for a slot does not, but one whose other destination waits
 # keeps it): ``twistd mailhub``'s open-files warning counts them all
-# (``tap.fd_limit_warning``)
+# (``process_limits.fd_limit_warning``)
 ENTRIES_PER_SLOT = 2
 
 

@@ -45,7 +45,7 @@ from txmailhub.envelope import SpooledMessage
 from txmailhub.interfaces import IKeyedStore
 from txmailhub.logsafe import log_failure, plural
 from txmailhub.relay import bounce, recording, schedule
-from txmailhub.relay.admission import ENTRIES_PER_SLOT as ENTRIES_PER_SLOT  # tap's import
+from txmailhub.relay.admission import ENTRIES_PER_SLOT as ENTRIES_PER_SLOT  # process_limits' import
 from txmailhub.relay.admission import Admission
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.events import QueueEvents
