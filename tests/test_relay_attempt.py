@@ -283,7 +283,7 @@ def test_a_530_kept_to_the_end_is_the_hubs_account_in_the_notice(tmp_path):
 
 
 def test_all_down_is_transient(tmp_path):
-    a, net, _ = agent(tmp_path)
+    a, net, clock = agent(tmp_path)
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
     assert r.kind == "transient" and r.reply.status == "4.4.1"
     assert r.reply.text().endswith(
@@ -291,6 +291,24 @@ def test_all_down_is_transient(tmp_path):
     # the hub's own account, not a server's words (queue show "hub:", and
     # a bounce's X-txmailhub diagnostic)
     assert isinstance(r.reply, LocalReply)
+    # no host answered: the runner gives the domain one delivery at a
+    # time (failing.py); so is the next delivery, deferred by its memory
+    assert r.unreachable
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    clock.advance(0)  # (deferred in a later turn of the reactor)
+    [r] = run(net, d)
+    assert r.reply.status == "4.4.1" and r.unreachable
+
+
+def test_a_domain_one_of_whose_hosts_answered_is_not_unreachable(tmp_path):
+    # mx1 answers and says 421; mx2 refuses the connection: the result
+    # says mx2's refusal, but a host of the domain answered
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        greeting=b"421 4.3.2 busy\r\n")
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient" and r.reply.status == "4.4.1"
+    assert not r.unreachable
 
 
 @pytest.mark.parametrize("literal, shown", [

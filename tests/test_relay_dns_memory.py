@@ -489,3 +489,42 @@ def test_a_start_after_a_stop_mid_lookup_does_not_wait_for_the_old_lookup(
         assert [queue.read(qid).attempts for qid in ids[:-1]] == [0, 1, 1]
     finally:
         runner.stop()
+
+
+def test_a_retry_of_a_domain_none_of_whose_hosts_answers_holds_one_slot(tmp_path, monkeypatch):
+    # down.test's one host drops every packet, and may have every slot of
+    # the hub (max_per_destination = max_concurrent_deliveries = 10).  Its
+    # first ten deliveries each wait out the connect timeout; at its retry,
+    # once the agent's memory of it is over, ten of them did so again, and
+    # a message for another domain waited the timeout for a slot.  Now the
+    # retry connects to it once at a time, and the other mail goes at once
+    monkeypatch.setitem(ADDRESSES, "other.test", "192.0.2.8")
+    clock, runner, resolver, endpoint, queue, ids = make(tmp_path, dead=40, domain="down.test")
+    down = ADDRESSES["down.test"]
+    try:
+        first_pass(clock, runner, resolver, endpoint)
+        for _ in range(int(CONNECT_TIMEOUT) + 5):
+            clock.advance(1)
+        assert all(queue.read(qid).attempts == 1 for qid in ids[:-1])
+        first = sum(1 for h, _ in endpoint.connects if h == down)
+        assert first == 10  # the first deliveries, before anything was known
+        retry = min(queue.read(qid).next_attempt for qid in ids[:-1])
+        while clock.seconds() < retry:
+            clock.advance(1)
+        for _ in range(3):
+            clock.advance(1)
+        assert sum(1 for h, _ in endpoint.connects if h == down) == first + 1
+        path = tmp_path / "spool-other"
+        path.write_bytes(b"Subject: hi\n\nhello\n")
+        queue.enqueue(Envelope(sender=ALICE, recipients=(Address("w", "other.test"),)),
+                      SpooledMessage(str(path), 20, 23))
+        clock.advance(1)
+        assert any(h == ADDRESSES["other.test"] for h, _ in endpoint.connects)
+        for _ in range(int(CONNECT_TIMEOUT) + 5):
+            clock.advance(1)
+        # that one connection timed out: the others deferred by the agent's
+        # memory of it, one after the other, each tried once more
+        assert sum(1 for h, _ in endpoint.connects if h == down) == first + 1
+        assert all(queue.read(qid).attempts == 2 for qid in ids[:-1])
+    finally:
+        runner.stop()

@@ -3280,3 +3280,106 @@ def test_a_router_raising_while_an_attempt_starts_leaves_no_count(hub, monkeypat
     hub.clock.advance(60)
     assert hub.queue.ids() == [] and _running_counts(hub.runner) == {}
     assert [c[2] for c in hub.agent.calls] == [[BOB], [CAROL]]
+
+
+NO_ANSWER = LocalReply.of(451, "4.4.1", "connection to mx.remote.test[192.0.2.1]:25 failed: "
+                          "timed out")
+
+
+def _unreachable(rcpts):
+    return [DeliveryResult(a, "transient", NO_ANSWER, unreachable=True) for a in rcpts]
+
+
+def _feedback_lines(log_events):
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in log_events
+            if "no host answered" in (e.get("log_format") or "")
+            or "a host answered again" in (e.get("log_format") or "")]
+
+
+def test_a_destination_none_of_whose_hosts_answers_gets_one_delivery_at_a_time(
+        tmp_path, log_events):
+    # every slot of the hub may go to one destination (max_per_destination
+    # = max_concurrent_deliveries): once its deliveries find no host that
+    # answers, each would hold a slot for a whole connect timeout, pass
+    # after pass, and every other domain's mail waited.  One at a time to
+    # it then, until one connects; the others keep their due times
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        bobs = [enqueue(hub, BOB) for _ in range(4)]
+        assert len(pending) == 4  # nothing known yet: four at once
+        while pending:
+            x, r = pending.pop(0)
+            x.callback(_unreachable(r))
+        assert _feedback_lines(log_events) == [
+            "remote.test: no host answered (connections refused or timed out): one delivery "
+            "at a time to it until one connects"]
+        assert all(hub.queue.read(q).next_attempt == hub.clock.seconds() + 60 for q in bobs)
+        hub.clock.advance(60)  # each due again: one taken, the others wait unslotted
+        assert len(pending) == 1 and len(hub.runner.active) == 1
+        carol = enqueue(hub, CAROL)  # another domain has a slot at once
+        assert [c[1] for c in hub.agent.calls[-2:]] == ["remote.test", "other.test"]
+        x, r = pending.pop(1)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert carol not in hub.queue.ids()
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))  # still none answers: the next one, alone
+        assert len(pending) == 1 and len(hub.runner.active) == 1
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])  # one answered
+        assert len(pending) == 2  # the two left go at once
+        assert len(_feedback_lines(log_events)) == 2  # one line each way, not one per entry
+        assert _feedback_lines(log_events)[1] == (
+            "remote.test: a host answered again: up to 4 deliveries at a time to it")
+        while pending:
+            x, r = pending.pop(0)
+            x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+        # each tried once more, its retry schedule as ever (second failure: 5 min)
+        for q in bobs:
+            e = hub.queue.read(q)
+            assert e.attempts == 2 and e.next_attempt == hub.clock.seconds() + 300
+    finally:
+        hub.runner.stop()
+
+
+def test_an_entry_taken_for_another_destination_waits_its_turn_at_a_failing_one(tmp_path):
+    # an entry for the failing destination and another is taken for the
+    # other's room: its delivery to the failing one waits for the one
+    # under way there, without a slot, and goes when that one is over
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        enqueue(hub, BOB)
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))  # marked failing
+        hub.clock.advance(60)
+        assert [c[1] for c in hub.agent.calls] == ["remote.test"] * 2
+        both = enqueue(hub, BOB, CAROL)
+        # its other.test delivery runs; its remote.test one waits its turn
+        assert [c[1] for c in hub.agent.calls[2:]] == ["other.test"]
+        assert hub.runner._slot_waits == {both: 1}
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))  # the turn is over: the next one's
+        assert [c[1] for c in hub.agent.calls[2:]] == ["other.test", "remote.test"]
+        x, r = pending.pop(1)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert both not in hub.queue.ids()
+        assert not hub.runner._failing and not hub.runner._failing._turns
+    finally:
+        hub.runner.stop()
+
+
+def test_a_start_forgets_the_failing_destinations(hub):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: _unreachable(r)
+    enqueue(hub, BOB)
+    assert "remote.test" in hub.runner._failing
+    hub.runner.stop()
+    hub.runner.start()  # as the agent's memory of them: tried afresh
+    assert "remote.test" not in hub.runner._failing
