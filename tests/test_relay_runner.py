@@ -3383,3 +3383,35 @@ def test_a_start_forgets_the_failing_destinations(hub):
     hub.runner.stop()
     hub.runner.start()  # as the agent's memory of them: tried afresh
     assert "remote.test" not in hub.runner._failing
+
+
+def test_a_delivery_that_waited_for_a_slot_as_its_destination_failed_waits_its_turn(
+        tmp_path):
+    # taken before its destination was marked failing, it waited for a
+    # hub slot; given one while another delivery to that destination has
+    # the turn, it gives the slot back and waits for its own turn (it was
+    # a second delivery to the destination at once)
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 2\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        first, carol, third, fourth = (enqueue(hub, BOB), enqueue(hub, CAROL),
+                                       enqueue(hub, BOB), enqueue(hub, BOB))
+        assert [c[0] for c in hub.agent.calls] == [first, carol]  # the two slots
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))  # marked failing; its slot to the third
+        assert [c[0] for c in hub.agent.calls[2:]] == [third]
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])  # carol's slot
+        assert [c[0] for c in hub.agent.calls[2:]] == [third]  # the fourth waits its turn
+        assert hub.runner._slot_waits == {fourth: 1}
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))
+        assert [c[0] for c in hub.agent.calls[2:]] == [third, fourth]
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert set(hub.queue.ids()) == {first, third}  # deferred: retried later
+        assert not hub.runner._failing and not hub.runner._failing._turns
+        assert hub.runner._global.tokens == 2
+    finally:
+        hub.runner.stop()

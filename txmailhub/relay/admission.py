@@ -5,7 +5,8 @@ entry it takes; deciding which ones it takes at a look (``kick``) is a
 rule of its own, kept here: entries in order of their due time, no more
 than ``ENTRIES_PER_SLOT`` per delivery slot in all, and for each remote
 destination no more than it can use at once (``max_per_destination``,
-or one while its MX lookup is under way), so that entries that could
+or one while its MX lookup is under way, or while none of its hosts
+answers: ``failing.py``), so that entries that could
 only wait do not hold the room other destinations' mail needs.
 
 ``Admission`` is a part of ``QueueRunner`` (its base class) and works on
@@ -20,6 +21,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from txmailhub.relay.failing import FailingDestinations
 from txmailhub.relay.running import _Running
 
 __all__ = ["ENTRIES_PER_SLOT", "Admission"]
@@ -55,6 +57,7 @@ class Admission:
     _destinations: dict[str, tuple[frozenset[str], bool]]
     _unrecorded: dict[str, Any]
     _watching: set[str]
+    _failing: FailingDestinations
 
     def kick(self) -> None:
         """Start every due entry there is room for.
@@ -144,9 +147,11 @@ class Admission:
         lookup's answer, in the shared lookup or for its slot; a domain
         whose name servers never answer made them wait a minute, holding
         the room other domains' mail needed), else
-        ``max_per_destination``.  Asked again for each entry: the one
+        ``max_per_destination``.  One too while none of its hosts
+        answers (``failing.py``): the others would each hold a slot for
+        a connect timeout.  Asked again for each entry: the one
         taken just before may have begun that lookup."""
-        if dest in self._watching:
+        if dest in self._watching or dest in self._failing:
             return 1
         over = self._lookup_in_flight(dest)
         if over is None:

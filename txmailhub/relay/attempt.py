@@ -137,13 +137,18 @@ class DeliveryResult:
     ``kind`` is ``"delivered"``, ``"transient"`` or ``"permanent"``;
     ``reply`` is the remote's reply (or ours, for DNS and connection
     problems); ``remote_mta`` the host that gave it; ``dsn_passed`` whether
-    the next hop took over RFC 3461 notifications (it offered DSN)."""
+    the next hop took over RFC 3461 notifications (it offered DSN);
+    ``unreachable`` whether no host of the destination could be connected
+    to at all (refused, timed out: none answered, not even to refuse),
+    which the runner's destination feedback (``failing.py``) learns
+    from -- never recorded."""
 
     address: Address
     kind: str
     reply: Reply
     remote_mta: str | None = None
     dsn_passed: bool = False
+    unreachable: bool = False
 
 
 def read_credentials(path: str) -> tuple[str, str] | None:
@@ -906,7 +911,8 @@ class DeliveryAgent:
                 log.info("{queue_id}: {destination} not reached: {reply} (tried {age:.0f} s "
                          "ago; not tried again yet)", queue_id=entry.id, destination=destination,
                          reply=loggable(reply.text(), REPLY_LOG_MAX), age=now - learnt)
-                return [DeliveryResult(a, "transient", reply) for a in recipients]
+                return [DeliveryResult(a, "transient", reply, unreachable=True)
+                        for a in recipients]
             del self._unreachable[destination]
         if smarthost:
             host, port_n = split_smarthost(self.relay.smarthost)
@@ -1123,7 +1129,12 @@ class DeliveryAgent:
                     or next(iter(self._unreachable.values()))[1] <= now):
                 del self._unreachable[next(iter(self._unreachable))]
             self._unreachable[destination] = (now, now + self.unreachable_memory, last)
-        return settled + [DeliveryResult(a, kind, last, last_host) for a in recipients]
+        # no host answered (some may be left for the time budget, or past
+        # MAX_ADDRESSES_PER_ATTEMPT): the runner gives the destination one
+        # delivery at a time until one connects (``failing.py``)
+        unreachable = not sessions and tried > 0 and not settled and epoch == self._epoch
+        return settled + [DeliveryResult(a, kind, last, last_host, unreachable=unreachable)
+                          for a in recipients]
 
     def _settle(self, entry: QueueEntry, outcome: SessionOutcome, recipients: list[Address],
                 host: str | None, settled: list[DeliveryResult]) -> list[Address]:

@@ -49,6 +49,7 @@ from txmailhub.relay.admission import ENTRIES_PER_SLOT as ENTRIES_PER_SLOT  # pr
 from txmailhub.relay.admission import Admission
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.events import QueueEvents
+from txmailhub.relay.failing import FailingDestinations
 from txmailhub.relay.notices import _DELETED, NoticeSender
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
 from txmailhub.relay.record import QueueEntry
@@ -121,6 +122,10 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # destinations whose MX lookup under way ``kick`` waits for (one
         # look at its end each: ``_lookup_over``)
         self._watching: set[str] = set()
+        # destinations none of whose hosts answered the last delivery: one
+        # delivery at a time until one connects (``failing.py``); in memory
+        # only, forgotten at each start
+        self._failing = FailingDestinations()
         self._kicking = False  # a kick is under way (``kick``)
         self._kick_again = False
         # Results of attempts whose record could not be written (no
@@ -161,6 +166,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # the lookups watched by the last run (``_room_for``) may be ones
         # this run shares no more (``MXResolver.forget``): watched anew
         self._watching.clear()
+        self._failing.clear()  # tried afresh, as the agent's memory of them
         self.agent.resume()
         now = self.clock.seconds()
         entries = self.queue.recover()

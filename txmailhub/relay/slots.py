@@ -2,7 +2,8 @@
 
 Each remote destination of an entry is delivered to within two limits,
 ``[relay] max_per_destination`` (a semaphore per destination, dropped
-when idle) and ``max_concurrent_deliveries`` (one for the hub).  Waiting
+when idle) and ``max_concurrent_deliveries`` (one for the hub) -- one at a time to a
+destination none of whose hosts answered (``failing.py``).  Waiting
 for them, giving them back as soon as the session is over (before its
 results are written), and not holding them while another delivery's MX
 lookup of the same destination is under way, are kept here, apart from
@@ -21,6 +22,7 @@ from twisted.internet import defer
 
 from txmailhub.address import Address
 from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.failing import FailingDestinations
 from txmailhub.relay.record import QueueEntry
 from txmailhub.relay.running import _Attempt, _Running
 
@@ -34,6 +36,16 @@ class _LookupUnderWay:
 
     def __init__(self, over: defer.Deferred) -> None:
         self.over = over
+
+
+class _TurnToWaitFor:
+    """What a delivery given its slots returns when its destination was
+    marked failing while it waited for them, and another delivery to it
+    has the turn (``failing.py``): the slots go back, and it waits for its
+    own turn (``turn``, which fires with it) without them."""
+
+    def __init__(self, turn: defer.Deferred) -> None:
+        self.turn = turn
 
 
 class Slots:
@@ -52,6 +64,7 @@ class Slots:
     _entries: dict[str, _Running]
     _semaphores: dict[str, defer.DeferredSemaphore]
     _global: defer.DeferredSemaphore
+    _failing: FailingDestinations
 
     def _waits_for_a_slot(self, qid: str) -> bool:
         """Whether every destination of ``qid`` not yet done waits for a
@@ -85,7 +98,7 @@ class Slots:
         def had() -> None:
             att.slot_waits = max(att.slot_waits - 1, 0)  # a slot is had
 
-        def deliver() -> Any:
+        def deliver(held: list[Any]) -> Any:
             if generation != self._generation or self._is_dropped(entry.id):
                 had()
                 return defer.succeed([])  # waited for a slot past a stop
@@ -96,6 +109,14 @@ class Slots:
                 raise
             if over is not None:
                 return _LookupUnderWay(over)  # the slots go back: ``again``
+            if held[0] is None and dest in self._failing:
+                # marked failing while this one waited for its slots (taken
+                # before that): it needs the turn too, or it would be a
+                # second delivery to it at once
+                turn = self._failing.turn(dest)
+                if not turn.called:
+                    return _TurnToWaitFor(turn)  # the slots go back: ``again``
+                held[0] = turn.result  # (it had none: this one's now)
             had()
             self._mark(entry.id, att)
             # the slots are held for the session only: what it gave is
@@ -105,6 +126,8 @@ class Slots:
         kept = [False]
 
         def answered(results: list[DeliveryResult]) -> list[DeliveryResult]:
+            # whether a host answered, learnt before the turn is handed on
+            self._failing.learn(dest, results, self.relay.max_per_destination)
             if any(r.remote_mta is not None or r.kind == "delivered" for r in results):
                 # a remote host answered: to be recorded, whatever the other
                 # destinations of this entry still do.  Counted before the
@@ -117,17 +140,29 @@ class Slots:
         def delivered(results: list[DeliveryResult]) -> Any:
             return self._record_partial(entry, dest, results, generation, att, kept[0])
 
-        def run() -> defer.Deferred:
-            return self._global.run(deliver)
+        def run(held: list[Any]) -> defer.Deferred:
+            return self._global.run(deliver, held)
 
         def take(_: Any = None) -> defer.Deferred:
+            # a destination none of whose hosts answered: one delivery at
+            # a time, the others waiting for their turn without a slot
+            # (``failing.py``); asked at each take, as it is now
+            return self._failing.turn(dest).addCallback(slots)
+
+        def slots(turn: Any) -> defer.Deferred:
             # the destination's semaphore as it is now: one made before a
             # wait may have been dropped since (``tidy``)
             sem = self._semaphores.get(dest)
             if sem is None:
                 sem = self._semaphores[dest] = defer.DeferredSemaphore(
                     self.relay.max_per_destination)
-            return sem.run(run).addBoth(tidy, sem).addCallback(again)
+            held = [turn]  # the turn this delivery holds (``deliver`` may take one)
+            d = sem.run(run, held).addBoth(tidy, sem)
+            return d.addBoth(hand_on, held).addCallback(again)
+
+        def hand_on(result: Any, held: list[Any]) -> Any:
+            self._failing.turn_over(dest, held[0])
+            return result
 
         def tidy(result: Any, sem: defer.DeferredSemaphore) -> Any:
             if (sem.tokens == sem.limit and not sem.waiting
@@ -138,6 +173,8 @@ class Slots:
         def again(result: Any) -> Any:
             if isinstance(result, _LookupUnderWay):
                 return result.over.addBoth(take)  # ended, however
+            if isinstance(result, _TurnToWaitFor):
+                return result.turn.addCallback(slots)  # with the turn it fires with
             return result
 
         def done(result: Any) -> Any:

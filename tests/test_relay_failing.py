@@ -1,0 +1,94 @@
+"""The runner's failing destinations (relay/failing.py) on their own: what
+a delivery's results say of its destination, the turns at one."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from txmailhub.address import Address
+from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.failing import FailingDestinations, reached
+from txmailhub.smtp.reply import LocalReply, Reply
+
+BOB = Address("bob", "remote.test")
+CAROL = Address("carol", "remote.test")
+NO_ANSWER = LocalReply.of(451, "4.4.1", "connection to mx:25 failed: timed out")
+
+
+def unreachable(*rcpts):
+    return [DeliveryResult(a, "transient", NO_ANSWER, unreachable=True) for a in rcpts]
+
+
+def test_what_results_say_of_their_destination():
+    assert reached(unreachable(BOB, CAROL)) is False
+    assert reached([DeliveryResult(BOB, "transient", Reply.of(421, "4.3.2", "busy"),
+                                   "mx.remote.test")]) is True
+    assert reached([DeliveryResult(BOB, "delivered", Reply.of(250, "2.0.0", "ok"))]) is True
+    # a DNS failure, a local error, a stop's cut: neither
+    assert reached([DeliveryResult(BOB, "transient", LocalReply.of(451, "4.4.3", "no"))]) is None
+    assert reached([]) is None
+    # one recipient settled by a host that answered: not unreachable
+    assert reached([*unreachable(BOB),
+                    DeliveryResult(CAROL, "permanent", Reply.of(550, "5.1.1", "no"),
+                                   "mx.remote.test")]) is True
+
+
+def test_the_oldest_mark_is_forgotten_past_the_limit():
+    f = FailingDestinations(limit=2)
+    for dest in ("a.test", "b.test", "c.test"):
+        f.learn(dest, unreachable(BOB), 10)
+    assert "a.test" not in f and "b.test" in f and "c.test" in f and len(f) == 2
+
+
+def test_turns_handed_on_one_after_the_other_without_recursion():
+    # each delivery answered at once hands its turn on from within the
+    # one handed to it: a thousand waiting must not reach the recursion limit
+    f = FailingDestinations()
+    f.learn("remote.test", unreachable(BOB), 10)
+    first = []
+    f.turn("remote.test").addCallback(first.append)
+    [turn] = first
+    assert turn is not None
+    done = []
+
+    def answered_at_once(t):
+        done.append(t)
+        f.turn_over("remote.test", t)
+
+    waiting = [f.turn("remote.test") for _ in range(5000)]
+    for d in waiting:
+        d.addCallback(answered_at_once)
+    assert done == []  # one at a time: the first has its turn
+    f.turn_over("remote.test", turn)
+    assert len(done) == 5000 and all(t is turn for t in done)
+    assert not f._turns
+
+
+def test_a_recovery_lets_every_waiting_delivery_go():
+    f = FailingDestinations()
+    f.learn("remote.test", unreachable(BOB), 10)
+    held = []
+    f.turn("remote.test").addCallback(held.append)
+    woken = []
+    for _ in range(3):
+        f.turn("remote.test").addCallback(woken.append)
+    f.learn("remote.test", [DeliveryResult(BOB, "transient", Reply.of(421, "4.3.2", "busy"),
+                                           "mx")], 10)
+    assert woken == [None] * 3  # no turn: the destination is not failing
+    assert "remote.test" not in f
+    # the turn held before is over: it hands nothing on to a later mark's
+    f.learn("remote.test", unreachable(BOB), 10)
+    later = []
+    f.turn("remote.test").addCallback(later.append)
+    after = f.turn("remote.test")
+    f.turn_over("remote.test", held[0])
+    assert not after.called
+    f.turn_over("remote.test", later[0])
+    assert after.called
+
+
+def test_a_destination_not_failing_has_no_turns():
+    f = FailingDestinations()
+    d = f.turn("remote.test")
+    assert isinstance(d, defer.Deferred) and d.called and d.result is None
+    assert not f._turns
