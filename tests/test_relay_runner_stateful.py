@@ -7,7 +7,8 @@ test answers it.  The machine enqueues entries for one to three of
 three remote domains (and the local one); ends lookups (answered or
 failed, the failure remembered as ``MXResolver`` does; the end told to
 those who wait for it as an error, at times); answers sessions
-(delivered, deferred, refused for good, or an error out of the agent);
+(delivered, deferred, refused for good, no host of the domain answering,
+or an error out of the agent);
 holds, releases and deletes entries and flushes the queue as ``mailhub
 queue`` does; lets the clock run; has the spool refuse the notices (a
 full disk: failure and success notices, some entries asking for the
@@ -21,6 +22,12 @@ a resolver the relay does not stop).  After each step it checks that
   than twice ``max_concurrent_deliveries``;
 * no delivery is begun while another's lookup of its domain is under
   way (it would hold a slot for that lookup's whole time);
+* a domain none of whose hosts answered (the runner's log line says it
+  is failing, until the one saying a host answered again) has at most
+  one delivery at a time begun since, and a session's answer marks it
+  so, or not, as the answer says (a domain may go down: its sessions
+  then end with no host answering, and the agent remembers it for a
+  while, deferring its deliveries at once);
 * an attempt marker is held only by an entry whose attempt runs;
 * a session's answer (delivered, refused for good) had while its entry
   was not given up is in the record once it is answered;
@@ -53,6 +60,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from txmailhub.address import Address
 from txmailhub.components import Components
@@ -72,6 +80,11 @@ DOMAINS = ("a.test", "b.test", "c.test")
 ALICE = Address("alice", "example.org")
 OK = Reply.of(250, "2.0.0", "ok")
 LATER = Reply.of(451, "4.4.3", "later")
+NO_ANSWER = Reply.of(451, "4.4.1", "connection to mx:25 failed: timed out")
+
+
+def unreachable(rcpts: list[Address]) -> list[DeliveryResult]:
+    return [DeliveryResult(a, "transient", NO_ANSWER, unreachable=True) for a in rcpts]
 NO = Reply.of(550, "5.1.1", "no such user")
 
 
@@ -91,6 +104,31 @@ class ModelAgent:
         # cut by a stop (``abort_all``) until the next start (``resume``): a
         # lookup that ends now opens no session, as in DeliveryAgent
         self.stopped = False
+        # the domains the runner's log says are failing (no host answered),
+        # and how many times each was marked so; the deliveries in flight
+        # begun while one was, with that mark's number (``begun_failing``)
+        self.failing: set[str] = set()
+        self.marks: dict[str, int] = {}
+        self.begun_failing: dict[int, tuple[str, int]] = {}
+        # domains whose hosts answer no connection (their sessions end so),
+        # and those of them the agent remembers so: a delivery to one is
+        # deferred at once, as DeliveryAgent's memory of unreachable ones
+        self.down: set[str] = set()
+        self.remembered: set[str] = set()
+
+    def observe(self, event: dict) -> None:
+        """The runner's log: a domain marked failing, or answering again."""
+        text = event.get("log_format") or ""
+        dest = event.get("destination")
+        if "no host answered" in text:
+            self.failing.add(dest)
+            self.marks[dest] = self.marks.get(dest, 0) + 1
+        elif "a host answered again" in text:
+            self.failing.discard(dest)
+
+    def begun_since_the_mark(self, dest: str) -> int:
+        mark = (dest, self.marks.get(dest, 0))
+        return sum(1 for m in self.begun_failing.values() if m == mark)
 
     def destination(self, address: Address) -> str:
         return address.domain
@@ -106,8 +144,11 @@ class ModelAgent:
         self.running[dest] = self.running.get(dest, 0) + 1
         self.per_entry[entry.id] = self.per_entry.get(entry.id, 0) + 1
         d: defer.Deferred = defer.Deferred()
+        if dest in self.failing:
+            self.begun_failing[id(d)] = (dest, self.marks[dest])
 
         def over(result):
+            self.begun_failing.pop(id(d), None)
             self.running[dest] -= 1
             if not self.running[dest]:
                 del self.running[dest]
@@ -117,7 +158,9 @@ class ModelAgent:
             return result
 
         d.addBoth(over)
-        if dest in self.failed:
+        if dest in self.remembered:
+            d.callback(unreachable(rcpts))
+        elif dest in self.failed:
             d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
         elif dest in self.known:
             self.sessions.append((d, entry.id, dest, list(rcpts)))
@@ -150,6 +193,19 @@ class ModelAgent:
                 d, _qid, _dest, rcpts = what
                 d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
 
+    def answer(self, d: defer.Deferred, dest: str, rcpts: list[Address],
+               how: str) -> None:
+        """A session's end: ``how``, or, to a domain that is down, no host
+        answering (then remembered so)."""
+        if dest in self.down:
+            how = "unreachable"
+            self.remembered.add(dest)
+        if how == "unreachable":
+            d.callback(unreachable(rcpts))
+        else:
+            reply = {"delivered": OK, "transient": LATER, "permanent": NO}[how]
+            d.callback([DeliveryResult(a, how, reply, "mx") for a in rcpts])
+
     def connected(self, queue_id: str) -> bool:
         # past connecting: in a session (one waiting for its lookup only
         # looks up DNS, and a stop gives it up as such)
@@ -174,11 +230,15 @@ class ModelAgent:
         self.old_lookups.extend(self.lookups.values())
         self.lookups.clear()
         self.failed.clear()
+        self.remembered.clear()
+        self.failing.clear()  # the runner's start forgets them too (no line)
 
 
 class RunnerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.agent = ModelAgent()
+        globalLogPublisher.addObserver(self.agent.observe)
         self.tmp = tempfile.mkdtemp(prefix="runner-stateful-")
         cfg = os.path.join(self.tmp, "hub.toml")
         text = ('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
@@ -195,7 +255,6 @@ class RunnerMachine(RuleBasedStateMachine):
                                 store=self.store, spooler=None, portal=None)
         self.queue = OutboundQueue(self.settings.queue_dir, self.clock)
         components.queue = self.queue
-        self.agent = ModelAgent()
         self.refusing = False  # the spool refuses the notices (a full disk)
         self.notices = 0
         self.runner = QueueRunner(self.queue, self.agent, components, self.clock,
@@ -216,6 +275,7 @@ class RunnerMachine(RuleBasedStateMachine):
             for waiting in [*self.agent.lookups.values(), *self.agent.old_lookups]:
                 self.agent._fire(waiting, False)
         finally:
+            globalLogPublisher.removeObserver(self.agent.observe)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- steps -------------------------------------------------------------------------
@@ -243,18 +303,26 @@ class RunnerMachine(RuleBasedStateMachine):
             self.agent.end_lookup(dests[which % len(dests)], answered, oddly)
 
     @rule(which=st.integers(0, 10),
-          how=st.sampled_from(["delivered", "transient", "permanent", "crash"]))
+          how=st.sampled_from(["delivered", "transient", "permanent", "crash",
+                               "unreachable"]))
     def answer_a_session(self, which: int, how: str) -> None:
         """A session's outcome: delivered, deferred, refused for good (a
-        notice to the sender), or an error out of the agent (a bug)."""
+        notice to the sender), no host answering (its connections timed
+        out), or an error out of the agent (a bug)."""
         if self.agent.sessions:
-            d, qid, _dest, rcpts = self.agent.sessions.pop(which % len(self.agent.sessions))
+            d, qid, dest, rcpts = self.agent.sessions.pop(which % len(self.agent.sessions))
             if how == "crash":
                 d.errback(RuntimeError("the agent failed"))
                 return
             live = self._live(qid)
-            reply = {"delivered": OK, "transient": LATER, "permanent": NO}[how]
-            d.callback([DeliveryResult(a, how, reply, "mx") for a in rcpts])
+            self.agent.answer(d, dest, rcpts, how)
+            if how == "unreachable" or dest in self.agent.down:
+                # one delivery at a time to it from now on (a cut session's
+                # answer too: what it says of the domain holds)
+                assert dest in self.agent.failing and dest in self.runner._failing
+                return
+            # a host answered: the domain has its whole room again
+            assert dest not in self.agent.failing and dest not in self.runner._failing
             entry = self.queue.read(qid)
             if how != "transient" and live and entry is not None:
                 # an answer had before its entry was given up is recorded:
@@ -268,6 +336,16 @@ class RunnerMachine(RuleBasedStateMachine):
         in the agent is always this run's: a stop's end cuts them all)."""
         r = self.runner
         return qid in r._attempting and qid not in r._dropped
+
+    @rule(dest=st.sampled_from(DOMAINS), down=st.booleans())
+    def a_domain_goes_down_or_comes_back(self, dest: str, down: bool) -> None:
+        """Its hosts answer no connection from now on (its sessions under
+        way end so when answered), or answer again."""
+        if down:
+            self.agent.down.add(dest)
+        else:
+            self.agent.down.discard(dest)
+            self.agent.remembered.discard(dest)
 
     @rule(which=st.integers(0, 10))
     def end_an_old_lookup(self, which: int) -> None:
@@ -303,7 +381,9 @@ class RunnerMachine(RuleBasedStateMachine):
         # that waited for its lookup waits for a slot may be looked up
         # again by another, and that delivery joins the new lookup -- the
         # runner waits for one lookup at most, so that outcomes not kept
-        # do not make the lookups one after the other)
+        # do not make the lookups one after the other); the agent's memory
+        # of unreachable domains is over (the next delivery connects)
+        self.agent.remembered.clear()
         self.clock.advance(seconds)
 
     @rule(seconds=st.sampled_from([1, 60, 3600, 86400]))
@@ -357,6 +437,8 @@ class RunnerMachine(RuleBasedStateMachine):
     @rule()
     def drain(self) -> None:
         self.refusing = False
+        self.agent.down.clear()
+        self.agent.remembered.clear()
         self.start()
         for qid in self.queue.ids():
             self.queue.set_held(qid, False)
@@ -378,6 +460,7 @@ class RunnerMachine(RuleBasedStateMachine):
                      "_changed_while_active", "_watching"):
             assert not getattr(r, name), (name, getattr(r, name))
         assert r._global.tokens == GLOBAL and not r._global.waiting
+        assert not r._failing._turns  # no delivery waits for its turn
         assert not [n for n in os.listdir(self.settings.queue_dir) if "attempt" in n]
 
     def _answer_everything(self, delivered: bool) -> None:
@@ -388,8 +471,8 @@ class RunnerMachine(RuleBasedStateMachine):
             elif a.lookups:
                 a.end_lookup(sorted(a.lookups)[0], True)
             elif a.sessions:
-                d, _qid, _dest, rcpts = a.sessions.pop(0)
-                d.callback([DeliveryResult(x, "delivered", OK, "mx") for x in rcpts])
+                d, _qid, dest, rcpts = a.sessions.pop(0)
+                a.answer(d, dest, rcpts, "delivered")  # (unreachable if down)
             else:
                 return
         raise AssertionError("deliveries without end")
@@ -402,6 +485,13 @@ class RunnerMachine(RuleBasedStateMachine):
         assert sum(a.running.values()) <= GLOBAL, a.running
         assert all(n <= PER_DESTINATION for n in a.running.values()), a.running
         assert len(self.runner.active) <= ENTRIES_PER_SLOT * GLOBAL
+
+    @invariant()
+    def one_delivery_at_a_time_to_a_failing_domain(self) -> None:
+        a = self.agent
+        assert a.failing == {d for d in DOMAINS if d in self.runner._failing}
+        for dest in a.failing:
+            assert a.begun_since_the_mark(dest) <= 1, (dest, a.running)
 
     @invariant()
     def no_delivery_joins_a_lookup_under_way(self) -> None:
