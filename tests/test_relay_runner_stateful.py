@@ -256,6 +256,7 @@ class RunnerMachine(RuleBasedStateMachine):
         self.queue = OutboundQueue(self.settings.queue_dir, self.clock)
         components.queue = self.queue
         self.refusing = False  # the spool refuses the notices (a full disk)
+        self.late_look = None  # the runner's look due when the clock was last set back
         self.notices = 0
         self.runner = QueueRunner(self.queue, self.agent, components, self.clock,
                                   send_dsn=self._send_dsn)
@@ -394,6 +395,11 @@ class RunnerMachine(RuleBasedStateMachine):
         timed calls are kept at the times they are due, so that they come
         that much later, as Twisted's do on a real clock set back (the
         runner's look every second too: ``_stalled``)."""
+        loop = self.runner._loop
+        if loop is not None and loop.running and loop.call is not None:
+            # the look due when the clock was set back: until it comes,
+            # the looks meant for the seconds set back are not made
+            self.late_look = loop.call
         self.clock.rightNow -= seconds
 
     def _stalled(self) -> bool:
@@ -402,6 +408,10 @@ class RunnerMachine(RuleBasedStateMachine):
         or a restart gets the queue looked at until it comes)."""
         loop = self.runner._loop
         call = None if loop is None or not loop.running else loop.call
+        if call is not None and call is self.late_look and call.active():
+            # its last second too: an entry due then waits for that look
+            # (a second later), as for any second the stall took
+            return True
         return call is not None and call.getTime() > self.clock.seconds() + POLL_INTERVAL
 
     @rule()
@@ -447,7 +457,10 @@ class RunnerMachine(RuleBasedStateMachine):
             self._answer_everything(delivered=True)
             self.clock.advance(1)  # a tick: the runner sees what mailhub queue did
             self._answer_everything(delivered=True)
-            if not self.queue.ids() and not self.runner.due:
+            if (not self.queue.ids() and not self.runner.due
+                    and not os.path.lexists(os.path.join(self.settings.queue_dir, CHANGED))):
+                # (and the runner has seen what mailhub queue did: its look
+                # may wait out a clock set back)
                 break
             self.agent.failed.clear()
             self.clock.advance(6 * 3600)
