@@ -302,13 +302,21 @@ def test_all_down_is_transient(tmp_path):
 
 def test_a_domain_one_of_whose_hosts_answered_is_not_unreachable(tmp_path):
     # mx1 answers and says 421; mx2 refuses the connection: the result
-    # says mx2's refusal, but a host of the domain answered
+    # says mx2's refusal, but a host of the domain answered (a domain the
+    # runner gave one delivery at a time has its room again)
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
         greeting=b"421 4.3.2 busy\r\n")
     [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
-    assert r.kind == "transient" and r.reply.status == "4.4.1"
-    assert not r.unreachable
+    assert r.kind == "transient" and r.reply.status == "4.4.1" and r.remote_mta is None
+    assert r.unreachable is False
+
+
+def test_a_delivery_that_tried_no_host_says_nothing_of_them(tmp_path):
+    a, net, _ = agent(tmp_path)
+    [r] = run(net, a.deliver(entry(tmp_path, Address("x", "nxdomain.test")), "nxdomain.test",
+                             [Address("x", "nxdomain.test")]))
+    assert r.unreachable is None
 
 
 @pytest.mark.parametrize("literal, shown", [

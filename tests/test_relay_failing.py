@@ -27,6 +27,10 @@ def test_what_results_say_of_their_destination():
     # a DNS failure, a local error, a stop's cut: neither
     assert reached([DeliveryResult(BOB, "transient", LocalReply.of(451, "4.4.3", "no"))]) is None
     assert reached([]) is None
+    # a host answered, the last one's connection failed: it connects
+    assert reached([DeliveryResult(BOB, "transient", NO_ANSWER, unreachable=False)]) is True
+    # an agent that does not tell
+    assert reached([DeliveryResult(BOB, "transient", NO_ANSWER)]) is None
     # one recipient settled by a host that answered: not unreachable
     assert reached([*unreachable(BOB),
                     DeliveryResult(CAROL, "permanent", Reply.of(550, "5.1.1", "no"),

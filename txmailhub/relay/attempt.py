@@ -139,16 +139,18 @@ class DeliveryResult:
     problems); ``remote_mta`` the host that gave it; ``dsn_passed`` whether
     the next hop took over RFC 3461 notifications (it offered DSN);
     ``unreachable`` whether no host of the destination could be connected
-    to at all (refused, timed out: none answered, not even to refuse),
-    which the runner's destination feedback (``failing.py``) learns
-    from -- never recorded."""
+    to at all (``True``: refused, timed out, none answered, not even to
+    refuse) or one was (``False``: a session, however it ended, though the
+    reply kept may be a later host's failed connection), ``None`` when the
+    delivery tried no host (a DNS failure, a local error); the runner's
+    destination feedback (``failing.py``) learns from it -- never recorded."""
 
     address: Address
     kind: str
     reply: Reply
     remote_mta: str | None = None
     dsn_passed: bool = False
-    unreachable: bool = False
+    unreachable: bool | None = None
 
 
 def read_credentials(path: str) -> tuple[str, str] | None:
@@ -1129,10 +1131,11 @@ class DeliveryAgent:
                     or next(iter(self._unreachable.values()))[1] <= now):
                 del self._unreachable[next(iter(self._unreachable))]
             self._unreachable[destination] = (now, now + self.unreachable_memory, last)
-        # no host answered (some may be left for the time budget, or past
-        # MAX_ADDRESSES_PER_ATTEMPT): the runner gives the destination one
-        # delivery at a time until one connects (``failing.py``)
-        unreachable = not sessions and tried > 0 and not settled and epoch == self._epoch
+        # whether no host answered (some may be left for the time budget,
+        # or past MAX_ADDRESSES_PER_ATTEMPT): the runner gives such a
+        # destination one delivery at a time until one connects
+        # (``failing.py``); a session with one of them says it does
+        unreachable = (not sessions) if tried and epoch == self._epoch else None
         return settled + [DeliveryResult(a, kind, last, last_host, unreachable=unreachable)
                           for a in recipients]
 

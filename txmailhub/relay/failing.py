@@ -47,13 +47,16 @@ FAILING_KEPT = 10000
 
 def reached(results: Sequence[DeliveryResult]) -> bool | None:
     """What a delivery's ``results`` say of its destination: ``True``
-    when a host answered (a message delivered, or a reply from the
-    server, a refusal too), ``False`` when no host could be connected to
-    (every result ``unreachable``), ``None`` when they say neither (a DNS
-    failure, a local error, a delivery a stop gave up, no result)."""
-    if any(r.kind == "delivered" or r.remote_mta is not None for r in results):
+    when a host answered (a message delivered, a reply from the server, a
+    refusal too, or a session with a host before the last one's connection
+    failed: ``unreachable`` false), ``False`` when no host could be
+    connected to (every result ``unreachable``), ``None`` when they say
+    neither (a DNS failure, a local error, a delivery a stop gave up, no
+    result; an agent that does not tell)."""
+    if any(r.kind == "delivered" or r.remote_mta is not None or r.unreachable is False
+           for r in results):
         return True
-    if results and all(r.unreachable for r in results):
+    if results and all(r.unreachable is True for r in results):
         return False
     return None
 
