@@ -80,15 +80,34 @@ def test_a_recovery_lets_every_waiting_delivery_go():
                                            "mx")], 10)
     assert woken == [None] * 3  # no turn: the destination is not failing
     assert "remote.test" not in f
-    # the turn held before is over: it hands nothing on to a later mark's
+    # the turn held before is still the destination's one turn: marked
+    # again while that delivery runs, the next waits for it (two at once
+    # to a destination none of whose hosts answers, otherwise)
     f.learn("remote.test", unreachable(BOB), 10)
     later = []
     f.turn("remote.test").addCallback(later.append)
+    assert later == []
     after = f.turn("remote.test")
     f.turn_over("remote.test", held[0])
-    assert not after.called
+    assert later == held and not after.called
     f.turn_over("remote.test", later[0])
     assert after.called
+    f.turn_over("remote.test", after.result)
+    assert not f._turns
+
+
+def test_a_turn_held_across_a_recovery_is_handed_on_or_dropped():
+    f = FailingDestinations()
+    f.learn("remote.test", unreachable(BOB), 10)
+    held = []
+    f.turn("remote.test").addCallback(held.append)
+    f.learn("remote.test", [DeliveryResult(BOB, "delivered", Reply.of(250, "2.0.0", "ok"),
+                                           "mx")], 10)
+    # not failing: no turn to wait for, though one is still held
+    d = f.turn("remote.test")
+    assert d.called and d.result is None
+    f.turn_over("remote.test", held[0])
+    assert not f._turns
 
 
 def test_a_destination_not_failing_has_no_turns():

@@ -3415,3 +3415,55 @@ def test_a_delivery_that_waited_for_a_slot_as_its_destination_failed_waits_its_t
         assert hub.runner._global.tokens == 2
     finally:
         hub.runner.stop()
+
+
+def test_a_turn_held_across_a_recovery_is_still_the_turn_when_marked_again(tmp_path):
+    # a delivery given the turn at a failing destination waits for a hub
+    # slot; a host answers another delivery (the destination recovers),
+    # and a third finds none again (marked anew) before that one has its
+    # slot: it still holds the one turn there is, or it and a delivery
+    # woken by the recovery both went at once to a destination whose
+    # hosts answer nothing
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 3\n")
+    sessions: dict[tuple[str, str], defer.Deferred] = {}
+
+    def script(e, dest, rcpts):
+        d = sessions[(e.id, dest)] = defer.Deferred()
+        return d
+
+    def answer(qid, dest, how):
+        d = sessions.pop((qid, dest))
+        rcpts = [BOB] if dest == "remote.test" else [CAROL]
+        if how == "unreachable":
+            d.callback(_unreachable(rcpts))
+        else:
+            d.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
+
+    hub.agent.script = script
+    hub.runner.start()
+    try:
+        b1, b2, b3 = (enqueue(hub, BOB) for _ in range(3))  # the three slots
+        answer(b1, "remote.test", "unreachable")  # marked failing
+        c1 = enqueue(hub, CAROL)  # the free slot
+        c2 = enqueue(hub, CAROL)  # waits for a slot
+        x = enqueue(hub, BOB, CAROL)  # its remote.test delivery: the turn, no slot yet
+        y = enqueue(hub, BOB, CAROL)  # its remote.test delivery: waits its turn
+        assert set(sessions) == {(b2, "remote.test"), (b3, "remote.test"),
+                                 (c1, "other.test")}
+        answer(b2, "remote.test", "answered")  # a host answered: not failing
+        assert "remote.test" not in hub.runner._failing
+        answer(b3, "remote.test", "unreachable")  # marked again
+        assert "remote.test" in hub.runner._failing
+        answer(c1, "other.test", "answered")
+        answer(c2, "other.test", "answered")
+        for key in [k for k in sessions if k[1] == "other.test"]:
+            answer(key[0], "other.test", "answered")
+        remote = [k for k in sessions if k[1] == "remote.test"]
+        assert len(remote) == 1, remote  # one delivery at a time to it
+        assert remote == [(x, "remote.test")]
+        answer(x, "remote.test", "unreachable")
+        assert [k for k in sessions if k[1] == "remote.test"] == [(y, "remote.test")]
+        answer(y, "remote.test", "unreachable")
+        assert not hub.runner._failing._turns and hub.runner._global.tokens == 3
+    finally:
+        hub.runner.stop()
