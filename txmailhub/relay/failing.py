@@ -106,7 +106,10 @@ class FailingDestinations:
             del self._failing[destination]
             log.info("{destination}: a host answered again: up to {limit} deliveries at a "
                      "time to it", destination=destination, limit=max_per_destination)
-            self._wake_all(destination)
+            # the waiting ones go; the one under way keeps its turn: marked
+            # again before it is over, the destination has that one turn,
+            # not a second one for a delivery woken now
+            self._wake_waiting(destination)
 
     def clear(self) -> None:
         """Forget every destination (a start of the runner tries each
@@ -121,10 +124,12 @@ class FailingDestinations:
         turn.  Fires with the turn it holds (``None``: none, as for a
         destination not failing), to be handed on with ``turn_over``
         once that delivery no longer needs it."""
+        if destination not in self._failing:
+            # (a turn still held from before a recovery is handed on, or
+            # dropped, when that delivery is over)
+            return defer.succeed(None)
         turns = self._turns.get(destination)
         if turns is None:
-            if destination not in self._failing:
-                return defer.succeed(None)
             turns = self._turns[destination] = _Turns()
             return defer.succeed(turns)
         d: defer.Deferred = defer.Deferred()
@@ -134,8 +139,10 @@ class FailingDestinations:
     def turn_over(self, destination: str, turns: _Turns | None) -> None:
         """A delivery's turn at ``destination`` (``turns``, what ``turn``
         gave it) is over: the next waiting one's comes, or every one's if
-        it is failing no longer.  A turn from before a wake of them all
-        (a recovery, ``clear``) hands nothing on: its successors have gone."""
+        it is failing no longer.  A turn from before ``clear`` hands
+        nothing on: its successors have gone.  One held across a recovery
+        is still the destination's (those waiting then went at once): marked
+        again meanwhile, the deliveries waiting now had to wait for it."""
         self._handing.append((destination, turns))
         if self._handing_on:
             # from within a turn handed on (a delivery answered at once, a
@@ -164,3 +171,13 @@ class FailingDestinations:
         turns = self._turns.pop(destination, None)
         for d in [] if turns is None else turns.waiting:
             d.callback(None)  # no turn to hand on: one at a time no more
+
+    def _wake_waiting(self, destination: str) -> None:
+        """The deliveries waiting for a turn at ``destination`` go (it is
+        failing no more); the turn of the one under way stays its own."""
+        turns = self._turns.get(destination)
+        if turns is None:
+            return
+        waiting, turns.waiting = turns.waiting, []
+        for d in waiting:
+            d.callback(None)
