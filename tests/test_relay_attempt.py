@@ -2997,3 +2997,31 @@ def test_the_host_a_notice_names_as_remote_mta_is_one_the_attempt_reached(tmp_pa
     assert r.kind in ("transient", "permanent")
     expected = "mx2.remote.test" if case == "greeting 421" else None
     assert r.remote_mta == expected
+
+
+def test_a_smarthost_whose_name_does_not_resolve_is_no_unreachable_destination(tmp_path):
+    # the smarthost's name is looked up as its connection is made
+    # (hostname.NameEndpoint): a failed lookup is a DNS failure, not a
+    # host that answered no connection -- the runner must not give every
+    # outbound message one delivery at a time for it (failing.py), nor
+    # log that no host answered; nor when the agent remembers it
+    from twisted.internet import error
+
+    a, net, clock = agent(tmp_path, 'smarthost = "smart.example.net:25"')
+    lookup = error.DNSLookupError("smart.example.net: Name or service not known")
+    a.endpoint = lambda host, port: SimpleNamespace(connect=lambda f: defer.fail(lookup))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "transient" and r.reply.text().endswith("name lookup failed")
+    assert r.unreachable is None
+    d = a.attempt(entry(tmp_path, BOB))
+    clock.advance(0)  # (deferred by its memory in a later turn of the reactor)
+    [r] = run(net, d)
+    assert r.reply.text().endswith("name lookup failed") and r.unreachable is None
+    # a smarthost that refuses the connection is one
+    a, net, clock = agent(tmp_path, 'smarthost = "smart.example.net:25"')
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.reply.text().endswith("connection refused") and r.unreachable is True
+    d = a.attempt(entry(tmp_path, BOB))
+    clock.advance(0)
+    [r] = run(net, d)
+    assert r.unreachable is True
