@@ -39,6 +39,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -142,7 +143,8 @@ class DeliveryResult:
     to at all (``True``: refused, timed out, none answered, not even to
     refuse) or one was (``False``: a session, however it ended, though the
     reply kept may be a later host's failed connection), ``None`` when the
-    delivery tried no host (a DNS failure, a local error); the runner's
+    delivery tried no host (a DNS failure -- the smarthost's name not
+    resolving too --, a local error); the runner's
     destination feedback (``failing.py``) learns from it -- never recorded."""
 
     address: Address
@@ -795,7 +797,11 @@ class DeliveryAgent:
         # resolver's memory of DNS failures; emptied by ``resume``.
         self.unreachable_memory = min(min(self.relay.retry_schedule, default=0),
                                       DNS_FAILURE_MEMORY_MAX)
-        self._unreachable: dict[str, tuple[float, float, Reply]] = {}
+        # The last field: what the deferral says of the destination
+        # (``DeliveryResult.unreachable``): ``None`` when the smarthost's
+        # name did not resolve (a DNS failure, not a host that answered
+        # no connection).
+        self._unreachable: dict[str, tuple[float, float, Reply, bool | None]] = {}
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         # TLS 1.2 at least either way (RFC 8996), pinned in relay/client_tls.py
@@ -903,7 +909,7 @@ class DeliveryAgent:
         credentials = None
         kept = self._unreachable.get(destination)
         if kept is not None:
-            learnt, until, reply = kept
+            learnt, until, reply, said = kept
             now = self.clock.seconds()
             if learnt <= now < until:
                 # in a later turn of the reactor, as a refusal would come: a
@@ -913,7 +919,7 @@ class DeliveryAgent:
                 log.info("{queue_id}: {destination} not reached: {reply} (tried {age:.0f} s "
                          "ago; not tried again yet)", queue_id=entry.id, destination=destination,
                          reply=loggable(reply.text(), REPLY_LOG_MAX), age=now - learnt)
-                return [DeliveryResult(a, "transient", reply, unreachable=True)
+                return [DeliveryResult(a, "transient", reply, unreachable=said)
                         for a in recipients]
             del self._unreachable[destination]
         if smarthost:
@@ -965,6 +971,10 @@ class DeliveryAgent:
         own: dict[Address, DeliveryResult] = {}
         tried = 0
         sessions = 0  # the hosts that answered at all
+        # the addresses whose connection failed, not counting a smarthost
+        # name that could not be looked up (a DNS failure: no host was
+        # asked for a connection, so none failed to answer)
+        unanswered = 0
         started = self.clock.seconds()
         out_of_time = False
         budget = self.relay.hosts_time_budget
@@ -1026,6 +1036,8 @@ class DeliveryAgent:
                     # to tell (the first session's connection had none)
                     tries = retry
             if outcome is None:  # could not connect: the next host
+                unanswered += sum(1 for a in tries.started
+                                  if not _name_not_found(tries.failures.get(a)))
                 if tries.started:
                     telling = tries.telling()
                     shown = where(mxhost.name, telling)
@@ -1130,12 +1142,14 @@ class DeliveryAgent:
                     len(self._unreachable) >= FAILED_HOSTS_KEPT
                     or next(iter(self._unreachable.values()))[1] <= now):
                 del self._unreachable[next(iter(self._unreachable))]
-            self._unreachable[destination] = (now, now + self.unreachable_memory, last)
+            self._unreachable[destination] = (now, now + self.unreachable_memory, last,
+                                              True if unanswered else None)
         # whether no host answered (some may be left for the time budget,
         # or past MAX_ADDRESSES_PER_ATTEMPT): the runner gives such a
         # destination one delivery at a time until one connects
         # (``failing.py``); a session with one of them says it does
-        unreachable = (not sessions) if tried and epoch == self._epoch else None
+        unreachable = (None if not tried or epoch != self._epoch
+                       else False if sessions else True if unanswered else None)
         return settled + [DeliveryResult(a, kind, last, last_host, unreachable=unreachable)
                           for a in recipients]
 
@@ -1427,6 +1441,12 @@ class _Stage:
 
     def __init__(self) -> None:
         self.connected = False
+
+
+def _name_not_found(why: Failure | None) -> bool:
+    """Whether a connection failed because the next hop's name did not
+    resolve (the smarthost's, looked up as it is connected to)."""
+    return why is not None and why.check(DNSLookupError) is not None
 
 
 def _given_up(recipients: Sequence[Address]) -> list[DeliveryResult]:
