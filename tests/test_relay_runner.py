@@ -3467,3 +3467,19 @@ def test_a_turn_held_across_a_recovery_is_still_the_turn_when_marked_again(tmp_p
         assert not hub.runner._failing._turns and hub.runner._global.tokens == 3
     finally:
         hub.runner.stop()
+
+
+def test_a_delivery_a_stop_gave_up_says_nothing_of_its_destination_after_a_start(hub):
+    # a start forgets the failing destinations, to try each afresh (as
+    # the agent's memory of them); a delivery of the last run that ends
+    # after it (the agent's remembered deferral comes a reactor turn
+    # later) is no word of this run's: it must not mark its destination
+    pending = hub.agent.hold()
+    hub.runner.start()
+    enqueue(hub, BOB)
+    hub.runner.stop()
+    hub.runner.start()
+    x, r = pending.pop(0)
+    x.callback(_unreachable(r))
+    assert "remote.test" not in hub.runner._failing
+    hub.runner.stop()
