@@ -126,8 +126,11 @@ class Slots:
         kept = [False]
 
         def answered(results: list[DeliveryResult]) -> list[DeliveryResult]:
-            # whether a host answered, learnt before the turn is handed on
-            self._failing.learn(dest, results, self.relay.max_per_destination)
+            # whether a host answered, learnt before the turn is handed on;
+            # not from a delivery a stop gave up that ends after a start
+            # (which forgot the failing destinations, to try each afresh)
+            if generation == self._generation:
+                self._failing.learn(dest, results, self.relay.max_per_destination)
             if any(r.remote_mta is not None or r.kind == "delivered" for r in results):
                 # a remote host answered: to be recorded, whatever the other
                 # destinations of this entry still do.  Counted before the
