@@ -24,6 +24,7 @@ from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import load_text
 from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.relay.attempt import MAX_ADDRESSES_PER_ATTEMPT as MAX_ADDRESSES
 from txmailhub.relay.attempt import DeliveryAgent
 from txmailhub.relay.mx import MXResolver, TemporaryDNSError
 from txmailhub.relay.queue import OutboundQueue
@@ -526,5 +527,85 @@ def test_a_retry_of_a_domain_none_of_whose_hosts_answers_holds_one_slot(tmp_path
         # memory of it, one after the other, each tried once more
         assert sum(1 for h, _ in endpoint.connects if h == down) == first + 1
         assert all(queue.read(qid).attempts == 2 for qid in ids[:-1])
+    finally:
+        runner.stop()
+
+
+WIDE_HOSTS = [f"mx{i}.wide.test" for i in range(11)]
+
+
+class WideResolver(SilentResolver):
+    """``wide.test`` has eleven MX hosts of one preference, one address
+    each: more than an attempt tries (MAX_ADDRESSES_PER_ATTEMPT)."""
+
+    def _lookup(self, name, kind):
+        if name == "wide.test" and kind == "MX":
+            self.queries.append((name, kind, self.clock.seconds()))
+            rrs = [dns.RRHeader(b"wide.test", dns.MX, dns.IN, 60,
+                                dns.Record_MX(10, h.encode())) for h in WIDE_HOSTS]
+            return defer.succeed((rrs, [], []))
+        if name in WIDE_HOSTS:
+            if kind != "A":
+                return defer.succeed(([], [], []))
+            address = f"192.0.2.{100 + WIDE_HOSTS.index(name)}"
+            return defer.succeed(([dns.RRHeader(name.encode(), dns.A, dns.IN, 60,
+                                                dns.Record_A(address))], [], []))
+        return super()._lookup(name, kind)
+
+
+class DroppingEndpoint(RefusingEndpoint):
+    """As ``RefusingEndpoint``, but ``wide.test``'s hosts (192.0.2.1xx)
+    drop every packet: each connection fails after CONNECT_TIMEOUT."""
+
+    def __call__(self, host, port):
+        outer = self
+
+        class E:
+            def connect(self, factory):
+                outer.connects.append((host, outer.clock.seconds()))
+                if host.startswith("192.0.2.1"):
+                    d = defer.Deferred()
+                    outer.clock.callLater(CONNECT_TIMEOUT, d.errback, TCPTimedOutError())
+                    return d
+                return defer.fail(ConnectionRefusedError(host))
+
+        return E()
+
+
+def test_a_dead_destination_with_hosts_left_untried_is_one_probe_not_one_per_entry(tmp_path):
+    # 40 entries for a domain whose eleven MX hosts all drop packets: the
+    # first delivery tries ten of them (a connect timeout each) and none
+    # answers.  The destination then gets one delivery at a time; without
+    # the agent remembering it (hosts were left untried), each of the 40
+    # waited out its own ten timeouts in turn, so the last entry had its
+    # first attempt after 40 deliveries' timeouts (Postfix's dead site: the
+    # others are deferred at once while one probe connects)
+    clock, runner, _resolver, endpoint, queue, ids = make(tmp_path, dead=40,
+                                                          domain="wide.test")
+    runner.agent.mx.resolver = WideResolver(clock)
+    runner.agent.endpoint = DroppingEndpoint(clock)
+    one_delivery = MAX_ADDRESSES * CONNECT_TIMEOUT
+    wide = ids[:-1]
+    try:
+        start = clock.seconds()
+        runner.start()
+        while (min(queue.read(q).attempts for q in wide) < 1
+               and clock.seconds() - start < 3 * one_delivery):
+            clock.advance(1)
+        assert min(queue.read(q).attempts for q in wide) == 1
+        assert clock.seconds() - start < one_delivery + 10  # not 40 deliveries' timeouts
+        first = [h for h, _ in endpoint.connects if h.startswith("192.0.2.1")]
+        assert len(first) == MAX_ADDRESSES  # one delivery connected, the others deferred
+        assert "wide.test" in runner.agent._unreachable
+        # the next delivery (the memory over, a retry due) begins with the
+        # host not yet tried: the ten that failed are remembered as failed
+        def wide_connects():
+            return [h for h, _ in endpoint.connects if h.startswith("192.0.2.1")]
+
+        while (len(wide_connects()) == len(first)
+               and clock.seconds() - start < 3 * one_delivery):
+            clock.advance(1)
+        then = wide_connects()[len(first):]
+        assert then and then[0] not in first
     finally:
         runner.stop()
