@@ -1714,7 +1714,15 @@ def test_at_most_ten_addresses_per_attempt_and_an_untried_host_stays_healthy(tmp
     who = Address("x", "many.test")
     [r] = run(net, a.deliver(entry(tmp_path, who), "many.test", [who]))
     assert r.kind == "transient" and len(net.connections) == 10  # MAX_ADDRESSES_PER_ATTEMPT
-    # mxb was never tried: it is not "failed", so the next attempt starts there
+    # no host answered: the domain is remembered, and an attempt meanwhile
+    # is deferred at once, without a connection
+    d = a.deliver(entry(tmp_path, who), "many.test", [who])
+    clock.advance(0)
+    [r] = run(net, d)
+    assert r.kind == "transient" and r.unreachable and len(net.connections) == 10
+    # mxb was never tried: it is not "failed", so the next attempt after
+    # the memory starts there
+    clock.advance(a.unreachable_memory)
     [r] = run(net, a.deliver(entry(tmp_path, who), "many.test", [who]))
     assert r.kind == "delivered" and net.connections[10:] == [("192.0.2.200", 25)]
 

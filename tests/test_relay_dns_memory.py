@@ -427,9 +427,11 @@ class ManyAddressesResolver(SilentResolver):
         return defer.succeed((rrs, [], []))
 
 
-def test_addresses_left_untried_are_no_unreachable_destination(tmp_path):
-    # the ten addresses run out before the host's last two were tried: not
-    # a destination none of whose hosts could be reached (docs/relay.rst)
+def test_addresses_left_untried_with_none_answering_are_an_unreachable_destination(tmp_path):
+    # the ten addresses run out before the host's last two were tried, and
+    # none of the ten answered: remembered as a destination none of whose
+    # hosts could be reached (docs/relay.rst), so the entries for it
+    # meanwhile do not each wait out ten connections again
     clock, runner, _resolver, endpoint, _queue, _ids = make(tmp_path, dead=1,
                                                             domain="many.test")
     runner.agent.mx.resolver = ManyAddressesResolver(clock)
@@ -439,7 +441,7 @@ def test_addresses_left_untried_are_no_unreachable_destination(tmp_path):
             clock.advance(1)
         tried = {h for h, _ in endpoint.connects if h.startswith("192.0.2.1")}
         assert len(tried) == 10
-        assert "many.test" not in runner.agent._unreachable
+        assert "many.test" in runner.agent._unreachable
     finally:
         runner.stop()
 
@@ -580,10 +582,11 @@ def test_a_dead_destination_with_hosts_left_untried_is_one_probe_not_one_per_ent
     # waited out its own ten timeouts in turn, so the last entry had its
     # first attempt after 40 deliveries' timeouts (Postfix's dead site: the
     # others are deferred at once while one probe connects)
-    clock, runner, _resolver, endpoint, queue, ids = make(tmp_path, dead=40,
-                                                          domain="wide.test")
+    # (one slot: one delivery makes the first try, and tries ten hosts)
+    clock, runner, _resolver, _endpoint, queue, ids = make(tmp_path, dead=40,
+                                                           domain="wide.test", concurrent=1)
     runner.agent.mx.resolver = WideResolver(clock)
-    runner.agent.endpoint = DroppingEndpoint(clock)
+    endpoint = runner.agent.endpoint = DroppingEndpoint(clock)
     one_delivery = MAX_ADDRESSES * CONNECT_TIMEOUT
     wide = ids[:-1]
     try:

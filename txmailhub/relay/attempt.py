@@ -982,10 +982,8 @@ class DeliveryAgent:
         def within_budget() -> bool:
             return self.clock.seconds() - started < budget
 
-        every_host = True  # no host or address left unasked by MAX_ADDRESSES_PER_ATTEMPT
         for mxhost in hosts:
             if tried >= MAX_ADDRESSES_PER_ATTEMPT or not recipients:
-                every_host = False
                 break
             if tried and not within_budget():
                 out_of_time = True
@@ -997,8 +995,6 @@ class DeliveryAgent:
             # connect timeout; each started counts as one tried
             ordered = interleave(mxhost.addresses, family_of)
             addresses = ordered[:MAX_ADDRESSES_PER_ATTEMPT - tried]
-            if len(addresses) < len(ordered):
-                every_host = False  # addresses of it left for the next retry
             tries = _Tries()
             outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
                                           smarthost, stage, credentials=credentials,
@@ -1131,11 +1127,18 @@ class DeliveryAgent:
             return settled + [own[a] for a in recipients]
         log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
                  destination=destination, reply=loggable(last.text(), REPLY_LOG_MAX))
-        if (not sessions and tried and every_host and not out_of_time and not settled
+        if (not sessions and tried and not settled
                 and self.unreachable_memory > 0 and epoch == self._epoch):
-            # every host tried, none connected: remembered (the newest last;
-            # a destination is one of the recipients' domains, chosen by
-            # strangers: FAILED_HOSTS_KEPT at most, the oldest forgotten)
+            # no host tried connected: remembered (the newest last; a
+            # destination is one of the recipients' domains, chosen by
+            # strangers: FAILED_HOSTS_KEPT at most, the oldest forgotten).
+            # Also when hosts were left untried (MAX_ADDRESSES_PER_ATTEMPT
+            # or the time budget ran out): otherwise each of its entries,
+            # one at a time (``failing.py``), waited out the connect
+            # timeouts again, and a pass over them took one delivery's
+            # timeouts per entry.  The try after the memory starts with
+            # the hosts left untried (``HostHealth`` puts those that failed
+            # last), so they are not left out for good.
             now = self.clock.seconds()
             self._unreachable.pop(destination, None)
             while self._unreachable and (
