@@ -3483,3 +3483,66 @@ def test_a_delivery_a_stop_gave_up_says_nothing_of_its_destination_after_a_start
     x.callback(_unreachable(r))
     assert "remote.test" not in hub.runner._failing
     hub.runner.stop()
+
+
+@pytest.mark.parametrize("how", ["hold", "delete"])
+def test_an_entry_held_or_deleted_while_it_waits_for_its_turn_is_not_delivered(tmp_path, how):
+    # its delivery to a failing destination waits for the one under way
+    # there; `mailhub queue hold` (or delete) meanwhile: when the turn
+    # comes it is not made (before, the message went all the same)
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        enqueue(hub, BOB)
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))  # marked failing
+        hub.clock.advance(60)  # its retry has the turn
+        both = enqueue(hub, BOB, CAROL)  # its remote.test delivery waits for the turn
+        assert hub.runner._slot_waits == {both: 1}
+        if how == "hold":
+            hub.queue.set_held(both, True)
+        else:
+            assert hub.queue.delete(both)
+        hub.clock.advance(1)  # the runner's look at the queue finds the change
+        x, r = pending.pop(0)
+        x.callback(_unreachable(r))  # the turn is over: the waiting one's
+        assert [c[0] for c in hub.agent.calls if c[1] == "remote.test"].count(both) == 0
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])  # other.test's
+        assert both not in hub.runner.active
+        if how == "hold":
+            e = hub.queue.read(both)
+            assert e.held and [p.address for p in e.pending] == [BOB]
+        else:
+            assert both not in hub.queue.ids()
+        assert not hub.runner._failing._turns or "remote.test" not in hub.runner._failing._turns
+    finally:
+        hub.runner.stop()
+
+
+def test_an_entry_held_while_it_waits_for_a_slot_is_not_delivered(tmp_path):
+    # the hub's one slot is busy; the entry taken meanwhile waits for it,
+    # is held, and is not delivered when the slot comes: it stays as the
+    # hold left it, no attempt counted
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 1\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        carol = enqueue(hub, CAROL)
+        bob = enqueue(hub, BOB)
+        assert [c[0] for c in hub.agent.calls] == [carol]
+        assert hub.runner._slot_waits == {bob: 1}
+        hub.queue.set_held(bob, True)
+        hub.clock.advance(1)
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        assert [c[0] for c in hub.agent.calls] == [carol]
+        assert bob not in hub.runner.active and hub.runner._global.tokens == 1
+        e = hub.queue.read(bob)
+        assert e.held and e.attempts == 0 and e.notice_tries == 0
+        hub.queue.set_held(bob, False)  # released: delivered then
+        hub.clock.advance(1)
+        assert [c[0] for c in hub.agent.calls] == [carol, bob]
+    finally:
+        hub.runner.stop()
