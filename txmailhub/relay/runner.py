@@ -251,10 +251,12 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             # only notices owed): its destinations' room, counted when it
             # was taken, is for their other entries
             self.kick()
+        withheld = False  # a delivery not made: the entry held or deleted as it waited
         if entry.pending and not results:
             att = self._start_attempt(qid)
             try:
                 results = yield self._attempt(entry, generation, att)
+                withheld = att.withheld
             except _AttemptFailed as e:
                 # the other destinations' outcomes are written; the entry is
                 # retried as one whose handling failed (``_crashed``)
@@ -291,6 +293,11 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         def record(e: QueueEntry) -> QueueEntry | None:
             found.append(e)
             del lines[:]  # the lines of the version that is written
+            if withheld and not results and e.held:
+                # held while its deliveries waited, none made: kept as the
+                # hold left it, as one held before it was taken (no
+                # attempt counted, its schedule not moved on)
+                return e
             return self._record(e, results, now, lines, released=honoured(e))
 
         try:
@@ -312,6 +319,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                      "delivery attempt: tried again at once", queue_id=qid)
         if generation != self._generation:
             return  # given up while the record was written: no notice from here
+        if entry is not None and entry.held and withheld and not results:
+            self._index(entry)  # nothing done: no notice either, until its release
+            return
         if entry is not None:
             entry = yield self._notify(entry, now)
         if entry is _DELETED:

@@ -39,13 +39,16 @@ class _Attempt:
     a stop must wait for (a local delivery begun, a remote host's answer
     not yet recorded, a destination's results being written); ``mark``:
     its attempt marker, once its first delivery has begun; ``live``:
-    false once it is over (a late callback counts nothing then)."""
+    false once it is over (a late callback counts nothing then);
+    ``withheld``: a delivery of it was not made, its entry held or deleted
+    while it waited for a slot or a turn (``Slots._withdrawn``)."""
 
     open: int = 0
     slot_waits: int = 0
     kept: int = 0
     mark: defer.Deferred | None = None
     live: bool = True
+    withheld: bool = False
 
 
 @dataclasses.dataclass(eq=False)

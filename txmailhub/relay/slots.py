@@ -19,14 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txmailhub.address import Address
+from txmailhub.logsafe import log_failure
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.failing import FailingDestinations
+from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.record import QueueEntry
 from txmailhub.relay.running import _Attempt, _Running
 
 __all__ = ["Slots"]
+
+log = Logger()
 
 
 class _LookupUnderWay:
@@ -65,6 +71,7 @@ class Slots:
     _semaphores: dict[str, defer.DeferredSemaphore]
     _global: defer.DeferredSemaphore
     _failing: FailingDestinations
+    queue: OutboundQueue
 
     def _waits_for_a_slot(self, qid: str) -> bool:
         """Whether every destination of ``qid`` not yet done waits for a
@@ -72,6 +79,23 @@ class Slots:
         running = self._entries.get(qid)
         att = None if running is None else running.attempt
         return att is not None and att.slot_waits > 0 and att.slot_waits == att.open
+
+    def _withdrawn(self, qid: str) -> bool:
+        """Whether ``qid`` was held or deleted since it was taken: a wait
+        for a slot, or for a failing destination's turn, can be long, and
+        the admin's hold or delete meanwhile must stop the delivery, as
+        it does one not yet taken.  Read only once the runner has seen a
+        change to the queue while the entry ran (``_Running.changed``);
+        a record that cannot be read is no hold (its end reads it again)."""
+        running = self._entries.get(qid)
+        if running is None or not running.changed:
+            return False
+        try:
+            entry = self.queue.read(qid)
+        except Exception:
+            log_failure(log, Failure(), "cannot read queue entry {queue_id}", queue_id=qid)
+            return False
+        return entry is None or entry.held
 
     def _limited(self, dest: str, entry: QueueEntry, rcpts: list[Address],
                  generation: int, att: _Attempt) -> defer.Deferred:
@@ -102,6 +126,13 @@ class Slots:
             if generation != self._generation or self._is_dropped(entry.id):
                 had()
                 return defer.succeed([])  # waited for a slot past a stop
+            if self._withdrawn(entry.id):
+                # held or deleted (``mailhub queue``) while it waited for
+                # its slots or its turn: not made now (the slots and the
+                # turn go to the next one); the entry's end reads it again
+                had()
+                att.withheld = True
+                return defer.succeed([])
             try:
                 over = lookup_under_way()
             except BaseException:
