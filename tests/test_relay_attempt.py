@@ -2834,6 +2834,13 @@ def test_the_time_budget_stops_the_staggered_starts_within_a_host(tmp_path):
     assert r.kind == "transient"
     assert a.mx.health.is_failed("mx1.slow.test")
     assert not a.mx.health.is_failed("mx2.slow.test")
+    # no host answered: remembered as a destination none of whose hosts
+    # could be reached, the budget's run out or not; the next try after
+    # that memory starts with mx2, the host left partly untried
+    assert r.unreachable is True and "slow.test" in a._unreachable
+    clock.advance(a.unreachable_memory)
+    a.deliver(entry(tmp_path, who), "slow.test", [who])
+    assert started[3] in ("192.0.2.51", "192.0.2.52", "192.0.2.53")
 
 
 def test_the_address_that_connected_is_the_winner_not_the_last_started(tmp_path):
