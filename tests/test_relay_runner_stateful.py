@@ -262,6 +262,8 @@ class RunnerMachine(RuleBasedStateMachine):
                                   send_dsn=self._send_dsn)
         self.runner.start()
         self.spools = 0
+        # the runner's look every second that was due when the clock was
+        # last set back (``_stalled``)
 
     def _send_dsn(self, components, envelope, data) -> defer.Deferred:
         if self.refusing:
@@ -405,7 +407,10 @@ class RunnerMachine(RuleBasedStateMachine):
     def _stalled(self) -> bool:
         """Whether the runner's look every second waits out a clock set
         back (docs/relay.rst, "Retry schedule": only new mail, an answer
-        or a restart gets the queue looked at until it comes)."""
+        or a restart gets the queue looked at until it comes).  Until
+        that look has been made: the entries that came due while it was
+        waited for wait for it, though the clock caught up with it
+        (less than a second away)."""
         loop = self.runner._loop
         call = None if loop is None or not loop.running else loop.call
         if call is not None and call is self.late_look and call.active():
@@ -588,5 +593,36 @@ def test_a_lookup_that_ends_after_a_stop_gave_its_entry_up_opens_no_session() ->
         m.end_a_lookup(which=0, answered=True, oddly=False)
         assert m.agent.sessions == []
         m.answer_a_session(which=0, how="delivered")
+    finally:
+        m.teardown()
+
+
+def test_a_look_that_waited_out_a_clock_set_back_is_not_taken_for_a_lost_wake_up() -> None:
+    # the clock set back an hour (the entry's retry, a minute after its
+    # lookup failed, held to that minute from the time then), then an hour
+    # passes: the runner's look every second, due at the old time, is
+    # still a second away, and the entry that came due meanwhile waits
+    # for it -- the step out waited as docs/relay.rst says.  The machine
+    # took it for a lost wake-up (its look no more than a second away,
+    # the step was over for it), though the runner had not looked since
+    m = RunnerMachine()
+
+    def step(rule, **kw) -> None:
+        rule(**kw)
+        # (the machine's invariants, in the order it checks them)
+        for check in (m.limits_kept, m.markers_only_for_attempts,
+                      m.no_delivery_joins_a_lookup_under_way, m.no_wake_up_lost,
+                      m.nothing_gone_is_kept, m.queue_list_tells_the_wait):
+            check()
+
+    try:
+        step(m.enqueue, domains=["a.test"], success=False)
+        step(m.end_a_lookup, which=0, answered=False, oddly=False)  # retried in a minute
+        step(m.restart)  # (its failure forgotten: the retry looks it up, and waits)
+        step(m.the_clock_is_set_back, seconds=3600)
+        assert m._stalled() and not m.runner.active
+        step(m.time_passes, seconds=3600)
+        step(m.time_passes, seconds=1)  # the look
+        assert not m._stalled() and len(m.runner.active) == 1
     finally:
         m.teardown()
