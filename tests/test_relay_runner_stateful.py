@@ -264,6 +264,25 @@ class RunnerMachine(RuleBasedStateMachine):
         self.spools = 0
         # the runner's look every second that was due when the clock was
         # last set back (``_stalled``)
+        self.set_back_call = None
+        # how far the clock was set back in all, and where that was when
+        # the handling of each entry retried by the runner's memory alone
+        # (a minute after an error) failed: a clock set back since holds
+        # that retry back by as much, up to its step (docs/relay.rst)
+        self.set_back = 0
+        self.crashed_at: dict[str, int] = {}
+        crashed, index = self.runner._crashed, self.runner._index
+
+        def _crashed(failure, qid: str) -> None:
+            self.crashed_at[qid] = self.set_back
+            crashed(failure, qid)
+
+        def _index(entry, quiet: bool = False) -> None:
+            self.crashed_at.pop(entry.id, None)  # due as its record says again
+            index(entry, quiet)
+
+        self.runner._crashed = _crashed  # type: ignore[method-assign]
+        self.runner._index = _index  # type: ignore[method-assign]
 
     def _send_dsn(self, components, envelope, data) -> defer.Deferred:
         if self.refusing:
@@ -398,10 +417,9 @@ class RunnerMachine(RuleBasedStateMachine):
         that much later, as Twisted's do on a real clock set back (the
         runner's look every second too: ``_stalled``)."""
         loop = self.runner._loop
-        if loop is not None and loop.running and loop.call is not None:
-            # the look due when the clock was set back: until it comes,
-            # the looks meant for the seconds set back are not made
-            self.late_look = loop.call
+        if loop is not None and loop.running:
+            self.set_back_call = loop.call
+        self.set_back += seconds
         self.clock.rightNow -= seconds
 
     def _stalled(self) -> bool:
@@ -530,7 +548,8 @@ class RunnerMachine(RuleBasedStateMachine):
     def queue_list_tells_the_wait(self) -> None:
         # what ``mailhub queue list`` shows as the next attempt is the
         # latest the runner tries an entry: earlier after a flush, a
-        # release or a start, a minute later after an error
+        # release or a start, a minute later after an error (and as much
+        # more as the clock was set back since, within its step)
         r = self.runner
         if not r.running or os.path.lexists(os.path.join(self.settings.queue_dir, CHANGED)):
             return  # not seen yet: the runner's next tick reads it
@@ -555,7 +574,10 @@ class RunnerMachine(RuleBasedStateMachine):
             shown = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
                 tzinfo=UTC).timestamp()
             # (shown to the second)
-            assert when <= max(shown + 1, now + ERROR_RETRY), (qid, when - now, shown - now)
+            later = self.set_back - self.crashed_at.get(qid, self.set_back)
+            step = r._wait.get(qid, ERROR_RETRY)
+            assert when <= max(shown + 1, now + min(ERROR_RETRY + later, step)), (
+                qid, when - now, shown - now, later, step)
 
     @invariant()
     def nothing_gone_is_kept(self) -> None:
@@ -624,5 +646,38 @@ def test_a_look_that_waited_out_a_clock_set_back_is_not_taken_for_a_lost_wake_up
         step(m.time_passes, seconds=3600)
         step(m.time_passes, seconds=1)  # the look
         assert not m._stalled() and len(m.runner.active) == 1
+    finally:
+        m.teardown()
+
+
+def test_a_retry_after_an_error_is_held_to_its_step_when_the_clock_is_set_back() -> None:
+    # an entry at its schedule's second step (five minutes) whose handling
+    # fails (the agent's error) is retried a minute later, by the runner's
+    # memory: its record still says it was due.  The clock set back a
+    # minute then makes that retry two minutes away -- within the step,
+    # as docs/relay.rst says a clock set back may; the machine allowed a
+    # minute after an error only, whatever the clock did since
+    m = RunnerMachine()
+
+    def step(rule, **kw) -> None:
+        rule(**kw)
+        # (the machine's invariants, in the order it checks them)
+        for check in (m.limits_kept, m.markers_only_for_attempts,
+                      m.no_delivery_joins_a_lookup_under_way, m.no_wake_up_lost,
+                      m.nothing_gone_is_kept, m.queue_list_tells_the_wait):
+            check()
+
+    try:
+        step(m.enqueue, domains=["a.test"], success=False)
+        step(m.end_a_lookup, which=0, answered=False, oddly=False)
+        step(m.time_passes, seconds=60)  # its failure remembered: the second step
+        step(m.restart)  # (forgotten: the next try looks it up again)
+        step(m.time_passes, seconds=3600)
+        step(m.end_a_lookup, which=0, answered=True, oddly=False)
+        step(m.answer_a_session, which=0, how="crash")  # retried in a minute
+        [(qid, when)] = m.runner.due.items()
+        assert when == m.clock.seconds() + ERROR_RETRY
+        step(m.the_clock_is_set_back, seconds=60)
+        assert m.runner.due[qid] == m.clock.seconds() + 2 * ERROR_RETRY
     finally:
         m.teardown()
