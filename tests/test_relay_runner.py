@@ -3546,3 +3546,26 @@ def test_an_entry_held_while_it_waits_for_a_slot_is_not_delivered(tmp_path):
         assert [c[0] for c in hub.agent.calls] == [carol, bob]
     finally:
         hub.runner.stop()
+
+
+def test_an_agent_that_always_raises_in_a_look_for_one_destination_stalls_no_other(hub):
+    # the agent raising each time it is asked about one destination's
+    # lookup (a bug of its own, for that domain alone): each look at the
+    # due entries stopped at the first entry for it, and every entry due
+    # after it waited for ever (one traceback a second) -- one entry's
+    # error must not stall the others.  It is taken, and its attempt
+    # meets the error where an entry's errors are handled: retried later
+    def lookup_in_flight(dest):
+        if dest == "other.test":
+            raise RuntimeError("the agent failed")
+        return None
+
+    hub.agent.lookup_in_flight = lookup_in_flight
+    hub.runner.start()
+    bad = enqueue(hub, CAROL)
+    good = enqueue(hub, BOB)
+    assert good not in hub.queue.ids()  # delivered at once
+    assert hub.queue.ids() == [bad] and _running_counts(hub.runner) == {}
+    hub.clock.advance(3600)
+    assert good not in hub.queue.ids() and hub.queue.ids() == [bad]
+    assert [c[2] for c in hub.agent.calls] == [[BOB]]
