@@ -153,7 +153,15 @@ class Admission:
         taken just before may have begun that lookup."""
         if dest in self._watching or dest in self._failing:
             return 1
-        over = self._lookup_in_flight(dest)
+        try:
+            over = self._lookup_in_flight(dest)
+        except Exception:
+            # the agent failing when asked (a bug, perhaps for this domain
+            # alone, at every look): the look goes on, or every entry due
+            # after this one waited for ever.  Its entry is taken, and its
+            # attempt meets that error where an entry's errors are handled
+            # (logged, retried a minute later)
+            return self.relay.max_per_destination
         if over is None:
             return self.relay.max_per_destination
         self._watching.add(dest)
