@@ -3569,3 +3569,31 @@ def test_an_agent_that_always_raises_in_a_look_for_one_destination_stalls_no_oth
     hub.clock.advance(3600)
     assert good not in hub.queue.ids() and hub.queue.ids() == [bad]
     assert [c[2] for c in hub.agent.calls] == [[BOB]]
+
+
+@pytest.mark.parametrize("outcome", ["transient", "delivered"])
+def test_a_record_written_after_a_stop_gave_it_up_is_known_to_the_next_start(
+        hub, monkeypatch, outcome):
+    # the attempt's record waits for a slow disk; a stop gives the entry
+    # up meanwhile, and a start reads the queue before that write lands.
+    # What it wrote was known to no one then: the runner took the entry
+    # again at once as the old record said (a deferred recipient tried
+    # again a minute early), or kept one delivered and removed since as
+    # due (here until its next look: the clock set back a second)
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(
+        a, outcome, LATER if outcome == "transient" else OK, "mx") for a in r]
+    held = hold_record_writes(hub, monkeypatch)
+    qid = enqueue(hub, BOB)
+    assert len(held) == 1 and len(hub.agent.calls) == 1  # the final record, waiting
+    assert hub.runner.stop(grace=0).called
+    hub.clock.rightNow -= 1
+    hub.runner.start()
+    held.pop(0)()  # it lands
+    assert qid not in hub.runner.active
+    if outcome == "transient":
+        assert hub.runner.due[qid] == hub.clock.seconds() + 60  # the retry, as written
+        hub.clock.advance(59)
+        assert len(hub.agent.calls) == 1  # not before the minute
+    else:
+        assert hub.queue.ids() == [] and qid not in hub.runner.due
