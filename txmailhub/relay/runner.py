@@ -318,7 +318,17 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             log.info("queue entry {queue_id} released (mailhub queue release) during its "
                      "delivery attempt: tried again at once", queue_id=qid)
         if generation != self._generation:
-            return  # given up while the record was written: no notice from here
+            # given up while the record was written: no notice from here
+            # (the queue may be another hub's now).  What it wrote is known
+            # though: a start meanwhile read the record before it, and would
+            # take the entry again at once as that said, or keep one
+            # finished since as due
+            if entry is None:
+                self._forget(qid)
+                log.info("{queue_id} done: removed from the queue", queue_id=qid)
+            else:
+                self._index(entry)
+            return
         if entry is not None and entry.held and withheld and not results:
             self._index(entry)  # nothing done: no notice either, until its release
             return
