@@ -262,9 +262,6 @@ class RunnerMachine(RuleBasedStateMachine):
                                   send_dsn=self._send_dsn)
         self.runner.start()
         self.spools = 0
-        # the runner's look every second that was due when the clock was
-        # last set back (``_stalled``)
-        self.set_back_call = None
         # how far the clock was set back in all, and where that was when
         # the handling of each entry retried by the runner's memory alone
         # (a minute after an error) failed: a clock set back since holds
@@ -417,8 +414,10 @@ class RunnerMachine(RuleBasedStateMachine):
         that much later, as Twisted's do on a real clock set back (the
         runner's look every second too: ``_stalled``)."""
         loop = self.runner._loop
-        if loop is not None and loop.running:
-            self.set_back_call = loop.call
+        if loop is not None and loop.running and loop.call is not None:
+            # the look due when the clock was set back: until it comes,
+            # the looks meant for the seconds set back are not made
+            self.late_look = loop.call
         self.set_back += seconds
         self.clock.rightNow -= seconds
 
