@@ -3040,3 +3040,46 @@ def test_a_smarthost_whose_name_does_not_resolve_is_no_unreachable_destination(t
     clock.advance(0)
     [r] = run(net, d)
     assert r.unreachable is True
+
+
+def test_a_host_with_more_than_ten_addresses_reaches_the_untried_ones_after_the_memory(tmp_path):
+    # one MX host with 12 addresses, the first ten refused, the last two
+    # working: the destination is remembered as unreachable, and the try
+    # after that memory must start with the two addresses left untried
+    # (before, it tried the same first ten again, every time, until the
+    # queue_lifetime bounced the message)
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "big.test": {"MX": [(10, "mx.big.test")]},
+            "mx.big.test": {"A": [f"192.0.2.{100 + i}" for i in range(12)]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    net.servers[("192.0.2.110", 25)] = ScriptedSMTPServer
+    net.servers[("192.0.2.111", 25)] = ScriptedSMTPServer
+    who = Address("x", "big.test")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "big.test", [who]))
+    assert r.kind == "transient" and r.unreachable and len(net.connections) == 10
+    clock.advance(a.unreachable_memory)
+    [r] = run(net, a.deliver(entry(tmp_path, who), "big.test", [who]))
+    assert r.kind == "delivered"
+    assert net.connections[10] in (("192.0.2.110", 25), ("192.0.2.111", 25))
+
+
+def test_a_host_cut_by_the_ten_addresses_is_reached_again_at_its_untried_ones(tmp_path):
+    # nine hosts that refuse, then one with three addresses whose second
+    # works: the first try reaches only its first address (ten in all);
+    # the try after the memory must reach the two left
+    a, net, clock = agent(tmp_path)
+    zone = {**ZONE, "cut.test": {"MX": [(i, f"mx{i}.cut.test") for i in range(10)]}}
+    for i in range(9):
+        zone[f"mx{i}.cut.test"] = {"A": [f"192.0.2.{10 + i}"]}
+    zone["mx9.cut.test"] = {"A": ["192.0.2.90", "192.0.2.91", "192.0.2.92"]}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    net.servers[("192.0.2.91", 25)] = ScriptedSMTPServer
+    who = Address("x", "cut.test")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "cut.test", [who]))
+    assert r.kind == "transient" and len(net.connections) == 10
+    assert ("192.0.2.90", 25) in net.connections
+    clock.advance(a.unreachable_memory)
+    [r] = run(net, a.deliver(entry(tmp_path, who), "cut.test", [who]))
+    assert r.kind == "delivered" and ("192.0.2.91", 25) in net.connections[10:]
