@@ -993,7 +993,7 @@ class DeliveryAgent:
             # the host's addresses raced with staggered starts (RFC 8305):
             # one that drops packets does not hold the next for the
             # connect timeout; each started counts as one tried
-            ordered = interleave(mxhost.addresses, family_of)
+            ordered = self._ordered(mxhost, smarthost)
             addresses = ordered[:MAX_ADDRESSES_PER_ATTEMPT - tried]
             tries = _Tries()
             outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
@@ -1001,6 +1001,15 @@ class DeliveryAgent:
                                           tries=tries, may_start=within_budget)
             tried += len(tries.started)
             address = tries.connected
+            if not smarthost:
+                # an address that connected is healthy again; those that
+                # did not go last at the next attempts for a while, so an
+                # attempt after them reaches this host's untried ones
+                for a in tries.started:
+                    if a == address:
+                        self.mx.health.address_succeeded(a)
+                    elif a in tries.failures:
+                        self.mx.health.address_failed(a)
             # the host answered (a session, however it ended): its domain is
             # no unreachable one, even if a plain retry below cannot connect
             if outcome is not None:
@@ -1155,6 +1164,21 @@ class DeliveryAgent:
                        else False if sessions else True if unanswered else None)
         return settled + [DeliveryResult(a, kind, last, last_host, unreachable=unreachable)
                           for a in recipients]
+
+    def _ordered(self, mxhost: MXHost, smarthost: bool) -> list[str]:
+        """``mxhost``'s addresses in the order to try them: those that
+        failed recently (``HostHealth.address_failed``) last, each part
+        with its families alternating.  One attempt tries at most
+        MAX_ADDRESSES_PER_ATTEMPT addresses: a host with more, whose first
+        ones drop packets, was tried at the same first ones every time,
+        and its working addresses never, until the queue_lifetime bounced
+        the message."""
+        if smarthost:
+            return interleave(mxhost.addresses, family_of)
+        health = self.mx.health
+        fresh = [a for a in mxhost.addresses if not health.is_failed_address(a)]
+        stale = [a for a in mxhost.addresses if health.is_failed_address(a)]
+        return interleave(fresh, family_of) + interleave(stale, family_of)
 
     def _settle(self, entry: QueueEntry, outcome: SessionOutcome, recipients: list[Address],
                 host: str | None, settled: list[DeliveryResult]) -> list[Address]:

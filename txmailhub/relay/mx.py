@@ -388,9 +388,27 @@ class HostHealth:
         self.memory = memory
         self.keep = keep
         self._failed: dict[str, float] = {}
+        # addresses that could not be connected to, kept apart from the
+        # host names: a host with more addresses than one attempt tries
+        # (``attempt.MAX_ADDRESSES_PER_ATTEMPT``) is reached at the ones
+        # left untried by the next attempt, not at the same first ones
+        self._failed_addresses: dict[str, float] = {}
 
     def failed(self, host: str) -> None:
-        failed = self._failed
+        self._remember(self._failed, host)
+
+    def address_failed(self, address: str) -> None:
+        """``address`` (of some host) could not be connected to: the next
+        attempts for a while try that host's other addresses first."""
+        self._remember(self._failed_addresses, address)
+
+    def address_succeeded(self, address: str) -> None:
+        self._failed_addresses.pop(address.lower(), None)
+
+    def is_failed_address(self, address: str) -> bool:
+        return self._is(self._failed_addresses, address)
+
+    def _remember(self, failed: dict[str, float], host: str) -> None:
         failed.pop(host.lower(), None)  # the newest failure goes last
         if len(failed) >= self.keep:
             # the order is that of the failures, so of their ends too (one
@@ -405,11 +423,14 @@ class HostHealth:
         self._failed.pop(host.lower(), None)
 
     def is_failed(self, host: str) -> bool:
-        until = self._failed.get(host.lower())
+        return self._is(self._failed, host)
+
+    def _is(self, failed: dict[str, float], host: str) -> bool:
+        until = failed.get(host.lower())
         if until is None:
             return False
         if self.clock.seconds() >= until:
-            del self._failed[host.lower()]
+            del failed[host.lower()]
             return False
         return True
 
