@@ -3597,3 +3597,39 @@ def test_a_record_written_after_a_stop_gave_it_up_is_known_to_the_next_start(
         assert len(hub.agent.calls) == 1  # not before the minute
     else:
         assert hub.queue.ids() == [] and qid not in hub.runner.due
+
+
+def test_an_entry_held_as_it_waits_and_released_before_its_record_counts_no_attempt(tmp_path):
+    # held while it waits for the hub's one slot: not delivered when the
+    # slot comes; released just before its end is written (the window
+    # between the slot and the record): no attempt was made, so none is
+    # counted, nor a notice pass, and it is due at once
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 1\n")
+    pending = hub.agent.hold()
+    hub.runner.start()
+    try:
+        carol = enqueue(hub, CAROL)
+        bob = enqueue(hub, BOB)
+        hub.queue.set_held(bob, True)
+        hub.clock.advance(1)  # the runner's look at the queue finds the hold
+        update = hub.queue.update
+
+        written = []
+
+        def released_first(qid, change):
+            if qid == bob and not written:
+                hub.queue.set_held(bob, False)
+                return update(qid, change).addCallback(written.append)
+            return update(qid, change)
+
+        hub.queue.update = released_first
+        x, r = pending.pop(0)
+        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        hub.queue.update = update
+        [e] = written
+        assert not e.held and e.attempts == 0 and e.notice_tries == 0
+        assert e.next_attempt <= hub.clock.seconds()
+        hub.clock.advance(1)
+        assert [c[0] for c in hub.agent.calls] == [carol, bob]
+    finally:
+        hub.runner.stop()
