@@ -293,10 +293,13 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         def record(e: QueueEntry) -> QueueEntry | None:
             found.append(e)
             del lines[:]  # the lines of the version that is written
-            if withheld and not results and e.held:
+            if withheld and not results:
                 # held while its deliveries waited, none made: kept as the
                 # hold left it, as one held before it was taken (no
-                # attempt counted, its schedule not moved on)
+                # attempt counted, its schedule not moved on).  So is one
+                # released since (before this write): the release made it
+                # due at once; recorded as a pass, it had a notice try
+                # counted and its schedule moved on by a step for nothing
                 return e
             return self._record(e, results, now, lines, released=honoured(e))
 
