@@ -625,6 +625,24 @@ def test_line_reader_keeps_the_head_of_a_line_it_drops():
     assert reader.dropped_head == (b"AUTH PLAIN " + b"A" * 5000)[:HEAD]
 
 
+def test_line_reader_keeps_rfc_2449s_255_octets_of_a_long_line_in_one_read():
+    # RFC 2449's whole command line, and no more, also when the over-long
+    # line came in one read with its line end (cut out of a block, not
+    # dropped as it arrived); peek gives a line dropped as it arrived as
+    # None, one kept in its block whole (the engine looks at the next
+    # line's verb for sizes)
+    line = b"AUTH PLAIN " + b"A" * 5000
+    for feeds in ([line + b"\r\nSTAT\r\n"], [line, b"\r\nSTAT\r\n"]):
+        reader = LineReader(4096)
+        for data in feeds:
+            reader.feed(data)
+        assert reader.peek() == (line + b"\r" if len(feeds) == 1 else None)
+        assert reader.pop() is None
+        assert reader.dropped_head == line[:255]
+        assert reader.peek() == b"STAT\r"
+        assert reader.pop() == b"STAT"
+
+
 # -- CAPA and STLS ---------------------------------------------------------
 
 
