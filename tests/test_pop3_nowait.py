@@ -200,6 +200,30 @@ def test_a_retr_read_on_the_worker_when_the_hub_stops_is_sent_then_err(tmp_path)
     assert len(os.listdir(os.path.join(md, "cur"))) == 1  # retrieved, not deleted
 
 
+def test_a_retr_read_on_the_worker_at_the_stop_is_read_by_the_client_before_the_err(tmp_path):
+    """The message read on the worker as the hub stops fills the client's
+    buffer (it does not read yet): the stop's -ERR and FIN wait until it
+    has read it, within the answer's grace, not the close's shorter one
+    from the moment it was written."""
+    expected = cached_answer(tmp_path, [SMALL], b"RETR 1\r\n")
+    clock, components, _md, syncer, _realm = env(tmp_path, [SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    t.clear()
+    t.limit = 10  # its message alone fills what the client has not read
+    proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    stopped = proto.factory.shut_down()
+    syncer.run_one()
+    assert bytes(t.received) == expected and not t.disconnecting
+    clock.advance(STOP_ANSWER_GRACE - 1)  # past the close's grace (2 s)
+    assert bytes(t.received) == expected and not t.disconnecting and not t.aborted
+    t.read(proto)
+    assert bytes(t.received) == expected + R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.aborted
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    assert stopped.called
+
+
 @pytest.mark.parametrize("messages, uncached", [([SMALL], {0}), ([BIG], {1})])
 def test_a_read_back_from_the_worker_after_the_stop_cut_its_session_writes_nothing(
         tmp_path, messages, uncached):
