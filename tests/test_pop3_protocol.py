@@ -1933,6 +1933,27 @@ def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace(log_events):
     assert env.clock.getDelayedCalls() == []
 
 
+def test_a_second_stop_during_an_answer_keeps_the_first_stops_grace():
+    # stopped again before the answer is over (a listener restarted and
+    # stopped at once): the session is waited for by both stops, cut at
+    # the first's grace, and leaves no second timer behind
+    env = Env()
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    t.clear()
+    first = proto.factory.shut_down()
+    env.clock.advance(1)
+    proto.factory.doStart()
+    second = proto.factory.shut_down()
+    assert len([c for c in env.clock.getDelayedCalls() if c.func.__name__ == "_drain_cut"]) == 1
+    env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE - 1)
+    assert t.disconnected and not first.called and not second.called
+    proto.connectionLost(None)
+    assert first.called and second.called
+    assert env.clock.getDelayedCalls() == []
+
+
 def test_the_hub_stopping_gives_a_finished_answer_its_close_grace_only():
     # the answer over, the polite close is cut STOP_CLOSE_GRACE later
     # (a client that read the message but does not close)
