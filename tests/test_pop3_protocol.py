@@ -1954,6 +1954,30 @@ def test_a_second_stop_during_an_answer_keeps_the_first_stops_grace():
     assert env.clock.getDelayedCalls() == []
 
 
+def test_a_session_closing_in_its_answers_grace_keeps_its_close_grace(log_events):
+    # the client ends its TLS session as it reads on, late in the answer's
+    # grace (seen at resumeProducing): its polite close gets the close's
+    # grace whole, the answer's timer does not cut it nor log it as an
+    # answer not over
+    env = Env()
+    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
+    proto, t = login(env, limit=CHUNK_SIZE)
+    talk(proto, t, b"RETR 1\r\n")
+    t.clear()
+    stopped = proto.factory.shut_down()
+    env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE - 1)
+    with mock.patch.object(pop3_protocol, "closed_under_us", lambda transport: True):
+        proto.resumeProducing()
+    assert t.disconnecting and not t.disconnected
+    env.clock.advance(1)  # the answer's grace is over
+    assert not t.disconnected
+    assert not [e for e in log_events if "its answer was not over" in formatEvent(e)]
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE - 1)
+    assert t.disconnected  # the close's own cut
+    proto.connectionLost(None)
+    assert stopped.called and env.clock.getDelayedCalls() == []
+
+
 def test_the_hub_stopping_gives_a_finished_answer_its_close_grace_only():
     # the answer over, the polite close is cut STOP_CLOSE_GRACE later
     # (a client that read the message but does not close)
