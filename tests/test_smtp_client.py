@@ -1744,6 +1744,17 @@ def test_an_ehlo_keyword_line_takes_sp_and_htab_around_and_between():
     assert s.extensions == {"DSN": "", "SIZE": "1000", "8BITMIME": ""}
 
 
+def test_an_ehlo_keyword_may_hold_hyphens_but_not_begin_with_one():
+    # RFC 5321 4.1.1.1: ehlo-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");
+    # the session's extensions (in its result for applications) keep the
+    # hyphenated ones, and a line beginning with a hyphen offers nothing
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-mx.remote.test\r\n250-MT-PRIORITY MIXER\r\n250-x-link2state\r\n"
+              b"250--DSN\r\n250 -\r\n")
+    assert s.extensions == {"MT-PRIORITY": "MIXER", "X-LINK2STATE": ""}
+
+
 def test_a_non_ascii_ehlo_keyword_is_no_keyword():
     s = session(tls="opportunistic")
     s.receive(b"220 hi\r\n")
