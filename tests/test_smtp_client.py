@@ -1763,6 +1763,30 @@ def test_a_non_ascii_ehlo_keyword_is_no_keyword():
     assert not s.tls_offered
 
 
+def test_an_ehlo_line_with_sp_before_its_keyword_or_several_between_is_read():
+    # SP leading or doubled is taken as one blank: no empty word becomes
+    # the keyword, and no parameter keeps a blank
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-mx.remote.test\r\n250-  DSN\r\n250 SIZE  1000 \r\n")
+    assert s.extensions == {"DSN": "", "SIZE": "1000"}
+
+
+@pytest.mark.parametrize(("line", "chosen"), [
+    ("AUTH=LOGIN PLAIN", b"AUTH PLAIN "),
+    ("auth=login plain", b"AUTH PLAIN "),
+    ("AUTH cram-md5 login", b"AUTH LOGIN\r\n"),
+])
+def test_the_old_auth_equals_form_and_lower_case_mechanisms_are_read(line, chosen):
+    # "AUTH=LOGIN PLAIN" (an old form, any case: keywords are not case
+    # sensitive, RFC 5321 2.4) is AUTH with all its mechanisms, and a
+    # mechanism offered in lower case is the one named in upper case
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(f"250-smarthost\r\n250 {line}\r\n".encode()))
+    assert first.startswith(chosen), (line, first)
+
+
 @pytest.mark.parametrize(("mechanisms", "chosen"), [
     ("CRAM-MD5\x0bLOGIN", b"AUTH PLAIN "),  # one mechanism, no LOGIN
     ("LOGIN\xa0PLAIN", b"AUTH PLAIN "),
