@@ -2596,6 +2596,26 @@ def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a
     assert signal.getsignal(signal.SIGHUP) is mine
 
 
+def test_a_sighup_ignored_before_the_hub_is_not_passed_on(hub_signals, log_events) -> None:
+    # a hub started under nohup finds SIGHUP ignored (SIG_IGN): the notice
+    # answers it and calls nothing else (SIG_IGN is no handler to call, nor
+    # a failed one to log), and gives SIGHUP back ignored
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    try:
+        queued = _sighup_now(raised=True)
+        assert [f for f, _a, _kw in queued] == [notice._answer]
+    finally:
+        notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+
+
 def test_an_applications_sighup_handler_that_fails_is_logged_and_the_hub_still_answers(
         hub_signals, log_events) -> None:
     # the application's handler raising: the hub still reads its TLS files
