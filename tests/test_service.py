@@ -2596,6 +2596,38 @@ def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a
     assert signal.getsignal(signal.SIGHUP) is mine
 
 
+def test_a_handler_before_the_hub_that_calls_the_current_one_runs_once(
+        hub_signals, log_events) -> None:
+    # an application's SIGHUP handler, in place before the hub, that passes
+    # the signal on to whatever handler is current (the notice's, once the
+    # hub runs): the notice gets it back past the first handler it found,
+    # and the signal is done -- answered once, the handler run once, and
+    # nothing failed
+    import signal
+
+    from txmailhub.tap import HangupNotice
+
+    calls: list[int] = []
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        current = signal.getsignal(signal.SIGHUP)
+        if current is not mine and callable(current):
+            current(signum, frame)
+
+    signal.signal(signal.SIGHUP, mine)
+    notice = HangupNotice()
+    notice.privilegedStartService()
+    try:
+        queued = _sighup_now(raised=True)
+        assert [f for f, _a, _kw in queued] == [notice._answer]
+        assert calls == [signal.SIGHUP]
+    finally:
+        notice.stopService()
+    assert signal.getsignal(signal.SIGHUP) is mine
+    assert not [e for e in log_events if e.get("log_failure") is not None]
+
+
 def test_a_sighup_ignored_before_the_hub_is_not_passed_on(hub_signals, log_events) -> None:
     # a hub started under nohup finds SIGHUP ignored (SIG_IGN): the notice
     # answers it and calls nothing else (SIG_IGN is no handler to call, nor
