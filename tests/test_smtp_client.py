@@ -1763,6 +1763,16 @@ def test_a_non_ascii_ehlo_keyword_is_no_keyword():
     assert not s.tls_offered
 
 
+def test_an_empty_or_blank_ehlo_line_offers_nothing():
+    # a line with no keyword at all ("250-", or SP only) is skipped, the
+    # lines after it still read
+    s = session()
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(b"250-mx.remote.test\r\n250-\r\n250-  \r\n250 SIZE 1000\r\n"))
+    assert first.startswith(b"MAIL FROM:<alice@example.org> SIZE=")
+    assert s.extensions == {"SIZE": "1000"}
+
+
 def test_an_ehlo_line_with_sp_before_its_keyword_or_several_between_is_read():
     # SP leading or doubled is taken as one blank: no empty word becomes
     # the keyword, and no parameter keeps a blank
