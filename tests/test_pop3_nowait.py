@@ -224,6 +224,27 @@ def test_a_retr_read_on_the_worker_at_the_stop_is_read_by_the_client_before_the_
     assert stopped.called
 
 
+def test_a_long_utf8_header_downgraded_on_the_worker_at_the_stop_is_sent_then_err(tmp_path):
+    """The stop comes while RETR's first chunk is read on the worker, and
+    its header section, UTF-8 and longer than a chunk, is then downgraded
+    on the worker too (a client without UTF8): the session waits for that
+    second job before the stop's -ERR, and the message goes out whole."""
+    long_utf8 = b"Subject: " + "\u00e9".encode() * CHUNK_SIZE + b"\n\nbody\n"
+    expected = cached_answer(tmp_path, [long_utf8], b"RETR 1\r\n")
+    _clock, components, _md, syncer, _realm = env(tmp_path, [long_utf8], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    stopped = proto.factory.shut_down()
+    syncer.run_one()  # the first chunk: the downgrade's job follows
+    assert bytes(t.received) == b"" and not t.disconnecting and syncer.jobs
+    run_all(syncer)
+    assert bytes(t.received) == expected + R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.aborted
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    assert stopped.called
+
+
 @pytest.mark.parametrize("messages, uncached", [([SMALL], {0}), ([BIG], {1})])
 def test_a_read_back_from_the_worker_after_the_stop_cut_its_session_writes_nothing(
         tmp_path, messages, uncached):
