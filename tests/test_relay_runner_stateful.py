@@ -8,14 +8,16 @@ three remote domains (and the local one); ends lookups (answered or
 failed, the failure remembered as ``MXResolver`` does; the end told to
 those who wait for it as an error, at times); answers sessions
 (delivered, deferred, refused for good, no host of the domain answering,
-or an error out of the agent);
-holds, releases and deletes entries and flushes the queue as ``mailhub
-queue`` does; lets the clock run; has the spool refuse the notices (a
-full disk: failure and success notices, some entries asking for the
-latter) for a while; sets the clock back (an NTP step), the runner's
-timers with it, as Twisted's reactor does; and stops and starts the
-runner, at once or with a stop's grace (the old lookups running on, as on
-a resolver the relay does not stop).  After each step it checks that
+or an error out of the agent); has the agent raise as a delivery is
+started (a bug of its own); has the disk refuse or delay the queue's
+record writes (a full or a slow disk: each held write lands, or fails,
+when the machine says); holds, releases and deletes entries and
+flushes the queue as ``mailhub queue`` does; lets the clock run; has
+the spool refuse the notices (a full disk: failure and success notices,
+some entries asking for the latter) for a while; sets the clock back
+(an NTP step), the runner's timers with it, as Twisted's reactor does;
+and stops and starts the runner, at once or with a stop's grace (the old
+lookups running on, as on a resolver the relay does not stop).  After each step it checks that
 
 * no more deliveries run than ``max_concurrent_deliveries`` in all and
   ``max_per_destination`` to a domain, and no more entries are taken
@@ -30,7 +32,12 @@ a resolver the relay does not stop).  After each step it checks that
   while, deferring its deliveries at once);
 * an attempt marker is held only by an entry whose attempt runs;
 * a session's answer (delivered, refused for good) had while its entry
-  was not given up is in the record once it is answered;
+  was not given up is in the record once it is answered (when the disk
+  takes it at once), and no recipient answered "delivered" is delivered
+  again, whatever the disk did;
+* what the runner keeps of each entry under way (``running.py``) agrees
+  with the deliveries the agent has: no more than the attempt counts as
+  open, none of an entry not attempted, and a slot held for each;
 * no entry waits longer than ``mailhub queue list`` says it does (a
   minute more after an error while it was handled), and none the queue
   no longer has is due or held, once the runner has seen what ``mailhub
@@ -115,6 +122,9 @@ class ModelAgent:
         # deferred at once, as DeliveryAgent's memory of unreachable ones
         self.down: set[str] = set()
         self.remembered: set[str] = set()
+        self.raise_once = False  # the next delivery's start raises (a bug of the agent's)
+        self.delivered: set[tuple[str, Address]] = set()  # (queue id, recipient) answered so
+        self.duplicates: list[tuple[str, Address]] = []  # delivered again after that
 
     def observe(self, event: dict) -> None:
         """The runner's log: a domain marked failing, or answering again."""
@@ -141,6 +151,10 @@ class ModelAgent:
         return d
 
     def deliver(self, entry, dest, rcpts) -> defer.Deferred:
+        if self.raise_once:
+            self.raise_once = False
+            raise RuntimeError("the agent failed as the delivery started")
+        self.duplicates.extend((entry.id, a) for a in rcpts if (entry.id, a) in self.delivered)
         self.running[dest] = self.running.get(dest, 0) + 1
         self.per_entry[entry.id] = self.per_entry.get(entry.id, 0) + 1
         d: defer.Deferred = defer.Deferred()
@@ -193,16 +207,19 @@ class ModelAgent:
                 d, _qid, _dest, rcpts = what
                 d.callback([DeliveryResult(a, "transient", LATER) for a in rcpts])
 
-    def answer(self, d: defer.Deferred, dest: str, rcpts: list[Address],
+    def answer(self, d: defer.Deferred, qid: str, dest: str, rcpts: list[Address],
                how: str) -> None:
         """A session's end: ``how``, or, to a domain that is down, no host
-        answering (then remembered so)."""
+        answering (then remembered so).  A recipient answered "delivered"
+        is one no later delivery may be handed again (``duplicates``)."""
         if dest in self.down:
             how = "unreachable"
             self.remembered.add(dest)
         if how == "unreachable":
             d.callback(unreachable(rcpts))
         else:
+            if how == "delivered":
+                self.delivered.update((qid, a) for a in rcpts)
             reply = {"delivered": OK, "transient": LATER, "permanent": NO}[how]
             d.callback([DeliveryResult(a, how, reply, "mx") for a in rcpts])
 
@@ -254,9 +271,26 @@ class RunnerMachine(RuleBasedStateMachine):
                                 router=StaticRouter({"joe": None, "alice": None}),
                                 store=self.store, spooler=None, portal=None)
         self.queue = OutboundQueue(self.settings.queue_dir, self.clock)
+        # the record writes, refused (a full disk) or held until the
+        # machine lands them (a slow disk) when it says so
+        self.real_update = self.queue.update
+
+        def update(qid, change) -> defer.Deferred:
+            if self.records_refused:
+                return defer.fail(OSError(28, "No space left on device"))
+            if self.slow_writes:
+                d: defer.Deferred = defer.Deferred()
+                self.held_writes.append((d, qid, change))
+                return d
+            return self.real_update(qid, change)
+
+        self.queue.update = update  # type: ignore[method-assign]
         components.queue = self.queue
         self.refusing = False  # the spool refuses the notices (a full disk)
         self.late_look = None  # the runner's look due when the clock was last set back
+        self.records_refused = False  # the queue's record writes fail (a full disk)
+        self.slow_writes = False  # the queue's record writes wait (a slow disk)
+        self.held_writes: list = []
         self.notices = 0
         self.runner = QueueRunner(self.queue, self.agent, components, self.clock,
                                   send_dsn=self._send_dsn)
@@ -334,7 +368,7 @@ class RunnerMachine(RuleBasedStateMachine):
                 d.errback(RuntimeError("the agent failed"))
                 return
             live = self._live(qid)
-            self.agent.answer(d, dest, rcpts, how)
+            self.agent.answer(d, qid, dest, rcpts, how)
             if how == "unreachable" or dest in self.agent.down:
                 # one delivery at a time to it from now on (a cut session's
                 # answer too: what it says of the domain holds)
@@ -343,7 +377,8 @@ class RunnerMachine(RuleBasedStateMachine):
             # a host answered: the domain has its whole room again
             assert dest not in self.agent.failing and dest not in self.runner._failing
             entry = self.queue.read(qid)
-            if how != "transient" and live and entry is not None:
+            if (how != "transient" and live and entry is not None and not self.records_refused
+                    and not self.slow_writes and not self.held_writes):
                 # an answer had before its entry was given up is recorded:
                 # the answer must not get it given up (a second copy at the
                 # next start)
@@ -385,6 +420,33 @@ class RunnerMachine(RuleBasedStateMachine):
         else:
             self.queue.set_held(qid, what == "hold")
         self.queue.note_change()
+
+    @rule(refusing=st.booleans())
+    def the_disk_refuses_records(self, refusing: bool) -> None:
+        """The queue's record writes fail (no space left), or work again."""
+        self.records_refused = refusing
+
+    @rule(slow=st.booleans())
+    def the_disk_is_slow(self, slow: bool) -> None:
+        """The queue's record writes wait until ``a_write_lands``."""
+        self.slow_writes = slow
+
+    @rule(which=st.integers(0, 10), fails=st.booleans())
+    def a_write_lands(self, which: int, fails: bool) -> None:
+        if self.held_writes:
+            self._land(which % len(self.held_writes), fails)
+
+    def _land(self, i: int, fails: bool = False) -> None:
+        d, qid, change = self.held_writes.pop(i)
+        if fails:
+            d.errback(OSError(5, "Input/output error"))
+        else:
+            self.real_update(qid, change).chainDeferred(d)
+
+    @rule()
+    def the_agent_raises_once(self) -> None:
+        """The agent raises as the next delivery is started (a bug)."""
+        self.agent.raise_once = True
 
     @rule(refusing=st.booleans())
     def the_spool_refuses_notices(self, refusing: bool) -> None:
@@ -471,6 +533,9 @@ class RunnerMachine(RuleBasedStateMachine):
         self.refusing = False
         self.agent.down.clear()
         self.agent.remembered.clear()
+        self.records_refused = False
+        self.slow_writes = False
+        self.agent.raise_once = False
         self.start()
         for qid in self.queue.ids():
             self.queue.set_held(qid, False)
@@ -505,13 +570,15 @@ class RunnerMachine(RuleBasedStateMachine):
     def _answer_everything(self, delivered: bool) -> None:
         a = self.agent
         for _ in range(1000):
-            if a.old_lookups:
+            if self.held_writes:
+                self._land(0)
+            elif a.old_lookups:
                 a._fire(a.old_lookups.pop(0), False)
             elif a.lookups:
                 a.end_lookup(sorted(a.lookups)[0], True)
             elif a.sessions:
-                d, _qid, dest, rcpts = a.sessions.pop(0)
-                a.answer(d, dest, rcpts, "delivered")  # (unreachable if down)
+                d, qid, dest, rcpts = a.sessions.pop(0)
+                a.answer(d, qid, dest, rcpts, "delivered")  # (unreachable if down)
             else:
                 return
         raise AssertionError("deliveries without end")
@@ -531,6 +598,32 @@ class RunnerMachine(RuleBasedStateMachine):
         assert a.failing == {d for d in DOMAINS if d in self.runner._failing}
         for dest in a.failing:
             assert a.begun_since_the_mark(dest) <= 1, (dest, a.running)
+
+    @invariant()
+    def no_recipient_delivered_twice(self) -> None:
+        # an answer "delivered" is recorded, or kept in memory until it is
+        # (a write refused, a stop that gave its entry up): never sent again
+        assert not self.agent.duplicates, self.agent.duplicates
+
+    @invariant()
+    def running_entries_consistent(self) -> None:
+        # each entry's _Running and _Attempt count what the agent has of
+        # it: the deliveries in flight (one hub slot each), not more
+        r = self.runner
+        a = self.agent
+        for qid, run in r._entries.items():
+            att = run.attempt
+            if att is None:
+                continue
+            assert att.live, qid
+            assert 0 <= att.slot_waits <= att.open, (qid, att)
+            assert att.kept >= 0, (qid, att)
+            assert a.per_entry.get(qid, 0) <= att.open, (qid, att, a.per_entry)
+        assert set(a.per_entry) <= r._attempting, (a.per_entry, r._attempting)
+        assert GLOBAL - r._global.tokens == sum(a.per_entry.values()), (
+            r._global.tokens, a.per_entry)
+        for dest, sem in r._semaphores.items():
+            assert sem.limit - sem.tokens >= a.running.get(dest, 0), (dest, sem.tokens, a.running)
 
     @invariant()
     def no_delivery_joins_a_lookup_under_way(self) -> None:
