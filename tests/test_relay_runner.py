@@ -108,6 +108,16 @@ def hub(tmp_path):
     h.runner.stop()
 
 
+def _answer_all(pending, answer=None) -> None:
+    """Answer every delivery the agent holds, oldest first, and those the
+    answers start too (``answer(recipients)`` gives the results; all
+    delivered when it is not given)."""
+    while pending:
+        d, rcpts = pending.pop(0)
+        d.callback(answer(rcpts) if answer is not None
+                   else [DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+
+
 def make_hub(tmp_path, relay='max_per_destination = 1\nqueue_lifetime = "1d"\n'):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
@@ -591,9 +601,7 @@ def test_no_more_entries_for_one_destination_are_taken_than_it_can_use(hub):
     bobs = [enqueue(hub, BOB) for _ in range(3)]
     carol = enqueue(hub, CAROL)
     assert hub.runner.active == {bobs[0], carol}
-    while pending:
-        x, r = pending.pop(0)
-        x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+    _answer_all(pending)
     assert [c[0] for c in hub.agent.calls] == [bobs[0], carol, bobs[1], bobs[2]]
     assert hub.queue.ids() == []
 
@@ -688,9 +696,7 @@ def test_global_limit_on_deliveries_in_flight(tmp_path):
         x, r = pending.pop(0)
         x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
         assert len(agent.calls) == 3  # one done: the next starts
-        while pending:
-            x, r = pending.pop(0)
-            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        _answer_all(pending)
         assert len(agent.calls) == 4 and queue.ids() == []
     finally:
         runner.stop()
@@ -1049,9 +1055,7 @@ def test_at_most_twice_max_concurrent_deliveries_entries_are_in_flight(tmp_path)
         for i in range(8):
             enqueue(hub, Address("x", f"d{i}.test"))
         assert len(hub.runner.active) == 4 and len(hub.agent.calls) == 2
-        while pending:
-            x, r = pending.pop(0)
-            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        _answer_all(pending)
         assert len(hub.agent.calls) == 8 and hub.queue.ids() == []
         assert hub.runner._semaphores == {}  # one per destination only while in use
     finally:
@@ -1083,9 +1087,7 @@ def test_the_attempt_markers_held_are_what_the_open_files_warning_counts(tmp_pat
         most = 2 * s.relay.max_concurrent_deliveries
         assert fd_limit_warning(s, sessions + most + FD_MARGIN) is None
         assert fd_limit_warning(s, sessions + most + FD_MARGIN - 1) is not None
-        while pending:
-            x, r = pending.pop(0)
-            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        _answer_all(pending)
     finally:
         hub.runner.stop()
 
@@ -2604,9 +2606,7 @@ def test_a_lookup_whose_end_comes_as_an_error_still_lets_the_entries_go(tmp_path
             waiter.errback(RuntimeError("the lookup's end, as an error"))
         assert sorted(c[0] for c in hub.agent.calls) == sorted(bobs)  # at once
         assert hub.runner._watching == set()
-        while pending:
-            x, r = pending.pop(0)
-            x.callback([DeliveryResult(a, "delivered", OK, "mx") for a in r])
+        _answer_all(pending)
         assert hub.queue.ids() == []
     finally:
         hub.runner.stop()
@@ -3311,9 +3311,7 @@ def test_a_destination_none_of_whose_hosts_answers_gets_one_delivery_at_a_time(
     try:
         bobs = [enqueue(hub, BOB) for _ in range(4)]
         assert len(pending) == 4  # nothing known yet: four at once
-        while pending:
-            x, r = pending.pop(0)
-            x.callback(_unreachable(r))
+        _answer_all(pending, _unreachable)
         assert _feedback_lines(log_events) == [
             "remote.test: no host answered (connections refused or timed out): one delivery "
             "at a time to it until one connects"]
@@ -3334,9 +3332,7 @@ def test_a_destination_none_of_whose_hosts_answers_gets_one_delivery_at_a_time(
         assert len(_feedback_lines(log_events)) == 2  # one line each way, not one per entry
         assert _feedback_lines(log_events)[1] == (
             "remote.test: a host answered again: up to 4 deliveries at a time to it")
-        while pending:
-            x, r = pending.pop(0)
-            x.callback([DeliveryResult(a, "transient", LATER, "mx") for a in r])
+        _answer_all(pending, lambda r: [DeliveryResult(a, "transient", LATER, "mx") for a in r])
         # each tried once more, its retry schedule as ever (second failure: 5 min)
         for q in bobs:
             e = hub.queue.read(q)
