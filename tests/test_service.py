@@ -2561,18 +2561,14 @@ def test_two_hubs_notices_call_the_applications_sighup_handler_once_per_signal(
     assert [signal.getsignal(s) for s in hub_signals] == [mine, rotate]
 
 
-def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a_restart(
-        hub_signals) -> None:
-    # an application installs its SIGHUP handler after the hub started,
-    # and passes the signal on to the one it found (the notice's); the hub
-    # stops (the application's handler stays: it is the application's)
-    # and starts again, and its notice now passes the signal on to that
-    # handler, which passes it back: each must still run once per signal
+def _notice_then_a_passing_handler(calls: list[int]) -> tuple[Any, Any]:
+    """A started hub's notice and, installed after it, an application's
+    SIGHUP handler that notes each call in ``calls`` and passes the signal
+    on to the handler it found (the notice's), as docs/embedding.rst asks."""
     import signal
 
     from txmailhub.tap import HangupNotice
 
-    calls: list[int] = []
     notice = HangupNotice()
     notice.privilegedStartService()
     found = signal.getsignal(signal.SIGHUP)
@@ -2583,6 +2579,20 @@ def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a
             found(signum, frame)
 
     signal.signal(signal.SIGHUP, mine)
+    return notice, mine
+
+
+def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a_restart(
+        hub_signals) -> None:
+    # an application installs its SIGHUP handler after the hub started,
+    # and passes the signal on to the one it found (the notice's); the hub
+    # stops (the application's handler stays: it is the application's)
+    # and starts again, and its notice now passes the signal on to that
+    # handler, which passes it back: each must still run once per signal
+    import signal
+
+    calls: list[int] = []
+    notice, mine = _notice_then_a_passing_handler(calls)
     assert _answered(_sighup_now(), notice) == [True] and calls == [signal.SIGHUP]
     notice.stopService()
     assert signal.getsignal(signal.SIGHUP) is mine
@@ -2722,19 +2732,8 @@ def test_an_application_handler_that_chains_to_the_notice_is_called_once_after_a
     # each SIGHUP ran it twice, once from the kernel, once from the notice
     import signal
 
-    from txmailhub.tap import HangupNotice
-
     calls: list[int] = []
-    notice = HangupNotice()
-    notice.privilegedStartService()
-    found = signal.getsignal(signal.SIGHUP)
-
-    def mine(signum: int, frame: Any) -> None:
-        calls.append(signum)
-        if callable(found):
-            found(signum, frame)
-
-    signal.signal(signal.SIGHUP, mine)
+    notice, mine = _notice_then_a_passing_handler(calls)
     for _restart in range(2):
         notice.stopService()
         notice.startService()
