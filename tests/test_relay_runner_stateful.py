@@ -720,6 +720,18 @@ def test_a_lookup_that_ends_after_a_stop_gave_its_entry_up_opens_no_session() ->
         m.teardown()
 
 
+def _stepper(m: RunnerMachine):
+    """A rule of ``m`` run by hand, then the machine's invariants these
+    examples are about, in the order it checks them."""
+    def step(rule, **kw) -> None:
+        rule(**kw)
+        for check in (m.limits_kept, m.markers_only_for_attempts,
+                      m.no_delivery_joins_a_lookup_under_way, m.no_wake_up_lost,
+                      m.nothing_gone_is_kept, m.queue_list_tells_the_wait):
+            check()
+    return step
+
+
 def test_a_look_that_waited_out_a_clock_set_back_is_not_taken_for_a_lost_wake_up() -> None:
     # the clock set back an hour (the entry's retry, a minute after its
     # lookup failed, held to that minute from the time then), then an hour
@@ -729,14 +741,7 @@ def test_a_look_that_waited_out_a_clock_set_back_is_not_taken_for_a_lost_wake_up
     # took it for a lost wake-up (its look no more than a second away,
     # the step was over for it), though the runner had not looked since
     m = RunnerMachine()
-
-    def step(rule, **kw) -> None:
-        rule(**kw)
-        # (the machine's invariants, in the order it checks them)
-        for check in (m.limits_kept, m.markers_only_for_attempts,
-                      m.no_delivery_joins_a_lookup_under_way, m.no_wake_up_lost,
-                      m.nothing_gone_is_kept, m.queue_list_tells_the_wait):
-            check()
+    step = _stepper(m)
 
     try:
         step(m.enqueue, domains=["a.test"], success=False)
@@ -759,14 +764,7 @@ def test_a_retry_after_an_error_is_held_to_its_step_when_the_clock_is_set_back()
     # as docs/relay.rst says a clock set back may; the machine allowed a
     # minute after an error only, whatever the clock did since
     m = RunnerMachine()
-
-    def step(rule, **kw) -> None:
-        rule(**kw)
-        # (the machine's invariants, in the order it checks them)
-        for check in (m.limits_kept, m.markers_only_for_attempts,
-                      m.no_delivery_joins_a_lookup_under_way, m.no_wake_up_lost,
-                      m.nothing_gone_is_kept, m.queue_list_tells_the_wait):
-            check()
+    step = _stepper(m)
 
     try:
         step(m.enqueue, domains=["a.test"], success=False)
