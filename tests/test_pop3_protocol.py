@@ -1913,13 +1913,20 @@ def test_the_hub_stopping_lets_a_long_list_be_read_then_says_err():
     assert stopped.called and len(env.store.messages("joe@example.org")) == 3000
 
 
-def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace(log_events):
-    # a client that does not read: the lock must not outlive the stop
+def _retr_under_way():
+    """A session sending a RETR of five chunks to a client that took one
+    chunk's room (the rest waits in the hub), what it sent so far cleared."""
     env = Env()
     env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
     proto, t = login(env, limit=CHUNK_SIZE)
     talk(proto, t, b"RETR 1\r\n")
     t.clear()
+    return env, proto, t
+
+
+def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace(log_events):
+    # a client that does not read: the lock must not outlive the stop
+    env, proto, t = _retr_under_way()
     stopped = proto.factory.shut_down()
     env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE - 0.5)
     assert not t.disconnected and not stopped.called
@@ -1937,11 +1944,7 @@ def test_a_second_stop_during_an_answer_keeps_the_first_stops_grace():
     # stopped again before the answer is over (a listener restarted and
     # stopped at once): the session is waited for by both stops, cut at
     # the first's grace, and leaves no second timer behind
-    env = Env()
-    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
-    proto, t = login(env, limit=CHUNK_SIZE)
-    talk(proto, t, b"RETR 1\r\n")
-    t.clear()
+    env, proto, t = _retr_under_way()
     first = proto.factory.shut_down()
     env.clock.advance(1)
     proto.factory.doStart()
@@ -1959,11 +1962,7 @@ def test_a_session_closing_in_its_answers_grace_keeps_its_close_grace(log_events
     # grace (seen at resumeProducing): its polite close gets the close's
     # grace whole, the answer's timer does not cut it nor log it as an
     # answer not over
-    env = Env()
-    env.store.add("joe@example.org", b"x" * (CHUNK_SIZE * 5))
-    proto, t = login(env, limit=CHUNK_SIZE)
-    talk(proto, t, b"RETR 1\r\n")
-    t.clear()
+    env, proto, t = _retr_under_way()
     stopped = proto.factory.shut_down()
     env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE - 1)
     with mock.patch.object(pop3_protocol, "closed_under_us", lambda transport: True):
