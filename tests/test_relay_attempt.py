@@ -3083,3 +3083,79 @@ def test_a_host_cut_by_the_ten_addresses_is_reached_again_at_its_untried_ones(tm
     clock.advance(a.unreachable_memory)
     [r] = run(net, a.deliver(entry(tmp_path, who), "cut.test", [who]))
     assert r.kind == "delivered" and ("192.0.2.91", 25) in net.connections[10:]
+
+
+def _big_host_agent(tmp_path, working=()):
+    # one MX host with twelve addresses, those in ``working`` taking mail,
+    # retry steps of an hour: longer than the ten minutes a failed host
+    # is remembered (mx.FAILED_HOST_MEMORY)
+    a, net, clock = agent(tmp_path, 'retry_schedule = ["1h"]')
+    zone = {**ZONE, "big.test": {"MX": [(10, "mx.big.test")]},
+            "mx.big.test": {"A": [f"192.0.2.{100 + i}" for i in range(12)]}}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    for address in working:
+        net.servers[(address, 25)] = ScriptedSMTPServer
+    return a, net, clock, Address("x", "big.test")
+
+
+def test_a_host_whose_last_addresses_work_is_reached_with_retry_steps_past_the_memory(tmp_path):
+    # the retries come an hour apart: the ten minutes' memory of failed
+    # addresses was over at each, so each tried the same first ten again
+    # (the order is fixed) and never the two that work, until the
+    # queue_lifetime bounced the message
+    a, net, clock, who = _big_host_agent(tmp_path, ("192.0.2.110", "192.0.2.111"))
+    kinds = []
+    for _ in range(3):
+        [r] = run(net, a.deliver(entry(tmp_path, who), "big.test", [who]))
+        kinds.append(r.kind)
+        if r.kind == "delivered":
+            break
+        clock.advance(3600)
+    assert kinds[0] == "transient" and kinds[-1] == "delivered", kinds
+
+
+def test_every_address_gets_its_turn_across_retries(tmp_path):
+    # none answers: the tries an hour apart go round the twelve addresses,
+    # those tried longest ago first, not the same ten each time
+    a, net, clock, who = _big_host_agent(tmp_path)
+    seen = []
+    for _ in range(2):
+        before = len(net.connections)
+        [r] = run(net, a.deliver(entry(tmp_path, who), "big.test", [who]))
+        assert r.kind == "transient"
+        seen.append([h for h, _ in net.connections[before:]])
+        clock.advance(3600)
+    assert len(seen[0]) == len(seen[1]) == 10
+    assert set(seen[0]) | set(seen[1]) == {f"192.0.2.{100 + i}" for i in range(12)}
+    # the two left out first come first, then those tried longest ago
+    assert seen[1][:2] == ["192.0.2.110", "192.0.2.111"]
+
+
+def _remembered_deferral(a, net, clock, tmp_path, who, domain):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = a.deliver(entry(tmp_path, who), domain, [who])
+        clock.advance(0)
+        [r] = run(net, d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "transient"
+    [line] = [formatEvent(e) for e in events if "not tried again yet" in e.get("log_format", "")]
+    return line
+
+
+def test_a_remembered_deferral_says_hosts_were_left_untried(tmp_path):
+    # the ten addresses ran out before the host's last two: the remembered
+    # deferral must not read as if every host had failed
+    a, net, clock, who = _big_host_agent(tmp_path)
+    run(net, a.deliver(entry(tmp_path, who), "big.test", [who]))
+    line = _remembered_deferral(a, net, clock, tmp_path, who, "big.test")
+    assert "left untried" in line and "10 addresses" in line
+    # every host tried: nothing said of hosts left
+    a, net, clock = agent(tmp_path)
+    run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    line = _remembered_deferral(a, net, clock, tmp_path, BOB, "remote.test")
+    assert "untried" not in line
+

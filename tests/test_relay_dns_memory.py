@@ -88,11 +88,11 @@ class RefusingEndpoint:
         return E()
 
 
-def make(tmp_path, dead=100, domain="dead.test", concurrent=10, before=()):
+def make(tmp_path, dead=100, domain="dead.test", concurrent=10, before=(), relay=""):
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                    f'[relay]\nmax_concurrent_deliveries = {concurrent}\n'
-                   'max_per_destination = 10\nqueue_lifetime = "1d"\n')
+                   'max_per_destination = 10\nqueue_lifetime = "1d"\n' + relay)
     settings = load_text(cfg.read_text(), str(cfg))
     clock = MemoryReactorClock()
     clock.advance(1_700_000_000)
@@ -442,6 +442,29 @@ def test_addresses_left_untried_with_none_answering_are_an_unreachable_destinati
         tried = {h for h, _ in endpoint.connects if h.startswith("192.0.2.1")}
         assert len(tried) == 10
         assert "many.test" in runner.agent._unreachable
+    finally:
+        runner.stop()
+
+
+def test_retries_an_hour_apart_reach_the_addresses_the_ten_left_untried(tmp_path):
+    # retry steps of an hour, past the ten minutes a failed host or
+    # address was remembered: the entry's retry tried the same first ten
+    # of many.test's twelve addresses again (the order is fixed), and the
+    # last two, were they the working ones, never
+    clock, runner, _resolver, endpoint, queue, ids = make(
+        tmp_path, dead=1, domain="many.test", relay='retry_schedule = ["1h"]\n')
+    runner.agent.mx.resolver = ManyAddressesResolver(clock)
+    last_two = {"192.0.2.110", "192.0.2.111"}
+    try:
+        first_pass(clock, runner, runner.agent.mx.resolver, endpoint)
+        for _ in range(5):
+            clock.advance(1)
+        assert queue.read(ids[0]).attempts == 1
+        assert not last_two & {h for h, _ in endpoint.connects}
+        for _ in range(3700 // 10):
+            clock.advance(10)
+        assert queue.read(ids[0]).attempts == 2
+        assert last_two <= {h for h, _ in endpoint.connects}
     finally:
         runner.stop()
 

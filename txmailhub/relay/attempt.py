@@ -60,6 +60,7 @@ from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
 from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
 from txmailhub.relay.mx import (
     DNS_FAILURE_MEMORY_MAX,
+    FAILED_HOST_MEMORY,
     FAILED_HOSTS_KEPT,
     DNSError,
     MailLoop,
@@ -797,11 +798,21 @@ class DeliveryAgent:
         # resolver's memory of DNS failures; emptied by ``resume``.
         self.unreachable_memory = min(min(self.relay.retry_schedule, default=0),
                                       DNS_FAILURE_MEMORY_MAX)
+        # How long an address that could not be connected to goes after
+        # its host's others (``HostHealth.address_failed``): the longest
+        # retry step and the ten minutes a failed host is remembered, so
+        # an entry's next retry, however late, starts with the addresses
+        # its last one left untried.  With the ten minutes alone, retries
+        # an hour apart tried the same first MAX_ADDRESSES_PER_ATTEMPT
+        # addresses of a host with more (the order is fixed) every time.
+        self.address_memory = max(self.relay.retry_schedule, default=0) + FAILED_HOST_MEMORY
         # The last field: what the deferral says of the destination
         # (``DeliveryResult.unreachable``): ``None`` when the smarthost's
         # name did not resolve (a DNS failure, not a host that answered
-        # no connection).
-        self._unreachable: dict[str, tuple[float, float, Reply, bool | None]] = {}
+        # no connection).  Then why hosts were left untried at that try
+        # ("" when every host was tried), for the remembered deferrals'
+        # log lines.
+        self._unreachable: dict[str, tuple[float, float, Reply, bool | None, str]] = {}
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         # TLS 1.2 at least either way (RFC 8996), pinned in relay/client_tls.py
@@ -909,16 +920,18 @@ class DeliveryAgent:
         credentials = None
         kept = self._unreachable.get(destination)
         if kept is not None:
-            learnt, until, reply, said = kept
+            learnt, until, reply, said, left = kept
             now = self.clock.seconds()
             if learnt <= now < until:
                 # in a later turn of the reactor, as a refusal would come: a
                 # thousand entries deferred from within each other would
                 # reach Python's recursion limit
                 yield task.deferLater(self.clock, 0, lambda: None)
+                # hosts left untried then are said: not every host failed
                 log.info("{queue_id}: {destination} not reached: {reply} (tried {age:.0f} s "
-                         "ago; not tried again yet)", queue_id=entry.id, destination=destination,
-                         reply=loggable(reply.text(), REPLY_LOG_MAX), age=now - learnt)
+                         "ago{left}; not tried again yet)", queue_id=entry.id,
+                         destination=destination, reply=loggable(reply.text(), REPLY_LOG_MAX),
+                         age=now - learnt, left=left)
                 return [DeliveryResult(a, "transient", reply, unreachable=said)
                         for a in recipients]
             del self._unreachable[destination]
@@ -977,13 +990,17 @@ class DeliveryAgent:
         unanswered = 0
         started = self.clock.seconds()
         out_of_time = False
+        cut = False  # addresses left untried for MAX_ADDRESSES_PER_ATTEMPT
         budget = self.relay.hosts_time_budget
 
         def within_budget() -> bool:
             return self.clock.seconds() - started < budget
 
         for mxhost in hosts:
-            if tried >= MAX_ADDRESSES_PER_ATTEMPT or not recipients:
+            if not recipients:
+                break
+            if tried >= MAX_ADDRESSES_PER_ATTEMPT:
+                cut = True
                 break
             if tried and not within_budget():
                 out_of_time = True
@@ -995,6 +1012,7 @@ class DeliveryAgent:
             # connect timeout; each started counts as one tried
             ordered = self._ordered(mxhost, smarthost)
             addresses = ordered[:MAX_ADDRESSES_PER_ATTEMPT - tried]
+            cut = cut or len(addresses) < len(ordered)
             tries = _Tries()
             outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
                                           smarthost, stage, credentials=credentials,
@@ -1009,7 +1027,7 @@ class DeliveryAgent:
                     if a == address:
                         self.mx.health.address_succeeded(a)
                     elif a in tries.failures:
-                        self.mx.health.address_failed(a)
+                        self.mx.health.address_failed(a, self.address_memory)
             # the host answered (a session, however it ended): its domain is
             # no unreachable one, even if a plain retry below cannot connect
             if outcome is not None:
@@ -1154,8 +1172,13 @@ class DeliveryAgent:
                     len(self._unreachable) >= FAILED_HOSTS_KEPT
                     or next(iter(self._unreachable.values()))[1] <= now):
                 del self._unreachable[next(iter(self._unreachable))]
+            left = ("" if not (cut or out_of_time)
+                    else ", with hosts left untried: the hosts_time_budget ran out"
+                    if out_of_time else
+                    f", with hosts left untried: the {MAX_ADDRESSES_PER_ATTEMPT} addresses "
+                    "an attempt connects to at most ran out")
             self._unreachable[destination] = (now, now + self.unreachable_memory, last,
-                                              True if unanswered else None)
+                                              True if unanswered else None, left)
         # whether no host answered (some may be left for the time budget,
         # or past MAX_ADDRESSES_PER_ATTEMPT): the runner gives such a
         # destination one delivery at a time until one connects
@@ -1176,8 +1199,12 @@ class DeliveryAgent:
         if smarthost:
             return interleave(mxhost.addresses, family_of)
         health = self.mx.health
-        fresh = [a for a in mxhost.addresses if not health.is_failed_address(a)]
-        stale = [a for a in mxhost.addresses if health.is_failed_address(a)]
+        until = {a: health.address_failed_until(a) for a in mxhost.addresses}
+        fresh = [a for a in mxhost.addresses if until[a] is None]
+        # those that failed longest ago first (one memory for all, so the
+        # soonest forgotten): across retries each address gets its turn
+        stale = sorted((a for a in mxhost.addresses if until[a] is not None),
+                       key=lambda a: until[a] or 0.0)
         return interleave(fresh, family_of) + interleave(stale, family_of)
 
     def _settle(self, entry: QueueEntry, outcome: SessionOutcome, recipients: list[Address],

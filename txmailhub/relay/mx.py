@@ -397,10 +397,23 @@ class HostHealth:
     def failed(self, host: str) -> None:
         self._remember(self._failed, host)
 
-    def address_failed(self, address: str) -> None:
+    def address_failed(self, address: str, memory: float | None = None) -> None:
         """``address`` (of some host) could not be connected to: the next
-        attempts for a while try that host's other addresses first."""
-        self._remember(self._failed_addresses, address)
+        attempts for a while (``memory`` seconds, this health's own when
+        ``None``) try that host's other addresses first.  The caller gives
+        one memory for all addresses (the oldest failures stay at the
+        front): the delivery agent's is as long as the longest retry step,
+        so a retry an hour later still starts with the addresses the last
+        one left untried, not with the same first ones again."""
+        self._remember(self._failed_addresses, address, memory)
+
+    def address_failed_until(self, address: str) -> float | None:
+        """Until when ``address``'s failure is remembered, or ``None`` if it
+        is not: the addresses that failed longest ago (the smallest) are
+        tried first among the failed ones, so every address of a host gets
+        its turn across retries."""
+        return self._failed_addresses.get(address.lower()) if self.is_failed_address(address) \
+            else None
 
     def address_succeeded(self, address: str) -> None:
         self._failed_addresses.pop(address.lower(), None)
@@ -408,7 +421,8 @@ class HostHealth:
     def is_failed_address(self, address: str) -> bool:
         return self._is(self._failed_addresses, address)
 
-    def _remember(self, failed: dict[str, float], host: str) -> None:
+    def _remember(self, failed: dict[str, float], host: str,
+                  memory: float | None = None) -> None:
         failed.pop(host.lower(), None)  # the newest failure goes last
         if len(failed) >= self.keep:
             # the order is that of the failures, so of their ends too (one
@@ -417,7 +431,7 @@ class HostHealth:
             now = self.clock.seconds()
             while failed and (len(failed) >= self.keep or next(iter(failed.values())) <= now):
                 del failed[next(iter(failed))]
-        failed[host.lower()] = self.clock.seconds() + self.memory
+        failed[host.lower()] = self.clock.seconds() + (self.memory if memory is None else memory)
 
     def succeeded(self, host: str) -> None:
         self._failed.pop(host.lower(), None)
