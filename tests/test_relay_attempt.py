@@ -3159,3 +3159,41 @@ def test_a_remembered_deferral_says_hosts_were_left_untried(tmp_path):
     line = _remembered_deferral(a, net, clock, tmp_path, BOB, "remote.test")
     assert "untried" not in line
 
+
+
+def test_a_domain_whose_eleventh_host_works_is_reached_with_retry_steps_past_the_memory(tmp_path):
+    # eleven MX hosts of one address each, only the least preferred
+    # working, retries an hour apart: the ten minutes a failed host is
+    # remembered were over at each retry, which went back to the same ten
+    # most preferred hosts, and the eleventh was never tried
+    a, net, clock = agent(tmp_path, 'retry_schedule = ["1h"]')
+    use_mx_hosts(a, clock, "eleven.test", 11, first_address=100)
+    net.servers[("192.0.2.110", 25)] = ScriptedSMTPServer
+    who = Address("x", "eleven.test")
+    kinds = []
+    for _ in range(3):
+        [r] = run(net, a.deliver(entry(tmp_path, who), "eleven.test", [who]))
+        kinds.append(r.kind)
+        if r.kind == "delivered":
+            break
+        clock.advance(3600)
+    assert kinds[0] == "transient" and kinds[-1] == "delivered", kinds
+
+
+def test_hosts_an_attempt_reaches_all_of_keep_their_preference_across_retries(tmp_path):
+    # three hosts, ten addresses at most: every attempt reaches them all,
+    # so the most preferred, which refused an hour ago, is tried first
+    # again once its failure is no longer remembered (ten minutes), not
+    # put after the backups for as long as its address's failure is
+    a, net, clock = agent(tmp_path, 'retry_schedule = ["1h"]')
+    use_mx_hosts(a, clock, "three.test", 3, first_address=100)
+    net.servers[("192.0.2.101", 25)] = ScriptedSMTPServer
+    who = Address("x", "three.test")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "three.test", [who]))
+    assert r.kind == "delivered" and net.connections[0] == ("192.0.2.100", 25)
+    assert a.mx.health.address_failed_until("192.0.2.100") is not None
+    clock.advance(3600)
+    net.servers[("192.0.2.100", 25)] = ScriptedSMTPServer
+    before = len(net.connections)
+    [r] = run(net, a.deliver(entry(tmp_path, who), "three.test", [who]))
+    assert r.kind == "delivered" and net.connections[before] == ("192.0.2.100", 25)

@@ -955,7 +955,7 @@ class DeliveryAgent:
         else:
             port_n = self.relay.port
             try:
-                hosts = yield self.mx.resolve(destination)
+                hosts = self._rotated((yield self.mx.resolve(destination)))
             except DNSError as e:
                 reply = _dns_reply(e)
                 kind = "permanent" if e.permanent else "transient"
@@ -1187,6 +1187,36 @@ class DeliveryAgent:
                        else False if sessions else True if unanswered else None)
         return settled + [DeliveryResult(a, kind, last, last_host, unreachable=unreachable)
                           for a in recipients]
+
+    def _rotated(self, hosts: list[MXHost]) -> list[MXHost]:
+        """``hosts`` (most preferred first, those that failed in the last
+        ten minutes last) in the order to try them.  When they have more
+        addresses than one attempt tries (MAX_ADDRESSES_PER_ATTEMPT), a
+        host none of whose addresses could be connected to for the
+        addresses' memory (``address_memory``) goes after those with an
+        address not known to fail, the one whose last failure is oldest
+        first: retries further apart than the ten minutes a failed host is
+        remembered went back to the same most preferred hosts every time,
+        and a domain whose working hosts came after the tenth address
+        was never reached.  With fewer addresses every attempt reaches
+        them all: their preference is kept."""
+        if sum(len(h.addresses) for h in hosts) <= MAX_ADDRESSES_PER_ATTEMPT:
+            return hosts
+        health = self.mx.health
+        fresh: list[MXHost] = []
+        stale: list[tuple[float, MXHost]] = []
+        failed: list[MXHost] = []
+        for h in hosts:
+            if health.is_failed(h.name):
+                failed.append(h)
+                continue
+            until = [health.address_failed_until(a) for a in h.addresses]
+            if not until or any(u is None for u in until):
+                fresh.append(h)
+            else:
+                stale.append((max(u for u in until if u is not None), h))
+        stale.sort(key=lambda pair: pair[0])  # stable: preference among equals
+        return fresh + [h for _, h in stale] + failed
 
     def _ordered(self, mxhost: MXHost, smarthost: bool) -> list[str]:
         """``mxhost``'s addresses in the order to try them: those that
