@@ -40,6 +40,7 @@ from txmailhub.smtp import server as smtp_server
 from txmailhub.smtp.protocol import (
     CLOSE_GRACE,
     INPUT_LIMIT,
+    LINGER_OCTETS,
     MIN_DATA_RATE,
     STOP_CLOSE_GRACE,
     WITHHELD_LIMIT,
@@ -2830,3 +2831,113 @@ def test_a_malformed_auth_response_of_a_blocked_address_is_not_counted_again(
     assert refused == ([] if reply is not replies.AUTH_FAILED else [
         "authentication refused for a malformed response from 192.0.2.70 (PLAIN): "
         "too many failures"])
+
+
+class LingeringCloseTests(SynchronousTestCase):
+    """The stop's ``421`` on plain TCP: the hub shuts down its sending side
+    and reads on (LINGER_OCTETS, STOP_CLOSE_GRACE) before it closes, so that
+    a client still sending is not answered with a reset."""
+
+    def _at_data(self):
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.epollreactor import EPollReactor
+
+        h = Harness()
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        ours, _ = listener.accept()
+        ours.setblocking(False)
+        client.setblocking(False)
+        reactor = EPollReactor()  # not installed: stepped by hand
+        self.addCleanup(reactor.disconnectAll)
+        proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        t = tcp.Connection(ours, proto, reactor)
+        t.connected = True
+        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
+        proto.makeConnection(t)
+        t.startReading()
+        client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        got = self._read(reactor, client, until=b"354 ")
+        assert got.endswith(b"354 Enter mail, end with \".\" on a line by itself\r\n"), got
+        client.sendall(b"Subject: half\r\n\r\n" + b"a line of the body\r\n" * 100)
+        for _ in range(20):  # all of it read: the message goes on
+            reactor.iterate(0)
+        return h, proto, t, reactor, client
+
+    def _read(self, reactor, client, until: bytes | None = None, turns: int = 200):
+        """Step the reactor and read the client's side: until ``until`` is
+        read, or else the end of the stream (b"" appended) or a reset
+        (ConnectionResetError raised)."""
+        got = b""
+        for _ in range(turns):
+            reactor.iterate(0.005)
+            try:
+                chunk = client.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return got + b"<EOF>"
+            got += chunk
+            if until is not None and until in got:
+                return got
+        return got
+
+    def _unread_then_stop(self, h, t, client, octets: int) -> None:
+        import select
+
+        client.sendall(b"more of the body\r\n" * (octets // 18))
+        # in the hub's socket, not read by it (the reactor is not stepped)
+        assert select.select([t.socket], [], [], 5)[0]
+        h.factory.shut_down()
+
+    def test_a_client_sending_at_the_stop_reads_the_421_and_the_end_not_a_reset(self):
+        h, p, t, reactor, client = self._at_data()
+        self._unread_then_stop(h, t, client, 4096)
+        try:
+            got = self._read(reactor, client)
+        except ConnectionResetError:  # the close with octets unread
+            self.fail("reset instead of the 421 and the end of the stream")
+        assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>", got
+        client.sendall(b"still more\r\n" * 300)  # read and dropped
+        for _ in range(20):
+            reactor.iterate(0)
+        assert t.connected and p.engine.closed
+        client.close()  # the client closes: so does the hub, at once
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected
+        assert p not in h.factory.limits.sessions
+        assert h.store.messages(ALICE) == []
+
+    def test_the_lingering_close_reads_at_most_linger_octets(self):
+        h, _p, t, reactor, client = self._at_data()
+        self._unread_then_stop(h, t, client, 1024)
+        assert self._read(reactor, client).endswith(b"Service shutting down\r\n<EOF>")
+        sent = 0
+        for _ in range(LINGER_OCTETS // 4096 + 2):  # past the bound
+            client.sendall(b"x" * 4096)
+            sent += 4096
+            reactor.iterate(0)
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected  # closed with the client still there
+        assert sent > LINGER_OCTETS
+
+    def test_the_lingering_close_ends_at_the_stop_close_grace(self):
+        h, p, t, reactor, client = self._at_data()
+        self._unread_then_stop(h, t, client, 1024)
+        assert self._read(reactor, client).endswith(b"<EOF>")
+        assert t.connected  # lingering: the client has not closed
+        h.clock.advance(STOP_CLOSE_GRACE)
+        for _ in range(20):
+            reactor.iterate(0)
+        assert not t.connected
+        assert p not in h.factory.limits.sessions
