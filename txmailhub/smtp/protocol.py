@@ -83,6 +83,13 @@ CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 #: the same while the hub stops: the stop waits for the SMTP connections
 #: to be gone (an application's reactor runs on; twistd exits after it)
 STOP_CLOSE_GRACE = 2.0
+LINGER_OCTETS = 64 * 1024
+"""Octets of input read and dropped after the stop's ``421``, on plain TCP:
+the hub shuts down its sending side and reads on until the client closes,
+this many octets have come, or ``STOP_CLOSE_GRACE`` has passed.  A socket
+closed with input unread is answered with a TCP reset, and a client still
+sending (the rest of a message, pipelined commands) could lose the ``421``
+to it (``ECONNRESET``) instead of reading it and the end of the stream."""
 MIN_DATA_RATE = 500
 """Octets per second a message's data must average, beyond the idle
 timeout's grace: a message of N octets may take ``idle_timeout + N / 500``
@@ -164,6 +171,8 @@ class SMTPProtocol(Protocol):
         "_hops",
         "_hub_stopping",
         "_last_activity",
+        "_linger_left",
+        "_lingering",
         "_logout",
         "_message_held",
         "_message_id",
@@ -183,6 +192,7 @@ class SMTPProtocol(Protocol):
         "_turn",
         "_waited",
         "_withheld",
+        "_write_closed",
         "_write_paused",
         "_writer",
         "client_name",
@@ -249,6 +259,11 @@ class SMTPProtocol(Protocol):
         self._turn: Any = None  # the call that answers the rest of a long batch
         self._stop_after_wait = False  # the hub stopped while we waited: 421 after the answer
         self._hub_stopping = False  # closed by the hub's stop: STOP_CLOSE_GRACE
+        # the stop's lingering close: our side shut down, input read and
+        # dropped (at most LINGER_OCTETS more) until the client closes
+        self._lingering = False
+        self._linger_left = LINGER_OCTETS
+        self._write_closed = False  # writeConnectionLost: all we sent is out
         # the connection is lost, its input held is processed (_drain): the
         # session stays in limits.sessions until that ends (_end_session)
         self._draining = False
@@ -307,6 +322,11 @@ class SMTPProtocol(Protocol):
         self._drive()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.loseConnection()  # enough: close, come what may
+            return
         engine = self.engine
         # Idle means no command (RFC 5321 4.5.3.2), not no byte: a client
         # dribbling a line that never ends must not hold its slot.  Inside
@@ -346,6 +366,9 @@ class SMTPProtocol(Protocol):
         unprocessed (the client does not read its replies) may be whole,
         and is processed first.  (Plain TCP only: TLS reports the end of
         the client's data as a lost connection; see ``_sent_in_full``.)"""
+        if self._lingering:
+            self.transport.loseConnection()  # the client closed after our 421
+            return
         if self._eof:
             return
         self._eof = True
@@ -360,7 +383,8 @@ class SMTPProtocol(Protocol):
         self._drive()
 
     def writeConnectionLost(self) -> None:
-        pass  # we never shut down only our sending side
+        # only the stop's lingering close shuts down our sending side alone
+        self._write_closed = True
 
     def connectionLost(self, reason: Any = None) -> None:
         why = tls_failure(reason)
@@ -1229,7 +1253,17 @@ class SMTPProtocol(Protocol):
             # arrives is dropped: the engine is closed.)
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
-        t.loseConnection()
+        if self._hub_stopping and not self._eof and not self.engine.session.tls and not (
+                ISSLTransport.providedBy(t)) and hasattr(t, "loseWriteConnection"):
+            # the stop's 421 on plain TCP: a lingering close (LINGER_OCTETS).
+            # (TLS keeps the plain close: Twisted's TLS transport has no
+            # half-close, and a TCP one under it would skip close_notify.)
+            self._lingering = True
+            self._paused = False
+            self._reading = set_reading(t, self._reading, True)
+            t.loseWriteConnection()
+        else:
+            t.loseConnection()
         if self._close_timer is not None:
             return
         reply = self._close_reply
@@ -1240,6 +1274,11 @@ class SMTPProtocol(Protocol):
 
     def _cut(self) -> None:
         self._close_timer = None
+        if self._lingering and self._write_closed:
+            # the 421 and our end of the stream are out: close, no reset
+            # unless the client sent more in this very turn
+            self.transport.loseConnection()
+            return
         log.info("closing {client} without waiting any longer", client=self.client_name)
         self.transport.abortConnection()
 
