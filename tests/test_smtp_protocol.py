@@ -2902,7 +2902,10 @@ class LingeringCloseTests(SynchronousTestCase):
         except ConnectionResetError:  # the close with octets unread
             self.fail("reset instead of the 421 and the end of the stream")
         assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>", got
-        client.sendall(b"still more\r\n" * 300)  # read and dropped
+        try:  # read and dropped
+            client.sendall(b"still more\r\n" * 300)
+        except (BrokenPipeError, ConnectionResetError):
+            self.fail("reset after the end of the stream: the hub did not read on")
         for _ in range(20):
             reactor.iterate(0)
         assert t.connected and p.engine.closed
