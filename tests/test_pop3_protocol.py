@@ -3234,3 +3234,119 @@ def test_over_long_lines_sent_while_the_client_does_not_read_stop_the_reading():
     assert t.producerState == "paused"
     assert sent <= INPUT_LIMIT // 255 + 1
     assert proto.engine.buffered < INPUT_LIMIT + len(line)
+
+
+# -- the stop's lingering close (plain TCP) ----------------------------------
+
+
+@contextlib.contextmanager
+def _loopback_session(env) -> Iterator[tuple]:
+    """A session over Twisted's real TCP transport on a loopback socket,
+    with an epoll reactor of its own (not installed) stepped by hand, and
+    the client's raw socket (non-blocking)."""
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.epollreactor import EPollReactor
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    ours.setblocking(False)
+    client.setblocking(False)
+    reactor = EPollReactor()
+    try:
+        proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
+        t = tcp.Connection(ours, proto, reactor)
+        t.connected = True
+        t.getPeer = lambda: LOOPBACK
+        proto.makeConnection(t)
+        t.startReading()
+        yield proto, t, reactor, client
+    finally:
+        reactor.disconnectAll()
+        client.close()
+        listener.close()
+
+
+def _client_reads(reactor, client, until: bytes | None = None, turns: int = 200) -> bytes:
+    """Step the reactor and read the client's side: until ``until`` is read,
+    or else the end of the stream (``<EOF>`` appended); a reset raises."""
+    got = b""
+    for _ in range(turns):
+        reactor.iterate(0.005)
+        try:
+            chunk = client.recv(65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return got + b"<EOF>"
+        got += chunk
+        if until is not None and until in got:
+            return got
+    return got
+
+
+def _pipelined_then_stop(env) -> Iterator[tuple]:
+    import select
+
+    with _loopback_session(env) as (proto, t, reactor, client):
+        assert _client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        assert b"+OK Logged in" in _client_reads(reactor, client, until=b"Logged in")
+        # commands queued behind, not read by the hub (the reactor is not
+        # stepped) when it stops
+        client.sendall(b"NOOP\r\n" * 700)
+        assert select.select([t.socket], [], [], 5)[0]
+        stopped = proto.factory.shut_down()
+        yield proto, t, reactor, client, stopped
+
+
+def test_a_client_with_commands_queued_at_the_stop_reads_the_line_and_the_end_not_a_reset():
+    # a close with input unread is a TCP reset: the client saw ECONNRESET
+    # (and could lose the -ERR) instead of the line and the end of stream,
+    # or the end of stream and a reset right behind it (Twisted shuts the
+    # socket down before it closes it)
+    env = Env()
+    for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
+        try:
+            got = _client_reads(reactor, client)
+        except ConnectionResetError:
+            pytest.fail("reset instead of the -ERR and the end of the stream")
+        assert got == b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n<EOF>"
+        try:  # read and dropped, not handled
+            client.sendall(b"QUIT\r\n" * 500)
+        except (BrokenPipeError, ConnectionResetError):  # the socket closed behind the FIN
+            pytest.fail("reset after the end of the stream: the hub did not read on")
+        for _ in range(20):
+            reactor.iterate(0)
+        assert t.connected and not stopped.called
+        client.close()  # the client closes: so does the hub
+        for _ in range(50):
+            if stopped.called:
+                break
+            reactor.iterate(0.005)
+        assert stopped.called and not t.connected
+        assert not env.store.is_locked("joe@example.org")
+
+
+def test_the_lingering_close_is_bounded_in_octets_and_time():
+    env = Env()
+    for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
+        assert _client_reads(reactor, client).endswith(b"later\r\n<EOF>")
+        for _ in range(pop3_protocol.LINGER_OCTETS // 4096 + 2):  # past the bound
+            client.sendall(b"x" * 4096)
+            reactor.iterate(0)
+        for _ in range(50):
+            if stopped.called:
+                break
+            reactor.iterate(0.005)
+        assert stopped.called and not t.connected
+    env = Env()
+    for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
+        assert _client_reads(reactor, client).endswith(b"<EOF>")
+        assert t.connected  # lingering: the client has not closed
+        env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+        for _ in range(20):
+            reactor.iterate(0)
+        assert stopped.called and not t.connected
