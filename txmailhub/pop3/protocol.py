@@ -129,6 +129,13 @@ finish before its session is cut: the session is then told ``-ERR
 [SYS/TEMP]`` and closed (``STOP_CLOSE_GRACE`` more at most).  The stop
 waits for it; a reset in the middle of a RETR made the client fetch the
 whole message again at the next session."""
+LINGER_OCTETS = 64 * 1024
+"""Octets of input read and dropped after the stop's ``-ERR [SYS/TEMP]``,
+on plain TCP: the hub shuts down its sending side and reads on until the
+client closes, this many octets have come, or ``STOP_CLOSE_GRACE`` has
+passed.  A socket closed with input unread is answered with a TCP reset,
+and a client with commands still coming could lose the line to it
+(``ECONNRESET``) instead of reading it and the end of the stream."""
 CLOSED_CHECK = 1.0
 """Seconds between looks, while the client does not read us, for a TLS
 session it ended (see ``_check_closed``)."""
@@ -303,7 +310,8 @@ class POP3Protocol(Protocol):
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits",
         "_drain_call", "_draining", "_flush", "_hub_stopped",
-        "_idle_call", "_last_activity", "_logout", "_lost", "_nowait", "_peer", "_pending_call",
+        "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
+        "_peer", "_pending_call",
         "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
         "_turn_call", "_turn_spent", "_typed", "_unmeasured", "_unseen", "_unseen_resets",
@@ -339,6 +347,10 @@ class POP3Protocol(Protocol):
         self._reading = True
         self._closing = False
         self._lost = False
+        # the stop's lingering close: our side shut down, input read and
+        # dropped (at most LINGER_OCTETS more) until the client closes
+        self._lingering = False
+        self._linger_left = LINGER_OCTETS
         # the hub stops: the answer under way is finished, no command is
         # handled after it (``cut_for_stop``), and this cuts it if it takes
         # longer than STOP_ANSWER_GRACE
@@ -589,7 +601,7 @@ class POP3Protocol(Protocol):
         if call is not None and call.active():
             call.cancel()
         self._write(R.SHUTTING_DOWN.to_bytes())
-        self._close()
+        self._close(linger=True)
 
     def _drained(self) -> None:
         """``_process`` while the hub stops: the line and close once the
@@ -643,7 +655,9 @@ class POP3Protocol(Protocol):
             except Exception:
                 log.failure("POP3 mailbox close failed for {user}", user=self._user)
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """Close politely; with ``linger`` (the stop's line, on plain TCP)
+        shut down our sending side only and read on (``LINGER_OCTETS``)."""
         if self._closing:
             return
         self._closing = True
@@ -652,7 +666,14 @@ class POP3Protocol(Protocol):
         if not self._reading:
             self._reading = True
             t.resumeProducing()
-        t.loseConnection()
+        if linger and not (self.implicit_tls or ISSLTransport.providedBy(t)) and hasattr(
+                t, "loseWriteConnection"):
+            # (TLS keeps the plain close: Twisted's TLS transport has no
+            # half-close, and a TCP one under it would skip close_notify.)
+            self._lingering = True
+            t.loseWriteConnection()
+        else:
+            t.loseConnection()
         # A polite close waits for the peer to read the last reply, and under
         # TLS for a handshake it may never finish (after STLS); cut it then.
         # Sooner while the hub stops, which waits for it (a session it ended
@@ -663,12 +684,24 @@ class POP3Protocol(Protocol):
 
     def _cut(self) -> None:
         self._close_call = None
+        if self._lingering:
+            # the end of the lingering close: a close (at once once our
+            # line and end of stream are out), no reset unless the client
+            # sent more in this very turn
+            self.transport.loseConnection()
+            if self._lost:
+                return
         log.info("POP3: closing {peer} without waiting any longer", peer=self._peer)
         self.transport.abortConnection()
 
     # -- input -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.loseConnection()  # enough: close, come what may
+            return
         if self._closing or self._draining:
             return
         engine = self.engine
