@@ -579,6 +579,47 @@ def test_a_message_half_sent_when_the_hub_stops_gets_421_and_is_not_kept(hub) ->
     assert "in the middle of message" in hub.log_text()
 
 
+def test_a_client_still_sending_its_message_when_the_hub_stops_reads_the_421_and_the_end(
+        hub) -> None:
+    # the rest of the message keeps coming after the stop's 421: the hub
+    # shuts down its side and reads on (LINGER_OCTETS) instead of closing
+    # with octets unread, which Linux answers with a reset (ECONNRESET in
+    # the client, which could lose the 421 with it)
+    import signal
+
+    s = socket.create_connection(("127.0.0.1", hub.smtp_port), timeout=10)
+    try:
+        got = b""
+        for command, reply in ((None, b"220 "), (b"EHLO c\r\n", b"250 "),
+                               (b"MAIL FROM:<sender@example.net>\r\n", b"250 "),
+                               (b"RCPT TO:<alice@example.org>\r\n", b"250 "),
+                               (b"DATA\r\n", b"354 ")):
+            if command is not None:
+                s.sendall(command)
+            got = b""
+            while reply not in got:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+        s.sendall(b"Subject: half\r\n\r\n")
+        hub.proc.send_signal(signal.SIGTERM)
+        line = b"a line of the body\r\n" * 50
+        for _ in range(8):  # 8 KiB more as the hub stops (BrokenPipeError: the bug)
+            s.sendall(line)
+            time.sleep(0.01)
+        got = b""
+        while True:
+            chunk = s.recv(4096)  # ConnectionResetError: the bug
+            if not chunk:
+                break
+            got += chunk
+        assert got == b"421 4.3.2 mail.example.org Service shutting down\r\n"
+    finally:
+        s.close()
+    assert hub.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert hub.messages("alice@example.org") == []
+
+
 def _wait_until_read(server_port: int, client_port: int) -> None:
     """Wait until the server's side of a loopback connection has no octets
     waiting to be read (its ``rx_queue`` in ``/proc/net/tcp`` is 0)."""
