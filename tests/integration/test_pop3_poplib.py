@@ -511,3 +511,32 @@ def test_a_message_being_sent_when_the_hub_stops_is_finished_then_err(hub) -> No
     assert hub.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert hub.messages(ALICE) == [big]
     assert "cut as the hub stops" not in hub.log_text()
+
+
+def test_a_client_still_sending_commands_when_the_hub_stops_reads_the_line_and_the_end(
+        filled) -> None:
+    # commands keep coming after the stop's -ERR: the hub shuts down its
+    # side and reads on (LINGER_OCTETS) instead of closing with octets
+    # unread, which Linux answers with a reset (a broken pipe or
+    # ECONNRESET in the client, which could lose the line with it)
+    import signal
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", filled.pop3_port), timeout=10)
+    try:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(f"USER {ALICE}\r\nPASS {ALICE_PW}\r\n".encode())
+        assert f.readline().startswith(b"+OK")
+        assert f.readline().startswith(b"+OK")
+        filled.proc.send_signal(signal.SIGTERM)
+        for _ in range(8):  # 8 KiB more as the hub stops (BrokenPipeError: the bug)
+            s.sendall(b"NOOP\r\n" * 170)
+            time.sleep(0.01)
+        lines = f.readlines()  # ConnectionResetError: the bug
+        assert lines and lines[-1] == R.SHUTTING_DOWN.to_bytes()
+        assert set(lines[:-1]) <= {b"+OK\r\n"}  # NOOPs read before the stop
+    finally:
+        s.close()
+    assert filled.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert len(filled.messages(ALICE)) == 3
