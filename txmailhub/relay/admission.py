@@ -16,6 +16,7 @@ open destinations); nothing here delivers or writes a record.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 from twisted.internet import defer
@@ -24,7 +25,7 @@ from twisted.logger import Logger
 from txmailhub.relay.failing import FailingDestinations
 from txmailhub.relay.running import _Running
 
-__all__ = ["ENTRIES_PER_SLOT", "Admission"]
+__all__ = ["ENTRIES_PER_SLOT", "Admission", "DueTimes"]
 
 # the runner's namespace: a filter on it (an operator's, a test's) sees
 # the runner's lines whichever of its parts logs them
@@ -37,6 +38,47 @@ log = Logger(namespace="txmailhub.relay.runner")
 # keeps it): ``twistd mailhub``'s open-files warning counts them all
 # (``process_limits.fd_limit_warning``)
 ENTRIES_PER_SLOT = 2
+
+
+class DueTimes(dict[str, float]):
+    """The runner's due times (queue id -> next attempt), counting its
+    changes (``version``): a look at them (``Admission._pass``) sorts them
+    again only once one changed, not at each of its looks -- every second
+    and at many events, over a backlog of perhaps many thousands."""
+
+    version = 0
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: Any) -> Any:  # type: ignore[override]
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, float]:
+        self.version += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: float) -> float:  # type: ignore[override]
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: Any) -> DueTimes:  # type: ignore[override]
+        self.version += 1
+        return super().__ior__(other)
 
 
 class Admission:
@@ -87,14 +129,24 @@ class Admission:
             self._kicking = False
 
     def _pass(self) -> None:
-        """``kick``'s one look at the due entries."""
+        """``kick``'s one look at the due entries.
+
+        Run every second and at many events, with a backlog perhaps of
+        many thousands of entries (a destination down for a day) of which
+        it can take few: the order of the due times is kept from one look
+        to the next while none of them changed (``DueTimes.version``), and
+        an entry whose every destination is known to be as busy as it can
+        be is passed over with one set comparison."""
         now = self.clock.seconds()
-        for qid, when in self.due.items():
+        inf = float("inf")
+        due = self.due
+        wait_get = self._wait.get
+        for qid, when in due.items():
             # a clock set back while the hub runs: no wait longer than its
             # step (``_longest_wait``); inf is an entry being handled
-            wait = self._wait.get(qid)
-            if wait is not None and now + wait < when < float("inf"):
-                self.due[qid] = now + wait
+            wait = wait_get(qid)
+            if wait is not None and now + wait < when < inf:
+                due[qid] = now + wait
         room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self._entries)
         if room <= 0:
             return
@@ -115,15 +167,22 @@ class Admission:
             full.add(dest)
             return True
 
-        for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
+        entries = self._entries
+        unrecorded = self._unrecorded
+        dests_get = self._destinations.get
+        due_get = due.get
+        nowhere: tuple[frozenset[str], bool] = (frozenset(), True)
+        for when, qid in self._in_due_order():
             if room <= 0 or when > now:
                 break
-            if qid in self._entries or self.due.get(qid, float("inf")) > now:
+            if qid in entries or due_get(qid, inf) > now:
                 # taken, or handled already in this pass (an attempt that
                 # ended at once): its due time here is from before that
                 continue
-            dests, local = self._destinations.get(qid, (frozenset(), True))
-            if qid in self._unrecorded:
+            dests, local = dests_get(qid, nowhere)
+            if not local and dests and dests <= full and qid not in unrecorded:
+                continue  # (as below, its destinations found full already)
+            if qid in unrecorded:
                 # its try only enters the results it has (``_process``): no
                 # delivery, so none of its destinations' room is needed,
                 # and its results must not wait for another's session
@@ -140,6 +199,22 @@ class Admission:
             d = defer.maybeDeferred(self._process, qid)
             d.addErrback(self._crashed, qid)
             d.addBoth(self._finished, qid)
+
+    _order: tuple[int, list[tuple[float, str]]] | None = None
+
+    def _in_due_order(self) -> list[tuple[float, str]]:
+        """The due entries as ``(due time, queue id)``, earliest first (ties
+        in the order they became due, as before); sorted again only once a due time changed
+        since the last look.  A list of its own: the look changes the
+        due times as it takes entries."""
+        due = self.due
+        version = getattr(due, "version", None)
+        if version is not None and self._order is not None and self._order[0] == version:
+            return self._order[1]
+        order = sorted([(when, qid) for qid, when in due.items()], key=itemgetter(0))
+        if version is not None:
+            self._order = (version, order)
+        return order
 
     def _room_for(self, dest: str) -> int:
         """How many entries for ``dest`` can be under way at once: one

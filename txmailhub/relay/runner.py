@@ -46,7 +46,7 @@ from txmailhub.interfaces import IKeyedStore
 from txmailhub.logsafe import log_failure, plural
 from txmailhub.relay import bounce, recording, schedule
 from txmailhub.relay.admission import ENTRIES_PER_SLOT as ENTRIES_PER_SLOT  # process_limits' import
-from txmailhub.relay.admission import Admission
+from txmailhub.relay.admission import Admission, DueTimes
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.events import QueueEvents
 from txmailhub.relay.failing import FailingDestinations
@@ -102,7 +102,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self.settings = components.settings
         self.relay = self.settings.relay
         self.send_dsn = send_dsn or bounce.send_dsn
-        self.due: dict[str, float] = {}  # queue id -> next attempt (held: absent)
+        self.due: dict[str, float] = DueTimes()  # queue id -> next attempt (held: absent)
         self._held: set[str] = set()  # held entries (to log a hold or a release once)
         # The entries under way (``active``), one ``running._Running`` each:
         # their destinations not done yet, whether a stop gave them up,
