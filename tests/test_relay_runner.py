@@ -3629,3 +3629,26 @@ def test_an_entry_held_as_it_waits_and_released_before_its_record_counts_no_atte
         assert [c[0] for c in hub.agent.calls] == [carol, bob]
     finally:
         hub.runner.stop()
+
+
+def test_an_entrys_last_destination_done_offers_its_room_while_its_record_is_written(
+        hub, monkeypatch):
+    # max_per_destination = 1.  The only session of one entry ends while
+    # a slow disk holds its record's write; the other entry for the same
+    # destination, passed over while that session ran, starts at once,
+    # not at the runner's next look a second later
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, BOB)
+    assert second not in hub.runner.active and len(sessions) == 1
+    held = hold_record_writes(hub, monkeypatch)
+    answer_delivered(sessions, BOB)
+    assert held and first in hub.runner.active  # its record being written
+    assert second in hub.runner.active
+    assert [c[:2] for c in hub.agent.calls][-1] == (second, "remote.test")
+    while held or sessions:
+        while held:
+            held.pop(0)()
+        _answer_all(sessions)
+    assert hub.queue.ids() == [] and len(hub.agent.calls) == 2

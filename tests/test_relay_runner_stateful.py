@@ -636,11 +636,6 @@ class RunnerMachine(RuleBasedStateMachine):
         r = self.runner
         if not r.running or self._stalled():
             return  # (a look that waits out a clock set back: documented)
-        if any(qid in r.active and qid not in r._attempting for _d, qid, _c in self.held_writes):
-            # an entry's last destination done, its record waiting for the
-            # disk: the room it gave back waits for the next tick (the look
-            # is its end's) -- known, left as it is (a pass more per entry)
-            return
         before = set(r.active)
         r.kick()
         assert set(r.active) <= before, f"taken only by a look: {set(r.active) - before}"

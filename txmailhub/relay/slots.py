@@ -216,11 +216,13 @@ class Slots:
             dests = None if running is None else running.open_dests
             if dests is not None and dest in dests:
                 dests.discard(dest)
-                if att.live and att.open > 1 and self.running:
-                    # the entry runs on (another destination, a local
-                    # delivery): ``dest``'s entries passed over for it go
-                    # now, not at the next tick (the last one's end is
-                    # ``_finished``'s, which looks then)
+                if att.live and self.running:
+                    # ``dest``'s entries passed over for it go now, not at
+                    # the next tick: the entry may run on (another
+                    # destination, a local delivery), and its last one's
+                    # end waits for its final record (a slow disk: a
+                    # second), which ``_finished`` looks after.  A look is
+                    # cheap even over a large backlog (``admission.py``)
                     self.kick()
             return result
 
