@@ -16,6 +16,9 @@ open destinations); nothing here delivers or writes a record.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -40,15 +43,16 @@ log = Logger(namespace="txmailhub.relay.runner")
 ENTRIES_PER_SLOT = 2
 
 
-class DueTimes(dict[str, float]):
-    """The runner's due times (queue id -> next attempt), counting its
-    changes (``version``): a look at them (``Admission._pass``) sorts them
-    again only once one changed, not at each of its looks -- every second
-    and at many events, over a backlog of perhaps many thousands."""
+class DueTimes(dict[str, Any]):
+    """The runner's due times (queue id -> next attempt), or its entries'
+    destinations, counting their changes (``version``): a look at them
+    (``Admission._pass``) sorts and groups them again only once one
+    changed, not at each of its looks -- every second and at many events,
+    over a backlog of perhaps many thousands."""
 
     version = 0
 
-    def __setitem__(self, key: str, value: float) -> None:
+    def __setitem__(self, key: str, value: Any) -> None:
         self.version += 1
         super().__setitem__(key, value)
 
@@ -60,7 +64,7 @@ class DueTimes(dict[str, float]):
         self.version += 1
         return super().pop(*args)
 
-    def popitem(self) -> tuple[str, float]:
+    def popitem(self) -> tuple[str, Any]:
         self.version += 1
         return super().popitem()
 
@@ -72,7 +76,7 @@ class DueTimes(dict[str, float]):
         self.version += 1
         super().update(*args, **kwargs)
 
-    def setdefault(self, key: str, default: float) -> float:  # type: ignore[override]
+    def setdefault(self, key: str, default: Any) -> Any:  # type: ignore[override]
         self.version += 1
         return super().setdefault(key, default)
 
@@ -133,20 +137,16 @@ class Admission:
 
         Run every second and at many events, with a backlog perhaps of
         many thousands of entries (a destination down for a day) of which
-        it can take few: the order of the due times is kept from one look
-        to the next while none of them changed (``DueTimes.version``), and
-        an entry whose every destination is known to be as busy as it can
-        be is passed over with one set comparison."""
+        it can take few: the order of the due times, and the entries
+        grouped by their destinations, are kept from one look to the next
+        while none of them changed (``_in_due_order``), and the entries of
+        a group whose destinations are all found as busy as they can be
+        are passed over at once, not one by one (the ones whose try only
+        enters their results, ``_unrecorded``, still go)."""
         now = self.clock.seconds()
         inf = float("inf")
         due = self.due
-        wait_get = self._wait.get
-        for qid, when in due.items():
-            # a clock set back while the hub runs: no wait longer than its
-            # step (``_longest_wait``); inf is an entry being handled
-            wait = wait_get(qid)
-            if wait is not None and now + wait < when < inf:
-                due[qid] = now + wait
+        self._clock_set_back(now)
         room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self._entries)
         if room <= 0:
             return
@@ -172,16 +172,42 @@ class Admission:
         dests_get = self._destinations.get
         due_get = due.get
         nowhere: tuple[frozenset[str], bool] = (frozenset(), True)
-        for when, qid in self._in_due_order():
+        order, groups, where_version = self._in_due_order()
+        # the next entry of each group, earliest first: its place in
+        # ``order`` (-1 as the group: one entry of its own)
+        heap = [(idx[0], g) for g, (_dests, _local, idx) in enumerate(groups)]
+        heapq.heapify(heap)
+        ahead = [1] * len(groups)  # each group's next entry in its list
+        while heap:
+            i, g = heapq.heappop(heap)
+            when, qid = order[i]
             if room <= 0 or when > now:
                 break
+            if g >= 0:
+                gdests, glocal, idx = groups[g]
+                k = ahead[g]
+                if k < len(idx):
+                    ahead[g] = k + 1
+                    if (not glocal and gdests and gdests <= full
+                            and where_version is not None
+                            and getattr(self._destinations, "version", None) == where_version):
+                        # its destinations all full for the rest of this
+                        # pass: its other entries would each be passed
+                        # over (below), but for those with only results
+                        # to enter
+                        for other in unrecorded:
+                            if dests_get(other) != (gdests, glocal):
+                                continue  # of another group
+                            at = self._place(other, order, idx, k)
+                            if at is not None:
+                                heapq.heappush(heap, (at, -1))
+                    else:
+                        heapq.heappush(heap, (idx[k], g))
             if qid in entries or due_get(qid, inf) > now:
                 # taken, or handled already in this pass (an attempt that
                 # ended at once): its due time here is from before that
                 continue
             dests, local = dests_get(qid, nowhere)
-            if not local and dests and dests <= full and qid not in unrecorded:
-                continue  # (as below, its destinations found full already)
             if qid in unrecorded:
                 # its try only enters the results it has (``_process``): no
                 # delivery, so none of its destinations' room is needed,
@@ -200,21 +226,77 @@ class Admission:
             d.addErrback(self._crashed, qid)
             d.addBoth(self._finished, qid)
 
-    _order: tuple[int, list[tuple[float, str]]] | None = None
+    def _place(self, qid: str, order: list[tuple[float, str]], idx: list[int],
+               k: int) -> int | None:
+        """``qid``'s place in ``order`` if it is among the places
+        ``idx[k:]`` of a group (found by its due time; one changed since
+        ``order`` was made, by a look), else None."""
+        when = self.due.get(qid)
+        if when is not None:
+            j = bisect.bisect_left(idx, when, lo=k, key=lambda at: order[at][0])
+            while j < len(idx) and order[idx[j]][0] == when:
+                if order[idx[j]][1] == qid:
+                    return idx[j]
+                j += 1
+        for at in idx[k:]:
+            if order[at][1] == qid:
+                return at
+        return None
 
-    def _in_due_order(self) -> list[tuple[float, str]]:
+    _checked: tuple[int, float] | None = None
+
+    def _clock_set_back(self, now: float) -> None:
+        """A clock set back while the hub runs: no wait longer than its
+        step (``_longest_wait``); inf is an entry being handled.  Each due
+        time is looked at only when one changed (or its wait, which
+        changes with it) since the last look, or the clock went back:
+        else each is still within ``now`` and its wait."""
+        due = self.due
+        version = getattr(due, "version", None)
+        checked = self._checked
+        if (version is not None and checked is not None and checked[0] == version
+                and now >= checked[1]):
+            return
+        inf = float("inf")
+        wait_get = self._wait.get
+        for qid, when in due.items():
+            wait = wait_get(qid)
+            if wait is not None and now + wait < when < inf:
+                due[qid] = now + wait
+        if version is not None:
+            self._checked = (getattr(due, "version", version), now)
+
+    _order: tuple[int, Any] | None = None
+
+    def _in_due_order(self) -> tuple[list[tuple[float, str]],
+                                     list[tuple[frozenset[str], bool, list[int]]],
+                                     int | None]:
         """The due entries as ``(due time, queue id)``, earliest first (ties
-        in the order they became due, as before); sorted again only once a due time changed
-        since the last look.  A list of its own: the look changes the
-        due times as it takes entries."""
+        in the order they became due, as before); their places in that
+        list grouped by their destinations (``(destinations, local,
+        places)``); and the version of the
+        destinations the groups are of (``_pass`` passes a group over only
+        while they have not changed since).  Made again only once a due
+        time changed since the last look.  Lists of their own: the look
+        changes the due times as it takes entries."""
         due = self.due
         version = getattr(due, "version", None)
         if version is not None and self._order is not None and self._order[0] == version:
-            return self._order[1]
+            return self._order[1]  # type: ignore[no-any-return]
         order = sorted([(when, qid) for qid, when in due.items()], key=itemgetter(0))
+        nowhere: tuple[frozenset[str], bool] = (frozenset(), True)
+        places: dict[tuple[frozenset[str], bool], list[int]] = {}
+        for i, key in enumerate(map(self._destinations.get, map(itemgetter(1), order),
+                                    repeat(nowhere))):
+            at = places.get(key)
+            if at is None:
+                at = places[key] = []
+            at.append(i)
+        groups = [(dests, local, at) for (dests, local), at in places.items()]
+        made = (order, groups, getattr(self._destinations, "version", None))
         if version is not None:
-            self._order = (version, order)
-        return order
+            self._order = (version, made)
+        return made
 
     def _room_for(self, dest: str) -> int:
         """How many entries for ``dest`` can be under way at once: one

@@ -118,7 +118,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # at once (``_room_for``): the ones beyond would hold the room
         # other destinations' entries need, waiting for a slot they cannot
         # have.
-        self._destinations: dict[str, tuple[frozenset[str], bool]] = {}
+        self._destinations: dict[str, tuple[frozenset[str], bool]] = DueTimes()
         # destinations whose MX lookup under way ``kick`` waits for (one
         # look at its end each: ``_lookup_over``)
         self._watching: set[str] = set()
