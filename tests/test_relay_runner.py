@@ -3652,3 +3652,38 @@ def test_an_entrys_last_destination_done_offers_its_room_while_its_record_is_wri
             held.pop(0)()
         _answer_all(sessions)
     assert hub.queue.ids() == [] and len(hub.agent.calls) == 2
+
+
+def test_a_look_passes_a_full_destinations_backlog_over_at_once(hub, monkeypatch):
+    # max_per_destination = 1.  Twenty entries wait for remote.test,
+    # whose one session runs: a look (every second, and at many events)
+    # asks about two of them, not each -- with a backlog of many
+    # thousands (a domain down for a day) each look took a fifth of a
+    # second.  One whose try only enters its results still goes
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    first = enqueue(hub, BOB)
+    waiting = [enqueue(hub, BOB) for _ in range(20)]
+    assert len(sessions) == 1 and not set(waiting) & set(hub.runner.active)
+    asked = []
+
+    class Asked(type(hub.runner._destinations)):  # each entry's destinations asked for
+        def get(self, *a):
+            asked.append(a[0])
+            return super().get(*a)
+
+    monkeypatch.setattr(hub.runner, "_destinations", Asked(hub.runner._destinations))
+    hub.runner.due[first] = hub.runner.due[first]  # (a change: the look starts afresh)
+    hub.runner.kick()
+    asked.clear()
+    hub.runner.kick()
+    assert len(asked) <= 2 and first in hub.runner.active
+    hub.runner._unrecorded[waiting[-1]] = []  # (as a failed write leaves it)
+    asked.clear()
+    hub.runner.kick()
+    assert waiting[-1] in hub.runner.active and len(asked) <= 4
+    monkeypatch.undo()
+    _answer_all(sessions)
+    hub.clock.advance(60)
+    _answer_all(sessions)
+    assert hub.queue.ids() == []
