@@ -274,11 +274,12 @@ class Admission:
         """The due entries as ``(due time, queue id)``, earliest first (ties
         in the order they became due, as before); their places in that
         list grouped by their destinations (``(destinations, local,
-        places)``); and the version of the
-        destinations the groups are of (``_pass`` passes a group over only
-        while they have not changed since).  Made again only once a due
-        time changed since the last look.  Lists of their own: the look
-        changes the due times as it takes entries."""
+        places)``); and the version of the destinations the groups are of
+        (``_pass`` passes a group over only while they have not changed
+        since).  Made again only once a due time changed since the last
+        look (a destination's entry changes with its due time: ``_index``).
+        Lists of their own: the look changes the due times as it takes
+        entries."""
         due = self.due
         version = getattr(due, "version", None)
         if version is not None and self._order is not None and self._order[0] == version:
