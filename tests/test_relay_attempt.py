@@ -3197,3 +3197,24 @@ def test_hosts_an_attempt_reaches_all_of_keep_their_preference_across_retries(tm
     before = len(net.connections)
     [r] = run(net, a.deliver(entry(tmp_path, who), "three.test", [who]))
     assert r.kind == "delivered" and net.connections[before] == ("192.0.2.100", 25)
+
+
+def test_a_primary_that_refused_once_is_tried_first_again_among_more_than_ten_addresses(tmp_path):
+    # twelve hosts of one address each: the most preferred refused once,
+    # the next took the mail.  An hour later (the ten minutes a failed host
+    # is remembered are over) the primary is tried first again: the next
+    # ten addresses in preference order hold ones not known to fail, so
+    # no host past the tenth is left unreached for keeping the order.
+    # Before, the primary went after the eleven backups for as long as its
+    # address's failure was remembered (4 hours 10 minutes by default)
+    a, net, clock = agent(tmp_path, 'retry_schedule = ["1h"]')
+    use_mx_hosts(a, clock, "twelve.test", 12, first_address=100)
+    net.servers[("192.0.2.101", 25)] = ScriptedSMTPServer
+    who = Address("x", "twelve.test")
+    [r] = run(net, a.deliver(entry(tmp_path, who), "twelve.test", [who]))
+    assert r.kind == "delivered" and net.connections[0] == ("192.0.2.100", 25)
+    clock.advance(3600)
+    net.servers[("192.0.2.100", 25)] = ScriptedSMTPServer
+    before = len(net.connections)
+    [r] = run(net, a.deliver(entry(tmp_path, who), "twelve.test", [who]))
+    assert r.kind == "delivered" and net.connections[before] == ("192.0.2.100", 25)

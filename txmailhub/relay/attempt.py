@@ -813,6 +813,15 @@ class DeliveryAgent:
         # ("" when every host was tried), for the remembered deferrals'
         # log lines.
         self._unreachable: dict[str, tuple[float, float, Reply, bool | None, str]] = {}
+        # The destinations whose last attempt left hosts untried (the
+        # MAX_ADDRESSES_PER_ATTEMPT addresses or the hosts_time_budget ran
+        # out) and reached no host that took the mail: only their next
+        # attempt puts the hosts that failed after the others
+        # (``_rotated``).  Any other keeps the MX preference: a primary
+        # that refused once went after its backups for as long as its
+        # address's failure was remembered (hours).  FAILED_HOSTS_KEPT at
+        # most, the oldest forgotten: strangers choose the domains.
+        self._left_untried: dict[str, None] = {}
 
     def _default_tls_options(self, host: str, verify: bool) -> Any:
         # TLS 1.2 at least either way (RFC 8996), pinned in relay/client_tls.py
@@ -955,7 +964,7 @@ class DeliveryAgent:
         else:
             port_n = self.relay.port
             try:
-                hosts = self._rotated((yield self.mx.resolve(destination)))
+                hosts = self._rotated(destination, (yield self.mx.resolve(destination)))
             except DNSError as e:
                 reply = _dns_reply(e)
                 kind = "permanent" if e.permanent else "transient"
@@ -1133,7 +1142,14 @@ class DeliveryAgent:
                 # no ``last`` from here: while ``own`` holds the recipients
                 # (until a later session's error) it is their result
                 continue
+            self._left_untried.pop(destination, None)  # a host took the mail
             return settled + self._results(entry, outcome, host)
+        if not smarthost and epoch == self._epoch:
+            self._left_untried.pop(destination, None)
+            if cut or out_of_time:
+                while len(self._left_untried) >= FAILED_HOSTS_KEPT:
+                    del self._left_untried[next(iter(self._left_untried))]
+                self._left_untried[destination] = None
         if out_of_time:
             log.info("{queue_id}: {destination}: {budget} seconds spent on its hosts; "
                      "the others wait for the next retry", queue_id=entry.id,
@@ -1188,10 +1204,12 @@ class DeliveryAgent:
         return settled + [DeliveryResult(a, kind, last, last_host, unreachable=unreachable)
                           for a in recipients]
 
-    def _rotated(self, hosts: list[MXHost]) -> list[MXHost]:
+    def _rotated(self, destination: str, hosts: list[MXHost]) -> list[MXHost]:
         """``hosts`` (most preferred first, those that failed in the last
         ten minutes last) in the order to try them.  When they have more
-        addresses than one attempt tries (MAX_ADDRESSES_PER_ATTEMPT), a
+        addresses than one attempt tries (MAX_ADDRESSES_PER_ATTEMPT) and
+        the last attempt for ``destination`` left some untried without
+        delivering (``_left_untried``), a
         host none of whose addresses could be connected to for the
         addresses' memory (``address_memory``) goes after those with an
         address not known to fail, the one whose last failure is oldest
@@ -1199,8 +1217,11 @@ class DeliveryAgent:
         remembered went back to the same most preferred hosts every time,
         and a domain whose working hosts came after the tenth address
         was never reached.  With fewer addresses every attempt reaches
-        them all: their preference is kept."""
-        if sum(len(h.addresses) for h in hosts) <= MAX_ADDRESSES_PER_ATTEMPT:
+        them all: their preference is kept.  So it is once an attempt
+        reached every host it meant to, or a host took the mail: a primary
+        that refused once is not put after its backups for hours."""
+        if (destination not in self._left_untried
+                or sum(len(h.addresses) for h in hosts) <= MAX_ADDRESSES_PER_ATTEMPT):
             return hosts
         health = self.mx.health
         fresh: list[MXHost] = []
