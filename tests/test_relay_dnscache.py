@@ -102,3 +102,29 @@ def test_the_relays_resolver_leaves_nothing_on_the_reactor_once_stopped(tmp_path
     assert len(clock.getDelayedCalls()) == 1
     resolver.stop()
     assert clock.getDelayedCalls() == []
+
+
+def test_host_health_forgets_failures_from_before_the_clock_was_set_back():
+    # the clock set back a day (an NTP correction, a virtual machine
+    # restored from a snapshot): a failure it recorded would otherwise be
+    # remembered for a day more than its memory (an address failed for
+    # 4 hours 10 minutes, a host for ten minutes), its host or address
+    # put last all that time; one "longer ago" than the memory allows is
+    # forgotten, as the queue takes such a retry time
+    from txmailhub.relay.mx import HostHealth
+
+    clock = MemoryReactorClock()
+    clock.advance(200_000)
+    health = HostHealth(clock, memory=600)
+    health.failed("mx.test")
+    health.address_failed("192.0.2.1", 15_000)
+    clock.advance(60)
+    assert health.is_failed("mx.test") and health.is_failed_address("192.0.2.1")
+    clock.rightNow -= 86_400
+    assert not health.is_failed("mx.test")
+    assert not health.is_failed_address("192.0.2.1")
+    assert health.address_failed_until("192.0.2.1") is None
+    # failures recorded after the change are remembered as usual
+    health.address_failed("192.0.2.1", 15_000)
+    clock.advance(14_000)
+    assert health.is_failed_address("192.0.2.1")

@@ -393,6 +393,10 @@ class HostHealth:
         # (``attempt.MAX_ADDRESSES_PER_ATTEMPT``) is reached at the ones
         # left untried by the next attempt, not at the same first ones
         self._failed_addresses: dict[str, float] = {}
+        # the longest memory given for an address (``address_failed``): a
+        # failure due to end further away than that was recorded by a
+        # clock since set back, and is forgotten (``_is``)
+        self._address_memory = memory
 
     def failed(self, host: str) -> None:
         self._remember(self._failed, host)
@@ -405,6 +409,8 @@ class HostHealth:
         front): the delivery agent's is as long as the longest retry step,
         so a retry an hour later still starts with the addresses the last
         one left untried, not with the same first ones again."""
+        if memory is not None:
+            self._address_memory = max(self._address_memory, memory)
         self._remember(self._failed_addresses, address, memory)
 
     def address_failed_until(self, address: str) -> float | None:
@@ -419,7 +425,7 @@ class HostHealth:
         self._failed_addresses.pop(address.lower(), None)
 
     def is_failed_address(self, address: str) -> bool:
-        return self._is(self._failed_addresses, address)
+        return self._is(self._failed_addresses, address, self._address_memory)
 
     def _remember(self, failed: dict[str, float], host: str,
                   memory: float | None = None) -> None:
@@ -437,13 +443,19 @@ class HostHealth:
         self._failed.pop(host.lower(), None)
 
     def is_failed(self, host: str) -> bool:
-        return self._is(self._failed, host)
+        return self._is(self._failed, host, self.memory)
 
-    def _is(self, failed: dict[str, float], host: str) -> bool:
+    def _is(self, failed: dict[str, float], host: str, memory: float) -> bool:
+        """Whether ``host`` is remembered in ``failed``; not once its end
+        is past, nor when the end is more than ``memory`` away: the clock
+        was set back (an NTP correction, a virtual machine restored from a
+        snapshot), and the failure would have been remembered that much
+        longer -- an address for a day and 4 hours after a day's step."""
         until = failed.get(host.lower())
         if until is None:
             return False
-        if self.clock.seconds() >= until:
+        now = self.clock.seconds()
+        if now >= until or until - now > memory:
             del failed[host.lower()]
             return False
         return True
