@@ -3274,6 +3274,10 @@ def _loopback_session(env, small_buffers: bool = False) -> Iterator[tuple]:
         yield proto, t, reactor, client
     finally:
         reactor.disconnectAll()
+        if reactor.waker is not None:  # its pipe and epoll: not a reactor that ran
+            reactor.removeReader(reactor.waker)
+            reactor.waker.connectionLost(None)
+        reactor._poller.close()
         client.close()
         listener.close()
 
@@ -3364,3 +3368,32 @@ def test_the_lingering_close_is_bounded_in_octets_and_time():
             reactor.iterate(0)
         assert stopped.called and not t.connected
 
+
+
+def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_of_it():
+    # replies the client has not read yet wait in Twisted's buffer behind
+    # the -ERR; the client's end of data (shutdown(SHUT_WR), as nc -N
+    # does) then came in while the hub read on, and the session was
+    # dropped at once with them: the client read part of its NOOP answers
+    # and the end of the stream, no -ERR (a plain close waits for them)
+    import socket
+
+    env = Env()
+    with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
+        assert _client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        assert b"+OK Logged in" in _client_reads(reactor, client, until=b"Logged in")
+        client.sendall(b"NOOP\r\n" * 4000)
+        for _ in range(200):  # all answered (a turn at a time), the client reading none
+            reactor.iterate(0)
+            env.clock.advance(0)
+        assert not proto.engine.has_line and not proto._write_paused
+        assert t.dataBuffer[t.offset:] or t._tempDataLen  # in Twisted's buffer
+        stopped = proto.factory.shut_down()
+        client.shutdown(socket.SHUT_WR)
+        for _ in range(20):
+            reactor.iterate(0)
+        got = _client_reads(reactor, client, turns=2000)
+        assert got.endswith(R.SHUTTING_DOWN.to_bytes() + b"<EOF>"), got[-80:]
+        assert got.count(b"+OK\r\n") == 4000
+        assert stopped.called and not t.connected
