@@ -25,11 +25,11 @@ from typing import Any
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred, succeed
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
@@ -671,6 +671,10 @@ class POP3Protocol(Protocol):
             # (TLS keeps the plain close: Twisted's TLS transport has no
             # half-close, and a TCP one under it would skip close_notify.)
             self._lingering = True
+            # the client's end of data now comes as readConnectionLost (a
+            # close once the buffered answers are out), not as a lost
+            # connection that would drop them
+            alsoProvides(self, IHalfCloseableProtocol)
             t.loseWriteConnection()
         else:
             t.loseConnection()
@@ -693,6 +697,19 @@ class POP3Protocol(Protocol):
                 return
         log.info("POP3: closing {peer} without waiting any longer", peer=self._peer)
         self.transport.abortConnection()
+
+    # -- the lingering close's half-close (provided during it only) ---------
+
+    def readConnectionLost(self) -> None:
+        """The client shut down its sending side during the lingering close:
+        close once what Twisted still buffers for it (answers it has not
+        read, the ``-ERR``) is out.  Without the half-close a lost
+        connection dropped them; ``_cut`` still ends a close the client
+        does not take."""
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass  # our end of stream is out: _cut closes at once then
 
     # -- input -------------------------------------------------------------
 
