@@ -2838,31 +2838,47 @@ class LingeringCloseTests(SynchronousTestCase):
     and reads on (LINGER_OCTETS, STOP_CLOSE_GRACE) before it closes, so that
     a client still sending is not answered with a reset."""
 
-    def _at_data(self):
+    def _at_data(self, unix: bool = False):
+        """A session in DATA over Twisted's real transport (TCP on loopback,
+        or with ``unix`` a ``unix:`` listener's), an epoll reactor of its
+        own stepped by hand, and the client's raw socket."""
         import socket
 
         from twisted.internet import tcp
+        from twisted.internet import unix as twisted_unix
         from twisted.internet.epollreactor import EPollReactor
 
         h = Harness()
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        client = socket.create_connection(listener.getsockname())
-        self.addCleanup(client.close)
-        # what the client sends is in the hub's socket when send returns
-        # (Nagle's delay held it for a delayed ACK: a kernel timer)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ours, _ = listener.accept()
-        ours.setblocking(False)
-        client.setblocking(False)
         reactor = EPollReactor()  # not installed: stepped by hand
+        self.addCleanup(reactor._poller.close)
+        if reactor.waker is not None:  # its pipe: not a reactor that runs
+            self.addCleanup(reactor.waker.connectionLost, None)
         self.addCleanup(reactor.disconnectAll)
-        proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        t = tcp.Connection(ours, proto, reactor)
-        t.connected = True
-        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
-        proto.makeConnection(t)
-        t.startReading()
+        if unix:
+            client, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(client.close)
+            ours.setblocking(False)
+            client.setblocking(False)
+            t = twisted_unix.Server._fromConnectedSocket(ours.fileno(), h.factory, reactor)
+            ours.close()  # t has its own copy
+            proto = t.protocol
+        else:
+            listener = socket.create_server(("127.0.0.1", 0))
+            self.addCleanup(listener.close)
+            client = socket.create_connection(listener.getsockname())
+            self.addCleanup(client.close)
+            # what the client sends is in the hub's socket when send returns
+            # (Nagle's delay held it for a delayed ACK: a kernel timer)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ours, _ = listener.accept()
+            ours.setblocking(False)
+            client.setblocking(False)
+            proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+            t = tcp.Connection(ours, proto, reactor)
+            t.connected = True
+            t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
+            proto.makeConnection(t)
+            t.startReading()
         client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
         got = self._read(reactor, client, until=b"354 ")
         assert got.endswith(b"354 Enter mail, end with \".\" on a line by itself\r\n"), got
@@ -2951,3 +2967,24 @@ class LingeringCloseTests(SynchronousTestCase):
             reactor.iterate(0)
         assert not t.connected
         assert p not in h.factory.limits.sessions
+
+    def test_on_a_unix_socket_too_and_a_final_dot_read_in_it_completes_nothing(self):
+        # a unix: listener's transport half-closes as TCP's does; and the
+        # end of the message arriving during the lingering close (with
+        # commands behind it) is read and dropped: nothing is stored
+        h, p, t, reactor, client = self._at_data(unix=True)
+        self._unread_then_stop(h, t, client, 1024)
+        got = self._read(reactor, client)
+        assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>", got
+        client.sendall(b"the last line\r\n.\r\nQUIT\r\n")
+        for _ in range(20):
+            reactor.iterate(0)
+        assert t.connected and p._lingering
+        client.close()
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected
+        assert p not in h.factory.limits.sessions
+        assert h.store.messages(ALICE) == []
