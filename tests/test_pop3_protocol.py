@@ -3397,3 +3397,27 @@ def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_o
         assert got.endswith(R.SHUTTING_DOWN.to_bytes() + b"<EOF>"), got[-80:]
         assert got.count(b"+OK\r\n") == 4000
         assert stopped.called and not t.connected
+
+
+def test_a_lingering_close_whose_client_reads_nothing_ends_at_the_stop_close_grace():
+    # the -ERR never leaves Twisted's buffer: our sending side is never
+    # shut down, and the close is cut at STOP_CLOSE_GRACE all the same
+    env = Env()
+    with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
+        assert _client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        assert b"+OK Logged in" in _client_reads(reactor, client, until=b"Logged in")
+        client.sendall(b"NOOP\r\n" * 4000)
+        for _ in range(200):
+            reactor.iterate(0)
+            env.clock.advance(0)
+        stopped = proto.factory.shut_down()
+        client.sendall(b"QUIT\r\n" * 100)  # read and dropped
+        for _ in range(20):
+            reactor.iterate(0)
+        assert proto._lingering and t.connected and not t._writeDisconnected
+        env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+        for _ in range(20):
+            reactor.iterate(0)
+        assert stopped.called and not t.connected
+        assert not env.store.is_locked("joe@example.org")
