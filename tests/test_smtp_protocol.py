@@ -2842,13 +2842,25 @@ class LingeringCloseTests(SynchronousTestCase):
         """A session in DATA over Twisted's real transport (TCP on loopback,
         or with ``unix`` a ``unix:`` listener's), an epoll reactor of its
         own stepped by hand, and the client's raw socket."""
+        h, proto, t, reactor, client = self._session(Harness(), unix=unix)
+        client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        got = self._read(reactor, client, until=b"354 ")
+        assert got.endswith(b"354 Enter mail, end with \".\" on a line by itself\r\n"), got
+        client.sendall(b"Subject: half\r\n\r\n" + b"a line of the body\r\n" * 100)
+        for _ in range(20):  # all of it read: the message goes on
+            reactor.iterate(0)
+        return h, proto, t, reactor, client
+
+    def _session(self, h, unix: bool = False, small_buffers: bool = False):
+        """A session over a real transport (see ``_at_data``); with
+        ``small_buffers`` the kernel holds little of the hub's replies,
+        the rest waits in Twisted's buffer until the client reads."""
         import socket
 
         from twisted.internet import tcp
         from twisted.internet import unix as twisted_unix
         from twisted.internet.epollreactor import EPollReactor
 
-        h = Harness()
         reactor = EPollReactor()  # not installed: stepped by hand
         self.addCleanup(reactor._poller.close)
         if reactor.waker is not None:  # its pipe: not a reactor that runs
@@ -2865,12 +2877,17 @@ class LingeringCloseTests(SynchronousTestCase):
         else:
             listener = socket.create_server(("127.0.0.1", 0))
             self.addCleanup(listener.close)
-            client = socket.create_connection(listener.getsockname())
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.addCleanup(client.close)
             # what the client sends is in the hub's socket when send returns
             # (Nagle's delay held it for a delayed ACK: a kernel timer)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if small_buffers:  # before connect: the window follows it
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(listener.getsockname())
             ours, _ = listener.accept()
+            if small_buffers:
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             ours.setblocking(False)
             client.setblocking(False)
             proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
@@ -2879,12 +2896,6 @@ class LingeringCloseTests(SynchronousTestCase):
             t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
             proto.makeConnection(t)
             t.startReading()
-        client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        got = self._read(reactor, client, until=b"354 ")
-        assert got.endswith(b"354 Enter mail, end with \".\" on a line by itself\r\n"), got
-        client.sendall(b"Subject: half\r\n\r\n" + b"a line of the body\r\n" * 100)
-        for _ in range(20):  # all of it read: the message goes on
-            reactor.iterate(0)
         return h, proto, t, reactor, client
 
     def _read(self, reactor, client, until: bytes | None = None, turns: int = 200):
@@ -2988,3 +2999,44 @@ class LingeringCloseTests(SynchronousTestCase):
         assert not t.connected
         assert p not in h.factory.limits.sessions
         assert h.store.messages(ALICE) == []
+
+    def _replies_buffered_then_stop(self):
+        """Replies the client has not read wait in Twisted's buffer (under
+        its limit: we are not paused) when the hub stops."""
+        h = Harness(max_junk_commands=100_000)
+        h, p, t, reactor, client = self._session(h, small_buffers=True)
+        assert self._read(reactor, client, until=b"\r\n").startswith(b"220 ")
+        client.sendall(b"EHLO c\r\n" + b"NOOP\r\n" * 2000)
+        for _ in range(200):  # all answered (a turn at a time), the client reading none
+            reactor.iterate(0)
+            h.clock.advance(0)
+        assert not p.engine.has_input and not p._write_paused
+        assert t.dataBuffer[t.offset:] or t._tempDataLen  # in Twisted's buffer
+        h.factory.shut_down()
+        assert p._lingering
+        return h, p, t, reactor, client
+
+    def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_of_it(self):
+        import socket
+
+        h, p, t, reactor, client = self._replies_buffered_then_stop()
+        client.shutdown(socket.SHUT_WR)
+        for _ in range(20):
+            reactor.iterate(0)
+        got = self._read(reactor, client, turns=2000)
+        assert got.endswith(b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>"), got[-80:]
+        assert got.count(b"250 2.0.0 OK\r\n") == 2000, got.count(b"\r\n")
+        assert not t.connected and p not in h.factory.limits.sessions
+
+    def test_a_lingering_close_whose_client_reads_nothing_ends_at_the_stop_close_grace(self):
+        # the 421 never leaves Twisted's buffer: our sending side is never
+        # shut down, and the close is cut at STOP_CLOSE_GRACE all the same
+        h, p, t, reactor, client = self._replies_buffered_then_stop()
+        client.sendall(b"QUIT\r\n" * 100)  # read and dropped
+        for _ in range(20):
+            reactor.iterate(0)
+        assert t.connected and not p._write_closed
+        h.clock.advance(STOP_CLOSE_GRACE)
+        for _ in range(20):
+            reactor.iterate(0)
+        assert not t.connected and p not in h.factory.limits.sessions
