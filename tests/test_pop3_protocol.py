@@ -13,6 +13,7 @@ from conftest import stalled_turn
 from cred_fakes import ClientRecordingChecker, checker_without_apop_secret
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stepped_reactor import client_reads, close_reactor, loopback_pair, new_reactor
 from tls_loopback import StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.error import UnauthorizedLogin
@@ -3247,23 +3248,10 @@ def _loopback_session(env, small_buffers: bool = False) -> Iterator[tuple]:
     sends is in the hub's socket when ``send`` returns).  ``small_buffers``:
     the kernel holds little of the hub's replies, the rest waits in
     Twisted's buffer until the client reads."""
-    import socket
-
     from twisted.internet import tcp
-    from twisted.internet.epollreactor import EPollReactor
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if small_buffers:  # before connect: the window follows it
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.connect(listener.getsockname())
-    ours, _ = listener.accept()
-    if small_buffers:
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    ours.setblocking(False)
-    client.setblocking(False)
-    reactor = EPollReactor()
+    listener, client, ours = loopback_pair(small_buffers)
+    reactor = new_reactor()
     try:
         proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
         t = tcp.Connection(ours, proto, reactor)
@@ -3273,40 +3261,18 @@ def _loopback_session(env, small_buffers: bool = False) -> Iterator[tuple]:
         t.startReading()
         yield proto, t, reactor, client
     finally:
-        reactor.disconnectAll()
-        if reactor.waker is not None:  # its pipe and epoll: not a reactor that ran
-            reactor.removeReader(reactor.waker)
-            reactor.waker.connectionLost(None)
-        reactor._poller.close()
+        close_reactor(reactor)
         client.close()
         listener.close()
-
-
-def _client_reads(reactor, client, until: bytes | None = None, turns: int = 200) -> bytes:
-    """Step the reactor and read the client's side: until ``until`` is read,
-    or else the end of the stream (``<EOF>`` appended); a reset raises."""
-    got = b""
-    for _ in range(turns):
-        reactor.iterate(0.005)
-        try:
-            chunk = client.recv(65536)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            return got + b"<EOF>"
-        got += chunk
-        if until is not None and until in got:
-            return got
-    return got
 
 
 def _pipelined_then_stop(env) -> Iterator[tuple]:
     import select
 
     with _loopback_session(env) as (proto, t, reactor, client):
-        assert _client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
         client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in _client_reads(reactor, client, until=b"Logged in")
+        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
         # commands queued behind, not read by the hub (the reactor is not
         # stepped) when it stops
         client.sendall(b"NOOP\r\n" * 700)
@@ -3323,7 +3289,7 @@ def test_a_client_with_commands_queued_at_the_stop_reads_the_line_and_the_end_no
     env = Env()
     for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
         try:
-            got = _client_reads(reactor, client)
+            got = client_reads(reactor, client)
         except ConnectionResetError:
             pytest.fail("reset instead of the -ERR and the end of the stream")
         assert got == b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n<EOF>"
@@ -3346,7 +3312,7 @@ def test_a_client_with_commands_queued_at_the_stop_reads_the_line_and_the_end_no
 def test_the_lingering_close_is_bounded_in_octets_and_time():
     env = Env()
     for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
-        assert _client_reads(reactor, client).endswith(b"later\r\n<EOF>")
+        assert client_reads(reactor, client).endswith(b"later\r\n<EOF>")
         for _ in range(pop3_protocol.LINGER_OCTETS // 4096 + 2):  # past the bound
             try:
                 client.sendall(b"x" * 4096)
@@ -3361,7 +3327,7 @@ def test_the_lingering_close_is_bounded_in_octets_and_time():
         assert _proto._linger_left < 0  # not before the bound
     env = Env()
     for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
-        assert _client_reads(reactor, client).endswith(b"<EOF>")
+        assert client_reads(reactor, client).endswith(b"<EOF>")
         assert t.connected  # lingering: the client has not closed
         env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
         for _ in range(20):
@@ -3380,9 +3346,9 @@ def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_o
 
     env = Env()
     with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
-        assert _client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
         client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in _client_reads(reactor, client, until=b"Logged in")
+        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
         client.sendall(b"NOOP\r\n" * 4000)
         for _ in range(200):  # all answered (a turn at a time), the client reading none
             reactor.iterate(0)
@@ -3393,7 +3359,7 @@ def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_o
         client.shutdown(socket.SHUT_WR)
         for _ in range(20):
             reactor.iterate(0)
-        got = _client_reads(reactor, client, turns=2000)
+        got = client_reads(reactor, client, turns=2000)
         assert got.endswith(R.SHUTTING_DOWN.to_bytes() + b"<EOF>"), got[-80:]
         assert got.count(b"+OK\r\n") == 4000
         assert stopped.called and not t.connected
@@ -3404,9 +3370,9 @@ def test_a_lingering_close_whose_client_reads_nothing_ends_at_the_stop_close_gra
     # shut down, and the close is cut at STOP_CLOSE_GRACE all the same
     env = Env()
     with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
-        assert _client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
         client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in _client_reads(reactor, client, until=b"Logged in")
+        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
         client.sendall(b"NOOP\r\n" * 4000)
         for _ in range(200):
             reactor.iterate(0)

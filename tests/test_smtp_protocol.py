@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import make_certificate, stalled_turn
 from cred_fakes import ClientRecordingChecker
+from stepped_reactor import client_reads, close_reactor, loopback_pair, new_reactor
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -2844,7 +2845,7 @@ class LingeringCloseTests(SynchronousTestCase):
         own stepped by hand, and the client's raw socket."""
         h, proto, t, reactor, client = self._session(Harness(), unix=unix)
         client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
-        got = self._read(reactor, client, until=b"354 ")
+        got = client_reads(reactor, client, until=b"354 ")
         assert got.endswith(b"354 Enter mail, end with \".\" on a line by itself\r\n"), got
         client.sendall(b"Subject: half\r\n\r\n" + b"a line of the body\r\n" * 100)
         for _ in range(20):  # all of it read: the message goes on
@@ -2859,13 +2860,9 @@ class LingeringCloseTests(SynchronousTestCase):
 
         from twisted.internet import tcp
         from twisted.internet import unix as twisted_unix
-        from twisted.internet.epollreactor import EPollReactor
 
-        reactor = EPollReactor()  # not installed: stepped by hand
-        self.addCleanup(reactor._poller.close)
-        if reactor.waker is not None:  # its pipe: not a reactor that runs
-            self.addCleanup(reactor.waker.connectionLost, None)
-        self.addCleanup(reactor.disconnectAll)
+        reactor = new_reactor()  # not installed: stepped by hand
+        self.addCleanup(close_reactor, reactor)
         if unix:
             client, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self.addCleanup(client.close)
@@ -2875,21 +2872,9 @@ class LingeringCloseTests(SynchronousTestCase):
             ours.close()  # t has its own copy
             proto = t.protocol
         else:
-            listener = socket.create_server(("127.0.0.1", 0))
+            listener, client, ours = loopback_pair(small_buffers)
             self.addCleanup(listener.close)
-            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.addCleanup(client.close)
-            # what the client sends is in the hub's socket when send returns
-            # (Nagle's delay held it for a delayed ACK: a kernel timer)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if small_buffers:  # before connect: the window follows it
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            client.connect(listener.getsockname())
-            ours, _ = listener.accept()
-            if small_buffers:
-                ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            ours.setblocking(False)
-            client.setblocking(False)
             proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
             t = tcp.Connection(ours, proto, reactor)
             t.connected = True
@@ -2897,24 +2882,6 @@ class LingeringCloseTests(SynchronousTestCase):
             proto.makeConnection(t)
             t.startReading()
         return h, proto, t, reactor, client
-
-    def _read(self, reactor, client, until: bytes | None = None, turns: int = 200):
-        """Step the reactor and read the client's side: until ``until`` is
-        read, or else the end of the stream (b"" appended) or a reset
-        (ConnectionResetError raised)."""
-        got = b""
-        for _ in range(turns):
-            reactor.iterate(0.005)
-            try:
-                chunk = client.recv(65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return got + b"<EOF>"
-            got += chunk
-            if until is not None and until in got:
-                return got
-        return got
 
     def _unread_then_stop(self, h, t, client, octets: int) -> None:
         import select
@@ -2928,7 +2895,7 @@ class LingeringCloseTests(SynchronousTestCase):
         h, p, t, reactor, client = self._at_data()
         self._unread_then_stop(h, t, client, 4096)
         try:
-            got = self._read(reactor, client)
+            got = client_reads(reactor, client)
         except ConnectionResetError:  # the close with octets unread
             self.fail("reset instead of the 421 and the end of the stream")
         assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>", got
@@ -2951,7 +2918,7 @@ class LingeringCloseTests(SynchronousTestCase):
     def test_the_lingering_close_reads_at_most_linger_octets(self):
         h, _p, t, reactor, client = self._at_data()
         self._unread_then_stop(h, t, client, 1024)
-        assert self._read(reactor, client).endswith(b"Service shutting down\r\n<EOF>")
+        assert client_reads(reactor, client).endswith(b"Service shutting down\r\n<EOF>")
         sent = 0
         for _ in range(LINGER_OCTETS // 4096 + 2):  # past the bound
             try:
@@ -2971,7 +2938,7 @@ class LingeringCloseTests(SynchronousTestCase):
     def test_the_lingering_close_ends_at_the_stop_close_grace(self):
         h, p, t, reactor, client = self._at_data()
         self._unread_then_stop(h, t, client, 1024)
-        assert self._read(reactor, client).endswith(b"<EOF>")
+        assert client_reads(reactor, client).endswith(b"<EOF>")
         assert t.connected  # lingering: the client has not closed
         h.clock.advance(STOP_CLOSE_GRACE)
         for _ in range(20):
@@ -2985,7 +2952,7 @@ class LingeringCloseTests(SynchronousTestCase):
         # commands behind it) is read and dropped: nothing is stored
         h, p, t, reactor, client = self._at_data(unix=True)
         self._unread_then_stop(h, t, client, 1024)
-        got = self._read(reactor, client)
+        got = client_reads(reactor, client)
         assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>", got
         client.sendall(b"the last line\r\n.\r\nQUIT\r\n")
         for _ in range(20):
@@ -3005,7 +2972,7 @@ class LingeringCloseTests(SynchronousTestCase):
         its limit: we are not paused) when the hub stops."""
         h = Harness(max_junk_commands=100_000)
         h, p, t, reactor, client = self._session(h, small_buffers=True)
-        assert self._read(reactor, client, until=b"\r\n").startswith(b"220 ")
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
         client.sendall(b"EHLO c\r\n" + b"NOOP\r\n" * 2000)
         for _ in range(200):  # all answered (a turn at a time), the client reading none
             reactor.iterate(0)
@@ -3023,7 +2990,7 @@ class LingeringCloseTests(SynchronousTestCase):
         client.shutdown(socket.SHUT_WR)
         for _ in range(20):
             reactor.iterate(0)
-        got = self._read(reactor, client, turns=2000)
+        got = client_reads(reactor, client, turns=2000)
         assert got.endswith(b"421 4.3.2 mx.example.org Service shutting down\r\n<EOF>"), got[-80:]
         assert got.count(b"250 2.0.0 OK\r\n") == 2000, got.count(b"\r\n")
         assert not t.connected and p not in h.factory.limits.sessions
