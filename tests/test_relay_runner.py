@@ -3687,3 +3687,31 @@ def test_a_look_passes_a_full_destinations_backlog_over_at_once(hub, monkeypatch
     hub.clock.advance(60)
     _answer_all(sessions)
     assert hub.queue.ids() == []
+
+
+def test_a_look_takes_an_entry_one_of_whose_destinations_has_room_behind_one_that_is_full(
+        tmp_path):
+    # max_per_destination = 3.  remote.test has its three sessions all
+    # along; entries for bob and carol (a group of two destinations) that
+    # come due at once when other.test has room for three are taken while
+    # it has room, not passed over as a group once remote.test alone is
+    # found full
+    hub = make_hub(tmp_path, relay='max_per_destination = 3\nqueue_lifetime = "1d"\n')
+    try:
+        hub.runner.start()
+        sessions = hub.agent.hold()
+        firsts = [enqueue(hub, BOB) for _ in range(3)]
+        carols = [enqueue(hub, CAROL) for _ in range(3)]
+        both = [enqueue(hub, BOB, CAROL) for _ in range(4)]
+        assert set(hub.runner.active) == {*firsts, *carols}
+        for qid in both:
+            hub.runner.due[qid] = hub.clock.seconds() + 10
+        for _ in carols:
+            answer_delivered(sessions, CAROL)
+        assert set(hub.runner.active) == set(firsts)
+        hub.clock.advance(10)
+        assert set(hub.runner.active) == {*firsts, *both[:3]}
+        _answer_all(sessions)
+        assert hub.queue.ids() == []
+    finally:
+        hub.runner.stop()
