@@ -65,3 +65,12 @@ def client_reads(reactor: Any, client: socket.socket, until: bytes | None = None
         if until is not None and until in got:
             return got
     return got
+
+
+def step_until_closed(reactor: Any, transport: Any, turns: int = 50) -> None:
+    """Step the reactor until ``transport`` is disconnected, or ``turns``
+    steps have gone by (the caller asserts which)."""
+    for _ in range(turns):
+        if not transport.connected:
+            return
+        reactor.iterate(0.005)

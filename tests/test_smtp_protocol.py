@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import make_certificate, stalled_turn
 from cred_fakes import ClientRecordingChecker
-from stepped_reactor import client_reads, close_reactor, loopback_pair, new_reactor
+from stepped_reactor import (
+    client_reads,
+    close_reactor,
+    loopback_pair,
+    new_reactor,
+    step_until_closed,
+)
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -2907,10 +2913,7 @@ class LingeringCloseTests(SynchronousTestCase):
             reactor.iterate(0)
         assert t.connected and p.engine.closed
         client.close()  # the client closes: so does the hub, at once
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected
         assert p not in h.factory.limits.sessions
         assert h.store.messages(ALICE) == []
@@ -2927,10 +2930,7 @@ class LingeringCloseTests(SynchronousTestCase):
                 break  # the hub closed past the bound, input unread: a reset
             sent += 4096
             reactor.iterate(0)
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected  # closed with the client still there
         assert _p._linger_left < 0  # past the bound, not before
         assert sent <= LINGER_OCTETS + 4096
@@ -2959,10 +2959,7 @@ class LingeringCloseTests(SynchronousTestCase):
             reactor.iterate(0)
         assert t.connected and p._lingering
         client.close()
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected
         assert p not in h.factory.limits.sessions
         assert h.store.messages(ALICE) == []
