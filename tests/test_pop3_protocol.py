@@ -3116,22 +3116,48 @@ def test_the_hub_stopping_waits_for_a_session_already_closing_with_its_mailbox_l
     assert not env.store.is_locked("joe@example.org")
 
 
-def test_a_login_answered_after_the_hub_stop_cut_its_session_writes_nothing():
-    # the stop aborts a session whose login is being checked; the check's
-    # late answer wrote "+OK Logged in" after the cut and locked the
-    # mailbox, and the stop did not wait for that session to be gone
+def test_a_login_answered_after_the_hub_stop_cut_its_session_writes_nothing(log_events):
+    # the stop ends a session whose login is being checked with the same
+    # -ERR [SYS/TEMP] and polite close as an idle one (it was cut with no
+    # line); the check's late answer writes nothing after it (it wrote
+    # "+OK Logged in" and locked the mailbox), logs no login, and the stop
+    # waits for that session to be gone
     checker = HeldChecker()
     env = Env(checker=checker)
     proto, t = env.connect()
     proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
     t.clear()
     stopped = proto.factory.shut_down()
-    assert t.disconnected and t.value() == b""
+    assert t.value() == R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.disconnected  # loseConnection, not an abort
     _creds, d = checker.pending.pop()
     d.callback(b"joe@example.org")
-    assert t.value() == b""
+    assert t.value() == R.SHUTTING_DOWN.to_bytes()
+    assert not any(formatEvent(e).startswith("POP3 login joe") for e in log_events)
     assert not env.store.is_locked("joe@example.org")
     assert not stopped.called  # until the cut connection is gone
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_the_hub_stop_during_a_failed_login_delay_says_err_and_counts_the_failure_once():
+    # the stop cut a session waiting out its failed login's delay with no
+    # line; now it gets -ERR [SYS/TEMP] and a polite close, the delayed
+    # -ERR never comes, and the failure counted for the address stays one
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=3.0)
+    proto, t = env.connect(peer=REMOTE)
+    talk(proto, t, b"USER joe\r\n")
+    assert talk(proto, t, b"PASS wrong\r\n") == b""
+    assert len(proto.factory.login_failures._failures["192.0.2.7"]) == 1
+    stopped = proto.factory.shut_down()
+    assert t.value() == R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.disconnected
+    env.clock.advance(3)
+    assert t.value() == R.SHUTTING_DOWN.to_bytes()  # no late AUTH_FAILED
+    assert len(proto.factory.login_failures._failures["192.0.2.7"]) == 1
+    assert not stopped.called
+    env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+    assert t.disconnected  # the close is bounded
     proto.connectionLost(None)
     assert stopped.called
 
