@@ -602,9 +602,10 @@ def test_a_maildir_that_cannot_be_made_is_answered_after_the_job(
 
 
 def test_the_stop_waits_for_a_login_job_and_the_lock_is_let_go(tmp_path):
-    """The hub stops while a login's job runs: the session is cut, the
-    syncer's stop waits for the job, and once it is over the lock it took
-    is let go (the stop fires after that)."""
+    """The hub stops while a login's job runs: the session is told
+    ``-ERR [SYS/TEMP]`` and closed, the syncer's stop waits for the job,
+    and once it is over the lock it took is let go (the stop fires after
+    that), with nothing more written."""
     clock, components, md, _ = held_env(tmp_path, NAMES[:1])
     jobs = []
 
@@ -620,7 +621,9 @@ def test_the_stop_waits_for_a_login_job_and_the_lock_is_let_go(tmp_path):
     proto, t = logging_in(components)
     assert len(jobs) == 1 and not os.path.exists(os.path.join(md, LOCK))
     cut = proto.factory.shut_down()
-    assert t.aborted
+    assert bytes(t.received).endswith(R.SHUTTING_DOWN.to_bytes())
+    assert not t.aborted  # a polite close, no longer a cut
+    written = bytes(t.received)
     proto.connectionLost(Failure(ConnectionDone()))
     assert cut.called  # nothing of the login's to wait for in the listener
     stopped = syncer.stop()
@@ -629,6 +632,7 @@ def test_the_stop_waits_for_a_login_job_and_the_lock_is_let_go(tmp_path):
     d.callback(f())
     assert stopped.called
     assert proto.mailbox is None and lock_is_free(md)
+    assert bytes(t.received) == written
     assert descriptors() == before
 
 

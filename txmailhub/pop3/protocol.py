@@ -574,16 +574,28 @@ class POP3Protocol(Protocol):
         ``STOP_ANSWER_GRACE`` (a client that does not read).  The close is
         cut after ``STOP_CLOSE_GRACE`` if the client does not take it.
         True is returned for these: the stop waits for them.  A login
-        being checked or its failure's delay, a TLS handshake, are cut at
-        once as before: False."""
+        being checked, or its failure's delay, gets the same line and close
+        at once (it was cut with no line): the login's result, when it
+        comes, is dropped (no mailbox kept, no login logged; a failure is
+        counted for the address once, as it would have been), and the
+        delayed ``-ERR`` is not sent.  A TLS handshake is cut at once as
+        before: False."""
         if self._closing or self._draining:
             return False
         self._hub_stopped = True
         if self._update_running or handshake_pending(self.transport) or (
-                self._busy and (self.engine is None or self.engine.state is not State.TRANSACTION)):
+                self._busy and self.engine is None):
             self._closing = True
             self.transport.abortConnection()
             return False
+        if self._busy and self.engine.state is not State.TRANSACTION:
+            # the login or its failure's delay: nothing is half-written
+            call, self._pending_call = self._pending_call, None
+            if call is not None and call.active():
+                call.cancel()  # the delayed -ERR (its failure counted already)
+            self._busy = False
+            self._stop_line()
+            return True
         if self._busy or self._stream is not None or self._write_paused:
             self._draining = True
             self._drain_call = self.reactor.callLater(STOP_ANSWER_GRACE, self._drain_cut)
@@ -1069,7 +1081,8 @@ class POP3Protocol(Protocol):
         """Whether the client is still there: asked by a login before it
         checks the password (``ClientCredentials``) and while it waits for
         a gone session's lock (the mind, ``MaildirStore.open_mailbox``)."""
-        return not self._lost
+        # closing (the hub's stop told it -ERR): no mailbox to open either
+        return not (self._lost or self._closing)
 
     def _measured(self, part: array, call: Callable[..., Deferred], messages: Any,
                   stored: Sequence[int], start: int) -> None:
@@ -1099,10 +1112,13 @@ class POP3Protocol(Protocol):
     def _login_failed(self, failure: Failure, mechanism: str) -> None:
         if failure.check(LoginAbandoned):
             # not a guess: the password was never checked, nothing answers
-            log.info("POP3 login {user} from {peer} ({mechanism}) not checked: the client "
-                     "left first", user=self._user, peer=self._peer, mechanism=mechanism)
+            # (or the hub's stop told it -ERR first: ``_wanted``)
+            log.info("POP3 login {user} from {peer} ({mechanism}) not checked: {why}",
+                     user=self._user, peer=self._peer, mechanism=mechanism,
+                     why="the hub stops" if self._hub_stopped and not self._lost
+                     else "the client left first")
             return
-        if failure.check(MailboxTurnAbandoned) and self._lost:
+        if failure.check(MailboxTurnAbandoned) and (self._lost or self._closing):
             # nobody refused it: its client hung up while the login waited
             # for its turn at the mailbox's lock, and no reply goes to a
             # client gone (one still there is told IN-USE, below)
@@ -1946,8 +1962,10 @@ class POP3Factory(Factory):
         [SYS/TEMP]`` and a polite close, the stop waiting for it (at most
         ``STOP_CLOSE_GRACE``), one in the middle of an answer the same once
         the answer is over (cut after ``STOP_ANSWER_GRACE``), one whose
-        login is being checked cut (``cut_for_stop``), one closing already (an autologout) with its
-        close shortened and waited for: it may hold a mailbox lock.
+        login is being checked (or its failure's delay runs) told the same
+        line and closed, its result dropped (``cut_for_stop``), one closing
+        already (an autologout) with its close shortened and waited for: it
+        may hold a mailbox lock.
 
         A session whose QUIT is in the UPDATE state already is left to
         finish its deletions (they run on a worker thread): its client
