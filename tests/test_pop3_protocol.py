@@ -3309,6 +3309,41 @@ def _pipelined_then_stop(env) -> Iterator[tuple]:
         yield proto, t, reactor, client, stopped
 
 
+def test_a_client_whose_login_is_checked_at_the_stop_reads_the_line_and_the_end():
+    # the stop cut such a session with no line (a reset); now the same -ERR
+    # and lingering close as an idle one, and the check's late result
+    # writes nothing behind it
+    import select
+
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    with _loopback_session(env) as (proto, t, reactor, client):
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        for _ in range(50):
+            if checker.pending:
+                break
+            reactor.iterate(0.005)
+        assert checker.pending
+        client.sendall(b"NOOP\r\n" * 700)  # queued, unread when the hub stops
+        assert select.select([t.socket], [], [], 5)[0]
+        stopped = proto.factory.shut_down()
+        try:
+            got = client_reads(reactor, client)
+        except ConnectionResetError:
+            pytest.fail("reset instead of the -ERR and the end of the stream")
+        assert got == R.USER_ACCEPTED.to_bytes() + R.SHUTTING_DOWN.to_bytes() + b"<EOF>"
+        _creds, d = checker.pending.pop()
+        d.callback(b"joe@example.org")
+        assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+        client.close()
+        for _ in range(50):
+            if stopped.called:
+                break
+            reactor.iterate(0.005)
+        assert stopped.called
+
+
 def test_a_client_with_commands_queued_at_the_stop_reads_the_line_and_the_end_not_a_reset():
     # a close with input unread is a TCP reset: the client saw ECONNRESET
     # (and could lose the -ERR) instead of the line and the end of stream,
