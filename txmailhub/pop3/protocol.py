@@ -37,6 +37,7 @@ from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, ne
 from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
+from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -129,13 +130,6 @@ finish before its session is cut: the session is then told ``-ERR
 [SYS/TEMP]`` and closed (``STOP_CLOSE_GRACE`` more at most).  The stop
 waits for it; a reset in the middle of a RETR made the client fetch the
 whole message again at the next session."""
-LINGER_OCTETS = 64 * 1024
-"""Octets of input read and dropped after the stop's ``-ERR [SYS/TEMP]``,
-on plain TCP: the hub shuts down its sending side and reads on until the
-client closes, this many octets have come, or ``STOP_CLOSE_GRACE`` has
-passed.  A socket closed with input unread is answered with a TCP reset,
-and a client with commands still coming could lose the line to it
-(``ECONNRESET``) instead of reading it and the end of the stream."""
 CLOSED_CHECK = 1.0
 """Seconds between looks, while the client does not read us, for a TLS
 session it ended (see ``_check_closed``)."""
@@ -678,10 +672,7 @@ class POP3Protocol(Protocol):
         if not self._reading:
             self._reading = True
             t.resumeProducing()
-        if linger and not (self.implicit_tls or ISSLTransport.providedBy(t)) and hasattr(
-                t, "loseWriteConnection"):
-            # (TLS keeps the plain close: Twisted's TLS transport has no
-            # half-close, and a TCP one under it would skip close_notify.)
+        if linger and can_linger(t, self.implicit_tls):
             self._lingering = True
             # the client's end of data now comes as readConnectionLost (a
             # close once the buffered answers are out), not as a lost
@@ -727,9 +718,7 @@ class POP3Protocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
-            self._linger_left -= len(data)
-            if self._linger_left < 0:
-                self.transport.loseConnection()  # enough: close, come what may
+            self._linger_left = drop_input(self.transport, self._linger_left, data)
             return
         if self._closing or self._draining:
             return

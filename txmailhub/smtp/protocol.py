@@ -44,6 +44,7 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser, IStallRecord
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
+from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
@@ -83,13 +84,6 @@ CLOSE_GRACE = 30.0  # seconds a polite close may take before it is cut
 #: the same while the hub stops: the stop waits for the SMTP connections
 #: to be gone (an application's reactor runs on; twistd exits after it)
 STOP_CLOSE_GRACE = 2.0
-LINGER_OCTETS = 64 * 1024
-"""Octets of input read and dropped after the stop's ``421``, on plain TCP:
-the hub shuts down its sending side and reads on until the client closes,
-this many octets have come, or ``STOP_CLOSE_GRACE`` has passed.  A socket
-closed with input unread is answered with a TCP reset, and a client still
-sending (the rest of a message, pipelined commands) could lose the ``421``
-to it (``ECONNRESET``) instead of reading it and the end of the stream."""
 MIN_DATA_RATE = 500
 """Octets per second a message's data must average, beyond the idle
 timeout's grace: a message of N octets may take ``idle_timeout + N / 500``
@@ -323,9 +317,7 @@ class SMTPProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
-            self._linger_left -= len(data)
-            if self._linger_left < 0:
-                self.transport.loseConnection()  # enough: close, come what may
+            self._linger_left = drop_input(self.transport, self._linger_left, data)
             return
         engine = self.engine
         # Idle means no command (RFC 5321 4.5.3.2), not no byte: a client
@@ -1253,11 +1245,8 @@ class SMTPProtocol(Protocol):
             # arrives is dropped: the engine is closed.)
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
-        if self._hub_stopping and not self._eof and not self.engine.session.tls and not (
-                ISSLTransport.providedBy(t)) and hasattr(t, "loseWriteConnection"):
-            # the stop's 421 on plain TCP: a lingering close (LINGER_OCTETS).
-            # (TLS keeps the plain close: Twisted's TLS transport has no
-            # half-close, and a TCP one under it would skip close_notify.)
+        if self._hub_stopping and not self._eof and can_linger(t, self.engine.session.tls):
+            # the stop's 421 on plain TCP: a lingering close (LINGER_OCTETS)
             self._lingering = True
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
