@@ -1,12 +1,15 @@
-"""The hub's stop's lingering close, shared by SMTP and POP3.
+"""The lingering close, shared by SMTP and POP3.
 
 A socket closed with input unread is answered with a TCP reset, and a
 client still sending (the rest of a message, pipelined commands) could
-lose the stop's last line (``421``, ``-ERR [SYS/TEMP]``) to it
-(``ECONNRESET``) instead of reading it and the end of the stream.  So on
-plain TCP a session told the stop shuts down its sending side only and
+lose the hub's last line (``421``, ``-ERR``) to it (``ECONNRESET``)
+instead of reading it and the end of the stream.  So on plain TCP a
+session the hub ends -- its stop, an idle timeout, too many errors, a
+data rate too slow, an autologout -- shuts down its sending side only and
 reads on, dropping what comes, until the client closes, ``LINGER_OCTETS``
-have come, or the stop's close grace has passed."""
+have come, or the close's time is up: the stop's close grace, else
+``LINGER_SECONDS`` from the moment all we sent is out.  A close the
+client asked for (``QUIT``) closes at once, as before."""
 
 from __future__ import annotations
 
@@ -15,7 +18,13 @@ from typing import Any
 from twisted.internet.interfaces import ISSLTransport
 
 LINGER_OCTETS = 64 * 1024
-"""Octets of input read and dropped during the stop's lingering close."""
+"""Octets of input read and dropped during a lingering close."""
+
+LINGER_SECONDS = 2.0
+"""Seconds a lingering close goes on once our last line and end of stream
+are out (the protocol's close grace bounds the wait for them): a client
+that read them and never closes must not hold its connection slot (and a
+POP3 mailbox's lock) for the close grace's 30 s."""
 
 
 def can_linger(transport: Any, tls: bool) -> bool:
@@ -27,8 +36,16 @@ def can_linger(transport: Any, tls: bool) -> bool:
         transport, "loseWriteConnection")
 
 
+def shorten(call: Any, reactor: Any, seconds: float = LINGER_SECONDS) -> None:
+    """Bring the close's timer ``call`` (``reactor.callLater``'s) forward
+    to ``seconds`` from now, if it is due later: called once our end of
+    stream is out (``writeConnectionLost``)."""
+    if call is not None and call.active() and call.getTime() - reactor.seconds() > seconds:
+        call.reset(seconds)
+
+
 def drop_input(transport: Any, left: int, data: bytes) -> int:
-    """Drop ``data`` read during the lingering close; ``left``, the octets
+    """Drop ``data`` read during a lingering close; ``left``, the octets
     it may still read, less them is returned.  Past the bound the
     connection is closed, come what may."""
     left -= len(data)
