@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from txmailhub import linger
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import (
@@ -3004,3 +3005,123 @@ class LingeringCloseTests(SynchronousTestCase):
         for _ in range(20):
             reactor.iterate(0)
         assert not t.connected and p not in h.factory.limits.sessions
+
+
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that can shut down its sending side alone, as a
+    plain TCP (or ``unix:``) transport can: what the lingering close
+    needs (``txmailhub.linger.can_linger``)."""
+
+    write_lost = False
+
+    def loseWriteConnection(self):
+        self.write_lost = True
+
+
+class HubClosesLingerTests(SynchronousTestCase):
+    """Closes the hub decides outside its stop (the idle timeout, too many
+    errors, a data rate too slow) linger on plain TCP as the stop's does:
+    our sending side shut down, the client's input read and dropped
+    (LINGER_OCTETS) until it closes or LINGER_SECONDS after our end of
+    stream is out.  A QUIT closes at once, as before."""
+
+    def _connect(self, **smtp):
+        h = Harness(**smtp)
+        p, t = h.connect(transport=HalfClosingTransport)
+        take(t)
+        return h, p, t
+
+    def _lingers(self, h, p, t, last: str) -> None:
+        assert take(t)[-1] == last
+        assert t.write_lost and not t.disconnecting, "closed at once: a reset for a sender"
+        p.dataReceived(b"MAIL FROM:<late@x.test>\r\n" * 10)  # read and dropped
+        assert t.value() == b"" and not t.disconnecting
+        p.writeConnectionLost()  # our 421 and end of stream are out
+        h.clock.advance(linger.LINGER_SECONDS - 0.5)
+        assert not t.disconnecting
+        h.clock.advance(0.5)
+        assert t.disconnecting  # a close, not an abort: nothing unread is left
+        p.connectionLost(Failure(error.ConnectionDone()))
+        assert p not in h.factory.limits.sessions
+
+    def test_the_idle_timeout_lingers(self):
+        h, p, t = self._connect()
+        p.dataReceived(b"EHLO c\r\n")
+        h.clock.advance(300)
+        h.clock.advance(0)  # the second look
+        self._lingers(h, p, t, closing(replies.TIMEOUT))
+
+    def test_too_many_errors_lingers(self):
+        h, p, t = self._connect(max_errors=3)
+        p.dataReceived(b"EHLO c\r\n" + b"BOGUS\r\n" * 3)
+        self._lingers(h, p, t, closing(replies.TOO_MANY_ERRORS))
+
+    def test_a_client_that_closes_during_it_is_closed_at_once(self):
+        _h, p, t = self._connect(max_errors=1)
+        p.dataReceived(b"BOGUS\r\nNOOP\r\n")
+        assert t.write_lost and not t.disconnecting
+        p.readConnectionLost()
+        assert t.disconnecting
+
+    def test_past_linger_octets_it_closes(self):
+        _h, p, t = self._connect(max_errors=1)
+        p.dataReceived(b"BOGUS\r\n")
+        p.dataReceived(b"x" * LINGER_OCTETS)
+        assert not t.disconnecting
+        p.dataReceived(b"x")
+        assert t.disconnecting
+
+    def test_a_quit_closes_at_once(self):
+        _h, p, t = self._connect()
+        p.dataReceived(b"QUIT\r\n")
+        assert take(t)[-1].startswith("221 ")
+        assert t.disconnecting and not t.write_lost
+
+    def test_under_tls_no_half_close(self):
+        _h, p, t = self._connect(max_errors=1)
+        p.engine.session.tls = True  # as after STARTTLS
+        p.dataReceived(b"BOGUS\r\n")
+        assert t.disconnecting and not t.write_lost
+
+
+def test_a_client_sending_at_the_idle_timeout_reads_the_421_and_the_end_not_a_reset():
+    # a real socket: the idle timeout's 421 with the client's next commands
+    # unread in the hub's socket was followed by a close, which the kernel
+    # answers with a reset; the client then lost the 421 it had not read
+    import select
+    import socket
+
+    from twisted.internet import tcp
+
+    h = Harness()
+    listener, client, ours = loopback_pair()
+    reactor = new_reactor()
+    try:
+        proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        t = tcp.Connection(ours, proto, reactor)
+        t.connected = True
+        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
+        proto.makeConnection(t)
+        t.startReading()
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
+        client.sendall(b"EHLO c\r\n")
+        assert b"250 " in client_reads(reactor, client, until=b"250 ")
+        h.clock.advance(300)
+        client.sendall(b"NOOP\r\n" * 100)  # in the hub's socket, unread: the reactor waits
+        assert select.select([t.socket], [], [], 5)[0]
+        h.clock.advance(0)  # the second look runs before the read: the 421
+        for _ in range(20):  # the hub's close (the client reads nothing yet)
+            reactor.iterate(0)
+        try:  # still sending, then the end of its data
+            client.sendall(b"QUIT\r\n")
+            client.shutdown(socket.SHUT_WR)
+            got = client_reads(reactor, client)
+        except OSError as e:  # ECONNRESET, EPIPE, ENOTCONN: the connection was reset
+            pytest.fail(f"reset instead of the 421 and the end of the stream: {e}")
+        assert got == (closing(replies.TIMEOUT) + "\r\n").encode() + b"<EOF>", got
+        step_until_closed(reactor, t)
+        assert not t.connected and proto not in h.factory.limits.sessions
+    finally:
+        close_reactor(reactor)
+        client.close()
+        listener.close()
