@@ -44,7 +44,7 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser, IStallRecord
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
-from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input
+from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input, shorten
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
@@ -253,7 +253,7 @@ class SMTPProtocol(Protocol):
         self._turn: Any = None  # the call that answers the rest of a long batch
         self._stop_after_wait = False  # the hub stopped while we waited: 421 after the answer
         self._hub_stopping = False  # closed by the hub's stop: STOP_CLOSE_GRACE
-        # the stop's lingering close: our side shut down, input read and
+        # the lingering close (txmailhub.linger): our side shut down, input read and
         # dropped (at most LINGER_OCTETS more) until the client closes
         self._lingering = False
         self._linger_left = LINGER_OCTETS
@@ -375,8 +375,11 @@ class SMTPProtocol(Protocol):
         self._drive()
 
     def writeConnectionLost(self) -> None:
-        # only the stop's lingering close shuts down our sending side alone
+        # only the lingering close shuts down our sending side alone: once
+        # our last reply and end of stream are out it goes on for
+        # LINGER_SECONDS at most (the close grace is for getting them out)
         self._write_closed = True
+        shorten(self._close_timer, self.reactor)
 
     def connectionLost(self, reason: Any = None) -> None:
         why = tls_failure(reason)
@@ -1245,8 +1248,15 @@ class SMTPProtocol(Protocol):
             # arrives is dropped: the engine is closed.)
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
-        if self._hub_stopping and not self._eof and can_linger(t, self.engine.session.tls):
-            # the stop's 421 on plain TCP: a lingering close (LINGER_OCTETS)
+        reply = self._close_reply
+        # a close the hub decides (its stop, the idle timeout, too many
+        # errors, a data rate too slow...), not the client's QUIT or a
+        # refused connection's (a client that still sends may lose that
+        # 421 to a reset all the same; refusals have their own bound,
+        # REFUSALS_WAITING): on plain TCP a lingering close (txmailhub.linger)
+        ours = self._hub_stopping or (
+            reply is not None and reply.code != 221 and not self._refusing)
+        if ours and not self._eof and can_linger(t, self.engine.session.tls):
             self._lingering = True
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
@@ -1255,7 +1265,6 @@ class SMTPProtocol(Protocol):
             t.loseConnection()
         if self._close_timer is not None:
             return
-        reply = self._close_reply
         if (reply is None or reply.code != 221 or self.engine.session.tls
                 or getattr(t, "dataBuffer", None) or getattr(t, "_tempDataLen", 0)):
             self._close_timer = self.reactor.callLater(
