@@ -25,6 +25,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface import directlyProvides, implementer
 
+from txmailhub import linger
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
@@ -3450,3 +3451,131 @@ def test_a_lingering_close_whose_client_reads_nothing_ends_at_the_stop_close_gra
             reactor.iterate(0)
         assert stopped.called and not t.connected
         assert not env.store.is_locked("joe@example.org")
+
+
+# -- the hub's other closes linger too (plain TCP) ------------------------------
+
+
+class HalfClosingTransport(Transport):
+    """A Transport that can shut down its sending side alone, as a plain
+    TCP one can (``txmailhub.linger.can_linger``)."""
+
+    write_lost = False
+
+    def loseWriteConnection(self):
+        self.write_lost = True
+
+
+def _connect_half_closing(env):
+    proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
+    t = HalfClosingTransport(LOOPBACK)
+    proto.makeConnection(t)
+    return proto, t
+
+
+def _lingers(env, proto, t) -> None:
+    """``proto`` closes with a lingering close: bounded by LINGER_SECONDS
+    once our end of stream is out, its input dropped, the lock let go."""
+    assert t.write_lost and not t.disconnecting, "closed at once: a reset for a sender"
+    t.clear()
+    proto.dataReceived(b"STAT\r\n" * 10)  # read and dropped
+    assert t.value() == b"" and not t.disconnecting
+    proto.writeConnectionLost()  # our line and end of stream are out
+    env.clock.advance(linger.LINGER_SECONDS - 0.5)
+    assert not t.disconnecting
+    env.clock.advance(0.5)
+    assert t.disconnecting  # not the close grace's 30 s
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_too_many_errors_lingers():
+    env = Env(max_errors=2)
+    proto, t = _connect_half_closing(env)
+    assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n").endswith(b"\r\n")
+    out = talk(proto, t, b"FOO\r\nBAR\r\nNOOP\r\n")
+    assert out.endswith(R.TOO_MANY_ERRORS.to_bytes())
+    _lingers(env, proto, t)
+
+
+def test_too_many_commands_before_login_lingers():
+    env = Env()
+    proto, t = _connect_half_closing(env)
+    out = talk(proto, t, b"NOOP\r\n" * 200)
+    assert out.endswith(R.TOO_MANY_COMMANDS.to_bytes())
+    _lingers(env, proto, t)
+
+
+def test_the_autologout_lingers():
+    env = Env(idle_timeout=600)
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    assert env.store.is_locked("joe@example.org")
+    env.clock.advance(600)
+    env.clock.advance(0)  # the second look
+    _lingers(env, proto, t)
+
+
+def test_a_client_that_closes_during_it_is_closed_at_once_and_past_linger_octets_too():
+    env = Env(max_errors=1)
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\nFOO\r\n")
+    assert t.write_lost and not t.disconnecting
+    proto.readConnectionLost()
+    assert t.disconnecting
+    proto.connectionLost(None)
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\nFOO\r\n")
+    assert proto._lingering
+    proto.dataReceived(b"x" * pop3_protocol.LINGER_OCTETS)
+    assert not t.disconnecting
+    proto.dataReceived(b"x")
+    assert t.disconnecting
+
+
+def test_a_quit_closes_at_once():
+    env = Env()
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    assert talk(proto, t, b"QUIT\r\n").startswith(b"+OK")
+    assert t.disconnecting and not t.write_lost
+    proto, t = _connect_half_closing(env)
+    assert talk(proto, t, b"QUIT\r\n").startswith(b"+OK")
+    assert t.disconnecting and not t.write_lost
+
+
+def test_a_client_sending_at_too_many_errors_reads_the_line_and_the_end_not_a_reset():
+    # a real socket: the max_errors-th -ERR with the client's next commands
+    # unread in the hub's socket was followed by a close, which the kernel
+    # answers with a reset; the client's next send and its shutdown failed
+    # (ECONNRESET, ENOTCONN), and a client that had not read yet could
+    # lose the -ERR
+    import select
+    import socket
+
+    env = Env(max_errors=1)
+    with _loopback_session(env) as (proto, t, reactor, client):
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        client.sendall(b"FOO\r\n")
+        for _ in range(50):
+            if proto._closing:
+                break
+            reactor.iterate(0.005)
+        client.sendall(b"NOOP\r\n" * 100)
+        assert select.select([t.socket], [], [], 5)[0]
+        for _ in range(20):  # the hub's close (the client reads nothing yet)
+            reactor.iterate(0)
+        try:  # still sending, then the end of its data
+            client.sendall(b"QUIT\r\n")
+            client.shutdown(socket.SHUT_WR)
+            got = client_reads(reactor, client)
+        except OSError as e:  # ECONNRESET, EPIPE, ENOTCONN: the connection was reset
+            pytest.fail(f"reset instead of the -ERR and the end of the stream: {e}")
+        assert got == R.TOO_MANY_ERRORS.to_bytes() + b"<EOF>", got
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected and not env.store.is_locked("joe@example.org")
