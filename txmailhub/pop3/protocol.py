@@ -37,7 +37,7 @@ from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, ne
 from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
-from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input
+from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input, shorten
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -341,7 +341,7 @@ class POP3Protocol(Protocol):
         self._reading = True
         self._closing = False
         self._lost = False
-        # the stop's lingering close: our side shut down, input read and
+        # the lingering close (txmailhub.linger): our side shut down, input read and
         # dropped (at most LINGER_OCTETS more) until the client closes
         self._lingering = False
         self._linger_left = LINGER_OCTETS
@@ -662,8 +662,9 @@ class POP3Protocol(Protocol):
                 log.failure("POP3 mailbox close failed for {user}", user=self._user)
 
     def _close(self, linger: bool = False) -> None:
-        """Close politely; with ``linger`` (the stop's line, on plain TCP)
-        shut down our sending side only and read on (``LINGER_OCTETS``)."""
+        """Close politely; with ``linger`` (a close the hub decides: its
+        stop, an autologout, too many errors; on plain TCP) shut down our
+        sending side only and read on (``txmailhub.linger``)."""
         if self._closing:
             return
         self._closing = True
@@ -712,7 +713,10 @@ class POP3Protocol(Protocol):
         self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        pass  # our end of stream is out: _cut closes at once then
+        # our end of stream is out: _cut closes at once then, and comes
+        # LINGER_SECONDS from now at most (the close grace is for getting
+        # our line out; the lingering close holds a mailbox lock)
+        shorten(self._close_call, self.reactor)
 
     # -- input -------------------------------------------------------------
 
@@ -910,7 +914,9 @@ class POP3Protocol(Protocol):
                 # [pop3] max_errors: nothing deleted (no UPDATE state)
                 log.info("POP3 session of {user} from {peer} closed: too many errors",
                          user=self._user, peer=self._peer)
-            self._close()
+            # a close the hub decides (an -ERR: too many errors, commands
+            # or failed logins) lingers; the answer to a QUIT closes at once
+            self._close(linger=action.data[:1] == b"-")
 
     def _malformed_auth(self) -> None:
         """An AUTH response that is no SASL response, or one the engine
@@ -1159,7 +1165,7 @@ class POP3Protocol(Protocol):
         if not self._lost:
             self._busy = False
             self.transport.write(R.INTERNAL_ERROR.to_bytes())
-            self._close()
+            self._close(linger=True)
 
     # -- RETR / TOP --------------------------------------------------------
 
@@ -1884,8 +1890,9 @@ class POP3Protocol(Protocol):
         if self.engine is not None and self.engine.state is State.UPDATE:
             return
         # RFC 1939 3: no UPDATE, and the connection is closed "without
-        # ... sending any response to the client"
-        self._close()
+        # ... sending any response to the client"; lingering, as a command
+        # sent meanwhile would be answered with a reset
+        self._close(linger=True)
 
 
 class _Stream:
