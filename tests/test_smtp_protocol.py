@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import gc
 import os
@@ -3084,16 +3085,13 @@ class HubClosesLingerTests(SynchronousTestCase):
         assert t.disconnecting and not t.write_lost
 
 
-def test_a_client_sending_at_the_idle_timeout_reads_the_421_and_the_end_not_a_reset():
-    # a real socket: the idle timeout's 421 with the client's next commands
-    # unread in the hub's socket was followed by a close, which the kernel
-    # answers with a reset; the client then lost the 421 it had not read
-    import select
-    import socket
-
+@contextlib.contextmanager
+def _loopback_session(h):
+    """A session of ``h`` over Twisted's real TCP transport on a loopback
+    socket, an epoll reactor of its own stepped by hand, and the client's
+    raw socket: ``(proto, t, reactor, client)``."""
     from twisted.internet import tcp
 
-    h = Harness()
     listener, client, ours = loopback_pair()
     reactor = new_reactor()
     try:
@@ -3103,6 +3101,23 @@ def test_a_client_sending_at_the_idle_timeout_reads_the_421_and_the_end_not_a_re
         t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
         proto.makeConnection(t)
         t.startReading()
+        yield proto, t, reactor, client
+    finally:
+        close_reactor(reactor)
+        client.close()
+        listener.close()
+
+
+def test_a_client_sending_at_the_idle_timeout_reads_the_421_and_the_end_not_a_reset():
+    # a real socket: the idle timeout's 421 with the client's next commands
+    # unread in the hub's socket was followed by a close, which the kernel
+    # answers with a reset; the client's next send and its shutdown failed,
+    # and a client that had not read the 421 yet could lose it
+    import select
+    import socket
+
+    h = Harness()
+    with _loopback_session(h) as (proto, t, reactor, client):
         assert client_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
         client.sendall(b"EHLO c\r\n")
         assert b"250 " in client_reads(reactor, client, until=b"250 ")
@@ -3121,7 +3136,41 @@ def test_a_client_sending_at_the_idle_timeout_reads_the_421_and_the_end_not_a_re
         assert got == (closing(replies.TIMEOUT) + "\r\n").encode() + b"<EOF>", got
         step_until_closed(reactor, t)
         assert not t.connected and proto not in h.factory.limits.sessions
-    finally:
-        close_reactor(reactor)
-        client.close()
-        listener.close()
+
+
+@pytest.mark.parametrize(("hold", "quit"), [(False, True), (True, True), (True, False)])
+def test_a_message_and_quit_pipelined_then_a_half_close_get_the_250_and_store_once(hold, quit):
+    # a real socket: the client pipelines a whole transaction (and QUIT),
+    # shuts down its sending side (as nc -N does) and reads everything: its
+    # 250 (and 221) come, and the message is stored once.  With ``hold``
+    # the half-close comes while the message is being made durable: read
+    # at once when nothing follows the final dot (reading stays on for a
+    # lock-step client), after the 250 when QUIT does (held meanwhile)
+    import socket
+
+    h = Harness(hold=hold)
+    with _loopback_session(h) as (proto, t, reactor, client):
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
+        client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n"
+                       b"Subject: piped\r\n\r\nbody\r\n.\r\n" + (b"QUIT\r\n" if quit else b""))
+        client.shutdown(socket.SHUT_WR)
+        if hold:
+            for _ in range(20):  # read, the end of the data too if reading is on
+                reactor.iterate(0)
+            assert proto.engine.storing and t.connected
+            assert proto._eof is not quit
+            h.spooler.release()
+        try:
+            got = client_reads(reactor, client)
+        except ConnectionResetError:
+            pytest.fail("reset instead of the replies and the end of the stream")
+        lines = got.split(b"\r\n")
+        assert lines[-1] == b"<EOF>", got
+        if quit:
+            assert lines[-3].startswith(b"250 2.0.0 ") and lines[-2].startswith(b"221 "), got
+        else:
+            assert lines[-2].startswith(b"250 2.0.0 "), got
+        step_until_closed(reactor, t)
+        assert not t.connected and proto not in h.factory.limits.sessions
+        [stored] = h.store.messages(ALICE)
+        assert stored.endswith(b"Subject: piped\n\nbody\n")
