@@ -3579,3 +3579,110 @@ def test_a_client_sending_at_too_many_errors_reads_the_line_and_the_end_not_a_re
                 break
             reactor.iterate(0.005)
         assert not t.connected and not env.store.is_locked("joe@example.org")
+
+
+# -- a client's half-close outside the stop (plain TCP) --------------------------
+
+_BIG = b"Subject: big\n\n" + b"a line of the body, long enough to fill a buffer\n" * 6000
+
+
+def _end_of_client_data(proto) -> None:
+    """What Twisted's TCP transport does when the client shuts down its
+    sending side: ``readConnectionLost`` where the protocol provides
+    ``IHalfCloseableProtocol``, else ``connectionLost``."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from twisted.python.failure import Failure
+
+    if IHalfCloseableProtocol.providedBy(proto):
+        proto.readConnectionLost()
+    else:
+        proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_commands_received_before_a_half_close_are_answered_quit_and_update_included():
+    # RFC 1939 6: a QUIT the client sent is the UPDATE state, and the
+    # answers under way (a RETR the client reads slowly) are finished; the
+    # end of the client's data was taken for a disconnect: the RETR was
+    # cut, the DELE never carried out, no +OK for the QUIT
+    env = Env()
+    env.store.add("joe@example.org", _BIG)
+    proto, t = login(env, limit=16 * 1024)
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    assert proto._write_paused  # the client has not read the message yet
+    _end_of_client_data(proto)
+    got = t.value()
+    for _ in range(1000):  # the client reads on
+        if t.disconnecting or proto._lost:
+            break
+        t.clear()
+        proto.resumeProducing()
+        got += t.value()
+    body = _BIG.replace(b"\n", b"\r\n")
+    assert got.startswith(b"+OK ") and body in got
+    assert got.endswith(b".\r\n" + R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes())
+    assert t.disconnecting and not proto._lost  # a close, with all of it written
+    proto.connectionLost(None)
+    assert env.store.messages("joe@example.org") == []
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_half_close_after_answered_commands_without_quit_closes_without_update():
+    env = Env()
+    env.store.add("joe@example.org", b"Subject: a\n\nx\n")
+    proto, t = login(env)
+    assert talk(proto, t, b"DELE 1\r\n") == R.deleted(1).to_bytes()
+    t.clear()
+    _end_of_client_data(proto)
+    assert t.value() == b""
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1  # no QUIT: nothing deleted
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_half_close_during_a_login_check_drops_the_session_as_before():
+    # a guesser that hangs up after its PASS must not hold its slot until
+    # the check (and a failure's delay) is over
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    proto, t = env.connect()
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nSTAT\r\n")
+    assert checker.pending
+    t.clear()
+    _end_of_client_data(proto)
+    assert t.disconnecting or proto._lost
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    assert t.value() == b""
+    assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+
+
+def test_a_client_that_pipelines_retr_and_quit_and_half_closes_reads_it_all():
+    # a real socket: "RETR 1\r\nDELE 1\r\nQUIT\r\n" then shutdown(SHUT_WR)
+    # (as nc -N does), reading everything
+    import socket
+
+    env = Env()
+    env.store.add("joe@example.org", _BIG)
+    with _loopback_session(env, small_buffers=True) as (_proto, t, reactor, client):
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        client.sendall(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+        client.shutdown(socket.SHUT_WR)
+        try:
+            got = client_reads(reactor, client, turns=5000)
+        except ConnectionResetError:
+            pytest.fail("reset instead of the answers and the end of the stream")
+        assert _BIG.replace(b"\n", b"\r\n") in got
+        assert got.endswith(b".\r\n" + R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes()
+                            + b"<EOF>"), got[-200:]
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected
+        assert env.store.messages("joe@example.org") == []
+        assert not env.store.is_locked("joe@example.org")
