@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, I
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
@@ -293,7 +293,7 @@ def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool]
     return sizes
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class POP3Protocol(Protocol):
     """One POP3 connection driving one ``POP3Server`` engine."""
 
@@ -303,7 +303,7 @@ class POP3Protocol(Protocol):
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits",
-        "_drain_call", "_draining", "_flush", "_hub_stopped",
+        "_drain_call", "_draining", "_eof", "_flush", "_hub_stopped",
         "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
         "_peer", "_pending_call",
         "_processing",
@@ -341,6 +341,9 @@ class POP3Protocol(Protocol):
         self._reading = True
         self._closing = False
         self._lost = False
+        # the client shut down its sending side (plain TCP; TLS reports it
+        # as a lost connection): what it sent is answered, then we close
+        self._eof = False
         # the lingering close (txmailhub.linger): our side shut down, input read and
         # dropped (at most LINGER_OCTETS more) until the client closes
         self._lingering = False
@@ -670,15 +673,14 @@ class POP3Protocol(Protocol):
         self._closing = True
         t = self.transport
         t.unregisterProducer()
-        if not self._reading:
+        if not self._reading and not self._eof:
             self._reading = True
             t.resumeProducing()
-        if linger and can_linger(t, self.implicit_tls):
+        # (a client that shut down its sending side sends nothing more)
+        if linger and not self._eof and can_linger(t, self.implicit_tls):
             self._lingering = True
-            # the client's end of data now comes as readConnectionLost (a
-            # close once the buffered answers are out), not as a lost
-            # connection that would drop them
-            alsoProvides(self, IHalfCloseableProtocol)
+            # the client's end of data comes as readConnectionLost (a close
+            # once the buffered answers are out)
             t.loseWriteConnection()
         else:
             t.loseConnection()
@@ -702,15 +704,48 @@ class POP3Protocol(Protocol):
         log.info("POP3: closing {peer} without waiting any longer", peer=self._peer)
         self.transport.abortConnection()
 
-    # -- the lingering close's half-close (provided during it only) ---------
+    # -- the client's half-close (plain TCP) ---------------------------------
 
     def readConnectionLost(self) -> None:
-        """The client shut down its sending side during the lingering close:
+        """The client shut down its sending side (``shutdown(SHUT_WR)`` after
+        its last command, as ``nc -N`` does) but may still read.
+
+        During a close (the lingering close's, or one after a last line):
         close once what Twisted still buffers for it (answers it has not
-        read, the ``-ERR``) is out.  Without the half-close a lost
-        connection dropped them; ``_cut`` still ends a close the client
-        does not take."""
-        self.transport.loseConnection()
+        read, the ``-ERR``) is out; ``_cut`` still ends a close the client
+        does not take.  Otherwise the commands it sent are answered, the
+        answer under way (a RETR it reads slowly) finished, a ``QUIT``'s
+        UPDATE state carried out and answered (RFC 1939 6), and then the
+        connection is closed (without a ``QUIT``, as a disconnect: nothing
+        deleted).  It was taken for a lost connection, which cut the
+        answers under way and dropped a pipelined ``QUIT``.  A login being
+        checked, or its failure's delay, is dropped as before: a guesser
+        that hangs up must not hold its slot until the answer.  (A client
+        that closed for good is seen at our next write, a reset.)"""
+        if self._lingering or self._closing:
+            self.transport.loseConnection()
+            return
+        if self._eof:
+            return
+        self._eof = True
+        self._reading = False  # Twisted reads no more from it
+        engine = self.engine
+        if engine is None or (self._busy and engine.state is State.AUTHORIZATION):
+            call, self._pending_call = self._pending_call, None
+            if call is not None and call.active():
+                call.cancel()  # a failed login's delayed -ERR
+            self._busy = False
+            self._close()
+            return
+        self._answered_all()
+
+    def _answered_all(self) -> None:
+        """After the client's half-close: close once nothing it sent is
+        left to answer (``_process`` calls it when it stops)."""
+        if not (self._closing or self._busy or self._stream is not None
+                or self._turn_call is not None or self._update_running
+                or self._draining or self.engine.has_line):  # type: ignore[union-attr]
+            self._close()
 
     def writeConnectionLost(self) -> None:
         # our end of stream is out: _cut closes at once then, and comes
@@ -844,6 +879,8 @@ class POP3Protocol(Protocol):
             self._last_activity = self.reactor.seconds()
         if self._busy or self._write_paused or self._turn_call is not None or not self._reading:
             self._flow()  # otherwise reading on is what _flow would choose
+        if self._eof:
+            self._answered_all()
 
     def _next_turn(self) -> None:
         self._turn_call = None
@@ -862,7 +899,7 @@ class POP3Protocol(Protocol):
         mailbox lock, and a TLS layer paused during its handshake must read
         to finish it.  Commands are still answered in order: ``_process``
         runs none while busy."""
-        if self._closing:
+        if self._closing or self._eof:  # (after a half-close Twisted reads no more)
             return
         held = self._busy or self._write_paused
         # Not at all while the rest of a long batch waits for its turn (a
