@@ -2844,3 +2844,41 @@ def test_a_chaining_handler_put_back_past_a_stopped_hubs_notice_is_called_once(
         assert calls == [signal.SIGHUP], f"the application's handler ran {len(calls)} times"
     first.stopService()
     assert signal.getsignal(signal.SIGHUP) is mine
+
+
+def test_a_resolver_given_with_nameservers_set_says_which_one_is_used(
+        tmp_path: Path, log_events) -> None:
+    # MailHub(settings, resolver=...) asks the application's resolver, never
+    # [relay] nameservers: a config that names some was silently not used
+    from twisted.logger import formatEvent
+
+    from txmailhub import testing
+
+    text = ONE_SMTP_LISTENER + '[relay]\nnameservers = ["127.0.0.1:5353"]\n'
+    config = tmp_path / "hub.toml"
+    config.write_text(text)
+    settings = load_text(config.read_text(), str(config))
+    hub = MailHub(settings, reactor=MemoryReactorClock(), resolver=testing.StaticResolver())
+    hub.startService()
+    hub.stopService()
+    lines = [formatEvent(e) for e in log_events
+             if e.get("log_namespace") == "txmailhub.service" and "nameservers" in formatEvent(e)]
+    assert lines == ["[relay] nameservers (127.0.0.1:5353) not used: the relay asks the "
+                     "resolver given to MailHub(resolver=...)"]
+    assert [e["log_level"].name for e in log_events
+            if "nameservers" in formatEvent(e)] == ["warn"]
+
+
+def test_a_resolver_given_without_nameservers_set_adds_no_line(
+        tmp_path: Path, log_events) -> None:
+    from twisted.logger import formatEvent
+
+    from txmailhub import testing
+
+    config = tmp_path / "hub.toml"
+    config.write_text(ONE_SMTP_LISTENER)
+    hub = MailHub(load_text(config.read_text(), str(config)), reactor=MemoryReactorClock(),
+                  resolver=testing.StaticResolver())
+    hub.startService()
+    hub.stopService()
+    assert not [e for e in log_events if "nameservers" in formatEvent(e)]

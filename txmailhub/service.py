@@ -437,6 +437,9 @@ class MailHub(MultiService):
             reactor = global_reactor
         self.settings = settings
         self.reactor = reactor
+        # both the application's resolver and [relay] nameservers: the
+        # resolver wins, and the start says so (``startService``)
+        self._resolver_given = resolver is not None
         from txmailhub.relay.service import RelayService
 
         try:
@@ -522,6 +525,12 @@ class MailHub(MultiService):
                 pass
         for warning in self.settings.warnings:  # printed by check and twistd; kept here too
             log.warn("config: {warning}", warning=warning)
+        if self._resolver_given and self.settings.relay.nameservers:
+            # the application's resolver is what the relay asks: an operator
+            # who set nameservers in the config would look for them in vain
+            log.warn("[relay] nameservers ({nameservers}) not used: the relay asks the "
+                     "resolver given to MailHub(resolver=...)",
+                     nameservers=", ".join(self.settings.relay.nameservers))
         log.info(
             "txmailhub started: hostname {hostname}, domains {domains}, state in {state_dir}",
             hostname=self.settings.hub.hostname,
