@@ -3715,3 +3715,46 @@ def test_a_look_takes_an_entry_one_of_whose_destinations_has_room_behind_one_tha
         assert hub.queue.ids() == []
     finally:
         hub.runner.stop()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_failure_time_edited_to_no_number_is_taken_as_now_not_kept_for_ever(
+        hub, log_events, value):
+    # a hand-edited record with "failed_at": NaN (json reads it, and inf):
+    # no time is ever a queue lifetime past it, so a notice the spool
+    # refuses was tried for ever.  It is taken as the time the runner
+    # reads it (the notice keeps a whole lifetime of tries, the message is
+    # not dropped), written back so, and said in one line
+    from twisted.logger import formatEvent
+
+    from txmailhub.relay.record import FAILED
+
+    hub.dsn.fail = True
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+
+    def failed(e):
+        [r] = e.recipients
+        return e.with_recipients({BOB: dataclasses.replace(
+            r, state=FAILED, attempts=1, last_attempt=e.created, failed_at=1.0)})
+
+    hub.queue.update_now(qid, failed)
+    path = hub.queue.record_path(qid)
+    raw = open(path, "rb").read()
+    assert b'"failed_at": 1.0' in raw
+    with open(path, "wb") as f:
+        f.write(raw.replace(b'"failed_at": 1.0', b'"failed_at": ' + value.encode()))
+    hub.clock.advance(3600)
+    mended = hub.clock.seconds()
+    with next_runner(hub):
+        hub.clock.advance(1)
+        assert hub.queue.read(qid).recipients[0].failed_at == mended
+        while hub.clock.seconds() < mended + 86400 - 60:
+            hub.clock.advance(60)
+        assert hub.queue.ids() == [qid]  # tried for a lifetime from then
+        hub.clock.advance(3 * 3600)
+        assert hub.queue.ids() == []  # and given up then, not tried for ever
+    lines = [formatEvent(e) for e in log_events if "not a time" in formatEvent(e)]
+    assert lines == [f"{qid}: the record's failed_at of {BOB} is not a time "
+                     f"({float(value)!r}); "
+                     f"taken as now, {schedule.utc_text(mended)}"]

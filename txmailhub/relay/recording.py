@@ -13,6 +13,7 @@ queue's files or the log.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ __all__ = [
     "delivered_at",
     "failed_at",
     "failure_since",
+    "mend_times",
     "notice_ends",
     "owes_notice",
     "pending_in",
@@ -72,6 +74,28 @@ def failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:
     if rcpt.failed_at is not None:
         return rcpt.failed_at
     return rcpt.last_attempt if rcpt.last_attempt is not None else entry.created
+
+
+def mend_times(e: QueueEntry, now: float) -> tuple[QueueEntry, list[dict]]:
+    """``e`` with each recipient's ``failed_at`` and ``last_attempt`` that
+    is no time (NaN or an infinity: JSON reads ``NaN`` and ``Infinity``
+    in a hand-edited record) taken as ``now``, and a log line's fields for
+    each.  The queue lifetime of a notice is reckoned from these: from NaN
+    or +inf it never ends (the notice tried for ever), from -inf it is
+    over at once (the notice given up untried).  ``now`` gives it a whole
+    lifetime of tries and loses nothing; written back, it is mended once."""
+    updates: dict[Address, RecipientRecord] = {}
+    lines: list[dict] = []
+    for r in e.recipients:
+        changes = {name: now for name in ("failed_at", "last_attempt")
+                   if getattr(r, name) is not None and not math.isfinite(getattr(r, name))}
+        for name in changes:
+            lines.append({"queue_id": e.id, "field": name, "value": repr(getattr(r, name)),
+                          "recipient": loggable(str(r.address), 1 << 20),
+                          "now": schedule.utc_text(now)})
+        if changes:
+            updates[r.address] = dataclasses.replace(r, **changes)
+    return (e.with_recipients(updates) if updates else e), lines
 
 
 def failure_since(entry: QueueEntry) -> float:

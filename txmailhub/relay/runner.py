@@ -290,9 +290,14 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             return (e.releases != releases
                     and not schedule.expired(started, e.created, self.relay.queue_lifetime))
 
+        mended: list[dict] = []
+
         def record(e: QueueEntry) -> QueueEntry | None:
             found.append(e)
             del lines[:]  # the lines of the version that is written
+            # a time a hand-edited record holds that is no number (NaN):
+            # now, as the notices it decides must end (recording.mend_times)
+            e, mended[:] = recording.mend_times(e, now)
             if withheld and not results:
                 # held while its deliveries waited, none made: kept as the
                 # hold left it, as one held before it was taken (no
@@ -315,6 +320,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                      "no more attempts, no notice", queue_id=qid)
             self._forget(qid)
             return
+        for fields in mended:
+            log.warn("{queue_id}: the record's {field} of {recipient} is not a time "
+                     "({value}); taken as now, {now}", **fields)
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
         if entry is not None and honoured(found[-1]) and not entry.held:
