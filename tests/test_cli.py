@@ -2198,3 +2198,27 @@ def test_user_add_at_a_terminal_with_a_pipe_on_stdin_asks_there_and_leaves_the_p
     line = (config.parent / "users").read_text().split("\njoe@example.org ")[1]
     encoded = line.split()[0]
     assert verify_password(typed, encoded) and not verify_password(piped, encoded)
+
+
+def test_alias_show_gives_the_452_rcpt_gives_an_alias_whose_mailboxes_are_full(
+        config: Path) -> None:
+    # [hub] mailbox_quota: RCPT TO an alias whose every mailbox is at its
+    # quota is 452 4.2.2; `alias show` said its mail went to that mailbox
+    config.write_text(config.read_text().replace("[hub]\n", "[hub]\nmailbox_quota = 1000\n"))
+    with_aliases(config, "full: alice\nmixed: alice, bob\nfar: alice, x@remote.test\n")
+    new = config.parent / "var" / "mail" / "example.org" / "alice" / "new"
+    new.mkdir(parents=True)
+    (new / "1.M1P1.host,S=1500,W=1530").write_bytes(b"x")  # sized by its name: over 1000
+    assert run(config, "alias", "show", "full") == (0, (
+        "alias: full@example.org\ntargets: alice@example.org\n"
+        "refused: 452 4.2.2 Mailbox full, try again later (what RCPT TO gets)\n"), "")
+    # a member with room, or a remote one, takes the alias's mail for all
+    # (the quota is soft at RCPT): as before
+    assert run(config, "alias", "show", "mixed")[1].splitlines()[2:] == [
+        "mailboxes: alice@example.org, bob@example.org", "forwards: -"]
+    assert run(config, "alias", "show", "far")[1].splitlines()[2:] == [
+        "mailboxes: alice@example.org", "forwards: x@remote.test"]
+    # no quota: nothing is refused
+    config.write_text(config.read_text().replace("mailbox_quota = 1000\n", ""))
+    assert run(config, "alias", "show", "full")[1].splitlines()[2:] == [
+        "mailboxes: alice@example.org", "forwards: -"]

@@ -3,7 +3,8 @@
 Owns the ``alias`` command's arguments and what it prints.  The file and
 its changes are ``txmailhub.aliases_file``'s.  What an alias finally
 expands to is asked of ``txmailhub.router.Router``, the object the
-running hub routes with, so ``show`` says what delivery does.  Exit
+running hub routes with, and the mailbox quota of the SMTP policy
+(``txmailhub.smtp.policy``), so ``show`` says what RCPT and delivery do.  Exit
 codes are ``mailhub``'s: 0 ok; 1 when the request cannot be done (no
 ``[aliases] file``, an unknown alias, one that exists already, a change
 that would hide a user or make a loop); 2 for a name or target the file
@@ -141,7 +142,13 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     globalLogPublisher.addObserver(observe)
     try:
         # as the SMTP server asks: a postmaster is never refused
-        mailboxes, remote = local_rcpt(router, parse_address(key), settings.hub.primary_domain)
+        address = parse_address(key)
+        mailboxes, remote = local_rcpt(router, address, settings.hub.primary_domain)
+        # then [hub] mailbox_quota, by the SMTP policy's own check (no
+        # MAIL SIZE=: the mailboxes as full as they are now)
+        check_quota = _quota_check(settings, router)
+        if check_quota is not None:
+            check_quota(address, mailboxes + remote, None)
     except Rejected as e:
         p(f"refused: {e.reply.text()} (what RCPT TO gets)")
     else:
@@ -154,6 +161,25 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     if away:
         print(f"warning: {away}", file=err)
     return 0
+
+
+def _quota_check(settings: Settings, router: Any) -> Any:
+    """The SMTP policy's ``check_quota`` (``None`` without ``[hub]
+    mailbox_quota``) over the hub's Maildirs and ``router``: what RCPT
+    asks after the router, so that ``show`` says the ``452`` a full
+    mailbox gets, by the same rule (an alias with a member that has room,
+    or a remote one, is not refused)."""
+    from types import SimpleNamespace
+
+    from txmailhub.smtp.policy import RecipientPolicy
+    from txmailhub.store.maildir import maildir_path
+
+    mail_dir = settings.mail_dir
+    # the parts of the hub's components the policy asks for the quota:
+    # the store as it names Maildirs (store.maildir.maildir_path's rule)
+    store = SimpleNamespace(maildir_path=lambda address: maildir_path(mail_dir, address))
+    return RecipientPolicy(SimpleNamespace(settings=settings, router=router, store=store,
+                                           queue=None)).check_quota
 
 
 def _users_away(users: UsersDB) -> str | None:
