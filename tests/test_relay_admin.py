@@ -516,3 +516,41 @@ def test_a_killed_hubs_marker_is_no_attempt_for_the_mailhub_command(setup):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", proc.stdout.split()[5]), (
         proc.stdout + proc.stderr)
     assert os.path.exists(queue.attempt_path(qid))  # left behind, and stale
+
+
+def test_list_says_an_entry_only_owes_a_notice(setup, tmp_path):
+    # every recipient done, a delivery status notice still to send (a
+    # success notice owed, or a failure notice the spool refused): the
+    # line named the delivered recipients as still to deliver, with a next
+    # attempt, as a message waiting for its first try -- nothing said that
+    # only the notice to the sender was left
+    from txmailhub.relay.record import FAILED
+
+    settings, queue, qid, _ = setup
+    spool = tmp_path / "spool3"
+    spool.write_bytes(b"Subject: z\n\nbody\n")
+    env = Envelope(sender=Address("alice", "example.org"), recipients=(BOB,))
+    success = queue.enqueue(env, SpooledMessage(str(spool), 17, 20), delivered=(BOB,)).result
+    failure = queue.enqueue(dataclasses.replace(env, recipients=(BOB, CAROL)),
+                            SpooledMessage(str(spool), 17, 20)).result
+
+    def bounced_one_delivered_one(e):
+        bob, carol = e.recipients
+        return dataclasses.replace(e.with_recipients({
+            BOB: dataclasses.replace(bob, state=FAILED, attempts=1, last_reply=Reply.of(
+                550, "5.1.1", "No such user")),
+            CAROL: dataclasses.replace(carol, state="delivered", attempts=1)}),
+            attempts=1, next_attempt=1_800_000_060.0)
+
+    queue.update(failure, bounced_one_delivered_one)
+    lines = {line.split()[0]: line.split() for line in run(settings, "list")[1].splitlines()}
+    # the recipients the notice is about, then "notice," before the time
+    assert lines[success][2:5] == ["bob@remote.test", "0", "notice,2027-01-15T08:00:00Z"]
+    assert lines[failure][2:] == ["bob@remote.test", "1", "notice,2027-01-15T08:01:00Z",
+                                  "550", "5.1.1", "No", "such", "user"]
+    # one with recipients still to deliver is as it was
+    assert lines[qid][4:6] == ["1", "2027-01-15T08:01:00Z"]
+    assert "\nnext attempt: notice,2027-01-15T08:00:00Z\n" in run(settings, "show", success)[1]
+    queue.set_held(success, True)
+    lines = {line.split()[0]: line.split() for line in run(settings, "list")[1].splitlines()}
+    assert lines[success][4] == "notice,held"

@@ -2757,7 +2757,7 @@ def test_a_notice_that_cannot_be_made_is_tried_at_the_schedules_steps(hub, monke
 
     monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
     shown = admin._next(entry, hub.settings.relay.retry_schedule)
-    assert shown == schedule.utc_text(entry.next_attempt)
+    assert shown == "notice," + schedule.utc_text(entry.next_attempt)
     # (the last try comes at the message's deadline, a lifetime after it
     # came and failed: two minutes away, more than the minute of old)
     assert entry.next_attempt == entry.created + 86400 == hub.clock.seconds() + 120
@@ -2890,7 +2890,7 @@ def test_a_notice_that_cannot_be_made_is_given_up_when_its_lifetime_is_over(
     assert entry is not None
     # queue list says when the last try comes: at the end of the lifetime
     monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
-    assert admin._next(entry, hub.settings.relay.retry_schedule) == schedule.utc_text(
+    assert admin._next(entry, hub.settings.relay.retry_schedule) == "notice," + schedule.utc_text(
         since + 86400)
     hub.clock.advance(60)
     assert hub.queue.ids() == []
@@ -2981,20 +2981,21 @@ def test_mailhub_queue_on_an_entry_that_only_owes_a_notice(hub, monkeypatch):
     monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
 
     def shown():
+        # "notice,": the entry only owes its failure notice
         return admin._next(hub.queue.read(qid), hub.settings.relay.retry_schedule)
 
-    assert shown() == schedule.utc_text(hub.dsn.tried[-1] + 3600)
+    assert shown() == "notice," + schedule.utc_text(hub.dsn.tried[-1] + 3600)
     hub.queue.set_held(qid, True)
     hub.clock.advance(4 * 3600)
-    assert len(hub.dsn.tried) == 5 and shown() == "held"
+    assert len(hub.dsn.tried) == 5 and shown() == "notice,held"
     hub.queue.set_held(qid, False)  # mailhub queue release
     hub.clock.advance(1)
     assert len(hub.dsn.tried) == 6
-    assert shown() == schedule.utc_text(hub.clock.seconds() + 7200)
+    assert shown() == "notice," + schedule.utc_text(hub.clock.seconds() + 7200)
     hub.queue.request_flush()  # mailhub queue flush
     hub.clock.advance(1)
     assert len(hub.dsn.tried) == 7
-    assert shown() == schedule.utc_text(hub.clock.seconds() + 14400)
+    assert shown() == "notice," + schedule.utc_text(hub.clock.seconds() + 14400)
     assert hub.queue.read(qid).attempts == 1  # one delivery attempt: the notices are none
 
 

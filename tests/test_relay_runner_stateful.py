@@ -667,6 +667,8 @@ class RunnerMachine(RuleBasedStateMachine):
                 text = admin._next(entry, self.settings.relay.retry_schedule)
             finally:
                 admin._WallClock.seconds = wall  # type: ignore[method-assign]
+            # ("notice," before the time of one that only owes a notice)
+            text = text.removeprefix("notice,")
             shown = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
                 tzinfo=UTC).timestamp()
             # (shown to the second)

@@ -15,7 +15,8 @@ next attempt (UTC, ISO 8601, or ``held``; as the hub keeps it,
 ``schedule.due_by``; ``delivering`` -- ``held,delivering`` if held
 meanwhile -- while a running hub is delivering it, by the lock it holds
 on ``.<id>.attempt``: a marker a killed hub left is not taken for an
-attempt), and the last error: the
+attempt; ``notice,`` before it when the entry only owes its sender a
+notice), and the last error: the
 remote's reply verbatim, code included (``-`` when there is none).
 Control characters (an ESC, which starts a terminal escape sequence; a
 reply within RFC 5321's grammar has none but tabs) are shown as
@@ -100,6 +101,13 @@ def _retry_schedule(settings: Any) -> Any:
     return relay.retry_schedule if relay is not None else settings.retry_schedule
 
 
+def _only_notice(entry: QueueEntry) -> bool:
+    """Whether all ``entry`` still holds is a notice to its sender: no
+    recipient left to deliver, but one failed (its failure notice not yet
+    sent) or owed a success notice."""
+    return not entry.pending and not entry.finished
+
+
 def _next(entry: QueueEntry, schedule: Any, since: float | None = None) -> str:
     """The next attempt as the hub keeps it: a retry time further away
     than the entry's schedule step (written by a clock ahead of this one:
@@ -107,7 +115,14 @@ def _next(entry: QueueEntry, schedule: Any, since: float | None = None) -> str:
     (``docs/relay.rst``, "Retry schedule").  ``since``: a running hub is
     delivering it now (``OutboundQueue.attempt_since``): ``delivering``,
     the record's retry time being the one that attempt will replace --
-    ``held,delivering`` when it was held during that attempt."""
+    ``held,delivering`` when it was held during that attempt.  An entry
+    that only owes its sender a notice has ``notice,`` before that: its
+    next attempt is the notice's, not a delivery's."""
+    when = _next_when(entry, schedule, since)
+    return f"notice,{when}" if _only_notice(entry) else when
+
+
+def _next_when(entry: QueueEntry, schedule: Any, since: float | None) -> str:
     if since is not None:
         return "held,delivering" if entry.held else "delivering"
     if entry.held:
