@@ -2222,3 +2222,13 @@ def test_alias_show_gives_the_452_rcpt_gives_an_alias_whose_mailboxes_are_full(
     config.write_text(config.read_text().replace("mailbox_quota = 1000\n", ""))
     assert run(config, "alias", "show", "full")[1].splitlines()[2:] == [
         "mailboxes: alice@example.org", "forwards: -"]
+
+
+def test_a_name_holding_an_escapes_text_is_shown_escaped_once(config: Path) -> None:
+    # the name with the text \x{1B} is not shown as one with an ESC, and
+    # the message that names it is not escaped a second time
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    assert run(config, "user", "del", "a\\x{1B}b") == (
+        1, "", "mailhub: no such user: a\\x{5C}x{1B}b@example.org\n")
+    assert run(config, "user", "del", "a\x1bb")[2] == (
+        "mailhub: no such user: a\\x{1B}b@example.org\n")

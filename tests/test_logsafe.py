@@ -128,7 +128,9 @@ def test_shown_escapes_controls_and_nothing_else():
             assert c in out
         else:
             assert c not in out and f"\\x{{{o:X}}}" in out
-    assert shown("550 5.1.1 caf\u00e9\t\\x{1B} \u200f") == "550 5.1.1 caf\u00e9\t\\x{1B} \u200f"
+    assert shown("550 5.1.1 caf\u00e9\t\\ \u200f") == "550 5.1.1 caf\u00e9\t\\ \u200f"
+    # but for a backslash before "x{", which would read as an escape's
+    assert shown("550 \\x{1B}") == "550 \\x{5C}x{1B}"
     # and every other character is left as it is: the loop above cannot
     # tell ("D" or "7" are in the escapes it expects)
     kept = "".join(chr(o) for o in range(0x200) if o == 9 or 0x20 <= o < 0x7F or o >= 0xA0)
@@ -179,3 +181,31 @@ def test_quoted_keeps_two_names_apart_that_differ_by_a_backslash_or_a_quote() ->
     assert quoted("a\\x{1B}b") == "'a\\\\x{1B}b'"  # the backslash doubled, as repr did
     assert quoted("it's") == "'it\\'s'"
     assert quoted("a\x1bb") == "'a\\x{1B}b'"  # unchanged
+
+
+def test_shown_keeps_a_reply_with_an_escape_and_one_with_its_text_apart() -> None:
+    # a reply holding the four characters \x{1B} was shown as one holding
+    # an ESC: the same line for two replies.  quoted() doubles a backslash;
+    # shown() keeps a reply verbatim (queue list's promise), so it escapes
+    # the one backslash that would read as an escape's, before "x{", as it
+    # escapes a control: \x{5C}.  Every "\x{" it writes is then an escape
+    from txmailhub.logsafe import quoted, shown
+
+    texts = ["a\x1bb", "a\\x{1B}b", "a\\\x1bb", "a\\\\x{1B}b", "a\\b", "a\\x1b", "a\\x{"]
+    out = [shown(t) for t in texts]
+    assert len(set(out)) == len(texts), out
+    assert shown("a\\x{1B}b") == "a\\x{5C}x{1B}b"
+    assert shown("a\\\x1bb") == "a\\\\x{1B}b"
+    # a backslash anywhere else is the reply's own, shown as it is
+    assert shown("550 DOMAIN\\user unknown \\ x") == "550 DOMAIN\\user unknown \\ x"
+    for t in texts:
+        assert _unshown(shown(t)) == t
+    # quoted()'s output is unchanged (its backslashes are doubled already)
+    assert quoted("a\\x{1B}b") == "'a\\\\x{1B}b'"
+
+
+def _unshown(text: str) -> str:
+    """A reader of shown()'s text: every \\x{HEX} is the character HEX."""
+    import re
+
+    return re.sub(r"\\x\{([0-9A-F]+)\}", lambda m: chr(int(m.group(1), 16)), text)

@@ -215,6 +215,22 @@ def test_a_replys_control_characters_never_reach_the_terminal(setup):
     assert not any(c in out for c in "\x1b\x07\x9b")
 
 
+def test_a_reply_holding_an_escapes_text_is_not_shown_as_the_escape(setup):
+    # a reply with an ESC and one with the four characters \x{1B} in its
+    # text were the same queue list line
+    settings, queue, qid, _ = setup
+    lines = []
+    for text in ("odd\x1bname", "odd\\x{1B}name"):
+        reply = Reply.of(550, "5.1.1", text)
+        queue.update(qid, lambda e, reply=reply: e.with_recipients(
+            {r.address: dataclasses.replace(r, last_reply=reply) for r in e.recipients}))
+        lines.append(run(settings, "list")[1])
+        assert f"last reply: 550 5.1.1 {lines[-1].split(' 5.1.1 ')[1]}" in run(
+            settings, "show", qid)[1]
+    assert lines[0].endswith("550 5.1.1 odd\\x{1B}name\n")
+    assert lines[1].endswith("550 5.1.1 odd\\x{5C}x{1B}name\n")
+
+
 def test_unknown_id(setup):
     settings = setup[0]
     for action in ("show", "delete", "hold", "release"):

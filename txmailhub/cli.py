@@ -36,7 +36,7 @@ from txmailhub.errors import (
     UsersFileError,
     WeakPassword,
 )
-from txmailhub.logsafe import shown, shown_lines
+from txmailhub.logsafe import shown, shown_lines, shown_message
 
 if TYPE_CHECKING:
     from txmailhub.address import Address
@@ -662,14 +662,14 @@ def main(
     except WeakPassword as e:
         # the reasons, then the way out: without it the refusal read as if
         # no such password could ever be set (it can, for tests and the like)
-        print(shown(f"mailhub: {e}; {_WEAK_WAY_OUT}"), file=err)
+        print(shown_message(f"mailhub: {e}; {_WEAK_WAY_OUT}"), file=err)
         return 2
     except UsersFileError as e:
-        print(shown(f"mailhub: {e}"), file=err)
+        print(shown_message(f"mailhub: {e}"), file=err)
         return 1 if isinstance(e, UserExists | NoSuchUser) else 2
     except AliasesFileError as e:
         for line in str(e).split("\n"):
-            print(shown(f"mailhub: {line}"), file=err)
+            print(shown_message(f"mailhub: {line}"), file=err)
         return 2 if isinstance(e, BadAlias) else 1
     except ArgumentNotUTF8 as e:
         print(f"mailhub: {e}", file=err)

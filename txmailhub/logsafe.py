@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "plural", "quoted", "shown",
-           "shown_lines"]
+           "shown_lines", "shown_message"]
 
 
 #: ``loggable``'s limit for a remote server's reply (the relay's log
@@ -55,6 +55,13 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
 # embeddings, overrides and isolates (they reorder what follows on screen,
 # so a reply could make a queue line read as something else)
 _CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# and, for ``shown``, a backslash that starts the text of an escape
+# (``\x{``): escaped as ``\x{5C}``, so that every ``\x{`` shown is one
+_SHOWN = re.compile(_CONTROLS.pattern + r"|\\(?=x\{)")
+
+
+def _controls_escaped(text: str) -> str:
+    return _CONTROLS.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
 
 
 def shown(text: str) -> str:
@@ -68,15 +75,32 @@ def shown(text: str) -> str:
     two) and the bidi embeddings, overrides and isolates (U+202A-U+202E,
     U+2066-U+2069: they reorder the text after them on screen).  Nothing else changes: a reply
     within RFC 5321's grammar (printable ASCII and tabs, UTF-8 after
-    SMTPUTF8) is shown verbatim, as ``queue list`` promises."""
-    return _CONTROLS.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
+    SMTPUTF8) is shown verbatim, as ``queue list`` promises, but for the
+    one backslash that would read as an escape's: before ``x{`` it is
+    ``\\x{5C}`` (a reply holding the text ``\\x{1B}`` was shown as one
+    holding an ESC).  Every ``\\x{HEX}`` shown is then an escape, and any
+    other backslash the text's own -- the two cases ``quoted`` tells apart
+    by doubling every backslash, which a reply shown verbatim cannot do.
+
+    For a value.  A message made of values already ``quoted`` (or
+    ``shown``) goes through ``shown_message``, which adds no escape of a
+    backslash to theirs."""
+    return _SHOWN.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
+
+
+def shown_message(text: str) -> str:
+    """``text``, a message whose values are ``quoted`` or ``shown``
+    already, with its controls escaped as ``shown`` escapes them (a
+    value put in as it is still cannot act on the terminal), and its
+    backslashes left as those functions wrote them."""
+    return _controls_escaped(text)
 
 
 def shown_lines(text: str) -> str:
-    """``text`` with ``shown``'s escapes, line by line: a message of more
-    than one line (a config problem with its hint) keeps its line breaks,
-    and whatever a line holds stays on it."""
-    return "\n".join(shown(line) for line in text.split("\n"))
+    """``text``, a message, with ``shown_message``'s escapes, line by
+    line: a message of more than one line (a config problem with its
+    hint) keeps its line breaks, and whatever a line holds stays on it."""
+    return "\n".join(shown_message(line) for line in text.split("\n"))
 
 
 def quoted(value: object) -> str:
@@ -96,7 +120,7 @@ def quoted(value: object) -> str:
     value = value.replace("\\", "\\\\").replace("'", "\\'")
     if not value.isprintable():
         value = "".join(c if c.isprintable() else f"\\x{{{ord(c):X}}}" for c in value)
-    return f"'{shown(value)}'"
+    return f"'{_controls_escaped(value)}'"
 
 
 def plural(count: int, one: str, many: str) -> str:
