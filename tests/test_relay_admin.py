@@ -570,3 +570,25 @@ def test_list_says_an_entry_only_owes_a_notice(setup, tmp_path):
     queue.set_held(success, True)
     lines = {line.split()[0]: line.split() for line in run(settings, "list")[1].splitlines()}
     assert lines[success][4] == "notice,held"
+
+
+def test_a_hand_edited_time_that_is_no_date_is_shown_not_a_traceback(setup):
+    # "last_attempt": NaN or "next_attempt": 1e300 in a record edited by
+    # hand: queue show and queue list ended in a ValueError traceback
+    settings, queue, qid, _ = setup
+    path = queue.record_path(qid)
+    raw = open(path, "rb").read()
+    raw = raw.replace(b'"last_attempt": 1800000000.0', b'"last_attempt": NaN', 1)
+    raw = raw.replace(b'"next_attempt": 1800000060.0', b'"next_attempt": 1e300', 1)
+    open(path, "wb").write(raw)
+    code, out, err = run(settings, "show", qid)
+    assert (code, err) == (0, "")
+    assert " last-attempt=nan " in out
+    code, out, err = run(settings, "list")
+    assert (code, err) == (0, "")
+    # a time further away than the schedule's step is that step from now
+    assert out.split()[5] == "2027-01-15T08:01:00Z"
+    raw = raw.replace(b'"next_attempt": 1e300', b'"next_attempt": NaN', 1)
+    open(path, "wb").write(raw)
+    code, out, err = run(settings, "list")
+    assert (code, err, out.split()[5]) == (0, "", "nan")

@@ -115,5 +115,13 @@ def describe_delay(seconds: float) -> str:
 
 
 def utc_text(ts: float) -> str:
-    """A queue time as ``queue list`` and the log show it: ISO 8601, UTC."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A queue time as ``queue list`` and the log show it: ISO 8601, UTC.
+
+    A time no date can be (``NaN``, an infinity, ``1e300``: a queue
+    record edited by hand) is its number, one word as a date is
+    (``nan``): what ``queue list`` and ``queue show`` print of that
+    record, not a traceback."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return repr(float(ts))
