@@ -3078,6 +3078,19 @@ class HubClosesLingerTests(SynchronousTestCase):
         assert take(t)[-1].startswith("221 ")
         assert t.disconnecting and not t.write_lost
 
+    def test_a_local_errors_421_lingers(self):
+        # the 421 of a bug in the session (SESSION_ERROR) is a close the hub
+        # decides too: it closed at once, a reset for a client still sending
+        h, p, t = self._connect()
+
+        def broken(protocol, event):
+            raise RuntimeError("a bug")
+
+        p._handlers = dict.fromkeys(p._handlers, broken)
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        self._lingers(h, p, t, closing(replies.SESSION_ERROR))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_under_tls_no_half_close(self):
         _h, p, t = self._connect(max_errors=1)
         p.engine.session.tls = True  # as after STARTTLS
