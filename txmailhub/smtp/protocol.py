@@ -554,8 +554,11 @@ class SMTPProtocol(Protocol):
                 handlers[type(event)](self, event)
         except Exception:
             log.failure("SMTP session error with {client}", client=self.client_name)
-            engine.refuse_connection(
-                replies.closing(replies.SESSION_ERROR, self.factory.config.hostname))
+            reply = replies.closing(replies.SESSION_ERROR, self.factory.config.hostname)
+            engine.refuse_connection(reply)
+            # its Close event is not handled (the handlers broke): the 421
+            # is a close the hub decides all the same, which lingers (_lose)
+            self._close_reply = reply
             self._flush()
             self._lose()  # unregisters us, and cuts a close the client does not take
             return
