@@ -853,3 +853,50 @@ def test_three_session_ends_that_hang_hold_up_a_login_of_another_user(tmp_path):
     assert b"+OK Logged in" in bytes(t.received)
     for proto, _ in [*sessions.values(), (dan, t)]:
         proto.connectionLost(Failure(ConnectionDone()))
+
+
+class HalfClosingTransport(Transport):
+    """A Transport that can shut down its sending side alone, as a plain
+    TCP one can: a close the hub decides lingers on it
+    (``txmailhub.linger.can_linger``)."""
+
+    write_lost = False
+
+    def loseWriteConnection(self):
+        self.write_lost = True
+
+
+@pytest.mark.parametrize("close", ["too many errors", "autologout"])
+def test_a_login_during_a_lingering_close_waits_for_the_lock_not_in_use(tmp_path, close):
+    """A close the hub decides (too many errors, the autologout) lingers
+    on plain TCP, and the session holds its mailbox's lock until the
+    client closes, or ``LINGER_SECONDS`` after our end of stream: a client
+    that logs in again meanwhile (one retrying after the -ERR, or the
+    autologged-out user back on another connection) waits for the lock,
+    as for a gone session's last save, rather than being told
+    ``-ERR [IN-USE]``: it got in at once when such a close was not a
+    lingering one."""
+    from txmailhub import linger
+
+    clock, components, _md = make_env(tmp_path, max_errors=1, idle_timeout=600)
+    first = POP3Factory(components).buildProtocol(LOOPBACK)
+    t1 = HalfClosingTransport()
+    first.makeConnection(t1)
+    first.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t1.received)
+    if close == "autologout":
+        clock.advance(600)
+        clock.advance(0)  # the second look
+    else:
+        first.dataReceived(b"FOO\r\n")
+        assert bytes(t1.received).endswith(R.TOO_MANY_ERRORS.to_bytes())
+    assert t1.write_lost and not t1.disconnecting  # lingering, the lock held
+    first.writeConnectionLost()  # our end of stream is out
+    second, t2 = logging_in(components)
+    assert b"IN-USE" not in bytes(t2.received), bytes(t2.received)
+    assert b"+OK Logged in" not in bytes(t2.received)  # waits for the lock
+    clock.advance(linger.LINGER_SECONDS)
+    assert t1.disconnecting  # the lingering close's end
+    first.connectionLost(Failure(ConnectionDone()))
+    assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
+    second.connectionLost(Failure(ConnectionDone()))
