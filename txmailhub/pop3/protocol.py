@@ -682,6 +682,14 @@ class POP3Protocol(Protocol):
             # the client's end of data comes as readConnectionLost (a close
             # once the buffered answers are out)
             t.loseWriteConnection()
+            # The lock is held until the client closes (LINGER_SECONDS at
+            # most once our end of stream is out), but the session uses the
+            # mailbox no more: a login of the same user meanwhile (a client
+            # retrying after the -ERR) waits for it, as for a gone
+            # session's last save, instead of being told IN-USE
+            soon = getattr(self.mailbox, "close_soon", None)
+            if soon is not None:
+                soon(self.reactor.callLater)
         else:
             t.loseConnection()
         # A polite close waits for the peer to read the last reply, and under
