@@ -3079,6 +3079,45 @@ class HubClosesLingerTests(SynchronousTestCase):
         assert take(t)[-1].startswith("221 ")
         assert t.disconnecting and not t.write_lost
 
+    def test_message_data_too_slow_lingers_and_stores_nothing_sent_after(self):
+        # the 421 in the middle of a message: the rest of it, its "." and
+        # a new transaction pipelined behind are read and dropped, never
+        # taken: no message stored, no reply after the 421
+        h, p, t = self._connect(idle_timeout=300)
+        p.dataReceived(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        take(t)
+        h.clock.pump([100, 100])
+        p.dataReceived(b"a\r\n")
+        h.clock.pump([100, 50])
+        p.dataReceived(b"a\r\n")
+        assert take(t) == [closing(replies.DATA_TOO_SLOW)]
+        assert p._lingering and t.write_lost and not t.disconnecting
+        p.dataReceived(b"b\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\nc\r\n.\r\n")
+        assert t.value() == b"" and h.store.messages(ALICE) == []
+        p.readConnectionLost()  # the client closes after reading the 421
+        assert t.disconnecting
+        p.connectionLost(Failure(error.ConnectionDone()))
+        assert h.store.messages(ALICE) == [] and p not in h.factory.limits.sessions
+
+    def test_too_many_failed_logins_lingers(self):
+        h = Harness(max_auth_failures=1, auth_failure_delay=0.0)
+        p, t = h.connect("127.0.0.1", transport=HalfClosingTransport)
+        take(t)
+        p.dataReceived(b"EHLO c\r\n")
+        take(t)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}\r\n".encode())
+        h.clock.advance(0)
+        self._lingers(h, p, t, closing(replies.AUTH_TOO_MANY_FAILURES))
+
+    def test_a_refused_connections_421_closes_at_once(self):
+        # past max_connections: no linger (a refusal has its own bound,
+        # REFUSALS_WAITING; it must not last longer when the hub is full)
+        h = Harness(max_connections=1)
+        _p1, _t1 = h.connect(transport=HalfClosingTransport)
+        p, t = h.connect(transport=HalfClosingTransport)
+        assert take(t)[-1].startswith("421 ")
+        assert t.disconnecting and not t.write_lost and not p._lingering
+
     def test_a_local_errors_421_lingers(self):
         # the 421 of a bug in the session (SESSION_ERROR) is a close the hub
         # decides too: it closed at once, a reset for a client still sending
