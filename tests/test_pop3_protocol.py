@@ -3516,6 +3516,41 @@ def test_the_autologout_lingers():
     _lingers(env, proto, t)
 
 
+def test_too_many_failed_logins_lingers():
+    env = Env(max_auth_failures=1, auth_failure_delay=1.0)
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS wrong\r\n")
+    assert not t.write_lost  # the delay first
+    env.clock.advance(1)
+    assert t.value().endswith(R.TOO_MANY_AUTH_FAILURES.to_bytes())
+    assert t.write_lost and not t.disconnecting
+    t.clear()
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")  # read and dropped
+    assert t.value() == b"" and proto.mailbox is None
+    proto.writeConnectionLost()
+    env.clock.advance(linger.LINGER_SECONDS)
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_an_internal_error_lingers():
+    env = Env()
+
+    @implementer(IRealm)
+    class Bad:
+        def requestAvatar(self, avatar_id, mind, *interfaces):
+            return (IMailbox, object())
+
+    env.portal.realm = Bad()
+    proto, t = _connect_half_closing(env)
+    assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n").endswith(
+        R.INTERNAL_ERROR.to_bytes())
+    assert t.write_lost and not t.disconnecting and proto._lingering
+    proto.readConnectionLost()  # the client closes after the line
+    assert t.disconnecting
+
+
 def test_a_client_that_closes_during_it_is_closed_at_once_and_past_linger_octets_too():
     env = Env(max_errors=1)
     proto, t = _connect_half_closing(env)
@@ -3639,6 +3674,60 @@ def test_a_half_close_after_answered_commands_without_quit_closes_without_update
     assert t.disconnecting
     proto.connectionLost(None)
     assert len(env.store.messages("joe@example.org")) == 1  # no QUIT: nothing deleted
+    assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_half_close_behind_a_quit_with_no_line_end_deletes_nothing():
+    # the end of the client's data is no line end: a "QUIT" it did not end
+    # with CRLF is no QUIT, and without one nothing is deleted (RFC 1939 6)
+    env = Env()
+    env.store.add("joe@example.org", b"Subject: a\n\nx\n")
+    proto, t = login(env)
+    assert talk(proto, t, b"DELE 1\r\nQUIT") == R.deleted(1).to_bytes()
+    t.clear()
+    _end_of_client_data(proto)
+    assert t.value() == b"" and t.disconnecting
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1
+    assert not env.store.is_locked("joe@example.org")
+
+
+class _Uncached:
+    """A mailbox's ``INoWaitRead`` side for which nothing is cached: every
+    read goes to a worker thread."""
+
+    def read_message_nowait(self, index, size):
+        raise BlockingIOError
+
+
+def test_a_half_close_while_a_message_read_waits_for_the_disk_answers_it_then_closes():
+    # the half-close comes while RETR's read is on a worker thread (a
+    # message the kernel has not cached): the session waits for it, sends
+    # the message and the next answer, and closes then -- nothing deleted
+    # without a QUIT
+    env = Env()
+    stored = b"Subject: a\n\nhello\n"
+    env.store.add("joe@example.org", stored)
+    proto, t = login(env)
+    held = []
+
+    def off_thread(job, args, back, *back_args):
+        proto._busy = True
+        held.append((back, back_args))
+
+    proto._off_thread = off_thread
+    proto._nowait = _Uncached()
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\nDELE 1\r\n")
+    _end_of_client_data(proto)
+    assert held and t.value() == b"" and not t.disconnecting  # waits for the read
+    back, back_args = held.pop()
+    back(stored, *back_args)
+    out = t.value()
+    assert b"hello\r\n.\r\n" in out and out.endswith(R.deleted(1).to_bytes())
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1
     assert not env.store.is_locked("joe@example.org")
 
 
