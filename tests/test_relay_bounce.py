@@ -336,6 +336,22 @@ def test_control_characters_of_a_reply_are_escaped_in_the_human_part(tmp_path):
     assert "\\x{1B}[2J\\x{7} here, Empfänger" in text
 
 
+def test_a_reply_holding_the_text_of_an_escape_reaches_the_notice_as_received(tmp_path):
+    # the sender reads the remote server's reply as it was given (RFC 3464
+    # 2.3.6): a reply that holds the text "\x{1B}" is not rewritten as the
+    # terminal's "\x{5C}x{1B}" of queue list in the notice's text, nor in
+    # its Diagnostic-Code; a real control character is escaped still
+    entry = make_entry(tmp_path)
+    reply = Reply(550, "5.1.1", ("no user C:\\x{1B}\\mail \x1b here",))
+    _, msg = build(entry, [dataclasses.replace(failed(entry), last_reply=reply)])
+    human, status, _returned = list(msg.iter_parts())
+    text = human.get_content().replace("\n    ", " ")  # unwrapped
+    assert "no user C:\\x{1B}\\mail \\x{1B} here" in text
+    assert "x{5C}" not in text
+    assert status.get_payload()[1]["Diagnostic-Code"] == (
+        "smtp; 550 5.1.1 no user C:\\x{1B}\\mail \\x{1B} here")
+
+
 def test_a_delay_notice_after_a_5xx_the_hub_retries_says_4xx(tmp_path):
     # a host that would not talk (554 greeting) is retried: the "delayed"
     # notice must not carry a 5.x.x status (RFC 3464 2.3.4)

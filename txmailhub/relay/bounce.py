@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from txmailhub.address import Address, ascii_form
 from txmailhub.envelope import Envelope
 from txmailhub.errors import Rejected
-from txmailhub.logsafe import shown
+from txmailhub.logsafe import shown_message
 from txmailhub.relay.record import QueueEntry, RecipientRecord, mta_name
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
@@ -309,8 +309,10 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
             why += " (gave up: the message stayed in the queue too long)"
         # a server's reply may hold control characters (an ESC starts a
         # terminal escape sequence): shown as \x{HEX}, the rest of its
-        # text (UTF-8 included) as it is
-        why = shown(why)
+        # text (UTF-8 included) as it is -- a backslash before "x{" too:
+        # the sender gets the reply as received (RFC 3464), not as
+        # ``shown`` writes it for ``queue list`` (``\x{5C}``)
+        why = shown_message(why)
         if len(why) > _DIAGNOSTIC_MAX:
             why = why[: _DIAGNOSTIC_MAX - 3] + "..."
         # wrapped: a remote reply of many lines (joined) or one long line
