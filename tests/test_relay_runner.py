@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -3759,3 +3760,65 @@ def test_a_failure_time_edited_to_no_number_is_taken_as_now_not_kept_for_ever(
     assert lines == [f"{qid}: the record's failed_at of {BOB} is not a time "
                      f"({float(value)!r}); "
                      f"taken as now, {schedule.utc_text(mended)}"]
+
+
+def _edit_record_time(hub, qid, field, value):
+    """The record of ``qid`` with ``field`` (a time of the entry) set to
+    ``value`` (the text JSON reads: ``NaN``, ``Infinity``), as by hand."""
+    path = hub.queue.record_path(qid)
+    raw = open(path, "rb").read()
+    raw, count = re.subn(rb'"' + field.encode() + rb'": [-0-9.e+]+',
+                         b'"' + field.encode() + b'": ' + value.encode(), raw)
+    assert count == 1
+    with open(path, "wb") as f:
+        f.write(raw)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_queued_time_edited_to_no_number_is_taken_as_now_not_kept_for_ever(
+        hub, log_events, value):
+    # "created": NaN (or Infinity) in a hand-edited record: no time is ever
+    # a queue lifetime past it, so a message no host takes was retried for
+    # ever and its sender never told; from -Infinity it was given up at its
+    # first failed try.  Taken as the time the runner reads it, written
+    # back so, and said in one line
+    from twisted.logger import formatEvent
+
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    _edit_record_time(hub, qid, "created", value)
+    hub.clock.advance(3600)
+    mended = hub.clock.seconds()
+    hub.runner.start()
+    entry = hub.queue.read(qid)
+    assert entry.recipients[0].attempts == 1
+    assert entry.created == mended
+    assert hub.dsn.sent == []  # not given up at its first try
+    while hub.clock.seconds() < mended + 86400 - 3600:
+        hub.clock.advance(600)
+    assert hub.queue.ids() == [qid]  # retried for a lifetime from then
+    hub.clock.advance(3 * 3600)
+    assert hub.queue.ids() == []  # and given up then, its sender told
+    actions = [b"Action: failed" in data for _envelope, data in hub.dsn.sent]
+    assert actions == [False, True]  # the delay warning (4 hours on), the failure
+    lines = [formatEvent(e) for e in log_events if "not a time" in formatEvent(e)]
+    assert lines == [f"{qid}: the record's created is not a time ({float(value)!r}); "
+                     f"taken as now, {schedule.utc_text(mended)}"]
+
+
+def test_a_retry_time_edited_to_nan_is_due_at_once_not_never(hub, monkeypatch):
+    # "next_attempt": NaN: a due time no clock reaches (every comparison
+    # with NaN is false), so the entry was never tried again, and queue
+    # list showed "nan"; it is due now, as an infinity in the past is
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB)
+    _edit_record_time(hub, qid, "next_attempt", "NaN")
+    hub.clock.advance(60)
+    monkeypatch.setattr(admin._WallClock, "seconds", staticmethod(hub.clock.seconds))
+    entry = hub.queue.read(qid)
+    assert admin._next(entry, hub.settings.relay.retry_schedule) == schedule.utc_text(
+        hub.clock.seconds())
+    hub.runner.start()
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 1
+    assert hub.queue.read(qid).next_attempt == hub.clock.seconds() - 1 + 60

@@ -77,22 +77,31 @@ def failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:
 
 
 def mend_times(e: QueueEntry, now: float) -> tuple[QueueEntry, list[dict]]:
-    """``e`` with each recipient's ``failed_at`` and ``last_attempt`` that
-    is no time (NaN or an infinity: JSON reads ``NaN`` and ``Infinity``
-    in a hand-edited record) taken as ``now``, and a log line's fields for
-    each.  The queue lifetime of a notice is reckoned from these: from NaN
-    or +inf it never ends (the notice tried for ever), from -inf it is
-    over at once (the notice given up untried).  ``now`` gives it a whole
-    lifetime of tries and loses nothing; written back, it is mended once."""
+    """``e`` with its ``created`` and each recipient's ``failed_at`` and
+    ``last_attempt`` that is no time (NaN or an infinity: JSON reads
+    ``NaN`` and ``Infinity`` in a hand-edited record) taken as ``now``,
+    and a log line's fields for each.  The queue lifetime of the message
+    and of a notice is reckoned from these: from NaN or +inf it never ends
+    (a message no host takes retried for ever, its sender never told, a
+    notice tried for ever), from -inf it is over at once (given up
+    untried, and the notice's Arrival-Date no date).  ``now`` gives it a
+    whole lifetime of tries and loses nothing; written back, it is mended
+    once."""
     updates: dict[Address, RecipientRecord] = {}
     lines: list[dict] = []
+    when = schedule.utc_text(now)
+    if not math.isfinite(e.created):
+        lines.append({"queue_id": e.id, "field": "created", "what": "created",
+                      "value": repr(e.created), "now": when})
+        e = dataclasses.replace(e, created=now)
     for r in e.recipients:
         changes = {name: now for name in ("failed_at", "last_attempt")
                    if getattr(r, name) is not None and not math.isfinite(getattr(r, name))}
         for name in changes:
+            recipient = loggable(str(r.address), 1 << 20)
             lines.append({"queue_id": e.id, "field": name, "value": repr(getattr(r, name)),
-                          "recipient": loggable(str(r.address), 1 << 20),
-                          "now": schedule.utc_text(now)})
+                          "recipient": recipient, "what": f"{name} of {recipient}",
+                          "now": when})
         if changes:
             updates[r.address] = dataclasses.replace(r, **changes)
     return (e.with_recipients(updates) if updates else e), lines

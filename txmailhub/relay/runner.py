@@ -296,7 +296,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             found.append(e)
             del lines[:]  # the lines of the version that is written
             # a time a hand-edited record holds that is no number (NaN):
-            # now, as the notices it decides must end (recording.mend_times)
+            # now, as the lifetimes it decides must end (recording.mend_times)
             e, mended[:] = recording.mend_times(e, now)
             if withheld and not results:
                 # held while its deliveries waited, none made: kept as the
@@ -321,8 +321,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             self._forget(qid)
             return
         for fields in mended:
-            log.warn("{queue_id}: the record's {field} of {recipient} is not a time "
-                     "({value}); taken as now, {now}", **fields)
+            log.warn("{queue_id}: the record's {what} is not a time ({value}); "
+                     "taken as now, {now}", **fields)
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
         if entry is not None and honoured(found[-1]) and not entry.held:

@@ -13,6 +13,7 @@ in the queue (``[relay] queue_lifetime``, 5 days by default).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -83,7 +84,13 @@ def due_by(next_attempt: float, failures: int, now: float,
            schedule: Sequence[int] = DEFAULT_SCHEDULE, least: float = LEAST_WAIT) -> float:
     """When an entry whose record says ``next_attempt`` is really tried:
     never later than ``longest_wait`` from ``now``.  One rule for the
-    runner and for what ``mailhub queue list`` shows."""
+    runner and for what ``mailhub queue list`` shows.
+
+    A ``next_attempt`` of NaN (a hand-edited record: JSON reads ``NaN``)
+    is ``now``: no clock ever reaches it, every comparison with it being
+    false, and the entry was never tried again."""
+    if math.isnan(next_attempt):
+        return now
     return min(next_attempt, now + longest_wait(failures, schedule, least))
 
 
