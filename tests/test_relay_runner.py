@@ -3822,3 +3822,31 @@ def test_a_retry_time_edited_to_nan_is_due_at_once_not_never(hub, monkeypatch):
     hub.clock.advance(1)
     assert len(hub.agent.calls) == 1
     assert hub.queue.read(qid).next_attempt == hub.clock.seconds() - 1 + 60
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_a_local_copy_of_a_message_whose_queued_time_is_no_number_is_delivered(
+        tmp_path, value):
+    # the Maildir name of a queued local copy is made from the record's
+    # created (the key that keeps a crash from delivering it twice): from
+    # NaN or an infinity none could be made, the attempt failed at each
+    # try and the time was never mended (only a recorded pass mends it).
+    # Mended and written before the attempt: one copy, under the mended time
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    joe = Address("joe", "example.org")
+    h = make_hub(tmp_path)
+    h.components.store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    qid = enqueue(h, joe)
+    _edit_record_time(h, qid, "created", value)
+    h.clock.advance(60)
+    mended = h.clock.seconds()
+    h.runner.start()
+    try:
+        h.clock.advance(1)
+    finally:
+        h.runner.stop()
+    assert h.queue.ids() == []
+    (name,) = os.listdir(tmp_path / "mail" / "example.org" / "joe" / "new")
+    assert name.startswith(f"{int(mended)}.M0K{qid}.")

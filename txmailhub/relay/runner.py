@@ -78,6 +78,13 @@ POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
 # connections it cut; defined in stopping.py, with the stop
 
 
+def _log_mended(mended: list[dict]) -> None:
+    """Log each time ``recording.mend_times`` took as now (its fields)."""
+    for fields in mended:
+        log.warn("{queue_id}: the record's {what} is not a time ({value}); "
+                 "taken as now, {now}", **fields)
+
+
 class _AttemptFailed(Exception):
     """A delivery of an attempt failed with an error out of the agent (a
     bug): raised once the attempt's other deliveries are over too, with
@@ -236,6 +243,22 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             self._index(entry)
             return
         self.due[qid] = float("inf")  # not due again until recorded below
+        if recording.mend_times(entry, self.clock.seconds())[1]:
+            # a time a hand edit left no number (recording.mend_times),
+            # mended and written before the attempt: a local copy's Maildir
+            # name is made from ``created`` (none can be from NaN), and the
+            # name a crash replays must be the one the copy was made under
+            before = self._generation
+            entry = yield self._mend(qid)
+            if before != self._generation:  # stopped meanwhile: as below
+                if self.running:
+                    self.due[qid] = self.clock.seconds()
+                return
+            if entry is None:
+                log.info("queue entry {queue_id} deleted (mailhub queue delete): "
+                         "no more attempts, no notice", queue_id=qid)
+                self._forget(qid)
+                return
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
         if (results and entry.pending
                 and not any(pending_in(entry, r.address) for r in results)):
@@ -320,9 +343,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                      "no more attempts, no notice", queue_id=qid)
             self._forget(qid)
             return
-        for fields in mended:
-            log.warn("{queue_id}: the record's {what} is not a time ({value}); "
-                     "taken as now, {now}", **fields)
+        _log_mended(mended)
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
         if entry is not None and honoured(found[-1]) and not entry.held:
@@ -379,6 +400,22 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self._unrecorded.pop(qid, None)
         self._notified.pop(qid, None)
         self._release_seen.pop(qid, None)
+
+    @defer.inlineCallbacks
+    def _mend(self, qid: str) -> Any:
+        """Write ``qid``'s record with the times that are no number taken as
+        now (``recording.mend_times``), and log each; fires with the entry
+        as written, or ``None`` when it went meanwhile."""
+        now = self.clock.seconds()
+        mended: list[dict] = []
+
+        def mend(e: QueueEntry) -> QueueEntry:
+            e, mended[:] = recording.mend_times(e, now)
+            return e
+
+        entry = yield self._write(qid, mend)
+        _log_mended(mended)
+        return entry
 
     def _write(self, qid: str, change: Callable[[QueueEntry], QueueEntry | None],
                guard: Callable[[], bool] | None = None) -> defer.Deferred:
