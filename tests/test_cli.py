@@ -2224,6 +2224,23 @@ def test_alias_show_gives_the_452_rcpt_gives_an_alias_whose_mailboxes_are_full(
         "mailboxes: alice@example.org", "forwards: -"]
 
 
+def test_alias_show_says_a_mailbox_the_quota_check_cannot_measure(config: Path) -> None:
+    # a Maildir the command cannot measure (run as a user who may not read
+    # it; here a file where the folder would be): RCPT takes its mail, as
+    # show says, but nothing told that the quota was not looked at
+    config.write_text(config.read_text().replace("[hub]\n", "[hub]\nmailbox_quota = 1000\n"))
+    with_aliases(config, "full: alice\n")
+    domain = config.parent / "var" / "mail" / "example.org"
+    domain.mkdir(parents=True)
+    (domain / "alice").write_bytes(b"not a Maildir")
+    code, out, err = run(config, "alias", "show", "full")
+    assert (code, out.splitlines()[2:]) == (0, ["mailboxes: alice@example.org", "forwards: -"])
+    assert err.startswith("warning: cannot measure the mailbox of alice@example.org for "
+                          "[hub] mailbox_quota (")
+    assert err.endswith("): RCPT takes its mail as if it had room\n")
+    assert err.count("\n") == 1
+
+
 def test_a_name_holding_an_escapes_text_is_shown_escaped_once(config: Path) -> None:
     # the name with the text \x{1B} is not shown as one with an ESC, and
     # the message that names it is not escaped a second time

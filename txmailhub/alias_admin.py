@@ -131,10 +131,18 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     # the hub's own expansion; what it skips, it says in its log
     skipped: list[tuple[str, str]] = []
 
+    # and a mailbox the quota check could not measure (this command may run
+    # as a user who cannot read it): RCPT takes its mail then, which the
+    # lines say, but the quota was not what decided it
+    unmeasured: list[tuple[str, str]] = []
+
     def observe(event: dict[str, Any]) -> None:
         if (event.get("log_namespace") == "txmailhub.router" and "alias" in event
                 and "target" in event and str(event.get("log_format", "")).endswith("skipped")):
             skipped.append((event["alias"], event["target"]))
+        elif (event.get("log_namespace") == "txmailhub.smtp.policy" and "mailbox" in event
+              and str(event.get("log_format", "")).startswith("cannot measure the mailbox")):
+            unmeasured.append((str(event["mailbox"]), str(event.get("error", ""))))
 
     users = _users(settings)
     away = _users_away(users)
@@ -158,6 +166,10 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
         globalLogPublisher.removeObserver(observe)
     for alias, target in skipped:
         p(f"skipped: {target} (named by {alias}: no user or alias)")
+    for mailbox, why in unmeasured:
+        print(shown(f"warning: cannot measure the mailbox of {mailbox} for [hub] "
+                    f"mailbox_quota ({why}): RCPT takes its mail as if it had room"),
+              file=err)
     if away:
         print(f"warning: {away}", file=err)
     return 0
