@@ -3373,6 +3373,75 @@ def test_an_entry_taken_for_another_destination_waits_its_turn_at_a_failing_one(
         hub.runner.stop()
 
 
+def _sessions_by_destination(hub):
+    """The agent's deliveries held by ``(queue id, destination)``, and an
+    answer for each: ``unreachable`` (no host answered) or delivered."""
+    sessions: dict[tuple[str, str], tuple[defer.Deferred, list]] = {}
+
+    def script(e, dest, rcpts):
+        d = defer.Deferred()
+        sessions[(e.id, dest)] = (d, list(rcpts))
+        return d
+
+    def answer(qid, dest, how="delivered"):
+        d, rcpts = sessions.pop((qid, dest))
+        d.callback(_unreachable(rcpts) if how == "unreachable"
+                   else [DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+
+    hub.agent.script = script
+    return sessions, answer
+
+
+def test_an_entry_for_a_failing_destination_alone_waits_one_turn_not_every_list_entry(
+        tmp_path):
+    # a failing destination has one delivery at a time; a mailing list's
+    # messages (a member there, the others elsewhere) are taken for their
+    # other domains' room, and their deliveries to it queue for its turn.
+    # A message for it alone was passed over for as long as any of them
+    # was taken with it open: with list mail due at each turn, it never
+    # went (each turn a connect timeout; up to 2 x max_concurrent_deliveries
+    # list messages queued ahead of it at once).  It goes at the next turn
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    sessions, answer = _sessions_by_destination(hub)
+    hub.runner.start()
+    try:
+        first = enqueue(hub, BOB)
+        answer(first, "remote.test", "unreachable")  # marked failing
+        hub.clock.advance(60)  # its retry has the turn
+        lists = [enqueue(hub, BOB, CAROL)]
+        answer(lists[0], "other.test")  # its remote.test delivery waits for the turn
+        single = enqueue(hub, BOB)  # due now, behind the turn under way
+        singles = [single]
+        turns = []  # whose delivery to remote.test has the turn, in order
+        for n in range(8):
+            (holder,) = [q for q, d in sessions if d == "remote.test"]
+            turns.append(holder)
+            if n == 3:
+                singles.append(enqueue(hub, BOB))  # another one for it alone
+            lists.append(enqueue(hub, BOB, CAROL))  # list mail keeps coming
+            answer(lists[-1], "other.test")
+            answer(holder, "remote.test", "unreachable")
+        # the turn alternates: the one for remote.test alone waits for the
+        # turn under way and one list entry's at most (it was due while
+        # the first one had the turn: taken at its end, the list entry
+        # waiting has the turn), not for every list entry; then the list
+        # entries go on in turn, and the second one alone is next after
+        # the turn under way when it came
+        assert turns == [first, lists[0], single, lists[1], singles[1], *lists[2:5]], turns
+        # nothing made twice: each of them one delivery to remote.test
+        calls = [c[0] for c in hub.agent.calls if c[1] == "remote.test"]
+        assert len(calls) == len(set(calls)) + 1  # (the first one's two tries)
+        while sessions:  # (each answer hands the turn on)
+            answer(*next(iter(sessions)), "unreachable")
+        for q in lists + singles:  # each tried once, its retry a minute later as ever
+            e = hub.queue.read(q)
+            assert [p.address for p in e.pending] == [BOB]
+            assert e.attempts == 1 and e.next_attempt == hub.clock.seconds() + 60
+        assert not hub.runner.active and not hub.runner._failing._turns
+    finally:
+        hub.runner.stop()
+
+
 def test_a_start_forgets_the_failing_destinations(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: _unreachable(r)
