@@ -115,3 +115,31 @@ def test_a_destination_not_failing_has_no_turns():
     d = f.turn("remote.test")
     assert isinstance(d, defer.Deferred) and d.called and d.result is None
     assert not f._turns
+
+
+def test_deliveries_taken_within_the_room_wait_before_those_taken_beyond_it():
+    # the fairness: an entry taken for its other destinations' room waits
+    # for the turn behind those taken within the failing one's room (in
+    # the order they came), so that one for it alone is not held back by
+    # every entry of a mailing list; a recovery wakes them all
+    f = FailingDestinations()
+    f.learn("remote.test", unreachable(BOB), 10)
+    held = []
+    f.turn("remote.test").addCallback(held.append)
+    order = []
+    for name, ahead in (("list1", False), ("alone1", True), ("list2", False),
+                        ("alone2", True)):
+        f.turn("remote.test", ahead).addCallback(lambda t, n=name: order.append((n, t)))
+    turn = held[0]
+    for _ in range(4):
+        f.turn_over("remote.test", turn)
+        turn = order[-1][1]
+    assert [n for n, _ in order] == ["alone1", "alone2", "list1", "list2"]
+    # a recovery: those waiting go, and the count of those ahead with them
+    f.turn("remote.test", True)
+    f.turn("remote.test")
+    f.learn("remote.test", [DeliveryResult(BOB, "delivered", Reply.of(250, "2.0.0", "ok"),
+                                           "mx")], 10)
+    assert f._turns["remote.test"].ahead == 0 and not f._turns["remote.test"].waiting
+    f.turn_over("remote.test", turn)
+    assert not f._turns

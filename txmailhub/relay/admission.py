@@ -7,7 +7,11 @@ than ``ENTRIES_PER_SLOT`` per delivery slot in all, and for each remote
 destination no more than it can use at once (``max_per_destination``,
 or one while its MX lookup is under way, or while none of its hosts
 answers: ``failing.py``), so that entries that could
-only wait do not hold the room other destinations' mail needs.
+only wait do not hold the room other destinations' mail needs.  At a
+failing destination, an entry taken for its other destinations' room
+(``_Running.beyond``) does not count against that destination's one: an
+entry for it alone waits for one turn, not for every entry taken for
+other domains too (``failing.py``'s fairness).
 
 ``Admission`` is a part of ``QueueRunner`` (its base class) and works on
 the runner's state (its due times, the entries under way and their
@@ -29,6 +33,8 @@ from txmailhub.relay.failing import FailingDestinations
 from txmailhub.relay.running import _Running
 
 __all__ = ["ENTRIES_PER_SLOT", "Admission", "DueTimes"]
+
+_NONE: frozenset[str] = frozenset()
 
 # the runner's namespace: a filter on it (an operator's, a test's) sees
 # the runner's lines whichever of its parts logs them
@@ -150,9 +156,19 @@ class Admission:
         room = ENTRIES_PER_SLOT * self.relay.max_concurrent_deliveries - len(self._entries)
         if room <= 0:
             return
-        busy: dict[str, int] = {}  # destination -> entries taken with it open
+        # destination -> entries taken with it open; at a failing one, only
+        # those taken within its room: an entry taken for its other
+        # destinations' room waits for the turn there behind them, and an
+        # entry for it alone must not wait for every one of those (a
+        # mailing list's), only for the one within its room (``failing.py``'s
+        # fairness)
+        failing = self._failing
+        busy: dict[str, int] = {}
         for running in self._entries.values():
+            beyond = running.beyond
             for dest in running.open_dests or ():
+                if beyond and dest in beyond and dest in failing:
+                    continue
                 busy[dest] = busy.get(dest, 0) + 1
         # destinations found as busy as they can be: they stay so for the
         # rest of this pass (a queue of many entries for one of them is
@@ -218,13 +234,31 @@ class Admission:
                 # only wait, holding room another destination's entry can
                 # use (its turn comes when one of them is done)
                 continue
+            beyond = self._beyond(dests, local, failing, no_room) if failing else _NONE
             room -= 1
             for dest in dests:
-                busy[dest] = busy.get(dest, 0) + 1
-            self._take(qid, set(dests))
+                if dest not in beyond or dest not in failing:
+                    busy[dest] = busy.get(dest, 0) + 1
+            self._take(qid, set(dests), beyond)
             d = defer.maybeDeferred(self._process, qid)
             d.addErrback(self._crashed, qid)
             d.addBoth(self._finished, qid)
+
+    @staticmethod
+    def _beyond(dests: frozenset[str], local: bool, failing: FailingDestinations,
+                no_room: Any) -> frozenset[str]:
+        """The failing destinations of an entry being taken that it is
+        taken beyond the room of: it goes for its other destinations (one
+        with room, or local mailboxes), whether or not the failing one has
+        room; or that one has none.  Its delivery there waits for the turn
+        behind the entries taken within the room, and does not count
+        against it (``failing.py``'s fairness).  Asked only of an entry
+        taken, while a destination is failing."""
+        if not any(dest in failing for dest in dests):
+            return _NONE
+        roomy = [dest for dest in dests if not no_room(dest)]
+        return frozenset(dest for dest in dests if dest in failing
+                         and (local or dest not in roomy or len(roomy) > 1))
 
     def _place(self, qid: str, order: list[tuple[float, str]], idx: list[int],
                k: int) -> int | None:

@@ -18,6 +18,25 @@ whatever it said).  Its other entries keep their due times and their
 place, and hold no slot while they wait; nothing of what is recorded,
 nor any retry time, changes.
 
+Fairness.  An entry for such a destination and for others (a mailing
+list's message with a member there) is taken for its other destinations'
+room, and its delivery there waits for the turn; one for that destination
+alone waits unslotted, untaken.  Counted against the destination's one
+delivery, each of those taken for other domains held the one for it
+alone back: with list mail due at each turn, it waited as long as that
+went on (up to ``ENTRIES_PER_SLOT * max_concurrent_deliveries`` of them
+queued ahead of it at once, a connect timeout each).  So an entry taken
+for other destinations' room (``_Running.beyond``) is not counted against
+a failing destination's (``Admission._pass``), and waits for the turn
+behind the ones taken within it (``turn(..., ahead=True)``): of those
+there is one at a time once the destination is failing (its room is one),
+so the turn alternates -- an entry for it alone has the next turn once it
+is taken (at the first look after it is due and the one taken within the
+room is done: one turn at most, two when it was due while that one
+waited), and between two turns of the entries taken beyond the room
+comes one other at most.  Nothing else changes: no delivery is made
+twice or left out, and no due time moves.
+
 This module owns only that knowledge (which destinations are failing,
 and whose turn it is at each); the runner asks it and tells it what each
 delivery gave.  It is kept in memory only: a start of the runner forgets
@@ -63,11 +82,14 @@ def reached(results: Sequence[DeliveryResult]) -> bool | None:
 
 class _Turns:
     """The turns at one failing destination: the deliveries waiting for
-    theirs (``waiting``), one after the other; the object itself is the
-    turn the one under way holds."""
+    theirs (``waiting``), one after the other, the first ``ahead`` of
+    them those of entries taken within the destination's room (before
+    the others: the fairness above); the object itself is the turn the
+    one under way holds."""
 
     def __init__(self) -> None:
         self.waiting: list[defer.Deferred] = []
+        self.ahead = 0
 
 
 class FailingDestinations:
@@ -118,12 +140,14 @@ class FailingDestinations:
         for destination in list(self._turns):
             self._wake_all(destination)
 
-    def turn(self, destination: str) -> defer.Deferred:
+    def turn(self, destination: str, ahead: bool = False) -> defer.Deferred:
         """Fires when a delivery to ``destination`` may wait for its slots:
         at once unless it is failing and another delivery to it has its
         turn.  Fires with the turn it holds (``None``: none, as for a
         destination not failing), to be handed on with ``turn_over``
-        once that delivery no longer needs it."""
+        once that delivery no longer needs it.  ``ahead``: the delivery
+        is of an entry taken within the destination's room, and waits
+        before those taken beyond it (after the others taken within)."""
         if destination not in self._failing:
             # (a turn still held from before a recovery is handed on, or
             # dropped, when that delivery is over)
@@ -133,7 +157,11 @@ class FailingDestinations:
             turns = self._turns[destination] = _Turns()
             return defer.succeed(turns)
         d: defer.Deferred = defer.Deferred()
-        turns.waiting.append(d)
+        if ahead:
+            turns.waiting.insert(turns.ahead, d)
+            turns.ahead += 1
+        else:
+            turns.waiting.append(d)
         return d
 
     def turn_over(self, destination: str, turns: _Turns | None) -> None:
@@ -163,6 +191,7 @@ class FailingDestinations:
         if not turns.waiting:
             del self._turns[destination]
         elif destination in self._failing:
+            turns.ahead = max(turns.ahead - 1, 0)
             turns.waiting.pop(0).callback(turns)
         else:
             self._wake_all(destination)
@@ -179,5 +208,6 @@ class FailingDestinations:
         if turns is None:
             return
         waiting, turns.waiting = turns.waiting, []
+        turns.ahead = 0
         for d in waiting:
             d.callback(None)

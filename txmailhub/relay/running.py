@@ -62,9 +62,14 @@ class _Running:
     ``mailhub queue`` changed it meanwhile (read again at its end);
     ``attempt``: its deliveries under way; ``lock``: one record update at
     a time (a destination's results and the entry's final record must not
-    overtake each other)."""
+    overtake each other); ``beyond``: its destinations that had no room
+    left when it was taken (it was taken for another one's): at a failing
+    destination its delivery waits for the turn behind the entries taken
+    within that destination's room, and is not counted against that room
+    (``admission.py``, ``failing.py``)."""
 
     open_dests: set[str] | None
+    beyond: frozenset[str] = frozenset()
     dropped: bool = False
     changed: bool = False
     attempt: _Attempt | None = None
@@ -76,9 +81,11 @@ class RunningEntries:
 
     _entries: dict[str, _Running]
 
-    def _take(self, qid: str, dests: set[str]) -> _Running:
-        """``qid`` is taken, its ``dests`` counted as open."""
-        running = self._entries[qid] = _Running(open_dests=dests)
+    def _take(self, qid: str, dests: set[str],
+              beyond: frozenset[str] = frozenset()) -> _Running:
+        """``qid`` is taken, its ``dests`` counted as open (those of them
+        ``beyond`` their room: taken for the others')."""
+        running = self._entries[qid] = _Running(open_dests=dests, beyond=beyond)
         return running
 
     def _drop(self, qid: str) -> _Running | None:

@@ -144,7 +144,7 @@ class Slots:
                 # marked failing while this one waited for its slots (taken
                 # before that): it needs the turn too, or it would be a
                 # second delivery to it at once
-                turn = self._failing.turn(dest)
+                turn = self._failing.turn(dest, ahead())
                 if not turn.called:
                     return _TurnToWaitFor(turn)  # the slots go back: ``again``
                 held[0] = turn.result  # (it had none: this one's now)
@@ -181,7 +181,13 @@ class Slots:
             # a destination none of whose hosts answered: one delivery at
             # a time, the others waiting for their turn without a slot
             # (``failing.py``); asked at each take, as it is now
-            return self._failing.turn(dest).addCallback(slots)
+            return self._failing.turn(dest, ahead()).addCallback(slots)
+
+        def ahead() -> bool:
+            # taken within ``dest``'s room, not for another destination's:
+            # before those at its turn (``failing.py``'s fairness)
+            running = self._entries.get(entry.id)
+            return running is None or dest not in running.beyond
 
         def slots(turn: Any) -> defer.Deferred:
             # the destination's semaphore as it is now: one made before a
