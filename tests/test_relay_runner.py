@@ -3442,6 +3442,30 @@ def test_an_entry_for_a_failing_destination_alone_waits_one_turn_not_every_list_
         hub.runner.stop()
 
 
+def test_entries_for_two_failing_destinations_alone_are_taken_one_at_a_time(tmp_path):
+    # an entry for two failing destinations and nothing else is taken for
+    # their room: it is counted at both, and the others like it wait
+    # untaken for the one turn there is, holding no room (counted at
+    # neither, each was taken to wait for the turns, up to the look's room)
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    hub.agent.script = lambda e, d, r: _unreachable(r)
+    hub.runner.start()
+    try:
+        enqueue(hub, BOB)
+        enqueue(hub, CAROL)
+        assert "remote.test" in hub.runner._failing and "other.test" in hub.runner._failing
+        pending = hub.agent.hold()
+        both = [enqueue(hub, BOB, CAROL) for _ in range(3)]
+        assert set(hub.runner.active) == {both[0]} and len(pending) == 2
+        hub.clock.advance(1)
+        assert set(hub.runner.active) == {both[0]}
+        _answer_all(pending, _unreachable)  # one after the other, each in turn
+        assert not hub.runner.active and not hub.runner._failing._turns
+        assert [c[0] for c in hub.agent.calls[2:]] == [q for q in both for _ in range(2)]
+    finally:
+        hub.runner.stop()
+
+
 def test_a_start_forgets_the_failing_destinations(hub):
     hub.runner.start()
     hub.agent.script = lambda e, d, r: _unreachable(r)
