@@ -248,17 +248,21 @@ class Admission:
     def _beyond(dests: frozenset[str], local: bool, failing: FailingDestinations,
                 no_room: Any) -> frozenset[str]:
         """The failing destinations of an entry being taken that it is
-        taken beyond the room of: it goes for its other destinations (one
-        with room, or local mailboxes), whether or not the failing one has
-        room; or that one has none.  Its delivery there waits for the turn
-        behind the entries taken within the room, and does not count
-        against it (``failing.py``'s fairness).  Asked only of an entry
-        taken, while a destination is failing."""
+        taken beyond the room of: all of them when it goes for another
+        destination (one not failing with room, or local mailboxes),
+        whether or not they have room; else those with none.  Its delivery
+        there waits for the turn behind the entries taken within the room,
+        and does not count against it (``failing.py``'s fairness).  An
+        entry taken for failing destinations' room alone is counted at
+        each that had room: not counted at any, every entry for two of
+        them was taken, each only to wait for the turn.  Asked only of an
+        entry taken, while a destination is failing."""
         if not any(dest in failing for dest in dests):
             return _NONE
         roomy = [dest for dest in dests if not no_room(dest)]
+        other = local or any(dest not in failing for dest in roomy)
         return frozenset(dest for dest in dests if dest in failing
-                         and (local or dest not in roomy or len(roomy) > 1))
+                         and (other or dest not in roomy))
 
     def _place(self, qid: str, order: list[tuple[float, str]], idx: list[int],
                k: int) -> int | None:
