@@ -34,8 +34,11 @@ so the turn alternates -- an entry for it alone has the next turn once it
 is taken (at the first look after it is due and the one taken within the
 room is done: one turn at most, two when it was due while that one
 waited), and between two turns of the entries taken beyond the room
-comes one other at most.  Nothing else changes: no delivery is made
-twice or left out, and no due time moves.
+comes one other at most.  The entries taken before the destination was
+marked count as within its room (``beyond`` is worked out only while a
+destination is failing): one for it alone waits behind those once, up
+to ``max_per_destination`` turns.  Nothing else changes: no delivery is
+made twice or left out, and no due time moves.
 
 This module owns only that knowledge (which destinations are failing,
 and whose turn it is at each); the runner asks it and tells it what each
