@@ -3731,21 +3731,139 @@ def test_a_half_close_while_a_message_read_waits_for_the_disk_answers_it_then_cl
     assert not env.store.is_locked("joe@example.org")
 
 
-def test_a_half_close_during_a_login_check_drops_the_session_as_before():
-    # a guesser that hangs up after its PASS must not hold its slot until
-    # the check (and a failure's delay) is over
+_PIPELINED = b"USER joe\r\nPASS joepw\r\nSTAT\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n"
+
+
+def test_a_half_close_during_a_login_check_answers_the_pipelined_session():
+    # "USER, PASS, STAT, RETR, QUIT" sent at once and shutdown(SHUT_WR)
+    # (nc -N, a PIPELINING client): the half-close came while the password
+    # was checked, and the session was dropped with no answer at all
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
+    proto, t = env.connect()
+    t.clear()
+    proto.dataReceived(_PIPELINED)
+    assert checker.pending
+    _end_of_client_data(proto)
+    assert not t.disconnecting and not proto._lost  # the check first
+    assert t.value() == R.USER_ACCEPTED.to_bytes()
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    out = t.value()
+    assert out.startswith(R.USER_ACCEPTED.to_bytes() + b"+OK Logged in")
+    assert b"+OK 1 " in out and b"hello\r\n.\r\n" in out
+    assert out.endswith(R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes())
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert env.store.messages("joe@example.org") == []  # QUIT's UPDATE state
+    assert not env.store.is_locked("joe@example.org")
+
+
+def _failed_login_after_half_close(env, proto, t) -> None:
+    """The -ERR of the failed login comes after its delay, then the close;
+    the commands behind it are not answered, and the failure counts once."""
+    assert t.value() == R.USER_ACCEPTED.to_bytes() and not t.disconnecting
+    assert len(proto.factory.login_failures._failures["192.0.2.7"]) == 1
+    env.clock.advance(2.9)
+    assert t.value() == R.USER_ACCEPTED.to_bytes() and not t.disconnecting  # the delay
+    env.clock.advance(0.1)
+    assert t.value() == R.USER_ACCEPTED.to_bytes() + R.AUTH_FAILED.to_bytes()
+    assert t.disconnecting and not t.write_lost  # a close, no lingering: it sends no more
+    assert proto.engine.auth_failures == 1
+    assert len(proto.factory.login_failures._failures["192.0.2.7"]) == 1
+    assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1
+
+
+def _connect_remote_half_closing(env):
+    proto = POP3Factory(env.components).buildProtocol(REMOTE)
+    t = HalfClosingTransport(REMOTE)
+    proto.makeConnection(t)
+    t.clear()
+    return proto, t
+
+
+def test_a_half_close_during_a_failing_login_check_answers_it_after_the_delay_then_closes():
+    checker = HeldChecker()
+    env = Env(checker=checker, allow_plaintext_auth=True, auth_failure_delay=3.0)
+    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
+    proto, t = _connect_remote_half_closing(env)
+    proto.dataReceived(_PIPELINED.replace(b"joepw", b"wrong"))
+    _end_of_client_data(proto)
+    assert not t.disconnecting and not proto._lost
+    _creds, d = checker.pending.pop()
+    d.errback(UnauthorizedLogin())
+    _failed_login_after_half_close(env, proto, t)
+
+
+def test_a_half_close_during_a_failed_login_delay_answers_it_then_closes():
+    # it was dropped with the delayed -ERR cancelled
+    env = Env(allow_plaintext_auth=True, auth_failure_delay=3.0)
+    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
+    proto, t = _connect_remote_half_closing(env)
+    proto.dataReceived(_PIPELINED.replace(b"joepw", b"wrong"))
+    assert proto._pending_call is not None  # the delay runs
+    _end_of_client_data(proto)
+    assert not t.disconnecting and not proto._lost
+    _failed_login_after_half_close(env, proto, t)
+
+
+def test_the_hub_stop_during_a_half_closed_login_check_says_sys_temp_and_drops_the_result(
+        log_events):
     checker = HeldChecker()
     env = Env(checker=checker)
     proto, t = env.connect()
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nSTAT\r\n")
-    assert checker.pending
     t.clear()
+    proto.dataReceived(_PIPELINED)
     _end_of_client_data(proto)
-    assert t.disconnecting or proto._lost
+    stopped = proto.factory.shut_down()
+    assert t.value() == R.USER_ACCEPTED.to_bytes() + R.SHUTTING_DOWN.to_bytes()
+    assert t.disconnecting and not t.disconnected
     _creds, d = checker.pending.pop()
     d.callback(b"joe@example.org")
-    assert t.value() == b""
+    assert t.value() == R.USER_ACCEPTED.to_bytes() + R.SHUTTING_DOWN.to_bytes()
+    assert not any(formatEvent(e).startswith("POP3 login joe") for e in log_events)
     assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_a_client_that_pipelines_its_session_and_half_closes_during_the_login_reads_it_all():
+    # a real socket: the whole session, then shutdown(SHUT_WR), as
+    # printf '...' | nc -N does; the password check answers once the
+    # half-close is in.  The client read the greeting, the USER +OK and
+    # the end of the stream: nothing else
+    import socket
+
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
+    with _loopback_session(env) as (proto, t, reactor, client):
+        client.sendall(_PIPELINED)
+        client.shutdown(socket.SHUT_WR)
+        for _ in range(200):
+            if proto._eof or not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert checker.pending and proto._eof and t.connected
+        _creds, d = checker.pending.pop()
+        d.callback(b"joe@example.org")
+        try:
+            got = client_reads(reactor, client, turns=1000)
+        except ConnectionResetError:
+            pytest.fail("reset instead of the answers and the end of the stream")
+        assert b"+OK Logged in" in got and b"hello\r\n.\r\n" in got
+        assert got.endswith(R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes()
+                            + b"<EOF>"), got[-200:]
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected
+        assert env.store.messages("joe@example.org") == []
+        assert not env.store.is_locked("joe@example.org")
 
 
 def test_a_client_that_pipelines_retr_and_quit_and_half_closes_reads_it_all():
