@@ -727,9 +727,15 @@ class POP3Protocol(Protocol):
         connection is closed (without a ``QUIT``, as a disconnect: nothing
         deleted).  It was taken for a lost connection, which cut the
         answers under way and dropped a pipelined ``QUIT``.  A login being
-        checked, or its failure's delay, is dropped as before: a guesser
-        that hangs up must not hold its slot until the answer.  (A client
-        that closed for good is seen at our next write, a reset.)"""
+        checked, or its failure's delay, is waited for as any answer: a
+        client that pipelines its whole session (``USER``, ``PASS``, ``STAT``,
+        ``RETR``, ``QUIT``) and half-closes got nothing, the session dropped
+        at once.  Its login fails: the ``-ERR`` goes after the usual delay
+        and the session closes behind it (``_finish_login``), nothing it
+        sent after the login handled.  (A client that closed for good
+        looks the same until our next write: it holds its slot until the
+        check and its failure's delay are over, as one that keeps its
+        connection open does.)"""
         if self._lingering or self._closing:
             self.transport.loseConnection()
             return
@@ -737,12 +743,7 @@ class POP3Protocol(Protocol):
             return
         self._eof = True
         self._reading = False  # Twisted reads no more from it
-        engine = self.engine
-        if engine is None or (self._busy and engine.state is State.AUTHORIZATION):
-            call, self._pending_call = self._pending_call, None
-            if call is not None and call.active():
-                call.cancel()  # a failed login's delayed -ERR
-            self._busy = False
+        if self.engine is None:  # pragma: no cover - closing already (refused)
             self._close()
             return
         self._answered_all()
@@ -982,10 +983,12 @@ class POP3Protocol(Protocol):
             failures.failed(self._peer)
 
     def _delayed(self, action: Send) -> None:
+        # (only a failed login's -ERR is delayed: after the client's
+        # half-close it ends the session, as in _finish_login)
         self._pending_call = None
         self._busy = False
         self._answered_after_wait()
-        self._send(Send(action.data, action.close))
+        self._send(Send(action.data, action.close or self._eof))
         self._process()
 
     # -- login -------------------------------------------------------------
@@ -1195,8 +1198,16 @@ class POP3Protocol(Protocol):
         self._finish_login(self.engine.login_failed(why))
 
     def _finish_login(self, reply: Send) -> None:
+        """Answer the login (``reply``) and go on with what the client sent
+        behind it.  After the client's half-close a failed login ends the
+        session once its ``-ERR`` is out (after the failure's delay, where
+        there is one): what the client pipelined behind it was meant for a
+        session logged in, and a client that can send no more cannot try
+        again."""
         self._busy = False
         self._answered_after_wait()
+        if self._eof and not reply.close and self.engine.state is State.AUTHORIZATION:  # type: ignore[union-attr]
+            reply = Send(reply.data, close=True, delay=reply.delay)
         self._send(reply)
         self._process()
 
