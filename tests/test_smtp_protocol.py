@@ -1023,21 +1023,60 @@ class ProtocolTests(SynchronousTestCase):
         p.readConnectionLost()  # a second EOF report changes nothing
         p.connectionLost(None)
 
-    def test_a_client_that_half_closes_during_a_login_check_is_closed_at_once(self):
-        # its answer (a delayed 535) is worth nothing to it, and the
-        # connection slot must not wait for it (a guesser that hangs up)
-        h = Harness(auth_failure_delay=5.0)
-        p, t = h.connect("127.0.0.1")
-        p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
-                       .encode())
-        take(t)
-        assert p.engine.waiting and not t.disconnecting  # the 535 is delayed
+    def _pipelined_submission(self, h, password):
+        """A remote client (TLS, as after STARTTLS) that sent AUTH and a
+        whole message behind it, then shut down its sending side while the
+        password is checked."""
+        portal = h.components.portal = HeldPortal(h.components.portal)
+        p, t = _auth_session(h)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + password)}\r\n"
+                       "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\nDATA\r\n"
+                       "Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n".encode())
+        assert portal.held and take(t) == []
         p.readConnectionLost()
+        assert not t.disconnecting  # the check first
+        portal.release()
+        return p, t
+
+    def test_a_half_close_during_a_login_check_answers_what_was_pipelined_behind(self):
+        # it was closed at once, with no answer: a client that pipelines
+        # its submission and shuts down its side (nc -N) got nothing
+        h = Harness(submission=True)
+        p, t = self._pipelined_submission(h, "secret")
+        lines = take(t)
+        assert [line[:4] for line in lines] == ["235 ", "250 ", "250 ", "354 ", "250 ", "221 "]
         assert t.disconnecting
+        assert len(h.store.messages(Address("bob", "example.org"))) == 1
         p.connectionLost(None)
-        assert h.clock.getDelayedCalls() == []  # the delayed 535 is cancelled too
-        h.clock.advance(10)
+
+    def test_a_half_close_during_a_failing_login_check_sends_the_535_then_closes(self):
+        # after the failure's delay; nothing behind it is answered (it was
+        # meant for a session logged in), the failure counted once
+        h = Harness(submission=True, auth_failure_delay=5.0)
+        p, t = self._pipelined_submission(h, "wrong")
+        assert take(t) == [] and not t.disconnecting  # the 535 is delayed
+        assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
+        h.clock.advance(5)
+        assert take(t) == [replies.AUTH_FAILED.text()]
+        assert t.disconnecting
+        assert p.engine.auth_failures == 1
+        assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
+        p.connectionLost(None)
+        assert h.store.messages(Address("bob", "example.org")) == []
+        h.clock.advance(60)
         assert take(t) == []
+
+    def test_a_half_close_during_a_failed_logins_delay_sends_the_535_then_closes(self):
+        h = Harness(submission=True, auth_failure_delay=5.0)
+        p, t = _auth_session(h)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                       "MAIL FROM:<alice@example.org>\r\nQUIT\r\n".encode())
+        assert p.engine.waiting and take(t) == []  # the 535 is delayed
+        p.readConnectionLost()
+        assert not t.disconnecting
+        h.clock.advance(5)
+        assert take(t) == [replies.AUTH_FAILED.text()] and t.disconnecting
+        p.connectionLost(None)
 
     def test_a_half_close_after_a_long_batch_answers_all_of_it_first(self):
         h = Harness(idle_timeout=300, max_junk_commands=10**6)
