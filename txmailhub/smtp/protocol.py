@@ -356,8 +356,14 @@ class SMTPProtocol(Protocol):
         again -- and then the connection is closed.  A message still
         arriving is given up as on a disconnect; but one whose rest is held
         unprocessed (the client does not read its replies) may be whole,
-        and is processed first.  (Plain TCP only: TLS reports the end of
-        the client's data as a lost connection; see ``_sent_in_full``.)"""
+        and is processed first.  A login being checked (``AUTH``), or its
+        failure's delay, is waited for as POP3's is: on success what the
+        client pipelined behind it (``MAIL``, ``RCPT``, ``DATA`` and the
+        message, ``QUIT``) is answered, the message stored; on failure the
+        ``535`` goes after its delay and the session is closed behind it
+        (``_auth_failed``).  It was dropped at once with no answer.
+        (Plain TCP only: TLS reports the end of the client's data as a
+        lost connection; see ``_sent_in_full``.)"""
         if self._lingering:
             self.transport.loseConnection()  # the client closed after our 421
             return
@@ -366,10 +372,10 @@ class SMTPProtocol(Protocol):
         self._eof = True
         engine = self.engine
         if engine is None or (engine.in_message and not engine.has_input) or (
-                engine.waiting and not engine.storing):
-            # a message cut short, or a login being checked (or its failure
-            # delayed): nothing worth keeping the connection (and its slot)
-            # for -- a guesser that hangs up must not hold it
+                engine.waiting and not (engine.storing or engine.checking_login)):
+            # a message cut short, or a STARTTLS answered (a handshake the
+            # client can no longer make): nothing worth keeping the
+            # connection (and its slot) for
             self._lose()
             return
         self._drive()
@@ -1195,6 +1201,14 @@ class SMTPProtocol(Protocol):
             self._auth_timer = None
             if not self.engine.closed:
                 self.engine.auth_failed(reply)
+                if self._eof and not self.engine.closed and not self._stop_after_wait:
+                    # the client shut down its sending side: what it
+                    # pipelined behind the AUTH was meant for a session
+                    # logged in, and it cannot try again.  The 535, then
+                    # the close, as POP3 does (the stop's 421 goes as ever)
+                    self._flush()
+                    self._lose()
+                    return
                 self._drive()
 
         self._auth_timer = self.reactor.callLater(delay, answer)

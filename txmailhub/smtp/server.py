@@ -224,6 +224,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
         return isinstance(self._waiting, StartMessage | MessageComplete)
 
     @property
+    def checking_login(self) -> bool:
+        """Whether the answer waited for is an ``AUTH``'s: its password
+        being checked, or a failed one's delay."""
+        return isinstance(self._waiting, AuthRequest)
+
+    @property
     def has_input(self) -> bool:
         """Whether received bytes wait to be processed (pipelined input)."""
         return bool(self._buf)
