@@ -3475,8 +3475,10 @@ def _connect_half_closing(env):
 
 def _lingers(env, proto, t) -> None:
     """``proto`` closes with a lingering close: bounded by LINGER_SECONDS
-    once our end of stream is out, its input dropped, the lock let go."""
+    once our end of stream is out, its input dropped, the lock let go at
+    its start (the session needs nothing of the mailbox any more)."""
     assert t.write_lost and not t.disconnecting, "closed at once: a reset for a sender"
+    assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
     t.clear()
     proto.dataReceived(b"STAT\r\n" * 10)  # read and dropped
     assert t.value() == b"" and not t.disconnecting
@@ -3893,3 +3895,59 @@ def test_a_client_that_pipelines_retr_and_quit_and_half_closes_reads_it_all():
         assert not t.connected
         assert env.store.messages("joe@example.org") == []
         assert not env.store.is_locked("joe@example.org")
+
+
+# -- a lingering close lets the mailbox go at its start ------------------------
+
+
+def test_the_stop_while_a_logins_sizes_are_measured_keeps_the_lock_until_they_are_back():
+    # the mailbox is in use on a worker thread (the engine not in
+    # TRANSACTION yet): the lingering close does not let it go at its
+    # start, the measuring's return does
+    env = Env()
+    env.components.syncer = HeldCalls()
+    for i in range(pop3_protocol.INLINE_SIZES + 1):
+        env.store.add("joe@example.org", b"Subject: %d\n\nx\n" % i)
+    proto, t = _connect_half_closing(env)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert env.components.syncer.jobs and env.store.is_locked("joe@example.org")
+    stopped = proto.factory.shut_down()
+    assert t.value().endswith(R.SHUTTING_DOWN.to_bytes())
+    assert t.write_lost and proto._lingering
+    assert env.store.is_locked("joe@example.org")  # a worker reads it
+    env.components.syncer.run()
+    assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+    assert not stopped.called
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_the_stop_during_a_message_read_on_a_worker_lets_the_mailbox_go_once_it_is_back():
+    # the read is on a worker thread at the stop: the lock is kept for it;
+    # the message sent, the line and the lingering close, and the lock let
+    # go then, before the client closes; the stop waits for the close
+    env = Env()
+    stored = b"Subject: a\n\nhello\n"
+    env.store.add("joe@example.org", stored)
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    held = []
+
+    def off_thread(job, args, back, *back_args):
+        proto._busy = True
+        held.append((back, back_args))
+
+    proto._off_thread = off_thread
+    proto._nowait = _Uncached()
+    t.clear()
+    proto.dataReceived(b"RETR 1\r\n")
+    stopped = proto.factory.shut_down()
+    assert held and t.value() == b"" and env.store.is_locked("joe@example.org")
+    back, back_args = held.pop()
+    back(stored, *back_args)
+    assert t.value().endswith(b"hello\r\n.\r\n" + R.SHUTTING_DOWN.to_bytes())
+    assert proto._lingering and not t.disconnecting
+    assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+    assert not stopped.called  # the close is waited for still
+    proto.connectionLost(None)
+    assert stopped.called

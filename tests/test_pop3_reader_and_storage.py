@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmailhub import linger
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.interfaces import IMailbox
@@ -867,36 +868,41 @@ class HalfClosingTransport(Transport):
 
 
 @pytest.mark.parametrize("close", ["too many errors", "autologout"])
-def test_a_login_during_a_lingering_close_waits_for_the_lock_not_in_use(tmp_path, close):
+def test_a_lingering_close_lets_the_mailbox_go_at_once_a_login_gets_in(tmp_path, close):
     """A close the hub decides (too many errors, the autologout) lingers
-    on plain TCP, and the session holds its mailbox's lock until the
-    client closes, or ``LINGER_SECONDS`` after our end of stream: a client
-    that logs in again meanwhile (one retrying after the -ERR, or the
-    autologged-out user back on another connection) waits for the lock,
-    as for a gone session's last save, rather than being told
-    ``-ERR [IN-USE]``: it got in at once when such a close was not a
-    lingering one."""
-    from txmailhub import linger
-
-    clock, components, _md = make_env(tmp_path, max_errors=1, idle_timeout=600)
+    on plain TCP; once its line is decided the session needs nothing of
+    its mailbox (no UPDATE state): the message RETR sent is flagged seen
+    and the lock let go when the lingering close starts.  The session held
+    the lock until the client closed, ``LINGER_SECONDS`` after our end of
+    stream at most: a client that logged in again meanwhile (one retrying
+    after the -ERR, the autologged-out user back on another connection)
+    waited for it."""
+    clock, components, md = make_env(tmp_path, max_errors=1, idle_timeout=600)
+    with open(os.path.join(md, "new", "1600000001.M1P1Q1.x"), "wb") as f:
+        f.write(b"Subject: x\n\nhello\n")
     first = POP3Factory(components).buildProtocol(LOOPBACK)
     t1 = HalfClosingTransport()
     first.makeConnection(t1)
-    first.dataReceived(b"USER joe\r\nPASS joepw\r\n")
-    assert b"+OK Logged in" in bytes(t1.received)
+    first.dataReceived(b"USER joe\r\nPASS joepw\r\nRETR 1\r\n")
+    assert b"hello\r\n.\r\n" in bytes(t1.received)
     if close == "autologout":
         clock.advance(600)
         clock.advance(0)  # the second look
     else:
         first.dataReceived(b"FOO\r\n")
         assert bytes(t1.received).endswith(R.TOO_MANY_ERRORS.to_bytes())
-    assert t1.write_lost and not t1.disconnecting  # lingering, the lock held
-    first.writeConnectionLost()  # our end of stream is out
+    assert t1.write_lost and not t1.disconnecting  # lingering
+    assert first.mailbox is None  # let go
+    assert os.listdir(os.path.join(md, "new")) == []
+    [name] = os.listdir(os.path.join(md, "cur"))
+    assert name.endswith(":2,S")  # flagged seen first, under the lock
     second, t2 = logging_in(components)
-    assert b"IN-USE" not in bytes(t2.received), bytes(t2.received)
-    assert b"+OK Logged in" not in bytes(t2.received)  # waits for the lock
+    assert b"+OK Logged in, 1 message" in bytes(t2.received), bytes(t2.received)
+    assert not t1.disconnecting  # the first still lingers
+    first.dataReceived(b"STAT\r\n")  # read and dropped: no mailbox used
+    first.writeConnectionLost()
     clock.advance(linger.LINGER_SECONDS)
-    assert t1.disconnecting  # the lingering close's end
+    assert t1.disconnecting
     first.connectionLost(Failure(ConnectionDone()))
-    assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
+    assert second.mailbox is not None  # the first's end takes nothing from the second
     second.connectionLost(Failure(ConnectionDone()))
