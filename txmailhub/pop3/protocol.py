@@ -503,45 +503,77 @@ class POP3Protocol(Protocol):
             self.engine.forget()
         self._sizes = _NO_SIZES
         if not self._update_running:
-            # A dropped connection deletes nothing (RFC 1939 6), but the
-            # messages RETR sent are flagged seen as at a QUIT, as Dovecot
-            # does (its session's end commits the flags, QUIT or not)
-            stopping = self._hub_stopped or getattr(self.factory, "stopping", False)
-            seen = self._take_unseen(())
-            if self.mailbox is not None:
-                why = "closed as the hub stops" if stopping else "left without QUIT"
-                log.info("POP3 {user} from {peer} {why}: nothing deleted{waits}",
-                         user=self._user, peer=self._peer, why=why, waits=self._waits(),
-                         disk_waits=self._disk_waits)
-            save = pending_save and not stopping
-            if self.mailbox is not None and (save or seen):
-                # a client that hangs up right after LIST or STAT: the
-                # downgraded sizes they measured are kept as a QUIT keeps
-                # them, and the messages it retrieved flagged, while the
-                # lock is still held (``save_downgraded_sizes`` does
-                # nothing once the mailbox is closed), then let go.  The
-                # sizes not while the hub stops, which does not wait for
-                # them; the flags it waits for, as for a QUIT's changes
-                # (``POP3Factory.shut_down``).  A login of the same user
-                # meanwhile waits for the lock (``close_soon``, a few
-                # seconds at most) instead of being told IN-USE
-                soon = getattr(self.mailbox, "close_soon", None)
-                if soon is not None:
-                    soon(self.reactor.callLater)
-                d = self._save_sizes() if save else succeed(None)
-                if seen:
-                    user = self._user
-                    self._update_running = True
-                    self.factory.update_started(self)
-                    d.addCallback(lambda _: self._end_changes(seen, [])).addErrback(
-                        lambda f: log_failure(log, f, "POP3 messages of {user} not flagged seen",
-                                              user=user))
-                    d.addBoth(self._flagged_after_drop)
-                else:
-                    d.addBoth(lambda _: self._release())
+            self._end_without_update(pending_save)
+
+    def _end_without_update(self, pending_save: bool) -> None:
+        """The session ends without the UPDATE state, and its mailbox with
+        it: at the connection's end, or at the start of a lingering close
+        the hub decided (``_let_go``), whichever comes first.
+        ``pending_save``: downgraded sizes measured are still to be kept."""
+        # A dropped connection deletes nothing (RFC 1939 6), but the
+        # messages RETR sent are flagged seen as at a QUIT, as Dovecot
+        # does (its session's end commits the flags, QUIT or not)
+        stopping = self._hub_stopped or getattr(self.factory, "stopping", False)
+        seen = self._take_unseen(())
+        if self.mailbox is not None:
+            why = "closed as the hub stops" if stopping else "left without QUIT"
+            log.info("POP3 {user} from {peer} {why}: nothing deleted{waits}",
+                     user=self._user, peer=self._peer, why=why, waits=self._waits(),
+                     disk_waits=self._disk_waits)
+        save = pending_save and not stopping
+        if self.mailbox is not None and (save or seen):
+            # a client that hangs up right after LIST or STAT: the
+            # downgraded sizes they measured are kept as a QUIT keeps
+            # them, and the messages it retrieved flagged, while the
+            # lock is still held (``save_downgraded_sizes`` does
+            # nothing once the mailbox is closed), then let go.  The
+            # sizes not while the hub stops, which does not wait for
+            # them; the flags it waits for, as for a QUIT's changes
+            # (``POP3Factory.shut_down``).  A login of the same user
+            # meanwhile waits for the lock (``close_soon``, a few
+            # seconds at most) instead of being told IN-USE
+            soon = getattr(self.mailbox, "close_soon", None)
+            if soon is not None:
+                soon(self.reactor.callLater)
+            d = self._save_sizes() if save else succeed(None)
+            if seen:
+                user = self._user
+                self._update_running = True
+                self.factory.update_started(self)
+                d.addCallback(lambda _: self._end_changes(seen, [])).addErrback(
+                    lambda f: log_failure(log, f, "POP3 messages of {user} not flagged seen",
+                                          user=user))
+                d.addBoth(self._flagged_after_drop)
             else:
-                self._release()
-            self._settled()
+                d.addBoth(lambda _: self._release())
+        else:
+            self._release()
+        self._settled()
+
+    def _let_go(self) -> None:
+        """A lingering close begins (too many errors, the autologout, the
+        hub's stop, an internal error): once its closing line is decided
+        the session needs nothing of its mailbox any more (no UPDATE
+        state), so it ends with it now -- the flags of the messages RETR
+        sent made, sizes measured kept, then the lock let go -- not when
+        the client closes, ``LINGER_SECONDS`` later at most: a login of the
+        same user meanwhile (a client retrying after the ``-ERR``) waited
+        for it.  Not while anything may still use the mailbox: a login's
+        sizes measured on a worker thread (``_measure``: the engine is not
+        in TRANSACTION yet), a read or stream of a message (``_busy``,
+        ``_stream``), the end's own changes (``_update_running``); the lock
+        then goes with the connection, as before (``close_soon`` lets a
+        login wait for it)."""
+        engine = self.engine
+        if (self.mailbox is None or engine is None or engine.state is not State.TRANSACTION
+                or self._busy or self._stream is not None or self._update_running):
+            return
+        save = self._save_call
+        pending_save = save is not None and save.active()
+        if pending_save:
+            save.cancel()
+        self._save_call = None
+        self._end_without_update(pending_save)
 
     def _flagged_after_drop(self, _: Any) -> None:
         """The flags of a dropped session are made: the lock goes, and a
@@ -682,14 +714,16 @@ class POP3Protocol(Protocol):
             # the client's end of data comes as readConnectionLost (a close
             # once the buffered answers are out)
             t.loseWriteConnection()
-            # The lock is held until the client closes (LINGER_SECONDS at
-            # most once our end of stream is out), but the session uses the
-            # mailbox no more: a login of the same user meanwhile (a client
-            # retrying after the -ERR) waits for it, as for a gone
+            # The session uses the mailbox no more: it lets it go now
+            # where nothing may still use it (_let_go).  Else the lock is
+            # held until the client closes (LINGER_SECONDS at most once our
+            # end of stream is out): a login of the same user meanwhile (a
+            # client retrying after the -ERR) waits for it, as for a gone
             # session's last save, instead of being told IN-USE
             soon = getattr(self.mailbox, "close_soon", None)
             if soon is not None:
                 soon(self.reactor.callLater)
+            self._let_go()
         else:
             t.loseConnection()
         # A polite close waits for the peer to read the last reply, and under
