@@ -1026,7 +1026,9 @@ class ProtocolTests(SynchronousTestCase):
     def _pipelined_submission(self, h, password):
         """A remote client (TLS, as after STARTTLS) that sent AUTH and a
         whole message behind it, then shut down its sending side while the
-        password is checked."""
+        password is checked.  (Over TCP the hub stops reading while input
+        waits behind a check, and sees the end of the data after it; this
+        is the adapter's answer should it come first.)"""
         portal = h.components.portal = HeldPortal(h.components.portal)
         p, t = _auth_session(h)
         p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + password)}\r\n"
@@ -3266,3 +3268,42 @@ def test_a_message_and_quit_pipelined_then_a_half_close_get_the_250_and_store_on
         assert not t.connected and proto not in h.factory.limits.sessions
         [stored] = h.store.messages(ALICE)
         assert stored.endswith(b"Subject: piped\n\nbody\n")
+
+
+@pytest.mark.parametrize("rest", [False, True])
+def test_a_half_close_behind_auth_over_loopback_is_answered(rest):
+    # a real socket: AUTH (with a whole transaction and QUIT behind it
+    # with ``rest``) sent at once, then shutdown(SHUT_WR), as nc -N does.
+    # With AUTH last, nothing is held, reading stays on, and the end of
+    # the data came during the password check: the session was closed
+    # with no 235.  With the rest behind it, reading stops while the check
+    # runs (the input held), and the end of the data is read after it (a
+    # check: this worked before)
+    import socket
+
+    h = Harness()
+    portal = h.components.portal = HeldPortal(h.components.portal)
+    with _loopback_session(h) as (proto, t, reactor, client):
+        proto.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
+        assert client_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
+        client.sendall(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}\r\n"
+                       .encode() + (b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob>\r\n"
+                                    b"DATA\r\nSubject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+                                    if rest else b""))
+        client.shutdown(socket.SHUT_WR)
+        for _ in range(20):
+            reactor.iterate(0.005)
+        assert portal.held and t.connected
+        assert proto._eof is not rest
+        portal.release()
+        try:
+            got = client_reads(reactor, client)
+        except ConnectionResetError:
+            pytest.fail("reset instead of the replies and the end of the stream")
+        codes = [line[:4] for line in got.split(b"\r\n") if line[3:4] == b" "]
+        assert codes == [b"250 ", b"235 "] + (
+            [b"250 ", b"250 ", b"354 ", b"250 ", b"221 "] if rest else []), got
+        assert got.endswith(b"<EOF>")
+        step_until_closed(reactor, t)
+        assert not t.connected
+        assert len(h.store.messages(Address("bob", "example.org"))) == (1 if rest else 0)
