@@ -510,3 +510,35 @@ def test_the_bound_on_the_wait_is_the_documented_five_seconds():
     text = " ".join((Path(__file__).parent.parent / "docs" / "pop3.rst").read_text().split())
     assert maildir.GONE_SAVE_WAIT == 5.0
     assert "for 5 seconds at most" in text
+
+
+def test_a_lingering_close_after_a_list_keeps_its_sizes_though_the_client_closes_first(
+        tmp_path, encoder_calls, log_events):
+    # too many errors right after a LIST that measured a downgraded size:
+    # the lingering close ends the session at its start, the save first
+    # (on a worker), then the lock.  The client closing before that save
+    # ran ended the session a second time: its line logged again and the
+    # lock let go under the save, which then wrote nothing
+    from test_pop3_reader_and_storage import HalfClosingTransport
+    from twisted.logger import formatEvent
+
+    from txmailhub.pop3.protocol import POP3Factory
+
+    _clock, components, md = make_env(tmp_path, max_errors=1)
+    data = INTL(n=1).encode()
+    drop(md, data, 1, ours=True)
+    components.syncer = _HeldJobs()
+    proto = POP3Factory(components).buildProtocol(("127.0.0.1", 50000))
+    t = HalfClosingTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\nFOO\r\n")
+    assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
+    assert t.write_lost  # lingering
+    assert components.syncer.jobs  # the save, waiting for a worker
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert proto.mailbox is not None and not proto.mailbox.closed  # held for the save
+    components.syncer.run()
+    assert proto.mailbox is None
+    assert _cached_downgraded_sizes(components) == [downgraded_size(data)]
+    left = [e for e in log_events if "left without QUIT" in formatEvent(e)]
+    assert len(left) == 1, [formatEvent(e) for e in left]
