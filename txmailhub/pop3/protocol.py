@@ -303,7 +303,7 @@ class POP3Protocol(Protocol):
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
         "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits",
-        "_drain_call", "_draining", "_eof", "_flush", "_hub_stopped",
+        "_drain_call", "_draining", "_ended", "_eof", "_flush", "_hub_stopped",
         "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
         "_peer", "_pending_call",
         "_processing",
@@ -348,6 +348,10 @@ class POP3Protocol(Protocol):
         # dropped (at most LINGER_OCTETS more) until the client closes
         self._lingering = False
         self._linger_left = LINGER_OCTETS
+        # the session was ended without the UPDATE state already: at the
+        # lingering close's start (_let_go), its save or flags maybe still
+        # running (they let the mailbox go once done)
+        self._ended = False
         # the hub stops: the answer under way is finished, no command is
         # handled after it (``cut_for_stop``), and this cuts it if it takes
         # longer than STOP_ANSWER_GRACE
@@ -509,7 +513,15 @@ class POP3Protocol(Protocol):
         """The session ends without the UPDATE state, and its mailbox with
         it: at the connection's end, or at the start of a lingering close
         the hub decided (``_let_go``), whichever comes first.
-        ``pending_save``: downgraded sizes measured are still to be kept."""
+        ``pending_save``: downgraded sizes measured are still to be kept.
+        Once only: the connection's end after ``_let_go`` only tells the
+        hub's stop (``_settled``); ending it again logged its line twice
+        and let the lock go under the save still running on a worker,
+        which then kept nothing."""
+        if self._ended:
+            self._settled()
+            return
+        self._ended = True
         # A dropped connection deletes nothing (RFC 1939 6), but the
         # messages RETR sent are flagged seen as at a QUIT, as Dovecot
         # does (its session's end commits the flags, QUIT or not)
