@@ -278,7 +278,12 @@ class _HeldJobs:
     def run(self) -> None:
         jobs, self.jobs = self.jobs, []
         for d, f, args in jobs:
-            d.callback(f(*args))
+            try:
+                result = f(*args)
+            except Exception as e:  # as a worker's failure (a lock held)
+                d.errback(e)
+            else:
+                d.callback(result)
 
 
 def _hang_up_after_list(components, clock, data):
@@ -392,6 +397,34 @@ def test_a_waiting_login_whose_client_left_does_not_take_the_lock_from_one_still
     components.syncer.run()  # the save: the lock goes
     components.syncer.run()  # the listing of the Maildir for the login
     assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    proto.connectionLost(Failure(ConnectionDone()))
+    components.syncer.run()
+
+
+def test_a_waiting_login_whose_client_closed_with_a_fin_leaves_the_lock_to_one_still_there(
+        tmp_path):
+    # as above, but the client that gave up closed as TCP clients do, with
+    # a FIN (it had read all it was sent): the hub sees the end of its
+    # data, as for a half-close, and its login goes on.  It took the lock
+    # when the save was written and held it until the connection was
+    # gone, and the login still there was told IN-USE; now the session
+    # that can be sent nothing more lets the mailbox go once its +OK is out
+    _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
+    components.store.syncer = components.syncer  # a Maildir listed by a worker
+    gave_up, t0 = connect(components)
+    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up.readConnectionLost()  # its FIN
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    components.syncer.run()  # the save: the lock goes
+    components.syncer.run()  # the first login's listing: it gets the lock
+    assert b"+OK Logged in" in bytes(t0.received)
+    assert gave_up.mailbox is None  # let go with its answer
+    components.syncer.run()  # the second login's listing
+    assert b"IN-USE" not in bytes(t.received), bytes(t.received)
+    assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    gave_up.connectionLost(Failure(ConnectionDone()))
+    assert proto.mailbox is not None  # the first's end takes nothing from the second
     proto.connectionLost(Failure(ConnectionDone()))
     components.syncer.run()
 
