@@ -564,13 +564,16 @@ class POP3Protocol(Protocol):
 
     def _let_go(self) -> None:
         """A lingering close begins (too many errors, the autologout, the
-        hub's stop, an internal error): once its closing line is decided
+        hub's stop, an internal error), or the close after the client's
+        half-close (``_close``): once its closing line is decided
         the session needs nothing of its mailbox any more (no UPDATE
         state), so it ends with it now -- the flags of the messages RETR
         sent made, sizes measured kept, then the lock let go -- not when
-        the client closes, ``LINGER_SECONDS`` later at most: a login of the
-        same user meanwhile (a client retrying after the ``-ERR``) waited
-        for it.  Not while anything may still use the mailbox: a login's
+        the client closes, ``LINGER_SECONDS`` later at most (after a
+        half-close: once it has read the last answers, ``CLOSE_GRACE`` at
+        most): a login of the same user meanwhile (a client retrying after
+        the ``-ERR``, or one whose earlier login's client hung up) waited
+        for it, or was told IN-USE.  Not while anything may still use the mailbox: a login's
         sizes measured on a worker thread (``_measure``: the engine is not
         in TRANSACTION yet), a read or stream of a message (``_busy``,
         ``_stream``), the end's own changes (``_update_running``); the lock
@@ -738,6 +741,14 @@ class POP3Protocol(Protocol):
             self._let_go()
         else:
             t.loseConnection()
+            if self._eof:
+                # the client half-closed (or closed for good: a FIN looks
+                # the same) and all it sent is answered: nothing more can
+                # use the mailbox either.  Its lock went with the
+                # connection, up to CLOSE_GRACE later: a login whose
+                # client had hung up (a FIN) while it waited for the lock
+                # took it from one still there, told IN-USE
+                self._let_go()
         # A polite close waits for the peer to read the last reply, and under
         # TLS for a handshake it may never finish (after STLS); cut it then.
         # Sooner while the hub stops, which waits for it (a session it ended
