@@ -211,6 +211,30 @@ def test_show_tells_the_hubs_own_account_from_a_servers_reply(setup):
     assert "last reply: hub: 451 4.4.2 timeout waiting for the reply to DATA" in out
 
 
+def test_list_gives_the_hubs_own_account_code_first_and_a_dash_before_any(setup, tmp_path):
+    # docs/relay.rst, queue list: the last field is the reply, or the hub's
+    # own account in the same form (no "hub:" before its code, which a
+    # script reads first), or "-" for a message no attempt has answered
+    settings, queue, qid, _ = setup
+    from txmailhub.smtp.reply import LocalReply
+
+    refused = LocalReply(451, "4.4.1", ("connection to [192.0.2.25]:25 failed: "
+                                        "connection refused",))
+    queue.update(qid, lambda e: e.with_recipients(
+        {a: dataclasses.replace(e.recipient(a), last_reply=refused) for a in (BOB, CAROL)}))
+    [line] = run(settings, "list")[1].splitlines()
+    assert line.split()[6:] == ["451", "4.4.1", "connection", "to", "[192.0.2.25]:25",
+                                "failed:", "connection", "refused"]
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: y\n\nbody\n")
+    new = queue.enqueue(Envelope(sender=Address("alice", "example.org"), recipients=(BOB,),
+                                 helo="client.example.org", client_address="127.0.0.1"),
+                        SpooledMessage(str(spool), 17, 20)).result
+    [fresh] = [x for x in run(settings, "list")[1].splitlines() if x.startswith(new)]
+    assert fresh.split()[3] == "0" and fresh.split()[-1] == "-"
+    assert "last reply: -\n" in run(settings, "show", new)[1]
+
+
 def test_a_replys_control_characters_never_reach_the_terminal(setup):
     # a hostile next hop's reply, kept in the queue as received: an ESC
     # would start a terminal escape sequence in the admin's shell
