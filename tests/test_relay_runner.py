@@ -800,6 +800,48 @@ def _stop_lines(log_events):
             if e.get("log_format", "").startswith("stopping")]
 
 
+def test_a_stop_that_waits_names_an_entry_waiting_for_a_slot_as_such(tmp_path, log_events):
+    # an entry taken while the slots were busy is given up at once, as one
+    # only looking up DNS is; the first line called it "only looking up DNS
+    # or connecting" (it had neither begun), where the last line of a stop
+    # that does not wait says "waiting for a free slot"
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 1\n")
+    hub.runner.start()
+    hub.agent.hold()
+    enqueue(hub, Address("x", "a.test"))
+    enqueue(hub, Address("x", "b.test"))
+    looking = enqueue(hub, Address("x", "c.test"))
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 1 and len(hub.runner.active) == 2
+    assert looking not in hub.runner.active  # not even taken
+    hub.runner.stop(grace=10)
+    hub.clock.advance(10)
+    assert _stop_lines(log_events) == [
+        "stopping: waiting up to 10 s for 1 delivery attempt in flight (1 more waiting for "
+        "a free slot (max_per_destination, max_concurrent_deliveries): given up, retried at "
+        "the next start)",
+        "stopping with 1 delivery attempt in flight: given up, retried at the next start"]
+
+
+def test_a_stop_that_waits_counts_entries_only_looking_up_dns_and_those_waiting_apart(
+        tmp_path, log_events):
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\n")
+    hub.runner.start()
+    hub.agent.hold()
+    enqueue(hub, Address("x", "a.test"))  # in its session: the stop waits for it
+    looking = enqueue(hub, Address("x", "b.test"))
+    hub.agent.resolving.add(looking)  # only looking up DNS
+    for domain in ("c.test", "d.test"):  # taken, waiting for a slot
+        enqueue(hub, Address("x", domain))
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 2 and len(hub.runner.active) == 4
+    hub.runner.stop(grace=10)
+    assert _stop_lines(log_events) == [
+        "stopping: waiting up to 10 s for 1 delivery attempt in flight (1 only looking up "
+        "DNS or connecting, 2 more waiting for a free slot (max_per_destination, "
+        "max_concurrent_deliveries): given up, retried at the next start)"]
+
+
 def test_a_stop_counts_an_entry_with_two_deliveries_running_once(hub, log_events):
     # the line counts delivery attempts (queue entries), as the stop's first
     # line does: one entry to two domains is not two attempts given up
