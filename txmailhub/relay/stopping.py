@@ -91,14 +91,24 @@ class Stopping:
             self._give_up_now()
             return d
         dropped = self.active - keep
+        # those only waiting for a slot are named so, as the last line
+        # names them: they had not begun to look up DNS or to connect
+        # (all were called "only looking up DNS or connecting")
+        waiting = sum(1 for qid in dropped if self._waits_for_a_slot(qid))
         for qid in dropped:
             self._entries[qid].dropped = True
         self.agent.quiesce(keep)
+        told = []
+        if len(dropped) > waiting:
+            told.append(f"{len(dropped) - waiting} only looking up DNS or connecting")
+        if waiting:
+            told.append(f"{waiting} more waiting for a free slot (max_per_destination, "
+                        "max_concurrent_deliveries)")
         log.info("stopping: waiting up to {grace:g} s for {count} delivery {attempts} in "
                  "flight{dropped}", grace=grace, count=len(keep),
                  attempts=plural(len(keep), "attempt", "attempts"),
-                 dropped=f" ({len(dropped)} only looking up DNS or connecting: given up, "
-                         "retried at the next start)" if dropped else "")
+                 dropped=f" ({', '.join(told)}: given up, retried at the next start)"
+                 if dropped else "")
         self._give_up_timer = self.clock.callLater(grace, self._give_up_now)
         return d
 
