@@ -882,3 +882,42 @@ def test_a_list_group_passed_over_while_an_entry_of_it_only_records_its_results(
         m.no_recipient_delivered_twice()
     finally:
         m.teardown()
+
+
+def test_a_failing_domains_turn_is_one_delivery_with_list_entries_taken_within_and_beyond() -> None:
+    # the path the fairness at a failing domain (``failing.py``) takes
+    # through the machine's rules: a.test is marked failing, a mailing
+    # list's entries for it and b.test come (two taken for b.test's room,
+    # beyond a.test's, the third within it: b.test full), and the first
+    # one's delivery to a.test holds the turn.  As b.test's sessions end,
+    # the entry taken within a.test's room asks for the turn before the
+    # ones taken beyond it -- and must still wait for the one under way.
+    # Random runs of 300 examples did not reach this: a turn given to an
+    # entry within the room at once (a second delivery to a.test) passed
+    m = RunnerMachine()
+    step = _stepper(m)
+
+    def sessions_at(dest: str) -> list[str]:
+        return [qid for _d, qid, at, _r in m.agent.sessions if at == dest]
+
+    try:
+        step(m.some_domains_looked_up_already, known={"a.test", "b.test"})
+        step(m.enqueue, domains=["a.test"], success=False)
+        step(m.answer_a_session, which=0, how="unreachable")
+        m.one_delivery_at_a_time_to_a_failing_domain()
+        assert m.agent.failing == {"a.test"}
+        step(m.a_list_posts, domains=["a.test", "b.test"], copies=3, success=False)
+        step(m.enqueue, domains=["a.test"], success=False)  # for it alone: waits untaken
+        m.one_delivery_at_a_time_to_a_failing_domain()
+        (holder,) = sessions_at("a.test")
+        assert sorted(bool(run.beyond) for run in m.runner._entries.values()) == [
+            False, True, True]
+        while sessions_at("b.test"):
+            which = [s[2] for s in m.agent.sessions].index("b.test")
+            step(m.answer_a_session, which=which, how="delivered")
+            m.one_delivery_at_a_time_to_a_failing_domain()
+            assert sessions_at("a.test") == [holder]
+        m.drain()
+        m.no_recipient_delivered_twice()
+    finally:
+        m.teardown()
