@@ -37,6 +37,11 @@ lookups running on, as on a resolver the relay does not stop).  After each step 
   so, or not, as the answer says (a domain may go down: its sessions
   then end with no host answering, and the agent remembers it for a
   while, deferring its deliveries at once);
+* an entry for a failing domain alone, once taken, has its delivery
+  there begun after the one under way then at most, not after every
+  entry taken for other domains' room (a mailing list's) waiting for
+  the turn -- while the domain changes not (marked, answering again,
+  forgotten, looked up);
 * an attempt marker is held only by an entry whose attempt runs;
 * a session's answer (delivered, refused for good) had while its entry
   was not given up is in the record once it is answered (when the disk
@@ -132,6 +137,13 @@ class ModelAgent:
         self.raise_once = False  # the next delivery's start raises (a bug of the agent's)
         self.delivered: set[tuple[str, Address]] = set()  # (queue id, recipient) answered so
         self.duplicates: list[tuple[str, Address]] = []  # delivered again after that
+        # the deliveries begun to each domain, and which (queue id, domain);
+        # a domain's changes (marked, answering again, forgotten, a lookup
+        # of it begun or ended): what an entry for a failing domain alone
+        # may wait for is told only while none comes (``a_failing_domains_turn``)
+        self.begun: dict[str, int] = {}
+        self.began: set[tuple[str, str]] = set()
+        self.changes: dict[str, int] = {}
 
     def observe(self, event: dict) -> None:
         """The runner's log: a domain marked failing, or answering again."""
@@ -139,9 +151,14 @@ class ModelAgent:
         dest = event.get("destination")
         if "no host answered" in text:
             self.failing.add(dest)
+            self.changed(dest)
             self.marks[dest] = self.marks.get(dest, 0) + 1
         elif "a host answered again" in text:
             self.failing.discard(dest)
+            self.changed(dest)
+
+    def changed(self, dest: str) -> None:
+        self.changes[dest] = self.changes.get(dest, 0) + 1
 
     def begun_since_the_mark(self, dest: str) -> int:
         mark = (dest, self.marks.get(dest, 0))
@@ -162,6 +179,8 @@ class ModelAgent:
             self.raise_once = False
             raise RuntimeError("the agent failed as the delivery started")
         self.duplicates.extend((entry.id, a) for a in rcpts if (entry.id, a) in self.delivered)
+        self.begun[dest] = self.begun.get(dest, 0) + 1
+        self.began.add((entry.id, dest))
         self.running[dest] = self.running.get(dest, 0) + 1
         self.per_entry[entry.id] = self.per_entry.get(entry.id, 0) + 1
         d: defer.Deferred = defer.Deferred()
@@ -188,12 +207,15 @@ class ModelAgent:
         else:
             if dest in self.lookups:
                 self.joined += 1
+            else:
+                self.changed(dest)  # a lookup begins
             self.lookups.setdefault(dest, []).append(("deliver", (d, entry.id, dest,
                                                                   list(rcpts))))
         return d
 
     def end_lookup(self, dest: str, answered: bool, oddly: bool = False) -> None:
         waiting = self.lookups.pop(dest)
+        self.changed(dest)
         if answered:
             self.known.add(dest)
         else:
@@ -255,6 +277,8 @@ class ModelAgent:
         self.lookups.clear()
         self.failed.clear()
         self.remembered.clear()
+        for dest in self.failing:
+            self.changed(dest)
         self.failing.clear()  # the runner's start forgets them too (no line)
 
 
@@ -321,6 +345,25 @@ class RunnerMachine(RuleBasedStateMachine):
 
         self.runner._crashed = _crashed  # type: ignore[method-assign]
         self.runner._index = _index  # type: ignore[method-assign]
+        # the entries for a failing domain alone taken while it was failing
+        # (no lookup of it under way): queue id -> (the domain, its changes
+        # then, the deliveries begun to it then)
+        self.alone_taken: dict[str, tuple[str, int, int]] = {}
+        take = self.runner._take
+
+        def _take(qid: str, dests: set[str], *args):
+            running = take(qid, dests, *args)
+            where = self.runner._destinations.get(qid)
+            a = self.agent
+            if len(dests) == 1 and where is not None and not where[1]:
+                (dest,) = dests
+                if dest in a.failing and dest not in a.lookups:
+                    a.began.discard((qid, dest))
+                    self.alone_taken[qid] = (dest, a.changes.get(dest, 0),
+                                             a.begun.get(dest, 0))
+            return running
+
+        self.runner._take = _take  # type: ignore[method-assign]
 
     def _send_dsn(self, components, envelope, data) -> defer.Deferred:
         if self.refusing:
@@ -653,6 +696,22 @@ class RunnerMachine(RuleBasedStateMachine):
             assert a.begun_since_the_mark(dest) <= 1, (dest, a.running)
 
     @invariant()
+    def a_failing_domains_turn(self) -> None:
+        # an entry for a failing domain alone, once taken, has its delivery
+        # there begun after the one under way then, at most (``failing.py``'s
+        # fairness: it waits before the entries taken for other domains'
+        # room, a mailing list's); told while the domain changes not (a
+        # recovery wakes them all, a lookup of it makes each wait for it)
+        a = self.agent
+        for qid, (dest, changes, begun) in list(self.alone_taken.items()):
+            run = self.runner._entries.get(qid)
+            if (run is None or run.dropped or not run.open_dests or dest not in run.open_dests
+                    or (qid, dest) in a.began or a.changes.get(dest, 0) != changes):
+                del self.alone_taken[qid]
+                continue
+            assert a.begun.get(dest, 0) - begun <= 1, (qid, dest, a.begun.get(dest, 0) - begun)
+
+    @invariant()
     def no_recipient_delivered_twice(self) -> None:
         # an answer "delivered" is recorded, or kept in memory until it is
         # (a write refused, a stop that gave its entry up): never sent again
@@ -917,6 +976,46 @@ def test_a_failing_domains_turn_is_one_delivery_with_list_entries_taken_within_a
             step(m.answer_a_session, which=which, how="delivered")
             m.one_delivery_at_a_time_to_a_failing_domain()
             assert sessions_at("a.test") == [holder]
+        m.drain()
+        m.no_recipient_delivered_twice()
+    finally:
+        m.teardown()
+
+
+def test_an_entry_for_a_failing_domain_alone_has_the_turn_after_the_one_under_way() -> None:
+    # the fairness the machine checks (``a_failing_domains_turn``) on a
+    # path its random runs seldom take: a.test is failing, one entry for
+    # it alone has the turn, a mailing list's entries for it and b.test
+    # are taken for b.test's room and queue for a.test's turn; an entry
+    # for a.test alone, taken when the first is over, has its delivery
+    # begun after the one under way then -- not after every list entry
+    # waiting (the turn in the order asked: two or more before it)
+    m = RunnerMachine()
+    step = _stepper(m)
+
+    def check() -> None:
+        m.one_delivery_at_a_time_to_a_failing_domain()
+        m.a_failing_domains_turn()
+
+    try:
+        step(m.some_domains_looked_up_already, known={"a.test", "b.test"})
+        step(m.enqueue, domains=["a.test"], success=False)
+        step(m.answer_a_session, which=0, how="unreachable")
+        step(m.enqueue, domains=["a.test"], success=False)  # has the turn
+        step(m.a_list_posts, domains=["a.test", "b.test"], copies=4, success=False)
+        check()
+        while any(s[2] == "b.test" for s in m.agent.sessions):
+            step(m.answer_a_session, which=[s[2] for s in m.agent.sessions].index("b.test"),
+                 how="delivered")
+            check()
+        assert len(m.runner._failing._turns["a.test"].waiting) == 3  # the list's, beyond
+        step(m.enqueue, domains=["a.test"], success=False)  # waits: the room is taken
+        checked = 0
+        while m.agent.sessions:
+            step(m.answer_a_session, which=0, how="unreachable")
+            checked += bool(m.alone_taken)
+            check()
+        assert checked  # (the one for it alone was taken, then waited)
         m.drain()
         m.no_recipient_delivered_twice()
     finally:
