@@ -3985,3 +3985,33 @@ def test_a_local_copy_of_a_message_whose_queued_time_is_no_number_is_delivered(
     assert h.queue.ids() == []
     (name,) = os.listdir(tmp_path / "mail" / "example.org" / "joe" / "new")
     assert name.startswith(f"{int(mended)}.M0K{qid}.")
+
+
+def test_a_destination_an_entry_no_longer_has_is_room_for_another_at_once(hub):
+    # an entry whose handling failed (the agent raised for remote.test)
+    # after its other.test recipient was delivered is retried with the
+    # destinations the runner knew of it, both: taken, it counted at
+    # other.test, and an entry for other.test due with it was passed over
+    # -- then its attempt found only remote.test to go to, and that room
+    # was for no one until the next tick (a second, or a look at another
+    # event)
+    def script(e, dest, rcpts):
+        if dest == "remote.test":
+            raise RuntimeError("the agent failed as the delivery started")
+        reply = OK if any(p.address == BOB for p in e.pending) else LATER
+        return [DeliveryResult(a, "delivered" if reply is OK else "transient", reply, "mx")
+                for a in rcpts]
+
+    hub.agent.script = script
+    hub.runner.start()
+    first = enqueue(hub, BOB, CAROL)  # other.test delivered; retried in a minute
+    other = enqueue(hub, CAROL)  # greylisted: retried in a minute too
+    assert not hub.runner.active
+    assert [p.address for p in hub.queue.read(first).pending] == [BOB]
+    assert hub.runner.due[first] == hub.runner.due[other]
+    pending = hub.agent.hold()
+    hub.clock.advance(60)
+    assert set(hub.runner.active) == {first, other}  # at this look, not the next
+    assert [r for _d, r in pending] == [[BOB], [CAROL]]
+    _answer_all(pending)
+    assert hub.queue.ids() == []
