@@ -467,7 +467,16 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             else:
                 groups.setdefault(self.agent.destination(r.address), []).append(r.address)
         att.open = len(groups) + (1 if local else 0)  # (before any is done)
-        self._entries[entry.id].open_dests = set(groups)  # as they are now
+        running = self._entries[entry.id]
+        taken_for = running.open_dests
+        running.open_dests = set(groups)  # as they are now
+        if taken_for is not None and not taken_for <= running.open_dests and self.running:
+            # taken for a destination it no longer has (its recipients there
+            # done by an attempt whose handling failed after, which left
+            # what the runner knew of it as it was): that room, counted by
+            # the look that took it, is for another entry now, not at the
+            # next tick (``kick`` from within that look looks again)
+            self.kick()
         # each started as a Deferred of its own: an error out of the agent
         # or the store while one is started (raised, not a failed
         # Deferred) fails that delivery alone, and the ones started before
