@@ -4015,3 +4015,68 @@ def test_a_destination_an_entry_no_longer_has_is_room_for_another_at_once(hub):
     assert [r for _d, r in pending] == [[BOB], [CAROL]]
     _answer_all(pending)
     assert hub.queue.ids() == []
+
+
+def _mend_write_held(h, monkeypatch):
+    """``h``'s queue with its next record update (the mend of a time that
+    is no number, written before the attempt) held until the returned
+    function is called; the updates after it go through."""
+    real = h.queue.update
+    held: list = []
+
+    def update(qid, change):
+        if held:
+            return real(qid, change)
+        d = defer.Deferred()
+        held.append(lambda: real(qid, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(h.queue, "update", update)
+    return lambda: held[0]()
+
+
+def test_an_entry_held_while_its_queued_time_is_mended_is_not_delivered(
+        hub, monkeypatch):
+    # the mend is written before the attempt, the entry's record read
+    # again: a `mailhub queue hold` that landed meanwhile is in the entry
+    # the attempt is made from, and a held entry is not delivered (it was,
+    # locally, the copy made with the hold in the runner's hands)
+    qid = enqueue(hub, LOCAL)
+    _edit_record_time(hub, qid, "created", "NaN")
+    release = _mend_write_held(hub, monkeypatch)
+    hub.runner.start()
+    assert qid in hub.runner.active  # its mend being written
+    hub.queue.set_held(qid, True)
+    release()
+    assert hub.store.messages(LOCAL) == []
+    entry = hub.queue.read(qid)
+    assert entry.held and entry.created == hub.clock.seconds()
+    assert qid in hub.runner._held and qid not in hub.runner.due
+    hub.queue.set_held(qid, False)
+    hub.runner._rescan()
+    hub.clock.advance(1)
+    assert len(hub.store.messages(LOCAL)) == 1 and hub.queue.ids() == []
+
+
+def test_a_stop_while_a_queued_time_is_mended_starts_no_delivery(tmp_path, monkeypatch):
+    # a stop begun while the mend is written (the entry taken before it):
+    # the entry is not tried after the stop began, the stop is over once
+    # the mend is written, and the next start delivers it once
+    h = make_hub(tmp_path)
+    qid = enqueue(h, LOCAL, BOB)
+    _edit_record_time(h, qid, "created", "NaN")
+    release = _mend_write_held(h, monkeypatch)
+    h.runner.start()
+    stopped = h.runner.stop()
+    assert not stopped.called  # it waits for the write
+    release()
+    assert stopped.called
+    assert h.store.messages(LOCAL) == [] and h.agent.calls == []
+    assert h.queue.read(qid).created == h.clock.seconds()
+    h.runner.start()
+    try:
+        h.clock.advance(1)
+    finally:
+        h.runner.stop()
+    assert len(h.store.messages(LOCAL)) == 1 and len(h.agent.calls) == 1
+    assert h.queue.ids() == []
