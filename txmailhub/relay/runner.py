@@ -250,7 +250,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             # name a crash replays must be the one the copy was made under
             before = self._generation
             entry = yield self._mend(qid)
-            if before != self._generation:  # stopped meanwhile: as below
+            if before != self._generation or not self.running:
+                # stopped meanwhile (given up, or a stop waiting): no attempt
+                # begins after a stop did; the next start takes it again
                 if self.running:
                     self.due[qid] = self.clock.seconds()
                 return
@@ -258,6 +260,11 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 log.info("queue entry {queue_id} deleted (mailhub queue delete): "
                          "no more attempts, no notice", queue_id=qid)
                 self._forget(qid)
+                return
+            if entry.held:
+                # `mailhub queue hold` while the mend was written: the
+                # record in hand says held, as at the read above
+                self._index(entry)
                 return
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
         if (results and entry.pending
