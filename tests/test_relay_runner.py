@@ -4080,3 +4080,43 @@ def test_a_stop_while_a_queued_time_is_mended_starts_no_delivery(tmp_path, monke
         h.runner.stop()
     assert len(h.store.messages(LOCAL)) == 1 and len(h.agent.calls) == 1
     assert h.queue.ids() == []
+
+
+def test_a_local_copy_made_under_a_mended_queued_time_is_not_made_again_after_a_crash(
+        tmp_path, monkeypatch):
+    # the mend of created is written before the attempt; the hub killed
+    # after the local copy was made, before its record was written: the
+    # restart (an hour later, another "now") reads the mended time and makes
+    # the copy's key from it again, so the store sees the copy is there
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    h = make_hub(tmp_path)
+    h.components.store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    qid = enqueue(h, LOCAL)
+    _edit_record_time(h, qid, "created", "NaN")
+    real = h.queue.update
+    writes = []
+
+    def crash_after_the_mend(q, change):
+        writes.append(q)
+        if len(writes) == 1:
+            return real(q, change)  # the mend
+        raise OSError(5, "the hub was killed while writing the record")
+
+    monkeypatch.setattr(h.queue, "update", crash_after_the_mend)
+    h.runner.start()
+    h.runner.stop()
+    new = tmp_path / "mail" / "example.org" / "joe" / "new"
+    assert len(os.listdir(new)) == 1 and len(writes) == 2
+    mended = h.queue.read(qid).created
+    assert mended == h.clock.seconds() and h.queue.read(qid).pending
+
+    monkeypatch.undo()
+    h.clock.advance(3600)
+    queue = OutboundQueue(h.settings.queue_dir, h.clock)
+    h.components.queue = queue
+    with next_runner(h, queue):
+        h.clock.advance(1)
+    assert queue.ids() == []
+    assert len(os.listdir(new)) == 1, os.listdir(new)
