@@ -4120,3 +4120,30 @@ def test_a_local_copy_made_under_a_mended_queued_time_is_not_made_again_after_a_
         h.clock.advance(1)
     assert queue.ids() == []
     assert len(os.listdir(new)) == 1, os.listdir(new)
+
+
+def test_an_entry_given_up_later_while_it_waits_for_a_slot_is_named_so(
+        tmp_path, monkeypatch, log_events):
+    # an entry the stop waited for (its local copy being made) whose other
+    # destination waits for a free slot: once the copy is recorded it is
+    # given up, and the line says what it waited for, as the stop's first
+    # and last lines do (it said "the rest only looks up DNS or connects")
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 1\n")
+    copied: defer.Deferred = defer.Deferred()
+    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    enqueue(hub, Address("x", "a.test"))  # in its session: the one slot
+    both = enqueue(hub, LOCAL, Address("x", "b.test"))
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 1 and hub.runner._waits_for_a_slot(both) is False
+    stopped = hub.runner.stop(grace=10)
+    copied.callback({LOCAL: None})
+    assert hub.queue.read(both).recipient(LOCAL).state == "delivered"
+    assert [x for x in _stop_lines(log_events) if "more" in x] == [
+        "stopping: 1 more delivery attempt given up (what they had to record is recorded; "
+        "the rest waits for a free slot (max_per_destination, max_concurrent_deliveries)), "
+        "retried at the next start"]
+    _answer_all(sessions)
+    assert stopped.called
+    assert len(hub.agent.calls) == 1  # b.test: never begun
