@@ -197,13 +197,25 @@ class Stopping:
         loose = {q for q, r in self._entries.items()
                  if not r.dropped and not self._must_finish(q)}
         if loose:
+            # those whose rest only waits for a free slot are named so, as
+            # the stop's first and last lines name them (they were said to
+            # "only look up DNS or connect", not begun either)
+            waiting = sum(1 for q in loose if self._waits_for_a_slot(q))
             for q in loose:
                 self._entries[q].dropped = True
             self.agent.quiesce({q for q, r in self._entries.items() if not r.dropped})
+            slot = "waits for a free slot (max_per_destination, max_concurrent_deliveries)"
+            if not waiting:
+                rest = "the rest only looks up DNS or connects"
+            elif waiting == len(loose):
+                rest = f"the rest {slot}"
+            else:
+                rest = (f"the rest of {len(loose) - waiting} only looks up DNS or connects, "
+                        f"of {waiting} {slot}")
             log.info("stopping: {count} more delivery {attempts} given up (what they had to "
-                     "record is recorded; the rest only looks up DNS or connects), retried at "
-                     "the next start", count=len(loose),
-                     attempts=plural(len(loose), "attempt", "attempts"))
+                     "record is recorded; {rest}), retried at the next start",
+                     count=len(loose), attempts=plural(len(loose), "attempt", "attempts"),
+                     rest=rest)
 
     def _one_over(self) -> None:
         """An entry's handling is over (``_finished``): a stop that waited
