@@ -74,3 +74,78 @@ def step_until_closed(reactor: Any, transport: Any, turns: int = 50) -> None:
         if not transport.connected:
             return
         reactor.iterate(0.005)
+
+
+def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any) -> tuple[
+        Any, Any, Any, socket.socket]:
+    """An implicit-TLS session of ``factory`` (wrapped as ``service.py``
+    wraps a ``tls_listen`` factory) over Twisted's real TCP transport on a
+    loopback socket served by ``reactor`` (``new_reactor()``), with a stdlib
+    ``ssl`` client, non-blocking, its handshake done:
+    ``(protocol, transport, listener, client)``; ``transport`` is the TCP
+    one under the TLS layer.  The caller closes ``listener`` and ``client``."""
+    import ssl
+
+    from twisted.internet import tcp
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from txmailhub.service import tls_options
+
+    cert, key = cert_and_key
+    # the TLS layer's write aggregation runs on the stepped reactor
+    tls = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory, clock=reactor)
+    listener, raw, ours = loopback_pair()
+    wrapper = tls.buildProtocol(peer)
+    t = tcp.Connection(ours, wrapper, reactor)
+    t.connected = True
+    t.getPeer = lambda: peer
+    wrapper.makeConnection(t)
+    t.startReading()
+    context = ssl.create_default_context(cafile=str(cert))
+    client = context.wrap_socket(raw, server_hostname="localhost",
+                                 do_handshake_on_connect=False, suppress_ragged_eofs=False)
+    for _ in range(200):
+        try:
+            client.do_handshake()
+            break
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            reactor.iterate(0.005)
+    return wrapper.wrappedProtocol, t, listener, client
+
+
+def tls_reads(reactor: Any, client: Any, until: bytes | None = None, turns: int = 200) -> bytes:
+    """``client_reads`` for a ``tls_loopback`` client: ``<close_notify>``
+    appended at the end of the TLS session (the hub's ``close_notify``),
+    ``<EOF>`` at a TCP end without it; a reset raises
+    (``ConnectionResetError``)."""
+    import ssl
+
+    got = b""
+    for _ in range(turns):
+        reactor.iterate(0.005)
+        try:
+            chunk = client.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            continue
+        except ssl.SSLEOFError:  # suppress_ragged_eofs=False: no close_notify
+            return got + b"<EOF>"
+        if not chunk:  # the peer's close_notify
+            return got + b"<close_notify>"
+        got += chunk
+        if until is not None and until in got:
+            return got
+    return got
+
+
+def tls_send(client: Any, data: bytes) -> int:
+    """Send what the client's socket takes now of ``data`` (non-blocking);
+    how much.  A reset raises."""
+    import ssl
+
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += client.send(data[sent:sent + 16384])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            break
+    return sent

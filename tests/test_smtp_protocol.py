@@ -19,6 +19,9 @@ from stepped_reactor import (
     loopback_pair,
     new_reactor,
     step_until_closed,
+    tls_loopback,
+    tls_reads,
+    tls_send,
 )
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -3177,6 +3180,89 @@ class HubClosesLingerTests(SynchronousTestCase):
         p.engine.session.tls = True  # as after STARTTLS
         p.dataReceived(b"BOGUS\r\n")
         assert t.disconnecting and not t.write_lost
+
+
+class TLSLingeringCloseTests(SynchronousTestCase):
+    """A close the hub decides under TLS, over a real loopback socket with
+    Twisted's TLS layer and a stdlib ``ssl`` client.  Twisted's
+    ``loseConnection`` sends the last reply and ``close_notify`` and then
+    keeps reading, waiting for the client's ``close_notify`` or the end of
+    its TCP stream, so a client still sending reads the ``421`` and the end
+    of the TLS session, not a reset.  What it reads on is bounded as on
+    plain TCP (``LINGER_OCTETS``): it was decrypted and dropped for as long
+    as the close grace (30 s)."""
+
+    def _smtps(self, **smtp):
+        h = Harness(**smtp)
+        reactor = new_reactor()
+        self.addCleanup(close_reactor, reactor)
+        factory = SMTPFactory(h.components, implicit_tls=True)
+        proto, t, listener, client = tls_loopback(
+            reactor, factory, make_certificate(Path(self.mktemp())),
+            IPv4Address("TCP", "192.0.2.1", 4321))
+        self.addCleanup(listener.close)
+        self.addCleanup(client.close)
+        assert tls_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
+        return h, factory, proto, t, reactor, client
+
+    def _too_many_errors(self):
+        """Too many errors with pipelined commands behind them, unread by
+        the hub when it closes."""
+        h, _factory, proto, t, reactor, client = self._smtps(max_errors=3)
+        assert tls_send(client, b"EHLO c\r\n" + b"BOGUS\r\n" * 3 + b"NOOP\r\n" * 100) > 0
+        for _ in range(20):
+            reactor.iterate(0)
+        assert proto.engine.closed
+        return h, proto, t, reactor, client
+
+    def test_a_client_still_sending_reads_the_421_and_close_notify_not_a_reset(self):
+        h, p, t, reactor, client = self._too_many_errors()
+        sent = 0
+        for _ in range(10):  # still sending, reading nothing
+            sent += tls_send(client, b"NOOP\r\n" * 500)
+            reactor.iterate(0)
+        assert sent == 10 * 3000  # all of it read by the hub: no reset
+        got = tls_reads(reactor, client)
+        assert got.endswith(f"{closing(replies.TOO_MANY_ERRORS)}\r\n<close_notify>".encode()), got
+        assert t.connected  # reading on: the client has not closed yet
+        client.close()  # no close_notify of its own: the end of its TCP stream
+        step_until_closed(reactor, t)
+        assert not t.connected and p not in h.factory.limits.sessions
+
+    def test_at_the_stop_a_client_in_a_message_reads_the_421_and_close_notify(self):
+        h, factory, p, t, reactor, client = self._smtps()
+        client.sendall(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+        assert tls_reads(reactor, client, until=b"354 ").endswith(b"by itself\r\n")
+        tls_send(client, b"Subject: x\r\n\r\n" + b"a line of the body\r\n" * 200)
+        for _ in range(20):
+            reactor.iterate(0)
+        tls_send(client, b"more of the body\r\n" * 200)  # unread at the stop
+        factory.shut_down()
+        for _ in range(10):
+            assert tls_send(client, b"still more\r\n" * 100) == 1200
+            reactor.iterate(0)
+        got = tls_reads(reactor, client)
+        assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<close_notify>", got
+        client.unwrap()  # the client's close_notify: the hub closes
+        step_until_closed(reactor, t)
+        assert not t.connected and p not in factory.limits.sessions
+        assert h.store.messages(ALICE) == []
+
+    def test_it_reads_at_most_linger_octets(self):
+        h, p, t, reactor, client = self._too_many_errors()
+        sent = 0
+        for _ in range(LINGER_OCTETS // 16384 + 20):
+            try:
+                sent += tls_send(client, b"x" * 16384)
+            except OSError:  # the hub closed past the bound, input unread
+                break
+            reactor.iterate(0)
+            if not t.connected:
+                break
+        step_until_closed(reactor, t)
+        assert not t.connected, f"still reading after {sent} octets"
+        assert p._linger_left < 0  # past the bound, not before
+        assert p not in h.factory.limits.sessions
 
 
 @contextlib.contextmanager
