@@ -9,7 +9,18 @@ data rate too slow, an autologout -- shuts down its sending side only and
 reads on, dropping what comes, until the client closes, ``LINGER_OCTETS``
 have come, or the close's time is up: the stop's close grace, else
 ``LINGER_SECONDS`` from the moment all we sent is out.  A close the
-client asked for (``QUIT``) closes at once, as before."""
+client asked for (``QUIT``) closes at once, as before.
+
+Under TLS (implicit, or after STARTTLS/STLS) there is no half-close, and
+none is needed: Twisted's ``loseConnection`` sends the last line and
+``close_notify`` and then keeps reading, waiting for the client's
+``close_notify`` or the end of its TCP stream before it closes (measured
+over loopback with a stdlib ``ssl`` client still sending: it reads the
+line and the end of the TLS session, no reset).  That close lingers too
+(``lingers``): what comes meanwhile is dropped, ``LINGER_OCTETS`` at most
+(it was read and decrypted for as long as the close grace, 30 s), and the
+close grace still ends it (an abort: our ``close_notify`` is out by then
+or never will be)."""
 
 from __future__ import annotations
 
@@ -36,6 +47,25 @@ def can_linger(transport: Any, tls: bool) -> bool:
         transport, "loseWriteConnection")
 
 
+def lingers(transport: Any, tls: bool) -> bool:
+    """Whether a close the hub decides on ``transport`` reads on after our
+    end of stream: a half-close (``can_linger``), or under TLS Twisted's
+    own close, which waits for the client's ``close_notify`` (its
+    ``loseConnection``; see ``end_output``)."""
+    return tls or ISSLTransport.providedBy(transport) or can_linger(transport, tls)
+
+
+def end_output(transport: Any, tls: bool) -> None:
+    """Send our end of stream after what is buffered, and read on: a TCP
+    half-close, or under TLS ``close_notify`` (never skipped: RFC 8446
+    6.1, RFC 5246 7.2.1) by Twisted's ``loseConnection``, which then
+    waits for the client's before it closes the TCP connection."""
+    if can_linger(transport, tls):
+        transport.loseWriteConnection()
+    else:
+        transport.loseConnection()
+
+
 def shorten(call: Any, reactor: Any, seconds: float = LINGER_SECONDS) -> None:
     """Bring the close's timer ``call`` (``reactor.callLater``'s) forward
     to ``seconds`` from now, if it is due later: called once our end of
@@ -44,11 +74,16 @@ def shorten(call: Any, reactor: Any, seconds: float = LINGER_SECONDS) -> None:
         call.reset(seconds)
 
 
-def drop_input(transport: Any, left: int, data: bytes) -> int:
+def drop_input(transport: Any, left: int, data: bytes, tls: bool = False) -> int:
     """Drop ``data`` read during a lingering close; ``left``, the octets
     it may still read, less them is returned.  Past the bound the
-    connection is closed, come what may."""
+    connection is closed, come what may: under TLS, where our
+    ``close_notify`` is sent already (``loseConnection`` does no more),
+    the TCP connection is aborted."""
     left -= len(data)
     if left < 0:
-        transport.loseConnection()
+        if tls or ISSLTransport.providedBy(transport):
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
     return left

@@ -44,7 +44,7 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser, IStallRecord
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
-from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input, shorten
+from txmailhub.linger import LINGER_OCTETS, drop_input, end_output, lingers, shorten
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
@@ -317,7 +317,8 @@ class SMTPProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
-            self._linger_left = drop_input(self.transport, self._linger_left, data)
+            self._linger_left = drop_input(self.transport, self._linger_left, data,
+                                           self.engine.session.tls)
             return
         engine = self.engine
         # Idle means no command (RFC 5321 4.5.3.2), not no byte: a client
@@ -1270,14 +1271,17 @@ class SMTPProtocol(Protocol):
         # errors, a data rate too slow...), not the client's QUIT or a
         # refused connection's (a client that still sends may lose that
         # 421 to a reset all the same; refusals have their own bound,
-        # REFUSALS_WAITING): on plain TCP a lingering close (txmailhub.linger)
+        # REFUSALS_WAITING): a lingering close (txmailhub.linger), on plain
+        # TCP a half-close, under TLS close_notify and Twisted's wait for
+        # the client's
         ours = self._hub_stopping or (
             reply is not None and reply.code != 221 and not self._refusing)
-        if ours and not self._eof and can_linger(t, self.engine.session.tls):
+        tls = self.engine.session.tls
+        if ours and not self._eof and lingers(t, tls):
             self._lingering = True
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
-            t.loseWriteConnection()
+            end_output(t, tls)
         else:
             t.loseConnection()
         if self._close_timer is not None:
