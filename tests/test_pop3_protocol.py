@@ -13,7 +13,15 @@ from conftest import stalled_turn
 from cred_fakes import ClientRecordingChecker, checker_without_apop_secret
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stepped_reactor import client_reads, close_reactor, loopback_pair, new_reactor
+from stepped_reactor import (
+    client_reads,
+    close_reactor,
+    loopback_pair,
+    new_reactor,
+    tls_loopback,
+    tls_reads,
+    tls_send,
+)
 from tls_loopback import StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.error import UnauthorizedLogin
@@ -3616,6 +3624,114 @@ def test_a_client_sending_at_too_many_errors_reads_the_line_and_the_end_not_a_re
                 break
             reactor.iterate(0.005)
         assert not t.connected and not env.store.is_locked("joe@example.org")
+
+
+# -- a close the hub decides under TLS (POP3S) ------------------------------------
+
+
+@contextlib.contextmanager
+def _pop3s_session(env, tls_files, **kw) -> Iterator[tuple]:
+    """A POP3S session of joe, logged in, over Twisted's TLS layer on a
+    real loopback socket (``tls_loopback``) with a stdlib ``ssl`` client:
+    ``(factory, proto, t, reactor, client)``."""
+    reactor = new_reactor()
+    factory = POP3Factory(env.components, implicit_tls=True)
+    proto, t, listener, client = tls_loopback(reactor, factory, tls_files, LOOPBACK)
+    try:
+        assert tls_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+        client.sendall(b"USER joe\r\nPASS joepw\r\n")
+        assert b"+OK Logged in" in tls_reads(reactor, client, until=b"Logged in")
+        yield factory, proto, t, reactor, client
+    finally:
+        close_reactor(reactor)
+        client.close()
+        listener.close()
+
+
+def _pop3s_too_many_errors(env, reactor, client, proto) -> None:
+    """The max_errors-th -ERR, commands pipelined behind it unread."""
+    tls_send(client, b"FOO\r\n" + b"NOOP\r\n" * 100)
+    for _ in range(50):
+        if proto._closing:
+            break
+        reactor.iterate(0.005)
+    assert proto._closing
+
+
+def test_a_pop3s_client_still_sending_at_too_many_errors_reads_the_line_and_close_notify(
+        tls_files):
+    # Twisted's TLS close sends the -ERR and close_notify, then reads on
+    # until the client's close_notify or end of stream: no reset (a check)
+    env = Env(max_errors=1)
+    with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
+        _pop3s_too_many_errors(env, reactor, client, proto)
+        sent = 0
+        for _ in range(10):  # still sending, reading nothing
+            sent += tls_send(client, b"NOOP\r\n" * 500)
+            reactor.iterate(0)
+        assert sent == 10 * 3000
+        got = tls_reads(reactor, client)
+        assert got == R.TOO_MANY_ERRORS.to_bytes() + b"<close_notify>", got
+        assert t.connected
+        client.unwrap()  # its close_notify: the hub closes
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected and not env.store.is_locked("joe@example.org")
+
+
+def test_a_pop3s_close_at_the_stop_reads_the_line_and_close_notify(tls_files):
+    env = Env()
+    with _pop3s_session(env, tls_files) as (factory, _proto, t, reactor, client):
+        tls_send(client, b"NOOP\r\n" * 100)  # unread at the stop
+        stopped = factory.shut_down()
+        for _ in range(10):
+            assert tls_send(client, b"NOOP\r\n" * 100) == 600
+            reactor.iterate(0)
+        got = tls_reads(reactor, client)
+        assert got.endswith(R.SHUTTING_DOWN.to_bytes() + b"<close_notify>"), got
+        client.close()  # no close_notify: the end of its TCP stream
+        for _ in range(50):
+            if stopped.called:
+                break
+            reactor.iterate(0.005)
+        assert stopped.called and not t.connected
+
+
+def test_a_pop3s_close_the_hub_decides_lets_the_mailbox_go_at_its_start(tls_files):
+    # as on plain TCP: the lock went with the connection, when the client
+    # closed or CLOSE_GRACE (30 s) later; a login of the same user (the
+    # client retrying after the -ERR) waited or was told IN-USE
+    env = Env(max_errors=1)
+    with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
+        _pop3s_too_many_errors(env, reactor, client, proto)
+        assert tls_reads(reactor, client).endswith(b"<close_notify>")
+        assert t.connected  # the client has not closed
+        assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_pop3s_lingering_close_reads_at_most_linger_octets(tls_files):
+    # what a client sends after the -ERR was decrypted and dropped for as
+    # long as the close grace (30 s), without bound
+    env = Env(max_errors=1)
+    with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
+        _pop3s_too_many_errors(env, reactor, client, proto)
+        sent = 0
+        for _ in range(linger.LINGER_OCTETS // 16384 + 20):
+            try:
+                sent += tls_send(client, b"x" * 16384)
+            except OSError:  # the hub closed past the bound, input unread
+                break
+            reactor.iterate(0)
+            if not t.connected:
+                break
+        for _ in range(20):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected, f"still reading after {sent} octets"
+        assert proto._linger_left < 0
 
 
 # -- a client's half-close outside the stop (plain TCP) --------------------------
