@@ -37,7 +37,7 @@ from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, ne
 from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
-from txmailhub.linger import LINGER_OCTETS, can_linger, drop_input, shorten
+from txmailhub.linger import LINGER_OCTETS, drop_input, end_output, lingers, shorten
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -713,8 +713,9 @@ class POP3Protocol(Protocol):
 
     def _close(self, linger: bool = False) -> None:
         """Close politely; with ``linger`` (a close the hub decides: its
-        stop, an autologout, too many errors; on plain TCP) shut down our
-        sending side only and read on (``txmailhub.linger``)."""
+        stop, an autologout, too many errors) send our end of stream (on
+        plain TCP a half-close, under TLS ``close_notify``) and read on
+        (``txmailhub.linger``)."""
         if self._closing:
             return
         self._closing = True
@@ -724,11 +725,14 @@ class POP3Protocol(Protocol):
             self._reading = True
             t.resumeProducing()
         # (a client that shut down its sending side sends nothing more)
-        if linger and not self._eof and can_linger(t, self.implicit_tls):
+        tls = self.implicit_tls or ISSLTransport.providedBy(t)
+        if linger and not self._eof and lingers(t, tls):
             self._lingering = True
-            # the client's end of data comes as readConnectionLost (a close
-            # once the buffered answers are out)
-            t.loseWriteConnection()
+            # on plain TCP a half-close: the client's end of data comes as
+            # readConnectionLost (a close once the buffered answers are
+            # out); under TLS close_notify, and Twisted's TLS layer closes
+            # once the client's comes (or its end of stream)
+            end_output(t, tls)
             # The session uses the mailbox no more: it lets it go now
             # where nothing may still use it (_let_go).  Else the lock is
             # held until the client closes (LINGER_SECONDS at most once our
@@ -823,7 +827,8 @@ class POP3Protocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
-            self._linger_left = drop_input(self.transport, self._linger_left, data)
+            self._linger_left = drop_input(self.transport, self._linger_left, data,
+                                           self.implicit_tls)
             return
         if self._closing or self._draining:
             return
