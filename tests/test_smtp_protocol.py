@@ -3265,6 +3265,63 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         assert p not in h.factory.limits.sessions
 
 
+def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path):
+    # over loopback, STARTTLS on Twisted's real TCP transport: too many
+    # errors then a client that keeps sending; what it sent after the 421
+    # was decrypted and dropped for up to the close grace, without bound
+    import ssl
+
+    from twisted.internet import tcp
+
+    class Server(tcp._TLSServerMixin, tcp.Connection):  # the TLS server side
+        pass
+
+    h = Harness(max_errors=3)
+    cert = make_certificate(tmp_path)
+    h.components.tls = tls_options(str(cert[0]), str(cert[1]))
+    factory = SMTPFactory(h.components)
+    listener, raw, ours = loopback_pair()
+    reactor = new_reactor()
+    try:
+        proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        t = Server(ours, proto, reactor)
+        t.connected = True
+        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
+        proto.makeConnection(t)
+        t.startReading()
+        assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
+        raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
+        assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
+        client = ssl.create_default_context(cafile=str(cert[0])).wrap_socket(
+            raw, server_hostname="localhost", do_handshake_on_connect=False,
+            suppress_ragged_eofs=False)
+        for _ in range(200):
+            try:
+                client.do_handshake()
+                break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                reactor.iterate(0.005)
+        tls_send(client, b"EHLO c\r\n" + b"BOGUS\r\n" * 3)
+        got = tls_reads(reactor, client, until=b"421 ")
+        assert proto.engine.closed and proto.engine.session.tls, got
+        sent = 0
+        for _ in range(LINGER_OCTETS // 16384 + 20):
+            try:
+                sent += tls_send(client, b"x" * 16384)
+            except OSError:  # the hub closed past the bound, input unread
+                break
+            reactor.iterate(0)
+            if not t.connected:
+                break
+        step_until_closed(reactor, t)
+        assert not t.connected, f"still reading after {sent} octets"
+        assert proto._linger_left < 0 and proto not in factory.limits.sessions
+    finally:
+        close_reactor(reactor)
+        raw.close()
+        listener.close()
+
+
 @contextlib.contextmanager
 def _loopback_session(h):
     """A session of ``h`` over Twisted's real TCP transport on a loopback
