@@ -569,7 +569,8 @@ class POP3Protocol(Protocol):
         the session needs nothing of its mailbox any more (no UPDATE
         state), so it ends with it now -- the flags of the messages RETR
         sent made, sizes measured kept, then the lock let go -- not when
-        the client closes, ``LINGER_SECONDS`` later at most (after a
+        the client closes, ``LINGER_SECONDS`` later at most (under TLS,
+        which has no end of stream to start them, ``CLOSE_GRACE``; after a
         half-close: once it has read the last answers, ``CLOSE_GRACE`` at
         most): a login of the same user meanwhile (a client retrying after
         the ``-ERR``, or one whose earlier login's client hung up) waited
