@@ -76,14 +76,15 @@ def step_until_closed(reactor: Any, transport: Any, turns: int = 50) -> None:
         reactor.iterate(0.005)
 
 
-def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any) -> tuple[
-        Any, Any, Any, socket.socket]:
+def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any,
+                 small_buffers: bool = False) -> tuple[Any, Any, Any, socket.socket]:
     """An implicit-TLS session of ``factory`` (wrapped as ``service.py``
     wraps a ``tls_listen`` factory) over Twisted's real TCP transport on a
     loopback socket served by ``reactor`` (``new_reactor()``), with a stdlib
     ``ssl`` client, non-blocking, its handshake done:
     ``(protocol, transport, listener, client)``; ``transport`` is the TCP
-    one under the TLS layer.  The caller closes ``listener`` and ``client``."""
+    one under the TLS layer.  The caller closes ``listener`` and ``client``.
+    ``small_buffers`` as for ``loopback_pair``."""
     import ssl
 
     from twisted.internet import tcp
@@ -94,7 +95,7 @@ def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any) -> tu
     cert, key = cert_and_key
     # the TLS layer's write aggregation runs on the stepped reactor
     tls = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory, clock=reactor)
-    listener, raw, ours = loopback_pair()
+    listener, raw, ours = loopback_pair(small_buffers)
     wrapper = tls.buildProtocol(peer)
     t = tcp.Connection(ours, wrapper, reactor)
     t.connected = True
