@@ -18,15 +18,18 @@ none is needed: Twisted's ``loseConnection`` sends the last line and
 over loopback with a stdlib ``ssl`` client still sending: it reads the
 line and the end of the TLS session, no reset).  That close lingers too
 (``lingers``): what comes meanwhile is dropped, ``LINGER_OCTETS`` at most
-(it was read and decrypted for as long as the close grace, 30 s), and the
-close grace still ends it (an abort: our ``close_notify`` is out by then
-or never will be)."""
+(it was read and decrypted for as long as the close grace, 30 s): past
+them reading stops and the TCP connection closes once our line and
+``close_notify`` are out (``stop_reading_under_tls``), and the close grace
+still ends it (an abort)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import ISSLTransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 LINGER_OCTETS = 64 * 1024
 """Octets of input read and dropped during a lingering close."""
@@ -77,13 +80,46 @@ def shorten(call: Any, reactor: Any, seconds: float = LINGER_SECONDS) -> None:
 def drop_input(transport: Any, left: int, data: bytes, tls: bool = False) -> int:
     """Drop ``data`` read during a lingering close; ``left``, the octets
     it may still read, less them is returned.  Past the bound the
-    connection is closed, come what may: under TLS, where our
-    ``close_notify`` is sent already (``loseConnection`` does no more),
-    the TCP connection is aborted."""
+    connection is closed, come what may (``stop_reading_under_tls`` under
+    TLS)."""
     left -= len(data)
     if left < 0:
         if tls or ISSLTransport.providedBy(transport):
-            transport.abortConnection()
+            stop_reading_under_tls(transport)
         else:
             transport.loseConnection()
     return left
+
+
+def tls_layer(transport: Any) -> TLSMemoryBIOProtocol | None:
+    """Twisted's TLS layer of a protocol's ``transport``: the transport
+    itself for implicit TLS (``TLSMemoryBIOFactory``), the TCP transport's
+    ``protocol`` after ``startTLS`` (STARTTLS, STLS); None if neither (a
+    test transport, another TLS implementation)."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return transport
+    layer = getattr(transport, "protocol", None)
+    return layer if isinstance(layer, TLSMemoryBIOProtocol) else None
+
+
+def stop_reading_under_tls(transport: Any) -> None:
+    """Past ``LINGER_OCTETS`` under TLS: read no more and close the TCP
+    connection once what it holds is out, as plain TCP's
+    ``loseConnection`` does.  Our last line and ``close_notify`` may still
+    wait there for a client that sends without reading; an abort threw
+    them away (it read the end of the stream, or a reset, and no line).
+    The TLS layer's own transport is closed (what Twisted's TLS does once
+    both ``close_notify`` are exchanged), once ours is made; else reading
+    only stops, and the close's timer ends it."""
+    layer = tls_layer(transport)
+    if layer is None:
+        transport.abortConnection()
+        return
+    try:
+        sent = bool(layer.getHandle().get_shutdown() & SSL.SENT_SHUTDOWN)
+    except Exception:  # its connection is gone already
+        sent = False
+    if sent:
+        layer.transport.loseConnection()
+    else:
+        transport.pauseProducing()
