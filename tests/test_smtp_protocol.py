@@ -3266,13 +3266,11 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         assert p not in h.factory.limits.sessions
 
 
-    def test_past_linger_octets_the_421_still_waiting_to_go_out_is_not_lost(self):
-        # a client that pipelines without reading: the replies and the 421
-        # after them wait in Twisted's buffer when it passes LINGER_OCTETS.
-        # The abort there threw them away with the close_notify: the client
-        # read nothing but the end of the stream.  As on plain TCP, reading
-        # stops there and the connection closes once what we sent is out.
-        h = Harness(max_errors=3)
+    def _pipelining_without_reading(self, **smtp):
+        """Too many errors behind EHLOs pipelined without reading, then a
+        client that keeps sending: the replies and the 421 wait in
+        Twisted's buffer when it passes LINGER_OCTETS."""
+        h = Harness(max_errors=3, **smtp)
         reactor = new_reactor()
         self.addCleanup(close_reactor, reactor)
         factory = SMTPFactory(h.components, implicit_tls=True)
@@ -3293,6 +3291,14 @@ class TLSLingeringCloseTests(SynchronousTestCase):
             if p._linger_left < 0:
                 break
         assert p._lingering and p._linger_left < 0, sent  # past the bound
+        return h, p, t, reactor, client
+
+    def test_past_linger_octets_the_421_still_waiting_to_go_out_is_not_lost(self):
+        # The abort there threw the replies and the 421 away with the
+        # close_notify: the client read nothing but the end of the stream.
+        # As on plain TCP, reading stops there and the connection closes
+        # once what we sent is out.
+        h, p, t, reactor, client = self._pipelining_without_reading()
         got = b""
         for _ in range(400):
             try:
@@ -3306,6 +3312,27 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         assert got.endswith(f"{closing(replies.TOO_MANY_ERRORS)}\r\n<close_notify>".encode()), \
             got[-200:]
         assert not t.connected and p not in h.factory.limits.sessions
+
+    def test_past_linger_octets_a_client_that_never_reads_is_cut_by_the_close_timer(self):
+        _h, p, t, reactor, _client = self._pipelining_without_reading()
+        for _ in range(20):
+            reactor.iterate(0)
+        assert t.connected and p._close_timer.active()  # our output waits for it
+        p.reactor.advance(CLOSE_GRACE - 0.1)  # the harness's clock
+        reactor.iterate(0)
+        assert t.connected
+        p.reactor.advance(0.1)  # the close grace is over: cut
+        step_until_closed(reactor, t)
+        assert not t.connected and p not in p.factory.limits.sessions
+
+    def test_past_linger_octets_the_stop_still_cuts_it_after_its_grace(self):
+        _h, p, t, reactor, _client = self._pipelining_without_reading()
+        for _ in range(20):
+            reactor.iterate(0)
+        p.factory.shut_down()
+        p.reactor.advance(STOP_CLOSE_GRACE)
+        step_until_closed(reactor, t)
+        assert not t.connected and p not in p.factory.limits.sessions
 
 
 def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path):
