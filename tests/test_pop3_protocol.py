@@ -3636,7 +3636,7 @@ def _pop3s_session(env, tls_files, **kw) -> Iterator[tuple]:
     ``(factory, proto, t, reactor, client)``."""
     reactor = new_reactor()
     factory = POP3Factory(env.components, implicit_tls=True)
-    proto, t, listener, client = tls_loopback(reactor, factory, tls_files, LOOPBACK)
+    proto, t, listener, client = tls_loopback(reactor, factory, tls_files, LOOPBACK, **kw)
     try:
         assert tls_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
         client.sendall(b"USER joe\r\nPASS joepw\r\n")
@@ -3732,6 +3732,44 @@ def test_a_pop3s_lingering_close_reads_at_most_linger_octets(tls_files):
             reactor.iterate(0.005)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0
+
+
+def test_a_pop3s_client_sending_without_reading_past_linger_octets_gets_its_answers_and_line(
+        tls_files):
+    # answers it has not read and the -ERR wait in Twisted's buffer when
+    # it passes LINGER_OCTETS: the abort there threw them away with the
+    # close_notify; now reading stops and they go out first
+    env = Env(max_errors=1)
+    env.store.add("joe@example.org", b"Subject: a\r\n\r\n" + b"body line\r\n" * 4000)
+    with _pop3s_session(env, tls_files, small_buffers=True) as (
+            _factory, proto, t, reactor, client):
+        tls_send(client, b"RETR 1\r\nFOO\r\n")
+        sent = 0
+        for _ in range(linger.LINGER_OCTETS // 16384 + 40):  # not reading
+            try:
+                sent += tls_send(client, b"x" * 16384)
+            except OSError:
+                break
+            reactor.iterate(0)
+            if proto._linger_left < 0:
+                break
+        assert proto._lingering and proto._linger_left < 0, sent
+        got = b""
+        for _ in range(2000):
+            try:
+                got += tls_reads(reactor, client, turns=1)
+            except OSError as e:
+                got += f"<{type(e).__name__}>".encode()
+            if got.endswith((b"<close_notify>", b"<EOF>", b"Error>")):
+                break
+        assert got.startswith(b"+OK"), got[:100]
+        assert got.endswith(R.TOO_MANY_ERRORS.to_bytes() + b"<close_notify>"), got[-200:]
+        assert got.count(b"body line") == 4000
+        for _ in range(50):
+            if not t.connected:
+                break
+            reactor.iterate(0.005)
+        assert not t.connected and not env.store.is_locked("joe@example.org")
 
 
 # -- a client's half-close outside the stop (plain TCP) --------------------------
