@@ -1054,34 +1054,42 @@ class ProtocolTests(SynchronousTestCase):
         assert len(h.store.messages(Address("bob", "example.org"))) == 1
         p.connectionLost(None)
 
-    def test_a_half_close_during_a_failing_login_check_sends_the_535_then_closes(self):
-        # after the failure's delay; nothing behind it is answered (it was
-        # meant for a session logged in), the failure counted once
+    def test_a_half_close_during_a_failing_login_check_closes_at_once_with_no_answer(self):
+        # counted, not answered: a client that closed for good looks the
+        # same, and waiting out the delay held a guesser's slot for it;
+        # nothing behind it is answered (it was meant for a session logged in)
         h = Harness(submission=True, auth_failure_delay=5.0)
         p, t = self._pipelined_submission(h, "wrong")
-        assert take(t) == [] and not t.disconnecting  # the 535 is delayed
-        assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
-        h.clock.advance(5)
-        assert take(t) == [replies.AUTH_FAILED.text()]
-        assert t.disconnecting
-        assert p.engine.auth_failures == 1
+        assert take(t) == [] and t.disconnecting
+        assert p._auth_timer is None  # no delayed 535 left behind
         assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
         p.connectionLost(None)
         assert h.store.messages(Address("bob", "example.org")) == []
         h.clock.advance(60)
         assert take(t) == []
 
-    def test_a_half_close_during_a_failed_logins_delay_sends_the_535_then_closes(self):
+    def test_a_half_close_during_a_failed_logins_delay_closes_at_once_with_no_answer(self):
         h = Harness(submission=True, auth_failure_delay=5.0)
         p, t = _auth_session(h)
         p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
                        "MAIL FROM:<alice@example.org>\r\nQUIT\r\n".encode())
         assert p.engine.waiting and take(t) == []  # the 535 is delayed
         p.readConnectionLost()
-        assert not t.disconnecting
-        h.clock.advance(5)
-        assert take(t) == [replies.AUTH_FAILED.text()] and t.disconnecting
+        assert t.disconnecting
         p.connectionLost(None)
+        h.clock.advance(5)
+        assert take(t) == []
+        assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
+
+    def test_a_half_close_during_a_failing_login_check_with_no_delay_sends_the_535_then_closes(
+            self):
+        h = Harness(submission=True, auth_failure_delay=0.0)
+        p, t = self._pipelined_submission(h, "wrong")
+        h.clock.advance(0)
+        assert take(t) == [replies.AUTH_FAILED.text()]
+        assert t.disconnecting and p.engine.auth_failures == 1
+        p.connectionLost(None)
+        assert h.store.messages(Address("bob", "example.org")) == []
 
     def test_a_half_close_after_a_long_batch_answers_all_of_it_first(self):
         h = Harness(idle_timeout=300, max_junk_commands=10**6)

@@ -792,12 +792,10 @@ class POP3Protocol(Protocol):
         checked, or its failure's delay, is waited for as any answer: a
         client that pipelines its whole session (``USER``, ``PASS``, ``STAT``,
         ``RETR``, ``QUIT``) and half-closes got nothing, the session dropped
-        at once.  Its login fails: the ``-ERR`` goes after the usual delay
-        and the session closes behind it (``_finish_login``), nothing it
-        sent after the login handled.  (A client that closed for good
-        looks the same until our next write: it holds its slot until the
-        check and its failure's delay are over, as one that keeps its
-        connection open does.)"""
+        at once.  Its login fails: the session closes with no answer
+        (``_finish_login``), nothing it sent after the login handled.  (A
+        client that closed for good looks the same: it holds its slot
+        until the check is over, not through its failure's delay.)"""
         if self._lingering or self._closing:
             self.transport.loseConnection()
             return
@@ -806,6 +804,14 @@ class POP3Protocol(Protocol):
         self._eof = True
         self._reading = False  # Twisted reads no more from it
         if self.engine is None:  # pragma: no cover - closing already (refused)
+            self._close()
+            return
+        call = self._pending_call
+        if call is not None and call.active():
+            # a failed login's delay runs: its -ERR is not sent (_finish_login)
+            call.cancel()
+            self._pending_call = None
+            self._busy = False
             self._close()
             return
         self._answered_all()
@@ -1263,14 +1269,22 @@ class POP3Protocol(Protocol):
     def _finish_login(self, reply: Send) -> None:
         """Answer the login (``reply``) and go on with what the client sent
         behind it.  After the client's half-close a failed login ends the
-        session once its ``-ERR`` is out (after the failure's delay, where
-        there is one): what the client pipelined behind it was meant for a
-        session logged in, and a client that can send no more cannot try
-        again."""
+        session: at once with no answer where the ``-ERR`` would wait for
+        the failure's delay, else once the ``-ERR`` is out.  What the client
+        pipelined behind it was meant for a session logged in, and a client
+        that can send no more cannot try again."""
         self._busy = False
         self._answered_after_wait()
-        if self._eof and not reply.close and self.engine.state is State.AUTHORIZATION:  # type: ignore[union-attr]
-            reply = Send(reply.data, close=True, delay=reply.delay)
+        if self._eof and self.engine.state is State.AUTHORIZATION:  # type: ignore[union-attr]
+            if reply.delay > 0:
+                # counted, not answered: a client that closed for good
+                # looks the same as one that half-closed, and waiting out
+                # the delay would let a guesser that hangs up hold its
+                # slot for it; answering at once would spare a guesser
+                # that half-closes the delay
+                self._close()
+                return
+            reply = Send(reply.data, close=True)
         self._send(reply)
         self._process()
 

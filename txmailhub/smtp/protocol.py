@@ -357,12 +357,15 @@ class SMTPProtocol(Protocol):
         again -- and then the connection is closed.  A message still
         arriving is given up as on a disconnect; but one whose rest is held
         unprocessed (the client does not read its replies) may be whole,
-        and is processed first.  A login being checked (``AUTH``), or its
-        failure's delay, is waited for as POP3's is: on success what the
-        client pipelined behind it (``MAIL``, ``RCPT``, ``DATA`` and the
-        message, ``QUIT``) is answered, the message stored; on failure the
-        ``535`` goes after its delay and the session is closed behind it
-        (``_auth_failed``).  It was dropped at once with no answer.
+        and is processed first.  A login being checked (``AUTH``) is waited
+        for as POP3's is: on success what the client pipelined behind it
+        (``MAIL``, ``RCPT``, ``DATA`` and the message, ``QUIT``) is
+        answered, the message stored.  A failed one (or one whose failure's
+        delay runs) closes the session at once with no answer: the guess is
+        counted, and a client that closed for good looks the same as one
+        that half-closed, so waiting out the delay would let a guesser that
+        hangs up hold a connection slot for it; answering at once would
+        give a guesser that half-closes its answer without the delay.
         (Plain TCP only: TLS reports the end of the client's data as a
         lost connection; see ``_sent_in_full``.)"""
         if self._lingering:
@@ -373,10 +376,11 @@ class SMTPProtocol(Protocol):
         self._eof = True
         engine = self.engine
         if engine is None or (engine.in_message and not engine.has_input) or (
-                engine.waiting and not (engine.storing or engine.checking_login)):
-            # a message cut short, or a STARTTLS answered (a handshake the
-            # client can no longer make): nothing worth keeping the
-            # connection (and its slot) for
+                engine.waiting and not (engine.storing or engine.checking_login)) or (
+                self._auth_timer is not None):
+            # a message cut short, a STARTTLS answered (a handshake the
+            # client can no longer make), or a failed login's delay running:
+            # nothing worth keeping the connection (and its slot) for
             self._lose()
             return
         self._drive()
@@ -1197,16 +1201,23 @@ class SMTPProtocol(Protocol):
         # at once, as shut_down makes an armed timer go, not to hold the stop
         delay = 0 if self._hub_stopping else (
             s.auth_failure_delay * (self.engine.auth_failures + 1))
+        if self._eof and delay and not self._stop_after_wait:
+            # the client shut down its sending side (or closed for good: it
+            # looks the same) during the check: no delayed answer holds its
+            # slot, and none goes at once to spare a guesser the delay
+            self._lose()
+            return
 
         def answer() -> None:
             self._auth_timer = None
             if not self.engine.closed:
                 self.engine.auth_failed(reply)
                 if self._eof and not self.engine.closed and not self._stop_after_wait:
-                    # the client shut down its sending side: what it
-                    # pipelined behind the AUTH was meant for a session
-                    # logged in, and it cannot try again.  The 535, then
-                    # the close, as POP3 does (the stop's 421 goes as ever)
+                    # the client shut down its sending side (with no delay
+                    # configured: _lose above otherwise): what it pipelined
+                    # behind the AUTH was meant for a session logged in, and
+                    # it cannot try again.  The 535, then the close, as POP3
+                    # does (the stop's 421 goes as ever)
                     self._flush()
                     self._lose()
                     return
