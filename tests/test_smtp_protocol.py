@@ -1081,6 +1081,74 @@ class ProtocolTests(SynchronousTestCase):
         assert take(t) == []
         assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
 
+    def test_a_half_close_during_a_failed_logins_delay_leaves_no_535_for_a_slow_close(self):
+        # the close may take a while (our replies unread): the delayed 535
+        # must not go meanwhile, nor at the hub's stop (reset(0) made it go)
+        h = Harness(submission=True, auth_failure_delay=5.0)
+        p, t = _auth_session(h)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                       "MAIL FROM:<alice@example.org>\r\n".encode())
+        assert p.engine.waiting and take(t) == []  # the 535 is delayed
+        p.readConnectionLost()
+        assert t.disconnecting
+        assert p._auth_timer is None  # no delayed 535 left behind
+        h.clock.advance(5)
+        assert take(t) == []
+        p.shut_down()
+        h.clock.advance(0)
+        assert replies.AUTH_FAILED.text() not in take(t)
+        assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
+        p.connectionLost(None)
+
+    def test_a_half_close_just_before_an_undelayed_535_or_the_stops_421_still_gets_them(self):
+        # the answer is due in this very turn (auth_failure_delay = 0, or
+        # the hub stopping): no delay to spare anyone, it goes, then the close
+        for stopping in (False, True):
+            h = Harness(submission=True, auth_failure_delay=0.0 if not stopping else 5.0)
+            portal = h.components.portal = HeldPortal(h.components.portal)
+            p, t = _auth_session(h)
+            p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
+                           .encode())
+            if stopping:
+                p.shut_down()
+            portal.release()
+            assert p._auth_timer is not None and take(t) == []
+            p.readConnectionLost()
+            h.clock.advance(0)
+            lines = take(t)
+            assert lines[0] == replies.AUTH_FAILED.text()
+            if stopping:
+                assert lines[1].startswith("421 ")
+            assert t.disconnecting
+            assert len(h.factory.login_failures._failures["192.0.2.70"]) == 1
+            p.connectionLost(None)
+
+    def test_a_half_close_during_a_login_check_that_cannot_be_made_gets_the_454_at_once(self):
+        # not a guess (the users file is missing): nothing counted, and no
+        # reason to keep it from the client; the 454 goes, then the close,
+        # as POP3 sends its -ERR [SYS/TEMP] (it got no answer at all)
+        from txmailhub.errors import UsersUnavailable
+
+        h = Harness(submission=True, auth_failure_delay=5.0)
+        class Unavailable:
+            def login(self, *args):
+                from twisted.internet import defer
+
+                return defer.fail(UsersUnavailable("no users file"))
+
+        portal = h.components.portal = HeldPortal(Unavailable())
+        p, t = _auth_session(h)
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'x')}\r\n"
+                       "MAIL FROM:<alice@example.org>\r\nQUIT\r\n".encode())
+        p.readConnectionLost()
+        assert not t.disconnecting  # the check first
+        portal.release()
+        h.clock.advance(0)  # not after the failure's delay
+        assert take(t) == [replies.AUTH_TEMPORARY.text()]
+        assert t.disconnecting and p._auth_timer is None
+        assert "192.0.2.70" not in h.factory.login_failures._failures
+        p.connectionLost(None)
+
     def test_a_half_close_during_a_failing_login_check_with_no_delay_sends_the_535_then_closes(
             self):
         h = Harness(submission=True, auth_failure_delay=0.0)

@@ -365,7 +365,9 @@ class SMTPProtocol(Protocol):
         counted, and a client that closed for good looks the same as one
         that half-closed, so waiting out the delay would let a guesser that
         hangs up hold a connection slot for it; answering at once would
-        give a guesser that half-closes its answer without the delay.
+        give a guesser that half-closes its answer without the delay.  (A
+        check that could not be made, ``454``, is no guess: it goes at
+        once, then the close.)
         (Plain TCP only: TLS reports the end of the client's data as a
         lost connection; see ``_sent_in_full``.)"""
         if self._lingering:
@@ -375,12 +377,20 @@ class SMTPProtocol(Protocol):
             return
         self._eof = True
         engine = self.engine
+        timer = self._auth_timer
         if engine is None or (engine.in_message and not engine.has_input) or (
                 engine.waiting and not (engine.storing or engine.checking_login)) or (
-                self._auth_timer is not None):
+                timer is not None and timer.getTime() > self.reactor.seconds()):
             # a message cut short, a STARTTLS answered (a handshake the
             # client can no longer make), or a failed login's delay running:
-            # nothing worth keeping the connection (and its slot) for
+            # nothing worth keeping the connection (and its slot) for.
+            # (A 535 due now -- auth_failure_delay = 0, or the hub's stop
+            # made it go -- is no delay: it goes, then the close.)
+            if timer is not None and timer.active():
+                # the delayed 535 is not sent: not while the close waits
+                # for the client to read what is buffered, nor at the stop
+                timer.cancel()
+                self._auth_timer = None
             self._lose()
             return
         self._drive()
@@ -1201,6 +1211,11 @@ class SMTPProtocol(Protocol):
         # at once, as shut_down makes an armed timer go, not to hold the stop
         delay = 0 if self._hub_stopping else (
             s.auth_failure_delay * (self.engine.auth_failures + 1))
+        if self._eof and reply is not replies.AUTH_FAILED:
+            # the check could not be made (454): no guess, nothing to slow
+            # down or keep from the client; it goes, then the close, as
+            # POP3's -ERR [SYS/TEMP] does
+            delay = 0
         if self._eof and delay and not self._stop_after_wait:
             # the client shut down its sending side (or closed for good: it
             # looks the same) during the check: no delayed answer holds its
