@@ -3982,6 +3982,26 @@ def test_a_half_close_during_a_failing_login_check_with_no_delay_sends_the_err_t
     assert len(env.store.messages("joe@example.org")) == 1
 
 
+def test_a_half_close_during_a_login_check_that_cannot_be_made_sends_sys_temp_then_closes():
+    # no guess, no delay (docs/pop3.rst): its -ERR goes, then the close,
+    # whatever auth_failure_delay is
+    from txmailhub.errors import UsersUnavailable
+
+    checker = HeldChecker()
+    env = Env(checker=checker, allow_plaintext_auth=True, auth_failure_delay=3.0)
+    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
+    proto, t = _connect_remote_half_closing(env)
+    proto.dataReceived(_PIPELINED)
+    _end_of_client_data(proto)
+    _creds, d = checker.pending.pop()
+    d.errback(UsersUnavailable("no users file"))
+    assert t.value() == R.USER_ACCEPTED.to_bytes() + R.MAILBOX_TEMP_FAILURE.to_bytes()
+    assert t.disconnecting and proto._pending_call is None
+    assert "192.0.2.7" not in proto.factory.login_failures._failures
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 1
+
+
 def test_the_hub_stop_during_a_half_closed_login_check_says_sys_temp_and_drops_the_result(
         log_events):
     checker = HeldChecker()
