@@ -575,3 +575,40 @@ def test_a_lingering_close_after_a_list_keeps_its_sizes_though_the_client_closes
     assert _cached_downgraded_sizes(components) == [downgraded_size(data)]
     left = [e for e in log_events if "left without QUIT" in formatEvent(e)]
     assert len(left) == 1, [formatEvent(e) for e in left]
+
+
+@pytest.mark.parametrize("end", ["hang-up", "autologout", "quit"])
+def test_a_save_already_on_a_worker_keeps_the_lock_until_it_is_written(tmp_path, end):
+    # the save after LIST had started (its job handed to a busy worker)
+    # when the session ended: a hang-up, a lingering close (the
+    # autologout) or a QUIT's UPDATE let the mailbox go at once, and the
+    # save, run later, found it closed and kept nothing -- measured again
+    # by the next login.  The end waits for it, as for a save not started
+    from test_pop3_reader_and_storage import HalfClosingTransport
+
+    clock, components, data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    proto = pop3_protocol.POP3Factory(components).buildProtocol(None)
+    t = HalfClosingTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
+    clock.advance(0)  # the save's turn: its job waits for a worker
+    assert len(components.syncer.jobs) == 1
+    if end == "hang-up":
+        proto.connectionLost(Failure(ConnectionDone()))
+    elif end == "autologout":
+        clock.advance(components.settings.pop3.idle_timeout)
+        clock.advance(0)
+        assert t.write_lost  # lingering
+    else:
+        proto.dataReceived(b"QUIT\r\n")
+    components.syncer.run()
+    assert _cached_downgraded_sizes(components) == [downgraded_size(data)]
+    if end == "quit":
+        assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    components.syncer.run()
+    again, t2 = connect(components)
+    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
+    again.connectionLost(Failure(ConnectionDone()))
