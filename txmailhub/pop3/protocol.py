@@ -307,7 +307,7 @@ class POP3Protocol(Protocol):
         "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
         "_peer", "_pending_call",
         "_processing",
-        "_queued", "_reading", "_refusing", "_save_call", "_sizes", "_stream",
+        "_queued", "_reading", "_refusing", "_save_call", "_saving", "_sizes", "_stream",
         "_turn_call", "_turn_spent", "_typed", "_unmeasured", "_unseen", "_unseen_resets",
         "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
@@ -385,6 +385,9 @@ class POP3Protocol(Protocol):
         self._sizes = _NO_SIZES
         # keeps the downgraded sizes ``_client_size`` measured (``_save_sizes``)
         self._save_call: Any = None
+        # fires once the save ``_save_sizes`` handed to a worker is over:
+        # the session's end waits for it before the mailbox goes (``_saved``)
+        self._saving: Deferred | None = None
         # a header section was downgraded in this reactor turn: no more
         # commands are answered before the next one (see _process)
         self._turn_spent = False
@@ -533,7 +536,10 @@ class POP3Protocol(Protocol):
                      user=self._user, peer=self._peer, why=why, waits=self._waits(),
                      disk_waits=self._disk_waits)
         save = pending_save and not stopping
-        if self.mailbox is not None and (save or seen):
+        # a save already on a worker (its job waiting for one): the lock
+        # is kept until it is written, as for one still to start
+        in_flight = self._saving is not None and not stopping
+        if self.mailbox is not None and (save or seen or in_flight):
             # a client that hangs up right after LIST or STAT: the
             # downgraded sizes they measured are kept as a QUIT keeps
             # them, and the messages it retrieved flagged, while the
@@ -547,7 +553,7 @@ class POP3Protocol(Protocol):
             soon = getattr(self.mailbox, "close_soon", None)
             if soon is not None:
                 soon(self.reactor.callLater)
-            d = self._save_sizes() if save else succeed(None)
+            d = self._save_sizes() if save else self._saved()
             if seen:
                 user = self._user
                 self._update_running = True
@@ -1748,9 +1754,31 @@ class POP3Protocol(Protocol):
         d = maybeDeferred(_save_downgraded_sizes, mailbox) if call is None else call(
             _save_downgraded_sizes, mailbox)
         user = self._user
-        return d.addErrback(
+        d.addErrback(
             lambda f: log_failure(log, f, "POP3 downgraded sizes of {user}'s messages not kept",
                                   user=user))
+        saving: Deferred = Deferred()
+        self._saving = saving
+
+        def over(result: Any) -> Any:
+            if self._saving is saving:
+                self._saving = None
+            saving.callback(None)
+            return result
+
+        return d.addBoth(over)
+
+    def _saved(self) -> Deferred:
+        """Fires once the save on a worker (``_save_sizes``), if one runs,
+        is over: the session's end lets the mailbox go after it.  It let
+        it go at once, and the save, run later, found it closed and kept
+        nothing (``save_downgraded_sizes``): measured again next login."""
+        saving = self._saving
+        if saving is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+        saving.addBoth(lambda _: d.callback(None))
+        return d
 
     def _rewind(self, f: Any, index: int) -> Any:
         """``f`` back at the message's first octet: seeked, or opened anew
@@ -1938,7 +1966,8 @@ class POP3Protocol(Protocol):
             save.cancel()
             d = self._save_sizes()
         else:
-            d = succeed(None)
+            # one already on a worker: written before the lock goes too
+            d = self._saved()
         if seen or action.indices:
             # RFC 1939 6: the +OK once the changes are made (``_updated``);
             # the mailbox stays locked until then, and the hub's stop waits
