@@ -906,3 +906,33 @@ def test_a_lingering_close_lets_the_mailbox_go_at_once_a_login_gets_in(tmp_path,
     first.connectionLost(Failure(ConnectionDone()))
     assert second.mailbox is not None  # the first's end takes nothing from the second
     second.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_session_the_autologout_cut_is_not_drained_by_the_stop_before_it_is_gone(tmp_path):
+    """The autologout of a client that does not read (its answers piled
+    up) cuts the connection (an abort: a polite close would wait for a
+    buffer that never drains); the connection is gone a reactor turn
+    later.  A hub's stop in between took it for a session in the middle
+    of an answer: it read on from the aborted transport and armed the
+    answer's grace, as for a client still there.  It only waits for it
+    to be gone now, and its mailbox lock with it."""
+    clock, components, md = make_env(tmp_path, idle_timeout=600)
+    with open(os.path.join(md, "new", "1600000001.M1P1Q1.x"), "wb") as f:
+        f.write(b"Subject: x\n\n" + b"hello\n" * 100)
+    factory = POP3Factory(components)
+    proto = factory.buildProtocol(LOOPBACK)
+    t = Transport(limit=200)
+    proto.makeConnection(t)
+    t.read(proto)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nRETR 1\r\n")
+    assert proto._write_paused  # the client reads no more
+    clock.advance(600)
+    clock.advance(0)  # the second look: cut
+    assert t.aborted
+    stopped = factory.shut_down()  # before the connection's end comes
+    assert not [c for c in clock.getDelayedCalls()
+                if c.active() and c.func.__name__ == "_drain_cut"]
+    assert not stopped.called  # it waits for the session's end
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert stopped.called
+    assert proto.mailbox is None
