@@ -2046,7 +2046,12 @@ class POP3Protocol(Protocol):
         if self._stream is not None or self._write_paused or handshake_pending(self.transport):
             # The peer stopped reading (in the middle of a message, or with
             # responses piled up) or stalls in the TLS handshake: a polite
-            # close would wait for a buffer that never drains.
+            # close would wait for a buffer that never drains.  Closing,
+            # as every cut is: until its end comes (a reactor turn later)
+            # the hub's stop took it for a session in the middle of an
+            # answer, read on from the aborted transport and armed that
+            # answer's grace; it waits for its end now
+            self._closing = True
             self.transport.abortConnection()
             return
         if self.engine is not None and self.engine.state is State.UPDATE:
