@@ -65,7 +65,7 @@ from txmailhub.pop3.protocol import POP3Factory, POP3Protocol, State
 from txmailhub.store.mailbox import MaildirMailbox
 from txmailhub.testing import SyncerSpy
 
-EXAMPLES = int(os.environ.get("POP3_END_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("POP3_END_EXAMPLES", "400"))
 IDLE = 600
 MAX_ERRORS = 3
 END_LINES = ("left without QUIT", "closed as the hub stops")
@@ -80,6 +80,8 @@ COMMANDS = [
     b"RETR 1\r\n", b"RETR 2\r\n", b"DELE 1\r\n", b"DELE 2\r\n", b"RSET\r\n", b"NOOP\r\n",
     b"QUIT\r\n", b"FOO\r\n", b"TOP 1 0\r\n", b"RETR 1\r\nDELE 2\r\nQUIT\r\n",
     b"LIST\r\nDELE 1\r\nQUIT\r\n", b"FOO\r\nFOO\r\nFOO\r\n",
+    # too many errors after a RETR (flags to make) or a LIST (sizes to save)
+    b"RETR 2\r\nFOO\r\nFOO\r\nFOO\r\n", b"LIST\r\nFOO\r\nFOO\r\nFOO\r\n",
 ]
 
 class Jobs(SyncerSpy):
@@ -393,8 +395,10 @@ class EndModel(RuleBasedStateMachine):
         self.clock.advance(seconds)
 
     @precondition(lambda self: self.stopped is None)
-    @rule()
-    def hub_stops(self) -> None:
+    @rule(reads=st.booleans())
+    def hub_stops(self, reads: bool) -> None:
+        """The hub stops; ``reads``: the clients then read what they were
+        sent (an answer under way goes on)."""
         self.updating_at_stop = set(self.factory.updating)
         open_then = self.live()
         self.stopped = self.factory.shut_down()
@@ -407,6 +411,10 @@ class EndModel(RuleBasedStateMachine):
                     self.faults.append("the stop fired before a session's end")
 
         self.stopped.addCallback(fired)
+        if reads:
+            for s in open_then:
+                if not s.lost and not s.t.gone:
+                    s.t.read(s.proto)
 
     # -- invariants ----------------------------------------------------------
 
