@@ -1058,12 +1058,12 @@ class POP3Protocol(Protocol):
             failures.failed(self._peer)
 
     def _delayed(self, action: Send) -> None:
-        # (only a failed login's -ERR is delayed: after the client's
-        # half-close it ends the session, as in _finish_login)
+        # (only a failed login's -ERR is delayed; a half-close cancels it,
+        # readConnectionLost, so none comes here after one)
         self._pending_call = None
         self._busy = False
         self._answered_after_wait()
-        self._send(Send(action.data, action.close or self._eof))
+        self._send(Send(action.data, action.close))
         self._process()
 
     # -- login -------------------------------------------------------------
