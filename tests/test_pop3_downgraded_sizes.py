@@ -612,3 +612,55 @@ def test_a_save_already_on_a_worker_keeps_the_lock_until_it_is_written(tmp_path,
     again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
     assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
     again.connectionLost(Failure(ConnectionDone()))
+
+
+def test_two_saves_on_workers_at_once_keep_the_lock_until_both_are_written(
+        tmp_path, monkeypatch, encoder_calls):
+    # one LIST measured a downgraded size from the kernel's cache (its save
+    # handed to a worker), a size not cached went to a worker job cut short
+    # (``SIZE_JOB_SECONDS``), and the next one, measured back on the reactor
+    # thread, started a second save while the first still waited: the
+    # session's end waited for the last one only, and the lock went under
+    # the first (two writers of the cache, one of them without the lock)
+    clock, components, md = make_env(tmp_path)
+    datas = [INTL(n=n).encode() for n in (1, 2, 3)]
+    for n, data in enumerate(datas, 1):
+        drop(md, data, n, ours=True)
+    monkeypatch.setattr(pop3_protocol, "SIZE_JOB_SECONDS", -1.0)  # one a job
+    real = MaildirMailbox.read_nowait
+    calls = []
+
+    def second_not_cached(self, file, size):
+        calls.append(size)
+        if len(calls) == 2:
+            raise BlockingIOError(11, "not cached")
+        return real(self, file, size)
+
+    monkeypatch.setattr(MaildirMailbox, "read_nowait", second_not_cached)
+    components.syncer = _HeldJobs()
+    proto, _t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    components.syncer.run()  # the login's jobs, if any
+    proto.dataReceived(b"LIST\r\n")
+    clock.advance(0)  # the first save's turn
+    jobs = components.syncer.jobs
+    assert [f.__name__ for _d, f, _a in jobs] == ["_measure_sizes", "_save_downgraded_sizes"]
+    components.syncer.jobs = [jobs[1]]  # the first save, on a busy worker
+    d, f, args = jobs[0]
+    d.callback(f(*args))  # message 2 measured; message 3 back on this thread
+    clock.advance(0)  # the second save's turn
+    mailbox = proto.mailbox
+    proto.connectionLost(Failure(ConnectionDone()))  # a hang-up meanwhile
+    closed_when_run, at_once = [], []
+    while components.syncer.jobs:
+        jobs = components.syncer.jobs
+        at_once.append(len(jobs))
+        # the latest first, as the other worker may take it
+        components.syncer.jobs = jobs[:-1]
+        d, f, args = jobs[-1]
+        assert f.__name__ == "_save_downgraded_sizes"
+        closed_when_run.append(mailbox.closed)
+        d.callback(f(*args))
+    assert closed_when_run == [False, False]  # both under the lock
+    assert max(at_once) == 1  # one after the other: one writer
+    assert mailbox.closed and proto.mailbox is None
