@@ -1745,18 +1745,27 @@ class POP3Protocol(Protocol):
         """The downgraded sizes ``_client_size`` measured, kept in the
         mailbox (``IDowngradedSizes``): a durable write, on a worker thread
         where there are some (nothing to do if all were known already).
-        Fires ``None`` once done; a failure is logged, not passed on."""
+        Fires ``None`` once done; a failure is logged, not passed on.
+        After the one still on a worker, if any (a size measured on this
+        thread after a worker's job measured others, ``_measure_rest``):
+        two at once were two writers of the cache, and the end waited
+        for the last only, the lock going under the first."""
         self._save_call = None
         mailbox = self.mailbox
         if mailbox is None:
             return succeed(None)
-        call = self._worker_call()
-        d = maybeDeferred(_save_downgraded_sizes, mailbox) if call is None else call(
-            _save_downgraded_sizes, mailbox)
         user = self._user
-        d.addErrback(
-            lambda f: log_failure(log, f, "POP3 downgraded sizes of {user}'s messages not kept",
-                                  user=user))
+
+        def save(_: Any) -> Deferred:
+            call = self._worker_call()
+            d = maybeDeferred(_save_downgraded_sizes, mailbox) if call is None else call(
+                _save_downgraded_sizes, mailbox)
+            return d.addErrback(
+                lambda f: log_failure(log, f,
+                                      "POP3 downgraded sizes of {user}'s messages not kept",
+                                      user=user))
+
+        d = self._saved().addCallback(save)
         saving: Deferred = Deferred()
         self._saving = saving
 
