@@ -664,3 +664,38 @@ def test_two_saves_on_workers_at_once_keep_the_lock_until_both_are_written(
     assert closed_when_run == [False, False]  # both under the lock
     assert max(at_once) == 1  # one after the other: one writer
     assert mailbox.closed and proto.mailbox is None
+
+
+@pytest.mark.parametrize("end", ["hang-up", "quit"])
+def test_a_save_on_a_worker_that_fails_lets_the_lock_go_and_is_logged_once(
+        tmp_path, monkeypatch, log_events, end):
+    # the end waits for a save already on a worker: one that raises there
+    # (a bug, not a disk error, which the cache logs as a warning) must
+    # still let the lock go, finish a QUIT, and be logged once
+    from test_pop3_reader_and_storage import HalfClosingTransport
+    from twisted.logger import formatEvent
+
+    def broken(self):
+        raise RuntimeError("broken save")
+
+    monkeypatch.setattr(MaildirMailbox, "save_downgraded_sizes", broken)
+    clock, components, _data = _one_utf8_message(tmp_path, workers=False)
+    components.syncer = _HeldJobs()
+    proto = pop3_protocol.POP3Factory(components).buildProtocol(None)
+    t = HalfClosingTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
+    clock.advance(0)  # the save's job, waiting for a worker
+    mailbox = proto.mailbox
+    if end == "hang-up":
+        proto.connectionLost(Failure(ConnectionDone()))
+    else:
+        proto.dataReceived(b"QUIT\r\n")
+    assert not mailbox.closed
+    components.syncer.run()
+    assert mailbox.closed and proto.mailbox is None
+    if end == "quit":
+        assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
+        proto.connectionLost(Failure(ConnectionDone()))
+    not_kept = [e for e in log_events if "sizes of joe" in formatEvent(e)]
+    assert len(not_kept) == 1, [formatEvent(e) for e in not_kept]
