@@ -85,8 +85,6 @@ def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any,
     ``(protocol, transport, listener, client)``; ``transport`` is the TCP
     one under the TLS layer.  The caller closes ``listener`` and ``client``.
     ``small_buffers`` as for ``loopback_pair``."""
-    import ssl
-
     from twisted.internet import tcp
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -102,6 +100,17 @@ def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any,
     t.getPeer = lambda: peer
     wrapper.makeConnection(t)
     t.startReading()
+    return wrapper.wrappedProtocol, t, listener, tls_client(reactor, raw, cert)
+
+
+def tls_client(reactor: Any, raw: socket.socket, cert: Any) -> Any:
+    """``raw`` wrapped in a stdlib ``ssl`` client that trusts ``cert``,
+    non-blocking, its handshake done by stepping ``reactor`` (the server's
+    side): at the start of an implicit-TLS session or after STARTTLS's 220.
+    An end of stream without close_notify raises (``tls_reads`` tells it
+    from the hub's close_notify)."""
+    import ssl
+
     context = ssl.create_default_context(cafile=str(cert))
     client = context.wrap_socket(raw, server_hostname="localhost",
                                  do_handshake_on_connect=False, suppress_ragged_eofs=False)
@@ -111,7 +120,7 @@ def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any,
             break
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             reactor.iterate(0.005)
-    return wrapper.wrappedProtocol, t, listener, client
+    return client
 
 
 def tls_reads(reactor: Any, client: Any, until: bytes | None = None, turns: int = 200) -> bytes:

@@ -19,6 +19,7 @@ from stepped_reactor import (
     loopback_pair,
     new_reactor,
     step_until_closed,
+    tls_client,
     tls_loopback,
     tls_reads,
     tls_send,
@@ -3415,8 +3416,6 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
     # over loopback, STARTTLS on Twisted's real TCP transport: too many
     # errors then a client that keeps sending; what it sent after the 421
     # was decrypted and dropped for up to the close grace, without bound
-    import ssl
-
     from twisted.internet import tcp
 
     class Server(tcp._TLSServerMixin, tcp.Connection):  # the TLS server side
@@ -3438,15 +3437,7 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
         assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
         raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
         assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
-        client = ssl.create_default_context(cafile=str(cert[0])).wrap_socket(
-            raw, server_hostname="localhost", do_handshake_on_connect=False,
-            suppress_ragged_eofs=False)
-        for _ in range(200):
-            try:
-                client.do_handshake()
-                break
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                reactor.iterate(0.005)
+        client = tls_client(reactor, raw, cert[0])
         # txmailhub.linger finds Twisted's TLS layer under it (a Twisted
         # that moves it fails here, not in the field)
         assert linger.tls_layer(t) is t.protocol
