@@ -3259,6 +3259,24 @@ class HubClosesLingerTests(SynchronousTestCase):
         assert t.disconnecting and not t.write_lost
 
 
+def _sends_past_linger_octets(reactor, client, t) -> int:
+    """A TLS client that keeps sending, reading nothing, after the hub's
+    close began: up to LINGER_OCTETS and a little past it, or until the
+    hub closes; then the reactor stepped until the connection is gone (the
+    caller asserts it is).  How much the client sent."""
+    sent = 0
+    for _ in range(LINGER_OCTETS // 16384 + 20):
+        try:
+            sent += tls_send(client, b"x" * 16384)
+        except OSError:  # the hub closed past the bound, input unread
+            break
+        reactor.iterate(0)
+        if not t.connected:
+            break
+    step_until_closed(reactor, t)
+    return sent
+
+
 class TLSLingeringCloseTests(SynchronousTestCase):
     """A close the hub decides under TLS, over a real loopback socket with
     Twisted's TLS layer and a stdlib ``ssl`` client.  Twisted's
@@ -3328,16 +3346,7 @@ class TLSLingeringCloseTests(SynchronousTestCase):
     def test_it_reads_at_most_linger_octets(self):
         h, p, t, reactor, client = self._too_many_errors()
         assert linger.tls_layer(p.transport) is p.transport  # as after STARTTLS
-        sent = 0
-        for _ in range(LINGER_OCTETS // 16384 + 20):
-            try:
-                sent += tls_send(client, b"x" * 16384)
-            except OSError:  # the hub closed past the bound, input unread
-                break
-            reactor.iterate(0)
-            if not t.connected:
-                break
-        step_until_closed(reactor, t)
+        sent = _sends_past_linger_octets(reactor, client, t)
         assert not t.connected, f"still reading after {sent} octets"
         assert p._linger_left < 0  # past the bound, not before
         assert p not in h.factory.limits.sessions
@@ -3444,16 +3453,7 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
         tls_send(client, b"EHLO c\r\n" + b"BOGUS\r\n" * 3)
         got = tls_reads(reactor, client, until=b"421 ")
         assert proto.engine.closed and proto.engine.session.tls, got
-        sent = 0
-        for _ in range(LINGER_OCTETS // 16384 + 20):
-            try:
-                sent += tls_send(client, b"x" * 16384)
-            except OSError:  # the hub closed past the bound, input unread
-                break
-            reactor.iterate(0)
-            if not t.connected:
-                break
-        step_until_closed(reactor, t)
+        sent = _sends_past_linger_octets(reactor, client, t)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0 and proto not in factory.limits.sessions
     finally:
