@@ -76,6 +76,26 @@ def step_until_closed(reactor: Any, transport: Any, turns: int = 50) -> None:
         reactor.iterate(0.005)
 
 
+def tcp_loopback(reactor: Any, factory: Any, peer: Any, small_buffers: bool = False,
+                 transport: Any = None) -> tuple[Any, Any, socket.socket, socket.socket]:
+    """A session of ``factory`` over Twisted's real TCP transport on a
+    loopback socket served by ``reactor`` (``new_reactor()``), the client's
+    raw socket as ``loopback_pair`` makes it: ``(protocol, transport,
+    listener, client)``.  ``transport``: the connection's class
+    (``tcp.Connection`` by default; one with Twisted's TLS server mixin
+    for STARTTLS).  The caller closes ``listener`` and ``client``."""
+    from twisted.internet import tcp
+
+    listener, client, ours = loopback_pair(small_buffers)
+    proto = factory.buildProtocol(peer)
+    t = (transport or tcp.Connection)(ours, proto, reactor)
+    t.connected = True
+    t.getPeer = lambda: peer
+    proto.makeConnection(t)
+    t.startReading()
+    return proto, t, listener, client
+
+
 def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any,
                  small_buffers: bool = False) -> tuple[Any, Any, Any, socket.socket]:
     """An implicit-TLS session of ``factory`` (wrapped as ``service.py``

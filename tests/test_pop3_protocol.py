@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from stepped_reactor import (
     client_reads,
     close_reactor,
-    loopback_pair,
     new_reactor,
+    tcp_loopback,
     tls_loopback,
     tls_reads,
     tls_send,
@@ -3285,17 +3285,10 @@ def _loopback_session(env, small_buffers: bool = False) -> Iterator[tuple]:
     sends is in the hub's socket when ``send`` returns).  ``small_buffers``:
     the kernel holds little of the hub's replies, the rest waits in
     Twisted's buffer until the client reads."""
-    from twisted.internet import tcp
-
-    listener, client, ours = loopback_pair(small_buffers)
     reactor = new_reactor()
+    proto, t, listener, client = tcp_loopback(reactor, POP3Factory(env.components), LOOPBACK,
+                                              small_buffers)
     try:
-        proto = POP3Factory(env.components).buildProtocol(LOOPBACK)
-        t = tcp.Connection(ours, proto, reactor)
-        t.connected = True
-        t.getPeer = lambda: LOOPBACK
-        proto.makeConnection(t)
-        t.startReading()
         yield proto, t, reactor, client
     finally:
         close_reactor(reactor)

@@ -16,9 +16,9 @@ from cred_fakes import ClientRecordingChecker
 from stepped_reactor import (
     client_reads,
     close_reactor,
-    loopback_pair,
     new_reactor,
     step_until_closed,
+    tcp_loopback,
     tls_client,
     tls_loopback,
     tls_reads,
@@ -2988,7 +2988,6 @@ class LingeringCloseTests(SynchronousTestCase):
         the rest waits in Twisted's buffer until the client reads."""
         import socket
 
-        from twisted.internet import tcp
         from twisted.internet import unix as twisted_unix
 
         reactor = new_reactor()  # not installed: stepped by hand
@@ -3002,15 +3001,10 @@ class LingeringCloseTests(SynchronousTestCase):
             ours.close()  # t has its own copy
             proto = t.protocol
         else:
-            listener, client, ours = loopback_pair(small_buffers)
+            proto, t, listener, client = tcp_loopback(
+                reactor, h.factory, IPv4Address("TCP", "192.0.2.1", 4321), small_buffers)
             self.addCleanup(listener.close)
             self.addCleanup(client.close)
-            proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-            t = tcp.Connection(ours, proto, reactor)
-            t.connected = True
-            t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
-            proto.makeConnection(t)
-            t.startReading()
         return h, proto, t, reactor, client
 
     def _unread_then_stop(self, h, t, client, octets: int) -> None:
@@ -3434,15 +3428,10 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
     cert = make_certificate(tmp_path)
     h.components.tls = tls_options(str(cert[0]), str(cert[1]))
     factory = SMTPFactory(h.components)
-    listener, raw, ours = loopback_pair()
     reactor = new_reactor()
+    proto, t, listener, raw = tcp_loopback(reactor, factory, IPv4Address("TCP", "192.0.2.1", 4321),
+                                           transport=Server)
     try:
-        proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        t = Server(ours, proto, reactor)
-        t.connected = True
-        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
-        proto.makeConnection(t)
-        t.startReading()
         assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
         raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
         assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
@@ -3467,17 +3456,10 @@ def _loopback_session(h):
     """A session of ``h`` over Twisted's real TCP transport on a loopback
     socket, an epoll reactor of its own stepped by hand, and the client's
     raw socket: ``(proto, t, reactor, client)``."""
-    from twisted.internet import tcp
-
-    listener, client, ours = loopback_pair()
     reactor = new_reactor()
+    proto, t, listener, client = tcp_loopback(reactor, h.factory,
+                                              IPv4Address("TCP", "192.0.2.1", 4321))
     try:
-        proto = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        t = tcp.Connection(ours, proto, reactor)
-        t.connected = True
-        t.getPeer = lambda: IPv4Address("TCP", "192.0.2.1", 4321)
-        proto.makeConnection(t)
-        t.startReading()
         yield proto, t, reactor, client
     finally:
         close_reactor(reactor)
