@@ -67,6 +67,25 @@ def client_reads(reactor: Any, client: socket.socket, until: bytes | None = None
     return got
 
 
+def sends_on_then_half_closes(reactor: Any, client: socket.socket,
+                              data: bytes = b"QUIT\r\n") -> bytes:
+    """The hub's close goes through (the reactor stepped, the client
+    reading nothing), then the client, still sending, sends ``data``,
+    shuts its sending side down (as ``nc -N`` does) and reads to the end:
+    what it read (``client_reads``).  A reset on any of these fails the
+    test: the hub's close with the client's input unread."""
+    import pytest
+
+    for _ in range(20):
+        reactor.iterate(0)
+    try:
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        return client_reads(reactor, client)
+    except OSError as e:  # ECONNRESET, EPIPE, ENOTCONN: the connection was reset
+        pytest.fail(f"reset instead of the last line and the end of the stream: {e}")
+
+
 def step_until_closed(reactor: Any, transport: Any, turns: int = 50) -> None:
     """Step the reactor until ``transport`` is disconnected, or ``turns``
     steps have gone by (the caller asserts which)."""

@@ -17,6 +17,8 @@ from stepped_reactor import (
     client_reads,
     close_reactor,
     new_reactor,
+    sends_on_then_half_closes,
+    step_until_closed,
     tcp_loopback,
     tls_loopback,
     tls_reads,
@@ -3589,7 +3591,6 @@ def test_a_client_sending_at_too_many_errors_reads_the_line_and_the_end_not_a_re
     # (ECONNRESET, ENOTCONN), and a client that had not read yet could
     # lose the -ERR
     import select
-    import socket
 
     env = Env(max_errors=1)
     with _loopback_session(env) as (proto, t, reactor, client):
@@ -3603,19 +3604,9 @@ def test_a_client_sending_at_too_many_errors_reads_the_line_and_the_end_not_a_re
             reactor.iterate(0.005)
         client.sendall(b"NOOP\r\n" * 100)
         assert select.select([t.socket], [], [], 5)[0]
-        for _ in range(20):  # the hub's close (the client reads nothing yet)
-            reactor.iterate(0)
-        try:  # still sending, then the end of its data
-            client.sendall(b"QUIT\r\n")
-            client.shutdown(socket.SHUT_WR)
-            got = client_reads(reactor, client)
-        except OSError as e:  # ECONNRESET, EPIPE, ENOTCONN: the connection was reset
-            pytest.fail(f"reset instead of the -ERR and the end of the stream: {e}")
+        got = sends_on_then_half_closes(reactor, client)
         assert got == R.TOO_MANY_ERRORS.to_bytes() + b"<EOF>", got
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected and not env.store.is_locked("joe@example.org")
 
 
@@ -3667,10 +3658,7 @@ def test_a_pop3s_client_still_sending_at_too_many_errors_reads_the_line_and_clos
         assert got == R.TOO_MANY_ERRORS.to_bytes() + b"<close_notify>", got
         assert t.connected
         client.unwrap()  # its close_notify: the hub closes
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected and not env.store.is_locked("joe@example.org")
 
 
@@ -3719,10 +3707,7 @@ def test_a_pop3s_lingering_close_reads_at_most_linger_octets(tls_files):
             reactor.iterate(0)
             if not t.connected:
                 break
-        for _ in range(20):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t, turns=20)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0
 
@@ -3758,10 +3743,7 @@ def test_a_pop3s_client_sending_without_reading_past_linger_octets_gets_its_answ
         assert got.startswith(b"+OK"), got[:100]
         assert got.endswith(R.TOO_MANY_ERRORS.to_bytes() + b"<close_notify>"), got[-200:]
         assert got.count(b"body line") == 4000
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected and not env.store.is_locked("joe@example.org")
 
 
@@ -4042,10 +4024,7 @@ def test_a_client_that_pipelines_its_session_and_half_closes_during_the_login_re
         assert b"+OK Logged in" in got and b"hello\r\n.\r\n" in got
         assert got.endswith(R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes()
                             + b"<EOF>"), got[-200:]
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected
         assert env.store.messages("joe@example.org") == []
         assert not env.store.is_locked("joe@example.org")
@@ -4071,10 +4050,7 @@ def test_a_client_that_pipelines_retr_and_quit_and_half_closes_reads_it_all():
         assert _BIG.replace(b"\n", b"\r\n") in got
         assert got.endswith(b".\r\n" + R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes()
                             + b"<EOF>"), got[-200:]
-        for _ in range(50):
-            if not t.connected:
-                break
-            reactor.iterate(0.005)
+        step_until_closed(reactor, t)
         assert not t.connected
         assert env.store.messages("joe@example.org") == []
         assert not env.store.is_locked("joe@example.org")
