@@ -67,6 +67,19 @@ def client_reads(reactor: Any, client: socket.socket, until: bytes | None = None
     return got
 
 
+def reads_to_the_end(reactor: Any, client: socket.socket, turns: int = 200) -> bytes:
+    """``client_reads`` to the end of the stream (``<EOF>`` appended if it
+    came within ``turns`` steps); a reset fails the test: the hub closed
+    with the client's input unread, and what it had not read yet may be
+    lost."""
+    import pytest
+
+    try:
+        return client_reads(reactor, client, turns=turns)
+    except ConnectionResetError:
+        pytest.fail("reset instead of the last answers and the end of the stream")
+
+
 def sends_on_then_half_closes(reactor: Any, client: socket.socket,
                               data: bytes = b"QUIT\r\n") -> bytes:
     """The hub's close goes through (the reactor stepped, the client

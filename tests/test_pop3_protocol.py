@@ -17,6 +17,7 @@ from stepped_reactor import (
     client_reads,
     close_reactor,
     new_reactor,
+    reads_to_the_end,
     sends_on_then_half_closes,
     step_until_closed,
     tcp_loopback,
@@ -3298,13 +3299,19 @@ def _loopback_session(env, small_buffers: bool = False) -> Iterator[tuple]:
         listener.close()
 
 
+def _logs_in(reactor, client) -> None:
+    """The client of a ``_loopback_session`` reads the greeting and logs
+    in as joe, reading each answer (lock-step, as most clients do)."""
+    assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
+    client.sendall(b"USER joe\r\nPASS joepw\r\n")
+    assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+
+
 def _pipelined_then_stop(env) -> Iterator[tuple]:
     import select
 
     with _loopback_session(env) as (proto, t, reactor, client):
-        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
-        client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        _logs_in(reactor, client)
         # commands queued behind, not read by the hub (the reactor is not
         # stepped) when it stops
         client.sendall(b"NOOP\r\n" * 700)
@@ -3332,10 +3339,7 @@ def test_a_client_whose_login_is_checked_at_the_stop_reads_the_line_and_the_end(
         client.sendall(b"NOOP\r\n" * 700)  # queued, unread when the hub stops
         assert select.select([t.socket], [], [], 5)[0]
         stopped = proto.factory.shut_down()
-        try:
-            got = client_reads(reactor, client)
-        except ConnectionResetError:
-            pytest.fail("reset instead of the -ERR and the end of the stream")
+        got = reads_to_the_end(reactor, client)
         assert got == R.USER_ACCEPTED.to_bytes() + R.SHUTTING_DOWN.to_bytes() + b"<EOF>"
         _creds, d = checker.pending.pop()
         d.callback(b"joe@example.org")
@@ -3355,10 +3359,7 @@ def test_a_client_with_commands_queued_at_the_stop_reads_the_line_and_the_end_no
     # socket down before it closes it)
     env = Env()
     for _proto, t, reactor, client, stopped in _pipelined_then_stop(env):
-        try:
-            got = client_reads(reactor, client)
-        except ConnectionResetError:
-            pytest.fail("reset instead of the -ERR and the end of the stream")
+        got = reads_to_the_end(reactor, client)
         assert got == b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n<EOF>"
         try:  # read and dropped, not handled
             client.sendall(b"QUIT\r\n" * 500)
@@ -3413,9 +3414,7 @@ def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_o
 
     env = Env()
     with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
-        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
-        client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        _logs_in(reactor, client)
         client.sendall(b"NOOP\r\n" * 4000)
         for _ in range(200):  # all answered (a turn at a time), the client reading none
             reactor.iterate(0)
@@ -3437,9 +3436,7 @@ def test_a_lingering_close_whose_client_reads_nothing_ends_at_the_stop_close_gra
     # shut down, and the close is cut at STOP_CLOSE_GRACE all the same
     env = Env()
     with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
-        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
-        client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        _logs_in(reactor, client)
         client.sendall(b"NOOP\r\n" * 4000)
         for _ in range(200):
             reactor.iterate(0)
@@ -3594,9 +3591,7 @@ def test_a_client_sending_at_too_many_errors_reads_the_line_and_the_end_not_a_re
 
     env = Env(max_errors=1)
     with _loopback_session(env) as (proto, t, reactor, client):
-        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
-        client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        _logs_in(reactor, client)
         client.sendall(b"FOO\r\n")
         for _ in range(50):
             if proto._closing:
@@ -3997,6 +3992,15 @@ def test_the_hub_stop_during_a_half_closed_login_check_says_sys_temp_and_drops_t
     assert stopped.called
 
 
+def _closed_with_the_message_deleted(env, reactor, t) -> None:
+    """After a pipelined session's QUIT: the hub closes its side, joe's
+    message is deleted (the UPDATE state ran) and the mailbox let go."""
+    step_until_closed(reactor, t)
+    assert not t.connected
+    assert env.store.messages("joe@example.org") == []
+    assert not env.store.is_locked("joe@example.org")
+
+
 def test_a_client_that_pipelines_its_session_and_half_closes_during_the_login_reads_it_all():
     # a real socket: the whole session, then shutdown(SHUT_WR), as
     # printf '...' | nc -N does; the password check answers once the
@@ -4017,17 +4021,11 @@ def test_a_client_that_pipelines_its_session_and_half_closes_during_the_login_re
         assert checker.pending and proto._eof and t.connected
         _creds, d = checker.pending.pop()
         d.callback(b"joe@example.org")
-        try:
-            got = client_reads(reactor, client, turns=1000)
-        except ConnectionResetError:
-            pytest.fail("reset instead of the answers and the end of the stream")
+        got = reads_to_the_end(reactor, client, turns=1000)
         assert b"+OK Logged in" in got and b"hello\r\n.\r\n" in got
         assert got.endswith(R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes()
                             + b"<EOF>"), got[-200:]
-        step_until_closed(reactor, t)
-        assert not t.connected
-        assert env.store.messages("joe@example.org") == []
-        assert not env.store.is_locked("joe@example.org")
+        _closed_with_the_message_deleted(env, reactor, t)
 
 
 def test_a_client_that_pipelines_retr_and_quit_and_half_closes_reads_it_all():
@@ -4038,22 +4036,14 @@ def test_a_client_that_pipelines_retr_and_quit_and_half_closes_reads_it_all():
     env = Env()
     env.store.add("joe@example.org", _BIG)
     with _loopback_session(env, small_buffers=True) as (_proto, t, reactor, client):
-        assert client_reads(reactor, client, until=b"\r\n").startswith(b"+OK")
-        client.sendall(b"USER joe\r\nPASS joepw\r\n")
-        assert b"+OK Logged in" in client_reads(reactor, client, until=b"Logged in")
+        _logs_in(reactor, client)
         client.sendall(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
         client.shutdown(socket.SHUT_WR)
-        try:
-            got = client_reads(reactor, client, turns=5000)
-        except ConnectionResetError:
-            pytest.fail("reset instead of the answers and the end of the stream")
+        got = reads_to_the_end(reactor, client, turns=5000)
         assert _BIG.replace(b"\n", b"\r\n") in got
         assert got.endswith(b".\r\n" + R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes()
                             + b"<EOF>"), got[-200:]
-        step_until_closed(reactor, t)
-        assert not t.connected
-        assert env.store.messages("joe@example.org") == []
-        assert not env.store.is_locked("joe@example.org")
+        _closed_with_the_message_deleted(env, reactor, t)
 
 
 # -- a lingering close lets the mailbox go at its start ------------------------
