@@ -6,6 +6,7 @@ real socket, and a hand-stepped reactor makes every run the same)."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 
@@ -211,3 +212,39 @@ def tls_send(client: Any, data: bytes) -> int:
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
             break
     return sent
+
+
+def tls_sends_on(reactor: Any, client: Any, until: Callable[[], bool], extra: int = 20) -> int:
+    """A ``tls_loopback`` client that keeps sending, reading nothing, 16 KiB
+    at a time: as much as ``LINGER_OCTETS`` and ``extra`` chunks more at
+    most, the reactor stepped after each, until ``until()`` holds or a
+    send fails (the hub closed with the client's input unread).  How much
+    it sent (the caller asserts where it stopped)."""
+    from txmailhub.linger import LINGER_OCTETS
+
+    sent = 0
+    for _ in range(LINGER_OCTETS // 16384 + extra):
+        try:
+            sent += tls_send(client, b"x" * 16384)
+        except OSError:
+            break
+        reactor.iterate(0)
+        if until():
+            break
+    return sent
+
+
+def tls_reads_all(reactor: Any, client: Any, turns: int) -> bytes:
+    """``tls_reads`` a step at a time, to the end of the TLS session or of
+    the stream, for ``turns`` steps at most: a read that fails ends it, its
+    error named (``<SSLError>``, ``<ConnectionResetError>``), so that the
+    caller's assertion shows what was read before it."""
+    got = b""
+    for _ in range(turns):
+        try:
+            got += tls_reads(reactor, client, turns=1)
+        except OSError as e:
+            got += f"<{type(e).__name__}>".encode()
+        if got.endswith((b"<close_notify>", b"<EOF>", b"Error>")):
+            break
+    return got

@@ -23,7 +23,9 @@ from stepped_reactor import (
     tcp_loopback,
     tls_loopback,
     tls_reads,
+    tls_reads_all,
     tls_send,
+    tls_sends_on,
 )
 from tls_loopback import StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -3693,15 +3695,7 @@ def test_a_pop3s_lingering_close_reads_at_most_linger_octets(tls_files):
     env = Env(max_errors=1)
     with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
         _pop3s_too_many_errors(env, reactor, client, proto)
-        sent = 0
-        for _ in range(linger.LINGER_OCTETS // 16384 + 20):
-            try:
-                sent += tls_send(client, b"x" * 16384)
-            except OSError:  # the hub closed past the bound, input unread
-                break
-            reactor.iterate(0)
-            if not t.connected:
-                break
+        sent = tls_sends_on(reactor, client, lambda: not t.connected)
         step_until_closed(reactor, t, turns=20)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0
@@ -3717,24 +3711,9 @@ def test_a_pop3s_client_sending_without_reading_past_linger_octets_gets_its_answ
     with _pop3s_session(env, tls_files, small_buffers=True) as (
             _factory, proto, t, reactor, client):
         tls_send(client, b"RETR 1\r\nFOO\r\n")
-        sent = 0
-        for _ in range(linger.LINGER_OCTETS // 16384 + 40):  # not reading
-            try:
-                sent += tls_send(client, b"x" * 16384)
-            except OSError:
-                break
-            reactor.iterate(0)
-            if proto._linger_left < 0:
-                break
+        sent = tls_sends_on(reactor, client, lambda: proto._linger_left < 0, extra=40)
         assert proto._lingering and proto._linger_left < 0, sent
-        got = b""
-        for _ in range(2000):
-            try:
-                got += tls_reads(reactor, client, turns=1)
-            except OSError as e:
-                got += f"<{type(e).__name__}>".encode()
-            if got.endswith((b"<close_notify>", b"<EOF>", b"Error>")):
-                break
+        got = tls_reads_all(reactor, client, turns=2000)
         assert got.startswith(b"+OK"), got[:100]
         assert got.endswith(R.TOO_MANY_ERRORS.to_bytes() + b"<close_notify>"), got[-200:]
         assert got.count(b"body line") == 4000

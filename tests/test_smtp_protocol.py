@@ -24,7 +24,9 @@ from stepped_reactor import (
     tls_client,
     tls_loopback,
     tls_reads,
+    tls_reads_all,
     tls_send,
+    tls_sends_on,
 )
 from tls_loopback import MemorySocket, StartTLSSocket, TLSClient
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -3255,24 +3257,6 @@ class HubClosesLingerTests(SynchronousTestCase):
         assert t.disconnecting and not t.write_lost
 
 
-def _sends_past_linger_octets(reactor, client, t) -> int:
-    """A TLS client that keeps sending, reading nothing, after the hub's
-    close began: up to LINGER_OCTETS and a little past it, or until the
-    hub closes; then the reactor stepped until the connection is gone (the
-    caller asserts it is).  How much the client sent."""
-    sent = 0
-    for _ in range(LINGER_OCTETS // 16384 + 20):
-        try:
-            sent += tls_send(client, b"x" * 16384)
-        except OSError:  # the hub closed past the bound, input unread
-            break
-        reactor.iterate(0)
-        if not t.connected:
-            break
-    step_until_closed(reactor, t)
-    return sent
-
-
 class TLSLingeringCloseTests(SynchronousTestCase):
     """A close the hub decides under TLS, over a real loopback socket with
     Twisted's TLS layer and a stdlib ``ssl`` client.  Twisted's
@@ -3342,7 +3326,8 @@ class TLSLingeringCloseTests(SynchronousTestCase):
     def test_it_reads_at_most_linger_octets(self):
         h, p, t, reactor, client = self._too_many_errors()
         assert linger.tls_layer(p.transport) is p.transport  # as after STARTTLS
-        sent = _sends_past_linger_octets(reactor, client, t)
+        sent = tls_sends_on(reactor, client, lambda: not t.connected)
+        step_until_closed(reactor, t)
         assert not t.connected, f"still reading after {sent} octets"
         assert p._linger_left < 0  # past the bound, not before
         assert p not in h.factory.limits.sessions
@@ -3363,15 +3348,7 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         self.addCleanup(client.close)
         assert tls_reads(reactor, client, until=b"\r\n").startswith(b"220 ")
         tls_send(client, b"EHLO c\r\n" * 300 + b"BOGUS\r\n" * 3)
-        sent = 0
-        for _ in range(LINGER_OCTETS // 16384 + 40):  # still sending, not reading
-            try:
-                sent += tls_send(client, b"x" * 16384)
-            except OSError:
-                break
-            reactor.iterate(0)
-            if p._linger_left < 0:
-                break
+        sent = tls_sends_on(reactor, client, lambda: p._linger_left < 0, extra=40)
         assert p._lingering and p._linger_left < 0, sent  # past the bound
         return h, p, t, reactor, client
 
@@ -3381,14 +3358,7 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         # As on plain TCP, reading stops there and the connection closes
         # once what we sent is out.
         h, p, t, reactor, client = self._pipelining_without_reading()
-        got = b""
-        for _ in range(400):
-            try:
-                got += tls_reads(reactor, client, turns=1)
-            except OSError as e:
-                got += f"<{type(e).__name__}>".encode()
-            if got.endswith((b"<close_notify>", b"<EOF>", b"Error>")):
-                break
+        got = tls_reads_all(reactor, client, turns=400)
         step_until_closed(reactor, t)
         assert got.startswith(b"250-mx.example.org"), got[:100]
         assert got.endswith(f"{closing(replies.TOO_MANY_ERRORS)}\r\n<close_notify>".encode()), \
@@ -3444,7 +3414,8 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
         tls_send(client, b"EHLO c\r\n" + b"BOGUS\r\n" * 3)
         got = tls_reads(reactor, client, until=b"421 ")
         assert proto.engine.closed and proto.engine.session.tls, got
-        sent = _sends_past_linger_octets(reactor, client, t)
+        sent = tls_sends_on(reactor, client, lambda: not t.connected)
+        step_until_closed(reactor, t)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0 and proto not in factory.limits.sessions
     finally:
