@@ -1073,14 +1073,22 @@ class ProtocolTests(SynchronousTestCase):
         h.clock.advance(60)
         assert take(t) == []
 
-    def test_a_half_close_during_a_failed_logins_delay_closes_at_once_with_no_answer(self):
+    def _half_closed_in_a_failed_logins_delay(self, behind: bytes):
+        """A wrong password, ``behind`` pipelined after it, its 535 delayed
+        (``auth_failure_delay``), then the client's half-close: the hub
+        closes, ``(h, p, t)``."""
         h = Harness(submission=True, auth_failure_delay=5.0)
         p, t = _auth_session(h)
-        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
-                       "MAIL FROM:<alice@example.org>\r\nQUIT\r\n".encode())
+        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n".encode()
+                       + behind)
         assert p.engine.waiting and take(t) == []  # the 535 is delayed
         p.readConnectionLost()
         assert t.disconnecting
+        return h, p, t
+
+    def test_a_half_close_during_a_failed_logins_delay_closes_at_once_with_no_answer(self):
+        h, p, t = self._half_closed_in_a_failed_logins_delay(
+            b"MAIL FROM:<alice@example.org>\r\nQUIT\r\n")
         p.connectionLost(None)
         h.clock.advance(5)
         assert take(t) == []
@@ -1089,13 +1097,8 @@ class ProtocolTests(SynchronousTestCase):
     def test_a_half_close_during_a_failed_logins_delay_leaves_no_535_for_a_slow_close(self):
         # the close may take a while (our replies unread): the delayed 535
         # must not go meanwhile, nor at the hub's stop (reset(0) made it go)
-        h = Harness(submission=True, auth_failure_delay=5.0)
-        p, t = _auth_session(h)
-        p.dataReceived(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'wrong')}\r\n"
-                       "MAIL FROM:<alice@example.org>\r\n".encode())
-        assert p.engine.waiting and take(t) == []  # the 535 is delayed
-        p.readConnectionLost()
-        assert t.disconnecting
+        h, p, t = self._half_closed_in_a_failed_logins_delay(
+            b"MAIL FROM:<alice@example.org>\r\n")
         assert p._auth_timer is None  # no delayed 535 left behind
         h.clock.advance(5)
         assert take(t) == []
