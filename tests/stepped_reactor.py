@@ -5,8 +5,9 @@ real socket, and a hand-stepped reactor makes every run the same)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -127,6 +128,22 @@ def tcp_loopback(reactor: Any, factory: Any, peer: Any, small_buffers: bool = Fa
     proto.makeConnection(t)
     t.startReading()
     return proto, t, listener, client
+
+
+@contextlib.contextmanager
+def loopback_session(factory: Any, peer: Any, small_buffers: bool = False,
+                     transport: Any = None) -> Iterator[tuple[Any, Any, Any, socket.socket]]:
+    """``tcp_loopback`` on a ``new_reactor()`` of its own:
+    ``(protocol, transport, reactor, client)``, all of it closed at the
+    end."""
+    reactor = new_reactor()
+    proto, t, listener, client = tcp_loopback(reactor, factory, peer, small_buffers, transport)
+    try:
+        yield proto, t, reactor, client
+    finally:
+        close_reactor(reactor)
+        client.close()
+        listener.close()
 
 
 def tls_loopback(reactor: Any, factory: Any, cert_and_key: Any, peer: Any,

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from stepped_reactor import (
     client_reads,
     close_reactor,
+    loopback_session,
     new_reactor,
     reads_to_the_end,
     sends_on_then_half_closes,
     step_until_closed,
-    tcp_loopback,
     tls_loopback,
     tls_reads,
     tls_reads_all,
@@ -3282,23 +3282,14 @@ def test_over_long_lines_sent_while_the_client_does_not_read_stop_the_reading():
 # -- the stop's lingering close (plain TCP) ----------------------------------
 
 
-@contextlib.contextmanager
-def _loopback_session(env, small_buffers: bool = False) -> Iterator[tuple]:
+def _loopback_session(env, small_buffers: bool = False):
     """A session over Twisted's real TCP transport on a loopback socket,
     with an epoll reactor of its own (not installed) stepped by hand, and
     the client's raw socket (non-blocking, without Nagle's delay: what it
     sends is in the hub's socket when ``send`` returns).  ``small_buffers``:
     the kernel holds little of the hub's replies, the rest waits in
     Twisted's buffer until the client reads."""
-    reactor = new_reactor()
-    proto, t, listener, client = tcp_loopback(reactor, POP3Factory(env.components), LOOPBACK,
-                                              small_buffers)
-    try:
-        yield proto, t, reactor, client
-    finally:
-        close_reactor(reactor)
-        client.close()
-        listener.close()
+    return loopback_session(POP3Factory(env.components), LOOPBACK, small_buffers)
 
 
 def _logs_in(reactor, client) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import gc
 import os
@@ -16,6 +15,7 @@ from cred_fakes import ClientRecordingChecker
 from stepped_reactor import (
     client_reads,
     close_reactor,
+    loopback_session,
     new_reactor,
     reads_to_the_end,
     sends_on_then_half_closes,
@@ -3403,10 +3403,8 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
     cert = make_certificate(tmp_path)
     h.components.tls = tls_options(str(cert[0]), str(cert[1]))
     factory = SMTPFactory(h.components)
-    reactor = new_reactor()
-    proto, t, listener, raw = tcp_loopback(reactor, factory, IPv4Address("TCP", "192.0.2.1", 4321),
-                                           transport=Server)
-    try:
+    with loopback_session(factory, IPv4Address("TCP", "192.0.2.1", 4321),
+                          transport=Server) as (proto, t, reactor, raw):
         assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
         raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
         assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
@@ -3421,26 +3419,13 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
         step_until_closed(reactor, t)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0 and proto not in factory.limits.sessions
-    finally:
-        close_reactor(reactor)
-        raw.close()
-        listener.close()
 
 
-@contextlib.contextmanager
 def _loopback_session(h):
     """A session of ``h`` over Twisted's real TCP transport on a loopback
     socket, an epoll reactor of its own stepped by hand, and the client's
     raw socket: ``(proto, t, reactor, client)``."""
-    reactor = new_reactor()
-    proto, t, listener, client = tcp_loopback(reactor, h.factory,
-                                              IPv4Address("TCP", "192.0.2.1", 4321))
-    try:
-        yield proto, t, reactor, client
-    finally:
-        close_reactor(reactor)
-        client.close()
-        listener.close()
+    return loopback_session(h.factory, IPv4Address("TCP", "192.0.2.1", 4321))
 
 
 def test_a_client_sending_at_the_idle_timeout_reads_the_421_and_the_end_not_a_reset():
