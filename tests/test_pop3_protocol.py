@@ -3759,32 +3759,21 @@ def test_commands_received_before_a_half_close_are_answered_quit_and_update_incl
     assert not env.store.is_locked("joe@example.org")
 
 
-def test_a_half_close_after_answered_commands_without_quit_closes_without_update():
+@pytest.mark.parametrize("sent", [b"DELE 1\r\n", b"DELE 1\r\nQUIT"],
+                         ids=["no-quit", "quit-without-line-end"])
+def test_a_half_close_after_answered_commands_without_quit_closes_without_update(sent):
+    # without a QUIT nothing is deleted (RFC 1939 6); and the end of the
+    # client's data is no line end: a "QUIT" it did not end with CRLF is
+    # no QUIT
     env = Env()
     env.store.add("joe@example.org", b"Subject: a\n\nx\n")
     proto, t = login(env)
-    assert talk(proto, t, b"DELE 1\r\n") == R.deleted(1).to_bytes()
-    t.clear()
-    _end_of_client_data(proto)
-    assert t.value() == b""
-    assert t.disconnecting
-    proto.connectionLost(None)
-    assert len(env.store.messages("joe@example.org")) == 1  # no QUIT: nothing deleted
-    assert not env.store.is_locked("joe@example.org")
-
-
-def test_a_half_close_behind_a_quit_with_no_line_end_deletes_nothing():
-    # the end of the client's data is no line end: a "QUIT" it did not end
-    # with CRLF is no QUIT, and without one nothing is deleted (RFC 1939 6)
-    env = Env()
-    env.store.add("joe@example.org", b"Subject: a\n\nx\n")
-    proto, t = login(env)
-    assert talk(proto, t, b"DELE 1\r\nQUIT") == R.deleted(1).to_bytes()
+    assert talk(proto, t, sent) == R.deleted(1).to_bytes()
     t.clear()
     _end_of_client_data(proto)
     assert t.value() == b"" and t.disconnecting
     proto.connectionLost(None)
-    assert len(env.store.messages("joe@example.org")) == 1
+    assert len(env.store.messages("joe@example.org")) == 1  # nothing deleted
     assert not env.store.is_locked("joe@example.org")
 
 
