@@ -3785,6 +3785,22 @@ class _Uncached:
         raise BlockingIOError
 
 
+def _hold_message_reads(proto) -> list[tuple]:
+    """Every message read of ``proto`` goes to a worker thread (nothing
+    cached) and is held there: the list of ``(back, back_args)`` the
+    test calls, as ``back(message, *back_args)``, when the read is to
+    come back."""
+    held: list[tuple] = []
+
+    def off_thread(job, args, back, *back_args):
+        proto._busy = True
+        held.append((back, back_args))
+
+    proto._off_thread = off_thread
+    proto._nowait = _Uncached()
+    return held
+
+
 def test_a_half_close_while_a_message_read_waits_for_the_disk_answers_it_then_closes():
     # the half-close comes while RETR's read is on a worker thread (a
     # message the kernel has not cached): the session waits for it, sends
@@ -3794,14 +3810,7 @@ def test_a_half_close_while_a_message_read_waits_for_the_disk_answers_it_then_cl
     stored = b"Subject: a\n\nhello\n"
     env.store.add("joe@example.org", stored)
     proto, t = login(env)
-    held = []
-
-    def off_thread(job, args, back, *back_args):
-        proto._busy = True
-        held.append((back, back_args))
-
-    proto._off_thread = off_thread
-    proto._nowait = _Uncached()
+    held = _hold_message_reads(proto)
     t.clear()
     proto.dataReceived(b"RETR 1\r\nDELE 1\r\n")
     _end_of_client_data(proto)
@@ -4039,14 +4048,7 @@ def test_the_stop_during_a_message_read_on_a_worker_lets_the_mailbox_go_once_it_
     env.store.add("joe@example.org", stored)
     proto, t = _connect_half_closing(env)
     talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
-    held = []
-
-    def off_thread(job, args, back, *back_args):
-        proto._busy = True
-        held.append((back, back_args))
-
-    proto._off_thread = off_thread
-    proto._nowait = _Uncached()
+    held = _hold_message_reads(proto)
     t.clear()
     proto.dataReceived(b"RETR 1\r\n")
     stopped = proto.factory.shut_down()
