@@ -58,10 +58,18 @@ def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def stat_list(clock, components) -> tuple[bytes, bytes]:
-    """A login without UTF8: STAT's reply and LIST's, then QUIT."""
+def _login_sent(components):
+    """A client connects and sends its USER and PASS at once, as most do;
+    its answer may wait (a save of the mailbox's sizes under way):
+    ``(proto, transport)``."""
     proto, t = connect(components)
     proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    return proto, t
+
+
+def stat_list(clock, components) -> tuple[bytes, bytes]:
+    """A login without UTF8: STAT's reply and LIST's, then QUIT."""
+    proto, t = _login_sent(components)
     assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
     t.received.clear()
     proto.dataReceived(b"STAT\r\n")
@@ -345,8 +353,7 @@ def test_a_session_still_open_is_not_waited_for(tmp_path):
     clock, components, _data = _one_utf8_message(tmp_path, workers=False)
     first, _ = connect(components)
     first.dataReceived(b"USER joe\r\nPASS joepw\r\nLIST\r\n")
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = _login_sent(components)
     clock.advance(5)
     assert b"-ERR [IN-USE]" in bytes(t.received), bytes(t.received)
     first.connectionLost(Failure(ConnectionDone()))
@@ -361,19 +368,16 @@ def test_a_login_waits_for_a_stuck_save_a_bounded_time_then_is_in_use(tmp_path):
 
     wait = getattr(maildir, "GONE_SAVE_WAIT", 5)
     clock, components, _data = _save_held_after_a_gone_session(tmp_path)
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = _login_sent(components)
     clock.advance(wait - 0.5)
     assert b"IN-USE" not in bytes(t.received)  # still waiting
     clock.advance(1)
     assert b"-ERR [IN-USE]" in bytes(t.received), bytes(t.received)
-    late, t2 = connect(components)
-    late.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    late, t2 = _login_sent(components)
     assert b"-ERR [IN-USE]" in bytes(t2.received), bytes(t2.received)
     # the save, done at last, lets the lock go: the next login gets in
     components.syncer.run()
-    again, t3 = connect(components)
-    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    again, t3 = _login_sent(components)
     assert b"+OK Logged in" in bytes(t3.received), bytes(t3.received)
     for p in (proto, late, again):
         p.connectionLost(Failure(ConnectionDone()))
@@ -389,11 +393,9 @@ def test_a_waiting_login_whose_client_left_does_not_take_the_lock_from_one_still
     # second told IN-USE; the login gone is dropped
     _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     components.store.syncer = components.syncer  # a Maildir listed by a worker
-    gave_up, _ = connect(components)
-    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up, _ = _login_sent(components)
     gave_up.connectionLost(Failure(ConnectionDone()))
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = _login_sent(components)
     components.syncer.run()  # the save: the lock goes
     components.syncer.run()  # the listing of the Maildir for the login
     assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
@@ -411,11 +413,9 @@ def test_a_waiting_login_whose_client_closed_with_a_fin_leaves_the_lock_to_one_s
     # that can be sent nothing more lets the mailbox go once its +OK is out
     _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     components.store.syncer = components.syncer  # a Maildir listed by a worker
-    gave_up, t0 = connect(components)
-    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up, t0 = _login_sent(components)
     gave_up.readConnectionLost()  # its FIN
-    proto, t = connect(components)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    proto, t = _login_sent(components)
     components.syncer.run()  # the save: the lock goes
     components.syncer.run()  # the first login's listing: it gets the lock
     assert b"+OK Logged in" in bytes(t0.received)
@@ -445,8 +445,7 @@ def test_the_stop_is_not_held_by_a_login_waiting_for_a_gone_sessions_save(tmp_pa
     proto.connectionLost(Failure(ConnectionDone()))
     assert stopped.called
     components.syncer.run()  # the save done: the login gone does not take the lock
-    again, t2 = connect(components)
-    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    again, t2 = _login_sent(components)
     assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
     again.connectionLost(Failure(ConnectionDone()))
 
@@ -472,12 +471,10 @@ def test_a_waiting_login_whose_client_left_alone_leaves_the_lock_free(tmp_path):
     # no other login came meanwhile: the save done, the lock is not taken
     # for a client that is gone, and the next login gets in at once
     _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
-    gave_up, _ = connect(components)
-    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up, _ = _login_sent(components)
     gave_up.connectionLost(Failure(ConnectionDone()))
     components.syncer.run()
-    again, t = connect(components)
-    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    again, t = _login_sent(components)
     assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
     again.connectionLost(Failure(ConnectionDone()))
 
@@ -488,8 +485,7 @@ def test_a_waiting_login_whose_client_left_is_logged_as_gone_not_in_use(tmp_path
     from twisted.logger import formatEvent
 
     _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
-    gave_up, t = connect(components)
-    gave_up.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    gave_up, t = _login_sent(components)
     gave_up.connectionLost(Failure(ConnectionDone()))
     components.syncer.run()
     assert b"IN-USE" not in bytes(t.received)
@@ -608,8 +604,7 @@ def test_a_save_already_on_a_worker_keeps_the_lock_until_it_is_written(tmp_path,
         assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     components.syncer.run()
-    again, t2 = connect(components)
-    again.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    again, t2 = _login_sent(components)
     assert b"+OK Logged in" in bytes(t2.received), bytes(t2.received)
     again.connectionLost(Failure(ConnectionDone()))
 
