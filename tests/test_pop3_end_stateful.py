@@ -54,7 +54,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from test_pop3_reader_and_storage import LOOPBACK, HalfClosingTransport, make_env
+from test_pop3_reader_and_storage import LOOPBACK, HalfClosingTransport, HeldJobs, make_env
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import globalLogPublisher
@@ -63,7 +63,6 @@ from twisted.python.failure import Failure
 from txmailhub.pop3 import protocol as pop3_protocol
 from txmailhub.pop3.protocol import POP3Factory, POP3Protocol, State
 from txmailhub.store.mailbox import MaildirMailbox
-from txmailhub.testing import SyncerSpy
 
 EXAMPLES = int(os.environ.get("POP3_END_EXAMPLES", "400"))
 IDLE = 600
@@ -84,29 +83,19 @@ COMMANDS = [
     b"RETR 2\r\nFOO\r\nFOO\r\nFOO\r\n", b"LIST\r\nFOO\r\nFOO\r\nFOO\r\n",
 ]
 
-class Jobs(SyncerSpy):
-    """Every worker job (``call``) held until ``run``; the jobs that use a
-    mailbox checked as they run."""
+class Jobs(HeldJobs):
+    """Every worker job (``call``) held until ``run_one``; the jobs that
+    use a mailbox checked as they run."""
 
     def __init__(self, machine: EndModel) -> None:
         super().__init__()
-        self.jobs: list = []
+        self.holding = True  # from the start: the logins' scans too
         self.machine = machine
 
-    def call(self, f, *args):
-        d = defer.Deferred()
-        self.jobs.append((f, args, d))
-        return d
-
-    def run(self, index: int) -> None:
-        f, args, d = self.jobs.pop(index)
+    def run_one(self, index: int = -1) -> None:
+        f, args, _d = self.jobs[index]
         self.machine.job_runs(f, args)
-        try:
-            result = f(*args)
-        except Exception:
-            d.errback()
-        else:
-            d.callback(result)
+        super().run_one(index)
 
 
 class EndTransport(HalfClosingTransport):
@@ -260,7 +249,7 @@ class EndModel(RuleBasedStateMachine):
         """Every job done, every close taken, the clock past every grace."""
         for _ in range(30):
             while self.jobs.jobs:
-                self.jobs.run(0)
+                self.jobs.run_one(0)
             for s in self.sessions:
                 if not s.lost and (s.t.disconnecting or s.t.gone):
                     self._lose(s, ConnectionDone)
@@ -301,7 +290,7 @@ class EndModel(RuleBasedStateMachine):
         first.t.read(first.proto)
         first.proto.dataReceived(COMMANDS[0])
         while self.jobs.jobs:
-            self.jobs.run(0)
+            self.jobs.run_one(0)
             first.t.read(first.proto)
         assert self.sessions[0].proto.mailbox is not None
 
@@ -388,7 +377,7 @@ class EndModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def job_done(self, data) -> None:
         if self.jobs.jobs:
-            self.jobs.run(data.draw(st.integers(0, len(self.jobs.jobs) - 1), label="job"))
+            self.jobs.run_one(data.draw(st.integers(0, len(self.jobs.jobs) - 1), label="job"))
 
     @rule(seconds=st.sampled_from([0, 0.5, 1, 2, 5, 30, IDLE]))
     def time_passes(self, seconds: float) -> None:
