@@ -303,12 +303,20 @@ def test_the_smtp_message_id_finds_its_queue_entries(setup, tmp_path):
     assert queue.read(one) is not None and queue.read(two) is not None
 
 
-def test_show_names_a_success_notice_still_owed(setup, tmp_path):
-    settings, queue, _, _ = setup
+def _success_notice_owed(queue, tmp_path):
+    """An entry whose one recipient (bob) is delivered, its success notice
+    to the sender still owed: ``(queue id, envelope, spooled message)``,
+    the last two for more entries of the same message."""
     spool = tmp_path / "spool3"
     spool.write_bytes(b"Subject: z\n\nbody\n")
     env = Envelope(sender=Address("alice", "example.org"), recipients=(BOB,))
-    qid = queue.enqueue(env, SpooledMessage(str(spool), 17, 20), delivered=(BOB,)).result
+    spooled = SpooledMessage(str(spool), 17, 20)
+    return queue.enqueue(env, spooled, delivered=(BOB,)).result, env, spooled
+
+
+def test_show_names_a_success_notice_still_owed(setup, tmp_path):
+    settings, queue, _, _ = setup
+    qid, _env, _spooled = _success_notice_owed(queue, tmp_path)
     code, out, _ = run(settings, "show", qid)
     assert code == 0
     assert "  bob@remote.test delivered attempts=1" in out and "notice-owed=delivered" in out
@@ -584,12 +592,8 @@ def test_list_says_an_entry_only_owes_a_notice(setup, tmp_path):
     from txmailhub.relay.record import FAILED
 
     settings, queue, qid, _ = setup
-    spool = tmp_path / "spool3"
-    spool.write_bytes(b"Subject: z\n\nbody\n")
-    env = Envelope(sender=Address("alice", "example.org"), recipients=(BOB,))
-    success = queue.enqueue(env, SpooledMessage(str(spool), 17, 20), delivered=(BOB,)).result
-    failure = queue.enqueue(dataclasses.replace(env, recipients=(BOB, CAROL)),
-                            SpooledMessage(str(spool), 17, 20)).result
+    success, env, spooled = _success_notice_owed(queue, tmp_path)
+    failure = queue.enqueue(dataclasses.replace(env, recipients=(BOB, CAROL)), spooled).result
 
     def bounced_one_delivered_one(e):
         bob, carol = e.recipients
