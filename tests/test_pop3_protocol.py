@@ -815,17 +815,20 @@ def test_a_mailbox_that_cannot_be_listed_is_unlocked_at_once():
     assert proto.mailbox is None
 
 
+@implementer(IRealm)
+class _WrongShapeRealm:
+    """A realm of an application's own that answers with the wrong shape
+    (no logout callable): an internal error, not the client's."""
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        return (IMailbox, object())
+
+
 def test_an_internal_error_is_answered_and_closes():
     # a realm of an application's own that answers with the wrong shape:
     # our bug or theirs, the client gets [SYS/TEMP] and the connection ends
     env = Env()
-
-    @implementer(IRealm)
-    class Bad:
-        def requestAvatar(self, avatar_id, mind, *interfaces):
-            return (IMailbox, object())
-
-    env.portal.realm = Bad()
+    env.portal.realm = _WrongShapeRealm()
     proto, t = env.connect()
     talk(proto, t, b"USER joe\r\n")
     assert talk(proto, t, b"PASS joepw\r\n") == R.INTERNAL_ERROR.to_bytes()
@@ -3531,13 +3534,7 @@ def test_too_many_failed_logins_lingers():
 
 def test_an_internal_error_lingers():
     env = Env()
-
-    @implementer(IRealm)
-    class Bad:
-        def requestAvatar(self, avatar_id, mind, *interfaces):
-            return (IMailbox, object())
-
-    env.portal.realm = Bad()
+    env.portal.realm = _WrongShapeRealm()
     proto, t = _connect_half_closing(env)
     assert talk(proto, t, b"USER joe\r\nPASS joepw\r\n").endswith(
         R.INTERNAL_ERROR.to_bytes())
