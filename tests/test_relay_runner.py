@@ -1727,14 +1727,22 @@ def test_a_dns_answer_that_comes_during_the_grace_starts_no_connection(tmp_path)
     assert stopped.called and hub.queue.ids() == [second]
 
 
+def _local_copy_held(hub, monkeypatch) -> defer.Deferred:
+    """The local copies the hub makes (its store's ``deliver``) are under
+    way until the test fires the Deferred returned, with what they
+    recorded (``{recipient: None}``)."""
+    copied: defer.Deferred = defer.Deferred()
+    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    return copied
+
+
 def test_an_entry_with_a_session_and_a_dns_lookup_is_given_up_once_the_session_is_recorded(
         tmp_path, monkeypatch):
     # one entry, two destinations: one in its session, one waiting for DNS.
     # The stop waits for the session; once its outcome is recorded, what is
     # left of the entry only looks up DNS: given up, it connects no more.
     hub = relay_hub(tmp_path, "other.test")
-    copied: defer.Deferred = defer.Deferred()
-    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    copied = _local_copy_held(hub, monkeypatch)
     hub.runner.start()
     qid = enqueue(hub, BOB, CAROL)
     enqueue(hub, LOCAL)  # another entry the stop waits for
@@ -1756,8 +1764,7 @@ def test_the_line_of_attempts_given_up_later_takes_the_singular_for_one(
     # "1 more delivery attempt(s) given up": the stop's other lines and the
     # hub's other counts take the singular for 1, and so does this one
     hub = relay_hub(tmp_path, "other.test")
-    copied: defer.Deferred = defer.Deferred()
-    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    copied = _local_copy_held(hub, monkeypatch)
     hub.runner.start()
     enqueue(hub, BOB, CAROL)
     enqueue(hub, LOCAL)
@@ -1938,8 +1945,7 @@ def test_a_stop_waits_for_an_outcome_being_recorded(hub, monkeypatch):
 
 
 def test_a_stop_waits_for_a_local_delivery(hub, monkeypatch):
-    copied: defer.Deferred = defer.Deferred()
-    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    copied = _local_copy_held(hub, monkeypatch)
     hub.agent.hold()
     hub.runner.start()
     first = enqueue(hub, LOCAL)
@@ -4129,8 +4135,7 @@ def test_an_entry_given_up_later_while_it_waits_for_a_slot_is_named_so(
     # given up, and the line says what it waited for, as the stop's first
     # and last lines do (it said "the rest only looks up DNS or connects")
     hub = make_hub(tmp_path, "max_concurrent_deliveries = 1\n")
-    copied: defer.Deferred = defer.Deferred()
-    monkeypatch.setattr(hub.store, "deliver", lambda message, rcpts: copied)
+    copied = _local_copy_held(hub, monkeypatch)
     hub.runner.start()
     sessions = hub.agent.hold()
     enqueue(hub, Address("x", "a.test"))  # in its session: the one slot
