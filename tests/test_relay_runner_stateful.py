@@ -841,6 +841,16 @@ def _stepper(m: RunnerMachine):
     return step
 
 
+def _a_test_failing(m: RunnerMachine, step) -> None:
+    """a.test and b.test looked up already, then an entry for a.test
+    alone finds it unreachable: a.test is marked failing (``failing.py``),
+    nothing under way."""
+    step(m.some_domains_looked_up_already, known={"a.test", "b.test"})
+    step(m.enqueue, domains=["a.test"], success=False)
+    step(m.answer_a_session, which=0, how="unreachable")
+    assert m.agent.failing == {"a.test"} and not m.agent.sessions
+
+
 def test_a_look_that_waited_out_a_clock_set_back_is_not_taken_for_a_lost_wake_up() -> None:
     # the clock set back an hour (the entry's retry, a minute after its
     # lookup failed, held to that minute from the time then), then an hour
@@ -960,11 +970,8 @@ def test_a_failing_domains_turn_is_one_delivery_with_list_entries_taken_within_a
         return [qid for _d, qid, at, _r in m.agent.sessions if at == dest]
 
     try:
-        step(m.some_domains_looked_up_already, known={"a.test", "b.test"})
-        step(m.enqueue, domains=["a.test"], success=False)
-        step(m.answer_a_session, which=0, how="unreachable")
+        _a_test_failing(m, step)
         m.one_delivery_at_a_time_to_a_failing_domain()
-        assert m.agent.failing == {"a.test"}
         step(m.a_list_posts, domains=["a.test", "b.test"], copies=3, success=False)
         step(m.enqueue, domains=["a.test"], success=False)  # for it alone: waits untaken
         m.one_delivery_at_a_time_to_a_failing_domain()
@@ -998,9 +1005,7 @@ def test_an_entry_for_a_failing_domain_alone_has_the_turn_after_the_one_under_wa
         m.a_failing_domains_turn()
 
     try:
-        step(m.some_domains_looked_up_already, known={"a.test", "b.test"})
-        step(m.enqueue, domains=["a.test"], success=False)
-        step(m.answer_a_session, which=0, how="unreachable")
+        _a_test_failing(m, step)
         step(m.enqueue, domains=["a.test"], success=False)  # has the turn
         step(m.a_list_posts, domains=["a.test", "b.test"], copies=4, success=False)
         check()
