@@ -68,11 +68,19 @@ def test_turns_handed_on_one_after_the_other_without_recursion():
     assert not f._turns
 
 
-def test_a_recovery_lets_every_waiting_delivery_go():
+def _failing_with_its_turn_held() -> tuple[FailingDestinations, list]:
+    """remote.test marked failing, and a delivery there given its one
+    turn: ``(failing destinations, [that turn])``."""
     f = FailingDestinations()
     f.learn("remote.test", unreachable(BOB), 10)
-    held = []
+    held: list = []
     f.turn("remote.test").addCallback(held.append)
+    assert len(held) == 1  # the first has the turn at once
+    return f, held
+
+
+def test_a_recovery_lets_every_waiting_delivery_go():
+    f, held = _failing_with_its_turn_held()
     woken = []
     for _ in range(3):
         f.turn("remote.test").addCallback(woken.append)
@@ -97,10 +105,7 @@ def test_a_recovery_lets_every_waiting_delivery_go():
 
 
 def test_a_turn_held_across_a_recovery_is_handed_on_or_dropped():
-    f = FailingDestinations()
-    f.learn("remote.test", unreachable(BOB), 10)
-    held = []
-    f.turn("remote.test").addCallback(held.append)
+    f, held = _failing_with_its_turn_held()
     f.learn("remote.test", [DeliveryResult(BOB, "delivered", Reply.of(250, "2.0.0", "ok"),
                                            "mx")], 10)
     # not failing: no turn to wait for, though one is still held
@@ -122,10 +127,7 @@ def test_deliveries_taken_within_the_room_wait_before_those_taken_beyond_it():
     # for the turn behind those taken within the failing one's room (in
     # the order they came), so that one for it alone is not held back by
     # every entry of a mailing list; a recovery wakes them all
-    f = FailingDestinations()
-    f.learn("remote.test", unreachable(BOB), 10)
-    held = []
-    f.turn("remote.test").addCallback(held.append)
+    f, held = _failing_with_its_turn_held()
     order = []
     for name, ahead in (("list1", False), ("alone1", True), ("list2", False),
                         ("alone2", True)):
