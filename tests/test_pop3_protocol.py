@@ -3877,12 +3877,23 @@ def _connect_remote_half_closing(env):
     return proto, t
 
 
-def test_a_half_close_during_a_failing_login_check_closes_at_once_with_no_answer():
-    checker = HeldChecker()
-    env = Env(checker=checker, allow_plaintext_auth=True, auth_failure_delay=3.0)
+def _remote_session_pipelined(auth_failure_delay: float, checker=None,
+                              password: bytes = b"joepw"):
+    """A remote client (plain-text logins allowed) that half-closes
+    pipelines its whole session (``_PIPELINED``) with ``password``, joe
+    having one message; the login is being checked (held by ``checker``,
+    a ``HeldChecker``) or its failure's delay runs: ``(env, proto, t)``."""
+    env = Env(checker=checker, allow_plaintext_auth=True,
+              auth_failure_delay=auth_failure_delay)
     env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
     proto, t = _connect_remote_half_closing(env)
-    proto.dataReceived(_PIPELINED.replace(b"joepw", b"wrong"))
+    proto.dataReceived(_PIPELINED.replace(b"joepw", password))
+    return env, proto, t
+
+
+def test_a_half_close_during_a_failing_login_check_closes_at_once_with_no_answer():
+    checker = HeldChecker()
+    env, proto, t = _remote_session_pipelined(3.0, checker, password=b"wrong")
     _end_of_client_data(proto)
     assert not t.disconnecting and not proto._lost
     _creds, d = checker.pending.pop()
@@ -3891,10 +3902,7 @@ def test_a_half_close_during_a_failing_login_check_closes_at_once_with_no_answer
 
 
 def test_a_half_close_during_a_failed_login_delay_closes_at_once_with_no_answer():
-    env = Env(allow_plaintext_auth=True, auth_failure_delay=3.0)
-    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
-    proto, t = _connect_remote_half_closing(env)
-    proto.dataReceived(_PIPELINED.replace(b"joepw", b"wrong"))
+    env, proto, t = _remote_session_pipelined(3.0, password=b"wrong")
     assert proto._pending_call is not None  # the delay runs
     _end_of_client_data(proto)
     _failed_login_after_half_close(env, proto, t)
@@ -3904,10 +3912,7 @@ def test_a_half_close_during_a_failing_login_check_with_no_delay_sends_the_err_t
     # with auth_failure_delay = 0 nothing is spared by answering: the -ERR
     # goes, then the close, nothing behind it answered
     checker = HeldChecker()
-    env = Env(checker=checker, allow_plaintext_auth=True, auth_failure_delay=0.0)
-    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
-    proto, t = _connect_remote_half_closing(env)
-    proto.dataReceived(_PIPELINED.replace(b"joepw", b"wrong"))
+    env, proto, t = _remote_session_pipelined(0.0, checker, password=b"wrong")
     _end_of_client_data(proto)
     _creds, d = checker.pending.pop()
     d.errback(UnauthorizedLogin())
@@ -3923,10 +3928,7 @@ def test_a_half_close_during_a_login_check_that_cannot_be_made_sends_sys_temp_th
     from txmailhub.errors import UsersUnavailable
 
     checker = HeldChecker()
-    env = Env(checker=checker, allow_plaintext_auth=True, auth_failure_delay=3.0)
-    env.store.add("joe@example.org", b"Subject: a\n\nhello\n")
-    proto, t = _connect_remote_half_closing(env)
-    proto.dataReceived(_PIPELINED)
+    env, proto, t = _remote_session_pipelined(3.0, checker)
     _end_of_client_data(proto)
     _creds, d = checker.pending.pop()
     d.errback(UsersUnavailable("no users file"))
