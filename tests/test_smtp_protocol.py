@@ -553,6 +553,31 @@ class ProtocolTests(SynchronousTestCase):
         h.spooler.release()
         assert take(t3)[0].startswith("250 2.0.0 ")
 
+    def test_the_stop_waits_for_a_cut_message_to_be_dropped_and_logged(self):
+        # the session counted as gone before its end was done: the hub's
+        # stop (waiting on all_gone) went on to close the spool, give the
+        # state directory up and log "txmailhub stopped", and only then was
+        # the half-received message aborted and its "nothing stored" line
+        # logged (seen with swaks and a SIGTERM during DATA)
+        h = Harness()
+        p, t = h.connect()
+        p.dataReceived(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\nDATA\r\npart")
+        take(t)
+        h.factory.shut_down()
+        seen = []
+
+        def gone(_):
+            seen.append((list(h.spooler.aborted),
+                         [formatEvent(e) for e in self.events
+                          if "in the middle of message" in formatEvent(e)]))
+
+        h.factory.limits.all_gone().addCallback(gone)
+        assert seen == []
+        p.connectionLost(None)
+        [(aborted, lines)] = seen
+        assert aborted and len(lines) == 1
+        assert lines[0].startswith("closed the session with 192.0.2.1 in the middle of message ")
+
     def test_a_session_storing_at_shutdown_gets_its_answer_then_421(self):
         # The session waiting for its message to be made durable carried on
         # after the hub had stopped: it took the next transaction (whose

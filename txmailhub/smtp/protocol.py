@@ -421,6 +421,7 @@ class SMTPProtocol(Protocol):
         engine = self.engine
         finish = (not drain and engine is not None and not engine.closed
                   and engine.storing)
+        gone = False
         if self._counted:
             self._counted = False
             self.factory.release(self.host)
@@ -430,7 +431,7 @@ class SMTPProtocol(Protocol):
                 # the hub stops (shut_down)
                 self._draining = True
             else:
-                self.factory.limits.session_gone(self)
+                gone = True  # once its end is done, below
         if self._refusing:
             self._refusing = False
             self.factory.limits.refusal_closed(self.transport)
@@ -454,6 +455,11 @@ class SMTPProtocol(Protocol):
             self._finish_only = True
             return
         self._end_session()
+        if gone:
+            # only now: the hub's stop, which waits for the sessions to be
+            # gone, closes the spool and gives the state directory up next;
+            # a message cut here is dropped, and logged, before that
+            self.factory.limits.session_gone(self)
 
     def _sent_in_full(self, reason: Any) -> bool:
         """Whether input the client sent before its connection ended is still
