@@ -454,12 +454,15 @@ class SMTPProtocol(Protocol):
             # dropped once it is done (_drain)
             self._finish_only = True
             return
-        self._end_session()
-        if gone:
-            # only now: the hub's stop, which waits for the sessions to be
-            # gone, closes the spool and gives the state directory up next;
-            # a message cut here is dropped, and logged, before that
-            self.factory.limits.session_gone(self)
+        try:
+            self._end_session()
+        finally:
+            if gone:
+                # only now: the hub's stop, which waits for the sessions to
+                # be gone, closes the spool and gives the state directory up
+                # next; a message cut here is dropped, and logged, before
+                # that (and a bug in the end does not hold the stop up)
+                self.factory.limits.session_gone(self)
 
     def _sent_in_full(self, reason: Any) -> bool:
         """Whether input the client sent before its connection ended is still
