@@ -578,6 +578,24 @@ class ProtocolTests(SynchronousTestCase):
         assert aborted and len(lines) == 1
         assert lines[0].startswith("closed the session with 192.0.2.1 in the middle of message ")
 
+    def test_a_session_whose_end_raises_still_lets_the_stop_go_on(self):
+        # its count as gone comes after its end (above): a bug in the end
+        # must not hold the hub's stop up for good
+        h = Harness()
+        p, _t = h.connect()
+        p.dataReceived(b"HELO c\r\n")
+        h.factory.shut_down()
+        seen = []
+        h.factory.limits.all_gone().addCallback(seen.append)
+
+        def broken() -> None:
+            raise RuntimeError("a bug in the session's end")
+
+        p._end_session = broken
+        with self.assertRaises(RuntimeError):
+            p.connectionLost(None)
+        assert len(seen) == 1
+
     def test_a_session_storing_at_shutdown_gets_its_answer_then_421(self):
         # The session waiting for its message to be made durable carried on
         # after the hub had stopped: it took the next transaction (whose
