@@ -4152,3 +4152,33 @@ def test_an_entry_given_up_later_while_it_waits_for_a_slot_is_named_so(
     _answer_all(sessions)
     assert stopped.called
     assert len(hub.agent.calls) == 1  # b.test: never begun
+
+
+def test_an_entry_taken_beyond_a_failing_destinations_room_counts_there_once_it_recovers(
+        tmp_path):
+    # an entry taken for another destination's room while remote.test was
+    # failing is not counted there (it waits for the turn); once remote.test
+    # answers again its delivery there runs and holds the room like any
+    # other: an entry for remote.test alone waits untaken for it
+    hub = make_hub(tmp_path, "max_per_destination = 1\nmax_concurrent_deliveries = 4\n")
+    sessions, answer = _sessions_by_destination(hub)
+    hub.runner.start()
+    try:
+        first = enqueue(hub, BOB)
+        answer(first, "remote.test", "unreachable")  # marked failing
+        hub.clock.advance(60)  # its retry has the turn
+        both = enqueue(hub, BOB, CAROL)  # taken for other.test's room
+        assert hub.runner._entries[both].beyond == {"remote.test"}
+        answer(both, "other.test")
+        answer(first, "remote.test")  # it answers again: no longer failing
+        assert "remote.test" not in hub.runner._failing
+        assert set(sessions) == {(both, "remote.test")}  # its delivery there runs
+        single = enqueue(hub, BOB)
+        hub.clock.advance(1)
+        assert set(hub.runner.active) == {both}  # no room for it: not taken
+        answer(both, "remote.test")
+        assert set(sessions) == {(single, "remote.test")}
+        answer(single, "remote.test")
+        assert not hub.runner.active and not hub.queue.ids()
+    finally:
+        hub.runner.stop()
