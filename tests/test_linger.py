@@ -1,0 +1,149 @@
+"""txmailhub.linger on its own: which signals make a close linger, what
+happens past LINGER_OCTETS under TLS when Twisted's TLS layer is not
+there or has not sent its close_notify, and the timer it shortens.  The
+protocols' own tests (test_smtp_protocol, test_pop3_protocol) drive it
+over real sockets; these pin the branches those cannot reach."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import alsoProvides
+
+from txmailhub import linger
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+class _Transport(StringTransport):
+    """A transport that records the ways it is closed or paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def loseConnection(self) -> None:
+        self.calls.append("loseConnection")
+
+    def loseWriteConnection(self) -> None:
+        self.calls.append("loseWriteConnection")
+
+    def abortConnection(self) -> None:
+        self.calls.append("abortConnection")
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pauseProducing")
+
+
+class _Handle:
+    def __init__(self, shutdown: int | None) -> None:
+        self.shutdown = shutdown
+
+    def get_shutdown(self) -> int:
+        if self.shutdown is None:
+            raise SSL.Error("the connection is gone")
+        return self.shutdown
+
+
+class _Layer(TLSMemoryBIOProtocol):
+    """Twisted's TLS layer as ``stop_reading_under_tls`` sees it: its
+    handle's shutdown state and its own TCP transport."""
+
+    def __init__(self, shutdown: int | None) -> None:  # (no factory, no TLS)
+        self._handle = _Handle(shutdown)
+        self.transport = _Transport()
+        self.calls: list[str] = []
+
+    def getHandle(self) -> _Handle:
+        return self._handle
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pauseProducing")
+
+
+def test_the_session_saying_tls_is_enough_to_linger() -> None:
+    # a transport that does not say it is TLS, in a session that does (as
+    # a test transport, or a TLS layer not Twisted's): a lingering close
+    # all the same, with no half-close of a TLS stream
+    assert linger.lingers(_Transport(), tls=True)
+    t = _Transport()
+    linger.end_output(t, tls=True)
+    assert t.calls == ["loseConnection"]
+
+
+def test_a_transport_saying_tls_is_enough_to_linger() -> None:
+    t = _Transport()
+    alsoProvides(t, ISSLTransport)
+    assert linger.lingers(t, tls=False)
+    linger.end_output(t, tls=False)
+    assert t.calls == ["loseConnection"]
+
+
+def test_past_the_bound_in_a_tls_session_without_twisted_tls_layer_it_aborts() -> None:
+    # no layer to stop reading from: the abort, not a close that would
+    # wait for our buffered output to a client that does not read
+    t = _Transport()
+    assert linger.drop_input(t, 10, b"x" * 11, tls=True) == -1
+    assert t.calls == ["abortConnection"]
+
+
+def test_past_the_bound_on_plain_tcp_it_closes() -> None:
+    t = _Transport()
+    assert linger.drop_input(t, 10, b"x" * 10) == 0
+    assert t.calls == []
+    assert linger.drop_input(t, 0, b"x") == -1
+    assert t.calls == ["loseConnection"]
+
+
+def test_past_the_bound_with_close_notify_sent_the_tcp_connection_closes() -> None:
+    layer = _Layer(SSL.SENT_SHUTDOWN)
+    linger.stop_reading_under_tls(layer)
+    assert layer.transport.calls == ["loseConnection"] and layer.calls == []
+
+
+def test_past_the_bound_before_close_notify_is_sent_reading_only_stops() -> None:
+    # Twisted's TLS sends close_notify once what it holds is out (a
+    # producer still registered): closing the TCP connection before would
+    # lose it; reading stops, and the close's timer ends the connection
+    for shutdown in (0, SSL.RECEIVED_SHUTDOWN, None):  # (None: the handle is gone)
+        layer = _Layer(shutdown)
+        linger.stop_reading_under_tls(layer)
+        assert layer.transport.calls == [] and layer.calls == ["pauseProducing"], shutdown
+
+
+def test_shorten_brings_a_later_timer_forward_only() -> None:
+    clock = Clock()
+    call = clock.callLater(30, lambda: None)
+    linger.shorten(call, clock)
+    assert call.getTime() == linger.LINGER_SECONDS
+    soon = clock.callLater(1, lambda: None)
+    linger.shorten(soon, clock)
+    assert soon.getTime() == 1
+
+
+def test_shorten_leaves_a_timer_that_went_or_was_cancelled() -> None:
+    clock = Clock()
+    linger.shorten(None, clock)
+    cancelled = clock.callLater(30, lambda: None)
+    cancelled.cancel()
+    linger.shorten(cancelled, clock)  # no AlreadyCancelled
+    went = clock.callLater(30, lambda: None)
+    clock.advance(30)
+    linger.shorten(went, clock)  # no AlreadyCalled
+    assert not clock.getDelayedCalls()
+
+
+def test_the_documented_linger_time_is_linger_seconds() -> None:
+    # docs/smtp.rst and docs/pop3.rst say how long the close lingers once
+    # the last line is out, next to the constant's name
+    said = f"{linger.LINGER_SECONDS:g} seconds"
+    for doc in ("smtp.rst", "pop3.rst"):
+        text = re.sub(r"\s+", " ", (DOCS / doc).read_text(encoding="utf-8"))
+        at = text.index("(``txmailhub.linger.LINGER_SECONDS``")
+        assert said in text[at - 100:at], (doc, text[at - 100:at])
