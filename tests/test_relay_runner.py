@@ -4182,3 +4182,59 @@ def test_an_entry_taken_beyond_a_failing_destinations_room_counts_there_once_it_
         assert not hub.runner.active and not hub.queue.ids()
     finally:
         hub.runner.stop()
+
+
+def test_an_entry_with_local_mailboxes_is_taken_beyond_a_failing_destinations_room(
+        tmp_path):
+    # an entry for a local mailbox and a failing destination is taken for
+    # the local delivery: at the failing one it counts as beyond the room
+    # even when that room was free, so an entry for the failing
+    # destination alone is taken too and has the turn next, ahead of it
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    sessions, answer = _sessions_by_destination(hub)
+    hub.runner.start()
+    try:
+        first = enqueue(hub, BOB)
+        answer(first, "remote.test", "unreachable")  # marked failing, its room free
+        mixed = enqueue(hub, LOCAL, BOB)
+        assert hub.runner._entries[mixed].beyond == {"remote.test"}
+        assert set(sessions) == {(mixed, "remote.test")}  # it has the turn
+        single = enqueue(hub, BOB)
+        assert single in hub.runner.active  # taken: the room was not counted
+        answer(mixed, "remote.test", "unreachable")
+        assert set(sessions) == {(single, "remote.test")}
+        answer(single, "remote.test", "unreachable")
+        assert not hub.runner.active
+    finally:
+        hub.runner.stop()
+
+
+def test_an_entry_for_failing_destinations_alone_counts_beyond_where_it_had_no_room(
+        tmp_path):
+    # an entry for two failing destinations, taken for the room of the one
+    # that had it, counts as beyond the room of the other (its delivery
+    # there waits for the turn): once that turn comes to it, an entry for
+    # the other alone is taken, and has the next turn
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    sessions, answer = _sessions_by_destination(hub)
+    hub.runner.start()
+    try:
+        bob = enqueue(hub, BOB)
+        answer(bob, "remote.test", "unreachable")  # failing, retried in 60 s
+        hub.clock.advance(30)
+        carol = enqueue(hub, CAROL)
+        answer(carol, "other.test", "unreachable")  # failing, retried in 60 s
+        hub.clock.advance(30)  # bob's retry holds remote.test's room; other.test's is free
+        assert set(sessions) == {(bob, "remote.test")}
+        both = enqueue(hub, BOB, CAROL)
+        assert hub.runner._entries[both].beyond == {"remote.test"}
+        answer(both, "other.test", "unreachable")
+        answer(bob, "remote.test", "unreachable")  # the turn is its
+        assert set(sessions) == {(both, "remote.test")}
+        single = enqueue(hub, BOB)
+        assert single in hub.runner.active  # taken: not counted against it
+        answer(both, "remote.test", "unreachable")
+        assert set(sessions) == {(single, "remote.test")}
+        answer(single, "remote.test", "unreachable")
+    finally:
+        hub.runner.stop()
