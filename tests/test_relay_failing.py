@@ -145,3 +145,22 @@ def test_deliveries_taken_within_the_room_wait_before_those_taken_beyond_it():
     assert f._turns["remote.test"].ahead == 0 and not f._turns["remote.test"].waiting
     f.turn_over("remote.test", turn)
     assert not f._turns
+
+
+def test_a_delivery_taken_within_the_room_waits_before_those_beyond_after_their_turns():
+    # turns handed to deliveries taken beyond the room, none within it
+    # waiting: the count of those ahead stays at none, so one taken within
+    # the room later still goes before every one beyond it
+    f = FailingDestinations()
+    f.learn("remote.test", unreachable(BOB), 10)
+    held = []
+    f.turn("remote.test").addCallback(held.append)
+    order = []
+    for name in ("list1", "list2", "list3"):
+        f.turn("remote.test").addCallback(lambda t, n=name: order.append((n, t)))
+    f.turn_over("remote.test", held[0])  # list1's turn
+    assert [n for n, _ in order] == ["list1"]
+    f.turn("remote.test", True).addCallback(lambda t: order.append(("alone", t)))
+    for _ in range(3):
+        f.turn_over("remote.test", order[-1][1])
+    assert [n for n, _ in order] == ["list1", "alone", "list2", "list3"]
