@@ -4238,3 +4238,51 @@ def test_an_entry_for_failing_destinations_alone_counts_beyond_where_it_had_no_r
         answer(single, "remote.test", "unreachable")
     finally:
         hub.runner.stop()
+
+
+def test_an_entry_deleted_while_its_queued_time_is_mended_is_forgotten(hub, monkeypatch):
+    # `mailhub queue delete` while the mend is written: the write finds no
+    # record, and the entry goes with no attempt, no notice and no error
+    qid = enqueue(hub, LOCAL, BOB)
+    _edit_record_time(hub, qid, "created", "NaN")
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    release = _mend_write_held(hub, monkeypatch)
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.runner.start()
+        assert qid in hub.runner.active
+        assert hub.queue.delete(qid)
+        release()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not hub.runner.active and qid not in hub.runner.due
+    assert hub.store.messages(LOCAL) == [] and hub.agent.calls == []
+    assert not [e for e in events if e.get("log_failure") is not None]
+    assert any(f"queue entry {qid} deleted" in formatEvent(e) for e in events)
+
+
+
+def test_a_queued_time_edited_to_no_number_during_the_attempt_is_mended_as_it_is_recorded(
+        hub, log_events):
+    # the record edited by hand while its delivery is under way (after the
+    # mend before the attempt): the write of the attempt's outcome mends it
+    # too, and says so, or the lifetime reckoned from it never ended
+    from twisted.logger import LogLevel, formatEvent
+
+    pending = hub.agent.hold()
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    assert len(pending) == 1
+    _edit_record_time(hub, qid, "created", "NaN")
+    hub.clock.advance(5)
+    d, rcpts = pending.pop(0)
+    d.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
+    entry = hub.queue.read(qid)
+    assert entry.created == hub.clock.seconds() and entry.attempts == 1
+    said = [e for e in log_events if "is not a time" in e.get("log_format", "")]
+    assert [formatEvent(e) for e in said] == [
+        f"{qid}: the record's created is not a time (nan); taken as now, "
+        f"{schedule.utc_text(hub.clock.seconds())}"]
+    assert said[0]["log_level"] == LogLevel.warn  # a record that was wrong
