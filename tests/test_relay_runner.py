@@ -4286,3 +4286,42 @@ def test_a_queued_time_edited_to_no_number_during_the_attempt_is_mended_as_it_is
         f"{qid}: the record's created is not a time (nan); taken as now, "
         f"{schedule.utc_text(hub.clock.seconds())}"]
     assert said[0]["log_level"] == LogLevel.warn  # a record that was wrong
+
+
+def test_a_later_line_of_a_stop_counts_entries_looking_up_dns_and_those_waiting_apart(
+        tmp_path, monkeypatch, log_events):
+    # two entries the stop waited for (their local copies being made) found
+    # loose by one look: one whose other destination only looks up DNS, one
+    # whose other one waits for a free slot; the line names each for what
+    # it waited for
+    hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\n")
+    copies: list[defer.Deferred] = []
+
+    def deliver(message, rcpts):
+        copies.append(defer.Deferred())
+        return copies[-1]
+
+    monkeypatch.setattr(hub.store, "deliver", deliver)
+    hub.runner.start()
+    sessions = hub.agent.hold()
+    enqueue(hub, Address("x", "a.test"))  # in its session: a slot
+    looking = enqueue(hub, LOCAL, Address("x", "b.test"))
+    hub.agent.resolving.add(looking)  # its b.test delivery: the other slot, looking up DNS
+    waiting = enqueue(hub, LOCAL, Address("x", "c.test"))  # c.test waits for a slot
+    hub.clock.advance(1)
+    assert len(copies) == 2 and len(hub.agent.calls) == 2
+    assert hub.runner._waits_for_a_slot(waiting) is False  # (its copy under way)
+    stopped = hub.runner.stop(grace=10)
+    look_again = hub.runner._look_again
+    monkeypatch.setattr(hub.runner, "_look_again", lambda: None)  # one look for both
+    for d in copies:
+        d.callback({LOCAL: None})
+    assert hub.runner._waits_for_a_slot(waiting) and not hub.runner._waits_for_a_slot(looking)
+    look_again()
+    assert [x for x in _stop_lines(log_events) if "more" in x] == [
+        "stopping: 2 more delivery attempts given up (what they had to record is recorded; "
+        "the rest of 1 only looks up DNS or connects, of 1 waits for a free slot "
+        "(max_per_destination, max_concurrent_deliveries)), retried at the next start"]
+    _answer_all(sessions)
+    hub.clock.advance(10)
+    assert stopped.called
