@@ -4325,3 +4325,45 @@ def test_a_later_line_of_a_stop_counts_entries_looking_up_dns_and_those_waiting_
     _answer_all(sessions)
     hub.clock.advance(10)
     assert stopped.called
+
+
+@pytest.mark.parametrize("field", ["failed_at", "last_attempt"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_each_recipient_time_that_is_no_number_is_mended(hub, field, value):
+    # recording.mend_times takes a recipient's failed_at and last_attempt
+    # that are no time as now, each with its line; a time that is one stays
+    from txmailhub.relay import recording
+    from txmailhub.relay.record import FAILED
+
+    qid = enqueue(hub, BOB, CAROL)
+    entry = hub.queue.read(qid)
+    bob, carol = entry.recipients
+    times = {"failed_at": 5.0, "last_attempt": 4.0}
+    entry = entry.with_recipients({
+        BOB: dataclasses.replace(bob, state=FAILED, attempts=1, **{**times, field: value}),
+        CAROL: dataclasses.replace(carol, state=FAILED, attempts=1, **times)})
+    mended, lines = recording.mend_times(entry, 100.0)
+    assert getattr(mended.recipient(BOB), field) == 100.0
+    assert {k: getattr(mended.recipient(BOB), k) for k in times if k != field} == {
+        k: v for k, v in times.items() if k != field}
+    assert mended.recipient(CAROL) == entry.recipient(CAROL)
+    assert mended.created == entry.created
+    assert [(x["field"], x["recipient"], x["value"]) for x in lines] == [
+        (field, str(BOB), repr(value))]
+    assert recording.mend_times(mended, 200.0) == (mended, [])  # mended once
+
+
+def test_a_mended_times_line_names_a_recipient_with_its_controls_escaped(hub):
+    # the recipient as a hand-edited record holds it: its line is one line,
+    # with no control the terminal that shows the log would act on
+    from txmailhub.relay import recording
+
+    qid = enqueue(hub, BOB)
+    entry = hub.queue.read(qid)
+    [bob] = entry.recipients
+    odd = Address("b\nob\x1b[2J", "remote.test")
+    entry = dataclasses.replace(entry, recipients=(
+        dataclasses.replace(bob, address=odd, last_attempt=float("nan")),))
+    _mended, [line] = recording.mend_times(entry, 100.0)
+    assert "\n" not in line["recipient"] and "\x1b" not in line["recipient"]
+    assert line["what"] == f"last_attempt of {line['recipient']}"
