@@ -96,3 +96,13 @@ def test_due_by_bounds_by_the_given_schedule_and_least_wait():
     # a step shorter than ``least`` is held to it
     assert schedule.due_by(far, 1, now, (10,), least=300) == now + 300
     assert schedule.due_by(now + 5, 1, now, (10,), least=300) == now + 5
+
+
+def test_utc_text_of_a_time_no_date_can_be_is_its_number():
+    # a hand-edited queue record: each way datetime refuses a time (not a
+    # number, past the platform's time_t, past its gmtime, past year 9999)
+    # is shown as the number, never a traceback
+    for ts, shown in ((float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf"),
+                      (1e300, "1e+300"), (1e17, "1e+17"), (-1e17, "-1e+17"),
+                      (1e12, "1000000000000.0"), (10**20, "1e+20")):
+        assert schedule.utc_text(ts) == shown, ts
