@@ -2249,3 +2249,20 @@ def test_a_name_holding_an_escapes_text_is_shown_escaped_once(config: Path) -> N
         1, "", "mailhub: no such user: a\\x{5C}x{1B}b@example.org\n")
     assert run(config, "user", "del", "a\x1bb")[2] == (
         "mailhub: no such user: a\\x{1B}b@example.org\n")
+
+
+def test_alias_show_says_why_a_mailbox_cannot_be_measured_escaped(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the warning gives the error the measure met (what to mend), and an
+    # error that holds controls (a path, a name) does not act on the terminal
+    from txmailhub.store.quota import MailboxUsage
+
+    def usage(self, path):
+        raise OSError(f"cannot read {path}\x1b[2J\nthe rest")
+
+    monkeypatch.setattr(MailboxUsage, "usage", usage)
+    config.write_text(config.read_text().replace("[hub]\n", "[hub]\nmailbox_quota = 1000\n"))
+    with_aliases(config, "full: alice\n")
+    code, _out, err = run(config, "alias", "show", "full")
+    assert code == 0 and err.count("\n") == 1 and "\x1b" not in err
+    assert "alice\\x{1B}[2J\\x{A}the rest): RCPT takes its mail" in err
