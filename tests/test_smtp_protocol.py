@@ -3230,6 +3230,21 @@ class HubClosesLingerTests(SynchronousTestCase):
         p.readConnectionLost()
         assert t.disconnecting
 
+    def test_a_close_decided_after_the_client_half_closed_is_at_once(self):
+        # the client half-closed with its pipelined commands held unanswered
+        # (a long batch goes over several turns): too many errors among them
+        # is a close with nothing left to read, so no lingering close
+        h, p, t = self._connect(max_errors=3, max_junk_commands=10**6)
+        p.dataReceived(b"EHLO c\r\n" + b"HELP\r\n" * 1000 + b"BOGUS\r\n" * 3)
+        assert not p.engine.closed  # the rest waits for its turn
+        p.readConnectionLost()
+        for _ in range(100):
+            if p.engine.closed:
+                break
+            h.clock.advance(0)
+        assert take(t)[-1] == closing(replies.TOO_MANY_ERRORS)
+        assert t.disconnecting and not t.write_lost
+
     def test_past_linger_octets_it_closes(self):
         _h, p, t = self._connect(max_errors=1)
         p.dataReceived(b"BOGUS\r\n")
