@@ -1210,6 +1210,20 @@ class ProtocolTests(SynchronousTestCase):
         p.connectionLost(None)
         assert h.store.messages(Address("bob", "example.org")) == []
 
+    def test_a_half_close_during_the_last_failing_login_check_with_no_delay_gets_the_421(
+            self):
+        # the failure that is one too many closes the session (its 421): the
+        # 535 and the 421 go, the close is the hub's and says so in the log
+        h = Harness(submission=True, auth_failure_delay=0.0, max_auth_failures=1)
+        p, t = self._pipelined_submission(h, "wrong")
+        h.clock.advance(0)
+        bye = replies.closing(replies.AUTH_TOO_MANY_FAILURES, h.factory.config.hostname)
+        assert take(t) == [replies.AUTH_FAILED.text(), bye.text()]
+        assert t.disconnecting and p._close_reply == bye
+        assert any("closing the session with" in formatEvent(e) for e in self.events)
+        p.connectionLost(None)
+        assert h.store.messages(Address("bob", "example.org")) == []
+
     def test_a_half_close_after_a_long_batch_answers_all_of_it_first(self):
         h = Harness(idle_timeout=300, max_junk_commands=10**6)
         p, sock = memory_session(h)
