@@ -4367,3 +4367,29 @@ def test_a_mended_times_line_names_a_recipient_with_its_controls_escaped(hub):
     _mended, [line] = recording.mend_times(entry, 100.0)
     assert "\n" not in line["recipient"] and "\x1b" not in line["recipient"]
     assert line["what"] == f"last_attempt of {line['recipient']}"
+
+
+def test_an_entry_taken_beyond_a_failing_destinations_room_is_not_counted_in_the_same_look(
+        tmp_path, monkeypatch):
+    # the look that takes an entry beyond a failing destination's room (with
+    # a local mailbox) does not count it there for the entries after it in
+    # that look: one for that destination alone is taken by the same look
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    _sessions, answer = _sessions_by_destination(hub)
+    hub.runner.start()
+    try:
+        first = enqueue(hub, BOB)
+        answer(first, "remote.test", "unreachable")  # marked failing, its room free
+        hub.runner.stop()
+        mixed = enqueue(hub, LOCAL, BOB)
+        hub.clock.advance(1)
+        single = enqueue(hub, BOB)
+        hub.runner._failing.learn("remote.test", _unreachable([BOB]), 1)  # still failing
+        # (a start forgets the failing destinations: not this one)
+        monkeypatch.setattr(hub.runner._failing, "clear", lambda: None)
+        hub.runner.start()  # one look takes both
+        monkeypatch.undo()
+        assert {mixed, single} <= set(hub.runner.active)
+        assert hub.runner._entries[mixed].beyond == {"remote.test"}
+    finally:
+        hub.runner.stop()
