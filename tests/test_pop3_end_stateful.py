@@ -7,7 +7,14 @@ login's lock, a LIST's sizes save, an uncached RETR read, a session end's
 flags and deletions): commands, QUIT, the client's half-close, its FIN
 after it, a reset, idle time up to the autologout, too many errors, the
 hub's stop, a second session of the same user logging in meanwhile, a job
-done at any point.  Checked throughout:
+done at any point, the latest first as well.  Some sequences are made
+likely by rules of their own, as a few steps picked at random rarely hit
+them: a LIST whose downgraded sizes' save waits on a worker (and a second
+save behind it, when a size measured on a worker sends the next one back
+to the reactor thread), a hang-up while a job of the session waits, a
+client that stops reading with an answer under way, and the autologout
+with the hub's stop right after it, before the ends it makes come.
+Checked throughout:
 
 * the mailbox lock is held by one session at most, and each mailbox opened
   is closed exactly once, eventually (once the clock runs past every grace
@@ -19,7 +26,8 @@ done at any point.  Checked throughout:
   QUIT), and its client, if still there when they are done, is told
   ``+OK``; nothing else removes a message (one retrieved by a session that
   did not QUIT is flagged, not deleted);
-* nothing is written to a transport after it was aborted or lost;
+* nothing is written to a transport after it was aborted or lost, nor is
+  it read on from;
 * no timer of a session is left active once its connection is gone;
 * a session's "left without QUIT" (or the stop's) line is logged once at
   most, and nothing is logged as a failure;
@@ -27,15 +35,19 @@ done at any point.  Checked throughout:
   that lingers lets the mailbox go at its start unless a held job of the
   session may still use it;
 * the hub's stop fires, and only once every session open at it is gone
-  with its deletions or flags made; the sessions it cut delete nothing.
+  with its deletions or flags made; the sessions it cut delete nothing;
+  one cut already (the autologout's abort) is waited for, not drained as
+  one in the middle of an answer.
 
-``POP3_END_EXAMPLES`` raises the number of examples (200 by default, a
+``POP3_END_EXAMPLES`` raises the number of examples (400 by default, a
 few seconds, the same examples each run; set, new random ones each run:
 a few thousand for a longer exploration).  Faults it found:
 a sizes save already handed to a worker outlived the lock (the session's
 end let the mailbox go at once and the save kept nothing), and the hub's
 stop drained a session the autologout had cut (an abort) as one still
-answering.
+answering.  Each is found within the default examples with its fix
+undone, as is a second sizes save started while the first was still on
+a worker (two writers, the end waiting for the last only).
 """
 
 from __future__ import annotations
@@ -72,6 +84,10 @@ MESSAGES = [
     # a UTF-8 header section: LIST measures a downgraded size, saved later
     "From: Jörg <jörg@example.net>\nSubject: Grüße\n\nKörper\n".encode(),
     b"Subject: plain\n\nhello\n",
+    # another: a LIST whose second message is measured on a worker (not
+    # in the kernel's cache) measures this one back on the reactor thread,
+    # a second save while the first may still be on a worker
+    "From: Zoë <zoë@example.net>\nSubject: Überall\n\nnoch\n".encode(),
 ]
 COMMANDS = [
     b"USER joe\r\nPASS joepw\r\n", b"USER joe\r\nPASS joepw\r\n", b"USER joe\r\nPASS wrong\r\n",
@@ -114,6 +130,11 @@ class EndTransport(HalfClosingTransport):
             self.faults.append(("written after the connection was gone", data))
         super().write(data)
 
+    def resumeProducing(self):
+        if self.gone:
+            self.faults.append("read on from a connection that was aborted or lost")
+        super().resumeProducing()
+
     def abortConnection(self):
         super().abortConnection()
         self.gone = True
@@ -150,6 +171,9 @@ class EndModel(RuleBasedStateMachine):
         self.failures: list = []
         self.faults: list = []
         self.updating_at_stop: set = set()
+        # message 2's header not in the kernel's cache: LIST measures it
+        # on a worker (set by ``first``)
+        self.sizes_uncached = False
         self._patch()
         globalLogPublisher.addObserver(self._observe)
 
@@ -185,6 +209,18 @@ class EndModel(RuleBasedStateMachine):
 
         MaildirMailbox.close = close
         self._nowait = MaildirMailbox.read_message_nowait
+        self._read_nowait = MaildirMailbox.read_nowait
+        self._size_job = pop3_protocol.SIZE_JOB_SECONDS
+        # one message measured per worker job: the rest back on this thread
+        pop3_protocol.SIZE_JOB_SECONDS = -1.0
+        real_read_nowait = self._read_nowait
+
+        def read_nowait(box, file, size):
+            if machine.sizes_uncached and os.fstat(file.fileno()).st_size == len(MESSAGES[1]):
+                raise BlockingIOError(11, "not cached")
+            return real_read_nowait(box, file, size)
+
+        MaildirMailbox.read_nowait = read_nowait
 
     def open_boxes(self) -> int:
         return sum(1 for b in self.boxes if not b.closed)
@@ -237,6 +273,8 @@ class EndModel(RuleBasedStateMachine):
             globalLogPublisher.removeObserver(self._observe)
             MaildirMailbox.close = self._real_close
             MaildirMailbox.read_message_nowait = self._nowait
+            MaildirMailbox.read_nowait = self._read_nowait
+            pop3_protocol.SIZE_JOB_SECONDS = self._size_job
             for s in self.sessions:
                 if not s.lost:
                     s.lost = True
@@ -282,9 +320,12 @@ class EndModel(RuleBasedStateMachine):
     def live(self) -> list[Session]:
         return [s for s in self.sessions if not s.lost]
 
-    @initialize(limit=st.sampled_from([None, None, 60]), uncached=st.booleans())
-    def first(self, limit, uncached: bool) -> None:
-        """Most runs are about sessions logged in: the first one is."""
+    @initialize(limit=st.sampled_from([None, None, 60]), uncached=st.booleans(),
+                sizes_uncached=st.booleans())
+    def first(self, limit, uncached: bool, sizes_uncached: bool) -> None:
+        """Most runs are about sessions logged in: the first one is.
+        ``sizes_uncached``: message 2's size is measured on a worker."""
+        self.sizes_uncached = sizes_uncached
         self.connect(limit, uncached)
         first = self.sessions[0]
         first.t.read(first.proto)
@@ -390,7 +431,13 @@ class EndModel(RuleBasedStateMachine):
         sent (an answer under way goes on)."""
         self.updating_at_stop = set(self.factory.updating)
         open_then = self.live()
+        cut = [s for s in open_then if s.t.gone]
         self.stopped = self.factory.shut_down()
+        for s in cut:
+            # cut already (the autologout's abort), its end a turn away:
+            # waited for, not drained as a session in the middle of an answer
+            if s.proto._draining or s.proto._drain_call is not None:
+                self.faults.append("the stop drains a session cut before it")
 
         def fired(_):
             # the stop is over once every session open at it is gone, its
@@ -404,6 +451,73 @@ class EndModel(RuleBasedStateMachine):
             for s in open_then:
                 if not s.lost and not s.t.gone:
                     s.t.read(s.proto)
+
+    # -- sequences made likely ------------------------------------------------
+
+    def _in_transaction(self, s: Session) -> bool:
+        engine = s.proto.engine
+        return (_talks(s) and engine is not None and engine.state is State.TRANSACTION
+                and not s.proto._busy and not s.proto._closing and not s.proto._draining)
+
+    @precondition(lambda self: any(self._in_transaction(s) for s in self.sessions))
+    @rule(data=st.data(), measure=st.booleans())
+    def list_saved_on_a_worker(self, data, measure: bool) -> None:
+        """LIST measures downgraded sizes (a session without UTF8, 8-bit
+        headers), and the reactor's next turn hands their save to a worker,
+        where it waits; ``measure``: a size measured on a worker meanwhile
+        (message 2, not cached), the next one then back on this thread and
+        saved too, in another turn."""
+        s = self._pick(data, self._in_transaction)
+        if s is None:
+            return
+        s.proto.dataReceived(b"LIST\r\n")
+        self.clock.advance(0)
+        if measure:
+            for i, (f, _args, _d) in enumerate(self.jobs.jobs):
+                if getattr(f, "__name__", "") == "_measure_sizes":
+                    self.jobs.run_one(i)
+                    break
+            self.clock.advance(0)
+
+    def _waits_on_a_job(self, s: Session) -> bool:
+        box = s.proto.mailbox
+        return not s.lost and box is not None and any(
+            box in args or getattr(f, "__self__", None) is box for f, args, _d in self.jobs.jobs)
+
+    @precondition(lambda self: any(self._waits_on_a_job(s) for s in self.sessions))
+    @rule(data=st.data(), reason=st.sampled_from([ConnectionDone, ConnectionLost]))
+    def hangs_up_with_a_job_waiting(self, data, reason) -> None:
+        """The client leaves while a job of its session waits for a
+        worker (a sizes save, a read)."""
+        s = self._pick(data, self._waits_on_a_job)
+        if s is not None:
+            self._lose(s, reason)
+
+    @precondition(lambda self: bool(self.jobs.jobs))
+    @rule()
+    def last_job_done(self) -> None:
+        """The latest job first (another worker took it)."""
+        self.jobs.run_one(-1)
+
+    @precondition(lambda self: any(self._in_transaction(s) for s in self.sessions))
+    @rule(data=st.data(), retr=st.sampled_from([b"RETR 1\r\n", b"LIST\r\nRETR 3\r\n"]))
+    def stops_reading(self, data, retr: bytes) -> None:
+        """The client reads no more, with an answer under way."""
+        s = self._pick(data, self._in_transaction)
+        if s is None:
+            return
+        s.t.limit = 20
+        s.proto.dataReceived(retr)
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(stop=st.booleans())
+    def autologout(self, stop: bool) -> None:
+        """The idle time runs out, and the second look a turn later; then,
+        ``stop``, the hub's stop, before the ends that makes come."""
+        self.clock.advance(IDLE)
+        self.clock.advance(0)
+        if stop and self.stopped is None:
+            self.hub_stops(False)
 
     # -- invariants ----------------------------------------------------------
 
