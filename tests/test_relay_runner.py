@@ -3440,6 +3440,20 @@ def _sessions_by_destination(hub):
     return sessions, answer
 
 
+def _remote_failing(tmp_path, max_per_destination):
+    """A hub whose runner runs (``max_concurrent_deliveries = 4``), with
+    remote.test marked failing by a first entry's delivery that reached no
+    host: the hub, the sessions by destination, their answer and that
+    first entry."""
+    hub = make_hub(tmp_path, f"max_per_destination = {max_per_destination}\n"
+                             "max_concurrent_deliveries = 4\n")
+    sessions, answer = _sessions_by_destination(hub)
+    hub.runner.start()
+    first = enqueue(hub, BOB)
+    answer(first, "remote.test", "unreachable")  # marked failing
+    return hub, sessions, answer, first
+
+
 def test_an_entry_for_a_failing_destination_alone_waits_one_turn_not_every_list_entry(
         tmp_path):
     # a failing destination has one delivery at a time; a mailing list's
@@ -3449,12 +3463,8 @@ def test_an_entry_for_a_failing_destination_alone_waits_one_turn_not_every_list_
     # was taken with it open: with list mail due at each turn, it never
     # went (each turn a connect timeout; up to 2 x max_concurrent_deliveries
     # list messages queued ahead of it at once).  It goes at the next turn
-    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
-    sessions, answer = _sessions_by_destination(hub)
-    hub.runner.start()
+    hub, sessions, answer, first = _remote_failing(tmp_path, 4)
     try:
-        first = enqueue(hub, BOB)
-        answer(first, "remote.test", "unreachable")  # marked failing
         hub.clock.advance(60)  # its retry has the turn
         lists = [enqueue(hub, BOB, CAROL)]
         answer(lists[0], "other.test")  # its remote.test delivery waits for the turn
@@ -4160,12 +4170,8 @@ def test_an_entry_taken_beyond_a_failing_destinations_room_counts_there_once_it_
     # failing is not counted there (it waits for the turn); once remote.test
     # answers again its delivery there runs and holds the room like any
     # other: an entry for remote.test alone waits untaken for it
-    hub = make_hub(tmp_path, "max_per_destination = 1\nmax_concurrent_deliveries = 4\n")
-    sessions, answer = _sessions_by_destination(hub)
-    hub.runner.start()
+    hub, sessions, answer, first = _remote_failing(tmp_path, 1)
     try:
-        first = enqueue(hub, BOB)
-        answer(first, "remote.test", "unreachable")  # marked failing
         hub.clock.advance(60)  # its retry has the turn
         both = enqueue(hub, BOB, CAROL)  # taken for other.test's room
         assert hub.runner._entries[both].beyond == {"remote.test"}
@@ -4190,12 +4196,8 @@ def test_an_entry_with_local_mailboxes_is_taken_beyond_a_failing_destinations_ro
     # the local delivery: at the failing one it counts as beyond the room
     # even when that room was free, so an entry for the failing
     # destination alone is taken too and has the turn next, ahead of it
-    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
-    sessions, answer = _sessions_by_destination(hub)
-    hub.runner.start()
+    hub, sessions, answer, _first = _remote_failing(tmp_path, 4)
     try:
-        first = enqueue(hub, BOB)
-        answer(first, "remote.test", "unreachable")  # marked failing, its room free
         mixed = enqueue(hub, LOCAL, BOB)
         assert hub.runner._entries[mixed].beyond == {"remote.test"}
         assert set(sessions) == {(mixed, "remote.test")}  # it has the turn
@@ -4374,12 +4376,8 @@ def test_an_entry_taken_beyond_a_failing_destinations_room_is_not_counted_in_the
     # the look that takes an entry beyond a failing destination's room (with
     # a local mailbox) does not count it there for the entries after it in
     # that look: one for that destination alone is taken by the same look
-    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
-    _sessions, answer = _sessions_by_destination(hub)
-    hub.runner.start()
+    hub, _sessions, _answer, _first = _remote_failing(tmp_path, 4)
     try:
-        first = enqueue(hub, BOB)
-        answer(first, "remote.test", "unreachable")  # marked failing, its room free
         hub.runner.stop()
         mixed = enqueue(hub, LOCAL, BOB)
         hub.clock.advance(1)
