@@ -3400,6 +3400,16 @@ def test_the_lingering_close_is_bounded_in_octets_and_time():
 
 
 
+def _answers_unread(env, reactor, client) -> None:
+    """Log in and send 4000 NOOPs the client does not read: all answered
+    (a turn at a time), the answers left in the buffers."""
+    _logs_in(reactor, client)
+    client.sendall(b"NOOP\r\n" * 4000)
+    for _ in range(200):
+        reactor.iterate(0)
+        env.clock.advance(0)
+
+
 def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_of_it():
     # replies the client has not read yet wait in Twisted's buffer behind
     # the -ERR; the client's end of data (shutdown(SHUT_WR), as nc -N
@@ -3410,11 +3420,7 @@ def test_a_client_that_shuts_down_its_side_during_the_lingering_close_gets_all_o
 
     env = Env()
     with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
-        _logs_in(reactor, client)
-        client.sendall(b"NOOP\r\n" * 4000)
-        for _ in range(200):  # all answered (a turn at a time), the client reading none
-            reactor.iterate(0)
-            env.clock.advance(0)
+        _answers_unread(env, reactor, client)
         assert not proto.engine.has_line and not proto._write_paused
         assert t.dataBuffer[t.offset:] or t._tempDataLen  # in Twisted's buffer
         stopped = proto.factory.shut_down()
@@ -3432,11 +3438,7 @@ def test_a_lingering_close_whose_client_reads_nothing_ends_at_the_stop_close_gra
     # shut down, and the close is cut at STOP_CLOSE_GRACE all the same
     env = Env()
     with _loopback_session(env, small_buffers=True) as (proto, t, reactor, client):
-        _logs_in(reactor, client)
-        client.sendall(b"NOOP\r\n" * 4000)
-        for _ in range(200):
-            reactor.iterate(0)
-            env.clock.advance(0)
+        _answers_unread(env, reactor, client)
         stopped = proto.factory.shut_down()
         client.sendall(b"QUIT\r\n" * 100)  # read and dropped
         for _ in range(20):
