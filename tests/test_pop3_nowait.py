@@ -16,7 +16,7 @@ import errno
 import os
 
 import pytest
-from test_pop3_reader_and_storage import HeldJobs, Realm, connect, make_env
+from test_pop3_reader_and_storage import HeldJobs, Realm, connect, logging_in, make_env
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.error import ConnectionDone
@@ -853,3 +853,58 @@ def test_a_long_utf8_header_section_list_measures_reads_on_without_waiting(tmp_p
     syncer.run_one()
     assert bytes(t.received) == expected
     assert proto._disk_waits == 1
+
+
+def _second_login(components, syncer):
+    """Another session of joe's: its login job run at once, the held
+    ones left waiting.  The session and its transport."""
+    syncer.holding = False
+    try:
+        proto, t = logging_in(components)
+    finally:
+        syncer.holding = True
+    _open_sessions.append((proto, syncer))
+    return proto, t
+
+
+@pytest.mark.parametrize("message", [SMALL, BIG], ids=["whole", "streamed"])
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "fin-then-reset"])
+def test_a_client_that_closes_while_its_read_waits_for_the_disk_lets_the_lock_go(
+        tmp_path, log_events, message, reset):
+    """A client that closes (a FIN: a full close looks the same as a
+    half-close) while its RETR waits for a hung disk, with no command
+    behind it, can send no QUIT: no UPDATE state can come, and nothing the
+    read does needs the lock.  It goes at once, as before the half-close
+    was answered: a login of the same user gets in before the disk
+    answers (it was told IN-USE until then), and keeps the lock when the
+    late read comes back.  That read is still sent to a client that only
+    half-closed; after a reset (the full close seen) nothing is written,
+    nothing raised or logged as an error, and the lock not let go twice."""
+    _clock, components, _md, syncer, realm = env(tmp_path, [message], uncached={0, 1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert len(syncer.jobs) == 1  # the read, waiting for the disk
+    tries = realm.boxes[0].tries
+    proto.readConnectionLost()
+    assert proto.mailbox is None  # let go at once
+    second, t2 = _second_login(components, syncer)
+    assert b"+OK Logged in" in bytes(t2.received)
+    if reset:
+        proto.connectionLost(Failure(ConnectionDone()))
+    sent = len(t.received)
+    run_all(syncer)  # the disk answers
+    if reset:
+        assert len(t.received) == sent
+    else:
+        assert bytes(t.received).startswith(b"+OK")
+        assert bytes(t.received).endswith(b"\r\n.\r\n")
+        assert t.disconnecting  # all answered: closed
+        if message is BIG:
+            # the rest of the message is still read without waiting for
+            # the disk on the reactor thread (a chunk not cached: a job)
+            assert realm.boxes[0].tries > tries
+    assert second.mailbox is not None and not second.mailbox.closed
+    _third, t3 = _second_login(components, syncer)
+    assert b"-ERR [IN-USE]" in bytes(t3.received)
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]

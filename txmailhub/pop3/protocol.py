@@ -509,6 +509,7 @@ class POP3Protocol(Protocol):
         if self.engine is not None:
             self.engine.forget()
         self._sizes = _NO_SIZES
+        self._nowait = None  # (kept by a release after a half-close)
         if not self._update_running:
             self._end_without_update(pending_save)
 
@@ -568,7 +569,7 @@ class POP3Protocol(Protocol):
             self._release()
         self._settled()
 
-    def _let_go(self) -> None:
+    def _let_go(self, answering: bool = False) -> None:
         """A lingering close begins (too many errors, the autologout, the
         hub's stop, an internal error), or the close after the client's
         half-close (``_close``): once its closing line is decided
@@ -585,10 +586,14 @@ class POP3Protocol(Protocol):
         in TRANSACTION yet), a read or stream of a message (``_busy``,
         ``_stream``), the end's own changes (``_update_running``); the lock
         then goes with the connection, as before (``close_soon`` lets a
-        login wait for it)."""
+        login wait for it).  ``answering``: after the client's half-close,
+        with only the answer under way left (``readConnectionLost``): the
+        read or stream uses the message file, not the lock, so the lock
+        goes while it runs."""
         engine = self.engine
         if (self.mailbox is None or engine is None or engine.state is not State.TRANSACTION
-                or self._busy or self._stream is not None or self._update_running):
+                or self._update_running
+                or (not answering and (self._busy or self._stream is not None))):
             return
         save = self._save_call
         pending_save = save is not None and save.active()
@@ -603,6 +608,8 @@ class POP3Protocol(Protocol):
         self._update_running = False
         self._release()
         self._settled()
+        if self._eof and not self._closing:
+            self._answered_all()  # the answer sent meanwhile waited for them
 
     def retrieved_any(self) -> bool:
         """Whether messages were retrieved that are to be flagged seen when
@@ -706,7 +713,12 @@ class POP3Protocol(Protocol):
     def _release(self) -> None:
         self._unseen = bytearray()  # flagged by now, or never (a failed login, a bug)
         mailbox, logout = self.mailbox, self._logout
-        self.mailbox = self._logout = self._nowait = None
+        self.mailbox = self._logout = None
+        if self._lost or not self._eof:
+            # kept for an answer still being sent after the client's
+            # half-close (``readConnectionLost``): its reads of the
+            # message file must not wait for the disk on this thread
+            self._nowait = None
         if logout is not None:
             try:
                 logout()
@@ -820,6 +832,15 @@ class POP3Protocol(Protocol):
             self._busy = False
             self._close()
             return
+        if (self._busy or self._stream is not None) and not self.engine.has_line:
+            # An answer under way (a RETR or TOP whose read may wait for a
+            # hung disk) and nothing behind it: no QUIT can come, so no
+            # UPDATE state, and what is left of the answer needs no lock.
+            # A full close looks the same as this half-close, and its lock
+            # was held until the disk answered (a login of the same user
+            # told IN-USE meanwhile): it goes now, as it did when a FIN was
+            # a lost connection.  The answer is still sent, then the close
+            self._let_go(answering=True)
         self._answered_all()
 
     def _answered_all(self) -> None:
