@@ -4040,6 +4040,43 @@ def test_the_stop_while_a_logins_sizes_are_measured_keeps_the_lock_until_they_ar
     assert stopped.called
 
 
+@pytest.mark.parametrize("back", ["measured", "syncer stopped"])
+def test_the_stop_ends_a_logins_sizes_measuring_at_the_job_under_way(monkeypatch, log_events,
+                                                                      back):
+    # a large mailbox is measured in jobs (SIZE_JOB messages each, one
+    # here): after the stop's -ERR and close the job under way is told to
+    # stop (its ``gone``), no next one starts, and the lock goes when it is
+    # back -- also when it fails because the stop stopped the syncer:
+    # nothing logged as an error, nothing written after the -ERR.  It
+    # measured on, job after job, and logged the failure of the next
+    from txmailhub.errors import LocalError
+
+    monkeypatch.setattr(pop3_protocol, "SIZE_JOB", 1)
+    env, _unused, _t = large_mailbox_login(monkeypatch)
+    proto, t = _connect_half_closing(env)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    syncer = env.components.syncer
+    [(d, _f, (_box, _stored, gone, _start, _end))] = syncer.jobs
+    assert not gone()
+    stopped = proto.factory.shut_down()
+    assert t.value().endswith(R.SHUTTING_DOWN.to_bytes())
+    written = t.value()
+    assert gone()  # the worker measures no further
+    if back == "measured":
+        syncer.run()
+    else:
+        syncer.jobs.clear()
+        d.errback(LocalError("the syncer is stopped"))
+    assert not syncer.jobs  # no next part
+    assert proto.mailbox is None and not env.store.is_locked("joe@example.org")
+    assert t.value() == written
+    assert not [e for e in log_events if e["log_level"] in (LogLevel.error, LogLevel.critical)
+                or "log_failure" in e]
+    assert not stopped.called
+    proto.connectionLost(None)
+    assert stopped.called
+
+
 def test_the_stop_during_a_message_read_on_a_worker_lets_the_mailbox_go_once_it_is_back():
     # the read is on a worker thread at the stop: the lock is kept for it;
     # the message sent, the line and the lingering close, and the lock let

@@ -1206,8 +1206,8 @@ class POP3Protocol(Protocol):
         long), then the next ones in a job of their own; the login's
         +OK once all are in.  Methods, not closures that call each other:
         those made a reference cycle holding the session's sizes."""
-        # Reading the flag from the worker thread is safe: a plain attribute
-        call(_measure_sizes, self.mailbox, stored, self._gone, start, start + SIZE_JOB
+        # Reading the flags from the worker thread is safe: plain attributes
+        call(_measure_sizes, self.mailbox, stored, self._dropped, start, start + SIZE_JOB
              ).addCallbacks(self._measured, self._measure_failed,
                             callbackArgs=(call, messages, stored, start),
                             errbackArgs=(messages,),
@@ -1215,6 +1215,13 @@ class POP3Protocol(Protocol):
 
     def _gone(self) -> bool:
         return self._lost
+
+    def _dropped(self) -> bool:
+        """Whether a login's sizes measuring is of no more use: its client
+        left, or the session is closing (the hub's stop told it -ERR while
+        they were measured, ``cut_for_stop``) -- the login is never
+        answered, and the lock waits for the job under way only."""
+        return self._lost or self._closing
 
     def _wanted(self) -> bool:
         """Whether the client is still there: asked by a login before it
@@ -1225,7 +1232,7 @@ class POP3Protocol(Protocol):
 
     def _measured(self, part: array, call: Callable[..., Deferred], messages: Any,
                   stored: Sequence[int], start: int) -> None:
-        if self._lost:
+        if self._dropped():  # no next part: the lock goes now
             self._sizes_measured(messages)
             return
         done = start + len(part)  # SIZE_JOB, or fewer in SIZE_JOB_SECONDS
@@ -1237,7 +1244,12 @@ class POP3Protocol(Protocol):
 
     def _measure_failed(self, failure: Failure, messages: Any) -> None:
         # the rest are measured when first needed instead (and a message
-        # that cannot be read is logged then)
+        # that cannot be read is logged then).  Not for a login nobody
+        # waits for any more: the hub's stop may have stopped the syncer
+        # behind it, and that is no fault
+        if self._dropped():
+            self._sizes_measured(messages)
+            return
         log_failure(log, failure, "POP3 sizes of {user}'s messages not measured",
                     user=self._user)
         self._sizes_measured(messages)
