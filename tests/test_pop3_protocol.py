@@ -1286,6 +1286,41 @@ def test_a_connection_lost_between_the_autologouts_two_looks_leaves_no_call():
     assert not look.active() and proto._idle_call is None
 
 
+def _autologout_lines(log_events) -> list[str]:
+    return [formatEvent(e) for e in log_events if "autologout" in formatEvent(e)]
+
+
+def test_no_autologout_of_a_session_closing_after_its_quit(log_events):
+    # the close after QUIT waits up to CLOSE_GRACE for the client to take
+    # the +OK; an autologout shorter than that fired meanwhile and logged
+    # a line for a session that had ended (its close did nothing more)
+    env = Env(idle_timeout=10)
+    proto, t = login(env)
+    assert talk(proto, t, b"QUIT\r\n").startswith(b"+OK")
+    assert t.disconnecting and proto._closing
+    env.clock.advance(10)
+    env.clock.advance(0)  # the second look, a turn later
+    assert _autologout_lines(log_events) == []
+    assert proto._idle_call is None  # nothing left armed
+    proto.connectionLost(None)
+
+
+def test_no_autologout_line_when_the_session_closes_between_its_two_looks(log_events):
+    # the first look saw the client idle (after a stall of the hub); before
+    # the second, one turn later, the client half-closed with nothing to
+    # answer: the session closes, and the second look logged it out too
+    env = Env(idle_timeout=600)
+    proto, t = _connect_half_closing(env)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    stalled_turn(env.clock, 900)
+    assert proto._idle_call is not None  # the second look, armed
+    proto.readConnectionLost()
+    assert proto._closing
+    env.clock.advance(0)
+    assert _autologout_lines(log_events) == []
+    proto.connectionLost(None)
+
+
 def test_autologout_that_cannot_complete_is_cut():
     # e.g. after STLS the client never does the handshake: Twisted holds the
     # -ERR (and the close) until it is done
@@ -1956,6 +1991,20 @@ def test_the_hub_stopping_cuts_an_answer_not_over_after_its_grace(log_events):
     proto.connectionLost(None)
     assert stopped.called and not env.store.is_locked("joe@example.org")
     assert env.clock.getDelayedCalls() == []
+
+
+def test_no_autologout_of_a_session_the_stops_grace_cut(log_events):
+    # cut (an abort, not a polite close) for a client that does not read:
+    # until its end comes the autologout timer still ran, and logged the
+    # session out again (and aborted it again)
+    env, proto, t = _retr_under_way()
+    proto.factory.shut_down()
+    env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE)
+    assert t.disconnected
+    env.clock.advance(proto.settings.idle_timeout)
+    env.clock.advance(0)
+    assert _autologout_lines(log_events) == []
+    proto.connectionLost(None)
 
 
 def test_a_second_stop_during_an_answer_keeps_the_first_stops_grace():

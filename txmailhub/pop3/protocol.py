@@ -738,6 +738,9 @@ class POP3Protocol(Protocol):
         if self._closing:
             return
         self._closing = True
+        idle, self._idle_call = self._idle_call, None
+        if idle is not None and idle.active():
+            idle.cancel()  # no autologout of a session closing
         t = self.transport
         t.unregisterProducer()
         if not self._reading and not self._eof:
@@ -2065,7 +2068,13 @@ class POP3Protocol(Protocol):
         turn later: a timer runs before the reads of its turn, so after a
         stall of the reactor thread (a ``read`` from a hung disk, a
         stopped process) what the client sent meanwhile is still unread,
-        and its idle time is really ours."""
+        and its idle time is really ours.  Not once the session is closing
+        (after its QUIT, a half-close, an error, the hub's stop; also
+        between the two looks): its close has its own grace, and an
+        autologout line was logged for a session that had ended."""
+        if self._closing:
+            self._idle_call = None
+            return
         timeout = self.settings.idle_timeout
         idle = self.reactor.seconds() - self._last_activity
         # Not while the hub keeps the client waiting (a password check, a
