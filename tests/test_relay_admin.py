@@ -19,6 +19,7 @@ from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.relay import inflight
 from txmailhub.relay.admin import add_queue_parser, run_queue
 from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
+from txmailhub.smtp._parse import parse_mailbox
 from txmailhub.smtp.reply import Reply
 
 BOB = Address("bob", "remote.test")
@@ -233,6 +234,29 @@ def test_list_gives_the_hubs_own_account_code_first_and_a_dash_before_any(setup,
     [fresh] = [x for x in run(settings, "list")[1].splitlines() if x.startswith(new)]
     assert fresh.split()[3] == "0" and fresh.split()[-1] == "-"
     assert "last reply: -\n" in run(settings, "show", new)[1]
+
+
+def test_list_keeps_an_address_with_white_space_in_one_field(setup, tmp_path):
+    # docs/relay.rst, queue list: an address may hold white space (a quoted
+    # local part, "john doe"@remote.test, as RCPT took it, or a hand-edited
+    # record: the sender here).  Split on white space, the line still has
+    # its documented fields, one per recipient (seven for two, the last
+    # error "-"), a space shown as \x{20} (a tab as \x{9}, a no-break
+    # space as \x{A0}); a text that looks like such an escape stays told
+    # apart from one
+    settings, queue, _, _ = setup
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: y\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=Address("mary\tann\u00a0lee", "example.org"),
+                                 recipients=(parse_mailbox('"john doe"@remote.test',
+                                                           "example.org"),
+                                             Address("x\\x{20}y", "remote.test")),
+                                 helo="client.example.org", client_address="127.0.0.1"),
+                        SpooledMessage(str(spool), 17, 20)).result
+    [line] = [x for x in run(settings, "list")[1].splitlines() if x.startswith(qid)]
+    fields = line.split()
+    assert fields == [qid, "mary\\x{9}ann\\x{A0}lee@example.org", '"john\\x{20}doe"@remote.test',
+                      "x\\x{5C}x{20}y@remote.test", "0", "2027-01-15T08:00:00Z", "-"]
 
 
 def test_a_replys_control_characters_never_reach_the_terminal(setup):

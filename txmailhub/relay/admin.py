@@ -20,7 +20,10 @@ notice), and the last error: the
 remote's reply verbatim, code included (``-`` when there is none).
 Control characters (an ESC, which starts a terminal escape sequence; a
 reply within RFC 5321's grammar has none but tabs) are shown as
-``\\x{HEX}`` in ``list`` and ``show``.
+``\\x{HEX}`` in ``list`` and ``show``; in ``list``, white space in an
+address (a quoted local part, ``"john doe"@example.org``) is too (a
+space ``\\x{20}``), so that every field before the last error is one
+word.
 
 An empty queue is no line at all to a pipe or a file, so that a script
 that counts lines (``mailhub queue list | wc -l``) or mails what a cron
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from typing import Any, TextIO
 
@@ -137,15 +141,34 @@ def _delivering(since: float | None) -> str:
     return f"since {utc_text(since)}" if since > 0 else "yes"
 
 
+# white space that ``str.split()`` splits on and ``shown`` leaves as it is
+# (the tab, the space, the no-break and other Unicode spaces)
+_WHITE = re.compile(r"\s")
+
+
+def _field(text: str) -> str:
+    """``text`` (an address, the queue id) as one field of a ``queue list``
+    line: ``shown``, and its white space too as ``\\x{HEX}`` (a space
+    ``\\x{20}``).  A quoted local part (``"john doe"@example.org``) or a
+    hand-edited record can put white space in an address, and a script
+    splitting the line on it read the fields after it wrong."""
+    text = shown(text)
+    if text.isascii() and " " not in text and "\t" not in text:
+        return text  # nearly every address: nothing to escape
+    return _WHITE.sub(lambda m: f"\\x{{{ord(m.group()):X}}}", text)
+
+
 def _line(entry: QueueEntry, schedule: Any, since: float | None = None) -> str:
-    todo = [str(r.address) for r in entry.recipients if r.state != DELIVERED and not r.done]
+    todo = [r.address for r in entry.recipients if r.state != DELIVERED and not r.done]
     if not todo:
-        todo = [str(r.address) for r in entry.recipients]
+        todo = [r.address for r in entry.recipients]
     nxt = _next(entry, schedule, since)
     last = entry.last_reply
-    fields = [entry.id, _sender(entry), *todo, str(entry.attempts), nxt,
-              last.text() if last is not None else "-"]
-    return shown(" ".join(fields))
+    # every field but the last error is one word; the last error, the
+    # reply verbatim, is the rest of the line
+    fields = [_field(entry.id), _field(_sender(entry)), *(_field(str(a)) for a in todo),
+              str(entry.attempts), nxt, shown(last.text()) if last is not None else "-"]
+    return " ".join(fields)
 
 
 def _show(entry: QueueEntry, out: TextIO, schedule: Any, since: float | None = None) -> None:
