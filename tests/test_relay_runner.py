@@ -3870,7 +3870,7 @@ def test_a_look_takes_an_entry_one_of_whose_destinations_has_room_behind_one_tha
         hub.runner.stop()
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e300", "-1e300"])
 def test_a_failure_time_edited_to_no_number_is_taken_as_now_not_kept_for_ever(
         hub, log_events, value):
     # a hand-edited record with "failed_at": NaN (json reads it, and inf):
@@ -3925,13 +3925,16 @@ def _edit_record_time(hub, qid, field, value):
         f.write(raw)
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e300", "-1e300",
+                                   "253402300800"])
 def test_a_queued_time_edited_to_no_number_is_taken_as_now_not_kept_for_ever(
         hub, log_events, value):
     # "created": NaN (or Infinity) in a hand-edited record: no time is ever
     # a queue lifetime past it, so a message no host takes was retried for
     # ever and its sender never told; from -Infinity it was given up at its
-    # first failed try.  Taken as the time the runner reads it, written
+    # first failed try.  So from a number no date can be (1e300, or the
+    # first second of the year 10000: past what a datetime holds), which
+    # was kept as it was.  Taken as the time the runner reads it, written
     # back so, and said in one line
     from twisted.logger import formatEvent
 
@@ -3975,7 +3978,7 @@ def test_a_retry_time_edited_to_nan_is_due_at_once_not_never(hub, monkeypatch):
     assert hub.queue.read(qid).next_attempt == hub.clock.seconds() - 1 + 60
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e300"])
 def test_a_local_copy_of_a_message_whose_queued_time_is_no_number_is_delivered(
         tmp_path, value):
     # the Maildir name of a queued local copy is made from the record's
@@ -4330,7 +4333,8 @@ def test_a_later_line_of_a_stop_counts_entries_looking_up_dns_and_those_waiting_
 
 
 @pytest.mark.parametrize("field", ["failed_at", "last_attempt"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e300, -1e300,
+                                   253402300800.0, -62135596801.0])
 def test_each_recipient_time_that_is_no_number_is_mended(hub, field, value):
     # recording.mend_times takes a recipient's failed_at and last_attempt
     # that are no time as now, each with its line; a time that is one stays
@@ -4353,6 +4357,36 @@ def test_each_recipient_time_that_is_no_number_is_mended(hub, field, value):
     assert [(x["field"], x["recipient"], x["value"]) for x in lines] == [
         (field, str(BOB), repr(value))]
     assert recording.mend_times(mended, 200.0) == (mended, [])  # mended once
+
+
+@pytest.mark.parametrize("value", [3 * 86400.0, 253402300799.0 - 1_800_000_000.0])
+def test_a_time_in_the_future_that_is_a_date_is_not_mended(hub, log_events, value):
+    # a record written by a clock ahead of this one (set back since, or
+    # another machine's) holds times a few days from now; they are dates,
+    # kept as they are (the lifetime runs from them, as it always did),
+    # up to the last second of the year 9999.  Only a time beyond what a
+    # date can be is taken as now
+    from txmailhub.relay import recording
+
+    qid = enqueue(hub, BOB)
+    entry = hub.queue.read(qid)
+    [bob] = entry.recipients
+    ahead = hub.clock.seconds() + value
+    entry = dataclasses.replace(entry, created=ahead).with_recipients(
+        {BOB: dataclasses.replace(bob, attempts=1, last_attempt=ahead)})
+    assert recording.mend_times(entry, hub.clock.seconds()) == (entry, [])
+    if value > 3 * 86400:
+        return
+    hub.queue.update_now(qid, lambda e: dataclasses.replace(e, created=ahead))
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "transient", LATER, "mx") for a in r]
+    hub.runner.start()
+    try:
+        hub.clock.advance(1)
+        assert hub.queue.read(qid).created == ahead  # written back as it was
+        assert len(hub.agent.calls) == 1
+    finally:
+        hub.runner.stop()
+    assert not [e for e in log_events if "not a time" in e.get("log_format", "")]
 
 
 def test_a_mended_times_line_names_a_recipient_with_its_controls_escaped(hub):

@@ -106,3 +106,14 @@ def test_utc_text_of_a_time_no_date_can_be_is_its_number():
                       (1e300, "1e+300"), (1e17, "1e+17"), (-1e17, "-1e+17"),
                       (1e12, "1000000000000.0"), (10**20, "1e+20")):
         assert schedule.utc_text(ts) == shown, ts
+
+
+def test_is_date_from_the_year_1_to_the_year_9999():
+    # recording.mend_times mends a record's time that is no date: the
+    # finite ones past either end of what datetime holds too (1e300)
+    first, last = -62135596800.0, 253402300799.0  # 0001-01-01, 9999-12-31T23:59:59
+    assert schedule.utc_text(last) == "9999-12-31T23:59:59Z"
+    for ts in (first, last, last + 0.5, 0.0, 1_800_000_000.0, 1_800_000_000.0 + 3 * 86400):
+        assert schedule.is_date(ts), ts
+    for ts in (float("nan"), float("inf"), float("-inf"), 1e300, -1e300, last + 1, first - 1):
+        assert not schedule.is_date(ts), ts

@@ -13,7 +13,6 @@ queue's files or the log.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -79,24 +78,27 @@ def failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:
 def mend_times(e: QueueEntry, now: float) -> tuple[QueueEntry, list[dict]]:
     """``e`` with its ``created`` and each recipient's ``failed_at`` and
     ``last_attempt`` that is no time (NaN or an infinity: JSON reads
-    ``NaN`` and ``Infinity`` in a hand-edited record) taken as ``now``,
-    and a log line's fields for each.  The queue lifetime of the message
-    and of a notice is reckoned from these: from NaN or +inf it never ends
-    (a message no host takes retried for ever, its sender never told, a
-    notice tried for ever), from -inf it is over at once (given up
-    untried, and the notice's Arrival-Date no date).  ``now`` gives it a
-    whole lifetime of tries and loses nothing; written back, it is mended
-    once."""
+    ``NaN`` and ``Infinity`` in a hand-edited record; or a number no date
+    can be, ``1e300``, past the year 9999: ``schedule.is_date``) taken as
+    ``now``, and a log line's fields for each.  The queue lifetime of the
+    message and of a notice is reckoned from these: from NaN, +inf or
+    1e300 it never ends (a message no host takes retried for ever, its
+    sender never told, a notice tried for ever), from -inf or -1e300 it is
+    over at once (given up untried, and the notice's Arrival-Date no
+    date).  ``now`` gives it a whole lifetime of tries and loses nothing;
+    written back, it is mended once.  A time that is a date stays as it
+    is, one days ahead of ``now`` too (written by a clock set back
+    since: the lifetime runs from it, as it always did)."""
     updates: dict[Address, RecipientRecord] = {}
     lines: list[dict] = []
     when = schedule.utc_text(now)
-    if not math.isfinite(e.created):
+    if not schedule.is_date(e.created):
         lines.append({"queue_id": e.id, "field": "created", "what": "created",
                       "value": repr(e.created), "now": when})
         e = dataclasses.replace(e, created=now)
     for r in e.recipients:
         changes = {name: now for name in ("failed_at", "last_attempt")
-                   if getattr(r, name) is not None and not math.isfinite(getattr(r, name))}
+                   if getattr(r, name) is not None and not schedule.is_date(getattr(r, name))}
         for name in changes:
             recipient = loggable(str(r.address), 1 << 20)
             lines.append({"queue_id": e.id, "field": name, "value": repr(getattr(r, name)),

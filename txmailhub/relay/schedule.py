@@ -23,6 +23,7 @@ __all__ = [
     "describe_delay",
     "due_by",
     "expired",
+    "is_date",
     "longest_wait",
     "next_attempt",
     "utc_text",
@@ -121,14 +122,39 @@ def describe_delay(seconds: float) -> str:
     return f"{s // 86400}d" + (f" {s % 86400 // 3600}h" if s % 86400 // 3600 else "")
 
 
+def _date(ts: float) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def is_date(ts: float) -> bool:
+    """Whether ``ts`` is a time some date is: from the year 1 to the year
+    9999 (what ``datetime`` holds).  ``NaN``, an infinity and a finite
+    ``1e300`` (a queue record edited by hand) are not: a lifetime reckoned
+    from one never ends (or ended before it began), and no ``Date:``,
+    ``Arrival-Date`` or Maildir name can be made from it.  A time a few
+    days ahead (a record written by a clock set back since) is a date."""
+    if _FIRST_DATE <= ts <= _LAST_DATE:
+        return True  # every time the queue holds, without making a datetime
+    return _date(ts) is not None  # NaN, or beyond: a fraction may round in
+
+
+# 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the first and last whole
+# seconds ``datetime`` holds
+_FIRST_DATE = -62135596800.0
+_LAST_DATE = 253402300799.0
+
+
 def utc_text(ts: float) -> str:
     """A queue time as ``queue list`` and the log show it: ISO 8601, UTC.
 
     A time no date can be (``NaN``, an infinity, ``1e300``: a queue
-    record edited by hand) is its number, one word as a date is
-    (``nan``): what ``queue list`` and ``queue show`` print of that
+    record edited by hand, ``is_date``) is its number, one word as a date
+    is (``nan``): what ``queue list`` and ``queue show`` print of that
     record, not a traceback."""
-    try:
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (ValueError, OverflowError, OSError):
+    date = _date(ts)
+    if date is None:
         return repr(float(ts))
+    return date.strftime("%Y-%m-%dT%H:%M:%SZ")
