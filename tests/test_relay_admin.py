@@ -327,6 +327,24 @@ def test_the_smtp_message_id_finds_its_queue_entries(setup, tmp_path):
     assert queue.read(one) is not None and queue.read(two) is not None
 
 
+def test_a_message_id_with_its_parts_apart_finds_its_entry_as_an_older_one_does(
+        setup, tmp_path):
+    # the SMTP server's ids keep the seconds, pid and counter apart with "_"
+    # (no queue id: those are letters and digits); one queued before, with
+    # none, still names its message
+    settings, queue, _, _ = setup
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: y\n\nbody\n")
+    found = {}
+    for mid in ("6B0B3B10_33CB_0001A", "6B0B3B1033CB0001B"):
+        env = Envelope(sender=Address("alice", "example.org"), recipients=(BOB,),
+                       message_id=mid)
+        found[mid] = queue.enqueue(env, SpooledMessage(str(spool), 17, 20)).result
+    for mid, qid in found.items():
+        code, out, _ = run(settings, "show", mid)
+        assert code == 0 and out.startswith(f"id: {qid}\nmessage id: {mid}\n")
+
+
 def _success_notice_owed(queue, tmp_path):
     """An entry whose one recipient (bob) is delivered, its success notice
     to the sender still owed: ``(queue id, envelope, spooled message)``,

@@ -61,9 +61,9 @@ def cuts(data: bytes, points: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(marks) if b > a]
 
 
-# the hub's message id: the clock's seconds, the pid, five digits (seven
-# or more: a pid under 0x1000 makes it shorter than ten)
-_SPOOL_ID = re.compile(rb"\b[0-9A-F]{7,}\b")
+# the hub's message id: the clock's seconds, the pid, five digits or more
+# of its counter, with "_" between them
+_SPOOL_ID = re.compile(rb"\b[0-9A-F]+_[0-9A-F]+_[0-9A-F]{5,}\b")
 _RANDOM = re.compile(rb"\.[0-9a-f]{12}@")
 
 

@@ -1057,6 +1057,31 @@ class ProtocolTests(SynchronousTestCase):
             ids.append(Harness().factory.next_id())  # both at the clock's second 0
         assert ids[0] != ids[1]
 
+    def test_message_ids_of_two_processes_never_run_together(self):
+        # the seconds, the pid and the counter, each in hex: with nothing
+        # between them, pid 0x1A at its message 0x123456 (past a million)
+        # and pid 0x1A1 at its message 0x23456, in the same second, both
+        # gave ...1A123456.  Apart by "_", an RFC 5322 atext character
+        # (the Received field's id clause is an Atom; the id is the left
+        # part of the Message-ID the hub adds, a dot-atom-text) that a
+        # \w+ in a script still takes as part of the id
+        import itertools
+
+        from txmailhub.smtp import protocol
+        from txmailhub.smtp.received import received
+
+        ids = []
+        for pid, counter in ((0x1A, 0x123456), (0x1A1, 0x23456)):
+            self.patch(os, "getpid", lambda pid=pid: pid)
+            self.patch(protocol, "_MESSAGE_IDS", itertools.count(counter))
+            ids.append(Harness().factory.next_id())  # both at the clock's second 0
+        assert ids == ["0_1A_123456", "0_1A1_23456"]
+        for one in ids:
+            assert re.fullmatch(r"\w+", one) and re.fullmatch(r"[0-9A-Za-z_]+", one)
+            field = received(hostname="mx.example.org", helo="c", client_ip="192.0.2.1",
+                             protocol="ESMTP", message_id=one, when=0.0)
+            assert re.search(rb"\n\tid (\w+);", field).group(1) == one.encode()
+
     def test_a_client_that_half_closes_after_its_message_still_gets_the_250(self):
         # shutdown(SHUT_WR) after the final dot: the client may still read.
         # Closing at once dropped the 250 of a stored message: the client

@@ -59,9 +59,9 @@ POP3_PIECES = [
 ]
 
 # a spool id counts up across sessions
-# the hub's message id: the clock's seconds, the pid, five digits (seven
-# or more: a pid under 0x1000 makes it shorter than ten)
-_SPOOL_ID = re.compile(rb"\b[0-9A-F]{7,}\b")
+# the hub's message id: the clock's seconds, the pid, five digits or more
+# of its counter, with "_" between them
+_SPOOL_ID = re.compile(rb"\b[0-9A-F]+_[0-9A-F]+_[0-9A-F]{5,}\b")
 
 
 # and the random part of a Message-ID the hub adds to a submitted message
