@@ -4425,3 +4425,56 @@ def test_an_entry_taken_beyond_a_failing_destinations_room_is_not_counted_in_the
         assert hub.runner._entries[mixed].beyond == {"remote.test"}
     finally:
         hub.runner.stop()
+
+
+def test_an_entry_whose_handling_failed_goes_by_its_remaining_destinations(tmp_path):
+    # an entry for remote.test and other.test whose handling failed (the
+    # agent raised for remote.test) after other.test was delivered is
+    # retried a minute later; the runner knew it by both destinations
+    # still.  remote.test failing meanwhile (one delivery at a time), it was
+    # taken for other.test's room, beyond remote.test's, and its delivery
+    # there waited for the turn behind the list entries taken so: as the
+    # entry for remote.test alone it is now, it has the next turn
+    hub = make_hub(tmp_path, "max_per_destination = 4\nmax_concurrent_deliveries = 4\n")
+    sessions, answer = _sessions_by_destination(hub)
+    held = hub.agent.script
+    raised = []
+
+    def script(e, dest, rcpts):
+        if dest == "remote.test" and not raised and CAROL in {r.address for r in e.recipients}:
+            raised.append(e.id)
+            raise RuntimeError("the agent failed as the delivery started")
+        return held(e, dest, rcpts)
+
+    hub.agent.script = script
+    hub.runner.start()
+    try:
+        crashed = enqueue(hub, BOB, CAROL)
+        answer(crashed, "other.test")  # delivered; its remote.test one raised
+        assert raised == [crashed] and not hub.runner.active
+        assert [p.address for p in hub.queue.read(crashed).pending] == [BOB]
+        assert hub.runner._destinations[crashed] == (frozenset({"remote.test"}), False)
+        first = enqueue(hub, BOB)
+        answer(first, "remote.test", "unreachable")  # remote.test marked failing
+        lists = []
+        for _ in range(3):  # list mail: taken for other.test's room
+            hub.clock.advance(1)
+            lists.append(enqueue(hub, BOB, CAROL))
+            answer(lists[-1], "other.test")
+        hub.clock.advance(60)  # the crashed entry's retry (and the first's) due
+        turns = []  # whose delivery to remote.test has the turn, in order
+        while sessions:
+            (holder,) = [q for q, d in sessions if d == "remote.test"]
+            turns.append(holder)
+            answer(holder, "remote.test", "unreachable")
+        # the first list entry had the turn (free when it came); then the
+        # crashed entry, for remote.test alone and due first, taken within
+        # its room; then the turn alternates.  Before: behind all three
+        # list entries, last
+        assert turns == [lists[0], crashed, lists[1], first, lists[2]], turns
+        for q in (crashed, first, *lists):
+            assert [p.address for p in hub.queue.read(q).pending] == [BOB]
+        calls = [c[0] for c in hub.agent.calls if c[1] == "remote.test"]
+        assert calls.count(crashed) == 2  # the one that raised, its retry: nothing twice
+    finally:
+        hub.runner.stop()

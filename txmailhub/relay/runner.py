@@ -221,6 +221,27 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                     queue_id=qid)
         if qid in self.due:
             self.due[qid] = self.clock.seconds() + ERROR_RETRY
+            self._where_now(qid)
+
+    def _where_now(self, qid: str) -> None:
+        """Know ``qid``'s destinations as its record has them now: after a
+        handling that failed, which may have written some of them done
+        (``_record_known``).  Known as they were, the entry was taken at
+        its retry for a destination it no longer has -- beyond the room of
+        a failing one it still has, its delivery there waiting for the
+        turn behind every entry taken so (a mailing list's), not as the
+        entry for that destination alone it is (``failing.py``).  Its due
+        time stays the retry's; a record that cannot be read (or gone, or
+        held: ``_finished`` looks at those changes) leaves it as it was."""
+        try:
+            entry = self.queue.read(qid)
+        except Exception:
+            return  # its retry reads it again, and meets the error there
+        if entry is None or entry.held or qid in self._unrecorded:
+            # (with results not written yet, its retry only enters them:
+            # ``kick`` counts no destination of it then)
+            return
+        self._destinations[qid] = self._where(entry)
 
     def _finished(self, _: Any, qid: str) -> None:
         running = self._drop(qid)
