@@ -147,3 +147,89 @@ def test_the_documented_linger_time_is_linger_seconds() -> None:
         text = re.sub(r"\s+", " ", (DOCS / doc).read_text(encoding="utf-8"))
         at = text.index("(``txmailhub.linger.LINGER_SECONDS``")
         assert said in text[at - 100:at], (doc, text[at - 100:at])
+
+
+# -- TLSCloseWatch: the drain of close_notify under TLS ----------------------
+
+
+class _Protocol:
+    def connectionLost(self, reason) -> None:
+        self.lost = reason
+
+
+def _watched(shutdown: int = SSL.SENT_SHUTDOWN):
+    """A TLS layer whose close_notify is in its TCP transport's buffer (a
+    socket transport: Twisted's ``FileDescriptor``), and the watch of it."""
+    from tls_loopback import MemorySocket
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    layer = _Layer(shutdown)
+    layer.transport = MemorySocket(reactor, _Protocol())
+    layer.transport.write(b"<close_notify>")
+    outs: list[bool] = []
+    return reactor, layer, linger.watch_tls_close(layer, reactor, lambda: outs.append(True)), outs
+
+
+def test_the_watch_waits_for_the_buffer_holding_close_notify_to_drain() -> None:
+    # the pull producer's resumeProducing at its registration is no drain:
+    # only the one when the socket transport's buffer is empty again
+    reactor, layer, watch, outs = _watched()
+    tcp = layer.transport
+    assert watch is not None and tcp.producer is watch
+    assert not watch.out and outs == [] and watch.call is None
+    tcp.room = 1 << 20
+    tcp.flush()
+    assert tcp.sent == b"<close_notify>"
+    assert watch.out and outs == [True] and tcp.producer is None
+    assert watch.call.getTime() == linger.LINGER_SECONDS
+    reactor.advance(1)
+    watch.heard()  # the client sent more: LINGER_SECONDS from now again
+    assert watch.call.getTime() == 1 + linger.LINGER_SECONDS
+    reactor.advance(linger.LINGER_SECONDS)
+    assert tcp.disconnecting and watch.call is None  # the TCP connection closes
+
+
+def test_the_watch_never_holds_up_a_close_of_the_tcp_connection() -> None:
+    # Twisted's TLS layer closes the TCP connection once the client's
+    # close_notify comes: a socket transport with a pull producer asks it
+    # for more instead of closing; the watch lets go then
+    reactor, layer, watch, _outs = _watched()
+    tcp = layer.transport
+    tcp.loseConnection()
+    tcp.room = 1 << 20
+    for _ in range(3):
+        tcp.flush()
+    assert tcp.lost is not None and tcp.producer is None
+    # (the protocols cancel the watch in connectionLost; its timer on a
+    # connection gone is harmless all the same)
+    reactor.advance(linger.LINGER_SECONDS)
+    assert watch.call is None
+
+
+def test_no_watch_before_close_notify_is_sent_or_once_the_clients_came() -> None:
+    # close_notify held back (output still buffered in the TLS layer), or
+    # both sent and received (the TCP connection is closing): the close
+    # grace bounds it, as before
+    for shutdown in (0, SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN, None):
+        _reactor, layer, watch, _outs = _watched(shutdown)
+        assert watch is None and layer.transport.producer is None, shutdown
+    assert linger.watch_tls_close(_Transport(), Clock()) is None  # no TLS layer
+
+
+def test_no_watch_where_a_producer_is_registered_on_the_tcp_transport() -> None:
+    _reactor, layer, _watch, _outs = _watched()
+    other = layer.transport.producer
+    layer.transport.unregisterProducer()
+    layer.transport.registerProducer(other, True)
+    assert linger.watch_tls_close(layer, Clock()) is None
+    assert layer.transport.producer is other
+
+
+def test_a_watch_cancelled_with_the_connection_leaves_nothing_behind() -> None:
+    reactor, layer, watch, outs = _watched()
+    watch.cancel()
+    assert layer.transport.producer is None
+    layer.transport.room = 1 << 20
+    layer.transport.flush()
+    assert outs == [] and not reactor.getDelayedCalls()

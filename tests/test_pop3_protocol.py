@@ -3760,6 +3760,55 @@ def test_a_pop3s_client_sending_without_reading_past_linger_octets_gets_its_answ
         assert not t.connected and not env.store.is_locked("joe@example.org")
 
 
+def _pop3s_read_the_line_and_close_notify(env, reactor, client, proto, t) -> list[bool]:
+    """Too many errors, and a client that reads the -ERR and
+    ``close_notify`` and then neither sends nor closes; the aborts of the
+    TCP connection from here on are counted."""
+    _pop3s_too_many_errors(env, reactor, client, proto)
+    got = tls_reads(reactor, client)
+    assert got == R.TOO_MANY_ERRORS.to_bytes() + b"<close_notify>", got
+    for _ in range(5):
+        reactor.iterate(0)
+    aborts: list[bool] = []
+    abort = t.abortConnection
+    t.abortConnection = lambda: (aborts.append(True), abort())
+    return aborts
+
+
+def test_a_pop3s_quiet_client_is_closed_linger_seconds_after_close_notify_is_out(tls_files):
+    # as on plain TCP once the half-close is out: the TCP connection under
+    # the TLS layer drained our close_notify, and LINGER_SECONDS later it
+    # closes (it waited for the close grace's 30 s, holding its slot)
+    env = Env(max_errors=1)
+    with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
+        aborts = _pop3s_read_the_line_and_close_notify(env, reactor, client, proto, t)
+        assert t.connected and t.producer is None
+        env.clock.advance(linger.LINGER_SECONDS - 0.1)
+        reactor.iterate(0)
+        assert t.connected
+        env.clock.advance(0.1)
+        step_until_closed(reactor, t)
+        assert not t.connected and aborts == []  # a close, not an abort
+
+
+def test_a_pop3s_client_still_sending_is_not_closed_sooner_than_the_close_grace(tls_files):
+    # each read starts the LINGER_SECONDS again: a client still sending
+    # (within LINGER_OCTETS) is read from as before, until it has gone
+    # quiet that long
+    env = Env(max_errors=1)
+    with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
+        aborts = _pop3s_read_the_line_and_close_notify(env, reactor, client, proto, t)
+        for _ in range(10):  # 15 s of a command every 1.5 s
+            env.clock.advance(1.5)
+            assert tls_send(client, b"NOOP\r\n") == 6
+            for _ in range(3):
+                reactor.iterate(0)
+            assert t.connected
+        env.clock.advance(linger.LINGER_SECONDS)
+        step_until_closed(reactor, t)
+        assert not t.connected and aborts == []
+
+
 # -- a client's half-close outside the stop (plain TCP) --------------------------
 
 _BIG = b"Subject: big\n\n" + b"a line of the body, long enough to fill a buffer\n" * 6000

@@ -3432,6 +3432,49 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         assert p._linger_left < 0  # past the bound, not before
         assert p not in h.factory.limits.sessions
 
+    def _read_421_and_close_notify(self):
+        """Too many errors, and a client that reads the 421 and
+        ``close_notify`` and then neither sends nor closes."""
+        h, p, t, reactor, client = self._too_many_errors()
+        got = tls_reads(reactor, client)
+        assert got.endswith(f"{closing(replies.TOO_MANY_ERRORS)}\r\n<close_notify>".encode()), got
+        for _ in range(5):
+            reactor.iterate(0)
+        aborts = self.aborts = []
+        abort = t.abortConnection
+        t.abortConnection = lambda: (aborts.append(True), abort())
+        return h, p, t, reactor, client
+
+    def test_a_quiet_client_is_closed_linger_seconds_after_close_notify_is_out(self):
+        # as on plain TCP once the half-close is out: the TCP connection
+        # under the TLS layer drained our close_notify (its pull producer
+        # was asked for more), and LINGER_SECONDS later it closes -- it
+        # waited for the close grace's 30 s (no end of stream to start them)
+        h, p, t, reactor, _client = self._read_421_and_close_notify()
+        assert t.producer is None  # nothing left registered on the TCP transport
+        p.reactor.advance(linger.LINGER_SECONDS - 0.1)  # the harness's clock
+        reactor.iterate(0)
+        assert t.connected
+        p.reactor.advance(0.1)
+        step_until_closed(reactor, t)
+        assert not t.connected and p not in h.factory.limits.sessions
+        assert self.aborts == []  # an orderly close of the TCP connection
+
+    def test_a_client_still_sending_is_not_closed_sooner_than_the_close_grace(self):
+        # each read starts the LINGER_SECONDS again: a client still sending
+        # (within LINGER_OCTETS) is read from, as before, until it has gone
+        # quiet that long
+        h, p, t, reactor, client = self._read_421_and_close_notify()
+        for _ in range(10):  # 15 s of a command every 1.5 s
+            p.reactor.advance(1.5)
+            assert tls_send(client, b"NOOP\r\n") == 6
+            for _ in range(3):
+                reactor.iterate(0)
+            assert t.connected
+        p.reactor.advance(linger.LINGER_SECONDS)
+        step_until_closed(reactor, t)
+        assert not t.connected and p not in h.factory.limits.sessions
+
 
     def _pipelining_without_reading(self, **smtp):
         """Too many errors behind EHLOs pipelined without reading, then a
@@ -3516,6 +3559,39 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
         step_until_closed(reactor, t)
         assert not t.connected, f"still reading after {sent} octets"
         assert proto._linger_left < 0 and proto not in factory.limits.sessions
+
+
+def test_after_starttls_a_quiet_client_is_closed_linger_seconds_after_close_notify(tmp_path):
+    # the TLS layer's transport is Twisted's bypass of the TCP connection
+    # after startTLS: the close_notify's drain is seen there too, and the
+    # TCP connection closes LINGER_SECONDS later (it waited for CLOSE_GRACE)
+    from twisted.internet import tcp
+
+    class Server(tcp._TLSServerMixin, tcp.Connection):  # the TLS server side
+        pass
+
+    h = Harness(max_errors=3)
+    cert = make_certificate(tmp_path)
+    h.components.tls = tls_options(str(cert[0]), str(cert[1]))
+    factory = SMTPFactory(h.components)
+    with loopback_session(factory, IPv4Address("TCP", "192.0.2.1", 4321),
+                          transport=Server) as (proto, t, reactor, raw):
+        assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
+        raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
+        assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
+        client = tls_client(reactor, raw, cert[0])
+        tls_send(client, b"EHLO c\r\n" + b"BOGUS\r\n" * 3)
+        got = tls_reads(reactor, client)
+        assert got.endswith(b"<close_notify>"), got
+        for _ in range(5):
+            reactor.iterate(0)
+        assert t.connected and t.producer is None
+        proto.reactor.advance(linger.LINGER_SECONDS - 0.1)
+        reactor.iterate(0)
+        assert t.connected
+        proto.reactor.advance(0.1)
+        step_until_closed(reactor, t)
+        assert not t.connected and proto not in factory.limits.sessions
 
 
 def _loopback_session(h):

@@ -20,16 +20,24 @@ line and the end of the TLS session, no reset).  That close lingers too
 (``lingers``): what comes meanwhile is dropped, ``LINGER_OCTETS`` at most
 (it was read and decrypted for as long as the close grace, 30 s): past
 them reading stops and the TCP connection closes once our line and
-``close_notify`` are out (``stop_reading_under_tls``), and the close grace
-still ends it (an abort)."""
+``close_notify`` are out (``stop_reading_under_tls``).  Its time is
+bounded as plain TCP's (``TLSCloseWatch``): once the TCP transport under
+the TLS layer has handed our line and ``close_notify`` to the kernel, a
+client that stays quiet ``LINGER_SECONDS`` is closed (the TCP
+connection; it waited for the close grace), while one still sending is
+read from as before; the close grace still ends it (an abort: a TCP
+close needs the socket writable, which a client that reads nothing may
+never make it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IPullProducer, ISSLTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 LINGER_OCTETS = 64 * 1024
 """Octets of input read and dropped during a lingering close."""
@@ -123,3 +131,123 @@ def stop_reading_under_tls(transport: Any) -> None:
         layer.transport.loseConnection()
     else:
         transport.pauseProducing()
+
+
+@implementer(IPullProducer)
+class TLSCloseWatch:
+    """The end of a lingering close under TLS, as plain TCP's half-close
+    gives it: ``LINGER_SECONDS`` once our last line and ``close_notify``
+    are out, that is once the TCP transport under Twisted's TLS layer has
+    handed everything it holds to the kernel -- the moment plain TCP's
+    ``writeConnectionLost`` comes.
+
+    How it knows: it registers as a pull producer on that TCP transport
+    (``IConsumer``), after ``close_notify`` was written there.  A socket
+    transport asks a pull producer for more (``resumeProducing``) when its
+    buffer is empty: once when it is registered (ignored), then when the
+    buffer holding ``close_notify`` has drained.  It unregisters then, so
+    a close of the TCP connection (Twisted's TLS layer closes it once the
+    client's ``close_notify`` comes) is never held up by it.
+
+    Each read of the client's input restarts the ``LINGER_SECONDS``: a
+    client still sending (within ``LINGER_OCTETS``) keeps the close
+    grace's bound it had, and only one that has gone quiet -- it read our
+    line and ``close_notify`` and does not close -- is closed
+    ``LINGER_SECONDS`` later, not after the close grace's 30 s.  That
+    close is of the TCP connection (our ``close_notify`` is out; the
+    client's is not waited for any longer), as past ``LINGER_OCTETS``."""
+
+    def __init__(self, layer: TLSMemoryBIOProtocol, reactor: Any,
+                 on_out: Callable[[], None] | None = None) -> None:
+        self.layer = layer
+        self.reactor = reactor
+        self.on_out = on_out
+        self.out = False  # our close_notify is out (the TCP buffer drained)
+        self.call: Any = None  # the close once quiet for LINGER_SECONDS
+        self._registered = False
+        self._registering = False
+
+    def start(self) -> bool:
+        """Watch the TCP transport; False when that is not possible (its
+        producer slot is taken), and the close grace alone bounds the
+        close, as before."""
+        tcp = self.layer.transport
+        # (a transport that is gone already calls stopProducing instead)
+        self._registered = self._registering = True
+        try:
+            tcp.registerProducer(self, False)
+        except RuntimeError:  # another producer: Twisted's TLS layer's
+            self._registered = False
+            return False
+        finally:
+            self._registering = False
+        return True
+
+    def resumeProducing(self) -> None:
+        """The TCP transport wants data: its buffer is empty (``close_notify``
+        is out) -- but for the call ``registerProducer`` makes at once."""
+        if self._registering or self.out:
+            return
+        self.out = True
+        self._unregister()
+        self.call = self.reactor.callLater(LINGER_SECONDS, self._quiet)
+        if self.on_out is not None:
+            self.on_out()
+
+    def stopProducing(self) -> None:
+        """The TCP connection is gone (or closing with us registered)."""
+        self._registered = False
+        self.cancel()
+
+    def heard(self) -> None:
+        """The client sent more: ``LINGER_SECONDS`` from now again."""
+        call = self.call
+        if call is not None and call.active():
+            call.reset(LINGER_SECONDS)
+
+    def cancel(self) -> None:
+        """The connection ended: no timer, no producer left behind."""
+        call, self.call = self.call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._unregister()
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            tcp = self.layer.transport
+            if tcp is not None and getattr(tcp, "producer", self) is self:
+                tcp.unregisterProducer()
+
+    def _quiet(self) -> None:
+        self.call = None
+        close_tcp(self.layer)
+
+
+def watch_tls_close(transport: Any, reactor: Any,
+                    on_out: Callable[[], None] | None = None) -> TLSCloseWatch | None:
+    """A ``TLSCloseWatch`` of ``transport``'s lingering close, once its
+    ``loseConnection`` has written our ``close_notify``; None where that is
+    not so (no Twisted TLS layer; close_notify held back until buffered
+    output is out; the client's came already: the TCP connection is
+    closing) -- the close grace bounds those, as before."""
+    layer = tls_layer(transport)
+    if layer is None or getattr(layer, "transport", None) is None:
+        return None
+    try:
+        shutdown = layer.getHandle().get_shutdown()
+    except Exception:  # its connection is gone already
+        return None
+    if not shutdown & SSL.SENT_SHUTDOWN or shutdown & SSL.RECEIVED_SHUTDOWN:
+        return None
+    watch = TLSCloseWatch(layer, reactor, on_out)
+    return watch if watch.start() else None
+
+
+def close_tcp(layer: TLSMemoryBIOProtocol) -> None:
+    """Close the TCP connection under Twisted's TLS ``layer`` once what it
+    holds is out (``loseConnection`` of the TLS transport does nothing
+    more once it sent ``close_notify``)."""
+    tcp = layer.transport
+    if tcp is not None:
+        tcp.loseConnection()

@@ -37,7 +37,15 @@ from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, ne
 from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
-from txmailhub.linger import LINGER_OCTETS, drop_input, end_output, lingers, shorten
+from txmailhub.linger import (
+    LINGER_OCTETS,
+    TLSCloseWatch,
+    drop_input,
+    end_output,
+    lingers,
+    shorten,
+    watch_tls_close,
+)
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.credentials import APOPCredentials
@@ -308,7 +316,8 @@ class POP3Protocol(Protocol):
         "_peer", "_pending_call",
         "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_saving", "_sizes", "_stream",
-        "_turn_call", "_turn_spent", "_typed", "_unmeasured", "_unseen", "_unseen_resets",
+        "_tls_close", "_turn_call", "_turn_spent", "_typed", "_unmeasured", "_unseen",
+        "_unseen_resets",
         "_update_running", "_user", "_write_paused",
         "_writer", "components", "connected", "engine", "factory", "implicit_tls", "mailbox",
         "reactor", "settings", "transport",
@@ -348,6 +357,9 @@ class POP3Protocol(Protocol):
         # dropped (at most LINGER_OCTETS more) until the client closes
         self._lingering = False
         self._linger_left = LINGER_OCTETS
+        # under TLS: when our close_notify is out, and the close's end once
+        # the client is quiet (txmailhub.linger.TLSCloseWatch)
+        self._tls_close: TLSCloseWatch | None = None
         # the session was ended without the UPDATE state already: at the
         # lingering close's start (_let_go), its save or flags maybe still
         # running (they let the mailbox go once done)
@@ -499,6 +511,9 @@ class POP3Protocol(Protocol):
                 call.cancel()
         self._idle_call = self._pending_call = self._close_call = self._closed_call = None
         self._turn_call = self._save_call = self._drain_call = None
+        if self._tls_close is not None:
+            self._tls_close.cancel()
+            self._tls_close = None
         stream = self._stream
         if stream is not None:
             self._stream = None
@@ -577,11 +592,12 @@ class POP3Protocol(Protocol):
         state), so it ends with it now -- the flags of the messages RETR
         sent made, sizes measured kept, then the lock let go -- not when
         the client closes, ``LINGER_SECONDS`` later at most (under TLS,
-        which has no end of stream to start them, ``CLOSE_GRACE``; after a
-        half-close: once it has read the last answers, ``CLOSE_GRACE`` at
-        most): a login of the same user meanwhile (a client retrying after
-        the ``-ERR``, or one whose earlier login's client hung up) waited
-        for it, or was told IN-USE.  Not while anything may still use the mailbox: a login's
+        those of quiet after close_notify is out, ``CLOSE_GRACE`` for a
+        client still sending; after a half-close: once it has read the
+        last answers, ``CLOSE_GRACE`` at most): a login of the same user
+        meanwhile (a client retrying after the ``-ERR``, or one whose
+        earlier login's client hung up) waited for it, or was told
+        IN-USE.  Not while anything may still use the mailbox: a login's
         sizes measured on a worker thread (``_measure``: the engine is not
         in TRANSACTION yet), a read or stream of a message (``_busy``,
         ``_stream``), the end's own changes (``_update_running``); the lock
@@ -755,6 +771,9 @@ class POP3Protocol(Protocol):
             # out); under TLS close_notify, and Twisted's TLS layer closes
             # once the client's comes (or its end of stream)
             end_output(t, tls)
+            # under TLS: LINGER_SECONDS once close_notify is out and the
+            # client is quiet, as a half-close's writeConnectionLost starts
+            self._tls_close = watch_tls_close(t, self.reactor)
             # The session uses the mailbox no more: it lets it go now
             # where nothing may still use it (_let_go).  Else the lock is
             # held until the client closes (LINGER_SECONDS at most once our
@@ -864,6 +883,8 @@ class POP3Protocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
+            if self._tls_close is not None:
+                self._tls_close.heard()  # still sending: not quiet yet
             self._linger_left = drop_input(self.transport, self._linger_left, data,
                                            self.implicit_tls)
             return

@@ -44,7 +44,15 @@ from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser, IStallRecord
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
-from txmailhub.linger import LINGER_OCTETS, drop_input, end_output, lingers, shorten
+from txmailhub.linger import (
+    LINGER_OCTETS,
+    TLSCloseWatch,
+    drop_input,
+    end_output,
+    lingers,
+    shorten,
+    watch_tls_close,
+)
 from txmailhub.logsafe import log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
@@ -183,6 +191,7 @@ class SMTPProtocol(Protocol):
         "_timed_reader",
         "_timer",
         "_tls",
+        "_tls_close",
         "_turn",
         "_waited",
         "_withheld",
@@ -258,6 +267,9 @@ class SMTPProtocol(Protocol):
         self._lingering = False
         self._linger_left = LINGER_OCTETS
         self._write_closed = False  # writeConnectionLost: all we sent is out
+        # under TLS: when our close_notify is out, and the close's end once
+        # the client is quiet (txmailhub.linger.TLSCloseWatch)
+        self._tls_close: TLSCloseWatch | None = None
         # the connection is lost, its input held is processed (_drain): the
         # session stays in limits.sessions until that ends (_end_session)
         self._draining = False
@@ -317,6 +329,8 @@ class SMTPProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
+            if self._tls_close is not None:
+                self._tls_close.heard()  # still sending: not quiet yet
             self._linger_left = drop_input(self.transport, self._linger_left, data,
                                            self.engine.session.tls)
             return
@@ -408,6 +422,9 @@ class SMTPProtocol(Protocol):
             log.info("TLS with {client} failed: {why}", client=self.client_name, why=why)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._tls_close is not None:
+            self._tls_close.cancel()
+            self._tls_close = None
         self._timer = None
         if self._turn is not None and self._turn.active():
             self._turn.cancel()
@@ -1317,6 +1334,9 @@ class SMTPProtocol(Protocol):
             self._paused = False
             self._reading = set_reading(t, self._reading, True)
             end_output(t, tls)
+            # under TLS: LINGER_SECONDS once close_notify is out and the
+            # client is quiet, as a half-close's writeConnectionLost starts
+            self._tls_close = watch_tls_close(t, self.reactor)
         else:
             t.loseConnection()
         if self._close_timer is not None:
