@@ -440,6 +440,32 @@ def test_an_empty_mailhub_config_counts_as_unset(tmp_path: Path) -> None:
     assert "Is a directory" not in done.stderr
 
 
+def test_a_default_config_that_cannot_be_read_says_why_that_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``mailhub check`` on a fresh machine, without --config: the line
+    # named /etc/txmailhub/mailhub.toml and nothing said that the command
+    # line gave no file, where ``twistd mailhub`` says so
+    missing = tmp_path / "missing.toml"
+    monkeypatch.setenv("MAILHUB_CONFIG", str(missing))
+    # read from the environment when the module is imported, as at a start
+    monkeypatch.setattr("txmailhub.cli.DEFAULT_CONFIG", str(missing))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["check"], out=out, err=err) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue().splitlines() == [
+        f"mailhub: no --config PATH given: reading {missing} "
+        "($MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml)",
+        f"{missing}: cannot read the config file: No such file or directory",
+    ]
+    # named on the command line (either spelling): the path alone says it
+    for argv in (["--config", str(missing), "check"], ["-c", str(missing), "user", "list"],
+                 [f"--config={missing}", "queue", "list"]):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(argv, out=out, err=err) == 2
+        assert err.getvalue() == (
+            f"{missing}: cannot read the config file: No such file or directory\n")
+
+
 EMPTY_CONFIG = ("mailhub: --config: the path is empty; leave the option out to read "
                 "$MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml\n")
 

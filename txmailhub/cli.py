@@ -94,10 +94,22 @@ _ALLOW_WEAK_HELP = ("accept a password the policy refuses (too short, too common
                     "name or domain), with a warning: for tests and automation")
 
 
+class _GivenConfig(argparse.Action):
+    """``--config PATH`` that also records that the command line named a
+    file (``config_given``): a problem with the default file says why
+    that file was read, as ``twistd mailhub`` says it, since the user
+    who typed ``mailhub check`` never named ``/etc/txmailhub/mailhub.toml``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        namespace.config = values
+        namespace.config_given = True
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mailhub", description="Administer a txmailhub mail hub.")
     p.add_argument(
-        "--config", "-c", default=DEFAULT_CONFIG,
+        "--config", "-c", default=DEFAULT_CONFIG, action=_GivenConfig,
         help=f"the TOML configuration file (default: $MAILHUB_CONFIG, else {SYSTEM_CONFIG})",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -644,6 +656,9 @@ def main(
         # as ``check`` prints them: what the config holds, escaped
         for warning in e.warnings:
             print(f"warning: {_shown_lines(warning)}", file=err)
+        if not getattr(args, "config_given", False):  # say why that file: none was named
+            print(_shown_lines(f"mailhub: no --config PATH given: reading {args.config} "
+                               f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})"), file=err)
         for problem in e.problems:
             print(_shown_lines(problem), file=err)
         return 2
