@@ -261,6 +261,52 @@ def test_each_problem_is_one_clear_line(snippet: str, expected: str) -> None:
     assert all("\n" not in p and "Traceback" not in p for p in found)
 
 
+def test_a_key_of_another_section_names_the_section_it_goes_in() -> None:
+    # a new user's slip: the size limit put with the relay settings got
+    # the list of [relay]'s keys only, and the search for it in the docs
+    found = problems(MINIMAL + "[relay]\nmax_message_size = 1048576\n")
+    assert found == [
+        "/etc/mh/mailhub.toml: [relay] max_message_size: unknown key in [relay]: it goes in "
+        "[smtp] (known keys of [relay]: delay_warning, hosts_time_budget, "
+        "max_concurrent_deliveries, max_per_destination, nameservers, port, queue_lifetime, "
+        "require_tls_after_seen, retry_schedule, smarthost, smarthost_auth_file, "
+        "smarthost_tls)"]
+    # the key of an optional section that is not there ([tls]), and one of
+    # several sections: each named
+    found = problems(MINIMAL.replace('domains', 'certificate = "c.pem"\ndomains')
+                     + "[relay]\nidle_timeout = \"5m\"\n")
+    assert any(p.startswith("/etc/mh/mailhub.toml: [hub] certificate: unknown key in [hub]: "
+                            "it goes in [tls] (") for p in found), found
+    assert any(p.startswith("/etc/mh/mailhub.toml: [relay] idle_timeout: unknown key in "
+                            "[relay]: it goes in [smtp] or [pop3] (") for p in found), found
+    # a key no section has keeps the plain line
+    assert problems(MINIMAL + "[relay]\nsmarthost_tsl = \"none\"\n")[0].startswith(
+        "/etc/mh/mailhub.toml: [relay] smarthost_tsl: unknown key (known keys: ")
+
+
+def test_a_key_before_the_first_section_is_no_section() -> None:
+    # ``state_dir = "var"`` at the top of the file: it was "[state_dir]:
+    # unknown section", which sent the user looking for a section
+    found = problems('state_dir = "var"\n' + MINIMAL)
+    assert found == ["/etc/mh/mailhub.toml: state_dir: a key before the first [section] line, "
+                     "outside every section: it goes in [hub]"]
+    # the [hub] line left out: each key said so, then what [hub] lacks
+    found = problems('hostname = "mail.example.org"\ndomains = ["example.org"]\nsize = 5\n')
+    assert found == [
+        "/etc/mh/mailhub.toml: hostname: a key before the first [section] line, outside every "
+        "section: it goes in [hub]",
+        "/etc/mh/mailhub.toml: domains: a key before the first [section] line, outside every "
+        "section: it goes in [hub]",
+        "/etc/mh/mailhub.toml: size: a key before the first [section] line, outside every "
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "/etc/mh/mailhub.toml: [hub] domains: required: the local domains, the primary one "
+        "first"]
+    # a real table of an unknown name is still an unknown section
+    assert problems(MINIMAL + "[weird]\nx = 1\n") == [
+        "/etc/mh/mailhub.toml: [weird]: unknown section (known: aliases, hub, pop3, relay, "
+        "smtp, submission, tls, users)"]
+
+
 @pytest.mark.parametrize(
     ("section", "key"),
     [("smtp", k) for k in ("max_message_size", "max_recipients", "max_connections",

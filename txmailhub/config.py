@@ -276,12 +276,23 @@ class _Reader:
         self.path = path
         self.base = base
         self.problems = problems
+        # each section's keys, as the tables are read: where a key that is
+        # unknown where it stands belongs (see ``name_homes``)
+        self.keys_of: dict[str, set[str]] = {}
+        # (index in problems, section or None for the top level, key)
+        self._strays: list[tuple[int, str | None, str]] = []
 
     def problem(self, section: str, key: str | None, why: str) -> None:
         where = f"[{section}] {key}" if key else f"[{section}]"
         self.problems.append(f"{self.path}: {where}: {why}")
 
+    def declare(self, section: str, keys: set[str]) -> None:
+        """Record ``section``'s keys without reading it (a section that is
+        optional and absent still names the home of a key put elsewhere)."""
+        self.keys_of[section] = set(keys)
+
     def table(self, doc: dict[str, Any], section: str, keys: set[str]) -> dict[str, Any]:
+        self.declare(section, keys)
         value = doc.get(section, {})
         if not isinstance(value, dict):
             self.problem(section, None, "must be a table")
@@ -289,8 +300,39 @@ class _Reader:
         for key in value:
             if key not in keys:
                 known = ", ".join(sorted(keys))
+                self._strays.append((len(self.problems), section, key))
                 self.problem(section, key, f"unknown key (known keys: {known})")
         return value
+
+    def top_level_key(self, key: str, sections: set[str]) -> None:
+        """A value before the first ``[section]`` line (``state_dir = "var"``
+        at the top of the file, or a ``[hub]`` line left out): a key outside
+        every section, not a section of that name, as it was called."""
+        self._strays.append((len(self.problems), None, key))
+        self.problems.append(
+            f"{self.path}: {key}: a key before the first [section] line, outside every "
+            f"section (sections: {', '.join(sorted(sections))})")
+
+    def name_homes(self) -> None:
+        """Say, for each key unknown where it stands, the section it is a
+        key of, once every section's keys are known: ``max_message_size``
+        under ``[relay]`` is ``[smtp]``'s, and a list of ``[relay]``'s keys
+        alone left the user to search the documentation for it."""
+        for index, section, key in self._strays:
+            homes = [f"[{home}]" for home, keys in self.keys_of.items()
+                     if key in keys and home != section]
+            if not homes:
+                continue
+            where = " or ".join(homes)
+            if section is None:
+                self.problems[index] = (
+                    f"{self.path}: {key}: a key before the first [section] line, outside "
+                    f"every section: it goes in {where}")
+            else:
+                known = ", ".join(sorted(self.keys_of[section]))
+                self.problems[index] = (
+                    f"{self.path}: [{section}] {key}: unknown key in [{section}]: it goes in "
+                    f"{where} (known keys of [{section}]: {known})")
 
     def get(
         self,
@@ -1160,7 +1202,11 @@ def load_text(text: str, path: str) -> Settings:
 
     known = {"hub", "users", "aliases", "tls", "smtp", "submission", "pop3", "relay"}
     for section in doc:
-        if section not in known:
+        if section in known:
+            continue
+        if not isinstance(doc[section], dict):  # a key before any [section] line
+            r.top_level_key(section, known)
+        else:
             problems.append(
                 f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
             )
@@ -1219,6 +1265,7 @@ def load_text(text: str, path: str) -> Settings:
     aliases = AliasesSettings(file=aliases_file)
 
     tls = None
+    r.declare("tls", {"certificate", "key"})
     if "tls" in doc:
         t = r.table(doc, "tls", {"certificate", "key"})
         for key in ("certificate", "key"):
@@ -1439,6 +1486,7 @@ def load_text(text: str, path: str) -> Settings:
             "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days)"
         )
 
+    r.name_homes()
     if problems:
         raise ConfigError(problems, warnings)
     return Settings(
