@@ -3,9 +3,8 @@
 from twisted.application.service import Application
 
 from txmailhub.allocator import tune_malloc
-from txmailhub.config import load
 from txmailhub.service import DaemonStartError, MailHub
-from txmailhub.tap import HangupNotice
+from txmailhub.tap import HangupNotice, settings_or_exit
 
 # What `twistd mailhub` does at its start: with glibc, have malloc unmap
 # the 16 MiB block of each password check when it is freed (otherwise
@@ -17,7 +16,10 @@ from txmailhub.tap import HangupNotice
 tune_malloc()
 
 application = Application("mailhub")
-hub = MailHub(load("/etc/txmailhub/mailhub.toml"))
+# The config as `twistd mailhub` reads it: warnings on standard error, and
+# a problem (a typo in a key) one line each and exit status 2, where
+# `load` raised ConfigError, which twistd shows as a traceback (exit 1).
+hub = MailHub(settings_or_exit("/etc/txmailhub/mailhub.toml"))
 # A start error (a port in use) as an exception twistd reports: daemonized
 # (`twistd -y mailhub.tac`) it reaches twistd's waiting parent, which prints
 # it and exits 1 (without this line that parent waits for good); in the

@@ -265,6 +265,31 @@ def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
     assert isinstance(hub, MailHub) and hub.start_error_type is DaemonStartError
 
 
+def test_the_tac_example_reports_a_bad_config_as_twistd_mailhub_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a typo in a key: the example's ``load`` raised ConfigError, which
+    # twistd -ny showed as "Unhandled Error" with a traceback, exit 1
+    from twisted.persisted import sob
+
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[smtp]\nlisten = []\nmax_recipient = 5\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    tac = tmp_path / "mailhub.tac"
+    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
+        "/etc/txmailhub/mailhub.toml", str(config)))
+    with pytest.raises(SystemExit) as info:
+        sob.loadValueFromFile(str(tac), "application")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"{config}: [smtp] max_recipient: unknown key (known keys: "
+                                "auth_failure_delay, expn, idle_timeout, listen, "
+                                "max_auth_failures, max_connections, "
+                                "max_connections_per_client, max_errors, max_junk_commands, "
+                                "max_message_size, max_recipients, relay_networks, vrfy)"]
+    assert not (tmp_path / "state").exists()  # nothing started, nothing made
+
+
 def test_the_tac_example_answers_sighup_as_twistd_mailhub_does(tmp_path: Path) -> None:
     # deployment.rst's SIGHUP (the TLS pair read again, a line in the log)
     # is twistd mailhub's; a hub run from the example had no handler, and

@@ -21,7 +21,13 @@ from typing import Any
 
 from twisted.python import usage
 
-from txmailhub.config import SYSTEM_CONFIG, default_config_path, empty_config_path, load
+from txmailhub.config import (
+    SYSTEM_CONFIG,
+    Settings,
+    default_config_path,
+    empty_config_path,
+    load,
+)
 from txmailhub.errors import ConfigError
 from txmailhub.logsafe import shown_lines
 from txmailhub.process_limits import FD_MARGIN as FD_MARGIN  # where tests import it from
@@ -42,7 +48,7 @@ from txmailhub.signals import HangupNotice
 
 # HangupNotice: where applications (etc/mailhub.tac, docs/embedding.rst)
 # import it from; it lives in txmailhub.signals
-__all__ = ["HangupNotice", "Options", "makeService"]
+__all__ = ["HangupNotice", "Options", "makeService", "settings_or_exit"]
 
 
 class Options(usage.Options):
@@ -76,29 +82,43 @@ class Options(usage.Options):
             # the ``mailhub`` command's own default, by its own rule: the
             # hub runs on the file ``mailhub check`` checked
             self["config"] = default_config_path()
-        try:
-            self["settings"] = load(self["config"])
-        except ConfigError as e:
-            for warning in e.warnings:
-                _say(f"warning: {warning}")
-            if not given:  # say why that file: the command line named none
-                _say(f"mailhub: no --config PATH given: reading {self['config']} "
-                      f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})")
-            for problem in e.problems:
-                _say(problem)
-            raise SystemExit(2) from None
-        from txmailhub.cli import smarthost_auth_problems
+        self["settings"] = settings_or_exit(self["config"], named=given)
 
-        warnings = list(self["settings"].warnings)
-        # a file the config names, read as the relay will: a bad one would
-        # turn every outbound message into a retry, found only in the log
-        problems = smarthost_auth_problems(self["settings"], warnings)
-        for warning in warnings:
+
+def settings_or_exit(path: str, *, named: bool = True) -> Settings:
+    """The settings of the config file ``path``, as ``twistd mailhub``
+    reads them at its start: its warnings on standard error, and on a
+    problem (the file, or the smarthost auth file it names) one line
+    each and ``SystemExit(2)``, before anything starts.
+
+    A ``.tac`` (``etc/mailhub.tac``) calls it where it called ``load``:
+    twistd reports an exception from a ``.tac`` as "Unhandled Error" with
+    a traceback, and exits 1, for a typo in a key.  ``named``: whether the
+    command line named ``path`` (else a line says why that file)."""
+    try:
+        settings = load(path)
+    except ConfigError as e:
+        for warning in e.warnings:
             _say(f"warning: {warning}")
-        if problems:
-            for problem in problems:
-                _say(problem)
-            raise SystemExit(2)
+        if not named:  # say why that file: the command line named none
+            _say(f"mailhub: no --config PATH given: reading {path} "
+                 f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})")
+        for problem in e.problems:
+            _say(problem)
+        raise SystemExit(2) from None
+    from txmailhub.cli import smarthost_auth_problems
+
+    warnings = list(settings.warnings)
+    # a file the config names, read as the relay will: a bad one would
+    # turn every outbound message into a retry, found only in the log
+    problems = smarthost_auth_problems(settings, warnings)
+    for warning in warnings:
+        _say(f"warning: {warning}")
+    if problems:
+        for problem in problems:
+            _say(problem)
+        raise SystemExit(2)
+    return settings
 
 
 def _say(text: str) -> None:
