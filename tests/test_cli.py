@@ -848,7 +848,8 @@ def test_check_says_when_this_user_could_not_use_the_state_dir(
     state.rmdir()
     state.write_text("")
     code, _, err = run(config, "check")
-    assert code == 2 and "something that is not a folder is in the way of" in err, err
+    assert code == 2 and (f"[hub] state_dir: {state} is not a folder and is in the way of "
+                          f"{state}: move it, or name another [hub] state_dir") in err, err
 
 
 def test_a_users_folder_this_user_cannot_make_is_said_with_the_way_to_make_it(
@@ -1271,10 +1272,14 @@ def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: P
     config.write_text(text)
     code, _, err = run(config, "check")
     assert code == 0 and "state_dir" not in err, err
-    # a file on the way, however far up, is in the way
+    # a file on the way, however far up, is in the way, and named: the
+    # line said "something that is not a folder", and which of the path's
+    # folders was a file was the admin's to find
     (config.parent / "no").write_text("")
     code, _, err = run(config, "check")
-    assert code == 2 and "something that is not a folder is in the way of" in err, err
+    assert code == 2 and (
+        f"[hub] state_dir: {config.parent / 'no'} is not a folder and is in the way of "
+        f"{config.parent / 'no/such/state'}: move it, or name another [hub] state_dir") in err, err
 
 
 def test_check_wants_a_state_dir_it_can_search_as_well_as_write(

@@ -364,7 +364,11 @@ def _state_dir_problems(settings: Settings) -> list[str]:
     while not os.path.exists(parent) and parent != os.path.dirname(parent):
         parent = os.path.dirname(parent)
     if os.path.exists(state_dir) or not os.path.isdir(parent):
-        return [f"{where}something that is not a folder is in the way of {state_dir}"]
+        # named, as the start names it: "something" left the admin to
+        # search every folder of the path for the file to move
+        blocker = state_dir if os.path.exists(state_dir) else parent
+        return [f"{where}{blocker} is not a folder and is in the way of {state_dir}: "
+                "move it, or name another [hub] state_dir"]
     if not os.access(parent, os.W_OK | os.X_OK):
         return [f"{where}{state_dir} does not exist and this user (uid {os.geteuid()}) "
                 f"cannot make it in {parent}: make it and give it to the user the hub runs as"]
