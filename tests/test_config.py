@@ -13,7 +13,7 @@ from conftest import as_user, make_certificate
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmailhub.config import SMTPSettings, load, load_text, parse_duration
+from txmailhub.config import SMTPSettings, load, load_local_submission, load_text, parse_duration
 from txmailhub.errors import ConfigError
 
 # a hostname: the default (the machine's name) may be a warning
@@ -259,6 +259,23 @@ def test_each_problem_is_one_clear_line(snippet: str, expected: str) -> None:
     assert any(expected in p for p in found), found
     assert all(p.startswith("/etc/mh/mailhub.toml: ") for p in found)
     assert all("\n" not in p and "Traceback" not in p for p in found)
+
+
+def test_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    # a file saved by an editor that writes a BOM before UTF-8 text: it was
+    # "Invalid statement (at line 1, column 1)", a line that looks right
+    bom = ("not valid TOML: the file starts with a byte order mark (U+FEFF, which some "
+           "editors write before UTF-8 text): save it as UTF-8 without a BOM")
+    assert problems("\ufeff" + MINIMAL) == [f"/etc/mh/mailhub.toml: {bom}"]
+    conf = tmp_path / "mailhub.toml"
+    conf.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    for reader in (load, load_local_submission):  # the hub's and the sendmail command's
+        with pytest.raises(ConfigError) as info:
+            reader(str(conf))
+        assert info.value.problems == [f"{conf}: {bom}"]
+    # any other TOML error keeps tomllib's words and place
+    assert problems(MINIMAL + "x = \n") == [
+        "/etc/mh/mailhub.toml: not valid TOML: Invalid value (at line 4, column 5)"]
 
 
 def test_a_key_of_another_section_names_the_section_it_goes_in() -> None:

@@ -1190,12 +1190,23 @@ def load(path: str) -> Settings:
     return load_text(text, path)
 
 
+def _not_toml(path: str, text: str, error: tomllib.TOMLDecodeError) -> str:
+    """The line for a file TOML cannot read.  A byte order mark, which
+    Notepad and other editors put before UTF-8 text and TOML does not
+    allow, is named: tomllib's "Invalid statement (at line 1, column 1)"
+    pointed at a first line that looks right in every editor."""
+    if text.startswith("\ufeff"):
+        return (f"{path}: not valid TOML: the file starts with a byte order mark (U+FEFF, "
+                "which some editors write before UTF-8 text): save it as UTF-8 without a BOM")
+    return f"{path}: not valid TOML: {error}"
+
+
 def load_text(text: str, path: str) -> Settings:
     """Validate TOML ``text`` as if read from ``path`` (relative paths resolve there)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+        raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
     warnings: list[str] = []
     r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems)
@@ -1550,7 +1561,7 @@ def load_local_submission(path: str) -> LocalSubmission:
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+        raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
     r = _Reader(path, os.path.dirname(path), problems)
     hub = r.table(doc, "hub", {f.name for f in fields(HubSettings)})
