@@ -908,3 +908,29 @@ def test_a_client_that_closes_while_its_read_waits_for_the_disk_lets_the_lock_go
     assert b"-ERR [IN-USE]" in bytes(t3.received)
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
+
+
+def test_a_half_closed_clients_late_read_of_a_message_grown_since_its_listing_is_still_sent(
+        tmp_path, log_events):
+    """The lock goes at the half-close while a small message's read waits
+    for the disk (above); if that read finds the file longer than it was
+    listed (rewritten meanwhile) the message is opened again to be
+    streamed.  That open went through the session's mailbox, gone with
+    the lock: the half-closed client got ``-ERR`` and an error was logged
+    for an ``AttributeError``; it is opened through the mailbox the
+    answer still reads with."""
+    _clock, components, md, syncer, _realm = env(tmp_path, [SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert len(syncer.jobs) == 1  # the read, waiting for the disk
+    proto.readConnectionLost()
+    assert proto.mailbox is None  # let go at once
+    path = os.path.join(md, "new", "1600000000.M1P1Q0.x")
+    with open(path, "ab") as f:
+        f.write(b"x" * CHUNK_SIZE + b"\n")
+    run_all(syncer)
+    got = bytes(t.received)
+    assert got.startswith(b"+OK"), got[:80]
+    assert got.endswith(b"x\r\n.\r\n")
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]

@@ -1414,7 +1414,7 @@ class POP3Protocol(Protocol):
         """Open the message and read its first chunk."""
         f = None
         try:
-            f = self.mailbox.open_message(action.index)
+            f = self._reading_box().open_message(action.index)
             first = self._read(f)
         except BlockingIOError:
             if f is None:  # pragma: no cover - an open does not say EAGAIN
@@ -1426,6 +1426,15 @@ class POP3Protocol(Protocol):
             self._read_failed(action, f)
             return
         self._with_first(action, f, first)
+
+    def _reading_box(self) -> Any:
+        """The mailbox an answer under way reads its message from: the
+        session's, or after a half-close that let the lock go while the
+        answer's read waited for the disk (``readConnectionLost``) the one
+        kept for that answer's reads (``_nowait``, ``_release``) -- a late
+        read that must open the message again (longer than listed, a file
+        that cannot seek) met ``None`` and sent ``-ERR``."""
+        return self.mailbox if self.mailbox is not None else self._nowait
 
     def _read(self, f: Any) -> bytes:
         """A chunk of ``f``: ``BlockingIOError`` if the kernel has not
@@ -1854,7 +1863,7 @@ class POP3Protocol(Protocol):
             return f
         except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
             f.close()
-            return self.mailbox.open_message(index)
+            return self._reading_box().open_message(index)
 
     def _refuse_utf8(self, action: Transmit) -> None:
         """RFC 6856 2 and 5: an internationalized message is not sent as
