@@ -117,3 +117,15 @@ def test_is_date_from_the_year_1_to_the_year_9999():
         assert schedule.is_date(ts), ts
     for ts in (float("nan"), float("inf"), float("-inf"), 1e300, -1e300, last + 1, first - 1):
         assert not schedule.is_date(ts), ts
+
+
+@pytest.mark.parametrize("ts, text", [
+    (-62135596800.0, "0001-01-01T00:00:00Z"),
+    (-59011459200.0, "0100-01-01T00:00:00Z"),
+    (0.0, "1970-01-01T00:00:00Z"),
+    (253402300799.0, "9999-12-31T23:59:59Z"),
+])
+def test_utc_text_is_iso_8601_with_a_four_digit_year(ts: float, text: str) -> None:
+    # strftime's %Y gives "1" for the year 1 on glibc: not ISO 8601, and a
+    # field a script reading `queue list` cannot take for a date
+    assert schedule.utc_text(ts) == text

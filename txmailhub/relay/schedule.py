@@ -157,4 +157,5 @@ def utc_text(ts: float) -> str:
     date = _date(ts)
     if date is None:
         return repr(float(ts))
-    return date.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # the year by hand: glibc's %Y does not pad a year before 1000
+    return f"{date.year:04d}-{date:%m-%dT%H:%M:%SZ}"
