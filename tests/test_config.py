@@ -301,6 +301,17 @@ def test_a_key_of_another_section_names_the_section_it_goes_in() -> None:
         "/etc/mh/mailhub.toml: [relay] smarthost_tsl: unknown key (known keys: ")
 
 
+def test_an_unknown_array_of_tables_is_an_unknown_section() -> None:
+    # ``[[foo]]`` is a section line, not a key above the first one: the
+    # top-level check took every value that is not a table for a key
+    found = problems(MINIMAL + "[[smtpd]]\nlisten = []\n")
+    assert found == ["/etc/mh/mailhub.toml: [smtpd]: unknown section (known: aliases, hub, "
+                     "pop3, relay, smtp, submission, tls, users)"]
+    # a plain list above the first section stays a key outside every section
+    assert problems("ports = [25]\n" + MINIMAL)[0].startswith(
+        "/etc/mh/mailhub.toml: ports: a key before the first [section] line, outside every ")
+
+
 def test_a_key_before_the_first_section_is_no_section() -> None:
     # ``state_dir = "var"`` at the top of the file: it was "[state_dir]:
     # unknown section", which sent the user looking for a section

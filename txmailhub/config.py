@@ -1215,7 +1215,12 @@ def load_text(text: str, path: str) -> Settings:
     for section in doc:
         if section in known:
             continue
-        if not isinstance(doc[section], dict):  # a key before any [section] line
+        value = doc[section]
+        # ``[[name]]`` (an array of tables) is a section line too: a list of
+        # tables, not a key above the first ``[section]`` line
+        tables = isinstance(value, list) and bool(value) and all(
+            isinstance(v, dict) for v in value)
+        if not isinstance(value, dict) and not tables:  # a key before any [section] line
             r.top_level_key(section, known)
         else:
             problems.append(
