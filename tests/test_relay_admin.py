@@ -259,6 +259,33 @@ def test_list_keeps_an_address_with_white_space_in_one_field(setup, tmp_path):
                       "x\\x{5C}x{20}y@remote.test", "0", "2027-01-15T08:00:00Z", "-"]
 
 
+def test_show_gives_an_address_with_white_space_as_list_does(setup, tmp_path):
+    # docs/relay.rst, queue show: a recipient line is the address, then its
+    # state and key=value words; "john doe"@remote.test split there into
+    # '"john' and 'doe"@remote.test pending ...'.  show now escapes white
+    # space in the sender and each recipient as list does, so the same
+    # address reads the same in both commands
+    settings, queue, _, _ = setup
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: y\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=Address("mary\tann", "example.org"),
+                                 recipients=(parse_mailbox('"john doe"@remote.test',
+                                                           "example.org"),
+                                             Address("x\\x{20}y", "remote.test")),
+                                 helo="client.example.org", client_address="127.0.0.1"),
+                        SpooledMessage(str(spool), 17, 20)).result
+    [line] = [x for x in run(settings, "list")[1].splitlines() if x.startswith(qid)]
+    _, sender, john, other = line.split()[:4]
+    code, out, _ = run(settings, "show", qid)
+    assert code == 0
+    lines = out.splitlines()
+    assert f"sender: {sender}" in lines, out
+    recipients = [x.split() for x in lines if x.startswith("  ") and not x.startswith("    ")]
+    assert [r[:2] for r in recipients] == [[john, "pending"], [other, "pending"]], out
+    assert john == '"john\\x{20}doe"@remote.test'
+    assert other == "x\\x{5C}x{20}y@remote.test"  # a text like an escape stays told apart
+
+
 def test_a_replys_control_characters_never_reach_the_terminal(setup):
     # a hostile next hop's reply, kept in the queue as received: an ESC
     # would start a terminal escape sequence in the admin's shell

@@ -20,10 +20,11 @@ notice), and the last error: the
 remote's reply verbatim, code included (``-`` when there is none).
 Control characters (an ESC, which starts a terminal escape sequence; a
 reply within RFC 5321's grammar has none but tabs) are shown as
-``\\x{HEX}`` in ``list`` and ``show``; in ``list``, white space in an
-address (a quoted local part, ``"john doe"@example.org``) is too (a
-space ``\\x{20}``), so that every field before the last error is one
-word.
+``\\x{HEX}`` in ``list`` and ``show``; white space in an address (a
+quoted local part, ``"john doe"@example.org``) is too (a space
+``\\x{20}``), so that every field before the last error of a ``list``
+line is one word, a ``show`` recipient line's address is its first
+word, and an address reads the same in both.
 
 An empty queue is no line at all to a pipe or a file, so that a script
 that counts lines (``mailhub queue list | wc -l``) or mails what a cron
@@ -179,7 +180,10 @@ def _show(entry: QueueEntry, out: TextIO, schedule: Any, since: float | None = N
     p(f"id: {entry.id}")
     if env.message_id:
         p(f"message id: {env.message_id}")
-    p(f"sender: {_sender(entry)}")
+    # the sender and each recipient as ``queue list`` gives them
+    # (``_field``: white space too as \x{HEX}); printed as they are, since
+    # shown() again would turn the escapes' backslash into \x{5C}
+    print(f"sender: {_field(_sender(entry))}", file=out)
     p(f"queued: {utc_text(entry.created)}")
     # the spool file's size: the client's octets (what the log line says)
     # and the trace fields this hub put before them
@@ -200,7 +204,9 @@ def _show(entry: QueueEntry, out: TextIO, schedule: Any, since: float | None = N
     p(f"delivering: {_delivering(since)}")
     p("recipients:")
     for r in entry.recipients:
-        parts = [f"  {r.address}", r.state, f"attempts={r.attempts}"]
+        # the address is the first word of the line: "john doe"@remote.test
+        # as it is made two, and the state read as part of the address
+        parts = [r.state, f"attempts={r.attempts}"]
         if r.last_attempt:
             parts.append(f"last-attempt={utc_text(r.last_attempt)}")
         if r.remote_mta:
@@ -209,7 +215,7 @@ def _show(entry: QueueEntry, out: TextIO, schedule: Any, since: float | None = N
             parts.append("notify=" + ",".join(r.notify))
         if r.notice:
             parts.append(f"notice-owed={r.notice}")  # RFC 3461 success notice, not yet sent
-        p(" ".join(parts))
+        print(f"  {_field(str(r.address))} {shown(' '.join(parts))}", file=out)
         if r.last_reply is not None:
             # the server's words, or this hub's own account of the attempt
             who = "hub" if isinstance(r.last_reply, LocalReply) else "reply"
