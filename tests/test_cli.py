@@ -1282,6 +1282,26 @@ def test_check_takes_a_state_dir_several_folders_deep_that_can_be_made(config: P
         f"{config.parent / 'no/such/state'}: move it, or name another [hub] state_dir") in err, err
 
 
+def test_check_names_a_dangling_symlink_in_the_way_of_the_state_dir(config: Path) -> None:
+    # a symlink to nothing (a volume not mounted, a target moved) is not a
+    # folder and os.makedirs cannot make one through it; check took it for
+    # nothing there at all and said "ok", the start then refused
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    text = config.read_text().replace('state_dir = "var"', 'state_dir = "link/state"')
+    config.write_text(text)
+    link = config.parent / "link"
+    link.symlink_to(config.parent / "gone")
+    code, _, err = run(config, "check")
+    assert code == 2 and (
+        f"[hub] state_dir: {link} is not a folder and is in the way of "
+        f"{link / 'state'}: move it, or name another [hub] state_dir") in err, err
+    # state_dir itself a symlink to nothing
+    config.write_text(text.replace('state_dir = "link/state"', 'state_dir = "link"'))
+    code, _, err = run(config, "check")
+    assert code == 2 and f"[hub] state_dir: {link} is not a folder and is in the way of " \
+        f"{link}: " in err, err
+
+
 def test_check_wants_a_state_dir_it_can_search_as_well_as_write(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # write without search (mode 0600 on a folder) makes no file in it

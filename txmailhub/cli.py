@@ -360,13 +360,15 @@ def _state_dir_problems(settings: Settings) -> list[str]:
             return [f"{where}{state_dir} cannot be written by this user (uid {os.geteuid()}): "
                     "it and everything in it must belong to the user the hub runs as"]
         return []
+    # lexists: a symlink to nothing is in the way (os.makedirs cannot
+    # make a folder through it), where exists() took it for no file at all
     parent = os.path.dirname(state_dir)
-    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
         parent = os.path.dirname(parent)
-    if os.path.exists(state_dir) or not os.path.isdir(parent):
+    if os.path.lexists(state_dir) or not os.path.isdir(parent):
         # named, as the start names it: "something" left the admin to
         # search every folder of the path for the file to move
-        blocker = state_dir if os.path.exists(state_dir) else parent
+        blocker = state_dir if os.path.lexists(state_dir) else parent
         return [f"{where}{blocker} is not a folder and is in the way of {state_dir}: "
                 "move it, or name another [hub] state_dir"]
     if not os.access(parent, os.W_OK | os.X_OK):
