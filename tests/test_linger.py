@@ -233,3 +233,26 @@ def test_a_watch_cancelled_with_the_connection_leaves_nothing_behind() -> None:
     layer.transport.room = 1 << 20
     layer.transport.flush()
     assert outs == [] and not reactor.getDelayedCalls()
+    # and the TLS layer reads its TCP input as it did before the watch
+    assert "dataReceived" not in vars(layer)
+
+
+def test_the_watch_hears_the_clients_bytes_over_tcp_not_only_whole_records() -> None:
+    # a TLS record decrypts to nothing until it is whole: the client's
+    # bytes coming over TCP restart the LINGER_SECONDS all the same
+    reactor, layer, watch, _outs = _watched()
+    watch.cancel()
+    fed: list[bytes] = []
+    layer.dataReceived = fed.append  # the TLS layer's handling of its input
+    watch = linger.watch_tls_close(layer, reactor)
+    assert watch is not None and layer.dataReceived != fed.append
+    tcp = layer.transport
+    tcp.room = 1 << 20
+    tcp.flush()
+    assert watch.out and watch.call.getTime() == linger.LINGER_SECONDS
+    reactor.advance(1)
+    layer.dataReceived(b"\x17\x03\x03\x40\x00 the start of a record")
+    assert fed == [b"\x17\x03\x03\x40\x00 the start of a record"]
+    assert watch.call.getTime() == 1 + linger.LINGER_SECONDS
+    watch.cancel()
+    assert layer.dataReceived == fed.append  # as it was before the watch

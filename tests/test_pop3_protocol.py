@@ -3809,6 +3809,30 @@ def test_a_pop3s_client_still_sending_is_not_closed_sooner_than_the_close_grace(
         assert not t.connected and aborts == []
 
 
+def test_a_pop3s_client_whose_tls_record_is_still_arriving_is_not_quiet(tls_files):
+    # a client still sending is read from, record by record: one whose
+    # record takes longer than LINGER_SECONDS to arrive (a slow link, 16
+    # KiB records) decrypts to nothing until it is whole, but its bytes
+    # come all the while -- it is not quiet, and no close (a reset for a
+    # client still sending) cuts it LINGER_SECONDS after close_notify
+    import socket
+
+    env = Env(max_errors=1)
+    with _pop3s_session(env, tls_files) as (_factory, proto, t, reactor, client):
+        aborts = _pop3s_read_the_line_and_close_notify(env, reactor, client, proto, t)
+        # the start of an application data record of 16 KiB, sent raw
+        record = b"\x17\x03\x03\x40\x00" + b"\0" * 3995
+        for part in range(4):
+            env.clock.advance(linger.LINGER_SECONDS * 0.75)
+            assert socket.socket.send(client, record[part * 1000:(part + 1) * 1000]) > 0
+            for _ in range(3):
+                reactor.iterate(0)
+            assert t.connected, part
+        env.clock.advance(linger.LINGER_SECONDS)  # quiet now: closed
+        step_until_closed(reactor, t)
+        assert not t.connected and aborts == []
+
+
 # -- a client's half-close outside the stop (plain TCP) --------------------------
 
 _BIG = b"Subject: big\n\n" + b"a line of the body, long enough to fill a buffer\n" * 6000

@@ -149,9 +149,13 @@ class TLSCloseWatch:
     a close of the TCP connection (Twisted's TLS layer closes it once the
     client's ``close_notify`` comes) is never held up by it.
 
-    Each read of the client's input restarts the ``LINGER_SECONDS``: a
-    client still sending (within ``LINGER_OCTETS``) keeps the close
-    grace's bound it had, and only one that has gone quiet -- it read our
+    Each read of the client's input restarts the ``LINGER_SECONDS``, read
+    from the TCP connection (``start`` puts ``_tcp_input`` before the TLS
+    layer's ``dataReceived``): a record decrypts to nothing until it is
+    whole, and one of a client on a slow link may take longer than that
+    to arrive.  So a client still sending (within ``LINGER_OCTETS``)
+    keeps the close grace's bound it had, and only one that has gone
+    quiet -- it read our
     line and ``close_notify`` and does not close -- is closed
     ``LINGER_SECONDS`` later, not after the close grace's 30 s.  That
     close is of the TCP connection (our ``close_notify`` is out; the
@@ -166,6 +170,9 @@ class TLSCloseWatch:
         self.call: Any = None  # the close once quiet for LINGER_SECONDS
         self._registered = False
         self._registering = False
+        self._hooked = False
+        self._tls_input: Callable[[bytes], None] = self.layer.dataReceived
+        self._own_input: Any = None  # a dataReceived set on the layer itself
 
     def start(self) -> bool:
         """Watch the TCP transport; False when that is not possible (its
@@ -181,7 +188,21 @@ class TLSCloseWatch:
             return False
         finally:
             self._registering = False
+        if self._registered:  # (not if the transport was gone: stopProducing)
+            # The TCP transport looks its protocol's dataReceived up at each
+            # read: the TLS layer's own, with ours in front for as long as
+            # we watch (cancel takes it away)
+            self._own_input = vars(self.layer).get("dataReceived")
+            self._tls_input = self.layer.dataReceived
+            self.layer.dataReceived = self._tcp_input  # type: ignore[method-assign]
+            self._hooked = True
         return True
+
+    def _tcp_input(self, data: bytes) -> None:
+        """Bytes of the client came over TCP: not quiet, whether or not
+        they complete a record; then the TLS layer's own handling."""
+        self.heard()
+        self._tls_input(data)
 
     def resumeProducing(self) -> None:
         """The TCP transport wants data: its buffer is empty (``close_notify``
@@ -211,6 +232,14 @@ class TLSCloseWatch:
         if call is not None and call.active():
             call.cancel()
         self._unregister()
+        if self._hooked:
+            self._hooked = False
+            layer = vars(self.layer)
+            if layer.get("dataReceived") == self._tcp_input:  # ours still
+                if self._own_input is None:
+                    del layer["dataReceived"]  # the class's again
+                else:
+                    layer["dataReceived"] = self._own_input
 
     def _unregister(self) -> None:
         if self._registered:
