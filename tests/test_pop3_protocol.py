@@ -3809,6 +3809,27 @@ def test_a_pop3s_client_still_sending_is_not_closed_sooner_than_the_close_grace(
         assert not t.connected and aborts == []
 
 
+def test_at_the_stop_a_quiet_pop3s_client_is_closed_not_reset(tls_files):
+    # the stop's grace (STOP_CLOSE_GRACE) ends the close before the
+    # watch's LINGER_SECONDS: with the line and close_notify out, it
+    # closes the TCP connection as plain TCP's half-close does, no abort
+    env = Env()
+    with _pop3s_session(env, tls_files) as (factory, proto, t, reactor, client):
+        stopped = factory.shut_down()
+        got = tls_reads(reactor, client)
+        assert got == R.SHUTTING_DOWN.to_bytes() + b"<close_notify>", got
+        for _ in range(5):
+            reactor.iterate(0)
+        assert proto._tls_close is not None and proto._tls_close.out
+        aborts: list[bool] = []
+        abort = t.abortConnection
+        t.abortConnection = lambda: (aborts.append(True), abort())
+        env.clock.advance(pop3_protocol.STOP_CLOSE_GRACE)
+        step_until_closed(reactor, t)
+        assert not t.connected and aborts == [] and stopped.called
+        assert not [c for c in env.clock.getDelayedCalls() if c.active()]
+
+
 def test_a_pop3s_client_whose_tls_record_is_still_arriving_is_not_quiet(tls_files):
     # a client still sending is read from, record by record: one whose
     # record takes longer than LINGER_SECONDS to arrive (a slow link, 16

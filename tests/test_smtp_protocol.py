@@ -655,7 +655,11 @@ class ProtocolTests(SynchronousTestCase):
             + b"\r\n"
         assert client.socket.lost is None and not gone.called  # waits for close_notify
         h.clock.advance(STOP_CLOSE_GRACE)
-        assert client.socket.lost is not None  # cut
+        # the 421 and close_notify were out: the TCP connection closes (on
+        # the socket's next write turn), as plain TCP's half-close ends
+        client.socket.flush()
+        assert client.socket.lost is not None
+        assert client.socket.lost.check(error.ConnectionDone)  # not a reset
         assert self.successResultOf(gone) is None
         assert factory.connections == 0 and not h.clock.getDelayedCalls()
 
@@ -3459,6 +3463,28 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         step_until_closed(reactor, t)
         assert not t.connected and p not in h.factory.limits.sessions
         assert self.aborts == []  # an orderly close of the TCP connection
+
+    def test_at_the_stop_a_quiet_client_is_closed_not_reset(self):
+        # the stop's grace (STOP_CLOSE_GRACE) ends the close before the
+        # watch's LINGER_SECONDS: with the 421 and close_notify out, it
+        # closes the TCP connection as plain TCP's half-close does
+        h, factory, p, t, reactor, client = self._smtps()
+        client.sendall(b"EHLO c\r\n")
+        tls_reads(reactor, client, until=b"250 ")
+        stopped = factory.shut_down()
+        got = tls_reads(reactor, client)
+        assert got == b"421 4.3.2 mx.example.org Service shutting down\r\n<close_notify>", got
+        for _ in range(5):
+            reactor.iterate(0)
+        assert p._tls_close is not None and p._tls_close.out
+        aborts: list[bool] = []
+        abort = t.abortConnection
+        t.abortConnection = lambda: (aborts.append(True), abort())
+        p.reactor.advance(STOP_CLOSE_GRACE)
+        step_until_closed(reactor, t)
+        assert not t.connected and aborts == [] and stopped.called
+        assert p not in h.factory.limits.sessions
+        assert not [c for c in p.reactor.getDelayedCalls() if c.active()]
 
     def test_a_client_still_sending_is_not_closed_sooner_than_the_close_grace(self):
         # each read starts the LINGER_SECONDS again: a client still sending

@@ -241,6 +241,23 @@ class TLSCloseWatch:
                 else:
                     layer["dataReceived"] = self._own_input
 
+    def close_if_out(self) -> bool:
+        """The close's time is up (the close grace, the stop's): close the
+        TCP connection, as ``_quiet`` does, if our line and
+        ``close_notify`` are out -- no reset, as a half-close's end on
+        plain TCP -- and say so; False where they are not (the caller
+        aborts: a TCP close waits for a buffer a client that reads nothing
+        never drains)."""
+        tcp = self.layer.transport
+        if not self.out or tcp is None or getattr(tcp, "dataBuffer", b"") or getattr(
+                tcp, "_tempDataLen", 0):
+            # (what the TLS layer wrote since would hold up the close,
+            # with nothing left to end it)
+            return False
+        self.cancel()
+        close_tcp(self.layer)
+        return True
+
     def _unregister(self) -> None:
         if self._registered:
             self._registered = False

@@ -811,6 +811,11 @@ class POP3Protocol(Protocol):
             self.transport.loseConnection()
             if self._lost:
                 return
+            watch = self._tls_close
+            if watch is not None and watch.close_if_out():
+                # under TLS the line and close_notify are out: the same
+                # close (the stop's grace ends before the watch's)
+                return
         log.info("POP3: closing {peer} without waiting any longer", peer=self._peer)
         self.transport.abortConnection()
 

@@ -1353,6 +1353,11 @@ class SMTPProtocol(Protocol):
             # unless the client sent more in this very turn
             self.transport.loseConnection()
             return
+        watch = self._tls_close
+        if self._lingering and watch is not None and watch.close_if_out():
+            # under TLS the 421 and close_notify are out: the same close
+            # (the stop's grace ends before the watch's LINGER_SECONDS)
+            return
         log.info("closing {client} without waiting any longer", client=self.client_name)
         self.transport.abortConnection()
 
