@@ -236,6 +236,20 @@ def test_list_gives_the_hubs_own_account_code_first_and_a_dash_before_any(setup,
     assert "last reply: -\n" in run(settings, "show", new)[1]
 
 
+def _queue_white_space(queue, tmp_path, sender_local: str) -> str:
+    """Queue a message whose sender (hand-edited) and first recipient (a
+    quoted local part) hold white space, and whose second recipient holds
+    a text that looks like an escape; the id."""
+    spool = tmp_path / "spool2"
+    spool.write_bytes(b"Subject: y\n\nbody\n")
+    return queue.enqueue(Envelope(sender=Address(sender_local, "example.org"),
+                                  recipients=(parse_mailbox('"john doe"@remote.test',
+                                                            "example.org"),
+                                              Address("x\\x{20}y", "remote.test")),
+                                  helo="client.example.org", client_address="127.0.0.1"),
+                         SpooledMessage(str(spool), 17, 20)).result
+
+
 def test_list_keeps_an_address_with_white_space_in_one_field(setup, tmp_path):
     # docs/relay.rst, queue list: an address may hold white space (a quoted
     # local part, "john doe"@remote.test, as RCPT took it, or a hand-edited
@@ -245,14 +259,7 @@ def test_list_keeps_an_address_with_white_space_in_one_field(setup, tmp_path):
     # space as \x{A0}); a text that looks like such an escape stays told
     # apart from one
     settings, queue, _, _ = setup
-    spool = tmp_path / "spool2"
-    spool.write_bytes(b"Subject: y\n\nbody\n")
-    qid = queue.enqueue(Envelope(sender=Address("mary\tann\u00a0lee", "example.org"),
-                                 recipients=(parse_mailbox('"john doe"@remote.test',
-                                                           "example.org"),
-                                             Address("x\\x{20}y", "remote.test")),
-                                 helo="client.example.org", client_address="127.0.0.1"),
-                        SpooledMessage(str(spool), 17, 20)).result
+    qid = _queue_white_space(queue, tmp_path, "mary\tann\u00a0lee")
     [line] = [x for x in run(settings, "list")[1].splitlines() if x.startswith(qid)]
     fields = line.split()
     assert fields == [qid, "mary\\x{9}ann\\x{A0}lee@example.org", '"john\\x{20}doe"@remote.test',
@@ -266,14 +273,7 @@ def test_show_gives_an_address_with_white_space_as_list_does(setup, tmp_path):
     # space in the sender and each recipient as list does, so the same
     # address reads the same in both commands
     settings, queue, _, _ = setup
-    spool = tmp_path / "spool2"
-    spool.write_bytes(b"Subject: y\n\nbody\n")
-    qid = queue.enqueue(Envelope(sender=Address("mary\tann", "example.org"),
-                                 recipients=(parse_mailbox('"john doe"@remote.test',
-                                                           "example.org"),
-                                             Address("x\\x{20}y", "remote.test")),
-                                 helo="client.example.org", client_address="127.0.0.1"),
-                        SpooledMessage(str(spool), 17, 20)).result
+    qid = _queue_white_space(queue, tmp_path, "mary\tann")
     [line] = [x for x in run(settings, "list")[1].splitlines() if x.startswith(qid)]
     _, sender, john, other = line.split()[:4]
     code, out, _ = run(settings, "show", qid)
