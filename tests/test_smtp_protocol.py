@@ -663,6 +663,26 @@ class ProtocolTests(SynchronousTestCase):
         assert self.successResultOf(gone) is None
         assert factory.connections == 0 and not h.clock.getDelayedCalls()
 
+    def test_at_the_shutdown_a_tls_client_reading_nothing_is_cut_at_the_grace(self):
+        # a client that reads none of a large output: our 421 and
+        # close_notify never leave Twisted's buffer, so the close cannot be
+        # a TCP close (it would wait for that buffer for ever); the stop
+        # still ends at STOP_CLOSE_GRACE, with an abort
+        h, client = self._smtps_logged_in()
+        factory = client.server.wrappedProtocol.factory
+        p = client.server.wrappedProtocol
+        client.send(b"NOOP\r\n" * 20000)  # its replies are never read
+        h.clock.advance(0)
+        sock = client.socket
+        gone = factory.shut_down()
+        h.clock.advance(0)
+        assert p._tls_close is not None and not p._tls_close.out
+        assert sock.lost is None and not gone.called
+        h.clock.advance(STOP_CLOSE_GRACE)
+        assert sock.lost is not None and sock.lost.check(error.ConnectionAborted)
+        assert self.successResultOf(gone) is None
+        assert factory.connections == 0 and not h.clock.getDelayedCalls()
+
     def test_the_shutdown_shortens_a_polite_close_under_way(self):
         h, client = self._smtps_logged_in()
         factory = client.server.wrappedProtocol.factory
