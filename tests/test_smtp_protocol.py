@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import gc
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_certificate, stalled_turn
@@ -3576,10 +3579,11 @@ class TLSLingeringCloseTests(SynchronousTestCase):
         assert not t.connected and p not in p.factory.limits.sessions
 
 
-def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path):
-    # over loopback, STARTTLS on Twisted's real TCP transport: too many
-    # errors then a client that keeps sending; what it sent after the 421
-    # was decrypted and dropped for up to the close grace, without bound
+@contextlib.contextmanager
+def _after_starttls(tmp_path) -> Iterator[tuple[Any, Any, Any, Any, Any]]:
+    """A session over loopback on Twisted's real TCP transport (its TLS
+    server side) that has done EHLO and STARTTLS, three errors from its
+    421: ``(protocol, transport, reactor, tls client, factory)``."""
     from twisted.internet import tcp
 
     class Server(tcp._TLSServerMixin, tcp.Connection):  # the TLS server side
@@ -3594,7 +3598,14 @@ def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path
         assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
         raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
         assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
-        client = tls_client(reactor, raw, cert[0])
+        yield proto, t, reactor, tls_client(reactor, raw, cert[0]), factory
+
+
+def test_after_starttls_the_lingering_close_reads_at_most_linger_octets(tmp_path):
+    # over loopback, STARTTLS on Twisted's real TCP transport: too many
+    # errors then a client that keeps sending; what it sent after the 421
+    # was decrypted and dropped for up to the close grace, without bound
+    with _after_starttls(tmp_path) as (proto, t, reactor, client, factory):
         # txmailhub.linger finds Twisted's TLS layer under it (a Twisted
         # that moves it fails here, not in the field)
         assert linger.tls_layer(t) is t.protocol
@@ -3611,21 +3622,7 @@ def test_after_starttls_a_quiet_client_is_closed_linger_seconds_after_close_noti
     # the TLS layer's transport is Twisted's bypass of the TCP connection
     # after startTLS: the close_notify's drain is seen there too, and the
     # TCP connection closes LINGER_SECONDS later (it waited for CLOSE_GRACE)
-    from twisted.internet import tcp
-
-    class Server(tcp._TLSServerMixin, tcp.Connection):  # the TLS server side
-        pass
-
-    h = Harness(max_errors=3)
-    cert = make_certificate(tmp_path)
-    h.components.tls = tls_options(str(cert[0]), str(cert[1]))
-    factory = SMTPFactory(h.components)
-    with loopback_session(factory, IPv4Address("TCP", "192.0.2.1", 4321),
-                          transport=Server) as (proto, t, reactor, raw):
-        assert client_reads(reactor, raw, until=b"\r\n").startswith(b"220 ")
-        raw.sendall(b"EHLO c\r\nSTARTTLS\r\n")
-        assert client_reads(reactor, raw, until=b"220 2.0.0").endswith(b"Ready to start TLS\r\n")
-        client = tls_client(reactor, raw, cert[0])
+    with _after_starttls(tmp_path) as (proto, t, reactor, client, factory):
         tls_send(client, b"EHLO c\r\n" + b"BOGUS\r\n" * 3)
         got = tls_reads(reactor, client)
         assert got.endswith(b"<close_notify>"), got
