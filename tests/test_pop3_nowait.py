@@ -13,6 +13,7 @@ end."""
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 
 import pytest
@@ -465,27 +466,107 @@ def test_a_read_partly_cached_reads_nothing(tmp_path, learnt_afresh, monkeypatch
     path.write_bytes(b"x" * 10_000)
     real = os.preadv
     calls = []
+    # the kernel's short reads end where a page the cache holds ends
+    short = [mmap.PAGESIZE - 7, mmap.PAGESIZE]
 
     def short_then_eagain(fd, buffers, offset, flags=0):
         calls.append(offset)
         if len(calls) == 1:
-            return real(fd, [memoryview(buffers[0])[:100]], offset, flags)
+            return real(fd, [memoryview(buffers[0])[:short[0]]], offset, flags)
         raise BlockingIOError(errno.EAGAIN, "not cached")
 
     monkeypatch.setattr(os, "preadv", short_then_eagain)
     with open(path, "rb", buffering=0) as f:
         f.seek(7)
         with pytest.raises(BlockingIOError):
-            nowait.read_nowait(f, 1000)
+            nowait.read_nowait(f, mmap.PAGESIZE + 1000)
         assert f.tell() == 7
     calls.clear()
+    short.pop(0)
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(BlockingIOError):
-            nowait.pread_nowait(fd, 1000, 0)
-        assert calls == [0, 100]
+            nowait.pread_nowait(fd, mmap.PAGESIZE + 1000, 0)
+        assert calls == [0, mmap.PAGESIZE]
     finally:
         os.close(fd)
+
+
+@needs_flag
+@pytest.mark.parametrize("size, offset", [(1024, 0), (1, 0), (mmap.PAGESIZE + 5, 0),
+                                          (3000, 100)])
+def test_a_read_that_ends_within_a_page_is_one_system_call(
+        tmp_path, learnt_afresh, monkeypatch, size, offset):
+    """A short read that stops within a page stopped at the end of the
+    file (the cache holds whole pages): no second ``preadv2`` is made to
+    hear 0 there.  The small message RETR reads whole (a buffer one
+    octet longer than its CRLF size) is read with one."""
+    path = tmp_path / "m"
+    data = bytes(range(256)) * (size // 256 + 1)
+    path.write_bytes(data[:size])
+    real = os.preadv
+    calls = []
+
+    def counted(fd, buffers, at, flags=0):
+        calls.append((at, flags))
+        return real(fd, buffers, at, flags)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = nowait.pread_nowait(fd, size - offset + 20, offset)
+    finally:
+        os.close(fd)
+    assert got == data[offset:size]
+    assert calls == [(offset, os.RWF_NOWAIT)]
+
+
+@needs_flag
+def test_a_small_retr_reads_its_message_with_one_system_call(tmp_path, learnt_afresh,
+                                                              monkeypatch):
+    """RETR of a small message the kernel holds: open, one ``preadv2``,
+    close, and the bytes a session whose reads are plain ones sends."""
+    nowait._set(False)  # plain reads
+    expected = cached_answer(tmp_path, [SMALL], b"RETR 1\r\n")
+    nowait._set(None)
+    assert expected.startswith(b"+OK ")
+    assert expected.endswith(b"\r\n..leading dot\r\nhello\r\n.\r\n")
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL])
+    proto, t = session(components, syncer)
+    real = os.preadv
+    calls = []
+
+    def counted(fd, buffers, at, flags=0):
+        calls.append(at)
+        return real(fd, buffers, at, flags)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert bytes(t.received) == expected
+    assert calls == [0] and syncer.jobs == []
+
+
+@needs_flag
+def test_a_read_that_ends_at_a_page_boundary_asks_for_the_rest(
+        tmp_path, learnt_afresh, monkeypatch):
+    """At a page boundary a short read may be the end of what the cache
+    holds: the rest is asked for (here it is the end of the file)."""
+    path = tmp_path / "m"
+    path.write_bytes(b"p" * mmap.PAGESIZE)
+    real = os.preadv
+    calls = []
+
+    def counted(fd, buffers, at, flags=0):
+        calls.append(at)
+        return real(fd, buffers, at, flags)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert nowait.pread_nowait(fd, mmap.PAGESIZE + 1, 0) == b"p" * mmap.PAGESIZE
+    finally:
+        os.close(fd)
+    assert calls == [0, mmap.PAGESIZE]
 
 
 @pytest.mark.parametrize("code, everywhere", [

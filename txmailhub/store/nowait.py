@@ -30,6 +30,7 @@ another disk) turned the flag off for every Maildir of the hub.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from typing import Any
 
@@ -46,6 +47,13 @@ _REFUSED = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 # refused (``ENOSYS``) or there is no flag at all: then every read here
 # is a plain one
 _works: bool | None = None if _FLAG is not None and hasattr(os, "preadv") else False
+
+# The page cache holds files in whole pages (folios of one page or more,
+# each at an offset that is a multiple of the page size): a read without
+# waiting that stops short because the next page is not cached stops at a
+# multiple of it.  One that stops anywhere else stopped at the end of the
+# file (as a plain read does), and another try there could only say so.
+_PAGE = mmap.PAGESIZE
 
 # the devices (``st_dev``) of the filesystems that refused the flag: their
 # reads are plain ones.  Only the reactor thread changes it.
@@ -113,10 +121,15 @@ def pread_nowait(fd: int, size: int, offset: int) -> bytes:
         return bytes(buf)
     if not n:
         return b""
-    # A short read is the end of the file, or the end of what the kernel
-    # holds: the rest is asked for (0 at the end; BlockingIOError if not
-    # cached, and then none of it counts as read)
     del buf[n:]
+    if (offset + n) % _PAGE:
+        # ended within a page: the end of the file (``_PAGE``), so the
+        # small message RETR reads whole costs one preadv2, not a second
+        # one that returns 0
+        return bytes(buf)
+    # A short read at a page boundary is the end of the file, or the end
+    # of what the kernel holds: the rest is asked for (0 at the end;
+    # BlockingIOError if not cached, and then none of it counts as read)
     return bytes(buf) + pread_nowait(fd, size - n, offset + n)
 
 
