@@ -492,6 +492,20 @@ def test_a_read_partly_cached_reads_nothing(tmp_path, learnt_afresh, monkeypatch
         os.close(fd)
 
 
+def count_preadv(monkeypatch) -> list[tuple[int, int]]:
+    """Every ``os.preadv`` from now on, as ``(offset, flags)``, made as it
+    would be."""
+    real = os.preadv
+    calls: list[tuple[int, int]] = []
+
+    def counted(fd, buffers, at, flags=0):
+        calls.append((at, flags))
+        return real(fd, buffers, at, flags)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    return calls
+
+
 @needs_flag
 @pytest.mark.parametrize("size, offset", [(1024, 0), (1, 0), (mmap.PAGESIZE + 5, 0),
                                           (3000, 100)])
@@ -504,14 +518,7 @@ def test_a_read_that_ends_within_a_page_is_one_system_call(
     path = tmp_path / "m"
     data = bytes(range(256)) * (size // 256 + 1)
     path.write_bytes(data[:size])
-    real = os.preadv
-    calls = []
-
-    def counted(fd, buffers, at, flags=0):
-        calls.append((at, flags))
-        return real(fd, buffers, at, flags)
-
-    monkeypatch.setattr(os, "preadv", counted)
+    calls = count_preadv(monkeypatch)
     fd = os.open(path, os.O_RDONLY)
     try:
         got = nowait.pread_nowait(fd, size - offset + 20, offset)
@@ -533,17 +540,10 @@ def test_a_small_retr_reads_its_message_with_one_system_call(tmp_path, learnt_af
     assert expected.endswith(b"\r\n..leading dot\r\nhello\r\n.\r\n")
     _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL])
     proto, t = session(components, syncer)
-    real = os.preadv
-    calls = []
-
-    def counted(fd, buffers, at, flags=0):
-        calls.append(at)
-        return real(fd, buffers, at, flags)
-
-    monkeypatch.setattr(os, "preadv", counted)
+    calls = count_preadv(monkeypatch)
     proto.dataReceived(b"RETR 1\r\n")
     assert bytes(t.received) == expected
-    assert calls == [0] and syncer.jobs == []
+    assert [at for at, _ in calls] == [0] and syncer.jobs == []
 
 
 @needs_flag
@@ -553,20 +553,13 @@ def test_a_read_that_ends_at_a_page_boundary_asks_for_the_rest(
     holds: the rest is asked for (here it is the end of the file)."""
     path = tmp_path / "m"
     path.write_bytes(b"p" * mmap.PAGESIZE)
-    real = os.preadv
-    calls = []
-
-    def counted(fd, buffers, at, flags=0):
-        calls.append(at)
-        return real(fd, buffers, at, flags)
-
-    monkeypatch.setattr(os, "preadv", counted)
+    calls = count_preadv(monkeypatch)
     fd = os.open(path, os.O_RDONLY)
     try:
         assert nowait.pread_nowait(fd, mmap.PAGESIZE + 1, 0) == b"p" * mmap.PAGESIZE
     finally:
         os.close(fd)
-    assert calls == [0, mmap.PAGESIZE]
+    assert [at for at, _ in calls] == [0, mmap.PAGESIZE]
 
 
 @pytest.mark.parametrize("code, everywhere", [
