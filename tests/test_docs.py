@@ -229,19 +229,26 @@ def test_the_tac_file_shown_is_the_one_shipped() -> None:
     assert _code_lines(shown) == _code_lines((ROOT / "etc" / "mailhub.tac").read_text())
 
 
+def _example_tac(tmp_path: Path, smtp: str = "listen = []\n") -> Path:
+    """etc/mailhub.tac as shipped, reading ``tmp_path``/mailhub.toml: a
+    small config whose [smtp] section is ``smtp``, no other listener."""
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      f'state_dir = "state"\n[smtp]\n{smtp}'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    tac = tmp_path / "mailhub.tac"
+    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
+        "/etc/txmailhub/mailhub.toml", str(config)))
+    return tac
+
+
 def _example_tac_hub(tmp_path: Path, smtp_listen: str) -> Any:
     """The hub etc/mailhub.tac builds, loaded as twistd -y loads it, from a
     small config whose SMTP listener list is ``[smtp_listen]``."""
     from twisted.application.service import IService
     from twisted.persisted import sob
 
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      f'state_dir = "state"\n[smtp]\nlisten = [{smtp_listen}]\n'
-                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    tac = tmp_path / "mailhub.tac"
-    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
-        "/etc/txmailhub/mailhub.toml", str(config)))
+    tac = _example_tac(tmp_path, f"listen = [{smtp_listen}]\n")
     application = sob.loadValueFromFile(str(tac), "application")
     [hub] = list(IService(application))
     return hub
@@ -265,19 +272,15 @@ def test_the_tac_example_loads_and_reports_start_errors_as_twistd_needs(
     assert isinstance(hub, MailHub) and hub.start_error_type is DaemonStartError
 
 
+
 def test_the_tac_example_reports_a_bad_config_as_twistd_mailhub_does(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a typo in a key: the example's ``load`` raised ConfigError, which
     # twistd -ny showed as "Unhandled Error" with a traceback, exit 1
     from twisted.persisted import sob
 
+    tac = _example_tac(tmp_path, "listen = []\nmax_recipient = 5\n")
     config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      'state_dir = "state"\n[smtp]\nlisten = []\nmax_recipient = 5\n'
-                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    tac = tmp_path / "mailhub.tac"
-    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
-        "/etc/txmailhub/mailhub.toml", str(config)))
     with pytest.raises(SystemExit) as info:
         sob.loadValueFromFile(str(tac), "application")
     assert info.value.code == 2
@@ -320,13 +323,7 @@ def test_the_tac_example_tunes_malloc_as_twistd_mailhub_does(
 
     calls: list[tuple] = []
     monkeypatch.setattr(allocator, "tune_malloc", lambda *a, **kw: calls.append(a) or True)
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      'state_dir = "state"\n[smtp]\nlisten = []\n'
-                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    tac = tmp_path / "mailhub.tac"
-    tac.write_text((ROOT / "etc" / "mailhub.tac").read_text().replace(
-        "/etc/txmailhub/mailhub.toml", str(config)))
+    tac = _example_tac(tmp_path)
     sob.loadValueFromFile(str(tac), "application")
     assert calls == [()]
 
