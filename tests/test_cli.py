@@ -2103,6 +2103,18 @@ def _help(*words: str) -> str:
     return " ".join(out.getvalue().split())
 
 
+def test_the_help_names_the_config_file_path_as_the_docs_do() -> None:
+    # README.rst and docs/*.rst write ``--config PATH``; --help said
+    # ``--config CONFIG``, argparse's name made of the option's
+    text = _help()
+    assert "--config PATH, -c PATH" in text and "[--config PATH]" in text, text
+    assert "CONFIG" not in text.replace("$MAILHUB_CONFIG", ""), text
+    # twistd's options have no metavar: its synopsis line names it
+    from txmailhub.tap import Options
+
+    assert str(Options()).startswith("[--config PATH]\n"), str(Options())
+
+
 def test_the_help_of_user_add_and_passwd_says_the_password_is_asked_on_the_terminal() -> None:
     for command in ("add", "passwd"):
         text = _help("user", command)

@@ -135,6 +135,20 @@ def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str])
     assert err.getvalue().startswith("sendmail: ") and "usage:" in err.getvalue()
 
 
+def test_the_usage_lines_name_the_values_as_the_docs_do() -> None:
+    # docs/sendmail.rst's table of options: ``-f ADDR``, ``-F NAME``,
+    # ``-C PATH``; the usage lines said ``-C config`` (and sender, name)
+    err = io.StringIO()
+    assert run(["-Z"], "/nonexistent.toml", "sendmail", stdin=io.BytesIO(b""), err=err) == 64
+    usage = err.getvalue().splitlines()[1:]
+    assert usage == [
+        "usage: sendmail [-t] [-i] [-f ADDR] [-F NAME] [-C PATH] [--] [recipient ...] < message",
+        "       sendmail -bs [-C PATH]   (SMTP on standard input and output)"], usage
+    documented = (Path(__file__).parent.parent / "docs" / "sendmail.rst").read_text()
+    for option in ("-f ADDR", "-F NAME", "-C PATH"):
+        assert f"``{option}``" in documented, option
+
+
 @pytest.mark.parametrize("argv", [["-C", "", "bob"], ["-C", "", "-bs"], ["-bp", "-C", ""]])
 def test_an_empty_config_path_is_a_usage_error(tmp_path: Path, argv: list[str]) -> None:
     # ``sendmail -C "$CONF"`` with $CONF unset: exit 64 before stdin is

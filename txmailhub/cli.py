@@ -109,7 +109,7 @@ class _GivenConfig(argparse.Action):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mailhub", description="Administer a txmailhub mail hub.")
     p.add_argument(
-        "--config", "-c", default=DEFAULT_CONFIG, action=_GivenConfig,
+        "--config", "-c", default=DEFAULT_CONFIG, action=_GivenConfig, metavar="PATH",
         help=f"the TOML configuration file (default: $MAILHUB_CONFIG, else {SYSTEM_CONFIG})",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -24,7 +24,7 @@ def _port(endpoints: tuple[str, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m txmailhub.demo")
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, metavar="PATH")
     args = parser.parse_args(argv)
     try:
         settings = load(args.config)

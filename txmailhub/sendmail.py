@@ -508,9 +508,10 @@ def run(
         options = parse_args(argv)
     except UsageError as e:
         print(f"{prog}: {e}", file=err)
-        print(f"usage: {prog} [-t] [-i] [-f sender] [-F name] [-C config] [--] "
+        # the placeholders are docs/sendmail.rst's (its table of options)
+        print(f"usage: {prog} [-t] [-i] [-f ADDR] [-F NAME] [-C PATH] [--] "
               "[recipient ...] < message", file=err)
-        print(f"       {prog} -bs [-C config]   (SMTP on standard input and output)",
+        print(f"       {prog} -bs [-C PATH]   (SMTP on standard input and output)",
               file=err)
         return EX_USAGE
     if options.mode == "i":
