@@ -312,6 +312,40 @@ def test_an_unknown_array_of_tables_is_an_unknown_section() -> None:
         "/etc/mh/mailhub.toml: ports: a key before the first [section] line, outside every ")
 
 
+@pytest.mark.parametrize("line", [
+    'smtpd = [{listen = []}]', 'smtpd = {listen = []}', 'smtpd.listen = []', 'smtpd = {}'])
+def test_a_table_written_as_a_key_above_the_sections_is_no_section(line: str) -> None:
+    # ``smtpd = [{listen = []}]`` above the first section line parses as
+    # ``[[smtpd]]`` does (``smtpd = {...}`` as ``[smtpd]``): each was
+    # "[smtpd]: unknown section", for a file with no such section line
+    for text in (f"{line}\n{MINIMAL}", f"# the hub\n\n  {line}  # inline\n{MINIMAL}"):
+        assert problems(text) == [
+            "/etc/mh/mailhub.toml: smtpd: a key before the first [section] line, outside "
+            "every section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)"]
+    # a line in a multi-line string is no section line, nor one an array
+    # of arrays starts with "["; real section lines of such names still are
+    text = (f'note = """\n[hub]\n"""\nnested = [\n[1],\n]\n{line}\n{MINIMAL}'
+            "[[smtpd2]]\n[smtpd3.listen]\n")
+    assert problems(text) == [
+        "/etc/mh/mailhub.toml: note: a key before the first [section] line, outside every "
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "/etc/mh/mailhub.toml: nested: a key before the first [section] line, outside every "
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "/etc/mh/mailhub.toml: smtpd: a key before the first [section] line, outside every "
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "/etc/mh/mailhub.toml: [smtpd2]: unknown section (known: aliases, hub, pop3, relay, "
+        "smtp, submission, tls, users)",
+        "/etc/mh/mailhub.toml: [smtpd3]: unknown section (known: aliases, hub, pop3, relay, "
+        "smtp, submission, tls, users)"]
+
+
+def test_a_table_written_as_a_key_says_the_section_it_belongs_to() -> None:
+    # a known section's key, given as an inline table above the sections
+    found = problems('max_message_size = {}\n' + MINIMAL)
+    assert found == ["/etc/mh/mailhub.toml: max_message_size: a key before the first [section] "
+                     "line, outside every section: it goes in [smtp]"]
+
+
 def test_a_key_before_the_first_section_is_no_section() -> None:
     # ``state_dir = "var"`` at the top of the file: it was "[state_dir]:
     # unknown section", which sent the user looking for a section

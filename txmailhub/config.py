@@ -1201,6 +1201,26 @@ def _not_toml(path: str, text: str, error: tomllib.TOMLDecodeError) -> str:
     return f"{path}: not valid TOML: {error}"
 
 
+def _names_above_sections(text: str, doc: dict[str, Any]) -> set[str]:
+    """The top-level names of ``doc`` (``text`` parsed) that ``text``
+    gives as keys above its first section line, not by section lines.
+
+    tomllib makes the same value of ``foo = [{a = 1}]`` above the first
+    section and of ``[[foo]]`` / ``a = 1``, and of ``foo = {a = 1}`` or
+    ``foo.a = 1`` and ``[foo]`` / ``a = 1``; only where they stand tells
+    them apart.  So the text is parsed again with a section line of a
+    new name put first: what stood above every section line is then that
+    section's, and only that (a table's keys follow TOML's grammar for
+    the top level's).  Only for a config with an unknown name: a second
+    parse of a small file, on the way to an error."""
+    fresh = "_" * (1 + max((len(name) for name in doc), default=0))  # no name of doc's
+    try:
+        moved = tomllib.loads(f"[{fresh}]\n{text}")
+    except tomllib.TOMLDecodeError:  # not expected: every name stays a section
+        return set()
+    return set(moved.get(fresh, {}))
+
+
 def load_text(text: str, path: str) -> Settings:
     """Validate TOML ``text`` as if read from ``path`` (relative paths resolve there)."""
     try:
@@ -1212,6 +1232,7 @@ def load_text(text: str, path: str) -> Settings:
     r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems)
 
     known = {"hub", "users", "aliases", "tls", "smtp", "submission", "pop3", "relay"}
+    above: set[str] | None = None  # the names written above the first section line
     for section in doc:
         if section in known:
             continue
@@ -1220,12 +1241,17 @@ def load_text(text: str, path: str) -> Settings:
         # tables, not a key above the first ``[section]`` line
         tables = isinstance(value, list) and bool(value) and all(
             isinstance(v, dict) for v in value)
-        if not isinstance(value, dict) and not tables:  # a key before any [section] line
-            r.top_level_key(section, known)
-        else:
-            problems.append(
-                f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
-            )
+        if isinstance(value, dict) or tables:
+            # but so is ``name = [{...}]``, ``name = {...}`` or ``name.x = 1``
+            # above the first section line: the text says which it was
+            if above is None:
+                above = _names_above_sections(text, doc)
+            if section not in above:
+                problems.append(
+                    f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
+                )
+                continue
+        r.top_level_key(section, known)  # a key before any [section] line
 
     t = r.table(doc, "hub", {"hostname", "state_dir", "domains", "mailbox_quota",
                              "log_files_kept"})
