@@ -177,6 +177,12 @@ def session(server: bl.Server, limit: int | None, digests: dict[str, int] | None
     }
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``; None (left out of the median) when either is missing or
+    ``b`` is 0."""
+    return a / b if a is not None and b else None
+
+
 def report(records: list[dict], targets: list[str], ref: str) -> str:
     parts = []
     for label in dict.fromkeys(r["set"] for r in records):
@@ -187,7 +193,8 @@ def report(records: list[dict], targets: list[str], ref: str) -> str:
         for name in targets:
             rs = [r for r in runs if r["target"] == name and r.get("ok")]
             if not rs:
-                rows.append([name, *["-"] * 9, "failed"])
+                ran = any(r["target"] == name for r in records if r["set"] == label)
+                rows.append([name, *["-"] * 9, "failed" if ran else "not started"])
                 continue
             warm = [r for r in records if r["set"] == label and r["warmup"]
                     and r["target"] == name]
@@ -210,23 +217,25 @@ def report(records: list[dict], targets: list[str], ref: str) -> str:
                                      "CPU ms/msg (session)", "peak RSS MiB",
                                      "RSS growth in RETR loop MiB", "content"], rows),
                   ""]
-        if ref in targets:
-            rows = []
-            mine = {r["rep"]: r for r in runs if r["target"] == ref and r.get("ok")}
-            for peer in targets:
-                if peer == ref:
-                    continue
-                rr, mr, cr = [], [], []
-                for r in runs:
-                    m = mine.get(r["rep"])
-                    if r["target"] != peer or not r.get("ok") or not m:
-                        continue
-                    rr.append(m["retr_per_s"] / r["retr_per_s"])
-                    mr.append(m["mib_per_s"] / r["mib_per_s"])
-                    cr.append(r["retr_cpu_ms_per_msg"] / m["retr_cpu_ms_per_msg"]
-                              if m["retr_cpu_ms_per_msg"] else float("nan"))
-                rows.append([peer, bl.fmt(bl.median(rr), 2), bl.fmt(bl.median(mr), 2),
-                             bl.fmt(bl.median(cr), 2)])
+        mine = {r["rep"]: r for r in runs if r["target"] == ref and r.get("ok")}
+        rows = []
+        for peer in targets:
+            if peer == ref:
+                continue
+            # only the peers that ran a rep beside the reference: a target
+            # that did not start (or failed every session) has no ratio
+            paired = [(mine[r["rep"]], r) for r in runs
+                      if r["target"] == peer and r.get("ok") and r["rep"] in mine]
+            if not paired:
+                continue
+            rows.append([
+                peer,
+                bl.fmt(bl.median([_ratio(m["retr_per_s"], r["retr_per_s"])
+                                  for m, r in paired]), 2),
+                bl.fmt(bl.median([_ratio(m["mib_per_s"], r["mib_per_s"]) for m, r in paired]), 2),
+                bl.fmt(bl.median([_ratio(r["retr_cpu_ms_per_msg"], m["retr_cpu_ms_per_msg"])
+                                  for m, r in paired]), 2)])
+        if rows:
             parts += [f"Ratios, paired per rep: {ref}/peer RETR/s and MiB/s (> 1: {ref} "
                       f"faster); CPU in the RETR loop, peer/{ref} (> 1: {ref} uses less)", "",
                       bl.markdown_table(["peer", "RETR/s ratio", "MiB/s ratio", "CPU ratio"],
@@ -288,15 +297,13 @@ def run(args: argparse.Namespace, targets: list[str], sets: list[tuple[int, int]
             seed_dir = os.path.join(set_root, "seed")
             digests = seed(seed_dir, count, size)
             with bl.Servers() as servers:
-                started = {}
-                for name in targets:
-                    try:
-                        started[name] = start_target(name, set_root, workdir, seed_dir, servers)
-                    except (RuntimeError, OSError) as exc:
-                        print(f"{name}: not started, left out: {exc}", flush=True)
-                        continue
-                    print(f"started {name} pid {started[name].pid} port {started[name].port}",
-                          flush=True)
+                def start(name: str, set_root: str = set_root, seed_dir: str = seed_dir,
+                          servers: bl.Servers = servers) -> bl.Server:
+                    server = start_target(name, set_root, workdir, seed_dir, servers)
+                    print(f"started {name} pid {server.pid} port {server.port}", flush=True)
+                    return server
+
+                started = bl.start_each(targets, start)  # none: exit 1, with a line
                 os.sync()  # the copies reach the disk before anything is timed
                 running = [n for n in targets if n in started]
                 for rep in range(-1, args.reps):

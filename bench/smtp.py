@@ -325,16 +325,13 @@ def run(args: argparse.Namespace, targets: list[str], sizes: list[int],
         meta["fs"] = fs.describe()
         out.write(json.dumps({"meta": meta}) + "\n")
         print("spool filesystem:", meta["fs"], flush=True)
-        tgts = []
-        for name in targets:
-            try:
-                t = make_target(name, fs.root, workdir)
-                servers.add(t.server)
-            except (RuntimeError, OSError) as exc:  # e.g. a server that does not start
-                print(f"{name}: not started, left out of this run: {exc}", flush=True)
-                continue
+        def start(name: str) -> Target:
+            t = make_target(name, fs.root, workdir)
+            servers.add(t.server)
             print(f"started {name} pid {t.server.pid} port {t.server.port}", flush=True)
-            tgts.append(t)
+            return t
+
+        tgts = list(bl.start_each(targets, start).values())  # none: exit 1, with a line
         targets = [t.name for t in tgts]
 
         def record(rec: dict) -> None:
