@@ -411,6 +411,66 @@ def test_hold_release_flush(setup):
     assert queue.take_flag(FLUSH)
 
 
+NO_HUB = ("flush requested: no hub seems to be running on this state directory (nothing "
+          "holds its spool.lock); the next one to start retries every message that is not "
+          "held\n")
+HUB = "flush requested: the running hub retries every message that is not held within 5 seconds\n"
+
+
+def _holding(path: str) -> subprocess.Popen:
+    """Another live process holding ``path``'s flock, as a running hub
+    holds spool.lock; it lets go when its standard input closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys\n"
+         f"f = open({path!r}, 'a')\nfcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+         "print('held', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_flush_says_whether_a_hub_runs_without_taking_its_lock(setup, monkeypatch):
+    # "flush requested: a running hub retries ..." was printed with no
+    # hub at all; taking spool.lock to know would make a hub starting at
+    # that moment refuse to start, so nothing here may take it
+    from txmailhub.store import spool
+
+    def no_lock(*args):
+        raise AssertionError("queue flush took a lock")
+
+    monkeypatch.setattr(spool.fcntl, "flock", no_lock)
+    settings, queue, _, _ = setup
+    lock = settings.spool_dir + ".lock"
+    assert run(settings, "flush") == (0, NO_HUB, "")  # no hub ever ran here
+    assert not os.path.exists(lock)  # nothing made by looking
+    assert queue.take_flag(FLUSH)  # requested all the same: a hub's start takes it
+    open(lock, "w").close()  # a hub ran here, and stopped
+    assert run(settings, "flush") == (0, NO_HUB, "")
+    holder = _holding(lock)
+    try:
+        assert run(settings, "flush") == (0, HUB, "")
+    finally:
+        holder.communicate(timeout=60)
+    assert run(settings, "flush") == (0, NO_HUB, "")
+    assert queue.take_flag(FLUSH)
+    # where the kernel's list of locks cannot be read (not Linux): the
+    # words of before, which hold either way
+    monkeypatch.setattr(spool, "PROC_LOCKS", os.path.join(os.path.dirname(lock), "none"))
+    assert run(settings, "flush") == (
+        0, "flush requested: a running hub retries every message that is not held within 5 "
+           "seconds\n", "")
+
+
+def test_flush_with_a_hub_running(hub):
+    # a real hub, started as deployment.rst's unit starts it: --pidfile=,
+    # no pid file to look at; it holds spool.lock for as long as it runs
+    done = hub.mailhub("queue", "flush")
+    assert (done.returncode, done.stdout, done.stderr) == (0, HUB, "")
+    hub.stop()
+    done = hub.mailhub("queue", "flush")
+    assert (done.returncode, done.stdout, done.stderr) == (0, NO_HUB, "")
+
+
 def test_through_the_mailhub_command(setup):
     _, _, qid, cfg = setup
     proc = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(cfg), "queue",

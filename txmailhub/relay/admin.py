@@ -50,6 +50,7 @@ from txmailhub.relay.queue import OutboundQueue, valid_queue_id
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError, mta_name
 from txmailhub.relay.schedule import due_by, utc_text
 from txmailhub.smtp.reply import LocalReply
+from txmailhub.store.spool import spool_in_use
 
 __all__ = ["EMPTY_NOTE", "add_queue_parser", "list_queue", "run_queue"]
 
@@ -246,6 +247,21 @@ def _act_as_queue_owner(queue_dir: str) -> None:
     os.setuid(uid)
 
 
+def _flush_note(hub_running: bool | None) -> str:
+    """What ``queue flush`` says it did, by whether a hub runs on the
+    state directory (``spool_in_use``: by looking only; taking its lock
+    to know could make a hub starting at that moment refuse to start).
+    The flag stays until a hub takes it, at its start if none runs now:
+    exit 0 either way."""
+    retried = "every message that is not held"
+    if hub_running is None:  # cannot tell
+        return f"flush requested: a running hub retries {retried} within 5 seconds"
+    if hub_running:
+        return f"flush requested: the running hub retries {retried} within 5 seconds"
+    return ("flush requested: no hub seems to be running on this state directory (nothing "
+            f"holds its spool.lock); the next one to start retries {retried}")
+
+
 def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
               err: TextIO | None = None) -> int:
     """Run one ``queue`` action; returns the exit code (0 ok, 1 failed)."""
@@ -265,8 +281,7 @@ def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
         return 0
     if action == "flush":
         queue.request_flush()
-        print("flush requested: a running hub retries every message that is not held "
-              "within 5 seconds", file=out)
+        print(_flush_note(spool_in_use(settings.spool_dir)), file=out)
         return 0
     qid = args.queue_id
     if not valid_queue_id(qid) or not os.path.exists(queue.record_path(qid)):

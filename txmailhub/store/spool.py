@@ -67,7 +67,7 @@ from txmailhub.interfaces import ISpooler, ISpoolWriter
 from txmailhub.logsafe import plural
 from txmailhub.store.format import CRLFCounter
 
-__all__ = ["SpoolWriter", "Spooler"]
+__all__ = ["SpoolWriter", "Spooler", "spool_in_use"]
 
 log = Logger()
 
@@ -541,6 +541,43 @@ class Spooler:
             log.info("removed {count} empty spool {files} made ahead (no message was in them)",
                      count=empty, files=plural(empty, "file", "files"))
         return removed
+
+
+#: the kernel's list of the file locks held now (Linux, proc(5)), readable by anyone
+PROC_LOCKS = "/proc/locks"
+
+
+def spool_in_use(spool_dir: str, locks: str | None = None) -> bool | None:
+    """Whether a process holds ``<spool_dir>.lock`` now, as a running hub
+    does (``Spooler.claim``), found by looking only: None when that cannot
+    be told (no ``/proc/locks``, not Linux; the lock file out of reach).
+
+    Taking the lock and letting it go (``available``) would be the sure
+    test, but for a command run beside the hub (``mailhub queue flush``)
+    it is not harmless: a hub starting at that moment would find the lock
+    taken and refuse to start.  The kernel lists every lock held, by the
+    device and inode of its file, which ``lstat`` of the name gives; the
+    file is neither opened nor made.  A hub starting at that very moment
+    may not hold it yet: the answer is as of the look."""
+    try:
+        st = os.lstat(spool_dir + ".lock")
+    except FileNotFoundError:  # a hub makes it at its start, and never removes it
+        return False
+    except OSError:  # state_dir not this user's to look into
+        return None
+    held = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open(locks or PROC_LOCKS, encoding="ascii", errors="replace") as f:
+            listed = f.read()
+    except OSError:
+        return None
+    for line in listed.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:131090 0 EOF"; a process
+        # waiting for a lock has "->" before the kind, and holds nothing
+        words = line.split()
+        if len(words) > 5 and words[1] == "FLOCK" and words[5] == held:
+            return True
+    return False
 
 
 def _open_lock(path: str) -> int:
