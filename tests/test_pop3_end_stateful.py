@@ -514,6 +514,24 @@ class EndModel(RuleBasedStateMachine):
         s.t.limit = 20
         s.proto.dataReceived(retr)
 
+    @precondition(lambda self: any(self._in_transaction(s) for s in self.sessions))
+    @rule(data=st.data(), quit=st.booleans())
+    def closes_behind_a_read(self, data, quit: bool) -> None:
+        """Commands pipelined behind a RETR, then the client's FIN: with
+        the read under way (not cached) and no QUIT among them the session
+        ends at once (its lock let go, or going once its flags are made);
+        a QUIT keeps it."""
+        s = self._pick(data, self._in_transaction)
+        if s is None:
+            return
+        s.proto.dataReceived(b"RETR 2\r\nLIST\r\nDELE 1\r\nTOP 3 0\r\n"
+                             + (b"QUIT\r\n" if quit else b""))
+        under_way = s.proto._busy or s.proto._stream is not None
+        s.eof = True
+        s.proto.readConnectionLost()
+        if under_way:
+            assert s.proto._ended is not quit
+
     @precondition(lambda self: bool(self.live()))
     @rule(stop=st.booleans())
     def autologout(self, stop: bool) -> None:

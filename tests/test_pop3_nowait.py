@@ -1008,3 +1008,95 @@ def test_a_half_closed_clients_late_read_of_a_message_grown_since_its_listing_is
     assert got.endswith(b"x\r\n.\r\n")
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
+
+
+_BEHIND = (b"LIST\r\nUIDL 2\r\nTOP 2 0\r\nRETR 3\r\nDELE 1\r\nSTAT\r\nRSET\r\nDELE 2\r\n"
+           b"NOOP\r\nFOO\r\n")
+
+
+@pytest.mark.parametrize("uncached", [{0}, ALWAYS], ids=["its-read", "every-read"])
+@pytest.mark.parametrize("utf8", [False, True])
+def test_a_client_that_closes_with_commands_but_no_quit_behind_its_read_lets_the_lock_go(
+        tmp_path, log_events, uncached, utf8):
+    """As with nothing behind the read (above), when the commands behind
+    it hold no QUIT: none can come, so no UPDATE state and nothing deleted
+    (RFC 1939 6), and the lock goes at once.  It was held until the disk
+    answered (a login of the same user told IN-USE meanwhile).  A client
+    that only half-closed still gets every answer, in order, the same
+    bytes as a session whose reads were cached: messages read (and sizes
+    measured, for a client without UTF8) through the mailbox kept for
+    them, a DELE answered as ever (nothing is deleted without a QUIT)."""
+    messages = [SMALL, INTL, BIG]
+    commands = b"RETR 1\r\n" + _BEHIND
+    expected, _ = _answers(tmp_path / "cached", messages, commands, utf8, ())
+    assert b"\r\n.\r\n" + R.deleted(1).to_bytes() in expected  # RETR 3 whole, DELE 1
+    assert expected.endswith(b"+OK\r\n-ERR Unknown command\r\n")
+    clock, components, md, syncer, _realm = env(tmp_path, messages, uncached=uncached)
+    proto, t = session(components, syncer, utf8)
+    proto.dataReceived(commands)
+    assert bytes(t.received) == b"" and len(syncer.jobs) == 1  # RETR 1's read waits
+    proto.readConnectionLost()
+    assert proto.mailbox is None  # let go at once
+    second, t2 = _second_login(components, syncer)
+    assert b"+OK Logged in" in bytes(t2.received)
+    for _ in range(20):  # the disk answers
+        run_all(syncer)
+        clock.advance(0)
+    assert bytes(t.received) == expected
+    assert t.disconnecting  # all answered: closed
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert second.mailbox is not None and not second.mailbox.closed
+    assert sorted(os.listdir(os.path.join(md, "new"))) == [
+        f"16000000{i:02d}.M1P1Q{i}.x" for i in range(3)]  # nothing deleted, nor flagged
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]
+
+
+def test_a_client_that_closes_with_a_quit_behind_its_read_keeps_the_lock_for_it(
+        tmp_path, log_events):
+    """A QUIT among the commands behind the read: its UPDATE state needs
+    the lock, held until the deletions are made and answered."""
+    _clock, components, md, syncer, _realm = env(tmp_path, [SMALL, SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nNOOP\r\nDELE 2\r\nquit\r\n")
+    proto.readConnectionLost()
+    assert proto.mailbox is not None and not proto.mailbox.closed
+    _second, t2 = _second_login(components, syncer)
+    assert b"-ERR [IN-USE]" in bytes(t2.received)
+    run_all(syncer)
+    got = bytes(t.received)
+    assert got.startswith(b"+OK") and got.endswith(
+        R.deleted(2).to_bytes() + R.bye_updated(1).to_bytes())
+    assert t.disconnecting and proto.mailbox is None
+    assert len(os.listdir(os.path.join(md, "new")) + os.listdir(os.path.join(md, "cur"))) == 1
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]
+
+
+def test_a_message_removed_by_the_next_session_is_answered_as_gone_after_the_fin(
+        tmp_path, log_events):
+    """Once the lock went at the FIN (no QUIT behind the read), the
+    session that takes it may delete a message a command behind the read
+    asks for: that command gets the -ERR of a message another program
+    removed, and one line in the log, as during any session."""
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, SMALL], uncached={0})
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"RETR 1\r\nRETR 2\r\nNOOP\r\n")
+    proto.readConnectionLost()
+    assert proto.mailbox is None
+    second, t2 = _second_login(components, syncer)
+    syncer.holding = False  # its deletion done at once
+    try:
+        second.dataReceived(b"DELE 2\r\nQUIT\r\n")
+    finally:
+        syncer.holding = True
+    assert bytes(t2.received).endswith(R.bye_updated(1).to_bytes())
+    run_all(syncer)  # the first session's read
+    got = bytes(t.received)
+    assert got.startswith(b"+OK") and got.endswith(
+        b"hello\r\n.\r\n" + R.MESSAGE_GONE.to_bytes() + R.NOOP.to_bytes())
+    assert t.disconnecting
+    lines = [formatEvent(e) for e in log_events if "removed by another program" in formatEvent(e)]
+    assert lines == ["POP3 message 2 of joe@example.org was removed by another program"]
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]

@@ -3901,6 +3901,47 @@ def test_commands_received_before_a_half_close_are_answered_quit_and_update_incl
     assert not env.store.is_locked("joe@example.org")
 
 
+def test_a_half_close_behind_a_message_being_sent_with_no_quit_lets_the_lock_go():
+    # RFC 1939 6: without a QUIT nothing is deleted.  The client's data
+    # ends with no QUIT among the commands behind the answer under way (a
+    # RETR it reads slowly): no UPDATE state can come, and the lock goes
+    # at once -- it was held until everything was answered, and a login
+    # of the same user was told IN-USE meanwhile.  The client, reading on,
+    # gets every answer, in order, read through the mailbox kept for them
+    # (this one's reads are plain ones: no INoWaitRead)
+    commands = b"RETR 1\r\nDELE 1\r\nRETR 2\r\nTOP 1 0\r\nSTAT\r\nLIST\r\n"
+    second = b"Subject: b\n\nsecond\n"
+    cached = Env()
+    cached.store.add("joe@example.org", _BIG)
+    cached.store.add("joe@example.org", second)
+    proto, t = login(cached)
+    t.clear()
+    proto.dataReceived(commands)
+    expected = t.value()
+    assert expected.endswith(b"\r\nsecond\r\n.\r\n" + R.MESSAGE_DELETED.to_bytes() + b"+OK 1 22\r\n"
+                             b"+OK 1 message (22 octets)\r\n2 22\r\n.\r\n")
+    env = Env()
+    env.store.add("joe@example.org", _BIG)
+    env.store.add("joe@example.org", second)
+    proto, t = login(env, limit=16 * 1024)
+    t.clear()
+    proto.dataReceived(commands)
+    assert proto._write_paused  # the client has not read the message yet
+    _end_of_client_data(proto)
+    assert not env.store.is_locked("joe@example.org")  # let go at once
+    got = t.value()
+    for _ in range(1000):  # the client reads on
+        if t.disconnecting or proto._lost:
+            break
+        t.clear()
+        proto.resumeProducing()
+        got += t.value()
+    assert got == expected
+    assert t.disconnecting and not proto._lost  # a close, with all of it written
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 2  # nothing deleted
+
+
 @pytest.mark.parametrize("sent", [b"DELE 1\r\n", b"DELE 1\r\nQUIT"],
                          ids=["no-quit", "quit-without-line-end"])
 def test_a_half_close_after_answered_commands_without_quit_closes_without_update(sent):

@@ -884,10 +884,14 @@ def test_line_reader_gives_the_same_lines_for_any_split(lines, cuts):
         reader.feed(data[pos:pos + cut])
         pos += cut
     reader.feed(data[pos:])
+    # ``lines`` gives them as ``pop`` will, none taken, from any point
+    assert list(reader.lines()) == expected
     got = []
     while reader.has_line:
+        assert list(reader.lines()) == expected[len(got):]
         got.append(reader.pop())
     assert got == expected
+    assert list(reader.lines()) == []
 
 
 def test_line_reader_holds_pipelined_lines_in_about_their_own_size():
@@ -1214,6 +1218,30 @@ def test_the_size_hint_reads_the_verb_as_the_engine_does():
     e.next_action()
     e.receive_data(b"STAT\r\n")
     assert e.next_needs_sizes()
+
+
+@pytest.mark.parametrize("data, waits", [
+    (b"NOOP\r\nLIST\r\n", False),
+    (b"NOOP\r\nquit\r\nLIST\r\n", True),
+    (b"RETR 1\nQuit\n", True),  # a bare LF ends a line too
+    (b"QUIT now\r\n", True),  # QUIT takes its line whatever follows
+    (b"QUIT", False),  # no line end: never handled
+    (b"QUITS\r\nQUIT\x0b\r\n", False),  # the verb is cut at SP only
+    (b"QUIT" + b" " * 5000 + b"\r\n", False),  # too long: dropped, -ERR
+    (b"", False),
+])
+def test_a_quit_among_the_buffered_lines_is_seen(data, waits):
+    # quit_waits: whether the lines buffered hold a QUIT to come, read as
+    # next_action reads them (the adapter lets the lock go after the
+    # client's end of data when none does)
+    e = logged_in()
+    e.receive_data(data)
+    assert e.quit_waits() is waits
+    actions = []
+    while e.has_line and not any(isinstance(a, Update) for a in actions):
+        actions.append(e.next_action())  # (none after the QUIT's Update)
+    assert any(isinstance(a, Update) for a in actions) is waits
+    assert not e.quit_waits()  # handled (no more commands then), or none
 
 
 @pytest.mark.parametrize("response", [b" {}", b"{} ", b"\t{}", b"{}\t", b"\x0b{}", b"{}\x0c",

@@ -17,6 +17,7 @@ read of ``AB`` LF is 21,845 lines; split at once they took about 1 MiB).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 
 __all__ = ["HEAD", "LineReader"]
 
@@ -107,6 +108,26 @@ class LineReader:
             return None
         pos = self._pos
         return block[pos:block.index(b"\n", pos)]
+
+    def lines(self) -> Iterator[bytes | None]:
+        """The lines held, in order, as ``pop`` will give them (``None``
+        for one too long), none of them taken."""
+        limit = self.limit
+        pos = self._pos
+        for block in self._blocks:
+            if type(block) is _Dropped:
+                yield None
+                continue
+            end = len(block)
+            while pos < end:
+                nl = block.index(b"\n", pos)
+                if nl - pos >= limit:
+                    yield None
+                else:
+                    stop = nl - 1 if nl > pos and block[nl - 1] == 0x0D else nl
+                    yield block[pos:stop]
+                pos = nl + 1
+            pos = 0
 
     @property
     def has_line(self) -> bool:

@@ -310,7 +310,8 @@ class POP3Protocol(Protocol):
     # access in every command of the session gets slower.  Tests check a
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
-        "_busy", "_close_call", "_closed_call", "_closing", "_counted", "_disk_waits",
+        "_answer_box", "_busy", "_close_call", "_closed_call", "_closing", "_counted",
+        "_disk_waits",
         "_drain_call", "_draining", "_ended", "_eof", "_flush", "_hub_stopped",
         "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
         "_peer", "_pending_call",
@@ -342,6 +343,10 @@ class POP3Protocol(Protocol):
         # disk (``INoWaitRead``) and a worker can do those that would wait
         self._nowait: Any = None
         self._disk_waits = 0  # reads handed to a worker: not cached (logged at the end)
+        # the mailbox whose lock went after the client's half-close while
+        # answers were still due to it (``readConnectionLost``): they read
+        # their messages through it (``_reading_box``) until the end
+        self._answer_box: Any = None
         # sizes left to measure when a command first needs them, which
         # ``_measure_unmeasured`` does first where reads can say EAGAIN
         self._unmeasured = False
@@ -525,6 +530,7 @@ class POP3Protocol(Protocol):
             self.engine.forget()
         self._sizes = _NO_SIZES
         self._nowait = None  # (kept by a release after a half-close)
+        self._answer_box = None
         if not self._update_running:
             self._end_without_update(pending_save)
 
@@ -603,9 +609,10 @@ class POP3Protocol(Protocol):
         ``_stream``), the end's own changes (``_update_running``); the lock
         then goes with the connection, as before (``close_soon`` lets a
         login wait for it).  ``answering``: after the client's half-close,
-        with only the answer under way left (``readConnectionLost``): the
-        read or stream uses the message file, not the lock, so the lock
-        goes while it runs."""
+        with the answer under way left and no ``QUIT`` behind it
+        (``readConnectionLost``): the read or stream uses the message
+        file, not the lock, and so do the commands behind it (through
+        ``_answer_box``), so the lock goes while it runs."""
         engine = self.engine
         if (self.mailbox is None or engine is None or engine.state is not State.TRANSACTION
                 or self._update_running
@@ -735,6 +742,10 @@ class POP3Protocol(Protocol):
             # half-close (``readConnectionLost``): its reads of the
             # message file must not wait for the disk on this thread
             self._nowait = None
+        elif mailbox is not None:
+            # and the mailbox itself, for the answers still due to it
+            # (``_reading_box``): a message to open, sizes to measure
+            self._answer_box = mailbox
         if logout is not None:
             try:
                 logout()
@@ -859,14 +870,18 @@ class POP3Protocol(Protocol):
             self._busy = False
             self._close()
             return
-        if (self._busy or self._stream is not None) and not self.engine.has_line:
+        if (self._busy or self._stream is not None) and not self.engine.quit_waits():
             # An answer under way (a RETR or TOP whose read may wait for a
-            # hung disk) and nothing behind it: no QUIT can come, so no
-            # UPDATE state, and what is left of the answer needs no lock.
-            # A full close looks the same as this half-close, and its lock
-            # was held until the disk answered (a login of the same user
-            # told IN-USE meanwhile): it goes now, as it did when a FIN was
-            # a lost connection.  The answer is still sent, then the close
+            # hung disk) and no QUIT behind it (nothing, or other commands):
+            # no QUIT can come, so no UPDATE state (RFC 1939 6: nothing is
+            # deleted), and what is left to answer needs no lock.  A full
+            # close looks the same as this half-close, and its lock was
+            # held until the disk answered (a login of the same user told
+            # IN-USE meanwhile): it goes now, as it did when a FIN was a
+            # lost connection.  The answer is still sent, then those of the
+            # commands behind it, in order, from the mailbox kept for them
+            # (``_answer_box``), then the close.  A QUIT behind it keeps
+            # the lock: its UPDATE state needs it
             self._let_go(answering=True)
         self._answered_all()
 
@@ -1375,15 +1390,15 @@ class POP3Protocol(Protocol):
             nowait = self._nowait
             try:
                 if nowait is None:
-                    first = self.mailbox.read_message(action.index, CHUNK_SIZE)
+                    first = self._reading_box().read_message(action.index, CHUNK_SIZE)
                 else:
                     # the stored file is no longer than its CRLF form: a
                     # buffer that long is enough, not a whole chunk's
                     first = nowait.read_message_nowait(action.index, action.size + 1)
             except BlockingIOError:
                 # not cached: the read waits for the disk on a worker thread
-                self._off_thread(_read_whole_on, (self.mailbox, action.index, self._gone),
-                                 self._whole_back, action)
+                self._off_thread(_read_whole_on, (self._reading_box(), action.index,
+                                                  self._gone), self._whole_back, action)
                 return
             except Exception:
                 self._read_failed(action, None)
@@ -1433,13 +1448,14 @@ class POP3Protocol(Protocol):
         self._with_first(action, f, first)
 
     def _reading_box(self) -> Any:
-        """The mailbox an answer under way reads its message from: the
-        session's, or after a half-close that let the lock go while the
-        answer's read waited for the disk (``readConnectionLost``) the one
-        kept for that answer's reads (``_nowait``, ``_release``) -- a late
-        read that must open the message again (longer than listed, a file
-        that cannot seek) met ``None`` and sent ``-ERR``."""
-        return self.mailbox if self.mailbox is not None else self._nowait
+        """The mailbox an answer reads its message (or measures its size)
+        from: the session's, or after a half-close that let the lock go
+        while an answer's read waited for the disk (``readConnectionLost``)
+        the one kept for the answers still due (``_answer_box``,
+        ``_release``) -- a late read that must open the message again
+        (longer than listed, a file that cannot seek) met ``None`` and sent
+        ``-ERR``, and so would the commands answered after it."""
+        return self.mailbox if self.mailbox is not None else self._answer_box
 
     def _read(self, f: Any) -> bytes:
         """A chunk of ``f``: ``BlockingIOError`` if the kernel has not
@@ -1728,7 +1744,7 @@ class POP3Protocol(Protocol):
             return size
         stored = self.engine.sizes[index]  # type: ignore[union-attr]
         try:
-            size = _client_size_of(self.mailbox, index, stored, nowait)
+            size = _client_size_of(self._reading_box(), index, stored, nowait)
         except BlockingIOError:  # not cached (``nowait``): measured on a worker instead
             raise
         except FileNotFoundError:
@@ -1741,9 +1757,10 @@ class POP3Protocol(Protocol):
                         number=index + 1, user=self._user)
             size = stored
         self._sizes[index] = size
-        if size != stored and self._save_call is None:
+        if size != stored and self._save_call is None and not self._ended:
             # a downgraded size (measured or remembered): kept for the next
-            # sessions once this command's sizes are all in
+            # sessions once this command's sizes are all in (not once the
+            # session has ended with its lock: only the holder writes them)
             self._save_call = self.reactor.callLater(0, self._save_sizes)
         return size
 
@@ -1778,7 +1795,7 @@ class POP3Protocol(Protocol):
         assert call is not None  # ``_unmeasured`` is set only where there are workers
         self._busy = True
         self._disk_waits += 1
-        call(_measure_sizes, self.mailbox, self.engine.sizes,  # type: ignore[union-attr]
+        call(_measure_sizes, self._reading_box(), self.engine.sizes,  # type: ignore[union-attr]
              self._gone, start, wanted=self._wanted).addCallbacks(
             self._rest_measured, self._rest_failed, callbackArgs=(start,),
         ).addErrback(self._internal_error)

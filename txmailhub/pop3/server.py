@@ -351,6 +351,20 @@ class POP3Server:
         verb = line[:5].partition(b" ")[0]
         return (verb[:-1] if verb.endswith(b"\r") else verb).upper() in _SIZE_VERBS
 
+    def quit_waits(self) -> bool:
+        """Whether a ``QUIT`` is among the complete lines buffered, to be
+        handled (its verb cut as ``next_action`` cuts it; a line that will
+        be refused all the same, a NUL in it say, is taken for one too).
+        An adapter whose client can send no more (the end of its data)
+        knows from a ``False`` that the session cannot reach the UPDATE
+        state (RFC 1939 6): nothing will be deleted, and the lock on the
+        maildrop is no longer needed.  A line without its line end is no
+        command, as ``next_action`` never handles it."""
+        if self.finished:
+            return False
+        return any(line is not None and line.partition(b" ")[0].upper() == b"QUIT"
+                   for line in self._reader.lines())
+
     # -- results of the adapter's I/O --------------------------------------
 
     def login_succeeded(
