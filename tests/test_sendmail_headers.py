@@ -326,9 +326,9 @@ def _many_bare_names(count: int) -> bytes:
 def _fastest_qualify(field: bytes) -> float:
     times = []
     for _ in range(3):
-        started = time.perf_counter()
+        started = time.process_time()
         qualify_field(field, example)
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return min(times)
 
 
@@ -348,7 +348,8 @@ def test_a_field_of_many_bare_names_takes_linear_time_and_bounded_memory() -> No
     assert unfolded(result).count(b"a@example.org") == count
     assert peak < 40 * len(field)
     # four times the names, about four times the time (a copy of the
-    # field per name made it sixteen); a ratio, so a slow machine passes
+    # field per name made it sixteen); a ratio, so a slow machine passes,
+    # of this process's CPU time, so tests running beside it do not count
     small, large = _many_bare_names(20_000), _many_bare_names(80_000)
     assert _fastest_qualify(large) < 8 * _fastest_qualify(small)
 
@@ -401,9 +402,9 @@ def test_a_field_with_white_space_before_its_colon_is_qualified_and_its_bcc_remo
 def _fastest_extract(field: bytes) -> float:
     times = []
     for _ in range(3):
-        started = time.perf_counter()
+        started = time.process_time()
         p = prep(field + b"\r\nbody\r\n", Options(extract=True))
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
         assert p.recipients == ("a@example.org",)
     return min(times)
 
