@@ -461,6 +461,38 @@ def test_flush_says_whether_a_hub_runs_without_taking_its_lock(setup, monkeypatc
            "seconds\n", "")
 
 
+def test_flush_finds_the_lock_by_its_mounts_device(setup, monkeypatch, tmp_path):
+    # The kernel lists a lock by its file system's device, which stat
+    # does not give on btrfs (a subvolume's) nor on an overlay of several
+    # file systems: a hub holding spool.lock there was said not to run.
+    # The device of the mount the file is on (mountinfo's) is the one
+    from txmailhub.store import spool
+
+    settings, _, _, _ = setup
+    lock = settings.spool_dir + ".lock"
+    open(lock, "w").close()
+    st = os.lstat(lock)
+    assert os.major(st.st_dev) != 0x99  # the file system's device, not stat's
+    locks = tmp_path / "locks"
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 00:99:{st.st_ino} 0 EOF\n")
+    mountinfo = tmp_path / "mountinfo"
+    top = os.path.dirname(os.path.realpath(lock))
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 0:153 / {top.replace(' ', chr(92) + '040')} rw shared:2 - btrfs /dev/sdb rw\n")
+    monkeypatch.setattr(spool, "PROC_LOCKS", str(locks))
+    monkeypatch.setattr(spool, "PROC_MOUNTINFO", str(mountinfo), raising=False)
+    assert run(settings, "flush") == (0, HUB, "")
+    # the same inode on another file system is another file
+    mountinfo.write_text("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    assert run(settings, "flush") == (0, NO_HUB, "")
+    # the mounts unreadable: stat's device alone, as before
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {device}:{st.st_ino} 0 EOF\n")
+    monkeypatch.setattr(spool, "PROC_MOUNTINFO", str(tmp_path / "none"))
+    assert run(settings, "flush") == (0, HUB, "")
+
+
 def test_flush_with_a_hub_running(hub):
     # a real hub, started as deployment.rst's unit starts it: --pidfile=,
     # no pid file to look at; it holds spool.lock for as long as it runs

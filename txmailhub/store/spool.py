@@ -51,6 +51,7 @@ import errno
 import fcntl
 import itertools
 import os
+import re
 import stat
 import sys
 import time
@@ -545,9 +546,39 @@ class Spooler:
 
 #: the kernel's list of the file locks held now (Linux, proc(5)), readable by anyone
 PROC_LOCKS = "/proc/locks"
+#: this process's mounts (proc(5)): the device number the kernel's lists use
+PROC_MOUNTINFO = "/proc/self/mountinfo"
 
 
-def spool_in_use(spool_dir: str, locks: str | None = None) -> bool | None:
+def _unescape_mount_point(field: str) -> str:
+    """A mount point as mountinfo writes it: space, tab, newline and
+    backslash as octal escapes (``\\040``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mount_device(path: str, mountinfo: str) -> str | None:
+    """The device number (``maj:min`` in hex, as ``/proc/locks`` writes
+    it) of the mount ``path`` is on, from ``mountinfo``'s lines: the last
+    mount whose mount point is the longest one above ``path``.  None if
+    none is found."""
+    best: tuple[int, str] | None = None
+    for line in mountinfo.splitlines():
+        words = line.split(" ")
+        if len(words) < 5:
+            continue
+        point = _unescape_mount_point(words[4])
+        if point != "/" and path != point and not path.startswith(point + "/"):
+            continue
+        major, _, minor = words[2].partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        if best is None or len(point) >= best[0]:  # a later mount over it hides it
+            best = (len(point), f"{int(major):02x}:{int(minor):02x}")
+    return None if best is None else best[1]
+
+
+def spool_in_use(spool_dir: str, locks: str | None = None,
+                 mounts: str | None = None) -> bool | None:
     """Whether a process holds ``<spool_dir>.lock`` now, as a running hub
     does (``Spooler.claim``), found by looking only: None when that cannot
     be told (no ``/proc/locks``, not Linux; the lock file out of reach).
@@ -558,24 +589,41 @@ def spool_in_use(spool_dir: str, locks: str | None = None) -> bool | None:
     taken and refuse to start.  The kernel lists every lock held, by the
     device and inode of its file, which ``lstat`` of the name gives; the
     file is neither opened nor made.  A hub starting at that very moment
-    may not hold it yet: the answer is as of the look."""
+    may not hold it yet: the answer is as of the look.
+
+    The device of a lock the kernel lists is its file system's, which
+    ``stat`` does not give on every file system: btrfs gives a
+    subvolume's, an overlay of several file systems the file's layer's.
+    The device of the mount the file is on (``/proc/self/mountinfo``, as
+    ``findmnt`` reads it) is taken as well: with ``stat``'s alone a hub
+    holding the lock on btrfs was never found."""
+    lock = spool_dir + ".lock"
     try:
-        st = os.lstat(spool_dir + ".lock")
+        st = os.lstat(lock)
     except FileNotFoundError:  # a hub makes it at its start, and never removes it
         return False
     except OSError:  # state_dir not this user's to look into
         return None
-    held = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    held = {f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"}
     try:
         with open(locks or PROC_LOCKS, encoding="ascii", errors="replace") as f:
             listed = f.read()
     except OSError:
         return None
+    try:
+        with open(mounts or PROC_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            # the folder resolved, not the name: lstat looked at the name itself
+            where = os.path.join(os.path.realpath(os.path.dirname(lock)), os.path.basename(lock))
+            device = _mount_device(where, f.read())
+    except OSError:
+        device = None
+    if device is not None:
+        held.add(f"{device}:{st.st_ino}")
     for line in listed.splitlines():
         # "1: FLOCK  ADVISORY  WRITE 1234 08:01:131090 0 EOF"; a process
         # waiting for a lock has "->" before the kind, and holds nothing
         words = line.split()
-        if len(words) > 5 and words[1] == "FLOCK" and words[5] == held:
+        if len(words) > 5 and words[1] == "FLOCK" and words[5] in held:
             return True
     return False
 
