@@ -1100,3 +1100,33 @@ def test_a_message_removed_by_the_next_session_is_answered_as_gone_after_the_fin
     assert lines == ["POP3 message 2 of joe@example.org was removed by another program"]
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
+
+
+@pytest.mark.parametrize("rset", [b"RSET\r\n", b"rset\r\nNOOP\r\n"])
+def test_an_rset_behind_the_read_takes_back_the_seen_flags_after_the_fin(
+        tmp_path, log_events, rset):
+    """RSET takes back the seen flags of the messages retrieved before it
+    (as Dovecot's does): a client that pipelines RETR 1, RETR 2, RSET and
+    closes leaves message 1 unseen.  With RETR 2's read waiting for the
+    disk at the FIN, the session's end flagged message 1 seen at once,
+    before the RSET behind it was handled."""
+    messages = [SMALL, SMALL]
+    commands = b"RETR 1\r\nRETR 2\r\n" + rset
+    names = [f"16000000{i:02d}.M1P1Q{i}.x" for i in range(2)]
+    expected, _ = _answers(tmp_path / "cached", messages, commands, False, ())
+    assert expected.count(b"hello\r\n.\r\n") == 2
+    clock, components, md, syncer, _realm = env(tmp_path, messages, uncached={1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(commands)
+    assert len(syncer.jobs) == 1  # RETR 2's read waits; RETR 1 sent
+    proto.readConnectionLost()
+    for _ in range(20):
+        run_all(syncer)
+        clock.advance(0)
+    assert bytes(t.received) == expected
+    assert t.disconnecting
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert sorted(os.listdir(os.path.join(md, "new"))) == names  # nothing flagged seen
+    assert os.listdir(os.path.join(md, "cur")) == []
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]

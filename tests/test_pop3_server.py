@@ -1244,6 +1244,22 @@ def test_a_quit_among_the_buffered_lines_is_seen(data, waits):
     assert not e.quit_waits()  # handled (no more commands then), or none
 
 
+@pytest.mark.parametrize(("data", "waits"), [
+    (b"NOOP\r\nrset\r\n", True),
+    (b"RSET\r\nQUIT\r\n", True),
+    (b"RSETX\r\nNOOP\r\n", False),
+    (b"NOOP\r\nRSET", False),  # no line end: no command
+    (b"", False),
+])
+def test_an_rset_among_the_buffered_lines_is_seen(data, waits):
+    # rset_waits: the adapter makes no seen flags before an RSET to come,
+    # which takes them back
+    e = logged_in()
+    e.receive_data(data)
+    assert e.rset_waits() is waits
+    assert e.quit_waits() is (b"QUIT" in data)
+
+
 @pytest.mark.parametrize("response", [b" {}", b"{} ", b"\t{}", b"{}\t", b"\x0b{}", b"{}\x0c",
                                       b"{}\r", b"\r{}", b"{}\x00", b"{}\xc2\xa0"])
 def test_an_auth_continuation_line_is_base64_and_nothing_else(response):

@@ -870,7 +870,9 @@ class POP3Protocol(Protocol):
             self._busy = False
             self._close()
             return
-        if (self._busy or self._stream is not None) and not self.engine.quit_waits():
+        engine = self.engine
+        if (self._busy or self._stream is not None) and not engine.quit_waits() and not (
+                engine.rset_waits() and self.retrieved_any()):
             # An answer under way (a RETR or TOP whose read may wait for a
             # hung disk) and no QUIT behind it (nothing, or other commands):
             # no QUIT can come, so no UPDATE state (RFC 1939 6: nothing is
@@ -881,7 +883,9 @@ class POP3Protocol(Protocol):
             # lost connection.  The answer is still sent, then those of the
             # commands behind it, in order, from the mailbox kept for them
             # (``_answer_box``), then the close.  A QUIT behind it keeps
-            # the lock: its UPDATE state needs it
+            # the lock: its UPDATE state needs it.  So does an RSET behind
+            # it where messages retrieved are to be flagged seen: it takes
+            # their flags back (``_pending``), and the end made them first
             self._let_go(answering=True)
         self._answered_all()
 

@@ -360,9 +360,19 @@ class POP3Server:
         state (RFC 1939 6): nothing will be deleted, and the lock on the
         maildrop is no longer needed.  A line without its line end is no
         command, as ``next_action`` never handles it."""
+        return self._waits(b"QUIT")
+
+    def rset_waits(self) -> bool:
+        """Whether an ``RSET`` is among the complete lines buffered (as
+        ``quit_waits`` looks): it takes back the session's changes, the
+        seen flags an adapter keeps for the messages retrieved before it
+        too, so those cannot be made before it is handled."""
+        return self._waits(b"RSET")
+
+    def _waits(self, verb: bytes) -> bool:
         if self.finished:
             return False
-        return any(line is not None and line.partition(b" ")[0].upper() == b"QUIT"
+        return any(line is not None and line.partition(b" ")[0].upper() == verb
                    for line in self._reader.lines())
 
     # -- results of the adapter's I/O --------------------------------------
