@@ -20,8 +20,16 @@ run: venv
 	$(BIN)/python -m txmailhub.demo --config $(CONFIG)
 	$(BIN)/twistd -n --pidfile= mailhub --config $(CONFIG)
 
+# The suite runs in one worker process per CPU (pytest-xdist): most of its
+# time is the tests' own CPU (property and state-machine tests, hubs started
+# in subprocesses), so on two cores it takes about half as long.  JOBS=0
+# runs it in pytest's own process; PYTEST_ARGS adds arguments (a file, -k).
+# Bytecode is written (the environment may say not to): every hub a test
+# starts is a new Python process, which otherwise compiles txmailhub again.
+JOBS ?= auto
+
 test: venv
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check txmailhub tests twisted bench
