@@ -3873,6 +3873,21 @@ def _end_of_client_data(proto) -> None:
         proto.connectionLost(Failure(ConnectionDone()))
 
 
+def _read_on(proto, t) -> bytes:
+    """What a client that reads on after its half-close gets: what is
+    written already, then each write the session makes as the transport
+    asks it for more, until the session closes (bounded: one that never
+    ends fails the test's asserts on what it got)."""
+    got = t.value()
+    for _ in range(1000):
+        if t.disconnecting or proto._lost:
+            break
+        t.clear()
+        proto.resumeProducing()
+        got += t.value()
+    return got
+
+
 def test_commands_received_before_a_half_close_are_answered_quit_and_update_included():
     # RFC 1939 6: a QUIT the client sent is the UPDATE state, and the
     # answers under way (a RETR the client reads slowly) are finished; the
@@ -3885,13 +3900,7 @@ def test_commands_received_before_a_half_close_are_answered_quit_and_update_incl
     proto.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
     assert proto._write_paused  # the client has not read the message yet
     _end_of_client_data(proto)
-    got = t.value()
-    for _ in range(1000):  # the client reads on
-        if t.disconnecting or proto._lost:
-            break
-        t.clear()
-        proto.resumeProducing()
-        got += t.value()
+    got = _read_on(proto, t)
     body = _BIG.replace(b"\n", b"\r\n")
     assert got.startswith(b"+OK ") and body in got
     assert got.endswith(b".\r\n" + R.deleted(1).to_bytes() + R.bye_updated(0).to_bytes())
@@ -3929,13 +3938,7 @@ def test_a_half_close_behind_a_message_being_sent_with_no_quit_lets_the_lock_go(
     assert proto._write_paused  # the client has not read the message yet
     _end_of_client_data(proto)
     assert not env.store.is_locked("joe@example.org")  # let go at once
-    got = t.value()
-    for _ in range(1000):  # the client reads on
-        if t.disconnecting or proto._lost:
-            break
-        t.clear()
-        proto.resumeProducing()
-        got += t.value()
+    got = _read_on(proto, t)
     assert got == expected
     assert t.disconnecting and not proto._lost  # a close, with all of it written
     proto.connectionLost(None)
