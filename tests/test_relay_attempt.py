@@ -2269,9 +2269,78 @@ def test_a_hostile_reply_is_logged_escaped(tmp_path):
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert r.reply.text() == "554 5.7.1 go\x1b]0;owned\x07 away\rforged"  # kept as it came
-    [line] = [formatEvent(e) for e in events if "not reached" in formatEvent(e)]
-    assert line == ("ABCDEF0123456789: remote.test not reached: "
-                    "554 5.7.1 go\\x1b]0;owned\\x07 away\\x0dforged")
+    [line] = [formatEvent(e) for e in events if "remote.test not " in formatEvent(e)]
+    assert line == ("ABCDEF0123456789: remote.test not delivered: mx2.remote.test[192.0.2.2] "
+                    "said 554 5.7.1 go\\x1b]0;owned\\x07 away\\x0dforged")
+
+
+def attempt_lines(net, a, e, destination="remote.test"):
+    """The lines an attempt at ``destination`` logs that say it did not
+    deliver (``... not reached: ...``, ``... not delivered: ...``)."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = a.deliver(e, destination, list(e.envelope.recipients))
+        net.clock.advance(0)  # a remembered destination answers in the reactor's next turn
+        results = run(net, d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return results, [formatEvent(x) for x in events
+                     if f"{destination} not " in formatEvent(x)]
+
+
+@pytest.mark.parametrize("command", ["MAIL", "RCPT bob@remote.test"])
+def test_a_421_at_mail_or_rcpt_is_logged_as_the_hosts_words_not_as_not_reached(tmp_path,
+                                                                               command):
+    # both hosts answered and ended the session: they were reached, and
+    # the line says which said what (it said "remote.test not reached")
+    a, net, _ = agent(tmp_path)
+    for address in (("2001:db8::1", 25), ("192.0.2.2", 25)):
+        net.servers[address] = lambda: ScriptedSMTPServer(
+            replies={command: b"421 4.3.2 too busy, try later\r\n"})
+    results, lines = attempt_lines(net, a, entry(tmp_path, BOB, CAROL))
+    assert [(r.kind, r.reply.code, r.unreachable) for r in results] == [
+        ("transient", 421, False)] * 2
+    assert lines == ["ABCDEF0123456789: remote.test not delivered: mx2.remote.test[192.0.2.2] "
+                     "said 421 4.3.2 too busy, try later"]
+    _, lines = attempt_lines(net, a, entry(tmp_path, BOB))
+    assert [line.split(": ", 2)[1] for line in lines] == ["remote.test not delivered"]  # no memory
+
+
+def test_a_session_the_hub_ended_is_logged_as_its_own_account(tmp_path):
+    # a protocol error is the hub's reading, not the host's words: the
+    # host was reached, the session with it failed
+    a, net, _ = agent(tmp_path)
+    net.servers[("192.0.2.50", 25)] = lambda: ScriptedSMTPServer(
+        replies={"MAIL": b"25O what\r\n"})
+    _, lines = attempt_lines(net, a, entry(tmp_path, DAVE), "other.test")
+    assert lines == ["ABCDEF0123456789: other.test not delivered: session with "
+                     "other.test[192.0.2.50] failed: 421 4.5.0 protocol error from the server: "
+                     "malformed reply line '25O what'"]
+
+
+def test_no_host_connected_is_logged_as_not_reached_and_so_is_its_memory(tmp_path):
+    a, net, _ = agent(tmp_path)  # no server listens: every connection is refused
+    results, lines = attempt_lines(net, a, entry(tmp_path, BOB))
+    assert [r.unreachable for r in results] == [True]
+    failed = "451 4.4.1 connection to mx2.remote.test[192.0.2.2]:25 failed: connection refused"
+    assert lines == [f"ABCDEF0123456789: remote.test not reached: {failed}"]
+    _, lines = attempt_lines(net, a, entry(tmp_path, BOB))
+    assert net.connections == [("2001:db8::1", 25), ("192.0.2.1", 25), ("192.0.2.2", 25)]
+    assert lines == [f"ABCDEF0123456789: remote.test not reached: {failed} (tried 0 s ago; "
+                     "not tried again yet)"]
+
+
+def test_a_host_that_answered_before_a_failed_connection_is_said(tmp_path):
+    # mx1 said 421 to MAIL, mx2 could not be connected to: the reply kept
+    # is mx2's connection failure, but remote.test was reached
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"MAIL": b"421 4.3.2 busy\r\n"})
+    _, lines = attempt_lines(net, a, entry(tmp_path, BOB))
+    assert lines == ["ABCDEF0123456789: remote.test not delivered: 451 4.4.1 connection to "
+                     "mx2.remote.test[192.0.2.2]:25 failed: connection refused (a host that "
+                     "answered before did not take it)"]
 
 
 def test_a_hostile_refusal_of_auth_is_logged_escaped(tmp_path):

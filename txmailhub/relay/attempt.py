@@ -619,6 +619,33 @@ def _remote_name(name: str, smarthost: bool) -> str:
     return mta_name(name) or name
 
 
+def _log_not_delivered(queue_id: str, destination: str, last: Reply, said_by: str | None,
+                       sessions: int) -> None:
+    """The one line for an attempt at ``destination`` that ends with
+    ``last`` as its recipients' reply, in words true of what happened:
+    "not reached" only when no host answered at all.  A host that answered
+    and ended the session (a ``421`` to MAIL or RCPT, a ``5xx`` greeting)
+    was reached: the line names it (``said_by``) and says whether the
+    reply is its words or this hub's account of the session (a timeout, a
+    protocol error: a ``LocalReply``).  When hosts answered and a later
+    one could not be connected to, ``last`` is that connection's failure
+    and the line says how many answered before.  The queue id comes first,
+    and the reply is escaped (``loggable``), as in every relay line."""
+    reply = loggable(last.text(), REPLY_LOG_MAX)
+    if said_by is not None:
+        how = ("session with {host} failed:" if isinstance(last, LocalReply)
+               else "{host} said")
+        log.info("{queue_id}: {destination} not delivered: " + how + " {reply}",
+                 queue_id=queue_id, destination=destination, host=said_by, reply=reply)
+    elif sessions:
+        log.info("{queue_id}: {destination} not delivered: {reply} ({hosts} that answered "
+                 "before did not take it)", queue_id=queue_id, destination=destination,
+                 reply=reply, hosts="a host" if sessions == 1 else f"{sessions} hosts")
+    else:
+        log.info("{queue_id}: {destination} not reached: {reply}", queue_id=queue_id,
+                 destination=destination, reply=reply)
+
+
 def _maybe_delivered(outcome: SessionOutcome) -> bool:
     """Whether a failed session sent the final "." and got no reply to it
     (a timeout, a connection closed): only then may the server have taken
@@ -985,6 +1012,9 @@ class DeliveryAgent:
         settled: list[DeliveryResult] = []
         last: Reply = LocalReply.of(451, "4.4.1", f"no mail exchanger of {destination} answered")
         last_host: str | None = None
+        # the host (and address) whose session ended with ``last``, as the
+        # log names it; None while ``last`` is no session's
+        last_where: str | None = None
         about_host = False  # the last refusal was of the host, not of this message
         # each recipient's own 4yz to RCPT from the last host that answered,
         # when that host refused every RCPT (``_refused_for_now``): their
@@ -1080,7 +1110,7 @@ class DeliveryAgent:
                     said = f": {reason(why)}" if why is not None else ""
                     last = LocalReply.of(451, "4.4.1",
                                          f"connection to {shown}:{port_n} failed{said}")
-                    last_host = None
+                    last_host = last_where = None
                 if tries.unstarted:
                     out_of_time = True
                     break  # a host not fully tried is not one that failed
@@ -1092,6 +1122,7 @@ class DeliveryAgent:
             if outcome.session_error is not None:
                 last, last_host = outcome.session_error, _remote_name(mxhost.name,
                                                                       smarthost)
+                last_where = where(mxhost.name, address)
                 own = {}
                 # 521/556 (RFC 7504): the host accepts no mail at all
                 about_host = (outcome.phase in _HOST_PHASES
@@ -1168,8 +1199,7 @@ class DeliveryAgent:
             # the last host that answered refused them for now, each in its
             # own words (logged with its session): those are their results
             return settled + [own[a] for a in recipients]
-        log.info("{queue_id}: {destination} not reached: {reply}", queue_id=entry.id,
-                 destination=destination, reply=loggable(last.text(), REPLY_LOG_MAX))
+        _log_not_delivered(entry.id, destination, last, last_where, sessions)
         if (not sessions and tried and not settled
                 and self.unreachable_memory > 0 and epoch == self._epoch):
             # no host tried connected: remembered (the newest last; a
