@@ -17,7 +17,7 @@ from txmailhub.config import load_text
 from txmailhub.envelope import DSNRequest, Envelope
 from txmailhub.relay import bounce
 from txmailhub.relay.record import FAILED, QueueEntry
-from txmailhub.smtp.reply import Reply
+from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_decode
 from txmailhub.testing import MemoryMailboxStore, MemorySpooler, QueueSpy, StaticRouter
 
@@ -211,6 +211,57 @@ def test_delayed_notice(tmp_path):
     assert block["Will-Retry-Until"] == "Sun, 19 Nov 2023 22:13:20 +0000"
     # RET applies to failures only: a delay notice carries the headers
     assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
+
+
+DELAY_HEAD = ("This is the mail system at mail.example.org.\n\n"
+              "Your message could not be delivered yet to one or more recipients.\n")
+
+
+def delay_text(tmp_path, recipients, **kw):
+    """The human-readable part of a delay notice about ``recipients``
+    (each: (address, reply or None, remote MTA or None))."""
+    entry = make_entry(tmp_path)
+    recs = [dataclasses.replace(entry.recipient(who), last_reply=reply, remote_mta=mta,
+                                last_attempt=1_700_000_100.0 if reply else None)
+            for who, reply, mta in recipients]
+    _, msg = build(entry, recs, bounce.DELAYED, **kw)
+    human, _, _ = msg.iter_parts()
+    return human.get_content()
+
+
+def test_a_delay_notice_for_one_recipient_says_the_retry_in_whole_sentences(tmp_path):
+    # the retry's sentence was cut after "It will be retried", a line that
+    # read as finished, the give-up time on the next
+    text = delay_text(tmp_path, [(BOB, Reply.of(451, "4.7.1", "Greylisted"),
+                                  "mx1.remote.test")], will_retry_until=1_700_432_000.0)
+    assert text == DELAY_HEAD + (
+        "It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
+        "You do not need to send it again.\n"
+        "\n"
+        "<bob@remote.test>: host mx1.remote.test said: 451 4.7.1 Greylisted\n")
+
+
+def test_a_delay_notice_for_several_recipients_with_and_without_a_reply(tmp_path):
+    hub = LocalReply.of(451, "4.4.1", "connection to mx1.remote.test[192.0.2.1]:25 failed: "
+                        "connection refused")
+    text = delay_text(tmp_path, [(BOB, hub, None), (CAROL, None, None)],
+                      will_retry_until=1_700_432_000.0)
+    assert text == DELAY_HEAD + (
+        "It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
+        "You do not need to send it again.\n"
+        "\n"
+        "<bob@remote.test>: this hub's own account: 451 4.4.1 connection to\n"
+        "    mx1.remote.test[192.0.2.1]:25 failed: connection refused\n"
+        "<carol@remote.test>: no reason recorded\n")
+
+
+def test_a_delay_notice_without_a_give_up_time_ends_its_sentence(tmp_path):
+    # "It will be retried" with no full stop when no time followed
+    text = delay_text(tmp_path, [(CAROL, None, None)])
+    assert text == DELAY_HEAD + (
+        "It will be retried. You do not need to send it again.\n"
+        "\n"
+        "<carol@remote.test>: no reason recorded\n")
 
 
 def test_local_reason_without_remote(tmp_path):
@@ -1077,11 +1128,12 @@ def test_will_retry_until_is_only_in_a_delay_notice(tmp_path):
     _, msg = build(entry, [failed(entry)], will_retry_until=1_700_432_000.0)
     human, status, _ = list(msg.iter_parts())
     assert status.get_payload()[1]["Will-Retry-Until"] is None
-    assert "you do not need" not in human.get_content()
+    assert "do not need to send it again" not in human.get_content()
     _, msg = build(entry, [delayed(entry)], bounce.DELAYED, will_retry_until=1_700_432_000.0)
     human, status, _ = list(msg.iter_parts())
     assert status.get_payload()[1]["Will-Retry-Until"] == "Sun, 19 Nov 2023 22:13:20 +0000"
-    assert "until Sun, 19 Nov 2023 22:13:20 +0000; you do not need" in human.get_content()
+    assert ("It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
+            "You do not need to send it again.\n") in human.get_content()
 
 
 @pytest.mark.parametrize("action, reply, status", [

@@ -278,11 +278,15 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
                   + ("It is attached below." if full else "Its headers are attached below."),
                   ""]
     elif action == DELAYED:
-        lines += ["Your message could not be delivered yet to one or more recipients.",
-                  "It will be retried", ""]
+        # whole sentences, a line each: the retry's sentence was cut after
+        # "It will be retried", a line that read as finished (and had no
+        # full stop when no date followed)
+        lines += ["Your message could not be delivered yet to one or more recipients."]
         if will_retry_until is not None:
-            lines[-1:] = [f"until {rfc5322_date(will_retry_until)}; you do not need "
-                          "to send it again.", ""]
+            lines += [f"It will be retried until {rfc5322_date(will_retry_until)}.",
+                      "You do not need to send it again.", ""]
+        else:
+            lines += ["It will be retried. You do not need to send it again.", ""]
     else:
         lines += ["Your message was successfully delivered to the destination(s)",
                   "listed below.", ""]
