@@ -1203,6 +1203,24 @@ class SnapshotTests(SynchronousTestCase):
         # its name is the kept path's (``_find`` looks for it by its stem)
         self.assertEqual(snap.name(0), "x")
 
+    def test_a_copy_moves_on_its_own(self):
+        """``copy``: the places and flags of its own (a session's end
+        flags messages on a worker thread through one while its answers
+        read the other), the columns that never change shared."""
+        snap = Snapshot("/m/joe")
+        snap.append("1.M1P1Q1.host", 12, 10, False, "1.M1P1Q1.host,S=10,W=12", False)
+        snap.append("plain", 7, 6, False, "plain", False)
+        copy = snap.copy()
+        self.assertEqual(list(copy), list(snap))
+        self.assertIs(copy.uids, snap.uids)
+        copy.moved(0, "/m/joe/cur/1.M1P1Q1.host,S=10,W=12:2,S", True)
+        copy.moved(1, "/m/joe/cur/plain:2,S", True)
+        self.assertEqual([m.path for m in snap], [
+            "/m/joe/new/1.M1P1Q1.host,S=10,W=12", "/m/joe/new/plain"])
+        self.assertEqual((snap._names, [m.seen for m in snap]), ({1: "plain"}, [False, False]))
+        self.assertEqual([m.path for m in copy], [
+            "/m/joe/cur/1.M1P1Q1.host,S=10,W=12:2,S", "/m/joe/cur/plain:2,S"])
+
 
 class MailboxTests(Base):
     def test_snapshot_lists_without_reading(self):

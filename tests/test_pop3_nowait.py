@@ -1130,3 +1130,88 @@ def test_an_rset_behind_the_read_takes_back_the_seen_flags_after_the_fin(
     assert os.listdir(os.path.join(md, "cur")) == []
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
+
+
+class _Preempted(dict):
+    """A snapshot's names whose ``pop`` (the first step of
+    ``Snapshot.moved``) is followed by ``step``: another thread's turn,
+    where the interpreter may hand the GIL over (after a call)."""
+
+    def __init__(self, names, step):
+        super().__init__(names)
+        self.step = step
+
+    def pop(self, *args):
+        found = super().pop(*args)
+        step, self.step = self.step, None
+        if step is not None:
+            step()
+        return found
+
+
+@pytest.mark.parametrize("where", ["in-its-snapshot-update", "after-its-rename"])
+def test_the_seen_flags_made_after_the_fin_leave_the_answers_mailbox_alone(
+        tmp_path, log_events, monkeypatch, where):
+    """A FIN while RETR 2's read waits for the disk, RETR 1 sent before
+    and asked for again behind it: the session's end flags message 1 seen
+    in a worker job while the answers still due read through the same
+    mailbox on the reactor thread.  The job updated the snapshot those
+    answers read (``Snapshot.moved``: its name dropped, then its place
+    and flags): the reactor's turn in the middle of it found message 1's
+    name gone (a ``KeyError``), and the client got ``-ERR`` for it and a
+    traceback was logged.  The job's changes are made on a view of its
+    own, so the answers' state is never half changed: they get what a
+    session whose reads were cached sends, and message 1 is flagged seen
+    all the same.  The reactor's turn right after the job's rename (the
+    file gone from where the answers' snapshot says) was and is
+    harmless: the read finds it in cur/ as it finds one another program
+    renamed."""
+    messages = [SMALL, SMALL]
+    commands = b"RETR 1\r\nRETR 2\r\nRETR 1\r\n"
+    names = [f"16000000{i:02d}.M1P1Q{i}.x" for i in range(2)]
+    expected, _ = _answers(tmp_path / "cached", messages, commands, False, ())
+    assert expected.count(b"hello\r\n.\r\n") == 3
+    clock, components, md, syncer, realm = env(tmp_path, messages, uncached={1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(commands)
+    assert len(syncer.jobs) == 1  # RETR 2's read waits; RETR 1 sent
+    read = syncer.jobs[0]
+    proto.readConnectionLost()
+    assert proto.mailbox is not None  # its seen flags first, under the lock
+    assert len(syncer.jobs) == 2  # and the job that makes them
+    steps = []
+
+    def the_reactors_turn():
+        # the disk answers RETR 2's read, and the reactor thread sends it
+        # and handles the RETR 1 behind it, while the worker is where it is
+        if read in syncer.jobs:
+            steps.append(where)
+            syncer.run_one(syncer.jobs.index(read))
+
+    box = realm.boxes[0]._box
+    if where == "in-its-snapshot-update":
+        box._messages._names = _Preempted(box._messages._names, the_reactors_turn)
+    else:
+        from txmailhub.store import mailbox as mailbox_module
+        real = mailbox_module.rename_noreplace
+
+        def renamed(source, target):
+            real(source, target)
+            monkeypatch.setattr(mailbox_module, "rename_noreplace", real)
+            the_reactors_turn()
+
+        monkeypatch.setattr(mailbox_module, "rename_noreplace", renamed)
+    syncer.run_one(1 - syncer.jobs.index(read))  # the flags' job, on its worker
+    for _ in range(20):
+        run_all(syncer)
+        clock.advance(0)
+    assert bytes(t.received) == expected
+    # the reactor's turn came in the middle of the job after its rename;
+    # the snapshot the answers read the job no longer changes at all
+    assert steps == ([where] if where == "after-its-rename" else [])
+    assert t.disconnecting and proto.mailbox is None
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert os.listdir(os.path.join(md, "new")) == [names[1]]
+    assert os.listdir(os.path.join(md, "cur")) == [names[0] + ":2,S"]
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]

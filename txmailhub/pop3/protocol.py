@@ -580,7 +580,16 @@ class POP3Protocol(Protocol):
                 user = self._user
                 self._update_running = True
                 self.factory.update_started(self)
-                d.addCallback(lambda _: self._end_changes(seen, [])).addErrback(
+                # an answer under way (a read, a stream, sizes measured:
+                # the FIN behind it lets the mailbox go, the answers go on,
+                # ``readConnectionLost``) reads on through the mailbox while
+                # the flags are made on a worker thread: they are made on
+                # a view of their own (``for_changes``), not on the state
+                # those reads use
+                view = getattr(self.mailbox, "for_changes", None)
+                box = view() if view is not None and (
+                    self._busy or self._stream is not None) else None
+                d.addCallback(lambda _: self._end_changes(seen, [], box)).addErrback(
                     lambda f: log_failure(log, f, "POP3 messages of {user} not flagged seen",
                                           user=user))
                 d.addBoth(self._flagged_after_drop)
@@ -968,12 +977,15 @@ class POP3Protocol(Protocol):
                 unseen[index] = 0
         return list(compress(range(size), unseen))
 
-    def _end_changes(self, seen: list[int], deleted: list[int]) -> Deferred:
+    def _end_changes(self, seen: list[int], deleted: list[int],
+                     mailbox: Any = None) -> Deferred:
         """The session's changes to the mailbox: ``seen`` flagged, ``deleted``
         removed.  One job off the reactor thread where the mailbox makes
         them so (``IMailboxUpdate``), else ``mark_seen`` each and then
-        ``delete``, as an ``IMailbox`` can."""
-        mailbox = self.mailbox
+        ``delete``, as an ``IMailbox`` can.  ``mailbox``: a view of the
+        session's to make them on (``for_changes``), else its own."""
+        if mailbox is None:
+            mailbox = self.mailbox
         if IMailboxUpdate.providedBy(mailbox):
             return mailbox.update(seen, deleted)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ _CUR = 1  # in cur/ (else new/)
 _SEEN = 2  # the S flag
 _NAMED = 4  # a name of its own (``Snapshot._names``), not the usual one
 _PATH = 8  # a whole path of its own, elsewhere (``Snapshot._names``)
+
+
+# ``Snapshot.moved`` and ``Snapshot.copy``: a copy taken on one thread
+# while another thread's move is half made would hold a name without its
+# flags, or flags naming a name it lacks (module-wide: moves are rare,
+# one per message flagged, and never wait for anything under it)
+_MOVING = threading.Lock()
 
 
 class Snapshot(Sequence[MessageInfo]):
@@ -151,7 +159,15 @@ class Snapshot(Sequence[MessageInfo]):
         return self._flags[index] & (_SEEN | _CUR | _PATH) == _SEEN | _CUR
 
     def moved(self, index: int, path: str, seen: bool) -> None:
-        """Message ``index`` is now at ``path``, with or without the S flag."""
+        """Message ``index`` is now at ``path``, with or without the S flag.
+        Not atomic (its name goes before its flags are set: a path asked
+        for meanwhile has flags naming no name, a ``KeyError``), so one
+        snapshot is moved and read on one thread at a time; ``copy`` gives
+        another thread one of its own."""
+        with _MOVING:
+            self._move(index, path, seen)
+
+    def _move(self, index: int, path: str, seen: bool) -> None:
         index = range(len(self.uids))[index]
         folder, name = os.path.split(path)
         flags = _SEEN if seen else 0
@@ -166,6 +182,26 @@ class Snapshot(Sequence[MessageInfo]):
         if name != self._usual(index):
             self._flags[index] = flags | _NAMED
             self._names[index] = name
+
+    def copy(self) -> Snapshot:
+        """A snapshot whose places and flags (``moved``) are its own, the
+        columns that never change (UIDs, sizes) shared: for changes made
+        on a worker thread while another thread still reads this one's
+        paths (a session's end flagging messages seen while answers are
+        still sent, ``MaildirMailbox.for_changes``).  ``moved`` is not
+        atomic, so neither thread may see the other's half-made move.
+        Taken under ``_MOVING``, so a move under way elsewhere is in it
+        whole or not at all."""
+        other = Snapshot.__new__(Snapshot)
+        other.folder = self.folder
+        other._dirs = self._dirs
+        other.uids = self.uids
+        other.sizes = self.sizes
+        other.stored_sizes = self.stored_sizes
+        with _MOVING:
+            other._flags = bytearray(self._flags)
+            other._names = dict(self._names)
+        return other
 
     def __len__(self) -> int:
         return len(self.uids)

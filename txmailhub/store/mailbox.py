@@ -367,6 +367,8 @@ class MaildirMailbox:
         # the size cache, read when a downgraded size is first asked for
         # (a client without UTF8, a message with UTF-8 header fields)
         self._size_cache: _SizeCache | None = None
+        # the mailbox holding the lock, for a view of it (``for_changes``)
+        self._holder: MaildirMailbox | None = None
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -611,6 +613,23 @@ class MaildirMailbox:
             return str(e)
         return None
 
+    def for_changes(self) -> MaildirMailbox:
+        """A view of this mailbox for ``update`` on the worker threads
+        while answers still read messages through this one on other
+        threads (a session ending without QUIT, its client's answers
+        still being sent): its own copy of the snapshot's places and
+        flags (``Snapshot.copy``), its own listing for ``_find``.  The
+        two threads shared them -- the listing, and a move half made
+        (``Snapshot.moved``): a read of a message being flagged met its
+        name gone, a ``KeyError``.  This one's snapshot does not learn of
+        the view's renames; a read finds the file again as it finds one
+        another program renamed (``_find``).  It holds no lock: this one
+        keeps it, and lets it go (``close``) once ``update`` is over; the
+        view is ``closed`` when this one is."""
+        view = MaildirMailbox(self.store, self.path, (), self._messages.copy())
+        view._holder = self
+        return view
+
     def update(self, seen: list[int], deleted: list[int]) -> defer.Deferred:
         """The POP3 UPDATE state's disk changes (``IMailboxUpdate``): the
         messages ``seen`` moved to cur/ with the S flag (``mark_seen``),
@@ -755,4 +774,5 @@ class MaildirMailbox:
 
     @property
     def closed(self) -> bool:
-        return not self._lock_fds
+        holder = self._holder
+        return not self._lock_fds if holder is None else holder.closed
