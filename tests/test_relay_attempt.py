@@ -2343,6 +2343,24 @@ def test_a_host_that_answered_before_a_failed_connection_is_said(tmp_path):
                      "answered before did not take it)"]
 
 
+def test_a_5xx_to_mail_is_each_recipients_answer_with_no_not_delivered_line(tmp_path):
+    # docs/relay.rst: a 5xx to MAIL is no session error (the 4xx is): it
+    # answers every recipient, which the session line logs
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"MAIL": b"550 5.7.1 not from you\r\n"})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        results, lines = attempt_lines(net, a, entry(tmp_path, BOB))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(r.kind, r.reply.code) for r in results] == [("permanent", 550)]
+    assert lines == []
+    assert [formatEvent(e) for e in events
+            if "session with" in formatEvent(e)] == [
+        "ABCDEF0123456789: session with mx1.remote.test (no TLS): bob@remote.test: 550"]
+
 def test_a_hostile_refusal_of_auth_is_logged_escaped(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: RefusesAuthParameter(
