@@ -4,9 +4,7 @@ own POP3 client."""
 
 from __future__ import annotations
 
-import ctypes
 import itertools
-import mmap
 import os
 import socket
 import subprocess
@@ -15,37 +13,6 @@ import time
 from pathlib import Path
 
 _counter = itertools.count(1)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def cached_pages(fd: int) -> int:
-    """How many pages of the file open as ``fd`` the page cache holds now.
-
-    Asked of the kernel with ``mincore(2)`` over a mapping of the file that
-    is never touched, so the asking reads nothing in: a probe read would
-    (a read with ``RWF_NOWAIT`` that says EAGAIN still starts the kernel's
-    readahead).  Linux answers for a file mapping only to a caller who may
-    write the file, as these tests' own files are."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return 0
-    address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    if address in (None, _MAP_FAILED):
-        raise OSError(ctypes.get_errno(), "mmap of the message failed")
-    try:
-        vector = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
-        if _libc.mincore(address, size, vector) != 0:
-            raise OSError(ctypes.get_errno(), "mincore of the message failed")
-        return sum(byte & 1 for byte in vector.raw)
-    finally:
-        _libc.munmap(address, size)
 
 
 def drop(maildir: Path, data: bytes, *, sizes: bool = True, sub: str = "new") -> Path:

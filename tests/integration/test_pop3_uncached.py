@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pop3util import cached_pages, drop
+from page_cache import cached_pages, drop_pages
+from pop3util import drop
 
 ALICE, ALICE_PW = "alice@example.org", "alice-secret"
 
@@ -33,11 +34,9 @@ BIG = b"From: b@example.net\nSubject: big\n\n" + b"".join(
 def uncache(path: Path) -> None:
     """Drop ``path``'s pages from the page cache, or skip the test.
 
-    Whether they went is asked of the kernel (``cached_pages``), and the
-    drop tried again while a page stays: ``POSIX_FADV_DONTNEED`` leaves a
-    page that is being read in, or that another CPU still holds for a
-    moment, and under load that happens (the RETR then found the message
-    cached, and the test failed for want of a worker read)."""
+    Whether they went is asked of the kernel (``drop_pages``): under load
+    a drop left pages, the RETR found the message cached, and the test
+    failed for want of a worker read."""
     flag = getattr(os, "RWF_NOWAIT", None)
     if flag is None:
         pytest.skip("no RWF_NOWAIT here")
@@ -53,12 +52,8 @@ def uncache(path: Path) -> None:
         # what that read may have started reading in, finished first
         while os.read(fd, 1 << 20):
             pass
-        for _ in range(200):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            if cached_pages(fd) == 0:
-                return
-            time.sleep(0.01)
-        pytest.skip(f"the page cache kept {cached_pages(fd)} pages of the message here")
+        if not drop_pages(fd):
+            pytest.skip(f"the page cache kept {cached_pages(fd)} pages of the message here")
     finally:
         os.close(fd)
 
