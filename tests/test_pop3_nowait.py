@@ -1102,6 +1102,26 @@ def test_a_message_removed_by_the_next_session_is_answered_as_gone_after_the_fin
         "error", "critical")]
 
 
+#: the names ``env`` gives two messages
+_TWO_NAMES = [f"16000000{i:02d}.M1P1Q{i}.x" for i in range(2)]
+
+
+def _behind_a_waiting_read(tmp_path, commands: bytes, sent: int):
+    """Two small messages, the second's read not cached, ``commands`` sent
+    in one read (RETR 1 and 2 first): what a session whose reads were
+    cached answers (``sent`` messages in it), the session's clock, Maildir
+    and syncer, its realm, and the session and its transport, RETR 2's
+    read waiting."""
+    messages = [SMALL, SMALL]
+    expected, _ = _answers(tmp_path / "cached", messages, commands, False, ())
+    assert expected.count(b"hello\r\n.\r\n") == sent
+    clock, components, md, syncer, realm = env(tmp_path, messages, uncached={1})
+    proto, t = session(components, syncer)
+    proto.dataReceived(commands)
+    assert len(syncer.jobs) == 1  # RETR 2's read waits; RETR 1 sent
+    return expected, clock, md, syncer, realm, proto, t
+
+
 @pytest.mark.parametrize("rset", [b"RSET\r\n", b"rset\r\nNOOP\r\n"])
 def test_an_rset_behind_the_read_takes_back_the_seen_flags_after_the_fin(
         tmp_path, log_events, rset):
@@ -1110,15 +1130,8 @@ def test_an_rset_behind_the_read_takes_back_the_seen_flags_after_the_fin(
     closes leaves message 1 unseen.  With RETR 2's read waiting for the
     disk at the FIN, the session's end flagged message 1 seen at once,
     before the RSET behind it was handled."""
-    messages = [SMALL, SMALL]
-    commands = b"RETR 1\r\nRETR 2\r\n" + rset
-    names = [f"16000000{i:02d}.M1P1Q{i}.x" for i in range(2)]
-    expected, _ = _answers(tmp_path / "cached", messages, commands, False, ())
-    assert expected.count(b"hello\r\n.\r\n") == 2
-    clock, components, md, syncer, _realm = env(tmp_path, messages, uncached={1})
-    proto, t = session(components, syncer)
-    proto.dataReceived(commands)
-    assert len(syncer.jobs) == 1  # RETR 2's read waits; RETR 1 sent
+    expected, clock, md, syncer, _realm, proto, t = _behind_a_waiting_read(
+        tmp_path, b"RETR 1\r\nRETR 2\r\n" + rset, sent=2)
     proto.readConnectionLost()
     for _ in range(20):
         run_all(syncer)
@@ -1126,7 +1139,7 @@ def test_an_rset_behind_the_read_takes_back_the_seen_flags_after_the_fin(
     assert bytes(t.received) == expected
     assert t.disconnecting
     proto.connectionLost(Failure(ConnectionDone()))
-    assert sorted(os.listdir(os.path.join(md, "new"))) == names  # nothing flagged seen
+    assert sorted(os.listdir(os.path.join(md, "new"))) == _TWO_NAMES  # nothing flagged seen
     assert os.listdir(os.path.join(md, "cur")) == []
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
@@ -1166,15 +1179,8 @@ def test_the_seen_flags_made_after_the_fin_leave_the_answers_mailbox_alone(
     file gone from where the answers' snapshot says) was and is
     harmless: the read finds it in cur/ as it finds one another program
     renamed."""
-    messages = [SMALL, SMALL]
-    commands = b"RETR 1\r\nRETR 2\r\nRETR 1\r\n"
-    names = [f"16000000{i:02d}.M1P1Q{i}.x" for i in range(2)]
-    expected, _ = _answers(tmp_path / "cached", messages, commands, False, ())
-    assert expected.count(b"hello\r\n.\r\n") == 3
-    clock, components, md, syncer, realm = env(tmp_path, messages, uncached={1})
-    proto, t = session(components, syncer)
-    proto.dataReceived(commands)
-    assert len(syncer.jobs) == 1  # RETR 2's read waits; RETR 1 sent
+    expected, clock, md, syncer, realm, proto, t = _behind_a_waiting_read(
+        tmp_path, b"RETR 1\r\nRETR 2\r\nRETR 1\r\n", sent=3)
     read = syncer.jobs[0]
     proto.readConnectionLost()
     assert proto.mailbox is not None  # its seen flags first, under the lock
@@ -1211,7 +1217,7 @@ def test_the_seen_flags_made_after_the_fin_leave_the_answers_mailbox_alone(
     assert steps == ([where] if where == "after-its-rename" else [])
     assert t.disconnecting and proto.mailbox is None
     proto.connectionLost(Failure(ConnectionDone()))
-    assert os.listdir(os.path.join(md, "new")) == [names[1]]
-    assert os.listdir(os.path.join(md, "cur")) == [names[0] + ":2,S"]
+    assert os.listdir(os.path.join(md, "new")) == [_TWO_NAMES[1]]
+    assert os.listdir(os.path.join(md, "cur")) == [_TWO_NAMES[0] + ":2,S"]
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
