@@ -8,7 +8,8 @@ ports are read from the hub's "<role> listening on 127.0.0.1:<port>" log
 lines, at every start: a port picked here and bound later, in the hub, may
 be taken in between by any process on the machine ("Address already in
 use" at the hub's start).  ``make_hub(fixed_ports=True)`` picks them here,
-for the tests that need them before the hub starts.
+for the tests that need them before the hub starts, and starts the hub
+again on new ports if one was taken in between.
 ``hub`` is ``make_hub()`` with the defaults.  Every hub is stopped (SIGTERM,
 then SIGKILL) at the end of the test.
 
@@ -26,6 +27,7 @@ descriptors for the rest of the run, and once the process holds more than
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import gc
 import ipaddress
@@ -288,7 +290,13 @@ def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
+    """``n`` distinct free TCP ports on 127.0.0.1 (bound, read, released).
+
+    Released: another process may take one before it is used.  Only for a
+    program that must be given its port, and then with a retry on
+    "Address already in use" (``Hub.start`` for ``fixed_ports``); a port
+    nothing may listen on is ``dead_port()``, a port to occupy is bound
+    as port 0 and read back."""
     socks = []
     try:
         for _ in range(n):
@@ -299,6 +307,47 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _reserve_port() -> tuple[socket.socket, socket.socket]:
+    """A TCP and a UDP socket bound to the same 127.0.0.1 port (port 0 for
+    TCP, the same number for UDP, retried if that is taken)."""
+    for _ in range(50):
+        tcp = socket.socket()
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        # connected to itself, the UDP socket matches no datagram anyone
+        # else sends: the kernel answers each with "port unreachable", as
+        # for a port nobody holds
+        udp.connect(("127.0.0.1", port))
+        return tcp, udp
+    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
+
+
+@contextlib.contextmanager
+def dead_port() -> Iterator[int]:
+    """A 127.0.0.1 port where nothing answers, for as long as the block
+    runs: TCP connections are refused, UDP datagrams unanswered.
+
+    A port picked free and released could be taken by any process before
+    it is used (the suite's other workers start servers and hubs on port
+    0): a test meaning "nothing listens there" would reach someone else's
+    server.  The port stays bound here -- TCP bound but not listening, so
+    connections are refused (ECONNREFUSED), and UDP bound -- and nobody
+    else can bind it."""
+    tcp, udp = _reserve_port()
+    try:
+        yield tcp.getsockname()[1]
+    finally:
+        tcp.close()
+        udp.close()
 
 
 def make_certificate(folder: Path, hostname: str = "localhost",
@@ -398,6 +447,9 @@ class Hub:
     log_path: Path = field(init=False)
     #: where the current run's lines start in ``log_path`` (it is appended to)
     log_offset: int = field(init=False, default=0)
+    #: ``make_hub(fixed_ports=True)``: picks new fixed ports and rewrites the
+    #: config, for a start that failed with "Address already in use"
+    repick: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.log_path = self.folder / "hub.log"
@@ -450,9 +502,42 @@ class Hub:
     def mailhub(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return mailhub(self.config_path, *args, input=input)
 
+    #: how many times a ``fixed_ports`` start is tried on new ports
+    FIXED_PORT_TRIES = 5
+
     def start(self, wait: bool = True) -> Hub:
         """Start the hub; with ``wait``, return once every listener answers
-        (and the ``tcp:0`` ones' ports are known, new at each start)."""
+        (and the ``tcp:0`` ones' ports are known, new at each start).
+
+        Fixed ports (picked free, released, then bound by the hub) may have
+        been taken in between by another process: such a start, which ends
+        with "Address already in use", is tried again on new ports, a few
+        times."""
+        for tries_left in range(self.FIXED_PORT_TRIES - 1, -1, -1):
+            self._spawn()
+            if not wait:
+                return self
+            try:
+                self.wait_listening()
+                return self
+            except AssertionError:
+                if (self.repick is None or not tries_left or self.proc is None
+                        or self.proc.poll() is None
+                        or "Address already in use" not in self.run_log()):
+                    raise
+                self.proc = None
+                self.repick()
+        raise AssertionError("unreachable")
+
+    def run_log(self) -> str:
+        """The current run's lines of the log."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")
+
+    def _spawn(self) -> None:
         log = open(self.log_path, "ab")
         self.log_offset = log.tell()
         self.proc = subprocess.Popen(
@@ -462,9 +547,6 @@ class Hub:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
         )
         log.close()
-        if wait:
-            self.wait_listening()
-        return self
 
     def ephemeral_roles(self) -> set[str]:
         """The ``Hub.ports`` keys whose listener is ``tcp:0`` in the config."""
@@ -474,19 +556,19 @@ class Hub:
     def bound_ports(self) -> dict[str, int]:
         """The ports the current run logged as bound, by ``Hub.ports`` key
         (the first of a role's listeners)."""
-        if not self.log_path.exists():
-            return {}
-        with open(self.log_path, "rb") as f:
-            f.seek(self.log_offset)
-            text = f.read().decode(errors="replace")
         bound: dict[str, int] = {}
-        for role, tls, port in _LISTENING.findall(text):
+        for role, tls, port in _LISTENING.findall(self.run_log()):
             bound.setdefault(role + ("_tls" if tls else ""), int(port))
         return bound
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         unknown = self.ephemeral_roles()
+        if self.repick is not None:
+            # a fixed port answering may be another process's server, its
+            # hub gone with "Address already in use": the hub's log line
+            # says the port is its own
+            unknown |= {role for role in self.ports if role in LISTENERS}
         pending = dict(self.ports)
         pending.pop("spare", None)
         while pending:
@@ -540,6 +622,15 @@ class Hub:
         self.stop()
         return self.start()
 
+    def listen_on(self, role: str, port: int) -> None:
+        """Point the ``role`` listener (a ``Hub.ports`` key) at ``port`` in
+        the config file: a test that occupies a port binds port 0 itself,
+        reads the port back, and gives it to the hub this way."""
+        section, key = LISTENERS[role]
+        self.doc[section][key] = [f"tcp:{port}:interface=127.0.0.1"]
+        self.ports[role] = port
+        write_toml(self.config_path, self.doc)
+
 
 def _hub_config(
     folder: Path, ports: dict[str, int], tls: tuple[Path, Path] | None,
@@ -580,11 +671,14 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     certificate is ``hub.folder / "tls" / "cert.pem"``.  The listeners
     are ``tcp:0`` and ``hub.ports`` is filled in at each start (a restart
     gets new ports), unless ``fixed_ports``: then they are picked free here
-    and known before the start (but another process may take one before
-    the hub binds it).  ``launcher`` runs twistd another way (a command
-    whose arguments are twistd's)."""
+    and known before the start (another process may take one before the
+    hub binds it: ``Hub.start`` then tries again on new ports, which a test
+    that wrote the old ones elsewhere must read back from ``hub.ports``).
+    ``launcher`` runs twistd another way (a command whose arguments are
+    twistd's)."""
     hubs: list[Hub] = []
     counter = iter(range(1000))
+    spares = contextlib.ExitStack()
 
     def factory(
         users: dict[str, str] | None = None,
@@ -599,10 +693,13 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         roles = ["smtp", "submission", "pop3", "spare"]
         if tls:
             roles += ["submission_tls", "pop3_tls"]
-        # 0: the hub binds port 0 and its log says which port it got; the
-        # spare port is only ever a dead DNS server's, never bound
+        # 0: the hub binds port 0 and its log says which port it got.  The
+        # spare port is a dead DNS server's: held by dead_port() until the
+        # fixture ends, as a port merely picked free could become another
+        # test's (fake DNS) server meanwhile
         ports = dict.fromkeys(roles, 0)
-        picked = roles if fixed_ports else ["spare"]
+        ports["spare"] = spares.enter_context(dead_port())
+        picked = [r for r in roles if r != "spare"] if fixed_ports else []
         ports.update(zip(picked, free_ports(len(picked))))
         pair = make_certificate(folder / "tls") if tls else None
         doc = _hub_config(folder, ports, pair, sections)
@@ -610,15 +707,26 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         write_toml(config, doc)
         users = DEFAULT_USERS if users is None else users
         hub = Hub(folder, config, doc, ports, dict(users), launcher)
+        if fixed_ports:
+            def repick() -> None:
+                # only the listeners still on their picked port (a test may
+                # have pointed one elsewhere meanwhile, or at a UNIX socket)
+                for role, port in zip(picked, free_ports(len(picked))):
+                    section, key = LISTENERS[role]
+                    old = f"tcp:{hub.ports.get(role)}:interface=127.0.0.1"
+                    if role in hub.ports and hub.doc[section].get(key) == [old]:
+                        hub.listen_on(role, port)
+            hub.repick = repick
         _add_users(config, users)
         hubs.append(hub)
         if start:
             hub.start()
         return hub
 
-    yield factory
-    for hub in hubs:
-        hub.stop()
+    with spares:
+        yield factory
+        for hub in hubs:
+            hub.stop()
 
 
 def _add_users(config: Path, users: dict[str, str]) -> None:

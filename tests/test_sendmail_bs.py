@@ -490,11 +490,14 @@ def test_live_pipelined_session_ending_at_stdin_eof(make_hub: Callable[..., obje
 
 
 def test_live_unreachable_hub_is_421_and_75(tmp_path: Path) -> None:
-    from conftest import free_ports
+    from conftest import dead_port
 
-    (port,) = free_ports(1)  # nothing listens there
-    proc = command(sendmail_config(tmp_path, port), "-bs", "-odb", "-oem")
-    out, err = proc.communicate(b"EHLO a\r\n", timeout=60)
+    # nothing listens there, and the port stays bound (not listening) until
+    # the end: a port picked free and released could meanwhile become
+    # another test's server, which would answer
+    with dead_port() as port:
+        proc = command(sendmail_config(tmp_path, port), "-bs", "-odb", "-oem")
+        out, err = proc.communicate(b"EHLO a\r\n", timeout=60)
     assert proc.returncode == 75
     assert out.startswith(b"421 4.3.0 mail.example.org mail hub not available: cannot reach")
     assert out.endswith(b"\r\n") and out.count(b"\n") == 1

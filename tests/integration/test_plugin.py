@@ -91,9 +91,21 @@ def test_demo_config_runs(tmp_path: Path) -> None:
     assert "demo@example.test" in demo.stdout and str(ports[0]) in demo.stdout
     hub = Hub(tmp_path, etc / "demo.toml", {}, dict(zip(("smtp", "submission", "pop3"), ports)),
               {"demo@example.test": "demo"})
+
+    def repick() -> None:
+        # the ports were picked free and released: another process may have
+        # taken one before the hub bound it ("Address already in use");
+        # Hub.start then tries again on new ones
+        nonlocal text
+        for role, new in zip(("smtp", "submission", "pop3"), free_ports(3)):
+            text = text.replace(f"tcp:{hub.ports[role]}:", f"tcp:{new}:")
+            hub.ports[role] = new
+        (etc / "demo.toml").write_text(text)
+
+    hub.repick = repick
     hub.start()
     try:
-        with smtplib.SMTP("127.0.0.1", ports[0], timeout=10) as s:
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
             s.sendmail("you@example.com", ["demo@example.test"], b"Subject: hi\r\n\r\nhello\r\n")
         assert len(hub.messages("demo@example.test")) == 1
         assert (tmp_path / "var" / "mail" / "example.test" / "demo" / "new").is_dir()
@@ -178,10 +190,8 @@ def test_config_from_the_environment(make_hub, monkeypatch) -> None:
 
 
 def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
-    hub = make_hub(start=False, fixed_ports=True)  # the port to block, known before
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", hub.pop3_port))
-        blocker.listen(1)
+    hub = make_hub(start=False)
+    with blocked(hub, "pop3"):
         result = run_twistd("mailhub", "--config", str(hub.config_path), cwd=hub.folder)
         # in the foreground with a pid file: twistd removes it only after an
         # Exception, and our start error is a SystemExit; left behind it
@@ -267,12 +277,24 @@ def example_tac(hub: Hub) -> Path:
     return tac
 
 
+def blocked(hub: Hub, role: str) -> socket.socket:
+    """A socket listening on a port of its own, which the hub's ``role``
+    listener is pointed at: the hub's start must fail there with "Address
+    already in use".  Bound as port 0 and read back (not a port picked free,
+    released and bound again, which another process could take in between:
+    the error would then name another port, or none); the hub's other
+    listeners stay ``tcp:0``, so it is the only port the hub cannot have."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    hub.listen_on(role, blocker.getsockname()[1])
+    return blocker
+
+
 def twistd_with_smtp_port_taken(hub: Hub, *args: str) -> subprocess.CompletedProcess:
     """``twistd *args`` run to its end while another socket listens on the
     hub's SMTP port: a start that must fail with "Address already in use"."""
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", hub.smtp_port))
-        blocker.listen(1)
+    with blocked(hub, "smtp"):
         return subprocess.run([TWISTD, *args], capture_output=True, text=True, timeout=60,
                               cwd=hub.folder)
 
@@ -349,7 +371,7 @@ def test_the_tac_file_daemonized_reports_a_start_error(make_hub) -> None:
     # `twistd -y` with the example as it is (it sets DaemonStartError): a
     # port in use is printed by the waiting parent, which exits 1 (without
     # that line it waits for good)
-    hub = make_hub(start=False, fixed_ports=True)  # the port to block, known before
+    hub = make_hub(start=False)
     tac = example_tac(hub)
     pidfile = hub.folder / "t.pid"
     result = twistd_with_smtp_port_taken(hub, "-y", str(tac), f"--pidfile={pidfile}",
@@ -369,7 +391,7 @@ def test_the_tac_file_daemonized_reports_a_start_error(make_hub) -> None:
 def test_the_tac_file_in_the_foreground_reports_a_start_error_in_a_line(make_hub) -> None:
     # the same .tac under `twistd -ny`: the DaemonStartError twistd passes
     # on is one line, not a traceback; exit 1, and twistd's pid file is gone
-    hub = make_hub(start=False, fixed_ports=True)
+    hub = make_hub(start=False)
     tac = example_tac(hub)
     pidfile = hub.folder / "fg.pid"
     result = twistd_with_smtp_port_taken(hub, "-ny", str(tac), f"--pidfile={pidfile}",
