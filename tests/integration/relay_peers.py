@@ -37,9 +37,37 @@ from zope.interface import implementer
 
 
 def free_port() -> int:
+    """A port free now, released: another process may take it before the
+    caller binds it (``SinkServer`` tries again on a new one then)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on 127.0.0.1:``port`` (/proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The socket inodes process ``pid`` holds."""
+    inodes = set()
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
 
 
 class SinkServer:
@@ -59,21 +87,36 @@ class SinkServer:
         if os.geteuid() == 0:  # it refuses to run as root without -u
             user = ["-u", "nobody"]
             self.folder.chmod(0o777)
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [program, "-4", *user, "-d", f"{self.folder}/m.", *options,
-             f"127.0.0.1:{self.port}", "10"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+        # smtp-sink must be given its port: one picked free and released,
+        # which another process (the suite runs in parallel) may bind
+        # first.  smtp-sink then exits ("Address already in use"), and is
+        # started again on a new port, a few times.  A connection that
+        # succeeds proves nothing (it may reach that other process): the
+        # port counts as smtp-sink's once its own socket listens there.
+        for _ in range(self.TRIES):
+            self.port = self._pick_port()
+            self.proc = subprocess.Popen(
+                [program, "-4", *user, "-d", f"{self.folder}/m.", *options,
+                 f"127.0.0.1:{self.port}", "10"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 5
+            while self.proc.poll() is None:
+                if _listening_inodes(self.port) & _socket_inodes(self.proc.pid):
+                    return
+                if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"smtp-sink {options} did not start") from None
+                    raise RuntimeError(f"smtp-sink {options} did not start")
                 time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"smtp-sink {options} did not start in {self.TRIES} tries")
+
+    #: how many ports smtp-sink is tried on
+    TRIES = 5
+
+    @staticmethod
+    def _pick_port() -> int:
+        return free_port()
 
     def dumps(self) -> list[tuple[dict[str, list[str]], bytes]]:
         """Each message: (smtp-sink's own fields, the message as received)."""
@@ -123,11 +166,24 @@ class AioServer:
 
     def __init__(self, **options: Any) -> None:
         controller = pytest.importorskip("aiosmtpd.controller")
+
+        class Controller(controller.Controller):
+            """Binds port 0 and takes the port the kernel gave: a port picked
+            free and bound later may be taken in between by another
+            process (the suite runs in parallel)."""
+
+            def _create_server(self) -> Any:
+                async def bind() -> Any:
+                    server = await super(Controller, self)._create_server()
+                    # before start() connects to self.port (its readiness check)
+                    self.port = server.sockets[0].getsockname()[1]
+                    return server
+                return bind()
+
         self.handler = _AioHandler()
-        self.port = free_port()
-        self.controller = controller.Controller(self.handler, hostname="127.0.0.1",
-                                                port=self.port, **options)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=0, **options)
         self.controller.start()
+        self.port = self.controller.port
 
     @property
     def messages(self) -> list[tuple[str, list[str], bytes, list[str]]]:
