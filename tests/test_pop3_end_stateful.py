@@ -518,19 +518,26 @@ class EndModel(RuleBasedStateMachine):
     @rule(data=st.data(), quit=st.booleans())
     def closes_behind_a_read(self, data, quit: bool) -> None:
         """Commands pipelined behind a RETR, then the client's FIN: with
-        the read under way (not cached) and no QUIT among them the session
-        ends at once (its lock let go, or going once its flags are made);
-        a QUIT keeps it."""
+        answers still due -- the read under way (not cached), or commands
+        held for a client that stopped reading -- and no QUIT among them
+        (nor an RSET with seen flags to take back) the session ends at
+        once (its lock let go, or going once its flags are made); a QUIT
+        keeps it."""
         s = self._pick(data, self._in_transaction)
         if s is None:
             return
-        s.proto.dataReceived(b"RETR 2\r\nLIST\r\nDELE 1\r\nTOP 3 0\r\n"
-                             + (b"QUIT\r\n" if quit else b""))
-        under_way = s.proto._busy or s.proto._stream is not None
+        p = s.proto
+        p.dataReceived(b"RETR 2\r\nLIST\r\nDELE 1\r\nTOP 3 0\r\n"
+                       + (b"QUIT\r\n" if quit else b""))
+        # (not once a QUIT was handled, nor after too many errors)
+        due = p._answers_due() and not (p.engine.finished or p._closing)
+        # (a client that stopped reading may have sent a QUIT or an RSET before)
+        keeps = p.engine.quit_waits() or (p.engine.rset_waits() and p.retrieved_any())
+        assert keeps or not (quit and due)
         s.eof = True
-        s.proto.readConnectionLost()
-        if under_way:
-            assert s.proto._ended is not quit
+        p.readConnectionLost()
+        if due:
+            assert p._ended is not keeps
 
     @precondition(lambda self: bool(self.live()))
     @rule(stop=st.booleans())

@@ -1221,3 +1221,64 @@ def test_the_seen_flags_made_after_the_fin_leave_the_answers_mailbox_alone(
     assert os.listdir(os.path.join(md, "cur")) == [_TWO_NAMES[0] + ":2,S"]
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
+
+
+@pytest.mark.parametrize("where", ["in-its-snapshot-update", "after-its-rename"])
+def test_the_seen_flags_made_at_a_fin_behind_answers_not_read_leave_their_mailbox_alone(
+        tmp_path, log_events, monkeypatch, where):
+    """The same (above) where the commands wait for a client that does
+    not read its answers (its TCP window full), not for the disk: the FIN
+    lets the lock go once message 1, retrieved before it, is flagged seen
+    in a worker job, and the client may read on meanwhile, its LIST,
+    RETR 1 again and RETR 2 answered on the reactor thread through the
+    same mailbox.  The job's changes are made on a view of their own here
+    too: the answers are those of a session whose client read all."""
+    commands = b"RETR 1\r\nLIST\r\nRETR 1\r\nRETR 2\r\n"
+    expected = cached_answer(tmp_path / "cached", [SMALL, SMALL], commands)
+    assert expected.count(b"hello\r\n.\r\n") == 3
+    clock, components, md, syncer, realm = env(tmp_path, [SMALL, SMALL])
+    proto, t = session(components, syncer)
+    t.limit = 10  # the client reads nothing more for now
+    proto.dataReceived(commands)
+    assert proto._write_paused and proto.engine.has_line  # RETR 1 sent, the rest held
+    assert not syncer.jobs
+    proto.readConnectionLost()
+    assert proto.mailbox is not None  # its seen flags first, under the lock
+    assert len(syncer.jobs) == 1  # and the job that makes them
+    steps = []
+
+    def the_reactors_turn():
+        # the client reads on, and the reactor thread answers what it
+        # sent, while the worker is where it is
+        if t.limit is not None:
+            steps.append(where)
+            t.limit = None
+            t.read(proto)
+
+    box = realm.boxes[0]._box
+    if where == "in-its-snapshot-update":
+        box._messages._names = _Preempted(box._messages._names, the_reactors_turn)
+    else:
+        from txmailhub.store import mailbox as mailbox_module
+        real = mailbox_module.rename_noreplace
+
+        def renamed(source, target):
+            real(source, target)
+            monkeypatch.setattr(mailbox_module, "rename_noreplace", real)
+            the_reactors_turn()
+
+        monkeypatch.setattr(mailbox_module, "rename_noreplace", renamed)
+    syncer.run_one(0)  # the flags' job, on its worker
+    assert proto.mailbox is None  # the lock is gone
+    the_reactors_turn()
+    for _ in range(20):
+        run_all(syncer)
+        clock.advance(0)
+    assert bytes(t.received) == expected
+    assert steps == [where]
+    assert t.disconnecting
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert os.listdir(os.path.join(md, "new")) == [_TWO_NAMES[1]]
+    assert os.listdir(os.path.join(md, "cur")) == [_TWO_NAMES[0] + ":2,S"]
+    assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
+        "error", "critical")]

@@ -3945,6 +3945,115 @@ def test_a_half_close_behind_a_message_being_sent_with_no_quit_lets_the_lock_go(
     assert len(env.store.messages("joe@example.org")) == 2  # nothing deleted
 
 
+_HELD_FOR_THE_READER = {
+    # what holds the commands behind it back at the client's FIN: the
+    # answers it was sent and has not read (its TCP window full: the
+    # session's writes paused), a long LIST or UIDL, a small message's RETR
+    # (one write, no stream), or the rest of a batch longer than
+    # COMMANDS_PER_TURN, waiting for the reactor's next turn
+    "long-list": (b"LIST\r\n", 16 * 1024),
+    "long-uidl": (b"UIDL\r\n", 16 * 1024),
+    "small-retr": (b"RETR 3\r\n", 16 * 1024),
+    "next-turn": (b"NOOP\r\n" * COMMANDS_PER_TURN, None),
+}
+
+
+def _held_for_the_reader(held: str, tail: bytes):
+    """joe's mailbox of 2,000 messages, the third one of 20 KiB; the
+    commands a client sends before its FIN (``RETR 1``, what holds the
+    rest back, ``RETR 2``, ``DELE 1``, ``TOP 2 0``, ``STAT``, ``tail``):
+    what a session answers to a client that reads it all, and a session
+    with those commands held at the FIN, its transport, its mailbox and
+    its environment."""
+    first, limit = _HELD_FOR_THE_READER[held]
+    commands = (b"RETR 1\r\n" + first + b"RETR 2\r\nDELE 1\r\nTOP 2 0\r\nSTAT\r\n"
+                + tail)
+    answers = []
+    for reader in (True, False):
+        env = Env()
+        for i in range(2000):
+            env.store.add("joe@example.org", b"Subject: %d\n\nbody\n" % i
+                          if i != 2 else b"Subject: 2\n\n" + (b"x" * 78 + b"\n") * 256)
+        proto, t = login(env, limit=None if reader else limit)
+        t.clear()
+        proto.dataReceived(commands)
+        if reader:
+            env.clock.advance(0)  # the rest of a long batch, the next turn
+            answers.append(t.value())
+    return answers[0], env, proto, t
+
+
+def _reads_the_rest(env, proto, t) -> bytes:
+    """``_read_on``, the reactor's next turn first (a long batch's rest)."""
+    got = t.value()
+    t.clear()
+    env.clock.advance(0)
+    return got + _read_on(proto, t)
+
+
+@pytest.mark.parametrize("held", list(_HELD_FOR_THE_READER))
+def test_a_half_close_behind_commands_held_for_a_slow_reader_with_no_quit_lets_the_lock_go(
+        held):
+    # As behind a message being sent (above) or a read waiting for the
+    # disk: the client's data ends with commands held back, by answers it
+    # has not read yet or for the reactor's next turn, and no QUIT among
+    # them.  No UPDATE state can come (RFC 1939 6), and the lock goes at
+    # once; it was held until everything was answered -- as long as a
+    # client that reads slowly took -- and a login of the same user was
+    # told IN-USE meanwhile.  The client still gets every answer, in order,
+    # the same bytes; the message it retrieved before its FIN is flagged
+    # seen, those answered after it are not, nothing is deleted.
+    expected, env, proto, t = _held_for_the_reader(held, b"")
+    box = proto.mailbox
+    if held == "next-turn":
+        assert proto._turn_call is not None and not proto._write_paused
+    else:
+        assert proto._write_paused and proto._stream is None and not proto._busy
+    assert proto.engine.has_line
+    _end_of_client_data(proto)
+    assert not env.store.is_locked("joe@example.org")  # let go at once
+    # (RETR 3 is one of those retrieved before the FIN)
+    retrieved = [True, False, held == "small-retr"]
+    assert [m.seen for m in box.list_messages()[:3]] == retrieved
+    second, _t2 = login(env)  # the same user gets in
+    got = _reads_the_rest(env, proto, t)
+    assert got == expected
+    assert re.search(re.escape(R.deleted(1).to_bytes() + R.TOP_FOLLOWS.to_bytes()
+                               + b"Subject: 1\r\n\r\n.\r\n") + rb"\+OK 1999 \d+\r\n\Z", got)
+    assert t.disconnecting and not proto._lost  # a close, with all of it written
+    proto.connectionLost(None)
+    assert second.mailbox is not None and env.store.is_locked("joe@example.org")
+    assert len(env.store.messages("joe@example.org")) == 2000  # nothing deleted
+    assert [m.seen for m in box.list_messages()[:3]] == retrieved
+
+
+@pytest.mark.parametrize("held", list(_HELD_FOR_THE_READER))
+@pytest.mark.parametrize("tail", [b"QUIT\r\n", b"RSET\r\n"])
+def test_a_quit_or_an_rset_among_commands_held_for_a_slow_reader_keeps_the_lock(held, tail):
+    # A QUIT among the commands held keeps the lock for its UPDATE state;
+    # an RSET keeps it when messages retrieved are to be flagged seen (it
+    # takes their flags back: made as the lock went, they would be made
+    # before it)
+    expected, env, proto, t = _held_for_the_reader(held, tail)
+    box = proto.mailbox
+    _end_of_client_data(proto)
+    assert env.store.is_locked("joe@example.org") and proto.mailbox is box
+    proto2, t2 = env.connect()
+    talk(proto2, t2, b"USER joe\r\n")
+    assert talk(proto2, t2, b"PASS joepw\r\n") == R.MAILBOX_IN_USE.to_bytes()
+    got = _reads_the_rest(env, proto, t)
+    assert got == expected
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+    quit = tail == b"QUIT\r\n"
+    assert len(env.store.messages("joe@example.org")) == (1999 if quit else 2000)
+    # message 1 deleted, the others retrieved flagged at the QUIT; the
+    # RSET took every change back
+    assert [m.seen for m in box.list_messages()[:3]] == [
+        False, quit, quit and held == "small-retr"]
+
+
 @pytest.mark.parametrize("sent", [b"DELE 1\r\n", b"DELE 1\r\nQUIT"],
                          ids=["no-quit", "quit-without-line-end"])
 def test_a_half_close_after_answered_commands_without_quit_closes_without_update(sent):

@@ -580,15 +580,15 @@ class POP3Protocol(Protocol):
                 user = self._user
                 self._update_running = True
                 self.factory.update_started(self)
-                # an answer under way (a read, a stream, sizes measured:
-                # the FIN behind it lets the mailbox go, the answers go on,
-                # ``readConnectionLost``) reads on through the mailbox while
-                # the flags are made on a worker thread: they are made on
-                # a view of their own (``for_changes``), not on the state
-                # those reads use
+                # answers still due (an answer under way -- a read, a
+                # stream, sizes measured -- or, after the client's FIN,
+                # commands not answered yet: the FIN lets the mailbox go,
+                # the answers go on, ``readConnectionLost``) read on
+                # through the mailbox while the flags are made on a worker
+                # thread: they are made on a view of their own
+                # (``for_changes``), not on the state those reads use
                 view = getattr(self.mailbox, "for_changes", None)
-                box = view() if view is not None and (
-                    self._busy or self._stream is not None) else None
+                box = view() if view is not None and self._reads_on() else None
                 d.addCallback(lambda _: self._end_changes(seen, [], box)).addErrback(
                     lambda f: log_failure(log, f, "POP3 messages of {user} not flagged seen",
                                           user=user))
@@ -598,6 +598,17 @@ class POP3Protocol(Protocol):
         else:
             self._release()
         self._settled()
+
+    def _reads_on(self) -> bool:
+        """Whether the session may still read its messages after its end
+        without the UPDATE state: an answer under way (a read or a stream
+        of a message, sizes measured, maybe on a worker thread: even once
+        the connection is gone, until the job is back) or, after the
+        client's FIN that ended it (``readConnectionLost``: not closing),
+        the answers still due to it (``_answers_due``)."""
+        if self._busy or self._stream is not None:
+            return True
+        return not self._closing and self._answers_due()
 
     def _let_go(self, answering: bool = False) -> None:
         """A lingering close begins (too many errors, the autologout, the
@@ -618,10 +629,11 @@ class POP3Protocol(Protocol):
         ``_stream``), the end's own changes (``_update_running``); the lock
         then goes with the connection, as before (``close_soon`` lets a
         login wait for it).  ``answering``: after the client's half-close,
-        with the answer under way left and no ``QUIT`` behind it
-        (``readConnectionLost``): the read or stream uses the message
-        file, not the lock, and so do the commands behind it (through
-        ``_answer_box``), so the lock goes while it runs."""
+        with answers still due and no ``QUIT`` among them
+        (``readConnectionLost``): the answer under way (a read or stream)
+        uses the message file, not the lock, and so do the commands left
+        (through ``_answer_box``), so the lock goes while they are
+        answered."""
         engine = self.engine
         if (self.mailbox is None or engine is None or engine.state is not State.TRANSACTION
                 or self._update_running
@@ -880,30 +892,42 @@ class POP3Protocol(Protocol):
             self._close()
             return
         engine = self.engine
-        if (self._busy or self._stream is not None) and not engine.quit_waits() and not (
+        if self._answers_due() and not engine.quit_waits() and not (
                 engine.rset_waits() and self.retrieved_any()):
-            # An answer under way (a RETR or TOP whose read may wait for a
-            # hung disk) and no QUIT behind it (nothing, or other commands):
-            # no QUIT can come, so no UPDATE state (RFC 1939 6: nothing is
-            # deleted), and what is left to answer needs no lock.  A full
-            # close looks the same as this half-close, and its lock was
-            # held until the disk answered (a login of the same user told
-            # IN-USE meanwhile): it goes now, as it did when a FIN was a
-            # lost connection.  The answer is still sent, then those of the
-            # commands behind it, in order, from the mailbox kept for them
-            # (``_answer_box``), then the close.  A QUIT behind it keeps
-            # the lock: its UPDATE state needs it.  So does an RSET behind
-            # it where messages retrieved are to be flagged seen: it takes
-            # their flags back (``_pending``), and the end made them first
+            # Answers still due (``_answers_due``: one under way, a RETR or
+            # TOP whose read may wait for a hung disk; commands held while
+            # the client does not read what it was sent, a long LIST or
+            # RETR; the rest of a long batch waiting for its turn) and no
+            # QUIT among them: no QUIT can come, so no UPDATE state (RFC
+            # 1939 6: nothing is deleted), and what is left to answer needs
+            # no lock.  A full close looks the same as this half-close,
+            # and its lock was held until everything was answered -- until
+            # the disk answered, or as long as a client that reads slowly
+            # took (a login of the same user told IN-USE meanwhile): it
+            # goes now, as it did when a FIN was a lost connection.  The
+            # answers still go, in order, from the mailbox kept for them
+            # (``_answer_box``), then the close.  A QUIT among them keeps
+            # the lock: its UPDATE state needs it.  So does an RSET where
+            # messages retrieved are to be flagged seen: it takes their
+            # flags back (``_pending``), and the end made them first
             self._let_go(answering=True)
         self._answered_all()
+
+    def _answers_due(self) -> bool:
+        """Whether something the client sent is still to be answered: an
+        answer under way (a login checked, a message read or sent, sizes
+        measured: ``_busy``, ``_stream``), the rest of a long batch waiting
+        for the reactor's next turn (``_turn_call``), or complete lines
+        held (``has_line``) -- while the client does not read what it was
+        sent (``_write_paused``), or behind an answer under way."""
+        return (self._busy or self._stream is not None or self._turn_call is not None
+                or self.engine.has_line)  # type: ignore[union-attr]
 
     def _answered_all(self) -> None:
         """After the client's half-close: close once nothing it sent is
         left to answer (``_process`` calls it when it stops)."""
-        if not (self._closing or self._busy or self._stream is not None
-                or self._turn_call is not None or self._update_running
-                or self._draining or self.engine.has_line):  # type: ignore[union-attr]
+        if not (self._closing or self._update_running or self._draining
+                or self._answers_due()):
             self._close()
 
     def writeConnectionLost(self) -> None:
@@ -1466,8 +1490,9 @@ class POP3Protocol(Protocol):
     def _reading_box(self) -> Any:
         """The mailbox an answer reads its message (or measures its size)
         from: the session's, or after a half-close that let the lock go
-        while an answer's read waited for the disk (``readConnectionLost``)
-        the one kept for the answers still due (``_answer_box``,
+        while answers were still due (``readConnectionLost``: a read
+        waiting for the disk, commands held for a client that reads
+        slowly) the one kept for them (``_answer_box``,
         ``_release``) -- a late read that must open the message again
         (longer than listed, a file that cannot seek) met ``None`` and sent
         ``-ERR``, and so would the commands answered after it."""
