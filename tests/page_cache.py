@@ -7,6 +7,7 @@ import ctypes
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -54,4 +55,30 @@ def drop_pages(fd: int, tries: int = 200) -> bool:
         if cached_pages(fd) == 0:
             return True
         time.sleep(0.01)
+    return False
+
+
+#: how many times a read of pages just dropped is tried before a test
+#: gives up seeing it not wait (``until_not_cached``)
+TRIES = 50
+
+
+def until_not_cached(fd: int, read: Callable[[], object], tries: int = TRIES) -> bool:
+    """Drop the pages of the file open as ``fd`` and ``read`` (a read that
+    must not wait for the disk: ``RWF_NOWAIT``), until it says
+    ``BlockingIOError``; True then, False if every try got the data.
+
+    Such a read of pages not cached starts reading them in, then looks
+    again and says EAGAIN if they are not there yet; on a fast disk, the
+    reading process descheduled in between (a loaded machine: the suite's
+    other workers), they are, and the read returns the data.  So a test
+    that must see the EAGAIN tries again, on a fresh drop, a few times: a
+    read that does not use the flag at all gets the data every time."""
+    for _ in range(tries):
+        if not drop_pages(fd):
+            return False
+        try:
+            read()
+        except BlockingIOError:
+            return True
     return False
