@@ -1162,6 +1162,26 @@ class _Preempted(dict):
         return found
 
 
+def _give_the_reactor_its_turn(realm, monkeypatch, where: str, turn) -> None:
+    """Have the flags' job, when it runs, hand over to ``turn`` (the
+    reactor thread's) ``where`` another thread may get the GIL: in the
+    middle of its snapshot update (``_Preempted``) or right after its
+    rename of the message to cur/."""
+    box = realm.boxes[0]._box
+    if where == "in-its-snapshot-update":
+        box._messages._names = _Preempted(box._messages._names, turn)
+        return
+    from txmailhub.store import mailbox as mailbox_module
+    real = mailbox_module.rename_noreplace
+
+    def renamed(source, target):
+        real(source, target)
+        monkeypatch.setattr(mailbox_module, "rename_noreplace", real)
+        turn()
+
+    monkeypatch.setattr(mailbox_module, "rename_noreplace", renamed)
+
+
 @pytest.mark.parametrize("where", ["in-its-snapshot-update", "after-its-rename"])
 def test_the_seen_flags_made_after_the_fin_leave_the_answers_mailbox_alone(
         tmp_path, log_events, monkeypatch, where):
@@ -1194,19 +1214,7 @@ def test_the_seen_flags_made_after_the_fin_leave_the_answers_mailbox_alone(
             steps.append(where)
             syncer.run_one(syncer.jobs.index(read))
 
-    box = realm.boxes[0]._box
-    if where == "in-its-snapshot-update":
-        box._messages._names = _Preempted(box._messages._names, the_reactors_turn)
-    else:
-        from txmailhub.store import mailbox as mailbox_module
-        real = mailbox_module.rename_noreplace
-
-        def renamed(source, target):
-            real(source, target)
-            monkeypatch.setattr(mailbox_module, "rename_noreplace", real)
-            the_reactors_turn()
-
-        monkeypatch.setattr(mailbox_module, "rename_noreplace", renamed)
+    _give_the_reactor_its_turn(realm, monkeypatch, where, the_reactors_turn)
     syncer.run_one(1 - syncer.jobs.index(read))  # the flags' job, on its worker
     for _ in range(20):
         run_all(syncer)
@@ -1255,19 +1263,7 @@ def test_the_seen_flags_made_at_a_fin_behind_answers_not_read_leave_their_mailbo
             t.limit = None
             t.read(proto)
 
-    box = realm.boxes[0]._box
-    if where == "in-its-snapshot-update":
-        box._messages._names = _Preempted(box._messages._names, the_reactors_turn)
-    else:
-        from txmailhub.store import mailbox as mailbox_module
-        real = mailbox_module.rename_noreplace
-
-        def renamed(source, target):
-            real(source, target)
-            monkeypatch.setattr(mailbox_module, "rename_noreplace", real)
-            the_reactors_turn()
-
-        monkeypatch.setattr(mailbox_module, "rename_noreplace", renamed)
+    _give_the_reactor_its_turn(realm, monkeypatch, where, the_reactors_turn)
     syncer.run_one(0)  # the flags' job, on its worker
     assert proto.mailbox is None  # the lock is gone
     the_reactors_turn()
