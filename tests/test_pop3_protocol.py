@@ -4027,6 +4027,66 @@ def test_a_half_close_behind_commands_held_for_a_slow_reader_with_no_quit_lets_t
     assert [m.seen for m in box.list_messages()[:3]] == retrieved
 
 
+def test_the_hub_stopping_after_a_half_close_that_let_the_lock_go_treats_the_answers_left_as_any():
+    # The client half-closed behind commands it has not read the answers
+    # of, having retrieved a message: its seen flag was made as the lock
+    # went (the end's changes, counted as an UPDATE under way), and the
+    # session stayed among those the stop takes for an UPDATE state to
+    # finish: its close only hurried, of which it had none.  The stop
+    # waited as long as the client took to read every answer left (a
+    # client that reads nothing: until the autologout) instead of giving
+    # the answer under way STOP_ANSWER_GRACE, then -ERR and the close,
+    # with the commands behind it not handled
+    _expected, env, proto, t = _held_for_the_reader("long-list", b"")
+    _end_of_client_data(proto)
+    assert not env.store.is_locked("joe@example.org")  # let go, the flag made
+    stopped = proto.factory.shut_down()
+    assert not stopped.called
+    env.clock.advance(pop3_protocol.STOP_ANSWER_GRACE)
+    assert t.disconnected  # the answer did not end in the grace: cut
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_the_hub_stopping_after_a_half_close_that_let_the_lock_go_ends_once_the_answer_is_read():
+    # the same, the client reading on: the answer under way (the LIST)
+    # whole, then the stop's line and the close; RETR 2 and the rest are
+    # not handled, as behind any answer the stop lets finish
+    _expected, _env, proto, t = _held_for_the_reader("long-list", b"")
+    _end_of_client_data(proto)
+    stopped = proto.factory.shut_down()
+    got = _read_on(proto, t)
+    assert got.endswith(b".\r\n" + R.SHUTTING_DOWN.to_bytes())
+    assert R.deleted(1).to_bytes() not in got and b"Subject: 1" not in got
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert stopped.called
+
+
+def test_the_hub_stopping_while_the_flags_of_a_half_close_are_made_ends_the_session_after_them(
+        monkeypatch):
+    # the stop comes while the seen flags made as the lock went (the
+    # client's FIN behind answers it has not read) are still on a worker:
+    # it waits for them, then the session ends as any the stop finds in
+    # the middle of an answer -- it went on answering everything left at
+    # the client's pace, the stop waiting for it
+    held = defer.Deferred()
+    monkeypatch.setattr(pop3_protocol.POP3Protocol, "_end_changes",
+                        lambda self, seen, deleted, box=None: held)
+    _expected, env, proto, t = _held_for_the_reader("long-list", b"")
+    _end_of_client_data(proto)
+    assert proto._update_running
+    stopped = proto.factory.shut_down()
+    held.callback(None)
+    assert not env.store.is_locked("joe@example.org") and not stopped.called
+    got = _read_on(proto, t)
+    assert got.endswith(b".\r\n" + R.SHUTTING_DOWN.to_bytes())
+    assert R.deleted(1).to_bytes() not in got
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert stopped.called
+
+
 @pytest.mark.parametrize("held", list(_HELD_FOR_THE_READER))
 @pytest.mark.parametrize("tail", [b"QUIT\r\n", b"RSET\r\n"])
 def test_a_quit_or_an_rset_among_commands_held_for_a_slow_reader_keeps_the_lock(held, tail):
