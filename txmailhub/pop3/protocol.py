@@ -652,6 +652,19 @@ class POP3Protocol(Protocol):
         self._update_running = False
         self._release()
         self._settled()
+        if not self._lost and self.factory is not None:
+            # Made while the connection goes on (the client's FIN behind
+            # answers still due, ``readConnectionLost``): no UPDATE state
+            # under way any more, so not among those the hub's stop lets
+            # finish (``update_started``).  It stayed there until the
+            # connection's end, and a stop then only hurried a close it
+            # did not have: it waited as long as the client took to read
+            # every answer left.  A stop that came while the flags were
+            # made ends it now as any session (``cut_for_stop``): the
+            # answer under way finished, then its line and the close
+            self.factory.updating.discard(self)
+            if self._hub_stopped:
+                self.cut_for_stop()
         if self._eof and not self._closing:
             self._answered_all()  # the answer sent meanwhile waited for them
 
