@@ -4209,6 +4209,38 @@ def test_a_half_close_during_a_login_check_answers_the_pipelined_session():
     assert not env.store.is_locked("joe@example.org")
 
 
+def test_a_half_close_during_a_login_check_then_commands_held_lets_the_lock_go():
+    # a client pipelines its session with no QUIT (login, a long LIST it
+    # reads slowly, RETR, DELE) and half-closes while the password is
+    # checked: once the login succeeds the commands it sent are held
+    # behind answers it has not read, and no QUIT can come.  The lock
+    # went only once everything was answered -- as long as the client
+    # took to read it all, a login of the same user told IN-USE
+    # meanwhile -- where a FIN that comes after the login lets it go at
+    # once (readConnectionLost); the client still gets every answer
+    checker = HeldChecker()
+    env = Env(checker=checker)
+    for i in range(2000):
+        env.store.add("joe@example.org", b"Subject: %d\n\nbody\n" % i)
+    proto, t = env.connect(limit=16 * 1024)
+    t.clear()
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nRETR 1\r\nLIST\r\nRETR 2\r\n"
+                       b"DELE 1\r\nSTAT\r\n")
+    _end_of_client_data(proto)
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    assert proto._write_paused and proto.engine.has_line  # held for the reader
+    box = proto.mailbox or proto._answer_box
+    assert not env.store.is_locked("joe@example.org")  # let go at once
+    assert [m.seen for m in box.list_messages()[:2]] == [True, False]  # RETR 1, before
+    got = _read_on(proto, t)
+    assert b"Subject: 1\r\n\r\nbody\r\n.\r\n" + R.deleted(1).to_bytes() in got
+    assert re.search(rb"\+OK 1999 \d+\r\n\Z", got)
+    assert t.disconnecting
+    proto.connectionLost(None)
+    assert len(env.store.messages("joe@example.org")) == 2000  # nothing deleted
+
+
 def _failed_login_after_half_close(env, proto, t) -> None:
     """The failed login closes the session at once with no answer (the
     client cannot tell it from one that closed for good: its slot is not
