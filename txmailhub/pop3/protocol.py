@@ -904,9 +904,16 @@ class POP3Protocol(Protocol):
             self._busy = False
             self._close()
             return
+        self._let_go_at_eof()
+        self._answered_all()
+
+    def _let_go_at_eof(self) -> None:
+        """After the client's half-close, in TRANSACTION (its FIN, or the
+        login it came behind, ``_finish_login``): let the mailbox go where
+        no UPDATE state can come any more."""
         engine = self.engine
-        if self._answers_due() and not engine.quit_waits() and not (
-                engine.rset_waits() and self.retrieved_any()):
+        if self._answers_due() and not engine.quit_waits() and not (  # type: ignore[union-attr]
+                engine.rset_waits() and self.retrieved_any()):  # type: ignore[union-attr]
             # Answers still due (``_answers_due``: one under way, a RETR or
             # TOP whose read may wait for a hung disk; commands held while
             # the client does not read what it was sent, a long LIST or
@@ -924,7 +931,6 @@ class POP3Protocol(Protocol):
             # messages retrieved are to be flagged seen: it takes their
             # flags back (``_pending``), and the end made them first
             self._let_go(answering=True)
-        self._answered_all()
 
     def _answers_due(self) -> bool:
         """Whether something the client sent is still to be answered: an
@@ -1423,6 +1429,13 @@ class POP3Protocol(Protocol):
             reply = Send(reply.data, close=True)
         self._send(reply)
         self._process()
+        if self._eof and not self._closing and self.engine.state is State.TRANSACTION:  # type: ignore[union-attr]
+            # the client's FIN came while the login was checked (its
+            # mailbox not taken yet): what it sent behind the login is
+            # still held (answers it has not read, a long batch's rest)
+            # -- the mailbox goes now as for a FIN that comes after the
+            # login, not once everything is answered
+            self._let_go_at_eof()
 
     def _internal_error(self, failure: Failure) -> None:
         """A bug of ours: log it, tell the peer without details, hang up."""
