@@ -9,6 +9,8 @@ import os
 import time
 from collections.abc import Callable
 
+import pytest
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
@@ -66,7 +68,8 @@ TRIES = 50
 def until_not_cached(fd: int, read: Callable[[], object], tries: int = TRIES) -> bool:
     """Drop the pages of the file open as ``fd`` and ``read`` (a read that
     must not wait for the disk: ``RWF_NOWAIT``), until it says
-    ``BlockingIOError``; True then, False if every try got the data.
+    ``BlockingIOError``; True then, False if every try got the data (the
+    test is skipped if a drop leaves pages).
 
     Such a read of pages not cached starts reading them in, then looks
     again and says EAGAIN if they are not there yet; on a fast disk, the
@@ -75,8 +78,8 @@ def until_not_cached(fd: int, read: Callable[[], object], tries: int = TRIES) ->
     that must see the EAGAIN tries again, on a fresh drop, a few times: a
     read that does not use the flag at all gets the data every time."""
     for _ in range(tries):
-        if not drop_pages(fd):
-            return False
+        if not drop_pages(fd):  # no fault of the code the test is about
+            pytest.skip(f"the page cache kept {cached_pages(fd)} pages of the file here")
         try:
             read()
         except BlockingIOError:
