@@ -245,9 +245,15 @@ def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
     import traceback
 
     read, write = os.pipe()
+    # signals held from before the fork until the parent is within its
+    # ``try``: one that came between the two (the child run first, as on a
+    # loaded machine, and interrupting the parent at once) left the child
+    # running, never reaped
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     pid = os.fork()
     if pid == 0:  # the child: never back into pytest
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             os.close(read)
             try:
                 os.setgroups([])
@@ -270,8 +276,9 @@ def as_user(uid: int, gid: int, call: Callable[[], Any]) -> Any:
                 f.write(data)
         finally:
             os._exit(0)
-    os.close(write)
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        os.close(write)
         with os.fdopen(read, "rb") as f:
             data = f.read()
     except BaseException:
