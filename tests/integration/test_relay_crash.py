@@ -472,7 +472,12 @@ def test_sigkill_during_delivery_then_restart(setup, how):
     _check_cli(hub, records)
 
     restart(hub)
-    wait_for(lambda: not _records(hub), timeout=60,
+    queue = hub.state_dir / "queue"
+    # every file, not the records alone: an entry done goes record first,
+    # then (after a directory fsync) its message, and a look in between
+    # (a loaded machine) found the message, a moment from its unlink
+    wait_for(lambda: not _records(hub) and not [
+        p for p in queue.iterdir() if p.name != ".lock"], timeout=60,
              what="an empty queue after the restart")
     assert _mailhub(hub, "queue", "list") == ""
 
@@ -508,7 +513,6 @@ def test_sigkill_during_delivery_then_restart(setup, how):
 
     # nothing half-made left: no temporary, orphan or corrupt file, no
     # spool file of the killed process
-    queue = hub.state_dir / "queue"
     assert sorted(p.name for p in queue.iterdir() if p.name != ".lock") == []
     spool = hub.state_dir / "spool"
     assert not [p for p in spool.iterdir() if p.name.startswith(f"{killed}-")]
