@@ -63,16 +63,14 @@ def lines_of(data: bytes) -> list[bytes]:
     return data.rstrip(b"\n").split(b"\n")
 
 
-LOGOUT = re.compile(r"POP3 logout alice@example\.org from 127\.0\.0\.1: 0 messages "
-                    r"deleted(?: \((\d+) reads? of uncached mail on a worker thread\))?\n")
-
-
-def worker_reads(hub, sessions: int) -> int:
-    """How many reads the ``sessions``-th session of the run handed to a
-    worker thread, from its logout line (once it is logged)."""
+def worker_reads(hub, sessions: int, user: str = ALICE) -> int:
+    """How many reads the ``sessions``-th session of ``user`` in the run
+    handed to a worker thread, from its logout line (once it is logged)."""
+    logout = re.compile(rf"POP3 logout {re.escape(user)} from 127\.0\.0\.1: 0 messages "
+                        r"deleted(?: \((\d+) reads? of uncached mail on a worker thread\))?\n")
     deadline = time.monotonic() + 10
     while True:
-        found = LOGOUT.findall(hub.log_text())
+        found = logout.findall(hub.log_text())
         if len(found) >= sessions or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -80,7 +78,8 @@ def worker_reads(hub, sessions: int) -> int:
     return int(found[-1] or 0)
 
 
-def one_session(hub, command):
+def one_session(hub, command, user: str = ALICE, password: str = ALICE_PW,
+                utf8: bool = True):
     """Log in, ``command(client)``, QUIT; what ``command`` returned."""
     p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
     try:
@@ -88,9 +87,10 @@ def one_session(hub, command):
         # first LIST or STAT) reads the start of every message to learn
         # the size of its downgraded copy, and so caches it; no LIST or
         # STAT either, which would read nothing but are left out alike
-        assert p.utf8().startswith(b"+OK")
-        p.user(ALICE)
-        p.pass_(ALICE_PW)
+        if utf8:
+            assert p.utf8().startswith(b"+OK")
+        p.user(user)
+        p.pass_(password)
         result = command(p)
         assert p.quit().startswith(b"+OK")
     finally:
@@ -102,7 +102,8 @@ def one_session(hub, command):
 SESSIONS = 10
 
 
-def on_a_worker(hub, done: list[int], paths: Callable[[], list[Path]], command, check) -> int:
+def on_a_worker(hub, done: list[int], paths: Callable[[], list[Path]], command, check,
+                **login) -> int:
     """Drop the pages of ``paths()`` and run ``command`` in a session,
     ``check`` what it returned, until the session's log line says a read
     went to a worker thread (``done``: the sessions logged so far, counted
@@ -113,13 +114,14 @@ def on_a_worker(hub, done: list[int], paths: Callable[[], list[Path]], command, 
     in between (a loaded machine: the suite's other workers), they are
     in, and the read gets them with no worker -- rightly, but then this
     session shows nothing.  So another session, a few times; a hub that
-    never hands a read to a worker fails every one."""
+    never hands a read to a worker fails every one.  ``login``: the
+    user, password and UTF8 of ``one_session``."""
     for _ in range(SESSIONS):
         for path in paths():
             uncache(path)
-        check(one_session(hub, command))
+        check(one_session(hub, command, **login))
         done[0] += 1
-        reads = worker_reads(hub, done[0])
+        reads = worker_reads(hub, done[0], login.get("user", ALICE))
         if reads:
             return reads
     pytest.fail(f"none of {SESSIONS} sessions handed a read of uncached mail to a worker")
@@ -162,28 +164,15 @@ def test_list_of_uncached_mail_for_a_client_without_utf8(hub):
     reading its header section; not cached, that read is a worker's."""
     box = hub.maildir(BOB)
     names = [drop(box, SMALL).name, drop(box, INTL).name]
-    pattern = re.compile(r"POP3 logout bob@example\.org from 127\.0\.0\.1: 0 messages deleted"
-                         r"(?: \((\d+) reads? of uncached mail on a worker thread\))?\n")
-    for session in range(1, SESSIONS + 1):  # as ``on_a_worker``, without UTF8
-        for name in names:  # new/ at first, cur/ since a RETR
-            uncache(next(box.glob(f"*/{name}*")))
-        p = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
-        try:
-            p.user(BOB)
-            p.pass_(BOB_PW)
-            _resp, listing, _ = p.list()
-            _resp, lines, _ = p.retr(2)
-            assert p.quit().startswith(b"+OK")
-        finally:
-            p.close()
+
+    def paths() -> list[Path]:  # new/ at first, cur/ since a RETR
+        return [next(box.glob(f"*/{name}*")) for name in names]
+
+    def sizes_listed(result) -> None:
+        (_resp, listing, _), (_resp, lines, _) = result
         sent = sum(len(line) + 2 for line in lines)
         assert listing == [b"1 %d" % (len(SMALL) + SMALL.count(b"\n")), b"2 %d" % sent]
         assert sent != len(INTL) + INTL.count(b"\n")  # downgraded
-        deadline = time.monotonic() + 10
-        while len(found := pattern.findall(hub.log_text())) < session and (
-                time.monotonic() < deadline):
-            time.sleep(0.05)
-        assert len(found) == session, hub.log_text()[-2000:]
-        if int(found[-1] or 0) >= 1:
-            return
-    pytest.fail(f"none of {SESSIONS} sessions handed a read of uncached mail to a worker")
+
+    assert on_a_worker(hub, [0], paths, lambda p: (p.list(), p.retr(2)), sizes_listed,
+                       user=BOB, password=BOB_PW, utf8=False) >= 1
