@@ -126,7 +126,7 @@ def test_failure_dsn_structure(tmp_path):
     assert "Subject: lunch" in returned.get_payload()
     assert "See you at noon" not in returned.get_payload()
     # the human part says what is attached: the headers only, without RET=FULL
-    assert "Its headers are attached below." in human.get_content()
+    assert "Its headers are attached." in human.get_content()
 
 
 def test_a_notice_shows_the_decoded_values_not_the_forms_as_sent(tmp_path):
@@ -189,7 +189,7 @@ def test_ret_full_returns_message(tmp_path):
     inner = returned.get_payload()[0] if isinstance(returned.get_payload(), list) else \
         returned.get_content()
     assert "See you at noon." in inner.get_content()
-    assert "It is attached below." in human.get_content()
+    assert "It is attached." in human.get_content()
 
 
 def test_ret_full_too_big_returns_headers(tmp_path, monkeypatch):
@@ -213,8 +213,9 @@ def test_delayed_notice(tmp_path):
     assert list(msg.iter_parts())[2].get_content_type() == "text/rfc822-headers"
 
 
-DELAY_HEAD = ("This is the mail system at mail.example.org.\n\n"
-              "Your message could not be delivered yet to one or more recipients.\n")
+def delay_head(whom="the recipient below"):
+    return ("This is the mail system at mail.example.org.\n\n"
+            f"Your message could not be delivered yet to {whom}.\n")
 
 
 def delay_text(tmp_path, recipients, **kw):
@@ -234,7 +235,7 @@ def test_a_delay_notice_for_one_recipient_says_the_retry_in_whole_sentences(tmp_
     # read as finished, the give-up time on the next
     text = delay_text(tmp_path, [(BOB, Reply.of(451, "4.7.1", "Greylisted"),
                                   "mx1.remote.test")], will_retry_until=1_700_432_000.0)
-    assert text == DELAY_HEAD + (
+    assert text == delay_head() + (
         "It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
         "You do not need to send it again.\n"
         "\n"
@@ -246,7 +247,7 @@ def test_a_delay_notice_for_several_recipients_with_and_without_a_reply(tmp_path
                         "connection refused")
     text = delay_text(tmp_path, [(BOB, hub, None), (CAROL, None, None)],
                       will_retry_until=1_700_432_000.0)
-    assert text == DELAY_HEAD + (
+    assert text == delay_head("the 2 recipients below") + (
         "It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
         "You do not need to send it again.\n"
         "\n"
@@ -258,10 +259,60 @@ def test_a_delay_notice_for_several_recipients_with_and_without_a_reply(tmp_path
 def test_a_delay_notice_without_a_give_up_time_ends_its_sentence(tmp_path):
     # "It will be retried" with no full stop when no time followed
     text = delay_text(tmp_path, [(CAROL, None, None)])
-    assert text == DELAY_HEAD + (
+    assert text == delay_head() + (
         "It will be retried. You do not need to send it again.\n"
         "\n"
         "<carol@remote.test>: no reason recorded\n")
+
+
+SUCCESS_LINE = "Your message was successfully delivered to {whom}.\n"
+
+
+@pytest.mark.parametrize("action, ret, intro", [
+    (bounce.FAILED, None,
+     "I'm sorry to have to inform you that your message could not\n"
+     "be delivered to {whom}. Its headers are attached.\n"),
+    (bounce.FAILED, "FULL",
+     "I'm sorry to have to inform you that your message could not\n"
+     "be delivered to {whom}. It is attached.\n"),
+    (bounce.DELAYED, None,
+     "Your message could not be delivered yet to {whom}.\n"
+     "It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
+     "You do not need to send it again.\n"),
+    # RET=FULL returns the message with a failure only: the others say nothing of it
+    (bounce.DELAYED, "FULL",
+     "Your message could not be delivered yet to {whom}.\n"
+     "It will be retried until Sun, 19 Nov 2023 22:13:20 +0000.\n"
+     "You do not need to send it again.\n"),
+    (bounce.DELIVERED, None, SUCCESS_LINE),
+    (bounce.EXPANDED, None, SUCCESS_LINE),
+    # RFC 3464 2.3.3: relayed is not delivered, the next hop will not say
+    (bounce.RELAYED, "FULL",
+     "Your message was passed on for delivery to {whom}.\n"
+     "No delivery report will follow; you may still get a failure notice\n"
+     "from another mail system.\n"),
+], ids=["failed", "failed-full", "delayed", "delayed-ret-full", "delivered", "expanded",
+        "relayed-ret-full"])
+@pytest.mark.parametrize("count, whom", [(1, "the recipient below"),
+                                         (2, "the 2 recipients below")], ids=["one", "two"])
+def test_the_human_part_names_its_recipients_in_their_number(tmp_path, action, ret, intro,
+                                                            count, whom):
+    # "to one or more recipients" and "to the destination(s)" although the
+    # notice lists them and knows how many: one is "the recipient", several
+    # are counted, in every kind of notice, headers returned or the message
+    entry = make_entry(tmp_path, ret=ret, notify=("SUCCESS", "FAILURE", "DELAY"))
+    recs = [failed(entry, who) if action == bounce.FAILED else delayed(entry, who=who)
+            for who in (BOB, CAROL)[:count]]
+    _, msg = build(entry, recs, action, will_retry_until=1_700_432_000.0)
+    text = next(msg.iter_parts()).get_content()
+    head, _, listed = text.partition("\n\n")[2].partition("\n\n")
+    assert head + "\n" == intro.format(whom=whom)
+    assert [line.split(">")[0] for line in listed.split("\n") if line.startswith("<")] == [
+        f"<{who}" for who in (BOB, CAROL)[:count]]
+    assert "one or more" not in text and "(s)" not in text
+    # the machine-readable part is as it was: a block per recipient
+    _, status, _ = msg.iter_parts()
+    assert [b["Action"] for b in status.get_payload()[1:]] == [action] * count
 
 
 def test_local_reason_without_remote(tmp_path):
@@ -980,7 +1031,7 @@ def test_an_smtputf8_message_comes_back_whole_as_message_global(tmp_path):
     _, msg = build(entry, [failed(entry, who=BOB_UTF8)])
     human, _, returned = msg.iter_parts()
     assert returned.get_content_type() == "message/global"
-    assert "It is attached below." in human.get_content()
+    assert "It is attached." in human.get_content()
     assert "See you at noon." in returned.get_payload()[0].get_payload()
 
 
@@ -1077,7 +1128,7 @@ def test_ret_full_returns_the_original_octets_as_they_are(tmp_path, utf8):
     data, msg = build(entry, [failed(entry, who=BOB_UTF8 if utf8 else BOB)])
     human, _, returned = msg.iter_parts()
     assert returned.get_content_type() == ("message/global" if utf8 else "message/rfc822")
-    assert "It is attached below." in human.get_content()
+    assert "It is attached." in human.get_content()
     _, sep, rest = data.partition(b"Content-Type: message/"
                                   + (b"global" if utf8 else b"rfc822") + b"\n")
     assert sep

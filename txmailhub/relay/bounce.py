@@ -269,27 +269,45 @@ def _fold(value: str, used: int) -> str:
 _PIECES = re.compile(r" *[^ ]+| +")
 
 
+def _whom(recipients: Sequence[RecipientRecord]) -> str:
+    """Who the notice is about, in words that agree with their number:
+    the list follows, so the count is known and no "one or more" or
+    "destination(s)" hedge is needed."""
+    n = len(recipients)
+    return "the recipient below" if n == 1 else f"the {n} recipients below"
+
+
 def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str,
            hostname: str, will_retry_until: float | None, full: bool = False) -> str:
+    """The human-readable part (RFC 3464 2.1): what happened, to whom, and
+    a line for each recipient.  The machine-readable part is
+    ``_status_part``'s; nothing here is meant to be parsed."""
+    whom = _whom(recipients)
     lines = [f"This is the mail system at {hostname}.", ""]
     if action == FAILED:
         lines += ["I'm sorry to have to inform you that your message could not",
-                  "be delivered to one or more recipients. "
-                  + ("It is attached below." if full else "Its headers are attached below."),
+                  f"be delivered to {whom}. "
+                  + ("It is attached." if full else "Its headers are attached."),
                   ""]
     elif action == DELAYED:
         # whole sentences, a line each: the retry's sentence was cut after
         # "It will be retried", a line that read as finished (and had no
         # full stop when no date followed)
-        lines += ["Your message could not be delivered yet to one or more recipients."]
+        lines += [f"Your message could not be delivered yet to {whom}."]
         if will_retry_until is not None:
             lines += [f"It will be retried until {rfc5322_date(will_retry_until)}.",
                       "You do not need to send it again.", ""]
         else:
             lines += ["It will be retried. You do not need to send it again.", ""]
+    elif action == RELAYED:
+        # RFC 3464 2.3.3: handed to a host that takes no responsibility for
+        # reporting delivery -- not "successfully delivered", which it may
+        # never be
+        lines += [f"Your message was passed on for delivery to {whom}.",
+                  "No delivery report will follow; you may still get a failure notice",
+                  "from another mail system.", ""]
     else:
-        lines += ["Your message was successfully delivered to the destination(s)",
-                  "listed below.", ""]
+        lines += [f"Your message was successfully delivered to {whom}.", ""]
     for r in recipients:
         local = isinstance(r.last_reply, LocalReply)
         remote_mta = mta_name(r.remote_mta)
