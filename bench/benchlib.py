@@ -145,22 +145,147 @@ def check_loopback(host: str) -> None:
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1 a moment ago (bound, read, released).
+
+    Released: another process may take it before the server binds it.
+    ``Server.start`` picks its ports with this and starts the server again
+    on new ones when that happened (``PortTaken``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+class PortTaken(RuntimeError):
+    """A port picked for a server was another process's when the server
+    came to bind it: something else listens there, or the server exited
+    with "address already in use".  ``Server.start`` tries new ports."""
+
+
+class ServerExited(RuntimeError):
+    """The server exited before it listened."""
+
+
+_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+_LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+def _proc_net_address(hexaddr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp{,6}: network-order 32-bit words, each
+    printed as a host-order number."""
+    raw = b"".join(int(hexaddr[i:i + 8], 16).to_bytes(4, sys.byteorder)
+                   for i in range(0, len(hexaddr), 8))
+    return ipaddress.ip_address(raw)
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of the TCP sockets listening where a connection to
+    127.0.0.1:``port`` lands, or a server's bind of it collides with:
+    127.0.0.1 and the wildcard addresses, IPv4 or IPv6 (an IPv6 one may be
+    IPv6-only; counted all the same)."""
+    found: set[int] = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                continue
+            address, _, hexport = fields[1].rpartition(":")
+            if int(hexport, 16) != port:
+                continue
+            ip = _proc_net_address(address)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if ip.is_unspecified or ip == _LOOPBACK:
+                found.add(int(fields[9]))
+    return found
+
+
+def socket_inodes(pids: list[int]) -> tuple[set[int], bool]:
+    """The inodes of the sockets open in ``pids``, and whether every one
+    of their descriptor tables could be read (another user's process
+    cannot be, unless we are root)."""
+    inodes: set[int] = set()
+    complete = True
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        except PermissionError:
+            complete = False
+            continue
+        for name in names:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                complete = False
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:["):-1]))
+    return inodes, complete
+
+
+def port_owner(port: int, pids: list[int]) -> str:
+    """Who listens on 127.0.0.1:``port``: ``"none"``; ``"ours"`` when every
+    listener there is a socket of ``pids``; ``"foreign"`` when one is not;
+    ``"unknown"`` when one is in none of the descriptor tables of ``pids``
+    that could be read and some could not."""
+    listening = listening_inodes(port)
+    if not listening:
+        return "none"
+    ours, complete = socket_inodes(pids)
+    if listening <= ours:
+        return "ours"
+    return "foreign" if complete else "unknown"
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    """Return once ``proc`` (or a process it started) listens on
+    127.0.0.1:``port`` and answers there.
+
+    A connection that succeeds proves nothing alone: the port was picked
+    free and released before the server was started, and another process
+    may listen there now -- the server then dies with "address already in
+    use", or measures go to the wrong server.  So the listening sockets
+    on the port (/proc/net/tcp) must be ``proc``'s process tree's; another
+    one raises ``PortTaken`` at once.  ``ServerExited`` when ``proc`` ends
+    first, ``RuntimeError`` when nothing listens after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if proc.poll() is not None:
+            raise ServerExited(f"server exited with {proc.returncode} before listening "
+                               f"on {port}")
+        owner = port_owner(port, process_tree(proc.pid))
+        if owner == "foreign":
+            # once more with a new look at the tree: a process it started
+            # after the first look may hold the socket
+            owner = port_owner(port, process_tree(proc.pid))
+            if owner == "foreign":
+                raise PortTaken(f"127.0.0.1:{port} is another process's listening port")
+        if owner in ("ours", "unknown"):
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def pick_ports(roles: tuple[str, ...]) -> dict[str, int]:
+    """A distinct free port (``free_port``) for each of ``roles``."""
+    ports: dict[str, int] = {}
+    for role in roles:
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[role] = port
+    return ports
 
 
 # ------------------------------------------------------------------ servers
@@ -194,23 +319,87 @@ def reap_orphans(timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+#: how many times ``Server.start`` starts a server on new ports after a collision
+START_TRIES = 5
+
+
 @dataclass
 class Server:
-    """A server process this harness started (in its own process group)."""
+    """A server process this harness started (in its own process group).
+
+    ``command`` gets a port for each of ``roles`` (its listeners, e.g.
+    ``("smtp", "pop3")``), writes whatever configuration names them, and
+    returns the command line: ``start`` picks the ports at each try, so a
+    server whose port another process took in the meantime is started
+    again on new ones."""
 
     name: str
-    argv: list[str]
-    port: int
+    command: Callable[[dict[str, int]], list[str]]
+    roles: tuple[str, ...]
     log: str
     env: dict[str, str] | None = None
     cwd: str | None = None
-    pop3_port: int | None = None
+    #: the role ``port`` names (default: the first of ``roles``)
+    main: str = ""
+    #: other files the server writes its errors to ("address already in use")
+    logs: tuple[str, ...] = ()
     stop_signal: int = signal.SIGTERM
     # PID files of descendants that leave our process group (Postfix's master).
     extra_pidfiles: tuple[str, ...] = ()
+    #: the ports of the current (or last) start, by role, and its command line
+    ports: dict[str, int] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    _log_offsets: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def start(self, timeout: float = 60) -> None:
+    @property
+    def port(self) -> int:
+        """The port of the ``main`` listener, the one the benchmark uses."""
+        return self.ports[self.main or self.roles[0]]
+
+    @property
+    def pop3_port(self) -> int | None:
+        return self.ports.get("pop3")
+
+    def start(self, timeout: float = 60, tries: int = START_TRIES) -> None:
+        """Start the server on new ports and wait until each of its
+        listeners is its own (``wait_port``).  A port taken by another
+        process meanwhile (``PortTaken``) stops it and starts it again on
+        new ports, up to ``tries`` times; any other failure stops it and
+        is raised."""
+        for tries_left in range(tries - 1, -1, -1):
+            self.ports = pick_ports(self.roles)
+            self.argv = self.command(dict(self.ports))
+            self._spawn()
+            try:
+                for role in self.roles:
+                    wait_port(self.ports[role], timeout, self.proc)
+                return
+            except PortTaken as exc:
+                self.stop()
+                if not tries_left:
+                    raise
+                print(f"{self.name}: {exc}; starting it again on new ports", flush=True)
+            except ServerExited as exc:
+                self.stop()
+                taken = self._collided()
+                if taken is None:
+                    raise
+                if not tries_left:
+                    raise PortTaken(f"{exc}: {taken}") from exc
+                print(f"{self.name}: {exc}: {taken}; starting it again on new ports",
+                      flush=True)
+            except RuntimeError:
+                self.stop()
+                raise
+
+    def _spawn(self) -> None:
+        self._log_offsets = {}
+        for path in (self.log, *self.logs):
+            try:
+                self._log_offsets[path] = os.path.getsize(path)
+            except OSError:
+                self._log_offsets[path] = 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -222,13 +411,25 @@ class Server:
                 start_new_session=True,
             )
         _LIVE_SERVER_PIDS.add(self.proc.pid)
-        try:
-            wait_port(self.port, timeout, self.proc)
-            if self.pop3_port:
-                wait_port(self.pop3_port, timeout, self.proc)
-        except RuntimeError:
-            self.stop()
-            raise
+
+    def _collided(self) -> str | None:
+        """Why a server that exited (and was stopped) could not have its
+        ports, or ``None``: another process listens on one (none of ours
+        is left to), or its logs of this start say "address already in
+        use"."""
+        for role, port in self.ports.items():
+            if listening_inodes(port):
+                return f"another process listens on its {role} port {port}"
+        for path, offset in self._log_offsets.items():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    text = f.read(1 << 20).decode(errors="replace")
+            except OSError:
+                continue
+            if "address already in use" in text.lower():
+                return f"address already in use ({os.path.basename(path)})"
+        return None
 
     @property
     def pid(self) -> int:
@@ -486,20 +687,25 @@ def hub_add_user(config: str) -> None:
 
 
 def hub_server(workdir: str, state_dir: str, name: str = "txmailhub",
-               extra_twistd: tuple[str, ...] = (), pop3: bool = True) -> Server:
-    smtp_port, pop3_port = free_port(), free_port()
-    config = hub_config(workdir, state_dir, smtp_port, pop3_port)
+               extra_twistd: tuple[str, ...] = (), main: str = "smtp") -> Server:
+    """txmailhub under twistd, listening for SMTP and POP3 (``main``: the
+    one ``Server.port`` names)."""
+    config = hub_config(workdir, state_dir, 0, 0)
     hub_add_user(config)
     # TXMH_BENCH_TWISTD: another twistd entry point (a script run with the
     # project's Python), e.g. one that instruments the process.
     twistd = os.environ.get("TXMH_BENCH_TWISTD")
     launcher = [os.path.join(PROJECT_BIN, "python"), twistd] if twistd else \
         [os.path.join(PROJECT_BIN, "twistd")]
-    argv = [*launcher, "-n", "--pidfile=",
-            "-l", os.path.join(workdir, "twistd.log"), *extra_twistd,
-            "mailhub", "--config", config]
-    return Server(name, argv, smtp_port, os.path.join(workdir, "twistd.out"),
-                  cwd=workdir, pop3_port=pop3_port if pop3 else None)
+    twistd_log = os.path.join(workdir, "twistd.log")
+
+    def command(ports: dict[str, int]) -> list[str]:
+        hub_config(workdir, state_dir, ports["smtp"], ports["pop3"])
+        return [*launcher, "-n", "--pidfile=", "-l", twistd_log, *extra_twistd,
+                "mailhub", "--config", config]
+
+    return Server(name, command, ("smtp", "pop3"), os.path.join(workdir, "twistd.out"),
+                  cwd=workdir, main=main, logs=(twistd_log,))
 
 
 def hub_maildir(state_dir: str) -> str:
@@ -510,13 +716,13 @@ def hub_maildir(state_dir: str) -> str:
 
 
 def aiosmtpd_server(workdir: str, root: str, fsync: bool, name: str) -> Server:
-    port = free_port()
-    argv = [VENV_AIO, os.path.join(HERE, "peers", "aiosmtpd_maildir.py"),
-            "--listen", f"127.0.0.1:{port}", "--root", root, "--domain", DOMAIN]
-    if not fsync:
-        argv.append("--no-fsync")
+    def command(ports: dict[str, int]) -> list[str]:
+        argv = [VENV_AIO, os.path.join(HERE, "peers", "aiosmtpd_maildir.py"),
+                "--listen", f"127.0.0.1:{ports['smtp']}", "--root", root, "--domain", DOMAIN]
+        return argv if fsync else [*argv, "--no-fsync"]
+
     os.makedirs(workdir, exist_ok=True)
-    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"))
+    return Server(name, command, ("smtp",), os.path.join(workdir, f"{name}.log"))
 
 
 def twistd_mail_server(workdir: str, root: str, name: str = "twistd-mail",
@@ -524,38 +730,51 @@ def twistd_mail_server(workdir: str, root: str, name: str = "twistd-mail",
     """Stock ``twistd mail`` (with the Python 3 type fixes) on a Maildir domain;
     the user's Maildir is ``root/user``."""
     os.makedirs(workdir, exist_ok=True)
-    smtp_port, pop3_port = free_port(), free_port()
-    argv = [VENV_TWISTED, os.path.join(HERE, "peers", "twistd_mail.py"), "-n", "--pidfile=",
-            "-l", os.path.join(workdir, f"{name}.twistd.log"), "mail",
-            f"--maildirdbmdomain={DOMAIN}={root}", f"--user={USER}={PASSWORD}"]
-    argv += ["--smtp", f"tcp:{smtp_port}:interface=127.0.0.1"] if smtp else ["--no-smtp"]
-    argv += ["--pop3", f"tcp:{pop3_port}:interface=127.0.0.1"] if pop3 else ["--no-pop3"]
+    twistd_log = os.path.join(workdir, f"{name}.twistd.log")
+
+    def command(ports: dict[str, int]) -> list[str]:
+        argv = [VENV_TWISTED, os.path.join(HERE, "peers", "twistd_mail.py"), "-n",
+                "--pidfile=", "-l", twistd_log, "mail",
+                f"--maildirdbmdomain={DOMAIN}={root}", f"--user={USER}={PASSWORD}"]
+        argv += ["--smtp", f"tcp:{ports['smtp']}:interface=127.0.0.1"] if smtp else \
+            ["--no-smtp"]
+        argv += ["--pop3", f"tcp:{ports['pop3']}:interface=127.0.0.1"] if pop3 else \
+            ["--no-pop3"]
+        return argv
+
     env = dict(os.environ)
     if nodelay:
         env["TXMH_BENCH_POP3_NODELAY"] = "1"
-    port = smtp_port if smtp else pop3_port
-    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"), env=env, cwd=workdir,
-                  pop3_port=pop3_port if (pop3 and smtp) else None)
+    roles = tuple(role for role, on in (("smtp", smtp), ("pop3", pop3)) if on)
+    return Server(name, command, roles, os.path.join(workdir, f"{name}.log"), env=env,
+                  cwd=workdir, logs=(twistd_log,))
 
 
 def dovecot_server(workdir: str, maildir: str, name: str = "dovecot") -> Server:
-    port = free_port()
     inst = os.path.join(workdir, name)
-    argv = [sys.executable, os.path.join(HERE, "peers", "dovecot_pop3.py"), "--dir", inst,
-            "--port", str(port), "--maildir", maildir, "--user", RCPT, "--password", PASSWORD]
+
+    def command(ports: dict[str, int]) -> list[str]:
+        return [sys.executable, os.path.join(HERE, "peers", "dovecot_pop3.py"), "--dir", inst,
+                "--port", str(ports["pop3"]), "--maildir", maildir, "--user", RCPT,
+                "--password", PASSWORD]
+
     os.makedirs(workdir, exist_ok=True)
-    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"))
+    return Server(name, command, ("pop3",), os.path.join(workdir, f"{name}.log"),
+                  logs=(os.path.join(inst, "dovecot.log"),))
 
 
 def postfix_server(workdir: str, root: str, name: str = "postfix") -> Server:
     """Private Postfix, virtual(8) delivery to ``root/vmail/DOMAIN/USER``."""
-    port = free_port()
     inst = os.path.join(root, "instance")
-    argv = [sys.executable, os.path.join(HERE, "peers", "postfix_instance.py"), "--dir", inst,
-            "--port", str(port), "--maildir-base", os.path.join(root, "vmail"),
-            "--domain", DOMAIN, "--user", USER]
+
+    def command(ports: dict[str, int]) -> list[str]:
+        return [sys.executable, os.path.join(HERE, "peers", "postfix_instance.py"), "--dir",
+                inst, "--port", str(ports["smtp"]), "--maildir-base",
+                os.path.join(root, "vmail"), "--domain", DOMAIN, "--user", USER]
+
     os.makedirs(workdir, exist_ok=True)
-    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"),
+    return Server(name, command, ("smtp",), os.path.join(workdir, f"{name}.log"),
+                  logs=(os.path.join(inst, "postfix.log"),),
                   extra_pidfiles=(os.path.join(inst, "queue", "pid", "master.pid"),))
 
 
@@ -563,17 +782,20 @@ def floor_server(workdir: str, maildir: str, sync: str, name: str) -> Server:
     """The floor (``peers/floor_maildir.py``): canned replies and the file
     work only, on the project's own Twisted; ``sync`` is none, inline,
     thread, pool or aio."""
-    port = free_port()
-    argv = [os.path.join(PROJECT_BIN, "python"), os.path.join(HERE, "peers", "floor_maildir.py"),
-            "--listen", f"127.0.0.1:{port}", "--maildir", maildir, "--sync", sync]
+    def command(ports: dict[str, int]) -> list[str]:
+        return [os.path.join(PROJECT_BIN, "python"),
+                os.path.join(HERE, "peers", "floor_maildir.py"),
+                "--listen", f"127.0.0.1:{ports['smtp']}", "--maildir", maildir, "--sync", sync]
+
     os.makedirs(workdir, exist_ok=True)
-    return Server(name, argv, port, os.path.join(workdir, f"{name}.log"))
+    return Server(name, command, ("smtp",), os.path.join(workdir, f"{name}.log"))
 
 
 def smtp_sink_server(workdir: str) -> Server:
-    port = free_port()
-    argv = ["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1024"]
-    return Server("smtp-sink", argv, port, os.path.join(workdir, "smtp-sink.log"))
+    def command(ports: dict[str, int]) -> list[str]:
+        return ["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{ports['smtp']}", "1024"]
+
+    return Server("smtp-sink", command, ("smtp",), os.path.join(workdir, "smtp-sink.log"))
 
 
 # ------------------------------------------------------------------ reporting

@@ -99,11 +99,9 @@ def start_target(name: str, fs_root: str, workdir: str, seed_dir: str,
                  servers: bl.Servers) -> bl.Server:
     spool = os.path.join(fs_root, name)
     if name == "txmailhub":
-        server = bl.hub_server(os.path.join(workdir, "txmailhub"), spool)
+        server = bl.hub_server(os.path.join(workdir, "txmailhub"), spool, main="pop3")
         # hub_server added the user; put the mail in place before starting.
         copy_maildir(seed_dir, bl.hub_maildir(spool))
-        server.port = server.pop3_port or server.port
-        server.pop3_port = None
     elif name == "dovecot":
         maildir = os.path.join(spool, bl.USER)
         copy_maildir(seed_dir, maildir)

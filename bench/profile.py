@@ -119,11 +119,10 @@ def run(args: argparse.Namespace) -> int:
         if args.profiler == "cprofile":
             extra = (f"--profile={raw}", "--profiler=cprofile", "--savestats")
         server = bl.hub_server(os.path.join(workdir, "hub"), spool, extra_twistd=extra,
-                               pop3=args.load == "pop3")
+                               main=args.load)
         if args.load == "pop3":
             pop3bench.seed(bl.hub_maildir(spool) + ".seed", args.count, args.size)
             pop3bench.copy_maildir(bl.hub_maildir(spool) + ".seed", bl.hub_maildir(spool))
-            server.port, server.pop3_port = server.pop3_port or server.port, None
         servers.add(server)
         time.sleep(1)
         spy = None

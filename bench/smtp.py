@@ -51,7 +51,7 @@ def make_target(name: str, fs_root: str, workdir: str) -> Target:
     spool = os.path.join(fs_root, name)
     os.makedirs(spool, exist_ok=True)
     if name == "txmailhub":
-        server = bl.hub_server(os.path.join(workdir, "txmailhub"), spool, pop3=False)
+        server = bl.hub_server(os.path.join(workdir, "txmailhub"), spool)
         return Target(name, server, bl.hub_maildir(spool))
     if name in ("aiosmtpd", "aiosmtpd-nofsync"):
         server = bl.aiosmtpd_server(workdir, spool, fsync=name == "aiosmtpd", name=name)
