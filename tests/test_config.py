@@ -287,7 +287,7 @@ def test_a_key_of_another_section_names_the_section_it_goes_in() -> None:
         "[smtp] (known keys of [relay]: delay_warning, hosts_time_budget, "
         "max_concurrent_deliveries, max_per_destination, nameservers, port, queue_lifetime, "
         "require_tls_after_seen, retry_schedule, smarthost, smarthost_auth_file, "
-        "smarthost_tls)"]
+        "smarthost_tls) (at line 5)"]
     # the key of an optional section that is not there ([tls]), and one of
     # several sections: each named
     found = problems(MINIMAL.replace('domains', 'certificate = "c.pem"\ndomains')
@@ -306,7 +306,7 @@ def test_an_unknown_array_of_tables_is_an_unknown_section() -> None:
     # top-level check took every value that is not a table for a key
     found = problems(MINIMAL + "[[smtpd]]\nlisten = []\n")
     assert found == ["/etc/mh/mailhub.toml: [smtpd]: unknown section (known: aliases, hub, "
-                     "pop3, relay, smtp, submission, tls, users)"]
+                     "pop3, relay, smtp, submission, tls, users) (at line 4)"]
     # a plain list above the first section stays a key outside every section
     assert problems("ports = [25]\n" + MINIMAL)[0].startswith(
         "/etc/mh/mailhub.toml: ports: a key before the first [section] line, outside every ")
@@ -318,32 +318,36 @@ def test_a_table_written_as_a_key_above_the_sections_is_no_section(line: str) ->
     # ``smtpd = [{listen = []}]`` above the first section line parses as
     # ``[[smtpd]]`` does (``smtpd = {...}`` as ``[smtpd]``): each was
     # "[smtpd]: unknown section", for a file with no such section line
-    for text in (f"{line}\n{MINIMAL}", f"# the hub\n\n  {line}  # inline\n{MINIMAL}"):
+    for text, at in ((f"{line}\n{MINIMAL}", 1), (f"# the hub\n\n  {line}  # inline\n{MINIMAL}", 3)):
         assert problems(text) == [
             "/etc/mh/mailhub.toml: smtpd: a key before the first [section] line, outside "
-            "every section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)"]
+            "every section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)"
+            f" (at line {at})"]
     # a line in a multi-line string is no section line, nor one an array
     # of arrays starts with "["; real section lines of such names still are
     text = (f'note = """\n[hub]\n"""\nnested = [\n[1],\n]\n{line}\n{MINIMAL}'
             "[[smtpd2]]\n[smtpd3.listen]\n")
     assert problems(text) == [
         "/etc/mh/mailhub.toml: note: a key before the first [section] line, outside every "
-        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users) "
+        "(at line 1)",
         "/etc/mh/mailhub.toml: nested: a key before the first [section] line, outside every "
-        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users) "
+        "(at line 4)",
         "/etc/mh/mailhub.toml: smtpd: a key before the first [section] line, outside every "
-        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users) "
+        "(at line 7)",
         "/etc/mh/mailhub.toml: [smtpd2]: unknown section (known: aliases, hub, pop3, relay, "
-        "smtp, submission, tls, users)",
+        "smtp, submission, tls, users) (at line 11)",
         "/etc/mh/mailhub.toml: [smtpd3]: unknown section (known: aliases, hub, pop3, relay, "
-        "smtp, submission, tls, users)"]
+        "smtp, submission, tls, users) (at line 12)"]
 
 
 def test_a_table_written_as_a_key_says_the_section_it_belongs_to() -> None:
     # a known section's key, given as an inline table above the sections
     found = problems('max_message_size = {}\n' + MINIMAL)
     assert found == ["/etc/mh/mailhub.toml: max_message_size: a key before the first [section] "
-                     "line, outside every section: it goes in [smtp]"]
+                     "line, outside every section: it goes in [smtp] (at line 1)"]
 
 
 def test_a_key_before_the_first_section_is_no_section() -> None:
@@ -351,22 +355,24 @@ def test_a_key_before_the_first_section_is_no_section() -> None:
     # unknown section", which sent the user looking for a section
     found = problems('state_dir = "var"\n' + MINIMAL)
     assert found == ["/etc/mh/mailhub.toml: state_dir: a key before the first [section] line, "
-                     "outside every section: it goes in [hub]"]
+                     "outside every section: it goes in [hub] (at line 1)"]
     # the [hub] line left out: each key said so, then what [hub] lacks
     found = problems('hostname = "mail.example.org"\ndomains = ["example.org"]\nsize = 5\n')
     assert found == [
         "/etc/mh/mailhub.toml: hostname: a key before the first [section] line, outside every "
-        "section: it goes in [hub]",
+        "section: it goes in [hub] (at line 1)",
         "/etc/mh/mailhub.toml: domains: a key before the first [section] line, outside every "
-        "section: it goes in [hub]",
+        "section: it goes in [hub] (at line 2)",
         "/etc/mh/mailhub.toml: size: a key before the first [section] line, outside every "
-        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users)",
+        "section (sections: aliases, hub, pop3, relay, smtp, submission, tls, users) "
+        "(at line 3)",
+        # a key the file does not have: no line
         "/etc/mh/mailhub.toml: [hub] domains: required: the local domains, the primary one "
         "first"]
     # a real table of an unknown name is still an unknown section
     assert problems(MINIMAL + "[weird]\nx = 1\n") == [
         "/etc/mh/mailhub.toml: [weird]: unknown section (known: aliases, hub, pop3, relay, "
-        "smtp, submission, tls, users)"]
+        "smtp, submission, tls, users) (at line 4)"]
 
 
 @pytest.mark.parametrize(
@@ -382,13 +388,15 @@ def test_every_count_must_be_greater_than_0(section: str, key: str) -> None:
     # a limit of 0 or less would refuse everything (or nothing): a typo, said at once
     for bad in (0, -1):
         assert problems(MINIMAL + f"[{section}]\n{key} = {bad}\n") == [
-            f"/etc/mh/mailhub.toml: [{section}] {key}: must be greater than 0, got {bad}"]
+            f"/etc/mh/mailhub.toml: [{section}] {key}: must be greater than 0, got {bad} "
+            "(at line 5)"]
 
 
 @pytest.mark.parametrize("section", ["smtp", "pop3"])
 def test_every_auth_failure_delay_must_not_be_negative(section: str) -> None:
     assert problems(MINIMAL + f"[{section}]\nauth_failure_delay = -0.5\n") == [
-        f"/etc/mh/mailhub.toml: [{section}] auth_failure_delay: must not be negative, got -0.5"]
+        f"/etc/mh/mailhub.toml: [{section}] auth_failure_delay: must not be negative, got -0.5"
+        " (at line 5)"]
 
 
 def test_domains_required_and_validated() -> None:
@@ -404,7 +412,7 @@ def test_domains_required_and_validated() -> None:
         [problem] = problems(f'[hub]\ndomains = ["{bad}"]\n')
         assert "[hub] domains:" in problem and "is not a domain name" in problem, bad
     [twice] = problems('[hub]\ndomains = ["a.test", "A.test."]\n')
-    assert twice.endswith("[hub] domains: 'a.test' is listed twice")
+    assert twice.endswith("[hub] domains: 'a.test' is listed twice (at line 2)")
     # IDNs (combining marks included) and address literals: fine
     load_text('[hub]\ndomains = ["bücher.example", "x-1.test", "हिन्दी.example", '
               '"ตัวอย่าง.example", "தமிழ்.example", "[127.0.0.1]"]\n', "/x.toml")
@@ -431,8 +439,8 @@ def test_an_idn_is_one_domain_however_it_is_spelled() -> None:
     found = problems('[hub]\ndomains = ["bücher.example", "xn--bcher-kva.example", '
                      '"bu\u0308cher.example"]\n')
     assert [p.split(": ", 2)[2] for p in found] == [
-        "'xn--bcher-kva.example' is listed twice (as bücher.example)",
-        "'bu\u0308cher.example' is listed twice (as bücher.example)"], found
+        "'xn--bcher-kva.example' is listed twice (as bücher.example) (at line 2)",
+        "'bu\u0308cher.example' is listed twice (as bücher.example) (at line 2)"], found
     [bad] = problems('[hub]\ndomains = ["xn--zz.example"]\n')
     assert "'xn--zz.example' is not a valid internationalized domain name" in bad
 
@@ -451,7 +459,7 @@ def test_local_domains_follow_the_smtp_paths_rule_label_by_label() -> None:
     [twice] = problems('[hub]\ndomains = ["ab--cd.b\u00fccher.test", '
                        '"ab--cd.xn--bcher-kva.test"]\n')
     assert twice.endswith("'ab--cd.xn--bcher-kva.test' is listed twice "
-                          "(as ab--cd.b\u00fccher.test)"), twice
+                          "(as ab--cd.b\u00fccher.test) (at line 2)"), twice
     # what SMTP refuses stays refused: a fake A-label beside a U-label or
     # not, a snowman, a label over 63 octets as an A-label
     for bad in ("xn--zz.b\u00fccher.test", "mail.xn--zz.test", "\u2603.test",
@@ -465,7 +473,7 @@ def test_an_idn_hostname_is_written_as_its_a_label() -> None:
     [problem] = problems('[hub]\nhostname = "mail.bücher.example"\ndomains = ["a.test"]\n')
     assert problem.endswith("[hub] hostname: 'mail.bücher.example': write the name in its "
                             "ASCII (A-label) form, 'mail.xn--bcher-kva.example': it goes into "
-                            "greetings, EHLO and Received fields"), problem
+                            "greetings, EHLO and Received fields (at line 2)"), problem
     load_text('[hub]\nhostname = "mail.xn--bcher-kva.example"\ndomains = ["a.test"]\n', "/x")
 
 
@@ -597,12 +605,12 @@ def test_a_key_unreadable_by_a_user_neither_root_nor_the_hubs_says_whom_to_run_a
         f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by nobody: Permission denied; "
         f"nobody is neither root nor the user the hub runs as (uid 4343, the owner of "
         f"state_dir {state}): run the mailhub commands as root or as uid 4343 "
-        "(docs/deployment.rst)"], found
+        "(docs/deployment.rst) (at line 7)"], found
     # the hub's user: the chgrp that lets it read the key, as before
     found = as_user(4343, 4343, lambda: problems(text))
     assert len(found) == 1 and found[0].endswith(
         f"cannot be read by uid 4343: Permission denied; the user the hub runs as needs read "
-        f"access (for a key: chgrp 4343 {key} && chmod 640 {key})"), found
+        f"access (for a key: chgrp 4343 {key} && chmod 640 {key}) (at line 7)"), found
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loads the config as the hub's user")
@@ -628,7 +636,8 @@ def test_the_chgrp_for_an_unreadable_key_pasted_into_a_shell_lets_the_hub_read_i
     load_text(text, "/etc/mh/mailhub.toml")  # as root first (as_user)
     found = as_user(65534, 65534, lambda: problems(text))
     assert len(found) == 1, found
-    line = found[0][found[0].index("(for a key: ") + len("(for a key: "):-1]
+    assert found[0].endswith(") (at line 7)"), found
+    line = found[0][found[0].index("(for a key: ") + len("(for a key: "):-len(") (at line 7)")]
     assert shlex.split(line) == ["chgrp", "nogroup", str(key), "&&", "chmod", "640",
                                  str(key)], line
     subprocess.run(["sh", "-c", line], cwd=open_tmp, check=True)
@@ -652,7 +661,7 @@ def test_a_key_unreadable_by_an_admin_of_a_hub_run_as_root_names_root_once(
     assert found == [
         f"/etc/mh/mailhub.toml: [tls] key: {key} cannot be read by nobody: Permission denied; "
         f"nobody is not root, the user the hub runs as (the owner of state_dir {state}): "
-        "run the mailhub commands as root (docs/deployment.rst)"], found
+        "run the mailhub commands as root (docs/deployment.rst) (at line 7)"], found
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives folders to other users")
@@ -807,12 +816,15 @@ def test_two_listeners_on_one_address_are_a_problem() -> None:
     found = problems(text)
     assert found == [
         "/etc/mh/mailhub.toml: [pop3] listen: 'tcp:port=2725:interface=127.0.0.1' is the same "
-        "address as 'tcp:2725:interface=127.0.0.1' in [smtp] listen: only one of them could listen",
+        "address as 'tcp:2725:interface=127.0.0.1' in [smtp] listen: only one of them could listen"
+        " (at line 9)",
         # all interfaces (the default) include 127.0.0.1
         "/etc/mh/mailhub.toml: [pop3] listen: 'tcp:2587:interface=127.0.0.1' is the same "
-        "address as 'tcp:2587' in [submission] listen: only one of them could listen",
+        "address as 'tcp:2587' in [submission] listen: only one of them could listen"
+        " (at line 9)",
         "/etc/mh/mailhub.toml: [pop3] listen: 'unix:address=/run/a.sock' is the same "
-        "address as 'unix:/run/a.sock' in [pop3] listen: only one of them could listen",
+        "address as 'unix:/run/a.sock' in [pop3] listen: only one of them could listen"
+        " (at line 9)",
     ]
 
 
@@ -820,7 +832,7 @@ def test_shared_addresses_are_found_however_they_are_spelled(monkeypatch) -> Non
     import txmailhub.config as config
 
     def clash(*descriptions: str) -> bool:
-        listeners = [("smtp", "listen", d) for d in descriptions]
+        listeners = [("smtp", "listen", i, d) for i, d in enumerate(descriptions)]
         return bool(config._shared_addresses(listeners))
 
     assert clash("tcp:25:127.0.0.1", "tcp:port=025:interface=127.0.0.1")  # positional, named
@@ -888,7 +900,7 @@ def test_a_smarthost_auth_file_without_a_smarthost_is_a_problem(tmp_path: Path) 
     found = problems(MINIMAL + '[relay]\nsmarthost_auth_file = "auth"\n',
                      str(tmp_path / "c.toml"))
     assert found == [f"{tmp_path / 'c.toml'}: [relay] smarthost_auth_file: only used with "
-                     "[relay] smarthost"]
+                     "[relay] smarthost (at line 5)"]
 
 
 def test_listen_endpoints_that_cannot_be_are_problems() -> None:
@@ -962,10 +974,10 @@ def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
 def test_a_bad_hostname_is_named_once_and_its_bad_label_said() -> None:
     (p,) = problems('[hub]\nhostname = "mail example"\ndomains = ["example.org"]\n')
     assert p.endswith("[hub] hostname: 'mail example' is not a domain name (letters, digits "
-                      "and inner hyphens only)"), p
+                      "and inner hyphens only) (at line 2)"), p
     (p,) = problems('[hub]\nhostname = "mx.-bad.example"\ndomains = ["example.org"]\n')
     assert p.endswith("[hub] hostname: 'mx.-bad.example' is not a domain name: the label "
-                      "'-bad' is not letters, digits and inner hyphens only"), p
+                      "'-bad' is not letters, digits and inner hyphens only (at line 2)"), p
 
 
 @pytest.mark.parametrize(
@@ -985,7 +997,7 @@ def test_a_bad_endpoint_is_explained_in_the_config_s_words(endpoint: str, expect
     # not Python's: "_parseTCP() got an unexpected keyword argument 'iface'",
     # "invalid literal for int() with base 10: '2x5'"
     found = problems(MINIMAL + f'[smtp]\nlisten = ["{endpoint}"]\n')
-    assert f"/etc/mh/mailhub.toml: [smtp] listen: {expected}" in found, found
+    assert f"/etc/mh/mailhub.toml: [smtp] listen: {expected} (at line 5)" in found, found
     assert not any("_parse" in p or "int()" in p or "argument" in p for p in found), found
 
 
@@ -1075,7 +1087,7 @@ def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
         .hosts_time_budget == 600
     for bad, shown in (('"0s"', "'0s'"), ("0", "0")):  # one host at most: a typo
         assert problems(MINIMAL + f"[relay]\nhosts_time_budget = {bad}\n", "/c") == [
-            f"/c: [relay] hosts_time_budget: must be greater than 0, got {shown}"]
+            f"/c: [relay] hosts_time_budget: must be greater than 0, got {shown} (at line 5)"]
     [found] = problems(MINIMAL + '[relay]\nhosts_time_budget = "5x"\n', "/c")
     assert found.startswith("/c: [relay] hosts_time_budget: ")
     s = load_text(MINIMAL + '[relay]\nhosts_time_budget = "2m"\n', "/c")
@@ -1121,7 +1133,8 @@ def test_log_files_kept_is_ten_unless_set_and_a_bad_one_is_one_clear_line() -> N
     assert load_text(MINIMAL + "log_files_kept = 0\n", "/c").hub.log_files_kept == 0
     assert load_text(MINIMAL + "log_files_kept = 30\n", "/c").hub.log_files_kept == 30
     found = problems(MINIMAL + "log_files_kept = -1\n")
-    assert found == ["/etc/mh/mailhub.toml: [hub] log_files_kept: must be 0 or more, got -1"]
+    assert found == ["/etc/mh/mailhub.toml: [hub] log_files_kept: must be 0 or more, got -1 "
+                     "(at line 4)"]
 
 
 # -- bounds and value lists the docs state (docs/configuration.rst) -------------
@@ -1129,7 +1142,7 @@ def test_log_files_kept_is_ten_unless_set_and_a_bad_one_is_one_clear_line() -> N
 
 def test_a_negative_whole_number_of_seconds_is_no_duration() -> None:
     assert problems(MINIMAL + "[relay]\ndelay_warning = -1\n") == [
-        "/etc/mh/mailhub.toml: [relay] delay_warning: a duration cannot be negative"]
+        "/etc/mh/mailhub.toml: [relay] delay_warning: a duration cannot be negative (at line 5)"]
 
 
 @pytest.mark.parametrize("section", ["smtp", "pop3"])
@@ -1144,7 +1157,7 @@ def test_port_numbers_run_to_65535() -> None:
                   "/etc/mh/mailhub.toml")
     assert s.relay.port == 65535 and s.relay.smarthost == "mx.example.net:65535"
     assert problems(MINIMAL + "[relay]\nport = 65536\n") == [
-        "/etc/mh/mailhub.toml: [relay] port: 65536 is not a port number (1-65535)"]
+        "/etc/mh/mailhub.toml: [relay] port: 65536 is not a port number (1-65535) (at line 5)"]
     assert len(problems(MINIMAL + "[relay]\nsmarthost = \"mx.example.net:65536\"\n")) == 1
 
 
@@ -1198,7 +1211,7 @@ def test_a_smarthost_auth_file_that_does_not_exist_is_a_problem(tmp_path: Path) 
     found = problems(MINIMAL + '[relay]\nsmarthost = "mx.example.net:587"\n'
                      f'smarthost_auth_file = "{tmp_path}/absent"\n')
     assert found == [f"/etc/mh/mailhub.toml: [relay] smarthost_auth_file: "
-                     f"{tmp_path}/absent does not exist"]
+                     f"{tmp_path}/absent does not exist (at line 6)"]
 
 
 @pytest.mark.parametrize("key, short, enough", [
@@ -1215,7 +1228,7 @@ def test_relay_warnings_start_just_under_their_bound(key: str, short: str, enoug
 
 def test_a_section_that_is_no_table_is_one_problem() -> None:
     assert problems('smtp = "tcp:25"\n' + MINIMAL) == [
-        "/etc/mh/mailhub.toml: [smtp]: must be a table"]
+        "/etc/mh/mailhub.toml: [smtp]: must be a table (at line 1)"]
 
 
 def test_local_submission_reads_hub_with_the_checks_of_load(tmp_path: Path) -> None:
@@ -1336,7 +1349,7 @@ def test_a_bare_ipv6_address_with_no_port_is_a_problem(written: str) -> None:
     with pytest.raises(ValueError, match=re.escape(why)):
         split_smarthost(written)
     [problem] = problems(MINIMAL + f'[relay]\nsmarthost = "{written}"\n')
-    assert problem == f"/etc/mh/mailhub.toml: [relay] smarthost: {why}"
+    assert problem == f"/etc/mh/mailhub.toml: [relay] smarthost: {why} (at line 5)"
 
 
 def test_the_resolver_shorthand_for_0_0_0_0_is_taken_as_the_address_in_full_is() -> None:
@@ -1401,7 +1414,8 @@ def test_a_smarthost_port_in_other_digits_than_ascii_is_a_problem() -> None:
     # str.isdigit() and int() take fullwidth digits; the relay's port is
     # what the file says in ASCII, or a problem
     [problem] = problems(MINIMAL + '[relay]\nsmarthost = "smtp.example.net:\uff12\uff15"\n')
-    assert problem.endswith('use "host:port" (for example "smtp.example.net:587")'), problem
+    assert problem.endswith('use "host:port" (for example "smtp.example.net:587") (at line 5)'), \
+        problem
 
 
 @pytest.mark.parametrize("written", ["fe80::1%eth0:25", "fe80::1%eth0", "fe80::1%25"])
@@ -1478,3 +1492,116 @@ def test_a_duration_of_thousands_of_digits_is_said_too_long(value: str) -> None:
 
 def test_a_duration_of_a_hundred_years_is_taken() -> None:
     assert parse_duration("36500d") == 36500 * 86400
+
+
+# -- where each problem is written (docs/configuration.rst) ---------------------
+
+# a file long enough that a problem without its line sends the user searching
+LONG = MINIMAL + "".join(f"# note {n}\n" for n in range(20)) + "\n"  # 24 lines
+
+
+def test_an_unknown_key_says_its_line() -> None:
+    text = LONG + '[smtp]\n# limits\n"max_conections" = 5\n'
+    [found] = problems(text)
+    assert found.startswith("/etc/mh/mailhub.toml: [smtp] max_conections: unknown key (known "
+                            "keys: "), found
+    assert found.endswith(" (at line 27)"), found
+    # a key of another section, its home said: the line too
+    [found] = problems(LONG + "[relay]\n\n  max_message_size = 5\n")
+    assert found.startswith("/etc/mh/mailhub.toml: [relay] max_message_size: unknown key in "
+                            "[relay]: it goes in [smtp] ("), found
+    assert found.endswith(" (at line 27)"), found
+
+
+def test_an_unknown_section_says_its_header_line() -> None:
+    assert problems(LONG + "[smtp]\nmax_errors = 5\n\n[smtpd]\nlisten = []\n") == [
+        "/etc/mh/mailhub.toml: [smtpd]: unknown section (known: aliases, hub, pop3, relay, "
+        "smtp, submission, tls, users) (at line 28)"]
+    # a key above the first section line: the key's line
+    assert problems("# the hub\n\nstate_dir = 'var'\n" + MINIMAL) == [
+        "/etc/mh/mailhub.toml: state_dir: a key before the first [section] line, outside "
+        "every section: it goes in [hub] (at line 3)"]
+
+
+def test_a_value_of_the_wrong_type_says_its_line() -> None:
+    assert problems(LONG + '[pop3]\nmax_errors = 3\nallow_plaintext_auth = "yes"\n') == [
+        "/etc/mh/mailhub.toml: [pop3] allow_plaintext_auth: expected true or false, got a "
+        "string (at line 27)"]
+    # a dotted key or an inline table is where its line is
+    assert problems("smtp.max_connections = '5'\n" + MINIMAL) == [
+        "/etc/mh/mailhub.toml: [smtp] max_connections: expected a whole number, got a string "
+        "(at line 1)"]
+    assert problems("relay = {port = 25, nameservers = 'x'}\n" + MINIMAL) == [
+        "/etc/mh/mailhub.toml: [relay] nameservers: expected a list of strings, got a string "
+        "(at line 1)"]
+
+
+def test_a_bad_value_says_its_line() -> None:
+    assert problems(LONG + "[relay]\nqueue_lifetime = '5 days'\n") == [
+        "/etc/mh/mailhub.toml: [relay] queue_lifetime: unknown duration '5 days': use a number "
+        'with s, m, h or d ("30s", "5m", "4h", "5d") (at line 26)']
+    assert problems(LONG + "[smtp]\n\nmax_connections = 0\n") == [
+        "/etc/mh/mailhub.toml: [smtp] max_connections: must be greater than 0, got 0 "
+        "(at line 27)"]
+
+
+def test_a_bad_list_item_says_the_line_the_item_is_on() -> None:
+    text = ('[hub]\nhostname = "mail.example.org"\ndomains = [\n  "example.org",\n'
+            '  "bad domain",  # a typo\n  "example.org",\n]\n'
+            '[smtp]\nrelay_networks = [\n  "10.0.0.0/8",\n  "10.0.0.0/33",\n]\n'
+            'listen = ["tcp:25", 25]\n'
+            '[relay]\nretry_schedule = [\n  "1m",\n  "5x",\n]\n')
+    found = problems(text)
+    assert [p for p in found if "[hub] domains:" in p] == [
+        "/etc/mh/mailhub.toml: [hub] domains: 'bad domain' is not a domain name (letters, "
+        "digits, underscores and inner hyphens only) (at line 5)",
+        "/etc/mh/mailhub.toml: [hub] domains: 'example.org' is listed twice (at line 6)"], found
+    assert ("/etc/mh/mailhub.toml: [smtp] relay_networks: '10.0.0.0/33' is not a network "
+            "(use CIDR like 192.0.2.0/24) (at line 11)") in found, found
+    assert ("/etc/mh/mailhub.toml: [smtp] listen: expected a list of strings, found a number "
+            "25 (at line 13)") in found, found
+    assert [p for p in found if "retry_schedule" in p] == [
+        "/etc/mh/mailhub.toml: [relay] retry_schedule: unknown duration '5x': use a number "
+        'with s, m, h or d ("30s", "5m", "4h", "5d") (at line 17)'], found
+    # two listeners on one address: the line of the second one
+    text = (MINIMAL + '[smtp]\nlisten = ["tcp:2525"]\n'
+            '[pop3]\nlisten = [\n  "tcp:110",\n  "tcp:2525",\n]\n')
+    assert problems(text) == [
+        "/etc/mh/mailhub.toml: [pop3] listen: 'tcp:2525' is the same address as 'tcp:2525' in "
+        "[smtp] listen: only one of them could listen (at line 9)"]
+
+
+def test_a_key_in_a_multi_line_string_is_not_taken_for_the_key() -> None:
+    # the lines of the string look like [smtp] and its key; the real ones
+    # come after it
+    text = (MINIMAL + 'state_dir = "var"\nmotd = """\n[smtp]\nmax_connections = 0\n"""\n'
+            "[smtp]\nmax_recipients = [\n  # max_connections = 1\n]\nmax_connections = 0\n")
+    assert problems(text) == [
+        "/etc/mh/mailhub.toml: [hub] motd: unknown key (known keys: domains, hostname, "
+        "log_files_kept, mailbox_quota, state_dir) (at line 5)",
+        "/etc/mh/mailhub.toml: [smtp] max_recipients: expected a whole number, got a list "
+        "(at line 10)",
+        "/etc/mh/mailhub.toml: [smtp] max_connections: must be greater than 0, got 0 "
+        "(at line 13)"]
+
+
+def test_a_problem_with_no_line_in_the_file_says_none() -> None:
+    # required and left out, or found in a file the config names: nothing
+    # of the config's text to point at
+    assert problems("[hub]\nhostname = 'mail.example.org'\n") == [
+        "/etc/mh/mailhub.toml: [hub] domains: required: the local domains, the primary one "
+        "first"]
+    found = problems(MINIMAL + "[tls]\ncertificate = '/nonexistent/c.pem'\n")
+    assert "/etc/mh/mailhub.toml: [tls] key: required when [tls] is present" in found, found
+    # (and the one that is written has its line)
+    assert ("/etc/mh/mailhub.toml: [tls] certificate: /nonexistent/c.pem does not exist "
+            "(at line 5)") in found, found
+
+
+def test_local_submission_says_the_line_too(tmp_path: Path) -> None:
+    cfg = tmp_path / "mailhub.toml"
+    cfg.write_text(MINIMAL + "\n[smtp]\nmax_message_size = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_local_submission(str(cfg))
+    assert info.value.problems == [
+        f"{cfg}: [smtp] max_message_size: must be greater than 0, got -1 (at line 6)"]

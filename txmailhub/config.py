@@ -6,7 +6,9 @@ files it names exist; it never creates anything, opens sockets or starts
 services (that is ``service.py``).
 
 Every problem is collected, not just the first, and reported as
-``<file>: [section] key: why`` so ``mailhub check`` can list them all.
+``<file>: [section] key: why`` so ``mailhub check`` can list them all,
+with `` (at line N)`` after it when the key (or the list item) is written
+in the file (``config_lines``), as tomllib places a syntax error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from txmailhub import config_lines
 from txmailhub.address import (
     address_literal,
     ascii_domain,
@@ -272,19 +275,41 @@ class Settings:
 class _Reader:
     """Collects problems while reading one table of the TOML document."""
 
-    def __init__(self, path: str, base: str, problems: list[str]) -> None:
+    def __init__(self, path: str, base: str, problems: list[str], text: str = "",
+                 doc: dict[str, Any] | None = None) -> None:
         self.path = path
         self.base = base
         self.problems = problems
+        self._text = text
+        self._doc = doc
+        self._lines: dict[config_lines.Path, int] | None = None
         # each section's keys, as the tables are read: where a key that is
         # unknown where it stands belongs (see ``name_homes``)
         self.keys_of: dict[str, set[str]] = {}
         # (index in problems, section or None for the top level, key)
         self._strays: list[tuple[int, str | None, str]] = []
 
-    def problem(self, section: str, key: str | None, why: str) -> None:
+    def at(self, *where: str | int) -> str:
+        """`` (at line N)``: where the table, key or list item ``where``
+        is written in the file, as tomllib says where a syntax error is;
+        nothing for one the file does not hold (a default, a required key
+        left out).  The text is read for lines only once a problem needs
+        one."""
+        if self._doc is None:
+            return ""
+        if self._lines is None:
+            self._lines = config_lines.key_lines(self._text, self._doc)
+        line = self._lines.get(where)
+        return f" (at line {line})" if line else ""
+
+    def problem(self, section: str, key: str | None, why: str, item: int | None = None) -> None:
+        """A problem with ``[section] key`` (its ``item``-th list item,
+        when one is to blame), at the line it is written on."""
         where = f"[{section}] {key}" if key else f"[{section}]"
-        self.problems.append(f"{self.path}: {where}: {why}")
+        at = self.at(section, key) if key else self.at(section)
+        if key and item is not None:
+            at = self.at(section, key, item) or at  # else the key's line
+        self.problems.append(f"{self.path}: {where}: {why}{at}")
 
     def declare(self, section: str, keys: set[str]) -> None:
         """Record ``section``'s keys without reading it (a section that is
@@ -311,7 +336,7 @@ class _Reader:
         self._strays.append((len(self.problems), None, key))
         self.problems.append(
             f"{self.path}: {key}: a key before the first [section] line, outside every "
-            f"section (sections: {', '.join(sorted(sections))})")
+            f"section (sections: {', '.join(sorted(sections))}){self.at(key)}")
 
     def name_homes(self) -> None:
         """Say, for each key unknown where it stands, the section it is a
@@ -327,12 +352,12 @@ class _Reader:
             if section is None:
                 self.problems[index] = (
                     f"{self.path}: {key}: a key before the first [section] line, outside "
-                    f"every section: it goes in {where}")
+                    f"every section: it goes in {where}{self.at(key)}")
             else:
                 known = ", ".join(sorted(self.keys_of[section]))
                 self.problems[index] = (
                     f"{self.path}: [{section}] {key}: unknown key in [{section}]: it goes in "
-                    f"{where} (known keys of [{section}]: {known})")
+                    f"{where} (known keys of [{section}]: {known}){self.at(section, key)}")
 
     def get(
         self,
@@ -347,8 +372,8 @@ class _Reader:
         try:
             return convert(table[key])
         except ItemProblems as e:
-            for why in e.reasons:
-                self.problem(section, key, why)
+            for why, item in zip(e.reasons, e.items, strict=True):
+                self.problem(section, key, why, item)
             return default
         except (ValueError, TypeError) as e:
             self.problem(section, key, str(e))
@@ -424,9 +449,10 @@ def _port(v: Any) -> int:
 def _string_list(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list):
         raise TypeError(f"expected a list of strings, got {_tname(v)}")
-    for item in v:
+    for index, item in enumerate(v):
         if not isinstance(item, str):
-            raise TypeError(f"expected a list of strings, found {_tname(item)} {quoted(item)}")
+            raise ItemProblems(
+                [f"expected a list of strings, found {_tname(item)} {quoted(item)}"], [index])
     return tuple(v)
 
 
@@ -634,20 +660,22 @@ def _same_address(a: tuple[str, Any, Any], b: tuple[str, Any, Any]) -> bool:
     return mapped is not None and (v4 is None or v4 == mapped)
 
 
-def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
+def _shared_addresses(
+        listeners: list[tuple[str, str, int, str]]) -> list[tuple[str, str, int, str]]:
     """Problems for listeners that would bind the same address (the second
     one would fail at start with "Address already in use").  ``listeners``:
-    ``(section, key, description)``."""
+    ``(section, key, index in the list, description)``; each problem is
+    ``(section, key, index, why)`` of the second listener."""
     problems = []
     seen: list[tuple[tuple[str, Any, Any], str]] = []
-    for section, key, description in listeners:
+    for section, key, index, description in listeners:
         address = listen_address(description)
         if address is None:
             continue
         for other, where in seen:
             if _same_address(address, other):
-                problems.append(f"[{section}] {key}: {quoted(description)} is the same address "
-                                f"as {where}: only one of them could listen")
+                problems.append((section, key, index, f"{quoted(description)} is the same "
+                                 f"address as {where}: only one of them could listen"))
                 break
         else:
             seen.append((address, f"{quoted(description)} in [{section}] {key}"))
@@ -656,23 +684,29 @@ def _shared_addresses(listeners: list[tuple[str, str, str]]) -> list[str]:
 
 class ItemProblems(ValueError):
     """Several items of one list are bad: each is reported on its own line,
-    so that one run of ``mailhub check`` names them all."""
+    so that one run of ``mailhub check`` names them all.  ``items``: the
+    index in the list of the item each reason is about (None: the list's),
+    so the line names where that item is written."""
 
-    def __init__(self, reasons: list[str]) -> None:
+    def __init__(self, reasons: list[str], items: list[int | None] | None = None) -> None:
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+        self.items: list[int | None] = list(items) if items is not None else [None] * len(
+            reasons)
 
 
 def _each(items: tuple[str, ...], check: Callable[[str], Any]) -> tuple[str, ...]:
     """``items`` once ``check`` (which raises ValueError) passed each."""
     reasons = []
-    for item in items:
+    where: list[int | None] = []
+    for index, item in enumerate(items):
         try:
             check(item)
         except ValueError as e:
             reasons.append(str(e))
+            where.append(index)
     if reasons:
-        raise ItemProblems(reasons)
+        raise ItemProblems(reasons, where)
     return items
 
 
@@ -787,7 +821,8 @@ def _domains(v: Any) -> tuple[str, ...]:
         raise ValueError("list at least one local domain")
     out: list[str] = []
     reasons = []
-    for d in items:
+    where: list[int | None] = []
+    for index, d in enumerate(items):
         d = d.strip().rstrip(".").lower()
         # the rule SMTP paths follow (txmailhub.address.domain_problem),
         # label by label: any domain mail can be addressed to can be
@@ -798,6 +833,7 @@ def _domains(v: Any) -> tuple[str, ...]:
             why = domain_problem(d, _MAX_DNS_NAME)
         if why:
             reasons.append(f"{quoted(d)} {why}")
+            where.append(index)
             continue
         # one spelling per domain: an A-label and its U-label (or a
         # decomposed one) are the same domain, and the same Maildir folder
@@ -805,10 +841,11 @@ def _domains(v: Any) -> tuple[str, ...]:
         if canonical in out:
             same = "" if canonical == d else f" (as {canonical})"
             reasons.append(f"{quoted(d)} is listed twice{same}")
+            where.append(index)
         else:
             out.append(canonical)
     if reasons:
-        raise ItemProblems(reasons)
+        raise ItemProblems(reasons, where)
     return tuple(out)
 
 
@@ -1164,12 +1201,17 @@ def _tls_mode(v: Any) -> str:
 def _schedule(v: Any) -> tuple[int, ...]:
     if not isinstance(v, list) or not v:
         raise TypeError("expected a non-empty list of durations")
-    waits = tuple(parse_duration(x) for x in v)
+    waits = []
+    for index, x in enumerate(v):
+        try:
+            waits.append(parse_duration(x))
+        except ValueError as e:
+            raise ItemProblems([str(e)], [index]) from None
     if 0 in waits:
         # a failing destination would be tried again at every poll of the queue
-        raise ValueError("a wait of 0 would retry a failing destination at once, again and "
-                         "again; each wait must be at least 1s")
-    return waits
+        raise ItemProblems(["a wait of 0 would retry a failing destination at once, again and "
+                            "again; each wait must be at least 1s"], [waits.index(0)])
+    return tuple(waits)
 
 
 # --- loading --------------------------------------------------------------
@@ -1229,7 +1271,7 @@ def load_text(text: str, path: str) -> Settings:
         raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
     warnings: list[str] = []
-    r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems)
+    r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems, text, doc)
 
     known = {"hub", "users", "aliases", "tls", "smtp", "submission", "pop3", "relay"}
     above: set[str] | None = None  # the names written above the first section line
@@ -1249,6 +1291,7 @@ def load_text(text: str, path: str) -> Settings:
             if section not in above:
                 problems.append(
                     f"{path}: [{section}]: unknown section (known: {', '.join(sorted(known))})"
+                    f"{r.at(section)}"
                 )
                 continue
         r.top_level_key(section, known)  # a key before any [section] line
@@ -1454,7 +1497,7 @@ def load_text(text: str, path: str) -> Settings:
         )
 
     listeners = [
-        (section, key, description)
+        (section, key, index, description)
         for section, key, descriptions in (
             ("smtp", "listen", smtp.listen),
             ("submission", "listen", submission.listen),
@@ -1462,11 +1505,11 @@ def load_text(text: str, path: str) -> Settings:
             ("pop3", "listen", pop3.listen),
             ("pop3", "tls_listen", pop3.tls_listen),
         )
-        for description in descriptions
+        for index, description in enumerate(descriptions)
     ]
     if not any("listen:" in p for p in r.problems):  # a bad one was replaced by its default
-        for problem in _shared_addresses(listeners):
-            r.problems.append(f"{path}: {problem}")
+        for section, key, index, why in _shared_addresses(listeners):
+            r.problem(section, key, why, index)
 
     d4 = RelaySettings()
     t = r.table(
@@ -1594,7 +1637,7 @@ def load_local_submission(path: str) -> LocalSubmission:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
-    r = _Reader(path, os.path.dirname(path), problems)
+    r = _Reader(path, os.path.dirname(path), problems, text, doc)
     hub = r.table(doc, "hub", {f.name for f in fields(HubSettings)})
     if "domains" not in hub:
         r.problem("hub", "domains", "required: the local domains, the primary one first")
