@@ -664,12 +664,12 @@ def test_auth_plain_login():
 @pytest.mark.parametrize(
     "peer,allowed,expected",
     [
-        (REMOTE, False, R.PLAINTEXT_DISALLOWED.to_bytes()),
+        (REMOTE, False, R.PLAINTEXT_DISALLOWED_NO_TLS.to_bytes()),
         (REMOTE, True, R.USER_ACCEPTED.to_bytes()),
         (LOOPBACK, False, R.USER_ACCEPTED.to_bytes()),
         (IPv6Address("TCP", "::1", 1), False, R.USER_ACCEPTED.to_bytes()),
         (IPv6Address("TCP", "::ffff:127.0.0.1", 1), False, R.USER_ACCEPTED.to_bytes()),
-        (IPv6Address("TCP", "2001:db8::1", 1), False, R.PLAINTEXT_DISALLOWED.to_bytes()),
+        (IPv6Address("TCP", "2001:db8::1", 1), False, R.PLAINTEXT_DISALLOWED_NO_TLS.to_bytes()),
         (UNIXAddress("/tmp/pop3.sock"), False, R.USER_ACCEPTED.to_bytes()),
     ],
 )
@@ -677,6 +677,17 @@ def test_plaintext_policy(peer, allowed, expected):
     env = Env(allow_plaintext_auth=allowed)
     proto, t = env.connect(peer=peer)
     assert talk(proto, t, b"USER joe\r\n") == expected
+
+
+def test_the_plaintext_refusal_advises_stls_only_where_tls_is_configured():
+    # without [tls] the hub has no STLS to offer ("-ERR STLS is not
+    # available"): the refusal used to advise it all the same
+    for tls, expected in ((None, R.PLAINTEXT_DISALLOWED_NO_TLS),
+                          (object(), R.PLAINTEXT_DISALLOWED)):
+        proto, t = Env(tls=tls).connect(peer=REMOTE)
+        assert talk(proto, t, b"USER joe\r\n") == expected.to_bytes()
+        assert (b"STLS" in t.value()) is (tls is not None)
+        assert (b"STLS\r\n" in talk(proto, t, b"CAPA\r\n")) is (tls is not None)
 
 
 def test_implicit_tls_allows_plaintext_and_hides_stls():

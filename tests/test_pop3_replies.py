@@ -17,9 +17,12 @@ PINNED = {
     "AUTH_BAD_BASE64": (False, None),
     "AUTH_BAD_PLAIN": (False, "AUTH"),
     "AUTH_UNKNOWN_MECHANISM": (False, None),
+    "AUTH_NO_MECHANISM": (False, None),
     "AUTH_MECHANISMS": (True, None),
     "PLAINTEXT_DISALLOWED": (False, "AUTH"),
     "PLAINTEXT_DISALLOWED_NO_APOP": (False, "AUTH"),
+    "PLAINTEXT_DISALLOWED_NO_TLS": (False, "AUTH"),
+    "PLAINTEXT_DISALLOWED_NO_TLS_NO_APOP": (False, "AUTH"),
     "PASS_WITHOUT_USER": (False, None),
     "TOO_MANY_AUTH_FAILURES": (False, "AUTH"),
     "TOO_MANY_COMMANDS": (False, None),  # not [AUTH]: no credentials were judged

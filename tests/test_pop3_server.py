@@ -323,7 +323,7 @@ def test_user_and_pass_syntax():
 
 
 def test_plaintext_refused_when_not_allowed_but_apop_works():
-    e = engine(plaintext_allowed=False)
+    e = engine(plaintext_allowed=False, tls_available=True)
     assert sent(e, b"USER joe") == R.PLAINTEXT_DISALLOWED.to_bytes()
     assert sent(e, b"PASS joe") == R.PASS_WITHOUT_USER.to_bytes()
     assert sent(e, b"AUTH PLAIN") == R.PLAINTEXT_DISALLOWED.to_bytes()
@@ -448,12 +448,39 @@ def test_apop_without_a_timestamp_is_refused_as_not_offered():
 
 
 def test_the_plaintext_refusal_names_apop_only_where_it_is_offered():
-    assert sent(engine(plaintext_allowed=False), b"USER joe") == \
+    assert sent(engine(plaintext_allowed=False, tls_available=True), b"USER joe") == \
         R.PLAINTEXT_DISALLOWED.to_bytes()
-    e = no_apop_engine(plaintext_allowed=False)
+    e = no_apop_engine(plaintext_allowed=False, tls_available=True)
     for line in (b"USER joe", b"AUTH PLAIN"):
         reply = sent(e, line)
         assert reply == R.PLAINTEXT_DISALLOWED_NO_APOP.to_bytes() and b"APOP" not in reply
+
+
+@pytest.mark.parametrize("make, expected", [
+    (engine, R.PLAINTEXT_DISALLOWED_NO_TLS),
+    (no_apop_engine, R.PLAINTEXT_DISALLOWED_NO_TLS_NO_APOP),
+])
+def test_the_plaintext_refusal_names_stls_only_where_it_is_offered(make, expected):
+    # without [tls] STLS answers "-ERR STLS is not available": the advice
+    # to use it sent a client (or its user) to a command that fails
+    e = make(plaintext_allowed=False)
+    for line in (b"USER joe", b"AUTH PLAIN", b"AUTH PLAIN " + plain("", "joe", "pw")):
+        reply = sent(e, line)
+        assert reply == expected.to_bytes() and b"STLS" not in reply
+        assert reply.startswith(b"-ERR [AUTH] Plaintext authentication is disallowed")
+    assert sent(e, b"STLS") == R.STLS_UNAVAILABLE.to_bytes()
+
+
+def test_an_unknown_mechanism_is_told_to_use_plain_only_where_plain_is_offered():
+    # AUTH with no argument lists no mechanism where plaintext passwords
+    # are refused; the refusal of another mechanism pointed at PLAIN,
+    # which is then refused in turn
+    for kw in ({"plaintext_allowed": False}, {"plaintext_allowed": False, "tls_available": True}):
+        e = engine(**kw)
+        assert sent(e, b"AUTH") == R.AUTH_MECHANISMS.to_bytes() + b".\r\n"
+        reply = sent(e, b"AUTH CRAM-MD5")
+        assert reply == R.AUTH_NO_MECHANISM.to_bytes() and b"PLAIN" not in reply
+    assert sent(engine(), b"AUTH CRAM-MD5") == R.AUTH_UNKNOWN_MECHANISM.to_bytes()
 
 
 def test_capa_says_nothing_of_apop_either_way():

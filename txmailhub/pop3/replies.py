@@ -64,6 +64,9 @@ AUTH_CANCELLED = err("Authentication cancelled")
 AUTH_BAD_BASE64 = err("Invalid base64 data in the SASL response")
 AUTH_BAD_PLAIN = err("Malformed PLAIN response", "AUTH")
 AUTH_UNKNOWN_MECHANISM = err("Unsupported authentication mechanism; use PLAIN")
+# the same where PLAIN is refused on the connection (plaintext passwords
+# are: see the PLAINTEXT_DISALLOWED replies), so no mechanism is offered
+AUTH_NO_MECHANISM = err("Unsupported authentication mechanism")
 AUTH_MECHANISMS = ok("Supported SASL mechanisms follow")
 PLAINTEXT_DISALLOWED = err(
     "Plaintext authentication is disallowed on insecure connections; use STLS or APOP",
@@ -72,6 +75,15 @@ PLAINTEXT_DISALLOWED = err(
 # the same where the greeting offers no APOP (no user has an APOP secret)
 PLAINTEXT_DISALLOWED_NO_APOP = err(
     "Plaintext authentication is disallowed on insecure connections; use STLS", "AUTH",
+)
+# where STLS is not offered either ([tls] is not configured): advice to
+# use it sent the client to a command that answers "-ERR STLS is not
+# available"; APOP is named where the greeting offers it, else nothing
+PLAINTEXT_DISALLOWED_NO_TLS = err(
+    "Plaintext authentication is disallowed on insecure connections; use APOP", "AUTH",
+)
+PLAINTEXT_DISALLOWED_NO_TLS_NO_APOP = err(
+    "Plaintext authentication is disallowed on insecure connections", "AUTH",
 )
 PASS_WITHOUT_USER = err("Send USER first")
 TOO_MANY_AUTH_FAILURES = err("Too many authentication failures, closing connection", "AUTH")

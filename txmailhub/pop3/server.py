@@ -468,8 +468,13 @@ class POP3Server:
 
     @property
     def _plaintext_refusal(self) -> POP3Reply:
-        # the advice names APOP only where the greeting offers it
-        return R.PLAINTEXT_DISALLOWED if self.timestamp else R.PLAINTEXT_DISALLOWED_NO_APOP
+        # the advice names only what the connection offers: APOP where the
+        # greeting has a timestamp, STLS where TLS is configured (it is not
+        # active: plaintext is allowed under TLS)
+        if self.tls_available and not self.tls_active:
+            return R.PLAINTEXT_DISALLOWED if self.timestamp else R.PLAINTEXT_DISALLOWED_NO_APOP
+        return R.PLAINTEXT_DISALLOWED_NO_TLS if self.timestamp else (
+            R.PLAINTEXT_DISALLOWED_NO_TLS_NO_APOP)
 
     def _pass_cmd(self, arg: str) -> Action:
         # The password is the rest of the line: it may contain spaces.
@@ -513,7 +518,9 @@ class POP3Server:
         if len(parts) > 2:
             return self._send(R.bad_syntax("AUTH mechanism [initial-response]"))
         if not parts[0].isascii() or parts[0].upper() != "PLAIN":  # "PLA\u0131N" is not
-            return self._send(R.AUTH_UNKNOWN_MECHANISM)
+            # "use PLAIN" only where PLAIN is offered (as AUTH lists it)
+            return self._send(R.AUTH_UNKNOWN_MECHANISM if self.plaintext_allowed
+                              else R.AUTH_NO_MECHANISM)
         if not self.plaintext_allowed:
             return self._send(self._plaintext_refusal)
         if len(parts) == 2:
