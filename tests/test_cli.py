@@ -285,6 +285,8 @@ def test_check_warns_of_a_certificate_not_valid_for_the_hostname(tmp_path: Path)
         f"warning: {path}: [tls] certificate {cert} is not valid for mail.example.org "
         "([hub] hostname), only for mx.example.net, 127.0.0.1: clients that check the "
         "name"), err
+    # at the line of [tls] certificate, as a problem with it is
+    assert err.splitlines()[0].endswith("to a name it is valid for (at line 5)"), err
     path.write_text(HUB.replace("mail.example.org", "mx.example.net") + body)
     assert "not valid for" not in run(path, "check")[2]
     path.write_text('[hub]\n' + body)  # no hostname: the machine's name is compared
@@ -1522,7 +1524,8 @@ def test_min_password_length_comes_from_the_config(config: Path) -> None:
     assert run(config, "user", "add", "bob", "--password-stdin", stdin="tqzv\n")[0] == 0
     code, _, err = run(config, "check")  # which says that is below NIST's 8
     assert code == 0 and err == (f"warning: {config}: [users] min_password_length: 4 is below "
-                                 "the 8 characters NIST SP 800-63B requires of a password\n")
+                                 "the 8 characters NIST SP 800-63B requires of a password "
+                                 "(at line 7)\n")
 
 
 def test_the_length_a_user_add_counts_is_nfc_code_points(config: Path) -> None:

@@ -702,16 +702,16 @@ def test_warnings_below_rfc_minimums() -> None:
     s = load_text(MINIMAL + '[smtp]\nidle_timeout = 0\n[pop3]\nidle_timeout = "0s"\n', "/c")
     assert [w for w in s.warnings if "idle_timeout" in w] == [
         "/c: [smtp] idle_timeout: 0 turns the idle timeout off; a client that stops "
-        "talking holds its connection until it goes away"
+        "talking holds its connection until it goes away (at line 5)"
     ]
     assert s.smtp.idle_timeout == 0 and s.pop3.idle_timeout == 0
     # RFC 5321 4.5.3.1.7 and 4.5.3.1.8: at least 64K and 100 recipients
     s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65535\nmax_recipients = 99\n", "/c")
     assert list(s.warnings) == [
         "/c: [smtp] max_message_size: 65535 octets is below the 64K RFC 5321 4.5.3.1.7 "
-        "requires a server to accept",
+        "requires a server to accept (at line 5)",
         "/c: [smtp] max_recipients: 99 is below the 100 recipients RFC 5321 4.5.3.1.8 "
-        "requires a server to take in one message",
+        "requires a server to take in one message (at line 6)",
     ]
     s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65536\nmax_recipients = 100\n", "/c")
     assert s.warnings == ()
@@ -729,7 +729,7 @@ def test_a_session_cut_off_before_three_failed_logins_is_warned_of() -> None:
     s = load_text(MINIMAL + "[smtp]\nmax_auth_failures = 2\n", "/c")
     assert list(s.warnings) == [
         "/c: [smtp] max_auth_failures: 2 closes a session before the 3 failed logins "
-        "RFC 4954 9 asks a server to allow"
+        "RFC 4954 9 asks a server to allow (at line 5)"
     ]
     assert s.smtp.max_auth_failures == 2  # taken all the same
     assert load_text(MINIMAL + "[smtp]\nmax_auth_failures = 3\n", "/c").warnings == ()
@@ -1005,7 +1005,7 @@ def test_a_min_password_length_below_nists_8_is_a_warning() -> None:
     s = load_text(MINIMAL + "[users]\nmin_password_length = 6\n", "/x.toml")
     assert s.users.min_password_length == 6
     assert s.warnings == ("/x.toml: [users] min_password_length: 6 is below the 8 characters "
-                          "NIST SP 800-63B requires of a password",)
+                          "NIST SP 800-63B requires of a password (at line 5)",)
     assert load_text(MINIMAL + "[users]\nmin_password_length = 128\n", "/x.toml").warnings == ()
 
 
@@ -1063,7 +1063,7 @@ def test_retry_waits_under_a_minute_and_a_zero_queue_lifetime_are_warned_of() ->
     s = load_text(MINIMAL + '[relay]\nretry_schedule = ["30s", "5m"]\n', "/c")
     assert [w for w in s.warnings if "retry_schedule" in w] == [
         "/c: [relay] retry_schedule: a wait of 30s is under a minute; RFC 5321 4.5.4.1 "
-        "asks for retries spaced well apart (the default starts at 1m)"
+        "asks for retries spaced well apart (the default starts at 1m) (at line 5)"
     ]
     assert s.relay.retry_schedule == (30, 300)
     s = load_text(MINIMAL + '[relay]\nretry_schedule = ["1m", "1h"]\n', "/c")
@@ -1071,7 +1071,7 @@ def test_retry_waits_under_a_minute_and_a_zero_queue_lifetime_are_warned_of() ->
     s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "0s"\n', "/c")
     assert [w for w in s.warnings if "queue_lifetime" in w] == [
         "/c: [relay] queue_lifetime: 0 bounces every message that cannot be delivered "
-        "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days)"
+        "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days) (at line 5)"
     ]
     s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "1h"\n', "/c")
     assert not [w for w in s.warnings if "queue_lifetime" in w]
@@ -1095,7 +1095,7 @@ def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
     assert s.warnings == (
         "/c: [relay] hosts_time_budget: 120s is under the 5 minutes one silent host may "
         "take (RFC 5321 4.5.3.2): after such a host, an attempt tries no other (the "
-        "default is 15m)",)
+        "default is 15m) (at line 5)",)
 
 
 def test_a_quota_below_the_largest_message_is_warned_of() -> None:
@@ -1104,8 +1104,101 @@ def test_a_quota_below_the_largest_message_is_warned_of() -> None:
     assert s.warnings == (
         "/c: [hub] mailbox_quota: 100 octets is less than [smtp] max_message_size "
         "(26214400): a message the hub takes can be one no mailbox may hold (the quota is "
-        "in octets: 1 GiB is 1073741824)",)
+        "in octets: 1 GiB is 1073741824) (at line 4)",)
     assert not load_text(MINIMAL + "mailbox_quota = 26214400\n", "/c").warnings
+
+
+# each warning about a key or a value, in a file where none of them is on
+# the line a naive count would give: (the start of the warning, its line)
+WARNED_AT = [
+    ("[hub] hostname 'mx' is no fully qualified domain name", 4),
+    ("[users] min_password_length: 6 is below", 10),
+    ("[smtp] relay_networks: ::/0 is every address", 14),  # the item's own line
+    ("[smtp] idle_timeout: 30s is below", 16),
+    ("[smtp] max_message_size: 1000 octets is below", 17),  # a quoted key
+    ("[hub] mailbox_quota: 100 octets is less than [smtp] max_message_size", 6),
+    ("[smtp] max_auth_failures: 2 closes a session", 19),
+    ("[smtp] max_recipients: 99 is below", 18),
+    ("[pop3] idle_timeout: 60s is below", 1),  # a dotted key above [hub]
+    ("[relay] smarthost: '::1:25' is read as", 21),
+    ("[relay] retry_schedule: a wait of 30s is under a minute", 24),  # the item's
+    ("[relay] hosts_time_budget: 120s is under", 27),
+    ("[relay] queue_lifetime: 0 bounces", 28),
+]
+WARNED = """\
+pop3.idle_timeout = "1m"
+# the hub
+[hub]
+hostname = "mx"
+domains = ["example.org"]
+mailbox_quota = 100  # octets: meant as MB
+
+[users]
+# weaker than the default
+min_password_length = 6
+[smtp]
+relay_networks = [
+  "10.0.0.0/8",
+  "::/0",
+]
+idle_timeout = "30s"
+"max_message_size" = 1000
+max_recipients = 99
+max_auth_failures = 2
+[relay]
+smarthost = "::1:25"
+retry_schedule = [
+  "5m",
+  "30s",
+  "1h",
+]
+hosts_time_budget = "2m"
+queue_lifetime = 0
+"""
+
+
+@pytest.mark.parametrize(("start", "line"), WARNED_AT)
+def test_each_warning_says_the_line_its_key_or_item_is_written_on(start: str, line: int) -> None:
+    # warnings gave no line: in a long file the admin searched for the key
+    s = load_text(WARNED, "/c")
+    assert len(s.warnings) == len(WARNED_AT), s.warnings
+    [found] = [w for w in s.warnings if w.startswith(f"/c: {start}")]
+    assert found.endswith(f" (at line {line})") and found.count("(at line") == 1, found
+
+
+def test_the_warnings_of_a_file_with_problems_say_their_lines_too() -> None:
+    # check prints both: the warnings as a file without the problem has them
+    s = load_text(WARNED, "/c")
+    with pytest.raises(ConfigError) as info:
+        load_text(WARNED + "max_per_destination = 0\n", "/c")
+    assert info.value.warnings == list(s.warnings)
+    assert all(" (at line " in w for w in info.value.warnings), info.value.warnings
+    assert info.value.problems == [
+        "/c: [relay] max_per_destination: must be greater than 0, got 0 (at line 29)"]
+
+
+def test_a_warning_with_nothing_in_the_file_to_blame_has_no_line(monkeypatch) -> None:
+    # the machine's name, taken because [hub] hostname is left out
+    monkeypatch.setattr(socket, "getfqdn", lambda: "box")
+    (w,) = load_text('\n\n[hub]\ndomains = ["example.org"]\n', "/c").warnings
+    assert w.startswith("/c: [hub] hostname is not set, and the machine's name 'box' is "), w
+    assert "(at line" not in w
+    (w,) = load_text('[hub]\n\nhostname = "box"\ndomains = ["example.org"]\n', "/c").warnings
+    assert w.endswith("such as mail.example.org (at line 3)"), w
+    # a quota under the default max_message_size: the quota's line
+    (w,) = load_text(MINIMAL + "\nmailbox_quota = 7\n", "/c").warnings
+    assert w.startswith("/c: [hub] mailbox_quota: 7 octets") and w.endswith("(at line 5)"), w
+
+
+def test_a_certificate_warning_says_the_line_of_the_key_naming_it(tmp_path: Path) -> None:
+    # the certificate names another host: the line of [tls] certificate,
+    # not of [tls] (written after key here)
+    cert, key = make_certificate(tmp_path, "mx.example.net")
+    s = load_text(MINIMAL + f'[tls]\nkey = "{key}"\n\ncertificate = "{cert}"\n', "/c")
+    [found] = [w for w in s.warnings if "is not valid for" in w]
+    assert found.startswith(f"/c: [tls] certificate {cert} is not valid for mail.example.org "
+                            "([hub] hostname)"), found
+    assert found.endswith(" is valid for (at line 7)"), found
 
 
 def test_the_mailbox_quota_is_off_by_default_and_read_in_octets() -> None:
@@ -1334,7 +1427,7 @@ def test_a_bare_ipv6_address_and_port_is_read_so_with_a_warning(
         f"/etc/mh/mailhub.toml: [relay] smarthost: {written!r} is read as "
         f"[{host}]:{split[1]}, address {host} and port {split[1]}, but all of it is an "
         f"IPv6 address too; write [{host}]:{split[1]} to say so (a bare IPv6 address "
-        "followed by a port may be read either way)"]
+        "followed by a port may be read either way) (at line 5)"]
     s = load_text(MINIMAL + f'[relay]\nsmarthost = "[{host}]:{split[1]}"\n',
                   "/etc/mh/mailhub.toml")
     assert not [w for w in s.warnings if "smarthost" in w]

@@ -76,7 +76,7 @@ def test_start_warns_of_a_certificate_not_valid_for_the_hostname(tmp_path: Path,
             "mail.example.org ([hub] hostname), only for mx.example.net, 127.0.0.1: clients "
             "that check the name (mail programs, the sending servers that verify) refuse "
             "TLS; get one that names mail.example.org, or set [hub] hostname to a name it "
-            "is valid for"], warned
+            "is valid for (at line 11)"], warned  # the line of [tls] certificate
     finally:
         hub.stopService()
 

@@ -8,7 +8,8 @@ services (that is ``service.py``).
 Every problem is collected, not just the first, and reported as
 ``<file>: [section] key: why`` so ``mailhub check`` can list them all,
 with `` (at line N)`` after it when the key (or the list item) is written
-in the file (``config_lines``), as tomllib places a syntax error.
+in the file (``config_lines``), as tomllib places a syntax error.  A
+warning about a key or a value (``Settings.warnings``) ends the same way.
 """
 
 from __future__ import annotations
@@ -273,13 +274,16 @@ class Settings:
 
 
 class _Reader:
-    """Collects problems while reading one table of the TOML document."""
+    """Collects problems (and warnings) while reading one table of the
+    TOML document."""
 
     def __init__(self, path: str, base: str, problems: list[str], text: str = "",
-                 doc: dict[str, Any] | None = None) -> None:
+                 doc: dict[str, Any] | None = None,
+                 warnings: list[str] | None = None) -> None:
         self.path = path
         self.base = base
         self.problems = problems
+        self.warnings: list[str] = warnings if warnings is not None else []
         self._text = text
         self._doc = doc
         self._lines: dict[config_lines.Path, int] | None = None
@@ -293,8 +297,8 @@ class _Reader:
         """`` (at line N)``: where the table, key or list item ``where``
         is written in the file, as tomllib says where a syntax error is;
         nothing for one the file does not hold (a default, a required key
-        left out).  The text is read for lines only once a problem needs
-        one."""
+        left out).  The text is read for lines only once a problem or a
+        warning needs one."""
         if self._doc is None:
             return ""
         if self._lines is None:
@@ -302,14 +306,26 @@ class _Reader:
         line = self._lines.get(where)
         return f" (at line {line})" if line else ""
 
-    def problem(self, section: str, key: str | None, why: str, item: int | None = None) -> None:
-        """A problem with ``[section] key`` (its ``item``-th list item,
-        when one is to blame), at the line it is written on."""
+    def _said(self, section: str, key: str | None, why: str, item: int | None) -> str:
+        """``<file>: [section] key: why (at line N)``, the line of the
+        ``item``-th list item when one is to blame (else the key's, else
+        the section's when there is no key)."""
         where = f"[{section}] {key}" if key else f"[{section}]"
         at = self.at(section, key) if key else self.at(section)
         if key and item is not None:
             at = self.at(section, key, item) or at  # else the key's line
-        self.problems.append(f"{self.path}: {where}: {why}{at}")
+        return f"{self.path}: {where}: {why}{at}"
+
+    def problem(self, section: str, key: str | None, why: str, item: int | None = None) -> None:
+        """A problem with ``[section] key`` (its ``item``-th list item,
+        when one is to blame), at the line it is written on."""
+        self.problems.append(self._said(section, key, why, item))
+
+    def warn(self, section: str, key: str | None, why: str, item: int | None = None) -> None:
+        """A warning about ``[section] key`` (or its ``item``-th list
+        item), at the line it is written on, as a problem is: the hub
+        starts, but the admin who reads it goes to that line to change it."""
+        self.warnings.append(self._said(section, key, why, item))
 
     def declare(self, section: str, keys: set[str]) -> None:
         """Record ``section``'s keys without reading it (a section that is
@@ -1271,7 +1287,7 @@ def load_text(text: str, path: str) -> Settings:
         raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
     warnings: list[str] = []
-    r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems, text, doc)
+    r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems, text, doc, warnings)
 
     known = {"hub", "users", "aliases", "tls", "smtp", "submission", "pop3", "relay"}
     above: set[str] | None = None  # the names written above the first section line
@@ -1320,12 +1336,13 @@ def load_text(text: str, path: str) -> Settings:
             "." not in name or name.startswith("localhost.") or name.endswith(".localdomain")):
         where = ("[hub] hostname" if "hostname" in t
                  else "[hub] hostname is not set, and the machine's name")
+        # at the key's line; none for the machine's name, which no line set
         warnings.append(
             f"{path}: {where} {quoted(hub.hostname)} is no fully qualified domain name: the hub "
             "greets with it, says it in EHLO to other servers and writes it into every "
             "Received field, and many servers refuse a client that calls itself so "
             "(RFC 5321 4.1.1.1, 2.3.5); set [hub] hostname to the name clients reach "
-            "the hub by, such as mail.example.org"
+            f"the hub by, such as mail.example.org{r.at('hub', 'hostname')}"
         )
 
     t = r.table(doc, "users", {"file", "min_password_length", "password_policy"})
@@ -1336,10 +1353,9 @@ def load_text(text: str, path: str) -> Settings:
         password_policy=r.get(t, "users", "password_policy", "warn", _password_policy),
     )
     if users.min_password_length < DEFAULT_MIN_LENGTH:
-        warnings.append(
-            f"{path}: [users] min_password_length: {users.min_password_length} is below the "
-            f"{DEFAULT_MIN_LENGTH} characters NIST SP 800-63B requires of a password"
-        )
+        r.warn("users", "min_password_length",
+               f"{users.min_password_length} is below the {DEFAULT_MIN_LENGTH} characters "
+               "NIST SP 800-63B requires of a password")
 
     t = r.table(doc, "aliases", {"file"})
     aliases_file = r.get(t, "aliases", "file", None, _nonempty_string)
@@ -1377,7 +1393,9 @@ def load_text(text: str, path: str) -> Settings:
                                                    hostname_from=own_name_from)
             for why in problems_found:
                 r.problem("tls", None, why)
-            warnings.extend(f"{path}: [tls] {w}" for w in warned)
+            # each names the certificate ("certificate PATH expires on ..."):
+            # at the line of the key that names it, as a missing file is
+            warnings.extend(f"{path}: [tls] {w}{r.at('tls', 'certificate')}" for w in warned)
         tls = TLSSettings(certificate=cert, key=key)
 
     d = SMTPSettings()
@@ -1411,44 +1429,37 @@ def load_text(text: str, path: str) -> Settings:
         vrfy=r.get(t, "smtp", "vrfy", d.vrfy, _bool),
         expn=r.get(t, "smtp", "expn", d.expn, _bool),
     )
-    for network in smtp.relay_networks:
+    for index, network in enumerate(smtp.relay_networks):
         if ipaddress.ip_network(network, strict=False).prefixlen == 0:
-            warnings.append(
-                f"{path}: [smtp] relay_networks: {network} is every address: anyone who "
-                "reaches the MX listener may relay through this hub (an open relay)"
-            )
+            r.warn("smtp", "relay_networks",
+                   f"{network} is every address: anyone who reaches the MX listener may "
+                   "relay through this hub (an open relay)", index)
     if "idle_timeout" in t and smtp.idle_timeout == 0:
-        warnings.append(
-            f"{path}: [smtp] idle_timeout: 0 turns the idle timeout off; a client that "
-            "stops talking holds its connection until it goes away"
-        )
+        r.warn("smtp", "idle_timeout",
+               "0 turns the idle timeout off; a client that stops talking holds its "
+               "connection until it goes away")
     elif "idle_timeout" in t and smtp.idle_timeout < 300:
-        warnings.append(
-            f"{path}: [smtp] idle_timeout: {smtp.idle_timeout}s is below the 5 minutes "
-            "RFC 5321 4.5.3.2 asks servers to wait"
-        )
+        r.warn("smtp", "idle_timeout",
+               f"{smtp.idle_timeout}s is below the 5 minutes RFC 5321 4.5.3.2 asks servers "
+               "to wait")
     if "max_message_size" in t and smtp.max_message_size < 65536:
-        warnings.append(
-            f"{path}: [smtp] max_message_size: {smtp.max_message_size} octets is below the "
-            "64K RFC 5321 4.5.3.1.7 requires a server to accept"
-        )
+        r.warn("smtp", "max_message_size",
+               f"{smtp.max_message_size} octets is below the 64K RFC 5321 4.5.3.1.7 requires "
+               "a server to accept")
     if 0 < hub.mailbox_quota < smtp.max_message_size:
         # a size in megabytes written as a number ("100") refuses nearly all mail
-        warnings.append(
-            f"{path}: [hub] mailbox_quota: {hub.mailbox_quota} octets is less than "
-            f"[smtp] max_message_size ({smtp.max_message_size}): a message the hub takes "
-            "can be one no mailbox may hold (the quota is in octets: 1 GiB is 1073741824)"
-        )
+        r.warn("hub", "mailbox_quota",
+               f"{hub.mailbox_quota} octets is less than [smtp] max_message_size "
+               f"({smtp.max_message_size}): a message the hub takes can be one no mailbox "
+               "may hold (the quota is in octets: 1 GiB is 1073741824)")
     if smtp.max_auth_failures < 3:
-        warnings.append(
-            f"{path}: [smtp] max_auth_failures: {smtp.max_auth_failures} closes a session "
-            "before the 3 failed logins RFC 4954 9 asks a server to allow"
-        )
+        r.warn("smtp", "max_auth_failures",
+               f"{smtp.max_auth_failures} closes a session before the 3 failed logins "
+               "RFC 4954 9 asks a server to allow")
     if "max_recipients" in t and smtp.max_recipients < 100:
-        warnings.append(
-            f"{path}: [smtp] max_recipients: {smtp.max_recipients} is below the 100 "
-            "recipients RFC 5321 4.5.3.1.8 requires a server to take in one message"
-        )
+        r.warn("smtp", "max_recipients",
+               f"{smtp.max_recipients} is below the 100 recipients RFC 5321 4.5.3.1.8 "
+               "requires a server to take in one message")
 
     d2 = SubmissionSettings()
     t = r.table(doc, "submission", {"listen", "tls_listen"})
@@ -1491,10 +1502,8 @@ def load_text(text: str, path: str) -> Settings:
     if pop3.tls_listen and tls is None:
         r.problem("pop3", "tls_listen", "needs a [tls] section with certificate and key")
     if "idle_timeout" in t and 0 < pop3.idle_timeout < 600:  # 0: no autologout
-        warnings.append(
-            f"{path}: [pop3] idle_timeout: {pop3.idle_timeout}s is below the 10 minutes "
-            "RFC 1939 section 3 requires"
-        )
+        r.warn("pop3", "idle_timeout",
+               f"{pop3.idle_timeout}s is below the 10 minutes RFC 1939 section 3 requires")
 
     listeners = [
         (section, key, index, description)
@@ -1552,24 +1561,22 @@ def load_text(text: str, path: str) -> Settings:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
     ambiguous = smarthost_warning(relay.smarthost) if relay.smarthost else None
     if ambiguous:
-        warnings.append(f"{path}: [relay] smarthost: {ambiguous}")
-    short = [w for w in relay.retry_schedule if w < 60]
+        r.warn("relay", "smarthost", ambiguous)
+    short = [(i, w) for i, w in enumerate(relay.retry_schedule) if w < 60]
     if "retry_schedule" in t and short:
-        warnings.append(
-            f"{path}: [relay] retry_schedule: a wait of {short[0]}s is under a minute; "
-            "RFC 5321 4.5.4.1 asks for retries spaced well apart (the default starts at 1m)"
-        )
+        index, wait = short[0]
+        r.warn("relay", "retry_schedule",
+               f"a wait of {wait}s is under a minute; RFC 5321 4.5.4.1 asks for retries "
+               "spaced well apart (the default starts at 1m)", index)
     if "hosts_time_budget" in t and 0 < relay.hosts_time_budget < 300:
-        warnings.append(
-            f"{path}: [relay] hosts_time_budget: {relay.hosts_time_budget}s is under the "
-            "5 minutes one silent host may take (RFC 5321 4.5.3.2): after such a host, an "
-            "attempt tries no other (the default is 15m)"
-        )
+        r.warn("relay", "hosts_time_budget",
+               f"{relay.hosts_time_budget}s is under the 5 minutes one silent host may take "
+               "(RFC 5321 4.5.3.2): after such a host, an attempt tries no other (the "
+               "default is 15m)")
     if "queue_lifetime" in t and relay.queue_lifetime == 0:
-        warnings.append(
-            f"{path}: [relay] queue_lifetime: 0 bounces every message that cannot be delivered "
-            "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days)"
-        )
+        r.warn("relay", "queue_lifetime",
+               "0 bounces every message that cannot be delivered at its first attempt "
+               "(RFC 5321 4.5.4.1 suggests 4-5 days)")
 
     r.name_homes()
     if problems:
