@@ -94,3 +94,22 @@ def test_every_command_gets_exactly_one_reply():
                 "HELP", "NOOP x", "RSET x", "TURN", "SEND FROM:<s@x.test>", "RSET"]
     replies_seen = d.codes("".join(c + "\r\n" for c in commands))
     assert len(replies_seen) == len(commands)
+
+
+def test_vrfy_and_expn_take_a_quoted_string_as_rcpt_does():
+    # 4.1.1.6: "VRFY" SP String, and String is an Atom or a Quoted-string;
+    # 4.1.2: a quoted local part names what its unquoted form names, and
+    # RCPT takes "alice" as alice.  VRFY looked the quotes up as part of the
+    # name (550 for alice, who exists) and refused a quoted name with a
+    # space in it as a syntax error (501) instead of looking it up.
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    assert d.send('VRFY "alice"\r\n') == ["250 2.1.5 <alice@example.org>"]
+    assert d.send('VRFY <"al\\ice"@example.org>\r\n') == ["250 2.1.5 <alice@example.org>"]
+    assert d.send('EXPN "list"\r\n') == d.send("EXPN list\r\n")
+    assert d.send('VRFY "Full Name"\r\n') == [replies.UNKNOWN_USER.text()]
+    assert d.send('VRFY "x y"@remote.test\r\n') == [replies.CANNOT_VRFY.text()]
+    # what is no Quoted-string is still a syntax error
+    assert d.codes('VRFY "alice\r\nVRFY "a"b\r\nVRFY "a\x01"\r\n') == ["501"] * 3
+    assert d.send("MAIL FROM:<s@x.test>\r\n" 'RCPT TO:<"alice">\r\n')[-1] == (
+        "250 2.1.5 <alice@example.org>... Recipient OK")

@@ -49,6 +49,7 @@ from txmailhub.smtp._parse import (
     first_word,
     parse_command,
     parse_mail,
+    parse_mailbox,
     parse_rcpt,
 )
 from txmailhub.smtp._sasl import MECHANISMS, SASLExchange
@@ -722,8 +723,16 @@ class SMTPServer(MessageTransfer, AuthPhase):
             # a file's); a command line's other blanks are no separators
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT)
         try:
-            address = parse_address(text, self.config.primary_domain)
-        except AddressError:
+            if text.startswith('"'):
+                # a Quoted-string, VRFY's other String (RFC 5321 4.1.1.6),
+                # alone or as a mailbox's local part: it names what its
+                # unquoted form names, as in RCPT (``"alice"`` is alice,
+                # 4.1.2), and a quoted name with a space in it is no syntax
+                # error but a name to look up
+                address = parse_mailbox(text, self.config.primary_domain, utf8=True)
+            else:
+                address = parse_address(text, self.config.primary_domain)
+        except (AddressError, RemoteProtocolError):
             raise RemoteProtocolError(replies.SYNTAX_ARGUMENT) from None
         found = self.policy.verify(address)
         if found is None:
