@@ -38,6 +38,7 @@ _SNUM = re.compile(r"[0-9]{1,3}")
 _HEX = re.compile(r"[0-9A-Fa-f]{1,4}")
 # RFC 6531 3.3: UTF8-non-ascii is any UTF-8 encoded character above U+007F
 _U8_ATEXT = re.compile(r"(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]|[^\x00-\x7f])+")
+_U8_DOT_STRING = re.compile(rf"{_U8_ATEXT.pattern}(?:\.{_U8_ATEXT.pattern})*")
 _U8_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*"')
 
 
@@ -177,10 +178,12 @@ def mailbox_form(local: str, dom: str) -> tuple[str, str]:
     """What RFC 5321 says is the same mailbox, in the hub's one spelling:
     a quoted local part that is a valid dot-string unquoted (4.1.2: "the
     quoted-string form SHOULD NOT be used" where it is not needed, and
-    means the same), quoted pairs reduced; a domain in lower case (2.4)."""
+    means the same; RFC 6531 3.3 takes UTF-8 into the dot-string's atoms
+    as into the quoted string), quoted pairs reduced; a domain in lower
+    case (2.4)."""
     if local.startswith('"'):
         content = re.sub(r"\\(.)", r"\1", local[1:-1])
-        if content and _DOT_STRING.fullmatch(content):
+        if content and (_DOT_STRING if content.isascii() else _U8_DOT_STRING).fullmatch(content):
             local = content
         else:
             local = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'

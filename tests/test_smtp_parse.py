@@ -202,6 +202,20 @@ def test_quoted_local_parts():
     assert rcpt == Address('"a>b"', "x.test")
 
 
+def test_a_quoted_utf8_local_part_is_its_unquoted_form():
+    # RFC 6531 3.3 adds UTF-8 to atext as to qtext: "jörg" needs its quotes
+    # no more than "joe" does, and is the mailbox jörg (it was kept quoted,
+    # a mailbox of its own no user or alias has, so RCPT got 550)
+    assert parse_mailbox('"jörg"@example.org', P, utf8=True) == Address("jörg", P)
+    assert parse_rcpt('TO:<"\\jö.rg">', P, utf8=True)[0] == Address("jö.rg", P)
+    assert parse_mail('FROM:<"jörg"@x.test> SMTPUTF8', P)[0] == Address("jörg", "x.test")
+    # what is no UTF-8 dot-string stays quoted
+    assert parse_mailbox('"jö rg"@x.test', P, utf8=True) == Address('"jö rg"', "x.test")
+    assert parse_mailbox('"jö..rg"@x.test', P, utf8=True) == Address('"jö..rg"', "x.test")
+    # and still needs SMTPUTF8
+    assert reply_of(parse_rcpt, 'TO:<"jörg">', P) == replies.SMTPUTF8_NOT_DECLARED
+
+
 def test_address_literals():
     assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
     # the tag as RFC 5321 4.1.3 writes it, whatever case it came in

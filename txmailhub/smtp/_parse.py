@@ -167,9 +167,12 @@ def ascii_upper(word: str) -> str:
 def unquote_local(quoted: str) -> str:
     """``"a\\"b"`` -> the canonical local part (unquoted when possible):
     the one form RCPT, the users file and ``mailhub user`` key a quoted
-    local part by (``"joe"`` is ``joe``, RFC 5321 4.1.2)."""
+    local part by (``"joe"`` is ``joe``, RFC 5321 4.1.2; ``"jörg"`` is
+    ``jörg``, whose UTF-8 letters RFC 6531 3.3 adds to atext as to
+    qtext: the quotes were kept, and ``"jörg"`` was no mailbox)."""
     content = _QUOTED_PAIR.sub(r"\1", quoted[1:-1])
-    if content and _DOT_STRING.match(content):
+    if content and (_DOT_STRING.match(content) if content.isascii()
+                    else _DOT_STRING_UTF8.match(content)):
         return content
     # Re-quote canonically: only " and \ need a backslash.
     return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
