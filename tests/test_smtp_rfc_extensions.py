@@ -377,6 +377,28 @@ def test_utf8_addresses_need_the_smtputf8_parameter():
                    ) == ["250", "250"]
 
 
+def test_replies_to_mail_and_rcpt_carry_no_utf8():
+    # 3.7.4: UTF-8 in a reply only in the mailbox of a 251 or 551 (3.7.4.1)
+    # or of a VRFY or EXPN given SMTPUTF8 (3.7.4.2); the server "MUST NOT
+    # include non-ASCII characters in replies except" there.  The 250s to
+    # MAIL and RCPT echoed a UTF-8 address as it came.
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    out = d.send("MAIL FROM:<j\u00f6rg@b\u00fccher.test> SMTPUTF8\r\n"
+                 "RCPT TO:<j\u00f6rg>\r\nRCPT TO:<alice>\r\n")
+    assert out == [replies.SENDER_OK.text(), replies.RECIPIENT_OK.text(),
+                   "250 2.1.5 <alice@example.org>... Recipient OK"]
+    # an ASCII local part at an internationalized domain: echoed with the
+    # domain's A-labels, the ASCII form of the same address
+    d.send("RSET\r\n")
+    assert d.send("MAIL FROM:<a@b\u00fccher.test> SMTPUTF8\r\n") == [
+        "250 2.1.0 <a@xn--bcher-kva.test>... Sender OK"]
+    assert d.codes("RCPT TO:<j\u00f6rg@example.org>\r\nDATA\r\nx\r\n.\r\n") == [
+        "250", "354", "250"]
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert [str(r) for r in done.envelope.recipients] == ["j\u00f6rg@example.org"]
+
+
 # --- RFC 2034 and RFC 3463, enhanced status codes ----------------------------------
 
 

@@ -595,7 +595,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self._sender = sender
         self._mail_params = params
         self._to(State.MAIL)
-        self.reply(replies.sender_ok(str(sender) if sender else ""))
+        self.reply(_echo_ok(sender, replies.sender_ok, replies.SENDER_OK))
 
     def _rcpt(self, arg: str) -> None:
         rcpt, params = parse_rcpt(arg, self.config.primary_domain, self._mail_params.smtputf8)
@@ -648,7 +648,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 # it): its DSN parameters, if the first RCPT gave none
                 self._recipient_dsn.append((addr, dsn))
         self._to(State.RCPT)
-        self.reply(replies.recipient_ok(str(rcpt)))
+        self.reply(_echo_ok(rcpt, replies.recipient_ok, replies.RECIPIENT_OK))
 
     def _submitting(self) -> bool:
         """Whether the hub is this client's MSA: on a submission listener,
@@ -767,6 +767,20 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(replies.TLS_READY)
         self._buf = b""  # nothing sent before the handshake may be obeyed after it
         self._request(StartTLS())
+
+
+def _echo_ok(address: Address | None, echoing: Callable[[str], Reply], plain: Reply) -> Reply:
+    """The ``250`` to MAIL or RCPT: ``echoing`` the address in ASCII (an
+    internationalized domain as its A-labels), or ``plain``, naming none,
+    for an address that has no ASCII form.  RFC 6531 3.7.4 lets a reply
+    carry UTF-8 only where it names the mailbox of a 251 or 551, or a VRFY
+    or EXPN given ``SMTPUTF8``: "MUST NOT include non-ASCII characters in
+    replies except" there, and these 250s are neither."""
+    if address is None:
+        return echoing("")
+    text = ascii_form(address)
+    return plain if text is None else echoing(text)
+
 
 def _helo_name(arg: str) -> str:
     """The first word of HELO/EHLO's argument, cut at SP or HTAB as the
