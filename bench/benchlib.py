@@ -253,8 +253,9 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
     free and released before the server was started, and another process
     may listen there now -- the server then dies with "address already in
     use", or measures go to the wrong server.  So the listening sockets
-    on the port (/proc/net/tcp) must be ``proc``'s process tree's; another
-    one raises ``PortTaken`` at once.  ``ServerExited`` when ``proc`` ends
+    on the port (/proc/net/tcp) must be ``proc``'s process tree's (or a
+    process of it we adopted, ``adopted``); another one raises
+    ``PortTaken`` at once.  ``ServerExited`` when ``proc`` ends
     first, ``RuntimeError`` when nothing listens after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,8 +265,9 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
         owner = port_owner(port, process_tree(proc.pid))
         if owner == "foreign":
             # once more with a new look at the tree: a process it started
-            # after the first look may hold the socket
-            owner = port_owner(port, process_tree(proc.pid))
+            # after the first look may hold the socket, or one whose parent
+            # exited meanwhile, adopted by us (a daemon's fork)
+            owner = port_owner(port, process_tree(proc.pid) + adopted())
             if owner == "foreign":
                 raise PortTaken(f"127.0.0.1:{port} is another process's listening port")
         if owner in ("ours", "unknown"):
@@ -275,6 +277,24 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
                     return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def adopted() -> list[int]:
+    """The processes this harness adopted as their subreaper
+    (``become_subreaper``), with their descendants: what a server left
+    outside its tree when a process of it exited before its children (a
+    daemon forks and its parent exits).  Such a process, listening on the
+    server's port, is the server's, not another process that took the
+    port.  Servers still in use (``_LIVE_SERVER_PIDS``, their trees are
+    theirs) and this process itself are not counted."""
+    kids = _children_map()
+    out: list[int] = []
+    todo = [p for p in kids.get(os.getpid(), []) if p not in _LIVE_SERVER_PIDS]
+    while todo and len(out) < 10000:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, ()))
+    return out
 
 
 def pick_ports(roles: tuple[str, ...]) -> dict[str, int]:
@@ -471,6 +491,14 @@ class Server:
             os.killpg(pgid, signal.SIGKILL)
         _LIVE_SERVER_PIDS.discard(pgid)
         self.proc = None
+        # What it left outside its tree and group, adopted by us, that
+        # still listens on its ports (a daemon's fork: its parent exited):
+        # not stopped, each try of ``start`` left one, listening for good
+        listening = set().union(*(listening_inodes(port) for port in self.ports.values()))
+        for pid in adopted() if listening else ():
+            if socket_inodes([pid])[0] & listening:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         reap_orphans()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -219,3 +220,69 @@ def test_a_server_that_never_gets_a_port_is_given_up_with_why(bl, monkeypatch, t
         # start_each leaves such a target out of the run, with a line
         with pytest.raises(SystemExit, match="no target started"):
             bl.start_each(["floor"], lambda name: server.start(tries=1))
+
+
+DAEMON = r"""
+import os, socket, sys, time
+port = int(sys.argv[1])
+if sys.argv[2] == "wrapper" and os.fork():
+    time.sleep(600)  # the server's process stays, and its fork daemonises
+parent = os.getpid()
+if os.fork():
+    os._exit(0)  # the parent exits, as a daemon's does
+os.setsid()  # out of its process group too
+while os.getppid() == parent:  # until the harness (its subreaper) adopted it
+    time.sleep(0.01)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(1)
+time.sleep(600)
+"""
+
+HARNESS = r"""
+import importlib.util, json, os, signal, sys
+spec = importlib.util.spec_from_file_location("bench_benchlib", sys.argv[1])
+bl = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bl
+spec.loader.exec_module(bl)
+bl.become_subreaper()  # as bench/*.py are (Servers)
+ports = []
+
+def command(given):
+    ports.append(given["smtp"])
+    return [sys.executable, "-c", sys.argv[3], str(given["smtp"]), sys.argv[4]]
+
+server = bl.Server("daemon", command, ("smtp",), sys.argv[2])
+try:
+    server.start(timeout=60, tries=3)
+    result = "started"
+    server.stop()
+except RuntimeError as exc:
+    result = f"{type(exc).__name__}: {exc}"
+left = [port for port in ports if bl.listening_inodes(port)]
+for pid in bl.process_tree(os.getpid())[1:]:  # whatever is left, by this process's hand
+    os.kill(pid, signal.SIGKILL)
+for pid in bl.process_tree(os.getpid())[1:]:
+    os.waitpid(pid, 0)
+print(json.dumps({"ports": ports, "result": result, "left": left}))
+"""
+
+
+@pytest.mark.parametrize("how", ["daemon", "wrapper"])
+def test_a_server_that_daemonises_is_neither_blamed_on_another_process_nor_left_running(
+        tmp_path, how) -> None:
+    # a parent exits, its fork (adopted by the harness, the subreaper)
+    # listens: the server's own socket was "another process's listening
+    # port", the server started again on new ports, and each try left a
+    # daemon listening, never stopped (out of the server's tree and group).
+    # Run in a process of its own: the subreaper stays one for good
+    done = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(BENCH / "benchlib.py"), str(tmp_path / "d.log"),
+         DAEMON, how], capture_output=True, text=True, timeout=300, check=True)
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert len(out["ports"]) == 1, out  # one start: no port was taken
+    assert "another process" not in out["result"], out
+    if how == "wrapper":  # its process still runs: a server that listens
+        assert out["result"] == "started", out
+    assert out["left"] == [], out  # stopped with the server
