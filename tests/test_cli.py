@@ -1317,6 +1317,158 @@ def test_check_wants_a_state_dir_it_can_search_as_well_as_write(
     assert code == 2 and f"[hub] state_dir: {state} cannot be written by this user" in err, err
 
 
+def _laid_out(config: Path, *, state_dir: str = "var", users: str = "users",
+              extra: str = "") -> None:
+    """``config`` laid out so no key is where a count of its ``[section]``
+    lines puts it: [users] file at line 2 (a dotted key above [hub]),
+    [hub] state_dir at line 7 (after a blank line), then ``extra`` from
+    line 8."""
+    config.write_text(
+        '# the hub\n'                                         # 1
+        f'users.file = "{users}"  # the users\n'              # 2
+        '[hub]\n'                                             # 3
+        'hostname = "mail.example.org"\n'                     # 4
+        'domains = ["example.org"]\n'                         # 5
+        '\n'                                                  # 6
+        f'state_dir = "{state_dir}"\n'                        # 7
+        + extra)                                              # 8 on
+
+
+def test_check_says_the_line_of_a_state_dir_it_cannot_use(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # check's own findings have only the settings, not the text: each said
+    # where [hub] state_dir is written, as a problem found loading it is
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    _laid_out(config)
+    state = config.parent / "var"
+    real_access = os.access
+    denied: set[str] = set()
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real_access(p, mode))
+    denied.add(str(config.parent))
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines()[-1] == (
+        f"{config}: [hub] state_dir: {state} does not exist and this user (uid {os.geteuid()}) "
+        f"cannot make it in {config.parent}: make it and give it to the user the hub runs as "
+        "(at line 7)"), err
+    state.mkdir()
+    denied.add(str(state))
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines()[-1] == (
+        f"{config}: [hub] state_dir: {state} cannot be written by this user (uid "
+        f"{os.geteuid()}): it and everything in it must belong to the user the hub runs as "
+        "(at line 7)"), err
+    state.rmdir()
+    state.write_text("")
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines()[-1] == (
+        f"{config}: [hub] state_dir: {state} is not a folder and is in the way of {state}: "
+        "move it, or name another [hub] state_dir (at line 7)"), err
+    # left to its default ("var" beside the config): no line to point at
+    config.write_text(config.read_text().replace('state_dir = "var"\n', ""))
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines()[-1] == (
+        f"{config}: [hub] state_dir: {state} is not a folder and is in the way of {state}: "
+        "move it, or name another [hub] state_dir"), err
+
+
+def test_check_says_the_line_of_a_users_or_aliases_file_it_cannot_read(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    users = config.parent / "users"
+    users.mkdir()
+    _laid_out(config)
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines() == [
+        f"{config}: [users] file: {users} is a folder, not a file (at line 2)"], err
+    # the default ("users" beside the config) is written nowhere
+    _laid_out(config)
+    config.write_text(config.read_text().replace('users.file = "users"  # the users\n', ""))
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines() == [
+        f"{config}: [users] file: {users} is a folder, not a file"], err
+    users.rmdir()
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    aliases = config.parent / "aliases"
+    aliases.write_text("team: alice\n")
+    _laid_out(config, extra='[aliases]\n\n"file" = "aliases"\n')  # 8, 9, 10
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # root reads everything: deny it by hand
+        if str(file) == str(aliases):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    code, _, err = run(config, "check")
+    assert code == 2 and err.splitlines() == [
+        f"{config}: [aliases] file: {aliases} cannot be read: Permission denied (at line 10)"], err
+
+
+def test_check_says_the_line_of_a_listener_that_is_not_ready(config: Path) -> None:
+    # the item's own line, in a list written over several lines
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    _laid_out(config, extra=(
+        '[smtp]\n'                                                   # 8
+        'listen = [\n'                                               # 9
+        '    "tcp:2525",\n'                                          # 10
+        '    # not this one\n'                                       # 11
+        '    "tcp:2526:interface=no.such.host.invalid",\n'           # 12
+        ']\n'
+        '[pop3]\n'                                                   # 14
+        'listen = ["tcp:1110:interface=no.such.host.invalid"]\n'))   # 15
+    code, _, err = run(config, "check")
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith(f"{config}: [smtp] listen: endpoint ") and \
+        lines[0].endswith(" (at line 12)"), err
+    assert lines[1].startswith(f"{config}: [pop3] listen: endpoint ") and \
+        lines[1].endswith(" (at line 15)"), err
+    assert "neither an IP address nor a name that resolves" in lines[0]
+
+
+def test_check_says_the_line_of_the_users_file_holding_a_user_mail_never_reaches(
+        config: Path) -> None:
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    users_file = config.parent / "users"
+    alice = users_file.read_text().splitlines()[-1]
+    with users_file.open("a") as f:
+        f.write(alice.replace("alice@", '"q"@', 1) + "\n")
+    _laid_out(config)
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    # the line of [users] file in the config, which names the file
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: {config}: [users] file: {users_file}: user \"q\"@example.org: RCPT TO "
+        "names it q@example.org"), err
+    assert lines[0].endswith(" (at line 2)") and lines[0].count("(at line") == 1, err
+
+
+def test_check_says_the_line_of_the_smarthost_auth_file(config: Path) -> None:
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    auth = config.parent / "auth"
+    _laid_out(config, extra=(
+        '[relay]\n'                                   # 8
+        'smarthost = "smtp.example.net:587"\n'        # 9
+        '# the password\n'                            # 10
+        'smarthost_auth_file = "auth"\n'))            # 11
+    for content, why in ((b"just-a-name\n",
+                          f'{auth}: expected one line "username:password"'),
+                         (b"user:\xffpass\n", f"{auth} is not UTF-8 text")):
+        auth.write_bytes(content)
+        auth.chmod(0o600)
+        code, _, err = run(config, "check")
+        assert code == 2 and err.splitlines() == [
+            f"{config}: [relay] smarthost_auth_file: {why} (at line 11)"], err
+    auth.write_bytes(b"user@example.net:s3cret\n")
+    auth.chmod(0o644)
+    code, _, err = run(config, "check")
+    assert code == 0 and err.splitlines() == [
+        f"warning: {config}: [relay] smarthost_auth_file: {auth} holds a password and every "
+        "local user can read it (mode 644): chmod o-rwx (at line 11)"], err
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -1201,6 +1201,50 @@ def test_a_certificate_warning_says_the_line_of_the_key_naming_it(tmp_path: Path
     assert found.endswith(" is valid for (at line 7)"), found
 
 
+def test_settings_say_where_the_file_wrote_a_key_for_later_checks(monkeypatch) -> None:
+    # `mailhub check` and the start judge files the config names after it
+    # is loaded, with only the Settings: they ask them for the key's line
+    from txmailhub import config_lines
+    from txmailhub.config import AliasesSettings, HubSettings, Settings, UsersSettings
+
+    calls = []
+    real = config_lines.key_lines
+
+    def counted(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(config_lines, "key_lines", counted)
+    text = (MINIMAL + 'state_dir = "var"\n'        # 4
+            '# file = "not the users file"\n'       # 5
+            '[smtp]\nlisten = [\n'                 # 6, 7
+            '  "tcp:2525",\n'                       # 8
+            '  # the other\n'
+            '  "tcp:2526",\n'                       # 10
+            ']\n[users]\n"file" = "people"\n')     # 12, 13
+    s = load_text(text, "/c")
+    # a file with nothing to point at is read once, by tomllib: the hub
+    # loads it at its start and at each reload
+    assert calls == []
+    assert s.at("hub", "state_dir") == " (at line 4)"
+    assert len(calls) == 1
+    assert s.at("users", "file") == " (at line 13)"
+    assert s.at("smtp", "listen") == " (at line 7)"
+    assert s.at("smtp", "listen", 1) == " (at line 10)"
+    assert s.at("smtp", "listen", 5) == " (at line 7)"  # no such item: the key's line
+    assert s.at("smtp") == " (at line 6)"
+    # a default is written nowhere
+    assert s.at("hub", "log_files_kept") == "" and s.at("relay", "smarthost_auth_file") == ""
+    assert s.at("relay") == ""
+    assert len(calls) == 1  # read once, whatever is asked after
+    # the lines are no part of what the settings are: the same values laid
+    # out otherwise are the same settings, and settings made in code have none
+    assert load_text("\n\n" + text, "/c") == s
+    made = Settings(path="/c", hub=HubSettings("mail.example.org", "/var", ("a.test",)),
+                    users=UsersSettings("/u"), aliases=AliasesSettings(None), tls=None)
+    assert made.at("hub", "state_dir") == "" and "lines" not in repr(made)
+
+
 def test_the_mailbox_quota_is_off_by_default_and_read_in_octets() -> None:
     assert load_text(MINIMAL, "/etc/mh/mailhub.toml").hub.mailbox_quota == 0
     s = load_text(MINIMAL + "mailbox_quota = 104857600\n", "/etc/mh/mailhub.toml")

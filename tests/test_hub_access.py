@@ -258,12 +258,13 @@ def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp:
     assert lines == [
         f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
         f"state_dir {state} and so the user the hub runs as: the folder {etc / 'users.d'} is "
-        f"root:root mode 0700",
+        f"root:root mode 0700 (at line 6)",
         f"warning: {config}: [aliases] file: {aliases} cannot be read by uid 4242, the owner of "
-        f"state_dir {state} and so the user the hub runs as: {aliases} is root:root mode 0600",
+        f"state_dir {state} and so the user the hub runs as: {aliases} is root:root mode 0600 "
+        "(at line 8)",
         f"warning: {config}: [relay] smarthost_auth_file: {auth} cannot be read by uid 4242, "
         f"the owner of state_dir {state} and so the user the hub runs as: {auth} is root:root "
-        f"mode 0640",
+        f"mode 0640 (at line 11)",
     ], err
     # mended as the warnings say: quiet
     for path in (etc / "users.d", users):
@@ -271,6 +272,38 @@ def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp:
     os.chmod(aliases, 0o644)
     os.chown(auth, 0, HUB_GID)
     assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
+@needs_root
+def test_check_as_root_says_the_line_of_a_tls_file_the_hubs_user_cannot_read(
+        open_tmp: Path) -> None:
+    # each at the line of the key naming the file, as the config's own
+    # problems with that key are: [tls] certificate and key apart
+    from conftest import make_certificate
+
+    cert, key = make_certificate(open_tmp / "tls", "mail.example.org")
+    os.chmod(open_tmp / "tls", 0o755)
+    for path in (cert, key):
+        os.chmod(path, 0o600)
+    config = _config(open_tmp, '[tls]\n'                       # 7
+                               '# the chain, then its key\n'    # 8
+                               f'certificate = "{cert}"\n'     # 9
+                               '\n'                            # 10
+                               f'key = "{key}"\n')             # 11
+    state = open_tmp / "state"
+    state.mkdir()
+    os.chown(state, HUB_UID, HUB_GID)
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    lines = [line for line in err.splitlines() if "[tls]" in line]
+    assert lines == [
+        f"warning: {config}: [tls] certificate: {cert} cannot be read by uid 4242, the owner "
+        f"of state_dir {state} and so the user the hub runs as: {cert} is root:root mode 0600 "
+        "(at line 9)",
+        f"warning: {config}: [tls] key: {key} cannot be read by uid 4242, the owner of "
+        f"state_dir {state} and so the user the hub runs as: {key} is root:root mode 0600 "
+        "(at line 11)",
+    ], err
 
 
 def _set_acl(path: Path, *entries: tuple[int, int, int]) -> None:

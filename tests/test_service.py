@@ -515,11 +515,14 @@ def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert f"{config}: [relay] smarthost_auth_file: " in err
     assert 'expected one line "username:password"' in err and "Traceback" not in err
+    # at the line of the key, as check says it
+    assert f'{auth}: expected one line "username:password" (at line 13)\n' in err, err
     auth.write_text("user@example.net:s3cret\n")
     auth.chmod(0o644)
     options = Options()
     options.parseOptions(["--config", str(config)])  # starts, with the warning
-    assert "every local user can read it" in capsys.readouterr().err
+    assert "every local user can read it (mode 644): chmod o-rwx (at line 13)\n" in \
+        capsys.readouterr().err
     assert options["settings"].relay.smarthost_auth_file == str(auth)
 
 

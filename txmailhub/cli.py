@@ -317,25 +317,27 @@ def _old_maildir_folders(settings: Settings) -> list[str]:
     return out
 
 
-def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str]) -> list[str]:
+def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str],
+                             at: str = "") -> list[str]:
     """What the relay would trip over when it logs in to the smarthost
     (it reads the file at each delivery: a bad one turns every outbound
-    message into a retry); a password every local user can read is a warning."""
+    message into a retry); a password every local user can read is a
+    warning.  Each ends with ``at``, where the config names the file."""
     from txmailhub.relay.attempt import read_credentials
 
     where = f"{path}: [relay] smarthost_auth_file: "
     try:
         read_credentials(auth_file)
     except UnicodeDecodeError:
-        return [f"{where}{auth_file} is not UTF-8 text"]
+        return [f"{where}{auth_file} is not UTF-8 text{at}"]
     except OSError as e:
-        return [f"{where}{auth_file} cannot be read: {e.strerror or e}"]
+        return [f"{where}{auth_file} cannot be read: {e.strerror or e}{at}"]
     except ValueError as e:
-        return [where + str(e)]
+        return [f"{where}{e}{at}"]
     mode = os.stat(auth_file).st_mode
     if mode & 0o004:  # a group of its own (root:txmailhub 640) is fine
         warnings.append(f"{where}{auth_file} holds a password and every local user can "
-                        f"read it (mode {mode & 0o777:o}): chmod o-rwx")
+                        f"read it (mode {mode & 0o777:o}): chmod o-rwx{at}")
     return []
 
 
@@ -345,20 +347,23 @@ def smarthost_auth_problems(settings: Settings, warnings: list[str]) -> list[str
     a warning added to ``warnings`` for a password every user can read."""
     auth_file = settings.relay.smarthost_auth_file
     if auth_file and os.path.isfile(auth_file):  # config loading named a missing one
-        return _smarthost_auth_problems(settings.path, auth_file, warnings)
+        return _smarthost_auth_problems(settings.path, auth_file, warnings,
+                                        settings.at("relay", "smarthost_auth_file"))
     return []
 
 
 def _state_dir_problems(settings: Settings) -> list[str]:
     """Whether this user could start the hub on ``state_dir``: write it, or
     make it (run ``check`` as the user the hub runs as -- a systemd
-    ``ExecStartPre`` does -- and this is the start's own first step)."""
+    ``ExecStartPre`` does -- and this is the start's own first step).
+    At the line of [hub] state_dir when the file writes it."""
     state_dir = os.path.abspath(settings.hub.state_dir)
     where = f"{settings.path}: [hub] state_dir: "
+    at = settings.at("hub", "state_dir")
     if os.path.isdir(state_dir):
         if not os.access(state_dir, os.W_OK | os.X_OK):
             return [f"{where}{state_dir} cannot be written by this user (uid {os.geteuid()}): "
-                    "it and everything in it must belong to the user the hub runs as"]
+                    f"it and everything in it must belong to the user the hub runs as{at}"]
         return []
     # lexists: a symlink to nothing is in the way (os.makedirs cannot
     # make a folder through it), where exists() took it for no file at all
@@ -370,10 +375,11 @@ def _state_dir_problems(settings: Settings) -> list[str]:
         # search every folder of the path for the file to move
         blocker = state_dir if os.path.lexists(state_dir) else parent
         return [f"{where}{blocker} is not a folder and is in the way of {state_dir}: "
-                "move it, or name another [hub] state_dir"]
+                f"move it, or name another [hub] state_dir{at}"]
     if not os.access(parent, os.W_OK | os.X_OK):
         return [f"{where}{state_dir} does not exist and this user (uid {os.geteuid()}) "
-                f"cannot make it in {parent}: make it and give it to the user the hub runs as"]
+                f"cannot make it in {parent}: make it and give it to the user the hub runs "
+                f"as{at}"]
     return []
 
 
@@ -385,24 +391,27 @@ def _hub_user_warnings(settings: Settings) -> list[str]:
     owner (deployment.rst; txmailhub.hub_access), and each file the hub
     reads is judged by the mode bits along its path.  Nothing when not
     root (the files were opened as this user above) or when ``state_dir``
-    is root's or not there yet (no other user to judge for)."""
+    is root's or not there yet (no other user to judge for).  Each is at
+    the line of the key that names the file."""
     from txmailhub.hub_access import hub_owner, name_of, unreadable_by
 
     state_dir = os.path.abspath(settings.hub.state_dir)
     owner = hub_owner(state_dir)
     if owner is None:
         return []
-    files = [("[users] file", settings.users.file), ("[aliases] file", settings.aliases.file)]
+    files = [("users", "file", settings.users.file), ("aliases", "file", settings.aliases.file)]
     if settings.tls is not None:
-        files += [("[tls] certificate", settings.tls.certificate), ("[tls] key", settings.tls.key)]
-    files.append(("[relay] smarthost_auth_file", settings.relay.smarthost_auth_file))
+        files += [("tls", "certificate", settings.tls.certificate),
+                  ("tls", "key", settings.tls.key)]
+    files.append(("relay", "smarthost_auth_file", settings.relay.smarthost_auth_file))
     user = name_of(owner[0])
     out = []
-    for key, path in files:
+    for section, key, path in files:
         why = unreadable_by(path, *owner) if path else None
         if why:
-            out.append(f"{settings.path}: {key}: {path} cannot be read by {user}, the owner of "
-                       f"state_dir {state_dir} and so the user the hub runs as: {why}")
+            out.append(f"{settings.path}: [{section}] {key}: {path} cannot be read by {user}, "
+                       f"the owner of state_dir {state_dir} and so the user the hub runs as: "
+                       f"{why}{settings.at(section, key)}")
     return out
 
 
@@ -416,7 +425,8 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         users_read = False
         what = "is a folder, not a file" if os.path.isdir(settings.users.file) else \
             f"cannot be read: {e.strerror or e}"
-        problems.append(f"{settings.path}: [users] file: {settings.users.file} {what}")
+        problems.append(f"{settings.path}: [users] file: {settings.users.file} {what}"
+                        f"{settings.at('users', 'file')}")
     problems.extend(users.problems)
     from txmailhub.config import endpoint_readiness
 
@@ -427,10 +437,11 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         ("pop3", "listen", settings.pop3.listen),
         ("pop3", "tls_listen", settings.pop3.tls_listen),
     ):
-        for description in descriptions:
+        for index, description in enumerate(descriptions):
             why = endpoint_readiness(description)
-            if why:
-                problems.append(f"{settings.path}: [{section}] {key}: {why}")
+            if why:  # at the line of the listener's own item
+                problems.append(f"{settings.path}: [{section}] {key}: {why}"
+                                f"{settings.at(section, key, index)}")
     problems.extend(_state_dir_problems(settings))
     warnings = list(settings.warnings)
     warnings.extend(_old_maildir_folders(settings))
@@ -442,7 +453,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             why = mail_never_reaches(address)
             if why:
                 warnings.append(f"{settings.path}: [users] file: {settings.users.file}: "
-                                f"user {address.key}: {why}")
+                                f"user {address.key}: {why}{settings.at('users', 'file')}")
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file
@@ -452,7 +463,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                 pass
         except OSError as e:  # the config's key, as for the users file above
             problems.append(f"{settings.path}: [aliases] file: {settings.aliases.file} "
-                            f"cannot be read: {e.strerror or e}")
+                            f"cannot be read: {e.strerror or e}{settings.at('aliases', 'file')}")
         else:
             problems.extend(check_aliases_file(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains))

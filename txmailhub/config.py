@@ -9,7 +9,9 @@ Every problem is collected, not just the first, and reported as
 ``<file>: [section] key: why`` so ``mailhub check`` can list them all,
 with `` (at line N)`` after it when the key (or the list item) is written
 in the file (``config_lines``), as tomllib places a syntax error.  A
-warning about a key or a value (``Settings.warnings``) ends the same way.
+warning about a key or a value (``Settings.warnings``) ends the same way,
+and ``Settings.at`` gives the same ending to what is found once the file
+is loaded (``mailhub check``'s judgement of the files it names).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
 __all__ = [
     "AliasesSettings",
     "HubSettings",
+    "KeyLines",
     "POP3Settings",
     "RelaySettings",
     "SMTPSettings",
@@ -240,6 +243,50 @@ class RelaySettings:
     hosts_time_budget: int = 15 * 60
 
 
+class KeyLines:
+    """Where each key of one config text is written, for `` (at line N)``
+    after a line about it: the problems and warnings found while loading,
+    and those ``mailhub check`` (or the start) finds later, which have only
+    the ``Settings``.
+
+    The text is read for its lines (``config_lines``) only once a line is
+    asked for: loading a config with nothing to point at, as the hub does
+    at its start and at each reload, costs no second read.  Empty (no
+    text): every line unknown, as for ``Settings`` made in code."""
+
+    __slots__ = ("_doc", "_lines", "_text")
+
+    def __init__(self, text: str = "", doc: dict[str, Any] | None = None) -> None:
+        self._text = text
+        self._doc = doc
+        self._lines: dict[config_lines.Path, int] | None = None
+
+    def line(self, *where: str | int) -> int | None:
+        """The line (from 1) the table, key or list item ``where`` (a
+        ``config_lines.Path``) is written on; None when the file does not
+        hold it (a default, a required key left out) or it is not known."""
+        if self._doc is None:
+            return None
+        if self._lines is None:
+            self._lines = config_lines.key_lines(self._text, self._doc)
+        return self._lines.get(where)
+
+    def at(self, *where: str | int) -> str:
+        """`` (at line N)`` for ``where``, as tomllib says where a syntax
+        error is; nothing when its line is not known."""
+        line = self.line(*where)
+        return f" (at line {line})" if line else ""
+
+    def key_at(self, section: str, key: str | None = None, item: int | None = None) -> str:
+        """`` (at line N)`` for ``[section] key``: the line of its
+        ``item``-th list item when one is to blame (the key's when the
+        item's is not known), else the key's; the section's, with no key."""
+        at = self.at(section, key) if key else self.at(section)
+        if key and item is not None:
+            at = self.at(section, key, item) or at
+        return at
+
+
 @dataclass(frozen=True)
 class Settings:
     path: str
@@ -256,6 +303,15 @@ class Settings:
     # judge a certificate by it (the start's and a renewal's alike): the
     # machine's name when [hub] hostname is not set
     hostname_from: str = "[hub] hostname"
+    # where the file wrote each key: for a line about one found after
+    # loading (``at``); not part of what the settings are
+    lines: KeyLines = field(default_factory=KeyLines, compare=False, repr=False)
+
+    def at(self, section: str, key: str | None = None, item: int | None = None) -> str:
+        """`` (at line N)`` for a line about ``[section] key`` (its
+        ``item``-th list item): where the file writes it, as the problems
+        and warnings found while loading say; nothing for a default."""
+        return self.lines.key_at(section, key, item)
 
     @property
     def mail_dir(self) -> str:
@@ -284,9 +340,7 @@ class _Reader:
         self.base = base
         self.problems = problems
         self.warnings: list[str] = warnings if warnings is not None else []
-        self._text = text
-        self._doc = doc
-        self._lines: dict[config_lines.Path, int] | None = None
+        self.lines = KeyLines(text, doc)
         # each section's keys, as the tables are read: where a key that is
         # unknown where it stands belongs (see ``name_homes``)
         self.keys_of: dict[str, set[str]] = {}
@@ -298,23 +352,15 @@ class _Reader:
         is written in the file, as tomllib says where a syntax error is;
         nothing for one the file does not hold (a default, a required key
         left out).  The text is read for lines only once a problem or a
-        warning needs one."""
-        if self._doc is None:
-            return ""
-        if self._lines is None:
-            self._lines = config_lines.key_lines(self._text, self._doc)
-        line = self._lines.get(where)
-        return f" (at line {line})" if line else ""
+        warning needs one (``KeyLines``)."""
+        return self.lines.at(*where)
 
     def _said(self, section: str, key: str | None, why: str, item: int | None) -> str:
         """``<file>: [section] key: why (at line N)``, the line of the
         ``item``-th list item when one is to blame (else the key's, else
         the section's when there is no key)."""
         where = f"[{section}] {key}" if key else f"[{section}]"
-        at = self.at(section, key) if key else self.at(section)
-        if key and item is not None:
-            at = self.at(section, key, item) or at  # else the key's line
-        return f"{self.path}: {where}: {why}{at}"
+        return f"{self.path}: {where}: {why}{self.lines.key_at(section, key, item)}"
 
     def problem(self, section: str, key: str | None, why: str, item: int | None = None) -> None:
         """A problem with ``[section] key`` (its ``item``-th list item,
@@ -1593,6 +1639,7 @@ def load_text(text: str, path: str) -> Settings:
         relay=relay,
         warnings=tuple(warnings),
         hostname_from=own_name_from,
+        lines=r.lines,
     )
 
 
