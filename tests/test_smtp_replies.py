@@ -142,6 +142,8 @@ def test_reply_code_and_enhanced_status(name):
     (replies.accepted("ID"), (250, "2.0.0")),
     (replies.bdat_chunk(10), (250, "2.0.0")),
     (replies.vrfy_found("a@b"), (250, "2.1.5")),
+    # RFC 5321 3.5.3 / 4.2.2; X.1.5: the name asked about is valid here
+    (replies.vrfy_forwarded("a@b"), (251, "2.1.5")),
     (replies.vrfy_ambiguous(["a@b", "a@c"]), (553, "5.1.4")),  # RFC 5321 3.5.3
     (replies.expn_found(["a@b"]), (250, "2.1.5")),
     (replies.help_text(["HELO"]), (214, "2.0.0")),
@@ -168,6 +170,7 @@ _ECHOES = [
     (replies.sender_ok, "250 2.1.0 <{}>... Sender OK"),
     (replies.recipient_ok, "250 2.1.5 <{}>... Recipient OK"),
     (replies.vrfy_found, "250 2.1.5 <{}>"),
+    (replies.vrfy_forwarded, "251 2.1.5 User not local; will forward to <{}>"),
     (lambda a: replies.expn_found(["a@b", a]), "250 2.1.5 <{}>"),
     (lambda a: replies.vrfy_ambiguous(["a@b", a]), "553 5.1.4 <{}>"),
 ]

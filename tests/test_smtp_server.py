@@ -1095,6 +1095,49 @@ def test_vrfy_expn():
     assert d.engine.errors == 0  # a 252 is no error of the client's
 
 
+def test_vrfy_of_a_name_forwarded_to_one_remote_address_is_251():
+    # RFC 5321 3.5.3: "A server MUST NOT return a 250 code in response to a
+    # VRFY or EXPN command unless it has actually verified the address", and
+    # 251 (3.4, 4.2.2: "User not local; will forward to <forward-path>") is
+    # the reply for a name that is recognized and would be forwarded.  An
+    # alias whose only target is in another domain verifies nothing there:
+    # it was "250 2.1.5 <x@remote.test>".
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send("VRFY fwd\r\n") == [
+        "251 2.1.5 User not local; will forward to <x@remote.test>"]
+    assert d.send("VRFY <FWD@example.org> SMTPUTF8\r\n") == [
+        "251 2.1.5 User not local; will forward to <x@remote.test>"]
+    # EXPN lists what a name expands to, a remote member included (3.5.1)
+    assert d.send("EXPN fwd\r\n") == ["250 2.1.5 <x@remote.test>"]
+    # a local mailbox is verified (250), another domain is not looked at
+    # (252), a list keeps its 250 with every member (3.5.1 lets VRFY of a
+    # list answer positively)
+    assert d.send("VRFY alice\r\n") == ["250 2.1.5 <alice@example.org>"]
+    assert d.send("VRFY x@remote.test\r\n") == [replies.CANNOT_VRFY.text()]
+
+
+def test_vrfy_of_an_alias_chain_ending_in_one_remote_address_is_251():
+    # the router follows aliases to their final addresses: a chain that
+    # ends in one remote address is forwarded as a single alias is; a chain
+    # that gathers a local mailbox too is a list (250 with both)
+    from txmailhub.router import Router, parse_aliases
+
+    users = SimpleNamespace(contains=lambda a: a.key in {"alice@example.org"})
+    router = Router(("example.org",), users)
+    router.aliases, problems = parse_aliases(
+        "team: lead\nlead: boss\nboss: b@remote.test\n"
+        "mixed: lead, alice\n", "example.org")
+    assert problems == []
+    d = Driver(router=router)
+    d.send("EHLO c\r\n")
+    assert d.send("VRFY team\r\n") == [
+        "251 2.1.5 User not local; will forward to <b@remote.test>"]
+    assert d.send("VRFY mixed\r\n") == ["250-2.1.5 <alice@example.org>",
+                                         "250 2.1.5 <b@remote.test>"]
+    assert d.send("EXPN team\r\n") == ["250 2.1.5 <b@remote.test>"]
+
+
 def test_a_recipient_missing_from_a_users_file_caught_half_written_is_told_to_retry(tmp_path):
     # the users file rewritten in place (truncated, then written) and read
     # when bob's line is not back yet: RCPT, VRFY and EXPN for bob are

@@ -293,6 +293,7 @@ _SENDER_ROOM = _room("250 2.1.0 <>... Sender OK")
 _RECIPIENT_ROOM = _room("250 2.1.5 <>... Recipient OK")
 # a line of its own in a VRFY or EXPN reply ("250-" or "553-5.1.4 " alike)
 _LISTED_ROOM = _room("250 2.1.5 <>")
+_FORWARDED_ROOM = _room("251 2.1.5 User not local; will forward to <>")
 
 
 def sender_ok(sender: str) -> Reply:
@@ -346,6 +347,19 @@ def _bracketed(address: str) -> str:
 
 def vrfy_found(address: str) -> Reply:
     return Reply.of(250, "2.1.5", _bracketed(address))
+
+
+def vrfy_forwarded(address: str) -> Reply:
+    """The 251 to VRFY of a name the hub forwards to ``address``, in another
+    domain (an alias, or a chain of them, with that one final target).  RFC
+    5321 3.5.3 keeps 250 for an address "actually verified", and points VRFY
+    at 3.4's 251 for an address "recognized" that "would be forwarded"; the
+    text is 4.2.2's.  ``2.1.5``: RFC 3463 3.2's X.1.5 says "this mailbox
+    address as specified was valid" -- the name asked about, which is the
+    hub's own and takes mail (RCPT to it is ``250 2.1.5`` too); what the
+    remote domain makes of the target is not claimed, the 251 says so."""
+    return Reply.of(251, "2.1.5", "User not local; will forward to "
+                    + f"<{_echo_address(address, _FORWARDED_ROOM)}>")
 
 
 def vrfy_ambiguous(addresses: list[str]) -> Reply:

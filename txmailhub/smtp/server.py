@@ -744,7 +744,14 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if not utf8 and not all(n.isascii() for n in names):
             self.reply(replies.EXPN_NEEDS_SMTPUTF8 if expand else replies.VRFY_NEEDS_SMTPUTF8)
         elif expand or len(names) != 1:
+            # EXPN lists every final address, remote ones too (RFC 5321
+            # 3.5.1); VRFY of a list answers with the list, positively
+            # because a message to it goes to every member (3.5.1 allows it)
             self.reply(replies.expn_found(names))
+        elif not self.policy.router.is_local_domain(found[0].domain):
+            # a name that leads to one address in another domain: nothing
+            # there was verified, so not 250 but 251 (RFC 5321 3.5.3)
+            self.reply(replies.vrfy_forwarded(names[0]))
         else:
             self.reply(replies.vrfy_found(names[0]))
 
