@@ -52,7 +52,6 @@ PINNED = {
     "QUEUE_UNAVAILABLE": (451, "4.3.0"),
     "TOO_MANY_RECIPIENTS": (452, "4.5.3"),  # RFC 5321 4.5.3.1.10
     "AUTH_TEMPORARY": (454, "4.7.0"),  # RFC 4954 6
-    "TLS_NOT_AVAILABLE": (454, "4.7.0"),  # RFC 3207 4
     "AUTH_THROTTLED": (454, "4.7.0"),
     # 5yz
     "UNKNOWN_COMMAND": (500, "5.5.1"),
@@ -76,6 +75,9 @@ PINNED = {
     "TURN_REFUSED": (502, "5.5.1"),
     "SEND_REFUSED": (502, "5.5.1"),
     "STARTTLS_ARGUMENT": (501, "5.5.4"),  # RFC 3207 4
+    # no [tls]: STARTTLS is not offered, so not implemented here (RFC 5321
+    # 4.2.4), not RFC 3207's 454 "due to temporary reason"
+    "STARTTLS_NOT_OFFERED": (502, "5.5.1"),
     "EXPN_NEEDS_SMTPUTF8": (550, "5.6.8"),  # RFC 6531 3.7.4.2
     "TLS_ALREADY": (503, "5.5.1"),
     "BAD_SEQUENCE": (503, "5.5.1"),

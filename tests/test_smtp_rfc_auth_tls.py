@@ -413,12 +413,18 @@ def test_a_public_mx_takes_local_mail_without_tls():
     assert not d.session.tls
 
 
-def test_454_when_tls_is_not_available():
-    # 4: "454 TLS not available due to temporary reason"; not offered then
+def test_502_when_tls_is_not_configured():
+    # 4 gives "454 TLS not available due to temporary reason"; a hub
+    # without [tls] has no temporary reason: it does not offer STARTTLS,
+    # and a client told 454 would try again later and be told the same.
+    # RFC 5321 4.2.4: 502 for a command not implemented here (RFC 3463
+    # 3.6: X.5.1, invalid command)
     d = Driver(tls_available=False)
     assert not any("STARTTLS" in line for line in d.send("EHLO c.test\r\n"))
-    assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
-    assert (replies.TLS_NOT_AVAILABLE.code, replies.TLS_READY.code) == (454, 220)
+    assert d.send("STARTTLS\r\n") == [replies.STARTTLS_NOT_OFFERED.text()]
+    assert (replies.STARTTLS_NOT_OFFERED.code, replies.STARTTLS_NOT_OFFERED.status) == (
+        502, "5.5.1")
+    assert replies.TLS_READY.code == 220
 
 
 # --- RFC 6409: submission ----------------------------------------------------------------

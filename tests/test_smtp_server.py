@@ -1436,18 +1436,24 @@ def test_starttls_discards_pipelined_plaintext():
     d.send("EHLO c\r\n")
     assert d.send("STARTTLS\r\n") == [replies.TLS_ALREADY.text()]
     d = Driver(tls_available=False)
-    assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
+    assert d.send("STARTTLS\r\n") == ["502 5.5.1 STARTTLS not offered: no TLS on this server"]
 
 
 def test_starttls_to_a_hub_that_never_offered_it_is_the_clients_error():
-    # 454 TLS not available is given only where EHLO did not offer
-    # STARTTLS (no [tls]; a certificate that cannot be taken at run time
-    # leaves the old one serving): the client's mistake, so max_errors,
-    # not the hub's trouble (_HUB_TROUBLE)
+    # STARTTLS is refused only where EHLO did not offer it (no [tls]; a
+    # certificate that cannot be taken at run time leaves the old one
+    # serving): a command not implemented here, 502 5.5.1 -- not 454, which
+    # tells the client to try again later, when it would get the same.
+    # The client's mistake, so max_errors, not the hub's trouble
+    # (_HUB_TROUBLE)
     d = Driver(tls_available=False)
     assert not any("STARTTLS" in line for line in d.send("EHLO c\r\n"))
-    assert d.send("STARTTLS\r\n") == [replies.TLS_NOT_AVAILABLE.text()]
+    (line,) = d.send("STARTTLS\r\n")
+    assert line.startswith("502 5.5.1 "), line
     assert (d.engine.errors, d.engine.junk) == (1, 0)
+    # before EHLO, and after HELO, the same
+    d = Driver(tls_available=False)
+    assert d.codes("STARTTLS\r\nHELO c\r\nSTARTTLS\r\n") == ["502", "250", "502"]
 
 
 # --- AUTH -----------------------------------------------------------------------------------

@@ -96,7 +96,6 @@ QUEUE_UNAVAILABLE = Reply.of(
 )
 TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply.of(454, "4.7.0", "Temporary authentication failure")
-TLS_NOT_AVAILABLE = Reply.of(454, "4.7.0", "TLS not available")
 
 # --- permanent: syntax and sequence ----------------------------------------
 UNKNOWN_COMMAND = Reply.of(500, "5.5.1", "Command unrecognized")
@@ -142,6 +141,15 @@ COMMAND_NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Command not implemented")
 TURN_REFUSED = Reply.of(502, "5.5.1", "TURN is not supported")
 SEND_REFUSED = Reply.of(502, "5.5.1", "SEND is not supported (no terminal delivery); use MAIL")
 STARTTLS_ARGUMENT = Reply.of(501, "5.5.4", "STARTTLS takes no argument")
+# STARTTLS where EHLO does not offer it (no [tls]): not RFC 3207 4's 454
+# "TLS not available due to temporary reason" -- nothing here is temporary,
+# and a client told 4xx tries again later to be told the same -- but a
+# command recognized but not implemented here (RFC 5321 4.2.4: 502, and
+# EHLO "MUST NOT list" what is answered 502; RFC 3463 3.6: X.5.1, a
+# command "out of sequence or unsupported").  A configured TLS is never unusable for a
+# while: a pair that cannot be loaded stops the start, and one renewed
+# badly at run time leaves the old one serving (txmailhub.tls.ReloadingTLS)
+STARTTLS_NOT_OFFERED = Reply.of(502, "5.5.1", "STARTTLS not offered: no TLS on this server")
 TLS_ALREADY = Reply.of(503, "5.5.1", "TLS already active")
 BAD_SEQUENCE = Reply.of(503, "5.5.1", "Bad sequence of commands")
 HELO_REQUIRED = Reply.of(503, "5.5.1", "Send HELO or EHLO first")

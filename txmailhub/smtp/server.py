@@ -770,7 +770,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if self.session.tls:
             raise RemoteProtocolError(replies.TLS_ALREADY)
         if not self.config.tls_available:
-            raise RemoteProtocolError(replies.TLS_NOT_AVAILABLE)
+            raise RemoteProtocolError(replies.STARTTLS_NOT_OFFERED)
         self.reply(replies.TLS_READY)
         self._buf = b""  # nothing sent before the handshake may be obeyed after it
         self._request(StartTLS())
