@@ -23,7 +23,7 @@ PINNED = {
     "RESET": (250, "2.0.0"),
     "SENDER_OK": (250, "2.1.0"),  # RFC 3463 X.1.0
     "RECIPIENT_OK": (250, "2.1.5"),  # X.1.5 destination address valid
-    "DATA_START": (354, None),  # RFC 2034: no enhanced code on 354
+    "DATA_START": (354, None),  # RFC 2034 4: "3xx responses are NOT included"
     "TLS_READY": (220, "2.0.0"),  # RFC 3207 4
     "AUTH_SUCCEEDED": (235, "2.7.0"),  # RFC 4954 6
     "EXPN_DISABLED": (252, "2.0.0"),  # RFC 5321 7.3: 252 when switched off
@@ -61,7 +61,7 @@ PINNED = {
     "BARE_CR_IN_COMMAND": (500, "5.5.2"),  # RFC 5321 2.3.8, as NUL
     "ERROR_PROCESSING": (500, "5.5.2"),
     "SYNTAX_ARGUMENT": (501, "5.5.4"),
-    "HELO_SYNTAX": (501, None),  # RFC 2034 3: no enhanced code on any HELO/EHLO reply
+    "HELO_SYNTAX": (501, None),  # RFC 2034 3 (4) exempts any HELO/EHLO reply
     "SYNTAX_ADDRESS": (501, "5.1.7"),  # RFC 3463 X.1.7: the sender's
     "SYNTAX_RECIPIENT": (501, "5.1.3"),  # X.1.3: a destination's
     "AUTH_MALFORMED": (501, "5.5.2"),  # RFC 4954 4, as a response not base64
@@ -134,10 +134,10 @@ def test_reply_code_and_enhanced_status(name):
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
-    (replies.greeting("mx.test"), (220, None)),  # RFC 2034: none on the greeting
+    (replies.greeting("mx.test"), (220, None)),  # RFC 2034 3 (4) exempts the greeting
     (replies.shutting_down("mx.test"), (421, "4.3.2")),
     (replies.bye("mx.test"), (221, "2.0.0")),
-    (replies.hello("mx.test", "c"), (250, None)),  # RFC 2034: none on HELO/EHLO
+    (replies.hello("mx.test", "c"), (250, None)),  # ... and the replies to HELO/EHLO
     (replies.ehlo("mx.test", "c", ["SIZE"]), (250, None)),
     (replies.sender_ok("a@b"), (250, "2.1.0")),
     (replies.recipient_ok("a@b"), (250, "2.1.5")),

@@ -166,9 +166,10 @@ def test_soml_and_saml_are_named_in_the_ehlo_reply_as_they_are_served():
 
 
 def test_a_refused_helo_or_ehlo_has_no_enhanced_status_code():
-    # RFC 2034 3: the codes preface every reply "except the initial
-    # greeting and any response to HELO or EHLO" -- the client does not
-    # know yet whether the server sends them
+    # RFC 2034 3 (4): the codes preface "all 2xx, 4xx, and 5xx SMTP
+    # responses other than the initial greeting and any response to HELO
+    # or EHLO" -- an exemption, which the hub takes for every reply to
+    # HELO and EHLO, these 501s included
     for command in ("HELO\r\n", "EHLO\r\n", "EHLO \xa0\r\n"):
         d = Driver()
         (line,) = d.send(command)

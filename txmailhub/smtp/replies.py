@@ -111,7 +111,10 @@ BARE_CR_IN_COMMAND = Reply.of(
 )
 ERROR_PROCESSING = Reply.of(500, "5.5.2", "Syntax error")
 SYNTAX_ARGUMENT = Reply.of(501, "5.5.4", "Syntax error in parameters or arguments")
-# RFC 2034 3: no enhanced code on "any response to HELO or EHLO"
+# RFC 2034 3 (4) exempts "any response to HELO or EHLO" from the enhanced
+# code (an exemption, not a ban); the hub takes it for all of them, this
+# 501 as the 250 to EHLO, whose first line RFC 5321 4.1.1.1's ehlo-ok-rsp
+# starts with the domain
 HELO_SYNTAX = Reply.of(501, None, "Syntax: HELO or EHLO and a domain name")
 # RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad destination's
 SYNTAX_ADDRESS = Reply.of(501, "5.1.7", "Bad address syntax")
@@ -211,7 +214,14 @@ MESSAGE_BARE_CR_LF = Reply.of(
 
 # --- replies that carry a name or a number ---------------------------------
 def greeting(hostname: str) -> Reply:
-    """The 220 banner.  RFC 2034 forbids an enhanced code before EHLO."""
+    """The 220 banner, without an enhanced status code.  RFC 2034 does not
+    forbid one here: it asks for the code on "all 2xx, 4xx, and 5xx SMTP
+    responses other than the initial greeting and any response to HELO or
+    EHLO" (3 (4), again in 4), an exemption.  The hub takes it because the
+    greeting comes before EHLO -- no client has seen ENHANCEDSTATUSCODES
+    yet -- and because RFC 5321 4.2's Greeting is ``"220 " (Domain /
+    address-literal)``: the server's name comes first, where a client that
+    reads it would find a status code instead."""
     return Reply.of(220, None, f"{hostname} ESMTP txmailhub ready")
 
 

@@ -1,10 +1,15 @@
 """SMTP replies as values.
 
-A ``Reply`` is a code, an RFC 3463 enhanced status (or ``None`` where the
-RFC forbids one: the greeting, and the 220/221 lines of the session are
-sent with it anyway because ENHANCEDSTATUSCODES clients expect it after
-EHLO), and one or more text lines.  Production code and tests share the
-catalog constants defined in ``txmailhub.smtp.replies``.
+A ``Reply`` is a code, an RFC 3463 enhanced status, and one or more text
+lines.  The status is ``None`` on the replies that go without one: those
+RFC 2034 3 (4) exempts -- "the initial greeting and any response to HELO
+or EHLO", which the hub sends without it (an exemption, not a ban: a 421
+there carries one) -- and the 3xx ones it leaves out (4: "3xx responses
+are NOT included": the 354, the AUTH 334s).  Every other reply carries
+one, the 220 to STARTTLS and the 221 to QUIT too, whether the client said
+EHLO or HELO (4: "regardless of whether or not EHLO is employed").
+Production code and tests share the catalog constants defined in
+``txmailhub.smtp.replies``.
 """
 
 from __future__ import annotations

@@ -792,7 +792,8 @@ def _echo_ok(address: Address | None, echoing: Callable[[str], Reply], plain: Re
 def _helo_name(arg: str) -> str:
     """The first word of HELO/EHLO's argument, cut at SP or HTAB as the
     verb is (RFC 5321 4.1.1: ``"EHLO" SP ( Domain / address-literal )``);
-    501 when there is none, without an enhanced code (RFC 2034 3); a
+    501 when there is none, without an enhanced code (RFC 2034 3 (4)
+    exempts the replies to HELO and EHLO, and the hub sends none); a
     "name" of other white space only (``EHLO <NBSP>``) is none either.
 
     Not cut at every blank ``str.split()`` knows: a name with a VT, FF or
