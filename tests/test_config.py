@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -1243,6 +1244,16 @@ def test_settings_say_where_the_file_wrote_a_key_for_later_checks(monkeypatch) -
     made = Settings(path="/c", hub=HubSettings("mail.example.org", "/var", ("a.test",)),
                     users=UsersSettings("/u"), aliases=AliasesSettings(None), tls=None)
     assert made.at("hub", "state_dir") == "" and "lines" not in repr(made)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_settings_pickle_with_their_lines_in_every_protocol(protocol: int) -> None:
+    # the lines (an object of their own) must not make the frozen value
+    # type any less picklable than it was: protocols 0 and 1 refused a
+    # class with __slots__ and no __getstate__
+    s = load_text(MINIMAL + 'state_dir = "var"\n', "/c")
+    copied = pickle.loads(pickle.dumps(s, protocol))
+    assert copied == s and copied.at("hub", "state_dir") == " (at line 4)"
 
 
 def test_the_mailbox_quota_is_off_by_default_and_read_in_octets() -> None:

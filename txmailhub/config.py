@@ -252,9 +252,9 @@ class KeyLines:
     The text is read for its lines (``config_lines``) only once a line is
     asked for: loading a config with nothing to point at, as the hub does
     at its start and at each reload, costs no second read.  Empty (no
-    text): every line unknown, as for ``Settings`` made in code."""
-
-    __slots__ = ("_doc", "_lines", "_text")
+    text): every line unknown, as for ``Settings`` made in code.  No
+    ``__slots__``: pickle's protocols 0 and 1 refuse a class with them,
+    and ``Settings`` pickled in every protocol before it held one."""
 
     def __init__(self, text: str = "", doc: dict[str, Any] | None = None) -> None:
         self._text = text
