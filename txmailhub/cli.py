@@ -452,8 +452,10 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         for address in users.addresses():
             why = mail_never_reaches(address)
             if why:
+                # no config line: it is about the user's line of the users
+                # file, and " (at line N)" after the user read as that line
                 warnings.append(f"{settings.path}: [users] file: {settings.users.file}: "
-                                f"user {address.key}: {why}{settings.at('users', 'file')}")
+                                f"user {address.key}: {why}")
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file
