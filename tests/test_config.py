@@ -1224,8 +1224,8 @@ def test_settings_say_where_the_file_wrote_a_key_for_later_checks(monkeypatch) -
             '  "tcp:2526",\n'                       # 10
             ']\n[users]\n"file" = "people"\n')     # 12, 13
     s = load_text(text, "/c")
-    # a file with nothing to point at is read once, by tomllib: the hub
-    # loads it at its start and at each reload
+    # a file with nothing to point at is read once, by tomllib, as the
+    # hub loads it at its start
     assert calls == []
     assert s.at("hub", "state_dir") == " (at line 4)"
     assert len(calls) == 1
@@ -1244,6 +1244,17 @@ def test_settings_say_where_the_file_wrote_a_key_for_later_checks(monkeypatch) -
     made = Settings(path="/c", hub=HubSettings("mail.example.org", "/var", ("a.test",)),
                     users=UsersSettings("/u"), aliases=AliasesSettings(None), tls=None)
     assert made.at("hub", "state_dir") == "" and "lines" not in repr(made)
+
+
+def test_settings_lines_are_those_of_the_text_loaded_not_of_the_file_now(
+        tmp_path: Path) -> None:
+    # check asks for a line after loading: an editor that saved the file
+    # in between must not move the line onto another key
+    config = tmp_path / "mailhub.toml"
+    config.write_text(MINIMAL + 'state_dir = "var"\n')
+    s = load(str(config))
+    config.write_text("# moved\n\n" + MINIMAL + 'log_files_kept = 3\nstate_dir = "var"\n')
+    assert s.at("hub", "state_dir") == " (at line 4)"
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))

@@ -251,7 +251,11 @@ class KeyLines:
 
     The text is read for its lines (``config_lines``) only once a line is
     asked for: loading a config with nothing to point at, as the hub does
-    at its start and at each reload, costs no second read.  Empty (no
+    at its start (it reads the config then only: SIGHUP takes the TLS
+    files again, not the config), costs no second read.  The text loaded
+    is kept (a few KB, for the Settings' life), not read again: a file
+    changed since (an editor saving during ``check``) cannot move a line
+    onto another key.  Empty (no
     text): every line unknown, as for ``Settings`` made in code.  No
     ``__slots__``: pickle's protocols 0 and 1 refuse a class with them,
     and ``Settings`` pickled in every protocol before it held one."""
