@@ -16,6 +16,7 @@ The hypothesis strategies generate strings from the same productions, and
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import idna
 from hypothesis import strategies as st
@@ -179,12 +180,16 @@ def mailbox_form(local: str, dom: str) -> tuple[str, str]:
     a quoted local part that is a valid dot-string unquoted (4.1.2: "the
     quoted-string form SHOULD NOT be used" where it is not needed, and
     means the same; RFC 6531 3.3 takes UTF-8 into the dot-string's atoms
-    as into the quoted string), quoted pairs reduced; a domain in lower
-    case (2.4)."""
+    as into the quoted string; a UTF-8 one judged in NFC, the form a
+    mailbox is keyed by, and NFC where only that form is a dot-string),
+    quoted pairs reduced; a domain in lower case (2.4)."""
     if local.startswith('"'):
         content = re.sub(r"\\(.)", r"\1", local[1:-1])
-        if content and (_DOT_STRING if content.isascii() else _U8_DOT_STRING).fullmatch(content):
+        nfc = unicodedata.normalize("NFC", content)
+        if content and content.isascii() and _DOT_STRING.fullmatch(content):
             local = content
+        elif not content.isascii() and _U8_DOT_STRING.fullmatch(nfc):
+            local = content if _U8_DOT_STRING.fullmatch(content) else nfc
         else:
             local = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return local, dom.lower()

@@ -170,6 +170,25 @@ def test_user_add_takes_a_quoted_name_as_smtp_names_it(config: Path) -> None:
     assert users.contains(parse_mailbox('"a@b"@example.org', "example.org"))
 
 
+def test_user_add_of_a_quoted_utf8_name_writes_one_check_finds_reachable(config: Path) -> None:
+    # the file keeps a user's key, in NFC: '"<\u0338"' is written '"\u226e"'
+    # (U+226E is "<" with U+0338 composed), and check judges that line.
+    # Whether the quotes come off must not depend on the composition: they
+    # stayed on as typed, and check then warned of the line add had just
+    # written that RCPT dropped its quotes and no mail reached it
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import UsersDB
+
+    for name in ('"j\u00f6rg"', '"<\u0338"', '"a\u037e"'):
+        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0, name
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    users = UsersDB(str(config.parent / "users"), "example.org",
+                    ["example.org", "example.net"])
+    for name in ('"j\u00f6rg"', "j\u00f6rg", '"<\u0338"', '"\u226e"', "\u226e",
+                 '"a\u037e"', '"a;"'):
+        assert users.contains(parse_mailbox(name, "example.org", utf8=True)), name
+
+
 def test_user_list_usage_shows_why_a_mailbox_of_a_name_with_an_escape_is_unmeasured(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # such a user (a line from before ESC was refused) is listed escaped,

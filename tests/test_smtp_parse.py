@@ -216,6 +216,23 @@ def test_a_quoted_utf8_local_part_is_its_unquoted_form():
     assert reply_of(parse_rcpt, 'TO:<"jörg">', P) == replies.SMTPUTF8_NOT_DECLARED
 
 
+def test_whether_a_quoted_utf8_local_part_needs_its_quotes_is_judged_in_nfc():
+    # canonical_local keys a mailbox by its NFC form, so the quotes must
+    # come off (or stay) alike for every spelling of one NFC form.  "<"
+    # and a combining long solidus overlay (U+0338) compose to U+226E:
+    # '"<\u0338"' is '"\u226e"', which is the unquoted \u226e; the Greek
+    # question mark U+037E is ";" in NFC: '"a\u037e"' is '"a;"', which
+    # needs its quotes.  Judged as written, each pair got two keys (and a
+    # user added as '"<\u0338"' was written '"\u226e"' to the users file,
+    # which check then said no mail reaches).
+    for one, other in (('"<\u0338"', '"\u226e"'), ('"a\u037e"', '"a;"')):
+        assert (parse_mailbox(one, P, utf8=True).key
+                == parse_mailbox(other, P, utf8=True).key), (one, other)
+    assert parse_mailbox('"<\u0338"', P, utf8=True) == Address("\u226e", P)
+    assert parse_mailbox('"a\u037e"', P, utf8=True) == Address('"a\u037e"', P)
+    assert parse_mailbox('"jo\u0308rg"', P, utf8=True) == Address("jo\u0308rg", P)
+
+
 def test_address_literals():
     assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
     # the tag as RFC 5321 4.1.3 writes it, whatever case it came in

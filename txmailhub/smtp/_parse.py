@@ -41,6 +41,7 @@ client's claim).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from txmailhub.address import Address, address_literal, domain_problem
@@ -169,11 +170,23 @@ def unquote_local(quoted: str) -> str:
     the one form RCPT, the users file and ``mailhub user`` key a quoted
     local part by (``"joe"`` is ``joe``, RFC 5321 4.1.2; ``"jörg"`` is
     ``jörg``, whose UTF-8 letters RFC 6531 3.3 adds to atext as to
-    qtext: the quotes were kept, and ``"jörg"`` was no mailbox)."""
+    qtext: the quotes were kept, and ``"jörg"`` was no mailbox).
+
+    A UTF-8 one is judged in NFC, the form ``canonical_local`` keys it
+    by: ``"<\u0338"`` ("<" and a combining overlay) is ``"\u226e"``, which
+    needs no quotes, and ``"a\u037e"`` (the Greek question mark) is
+    ``"a;"``, which does.  Judged as written, each of the two spellings
+    of one NFC form got a key of its own.  Where the quotes come off only
+    in NFC, the NFC form is the local part: unquoted as written, it would
+    be no dot-string."""
     content = _QUOTED_PAIR.sub(r"\1", quoted[1:-1])
-    if content and (_DOT_STRING.match(content) if content.isascii()
-                    else _DOT_STRING_UTF8.match(content)):
-        return content
+    if content.isascii():
+        if content and _DOT_STRING.match(content):
+            return content
+    else:
+        nfc = unicodedata.normalize("NFC", content)
+        if _DOT_STRING_UTF8.match(nfc):
+            return content if _DOT_STRING_UTF8.match(content) else nfc
     # Re-quote canonically: only " and \ need a backslash.
     return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
