@@ -377,6 +377,34 @@ def test_utf8_addresses_need_the_smtputf8_parameter():
                    ) == ["250", "250"]
 
 
+def test_a_bare_name_at_an_internationalized_primary_domain_needs_no_smtputf8():
+    # RFC 5321 4.5.1: RCPT TO:<Postmaster> "MUST" be taken; a bare name
+    # is the hub's leniency, qualified with the primary domain, which the
+    # client did not write.  Qualified with its U-labels, a client without
+    # SMTPUTF8 was told its address needed it (553 5.6.7) for the ASCII
+    # it sent; it is the A-label form of the same domain there
+    from txmailhub.address import Address
+    from txmailhub.testing import StaticRouter
+
+    router = StaticRouter({"alice": None, "postmaster": None}, domains=("b\u00fccher.test",))
+    d = Driver(router=router, primary_domain="b\u00fccher.test")
+    d.send("EHLO c.test\r\n")
+    assert d.send("MAIL FROM:<s@x.test>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<alice>\r\n") == [
+        "250 2.1.0 <s@x.test>... Sender OK",
+        "250 2.1.5 <Postmaster@xn--bcher-kva.test>... Recipient OK",
+        "250 2.1.5 <alice@xn--bcher-kva.test>... Recipient OK"]
+    assert d.send("RSET\r\nMAIL FROM:<alice>\r\n")[-1] == (
+        "250 2.1.0 <alice@xn--bcher-kva.test>... Sender OK")
+    assert d.codes("RCPT TO:<\"alice\">\r\nDATA\r\nx\r\n.\r\n") == ["250", "354", "250"]
+    (done,) = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert [r.key for r in done.envelope.recipients] == ["alice@b\u00fccher.test"]
+    assert done.envelope.sender == Address("alice", "xn--bcher-kva.test")
+    # with SMTPUTF8 the name is qualified as before, with the U-labels
+    d.send("MAIL FROM:<s@x.test> SMTPUTF8\r\n")
+    assert d.send("RCPT TO:<alice>\r\n") == [
+        "250 2.1.5 <alice@xn--bcher-kva.test>... Recipient OK"]
+
+
 def test_replies_to_mail_and_rcpt_carry_no_utf8():
     # 3.7.4: UTF-8 in a reply only in the mailbox of a 251 or 551 (3.7.4.1)
     # or of a VRFY or EXPN given SMTPUTF8 (3.7.4.2); the server "MUST NOT

@@ -44,7 +44,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from txmailhub.address import Address, address_literal, domain_problem
+from txmailhub.address import Address, address_literal, ascii_domain, domain_problem
 from txmailhub.errors import RemoteProtocolError
 from txmailhub.smtp import replies
 from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decode
@@ -227,6 +227,15 @@ def _check_domain(domain: str, utf8: bool) -> str:
     return domain.lower()
 
 
+def _primary(primary_domain: str, utf8: bool) -> str:
+    """The domain a bare local part is qualified with: the primary one,
+    as its A-labels outside SMTPUTF8.  The client wrote no domain, so an
+    internationalized primary domain is no UTF-8 of the client's to need
+    SMTPUTF8 for (``RCPT TO:<Postmaster>`` must be taken, RFC 5321
+    4.5.1); the A-label form is the same domain, keyed alike."""
+    return primary_domain if utf8 else ascii_domain(primary_domain)
+
+
 def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address:
     """``local@domain`` (or a bare ``local``) -> ``Address``; 501/553 on errors."""
     if not text:
@@ -247,7 +256,7 @@ def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address
             raise _fail(replies.SYNTAX_ADDRESS)
         local = unquote_local(quoted)
         if rest == "":
-            domain = primary_domain
+            domain = _primary(primary_domain, utf8)
         elif rest[0] == "@" and len(rest) > 1:
             domain = rest[1:]
         else:
@@ -255,7 +264,7 @@ def parse_mailbox(text: str, primary_domain: str, utf8: bool = False) -> Address
     else:
         local, at, domain = text.rpartition("@")
         if not at:
-            local, domain = text, primary_domain
+            local, domain = text, _primary(primary_domain, utf8)
         if local.isascii():
             if not _DOT_STRING.match(local):
                 raise _fail(replies.SYNTAX_ADDRESS)
