@@ -179,13 +179,13 @@ def test_user_add_of_a_quoted_utf8_name_writes_one_check_finds_reachable(config:
     from txmailhub.smtp._parse import parse_mailbox
     from txmailhub.users import UsersDB
 
-    for name in ('"j\u00f6rg"', '"<\u0338"', '"a\u037e"'):
+    for name in ('"j\u00f6rg"', '"<\u0338"', '"a\u037e"', "b\u037e"):
         assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0, name
     assert run(config, "check") == (0, f"{config}: ok\n", "")
     users = UsersDB(str(config.parent / "users"), "example.org",
                     ["example.org", "example.net"])
     for name in ('"j\u00f6rg"', "j\u00f6rg", '"<\u0338"', '"\u226e"', "\u226e",
-                 '"a\u037e"', '"a;"'):
+                 '"a\u037e"', '"a;"', "a\u037e", "b\u037e", '"b;"'):
         assert users.contains(parse_mailbox(name, "example.org", utf8=True)), name
 
 

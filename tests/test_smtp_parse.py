@@ -233,6 +233,16 @@ def test_whether_a_quoted_utf8_local_part_needs_its_quotes_is_judged_in_nfc():
     assert parse_mailbox('"jo\u0308rg"', P, utf8=True) == Address("jo\u0308rg", P)
 
 
+def test_a_utf8_dot_string_that_nfc_makes_ascii_punctuation_is_its_quoted_form():
+    # U+037E is ";" in NFC: a\u037e is a dot-string as written (UTF-8 is
+    # atext, RFC 6531 3.3), and the same mailbox as '"a\u037e"' (4.1.2),
+    # which NFC makes '"a;"'.  It was keyed a;, a name no RCPT can give:
+    # RCPT TO:<a\u037e> and RCPT TO:<"a;"> were two mailboxes
+    keys = {parse_mailbox(t, P, utf8=True).key for t in ("a\u037e", '"a\u037e"', '"a;"')}
+    assert keys == {'"a;"@example.org'}
+    assert parse_mailbox("a\u037e", P, utf8=True).local == "a\u037e"  # as written
+
+
 def test_address_literals():
     assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
     # the tag as RFC 5321 4.1.3 writes it, whatever case it came in

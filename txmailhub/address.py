@@ -207,16 +207,31 @@ def _a_label(label: str) -> bool:
         return False
 
 
+# RFC 5321's Dot-string with RFC 6531 3.3's UTF8-non-ascii in its atoms,
+# less what txmailhub.smtp._parse takes no address with (C1 controls,
+# U+2028/U+2029)
+_LOCAL_ATOM = r"(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]|[^\x00-\x9f\u2028\u2029])+"
+_LOCAL_DOT_STRING = re.compile(rf"{_LOCAL_ATOM}(?:\.{_LOCAL_ATOM})*\Z")
+
+
 def canonical_local(local: str) -> str:
     """The form of a local part that local lookups and Maildir folders
     use: lower case and, for a UTF-8 one, NFC -- the composed and the
     decomposed ``jörg`` look alike and are one mailbox (RFC 6530 10.1).
     NFC again after lower-casing: a capital may lower to a base and a mark
     (``İ`` to ``i`` and U+0307) that a following mark of a lower class must
-    precede, and the key of a key must be itself (one folder name)."""
+    precede, and the key of a key must be itself (one folder name).
+
+    A few characters are ASCII punctuation in NFC (U+037E, the Greek
+    question mark, is ";"): a dot-string with one is keyed as the quoted
+    string its NFC form needs, as ``"a;"`` is (``txmailhub.smtp._parse``
+    judges a quoted one in NFC too), not as ``a;``, which no RCPT names."""
     if local.isascii():
         return local.lower()
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
+    key = unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
+    if key[:1] != '"' and not _LOCAL_DOT_STRING.match(key) and _LOCAL_DOT_STRING.match(local):
+        return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return key
 
 
 class AddressError(ValueError):
