@@ -189,6 +189,32 @@ def test_user_add_of_a_quoted_utf8_name_writes_one_check_finds_reachable(config:
         assert users.contains(parse_mailbox(name, "example.org", utf8=True)), name
 
 
+def test_user_add_takes_a_name_smtp_can_give_only_quoted_in_its_quoted_form(
+        config: Path) -> None:
+    # "a;" and "a..b" are no dot-strings: RCPT TO:<a;@...> is a syntax
+    # error, and RCPT TO:<"a;"@...> is looked up with its quotes.  `user add
+    # a;` wrote the user a;, whom no RCPT could name, and check said nothing
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import UsersDB
+
+    assert run(config, "user", "add", "a;", "--password-stdin", stdin=PW) == (
+        0, 'added "a;"@example.org\n', "")
+    assert run(config, "user", "add", "a..b", "--password-stdin", stdin=PW)[1] == (
+        'added "a..b"@example.org\n')
+    users_file = config.parent / "users"
+    users = UsersDB(str(users_file), "example.org", ["example.org", "example.net"])
+    for name in ('"a;"', '"a..b"'):
+        assert users.contains(parse_mailbox(name, "example.org")), name
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    # such a line written by hand (or by an older `user add`) is warned of
+    line = users_file.read_text().splitlines()[-1]
+    users_file.write_text(users_file.read_text() + line.replace('"a..b"@', "x;y@", 1) + "\n")
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    assert err.startswith(f"warning: {config}: [users] file: {users_file}: user "
+                          'x;y@example.org: RCPT TO names it only quoted, "x;y"@example.org'), err
+
+
 def test_user_list_usage_shows_why_a_mailbox_of_a_name_with_an_escape_is_unmeasured(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # such a user (a line from before ESC was refused) is listed escaped,
