@@ -255,9 +255,11 @@ def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
     assert (code, out) == (0, f"{config}: ok\n")
     lines = err.splitlines()
     assert len(lines) == 2, err
-    assert lines[0].startswith(f"warning: {config}: [users] file: {users_file}: user "
-                               '"q"@example.org: RCPT TO names it q@example.org')
-    assert "user a/b@example.org: its local part cannot name a Maildir folder" in lines[1]
+    # each at its line of the users file (1: the header, 2: alice)
+    assert lines[0].startswith(f'warning: {users_file}:4: user "q"@example.org: RCPT TO '
+                               "names it q@example.org")
+    assert lines[1].startswith(f"warning: {users_file}:3: user a/b@example.org: its local "
+                               "part cannot name a Maildir folder")
 
 
 def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path) -> None:
@@ -1472,25 +1474,27 @@ def test_check_says_the_line_of_a_listener_that_is_not_ready(config: Path) -> No
     assert "neither an IP address nor a name that resolves" in lines[0]
 
 
-def test_check_gives_no_config_line_for_a_user_mail_never_reaches(config: Path) -> None:
-    # the warning is about a line of the users file (the user's), which
-    # the admin edits or `user del`s; the config's line of [users] file,
-    # put after the users file's name and the user's, read as that user's
-    # line in the users file (here the config's line 2 holds [users] file
-    # and the users file's line 2 holds alice, not "q")
+def test_check_says_the_users_file_line_of_a_user_mail_never_reaches(config: Path) -> None:
+    # the warning is about the user's line of the users file, which the
+    # admin edits or `user del`s: it names that line as the file's own
+    # problems do (PATH:LINENO), not the config's line of [users] file
+    # (said after the user, that read as the user's line: here the
+    # config's line 2 holds [users] file, the users file's line 2 alice)
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     users_file = config.parent / "users"
     alice = users_file.read_text().splitlines()[-1]
+    quoted_q = alice.replace("alice@", '"q"@', 1)
     with users_file.open("a") as f:
-        f.write("# below: q\n" + alice.replace("alice@", '"q"@', 1) + "\n")
+        # a second line of "q" is ignored (a problem): the first is in effect
+        f.write("# below: q\n" + quoted_q + "\n\n" + quoted_q + "\n")
     _laid_out(config)
     code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
+    assert code == 2 and out == "", err
     lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(
-        f"warning: {config}: [users] file: {users_file}: user \"q\"@example.org: RCPT TO "
-        "names it q@example.org"), err
-    assert lines[0].endswith(": it gets no mail") and "(at line" not in lines[0], err
+    assert lines == [
+        f'warning: {users_file}:4: user "q"@example.org: RCPT TO names it q@example.org '
+        "(the quotes dropped), which is looked up without them: it gets no mail",
+        f'{users_file}:6: "q"@example.org is already on line 4: this line is ignored'], err
 
 
 def test_check_says_the_line_of_the_smarthost_auth_file(config: Path) -> None:

@@ -243,6 +243,24 @@ def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
         ":5: expected '<address> <hash> [apop=<secret>]', not a third field 'here'")
 
 
+def test_lines_are_those_the_files_problems_number(db: UsersDB) -> None:
+    # what check names a user's line by (PATH:LINENO, as the problems): the
+    # line in effect, counted as the problems count them -- past a byte
+    # order mark, at LF (a CRLF file has as many lines), a bad line counted
+    Path(db.path).write_bytes(
+        b"\xef\xbb\xbf# users\r\nbroken-line\r\n\r\nJoe@Example.ORG scrypt$1$1$1$AA==$AA==\r\n"
+        b"ann@example.org h\r\njoe@example.org h2\r\n")
+    assert db.lines() == {"joe@example.org": 4, "ann@example.org": 5}
+    assert [p.split(": ", 1)[0][len(db.path):] for p in db.problems] == [":2", ":4", ":5", ":6"]
+    assert db.problems[3].endswith(":6: joe@example.org is already on line 4: this line is ignored")
+    # the file as it is now, as the other readers follow it
+    Path(db.path).write_text("ann@example.org h\n")
+    os.utime(db.path, (1, 1))
+    assert db.lines() == {"ann@example.org": 1}
+    os.remove(db.path)
+    assert db.lines() == {}
+
+
 def test_a_user_command_keeps_every_line_it_does_not_concern(db: UsersDB) -> None:
     # An admin edits the file by hand (check reports what it cannot read);
     # `mailhub user add` for someone else must not throw those lines away,

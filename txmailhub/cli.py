@@ -449,13 +449,17 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     if users_read and not users.missing:
         from txmailhub.users import mail_never_reaches
 
+        lines = users.lines()
         for address in users.addresses():
             why = mail_never_reaches(address)
             if why:
-                # no config line: it is about the user's line of the users
-                # file, and " (at line N)" after the user read as that line
-                warnings.append(f"{settings.path}: [users] file: {settings.users.file}: "
-                                f"user {address.key}: {why}")
+                # at the user's line of the users file, which the admin
+                # edits or `user del`s, as that file's problems are
+                # (PATH:LINENO); the config's line of [users] file, said
+                # after the user, read as the user's line
+                line = lines.get(address.key)
+                at = f":{line}" if line else ""
+                warnings.append(f"{settings.users.file}{at}: user {address.key}: {why}")
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.router import alias_target_warnings, check_aliases_file

@@ -401,6 +401,21 @@ class UsersDB:
             raise self.unreadable  # check and the start name it as a problem
         return [r.address for r in sorted(records.values(), key=lambda r: r.address.key)]
 
+    def lines(self) -> dict[str, int]:
+        """The line (from 1) of each user's line in effect in the file as
+        it is now, by address key, counted as ``problems`` count theirs:
+        ``check`` names the line of a user it warns of as the file's own
+        problems name theirs (``PATH:LINENO: ...``).  Worked out when
+        asked, from the text kept anyway to tell a change (``_text``): the
+        records the hub looks users up in hold no line, so neither their
+        memory nor a lookup costs more for it.  Empty when the file is
+        away or cannot be read."""
+        self._refresh()
+        text = self._text
+        if text is None:
+            return {}
+        return {key: index + 1 for key, index in self._parse(text)[3].items()}
+
     def qualify(self, name: str) -> Address:
         """A login name or CLI argument -> ``Address`` (bare local part = primary domain)."""
         return parse_address(name, self.primary_domain)
