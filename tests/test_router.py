@@ -352,6 +352,23 @@ class BadLineTests(Base):
         self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [])
         self.assertEqual(len(check_aliases_file(self.path + ".missing", "example.org")), 1)
 
+    def test_check_aliases_file_says_the_line_of_an_octet_that_is_not_utf8(self):
+        # PATH:LINENO as the file's other problems, the line to open in an
+        # editor (a long line and a CRLF before it); the octet still counted
+        # from the start of the file
+        head = b"team: joe\r\n# " + b"x" * 9000 + b"\n\n"
+        with open(self.path, "wb") as f:
+            f.write(head + b"list: \xff\n")
+        self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [
+            f"{self.path}:4: [aliases] file is not UTF-8 text (invalid start byte at octet "
+            f"{len(head) + 6})"])
+        # an octet that cuts a character short is on the line it begins
+        with open(self.path, "wb") as f:
+            f.write(b"a: joe\nb: j\xc3\n")
+        self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [
+            f"{self.path}:2: [aliases] file is not UTF-8 text (invalid continuation byte "
+            "at octet 11)"])
+
     def test_a_target_no_dns_name_can_be_is_reported_and_kept(self):
         # RFC 1035 2.3.4: a label over 63 octets, a name over 253, an empty
         # label; the relay bounces such a target without a query (5.1.2)

@@ -239,19 +239,31 @@ def check_aliases_file(
     path: str, primary_domain: str, domains: Iterable[str] | None = None
 ) -> list[str]:
     """Every problem of the aliases file at ``path``, one line each
-    (``<file>:<line>: <why>``; loops as ``<file>: alias loop: a -> b -> a``).
-    An empty list means the file is fine."""
+    (``<file>:<line>: <why>``, octets that are not UTF-8 too; loops as
+    ``<file>: alias loop: a -> b -> a``, a file that cannot be read as
+    ``<file>: ...``).  An empty list means the file is fine."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         return [f"{path}: [aliases] file cannot be read: {e.strerror or e}"]
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return [f"{path}: [aliases] file is not UTF-8 text ({e.reason} at octet {e.start})"]
+        return [f"{path}:{_line_at(raw, e.start)}: [aliases] file is not UTF-8 text "
+                f"({e.reason} at octet {e.start})"]
     table, problems = parse_aliases(text, primary_domain, domains, path)
     problems.extend(f"{path}: alias loop: {loop} (it is cut at runtime)"
                     for loop in alias_loops(table))
     return problems
+
+
+def _line_at(raw: bytes, octet: int) -> int:
+    """The line (from 1) of the file ``raw`` that ``octet`` is on, counted
+    as ``parse_aliases`` counts the lines of its text (``splitlines``: a
+    CRLF one break, a lone CR or a form feed one too).  The octets before
+    it are UTF-8: ``octet`` is where decoding the file failed."""
+    return len((raw[:octet].decode("utf-8") + "x").splitlines())
 
 
 def hides_user(key: str, targets: tuple[tuple[Address, bool], ...]) -> bool:
