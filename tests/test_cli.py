@@ -574,6 +574,22 @@ def test_check_warns_of_alias_targets_that_are_no_user(config: Path) -> None:
     assert all(w.startswith("warning: ") for w in warnings)
 
 
+def test_check_warns_of_a_mailbox_target_named_as_an_alias_that_is_no_user(
+        config: Path) -> None:
+    # "self: self" and "\team" name the mailbox of that name, not the alias
+    # (the hub expands neither): with no user of that name the hub skips
+    # them, and RCPT TO self@ gets 550, so check says so as for any target
+    code, _, err = check_with_aliases(config,
+        "self: self\nteam: alice\ncopy: \\team, alice\nalice: \\alice, x@remote.test\n")
+    assert code == 0, err
+    warnings = [line.split(": ", 2)[2] for line in err.splitlines() if "no local user" in line]
+    assert warnings == [
+        "alias self@example.org names self@example.org, which is no local user: the hub "
+        "skips it",
+        "alias copy@example.org names team@example.org, which is no local user: the hub "
+        "skips it"], err
+
+
 def test_check_reports_alias_targets_no_dns_name_can_be(config: Path) -> None:
     # RFC 1035 2.3.4, the relay's rule (it bounces such a target without a
     # query): a problem, one line each, as for the file's other problems

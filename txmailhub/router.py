@@ -325,9 +325,13 @@ def alias_warnings(
                     alias, False,
                     f"{path}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
                     "quotes dropped), which is looked up without them: no mail reaches it"))
-        for target, _expand in targets:
+        for target, expand in targets:
             key = target.key
-            if (canonical_domain(target.domain) in local and key not in table and key != postmaster
+            # an alias the hub expands; but ``\name`` and the alias's own
+            # name (``joe: joe``) are the mailbox of that name, as the
+            # router takes them, and so need a user all the same
+            expanded = expand and key != alias and key in table
+            if (canonical_domain(target.domain) in local and not expanded and key != postmaster
                     and not is_user(target)):
                 out.append(AliasWarning(
                     alias, False,
