@@ -696,6 +696,40 @@ def test_an_unreadable_keys_hint_leaves_out_a_group_a_setgid_folder_handed_down(
     assert f"(for a key: chgrp daemon {key} && chmod 640 {key})" in problems(text)[0]
 
 
+def test_listeners_for_other_machines_without_tls_are_warned_of(tmp_path: Path) -> None:
+    # AUTH is offered only under TLS or to this machine, and POP3 takes
+    # USER/PASS and AUTH PLAIN the same way: the example configuration with
+    # its [tls] section dropped (as the README offers) served other hosts
+    # nothing they could log in to, and check said "ok"
+    listeners = ('[submission]\nlisten = ["tcp:587"]\n'
+                 '[pop3]\nlisten = ["tcp:110"]\nallow_plaintext_auth = false\n')
+    s = load_text(MINIMAL + listeners, "/c")
+    assert list(s.warnings) == [
+        "/c: [submission] listen: without [tls], clients on other machines cannot log in, "
+        "and so cannot submit mail (AUTH is offered only under TLS or to a client on this "
+        'machine); add [tls] (docs/deployment.rst, "TLS certificates")',
+        "/c: [pop3] listen: without [tls], clients on other machines can log in only with "
+        "APOP (users added with --allow-apop): USER/PASS and AUTH PLAIN need TLS there "
+        '([pop3] allow_plaintext_auth = false); add [tls] (docs/deployment.rst, '
+        '"TLS certificates")']
+    # one listener other hosts reach is enough, an interface by name too
+    s = load_text(MINIMAL + '[submission]\nlisten = ["tcp:2587:interface=127.0.0.1", '
+                  '"tcp:587:interface=192.0.2.25"]\n[pop3]\nlisten = '
+                  '[\'tcp6:110:interface=\\:\\:\']\n', "/c")
+    assert [w.split(":")[1] for w in s.warnings] == [" [submission] listen", " [pop3] listen"]
+    # this machine only (the demo), plaintext allowed, or TLS: nothing to say
+    for text in (
+        '[submission]\nlisten = ["tcp:2587:interface=127.0.0.1", "unix:/run/s.sock", '
+        '\'tcp6:587:interface=\\:\\:1\']\n[pop3]\nlisten = ["tcp:110:interface=127.0.0.2", '
+        '"tcp:2110:interface=localhost"]\n',
+        '[submission]\nlisten = []\n[pop3]\nlisten = ["tcp:110"]\nallow_plaintext_auth = true\n',
+    ):
+        assert load_text(MINIMAL + text, "/c").warnings == (), text
+    cert, key = make_certificate(tmp_path, "mail.example.org")
+    tls = f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    assert load_text(MINIMAL + tls + listeners, "/c").warnings == ()
+
+
 def test_warnings_below_rfc_minimums() -> None:
     s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
     assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)

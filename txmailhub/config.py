@@ -584,6 +584,26 @@ def _listen_spec(description: str) -> ListenSpec:
                       getattr(endpoint, "_interface", None))
 
 
+def _reaches_other_hosts(description: str) -> bool:
+    """Whether a listener on ``description`` takes connections from other
+    machines: a TCP one on every address or on one that is not loopback;
+    not a ``unix:`` socket, nor one bound to a loopback address (a
+    description that cannot be read is reported on its own: False)."""
+    try:
+        spec = _listen_spec(description)
+    except Exception:  # a bad string: check_endpoint's problem line says it
+        return False
+    if spec.path is not None or spec.kind not in ("tcp", "tcp6"):
+        return False
+    interface = (spec.interface or "0.0.0.0").split("%", 1)[0]
+    if interface.lower().rstrip(".") == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True  # another name: whatever it resolves to may be reached
+
+
 def check_endpoint(description: str) -> None:
     """Raise ValueError unless ``description`` is a server endpoint we can listen on."""
     kind = description.split(":", 1)[0].lower()
@@ -1517,6 +1537,7 @@ def load_text(text: str, path: str) -> Settings:
         listen=r.get(t, "submission", "listen", d2.listen, r.endpoints),
         tls_listen=r.get(t, "submission", "tls_listen", d2.tls_listen, r.endpoints),
     )
+    submission_listen_given = "listen" in t
     if submission.tls_listen and tls is None:
         r.problem("submission", "tls_listen", "needs a [tls] section with certificate and key")
 
@@ -1549,11 +1570,34 @@ def load_text(text: str, path: str) -> Settings:
         ),
         max_errors=r.get(t, "pop3", "max_errors", d3.max_errors, _positive_int),
     )
+    pop3_listen_given = "listen" in t
     if pop3.tls_listen and tls is None:
         r.problem("pop3", "tls_listen", "needs a [tls] section with certificate and key")
     if "idle_timeout" in t and 0 < pop3.idle_timeout < 600:  # 0: no autologout
         r.warn("pop3", "idle_timeout",
                f"{pop3.idle_timeout}s is below the 10 minutes RFC 1939 section 3 requires")
+
+    if tls is None:
+        # AUTH (and so submission) and POP3's plaintext logins are only for
+        # TLS or this machine: a listener the file names for other hosts is
+        # of no use to them then, which nothing else said (the README
+        # offers dropping [tls] as the way to start without a certificate;
+        # the example configuration names its listeners)
+        if submission_listen_given and any(_reaches_other_hosts(d) for d in submission.listen):
+            warnings.append(
+                f"{path}: [submission] listen: without [tls], clients on other machines "
+                "cannot log in, and so cannot submit mail (AUTH is offered only under TLS "
+                "or to a client on this machine); add [tls] (docs/deployment.rst, "
+                '"TLS certificates")'
+            )
+        if (pop3_listen_given and not pop3.allow_plaintext_auth
+                and any(_reaches_other_hosts(d) for d in pop3.listen)):
+            warnings.append(
+                f"{path}: [pop3] listen: without [tls], clients on other machines can log in "
+                "only with APOP (users added with --allow-apop): USER/PASS and AUTH PLAIN "
+                "need TLS there ([pop3] allow_plaintext_auth = false); add [tls] "
+                '(docs/deployment.rst, "TLS certificates")'
+            )
 
     listeners = [
         (section, key, index, description)
