@@ -781,6 +781,48 @@ def test_bp_into_a_reader_that_went_away_is_quiet(
     assert err.getvalue() == ""
 
 
+def test_a_default_config_that_cannot_be_read_says_why_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # a cron job's sendmail on a machine with no /etc/txmailhub/mailhub.toml:
+    # the line named that file alone, as if the command had asked for it,
+    # where ``mailhub`` and ``twistd mailhub`` say that none was given
+    from txmailhub import sendmail
+
+    missing = tmp_path / "missing.toml"
+    monkeypatch.setenv("MAILHUB_CONFIG", str(missing))
+    monkeypatch.setattr("txmailhub.cli.DEFAULT_CONFIG", str(missing))
+    note = (f"no -C PATH given: reading {missing} "
+            "($MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml)")
+    why = f"{missing}: cannot read the config file: No such file or directory"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Subject: x\n\ny\n")))
+    for argv, lines in (
+        (["/usr/sbin/sendmail", "joe"], [note, why, "the message was NOT sent"]),
+        (["/usr/bin/mailq"], [note, why]),
+        (["/usr/sbin/sendmail", "-C", str(missing), "joe"], [why, "the message was NOT sent"]),
+    ):
+        monkeypatch.setattr("sys.argv", argv)
+        assert sendmail.main() == EX_CONFIG
+        prog = argv[0].rsplit("/", 1)[1]
+        assert capsys.readouterr().err.splitlines() == [f"{prog}: {line}" for line in lines]
+    # -bs: on standard error, the SMTP client gets its 421 as before
+    out = io.BytesIO()
+    assert run(["-bs"], str(missing), "sendmail", io.BytesIO(b"QUIT\r\n"), io.StringIO(),
+               stdout=out, config_option="-C") == EX_CONFIG
+    assert out.getvalue().startswith(b"421 ")
+    err = io.StringIO()
+    run(["-bs"], str(missing), "sendmail", io.BytesIO(b"QUIT\r\n"), err, stdout=io.BytesIO(),
+        config_option="-C")
+    assert err.getvalue().splitlines() == [f"sendmail: {note}", f"sendmail: {why}"]
+    # mailhub sendmail names mailhub's own option
+    err = io.StringIO()
+    assert cli.main(["sendmail", "joe"], out=io.StringIO(), err=err,
+                    stdin=io.TextIOWrapper(io.BytesIO(b"x\n"))) == EX_CONFIG
+    assert err.getvalue().splitlines()[0] == (
+        f"mailhub sendmail: no --config PATH given: reading {missing} "
+        "($MAILHUB_CONFIG, else /etc/txmailhub/mailhub.toml)")
+
+
 def test_installed_as_mailq_or_newaliases_it_is_bp_or_bi(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -649,12 +649,15 @@ def main(
         from txmailhub.sendmail import run as sendmail
 
         # its own exit codes: sysexits(3), as every caller of sendmail expects
-        config = _parse([*split[0], "check"], out, err).config
+        parsed = _parse([*split[0], "check"], out, err)
+        config = parsed.config
         if not config:  # a global option: mailhub's usage error, as any other of its own
             print(f"mailhub: {empty_config_path('--config')}", file=err)
             return 2
         return sendmail(split[1], config, "mailhub sendmail", stdin=getattr(stdin, "buffer", None),
-                        err=err, out=out)
+                        err=err, out=out,
+                        config_option=None if getattr(parsed, "config_given", False)
+                        else "--config")
     args = _parse(argv, out, err)
     if not args.config:  # --config= or -c '': not the default file (config.empty_config_path)
         print(f"mailhub: {empty_config_path('--config')}", file=err)

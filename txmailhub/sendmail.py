@@ -38,10 +38,15 @@ from typing import BinaryIO, TextIO
 
 from txmailhub.address import Address, AddressError, ascii_form, parse_address
 from txmailhub.cli_output import error_stream, utf8_output
-from txmailhub.config import LocalSubmission, empty_config_path, load_local_submission
+from txmailhub.config import (
+    SYSTEM_CONFIG,
+    LocalSubmission,
+    empty_config_path,
+    load_local_submission,
+)
 from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, RemoteProtocolError
-from txmailhub.logsafe import quoted
+from txmailhub.logsafe import quoted, shown_lines
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
 from txmailhub.sendmail_smtp import (
@@ -497,11 +502,15 @@ def prepare(
 def run(
     argv: list[str], config: str, prog: str,
     stdin: BinaryIO | None = None, err: TextIO | None = None, out: TextIO | None = None,
-    stdout: BinaryIO | None = None,
+    stdout: BinaryIO | None = None, config_option: str | None = None,
 ) -> int:
     """The whole command: parse, read, prepare, submit; the exit code.
     ``stdout`` is where ``-bs`` writes its replies (binary: CRLF, UTF-8
-    as the hub sent it); by default ``out``'s buffer."""
+    as the hub sent it); by default ``out``'s buffer.  ``config_option``:
+    ``config`` is the default file, and that option (``-C``, mailhub's
+    ``--config``) was not given: a config error then says which file was
+    read and why, as ``mailhub``'s do (the file alone read, on a fresh
+    machine, as if the command had asked for it)."""
     err = err or error_stream()
     not_sent = "the message was NOT sent"
     try:
@@ -527,10 +536,13 @@ def run(
             print(f"{prog}: -bs: standard {'output' if binary is None else 'input'} is "
                   "closed: there is no client to talk to", file=err)
             return EX_IOERR
-        return _smtp_session(options.config or config, prog, source, binary, err)
+        return _smtp_session(options.config or config, prog, source, binary, err,
+                             None if options.config else config_option)
     try:
         settings = load_local_submission(options.config or config)
     except ConfigError as e:
+        if config_option and not options.config:
+            print(_default_config_note(prog, config_option, config), file=err)
         for problem in e.problems:
             print(f"{prog}: {problem}", file=err)
         if options.mode == "m":
@@ -621,8 +633,14 @@ def _buffer(stream: object) -> BinaryIO | None:
     return getattr(stream, "buffer", None)
 
 
+def _default_config_note(prog: str, option: str, config: str) -> str:
+    """The line before a config error of the file read by default."""
+    return shown_lines(f"{prog}: no {option} PATH given: reading {config} "
+                       f"($MAILHUB_CONFIG, else {SYSTEM_CONFIG})")
+
+
 def _smtp_session(config: str, prog: str, stdin: BinaryIO, stdout: BinaryIO,
-                  err: TextIO) -> int:
+                  err: TextIO, config_option: str | None = None) -> int:
     """``-bs``: SMTP with the client on stdin and stdout, mediated to the
     hub (``txmailhub.sendmail_bs``).  The envelope is the client's: every
     other option (``-f``, ``-t``, recipients ...) is ignored.  Without a
@@ -641,6 +659,8 @@ def _smtp_session(config: str, prog: str, stdin: BinaryIO, stdout: BinaryIO,
     try:
         settings = load_local_submission(config)
     except ConfigError as e:
+        if config_option:
+            print(_default_config_note(prog, config_option, config), file=err)
         return fail(EX_CONFIG, "localhost", "; ".join(e.problems))
     targets = hub_targets(settings.listen)
     if not targets:
@@ -703,4 +723,4 @@ def main(argv: list[str] | None = None) -> int:
     prog = os.path.basename(sys.argv[0]) if argv is None else ""
     prog = prog if prog and not prog.startswith("-") else "sendmail"
     args = sys.argv[1:] if argv is None else argv
-    return run([*_ALIASES.get(prog, []), *args], DEFAULT_CONFIG, prog)
+    return run([*_ALIASES.get(prog, []), *args], DEFAULT_CONFIG, prog, config_option="-C")
