@@ -1979,6 +1979,14 @@ def test_alias_show_gives_what_delivery_does(config: Path) -> None:
         "skipped: ghost@example.org (named by void@example.org: no user or alias)\n"), "")
     assert run(config, "alias", "show", "alice") == (
         1, "", "mailhub: no such alias: alice@example.org\n")
+    # "self: self" and "\void" name mailboxes: no user, though an alias is there
+    (config.parent / "aliases").write_text("self: self\ncopy: \\void, alice\nvoid: alice\n")
+    assert run(config, "alias", "show", "self")[1].splitlines()[-1] == (
+        "skipped: self@example.org (named by self@example.org: no user of that name "
+        "(a mailbox target: not expanded as the alias))")
+    assert run(config, "alias", "show", "copy")[1].splitlines()[-1] == (
+        "skipped: void@example.org (named by copy@example.org: no user of that name "
+        "(a mailbox target: not expanded as the alias))")
 
 
 def test_alias_show_says_why_when_the_users_file_is_away_or_unreadable(config: Path) -> None:

@@ -165,7 +165,11 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     finally:
         globalLogPublisher.removeObserver(observe)
     for alias, target in skipped:
-        p(f"skipped: {target} (named by {alias}: no user or alias)")
+        # an alias's name skipped is a mailbox target (``\name``, or the
+        # alias's own name): "no user or alias" would deny the alias there
+        why = ("no user of that name (a mailbox target: not expanded as the alias)"
+               if aliases.key(target) in table else "no user or alias")
+        p(f"skipped: {target} (named by {alias}: {why})")
     for mailbox, why in unmeasured:
         print(shown(f"warning: cannot measure the mailbox of {mailbox} for [hub] "
                     f"mailbox_quota ({why}): RCPT takes its mail as if it had room"),
