@@ -704,14 +704,19 @@ def test_listeners_for_other_machines_without_tls_are_warned_of(tmp_path: Path) 
     listeners = ('[submission]\nlisten = ["tcp:587"]\n'
                  '[pop3]\nlisten = ["tcp:110"]\nallow_plaintext_auth = false\n')
     s = load_text(MINIMAL + listeners, "/c")
+    above = MINIMAL.count("\n")  # the lines before [submission]
     assert list(s.warnings) == [
         "/c: [submission] listen: without [tls], clients on other machines cannot log in, "
         "and so cannot submit mail (AUTH is offered only under TLS or to a client on this "
-        'machine); add [tls] (docs/deployment.rst, "TLS certificates")',
+        f'machine); add [tls] (docs/deployment.rst, "TLS certificates") (at line {above + 2})',
         "/c: [pop3] listen: without [tls], clients on other machines can log in only with "
         "APOP (users added with --allow-apop): USER/PASS and AUTH PLAIN need TLS there "
         '([pop3] allow_plaintext_auth = false); add [tls] (docs/deployment.rst, '
-        '"TLS certificates")']
+        f'"TLS certificates") (at line {above + 4})']
+    # the line of the first listener other machines reach, in a list over lines
+    s = load_text(MINIMAL + '[submission]\nlisten = [\n  "tcp:2587:interface=127.0.0.1",\n'
+                  '  "tcp:587",\n]\n', "/c")
+    assert s.warnings[0].endswith(f"(at line {above + 4})"), s.warnings
     # one listener other hosts reach is enough, an interface by name too
     s = load_text(MINIMAL + '[submission]\nlisten = ["tcp:2587:interface=127.0.0.1", '
                   '"tcp:587:interface=192.0.2.25"]\n[pop3]\nlisten = '

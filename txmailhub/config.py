@@ -1583,21 +1583,22 @@ def load_text(text: str, path: str) -> Settings:
         # of no use to them then, which nothing else said (the README
         # offers dropping [tls] as the way to start without a certificate;
         # the example configuration names its listeners)
-        if submission_listen_given and any(_reaches_other_hosts(d) for d in submission.listen):
-            warnings.append(
-                f"{path}: [submission] listen: without [tls], clients on other machines "
-                "cannot log in, and so cannot submit mail (AUTH is offered only under TLS "
-                "or to a client on this machine); add [tls] (docs/deployment.rst, "
-                '"TLS certificates")'
-            )
-        if (pop3_listen_given and not pop3.allow_plaintext_auth
-                and any(_reaches_other_hosts(d) for d in pop3.listen)):
-            warnings.append(
-                f"{path}: [pop3] listen: without [tls], clients on other machines can log in "
-                "only with APOP (users added with --allow-apop): USER/PASS and AUTH PLAIN "
-                "need TLS there ([pop3] allow_plaintext_auth = false); add [tls] "
-                '(docs/deployment.rst, "TLS certificates")'
-            )
+        # at the line of the first listener other machines reach
+        open_to_others = [i for i, d in enumerate(submission.listen) if _reaches_other_hosts(d)]
+        if submission_listen_given and open_to_others:
+            r.warn("submission", "listen",
+                   "without [tls], clients on other machines cannot log in, and so cannot "
+                   "submit mail (AUTH is offered only under TLS or to a client on this "
+                   'machine); add [tls] (docs/deployment.rst, "TLS certificates")',
+                   item=open_to_others[0])
+        open_to_others = [i for i, d in enumerate(pop3.listen) if _reaches_other_hosts(d)]
+        if pop3_listen_given and not pop3.allow_plaintext_auth and open_to_others:
+            r.warn("pop3", "listen",
+                   "without [tls], clients on other machines can log in only with APOP "
+                   "(users added with --allow-apop): USER/PASS and AUTH PLAIN need TLS there "
+                   '([pop3] allow_plaintext_auth = false); add [tls] (docs/deployment.rst, '
+                   '"TLS certificates")',
+                   item=open_to_others[0])
 
     listeners = [
         (section, key, index, description)
