@@ -1483,7 +1483,8 @@ def test_check_says_the_line_of_a_listener_that_is_not_ready(config: Path) -> No
         '[pop3]\n'                                                   # 14
         'listen = ["tcp:1110:interface=no.such.host.invalid"]\n'))   # 15
     code, _, err = run(config, "check")
-    lines = err.splitlines()
+    # (the POP3 listener, no TLS, also gets the warning of one other hosts may reach)
+    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
     assert code == 2 and len(lines) == 2, err
     assert lines[0].startswith(f"{config}: [smtp] listen: endpoint ") and \
         lines[0].endswith(" (at line 12)"), err
