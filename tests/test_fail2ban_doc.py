@@ -212,6 +212,74 @@ def test_the_filter_matches_a_failed_pop3_login(log_events, user: str, mechanism
     assert hosts(lines) == ["192.0.2.7"]
 
 
+def smtp_auth_failed_line(log_events: list[dict[str, Any]], user: str) -> str:
+    """The line a failed SMTP AUTH PLAIN of ``user`` from 192.0.2.1 logs,
+    less its time stamp."""
+    h = Harness()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
+    take(t)
+    creds = base64.b64encode(f"\0{user}\0wrong".encode()).decode()
+    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {creds}\r\n".encode())
+    h.clock.advance(60)
+    assert take(t)[-1].startswith("535 ")
+    lines = log_lines(log_events, "txmailhub.smtp")
+    assert hosts(lines) == ["192.0.2.1"]
+    [line] = [line for line in lines if "authentication failed" in line]
+    return line.split(" ", 1)[1]
+
+
+def pop3_refused_line(log_events: list[dict[str, Any]], user: str, mechanism: str) -> str:
+    """The line a failed POP3 login of ``user`` from 192.0.2.7 logs, less
+    its time stamp."""
+    env = Env(allow_plaintext_auth=True)
+    proto, t = env.connect(peer=REMOTE)
+    if mechanism == "USER":
+        talk(proto, t, f"USER {user}\r\n".encode())
+        talk(proto, t, b"PASS wrong\r\n")
+    else:
+        talk(proto, t, b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0wrong".encode())
+             + b"\r\n")
+    env.clock.advance(60)
+    assert t.value().startswith(b"-ERR [AUTH]"), t.value()
+    lines = log_lines(log_events, "txmailhub.pop3")
+    assert hosts(lines) == ["192.0.2.7"]
+    [line] = [line for line in lines if "refused" in line]
+    return line.split(" ", 1)[1]
+
+
+# deployment.rst says what USER is in each: SMTP logs the address the
+# name stands for (a bare one at the primary domain, the domain in lower
+# case), or the text as it came where it is no address; POP3 the name as
+# the client gave it
+@pytest.mark.parametrize(("typed", "logged"), [
+    ("joe", "joe@example.org"), ("Joe@EXAMPLE.ORG.", "Joe@example.org"),
+    (" joe ", "joe@example.org"), ("a@b@example.org", "a@b@example.org"),
+    ("joe\x7f", "joe\\x7f")])
+def test_smtp_logs_the_address_the_name_stands_for(log_events, typed: str, logged: str) -> None:
+    assert smtp_auth_failed_line(log_events, typed) == (
+        f"[txmailhub.smtp#info] authentication failed for {logged} from 192.0.2.1")
+
+
+@pytest.mark.parametrize("mechanism", ["USER", "PLAIN"])
+@pytest.mark.parametrize("typed", ["joe", "Joe@EXAMPLE.ORG."])
+def test_pop3_logs_the_name_as_the_client_gave_it(log_events, typed: str,
+                                                  mechanism: str) -> None:
+    assert pop3_refused_line(log_events, typed, mechanism) == (
+        f"[txmailhub.pop3#info] POP3 login {typed} from 192.0.2.7 ({mechanism}) refused: AUTH")
+
+
+def test_the_documented_example_lines_are_what_a_client_that_typed_joe_leaves(
+        log_events) -> None:
+    # the examples after "each line starts with the time", less the time:
+    # the same name, joe, typed to both, shows in the two forms
+    text = DEPLOYMENT.read_text()
+    start = text.rindex("\n", 0, text.index("[txmailhub.smtp#info] authentication failed for "))
+    examples = [line.strip().split(" ", 1)[1] for line in text[start + 1:].splitlines()[:2]]
+    assert examples == [smtp_auth_failed_line(log_events, "joe"),
+                        pop3_refused_line(log_events, "joe", "USER")]
+
+
 def test_the_filter_matches_a_failed_apop_login_with_its_detail(log_events, tmp_path) -> None:
     # the refusal of a user added without --allow-apop ends with a remark
     env = Env(checker=checker_without_apop_secret(tmp_path))
