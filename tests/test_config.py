@@ -807,8 +807,11 @@ def test_example_configs_are_valid() -> None:
     assert all("127.0.0.1" in e for e in demo.smtp.listen + demo.pop3.listen)
     text = (root / "etc" / "mailhub.toml").read_text()
     # the production example names files that only exist on a real server
-    found = problems(text, "/etc/txmailhub/mailhub.toml")
-    assert all(("does not exist" in p) for p in found), found
+    with pytest.raises(ConfigError) as info:
+        load_text(text, "/etc/txmailhub/mailhub.toml")
+    assert all(("does not exist" in p) for p in info.value.problems), info.value.problems
+    # nothing it sets is without effect (smarthost_tls is for a smarthost)
+    assert not [w for w in info.value.warnings if "[relay]" in w], info.value.warnings
 
 
 def test_twistd_lifts_the_open_files_limit():
@@ -1410,6 +1413,25 @@ def test_a_smarthost_auth_file_that_does_not_exist_is_a_problem(tmp_path: Path) 
                      f'smarthost_auth_file = "{tmp_path}/absent"\n')
     assert found == [f"/etc/mh/mailhub.toml: [relay] smarthost_auth_file: "
                      f"{tmp_path}/absent does not exist (at line 6)"]
+
+
+def test_smarthost_tls_without_a_smarthost_is_warned_of() -> None:
+    # the key was taken without a word: an admin who set it for MX
+    # delivery believed a setting that does nothing
+    for relay, line in (('smarthost_tls = "none"\n', 5),
+                        ('smarthost = ""\n\nsmarthost_tls = "opportunistic"\n', 7)):
+        s = load_text(MINIMAL + "[relay]\n" + relay, "/c")
+        [found] = s.warnings
+        assert found.startswith("/c: [relay] smarthost_tls: ") and found.endswith(
+            f" has no effect without [relay] smarthost: mail goes to each domain's MX hosts, "
+            f"with STARTTLS when they offer it (docs/relay.rst, TLS policy) (at line {line})"
+        ), found
+    s = load_text(MINIMAL + '[relay]\nsmarthost = "mx.example.net:587"\nsmarthost_tls = "none"\n',
+                  "/c")
+    assert s.warnings == ()
+    # a smarthost that is a problem is said once, not as if none were set
+    found = problems(MINIMAL + '[relay]\nsmarthost = 25\nsmarthost_tls = "none"\n')
+    assert len(found) == 1 and "[relay] smarthost: " in found[0], found
 
 
 @pytest.mark.parametrize("key, short, enough", [

@@ -1654,6 +1654,14 @@ def load_text(text: str, path: str) -> Settings:
     )
     if auth_file and not relay.smarthost:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
+    if "smarthost_tls" in t and t.get("smarthost", "") == "":
+        # MX delivery has a TLS policy of its own (docs/relay.rst): an
+        # admin who wrote this for it believes a setting that does nothing.
+        # Not after a smarthost that is a problem (its value is then "")
+        r.warn("relay", "smarthost_tls",
+               f"{quoted(t['smarthost_tls'])} has no effect without [relay] smarthost: mail "
+               "goes to each domain's MX hosts, with STARTTLS when they offer it "
+               "(docs/relay.rst, TLS policy)")
     ambiguous = smarthost_warning(relay.smarthost) if relay.smarthost else None
     if ambiguous:
         r.warn("relay", "smarthost", ambiguous)
