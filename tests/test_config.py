@@ -1116,8 +1116,59 @@ def test_retry_waits_under_a_minute_and_a_zero_queue_lifetime_are_warned_of() ->
         "/c: [relay] queue_lifetime: 0 bounces every message that cannot be delivered "
         "at its first attempt (RFC 5321 4.5.4.1 suggests 4-5 days) (at line 5)"
     ]
-    s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "1h"\n', "/c")
+    # (1h would now be warned of: the default delay_warning is 4h)
+    s = load_text(MINIMAL + '[relay]\nqueue_lifetime = "1d"\n', "/c")
     assert not [w for w in s.warnings if "queue_lifetime" in w]
+
+
+LIFETIME_FIRST = ("a message whose first attempt fails is tried again at most once, when the "
+                  "lifetime ends, then bounced (RFC 5321 4.5.4.1 suggests 4-5 days)")
+NO_NOTICE = 'no "delayed" notice is ever sent (delay_warning = 0 turns it off)'
+
+
+@pytest.mark.parametrize(("relay", "warning"), [
+    # "5" meant as days is 5 seconds, and was taken without a word
+    ('queue_lifetime = "5"', "[relay] queue_lifetime: 5s (a number without a unit is seconds) "
+     f"is shorter than the first wait of retry_schedule (1m): {LIFETIME_FIRST} (at line 5)"),
+    ("queue_lifetime = 5", "[relay] queue_lifetime: 5s (a number without a unit is seconds) "
+     f"is shorter than the first wait of retry_schedule (1m): {LIFETIME_FIRST} (at line 5)"),
+    ('queue_lifetime = "59s"', "[relay] queue_lifetime: 59s is shorter than the first wait "
+     f"of retry_schedule (1m): {LIFETIME_FIRST} (at line 5)"),
+    ('queue_lifetime = "1h"\nretry_schedule = [\n  "2h",\n]',
+     "[relay] queue_lifetime: 1h is shorter than the first wait of retry_schedule (2h): "
+     f"{LIFETIME_FIRST} (at line 5)"),
+    ('retry_schedule = [\n  "6d",\n]', "[relay] retry_schedule: the first wait, 6d, is longer "
+     f"than queue_lifetime (5d): {LIFETIME_FIRST} (at line 6)"),
+    # the "delayed" notice goes out only before the lifetime is over
+    ('delay_warning = "5d"', f"[relay] delay_warning: 5d is not shorter than queue_lifetime "
+     f"(5d): {NO_NOTICE} (at line 5)"),
+    ('queue_lifetime = "1h"\n\ndelay_warning = "2h"', "[relay] delay_warning: 2h is not "
+     f"shorter than queue_lifetime (1h): {NO_NOTICE} (at line 7)"),
+    ('queue_lifetime = "4h"', "[relay] queue_lifetime: 4h is not longer than delay_warning "
+     f"(4h): {NO_NOTICE} (at line 5)"),
+    ('queue_lifetime = "60"', "[relay] queue_lifetime: 1m (a number without a unit is "
+     f"seconds) is not longer than delay_warning (4h): {NO_NOTICE} (at line 5)"),
+])
+def test_a_queue_lifetime_too_short_for_the_schedule_or_the_notice_is_warned_of(
+        relay: str, warning: str) -> None:
+    s = load_text(MINIMAL + f"[relay]\n{relay}\n", "/c")
+    assert s.warnings == (f"/c: {warning}",)
+
+
+@pytest.mark.parametrize("relay", [
+    'queue_lifetime = "4h1s"', 'queue_lifetime = "1h"\ndelay_warning = 0',
+    'queue_lifetime = "1h"\ndelay_warning = "59m"', 'delay_warning = "4d"',
+    'retry_schedule = ["5d"]', 'queue_lifetime = "2m"\nretry_schedule = ["2m"]\n'
+    'delay_warning = "1m"', "queue_lifetime = 432000",
+    'queue_lifetime = "3h"\ndelay_warning = "4x"',  # a problem, said once
+])
+def test_a_queue_lifetime_the_schedule_and_the_notice_fit_in_is_no_warning(relay: str) -> None:
+    try:
+        s = load_text(MINIMAL + f"[relay]\n{relay}\n", "/c")
+    except ConfigError as e:
+        assert len(e.problems) == 1 and not e.warnings, (e.problems, e.warnings)
+    else:
+        assert s.warnings == ()
 
 
 def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:

@@ -41,6 +41,7 @@ from txmailhub.errors import ConfigError
 from txmailhub.listen_spec import ListenSpec, parse_listen
 from txmailhub.logsafe import quoted
 from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
+from txmailhub.relay.schedule import describe_delay
 
 __all__ = [
     "AliasesSettings",
@@ -1680,6 +1681,7 @@ def load_text(text: str, path: str) -> Settings:
         r.warn("relay", "queue_lifetime",
                "0 bounces every message that cannot be delivered at its first attempt "
                "(RFC 5321 4.5.4.1 suggests 4-5 days)")
+    _warn_of_lifetime_against_waits(r, t, relay)
 
     r.name_homes()
     if problems:
@@ -1698,6 +1700,52 @@ def load_text(text: str, path: str) -> Settings:
         hostname_from=own_name_from,
         lines=r.lines,
     )
+
+
+def _warn_of_lifetime_against_waits(r: _Reader, t: dict[str, Any],
+                                    relay: RelaySettings) -> None:
+    """Warn of a ``queue_lifetime`` that leaves the retry schedule or the
+    "delayed" notice nothing to do.  ``queue_lifetime = "5"`` (or ``5``)
+    is five seconds, not days: a message whose first attempt fails gets
+    one more at the lifetime's end (``schedule.next_attempt``) and is
+    bounced, never waiting as ``retry_schedule`` says.  A notice after
+    ``delay_warning`` is sent only before the lifetime is over, so one
+    not shorter than it never goes out.  One warning a mistake: the
+    notice's is left out where the lifetime's is said (it follows from
+    it), and either only when the file sets one of the keys compared."""
+    lifetime, first = relay.queue_lifetime, relay.retry_schedule[0]
+    if lifetime == 0:  # warned of above
+        return
+    keys = ("queue_lifetime", "retry_schedule", "delay_warning")
+    if any(f"[relay] {key}:" in p for key in keys for p in r.problems):
+        return  # a default in place of a bad value: nothing the file says
+    raw = t.get("queue_lifetime")
+    # "5" meant as days: the reader is told how it was read
+    unit = " (a number without a unit is seconds)" if (
+        isinstance(raw, int) or (isinstance(raw, str) and raw.strip()[-1:].isdigit())) else ""
+    then = ("a message whose first attempt fails is tried again at most once, when the "
+            "lifetime ends, then bounced (RFC 5321 4.5.4.1 suggests 4-5 days)")
+    if lifetime < first and "queue_lifetime" in t:
+        r.warn("relay", "queue_lifetime",
+               f"{describe_delay(lifetime)}{unit} is shorter than the first wait of "
+               f"retry_schedule ({describe_delay(first)}): {then}")
+        return
+    if lifetime < first and "retry_schedule" in t:
+        r.warn("relay", "retry_schedule",
+               f"the first wait, {describe_delay(first)}, is longer than queue_lifetime "
+               f"({describe_delay(lifetime)}): {then}", 0)
+        return
+    warning = relay.delay_warning
+    if 0 < warning and lifetime <= warning:
+        off = "no \"delayed\" notice is ever sent (delay_warning = 0 turns it off)"
+        if "delay_warning" in t:
+            r.warn("relay", "delay_warning",
+                   f"{describe_delay(warning)} is not shorter than queue_lifetime "
+                   f"({describe_delay(lifetime)}): {off}")
+        elif "queue_lifetime" in t:
+            r.warn("relay", "queue_lifetime",
+                   f"{describe_delay(lifetime)}{unit} is not longer than delay_warning "
+                   f"({describe_delay(warning)}): {off}")
 
 
 @dataclass(frozen=True)
