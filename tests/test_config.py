@@ -810,7 +810,7 @@ def test_example_configs_are_valid() -> None:
     with pytest.raises(ConfigError) as info:
         load_text(text, "/etc/txmailhub/mailhub.toml")
     assert all(("does not exist" in p) for p in info.value.problems), info.value.problems
-    # nothing it sets is without effect (smarthost_tls is for a smarthost)
+    # nothing it sets is warned of in [relay] (smarthost_tls is its default)
     assert not [w for w in info.value.warnings if "[relay]" in w], info.value.warnings
 
 
@@ -1479,6 +1479,11 @@ def test_smarthost_tls_without_a_smarthost_is_warned_of() -> None:
         ), found
     s = load_text(MINIMAL + '[relay]\nsmarthost = "mx.example.net:587"\nsmarthost_tls = "none"\n',
                   "/c")
+    assert s.warnings == ()
+    # the default written out beside an empty smarthost (the example
+    # configuration's lines) says nothing wrong
+    s = load_text(MINIMAL + '[relay]\nsmarthost = ""\nsmarthost_tls = "verify"\n'
+                  'smarthost_auth_file = ""\n', "/c")
     assert s.warnings == ()
     # a smarthost that is a problem is said once, not as if none were set
     found = problems(MINIMAL + '[relay]\nsmarthost = 25\nsmarthost_tls = "none"\n')

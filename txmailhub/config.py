@@ -1655,10 +1655,13 @@ def load_text(text: str, path: str) -> Settings:
     )
     if auth_file and not relay.smarthost:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
-    if "smarthost_tls" in t and t.get("smarthost", "") == "":
+    if (t.get("smarthost_tls", "verify") != "verify" and t.get("smarthost", "") == ""):
         # MX delivery has a TLS policy of its own (docs/relay.rst): an
-        # admin who wrote this for it believes a setting that does nothing.
-        # Not after a smarthost that is a problem (its value is then "")
+        # admin who chose another policy here for it believes a setting
+        # that does nothing.  The default written out (ARCHITECTURE.md's
+        # example config and etc/mailhub.toml have it beside an empty
+        # smarthost) says nothing wrong.  Not after a smarthost that is a
+        # problem (its value is then "")
         r.warn("relay", "smarthost_tls",
                f"{quoted(t['smarthost_tls'])} has no effect without [relay] smarthost: mail "
                "goes to each domain's MX hosts, with STARTTLS when they offer it "
