@@ -735,6 +735,22 @@ def test_listeners_for_other_machines_without_tls_are_warned_of(tmp_path: Path) 
     assert load_text(MINIMAL + tls + listeners, "/c").warnings == ()
 
 
+def test_a_listener_on_the_ipv4_mapped_loopback_is_this_machines_only() -> None:
+    # bound to ::ffff:127.0.0.1, a socket takes connections to 127.0.0.1
+    # only, whose peers the SMTP and POP3 servers take for loopback (an
+    # IPv4-mapped address is read as its IPv4 one): AUTH and plaintext
+    # logins work there, so nothing to warn of
+    for interface in ("\\\\:\\\\:ffff\\\\:127.0.0.1", "\\\\:\\\\:FFFF\\\\:7f00\\\\:1"):
+        text = (f'[submission]\nlisten = ["tcp6:2587:interface={interface}"]\n'
+                f'[pop3]\nlisten = ["tcp6:2110:interface={interface}"]\n')
+        assert load_text(MINIMAL + text, "/c").warnings == (), text
+    # other IPv4-mapped addresses are reached by other machines, as the IPv4 ones
+    text = ('[submission]\nlisten = ["tcp6:587:interface=\\\\:\\\\:ffff\\\\:192.0.2.25"]\n'
+            '[pop3]\nlisten = ["tcp6:110:interface=\\\\:\\\\:ffff\\\\:0.0.0.0"]\n')
+    assert [w.split(":")[1] for w in load_text(MINIMAL + text, "/c").warnings] == [
+        " [submission] listen", " [pop3] listen"]
+
+
 def test_warnings_below_rfc_minimums() -> None:
     s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
     assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)

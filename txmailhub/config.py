@@ -596,13 +596,15 @@ def _reaches_other_hosts(description: str) -> bool:
         return False
     if spec.path is not None or spec.kind not in ("tcp", "tcp6"):
         return False
-    interface = (spec.interface or "0.0.0.0").split("%", 1)[0]
+    interface = spec.interface or "0.0.0.0"
     if interface.lower().rstrip(".") == "localhost":
         return False
-    try:
-        return not ipaddress.ip_address(interface).is_loopback
-    except ValueError:
+    # read as the servers read their clients' addresses (``client_ip``): a
+    # socket bound to ::ffff:127.0.0.1 takes only peers they call loopback
+    ip = client_ip(interface)
+    if ip is None:
         return True  # another name: whatever it resolves to may be reached
+    return not ip.is_loopback
 
 
 def check_endpoint(description: str) -> None:
