@@ -695,6 +695,25 @@ def test_user_del_warns_of_the_aliases_that_named_the_user(config: Path) -> None
     assert run(config, "user", "del", "bob") == (0, "deleted bob@example.org\n", "")
 
 
+def test_user_del_warns_of_the_alias_of_its_name_that_kept_a_copy(config: Path) -> None:
+    # "joe: joe, joe@backup.test", the way to keep a copy in the user's own
+    # mailbox: the alias's own name is that mailbox, as \joe is, so the hub
+    # skips it once joe is deleted (check warns of it); "staff: joe" is
+    # expanded as the alias, whose own target is the one skipped
+    (config.parent / "aliases").write_text(
+        "joe: joe, joe@backup.test\nstaff: joe, ann\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in ("joe", "ann"):
+        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0
+    assert run(config, "check")[2] == "", "nothing to warn of while joe is a user"
+    code, out, err = run(config, "user", "del", "joe")
+    assert (code, out) == (0, "deleted joe@example.org\n")
+    assert err == ("warning: the aliases file names joe@example.org as a target of "
+                   "joe@example.org: the hub now skips that target (mailhub alias set to "
+                   "change them)\n"), err
+    assert "alias joe@example.org names joe@example.org" in run(config, "check")[2]
+
+
 def test_a_user_with_an_escape_in_its_name_from_before_is_listed_and_deleted_escaped(
         config: Path) -> None:
     # a users file line from before ESC was refused: `check` says what to

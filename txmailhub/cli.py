@@ -548,9 +548,12 @@ def _aliases_naming(settings: Settings, key: str) -> list[str]:
         return []  # check says what is wrong with the file
     if key in table:
         # an alias of that name takes over the expanded targets: they are
-        # not skipped; only the ``\name`` ones, the mailbox itself, are
+        # not skipped; only the ``\name`` ones, the mailbox itself, are --
+        # and that alias's own name among its targets (``joe: joe``), which
+        # the hub takes as the mailbox too (``Router``)
         return sorted(name for name, targets in table.items()
-                      if any(t.key == key and not expand for t, expand in targets))
+                      if any(t.key == key and (not expand or name == key)
+                             for t, expand in targets))
     return sorted(name for name, targets in table.items()
                   if any(t.key == key for t, _expand in targets))
 
