@@ -1434,3 +1434,20 @@ def test_a_store_without_wanted_is_opened_for_a_pop3_login(db: UsersDB) -> None:
     )
     assert iface is IMailbox and store.opened == [Address("alice", "example.org")]
     logout()
+
+
+@pytest.mark.parametrize("name", ["ab\u037e", "j\u00f6rg\u037e", "\u037ej\u00f6rg", "a\u037e"])
+def test_a_line_keyed_quoted_by_its_nfc_form_is_not_said_to_get_no_mail(name: str) -> None:
+    # a dot-string that NFC makes ASCII punctuation (U+037E, the Greek
+    # question mark, is ";") is keyed quoted, '"ab;"', and RCPT TO:<ab\u037e>
+    # and <"ab;"> both reach it.  Written unquoted in the file, its key is
+    # quoted but the name is not: unquoting the name as written dropped its
+    # first and last characters, and check warned that RCPT named it b@...
+    # and that it got no mail
+    from txmailhub.address import parse_address
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import mail_never_reaches
+
+    address = parse_address(f"{name}@example.org", "example.org", controls=True)
+    assert address.key == parse_mailbox(name, "example.org", utf8=True).key
+    assert mail_never_reaches(address) is None

@@ -125,6 +125,11 @@ def mail_never_reaches(address: Address) -> str | None:
     from txmailhub.smtp._parse import unquote_local
 
     if len(local) > 1 and local[0] == local[-1] == '"':
+        if address.local[:1] != '"':
+            # quoted by ``canonical_local``, not in the file: a dot-string
+            # that NFC makes punctuation (ab\u037e is "ab;"), which RCPT
+            # gives as it is or quoted, both looked up with the quotes
+            return None
         plain = unquote_local(address.local)
         if not plain.startswith('"'):
             return (f"RCPT TO names it {plain}@{address.domain} (the quotes dropped), "
