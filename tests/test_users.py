@@ -1451,3 +1451,60 @@ def test_a_line_keyed_quoted_by_its_nfc_form_is_not_said_to_get_no_mail(name: st
     address = parse_address(f"{name}@example.org", "example.org", controls=True)
     assert address.key == parse_mailbox(name, "example.org", utf8=True).key
     assert mail_never_reaches(address) is None
+
+
+# Ordinary names as a users file may hold them (typed by hand: any case,
+# decomposed) and the key and Maildir folder each had before the local
+# part's key learned about NFC punctuation (U+037E): an upgrade must leave
+# every existing user's mail where it was, and the user reachable by RCPT
+# and by login names alike
+_KEPT_KEYS = [
+    ("joe", "joe"),
+    ("JOE.Smith", "joe.smith"),
+    ("joe+tag", "joe+tag"),
+    ("o'brien", "o'brien"),
+    ("Postmaster", "postmaster"),
+    ("j\xf6rg", "j\xf6rg"),
+    ("JO\u0308RG", "j\xf6rg"),
+    ("Jose\u0301", "jos\xe9"),
+    ("stra\xdfe", "stra\xdfe"),
+    ("\u1e9e", "\xdf"),
+    ("\u0414\u043c\u0438\u0442\u0440\u0438\u0439", "\u0434\u043c\u0438\u0442\u0440\u0438\u0439"),
+    ("\u0391\u039b\u0388\u039e", "\u03b1\u03bb\u03ad\u03be"),
+    ("\u674e\u56db", "\u674e\u56db"),
+    ("\u0130stanbul", "i\u0307stanbul"),
+    ("\u212aelvin", "kelvin"),
+    ("A\u030angstrom", "\xe5ngstrom"),
+    ("\u1f00\u0345", "\u1f80"),
+    ("\u200cx\u200d", "\u200cx\u200d"),
+    ("\ufb01le", "\ufb01le"),
+    ('"a..b"', '"a..b"'),
+]
+
+
+def test_the_keys_and_maildir_folders_of_ordinary_names_stay_as_they_were(
+        tmp_path: Path) -> None:
+    from txmailhub.address import login_key
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.store.maildir import maildir_path
+
+    domains = ("example.org", "b\xfccher.example")
+    text = "".join(f"{name}@{domain} {hash_password('pw')}\n"
+                   for name, _key in _KEPT_KEYS
+                   for domain in ("Example.ORG", "xn--bcher-kva.example", "B\xdcCHER.example"))
+    (tmp_path / "users").write_text(text, encoding="utf-8")
+    db = UsersDB(str(tmp_path / "users"), "example.org", domains)
+    # the spellings of one domain are one user: the first line of each
+    by_key = {a.key: a for a in db.addresses()}
+    expected = {f"{key}@{domain}" for _name, key in _KEPT_KEYS
+                for domain in ("example.org", "b\xfccher.example")}
+    assert set(by_key) == expected
+    for name, key in _KEPT_KEYS:
+        for domain in ("example.org", "b\xfccher.example"):
+            address = by_key[f"{key}@{domain}"]
+            assert maildir_path("/m", address) == f"/m/{domain}/{key}", name
+            assert db.contains(parse_mailbox(f"{name}@{domain}", "example.org", utf8=True))
+            assert login_key(f"{name}@{domain}") == f"{key}@{domain}", name
+        if name.isascii():
+            rcpt = parse_mailbox(f"{name}@xn--bcher-kva.example", "example.org")
+            assert rcpt.key == f"{key}@b\xfccher.example", name
