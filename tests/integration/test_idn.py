@@ -4,6 +4,7 @@ decomposed), with smtplib, poplib and the ``mailhub`` command."""
 
 from __future__ import annotations
 
+import base64
 import poplib
 import smtplib
 
@@ -73,3 +74,29 @@ def test_a_domain_configured_as_its_a_label_takes_bare_names_without_smtputf8(ma
                  .iterdir()]
     head = stored.read_bytes().split(b"\n\n", 1)[0]
     assert head.isascii() and b"for <bob@xn--bcher-kva.example>" in head, head
+
+
+def test_a_name_nfc_makes_punctuation_logs_in_to_the_mailbox_smtp_delivers_to(make_hub):
+    # U+037E, the Greek question mark, is ";" in NFC: the user a\u037e is
+    # keyed '"a;"' (the quoted string its NFC form needs), and RCPT TO:<a\u037e>
+    # delivers there.  POP3 prepared the login name in NFC before it was
+    # keyed, a; -- another name, whose key has no quotes: USER a\u037e was
+    # refused while SMTP AUTH of the same name logged in
+    name = "a\u037e"
+    hub = make_hub(users={f"{name}@example.org": "pw"})
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.sendmail("x@remote.test", [name], MESSAGE, mail_options=["SMTPUTF8"]) == {}
+    assert len(list((hub.state_dir / "mail" / "example.org" / '"a;"' / "new").iterdir())) == 1
+    with smtplib.SMTP("127.0.0.1", hub.submission_port, timeout=10) as s:
+        s.ehlo("client.test")
+        plain = base64.b64encode(f"\0{name}\0pw".encode()).decode()
+        assert s.docmd("AUTH", f"PLAIN {plain}")[0] == 235
+    for login in (name, f"{name}@example.org", '"a;"'):
+        pop = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
+        try:
+            pop.user(login)
+            pop.pass_("pw")
+            assert pop.stat()[0] == 1, login
+        finally:
+            pop.quit()

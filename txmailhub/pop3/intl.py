@@ -27,6 +27,8 @@ import re
 import stringprep
 import unicodedata
 
+from txmailhub.address import login_key
+
 __all__ = ["LANGUAGES", "HeaderScan", "prepare_username", "select_language", "valid_range"]
 
 # The LF that ends the header section's last line, then the empty line.
@@ -104,11 +106,19 @@ def prepare_username(name: str) -> str | None:
     SASLprep's NFKC: the users file keys names in NFC, so a compatibility
     mapping here would make POP3 look up another mailbox than SMTP AUTH
     and ``mailhub user`` do.  A lone surrogate is an octet that was not
-    UTF-8 (the engine decodes lines with ``surrogateescape``)."""
+    UTF-8 (the engine decodes lines with ``surrogateescape``).
+
+    A name whose NFC form is keyed as another mailbox is handed on as it
+    was written (judged in NFC all the same): ``canonical_local`` keys a
+    dot-string that NFC makes ASCII punctuation as the quoted string its
+    NFC form needs (``a\u037e``, with the Greek question mark, is
+    ``"a;"``), and its NFC form, ``a;``, is keyed without the quotes --
+    another name than the one SMTP delivers to and SMTP AUTH logs in."""
     if name.isascii():
         if any(c < "!" or c == "\x7f" for c in name):
             return None
         return name
+    written = name
     name = unicodedata.normalize("NFC", name)
     if any(_prohibited(c) for c in name):
         return None
@@ -119,6 +129,8 @@ def prepare_username(name: str) -> str | None:
     local, at, domain = name.rpartition("@")
     if any(_breaks_bidi(part) for part in ([local, *domain.split(".")] if at else [name])):
         return None
+    if name != written and login_key(name) != login_key(written):
+        return written
     return name
 
 
