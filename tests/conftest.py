@@ -212,6 +212,35 @@ def read_empty(fd: int) -> None:
     time.sleep(0.05)  # the reader is past the data by now
 
 
+def not_waiting_on(fifo: Path, call: Callable[[], Any], seconds: float = 20) -> Any:
+    """``call()``'s result, which must come without a writer ever opening
+    the FIFO at ``fifo``: code that opens it plainly to read waits for
+    one for ever.  Such a wait fails the test (after ``seconds``, a
+    ceiling, no measure), and is ended by opening the FIFO for writing,
+    so that no thread is left blocked.  ``call()``'s exception is raised."""
+    import threading
+
+    done: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            done.append((True, call()))
+        except BaseException as e:  # handed to the test
+            done.append((False, e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if not done:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader sees an end
+        t.join()
+        pytest.fail(f"blocked opening the FIFO {fifo}")
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
+
+
 @pytest.fixture
 def open_tmp() -> Iterator[Path]:
     """A folder every user may enter (pytest's own, 0700, is root's alone),

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import as_user, mailhub, read_empty
+from conftest import as_user, mailhub, not_waiting_on, read_empty
 
 from txmailhub.cli import main
 
@@ -805,21 +805,97 @@ def test_check_names_the_key_of_a_users_or_aliases_file_it_cannot_use(config: Pa
     assert code == 2 and "[aliases] file is not UTF-8 text" in err, err
 
 
+def test_check_reports_a_fifo_for_the_users_file_and_does_not_wait_on_it(config: Path) -> None:
+    # a plain open() of a FIFO waits for a writer: check hung (and the hub,
+    # at its first lookup); said as the config's check says an aliases file
+    # that is one, at the key's line when the file writes it
+    users = config.parent / "users"
+    os.mkfifo(users)
+    code, out, err = not_waiting_on(users, lambda: run(config, "check"))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [f"{config}: [users] file: {users} is not a regular file"], err
+    # the commands that read or change it refuse it, naming it
+    code, _, err = not_waiting_on(users, lambda: run(config, "user", "list"))
+    assert (code, err) == (1, f"mailhub: {users}: not a regular file (a named pipe, device or "
+                              "socket)\n")
+    code, _, err = not_waiting_on(
+        users, lambda: run(config, "user", "add", "joe", "--password-stdin", stdin=PW))
+    assert (code, err) == (2, f"mailhub: {users}: the users file is not a regular file (a named "
+                              "pipe, device or socket): not read, nothing changed; put the "
+                              "users file there\n")
+    assert stat.S_ISFIFO(os.lstat(users).st_mode)
+
+
+def _fifo_after_load(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """``path`` replaced by a FIFO once the config is loaded: the config's
+    own check (``isfile``) passed, and the command reads it after."""
+    from txmailhub import cli
+
+    real_load = cli.load
+
+    def load(config: str):  # type: ignore[no-untyped-def]
+        settings = real_load(config)
+        path.unlink()
+        os.mkfifo(path)
+        return settings
+
+    monkeypatch.setattr(cli, "load", load)
+
+
+@pytest.mark.parametrize("key", ["aliases", "smarthost_auth_file"])
+def test_check_reports_a_fifo_put_in_place_of_a_file_after_the_config_was_read(
+        config: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    if key == "aliases":
+        path = config.parent / "aliases"
+        path.write_text("team: alice\n")
+        config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+        said = f"{config}: [aliases] file: {path} is not a regular file (at line 6)"
+    else:
+        path = config.parent / "auth"
+        path.write_text("u:p\n")
+        path.chmod(0o600)
+        config.write_text(config.read_text() + '[relay]\nsmarthost = "relay.example.net:587"\n'
+                          'smarthost_auth_file = "auth"\n')
+        said = (f"{config}: [relay] smarthost_auth_file: {path} is not a regular file "
+                "(at line 7)")
+    _fifo_after_load(monkeypatch, path)
+    code, out, err = not_waiting_on(path, lambda: run(config, "check"))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [said], err
+
+
+def test_user_commands_do_not_wait_on_a_fifo_put_in_place_of_the_aliases_file(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `user add` and `user del` read the aliases file for their warnings
+    aliases = config.parent / "aliases"
+    aliases.write_text("staff: alice\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    _fifo_after_load(monkeypatch, aliases)
+    assert not_waiting_on(aliases, lambda: run(
+        config, "user", "add", "staff", "--password-stdin", stdin=PW)) == (
+        0, "added staff@example.org\n", "")
+    aliases.unlink()
+    aliases.write_text("staff: alice\n")
+    assert not_waiting_on(aliases, lambda: run(config, "user", "del", "alice")) == (
+        0, "deleted alice@example.org\n", "")
+
+
 def test_check_names_the_key_of_an_aliases_file_it_cannot_read(config: Path,
                                                                monkeypatch) -> None:
-    import builtins
 
     aliases = config.parent / "aliases"
     aliases.write_text("team: alice\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    real_open = builtins.open
+    real_open = os.open
 
     def denied(file, *args, **kwargs):  # root reads everything: deny it by hand
         if str(file) == str(aliases):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", denied)
+    monkeypatch.setattr(os, "open", denied)  # (read as the hub reads it: read_regular)
     code, _, err = run(config, "check")
     assert code == 2, err
     assert f"{config}: [aliases] file: {aliases} cannot be read: Permission denied" in err, err
@@ -1457,7 +1533,6 @@ def test_check_says_the_line_of_a_state_dir_it_cannot_use(
 
 def test_check_says_the_line_of_a_users_or_aliases_file_it_cannot_read(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
 
     users = config.parent / "users"
     users.mkdir()
@@ -1476,14 +1551,14 @@ def test_check_says_the_line_of_a_users_or_aliases_file_it_cannot_read(
     aliases = config.parent / "aliases"
     aliases.write_text("team: alice\n")
     _laid_out(config, extra='[aliases]\n\n"file" = "aliases"\n')  # 8, 9, 10
-    real_open = builtins.open
+    real_open = os.open
 
     def denied(file, *args, **kwargs):  # root reads everything: deny it by hand
         if str(file) == str(aliases):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", denied)
+    monkeypatch.setattr(os, "open", denied)  # (read as the hub reads it: read_regular)
     code, _, err = run(config, "check")
     assert code == 2 and err.splitlines() == [
         f"{config}: [aliases] file: {aliases} cannot be read: Permission denied (at line 10)"], err

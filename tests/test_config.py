@@ -509,18 +509,25 @@ def test_tls_files_must_exist_and_match(tmp_path: Path) -> None:
 
 
 def deny_open(monkeypatch, denied: Path) -> None:
-    """``open`` of ``denied`` fails with EACCES (a key the hub's user may
-    not read; the test may run as root, who reads every file)."""
+    """``open`` (and ``os.open``) of ``denied`` fails with EACCES (a key
+    the hub's user may not read; the test may run as root, who reads
+    every file)."""
     import builtins
 
-    real_open = builtins.open
+    real_open, real_os_open = builtins.open, os.open
 
     def guarded(path, *args, **kwargs):
         if str(path) == str(denied):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
+    def guarded_os(path, *args, **kwargs):
+        if str(path) == str(denied):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_os_open(path, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(os, "open", guarded_os)
 
 
 def test_tls_file_the_hub_cannot_read_is_named(tmp_path: Path, monkeypatch) -> None:

@@ -986,6 +986,26 @@ def test_smarthost_none_sends_in_clear(tmp_path):
     assert r.kind == "delivered" and not net.server_protocols[0].tls
 
 
+def test_read_credentials_refuses_a_fifo_and_does_not_wait_on_it(tmp_path):
+    # read at each delivery: a FIFO put there waited for a writer for ever
+    # (the delivery, and the queue behind it); now an OSError, which keeps
+    # the mail queued as for a file that cannot be read
+    from conftest import not_waiting_on
+
+    from txmailhub.regular_file import NotRegularFile
+
+    p = tmp_path / "auth"
+    os.mkfifo(p)
+    with pytest.raises(NotRegularFile):
+        not_waiting_on(p, lambda: read_credentials(str(p)))
+
+
+def test_read_credentials_reads_the_first_64k_characters(tmp_path):
+    p = tmp_path / "auth"
+    p.write_text("u:" + "\u00e9" * 70000 + "\n")  # 2 octets each: the cut falls mid-file
+    assert read_credentials(str(p)) == ("u", "\u00e9" * 65534)
+
+
 def test_read_credentials(tmp_path):
     p = tmp_path / "auth"
     p.write_text("user@example.org:pa:ss\n")

@@ -892,3 +892,20 @@ class LoadedLineTests(Base):
         lines = [formatEvent(e) for e in observer if "loaded" in e.get("log_format", "")]
         self.assertEqual(lines, [f"loaded 1 alias from {self.path}",
                                  f"loaded 2 aliases from {self.path}"])
+
+
+def test_check_reads_a_fifo_in_place_of_the_aliases_file_as_the_hub_does(tmp_path) -> None:
+    # check_aliases_file (mailhub check) opened the file plainly: a FIFO
+    # put there waited for a writer for ever.  The hub refuses it
+    # (read_regular): check says so, as a problem of the file
+    from conftest import not_waiting_on
+
+    from txmailhub.router import alias_target_warnings
+
+    path = tmp_path / "aliases"
+    os.mkfifo(path)
+    assert not_waiting_on(path, lambda: check_aliases_file(str(path), "example.org", DOMAINS)) == [
+        f"{path}: [aliases] file is not a regular file (a named pipe, device or socket): the "
+        "hub does not read it"]
+    assert not_waiting_on(path, lambda: alias_target_warnings(
+        str(path), "example.org", DOMAINS, lambda a: False)) == []

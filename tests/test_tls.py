@@ -77,6 +77,21 @@ def test_pairs_that_cannot_serve_are_problems(tmp_path, kwargs, problem):
     assert len(problems) == 1 and problem in problems[0], problems
 
 
+@pytest.mark.parametrize("which", ["certificate", "key"])
+def test_a_fifo_in_place_of_a_tls_file_is_a_problem_not_a_wait(tmp_path, which):
+    # load_pair (the start, each reload, mailhub check) opened them
+    # plainly: a FIFO put there waited for a writer for ever
+    from conftest import not_waiting_on
+
+    cert, key = pair(tmp_path)
+    fifo = Path(cert if which == "certificate" else key)
+    fifo.unlink()
+    os.mkfifo(fifo)
+    problems, _ = not_waiting_on(fifo, lambda: tls.pair_findings(cert, key))
+    assert problems == [f"{which} {fifo} cannot be read: not a regular file (a named pipe, "
+                        "device or socket)"]
+
+
 @pytest.mark.parametrize(("kwargs", "warning"), [
     # warnings, not problems: plain SMTP must not go down with a
     # certificate, nor with a clock that is slow at boot

@@ -165,9 +165,9 @@ def test_a_fresh_file_is_read_again_for_seconds_then_no_more(
     now = [mtime]
     db._file.clock = lambda: now[0]
     opened: list[str] = []
-    real_open = open
-    monkeypatch.setattr(users_module, "open",
-                        lambda *a, **k: opened.append(a[0]) or real_open(*a, **k), raising=False)
+    real_read = users_module.read_regular
+    monkeypatch.setattr(users_module, "read_regular",
+                        lambda *a, **k: opened.append(a[0]) or real_read(*a, **k))
     joe = Address("joe", "example.org")
     for _ in range(3):
         assert db.contains(joe)
@@ -718,6 +718,35 @@ def test_an_unknown_user_costs_a_password_check_too(db: UsersDB, monkeypatch) ->
     assert checked == [users._DUMMY_HASH]  # same scrypt cost: no user enumeration by timing
 
 
+def test_a_fifo_in_place_of_the_users_file_is_unavailable_and_not_waited_on(
+        db: UsersDB, log_events: list[dict]) -> None:
+    # a plain open() of a FIFO waits for a writer: the hub's reactor hung
+    # at the next RCPT or login, and `mailhub check` with it.  As a file
+    # that cannot be read: 451, "unavailable" logins, said once
+    from conftest import not_waiting_on
+
+    from txmailhub.regular_file import NotRegularFile
+
+    db.add("alice", "pw")
+    reader = UsersDB(db.path, "example.org")
+    alice = Address("alice", "example.org")
+    assert reader.contains(alice)
+    os.rename(db.path, db.path + ".away")
+    os.mkfifo(db.path)
+    fifo = Path(db.path)
+    assert not not_waiting_on(fifo, lambda: reader.contains(alice)) and reader.missing
+    assert isinstance(reader.unreadable, NotRegularFile)
+    assert not not_waiting_on(fifo, lambda: reader.check_password(alice, "pw"))
+    said = [e for e in log_events if "cannot be read" in e.get("log_format", "")]
+    assert len(said) == 1 and said[0]["why"] == ("not a regular file (a named pipe, device or "
+                                                 "socket)"), said
+    with pytest.raises(UsersFileError, match="the users file is not a regular file"):
+        not_waiting_on(fifo, lambda: UsersDB(db.path, "example.org").delete("alice"))
+    os.unlink(db.path)
+    os.rename(db.path + ".away", db.path)
+    assert reader.contains(alice) and not reader.missing and reader.unreadable is None
+
+
 def test_a_users_file_that_cannot_be_read_is_unavailable_not_an_error_per_lookup(
         db: UsersDB, log_events: list[dict]) -> None:
     # (root reads any file, so a folder stands in for a file the hub's user
@@ -1088,16 +1117,16 @@ def test_the_stamp_s_trust_is_judged_at_the_time_the_read_began(
     wall, mono = [mtime + 0.5], [50.0]
     db._file = FileStamp(lambda: wall[0], lambda: mono[0])
     opened: list[str] = []
-    real_open = open
+    real_read = users_module.read_regular
 
-    def held_up_open(*args, **kwargs):
+    def held_up_read(*args, **kwargs):
         opened.append(args[0])
-        f = real_open(*args, **kwargs)
+        read = real_read(*args, **kwargs)
         wall[0] += 10.0  # the reader held up past RACY_SECONDS after it began
         mono[0] += 10.0
-        return f
+        return read
 
-    monkeypatch.setattr(users_module, "open", held_up_open, raising=False)
+    monkeypatch.setattr(users_module, "read_regular", held_up_read)
     alice = Address("alice", "example.org")
     assert db.get(alice) is not None
     assert len(opened) == 1
@@ -1128,7 +1157,7 @@ def test_a_lookup_without_the_lock_that_finds_no_records_finds_the_file_away(
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied", args[0])
 
-        monkeypatch.setattr(users_module, "open", refuse, raising=False)
+        monkeypatch.setattr(users_module, "read_regular", refuse)
         db._file.forget()  # as a change of the file would
     seen: list[bool] = []
 
@@ -1249,15 +1278,15 @@ def test_a_file_that_changes_while_it_is_read_is_in_doubt(
     assert reader.contains(bob) and not reader.changing()
     whole = Path(db.path).read_text()
     os.utime(db.path, (1e9 + 5, 1e9 + 5))  # touched: read again, still dated long ago
-    real_open = open
+    real_read = users_module.read_regular
 
     def writer_begins(*args, **kwargs):
-        with real_open(db.path, "r+") as f:  # in place, halfway
+        with open(db.path, "r+") as f:  # in place, halfway
             f.truncate(0)
             f.write(whole[: whole.index("bob@")])
-        return real_open(*args, **kwargs)
+        return real_read(*args, **kwargs)
 
-    monkeypatch.setattr(users_module, "open", writer_begins, raising=False)
+    monkeypatch.setattr(users_module, "read_regular", writer_begins)
     assert not reader.contains(bob)
     assert reader.changing()
 

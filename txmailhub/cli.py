@@ -40,6 +40,7 @@ from txmailhub.logsafe import shown, shown_lines, shown_message
 
 if TYPE_CHECKING:
     from txmailhub.address import Address
+    from txmailhub.router import Aliases
     from txmailhub.users import UsersDB
 
 __all__ = ["main"]
@@ -331,7 +332,7 @@ def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str],
     except UnicodeDecodeError:
         return [f"{where}{auth_file} is not UTF-8 text{at}"]
     except OSError as e:
-        return [f"{where}{auth_file} cannot be read: {e.strerror or e}{at}"]
+        return [f"{where}{auth_file} {_not_read(e)}{at}"]
     except ValueError as e:
         return [f"{where}{e}{at}"]
     mode = os.stat(auth_file).st_mode
@@ -346,7 +347,9 @@ def smarthost_auth_problems(settings: Settings, warnings: list[str]) -> list[str
     (``twistd mailhub`` refuses to start on them, as ``check`` does), and
     a warning added to ``warnings`` for a password every user can read."""
     auth_file = settings.relay.smarthost_auth_file
-    if auth_file and os.path.isfile(auth_file):  # config loading named a missing one
+    # (none there when the config was loaded: ``load`` said so.  Read
+    # whatever is there now: a FIFO put there since is said, not skipped)
+    if auth_file:
         return _smarthost_auth_problems(settings.path, auth_file, warnings,
                                         settings.at("relay", "smarthost_auth_file"))
     return []
@@ -424,7 +427,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     except OSError as e:  # one line naming the key, as for every config problem
         users_read = False
         what = "is a folder, not a file" if os.path.isdir(settings.users.file) else \
-            f"cannot be read: {e.strerror or e}"
+            _not_read(e)
         problems.append(f"{settings.path}: [users] file: {settings.users.file} {what}"
                         f"{settings.at('users', 'file')}")
     problems.extend(users.problems)
@@ -462,14 +465,16 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                 warnings.append(f"{settings.users.file}{at}: user {address.key}: {why}")
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
+        from txmailhub.regular_file import read_regular
         from txmailhub.router import alias_target_warnings, check_aliases_file
 
         try:
-            with open(settings.aliases.file, "rb"):
-                pass
+            # never a plain open: one of a FIFO put there since the config
+            # was loaded would wait for a writer for ever, as the hub would not
+            read_regular(settings.aliases.file)
         except OSError as e:  # the config's key, as for the users file above
             problems.append(f"{settings.path}: [aliases] file: {settings.aliases.file} "
-                            f"cannot be read: {e.strerror or e}{settings.at('aliases', 'file')}")
+                            f"{_not_read(e)}{settings.at('aliases', 'file')}")
         else:
             problems.extend(check_aliases_file(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains))
@@ -517,17 +522,43 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
 _shown_lines = shown_lines
 
 
+def _not_read(e: OSError) -> str:
+    """Why ``check`` could not read a file it names: a FIFO, device or
+    socket in its place (``read_regular`` refuses it) as the config's own
+    check says it, anything else with the error's words."""
+    from txmailhub.regular_file import NotRegularFile
+
+    if isinstance(e, NotRegularFile):
+        return "is not a regular file"
+    return f"cannot be read: {e.strerror or e}"
+
+
+def _aliases_table(settings: Settings) -> Aliases | None:
+    """The aliases file as the hub takes it, or None when it cannot be
+    read (``check`` says why).  Read as the hub reads it: a FIFO put in
+    its place is refused, not waited on."""
+    from txmailhub.regular_file import read_regular
+    from txmailhub.router import parse_aliases
+
+    if not settings.aliases.file:
+        return None
+    try:
+        raw, _ = read_regular(settings.aliases.file)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return parse_aliases(text, settings.hub.primary_domain, settings.hub.domains)[0]
+
+
 def _hidden_by_alias(settings: Settings, key: str) -> bool:
     """Whether an alias of that name, not listing the user's own mailbox,
     takes the user's mail (the alias comes first)."""
     if not settings.aliases.file:
         return False
-    from txmailhub.router import hides_user, parse_aliases
+    from txmailhub.router import hides_user
 
-    try:
-        with open(settings.aliases.file, encoding="utf-8") as f:
-            table, _ = parse_aliases(f.read(), settings.hub.primary_domain, settings.hub.domains)
-    except (OSError, UnicodeDecodeError):
+    table = _aliases_table(settings)
+    if table is None:
         return False  # check says what is wrong with the file
     targets = table.get(key)
     return targets is not None and hides_user(key, targets)
@@ -539,12 +570,8 @@ def _aliases_naming(settings: Settings, key: str) -> list[str]:
     ``postmaster: joe`` quietly stops reaching anybody."""
     if not settings.aliases.file:
         return []
-    from txmailhub.router import parse_aliases
-
-    try:
-        with open(settings.aliases.file, encoding="utf-8") as f:
-            table, _ = parse_aliases(f.read(), settings.hub.primary_domain, settings.hub.domains)
-    except (OSError, UnicodeDecodeError):
+    table = _aliases_table(settings)
+    if table is None:
         return []  # check says what is wrong with the file
     if key in table:
         # an alias of that name takes over the expanded targets: they are
@@ -719,7 +746,9 @@ def main(
         print(f"mailhub: {e}", file=err)
         return 2
     except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
+        # (a FIFO where a file should be, ``NotRegularFile``: its ``path``)
+        filename = e.filename or getattr(e, "path", None)
+        where = f"{filename}: " if filename else ""
         print(shown(f"mailhub: {where}{e.strerror or e}"), file=err)
         return 1
 

@@ -1842,8 +1842,11 @@ def _unreadable(path: str, state_dir: str | None = None) -> str | None:
     ``state_dir`` yet to tell) the ``chgrp`` of the hint names the group
     the hub's user has (``_hub_group``)."""
     try:
-        with open(path, "rb"):
-            return None
+        # opened, not read: O_NONBLOCK, or a FIFO put there since the
+        # ``isfile`` before would wait for a writer for ever (``load_pair``
+        # then refuses what is no regular file)
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+        return None
     except OSError as e:
         import grp
         import pwd

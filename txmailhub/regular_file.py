@@ -21,12 +21,14 @@ class NotRegularFile(OSError):
         self.path = path
 
 
-def read_regular(path: str, *, follow: bool = True) -> tuple[bytes, os.stat_result]:
+def read_regular(path: str, *, follow: bool = True,
+                 limit: int = -1) -> tuple[bytes, os.stat_result]:
     """The bytes of the regular file at ``path`` and its ``fstat`` once
     read (the caller may compare it with a ``stat`` from before).  A
     folder raises ``IsADirectoryError`` as ``open()`` does; anything else
     that is no regular file ``NotRegularFile``; ``follow=False`` refuses
-    a symbolic link (``ELOOP``)."""
+    a symbolic link (``ELOOP``).  ``limit``: at most that many octets
+    (the first ones), for a file that has no business being large."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow:
         flags |= os.O_NOFOLLOW
@@ -42,4 +44,4 @@ def read_regular(path: str, *, follow: bool = True) -> tuple[bytes, os.stat_resu
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         raise NotRegularFile(path)
     with open(fd, "rb") as f:
-        return f.read(), os.fstat(fd)
+        return f.read(limit), os.fstat(fd)

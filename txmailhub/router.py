@@ -69,7 +69,7 @@ from txmailhub.errors import Rejected
 from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.logsafe import loggable, plural, quoted
-from txmailhub.regular_file import read_regular
+from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.smtp import replies
 
 __all__ = [
@@ -243,8 +243,12 @@ def check_aliases_file(
     ``<file>: alias loop: a -> b -> a``, a file that cannot be read as
     ``<file>: ...``).  An empty list means the file is fine."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # never a plain open: one of a FIFO put there would wait for a
+        # writer for ever; the hub reads it so too, and refuses it
+        raw, _ = read_regular(path)
+    except NotRegularFile:
+        return [f"{path}: [aliases] file is not a regular file (a named pipe, device or "
+                "socket): the hub does not read it"]
     except OSError as e:
         return [f"{path}: [aliases] file cannot be read: {e.strerror or e}"]
     try:
@@ -280,8 +284,8 @@ def alias_target_warnings(
     nor an alias: the running hub skips it (and logs it), so ``check``
     says so too -- a warning, since the user may simply not be added yet."""
     try:
-        with open(path, encoding="utf-8") as f:
-            table, _ = parse_aliases(f.read(), primary_domain, domains, path)
+        raw, _ = read_regular(path)  # (a FIFO: refused, not waited on)
+        table, _ = parse_aliases(raw.decode("utf-8"), primary_domain, domains, path)
     except (OSError, UnicodeDecodeError):
         return []  # check_aliases_file reports it
     return [w.text for w in alias_warnings(table, path, primary_domain, domains, is_user)]

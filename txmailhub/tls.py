@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmailhub.filestamp import RACY_SECONDS
+from txmailhub.regular_file import read_regular
 
 __all__ = [
     "ReloadingTLS",
@@ -79,16 +80,15 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
-        with open(certificate, "rb") as f:
-            pems = _PEM_CERT.findall(f.read())
+        # never a plain open: one of a FIFO put there would wait for ever
+        pems = _PEM_CERT.findall(read_regular(certificate)[0])
         chain = [x509.load_pem_x509_certificate(c) for c in pems]
     except (OSError, ValueError) as e:
         raise TLSFilesError(f"certificate {certificate} cannot be read: {e}") from None
     if not chain:
         raise TLSFilesError(f"certificate {certificate} holds no PEM certificate")
     try:
-        with open(key, "rb") as f:
-            private_key = load_pem_private_key(f.read(), password=None)
+        private_key = load_pem_private_key(read_regular(key)[0], password=None)
     except TypeError:
         raise TLSFilesError(
             f"key {key} is protected by a passphrase, which the hub cannot ask for: "

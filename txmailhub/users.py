@@ -68,6 +68,7 @@ from txmailhub.logsafe import quoted, shown
 from txmailhub.password_hash import _DUMMY_HASH, hash_password, hash_problem, verify_password
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
+from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.users_folder import (
     cannot_make_folder,
     lock_refused_advice,
@@ -237,11 +238,13 @@ class UsersDB:
             return
         began = self._file.now()
         try:
-            with open(self.path, encoding="utf-8", errors="replace", newline="") as f:
-                text = f.read()
-                # a writer that began during the read: the text may be half
-                # of the file (``changing``)
-                after = os.fstat(f.fileno())
+            # never a plain open: one of a FIFO put there would wait for a
+            # writer for ever (the hub's reactor, ``mailhub check``); such a
+            # file is said as one that cannot be read.  ``after``: a writer
+            # that began during the read, the text may be half of the file
+            # (``changing``)
+            raw, after = read_regular(self.path)
+            text = raw.decode("utf-8", "replace")
         except OSError as e:
             self._cannot_read(e, report)
             return
@@ -508,10 +511,12 @@ class UsersDB:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._file.forget()
             try:
-                with open(self.path, "rb") as f:
-                    raw = f.read()
+                raw, _ = read_regular(self.path)  # (a FIFO: refused, not waited on)
             except FileNotFoundError:
                 raw = b""
+            except NotRegularFile as e:
+                raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
+                                     "changed; put the users file there") from None
             before, _, keys, effective = self._parse(raw.decode("utf-8", "replace"))
             records = dict(before)
             yield records

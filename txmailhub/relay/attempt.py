@@ -28,6 +28,7 @@ runner records them.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import ipaddress
 import os
@@ -51,6 +52,7 @@ from txmailhub.address import Address, canonical_domain, written_domain
 from txmailhub.config import RelaySettings, split_smarthost
 from txmailhub.interfaces import IDeliveryAgent, IStallRecord
 from txmailhub.logsafe import REPLY_LOG_MAX, loggable, plural
+from txmailhub.regular_file import read_regular
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
@@ -163,8 +165,13 @@ def read_credentials(path: str) -> tuple[str, str] | None:
     account the admin expects to be used, or a password that was split."""
     if not path:
         return None
-    with open(path, encoding="utf-8") as f:
-        text = f.read(65536)
+    # never a plain open: one of a FIFO put there would wait for a writer
+    # for ever, and the delivery with it (``NotRegularFile``, an OSError:
+    # the mail stays queued, said as a file that cannot be read).  The
+    # first 64 KiB characters, as before: the octets of that many at most,
+    # a character cut at the end left out
+    raw, _ = read_regular(path, limit=4 * 65536)
+    text = codecs.getincrementaldecoder("utf-8")().decode(raw)[:65536]
     lines = [line for line in text.splitlines() if line.strip()]  # blank lines aside
     user, sep, password = (lines[0] if len(lines) == 1 else "").partition(":")
     if not sep or not user:
