@@ -209,13 +209,13 @@ def test_a_new_loop_is_refused_in_checks_words_an_old_one_blocks_nothing(path: P
     with pytest.raises(AliasesFileError) as info:
         aliases.set("b", ["a"])
     assert str(info.value).splitlines()[0] == (
-        f"{path}: alias loop: a@example.org -> b@example.org -> a@example.org "
-        "(it is cut at runtime)")
+        f"{path}:1: alias loop: a@example.org -> b@example.org -> a@example.org "
+        "(it is cut at runtime; the other alias is on line 2)")
     assert path.read_text() == "a: b, joe\nb: ann\n"
     path.write_text("a: b, joe\nb: a\n")  # made by hand
     assert check_aliases_file(str(path), "example.org", DOMAINS) == [
-        f"{path}: alias loop: a@example.org -> b@example.org -> a@example.org "
-        "(it is cut at runtime)"]
+        f"{path}:1: alias loop: a@example.org -> b@example.org -> a@example.org "
+        "(it is cut at runtime; the other alias is on line 2)"]
     aliases.add("c", ["joe"])  # the file's own loop is no reason to refuse this
     aliases.set("b", ["ann"])  # nor one that cures it
     assert path.read_text() == "a: b, joe\nb: ann\nc: joe\n"
@@ -269,11 +269,11 @@ def test_checks_new_warnings_are_returned_and_the_change_made(path: Path) -> Non
     aliases = aliases_at(path, "team: joe, helpers\nhelpers: ann\nold: ghost\n")
     change = aliases.add("new", ["joe", "nobody"])
     assert change.warnings == [
-        f"{path}: alias new@example.org names nobody@example.org, which is no local user: "
+        f"{path}:4: alias new@example.org names nobody@example.org, which is no local user: "
         "the hub skips it"]  # not old's ghost: check said that before
     change = aliases.remove("helpers")
     assert change.warnings == [
-        f"{path}: alias team@example.org names helpers@example.org, which is no local user: "
+        f"{path}:1: alias team@example.org names helpers@example.org, which is no local user: "
         "the hub skips it"]
 
 
@@ -302,6 +302,28 @@ def test_a_file_that_is_not_utf8_is_not_touched(path: Path) -> None:
     with pytest.raises(AliasesFileError, match="is not UTF-8 text"):
         aliases_at(path).add("b", ["joe"])
     assert path.read_bytes() == b"a: jo\xe9\n"
+
+
+def test_a_file_that_is_not_utf8_is_refused_at_the_line_check_names(path: Path) -> None:
+    # the octet and its line, as check says it: the line to open
+    path.write_bytes(b"a: joe\r\n# x\nb: jo\xe9\n")
+    with pytest.raises(AliasesFileError) as info:
+        aliases_at(path).add("c", ["joe"])
+    assert str(info.value) == (
+        f"{path}:3: [aliases] file is not UTF-8 text (invalid continuation byte at octet 17): "
+        "fix it first (mailhub check), the hub does not read it")
+    assert check_aliases_file(str(path), "example.org", DOMAINS) == [
+        f"{path}:3: [aliases] file is not UTF-8 text (invalid continuation byte at octet 17)"]
+
+
+def test_a_loop_through_the_line_to_be_added_names_it_as_the_new_line(path: Path) -> None:
+    aliases = aliases_at(path, "# team\na: b, joe\n")
+    with pytest.raises(AliasesFileError) as info:
+        aliases.add("b", ["a"])
+    assert str(info.value).splitlines()[0] == (
+        f"{path}:2: alias loop: a@example.org -> b@example.org -> a@example.org "
+        "(it is cut at runtime; the other alias is on the new line)")
+    assert path.read_text() == "# team\na: b, joe\n"
 
 
 def test_the_file_is_replaced_atomically_keeping_its_mode(path: Path) -> None:

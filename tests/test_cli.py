@@ -270,7 +270,7 @@ def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path)
     aliases = with_aliases(config, '"zz": alice\n')
     code, out, err = run(config, "check")
     assert (code, out) == (0, f"{config}: ok\n")
-    assert err == (f'warning: {aliases}: alias "zz"@example.org: RCPT TO names it '
+    assert err == (f'warning: {aliases}:1: alias "zz"@example.org: RCPT TO names it '
                    "zz@example.org (the quotes dropped), which is looked up without them: "
                    "no mail reaches it\n")
 
@@ -662,6 +662,26 @@ def test_check_warns_of_an_alias_that_hides_a_user(config: Path) -> None:
         "alias carol@example.net has the name of a user: the alias comes first, so that "
         "user's mailbox gets none of its mail (add \\carol@example.net to its targets to "
         "keep a copy there)"], err
+
+
+def test_checks_alias_warnings_are_at_the_line_of_their_alias(config: Path) -> None:
+    # PATH:LINENO as the aliases file's problems are (they named the file
+    # alone): the line of the alias each is about, its first line
+    aliases = config.parent / "aliases"
+    aliases.write_text("# staff\nalice: bob\n\n\"zz\": bob\nteam: bob,\n  nobody\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in ("alice", "bob"):
+        run(config, "user", "add", name, "--password-stdin", stdin=PW)
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    assert err.splitlines() == [
+        f"warning: {aliases}:2: alias alice@example.org has the name of a user: the alias "
+        "comes first, so that user's mailbox gets none of its mail (add \\alice@example.org to "
+        "its targets to keep a copy there)",
+        f'warning: {aliases}:4: alias "zz"@example.org: RCPT TO names it zz@example.org (the '
+        "quotes dropped), which is looked up without them: no mail reaches it",
+        f"warning: {aliases}:5: alias team@example.org names nobody@example.org, which is no "
+        "local user: the hub skips it"], err
 
 
 def test_user_add_warns_when_an_alias_of_that_name_takes_the_mail(config: Path) -> None:
@@ -2276,7 +2296,7 @@ def test_alias_add_set_and_remove(config: Path) -> None:
     assert aliases.read_text() == "# kept\npostmaster: alice\nstaff: bob\nteam: staff\n"
     code, out, err = run(config, "alias", "remove", "staff")
     assert (code, out) == (0, "removed staff@example.org\n")
-    assert err == (f"warning: {aliases}: alias team@example.org names staff@example.org, "
+    assert err == (f"warning: {aliases}:3: alias team@example.org names staff@example.org, "
                    "which is no local user: the hub skips it\n")
     assert run(config, "alias", "remove", "staff") == (
         1, "", "mailhub: no such alias: staff@example.org\n")
@@ -2311,7 +2331,7 @@ def test_alias_add_warns_as_check_does_and_refuses_what_check_reports(config: Pa
     aliases = with_aliases(config, "a: alice\n")
     code, out, err = run(config, "alias", "add", "b", "nobody")
     assert (code, out) == (0, "added b@example.org\n")
-    assert err == (f"warning: {aliases}: alias b@example.org names nobody@example.org, which "
+    assert err == (f"warning: {aliases}:2: alias b@example.org names nobody@example.org, which "
                    "is no local user: the hub skips it\n")
     # a problem for check: exit 2, in check's words, nothing written
     code, out, err = run(config, "alias", "add", "c", "|/bin/sh")
@@ -2326,9 +2346,10 @@ def test_alias_add_warns_as_check_does_and_refuses_what_check_reports(config: Pa
     assert run(config, "alias", "set", "a", "b", "alice")[0] == 0
     code, _, err = run(config, "alias", "set", "b", "a")
     assert code == 1 and err == (
-        f"mailhub: {aliases}: alias loop: a@example.org -> b@example.org -> a@example.org (it "
-        "is cut at runtime)\nmailhub: not changed: `mailhub check` reports an alias loop as a "
-        "problem (exit 2), and a start that runs it first would stop\n")
+        f"mailhub: {aliases}:1: alias loop: a@example.org -> b@example.org -> a@example.org (it "
+        "is cut at runtime; the other alias is on line 2)\nmailhub: not changed: `mailhub "
+        "check` reports an alias loop as a problem (exit 2), and a start that runs it first "
+        "would stop\n")
     code, _, err = run(config, "alias", "add", "bob", "alice")
     assert code == 1 and "has the name of a user" in err, err
     assert aliases.read_text() == "a: b, alice\nb: nobody\n"

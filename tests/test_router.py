@@ -345,8 +345,9 @@ class BadLineTests(Base):
         self.write(BAD + "loop1: loop2\nloop2: loop1, joe\nselfish: selfish\n")
         problems = check_aliases_file(self.path, "example.org", DOMAINS)
         self.assertEqual(len(problems), 12)
-        self.assertIn(f"{self.path}: alias loop: loop1@example.org -> loop2@example.org -> "
-                      "loop1@example.org (it is cut at runtime)", problems)
+        self.assertIn(f"{self.path}:12: alias loop: loop1@example.org -> loop2@example.org -> "
+                      "loop1@example.org (it is cut at runtime; the other alias is on line 13)",
+                      problems)
         self.assertTrue(all(p.startswith(self.path + ":") for p in problems))
         self.write("fine: joe, x@remote.test\n")
         self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [])
@@ -909,3 +910,15 @@ def test_check_reads_a_fifo_in_place_of_the_aliases_file_as_the_hub_does(tmp_pat
         "hub does not read it"]
     assert not_waiting_on(path, lambda: alias_target_warnings(
         str(path), "example.org", DOMAINS, lambda a: False)) == []
+
+
+def test_check_says_a_loop_at_the_line_of_its_alias_first_in_the_file(tmp_path) -> None:
+    # an alias loop had no line, though each of its aliases has one: it is
+    # at the line of the loop's alias that comes first in the file, written
+    # from that alias, with the lines of the others (x leads into it, and
+    # is no part of it)
+    path = tmp_path / "aliases"
+    path.write_text("x: b\na: b\n# the rest\nb: c\nc: a,\n   joe\n")
+    assert check_aliases_file(str(path), "example.org", DOMAINS) == [
+        f"{path}:2: alias loop: a@example.org -> b@example.org -> c@example.org -> "
+        "a@example.org (it is cut at runtime; the other aliases are on lines 4 and 5)"]

@@ -61,6 +61,8 @@ from txmailhub.router import (
     AliasWarning,
     alias_loops,
     alias_warnings,
+    line_of_octet,
+    loop_problem,
     parse_aliases,
 )
 
@@ -140,9 +142,11 @@ class AliasesFile:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
+            # at its line, as check says it: the line to open in an editor
             raise AliasesFileError(
-                f"{self.path}: [aliases] file is not UTF-8 text ({e.reason} at octet "
-                f"{e.start}): fix it first (mailhub check), the hub does not read it") from None
+                f"{self.path}:{line_of_octet(raw, e.start)}: [aliases] file is not UTF-8 text "
+                f"({e.reason} at octet {e.start}): fix it first (mailhub check), the hub does "
+                "not read it") from None
 
     def _parse(self, text: str) -> Aliases:
         return parse_aliases(text, self.primary_domain, self.domains, self.path)[0]
@@ -257,7 +261,7 @@ class AliasesFile:
                 lines.append(line + eol)
             new = "".join(lines)
             key = next(iter(self._parse(line)))
-            self._refuse_loops(text, new)
+            self._refuse_loops(text, new, None if entry is not None else key)
             warnings = self._new_warnings(text, new, key)
             self._write(new)
         return Change(key, entry is None, warnings)
@@ -301,13 +305,21 @@ class AliasesFile:
         if problems:
             raise BadAlias([f"{where} {p.removeprefix(prefix)}" for p in problems])
 
-    def _refuse_loops(self, old: str, new: str) -> None:
+    def _refuse_loops(self, old: str, new: str, appended: str | None) -> None:
+        """A loop the change would make, refused in check's words, at the
+        lines of the file as the change would leave it; ``appended``: the
+        alias of a line to be added, named ``the new line`` (the file shown
+        has no such line yet)."""
         before = {frozenset(loop.split(" -> ")) for loop in alias_loops(self._parse(old))}
-        made = [loop for loop in alias_loops(self._parse(new))
+        lines: dict[str, int] = {}
+        table = parse_aliases(new, self.primary_domain, self.domains, self.path, lines)[0]
+        if appended is not None:
+            lines.pop(appended, None)
+        made = [loop for loop in alias_loops(table)
                 if frozenset(loop.split(" -> ")) not in before]
         if made:
             raise AliasesFileError("\n".join(
-                [f"{self.path}: alias loop: {loop} (it is cut at runtime)" for loop in made]
+                [loop_problem(self.path, loop, lines) for loop in made]
                 + ["not changed: `mailhub check` reports an alias loop as a problem (exit 2), "
                    "and a start that runs it first would stop"]))
 
@@ -320,19 +332,24 @@ class AliasesFile:
             return []
         is_user = self.is_user
 
-        def warnings(text: str) -> list[AliasWarning]:
-            return alias_warnings(self._parse(text), self.path, self.primary_domain,
-                                  self.domains, is_user)
+        def warnings(text: str, lines: dict[str, int] | None = None) -> list[AliasWarning]:
+            table = parse_aliases(text, self.primary_domain, self.domains, self.path, lines)[0]
+            return alias_warnings(table, self.path, self.primary_domain, self.domains, is_user,
+                                  lines)
 
+        # judged without lines (a line removed above an alias moves its
+        # warning, which is no new one), said at the alias's line in the
+        # file as written, as check says it; a refusal has no such file
         before = {w.text for w in warnings(old)}
+        lines: dict[str, int] = {}
         out = []
-        for w in warnings(new):
+        for w, at_line in zip(warnings(new), warnings(new, lines), strict=True):
             if w.hides_user and w.alias == key:
                 raise AliasesFileError(
                     f"{w.text}; not changed (to send all of it elsewhere, remove the user "
                     "first: mailhub user del)")
             if w.text not in before:
-                out.append(w.text)
+                out.append(at_line.text)
         return out
 
     # -- the write -------------------------------------------------------------

@@ -102,12 +102,15 @@ def parse_aliases(
     primary_domain: str,
     domains: Iterable[str] | None = None,
     filename: str = "aliases",
+    lines: dict[str, int] | None = None,
 ) -> tuple[Aliases, list[str]]:
     """Parse aliases-file text.  Returns the table and one
     ``"<file>:<line>: <why>"`` string per problem (the bad line or target
     is left out, the rest is kept; a target whose domain can be no name in
     DNS is reported and kept: the relay bounces it).  With ``domains``, an alias for a
-    domain that is not local is reported too."""
+    domain that is not local is reported too.  ``lines``, when given, is
+    filled with the line (from 1) of each alias in the table, by key: what
+    ``check`` names its loops and warnings by, as it names the problems."""
     local_domains = {canonical_domain(d) for d in domains} if domains is not None else None
     problems: list[str] = []
     entries: list[tuple[int, str]] = []  # (first line number, logical line)
@@ -193,6 +196,8 @@ def parse_aliases(
             continue
         table[key] = tuple(dict.fromkeys(targets))
         where[key] = number
+    if lines is not None:
+        lines.update(where)
     return table, problems
 
 
@@ -207,8 +212,11 @@ def _unsupported(item: str) -> str:
 
 
 def alias_loops(table: Aliases) -> list[str]:
-    """Alias cycles, each as ``a -> b -> a`` (self-references excluded)."""
+    """Alias cycles, each as ``a -> b -> a`` (self-references excluded),
+    written from the alias of the cycle that comes first in ``table``
+    (first in the file, for a parsed one): the line ``check`` names it by."""
     found: list[str] = []
+    order = {key: i for i, key in enumerate(table)}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     seen_cycles: set[frozenset[str]] = set()
 
@@ -220,7 +228,9 @@ def alias_loops(table: Aliases) -> list[str]:
             if not expand or t == key or t not in table:
                 continue
             if state.get(t) == 1:
-                cycle = [*path[path.index(t):], t]
+                cycle = path[path.index(t):]
+                first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+                cycle = [*cycle[first:], *cycle[:first], cycle[first]]
                 if frozenset(cycle) not in seen_cycles:
                     seen_cycles.add(frozenset(cycle))
                     found.append(" -> ".join(cycle))
@@ -239,9 +249,11 @@ def check_aliases_file(
     path: str, primary_domain: str, domains: Iterable[str] | None = None
 ) -> list[str]:
     """Every problem of the aliases file at ``path``, one line each
-    (``<file>:<line>: <why>``, octets that are not UTF-8 too; loops as
-    ``<file>: alias loop: a -> b -> a``, a file that cannot be read as
-    ``<file>: ...``).  An empty list means the file is fine."""
+    (``<file>:<line>: <why>``, octets that are not UTF-8 too; a loop as
+    ``<file>:<line>: alias loop: a -> b -> a``, at the line of its alias
+    that comes first in the file, with the lines of the others; a file
+    that cannot be read as ``<file>: ...``).  An empty list means the
+    file is fine."""
     try:
         # never a plain open: one of a FIFO put there would wait for a
         # writer for ever; the hub reads it so too, and refuses it
@@ -254,15 +266,43 @@ def check_aliases_file(
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return [f"{path}:{_line_at(raw, e.start)}: [aliases] file is not UTF-8 text "
+        return [f"{path}:{line_of_octet(raw, e.start)}: [aliases] file is not UTF-8 text "
                 f"({e.reason} at octet {e.start})"]
-    table, problems = parse_aliases(text, primary_domain, domains, path)
-    problems.extend(f"{path}: alias loop: {loop} (it is cut at runtime)"
-                    for loop in alias_loops(table))
+    lines: dict[str, int] = {}
+    table, problems = parse_aliases(text, primary_domain, domains, path, lines)
+    problems.extend(loop_problem(path, loop, lines) for loop in alias_loops(table))
     return problems
 
 
-def _line_at(raw: bytes, octet: int) -> int:
+def loop_problem(path: str, loop: str, lines: dict[str, int]) -> str:
+    """``check``'s line for ``loop`` (as ``alias_loops`` writes it): at
+    the line of the alias it starts with, the one of the loop that comes
+    first in the file, where an editor opens; the lines of the others
+    after it, so that each can be found without a search."""
+    names = loop.split(" -> ")[:-1]
+    first = lines.get(names[0])
+    others = [str(n) for n in sorted({lines[name] for name in names[1:] if name in lines}
+                                     - {first})]
+    if any(name not in lines for name in names[1:]):
+        others.append("the new line")  # (``mailhub alias``: a line not written yet)
+    also = ""
+    if others:
+        also = "; " + ("the other alias is on " if len(names) == 2 else
+                       "the other aliases are on ") + _listed(others)
+    where = f"{path}:{first}:" if first else f"{path} (new line):"
+    return f"{where} alias loop: {loop} (it is cut at runtime{also})"
+
+
+def _listed(lines: list[str]) -> str:
+    """``line 3``, ``lines 3 and 7``, ``lines 3, 7 and the new line``."""
+    numbered = [w for w in lines if w != "the new line"]
+    head = ("line " if len(numbered) == 1 else "lines ") if numbered else ""
+    if len(lines) == 1:
+        return head + lines[0]
+    return head + ", ".join(lines[:-1]) + " and " + lines[-1]
+
+
+def line_of_octet(raw: bytes, octet: int) -> int:
     """The line (from 1) of the file ``raw`` that ``octet`` is on, counted
     as ``parse_aliases`` counts the lines of its text (``splitlines``: a
     CRLF one break, a lone CR or a form feed one too).  The octets before
@@ -283,12 +323,13 @@ def alias_target_warnings(
     """One line per alias target in a local domain that is neither a user
     nor an alias: the running hub skips it (and logs it), so ``check``
     says so too -- a warning, since the user may simply not be added yet."""
+    lines: dict[str, int] = {}
     try:
         raw, _ = read_regular(path)  # (a FIFO: refused, not waited on)
-        table, _ = parse_aliases(raw.decode("utf-8"), primary_domain, domains, path)
+        table, _ = parse_aliases(raw.decode("utf-8"), primary_domain, domains, path, lines)
     except (OSError, UnicodeDecodeError):
         return []  # check_aliases_file reports it
-    return [w.text for w in alias_warnings(table, path, primary_domain, domains, is_user)]
+    return [w.text for w in alias_warnings(table, path, primary_domain, domains, is_user, lines)]
 
 
 @dataclass(frozen=True)
@@ -304,19 +345,23 @@ class AliasWarning:
 
 def alias_warnings(
     table: Aliases, path: str, primary_domain: str, domains: Iterable[str],
-    is_user: Callable[[Address], bool],
+    is_user: Callable[[Address], bool], lines: dict[str, int] | None = None,
 ) -> list[AliasWarning]:
-    """``alias_target_warnings`` of a parsed table, each with the alias it is about."""
+    """``alias_target_warnings`` of a parsed table, each with the alias it
+    is about; with ``lines`` (``parse_aliases``'s), each at that alias's
+    line (``<file>:<line>: alias ...``), as the file's problems are."""
     local = {canonical_domain(d) for d in domains}
     postmaster = Address("postmaster", primary_domain).key
     out = []
     for alias, targets in table.items():
+        line = lines.get(alias) if lines is not None else None
+        at = f"{path}:{line}" if line else path
         # Aliases come first (as in /etc/aliases): a user of the same name
         # gets nothing unless the alias lists the user's own mailbox.
         if alias != postmaster and is_user(parse_address(alias)) and hides_user(alias, targets):
             out.append(AliasWarning(
                 alias, True,
-                f"{path}: alias {alias} has the name of a user: the alias comes first, "
+                f"{at}: alias {alias} has the name of a user: the alias comes first, "
                 f"so that user's mailbox gets none of its mail (add \\{alias} to its "
                 "targets to keep a copy there)"))
         name = parse_address(alias)
@@ -327,7 +372,7 @@ def alias_warnings(
             if not plain.startswith('"'):
                 out.append(AliasWarning(
                     alias, False,
-                    f"{path}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
+                    f"{at}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
                     "quotes dropped), which is looked up without them: no mail reaches it"))
         for target, expand in targets:
             key = target.key
@@ -339,7 +384,7 @@ def alias_warnings(
                     and not is_user(target)):
                 out.append(AliasWarning(
                     alias, False,
-                    f"{path}: alias {alias} names {target}, which is no local user: "
+                    f"{at}: alias {alias} names {target}, which is no local user: "
                     "the hub skips it"))
     return out
 
