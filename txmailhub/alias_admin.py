@@ -123,7 +123,10 @@ def _show(settings: Settings, name: str, out: TextIO, err: TextIO) -> int:
     key = aliases.key(name)
     table = aliases.read()
     if key not in table:
-        raise NoSuchAlias(f"no such alias: {key}")
+        # ``a;``: the alias "a;", as ``add`` writes it and RCPT names it
+        key = aliases.key(aliases.rcpt_form(name.strip()))
+    if key not in table:
+        raise NoSuchAlias(f"no such alias: {aliases.key(name)}")
     domains = settings.hub.domains
     p = lambda line: print(shown(line), file=out)  # noqa: E731
     p(f"alias: {key}")

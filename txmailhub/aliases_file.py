@@ -214,7 +214,12 @@ class AliasesFile:
         key = self.key(name, controls=True)
         with self._locked() as text:
             lines = text.splitlines(keepends=True)
-            gone = {i for e in self._entries(lines) if e.key == key for i in e.lines}
+            entries = self._entries(lines)
+            gone = {i for e in entries if e.key == key for i in e.lines}
+            if not gone:
+                # ``a;``: the alias ``add`` made of it, "a;" (as RCPT names it)
+                key = self.key(self.rcpt_form(name.strip()), controls=True)
+                gone = {i for e in entries if e.key == key for i in e.lines}
             if not gone:
                 # the name may hold ESC (``controls``): never raw to the terminal
                 raise NoSuchAlias(f"no such alias: {shown(key)}")
@@ -227,6 +232,15 @@ class AliasesFile:
         name = name.strip()
         targets = [t.strip() for t in targets if t.strip()]
         self._refuse_unwritable(name, targets)
+        # as RCPT names them: 'a;' only quoted, '"a;"' (written unquoted,
+        # the alias got no mail, and a target missed the user "a;")
+        name = self.rcpt_form(name)
+        targets = [("\\" if t.startswith("\\") else "") + self.rcpt_form(t.lstrip("\\"),
+                                                                         local_only=True)
+                   for t in targets]
+        too_long = _beyond_rcpt(name, self.primary_domain)  # the quotes count too
+        if too_long:
+            raise BadAlias(too_long)
         with self._locked() as text:
             lines = text.splitlines(keepends=True)
             entries = self._entries(lines)
@@ -265,6 +279,29 @@ class AliasesFile:
             warnings = self._new_warnings(text, new, key)
             self._write(new)
         return Change(key, entry is None, warnings)
+
+    def rcpt_form(self, text: str, *, local_only: bool = False) -> str:
+        """``text`` (a name or target as typed) with its local part as
+        RCPT can give it: ``a;`` (no dot-string) as ``"a;"``, the form the
+        hub keys such a mailbox by; anything else as it is (a dot-string,
+        a quoted local part, ``<...>``, what is no address or a target the
+        file does not support, which the checks refuse in their own
+        words).  ``local_only``: a remote address is left to its domain,
+        whose rules are its own."""
+        from txmailhub.router import unsupported_target
+        from txmailhub.smtp._parse import rcpt_local
+
+        if unsupported_target(text):
+            return text
+        try:
+            address = parse_address(text, self.primary_domain)
+        except AddressError:
+            return text
+        local = address.local
+        if (local.startswith('"') or not local.isprintable() or not text.startswith(local)
+                or (local_only and canonical_domain(address.domain) not in self.domains)):
+            return text
+        return rcpt_local(local) + text[len(local):]
 
     def _refuse_unwritable(self, name: str, targets: list[str]) -> None:
         """What no line of the file can say, whatever it holds: the file's

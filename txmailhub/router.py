@@ -81,6 +81,7 @@ __all__ = [
     "alias_warnings",
     "check_aliases_file",
     "parse_aliases",
+    "unsupported_target",
 ]
 
 log = Logger()
@@ -160,7 +161,7 @@ def parse_aliases(
             item = item.strip()
             if not item:
                 continue
-            why = _unsupported(item)
+            why = unsupported_target(item)
             if why:
                 problem(f"target {quoted(item)} of {quoted(name_text)}: {why}")
                 continue
@@ -201,7 +202,9 @@ def parse_aliases(
     return table, problems
 
 
-def _unsupported(item: str) -> str:
+def unsupported_target(item: str) -> str:
+    """Why the target ``item`` (as written) is none the hub delivers to
+    (a program, a file, an ``:include:`` list), or ``""``."""
     if item.startswith("|") or item.startswith('"|'):
         return "delivery to programs is not supported"
     if item.startswith("/"):
@@ -365,15 +368,24 @@ def alias_warnings(
                 f"so that user's mailbox gets none of its mail (add \\{alias} to its "
                 "targets to keep a copy there)"))
         name = parse_address(alias)
-        if len(name.local) > 1 and name.local[0] == name.local[-1] == '"':
-            from txmailhub.smtp._parse import unquote_local
+        from txmailhub.smtp._parse import rcpt_local, unquote_local
 
+        if len(name.local) > 1 and name.local[0] == name.local[-1] == '"':
             plain = unquote_local(name.local)
             if not plain.startswith('"'):
                 out.append(AliasWarning(
                     alias, False,
                     f"{at}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
                     "quotes dropped), which is looked up without them: no mail reaches it"))
+        elif name.local.isprintable():  # (a control: no RCPT names it at all; a bad name)
+            # written unquoted, but no dot-string (a;, a..b): RCPT gives it
+            # only quoted, "a;", and the quotes are part of the key
+            needed = rcpt_local(name.local)
+            if needed.startswith('"'):
+                out.append(AliasWarning(
+                    alias, False,
+                    f"{at}: alias {alias}: RCPT TO names it only quoted, {needed}@{name.domain} "
+                    "(no dot-string), which is looked up with the quotes: no mail reaches it"))
         for target, expand in targets:
             key = target.key
             # an alias the hub expands; but ``\name`` and the alias's own

@@ -60,6 +60,7 @@ __all__ = [
     "parse_mail",
     "parse_mailbox",
     "parse_rcpt",
+    "rcpt_local",
     "unquote_local",
 ]
 
@@ -163,6 +164,14 @@ def ascii_upper(word: str) -> str:
 
 
 # --- mailboxes and paths ----------------------------------------------------
+
+
+def rcpt_local(local: str) -> str:
+    """An unquoted local part as RCPT can give it, the form it is keyed
+    by: itself where it is a dot-string, else quoted (``a;`` and ``a..b``
+    are no dot-strings, RFC 5321 4.1.2: ``RCPT TO:<a;@...>`` is a syntax
+    error, and ``<"a;"@...>`` is looked up as ``"a;"``)."""
+    return unquote_local('"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"')
 
 
 def unquote_local(quoted: str) -> str:
