@@ -177,19 +177,9 @@ def test_the_filter_matches_a_pop3_auth_line_past_4096_octets_read_in_pieces(log
 
 @pytest.mark.parametrize("user", ["alice@example.org", FORGED])
 def test_the_filter_matches_a_failed_smtp_auth(log_events, user: str) -> None:
-    h = Harness()
-    p, t = h.connect("192.0.2.1")
-    p.engine.session.tls = True  # AUTH off loopback needs TLS (as after STARTTLS)
-    take(t)
-    creds = base64.b64encode(f"\0{user}\0wrong".encode()).decode()
-    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {creds}\r\n".encode())
-    h.clock.advance(60)
-    assert take(t)[-1].startswith("535 ")
-    lines = log_lines(log_events, "txmailhub.smtp")
-    failed = [line for line in lines if "authentication failed" in line]
-    assert [line.split(" ", 1)[1] for line in failed] == [
-        f"[txmailhub.smtp#info] authentication failed for {user} from 192.0.2.1"]
-    assert hosts(lines) == ["192.0.2.1"]  # and no other line of the session
+    # (one such line, and the filter finds no other host in the session's)
+    assert smtp_auth_failed_line(log_events, user) == (
+        f"[txmailhub.smtp#info] authentication failed for {user} from 192.0.2.1")
 
 
 # (no FORGED name for USER: POP3 refuses a user name with a space in it,

@@ -12,6 +12,17 @@ NFC, NFD = "j\u00f6rg", "jo\u0308rg"
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
 
 
+
+def pop3_count(port: int, login: str, password: str) -> int:
+    """How many messages a POP3 login (USER/PASS) as ``login`` sees."""
+    pop = poplib.POP3("127.0.0.1", port, timeout=10)
+    try:
+        pop.user(login)
+        pop.pass_(password)
+        return pop.stat()[0]
+    finally:
+        pop.quit()
+
 def test_an_idn_domain_and_its_a_label_are_one_domain(make_hub):
     hub = make_hub(users={"alice@example.org": "pw", "bob@b\u00fccher.example": "pw",
                           f"{NFC}@b\u00fccher.example": "pw"},
@@ -36,13 +47,7 @@ def test_an_idn_domain_and_its_a_label_are_one_domain(make_hub):
 
     # a POP3 login in either spelling opens the one mailbox
     for login in (f"{NFD}@xn--bcher-kva.example", f"{NFC.upper()}@B\u00dcCHER.example"):
-        pop = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
-        try:
-            pop.user(login)
-            pop.pass_("pw")
-            assert pop.stat()[0] == 1, login
-        finally:
-            pop.quit()
+        assert pop3_count(hub.pop3_port, login, "pw") == 1, login
 
     # the command line: the A-label is a local domain, a decomposed
     # duplicate of a user is that user
@@ -93,10 +98,4 @@ def test_a_name_nfc_makes_punctuation_logs_in_to_the_mailbox_smtp_delivers_to(ma
         plain = base64.b64encode(f"\0{name}\0pw".encode()).decode()
         assert s.docmd("AUTH", f"PLAIN {plain}")[0] == 235
     for login in (name, f"{name}@example.org", '"a;"'):
-        pop = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=10)
-        try:
-            pop.user(login)
-            pop.pass_("pw")
-            assert pop.stat()[0] == 1, login
-        finally:
-            pop.quit()
+        assert pop3_count(hub.pop3_port, login, "pw") == 1, login
