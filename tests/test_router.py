@@ -267,18 +267,24 @@ class AliasTests(Base):
         os.utime(self.path, (1e9, 1e9))  # settled: changed long ago
         r.resolve(A("list"))  # the settled file, read once
         reads = []
-        import builtins
+        import txmailhub.router as router_module
 
-        real_open = builtins.open
+        real_read = router_module.read_regular
 
-        def spy(*a, **kw):
-            reads.append(a[0])
-            return real_open(*a, **kw)
+        def spy(path, *a, **kw):
+            # what the router reads its file with (not ``open``: a spy
+            # there never saw a read)
+            reads.append(path)
+            return real_read(path, *a, **kw)
 
-        self.patch(builtins, "open", spy)
+        self.patch(router_module, "read_regular", spy)
         for _ in range(5):
             r.resolve(A("list"))
         self.assertEqual(reads, [])
+        # the spy sees a read: the file changed is read again, once
+        self.write("list: ann\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+        self.assertEqual(reads, [self.path])
 
     def test_an_aliases_file_that_goes_away_is_451_not_550(self):
         # like the users file (configuration.rst): while the configured
