@@ -1006,6 +1006,18 @@ def test_read_credentials_reads_the_first_64k_characters(tmp_path):
     assert read_credentials(str(p)) == ("u", "\u00e9" * 65534)
 
 
+def test_read_credentials_of_a_file_cut_in_a_character_is_not_utf8(tmp_path):
+    # a file that ends within a character (written half-way, a password
+    # cut by hand) is no UTF-8 text, as open() said: not a password
+    # quietly missing its last octets; nor for `check` (the same reader)
+    p = tmp_path / "auth"
+    p.write_bytes(b"relayuser:pass\xc3")
+    with pytest.raises(UnicodeDecodeError):
+        read_credentials(str(p))
+    p.write_bytes(b"relayuser:pass\xc3\xa9")  # whole: read as it is
+    assert read_credentials(str(p)) == ("relayuser", "pass\u00e9")
+
+
 def test_read_credentials(tmp_path):
     p = tmp_path / "auth"
     p.write_text("user@example.org:pa:ss\n")

@@ -169,9 +169,12 @@ def read_credentials(path: str) -> tuple[str, str] | None:
     # for ever, and the delivery with it (``NotRegularFile``, an OSError:
     # the mail stays queued, said as a file that cannot be read).  The
     # first 64 KiB characters, as before: the octets of that many at most,
-    # a character cut at the end left out
-    raw, _ = read_regular(path, limit=4 * 65536)
-    text = codecs.getincrementaldecoder("utf-8")().decode(raw)[:65536]
+    # a character cut at the end left out -- at the cut only: a file that
+    # ends within a character is no UTF-8 text (UnicodeDecodeError), as
+    # open() said, not a password missing its last octets
+    raw, st = read_regular(path, limit=4 * 65536)
+    whole = len(raw) >= st.st_size
+    text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=whole)[:65536]
     lines = [line for line in text.splitlines() if line.strip()]  # blank lines aside
     user, sep, password = (lines[0] if len(lines) == 1 else "").partition(":")
     if not sep or not user:
