@@ -2350,6 +2350,20 @@ def test_alias_add_takes_a_name_smtp_can_give_only_quoted_in_its_quoted_form(
                    "mail reaches it\n")
 
 
+def test_alias_add_writes_a_target_in_brackets_as_typed(config: Path) -> None:
+    # the file reads <joe> as joe; quoting what is no dot-string made it
+    # "<joe>", a mailbox no user has, and joe's copy was skipped.  The
+    # address within the brackets is what is judged, and \\ kept as typed
+    aliases = with_aliases(config)
+    run(config, "user", "add", "joe", "--password-stdin", stdin=PW)
+    run(config, "user", "add", "a;", "--password-stdin", stdin=PW)
+    assert run(config, "alias", "add", "list", "<joe>", "<joe@example.org>", "\\<joe>",
+               "\\\\joe", "<a;>") == (0, "added list@example.org\n", "")
+    assert aliases.read_text() == (
+        'list: <joe>, <joe@example.org>, \\<joe>, \\\\joe, <"a;">\n')
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
 def test_alias_add_refuses_a_name_no_rcpt_can_carry(config: Path) -> None:
     # a name of 300 letters was added, but RCPT takes a path of at most
     # 256 octets (RFC 5321 4.5.3.1.3): every message to it got 501

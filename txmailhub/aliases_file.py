@@ -235,8 +235,8 @@ class AliasesFile:
         # as RCPT names them: 'a;' only quoted, '"a;"' (written unquoted,
         # the alias got no mail, and a target missed the user "a;")
         name = self.rcpt_form(name)
-        targets = [("\\" if t.startswith("\\") else "") + self.rcpt_form(t.lstrip("\\"),
-                                                                         local_only=True)
+        targets = [t[:len(t) - len(t.lstrip("\\"))] + self.rcpt_form(t.lstrip("\\"),
+                                                                      local_only=True)
                    for t in targets]
         too_long = _beyond_rcpt(name, self.primary_domain)  # the quotes count too
         if too_long:
@@ -284,15 +284,20 @@ class AliasesFile:
         """``text`` (a name or target as typed) with its local part as
         RCPT can give it: ``a;`` (no dot-string) as ``"a;"``, the form the
         hub keys such a mailbox by; anything else as it is (a dot-string,
-        a quoted local part, ``<...>``, what is no address or a target the
-        file does not support, which the checks refuse in their own
-        words).  ``local_only``: a remote address is left to its domain,
-        whose rules are its own."""
+        a quoted local part, what is no address or a target the file does
+        not support, which the checks refuse in their own words).
+        ``local_only`` (a target): a remote address is left to its domain,
+        whose rules are its own, and ``<...>`` is the address within, in
+        its brackets still."""
         from txmailhub.router import unsupported_target
         from txmailhub.smtp._parse import rcpt_local
 
         if unsupported_target(text):
             return text
+        if local_only and len(text) > 1 and text[0] == "<" and text[-1] == ">":
+            # a target in brackets is the address within, as the file is
+            # read (``<joe>`` is joe, not the mailbox "<joe>")
+            return "<" + self.rcpt_form(text[1:-1], local_only=True) + ">"
         try:
             address = parse_address(text, self.primary_domain)
         except AddressError:
