@@ -1493,7 +1493,9 @@ def test_smarthost_tls_without_a_smarthost_is_warned_of() -> None:
     # the key was taken without a word: an admin who set it for MX
     # delivery believed a setting that does nothing
     for relay, line in (('smarthost_tls = "none"\n', 5),
-                        ('smarthost = ""\n\nsmarthost_tls = "opportunistic"\n', 7)):
+                        ('smarthost = ""\n\nsmarthost_tls = "opportunistic"\n', 7),
+                        # blank: no smarthost, as the relay takes it
+                        ('smarthost = "  "\nsmarthost_tls = "none"\n', 6)):
         s = load_text(MINIMAL + "[relay]\n" + relay, "/c")
         [found] = s.warnings
         assert found.startswith("/c: [relay] smarthost_tls: ") and found.endswith(

@@ -1657,13 +1657,15 @@ def load_text(text: str, path: str) -> Settings:
     )
     if auth_file and not relay.smarthost:
         r.problem("relay", "smarthost_auth_file", "only used with [relay] smarthost")
-    if (t.get("smarthost_tls", "verify") != "verify" and t.get("smarthost", "") == ""):
+    if ("smarthost_tls" in t and relay.smarthost_tls != "verify" and not relay.smarthost
+            and not any("[relay] smarthost: " in p for p in r.problems)):
         # MX delivery has a TLS policy of its own (docs/relay.rst): an
         # admin who chose another policy here for it believes a setting
         # that does nothing.  The default written out (ARCHITECTURE.md's
         # example config and etc/mailhub.toml have it beside an empty
-        # smarthost) says nothing wrong.  Not after a smarthost that is a
-        # problem (its value is then "")
+        # smarthost) says nothing wrong.  No smarthost as the hub takes it
+        # (a blank one is none), but not after a smarthost that is a
+        # problem (its value is then "": said once)
         r.warn("relay", "smarthost_tls",
                f"{quoted(t['smarthost_tls'])} has no effect without [relay] smarthost: mail "
                "goes to each domain's MX hosts, with STARTTLS when they offer it "
