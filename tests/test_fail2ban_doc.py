@@ -259,6 +259,17 @@ def test_pop3_logs_the_name_as_the_client_gave_it(log_events, typed: str,
         f"[txmailhub.pop3#info] POP3 login {typed} from 192.0.2.7 ({mechanism}) refused: AUTH")
 
 
+@pytest.mark.parametrize("mechanism", ["USER", "PLAIN"])
+@pytest.mark.parametrize(("typed", "logged"), [
+    ("jo\u0308rg", "j\u00f6rg"), ("a\u037e", "a\u037e")])
+def test_pop3_logs_a_non_ascii_name_in_nfc_but_one_nfc_makes_punctuation_as_written(
+        log_events, typed: str, logged: str, mechanism: str) -> None:
+    # deployment.rst: in NFC, as it is looked up; a\u037e (the Greek
+    # question mark, "a;" in NFC) goes on as written (docs/pop3.rst)
+    assert pop3_refused_line(log_events, typed, mechanism) == (
+        f"[txmailhub.pop3#info] POP3 login {logged} from 192.0.2.7 ({mechanism}) refused: AUTH")
+
+
 def test_the_documented_example_lines_are_what_a_client_that_typed_joe_leaves(
         log_events) -> None:
     # the examples after "each line starts with the time", less the time:
