@@ -12,13 +12,14 @@ import errno
 import os
 import signal
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.application.service import Application
-from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.scripts._twistd_unix import UnixAppLogger
 
 from tests.test_service import _tap_options
@@ -192,7 +193,11 @@ def test_no_log_file_of_the_hub_where_twistd_writes_none(tmp_path: Path, parent)
     hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
     application = Application("mailhub")
     hub.setServiceParent(application)
-    assert application.getComponent(ILogObserver, None) is None
+    # (standard output gets the hub's observer of twistd's lines: no file)
+    observer = application.getComponent(ILogObserver, None)
+    from txmailhub.logfile import ReopeningLogFile
+
+    assert observer is None or not isinstance(observer._outFile, ReopeningLogFile)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="twistd switches user only when started as root")
@@ -416,6 +421,36 @@ def test_an_application_with_an_observer_of_its_own_keeps_it(tmp_path: Path) -> 
     application.setComponent(ILogObserver, mine)
     hub.setServiceParent(application)
     assert application.getComponent(ILogObserver, None) is mine
+
+
+@pytest.mark.parametrize("parent, to_stdout", [
+    ({"nodaemon": True}, True),  # twistd -n: standard output
+    ({"nodaemon": True, "logfile": "-"}, True),  # the systemd unit's
+    ({"logfile": "-"}, False),  # a daemon: twistd's logger refuses it, as before
+    ({"nodaemon": True, "syslog": True}, False),
+    ({"nodaemon": True, "debug": True}, False),  # twistd.log: its logger decided before
+])
+def test_standard_output_gets_the_hubs_observer(tmp_path: Path, monkeypatch,
+                                               parent: dict, to_stdout: bool) -> None:
+    # the same lines as twistd's textFileLogObserver, for less CPU
+    import io
+
+    from txmailhub import tap
+    from txmailhub.logtext import ClassicTextObserver
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+    application = Application("mailhub")
+    hub.setServiceParent(application)
+    observer = application.getComponent(ILogObserver, None)
+    if not to_stdout:
+        assert observer is None or observer._outFile is not out
+        return
+    assert isinstance(observer, ClassicTextObserver)
+    observer({"log_format": "{summary}", "summary": "hello", "log_namespace": "n",
+              "log_level": LogLevel.info, "log_time": 0.0})
+    assert out.getvalue().endswith(" [n#info] hello\n")
 
 
 def test_a_parent_that_is_no_application_is_left_alone_once(tmp_path: Path,

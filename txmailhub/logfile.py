@@ -33,7 +33,8 @@ looked at again 64 KiB of log later too, not at every line.  A folder the hub
 may write but not list (mode 0300) is rotated all the same: the numbered
 files are found by trying their names.
 
-``observer_for(parent)`` is the log observer for twistd's options (none
+``observer_for(parent)`` is the log observer for twistd's options (the
+lines twistd's own would write, made for less CPU: ``logtext``; none
 for standard output, syslog or ``--logger``), which ``MailHub`` sets on
 the twistd application, and ``install_sigusr1`` the handler twistd would
 have installed for its own file.  Where there is no file of the hub's to
@@ -328,8 +329,7 @@ def observer_for(parent: Any, switch_to: int | None = None, files_kept: int = 0
     numbered files (``mailhub.log.1`` ...) a rotation keeps, the older
     ones deleted (twistd keeps every one: a log that fills the disk in
     1 MB steps on a hub nobody rotates for); 0 keeps them all."""
-    from twisted.logger import textFileLogObserver
-
+    from txmailhub.logtext import ClassicTextObserver
     from txmailhub.run_files import twistd_log_file
 
     if parent is None or parent.get("logger"):
@@ -340,7 +340,7 @@ def observer_for(parent: Any, switch_to: int | None = None, files_kept: int = 0
     log_file = ReopeningLogFile.fromFullPath(name)
     log_file.switch_to = switch_to
     log_file.maxRotatedFiles = files_kept or None
-    return textFileLogObserver(log_file), log_file
+    return ClassicTextObserver(log_file), log_file
 
 
 def install_sigusr1(log_file: ReopeningLogFile, reactor: Any = None) -> None:

@@ -282,10 +282,27 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
         return
     found = observer_for(parent, switch_to, files_kept)
     if found is None:
+        if _logs_to_stdout(parent):
+            # the lines twistd's own observer writes there, for less CPU
+            # (``txmailhub.logtext``): the systemd unit's ``--logfile=-``
+            from txmailhub.logtext import ClassicTextObserver
+
+            application.setComponent(ILogObserver, ClassicTextObserver(sys.stdout))
         return
     observer, log_file = found
     application.setComponent(ILogObserver, observer)
     install_sigusr1(log_file)
+
+
+def _logs_to_stdout(parent: Any) -> bool:
+    """Whether twistd logs to its standard output: ``--nodaemon`` with
+    ``--logfile=-`` or with no ``--logfile`` (and no ``--logger`` or
+    ``--syslog``).  A daemon given ``--logfile=-`` is not: twistd's own
+    logger refuses it ("Daemons cannot log to stdout") and must be the
+    one to see it."""
+    if parent.get("logger") or parent.get("syslog") or not parent.get("nodaemon"):
+        return False
+    return parent.get("logfile") in (None, "", "-") and not parent.get("debug")
 
 
 ROOT_WARNING = (

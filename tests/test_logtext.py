@@ -1,0 +1,119 @@
+"""The hub's log observer writes Twisted's classic lines, octet for octet."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicLogText, formatTime
+from twisted.logger._format import timeFormatRFC3339
+from twisted.python.failure import Failure
+
+from txmailhub.logtext import ClassicTextObserver
+
+
+def twisted_line(event: dict, time_format: str | None = timeFormatRFC3339) -> str | None:
+    """What ``textFileLogObserver`` writes for ``event``."""
+    return formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, time_format))
+
+
+@pytest.fixture
+def berlin() -> Iterator[None]:
+    """Local time with daylight saving time (the offset changes twice a year)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40) | st.sampled_from(
+    ["", "\n", "a\nb", "message x from <a@b> to c@d (12 octets): 250 2.0.0 ok", "{x}", "%s"])
+times = st.one_of(
+    st.none(),
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    # the last microsecond of a second, which rounds into the next
+    st.integers(0, 4 * 10**9).map(lambda s: s + 0.9999996),
+    st.integers(0, 4 * 10**9).map(float),
+    # around the 2026 changes of the Berlin offset (29 March, 25 October, 01:00 UTC)
+    st.sampled_from([1774746000.0, 1774745999.5, 1792890000.0, 1792889999.9]))
+events = st.fixed_dictionaries(
+    {"log_format": st.sampled_from(["{summary}", "{summary} {x}", "plain", "{x}"]),
+     "summary": st.one_of(texts, st.integers(), st.none()),
+     "x": texts},
+    optional={"log_time": times,
+              "log_namespace": st.sampled_from(["txmailhub.smtp.protocol", "a#b", ""]),
+              "log_level": st.sampled_from(list(LogLevel.iterconstants())),
+              "log_system": st.sampled_from(["-", "SMTPFactory,0,127.0.0.1"])})
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events, st.sampled_from([timeFormatRFC3339, None, "%H:%M"]))
+def test_every_line_is_twisteds(berlin: None, event: dict, time_format: str | None) -> None:
+    # (the fixture sets the zone once for every example: nothing else changes it)
+    observer = ClassicTextObserver(io.StringIO(), time_format)
+    # twice: the second made with the time stamp it kept
+    assert observer.line(dict(event)) == twisted_line(event, time_format)
+    assert observer.line(dict(event)) == twisted_line(event, time_format)
+
+
+def test_the_stamp_follows_the_second_and_the_offset(berlin: None) -> None:
+    observer = ClassicTextObserver(io.StringIO())
+    event = {"log_format": "{summary}", "summary": "s", "log_namespace": "n",
+             "log_level": LogLevel.info}
+    # a second apart, and across the change to summer time (+0100 to +0200)
+    for when in (1774745998.2, 1774745999.7, 1774746000.1, 1774746001.0, 1774746000.9999996):
+        event["log_time"] = when
+        assert observer.line(event) == twisted_line(event), when
+    assert observer.line(event).startswith("2026-03-29T03:00:01+0200 [n#info] s")
+
+
+def test_a_summary_over_lines_continues_with_a_tab() -> None:
+    observer = ClassicTextObserver(io.StringIO())
+    event = {"log_format": "{summary}", "summary": "one\ntwo\n", "log_namespace": "n",
+             "log_level": LogLevel.warn, "log_time": 1774745998.2}
+    assert observer.line(event) == twisted_line(event)
+    assert observer.line(event).endswith(" [n#warn] one\n\ttwo\n\t\n")
+
+
+def test_a_failure_is_written_with_its_traceback() -> None:
+    out = io.StringIO()
+    publisher = LogPublisher(ClassicTextObserver(out))
+    log = Logger(namespace="t", observer=publisher)
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        log.failure("{summary}", Failure(), summary="it broke")
+    text = out.getvalue()
+    assert " [t#critical] it broke\n\tTraceback (most recent call last):" in text
+    assert "ZeroDivisionError" in text and text.endswith("\n")
+
+
+def test_the_lines_are_written_and_flushed_one_by_one() -> None:
+    class File(io.StringIO):
+        flushed: list[str] = []
+
+        def flush(self) -> None:
+            self.flushed.append(self.getvalue())
+
+    out = File()
+    publisher = LogPublisher(ClassicTextObserver(out))
+    log = Logger(namespace="txmailhub.smtp.protocol", observer=publisher)
+    log.info("{summary}", summary="one")
+    log.info("{summary}", summary="")  # no text: no line, as Twisted writes none
+    log.info("two {n}", n=2)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "[txmailhub.smtp.protocol#info] one", "[txmailhub.smtp.protocol#info] two 2"]
+    assert out.flushed == [lines[0] + "\n", out.getvalue()]
