@@ -117,3 +117,113 @@ def test_the_lines_are_written_and_flushed_one_by_one() -> None:
     assert [line.split(" ", 1)[1] for line in lines] == [
         "[txmailhub.smtp.protocol#info] one", "[txmailhub.smtp.protocol#info] two 2"]
     assert out.flushed == [lines[0] + "\n", out.getvalue()]
+
+
+def _zone(name: str) -> None:
+    os.environ["TZ"] = name
+    time.tzset()
+
+
+@pytest.fixture
+def zones() -> Iterator[None]:
+    old = os.environ.get("TZ")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def _changes(start: int, end: int) -> list[int]:
+    """The seconds in [start, end) at which the local offset changes."""
+    found, step = [], 3600 * 6
+    for t in range(start, end, step):
+        if time.localtime(t).tm_gmtoff != time.localtime(t + step).tm_gmtoff:
+            lo, hi = t, t + step
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if time.localtime(mid).tm_gmtoff == time.localtime(lo).tm_gmtoff:
+                    lo = mid
+                else:
+                    hi = mid
+            found.append(hi)
+    return found
+
+
+@pytest.mark.parametrize("zone", ["UTC", "EST5EDT", "Australia/Lord_Howe", "Pacific/Chatham",
+                                  "America/St_Johns", "XXX-3:20:17"])
+def test_the_stamp_is_twisteds_at_every_offset_change(zones: None, zone: str) -> None:
+    # Lord Howe moves by 30 minutes, Chatham sits at +1245/+1345, the last
+    # is an offset with seconds (%z: +032017)
+    _zone(zone)
+    observer = ClassicTextObserver(io.StringIO())
+    event = {"log_format": "{summary}", "summary": "s\r\x00\u2028", "log_namespace": "n",
+             "log_level": LogLevel.info}
+    edges = [*_changes(1735689600, 1798761600), 0, 1, 2**31]  # 2025 and 2026
+    for edge in edges:
+        for d in (-1.0, -0.5, -1e-6, -5e-7, -4e-7, 0.0, 4e-7, 5e-7, 1e-6, 0.999999, 0.9999995):
+            event["log_time"] = edge + d
+            assert observer.line(event) == twisted_line(event), (zone, edge, d)
+
+
+def test_a_format_finer_than_the_second_is_not_made_once_a_second() -> None:
+    fine = "%Y-%m-%dT%H:%M:%S.%f%z"
+    observer = ClassicTextObserver(io.StringIO(), fine)
+    event = {"log_format": "{summary}", "summary": "s", "log_namespace": "n",
+             "log_level": LogLevel.info}
+    for when in (1774745999.25, 1774745999.75):
+        event["log_time"] = when
+        assert observer.line(event) == twisted_line(event, fine)
+
+
+def test_a_flattened_event_is_written_as_flattened() -> None:
+    # Twisted writes a flattened event's text from log_flattened (the
+    # summary as it was when the event was flattened)
+    from twisted.logger._flatten import flattenEvent
+
+    event = {"log_format": "{summary}", "summary": "then", "log_namespace": "n",
+             "log_level": LogLevel.info, "log_time": 1774745999.25}
+    flattenEvent(event)
+    event["summary"] = "now"
+    assert ClassicTextObserver(io.StringIO()).line(event) == twisted_line(event)
+    assert twisted_line(event).endswith("] then\n")
+
+
+def test_a_log_time_twisted_refuses_is_refused() -> None:
+    from decimal import Decimal
+
+    event = {"log_format": "{summary}", "summary": "s", "log_namespace": "n",
+             "log_level": LogLevel.info, "log_time": Decimal("1774745999.5")}
+    with pytest.raises(TypeError):
+        twisted_line(event)
+    with pytest.raises(TypeError):
+        ClassicTextObserver(io.StringIO()).line(event)
+
+
+def test_a_thread_logging_meanwhile_gets_its_own_seconds_stamp() -> None:
+    # another thread may run between any two of this one's steps: here,
+    # right after the observer keeps anything for a new second, a line for
+    # the second it kept before is made (as a worker thread's would be)
+    event = {"log_format": "{summary}", "summary": "s", "log_namespace": "n",
+             "log_level": LogLevel.info}
+    other = dict(event, log_time=1774745998.5)
+    meanwhile: list[str | None] = []
+
+    class Interleaved(ClassicTextObserver):
+        armed = False
+
+        def __setattr__(self, name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+            if self.armed:
+                object.__setattr__(self, "armed", False)
+                meanwhile.append(self.line(other))
+
+    observer = Interleaved(io.StringIO())
+    assert observer.line(other) == twisted_line(other)
+    object.__setattr__(observer, "armed", True)
+    event["log_time"] = 1774745999.5
+    assert observer.line(event) == twisted_line(event)
+    assert meanwhile == [twisted_line(other)]

@@ -18,7 +18,9 @@ is) that was about a tenth of the CPU instructions of a whole SMTP session
 drop``).  Here the time stamp is made once per second (the format has
 no finer field) and the text of such an event is its ``summary``;
 every other event -- another format, a ``log_failure`` whose traceback
-is appended, a ``log_system`` from Twisted's legacy logging -- goes
+is appended, a ``log_system`` from Twisted's legacy logging, a flattened
+event, a ``log_time`` that is not a float, a time format other than
+twistd's -- goes
 through Twisted's own formatter, so it reads exactly as before.
 """
 
@@ -39,8 +41,14 @@ class ClassicTextObserver(FileLogObserver):
     def __init__(self, out_file: IO[Any], time_format: str | None = timeFormatRFC3339) -> None:
         super().__init__(out_file, self.line)
         self._time_format = time_format
-        self._second: int | None = None  # the second _stamp was made for
-        self._stamp = ""
+        # a stamp made once a second only where the format has no finer
+        # field ("%f" would be wrong); any other format: Twisted's formatter
+        self._per_second = time_format == timeFormatRFC3339
+        # (second, its stamp) in one attribute: a worker thread may log
+        # while the reactor thread does, and two attributes set one after
+        # the other could be read between the two (one second's stamp for
+        # another)
+        self._stamp: tuple[int, str] | None = None
 
     def _general(self, event: dict[str, Any]) -> str | None:
         time_format = self._time_format
@@ -51,10 +59,13 @@ class ClassicTextObserver(FileLogObserver):
         line, as Twisted writes none)."""
         text = event.get("summary")
         if (event.get("log_format") != "{summary}" or type(text) is not str
-                or "log_failure" in event or "log_system" in event):
+                or "log_failure" in event or "log_system" in event
+                or "log_flattened" in event):  # Twisted writes the flattened text
             return self._general(event)
         when = event.get("log_time")
-        if when is None or self._time_format is None or when < 0:
+        # a float, as Logger.emit's time.time() (a Decimal, which Twisted's
+        # datetime refuses, or None: its formatter)
+        if type(when) is not float or not self._per_second or not when >= 0:
             return self._general(event)
         if not text:
             return None
@@ -63,11 +74,11 @@ class ClassicTextObserver(FileLogObserver):
             # ...but Twisted's datetime rounds to the microsecond, which
             # may carry into the next second
             return self._general(event)
-        if second != self._second:
-            self._stamp = formatTime(second, self._time_format)
-            self._second = second
+        stamp = self._stamp
+        if stamp is None or stamp[0] != second:
+            stamp = self._stamp = (second, formatTime(second, self._time_format))
         level = event.get("log_level")
         system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
         if "\n" in text:
             text = text.replace("\n", "\n\t")
-        return f"{self._stamp} [{system}] {text}\n"
+        return f"{stamp[1]} [{system}] {text}\n"
