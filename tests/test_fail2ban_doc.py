@@ -186,20 +186,27 @@ def test_the_filter_matches_a_failed_smtp_auth(log_events, user: str) -> None:
 # by RFC 8265, before a password is given; AUTH PLAIN's is below)
 @pytest.mark.parametrize(("user", "mechanism"), [("joe", "USER"), ("joe", "PLAIN")])
 def test_the_filter_matches_a_failed_pop3_login(log_events, user: str, mechanism: str) -> None:
+    if mechanism == "USER":
+        said = [f"USER {user}\r\n".encode(), b"PASS wrong\r\n"]
+    else:
+        said = [b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0wrong".encode()) + b"\r\n"]
+    assert pop3_refused_lines(log_events, said) == [
+        f"[txmailhub.pop3#info] POP3 login {user} from 192.0.2.7 ({mechanism}) refused: AUTH"]
+
+
+def pop3_refused_lines(log_events: list[dict[str, Any]], said: list[bytes]) -> list[str]:
+    """The "refused" lines, less their time stamps, of a POP3 session from
+    192.0.2.7 that said ``said`` and was refused ``[AUTH]``; the filter
+    finds no other host in the session's lines."""
     env = Env(allow_plaintext_auth=True)
     proto, t = env.connect(peer=REMOTE)
-    if mechanism == "USER":
-        talk(proto, t, f"USER {user}\r\n".encode())
-        talk(proto, t, b"PASS wrong\r\n")
-    else:
-        creds = base64.b64encode(f"\0{user}\0wrong".encode())
-        talk(proto, t, b"AUTH PLAIN " + creds + b"\r\n")
+    for line in said:
+        talk(proto, t, line)
     env.clock.advance(60)
     assert t.value().startswith(b"-ERR [AUTH]"), t.value()
     lines = log_lines(log_events, "txmailhub.pop3")
-    assert [line.split(" ", 1)[1] for line in lines if "refused" in line] == [
-        f"[txmailhub.pop3#info] POP3 login {user} from 192.0.2.7 ({mechanism}) refused: AUTH"]
     assert hosts(lines) == ["192.0.2.7"]
+    return [line.split(" ", 1)[1] for line in lines if "refused" in line]
 
 
 def smtp_auth_failed_line(log_events: list[dict[str, Any]], user: str) -> str:
@@ -350,15 +357,8 @@ def test_the_filter_matches_a_pop3_plain_login_of_a_name_no_user_can_have(
     h.clock.advance(60)
     assert take(t)[-1].startswith("535 ")
     assert hosts(log_lines(log_events, "txmailhub.smtp")) == ["192.0.2.1"]
-    env = Env(allow_plaintext_auth=True)
-    proto, t = env.connect(peer=REMOTE)
-    talk(proto, t, b"AUTH PLAIN " + message + b"\r\n")
-    env.clock.advance(60)
-    assert t.value().startswith(b"-ERR [AUTH]"), t.value()
-    lines = log_lines(log_events, "txmailhub.pop3")
-    assert [line.split(" ", 1)[1] for line in lines if "refused" in line] == [
+    assert pop3_refused_lines(log_events, [b"AUTH PLAIN " + message + b"\r\n"]) == [
         f"[txmailhub.pop3#info] POP3 login {loggable(user)} from 192.0.2.7 (PLAIN) refused: AUTH"]
-    assert hosts(lines) == ["192.0.2.7"]
 
 
 def test_the_filter_matches_an_apop_login_of_a_name_no_user_can_have(log_events) -> None:
