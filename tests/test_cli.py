@@ -1654,6 +1654,36 @@ def test_check_says_the_line_of_the_smarthost_auth_file(config: Path) -> None:
         "local user can read it (mode 644): chmod o-rwx (at line 11)"], err
 
 
+def test_check_of_a_smarthost_auth_file_removed_once_read_is_no_traceback(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the file removed between check's read and its look at the mode: a
+    # stat of the path then raised FileNotFoundError out of check.  The
+    # mode is the one of the file read
+    import txmailhub.relay.attempt as attempt
+
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    auth = config.parent / "auth"
+    config.write_text(config.read_text()
+                      + '[relay]\nsmarthost = "smtp.example.net:587"\n'
+                        'smarthost_auth_file = "auth"\n')
+    auth.write_bytes(b"user@example.net:s3cret\n")
+    auth.chmod(0o644)
+    read = attempt.read_regular
+
+    def read_then_removed(path: str, **kw):
+        got = read(path, **kw)
+        if os.path.basename(path) == "auth":
+            os.unlink(path)
+        return got
+
+    monkeypatch.setattr(attempt, "read_regular", read_then_removed)
+    code, _, err = run(config, "check")
+    assert not auth.exists()
+    assert code == 0 and err.splitlines() == [
+        f"warning: {config}: [relay] smarthost_auth_file: {auth} holds a password and every "
+        "local user can read it (mode 644): chmod o-rwx (at line 7)"], err
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -324,18 +324,20 @@ def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str],
     (it reads the file at each delivery: a bad one turns every outbound
     message into a retry); a password every local user can read is a
     warning.  Each ends with ``at``, where the config names the file."""
-    from txmailhub.relay.attempt import read_credentials
+    from txmailhub.relay.attempt import read_credentials_and_stat
 
     where = f"{path}: [relay] smarthost_auth_file: "
     try:
-        read_credentials(auth_file)
+        # the mode of the file read, not of a second stat of the path: the
+        # file may be gone (or replaced) since, which crashed check
+        _, st = read_credentials_and_stat(auth_file)
     except UnicodeDecodeError:
         return [f"{where}{auth_file} is not UTF-8 text{at}"]
     except OSError as e:
         return [f"{where}{auth_file} {_not_read(e)}{at}"]
     except ValueError as e:
         return [f"{where}{e}{at}"]
-    mode = os.stat(auth_file).st_mode
+    mode = st.st_mode
     if mode & 0o004:  # a group of its own (root:txmailhub 640) is fine
         warnings.append(f"{where}{auth_file} holds a password and every local user can "
                         f"read it (mode {mode & 0o777:o}): chmod o-rwx{at}")

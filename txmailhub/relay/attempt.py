@@ -165,6 +165,13 @@ def read_credentials(path: str) -> tuple[str, str] | None:
     account the admin expects to be used, or a password that was split."""
     if not path:
         return None
+    return read_credentials_and_stat(path)[0]
+
+
+def read_credentials_and_stat(path: str) -> tuple[tuple[str, str], os.stat_result]:
+    """``read_credentials`` of a set ``path``, with the ``fstat`` of the
+    file it read: ``mailhub check`` judges the mode of that file, where a
+    second ``stat`` of the path could find it gone (or another) since."""
     # never a plain open: one of a FIFO put there would wait for a writer
     # for ever, and the delivery with it (``NotRegularFile``, an OSError:
     # the mail stays queued, said as a file that cannot be read).  The
@@ -180,7 +187,7 @@ def read_credentials(path: str) -> tuple[str, str] | None:
     if not sep or not user:
         raise ValueError(f"{path}: expected one line \"username:password\""
                          + (f", found {len(lines)}" if len(lines) > 1 else ""))
-    return user, password
+    return (user, password), st
 
 
 def _credentials_problem(error: Exception) -> str:
