@@ -154,6 +154,27 @@ def test_add_refuses_a_name_that_is_there(path: Path) -> None:
     assert path.read_text() == HAND_WRITTEN
 
 
+def test_add_and_set_find_the_name_an_older_add_wrote_unquoted(path: Path) -> None:
+    # an older `alias add 'a;'` wrote `a;: joe`, which no mail reaches
+    # (RCPT gives that name only quoted).  add appended a second line,
+    # "a;": ..., beside it; it is the same alias: add says it is there, and
+    # set rewrites that line quoted, leaving one line for the alias
+    text = "staff: joe\na;: joe\n  , ann\npostmaster: joe\n"
+    for typed in ("a;", '"a;"'):
+        with pytest.raises(AliasExists) as info:
+            aliases_at(path, text).add(typed, ["ann"])
+        assert str(info.value) == (
+            f'{path}:2: the alias "a;"@example.org is already there, written unquoted as '
+            "a;@example.org (no mail reaches it): `mailhub alias set` replaces its targets")
+        assert path.read_text() == text
+    change = aliases_at(path, text).set("a;", ["ann"])
+    assert (change.alias, change.created) == ('"a;"@example.org', False)
+    assert path.read_text() == 'staff: joe\n"a;": ann\npostmaster: joe\n'
+    # the quoted line there too: set replaces it and drops the dead one
+    aliases_at(path, 'a;: joe\n"a;": ann\n').set("a;", ["joe"])
+    assert path.read_text() == '"a;": joe\n'
+
+
 @pytest.mark.parametrize(("name", "targets"), [
     ("bad name", ["joe"]),                        # no address
     ("x@elsewhere.test", ["joe"]),                # not a local domain

@@ -2378,6 +2378,12 @@ def test_alias_add_takes_a_name_smtp_can_give_only_quoted_in_its_quoted_form(
     assert err == (f'warning: {aliases}:2: alias x;y@example.org: RCPT TO names it only quoted, '
                    '"x;y"@example.org (no dot-string), which is looked up with the quotes: no '
                    "mail reaches it\n")
+    # the same alias as `alias add x;y` means: there already, and set
+    # rewrites that line quoted (add appended a second line, "x;y": ...)
+    code, out, err = run(config, "alias", "add", "x;y", "bob")
+    assert (code, out) == (1, "") and "already there, written unquoted" in err, err
+    assert run(config, "alias", "set", "x;y", "bob")[::2] == (0, "")
+    assert aliases.read_text() == 'team: "a;", \\x;y@remote.test, bob\n"x;y": bob\n'
 
 
 def test_alias_add_writes_a_target_in_brackets_as_typed(config: Path) -> None:

@@ -246,18 +246,30 @@ class AliasesFile:
             entries = self._entries(lines)
             key = self._name_key(name + ":")
             mine = [e for e in entries if key is not None and e.key == key]
-            if mine and not replace:
-                where = mine[0].lines[0] + 1
+            # the same name written unquoted (``a;: joe``, as an older
+            # ``alias add`` wrote it): no mail reaches it, but it is the
+            # alias the admin means -- not a second line to append
+            old = [e for e in entries
+                   if key is not None and e.key is not None and e.key != key
+                   and self._name_key(self.rcpt_form(
+                       lines[e.lines[0]].partition(":")[0].strip()) + ":") == key]
+            if (mine or old) and not replace:
+                there = (mine or old)[0]
+                where = there.lines[0] + 1
+                if not mine:
+                    why = f", written unquoted as {shown(there.key or '')} (no mail reaches it)"
+                else:
+                    why = "" if there.usable else " (a line the hub cannot use)"
                 raise AliasExists(
-                    f"{self.path}:{where}: the alias {key} is already there"
-                    + ("" if mine[0].usable else " (a line the hub cannot use)")
+                    f"{self.path}:{where}: the alias {key} is already there{why}"
                     + ": `mailhub alias set` replaces its targets")
             # the entry in effect, else the first one written (a line the
-            # hub cannot use, replaced by a good one)
-            entry = next((e for e in mine if e.usable), mine[0] if mine else None)
+            # hub cannot use, replaced by a good one); else a line written
+            # unquoted, rewritten quoted
+            entry = next((e for e in mine if e.usable), (mine or old or [None])[0])
             if entry is not None:
                 first = lines[entry.lines[0]]
-                written_name = first.partition(":")[0].strip()
+                written_name = first.partition(":")[0].strip() if mine else name
                 eol = first[len(first.rstrip("\r\n")):] or _eol(lines)
                 number: int | None = entry.lines[0] + 1
             else:
@@ -269,7 +281,9 @@ class AliasesFile:
             self._refuse_problems(line, number)
             if entry is not None:
                 lines[entry.lines[0]] = line + eol
-                drop = set(entry.lines[1:])
+                # and every line of the name written unquoted: set leaves
+                # one line for the alias, not a dead one beside it
+                drop = set(entry.lines[1:]).union(*(e.lines for e in old if e is not entry))
                 lines = [x for i, x in enumerate(lines) if i not in drop]
             else:
                 lines.append(line + eol)
