@@ -422,6 +422,8 @@ def test_502_when_tls_is_not_configured():
     d = Driver(tls_available=False)
     assert not any("STARTTLS" in line for line in d.send("EHLO c.test\r\n"))
     assert d.send("STARTTLS\r\n") == [replies.STARTTLS_NOT_OFFERED.text()]
+    # not offered whatever its argument: 502, not 501 (fix the argument)
+    assert d.send("STARTTLS x\r\n") == [replies.STARTTLS_NOT_OFFERED.text()]
     assert (replies.STARTTLS_NOT_OFFERED.code, replies.STARTTLS_NOT_OFFERED.status) == (
         502, "5.5.1")
     assert replies.TLS_READY.code == 220

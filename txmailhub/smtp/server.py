@@ -765,12 +765,14 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(replies.SEND_REFUSED)
 
     def _starttls(self, arg: str) -> None:
+        # a command not offered is 502 whatever its argument: "STARTTLS x"
+        # got 501 (fix the argument) where "STARTTLS" got 502 (never here)
+        if not self.session.tls and not self.config.tls_available:
+            raise RemoteProtocolError(replies.STARTTLS_NOT_OFFERED)
         if arg:
             raise RemoteProtocolError(replies.STARTTLS_ARGUMENT)
         if self.session.tls:
             raise RemoteProtocolError(replies.TLS_ALREADY)
-        if not self.config.tls_available:
-            raise RemoteProtocolError(replies.STARTTLS_NOT_OFFERED)
         self.reply(replies.TLS_READY)
         self._buf = b""  # nothing sent before the handshake may be obeyed after it
         self._request(StartTLS())
