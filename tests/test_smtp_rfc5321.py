@@ -96,6 +96,21 @@ def test_every_command_gets_exactly_one_reply():
     assert len(replies_seen) == len(commands)
 
 
+def test_vrfy_finds_the_path_outside_a_quoted_local_part():
+    # the path's '<' was found with rindex: VRFY <"a<b"@example.org> looked
+    # up b"@example.org, a syntax error (501), for the user "a<b"
+    from txmailhub.testing import StaticRouter
+
+    d = Driver(router=StaticRouter({'"a<b"': None, "alice": None},
+                                   domains=("example.org",)))
+    d.send("EHLO c.test\r\n")
+    assert d.send('VRFY <"a<b"@example.org>\r\n') == ['250 2.1.5 <"a<b"@example.org>']
+    assert d.send('VRFY "Joe <x>" <"a<b"@example.org>\r\n') == [
+        '250 2.1.5 <"a<b"@example.org>']
+    assert d.send("VRFY Full Name <alice@example.org>\r\n") == [
+        "250 2.1.5 <alice@example.org>"]
+
+
 def test_vrfy_and_expn_take_a_quoted_string_as_rcpt_does():
     # 4.1.1.6: "VRFY" SP String, and String is an Atom or a Quoted-string;
     # 4.1.2: a quoted local part names what its unquoted form names, and

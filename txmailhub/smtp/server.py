@@ -716,8 +716,10 @@ class SMTPServer(MessageTransfer, AuthPhase):
         utf8 = cut >= 0 and ascii_upper(text[cut + 1 :]) == "SMTPUTF8"
         if utf8:
             text = text[:cut].rstrip(" \t")
-        if text.endswith(">") and "<" in text:  # "<a@b>" or "Full Name <a@b>"
-            text = text[text.rindex("<") + 1 : -1]
+        if text.endswith(">"):  # "<a@b>" or "Full Name <a@b>"
+            start = _path_start(text)
+            if start >= 0:
+                text = text[start + 1 : -1]
         if text[:1].isspace() or text[-1:].isspace():
             # parse_address forgives white space around a name (the CLI's,
             # a file's); a command line's other blanks are no separators
@@ -789,6 +791,27 @@ def _echo_ok(address: Address | None, echoing: Callable[[str], Reply], plain: Re
         return echoing("")
     text = ascii_form(address)
     return plain if text is None else echoing(text)
+
+
+def _path_start(text: str) -> int:
+    """Where VRFY's path opens: the first ``<`` outside a quoted string
+    (a display name's or the local part's), -1 if there is none.  The last
+    ``<`` cut ``<"a<b"@example.org>`` inside its quoted local part."""
+    if '"' not in text:
+        return text.find("<")
+    quoted = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "<" and not quoted:
+            return i
+        i += 1
+    return -1
 
 
 def _helo_name(arg: str) -> str:
