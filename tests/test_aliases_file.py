@@ -175,6 +175,23 @@ def test_add_and_set_find_the_name_an_older_add_wrote_unquoted(path: Path) -> No
     assert path.read_text() == '"a;": joe\n'
 
 
+def test_remove_takes_both_spellings_of_a_name_smtp_gives_only_quoted(path: Path) -> None:
+    # `a;: joe` (an older add) beside `"a;": ann`: remove took the first
+    # spelling only, and the other stayed -- the unquoted one then came
+    # into effect to `set`, or the quoted one kept getting the mail.  As
+    # set leaves one line for both, remove leaves none, however typed
+    text = 'staff: joe\na;: joe\n  , ann\n"a;": ann\npostmaster: joe\n'
+    for typed in ("a;", '"a;"', "A;"):
+        change = aliases_at(path, text).remove(typed)
+        assert change.alias == '"a;"@example.org'
+        assert path.read_text() == "staff: joe\npostmaster: joe\n"
+    # one spelling alone: as before
+    assert aliases_at(path, "a;: joe\nb: ann\n").remove("a;").alias == "a;@example.org"
+    assert path.read_text() == "b: ann\n"
+    assert aliases_at(path, '"a;": joe\nb: ann\n').remove("a;").alias == '"a;"@example.org'
+    assert path.read_text() == "b: ann\n"
+
+
 @pytest.mark.parametrize(("name", "targets"), [
     ("bad name", ["joe"]),                        # no address
     ("x@elsewhere.test", ["joe"]),                # not a local domain

@@ -216,10 +216,18 @@ class AliasesFile:
             lines = text.splitlines(keepends=True)
             entries = self._entries(lines)
             gone = {i for e in entries if e.key == key for i in e.lines}
-            if not gone:
-                # ``a;``: the alias ``add`` made of it, "a;" (as RCPT names it)
-                key = self.key(self.rcpt_form(name.strip()), controls=True)
-                gone = {i for e in entries if e.key == key for i in e.lines}
+            # ``a;``: the alias ``add`` made of it, "a;" (as RCPT names it),
+            # and a line an older add wrote unquoted (``a;: joe``): every
+            # spelling goes, as ``set`` leaves one line for them all (the
+            # one left came into effect)
+            rcpt_key = self.key(self.rcpt_form(name.strip()), controls=True)
+            also = {i for e in entries
+                    if e.key is not None and (e.key == rcpt_key or self._name_key(self.rcpt_form(
+                        lines[e.lines[0]].partition(":")[0].strip()) + ":") == rcpt_key)
+                    for i in e.lines}
+            if not gone or any(e.key == rcpt_key for e in entries):
+                key = rcpt_key  # the alias RCPT reaches, said when it went too
+            gone |= also
             if not gone:
                 # the name may hold ESC (``controls``): never raw to the terminal
                 raise NoSuchAlias(f"no such alias: {shown(key)}")
