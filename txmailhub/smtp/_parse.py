@@ -55,6 +55,7 @@ __all__ = [
     "ascii_upper",
     "decode_envid",
     "decode_orcpt",
+    "find_unquoted",
     "first_word",
     "parse_command",
     "parse_mail",
@@ -289,38 +290,40 @@ def _too_long(path: str) -> bool:
     return len(path) > MAX_PATH or (not path.isascii() and len(path.encode()) > MAX_PATH)
 
 
+def find_unquoted(text: str, char: str, start: int = 0) -> int:
+    """The index of the first ``char`` at or after ``start`` outside a
+    quoted string (in one, a backslash escapes the next character), or -1:
+    a path's closing ``>`` (``<"a>b"@x>``), VRFY's opening ``<``
+    (``<"a<b"@x>``).  Nothing quoted (nearly every path): ``str.find``,
+    without a Python step per character."""
+    if '"' not in text:
+        return text.find(char, start)
+    i, n, quoted = start, len(text), False
+    while i < n:
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == char and not quoted:
+            return i
+        i += 1
+    return -1
+
+
 def _split_path(arg: str, rcpt: bool = False) -> tuple[str, str]:
     """Split ``<path> params`` (or the lenient ``path params``); ``rcpt``:
     the path is a recipient's (``_rcpt_parameter_for_path``)."""
     arg = arg.lstrip(" \t")
     if arg.startswith("<"):
-        if '"' not in arg:
-            # Nothing quoted (nearly every path): the first '>' closes it,
-            # as the loop below would find, without a Python step per
-            # character.
-            i = arg.find(">", 1)
-            if i < 0:
-                raise _fail(replies.SYNTAX_ADDRESS)
-            tail = arg[i + 1 :]
-            if tail and tail[0] not in " \t":
-                raise _fail(replies.SYNTAX_ARGUMENT)
-            return arg[1:i], tail
-        # Find the closing '>' outside any quoted string.
-        i, n, quoted = 1, len(arg), False
-        while i < n:
-            c = arg[i]
-            if c == "\\" and quoted:
-                i += 2
-                continue
-            if c == '"':
-                quoted = not quoted
-            elif c == ">" and not quoted:
-                tail = arg[i + 1 :]
-                if tail and tail[0] not in " \t":
-                    raise _fail(replies.SYNTAX_ARGUMENT)
-                return arg[1:i], tail
-            i += 1
-        raise _fail(replies.SYNTAX_ADDRESS)
+        i = find_unquoted(arg, ">", 1)  # the '>' that closes it
+        if i < 0:
+            raise _fail(replies.SYNTAX_ADDRESS)
+        tail = arg[i + 1 :]
+        if tail and tail[0] not in " \t":
+            raise _fail(replies.SYNTAX_ARGUMENT)
+        return arg[1:i], tail
     path, rest = first_word(arg)  # a tab ends it too, as after a '>'
     if not path or path.endswith(">"):
         raise _fail(replies.SYNTAX_ADDRESS)

@@ -46,6 +46,7 @@ from txmailhub.smtp._parse import (
     NO_PARAMS,
     MailParams,
     ascii_upper,
+    find_unquoted,
     first_word,
     parse_command,
     parse_mail,
@@ -717,7 +718,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         if utf8:
             text = text[:cut].rstrip(" \t")
         if text.endswith(">"):  # "<a@b>" or "Full Name <a@b>"
-            start = _path_start(text)
+            start = find_unquoted(text, "<")
             if start >= 0:
                 text = text[start + 1 : -1]
         if text[:1].isspace() or text[-1:].isspace():
@@ -792,26 +793,6 @@ def _echo_ok(address: Address | None, echoing: Callable[[str], Reply], plain: Re
     text = ascii_form(address)
     return plain if text is None else echoing(text)
 
-
-def _path_start(text: str) -> int:
-    """Where VRFY's path opens: the first ``<`` outside a quoted string
-    (a display name's or the local part's), -1 if there is none.  The last
-    ``<`` cut ``<"a<b"@example.org>`` inside its quoted local part."""
-    if '"' not in text:
-        return text.find("<")
-    quoted = False
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and quoted:
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-        elif c == "<" and not quoted:
-            return i
-        i += 1
-    return -1
 
 
 def _helo_name(arg: str) -> str:
