@@ -697,14 +697,19 @@ def test_user_add_warns_when_an_alias_of_that_name_takes_the_mail(config: Path) 
         assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[2] == ""
 
 
+def aliases_and_users(config: Path, aliases: str, *users: str) -> None:
+    """The config's [aliases] file holds ``aliases``, and ``users`` are added."""
+    (config.parent / "aliases").write_text(aliases)
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    for name in users:
+        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0
+
+
 def test_user_del_warns_of_the_aliases_that_named_the_user(config: Path) -> None:
     # "postmaster: joe", then joe leaves: the hub skips the target from
     # then on, and the postmaster's mail reaches nobody; say so at the del
-    (config.parent / "aliases").write_text(
-        "postmaster: joe\nstaff: ann, joe@example.org\nbackup: \\joe\nother: ann\n")
-    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    for name in ("joe", "ann"):
-        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0
+    aliases_and_users(config, "postmaster: joe\nstaff: ann, joe@example.org\nbackup: \\joe\n"
+                      "other: ann\n", "joe", "ann")
     code, out, err = run(config, "user", "del", "joe")
     assert (code, out) == (0, "deleted joe@example.org\n")
     assert err == ("warning: the aliases file names joe@example.org as a target of "
@@ -720,11 +725,7 @@ def test_user_del_warns_of_the_alias_of_its_name_that_kept_a_copy(config: Path) 
     # mailbox: the alias's own name is that mailbox, as \joe is, so the hub
     # skips it once joe is deleted (check warns of it); "staff: joe" is
     # expanded as the alias, whose own target is the one skipped
-    (config.parent / "aliases").write_text(
-        "joe: joe, joe@backup.test\nstaff: joe, ann\n")
-    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    for name in ("joe", "ann"):
-        assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[0] == 0
+    aliases_and_users(config, "joe: joe, joe@backup.test\nstaff: joe, ann\n", "joe", "ann")
     assert run(config, "check")[2] == "", "nothing to warn of while joe is a user"
     code, out, err = run(config, "user", "del", "joe")
     assert (code, out) == (0, "deleted joe@example.org\n")
