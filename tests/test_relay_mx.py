@@ -779,3 +779,15 @@ def test_a_failed_own_address_lookup_leaves_loopback_only(
     r.learn_own_addresses(lambda f, *a: defer.fail(RuntimeError("no threads")))
     assert [h.name for h in result(r.resolve("me.test"))] == ["mx.me.test"]
     assert r.is_local_address("127.0.0.2") and r.is_local_address("::1")
+
+
+def test_a_host_listed_at_several_preferences_is_one_host_at_its_best():
+    # "10 mx" and "20 MX." name one host: listed twice, it was tried again
+    # after it failed, spending the attempt's addresses on it twice
+    table = {("dup.test", "MX"): [mx(b"dup.test", 20, b"MX.dup.test"),
+                                  mx(b"dup.test", 10, b"mx.dup.test."),
+                                  mx(b"dup.test", 30, b"other.test")],
+             ("mx.dup.test", "A"): [a(b"mx.dup.test", "192.0.2.7")],
+             ("other.test", "A"): [a(b"other.test", "192.0.2.8")]}
+    assert result(raw(table).resolve("dup.test")) == [
+        MXHost("mx.dup.test", 10, ("192.0.2.7",)), MXHost("other.test", 30, ("192.0.2.8",))]

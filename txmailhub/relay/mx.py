@@ -775,9 +775,15 @@ class MXResolver:
         if implicit:
             pairs = [(domain, 0)]
         else:
-            pairs = sorted({(name, r.preference) for r in records
-                            if (name := _host_name(r.name.name)) is not None},
-                           key=lambda p: (p[1], p[0]))
+            # one entry per host, at its best preference: a name listed
+            # twice ("10 mx" and "20 mx", or spelt in two cases) is one
+            # host, and trying it again at the next preference after it
+            # failed spent the attempt's addresses and time on it twice
+            best: dict[str, int] = {}
+            for r in records:
+                if (name := _host_name(r.name.name)) is not None:
+                    best[name] = min(r.preference, best.get(name, r.preference))
+            pairs = sorted(best.items(), key=lambda p: (p[1], p[0]))
             if not pairs:
                 raise NoSuchDomain(domain, f"no usable MX for {domain}: every target is "
                                            "malformed")
