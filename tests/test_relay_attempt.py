@@ -3337,3 +3337,30 @@ def test_a_primary_that_refused_once_is_tried_first_again_among_more_than_ten_ad
     before = len(net.connections)
     [r] = run(net, a.deliver(entry(tmp_path, who), "twelve.test", [who]))
     assert r.kind == "delivered" and net.connections[before] == ("192.0.2.100", 25)
+
+
+def test_a_452_without_an_enhanced_code_is_too_many_recipients_too(tmp_path):
+    # RFC 5321 4.5.3.1.10: a server out of room for recipients "MUST" say
+    # 452; one without enhanced codes says just that.  A 552 without a code
+    # already went in a new transaction: the RFC's own code waited for the
+    # retry schedule instead
+    class TwoPerMessage(ScriptedSMTPServer):
+        def dataReceived(self, data):
+            if b"RCPT" in data and len(self.rcpts) >= 2 and not self.in_data:
+                lines = data.split(b"\r\n")
+                if lines[0].upper().startswith(b"RCPT"):
+                    self.transport.write(b"452 too many recipients\r\n")
+                    rest = b"\r\n".join(lines[1:])
+                    if rest:
+                        super().dataReceived(rest)
+                    return
+            super().dataReceived(data)
+
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: TwoPerMessage(extensions=("SIZE 1000000",))
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
+    results = run(net, a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts))
+    assert sorted((str(r.address), r.kind) for r in results) == [
+        (str(x), "delivered") for x in rcpts]
+    got = [m for p in net.server_protocols for m in p.messages]
+    assert [len(rc) for _, rc, _ in got] == [2, 1]

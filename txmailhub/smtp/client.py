@@ -1014,6 +1014,14 @@ class ClientSession:
             # hub's reading, the server's 552 quoted (as for a 530 above)
             reply = _restated(reply, 452, "4.5.3" if reply.status in (None, "5.5.3")
                               else "4" + (reply.status or ".0.0")[1:])
+        elif reply.code == 452 and reply.status is None:
+            # the code RFC 5321 4.5.3.1.10 says a server "MUST" give when
+            # its limit of recipients is reached, from a server without
+            # enhanced codes: read as "too many recipients" (4.5.3), as a
+            # 552 without one is above -- the RFC's own code must not fare
+            # worse than the old one (those go at once in a new
+            # transaction, not on the retry schedule)
+            reply = _restated(reply, 452, "4.5.3")
         if self._mail_reply is None:
             if reply.is_positive:
                 self._accepted.append(address)
