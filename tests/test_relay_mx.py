@@ -791,3 +791,17 @@ def test_a_host_listed_at_several_preferences_is_one_host_at_its_best():
              ("other.test", "A"): [a(b"other.test", "192.0.2.8")]}
     assert result(raw(table).resolve("dup.test")) == [
         MXHost("mx.dup.test", 10, ("192.0.2.7",)), MXHost("other.test", 30, ("192.0.2.8",))]
+
+
+def test_an_address_two_mx_hosts_share_is_tried_at_the_first_only():
+    # two MX names for one machine: its address was tried again at the
+    # second host after it failed at the first, in the same attempt
+    table = {("same.test", "MX"): [mx(b"same.test", 10, b"mx1.same.test"),
+                                   mx(b"same.test", 20, b"mx2.same.test"),
+                                   mx(b"same.test", 30, b"mx3.same.test")],
+             ("mx1.same.test", "A"): [a(b"mx1.same.test", "192.0.2.7")],
+             ("mx2.same.test", "A"): [a(b"mx2.same.test", "192.0.2.7"),
+                                      a(b"mx2.same.test", "192.0.2.8")],
+             ("mx3.same.test", "A"): [a(b"mx3.same.test", "192.0.2.8")]}
+    assert result(raw(table).resolve("same.test")) == [
+        MXHost("mx1.same.test", 10, ("192.0.2.7",)), MXHost("mx2.same.test", 20, ("192.0.2.8",))]

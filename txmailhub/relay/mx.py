@@ -943,4 +943,21 @@ class MXResolver:
                                        f"{domain} have no addresses")
         healthy = [h for h in hosts if not self.health.is_failed(h.name)]
         failed = [h for h in hosts if self.health.is_failed(h.name)]
-        return healthy + failed
+        return _each_address_once(healthy + failed)
+
+
+def _each_address_once(hosts: list[MXHost]) -> list[MXHost]:
+    """``hosts`` with every address kept at its first host only: two MX
+    names for one machine (``mx1`` and ``mx2`` both at 192.0.2.1) made an
+    attempt connect to it again after it failed, spending the attempt's
+    addresses (``MAX_ADDRESSES_PER_ATTEMPT``) and time on it twice.  A
+    host left without an address goes."""
+    seen: set[str] = set()
+    out = []
+    for host in hosts:
+        fresh = tuple(a for a in host.addresses if a not in seen)
+        seen.update(fresh)
+        if fresh:
+            out.append(host if fresh == host.addresses else
+                       MXHost(host.name, host.preference, fresh))
+    return out
