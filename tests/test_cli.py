@@ -903,20 +903,26 @@ def test_user_commands_do_not_wait_on_a_fifo_put_in_place_of_the_aliases_file(
         0, "deleted alice@example.org\n", "")
 
 
+def deny_opening(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """``os.open`` of ``path`` is refused (root reads everything: denied by
+    hand; ``check`` reads as the hub reads, through read_regular)."""
+    real_open = os.open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+
+
 def test_check_names_the_key_of_an_aliases_file_it_cannot_read(config: Path,
                                                                monkeypatch) -> None:
 
     aliases = config.parent / "aliases"
     aliases.write_text("team: alice\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-    real_open = os.open
-
-    def denied(file, *args, **kwargs):  # root reads everything: deny it by hand
-        if str(file) == str(aliases):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", denied)  # (read as the hub reads it: read_regular)
+    deny_opening(monkeypatch, aliases)
     code, _, err = run(config, "check")
     assert code == 2, err
     assert f"{config}: [aliases] file: {aliases} cannot be read: Permission denied" in err, err
@@ -1572,14 +1578,7 @@ def test_check_says_the_line_of_a_users_or_aliases_file_it_cannot_read(
     aliases = config.parent / "aliases"
     aliases.write_text("team: alice\n")
     _laid_out(config, extra='[aliases]\n\n"file" = "aliases"\n')  # 8, 9, 10
-    real_open = os.open
-
-    def denied(file, *args, **kwargs):  # root reads everything: deny it by hand
-        if str(file) == str(aliases):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", denied)  # (read as the hub reads it: read_regular)
+    deny_opening(monkeypatch, aliases)
     code, _, err = run(config, "check")
     assert code == 2 and err.splitlines() == [
         f"{config}: [aliases] file: {aliases} cannot be read: Permission denied (at line 10)"], err

@@ -109,24 +109,30 @@ def test_size_is_what_goes_on_the_wire_without_the_return_path_line(tmp_path):
     assert not sent.startswith(b"Return-Path")
 
 
-def test_recipients_over_the_servers_limit_go_in_a_new_transaction(tmp_path):
-    # RFC 5321 4.5.3.1.10: a server that takes 2 recipients per message
-    # answers 452 4.5.3 to the third; the client sends the rest in a new
-    # transaction at once instead of waiting for the next retry.
+def two_per_message(refusal: bytes) -> ScriptedSMTPServer:
+    """A server that takes 2 recipients per message and answers a third
+    RCPT with ``refusal``."""
     class TwoPerMessage(ScriptedSMTPServer):
         def dataReceived(self, data):
             if b"RCPT" in data and len(self.rcpts) >= 2 and not self.in_data:
                 lines = data.split(b"\r\n")
                 if lines[0].upper().startswith(b"RCPT"):
-                    self.transport.write(b"452 4.5.3 too many recipients\r\n")
+                    self.transport.write(refusal + b"\r\n")
                     rest = b"\r\n".join(lines[1:])
                     if rest:
                         super().dataReceived(rest)
                     return
             super().dataReceived(data)
 
+    return TwoPerMessage(extensions=("SIZE 1000000",))
+
+
+def test_recipients_over_the_servers_limit_go_in_a_new_transaction(tmp_path):
+    # RFC 5321 4.5.3.1.10: a server that takes 2 recipients per message
+    # answers 452 4.5.3 to the third; the client sends the rest in a new
+    # transaction at once instead of waiting for the next retry.
     a, net, _ = agent(tmp_path)
-    net.servers[("2001:db8::1", 25)] = lambda: TwoPerMessage(extensions=("SIZE 1000000",))
+    net.servers[("2001:db8::1", 25)] = lambda: two_per_message(b"452 4.5.3 too many recipients")
     rcpts = [Address(f"u{i}", "remote.test") for i in range(5)]
     results = run(net, a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts))
     assert sorted((str(r.address), r.kind) for r in results) == [
@@ -3344,20 +3350,8 @@ def test_a_452_without_an_enhanced_code_is_too_many_recipients_too(tmp_path):
     # 452; one without enhanced codes says just that.  A 552 without a code
     # already went in a new transaction: the RFC's own code waited for the
     # retry schedule instead
-    class TwoPerMessage(ScriptedSMTPServer):
-        def dataReceived(self, data):
-            if b"RCPT" in data and len(self.rcpts) >= 2 and not self.in_data:
-                lines = data.split(b"\r\n")
-                if lines[0].upper().startswith(b"RCPT"):
-                    self.transport.write(b"452 too many recipients\r\n")
-                    rest = b"\r\n".join(lines[1:])
-                    if rest:
-                        super().dataReceived(rest)
-                    return
-            super().dataReceived(data)
-
     a, net, _ = agent(tmp_path)
-    net.servers[("2001:db8::1", 25)] = lambda: TwoPerMessage(extensions=("SIZE 1000000",))
+    net.servers[("2001:db8::1", 25)] = lambda: two_per_message(b"452 too many recipients")
     rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
     results = run(net, a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts))
     assert sorted((str(r.address), r.kind) for r in results) == [
