@@ -197,6 +197,11 @@ class AliasesFile:
         except AddressError:
             return None
 
+    def _rcpt_key(self, line: str) -> str | None:
+        """The key of the alias ``line`` names, its name read as RCPT gives
+        it (``a;: joe``, as an older ``alias add`` wrote it, is ``"a;"``)."""
+        return self._name_key(self.rcpt_form(line.partition(":")[0].strip()) + ":")
+
     # -- changing ------------------------------------------------------------
 
     def add(self, name: str, targets: list[str]) -> Change:
@@ -222,8 +227,8 @@ class AliasesFile:
             # one left came into effect)
             rcpt_key = self.key(self.rcpt_form(name.strip()), controls=True)
             also = {i for e in entries
-                    if e.key is not None and (e.key == rcpt_key or self._name_key(self.rcpt_form(
-                        lines[e.lines[0]].partition(":")[0].strip()) + ":") == rcpt_key)
+                    if e.key is not None and (e.key == rcpt_key
+                                              or self._rcpt_key(lines[e.lines[0]]) == rcpt_key)
                     for i in e.lines}
             if not gone or any(e.key == rcpt_key for e in entries):
                 key = rcpt_key  # the alias RCPT reaches, said when it went too
@@ -259,8 +264,7 @@ class AliasesFile:
             # alias the admin means -- not a second line to append
             old = [e for e in entries
                    if key is not None and e.key is not None and e.key != key
-                   and self._name_key(self.rcpt_form(
-                       lines[e.lines[0]].partition(":")[0].strip()) + ":") == key]
+                   and self._rcpt_key(lines[e.lines[0]]) == key]
             if (mine or old) and not replace:
                 there = (mine or old)[0]
                 where = there.lines[0] + 1

@@ -353,6 +353,8 @@ def alias_warnings(
     """``alias_target_warnings`` of a parsed table, each with the alias it
     is about; with ``lines`` (``parse_aliases``'s), each at that alias's
     line (``<file>:<line>: alias ...``), as the file's problems are."""
+    from txmailhub.smtp._parse import rcpt_local, unquote_local
+
     local = {canonical_domain(d) for d in domains}
     postmaster = Address("postmaster", primary_domain).key
     out = []
@@ -368,8 +370,6 @@ def alias_warnings(
                 f"so that user's mailbox gets none of its mail (add \\{alias} to its "
                 "targets to keep a copy there)"))
         name = parse_address(alias)
-        from txmailhub.smtp._parse import rcpt_local, unquote_local
-
         if len(name.local) > 1 and name.local[0] == name.local[-1] == '"':
             plain = unquote_local(name.local)
             if not plain.startswith('"'):

@@ -123,7 +123,7 @@ def mail_never_reaches(address: Address) -> str | None:
     local = address.key.rpartition("@")[0]
     if "/" in local or local in (".", ".."):
         return "its local part cannot name a Maildir folder (no '/', not '.' or '..')"
-    from txmailhub.smtp._parse import unquote_local
+    from txmailhub.smtp._parse import rcpt_local, unquote_local
 
     if len(local) > 1 and local[0] == local[-1] == '"':
         if address.local[:1] != '"':
@@ -136,19 +136,11 @@ def mail_never_reaches(address: Address) -> str | None:
             return (f"RCPT TO names it {plain}@{address.domain} (the quotes dropped), "
                     "which is looked up without them: it gets no mail")
     elif local.isprintable():  # (a name with a control: no RCPT names it at all)
-        needed = _quoted_form(local)
+        needed = rcpt_local(local)
         if needed.startswith('"'):
             return (f"RCPT TO names it only quoted, {needed}@{address.domain} (no "
                     "dot-string), which is looked up with the quotes: it gets no mail")
     return None
-
-
-def _quoted_form(local: str) -> str:
-    """An unquoted local part as RCPT can give it: itself where it is a
-    dot-string, else quoted (``a;`` is ``"a;"``, RFC 5321 4.1.2)."""
-    from txmailhub.smtp._parse import unquote_local
-
-    return unquote_local('"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"')
 
 
 class UsersDB:
@@ -620,7 +612,9 @@ class UsersDB:
         elif local.isprintable() and local not in (".", ".."):  # those: refused below
             # as RCPT can name it: 'a;' only quoted, '"a;"' (unquoted, the
             # user got no mail: no RCPT gave a;)
-            address = Address(_quoted_form(local), address.domain)
+            from txmailhub.smtp._parse import rcpt_local
+
+            address = Address(rcpt_local(local), address.domain)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
         why = mail_never_reaches(address)

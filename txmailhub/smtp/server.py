@@ -794,7 +794,6 @@ def _echo_ok(address: Address | None, echoing: Callable[[str], Reply], plain: Re
     return plain if text is None else echoing(text)
 
 
-
 def _helo_name(arg: str) -> str:
     """The first word of HELO/EHLO's argument, cut at SP or HTAB as the
     verb is (RFC 5321 4.1.1: ``"EHLO" SP ( Domain / address-literal )``);
