@@ -117,6 +117,9 @@ def test_a_prepared_name_is_keyed_as_smtp_keys_the_name_given():
 def test_language_ranges():
     assert [select_language(r) for r in ("en", "EN-gb", "en-a-bbb", "*", "fr", "e")] == [
         "en", "en", "en", "en", None, None]
+    # RFC 2277 4.5's default language, in any case; other i- tags are not it
+    assert [select_language(r) for r in ("i-default", "I-Default", "i-klingon", "i")] == [
+        "en", "en", None, None]
     assert all(valid_range(r) for r in ("*", "en", "en-GB", "zh-Hant-TW", "de-1996"))
     assert not any(valid_range(r) for r in ("", "en-", "-en", "en_GB", "*-x", "abcdefghi",
                                             "en--gb", "\u00e9n"))

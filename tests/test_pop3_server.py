@@ -1079,7 +1079,7 @@ def test_stls_forgets_utf8_mode():
 def test_lang_lists_english_and_selects_it_by_rfc_4647_lookup():
     for e in (engine(), logged_in(max_errors=100)):  # both states
         assert sent(e, b"LANG") == R.LANG_FOLLOWS.to_bytes() + b"en English\r\n.\r\n"
-        for arg in (b"en", b"EN", b"en-GB", b"en-US-x-private", b"*"):
+        for arg in (b"en", b"EN", b"en-GB", b"en-US-x-private", b"*", b"i-default"):
             assert sent(e, b"LANG " + arg) == R.language_selected("en", "English").to_bytes()
         for arg in (b"fr", b"de-CH", b"eng", b"i-klingon"):
             assert sent(e, b"LANG " + arg) == R.LANG_UNKNOWN.to_bytes(), arg

@@ -158,10 +158,15 @@ def valid_range(text: str) -> bool:
 
 def select_language(language_range: str) -> str | None:
     """The language ``language_range`` selects by RFC 4647 3.4 lookup
-    (``en-GB`` falls back to ``en``; ``*`` is the default), or ``None``."""
-    if language_range == "*":
-        return DEFAULT_LANGUAGE
+    (``en-GB`` falls back to ``en``; ``*`` is the default), or ``None``.
+
+    ``i-default`` (RFC 2277 4.5) names the language a server uses when it
+    has not been asked for one, and RFC 2277 wants every protocol that
+    negotiates languages to understand it: it selects the default, as
+    ``*`` does, where lookup would find no ``i`` and refuse it."""
     tag = language_range.lower()
+    if tag in ("*", "i-default"):
+        return DEFAULT_LANGUAGE
     while tag:
         if tag in LANGUAGES:
             return tag
