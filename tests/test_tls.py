@@ -1219,3 +1219,73 @@ def test_tls_before_1_2_is_refused_for_its_version(tmp_path, version):
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_tls_1_2_and_1_3_are_taken(tmp_path, version):
     assert _handshake_error(tls.ReloadingTLS(*pair(tmp_path), Clock()), version) is None
+
+
+# --- renegotiation and compression: RFC 9325 3.3, 3.5 ---------------------------
+
+# SSL_OP_ALLOW_CLIENT_RENEGOTIATION (OpenSSL 3; pyOpenSSL has no name for
+# it): what OpenSSL 1.1.1 did by default
+_ALLOW_CLIENT_RENEGOTIATION = 1 << 8
+
+
+def _memory_pump(client, server) -> None:
+    """Ten rounds of a pyOpenSSL ``client``'s handshake with ``server``
+    over their memory BIOs, the server reading application data (where a
+    renegotiation's ClientHello reaches it); an ``SSL.Error`` of either
+    goes to the caller."""
+    for _ in range(10):
+        for side, other in ((client, server), (server, client)):
+            try:
+                if side is client:
+                    side.do_handshake()
+                else:
+                    side.recv(1)
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(side.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+
+
+def _renegotiation_refusal(factory) -> str | None:
+    """A TLS 1.2 client that asks to renegotiate once its session is up;
+    what it is told (None when the server renegotiated)."""
+    server = SSL.Connection(factory.getContext(), None)
+    server.set_accept_state()
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client = SSL.Connection(context, None)
+    client.set_connect_state()
+    _memory_pump(client, server)
+    assert server.get_protocol_version_name() == "TLSv1.2"
+    assert client.renegotiate()
+    try:
+        _memory_pump(client, server)
+    except SSL.Error as e:
+        return str(e)
+    return "no answer" if client.renegotiate_pending() else None
+
+
+def test_a_client_renegotiation_is_refused_whatever_openssl_allows(tmp_path):
+    # RFC 9325 3.5; a renegotiation costs the server a full handshake and
+    # could change the cipher a session's Received field names.  The
+    # refusal is the hub's own (OP_NO_RENEGOTIATION), not OpenSSL 3's
+    # default: a context that lets clients renegotiate, as OpenSSL 1.1.1's
+    # did, still refuses
+    factory = tls.ReloadingTLS(*pair(tmp_path), Clock())
+    factory.getContext().set_options(_ALLOW_CLIENT_RENEGOTIATION)
+    why = _renegotiation_refusal(factory)
+    assert why is not None and "no renegotiation" in why, why
+
+
+def test_no_compression_on_the_listeners_or_the_relays_opportunistic_tls(tmp_path):
+    # RFC 9325 3.3: "implementations and deployments SHOULD disable TLS-level
+    # compression" (CRIME).  Twisted's CertificateOptions sets it on every
+    # context it makes, the verifying client's too (not inspected here: its
+    # context is sealed once a connection is made from it)
+    from txmailhub.relay.client_tls import opportunistic_client_tls
+
+    for context in (tls.ReloadingTLS(*pair(tmp_path), Clock()).getContext(),
+                    opportunistic_client_tls().getContext()):
+        assert context.set_options(0) & SSL.OP_NO_COMPRESSION  # (0: adds none, says all)

@@ -201,7 +201,7 @@ def name_warning(leaf: Any, certificate: str, hostname: str,
 
 def tls_options(certificate: str, key: str) -> Any:
     """Server TLS options from a PEM full chain and a PEM key: TLS 1.2 at
-    least, forward-secret AEAD ciphers only.
+    least, forward-secret AEAD ciphers only, no renegotiation.
 
     The certificates and key go to OpenSSL as ``cryptography`` objects:
     pyOpenSSL deprecates its own ``X509``/``PKey`` there."""
@@ -209,6 +209,7 @@ def tls_options(certificate: str, key: str) -> Any:
 
 
 def _options(chain: list[Any], private_key: Any) -> Any:
+    from OpenSSL import SSL
     from twisted.internet import ssl
 
     options = ssl.CertificateOptions(
@@ -224,7 +225,13 @@ def _options(chain: list[Any], private_key: Any) -> Any:
         # common ones do.  Stateless: nothing is cached per client here.
         enableSessionTickets=True,
     )
-    options.getContext().set_timeout(int(TICKET_KEY_LIFETIME))
+    context = options.getContext()
+    context.set_timeout(int(TICKET_KEY_LIFETIME))
+    # No renegotiation (RFC 9325 3.5): a client's costs a full handshake
+    # each time, and could change the cipher the Received field names.
+    # Said here, not left to OpenSSL 3's default of refusing clients: 1.1.1
+    # allowed them, and a build may still.  (TLS 1.3 has none.)
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
     return options
 
 
