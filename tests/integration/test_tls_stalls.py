@@ -79,3 +79,78 @@ def test_a_client_that_cannot_agree_on_tls_is_logged(make_hub):
         with pytest.raises((ssl.SSLError, OSError)):
             ctx.wrap_socket(raw).do_handshake()
     assert wait_for(lambda: "TLS with 127.0.0.1 failed:" in hub.log_text()), hub.log_text()
+
+
+def _read_line(s: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\r\n"):
+        chunk = s.recv(1)
+        assert chunk, line
+        line += chunk
+    return line
+
+
+def _cut_without_a_word(s: socket.socket) -> None:
+    """The hub ends the connection and sends nothing first: a 421 or -ERR
+    in clear text would be no TLS record, and one under TLS would wait for
+    a handshake the client never makes.  A socket timeout here is the
+    failure: a connection (and its slot) held for good."""
+    try:
+        assert s.recv(100) == b""
+    except ConnectionResetError:
+        pass
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "pop3"])
+def test_a_client_that_never_starts_the_handshake_it_asked_for_is_cut(make_hub, protocol):
+    # RFC 3207 / RFC 2595 4: after the 220 to STARTTLS (the +OK to STLS)
+    # the next octets must be a ClientHello; a client that sends none is
+    # cut at the idle timeout as one stalled in the implicit-TLS handshake
+    hub = make_hub(tls=True, sections={"smtp": {"idle_timeout": 1},
+                                       "pop3": {"idle_timeout": 1}})
+    port = hub.smtp_port if protocol == "smtp" else hub.pop3_port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        _read_line(s)
+        if protocol == "smtp":
+            s.sendall(b"EHLO c.test\r\n")
+            while not _read_line(s).startswith(b"250 "):
+                pass
+            s.sendall(b"STARTTLS\r\n")
+            assert _read_line(s).startswith(b"220 ")
+        else:
+            s.sendall(b"STLS\r\n")
+            assert _read_line(s).startswith(b"+OK ")
+        _cut_without_a_word(s)
+    if protocol == "smtp":
+        assert wait_for(lambda: "in the TLS handshake: connection cut" in hub.log_text())
+
+
+@pytest.mark.parametrize("port_kind", ["smtps", "pop3s"])
+def test_a_client_that_sends_nothing_on_an_implicit_tls_port_is_cut(make_hub, port_kind):
+    # RFC 8314 3: the handshake "begins immediately"; the hub never speaks
+    # first in clear text, and a client that never sends its ClientHello
+    # is cut at the idle timeout
+    hub = make_hub(tls=True, sections={"smtp": {"idle_timeout": 1},
+                                       "pop3": {"idle_timeout": 1}})
+    port = hub.smtps_port if port_kind == "smtps" else hub.pop3s_port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        _cut_without_a_word(s)
+
+
+@pytest.mark.parametrize("port_kind", ["smtps", "pop3s"])
+def test_clear_text_on_an_implicit_tls_port_gets_no_clear_text_answer(make_hub, port_kind):
+    # RFC 8314 3.1, 3.3: the port speaks TLS only; a command in clear text
+    # is a failed handshake (logged), never a greeting or an error reply
+    hub = make_hub(tls=True)
+    port = hub.smtps_port if port_kind == "smtps" else hub.pop3s_port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"EHLO c.test\r\nUSER alice\r\nCAPA\r\n")
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    assert not got.startswith((b"220", b"250", b"5", b"+OK", b"-ERR")), got
+    assert b"\r\n" not in got, got
+    assert wait_for(lambda: "TLS with 127.0.0.1 failed:" in hub.log_text()), hub.log_text()
