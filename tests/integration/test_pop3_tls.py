@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import poplib
+import socket
 import ssl
 
 import pytest
@@ -65,3 +66,25 @@ def test_large_message_over_tls_streams_completely(tls_hub):
     _, lines, _octets = p.retr(int(number))
     assert b"\n".join(lines) + b"\n" == big
     p.quit()
+
+
+def test_commands_sent_behind_stls_in_clear_text_are_never_obeyed(tls_hub):
+    # RFC 2595 4 (the session after STLS starts afresh; CVE-2011-0411's
+    # injection): a USER in the same TCP segment as STLS is gone after the
+    # handshake, so the PASS that follows under TLS has no user to go with
+    with socket.create_connection(("127.0.0.1", tls_hub.pop3_port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"+OK POP3 server")
+        raw.sendall(f"STLS\r\nUSER {ALICE}\r\n".encode())
+        assert reader.readline() == b"+OK Begin TLS negotiation\r\n"
+        reader.close()
+        with context(tls_hub).wrap_socket(raw, server_hostname="localhost") as s:
+            secure = s.makefile("rwb")
+            secure.write(f"PASS {ALICE_PW}\r\n".encode())
+            secure.flush()
+            assert secure.readline().startswith(b"-ERR")
+            secure.write(f"USER {ALICE}\r\nPASS {ALICE_PW}\r\nQUIT\r\n".encode())
+            secure.flush()
+            assert secure.readline().startswith(b"+OK")
+            assert secure.readline().startswith(b"+OK Logged in")
+    assert "POP3 login alice@example.org from 127.0.0.1 (USER, TLSv1.3)" in tls_hub.log_text()
