@@ -1906,3 +1906,23 @@ def test_local_submission_says_the_line_too(tmp_path: Path) -> None:
         load_local_submission(str(cfg))
     assert info.value.problems == [
         f"{cfg}: [smtp] max_message_size: must be greater than 0, got -1 (at line 6)"]
+
+
+def test_a_smarthost_password_over_tls_that_checks_no_certificate_is_warned_of(
+        tmp_path: Path) -> None:
+    # RFC 8314 5.3 (a submission client MUST check the server's certificate,
+    # RFC 7817): under "opportunistic" the password goes only over TLS, but
+    # to whoever answers with any certificate -- an attacker on the path
+    # too.  Said, not refused: a smarthost on a network the admin trusts
+    (tmp_path / "auth").write_text("relay:secret\n")
+    text = MINIMAL + '[relay]\nsmarthost = "smtp.example.net:587"\nsmarthost_auth_file = "auth"\n'
+    s = load_text(text + 'smarthost_tls = "opportunistic"\n', str(tmp_path / "c.toml"))
+    [found] = s.warnings
+    assert found == (
+        f'{tmp_path / "c.toml"}: [relay] smarthost_tls: "opportunistic" sends the password of '
+        "smarthost_auth_file over TLS without checking the smarthost's certificate: whoever "
+        "can come between the hub and smtp.example.net (DNS, the network) can pose as it and "
+        'take the password (RFC 8314 5.3); use "verify", the default (at line 7)'), found
+    # "verify" checks it; "none" says outright that the password goes in clear
+    for policy in ('smarthost_tls = "verify"\n', "", 'smarthost_tls = "none"\n'):
+        assert load_text(text + policy, str(tmp_path / "c.toml")).warnings == ()

@@ -1670,6 +1670,17 @@ def load_text(text: str, path: str) -> Settings:
                f"{quoted(t['smarthost_tls'])} has no effect without [relay] smarthost: mail "
                "goes to each domain's MX hosts, with STARTTLS when they offer it "
                "(docs/relay.rst, TLS policy)")
+    if auth_file and relay.smarthost and relay.smarthost_tls == "opportunistic":
+        # the password goes only over TLS, but to any certificate: RFC 8314
+        # 5.3 has a submission client check it (RFC 7817).  A warning, as
+        # the admin may trust the network; "none" says in its own name that
+        # nothing is protected, and is not warned of
+        host = split_smarthost(relay.smarthost)[0]  # (a smarthost that is a problem is "")
+        r.warn("relay", "smarthost_tls",
+               '"opportunistic" sends the password of smarthost_auth_file over TLS without '
+               "checking the smarthost's certificate: whoever can come between the hub and "
+               f"{host} (DNS, the network) can pose as it and take the password (RFC 8314 "
+               '5.3); use "verify", the default')
     ambiguous = smarthost_warning(relay.smarthost) if relay.smarthost else None
     if ambiguous:
         r.warn("relay", "smarthost", ambiguous)
