@@ -3358,3 +3358,25 @@ def test_a_452_without_an_enhanced_code_is_too_many_recipients_too(tmp_path):
         (str(x), "delivered") for x in rcpts]
     got = [m for p in net.server_protocols for m in p.messages]
     assert [len(rc) for _, rc, _ in got] == [2, 1]
+
+
+def test_a_smarthost_offering_no_mechanism_the_hub_has_keeps_the_mail_queued_saying_so(
+        tmp_path, log_events):
+    # "AUTH PLAIN" went to a smarthost offering CRAM-MD5 only; its refusal
+    # kept the mail queued as a login refused until its lifetime ended.  No
+    # credentials go now, and the reply kept (queue list's last error) and
+    # the attempt's log line say what the smarthost offers
+    a, net = agent_with_smarthost_login(tmp_path)
+    net.servers[("smart.example.net", 587)] = lambda: ScriptedSMTPServer(
+        extensions=("STARTTLS", "AUTH CRAM-MD5"), tls_creator=FakeTLS("server"))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    said = ("454 4.7.0 the smarthost offers AUTH CRAM-MD5 only; txmailhub can use PLAIN or "
+            "LOGIN ([relay] smarthost_auth_file is set)")
+    assert (r.kind, r.reply.text(), r.remote_mta) == ("transient", said, "smart.example.net")
+    assert isinstance(r.reply, LocalReply)
+    [server] = net.server_protocols
+    assert server.tls and not any(c.startswith(b"AUTH") for c in server.commands)
+    assert not server.messages
+    lines = [formatEvent(e) for e in log_events if "not delivered" in formatEvent(e)]
+    assert lines == [f"ABCDEF0123456789: [smarthost] not delivered: session with "
+                     f"smart.example.net failed: {said}"], lines

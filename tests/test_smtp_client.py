@@ -660,12 +660,94 @@ def test_auth_login():
     assert sent(s.receive(b"235 ok\r\n")).startswith(b"MAIL FROM:")
 
 
-def test_auth_plain_when_neither_plain_nor_login_is_offered():
+@pytest.mark.parametrize("offered, named", [
+    (b"CRAM-MD5", "CRAM-MD5"),
+    (b"CRAM-MD5 XOAUTH2", "CRAM-MD5 XOAUTH2"),
+    (b"cram-md5  SCRAM-SHA-256", "cram-md5 SCRAM-SHA-256"),
+])
+def test_no_credentials_go_to_a_smarthost_offering_neither_plain_nor_login(offered, named):
+    # "AUTH PLAIN" went anyway: the server refused it (504 or 535), and the
+    # mail waited as a login refused, with the server's words for a reason
+    # that was the hub's, until its queue lifetime ended.  Now nothing of
+    # the login goes, and the hub's 454 says what the server offers
     s = session(credentials=("user", "pw"))
     s.receive(b"220 hi\r\n")
-    line = sent(s.receive(b"250-smarthost\r\n250 AUTH CRAM-MD5 XOAUTH2\r\n"))
-    assert line.startswith(b"AUTH PLAIN ")
-    assert base64.b64decode(line[11:]) == b"\0user\0pw"
+    actions = s.receive(b"250-smarthost\r\n250 AUTH " + offered + b"\r\n")
+    assert sent(actions) == b"QUIT\r\n"
+    err = s.outcome.session_error
+    assert err == LocalReply(454, "4.7.0", (
+        f"the smarthost offers AUTH {named} only; txmailhub can use PLAIN or LOGIN "
+        "([relay] smarthost_auth_file is set)",))
+    assert err.is_transient  # the configuration's to fix: deferred, as Postfix does
+    assert s.outcome.recipients == ()
+
+
+def test_a_smarthost_auth_line_naming_no_mechanism():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"250-smarthost\r\n250 AUTH\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == (
+        "454 4.7.0 the smarthost offers AUTH with no mechanism named; txmailhub can use "
+        "PLAIN or LOGIN ([relay] smarthost_auth_file is set)")
+
+
+def test_a_long_auth_line_is_quoted_cut_short():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250 AUTH " + b"X-MECH " * 100 + b"\r\n")
+    text = s.outcome.session_error.text()
+    assert text.startswith("454 4.7.0 the smarthost offers AUTH X-MECH X-MECH ")
+    assert text.endswith(" X-MECH ... only; txmailhub can use PLAIN or LOGIN "
+                         "([relay] smarthost_auth_file is set)")
+    assert len(text) < 330
+
+
+@pytest.mark.parametrize("ehlo, tls, why", [
+    # over TLS (STARTTLS done; the same for port 465's implicit TLS)
+    (None, "opportunistic", "does not offer AUTH over TLS"),
+    # smarthost_tls = "none" and a server that offers AUTH only after STARTTLS
+    (b"250-smarthost\r\n250 STARTTLS\r\n", "none",
+     'offers STARTTLS but no AUTH without TLS, and smarthost_tls = "none" never uses '
+     "STARTTLS (AUTH is often offered only after it)"),
+    (b"250-smarthost\r\n250 SIZE 1000\r\n", "none", "does not offer AUTH"),
+])
+def test_a_smarthost_without_auth_says_why_and_gets_no_credentials(ehlo, tls, why):
+    s = session(credentials=("user", "pw"), tls=tls)
+    s.receive(b"220 hi\r\n")
+    if ehlo is None:
+        s.receive(b"250-smarthost\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n")
+        s.receive(b"220 go\r\n")
+        s.tls_started()
+        ehlo = b"250-smarthost\r\n250 SIZE 1000\r\n"
+    assert sent(s.receive(ehlo)) == b"QUIT\r\n"
+    assert s.outcome.session_error == LocalReply(454, "4.7.0", (
+        f"the smarthost {why}; [relay] smarthost_auth_file is set, and no mail goes there "
+        "without that login",))
+
+
+def test_a_smarthost_that_refused_ehlo_has_no_auth_to_offer():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"502 5.5.2 no EHLO here\r\n")) == b"HELO mail.hub.test\r\n"
+    assert sent(s.receive(b"250 smarthost\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == (
+        "454 4.7.0 the smarthost refused EHLO, and HELO offers no AUTH; [relay] "
+        "smarthost_auth_file is set, and no mail goes there without that login")
+
+
+def test_the_password_never_goes_in_clear_to_a_smarthost_offering_auth_only_after_tls():
+    # under "opportunistic" (and "verify") the password waits for TLS: a
+    # STARTTLS refused says so, and AUTH offered in clear changes nothing
+    for ehlo in (b"250-smarthost\r\n250-STARTTLS\r\n250 SIZE 1000\r\n",
+                 b"250-smarthost\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"):
+        s = session(credentials=("user", "pw"), tls="opportunistic")
+        s.receive(b"220 hi\r\n")
+        assert sent(s.receive(ehlo)) == b"STARTTLS\r\n"
+        actions = s.receive(b"454 4.7.0 TLS not available\r\n")
+        assert sent(actions) == b"QUIT\r\n"
+        assert s.outcome.session_error.text() == (
+            "454 4.7.0 the smarthost password is only sent over TLS, and this session has "
+            "none (it refused STARTTLS: 454 4.7.0 TLS not available)")
 
 
 def test_auth_refused_keeps_mail_queued():
@@ -1799,8 +1881,9 @@ def test_the_old_auth_equals_form_and_lower_case_mechanisms_are_read(line, chose
 
 
 @pytest.mark.parametrize(("mechanisms", "chosen"), [
-    ("CRAM-MD5\x0bLOGIN", b"AUTH PLAIN "),  # one mechanism, no LOGIN
-    ("LOGIN\xa0PLAIN", b"AUTH PLAIN "),
+    # one mechanism, neither PLAIN nor LOGIN: no credentials go
+    ("CRAM-MD5\x0bLOGIN", b"QUIT\r\n"),
+    ("LOGIN\xa0PLAIN", b"QUIT\r\n"),
     ("CRAM-MD5\tLOGIN", b"AUTH LOGIN\r\n"),  # HTAB as SP
     ("PLA\u0131N LOGIN", b"AUTH LOGIN\r\n"),  # dotless i: no PLAIN
 ])

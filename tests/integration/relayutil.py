@@ -92,8 +92,9 @@ class CaptureSMTP:
     def __init__(self, extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10000000",
                                                       "ENHANCEDSTATUSCODES"),
                  tls: tuple[str, str] | None = None, auth: tuple[str, str] | None = None,
-                 implicit_tls: bool = False) -> None:
+                 implicit_tls: bool = False, auth_offer: str = "PLAIN LOGIN") -> None:
         self.extensions = extensions
+        self.auth_offer = auth_offer  # the mechanisms its EHLO names, with ``auth``
         self.implicit_tls = implicit_tls  # TLS from the first byte (RFC 8314), no STARTTLS
         self.tls_context = None
         if tls is not None:
@@ -103,6 +104,7 @@ class CaptureSMTP:
             self.tls_context.load_cert_chain(tls[0], tls[1])
         self.auth = auth
         self.auth_seen: list[str] = []
+        self.auth_commands = 0  # AUTH commands received, whatever their mechanism
         self.tls_sessions = 0
         self.messages: list[tuple[str, list[str], bytes]] = []
         # the MAIL command line of each message, beside ``messages``
@@ -162,7 +164,7 @@ class CaptureSMTP:
                 if self.tls_context is not None and not secure:
                     ext.append("STARTTLS")
                 if self.auth is not None:
-                    ext.append("AUTH PLAIN LOGIN")
+                    ext.append(f"AUTH {self.auth_offer}")
                 lines = ["capture.test", *ext]
                 say("".join(f"250-{x}\r\n" for x in lines[:-1]).encode()
                     + f"250 {lines[-1]}\r\n".encode())
@@ -176,6 +178,7 @@ class CaptureSMTP:
             elif verb == "AUTH" and self.auth is not None:
                 import base64
 
+                self.auth_commands += 1
                 token = base64.b64decode(cmd.split()[2]).split(b"\0")
                 self.auth_seen.append(token[1].decode())
                 if (token[1].decode(), token[2].decode()) == self.auth:

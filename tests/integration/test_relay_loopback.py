@@ -137,6 +137,27 @@ def test_smarthost_verified_starttls_and_auth(tmp_path):
         remote.stop()
 
 
+def test_smarthost_offering_no_mechanism_the_hub_has_gets_no_credentials(tmp_path):
+    # AUTH PLAIN went to a smarthost offering CRAM-MD5 only; now nothing of
+    # the login goes, and the queue keeps the hub's account of why
+    cert, key = make_certificate(tmp_path / "tls", "localhost")
+    remote = CaptureSMTP(tls=(str(cert), str(key)), auth=("relayuser", "s3cret"),
+                         auth_offer="CRAM-MD5")
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    try:
+        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"\n'
+                                 f'smarthost_auth_file = "{auth}"', "bob@anywhere.test",
+                       ca=str(cert))
+        assert result == {"queued": [
+            "454 4.7.0 the smarthost offers AUTH CRAM-MD5 only; txmailhub can use PLAIN or "
+            "LOGIN ([relay] smarthost_auth_file is set)"], "dsn": []}
+        assert remote.tls_sessions == 1
+        assert remote.auth_commands == 0 and not remote.messages
+    finally:
+        remote.stop()
+
+
 def test_smarthost_implicit_tls_on_the_submissions_port(tmp_path):
     """RFC 8314: a smarthost on the submissions port gets TLS at once, its
     certificate verified, no STARTTLS, and the password inside TLS."""

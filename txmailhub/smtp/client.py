@@ -327,6 +327,10 @@ def _extensions(lines: Sequence[str]) -> dict[str, str]:
     return extensions
 
 
+# characters of a server's AUTH line quoted in the hub's account of it
+_OFFERED_MAX = 200
+
+
 def _synthetic(code: int, status: str, text: str) -> Reply:
     return LocalReply(code, status, (text,))
 
@@ -774,17 +778,52 @@ class ClientSession:
         return [Close(abort=True)]
 
     def _start_auth(self) -> list[Action]:
-        mechanisms = [m.upper() for m in _blank_split(self.extensions.get("AUTH", ""))
-                      if m.isascii()]
-        if "AUTH" not in self.extensions:
-            return self._fail_session(_synthetic(
-                450, "4.7.0", "the server does not offer AUTH, and credentials are configured"))
+        """AUTH with the smarthost login: PLAIN, else LOGIN -- the two
+        mechanisms the hub has.  A smarthost that offers neither, or no
+        AUTH at all, gets no credentials: the session ends with the hub's
+        ``454 4.7.0`` saying what the server offered (``_no_usable_auth``),
+        which ``queue list`` and the log show.  Temporary, as Postfix
+        defers on "no worthy mechs": it is the configuration's to fix (the
+        smarthost's, or ``[relay] smarthost_auth_file``), not the
+        sender's, and the mail waits for that rather than bounce."""
+        offered = _blank_split(self.extensions.get("AUTH", ""))
+        mechanisms = [m.upper() for m in offered if m.isascii()]
+        if "AUTH" not in self.extensions or not ({"PLAIN", "LOGIN"} & set(mechanisms)):
+            return self._fail_session(self._no_usable_auth(offered))
         assert self.credentials is not None
         user, password = self.credentials
-        if "PLAIN" in mechanisms or "LOGIN" not in mechanisms:
+        if "PLAIN" in mechanisms:
             token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
             return self._command(Phase.AUTH, "AUTH PLAIN " + token)
         return self._command(Phase.AUTH_USER, "AUTH LOGIN")
+
+    def _no_usable_auth(self, offered: list[str]) -> Reply:
+        """Why the smarthost login cannot be used in this session, in
+        words true of what the server said: the mechanisms it offers
+        (none the hub has), no AUTH at all -- after TLS, without TLS but
+        with STARTTLS (``smarthost_tls = "none"`` does not use it, and
+        servers often offer AUTH only after it), or after a refused EHLO
+        (HELO has no extensions).  ``offered`` is the server's AUTH line,
+        cut short: it goes into the queue record."""
+        knob = "[relay] smarthost_auth_file is set"
+        if "AUTH" in self.extensions:
+            words = " ".join(offered)
+            if len(words) > _OFFERED_MAX:  # whole mechanisms, as many as fit
+                words = words[:_OFFERED_MAX + 1].rsplit(" ", 1)[0][:_OFFERED_MAX] + " ..."
+            said = f"AUTH {words} only" if words else "AUTH with no mechanism named"
+            return _synthetic(454, "4.7.0", f"the smarthost offers {said}; txmailhub can use "
+                              f"PLAIN or LOGIN ({knob})")
+        if self.phase is Phase.HELO:
+            why = "refused EHLO, and HELO offers no AUTH"
+        elif self.tls_active:
+            why = "does not offer AUTH over TLS"
+        elif "STARTTLS" in self.extensions:
+            why = ('offers STARTTLS but no AUTH without TLS, and smarthost_tls = "none" '
+                   "never uses STARTTLS (AUTH is often offered only after it)")
+        else:
+            why = "does not offer AUTH"
+        return _synthetic(454, "4.7.0", f"the smarthost {why}; {knob}, and no mail goes "
+                          "there without that login")
 
     def _on_auth_user(self, reply: Reply) -> list[Action]:
         """334 after "AUTH LOGIN": send the user name."""
