@@ -3380,3 +3380,17 @@ def test_a_smarthost_offering_no_mechanism_the_hub_has_keeps_the_mail_queued_say
     lines = [formatEvent(e) for e in log_events if "not delivered" in formatEvent(e)]
     assert lines == [f"ABCDEF0123456789: [smarthost] not delivered: session with "
                      f"smart.example.net failed: {said}"], lines
+
+
+def test_a_bare_cr_in_a_queued_message_goes_as_a_line_end(tmp_path):
+    # only a record edited by hand or written by another program holds one
+    # (the hub's server refuses it): RFC 5321 2.3.8 lets a client send CR
+    # only in CRLF, and "<CR>.<CR>" passed through is an end of data to a
+    # next hop that takes a bare CR for a line end (SMTP smuggling)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    body = b"Subject: hi\n\nfirst\r.\rMAIL FROM:<x@y>\n"
+    [r] = run(net, a.deliver(entry(tmp_path, BOB, body=body), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+    [(_, _, sent)] = net.server_protocols[0].messages
+    assert sent == b"Subject: hi\r\n\r\nfirst\r\n..\r\nMAIL FROM:<x@y>\r\n"

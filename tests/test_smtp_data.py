@@ -356,6 +356,44 @@ def test_dotstuffer_in_pieces_equals_one_shot(data, cuts):
     assert wire == stuff(data)
 
 
+# stored data as a queue record edited by hand or written by another
+# program may hold it: bare CRs and LFs, CRLFs, dots and "<CR>.<CR>" anywhere
+foreign_data = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"a", b" ",
+                                         b"\r.\r", b"\n.\r", b"\r.\n", b"x" * 50]),
+                        max_size=40).map(b"".join)
+
+
+def _as_lines(data: bytes) -> bytes:
+    """``data`` as the stuffer reads it: CRLF and a bare CR each end a line."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(foreign_data, st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_stuffed_data_never_has_a_bare_cr_or_lf_and_reads_back(data, cuts):
+    # RFC 5321 2.3.8: a client sends CR and LF only as CRLF.  A bare CR
+    # was passed through: "a<CR>.<CR>b" went out as it was, what SMTP
+    # smuggling rides on toward a next hop that reads <CR>.<CR> as the end
+    s = DotStuffer()
+    wire = b"".join(s.encode(p) for p in (_split(data, cuts) if data else [])) + s.finish()
+    assert wire == stuff(data)
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", wire) is None, wire
+    # our own reader, which refuses bare CR and LF: the data reads back,
+    # each CR a line end, and ends at the final "." only
+    stored, left, r = read_dot(wire + b"QUIT\r\n")
+    assert r.error is None and left == b"QUIT\r\n"
+    lines = _as_lines(data)
+    assert stored == (lines if not lines or lines.endswith(b"\n") else lines + b"\n")
+
+
+def test_a_bare_cr_is_a_line_end_on_the_wire():
+    assert stuff(b"a\r.\rb\n") == b"a\r\n..\r\nb\r\n.\r\n"
+    assert stuff(b"a\r\r\n") == b"a\r\n\r\n.\r\n"  # a CR before a CRLF
+    s = DotStuffer()
+    # a CR that ends one piece and no LF starts the next one
+    assert s.encode(b"a\r") + s.encode(b".b\n") + s.finish() == b"a\r\n..b\r\n.\r\n"
+
+
 def test_stuff_examples():
     assert stuff(b"") == b".\r\n"
     assert stuff(b".\n") == b"..\r\n.\r\n"

@@ -20,6 +20,9 @@ Rules, enforced here and documented in docs/smtp.rst:
 * Bare LF and bare CR (RFC 5321 2.3.8): the message is refused with
   550 5.6.11 once the data has been read to its real end; nothing is
   stored.  We never guess what a bare line ending was meant to be.
+* Sending, a bare CR in stored data (a queue record not written by the
+  hub) goes as a line end, CRLF, and is dot-stuffed as one (RFC 5321
+  2.3.8 lets a client send CR only so; documented in docs/relay.rst).
 * A text line longer than 1000 octets with its CRLF (RFC 5321 4.5.3.1.6;
   the transparency dot is not counted) refuses the message (500 5.5.2),
   again only at the real end of the data: the session never drops back
@@ -360,7 +363,15 @@ class DotStuffer:
     the wire bytes for them (CRLF line ends, a "." doubled at the start of
     every line).  ``finish()`` returns the end-of-data line, preceded by a
     CRLF when the data did not end with a line end.  CRLF in the input is
-    accepted too (it is not doubled).  Used by the SMTP client::
+    accepted too (it is not doubled).  A bare CR -- one no LF follows,
+    which only a queue record edited by hand or written by another program
+    holds: the hub's server refuses such data -- ends a line too, a CRLF
+    on the wire, and is dot-stuffed as any line start: RFC 5321 2.3.8 lets
+    a client send CR "only as a <CRLF> sequence", and a CR passed through
+    is what SMTP smuggling rides on (a next hop reading ``<CR>.<CR>`` as
+    the end of the data).  A line end rather than a refusal: the message
+    was accepted, and a bounce for an octet the sender may never have
+    written helps nobody.  Used by the SMTP client::
 
         stuffer = DotStuffer()
         for chunk in chunks:
@@ -387,6 +398,8 @@ class DotStuffer:
                 return b""
         if data.find(b"\r\n") >= 0:
             data = data.replace(b"\r\n", b"\n")
+        if CR in data:  # each CR left is a bare one: a line end (see above)
+            data = data.replace(b"\r", b"\n")
         if _LF_DOT(data) is not None:
             data = data.replace(b"\n.", b"\n..")
         if self._at_line_start and data[:1] == b".":

@@ -460,7 +460,8 @@ class ClientSession:
         return TIMEOUTS[self.phase]
 
     def body_encoder(self) -> DotStuffer:
-        """A fresh encoder for the message data: LF -> CRLF, dot-stuffing."""
+        """A fresh encoder for the message data: LF -> CRLF, dot-stuffing,
+        and a bare CR sent as a line end, never as it is (RFC 5321 2.3.8)."""
         return DotStuffer()
 
     def receive(self, data: bytes) -> list[Action]:
