@@ -702,6 +702,24 @@ def test_a_failed_recipient_never_gets_a_success_status():
     assert bounce.status_of(Reply(250, None, ("ok",)), bounce.FAILED) == "5.0.0"
 
 
+@pytest.mark.parametrize("reply, action, status", [
+    # an enhanced code whose class contradicts the reply's: the action is
+    # what happened, and the Status must agree with it (RFC 3464 2.3.4,
+    # RFC 3463 2): a delay notice said "Status: 2.0.0", a relayed one
+    # "Status: 5.1.1"
+    (Reply.of(450, "2.0.0", "try later"), bounce.DELAYED, "4.0.0"),
+    (Reply.of(250, "5.1.1", "ok"), bounce.RELAYED, "2.0.0"),
+    (Reply.of(250, "4.2.0", "ok"), bounce.DELIVERED, "2.0.0"),
+])
+def test_the_status_always_has_the_class_of_the_action(tmp_path, reply, action, status):
+    assert bounce.status_of(reply, action) == status
+    entry = make_entry(tmp_path, notify=("SUCCESS", "DELAY"))
+    rec = dataclasses.replace(failed(entry, reply=reply), state="pending")
+    _, msg = build(entry, [rec], action=action, will_retry_until=1_700_400_000.0)
+    _, part, _ = list(msg.iter_parts())
+    assert part.get_payload()[1]["Status"] == status
+
+
 def test_a_delay_notice_never_gets_a_permanent_status_without_an_enhanced_code(tmp_path):
     # RFC 3464 2.3.4 / RFC 3463 2: "delayed" goes with a 4.x.x status.  A
     # host that greets with "554 go away" (no enhanced code: ENHANCEDSTATUSCODES

@@ -110,12 +110,20 @@ def wants_notice(entry: QueueEntry, rcpt: RecipientRecord, action: str) -> bool:
 def status_of(reply: Reply | None, action: str) -> str:
     """The RFC 3463 status for a recipient's DSN block."""
     if reply is not None and reply.status:
-        if action == FAILED and reply.status.startswith("2"):
+        kind = reply.status[0]
+        if action == FAILED and kind == "2":
             return "5.0.0"
-        if action == DELAYED and reply.status.startswith("5"):
+        if action == DELAYED and kind == "5":
             # a 5xx the hub retries anyway (a host that would not talk to
             # it): a delay is a 4.x.x (RFC 3464 2.3.4)
             return "4" + reply.status[1:]
+        if action == DELAYED and kind == "2":
+            # a server whose enhanced code contradicts its reply ("450
+            # 2.0.0"): the action says what happened, and a delay is no
+            # success (RFC 3463 2: the class is the outcome)
+            return "4.0.0"
+        if action in (DELIVERED, RELAYED, EXPANDED) and kind != "2":
+            return "2.0.0"  # the same, a "250 5.1.1": taken, so 2.x.x
         return reply.status
     if action in (DELIVERED, RELAYED, EXPANDED):
         return "2.0.0"
