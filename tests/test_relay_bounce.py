@@ -1495,7 +1495,8 @@ def test_every_notice_has_the_fields_and_parts_the_rfcs_require(tmp_path, action
     entry = make_entry(tmp_path, ret=ret, envid="E1", notify=("SUCCESS", "FAILURE", "DELAY"))
     reply = {bounce.FAILED: USER_UNKNOWN, bounce.DELAYED: TRY_LATER}.get(
         action, Reply.of(250, "2.0.0", "ok"))
-    recs = [failed(entry, who=w, reply=reply) for w in (BOB, CAROL)]
+    recs = [dataclasses.replace(failed(entry, who=w, reply=reply), orcpt=f"rfc822;{w}")
+            for w in (BOB, CAROL)]
     data, msg = build(entry, recs, action, will_retry_until=1_700_432_000.0)
     head = data.split(b"\n\n", 1)[0].decode()
     names = [line.split(":", 1)[0].lower() for line in head.split("\n") if line[:1] != " "]
@@ -1518,6 +1519,16 @@ def test_every_notice_has_the_fields_and_parts_the_rfcs_require(tmp_path, action
     assert returned.get_content_type() == (
         "message/rfc822" if ret and action == bounce.FAILED else "text/rfc822-headers")
     per_message, *per_recipient = status.get_payload()
+    # RFC 3464 2.2 and 2.3: the fields in the grammar's order (an
+    # Original-Envelope-Id after Reporting-MTA, an Original-Recipient
+    # after Final-Recipient, were out of it)
+    assert per_message.keys() == ["Original-Envelope-Id", "Reporting-MTA", "Arrival-Date"]
+    order = ["Original-Recipient", "Final-Recipient", "Action", "Status", "Remote-MTA",
+             "Diagnostic-Code", "Last-Attempt-Date", "Final-Log-ID", "Will-Retry-Until"]
+    for block in per_recipient:
+        names = block.keys()
+        assert names == sorted(names, key=order.index), names
+        assert names[:2] == ["Original-Recipient", "Final-Recipient"]
     assert per_message["Reporting-MTA"] == "dns; mail.example.org"  # 2.2.2 MUST
     assert per_message["Original-Envelope-Id"] == "E1"  # 2.2.1 MUST when ENVID was given
     assert _DATE_TIME.fullmatch(per_message["Arrival-Date"])  # 2.2.5

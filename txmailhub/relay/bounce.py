@@ -360,21 +360,25 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     """The message/delivery-status part, or with ``utf8`` RFC 6533's
     message/global-delivery-status: the same fields, UTF-8 where an
     address or the ENVID has it."""
+    # The fields in the order of RFC 3464 2.2's and 2.3's ABNF, which puts
+    # Original-Envelope-Id before Reporting-MTA and Original-Recipient
+    # before Final-Recipient: a reader that follows the grammar as written
+    # finds each where it looks for it
     part = Message()
     head = Message()
-    head["Reporting-MTA"] = f"dns; {hostname}"
     envid = entry.envelope.dsn.envid
     if envid:
         head["Original-Envelope-Id"] = _raw(_envelope_id(envid, utf8))
+    head["Reporting-MTA"] = f"dns; {hostname}"
     head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
     for r in recipients:
         b = Message()
-        b["Final-Recipient"] = _raw(_recipient_field(str(r.address), utf8))
         if r.orcpt:
             original = _original_recipient(r.orcpt, utf8)
             if original is not None:
                 b["Original-Recipient"] = _raw(original)
+        b["Final-Recipient"] = _raw(_recipient_field(str(r.address), utf8))
         b["Action"] = action
         b["Status"] = status_of(r.last_reply, action)
         # RFC 3464 2.3.5: Remote-MTA keeps the "while talking to" of older
