@@ -494,6 +494,7 @@ def test_an_smtputf8_message_comes_back_in_rfc_6533s_global_types(tmp_path):
 def test_a_returned_8bit_message_says_so(tmp_path):
     # RFC 2046 5.2.1: without the field a message/rfc822 part claims 7bit
     entry = dataclasses.replace(make_entry(tmp_path, ret="FULL"), eight_bit=True)
+    (tmp_path / "msg").write_bytes("Subject: Grüße\n\nHallo\n".encode())
     _data, msg = build(entry, [failed(entry)])
     returned = list(msg.iter_parts())[2]
     assert returned.get_content_type() == "message/rfc822"
@@ -501,6 +502,44 @@ def test_a_returned_8bit_message_says_so(tmp_path):
     entry = make_entry(tmp_path, ret="FULL")  # 7-bit: no field, the default is right
     _data, msg = build(entry, [failed(entry)])
     assert list(msg.iter_parts())[2]["Content-Transfer-Encoding"] is None
+
+
+def test_an_ascii_message_sent_with_8bitmime_comes_back_without_an_8bit_label(tmp_path):
+    # BODY=8BITMIME makes the entry's eight_bit true whatever its octets:
+    # the returned all-ASCII message was labelled 8bit, in a notice of
+    # ASCII octets that goes without BODY=8BITMIME (dsn_envelope), to a
+    # next hop that may not take 8-bit content
+    entry = dataclasses.replace(make_entry(tmp_path, ret="FULL"), eight_bit=True)
+    data, msg = build(entry, [failed(entry)])
+    assert data.isascii() and b"8bit" not in data
+    assert list(msg.iter_parts())[2]["Content-Transfer-Encoding"] is None
+    assert not bounce.dsn_envelope(entry, "mail.example.org", has_8bit=False).body_8bit
+
+
+@pytest.mark.parametrize("original, utf8, label", [
+    (ORIGINAL, False, None),
+    ("Subject: Grüße\n\nHallo\n".encode(), False, "8bit"),  # returned headers
+    (ORIGINAL, True, "8bit"),  # RFC 6533: the global parts are 8bit
+])
+def test_the_report_is_labelled_8bit_when_a_part_is(tmp_path, original, utf8, label):
+    # RFC 2045 6.4, 2.7: a multipart's encoding covers its parts, and the
+    # default 7bit it claimed was untrue of a notice with an 8bit part
+    entry = make_entry(tmp_path)
+    entry = dataclasses.replace(entry, envelope=dataclasses.replace(entry.envelope,
+                                                                    smtputf8=utf8))
+    (tmp_path / "msg").write_bytes(original)
+    data, msg = build(entry, [failed(entry)])
+    assert msg["Content-Transfer-Encoding"] == label
+    assert any(p["Content-Transfer-Encoding"] == "8bit" for p in msg.iter_parts()) == bool(label)
+    if label:  # the 7-bit copy for a next hop without 8BITMIME relabels it
+        import io
+
+        from txmailhub.relay.mime7bit import to_7bit
+
+        out = io.BytesIO()
+        to_7bit(io.BytesIO(data), out)
+        assert out.getvalue().isascii()
+        assert message_from_bytes(out.getvalue())["Content-Transfer-Encoding"] == "7bit"
 
 
 def test_the_hubs_own_judgement_is_not_quoted_as_the_remote_servers(tmp_path):

@@ -515,6 +515,11 @@ def build_dsn(
     report.attach(_status_part(entry, recipients, action, hostname, now, will_retry_until,
                                utf8))
     report.attach(_returned(entry, full, utf8))
+    if any(p["Content-Transfer-Encoding"] == "8bit" for p in report.get_payload()):
+        # RFC 2045 6.4 and 2.7: a multipart's encoding is that of its
+        # whole content, and 7bit, the default, is no longer true of it
+        # once a part is 8bit (the 7-bit copy relabels it, ``mime7bit``)
+        report["Content-Transfer-Encoding"] = "8bit"
     return _flatten(report)
 
 
@@ -544,9 +549,13 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
             raw = f.read(FULL_RETURN_LIMIT + 1)
         part = Message()
         part.set_type("message/global" if utf8 else "message/rfc822")
-        if entry.eight_bit or not raw.isascii():
+        if not raw.isascii():
             # 8-bit octets inside: a message/rfc822 part says so (RFC 2046
-            # 5.2.1), or it would claim the default, 7bit
+            # 5.2.1), or it would claim the default, 7bit.  By the octets
+            # returned, all of the message: not by the entry's eight_bit,
+            # which BODY=8BITMIME sets on an all-ASCII message too -- such
+            # a label made the notice claim 8-bit content it sends as 7-bit
+            # (``dsn_envelope``: no BODY=8BITMIME for ASCII octets)
             part["Content-Transfer-Encoding"] = "8bit"
         if raw and not raw.endswith(b"\n"):
             # the line break before the boundary that follows is the
