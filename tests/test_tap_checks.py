@@ -214,3 +214,37 @@ def test_a_stale_pid_file_made_immutable_or_append_only_is_refused(tmp_path: Pat
     finally:
         subprocess.run([chattr, "-ia", str(pid_file)], check=True)
     assert "twistd, which removes such a file, cannot: it is immutable or append-only" in err
+
+
+@pytest.mark.parametrize("twistd_args, log_file", [
+    (["-n", "--debug"], None),
+    (["--debug", "-n"], None),
+    (["-n"], None),
+    (["--debug"], "twistd.log"),
+])
+def test_the_hub_logs_where_twistds_logger_would_under_debug(
+        tmp_path: Path, monkeypatch, twistd_args: list[str], log_file: str | None) -> None:
+    # ``-n --debug`` and ``--debug`` reach makeService with the same
+    # options (twistd sets ``nodaemon`` from ``--debug`` after its logger
+    # read it); the hub took both for ``--debug`` alone, and ``-n --debug``
+    # logged to ./twistd.log, not to standard output as twistd does
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+    from twisted.scripts._twistd_unix import ServerOptions, UnixApplicationRunner
+
+    from txmailhub.run_files import twistd_log_file
+    from txmailhub.tap import _logs_to_stdout
+
+    # --debug turns on twisted's debug hooks process-wide: put them back
+    monkeypatch.setattr(Failure, "__init__", Failure.__init__)
+    monkeypatch.setattr(Deferred, "debug", Deferred.debug)
+    monkeypatch.chdir(tmp_path)
+    config = ServerOptions()
+    config.parseOptions([*twistd_args, "--pidfile=", "mailhub", "--config",
+                         str(_config(tmp_path))])
+    runner = UnixApplicationRunner(config)  # its logger reads ``nodaemon`` here
+    runner.preApplication()  # and twistd sets it from ``debug`` here
+    assert config["nodaemon"]  # all alike by makeService
+    assert bool(runner.logger._nodaemon) is (log_file is None)  # twistd's own choice
+    assert twistd_log_file(config) == log_file
+    assert _logs_to_stdout(config) is (log_file is None)

@@ -18,8 +18,9 @@ from typing import Any
 
 from txmailhub.logsafe import shown
 
-__all__ = ["LOG_FILE_MODE", "make_log_file", "pid_file_problems", "run_file_access_problems",
-           "run_file_problems", "run_folder_warnings", "twistd_log_file"]
+__all__ = ["LOG_FILE_MODE", "NODAEMON_GIVEN", "logger_nodaemon", "make_log_file",
+           "pid_file_problems", "run_file_access_problems", "run_file_problems",
+           "run_folder_warnings", "twistd_log_file"]
 
 
 def pid_file_problems(pidfile: str | None) -> list[str]:
@@ -146,9 +147,9 @@ def run_file_problems(parent: Any) -> list[str]:
     name (a hard link to a root file) stops the start.  The paths are the
     ones twistd opens (``--chroot``, under which twistd would write the
     pid file inside the jail, is refused before this is asked, in
-    ``makeService``): ``--nodaemon`` with no ``--logfile`` logs to stdout (not ``--debug``,
-    which twistd turns into ``nodaemon`` after its logger chose
-    ``./twistd.log``: that is judged then).  Checked before
+    ``makeService``): ``--nodaemon`` with no ``--logfile`` logs to stdout (not ``--debug``
+    alone, which twistd turns into ``nodaemon`` after its logger chose
+    ``./twistd.log``: that is judged then; ``twistd_log_file``).  Checked before
     twistd opens them: a process of that user running meanwhile could
     still race the check, so nothing else should run as that user."""
     problems: list[str] = []
@@ -287,17 +288,42 @@ def _read_only(path: str) -> bool:
         return False
 
 
+#: the key ``txmailhub.tap.Options`` adds to twistd's options as twistd
+#: parses its command line: ``--nodaemon`` as given there, which twistd's
+#: logger reads.  ``--debug`` sets ``nodaemon`` too, but only later (in
+#: ``preApplication``, after the logger was made and before
+#: ``makeService``), so at ``makeService`` ``-n --debug`` and ``--debug``
+#: alone look alike: one logs to standard output, the other to
+#: ``./twistd.log``
+NODAEMON_GIVEN = "mailhub_nodaemon_given"
+
+
+def logger_nodaemon(parent: Any) -> bool:
+    """Whether twistd's logger took the process for one in the foreground
+    (``--nodaemon``), which decides where it logs without ``--logfile``.
+
+    ``NODAEMON_GIVEN`` when the plugin's options recorded it; else (the
+    options of an application, or made by hand) ``--debug`` is taken to
+    have set ``nodaemon`` on its own, as it does without ``-n``: the
+    logger then opened ``./twistd.log``, the file that must be judged."""
+    given = parent.get(NODAEMON_GIVEN)
+    if given is not None:
+        return bool(given)
+    return bool(parent.get("nodaemon")) and not parent.get("debug")
+
+
 def twistd_log_file(parent: Any) -> str | None:
     """The log file twistd's logger opens, as given (relative to the
     folder twistd starts in), or ``None``: ``--logger`` (twistd then opens
     no log of its own, whatever ``--logfile`` says), syslog, or standard
-    output (``--logfile -``, or ``--nodaemon`` with no ``--logfile``).
+    output (``--logfile -``, or ``--nodaemon`` with no ``--logfile``,
+    ``-n --debug`` included).
 
-    Not ``--debug`` without ``-n``: twistd sets ``nodaemon`` from it in
-    ``preApplication``, after its logger read ``nodaemon`` and before
-    ``makeService`` sees the options, so the logger still opens
-    ``./twistd.log``.  One rule for the check (``run_file_problems``) and
-    for the file the hub makes (``make_log_file``)."""
+    Not ``--debug`` without ``-n``: twistd sets ``nodaemon`` from it after
+    its logger read ``nodaemon`` (``logger_nodaemon``), so the logger still
+    opens ``./twistd.log``.  One rule for the check (``run_file_problems``),
+    for the file the hub makes (``make_log_file``) and for the log the
+    hub writes (``txmailhub.logfile.observer_for``)."""
     if parent.get("logger") or parent.get("syslog"):
         return None
     logfile = parent.get("logfile")
@@ -305,7 +331,7 @@ def twistd_log_file(parent: Any) -> str | None:
         return None
     if logfile:
         return logfile
-    if parent.get("nodaemon") and not parent.get("debug"):
+    if logger_nodaemon(parent):
         return None  # twistd -n logs to stdout
     return "twistd.log"
 

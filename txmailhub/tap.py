@@ -35,8 +35,10 @@ from txmailhub.process_limits import GC_THRESHOLD0 as GC_THRESHOLD0
 from txmailhub.process_limits import fd_limit_warning, raise_fd_limit, tune_gc
 from txmailhub.run_files import LOG_FILE_MODE as LOG_FILE_MODE  # where tests import it from
 from txmailhub.run_files import (
+    NODAEMON_GIVEN,
     _opened_path_problem,
     _owner_name,
+    logger_nodaemon,
     make_log_file,
     pid_file_problems,
     run_file_access_problems,
@@ -67,6 +69,9 @@ class Options(usage.Options):
         # before ``makeService``, its user switch after the ports are bound
         parent = getattr(self, "parent", None)
         if parent is not None:
+            # as twistd's logger will read it: by ``makeService`` twistd
+            # has set it from ``--debug`` too (``run_files.NODAEMON_GIVEN``)
+            parent[NODAEMON_GIVEN] = bool(parent.get("nodaemon"))
             refusals = uid_problems(parent) + pid_file_problems(parent.get("pidfile"))
             if refusals:
                 for refusal in refusals:
@@ -297,12 +302,13 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
 def _logs_to_stdout(parent: Any) -> bool:
     """Whether twistd logs to its standard output: ``--nodaemon`` with
     ``--logfile=-`` or with no ``--logfile`` (and no ``--logger`` or
-    ``--syslog``).  A daemon given ``--logfile=-`` is not: twistd's own
-    logger refuses it ("Daemons cannot log to stdout") and must be the
-    one to see it."""
-    if parent.get("logger") or parent.get("syslog") or not parent.get("nodaemon"):
+    ``--syslog``), ``-n --debug`` too; ``--debug`` alone logs to
+    ``./twistd.log`` (``run_files.logger_nodaemon``).  A daemon given
+    ``--logfile=-`` is not: twistd's own logger refuses it ("Daemons
+    cannot log to stdout") and must be the one to see it."""
+    if parent.get("logger") or parent.get("syslog") or not logger_nodaemon(parent):
         return False
-    return parent.get("logfile") in (None, "", "-") and not parent.get("debug")
+    return parent.get("logfile") in (None, "", "-")
 
 
 ROOT_WARNING = (

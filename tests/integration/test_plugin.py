@@ -189,6 +189,29 @@ def test_config_from_the_environment(make_hub, monkeypatch) -> None:
         assert s.noop()[0] == 250
 
 
+def test_debug_in_the_foreground_logs_to_standard_output(make_hub) -> None:
+    """``twistd -n --debug`` with no ``--logfile`` logs to standard output,
+    as ``-n`` does and as twistd's own logger would: the hub wrote
+    ``./twistd.log`` instead (twistd sets ``nodaemon`` from ``--debug``
+    before ``makeService``, so ``-n --debug`` looked like ``--debug``)."""
+    hub = make_hub(start=False)
+    with open(hub.log_path, "ab") as log:  # where wait_listening reads the ports
+        proc = subprocess.Popen(
+            [TWISTD, "-n", "--debug", "--pidfile=", "mailhub", "--config",
+             str(hub.config_path)],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=hub.folder)
+    hub.proc = proc
+    assert proc.stdin is not None
+    proc.stdin.write(b"continue\n")  # --debug runs the reactor under pdb
+    proc.stdin.close()
+    hub.wait_listening()
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        assert s.noop()[0] == 250
+    assert "txmailhub started" in hub.log_text()
+    assert not (hub.folder / "twistd.log").exists()
+    assert hub.stop(signal.SIGTERM) in CLEAN_STOP
+
+
 def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
     hub = make_hub(start=False)
     with blocked(hub, "pop3"):
