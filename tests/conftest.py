@@ -50,6 +50,19 @@ from hypothesis import settings as hypothesis_settings
 BIN = Path(sys.executable).parent
 TWISTD = shutil.which("twistd", path=str(BIN)) or "twistd"
 
+#: the warnings of the default [submission] and [pop3] listeners, which
+#: take connections from other machines (every address): configs without
+#: [tls] have them, in tests of something else
+DEFAULT_LISTENER_WARNING = re.compile(r": \[(submission|pop3)\] listen: the default ")
+
+
+def no_logins(text: str) -> str:
+    """``text`` with ``listen = []`` for [submission] and [pop3] when it
+    has no such section: without [tls], their default listeners are a
+    warning (``DEFAULT_LISTENER_WARNING``), in tests about something else."""
+    return text + "".join(f"[{section}]\nlisten = []\n" for section in ("submission", "pop3")
+                          if f"[{section}]" not in text)
+
 # Hypothesis's deadline for each example (200 ms unless a test says
 # otherwise) is a wall-clock limit: with the suite's workers and the hubs
 # they start sharing two cores, an example slowed by them failed a test

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import as_user, mailhub, not_waiting_on, read_empty
+from conftest import as_user, mailhub, no_logins, not_waiting_on, read_empty
 
 from txmailhub.cli import main
 
@@ -27,7 +27,8 @@ def _no_controlling_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "mailhub.toml"
-    path.write_text(HUB + 'domains = ["example.org", "example.net"]\nstate_dir = "var"\n')
+    path.write_text(no_logins(HUB + 'domains = ["example.org", "example.net"]\n'
+                              'state_dir = "var"\n'))
     return path
 
 # a hostname: the default (the machine's name) may be a warning
@@ -278,8 +279,8 @@ def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path)
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(
-        HUB + 'domains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\nlisten = ["tcp:x"]\n'
-        '[pop3]\ntls_listen = ["tcp:995"]\n'
+        no_logins(HUB + 'domains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\n'
+                  'listen = ["tcp:x"]\n[pop3]\nlisten = []\ntls_listen = ["tcp:995"]\n')
     )
     code, out, err = run(bad, "check")
     assert code == 2 and out == ""
@@ -297,7 +298,8 @@ def test_check_reports_users_file_problems(config: Path) -> None:
 
 def test_check_prints_warnings_also_when_there_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "w.toml"
-    path.write_text(HUB + 'domains = ["example.org"]\n[pop3]\nidle_timeout = "1m"\nbogus = 1\n')
+    path.write_text(no_logins(HUB + 'domains = ["example.org"]\n[pop3]\nlisten = []\n'
+                              'idle_timeout = "1m"\nbogus = 1\n'))
     code, out, err = run(path, "check")
     assert code == 2 and out == ""
     warning, problem = err.splitlines()
@@ -871,7 +873,7 @@ def test_check_reports_a_fifo_put_in_place_of_a_file_after_the_config_was_read(
         path = config.parent / "aliases"
         path.write_text("team: alice\n")
         config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
-        said = f"{config}: [aliases] file: {path} is not a regular file (at line 6)"
+        said = f"{config}: [aliases] file: {path} is not a regular file (at line 10)"
     else:
         path = config.parent / "auth"
         path.write_text("u:p\n")
@@ -879,7 +881,7 @@ def test_check_reports_a_fifo_put_in_place_of_a_file_after_the_config_was_read(
         config.write_text(config.read_text() + '[relay]\nsmarthost = "relay.example.net:587"\n'
                           'smarthost_auth_file = "auth"\n')
         said = (f"{config}: [relay] smarthost_auth_file: {path} is not a regular file "
-                "(at line 7)")
+                "(at line 11)")
     _fifo_after_load(monkeypatch, path)
     code, out, err = not_waiting_on(path, lambda: run(config, "check"))
     assert (code, out) == (2, "")
@@ -996,17 +998,17 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
 def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None:
     # the hub reads mail/<U-label>/ only: an A-label folder from before is
     # out of reach until moved
-    config.write_text(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
+    config.write_text(no_logins(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n'))
     run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
     assert run(config, "check")[2] == ""
     # the U-label folder itself is where the mail is: nothing to say of it
     (config.parent / "var" / "mail" / "bücher.example" / "bob").mkdir(parents=True)
     assert run(config, "check")[2] == ""
     # nor of an ASCII domain's, which has one spelling
-    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n')
+    config.write_text(no_logins(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'))
     (config.parent / "var" / "mail" / "example.org" / "bob").mkdir(parents=True)
     assert run(config, "check")[2] == ""
-    config.write_text(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n')
+    config.write_text(no_logins(HUB + 'domains = ["xn--bcher-kva.example"]\nstate_dir = "var"\n'))
     old = config.parent / "var" / "mail" / "xn--bcher-kva.example" / "bob"
     old.mkdir(parents=True)
     code, _, err = run(config, "check")
@@ -1335,8 +1337,8 @@ def test_check_as_root_says_a_users_folder_not_the_hubs_makes_a_file_the_hub_can
     os.chown(state, NOBODY, NOBODY)
     folder.mkdir(mode=0o700)
     config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
-                      '[users]\nfile = "users.d/users"\n')
+    config.write_text(no_logins(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                                '[users]\nfile = "users.d/users"\n'))
     err = run(config, "check")[2]
     assert "mailhub user add makes it" not in err, err
     assert (f"root's mailhub user add would make it in {folder} (root:root mode 0700) for "
@@ -1361,8 +1363,8 @@ def test_the_chown_for_a_users_folder_its_user_cannot_list_gives_what_is_in_it_t
     state.mkdir()
     folder.mkdir(mode=0o700)
     config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
-                      '[users]\nfile = "users.d/users"\n')
+    config.write_text(no_logins(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                                '[users]\nfile = "users.d/users"\n'))
     add = ("user", "add", "joe", "--password-stdin")
     assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW)[0] == 0
     os.chown(state, NOBODY, NOBODY)
@@ -1393,8 +1395,8 @@ def test_the_chown_for_a_users_folder_with_roots_users_file_in_it_gives_that_fil
     if linked:
         (open_tmp / "users.d").symlink_to(folder)
     config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
-                      '[users]\nfile = "users.d/users"\n')
+    config.write_text(no_logins(HUB + f'domains = ["example.org"]\nstate_dir = "{state}"\n'
+                                '[users]\nfile = "users.d/users"\n'))
     add = ("user", "add", "joe", "--password-stdin")
     assert run(config, "user", "add", "alice", "--password-stdin", stdin=PW)[0] == 0
     assert (folder / "users").stat().st_uid == 0
@@ -1518,7 +1520,7 @@ def _laid_out(config: Path, *, state_dir: str = "var", users: str = "users",
         'domains = ["example.org"]\n'                         # 5
         '\n'                                                  # 6
         f'state_dir = "{state_dir}"\n'                        # 7
-        + extra)                                              # 8 on
+        + no_logins(extra))                                   # 8 on
 
 
 def test_check_says_the_line_of_a_state_dir_it_cannot_use(
@@ -1681,7 +1683,7 @@ def test_check_of_a_smarthost_auth_file_removed_once_read_is_no_traceback(
     assert not auth.exists()
     assert code == 0 and err.splitlines() == [
         f"warning: {config}: [relay] smarthost_auth_file: {auth} holds a password and every "
-        "local user can read it (mode 644): chmod o-rwx (at line 7)"], err
+        "local user can read it (mode 644): chmod o-rwx (at line 11)"], err
 
 
 class _Terminal(io.StringIO):
@@ -1789,11 +1791,11 @@ def test_check_takes_a_local_domain_smtp_takes_in_either_spelling(tmp_path: Path
     # one rule for [hub] domains and SMTP paths (txmailhub.address.domain_problem):
     # an ASCII label IDNA2008 would not convert ("ab--cd") beside a U-label
     path = tmp_path / "mailhub.toml"
-    path.write_text(HUB + 'domains = ["ab--cd.xn--bcher-kva.test"]\nstate_dir = "var"\n')
+    path.write_text(no_logins(HUB + 'domains = ["ab--cd.xn--bcher-kva.test"]\nstate_dir = "var"\n'))
     assert run(path, "user", "add", "joe@AB--CD.b\u00fccher.test", "--password-stdin",
                stdin=PW) == (0, "added joe@ab--cd.b\u00fccher.test\n", "")
     assert run(path, "check") == (0, f"{path}: ok\n", "")
-    path.write_text(HUB + 'domains = ["mail.xn--zz.test"]\nstate_dir = "var"\n')
+    path.write_text(no_logins(HUB + 'domains = ["mail.xn--zz.test"]\nstate_dir = "var"\n'))
     code, out, err = run(path, "check")
     assert code == 2 and out == "" and "the label 'xn--zz' is no A-label" in err, err
 
@@ -1892,7 +1894,7 @@ def test_min_password_length_comes_from_the_config(config: Path) -> None:
     code, _, err = run(config, "check")  # which says that is below NIST's 8
     assert code == 0 and err == (f"warning: {config}: [users] min_password_length: 4 is below "
                                  "the 8 characters NIST SP 800-63B requires of a password "
-                                 "(at line 7)\n")
+                                 "(at line 11)\n")
 
 
 def test_the_length_a_user_add_counts_is_nfc_code_points(config: Path) -> None:
@@ -2277,7 +2279,7 @@ def test_an_aliases_lock_of_another_user_is_said_with_its_owner_and_mode(
     # left there (root's, 0600): the line said to run the commands "as a
     # user who may write" the folder, which this user was
     config = open_tmp / "mailhub.toml"
-    config.write_text(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n')
+    config.write_text(no_logins(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'))
     aliases = with_aliases(config, "team: alice\n")
     lock = Path(f"{aliases}.lock")
     assert run(config, "alias", "add", "staff", "alice")[0] == 0  # as root: the lock made

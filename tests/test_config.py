@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
 import socket
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import as_user, make_certificate
+from conftest import DEFAULT_LISTENER_WARNING, as_user, make_certificate
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmailhub.config import SMTPSettings, load, load_local_submission, load_text, parse_duration
+from txmailhub.config import (
+    Settings,
+    SMTPSettings,
+    load,
+    load_local_submission,
+    load_text,
+    parse_duration,
+)
 from txmailhub.errors import ConfigError
 
 # a hostname: the default (the machine's name) may be a warning
 MINIMAL = '[hub]\nhostname = "mail.example.org"\ndomains = ["Example.org.", "example.net"]\n'
+
+
+def load_quiet(text: str, path: str) -> Settings:
+    """``load_text`` without the warnings of the default [submission] and
+    [pop3] listeners (every address, and these configs have no [tls]):
+    for the tests of other warnings."""
+    settings = load_text(text, path)
+    return dataclasses.replace(settings, warnings=tuple(others(settings.warnings)))
+
+
+def others(warnings: Iterable[str]) -> list[str]:
+    """``warnings`` but those of the default listeners (``load_quiet``)."""
+    return [w for w in warnings if not DEFAULT_LISTENER_WARNING.search(w)]
 
 
 def problems(text: str, path: str = "/etc/mh/mailhub.toml") -> list[str]:
@@ -69,7 +91,8 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert s.relay.require_tls_after_seen is False
     assert s.mail_dir == "/etc/mh/var/mail"
     assert s.queue_dir == "/etc/mh/var/queue"
-    assert s.warnings == ()
+    # the default submission and POP3 listeners, on every address, without [tls]
+    assert [w.split(": ")[1] for w in s.warnings] == ["[submission] listen", "[pop3] listen"]
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
@@ -742,6 +765,42 @@ def test_listeners_for_other_machines_without_tls_are_warned_of(tmp_path: Path) 
     assert load_text(MINIMAL + tls + listeners, "/c").warnings == ()
 
 
+def test_default_listeners_for_other_machines_without_tls_are_warned_of(tmp_path: Path) -> None:
+    # a file without [submission] or [pop3] listen still listens on
+    # tcp:587 and tcp:110 on every address: check said nothing of them,
+    # though clients elsewhere can log in to neither without [tls]
+    submission = (
+        "/c: [submission] listen: the default submission listener tcp:587 (no [submission] "
+        "listen is set) takes connections from other machines, and without [tls], clients "
+        "on other machines cannot log in, and so cannot submit mail (AUTH is offered only "
+        'under TLS or to a client on this machine); add [tls] (docs/deployment.rst, "TLS '
+        'certificates"); or set [submission] listen (a loopback address, or [] for none)')
+    pop3 = (
+        "/c: [pop3] listen: the default pop3 listener tcp:110 (no [pop3] listen is set) takes "
+        "connections from other machines, and without [tls], clients on other machines can "
+        "log in only with APOP (users added with --allow-apop): USER/PASS and AUTH PLAIN need "
+        'TLS there ([pop3] allow_plaintext_auth = false); add [tls] (docs/deployment.rst, '
+        '"TLS certificates"); or set [pop3] listen (a loopback address, or [] for none)')
+    # no line: the file writes neither, even with its section there
+    for text in (MINIMAL, MINIMAL + "[submission]\n[pop3]\nidle_timeout = \"10m\"\n"):
+        assert list(load_text(text, "/c").warnings) == [submission, pop3], text
+    # one written, one left to its default: each said as what it is
+    s = load_text(MINIMAL + '[pop3]\nlisten = ["tcp:110"]\n', "/c")
+    assert list(s.warnings) == [submission, pop3.replace(
+        "the default pop3 listener tcp:110 (no [pop3] listen is set) takes connections from "
+        "other machines, and without [tls], ", "without [tls], ").replace(
+        "; or set [pop3] listen (a loopback address, or [] for none)", "")
+        + f" (at line {MINIMAL.count(chr(10)) + 2})"]
+    # plaintext POP3 logins allowed, listeners turned off, or TLS: nothing to say
+    assert list(load_text(MINIMAL + "[pop3]\nallow_plaintext_auth = true\n", "/c").warnings) \
+        == [submission]
+    assert load_text(MINIMAL + "[submission]\nlisten = []\n[pop3]\nlisten = []\n",
+                     "/c").warnings == ()
+    cert, key = make_certificate(tmp_path, "mail.example.org")
+    assert load_text(MINIMAL + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n',
+                     "/c").warnings == ()
+
+
 def test_a_listener_on_the_ipv4_mapped_loopback_is_this_machines_only() -> None:
     # bound to ::ffff:127.0.0.1, a socket takes connections to 127.0.0.1
     # only, whose peers the SMTP and POP3 servers take for loopback (an
@@ -759,29 +818,29 @@ def test_a_listener_on_the_ipv4_mapped_loopback_is_this_machines_only() -> None:
 
 
 def test_warnings_below_rfc_minimums() -> None:
-    s = load_text(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
+    s = load_quiet(MINIMAL + '[smtp]\nidle_timeout = "30s"\n[pop3]\nidle_timeout = "1m"\n', "/c")
     assert any("[smtp] idle_timeout" in w and "5 minutes" in w for w in s.warnings)
     assert any("[pop3] idle_timeout" in w and "10 minutes" in w for w in s.warnings)
-    s = load_text(MINIMAL + '[smtp]\nidle_timeout = 0\n[pop3]\nidle_timeout = "0s"\n', "/c")
+    s = load_quiet(MINIMAL + '[smtp]\nidle_timeout = 0\n[pop3]\nidle_timeout = "0s"\n', "/c")
     assert [w for w in s.warnings if "idle_timeout" in w] == [
         "/c: [smtp] idle_timeout: 0 turns the idle timeout off; a client that stops "
         "talking holds its connection until it goes away (at line 5)"
     ]
     assert s.smtp.idle_timeout == 0 and s.pop3.idle_timeout == 0
     # RFC 5321 4.5.3.1.7 and 4.5.3.1.8: at least 64K and 100 recipients
-    s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65535\nmax_recipients = 99\n", "/c")
+    s = load_quiet(MINIMAL + "[smtp]\nmax_message_size = 65535\nmax_recipients = 99\n", "/c")
     assert list(s.warnings) == [
         "/c: [smtp] max_message_size: 65535 octets is below the 64K RFC 5321 4.5.3.1.7 "
         "requires a server to accept (at line 5)",
         "/c: [smtp] max_recipients: 99 is below the 100 recipients RFC 5321 4.5.3.1.8 "
         "requires a server to take in one message (at line 6)",
     ]
-    s = load_text(MINIMAL + "[smtp]\nmax_message_size = 65536\nmax_recipients = 100\n", "/c")
+    s = load_quiet(MINIMAL + "[smtp]\nmax_message_size = 65536\nmax_recipients = 100\n", "/c")
     assert s.warnings == ()
     # the minimums themselves are fine; one second less is not
-    s = load_text(MINIMAL + '[smtp]\nidle_timeout = "5m"\n[pop3]\nidle_timeout = "10m"\n', "/c")
+    s = load_quiet(MINIMAL + '[smtp]\nidle_timeout = "5m"\n[pop3]\nidle_timeout = "10m"\n', "/c")
     assert s.warnings == ()
-    s = load_text(MINIMAL + "[smtp]\nidle_timeout = 299\n[pop3]\nidle_timeout = 599\n", "/c")
+    s = load_quiet(MINIMAL + "[smtp]\nidle_timeout = 299\n[pop3]\nidle_timeout = 599\n", "/c")
     assert [w.split(":")[1] for w in s.warnings] == [" [smtp] idle_timeout", " [pop3] idle_timeout"]
 
 
@@ -789,13 +848,13 @@ def test_a_session_cut_off_before_three_failed_logins_is_warned_of() -> None:
     # RFC 4954 9: a server that drops the connection after failed logins
     # "SHOULD NOT drop the connection until at least 3 attempts to
     # authenticate have failed"
-    s = load_text(MINIMAL + "[smtp]\nmax_auth_failures = 2\n", "/c")
+    s = load_quiet(MINIMAL + "[smtp]\nmax_auth_failures = 2\n", "/c")
     assert list(s.warnings) == [
         "/c: [smtp] max_auth_failures: 2 closes a session before the 3 failed logins "
         "RFC 4954 9 asks a server to allow (at line 5)"
     ]
     assert s.smtp.max_auth_failures == 2  # taken all the same
-    assert load_text(MINIMAL + "[smtp]\nmax_auth_failures = 3\n", "/c").warnings == ()
+    assert load_quiet(MINIMAL + "[smtp]\nmax_auth_failures = 3\n", "/c").warnings == ()
 
 
 def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
@@ -1013,27 +1072,27 @@ def test_relay_networks_of_every_address_are_warned_of_as_an_open_relay() -> Non
 def test_a_hostname_that_is_no_fqdn_is_a_warning(monkeypatch, name):
     # it goes into the greeting, EHLO and Received: servers refuse or
     # distrust a client that says EHLO localhost
-    s = load_text(f'[hub]\nhostname = "{name}"\ndomains = ["example.org"]\n', "/c")
+    s = load_quiet(f'[hub]\nhostname = "{name}"\ndomains = ["example.org"]\n', "/c")
     (w,) = s.warnings
     assert w.startswith(f"/c: [hub] hostname '{name}' is no fully qualified domain name")
     # the default is the machine's name, which is often just that
     monkeypatch.setattr(socket, "getfqdn", lambda: name)
-    s = load_text('[hub]\ndomains = ["example.org"]\n', "/c")
+    s = load_quiet('[hub]\ndomains = ["example.org"]\n', "/c")
     assert s.hub.hostname == name
     (w,) = s.warnings
     assert w.startswith(f"/c: [hub] hostname is not set, and the machine's name '{name}' is "
                         "no fully qualified domain name")
     # a hostname that is no name at all is a problem, not also this warning
     with pytest.raises(ConfigError) as info:
-        load_text('[hub]\nhostname = "bad name"\ndomains = ["example.org"]\n', "/c")
+        load_quiet('[hub]\nhostname = "bad name"\ndomains = ["example.org"]\n', "/c")
     assert not [w for w in info.value.warnings if "fully qualified" in w]
     monkeypatch.setattr(socket, "getfqdn", lambda: "mail.example.org")
-    assert load_text('[hub]\ndomains = ["example.org"]\n', "/c").warnings == ()
-    assert load_text('[hub]\nhostname = "mx.example.org."\ndomains = ["example.org"]\n',
+    assert load_quiet('[hub]\ndomains = ["example.org"]\n', "/c").warnings == ()
+    assert load_quiet('[hub]\nhostname = "mx.example.org."\ndomains = ["example.org"]\n',
                      "/c").warnings == ()
     # an address literal is a host without a name, not a short name
     for literal in ("[192.0.2.1]", "[IPv6:2001:db8::1]"):
-        assert load_text(f'[hub]\nhostname = "{literal}"\ndomains = ["example.org"]\n',
+        assert load_quiet(f'[hub]\nhostname = "{literal}"\ndomains = ["example.org"]\n',
                          "/c").warnings == ()
 
 
@@ -1068,11 +1127,11 @@ def test_a_bad_endpoint_is_explained_in_the_config_s_words(endpoint: str, expect
 
 
 def test_a_min_password_length_below_nists_8_is_a_warning() -> None:
-    s = load_text(MINIMAL + "[users]\nmin_password_length = 6\n", "/x.toml")
+    s = load_quiet(MINIMAL + "[users]\nmin_password_length = 6\n", "/x.toml")
     assert s.users.min_password_length == 6
     assert s.warnings == ("/x.toml: [users] min_password_length: 6 is below the 8 characters "
                           "NIST SP 800-63B requires of a password (at line 5)",)
-    assert load_text(MINIMAL + "[users]\nmin_password_length = 128\n", "/x.toml").warnings == ()
+    assert load_quiet(MINIMAL + "[users]\nmin_password_length = 128\n", "/x.toml").warnings == ()
 
 
 def test_a_relative_unix_socket_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
@@ -1174,7 +1233,7 @@ NO_NOTICE = 'no "delayed" notice is ever sent (delay_warning = 0 turns it off)'
 ])
 def test_a_queue_lifetime_too_short_for_the_schedule_or_the_notice_is_warned_of(
         relay: str, warning: str) -> None:
-    s = load_text(MINIMAL + f"[relay]\n{relay}\n", "/c")
+    s = load_quiet(MINIMAL + f"[relay]\n{relay}\n", "/c")
     assert s.warnings == (f"/c: {warning}",)
 
 
@@ -1187,9 +1246,9 @@ def test_a_queue_lifetime_too_short_for_the_schedule_or_the_notice_is_warned_of(
 ])
 def test_a_queue_lifetime_the_schedule_and_the_notice_fit_in_is_no_warning(relay: str) -> None:
     try:
-        s = load_text(MINIMAL + f"[relay]\n{relay}\n", "/c")
+        s = load_quiet(MINIMAL + f"[relay]\n{relay}\n", "/c")
     except ConfigError as e:
-        assert len(e.problems) == 1 and not e.warnings, (e.problems, e.warnings)
+        assert len(e.problems) == 1 and not others(e.warnings), (e.problems, e.warnings)
     else:
         assert s.warnings == ()
 
@@ -1197,17 +1256,17 @@ def test_a_queue_lifetime_the_schedule_and_the_notice_fit_in_is_no_warning(relay
 def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
     # a site with many slow MX hosts (or few delivery slots) may need
     # another budget than 15 minutes: [relay] hosts_time_budget
-    assert load_text(MINIMAL, "/c").relay.hosts_time_budget == 15 * 60
-    s = load_text(MINIMAL + '[relay]\nhosts_time_budget = "30m"\n', "/c")
+    assert load_quiet(MINIMAL, "/c").relay.hosts_time_budget == 15 * 60
+    s = load_quiet(MINIMAL + '[relay]\nhosts_time_budget = "30m"\n', "/c")
     assert s.relay.hosts_time_budget == 1800 and not s.warnings
-    assert load_text(MINIMAL + "[relay]\nhosts_time_budget = 600\n", "/c").relay \
+    assert load_quiet(MINIMAL + "[relay]\nhosts_time_budget = 600\n", "/c").relay \
         .hosts_time_budget == 600
     for bad, shown in (('"0s"', "'0s'"), ("0", "0")):  # one host at most: a typo
         assert problems(MINIMAL + f"[relay]\nhosts_time_budget = {bad}\n", "/c") == [
             f"/c: [relay] hosts_time_budget: must be greater than 0, got {shown} (at line 5)"]
     [found] = problems(MINIMAL + '[relay]\nhosts_time_budget = "5x"\n', "/c")
     assert found.startswith("/c: [relay] hosts_time_budget: ")
-    s = load_text(MINIMAL + '[relay]\nhosts_time_budget = "2m"\n', "/c")
+    s = load_quiet(MINIMAL + '[relay]\nhosts_time_budget = "2m"\n', "/c")
     assert s.relay.hosts_time_budget == 120
     assert s.warnings == (
         "/c: [relay] hosts_time_budget: 120s is under the 5 minutes one silent host may "
@@ -1217,12 +1276,12 @@ def test_the_time_an_attempt_may_spend_on_a_destinations_hosts() -> None:
 
 def test_a_quota_below_the_largest_message_is_warned_of() -> None:
     # "100" meant as megabytes: a quota most messages cannot fit
-    s = load_text(MINIMAL + "mailbox_quota = 100\n", "/c")
+    s = load_quiet(MINIMAL + "mailbox_quota = 100\n", "/c")
     assert s.warnings == (
         "/c: [hub] mailbox_quota: 100 octets is less than [smtp] max_message_size "
         "(26214400): a message the hub takes can be one no mailbox may hold (the quota is "
         "in octets: 1 GiB is 1073741824) (at line 4)",)
-    assert not load_text(MINIMAL + "mailbox_quota = 26214400\n", "/c").warnings
+    assert not load_quiet(MINIMAL + "mailbox_quota = 26214400\n", "/c").warnings
 
 
 # each warning about a key or a value, in a file where none of them is on
@@ -1277,7 +1336,7 @@ queue_lifetime = 0
 @pytest.mark.parametrize(("start", "line"), WARNED_AT)
 def test_each_warning_says_the_line_its_key_or_item_is_written_on(start: str, line: int) -> None:
     # warnings gave no line: in a long file the admin searched for the key
-    s = load_text(WARNED, "/c")
+    s = load_quiet(WARNED, "/c")
     assert len(s.warnings) == len(WARNED_AT), s.warnings
     [found] = [w for w in s.warnings if w.startswith(f"/c: {start}")]
     assert found.endswith(f" (at line {line})") and found.count("(at line") == 1, found
@@ -1285,11 +1344,11 @@ def test_each_warning_says_the_line_its_key_or_item_is_written_on(start: str, li
 
 def test_the_warnings_of_a_file_with_problems_say_their_lines_too() -> None:
     # check prints both: the warnings as a file without the problem has them
-    s = load_text(WARNED, "/c")
+    s = load_quiet(WARNED, "/c")
     with pytest.raises(ConfigError) as info:
-        load_text(WARNED + "max_per_destination = 0\n", "/c")
-    assert info.value.warnings == list(s.warnings)
-    assert all(" (at line " in w for w in info.value.warnings), info.value.warnings
+        load_quiet(WARNED + "max_per_destination = 0\n", "/c")
+    assert others(info.value.warnings) == list(s.warnings)
+    assert all(" (at line " in w for w in s.warnings), s.warnings
     assert info.value.problems == [
         "/c: [relay] max_per_destination: must be greater than 0, got 0 (at line 29)"]
 
@@ -1297,13 +1356,13 @@ def test_the_warnings_of_a_file_with_problems_say_their_lines_too() -> None:
 def test_a_warning_with_nothing_in_the_file_to_blame_has_no_line(monkeypatch) -> None:
     # the machine's name, taken because [hub] hostname is left out
     monkeypatch.setattr(socket, "getfqdn", lambda: "box")
-    (w,) = load_text('\n\n[hub]\ndomains = ["example.org"]\n', "/c").warnings
+    (w,) = load_quiet('\n\n[hub]\ndomains = ["example.org"]\n', "/c").warnings
     assert w.startswith("/c: [hub] hostname is not set, and the machine's name 'box' is "), w
     assert "(at line" not in w
-    (w,) = load_text('[hub]\n\nhostname = "box"\ndomains = ["example.org"]\n', "/c").warnings
+    (w,) = load_quiet('[hub]\n\nhostname = "box"\ndomains = ["example.org"]\n', "/c").warnings
     assert w.endswith("such as mail.example.org (at line 3)"), w
     # a quota under the default max_message_size: the quota's line
-    (w,) = load_text(MINIMAL + "\nmailbox_quota = 7\n", "/c").warnings
+    (w,) = load_quiet(MINIMAL + "\nmailbox_quota = 7\n", "/c").warnings
     assert w.startswith("/c: [hub] mailbox_quota: 7 octets") and w.endswith("(at line 5)"), w
 
 
@@ -1339,7 +1398,7 @@ def test_settings_say_where_the_file_wrote_a_key_for_later_checks(monkeypatch) -
             '  # the other\n'
             '  "tcp:2526",\n'                       # 10
             ']\n[users]\n"file" = "people"\n')     # 12, 13
-    s = load_text(text, "/c")
+    s = load_quiet(text, "/c")
     # a file with nothing to point at is read once, by tomllib, as the
     # hub loads it at its start
     assert calls == []
@@ -1356,7 +1415,7 @@ def test_settings_say_where_the_file_wrote_a_key_for_later_checks(monkeypatch) -
     assert len(calls) == 1  # read once, whatever is asked after
     # the lines are no part of what the settings are: the same values laid
     # out otherwise are the same settings, and settings made in code have none
-    assert load_text("\n\n" + text, "/c") == s
+    assert load_quiet("\n\n" + text, "/c") == s
     made = Settings(path="/c", hub=HubSettings("mail.example.org", "/var", ("a.test",)),
                     users=UsersSettings("/u"), aliases=AliasesSettings(None), tls=None)
     assert made.at("hub", "state_dir") == "" and "lines" not in repr(made)
@@ -1496,18 +1555,18 @@ def test_smarthost_tls_without_a_smarthost_is_warned_of() -> None:
                         ('smarthost = ""\n\nsmarthost_tls = "opportunistic"\n', 7),
                         # blank: no smarthost, as the relay takes it
                         ('smarthost = "  "\nsmarthost_tls = "none"\n', 6)):
-        s = load_text(MINIMAL + "[relay]\n" + relay, "/c")
+        s = load_quiet(MINIMAL + "[relay]\n" + relay, "/c")
         [found] = s.warnings
         assert found.startswith("/c: [relay] smarthost_tls: ") and found.endswith(
             f" has no effect without [relay] smarthost: mail goes to each domain's MX hosts, "
             f"with STARTTLS when they offer it (docs/relay.rst, TLS policy) (at line {line})"
         ), found
-    s = load_text(MINIMAL + '[relay]\nsmarthost = "mx.example.net:587"\nsmarthost_tls = "none"\n',
+    s = load_quiet(MINIMAL + '[relay]\nsmarthost = "mx.example.net:587"\nsmarthost_tls = "none"\n',
                   "/c")
     assert s.warnings == ()
     # the default written out beside an empty smarthost (the example
     # configuration's lines) says nothing wrong
-    s = load_text(MINIMAL + '[relay]\nsmarthost = ""\nsmarthost_tls = "verify"\n'
+    s = load_quiet(MINIMAL + '[relay]\nsmarthost = ""\nsmarthost_tls = "verify"\n'
                   'smarthost_auth_file = ""\n', "/c")
     assert s.warnings == ()
     # a smarthost that is a problem is said once, not as if none were set

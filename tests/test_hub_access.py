@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import no_logins
 
 from txmailhub import hub_access
 from txmailhub.cli import main
@@ -20,10 +21,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown for real: needs
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "mailhub.toml"
-    path.write_text(
+    path.write_text(no_logins(
         '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
         f'state_dir = "{tmp_path / "state"}"\n'
-        f'[users]\nfile = "{tmp_path / "etc" / "users.d" / "users"}"\n' + extra)
+        f'[users]\nfile = "{tmp_path / "etc" / "users.d" / "users"}"\n' + extra))
     return path
 
 

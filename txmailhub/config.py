@@ -378,6 +378,12 @@ class _Reader:
         starts, but the admin who reads it goes to that line to change it."""
         self.warnings.append(self._said(section, key, why, item))
 
+    def warn_of_default(self, section: str, key: str, why: str) -> None:
+        """A warning about the default of ``[section] key``: the file does
+        not write it, so there is no line to say (nor a reason to read the
+        text for lines: ``KeyLines``)."""
+        self.warnings.append(f"{self.path}: [{section}] {key}: {why}")
+
     def declare(self, section: str, keys: set[str]) -> None:
         """Record ``section``'s keys without reading it (a section that is
         optional and absent still names the home of a key put elsewhere)."""
@@ -605,6 +611,27 @@ def _reaches_other_hosts(description: str) -> bool:
     if ip is None:
         return True  # another name: whatever it resolves to may be reached
     return not ip.is_loopback
+
+
+def _warn_open_without_tls(r: _Reader, section: str, listen: tuple[str, ...],
+                           given: bool, why: str) -> None:
+    """Warn, once, of ``[section] listen`` when one of its listeners is
+    reached by other machines (``_reaches_other_hosts``) and there is no
+    ``[tls]``: at the line of the first such listener, or, for the
+    default (no ``listen`` in the file, so no line), naming it as such,
+    since the admin never wrote it and may not know it listens."""
+    open_to_others = [i for i, d in enumerate(listen) if _reaches_other_hosts(d)]
+    if not open_to_others:
+        return
+    if given:
+        r.warn(section, "listen", f"without [tls], {why}", item=open_to_others[0])
+        return
+    default = ", ".join(listen[i] for i in open_to_others)
+    r.warn_of_default(
+        section, "listen",
+        f"the default {section} listener {default} (no [{section}] listen is set) takes "
+        f"connections from other machines, and without [tls], {why}; or set "
+        f"[{section}] listen (a loopback address, or [] for none)")
 
 
 def check_endpoint(description: str) -> None:
@@ -1582,26 +1609,24 @@ def load_text(text: str, path: str) -> Settings:
 
     if tls is None:
         # AUTH (and so submission) and POP3's plaintext logins are only for
-        # TLS or this machine: a listener the file names for other hosts is
-        # of no use to them then, which nothing else said (the README
-        # offers dropping [tls] as the way to start without a certificate;
-        # the example configuration names its listeners)
-        # at the line of the first listener other machines reach
-        open_to_others = [i for i, d in enumerate(submission.listen) if _reaches_other_hosts(d)]
-        if submission_listen_given and open_to_others:
-            r.warn("submission", "listen",
-                   "without [tls], clients on other machines cannot log in, and so cannot "
-                   "submit mail (AUTH is offered only under TLS or to a client on this "
-                   'machine); add [tls] (docs/deployment.rst, "TLS certificates")',
-                   item=open_to_others[0])
-        open_to_others = [i for i, d in enumerate(pop3.listen) if _reaches_other_hosts(d)]
-        if pop3_listen_given and not pop3.allow_plaintext_auth and open_to_others:
-            r.warn("pop3", "listen",
-                   "without [tls], clients on other machines can log in only with APOP "
-                   "(users added with --allow-apop): USER/PASS and AUTH PLAIN need TLS there "
-                   '([pop3] allow_plaintext_auth = false); add [tls] (docs/deployment.rst, '
-                   '"TLS certificates")',
-                   item=open_to_others[0])
+        # TLS or this machine: a listener other hosts reach is of no use to
+        # them then, which nothing else said (the README offers dropping
+        # [tls] as the way to start without a certificate; the example
+        # configuration names its listeners).  A default listener counts
+        # as one the file names: a file without [submission] still listens
+        # on tcp:587 on every address
+        _warn_open_without_tls(
+            r, "submission", submission.listen, submission_listen_given,
+            "clients on other machines cannot log in, and so cannot submit mail (AUTH is "
+            "offered only under TLS or to a client on this machine); add [tls] "
+            '(docs/deployment.rst, "TLS certificates")')
+        if not pop3.allow_plaintext_auth:
+            _warn_open_without_tls(
+                r, "pop3", pop3.listen, pop3_listen_given,
+                "clients on other machines can log in only with APOP (users added with "
+                "--allow-apop): USER/PASS and AUTH PLAIN need TLS there ([pop3] "
+                'allow_plaintext_auth = false); add [tls] (docs/deployment.rst, '
+                '"TLS certificates")')
 
     listeners = [
         (section, key, index, description)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TWISTD, Hub, free_ports
+from conftest import TWISTD, Hub, free_ports, no_logins
 
 ROOT = Path(__file__).resolve().parents[2]
 # twistd stops cleanly on SIGTERM and then re-raises the signal, as POSIX
@@ -115,7 +115,8 @@ def test_demo_config_runs(tmp_path: Path) -> None:
 
 def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text(HUB + 'domains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\nfoo = 1\n')
+    config.write_text(no_logins(HUB + 'domains = ["example.org"]\n[smtp]\nidle_timeout = "5x"\n'
+                                'foo = 1\n'))
     result = run_twistd("mailhub", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
