@@ -691,9 +691,11 @@ def test_user_add_warns_when_an_alias_of_that_name_takes_the_mail(config: Path) 
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
     code, out, err = run(config, "user", "add", "staff", "--password-stdin", stdin=PW)
     assert (code, out) == (0, "added staff@example.org\n")
-    assert err == ("warning: the aliases file has an alias staff@example.org, which comes "
-                   "first: mail to it goes to the alias's targets, not to this user's mailbox "
-                   "(add \\staff@example.org to them to keep a copy there); logins work\n")
+    # at the alias's line, as check says its warnings (it named the file alone)
+    assert err == (f"warning: {config.parent / 'aliases'}:1: alias staff@example.org has this "
+                   "user's name and comes first: mail to it goes to the alias's targets, not "
+                   "to this user's mailbox (add \\staff@example.org to them to keep a copy "
+                   "there); logins work\n")
     # an alias that keeps the user's copy, or no alias: nothing to say
     for name in ("team", "alice"):
         assert run(config, "user", "add", name, "--password-stdin", stdin=PW)[2] == ""
@@ -710,13 +712,17 @@ def aliases_and_users(config: Path, aliases: str, *users: str) -> None:
 def test_user_del_warns_of_the_aliases_that_named_the_user(config: Path) -> None:
     # "postmaster: joe", then joe leaves: the hub skips the target from
     # then on, and the postmaster's mail reaches nobody; say so at the del
-    aliases_and_users(config, "postmaster: joe\nstaff: ann, joe@example.org\nbackup: \\joe\n"
+    aliases_and_users(config, "postmaster: joe\nstaff: ann,\n  joe@example.org\n\nbackup: \\joe\n"
                       "other: ann\n", "joe", "ann")
     code, out, err = run(config, "user", "del", "joe")
     assert (code, out) == (0, "deleted joe@example.org\n")
-    assert err == ("warning: the aliases file names joe@example.org as a target of "
-                   "backup@example.org, postmaster@example.org, staff@example.org: the hub "
-                   "now skips that target (mailhub alias set to change them)\n"), err
+    # one line each, at the alias's line (its first), in the file's order:
+    # the lines check gives from now on
+    aliases = config.parent / "aliases"
+    assert err.splitlines() == [
+        f"warning: {aliases}:{line}: alias {name}@example.org names joe@example.org, which is "
+        "no user now: the hub skips that target (mailhub alias set to change it)"
+        for line, name in ((1, "postmaster"), (2, "staff"), (5, "backup"))], err
     # no alias names it: nothing to say
     code, out, err = run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
     assert run(config, "user", "del", "bob") == (0, "deleted bob@example.org\n", "")
@@ -731,9 +737,9 @@ def test_user_del_warns_of_the_alias_of_its_name_that_kept_a_copy(config: Path) 
     assert run(config, "check")[2] == "", "nothing to warn of while joe is a user"
     code, out, err = run(config, "user", "del", "joe")
     assert (code, out) == (0, "deleted joe@example.org\n")
-    assert err == ("warning: the aliases file names joe@example.org as a target of "
-                   "joe@example.org: the hub now skips that target (mailhub alias set to "
-                   "change them)\n"), err
+    assert err == (f"warning: {config.parent / 'aliases'}:1: alias joe@example.org names "
+                   "joe@example.org, which is no user now: the hub skips that target "
+                   "(mailhub alias set to change it)\n"), err
     assert "alias joe@example.org names joe@example.org" in run(config, "check")[2]
 
 

@@ -535,10 +535,13 @@ def _not_read(e: OSError) -> str:
     return f"cannot be read: {e.strerror or e}"
 
 
-def _aliases_table(settings: Settings) -> Aliases | None:
+def _aliases_table(settings: Settings, lines: dict[str, int] | None = None
+                   ) -> Aliases | None:
     """The aliases file as the hub takes it, or None when it cannot be
     read (``check`` says why).  Read as the hub reads it: a FIFO put in
-    its place is refused, not waited on."""
+    its place is refused, not waited on.  ``lines`` is filled with each
+    alias's line (``parse_aliases``): the warnings about one name it as
+    ``check``'s do, ``PATH:LINENO:``."""
     from txmailhub.regular_file import read_regular
     from txmailhub.router import parse_aliases
 
@@ -549,42 +552,62 @@ def _aliases_table(settings: Settings) -> Aliases | None:
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    return parse_aliases(text, settings.hub.primary_domain, settings.hub.domains)[0]
+    return parse_aliases(text, settings.hub.primary_domain, settings.hub.domains,
+                         settings.aliases.file, lines)[0]
 
 
-def _hidden_by_alias(settings: Settings, key: str) -> bool:
-    """Whether an alias of that name, not listing the user's own mailbox,
-    takes the user's mail (the alias comes first)."""
+def _alias_at(settings: Settings, lines: dict[str, int], alias: str) -> str:
+    """``PATH:LINENO`` of ``alias`` in the aliases file, as ``check``
+    names the file's problems and warnings (``PATH`` alone: no line)."""
+    line = lines.get(alias)
+    return f"{settings.aliases.file}:{line}" if line else str(settings.aliases.file)
+
+
+def _hidden_by_alias(settings: Settings, key: str) -> str | None:
+    """Where (``PATH:LINENO``) an alias of that name, not listing the
+    user's own mailbox, takes the user's mail (the alias comes first);
+    ``None``: none does."""
     if not settings.aliases.file:
-        return False
+        return None
     from txmailhub.router import hides_user
 
-    table = _aliases_table(settings)
+    lines: dict[str, int] = {}
+    table = _aliases_table(settings, lines)
     if table is None:
-        return False  # check says what is wrong with the file
+        return None  # check says what is wrong with the file
     targets = table.get(key)
-    return targets is not None and hides_user(key, targets)
+    if targets is None or not hides_user(key, targets):
+        return None
+    return _alias_at(settings, lines, key)
 
 
-def _aliases_naming(settings: Settings, key: str) -> list[str]:
-    """The aliases, sorted, that send mail to the mailbox ``key``: once
-    that user is deleted the hub skips the target, and an alias such as
-    ``postmaster: joe`` quietly stops reaching anybody."""
+def _aliases_naming(settings: Settings, key: str) -> list[tuple[str, str]]:
+    """The aliases that send mail to the mailbox ``key``, each with where
+    it is (``PATH:LINENO``), in the file's order: once that user is
+    deleted the hub skips the target, and an alias such as ``postmaster:
+    joe`` quietly stops reaching anybody."""
     if not settings.aliases.file:
         return []
-    table = _aliases_table(settings)
+    lines: dict[str, int] = {}
+    table = _aliases_table(settings, lines)
     if table is None:
         return []  # check says what is wrong with the file
+    return [(name, _alias_at(settings, lines, name))
+            for name in sorted(_naming(table, key), key=lambda name: lines.get(name, 0))]
+
+
+def _naming(table: Aliases, key: str) -> list[str]:
+    """The aliases of ``table`` with the mailbox ``key`` among their
+    targets, as the hub takes them (``_aliases_naming``)."""
     if key in table:
         # an alias of that name takes over the expanded targets: they are
         # not skipped; only the ``\name`` ones, the mailbox itself, are --
         # and that alias's own name among its targets (``joe: joe``), which
         # the hub takes as the mailbox too (``Router``)
-        return sorted(name for name, targets in table.items()
-                      if any(t.key == key and (not expand or name == key)
-                             for t, expand in targets))
-    return sorted(name for name, targets in table.items()
-                  if any(t.key == key for t, _expand in targets))
+        return [name for name, targets in table.items()
+                if any(t.key == key and (not expand or name == key) for t, expand in targets)]
+    return [name for name, targets in table.items()
+            if any(t.key == key for t, _expand in targets)]
 
 
 def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: TextIO | None,
@@ -630,11 +653,11 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
     if cmd == "del":
         deleted = users.delete(args.address)
         print(f"deleted {shown(deleted.key)}", file=out)  # as add and list name it
-        naming = _aliases_naming(settings, deleted.key)
-        if naming:
-            print(f"warning: the aliases file names {deleted.key} as a target of "
-                  f"{', '.join(naming)}: the hub now skips that target (mailhub alias set "
-                  "to change them)", file=err or error_stream())
+        # one line per alias, at its line (as check will say each)
+        for name, at in _aliases_naming(settings, deleted.key):
+            print(shown(f"warning: {at}: alias {name} names {deleted.key}, which is no user "
+                        "now: the hub skips that target (mailhub alias set to change it)"),
+                  file=err or error_stream())
         return 0
     # an unknown user, one that exists already or an address that is no
     # local one: said before the password is typed (twice), not after
@@ -651,10 +674,12 @@ def _user(settings: Settings, args: argparse.Namespace, out: TextIO, stdin: Text
                             allow_weak=bool(allow_weak))
         print(f"added {address.key}", file=out)  # as stored: the case a login may use
         _password_warnings(users, address, password, allow_weak, err)
-        if _hidden_by_alias(settings, address.key):
-            print(f"warning: the aliases file has an alias {address.key}, which comes first: "
-                  f"mail to it goes to the alias's targets, not to this user's mailbox (add "
-                  f"\\{address.key} to them to keep a copy there); logins work",
+        hidden_at = _hidden_by_alias(settings, address.key)
+        if hidden_at:
+            print(shown(f"warning: {hidden_at}: alias {address.key} has this user's name and "
+                        "comes first: mail to it goes to the alias's targets, not to this "
+                        f"user's mailbox (add \\{address.key} to them to keep a copy there); "
+                        "logins work"),
                   file=err)
     else:
         address = users.set_password(args.address, password, allow_weak=bool(allow_weak))

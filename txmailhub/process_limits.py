@@ -10,7 +10,10 @@ its files or the log.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from txmailhub.config import Settings
 
 __all__ = ["FD_MARGIN", "GC_THRESHOLD0", "fd_limit_warning", "raise_fd_limit", "tune_gc"]
 
@@ -20,10 +23,15 @@ __all__ = ["FD_MARGIN", "GC_THRESHOLD0", "fd_limit_warning", "raise_fd_limit", "
 FD_MARGIN = 64
 
 
-def fd_limit_warning(settings: Any, soft: int) -> str | None:
+def fd_limit_warning(settings: Settings, soft: int) -> str | None:
     """What to say when the open-files limit ``soft`` is below what the
     connection limits may take: past it, Twisted cuts new clients without
-    a word instead of our 421 (and logs a few lines for each)."""
+    a word instead of our 421 (and logs a few lines for each).
+
+    Each of those settings the config file writes is followed by its line
+    there (`` (at line N)``, ``Settings.at``), as the config's own
+    warnings are, and the line starts with the file: lowering one means
+    going to that line; a default has none."""
     from txmailhub.relay.runner import ENTRIES_PER_SLOT
 
     if soft < 0:
@@ -37,13 +45,17 @@ def fd_limit_warning(settings: Any, soft: int) -> str | None:
             + per_slot * relay + FD_MARGIN)
     if soft >= need:
         return None
-    return (f"the open-files limit is {soft}, below the {need} the connection limits may "
-            f"take ([smtp] max_connections {settings.smtp.max_connections} + [pop3] "
-            f"max_connections {settings.pop3.max_connections} + {per_slot} x [relay] "
-            f"max_concurrent_deliveries {relay} (a session each, and the attempt markers of "
-            f"the messages in flight) + {FD_MARGIN}): beyond it clients are cut without a "
-            "421; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or lower those "
-            "settings")
+
+    at = settings.at  # `` (at line N)``, or nothing for a default
+    return (f"{settings.path}: the open-files limit is {soft}, below the {need} the "
+            f"connection limits may take ([smtp] max_connections "
+            f"{settings.smtp.max_connections}{at('smtp', 'max_connections')} + [pop3] "
+            f"max_connections {settings.pop3.max_connections}{at('pop3', 'max_connections')} "
+            f"+ {per_slot} x [relay] max_concurrent_deliveries {relay}"
+            f"{at('relay', 'max_concurrent_deliveries')} (a session each, and the attempt "
+            f"markers of the messages in flight) + {FD_MARGIN}): beyond it clients are cut "
+            "without a 421; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or "
+            "lower those settings")
 
 
 #: the first generation's threshold under ``twistd mailhub`` (CPython's
