@@ -72,11 +72,29 @@ def test_set_drops_tab_continuation_lines_and_keeps_the_lines_own_end(path: Path
     assert path.read_bytes() == b"# dos\r\nstaff: ann\nb: ann\r\n"
 
 
-def test_set_replaces_the_entry_in_effect_not_an_earlier_line_the_hub_cannot_use(
-        path: Path) -> None:
-    aliases = aliases_at(path, "staff: |/usr/bin/procmail\nstaff: joe\n")
-    assert not aliases.set("staff", ["ann"]).created
-    assert path.read_text() == "staff: |/usr/bin/procmail\nstaff: ann\n"
+def test_set_leaves_the_alias_one_line_and_says_which_others_it_removed(path: Path) -> None:
+    # the same name on more than one line (typed again by hand): set
+    # rewrote one and left the others -- a duplicate check reports and the
+    # hub ignores until the first goes, then comes into effect.  set means
+    # exactly these targets: the first line is rewritten, the others go
+    text = ('"a;": joe\nstaff: ann\n"a;": joe,\n  ann\n# kept\n"a;": bob\n'
+            "team: joe\nteam: ann\n")
+    change = aliases_at(path, text).set("a;", ["ann"])
+    assert (change.alias, change.created) == ('"a;"@example.org', False)
+    assert change.removed_lines == [3, 6]  # the first line of each, as the file was
+    assert path.read_text() == '"a;": ann\nstaff: ann\n# kept\nteam: joe\nteam: ann\n'
+    change = aliases_at(path).set("team", ["ann"])
+    assert change.removed_lines == [5]
+    assert path.read_text() == '"a;": ann\nstaff: ann\n# kept\nteam: ann\n'
+    assert check_aliases_file(str(path), "example.org", DOMAINS) == []
+    # one line: nothing else removed, nothing to say
+    assert aliases_at(path).set("team", ["joe"]).removed_lines == []
+    # a first line the hub cannot use is the alias's all the same: the
+    # line set writes takes its place, and the one in effect goes
+    change = aliases_at(path, "staff: |/usr/bin/procmail\nb: ann\nstaff: joe\n").set(
+        "staff", ["ann"])
+    assert (change.created, change.removed_lines) == (False, [3])
+    assert path.read_text() == "staff: ann\nb: ann\n"
 
 
 def test_a_line_without_a_colon_is_no_alias_of_that_name(path: Path) -> None:

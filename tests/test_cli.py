@@ -2341,6 +2341,17 @@ def test_alias_add_set_and_remove(config: Path) -> None:
     assert aliases.read_text() == "# kept\npostmaster: alice\nteam: staff\n"
 
 
+def test_alias_set_says_which_other_lines_of_the_name_it_removed(config: Path) -> None:
+    # set leaves the alias one line, the first; each other line of it is
+    # removed, and said, at its number in the file as it was
+    aliases = with_aliases(config, '"a;": alice\nstaff: bob\n"a;": bob\n"a;": x@remote.test\n')
+    assert run(config, "alias", "set", "a;", "bob") == (
+        0, f'changed "a;"@example.org\nremoved {aliases}:3: another line of "a;"@example.org\n'
+        f'removed {aliases}:4: another line of "a;"@example.org\n', "")
+    assert aliases.read_text() == '"a;": bob\nstaff: bob\n'
+    assert run(config, "check")[::2] == (0, "")
+
+
 def test_alias_add_refuses_a_quoted_name_smtp_takes_unquoted(config: Path) -> None:
     # '"zz"' was added, and "alias show" named its mailboxes, but RCPT
     # TO:<"zz"@...> means zz (RFC 5321 4.1.2): every message got 550

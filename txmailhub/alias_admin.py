@@ -49,7 +49,8 @@ def add_alias_parser(subparsers: Any) -> None:
                           "finally goes to")
     show.add_argument("name", metavar="NAME", help=name_help)
     for verb, text in (("add", "make a new alias (refused if the name is there)"),
-                       ("set", "give an alias exactly these targets (made if not there)")):
+                       ("set", "give an alias exactly these targets, on one line (made if not "
+                               "there; other lines of the name are removed)")):
         p = action(verb, text)
         p.add_argument("name", metavar="NAME", help=name_help)
         p.add_argument("targets", metavar="TARGET", nargs="+", help=_TARGETS_HELP)
@@ -106,6 +107,10 @@ def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         put = aliases.add if action == "add" else aliases.set
         change = put(args.name, targets)
         print(f"{'added' if change.created else 'changed'} {change.alias}", file=out)
+        # a line the admin wrote gone: said, at its number before the change
+        for number in change.removed_lines:
+            print(shown(f"removed {aliases.path}:{number}: another line of {change.alias}"),
+                  file=out)
     for warning in change.warnings:
         print(f"warning: {warning}", file=err)
     return 0

@@ -17,11 +17,13 @@ is made.
 The file is edited, not regenerated.  Comments, blank lines, lines the
 hub cannot read and the other aliases stay as they were, byte for byte,
 in their order and with their line ends.  A new alias is a new line at
-the end.  A replaced alias gets its lines in effect (the first line and
-its continuation lines) rewritten as one line that keeps its name as it
-was written.  A removed alias loses all of its entries, including
-ignored duplicates, which would otherwise come into effect.  A
-byte-order mark at the start stays there, and none is added.
+the end.  A replaced alias gets its first line (and its continuation
+lines) rewritten as one line that keeps its name as it was written, and
+its other lines (the name written again further down, or unquoted where
+RCPT gives it quoted) removed: afterwards it has exactly the targets
+set.  A removed alias loses all of its entries, including ignored
+duplicates, which would otherwise come into effect.  A byte-order mark
+at the start stays there, and none is added.
 
 Writers take an exclusive lock on ``<file>.lock`` next to the
 configured path (next to the link, if it is one), as
@@ -71,12 +73,16 @@ __all__ = ["AliasesFile", "Change", "target_text"]
 
 @dataclass(frozen=True)
 class Change:
-    """What a change did: the alias (its key), whether it is new, and the
-    warnings ``mailhub check`` gives after it that it did not give before."""
+    """What a change did: the alias (its key), whether it is new, the
+    warnings ``mailhub check`` gives after it that it did not give before,
+    and (``set``) the other lines of the alias it removed, by their number
+    in the file as it was (the first line of each: its continuation lines
+    went with it)."""
 
     alias: str
     created: bool
     warnings: list[str] = field(default_factory=list)
+    removed_lines: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -275,10 +281,13 @@ class AliasesFile:
                 raise AliasExists(
                     f"{self.path}:{where}: the alias {key} is already there{why}"
                     + ": `mailhub alias set` replaces its targets")
-            # the entry in effect, else the first one written (a line the
-            # hub cannot use, replaced by a good one); else a line written
-            # unquoted, rewritten quoted
-            entry = next((e for e in mine if e.usable), (mine or old or [None])[0])
+            # the first line of the name, else a line written unquoted,
+            # rewritten quoted; every other line of the name goes (below):
+            # set means the alias has exactly these targets afterwards,
+            # and a second line of it -- ignored by the hub while the first
+            # is usable, in effect when it is not, named by check either
+            # way -- would not be these targets
+            entry = (mine or old or [None])[0]
             if entry is not None:
                 first = lines[entry.lines[0]]
                 written_name = first.partition(":")[0].strip() if mine else name
@@ -291,11 +300,15 @@ class AliasesFile:
                 number = None  # no line of the file yet
             line = f"{written_name}: {', '.join(targets)}"
             self._refuse_problems(line, number)
+            removed: list[int] = []
             if entry is not None:
                 lines[entry.lines[0]] = line + eol
-                # and every line of the name written unquoted: set leaves
-                # one line for the alias, not a dead one beside it
-                drop = set(entry.lines[1:]).union(*(e.lines for e in old if e is not entry))
+                # and every other line of the name, written again further
+                # down or unquoted: set leaves one line for the alias, not
+                # a dead one (or one that comes into effect) beside it
+                others = [e for e in mine + old if e is not entry]
+                removed = sorted(e.lines[0] + 1 for e in others)
+                drop = set(entry.lines[1:]).union(*(e.lines for e in others))
                 lines = [x for i, x in enumerate(lines) if i not in drop]
             else:
                 lines.append(line + eol)
@@ -304,7 +317,7 @@ class AliasesFile:
             self._refuse_loops(text, new, None if entry is not None else key)
             warnings = self._new_warnings(text, new, key)
             self._write(new)
-        return Change(key, entry is None, warnings)
+        return Change(key, entry is None, warnings, removed)
 
     def rcpt_form(self, text: str, *, local_only: bool = False) -> str:
         """``text`` (a name or target as typed) with its local part as
