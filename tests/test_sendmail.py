@@ -319,6 +319,50 @@ def test_t_adds_to_the_arguments_and_reads_resent_fields_when_present() -> None:
     assert field(untraced(p), b"Resent-Bcc") == [] and field(untraced(p), b"To") == [b"To: a@x.org"]
 
 
+def test_a_from_of_several_mailboxes_gets_a_sender() -> None:
+    # RFC 5322 3.6.2: with more than one mailbox in From, a Sender MUST
+    # name the one who sent it: the envelope sender, else the user
+    raw = b"From: ann@x.org, Bob <bob@y.org>\r\nTo: c@z.org\r\n\r\nbody\r\n"
+    p = prep(raw, Options(extract=True))
+    assert field(untraced(p), b"Sender") == [b"Sender: joe@example.org"]
+    p = prep(raw, Options(extract=True, sender="app@example.net"))
+    assert field(untraced(p), b"Sender") == [b"Sender: app@example.net"]
+    p = prep(raw, Options(extract=True, sender=""))  # <>: the user who ran the command
+    assert field(untraced(p), b"Sender") == [b"Sender: joe@example.org"]
+    assert len(field(untraced(p), b"From")) == 1
+    # one mailbox, a Sender of its own, a From that cannot be read: none added
+    for kept in (b"From: ann@x.org\r\n", b"From: ann@x.org, b@y.org\r\nSender: ann@x.org\r\n",
+                 b"From: Ann Smith\r\n"):
+        p = prep(kept + b"To: c@z.org\r\n\r\nbody\r\n", Options(extract=True))
+        assert field(untraced(p), b"Sender") == field(kept, b"Sender"), kept
+
+
+def test_a_resent_message_gets_the_fields_its_resent_block_lacks() -> None:
+    # mutt's bounce, or -t with Resent-To: RFC 5322 3.6.6 has each resent
+    # block hold a Resent-Date and a Resent-From (as Postfix adds them),
+    # in front of its fields; the original's fields are left alone
+    raw = (b"From: ann@x.org\r\nTo: joe@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+           b"Message-ID: <1@x>\r\nResent-To: bob@example.net\r\n\r\nbody\r\n")
+    p = prep(raw, Options(extract=True, full_name="J. Doe"))
+    assert p.recipients == ("bob@example.net",)
+    lines = fields(untraced(p))
+    assert lines[:4] == raw.split(b"\r\n")[:4]
+    assert lines[4] == b'Resent-From: "J. Doe" <joe@example.org>'
+    assert lines[5].startswith(b"Resent-Date: ") and email_date(lines[5].split(b": ", 1)[1])
+    assert re.fullmatch(rb"Resent-Message-ID: <[^@>]+@mail\.example\.org>", lines[6])
+    assert lines[7:] == [b"Resent-To: bob@example.net"]
+    # a block that has them is left as it is; a Resent-From of two
+    # mailboxes gets its Resent-Sender (RFC 5322 3.6.6: as Sender, 3.6.2)
+    block = (b"Resent-From: a@x.org, b@x.org\r\nResent-Date: Tue, 2 Jan 2024 00:00:00 +0000\r\n"
+             b"Resent-Message-ID: <2@x>\r\nResent-To: bob@example.net\r\n")
+    p = prep(raw.replace(b"Resent-To: bob@example.net\r\n", block), Options(extract=True))
+    assert fields(untraced(p))[4:] == [b"Resent-Sender: joe@example.org",
+                                       *block.split(b"\r\n")[:-1]]
+    # a message that is not sent on again gets no Resent- field
+    p = prep(raw.replace(b"Resent-To", b"Cc"), Options(extract=True))
+    assert not [line for line in fields(untraced(p)) if line.startswith(b"Resent-")]
+
+
 def test_bcc_is_removed_without_t_too() -> None:
     p = prep(b"To: a@x.org\r\nBCC: b@x.org\r\n\r\nx\r\n", Options(recipients=("a@x.org",
                 "b@x.org")))
@@ -687,6 +731,11 @@ def test_a_null_sender_s_odd_login_is_told_to_add_a_from_field() -> None:
              login=("joe\tsmith", ""))
     said = str(raised.value)
     assert "From field" in said and "-f ADDRESS" not in said
+    # a message sent on again that has its From, not its Resent-From
+    with pytest.raises(LoginNotAddress) as raised:
+        prep(b"From: a@x.org\r\nResent-To: b@x.org\r\n\r\nbody\r\n",
+             Options(recipients=("bob",), sender=""), login=("joe\tsmith", ""))
+    assert "give the message a Resent-From field" in str(raised.value)
 
 
 def test_an_unusable_login_without_f_exits_67_before_connecting(
@@ -1057,10 +1106,10 @@ def test_bp_bounds_a_clock_set_back_by_the_configured_schedule(tmp_path: Path,
     assert utc_text(now + 120) in out.getvalue(), out.getvalue()
 
 
-def _from_field(p: Prepared) -> bytes:
-    """The added From field, its continuation lines included (CRLF kept)."""
+def _from_field(p: Prepared, field: bytes = b"From") -> bytes:
+    """The added From (``field``) field, its continuation lines included (CRLF kept)."""
     head = untraced(p).split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    return re.search(rb"^From:.*\r\n(?:[ \t].*\r\n)*", head, re.M).group()
+    return re.search(rb"^" + field + rb":.*\r\n(?:[ \t].*\r\n)*", head, re.M).group()
 
 
 @pytest.mark.parametrize("name", [
@@ -1070,14 +1119,17 @@ def _from_field(p: Prepared) -> bytes:
     "x" * 1200,
     "Doe, " + "Jane " * 50,
 ])
-def test_a_long_full_name_gives_a_from_field_of_short_lines_and_short_words(name) -> None:
+@pytest.mark.parametrize("field", [b"From", b"Resent-From"])
+def test_a_long_full_name_gives_a_from_field_of_short_lines_and_short_words(name, field) -> None:
     # RFC 2047 2: an encoded word is at most 75 characters, a line with
     # one at most 76; RFC 5322 2.1.1: a line at most 998 (78 SHOULD), and
     # a field folds at its blanks (2.2.3).  One encoded word of the whole
     # name made a 1096-octet line of a 400-letter name, which the hub
     # refuses; the reader gets the name back all the same
-    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), full_name=name))
-    text = _from_field(p)
+    # (a Resent-From, for a message sent on again, has a longer name before it)
+    raw = (b"Resent-To: bob" if field == b"Resent-From" else b"Subject: hi") + b"\r\n\r\nbody\r\n"
+    p = prep(raw, Options(recipients=("bob",), full_name=name))
+    text = _from_field(p, field)
     assert text.isascii()
     lines = text[:-2].split(b"\r\n")
     assert all(len(line) <= 76 for line in lines), [len(line) for line in lines]
@@ -1086,7 +1138,7 @@ def test_a_long_full_name_gives_a_from_field_of_short_lines_and_short_words(name
     assert hub_verdict(untraced(p)) is None
     # decoded as RFC 2047 6.2 says (the blanks between two encoded words
     # go; the stdlib's header registry keeps them)
-    value = text.decode("ascii").replace("\r\n", "")[len("From: "):]
+    value = text.decode("ascii").replace("\r\n", "")[len(field) + 2:]
     shown, _, address = value.rpartition(" ")
     assert address == "<joe@example.org>"
     decoded = str(make_header(decode_header(shown)))

@@ -246,6 +246,7 @@ def test_only_the_address_fields_are_rewritten_and_the_rest_stays_byte_for_byte(
            b"Cc: team: ann, bob;\r\nBcc: secret\r\nSubject: To: joe\r\n"
            b"X-Original-To: joe\r\nDisposition-Notification-To: root\r\n"
            b"Return-Receipt-To: root\r\nResent-From: root\r\nResent-Sender: root\r\n"
+           b"Resent-Date: Tue, 2 Jan 2024 00:00:00 +0000\r\nResent-Message-ID: <2@x>\r\n"
            b"Resent-To: joe\r\nResent-Cc: ann\r\nResent-Bcc: secret\r\n"
            b"Comments: to joe\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
            b"Message-ID: <1@x>\r\n\r\nTo: joe\r\nFrom: root\r\n")
@@ -256,7 +257,9 @@ def test_only_the_address_fields_are_rewritten_and_the_rest_stays_byte_for_byte(
         b"Cc: team: ann@example.org, bob@example.org;\r\nSubject: To: joe\r\n"
         b"X-Original-To: joe\r\nDisposition-Notification-To: root@example.org\r\n"
         b"Return-Receipt-To: root@example.org\r\nResent-From: root@example.org\r\n"
-        b"Resent-Sender: root@example.org\r\nResent-To: joe@example.org\r\n"
+        b"Resent-Sender: root@example.org\r\n"
+        b"Resent-Date: Tue, 2 Jan 2024 00:00:00 +0000\r\nResent-Message-ID: <2@x>\r\n"
+        b"Resent-To: joe@example.org\r\n"
         b"Resent-Cc: ann@example.org\r\nComments: to joe\r\n"
         b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@x>\r\n\r\n")
     p.body.seek(0)

@@ -4,7 +4,9 @@ send-email``, mutt) expect, handing each message to the running hub.
 
 Owns the sendmail option syntax (with the ``-bp`` and ``-bi`` modes of
 ``mailq`` and ``newaliases``), the header fields a local submission needs
-(Bcc removed; Date, Message-ID and From added when missing: the hub's MX
+(Bcc removed; Date, Message-ID and From added when missing, their
+Resent- forms for a message sent on again, a Sender when From names
+several mailboxes: the hub's MX
 listener adds none for a ``relay_networks`` client, docs/smtp.rst; bare
 names in the address fields qualified, ``txmailhub.sendmail_headers``; a
 Received field naming the local user on top) and the command's exit
@@ -337,8 +339,9 @@ def _login() -> tuple[str, str]:
         return f"uid{os.getuid()}", ""
 
 
-def _mailbox_field(name: str, mailbox: str) -> bytes:
-    """``Name <mailbox>``: a non-ASCII name as an RFC 2047 encoded word
+def _mailbox_field(name: str, mailbox: str, field: str = "From") -> bytes:
+    """``Name <mailbox>`` for the field ``field`` (From, Resent-From, whose
+    name starts its first line): a non-ASCII name as an RFC 2047 encoded word
     beside an ASCII address, as UTF-8 beside a UTF-8 one (RFC 6532: the
     message needs SMTPUTF8 then anyway).
 
@@ -353,38 +356,38 @@ def _mailbox_field(name: str, mailbox: str) -> bytes:
     name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if mailbox.isascii():
         value = email.utils.formataddr((name, mailbox), charset="utf-8")
-        if len("From: ") + len(value) <= _FROM_LINE:
+        if len(field) + 2 + len(value) <= _FROM_LINE:
             return value.encode("ascii")
         # too long for one line: formataddr makes one encoded word of the
         # whole name, of any length (RFC 2047 2: at most 75 characters);
         # words of at most 75, or a plain name, folded at its blanks
         if not name.isascii() or max(map(len, name.split(" "))) > _FROM_LINE - 10:
-            value = f"{encoded_words(name, _FIRST_WORD)} <{mailbox}>"
-        return _folded(value).encode("ascii")
+            # (the first word's encoded text fits the line the field name starts)
+            first = _FROM_LINE - len(f"{field}: =?utf-8?q??=")
+            value = f"{encoded_words(name, first)} <{mailbox}>"
+        return _folded(value, field).encode("ascii")
     if not name:
         return mailbox.encode("utf-8")
     # a quoted-string (RFC 5322 3.2.4, UTF-8 in it by RFC 6532 3.2):
     # email.headerregistry.Address refuses every non-ASCII local part
     quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-    return _folded(f'"{quoted}" <{mailbox}>').encode()
+    return _folded(f'"{quoted}" <{mailbox}>', field).encode()
 
 
 # RFC 2047 2: a line with an encoded word is at most 76 characters (RFC
 # 5322 2.1.1's 78 for the others)
 _FROM_LINE = 76
-# the encoded text of the first word, on the line "From: " starts
-_FIRST_WORD = _FROM_LINE - len("From: ") - len("=?utf-8?q??=")
 
 
-def _folded(value: str) -> str:
-    """A From field's ``value`` folded at its blanks (the name's runs of
+def _folded(value: str, field: str = "From") -> str:
+    """A From (``field``) field's ``value`` folded at its blanks (the name's runs of
     blanks are single ones already: no line is all blanks) to lines of at
     most ``_FROM_LINE`` octets where its words allow; RFC 5322 3.2.4
     allows the fold inside a quoted string too."""
     lines: list[str] = []
     line = ""
     for word in value.split(" "):
-        room = _FROM_LINE - (len("From: ") if not lines else 1)
+        room = _FROM_LINE - (len(field) + 2 if not lines else 1)
         # octets: a name beside a UTF-8 address is UTF-8 (RFC 6532 3.4)
         if line and len(line.encode()) + 1 + len(word.encode()) > room:
             lines.append(line)
@@ -395,20 +398,41 @@ def _folded(value: str) -> str:
     return "\r\n ".join(lines)
 
 
-def _required(own: str | None, login_name: str, null_sender: bool = False) -> str:
+def _required(own: str | None, login_name: str, null_sender: str = "") -> str:
     """``own``, or why the login cannot be the address it would become:
-    with a null sender (``-f ''``) that is the added From field's, which
-    the message's own From avoids, not ``-f``."""
+    with a null sender (``-f ''``) that is the address of the field
+    ``null_sender`` names (From, Resent-From), added because the message
+    has none: a field of its own avoids it, not ``-f``."""
     if own is None:
         if null_sender:
             raise LoginNotAddress(f"the login name {quoted(login_name)} can be no mail address "
                                   "local part, not even quoted, and would be the address of "
-                                  "the From field added to a message with a null sender: "
-                                  "give the message a From field")
+                                  f"the {null_sender} field added to a message with a null "
+                                  f"sender: give the message a {null_sender} field")
         raise LoginNotAddress(f"the login name {quoted(login_name)} can be no mail address "
                               "local part, not even quoted, and would be the sender's "
                               "address: give the sender with -f ADDRESS")
     return own
+
+
+#: the fields of a resent block (RFC 5322 3.6.6): one of them marks a
+#: message sent on again
+_RESENT = frozenset({b"resent-date", b"resent-from", b"resent-sender", b"resent-to",
+                     b"resent-cc", b"resent-bcc", b"resent-message-id"})
+
+
+def _mailbox_count(fields: list[tuple[bytes, bytes]], name: bytes) -> int:
+    """The mailboxes the first field ``name`` names (the top one: a
+    resent message has a Resent-From for each time it was sent on); 0
+    when it cannot be read with certainty."""
+    for found, text in fields:
+        if found == name:
+            value = text.split(b":", 1)[1].decode("utf-8", "surrogateescape")
+            try:
+                return len(addr_specs(value.replace("\r\n", "")))
+            except Unreadable:
+                return 0
+    return 0
 
 
 def _comment_text(text: str) -> str:
@@ -443,8 +467,10 @@ def prepare(
     (RFC 5322 3.6.3: the other recipients must not see them); bare names
     in the address fields qualified with the domain the envelope gives
     them (``qualify_field``: ``To: joe`` says what the envelope does); a
-    missing From (from ``-F`` and the sender), Date and Message-ID added,
-    and a Received field on top naming the user (``trace_field``).
+    missing From (from ``-F`` and the sender), Date and Message-ID added
+    -- and, for a message sent on again, those of its resent block
+    (RFC 5322 3.6.6) -- a Sender for a From of several mailboxes, and a
+    Received field on top naming the user (``trace_field``).
 
     The default envelope sender is ``login@<primary domain>``, as Postfix
     does (``user@$myorigin``): bounces then reach the user who sent.
@@ -476,22 +502,50 @@ def prepare(
         recipients += _addresses(values, settings.primary_domain)
     unique = tuple(dict.fromkeys(recipients))
     domain = _header_domain(settings.primary_domain)
-    kept = [qualify_field(text, domain) if name in ADDRESS_FIELDS else text
+    kept = [(name, qualify_field(text, domain) if name in ADDRESS_FIELDS else text)
             for name, text in fields if name not in (b"bcc", b"resent-bcc")]
-    added = []
-    if b"from" not in names:
-        mailbox = sender or _required(own, login_name, null_sender=True)
+
+    def from_field(prefix: str) -> bytes:
+        mailbox = sender or _required(own, login_name, null_sender=f"{prefix}From")
         name = options.full_name
         if name is None and mailbox == own:
             name = os.environ.get("NAME") or gecos
-        added.append(b"From: " + _mailbox_field(name or "", mailbox) + b"\r\n")
-    if b"date" not in names:
-        added.append(f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode())
-    if b"message-id" not in names:
-        msgid = email.utils.make_msgid(domain=settings.hostname.rstrip("."))
-        added.append(f"Message-ID: {msgid}\r\n".encode())
+        return (f"{prefix}From: ".encode() + _mailbox_field(name or "", mailbox, f"{prefix}From")
+                + b"\r\n")
+
+    def originator(prefix: str) -> list[bytes]:
+        """The fields RFC 5322 3.6 (``prefix`` "Resent-": 3.6.6) asks
+        of the message (of its resent block) and it lacks: From and Date
+        required, Message-ID recommended; a Sender when its From names
+        more than one mailbox (3.6.2: required then), which names the
+        envelope sender, else the user who ran the command."""
+        lower = prefix.lower().encode()
+        added = []
+        if lower + b"from" not in names:
+            added.append(from_field(prefix))
+        elif lower + b"sender" not in names and _mailbox_count(fields, lower + b"from") > 1:
+            mailbox = sender or own
+            if mailbox:  # (else the login can be no address: none to name)
+                added.append(f"{prefix}Sender: ".encode() + _mailbox_field("", mailbox)
+                             + b"\r\n")
+        if lower + b"date" not in names:
+            added.append(f"{prefix}Date: {email.utils.formatdate(localtime=True)}\r\n"
+                         .encode())
+        if lower + b"message-id" not in names:
+            msgid = email.utils.make_msgid(domain=settings.hostname.rstrip("."))
+            added.append(f"{prefix}Message-ID: {msgid}\r\n".encode())
+        return added
+
+    texts = [text for _, text in kept]
+    if names & _RESENT:
+        # a message sent on again (mutt's bounce, ``-t`` with Resent-To):
+        # RFC 5322 3.6.6 has each resent block hold a Resent-Date and a
+        # Resent-From, as Postfix adds them; they go in front of the
+        # block's first field, which keeps the block together
+        at = next((i for i, (name, _) in enumerate(kept) if name in _RESENT), 0)
+        texts[at:at] = originator("Resent-")
     trace = trace_field(settings.hostname, login_name, os.getuid() if uid is None else uid)
-    header = b"".join([trace, *kept, *added, b"\r\n"])
+    header = b"".join([trace, *texts, *originator(""), b"\r\n"])
     return Prepared(sender, unique, header, read.body, read.body_size, read.body_8bit,
                     options.notify, options.ret, options.envid)
 

@@ -319,3 +319,22 @@ def test_quoted_local_parts_the_user_types_reach_the_hub_as_it_reads_them(
                  '"ann@home"@example.org'):
         assert rcpt in log, log
     assert 'from <"joe smith"@example.org>' in log
+
+
+def test_a_bounced_message_arrives_with_its_resent_block_and_a_sender(make_hub, tmp_path: Path):
+    """mutt's bounce without its own Resent- fields (``-t``, Resent-To):
+    RFC 5322 3.6.6's Resent-From and Resent-Date are added; a From of
+    two mailboxes gets the Sender 3.6.2 requires."""
+    hub = unix_hub(make_hub, tmp_path)
+    message = (b"From: carol@example.net, alice@example.org\nTo: carol@example.net\n"
+               b"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <1@x>\n"
+               b"Resent-To: bob\n\nbody\n")
+    r = sendmail(hub.config_path, "-t", "-oi", "-f", "alice", "-F", "Alice", message=message)
+    assert r.returncode == 0, r.stderr
+    (data,) = hub.messages("bob@example.org")
+    msg = parsed(data)
+    assert msg["Resent-From"] == "Alice <alice@example.org>" and msg["Resent-Date"]
+    assert msg["Resent-Message-ID"].endswith("@mail.example.org>")
+    assert msg["Sender"] == "alice@example.org"
+    assert b"\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <1@x>\n" in data, data
+    assert hub.messages("carol@example.net") == []  # Resent-To, not To, with -t
