@@ -204,3 +204,117 @@ def _settings():  # type: ignore[no-untyped-def]
     return LocalSubmission(path="/x.toml", hostname="mail.example.org",
                            domains=("example.org",), listen=("tcp:25",),
                            max_message_size=10_000)
+
+
+class LimitedHub(ScriptedHub):
+    """A hub that takes ``limit`` recipients in a transaction (its ``[smtp]
+    max_recipients``: ``452 4.5.3`` beyond), refuses those in ``rcpt``
+    from the ``refuse_from``-th transaction on, and keeps each message
+    it took with the recipients it was for."""
+
+    def __init__(self, limit: int, rcpt: dict[str, tuple[int, bytes]] | None = None,
+                 refuse_from: int = 0) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refusals = rcpt or {}
+        self.refuse_from = refuse_from
+        self.transactions = 0
+        self.taken: list[str] = []
+        self.delivered: list[tuple[list[str], bytes]] = []
+        self.data: list[bytes] = []
+
+    def docmd(self, verb: str, args: str = "") -> tuple[int, bytes]:
+        self.commands.append(f"{verb} {args}".strip())
+        if verb == "MAIL":
+            self.transactions += 1
+            self.taken = []
+            return 250, b"2.1.0 Ok"
+        if verb == "RCPT":
+            address = args.split(">")[0][4:]
+            if len(self.taken) >= self.limit:
+                return 452, b"4.5.3 Too many recipients"
+            if address in self.refusals and self.transactions >= self.refuse_from:
+                return self.refusals[address]
+            self.taken.append(address)
+            return 250, b"2.1.5 Ok"
+        assert verb == "DATA" and self.taken
+        self.data = []
+        return 354, b"End data with <CR><LF>.<CR><LF>"
+
+    def send(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def getreply(self) -> tuple[int, bytes]:
+        stored: list[bytes] = []
+        assert DotReader(stored.append, 10**6).feed(b"".join(self.data)) == b""
+        self.delivered.append((self.taken, b"".join(stored)))
+        return 250, b"2.0.0 Ok: queued"
+
+    def rset(self) -> None:
+        self.commands.append("RSET")
+        self.taken = []
+
+
+FIVE = tuple(f"r{i}@example.org" for i in range(1, 6))
+
+
+def test_more_recipients_than_the_hub_takes_go_in_several_transactions(
+        hub: list[ScriptedHub]) -> None:
+    # RFC 5321 4.5.3.1.10: a 452 4.5.3 to RCPT is the server's limit, and
+    # the client sends the rest in another transaction; exit 75 ("try
+    # again later") failed the same way at every try, for good
+    hub.append(LimitedHub(2))
+    assert submit(prepared(io.BytesIO(b"body\r\n"), 6, FIVE),
+                  [Target("127.0.0.1", 25)]) == "250 2.0.0 Ok: queued"
+    assert hub[0].delivered == [(["r1@example.org", "r2@example.org"], message := (
+        b"Subject: big\n\nbody\n")), (["r3@example.org", "r4@example.org"], message),
+        (["r5@example.org"], message)]
+    # each recipient is asked for once before the message goes to any
+    first_data = hub[0].commands.index("DATA")
+    asked = [c for c in hub[0].commands[:first_data] if c.startswith("RCPT")]
+    assert {c.split("<")[1].split(">")[0] for c in asked} == set(FIVE)
+
+
+def test_a_recipient_refused_in_a_later_transaction_stops_the_message_for_all(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    hub.append(LimitedHub(2, {"r4@example.org": (550, b"5.1.1 No such user")}))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    err = io.StringIO()
+    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
+    assert "<r4@example.org>: 550 5.1.1" in err.getvalue() and "NOT sent" in err.getvalue()
+    assert "DATA" not in hub[0].commands and hub[0].delivered == []
+    assert hub[0].commands[-1] == "RSET"
+
+
+def test_a_later_transaction_that_fails_after_all_says_who_has_the_message(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # r3 was taken when first asked (transaction 2), refused when the
+    # message was sent (transaction 5: removed meanwhile)
+    hub.append(LimitedHub(2, {"r3@example.org": (550, b"5.1.1 No such user")}, refuse_from=5))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    err = io.StringIO()
+    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
+    said = err.getvalue()
+    assert "WAS sent to 2 recipients (<r1@example.org>, <r2@example.org>)" in said, said
+    assert "<r3@example.org>: 550 5.1.1" in said and "NOT sent to the other" in said
+    assert [rcpts for rcpts, _ in hub[0].delivered] == [["r1@example.org", "r2@example.org"]]
+
+
+def test_a_later_transaction_whose_reply_is_lost_may_have_been_sent(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    class Dropping(LimitedHub):
+        def getreply(self) -> tuple[int, bytes]:
+            if self.delivered:
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            return super().getreply()
+
+    hub.append(Dropping(2))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    err = io.StringIO()
+    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_TEMPFAIL
+    said = err.getvalue()
+    assert "WAS sent to 2 recipients" in said and "MAY have been sent to the other" in said
+    assert "NOT sent" not in said

@@ -21,7 +21,10 @@ exit 0 means the hub took the message for every recipient; any other
 status means it took it for none, and stderr says why, so the caller
 still holds the only copy and can tell -- but for one case no client can
 rule out: the connection lost after the whole message was sent, before
-the hub's reply (exit 75, and stderr says the message MAY have been sent).
+the hub's reply (exit 75, and stderr says the message MAY have been sent);
+and for more recipients than the hub takes in one transaction, sent in
+several after all were accepted, when a later one still fails (stderr
+names those who have it).
 Blocking ``smtplib`` is right here: this is a short-lived command, not
 part of the reactor.
 """
@@ -62,6 +65,7 @@ from txmailhub.sendmail_smtp import (
     EX_UNAVAILABLE,
     EX_USAGE,
     OutcomeUnknown,
+    PartlySent,
     Refused,
     Target,
     hub_targets,
@@ -663,6 +667,12 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
         return EX_DATAERR
     try:
         reply = submit(prepared, targets)
+    except PartlySent as e:
+        # (a failure between the transactions of a long list: the status
+        # is the failure's, and a resend reaches these recipients twice)
+        print(f"{prog}: {e}; the message " + ("MAY have been sent to the other recipients"
+              if e.unknown else "was NOT sent to the other recipients"), file=err)
+        return e.status
     except Refused as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return e.status

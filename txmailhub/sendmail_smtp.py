@@ -1,6 +1,7 @@
 """How ``txmailhub-sendmail`` hands a prepared message to the running hub:
-which ``[smtp] listen`` endpoint to reach, one SMTP transaction over
-``smtplib``, and the sysexits(3) code for each way it can fail.
+which ``[smtp] listen`` endpoint to reach, the SMTP transaction over
+``smtplib`` (several, for more recipients than the hub takes in one),
+and the sysexits(3) code for each way it can fail.
 
 Owns no message content (``txmailhub.sendmail`` prepares it) and no
 retries: the command has no queue, so a refusal is the caller's to see.
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK", "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK",
-    "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "OutcomeUnknown", "Refused",
+    "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "OutcomeUnknown", "PartlySent",
+    "Refused",
     "Target", "dot_stuffed", "hub_targets", "open_session", "submit",
 ]
 
@@ -111,6 +113,24 @@ class OutcomeUnknown(Exception):
     failed before the hub's reply: the hub may have taken the message, or
     not (RFC 1047 names the problem; RFC 5321 6.1 prefers a duplicate to
     a loss, so this is reported as a deferral, exit 75)."""
+
+
+class PartlySent(Exception):
+    """A message for more recipients than the hub takes in one
+    transaction reached those of the first ones (``sent``), and a later
+    one failed (``why``; ``status`` its exit code) although the hub had
+    taken every recipient when asked first: a recipient removed, the hub
+    stopped, in between."""
+
+    def __init__(self, status: int, sent: list[str], why: str, unknown: bool = False) -> None:
+        shown = ", ".join(f"<{r}>" for r in sent[:10]) + (
+            f" and {len(sent) - 10} more" if len(sent) > 10 else "")
+        super().__init__(f"the message WAS sent to {len(sent)} recipients ({shown}), in "
+                         f"transactions of as many as the hub takes, but then: {why}")
+        self.status = status
+        self.sent = sent
+        #: the failure was ``OutcomeUnknown``: that transaction's recipients may have it
+        self.unknown = unknown
 
 
 class Refused(Exception):
@@ -209,11 +229,55 @@ def _send_data(client: smtplib.SMTP, prepared: Prepared) -> tuple[int, bytes]:
                              f"was sent, before the hub's reply to it: {e}") from None
 
 
+def _too_many(code: int, reply: str) -> bool:
+    """The server's limit of recipients in one transaction (RFC 5321
+    4.5.3.1.10: ``452``, RFC 3463's X.5.3; the hub's ``[smtp]
+    max_recipients``): the recipients from there on go in another one."""
+    return code == 452 and reply.startswith("4.5.3")
+
+
+def _transaction(client: smtplib.SMTP, mail: str, notify: str, sender: str,
+                 recipients: list[str]) -> tuple[int, list[tuple[int, str]]]:
+    """MAIL and the RCPTs of one transaction: how many of ``recipients``
+    it holds (all but those the server's limit left over, never none), and
+    the refusals among them as (exit code, why).  Raise ``Refused`` for a
+    refused MAIL."""
+    code, reply = client.docmd("MAIL", mail)
+    if code != 250:
+        raise Refused(_status("MAIL", code, _text(reply)), f"sender <{sender}>: {code} "
+                      f"{_text(reply)}")
+    refused = []
+    for i, rcpt in enumerate(recipients):
+        code, reply = client.docmd("RCPT", f"TO:<{rcpt}>{notify}")
+        if code in (250, 251):
+            continue
+        if i and _too_many(code, _text(reply)):
+            return i, refused
+        refused.append((_status("RCPT", code, _text(reply)), f"<{rcpt}>: {code} {_text(reply)}"))
+    return len(recipients), refused
+
+
+def _refused(refused: list[tuple[int, str]]) -> Refused:
+    permanent = [s for s, _ in refused if s != EX_TEMPFAIL]
+    return Refused(permanent[0] if permanent else EX_TEMPFAIL,
+                   "; ".join(why for _, why in refused))
+
+
 def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) -> str:
-    """Hand the message to the hub in one transaction; return the hub's
-    reply to the final dot.  Raise ``Refused`` when it did not take the
-    message for every recipient: a refused RCPT ends the transaction
-    before DATA (RSET), so nobody gets a copy the caller would resend."""
+    """Hand the message to the hub; return the hub's reply to the final
+    dot.  Raise ``Refused`` when it did not take the message for every
+    recipient: a refused RCPT ends the transaction before DATA (RSET), so
+    nobody gets a copy the caller would resend.
+
+    More recipients than the hub takes in one transaction (its ``452
+    4.5.3``) go in several, one after the other (RFC 5321 4.5.3.1.10
+    asks a client to): every recipient is first asked for, in
+    transactions ended with RSET, so that a refused one still stops the
+    message for all; only then is it sent in each.  Should a later one
+    fail after all (the hub stopped, a recipient removed meanwhile),
+    ``PartlySent`` names who has it."""
+    if not prepared.recipients:
+        raise Refused(EX_USAGE, "no recipients")
     client, target = _connect(targets, timeout)
     try:
         code, reply = client.ehlo()
@@ -238,32 +302,52 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) 
         if dsn and prepared.envid:
             params.append(f"ENVID={xtext_encode(prepared.envid)}")
         notify = f" NOTIFY={prepared.notify}" if dsn and prepared.notify else ""
-        tail = "".join(" " + p for p in params)
-        code, reply = client.docmd("MAIL", f"FROM:<{prepared.sender}>{tail}")
-        if code != 250:
-            raise Refused(_status("MAIL", code, _text(reply)),
-                           f"sender <{prepared.sender}>: {code} {_text(reply)}")
-        refused = []
-        for rcpt in prepared.recipients:
-            code, reply = client.docmd("RCPT", f"TO:<{rcpt}>{notify}")
-            if code not in (250, 251):
-                refused.append((_status("RCPT", code, _text(reply)),
-                                f"<{rcpt}>: {code} {_text(reply)}"))
+        mail = f"FROM:<{prepared.sender}>" + "".join(" " + p for p in params)
+        batches: list[list[str]] = []
+        refused: list[tuple[int, str]] = []
+        rest = list(prepared.recipients)
+        while rest:
+            taken, found = _transaction(client, mail, notify, prepared.sender, rest)
+            batches.append(rest[:taken])
+            rest = rest[taken:]
+            refused += found
+            if rest or refused or len(batches) > 1:
+                client.rset()  # (the last one too: every batch is sent anew below)
         if refused:
-            client.rset()
-            permanent = [s for s, _ in refused if s != EX_TEMPFAIL]
-            raise Refused(permanent[0] if permanent else EX_TEMPFAIL,
-                           "; ".join(why for _, why in refused))
-        code, reply = client.docmd("DATA")
-        if code != 354:
-            raise Refused(_status("DATA", code, _text(reply)), f"DATA: {code} {_text(reply)}")
-        code, reply = _send_data(client, prepared)
-        if code != 250:
-            raise Refused(_status("DATA", code, _text(reply)),
-                           f"message: {code} {_text(reply)}")
-        return f"{code} {_text(reply)}"
+            raise _refused(refused)
+        start = prepared.body.tell()
+        sent: list[str] = []
+        for batch in batches:
+            try:
+                if len(batches) > 1:
+                    taken, found = _transaction(client, mail, notify, prepared.sender, batch)
+                    if found or taken < len(batch):
+                        client.rset()
+                        raise _refused(found or [(EX_TEMPFAIL, f"<{batch[taken]}>: 452 the "
+                                                  "hub took fewer recipients than before")])
+                prepared.body.seek(start)
+                reply_text = _data(client, prepared)
+            except (Refused, OutcomeUnknown, smtplib.SMTPException, OSError) as e:
+                if not sent:
+                    raise
+                status = e.status if isinstance(e, Refused) else EX_TEMPFAIL
+                raise PartlySent(status, sent, str(e), isinstance(e, OutcomeUnknown)) from None
+            sent += batch
+        return reply_text
     finally:
         try:
             client.quit()
         except (smtplib.SMTPException, OSError):
             client.close()
+
+
+def _data(client: smtplib.SMTP, prepared: Prepared) -> str:
+    """DATA, the message and the hub's reply to it, in a transaction
+    whose recipients the hub took."""
+    code, reply = client.docmd("DATA")
+    if code != 354:
+        raise Refused(_status("DATA", code, _text(reply)), f"DATA: {code} {_text(reply)}")
+    code, reply = _send_data(client, prepared)
+    if code != 250:
+        raise Refused(_status("DATA", code, _text(reply)), f"message: {code} {_text(reply)}")
+    return f"{code} {_text(reply)}"

@@ -338,3 +338,21 @@ def test_a_bounced_message_arrives_with_its_resent_block_and_a_sender(make_hub, 
     assert msg["Sender"] == "alice@example.org"
     assert b"\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <1@x>\n" in data, data
     assert hub.messages("carol@example.net") == []  # Resent-To, not To, with -t
+
+
+def test_more_recipients_than_max_recipients_all_get_the_message(make_hub, tmp_path: Path):
+    """The hub's ``452 4.5.3`` past ``[smtp] max_recipients`` sends the
+    rest in another transaction (RFC 5321 4.5.3.1.10): it was exit 75 at
+    every try.  All or none still holds: an unknown user past the limit
+    stops the message for everyone."""
+    hub = unix_hub(make_hub, tmp_path, sections={"smtp": {"max_recipients": 2}})
+    everyone = ("bob", "alice", "carol@example.net")
+    r = sendmail(hub.config_path, "-oi", *everyone, message=b"Subject: x\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    for rcpt in ("bob@example.org", "alice@example.org", "carol@example.net"):
+        (data,) = hub.messages(rcpt)
+        assert data.endswith(b"\n\nbody\n")
+        hub.message_files(rcpt)[0].unlink()
+    r = sendmail(hub.config_path, "-oi", *everyone, "nosuchuser", message=b"x\n")
+    assert r.returncode == 67 and b"<nosuchuser@example.org>: 550 5.1.1" in r.stderr, r
+    assert all(hub.messages(a) == [] for a in ("bob@example.org", "carol@example.net"))
