@@ -135,6 +135,20 @@ def test_unknown_options_and_modes_not_offered_are_usage_errors(argv: list[str])
     assert err.getvalue().startswith("sendmail: ") and "usage:" in err.getvalue()
 
 
+@pytest.mark.parametrize("argv", [["bob", "-oi"], ["bob", "-f", "app@example.net"],
+                                  ["-t", "bob", "-fapp@example.net"], ["-"], ["-i", "-", "bob"]])
+def test_an_option_after_a_recipient_is_a_usage_error_not_a_recipient(argv: list[str]) -> None:
+    # getopt ends the options at the first recipient: "-f" and
+    # "app@example.net" were two more recipients (a remote one relayed
+    # and bounced later), the sender never set, and exit 0
+    with pytest.raises(UsageError, match="goes after --"):
+        parse_args(argv)
+    err = io.StringIO()
+    assert run(argv, "/nonexistent.toml", "sendmail", stdin=io.BytesIO(b"x"), err=err) == 64
+    # after --, a recipient may start with a dash (mutt passes them so)
+    assert parse_args(["-i", "--", "bob", "-odd"]).recipients == ("bob", "-odd")
+
+
 def test_the_usage_lines_name_the_values_as_the_docs_do() -> None:
     # docs/sendmail.rst's table of options: ``-f ADDR``, ``-F NAME``,
     # ``-C PATH``; the usage lines said ``-C config`` (and sender, name)

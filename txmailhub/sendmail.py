@@ -178,6 +178,18 @@ def parse_args(argv: list[str]) -> Options:
             raise UsageError(f"-q{value}: the hub runs its own queue; see mailhub queue flush")
         elif letter not in _IGNORED and letter not in "bo":
             raise UsageError(f"option -{letter} not recognized")  # (getopt caught it)
+    if args and argv[len(argv) - len(args) - 1:][:1] != ["--"]:
+        # ``sendmail bob -f app@example.net``: the options ended at bob,
+        # and "-f" would have been a recipient (a remote one is relayed,
+        # and bounces later), the sender never set.  An address starting
+        # with "-" is one no program passes without "--" before it (mutt
+        # does; Postfix bounces such a recipient even then, allow_min_user)
+        if args[0].startswith("-"):  # ("-" alone: getopt takes it for no option)
+            raise UsageError(f"{args[0]}: a recipient starting with '-' goes after --")
+        dashed = [a for a in args if a.startswith("-")]
+        if dashed:
+            raise UsageError(f"{dashed[0]} after the recipient {args[0]}: options go before "
+                             "the recipients (a recipient starting with '-' goes after --)")
     return Options(recipients=tuple(args), **found)  # type: ignore[arg-type]
 
 
