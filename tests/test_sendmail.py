@@ -383,6 +383,19 @@ def test_bcc_is_removed_without_t_too() -> None:
     assert field(untraced(p), b"Bcc") == [] and p.recipients == ("a@x.org", "b@x.org")
 
 
+def test_a_saved_messages_return_path_and_content_length_are_removed() -> None:
+    # ``sendmail -t < saved.eml``: RFC 5321 4.4 has the originating system
+    # send no Return-Path (a relay passes it on, the final delivery adds
+    # another); an mbox Content-Length counted LF line ends
+    raw = (b"Return-Path: <old@x.org>\nDelivered-To: joe@example.org\nContent-Length: 5\n"
+           b"From: ann@x.org\nTo: bob@example.org\nreturn-path : <x>\n\nbody\n")
+    p = prep(raw, Options(extract=True))
+    assert not field(untraced(p), b"Return-Path") and not field(untraced(p), b"Content-Length")
+    assert b"return-path" not in untraced(p).lower()  # (with a blank before its colon too)
+    assert field(untraced(p), b"Delivered-To") == [b"Delivered-To: joe@example.org"]
+    assert untraced(p).endswith(b"\r\n\r\nbody\r\n")
+
+
 def test_missing_from_date_and_message_id_are_added_and_f_name_used() -> None:
     p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",), full_name="J. Doe"))
     assert p.recipients == ("bob@example.org",)

@@ -4,14 +4,14 @@ send-email``, mutt) expect, handing each message to the running hub.
 
 Owns the sendmail option syntax (with the ``-bp`` and ``-bi`` modes of
 ``mailq`` and ``newaliases``), the header fields a local submission needs
-(Bcc removed; Date, Message-ID and From added when missing, their
-Resent- forms for a message sent on again, a Sender when From names
-several mailboxes: the hub's MX
-listener adds none for a ``relay_networks`` client, docs/smtp.rst; bare
-names in the address fields qualified, ``txmailhub.sendmail_headers``; a
-Received field naming the local user on top) and the command's exit
-codes.  ``txmailhub.sendmail_input`` owns reading standard input (the
-lone-dot rule, line ends, the body spooled, never held whole);
+(Bcc, Return-Path and Content-Length removed; Date, Message-ID and From
+added when missing, their Resent- forms for a message sent on again, a
+Sender when From names several mailboxes: the hub's MX listener adds none
+for a ``relay_networks`` client, docs/smtp.rst; bare names in the address
+fields qualified, ``txmailhub.sendmail_headers``; a Received field naming
+the local user on top) and the command's exit codes.
+``txmailhub.sendmail_input`` owns reading standard input (the lone-dot
+rule, line ends, the body spooled, never held whole);
 ``txmailhub.sendmail_smtp`` the SMTP transaction and the sysexits(3) code
 of each failure.
 
@@ -431,6 +431,13 @@ def _required(own: str | None, login_name: str, null_sender: str = "") -> str:
     return own
 
 
+#: the fields a message loses (as Postfix drops them): Bcc and Resent-Bcc
+#: are for no recipient to see (RFC 5322 3.6.3); Return-Path is the final
+#: delivery's to add, and "a message-originating SMTP system SHOULD NOT
+#: send a message that already contains" one (RFC 5321 4.4); an mbox
+#: file's Content-Length counted the octets before the command made LF
+#: CRLF and folded long lines, and is wrong after
+_DROPPED = frozenset({b"bcc", b"resent-bcc", b"return-path", b"content-length"})
 #: the fields of a resent block (RFC 5322 3.6.6): one of them marks a
 #: message sent on again
 _RESENT = frozenset({b"resent-date", b"resent-from", b"resent-sender", b"resent-to",
@@ -480,7 +487,8 @@ def prepare(
     """The envelope and the message to send: recipients from the
     arguments, and with ``-t`` from To, Cc and Bcc (Resent-To, -Cc, -Bcc
     instead when the message has any); Bcc and Resent-Bcc fields removed
-    (RFC 5322 3.6.3: the other recipients must not see them); bare names
+    (RFC 5322 3.6.3: the other recipients must not see them), Return-Path
+    and Content-Length too (``_DROPPED``); bare names
     in the address fields qualified with the domain the envelope gives
     them (``qualify_field``: ``To: joe`` says what the envelope does); a
     missing From (from ``-F`` and the sender), Date and Message-ID added
@@ -519,7 +527,7 @@ def prepare(
     unique = tuple(dict.fromkeys(recipients))
     domain = _header_domain(settings.primary_domain)
     kept = [(name, qualify_field(text, domain) if name in ADDRESS_FIELDS else text)
-            for name, text in fields if name not in (b"bcc", b"resent-bcc")]
+            for name, text in fields if name not in _DROPPED]
 
     def from_field(prefix: str) -> bytes:
         mailbox = sender or _required(own, login_name, null_sender=f"{prefix}From")
