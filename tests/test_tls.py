@@ -1289,3 +1289,13 @@ def test_no_compression_on_the_listeners_or_the_relays_opportunistic_tls(tmp_pat
     for context in (tls.ReloadingTLS(*pair(tmp_path), Clock()).getContext(),
                     opportunistic_client_tls().getContext()):
         assert context.set_options(0) & SSL.OP_NO_COMPRESSION  # (0: adds none, says all)
+
+
+def test_the_listeners_start_where_pyopenssl_has_no_renegotiation_option(
+        tmp_path, monkeypatch):
+    # pyOpenSSL defines OP_NO_RENEGOTIATION only when the library under its
+    # cryptography has the option; without the name, every TLS listener
+    # failed to start (an AttributeError building the context)
+    monkeypatch.delattr(SSL, "OP_NO_RENEGOTIATION")
+    factory = tls.ReloadingTLS(*pair(tmp_path), Clock())
+    assert _handshake_error(factory, ssl.TLSVersion.TLSv1_3) is None
