@@ -1995,3 +1995,21 @@ def test_a_smarthost_password_over_tls_that_checks_no_certificate_is_warned_of(
     # "verify" checks it; "none" says outright that the password goes in clear
     for policy in ('smarthost_tls = "verify"\n', "", 'smarthost_tls = "none"\n'):
         assert load_text(text + policy, str(tmp_path / "c.toml")).warnings == ()
+
+
+@pytest.mark.parametrize("smarthost", [
+    "127.0.0.1:587", "[127.0.0.1]:587", "127.0.0.2:465", "[::1]:587", "[IPv6:::1]:587",
+    "localhost:587", "LocalHost.:587"])
+def test_a_password_to_a_smarthost_on_this_machine_is_not_warned_of(
+        tmp_path: Path, smarthost: str) -> None:
+    # nothing comes between the hub and its own machine (a local MTA, a
+    # TLS tunnel's end): the warning's attacker is not there, and its
+    # advice ("verify") seldom passes there, no certificate naming 127.0.0.1
+    (tmp_path / "auth").write_text("relay:secret\n")
+    text = MINIMAL + (f'[relay]\nsmarthost = "{smarthost}"\nsmarthost_auth_file = "auth"\n'
+                      'smarthost_tls = "opportunistic"\n')
+    assert load_text(text, str(tmp_path / "c.toml")).warnings == ()
+    # the same to another machine is warned of
+    other = text.replace(smarthost, "192.0.2.25:587")
+    [found] = load_text(other, str(tmp_path / "c.toml")).warnings
+    assert "between the hub and 192.0.2.25" in found, found

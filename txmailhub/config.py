@@ -1087,6 +1087,16 @@ def _ipv6_and_port(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _on_this_machine(host: str) -> bool:
+    """Whether a smarthost's host (``split_smarthost``'s) is this machine:
+    a loopback address, or ``localhost`` (RFC 6761 6.3: it is loopback,
+    as the listeners' checks take it too)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    ip = client_ip(host)
+    return ip is not None and ip.is_loopback
+
+
 def smarthost_warning(value: str) -> str | None:
     """What ``mailhub check`` and the start say of a smarthost that works
     but may not say what its writer meant: a bare IPv6 address followed by
@@ -1695,11 +1705,16 @@ def load_text(text: str, path: str) -> Settings:
                f"{quoted(t['smarthost_tls'])} has no effect without [relay] smarthost: mail "
                "goes to each domain's MX hosts, with STARTTLS when they offer it "
                "(docs/relay.rst, TLS policy)")
-    if auth_file and relay.smarthost and relay.smarthost_tls == "opportunistic":
+    if (auth_file and relay.smarthost and relay.smarthost_tls == "opportunistic"
+            and not _on_this_machine(split_smarthost(relay.smarthost)[0])):
         # the password goes only over TLS, but to any certificate: RFC 8314
         # 5.3 has a submission client check it (RFC 7817).  A warning, as
         # the admin may trust the network; "none" says in its own name that
-        # nothing is protected, and is not warned of
+        # nothing is protected, and is not warned of.  Nor is a smarthost
+        # on this machine (a local MTA, a TLS tunnel's end): nothing can
+        # come between, no DNS answer is asked for, and its certificate
+        # seldom names 127.0.0.1 for "verify" to pass -- the hub's servers
+        # take passwords in the clear from loopback clients for that reason
         host = split_smarthost(relay.smarthost)[0]  # (a smarthost that is a problem is "")
         r.warn("relay", "smarthost_tls",
                '"opportunistic" sends the password of smarthost_auth_file over TLS without '
