@@ -4,8 +4,7 @@ TLS handshake (OpenSSL on both sides, in memory: no socket, no clock).
 The wrapper replaces the verify callback ``optionsForClientTLS`` installs;
 these pin down that OpenSSL's verdict on the chain still counts at every
 depth, that the name is checked as Twisted checks it (SAN DNS, SAN IP,
-wildcards, IDN), that SNI and the context are Twisted's but for the
-TLS 1.2 cipher suites, and those suites and the version floor."""
+wildcards, IDN), and that SNI and the context are Twisted's."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
@@ -383,69 +382,3 @@ def test_the_relay_speaks_tls_1_2_and_1_3(monkeypatch, kind):
     assert _client_handshake(creators[kind], (SSL.TLS1_VERSION, SSL.TLS1_2_VERSION)) is None
     creators = _creators(monkeypatch)
     assert _client_handshake(creators[kind], (SSL.TLS1_3_VERSION, 0)) is None
-
-
-# --- the verifying client's TLS 1.2 cipher suites (RFC 9325 4.1, 4.2) ----------
-
-RSA_LEAF_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _tls12_handshake(creator, suites: bytes, rsa_leaf: bool = False) -> str | None:
-    """A handshake of ``creator``'s client with a TLS 1.2 server that takes
-    only the OpenSSL cipher ``suites``; None when it succeeds, else the
-    client's error."""
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_max_proto_version(SSL.TLS1_2_VERSION)
-    context.set_cipher_list(suites)
-    key = RSA_LEAF_KEY if rsa_leaf else LEAF_KEY
-    context.use_certificate(_cert("leaf", key, "Test Root", ROOT_KEY, dns=["localhost"]))
-    context.use_privatekey(key)
-    server = SSL.Connection(context, None)
-    server.set_accept_state()
-    client = creator.clientConnectionForTLS(_Protocol())
-    client.set_connect_state()
-    error, _ = _pump(client, server)
-    if error is not None:
-        return str(error)
-    return None if _finished(client) else "no handshake"
-
-
-@pytest.mark.parametrize(("suites", "rsa_leaf"), [
-    (b"AES128-GCM-SHA256", True),  # RSA key transport: no forward secrecy
-    (b"AES256-SHA256", True),
-    (b"ECDHE-ECDSA-AES128-SHA", False),  # forward secret, but CBC
-    (b"ECDHE-RSA-AES256-SHA384", True),
-], ids=["rsa-kx-gcm", "rsa-kx-cbc", "ecdhe-ecdsa-cbc", "ecdhe-rsa-cbc"])
-def test_the_verifying_client_never_takes_a_suite_the_hubs_servers_refuse(suites, rsa_leaf):
-    # RFC 9325 4.1: no cipher suites based on RSA key transport; 4.2:
-    # ECDHE with AEAD.  A smarthost under "verify" gets the hub's own
-    # TLS 1.2 suites (txmailhub.tls.CIPHERS): authenticated TLS with no
-    # fallback to plain text, where the AUTH password goes, is what those
-    # recommendations are for
-    creator = verified_client_tls("localhost", TRUST)
-    why = _tls12_handshake(creator, suites, rsa_leaf)
-    assert why is not None and ("handshake failure" in why or "no shared cipher" in why), why
-
-
-@pytest.mark.parametrize(("suites", "rsa_leaf"), [
-    (b"ECDHE-ECDSA-AES128-GCM-SHA256", False),
-    (b"ECDHE-RSA-AES256-GCM-SHA384", True),
-    (b"ECDHE-RSA-CHACHA20-POLY1305", True),
-])
-def test_the_verifying_client_takes_forward_secret_aead_suites(suites, rsa_leaf):
-    assert _tls12_handshake(verified_client_tls("localhost", TRUST), suites, rsa_leaf) is None
-
-
-@pytest.mark.parametrize(("suites", "rsa_leaf"), [
-    (b"AES128-GCM-SHA256", True),
-    (b"ECDHE-ECDSA-AES128-SHA", False),
-])
-def test_opportunistic_tls_still_takes_an_older_suite_over_plain_text(suites, rsa_leaf):
-    # RFC 9325 5.2: for opportunistic security these recommendations "might
-    # be too strict, since adhering to them could cause fallback to
-    # cleartext, a worse outcome" -- an MX host is tried again without TLS
-    # when the handshake fails
-    from txmailhub.relay.client_tls import opportunistic_client_tls
-
-    assert _tls12_handshake(opportunistic_client_tls(), suites, rsa_leaf) is None

@@ -10,8 +10,7 @@ matched: under ``smarthost_tls = "verify"`` such a certificate from a
 trusted CA passed for any smarthost.
 
 ``verified_client_tls`` keeps everything ``optionsForClientTLS`` sets up
-(trust, SNI; its TLS 1.2 suites are narrowed, below) and replaces that
-callback with one
+(trust, SNI, ciphers) and replaces only that callback with one
 that ends the handshake on either error, the error being the reason the
 connection was lost (``txmailhub.tls.tls_failure`` words it).  Any other
 error of the name check (service_identity's ``ValueError`` on a URI name
@@ -24,16 +23,6 @@ default: RFC 8996 says TLS 1.0 and 1.1 MUST NOT be used, as the hub's
 servers already refuse them (``txmailhub.tls``).  A next hop that speaks
 nothing newer then fails the handshake, and the relay does what it does
 for any failed handshake (docs/relay.rst, "TLS policy").
-
-On TLS 1.2 the verifying client offers only the suites the hub's own
-servers take (``txmailhub.tls.CIPHERS``: ECDHE with AES-GCM or
-ChaCha20-Poly1305, RFC 9325 4.1 and 4.2); Twisted's default list goes on
-to RSA key transport, finite-field DHE and CBC.  That session is
-authenticated, never falls back to plain text and carries the smarthost
-password, which is what BCP 195 is written for.  The opportunistic
-client keeps Twisted's list: RFC 9325 5.2 warns that its recommendations
-"might be too strict" there, as a failed handshake sends the mail in
-plain text instead.
 """
 
 from __future__ import annotations
@@ -51,7 +40,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import ascii_domain
-from txmailhub.tls import CIPHERS
 
 __all__ = ["CLIENT_TLS_FLOOR", "opportunistic_client_tls", "verified_client_tls"]
 
@@ -81,9 +69,8 @@ def verified_client_tls(host: str, trust_root: Any = None) -> IOpenSSLClientConn
         name = host
     else:
         name = ascii_domain(host[:-1] if host.endswith(".") else host)
-    options = ssl.optionsForClientTLS(name, trustRoot=trust_root, extraCertificateOptions={
-        "raiseMinimumTo": CLIENT_TLS_FLOOR,
-        "acceptableCiphers": ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS)})
+    options = ssl.optionsForClientTLS(
+        name, trustRoot=trust_root, extraCertificateOptions={"raiseMinimumTo": CLIENT_TLS_FLOOR})
     return _NamesChecked(options, name)
 
 
