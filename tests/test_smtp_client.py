@@ -1880,6 +1880,31 @@ def test_the_old_auth_equals_form_and_lower_case_mechanisms_are_read(line, chose
     assert first.startswith(chosen), (line, first)
 
 
+@pytest.mark.parametrize(("lines", "chosen"), [
+    (b"250-AUTH=LOGIN\r\n250 AUTH GSSAPI NTLM\r\n", b"AUTH LOGIN\r\n"),
+    (b"250-AUTH GSSAPI NTLM LOGIN\r\n250 AUTH=LOGIN\r\n", b"AUTH LOGIN\r\n"),
+    (b"250-AUTH PLAIN\r\n250 auth=cram-md5\r\n", b"AUTH PLAIN "),
+    (b"250-AUTH LOGIN\r\n250 AUTH\r\n", b"AUTH LOGIN\r\n"),
+])
+def test_auth_named_on_two_lines_offers_the_mechanisms_of_both(lines, chosen):
+    # the later line replaced the earlier one: a smarthost naming LOGIN
+    # in its old "AUTH=" form and other mechanisms in the other got no
+    # credentials, and the hub's 454 said it offered only those others
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(b"250-smarthost\r\n" + lines))
+    assert first.startswith(chosen), (lines, first)
+
+
+def test_the_454_names_the_mechanisms_of_every_auth_line():
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250-AUTH=CRAM-MD5\r\n250 AUTH GSSAPI cram-md5 NTLM\r\n")
+    assert s.outcome.session_error.text() == (
+        "454 4.7.0 the smarthost offers AUTH CRAM-MD5 GSSAPI NTLM only; txmailhub can use "
+        "PLAIN or LOGIN ([relay] smarthost_auth_file is set)")
+
+
 @pytest.mark.parametrize(("mechanisms", "chosen"), [
     # one mechanism, neither PLAIN nor LOGIN: no credentials go
     ("CRAM-MD5\x0bLOGIN", b"QUIT\r\n"),

@@ -313,7 +313,13 @@ def _extensions(lines: Sequence[str]) -> dict[str, str]:
     DSN and 8BITMIME, they made MAIL carry parameters a server without
     them refuses with 555, and the message bounced), or "\u017fTARTTLS"
     (long s: ``str.upper()`` made it STARTTLS).  ``AUTH=LOGIN PLAIN``,
-    an old form some servers still send, is AUTH."""
+    an old form some servers still send, is AUTH.
+
+    A server that names AUTH on two lines -- both forms, often with
+    different lists (``AUTH=LOGIN`` and ``AUTH GSSAPI NTLM``) -- offers
+    the mechanisms of both: the later line replaced the earlier one, and
+    a smarthost that offered LOGIN on the first got no credentials, the
+    hub saying it offered only what the second named."""
     extensions: dict[str, str] = {}
     for line in lines:
         words = _blank_split(line)
@@ -322,8 +328,14 @@ def _extensions(lines: Sequence[str]) -> dict[str, str]:
         word, params = words[0], " ".join(words[1:])
         if word[:5].upper() == "AUTH=":
             word, params = "AUTH", f"{word[5:]} {params}".strip()
-        if _KEYWORD.match(word):
-            extensions[word.upper()] = params
+        if not _KEYWORD.match(word):
+            continue
+        word = word.upper()
+        if word == "AUTH" and word in extensions:
+            known = _blank_split(extensions[word])
+            seen = {m.upper() for m in known}
+            params = " ".join(known + [m for m in _blank_split(params) if m.upper() not in seen])
+        extensions[word] = params
     return extensions
 
 
