@@ -750,6 +750,34 @@ def test_the_password_never_goes_in_clear_to_a_smarthost_offering_auth_only_afte
             "none (it refused STARTTLS: 454 4.7.0 TLS not available)")
 
 
+@pytest.mark.parametrize("tls", ["require", "opportunistic"])
+def test_auth_offered_only_after_starttls_gets_the_credentials_over_tls(tls):
+    # as Postfix's smtpd_tls_auth_only has it: the EHLO in clear names no
+    # AUTH, the one after the handshake does; what the first said must not
+    # count as the server's offer
+    s = session(credentials=("user", "pw"), tls=tls)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"250-smarthost\r\n250 STARTTLS\r\n")) == b"STARTTLS\r\n"
+    s.receive(b"220 go\r\n")
+    assert sent(s.tls_started()) == b"EHLO mail.hub.test\r\n"
+    line = sent(s.receive(b"250-smarthost\r\n250 AUTH LOGIN PLAIN\r\n"))
+    assert line == b"AUTH PLAIN " + base64.b64encode(b"\0user\0pw") + b"\r\n"
+    assert s.outcome is None
+
+
+def test_auth_offered_in_clear_only_does_not_count_after_starttls():
+    # the reverse: PLAIN named before the handshake, CRAM-MD5 alone after
+    # it (RFC 3207 4.2: the client discards what it knew from before TLS)
+    s = session(credentials=("user", "pw"), tls="require")
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n")
+    s.receive(b"220 go\r\n")
+    s.tls_started()
+    assert sent(s.receive(b"250-smarthost\r\n250 AUTH CRAM-MD5\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text().startswith(
+        "454 4.7.0 the smarthost offers AUTH CRAM-MD5 only;")
+
+
 def test_auth_refused_keeps_mail_queued():
     s = session(credentials=("user", "pw"))
     s.receive(b"220 hi\r\n")
