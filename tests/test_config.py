@@ -1985,7 +1985,7 @@ def test_a_smarthost_password_over_tls_that_checks_no_certificate_is_warned_of(
     # too.  Said, not refused: a smarthost on a network the admin trusts
     (tmp_path / "auth").write_text("relay:secret\n")
     text = MINIMAL + '[relay]\nsmarthost = "smtp.example.net:587"\nsmarthost_auth_file = "auth"\n'
-    s = load_text(text + 'smarthost_tls = "opportunistic"\n', str(tmp_path / "c.toml"))
+    s = load_quiet(text + 'smarthost_tls = "opportunistic"\n', str(tmp_path / "c.toml"))
     [found] = s.warnings
     assert found == (
         f'{tmp_path / "c.toml"}: [relay] smarthost_tls: "opportunistic" sends the password of '
@@ -1994,7 +1994,7 @@ def test_a_smarthost_password_over_tls_that_checks_no_certificate_is_warned_of(
         'take the password (RFC 8314 5.3); use "verify", the default (at line 7)'), found
     # "verify" checks it; "none" says outright that the password goes in clear
     for policy in ('smarthost_tls = "verify"\n', "", 'smarthost_tls = "none"\n'):
-        assert load_text(text + policy, str(tmp_path / "c.toml")).warnings == ()
+        assert load_quiet(text + policy, str(tmp_path / "c.toml")).warnings == ()
 
 
 @pytest.mark.parametrize("smarthost", [
@@ -2008,8 +2008,8 @@ def test_a_password_to_a_smarthost_on_this_machine_is_not_warned_of(
     (tmp_path / "auth").write_text("relay:secret\n")
     text = MINIMAL + (f'[relay]\nsmarthost = "{smarthost}"\nsmarthost_auth_file = "auth"\n'
                       'smarthost_tls = "opportunistic"\n')
-    assert load_text(text, str(tmp_path / "c.toml")).warnings == ()
+    assert load_quiet(text, str(tmp_path / "c.toml")).warnings == ()
     # the same to another machine is warned of
     other = text.replace(smarthost, "192.0.2.25:587")
-    [found] = load_text(other, str(tmp_path / "c.toml")).warnings
+    [found] = load_quiet(other, str(tmp_path / "c.toml")).warnings
     assert "between the hub and 192.0.2.25" in found, found
