@@ -377,6 +377,20 @@ def test_a_resent_message_gets_the_fields_its_resent_block_lacks() -> None:
     assert not [line for line in fields(untraced(p)) if line.startswith(b"Resent-")]
 
 
+def test_a_resent_message_s_original_from_of_several_mailboxes_gets_no_sender() -> None:
+    # mutt's bounce of a message whose From names two authors and no
+    # Sender: the user who sends it on is named by Resent-From (and a
+    # Resent-Sender when that names several); a Sender in the original's
+    # fields would say they sent the original for its authors
+    raw = (b"From: ann@x.org, Bob <bob@y.org>\r\nTo: joe@example.org\r\n"
+           b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@x>\r\n"
+           b"Resent-To: carol@example.net\r\n\r\nbody\r\n")
+    p = prep(raw, Options(extract=True))
+    assert field(untraced(p), b"Sender") == []
+    assert field(untraced(p), b"Resent-From") == [b"Resent-From: Joe Bloggs <joe@example.org>"]
+    assert fields(untraced(p))[:4] == raw.split(b"\r\n")[:4]
+
+
 def test_bcc_is_removed_without_t_too() -> None:
     p = prep(b"To: a@x.org\r\nBCC: b@x.org\r\n\r\nx\r\n", Options(recipients=("a@x.org",
                 "b@x.org")))

@@ -537,17 +537,24 @@ def prepare(
         return (f"{prefix}From: ".encode() + _mailbox_field(name or "", mailbox, f"{prefix}From")
                 + b"\r\n")
 
+    resent = bool(names & _RESENT)
+
     def originator(prefix: str) -> list[bytes]:
         """The fields RFC 5322 3.6 (``prefix`` "Resent-": 3.6.6) asks
         of the message (of its resent block) and it lacks: From and Date
         required, Message-ID recommended; a Sender when its From names
         more than one mailbox (3.6.2: required then), which names the
-        envelope sender, else the user who ran the command."""
+        envelope sender, else the user who ran the command -- but not
+        in the original fields of a message sent on again: there the user
+        is the one who sent it on, which its Resent-Sender says, and a
+        Sender would name them as the one who sent the original for its
+        authors (Postfix adds only the Resent- fields to such a message)."""
         lower = prefix.lower().encode()
         added = []
         if lower + b"from" not in names:
             added.append(from_field(prefix))
-        elif lower + b"sender" not in names and _mailbox_count(fields, lower + b"from") > 1:
+        elif (lower + b"sender" not in names and (prefix or not resent)
+              and _mailbox_count(fields, lower + b"from") > 1):
             mailbox = sender or own
             if mailbox:  # (else the login can be no address: none to name)
                 added.append(f"{prefix}Sender: ".encode() + _mailbox_field("", mailbox)
@@ -561,7 +568,7 @@ def prepare(
         return added
 
     texts = [text for _, text in kept]
-    if names & _RESENT:
+    if resent:
         # a message sent on again (mutt's bounce, ``-t`` with Resent-To):
         # RFC 5322 3.6.6 has each resent block hold a Resent-Date and a
         # Resent-From, as Postfix adds them; they go in front of the

@@ -321,10 +321,12 @@ def test_quoted_local_parts_the_user_types_reach_the_hub_as_it_reads_them(
     assert 'from <"joe smith"@example.org>' in log
 
 
-def test_a_bounced_message_arrives_with_its_resent_block_and_a_sender(make_hub, tmp_path: Path):
+def test_a_bounced_message_gets_a_resent_block_and_a_message_sent_a_sender(make_hub,
+                                                                          tmp_path: Path):
     """mutt's bounce without its own Resent- fields (``-t``, Resent-To):
-    RFC 5322 3.6.6's Resent-From and Resent-Date are added; a From of
-    two mailboxes gets the Sender 3.6.2 requires."""
+    RFC 5322 3.6.6's Resent-From and Resent-Date are added, and no Sender
+    in the original's fields (alice sent it on, not the original); sent
+    itself, a From of two mailboxes gets the Sender 3.6.2 requires."""
     hub = unix_hub(make_hub, tmp_path)
     message = (b"From: carol@example.net, alice@example.org\nTo: carol@example.net\n"
                b"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <1@x>\n"
@@ -335,9 +337,14 @@ def test_a_bounced_message_arrives_with_its_resent_block_and_a_sender(make_hub, 
     msg = parsed(data)
     assert msg["Resent-From"] == "Alice <alice@example.org>" and msg["Resent-Date"]
     assert msg["Resent-Message-ID"].endswith("@mail.example.org>")
-    assert msg["Sender"] == "alice@example.org"
+    assert msg["Sender"] is None
     assert b"\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <1@x>\n" in data, data
     assert hub.messages("carol@example.net") == []  # Resent-To, not To, with -t
+    r = sendmail(hub.config_path, "-t", "-oi", "-f", "alice",
+                 message=message.replace(b"Resent-To: bob", b"Cc: bob"))
+    assert r.returncode == 0, r.stderr
+    (data,) = hub.messages("carol@example.net")
+    assert parsed(data)["Sender"] == "alice@example.org"
 
 
 def test_more_recipients_than_max_recipients_all_get_the_message(make_hub, tmp_path: Path):
