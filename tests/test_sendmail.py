@@ -149,6 +149,19 @@ def test_an_option_after_a_recipient_is_a_usage_error_not_a_recipient(argv: list
     assert parse_args(["-i", "--", "bob", "-odd"]).recipients == ("bob", "-odd")
 
 
+@pytest.mark.parametrize("argv", [["bob", "-f", "app@example.net", "--"], ["bob", "-oi", "--"],
+                                  ["-F", "--", "bob", "-f", "app@example.net"]])
+def test_a_dash_dash_that_ends_no_options_lets_no_option_pass_as_a_recipient(
+        argv: list[str]) -> None:
+    # a "--" that is the last word (no option before the recipients) or
+    # -F's value: the options ended at bob all the same, and "-f" was a
+    # recipient again, the sender unset
+    with pytest.raises(UsageError, match="after the recipient bob"):
+        parse_args(argv)
+    assert parse_args(["-F", "--", "--", "-bob"]) == Options(recipients=("-bob",),
+                                                              full_name="--")
+
+
 def test_the_usage_lines_name_the_values_as_the_docs_do() -> None:
     # docs/sendmail.rst's table of options: ``-f ADDR``, ``-F NAME``,
     # ``-C PATH``; the usage lines said ``-C config`` (and sender, name)

@@ -178,7 +178,7 @@ def parse_args(argv: list[str]) -> Options:
             raise UsageError(f"-q{value}: the hub runs its own queue; see mailhub queue flush")
         elif letter not in _IGNORED and letter not in "bo":
             raise UsageError(f"option -{letter} not recognized")  # (getopt caught it)
-    if args and argv[len(argv) - len(args) - 1:][:1] != ["--"]:
+    if args and not _ended_by_dashes(argv[:len(argv) - len(args)]):
         # ``sendmail bob -f app@example.net``: the options ended at bob,
         # and "-f" would have been a recipient (a remote one is relayed,
         # and bounces later), the sender never set.  An address starting
@@ -191,6 +191,21 @@ def parse_args(argv: list[str]) -> Options:
             raise UsageError(f"{dashed[0]} after the recipient {args[0]}: options go before "
                              "the recipients (a recipient starting with '-' goes after --)")
     return Options(recipients=tuple(args), **found)  # type: ignore[arg-type]
+
+
+def _ended_by_dashes(options: list[str]) -> bool:
+    """Whether getopt's ``options`` (the words before the recipients)
+    ended at ``--``, not at the first recipient: their last word is a
+    ``--`` that no option took as its value (``-F --``).  (A slice
+    counted from the end read the command line's last word when no
+    option came first: ``sendmail bob -f x --`` passed as ended by it.)"""
+    if options[-1:] != ["--"]:
+        return False
+    try:
+        getopt.getopt(options[:-1], _OPTSTRING)
+    except getopt.GetoptError:  # an option before it wants a value: "--" was that
+        return False
+    return True
 
 
 def _notify(value: str) -> str:
