@@ -711,9 +711,9 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
         reply = submit(prepared, targets)
     except PartlySent as e:
         # (a failure between the transactions of a long list: the status
-        # is the failure's, and a resend reaches these recipients twice)
-        print(f"{prog}: {e}; the message " + ("MAY have been sent to the other recipients"
-              if e.unknown else "was NOT sent to the other recipients"), file=err)
+        # is the failure's, and a resend reaches these recipients twice;
+        # the text says who has it, who may, and who has not)
+        print(f"{prog}: {e}", file=err)
         return e.status
     except Refused as e:
         print(f"{prog}: {e}; {not_sent}", file=err)

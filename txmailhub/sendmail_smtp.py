@@ -115,22 +115,39 @@ class OutcomeUnknown(Exception):
     a loss, so this is reported as a deferral, exit 75)."""
 
 
+def _named(recipients: list[str]) -> str:
+    """``recipients`` counted, and the first ten of them named."""
+    shown = ", ".join(f"<{r}>" for r in recipients[:10]) + (
+        f" and {len(recipients) - 10} more" if len(recipients) > 10 else "")
+    return f"{len(recipients)} recipients ({shown})"
+
+
 class PartlySent(Exception):
     """A message for more recipients than the hub takes in one
     transaction reached those of the first ones (``sent``), and a later
     one failed (``why``; ``status`` its exit code) although the hub had
     taken every recipient when asked first: a recipient removed, the hub
-    stopped, in between."""
+    stopped, in between.  ``maybe``: that failure was ``OutcomeUnknown``,
+    and its transaction's recipients may have the message; the
+    transactions after it were never tried (``unsent`` recipients), so
+    those certainly do not."""
 
-    def __init__(self, status: int, sent: list[str], why: str, unknown: bool = False) -> None:
-        shown = ", ".join(f"<{r}>" for r in sent[:10]) + (
-            f" and {len(sent) - 10} more" if len(sent) > 10 else "")
-        super().__init__(f"the message WAS sent to {len(sent)} recipients ({shown}), in "
-                         f"transactions of as many as the hub takes, but then: {why}")
+    def __init__(self, status: int, sent: list[str], why: str,
+                 maybe: list[str] | None = None, unsent: int = 0) -> None:
+        maybe = maybe or []
+        text = (f"the message WAS sent to {_named(sent)}, in transactions of as many as "
+                f"the hub takes, but then: {why}; ")
+        if maybe:
+            text += f"it MAY have been sent to {_named(maybe)}"
+            text += f", and was NOT sent to the remaining {unsent}" if unsent else ""
+        else:
+            text += "it was NOT sent to the other recipients"
+        super().__init__(text)
         self.status = status
         self.sent = sent
-        #: the failure was ``OutcomeUnknown``: that transaction's recipients may have it
-        self.unknown = unknown
+        self.maybe = maybe
+        #: the failure was ``OutcomeUnknown``: ``maybe`` may have the message
+        self.unknown = bool(maybe)
 
 
 class Refused(Exception):
@@ -331,7 +348,9 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) 
                 if not sent:
                     raise
                 status = e.status if isinstance(e, Refused) else EX_TEMPFAIL
-                raise PartlySent(status, sent, str(e), isinstance(e, OutcomeUnknown)) from None
+                maybe = batch if isinstance(e, OutcomeUnknown) else None
+                unsent = len(prepared.recipients) - len(sent) - len(batch)
+                raise PartlySent(status, sent, str(e), maybe, unsent) from None
             sent += batch
         return reply_text
     finally:
