@@ -6,21 +6,25 @@ twistd opens both after ``makeService`` (as root, before a switch to
 traceback, or let root write through a link another user put there.
 ``txmailhub.tap`` asks these checks and prints their lines; the checks
 only look (``make_log_file`` alone makes a file), print nothing and never
-exit.  They must not touch the configuration, the hub's services or
-``state_dir``'s contents (``txmailhub.tap`` judges those).
+exit.  Under ``twist``, which has neither file, they find none
+(``runs_under_twist``).  They must not touch the configuration, the
+hub's services or ``state_dir``'s contents (``txmailhub.tap`` judges
+those).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 from typing import Any
 
 from txmailhub.logsafe import shown
 
-__all__ = ["LOG_FILE_MODE", "NODAEMON_GIVEN", "logger_nodaemon", "make_log_file",
-           "pid_file_problems", "run_file_access_problems", "run_file_problems",
-           "run_folder_warnings", "twistd_log_file"]
+__all__ = ["LOG_FILE_MODE", "NODAEMON_GIVEN", "TWIST_KEYS", "logger_nodaemon",
+           "make_log_file", "pid_file_problems", "run_file_access_problems",
+           "run_file_problems", "run_folder_warnings", "runs_under_twist", "twist_log_where",
+           "twistd_log_file"]
 
 
 def pid_file_problems(pidfile: str | None) -> list[str]:
@@ -312,6 +316,43 @@ def logger_nodaemon(parent: Any) -> bool:
     return bool(parent.get("nodaemon")) and not parent.get("debug")
 
 
+#: keys only the options of ``twist`` (``twisted.application.twist``, the
+#: runner that is not twistd) hold: ``logFile``, set as they are made (the
+#: file ``--log-file`` opened, standard output by default), and
+#: ``fileLogObserverFactory``, set as they are parsed.  twistd's have
+#: ``logfile`` and ``nodaemon`` instead, whatever its command line says.
+TWIST_KEYS = ("logFile", "fileLogObserverFactory")
+
+
+def runs_under_twist(parent: Any) -> bool:
+    """Whether ``parent``, the options ``makeService`` got its own from,
+    are ``twist``'s rather than twistd's.
+
+    twist runs in the foreground only, with no pid file, ``--uid`` or log
+    file of twistd's: it opens its own ``--log-file`` (standard output
+    unless told otherwise) and logs there with its own observer, never
+    asking the application for one.  Read as twistd's, its options (no
+    ``nodaemon``, no ``logfile``) looked like a daemon logging to
+    ``./twistd.log``: the hub made that file, empty ever after.  Only
+    twist's own keys count, and only without twistd's ``logfile``: an
+    application's options of its own, and twistd's, read as before."""
+    if parent is None or "logfile" in parent:
+        return False
+    return any(key in parent for key in TWIST_KEYS)
+
+
+def twist_log_where(parent: Any) -> str:
+    """Where ``twist`` logs, for the ``SIGUSR1`` line: twist opened its
+    ``--log-file`` itself and neither rotates nor reopens it, so the hub
+    has nothing to rotate there either."""
+    log_file = parent.get("logFile")
+    if log_file in (sys.stdout, sys.__stdout__):
+        return "standard output"
+    if log_file in (sys.stderr, sys.__stderr__):
+        return "standard error"
+    return "twist's --log-file"
+
+
 def twistd_log_file(parent: Any) -> str | None:
     """The log file twistd's logger opens, as given (relative to the
     folder twistd starts in), or ``None``: ``--logger`` (twistd then opens
@@ -323,8 +364,11 @@ def twistd_log_file(parent: Any) -> str | None:
     its logger read ``nodaemon`` (``logger_nodaemon``), so the logger still
     opens ``./twistd.log``.  One rule for the check (``run_file_problems``),
     for the file the hub makes (``make_log_file``) and for the log the
-    hub writes (``txmailhub.logfile.observer_for``)."""
-    if parent.get("logger") or parent.get("syslog"):
+    hub writes (``txmailhub.logfile.observer_for``).  Under ``twist``
+    (``runs_under_twist``) there is no such file: twist writes its log
+    where its own ``--log-file`` says, and nothing of the hub's opens,
+    judges or makes one for it."""
+    if runs_under_twist(parent) or parent.get("logger") or parent.get("syslog"):
         return None
     logfile = parent.get("logfile")
     if logfile == "-":

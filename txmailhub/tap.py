@@ -10,6 +10,9 @@ of twistd's pid and log files are ``txmailhub.run_files``'s, the
 process's limits ``txmailhub.process_limits``'s, the signal notice
 ``txmailhub.signals``'s; their public names are re-exported here
 (``HangupNotice`` is imported from here by applications, and stays so).
+``twist mailhub``, Twisted's newer runner, uses the same plugin; its
+options are not twistd's, and it sets up its own logging
+(``run_files.runs_under_twist``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from txmailhub.run_files import (
     run_file_access_problems,
     run_file_problems,
     run_folder_warnings,
+    runs_under_twist,
+    twist_log_where,
     twistd_log_file,
 )
 from txmailhub.signals import HangupNotice
@@ -69,9 +74,10 @@ class Options(usage.Options):
         # before ``makeService``, its user switch after the ports are bound
         parent = getattr(self, "parent", None)
         if parent is not None:
-            # as twistd's logger will read it: by ``makeService`` twistd
-            # has set it from ``--debug`` too (``run_files.NODAEMON_GIVEN``)
-            parent[NODAEMON_GIVEN] = bool(parent.get("nodaemon"))
+            if not runs_under_twist(parent):
+                # as twistd's logger will read it: by ``makeService`` twistd
+                # has set it from ``--debug`` too (``run_files.NODAEMON_GIVEN``)
+                parent[NODAEMON_GIVEN] = bool(parent.get("nodaemon"))
             refusals = uid_problems(parent) + pid_file_problems(parent.get("pidfile"))
             if refusals:
                 for refusal in refusals:
@@ -237,7 +243,10 @@ def makeService(options: Any) -> Any:
         _say(e.message)
         raise SystemExit(2) from None
     parent = getattr(options, "parent", None)
-    if parent is not None and not parent.get("nodaemon", True):
+    # twist runs in the foreground and sets up its own logging: no daemon's
+    # start error, no pid file, no log file of the hub's choosing
+    twist = runs_under_twist(parent)
+    if parent is not None and not twist and not parent.get("nodaemon", True):
         from txmailhub.service import DaemonStartError
 
         hub.start_error_type = DaemonStartError
@@ -249,11 +258,13 @@ def makeService(options: Any) -> Any:
             os.lchown(settings.hub.state_dir, *owner)
         _give_new_entries(settings.hub.state_dir, before or set(), *owner)
     notice = HangupNotice(hub.components.tls)
-    if parent is not None and twistd_log_file(parent) is None:
+    if twist:
+        notice.usr1_where = twist_log_where(parent)
+    elif parent is not None and twistd_log_file(parent) is None:
         notice.usr1_where = ("--logger's observer" if parent.get("logger") else
                              "syslog" if parent.get("syslog") else "standard output")
     notice.setServiceParent(hub)
-    if parent is not None:
+    if parent is not None and not twist:
         hub.parent_hook = lambda application: use_reopening_log(
             application, parent, owner[0] if owner else None,
             settings.hub.log_files_kept)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -23,6 +24,9 @@ CLEAN_STOP = (0, -signal.SIGTERM)
 # a hostname: the default (the machine's name) may be a warning
 HUB = '[hub]\nhostname = "mail.example.org"\n'
 
+
+# Twisted's newer runner, beside twistd
+TWIST = shutil.which("twist", path=str(Path(sys.executable).parent)) or "twist"
 
 # where ``mailhub`` and ``twistd mailhub`` look when nothing names a config file
 SYSTEM_CONFIG = "/etc/txmailhub/mailhub.toml"
@@ -211,6 +215,37 @@ def test_debug_in_the_foreground_logs_to_standard_output(make_hub) -> None:
     assert "txmailhub started" in hub.log_text()
     assert not (hub.folder / "twistd.log").exists()
     assert hub.stop(signal.SIGTERM) in CLEAN_STOP
+
+
+@pytest.mark.parametrize("to_file", [False, True], ids=["stdout", "log-file"])
+def test_twist_runs_the_hub_and_keeps_its_own_log(make_hub, to_file: bool) -> None:
+    """``twist mailhub`` logs where twist sends it: standard output, or its
+    ``--log-file``.  The hub took twist's options for a twistd daemon's and
+    made an empty ``./twistd.log`` (mode 0640) that nothing ever wrote."""
+    hub = make_hub(start=False)
+    # text, not twist's JSON lines: wait_listening reads the ports there
+    args = [TWIST, "--log-format=text"]
+    out_path = hub.folder / "twist.out"
+    if to_file:
+        args.append(f"--log-file={hub.log_path}")
+    else:
+        out_path = hub.log_path
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen([*args, "mailhub", "--config", str(hub.config_path)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=hub.folder)
+    hub.proc = proc
+    hub.wait_listening()
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.sendmail("someone@example.com", ["alice@example.org"],
+                   b"Subject: under twist\r\n\r\nhello\r\n")
+    assert len(hub.messages("alice@example.org")) == 1
+    assert hub.stop(signal.SIGTERM) in CLEAN_STOP
+    log = hub.log_text()
+    assert "txmailhub started" in log and "txmailhub stopped" in log
+    assert "Traceback" not in log
+    assert not (hub.folder / "twistd.log").exists()
+    if to_file:
+        assert "txmailhub" not in (hub.folder / "twist.out").read_text()
 
 
 def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
